@@ -1,0 +1,21 @@
+package aip
+
+import (
+	"strconv"
+	"strings"
+)
+
+// Etag renders a row version as an etag. Versions only grow, so an etag
+// names exactly one state of a resource.
+func Etag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
+
+// ParseEtag returns the version an etag names. ok is false for an etag this
+// service did not issue; callers treat that as a mismatch.
+func ParseEtag(etag string) (version int64, ok bool) {
+	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
+	v, err := strconv.ParseInt(strings.TrimPrefix(etag, "v"), 10, 64)
+	if err != nil || !strings.HasPrefix(etag, "v") {
+		return 0, false
+	}
+	return v, true
+}

@@ -1,0 +1,67 @@
+package aip
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// ApplyMask copies the fields named by paths from src to dst. Each path must
+// be one of allowed or lie under one of them (`loved_one.time_zone` under
+// `loved_one`). The path "*" means every allowed field. It returns the first
+// path that is not allowed or does not exist as an error naming it.
+func ApplyMask(dst, src proto.Message, paths, allowed []string) error {
+	if len(paths) == 0 {
+		return fmt.Errorf("update_mask must name at least one field")
+	}
+	if slices.Contains(paths, "*") {
+		paths = allowed
+	}
+	for _, p := range paths {
+		if !underAny(p, allowed) {
+			return fmt.Errorf("field %q cannot be updated; updatable: %s", p, strings.Join(allowed, ", "))
+		}
+		if err := copyPath(dst.ProtoReflect(), src.ProtoReflect(), strings.Split(p, ".")); err != nil {
+			return fmt.Errorf("field %q: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func underAny(p string, allowed []string) bool {
+	for _, a := range allowed {
+		if p == a || strings.HasPrefix(p, a+".") {
+			return true
+		}
+	}
+	return false
+}
+
+func copyPath(dst, src protoreflect.Message, path []string) error {
+	fd := dst.Descriptor().Fields().ByName(protoreflect.Name(path[0]))
+	if fd == nil {
+		return fmt.Errorf("no such field")
+	}
+	if len(path) == 1 {
+		if src.Has(fd) {
+			dst.Set(fd, src.Get(fd))
+		} else {
+			dst.Clear(fd)
+		}
+		return nil
+	}
+	if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+		return fmt.Errorf("%s has no sub-fields", fd.Name())
+	}
+	if !src.Has(fd) {
+		// Copying from an absent message clears the sub-field.
+		if dst.Has(fd) {
+			return copyPath(dst.Mutable(fd).Message(), src.Get(fd).Message().Type().New(), path[1:])
+		}
+		return nil
+	}
+	return copyPath(dst.Mutable(fd).Message(), src.Get(fd).Message(), path[1:])
+}

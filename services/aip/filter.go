@@ -1,0 +1,193 @@
+package aip
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+)
+
+// FieldKind is the type of a filterable field.
+type FieldKind int
+
+// Kinds of filterable field.
+const (
+	String FieldKind = iota
+	Bool
+	Time
+	Enum
+)
+
+// FilterField declares one field that a List method may filter on.
+type FilterField struct {
+	Column string
+	Kind   FieldKind
+	// Enum maps an enum value name (with or without its prefix) to its number.
+	Enum func(string) (int32, bool)
+}
+
+// Filter is a parsed AIP-160 filter: comparisons joined by AND.
+type Filter struct {
+	conds []cond
+}
+
+type cond struct {
+	column string
+	op     string
+	value  any
+}
+
+// ParseFilter parses a filter of the form `a = "x" AND b >= 3`. Only the
+// fields in fields may appear; equality works on every kind, ordering
+// operators on times and strings.
+func ParseFilter(src string, fields map[string]FilterField) (Filter, error) {
+	toks, err := lex(src)
+	if err != nil {
+		return Filter{}, err
+	}
+	var f Filter
+	for i := 0; i < len(toks); {
+		if i > 0 {
+			if !strings.EqualFold(toks[i].text, "AND") || toks[i].quoted {
+				return Filter{}, fmt.Errorf("expected AND before %q (only AND is supported)", toks[i].text)
+			}
+			i++
+		}
+		if i+3 > len(toks) {
+			return Filter{}, fmt.Errorf("incomplete condition at the end of the filter")
+		}
+		name, op, val := toks[i], toks[i+1], toks[i+2]
+		i += 3
+		fd, ok := fields[name.text]
+		if !ok || name.quoted {
+			return Filter{}, fmt.Errorf("unknown field %q; allowed: %s", name.text, fieldNames(fields))
+		}
+		c, err := makeCond(name.text, fd, op.text, val)
+		if err != nil {
+			return Filter{}, err
+		}
+		f.conds = append(f.conds, c)
+	}
+	return f, nil
+}
+
+func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
+	switch op {
+	case "=", "!=", "<", "<=", ">", ">=":
+	default:
+		return cond{}, fmt.Errorf("unknown operator %q after %s", op, name)
+	}
+	ordered := op != "=" && op != "!="
+	c := cond{column: fd.Column, op: op}
+	if op == "!=" {
+		c.op = "<>"
+	}
+	switch fd.Kind {
+	case String:
+		c.value = val.text
+	case Bool:
+		b, err := strconv.ParseBool(val.text)
+		if err != nil || ordered {
+			return cond{}, fmt.Errorf("%s takes = or != with true or false", name)
+		}
+		c.value = b
+	case Time:
+		t, err := time.Parse(time.RFC3339, val.text)
+		if err != nil {
+			return cond{}, fmt.Errorf("%s needs an RFC 3339 time such as \"2026-01-02T15:04:05Z\"", name)
+		}
+		c.value = t
+	case Enum:
+		n, ok := fd.Enum(val.text)
+		if !ok || ordered {
+			return cond{}, fmt.Errorf("%s takes = or != with a value of its enum, not %q", name, val.text)
+		}
+		c.value = n
+	}
+	return c, nil
+}
+
+// SQL renders the filter as a condition on the declared columns, numbering
+// parameters from next. It returns "TRUE" for an empty filter.
+func (f Filter) SQL(next int) (string, []any) {
+	if len(f.conds) == 0 {
+		return "TRUE", nil
+	}
+	parts := make([]string, len(f.conds))
+	args := make([]any, len(f.conds))
+	for i, c := range f.conds {
+		parts[i] = fmt.Sprintf("%s %s $%d", c.column, c.op, next+i)
+		args[i] = c.value
+	}
+	return strings.Join(parts, " AND "), args
+}
+
+type token struct {
+	text   string
+	quoted bool
+}
+
+func lex(src string) ([]token, error) {
+	var toks []token
+	r := []rune(src)
+	for i := 0; i < len(r); {
+		switch c := r[i]; {
+		case unicode.IsSpace(c):
+			i++
+		case c == '"':
+			j := i + 1
+			var b strings.Builder
+			for ; j < len(r) && r[j] != '"'; j++ {
+				if r[j] == '\\' && j+1 < len(r) {
+					j++
+				}
+				b.WriteRune(r[j])
+			}
+			if j >= len(r) {
+				return nil, fmt.Errorf("unterminated string in filter")
+			}
+			toks = append(toks, token{text: b.String(), quoted: true})
+			i = j + 1
+		case strings.ContainsRune("=!<>", c):
+			j := i + 1
+			if j < len(r) && r[j] == '=' {
+				j++
+			}
+			toks = append(toks, token{text: string(r[i:j])})
+			i = j
+		default:
+			j := i
+			for j < len(r) && !unicode.IsSpace(r[j]) && !strings.ContainsRune("=!<>\"", r[j]) {
+				j++
+			}
+			toks = append(toks, token{text: string(r[i:j])})
+			i = j
+		}
+	}
+	return toks, nil
+}
+
+func fieldNames(fields map[string]FilterField) string {
+	names := make([]string, 0, len(fields))
+	for n := range fields {
+		names = append(names, n)
+	}
+	slices.Sort(names) // a stable message
+	return strings.Join(names, ", ")
+}
+
+// EnumLookup builds an Enum resolver from a protobuf enum's value map (the
+// generated XXX_value), accepting names with or without the enum's prefix.
+func EnumLookup(values map[string]int32, prefix string) func(string) (int32, bool) {
+	return func(s string) (int32, bool) {
+		if n, ok := values[s]; ok && n != 0 {
+			return n, true
+		}
+		if n, ok := values[prefix+s]; ok && n != 0 {
+			return n, true
+		}
+		return 0, false
+	}
+}

@@ -1,0 +1,67 @@
+package aip
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"hash/fnv"
+)
+
+// Page sizes (AIP-158).
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 1000
+)
+
+// PageSize applies the default and the maximum to a requested page size.
+func PageSize(requested int32) int {
+	switch {
+	case requested <= 0:
+		return DefaultPageSize
+	case requested > MaxPageSize:
+		return MaxPageSize
+	default:
+		return int(requested)
+	}
+}
+
+// pageToken is the opaque cursor handed to clients: the sort key of the last
+// row returned and a hash of the query it belongs to, so a token cannot be
+// replayed against a different parent or filter.
+type pageToken struct {
+	After string `json:"a"`
+	Query uint64 `json:"q"`
+}
+
+// QueryHash identifies a list query by everything that shapes its results.
+func QueryHash(parts ...string) uint64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
+// EncodePageToken returns the token for the page after the row with key after.
+func EncodePageToken(after string, query uint64) string {
+	b, _ := json.Marshal(pageToken{After: after, Query: query})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// DecodePageToken returns the key to resume after. An empty token starts at
+// the beginning. ok is false for a malformed token or one minted for another
+// query.
+func DecodePageToken(token string, query uint64) (after string, ok bool) {
+	if token == "" {
+		return "", true
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		return "", false
+	}
+	var t pageToken
+	if err := json.Unmarshal(b, &t); err != nil || t.Query != query || t.After == "" {
+		return "", false
+	}
+	return t.After, true
+}

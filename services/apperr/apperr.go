@@ -1,0 +1,128 @@
+// Package apperr builds the gRPC errors Handoff's services return: a code, a
+// message an integrator can act on, and the google.rpc details (ErrorInfo,
+// BadRequest field violations) that say exactly what was wrong.
+package apperr
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+)
+
+// Domain is the ErrorInfo domain of every Handoff error.
+const Domain = "handoff.health"
+
+// Reasons used in ErrorInfo. They are stable: integrators may switch on them.
+const (
+	ReasonInvalidTransition = "INVALID_STATE_TRANSITION"
+	ReasonEtagMismatch      = "ETAG_MISMATCH"
+	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
+	ReasonSafetyScreen      = "SAFETY_SCREEN_REQUIRED"
+	ReasonNoCapacity        = "NO_CAPACITY"
+	ReasonDoubleBooked      = "COUNSELOR_DOUBLE_BOOKED"
+	ReasonTooEarly          = "TOO_EARLY"
+	ReasonAlreadyRecorded   = "ALREADY_RECORDED"
+	ReasonLeaseHeld         = "LEASE_HELD"
+	ReasonNotFound          = "RESOURCE_NOT_FOUND"
+	ReasonUnauthenticated   = "UNAUTHENTICATED"
+	ReasonPermissionDenied  = "PERMISSION_DENIED"
+)
+
+// Violation is one field that failed validation.
+type Violation struct {
+	Field       string
+	Description string
+}
+
+// Violations collects field violations while a request is checked.
+type Violations []Violation
+
+// Add records a violation of field.
+func (v *Violations) Add(field, format string, args ...any) {
+	*v = append(*v, Violation{Field: field, Description: fmt.Sprintf(format, args...)})
+}
+
+// Err returns an INVALID_ARGUMENT error listing the violations, or nil.
+func (v Violations) Err() error {
+	if len(v) == 0 {
+		return nil
+	}
+	return InvalidArgument(v...)
+}
+
+// InvalidArgument returns INVALID_ARGUMENT with BadRequest field violations.
+func InvalidArgument(vs ...Violation) error {
+	br := &errdetails.BadRequest{}
+	parts := make([]string, 0, len(vs))
+	for _, v := range vs {
+		br.FieldViolations = append(br.FieldViolations, &errdetails.BadRequest_FieldViolation{
+			Field: v.Field, Description: v.Description,
+		})
+		parts = append(parts, v.Field+": "+v.Description)
+	}
+	return withDetails(codes.InvalidArgument, "invalid request: "+strings.Join(parts, "; "), br)
+}
+
+// Field returns INVALID_ARGUMENT for a single field.
+func Field(field, format string, args ...any) error {
+	return InvalidArgument(Violation{Field: field, Description: fmt.Sprintf(format, args...)})
+}
+
+// NotFound says that the named resource does not exist (or is not visible to
+// the caller: the two are indistinguishable on purpose).
+func NotFound(name string) error {
+	return withDetails(codes.NotFound, fmt.Sprintf("%s not found", name), &errdetails.ErrorInfo{
+		Reason: ReasonNotFound, Domain: Domain, Metadata: map[string]string{"resource": name},
+	})
+}
+
+// FailedPrecondition says the system is not in a state that allows the call.
+func FailedPrecondition(reason, msg string, metadata map[string]string) error {
+	return withDetails(codes.FailedPrecondition, msg, &errdetails.ErrorInfo{
+		Reason: reason, Domain: Domain, Metadata: metadata,
+	})
+}
+
+// InvalidTransition is FAILED_PRECONDITION for a state machine step that is not
+// allowed from the current state.
+func InvalidTransition(name, from, to string) error {
+	return FailedPrecondition(ReasonInvalidTransition,
+		fmt.Sprintf("%s is %s and cannot move to %s", name, from, to),
+		map[string]string{"resource": name, "from": from, "to": to})
+}
+
+// EtagMismatch is ABORTED: the resource changed since the caller read it.
+func EtagMismatch(name string) error {
+	return withDetails(codes.Aborted,
+		fmt.Sprintf("%s changed since it was read (etag mismatch): read it again and retry", name),
+		&errdetails.ErrorInfo{Reason: ReasonEtagMismatch, Domain: Domain, Metadata: map[string]string{"resource": name}})
+}
+
+// Internal hides an unexpected error from the caller; the caller sees only
+// that something failed inside.
+func Internal(_ error) error {
+	return status.Error(codes.Internal, "internal error")
+}
+
+func withDetails(code codes.Code, msg string, details ...protoadapt.MessageV1) error {
+	st := status.New(code, msg)
+	withD, err := st.WithDetails(details...)
+	if err != nil {
+		return st.Err()
+	}
+	return withD.Err()
+}
+
+// IsCode reports whether err carries the gRPC code c.
+func IsCode(err error, c codes.Code) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		return se.GRPCStatus().Code() == c
+	}
+	return false
+}

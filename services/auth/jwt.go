@@ -1,0 +1,137 @@
+package auth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"strings"
+	"time"
+)
+
+// KeySource finds the public key that signed a token.
+type KeySource interface {
+	Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error)
+}
+
+// Verifier checks bearer tokens: ES256 signature, issuer, audience, expiry
+// and not-before, then reads the subject, clinic and roles.
+type Verifier struct {
+	Issuer   string
+	Audience string
+	Keys     KeySource
+	// Leeway tolerates clock skew between the issuer and us.
+	Leeway time.Duration
+	Now    func() time.Time
+}
+
+// ErrInvalidToken wraps every reason a token is refused.
+var ErrInvalidToken = errors.New("invalid token")
+
+type header struct {
+	Alg string `json:"alg"`
+	Kid string `json:"kid"`
+	Typ string `json:"typ"`
+}
+
+// Claims are the token claims Handoff reads.
+type Claims struct {
+	Issuer    string   `json:"iss"`
+	Subject   string   `json:"sub"`
+	Audience  audience `json:"aud"`
+	Expiry    int64    `json:"exp"`
+	NotBefore int64    `json:"nbf,omitempty"`
+	IssuedAt  int64    `json:"iat,omitempty"`
+	Clinic    string   `json:"clinic"`
+	Roles     []string `json:"roles"`
+}
+
+type audience []string
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = audience{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return err
+	}
+	*a = many
+	return nil
+}
+
+// Verify checks token and returns the principal it names.
+func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return Principal{}, fmt.Errorf("%w: not a JWT", ErrInvalidToken)
+	}
+	var h header
+	if err := decodeSegment(parts[0], &h); err != nil {
+		return Principal{}, fmt.Errorf("%w: header: %v", ErrInvalidToken, err)
+	}
+	if h.Alg != "ES256" {
+		return Principal{}, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, h.Alg)
+	}
+	key, err := v.Keys.Key(ctx, h.Kid)
+	if err != nil {
+		return Principal{}, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, h.Kid, err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || len(sig) != 64 {
+		return Principal{}, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
+	}
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+	if !ecdsa.Verify(key, digest[:], r, s) {
+		return Principal{}, fmt.Errorf("%w: bad signature", ErrInvalidToken)
+	}
+	var c Claims
+	if err := decodeSegment(parts[1], &c); err != nil {
+		return Principal{}, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
+	}
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
+	}
+	switch {
+	case c.Issuer != v.Issuer:
+		return Principal{}, fmt.Errorf("%w: issuer %q not trusted", ErrInvalidToken, c.Issuer)
+	case !contains(c.Audience, v.Audience):
+		return Principal{}, fmt.Errorf("%w: audience does not include %q", ErrInvalidToken, v.Audience)
+	case c.Expiry == 0 || now.After(time.Unix(c.Expiry, 0).Add(v.Leeway)):
+		return Principal{}, fmt.Errorf("%w: expired", ErrInvalidToken)
+	case c.NotBefore != 0 && now.Add(v.Leeway).Before(time.Unix(c.NotBefore, 0)):
+		return Principal{}, fmt.Errorf("%w: not valid yet", ErrInvalidToken)
+	case c.Subject == "" || c.Clinic == "":
+		return Principal{}, fmt.Errorf("%w: subject and clinic are required", ErrInvalidToken)
+	}
+	p := Principal{Subject: c.Subject, Clinic: c.Clinic}
+	for _, r := range c.Roles {
+		p.Roles = append(p.Roles, Role(r))
+	}
+	return p, nil
+}
+
+func contains(a audience, s string) bool {
+	for _, x := range a {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func decodeSegment(seg string, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}

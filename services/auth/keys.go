@@ -1,0 +1,143 @@
+package auth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// jwk is one key of a JSON Web Key Set (RFC 7517), EC P-256 only.
+type jwk struct {
+	Kty string `json:"kty"`
+	Crv string `json:"crv"`
+	X   string `json:"x"`
+	Y   string `json:"y"`
+	Kid string `json:"kid"`
+	Alg string `json:"alg,omitempty"`
+	Use string `json:"use,omitempty"`
+}
+
+type jwkSet struct {
+	Keys []jwk `json:"keys"`
+}
+
+// StaticKeys is a fixed key set, for tests and single-key deployments.
+type StaticKeys map[string]*ecdsa.PublicKey
+
+// Key implements KeySource.
+func (s StaticKeys) Key(_ context.Context, kid string) (*ecdsa.PublicKey, error) {
+	k, ok := s[kid]
+	if !ok {
+		return nil, fmt.Errorf("unknown key id")
+	}
+	return k, nil
+}
+
+// JWKS reads keys from an issuer's JWKS URL. A token signed with a key it has
+// not seen makes it fetch the set again (at most every MinRefresh), so keys
+// rotate without a restart.
+type JWKS struct {
+	URL        string
+	Client     *http.Client
+	MinRefresh time.Duration
+
+	mu      sync.Mutex
+	keys    StaticKeys
+	fetched time.Time
+}
+
+// Key implements KeySource.
+func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if k, ok := j.keys[kid]; ok {
+		return k, nil
+	}
+	min := j.MinRefresh
+	if min == 0 {
+		min = 30 * time.Second
+	}
+	if j.keys != nil && time.Since(j.fetched) < min {
+		return nil, fmt.Errorf("unknown key id")
+	}
+	keys, err := fetchJWKS(ctx, j.client(), j.URL)
+	if err != nil {
+		return nil, err
+	}
+	j.keys, j.fetched = keys, time.Now()
+	if k, ok := keys[kid]; ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("unknown key id")
+}
+
+func (j *JWKS) client() *http.Client {
+	if j.Client != nil {
+		return j.Client
+	}
+	return &http.Client{Timeout: 5 * time.Second}
+}
+
+func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("jwks: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("jwks: fetch: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("jwks: fetch: status %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("jwks: read: %w", err)
+	}
+	return ParseJWKS(body)
+}
+
+// ParseJWKS decodes the EC P-256 keys of a JWKS document.
+func ParseJWKS(body []byte) (StaticKeys, error) {
+	var set jwkSet
+	if err := json.Unmarshal(body, &set); err != nil {
+		return nil, fmt.Errorf("jwks: decode: %w", err)
+	}
+	keys := StaticKeys{}
+	for _, k := range set.Keys {
+		if k.Kty != "EC" || k.Crv != "P-256" {
+			continue
+		}
+		x, err1 := base64.RawURLEncoding.DecodeString(k.X)
+		y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
+		if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
+			return nil, fmt.Errorf("jwks: key %q: bad coordinates", k.Kid)
+		}
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		if err != nil {
+			return nil, fmt.Errorf("jwks: key %q: %w", k.Kid, err)
+		}
+		keys[k.Kid] = pub
+	}
+	return keys, nil
+}
+
+func encodeJWK(kid string, pub *ecdsa.PublicKey) (jwk, error) {
+	b, err := pub.Bytes()
+	if err != nil {
+		return jwk{}, err
+	}
+	return jwk{
+		Kty: "EC", Crv: "P-256", Kid: kid, Alg: "ES256", Use: "sig",
+		X: base64.RawURLEncoding.EncodeToString(b[1:33]),
+		Y: base64.RawURLEncoding.EncodeToString(b[33:65]),
+	}, nil
+}

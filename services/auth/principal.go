@@ -1,0 +1,82 @@
+// Package auth establishes who is calling: it verifies bearer tokens (OIDC
+// JWTs, ES256) against the issuer's keys, puts the caller's Principal in the
+// request context, and answers whether a principal may act in a clinic.
+package auth
+
+import (
+	"context"
+	"slices"
+
+	"github.com/handoff-health/handoff/services/apperr"
+)
+
+// Role is what a principal may do. Roles come from the token's "roles" claim.
+type Role string
+
+// The roles Handoff knows.
+const (
+	RoleCounselor   Role = "counselor"
+	RoleClinicAdmin Role = "clinic_admin"
+	RoleEHR         Role = "ehr"
+	RoleReminders   Role = "reminder_automation"
+	// RoleWorker is the Temporal worker's service identity. It acts for
+	// every clinic, always on resources the workflows were started for.
+	RoleWorker Role = "worker"
+)
+
+// AnyClinic is the clinic claim of service identities that serve every clinic.
+const AnyClinic = "*"
+
+// Principal is the authenticated caller.
+type Principal struct {
+	Subject string
+	Clinic  string
+	Roles   []Role
+}
+
+// Has reports whether p holds any of roles.
+func (p Principal) Has(roles ...Role) bool {
+	for _, r := range roles {
+		if slices.Contains(p.Roles, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// InClinic reports whether p may act inside clinic.
+func (p Principal) InClinic(clinic string) bool {
+	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker)))
+}
+
+type ctxKey struct{}
+
+// WithPrincipal returns ctx carrying p.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
+}
+
+// FromContext returns the principal in ctx, if any.
+func FromContext(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(ctxKey{}).(Principal)
+	return p, ok
+}
+
+// CheckClinic returns nil if the caller may act in clinic, and otherwise
+// NOT_FOUND for name, so that another clinic's resources cannot even be
+// confirmed to exist.
+func CheckClinic(ctx context.Context, clinic, name string) error {
+	p, ok := FromContext(ctx)
+	if !ok || !p.InClinic(clinic) {
+		return apperr.NotFound(name)
+	}
+	return nil
+}
+
+// Actor returns the subject to record as the author of a change.
+func Actor(ctx context.Context) string {
+	if p, ok := FromContext(ctx); ok {
+		return p.Subject
+	}
+	return "unknown"
+}

@@ -1,0 +1,350 @@
+package families
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+)
+
+const boundarySelect = `SELECT id, category, wording, consequence, state, reinforcement_count, create_time, update_time, version FROM boundaries`
+
+func scanBoundary(fam string) pgx.RowToFunc[*familiesv1.Boundary] {
+	return func(r pgx.CollectableRow) (*familiesv1.Boundary, error) {
+		var (
+			id, wording, consequence string
+			category, state          int16
+			count                    int32
+			created, updated         time.Time
+			version                  int64
+		)
+		if err := r.Scan(&id, &category, &wording, &consequence, &state, &count, &created, &updated, &version); err != nil {
+			return nil, err
+		}
+		return &familiesv1.Boundary{
+			Name: aip.Name(fam, "boundaries", id), Category: familiesv1.BoundaryCategory(category),
+			Wording: wording, Consequence: consequence, State: familiesv1.BoundaryState(state),
+			ReinforcementCount: count, CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated),
+			Etag: aip.Etag(version),
+		}, nil
+	}
+}
+
+// readBoundary reads one boundary with its history.
+func readBoundary(ctx context.Context, q querier, c child, lock bool) (*familiesv1.Boundary, error) {
+	sql := boundarySelect + ` WHERE clinic = $1 AND family_id = $2 AND id = $3`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, c.clinic, c.family, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("read boundary: %w", err)
+	}
+	b, err := pgx.CollectExactlyOneRow(rows, scanBoundary(c.familyName()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, apperr.NotFound(aip.Name(c.familyName(), "boundaries", c.id))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read boundary: %w", err)
+	}
+	if err := loadHistory(ctx, q, c.clinic, c.family, []*familiesv1.Boundary{b}); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// loadHistory fills the history of boundaries of one family in one query.
+func loadHistory(ctx context.Context, q querier, clinic, family string, bs []*familiesv1.Boundary) error {
+	if len(bs) == 0 {
+		return nil
+	}
+	byID := make(map[string]*familiesv1.Boundary, len(bs))
+	ids := make([]string, 0, len(bs))
+	for _, b := range bs {
+		id := lastSegment(b.GetName())
+		byID[id] = b
+		ids = append(ids, id)
+	}
+	rows, err := q.Query(ctx, `SELECT boundary_id, from_state, to_state, actor, reason, event_time FROM boundary_events
+		WHERE clinic = $1 AND family_id = $2 AND boundary_id = ANY($3) ORDER BY seq`, clinic, family, ids)
+	if err != nil {
+		return fmt.Errorf("read boundary history: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, actor, reason string
+			from, to          int16
+			at                time.Time
+		)
+		if err := rows.Scan(&id, &from, &to, &actor, &reason, &at); err != nil {
+			return fmt.Errorf("read boundary history: %w", err)
+		}
+		b := byID[id]
+		b.History = append(b.History, &familiesv1.BoundaryEvent{
+			FromState: familiesv1.BoundaryState(from), ToState: familiesv1.BoundaryState(to),
+			Actor: actor, Reason: reason, Time: timestamppb.New(at),
+		})
+	}
+	return rows.Err()
+}
+
+func newBoundary() *familiesv1.Boundary { return &familiesv1.Boundary{} }
+
+// CreateBoundary implements the API.
+func (s *Server) CreateBoundary(ctx context.Context, req *familiesv1.CreateBoundaryRequest) (*familiesv1.Boundary, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	b := req.GetBoundary()
+	var vs apperr.Violations
+	if b.GetCategory() == familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_UNSPECIFIED {
+		vs.Add("boundary.category", "is required")
+	}
+	if strings.TrimSpace(b.GetWording()) == "" {
+		vs.Add("boundary.wording", "is required: the boundary in the family's own words")
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateBoundary", req.GetRequestId(), req, newBoundary,
+		func(tx pgx.Tx) (*familiesv1.Boundary, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			c.id = aip.NewID()
+			now := s.cfg.Now()
+			proposed := familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED
+			if _, err := tx.Exec(ctx, `INSERT INTO boundaries (clinic, family_id, id, category, wording, consequence, state, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, c.clinic, c.family, c.id, int16(b.GetCategory()),
+				b.GetWording(), b.GetConsequence(), int16(proposed), now); err != nil {
+				return nil, fmt.Errorf("insert boundary: %w", err)
+			}
+			if err := addEvent(ctx, tx, c, familiesv1.BoundaryState_BOUNDARY_STATE_UNSPECIFIED, proposed, auth.Actor(ctx), "proposed", now); err != nil {
+				return nil, err
+			}
+			out, err := readBoundary(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, c.clinic, "boundary.created", out.GetName(), out)
+		})
+}
+
+func addEvent(ctx context.Context, tx pgx.Tx, c child, from, to familiesv1.BoundaryState, actor, reason string, at time.Time) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO boundary_events (clinic, family_id, boundary_id, from_state, to_state, actor, reason, event_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, c.clinic, c.family, c.id, int16(from), int16(to), actor, reason, at); err != nil {
+		return fmt.Errorf("insert boundary event: %w", err)
+	}
+	return nil
+}
+
+// GetBoundary implements the API.
+func (s *Server) GetBoundary(ctx context.Context, req *familiesv1.GetBoundaryRequest) (*familiesv1.Boundary, error) {
+	c, err := parseChild("name", req.GetName(), "boundaries")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return readBoundary(ctx, s.pool, c, false)
+}
+
+var boundaryFilter = map[string]aip.FilterField{
+	"state":    {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.BoundaryState_value, "BOUNDARY_STATE_")},
+	"category": {Column: "category", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.BoundaryCategory_value, "BOUNDARY_CATEGORY_")},
+}
+
+// ListBoundaries implements the API.
+func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundariesRequest) (*familiesv1.ListBoundariesResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), boundaryFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(5)
+	rows, err := s.pool.Query(ctx, boundarySelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
+		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list boundaries: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanBoundary(c.familyName()))
+	if err != nil {
+		return nil, fmt.Errorf("list boundaries: %w", err)
+	}
+	items, next := page(items, size, q, func(b *familiesv1.Boundary) string { return lastSegment(b.GetName()) })
+	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
+		return nil, err
+	}
+	return &familiesv1.ListBoundariesResponse{Boundaries: items, NextPageToken: next}, nil
+}
+
+// UpdateBoundary implements the API.
+func (s *Server) UpdateBoundary(ctx context.Context, req *familiesv1.UpdateBoundaryRequest) (*familiesv1.Boundary, error) {
+	c, err := parseChild("boundary.name", req.GetBoundary().GetName(), "boundaries")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetBoundary().GetName()); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"UpdateBoundary", req.GetRequestId(), req, newBoundary,
+		func(tx pgx.Tx) (*familiesv1.Boundary, error) {
+			cur, err := readBoundary(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetBoundary().GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if cur.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED {
+				return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
+					fmt.Sprintf("%s is %s: only a proposed boundary can be reworded; propose a new one instead", cur.GetName(), cur.GetState()),
+					map[string]string{"resource": cur.GetName(), "state": cur.GetState().String()})
+			}
+			next := proto.Clone(cur).(*familiesv1.Boundary)
+			if err := aip.ApplyMask(next, req.GetBoundary(), req.GetUpdateMask().GetPaths(), []string{"wording", "consequence"}); err != nil {
+				return nil, apperr.Field("update_mask", "%v", err)
+			}
+			if strings.TrimSpace(next.GetWording()) == "" {
+				return nil, apperr.Field("boundary.wording", "is required")
+			}
+			if _, err := tx.Exec(ctx, `UPDATE boundaries SET wording = $4, consequence = $5, update_time = $6, version = version + 1
+				WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id, next.GetWording(), next.GetConsequence(), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("update boundary: %w", err)
+			}
+			out, err := readBoundary(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, c.clinic, "boundary.updated", out.GetName(), out)
+		})
+}
+
+// transition is one boundary verb: the states it leaves from and the state it
+// reaches.
+type transition struct {
+	verb string
+	from []familiesv1.BoundaryState
+	to   familiesv1.BoundaryState
+}
+
+var (
+	agree = transition{"agree", []familiesv1.BoundaryState{familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED},
+		familiesv1.BoundaryState_BOUNDARY_STATE_AGREED}
+	activate = transition{"activate", []familiesv1.BoundaryState{familiesv1.BoundaryState_BOUNDARY_STATE_AGREED},
+		familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE}
+	reinforce = transition{"reinforce", []familiesv1.BoundaryState{familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE,
+		familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED}, familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED}
+	retire = transition{"retire", []familiesv1.BoundaryState{familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED,
+		familiesv1.BoundaryState_BOUNDARY_STATE_AGREED, familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE,
+		familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED}, familiesv1.BoundaryState_BOUNDARY_STATE_RETIRED}
+)
+
+// AgreeBoundary implements the API.
+func (s *Server) AgreeBoundary(ctx context.Context, req *familiesv1.TransitionBoundaryRequest) (*familiesv1.Boundary, error) {
+	return s.transition(ctx, req, agree)
+}
+
+// ActivateBoundary implements the API.
+func (s *Server) ActivateBoundary(ctx context.Context, req *familiesv1.TransitionBoundaryRequest) (*familiesv1.Boundary, error) {
+	return s.transition(ctx, req, activate)
+}
+
+// ReinforceBoundary implements the API.
+func (s *Server) ReinforceBoundary(ctx context.Context, req *familiesv1.TransitionBoundaryRequest) (*familiesv1.Boundary, error) {
+	return s.transition(ctx, req, reinforce)
+}
+
+// RetireBoundary implements the API.
+func (s *Server) RetireBoundary(ctx context.Context, req *familiesv1.TransitionBoundaryRequest) (*familiesv1.Boundary, error) {
+	return s.transition(ctx, req, retire)
+}
+
+func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBoundaryRequest, t transition) (*familiesv1.Boundary, error) {
+	c, err := parseChild("name", req.GetName(), "boundaries")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	method := svc + strings.ToUpper(t.verb[:1]) + t.verb[1:] + "Boundary"
+	return idempotency.InTx(ctx, s.pool, c.clinic, method, req.GetRequestId(), req, newBoundary,
+		func(tx pgx.Tx) (*familiesv1.Boundary, error) {
+			cur, err := readBoundary(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			legal := false
+			for _, f := range t.from {
+				legal = legal || cur.GetState() == f
+			}
+			if !legal {
+				return nil, apperr.InvalidTransition(cur.GetName(), cur.GetState().String(), t.to.String())
+			}
+			if t.verb == activate.verb {
+				if err := s.requireSafeScreen(ctx, tx, c); err != nil {
+					return nil, err
+				}
+			}
+			now := s.cfg.Now()
+			count := "reinforcement_count"
+			if t.verb == "reinforce" {
+				count += " + 1"
+			}
+			if _, err := tx.Exec(ctx, `UPDATE boundaries SET state = $4, reinforcement_count = `+count+`,
+				update_time = $5, version = version + 1 WHERE clinic = $1 AND family_id = $2 AND id = $3`,
+				c.clinic, c.family, c.id, int16(t.to), now); err != nil {
+				return nil, fmt.Errorf("%s boundary: %w", t.verb, err)
+			}
+			reason := req.GetReason()
+			if reason == "" {
+				reason = t.verb
+			}
+			if err := addEvent(ctx, tx, c, cur.GetState(), t.to, auth.Actor(ctx), reason, now); err != nil {
+				return nil, err
+			}
+			out, err := readBoundary(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, c.clinic, "boundary."+t.verb+"d", out.GetName(), out)
+		})
+}
+
+// requireSafeScreen refuses boundary activation without a current safety
+// screen, or with a high-risk one: boundaries can escalate danger at home.
+func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) error {
+	fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
+	if err != nil {
+		return err
+	}
+	st := fam.GetSafetyScreenStatus()
+	if st == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT {
+		return nil
+	}
+	return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+		fmt.Sprintf("%s needs a current safety screen that is not high risk before a boundary becomes active (status: %s)", fam.GetName(), st),
+		map[string]string{"family": fam.GetName(), "safety_screen_status": st.String()})
+}

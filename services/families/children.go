@@ -1,0 +1,545 @@
+package families
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+)
+
+// child names a resource under a family.
+type child struct {
+	clinic, family, id string
+}
+
+func (c child) familyName() string { return familyName(c.clinic, c.family) }
+
+func parseChild(field, name, collection string) (child, error) {
+	ids, err := aip.Parse(name, "clinics", "families", collection)
+	if err != nil {
+		return child{}, apperr.Field(field, "%v", err)
+	}
+	return child{ids[0], ids[1], ids[2]}, nil
+}
+
+// parentFamily parses and authorises the family a child is created or listed
+// under.
+func parentFamily(ctx context.Context, parent string) (child, error) {
+	ids, err := aip.Parse(parent, "clinics", "families")
+	if err != nil {
+		return child{}, apperr.Field("parent", "%v", err)
+	}
+	c := child{clinic: ids[0], family: ids[1]}
+	return c, auth.CheckClinic(ctx, c.clinic, parent)
+}
+
+// requireFamily locks the family row so that children are never added to a
+// family being deleted, and reports NOT_FOUND for a missing family.
+func requireFamily(ctx context.Context, tx pgx.Tx, c child) error {
+	var one int
+	err := tx.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2 FOR SHARE`, c.clinic, c.family).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apperr.NotFound(c.familyName())
+	}
+	if err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	return nil
+}
+
+// listArgs resolves a child List request's filter and page token.
+func listArgs(parent, filter, token string, fields map[string]aip.FilterField) (aip.Filter, string, uint64, error) {
+	f, err := aip.ParseFilter(filter, fields)
+	if err != nil {
+		return aip.Filter{}, "", 0, apperr.Field("filter", "%v", err)
+	}
+	q := aip.QueryHash(parent, filter)
+	after, ok := aip.DecodePageToken(token, q)
+	if !ok {
+		return aip.Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")
+	}
+	return f, after, q, nil
+}
+
+// page trims one extra row off items and returns the next page token.
+func page[T any](items []T, size int, q uint64, key func(T) string) ([]T, string) {
+	if len(items) <= size {
+		return items, ""
+	}
+	return items[:size], aip.EncodePageToken(key(items[size-1]), q)
+}
+
+func lastSegment(name string) string {
+	for i := len(name) - 1; i >= 0; i-- {
+		if name[i] == '/' {
+			return name[i+1:]
+		}
+	}
+	return name
+}
+
+// --- Barriers ---
+
+const barrierSelect = `SELECT id, kind, notes, create_time, update_time, resolve_time, version FROM barriers`
+
+func scanBarrier(fam string) pgx.RowToFunc[*familiesv1.Barrier] {
+	return func(r pgx.CollectableRow) (*familiesv1.Barrier, error) {
+		var (
+			id, notes        string
+			kind             int16
+			created, updated time.Time
+			resolved         *time.Time
+			version          int64
+		)
+		if err := r.Scan(&id, &kind, &notes, &created, &updated, &resolved, &version); err != nil {
+			return nil, err
+		}
+		b := &familiesv1.Barrier{
+			Name: aip.Name(fam, "barriers", id), Kind: familiesv1.BarrierKind(kind), Notes: notes,
+			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+		}
+		if resolved != nil {
+			b.ResolveTime = timestamppb.New(*resolved)
+		}
+		return b, nil
+	}
+}
+
+func readBarrier(ctx context.Context, q querier, c child, lock bool) (*familiesv1.Barrier, error) {
+	sql := barrierSelect + ` WHERE clinic = $1 AND family_id = $2 AND id = $3`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, c.clinic, c.family, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("read barrier: %w", err)
+	}
+	b, err := pgx.CollectExactlyOneRow(rows, scanBarrier(c.familyName()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, apperr.NotFound(aip.Name(c.familyName(), "barriers", c.id))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read barrier: %w", err)
+	}
+	return b, nil
+}
+
+func checkEtag(name, want, have string) error {
+	if want != "" && want != have {
+		return apperr.EtagMismatch(name)
+	}
+	return nil
+}
+
+// CreateBarrier implements the API.
+func (s *Server) CreateBarrier(ctx context.Context, req *familiesv1.CreateBarrierRequest) (*familiesv1.Barrier, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetBarrier().GetKind() == familiesv1.BarrierKind_BARRIER_KIND_UNSPECIFIED {
+		return nil, apperr.Field("barrier.kind", "is required")
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateBarrier", req.GetRequestId(), req,
+		func() *familiesv1.Barrier { return &familiesv1.Barrier{} },
+		func(tx pgx.Tx) (*familiesv1.Barrier, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			c.id = aip.NewID()
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO barriers (clinic, family_id, id, kind, notes, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $6)`, c.clinic, c.family, c.id, int16(req.GetBarrier().GetKind()), req.GetBarrier().GetNotes(), now); err != nil {
+				return nil, fmt.Errorf("insert barrier: %w", err)
+			}
+			b, err := readBarrier(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return b, emit(ctx, tx, c.clinic, "barrier.created", b.GetName(), b)
+		})
+}
+
+// GetBarrier implements the API.
+func (s *Server) GetBarrier(ctx context.Context, req *familiesv1.GetBarrierRequest) (*familiesv1.Barrier, error) {
+	c, err := parseChild("name", req.GetName(), "barriers")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return readBarrier(ctx, s.pool, c, false)
+}
+
+var barrierFilter = map[string]aip.FilterField{
+	"kind":     {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.BarrierKind_value, "BARRIER_KIND_")},
+	"resolved": {Column: "(resolve_time IS NOT NULL)", Kind: aip.Bool},
+}
+
+// ListBarriers implements the API.
+func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersRequest) (*familiesv1.ListBarriersResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), barrierFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(5)
+	rows, err := s.pool.Query(ctx, barrierSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
+		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list barriers: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanBarrier(c.familyName()))
+	if err != nil {
+		return nil, fmt.Errorf("list barriers: %w", err)
+	}
+	items, next := page(items, size, q, func(b *familiesv1.Barrier) string { return lastSegment(b.GetName()) })
+	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
+}
+
+// UpdateBarrier implements the API.
+func (s *Server) UpdateBarrier(ctx context.Context, req *familiesv1.UpdateBarrierRequest) (*familiesv1.Barrier, error) {
+	c, err := parseChild("barrier.name", req.GetBarrier().GetName(), "barriers")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetBarrier().GetName()); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"UpdateBarrier", req.GetRequestId(), req,
+		func() *familiesv1.Barrier { return &familiesv1.Barrier{} },
+		func(tx pgx.Tx) (*familiesv1.Barrier, error) {
+			cur, err := readBarrier(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetBarrier().GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			next := proto.Clone(cur).(*familiesv1.Barrier)
+			if err := aip.ApplyMask(next, req.GetBarrier(), req.GetUpdateMask().GetPaths(), []string{"notes"}); err != nil {
+				return nil, apperr.Field("update_mask", "%v", err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE barriers SET notes = $4, update_time = $5, version = version + 1
+				WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id, next.GetNotes(), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("update barrier: %w", err)
+			}
+			b, err := readBarrier(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return b, emit(ctx, tx, c.clinic, "barrier.updated", b.GetName(), b)
+		})
+}
+
+// DeleteBarrier implements the API.
+func (s *Server) DeleteBarrier(ctx context.Context, req *familiesv1.DeleteBarrierRequest) (*emptypb.Empty, error) {
+	c, err := parseChild("name", req.GetName(), "barriers")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"DeleteBarrier", req.GetRequestId(), req, newEmpty,
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			cur, err := readBarrier(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM barriers WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id); err != nil {
+				return nil, fmt.Errorf("delete barrier: %w", err)
+			}
+			return &emptypb.Empty{}, emit(ctx, tx, c.clinic, "barrier.deleted", cur.GetName(), cur)
+		})
+}
+
+// ResolveBarrier implements the API.
+func (s *Server) ResolveBarrier(ctx context.Context, req *familiesv1.ResolveBarrierRequest) (*familiesv1.Barrier, error) {
+	c, err := parseChild("name", req.GetName(), "barriers")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"ResolveBarrier", req.GetRequestId(), req,
+		func() *familiesv1.Barrier { return &familiesv1.Barrier{} },
+		func(tx pgx.Tx) (*familiesv1.Barrier, error) {
+			cur, err := readBarrier(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if cur.GetResolveTime() != nil {
+				return nil, apperr.InvalidTransition(cur.GetName(), "RESOLVED", "RESOLVED")
+			}
+			notes := cur.GetNotes()
+			if n := req.GetNotes(); n != "" {
+				if notes != "" {
+					notes += "\n"
+				}
+				notes += n
+			}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `UPDATE barriers SET notes = $4, resolve_time = $5, update_time = $5, version = version + 1
+				WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id, notes, now); err != nil {
+				return nil, fmt.Errorf("resolve barrier: %w", err)
+			}
+			b, err := readBarrier(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return b, emit(ctx, tx, c.clinic, "barrier.resolved", b.GetName(), b)
+		})
+}
+
+// --- Warning signs ---
+
+const warningSelect = `SELECT id, kind, occur_time, notes, recorded_by, create_time FROM warning_signs`
+
+func scanWarning(fam string) pgx.RowToFunc[*familiesv1.WarningSign] {
+	return func(r pgx.CollectableRow) (*familiesv1.WarningSign, error) {
+		var (
+			id, notes, by  string
+			kind           int16
+			occur, created time.Time
+		)
+		if err := r.Scan(&id, &kind, &occur, &notes, &by, &created); err != nil {
+			return nil, err
+		}
+		return &familiesv1.WarningSign{
+			Name: aip.Name(fam, "warningSigns", id), Kind: familiesv1.WarningSignKind(kind),
+			OccurTime: timestamppb.New(occur), Notes: notes, RecordedBy: by, CreateTime: timestamppb.New(created),
+		}, nil
+	}
+}
+
+func readWarning(ctx context.Context, q querier, c child) (*familiesv1.WarningSign, error) {
+	rows, err := q.Query(ctx, warningSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("read warning sign: %w", err)
+	}
+	w, err := pgx.CollectExactlyOneRow(rows, scanWarning(c.familyName()))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, apperr.NotFound(aip.Name(c.familyName(), "warningSigns", c.id))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read warning sign: %w", err)
+	}
+	return w, nil
+}
+
+// clockSkew is how far in the future a reported time may lie before it is
+// refused: clients' clocks drift.
+const clockSkew = 5 * time.Minute
+
+// CreateWarningSign implements the API. An overdose marks the family urgent
+// in the same transaction, so no reader sees the sign without the urgency.
+func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWarningSignRequest) (*familiesv1.WarningSign, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	ws := req.GetWarningSign()
+	now := s.cfg.Now()
+	var vs apperr.Violations
+	if ws.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_UNSPECIFIED {
+		vs.Add("warning_sign.kind", "is required")
+	}
+	occur := now
+	if ws.GetOccurTime() != nil {
+		occur = ws.GetOccurTime().AsTime()
+		if occur.After(now.Add(clockSkew)) {
+			vs.Add("warning_sign.occur_time", "must not be in the future")
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateWarningSign", req.GetRequestId(), req,
+		func() *familiesv1.WarningSign { return &familiesv1.WarningSign{} },
+		func(tx pgx.Tx) (*familiesv1.WarningSign, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			c.id = aip.NewID()
+			if _, err := tx.Exec(ctx, `INSERT INTO warning_signs (clinic, family_id, id, kind, occur_time, notes, recorded_by, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, c.clinic, c.family, c.id, int16(ws.GetKind()), occur, ws.GetNotes(), auth.Actor(ctx), now); err != nil {
+				return nil, fmt.Errorf("insert warning sign: %w", err)
+			}
+			if ws.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
+				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = true, update_time = $3, version = version + 1
+					WHERE clinic = $1 AND id = $2`, c.clinic, c.family, now); err != nil {
+					return nil, fmt.Errorf("mark family urgent: %w", err)
+				}
+			}
+			w, err := readWarning(ctx, tx, c)
+			if err != nil {
+				return nil, err
+			}
+			// The event type names the kind so that consumers (the boundary
+			// workflow) can react to an overdose without decoding the payload.
+			event := "warning_sign.created"
+			if w.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
+				event = "warning_sign.overdose"
+			}
+			return w, emit(ctx, tx, c.clinic, event, w.GetName(), w)
+		})
+}
+
+// GetWarningSign implements the API.
+func (s *Server) GetWarningSign(ctx context.Context, req *familiesv1.GetWarningSignRequest) (*familiesv1.WarningSign, error) {
+	c, err := parseChild("name", req.GetName(), "warningSigns")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return readWarning(ctx, s.pool, c)
+}
+
+var warningFilter = map[string]aip.FilterField{
+	"kind": {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.WarningSignKind_value, "WARNING_SIGN_KIND_")},
+}
+
+// ListWarningSigns implements the API.
+func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarningSignsRequest) (*familiesv1.ListWarningSignsResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), warningFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(5)
+	rows, err := s.pool.Query(ctx, warningSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
+		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list warning signs: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanWarning(c.familyName()))
+	if err != nil {
+		return nil, fmt.Errorf("list warning signs: %w", err)
+	}
+	items, next := page(items, size, q, func(w *familiesv1.WarningSign) string { return lastSegment(w.GetName()) })
+	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
+}
+
+// --- Safety screens ---
+
+const screenSelect = `SELECT id, result, safety_plan, notes, screened_by, screen_time, create_time FROM safety_screens`
+
+func scanScreen(fam string) pgx.RowToFunc[*familiesv1.SafetyScreen] {
+	return func(r pgx.CollectableRow) (*familiesv1.SafetyScreen, error) {
+		var (
+			id, notes, by     string
+			result            int16
+			plan              bool
+			screened, created time.Time
+		)
+		if err := r.Scan(&id, &result, &plan, &notes, &by, &screened, &created); err != nil {
+			return nil, err
+		}
+		return &familiesv1.SafetyScreen{
+			Name: aip.Name(fam, "safetyScreens", id), Result: familiesv1.SafetyRisk(result), SafetyPlanInPlace: plan,
+			Notes: notes, ScreenedBy: by, ScreenTime: timestamppb.New(screened), CreateTime: timestamppb.New(created),
+		}, nil
+	}
+}
+
+// CreateSafetyScreen implements the API.
+func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateSafetyScreenRequest) (*familiesv1.SafetyScreen, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	ss := req.GetSafetyScreen()
+	now := s.cfg.Now()
+	var vs apperr.Violations
+	switch ss.GetResult() {
+	case familiesv1.SafetyRisk_SAFETY_RISK_UNSPECIFIED:
+		vs.Add("safety_screen.result", "is required")
+	case familiesv1.SafetyRisk_SAFETY_RISK_RISK_WITH_PLAN:
+		if !ss.GetSafetyPlanInPlace() {
+			vs.Add("safety_screen.safety_plan_in_place", "must be true when the result is RISK_WITH_PLAN")
+		}
+	}
+	at := now
+	if ss.GetScreenTime() != nil {
+		at = ss.GetScreenTime().AsTime()
+		if at.After(now.Add(clockSkew)) {
+			vs.Add("safety_screen.screen_time", "must not be in the future")
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateSafetyScreen", req.GetRequestId(), req,
+		func() *familiesv1.SafetyScreen { return &familiesv1.SafetyScreen{} },
+		func(tx pgx.Tx) (*familiesv1.SafetyScreen, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			c.id = aip.NewID()
+			if _, err := tx.Exec(ctx, `INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, notes, screened_by, screen_time, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, c.clinic, c.family, c.id, int16(ss.GetResult()),
+				ss.GetSafetyPlanInPlace(), ss.GetNotes(), auth.Actor(ctx), at, now); err != nil {
+				return nil, fmt.Errorf("insert safety screen: %w", err)
+			}
+			rows, err := tx.Query(ctx, screenSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
+			if err != nil {
+				return nil, fmt.Errorf("read safety screen: %w", err)
+			}
+			out, err := pgx.CollectExactlyOneRow(rows, scanScreen(c.familyName()))
+			if err != nil {
+				return nil, fmt.Errorf("read safety screen: %w", err)
+			}
+			return out, emit(ctx, tx, c.clinic, "safety_screen.created", out.GetName(), out)
+		})
+}
+
+// ListSafetyScreens implements the API.
+func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafetyScreensRequest) (*familiesv1.ListSafetyScreensResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	_, after, q, err := listArgs(req.GetParent(), "", req.GetPageToken(), nil)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	rows, err := s.pool.Query(ctx, screenSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 ORDER BY id LIMIT $4`,
+		c.clinic, c.family, after, size+1)
+	if err != nil {
+		return nil, fmt.Errorf("list safety screens: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanScreen(c.familyName()))
+	if err != nil {
+		return nil, fmt.Errorf("list safety screens: %w", err)
+	}
+	items, next := page(items, size, q, func(x *familiesv1.SafetyScreen) string { return lastSegment(x.GetName()) })
+	return &familiesv1.ListSafetyScreensResponse{SafetyScreens: items, NextPageToken: next}, nil
+}

@@ -1,0 +1,433 @@
+// Package families is the families service: the care circle around a loved
+// one who refuses treatment, with barriers, warning signs, safety screens and
+// boundaries. It owns the PostgreSQL schema "families"; everyone else reaches
+// its data through its gRPC API.
+package families
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"time"
+	_ "time/tzdata" // time zones must resolve on minimal images too
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Schema is the PostgreSQL schema the service owns.
+const Schema = "families"
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations are the service's migrations, shared tables first.
+func Migrations() []pgdb.Source {
+	return []pgdb.Source{
+		{Name: "common", FS: pgdb.Common, Dir: "common"},
+		{Name: "families", FS: migrations, Dir: "migrations"},
+	}
+}
+
+// Config tunes the service.
+type Config struct {
+	// MaxSafetyScreenAge is how old a safety screen may be before it counts
+	// as missing. Default 90 days.
+	MaxSafetyScreenAge time.Duration
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+// Server implements familiesv1.FamiliesServiceServer.
+type Server struct {
+	familiesv1.UnimplementedFamiliesServiceServer
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// New returns a server over pool, whose search path is the service's schema.
+func New(pool *pgxpool.Pool, cfg Config) *Server {
+	if cfg.MaxSafetyScreenAge == 0 {
+		cfg.MaxSafetyScreenAge = 90 * 24 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{pool: pool, cfg: cfg}
+}
+
+const svc = "/handoff.families.v1.FamiliesService/"
+
+// familyDoc holds the client-owned nested fields stored as JSON.
+var docJSON = protojson.MarshalOptions{UseProtoNames: true}
+
+func parseFamily(name string) (clinic, family string, err error) {
+	ids, err := aip.Parse(name, "clinics", "families")
+	if err != nil {
+		return "", "", apperr.Field("name", "%v", err)
+	}
+	return ids[0], ids[1], nil
+}
+
+func parseClinic(parent string) (string, error) {
+	ids, err := aip.Parse(parent, "clinics")
+	if err != nil {
+		return "", apperr.Field("parent", "%v", err)
+	}
+	return ids[0], nil
+}
+
+func familyName(clinic, id string) string { return aip.Name("clinics", clinic, "families", id) }
+
+// CreateFamily implements the API.
+func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyRequest) (*familiesv1.Family, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	f := proto.Clone(req.GetFamily()).(*familiesv1.Family)
+	var vs apperr.Violations
+	checkFamily(&vs, "family", f, true)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	assignMemberIDs(f)
+	now := s.cfg.Now()
+	if f.GetFirstContactTime() == nil {
+		f.FirstContactTime = timestamppb.New(now)
+	}
+	state := f.GetState()
+	if state == familiesv1.FamilyState_FAMILY_STATE_UNSPECIFIED {
+		state = familiesv1.FamilyState_FAMILY_STATE_ACTIVE
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateFamily", req.GetRequestId(), req, newFamily,
+		func(tx pgx.Tx) (*familiesv1.Family, error) {
+			id := aip.NewID()
+			doc, err := encodeDoc(f)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $7)`,
+				clinic, id, doc, f.GetCounselor(), int16(state), f.GetFirstContactTime().AsTime(), now); err != nil {
+				return nil, fmt.Errorf("insert family: %w", err)
+			}
+			out, err := s.readFamily(ctx, tx, clinic, id)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "family.created", out.GetName(), out)
+		})
+}
+
+// GetFamily implements the API.
+func (s *Server) GetFamily(ctx context.Context, req *familiesv1.GetFamilyRequest) (*familiesv1.Family, error) {
+	clinic, id, err := parseFamily(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return s.readFamily(ctx, s.pool, clinic, id)
+}
+
+var familyFilter = map[string]aip.FilterField{
+	"state":     {Column: "f.state", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.FamilyState_value, "FAMILY_STATE_")},
+	"counselor": {Column: "f.counselor", Kind: aip.String},
+	"urgent":    {Column: "f.urgent", Kind: aip.Bool},
+}
+
+// ListFamilies implements the API.
+func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesRequest) (*familiesv1.ListFamiliesResponse, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	filter, err := aip.ParseFilter(req.GetFilter(), familyFilter)
+	if err != nil {
+		return nil, apperr.Field("filter", "%v", err)
+	}
+	q := aip.QueryHash(req.GetParent(), req.GetFilter())
+	after, ok := aip.DecodePageToken(req.GetPageToken(), q)
+	if !ok {
+		return nil, apperr.Field("page_token", "not a page token of this query: list again from the first page")
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := filter.SQL(4)
+	rows, err := s.pool.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id > $2 AND `+where+` ORDER BY f.id LIMIT $3`,
+		append([]any{clinic, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list families: %w", err)
+	}
+	fams, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(clinic, r) })
+	if err != nil {
+		return nil, fmt.Errorf("list families: %w", err)
+	}
+	resp := &familiesv1.ListFamiliesResponse{Families: fams}
+	if len(fams) > size {
+		resp.Families = fams[:size]
+		_, last, _ := parseFamily(fams[size-1].GetName())
+		resp.NextPageToken = aip.EncodePageToken(last, q)
+	}
+	return resp, nil
+}
+
+var familyUpdatable = []string{"loved_one", "members", "coverage", "counselor", "state"}
+
+// UpdateFamily implements the API.
+func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyRequest) (*familiesv1.Family, error) {
+	name := req.GetFamily().GetName()
+	clinic, id, err := parseFamily(name)
+	if err != nil {
+		return nil, apperr.Field("family.name", "%v", err)
+	}
+	if err := auth.CheckClinic(ctx, clinic, name); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"UpdateFamily", req.GetRequestId(), req, newFamily,
+		func(tx pgx.Tx) (*familiesv1.Family, error) {
+			cur, err := s.lockFamily(ctx, tx, clinic, id, req.GetFamily().GetEtag())
+			if err != nil {
+				return nil, err
+			}
+			next := proto.Clone(cur).(*familiesv1.Family)
+			if err := aip.ApplyMask(next, req.GetFamily(), req.GetUpdateMask().GetPaths(), familyUpdatable); err != nil {
+				return nil, apperr.Field("update_mask", "%v", err)
+			}
+			var vs apperr.Violations
+			checkFamily(&vs, "family", next, true)
+			if next.GetState() == familiesv1.FamilyState_FAMILY_STATE_UNSPECIFIED {
+				vs.Add("family.state", "must be set")
+			}
+			if err := vs.Err(); err != nil {
+				return nil, err
+			}
+			assignMemberIDs(next)
+			doc, err := encodeDoc(next)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE families SET doc = $3, counselor = $4, state = $5,
+				update_time = $6, version = version + 1 WHERE clinic = $1 AND id = $2`,
+				clinic, id, doc, next.GetCounselor(), int16(next.GetState()), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("update family: %w", err)
+			}
+			out, err := s.readFamily(ctx, tx, clinic, id)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "family.updated", out.GetName(), out)
+		})
+}
+
+// DeleteFamily implements the API.
+func (s *Server) DeleteFamily(ctx context.Context, req *familiesv1.DeleteFamilyRequest) (*emptypb.Empty, error) {
+	clinic, id, err := parseFamily(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"DeleteFamily", req.GetRequestId(), req, newEmpty,
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			if _, err := s.lockFamily(ctx, tx, clinic, id, req.GetEtag()); err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM families WHERE clinic = $1 AND id = $2`, clinic, id); err != nil {
+				return nil, fmt.Errorf("delete family: %w", err)
+			}
+			return &emptypb.Empty{}, emit(ctx, tx, clinic, "family.deleted", req.GetName(), &familiesv1.Family{Name: req.GetName()})
+		})
+}
+
+func newFamily() *familiesv1.Family { return &familiesv1.Family{} }
+func newEmpty() *emptypb.Empty      { return &emptypb.Empty{} }
+
+const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
+	f.create_time, f.update_time, f.version,
+	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
+	FROM families f
+	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
+		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true`
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func (s *Server) readFamily(ctx context.Context, q querier, clinic, id string) (*familiesv1.Family, error) {
+	rows, err := q.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id = $2`, clinic, id)
+	if err != nil {
+		return nil, fmt.Errorf("read family: %w", err)
+	}
+	f, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(clinic, r) })
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, apperr.NotFound(familyName(clinic, id))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read family: %w", err)
+	}
+	return f, nil
+}
+
+// lockFamily reads the family for update and checks the caller's etag.
+func (s *Server) lockFamily(ctx context.Context, tx pgx.Tx, clinic, id, etag string) (*familiesv1.Family, error) {
+	var version int64
+	err := tx.QueryRow(ctx, `SELECT version FROM families WHERE clinic = $1 AND id = $2 FOR UPDATE`, clinic, id).Scan(&version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, apperr.NotFound(familyName(clinic, id))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock family: %w", err)
+	}
+	if etag != "" {
+		if v, ok := aip.ParseEtag(etag); !ok || v != version {
+			return nil, apperr.EtagMismatch(familyName(clinic, id))
+		}
+	}
+	return s.readFamily(ctx, tx, clinic, id)
+}
+
+func (s *Server) scanFamily(clinic string, r pgx.CollectableRow) (*familiesv1.Family, error) {
+	var (
+		id, counselor                  string
+		doc                            []byte
+		state                          int16
+		urgent                         bool
+		firstContact, created, updated time.Time
+		version                        int64
+		ssID, ssNotes, ssBy            *string
+		ssResult                       *int16
+		ssPlan                         *bool
+		ssTime, ssCreated              *time.Time
+	)
+	if err := r.Scan(&id, &doc, &counselor, &state, &urgent, &firstContact, &created, &updated, &version,
+		&ssID, &ssResult, &ssPlan, &ssNotes, &ssBy, &ssTime, &ssCreated); err != nil {
+		return nil, err
+	}
+	f := &familiesv1.Family{}
+	if err := protojson.Unmarshal(doc, f); err != nil {
+		return nil, fmt.Errorf("decode family %s: %w", id, err)
+	}
+	f.Name = familyName(clinic, id)
+	f.Counselor = counselor
+	f.State = familiesv1.FamilyState(state)
+	f.Urgent = urgent
+	f.FirstContactTime = timestamppb.New(firstContact)
+	f.CreateTime = timestamppb.New(created)
+	f.UpdateTime = timestamppb.New(updated)
+	f.Etag = aip.Etag(version)
+	f.SafetyScreenStatus = familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_MISSING
+	if ssID != nil {
+		f.LatestSafetyScreen = &familiesv1.SafetyScreen{
+			Name:              aip.Name(f.Name, "safetyScreens", *ssID),
+			Result:            familiesv1.SafetyRisk(*ssResult),
+			SafetyPlanInPlace: *ssPlan,
+			Notes:             *ssNotes,
+			ScreenedBy:        *ssBy,
+			ScreenTime:        timestamppb.New(*ssTime),
+			CreateTime:        timestamppb.New(*ssCreated),
+		}
+		f.SafetyScreenStatus = s.screenStatus(*ssTime, familiesv1.SafetyRisk(*ssResult))
+	}
+	return f, nil
+}
+
+func (s *Server) screenStatus(screened time.Time, result familiesv1.SafetyRisk) familiesv1.SafetyScreenStatus {
+	switch {
+	case s.cfg.Now().Sub(screened) > s.cfg.MaxSafetyScreenAge:
+		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_EXPIRED
+	case result == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK:
+		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK
+	default:
+		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT
+	}
+}
+
+func encodeDoc(f *familiesv1.Family) ([]byte, error) {
+	b, err := docJSON.Marshal(&familiesv1.Family{LovedOne: f.GetLovedOne(), Members: f.GetMembers(), Coverage: f.GetCoverage()})
+	if err != nil {
+		return nil, fmt.Errorf("encode family: %w", err)
+	}
+	return b, nil
+}
+
+func assignMemberIDs(f *familiesv1.Family) {
+	for _, m := range f.GetMembers() {
+		if m.GetId() == "" {
+			m.Id = aip.NewID()
+		}
+		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_UNSPECIFIED {
+			m.Role = familiesv1.MemberRole_MEMBER_ROLE_SUPPORT
+		}
+	}
+}
+
+// checkFamily checks what protovalidate cannot: required fields, member ids
+// that are unique, preferred channels that exist, and time zones that resolve.
+func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool) {
+	if create {
+		if f.GetLovedOne().GetGivenName() == "" {
+			vs.Add(path+".loved_one.given_name", "is required")
+		}
+		if f.GetCounselor() == "" {
+			vs.Add(path+".counselor", "is required")
+		}
+	}
+	checkZone(vs, path+".loved_one.time_zone", f.GetLovedOne().GetTimeZone())
+	seen := map[string]bool{}
+	for i, m := range f.GetMembers() {
+		p := fmt.Sprintf("%s.members[%d]", path, i)
+		if m.GetId() != "" {
+			if seen[m.GetId()] {
+				vs.Add(p+".id", "duplicate member id %q", m.GetId())
+			}
+			seen[m.GetId()] = true
+		}
+		checkZone(vs, p+".time_zone", m.GetTimeZone())
+		if pc := m.GetPreferredChannel(); pc != familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {
+			found := false
+			for _, c := range m.GetContactChannels() {
+				found = found || c.GetKind() == pc
+			}
+			if !found {
+				vs.Add(p+".preferred_channel", "must be one of the member's contact_channels")
+			}
+		}
+	}
+}
+
+func checkZone(vs *apperr.Violations, field, zone string) {
+	if zone == "" {
+		return
+	}
+	if _, err := time.LoadLocation(zone); err != nil {
+		vs.Add(field, "unknown IANA time zone %q", zone)
+	}
+}
+
+// emit writes an outbox event for a change to resource.
+func emit(ctx context.Context, tx pgx.Tx, clinic, event, resource string, payload proto.Message) error {
+	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.families.v1." + event, Resource: resource, Payload: payload})
+}

@@ -1,0 +1,653 @@
+package families_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+type fixture struct {
+	env    *servicetest.Env
+	pool   *pgxpool.Pool
+	client familiesv1.FamiliesServiceClient
+	ctx    context.Context // a counselor of clinic "north"
+}
+
+func setup(t testing.TB) *fixture {
+	t.Helper()
+	pool, _ := pgtest.Schema(t, families.Migrations()...)
+	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(pool, families.Config{}))
+	})
+	return &fixture{env: env, pool: pool, client: familiesv1.NewFamiliesServiceClient(env.Conn), ctx: env.Counselor("north")}
+}
+
+func sampleFamily() *familiesv1.Family {
+	return &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{
+			GivenName: "Sam", FamilyName: "Rivera", PreferredName: "Sammy", BirthDate: "1994-03-02",
+			PrimarySubstance: familiesv1.Substance_SUBSTANCE_FENTANYL, TimeZone: "America/Chicago",
+			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550101"}},
+		},
+		Members: []*familiesv1.Member{{
+			Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT,
+			Role:            familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON,
+			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "ana@example.org"}},
+			PreferredChannel: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, TimeZone: "America/Chicago",
+			QuietHours: &familiesv1.QuietHours{Start: "22:00", End: "07:00"}, ConsentToContact: true,
+		}, {GivenName: "Luis", Relationship: familiesv1.Relationship_RELATIONSHIP_SIBLING}},
+		Coverage:  &familiesv1.Coverage{Kind: familiesv1.CoverageKind_COVERAGE_KIND_MEDICAID},
+		Counselor: "counselor-1",
+	}
+}
+
+func (f *fixture) create(t testing.TB) *familiesv1.Family {
+	t.Helper()
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()})
+	if err != nil {
+		t.Fatalf("CreateFamily: %v", err)
+	}
+	return fam
+}
+
+func wantCode(t *testing.T, err error, want codes.Code) *status.Status {
+	t.Helper()
+	st, _ := status.FromError(err)
+	if st.Code() != want {
+		t.Fatalf("got %v (%v), want %v", st.Code(), err, want)
+	}
+	return st
+}
+
+func TestFamilyLifecycle(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	if fam.GetState() != familiesv1.FamilyState_FAMILY_STATE_ACTIVE || fam.GetEtag() == "" {
+		t.Fatalf("new family: state %v etag %q", fam.GetState(), fam.GetEtag())
+	}
+	if fam.GetMembers()[1].GetId() == "" || fam.GetMembers()[1].GetRole() != familiesv1.MemberRole_MEMBER_ROLE_SUPPORT {
+		t.Fatalf("member defaults not applied: %v", fam.GetMembers()[1])
+	}
+	if fam.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_MISSING {
+		t.Fatalf("screen status = %v", fam.GetSafetyScreenStatus())
+	}
+	got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || !proto.Equal(got, fam) {
+		t.Fatalf("GetFamily = %v, %v; want %v", got, err, fam)
+	}
+
+	upd := &familiesv1.Family{Name: fam.GetName(), Etag: fam.GetEtag(),
+		LovedOne: &familiesv1.LovedOne{TimeZone: "America/Denver"}, State: familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT}
+	got, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: upd,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one.time_zone", "state"}}})
+	if err != nil {
+		t.Fatalf("UpdateFamily: %v", err)
+	}
+	if got.GetLovedOne().GetTimeZone() != "America/Denver" || got.GetLovedOne().GetGivenName() != "Sam" ||
+		got.GetState() != familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT || got.GetEtag() == fam.GetEtag() {
+		t.Fatalf("after update: %v", got)
+	}
+	// The old etag is stale now.
+	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: upd,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}})
+	wantCode(t, err, codes.Aborted)
+
+	list, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "state = ENGAGED_IN_TREATMENT"})
+	if err != nil || len(list.GetFamilies()) != 1 {
+		t.Fatalf("ListFamilies(engaged) = %v, %v", list, err)
+	}
+	list, err = f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "state = ACTIVE"})
+	if err != nil || len(list.GetFamilies()) != 0 {
+		t.Fatalf("ListFamilies(active) = %v, %v", list, err)
+	}
+
+	if _, err := f.client.DeleteFamily(f.env.As("north", "admin-1", "clinic_admin"), &familiesv1.DeleteFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("DeleteFamily: %v", err)
+	}
+	_, err = f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantCode(t, err, codes.NotFound)
+
+	var events int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1`, fam.GetName()).Scan(&events); err != nil || events != 3 {
+		t.Fatalf("outbox events = %d, %v; want 3 (created, updated, deleted)", events, err)
+	}
+}
+
+func TestBarriersWarningSignsAndScreens(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	ctx := f.ctx
+
+	b, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(),
+		Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, Notes: "tried alone twice"}})
+	if err != nil {
+		t.Fatalf("CreateBarrier: %v", err)
+	}
+	if _, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(),
+		Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}}); err != nil {
+		t.Fatalf("CreateBarrier: %v", err)
+	}
+	b, err = f.client.UpdateBarrier(ctx, &familiesv1.UpdateBarrierRequest{
+		Barrier:    &familiesv1.Barrier{Name: b.GetName(), Notes: "tried alone three times", Etag: b.GetEtag()},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"notes"}}})
+	if err != nil || b.GetNotes() != "tried alone three times" {
+		t.Fatalf("UpdateBarrier = %v, %v", b, err)
+	}
+	_, err = f.client.UpdateBarrier(ctx, &familiesv1.UpdateBarrierRequest{
+		Barrier: &familiesv1.Barrier{Name: b.GetName()}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"kind"}}})
+	wantCode(t, err, codes.InvalidArgument)
+	b, err = f.client.ResolveBarrier(ctx, &familiesv1.ResolveBarrierRequest{Name: b.GetName(), Notes: "learned about buprenorphine"})
+	if err != nil || b.GetResolveTime() == nil {
+		t.Fatalf("ResolveBarrier = %v, %v", b, err)
+	}
+	_, err = f.client.ResolveBarrier(ctx, &familiesv1.ResolveBarrierRequest{Name: b.GetName()})
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetReason() != "INVALID_STATE_TRANSITION" {
+		t.Fatalf("reason = %q", info.GetReason())
+	}
+	open, err := f.client.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: fam.GetName(), Filter: "resolved = false"})
+	if err != nil || len(open.GetBarriers()) != 1 || open.GetBarriers()[0].GetKind() != familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK {
+		t.Fatalf("ListBarriers(open) = %v, %v", open, err)
+	}
+	if _, err := f.client.DeleteBarrier(ctx, &familiesv1.DeleteBarrierRequest{Name: open.GetBarriers()[0].GetName()}); err != nil {
+		t.Fatalf("DeleteBarrier: %v", err)
+	}
+	if got, err := f.client.GetBarrier(ctx, &familiesv1.GetBarrierRequest{Name: b.GetName()}); err != nil || got.GetNotes() == "" {
+		t.Fatalf("GetBarrier = %v, %v", got, err)
+	}
+
+	ws, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_JOB_LOSS}})
+	if err != nil || ws.GetRecordedBy() != "counselor-1" {
+		t.Fatalf("CreateWarningSign = %v, %v", ws, err)
+	}
+	if got, _ := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); got.GetUrgent() {
+		t.Fatal("a job loss must not mark the family urgent")
+	}
+	if _, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}); err != nil {
+		t.Fatalf("CreateWarningSign(overdose): %v", err)
+	}
+	if got, _ := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); !got.GetUrgent() {
+		t.Fatal("an overdose must mark the family urgent")
+	}
+	signs, err := f.client.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: fam.GetName(), Filter: "kind = OVERDOSE"})
+	if err != nil || len(signs.GetWarningSigns()) != 1 {
+		t.Fatalf("ListWarningSigns = %v, %v", signs, err)
+	}
+	if got, err := f.client.GetWarningSign(ctx, &familiesv1.GetWarningSignRequest{Name: ws.GetName()}); err != nil || !proto.Equal(got, ws) {
+		t.Fatalf("GetWarningSign = %v, %v", got, err)
+	}
+
+	if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK,
+			ScreenTime: timestamppb.New(time.Now().Add(-100 * 24 * time.Hour))}}); err != nil {
+		t.Fatalf("CreateSafetyScreen: %v", err)
+	}
+	if got, _ := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_EXPIRED {
+		t.Fatalf("a 100-day-old screen must count as expired, got %v", got.GetSafetyScreenStatus())
+	}
+	if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_RISK_WITH_PLAN, SafetyPlanInPlace: true}}); err != nil {
+		t.Fatalf("CreateSafetyScreen: %v", err)
+	}
+	got, _ := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT ||
+		got.GetLatestSafetyScreen().GetResult() != familiesv1.SafetyRisk_SAFETY_RISK_RISK_WITH_PLAN {
+		t.Fatalf("latest screen = %v (%v)", got.GetLatestSafetyScreen(), got.GetSafetyScreenStatus())
+	}
+	screens, err := f.client.ListSafetyScreens(ctx, &familiesv1.ListSafetyScreensRequest{Parent: fam.GetName()})
+	if err != nil || len(screens.GetSafetyScreens()) != 2 {
+		t.Fatalf("ListSafetyScreens = %v, %v", screens, err)
+	}
+}
+
+func errorInfo(st *status.Status) *errdetails.ErrorInfo {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info
+		}
+	}
+	return nil
+}
+
+func TestBoundaryStateMachine(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	ctx := f.ctx
+	b, err := f.client.CreateBoundary(ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT,
+		Wording:  "We will not give you cash, but we will pay the clinic directly.", Consequence: "No cash gifts."}})
+	if err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED {
+		t.Fatalf("CreateBoundary = %v, %v", b, err)
+	}
+	tr := func(fn func(context.Context, *familiesv1.TransitionBoundaryRequest, ...grpc.CallOption) (*familiesv1.Boundary, error)) (*familiesv1.Boundary, error) {
+		return fn(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName(), Reason: "family session 2"})
+	}
+	// Illegal: activate or reinforce before agreeing.
+	_, err = tr(f.client.ActivateBoundary)
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = tr(f.client.ReinforceBoundary)
+	wantCode(t, err, codes.FailedPrecondition)
+
+	b, err = f.client.UpdateBoundary(ctx, &familiesv1.UpdateBoundaryRequest{
+		Boundary:   &familiesv1.Boundary{Name: b.GetName(), Wording: "No cash. We pay the clinic directly."},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"wording"}}})
+	if err != nil {
+		t.Fatalf("UpdateBoundary: %v", err)
+	}
+	if b, err = tr(f.client.AgreeBoundary); err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_AGREED {
+		t.Fatalf("agree = %v, %v", b, err)
+	}
+	_, err = f.client.UpdateBoundary(ctx, &familiesv1.UpdateBoundaryRequest{
+		Boundary: &familiesv1.Boundary{Name: b.GetName(), Wording: "changed"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"wording"}}})
+	wantCode(t, err, codes.FailedPrecondition)
+
+	// The safety gate: no screen, then a high-risk screen, both refuse.
+	_, err = tr(f.client.ActivateBoundary)
+	if info := errorInfo(wantCode(t, err, codes.FailedPrecondition)); info.GetReason() != "SAFETY_SCREEN_REQUIRED" {
+		t.Fatalf("reason = %v", info)
+	}
+	screen := func(r familiesv1.SafetyRisk) {
+		t.Helper()
+		if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+			SafetyScreen: &familiesv1.SafetyScreen{Result: r}}); err != nil {
+			t.Fatalf("CreateSafetyScreen: %v", err)
+		}
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	_, err = tr(f.client.ActivateBoundary)
+	wantCode(t, err, codes.FailedPrecondition)
+	time.Sleep(5 * time.Millisecond) // the newer screen must sort after the older one
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	if b, err = tr(f.client.ActivateBoundary); err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE {
+		t.Fatalf("activate = %v, %v", b, err)
+	}
+	for i := 0; i < 2; i++ {
+		if b, err = tr(f.client.ReinforceBoundary); err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED {
+			t.Fatalf("reinforce = %v, %v", b, err)
+		}
+	}
+	if b.GetReinforcementCount() != 2 {
+		t.Fatalf("reinforcement_count = %d", b.GetReinforcementCount())
+	}
+	if b, err = tr(f.client.RetireBoundary); err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_RETIRED {
+		t.Fatalf("retire = %v, %v", b, err)
+	}
+	for _, fn := range []func(context.Context, *familiesv1.TransitionBoundaryRequest, ...grpc.CallOption) (*familiesv1.Boundary, error){
+		f.client.AgreeBoundary, f.client.ActivateBoundary, f.client.ReinforceBoundary, f.client.RetireBoundary} {
+		_, err = tr(fn)
+		wantCode(t, err, codes.FailedPrecondition)
+	}
+	got, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var path []familiesv1.BoundaryState
+	for _, e := range got.GetHistory() {
+		path = append(path, e.GetToState())
+		if e.GetActor() != "counselor-1" {
+			t.Fatalf("event actor = %q", e.GetActor())
+		}
+	}
+	want := []familiesv1.BoundaryState{1, 2, 3, 4, 4, 5}
+	if fmt.Sprint(path) != fmt.Sprint(want) {
+		t.Fatalf("history = %v, want %v", path, want)
+	}
+	list, err := f.client.ListBoundaries(ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName(), Filter: "state = RETIRED"})
+	if err != nil || len(list.GetBoundaries()) != 1 || len(list.GetBoundaries()[0].GetHistory()) != 6 {
+		t.Fatalf("ListBoundaries = %v, %v", list, err)
+	}
+}
+
+// The same create sent 20 times at once with one request id makes one row.
+func TestCreateIdempotentUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "5b0c2c8e-req"}
+	names := make([]string, 20)
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	for i := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fam, err := f.client.CreateFamily(f.ctx, req)
+			names[i], errs[i] = fam.GetName(), err
+		}()
+	}
+	wg.Wait()
+	for i := range names {
+		if errs[i] != nil || names[i] != names[0] {
+			t.Fatalf("call %d: %q, %v; want %q", i, names[i], errs[i], names[0])
+		}
+	}
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM families`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("families rows = %d, %v", n, err)
+	}
+	// The same id with a different request is refused.
+	other := proto.Clone(req).(*familiesv1.CreateFamilyRequest)
+	other.Family.Counselor = "someone-else"
+	_, err := f.client.CreateFamily(f.ctx, other)
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// 20 concurrent updates with the same etag: exactly one wins, the rest are
+// ABORTED, and the winner's change is what is stored.
+func TestUpdateEtagRace(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	var wg sync.WaitGroup
+	results := make([]error, 20)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, results[i] = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{
+				Family:     &familiesv1.Family{Name: fam.GetName(), Etag: fam.GetEtag(), Counselor: fmt.Sprintf("counselor-%d", i)},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}})
+		}()
+	}
+	wg.Wait()
+	winner := -1
+	for i, err := range results {
+		switch status.Code(err) {
+		case codes.OK:
+			if winner >= 0 {
+				t.Fatalf("two winners: %d and %d", winner, i)
+			}
+			winner = i
+		case codes.Aborted:
+		default:
+			t.Fatalf("update %d: %v", i, err)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no update won")
+	}
+	got, _ := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if got.GetCounselor() != fmt.Sprintf("counselor-%d", winner) {
+		t.Fatalf("stored counselor %q, winner was %d", got.GetCounselor(), winner)
+	}
+}
+
+// Walking 1,000 families with page size 37 while rows are inserted returns
+// every pre-existing row exactly once.
+func TestPaginationUnderInserts(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	// Pre-existing rows get the same kind of ids as new ones (time-ordered),
+	// so rows inserted during the walk land among the pages still to come.
+	pre := make([]string, 1000)
+	for i := range pre {
+		pre[i] = aip.NewID()
+	}
+	if _, err := f.pool.Exec(ctx, `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time)
+		SELECT 'north', id, '{"loved_one":{"given_name":"X"}}', 'c', 1, now() FROM unnest($1::text[]) id`, pre); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	inserted := make(chan int)
+	go func() {
+		n := 0
+		defer func() { inserted <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()}); err != nil {
+				t.Errorf("concurrent insert: %v", err)
+				return
+			}
+			n++
+		}
+	}()
+	seen := map[string]int{}
+	token := ""
+	pages := 0
+	for {
+		resp, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 37, PageToken: token})
+		if err != nil {
+			t.Fatalf("page %d: %v", pages, err)
+		}
+		pages++
+		if len(resp.GetFamilies()) > 37 {
+			t.Fatalf("page of %d", len(resp.GetFamilies()))
+		}
+		for _, fam := range resp.GetFamilies() {
+			seen[fam.GetName()]++
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	close(stop)
+	if n := <-inserted; n == 0 {
+		t.Fatal("no concurrent insert landed during the walk: the test proved nothing")
+	}
+	for _, id := range pre {
+		name := "clinics/north/families/" + id
+		if seen[name] != 1 {
+			t.Fatalf("%s seen %d times", name, seen[name])
+		}
+	}
+	for name, n := range seen {
+		if n != 1 {
+			t.Fatalf("%s seen %d times", name, n)
+		}
+	}
+	// A token cannot be replayed against another query.
+	resp, _ := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 5})
+	_, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 5,
+		PageToken: resp.GetNextPageToken(), Filter: "urgent = true"})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// digest summarises every table of the schema, to prove a refused request
+// changed nothing.
+func digest(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var out string
+	for _, table := range []string{"families", "barriers", "warning_signs", "safety_screens", "boundaries", "boundary_events", "outbox", "idempotency_keys"} {
+		var d *string
+		if err := pool.QueryRow(context.Background(), `SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM `+table+` t`).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		if d != nil {
+			out += table + ":" + *d + " "
+		}
+	}
+	return out
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "We will not call your boss for you."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := string(make([]byte, 3000))
+	other := f.env.Counselor("south")
+	noRole := f.env.As("north", "someone", "reminder_automation")
+	withFamily := func(mut func(*familiesv1.Family)) *familiesv1.CreateFamilyRequest {
+		x := sampleFamily()
+		mut(x)
+		return &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: x}
+	}
+	cases := []struct {
+		name  string
+		ctx   context.Context
+		call  func(context.Context) error
+		code  codes.Code
+		field string
+	}{
+		{"empty create", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{})
+			return err
+		}, codes.InvalidArgument, "parent"},
+		{"missing given name", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.GivenName = "" }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.given_name"},
+		{"oversized notes", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(),
+				Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA, Notes: long}})
+			return err
+		}, codes.InvalidArgument, "barrier.notes"},
+		{"wrong enum", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(),
+				Barrier: &familiesv1.Barrier{Kind: 99}})
+			return err
+		}, codes.InvalidArgument, "barrier.kind"},
+		{"unknown time zone", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].TimeZone = "Mars/Olympus" }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].time_zone"},
+		{"bad quiet hours", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].QuietHours.Start = "25:00" }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].quiet_hours.start"},
+		{"duplicate member ids", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[1].Id = "mom" }))
+			return err
+		}, codes.InvalidArgument, "family.members[1].id"},
+		{"malformed name", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: "clinics/north/family/x"})
+			return err
+		}, codes.InvalidArgument, "name"},
+		{"future warning sign", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE,
+					OccurTime: timestamppb.New(time.Now().Add(48 * time.Hour))}})
+			return err
+		}, codes.InvalidArgument, "warning_sign.occur_time"},
+		{"risk without plan", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+				SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_RISK_WITH_PLAN}})
+			return err
+		}, codes.InvalidArgument, "safety_screen.safety_plan_in_place"},
+		{"bad filter", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "name = x"})
+			return err
+		}, codes.InvalidArgument, "filter"},
+		{"update of an output-only field", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateFamily(ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Urgent: true},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"urgent"}}})
+			return err
+		}, codes.InvalidArgument, "update_mask"},
+		{"another clinic's family", other, func(ctx context.Context) error {
+			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+			return err
+		}, codes.NotFound, ""},
+		{"another clinic's boundary", other, func(ctx context.Context) error {
+			_, err := f.client.AgreeBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()})
+			return err
+		}, codes.NotFound, ""},
+		{"create in another clinic", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/south", Family: sampleFamily()})
+			return err
+		}, codes.NotFound, ""},
+		{"missing family", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: "clinics/north/families/nope",
+				Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA}})
+			return err
+		}, codes.NotFound, ""},
+		{"illegal transition", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ReinforceBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()})
+			return err
+		}, codes.FailedPrecondition, ""},
+		{"stale etag", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.AgreeBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName(), Etag: "v999"})
+			return err
+		}, codes.Aborted, ""},
+		{"wrong role", noRole, func(ctx context.Context) error {
+			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+			return err
+		}, codes.PermissionDenied, ""},
+		{"no token", context.Background(), func(ctx context.Context) error {
+			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+			return err
+		}, codes.Unauthenticated, ""},
+		{"counselor may not delete", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.DeleteFamily(ctx, &familiesv1.DeleteFamilyRequest{Name: fam.GetName()})
+			return err
+		}, codes.PermissionDenied, ""},
+	}
+	before := digest(t, f.pool)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st := wantCode(t, tc.call(tc.ctx), tc.code)
+			if tc.field != "" {
+				found := false
+				for _, d := range st.Details() {
+					if br, ok := d.(*errdetails.BadRequest); ok {
+						for _, v := range br.GetFieldViolations() {
+							found = found || v.GetField() == tc.field
+						}
+					}
+				}
+				if !found {
+					t.Fatalf("no field violation for %q in %v", tc.field, st.Details())
+				}
+			}
+			if after := digest(t, f.pool); after != before {
+				t.Fatalf("database changed")
+			}
+		})
+	}
+}
+
+func BenchmarkGetFamily(b *testing.B) {
+	f := setup(b)
+	fam := f.create(b)
+	req := &familiesv1.GetFamilyRequest{Name: fam.GetName()}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := f.client.GetFamily(f.ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func BenchmarkCreateFamily(b *testing.B) {
+	f := setup(b)
+	req := &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := f.client.CreateFamily(f.ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,92 @@
+// Package idempotency makes mutating calls safe to retry (AIP-155): the first
+// call with a request id stores its response in the same transaction as its
+// change, and every later call with that id gets the stored response back.
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/handoff-health/handoff/services/apperr"
+)
+
+// Do runs fn inside tx unless requestID was seen before in clinic, in which
+// case it returns the response stored by the first call. A reused id with a
+// different request (or method) is INVALID_ARGUMENT. With an empty requestID
+// fn simply runs.
+//
+// Concurrent calls with one id are serialised by the key's primary key: the
+// second insert waits for the first transaction, then finds its response.
+func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, requestID string,
+	req proto.Message, newResp func() T, fn func() (T, error)) (T, error) {
+	var zero T
+	if requestID == "" {
+		return fn()
+	}
+	hash, err := requestHash(req)
+	if err != nil {
+		return zero, fmt.Errorf("idempotency: hash request: %w", err)
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (clinic, request_id, method, request_hash)
+		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, clinic, requestID, method, hash)
+	if err != nil {
+		return zero, fmt.Errorf("idempotency: claim key: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		var storedMethod string
+		var storedHash, resp []byte
+		err := tx.QueryRow(ctx, `SELECT method, request_hash, response FROM idempotency_keys
+			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&storedMethod, &storedHash, &resp)
+		if err != nil {
+			return zero, fmt.Errorf("idempotency: read key: %w", err)
+		}
+		if storedMethod != method || !bytes.Equal(storedHash, hash) {
+			return zero, apperr.Field("request_id", "request id %q was already used for a different request", requestID)
+		}
+		out := newResp()
+		if err := proto.Unmarshal(resp, out); err != nil {
+			return zero, fmt.Errorf("idempotency: decode stored response: %w", err)
+		}
+		return out, nil
+	}
+	out, err := fn()
+	if err != nil {
+		return zero, err
+	}
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(out)
+	if err != nil {
+		return zero, fmt.Errorf("idempotency: encode response: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3 WHERE clinic = $1 AND request_id = $2`,
+		clinic, requestID, b); err != nil {
+		return zero, fmt.Errorf("idempotency: store response: %w", err)
+	}
+	return out, nil
+}
+
+func requestHash(req proto.Message) ([]byte, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	return sum[:], nil
+}
+
+// InTx runs fn in a new transaction of pool under Do's guarantees.
+func InTx[T proto.Message](ctx context.Context, pool *pgxpool.Pool, clinic, method, requestID string,
+	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error)) (T, error) {
+	var out T
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		out, err = Do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) })
+		return err
+	})
+	return out, err
+}

@@ -1,0 +1,74 @@
+// Package outbox writes the events that announce every change, in the same
+// transaction as the change, and hands them to a relay that delivers them
+// (to Temporal, to webhooks) at least once and in order.
+package outbox
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Event is one change to announce. Payload is a snapshot or a small message
+// about the change; consumers that leave the clinic get identifiers only.
+type Event struct {
+	Clinic   string
+	Type     string // for example "handoff.families.v1.family.created"
+	Resource string
+	Payload  proto.Message
+}
+
+// Write appends e to the outbox within tx.
+func Write(ctx context.Context, tx pgx.Tx, e Event) error {
+	a, err := anypb.New(e.Payload)
+	if err != nil {
+		return fmt.Errorf("outbox: wrap payload: %w", err)
+	}
+	b, err := proto.Marshal(a)
+	if err != nil {
+		return fmt.Errorf("outbox: encode payload: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ($1, $2, $3, $4)`,
+		e.Clinic, e.Type, e.Resource, b); err != nil {
+		return fmt.Errorf("outbox: insert %s: %w", e.Type, err)
+	}
+	return nil
+}
+
+// Stored is an event as read back from the outbox.
+type Stored struct {
+	ID       int64
+	Clinic   string
+	Type     string
+	Resource string
+	Payload  *anypb.Any
+}
+
+// Pending returns up to limit undelivered events, oldest first.
+func Pending(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, limit int) ([]Stored, error) {
+	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload FROM outbox
+		WHERE delivered_at IS NULL ORDER BY id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: pending: %w", err)
+	}
+	defer rows.Close()
+	var out []Stored
+	for rows.Next() {
+		var s Stored
+		var b []byte
+		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b); err != nil {
+			return nil, fmt.Errorf("outbox: scan: %w", err)
+		}
+		s.Payload = &anypb.Any{}
+		if err := proto.Unmarshal(b, s.Payload); err != nil {
+			return nil, fmt.Errorf("outbox: decode %d: %w", s.ID, err)
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}

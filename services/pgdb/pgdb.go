@@ -1,0 +1,139 @@
+// Package pgdb opens Handoff's PostgreSQL pools, applies each service's
+// embedded migrations into the service's own schema, and runs transactions.
+package pgdb
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"regexp"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Common holds the tables every service keeps in its own schema: the outbox,
+// idempotency keys and the audit log.
+//
+//go:embed common/*.sql
+var Common embed.FS
+
+var schemaPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// Open connects a pool whose sessions resolve unqualified table names in
+// schema, so one service's SQL never names another service's tables.
+func Open(ctx context.Context, dsn, schema string) (*pgxpool.Pool, error) {
+	if !schemaPattern.MatchString(schema) {
+		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: parse dsn: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pgdb: ping %s: %w", cfg.ConnConfig.Host, err)
+	}
+	return pool, nil
+}
+
+// Source is one set of migrations: files named NNNN_description.sql.
+type Source struct {
+	Name string
+	FS   fs.FS
+	Dir  string
+}
+
+// Migrate creates schema if needed and applies, in order, every migration of
+// sources that has not been applied yet, each in its own transaction. An
+// advisory lock serialises concurrent starters.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...Source) error {
+	if !schemaPattern.MatchString(schema) {
+		return fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("pgdb: acquire: %w", err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext($1))`, "handoff-migrate-"+schema); err != nil {
+		return fmt.Errorf("pgdb: lock: %w", err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, "handoff-migrate-"+schema) //nolint:errcheck
+	stmts := []string{
+		`CREATE SCHEMA IF NOT EXISTS ` + schema,
+		`CREATE TABLE IF NOT EXISTS ` + schema + `.schema_migrations (
+			id text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
+	}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("pgdb: prepare schema %s: %w", schema, err)
+		}
+	}
+	for _, src := range sources {
+		files, err := fs.Glob(src.FS, path.Join(src.Dir, "*.sql"))
+		if err != nil {
+			return fmt.Errorf("pgdb: list %s migrations: %w", src.Name, err)
+		}
+		slices.Sort(files)
+		for _, f := range files {
+			id := src.Name + "/" + path.Base(f)
+			if err := apply(ctx, conn.Conn(), schema, id, src.FS, f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, file string) error {
+	body, err := fs.ReadFile(fsys, file)
+	if err != nil {
+		return fmt.Errorf("pgdb: read %s: %w", id, err)
+	}
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SET LOCAL search_path TO `+schema); err != nil {
+			return fmt.Errorf("pgdb: %s: %w", id, err)
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO schema_migrations (id) VALUES ($1) ON CONFLICT DO NOTHING`, id)
+		if err != nil {
+			return fmt.Errorf("pgdb: record %s: %w", id, err)
+		}
+		if tag.RowsAffected() == 0 {
+			return nil // already applied
+		}
+		if _, err := tx.Exec(ctx, string(body)); err != nil {
+			return fmt.Errorf("pgdb: apply %s: %w", id, err)
+		}
+		return nil
+	})
+}
+
+// InTx runs fn in a transaction, committing if fn returns nil.
+func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	return pgx.BeginFunc(ctx, pool, fn)
+}
+
+// IsUniqueViolation reports whether err is a unique-constraint violation.
+func IsUniqueViolation(err error) bool { return sqlState(err) == "23505" }
+
+// IsExclusionViolation reports whether err is an exclusion-constraint violation.
+func IsExclusionViolation(err error) bool { return sqlState(err) == "23P01" }
+
+func sqlState(err error) string {
+	var pgErr interface{ SQLState() string }
+	if errors.As(err, &pgErr) {
+		return pgErr.SQLState()
+	}
+	return ""
+}

@@ -1,0 +1,99 @@
+// Package pgtest gives each test its own PostgreSQL schema, migrated and
+// dropped by the helper, so tests run in parallel and leave nothing behind.
+package pgtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// DefaultURL is the local development server the README sets up.
+const DefaultURL = "postgres://postgres@127.0.0.1:5432/handoff_test?sslmode=disable"
+
+// URL returns the test database URL: HANDOFF_TEST_DATABASE_URL or DefaultURL.
+func URL() string {
+	if u := os.Getenv("HANDOFF_TEST_DATABASE_URL"); u != "" {
+		return u
+	}
+	return DefaultURL
+}
+
+var ensureOnce sync.Once
+var ensureErr error
+
+// ensureDatabase creates the test database if it is missing.
+func ensureDatabase(ctx context.Context, dsn string) error {
+	ensureOnce.Do(func() {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			ensureErr = err
+			return
+		}
+		db := strings.TrimPrefix(u.Path, "/")
+		admin := *u
+		admin.Path = "/postgres"
+		conn, err := pgx.Connect(ctx, admin.String())
+		if err != nil {
+			ensureErr = fmt.Errorf("connect to %s: %w (is PostgreSQL running? see README)", admin.Host, err)
+			return
+		}
+		defer conn.Close(ctx)
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
+			ensureErr = err
+			return
+		}
+		if !exists {
+			if _, err := conn.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize()); err != nil && !pgdb.IsUniqueViolation(err) {
+				ensureErr = fmt.Errorf("create database %s: %w", db, err)
+			}
+		}
+	})
+	return ensureErr
+}
+
+// Schema creates a fresh schema, applies sources to it, and returns a pool
+// bound to it and its name. The schema is dropped when the test ends.
+func Schema(t testing.TB, sources ...pgdb.Source) (*pgxpool.Pool, string) {
+	t.Helper()
+	ctx := context.Background()
+	dsn := URL()
+	if err := ensureDatabase(ctx, dsn); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "t_" + hex.EncodeToString(b[:])
+	pool, err := pgdb.Open(ctx, dsn, schema)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() {
+		pool.Close()
+		conn, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			t.Logf("pgtest: drop %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(context.Background(), `DROP SCHEMA `+schema+` CASCADE`); err != nil {
+			t.Logf("pgtest: drop %s: %v", schema, err)
+		}
+	})
+	if err := pgdb.Migrate(ctx, pool, schema, sources...); err != nil {
+		t.Fatalf("pgtest: migrate: %v", err)
+	}
+	return pool, schema
+}
