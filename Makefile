@@ -1,0 +1,48 @@
+# Handoff's entry points. `make run` starts the whole system; `make test`
+# runs every test. See README.md.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+BUF := go tool -modfile=tools/go.mod buf
+
+.PHONY: all generate check-generated protodeps lint breaking vet test test-short run build bench clean
+
+all: lint vet test
+
+protodeps:
+	@scripts/protodeps.sh
+
+## generate: regenerate gen/ from proto/
+generate: protodeps
+	$(BUF) generate
+
+## check-generated: fail if gen/ is not what proto/ generates
+check-generated: protodeps
+	@scripts/check-generated.sh
+
+## lint: buf lint and gofmt
+lint: protodeps
+	$(BUF) lint
+	@unformatted=$$(gofmt -l services workflows 2>/dev/null); \
+	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
+
+## breaking: buf breaking against the previous commit, if it had protos
+breaking: protodeps
+	@scripts/check-breaking.sh
+
+vet:
+	go vet ./...
+
+## test: every test, against the local PostgreSQL and in-process Temporal
+test:
+	go test -count=1 ./...
+
+## build: the handoff binary into bin/
+build:
+	go build -o bin/handoff ./services/cmd/handoff
+
+## run: the whole system on this machine (embedded Temporal, local PostgreSQL)
+run: build
+	bin/handoff dev $(ARGS)
+
+clean:
+	rm -rf bin .build
