@@ -18,6 +18,8 @@ const (
 	Bool
 	Time
 	Enum
+	// EnumIn matches when an array column holds the enum value.
+	EnumIn
 )
 
 // FilterField declares one field that a List method may filter on.
@@ -34,9 +36,10 @@ type Filter struct {
 }
 
 type cond struct {
-	column string
-	op     string
-	value  any
+	contains bool
+	column   string
+	op       string
+	value    any
 }
 
 // ParseFilter parses a filter of the form `a = "x" AND b >= 3`. Only the
@@ -80,7 +83,7 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 		return cond{}, fmt.Errorf("unknown operator %q after %s", op, name)
 	}
 	ordered := op != "=" && op != "!="
-	c := cond{column: fd.Column, op: op}
+	c := cond{column: fd.Column, op: op, contains: fd.Kind == EnumIn}
 	if op == "!=" {
 		c.op = "<>"
 	}
@@ -99,7 +102,7 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 			return cond{}, fmt.Errorf("%s needs an RFC 3339 time such as \"2026-01-02T15:04:05Z\"", name)
 		}
 		c.value = t
-	case Enum:
+	case Enum, EnumIn:
 		n, ok := fd.Enum(val.text)
 		if !ok || ordered {
 			return cond{}, fmt.Errorf("%s takes = or != with a value of its enum, not %q", name, val.text)
@@ -118,7 +121,14 @@ func (f Filter) SQL(next int) (string, []any) {
 	parts := make([]string, len(f.conds))
 	args := make([]any, len(f.conds))
 	for i, c := range f.conds {
-		parts[i] = fmt.Sprintf("%s %s $%d", c.column, c.op, next+i)
+		switch {
+		case c.contains && c.op == "=":
+			parts[i] = fmt.Sprintf("$%d = ANY(%s)", next+i, c.column)
+		case c.contains:
+			parts[i] = fmt.Sprintf("NOT ($%d = ANY(%s))", next+i, c.column)
+		default:
+			parts[i] = fmt.Sprintf("%s %s $%d", c.column, c.op, next+i)
+		}
 		args[i] = c.value
 	}
 	return strings.Join(parts, " AND "), args

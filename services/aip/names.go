@@ -72,3 +72,11 @@ func singular(c string) string {
 		return c
 	}
 }
+
+// ID returns the last segment of a resource name: its own id.
+func ID(name string) string {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		return name[i+1:]
+	}
+	return name
+}

@@ -65,3 +65,12 @@ func DecodePageToken(token string, query uint64) (after string, ok bool) {
 	}
 	return t.After, true
 }
+
+// Page trims the one extra row a List query fetched past size and returns
+// the token for the next page, keyed by the last row kept.
+func Page[T any](items []T, size int, query uint64, key func(T) string) ([]T, string) {
+	if len(items) <= size {
+		return items, ""
+	}
+	return items[:size], EncodePageToken(key(items[size-1]), query)
+}

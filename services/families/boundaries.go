@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 const boundarySelect = `SELECT id, category, wording, consequence, state, reinforcement_count, create_time, update_time, version FROM boundaries`
@@ -42,7 +43,7 @@ func scanBoundary(fam string) pgx.RowToFunc[*familiesv1.Boundary] {
 }
 
 // readBoundary reads one boundary with its history.
-func readBoundary(ctx context.Context, q querier, c child, lock bool) (*familiesv1.Boundary, error) {
+func readBoundary(ctx context.Context, q pgdb.Querier, c child, lock bool) (*familiesv1.Boundary, error) {
 	sql := boundarySelect + ` WHERE clinic = $1 AND family_id = $2 AND id = $3`
 	if lock {
 		sql += ` FOR UPDATE`
@@ -65,14 +66,14 @@ func readBoundary(ctx context.Context, q querier, c child, lock bool) (*families
 }
 
 // loadHistory fills the history of boundaries of one family in one query.
-func loadHistory(ctx context.Context, q querier, clinic, family string, bs []*familiesv1.Boundary) error {
+func loadHistory(ctx context.Context, q pgdb.Querier, clinic, family string, bs []*familiesv1.Boundary) error {
 	if len(bs) == 0 {
 		return nil
 	}
 	byID := make(map[string]*familiesv1.Boundary, len(bs))
 	ids := make([]string, 0, len(bs))
 	for _, b := range bs {
-		id := lastSegment(b.GetName())
+		id := aip.ID(b.GetName())
 		byID[id] = b
 		ids = append(ids, id)
 	}
@@ -189,7 +190,7 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err != nil {
 		return nil, fmt.Errorf("list boundaries: %w", err)
 	}
-	items, next := page(items, size, q, func(b *familiesv1.Boundary) string { return lastSegment(b.GetName()) })
+	items, next := aip.Page(items, size, q, func(b *familiesv1.Boundary) string { return aip.ID(b.GetName()) })
 	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // child names a resource under a family.
@@ -72,23 +73,6 @@ func listArgs(parent, filter, token string, fields map[string]aip.FilterField) (
 	return f, after, q, nil
 }
 
-// page trims one extra row off items and returns the next page token.
-func page[T any](items []T, size int, q uint64, key func(T) string) ([]T, string) {
-	if len(items) <= size {
-		return items, ""
-	}
-	return items[:size], aip.EncodePageToken(key(items[size-1]), q)
-}
-
-func lastSegment(name string) string {
-	for i := len(name) - 1; i >= 0; i-- {
-		if name[i] == '/' {
-			return name[i+1:]
-		}
-	}
-	return name
-}
-
 // --- Barriers ---
 
 const barrierSelect = `SELECT id, kind, notes, create_time, update_time, resolve_time, version FROM barriers`
@@ -116,7 +100,7 @@ func scanBarrier(fam string) pgx.RowToFunc[*familiesv1.Barrier] {
 	}
 }
 
-func readBarrier(ctx context.Context, q querier, c child, lock bool) (*familiesv1.Barrier, error) {
+func readBarrier(ctx context.Context, q pgdb.Querier, c child, lock bool) (*familiesv1.Barrier, error) {
 	sql := barrierSelect + ` WHERE clinic = $1 AND family_id = $2 AND id = $3`
 	if lock {
 		sql += ` FOR UPDATE`
@@ -209,7 +193,7 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 	if err != nil {
 		return nil, fmt.Errorf("list barriers: %w", err)
 	}
-	items, next := page(items, size, q, func(b *familiesv1.Barrier) string { return lastSegment(b.GetName()) })
+	items, next := aip.Page(items, size, q, func(b *familiesv1.Barrier) string { return aip.ID(b.GetName()) })
 	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
 }
 
@@ -333,7 +317,7 @@ func scanWarning(fam string) pgx.RowToFunc[*familiesv1.WarningSign] {
 	}
 }
 
-func readWarning(ctx context.Context, q querier, c child) (*familiesv1.WarningSign, error) {
+func readWarning(ctx context.Context, q pgdb.Querier, c child) (*familiesv1.WarningSign, error) {
 	rows, err := q.Query(ctx, warningSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
 	if err != nil {
 		return nil, fmt.Errorf("read warning sign: %w", err)
@@ -443,7 +427,7 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	if err != nil {
 		return nil, fmt.Errorf("list warning signs: %w", err)
 	}
-	items, next := page(items, size, q, func(w *familiesv1.WarningSign) string { return lastSegment(w.GetName()) })
+	items, next := aip.Page(items, size, q, func(w *familiesv1.WarningSign) string { return aip.ID(w.GetName()) })
 	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
 }
 
@@ -540,6 +524,6 @@ func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafe
 	if err != nil {
 		return nil, fmt.Errorf("list safety screens: %w", err)
 	}
-	items, next := page(items, size, q, func(x *familiesv1.SafetyScreen) string { return lastSegment(x.GetName()) })
+	items, next := aip.Page(items, size, q, func(x *familiesv1.SafetyScreen) string { return aip.ID(x.GetName()) })
 	return &familiesv1.ListSafetyScreensResponse{SafetyScreens: items, NextPageToken: next}, nil
 }

@@ -271,12 +271,7 @@ const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.firs
 	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
 		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true`
 
-type querier interface {
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}
-
-func (s *Server) readFamily(ctx context.Context, q querier, clinic, id string) (*familiesv1.Family, error) {
+func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id string) (*familiesv1.Family, error) {
 	rows, err := q.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id = $2`, clinic, id)
 	if err != nil {
 		return nil, fmt.Errorf("read family: %w", err)

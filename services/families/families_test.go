@@ -48,8 +48,8 @@ func sampleFamily() *familiesv1.Family {
 		},
 		Members: []*familiesv1.Member{{
 			Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT,
-			Role:            familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON,
-			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "ana@example.org"}},
+			Role:             familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON,
+			ContactChannels:  []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "ana@example.org"}},
 			PreferredChannel: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, TimeZone: "America/Chicago",
 			QuietHours: &familiesv1.QuietHours{Start: "22:00", End: "07:00"}, ConsentToContact: true,
 		}, {GivenName: "Luis", Relationship: familiesv1.Relationship_RELATIONSHIP_SIBLING}},

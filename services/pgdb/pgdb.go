@@ -137,3 +137,9 @@ func sqlState(err error) string {
 	}
 	return ""
 }
+
+// Querier is what both a pool and a transaction offer for reads.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}

@@ -1,0 +1,88 @@
+package aip
+
+import (
+	"reflect"
+	"testing"
+	"time"
+)
+
+var testFields = map[string]FilterField{
+	"state":   {Column: "state", Kind: Enum, Enum: EnumLookup(map[string]int32{"S_UNSPECIFIED": 0, "S_ACTIVE": 1, "S_CLOSED": 2}, "S_")},
+	"owner":   {Column: "owner", Kind: String},
+	"urgent":  {Column: "urgent", Kind: Bool},
+	"start":   {Column: "start_time", Kind: Time},
+	"service": {Column: "services", Kind: EnumIn, Enum: EnumLookup(map[string]int32{"K_A": 1}, "K_")},
+}
+
+func TestParseFilter(t *testing.T) {
+	cases := []struct {
+		in   string
+		sql  string
+		args []any
+	}{
+		{"", "TRUE", nil},
+		{`state = ACTIVE`, "state = $3", []any{int32(1)}},
+		{`state = S_CLOSED AND owner = "u \"1\""`, "state = $3 AND owner = $4", []any{int32(2), `u "1"`}},
+		{`urgent != true`, "urgent <> $3", []any{true}},
+		{`start >= "2026-01-02T03:04:05Z"`, "start_time >= $3", []any{time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}},
+		{`service = A`, "$3 = ANY(services)", []any{int32(1)}},
+		{`service != A`, "NOT ($3 = ANY(services))", []any{int32(1)}},
+	}
+	for _, c := range cases {
+		f, err := ParseFilter(c.in, testFields)
+		if err != nil {
+			t.Fatalf("%q: %v", c.in, err)
+		}
+		sql, args := f.SQL(3)
+		if sql != c.sql || !reflect.DeepEqual(args, c.args) {
+			t.Fatalf("%q: got %q %v, want %q %v", c.in, sql, args, c.sql, c.args)
+		}
+	}
+	for _, bad := range []string{`name = x`, `state = NOPE`, `state = UNSPECIFIED`, `state > ACTIVE`, `urgent = maybe`,
+		`state = ACTIVE OR owner = x`, `state =`, `owner = "open`, `start > yesterday`, `"state" = ACTIVE`, `owner ~ x`} {
+		if _, err := ParseFilter(bad, testFields); err == nil {
+			t.Errorf("%q: want an error", bad)
+		}
+	}
+}
+
+func TestParseName(t *testing.T) {
+	ids, err := Parse("clinics/a-1/families/b2", "clinics", "families")
+	if err != nil || !reflect.DeepEqual(ids, []string{"a-1", "b2"}) {
+		t.Fatalf("Parse = %v, %v", ids, err)
+	}
+	for _, bad := range []string{"", "clinics/a", "clinics/A/families/b", "clinics/a/family/b", "clinics/a/families/b/x/y", "clinics//families/b"} {
+		if _, err := Parse(bad, "clinics", "families"); err == nil {
+			t.Errorf("%q: want an error", bad)
+		}
+	}
+	if Clinic("clinics/x/referrals/y") != "x" || Clinic("families/x") != "" {
+		t.Fatal("Clinic")
+	}
+}
+
+func TestPageToken(t *testing.T) {
+	q := QueryHash("clinics/a", "state = ACTIVE")
+	tok := EncodePageToken("k-1", q)
+	if after, ok := DecodePageToken(tok, q); !ok || after != "k-1" {
+		t.Fatalf("round trip: %q %v", after, ok)
+	}
+	if _, ok := DecodePageToken(tok, QueryHash("clinics/b", "state = ACTIVE")); ok {
+		t.Fatal("a token must not work for another query")
+	}
+	if _, ok := DecodePageToken("not-base64!", q); ok {
+		t.Fatal("garbage must be refused")
+	}
+}
+
+func TestEtag(t *testing.T) {
+	if v, ok := ParseEtag(Etag(42)); !ok || v != 42 {
+		t.Fatalf("ParseEtag = %d %v", v, ok)
+	}
+	if v, ok := ParseEtag(`W/"v7"`); !ok || v != 7 {
+		t.Fatalf("weak etag = %d %v", v, ok)
+	}
+	if _, ok := ParseEtag("7"); ok {
+		t.Fatal("foreign etag accepted")
+	}
+}

@@ -1,0 +1,324 @@
+package referrals
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+const holdSelect = `SELECT id, program_id, service_kind, family, intervention, expire_time, state, referral,
+	release_reason, create_time, update_time, version FROM holds`
+
+func (s *Server) scanHold(clinic string) pgx.RowToFunc[*referralsv1.Hold] {
+	now := s.cfg.Now()
+	return func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
+		var (
+			id, program, family, intervention, referral, reason string
+			kind, state                                         int16
+			expires, created, updated                           time.Time
+			version                                             int64
+		)
+		if err := r.Scan(&id, &program, &kind, &family, &intervention, &expires, &state, &referral, &reason,
+			&created, &updated, &version); err != nil {
+			return nil, err
+		}
+		h := &referralsv1.Hold{
+			Name: holdName(clinic, id), Program: programName(clinic, program), ServiceKind: referralsv1.ServiceKind(kind),
+			Family: family, Intervention: intervention, ExpireTime: timestamppb.New(expires),
+			State: referralsv1.HoldState(state), Referral: referral, ReleaseReason: reason,
+			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+		}
+		// A hold past its expiry is expired whether or not the sweeper has
+		// returned its slot yet.
+		if h.State == referralsv1.HoldState_HOLD_STATE_HELD && !now.Before(expires) {
+			h.State = referralsv1.HoldState_HOLD_STATE_EXPIRED
+		}
+		return h, nil
+	}
+}
+
+func (s *Server) readHold(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referralsv1.Hold, error) {
+	sql := holdSelect + ` WHERE clinic = $1 AND id = $2`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	return one(rows, err, holdName(r.clinic, r.id), s.scanHold(r.clinic))
+}
+
+func newHold() *referralsv1.Hold { return &referralsv1.Hold{} }
+
+// HoldSlot implements the API. The slot is taken by one conditional UPDATE
+// on the program row, so concurrent holds serialise on that row and the
+// CHECK constraint stands behind it: capacity is never oversold.
+func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest) (*referralsv1.Hold, error) {
+	p, err := authorized(ctx, "program", req.GetProgram(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	var vs apperr.Violations
+	if req.GetServiceKind() == referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED {
+		vs.Add("service_kind", "is required")
+	}
+	checkRef(&vs, p.clinic, "family", req.GetFamily(), "families", true)
+	checkRef(&vs, p.clinic, "intervention", req.GetIntervention(), "interventions", false)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	ttl := s.cfg.DefaultHoldTTL
+	if req.GetTtl() != nil {
+		ttl = req.GetTtl().AsDuration()
+	}
+	return idempotency.InTx(ctx, s.pool, p.clinic, svc+"HoldSlot", req.GetRequestId(), req, newHold,
+		func(tx pgx.Tx) (*referralsv1.Hold, error) {
+			now := s.cfg.Now()
+			if err := s.expireHolds(ctx, tx, p.clinic, p.id, now); err != nil {
+				return nil, err
+			}
+			var offers bool
+			tag, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots - 1, held_slots = held_slots + 1,
+				update_time = $4, version = version + 1
+				WHERE clinic = $1 AND id = $2 AND $3 = ANY(services) AND available_slots > 0`,
+				p.clinic, p.id, int16(req.GetServiceKind()), now)
+			if err != nil {
+				return nil, fmt.Errorf("take slot: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				prog, err := readProgram(ctx, tx, p, false)
+				if err != nil {
+					return nil, err
+				}
+				for _, k := range prog.GetServices() {
+					offers = offers || k == req.GetServiceKind()
+				}
+				if !offers {
+					return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED",
+						fmt.Sprintf("%s does not offer %s", prog.GetName(), req.GetServiceKind()),
+						map[string]string{"program": prog.GetName(), "service_kind": req.GetServiceKind().String()})
+				}
+				return nil, apperr.FailedPrecondition(apperr.ReasonNoCapacity,
+					prog.GetName()+" has no free intake slot: match another program or try again later",
+					map[string]string{"program": prog.GetName()})
+			}
+			h := ref{p.clinic, aip.NewID()}
+			if _, err := tx.Exec(ctx, `INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`, h.clinic, h.id, p.id, int16(req.GetServiceKind()),
+				req.GetFamily(), req.GetIntervention(), now.Add(ttl), int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+				return nil, fmt.Errorf("insert hold: %w", err)
+			}
+			out, err := s.readHold(ctx, tx, h, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, h.clinic, "hold.created", out.GetName(), out)
+		})
+}
+
+// checkRef checks that name is a resource of collection in clinic.
+func checkRef(vs *apperr.Violations, clinic, field, name, collection string, required bool) {
+	if name == "" {
+		if required {
+			vs.Add(field, "is required")
+		}
+		return
+	}
+	ids, err := aip.Parse(name, "clinics", collection)
+	if err != nil {
+		vs.Add(field, "%v", err)
+		return
+	}
+	if ids[0] != clinic {
+		vs.Add(field, "must be in the same clinic")
+	}
+}
+
+// expireHolds marks due holds EXPIRED and gives their slots back, for one
+// program or (programID "") for every program.
+func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time) error {
+	_, err := tx.Exec(ctx, `WITH expired AS (
+			UPDATE holds SET state = $4, release_reason = 'expired', update_time = $3, version = version + 1
+			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
+			RETURNING clinic, program_id),
+		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id)
+		UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
+			update_time = $3, version = p.version + 1
+		FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id`,
+		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD))
+	if err != nil {
+		return fmt.Errorf("expire holds: %w", err)
+	}
+	return nil
+}
+
+// ExpireHolds returns the slots of every hold past its expiry. The service
+// process runs it periodically (RunExpiry); holds and conversions also
+// expire what is due on their own program first.
+func (s *Server) ExpireHolds(ctx context.Context) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return s.expireHolds(ctx, tx, "", "", s.cfg.Now())
+	})
+}
+
+// RunExpiry calls ExpireHolds every interval until ctx ends.
+func (s *Server) RunExpiry(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.ExpireHolds(ctx); err != nil && ctx.Err() == nil {
+				s.cfg.Log.Error("expire holds", "error", err.Error())
+			}
+		}
+	}
+}
+
+// GetHold implements the API.
+func (s *Server) GetHold(ctx context.Context, req *referralsv1.GetHoldRequest) (*referralsv1.Hold, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "holds")
+	if err != nil {
+		return nil, err
+	}
+	return s.readHold(ctx, s.pool, r, false)
+}
+
+func (s *Server) holdFilter() map[string]aip.FilterField {
+	return map[string]aip.FilterField{
+		"state":        {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.HoldState_value, "HOLD_STATE_")},
+		"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
+		"intervention": {Column: "intervention", Kind: aip.String},
+		"family":       {Column: "family", Kind: aip.String},
+	}
+}
+
+// ListHolds implements the API.
+func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsRequest) (*referralsv1.ListHoldsResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), s.holdFilter())
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(4)
+	rows, err := s.pool.Query(ctx, holdSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
+		append([]any{clinic, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list holds: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, s.scanHold(clinic))
+	if err != nil {
+		return nil, fmt.Errorf("list holds: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(h *referralsv1.Hold) string { return aip.ID(h.GetName()) })
+	return &referralsv1.ListHoldsResponse{Holds: items, NextPageToken: next}, nil
+}
+
+// lockHeld locks a hold that must still be HELD (and not past its expiry).
+func (s *Server) lockHeld(ctx context.Context, tx pgx.Tx, r ref, etag, verb string) (*referralsv1.Hold, error) {
+	h, err := s.readHold(ctx, tx, r, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkEtag(h.GetName(), etag, h.GetEtag()); err != nil {
+		return nil, err
+	}
+	if h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
+		return nil, apperr.InvalidTransition(h.GetName(), strings.TrimPrefix(h.GetState().String(), "HOLD_STATE_"), verb)
+	}
+	return h, nil
+}
+
+// ReleaseHold implements the API: the slot goes back to the program.
+func (s *Server) ReleaseHold(ctx context.Context, req *referralsv1.ReleaseHoldRequest) (*referralsv1.Hold, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "holds")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ReleaseHold", req.GetRequestId(), req, newHold,
+		func(tx pgx.Tx) (*referralsv1.Hold, error) {
+			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "RELEASED")
+			if err != nil {
+				return nil, err
+			}
+			now := s.cfg.Now()
+			reason := req.GetReason()
+			if reason == "" {
+				reason = "released"
+			}
+			if _, err := tx.Exec(ctx, `UPDATE holds SET state = $3, release_reason = $4, update_time = $5, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_RELEASED), reason, now); err != nil {
+				return nil, fmt.Errorf("release hold: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots + 1, held_slots = held_slots - 1,
+				update_time = $3, version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, aip.ID(h.GetProgram()), now); err != nil {
+				return nil, fmt.Errorf("return slot: %w", err)
+			}
+			out, err := s.readHold(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "hold.released", out.GetName(), out)
+		})
+}
+
+// ConvertHold implements the API: the held slot becomes an immediate
+// referral for the loved one. The slot is consumed, not returned.
+func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRequest) (*referralsv1.Referral, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "holds")
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "is required: why the person is referred, minimum necessary")
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
+		func(tx pgx.Tx) (*referralsv1.Referral, error) {
+			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")
+			if err != nil {
+				return nil, err
+			}
+			now := s.cfg.Now()
+			ref := &referralsv1.Referral{
+				Family:      h.GetFamily(),
+				Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+				ServiceKind: h.GetServiceKind(), Program: h.GetProgram(), Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
+				Reason: req.GetReason(), Hold: h.GetName(), Intervention: h.GetIntervention(),
+				FirstContactTime: req.GetFirstContactTime(),
+			}
+			out, err := s.insertReferral(ctx, tx, r.clinic, ref, now)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE holds SET state = $3, referral = $4, update_time = $5, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_CONVERTED), out.GetName(), now); err != nil {
+				return nil, fmt.Errorf("convert hold: %w", err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE programs SET held_slots = held_slots - 1, update_time = $3, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, aip.ID(h.GetProgram()), now); err != nil {
+				return nil, fmt.Errorf("consume slot: %w", err)
+			}
+			hold, err := s.readHold(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			if err := emit(ctx, tx, r.clinic, "hold.converted", hold.GetName(), hold); err != nil {
+				return nil, err
+			}
+			return out, nil
+		})
+}

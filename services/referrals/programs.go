@@ -1,0 +1,301 @@
+package referrals
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+const programSelect = `SELECT id, doc, services, payments, telehealth, same_day_intake, same_day_induction,
+	available_slots, held_slots, waitlist, capacity_update_time, create_time, update_time, version FROM programs`
+
+func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
+	return func(r pgx.CollectableRow) (*referralsv1.Program, error) {
+		var (
+			id                              string
+			doc                             []byte
+			services, payments              []int16
+			tele, sameIntake, sameInduction bool
+			available, held                 int32
+			waitlist                        bool
+			capUpdated                      *time.Time
+			created, updated                time.Time
+			version                         int64
+		)
+		if err := r.Scan(&id, &doc, &services, &payments, &tele, &sameIntake, &sameInduction,
+			&available, &held, &waitlist, &capUpdated, &created, &updated, &version); err != nil {
+			return nil, err
+		}
+		p := &referralsv1.Program{}
+		if err := protojson.Unmarshal(doc, p); err != nil {
+			return nil, fmt.Errorf("decode program %s: %w", id, err)
+		}
+		p.Name = programName(clinic, id)
+		for _, s := range services {
+			p.Services = append(p.Services, referralsv1.ServiceKind(s))
+		}
+		for _, s := range payments {
+			p.PaymentsAccepted = append(p.PaymentsAccepted, referralsv1.PaymentKind(s))
+		}
+		p.Telehealth, p.SameDayIntake, p.SameDayInduction = tele, sameIntake, sameInduction
+		p.Capacity = &referralsv1.Capacity{AvailableSlots: available, HeldSlots: held, Waitlist: waitlist}
+		if capUpdated != nil {
+			p.Capacity.UpdateTime = timestamppb.New(*capUpdated)
+		}
+		p.CreateTime, p.UpdateTime, p.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
+		return p, nil
+	}
+}
+
+func readProgram(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referralsv1.Program, error) {
+	sql := programSelect + ` WHERE clinic = $1 AND id = $2`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	return one(rows, err, programName(r.clinic, r.id), scanProgram(r.clinic))
+}
+
+// programDoc is the descriptive part of a program, stored as JSON.
+func programDoc(p *referralsv1.Program) ([]byte, error) {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&referralsv1.Program{
+		Organization: p.GetOrganization(), DisplayName: p.GetDisplayName(), Description: p.GetDescription(),
+		Address: p.GetAddress(), Hours: p.GetHours(), Languages: p.GetLanguages(), Phone: p.GetPhone(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode program: %w", err)
+	}
+	return b, nil
+}
+
+func enumInts[E ~int32](xs []E) []int16 {
+	out := make([]int16, len(xs))
+	for i, x := range xs {
+		out[i] = int16(x)
+	}
+	return out
+}
+
+func checkProgram(p *referralsv1.Program) error {
+	var vs apperr.Violations
+	if strings.TrimSpace(p.GetDisplayName()) == "" {
+		vs.Add("program.display_name", "is required")
+	}
+	if len(p.GetServices()) == 0 {
+		vs.Add("program.services", "must list at least one service")
+	}
+	for i, s := range p.GetServices() {
+		if s == referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED {
+			vs.Add(fmt.Sprintf("program.services[%d]", i), "must be a service kind")
+		}
+	}
+	return vs.Err()
+}
+
+func newProgram() *referralsv1.Program { return &referralsv1.Program{} }
+
+// CreateProgram implements the API. A new program has no free slots until
+// it reports capacity.
+func (s *Server) CreateProgram(ctx context.Context, req *referralsv1.CreateProgramRequest) (*referralsv1.Program, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	p := req.GetProgram()
+	if err := checkProgram(p); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateProgram", req.GetRequestId(), req, newProgram,
+		func(tx pgx.Tx) (*referralsv1.Program, error) {
+			doc, err := programDoc(p)
+			if err != nil {
+				return nil, err
+			}
+			r := ref{clinic, aip.NewID()}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
+				same_day_induction, locality, postal_code, languages, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)`,
+				r.clinic, r.id, doc, enumInts(p.GetServices()), enumInts(p.GetPaymentsAccepted()), p.GetTelehealth(),
+				p.GetSameDayIntake(), p.GetSameDayInduction(), strings.ToLower(p.GetAddress().GetLocality()),
+				p.GetAddress().GetPostalCode(), lower(p.GetLanguages()), now); err != nil {
+				return nil, fmt.Errorf("insert program: %w", err)
+			}
+			out, err := readProgram(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "program.created", out.GetName(), out)
+		})
+}
+
+func lower(xs []string) []string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = strings.ToLower(x)
+	}
+	return out
+}
+
+// GetProgram implements the API.
+func (s *Server) GetProgram(ctx context.Context, req *referralsv1.GetProgramRequest) (*referralsv1.Program, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	return readProgram(ctx, s.pool, r, false)
+}
+
+var programFilter = map[string]aip.FilterField{
+	"service":         {Column: "services", Kind: aip.EnumIn, Enum: aip.EnumLookup(referralsv1.ServiceKind_value, "SERVICE_KIND_")},
+	"payment":         {Column: "payments", Kind: aip.EnumIn, Enum: aip.EnumLookup(referralsv1.PaymentKind_value, "PAYMENT_KIND_")},
+	"telehealth":      {Column: "telehealth", Kind: aip.Bool},
+	"same_day_intake": {Column: "same_day_intake", Kind: aip.Bool},
+}
+
+// ListPrograms implements the API.
+func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListProgramsRequest) (*referralsv1.ListProgramsResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), programFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(4)
+	rows, err := s.pool.Query(ctx, programSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
+		append([]any{clinic, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list programs: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanProgram(clinic))
+	if err != nil {
+		return nil, fmt.Errorf("list programs: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(p *referralsv1.Program) string { return aip.ID(p.GetName()) })
+	return &referralsv1.ListProgramsResponse{Programs: items, NextPageToken: next}, nil
+}
+
+var programUpdatable = []string{"organization", "display_name", "description", "services", "payments_accepted",
+	"address", "hours", "telehealth", "same_day_intake", "same_day_induction", "languages", "phone"}
+
+// UpdateProgram implements the API.
+func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgramRequest) (*referralsv1.Program, error) {
+	r, err := authorized(ctx, "program.name", req.GetProgram().GetName(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateProgram", req.GetRequestId(), req, newProgram,
+		func(tx pgx.Tx) (*referralsv1.Program, error) {
+			cur, err := readProgram(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetProgram().GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			next := proto.Clone(cur).(*referralsv1.Program)
+			if err := aip.ApplyMask(next, req.GetProgram(), req.GetUpdateMask().GetPaths(), programUpdatable); err != nil {
+				return nil, apperr.Field("update_mask", "%v", err)
+			}
+			if err := checkProgram(next); err != nil {
+				return nil, err
+			}
+			doc, err := programDoc(next)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE programs SET doc = $3, services = $4, payments = $5, telehealth = $6,
+				same_day_intake = $7, same_day_induction = $8, locality = $9, postal_code = $10, languages = $11,
+				update_time = $12, version = version + 1 WHERE clinic = $1 AND id = $2`,
+				r.clinic, r.id, doc, enumInts(next.GetServices()), enumInts(next.GetPaymentsAccepted()), next.GetTelehealth(),
+				next.GetSameDayIntake(), next.GetSameDayInduction(), strings.ToLower(next.GetAddress().GetLocality()),
+				next.GetAddress().GetPostalCode(), lower(next.GetLanguages()), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("update program: %w", err)
+			}
+			out, err := readProgram(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "program.updated", out.GetName(), out)
+		})
+}
+
+// DeleteProgram implements the API. A program with live holds or any
+// referral stays: the history of where people were sent must remain whole.
+func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgramRequest) (*emptypb.Empty, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteProgram", req.GetRequestId(), req,
+		func() *emptypb.Empty { return &emptypb.Empty{} },
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			cur, err := readProgram(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			var inUse bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2)
+				OR EXISTS (SELECT 1 FROM referrals WHERE clinic = $1 AND program_id = $2)`, r.clinic, r.id).Scan(&inUse); err != nil {
+				return nil, fmt.Errorf("check program use: %w", err)
+			}
+			if inUse {
+				return nil, apperr.FailedPrecondition("PROGRAM_IN_USE",
+					cur.GetName()+" has holds or referrals and cannot be deleted; stop listing services instead",
+					map[string]string{"resource": cur.GetName()})
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM programs WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
+				return nil, fmt.Errorf("delete program: %w", err)
+			}
+			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "program.deleted", cur.GetName(), cur)
+		})
+}
+
+// ReportCapacity implements the API: the program's own count of free slots
+// replaces ours; held slots stay held.
+func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapacityRequest) (*referralsv1.Program, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ReportCapacity", req.GetRequestId(), req, newProgram,
+		func(tx pgx.Tx) (*referralsv1.Program, error) {
+			cur, err := readProgram(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `UPDATE programs SET available_slots = $3, waitlist = $4, capacity_update_time = $5,
+				update_time = $5, version = version + 1 WHERE clinic = $1 AND id = $2`,
+				r.clinic, r.id, req.GetAvailableSlots(), req.GetWaitlist(), now); err != nil {
+				return nil, fmt.Errorf("report capacity: %w", err)
+			}
+			out, err := readProgram(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
+		})
+}

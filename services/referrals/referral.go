@@ -1,0 +1,307 @@
+package referrals
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+const referralSelect = `SELECT id, family, subject_kind, member_id, service_kind, program_id, urgency, reason, hold,
+	intervention, appointment, state, rejection_reason, rejection_details, first_contact_time, treatment_entry_time,
+	no_show_count, create_time, update_time, version FROM referrals`
+
+// FHIR Task.status and the BSeR business status of each referral state.
+var taskStatus = map[referralsv1.ReferralState][2]string{
+	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: {"requested", "created"},
+	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  {"accepted", "accepted"},
+	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  {"rejected", "declined"},
+	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: {"in-progress", "scheduled"},
+	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: {"completed", "event completed"},
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"failed", "unattended"},
+	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"cancelled", "cancelled"},
+}
+
+func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
+	return func(r pgx.CollectableRow) (*referralsv1.Referral, error) {
+		var (
+			id, family, member, program, reason, hold, intervention, rejDetails string
+			subject, kind, urgency, state, rejReason                            int16
+			appt                                                                []byte
+			firstContact, entered                                               *time.Time
+			noShows                                                             int32
+			created, updated                                                    time.Time
+			version                                                             int64
+		)
+		if err := r.Scan(&id, &family, &subject, &member, &kind, &program, &urgency, &reason, &hold, &intervention,
+			&appt, &state, &rejReason, &rejDetails, &firstContact, &entered, &noShows, &created, &updated, &version); err != nil {
+			return nil, err
+		}
+		ref := &referralsv1.Referral{
+			Name: referralName(clinic, id), Family: family,
+			Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind(subject), MemberId: member},
+			ServiceKind: referralsv1.ServiceKind(kind), Program: programName(clinic, program),
+			Urgency: referralsv1.Urgency(urgency), Reason: reason, Hold: hold, Intervention: intervention,
+			State: referralsv1.ReferralState(state), NoShowCount: noShows,
+			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+		}
+		if appt != nil {
+			ref.IntakeAppointment = &referralsv1.IntakeAppointment{}
+			if err := protojson.Unmarshal(appt, ref.IntakeAppointment); err != nil {
+				return nil, fmt.Errorf("decode appointment of %s: %w", id, err)
+			}
+		}
+		if rejReason != 0 {
+			ref.Rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason(rejReason), Details: rejDetails}
+		}
+		if firstContact != nil {
+			ref.FirstContactTime = timestamppb.New(*firstContact)
+		}
+		if entered != nil {
+			ref.TreatmentEntryTime = timestamppb.New(*entered)
+			start := created
+			if firstContact != nil {
+				start = *firstContact
+			}
+			ref.DaysToTreatmentEntry = int32(entered.Sub(start) / (24 * time.Hour))
+		}
+		st := taskStatus[ref.State]
+		ref.FhirTaskStatus, ref.BusinessStatus = st[0], st[1]
+		return ref, nil
+	}
+}
+
+func readReferral(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referralsv1.Referral, error) {
+	sql := referralSelect + ` WHERE clinic = $1 AND id = $2`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	out, err := one(rows, err, referralName(r.clinic, r.id), scanReferral(r.clinic))
+	if err != nil {
+		return nil, err
+	}
+	return out, loadHistory(ctx, q, r.clinic, []*referralsv1.Referral{out})
+}
+
+func loadHistory(ctx context.Context, q pgdb.Querier, clinic string, refs []*referralsv1.Referral) error {
+	if len(refs) == 0 {
+		return nil
+	}
+	byID := map[string]*referralsv1.Referral{}
+	ids := make([]string, len(refs))
+	for i, r := range refs {
+		ids[i] = aip.ID(r.GetName())
+		byID[ids[i]] = r
+	}
+	rows, err := q.Query(ctx, `SELECT referral_id, from_state, to_state, actor, reason, event_time FROM referral_events
+		WHERE clinic = $1 AND referral_id = ANY($2) ORDER BY seq`, clinic, ids)
+	if err != nil {
+		return fmt.Errorf("read referral history: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, actor, reason string
+			from, to          int16
+			at                time.Time
+		)
+		if err := rows.Scan(&id, &from, &to, &actor, &reason, &at); err != nil {
+			return fmt.Errorf("read referral history: %w", err)
+		}
+		byID[id].History = append(byID[id].History, &referralsv1.ReferralEvent{
+			FromState: referralsv1.ReferralState(from), ToState: referralsv1.ReferralState(to),
+			Actor: actor, Reason: reason, Time: timestamppb.New(at),
+		})
+	}
+	return rows.Err()
+}
+
+func newReferral() *referralsv1.Referral { return &referralsv1.Referral{} }
+
+func checkReferral(clinic string, r *referralsv1.Referral) error {
+	var vs apperr.Violations
+	checkRef(&vs, clinic, "referral.family", r.GetFamily(), "families", true)
+	checkRef(&vs, clinic, "referral.program", r.GetProgram(), "programs", true)
+	checkRef(&vs, clinic, "referral.intervention", r.GetIntervention(), "interventions", false)
+	switch r.GetSubject().GetKind() {
+	case referralsv1.SubjectKind_SUBJECT_KIND_UNSPECIFIED:
+		vs.Add("referral.subject.kind", "is required")
+	case referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER:
+		if r.GetSubject().GetMemberId() == "" {
+			vs.Add("referral.subject.member_id", "is required for a family member")
+		}
+	case referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE:
+		if r.GetSubject().GetMemberId() != "" {
+			vs.Add("referral.subject.member_id", "must be empty for the loved one")
+		}
+	}
+	if r.GetServiceKind() == referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED {
+		vs.Add("referral.service_kind", "is required")
+	}
+	if r.GetUrgency() == referralsv1.Urgency_URGENCY_UNSPECIFIED {
+		vs.Add("referral.urgency", "is required")
+	}
+	if strings.TrimSpace(r.GetReason()) == "" {
+		vs.Add("referral.reason", "is required: why the person is referred, minimum necessary")
+	}
+	return vs.Err()
+}
+
+// insertReferral writes a new REQUESTED referral after checking that its
+// program exists in the clinic and offers the service.
+func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, in *referralsv1.Referral, now time.Time) (*referralsv1.Referral, error) {
+	prog, err := readProgram(ctx, tx, ref{clinic, aip.ID(in.GetProgram())}, false)
+	if err != nil {
+		return nil, err
+	}
+	offers := false
+	for _, k := range prog.GetServices() {
+		offers = offers || k == in.GetServiceKind()
+	}
+	if !offers {
+		return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED",
+			fmt.Sprintf("%s does not offer %s", prog.GetName(), in.GetServiceKind()),
+			map[string]string{"program": prog.GetName(), "service_kind": in.GetServiceKind().String()})
+	}
+	r := ref{clinic, aip.NewID()}
+	var first *time.Time
+	if in.GetFirstContactTime() != nil {
+		t := in.GetFirstContactTime().AsTime()
+		first = &t
+	}
+	requested := referralsv1.ReferralState_REFERRAL_STATE_REQUESTED
+	if _, err := tx.Exec(ctx, `INSERT INTO referrals (clinic, id, family, subject_kind, member_id, service_kind, program_id,
+		urgency, reason, hold, intervention, state, first_contact_time, create_time, update_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)`,
+		r.clinic, r.id, in.GetFamily(), int16(in.GetSubject().GetKind()), in.GetSubject().GetMemberId(),
+		int16(in.GetServiceKind()), aip.ID(in.GetProgram()), int16(in.GetUrgency()), in.GetReason(), in.GetHold(),
+		in.GetIntervention(), int16(requested), first, now); err != nil {
+		return nil, fmt.Errorf("insert referral: %w", err)
+	}
+	if err := addEvent(ctx, tx, r, referralsv1.ReferralState_REFERRAL_STATE_UNSPECIFIED, requested, auth.Actor(ctx), "requested", now); err != nil {
+		return nil, err
+	}
+	out, err := readReferral(ctx, tx, r, false)
+	if err != nil {
+		return nil, err
+	}
+	return out, emit(ctx, tx, clinic, "referral.created", out.GetName(), out)
+}
+
+func addEvent(ctx context.Context, tx pgx.Tx, r ref, from, to referralsv1.ReferralState, actor, reason string, at time.Time) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO referral_events (clinic, referral_id, from_state, to_state, actor, reason, event_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`, r.clinic, r.id, int16(from), int16(to), actor, reason, at); err != nil {
+		return fmt.Errorf("insert referral event: %w", err)
+	}
+	return nil
+}
+
+// CreateReferral implements the API.
+func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateReferralRequest) (*referralsv1.Referral, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	in := proto.Clone(req.GetReferral()).(*referralsv1.Referral)
+	in.Hold = "" // set only by ConvertHold
+	if err := checkReferral(clinic, in); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral,
+		func(tx pgx.Tx) (*referralsv1.Referral, error) {
+			return s.insertReferral(ctx, tx, clinic, in, s.cfg.Now())
+		})
+}
+
+// GetReferral implements the API.
+func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRequest) (*referralsv1.Referral, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "referrals")
+	if err != nil {
+		return nil, err
+	}
+	return readReferral(ctx, s.pool, r, false)
+}
+
+var referralFilter = map[string]aip.FilterField{
+	"state":        {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ReferralState_value, "REFERRAL_STATE_")},
+	"family":       {Column: "family", Kind: aip.String},
+	"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
+	"service_kind": {Column: "service_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ServiceKind_value, "SERVICE_KIND_")},
+	"urgency":      {Column: "urgency", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.Urgency_value, "URGENCY_")},
+	"intervention": {Column: "intervention", Kind: aip.String},
+}
+
+// ListReferrals implements the API.
+func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferralsRequest) (*referralsv1.ListReferralsResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), referralFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(4)
+	rows, err := s.pool.Query(ctx, referralSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
+		append([]any{clinic, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list referrals: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanReferral(clinic))
+	if err != nil {
+		return nil, fmt.Errorf("list referrals: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(r *referralsv1.Referral) string { return aip.ID(r.GetName()) })
+	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
+		return nil, err
+	}
+	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
+}
+
+// UpdateReferral implements the API: only the reason can change.
+func (s *Server) UpdateReferral(ctx context.Context, req *referralsv1.UpdateReferralRequest) (*referralsv1.Referral, error) {
+	r, err := authorized(ctx, "referral.name", req.GetReferral().GetName(), "referrals")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateReferral", req.GetRequestId(), req, newReferral,
+		func(tx pgx.Tx) (*referralsv1.Referral, error) {
+			cur, err := readReferral(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), req.GetReferral().GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			next := proto.Clone(cur).(*referralsv1.Referral)
+			if err := aip.ApplyMask(next, req.GetReferral(), req.GetUpdateMask().GetPaths(), []string{"reason"}); err != nil {
+				return nil, apperr.Field("update_mask", "%v", err)
+			}
+			if strings.TrimSpace(next.GetReason()) == "" {
+				return nil, apperr.Field("referral.reason", "is required")
+			}
+			if _, err := tx.Exec(ctx, `UPDATE referrals SET reason = $3, update_time = $4, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, next.GetReason(), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("update referral: %w", err)
+			}
+			out, err := readReferral(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "referral.updated", out.GetName(), out)
+		})
+}

@@ -1,0 +1,146 @@
+// Package referrals is the referrals service: a directory of treatment and
+// support programs with live intake capacity, holds that keep a slot ready
+// for a planned intervention, barrier-aware matching, and closed-loop
+// referrals followed until the person is in treatment. It owns the
+// PostgreSQL schema "referrals".
+package referrals
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Schema is the PostgreSQL schema the service owns.
+const Schema = "referrals"
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations are the service's migrations, shared tables first.
+func Migrations() []pgdb.Source {
+	return []pgdb.Source{
+		{Name: "common", FS: pgdb.Common, Dir: "common"},
+		{Name: "referrals", FS: migrations, Dir: "migrations"},
+	}
+}
+
+// Config tunes the service.
+type Config struct {
+	// DefaultHoldTTL is how long a hold lasts when the request names no TTL.
+	DefaultHoldTTL time.Duration
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Server implements referralsv1.ReferralsServiceServer.
+type Server struct {
+	referralsv1.UnimplementedReferralsServiceServer
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// New returns a server over pool, whose search path is the service's schema.
+func New(pool *pgxpool.Pool, cfg Config) *Server {
+	if cfg.DefaultHoldTTL == 0 {
+		cfg.DefaultHoldTTL = 72 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Server{pool: pool, cfg: cfg}
+}
+
+const svc = "/handoff.referrals.v1.ReferralsService/"
+
+// ref is a parsed clinic-scoped name.
+type ref struct{ clinic, id string }
+
+func parse(field, name, collection string) (ref, error) {
+	ids, err := aip.Parse(name, "clinics", collection)
+	if err != nil {
+		return ref{}, apperr.Field(field, "%v", err)
+	}
+	return ref{ids[0], ids[1]}, nil
+}
+
+// authorized parses name and checks that the caller may act in its clinic.
+func authorized(ctx context.Context, field, name, collection string) (ref, error) {
+	r, err := parse(field, name, collection)
+	if err != nil {
+		return ref{}, err
+	}
+	return r, auth.CheckClinic(ctx, r.clinic, name)
+}
+
+func parentClinic(ctx context.Context, parent string) (string, error) {
+	ids, err := aip.Parse(parent, "clinics")
+	if err != nil {
+		return "", apperr.Field("parent", "%v", err)
+	}
+	return ids[0], auth.CheckClinic(ctx, ids[0], parent)
+}
+
+func programName(clinic, id string) string  { return aip.Name("clinics", clinic, "programs", id) }
+func holdName(clinic, id string) string     { return aip.Name("clinics", clinic, "holds", id) }
+func referralName(clinic, id string) string { return aip.Name("clinics", clinic, "referrals", id) }
+
+func checkEtag(name, want, have string) error {
+	if want != "" && want != have {
+		return apperr.EtagMismatch(name)
+	}
+	return nil
+}
+
+// emit writes an outbox event for a change to resource.
+func emit(ctx context.Context, tx pgx.Tx, clinic, event, resource string, payload proto.Message) error {
+	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.referrals.v1." + event, Resource: resource, Payload: payload})
+}
+
+// one collects exactly one row, mapping no row to NOT_FOUND for name.
+func one[T any](rows pgx.Rows, err error, name string, scan pgx.RowToFunc[T]) (T, error) {
+	var zero T
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", name, err)
+	}
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, apperr.NotFound(name)
+	}
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// listArgs resolves a List request's filter and page token.
+func listArgs(parent, filter, token string, fields map[string]aip.FilterField) (aip.Filter, string, uint64, error) {
+	f, err := aip.ParseFilter(filter, fields)
+	if err != nil {
+		return aip.Filter{}, "", 0, apperr.Field("filter", "%v", err)
+	}
+	q := aip.QueryHash(parent, filter)
+	after, ok := aip.DecodePageToken(token, q)
+	if !ok {
+		return aip.Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")
+	}
+	return f, after, q, nil
+}

@@ -1,0 +1,385 @@
+package referrals_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+// clock is a test clock that tests move forward.
+type clock struct{ offset atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+type fixture struct {
+	env    *servicetest.Env
+	pool   *pgxpool.Pool
+	srv    *referrals.Server
+	clock  *clock
+	client referralsv1.ReferralsServiceClient
+	ctx    context.Context // counselor of clinic "north"
+	admin  context.Context
+	ehr    context.Context
+}
+
+func setup(t testing.TB) *fixture {
+	t.Helper()
+	pool, _ := pgtest.Schema(t, referrals.Migrations()...)
+	c := &clock{}
+	srv := referrals.New(pool, referrals.Config{Now: c.Now})
+	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
+	return &fixture{env: env, pool: pool, srv: srv, clock: c, client: referralsv1.NewReferralsServiceClient(env.Conn),
+		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
+		ehr: env.As("north", "ehr", auth.RoleEHR)}
+}
+
+func (f *fixture) program(t testing.TB, p *referralsv1.Program, slots int32) *referralsv1.Program {
+	t.Helper()
+	out, err := f.client.CreateProgram(f.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: p})
+	if err != nil {
+		t.Fatalf("CreateProgram: %v", err)
+	}
+	out, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: out.GetName(), AvailableSlots: slots})
+	if err != nil {
+		t.Fatalf("ReportCapacity: %v", err)
+	}
+	return out
+}
+
+func buprenorphine(name string) *referralsv1.Program {
+	return &referralsv1.Program{DisplayName: name, Organization: "Riverside Health",
+		Services:         []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT},
+		PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID},
+		SameDayIntake:    true, SameDayInduction: true, Telehealth: true,
+		Address: &referralsv1.Address{Locality: "Springfield", PostalCode: "62701"}}
+}
+
+func wantCode(t *testing.T, err error, want codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != want {
+		t.Fatalf("got %v (%v), want %v", got, err, want)
+	}
+}
+
+func (f *fixture) capacity(t *testing.T, name string) (available, held int32) {
+	t.Helper()
+	p, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.GetCapacity().GetAvailableSlots(), p.GetCapacity().GetHeldSlots()
+}
+
+const family = "clinics/north/families/f1"
+
+// 50 concurrent holds on a program with 7 free slots: exactly 7 succeed.
+func TestHoldsNeverOversell(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 7)
+	var ok, full atomic.Int32
+	var wg sync.WaitGroup
+	holds := make(chan string, 50)
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+				ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+				Intervention: fmt.Sprintf("clinics/north/interventions/i%d", i)})
+			switch status.Code(err) {
+			case codes.OK:
+				ok.Add(1)
+				holds <- h.GetName()
+			case codes.FailedPrecondition:
+				full.Add(1)
+			default:
+				t.Errorf("hold %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(holds)
+	if ok.Load() != 7 || full.Load() != 43 {
+		t.Fatalf("%d holds succeeded and %d were refused; want 7 and 43", ok.Load(), full.Load())
+	}
+	if a, h := f.capacity(t, p.GetName()); a != 0 || h != 7 {
+		t.Fatalf("capacity = %d free, %d held; want 0, 7", a, h)
+	}
+	// A release gives its slot back.
+	first := <-holds
+	if _, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: first, Reason: "intervention cancelled"}); err != nil {
+		t.Fatalf("ReleaseHold: %v", err)
+	}
+	_, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: first})
+	wantCode(t, err, codes.FailedPrecondition)
+	if a, h := f.capacity(t, p.GetName()); a != 1 || h != 6 {
+		t.Fatalf("after release: %d free, %d held; want 1, 6", a, h)
+	}
+	// Expiry gives every remaining slot back.
+	f.clock.Advance(73 * time.Hour)
+	if err := f.srv.ExpireHolds(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a, h := f.capacity(t, p.GetName()); a != 7 || h != 0 {
+		t.Fatalf("after expiry: %d free, %d held; want 7, 0", a, h)
+	}
+	second := <-holds
+	got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: second})
+	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+		t.Fatalf("expired hold = %v, %v", got, err)
+	}
+	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: second, Reason: "accepted"})
+	wantCode(t, err, codes.FailedPrecondition)
+	var negative bool
+	if err := f.pool.QueryRow(context.Background(), `SELECT bool_or(available_slots < 0 OR held_slots < 0) FROM programs`).Scan(&negative); err != nil || negative {
+		t.Fatalf("negative capacity: %v %v", negative, err)
+	}
+}
+
+func TestHoldConvertAndIdempotency(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	req := &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour), RequestId: "hold-i1"}
+	h1, err := f.client.HoldSlot(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := f.client.HoldSlot(f.ctx, req)
+	if err != nil || h2.GetName() != h1.GetName() {
+		t.Fatalf("repeated hold = %v, %v; want %s", h2.GetName(), err, h1.GetName())
+	}
+	if a, h := f.capacity(t, p.GetName()); a != 1 || h != 1 {
+		t.Fatalf("a repeated request id took a second slot: %d free, %d held", a, h)
+	}
+	conv := &referralsv1.ConvertHoldRequest{Name: h1.GetName(), Reason: "accepted MAT at the intervention",
+		FirstContactTime: timestamppb.New(f.clock.Now().Add(-10 * 24 * time.Hour)), RequestId: "convert-i1"}
+	r1, err := f.client.ConvertHold(f.ctx, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r1.GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE || r1.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED ||
+		r1.GetHold() != h1.GetName() || r1.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
+		t.Fatalf("converted referral = %v", r1)
+	}
+	r2, err := f.client.ConvertHold(f.ctx, conv)
+	if err != nil || r2.GetName() != r1.GetName() {
+		t.Fatalf("repeated convert = %v, %v", r2.GetName(), err)
+	}
+	if a, h := f.capacity(t, p.GetName()); a != 1 || h != 0 {
+		t.Fatalf("after convert: %d free, %d held; want 1, 0 (the slot is used)", a, h)
+	}
+	acc := &referralsv1.TransitionReferralRequest{Name: r1.GetName(), RequestId: "accept-1"}
+	for i := 0; i < 3; i++ {
+		if _, err := f.client.AcceptReferral(f.ehr, acc); err != nil {
+			t.Fatalf("repeated accept %d: %v", i, err)
+		}
+	}
+	got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r1.GetName()})
+	if len(got.GetHistory()) != 2 {
+		t.Fatalf("history = %v; a repeated request id must not add transitions", got.GetHistory())
+	}
+	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}); err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r1.GetName()})
+	if err != nil || done.GetDaysToTreatmentEntry() != 10 || done.GetFhirTaskStatus() != "completed" || done.GetTreatmentEntryTime() == nil {
+		t.Fatalf("completed = %v, %v", done, err)
+	}
+}
+
+// Every pair of states: the legal transitions work, all others are refused
+// with FAILED_PRECONDITION and change nothing.
+func TestReferralStateMachine(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	S := func(s referralsv1.ReferralState) referralsv1.ReferralState { return s }
+	const (
+		req  = referralsv1.ReferralState_REFERRAL_STATE_REQUESTED
+		acc  = referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED
+		rej  = referralsv1.ReferralState_REFERRAL_STATE_REJECTED
+		sch  = referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED
+		comp = referralsv1.ReferralState_REFERRAL_STATE_COMPLETED
+		ns   = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
+		can  = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
+	)
+	// Paths that reach each state from REQUESTED.
+	paths := map[referralsv1.ReferralState][]referralsv1.ReferralState{
+		req: {}, acc: {acc}, rej: {rej}, sch: {acc, sch}, comp: {acc, sch, comp}, ns: {acc, sch, ns}, can: {can},
+	}
+	legal := map[[2]referralsv1.ReferralState]bool{
+		{req, acc}: true, {req, rej}: true, {req, can}: true,
+		{acc, sch}: true, {acc, rej}: true, {acc, can}: true,
+		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true,
+		{ns, sch}: true, {ns, can}: true,
+	}
+	move := func(name string, to referralsv1.ReferralState) error {
+		var err error
+		switch to {
+		case acc:
+			_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: name})
+		case rej:
+			_, err = f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: name,
+				Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
+		case sch:
+			_, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: name,
+				IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(time.Hour))}})
+		case comp:
+			_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: name})
+		case ns:
+			_, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: name})
+		case can:
+			_, err = f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: name})
+		}
+		return err
+	}
+	targets := []referralsv1.ReferralState{acc, rej, sch, comp, ns, can}
+	for from, path := range paths {
+		for _, to := range targets {
+			t.Run(fmt.Sprintf("%v->%v", S(from), to), func(t *testing.T) {
+				r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+					Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+					ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+					Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "opioid use disorder, wants to start"}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, s := range path {
+					if err := move(r.GetName(), s); err != nil {
+						t.Fatalf("path to %v, step %v: %v", from, s, err)
+					}
+				}
+				before, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
+				err = move(r.GetName(), to)
+				after, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
+				if legal[[2]referralsv1.ReferralState{from, to}] {
+					if err != nil || after.GetState() != to {
+						t.Fatalf("legal move refused: %v, state %v", err, after.GetState())
+					}
+					return
+				}
+				wantCode(t, err, codes.FailedPrecondition)
+				if after.GetEtag() != before.GetEtag() {
+					t.Fatal("a refused transition changed the referral")
+				}
+			})
+		}
+	}
+}
+
+func TestReferralValidationAndIsolation(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 1)
+	valid := func() *referralsv1.Referral {
+		return &referralsv1.Referral{Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+			Urgency: referralsv1.Urgency_URGENCY_ROUTINE, Reason: "wants treatment"}
+	}
+	cases := map[string]func(*referralsv1.Referral){
+		"no reason":                func(r *referralsv1.Referral) { r.Reason = "" },
+		"member without id":        func(r *referralsv1.Referral) { r.Subject.Kind = referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER },
+		"family of another clinic": func(r *referralsv1.Referral) { r.Family = "clinics/south/families/f1" },
+		"malformed program":        func(r *referralsv1.Referral) { r.Program = "programs/x" },
+		"no urgency":               func(r *referralsv1.Referral) { r.Urgency = 0 },
+		"undefined service kind":   func(r *referralsv1.Referral) { r.ServiceKind = 77 },
+		"oversized reason":         func(r *referralsv1.Referral) { r.Reason = string(make([]byte, 600)) },
+	}
+	for name, mut := range cases {
+		r := valid()
+		mut(r)
+		_, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: r})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: got %v, want InvalidArgument", name, err)
+		}
+	}
+	r := valid()
+	r.ServiceKind = referralsv1.ServiceKind_SERVICE_KIND_INPATIENT
+	_, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: r})
+	wantCode(t, err, codes.FailedPrecondition)
+	// Another clinic sees nothing.
+	south := f.env.Counselor("south")
+	_, err = f.client.GetProgram(south, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.HoldSlot(south, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: "clinics/south/families/f1"})
+	wantCode(t, err, codes.NotFound)
+	// Counselors may not edit the directory.
+	_, err = f.client.ReportCapacity(f.ctx, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 3})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: -1})
+	wantCode(t, err, codes.InvalidArgument)
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM referrals`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("referrals = %d, %v: refused requests must write nothing", n, err)
+	}
+}
+
+func TestMatchProgramsOverGRPC(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	bup := f.program(t, buprenorphine("Riverside MAT"), 2)
+	full := f.program(t, buprenorphine("Full MAT"), 0)
+	f.program(t, &referralsv1.Program{DisplayName: "Naloxone van",
+		Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}}, 9)
+	resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+		Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE, Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID,
+		Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetMatches()) != 1 || resp.GetMatches()[0].GetProgram().GetName() != bup.GetName() {
+		t.Fatalf("immediate match = %v; want only %s (the full program and the van must be left out)", resp.GetMatches(), bup.GetName())
+	}
+	resp, err = f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+		Urgency: referralsv1.Urgency_URGENCY_ROUTINE, ExcludePrograms: []string{bup.GetName()}})
+	if err != nil || len(resp.GetMatches()) != 1 || resp.GetMatches()[0].GetProgram().GetName() != full.GetName() {
+		t.Fatalf("routine match excluding %s = %v, %v", bup.GetName(), resp.GetMatches(), err)
+	}
+}
+
+func BenchmarkMatchPrograms10k(b *testing.B) {
+	f := setup(b)
+	ctx := context.Background()
+	// A directory of 10,000 programs, a third of them offering MAT.
+	if _, err := f.pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
+		same_day_induction, available_slots, waitlist)
+		SELECT 'north', 'p' || i, jsonb_build_object('display_name', 'Program ' || i),
+			CASE i % 3 WHEN 0 THEN '{2,5}'::smallint[] WHEN 1 THEN '{9,10}'::smallint[] ELSE '{7}'::smallint[] END,
+			CASE i % 2 WHEN 0 THEN '{1}'::smallint[] ELSE '{5,6}'::smallint[] END,
+			i % 4 = 0, i % 5 = 0, i % 7 = 0, i % 6, i % 11 = 0
+		FROM generate_series(1, 10000) i`); err != nil {
+		b.Fatal(err)
+	}
+	req := &referralsv1.MatchProgramsRequest{Parent: "clinics/north", Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
+		Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID,
+		Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		resp, err := f.client.MatchPrograms(f.ctx, req)
+		if err != nil || len(resp.GetMatches()) != 10 {
+			b.Fatalf("match: %d results, %v", len(resp.GetMatches()), err)
+		}
+	}
+}

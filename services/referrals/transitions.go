@@ -1,0 +1,178 @@
+package referrals
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+)
+
+type state = referralsv1.ReferralState
+
+const (
+	requested = referralsv1.ReferralState_REFERRAL_STATE_REQUESTED
+	accepted  = referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED
+	rejected  = referralsv1.ReferralState_REFERRAL_STATE_REJECTED
+	scheduled = referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED
+	completed = referralsv1.ReferralState_REFERRAL_STATE_COMPLETED
+	noShow    = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
+	cancelled = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
+)
+
+// legal lists, for each target state, the states a referral may reach it
+// from (FHIR Task and BSeR, see the ReferralState documentation).
+var legal = map[state][]state{
+	accepted:  {requested},
+	rejected:  {requested, accepted},
+	scheduled: {accepted, scheduled, noShow},
+	completed: {scheduled},
+	noShow:    {scheduled},
+	cancelled: {requested, accepted, scheduled, noShow},
+}
+
+// step is one transition request, normalised.
+type step struct {
+	method, name, etag, requestID, reason string
+	to                                    state
+	req                                   proto.Message
+	// apply sets the columns the transition changes besides the state.
+	apply func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error
+}
+
+func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral, error) {
+	r, err := authorized(ctx, "name", st.name, "referrals")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
+		func(tx pgx.Tx) (*referralsv1.Referral, error) {
+			cur, err := readReferral(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := checkEtag(cur.GetName(), st.etag, cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			ok := false
+			for _, from := range legal[st.to] {
+				ok = ok || cur.GetState() == from
+			}
+			if !ok {
+				return nil, apperr.InvalidTransition(cur.GetName(),
+					strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_"), strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
+			}
+			now := s.cfg.Now()
+			if st.apply != nil {
+				if err := st.apply(ctx, tx, r, now); err != nil {
+					return nil, err
+				}
+			}
+			if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
+				return nil, fmt.Errorf("update referral: %w", err)
+			}
+			reason := st.reason
+			if reason == "" {
+				reason = strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
+			}
+			if err := addEvent(ctx, tx, r, cur.GetState(), st.to, auth.Actor(ctx), reason, now); err != nil {
+				return nil, err
+			}
+			out, err := readReferral(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			// One event type per transition, so that the waiting workflow and
+			// the EHR can subscribe to exactly what they need.
+			event := "referral." + strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
+			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+		})
+}
+
+// AcceptReferral implements the API.
+func (s *Server) AcceptReferral(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	return s.transition(ctx, step{method: "AcceptReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: accepted, req: req})
+}
+
+// RejectReferral implements the API.
+func (s *Server) RejectReferral(ctx context.Context, req *referralsv1.RejectReferralRequest) (*referralsv1.Referral, error) {
+	if req.GetRejection().GetReason() == referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
+		return nil, apperr.Field("rejection.reason", "is required, for example AT_CAPACITY")
+	}
+	return s.transition(ctx, step{method: "RejectReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetRejection().GetReason().String(), to: rejected, req: req,
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
+			_, err := tx.Exec(ctx, `UPDATE referrals SET rejection_reason = $3, rejection_details = $4 WHERE clinic = $1 AND id = $2`,
+				r.clinic, r.id, int16(req.GetRejection().GetReason()), req.GetRejection().GetDetails())
+			return err
+		}})
+}
+
+// ScheduleReferral implements the API. Scheduling again (a new appointment,
+// or a rebooking after a no-show) replaces the appointment.
+func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.ScheduleReferralRequest) (*referralsv1.Referral, error) {
+	if req.GetIntakeAppointment().GetStartTime() == nil {
+		return nil, apperr.Field("intake_appointment.start_time", "is required")
+	}
+	appt, err := protojson.Marshal(req.GetIntakeAppointment())
+	if err != nil {
+		return nil, fmt.Errorf("encode appointment: %w", err)
+	}
+	return s.transition(ctx, step{method: "ScheduleReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: scheduled, req: req,
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
+			_, err := tx.Exec(ctx, `UPDATE referrals SET appointment = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, appt)
+			return err
+		}})
+}
+
+// clockSkew is how far in the future a reported time may lie: clocks drift.
+const clockSkew = 5 * time.Minute
+
+// CompleteReferral implements the API: the person entered treatment.
+func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.CompleteReferralRequest) (*referralsv1.Referral, error) {
+	var entered *time.Time
+	if req.GetTreatmentEntryTime() != nil {
+		t := req.GetTreatmentEntryTime().AsTime()
+		if t.After(s.cfg.Now().Add(clockSkew)) {
+			return nil, apperr.Field("treatment_entry_time", "must not be in the future")
+		}
+		entered = &t
+	}
+	return s.transition(ctx, step{method: "CompleteReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: completed, req: req,
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			at := now
+			if entered != nil {
+				at = *entered
+			}
+			_, err := tx.Exec(ctx, `UPDATE referrals SET treatment_entry_time = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, at)
+			return err
+		}})
+}
+
+// MarkReferralNoShow implements the API.
+func (s *Server) MarkReferralNoShow(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	return s.transition(ctx, step{method: "MarkReferralNoShow", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: noShow, req: req,
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
+			_, err := tx.Exec(ctx, `UPDATE referrals SET no_show_count = no_show_count + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id)
+			return err
+		}})
+}
+
+// CancelReferral implements the API.
+func (s *Server) CancelReferral(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	return s.transition(ctx, step{method: "CancelReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: cancelled, req: req})
+}
