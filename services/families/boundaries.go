@@ -175,7 +175,7 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), boundaryFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), boundaryFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +212,7 @@ func (s *Server) UpdateBoundary(ctx context.Context, req *familiesv1.UpdateBound
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetBoundary().GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetBoundary().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if cur.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_PROPOSED {
@@ -294,7 +294,7 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			legal := false

@@ -59,20 +59,6 @@ func requireFamily(ctx context.Context, tx pgx.Tx, c child) error {
 	return nil
 }
 
-// listArgs resolves a child List request's filter and page token.
-func listArgs(parent, filter, token string, fields map[string]aip.FilterField) (aip.Filter, string, uint64, error) {
-	f, err := aip.ParseFilter(filter, fields)
-	if err != nil {
-		return aip.Filter{}, "", 0, apperr.Field("filter", "%v", err)
-	}
-	q := aip.QueryHash(parent, filter)
-	after, ok := aip.DecodePageToken(token, q)
-	if !ok {
-		return aip.Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")
-	}
-	return f, after, q, nil
-}
-
 // --- Barriers ---
 
 const barrierSelect = `SELECT id, kind, notes, create_time, update_time, resolve_time, version FROM barriers`
@@ -117,13 +103,6 @@ func readBarrier(ctx context.Context, q pgdb.Querier, c child, lock bool) (*fami
 		return nil, fmt.Errorf("read barrier: %w", err)
 	}
 	return b, nil
-}
-
-func checkEtag(name, want, have string) error {
-	if want != "" && want != have {
-		return apperr.EtagMismatch(name)
-	}
-	return nil
 }
 
 // CreateBarrier implements the API.
@@ -178,7 +157,7 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), barrierFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), barrierFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -213,7 +192,7 @@ func (s *Server) UpdateBarrier(ctx context.Context, req *familiesv1.UpdateBarrie
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetBarrier().GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetBarrier().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			next := proto.Clone(cur).(*familiesv1.Barrier)
@@ -247,7 +226,7 @@ func (s *Server) DeleteBarrier(ctx context.Context, req *familiesv1.DeleteBarrie
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if _, err := tx.Exec(ctx, `DELETE FROM barriers WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id); err != nil {
@@ -412,7 +391,7 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), warningFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), warningFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -510,7 +489,7 @@ func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafe
 	if err != nil {
 		return nil, err
 	}
-	_, after, q, err := listArgs(req.GetParent(), "", req.GetPageToken(), nil)
+	_, after, q, err := aip.ListArgs(req.GetParent(), "", req.GetPageToken(), nil)
 	if err != nil {
 		return nil, err
 	}

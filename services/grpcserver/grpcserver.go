@@ -145,7 +145,9 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			return nil, err
 		}
 	}
-	ctx = auth.WithPrincipal(ctx, p)
+	// The caller's token goes along on calls this service makes to others,
+	// which check it again: identity is forwarded, never asserted.
+	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), bearerToken(ctx))
 	resp, err = handler(ctx, req)
 	if err != nil {
 		if _, ok := status.FromError(err); !ok {
@@ -165,17 +167,25 @@ func isPublic(method string) bool {
 	return false
 }
 
-func (i *interceptor) authenticate(ctx context.Context) (auth.Principal, error) {
+func bearerToken(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) == 0 {
-		return auth.Principal{}, status.Error(codes.Unauthenticated, "missing bearer token: send an Authorization: Bearer header")
+		return ""
 	}
 	token, ok := strings.CutPrefix(vals[0], "Bearer ")
 	if !ok {
-		return auth.Principal{}, status.Error(codes.Unauthenticated, "authorization must be a Bearer token")
+		return ""
 	}
-	p, err := i.verifier.Verify(ctx, strings.TrimSpace(token))
+	return strings.TrimSpace(token)
+}
+
+func (i *interceptor) authenticate(ctx context.Context) (auth.Principal, error) {
+	token := bearerToken(ctx)
+	if token == "" {
+		return auth.Principal{}, status.Error(codes.Unauthenticated, "missing bearer token: send an Authorization: Bearer header")
+	}
+	p, err := i.verifier.Verify(ctx, token)
 	if err != nil {
 		return auth.Principal{}, status.Error(codes.Unauthenticated, err.Error())
 	}

@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/handoff-health/handoff/services/apperr"
 )
 
 // Common holds the tables every service keeps in its own schema: the outbox,
@@ -66,10 +68,12 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 		return fmt.Errorf("pgdb: acquire: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext($1))`, "handoff-migrate-"+schema); err != nil {
+	// One lock for every schema: some migrations create database-wide
+	// extensions, which must not race.
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('handoff-migrate'))`); err != nil {
 		return fmt.Errorf("pgdb: lock: %w", err)
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext($1))`, "handoff-migrate-"+schema) //nolint:errcheck
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-migrate'))`) //nolint:errcheck
 	stmts := []string{
 		`CREATE SCHEMA IF NOT EXISTS ` + schema,
 		`CREATE TABLE IF NOT EXISTS ` + schema + `.schema_migrations (
@@ -142,4 +146,21 @@ func sqlState(err error) string {
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// One collects exactly one row. No row is NOT_FOUND for name, so a missing
+// resource and another clinic's resource look the same.
+func One[T any](rows pgx.Rows, err error, name string, scan pgx.RowToFunc[T]) (T, error) {
+	var zero T
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", name, err)
+	}
+	v, err := pgx.CollectExactlyOneRow(rows, scan)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, apperr.NotFound(name)
+	}
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", name, err)
+	}
+	return v, nil
 }

@@ -53,7 +53,7 @@ func (s *Server) readHold(ctx context.Context, q pgdb.Querier, r ref, lock bool)
 		sql += ` FOR UPDATE`
 	}
 	rows, err := q.Query(ctx, sql, r.clinic, r.id)
-	return one(rows, err, holdName(r.clinic, r.id), s.scanHold(r.clinic))
+	return pgdb.One(rows, err, holdName(r.clinic, r.id), s.scanHold(r.clinic))
 }
 
 func newHold() *referralsv1.Hold { return &referralsv1.Hold{} }
@@ -209,7 +209,7 @@ func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsReques
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), s.holdFilter())
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), s.holdFilter())
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +234,7 @@ func (s *Server) lockHeld(ctx context.Context, tx pgx.Tx, r ref, etag, verb stri
 	if err != nil {
 		return nil, err
 	}
-	if err := checkEtag(h.GetName(), etag, h.GetEtag()); err != nil {
+	if err := aip.CheckEtag(h.GetName(), etag, h.GetEtag()); err != nil {
 		return nil, err
 	}
 	if h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {

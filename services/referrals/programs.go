@@ -66,7 +66,7 @@ func readProgram(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referr
 		sql += ` FOR UPDATE`
 	}
 	rows, err := q.Query(ctx, sql, r.clinic, r.id)
-	return one(rows, err, programName(r.clinic, r.id), scanProgram(r.clinic))
+	return pgdb.One(rows, err, programName(r.clinic, r.id), scanProgram(r.clinic))
 }
 
 // programDoc is the descriptive part of a program, stored as JSON.
@@ -172,7 +172,7 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), programFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), programFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +206,7 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetProgram().GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetProgram().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			next := proto.Clone(cur).(*referralsv1.Program)
@@ -250,7 +250,7 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			var inUse bool
@@ -283,7 +283,7 @@ func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapa
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			now := s.cfg.Now()

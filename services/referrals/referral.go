@@ -89,7 +89,7 @@ func readReferral(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*refer
 		sql += ` FOR UPDATE`
 	}
 	rows, err := q.Query(ctx, sql, r.clinic, r.id)
-	out, err := one(rows, err, referralName(r.clinic, r.id), scanReferral(r.clinic))
+	out, err := pgdb.One(rows, err, referralName(r.clinic, r.id), scanReferral(r.clinic))
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := listArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), referralFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), referralFilter)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +284,7 @@ func (s *Server) UpdateReferral(ctx context.Context, req *referralsv1.UpdateRefe
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), req.GetReferral().GetEtag(), cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), req.GetReferral().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			next := proto.Clone(cur).(*referralsv1.Referral)

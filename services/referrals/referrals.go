@@ -8,8 +8,6 @@ package referrals
 import (
 	"context"
 	"embed"
-	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -103,44 +101,7 @@ func programName(clinic, id string) string  { return aip.Name("clinics", clinic,
 func holdName(clinic, id string) string     { return aip.Name("clinics", clinic, "holds", id) }
 func referralName(clinic, id string) string { return aip.Name("clinics", clinic, "referrals", id) }
 
-func checkEtag(name, want, have string) error {
-	if want != "" && want != have {
-		return apperr.EtagMismatch(name)
-	}
-	return nil
-}
-
 // emit writes an outbox event for a change to resource.
 func emit(ctx context.Context, tx pgx.Tx, clinic, event, resource string, payload proto.Message) error {
 	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.referrals.v1." + event, Resource: resource, Payload: payload})
-}
-
-// one collects exactly one row, mapping no row to NOT_FOUND for name.
-func one[T any](rows pgx.Rows, err error, name string, scan pgx.RowToFunc[T]) (T, error) {
-	var zero T
-	if err != nil {
-		return zero, fmt.Errorf("read %s: %w", name, err)
-	}
-	v, err := pgx.CollectExactlyOneRow(rows, scan)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return zero, apperr.NotFound(name)
-	}
-	if err != nil {
-		return zero, fmt.Errorf("read %s: %w", name, err)
-	}
-	return v, nil
-}
-
-// listArgs resolves a List request's filter and page token.
-func listArgs(parent, filter, token string, fields map[string]aip.FilterField) (aip.Filter, string, uint64, error) {
-	f, err := aip.ParseFilter(filter, fields)
-	if err != nil {
-		return aip.Filter{}, "", 0, apperr.Field("filter", "%v", err)
-	}
-	q := aip.QueryHash(parent, filter)
-	after, ok := aip.DecodePageToken(token, q)
-	if !ok {
-		return aip.Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")
-	}
-	return f, after, q, nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
@@ -59,7 +60,7 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			if err != nil {
 				return nil, err
 			}
-			if err := checkEtag(cur.GetName(), st.etag, cur.GetEtag()); err != nil {
+			if err := aip.CheckEtag(cur.GetName(), st.etag, cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			ok := false

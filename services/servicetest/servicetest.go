@@ -70,3 +70,27 @@ func (e *Env) As(clinic, subject string, roles ...auth.Role) context.Context {
 func (e *Env) Counselor(clinic string) context.Context {
 	return e.As(clinic, "counselor-1", auth.RoleCounselor)
 }
+
+// Also serves another service with the same token issuer and returns a
+// connection to it, for services that call each other.
+func (e *Env) Also(t testing.TB, policy grpcserver.Policy, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.DiscardHandler), Verifier: e.Issuer.Verifier(), Policy: policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	register(srv.Server)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, 5*time.Second); close(done) }()
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(); cancel(); <-done })
+	return conn
+}

@@ -1,0 +1,28 @@
+package aip
+
+import "github.com/handoff-health/handoff/services/apperr"
+
+// ListArgs resolves a List request's filter and page token: the parsed
+// filter, the key to resume after, and the query hash that binds tokens to
+// this parent and filter. Errors are INVALID_ARGUMENT on the right field.
+func ListArgs(parent, filter, token string, fields map[string]FilterField) (Filter, string, uint64, error) {
+	f, err := ParseFilter(filter, fields)
+	if err != nil {
+		return Filter{}, "", 0, apperr.Field("filter", "%v", err)
+	}
+	q := QueryHash(parent, filter)
+	after, ok := DecodePageToken(token, q)
+	if !ok {
+		return Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")
+	}
+	return f, after, q, nil
+}
+
+// CheckEtag is ABORTED when the caller sent an etag that is not the
+// resource's current one. An empty etag means "unconditionally".
+func CheckEtag(name, sent, current string) error {
+	if sent != "" && sent != current {
+		return apperr.EtagMismatch(name)
+	}
+	return nil
+}

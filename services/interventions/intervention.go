@@ -1,0 +1,628 @@
+package interventions
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/workflows/ids"
+)
+
+type istate = interventionsv1.InterventionState
+
+const (
+	draft     = interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT
+	scheduled = interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED
+	completed = interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED
+	cancelled = interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED
+)
+
+const interventionSelect = `SELECT id, family, counselor, level, start_time, duration_seconds, time_zone, doc, state,
+	reschedule_count, create_time, update_time, version FROM interventions`
+
+var docJSON = protojson.MarshalOptions{UseProtoNames: true}
+
+// encodeDoc keeps the nested, client-visible parts of an intervention.
+func encodeDoc(iv *interventionsv1.Intervention) ([]byte, error) {
+	b, err := docJSON.Marshal(&interventionsv1.Intervention{
+		Place: iv.GetPlace(), Participants: iv.GetParticipants(), Checklist: iv.GetChecklist(),
+		Outcome: iv.GetOutcome(), CheckIns: iv.GetCheckIns(), PreviousIntervention: iv.GetPreviousIntervention(),
+		CarriedOverNotes: iv.GetCarriedOverNotes(), CancelReason: iv.GetCancelReason(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encode intervention: %w", err)
+	}
+	return b, nil
+}
+
+func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention] {
+	return func(r pgx.CollectableRow) (*interventionsv1.Intervention, error) {
+		var (
+			id, family, counselor, zone string
+			level, state                int16
+			start                       *time.Time
+			duration, reschedules       int32
+			doc                         []byte
+			created, updated            time.Time
+			version                     int64
+		)
+		if err := r.Scan(&id, &family, &counselor, &level, &start, &duration, &zone, &doc, &state,
+			&reschedules, &created, &updated, &version); err != nil {
+			return nil, err
+		}
+		iv := &interventionsv1.Intervention{}
+		if err := protojson.Unmarshal(doc, iv); err != nil {
+			return nil, fmt.Errorf("decode intervention %s: %w", id, err)
+		}
+		iv.Name = interventionName(clinic, id)
+		iv.Family, iv.Counselor, iv.TimeZone = family, counselor, zone
+		iv.Level = interventionsv1.EscalationLevel(level)
+		if start != nil {
+			iv.StartTime = timestamppb.New(*start)
+		}
+		iv.ExpectedDuration = durationpb.New(time.Duration(duration) * time.Second)
+		iv.State = interventionsv1.InterventionState(state)
+		iv.RescheduleCount = reschedules
+		iv.WorkflowId = ids.Intervention(iv.Name)
+		iv.CreateTime, iv.UpdateTime, iv.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
+		return iv, nil
+	}
+}
+
+func readIntervention(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*interventionsv1.Intervention, error) {
+	sql := interventionSelect + ` WHERE clinic = $1 AND id = $2`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	return pgdb.One(rows, err, interventionName(r.clinic, r.id), scanIntervention(r.clinic))
+}
+
+func newIntervention() *interventionsv1.Intervention { return &interventionsv1.Intervention{} }
+
+// defaultChecklist is the preparation every intervention starts with.
+func defaultChecklist() []*interventionsv1.ChecklistItem {
+	kinds := []interventionsv1.ChecklistItemKind{
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TALKING_POINTS_REVIEWED,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_SAFETY_SCREEN_CURRENT,
+	}
+	out := make([]*interventionsv1.ChecklistItem, len(kinds))
+	for i, k := range kinds {
+		out[i] = &interventionsv1.ChecklistItem{Kind: k}
+	}
+	return out
+}
+
+// checkShape checks the fields of an intervention that need no other
+// service: family name, time zone, participants' shape.
+func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Intervention) {
+	if ids, err := aip.Parse(iv.GetFamily(), "clinics", "families"); err != nil {
+		vs.Add("intervention.family", "%v", err)
+	} else if ids[0] != clinic {
+		vs.Add("intervention.family", "must be a family of the same clinic")
+	}
+	if iv.GetCounselor() == "" {
+		vs.Add("intervention.counselor", "is required")
+	}
+	if z := iv.GetTimeZone(); z != "" {
+		if _, err := time.LoadLocation(z); err != nil {
+			vs.Add("intervention.time_zone", "unknown IANA time zone %q", z)
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range iv.GetParticipants() {
+		if seen[p.GetMemberId()] {
+			vs.Add(fmt.Sprintf("intervention.participants[%d].member_id", i), "member %q is listed twice", p.GetMemberId())
+		}
+		seen[p.GetMemberId()] = true
+	}
+	if prev := iv.GetPreviousIntervention(); prev != "" {
+		if ids, err := aip.Parse(prev, "clinics", "interventions"); err != nil || ids[0] != clinic {
+			vs.Add("intervention.previous_intervention", "must be an intervention of the same clinic")
+		}
+	}
+}
+
+// checkFamily reads the family through the families service and checks
+// that the participants are its members and, for a level-3 intervention,
+// that a current safety screen that is not high risk exists.
+func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool) error {
+	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: iv.GetFamily()})
+	if err != nil {
+		if apperr.IsCode(err, codes.NotFound) {
+			return apperr.Field("intervention.family", "no such family")
+		}
+		return fmt.Errorf("read family: %w", err)
+	}
+	members := map[string]bool{}
+	for _, m := range fam.GetMembers() {
+		members[m.GetId()] = true
+	}
+	var vs apperr.Violations
+	for i, p := range iv.GetParticipants() {
+		if !members[p.GetMemberId()] {
+			vs.Add(fmt.Sprintf("intervention.participants[%d].member_id", i), "%q is not a member of %s", p.GetMemberId(), iv.GetFamily())
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return err
+	}
+	if forSchedule && iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3 &&
+		fam.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT {
+		return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+			fmt.Sprintf("a level-3 intervention needs a current safety screen that is not high risk (%s: %s)",
+				fam.GetName(), fam.GetSafetyScreenStatus()),
+			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})
+	}
+	return nil
+}
+
+// checkSchedulable checks what a SCHEDULED intervention must have.
+func (s *Server) checkSchedulable(iv *interventionsv1.Intervention) error {
+	now := s.cfg.Now()
+	var vs apperr.Violations
+	switch {
+	case iv.GetStartTime() == nil:
+		vs.Add("intervention.start_time", "is required to schedule")
+	case !iv.GetStartTime().AsTime().After(now):
+		vs.Add("intervention.start_time", "must be in the future")
+	case iv.GetStartTime().AsTime().After(now.Add(s.cfg.Horizon)):
+		vs.Add("intervention.start_time", "must be within %s from now", s.cfg.Horizon)
+	}
+	if iv.GetPlace().GetInPerson() == nil && iv.GetPlace().GetVideo() == nil {
+		vs.Add("intervention.place", "is required to schedule: in person or video")
+	}
+	if len(iv.GetParticipants()) == 0 {
+		vs.Add("intervention.participants", "at least one family member must take part")
+	}
+	return vs.Err()
+}
+
+// CreateIntervention implements the API. A new intervention is a DRAFT.
+func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.CreateInterventionRequest) (*interventionsv1.Intervention, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	iv := proto.Clone(req.GetIntervention()).(*interventionsv1.Intervention)
+	if iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_UNSPECIFIED {
+		iv.Level = interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_1
+	}
+	if iv.GetTimeZone() == "" {
+		iv.TimeZone = "UTC"
+	}
+	if iv.GetExpectedDuration() == nil {
+		iv.ExpectedDuration = durationpb.New(90 * time.Minute)
+	}
+	var vs apperr.Violations
+	checkShape(&vs, clinic, iv)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.checkFamily(ctx, iv, false); err != nil {
+		return nil, err
+	}
+	iv.Checklist = defaultChecklist()
+	iv.Outcome, iv.CheckIns, iv.CancelReason = nil, nil, ""
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateIntervention", req.GetRequestId(), req, newIntervention,
+		func(tx pgx.Tx) (*interventionsv1.Intervention, error) {
+			doc, err := encodeDoc(iv)
+			if err != nil {
+				return nil, err
+			}
+			r := ref{clinic, aip.NewID()}
+			start, end := span(iv)
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO interventions (clinic, id, family, counselor, level, start_time, end_time,
+				duration_seconds, time_zone, doc, state, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)`,
+				r.clinic, r.id, iv.GetFamily(), iv.GetCounselor(), int16(iv.GetLevel()), start, end,
+				int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(draft), now); err != nil {
+				return nil, fmt.Errorf("insert intervention: %w", err)
+			}
+			out, err := readIntervention(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "intervention.created", out.GetName(), out)
+		})
+}
+
+// GetIntervention implements the API.
+func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetInterventionRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	return readIntervention(ctx, s.pool, r, false)
+}
+
+var interventionFilter = map[string]aip.FilterField{
+	"family":     {Column: "family", Kind: aip.String},
+	"counselor":  {Column: "counselor", Kind: aip.String},
+	"state":      {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.InterventionState_value, "INTERVENTION_STATE_")},
+	"level":      {Column: "level", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.EscalationLevel_value, "ESCALATION_LEVEL_")},
+	"start_time": {Column: "start_time", Kind: aip.Time},
+}
+
+// ListInterventions implements the API.
+func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.ListInterventionsRequest) (*interventionsv1.ListInterventionsResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), interventionFilter)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(4)
+	rows, err := s.pool.Query(ctx, interventionSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
+		append([]any{clinic, after, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list interventions: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanIntervention(clinic))
+	if err != nil {
+		return nil, fmt.Errorf("list interventions: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(iv *interventionsv1.Intervention) string { return aip.ID(iv.GetName()) })
+	return &interventionsv1.ListInterventionsResponse{Interventions: items, NextPageToken: next}, nil
+}
+
+var interventionUpdatable = []string{"counselor", "level", "start_time", "expected_duration", "time_zone", "place",
+	"participants", "carried_over_notes"}
+
+// UpdateIntervention implements the API. A scheduled intervention's time
+// moves only through RescheduleIntervention, so that its workflow hears of it.
+func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.UpdateInterventionRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "intervention.name", req.GetIntervention().GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	cur, err := readIntervention(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	next := proto.Clone(cur).(*interventionsv1.Intervention)
+	if err := aip.ApplyMask(next, req.GetIntervention(), req.GetUpdateMask().GetPaths(), interventionUpdatable); err != nil {
+		return nil, apperr.Field("update_mask", "%v", err)
+	}
+	var vs apperr.Violations
+	checkShape(&vs, r.clinic, next)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention,
+		func(tx pgx.Tx) (*interventionsv1.Intervention, error) {
+			locked, err := readIntervention(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(locked.GetName(), req.GetIntervention().GetEtag(), locked.GetEtag()); err != nil {
+				return nil, err
+			}
+			if locked.GetEtag() != cur.GetEtag() {
+				return nil, apperr.EtagMismatch(locked.GetName()) // changed while we read the family
+			}
+			switch locked.GetState() {
+			case draft:
+			case scheduled:
+				if !proto.Equal(locked.GetStartTime(), next.GetStartTime()) || !proto.Equal(locked.GetExpectedDuration(), next.GetExpectedDuration()) ||
+					locked.GetTimeZone() != next.GetTimeZone() {
+					return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
+						"the time of a scheduled intervention changes through :reschedule", map[string]string{"resource": locked.GetName()})
+				}
+				if err := s.checkSchedulable(next); err != nil {
+					return nil, err
+				}
+			default:
+				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
+			}
+			return s.save(ctx, tx, r, next, locked.GetState(), "intervention.updated")
+		})
+}
+
+// save writes every column of iv in state, and emits event.
+func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1.Intervention, st istate, event string) (*interventionsv1.Intervention, error) {
+	doc, err := encodeDoc(iv)
+	if err != nil {
+		return nil, err
+	}
+	start, end := span(iv)
+	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
+		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
+		version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
+		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
+		iv.GetRescheduleCount(), s.cfg.Now())
+	if pgdb.IsExclusionViolation(err) {
+		return nil, apperr.FailedPrecondition(apperr.ReasonDoubleBooked,
+			fmt.Sprintf("counselor %s already has a scheduled intervention at that time", iv.GetCounselor()),
+			map[string]string{"counselor": iv.GetCounselor()})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("save intervention: %w", err)
+	}
+	out, err := readIntervention(ctx, tx, r, false)
+	if err != nil {
+		return nil, err
+	}
+	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+}
+
+// span returns the meeting's start and end, or nils without a start time.
+func span(iv *interventionsv1.Intervention) (start, end *time.Time) {
+	if iv.GetStartTime() == nil {
+		return nil, nil
+	}
+	s := iv.GetStartTime().AsTime()
+	e := s.Add(iv.GetExpectedDuration().AsDuration())
+	return &s, &e
+}
+
+func stateName(s istate) string { return strings.TrimPrefix(s.String(), "INTERVENTION_STATE_") }
+
+// DeleteIntervention implements the API: only drafts can be deleted.
+func (s *Server) DeleteIntervention(ctx context.Context, req *interventionsv1.DeleteInterventionRequest) (*emptypb.Empty, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteIntervention", req.GetRequestId(), req,
+		func() *emptypb.Empty { return &emptypb.Empty{} },
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			cur, err := readIntervention(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if cur.GetState() != draft {
+				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "DELETED")
+			}
+			if _, err := tx.Exec(ctx, `DELETE FROM interventions WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
+				return nil, fmt.Errorf("delete intervention: %w", err)
+			}
+			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "intervention.deleted", cur.GetName(), cur)
+		})
+}
+
+// lockedStep runs fn on the locked intervention after the etag check, in the
+// request's idempotent transaction.
+func (s *Server) lockedStep(ctx context.Context, r ref, method, requestID, etag string, req proto.Message,
+	fn func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error)) (*interventionsv1.Intervention, error) {
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+method, requestID, req, newIntervention,
+		func(tx pgx.Tx) (*interventionsv1.Intervention, error) {
+			cur, err := readIntervention(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(cur.GetName(), etag, cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			return fn(tx, cur)
+		})
+}
+
+// ScheduleIntervention implements the API. The outbox event it writes in the
+// same transaction starts the intervention workflow.
+func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.ScheduleInterventionRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	cur, err := readIntervention(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	if cur.GetState() == draft {
+		if err := s.checkFamily(ctx, cur, true); err != nil {
+			return nil, err
+		}
+	}
+	return s.lockedStep(ctx, r, "ScheduleIntervention", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, locked *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			if locked.GetState() != draft {
+				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "SCHEDULED")
+			}
+			if locked.GetEtag() != cur.GetEtag() {
+				return nil, apperr.EtagMismatch(locked.GetName())
+			}
+			if err := s.checkSchedulable(locked); err != nil {
+				return nil, err
+			}
+			return s.save(ctx, tx, r, locked, scheduled, "intervention.scheduled")
+		})
+}
+
+// RescheduleIntervention implements the API.
+func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv1.RescheduleInterventionRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	if req.GetStartTime() == nil {
+		return nil, apperr.Field("start_time", "is required")
+	}
+	return s.lockedStep(ctx, r, "RescheduleIntervention", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			if cur.GetState() != scheduled {
+				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "RESCHEDULED")
+			}
+			next := proto.Clone(cur).(*interventionsv1.Intervention)
+			next.StartTime = req.GetStartTime()
+			if req.GetExpectedDuration() != nil {
+				next.ExpectedDuration = req.GetExpectedDuration()
+			}
+			if req.GetTimeZone() != "" {
+				if _, err := time.LoadLocation(req.GetTimeZone()); err != nil {
+					return nil, apperr.Field("time_zone", "unknown IANA time zone %q", req.GetTimeZone())
+				}
+				next.TimeZone = req.GetTimeZone()
+			}
+			if err := s.checkSchedulable(next); err != nil {
+				return nil, err
+			}
+			next.RescheduleCount++
+			return s.save(ctx, tx, r, next, scheduled, "intervention.rescheduled")
+		})
+}
+
+// CancelIntervention implements the API.
+func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.CancelInterventionRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	return s.lockedStep(ctx, r, "CancelIntervention", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			if cur.GetState() != draft && cur.GetState() != scheduled {
+				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CANCELLED")
+			}
+			next := proto.Clone(cur).(*interventionsv1.Intervention)
+			next.CancelReason = req.GetReason()
+			return s.save(ctx, tx, r, next, cancelled, "intervention.cancelled")
+		})
+}
+
+// RecordOutcome implements the API: once, and not before the start time.
+func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordOutcomeRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	var vs apperr.Violations
+	switch req.GetKind() {
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_UNSPECIFIED:
+		vs.Add("kind", "is required")
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
+		if len(req.GetAcceptedServices()) == 0 {
+			vs.Add("accepted_services", "name the services the loved one accepted")
+		}
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED:
+	default:
+		if len(req.GetAcceptedServices()) > 0 {
+			vs.Add("accepted_services", "must be empty unless the loved one accepted something")
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	return s.lockedStep(ctx, r, "RecordOutcome", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			if cur.GetState() == completed {
+				return nil, apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
+					cur.GetName()+" already has an outcome; it is recorded once", map[string]string{"resource": cur.GetName()})
+			}
+			if cur.GetState() != scheduled {
+				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "COMPLETED")
+			}
+			if s.cfg.Now().Before(cur.GetStartTime().AsTime()) {
+				return nil, apperr.FailedPrecondition(apperr.ReasonTooEarly,
+					fmt.Sprintf("%s starts at %s: record the outcome after it has begun", cur.GetName(), cur.GetStartTime().AsTime().Format(time.RFC3339)),
+					map[string]string{"resource": cur.GetName()})
+			}
+			next := proto.Clone(cur).(*interventionsv1.Intervention)
+			next.Outcome = &interventionsv1.Outcome{Kind: req.GetKind(), AcceptedServices: req.GetAcceptedServices(),
+				Notes: req.GetNotes(), RecordedBy: auth.Actor(ctx), RecordTime: timestamppb.New(s.cfg.Now())}
+			return s.save(ctx, tx, r, next, completed, "intervention.outcome_recorded")
+		})
+}
+
+// UpdateChecklistItem implements the API.
+func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.UpdateChecklistItemRequest) (*interventionsv1.Intervention, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	if req.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_UNSPECIFIED {
+		return nil, apperr.Field("kind", "is required")
+	}
+	if h := req.GetHold(); h != "" {
+		if req.GetKind() != interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD {
+			return nil, apperr.Field("hold", "only the TREATMENT_OPTION_HELD item names a hold")
+		}
+		if ids, err := aip.Parse(h, "clinics", "holds"); err != nil || ids[0] != r.clinic {
+			return nil, apperr.Field("hold", "must be a hold of the same clinic, clinics/{clinic}/holds/{hold}")
+		}
+	}
+	return s.lockedStep(ctx, r, "UpdateChecklistItem", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			if cur.GetState() != draft && cur.GetState() != scheduled {
+				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CHECKLIST_UPDATED")
+			}
+			next := proto.Clone(cur).(*interventionsv1.Intervention)
+			i := slices.IndexFunc(next.GetChecklist(), func(it *interventionsv1.ChecklistItem) bool { return it.GetKind() == req.GetKind() })
+			if i < 0 {
+				next.Checklist = append(next.Checklist, &interventionsv1.ChecklistItem{Kind: req.GetKind()})
+				i = len(next.Checklist) - 1
+			}
+			item := next.Checklist[i]
+			item.Done, item.Note, item.Hold = req.GetDone(), req.GetNote(), req.GetHold()
+			item.DoneBy, item.DoneTime = "", nil
+			if req.GetDone() {
+				item.DoneBy, item.DoneTime = auth.Actor(ctx), timestamppb.New(s.cfg.Now())
+			}
+			return s.save(ctx, tx, r, next, cur.GetState(), "intervention.checklist_updated")
+		})
+}
+
+// RecordCheckIn implements the API.
+func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordCheckInRequest) (*interventionsv1.CheckIn, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "interventions")
+	if err != nil {
+		return nil, err
+	}
+	iv, err := s.lockedStep(ctx, r, "RecordCheckIn", req.GetRequestId(), req.GetEtag(), req,
+		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
+			k := cur.GetOutcome().GetKind()
+			if k != interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED && k != interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND {
+				return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
+					"check-ins follow only an intervention the loved one declined or did not attend", map[string]string{"resource": cur.GetName()})
+			}
+			number := req.GetNumber()
+			if number == 0 {
+				number = int32(len(cur.GetCheckIns()) + 1)
+			}
+			for _, c := range cur.GetCheckIns() {
+				if c.GetNumber() == number || (req.GetDueTime() != nil && proto.Equal(c.GetDueTime(), req.GetDueTime())) {
+					return nil, apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
+						fmt.Sprintf("check-in %d of %s was already answered", c.GetNumber(), cur.GetName()), map[string]string{"resource": cur.GetName()})
+				}
+			}
+			next := proto.Clone(cur).(*interventionsv1.Intervention)
+			next.CheckIns = append(next.CheckIns, &interventionsv1.CheckIn{Number: number, DueTime: req.GetDueTime(),
+				WindowOfOpportunity: req.GetWindowOfOpportunity(), NewWarningSigns: req.GetNewWarningSigns(), Notes: req.GetNotes(),
+				RecordedBy: auth.Actor(ctx), RecordTime: timestamppb.New(s.cfg.Now())})
+			return s.save(ctx, tx, r, next, cur.GetState(), "intervention.check_in_recorded")
+		})
+	if err != nil {
+		return nil, err
+	}
+	return iv.GetCheckIns()[len(iv.GetCheckIns())-1], nil
+}

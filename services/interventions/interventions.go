@@ -1,0 +1,105 @@
+// Package interventions is the interventions service: where counselors plan
+// the conversation with a loved one, schedule it, and record how it went;
+// and where the workflows put the reminders that automation delivers. It
+// owns the PostgreSQL schema "interventions" and reads families only
+// through the families service's API.
+package interventions
+
+import (
+	"context"
+	"embed"
+	"time"
+	_ "time/tzdata" // time zones must resolve on minimal images too
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Schema is the PostgreSQL schema the service owns.
+const Schema = "interventions"
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations are the service's migrations, shared tables first.
+func Migrations() []pgdb.Source {
+	return []pgdb.Source{
+		{Name: "common", FS: pgdb.Common, Dir: "common"},
+		{Name: "interventions", FS: migrations, Dir: "migrations"},
+	}
+}
+
+// Config tunes the service.
+type Config struct {
+	// Families reads families (members, safety screens, barriers).
+	Families familiesv1.FamiliesServiceClient
+	// Horizon is how far ahead an intervention may be scheduled. Default one
+	// year.
+	Horizon time.Duration
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+// Server implements interventionsv1.InterventionsServiceServer.
+type Server struct {
+	interventionsv1.UnimplementedInterventionsServiceServer
+	pool *pgxpool.Pool
+	cfg  Config
+}
+
+// New returns a server over pool, whose search path is the service's schema.
+func New(pool *pgxpool.Pool, cfg Config) *Server {
+	if cfg.Horizon == 0 {
+		cfg.Horizon = 365 * 24 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{pool: pool, cfg: cfg}
+}
+
+const svc = "/handoff.interventions.v1.InterventionsService/"
+
+type ref struct{ clinic, id string }
+
+func authorized(ctx context.Context, field, name, collection string) (ref, error) {
+	ids, err := aip.Parse(name, "clinics", collection)
+	if err != nil {
+		return ref{}, apperr.Field(field, "%v", err)
+	}
+	return ref{ids[0], ids[1]}, auth.CheckClinic(ctx, ids[0], name)
+}
+
+func parentClinic(ctx context.Context, parent string) (string, error) {
+	ids, err := aip.Parse(parent, "clinics")
+	if err != nil {
+		return "", apperr.Field("parent", "%v", err)
+	}
+	return ids[0], auth.CheckClinic(ctx, ids[0], parent)
+}
+
+func interventionName(clinic, id string) string {
+	return aip.Name("clinics", clinic, "interventions", id)
+}
+
+// Event types the intervention workflow listens for, through the outbox.
+const (
+	EventScheduled   = "handoff.interventions.v1.intervention.scheduled"
+	EventRescheduled = "handoff.interventions.v1.intervention.rescheduled"
+	EventCancelled   = "handoff.interventions.v1.intervention.cancelled"
+	EventOutcome     = "handoff.interventions.v1.intervention.outcome_recorded"
+	EventCheckIn     = "handoff.interventions.v1.intervention.check_in_recorded"
+)
+
+func emit(ctx context.Context, tx pgx.Tx, clinic, event, resource string, payload proto.Message) error {
+	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.interventions.v1." + event, Resource: resource, Payload: payload})
+}

@@ -1,0 +1,439 @@
+package interventions_test
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/interventions"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+type clock struct{ offset atomic.Int64 }
+
+func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *clock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+type fixture struct {
+	env      *servicetest.Env
+	pool     *pgxpool.Pool
+	clock    *clock
+	client   interventionsv1.InterventionsServiceClient
+	families familiesv1.FamiliesServiceClient
+	ctx      context.Context // counselor of clinic "north"
+	worker   context.Context
+	family   *familiesv1.Family
+}
+
+func setup(t testing.TB) *fixture {
+	t.Helper()
+	famPool, _ := pgtest.Schema(t, families.Migrations()...)
+	pool, _ := pgtest.Schema(t, interventions.Migrations()...)
+	c := &clock{}
+	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(famPool, families.Config{}))
+	})
+	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
+	conn := env.Also(t, interventions.Policy(), func(s *grpc.Server) {
+		interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pool, interventions.Config{Families: famClient, Now: c.Now}))
+	})
+	f := &fixture{env: env, pool: pool, clock: c, client: interventionsv1.NewInterventionsServiceClient(conn), families: famClient,
+		ctx: env.Counselor("north"), worker: env.As(auth.AnyClinic, "worker", auth.RoleWorker)}
+	fam, err := famClient.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+		LovedOne:  &familiesv1.LovedOne{GivenName: "Sam", MayContactDirectly: false},
+		Counselor: "counselor-1",
+		Members: []*familiesv1.Member{
+			{Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT, ConsentToContact: true,
+				ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550100"}}},
+			{Id: "bro", GivenName: "Luis", Relationship: familiesv1.Relationship_RELATIONSHIP_SIBLING},
+		}}})
+	if err != nil {
+		t.Fatalf("CreateFamily: %v", err)
+	}
+	f.family = fam
+	return f
+}
+
+func (f *fixture) draft(t testing.TB, start time.Time) *interventionsv1.Intervention {
+	t.Helper()
+	iv, err := f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1",
+			StartTime: timestamppb.New(start), ExpectedDuration: durationpb.New(time.Hour), TimeZone: "America/Chicago",
+			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{InPerson: &interventionsv1.InPersonPlace{
+				Address: "12 Elm St", QuietAndPrivateConfirmed: true}}},
+			Participants: []*interventionsv1.Participant{{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}})
+	if err != nil {
+		t.Fatalf("CreateIntervention: %v", err)
+	}
+	return iv
+}
+
+func wantCode(t *testing.T, err error, want codes.Code) *status.Status {
+	t.Helper()
+	st, _ := status.FromError(err)
+	if st.Code() != want {
+		t.Fatalf("got %v (%v), want %v", st.Code(), err, want)
+	}
+	return st
+}
+
+func reason(st *status.Status) string {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+func TestInterventionLifecycle(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(48 * time.Hour)
+	iv := f.draft(t, start)
+	if iv.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT || len(iv.GetChecklist()) != 6 ||
+		iv.GetLevel() != interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_1 || iv.GetWorkflowId() != "intervention/"+iv.GetName() {
+		t.Fatalf("draft = %v", iv)
+	}
+	iv, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Etag: iv.GetEtag(), Participants: []*interventionsv1.Participant{
+			{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER},
+			{MemberId: "bro", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
+	if err != nil || len(iv.GetParticipants()) != 2 {
+		t.Fatalf("UpdateIntervention = %v, %v", iv, err)
+	}
+	iv, err = f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: true, Note: "living room, Sunday"})
+	if err != nil || !iv.GetChecklist()[0].GetDone() || iv.GetChecklist()[0].GetDoneBy() != "counselor-1" {
+		t.Fatalf("UpdateChecklistItem = %v, %v", iv.GetChecklist(), err)
+	}
+	_, err = f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED})
+	wantCode(t, err, codes.FailedPrecondition) // not scheduled yet
+	iv, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil || iv.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED {
+		t.Fatalf("ScheduleIntervention = %v, %v", iv, err)
+	}
+	_, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.client.DeleteIntervention(f.ctx, &interventionsv1.DeleteInterventionRequest{Name: iv.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	start = start.Add(24 * time.Hour)
+	iv, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: timestamppb.New(start), Reason: "family asked for Monday"})
+	if err != nil || iv.GetRescheduleCount() != 1 || iv.GetStartTime().AsTime().Sub(start).Abs() >= time.Microsecond {
+		t.Fatalf("RescheduleIntervention = %v, %v", iv, err)
+	}
+	st := wantCode(t, func() error {
+		_, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED})
+		return err
+	}(), codes.FailedPrecondition)
+	if reason(st) != "TOO_EARLY" {
+		t.Fatalf("early outcome reason = %q", reason(st))
+	}
+	f.clock.Advance(73 * time.Hour)
+	iv, err = f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, Notes: "not ready"})
+	if err != nil || iv.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED || iv.GetOutcome().GetRecordedBy() != "counselor-1" {
+		t.Fatalf("RecordOutcome = %v, %v", iv, err)
+	}
+	st = wantCode(t, func() error {
+		_, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED})
+		return err
+	}(), codes.FailedPrecondition)
+	if reason(st) != "ALREADY_RECORDED" {
+		t.Fatalf("duplicate outcome reason = %q", reason(st))
+	}
+	ci, err := f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 1}, WindowOfOpportunity: true})
+	if err != nil || ci.GetNumber() != 1 || !ci.GetWindowOfOpportunity() {
+		t.Fatalf("RecordCheckIn = %v, %v", ci, err)
+	}
+	_, err = f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 1}})
+	wantCode(t, err, codes.FailedPrecondition)
+
+	other := f.draft(t, f.clock.Now().Add(time.Hour))
+	other, err = f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: other.GetName(), Reason: "family moved"})
+	if err != nil || other.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED || other.GetCancelReason() != "family moved" {
+		t.Fatalf("CancelIntervention = %v, %v", other, err)
+	}
+	_, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: other.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	third := f.draft(t, f.clock.Now().Add(time.Hour))
+	if _, err := f.client.DeleteIntervention(f.ctx, &interventionsv1.DeleteInterventionRequest{Name: third.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := f.client.ListInterventions(f.ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north",
+		Filter: `family = "` + f.family.GetName() + `" AND state = COMPLETED`})
+	if err != nil || len(list.GetInterventions()) != 1 {
+		t.Fatalf("ListInterventions = %v, %v", list, err)
+	}
+	var events []string
+	rows, _ := f.pool.Query(context.Background(), `SELECT event_type FROM outbox WHERE resource = $1 ORDER BY id`, iv.GetName())
+	for rows.Next() {
+		var e string
+		_ = rows.Scan(&e)
+		events = append(events, e)
+	}
+	want := []string{"created", "updated", "checklist_updated", "scheduled", "rescheduled", "outcome_recorded", "check_in_recorded"}
+	if len(events) != len(want) {
+		t.Fatalf("outbox = %v", events)
+	}
+	for i, e := range want {
+		if events[i] != "handoff.interventions.v1.intervention."+e {
+			t.Fatalf("outbox[%d] = %s, want %s", i, events[i], e)
+		}
+	}
+}
+
+// Two concurrent schedule requests for one counselor's overlapping slot:
+// exactly one wins; the constraint in PostgreSQL decides.
+func TestCounselorCannotBeDoubleBooked(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(24 * time.Hour)
+	a := f.draft(t, start)
+	b := f.draft(t, start.Add(30*time.Minute))
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, iv := range []*interventionsv1.Intervention{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+		}()
+	}
+	wg.Wait()
+	won := 0
+	for _, err := range errs {
+		if err == nil {
+			won++
+			continue
+		}
+		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "COUNSELOR_DOUBLE_BOOKED" {
+			t.Fatalf("loser's reason = %q", reason(st))
+		}
+	}
+	if won != 1 {
+		t.Fatalf("%d schedules won, want exactly 1 (%v)", won, errs)
+	}
+	// Back to back is fine.
+	c := f.draft(t, start.Add(90*time.Minute)) // right after the later of the two: ranges are half-open
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: c.GetName()}); err != nil {
+		t.Fatalf("adjacent slot: %v", err)
+	}
+}
+
+func TestSchedulingRules(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	// A participant who is not a member.
+	_, err := f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1",
+			Participants: []*interventionsv1.Participant{{MemberId: "stranger", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}}})
+	wantCode(t, err, codes.InvalidArgument)
+	// Level 3 needs a current, not high-risk safety screen.
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	iv, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := wantCode(t, func() error {
+		_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+		return err
+	}(), codes.FailedPrecondition)
+	if reason(st) != "SAFETY_SCREEN_REQUIRED" {
+		t.Fatalf("reason = %q", reason(st))
+	}
+	if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatalf("with a screen: %v", err)
+	}
+	// In the past, and too far ahead.
+	for _, at := range []time.Time{f.clock.Now().Add(-time.Hour), f.clock.Now().Add(400 * 24 * time.Hour)} {
+		d := f.draft(t, at)
+		_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: d.GetName()})
+		wantCode(t, err, codes.InvalidArgument)
+	}
+	// Another clinic cannot see or touch it.
+	_, err = f.client.GetIntervention(f.env.Counselor("south"), &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.CancelIntervention(f.env.Counselor("south"), &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "x"})
+	wantCode(t, err, codes.NotFound)
+	// Bad shapes.
+	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: "clinics/south/families/x", Counselor: "c"}})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c", TimeZone: "Nowhere/Land"}})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c",
+			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "not a link"}}}}})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// Reminders are claimed exactly once by racing automation workers.
+func TestReminderClaims(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	create := func(r *interventionsv1.Reminder) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: r})
+	}
+	rem, err := create(&interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.New(time.Now().Add(-time.Second)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		Message: "Reminder: family meeting tomorrow at 6 pm at 12 Elm St.", RelatedResource: "clinics/north/interventions/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rem.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
+		t.Fatalf("state = %v, want DUE", rem.GetState())
+	}
+	// Health details, a loved one without permission, a member without consent.
+	for name, r := range map[string]*interventionsv1.Reminder{
+		"sensitive": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Ask about the methadone dose"},
+	} {
+		_, err := create(r)
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	_, err = create(&interventionsv1.Reminder{Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE,
+		Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, DueTime: timestamppb.Now(),
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, Message: "See you tomorrow at 9."})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = create(&interventionsv1.Reminder{Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER,
+		Id: "bro", Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, DueTime: timestamppb.Now(),
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."})
+	wantCode(t, err, codes.FailedPrecondition)
+	// Counselors cannot create reminders; automation cannot read families.
+	_, err = f.client.CreateReminder(f.ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: rem})
+	wantCode(t, err, codes.PermissionDenied)
+
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	due, err := f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "state = DUE AND channel = SMS"})
+	if err != nil || len(due.GetReminders()) != 1 {
+		t.Fatalf("due reminders = %v, %v", due, err)
+	}
+	var wins atomic.Int32
+	var winner atomic.Value
+	var wg sync.WaitGroup
+	for i := 0; i < 5; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			claimant := []string{"w0", "w1", "w2", "w3", "w4"}[i]
+			_, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: claimant,
+				LeaseDuration: durationpb.New(time.Minute)})
+			if err == nil {
+				wins.Add(1)
+				winner.Store(claimant)
+			} else if status.Code(err) != codes.FailedPrecondition {
+				t.Errorf("claim: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d claims won, want 1", wins.Load())
+	}
+	due, _ = f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "state = DUE"})
+	if len(due.GetReminders()) != 0 {
+		t.Fatalf("a claimed reminder is still listed as due")
+	}
+	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "someone-else",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+	wantCode(t, err, codes.FailedPrecondition)
+	done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+	if err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED || done.GetAttemptCount() != 1 {
+		t.Fatalf("CompleteReminder = %v, %v", done, err)
+	}
+	_, err = f.client.CancelReminder(f.worker, &interventionsv1.CancelReminderRequest{Name: rem.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+}
+
+func TestTalkingPointsFollowBarriers(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for _, k := range []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, familiesv1.BarrierKind_BARRIER_KIND_MISINFORMATION} {
+		if _, err := f.families.CreateBarrier(f.ctx, &familiesv1.CreateBarrierRequest{Parent: f.family.GetName(), Barrier: &familiesv1.Barrier{Kind: k}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin := f.env.As("north", "admin", auth.RoleClinicAdmin)
+	own, err := f.client.CreateTalkingPoint(admin, &interventionsv1.CreateTalkingPointRequest{Parent: "clinics/north",
+		TalkingPoint: &interventionsv1.TalkingPoint{BarrierKind: interventionsv1.BarrierKind_BARRIER_KIND_MISINFORMATION,
+			Prompt: "What would you want to know from someone who has been on medication?", Fact: "Our peer mentors are on MAT themselves.", Source: "Clinic peer program"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	resp, err := f.client.GetTalkingPoints(f.ctx, &interventionsv1.GetTalkingPointsRequest{Name: iv.GetName()})
+	if err != nil || len(resp.GetBarriers()) != 2 {
+		t.Fatalf("GetTalkingPoints = %v, %v", resp, err)
+	}
+	var seenOwn, seenMethadone bool
+	for _, b := range resp.GetBarriers() {
+		for _, tp := range b.GetTalkingPoints() {
+			seenOwn = seenOwn || tp.GetName() == own.GetName()
+			seenMethadone = seenMethadone || (tp.GetBuiltIn() && b.GetBarrierKind() == interventionsv1.BarrierKind_BARRIER_KIND_MISINFORMATION &&
+				tp.GetFact() != "" && strings.Contains(tp.GetFact(), "methadone") && strings.Contains(tp.GetFact(), "33%"))
+		}
+	}
+	if !seenOwn || !seenMethadone {
+		t.Fatalf("talking points miss the clinic's own (%v) or the seed's methadone finding (%v): %v", seenOwn, seenMethadone, resp)
+	}
+	list, _ := f.client.ListTalkingPoints(f.ctx, &interventionsv1.ListTalkingPointsRequest{Parent: "clinics/north", Filter: "barrier_kind = FEAR_OF_WITHDRAWAL"})
+	for _, tp := range list.GetTalkingPoints() {
+		if tp.GetBuiltIn() {
+			_, err := f.client.DeleteTalkingPoint(admin, &interventionsv1.DeleteTalkingPointRequest{Name: tp.GetName()})
+			wantCode(t, err, codes.FailedPrecondition)
+			return
+		}
+	}
+	t.Fatal("no built-in talking point for fear of withdrawal")
+}
+
+func BenchmarkScheduleAndGet(b *testing.B) {
+	f := setup(b)
+	base := f.clock.Now().Add(24 * time.Hour)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		// Each meeting in its own two-hour slot so none collide.
+		iv := f.draft(b, base.Add(time.Duration(i)*2*time.Hour))
+		if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

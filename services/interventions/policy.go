@@ -1,0 +1,37 @@
+package interventions
+
+import (
+	"slices"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcserver"
+)
+
+// Policy says which roles may call each method (least privilege).
+func Policy() grpcserver.Policy {
+	staff := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin}
+	p := grpcserver.Policy{}
+	set := func(roles []auth.Role, methods ...string) {
+		for _, m := range methods {
+			p[svc+m] = roles
+		}
+	}
+	set(staff, "CreateIntervention", "UpdateIntervention", "DeleteIntervention", "ScheduleIntervention",
+		"RescheduleIntervention", "CancelIntervention", "RecordOutcome", "RecordCheckIn", "GetTalkingPoints")
+	// The worker reads interventions, ticks the hold on the checklist and
+	// proposes the next-level draft after a refusal.
+	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}, "GetIntervention", "ListInterventions",
+		"UpdateChecklistItem")
+	p[svc+"CreateIntervention"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
+	// The EHR sees appointments (FHIR Appointment).
+	p[svc+"GetIntervention"] = slices.Concat(p[svc+"GetIntervention"], []auth.Role{auth.RoleEHR})
+	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin}, "ListTalkingPoints")
+	set([]auth.Role{auth.RoleClinicAdmin}, "CreateTalkingPoint", "DeleteTalkingPoint")
+	// Reminders: workflows create and cancel them; automation delivers them;
+	// counselors see their own in the app.
+	set([]auth.Role{auth.RoleWorker}, "CreateReminder")
+	set([]auth.Role{auth.RoleWorker, auth.RoleClinicAdmin}, "CancelReminder")
+	set([]auth.Role{auth.RoleReminders, auth.RoleWorker, auth.RoleCounselor, auth.RoleClinicAdmin}, "GetReminder", "ListReminders")
+	set([]auth.Role{auth.RoleReminders}, "ClaimReminder", "CompleteReminder")
+	return p
+}

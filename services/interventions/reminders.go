@@ -1,0 +1,365 @@
+package interventions
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+type rstate = interventionsv1.ReminderState
+
+const (
+	rScheduled = interventionsv1.ReminderState_REMINDER_STATE_SCHEDULED
+	rDue       = interventionsv1.ReminderState_REMINDER_STATE_DUE
+	rClaimed   = interventionsv1.ReminderState_REMINDER_STATE_CLAIMED
+	rDelivered = interventionsv1.ReminderState_REMINDER_STATE_DELIVERED
+	rFailed    = interventionsv1.ReminderState_REMINDER_STATE_FAILED
+	rCancelled = interventionsv1.ReminderState_REMINDER_STATE_CANCELLED
+)
+
+// stateExpr is the state a reader sees: a scheduled reminder past its due
+// time, or a claimed one whose lease ran out, is DUE.
+const stateExpr = `(CASE WHEN state = 1 AND due_time <= now() THEN 2
+	WHEN state = 3 AND lease_expire_time <= now() THEN 2 ELSE state END)`
+
+const reminderSelect = `SELECT id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
+	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
+	deliver_time, create_time, update_time, version FROM reminders`
+
+func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Reminder] {
+	now := s.cfg.Now()
+	return func(r pgx.CollectableRow) (*interventionsv1.Reminder, error) {
+		var (
+			id, rid, rfam, related, msg, claimedBy, failure, cancel string
+			rkind, channel, kind, state                             int16
+			due, created, updated                                   time.Time
+			lease, delivered                                        *time.Time
+			attempts                                                int32
+			version                                                 int64
+		)
+		if err := r.Scan(&id, &rkind, &rid, &rfam, &channel, &due, &kind, &related, &msg, &state, &claimedBy, &lease,
+			&attempts, &failure, &cancel, &delivered, &created, &updated, &version); err != nil {
+			return nil, err
+		}
+		rem := &interventionsv1.Reminder{
+			Name: aip.Name("clinics", clinic, "reminders", id),
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind(rkind), Id: rid, Family: rfam,
+				Channel: interventionsv1.ChannelKind(channel)},
+			DueTime: timestamppb.New(due), Kind: interventionsv1.ReminderKind(kind), RelatedResource: related, Message: msg,
+			State: rstate(state), ClaimedBy: claimedBy, AttemptCount: attempts, FailureReason: failure, CancelReason: cancel,
+			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+		}
+		if lease != nil {
+			rem.LeaseExpireTime = timestamppb.New(*lease)
+		}
+		if delivered != nil {
+			rem.DeliverTime = timestamppb.New(*delivered)
+		}
+		switch {
+		case rem.State == rScheduled && !now.Before(due):
+			rem.State = rDue
+		case rem.State == rClaimed && lease != nil && !now.Before(*lease):
+			rem.State = rDue
+		}
+		return rem, nil
+	}
+}
+
+func (s *Server) readReminder(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*interventionsv1.Reminder, error) {
+	sql := reminderSelect + ` WHERE clinic = $1 AND id = $2`
+	if lock {
+		sql += ` FOR UPDATE`
+	}
+	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	return pgdb.One(rows, err, aip.Name("clinics", r.clinic, "reminders", r.id), s.scanReminder(r.clinic))
+}
+
+func newReminder() *interventionsv1.Reminder { return &interventionsv1.Reminder{} }
+
+// sensitive matches words that would reveal a diagnosis, substance or
+// treatment. Reminder messages may land on a shared phone or lock screen,
+// so they say only when and where, never why.
+var sensitive = regexp.MustCompile(`(?i)\b(opioid|opiate|heroin|fentanyl|methadone|buprenorphine|suboxone|naltrexone|vivitrol|naloxone|narcan|overdose|addict\w*|substance|rehab\w*|detox\w*|withdrawal|treatment|MAT|OUD|SUD|drug\w*|relapse)\b`)
+
+// CreateReminder implements the API. Workflows create reminders; a loved one
+// is reminded only if the family allows direct contact, and a member only
+// with consent.
+func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.CreateReminderRequest) (*interventionsv1.Reminder, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	rem := req.GetReminder()
+	rc := rem.GetRecipient()
+	var vs apperr.Violations
+	if rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_UNSPECIFIED {
+		vs.Add("reminder.recipient.kind", "is required")
+	}
+	if rc.GetChannel() == interventionsv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {
+		vs.Add("reminder.recipient.channel", "is required")
+	}
+	family := rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
+	if family {
+		if ids, err := aip.Parse(rc.GetFamily(), "clinics", "families"); err != nil || ids[0] != clinic {
+			vs.Add("reminder.recipient.family", "must be a family of the same clinic")
+		}
+	}
+	if rc.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE && rc.GetId() == "" {
+		vs.Add("reminder.recipient.id", "is required")
+	}
+	if rem.GetDueTime() == nil {
+		vs.Add("reminder.due_time", "is required")
+	}
+	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
+		vs.Add("reminder.kind", "is required")
+	}
+	if strings.TrimSpace(rem.GetMessage()) == "" {
+		vs.Add("reminder.message", "is required")
+	} else if w := sensitive.FindString(rem.GetMessage()); w != "" {
+		vs.Add("reminder.message", "must not reveal health details (found %q): it may reach a shared phone", w)
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	if family {
+		if err := s.checkContact(ctx, rc); err != nil {
+			return nil, err
+		}
+	}
+	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
+		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			r := ref{clinic, aip.NewID()}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_id, recipient_family, channel,
+				due_time, kind, related_resource, message, state, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
+				rc.GetFamily(), int16(rc.GetChannel()), rem.GetDueTime().AsTime(), int16(rem.GetKind()), rem.GetRelatedResource(),
+				rem.GetMessage(), int16(rScheduled), now); err != nil {
+				return nil, fmt.Errorf("insert reminder: %w", err)
+			}
+			out, err := s.readReminder(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "reminder.created", out.GetName(), out)
+		})
+}
+
+// checkContact refuses reminders to people who may not be contacted.
+func (s *Server) checkContact(ctx context.Context, rc *interventionsv1.Recipient) error {
+	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: rc.GetFamily()})
+	if err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	refuse := func(msg string) error {
+		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", msg, map[string]string{"family": rc.GetFamily()})
+	}
+	if rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE {
+		if !fam.GetLovedOne().GetMayContactDirectly() {
+			return refuse("the family has not allowed the clinic to contact the loved one directly")
+		}
+		return nil
+	}
+	for _, m := range fam.GetMembers() {
+		if m.GetId() == rc.GetId() {
+			if !m.GetConsentToContact() {
+				return refuse(fmt.Sprintf("member %q has not agreed to be contacted", rc.GetId()))
+			}
+			return nil
+		}
+	}
+	return apperr.Field("reminder.recipient.id", "%q is not a member of %s", rc.GetId(), rc.GetFamily())
+}
+
+// GetReminder implements the API.
+func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetReminderRequest) (*interventionsv1.Reminder, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "reminders")
+	if err != nil {
+		return nil, err
+	}
+	return s.readReminder(ctx, s.pool, r, false)
+}
+
+var reminderFilter = map[string]aip.FilterField{
+	"state":            {Column: stateExpr, Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")},
+	"channel":          {Column: "channel", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ChannelKind_value, "CHANNEL_KIND_")},
+	"recipient_kind":   {Column: "recipient_kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.RecipientKind_value, "RECIPIENT_KIND_")},
+	"kind":             {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderKind_value, "REMINDER_KIND_")},
+	"recipient_id":     {Column: "recipient_id", Kind: aip.String},
+	"related_resource": {Column: "related_resource", Kind: aip.String},
+	"due_time":         {Column: "due_time", Kind: aip.Time},
+}
+
+// ListReminders implements the API, earliest due first.
+func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRemindersRequest) (*interventionsv1.ListRemindersResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter)
+	if err != nil {
+		return nil, err
+	}
+	// The cursor is the last row's due time and id: due times repeat.
+	afterDue, afterID := time.Time{}, ""
+	if after != "" {
+		ts, id, ok := strings.Cut(after, "|")
+		t, perr := time.Parse(time.RFC3339Nano, ts)
+		if !ok || perr != nil {
+			return nil, apperr.Field("page_token", "malformed")
+		}
+		afterDue, afterID = t, id
+	}
+	size := aip.PageSize(req.GetPageSize())
+	where, args := f.SQL(5)
+	rows, err := s.pool.Query(ctx, reminderSelect+` WHERE clinic = $1 AND (due_time, id) > ($2, $3) AND `+where+
+		` ORDER BY due_time, id LIMIT $4`, append([]any{clinic, afterDue, afterID, size + 1}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("list reminders: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, s.scanReminder(clinic))
+	if err != nil {
+		return nil, fmt.Errorf("list reminders: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(r *interventionsv1.Reminder) string {
+		return r.GetDueTime().AsTime().Format(time.RFC3339Nano) + "|" + aip.ID(r.GetName())
+	})
+	return &interventionsv1.ListRemindersResponse{Reminders: items, NextPageToken: next}, nil
+}
+
+// ClaimReminder implements the API. One conditional UPDATE takes the claim,
+// so of several automation workers racing for a reminder exactly one wins.
+func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimReminderRequest) (*interventionsv1.Reminder, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "reminders")
+	if err != nil {
+		return nil, err
+	}
+	if req.GetClaimant() == "" {
+		return nil, apperr.Field("claimant", "is required: a stable id of the delivering worker")
+	}
+	lease := 5 * time.Minute
+	if req.GetLeaseDuration() != nil {
+		lease = req.GetLeaseDuration().AsDuration()
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
+		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			now := s.cfg.Now()
+			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = $4,
+				attempt_count = attempt_count + CASE WHEN state = 3 AND claimed_by = $3 AND lease_expire_time > $5 THEN 0 ELSE 1 END,
+				update_time = $5, version = version + 1
+				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6) AND (
+					(state = 1 AND due_time <= $5) OR
+					(state = 3 AND (lease_expire_time <= $5 OR claimed_by = $3)))`,
+				r.clinic, r.id, req.GetClaimant(), now.Add(lease), now, req.GetEtag())
+			if err != nil {
+				return nil, fmt.Errorf("claim reminder: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				cur, err := s.readReminder(ctx, tx, r, false)
+				if err != nil {
+					return nil, err
+				}
+				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+					return nil, err
+				}
+				msg := fmt.Sprintf("%s is %s and cannot be claimed", cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"))
+				if cur.GetState() == rClaimed {
+					msg = fmt.Sprintf("%s is claimed by another worker until %s", cur.GetName(), cur.GetLeaseExpireTime().AsTime().Format(time.RFC3339))
+				}
+				return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld, msg, map[string]string{"resource": cur.GetName()})
+			}
+			out, err := s.readReminder(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
+		})
+}
+
+// CompleteReminder implements the API: only the current claimant may.
+func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.CompleteReminderRequest) (*interventionsv1.Reminder, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "reminders")
+	if err != nil {
+		return nil, err
+	}
+	if req.GetResult() == interventionsv1.DeliveryResult_DELIVERY_RESULT_UNSPECIFIED {
+		return nil, apperr.Field("result", "is required: DELIVERED or FAILED")
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
+		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			cur, err := s.readReminder(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if cur.GetState() != rClaimed || cur.GetClaimedBy() != req.GetClaimant() {
+				return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
+					fmt.Sprintf("%s is not claimed by %q (state %s)", cur.GetName(), req.GetClaimant(), cur.GetState()),
+					map[string]string{"resource": cur.GetName()})
+			}
+			now := s.cfg.Now()
+			st, event := rDelivered, "reminder.delivered"
+			var delivered *time.Time
+			if req.GetResult() == interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED {
+				st, event = rFailed, "reminder.failed"
+			} else {
+				delivered = &now
+			}
+			if _, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, deliver_time = $5,
+				update_time = $6, version = version + 1 WHERE clinic = $1 AND id = $2`,
+				r.clinic, r.id, int16(st), req.GetReason(), delivered, now); err != nil {
+				return nil, fmt.Errorf("complete reminder: %w", err)
+			}
+			out, err := s.readReminder(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+		})
+}
+
+// CancelReminder implements the API.
+func (s *Server) CancelReminder(ctx context.Context, req *interventionsv1.CancelReminderRequest) (*interventionsv1.Reminder, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "reminders")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"CancelReminder", req.GetRequestId(), req, newReminder,
+		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			cur, err := s.readReminder(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			switch cur.GetState() {
+			case rScheduled, rDue, rClaimed:
+			default:
+				return nil, apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"), "CANCELLED")
+			}
+			if _, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(rCancelled), req.GetReason(), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("cancel reminder: %w", err)
+			}
+			out, err := s.readReminder(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "reminder.cancelled", out.GetName(), out)
+		})
+}

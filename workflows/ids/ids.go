@@ -1,0 +1,16 @@
+// Package ids derives Temporal workflow ids from Handoff resource names, so
+// that the services, the outbox relays and the workflows agree on them and
+// a duplicate start is refused rather than run twice.
+package ids
+
+// Intervention is the id of the workflow that carries an intervention from
+// scheduling to its outcome.
+func Intervention(intervention string) string { return "intervention/" + intervention }
+
+// MATIntake is the id of the MAT intake workflow started on acceptance.
+func MATIntake(intervention string) string { return "mat-intake/" + intervention }
+
+// Boundary is the id of the boundary reinforcement workflow of a family.
+// There is one per family at a time: an overdose recorded for the family
+// reaches it without knowing which intervention started it.
+func Boundary(family string) string { return "boundary/" + family }
