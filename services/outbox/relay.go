@@ -1,0 +1,84 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Relay delivers a service's outbox events, in order, at least once. Only
+// one relay per schema delivers at a time (an advisory lock), so several
+// replicas of a service can run a relay each without reordering events.
+type Relay struct {
+	Pool     *pgxpool.Pool
+	Deliver  func(ctx context.Context, e Stored) error
+	Log      *slog.Logger
+	Interval time.Duration // between polls; default 500 ms
+	Batch    int           // events per poll; default 100
+}
+
+// Run delivers until ctx ends.
+func (r *Relay) Run(ctx context.Context) {
+	interval := r.Interval
+	if interval == 0 {
+		interval = 500 * time.Millisecond
+	}
+	for {
+		n, err := r.Once(ctx)
+		if err != nil && ctx.Err() == nil {
+			r.Log.Warn("outbox delivery paused", "error", err.Error())
+		}
+		wait := interval
+		if err == nil && n > 0 {
+			wait = 0 // more may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Once delivers the pending events it can, oldest first, and stops at the
+// first failure so that later events never overtake it. It returns how many
+// it delivered.
+func (r *Relay) Once(ctx context.Context) (int, error) {
+	conn, err := r.Pool.Acquire(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("outbox relay: acquire: %w", err)
+	}
+	defer conn.Release()
+	var leader bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&leader); err != nil {
+		return 0, fmt.Errorf("outbox relay: lock: %w", err)
+	}
+	if !leader {
+		return 0, nil
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`) //nolint:errcheck
+	batch := r.Batch
+	if batch == 0 {
+		batch = 100
+	}
+	events, err := Pending(ctx, conn, batch)
+	if err != nil {
+		return 0, err
+	}
+	for i, e := range events {
+		if err := r.Deliver(ctx, e); err != nil {
+			if _, uerr := conn.Exec(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`, e.ID, err.Error()); uerr != nil {
+				return i, fmt.Errorf("outbox relay: record failure: %w", uerr)
+			}
+			return i, fmt.Errorf("outbox relay: deliver %d (%s): %w", e.ID, e.Type, err)
+		}
+		if _, err := conn.Exec(ctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = $1`, e.ID); err != nil {
+			return i, fmt.Errorf("outbox relay: mark %d: %w", e.ID, err)
+		}
+	}
+	return len(events), nil
+}
+

@@ -1,0 +1,389 @@
+package activities
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+)
+
+// Counselor in-app reminders need no contact details; supervisors are the
+// clinic's supervisor queue.
+const supervisors = "supervisors"
+
+// Supervisors is the recipient for escalations to a clinic's supervisors.
+func Supervisors() Person { return Person{Kind: "supervisor", ID: supervisors, Channel: "IN_APP"} }
+
+func counselor(id string) Person { return Person{Kind: "counselor", ID: id, Channel: "IN_APP"} }
+
+func memberPerson(family string, m *familiesv1.Member) Person {
+	ch := m.GetPreferredChannel()
+	if ch == familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED && len(m.GetContactChannels()) > 0 {
+		ch = m.GetContactChannels()[0].GetKind()
+	}
+	p := Person{Kind: "member", ID: m.GetId(), Family: family, TimeZone: m.GetTimeZone(),
+		Channel: strings.TrimPrefix(ch.String(), "CHANNEL_KIND_")}
+	if q := m.GetQuietHours(); q != nil {
+		p.QuietStart, p.QuietEnd = q.GetStart(), q.GetEnd()
+	}
+	return p
+}
+
+// reachable reports whether a member may get reminders: consent and a channel.
+func reachable(m *familiesv1.Member) bool {
+	return m.GetConsentToContact() && len(m.GetContactChannels()) > 0
+}
+
+// LoadPlan reads the intervention and its family.
+func (a *Activities) LoadPlan(ctx context.Context, intervention string) (Plan, error) {
+	iv, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: intervention})
+	if err != nil {
+		return Plan{}, wrap("get intervention", err)
+	}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: iv.GetFamily()})
+	if err != nil {
+		return Plan{}, wrap("get family", err)
+	}
+	members := map[string]*familiesv1.Member{}
+	for _, m := range fam.GetMembers() {
+		members[m.GetId()] = m
+	}
+	p := Plan{Clinic: aip.Clinic(intervention), Intervention: intervention, Family: iv.GetFamily(),
+		Counselor: counselor(iv.GetCounselor()), Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(),
+		Level: int32(iv.GetLevel()), State: strings.TrimPrefix(iv.GetState().String(), "INTERVENTION_STATE_"),
+		FirstContact: fam.GetFirstContactTime().AsTime()}
+	p.Counselor.TimeZone = iv.GetTimeZone()
+	for _, part := range iv.GetParticipants() {
+		if m := members[part.GetMemberId()]; m != nil && reachable(m) {
+			p.Participants = append(p.Participants, memberPerson(iv.GetFamily(), m))
+		}
+	}
+	return p, nil
+}
+
+var matKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
+
+// matchRequest builds a match for the family's unresolved barriers and
+// coverage.
+func (a *Activities) matchRequest(ctx context.Context, family string, kinds []referralsv1.ServiceKind,
+	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if err != nil {
+		return nil, wrap("get family", err)
+	}
+	barriers, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 100})
+	if err != nil {
+		return nil, wrap("list barriers", err)
+	}
+	req := &referralsv1.MatchProgramsRequest{Parent: "clinics/" + aip.Clinic(family), ServiceKinds: kinds, Urgency: urgency,
+		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5}
+	for _, b := range barriers.GetBarriers() {
+		// The enums share their numbers across the two services.
+		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
+	}
+	return req, nil
+}
+
+// HoldTreatment holds an intake slot at the best-fitting MAT program with a
+// free slot and ticks it on the intervention's checklist. No program with a
+// free slot is a non-retryable NO_CAPACITY error.
+func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
+	// The API takes holds of one minute to 14 days.
+	ttl := min(max(in.TTL, time.Minute), 14*24*time.Hour)
+	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+	if err != nil {
+		return HoldResult{}, err
+	}
+	matches, err := a.Referrals.MatchPrograms(ctx, req)
+	if err != nil {
+		return HoldResult{}, wrap("match programs", err)
+	}
+	for i, m := range matches.GetMatches() {
+		kind := firstOffered(m.GetProgram(), matKinds)
+		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
+			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: fmt.Sprintf("%s-%d", in.RequestID, i)})
+		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
+			continue // taken since the match: try the next program
+		}
+		if err != nil {
+			return HoldResult{}, wrap("hold slot", err)
+		}
+		if _, err := a.Interventions.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: in.Intervention,
+			Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold.GetName(),
+			Note: "held by the workflow", RequestId: in.RequestID + "-checklist"}); err != nil {
+			return HoldResult{}, wrap("tick checklist", err)
+		}
+		return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
+	}
+	return HoldResult{}, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
+}
+
+func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) referralsv1.ServiceKind {
+	for _, k := range kinds {
+		for _, s := range p.GetServices() {
+			if s == k {
+				return k
+			}
+		}
+	}
+	return kinds[0]
+}
+
+// ReleaseHold gives a held slot back. A hold that is no longer held
+// (converted, expired, released) needs nothing.
+func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
+	_, err := a.Referrals.ReleaseHold(ctx, &referralsv1.ReleaseHoldRequest{Name: in.Hold, Reason: in.Reason, RequestId: in.RequestID})
+	if t := ErrorType(wrap("", err)); t == "INVALID_STATE_TRANSITION" || t == "RESOURCE_NOT_FOUND" {
+		return nil
+	}
+	return wrap("release hold", err)
+}
+
+var recipientKinds = map[string]interventionsv1.RecipientKind{
+	"counselor": interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, "member": interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER,
+	"loved_one": interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE, "supervisor": interventionsv1.RecipientKind_RECIPIENT_KIND_SUPERVISOR,
+}
+
+// SendReminder creates a reminder for the automation to deliver.
+func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (string, error) {
+	rk, ok := recipientKinds[in.To.Kind]
+	if !ok {
+		return "", temporal.NewNonRetryableApplicationError("unknown recipient kind "+in.To.Kind, "INVALID_ARGUMENT", nil)
+	}
+	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
+		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
+				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
+			DueTime: timestamppb.New(in.Due), Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
+			RelatedResource: in.Related, Message: in.Message}})
+	if err != nil {
+		return "", wrap("create reminder", err)
+	}
+	return rem.GetName(), nil
+}
+
+// CancelReminders cancels every reminder of a resource not delivered yet.
+func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequest) (int, error) {
+	n := 0
+	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
+		token := ""
+		for {
+			page, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + in.Clinic,
+				Filter: fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st), PageSize: 200, PageToken: token})
+			if err != nil {
+				return n, wrap("list reminders", err)
+			}
+			for _, r := range page.GetReminders() {
+				_, err := a.Interventions.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: r.GetName(), Reason: in.Reason,
+					RequestId: in.RequestID[:min(len(in.RequestID), 24)] + "-" + aip.ID(r.GetName())})
+				if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+					return n, wrap("cancel reminder", err)
+				}
+				n++
+			}
+			if token = page.GetNextPageToken(); token == "" {
+				break
+			}
+		}
+	}
+	return n, nil
+}
+
+// StartImmediateReferral makes the immediate MAT referral: it converts the
+// held slot when the hold still stands, and otherwise holds and converts a
+// slot at the best program not tried yet. No program left is a
+// non-retryable NO_PROGRAM error.
+func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateRequest) (Referral, error) {
+	const reason = "Accepted medication-assisted treatment at a family intervention; immediate intake."
+	if in.Hold != "" {
+		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: in.Hold, Reason: reason,
+			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: in.RequestID + "-convert"})
+		if err == nil {
+			return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+		}
+		if t := ErrorType(wrap("", err)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+			return Referral{}, wrap("convert hold", err)
+		}
+		// The hold lapsed: find another slot.
+	}
+	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	if err != nil {
+		return Referral{}, err
+	}
+	matches, err := a.Referrals.MatchPrograms(ctx, req)
+	if err != nil {
+		return Referral{}, wrap("match programs", err)
+	}
+	for i, m := range matches.GetMatches() {
+		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
+			ServiceKind: firstOffered(m.GetProgram(), matKinds), Family: in.Family, Intervention: in.Intervention,
+			Ttl: durationpb.New(24 * time.Hour), RequestId: fmt.Sprintf("%s-h%d", in.RequestID, i)})
+		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
+			continue
+		}
+		if err != nil {
+			return Referral{}, wrap("hold slot", err)
+		}
+		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
+			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: fmt.Sprintf("%s-c%d", in.RequestID, i)})
+		if err != nil {
+			return Referral{}, wrap("convert hold", err)
+		}
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+	}
+	return Referral{}, temporal.NewNonRetryableApplicationError("no MAT program with a free slot is left to try", "NO_PROGRAM", nil)
+}
+
+// ReferralStatus reads a referral's state.
+func (a *Activities) ReferralStatus(ctx context.Context, referral string) (ReferralInfo, error) {
+	r, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: referral})
+	if err != nil {
+		return ReferralInfo{}, wrap("get referral", err)
+	}
+	info := ReferralInfo{State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_"), Program: r.GetProgram(),
+		NoShows: r.GetNoShowCount(), DaysToTreatment: r.GetDaysToTreatmentEntry()}
+	if r.GetIntakeAppointment().GetStartTime() != nil {
+		info.Appointment = r.GetIntakeAppointment().GetStartTime().AsTime()
+	}
+	return info, nil
+}
+
+// CreateSupportReferrals refers the loved one or a member to the best
+// program for each kind. Kinds no program offers are skipped; the counselor
+// sees the referrals that were made.
+func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportRequest) ([]string, error) {
+	urgency := referralsv1.Urgency(referralsv1.Urgency_value["URGENCY_"+in.Urgency])
+	subject := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
+	if in.Member != "" {
+		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}
+	}
+	var names []string
+	for i, k := range in.Kinds {
+		kind := referralsv1.ServiceKind(referralsv1.ServiceKind_value["SERVICE_KIND_"+k])
+		req, err := a.matchRequest(ctx, in.Family, []referralsv1.ServiceKind{kind}, urgency, nil)
+		if err != nil {
+			return nil, err
+		}
+		matches, err := a.Referrals.MatchPrograms(ctx, req)
+		if err != nil {
+			return nil, wrap("match programs", err)
+		}
+		if len(matches.GetMatches()) == 0 {
+			continue
+		}
+		ref, err := a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
+			RequestId: fmt.Sprintf("%s-%d", in.RequestID, i), Referral: &referralsv1.Referral{
+				Family: in.Family, Subject: subject, ServiceKind: kind, Program: matches.GetMatches()[0].GetProgram().GetName(),
+				Urgency: urgency, Intervention: in.Intervention, Reason: supportReason(kind)}})
+		if err != nil {
+			return nil, wrap("create referral", err)
+		}
+		names = append(names, ref.GetName())
+	}
+	return names, nil
+}
+
+// supportReason is the minimum necessary: what is offered, not why.
+func supportReason(k referralsv1.ServiceKind) string {
+	switch k {
+	case referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_SYRINGE_SERVICES:
+		return "Harm reduction offered while treatment is declined."
+	default:
+		return "Support for the family while their loved one is not in treatment."
+	}
+}
+
+// FamilySafety reads what the boundary path depends on.
+func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if err != nil {
+		return Safety{}, wrap("get family", err)
+	}
+	s := Safety{Status: strings.TrimPrefix(fam.GetSafetyScreenStatus().String(), "SAFETY_SCREEN_STATUS_"), Counselor: counselor(fam.GetCounselor())}
+	for _, m := range fam.GetMembers() {
+		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON && s.ContactPerson == "" {
+			s.ContactPerson = m.GetId()
+		}
+		if reachable(m) {
+			s.Members = append(s.Members, memberPerson(family, m))
+		}
+	}
+	token := ""
+	for {
+		page, err := a.Families.ListBoundaries(ctx, &familiesv1.ListBoundariesRequest{Parent: family, PageSize: 200, PageToken: token})
+		if err != nil {
+			return Safety{}, wrap("list boundaries", err)
+		}
+		for _, b := range page.GetBoundaries() {
+			if b.GetState() == familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE || b.GetState() == familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED {
+				s.Boundaries = append(s.Boundaries, b.GetName())
+				if strings.TrimSpace(b.GetConsequence()) != "" {
+					s.WithConsequence = append(s.WithConsequence, b.GetName())
+				}
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	return s, nil
+}
+
+// ReinforceBoundary records a reinforcement. A boundary retired meanwhile
+// needs nothing.
+func (a *Activities) ReinforceBoundary(ctx context.Context, in ReinforceRequest) error {
+	_, err := a.Families.ReinforceBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: in.Boundary, Reason: in.Reason, RequestId: in.RequestID})
+	if ErrorType(wrap("", err)) == "INVALID_STATE_TRANSITION" {
+		return nil
+	}
+	return wrap("reinforce boundary", err)
+}
+
+// ProposeIntervention drafts the next intervention for the counselor,
+// carrying over the family, counselor and participants.
+func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest) (string, error) {
+	prev, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: in.Previous})
+	if err != nil {
+		return "", wrap("get intervention", err)
+	}
+	iv, err := a.Interventions.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/" + aip.Clinic(in.Previous),
+		RequestId: in.RequestID, Intervention: &interventionsv1.Intervention{
+			Family: prev.GetFamily(), Counselor: prev.GetCounselor(), Level: interventionsv1.EscalationLevel(in.Level),
+			TimeZone: prev.GetTimeZone(), ExpectedDuration: prev.GetExpectedDuration(), Place: prev.GetPlace(),
+			Participants: prev.GetParticipants(), PreviousIntervention: in.Previous, CarriedOverNotes: in.Notes}})
+	if err != nil {
+		return "", wrap("create intervention", err)
+	}
+	return iv.GetName(), nil
+}
+
+// FamilyContacts returns who may be reminded of an intake: the loved one,
+// only if the family allows direct contact, and the family's contact person.
+func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Person, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if err != nil {
+		return nil, wrap("get family", err)
+	}
+	var out []Person
+	if lo := fam.GetLovedOne(); lo.GetMayContactDirectly() && len(lo.GetContactChannels()) > 0 {
+		out = append(out, Person{Kind: "loved_one", Family: family, TimeZone: lo.GetTimeZone(),
+			Channel: strings.TrimPrefix(lo.GetContactChannels()[0].GetKind().String(), "CHANNEL_KIND_")})
+	}
+	for _, m := range fam.GetMembers() {
+		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON && reachable(m) {
+			out = append(out, memberPerson(family, m))
+			break
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,139 @@
+package activities
+
+import "time"
+
+// Person is someone a reminder may go to, with only what placing and
+// addressing the reminder needs: ids, channel, zone and quiet hours.
+type Person struct {
+	Kind       string // counselor, member, loved_one, supervisor
+	ID         string // counselor user id or member id; empty for the loved one
+	Family     string
+	Channel    string // SMS, PHONE, EMAIL, IN_APP
+	TimeZone   string
+	QuietStart string
+	QuietEnd   string
+}
+
+// Plan is what the intervention workflow needs to know about its meeting.
+type Plan struct {
+	Clinic       string
+	Intervention string
+	Family       string
+	Counselor    Person
+	Start        time.Time
+	Duration     time.Duration
+	Level        int32
+	State        string
+	// Participants are the members taking part who agreed to be contacted.
+	Participants []Person
+	FirstContact time.Time
+}
+
+// HoldRequest asks for a treatment slot fitted to the family.
+type HoldRequest struct {
+	Intervention string
+	Family       string
+	TTL          time.Duration
+	RequestID    string
+}
+
+// HoldResult names the hold taken.
+type HoldResult struct {
+	Hold    string
+	Program string
+}
+
+// ReminderRequest creates one reminder.
+type ReminderRequest struct {
+	Clinic    string
+	To        Person
+	Kind      string // a ReminderKind without its prefix, e.g. INTERVENTION_UPCOMING
+	Related   string
+	Message   string
+	Due       time.Time
+	RequestID string
+}
+
+// CancelRemindersRequest cancels the undelivered reminders of a resource.
+type CancelRemindersRequest struct {
+	Clinic    string
+	Related   string
+	Reason    string
+	RequestID string
+}
+
+// ReleaseRequest releases a hold.
+type ReleaseRequest struct {
+	Hold      string
+	Reason    string
+	RequestID string
+}
+
+// ImmediateRequest asks for an immediate MAT referral: from the held slot
+// when there is one, otherwise at the best program with a free slot that was
+// not tried yet.
+type ImmediateRequest struct {
+	Family       string
+	Intervention string
+	Hold         string
+	Exclude      []string
+	FirstContact time.Time
+	RequestID    string
+}
+
+// Referral names a referral and its program.
+type Referral struct {
+	Name    string
+	Program string
+}
+
+// ReferralInfo is a referral's state, as the workflow needs it.
+type ReferralInfo struct {
+	State           string // a ReferralState without its prefix
+	Program         string
+	NoShows         int32
+	Appointment     time.Time
+	DaysToTreatment int32
+}
+
+// SupportRequest asks for referrals of the given service kinds.
+type SupportRequest struct {
+	Family       string
+	Intervention string
+	// Member is the family member referred; empty refers the loved one.
+	Member    string
+	Kinds     []string // ServiceKinds without their prefix
+	Urgency   string   // IMMEDIATE, URGENT or ROUTINE
+	RequestID string
+}
+
+// Safety is what the boundary workflow needs about a family.
+type Safety struct {
+	// Status is the SafetyScreenStatus without its prefix: CURRENT,
+	// MISSING, EXPIRED or HIGH_RISK.
+	Status string
+	// Boundaries are the ACTIVE or REINFORCED boundaries.
+	Boundaries []string
+	// WithConsequence are those of Boundaries that state a consequence.
+	WithConsequence []string
+	// Members are the members who agreed to be contacted.
+	Members []Person
+	// ContactPerson is the member the clinic contacts first, if any.
+	ContactPerson string
+	Counselor     Person
+}
+
+// ReinforceRequest records a reinforcement.
+type ReinforceRequest struct {
+	Boundary  string
+	Reason    string
+	RequestID string
+}
+
+// ProposeRequest drafts the next intervention after a refusal.
+type ProposeRequest struct {
+	Previous  string
+	Level     int32
+	Notes     string
+	RequestID string
+}

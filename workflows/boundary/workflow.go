@@ -1,0 +1,397 @@
+// Package boundary is the workflow that follows a refusal: safety first,
+// then the family's agreed boundaries reinforced, support for the family
+// and harm reduction for the loved one, check-ins on a schedule, an
+// overdose answered at once, and, after a cool-down or a window of
+// opportunity, the next intervention one ARISE level up proposed to the
+// counselor. There is one per family at a time.
+package boundary
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+)
+
+// Names by which the outside reaches the workflow.
+const (
+	// Name is the workflow type's registered name.
+	Name               = "BoundaryReinforcement"
+	SignalOverdose     = "overdose"
+	SignalSafetyScreen = "safety-screen"
+	SignalCheckIn      = "check-in"
+	SignalRestart      = "restart"
+	QueryStatus        = "status"
+)
+
+// Input starts the workflow. State is empty on the first run and carries
+// progress across continue-as-new.
+type Input struct {
+	Family       string
+	Clinic       string
+	Intervention string
+	Level        int32
+	Outcome      string
+	Counselor    activities.Person
+	State        *State
+}
+
+// State is the workflow's progress.
+type State struct {
+	Cycle       int // bumps on every restart, keeps request ids apart
+	Began       time.Time
+	Screened    bool // a counselor was asked for a screen, or it was current
+	Reinforced  bool
+	Referred    bool
+	CheckIns    []time.Time // still to come
+	CheckInsRun int
+	EscalateAt  time.Time
+	Escalated   bool
+	Proposed    string
+	Overdoses   int
+	Events      int // signals handled in this run, for continue-as-new
+}
+
+// Overdose is SignalOverdose's payload.
+type Overdose struct {
+	WarningSign string
+}
+
+// CheckIn is SignalCheckIn's payload: the counselor's record of a check-in.
+type CheckIn struct {
+	Intervention        string
+	Number              int32
+	WindowOfOpportunity bool
+	NewWarningSigns     bool
+}
+
+// Restart is SignalRestart's payload: another intervention of the family was
+// refused while this workflow runs.
+type Restart struct {
+	Intervention string
+	Level        int32
+	Outcome      string
+}
+
+// Result is how the workflow ended.
+type Result struct {
+	Summary  string
+	Proposed string
+	CheckIns int
+}
+
+// Status answers QueryStatus.
+type Status struct {
+	Step        string
+	NextCheckIn time.Time
+	Proposed    string
+	Overdoses   int
+}
+
+// eventsPerRun bounds a run's history before it continues as new.
+const eventsPerRun = 500
+
+type wf struct {
+	in       Input
+	st       *State
+	settings activities.Settings
+	safety   activities.Safety
+	step     string
+
+	overdose, screen, checkIn, restart workflow.ReceiveChannel
+}
+
+// Workflow is the boundary reinforcement workflow.
+func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	w := &wf{in: in, st: in.State, step: "starting",
+		overdose: workflow.GetSignalChannel(ctx, SignalOverdose), screen: workflow.GetSignalChannel(ctx, SignalSafetyScreen),
+		checkIn: workflow.GetSignalChannel(ctx, SignalCheckIn), restart: workflow.GetSignalChannel(ctx, SignalRestart)}
+	if w.st == nil {
+		w.st = &State{}
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
+		s := Status{Step: w.step, Proposed: w.st.Proposed, Overdoses: w.st.Overdoses}
+		if len(w.st.CheckIns) > 0 {
+			s.NextCheckIn = w.st.CheckIns[0]
+		}
+		return s, nil
+	}); err != nil {
+		return Result{}, err
+	}
+	return w.run(flow.WithActivityOptions(ctx))
+}
+
+func (w *wf) id(purpose string) string { return fmt.Sprintf("c%d|%s", w.st.Cycle, purpose) }
+
+func (w *wf) run(ctx workflow.Context) (Result, error) {
+	var err error
+	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
+		return Result{}, err
+	}
+	if w.st.Began.IsZero() {
+		w.begin(ctx)
+	}
+	for {
+		if err := w.prepare(ctx); err != nil {
+			return Result{}, err
+		}
+		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated {
+			w.step = "done"
+			return Result{Summary: "check-ins done, next intervention proposed", Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
+		}
+		if (w.st.Events >= eventsPerRun || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) && !w.unread() {
+			return Result{}, w.continueAsNew(ctx)
+		}
+		if err := w.wait(ctx); err != nil {
+			return Result{}, err
+		}
+	}
+}
+
+// begin starts a cycle: check-ins and the escalation counted from now.
+func (w *wf) begin(ctx workflow.Context) {
+	now := workflow.Now(ctx)
+	w.st.Began = now
+	w.st.CheckIns = nil
+	for _, d := range w.settings.CheckIns {
+		w.st.CheckIns = append(w.st.CheckIns, now.Add(d))
+	}
+	w.st.EscalateAt = now.Add(w.settings.CoolDown)
+	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
+}
+
+// prepare does the one-time steps of a cycle as soon as the family is safe.
+func (w *wf) prepare(ctx workflow.Context) error {
+	if w.st.Reinforced && w.st.Referred {
+		return nil
+	}
+	if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+		return err
+	}
+	if w.safety.Status != "CURRENT" {
+		// Boundaries can raise the danger at home: no boundary reminders
+		// until a counselor has screened the family and, if needed, made a
+		// safety plan.
+		w.step = "awaiting_safety_screen"
+		if !w.st.Screened {
+			w.st.Screened = true // asked once per cycle
+			return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "SAFETY_SCREEN_NEEDED", w.in.Family,
+				"Please complete a safety screen with the family before boundary steps continue.", w.id("screen"))
+		}
+		return nil
+	}
+	w.st.Screened = true
+	w.step = "reinforcing"
+	if !w.st.Reinforced {
+		for _, b := range w.safety.Boundaries {
+			if err := workflow.ExecuteActivity(ctx, flow.A.ReinforceBoundary, activities.ReinforceRequest{
+				Boundary: b, Reason: "reinforced after the intervention was " + strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")),
+				RequestID: flow.RequestID(ctx, w.id("reinforce|"+b)),
+			}).Get(ctx, nil); err != nil {
+				return err
+			}
+		}
+		if len(w.safety.Boundaries) > 0 {
+			for _, m := range w.safety.Members {
+				if err := flow.Remind(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
+					"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
+					w.id("boundary-reminder|"+m.ID)); err != nil {
+					return err
+				}
+			}
+		}
+		w.st.Reinforced = true
+	}
+	if !w.st.Referred {
+		if w.safety.ContactPerson != "" {
+			if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+				Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
+				Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING"}, Urgency: "ROUTINE",
+				RequestID: flow.RequestID(ctx, w.id("family-support")),
+			}).Get(ctx, nil); err != nil {
+				return err
+			}
+		}
+		if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
+			return err
+		}
+		w.st.Referred = true
+	}
+	w.step = "checking_in"
+	return nil
+}
+
+func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds ...string) error {
+	return workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+		Family: w.in.Family, Intervention: w.in.Intervention, Kinds: kinds, Urgency: urgency,
+		RequestID: flow.RequestID(ctx, w.id(purpose)),
+	}).Get(ctx, nil)
+}
+
+// wait sleeps until the next check-in or escalation, or a signal.
+func (w *wf) wait(ctx workflow.Context) error {
+	var next time.Time
+	if w.st.Reinforced && len(w.st.CheckIns) > 0 {
+		next = w.st.CheckIns[0]
+	}
+	if w.st.Reinforced && !w.st.Escalated && (next.IsZero() || w.st.EscalateAt.Before(next)) {
+		next = w.st.EscalateAt
+	}
+	tctx, cancel := workflow.WithCancel(ctx)
+	defer cancel()
+	var handle func() error
+	sel := workflow.NewSelector(ctx)
+	sel.AddReceive(w.overdose, func(c workflow.ReceiveChannel, _ bool) {
+		var o Overdose
+		c.Receive(ctx, &o)
+		handle = func() error { return w.onOverdose(ctx) }
+	})
+	sel.AddReceive(w.screen, func(c workflow.ReceiveChannel, _ bool) {
+		c.Receive(ctx, nil)
+		handle = func() error { return nil } // prepare reads the new screen
+	})
+	sel.AddReceive(w.checkIn, func(c workflow.ReceiveChannel, _ bool) {
+		var ci CheckIn
+		c.Receive(ctx, &ci)
+		handle = func() error { return w.onCheckIn(ctx, ci) }
+	})
+	sel.AddReceive(w.restart, func(c workflow.ReceiveChannel, _ bool) {
+		var r Restart
+		c.Receive(ctx, &r)
+		handle = func() error {
+			w.in.Intervention, w.in.Level, w.in.Outcome = r.Intervention, r.Level, r.Outcome
+			w.st.Cycle++
+			w.begin(ctx)
+			return nil
+		}
+	})
+	if !next.IsZero() {
+		sel.AddFuture(workflow.NewTimer(tctx, max(0, next.Sub(workflow.Now(ctx)))), func(workflow.Future) {
+			handle = func() error { return w.onTime(ctx) }
+		})
+	}
+	sel.Select(ctx)
+	w.st.Events++
+	return handle()
+}
+
+func (w *wf) onTime(ctx workflow.Context) error {
+	now := workflow.Now(ctx)
+	for len(w.st.CheckIns) > 0 && !now.Before(w.st.CheckIns[0]) {
+		w.st.CheckIns = w.st.CheckIns[1:]
+		w.st.CheckInsRun++
+		n := w.st.CheckInsRun
+		if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "CHECK_IN", w.in.Intervention,
+			fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n), w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
+			return err
+		}
+		for _, m := range w.safety.Members {
+			if m.ID == w.safety.ContactPerson {
+				if err := flow.Remind(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
+					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID))); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	if !w.st.Escalated && !now.Before(w.st.EscalateAt) {
+		return w.escalate(ctx, "after the cool-down")
+	}
+	return nil
+}
+
+// onOverdose answers an overdose at once: harm reduction now, the counselor
+// alerted, and check-ins brought closer.
+func (w *wf) onOverdose(ctx workflow.Context) error {
+	w.st.Overdoses++
+	n := w.st.Overdoses
+	if err := w.harmReduction(ctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
+		return err
+	}
+	if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "OVERDOSE_ALERT", w.in.Family,
+		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
+		return err
+	}
+	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
+	return nil
+}
+
+// tighten brings check-ins closer after an overdose: one within first, then
+// none further apart than gap, up to the last one planned.
+func tighten(checkIns []time.Time, now time.Time, first, gap time.Duration) []time.Time {
+	end := now.Add(first)
+	if len(checkIns) > 0 && checkIns[len(checkIns)-1].After(end) {
+		end = checkIns[len(checkIns)-1]
+	}
+	out := []time.Time{now.Add(first)}
+	for t := now.Add(first + gap); t.Before(end); t = t.Add(gap) {
+		out = append(out, t)
+	}
+	if last := out[len(out)-1]; end.After(last) {
+		out = append(out, end)
+	}
+	return out
+}
+
+func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
+	if ci.WindowOfOpportunity && !w.st.Escalated && w.st.Reinforced {
+		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
+	}
+	return nil
+}
+
+// escalate proposes the next intervention one ARISE level up. A formal
+// intervention (level 3) states consequences, so it is proposed only when
+// the family has active boundaries that state them.
+func (w *wf) escalate(ctx workflow.Context, why string) error {
+	w.st.Escalated = true
+	level := min(w.in.Level+1, 3)
+	if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+		return err
+	}
+	if level == 3 && len(w.safety.WithConsequence) == 0 {
+		return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "ESCALATION_PROPOSED", w.in.Family,
+			"The family may be ready for a formal meeting, but no active boundary states a consequence yet: agree one first.",
+			w.id("escalation-blocked"))
+	}
+	notes := fmt.Sprintf("Proposed %s, after the level %d meeting (%s).", why, w.in.Level, strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")))
+	if level == 3 {
+		slices.Sort(w.safety.WithConsequence)
+		notes += " Consequences to state are those of the active boundaries: " + strings.Join(w.safety.WithConsequence, ", ") + "."
+	}
+	if err := workflow.ExecuteActivity(ctx, flow.A.ProposeIntervention, activities.ProposeRequest{
+		Previous: w.in.Intervention, Level: level, Notes: notes, RequestID: flow.RequestID(ctx, w.id("propose")),
+	}).Get(ctx, &w.st.Proposed); err != nil {
+		return err
+	}
+	return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "ESCALATION_PROPOSED", w.st.Proposed,
+		fmt.Sprintf("A level %d family meeting is drafted for your review.", level), w.id("proposed"))
+}
+
+// unread reports whether a signal waits to be handled: a run must not
+// continue as new over it, or it would be lost.
+func (w *wf) unread() bool {
+	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart} {
+		if c.Len() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// continueAsNew starts a fresh run with the progress so far, once every
+// handler has finished.
+func (w *wf) continueAsNew(ctx workflow.Context) error {
+	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
+		return err
+	}
+	w.st.Events = 0
+	in := w.in
+	in.State = w.st
+	return workflow.NewContinueAsNewError(ctx, Name, in)
+}

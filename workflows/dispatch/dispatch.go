@@ -1,0 +1,155 @@
+// Package dispatch turns the services' outbox events into Temporal calls:
+// a scheduled intervention starts its workflow; reschedules, cancellations
+// and outcomes become updates; referral transitions, overdoses, safety
+// screens and check-ins become signals. Workflow ids are derived from
+// resource names and update ids from outbox ids, so a redelivered event
+// changes nothing twice.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/sdk/client"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/intervention"
+	"github.com/handoff-health/handoff/workflows/matintake"
+)
+
+// Dispatcher delivers outbox events to Temporal.
+type Dispatcher struct {
+	Client client.Client
+	Log    *slog.Logger
+}
+
+// Deliver implements outbox.Relay's Deliver. Events no workflow waits for
+// are delivered by doing nothing.
+func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
+	msg, err := e.Payload.UnmarshalNew()
+	if err != nil {
+		return fmt.Errorf("dispatch: decode %s: %w", e.Type, err)
+	}
+	switch p := msg.(type) {
+	case *interventionsv1.Intervention:
+		return d.intervention(ctx, e, p)
+	case *referralsv1.Referral:
+		return d.referral(ctx, e, p)
+	case *familiesv1.WarningSign:
+		if e.Type == "handoff.families.v1.warning_sign.overdose" {
+			return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalOverdose, boundary.Overdose{WarningSign: p.GetName()})
+		}
+	case *familiesv1.SafetyScreen:
+		return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalSafetyScreen, nil)
+	}
+	return nil
+}
+
+// familyOf returns the family a family sub-resource belongs to.
+func familyOf(name string) string {
+	parts := strings.Split(name, "/")
+	if len(parts) < 4 {
+		return name
+	}
+	return strings.Join(parts[:4], "/")
+}
+
+func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *interventionsv1.Intervention) error {
+	id := ids.Intervention(iv.GetName())
+	updateID := fmt.Sprintf("outbox-%s-%d", aip.Clinic(iv.GetName()), e.ID)
+	switch e.Type {
+	case "handoff.interventions.v1.intervention.scheduled":
+		_, err := d.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+			ID: id, TaskQueue: flow.TaskQueue,
+			// One workflow per intervention, ever: a redelivered event must
+			// not start a second one.
+			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+		}, intervention.Name, intervention.Input{Intervention: iv.GetName()})
+		var started *serviceerror.WorkflowExecutionAlreadyStarted
+		if errors.As(err, &started) {
+			return nil
+		}
+		return err
+	case "handoff.interventions.v1.intervention.rescheduled":
+		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
+			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration()})
+	case "handoff.interventions.v1.intervention.cancelled":
+		return d.update(ctx, id, updateID, intervention.UpdateCancel, intervention.Cancel{Reason: "cancelled"})
+	case "handoff.interventions.v1.intervention.outcome_recorded":
+		o := intervention.Outcome{Kind: strings.TrimPrefix(iv.GetOutcome().GetKind().String(), "OUTCOME_KIND_")}
+		for _, s := range iv.GetOutcome().GetAcceptedServices() {
+			o.AcceptedServices = append(o.AcceptedServices, strings.TrimPrefix(s.String(), "SERVICE_KIND_"))
+		}
+		return d.update(ctx, id, updateID, intervention.UpdateOutcome, o)
+	case "handoff.interventions.v1.intervention.check_in_recorded":
+		cis := iv.GetCheckIns()
+		if len(cis) == 0 {
+			return nil
+		}
+		ci := cis[len(cis)-1]
+		return d.signal(ctx, ids.Boundary(iv.GetFamily()), boundary.SignalCheckIn, boundary.CheckIn{
+			Intervention: iv.GetName(), Number: ci.GetNumber(), WindowOfOpportunity: ci.GetWindowOfOpportunity(),
+			NewWarningSigns: ci.GetNewWarningSigns()})
+	}
+	return nil
+}
+
+func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referralsv1.Referral) error {
+	if r.GetIntervention() == "" || e.Type == "handoff.referrals.v1.referral.created" || e.Type == "handoff.referrals.v1.referral.updated" {
+		return nil
+	}
+	return d.signal(ctx, ids.MATIntake(r.GetIntervention()), matintake.SignalReferral, matintake.Transition{
+		Referral: r.GetName(), State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_")})
+}
+
+// update sends an update and waits until the workflow accepted or rejected
+// it. A rejection is final (the workflow already moved on) and a missing
+// workflow has nothing to update: both count as delivered.
+func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name string, arg any) error {
+	h, err := d.Client.UpdateWorkflow(ctx, client.UpdateWorkflowOptions{
+		WorkflowID: workflowID, UpdateID: updateID, UpdateName: name, Args: []any{arg},
+		WaitForStage: client.WorkflowUpdateStageAccepted,
+	})
+	if isNotFound(err) {
+		d.Log.Info("no workflow to update", "workflow_id", workflowID, "update", name)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dispatch: update %s of %s: %w", name, workflowID, err)
+	}
+	if err := h.Get(ctx, nil); err != nil {
+		d.Log.Warn("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
+	}
+	return nil
+}
+
+// signal signals a running workflow. A workflow that is not running (for
+// example a family without a boundary workflow) needs no signal.
+func (d *Dispatcher) signal(ctx context.Context, workflowID, name string, arg any) error {
+	err := d.Client.SignalWorkflow(ctx, workflowID, "", name, arg)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("dispatch: signal %s to %s: %w", name, workflowID, err)
+	}
+	return nil
+}
+
+func isNotFound(err error) bool {
+	var nf *serviceerror.NotFound
+	return errors.As(err, &nf)
+}

@@ -1,0 +1,65 @@
+// Package flow holds what Handoff's workflows share: activity options with
+// explicit timeouts and retries, request ids made deterministic inside the
+// workflow, and sending a reminder.
+package flow
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+)
+
+// A is the nil receiver through which workflows name activities.
+var A *activities.Activities
+
+// TaskQueue is the task queue of Handoff's worker.
+const TaskQueue = "handoff"
+
+// WithActivityOptions gives every activity a 30 s attempt, retries with
+// backoff for up to 10 minutes, and stops at once on the errors activities
+// mark non-retryable (invalid argument, not found, failed precondition).
+func WithActivityOptions(ctx workflow.Context) workflow.Context {
+	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+		StartToCloseTimeout:    30 * time.Second,
+		ScheduleToCloseTimeout: 10 * time.Minute,
+		RetryPolicy: &temporal.RetryPolicy{
+			InitialInterval:    time.Second,
+			BackoffCoefficient: 2,
+			MaximumInterval:    time.Minute,
+		},
+	})
+}
+
+// RequestID derives the request id of one mutating call from the workflow id
+// and a purpose unique within the workflow. A retried activity, or a replay,
+// sends the same id, so the service changes nothing twice (AIP-155).
+func RequestID(ctx workflow.Context, purpose string) string {
+	sum := sha256.Sum256([]byte(workflow.GetInfo(ctx).WorkflowExecution.ID + "|" + purpose))
+	return hex.EncodeToString(sum[:20])
+}
+
+// Remind creates a reminder due now for to.
+func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string) error {
+	return RemindAt(ctx, clinic, to, kind, related, message, purpose, workflow.Now(ctx))
+}
+
+// RemindAt creates a reminder due at due for to.
+func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) error {
+	return workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
+		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
+		RequestID: RequestID(ctx, "remind|"+purpose),
+	}).Get(ctx, nil)
+}
+
+// Settings loads the clinic's settings through an activity, so that replays
+// see the settings the workflow ran with.
+func Settings(ctx workflow.Context, clinic string) (activities.Settings, error) {
+	var s activities.Settings
+	err := workflow.ExecuteActivity(ctx, A.LoadSettings, clinic).Get(ctx, &s)
+	return s, err
+}

@@ -1,0 +1,500 @@
+// Package intervention is the workflow that carries one scheduled
+// intervention to its outcome: it holds a treatment slot ahead of the
+// meeting, sends reminders placed in each recipient's time zone and out of
+// their quiet hours, takes reschedules, cancellation and the outcome as
+// updates, chases a missing outcome, and then hands over to MAT intake or
+// the boundary path.
+package intervention
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/matintake"
+	"github.com/handoff-health/handoff/workflows/schedule"
+)
+
+// Names by which the outside reaches the workflow.
+const (
+	// Name is the workflow type's registered name.
+	Name             = "Intervention"
+	UpdateReschedule = "reschedule"
+	UpdateCancel     = "cancel"
+	UpdateOutcome    = "outcome"
+	QueryStatus      = "status"
+)
+
+// Input starts the workflow: the intervention's name, nothing more. The
+// workflow reads the rest through the services.
+type Input struct {
+	Intervention string
+}
+
+// Reschedule moves the meeting.
+type Reschedule struct {
+	Start    time.Time
+	Duration time.Duration
+}
+
+// Cancel stops the workflow.
+type Cancel struct {
+	Reason string
+}
+
+// Outcome is how the meeting went: an OutcomeKind without its prefix
+// (ACCEPTED, PARTIALLY_ACCEPTED, DECLINED, DID_NOT_ATTEND, POSTPONED) and,
+// for a partial acceptance, the ServiceKinds accepted.
+type Outcome struct {
+	Kind             string
+	AcceptedServices []string
+}
+
+// Status answers QueryStatus.
+type Status struct {
+	Step         string
+	Start        time.Time
+	NextReminder time.Time
+	Hold         string
+	Outcome      string
+}
+
+// Result is how the workflow ended.
+type Result struct {
+	Outcome string
+	// Child is the workflow that took over, if any, and how it ended.
+	Child       string
+	ChildResult string
+}
+
+// Steps reported by QueryStatus.
+const (
+	StepPreparing      = "preparing"
+	StepAwaitOutcome   = "awaiting_outcome"
+	StepFollowingUp    = "following_up"
+	StepDone           = "done"
+	StepCancelled      = "cancelled"
+	maxRemindersPerRun = 200
+)
+
+var matKinds = []string{"MAT_METHADONE", "MAT_BUPRENORPHINE", "MAT_NALTREXONE"}
+
+type wf struct {
+	in       Input
+	plan     activities.Plan
+	settings activities.Settings
+
+	step         string
+	reminders    []schedule.Planned
+	sent         int
+	armedAt      time.Time // when the reminder plan was made
+	generation   int       // bumps on every reschedule, keeps request ids apart
+	hold         activities.HoldResult
+	holdExpiry   time.Time
+	nextHoldTry  time.Time
+	holdNotified bool
+	overdueSent  bool
+	escalated    bool
+	outcome      *Outcome
+	cancel       *Cancel
+	rearm        bool
+}
+
+// Workflow is the intervention workflow.
+func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	w := &wf{in: in, step: StepPreparing}
+	if err := w.setup(ctx); err != nil {
+		return Result{}, err
+	}
+	return w.run(ctx)
+}
+
+func (w *wf) setup(ctx workflow.Context) error {
+	if in := w.in; in.Intervention == "" {
+		return temporal.NewNonRetryableApplicationError("intervention name is required", "INVALID_ARGUMENT", nil)
+	}
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
+		s := Status{Step: w.step, Start: w.plan.Start, Hold: w.hold.Hold}
+		if w.sent < len(w.reminders) {
+			s.NextReminder = w.reminders[w.sent].At
+		}
+		if w.outcome != nil {
+			s.Outcome = w.outcome.Kind
+		}
+		return s, nil
+	}); err != nil {
+		return err
+	}
+	open := func() error {
+		if w.outcome != nil {
+			return errors.New("the outcome is already recorded")
+		}
+		if w.cancel != nil {
+			return errors.New("the intervention is cancelled")
+		}
+		return nil
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateReschedule, func(ctx workflow.Context, r Reschedule) error {
+		w.plan.Start = r.Start
+		if r.Duration > 0 {
+			w.plan.Duration = r.Duration
+		}
+		w.rearm = true
+		return nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, r Reschedule) error {
+		if err := open(); err != nil {
+			return err
+		}
+		if !r.Start.After(workflow.Now(ctx)) {
+			return errors.New("the new start must be in the future")
+		}
+		return nil
+	}}); err != nil {
+		return err
+	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateCancel, func(ctx workflow.Context, c Cancel) error {
+		w.cancel = &c
+		return nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, c Cancel) error { return open() }}); err != nil {
+		return err
+	}
+	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateOutcome, func(ctx workflow.Context, o Outcome) error {
+		w.outcome = &o
+		return nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, o Outcome) error {
+		if err := open(); err != nil {
+			return err
+		}
+		switch o.Kind {
+		case "ACCEPTED", "PARTIALLY_ACCEPTED", "DECLINED", "DID_NOT_ATTEND", "POSTPONED":
+		default:
+			return fmt.Errorf("unknown outcome %q", o.Kind)
+		}
+		if !w.plan.Start.IsZero() && workflow.Now(ctx).Before(w.plan.Start) {
+			return errors.New("the outcome cannot be recorded before the meeting starts")
+		}
+		return nil
+	}})
+}
+
+func (w *wf) run(ctx workflow.Context) (Result, error) {
+	ctx = flow.WithActivityOptions(ctx)
+	if err := workflow.ExecuteActivity(ctx, flow.A.LoadPlan, w.in.Intervention).Get(ctx, &w.plan); err != nil {
+		return Result{}, err
+	}
+	settings, err := flow.Settings(ctx, w.plan.Clinic)
+	if err != nil {
+		return Result{}, err
+	}
+	w.settings = settings
+	if err := w.arm(ctx); err != nil {
+		return Result{}, err
+	}
+	for w.outcome == nil && w.cancel == nil {
+		if w.rearm {
+			if err := w.rescheduled(ctx); err != nil {
+				return Result{}, err
+			}
+		}
+		next, ok := w.nextDeadline()
+		changed := func() bool { return w.rearm || w.outcome != nil || w.cancel != nil }
+		if ok {
+			if d := next.Sub(workflow.Now(ctx)); d > 0 {
+				if _, err := workflow.AwaitWithTimeout(ctx, d, changed); err != nil {
+					return Result{}, err
+				}
+			}
+		} else if err := workflow.Await(ctx, changed); err != nil {
+			return Result{}, err
+		}
+		if w.outcome != nil || w.cancel != nil || w.rearm {
+			continue
+		}
+		if err := w.due(ctx); err != nil {
+			return Result{}, err
+		}
+	}
+	if w.cancel != nil {
+		return w.cancelled(ctx)
+	}
+	return w.followUp(ctx)
+}
+
+// arm plans the reminders for the current start time.
+func (w *wf) arm(ctx workflow.Context) error {
+	recipients := []schedule.Recipient{toRecipient(w.plan.Counselor)}
+	for _, p := range w.plan.Participants {
+		recipients = append(recipients, toRecipient(p))
+	}
+	now := workflow.Now(ctx)
+	plan, err := schedule.Plan(w.plan.Start, now, w.settings.ReminderOffsets, recipients)
+	if err != nil {
+		return temporal.NewNonRetryableApplicationError(err.Error(), "INVALID_ARGUMENT", nil)
+	}
+	if len(plan) > maxRemindersPerRun {
+		plan = plan[:maxRemindersPerRun]
+	}
+	w.reminders, w.sent, w.armedAt = plan, 0, now
+	w.overdueSent, w.escalated = false, false
+	if w.hold.Hold == "" {
+		w.nextHoldTry = w.plan.Start.Add(-w.settings.HoldLead)
+	}
+	return nil
+}
+
+// rescheduled re-arms every timer for the new time. Reminders already
+// created for the old time are cancelled; a hold that would lapse before the
+// new meeting ends is released and taken again at the new hold time.
+func (w *wf) rescheduled(ctx workflow.Context) error {
+	w.rearm = false
+	w.generation++
+	if err := workflow.ExecuteActivity(ctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "rescheduled",
+		RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|%d", w.generation)),
+	}).Get(ctx, nil); err != nil {
+		return err
+	}
+	if w.hold.Hold != "" && w.plan.Start.Add(w.plan.Duration).After(w.holdExpiry) {
+		if err := w.releaseHold(ctx, ctx, "rescheduled past the hold"); err != nil {
+			return err
+		}
+	}
+	return w.arm(ctx)
+}
+
+func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
+
+// nextDeadline is the earliest thing the workflow must do by time.
+func (w *wf) nextDeadline() (time.Time, bool) {
+	var times []time.Time
+	if w.hold.Hold == "" && w.nextHoldTry.Before(w.plan.Start) {
+		times = append(times, w.nextHoldTry)
+	}
+	if w.sent < len(w.reminders) {
+		times = append(times, w.reminders[w.sent].At)
+	}
+	if !w.overdueSent {
+		times = append(times, w.end().Add(w.settings.OutcomeGrace))
+	} else if !w.escalated {
+		times = append(times, w.end().Add(w.settings.OutcomeGrace+w.settings.OutcomeEscalation))
+	}
+	if len(times) == 0 {
+		return time.Time{}, false
+	}
+	return slices.MinFunc(times, func(a, b time.Time) int { return a.Compare(b) }), true
+}
+
+// due does everything whose time has come.
+func (w *wf) due(ctx workflow.Context) error {
+	now := workflow.Now(ctx)
+	if w.hold.Hold == "" && !now.Before(w.nextHoldTry) && now.Before(w.plan.Start) {
+		if err := w.takeHold(ctx); err != nil {
+			return err
+		}
+	}
+	for w.sent < len(w.reminders) && !now.Before(w.reminders[w.sent].At) {
+		r := w.reminders[w.sent]
+		msg := fmt.Sprintf("Reminder: family meeting on %s.", localTime(w.plan.Start, r.Recipient.TimeZone))
+		if r.Recipient.Kind == "counselor" {
+			msg = fmt.Sprintf("Reminder: you facilitate a family meeting on %s.", localTime(w.plan.Start, r.Recipient.TimeZone))
+		}
+		purpose := fmt.Sprintf("upcoming|%d|%s|%s|%s", w.generation, r.Recipient.Kind, r.Recipient.ID, r.Offset)
+		if err := flow.Remind(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
+			w.in.Intervention, msg, purpose); err != nil {
+			return err
+		}
+		w.sent++
+	}
+	if !w.overdueSent && !now.Before(w.end().Add(w.settings.OutcomeGrace)) {
+		w.step = StepAwaitOutcome
+		if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "OUTCOME_OVERDUE", w.in.Intervention,
+			"Please record how the family meeting went.", fmt.Sprintf("overdue|%d", w.generation)); err != nil {
+			return err
+		}
+		w.overdueSent = true
+	}
+	if w.overdueSent && !w.escalated && !now.Before(w.end().Add(w.settings.OutcomeGrace+w.settings.OutcomeEscalation)) {
+		if err := flow.Remind(ctx, w.plan.Clinic, activities.Supervisors(), "OUTCOME_ESCALATION", w.in.Intervention,
+			"A family meeting has had no outcome recorded for a day.", fmt.Sprintf("escalate|%d", w.generation)); err != nil {
+			return err
+		}
+		w.escalated = true
+	}
+	return nil
+}
+
+// takeHold holds a treatment slot; when no program has one it tells the
+// counselor (once) and tries again later.
+func (w *wf) takeHold(ctx workflow.Context) error {
+	expiry := w.end().Add(w.settings.HoldSlack)
+	var res activities.HoldResult
+	err := workflow.ExecuteActivity(ctx, flow.A.HoldTreatment, activities.HoldRequest{
+		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)),
+		RequestID: flow.RequestID(ctx, fmt.Sprintf("hold|%d|%d", w.generation, workflow.Now(ctx).Unix())),
+	}).Get(ctx, &res)
+	if activities.ErrorType(err) == "NO_CAPACITY" {
+		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
+		if w.holdNotified {
+			return nil
+		}
+		w.holdNotified = true
+		return flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
+			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
+	}
+	if err != nil {
+		return err
+	}
+	w.hold, w.holdExpiry = res, expiry
+	return nil
+}
+
+func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
+	if w.hold.Hold == "" {
+		return nil
+	}
+	err := workflow.ExecuteActivity(actx, flow.A.ReleaseHold, activities.ReleaseRequest{
+		Hold: w.hold.Hold, Reason: reason, RequestID: flow.RequestID(ctx, "release|"+w.hold.Hold),
+	}).Get(actx, nil)
+	if err == nil {
+		w.hold = activities.HoldResult{}
+	}
+	return err
+}
+
+// cancelled cleans up on a disconnected context, so that the cleanup runs
+// even if the workflow itself is being cancelled.
+func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
+	w.step = StepCancelled
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	dctx = flow.WithActivityOptions(dctx)
+	if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil {
+		return Result{}, err
+	}
+	if err := workflow.ExecuteActivity(dctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "intervention cancelled",
+		RequestID: flow.RequestID(ctx, "cancel-reminders|final"),
+	}).Get(dctx, nil); err != nil {
+		return Result{}, err
+	}
+	return Result{Outcome: "CANCELLED"}, nil
+}
+
+// followUp hands over according to the outcome and completes when the
+// workflow that took over does.
+func (w *wf) followUp(ctx workflow.Context) (Result, error) {
+	w.step = StepFollowingUp
+	o := *w.outcome
+	res := Result{Outcome: o.Kind}
+	// Reminders still pending for the meeting make no sense any more.
+	if err := workflow.ExecuteActivity(ctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
+		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
+	}).Get(ctx, nil); err != nil {
+		return Result{}, err
+	}
+	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
+	switch {
+	case acceptsMAT:
+		res.Child = ids.MATIntake(w.in.Intervention)
+		var out matintake.Result
+		err := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
+			Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
+			Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact,
+		}).Get(ctx, &out)
+		if err != nil {
+			return Result{}, err
+		}
+		res.ChildResult = out.Outcome
+	case o.Kind == "POSTPONED":
+		if err := w.releaseHold(ctx, ctx, "meeting postponed"); err != nil {
+			return Result{}, err
+		}
+	default: // PARTIALLY_ACCEPTED without MAT, DECLINED, DID_NOT_ATTEND
+		if err := w.releaseHold(ctx, ctx, "treatment not accepted"); err != nil {
+			return Result{}, err
+		}
+		if len(o.AcceptedServices) > 0 {
+			if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: o.AcceptedServices, Urgency: "URGENT",
+				RequestID: flow.RequestID(ctx, "accepted-services"),
+			}).Get(ctx, nil); err != nil {
+				return Result{}, err
+			}
+		}
+		res.Child = ids.Boundary(w.plan.Family)
+		out, err := w.boundary(ctx, res.Child, o)
+		if err != nil {
+			return Result{}, err
+		}
+		res.ChildResult = out
+	}
+	w.step = StepDone
+	return res, nil
+}
+
+func (w *wf) child(ctx workflow.Context, id string, policy enumspb.ParentClosePolicy) workflow.Context {
+	return workflow.WithChildOptions(ctx, workflow.ChildWorkflowOptions{
+		WorkflowID:            id,
+		TaskQueue:             flow.TaskQueue,
+		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
+		ParentClosePolicy:     policy,
+	})
+}
+
+// boundary starts the family's boundary workflow, or, when one already runs
+// for this family after an earlier refusal, tells it about this one.
+func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error) {
+	in := boundary.Input{Family: w.plan.Family, Clinic: w.plan.Clinic, Intervention: w.in.Intervention,
+		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor}
+	// The boundary path outlives a cancelled parent: it protects the family.
+	fut := workflow.ExecuteChildWorkflow(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), boundary.Name, in)
+	var exec workflow.Execution
+	if err := fut.GetChildWorkflowExecution().Get(ctx, &exec); err != nil {
+		if !temporal.IsWorkflowExecutionAlreadyStartedError(err) {
+			return "", err
+		}
+		if err := workflow.SignalExternalWorkflow(ctx, id, "", boundary.SignalRestart, boundary.Restart{
+			Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind}).Get(ctx, nil); err != nil {
+			return "", err
+		}
+		return "joined the running boundary workflow", nil
+	}
+	var out boundary.Result
+	if err := fut.Get(ctx, &out); err != nil {
+		return "", err
+	}
+	return out.Summary, nil
+}
+
+func toRecipient(p activities.Person) schedule.Recipient {
+	return schedule.Recipient{Kind: p.Kind, ID: p.ID, Channel: p.Channel, TimeZone: p.TimeZone,
+		Quiet: schedule.QuietHours{Start: p.QuietStart, End: p.QuietEnd}}
+}
+
+func fromRecipient(r schedule.Recipient, family string) activities.Person {
+	p := activities.Person{Kind: r.Kind, ID: r.ID, Channel: r.Channel, TimeZone: r.TimeZone, QuietStart: r.Quiet.Start, QuietEnd: r.Quiet.End}
+	if r.Kind == "member" || r.Kind == "loved_one" {
+		p.Family = family
+	}
+	return p
+}
+
+// localTime formats t in the recipient's zone, for a message.
+func localTime(t time.Time, zone string) string {
+	if loc, err := time.LoadLocation(zone); err == nil && zone != "" {
+		t = t.In(loc)
+	} else {
+		t = t.UTC()
+	}
+	return t.Format("Mon Jan 2 at 3:04 PM MST")
+}

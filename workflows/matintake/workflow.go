@@ -1,0 +1,252 @@
+// Package matintake is the workflow that answers a "yes" at once: it turns
+// the slot held ahead of the intervention into an immediate referral to
+// medication-assisted treatment, falls back to the next program with a free
+// slot when the hold lapsed or a program turns the person down, follows the
+// referral until the person is in treatment, and then refers the family to
+// support of its own.
+package matintake
+
+import (
+	"fmt"
+	"time"
+
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/schedule"
+)
+
+// Names by which the outside reaches the workflow.
+const (
+	// Name is the workflow type's registered name.
+	Name = "MATIntake"
+	// SignalReferral carries a referral transition from the referrals
+	// service (through its outbox).
+	SignalReferral = "referral"
+	QueryStatus    = "status"
+)
+
+// Input starts the workflow.
+type Input struct {
+	Intervention string
+	Family       string
+	Clinic       string
+	Hold         string
+	Counselor    activities.Person
+	FirstContact time.Time
+}
+
+// Transition is SignalReferral's payload: which referral moved, and to which
+// state (a ReferralState without its prefix).
+type Transition struct {
+	Referral string
+	State    string
+}
+
+// Result is how intake ended: ENTERED_TREATMENT or ESCALATED.
+type Result struct {
+	Outcome         string
+	Referral        string
+	Program         string
+	DaysToTreatment int32
+	Programs        int // how many programs were tried
+}
+
+// Status answers QueryStatus.
+type Status struct {
+	Referral string
+	State    string
+	Tried    int
+}
+
+type wf struct {
+	in       Input
+	settings activities.Settings
+	contacts []activities.Person
+	referral activities.Referral
+	state    string
+	tried    []string
+	signals  workflow.ReceiveChannel
+	started  time.Time
+	alerted  bool
+}
+
+// Workflow is the MAT intake workflow.
+func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	w := &wf{in: in, signals: workflow.GetSignalChannel(ctx, SignalReferral), started: workflow.Now(ctx)}
+	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
+		return Status{Referral: w.referral.Name, State: w.state, Tried: len(w.tried)}, nil
+	}); err != nil {
+		return Result{}, err
+	}
+	return w.run(flow.WithActivityOptions(ctx))
+}
+
+func (w *wf) run(ctx workflow.Context) (Result, error) {
+	var err error
+	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
+		return Result{}, err
+	}
+	if err := workflow.ExecuteActivity(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
+		return Result{}, err
+	}
+	hold := w.in.Hold
+	for len(w.tried) < w.settings.MaxPrograms {
+		err := workflow.ExecuteActivity(ctx, flow.A.StartImmediateReferral, activities.ImmediateRequest{
+			Family: w.in.Family, Intervention: w.in.Intervention, Hold: hold, Exclude: w.tried, FirstContact: w.in.FirstContact,
+			RequestID: flow.RequestID(ctx, fmt.Sprintf("referral|%d", len(w.tried))),
+		}).Get(ctx, &w.referral)
+		if activities.ErrorType(err) == "NO_PROGRAM" {
+			break
+		}
+		if err != nil {
+			return Result{}, err
+		}
+		hold = ""
+		w.tried = append(w.tried, w.referral.Program)
+		w.state = "REQUESTED"
+		outcome, info, err := w.follow(ctx)
+		if err != nil {
+			return Result{}, err
+		}
+		switch outcome {
+		case "entered":
+			return w.entered(ctx, info)
+		case "escalated":
+			return Result{Outcome: "ESCALATED", Referral: w.referral.Name, Program: w.referral.Program, Programs: len(w.tried)}, nil
+		}
+		// Rejected or cancelled: the next program.
+	}
+	if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+		"No program could take the person in today: please call the family and arrange a place.", "no-program"); err != nil {
+		return Result{}, err
+	}
+	return Result{Outcome: "ESCALATED", Programs: len(w.tried)}, nil
+}
+
+// follow waits for the referral's transitions until it ends: "entered",
+// "rejected" (try the next program) or "escalated".
+func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, error) {
+	var info activities.ReferralInfo
+	var pending []schedule.Planned // intake reminders not sent yet
+	remindersFor := time.Time{}
+	for {
+		// Deadlines: the next intake reminder, and the alert when no intake
+		// has happened within IntakeAlert of the acceptance.
+		var next time.Time
+		if len(pending) > 0 {
+			next = pending[0].At
+		}
+		if alertAt := w.started.Add(w.settings.IntakeAlert); !w.alerted && (next.IsZero() || alertAt.Before(next)) {
+			next = alertAt
+		}
+		var t Transition
+		got := false
+		tctx, cancel := workflow.WithCancel(ctx)
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &t); got = true })
+		if !next.IsZero() {
+			sel.AddFuture(workflow.NewTimer(tctx, max(0, next.Sub(workflow.Now(ctx)))), func(workflow.Future) {})
+		}
+		sel.Select(ctx)
+		cancel()
+		now := workflow.Now(ctx)
+		if !got {
+			for len(pending) > 0 && !now.Before(pending[0].At) {
+				p := pending[0]
+				pending = pending[1:]
+				if err := flow.Remind(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
+					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
+					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.NoShows, p.Recipient.ID, p.Offset)); err != nil {
+					return "", info, err
+				}
+			}
+			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
+				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "INTAKE_OVERDUE", w.referral.Name,
+					"The person who said yes has not started yet: please follow up today.", "intake-overdue"); err != nil {
+					return "", info, err
+				}
+				w.alerted = true
+			}
+			continue
+		}
+		if t.Referral != w.referral.Name {
+			continue // an older referral of this intake, already given up
+		}
+		// The signal says something changed; the service says what is true.
+		if err := workflow.ExecuteActivity(ctx, flow.A.ReferralStatus, w.referral.Name).Get(ctx, &info); err != nil {
+			return "", info, err
+		}
+		w.state = info.State
+		switch info.State {
+		case "SCHEDULED":
+			if !info.Appointment.Equal(remindersFor) {
+				remindersFor = info.Appointment
+				var rs []schedule.Recipient
+				for _, c := range w.contacts {
+					rs = append(rs, schedule.Recipient{Kind: c.Kind, ID: c.ID, Channel: c.Channel, TimeZone: c.TimeZone,
+						Quiet: schedule.QuietHours{Start: c.QuietStart, End: c.QuietEnd}})
+				}
+				plan, err := schedule.Plan(info.Appointment, now, w.settings.IntakeReminderOffsets, rs)
+				if err != nil {
+					return "", info, err
+				}
+				pending = plan
+			}
+		case "COMPLETED":
+			return "entered", info, nil
+		case "NO_SHOW":
+			pending = nil
+			if int(info.NoShows) > w.settings.MaxNoShows {
+				err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+					"The person missed the intake appointment again: please reach out and decide next steps.", "no-show-escalation")
+				return "escalated", info, err
+			}
+			// Re-engage within the day: the counselor calls, the program rebooks.
+			due := now.Add(min(w.settings.ReengageWithin, time.Hour))
+			if err := flow.RemindAt(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
+				"The intake appointment was missed: please reach out today and help rebook.",
+				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows), due); err != nil {
+				return "", info, err
+			}
+		case "REJECTED", "CANCELLED":
+			return "rejected", info, nil
+		}
+	}
+}
+
+// entered records the result and refers the family to its own support.
+func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result, error) {
+	member := ""
+	for _, c := range w.contacts {
+		if c.Kind == "member" {
+			member = c.ID
+		}
+	}
+	if member != "" {
+		if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			Family: w.in.Family, Intervention: w.in.Intervention, Member: member,
+			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE",
+			RequestID: flow.RequestID(ctx, "family-support"),
+		}).Get(ctx, nil); err != nil {
+			return Result{}, err
+		}
+	}
+	return Result{Outcome: "ENTERED_TREATMENT", Referral: w.referral.Name, Program: w.referral.Program,
+		DaysToTreatment: info.DaysToTreatment, Programs: len(w.tried)}, nil
+}
+
+func person(r schedule.Recipient, family string) activities.Person {
+	return activities.Person{Kind: r.Kind, ID: r.ID, Family: family, Channel: r.Channel, TimeZone: r.TimeZone,
+		QuietStart: r.Quiet.Start, QuietEnd: r.Quiet.End}
+}
+
+func local(t time.Time, zone string) string {
+	if loc, err := time.LoadLocation(zone); err == nil && zone != "" {
+		t = t.In(loc)
+	} else {
+		t = t.UTC()
+	}
+	return t.Format("Mon Jan 2 at 3:04 PM MST")
+}

@@ -1,0 +1,160 @@
+// Package schedule computes when reminders go out: an offset before an
+// event, in the recipient's own time zone, moved out of their quiet hours.
+// It is pure and deterministic, so workflows may call it.
+package schedule
+
+import (
+	"fmt"
+	"sort"
+	"time"
+	_ "time/tzdata" // zones resolve the same on every worker
+)
+
+// QuietHours is a daily window, in local clock time, without reminders. It
+// may cross midnight (22:00 to 07:00). The zero value has no quiet hours.
+type QuietHours struct {
+	Start, End string // "HH:MM"
+}
+
+// Recipient is who a reminder goes to, with what placing it needs.
+type Recipient struct {
+	Kind     string // counselor, member, loved_one, supervisor
+	ID       string
+	Channel  string
+	TimeZone string
+	Quiet    QuietHours
+}
+
+// Planned is one reminder to send at At.
+type Planned struct {
+	Recipient Recipient
+	Offset    time.Duration // before the event
+	At        time.Time
+}
+
+// Margin is how long before a quiet window starts a reminder is moved to,
+// when moving it past the window would be too late for the event.
+const Margin = 15 * time.Minute
+
+// Place returns when a reminder meant for event-offset should go out to r:
+// out of r's quiet hours, and never after the event. It returns the time
+// unchanged for a recipient without quiet hours. Times are computed in the
+// recipient's zone (UTC when none is known).
+func Place(event time.Time, offset time.Duration, r Recipient) (time.Time, error) {
+	loc, err := location(r.TimeZone)
+	if err != nil {
+		return time.Time{}, err
+	}
+	at := before(event.In(loc), offset)
+	if r.Quiet == (QuietHours{}) {
+		return at, nil
+	}
+	qs, err := minutes(r.Quiet.Start)
+	if err != nil {
+		return time.Time{}, err
+	}
+	qe, err := minutes(r.Quiet.End)
+	if err != nil {
+		return time.Time{}, err
+	}
+	start, end, inside := window(at.In(loc), qs, qe)
+	if !inside {
+		return at, nil
+	}
+	if end.Before(event) {
+		return end, nil
+	}
+	return start.Add(-Margin), nil
+}
+
+// before subtracts offset from t. Whole days are counted on the local
+// calendar, so "a day before" keeps the clock time across a daylight-saving
+// change; the rest is exact.
+func before(t time.Time, offset time.Duration) time.Time {
+	days := int(offset / (24 * time.Hour))
+	return t.AddDate(0, 0, -days).Add(-(offset - time.Duration(days)*24*time.Hour))
+}
+
+// window reports whether t falls in the quiet window and, if so, the
+// window's start and end around t.
+func window(t time.Time, qs, qe int) (start, end time.Time, inside bool) {
+	day := time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, t.Location())
+	at := func(d time.Time, m int) time.Time {
+		return time.Date(d.Year(), d.Month(), d.Day(), m/60, m%60, 0, 0, d.Location())
+	}
+	m := t.Hour()*60 + t.Minute()
+	switch {
+	case qs == qe:
+		return t, t, false
+	case qs < qe: // same day, 12:00 to 14:00
+		if m >= qs && m < qe {
+			return at(day, qs), at(day, qe), true
+		}
+	case m >= qs: // crosses midnight, evening part
+		return at(day, qs), at(day.AddDate(0, 0, 1), qe), true
+	case m < qe: // crosses midnight, morning part
+		return at(day.AddDate(0, 0, -1), qs), at(day, qe), true
+	}
+	return t, t, false
+}
+
+func minutes(hhmm string) (int, error) {
+	t, err := time.Parse("15:04", hhmm)
+	if err != nil {
+		return 0, fmt.Errorf("schedule: quiet hours %q: want HH:MM", hhmm)
+	}
+	return t.Hour()*60 + t.Minute(), nil
+}
+
+func location(zone string) (*time.Location, error) {
+	if zone == "" {
+		return time.UTC, nil
+	}
+	loc, err := time.LoadLocation(zone)
+	if err != nil {
+		return nil, fmt.Errorf("schedule: time zone %q: %w", zone, err)
+	}
+	return loc, nil
+}
+
+// Plan places a reminder for every recipient and offset before event. A
+// reminder whose time has already passed at now is sent at now, but of
+// several such for one recipient only the one nearest the event is kept:
+// a meeting booked for tomorrow gets one reminder now, not three. The
+// result is ordered by time, then recipient, then offset.
+func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient) ([]Planned, error) {
+	var out []Planned
+	for _, r := range recipients {
+		var late *Planned
+		for _, off := range offsets {
+			at, err := Place(event, off, r)
+			if err != nil {
+				return nil, err
+			}
+			if !at.After(now) {
+				if !now.Before(event) {
+					continue // the event has begun: no reminder
+				}
+				if late == nil || off < late.Offset {
+					late = &Planned{Recipient: r, Offset: off, At: now}
+				}
+				continue
+			}
+			out = append(out, Planned{Recipient: r, Offset: off, At: at})
+		}
+		if late != nil {
+			out = append(out, *late)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if !a.At.Equal(b.At) {
+			return a.At.Before(b.At)
+		}
+		if a.Recipient.ID != b.Recipient.ID {
+			return a.Recipient.ID < b.Recipient.ID
+		}
+		return a.Offset > b.Offset
+	})
+	return out, nil
+}

@@ -1,0 +1,82 @@
+package schedule
+
+import (
+	"testing"
+	"time"
+)
+
+func mustLoc(t *testing.T, z string) *time.Location {
+	t.Helper()
+	l, err := time.LoadLocation(z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestPlaceMovesOutOfQuietHours(t *testing.T) {
+	chicago := mustLoc(t, "America/Chicago")
+	r := Recipient{ID: "mom", TimeZone: "America/Chicago", Quiet: QuietHours{Start: "22:00", End: "07:00"}}
+	cases := []struct {
+		name   string
+		event  time.Time
+		offset time.Duration
+		want   time.Time
+	}{
+		{"outside quiet hours: unchanged", time.Date(2026, 12, 10, 18, 0, 0, 0, chicago), 24 * time.Hour,
+			time.Date(2026, 12, 9, 18, 0, 0, 0, chicago)},
+		{"late evening: moved to 07:00", time.Date(2026, 12, 10, 23, 30, 0, 0, chicago), 24 * time.Hour,
+			time.Date(2026, 12, 10, 7, 0, 0, 0, chicago)},
+		{"early morning: moved to 07:00", time.Date(2026, 12, 10, 9, 0, 0, 0, chicago), 4 * time.Hour,
+			time.Date(2026, 12, 10, 7, 0, 0, 0, chicago)},
+		{"window ends before the event: moved to its end", time.Date(2026, 12, 10, 7, 30, 0, 0, chicago), 2 * time.Hour,
+			time.Date(2026, 12, 10, 7, 0, 0, 0, chicago)},
+		{"moving past the window would be too late: moved before it", time.Date(2026, 12, 10, 7, 0, 0, 0, chicago), 2 * time.Hour,
+			time.Date(2026, 12, 9, 21, 45, 0, 0, chicago)},
+		{"the zone is the recipient's, not the event's", time.Date(2026, 12, 10, 12, 0, 0, 0, time.UTC), 2 * time.Hour,
+			// 10:00 UTC is 04:00 in Chicago: quiet, so 07:00 Chicago = 13:00 UTC, after the event; 21:45 the evening before.
+			time.Date(2026, 12, 9, 21, 45, 0, 0, chicago)},
+	}
+	for _, c := range cases {
+		got, err := Place(c.event, c.offset, r)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("%s: got %v, %v; want %v", c.name, got.In(chicago), err, c.want)
+		}
+	}
+	// Across a daylight-saving change the local clock, not the UTC offset, counts.
+	ny := mustLoc(t, "America/New_York")
+	got, _ := Place(time.Date(2026, 3, 8, 12, 0, 0, 0, ny), 24*time.Hour, Recipient{TimeZone: "America/New_York", Quiet: QuietHours{Start: "10:00", End: "11:30"}})
+	if want := time.Date(2026, 3, 7, 12, 0, 0, 0, ny); !got.Equal(want) {
+		t.Errorf("DST: got %v, want %v", got.In(ny), want)
+	}
+	if _, err := Place(time.Now(), time.Hour, Recipient{TimeZone: "Nowhere/Town", Quiet: QuietHours{Start: "22:00", End: "07:00"}}); err == nil {
+		t.Error("an unknown zone must be an error")
+	}
+}
+
+func TestPlanCollapsesLateReminders(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	offsets := []time.Duration{72 * time.Hour, 24 * time.Hour, 2 * time.Hour}
+	rs := []Recipient{{ID: "counselor-1"}, {ID: "mom"}}
+	// The meeting is 30 hours away: the 72 h reminder is already late and
+	// goes out now; 24 h and 2 h are placed normally.
+	plan, err := Plan(now.Add(30*time.Hour), now, offsets, rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) != 6 {
+		t.Fatalf("plan = %v", plan)
+	}
+	if !plan[0].At.Equal(now) || plan[0].Offset != 72*time.Hour || !plan[2].At.Equal(now.Add(6*time.Hour)) {
+		t.Fatalf("plan = %+v", plan)
+	}
+	// The meeting is 10 seconds away: one reminder each, now.
+	plan, _ = Plan(now.Add(10*time.Second), now, offsets, rs)
+	if len(plan) != 2 || !plan[0].At.Equal(now) || plan[0].Offset != 2*time.Hour {
+		t.Fatalf("late plan = %+v", plan)
+	}
+	// The meeting has begun: nothing.
+	if plan, _ = Plan(now.Add(-time.Minute), now, offsets, rs); len(plan) != 0 {
+		t.Fatalf("plan after start = %+v", plan)
+	}
+}
