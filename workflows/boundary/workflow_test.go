@@ -1,0 +1,222 @@
+package boundary_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+)
+
+const (
+	family = "clinics/north/families/f1"
+	iv     = "clinics/north/interventions/i1"
+	day    = 24 * time.Hour
+)
+
+type harness struct {
+	env        *testsuite.TestWorkflowEnvironment
+	t0         time.Time
+	safety     activities.Safety
+	reminders  []activities.ReminderRequest
+	reinforced []time.Time
+	support    []activities.SupportRequest
+	proposed   []activities.ProposeRequest
+}
+
+func newHarness(t *testing.T, status string) *harness {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.SetStartTime(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
+	env.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
+	env.RegisterActivity(&activities.Activities{})
+	h := &harness{env: env, t0: env.Now(), safety: activities.Safety{
+		Status: status, Boundaries: []string{family + "/boundaries/b1", family + "/boundaries/b2"},
+		WithConsequence: []string{family + "/boundaries/b2"}, ContactPerson: "mom",
+		Members: []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS"}, {Kind: "member", ID: "dad", Family: family, Channel: "EMAIL"}},
+	}}
+	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(activities.DefaultSettings(), nil)
+	env.OnActivity(flow.A.FamilySafety, mock.Anything, family).Return(
+		func(context.Context, string) (activities.Safety, error) { return h.safety, nil })
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			r.Due = env.Now()
+			h.reminders = append(h.reminders, r)
+			return "clinics/north/reminders/r", nil
+		})
+	env.OnActivity(flow.A.ReinforceBoundary, mock.Anything, mock.Anything).Return(
+		func(context.Context, activities.ReinforceRequest) error { h.reinforced = append(h.reinforced, env.Now()); return nil })
+	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			h.support = append(h.support, in)
+			return nil, nil
+		})
+	env.OnActivity(flow.A.ProposeIntervention, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ProposeRequest) (string, error) {
+			h.proposed = append(h.proposed, in)
+			return "clinics/north/interventions/next", nil
+		})
+	return h
+}
+
+func (h *harness) kinds(kind string) []activities.ReminderRequest {
+	var out []activities.ReminderRequest
+	for _, r := range h.reminders {
+		if r.Kind == kind {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func input(level int32) boundary.Input {
+	return boundary.Input{Family: family, Clinic: "north", Intervention: iv, Level: level, Outcome: "DECLINED",
+		Counselor: activities.Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP"}}
+}
+
+// Over 30 days: boundaries reinforced, members reminded, family support and
+// naloxone referred, check-ins at days 1, 7 and 30, and at day 14 the next
+// intervention proposed one level up (level 2).
+func TestThirtyDaysOfFollowUpAndEscalationToLevelTwo(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.reinforced) != 2 || !h.reinforced[0].Equal(h.t0) {
+		t.Fatalf("reinforced = %v", h.reinforced)
+	}
+	if n := len(h.kinds("BOUNDARY_REMINDER")); n != 2 {
+		t.Fatalf("boundary reminders = %d, want one per consenting member", n)
+	}
+	if len(h.support) != 2 || h.support[0].Member != "mom" || len(h.support[0].Kinds) != 3 ||
+		h.support[1].Member != "" || h.support[1].Kinds[0] != "HARM_REDUCTION_NALOXONE" {
+		t.Fatalf("referrals = %+v", h.support)
+	}
+	var counselorCheckIns []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			counselorCheckIns = append(counselorCheckIns, r.Due.Sub(h.t0))
+		}
+	}
+	if len(counselorCheckIns) != 3 || counselorCheckIns[0] != day || counselorCheckIns[1] != 7*day || counselorCheckIns[2] != 30*day {
+		t.Fatalf("check-ins at %v", counselorCheckIns)
+	}
+	if len(h.proposed) != 1 || h.proposed[0].Level != 2 || h.proposed[0].Previous != iv {
+		t.Fatalf("proposed = %+v", h.proposed)
+	}
+	if p := h.kinds("ESCALATION_PROPOSED"); len(p) != 1 || p[0].Due.Sub(h.t0) != 14*day {
+		t.Fatalf("escalation reminder = %+v", p)
+	}
+	if res.CheckIns != 3 || res.Proposed == "" {
+		t.Fatalf("result = %+v", res)
+	}
+}
+
+// Without a current safety screen nothing is reinforced and no member is
+// reminded; the counselor is asked once; a recorded screen opens the gate.
+func TestSafetyGate(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.env.RegisterDelayedCallback(func() {
+		if len(h.reinforced) != 0 || len(h.kinds("BOUNDARY_REMINDER")) != 0 {
+			t.Error("boundary steps ran without a safe screen")
+		}
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if asks := h.kinds("SAFETY_SCREEN_NEEDED"); len(asks) != 1 || !asks[0].Due.Equal(h.t0) {
+		t.Fatalf("screen requests = %+v", asks)
+	}
+	if len(h.reinforced) != 2 || h.reinforced[0].Sub(h.t0) != 3*day {
+		t.Fatalf("reinforced at %v, want at day 3 when the screen arrived", h.reinforced)
+	}
+}
+
+// An overdose in the middle of the check-ins: naloxone and syringe services
+// referred at once, the counselor alerted, and check-ins brought closer.
+func TestOverdoseTightensCheckIns(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	alert := h.kinds("OVERDOSE_ALERT")
+	if len(alert) != 1 || alert[0].Due.Sub(h.t0) != 3*day {
+		t.Fatalf("overdose alert = %+v", alert)
+	}
+	immediate := false
+	for _, s := range h.support {
+		immediate = immediate || (s.Urgency == "IMMEDIATE" && len(s.Kinds) == 2 && s.Kinds[0] == "HARM_REDUCTION_NALOXONE")
+	}
+	if !immediate {
+		t.Fatalf("no immediate harm-reduction referral: %+v", h.support)
+	}
+	var after []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" && r.Due.Sub(h.t0) > 3*day {
+			after = append(after, r.Due.Sub(h.t0))
+		}
+	}
+	// Before: days 7 and 30. After the overdose on day 3: day 4, then at
+	// most 3 days apart, up to day 30.
+	if len(after) < 8 || after[0] != 4*day || after[len(after)-1] != 30*day {
+		t.Fatalf("check-ins after the overdose at %v", after)
+	}
+	for i := 1; i < len(after); i++ {
+		if after[i]-after[i-1] > 3*day {
+			t.Fatalf("gap of %v between check-ins after an overdose", after[i]-after[i-1])
+		}
+	}
+}
+
+// A window of opportunity reported at a check-in escalates at once, not
+// after the cool-down; at level 3 the draft names the boundaries whose
+// consequences will be stated.
+func TestWindowOfOpportunityEscalatesToLevelThree(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1, WindowOfOpportunity: true})
+	}, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.proposed) != 1 || h.proposed[0].Level != 3 {
+		t.Fatalf("proposed = %+v", h.proposed)
+	}
+	if p := h.kinds("ESCALATION_PROPOSED"); len(p) != 1 || p[0].Due.Sub(h.t0) != 2*day {
+		t.Fatalf("escalation at %+v, want day 2", p)
+	}
+	if want := family + "/boundaries/b2"; !strings.Contains(h.proposed[0].Notes, want) {
+		t.Fatalf("notes %q do not name %s", h.proposed[0].Notes, want)
+	}
+}
+
+// Level 3 without an active boundary that states a consequence: no draft;
+// the counselor is asked to agree one first.
+func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.proposed) != 0 || len(h.kinds("ESCALATION_PROPOSED")) != 1 {
+		t.Fatalf("proposed %+v, reminders %+v", h.proposed, h.kinds("ESCALATION_PROPOSED"))
+	}
+}

@@ -1,0 +1,300 @@
+package intervention_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/intervention"
+	"github.com/handoff-health/handoff/workflows/matintake"
+)
+
+const name = "clinics/north/interventions/i1"
+
+// sent records the reminders the workflow created, with the workflow time
+// at which it created them.
+type sent struct {
+	mu   sync.Mutex
+	list []activities.ReminderRequest
+}
+
+func (s *sent) add(r activities.ReminderRequest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.list = append(s.list, r)
+}
+
+func (s *sent) byKind(kind string) []activities.ReminderRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []activities.ReminderRequest
+	for _, r := range s.list {
+		if r.Kind == kind {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+type harness struct {
+	env      *testsuite.TestWorkflowEnvironment
+	sent     *sent
+	start    time.Time
+	holdAt   time.Time
+	released []string
+	cancels  []string
+	// hold answers HoldTreatment; tests replace it.
+	hold func(activities.HoldRequest) (activities.HoldResult, error)
+}
+
+func newHarness(t *testing.T, startIn time.Duration, settings activities.Settings) *harness {
+	t.Helper()
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	// A fixed Monday noon UTC keeps time zone arithmetic readable.
+	env.SetStartTime(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC))
+	env.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
+	env.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
+	env.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
+	env.RegisterActivity(&activities.Activities{})
+	h := &harness{env: env, sent: &sent{}, start: env.Now().Add(startIn)}
+	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(settings, nil)
+	env.OnActivity(flow.A.LoadPlan, mock.Anything, name).Return(activities.Plan{
+		Clinic: "north", Intervention: name, Family: "clinics/north/families/f1",
+		Counselor: activities.Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP", TimeZone: "America/Chicago"},
+		Start:     h.start, Duration: time.Hour, Level: 1, State: "SCHEDULED",
+		Participants: []activities.Person{{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS",
+			TimeZone: "America/New_York", QuietStart: "21:00", QuietEnd: "08:00"}},
+	}, nil)
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			r.Due = env.Now() // when the workflow sent it
+			h.sent.add(r)
+			return "clinics/north/reminders/r", nil
+		})
+	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
+		return activities.HoldResult{Hold: "clinics/north/holds/h1", Program: "clinics/north/programs/p1"}, nil
+	}
+	env.OnActivity(flow.A.HoldTreatment, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.HoldRequest) (activities.HoldResult, error) {
+			h.holdAt = env.Now()
+			return h.hold(in)
+		})
+	env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ReleaseRequest) error {
+			h.released = append(h.released, in.Hold)
+			return nil
+		})
+	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
+			h.cancels = append(h.cancels, in.Reason)
+			return 0, nil
+		})
+	return h
+}
+
+func defaults() activities.Settings { return activities.DefaultSettings() }
+
+func (h *harness) update(at time.Duration, name string, arg any, rejected *error) {
+	h.env.RegisterDelayedCallback(func() {
+		h.env.UpdateWorkflow(name, "", &testsuite.TestUpdateCallback{
+			OnReject: func(err error) {
+				if rejected != nil {
+					*rejected = err
+				}
+			},
+			OnAccept:   func() {},
+			OnComplete: func(any, error) {},
+		}, arg)
+	}, at)
+}
+
+func mustLoc(t *testing.T, zone string) *time.Location {
+	l, err := time.LoadLocation(zone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// The meeting is Friday 2026-12-11 at 18:00 New York (23:00 UTC). The hold
+// is taken 72 h before; reminders go out 72 h, 24 h and 2 h before, each
+// placed in its recipient's zone and out of quiet hours.
+func TestRemindersAndHoldAtTheRightInstants(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour+11*time.Hour, defaults())
+	ny, chi := mustLoc(t, "America/New_York"), mustLoc(t, "America/Chicago")
+	if want := time.Date(2026, 12, 11, 18, 0, 0, 0, ny); !h.start.Equal(want) {
+		t.Fatalf("start = %v, want %v", h.start, want)
+	}
+	var early error
+	h.update(4*24*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED"}, &early)
+	h.update(4*24*time.Hour+12*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED"}, nil)
+	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(boundary.Result{Summary: "ok"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if !h.env.IsWorkflowCompleted() || h.env.GetWorkflowError() != nil {
+		t.Fatalf("workflow: completed %v, error %v", h.env.IsWorkflowCompleted(), h.env.GetWorkflowError())
+	}
+	if early == nil {
+		t.Fatal("an outcome before the start must be rejected")
+	}
+	if want := h.start.Add(-72 * time.Hour); !h.holdAt.Equal(want) {
+		t.Fatalf("hold taken at %v, want %v", h.holdAt, want)
+	}
+	got := map[string][]time.Time{}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		got[r.To.ID] = append(got[r.To.ID], r.Due)
+	}
+	want := map[string][]time.Time{
+		// The counselor has no quiet hours: exactly 72, 24 and 2 h before.
+		"counselor-1": {time.Date(2026, 12, 8, 17, 0, 0, 0, chi), time.Date(2026, 12, 10, 17, 0, 0, 0, chi), time.Date(2026, 12, 11, 15, 0, 0, 0, chi)},
+		// Mom: 18:00 the days before and 16:00 on the day, all outside 21:00-08:00.
+		"mom": {time.Date(2026, 12, 8, 18, 0, 0, 0, ny), time.Date(2026, 12, 10, 18, 0, 0, 0, ny), time.Date(2026, 12, 11, 16, 0, 0, 0, ny)},
+	}
+	for who, times := range want {
+		if len(got[who]) != len(times) {
+			t.Fatalf("%s got %v, want %v", who, got[who], times)
+		}
+		for i := range times {
+			if !got[who][i].Equal(times[i]) {
+				t.Fatalf("%s reminder %d at %v, want %v", who, i, got[who][i], times[i])
+			}
+		}
+	}
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "DECLINED" || res.Child != "boundary/clinics/north/families/f1" {
+		t.Fatalf("result = %+v, %v", res, err)
+	}
+	if len(h.released) != 1 {
+		t.Fatalf("a declined intervention must release its hold: %v", h.released)
+	}
+}
+
+// A reminder that would fall in the recipient's quiet hours moves out of
+// them: mom's 2 h reminder for a 09:00 meeting would be 07:00, inside
+// 21:00-08:00, so it goes at 08:00.
+func TestQuietHoursMoveReminders(t *testing.T) {
+	h := newHarness(t, 3*24*time.Hour+2*time.Hour, defaults()) // Thursday 14:00 UTC = 09:00 New York
+	ny := mustLoc(t, "America/New_York")
+	h.update(3*24*time.Hour+3*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var last time.Time
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID == "mom" {
+			last = r.Due
+		}
+	}
+	if want := time.Date(2026, 12, 10, 8, 0, 0, 0, ny); !last.Equal(want) {
+		t.Fatalf("mom's last reminder at %v, want %v", last.In(ny), want)
+	}
+}
+
+// A reschedule re-arms every timer and cancels what was sent for the old time.
+func TestRescheduleRearms(t *testing.T) {
+	h := newHarness(t, 5*24*time.Hour, defaults())
+	newStart := h.start.Add(2 * 24 * time.Hour)
+	var rejected error
+	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
+	h.update(2*time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: h.env.Now().Add(-time.Hour)}, nil)
+	h.update(7*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if want := newStart.Add(-72 * time.Hour); !h.holdAt.Equal(want) {
+		t.Fatalf("hold at %v, want %v (72 h before the new time)", h.holdAt, want)
+	}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID != "counselor-1" {
+			continue
+		}
+		off := newStart.Sub(r.Due)
+		if off != 72*time.Hour && off != 24*time.Hour && off != 2*time.Hour {
+			t.Fatalf("counselor reminder at %v is %v before the new start", r.Due, off)
+		}
+	}
+	if len(h.cancels) == 0 || h.cancels[0] != "rescheduled" {
+		t.Fatalf("reminders for the old time were not cancelled: %v", h.cancels)
+	}
+}
+
+// Cancel releases the hold and cancels pending reminders.
+func TestCancelCleansUp(t *testing.T) {
+	h := newHarness(t, 2*24*time.Hour, defaults())
+	h.update(24*time.Hour, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if len(h.released) != 1 || len(h.cancels) == 0 || h.cancels[len(h.cancels)-1] != "intervention cancelled" {
+		t.Fatalf("released %v, cancelled reminders %v", h.released, h.cancels)
+	}
+}
+
+// No outcome: the counselor is reminded after the grace period, the
+// supervisors a day later; then a duplicate outcome is refused.
+func TestLateOutcomeEscalatesAndDuplicateIsRejected(t *testing.T) {
+	h := newHarness(t, time.Hour, defaults())
+	var dup error
+	at := time.Hour + time.Hour + 2*time.Hour + 24*time.Hour + time.Hour // after both alerts
+	h.update(at, intervention.UpdateOutcome, intervention.Outcome{Kind: "ACCEPTED"}, nil)
+	h.update(at+time.Minute, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED"}, &dup)
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).After(2*time.Minute).Return(matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	end := h.start.Add(time.Hour)
+	overdue, esc := h.sent.byKind("OUTCOME_OVERDUE"), h.sent.byKind("OUTCOME_ESCALATION")
+	if len(overdue) != 1 || !overdue[0].Due.Equal(end.Add(2*time.Hour)) || overdue[0].To.ID != "counselor-1" {
+		t.Fatalf("overdue = %+v", overdue)
+	}
+	if len(esc) != 1 || !esc[0].Due.Equal(end.Add(26*time.Hour)) || esc[0].To.Kind != "supervisor" {
+		t.Fatalf("escalation = %+v", esc)
+	}
+	if dup == nil {
+		t.Fatal("a second outcome must be rejected")
+	}
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || res.Child != "mat-intake/"+name {
+		t.Fatalf("result = %+v, %v", res, err)
+	}
+}
+
+// No program has a free slot: the counselor hears once, and the workflow
+// tries again every HoldRetry until one is free.
+func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	var tries []time.Time
+	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
+		tries = append(tries, h.env.Now())
+		if len(tries) < 3 {
+			return activities.HoldResult{}, temporal.NewNonRetryableApplicationError("full", "NO_CAPACITY", errors.New("full"))
+		}
+		return activities.HoldResult{Hold: "clinics/north/holds/h9"}, nil
+	}
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(tries) != 3 || tries[1].Sub(tries[0]) != 6*time.Hour || tries[2].Sub(tries[1]) != 6*time.Hour {
+		t.Fatalf("tries = %v", tries)
+	}
+	if n := len(h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")); n != 1 {
+		t.Fatalf("counselor told %d times, want once", n)
+	}
+}

@@ -1,0 +1,190 @@
+package matintake_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/matintake"
+)
+
+const (
+	iv     = "clinics/north/interventions/i1"
+	family = "clinics/north/families/f1"
+)
+
+type harness struct {
+	env       *testsuite.TestWorkflowEnvironment
+	reminders []activities.ReminderRequest
+	requests  []activities.ImmediateRequest
+	support   []activities.SupportRequest
+	status    map[string]activities.ReferralInfo
+}
+
+func newHarness(t *testing.T) *harness {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.SetStartTime(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
+	env.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
+	env.RegisterActivity(&activities.Activities{})
+	h := &harness{env: env, status: map[string]activities.ReferralInfo{}}
+	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(activities.DefaultSettings(), nil)
+	env.OnActivity(flow.A.FamilyContacts, mock.Anything, family).Return([]activities.Person{
+		{Kind: "loved_one", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
+		{Kind: "member", ID: "mom", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
+	}, nil)
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			if r.Due.IsZero() || r.Due.Before(env.Now()) {
+				r.Due = env.Now()
+			}
+			h.reminders = append(h.reminders, r)
+			return "clinics/north/reminders/r", nil
+		})
+	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			h.support = append(h.support, in)
+			return []string{"clinics/north/referrals/support"}, nil
+		})
+	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], nil })
+	return h
+}
+
+// programs hands out referrals at p1, p2, p3 ... and then none.
+func (h *harness) programs(n int) {
+	h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ImmediateRequest) (activities.Referral, error) {
+			h.requests = append(h.requests, in)
+			i := len(h.requests)
+			if i > n {
+				return activities.Referral{}, temporal.NewNonRetryableApplicationError("none", "NO_PROGRAM", errors.New("none"))
+			}
+			return activities.Referral{Name: fmt.Sprintf("clinics/north/referrals/r%d", i), Program: fmt.Sprintf("clinics/north/programs/p%d", i)}, nil
+		})
+}
+
+// transition sets what the referrals service would answer and signals it.
+func (h *harness) transition(at time.Duration, ref string, info activities.ReferralInfo) {
+	h.env.RegisterDelayedCallback(func() {
+		h.status[ref] = info
+		h.env.SignalWorkflow(matintake.SignalReferral, matintake.Transition{Referral: ref, State: info.State})
+	}, at)
+}
+
+func (h *harness) kinds(kind string) []activities.ReminderRequest {
+	var out []activities.ReminderRequest
+	for _, r := range h.reminders {
+		if r.Kind == kind {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func input() matintake.Input {
+	return matintake.Input{Intervention: iv, Family: family, Clinic: "north", Hold: "clinics/north/holds/h1",
+		Counselor: activities.Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP"}}
+}
+
+// Three programs turn the person down in turn: each time the next match is
+// taken, never one already tried, and after the last the counselor is told.
+func TestRejectionCascadeAcrossThreePrograms(t *testing.T) {
+	h := newHarness(t)
+	h.programs(5)
+	for i := 1; i <= 3; i++ {
+		h.transition(time.Duration(i)*time.Hour, fmt.Sprintf("clinics/north/referrals/r%d", i), activities.ReferralInfo{State: "REJECTED"})
+	}
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" || res.Programs != 3 {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if len(h.requests) != 3 || h.requests[0].Hold == "" || h.requests[1].Hold != "" {
+		t.Fatalf("requests = %+v: the held slot goes first, then fresh matches", h.requests)
+	}
+	if got := h.requests[2].Exclude; len(got) != 2 || got[0] != "clinics/north/programs/p1" || got[1] != "clinics/north/programs/p2" {
+		t.Fatalf("third match excluded %v", got)
+	}
+	if len(h.kinds("REFERRAL_ESCALATION")) != 1 {
+		t.Fatalf("reminders = %+v", h.reminders)
+	}
+}
+
+// A no-show brings re-engagement and a rebooking; the second appointment is
+// kept, the person enters treatment, and the family is referred to support.
+func TestNoShowThenRebookingThenTreatment(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	appt1 := start.Add(20 * time.Hour)
+	appt2 := start.Add(50 * time.Hour)
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: appt1})
+	h.transition(21*time.Hour, r1, activities.ReferralInfo{State: "NO_SHOW", NoShows: 1})
+	h.transition(23*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: appt2, NoShows: 1})
+	h.transition(51*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", NoShows: 1, DaysToTreatment: 9})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || res.DaysToTreatment != 9 {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	re := h.kinds("REENGAGEMENT")
+	if len(re) != 1 || re[0].Due.After(start.Add(21*time.Hour+24*time.Hour)) {
+		t.Fatalf("re-engagement = %+v", re)
+	}
+	// Intake reminders to the loved one: at once for the first appointment
+	// (its 24 h mark had passed) and 2 h before it; then 24 h and 2 h before
+	// the rebooked one.
+	var at []time.Time
+	for _, r := range h.kinds("INTAKE_UPCOMING") {
+		if r.To.Kind == "loved_one" {
+			at = append(at, r.Due)
+		}
+	}
+	want := []time.Time{start.Add(2 * time.Hour), appt1.Add(-2 * time.Hour), appt2.Add(-24 * time.Hour), appt2.Add(-2 * time.Hour)}
+	if fmt.Sprint(at) != fmt.Sprint(want) {
+		t.Fatalf("intake reminders to the loved one at %v, want %v", at, want)
+	}
+	if len(h.support) != 1 || h.support[0].Member != "mom" || h.support[0].Kinds[0] != "FAMILY_COUNSELING" {
+		t.Fatalf("family support = %+v", h.support)
+	}
+	// No intake within 72 h of acceptance? It happened at 51 h: no alert.
+	if len(h.kinds("INTAKE_OVERDUE")) != 0 {
+		t.Fatal("intake happened within 72 h; no alert is due")
+	}
+}
+
+// Too many no-shows escalate; 72 h without intake alerts the counselor.
+func TestRepeatedNoShowsEscalateAndSlowIntakeAlerts(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	for i := 1; i <= 3; i++ {
+		base := time.Duration(i) * 30 * time.Hour
+		h.transition(base, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: h.env.Now().Add(base + 10*time.Hour), NoShows: int32(i - 1)})
+		h.transition(base+11*time.Hour, r1, activities.ReferralInfo{State: "NO_SHOW", NoShows: int32(i)})
+	}
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if n := len(h.kinds("REENGAGEMENT")); n != 2 {
+		t.Fatalf("re-engagements = %d, want 2 (MaxNoShows)", n)
+	}
+	alert := h.kinds("INTAKE_OVERDUE")
+	if len(alert) != 1 || !alert[0].Due.Equal(time.Date(2026, 12, 10, 15, 0, 0, 0, time.UTC)) { // 72 h after the start
+		t.Fatalf("intake alert = %+v", alert)
+	}
+}
