@@ -81,4 +81,3 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	}
 	return len(events), nil
 }
-

@@ -52,7 +52,10 @@ func newHarness(t *testing.T, status string) *harness {
 			return "clinics/north/reminders/r", nil
 		})
 	env.OnActivity(flow.A.ReinforceBoundary, mock.Anything, mock.Anything).Return(
-		func(context.Context, activities.ReinforceRequest) error { h.reinforced = append(h.reinforced, env.Now()); return nil })
+		func(context.Context, activities.ReinforceRequest) error {
+			h.reinforced = append(h.reinforced, env.Now())
+			return nil
+		})
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
 			h.support = append(h.support, in)
