@@ -4,7 +4,7 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 BUF := go tool -modfile=tools/go.mod buf
 
-.PHONY: all generate check-generated protodeps lint breaking vet test test-short run build bench clean
+.PHONY: all generate check-generated protodeps lint breaking vet test run build bench clean record-histories
 
 all: lint vet test
 
@@ -46,3 +46,7 @@ run: build
 
 clean:
 	rm -rf bin .build
+
+## record-histories: rerun the stack integration tests and save workflow histories for the replay tests
+record-histories:
+	HANDOFF_RECORD_HISTORIES=1 go test -count=1 -run 'TestAccepted|TestDeclined' ./services/stack/

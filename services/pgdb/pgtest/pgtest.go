@@ -97,3 +97,31 @@ func Schema(t testing.TB, sources ...pgdb.Source) (*pgxpool.Pool, string) {
 	}
 	return pool, schema
 }
+
+// Prefix returns a fresh schema prefix for code that creates its own
+// schemas (prefix + name for each name), and drops them when the test ends.
+func Prefix(t testing.TB, names ...string) string {
+	t.Helper()
+	ctx := context.Background()
+	dsn := URL()
+	if err := ensureDatabase(ctx, dsn); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	prefix := "t_" + hex.EncodeToString(b[:]) + "_"
+	t.Cleanup(func() {
+		conn, err := pgx.Connect(context.Background(), dsn)
+		if err != nil {
+			t.Logf("pgtest: drop %s*: %v", prefix, err)
+			return
+		}
+		defer conn.Close(context.Background())
+		for _, n := range names {
+			if _, err := conn.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+prefix+n+` CASCADE`); err != nil {
+				t.Logf("pgtest: drop %s: %v", prefix+n, err)
+			}
+		}
+	})
+	return prefix
+}

@@ -1,0 +1,224 @@
+// Package stack runs Handoff's parts together in one process: the three
+// services on real gRPC listeners, their outbox relays to Temporal, the
+// hold-expiry sweep, and the Temporal worker. The local development stack
+// and the integration tests use it; production runs each part as its own
+// process (see cmd/handoff).
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"google.golang.org/grpc"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/interventions"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/dispatch"
+	"github.com/handoff-health/handoff/workflows/flow"
+	hworker "github.com/handoff-health/handoff/workflows/worker"
+)
+
+// Config configures a stack.
+type Config struct {
+	Log         *slog.Logger
+	DatabaseURL string
+	// SchemaPrefix is put before each service's schema name; tests use it
+	// to keep runs apart. Empty in normal use.
+	SchemaPrefix string
+	Verifier     *auth.Verifier
+	// WorkerToken is the worker's service token for calls to the services.
+	WorkerToken grpcclient.TokenSource
+	Temporal    client.Client
+	// RelayTemporal, if set, is the client the outbox relays use instead of
+	// Temporal (tests route it through a proxy they can cut).
+	RelayTemporal client.Client
+	// Listen addresses of the services; "127.0.0.1:0" picks a free port.
+	FamiliesAddr, InterventionsAddr, ReferralsAddr string
+	// Settings are the workflow settings per clinic; nil means defaults.
+	Settings func(clinic string) activities.Settings
+	// RelayInterval is how often the outbox relays poll (default 200 ms).
+	RelayInterval time.Duration
+	// NoWorker leaves the Temporal worker out (tests that restart it).
+	NoWorker bool
+}
+
+// Stack is a running set of parts.
+type Stack struct {
+	FamiliesAddr, InterventionsAddr, ReferralsAddr string
+	Pools                                          map[string]*pgxpool.Pool
+	Worker                                         worker.Worker
+
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	closers []func()
+}
+
+// Start starts every part and returns once all listen.
+func Start(ctx context.Context, cfg Config) (*Stack, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.RelayInterval == 0 {
+		cfg.RelayInterval = 200 * time.Millisecond
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s := &Stack{Pools: map[string]*pgxpool.Pool{}, cancel: cancel}
+	fail := func(err error) (*Stack, error) { s.Stop(); return nil, err }
+
+	open := func(schema string, sources []pgdb.Source) (*pgxpool.Pool, error) {
+		pool, err := pgdb.Open(ctx, cfg.DatabaseURL, cfg.SchemaPrefix+schema)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, pool.Close)
+		if err := pgdb.Migrate(ctx, pool, cfg.SchemaPrefix+schema, sources...); err != nil {
+			return nil, err
+		}
+		s.Pools[schema] = pool
+		return pool, nil
+	}
+	famPool, err := open(families.Schema, families.Migrations())
+	if err != nil {
+		return fail(err)
+	}
+	refPool, err := open(referrals.Schema, referrals.Migrations())
+	if err != nil {
+		return fail(err)
+	}
+	ivPool, err := open(interventions.Schema, interventions.Migrations())
+	if err != nil {
+		return fail(err)
+	}
+
+	serve := func(name, addr string, policy grpcserver.Policy, register func(*grpc.Server)) (string, error) {
+		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy})
+		if err != nil {
+			return "", err
+		}
+		register(srv.Server)
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return "", fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := srv.Serve(runCtx, lis, 5*time.Second); err != nil {
+				cfg.Log.Error("serve", "service", name, "error", err.Error())
+			}
+		}()
+		return lis.Addr().String(), nil
+	}
+	// Services reach each other with the caller's token (forwarded).
+	dial := func(addr string, token grpcclient.TokenSource) (*grpc.ClientConn, error) {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{Token: token})
+		if err == nil {
+			s.closers = append(s.closers, func() { conn.Close() })
+		}
+		return conn, err
+	}
+
+	famSrv := families.New(famPool, families.Config{})
+	if s.FamiliesAddr, err = serve("families", cfg.FamiliesAddr, families.Policy(), func(g *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(g, famSrv)
+	}); err != nil {
+		return fail(err)
+	}
+	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log})
+	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), func(g *grpc.Server) {
+		referralsv1.RegisterReferralsServiceServer(g, refSrv)
+	}); err != nil {
+		return fail(err)
+	}
+	famConn, err := dial(s.FamiliesAddr, nil)
+	if err != nil {
+		return fail(err)
+	}
+	ivSrv := interventions.New(ivPool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)})
+	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), func(g *grpc.Server) {
+		interventionsv1.RegisterInterventionsServiceServer(g, ivSrv)
+	}); err != nil {
+		return fail(err)
+	}
+
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); refSrv.RunExpiry(runCtx, time.Minute) }()
+
+	relayClient := cfg.Temporal
+	if cfg.RelayTemporal != nil {
+		relayClient = cfg.RelayTemporal
+	}
+	d := &dispatch.Dispatcher{Client: relayClient, Log: cfg.Log}
+	for _, name := range []string{families.Schema, interventions.Schema, referrals.Schema} {
+		r := &outbox.Relay{Pool: s.Pools[name], Deliver: d.Deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); r.Run(runCtx) }()
+	}
+
+	if !cfg.NoWorker {
+		w, err := NewWorker(cfg.Temporal, cfg.WorkerToken, s.FamiliesAddr, s.InterventionsAddr, s.ReferralsAddr, cfg.Settings)
+		if err != nil {
+			return fail(err)
+		}
+		if err := w.Start(); err != nil {
+			return fail(fmt.Errorf("start worker: %w", err))
+		}
+		s.Worker = w
+	}
+	return s, nil
+}
+
+// NewWorker builds the Temporal worker with activities that call the
+// services at the given addresses with the worker's token.
+func NewWorker(c client.Client, token grpcclient.TokenSource, familiesAddr, interventionsAddr, referralsAddr string,
+	settings func(string) activities.Settings) (worker.Worker, error) {
+	if token == nil {
+		return nil, errors.New("the worker needs a service token")
+	}
+	var conns []*grpc.ClientConn
+	for _, addr := range []string{familiesAddr, interventionsAddr, referralsAddr} {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{Token: token})
+		if err != nil {
+			return nil, err
+		}
+		conns = append(conns, conn)
+	}
+	w := worker.New(c, flow.TaskQueue, worker.Options{})
+	hworker.Register(w, &activities.Activities{
+		Families:      familiesv1.NewFamiliesServiceClient(conns[0]),
+		Interventions: interventionsv1.NewInterventionsServiceClient(conns[1]),
+		Referrals:     referralsv1.NewReferralsServiceClient(conns[2]),
+		Settings:      settings,
+	})
+	return w, nil
+}
+
+// Stop stops every part and waits for them.
+func (s *Stack) Stop() {
+	if s.Worker != nil {
+		s.Worker.Stop()
+	}
+	s.cancel()
+	s.wg.Wait()
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+}

@@ -1,0 +1,424 @@
+package stack_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/server/temporaltest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/intervention"
+)
+
+// fast are settings that make the whole story take seconds.
+func fast() activities.Settings {
+	s := activities.DefaultSettings()
+	s.HoldLead = 3 * time.Second
+	s.HoldRetry = time.Second
+	s.ReminderOffsets = []time.Duration{5 * time.Second, 2 * time.Second}
+	s.OutcomeGrace, s.OutcomeEscalation = time.Hour, time.Hour
+	s.IntakeReminderOffsets = []time.Duration{time.Second}
+	s.CheckIns = []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}
+	s.CoolDown = 2500 * time.Millisecond
+	return s
+}
+
+// proxy forwards TCP to target until cut; it stands for a network between
+// the relays and Temporal that can fail.
+type proxy struct {
+	lis    net.Listener
+	target string
+	up     atomic.Bool
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{lis: lis, target: target}
+	p.up.Store(true)
+	t.Cleanup(func() { lis.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			if !p.up.Load() {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *proxy) cut() {
+	p.up.Store(false)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+type env struct {
+	t        *testing.T
+	temporal client.Client
+	proxy    *proxy
+	iss      *auth.Issuer
+	fam      familiesv1.FamiliesServiceClient
+	iv       interventionsv1.InterventionsServiceClient
+	ref      referralsv1.ReferralsServiceClient
+	counsel  context.Context
+	admin    context.Context
+	ehr      context.Context
+	reminder context.Context
+}
+
+func start(t *testing.T) *env {
+	t.Helper()
+	current = t
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	p := newProxy(t, ts.GetFrontendHostPort())
+	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace(),
+		ConnectionOptions: client.ConnectionOptions{DisableKeepAliveCheck: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relayClient.Close)
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerToken := iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
+	prefix := pgtest.Prefix(t, "families", "interventions", "referrals")
+	st, err := stack.Start(context.Background(), stack.Config{
+		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		DatabaseURL: pgtest.URL(), SchemaPrefix: prefix, Verifier: iss.Verifier(),
+		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
+		Temporal:    c, RelayTemporal: relayClient,
+		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
+		Settings: func(string) activities.Settings { return fast() }, RelayInterval: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Stop)
+	dial := func(addr string) *grpc.ClientConn {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	as := func(subject string, roles ...auth.Role) context.Context {
+		return auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: roles}))
+	}
+	return &env{t: t, temporal: c, proxy: p, iss: iss,
+		fam:     familiesv1.NewFamiliesServiceClient(dial(st.FamiliesAddr)),
+		iv:      interventionsv1.NewInterventionsServiceClient(dial(st.InterventionsAddr)),
+		ref:     referralsv1.NewReferralsServiceClient(dial(st.ReferralsAddr)),
+		counsel: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
+		ehr: as("ehr", auth.RoleEHR), reminder: as("sms-gateway", auth.RoleReminders)}
+}
+
+// current is the running test; these tests do not run in parallel, and ok
+// needs it to fail the test from a one-line call.
+var current *testing.T
+
+// ok returns v, failing the test on err.
+func ok[T any](v T, err error) T {
+	current.Helper()
+	if err != nil {
+		current.Fatal(err)
+	}
+	return v
+}
+
+// directory creates the clinic's programs: MAT with three slots, family
+// support, and harm reduction.
+func (e *env) directory() (mat *referralsv1.Program) {
+
+	mk := func(name string, slots int32, kinds ...referralsv1.ServiceKind) *referralsv1.Program {
+		p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+			DisplayName: name, Services: kinds, SameDayIntake: true, SameDayInduction: true,
+			PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID}}}))
+		return ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: slots}))
+	}
+	mat = mk("Riverside MAT", 3, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT)
+	mk("Family counseling center", 10, referralsv1.ServiceKind_SERVICE_KIND_FAMILY_COUNSELING, referralsv1.ServiceKind_SERVICE_KIND_INDIVIDUAL_COUNSELING)
+	mk("Parents' support group", 10, referralsv1.ServiceKind_SERVICE_KIND_FAMILY_SUPPORT_GROUP)
+	mk("Naloxone outreach", 10, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE)
+	return mat
+}
+
+// family creates a family with a contact person, a barrier, a safety
+// screen and an active boundary.
+func (e *env) family() (*familiesv1.Family, *familiesv1.Boundary) {
+
+	f := ok(e.fam.CreateFamily(e.counsel, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+		LovedOne:  &familiesv1.LovedOne{GivenName: "Sam", MayContactDirectly: true, ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550111"}}},
+		Counselor: "counselor-1", Coverage: &familiesv1.Coverage{Kind: familiesv1.CoverageKind_COVERAGE_KIND_MEDICAID},
+		Members: []*familiesv1.Member{{Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT,
+			Role: familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON, ConsentToContact: true,
+			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550100"}}}}}}))
+	ok(e.fam.CreateBarrier(e.counsel, &familiesv1.CreateBarrierRequest{Parent: f.GetName(), Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}}))
+	ok(e.fam.CreateSafetyScreen(e.counsel, &familiesv1.CreateSafetyScreenRequest{Parent: f.GetName(), SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}))
+	b := ok(e.fam.CreateBoundary(e.counsel, &familiesv1.CreateBoundaryRequest{Parent: f.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT, Wording: "No cash; we pay bills directly.", Consequence: "No cash gifts."}}))
+	ok(e.fam.AgreeBoundary(e.counsel, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}))
+	b = ok(e.fam.ActivateBoundary(e.counsel, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}))
+	return f, b
+}
+
+func (e *env) schedule(f *familiesv1.Family, in time.Duration) *interventionsv1.Intervention {
+
+	iv := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(in)), ExpectedDuration: durationpb.New(15 * time.Minute),
+		Place:        &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{InPerson: &interventionsv1.InPersonPlace{Address: "12 Elm St", QuietAndPrivateConfirmed: true}}},
+		Participants: []*interventionsv1.Participant{{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}}))
+	return ok(e.iv.ScheduleIntervention(e.counsel, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}))
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (e *env) result(iv string) intervention.Result {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var res intervention.Result
+	if err := e.temporal.GetWorkflow(ctx, ids.Intervention(iv), "").Get(ctx, &res); err != nil {
+		e.t.Fatalf("intervention workflow: %v", err)
+	}
+	return res
+}
+
+// recordHistory writes a workflow's history into the replay tests'
+// testdata when HANDOFF_RECORD_HISTORIES is set (make record-histories).
+func (e *env) recordHistory(workflowID, pkg, file string) {
+	if os.Getenv("HANDOFF_RECORD_HISTORIES") == "" {
+		return
+	}
+	ctx := context.Background()
+	it := e.temporal.GetWorkflowHistory(ctx, workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	h := &historypb.History{}
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		h.Events = append(h.Events, ev)
+	}
+	b, err := protojson.MarshalOptions{Indent: " "}.Marshal(h)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	dir := filepath.Join("..", "..", "workflows", pkg, "testdata")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, file), b, 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// Accepted: the held slot becomes an immediate referral that reaches
+// "completed" when the program reports intake. Reminders become due and
+// five racing claimers claim each exactly once.
+func TestAcceptedEndsInTreatment(t *testing.T) {
+	e := start(t)
+	mat := e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, 7*time.Second)
+
+	// The hold is taken 3 s before the meeting and ticked on the checklist.
+	eventually(t, 15*time.Second, "the treatment hold", func() bool {
+		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
+		for _, it := range got.GetChecklist() {
+			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
+				return true
+			}
+		}
+		return false
+	})
+	// Reminders (counselor in-app, mom by SMS) become due; five claimers race.
+	var due []*interventionsv1.Reminder
+	eventually(t, 15*time.Second, "due reminders", func() bool {
+		resp := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("state = DUE AND related_resource = %q", iv.GetName())}))
+		due = resp.GetReminders()
+		return len(due) >= 2
+	})
+	for _, r := range due {
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for i := 0; i < 5; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := e.iv.ClaimReminder(e.reminder, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: fmt.Sprintf("w%d", i), LeaseDuration: durationpb.New(time.Minute)})
+				if err == nil {
+					wins.Add(1)
+				} else if status.Code(err) != codes.FailedPrecondition {
+					t.Errorf("claim: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("reminder %s claimed %d times", r.GetName(), wins.Load())
+		}
+	}
+	// After the start, "accepted".
+	eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))
+	// The MAT intake workflow converts the hold into an immediate referral.
+	var referral *referralsv1.Referral
+	eventually(t, 20*time.Second, "the immediate referral", func() bool {
+		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
+		if len(resp.GetReferrals()) == 1 {
+			referral = resp.GetReferrals()[0]
+		}
+		return referral != nil
+	})
+	if referral.GetProgram() != mat.GetName() || referral.GetHold() == "" {
+		t.Fatalf("referral %v is not at the held program %s", referral, mat.GetName())
+	}
+	// The program reports through the EHR: accepted, scheduled, completed.
+	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: referral.GetName()}))
+	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(2 * time.Second))}}))
+	time.Sleep(2500 * time.Millisecond)
+	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: referral.GetName()}))
+	res := e.result(iv.GetName())
+	if res.Outcome != "ACCEPTED" || res.ChildResult != "ENTERED_TREATMENT" {
+		t.Fatalf("result = %+v", res)
+	}
+	support := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", iv.GetName())}))
+	if len(support.GetReferrals()) != 1 || support.GetReferrals()[0].GetSubject().GetMemberId() != "mom" {
+		t.Fatalf("family support referral = %v", support.GetReferrals())
+	}
+	intake := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("kind = INTAKE_UPCOMING AND related_resource = %q", referral.GetName())}))
+	if len(intake.GetReminders()) < 2 {
+		t.Fatalf("intake reminders = %v: the loved one (allowed) and mom", intake.GetReminders())
+	}
+	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "accepted.json")
+	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
+}
+
+// Declined: the boundaries are reinforced, the family referred to support
+// and the loved one to naloxone, check-ins scheduled, and the next level
+// drafted. The outcome is recorded while Temporal is unreachable: it is
+// saved, and reaches the workflow once Temporal is back.
+func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, b := e.family()
+	iv := e.schedule(f, 4*time.Second)
+	eventually(t, 15*time.Second, "the workflow to start", func() bool {
+		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
+		return err == nil
+	})
+	eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+
+	e.proxy.cut()
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
+	time.Sleep(1500 * time.Millisecond) // the relay tries and fails meanwhile
+	q, err := e.temporal.QueryWorkflow(context.Background(), ids.Intervention(iv.GetName()), "", intervention.QueryStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st intervention.Status
+	if err := q.Get(&st); err != nil || st.Outcome != "" {
+		t.Fatalf("the outcome reached the workflow while Temporal was unreachable: %+v %v", st, err)
+	}
+	e.proxy.up.Store(true)
+
+	res := e.result(iv.GetName())
+	if res.Outcome != "DECLINED" || res.Child != ids.Boundary(f.GetName()) {
+		t.Fatalf("result = %+v", res)
+	}
+	got := ok(e.fam.GetBoundary(e.counsel, &familiesv1.GetBoundaryRequest{Name: b.GetName()}))
+	if got.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED || got.GetReinforcementCount() != 1 || got.GetHistory()[len(got.GetHistory())-1].GetActor() != "worker" {
+		t.Fatalf("boundary = %v", got)
+	}
+	for _, kind := range []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING", "HARM_REDUCTION_NALOXONE"} {
+		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("family = %q AND service_kind = %s", f.GetName(), kind)}))
+		if len(resp.GetReferrals()) != 1 {
+			t.Fatalf("%s referrals = %v", kind, resp.GetReferrals())
+		}
+	}
+	checkIns := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("kind = CHECK_IN AND related_resource = %q", iv.GetName())}))
+	if len(checkIns.GetReminders()) != 3 {
+		t.Fatalf("check-ins = %d, want 3", len(checkIns.GetReminders()))
+	}
+	drafts := ok(e.iv.ListInterventions(e.counsel, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("family = %q AND state = DRAFT AND level = LEVEL_2", f.GetName())}))
+	if len(drafts.GetInterventions()) != 1 || drafts.GetInterventions()[0].GetPreviousIntervention() != iv.GetName() {
+		t.Fatalf("level-2 draft = %v", drafts.GetInterventions())
+	}
+	// The held slot went back to the program.
+	progs := ok(e.ref.ListPrograms(e.counsel, &referralsv1.ListProgramsRequest{Parent: "clinics/north", Filter: "service = MAT_BUPRENORPHINE"}))
+	if c := progs.GetPrograms()[0].GetCapacity(); c.GetAvailableSlots() != 3 || c.GetHeldSlots() != 0 {
+		t.Fatalf("capacity after a refusal = %v", c)
+	}
+	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "declined.json")
+	e.recordHistory(ids.Boundary(f.GetName()), "boundary", "declined.json")
+}
