@@ -8,9 +8,9 @@ trap 'rm -rf "$tmp"' EXIT
 cp -r go.mod go.sum buf.yaml buf.gen.yaml proto tools "$tmp/"
 mkdir -p "$tmp/.build" && cp -r .build/protodeps "$tmp/.build/"
 (cd "$tmp" && go tool -modfile=tools/go.mod buf generate)
-if ! diff -r gen "$tmp/gen" >/dev/null; then
+if ! diff -r gen/go "$tmp/gen/go" >/dev/null || ! diff -r gen/openapiv2 "$tmp/gen/openapiv2" >/dev/null; then
   echo "gen/ is stale: run 'make generate' and commit the result" >&2
-  diff -r gen "$tmp/gen" | head -20 >&2
+  { diff -r gen/go "$tmp/gen/go"; diff -r gen/openapiv2 "$tmp/gen/openapiv2"; } | head -20 >&2
   exit 1
 fi
 echo "gen/ is fresh"

@@ -27,15 +27,15 @@ type Config struct {
 }
 
 // Dial returns a client connection to target. It does not block.
-func Dial(target string, cfg Config) (*grpc.ClientConn, error) {
+func Dial(target string, cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds := cfg.TLS
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient(target,
+	conn, err := grpc.NewClient(target, append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithPerRPCCredentials(bearer{token: cfg.Token, secure: cfg.TLS != nil}),
-	)
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("grpcclient: dial %s: %w", target, err)
 	}

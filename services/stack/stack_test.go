@@ -3,9 +3,6 @@ package stack_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,7 +13,6 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
-	"go.temporal.io/server/temporaltest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,84 +25,15 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcclient"
-	"github.com/handoff-health/handoff/services/pgdb/pgtest"
-	"github.com/handoff-health/handoff/services/stack"
-	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 )
 
-// fast are settings that make the whole story take seconds.
-func fast() activities.Settings {
-	s := activities.DefaultSettings()
-	s.HoldLead = 3 * time.Second
-	s.HoldRetry = time.Second
-	s.ReminderOffsets = []time.Duration{5 * time.Second, 2 * time.Second}
-	s.OutcomeGrace, s.OutcomeEscalation = time.Hour, time.Hour
-	s.IntakeReminderOffsets = []time.Duration{time.Second}
-	s.CheckIns = []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}
-	s.CoolDown = 2500 * time.Millisecond
-	return s
-}
-
-// proxy forwards TCP to target until cut; it stands for a network between
-// the relays and Temporal that can fail.
-type proxy struct {
-	lis    net.Listener
-	target string
-	up     atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{lis: lis, target: target}
-	p.up.Store(true)
-	t.Cleanup(func() { lis.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			if !p.up.Load() {
-				c.Close()
-				continue
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(u, c); u.Close() }()
-			go func() { _, _ = io.Copy(c, u); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *proxy) cut() {
-	p.up.Store(false)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 type env struct {
 	t        *testing.T
 	temporal client.Client
-	proxy    *proxy
-	iss      *auth.Issuer
+	proxy    *stacktest.Proxy
 	fam      familiesv1.FamiliesServiceClient
 	iv       interventionsv1.InterventionsServiceClient
 	ref      referralsv1.ReferralsServiceClient
@@ -119,33 +46,7 @@ type env struct {
 func start(t *testing.T) *env {
 	t.Helper()
 	current = t
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	c := ts.GetDefaultClient()
-	p := newProxy(t, ts.GetFrontendHostPort())
-	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace(),
-		ConnectionOptions: client.ConnectionOptions{DisableKeepAliveCheck: true}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(relayClient.Close)
-	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
-	if err != nil {
-		t.Fatal(err)
-	}
-	workerToken := iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
-	prefix := pgtest.Prefix(t, "families", "interventions", "referrals")
-	st, err := stack.Start(context.Background(), stack.Config{
-		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		DatabaseURL: pgtest.URL(), SchemaPrefix: prefix, Verifier: iss.Verifier(),
-		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
-		Temporal:    c, RelayTemporal: relayClient,
-		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
-		Settings: func(string) activities.Settings { return fast() }, RelayInterval: 100 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(st.Stop)
+	sys := stacktest.Start(t)
 	dial := func(addr string) *grpc.ClientConn {
 		conn, err := grpcclient.Dial(addr, grpcclient.Config{})
 		if err != nil {
@@ -155,12 +56,12 @@ func start(t *testing.T) *env {
 		return conn
 	}
 	as := func(subject string, roles ...auth.Role) context.Context {
-		return auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: roles}))
+		return auth.WithToken(context.Background(), sys.Token(subject, roles...))
 	}
-	return &env{t: t, temporal: c, proxy: p, iss: iss,
-		fam:     familiesv1.NewFamiliesServiceClient(dial(st.FamiliesAddr)),
-		iv:      interventionsv1.NewInterventionsServiceClient(dial(st.InterventionsAddr)),
-		ref:     referralsv1.NewReferralsServiceClient(dial(st.ReferralsAddr)),
+	return &env{t: t, temporal: sys.Temporal, proxy: sys.RelayProxy,
+		fam:     familiesv1.NewFamiliesServiceClient(dial(sys.Stack.FamiliesAddr)),
+		iv:      interventionsv1.NewInterventionsServiceClient(dial(sys.Stack.InterventionsAddr)),
+		ref:     referralsv1.NewReferralsServiceClient(dial(sys.Stack.ReferralsAddr)),
 		counsel: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
 		ehr: as("ehr", auth.RoleEHR), reminder: as("sms-gateway", auth.RoleReminders)}
 }
@@ -223,18 +124,6 @@ func (e *env) schedule(f *familiesv1.Family, in time.Duration) *interventionsv1.
 	return ok(e.iv.ScheduleIntervention(e.counsel, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}))
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func (e *env) result(iv string) intervention.Result {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -284,7 +173,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	iv := e.schedule(f, 7*time.Second)
 
 	// The hold is taken 3 s before the meeting and ticked on the checklist.
-	eventually(t, 15*time.Second, "the treatment hold", func() bool {
+	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
 		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
 		for _, it := range got.GetChecklist() {
 			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
@@ -295,7 +184,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	})
 	// Reminders (counselor in-app, mom by SMS) become due; five claimers race.
 	var due []*interventionsv1.Reminder
-	eventually(t, 15*time.Second, "due reminders", func() bool {
+	stacktest.Eventually(t, 15*time.Second, "due reminders", func() bool {
 		resp := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("state = DUE AND related_resource = %q", iv.GetName())}))
 		due = resp.GetReminders()
@@ -322,11 +211,11 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		}
 	}
 	// After the start, "accepted".
-	eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))
 	// The MAT intake workflow converts the hold into an immediate referral.
 	var referral *referralsv1.Referral
-	eventually(t, 20*time.Second, "the immediate referral", func() bool {
+	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
 		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
 		if len(resp.GetReferrals()) == 1 {
@@ -370,13 +259,13 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 	e.directory()
 	f, b := e.family()
 	iv := e.schedule(f, 4*time.Second)
-	eventually(t, 15*time.Second, "the workflow to start", func() bool {
+	stacktest.Eventually(t, 15*time.Second, "the workflow to start", func() bool {
 		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
 		return err == nil
 	})
-	eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 
-	e.proxy.cut()
+	e.proxy.Cut()
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
 	time.Sleep(1500 * time.Millisecond) // the relay tries and fails meanwhile
 	q, err := e.temporal.QueryWorkflow(context.Background(), ids.Intervention(iv.GetName()), "", intervention.QueryStatus)
@@ -387,7 +276,7 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 	if err := q.Get(&st); err != nil || st.Outcome != "" {
 		t.Fatalf("the outcome reached the workflow while Temporal was unreachable: %+v %v", st, err)
 	}
-	e.proxy.up.Store(true)
+	e.proxy.Restore()
 
 	res := e.result(iv.GetName())
 	if res.Outcome != "DECLINED" || res.Child != ids.Boundary(f.GetName()) {

@@ -1,0 +1,317 @@
+package gateway_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
+)
+
+// client speaks to the gateway over HTTP as one caller.
+type client struct {
+	t     *testing.T
+	base  string
+	token string
+}
+
+type reply struct {
+	code   int
+	body   map[string]any
+	header http.Header
+	raw    []byte
+}
+
+func (c client) do(method, path string, body any, headers ...string) reply {
+	c.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := reply{code: resp.StatusCode, header: resp.Header, raw: raw}
+	_ = json.Unmarshal(raw, &r.body)
+	return r
+}
+
+// ok does the call and fails the test unless it answered 200.
+func (c client) ok(method, path string, body any, headers ...string) map[string]any {
+	c.t.Helper()
+	r := c.do(method, path, body, headers...)
+	if r.code != http.StatusOK {
+		c.t.Fatalf("%s %s: %d %s", method, path, r.code, r.raw)
+	}
+	return r.body
+}
+
+func str(m map[string]any, key string) string { s, _ := m[key].(string); return s }
+
+func list(m map[string]any, key string) []map[string]any {
+	var out []map[string]any
+	items, _ := m[key].([]any)
+	for _, it := range items {
+		if mm, ok := it.(map[string]any); ok {
+			out = append(out, mm)
+		}
+	}
+	return out
+}
+
+func q(filter string) string { return "?filter=" + url.QueryEscape(filter) }
+
+type world struct {
+	t                                 *testing.T
+	anon, counselor, admin, ehr, auto client
+}
+
+func setup(t *testing.T) *world {
+	sys := stacktest.Start(t)
+	gw, err := gateway.New(context.Background(), gateway.Config{
+		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		Verifier: sys.Issuer.Verifier(), CORSOrigins: []string{"https://app.example.org"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	base := "http://" + lis.Addr().String()
+	as := func(subject string, roles ...auth.Role) client {
+		return client{t: t, base: base, token: sys.Token(subject, roles...)}
+	}
+	return &world{t: t, anon: client{t: t, base: base},
+		counselor: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
+		ehr: as("ehr", auth.RoleEHR), auto: as("sms-gateway", auth.RoleReminders)}
+}
+
+func (w *world) directory() string {
+	var mat string
+	for _, p := range []struct {
+		name     string
+		services []string
+	}{
+		{"Riverside MAT", []string{"SERVICE_KIND_MAT_BUPRENORPHINE", "SERVICE_KIND_OUTPATIENT"}},
+		{"Family counseling center", []string{"SERVICE_KIND_FAMILY_COUNSELING", "SERVICE_KIND_INDIVIDUAL_COUNSELING"}},
+		{"Parents' group", []string{"SERVICE_KIND_FAMILY_SUPPORT_GROUP"}},
+		{"Naloxone outreach", []string{"SERVICE_KIND_HARM_REDUCTION_NALOXONE"}},
+	} {
+		prog := w.admin.ok("POST", "/v1/clinics/north/programs", map[string]any{
+			"displayName": p.name, "services": p.services, "sameDayIntake": true, "paymentsAccepted": []string{"PAYMENT_KIND_MEDICAID"}})
+		w.admin.ok("POST", "/v1/"+str(prog, "name")+":reportCapacity", map[string]any{"availableSlots": 3})
+		if mat == "" {
+			mat = str(prog, "name")
+		}
+	}
+	return mat
+}
+
+// family creates a family with a contact person, a barrier, a safety screen
+// and an agreed, active boundary, all through REST.
+func (w *world) family(given string) (family, boundary string) {
+	f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
+		"lovedOne": map[string]any{"givenName": given, "mayContactDirectly": true,
+			"contactChannels": []any{map[string]any{"kind": "CHANNEL_KIND_SMS", "value": "+15555550111"}}},
+		"counselor": "counselor-1", "coverage": map[string]any{"kind": "COVERAGE_KIND_MEDICAID"},
+		"members": []any{map[string]any{"id": "mom", "givenName": "Ana", "relationship": "RELATIONSHIP_PARENT",
+			"role": "MEMBER_ROLE_CONTACT_PERSON", "consentToContact": true, "timeZone": "America/Chicago",
+			"contactChannels": []any{map[string]any{"kind": "CHANNEL_KIND_SMS", "value": "+15555550100"}}}},
+	})
+	family = str(f, "name")
+	w.counselor.ok("POST", "/v1/"+family+"/barriers", map[string]any{"kind": "BARRIER_KIND_LOGISTICAL_WORK", "notes": "works nights"})
+	w.counselor.ok("POST", "/v1/"+family+"/safetyScreens", map[string]any{"result": "SAFETY_RISK_NO_RISK"})
+	b := w.counselor.ok("POST", "/v1/"+family+"/boundaries", map[string]any{
+		"category": "BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT", "wording": "No cash; we pay bills directly.", "consequence": "No cash gifts."})
+	boundary = str(b, "name")
+	w.counselor.ok("POST", "/v1/"+boundary+":agree", map[string]any{})
+	w.counselor.ok("POST", "/v1/"+boundary+":activate", map[string]any{})
+	return family, boundary
+}
+
+func (w *world) schedule(family, counselor string, in time.Duration) (string, time.Time) {
+	start := time.Now().Add(in).UTC()
+	iv := w.counselor.ok("POST", "/v1/clinics/north/interventions", map[string]any{
+		"family": family, "counselor": counselor, "startTime": start.Format(time.RFC3339Nano), "expectedDuration": "900s",
+		"place":        map[string]any{"inPerson": map[string]any{"address": "12 Elm St", "quietAndPrivateConfirmed": true}},
+		"participants": []any{map[string]any{"memberId": "mom", "role": "PARTICIPANT_ROLE_LEAD_SPEAKER"}},
+	})
+	w.counselor.ok("POST", "/v1/"+str(iv, "name")+":schedule", map[string]any{})
+	return str(iv, "name"), start
+}
+
+// The whole story through REST only: one family accepts and the person
+// enters treatment at the held program; another declines and the boundary
+// path runs.
+func TestEndToEndThroughREST(t *testing.T) {
+	w := setup(t)
+	mat := w.directory()
+
+	famA, _ := w.family("Sam")
+	ivA, startA := w.schedule(famA, "counselor-1", 7*time.Second)
+	famB, boundaryB := w.family("Jo")
+	ivB, startB := w.schedule(famB, "counselor-2", 8*time.Second)
+
+	// Reminders become due for the automation, which claims and delivers them.
+	stacktest.Eventually(t, 20*time.Second, "due reminders", func() bool {
+		return len(list(w.auto.ok("GET", "/v1/clinics/north/reminders"+q(fmt.Sprintf("state = DUE AND related_resource = %q", ivA)), nil), "reminders")) >= 2
+	})
+	for _, r := range list(w.auto.ok("GET", "/v1/clinics/north/reminders"+q(fmt.Sprintf("state = DUE AND related_resource = %q", ivA)), nil), "reminders") {
+		if strings.Contains(strings.ToLower(str(r, "message")), "treatment") {
+			t.Fatalf("a reminder message reveals health details: %q", str(r, "message"))
+		}
+		w.auto.ok("POST", "/v1/"+str(r, "name")+":claim", map[string]any{"claimant": "sms-1", "leaseDuration": "60s"})
+		w.auto.ok("POST", "/v1/"+str(r, "name")+":complete", map[string]any{"claimant": "sms-1", "result": "DELIVERY_RESULT_DELIVERED"})
+	}
+
+	stacktest.Eventually(t, 20*time.Second, "both meetings to start", func() bool { return time.Now().After(startB) && time.Now().After(startA) })
+	w.counselor.ok("POST", "/v1/"+ivA+":recordOutcome", map[string]any{"kind": "OUTCOME_KIND_ACCEPTED", "notes": "said yes"})
+	w.counselor.ok("POST", "/v1/"+ivB+":recordOutcome", map[string]any{"kind": "OUTCOME_KIND_DECLINED"})
+
+	// Family A: an immediate MAT referral at the held program.
+	var ref map[string]any
+	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
+		refs := list(w.ehr.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", ivA)), nil), "referrals")
+		if len(refs) == 1 {
+			ref = refs[0]
+		}
+		return ref != nil
+	})
+	if str(ref, "program") != mat || str(ref, "hold") == "" {
+		t.Fatalf("referral %v is not at the held program %s", ref, mat)
+	}
+	name := str(ref, "name")
+	w.ehr.ok("POST", "/v1/"+name+":accept", map[string]any{})
+	w.ehr.ok("POST", "/v1/"+name+":schedule", map[string]any{"intakeAppointment": map[string]any{"startTime": time.Now().Add(time.Second).UTC().Format(time.RFC3339Nano)}})
+	time.Sleep(1500 * time.Millisecond)
+	done := w.ehr.ok("POST", "/v1/"+name+":complete", map[string]any{})
+	if str(done, "state") != "REFERRAL_STATE_COMPLETED" || str(done, "fhirTaskStatus") != "completed" {
+		t.Fatalf("referral after intake = %v", done)
+	}
+	stacktest.Eventually(t, 20*time.Second, "the family-support referral after treatment entry", func() bool {
+		return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", ivA)), nil), "referrals")) == 1
+	})
+
+	// Family B: reinforced boundaries, support and naloxone referrals, check-ins.
+	stacktest.Eventually(t, 20*time.Second, "the reinforced boundary", func() bool {
+		return str(w.counselor.ok("GET", "/v1/"+boundaryB, nil), "state") == "BOUNDARY_STATE_REINFORCED"
+	})
+	for _, kind := range []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "HARM_REDUCTION_NALOXONE"} {
+		stacktest.Eventually(t, 20*time.Second, kind+" referral", func() bool {
+			return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("family = %q AND service_kind = %s", famB, kind)), nil), "referrals")) == 1
+		})
+	}
+	stacktest.Eventually(t, 20*time.Second, "check-in reminders", func() bool {
+		return len(list(w.auto.ok("GET", "/v1/clinics/north/reminders"+q(fmt.Sprintf("kind = CHECK_IN AND related_resource = %q", ivB)), nil), "reminders")) >= 1
+	})
+}
+
+// The gateway's own contract: auth, idempotency keys, ETag/If-Match, body
+// limit, unknown fields, errors as google.rpc.Status, health, the OpenAPI
+// document and its reference page, CORS.
+func TestGatewayContract(t *testing.T) {
+	w := setup(t)
+	if r := w.anon.do("GET", "/v1/clinics/north/families", nil); r.code != http.StatusUnauthorized || r.body["code"] != float64(16) {
+		t.Fatalf("no token: %d %s", r.code, r.raw)
+	}
+	body := map[string]any{"lovedOne": map[string]any{"givenName": "Sam"}, "counselor": "counselor-1"}
+	a := w.counselor.do("POST", "/v1/clinics/north/families", body, "Idempotency-Key", "key-1")
+	b := w.counselor.do("POST", "/v1/clinics/north/families", body, "Idempotency-Key", "key-1")
+	if a.code != 200 || b.code != 200 || str(a.body, "name") != str(b.body, "name") {
+		t.Fatalf("idempotent create: %d %s / %d %s", a.code, a.raw, b.code, b.raw)
+	}
+	fams := list(w.counselor.ok("GET", "/v1/clinics/north/families", nil), "families")
+	if len(fams) != 1 {
+		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
+	}
+	name := str(a.body, "name")
+	etag := a.header.Get("ETag")
+	if etag == "" || strings.Trim(etag, `"`) != str(a.body, "etag") {
+		t.Fatalf("ETag header %q, body etag %q", etag, str(a.body, "etag"))
+	}
+	upd := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-2"}, "If-Match", etag)
+	if upd.code != 200 {
+		t.Fatalf("update with If-Match: %d %s", upd.code, upd.raw)
+	}
+	stale := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-3"}, "If-Match", etag)
+	if stale.code != http.StatusConflict || stale.body["code"] != float64(10) {
+		t.Fatalf("stale If-Match: %d %s", stale.code, stale.raw)
+	}
+	unknown := w.counselor.do("POST", "/v1/clinics/north/families", `{"lovedOne":{"givenName":"X"},"counselor":"c","favouriteColour":"blue"}`)
+	if unknown.code != http.StatusBadRequest || !strings.Contains(string(unknown.raw), "favouriteColour") {
+		t.Fatalf("unknown field: %d %s", unknown.code, unknown.raw)
+	}
+	invalid := w.counselor.do("POST", "/v1/clinics/north/families", map[string]any{"lovedOne": map[string]any{"givenName": ""}})
+	if invalid.code != http.StatusBadRequest || !strings.Contains(string(invalid.raw), "google.rpc.BadRequest") {
+		t.Fatalf("invalid: %d %s", invalid.code, invalid.raw)
+	}
+	big := `{"lovedOne":{"givenName":"` + strings.Repeat("x", 2<<20) + `"}}`
+	if r := w.counselor.do("POST", "/v1/clinics/north/families", big); r.code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("2 MiB body: %d", r.code)
+	}
+	if r := w.counselor.do("GET", "/v1/clinics/south/families", nil); r.code != http.StatusNotFound {
+		t.Fatalf("another clinic: %d %s", r.code, r.raw)
+	}
+	if r := w.anon.do("GET", "/healthz", nil); r.code != 200 {
+		t.Fatalf("healthz: %d", r.code)
+	}
+	if r := w.anon.do("GET", "/readyz", nil); r.code != 200 || str(r.body, "families") != "SERVING" {
+		t.Fatalf("readyz: %d %s", r.code, r.raw)
+	}
+	doc := w.anon.do("GET", "/openapi.json", nil)
+	paths, _ := doc.body["paths"].(map[string]any)
+	if doc.code != 200 || doc.body["swagger"] != "2.0" || paths["/v1/{parent}/families"] == nil && paths["/v1/{parent=clinics/*}/families"] == nil {
+		t.Fatalf("openapi: %d, %d paths", doc.code, len(paths))
+	}
+	page := w.anon.do("GET", "/docs", nil)
+	if page.code != 200 || !strings.Contains(string(page.raw), "ScheduleIntervention") && !strings.Contains(string(page.raw), ":schedule") {
+		t.Fatalf("docs page: %d", page.code)
+	}
+	pre := w.anon.do("OPTIONS", "/v1/clinics/north/families", nil, "Origin", "https://app.example.org", "Access-Control-Request-Method", "POST")
+	if pre.code != http.StatusNoContent || pre.header.Get("Access-Control-Allow-Origin") != "https://app.example.org" {
+		t.Fatalf("preflight: %d %v", pre.code, pre.header)
+	}
+	if r := w.anon.do("OPTIONS", "/v1/clinics/north/families", nil, "Origin", "https://evil.example", "Access-Control-Request-Method", "POST"); r.header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatal("an unlisted origin was allowed")
+	}
+}

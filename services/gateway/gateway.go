@@ -1,0 +1,322 @@
+// Package gateway is Handoff's REST front door: grpc-gateway in front of the
+// three gRPC services, with token checks, request ids from Idempotency-Key,
+// ETag and If-Match, a body limit, timeouts, CORS, health and readiness, and
+// the OpenAPI document with a readable reference page.
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/handoff-health/handoff/gen"
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
+)
+
+// Config configures the gateway.
+type Config struct {
+	Log *slog.Logger
+	// Addresses of the gRPC services.
+	FamiliesAddr, InterventionsAddr, ReferralsAddr string
+	// Client configures the connections to the services (TLS).
+	Client grpcclient.Config
+	// Verifier checks bearer tokens before a request reaches a service
+	// (which checks them again).
+	Verifier *auth.Verifier
+	// BodyLimit caps request bodies (default 1 MiB).
+	BodyLimit int64
+	// Timeout bounds each API call (default 15 s).
+	Timeout time.Duration
+	// CORSOrigins are the browser origins allowed to call the API; "*"
+	// allows any. Empty allows none.
+	CORSOrigins []string
+}
+
+// Gateway is the HTTP handler and its connections.
+type Gateway struct {
+	http.Handler
+	conns map[string]*grpc.ClientConn
+}
+
+// Close closes the connections to the services.
+func (g *Gateway) Close() {
+	for _, c := range g.conns {
+		c.Close()
+	}
+}
+
+// New builds the gateway.
+func New(ctx context.Context, cfg Config) (*Gateway, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.BodyLimit == 0 {
+		cfg.BodyLimit = 1 << 20
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 15 * time.Second
+	}
+	g := &Gateway{conns: map[string]*grpc.ClientConn{}}
+	mux := runtime.NewServeMux(
+		// One JSON convention: proto3 JSON, lowerCamelCase names (snake_case
+		// is accepted on input too), enums as names; unknown fields are an
+		// error, not silently dropped.
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, &runtime.JSONPb{
+			MarshalOptions:   protojson.MarshalOptions{EmitUnpopulated: false},
+			UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+		}),
+		runtime.WithIncomingHeaderMatcher(headers),
+		runtime.WithForwardResponseOption(setETag),
+	)
+	dialCfg := cfg.Client
+	for name, addr := range map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr} {
+		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders))
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		g.conns[name] = conn
+	}
+	if err := familiesv1.RegisterFamiliesServiceHandler(ctx, mux, g.conns["families"]); err != nil {
+		return nil, fmt.Errorf("gateway: families: %w", err)
+	}
+	if err := interventionsv1.RegisterInterventionsServiceHandler(ctx, mux, g.conns["interventions"]); err != nil {
+		return nil, fmt.Errorf("gateway: interventions: %w", err)
+	}
+	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
+		return nil, fmt.Errorf("gateway: referrals: %w", err)
+	}
+	doc, err := openAPI()
+	if err != nil {
+		return nil, err
+	}
+	page, err := referencePage(doc)
+	if err != nil {
+		return nil, err
+	}
+	root := http.NewServeMux()
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}`))
+	})
+	root.HandleFunc("GET /readyz", g.ready)
+	root.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(doc)
+	})
+	root.HandleFunc("GET /docs", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = w.Write(page)
+	})
+	api := limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux)))
+	root.Handle("/v1/", api)
+	g.Handler = cors(cfg.CORSOrigins, logRequests(cfg.Log, root))
+	return g, nil
+}
+
+// headers passes the headers the services need as gRPC metadata.
+func headers(key string) (string, bool) {
+	switch strings.ToLower(key) {
+	case "idempotency-key":
+		return "idempotency-key", true
+	case "if-match":
+		return "if-match", true
+	}
+	return runtime.DefaultHeaderMatcher(key)
+}
+
+// fillFromHeaders copies Idempotency-Key into the request's request_id and
+// If-Match into its etag (on the request, or on the resource it carries),
+// when the body did not set them.
+func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	md, _ := metadata.FromOutgoingContext(ctx)
+	if m, ok := req.(proto.Message); ok {
+		if v := md.Get("idempotency-key"); len(v) > 0 {
+			setIfEmpty(m.ProtoReflect(), "request_id", v[0])
+		}
+		if v := md.Get("if-match"); len(v) > 0 {
+			etag := strings.Trim(strings.TrimPrefix(strings.TrimSpace(v[0]), "W/"), `"`)
+			r := m.ProtoReflect()
+			if !setIfEmpty(r, "etag", etag) {
+				// Update requests carry the etag on the resource.
+				r.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
+					if fd.Message() != nil && !fd.IsList() && !fd.IsMap() && fd.Message().Fields().ByName("etag") != nil {
+						setIfEmpty(r.Mutable(fd).Message(), "etag", etag)
+						return false
+					}
+					return true
+				})
+			}
+		}
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+func setIfEmpty(m protoreflect.Message, field, value string) bool {
+	fd := m.Descriptor().Fields().ByName(protoreflect.Name(field))
+	if fd == nil || fd.Kind() != protoreflect.StringKind {
+		return false
+	}
+	if m.Get(fd).String() == "" {
+		m.Set(fd, protoreflect.ValueOfString(value))
+	}
+	return true
+}
+
+// setETag puts a returned resource's etag in the ETag header.
+func setETag(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	r := m.ProtoReflect()
+	if fd := r.Descriptor().Fields().ByName("etag"); fd != nil && fd.Kind() == protoreflect.StringKind {
+		if e := r.Get(fd).String(); e != "" {
+			w.Header().Set("ETag", strconv.Quote(e))
+		}
+	}
+	return nil
+}
+
+// writeStatus writes an error as google.rpc.Status JSON, like the API does.
+func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg string) {
+	b, _ := protojson.Marshal(status.New(code, msg).Proto())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(httpCode)
+	_, _ = w.Write(b)
+}
+
+// limitBody refuses bodies over limit with 413 before anything decodes them.
+func limitBody(limit int64, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > limit {
+			writeStatus(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument,
+				fmt.Sprintf("request body of %d bytes is over the limit of %d", r.ContentLength, limit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authenticate checks the bearer token at the door; the services check it
+// again, since the gateway only forwards it.
+func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
+			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, "missing bearer token: send Authorization: Bearer <token>")
+			return
+		}
+		if _, err := v.Verify(r.Context(), strings.TrimSpace(token)); err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
+			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, err.Error())
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func timeout(d time.Duration, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+// cors answers preflights and marks responses for the allowed origins.
+func cors(origins []string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin != "" && (slices.Contains(origins, "*") || slices.Contains(origins, origin)) {
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Set("Vary", "Origin")
+			w.Header().Set("Access-Control-Expose-Headers", "ETag")
+			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
+				w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE")
+				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, If-Match")
+				w.Header().Set("Access-Control-Max-Age", "600")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) { s.code = code; s.ResponseWriter.WriteHeader(code) }
+
+// logRequests logs method, path pattern-free path and status: resource names
+// are identifiers, and no body or query reaches the log.
+func logRequests(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		log.Info("http", "method", r.Method, "path", r.URL.Path, "status", sw.code, "duration_ms", time.Since(start).Milliseconds())
+	})
+}
+
+// ready answers 200 when every service reports SERVING.
+func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	out := map[string]string{}
+	code := http.StatusOK
+	for name, conn := range g.conns {
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		switch {
+		case err != nil:
+			out[name] = "unreachable: " + status.Code(err).String()
+			code = http.StatusServiceUnavailable
+		case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+			out[name] = resp.GetStatus().String()
+			code = http.StatusServiceUnavailable
+		default:
+			out[name] = "SERVING"
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+// openAPI returns the merged document with Handoff's own title.
+func openAPI() ([]byte, error) {
+	var doc map[string]any
+	if err := json.Unmarshal(gen.OpenAPI, &doc); err != nil {
+		return nil, fmt.Errorf("gateway: openapi: %w", err)
+	}
+	doc["info"] = map[string]any{
+		"title":   "Handoff API",
+		"version": "v1",
+		"description": "Families, interventions and referrals for clinics that help families of a loved one who refuses " +
+			"addiction treatment. Every call needs a bearer token; JSON names are lowerCamelCase; errors are google.rpc.Status.",
+	}
+	doc["securityDefinitions"] = map[string]any{"bearer": map[string]any{"type": "apiKey", "name": "Authorization", "in": "header"}}
+	doc["security"] = []any{map[string]any{"bearer": []any{}}}
+	return json.MarshalIndent(doc, "", "  ")
+}

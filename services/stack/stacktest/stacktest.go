@@ -1,0 +1,156 @@
+// Package stacktest starts the whole system for integration tests: a real
+// Temporal server in-process, the services on real listeners over the test
+// PostgreSQL, the worker and the relays, with workflow timings shrunk to
+// seconds.
+package stacktest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/server/temporaltest"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/workflows/activities"
+)
+
+// Fast are settings that make the whole story take seconds.
+func Fast() activities.Settings {
+	s := activities.DefaultSettings()
+	s.HoldLead = 3 * time.Second
+	s.HoldRetry = time.Second
+	s.ReminderOffsets = []time.Duration{5 * time.Second, 2 * time.Second}
+	s.OutcomeGrace, s.OutcomeEscalation = time.Hour, time.Hour
+	s.IntakeReminderOffsets = []time.Duration{time.Second}
+	s.CheckIns = []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}
+	s.CoolDown = 2500 * time.Millisecond
+	return s
+}
+
+// Proxy forwards TCP to a target until cut; it stands for a network between
+// the relays and Temporal that can fail.
+type Proxy struct {
+	lis   net.Listener
+	up    atomic.Bool
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newProxy(t testing.TB, target string) *Proxy {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{lis: lis}
+	p.up.Store(true)
+	t.Cleanup(func() { lis.Close(); p.Cut() })
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			if !p.up.Load() {
+				c.Close()
+				continue
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+	return p
+}
+
+// Cut drops every connection and refuses new ones.
+func (p *Proxy) Cut() {
+	p.up.Store(false)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// Restore lets connections through again.
+func (p *Proxy) Restore() { p.up.Store(true) }
+
+// Env is a running system.
+type Env struct {
+	Temporal client.Client
+	// RelayProxy sits between the outbox relays and Temporal.
+	RelayProxy *Proxy
+	Issuer     *auth.Issuer
+	Stack      *stack.Stack
+}
+
+// Start starts the system; it stops when the test ends.
+func Start(t testing.TB) *Env {
+	t.Helper()
+	tt, ok := t.(*testing.T)
+	if !ok {
+		t.Fatal("stacktest needs a *testing.T")
+	}
+	ts := temporaltest.NewServer(temporaltest.WithT(tt))
+	c := ts.GetDefaultClient()
+	p := newProxy(t, ts.GetFrontendHostPort())
+	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(relayClient.Close)
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerToken := iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
+	prefix := pgtest.Prefix(t, "families", "interventions", "referrals")
+	st, err := stack.Start(context.Background(), stack.Config{
+		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		DatabaseURL: pgtest.URL(), SchemaPrefix: prefix, Verifier: iss.Verifier(),
+		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
+		Temporal:    c, RelayTemporal: relayClient,
+		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
+		Settings: func(string) activities.Settings { return Fast() }, RelayInterval: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(st.Stop)
+	return &Env{Temporal: c, RelayProxy: p, Issuer: iss, Stack: st}
+}
+
+// Token mints a token for subject in clinic "north" with roles.
+func (e *Env) Token(subject string, roles ...auth.Role) string {
+	return e.Issuer.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: roles})
+}
+
+// Eventually polls cond until it holds or within passes.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
