@@ -40,9 +40,12 @@ test:
 build:
 	go build -o bin/handoff ./services/cmd/handoff
 
-## run: the whole system on this machine (embedded Temporal, local PostgreSQL)
+## run: the whole system on this machine (embedded Temporal, local PostgreSQL),
+## with the demonstration clinic; `make run ARGS=--fast` shrinks workflow timings
+ARGS ?=
 run: build
-	bin/handoff dev $(ARGS)
+	@scripts/ensure-postgres.sh >/dev/null || { scripts/ensure-postgres.sh; exit 1; }
+	bin/handoff dev --demo $(ARGS)
 
 clean:
 	rm -rf bin .build

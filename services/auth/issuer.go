@@ -6,10 +6,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
+	"os"
 	"time"
 )
 
@@ -29,6 +32,39 @@ func NewIssuer(url, audience string) (*Issuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("issuer: generate key: %w", err)
 	}
+	return NewIssuerWithKey(url, audience, key)
+}
+
+// LoadOrCreateIssuer keeps the signing key in keyFile (PEM, mode 0600), so
+// tokens minted before a restart stay valid after it.
+func LoadOrCreateIssuer(url, audience, keyFile string) (*Issuer, error) {
+	if b, err := os.ReadFile(keyFile); err == nil {
+		block, _ := pem.Decode(b)
+		if block == nil {
+			return nil, fmt.Errorf("issuer: %s holds no PEM key", keyFile)
+		}
+		key, err := x509.ParseECPrivateKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("issuer: parse %s: %w", keyFile, err)
+		}
+		return NewIssuerWithKey(url, audience, key)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: generate key: %w", err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("issuer: encode key: %w", err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return nil, fmt.Errorf("issuer: save key: %w", err)
+	}
+	return NewIssuerWithKey(url, audience, key)
+}
+
+// NewIssuerWithKey creates an issuer that signs with key.
+func NewIssuerWithKey(url, audience string, key *ecdsa.PrivateKey) (*Issuer, error) {
 	pub, err := key.PublicKey.Bytes()
 	if err != nil {
 		return nil, fmt.Errorf("issuer: encode key: %w", err)

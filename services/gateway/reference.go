@@ -15,8 +15,8 @@ import (
 
 type refOp struct {
 	Method, Path, Summary, Description, ID string
-	Params                                []refParam
-	Body, Response                        string
+	Params                                 []refParam
+	Body, Response                         string
 }
 
 type refParam struct {

@@ -2,22 +2,80 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/interventions"
+	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/tlsconf"
+	"github.com/handoff-health/handoff/workflows/dispatch"
 )
+
+const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/handoff?sslmode=disable"
+
+// Default listen addresses of the local stack.
+const (
+	familiesAddr      = "127.0.0.1:7101"
+	interventionsAddr = "127.0.0.1:7102"
+	referralsAddr     = "127.0.0.1:7103"
+	gatewayAddr       = "127.0.0.1:8080"
+	temporalAddr      = "127.0.0.1:7233"
+)
+
+// common are the flags every process shares.
+type common struct {
+	databaseURL, issuer, audience, jwksURL string
+	temporalAddr, temporalNamespace        string
+	tls                                    tlsconf.Files
+}
+
+func (c *common) register(fs *flag.FlagSet, withDB bool) {
+	if withDB {
+		fs.StringVar(&c.databaseURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
+	}
+	fs.StringVar(&c.issuer, "oidc-issuer", env("HANDOFF_OIDC_ISSUER", ""), "trusted token issuer (HANDOFF_OIDC_ISSUER)")
+	fs.StringVar(&c.audience, "oidc-audience", env("HANDOFF_OIDC_AUDIENCE", "handoff"), "required token audience (HANDOFF_OIDC_AUDIENCE)")
+	fs.StringVar(&c.jwksURL, "jwks-url", env("HANDOFF_JWKS_URL", ""), "the issuer's JWKS URL (HANDOFF_JWKS_URL)")
+	fs.StringVar(&c.temporalAddr, "temporal-address", env("HANDOFF_TEMPORAL_ADDRESS", temporalAddr), "Temporal frontend host:port (HANDOFF_TEMPORAL_ADDRESS)")
+	fs.StringVar(&c.temporalNamespace, "temporal-namespace", env("HANDOFF_TEMPORAL_NAMESPACE", "default"), "Temporal namespace (HANDOFF_TEMPORAL_NAMESPACE)")
+	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
+	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
+	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
+}
+
+func (c *common) verifier() (*auth.Verifier, error) {
+	if c.issuer == "" || c.jwksURL == "" {
+		return nil, errors.New("--oidc-issuer and --jwks-url are required: every call must carry a verified token")
+	}
+	return &auth.Verifier{Issuer: c.issuer, Audience: c.audience, Keys: &auth.JWKS{URL: c.jwksURL}, Leeway: 30 * time.Second}, nil
+}
+
+func (c *common) temporal(log *slog.Logger) (client.Client, error) {
+	tc, err := client.Dial(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace, Logger: newTemporalLogger(log)})
+	if err != nil {
+		return nil, fmt.Errorf("temporal at %s: %w", c.temporalAddr, err)
+	}
+	return tc, nil
+}
 
 // serviceDef describes one gRPC service process.
 type serviceDef struct {
@@ -26,69 +84,84 @@ type serviceDef struct {
 	addr       string
 	migrations []pgdb.Source
 	policy     grpcserver.Policy
-	register   func(s *grpc.Server, pool *pgxpool.Pool, deps serviceDeps) error
+	// register registers the service; it may return a background task.
+	register func(s *grpc.Server, pool *pgxpool.Pool, f serviceFlags) (func(context.Context), error)
 }
 
-// serviceDeps are what a service may need beyond its own database.
-type serviceDeps struct {
-	log *slog.Logger
+type serviceFlags struct {
+	common
+	listen, familiesAddr string
 }
 
 var serviceDefs = []serviceDef{
 	{
-		name: "families", schema: families.Schema, addr: "127.0.0.1:7101",
-		migrations: families.Migrations(), policy: families.Policy(),
-		register: func(s *grpc.Server, pool *pgxpool.Pool, _ serviceDeps) error {
+		name: "families", schema: families.Schema, addr: familiesAddr, migrations: families.Migrations(), policy: families.Policy(),
+		register: func(s *grpc.Server, pool *pgxpool.Pool, _ serviceFlags) (func(context.Context), error) {
 			familiesv1.RegisterFamiliesServiceServer(s, families.New(pool, families.Config{}))
-			return nil
+			return nil, nil
+		},
+	},
+	{
+		name: "interventions", schema: interventions.Schema, addr: interventionsAddr, migrations: interventions.Migrations(), policy: interventions.Policy(),
+		register: func(s *grpc.Server, pool *pgxpool.Pool, f serviceFlags) (func(context.Context), error) {
+			creds, err := tlsconf.Client(f.tls)
+			if err != nil {
+				return nil, err
+			}
+			// Calls to the families service carry the caller's own token.
+			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds})
+			if err != nil {
+				return nil, err
+			}
+			interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pool, interventions.Config{
+				Families: familiesv1.NewFamiliesServiceClient(conn)}))
+			return func(ctx context.Context) { <-ctx.Done(); conn.Close() }, nil
+		},
+	},
+	{
+		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
+		register: func(s *grpc.Server, pool *pgxpool.Pool, _ serviceFlags) (func(context.Context), error) {
+			srv := referrals.New(pool, referrals.Config{})
+			referralsv1.RegisterReferralsServiceServer(s, srv)
+			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, nil
 		},
 	},
 }
 
 func init() {
 	for _, d := range serviceDefs {
-		commands[d.name] = command{summary: "run the " + d.name + " gRPC service", run: d.run}
+		commands[d.name] = command{summary: "run the " + d.name + " gRPC service and its outbox relay", run: d.run}
 	}
 	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate}
 }
 
-// common flags of every service process.
-type serviceFlags struct {
-	listen, databaseURL, issuer, audience, jwksURL string
-}
-
-func (d serviceDef) flags(args []string) (serviceFlags, error) {
+func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet(d.name, flag.ContinueOnError)
 	var f serviceFlags
-	fs.StringVar(&f.listen, "listen", env("HANDOFF_"+strings.ToUpper(d.name)+"_LISTEN", d.addr), "gRPC listen address (HANDOFF_"+strings.ToUpper(d.name)+"_LISTEN)")
-	fs.StringVar(&f.databaseURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
-	fs.StringVar(&f.issuer, "oidc-issuer", env("HANDOFF_OIDC_ISSUER", ""), "trusted token issuer (HANDOFF_OIDC_ISSUER)")
-	fs.StringVar(&f.audience, "oidc-audience", env("HANDOFF_OIDC_AUDIENCE", "handoff"), "required token audience (HANDOFF_OIDC_AUDIENCE)")
-	fs.StringVar(&f.jwksURL, "jwks-url", env("HANDOFF_JWKS_URL", ""), "issuer's JWKS URL (HANDOFF_JWKS_URL)")
+	f.register(fs, true)
+	up := strings.ToUpper(d.name)
+	fs.StringVar(&f.listen, "listen", env("HANDOFF_"+up+"_LISTEN", d.addr), "gRPC listen address (HANDOFF_"+up+"_LISTEN)")
+	fs.StringVar(&f.familiesAddr, "families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service host:port (HANDOFF_FAMILIES_ADDRESS)")
 	if err := fs.Parse(args); err != nil {
-		return f, err
+		return err
 	}
-	if f.issuer == "" || f.jwksURL == "" {
-		return f, fmt.Errorf("%s: --oidc-issuer and --jwks-url are required (every call must carry a verified token)", d.name)
-	}
-	return f, nil
-}
-
-const defaultDatabaseURL = "postgres://postgres@127.0.0.1:5432/handoff?sslmode=disable"
-
-func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
-	f, err := d.flags(args)
+	verifier, err := f.verifier()
 	if err != nil {
 		return err
 	}
-	verifier := &auth.Verifier{Issuer: f.issuer, Audience: f.audience, Keys: &auth.JWKS{URL: f.jwksURL}, Leeway: 30 * time.Second}
-	return d.serve(ctx, log, f.listen, f.databaseURL, verifier)
+	tc, err := f.temporal(log)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	return d.serve(ctx, log, f, verifier, tc)
 }
 
-// serve migrates, then serves the service until ctx ends.
-func (d serviceDef) serve(ctx context.Context, log *slog.Logger, listen, databaseURL string, verifier *auth.Verifier) error {
+// serve migrates, then serves the service and relays its outbox to Temporal
+// until ctx ends.
+func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags, verifier *auth.Verifier, tc client.Client) error {
 	log = log.With("service", d.name)
-	pool, err := pgdb.Open(ctx, databaseURL, d.schema)
+	pool, err := pgdb.Open(ctx, f.databaseURL, d.schema)
 	if err != nil {
 		return err
 	}
@@ -96,19 +169,34 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, listen, databas
 	if err := pgdb.Migrate(ctx, pool, d.schema, d.migrations...); err != nil {
 		return err
 	}
-	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy})
+	creds, err := tlsconf.Server(f.tls)
 	if err != nil {
 		return err
 	}
-	if err := d.register(srv.Server, pool, serviceDeps{log: log}); err != nil {
+	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy, TLS: creds})
+	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", listen)
+	background, err := d.register(srv.Server, pool, f)
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("%s: listen: %w", d.name, err)
 	}
+	var wg sync.WaitGroup
+	if background != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); background(ctx) }()
+	}
+	relay := &outbox.Relay{Pool: pool, Deliver: (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver, Log: log}
+	wg.Add(1)
+	go func() { defer wg.Done(); relay.Run(ctx) }()
 	log.Info("serving", "addr", lis.Addr().String())
-	return srv.Serve(ctx, lis, 10*time.Second)
+	err = srv.Serve(ctx, lis, 10*time.Second)
+	wg.Wait()
+	return err
 }
 
 func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
@@ -117,8 +205,12 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	return migrateAll(ctx, log, *dbURL)
+}
+
+func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 	for _, d := range serviceDefs {
-		pool, err := pgdb.Open(ctx, *dbURL, d.schema)
+		pool, err := pgdb.Open(ctx, dbURL, d.schema)
 		if err != nil {
 			return err
 		}

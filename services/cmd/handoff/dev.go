@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.temporal.io/sdk/client"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/devtemporal"
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/workflows/activities"
+)
+
+func init() {
+	commands["dev"] = command{summary: "run the whole system on this machine: embedded Temporal, local PostgreSQL, services, worker, gateway", run: runDev}
+}
+
+func runDev(ctx context.Context, log *slog.Logger, args []string) error {
+	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
+	dbURL := fs.String("database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL; the database is created if missing (HANDOFF_DATABASE_URL)")
+	dataDir := fs.String("data-dir", env("HANDOFF_DATA_DIR", ".data"), "folder for Temporal's SQLite file and the development signing key (HANDOFF_DATA_DIR)")
+	listen := fs.String("listen", env("HANDOFF_GATEWAY_LISTEN", gatewayAddr), "gateway HTTP address (HANDOFF_GATEWAY_LISTEN)")
+	temporalPort := fs.Int("temporal-port", 7233, "embedded Temporal frontend port")
+	demo := fs.Bool("demo", env("HANDOFF_DEMO", "") != "", "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
+	fast := fs.Bool("fast", env("HANDOFF_FAST", "") != "", "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := ensureDatabase(ctx, *dbURL); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	base := "http://" + *listen
+	iss, err := auth.LoadOrCreateIssuer(base+"/dev-issuer", "handoff", filepath.Join(*dataDir, "dev-issuer.pem"))
+	if err != nil {
+		return err
+	}
+	log.Info("starting embedded Temporal", "data", filepath.Join(*dataDir, "temporal"))
+	ts, err := devtemporal.Start(devtemporal.Config{DataDir: filepath.Join(*dataDir, "temporal"), Port: *temporalPort})
+	if err != nil {
+		return err
+	}
+	defer ts.Stop()
+	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, Namespace: "default", Logger: newTemporalLogger(log)})
+	if err != nil {
+		return fmt.Errorf("temporal: %w", err)
+	}
+	defer tc.Close()
+	workerToken := iss.MustMint(auth.TokenOptions{Subject: "handoff-worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: 365 * 24 * time.Hour})
+	settings := func(string) activities.Settings { return activities.DefaultSettings() }
+	if *fast {
+		settings = func(string) activities.Settings { return fastSettings() }
+	}
+	st, err := stack.Start(ctx, stack.Config{
+		Log: log, DatabaseURL: *dbURL, Verifier: iss.Verifier(),
+		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
+		Temporal:    tc, FamiliesAddr: familiesAddr, InterventionsAddr: interventionsAddr, ReferralsAddr: referralsAddr,
+		Settings: settings,
+	})
+	if err != nil {
+		return err
+	}
+	defer st.Stop()
+	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: st.FamiliesAddr, InterventionsAddr: st.InterventionsAddr,
+		ReferralsAddr: st.ReferralsAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"}})
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	mux := http.NewServeMux()
+	mux.Handle("GET /dev-issuer/jwks.json", iss.JWKSHandler())
+	mux.Handle("/", gw)
+
+	tokens := map[string]string{}
+	for _, r := range []struct {
+		name, subject string
+		role          auth.Role
+	}{
+		{"COUNSELOR_TOKEN", "counselor-1", auth.RoleCounselor}, {"ADMIN_TOKEN", "admin-1", auth.RoleClinicAdmin},
+		{"EHR_TOKEN", "ehr-integration", auth.RoleEHR}, {"REMINDERS_TOKEN", "reminder-automation", auth.RoleReminders},
+	} {
+		tokens[r.name] = iss.MustMint(auth.TokenOptions{Subject: r.subject, Clinic: "demo", Roles: []auth.Role{r.role}, TTL: 12 * time.Hour})
+	}
+	var demoFamily string
+	if *demo {
+		if demoFamily, err = loadDemo(ctx, st, iss); err != nil {
+			return fmt.Errorf("demo data: %w", err)
+		}
+	}
+	printBanner(base, ts.HostPort, tokens, demoFamily, *dataDir)
+	return serveHTTP(ctx, log, *listen, mux)
+}
+
+func fastSettings() activities.Settings {
+	s := activities.DefaultSettings()
+	s.HoldLead, s.HoldRetry = 30*time.Second, 10*time.Second
+	s.ReminderOffsets = []time.Duration{60 * time.Second, 20 * time.Second}
+	s.OutcomeGrace, s.OutcomeEscalation = 2*time.Minute, 5*time.Minute
+	s.IntakeReminderOffsets = []time.Duration{30 * time.Second}
+	s.IntakeAlert = 10 * time.Minute
+	s.CheckIns = []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute}
+	s.TightenedCheckIn, s.CoolDown = 30*time.Second, 90*time.Second
+	return s
+}
+
+// ensureDatabase creates the database if missing, and says in one line what
+// to do when PostgreSQL is not there.
+func ensureDatabase(ctx context.Context, dsn string) error {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return fmt.Errorf("database URL: %w", err)
+	}
+	db := strings.TrimPrefix(u.Path, "/")
+	admin := *u
+	admin.Path = "/postgres"
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, admin.String())
+	if err != nil {
+		return errors.New("PostgreSQL is not reachable at " + u.Host + ": start it (Debian: sudo pg_ctlcluster $(ls /etc/postgresql) main start) or point HANDOFF_DATABASE_URL at one")
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, db).Scan(&exists); err != nil {
+		return fmt.Errorf("check database: %w", err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize()); err != nil {
+			return fmt.Errorf("create database %s: %w", db, err)
+		}
+	}
+	return nil
+}
+
+func printBanner(base, temporal string, tokens map[string]string, demoFamily, dataDir string) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nHandoff is running. Ctrl-C stops everything.\n\n")
+	fmt.Fprintf(&b, "  REST API        %s/v1/\n", base)
+	fmt.Fprintf(&b, "  API reference   %s/docs\n", base)
+	fmt.Fprintf(&b, "  OpenAPI         %s/openapi.json\n", base)
+	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz\n", base, base)
+	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s\n", familiesAddr, interventionsAddr, referralsAddr)
+	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))
+	if demoFamily != "" {
+		fmt.Fprintf(&b, "  Demo family     %s\n", demoFamily)
+	}
+	fmt.Fprintf(&b, "\nDevelopment tokens for clinic \"demo\" (valid 12 hours); paste into your shell:\n\n")
+	for _, k := range []string{"COUNSELOR_TOKEN", "ADMIN_TOKEN", "EHR_TOKEN", "REMINDERS_TOKEN"} {
+		fmt.Fprintf(&b, "export %s=%s\n", k, tokens[k])
+	}
+	if demoFamily != "" {
+		fmt.Fprintf(&b, "export FAMILY=%s\n", demoFamily)
+	}
+	fmt.Fprintln(&b)
+	_, _ = os.Stdout.WriteString(b.String())
+}

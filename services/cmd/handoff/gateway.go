@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/tlsconf"
+)
+
+func init() {
+	commands["gateway"] = command{summary: "run the REST gateway", run: runGateway}
+}
+
+func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	var c common
+	c.register(fs, false)
+	listen := fs.String("listen", env("HANDOFF_GATEWAY_LISTEN", gatewayAddr), "HTTP listen address (HANDOFF_GATEWAY_LISTEN)")
+	fam := fs.String("families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service (HANDOFF_FAMILIES_ADDRESS)")
+	iv := fs.String("interventions-address", env("HANDOFF_INTERVENTIONS_ADDRESS", interventionsAddr), "interventions service (HANDOFF_INTERVENTIONS_ADDRESS)")
+	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
+	origins := fs.String("cors-origins", env("HANDOFF_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the API (HANDOFF_CORS_ORIGINS)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	verifier, err := c.verifier()
+	if err != nil {
+		return err
+	}
+	creds, err := tlsconf.Client(c.tls)
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
+		Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins)})
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	return serveHTTP(ctx, log, *listen, gw)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// serveHTTP serves h until ctx ends, then shuts down gracefully.
+func serveHTTP(ctx context.Context, log *slog.Logger, addr string, h http.Handler) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	log.Info("gateway serving", "addr", lis.Addr().String())
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/stack"
+)
+
+func init() {
+	commands["worker"] = command{summary: "run the Temporal worker (workflows and activities)", run: runWorker}
+}
+
+func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var c common
+	c.register(fs, false)
+	fam := fs.String("families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service (HANDOFF_FAMILIES_ADDRESS)")
+	iv := fs.String("interventions-address", env("HANDOFF_INTERVENTIONS_ADDRESS", interventionsAddr), "interventions service (HANDOFF_INTERVENTIONS_ADDRESS)")
+	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
+	tokenFile := fs.String("token-file", env("HANDOFF_WORKER_TOKEN_FILE", ""),
+		"file holding the worker's service token, re-read when it changes so the issuer can rotate it (HANDOFF_WORKER_TOKEN_FILE)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *tokenFile == "" {
+		return fmt.Errorf("--token-file is required: the worker calls the services with its own identity")
+	}
+	tc, err := c.temporal(log)
+	if err != nil {
+		return err
+	}
+	defer tc.Close()
+	w, err := stack.NewWorker(tc, fileToken(*tokenFile), *fam, *iv, *ref, nil)
+	if err != nil {
+		return err
+	}
+	if err := w.Start(); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	log.Info("worker running", "temporal", c.temporalAddr, "namespace", c.temporalNamespace)
+	<-ctx.Done()
+	w.Stop() // finishes running activities, then stops
+	return nil
+}
+
+// fileToken reads a token file, again whenever it changes.
+func fileToken(path string) grpcclient.TokenSource {
+	var mu sync.Mutex
+	var token string
+	var mod time.Time
+	return func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		st, err := os.Stat(path)
+		if err != nil {
+			return "", fmt.Errorf("token file: %w", err)
+		}
+		if st.ModTime().Equal(mod) && token != "" {
+			return token, nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("token file: %w", err)
+		}
+		token, mod = strings.TrimSpace(string(b)), st.ModTime()
+		return token, nil
+	}
+}

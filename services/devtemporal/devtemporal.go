@@ -1,0 +1,151 @@
+// Package devtemporal runs a single-node Temporal server inside the
+// process, persisted to a SQLite file, for the local development stack.
+// Production points Handoff at a real Temporal cluster instead.
+package devtemporal
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.temporal.io/server/common/cluster"
+	"go.temporal.io/server/common/config"
+	"go.temporal.io/server/common/log"
+	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
+	"go.temporal.io/server/schema/sqlite"
+	"go.temporal.io/server/temporal"
+)
+
+// Config configures the server.
+type Config struct {
+	// DataDir holds the SQLite file, so workflows survive a restart.
+	DataDir string
+	// Port is the frontend (gRPC) port on 127.0.0.1; default 7233.
+	Port int
+	// Namespace is created on start if missing; default "default".
+	Namespace string
+}
+
+// Server is a running embedded Temporal server.
+type Server struct {
+	srv      temporal.Server
+	HostPort string
+}
+
+// Start starts the server; it returns once the frontend accepts connections.
+func Start(cfg Config) (*Server, error) {
+	if cfg.Port == 0 {
+		cfg.Port = 7233
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "default"
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("devtemporal: data dir: %w", err)
+	}
+	dbFile := filepath.Join(cfg.DataDir, "temporal.db")
+	store := config.SQL{
+		PluginName:        sqliteplugin.PluginName,
+		DatabaseName:      dbFile,
+		ConnectAttributes: map[string]string{"mode": "rwc", "_journal_mode": "wal", "_synchronous": "normal"},
+	}
+	if _, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) {
+		if err := sqlite.SetupSchema(&store); err != nil {
+			return nil, fmt.Errorf("devtemporal: create schema: %w", err)
+		}
+	}
+	const clusterName = "active"
+	ns, err := sqlite.NewNamespaceConfig(clusterName, cfg.Namespace, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("devtemporal: namespace: %w", err)
+	}
+	if err := sqlite.CreateNamespaces(&store, ns); err != nil {
+		return nil, fmt.Errorf("devtemporal: namespace: %w", err)
+	}
+	hostPort := fmt.Sprintf("127.0.0.1:%d", cfg.Port)
+	service := func(grpcPort int) (config.Service, error) {
+		membership, err := freePort()
+		if err != nil {
+			return config.Service{}, err
+		}
+		if grpcPort == 0 {
+			if grpcPort, err = freePort(); err != nil {
+				return config.Service{}, err
+			}
+		}
+		return config.Service{RPC: config.RPC{GRPCPort: grpcPort, MembershipPort: membership, BindOnIP: "127.0.0.1"}}, nil
+	}
+	services := map[string]config.Service{}
+	for name, port := range map[string]int{"frontend": cfg.Port, "history": 0, "matching": 0, "worker": 0} {
+		s, err := service(port)
+		if err != nil {
+			return nil, err
+		}
+		services[name] = s
+	}
+	conf := &config.Config{
+		Global: config.Global{Membership: config.Membership{MaxJoinDuration: 30 * time.Second, BroadcastAddress: "127.0.0.1"}},
+		Persistence: config.Persistence{
+			DefaultStore: sqliteplugin.PluginName, VisibilityStore: sqliteplugin.PluginName, NumHistoryShards: 1,
+			DataStores: map[string]config.DataStore{sqliteplugin.PluginName: {SQL: &store}},
+		},
+		ClusterMetadata: &cluster.Config{
+			MasterClusterName: clusterName, CurrentClusterName: clusterName, FailoverVersionIncrement: 10,
+			ClusterInformation: map[string]cluster.ClusterInformation{
+				clusterName: {Enabled: true, InitialFailoverVersion: 1, RPCAddress: hostPort},
+			},
+		},
+		DCRedirectionPolicy: config.DCRedirectionPolicy{Policy: "noop"},
+		Services:            services,
+		Archival: config.Archival{
+			History:    config.HistoryArchival{State: "disabled"},
+			Visibility: config.VisibilityArchival{State: "disabled"},
+		},
+		NamespaceDefaults: config.NamespaceDefaults{Archival: config.ArchivalNamespaceDefaults{
+			History:    config.HistoryArchivalNamespaceDefaults{State: "disabled"},
+			Visibility: config.VisibilityArchivalNamespaceDefaults{State: "disabled"},
+		}},
+		PublicClient: config.PublicClient{HostPort: hostPort},
+	}
+	srv, err := temporal.NewServer(
+		temporal.WithConfig(conf),
+		temporal.ForServices(temporal.DefaultServices),
+		temporal.WithLogger(log.NewNoopLogger()),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("devtemporal: %w", err)
+	}
+	if err := srv.Start(); err != nil {
+		return nil, fmt.Errorf("devtemporal: start: %w", err)
+	}
+	// Wait until the frontend listens.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", hostPort, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = srv.Stop()
+			return nil, fmt.Errorf("devtemporal: frontend did not come up on %s", hostPort)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return &Server{srv: srv, HostPort: hostPort}, nil
+}
+
+// Stop stops the server.
+func (s *Server) Stop() error { return s.srv.Stop() }
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("devtemporal: free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

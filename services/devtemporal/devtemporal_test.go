@@ -1,0 +1,69 @@
+package devtemporal
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+)
+
+func hello(ctx workflow.Context, name string) (string, error) {
+	if err := workflow.Sleep(ctx, 10*time.Millisecond); err != nil {
+		return "", err
+	}
+	return "hello " + name, nil
+}
+
+// The embedded server persists to its data folder: a workflow started
+// before a restart can be read after it.
+func TestServerSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	run := func(id string, want bool) {
+		s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Stop()
+		c, err := client.Dial(client.Options{HostPort: s.HostPort})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if want {
+			w := worker.New(c, "q", worker.Options{})
+			w.RegisterWorkflow(hello)
+			if err := w.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer w.Stop()
+			run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: "q"}, hello, "handoff")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out string
+			if err := run.Get(ctx, &out); err != nil || out != "hello handoff" {
+				t.Fatalf("result %q, %v", out, err)
+			}
+			return
+		}
+		var out string
+		if err := c.GetWorkflow(ctx, id, "").Get(ctx, &out); err != nil || out != "hello handoff" {
+			t.Fatalf("after restart: %q, %v", out, err)
+		}
+	}
+	run("persisted", true)
+	run("persisted", false)
+}
+
+func freePortT(t *testing.T) int {
+	p, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
