@@ -36,21 +36,21 @@ const stateExpr = `(CASE WHEN state = 1 AND due_time <= now() THEN 2
 
 const reminderSelect = `SELECT id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
 	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
-	deliver_time, create_time, update_time, version FROM reminders`
+	deliver_time, create_time, update_time, version, origin_workflow FROM reminders`
 
 func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Reminder] {
 	now := s.cfg.Now()
 	return func(r pgx.CollectableRow) (*interventionsv1.Reminder, error) {
 		var (
-			id, rid, rfam, related, msg, claimedBy, failure, cancel string
-			rkind, channel, kind, state                             int16
-			due, created, updated                                   time.Time
-			lease, delivered                                        *time.Time
-			attempts                                                int32
-			version                                                 int64
+			id, rid, rfam, related, msg, claimedBy, failure, cancel, origin string
+			rkind, channel, kind, state                                     int16
+			due, created, updated                                           time.Time
+			lease, delivered                                                *time.Time
+			attempts                                                        int32
+			version                                                         int64
 		)
 		if err := r.Scan(&id, &rkind, &rid, &rfam, &channel, &due, &kind, &related, &msg, &state, &claimedBy, &lease,
-			&attempts, &failure, &cancel, &delivered, &created, &updated, &version); err != nil {
+			&attempts, &failure, &cancel, &delivered, &created, &updated, &version, &origin); err != nil {
 			return nil, err
 		}
 		rem := &interventionsv1.Reminder{
@@ -60,6 +60,7 @@ func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Remi
 			DueTime: timestamppb.New(due), Kind: interventionsv1.ReminderKind(kind), RelatedResource: related, Message: msg,
 			State: rstate(state), ClaimedBy: claimedBy, AttemptCount: attempts, FailureReason: failure, CancelReason: cancel,
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+			OriginWorkflow: origin,
 		}
 		if lease != nil {
 			rem.LeaseExpireTime = timestamppb.New(*lease)
@@ -143,10 +144,10 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_id, recipient_family, channel,
-				due_time, kind, related_resource, message, state, create_time, update_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
+				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
 				rc.GetFamily(), int16(rc.GetChannel()), rem.GetDueTime().AsTime(), int16(rem.GetKind()), rem.GetRelatedResource(),
-				rem.GetMessage(), int16(rScheduled), now); err != nil {
+				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow()); err != nil {
 				return nil, fmt.Errorf("insert reminder: %w", err)
 			}
 			out, err := s.readReminder(ctx, tx, r, false)

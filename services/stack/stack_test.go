@@ -210,6 +210,19 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 			t.Fatalf("reminder %s claimed %d times", r.GetName(), wins.Load())
 		}
 	}
+	// The first delivery fails: the workflow sends the reminder again.
+	claimant := ok(e.iv.GetReminder(e.reminder, &interventionsv1.GetReminderRequest{Name: due[0].GetName()})).GetClaimedBy()
+	ok(e.iv.CompleteReminder(e.reminder, &interventionsv1.CompleteReminderRequest{Name: due[0].GetName(), Claimant: claimant,
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED, Reason: "carrier rejected"}))
+	stacktest.Eventually(t, 15*time.Second, "the failed reminder sent again", func() bool {
+		for _, r := range ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("related_resource = %q", iv.GetName())})).GetReminders() {
+			if r.GetName() != due[0].GetName() && r.GetMessage() == due[0].GetMessage() && r.GetRecipient().GetId() == due[0].GetRecipient().GetId() {
+				return true
+			}
+		}
+		return false
+	})
 	// After the start, "accepted".
 	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))

@@ -64,6 +64,10 @@ type Settings struct {
 	TightenedCheckIn time.Duration
 	// CoolDown is how long after a refusal the next intervention is proposed.
 	CoolDown time.Duration
+	// ReminderRetries is how many times a reminder whose delivery failed is
+	// sent again, ReminderRetryDelay how long after each failure.
+	ReminderRetries    int
+	ReminderRetryDelay time.Duration
 }
 
 // DefaultSettings are the defaults from the clinical background
@@ -80,6 +84,7 @@ func DefaultSettings() Settings {
 		MaxNoShows:            2, ReengageWithin: 24 * time.Hour,
 		CheckIns:         []time.Duration{24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour},
 		TightenedCheckIn: 3 * 24 * time.Hour, CoolDown: 14 * 24 * time.Hour,
+		ReminderRetries: 3, ReminderRetryDelay: 15 * time.Minute,
 	}
 }
 

@@ -165,7 +165,23 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
 			DueTime: timestamppb.New(in.Due), Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
-			RelatedResource: in.Related, Message: in.Message}})
+			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin}})
+	if err != nil {
+		return "", wrap("create reminder", err)
+	}
+	return rem.GetName(), nil
+}
+
+// ResendReminder creates a new reminder with the same recipient, kind and
+// message as a failed one.
+func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (string, error) {
+	old, err := a.Interventions.GetReminder(ctx, &interventionsv1.GetReminderRequest{Name: in.Failed})
+	if err != nil {
+		return "", wrap("get reminder", err)
+	}
+	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
+		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(in.Due),
+			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow()}})
 	if err != nil {
 		return "", wrap("create reminder", err)
 	}

@@ -52,6 +52,15 @@ type ReminderRequest struct {
 	Message   string
 	Due       time.Time
 	RequestID string
+	// Origin is the workflow id told if delivery fails.
+	Origin string
+}
+
+// ResendRequest creates a new reminder like a failed one, due at Due.
+type ResendRequest struct {
+	Failed    string
+	Due       time.Time
+	RequestID string
 }
 
 // CancelRemindersRequest cancels the undelivered reminders of a resource.

@@ -103,7 +103,7 @@ type wf struct {
 	safety   activities.Safety
 	step     string
 
-	overdose, screen, checkIn, restart workflow.ReceiveChannel
+	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
 
 // Workflow is the boundary reinforcement workflow.
@@ -133,6 +133,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
+	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
 	}
@@ -376,7 +377,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 // unread reports whether a signal waits to be handled: a run must not
 // continue as new over it, or it would be lost.
 func (w *wf) unread() bool {
-	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart} {
+	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart, w.failedReminders} {
 		if c.Len() > 0 {
 			return true
 		}

@@ -2,11 +2,13 @@ package boundary_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
@@ -221,5 +223,54 @@ func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
 	}
 	if len(h.proposed) != 0 || len(h.kinds("ESCALATION_PROPOSED")) != 1 {
 		t.Fatalf("proposed %+v, reminders %+v", h.proposed, h.kinds("ESCALATION_PROPOSED"))
+	}
+}
+
+// A long run continues as new once it has handled many events, carrying
+// its progress; nothing is lost.
+func TestContinuesAsNewCarryingState(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	for i := 0; i < 501; i++ {
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1})
+		}, 12*time.Hour+time.Duration(i)*time.Second)
+	}
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	err := h.env.GetWorkflowError()
+	var can *workflow.ContinueAsNewError
+	if !errors.As(err, &can) {
+		t.Fatalf("want continue-as-new, got %v", err)
+	}
+	if len(h.reinforced) != 2 || len(h.kinds("CHECK_IN")) != 0 {
+		t.Fatalf("before continuing: reinforced %d, check-ins %d", len(h.reinforced), len(h.kinds("CHECK_IN")))
+	}
+	var next boundary.Input
+	if err := converter.GetDefaultDataConverter().FromPayloads(can.Input, &next); err != nil {
+		t.Fatal(err)
+	}
+	if next.State == nil || !next.State.Reinforced || !next.State.Referred || len(next.State.CheckIns) != 3 || next.State.Events != 0 {
+		t.Fatalf("carried state = %+v", next.State)
+	}
+}
+
+// Another refusal while the workflow runs starts a new cycle: boundaries
+// are reinforced again and the check-ins count from the new refusal.
+func TestRestartStartsANewCycle(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i2", Level: 2, Outcome: "DID_NOT_ATTEND"})
+	}, 10*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.reinforced) != 4 || h.reinforced[2].Sub(h.t0) != 10*day {
+		t.Fatalf("reinforced at %v", h.reinforced)
+	}
+	if len(h.proposed) != 1 || h.proposed[0].Level != 3 || h.proposed[0].Previous != "clinics/north/interventions/i2" {
+		t.Fatalf("proposed = %+v", h.proposed)
+	}
+	if last := h.kinds("ESCALATION_PROPOSED"); len(last) != 1 || last[0].Due.Sub(h.t0) != 24*day {
+		t.Fatalf("escalation at %+v, want day 24 (14 days after the second refusal)", last)
 	}
 }

@@ -51,6 +51,10 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 		if e.Type == "handoff.families.v1.warning_sign.overdose" {
 			return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalOverdose, boundary.Overdose{WarningSign: p.GetName()})
 		}
+	case *interventionsv1.Reminder:
+		if e.Type == "handoff.interventions.v1.reminder.failed" && p.GetOriginWorkflow() != "" {
+			return d.signal(ctx, p.GetOriginWorkflow(), flow.SignalReminderFailed, flow.ReminderFailed{Reminder: p.GetName()})
+		}
 	case *familiesv1.SafetyScreen:
 		return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalSafetyScreen, nil)
 	}

@@ -52,8 +52,51 @@ func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, rel
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) error {
 	return workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
 		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
-		RequestID: RequestID(ctx, "remind|"+purpose),
+		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
 	}).Get(ctx, nil)
+}
+
+// SignalReminderFailed tells the workflow that created a reminder that its
+// delivery failed (from the interventions service's outbox).
+const SignalReminderFailed = "reminder-failed"
+
+// ReminderFailed is SignalReminderFailed's payload.
+type ReminderFailed struct {
+	Reminder string
+}
+
+// RetryFailedReminders runs, for the workflow's lifetime, the policy for
+// reminders whose delivery failed: each is sent again after
+// ReminderRetryDelay, up to ReminderRetries times counted from the first
+// reminder of its line. It returns the signal channel, so that a workflow
+// about to continue as new can check that nothing is left unread.
+func RetryFailedReminders(ctx workflow.Context, s activities.Settings) workflow.ReceiveChannel {
+	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
+	attempts := map[string]int{} // reminder name -> resends before it
+	workflow.Go(ctx, func(ctx workflow.Context) {
+		for {
+			var f ReminderFailed
+			if !ch.Receive(ctx, &f) {
+				return
+			}
+			n := attempts[f.Reminder]
+			if n >= s.ReminderRetries {
+				continue
+			}
+			if err := workflow.Sleep(ctx, s.ReminderRetryDelay); err != nil {
+				return
+			}
+			var next string
+			if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
+				Failed: f.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+f.Reminder),
+			}).Get(ctx, &next); err != nil {
+				workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", f.Reminder, "error", err)
+				continue
+			}
+			attempts[next] = n + 1
+		}
+	})
+	return ch
 }
 
 // Settings loads the clinic's settings through an activity, so that replays

@@ -196,6 +196,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	w.settings = settings
+	flow.RetryFailedReminders(ctx, settings)
 	if err := w.arm(ctx); err != nil {
 		return Result{}, err
 	}

@@ -3,6 +3,7 @@ package intervention_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -296,5 +297,87 @@ func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
 	}
 	if n := len(h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")); n != 1 {
 		t.Fatalf("counselor told %d times, want once", n)
+	}
+}
+
+// A failed reminder is sent again after the retry delay, up to the retry
+// limit counted along the line of resends.
+func TestFailedRemindersAreRetried(t *testing.T) {
+	h := newHarness(t, 3*24*time.Hour, defaults())
+	var resent []time.Time
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, h.env.Now())
+			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
+		})
+	fail := func(at time.Duration, name string) {
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: name})
+		}, at)
+	}
+	fail(time.Hour, "clinics/north/reminders/first")
+	for i := 1; i <= 3; i++ { // each resend fails again
+		fail(time.Hour+time.Duration(i)*30*time.Minute, fmt.Sprintf("clinics/north/reminders/again-%d", i))
+	}
+	h.update(3*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(resent) != 3 {
+		t.Fatalf("resent %d times, want 3 (the retry limit)", len(resent))
+	}
+	if want := time.Date(2026, 12, 7, 13, 15, 0, 0, time.UTC); !resent[0].Equal(want) {
+		t.Fatalf("first resend at %v, want %v: 15 min after the failure", resent[0], want)
+	}
+}
+
+// Partially accepted without MAT: the accepted service is referred at once,
+// the hold goes back, and the boundary path runs.
+func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	var support []activities.SupportRequest
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			support = append(support, in)
+			return nil, nil
+		})
+	var boundaryIn boundary.Input
+	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
+			boundaryIn = in
+			return boundary.Result{Summary: "ok"}, nil
+		})
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(support) != 1 || support[0].Kinds[0] != "HARM_REDUCTION_NALOXONE" || support[0].Member != "" || support[0].Urgency != "URGENT" {
+		t.Fatalf("referrals = %+v", support)
+	}
+	if len(h.released) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" || boundaryIn.Family != "clinics/north/families/f1" {
+		t.Fatalf("released %v, boundary input %+v", h.released, boundaryIn)
+	}
+}
+
+// Partially accepted with MAT among the services goes to MAT intake.
+func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"MAT_BUPRENORPHINE", "FAMILY_COUNSELING"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if intake.Hold != "clinics/north/holds/h1" || len(h.released) != 0 {
+		t.Fatalf("intake input %+v, released %v: the held slot must go to intake", intake, h.released)
 	}
 }

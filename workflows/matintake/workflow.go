@@ -88,6 +88,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
+	flow.RetryFailedReminders(ctx, w.settings)
 	if err := workflow.ExecuteActivity(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
 		return Result{}, err
 	}

@@ -35,6 +35,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	temporalPort := fs.Int("temporal-port", 7233, "embedded Temporal frontend port")
 	demo := fs.Bool("demo", env("HANDOFF_DEMO", "") != "", "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
 	fast := fs.Bool("fast", env("HANDOFF_FAST", "") != "", "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
+	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""), "JSON file with workflow timings per clinic (HANDOFF_WORKFLOW_SETTINGS_FILE)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,6 +65,11 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	settings := func(string) activities.Settings { return activities.DefaultSettings() }
 	if *fast {
 		settings = func(string) activities.Settings { return fastSettings() }
+	}
+	if *settingsFile != "" {
+		if settings, err = activities.LoadSettingsFile(*settingsFile); err != nil {
+			return err
+		}
 	}
 	st, err := stack.Start(ctx, stack.Config{
 		Log: log, DatabaseURL: *dbURL, Verifier: iss.Verifier(),

@@ -12,6 +12,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/workflows/activities"
 )
 
 func init() {
@@ -27,8 +28,17 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
 	tokenFile := fs.String("token-file", env("HANDOFF_WORKER_TOKEN_FILE", ""),
 		"file holding the worker's service token, re-read when it changes so the issuer can rotate it (HANDOFF_WORKER_TOKEN_FILE)")
+	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""),
+		"JSON file with workflow timings per clinic, e.g. reminder offsets (HANDOFF_WORKFLOW_SETTINGS_FILE)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var settings func(string) activities.Settings
+	if *settingsFile != "" {
+		var err error
+		if settings, err = activities.LoadSettingsFile(*settingsFile); err != nil {
+			return err
+		}
 	}
 	if *tokenFile == "" {
 		return fmt.Errorf("--token-file is required: the worker calls the services with its own identity")
@@ -38,7 +48,7 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer tc.Close()
-	w, err := stack.NewWorker(tc, fileToken(*tokenFile), *fam, *iv, *ref, nil)
+	w, err := stack.NewWorker(tc, fileToken(*tokenFile), *fam, *iv, *ref, settings)
 	if err != nil {
 		return err
 	}

@@ -1917,9 +1917,13 @@ type Reminder struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes on every change to the reminder. Send it back on claim, complete
 	// or cancel to make sure you change what you read.
-	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	// The id of the Handoff workflow that created the reminder. When delivery
+	// fails, that workflow is told and resends the reminder under its retry
+	// policy. Empty for reminders created by other callers.
+	OriginWorkflow string `protobuf:"bytes,17,opt,name=origin_workflow,json=originWorkflow,proto3" json:"origin_workflow,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Reminder) Reset() {
@@ -2060,6 +2064,13 @@ func (x *Reminder) GetUpdateTime() *timestamppb.Timestamp {
 func (x *Reminder) GetEtag() string {
 	if x != nil {
 		return x.Etag
+	}
+	return ""
+}
+
+func (x *Reminder) GetOriginWorkflow() string {
+	if x != nil {
+		return x.OriginWorkflow
 	}
 	return ""
 }
@@ -4054,7 +4065,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x1bhandoff.health/TalkingPoint\x12.clinics/{clinic}/talkingPoints/{talking_point}*\rtalkingPoints2\ftalkingPoint\"\xb9\x01\n" +
 	"\x14BarrierTalkingPoints\x12M\n" +
 	"\fbarrier_kind\x18\x01 \x01(\x0e2%.handoff.interventions.v1.BarrierKindB\x03\xe0A\x03R\vbarrierKind\x12R\n" +
-	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xae\b\n" +
+	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xe4\b\n" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
 	"\trecipient\x18\x02 \x01(\v2#.handoff.interventions.v1.RecipientB\x06\xe0A\x02\xe0A\x05R\trecipient\x12=\n" +
@@ -4076,7 +4087,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag:X\xeaAU\n" +
+	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag\x124\n" +
+	"\x0forigin_workflow\x18\x11 \x01(\tB\v\xe0A\x05\xbaH\x05r\x03\x18\xac\x02R\x0eoriginWorkflow:X\xeaAU\n" +
 	"\x17handoff.health/Reminder\x12%clinics/{clinic}/reminders/{reminder}*\treminders2\breminder\"\xe4\x02\n" +
 	"\tRecipient\x12J\n" +
 	"\x04kind\x18\x01 \x01(\x0e2'.handoff.interventions.v1.RecipientKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x127\n" +

@@ -1,0 +1,39 @@
+package activities
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestLoadSettingsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "settings.json")
+	if err := os.WriteFile(path, []byte(`{
+		"default": {"reminderOffsets": ["48h", "3h"], "coolDown": "21d"},
+		"clinics": {"north": {"reminderOffsets": ["24h"], "maxPrograms": 5}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	settings, err := LoadSettingsFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	south, north := settings("south"), settings("north")
+	if len(south.ReminderOffsets) != 2 || south.ReminderOffsets[1] != 3*time.Hour || south.CoolDown != 21*24*time.Hour || south.MaxPrograms != 3 {
+		t.Fatalf("south = %+v", south)
+	}
+	if len(north.ReminderOffsets) != 1 || north.ReminderOffsets[0] != 24*time.Hour || north.CoolDown != 21*24*time.Hour || north.MaxPrograms != 5 {
+		t.Fatalf("north = %+v", north)
+	}
+	if settings("south").HoldLead != 72*time.Hour {
+		t.Fatal("unset fields keep Handoff's defaults")
+	}
+	for _, bad := range []string{`{"default": {"coolDown": "soon"}}`, `{"clinics": {"x": {"maxNoShows": -1}}}`, `{"default": {"checkIns": ["-1h"]}}`, `not json`} {
+		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadSettingsFile(path); err == nil {
+			t.Errorf("%s: want an error", bad)
+		}
+	}
+}
