@@ -437,3 +437,106 @@ func BenchmarkScheduleAndGet(b *testing.B) {
 		}
 	}
 }
+
+func digest(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var out string
+	for _, table := range []string{"interventions", "reminders", "talking_points", "outbox", "idempotency_keys"} {
+		var d *string
+		if err := pool.QueryRow(context.Background(), `SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM `+table+` t`).Scan(&d); err != nil {
+			t.Fatal(err)
+		}
+		if d != nil {
+			out += table + ":" + *d + " "
+		}
+	}
+	return out
+}
+
+// Bad input and illegal transitions get the right code and change nothing.
+func TestBadInputChangesNothing(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	done := f.draft(t, f.clock.Now().Add(48*time.Hour))
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: done.GetName(), Reason: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	south := f.env.Counselor("south")
+	cases := []struct {
+		name string
+		ctx  context.Context
+		call func(context.Context) error
+		code codes.Code
+	}{
+		{"empty create", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{})
+			return err
+		}, codes.InvalidArgument},
+		{"wrong enum", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+				Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c", Level: 9}})
+			return err
+		}, codes.InvalidArgument},
+		{"oversized reason", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: strings.Repeat("x", 5000)})
+			return err
+		}, codes.InvalidArgument},
+		{"malformed name", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: "interventions/x"})
+			return err
+		}, codes.InvalidArgument},
+		{"another clinic's intervention", south, func(ctx context.Context) error {
+			_, err := f.client.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+			return err
+		}, codes.NotFound},
+		{"hold of another clinic", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
+				Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Hold: "clinics/south/holds/h"})
+			return err
+		}, codes.InvalidArgument},
+		{"reschedule a draft", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.RescheduleIntervention(ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+				StartTime: timestamppb.New(f.clock.Now().Add(72 * time.Hour))})
+			return err
+		}, codes.FailedPrecondition},
+		{"schedule a cancelled one", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: done.GetName()})
+			return err
+		}, codes.FailedPrecondition},
+		{"outcome on a draft", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.RecordOutcome(ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED})
+			return err
+		}, codes.FailedPrecondition},
+		{"partial outcome without services", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.RecordOutcome(ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED})
+			return err
+		}, codes.InvalidArgument},
+		{"stale etag", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "x", Etag: "v99"})
+			return err
+		}, codes.Aborted},
+		{"check-in without a refusal", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.RecordCheckIn(ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+				CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 1}})
+			return err
+		}, codes.FailedPrecondition},
+		{"reminder automation may not plan", f.env.As("north", "sms", auth.RoleReminders), func(ctx context.Context) error {
+			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "x"})
+			return err
+		}, codes.PermissionDenied},
+		{"bad filter", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "start_time >= yesterday"})
+			return err
+		}, codes.InvalidArgument},
+	}
+	before := digest(t, f.pool)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			wantCode(t, tc.call(tc.ctx), tc.code)
+			if after := digest(t, f.pool); after != before {
+				t.Fatal("database changed")
+			}
+		})
+	}
+}
