@@ -13,7 +13,6 @@ import (
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -54,12 +53,14 @@ type Config struct {
 // Server implements familiesv1.FamiliesServiceServer.
 type Server struct {
 	familiesv1.UnimplementedFamiliesServiceServer
-	pool *pgxpool.Pool
+	pool *pgdb.DB
 	cfg  Config
 }
 
 // New returns a server over pool, whose search path is the service's schema.
-func New(pool *pgxpool.Pool, cfg Config) *Server {
+// New returns a server whose queries run through db, as the application
+// role and scoped to the caller's clinic.
+func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.MaxSafetyScreenAge == 0 {
 		cfg.MaxSafetyScreenAge = 90 * 24 * time.Hour
 	}

@@ -32,9 +32,9 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	pool, _ := pgtest.Schema(t, families.Migrations()...)
+	pool, schema := pgtest.Schema(t, families.Migrations()...)
 	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
-		familiesv1.RegisterFamiliesServiceServer(s, families.New(pool, families.Config{}))
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, schema), families.Config{}))
 	})
 	return &fixture{env: env, pool: pool, client: familiesv1.NewFamiliesServiceClient(env.Conn), ctx: env.Counselor("north")}
 }

@@ -24,9 +24,12 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // Policy lists, per full method name (/pkg.Service/Method), the roles that may
@@ -140,11 +143,24 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	if !i.allowed(info.FullMethod, p) {
 		return nil, status.Errorf(codes.PermissionDenied, "role %v may not call %s", p.Roles, info.FullMethod)
 	}
-	if m, ok := req.(proto.Message); ok {
+	m, _ := req.(proto.Message)
+	if m != nil {
 		if err := i.validate(m); err != nil {
 			return nil, err
 		}
 	}
+	// The database scope is the caller's own clinic, whatever the request
+	// names: row-level security then hides other clinics even if a handler
+	// forgot its check. Only the worker serves every clinic; its scope is
+	// the clinic the request names.
+	scope := p.Clinic
+	if scope == auth.AnyClinic {
+		if !p.Has(auth.RoleWorker) {
+			return nil, status.Error(codes.PermissionDenied, "only the worker's service identity may act for every clinic")
+		}
+		scope = requestClinic(m)
+	}
+	ctx = pgdb.WithClinic(ctx, scope)
 	// The caller's token goes along on calls this service makes to others,
 	// which check it again: identity is forwarded, never asserted.
 	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), bearerToken(ctx))
@@ -156,6 +172,33 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 	}
 	return resp, err
+}
+
+// requestClinic finds the clinic a request is about: the first clinic-scoped
+// resource name among its fields, or in the resource it carries.
+func requestClinic(m proto.Message) string {
+	if m == nil {
+		return ""
+	}
+	var clinic string
+	var visit func(r protoreflect.Message, depth int)
+	visit = func(r protoreflect.Message, depth int) {
+		r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+			switch {
+			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap():
+				if c := aip.Clinic(v.String()); c != "" {
+					clinic = c
+					return false
+				}
+			case fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && depth == 0:
+				visit(v.Message(), depth+1)
+				return clinic == ""
+			}
+			return true
+		})
+	}
+	visit(m.ProtoReflect(), 0)
+	return clinic
 }
 
 func isPublic(method string) bool {

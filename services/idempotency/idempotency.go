@@ -10,7 +10,6 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/handoff-health/handoff/services/apperr"
@@ -79,11 +78,13 @@ func requestHash(req proto.Message) ([]byte, error) {
 	return sum[:], nil
 }
 
-// InTx runs fn in a new transaction of pool under Do's guarantees.
-func InTx[T proto.Message](ctx context.Context, pool *pgxpool.Pool, clinic, method, requestID string,
+// InTx runs fn in a new transaction of db under Do's guarantees.
+func InTx[T proto.Message](ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, clinic, method, requestID string,
 	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error)) (T, error) {
 	var out T
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		var err error
 		out, err = Do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) })
 		return err

@@ -12,7 +12,6 @@ import (
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -52,12 +51,14 @@ type Config struct {
 // Server implements interventionsv1.InterventionsServiceServer.
 type Server struct {
 	interventionsv1.UnimplementedInterventionsServiceServer
-	pool *pgxpool.Pool
+	pool *pgdb.DB
 	cfg  Config
 }
 
 // New returns a server over pool, whose search path is the service's schema.
-func New(pool *pgxpool.Pool, cfg Config) *Server {
+// New returns a server whose queries run through db, as the application
+// role and scoped to the caller's clinic.
+func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.Horizon == 0 {
 		cfg.Horizon = 365 * 24 * time.Hour
 	}

@@ -44,15 +44,15 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	famPool, _ := pgtest.Schema(t, families.Migrations()...)
-	pool, _ := pgtest.Schema(t, interventions.Migrations()...)
+	_, famSchema := pgtest.Schema(t, families.Migrations()...)
+	pool, schema := pgtest.Schema(t, interventions.Migrations()...)
 	c := &clock{}
 	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
-		familiesv1.RegisterFamiliesServiceServer(s, families.New(famPool, families.Config{}))
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, famSchema), families.Config{}))
 	})
 	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
 	conn := env.Also(t, interventions.Policy(), func(s *grpc.Server) {
-		interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pool, interventions.Config{Families: famClient, Now: c.Now}))
+		interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pgtest.App(t, schema), interventions.Config{Families: famClient, Now: c.Now}))
 	})
 	f := &fixture{env: env, pool: pool, clock: c, client: interventionsv1.NewInterventionsServiceClient(conn), families: famClient,
 		ctx: env.Counselor("north"), worker: env.As(auth.AnyClinic, "worker", auth.RoleWorker)}

@@ -6,14 +6,14 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // Relay delivers a service's outbox events, in order, at least once. Only
 // one relay per schema delivers at a time (an advisory lock), so several
 // replicas of a service can run a relay each without reordering events.
 type Relay struct {
-	Pool     *pgxpool.Pool
+	DB       *pgdb.DB
 	Deliver  func(ctx context.Context, e Stored) error
 	Log      *slog.Logger
 	Interval time.Duration // between polls; default 500 ms
@@ -47,11 +47,15 @@ func (r *Relay) Run(ctx context.Context) {
 // first failure so that later events never overtake it. It returns how many
 // it delivered.
 func (r *Relay) Once(ctx context.Context) (int, error) {
-	conn, err := r.Pool.Acquire(ctx)
+	conn, err := r.DB.Pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("outbox relay: acquire: %w", err)
 	}
 	defer conn.Release()
+	// The relay serves every clinic.
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, pgdb.SystemScope); err != nil {
+		return 0, fmt.Errorf("outbox relay: scope: %w", err)
+	}
 	var leader bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&leader); err != nil {
 		return 0, fmt.Errorf("outbox relay: lock: %w", err)

@@ -49,6 +49,41 @@ func Open(ctx context.Context, dsn, schema string) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// OpenApp connects a pool that acts as AppRole (SET ROLE when the URL's
+// user is the owner, as in development), wrapped to scope every query to the
+// context's clinic. Migrate must have run first: it creates the role.
+func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
+	if !schemaPattern.MatchString(schema) {
+		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: parse dsn: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
+	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
+		var user string
+		if err := c.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+			return err
+		}
+		if user == AppRole {
+			return nil
+		}
+		_, err := c.Exec(ctx, `SET ROLE `+AppRole)
+		return err
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: connect: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("pgdb: ping %s: %w", cfg.ConnConfig.Host, err)
+	}
+	return &DB{Pool: pool}, nil
+}
+
 // Source is one set of migrations: files named NNNN_description.sql.
 type Source struct {
 	Name string
@@ -97,7 +132,61 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 			}
 		}
 	}
-	return nil
+	return secure(ctx, conn.Conn(), schema)
+}
+
+// secure grants AppRole what the services need and puts row-level security
+// on every table that has a clinic column. It runs after every migration
+// set, so tables added later are covered too.
+func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		stmts := []string{
+			`DO $$ BEGIN
+				IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '` + AppRole + `') THEN
+					CREATE ROLE ` + AppRole + ` NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+				END IF;
+			END $$`,
+			`GRANT ` + AppRole + ` TO current_user`,
+			`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + AppRole,
+			`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + AppRole,
+			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
+			`REVOKE ALL ON ` + schema + `.schema_migrations FROM ` + AppRole,
+		}
+		for _, st := range stmts {
+			if _, err := tx.Exec(ctx, st); err != nil {
+				return fmt.Errorf("pgdb: secure %s: %w", schema, err)
+			}
+		}
+		rows, err := tx.Query(ctx, `SELECT table_name FROM information_schema.columns
+			WHERE table_schema = $1 AND column_name = 'clinic' ORDER BY table_name`, schema)
+		if err != nil {
+			return fmt.Errorf("pgdb: secure %s: %w", schema, err)
+		}
+		tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return fmt.Errorf("pgdb: secure %s: %w", schema, err)
+		}
+		for _, t := range tables {
+			q := schema + "." + pgx.Identifier{t}.Sanitize()
+			// Rows of clinic '' are shared content (built-in talking points):
+			// readable everywhere, writable by no clinic.
+			for _, st := range []string{
+				`ALTER TABLE ` + q + ` ENABLE ROW LEVEL SECURITY`,
+				`ALTER TABLE ` + q + ` FORCE ROW LEVEL SECURITY`,
+				`DROP POLICY IF EXISTS clinic_isolation ON ` + q,
+				`CREATE POLICY clinic_isolation ON ` + q + ` TO ` + AppRole + `
+					USING (clinic = current_setting('handoff.clinic', true) OR clinic = ''
+						OR current_setting('handoff.clinic', true) = '*')
+					WITH CHECK (clinic = current_setting('handoff.clinic', true)
+						OR current_setting('handoff.clinic', true) = '*')`,
+			} {
+				if _, err := tx.Exec(ctx, st); err != nil {
+					return fmt.Errorf("pgdb: row security on %s: %w", q, err)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, file string) error {

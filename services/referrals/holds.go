@@ -164,6 +164,7 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 // process runs it periodically (RunExpiry); holds and conversions also
 // expire what is due on their own program first.
 func (s *Server) ExpireHolds(ctx context.Context) error {
+	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope) // every clinic's holds
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		return s.expireHolds(ctx, tx, "", "", s.cfg.Now())
 	})

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/proto"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -49,12 +48,14 @@ type Config struct {
 // Server implements referralsv1.ReferralsServiceServer.
 type Server struct {
 	referralsv1.UnimplementedReferralsServiceServer
-	pool *pgxpool.Pool
+	pool *pgdb.DB
 	cfg  Config
 }
 
 // New returns a server over pool, whose search path is the service's schema.
-func New(pool *pgxpool.Pool, cfg Config) *Server {
+// New returns a server whose queries run through db, as the application
+// role and scoped to the caller's clinic.
+func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.DefaultHoldTTL == 0 {
 		cfg.DefaultHoldTTL = 72 * time.Hour
 	}

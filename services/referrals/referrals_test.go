@@ -41,9 +41,9 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
-	pool, _ := pgtest.Schema(t, referrals.Migrations()...)
+	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
-	srv := referrals.New(pool, referrals.Config{Now: c.Now})
+	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, client: referralsv1.NewReferralsServiceClient(env.Conn),
 		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"google.golang.org/grpc"
@@ -63,7 +62,7 @@ type Config struct {
 // Stack is a running set of parts.
 type Stack struct {
 	FamiliesAddr, InterventionsAddr, ReferralsAddr string
-	Pools                                          map[string]*pgxpool.Pool
+	DBs                                            map[string]*pgdb.DB
 	Worker                                         worker.Worker
 
 	cancel  context.CancelFunc
@@ -80,20 +79,27 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		cfg.RelayInterval = 200 * time.Millisecond
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s := &Stack{Pools: map[string]*pgxpool.Pool{}, cancel: cancel}
+	s := &Stack{DBs: map[string]*pgdb.DB{}, cancel: cancel}
 	fail := func(err error) (*Stack, error) { s.Stop(); return nil, err }
 
-	open := func(schema string, sources []pgdb.Source) (*pgxpool.Pool, error) {
-		pool, err := pgdb.Open(ctx, cfg.DatabaseURL, cfg.SchemaPrefix+schema)
+	// Migrate as the URL's user (the owner), then act as the application role.
+	open := func(schema string, sources []pgdb.Source) (*pgdb.DB, error) {
+		owner, err := pgdb.Open(ctx, cfg.DatabaseURL, cfg.SchemaPrefix+schema)
 		if err != nil {
 			return nil, err
 		}
-		s.closers = append(s.closers, pool.Close)
-		if err := pgdb.Migrate(ctx, pool, cfg.SchemaPrefix+schema, sources...); err != nil {
+		err = pgdb.Migrate(ctx, owner, cfg.SchemaPrefix+schema, sources...)
+		owner.Close()
+		if err != nil {
 			return nil, err
 		}
-		s.Pools[schema] = pool
-		return pool, nil
+		db, err := pgdb.OpenApp(ctx, cfg.DatabaseURL, cfg.SchemaPrefix+schema)
+		if err != nil {
+			return nil, err
+		}
+		s.closers = append(s.closers, db.Pool.Close)
+		s.DBs[schema] = db
+		return db, nil
 	}
 	famPool, err := open(families.Schema, families.Migrations())
 	if err != nil {
@@ -168,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	d := &dispatch.Dispatcher{Client: relayClient, Log: cfg.Log}
 	for _, name := range []string{families.Schema, interventions.Schema, referrals.Schema} {
-		r := &outbox.Relay{Pool: s.Pools[name], Deliver: d.Deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
+		r := &outbox.Relay{DB: s.DBs[name], Deliver: d.Deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); r.Run(runCtx) }()
 	}

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 
@@ -85,7 +84,7 @@ type serviceDef struct {
 	migrations []pgdb.Source
 	policy     grpcserver.Policy
 	// register registers the service; it may return a background task.
-	register func(s *grpc.Server, pool *pgxpool.Pool, f serviceFlags) (func(context.Context), error)
+	register func(s *grpc.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error)
 }
 
 type serviceFlags struct {
@@ -96,14 +95,14 @@ type serviceFlags struct {
 var serviceDefs = []serviceDef{
 	{
 		name: "families", schema: families.Schema, addr: familiesAddr, migrations: families.Migrations(), policy: families.Policy(),
-		register: func(s *grpc.Server, pool *pgxpool.Pool, _ serviceFlags) (func(context.Context), error) {
+		register: func(s *grpc.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
 			familiesv1.RegisterFamiliesServiceServer(s, families.New(pool, families.Config{}))
 			return nil, nil
 		},
 	},
 	{
 		name: "interventions", schema: interventions.Schema, addr: interventionsAddr, migrations: interventions.Migrations(), policy: interventions.Policy(),
-		register: func(s *grpc.Server, pool *pgxpool.Pool, f serviceFlags) (func(context.Context), error) {
+		register: func(s *grpc.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
 			creds, err := tlsconf.Client(f.tls)
 			if err != nil {
 				return nil, err
@@ -120,7 +119,7 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
-		register: func(s *grpc.Server, pool *pgxpool.Pool, _ serviceFlags) (func(context.Context), error) {
+		register: func(s *grpc.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
 			srv := referrals.New(pool, referrals.Config{})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, nil
@@ -161,14 +160,22 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 // until ctx ends.
 func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags, verifier *auth.Verifier, tc client.Client) error {
 	log = log.With("service", d.name)
-	pool, err := pgdb.Open(ctx, f.databaseURL, d.schema)
+	// Migrate as the URL's user (the owner), then act as the application
+	// role under row-level security.
+	owner, err := pgdb.Open(ctx, f.databaseURL, d.schema)
 	if err != nil {
 		return err
 	}
-	defer pool.Close()
-	if err := pgdb.Migrate(ctx, pool, d.schema, d.migrations...); err != nil {
+	err = pgdb.Migrate(ctx, owner, d.schema, d.migrations...)
+	owner.Close()
+	if err != nil {
 		return err
 	}
+	pool, err := pgdb.OpenApp(ctx, f.databaseURL, d.schema)
+	if err != nil {
+		return err
+	}
+	defer pool.Pool.Close()
 	creds, err := tlsconf.Server(f.tls)
 	if err != nil {
 		return err
@@ -190,7 +197,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		wg.Add(1)
 		go func() { defer wg.Done(); background(ctx) }()
 	}
-	relay := &outbox.Relay{Pool: pool, Deliver: (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver, Log: log}
+	relay := &outbox.Relay{DB: pool, Deliver: (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver, Log: log}
 	wg.Add(1)
 	go func() { defer wg.Done(); relay.Run(ctx) }()
 	log.Info("serving", "addr", lis.Addr().String())

@@ -125,3 +125,15 @@ func Prefix(t testing.TB, names ...string) string {
 	})
 	return prefix
 }
+
+// App opens the application-role pool over a schema made by Schema: what
+// the services use, under row-level security.
+func App(t testing.TB, schema string) *pgdb.DB {
+	t.Helper()
+	db, err := pgdb.OpenApp(context.Background(), URL(), schema)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(db.Pool.Close)
+	return db
+}

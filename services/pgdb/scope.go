@@ -1,0 +1,175 @@
+package pgdb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// AppRole is the PostgreSQL role the services act as: it owns nothing, has
+// no BYPASSRLS, may read and write the service tables, and may only append
+// to the audit log. Row-level security on every clinic table admits only the
+// rows of the clinic set for the transaction, so a bug in the service layer
+// still leaks nothing across clinics.
+const AppRole = "handoff_app"
+
+// SystemScope is the clinic scope of background work that serves every
+// clinic (outbox relays, hold expiry). Requests never get it: clinic ids in
+// resource names are lowercase letters, digits and hyphens.
+const SystemScope = "*"
+
+type scopeKey struct{}
+
+// WithClinic returns ctx whose database work is confined to clinic.
+func WithClinic(ctx context.Context, clinic string) context.Context {
+	return context.WithValue(ctx, scopeKey{}, clinic)
+}
+
+// ClinicOf returns the clinic scope in ctx.
+func ClinicOf(ctx context.Context) string {
+	c, _ := ctx.Value(scopeKey{}).(string)
+	return c
+}
+
+// ErrNoScope is returned for database work without a clinic scope: it fails
+// closed rather than run unscoped.
+var ErrNoScope = errors.New("pgdb: no clinic scope in context")
+
+// DB runs every query as AppRole with the clinic scope from the context.
+type DB struct {
+	Pool *pgxpool.Pool
+}
+
+func (db *DB) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	clinic := ClinicOf(ctx)
+	if clinic == "" {
+		return nil, ErrNoScope
+	}
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: acquire: %w", err)
+	}
+	// Set on every use, so a value left from an earlier request never counts.
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, clinic); err != nil {
+		conn.Release()
+		return nil, fmt.Errorf("pgdb: scope: %w", err)
+	}
+	return conn, nil
+}
+
+// Query runs a query in the context's clinic scope.
+func (db *DB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	conn, err := db.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		conn.Release()
+		return nil, err
+	}
+	return &releasingRows{Rows: rows, conn: conn}, nil
+}
+
+// QueryRow runs a one-row query in the context's clinic scope.
+func (db *DB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	rows, err := db.Query(ctx, sql, args...)
+	if err != nil {
+		return errRow{err}
+	}
+	return rowOf{rows}
+}
+
+// Exec runs a statement in the context's clinic scope.
+func (db *DB) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	conn, err := db.acquire(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	defer conn.Release()
+	return conn.Exec(ctx, sql, args...)
+}
+
+// Begin starts a transaction in the context's clinic scope.
+func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
+	conn, err := db.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		conn.Release()
+		return nil, err
+	}
+	return &releasingTx{Tx: tx, conn: conn}, nil
+}
+
+type releasingRows struct {
+	pgx.Rows
+	conn *pgxpool.Conn
+	done bool
+}
+
+func (r *releasingRows) Close() {
+	r.Rows.Close()
+	if !r.done {
+		r.done = true
+		r.conn.Release()
+	}
+}
+
+func (r *releasingRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.Close()
+	return false
+}
+
+type rowOf struct{ rows pgx.Rows }
+
+func (r rowOf) Scan(dest ...any) error {
+	defer r.rows.Close()
+	if !r.rows.Next() {
+		if err := r.rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := r.rows.Scan(dest...); err != nil {
+		return err
+	}
+	r.rows.Close()
+	return r.rows.Err()
+}
+
+type errRow struct{ err error }
+
+func (e errRow) Scan(...any) error { return e.err }
+
+type releasingTx struct {
+	pgx.Tx
+	conn *pgxpool.Conn
+	done bool
+}
+
+func (t *releasingTx) release() {
+	if !t.done {
+		t.done = true
+		t.conn.Release()
+	}
+}
+
+func (t *releasingTx) Commit(ctx context.Context) error {
+	defer t.release()
+	return t.Tx.Commit(ctx)
+}
+
+func (t *releasingTx) Rollback(ctx context.Context) error {
+	defer t.release()
+	return t.Tx.Rollback(ctx)
+}
