@@ -26,6 +26,7 @@ import (
 type fixture struct {
 	env    *servicetest.Env
 	pool   *pgxpool.Pool
+	schema string
 	client familiesv1.FamiliesServiceClient
 	ctx    context.Context // a counselor of clinic "north"
 }
@@ -33,10 +34,12 @@ type fixture struct {
 func setup(t testing.TB) *fixture {
 	t.Helper()
 	pool, schema := pgtest.Schema(t, families.Migrations()...)
+	srv := families.New(pgtest.App(t, schema), families.Config{})
 	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
-		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, schema), families.Config{}))
+		familiesv1.RegisterFamiliesServiceServer(s, srv)
 	})
-	return &fixture{env: env, pool: pool, client: familiesv1.NewFamiliesServiceClient(env.Conn), ctx: env.Counselor("north")}
+	env.Server.SetAuditor(srv.Auditor())
+	return &fixture{env: env, pool: pool, schema: schema, client: familiesv1.NewFamiliesServiceClient(env.Conn), ctx: env.Counselor("north")}
 }
 
 func sampleFamily() *familiesv1.Family {

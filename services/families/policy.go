@@ -31,5 +31,7 @@ func Policy() grpcserver.Policy {
 	// intervention.
 	p[svc+"ReinforceBoundary"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
 	p[svc+"DeleteFamily"] = []auth.Role{auth.RoleClinicAdmin}
+	// The audit trail is for administrators.
+	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -43,6 +44,14 @@ type Config struct {
 	Policy   Policy
 	// TLS, when set, serves over TLS (mutual TLS if it requires client certs).
 	TLS credentials.TransportCredentials
+	// Audit records every authenticated call with its outcome. A call whose
+	// record cannot be written fails: no unaudited access to health data.
+	Audit Auditor
+}
+
+// Auditor records calls.
+type Auditor interface {
+	Record(ctx context.Context, e audit.Event) error
 }
 
 // Server is a gRPC server with its health service.
@@ -50,7 +59,12 @@ type Server struct {
 	*grpc.Server
 	Health *health.Server
 	log    *slog.Logger
+	icpt   *interceptor
 }
+
+// SetAuditor sets the auditor, for services built after their server.
+// Call it before Serve.
+func (s *Server) SetAuditor(a Auditor) { s.icpt.audit = a }
 
 // publicMethods need no token: load balancers and operators probe them.
 var publicMethods = []string{
@@ -72,7 +86,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	i := &interceptor{log: log, verifier: cfg.Verifier, policy: cfg.Policy, validator: validator}
+	i := &interceptor{log: log, verifier: cfg.Verifier, policy: cfg.Policy, validator: validator, audit: cfg.Audit}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.MaxRecvMsgSize(4 << 20),
@@ -80,7 +94,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(cfg.TLS))
 	}
-	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), log: log}
+	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), log: log, icpt: i}
 	healthpb.RegisterHealthServer(s.Server, s.Health)
 	reflection.Register(s.Server)
 	return s, nil
@@ -113,6 +127,7 @@ type interceptor struct {
 	verifier  *auth.Verifier
 	policy    Policy
 	validator protovalidate.Validator
+	audit     Auditor
 }
 
 func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -140,15 +155,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		return nil, err
 	}
 	subject = p.Subject
-	if !i.allowed(info.FullMethod, p) {
-		return nil, status.Errorf(codes.PermissionDenied, "role %v may not call %s", p.Roles, info.FullMethod)
-	}
 	m, _ := req.(proto.Message)
-	if m != nil {
-		if err := i.validate(m); err != nil {
-			return nil, err
-		}
-	}
 	// The database scope is the caller's own clinic, whatever the request
 	// names: row-level security then hides other clinics even if a handler
 	// forgot its check. Only the worker serves every clinic; its scope is
@@ -161,6 +168,24 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		scope = requestClinic(m)
 	}
 	ctx = pgdb.WithClinic(ctx, scope)
+	if i.audit != nil {
+		defer func() {
+			e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
+				Resource: requestResource(m), Outcome: audit.Outcome(status.Code(err)), RequestID: requestID(m)}
+			if aerr := i.audit.Record(ctx, e); aerr != nil {
+				i.log.ErrorContext(ctx, "audit record failed", "method", info.FullMethod, "error", aerr.Error())
+				resp, err = nil, status.Error(codes.Internal, "internal error")
+			}
+		}()
+	}
+	if !i.allowed(info.FullMethod, p) {
+		return nil, status.Errorf(codes.PermissionDenied, "role %v may not call %s", p.Roles, info.FullMethod)
+	}
+	if m != nil {
+		if err := i.validate(m); err != nil {
+			return nil, err
+		}
+	}
 	// The caller's token goes along on calls this service makes to others,
 	// which check it again: identity is forwarded, never asserted.
 	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), bearerToken(ctx))
@@ -172,6 +197,44 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 	}
 	return resp, err
+}
+
+// requestResource is the resource a request names, for the audit trail.
+func requestResource(m proto.Message) string {
+	if m == nil {
+		return ""
+	}
+	r := m.ProtoReflect()
+	for _, f := range []protoreflect.Name{"name", "parent", "program"} {
+		if fd := r.Descriptor().Fields().ByName(f); fd != nil && fd.Kind() == protoreflect.StringKind {
+			if v := r.Get(fd).String(); v != "" {
+				return v
+			}
+		}
+	}
+	// Updates carry the resource, whose name is the one changed.
+	var name string
+	r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() {
+			if nf := fd.Message().Fields().ByName("name"); nf != nil && nf.Kind() == protoreflect.StringKind {
+				name = v.Message().Get(nf).String()
+				return name == ""
+			}
+		}
+		return true
+	})
+	return name
+}
+
+func requestID(m proto.Message) string {
+	if m == nil {
+		return ""
+	}
+	r := m.ProtoReflect()
+	if fd := r.Descriptor().Fields().ByName("request_id"); fd != nil && fd.Kind() == protoreflect.StringKind {
+		return r.Get(fd).String()
+	}
+	return ""
 }
 
 // requestClinic finds the clinic a request is about: the first clinic-scoped

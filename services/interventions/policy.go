@@ -33,5 +33,7 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleWorker, auth.RoleClinicAdmin}, "CancelReminder")
 	set([]auth.Role{auth.RoleReminders, auth.RoleWorker, auth.RoleCounselor, auth.RoleClinicAdmin}, "GetReminder", "ListReminders")
 	set([]auth.Role{auth.RoleReminders}, "ClaimReminder", "CompleteReminder")
+	// The audit trail is for administrators.
+	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p
 }

@@ -151,6 +151,12 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`REVOKE ALL ON ` + schema + `.schema_migrations FROM ` + AppRole,
+			// The audit trail is append-only for the services.
+			`DO $$ BEGIN
+				IF to_regclass('` + schema + `.audit_log') IS NOT NULL THEN
+					REVOKE UPDATE, DELETE, TRUNCATE ON ` + schema + `.audit_log FROM ` + AppRole + `;
+				END IF;
+			END $$`,
 		}
 		for _, st := range stmts {
 			if _, err := tx.Exec(ctx, st); err != nil {

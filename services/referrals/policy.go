@@ -26,5 +26,7 @@ func Policy() grpcserver.Policy {
 		// The receiving program's answers arrive through the EHR (closed loop).
 		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow")
 	set(append(counselors, auth.RoleWorker), "CancelReferral")
+	// The audit trail is for administrators.
+	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p
 }

@@ -21,6 +21,7 @@ type Env struct {
 	Issuer *auth.Issuer
 	Addr   string
 	Conn   *grpc.ClientConn
+	Server *grpcserver.Server
 }
 
 // Start serves what register registers on 127.0.0.1 until the test ends.
@@ -55,7 +56,7 @@ func Start(t testing.TB, policy grpcserver.Policy, register func(*grpc.Server)) 
 		cancel()
 		<-done
 	})
-	return &Env{Issuer: iss, Addr: lis.Addr().String(), Conn: conn}
+	return &Env{Issuer: iss, Addr: lis.Addr().String(), Conn: conn, Server: srv}
 }
 
 // As returns a context whose calls carry a token for subject in clinic with

@@ -114,8 +114,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 
-	serve := func(name, addr string, policy grpcserver.Policy, register func(*grpc.Server)) (string, error) {
-		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy})
+	serve := func(name, addr string, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpc.Server)) (string, error) {
+		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy, Audit: auditor})
 		if err != nil {
 			return "", err
 		}
@@ -143,13 +143,13 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 
 	famSrv := families.New(famPool, families.Config{})
-	if s.FamiliesAddr, err = serve("families", cfg.FamiliesAddr, families.Policy(), func(g *grpc.Server) {
+	if s.FamiliesAddr, err = serve("families", cfg.FamiliesAddr, families.Policy(), famSrv.Auditor(), func(g *grpc.Server) {
 		familiesv1.RegisterFamiliesServiceServer(g, famSrv)
 	}); err != nil {
 		return fail(err)
 	}
 	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log})
-	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), func(g *grpc.Server) {
+	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpc.Server) {
 		referralsv1.RegisterReferralsServiceServer(g, refSrv)
 	}); err != nil {
 		return fail(err)
@@ -159,7 +159,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 	ivSrv := interventions.New(ivPool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)})
-	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), func(g *grpc.Server) {
+	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), ivSrv.Auditor(), func(g *grpc.Server) {
 		interventionsv1.RegisterInterventionsServiceServer(g, ivSrv)
 	}); err != nil {
 		return fail(err)

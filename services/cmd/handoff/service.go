@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/client"
-	"google.golang.org/grpc"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -84,7 +83,7 @@ type serviceDef struct {
 	migrations []pgdb.Source
 	policy     grpcserver.Policy
 	// register registers the service; it may return a background task.
-	register func(s *grpc.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error)
+	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error)
 }
 
 type serviceFlags struct {
@@ -95,14 +94,16 @@ type serviceFlags struct {
 var serviceDefs = []serviceDef{
 	{
 		name: "families", schema: families.Schema, addr: familiesAddr, migrations: families.Migrations(), policy: families.Policy(),
-		register: func(s *grpc.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
-			familiesv1.RegisterFamiliesServiceServer(s, families.New(pool, families.Config{}))
+		register: func(s *grpcserver.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
+			srv := families.New(pool, families.Config{})
+			familiesv1.RegisterFamiliesServiceServer(s, srv)
+			s.SetAuditor(srv.Auditor())
 			return nil, nil
 		},
 	},
 	{
 		name: "interventions", schema: interventions.Schema, addr: interventionsAddr, migrations: interventions.Migrations(), policy: interventions.Policy(),
-		register: func(s *grpc.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
 			creds, err := tlsconf.Client(f.tls)
 			if err != nil {
 				return nil, err
@@ -112,16 +113,18 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return nil, err
 			}
-			interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pool, interventions.Config{
-				Families: familiesv1.NewFamiliesServiceClient(conn)}))
+			srv := interventions.New(pool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn)})
+			interventionsv1.RegisterInterventionsServiceServer(s, srv)
+			s.SetAuditor(srv.Auditor())
 			return func(ctx context.Context) { <-ctx.Done(); conn.Close() }, nil
 		},
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
-		register: func(s *grpc.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
 			srv := referrals.New(pool, referrals.Config{})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
+			s.SetAuditor(srv.Auditor())
 			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, nil
 		},
 	},
@@ -184,7 +187,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err != nil {
 		return err
 	}
-	background, err := d.register(srv.Server, pool, f)
+	background, err := d.register(srv, pool, f)
 	if err != nil {
 		return err
 	}

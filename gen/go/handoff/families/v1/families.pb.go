@@ -16,6 +16,7 @@ package familiesv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -3496,7 +3497,7 @@ var File_handoff_families_v1_families_proto protoreflect.FileDescriptor
 
 const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\n" +
-	"\"handoff/families/v1/families.proto\x12\x13handoff.families.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\a\n" +
+	"\"handoff/families/v1/families.proto\x12\x13handoff.families.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\a\n" +
 	"\x06Family\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12?\n" +
 	"\tloved_one\x18\x02 \x01(\v2\x1d.handoff.families.v1.LovedOneB\x03\xe0A\x02R\blovedOne\x12B\n" +
@@ -3842,7 +3843,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x15BOUNDARY_STATE_AGREED\x10\x02\x12\x19\n" +
 	"\x15BOUNDARY_STATE_ACTIVE\x10\x03\x12\x1d\n" +
 	"\x19BOUNDARY_STATE_REINFORCED\x10\x04\x12\x1a\n" +
-	"\x16BOUNDARY_STATE_RETIRED\x10\x052\xbb\x1f\n" +
+	"\x16BOUNDARY_STATE_RETIRED\x10\x052\xe2 \n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -3868,7 +3869,8 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\rAgreeBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"D\xdaA\x04name\x82\xd3\xe4\x93\x027:\x01*\"2/v1/{name=clinics/*/families/*/boundaries/*}:agree\x12\xaa\x01\n" +
 	"\x10ActivateBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"G\xdaA\x04name\x82\xd3\xe4\x93\x02::\x01*\"5/v1/{name=clinics/*/families/*/boundaries/*}:activate\x12\xac\x01\n" +
 	"\x11ReinforceBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"H\xdaA\x04name\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/families/*/boundaries/*}:reinforce\x12\xa6\x01\n" +
-	"\x0eRetireBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"E\xdaA\x04name\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=clinics/*/families/*/boundaries/*}:retire\x1a\x19\xcaA\x16families.handoff.localBIZGgithub.com/handoff-health/handoff/gen/go/handoff/families/v1;familiesv1b\x06proto3"
+	"\x0eRetireBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"E\xdaA\x04name\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=clinics/*/families/*/boundaries/*}:retire\x12\xa4\x01\n" +
+	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"<\xdaA\x06parent\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=clinics/*}/families:auditEvents\x1a\x19\xcaA\x16families.handoff.localBIZGgithub.com/handoff-health/handoff/gen/go/handoff/families/v1;familiesv1b\x06proto3"
 
 var (
 	file_handoff_families_v1_families_proto_rawDescOnce sync.Once
@@ -3885,58 +3887,60 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
 var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_handoff_families_v1_families_proto_goTypes = []any{
-	(FamilyState)(0),                  // 0: handoff.families.v1.FamilyState
-	(Substance)(0),                    // 1: handoff.families.v1.Substance
-	(ChannelKind)(0),                  // 2: handoff.families.v1.ChannelKind
-	(Relationship)(0),                 // 3: handoff.families.v1.Relationship
-	(MemberRole)(0),                   // 4: handoff.families.v1.MemberRole
-	(CoverageKind)(0),                 // 5: handoff.families.v1.CoverageKind
-	(BarrierKind)(0),                  // 6: handoff.families.v1.BarrierKind
-	(WarningSignKind)(0),              // 7: handoff.families.v1.WarningSignKind
-	(SafetyRisk)(0),                   // 8: handoff.families.v1.SafetyRisk
-	(SafetyScreenStatus)(0),           // 9: handoff.families.v1.SafetyScreenStatus
-	(BoundaryCategory)(0),             // 10: handoff.families.v1.BoundaryCategory
-	(BoundaryState)(0),                // 11: handoff.families.v1.BoundaryState
-	(*Family)(nil),                    // 12: handoff.families.v1.Family
-	(*LovedOne)(nil),                  // 13: handoff.families.v1.LovedOne
-	(*ContactChannel)(nil),            // 14: handoff.families.v1.ContactChannel
-	(*Member)(nil),                    // 15: handoff.families.v1.Member
-	(*QuietHours)(nil),                // 16: handoff.families.v1.QuietHours
-	(*Coverage)(nil),                  // 17: handoff.families.v1.Coverage
-	(*Barrier)(nil),                   // 18: handoff.families.v1.Barrier
-	(*WarningSign)(nil),               // 19: handoff.families.v1.WarningSign
-	(*SafetyScreen)(nil),              // 20: handoff.families.v1.SafetyScreen
-	(*Boundary)(nil),                  // 21: handoff.families.v1.Boundary
-	(*BoundaryEvent)(nil),             // 22: handoff.families.v1.BoundaryEvent
-	(*CreateFamilyRequest)(nil),       // 23: handoff.families.v1.CreateFamilyRequest
-	(*GetFamilyRequest)(nil),          // 24: handoff.families.v1.GetFamilyRequest
-	(*ListFamiliesRequest)(nil),       // 25: handoff.families.v1.ListFamiliesRequest
-	(*ListFamiliesResponse)(nil),      // 26: handoff.families.v1.ListFamiliesResponse
-	(*UpdateFamilyRequest)(nil),       // 27: handoff.families.v1.UpdateFamilyRequest
-	(*DeleteFamilyRequest)(nil),       // 28: handoff.families.v1.DeleteFamilyRequest
-	(*CreateBarrierRequest)(nil),      // 29: handoff.families.v1.CreateBarrierRequest
-	(*GetBarrierRequest)(nil),         // 30: handoff.families.v1.GetBarrierRequest
-	(*ListBarriersRequest)(nil),       // 31: handoff.families.v1.ListBarriersRequest
-	(*ListBarriersResponse)(nil),      // 32: handoff.families.v1.ListBarriersResponse
-	(*UpdateBarrierRequest)(nil),      // 33: handoff.families.v1.UpdateBarrierRequest
-	(*DeleteBarrierRequest)(nil),      // 34: handoff.families.v1.DeleteBarrierRequest
-	(*ResolveBarrierRequest)(nil),     // 35: handoff.families.v1.ResolveBarrierRequest
-	(*CreateWarningSignRequest)(nil),  // 36: handoff.families.v1.CreateWarningSignRequest
-	(*GetWarningSignRequest)(nil),     // 37: handoff.families.v1.GetWarningSignRequest
-	(*ListWarningSignsRequest)(nil),   // 38: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),  // 39: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil), // 40: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),  // 41: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil), // 42: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),     // 43: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),        // 44: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),     // 45: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),    // 46: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),     // 47: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil), // 48: handoff.families.v1.TransitionBoundaryRequest
-	(*timestamppb.Timestamp)(nil),     // 49: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 50: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),             // 51: google.protobuf.Empty
+	(FamilyState)(0),                   // 0: handoff.families.v1.FamilyState
+	(Substance)(0),                     // 1: handoff.families.v1.Substance
+	(ChannelKind)(0),                   // 2: handoff.families.v1.ChannelKind
+	(Relationship)(0),                  // 3: handoff.families.v1.Relationship
+	(MemberRole)(0),                    // 4: handoff.families.v1.MemberRole
+	(CoverageKind)(0),                  // 5: handoff.families.v1.CoverageKind
+	(BarrierKind)(0),                   // 6: handoff.families.v1.BarrierKind
+	(WarningSignKind)(0),               // 7: handoff.families.v1.WarningSignKind
+	(SafetyRisk)(0),                    // 8: handoff.families.v1.SafetyRisk
+	(SafetyScreenStatus)(0),            // 9: handoff.families.v1.SafetyScreenStatus
+	(BoundaryCategory)(0),              // 10: handoff.families.v1.BoundaryCategory
+	(BoundaryState)(0),                 // 11: handoff.families.v1.BoundaryState
+	(*Family)(nil),                     // 12: handoff.families.v1.Family
+	(*LovedOne)(nil),                   // 13: handoff.families.v1.LovedOne
+	(*ContactChannel)(nil),             // 14: handoff.families.v1.ContactChannel
+	(*Member)(nil),                     // 15: handoff.families.v1.Member
+	(*QuietHours)(nil),                 // 16: handoff.families.v1.QuietHours
+	(*Coverage)(nil),                   // 17: handoff.families.v1.Coverage
+	(*Barrier)(nil),                    // 18: handoff.families.v1.Barrier
+	(*WarningSign)(nil),                // 19: handoff.families.v1.WarningSign
+	(*SafetyScreen)(nil),               // 20: handoff.families.v1.SafetyScreen
+	(*Boundary)(nil),                   // 21: handoff.families.v1.Boundary
+	(*BoundaryEvent)(nil),              // 22: handoff.families.v1.BoundaryEvent
+	(*CreateFamilyRequest)(nil),        // 23: handoff.families.v1.CreateFamilyRequest
+	(*GetFamilyRequest)(nil),           // 24: handoff.families.v1.GetFamilyRequest
+	(*ListFamiliesRequest)(nil),        // 25: handoff.families.v1.ListFamiliesRequest
+	(*ListFamiliesResponse)(nil),       // 26: handoff.families.v1.ListFamiliesResponse
+	(*UpdateFamilyRequest)(nil),        // 27: handoff.families.v1.UpdateFamilyRequest
+	(*DeleteFamilyRequest)(nil),        // 28: handoff.families.v1.DeleteFamilyRequest
+	(*CreateBarrierRequest)(nil),       // 29: handoff.families.v1.CreateBarrierRequest
+	(*GetBarrierRequest)(nil),          // 30: handoff.families.v1.GetBarrierRequest
+	(*ListBarriersRequest)(nil),        // 31: handoff.families.v1.ListBarriersRequest
+	(*ListBarriersResponse)(nil),       // 32: handoff.families.v1.ListBarriersResponse
+	(*UpdateBarrierRequest)(nil),       // 33: handoff.families.v1.UpdateBarrierRequest
+	(*DeleteBarrierRequest)(nil),       // 34: handoff.families.v1.DeleteBarrierRequest
+	(*ResolveBarrierRequest)(nil),      // 35: handoff.families.v1.ResolveBarrierRequest
+	(*CreateWarningSignRequest)(nil),   // 36: handoff.families.v1.CreateWarningSignRequest
+	(*GetWarningSignRequest)(nil),      // 37: handoff.families.v1.GetWarningSignRequest
+	(*ListWarningSignsRequest)(nil),    // 38: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),   // 39: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),  // 40: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),   // 41: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),  // 42: handoff.families.v1.ListSafetyScreensResponse
+	(*CreateBoundaryRequest)(nil),      // 43: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),         // 44: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),      // 45: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),     // 46: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),      // 47: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),  // 48: handoff.families.v1.TransitionBoundaryRequest
+	(*timestamppb.Timestamp)(nil),      // 49: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 50: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),  // 51: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),              // 52: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil), // 53: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	13, // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -4015,32 +4019,34 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	48, // 73: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
 	48, // 74: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
 	48, // 75: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	12, // 76: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	12, // 77: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	26, // 78: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	12, // 79: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	51, // 80: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	18, // 81: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	18, // 82: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	32, // 83: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	18, // 84: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	51, // 85: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	18, // 86: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	19, // 87: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	19, // 88: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	39, // 89: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	20, // 90: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	42, // 91: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	21, // 92: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 93: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	46, // 94: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	21, // 95: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 96: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 97: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 98: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 99: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	76, // [76:100] is the sub-list for method output_type
-	52, // [52:76] is the sub-list for method input_type
+	51, // 76: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	12, // 77: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	12, // 78: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	26, // 79: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	12, // 80: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	52, // 81: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	18, // 82: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	18, // 83: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	32, // 84: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	18, // 85: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	52, // 86: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	18, // 87: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	19, // 88: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	19, // 89: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	39, // 90: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	20, // 91: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	42, // 92: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	21, // 93: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	21, // 94: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	46, // 95: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	21, // 96: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	21, // 97: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	21, // 98: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	21, // 99: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	21, // 100: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	53, // 101: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	77, // [77:102] is the sub-list for method output_type
+	52, // [52:77] is the sub-list for method input_type
 	52, // [52:52] is the sub-list for extension type_name
 	52, // [52:52] is the sub-list for extension extendee
 	0,  // [0:52] is the sub-list for field type_name

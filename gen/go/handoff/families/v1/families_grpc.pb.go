@@ -16,6 +16,7 @@ package familiesv1
 
 import (
 	context "context"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -52,6 +53,7 @@ const (
 	FamiliesService_ActivateBoundary_FullMethodName   = "/handoff.families.v1.FamiliesService/ActivateBoundary"
 	FamiliesService_ReinforceBoundary_FullMethodName  = "/handoff.families.v1.FamiliesService/ReinforceBoundary"
 	FamiliesService_RetireBoundary_FullMethodName     = "/handoff.families.v1.FamiliesService/RetireBoundary"
+	FamiliesService_ListAuditEvents_FullMethodName    = "/handoff.families.v1.FamiliesService/ListAuditEvents"
 )
 
 // FamiliesServiceClient is the client API for FamiliesService service.
@@ -118,6 +120,10 @@ type FamiliesServiceClient interface {
 	ReinforceBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error)
 }
 
 type familiesServiceClient struct {
@@ -368,6 +374,16 @@ func (c *familiesServiceClient) RetireBoundary(ctx context.Context, in *Transiti
 	return out, nil
 }
 
+func (c *familiesServiceClient) ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // FamiliesServiceServer is the server API for FamiliesService service.
 // All implementations must embed UnimplementedFamiliesServiceServer
 // for forward compatibility.
@@ -432,6 +448,10 @@ type FamiliesServiceServer interface {
 	ReinforceBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error)
 	mustEmbedUnimplementedFamiliesServiceServer()
 }
 
@@ -513,6 +533,9 @@ func (UnimplementedFamiliesServiceServer) ReinforceBoundary(context.Context, *Tr
 }
 func (UnimplementedFamiliesServiceServer) RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetireBoundary not implemented")
+}
+func (UnimplementedFamiliesServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedFamiliesServiceServer) mustEmbedUnimplementedFamiliesServiceServer() {}
 func (UnimplementedFamiliesServiceServer) testEmbeddedByValue()                         {}
@@ -967,6 +990,24 @@ func _FamiliesService_RetireBoundary_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FamiliesService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_ListAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).ListAuditEvents(ctx, req.(*v1.ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // FamiliesService_ServiceDesc is the grpc.ServiceDesc for FamiliesService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1069,6 +1110,10 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetireBoundary",
 			Handler:    _FamiliesService_RetireBoundary_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _FamiliesService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -23,6 +23,7 @@ package interventionsv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -3979,7 +3980,7 @@ var File_handoff_interventions_v1_interventions_proto protoreflect.FileDescripto
 
 const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\n" +
-	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\f\n" +
+	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\f\n" +
 	"\fIntervention\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
 	"\x06family\x18\x02 \x01(\tBl\xe0A\x02\xe0A\x05\xfaA\x17\n" +
@@ -4359,7 +4360,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x0eDeliveryResult\x12\x1f\n" +
 	"\x1bDELIVERY_RESULT_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19DELIVERY_RESULT_DELIVERED\x10\x01\x12\x1a\n" +
-	"\x16DELIVERY_RESULT_FAILED\x10\x022\x87\x1e\n" +
+	"\x16DELIVERY_RESULT_FAILED\x10\x022\xb3\x1f\n" +
 	"\x14InterventionsService\x12\xc3\x01\n" +
 	"\x12CreateIntervention\x123.handoff.interventions.v1.CreateInterventionRequest\x1a&.handoff.interventions.v1.Intervention\"P\xdaA\x13parent,intervention\x82\xd3\xe4\x93\x024:\fintervention\"$/v1/{parent=clinics/*}/interventions\x12\xa0\x01\n" +
 	"\x0fGetIntervention\x120.handoff.interventions.v1.GetInterventionRequest\x1a&.handoff.interventions.v1.Intervention\"3\xdaA\x04name\x82\xd3\xe4\x93\x02&\x12$/v1/{name=clinics/*/interventions/*}\x12\xb3\x01\n" +
@@ -4381,7 +4382,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\rListReminders\x12..handoff.interventions.v1.ListRemindersRequest\x1a/.handoff.interventions.v1.ListRemindersResponse\"1\xdaA\x06parent\x82\xd3\xe4\x93\x02\"\x12 /v1/{parent=clinics/*}/reminders\x12\xb5\x01\n" +
 	"\rClaimReminder\x12..handoff.interventions.v1.ClaimReminderRequest\x1a\".handoff.interventions.v1.Reminder\"P\xdaA\x1cname,claimant,lease_duration\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/reminders/*}:claim\x12\xb6\x01\n" +
 	"\x10CompleteReminder\x121.handoff.interventions.v1.CompleteReminderRequest\x1a\".handoff.interventions.v1.Reminder\"K\xdaA\x14name,claimant,result\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/reminders/*}:complete\x12\xa7\x01\n" +
-	"\x0eCancelReminder\x12/.handoff.interventions.v1.CancelReminderRequest\x1a\".handoff.interventions.v1.Reminder\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/reminders/*}:cancel\x1a\x1e\xcaA\x1binterventions.handoff.localBSZQgithub.com/handoff-health/handoff/gen/go/handoff/interventions/v1;interventionsv1b\x06proto3"
+	"\x0eCancelReminder\x12/.handoff.interventions.v1.CancelReminderRequest\x1a\".handoff.interventions.v1.Reminder\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/reminders/*}:cancel\x12\xa9\x01\n" +
+	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"A\xdaA\x06parent\x82\xd3\xe4\x93\x022\x120/v1/{parent=clinics/*}/interventions:auditEvents\x1a\x1e\xcaA\x1binterventions.handoff.localBSZQgithub.com/handoff-health/handoff/gen/go/handoff/interventions/v1;interventionsv1b\x06proto3"
 
 var (
 	file_handoff_interventions_v1_interventions_proto_rawDescOnce sync.Once
@@ -4450,7 +4452,9 @@ var file_handoff_interventions_v1_interventions_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),         // 49: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),           // 50: google.protobuf.Duration
 	(*fieldmaskpb.FieldMask)(nil),         // 51: google.protobuf.FieldMask
-	(*emptypb.Empty)(nil),                 // 52: google.protobuf.Empty
+	(*v1.ListAuditEventsRequest)(nil),     // 52: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                 // 53: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),    // 54: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	0,  // 0: handoff.interventions.v1.Intervention.level:type_name -> handoff.interventions.v1.EscalationLevel
@@ -4526,29 +4530,31 @@ var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	46, // 70: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
 	47, // 71: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
 	48, // 72: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	12, // 73: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 74: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 75: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 76: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	52, // 77: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 78: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 79: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 80: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 81: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 82: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 83: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 84: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 85: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 86: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	52, // 87: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 88: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 89: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 90: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 91: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 92: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 93: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	73, // [73:94] is the sub-list for method output_type
-	52, // [52:73] is the sub-list for method input_type
+	52, // 73: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	12, // 74: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 75: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 76: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 77: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	53, // 78: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 79: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 80: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 81: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 82: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 83: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 84: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 85: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 86: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 87: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	53, // 88: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 89: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 90: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 91: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 92: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 93: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 94: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	54, // 95: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	74, // [74:96] is the sub-list for method output_type
+	52, // [52:74] is the sub-list for method input_type
 	52, // [52:52] is the sub-list for extension type_name
 	52, // [52:52] is the sub-list for extension extendee
 	0,  // [0:52] is the sub-list for field type_name

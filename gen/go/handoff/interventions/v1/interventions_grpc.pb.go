@@ -23,6 +23,7 @@ package interventionsv1
 
 import (
 	context "context"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -56,6 +57,7 @@ const (
 	InterventionsService_ClaimReminder_FullMethodName          = "/handoff.interventions.v1.InterventionsService/ClaimReminder"
 	InterventionsService_CompleteReminder_FullMethodName       = "/handoff.interventions.v1.InterventionsService/CompleteReminder"
 	InterventionsService_CancelReminder_FullMethodName         = "/handoff.interventions.v1.InterventionsService/CancelReminder"
+	InterventionsService_ListAuditEvents_FullMethodName        = "/handoff.interventions.v1.InterventionsService/ListAuditEvents"
 )
 
 // InterventionsServiceClient is the client API for InterventionsService service.
@@ -155,6 +157,10 @@ type InterventionsServiceClient interface {
 	// FAILED_PRECONDITION. A worker that holds a claim learns of the
 	// cancellation when it tries to complete the reminder.
 	CancelReminder(ctx context.Context, in *CancelReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error)
 }
 
 type interventionsServiceClient struct {
@@ -375,6 +381,16 @@ func (c *interventionsServiceClient) CancelReminder(ctx context.Context, in *Can
 	return out, nil
 }
 
+func (c *interventionsServiceClient) ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, InterventionsService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InterventionsServiceServer is the server API for InterventionsService service.
 // All implementations must embed UnimplementedInterventionsServiceServer
 // for forward compatibility.
@@ -472,6 +488,10 @@ type InterventionsServiceServer interface {
 	// FAILED_PRECONDITION. A worker that holds a claim learns of the
 	// cancellation when it tries to complete the reminder.
 	CancelReminder(context.Context, *CancelReminderRequest) (*Reminder, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error)
 	mustEmbedUnimplementedInterventionsServiceServer()
 }
 
@@ -544,6 +564,9 @@ func (UnimplementedInterventionsServiceServer) CompleteReminder(context.Context,
 }
 func (UnimplementedInterventionsServiceServer) CancelReminder(context.Context, *CancelReminderRequest) (*Reminder, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReminder not implemented")
+}
+func (UnimplementedInterventionsServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedInterventionsServiceServer) mustEmbedUnimplementedInterventionsServiceServer() {}
 func (UnimplementedInterventionsServiceServer) testEmbeddedByValue()                              {}
@@ -944,6 +967,24 @@ func _InterventionsService_CancelReminder_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InterventionsService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InterventionsServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InterventionsService_ListAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InterventionsServiceServer).ListAuditEvents(ctx, req.(*v1.ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InterventionsService_ServiceDesc is the grpc.ServiceDesc for InterventionsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1034,6 +1075,10 @@ var InterventionsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelReminder",
 			Handler:    _InterventionsService_CancelReminder_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _InterventionsService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

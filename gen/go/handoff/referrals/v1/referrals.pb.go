@@ -34,6 +34,7 @@ package referralsv1
 
 import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
@@ -3719,7 +3720,7 @@ var File_handoff_referrals_v1_referrals_proto protoreflect.FileDescriptor
 
 const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\n" +
-	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\b\n" +
+	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\b\n" +
 	"\aProgram\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12/\n" +
 	"\forganization\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\forganization\x12.\n" +
@@ -4098,7 +4099,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\xd9\x1b\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\x81\x1d\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4122,7 +4123,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x10ScheduleReferral\x12-.handoff.referrals.v1.ScheduleReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"N\xdaA\x17name,intake_appointment\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:schedule\x12\x9e\x01\n" +
 	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xa4\x01\n" +
 	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa3\x01\n" +
-	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x1a\x1a\xcaA\x17referrals.handoff.localBKZIgithub.com/handoff-health/handoff/gen/go/handoff/referrals/v1;referralsv1b\x06proto3"
+	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xa5\x01\n" +
+	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"=\xdaA\x06parent\x82\xd3\xe4\x93\x02.\x12,/v1/{parent=clinics/*}/referrals:auditEvents\x1a\x1a\xcaA\x17referrals.handoff.localBKZIgithub.com/handoff-health/handoff/gen/go/handoff/referrals/v1;referralsv1b\x06proto3"
 
 var (
 	file_handoff_referrals_v1_referrals_proto_rawDescOnce sync.Once
@@ -4139,55 +4141,57 @@ func file_handoff_referrals_v1_referrals_proto_rawDescGZIP() []byte {
 var file_handoff_referrals_v1_referrals_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
 var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
-	(ServiceKind)(0),                  // 0: handoff.referrals.v1.ServiceKind
-	(PaymentKind)(0),                  // 1: handoff.referrals.v1.PaymentKind
-	(Urgency)(0),                      // 2: handoff.referrals.v1.Urgency
-	(BarrierKind)(0),                  // 3: handoff.referrals.v1.BarrierKind
-	(CoverageKind)(0),                 // 4: handoff.referrals.v1.CoverageKind
-	(MatchReasonCode)(0),              // 5: handoff.referrals.v1.MatchReasonCode
-	(HoldState)(0),                    // 6: handoff.referrals.v1.HoldState
-	(SubjectKind)(0),                  // 7: handoff.referrals.v1.SubjectKind
-	(ReferralState)(0),                // 8: handoff.referrals.v1.ReferralState
-	(RejectionReason)(0),              // 9: handoff.referrals.v1.RejectionReason
-	(*Program)(nil),                   // 10: handoff.referrals.v1.Program
-	(*Address)(nil),                   // 11: handoff.referrals.v1.Address
-	(*Capacity)(nil),                  // 12: handoff.referrals.v1.Capacity
-	(*ProgramMatch)(nil),              // 13: handoff.referrals.v1.ProgramMatch
-	(*MatchReason)(nil),               // 14: handoff.referrals.v1.MatchReason
-	(*Hold)(nil),                      // 15: handoff.referrals.v1.Hold
-	(*Referral)(nil),                  // 16: handoff.referrals.v1.Referral
-	(*ReferralSubject)(nil),           // 17: handoff.referrals.v1.ReferralSubject
-	(*IntakeAppointment)(nil),         // 18: handoff.referrals.v1.IntakeAppointment
-	(*Rejection)(nil),                 // 19: handoff.referrals.v1.Rejection
-	(*ReferralEvent)(nil),             // 20: handoff.referrals.v1.ReferralEvent
-	(*CreateProgramRequest)(nil),      // 21: handoff.referrals.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),         // 22: handoff.referrals.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),       // 23: handoff.referrals.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),      // 24: handoff.referrals.v1.ListProgramsResponse
-	(*UpdateProgramRequest)(nil),      // 25: handoff.referrals.v1.UpdateProgramRequest
-	(*DeleteProgramRequest)(nil),      // 26: handoff.referrals.v1.DeleteProgramRequest
-	(*ReportCapacityRequest)(nil),     // 27: handoff.referrals.v1.ReportCapacityRequest
-	(*MatchProgramsRequest)(nil),      // 28: handoff.referrals.v1.MatchProgramsRequest
-	(*MatchProgramsResponse)(nil),     // 29: handoff.referrals.v1.MatchProgramsResponse
-	(*HoldSlotRequest)(nil),           // 30: handoff.referrals.v1.HoldSlotRequest
-	(*GetHoldRequest)(nil),            // 31: handoff.referrals.v1.GetHoldRequest
-	(*ListHoldsRequest)(nil),          // 32: handoff.referrals.v1.ListHoldsRequest
-	(*ListHoldsResponse)(nil),         // 33: handoff.referrals.v1.ListHoldsResponse
-	(*ReleaseHoldRequest)(nil),        // 34: handoff.referrals.v1.ReleaseHoldRequest
-	(*ConvertHoldRequest)(nil),        // 35: handoff.referrals.v1.ConvertHoldRequest
-	(*CreateReferralRequest)(nil),     // 36: handoff.referrals.v1.CreateReferralRequest
-	(*GetReferralRequest)(nil),        // 37: handoff.referrals.v1.GetReferralRequest
-	(*ListReferralsRequest)(nil),      // 38: handoff.referrals.v1.ListReferralsRequest
-	(*ListReferralsResponse)(nil),     // 39: handoff.referrals.v1.ListReferralsResponse
-	(*UpdateReferralRequest)(nil),     // 40: handoff.referrals.v1.UpdateReferralRequest
-	(*TransitionReferralRequest)(nil), // 41: handoff.referrals.v1.TransitionReferralRequest
-	(*RejectReferralRequest)(nil),     // 42: handoff.referrals.v1.RejectReferralRequest
-	(*ScheduleReferralRequest)(nil),   // 43: handoff.referrals.v1.ScheduleReferralRequest
-	(*CompleteReferralRequest)(nil),   // 44: handoff.referrals.v1.CompleteReferralRequest
-	(*timestamppb.Timestamp)(nil),     // 45: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),     // 46: google.protobuf.FieldMask
-	(*durationpb.Duration)(nil),       // 47: google.protobuf.Duration
-	(*emptypb.Empty)(nil),             // 48: google.protobuf.Empty
+	(ServiceKind)(0),                   // 0: handoff.referrals.v1.ServiceKind
+	(PaymentKind)(0),                   // 1: handoff.referrals.v1.PaymentKind
+	(Urgency)(0),                       // 2: handoff.referrals.v1.Urgency
+	(BarrierKind)(0),                   // 3: handoff.referrals.v1.BarrierKind
+	(CoverageKind)(0),                  // 4: handoff.referrals.v1.CoverageKind
+	(MatchReasonCode)(0),               // 5: handoff.referrals.v1.MatchReasonCode
+	(HoldState)(0),                     // 6: handoff.referrals.v1.HoldState
+	(SubjectKind)(0),                   // 7: handoff.referrals.v1.SubjectKind
+	(ReferralState)(0),                 // 8: handoff.referrals.v1.ReferralState
+	(RejectionReason)(0),               // 9: handoff.referrals.v1.RejectionReason
+	(*Program)(nil),                    // 10: handoff.referrals.v1.Program
+	(*Address)(nil),                    // 11: handoff.referrals.v1.Address
+	(*Capacity)(nil),                   // 12: handoff.referrals.v1.Capacity
+	(*ProgramMatch)(nil),               // 13: handoff.referrals.v1.ProgramMatch
+	(*MatchReason)(nil),                // 14: handoff.referrals.v1.MatchReason
+	(*Hold)(nil),                       // 15: handoff.referrals.v1.Hold
+	(*Referral)(nil),                   // 16: handoff.referrals.v1.Referral
+	(*ReferralSubject)(nil),            // 17: handoff.referrals.v1.ReferralSubject
+	(*IntakeAppointment)(nil),          // 18: handoff.referrals.v1.IntakeAppointment
+	(*Rejection)(nil),                  // 19: handoff.referrals.v1.Rejection
+	(*ReferralEvent)(nil),              // 20: handoff.referrals.v1.ReferralEvent
+	(*CreateProgramRequest)(nil),       // 21: handoff.referrals.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),          // 22: handoff.referrals.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),        // 23: handoff.referrals.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),       // 24: handoff.referrals.v1.ListProgramsResponse
+	(*UpdateProgramRequest)(nil),       // 25: handoff.referrals.v1.UpdateProgramRequest
+	(*DeleteProgramRequest)(nil),       // 26: handoff.referrals.v1.DeleteProgramRequest
+	(*ReportCapacityRequest)(nil),      // 27: handoff.referrals.v1.ReportCapacityRequest
+	(*MatchProgramsRequest)(nil),       // 28: handoff.referrals.v1.MatchProgramsRequest
+	(*MatchProgramsResponse)(nil),      // 29: handoff.referrals.v1.MatchProgramsResponse
+	(*HoldSlotRequest)(nil),            // 30: handoff.referrals.v1.HoldSlotRequest
+	(*GetHoldRequest)(nil),             // 31: handoff.referrals.v1.GetHoldRequest
+	(*ListHoldsRequest)(nil),           // 32: handoff.referrals.v1.ListHoldsRequest
+	(*ListHoldsResponse)(nil),          // 33: handoff.referrals.v1.ListHoldsResponse
+	(*ReleaseHoldRequest)(nil),         // 34: handoff.referrals.v1.ReleaseHoldRequest
+	(*ConvertHoldRequest)(nil),         // 35: handoff.referrals.v1.ConvertHoldRequest
+	(*CreateReferralRequest)(nil),      // 36: handoff.referrals.v1.CreateReferralRequest
+	(*GetReferralRequest)(nil),         // 37: handoff.referrals.v1.GetReferralRequest
+	(*ListReferralsRequest)(nil),       // 38: handoff.referrals.v1.ListReferralsRequest
+	(*ListReferralsResponse)(nil),      // 39: handoff.referrals.v1.ListReferralsResponse
+	(*UpdateReferralRequest)(nil),      // 40: handoff.referrals.v1.UpdateReferralRequest
+	(*TransitionReferralRequest)(nil),  // 41: handoff.referrals.v1.TransitionReferralRequest
+	(*RejectReferralRequest)(nil),      // 42: handoff.referrals.v1.RejectReferralRequest
+	(*ScheduleReferralRequest)(nil),    // 43: handoff.referrals.v1.ScheduleReferralRequest
+	(*CompleteReferralRequest)(nil),    // 44: handoff.referrals.v1.CompleteReferralRequest
+	(*timestamppb.Timestamp)(nil),      // 45: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 46: google.protobuf.FieldMask
+	(*durationpb.Duration)(nil),        // 47: google.protobuf.Duration
+	(*v1.ListAuditEventsRequest)(nil),  // 48: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),              // 49: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil), // 50: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	0,  // 0: handoff.referrals.v1.Program.services:type_name -> handoff.referrals.v1.ServiceKind
@@ -4264,30 +4268,32 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	44, // 71: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
 	41, // 72: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
 	41, // 73: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	10, // 74: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 75: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 76: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 77: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	48, // 78: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 79: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	29, // 80: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 81: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 82: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	33, // 83: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 84: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 85: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 86: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 87: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	39, // 88: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	16, // 89: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 90: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 91: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 92: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 93: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 94: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 95: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	74, // [74:96] is the sub-list for method output_type
-	52, // [52:74] is the sub-list for method input_type
+	48, // 74: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 75: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 76: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 77: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 78: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	49, // 79: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 80: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	29, // 81: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 82: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 83: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	33, // 84: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 85: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 86: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 87: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 88: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	39, // 89: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	16, // 90: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 91: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 92: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 93: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 94: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 95: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 96: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	50, // 97: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	75, // [75:98] is the sub-list for method output_type
+	52, // [52:75] is the sub-list for method input_type
 	52, // [52:52] is the sub-list for extension type_name
 	52, // [52:52] is the sub-list for extension extendee
 	0,  // [0:52] is the sub-list for field type_name

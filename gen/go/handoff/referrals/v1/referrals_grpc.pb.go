@@ -34,6 +34,7 @@ package referralsv1
 
 import (
 	context "context"
+	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -68,6 +69,7 @@ const (
 	ReferralsService_CompleteReferral_FullMethodName   = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
 	ReferralsService_MarkReferralNoShow_FullMethodName = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
 	ReferralsService_CancelReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/CancelReferral"
+	ReferralsService_ListAuditEvents_FullMethodName    = "/handoff.referrals.v1.ReferralsService/ListAuditEvents"
 )
 
 // ReferralsServiceClient is the client API for ReferralsService service.
@@ -174,6 +176,10 @@ type ReferralsServiceClient interface {
 	// for example because the person changed their mind or went elsewhere.
 	// Cancelled is final.
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error)
 }
 
 type referralsServiceClient struct {
@@ -404,6 +410,16 @@ func (c *referralsServiceClient) CancelReferral(ctx context.Context, in *Transit
 	return out, nil
 }
 
+func (c *referralsServiceClient) ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(v1.ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, ReferralsService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ReferralsServiceServer is the server API for ReferralsService service.
 // All implementations must embed UnimplementedReferralsServiceServer
 // for forward compatibility.
@@ -508,6 +524,10 @@ type ReferralsServiceServer interface {
 	// for example because the person changed their mind or went elsewhere.
 	// Cancelled is final.
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
+	// Lists the audit trail this service keeps for a clinic: one event for
+	// every call that read or changed the clinic's data. For clinic
+	// administrators.
+	ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error)
 	mustEmbedUnimplementedReferralsServiceServer()
 }
 
@@ -583,6 +603,9 @@ func (UnimplementedReferralsServiceServer) MarkReferralNoShow(context.Context, *
 }
 func (UnimplementedReferralsServiceServer) CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReferral not implemented")
+}
+func (UnimplementedReferralsServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedReferralsServiceServer) mustEmbedUnimplementedReferralsServiceServer() {}
 func (UnimplementedReferralsServiceServer) testEmbeddedByValue()                          {}
@@ -1001,6 +1024,24 @@ func _ReferralsService_CancelReferral_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(v1.ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_ListAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).ListAuditEvents(ctx, req.(*v1.ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ReferralsService_ServiceDesc is the grpc.ServiceDesc for ReferralsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1095,6 +1136,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelReferral",
 			Handler:    _ReferralsService_CancelReferral_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _ReferralsService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

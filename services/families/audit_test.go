@@ -1,0 +1,90 @@
+package families_test
+
+import (
+	"context"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+
+	auditv1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// N calls that touch a clinic's data leave exactly N audit rows, with who,
+// role, method, resource, outcome and request id; the application role can
+// add rows but never change or delete them.
+func TestEveryCallIsAudited(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	count := func() int {
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count()
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "audit-req-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := []func() error{
+		func() error { _, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); return err },
+		func() error {
+			_, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"})
+			return err
+		},
+		func() error {
+			_, err := f.client.ListBarriers(f.ctx, &familiesv1.ListBarriersRequest{Parent: fam.GetName()})
+			return err
+		},
+		// A refused call is recorded too, with its outcome.
+		func() error {
+			_, err := f.client.DeleteFamily(f.ctx, &familiesv1.DeleteFamilyRequest{Name: fam.GetName()})
+			return err
+		},
+	}
+	for _, c := range calls {
+		_ = c()
+	}
+	if got := count() - before; got != 1+len(calls) {
+		t.Fatalf("%d audit rows for %d calls", got, 1+len(calls))
+	}
+	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
+	client := familiesv1.NewFamiliesServiceClient(f.env.Conn)
+	resp, err := client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `subject = "counselor-1"`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetAuditEvents()) != 5 {
+		t.Fatalf("events = %v", resp.GetAuditEvents())
+	}
+	first, last := resp.GetAuditEvents()[0], resp.GetAuditEvents()[4]
+	if first.GetMethod() != "/handoff.families.v1.FamiliesService/CreateFamily" || first.GetResource() != "clinics/north" ||
+		first.GetRequestId() != "audit-req-1" || first.GetOutcome() != "OK" || first.GetRoles()[0] != "counselor" {
+		t.Fatalf("first event = %v", first)
+	}
+	if last.GetOutcome() != "PERMISSION_DENIED" || last.GetResource() != fam.GetName() {
+		t.Fatalf("last event = %v", last)
+	}
+	_, err = client.ListAuditEvents(f.ctx, &auditv1.ListAuditEventsRequest{Parent: "clinics/north"})
+	wantCode(t, err, codes.PermissionDenied)
+	// Another clinic's administrator sees none of it.
+	other, err := client.ListAuditEvents(f.env.As("south", "admin-2", auth.RoleClinicAdmin), &auditv1.ListAuditEventsRequest{Parent: "clinics/north"})
+	wantCode(t, err, codes.NotFound)
+	_ = other
+
+	app := pgtest.App(t, f.schema)
+	ctx := pgdb.WithClinic(context.Background(), "north")
+	for _, stmt := range []string{`UPDATE audit_log SET outcome = 'OK'`, `DELETE FROM audit_log`, `TRUNCATE audit_log`} {
+		if _, err := app.Exec(ctx, stmt); err == nil {
+			t.Fatalf("the application role could run %q", stmt)
+		}
+	}
+	if _, err := app.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('north', 's', '{}', 'm', 'OK')`); err != nil {
+		t.Fatalf("the application role cannot append: %v", err)
+	}
+}
