@@ -32,7 +32,10 @@ func TestEveryCallIsAudited(t *testing.T) {
 		t.Fatal(err)
 	}
 	calls := []func() error{
-		func() error { _, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); return err },
+		func() error {
+			_, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+			return err
+		},
 		func() error {
 			_, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"})
 			return err

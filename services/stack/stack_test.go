@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	commonpb "go.temporal.io/api/common/v1"
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/api/proxy"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -26,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 )
@@ -34,6 +37,7 @@ type env struct {
 	t        *testing.T
 	temporal client.Client
 	proxy    *stacktest.Proxy
+	codec    *codec.Codec
 	fam      familiesv1.FamiliesServiceClient
 	iv       interventionsv1.InterventionsServiceClient
 	ref      referralsv1.ReferralsServiceClient
@@ -58,7 +62,7 @@ func start(t *testing.T) *env {
 	as := func(subject string, roles ...auth.Role) context.Context {
 		return auth.WithToken(context.Background(), sys.Token(subject, roles...))
 	}
-	return &env{t: t, temporal: sys.Temporal, proxy: sys.RelayProxy,
+	return &env{t: t, temporal: sys.Temporal, proxy: sys.RelayProxy, codec: sys.Codec,
 		fam:     familiesv1.NewFamiliesServiceClient(dial(sys.Stack.FamiliesAddr)),
 		iv:      interventionsv1.NewInterventionsServiceClient(dial(sys.Stack.InterventionsAddr)),
 		ref:     referralsv1.NewReferralsServiceClient(dial(sys.Stack.ReferralsAddr)),
@@ -149,6 +153,15 @@ func (e *env) recordHistory(workflowID, pkg, file string) {
 			e.t.Fatal(err)
 		}
 		h.Events = append(h.Events, ev)
+	}
+	// Saved opened, so the replay tests need no key; the test run's key is
+	// thrown away anyway.
+	if err := proxy.VisitPayloads(ctx, h, proxy.VisitPayloadsOptions{
+		Visitor: func(_ *proxy.VisitPayloadsContext, p []*commonpb.Payload) ([]*commonpb.Payload, error) {
+			return e.codec.Decode(p)
+		},
+	}); err != nil {
+		e.t.Fatal(err)
 	}
 	b, err := protojson.MarshalOptions{Indent: " "}.Marshal(h)
 	if err != nil {

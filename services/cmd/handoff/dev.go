@@ -21,6 +21,7 @@ import (
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/codec"
 )
 
 func init() {
@@ -56,7 +57,12 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer ts.Stop()
-	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, Namespace: "default", Logger: newTemporalLogger(log)})
+	pc, err := codec.LoadOrCreateKeyFile(filepath.Join(*dataDir, "payload-key"))
+	if err != nil {
+		return err
+	}
+	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, Namespace: "default", Logger: newTemporalLogger(log),
+		DataConverter: pc.DataConverter()})
 	if err != nil {
 		return fmt.Errorf("temporal: %w", err)
 	}
@@ -89,6 +95,11 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	defer gw.Close()
 	mux := http.NewServeMux()
 	mux.Handle("GET /dev-issuer/jwks.json", iss.JWKSHandler())
+	// The remote codec for the Temporal Web UI or CLI: clinic administrators
+	// only, since it opens workflow payloads.
+	mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
+		return requireRole(r, iss.Verifier(), auth.RoleClinicAdmin)
+	})))
 	mux.Handle("/", gw)
 
 	tokens := map[string]string{}
@@ -161,6 +172,7 @@ func printBanner(base, temporal string, tokens map[string]string, demoFamily, da
 	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz\n", base, base)
 	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s\n", familiesAddr, interventionsAddr, referralsAddr)
 	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))
+	fmt.Fprintf(&b, "  Payload codec   %s/codec (clinic administrators; payloads are sealed with the key in %s)\n", base, filepath.Join(dataDir, "payload-key"))
 	if demoFamily != "" {
 		fmt.Fprintf(&b, "  Demo family     %s\n", demoFamily)
 	}
@@ -173,4 +185,20 @@ func printBanner(base, temporal string, tokens map[string]string, demoFamily, da
 	}
 	fmt.Fprintln(&b)
 	_, _ = os.Stdout.WriteString(b.String())
+}
+
+// requireRole checks the request's bearer token and role.
+func requireRole(r *http.Request, v *auth.Verifier, role auth.Role) error {
+	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return errors.New("missing bearer token")
+	}
+	p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+	if err != nil {
+		return err
+	}
+	if !p.Has(role) {
+		return fmt.Errorf("role %s required", role)
+	}
+	return nil
 }

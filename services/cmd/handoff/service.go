@@ -25,6 +25,7 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/referrals"
 	"github.com/handoff-health/handoff/services/tlsconf"
+	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/dispatch"
 )
 
@@ -43,6 +44,7 @@ const (
 type common struct {
 	databaseURL, issuer, audience, jwksURL string
 	temporalAddr, temporalNamespace        string
+	payloadKeys, payloadKeyID              string
 	tls                                    tlsconf.Files
 }
 
@@ -55,6 +57,9 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.jwksURL, "jwks-url", env("HANDOFF_JWKS_URL", ""), "the issuer's JWKS URL (HANDOFF_JWKS_URL)")
 	fs.StringVar(&c.temporalAddr, "temporal-address", env("HANDOFF_TEMPORAL_ADDRESS", temporalAddr), "Temporal frontend host:port (HANDOFF_TEMPORAL_ADDRESS)")
 	fs.StringVar(&c.temporalNamespace, "temporal-namespace", env("HANDOFF_TEMPORAL_NAMESPACE", "default"), "Temporal namespace (HANDOFF_TEMPORAL_NAMESPACE)")
+	fs.StringVar(&c.payloadKeys, "payload-keys", env("HANDOFF_PAYLOAD_KEYS", ""),
+		"keys that seal Temporal payloads, id:base64(32 bytes)[,id:key] (HANDOFF_PAYLOAD_KEYS)")
+	fs.StringVar(&c.payloadKeyID, "payload-key-id", env("HANDOFF_PAYLOAD_KEY_ID", ""), "id of the key that seals new payloads (HANDOFF_PAYLOAD_KEY_ID)")
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
@@ -68,7 +73,15 @@ func (c *common) verifier() (*auth.Verifier, error) {
 }
 
 func (c *common) temporal(log *slog.Logger) (client.Client, error) {
-	tc, err := client.Dial(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace, Logger: newTemporalLogger(log)})
+	if c.payloadKeys == "" || c.payloadKeyID == "" {
+		return nil, errors.New("--payload-keys and --payload-key-id are required: workflow payloads are never stored in clear")
+	}
+	pc, err := codec.Parse(c.payloadKeyID, c.payloadKeys)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := client.Dial(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace, Logger: newTemporalLogger(log),
+		DataConverter: pc.DataConverter()})
 	if err != nil {
 		return nil, fmt.Errorf("temporal at %s: %w", c.temporalAddr, err)
 	}

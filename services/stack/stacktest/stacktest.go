@@ -6,6 +6,7 @@ package stacktest
 
 import (
 	"context"
+	"crypto/rand"
 	"io"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/codec"
 )
 
 // Fast are settings that make the whole story take seconds.
@@ -97,6 +99,8 @@ func (p *Proxy) Restore() { p.up.Store(true) }
 // Env is a running system.
 type Env struct {
 	Temporal client.Client
+	// Codec seals the payloads; tests that read histories need it.
+	Codec *codec.Codec
 	// RelayProxy sits between the outbox relays and Temporal.
 	RelayProxy *Proxy
 	Issuer     *auth.Issuer
@@ -110,10 +114,20 @@ func Start(t testing.TB) *Env {
 	if !ok {
 		t.Fatal("stacktest needs a *testing.T")
 	}
-	ts := temporaltest.NewServer(temporaltest.WithT(tt))
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := codec.New("test", map[string][]byte{"test": k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Payloads are sealed as in production: Temporal sees no workflow data.
+	ts := temporaltest.NewServer(temporaltest.WithT(tt), temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
 	c := ts.GetDefaultClient()
 	p := newProxy(t, ts.GetFrontendHostPort())
-	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace()})
+	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace(),
+		DataConverter: pc.DataConverter()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +150,7 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Stop)
-	return &Env{Temporal: c, RelayProxy: p, Issuer: iss, Stack: st}
+	return &Env{Temporal: c, Codec: pc, RelayProxy: p, Issuer: iss, Stack: st}
 }
 
 // Token mints a token for subject in clinic "north" with roles.

@@ -1,0 +1,120 @@
+package codec
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	commonpb "go.temporal.io/api/common/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+func key(t *testing.T) []byte {
+	k := make([]byte, 32)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestSealsOpensAndRotates(t *testing.T) {
+	k1, k2 := key(t), key(t)
+	old, err := New("k1", map[string][]byte{"k1": k1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	canary := "clinics/north/families/CANARY-Sam-Rivera"
+	p, err := old.DataConverter().ToPayload(map[string]string{"family": canary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(p.GetData(), []byte("CANARY")) || string(p.GetMetadata()["encryption-key-id"]) != "k1" {
+		t.Fatalf("payload not sealed: %v", p)
+	}
+	// After rotation, the old payload still opens, new ones use k2.
+	rotated, err := New("k2", map[string][]byte{"k1": k1, "k2": k2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]string
+	if err := rotated.DataConverter().FromPayload(p, &got); err != nil || got["family"] != canary {
+		t.Fatalf("decode after rotation: %v, %v", got, err)
+	}
+	p2, _ := rotated.DataConverter().ToPayload("x")
+	if string(p2.GetMetadata()["encryption-key-id"]) != "k2" {
+		t.Fatal("new payloads must use the current key")
+	}
+	// Tampering, a swapped key id, and an unknown key all fail.
+	tampered := &commonpb.Payload{Metadata: p.GetMetadata(), Data: append([]byte(nil), p.GetData()...)}
+	tampered.Data[len(tampered.Data)-1] ^= 1
+	if _, err := rotated.Decode([]*commonpb.Payload{tampered}); err == nil {
+		t.Fatal("a tampered payload opened")
+	}
+	swapped := &commonpb.Payload{Metadata: map[string][]byte{"encoding": []byte("binary/encrypted"), "encryption-key-id": []byte("k2")}, Data: p.GetData()}
+	if _, err := rotated.Decode([]*commonpb.Payload{swapped}); err == nil {
+		t.Fatal("a payload opened under another key id")
+	}
+	if _, err := New("k2", map[string][]byte{"k2": k2}); err != nil {
+		t.Fatal(err)
+	}
+	onlyNew, _ := New("k2", map[string][]byte{"k2": k2})
+	if _, err := onlyNew.Decode([]*commonpb.Payload{p}); err == nil || !strings.Contains(err.Error(), "unknown key") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	if _, err := New("k1", map[string][]byte{"k1": []byte("short")}); err == nil {
+		t.Fatal("a short key was accepted")
+	}
+	if _, err := Parse("a", "a:not-base64!"); err == nil {
+		t.Fatal("a malformed key spec was accepted")
+	}
+}
+
+func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
+	c, _ := New("k1", map[string][]byte{"k1": key(t)})
+	p, err := c.DataConverter().ToPayload("secret-value")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := protojson.Marshal(&commonpb.Payloads{Payloads: []*commonpb.Payload{p}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(c.Handler(func(r *http.Request) error {
+		if r.Header.Get("Authorization") != "Bearer ok" {
+			return errors.New("not allowed")
+		}
+		return nil
+	}))
+	defer srv.Close()
+	post := func(token string) (int, string) {
+		req, _ := http.NewRequest("POST", srv.URL+"/decode", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := post(""); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	code, out := post("ok")
+	if code != http.StatusOK {
+		t.Fatalf("authorized: %d %s", code, out)
+	}
+	var decoded commonpb.Payloads
+	if err := protojson.Unmarshal([]byte(out), &decoded); err != nil || len(decoded.GetPayloads()) != 1 ||
+		!strings.Contains(string(decoded.GetPayloads()[0].GetData()), "secret-value") {
+		t.Fatalf("decoded = %s, %v", out, err)
+	}
+}
