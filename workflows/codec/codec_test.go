@@ -2,9 +2,9 @@ package codec
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"io"
-	"crypto/rand"
 	"net/http"
 	"net/http/httptest"
 	"strings"

@@ -1,0 +1,121 @@
+package auth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestVerifierChecksEveryClaim(t *testing.T) {
+	iss, err := NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := iss.Verifier()
+	ctx := context.Background()
+	good := TokenOptions{Subject: "u1", Clinic: "north", Roles: []Role{RoleCounselor}}
+	p, err := v.Verify(ctx, iss.MustMint(good))
+	if err != nil || p.Subject != "u1" || p.Clinic != "north" || !p.Has(RoleCounselor) {
+		t.Fatalf("good token: %+v, %v", p, err)
+	}
+	other, _ := NewIssuer("https://issuer.test", "handoff") // same name, other key
+	future := good
+	future.IssuedAt = time.Now().Add(time.Hour)
+	expired := good
+	expired.IssuedAt, expired.TTL = time.Now().Add(-3*time.Hour), time.Hour
+	aud := good
+	aud.Audience = "elsewhere"
+	noClinic := good
+	noClinic.Clinic = ""
+	tok := iss.MustMint(good)
+	parts := strings.Split(tok, ".")
+	for name, token := range map[string]string{
+		"expired":        iss.MustMint(expired),
+		"not yet valid":  iss.MustMint(future),
+		"wrong audience": iss.MustMint(aud),
+		"foreign key":    other.MustMint(good),
+		"no clinic":      iss.MustMint(noClinic),
+		"tampered":       parts[0] + "." + parts[1] + "x." + parts[2],
+		"garbage":        "not.a.jwt",
+		"alg none":       "eyJhbGciOiJub25lIn0." + parts[1] + ".",
+	} {
+		if _, err := v.Verify(ctx, token); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%s: got %v, want an invalid-token error", name, err)
+		}
+	}
+	wrongIssuer := &Verifier{Issuer: "https://other.test", Audience: "handoff", Keys: iss.Keys()}
+	if _, err := wrongIssuer.Verify(ctx, tok); err == nil {
+		t.Error("a token from another issuer was accepted")
+	}
+}
+
+// A key the verifier has not seen makes it fetch the JWKS again, so the
+// issuer can rotate keys without a restart; unknown ids are not refetched
+// more often than MinRefresh.
+func TestJWKSRotationWithoutRestart(t *testing.T) {
+	first, _ := NewIssuer("https://issuer.test", "handoff")
+	second, _ := NewIssuerWithKey("https://issuer.test", "handoff", mustKey(t))
+	var current atomic.Pointer[Issuer]
+	current.Store(first)
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		current.Load().JWKSHandler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Millisecond}}
+	opts := TokenOptions{Subject: "u", Clinic: "north"}
+	if _, err := v.Verify(context.Background(), first.MustMint(opts)); err != nil {
+		t.Fatal(err)
+	}
+	current.Store(second) // the issuer rotates
+	time.Sleep(2 * time.Millisecond)
+	if _, err := v.Verify(context.Background(), second.MustMint(opts)); err != nil {
+		t.Fatalf("token under the new key: %v", err)
+	}
+	if fetches.Load() != 2 {
+		t.Fatalf("fetches = %d, want 2", fetches.Load())
+	}
+	slow := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Hour}}
+	_, _ = slow.Verify(context.Background(), second.MustMint(opts))
+	before := fetches.Load()
+	for i := 0; i < 5; i++ {
+		_, _ = slow.Verify(context.Background(), first.MustMint(opts)) // unknown kid now
+	}
+	if fetches.Load() != before {
+		t.Fatal("unknown key ids must not hammer the issuer")
+	}
+}
+
+func mustKey(t *testing.T) *ecdsa.PrivateKey {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// The development issuer keeps its key, so printed tokens survive a restart.
+func TestDevelopmentIssuerKeepsItsKey(t *testing.T) {
+	file := t.TempDir() + "/dev-issuer.pem"
+	a, err := LoadOrCreateIssuer("http://dev", "handoff", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadOrCreateIssuer("http://dev", "handoff", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Verifier().Verify(context.Background(), a.MustMint(TokenOptions{Subject: "u", Clinic: "c"})); err != nil {
+		t.Fatalf("token from before the restart: %v", err)
+	}
+}
