@@ -47,6 +47,11 @@ run: build
 	@scripts/ensure-postgres.sh >/dev/null || { scripts/ensure-postgres.sh; exit 1; }
 	bin/handoff dev --demo $(ARGS)
 
+## bench: the benchmark suite; writes bench/results/<date>.md and latest.md (about ten minutes)
+bench:
+	@scripts/ensure-postgres.sh >/dev/null
+	go run ./bench
+
 clean:
 	rm -rf bin .build
 

@@ -1,0 +1,160 @@
+// Command bench measures Handoff against the floor it cannot beat and
+// writes a Markdown report: `make bench` (full) or `go run ./bench -smoke`
+// (the short version CI runs to keep it working).
+//
+// Everything runs in this one process on loopback against the local
+// PostgreSQL and an in-process Temporal server, so ratios measured in the
+// same run are what to compare; absolute times drift with the machine.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+type benchEnv struct {
+	dsn     string
+	prefix  string
+	schemas []string
+	issuer  *auth.Issuer
+	log     *slog.Logger
+}
+
+// schema creates prefix+name, migrates it, and returns the owner pool and
+// the application-role DB.
+func (e *benchEnv) schema(ctx context.Context, name string, sources []pgdb.Source) (*pgxpool.Pool, *pgdb.DB, error) {
+	owner, err := pgdb.Open(ctx, e.dsn, e.prefix+name)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.schemas = append(e.schemas, e.prefix+name)
+	if err := pgdb.Migrate(ctx, owner, e.prefix+name, sources...); err != nil {
+		return nil, nil, err
+	}
+	db, err := pgdb.OpenApp(ctx, e.dsn, e.prefix+name)
+	return owner, db, err
+}
+
+// cleanup drops every schema the run made.
+func (e *benchEnv) cleanup() {
+	conn, err := pgx.Connect(context.Background(), e.dsn)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.Background())
+	for _, s := range e.schemas {
+		_, _ = conn.Exec(context.Background(), `DROP SCHEMA IF EXISTS `+s+` CASCADE`)
+	}
+}
+
+type config struct {
+	smoke      bool
+	conc       int
+	duration   time.Duration
+	small, big int
+	flows      int
+	timers     int
+}
+
+func main() {
+	smoke := flag.Bool("smoke", false, "a short run that only checks the suite works")
+	out := flag.String("out", "", "where to write the Markdown report (default bench/results/<date>.md and latest.md)")
+	dsn := flag.String("database-url", envOr("HANDOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/handoff_test?sslmode=disable"), "PostgreSQL URL")
+	flag.Parse()
+	cfg := config{conc: 8, duration: 5 * time.Second, small: 10_000, big: 1_000_000, flows: 40, timers: 1000}
+	if *smoke {
+		cfg = config{smoke: true, conc: 2, duration: 500 * time.Millisecond, small: 1_000, big: 5_000, flows: 3, timers: 50}
+	}
+	ctx := context.Background()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	iss, err := auth.NewIssuer("https://bench.local", "handoff")
+	if err != nil {
+		fail(err)
+	}
+	env := &benchEnv{dsn: *dsn, prefix: "bench_" + hex.EncodeToString(b[:]) + "_", issuer: iss,
+		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	defer env.cleanup()
+	if err := ensureDatabase(ctx, *dsn); err != nil {
+		fail(err)
+	}
+	rep := &report{cfg: cfg, started: time.Now()}
+	rss := startRSSSampler()
+	rep.rssIdle = rss.current()
+
+	step("API floor and overhead")
+	if rep.api, err = apiBench(ctx, env, cfg.conc, cfg.duration); err != nil {
+		fail(err)
+	}
+	rep.rssLoad = rss.peak()
+	step("scale of data")
+	if rep.scale, err = scaleBench(ctx, env, cfg); err != nil {
+		fail(err)
+	}
+	step("workflows")
+	if rep.flows, err = workflowBench(ctx, env, cfg); err != nil {
+		fail(err)
+	}
+	rep.rssPeak = rss.peak()
+	rep.finished = time.Now()
+	md := rep.markdown()
+	paths := []string{*out}
+	if *out == "" {
+		day := rep.started.UTC().Format("2006-01-02")
+		paths = []string{filepath.Join("bench", "results", day+".md"), filepath.Join("bench", "results", "latest.md")}
+	}
+	for _, p := range paths {
+		if err := os.WriteFile(p, []byte(md), 0o644); err != nil {
+			fail(err)
+		}
+	}
+	fmt.Print(md)
+}
+
+func step(s string) { fmt.Fprintf(os.Stderr, "==> %s\n", s) }
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+func envOr(k, d string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return d
+}
+
+func ensureDatabase(ctx context.Context, dsn string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err == nil {
+		conn.Close(ctx)
+		return nil
+	}
+	cfg, perr := pgx.ParseConfig(dsn)
+	if perr != nil {
+		return perr
+	}
+	db := cfg.Database
+	cfg.Database = "postgres"
+	admin, err2 := pgx.ConnectConfig(ctx, cfg)
+	if err2 != nil {
+		return fmt.Errorf("PostgreSQL: %w", err)
+	}
+	defer admin.Close(ctx)
+	_, err = admin.Exec(ctx, `CREATE DATABASE `+pgx.Identifier{db}.Sanitize())
+	return err
+}

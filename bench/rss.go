@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// rssSampler samples this process's resident memory every 100 ms. The whole
+// system runs in this one process, so it is the system's memory.
+type rssSampler struct{ max atomic.Int64 }
+
+func startRSSSampler() *rssSampler {
+	s := &rssSampler{}
+	go func() {
+		for range time.Tick(100 * time.Millisecond) {
+			if v := readRSS(); v > s.max.Load() {
+				s.max.Store(v)
+			}
+		}
+	}()
+	return s
+}
+
+func (s *rssSampler) current() int64 { return readRSS() }
+
+// peak returns the highest value seen so far and starts a new window.
+func (s *rssSampler) peak() int64 {
+	v := max(s.max.Load(), readRSS())
+	s.max.Store(0)
+	return v
+}
+
+// readRSS returns VmRSS in bytes (Linux), or 0.
+func readRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}

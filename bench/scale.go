@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/referrals"
+)
+
+// startGRPC serves a service on loopback the way production does (tokens,
+// policy, validation, audit) and returns a client connection to it.
+func startGRPC(ctx context.Context, env *benchEnv, policy grpcserver.Policy, audit grpcserver.Auditor,
+	register func(*grpc.Server)) (*grpc.ClientConn, error) {
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.DiscardHandler), Verifier: env.issuer.Verifier(), Policy: policy, Audit: audit})
+	if err != nil {
+		return nil, err
+	}
+	register(srv.Server)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go func() { _ = srv.Serve(ctx, lis, time.Second) }()
+	return grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+}
+
+type scaleResult struct {
+	Small, Big                    int
+	ListFirst, ListDeep, Match    [2]result // [small, big]
+	ListFirstRatio, ListDeepRatio float64
+	MatchRatio                    float64
+	InsertSmall, InsertBig        time.Duration
+}
+
+// scaleBench compares list and match latency over a small and a big clinic
+// in the same tables: keyset pagination and indexes should keep the big one
+// close to the small one.
+func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, error) {
+	famOwner, famDB, err := env.schema(ctx, "scale_families", families.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	refOwner, refDB, err := env.schema(ctx, "scale_referrals", referrals.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	famSrv := families.New(famDB, families.Config{})
+	famConn, err := startGRPC(sctx, env, families.Policy(), famSrv.Auditor(), func(s *grpc.Server) { familiesv1.RegisterFamiliesServiceServer(s, famSrv) })
+	if err != nil {
+		return nil, err
+	}
+	defer famConn.Close()
+	refSrv := referrals.New(refDB, referrals.Config{})
+	refConn, err := startGRPC(sctx, env, referrals.Policy(), refSrv.Auditor(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, refSrv) })
+	if err != nil {
+		return nil, err
+	}
+	defer refConn.Close()
+	fam := familiesv1.NewFamiliesServiceClient(famConn)
+	ref := referralsv1.NewReferralsServiceClient(refConn)
+
+	r := &scaleResult{Small: cfg.small, Big: cfg.big}
+	clinics := [2]string{"small", "big"}
+	for i, n := range [2]int{cfg.small, cfg.big} {
+		t0 := time.Now()
+		// Ids as the service makes them sort (time-ordered), here a zero-padded counter.
+		if _, err := famOwner.Exec(ctx, `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time)
+			SELECT $1, 'f' || lpad(i::text, 9, '0'), '{"loved_one":{"given_name":"X"}}', 'c-' || (i % 50), 1 + (i % 3), now()
+			FROM generate_series(1, $2) i`, clinics[i], n); err != nil {
+			return nil, fmt.Errorf("seed families: %w", err)
+		}
+		if _, err := refOwner.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
+			same_day_induction, available_slots, waitlist)
+			SELECT $1, 'p' || lpad(i::text, 9, '0'), jsonb_build_object('display_name', 'Program ' || i),
+				CASE i % 3 WHEN 0 THEN '{2,5}'::smallint[] WHEN 1 THEN '{9,10}'::smallint[] ELSE '{7}'::smallint[] END,
+				CASE i % 2 WHEN 0 THEN '{1}'::smallint[] ELSE '{5,6}'::smallint[] END,
+				i % 4 = 0, i % 5 = 0, i % 7 = 0, i % 6, i % 11 = 0
+			FROM generate_series(1, $2) i`, clinics[i], n); err != nil {
+			return nil, fmt.Errorf("seed programs: %w", err)
+		}
+		if i == 0 {
+			r.InsertSmall = time.Since(t0)
+		} else {
+			r.InsertBig = time.Since(t0)
+		}
+	}
+	for _, q := range []string{"ANALYZE " + env.prefix + "scale_families.families", "ANALYZE " + env.prefix + "scale_referrals.programs"} {
+		if _, err := famOwner.Exec(ctx, q); err != nil {
+			return nil, err
+		}
+	}
+	samples := 200
+	matchSamples := 20
+	if cfg.smoke {
+		samples, matchSamples = 20, 3
+	}
+	for i, clinic := range clinics {
+		n := [2]int{cfg.small, cfg.big}[i]
+		token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: clinic, Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
+		actx := auth.WithToken(ctx, token)
+		parent := "clinics/" + clinic
+		if r.ListFirst[i], err = latencies(actx, samples, func(ctx context.Context, _ int) error {
+			_, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50})
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		// A page in the middle, resumed from a token as a client would.
+		deep := aip.EncodePageToken(fmt.Sprintf("f%09d", n/2), aip.QueryHash(parent, "state = ACTIVE"))
+		if r.ListDeep[i], err = latencies(actx, samples, func(ctx context.Context, _ int) error {
+			resp, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep, Filter: "state = ACTIVE"})
+			if err == nil && len(resp.GetFamilies()) != 50 {
+				return fmt.Errorf("deep page had %d families", len(resp.GetFamilies()))
+			}
+			return err
+		}); err != nil {
+			return nil, err
+		}
+		if r.Match[i], err = latencies(actx, matchSamples, func(ctx context.Context, _ int) error {
+			resp, err := ref.MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
+				Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID,
+				Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
+			if err == nil && len(resp.GetMatches()) != 10 {
+				return fmt.Errorf("match returned %d programs", len(resp.GetMatches()))
+			}
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+	ratio := func(p [2]result) float64 { return float64(p[1].P50) / float64(p[0].P50) }
+	r.ListFirstRatio, r.ListDeepRatio, r.MatchRatio = ratio(r.ListFirst), ratio(r.ListDeep), ratio(r.Match)
+	return r, nil
+}
