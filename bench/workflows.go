@@ -78,8 +78,11 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 	fast.HoldLead, fast.ReminderOffsets = time.Second, []time.Duration{time.Second}
 	fast.OutcomeGrace, fast.OutcomeEscalation, fast.IntakeReminderOffsets = time.Hour, time.Hour, []time.Duration{time.Second}
 	workerToken := env.issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
-	env.schemas = append(env.schemas, env.prefix+"families", env.prefix+"interventions", env.prefix+"referrals")
-	st, err := stack.Start(ctx, stack.Config{Log: env.log, DatabaseURL: env.dsn, SchemaPrefix: env.prefix, Verifier: env.issuer.Verifier(),
+	// Schemas of its own: the API section's floor writes rows the services
+	// would not write.
+	prefix := env.prefix + "wf_"
+	env.schemas = append(env.schemas, prefix+"families", prefix+"interventions", prefix+"referrals")
+	st, err := stack.Start(ctx, stack.Config{Log: env.log, DatabaseURL: env.dsn, SchemaPrefix: prefix, Verifier: env.issuer.Verifier(),
 		WorkerToken: func(context.Context) (string, error) { return workerToken, nil }, Temporal: c,
 		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
 		Settings: func(string) activities.Settings { return fast }, RelayInterval: 50 * time.Millisecond})

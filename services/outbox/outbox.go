@@ -38,13 +38,15 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 	return nil
 }
 
-// Stored is an event as read back from the outbox.
+// Stored is an event as read back from the outbox. DecodeErr is set when the
+// payload cannot be decoded: such an event can never be delivered.
 type Stored struct {
-	ID       int64
-	Clinic   string
-	Type     string
-	Resource string
-	Payload  *anypb.Any
+	ID        int64
+	Clinic    string
+	Type      string
+	Resource  string
+	Payload   *anypb.Any
+	DecodeErr error
 }
 
 // Pending returns up to limit undelivered events, oldest first.
@@ -66,7 +68,7 @@ func Pending(ctx context.Context, q interface {
 		}
 		s.Payload = &anypb.Any{}
 		if err := proto.Unmarshal(b, s.Payload); err != nil {
-			return nil, fmt.Errorf("outbox: decode %d: %w", s.ID, err)
+			s.DecodeErr = fmt.Errorf("outbox: decode %d: %w", s.ID, err)
 		}
 		out = append(out, s)
 	}

@@ -73,6 +73,17 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		return 0, err
 	}
 	for i, e := range events {
+		if e.DecodeErr != nil {
+			// Retrying cannot help an event that does not decode; it must not
+			// hold back every event after it. It is set aside with its error
+			// for an operator (delivered_at set, last_error says why).
+			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "error", e.DecodeErr.Error())
+			if _, err := conn.Exec(ctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
+				e.ID, "set aside: "+e.DecodeErr.Error()); err != nil {
+				return i, fmt.Errorf("outbox relay: set aside %d: %w", e.ID, err)
+			}
+			continue
+		}
 		if err := r.Deliver(ctx, e); err != nil {
 			if _, uerr := conn.Exec(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`, e.ID, err.Error()); uerr != nil {
 				return i, fmt.Errorf("outbox relay: record failure: %w", uerr)

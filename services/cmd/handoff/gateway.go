@@ -11,9 +11,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/tlsconf"
+	"github.com/handoff-health/handoff/workflows/codec"
 )
 
 func init() {
@@ -46,7 +48,21 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer gw.Close()
-	return serveHTTP(ctx, log, *listen, gw)
+	var h http.Handler = gw
+	if c.payloadKeys != "" {
+		// The remote codec for the Temporal Web UI: clinic administrators only.
+		pc, err := codec.Parse(c.payloadKeyID, c.payloadKeys)
+		if err != nil {
+			return err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
+			return requireRole(r, verifier, auth.RoleClinicAdmin)
+		})))
+		mux.Handle("/", gw)
+		h = mux
+	}
+	return serveHTTP(ctx, log, *listen, h)
 }
 
 func splitList(s string) []string {

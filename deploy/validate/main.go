@@ -1,0 +1,152 @@
+// Command validate checks Handoff's deployment files without a cluster:
+// it renders every Kustomize overlay and decodes each object strictly
+// (unknown fields are errors) into its Kubernetes API type, and checks
+// the Compose file's shape. It is its own Go module so that the
+// Kubernetes libraries never move the versions the services build with.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+)
+
+// types maps apiVersion/kind to a fresh typed object.
+var types = map[string]func() any{
+	"v1/Namespace":                       func() any { return &corev1.Namespace{} },
+	"v1/ConfigMap":                       func() any { return &corev1.ConfigMap{} },
+	"v1/Secret":                          func() any { return &corev1.Secret{} },
+	"v1/Service":                         func() any { return &corev1.Service{} },
+	"apps/v1/Deployment":                 func() any { return &appsv1.Deployment{} },
+	"batch/v1/Job":                       func() any { return &batchv1.Job{} },
+	"policy/v1/PodDisruptionBudget":      func() any { return &policyv1.PodDisruptionBudget{} },
+	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return &autoscalingv2.HorizontalPodAutoscaler{} },
+	"networking.k8s.io/v1/NetworkPolicy": func() any { return &networkingv1.NetworkPolicy{} },
+}
+
+func main() {
+	root := "deploy"
+	if len(os.Args) > 1 {
+		root = os.Args[1]
+	}
+	failed := false
+	overlays, _ := filepath.Glob(filepath.Join(root, "k8s", "overlays", "*"))
+	for _, dir := range append([]string{filepath.Join(root, "k8s", "base")}, overlays...) {
+		n, err := validateKustomization(dir)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", dir, err)
+			failed = true
+			continue
+		}
+		fmt.Printf("%s: %d objects valid\n", dir, n)
+	}
+	if err := validateCompose(filepath.Join(root, "compose", "compose.yaml")); err != nil {
+		fmt.Fprintf(os.Stderr, "compose: %v\n", err)
+		failed = true
+	} else {
+		fmt.Println("compose: valid")
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
+
+func validateKustomization(dir string) (int, error) {
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	res, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return 0, fmt.Errorf("kustomize: %w", err)
+	}
+	out, err := res.AsYaml()
+	if err != nil {
+		return 0, err
+	}
+	docs := bytes.Split(out, []byte("\n---\n"))
+	deployments := map[string]bool{}
+	for _, doc := range docs {
+		var head struct {
+			APIVersion string `json:"apiVersion"`
+			Kind       string `json:"kind"`
+			Metadata   struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+		}
+		if err := yaml.Unmarshal(doc, &head); err != nil {
+			return 0, err
+		}
+		mk, ok := types[head.APIVersion+"/"+head.Kind]
+		if !ok {
+			return 0, fmt.Errorf("%s %s: no type to check it against", head.APIVersion, head.Kind)
+		}
+		obj := mk()
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+			return 0, fmt.Errorf("%s %s: %w", head.Kind, head.Metadata.Name, err)
+		}
+		if d, ok := obj.(*appsv1.Deployment); ok {
+			deployments[d.Name] = true
+			if err := checkDeployment(d); err != nil {
+				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
+			}
+		}
+	}
+	for _, want := range []string{"families", "interventions", "referrals", "worker", "gateway"} {
+		if !deployments[want] {
+			return 0, fmt.Errorf("no deployment %q", want)
+		}
+	}
+	return len(docs), nil
+}
+
+// checkDeployment holds what every Handoff deployment must have.
+func checkDeployment(d *appsv1.Deployment) error {
+	spec := d.Spec.Template.Spec
+	if spec.SecurityContext == nil || spec.SecurityContext.RunAsNonRoot == nil || !*spec.SecurityContext.RunAsNonRoot {
+		return fmt.Errorf("must run as non-root")
+	}
+	for _, c := range spec.Containers {
+		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
+			return fmt.Errorf("container %s needs requests and limits", c.Name)
+		}
+		if d.Name != "worker" && c.ReadinessProbe == nil {
+			return fmt.Errorf("container %s needs a readiness probe", c.Name)
+		}
+	}
+	return nil
+}
+
+func validateCompose(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var doc struct {
+		Services map[string]struct {
+			Image   string   `json:"image"`
+			Command []string `json:"command"`
+		} `json:"services"`
+	}
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return err
+	}
+	for _, want := range []string{"postgres", "temporal", "temporal-ui", "migrate", "families", "interventions", "referrals", "worker", "gateway"} {
+		if _, ok := doc.Services[want]; !ok {
+			return fmt.Errorf("no service %q", want)
+		}
+	}
+	if !strings.Contains(string(b), "HANDOFF_PAYLOAD_KEYS") {
+		return fmt.Errorf("payload keys must be configured")
+	}
+	return nil
+}
