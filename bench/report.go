@@ -86,7 +86,7 @@ func (r *report) markdown() string {
 
 	b.WriteString("## Memory (the one process holding every part)\n\n| when | resident |\n|---|---:|\n")
 	fmt.Fprintf(&b, "| idle, before any load | %s |\n| peak under API load | %s |\n| peak under workflow load | %s |\n\n", mib(r.rssIdle), mib(r.rssLoad), mib(r.rssPeak))
-	b.WriteString("Rerun with `make bench` (about ten minutes); `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
+	b.WriteString("Rerun with `make bench` (about two minutes); `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
 	return b.String()
 }
 
