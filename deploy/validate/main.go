@@ -25,15 +25,15 @@ import (
 
 // types maps apiVersion/kind to a fresh typed object.
 var types = map[string]func() any{
-	"v1/Namespace":                       func() any { return &corev1.Namespace{} },
-	"v1/ConfigMap":                       func() any { return &corev1.ConfigMap{} },
-	"v1/Secret":                          func() any { return &corev1.Secret{} },
-	"v1/Service":                         func() any { return &corev1.Service{} },
-	"apps/v1/Deployment":                 func() any { return &appsv1.Deployment{} },
-	"batch/v1/Job":                       func() any { return &batchv1.Job{} },
-	"policy/v1/PodDisruptionBudget":      func() any { return &policyv1.PodDisruptionBudget{} },
+	"v1/Namespace":                           func() any { return &corev1.Namespace{} },
+	"v1/ConfigMap":                           func() any { return &corev1.ConfigMap{} },
+	"v1/Secret":                              func() any { return &corev1.Secret{} },
+	"v1/Service":                             func() any { return &corev1.Service{} },
+	"apps/v1/Deployment":                     func() any { return &appsv1.Deployment{} },
+	"batch/v1/Job":                           func() any { return &batchv1.Job{} },
+	"policy/v1/PodDisruptionBudget":          func() any { return &policyv1.PodDisruptionBudget{} },
 	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return &autoscalingv2.HorizontalPodAutoscaler{} },
-	"networking.k8s.io/v1/NetworkPolicy": func() any { return &networkingv1.NetworkPolicy{} },
+	"networking.k8s.io/v1/NetworkPolicy":     func() any { return &networkingv1.NetworkPolicy{} },
 }
 
 func main() {

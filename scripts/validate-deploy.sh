@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Validates the deployment files: every Kustomize overlay rendered and each
+# object decoded strictly into its Kubernetes API type, and the Compose file
+# (also with `docker compose config` where that client exists).
+set -euo pipefail
+cd "$(dirname "$0")/../deploy/validate"
+go run . ..
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f ../compose/compose.yaml config --quiet && echo "docker compose config: valid"
+else
+  echo "docker compose: not installed here; checked the Compose file's shape only"
+fi
