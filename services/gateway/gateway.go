@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -130,7 +131,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	})
 	api := limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux)))
 	root.Handle("/v1/", api)
-	g.Handler = cors(cfg.CORSOrigins, logRequests(cfg.Log, root))
+	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
+		// Span names by method only: paths hold resource names.
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
 	return g, nil
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -88,6 +89,8 @@ func New(cfg Config) (*Server, error) {
 	}
 	i := &interceptor{log: log, verifier: cfg.Verifier, policy: cfg.Policy, validator: validator, audit: cfg.Audit}
 	opts := []grpc.ServerOption{
+		// Traces and RPC metrics (latency and codes) through OpenTelemetry.
+		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.MaxRecvMsgSize(4 << 20),
 	}

@@ -65,7 +65,9 @@ func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{pool: pool, cfg: cfg}
+	s := &Server{pool: pool, cfg: cfg}
+	s.observeDue()
+	return s
 }
 
 const svc = "/handoff.interventions.v1.InterventionsService/"

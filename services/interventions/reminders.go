@@ -154,6 +154,7 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			if err != nil {
 				return nil, err
 			}
+			remindersCreated.Add(ctx, 1, kindAttr(out.GetKind().String()))
 			return out, emit(ctx, tx, clinic, "reminder.created", out.GetName(), out)
 		})
 }
@@ -328,6 +329,11 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			out, err := s.readReminder(ctx, tx, r, false)
 			if err != nil {
 				return nil, err
+			}
+			if st == rFailed {
+				remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
+			} else {
+				remindersDelivered.Add(ctx, 1, kindAttr(out.GetKind().String()))
 			}
 			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
 		})

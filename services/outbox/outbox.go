@@ -8,6 +8,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -31,8 +33,14 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 	if err != nil {
 		return fmt.Errorf("outbox: encode payload: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ($1, $2, $3, $4)`,
-		e.Clinic, e.Type, e.Resource, b); err != nil {
+	carrier := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, carrier)
+	var trace any // NULL without a trace
+	if len(carrier) > 0 {
+		trace = map[string]string(carrier)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES ($1, $2, $3, $4, $5)`,
+		e.Clinic, e.Type, e.Resource, b, trace); err != nil {
 		return fmt.Errorf("outbox: insert %s: %w", e.Type, err)
 	}
 	return nil
@@ -47,13 +55,23 @@ type Stored struct {
 	Resource  string
 	Payload   *anypb.Any
 	DecodeErr error
+	// Trace is the trace context of the request that wrote the event.
+	Trace map[string]string
+}
+
+// Context returns ctx continuing the trace of the request that wrote e.
+func (e Stored) Context(ctx context.Context) context.Context {
+	if len(e.Trace) == 0 {
+		return ctx
+	}
+	return otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(e.Trace))
 }
 
 // Pending returns up to limit undelivered events, oldest first.
 func Pending(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, limit int) ([]Stored, error) {
-	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload FROM outbox
+	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context FROM outbox
 		WHERE delivered_at IS NULL ORDER BY id LIMIT $1`, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
@@ -63,7 +81,7 @@ func Pending(ctx context.Context, q interface {
 	for rows.Next() {
 		var s Stored
 		var b []byte
-		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b); err != nil {
+		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace); err != nil {
 			return nil, fmt.Errorf("outbox: scan: %w", err)
 		}
 		s.Payload = &anypb.Any{}

@@ -6,6 +6,10 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
@@ -22,6 +26,7 @@ type Relay struct {
 
 // Run delivers until ctx ends.
 func (r *Relay) Run(ctx context.Context) {
+	r.observe()
 	interval := r.Interval
 	if interval == 0 {
 		interval = 500 * time.Millisecond
@@ -84,7 +89,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 			}
 			continue
 		}
-		if err := r.Deliver(ctx, e); err != nil {
+		if err := r.Deliver(e.Context(ctx), e); err != nil {
 			if _, uerr := conn.Exec(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`, e.ID, err.Error()); uerr != nil {
 				return i, fmt.Errorf("outbox relay: record failure: %w", uerr)
 			}
@@ -95,4 +100,29 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		}
 	}
 	return len(events), nil
+}
+
+// observe reports how far delivery lags: events waiting and the age of the
+// oldest, per schema, on each metrics scrape.
+func (r *Relay) observe() {
+	m := otel.Meter("github.com/handoff-health/handoff/services/outbox")
+	pending, err1 := m.Int64ObservableGauge("handoff.outbox.pending", metric.WithDescription("outbox events not delivered yet"))
+	age, err2 := m.Float64ObservableGauge("handoff.outbox.oldest_pending_age", metric.WithUnit("s"),
+		metric.WithDescription("age of the oldest undelivered outbox event"))
+	if err1 != nil || err2 != nil {
+		return
+	}
+	_, _ = m.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
+		var n int64
+		var oldest float64
+		if err := r.DB.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(create_time)), 0)
+			FROM outbox WHERE delivered_at IS NULL`).Scan(&n, &oldest); err != nil {
+			return nil // a failed scrape of one gauge must not fail the rest
+		}
+		schema := attribute.String("schema", r.DB.Pool.Config().ConnConfig.RuntimeParams["search_path"])
+		o.ObserveInt64(pending, n, metric.WithAttributes(schema))
+		o.ObserveFloat64(age, oldest, metric.WithAttributes(schema))
+		return nil
+	}, pending, age)
 }

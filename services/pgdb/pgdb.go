@@ -38,6 +38,7 @@ func Open(ctx context.Context, dsn, schema string) (*pgxpool.Pool, error) {
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
+	cfg.ConnConfig.Tracer = queryTracer{}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgdb: connect: %w", err)
@@ -62,6 +63,7 @@ func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
 	}
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
+	cfg.ConnConfig.Tracer = queryTracer{}
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		var user string
 		if err := c.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {

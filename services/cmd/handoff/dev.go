@@ -20,6 +20,7 @@ import (
 	"github.com/handoff-health/handoff/services/devtemporal"
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
@@ -61,8 +62,17 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
-	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, Namespace: "default", Logger: newTemporalLogger(log),
-		DataConverter: pc.DataConverter()})
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-dev"})
+	if err != nil {
+		return err
+	}
+	defer tel.Shutdown(context.WithoutCancel(ctx)) //nolint:errcheck
+	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: ts.HostPort, Namespace: "default",
+		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter()})
+	if err != nil {
+		return err
+	}
+	tc, err := client.Dial(opts)
 	if err != nil {
 		return fmt.Errorf("temporal: %w", err)
 	}
@@ -95,6 +105,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	defer gw.Close()
 	mux := http.NewServeMux()
 	mux.Handle("GET /dev-issuer/jwks.json", iss.JWKSHandler())
+	mux.Handle("GET /metrics", tel.Handler())
 	// The remote codec for the Temporal Web UI or CLI: clinic administrators
 	// only, since it opens workflow payloads.
 	mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
@@ -169,7 +180,7 @@ func printBanner(base, temporal string, tokens map[string]string, demoFamily, da
 	fmt.Fprintf(&b, "  REST API        %s/v1/\n", base)
 	fmt.Fprintf(&b, "  API reference   %s/docs\n", base)
 	fmt.Fprintf(&b, "  OpenAPI         %s/openapi.json\n", base)
-	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz\n", base, base)
+	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz   metrics %s/metrics\n", base, base, base)
 	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s\n", familiesAddr, interventionsAddr, referralsAddr)
 	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))
 	fmt.Fprintf(&b, "  Payload codec   %s/codec (clinic administrators; payloads are sealed with the key in %s)\n", base, filepath.Join(dataDir, "payload-key"))

@@ -38,6 +38,11 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	tel, flush, err := c.observe(ctx, log, "gateway")
+	if err != nil {
+		return err
+	}
+	defer flush()
 	creds, err := tlsconf.Client(c.tls)
 	if err != nil {
 		return err
@@ -48,19 +53,19 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer gw.Close()
-	var h http.Handler = gw
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", tel.Handler())
+	mux.Handle("/", gw)
+	var h http.Handler = mux
 	if c.payloadKeys != "" {
 		// The remote codec for the Temporal Web UI: clinic administrators only.
 		pc, err := codec.Parse(c.payloadKeyID, c.payloadKeys)
 		if err != nil {
 			return err
 		}
-		mux := http.NewServeMux()
 		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
 			return requireRole(r, verifier, auth.RoleClinicAdmin)
 		})))
-		mux.Handle("/", gw)
-		h = mux
 	}
 	return serveHTTP(ctx, log, *listen, h)
 }

@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"go.temporal.io/sdk/client"
 
@@ -24,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/services/tlsconf"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/dispatch"
@@ -45,6 +50,7 @@ type common struct {
 	databaseURL, issuer, audience, jwksURL string
 	temporalAddr, temporalNamespace        string
 	payloadKeys, payloadKeyID              string
+	metricsListen, otlpEndpoint            string
 	tls                                    tlsconf.Files
 }
 
@@ -60,6 +66,8 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.payloadKeys, "payload-keys", env("HANDOFF_PAYLOAD_KEYS", ""),
 		"keys that seal Temporal payloads, id:base64(32 bytes)[,id:key] (HANDOFF_PAYLOAD_KEYS)")
 	fs.StringVar(&c.payloadKeyID, "payload-key-id", env("HANDOFF_PAYLOAD_KEY_ID", ""), "id of the key that seals new payloads (HANDOFF_PAYLOAD_KEY_ID)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", env("HANDOFF_METRICS_LISTEN", ""), "serve Prometheus metrics at /metrics on this address (HANDOFF_METRICS_LISTEN)")
+	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", env("HANDOFF_OTLP_ENDPOINT", ""), "OTLP/gRPC collector for traces, host:port (HANDOFF_OTLP_ENDPOINT)")
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
@@ -80,8 +88,12 @@ func (c *common) temporal(log *slog.Logger) (client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc, err := client.Dial(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace, Logger: newTemporalLogger(log),
-		DataConverter: pc.DataConverter()})
+	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace,
+		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter()})
+	if err != nil {
+		return nil, err
+	}
+	tc, err := client.Dial(opts)
 	if err != nil {
 		return nil, fmt.Errorf("temporal at %s: %w", c.temporalAddr, err)
 	}
@@ -150,6 +162,32 @@ func init() {
 	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate}
 }
 
+// observe sets up traces and metrics for a process and serves /metrics when
+// asked; the returned function flushes them on exit.
+func (c *common) observe(ctx context.Context, log *slog.Logger, service string) (*telemetry.Telemetry, func(), error) {
+	var exp sdktrace.SpanExporter
+	if c.otlpEndpoint != "" {
+		var err error
+		if exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(c.otlpEndpoint), otlptracegrpc.WithInsecure()); err != nil {
+			return nil, nil, fmt.Errorf("otlp: %w", err)
+		}
+	}
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-" + service, Exporter: exp})
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.metricsListen != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", tel.Handler())
+		go func() {
+			if err := serveHTTP(ctx, log, c.metricsListen, mux); err != nil {
+				log.Error("metrics", "error", err.Error())
+			}
+		}()
+	}
+	return tel, func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }, nil
+}
+
 func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet(d.name, flag.ContinueOnError)
 	var f serviceFlags
@@ -164,6 +202,11 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	if err != nil {
 		return err
 	}
+	_, flush, err := f.observe(ctx, log, d.name)
+	if err != nil {
+		return err
+	}
+	defer flush()
 	tc, err := f.temporal(log)
 	if err != nil {
 		return err

@@ -43,6 +43,11 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	if *tokenFile == "" {
 		return fmt.Errorf("--token-file is required: the worker calls the services with its own identity")
 	}
+	_, flush, err := c.observe(ctx, log, "worker")
+	if err != nil {
+		return err
+	}
+	defer flush()
 	tc, err := c.temporal(log)
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
@@ -123,11 +124,16 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	// Payloads are sealed as in production: Temporal sees no workflow data.
-	ts := temporaltest.NewServer(temporaltest.WithT(tt), temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	opts, err := telemetry.TemporalClientOptions(client.Options{DataConverter: pc.DataConverter()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := temporaltest.NewServer(temporaltest.WithT(tt), temporaltest.WithBaseClientOptions(opts))
 	c := ts.GetDefaultClient()
 	p := newProxy(t, ts.GetFrontendHostPort())
-	relayClient, err := client.Dial(client.Options{HostPort: p.lis.Addr().String(), Namespace: ts.GetDefaultNamespace(),
-		DataConverter: pc.DataConverter()})
+	relayOpts := opts
+	relayOpts.HostPort, relayOpts.Namespace = p.lis.Addr().String(), ts.GetDefaultNamespace()
+	relayClient, err := client.Dial(relayOpts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,34 @@
+package pgdb
+
+import (
+	"context"
+
+	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// queryTracer puts every query in the request's trace. Spans carry the SQL
+// text (parameters are placeholders, so no values) and never the arguments.
+type queryTracer struct{}
+
+func (queryTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	sql := data.SQL
+	if len(sql) > 300 {
+		sql = sql[:300]
+	}
+	ctx, _ = otel.Tracer("github.com/handoff-health/handoff/services/pgdb").Start(ctx, "db.query",
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("db.system", "postgresql"), attribute.String("db.statement", sql)))
+	return ctx
+}
+
+func (queryTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryEndData) {
+	span := trace.SpanFromContext(ctx)
+	if data.Err != nil {
+		span.SetStatus(codes.Error, "query failed")
+	}
+	span.End()
+}

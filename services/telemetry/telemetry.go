@@ -1,0 +1,107 @@
+// Package telemetry sets up Handoff's traces and metrics: OpenTelemetry
+// traces that follow a request from the gateway through the services into
+// PostgreSQL and, through the outbox, into Temporal workflows and their
+// activities; and Prometheus metrics for RPCs, workflows and activities,
+// outbox lag, and reminders. Spans and metrics carry identifiers and SQL
+// text, never request bodies or query arguments.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.temporal.io/sdk/client"
+	temporalotel "go.temporal.io/sdk/contrib/opentelemetry"
+)
+
+// Telemetry holds the providers of one process.
+type Telemetry struct {
+	registry *prometheus.Registry
+	tracer   *sdktrace.TracerProvider
+	meter    *sdkmetric.MeterProvider
+}
+
+// Config configures telemetry.
+type Config struct {
+	// Service names the process in traces (handoff-families, ...).
+	Service string
+	// Exporter receives finished spans (an OTLP exporter in production, a
+	// recorder in tests); nil keeps traces in-process only, still
+	// propagated so that downstream processes can export them.
+	Exporter sdktrace.SpanExporter
+}
+
+// Setup installs global trace and metric providers and the W3C trace
+// context propagator.
+func Setup(cfg Config) (*Telemetry, error) {
+	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL, semconv.ServiceName(cfg.Service)))
+	if err != nil {
+		res = resource.Default()
+	}
+	var opts []sdktrace.TracerProviderOption
+	opts = append(opts, sdktrace.WithResource(res))
+	if cfg.Exporter != nil {
+		opts = append(opts, sdktrace.WithSyncer(cfg.Exporter))
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	exp, err := otelprom.New(otelprom.WithRegisterer(reg))
+	if err != nil {
+		return nil, err
+	}
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))
+	otel.SetTracerProvider(tp)
+	otel.SetMeterProvider(mp)
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	return &Telemetry{registry: reg, tracer: tp, meter: mp}, nil
+}
+
+// Handler serves the metrics in Prometheus' text format.
+func (t *Telemetry) Handler() http.Handler {
+	return promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{})
+}
+
+// Shutdown flushes and stops the providers.
+func (t *Telemetry) Shutdown(ctx context.Context) error {
+	return errors.Join(t.tracer.Shutdown(ctx), t.meter.Shutdown(ctx))
+}
+
+// Meter is Handoff's meter.
+func Meter() metric.Meter { return otel.Meter("github.com/handoff-health/handoff") }
+
+// Inject writes the trace context of ctx into a carrier (the outbox row).
+func Inject(ctx context.Context) map[string]string {
+	c := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, c)
+	return c
+}
+
+// Extract returns ctx continuing the trace in carrier.
+func Extract(ctx context.Context, carrier map[string]string) context.Context {
+	return otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(carrier))
+}
+
+// TemporalClientOptions adds tracing (workflow and activity spans joined to
+// the caller's trace) and the SDK's workflow and activity metrics.
+func TemporalClientOptions(o client.Options) (client.Options, error) {
+	ti, err := temporalotel.NewTracingInterceptor(temporalotel.TracerOptions{})
+	if err != nil {
+		return o, err
+	}
+	o.Interceptors = append(o.Interceptors, ti)
+	o.MetricsHandler = temporalotel.NewMetricsHandler(temporalotel.MetricsHandlerOptions{Meter: otel.Meter("temporal")})
+	return o, nil
+}

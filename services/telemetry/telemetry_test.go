@@ -1,0 +1,104 @@
+package telemetry_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/services/telemetry"
+)
+
+// One trace follows a request from the gateway through the interventions
+// service and its database, through the outbox into Temporal, to a workflow
+// activity; and the metrics endpoint exposes the named metrics.
+func TestTraceSpansGatewayServiceAndActivity(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-test", Exporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background()) //nolint:errcheck
+	sys := stacktest.Start(t)
+	gw, err := gateway.New(context.Background(), gateway.Config{FamiliesAddr: sys.Stack.FamiliesAddr,
+		InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr, Verifier: sys.Issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Close()
+	base := "http://" + lis.Addr().String() + "/v1/"
+	token := sys.Token("counselor-1", auth.RoleCounselor)
+	call := func(method, path string, body any) map[string]any {
+		t.Helper()
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest(method, base+path, bytes.NewReader(b))
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+		}
+		var out map[string]any
+		_ = json.Unmarshal(raw, &out)
+		return out
+	}
+	fam := call("POST", "clinics/north/families", map[string]any{"lovedOne": map[string]any{"givenName": "T"}, "counselor": "counselor-1",
+		"members": []any{map[string]any{"id": "mom", "givenName": "M", "relationship": "RELATIONSHIP_PARENT"}}})
+	iv := call("POST", "clinics/north/interventions", map[string]any{"family": fam["name"], "counselor": "counselor-1",
+		"startTime": time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "expectedDuration": "900s",
+		"place":        map[string]any{"video": map[string]any{"link": "https://video.example/x"}},
+		"participants": []any{map[string]any{"memberId": "mom", "role": "PARTICIPANT_ROLE_SUPPORT"}}})
+	call("POST", iv["name"].(string)+":schedule", map[string]any{})
+
+	// The workflow's first activity runs within a second or two.
+	var trace string
+	stacktest.Eventually(t, 20*time.Second, "the LoadPlan activity span", func() bool {
+		for _, s := range spans.GetSpans() {
+			if s.Name == "RunActivity:LoadPlan" {
+				trace = s.SpanContext.TraceID().String()
+				return true
+			}
+		}
+		return false
+	})
+	names := map[string]bool{}
+	for _, s := range spans.GetSpans() {
+		if s.SpanContext.TraceID().String() == trace {
+			names[s.Name] = true
+		}
+	}
+	for _, want := range []string{"HTTP POST", "handoff.interventions.v1.InterventionsService/ScheduleIntervention", "db.query",
+		"StartWorkflow:Intervention", "RunActivity:LoadPlan", "handoff.families.v1.FamiliesService/GetFamily"} {
+		if !names[want] {
+			t.Errorf("trace %s has no %q span; it has %v", trace, want, names)
+		}
+	}
+
+	rec := httptest.NewRecorder()
+	tel.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	metrics := rec.Body.String()
+	for _, want := range []string{"rpc_server_", "handoff_outbox_pending", "handoff_outbox_oldest_pending_age", "temporal_", "handoff_reminders_due_undelivered"} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
