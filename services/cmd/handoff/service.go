@@ -221,16 +221,17 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
-	owner, err := pgdb.Open(ctx, f.databaseURL, d.schema)
+	schema := schemaPrefix() + d.schema
+	owner, err := pgdb.Open(ctx, f.databaseURL, schema)
 	if err != nil {
 		return err
 	}
-	err = pgdb.Migrate(ctx, owner, d.schema, d.migrations...)
+	err = pgdb.Migrate(ctx, owner, schema, d.migrations...)
 	owner.Close()
 	if err != nil {
 		return err
 	}
-	pool, err := pgdb.OpenApp(ctx, f.databaseURL, d.schema)
+	pool, err := pgdb.OpenApp(ctx, f.databaseURL, schema)
 	if err != nil {
 		return err
 	}
@@ -265,6 +266,10 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	return err
 }
 
+// schemaPrefix lets tests run the real processes in schemas of their own
+// (HANDOFF_SCHEMA_PREFIX); empty in normal use.
+func schemaPrefix() string { return env("HANDOFF_SCHEMA_PREFIX", "") }
+
 func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	dbURL := fs.String("database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
@@ -276,11 +281,11 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 
 func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 	for _, d := range serviceDefs {
-		pool, err := pgdb.Open(ctx, dbURL, d.schema)
+		pool, err := pgdb.Open(ctx, dbURL, schemaPrefix()+d.schema)
 		if err != nil {
 			return err
 		}
-		err = pgdb.Migrate(ctx, pool, d.schema, d.migrations...)
+		err = pgdb.Migrate(ctx, pool, schemaPrefix()+d.schema, d.migrations...)
 		pool.Close()
 		if err != nil {
 			return err

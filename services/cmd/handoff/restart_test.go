@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/server/temporaltest"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/workflows/codec"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/intervention"
+)
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one running handoff process.
+type proc struct {
+	cmd  *exec.Cmd
+	args []string
+}
+
+// The worker and the interventions service are stopped (SIGTERM) and started
+// again while interventions are in flight, as in a rolling restart; every
+// workflow still completes, once: one immediate referral each, each
+// carried to treatment.
+func TestRollingRestartOfWorkerAndService(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "handoff")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	pc, _ := codec.New("k", map[string][]byte{"k": k})
+	ts := temporaltest.NewServer(temporaltest.WithT(t), temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	iss, _ := auth.NewIssuer("https://issuer.restart.test", "handoff")
+	jwks := httptest.NewServer(iss.JWKSHandler())
+	defer jwks.Close()
+	tokenFile := filepath.Join(dir, "worker.token")
+	if err := os.WriteFile(tokenFile, []byte(iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic,
+		Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	settings := filepath.Join(dir, "settings.json")
+	_ = os.WriteFile(settings, []byte(`{"default": {"holdLead": "2s", "reminderOffsets": ["1s"], "outcomeGrace": "1h"}}`), 0o600)
+	addr := map[string]string{"families": freeAddr(t), "interventions": freeAddr(t), "referrals": freeAddr(t)}
+	env := append(os.Environ(),
+		"HANDOFF_DATABASE_URL="+pgtest.URL(), "HANDOFF_SCHEMA_PREFIX="+pgtest.Prefix(t, "families", "interventions", "referrals"),
+		"HANDOFF_OIDC_ISSUER="+iss.URL, "HANDOFF_JWKS_URL="+jwks.URL,
+		"HANDOFF_TEMPORAL_ADDRESS="+ts.GetFrontendHostPort(), "HANDOFF_TEMPORAL_NAMESPACE="+ts.GetDefaultNamespace(),
+		"HANDOFF_PAYLOAD_KEYS=k:"+base64.StdEncoding.EncodeToString(k), "HANDOFF_PAYLOAD_KEY_ID=k",
+		"HANDOFF_FAMILIES_LISTEN="+addr["families"], "HANDOFF_INTERVENTIONS_LISTEN="+addr["interventions"], "HANDOFF_REFERRALS_LISTEN="+addr["referrals"],
+		"HANDOFF_FAMILIES_ADDRESS="+addr["families"], "HANDOFF_INTERVENTIONS_ADDRESS="+addr["interventions"], "HANDOFF_REFERRALS_ADDRESS="+addr["referrals"],
+		"HANDOFF_WORKER_TOKEN_FILE="+tokenFile, "HANDOFF_WORKFLOW_SETTINGS_FILE="+settings)
+	logFile, _ := os.Create(filepath.Join(dir, "processes.log"))
+	defer func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			t.Logf("process logs (tail):\n%s", tail(b, 4000))
+		}
+	}()
+	start := func(args ...string) *proc {
+		cmd := exec.Command(bin, args...)
+		cmd.Env, cmd.Stdout, cmd.Stderr = env, logFile, logFile
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{cmd: cmd, args: args}
+		t.Cleanup(func() { stop(p) })
+		return p
+	}
+	conns := map[string]*grpc.ClientConn{}
+	for name, a := range addr {
+		c, err := grpcclient.Dial(a, grpcclient.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[name] = c
+	}
+	healthy := func(name string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := healthpb.NewHealthClient(conns[name]).Check(ctx, &healthpb.HealthCheckRequest{})
+			cancel()
+			if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not come up: %v", name, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	start("families")
+	healthy("families")
+	start("referrals")
+	healthy("referrals")
+	ivProc := start("interventions")
+	healthy("interventions")
+	worker := start("worker")
+
+	as := func(subject string, role auth.Role) context.Context {
+		return auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: []auth.Role{role}}))
+	}
+	counselor, admin, ehr := as("c", auth.RoleCounselor), as("a", auth.RoleClinicAdmin), as("e", auth.RoleEHR)
+	fam := familiesv1.NewFamiliesServiceClient(conns["families"])
+	iv := interventionsv1.NewInterventionsServiceClient(conns["interventions"])
+	ref := referralsv1.NewReferralsServiceClient(conns["referrals"])
+	const n = 5
+	prog := ok(ref.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+		DisplayName: "MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}}))(t)
+	ok(ref.ReportCapacity(admin, &referralsv1.ReportCapacityRequest{Name: prog.GetName(), AvailableSlots: n}))(t)
+	meetingAt := time.Now().Add(8 * time.Second)
+	var names []string
+	for i := 0; i < n; i++ {
+		f := ok(fam.CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+			LovedOne: &familiesv1.LovedOne{GivenName: "R"}, Counselor: "c",
+			Members: []*familiesv1.Member{{Id: "m", GivenName: "M", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}}))(t)
+		d := ok(iv.CreateIntervention(counselor, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+			Family: f.GetName(), Counselor: fmt.Sprintf("c-%d", i), StartTime: timestamppb.New(meetingAt), ExpectedDuration: durationpb.New(15 * time.Minute),
+			Place:        &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/r"}}},
+			Participants: []*interventionsv1.Participant{{MemberId: "m", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}}}))(t)
+		ok(iv.ScheduleIntervention(counselor, &interventionsv1.ScheduleInterventionRequest{Name: d.GetName()}))(t)
+		names = append(names, d.GetName())
+	}
+	// In the middle of it: both go down and come back, one after the other.
+	time.Sleep(2 * time.Second)
+	stop(worker)
+	worker = start("worker")
+	stop(ivProc)
+	ivProc = start("interventions")
+	healthy("interventions")
+	_ = worker
+
+	time.Sleep(time.Until(meetingAt) + 200*time.Millisecond)
+	for _, name := range names {
+		ok(iv.RecordOutcome(counselor, &interventionsv1.RecordOutcomeRequest{Name: name, Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))(t)
+	}
+	tc := ts.GetDefaultClient()
+	for _, name := range names {
+		var refs []*referralsv1.Referral
+		deadline := time.Now().Add(30 * time.Second)
+		for len(refs) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("no referral for %s", name)
+			}
+			time.Sleep(100 * time.Millisecond)
+			refs = ok(ref.ListReferrals(ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+				Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", name)}))(t).GetReferrals()
+		}
+		r := refs[0].GetName()
+		ok(ref.AcceptReferral(ehr, &referralsv1.TransitionReferralRequest{Name: r}))(t)
+		ok(ref.ScheduleReferral(ehr, &referralsv1.ScheduleReferralRequest{Name: r,
+			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(time.Hour))}}))(t)
+		ok(ref.CompleteReferral(ehr, &referralsv1.CompleteReferralRequest{Name: r}))(t)
+	}
+	for _, name := range names {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		var res intervention.Result
+		err := tc.GetWorkflow(ctx, ids.Intervention(name), "").Get(ctx, &res)
+		cancel()
+		if err != nil || res.ChildResult != "ENTERED_TREATMENT" {
+			t.Fatalf("%s: %+v, %v", name, res, err)
+		}
+		refs := ok(ref.ListReferrals(ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", name)}))(t).GetReferrals()
+		if len(refs) != 1 {
+			t.Fatalf("%s has %d immediate referrals, want exactly 1", name, len(refs))
+		}
+	}
+	p := ok(ref.GetProgram(admin, &referralsv1.GetProgramRequest{Name: prog.GetName()}))(t)
+	if c := p.GetCapacity(); c.GetAvailableSlots() != 0 || c.GetHeldSlots() != 0 {
+		t.Fatalf("capacity %v: each intervention must have taken exactly one slot", c)
+	}
+}
+
+// ok unwraps a call's result, failing the test on error.
+func ok[T any](v T, err error) func(*testing.T) T {
+	return func(t *testing.T) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+// stop sends SIGTERM and waits for a graceful exit.
+func stop(p *proc) {
+	if p.cmd.ProcessState != nil || p.cmd.Process == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
