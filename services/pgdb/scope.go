@@ -61,18 +61,33 @@ func (db *DB) acquire(ctx context.Context) (*pgxpool.Conn, error) {
 	return conn, nil
 }
 
-// Query runs a query in the context's clinic scope.
+// Query runs a query in the context's clinic scope. The scope and the
+// query travel in one round trip.
 func (db *DB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	conn, err := db.acquire(ctx)
-	if err != nil {
-		return nil, err
+	clinic := ClinicOf(ctx)
+	if clinic == "" {
+		return nil, ErrNoScope
 	}
-	rows, err := conn.Query(ctx, sql, args...)
+	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {
+		return nil, fmt.Errorf("pgdb: acquire: %w", err)
+	}
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('handoff.clinic', $1, false)`, clinic)
+	b.Queue(sql, args...)
+	br := conn.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		br.Close()
+		conn.Release()
+		return nil, fmt.Errorf("pgdb: scope: %w", err)
+	}
+	rows, err := br.Query()
+	if err != nil {
+		br.Close()
 		conn.Release()
 		return nil, err
 	}
-	return &releasingRows{Rows: rows, conn: conn}, nil
+	return &releasingRows{Rows: rows, batch: br, conn: conn}, nil
 }
 
 // QueryRow runs a one-row query in the context's clinic scope.
@@ -84,14 +99,27 @@ func (db *DB) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
 	return rowOf{rows}
 }
 
-// Exec runs a statement in the context's clinic scope.
+// Exec runs a statement in the context's clinic scope, in one round trip
+// with the scope.
 func (db *DB) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	conn, err := db.acquire(ctx)
+	clinic := ClinicOf(ctx)
+	if clinic == "" {
+		return pgconn.CommandTag{}, ErrNoScope
+	}
+	conn, err := db.Pool.Acquire(ctx)
 	if err != nil {
-		return pgconn.CommandTag{}, err
+		return pgconn.CommandTag{}, fmt.Errorf("pgdb: acquire: %w", err)
 	}
 	defer conn.Release()
-	return conn.Exec(ctx, sql, args...)
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('handoff.clinic', $1, false)`, clinic)
+	b.Queue(sql, args...)
+	br := conn.SendBatch(ctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return pgconn.CommandTag{}, fmt.Errorf("pgdb: scope: %w", err)
+	}
+	return br.Exec()
 }
 
 // Begin starts a transaction in the context's clinic scope.
@@ -110,14 +138,18 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 
 type releasingRows struct {
 	pgx.Rows
-	conn *pgxpool.Conn
-	done bool
+	batch pgx.BatchResults
+	conn  *pgxpool.Conn
+	done  bool
 }
 
 func (r *releasingRows) Close() {
 	r.Rows.Close()
 	if !r.done {
 		r.done = true
+		if r.batch != nil {
+			_ = r.batch.Close()
+		}
 		r.conn.Release()
 	}
 }
