@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -51,6 +54,8 @@ type common struct {
 	temporalAddr, temporalNamespace        string
 	payloadKeys, payloadKeyID              string
 	metricsListen, otlpEndpoint            string
+	temporalAPIKey                         string
+	temporalTLS                            tlsconf.Files
 	tls                                    tlsconf.Files
 }
 
@@ -66,6 +71,10 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.payloadKeys, "payload-keys", env("HANDOFF_PAYLOAD_KEYS", ""),
 		"keys that seal Temporal payloads, id:base64(32 bytes)[,id:key] (HANDOFF_PAYLOAD_KEYS)")
 	fs.StringVar(&c.payloadKeyID, "payload-key-id", env("HANDOFF_PAYLOAD_KEY_ID", ""), "id of the key that seals new payloads (HANDOFF_PAYLOAD_KEY_ID)")
+	fs.StringVar(&c.temporalAPIKey, "temporal-api-key", env("HANDOFF_TEMPORAL_API_KEY", ""), "Temporal Cloud API key; implies TLS (HANDOFF_TEMPORAL_API_KEY)")
+	fs.StringVar(&c.temporalTLS.Cert, "temporal-tls-cert", env("HANDOFF_TEMPORAL_TLS_CERT", ""), "client certificate for Temporal mTLS, e.g. Temporal Cloud (HANDOFF_TEMPORAL_TLS_CERT)")
+	fs.StringVar(&c.temporalTLS.Key, "temporal-tls-key", env("HANDOFF_TEMPORAL_TLS_KEY", ""), "its private key (HANDOFF_TEMPORAL_TLS_KEY)")
+	fs.StringVar(&c.temporalTLS.CA, "temporal-tls-ca", env("HANDOFF_TEMPORAL_TLS_CA", ""), "CA of the Temporal frontend, if not a public one (HANDOFF_TEMPORAL_TLS_CA)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", env("HANDOFF_METRICS_LISTEN", ""), "serve Prometheus metrics at /metrics on this address (HANDOFF_METRICS_LISTEN)")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", env("HANDOFF_OTLP_ENDPOINT", ""), "OTLP/gRPC collector for traces, host:port (HANDOFF_OTLP_ENDPOINT)")
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
@@ -91,6 +100,9 @@ func (c *common) temporal(log *slog.Logger) (client.Client, error) {
 	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace,
 		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter()})
 	if err != nil {
+		return nil, err
+	}
+	if err := c.temporalSecurity(&opts); err != nil {
 		return nil, err
 	}
 	tc, err := client.Dial(opts)
@@ -291,6 +303,37 @@ func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 			return err
 		}
 		log.Info("migrated", "schema", d.schema)
+	}
+	return nil
+}
+
+// temporalSecurity applies mTLS (a client certificate, as Temporal Cloud and
+// self-hosted clusters with TLS use) or an API key (Temporal Cloud).
+func (c *common) temporalSecurity(o *client.Options) error {
+	if c.temporalTLS.Cert != "" || c.temporalTLS.Key != "" {
+		cert, err := tls.LoadX509KeyPair(c.temporalTLS.Cert, c.temporalTLS.Key)
+		if err != nil {
+			return fmt.Errorf("temporal tls: %w", err)
+		}
+		cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if c.temporalTLS.CA != "" {
+			pem, err := os.ReadFile(c.temporalTLS.CA)
+			if err != nil {
+				return fmt.Errorf("temporal tls: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("temporal tls: no certificate in %s", c.temporalTLS.CA)
+			}
+			cfg.RootCAs = pool
+		}
+		o.ConnectionOptions.TLS = cfg
+	}
+	if c.temporalAPIKey != "" {
+		o.Credentials = client.NewAPIKeyStaticCredentials(c.temporalAPIKey)
+		if o.ConnectionOptions.TLS == nil {
+			o.ConnectionOptions.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
 	}
 	return nil
 }
