@@ -2,6 +2,8 @@ package activities
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -108,10 +110,10 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	if err != nil {
 		return HoldResult{}, wrap("match programs", err)
 	}
-	for i, m := range matches.GetMatches() {
+	for _, m := range matches.GetMatches() {
 		kind := firstOffered(m.GetProgram(), matKinds)
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
-			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: fmt.Sprintf("%s-%d", in.RequestID, i)})
+			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
 			continue // taken since the match: try the next program
 		}
@@ -240,10 +242,10 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	if err != nil {
 		return Referral{}, wrap("match programs", err)
 	}
-	for i, m := range matches.GetMatches() {
+	for _, m := range matches.GetMatches() {
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
 			ServiceKind: firstOffered(m.GetProgram(), matKinds), Family: in.Family, Intervention: in.Intervention,
-			Ttl: durationpb.New(24 * time.Hour), RequestId: fmt.Sprintf("%s-h%d", in.RequestID, i)})
+			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
 			continue
 		}
@@ -251,7 +253,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, wrap("hold slot", err)
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
-			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: fmt.Sprintf("%s-c%d", in.RequestID, i)})
+			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
 		if err != nil {
 			return Referral{}, wrap("convert hold", err)
 		}
@@ -284,7 +286,7 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}
 	}
 	var names []string
-	for i, k := range in.Kinds {
+	for _, k := range in.Kinds {
 		kind := referralsv1.ServiceKind(referralsv1.ServiceKind_value["SERVICE_KIND_"+k])
 		req, err := a.matchRequest(ctx, in.Family, []referralsv1.ServiceKind{kind}, urgency, nil)
 		if err != nil {
@@ -298,7 +300,7 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 			continue
 		}
 		ref, err := a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-			RequestId: fmt.Sprintf("%s-%d", in.RequestID, i), Referral: &referralsv1.Referral{
+			RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
 				Family: in.Family, Subject: subject, ServiceKind: kind, Program: matches.GetMatches()[0].GetProgram().GetName(),
 				Urgency: urgency, Intervention: in.Intervention, Reason: supportReason(kind)}})
 		if err != nil {
@@ -402,4 +404,17 @@ func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Perso
 		}
 	}
 	return out, nil
+}
+
+// subID derives the request id of one call within an activity from the
+// activity's request id and what the call is about (a program, a kind),
+// never from a position in a list that can change between attempts.
+func subID(base string, parts ...string) string {
+	h := sha256.New()
+	h.Write([]byte(base))
+	for _, p := range parts {
+		h.Write([]byte{0})
+		h.Write([]byte(p))
+	}
+	return hex.EncodeToString(h.Sum(nil)[:20])
 }

@@ -126,7 +126,12 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	return w.run(flow.WithActivityOptions(ctx))
 }
 
-func (w *wf) id(purpose string) string { return fmt.Sprintf("c%d|%s", w.st.Cycle, purpose) }
+// id makes a purpose unique to this cycle: the workflow id is reused for a
+// family's later refusals, and each cycle begins at its own instant, kept
+// across continue-as-new.
+func (w *wf) id(purpose string) string {
+	return fmt.Sprintf("c%d-%d|%s", w.st.Cycle, w.st.Began.UnixNano(), purpose)
+}
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {
 	var err error
@@ -141,7 +146,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if err := w.prepare(ctx); err != nil {
 			return Result{}, err
 		}
-		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated {
+		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
 			w.step = "done"
 			return Result{Summary: "check-ins done, next intervention proposed", Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 		}

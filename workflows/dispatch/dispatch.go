@@ -89,7 +89,7 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 		return err
 	case "handoff.interventions.v1.intervention.rescheduled":
 		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
-			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration()})
+			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(), TimeZone: iv.GetTimeZone()})
 	case "handoff.interventions.v1.intervention.cancelled":
 		return d.update(ctx, id, updateID, intervention.UpdateCancel, intervention.Cancel{Reason: "cancelled"})
 	case "handoff.interventions.v1.intervention.outcome_recorded":

@@ -25,8 +25,10 @@ const TaskQueue = "handoff"
 // mark non-retryable (invalid argument, not found, failed precondition).
 func WithActivityOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
-		StartToCloseTimeout:    30 * time.Second,
-		ScheduleToCloseTimeout: 10 * time.Minute,
+		StartToCloseTimeout: 30 * time.Second,
+		// Workflows run for weeks: a service outage of an hour must delay
+		// them, not end them. Every mutating call is idempotent.
+		ScheduleToCloseTimeout: 24 * time.Hour,
 		RetryPolicy: &temporal.RetryPolicy{
 			InitialInterval:    time.Second,
 			BackoffCoefficient: 2,
@@ -48,12 +50,20 @@ func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, rel
 	return RemindAt(ctx, clinic, to, kind, related, message, purpose, workflow.Now(ctx))
 }
 
-// RemindAt creates a reminder due at due for to.
+// RemindAt creates a reminder due at due for to. A recipient who may no
+// longer be contacted (consent withdrawn, member removed) is skipped, not a
+// reason to end a workflow that runs for weeks on a snapshot of the family.
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) error {
-	return workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
+	err := workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
 		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
 		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
 	}).Get(ctx, nil)
+	switch activities.ErrorType(err) {
+	case "CONTACT_NOT_ALLOWED", "InvalidArgument":
+		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
+		return nil
+	}
+	return err
 }
 
 // SignalReminderFailed tells the workflow that created a reminder that its
@@ -83,17 +93,20 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings) workflow.
 			if n >= s.ReminderRetries {
 				continue
 			}
-			if err := workflow.Sleep(ctx, s.ReminderRetryDelay); err != nil {
-				return
-			}
-			var next string
-			if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
-				Failed: f.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+f.Reminder),
-			}).Get(ctx, &next); err != nil {
-				workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", f.Reminder, "error", err)
-				continue
-			}
-			attempts[next] = n + 1
+			// Each failure waits on its own, so several do not queue.
+			workflow.Go(ctx, func(ctx workflow.Context) {
+				if err := workflow.Sleep(ctx, s.ReminderRetryDelay); err != nil {
+					return
+				}
+				var next string
+				if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
+					Failed: f.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+f.Reminder),
+				}).Get(ctx, &next); err != nil {
+					workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", f.Reminder, "error", err)
+					return
+				}
+				attempts[next] = n + 1
+			})
 		}
 	})
 	return ch

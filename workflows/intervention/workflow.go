@@ -44,6 +44,8 @@ type Input struct {
 type Reschedule struct {
 	Start    time.Time
 	Duration time.Duration
+	// TimeZone is the meeting's new IANA zone, if it changed.
+	TimeZone string
 }
 
 // Cancel stops the workflow.
@@ -107,6 +109,7 @@ type wf struct {
 	outcome      *Outcome
 	cancel       *Cancel
 	rearm        bool
+	loaded       bool // the plan is read; updates wait for it
 }
 
 // Workflow is the intervention workflow.
@@ -143,31 +146,49 @@ func (w *wf) setup(ctx workflow.Context) error {
 		}
 		return nil
 	}
+	// Handlers wait for the plan, so that reading it cannot overwrite a
+	// change they made.
+	loaded := func(ctx workflow.Context) error { return workflow.Await(ctx, func() bool { return w.loaded }) }
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateReschedule, func(ctx workflow.Context, r Reschedule) error {
+		if err := loaded(ctx); err != nil {
+			return err
+		}
 		w.plan.Start = r.Start
 		if r.Duration > 0 {
 			w.plan.Duration = r.Duration
 		}
+		if r.TimeZone != "" {
+			w.plan.Counselor.TimeZone = r.TimeZone
+		}
 		w.rearm = true
 		return nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, r Reschedule) error {
+		// The service already checked the new time when it accepted the
+		// reschedule; the outbox may deliver it late, so the workflow takes
+		// the service's word rather than refuse a time now past.
 		if err := open(); err != nil {
 			return err
 		}
-		if !r.Start.After(workflow.Now(ctx)) {
-			return errors.New("the new start must be in the future")
+		if r.Start.IsZero() {
+			return errors.New("a reschedule needs a start time")
 		}
 		return nil
 	}}); err != nil {
 		return err
 	}
 	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateCancel, func(ctx workflow.Context, c Cancel) error {
+		if err := loaded(ctx); err != nil {
+			return err
+		}
 		w.cancel = &c
 		return nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, c Cancel) error { return open() }}); err != nil {
 		return err
 	}
 	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateOutcome, func(ctx workflow.Context, o Outcome) error {
+		if err := loaded(ctx); err != nil {
+			return err
+		}
 		w.outcome = &o
 		return nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, o Outcome) error {
@@ -191,6 +212,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if err := workflow.ExecuteActivity(ctx, flow.A.LoadPlan, w.in.Intervention).Get(ctx, &w.plan); err != nil {
 		return Result{}, err
 	}
+	w.loaded = true
 	settings, err := flow.Settings(ctx, w.plan.Clinic)
 	if err != nil {
 		return Result{}, err
@@ -206,7 +228,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 				return Result{}, err
 			}
 		}
-		next, ok := w.nextDeadline()
+		next, ok := w.nextDeadline(workflow.Now(ctx))
 		changed := func() bool { return w.rearm || w.outcome != nil || w.cancel != nil }
 		if ok {
 			if d := next.Sub(workflow.Now(ctx)); d > 0 {
@@ -274,10 +296,12 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 
 func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
 
-// nextDeadline is the earliest thing the workflow must do by time.
-func (w *wf) nextDeadline() (time.Time, bool) {
+// nextDeadline is the earliest thing the workflow must do by time. Every
+// deadline it returns is one due() acts on, so a past deadline cannot spin.
+func (w *wf) nextDeadline(now time.Time) (time.Time, bool) {
 	var times []time.Time
-	if w.hold.Hold == "" && w.nextHoldTry.Before(w.plan.Start) {
+	// Holding a slot makes sense only before the meeting.
+	if w.hold.Hold == "" && now.Before(w.plan.Start) && w.nextHoldTry.Before(w.plan.Start) {
 		times = append(times, w.nextHoldTry)
 	}
 	if w.sent < len(w.reminders) {
@@ -342,7 +366,12 @@ func (w *wf) takeHold(ctx workflow.Context) error {
 		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)),
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("hold|%d|%d", w.generation, workflow.Now(ctx).Unix())),
 	}).Get(ctx, &res)
-	if activities.ErrorType(err) == "NO_CAPACITY" {
+	if err != nil {
+		// Holding is best effort: no capacity, or a program that turned the
+		// hold down, must not end the intervention. Try again later.
+		if activities.ErrorType(err) != "NO_CAPACITY" {
+			workflow.GetLogger(ctx).Warn("hold failed; will try again", "error", err)
+		}
 		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
 		if w.holdNotified {
 			return nil
@@ -350,9 +379,6 @@ func (w *wf) takeHold(ctx workflow.Context) error {
 		w.holdNotified = true
 		return flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
 			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
-	}
-	if err != nil {
-		return err
 	}
 	w.hold, w.holdExpiry = res, expiry
 	return nil
@@ -404,8 +430,25 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
+	var others []string
+	for _, s := range o.AcceptedServices {
+		if !slices.Contains(matKinds, s) {
+			others = append(others, s)
+		}
+	}
 	switch {
 	case acceptsMAT:
+		// Services accepted beside MAT are referred too. Added after the
+		// first release of this workflow: versioned, so that histories
+		// recorded before it replay unchanged.
+		if v := workflow.GetVersion(ctx, "refer-services-accepted-beside-mat", workflow.DefaultVersion, 1); v >= 1 && len(others) > 0 {
+			if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
+				RequestID: flow.RequestID(ctx, "accepted-services"),
+			}).Get(ctx, nil); err != nil {
+				return Result{}, err
+			}
+		}
 		res.Child = ids.MATIntake(w.in.Intervention)
 		var out matintake.Result
 		err := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{

@@ -208,7 +208,6 @@ func TestRescheduleRearms(t *testing.T) {
 	newStart := h.start.Add(2 * 24 * time.Hour)
 	var rejected error
 	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
-	h.update(2*time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: h.env.Now().Add(-time.Hour)}, nil)
 	h.update(7*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
@@ -362,9 +361,13 @@ func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {
 	}
 }
 
-// Partially accepted with MAT among the services goes to MAT intake.
+// Partially accepted with MAT among the services goes to MAT intake, and the
+// other services accepted are referred too.
 func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
+	var support []activities.SupportRequest
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) { support = append(support, in); return nil, nil })
 	var intake matintake.Input
 	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
 		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
@@ -379,5 +382,22 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	}
 	if intake.Hold != "clinics/north/holds/h1" || len(h.released) != 0 {
 		t.Fatalf("intake input %+v, released %v: the held slot must go to intake", intake, h.released)
+	}
+	if len(support) != 1 || len(support[0].Kinds) != 1 || support[0].Kinds[0] != "FAMILY_COUNSELING" {
+		t.Fatalf("other accepted services referred: %+v", support)
+	}
+}
+
+// The workflow starts after the meeting's start (the outbox was late) with
+// no hold yet: it must not spin on a hold deadline it cannot act on.
+func TestLateStartDoesNotSpin(t *testing.T) {
+	h := newHarness(t, -time.Minute, defaults())
+	h.update(time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if !h.holdAt.IsZero() {
+		t.Fatal("no hold is taken after the meeting started")
 	}
 }

@@ -132,6 +132,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 	var info activities.ReferralInfo
 	var pending []schedule.Planned // intake reminders not sent yet
 	remindersFor := time.Time{}
+	noShowsHandled := int32(0) // a repeated signal must not act twice
 	for {
 		// Deadlines: the next intake reminder, and the alert when no intake
 		// has happened within IntakeAlert of the acceptance.
@@ -159,7 +160,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				pending = pending[1:]
 				if err := flow.Remind(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
-					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.NoShows, p.Recipient.ID, p.Offset)); err != nil {
+					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset)); err != nil {
 					return "", info, err
 				}
 			}
@@ -198,6 +199,10 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		case "COMPLETED":
 			return "entered", info, nil
 		case "NO_SHOW":
+			if info.NoShows <= noShowsHandled {
+				continue
+			}
+			noShowsHandled = info.NoShows
 			pending = nil
 			if int(info.NoShows) > w.settings.MaxNoShows {
 				err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
