@@ -367,7 +367,10 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	var support []activities.SupportRequest
 	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.SupportRequest) ([]string, error) { support = append(support, in); return nil, nil })
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			support = append(support, in)
+			return nil, nil
+		})
 	var intake matintake.Input
 	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
 		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
