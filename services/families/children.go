@@ -48,8 +48,15 @@ func parentFamily(ctx context.Context, parent string) (child, error) {
 // requireFamily locks the family row so that children are never added to a
 // family being deleted, and reports NOT_FOUND for a missing family.
 func requireFamily(ctx context.Context, tx pgx.Tx, c child) error {
+	return lockFamilyRow(ctx, tx, c, "FOR SHARE")
+}
+
+// lockFamilyRow is requireFamily with a chosen lock: callers that will update
+// the family take FOR NO KEY UPDATE up front, so two of them queue instead
+// of deadlocking on upgraded share locks.
+func lockFamilyRow(ctx context.Context, tx pgx.Tx, c child, lock string) error {
 	var one int
-	err := tx.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2 FOR SHARE`, c.clinic, c.family).Scan(&one)
+	err := tx.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2 `+lock, c.clinic, c.family).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apperr.NotFound(c.familyName())
 	}
@@ -341,7 +348,11 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateWarningSign", req.GetRequestId(), req,
 		func() *familiesv1.WarningSign { return &familiesv1.WarningSign{} },
 		func(tx pgx.Tx) (*familiesv1.WarningSign, error) {
-			if err := requireFamily(ctx, tx, c); err != nil {
+			lock := "FOR SHARE"
+			if ws.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
+				lock = "FOR NO KEY UPDATE" // the family row is updated below
+			}
+			if err := lockFamilyRow(ctx, tx, c, lock); err != nil {
 				return nil, err
 			}
 			c.id = aip.NewID()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"buf.build/go/protovalidate"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -136,10 +137,17 @@ type interceptor struct {
 func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 	start := time.Now()
 	var subject string
+	var audited func(error) error // set once the caller is known
 	defer func() {
 		if r := recover(); r != nil {
 			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = status.Error(codes.Internal, "internal error")
+			resp, err = nil, status.Error(codes.Internal, "internal error")
+		}
+		// Audited after recovery, so a panic is recorded as the failure it is.
+		if audited != nil {
+			if aerr := audited(err); aerr != nil {
+				resp, err = nil, aerr
+			}
 		}
 		code := status.Code(err)
 		level := slog.LevelInfo
@@ -168,18 +176,21 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		if !p.Has(auth.RoleWorker) {
 			return nil, status.Error(codes.PermissionDenied, "only the worker's service identity may act for every clinic")
 		}
-		scope = requestClinic(m)
+		if scope = requestClinic(m); scope == "" {
+			return nil, status.Error(codes.InvalidArgument, "the request names no clinic resource")
+		}
 	}
 	ctx = pgdb.WithClinic(ctx, scope)
 	if i.audit != nil {
-		defer func() {
+		audited = func(err error) error {
 			e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
 				Resource: requestResource(m), Outcome: audit.Outcome(status.Code(err)), RequestID: requestID(m)}
 			if aerr := i.audit.Record(ctx, e); aerr != nil {
 				i.log.ErrorContext(ctx, "audit record failed", "method", info.FullMethod, "error", aerr.Error())
-				resp, err = nil, status.Error(codes.Internal, "internal error")
+				return status.Error(codes.Internal, "internal error")
 			}
-		}()
+			return nil
+		}
 	}
 	if !i.allowed(info.FullMethod, p) {
 		return nil, status.Errorf(codes.PermissionDenied, "role %v may not call %s", p.Roles, info.FullMethod)
@@ -195,8 +206,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	resp, err = handler(ctx, req)
 	if err != nil {
 		if _, ok := status.FromError(err); !ok {
-			i.log.ErrorContext(ctx, "handler error", "method", info.FullMethod, "error", err.Error())
-			err = apperr.Internal(err)
+			err = i.fromDatabase(ctx, info.FullMethod, err)
 		}
 	}
 	return resp, err
@@ -265,6 +275,26 @@ func requestClinic(m proto.Message) string {
 	}
 	visit(m.ProtoReflect(), 0)
 	return clinic
+}
+
+// fromDatabase turns an error that is not a gRPC status into one: bad data
+// PostgreSQL refused (a NUL byte, say) is the caller's INVALID_ARGUMENT,
+// a deadlock or serialization failure is ABORTED (retry), anything else is
+// INTERNAL and logged without its details reaching the caller.
+func (i *interceptor) fromDatabase(ctx context.Context, method string, err error) error {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		switch {
+		case strings.HasPrefix(pg.Code, "22"):
+			return status.Error(codes.InvalidArgument, "invalid request: a value cannot be stored (for example a NUL character in text)")
+		case pg.Code == "40001" || pg.Code == "40P01":
+			return status.Error(codes.Aborted, "the request conflicted with another one: retry it")
+		case pg.Code == "23503":
+			return status.Error(codes.FailedPrecondition, "a resource the request refers to was removed meanwhile")
+		}
+	}
+	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
+	return apperr.Internal(err)
 }
 
 func isPublic(method string) bool {

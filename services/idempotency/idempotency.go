@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -90,4 +91,39 @@ func InTx[T proto.Message](ctx context.Context, db interface {
 		return err
 	})
 	return out, err
+}
+
+// Stored returns the response a finished earlier call with requestID gave,
+// if there is one. Handlers that must consult another service before
+// acting call it first, so that a retry returns the first result instead of
+// being judged against what has changed since.
+func Stored[T proto.Message](ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, clinic, method, requestID string, req proto.Message, newResp func() T) (T, bool, error) {
+	var zero T
+	if requestID == "" {
+		return zero, false, nil
+	}
+	var storedMethod string
+	var storedHash, resp []byte
+	err := db.QueryRow(ctx, `SELECT method, request_hash, response FROM idempotency_keys
+		WHERE clinic = $1 AND request_id = $2 AND response IS NOT NULL`, clinic, requestID).Scan(&storedMethod, &storedHash, &resp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return zero, false, nil
+	}
+	if err != nil {
+		return zero, false, fmt.Errorf("idempotency: read key: %w", err)
+	}
+	hash, err := requestHash(req)
+	if err != nil {
+		return zero, false, fmt.Errorf("idempotency: hash request: %w", err)
+	}
+	if storedMethod != method || !bytes.Equal(storedHash, hash) {
+		return zero, false, apperr.Field("request_id", "request id %q was already used for a different request", requestID)
+	}
+	out := newResp()
+	if err := proto.Unmarshal(resp, out); err != nil {
+		return zero, false, fmt.Errorf("idempotency: decode stored response: %w", err)
+	}
+	return out, true, nil
 }

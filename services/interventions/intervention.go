@@ -125,6 +125,11 @@ func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Interv
 	if iv.GetCounselor() == "" {
 		vs.Add("intervention.counselor", "is required")
 	}
+	// A meeting has a length: a zero one would make an empty time range,
+	// which the double-booking constraint cannot see.
+	if d := iv.GetExpectedDuration().AsDuration(); d < 15*time.Minute || d > 8*time.Hour {
+		vs.Add("intervention.expected_duration", "must be between 15 minutes and 8 hours")
+	}
 	if z := iv.GetTimeZone(); z != "" {
 		if _, err := time.LoadLocation(z); err != nil {
 			vs.Add("intervention.time_zone", "unknown IANA time zone %q", z)
@@ -220,6 +225,9 @@ func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.Cr
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
+		return out, err
+	}
 	if err := s.checkFamily(ctx, iv, false); err != nil {
 		return nil, err
 	}
@@ -300,6 +308,9 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	r, err := authorized(ctx, "intervention.name", req.GetIntervention().GetName(), "interventions")
 	if err != nil {
 		return nil, err
+	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
+		return out, err
 	}
 	cur, err := readIntervention(ctx, s.pool, r, false)
 	if err != nil {
@@ -435,6 +446,9 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 	r, err := authorized(ctx, "name", req.GetName(), "interventions")
 	if err != nil {
 		return nil, err
+	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"ScheduleIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
+		return out, err
 	}
 	cur, err := readIntervention(ctx, s.pool, r, false)
 	if err != nil {

@@ -525,6 +525,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "x"})
 			return err
 		}, codes.PermissionDenied},
+		{"cleared duration (an empty time range would slip past the double-booking constraint)", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateIntervention(ctx, &interventionsv1.UpdateInterventionRequest{
+				Intervention: &interventionsv1.Intervention{Name: iv.GetName()},
+				UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"expected_duration"}}})
+			return err
+		}, codes.InvalidArgument},
 		{"bad filter", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "start_time >= yesterday"})
 			return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -134,6 +135,9 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder); ok || err != nil {
+		return out, err
+	}
 	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
 			return nil, err
@@ -162,6 +166,9 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 // checkContact refuses reminders to people who may not be contacted.
 func (s *Server) checkContact(ctx context.Context, rc *interventionsv1.Recipient) error {
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: rc.GetFamily()})
+	if apperr.IsCode(err, codes.NotFound) {
+		return apperr.Field("reminder.recipient.family", "no such family")
+	}
 	if err != nil {
 		return fmt.Errorf("read family: %w", err)
 	}
@@ -276,11 +283,13 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
 				}
-				msg := fmt.Sprintf("%s is %s and cannot be claimed", cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"))
 				if cur.GetState() == rClaimed {
-					msg = fmt.Sprintf("%s is claimed by another worker until %s", cur.GetName(), cur.GetLeaseExpireTime().AsTime().Format(time.RFC3339))
+					return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
+						fmt.Sprintf("%s is claimed by another worker until %s", cur.GetName(), cur.GetLeaseExpireTime().AsTime().Format(time.RFC3339)),
+						map[string]string{"resource": cur.GetName()})
 				}
-				return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld, msg, map[string]string{"resource": cur.GetName()})
+				// Not due yet, or final: not a lease to wait out.
+				return nil, apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"), "CLAIMED")
 			}
 			out, err := s.readReminder(ctx, tx, r, false)
 			if err != nil {
@@ -308,7 +317,10 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
-			if cur.GetState() != rClaimed || cur.GetClaimedBy() != req.GetClaimant() {
+			if cur.GetState() != rClaimed {
+				return nil, apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"), "COMPLETED")
+			}
+			if cur.GetClaimedBy() != req.GetClaimant() {
 				return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
 					fmt.Sprintf("%s is not claimed by %q (state %s)", cur.GetName(), req.GetClaimant(), cur.GetState()),
 					map[string]string{"resource": cur.GetName()})

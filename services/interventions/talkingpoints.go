@@ -125,8 +125,15 @@ func (s *Server) DeleteTalkingPoint(ctx context.Context, req *interventionsv1.De
 			if err := aip.CheckEtag(req.GetName(), req.GetEtag(), tp.GetEtag()); err != nil {
 				return nil, err
 			}
-			if _, err := tx.Exec(ctx, `DELETE FROM talking_points WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
+			// The version in the condition makes two racing deletes one delete
+			// and one NOT_FOUND.
+			v, _ := aip.ParseEtag(tp.GetEtag())
+			tag, err := tx.Exec(ctx, `DELETE FROM talking_points WHERE clinic = $1 AND id = $2 AND version = $3`, r.clinic, r.id, v)
+			if err != nil {
 				return nil, fmt.Errorf("delete talking point: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, apperr.NotFound(req.GetName())
 			}
 			return &emptypb.Empty{}, nil
 		})

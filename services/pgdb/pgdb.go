@@ -177,16 +177,18 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		for _, t := range tables {
 			q := schema + "." + pgx.Identifier{t}.Sanitize()
 			// Rows of clinic '' are shared content (built-in talking points):
-			// readable everywhere, writable by no clinic.
+			// readable everywhere (a SELECT-only policy), changed by no clinic.
 			for _, st := range []string{
 				`ALTER TABLE ` + q + ` ENABLE ROW LEVEL SECURITY`,
 				`ALTER TABLE ` + q + ` FORCE ROW LEVEL SECURITY`,
 				`DROP POLICY IF EXISTS clinic_isolation ON ` + q,
+				`DROP POLICY IF EXISTS shared_read ON ` + q,
 				`CREATE POLICY clinic_isolation ON ` + q + ` TO ` + AppRole + `
-					USING (clinic = current_setting('handoff.clinic', true) OR clinic = ''
+					USING (clinic = current_setting('handoff.clinic', true)
 						OR current_setting('handoff.clinic', true) = '*')
 					WITH CHECK (clinic = current_setting('handoff.clinic', true)
 						OR current_setting('handoff.clinic', true) = '*')`,
+				`CREATE POLICY shared_read ON ` + q + ` FOR SELECT TO ` + AppRole + ` USING (clinic = '')`,
 			} {
 				if _, err := tx.Exec(ctx, st); err != nil {
 					return fmt.Errorf("pgdb: row security on %s: %w", q, err)

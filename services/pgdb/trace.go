@@ -32,3 +32,33 @@ func (queryTracer) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, data pgx.Trac
 	}
 	span.End()
 }
+
+// Batches (the clinic scope sent with a query) get one span, named for the
+// statement that matters: the last one.
+func (queryTracer) TraceBatchStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceBatchStartData) context.Context {
+	sql := ""
+	if data.Batch != nil && len(data.Batch.QueuedQueries) > 0 {
+		sql = data.Batch.QueuedQueries[len(data.Batch.QueuedQueries)-1].SQL
+	}
+	if len(sql) > 300 {
+		sql = sql[:300]
+	}
+	ctx, _ = otel.Tracer("github.com/handoff-health/handoff/services/pgdb").Start(ctx, "db.query",
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("db.system", "postgresql"), attribute.String("db.statement", sql)))
+	return ctx
+}
+
+func (queryTracer) TraceBatchQuery(ctx context.Context, _ *pgx.Conn, data pgx.TraceBatchQueryData) {
+	if data.Err != nil {
+		trace.SpanFromContext(ctx).SetStatus(codes.Error, "query failed")
+	}
+}
+
+func (queryTracer) TraceBatchEnd(ctx context.Context, _ *pgx.Conn, data pgx.TraceBatchEndData) {
+	span := trace.SpanFromContext(ctx)
+	if data.Err != nil {
+		span.SetStatus(codes.Error, "batch failed")
+	}
+	span.End()
+}
