@@ -13,6 +13,10 @@ import (
 	"strings"
 	"time"
 
+	uiserver "github.com/temporalio/ui-server/v2/server"
+	uiconfig "github.com/temporalio/ui-server/v2/server/config"
+	"github.com/temporalio/ui-server/v2/server/server_options"
+
 	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
 
@@ -35,6 +39,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	dataDir := fs.String("data-dir", env("HANDOFF_DATA_DIR", ".data"), "folder for Temporal's SQLite file and the development signing key (HANDOFF_DATA_DIR)")
 	listen := fs.String("listen", env("HANDOFF_GATEWAY_LISTEN", gatewayAddr), "gateway HTTP address (HANDOFF_GATEWAY_LISTEN)")
 	temporalPort := fs.Int("temporal-port", 7233, "embedded Temporal frontend port")
+	uiPort := fs.Int("temporal-ui-port", 8233, "embedded Temporal Web UI port (0 turns it off)")
 	demo := fs.Bool("demo", env("HANDOFF_DEMO", "") != "", "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
 	fast := fs.Bool("fast", env("HANDOFF_FAST", "") != "", "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
 	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""), "JSON file with workflow timings per clinic (HANDOFF_WORKFLOW_SETTINGS_FILE)")
@@ -58,6 +63,19 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer ts.Stop()
+	uiURL := ""
+	if *uiPort != 0 {
+		// The Web UI opens payloads through the codec endpoint, which admits
+		// clinic administrators only; without a token it shows them sealed.
+		ui := uiserver.NewServer(server_options.WithConfigProvider(&uiconfig.Config{
+			TemporalGRPCAddress: ts.HostPort, Host: "127.0.0.1", Port: *uiPort, EnableUI: true,
+			DefaultNamespace: "default", HideLogs: true,
+			Codec: uiconfig.Codec{Endpoint: base + "/codec", PassAccessToken: true},
+		}))
+		go func() { _ = ui.Start() }()
+		defer ui.Stop()
+		uiURL = fmt.Sprintf("http://127.0.0.1:%d", *uiPort)
+	}
 	pc, err := codec.LoadOrCreateKeyFile(filepath.Join(*dataDir, "payload-key"))
 	if err != nil {
 		return err
@@ -129,7 +147,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 			return fmt.Errorf("demo data: %w", err)
 		}
 	}
-	printBanner(base, ts.HostPort, tokens, demoFamily, *dataDir)
+	printBanner(base, ts.HostPort, uiURL, tokens, demoFamily, *dataDir)
 	return serveHTTP(ctx, log, *listen, mux)
 }
 
@@ -174,7 +192,7 @@ func ensureDatabase(ctx context.Context, dsn string) error {
 	return nil
 }
 
-func printBanner(base, temporal string, tokens map[string]string, demoFamily, dataDir string) {
+func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily, dataDir string) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nHandoff is running. Ctrl-C stops everything.\n\n")
 	fmt.Fprintf(&b, "  REST API        %s/v1/\n", base)
@@ -183,6 +201,9 @@ func printBanner(base, temporal string, tokens map[string]string, demoFamily, da
 	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz   metrics %s/metrics\n", base, base, base)
 	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s\n", familiesAddr, interventionsAddr, referralsAddr)
 	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))
+	if ui != "" {
+		fmt.Fprintf(&b, "  Temporal UI     %s\n", ui)
+	}
 	fmt.Fprintf(&b, "  Payload codec   %s/codec (clinic administrators; payloads are sealed with the key in %s)\n", base, filepath.Join(dataDir, "payload-key"))
 	if demoFamily != "" {
 		fmt.Fprintf(&b, "  Demo family     %s\n", demoFamily)
