@@ -1,35 +1,10 @@
 package intervention_test
 
 import (
-	"path/filepath"
 	"testing"
 
-	"go.temporal.io/sdk/worker"
-	"go.temporal.io/sdk/workflow"
-
-	"github.com/handoff-health/handoff/workflows/boundary"
-	"github.com/handoff-health/handoff/workflows/intervention"
-	"github.com/handoff-health/handoff/workflows/matintake"
+	"github.com/handoff-health/handoff/workflows/replaytest"
 )
 
-// TestReplay replays histories recorded from real runs (the stack
-// integration tests, with HANDOFF_RECORD_HISTORIES=1): a change to the
-// workflow code that would break running workflows fails here, and must go
-// behind workflow.GetVersion.
-func TestReplay(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no recorded histories in testdata (%v)", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			r := worker.NewWorkflowReplayer()
-			r.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
-			r.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
-			r.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
-			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, f); err != nil {
-				t.Fatalf("replay %s: %v", f, err)
-			}
-		})
-	}
-}
+// TestReplay checks this workflow's recorded histories still replay.
+func TestReplay(t *testing.T) { replaytest.Run(t) }

@@ -1,0 +1,40 @@
+// Package replaytest replays recorded workflow histories against the current
+// workflow code, so each workflow package keeps its own histories but shares
+// one way of checking them.
+package replaytest
+
+import (
+	"path/filepath"
+	"testing"
+
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/intervention"
+	"github.com/handoff-health/handoff/workflows/matintake"
+)
+
+// Run replays every testdata/*.json history in the calling package's folder.
+// Histories come from real runs (the stack integration tests, with
+// HANDOFF_RECORD_HISTORIES=1); all workflows are registered because a
+// recorded parent history names its children. A change that would break
+// running workflows fails here and must go behind workflow.GetVersion.
+func Run(t *testing.T) {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no recorded histories in testdata (%v)", err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			r := worker.NewWorkflowReplayer()
+			r.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
+			r.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
+			r.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
+			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, f); err != nil {
+				t.Fatalf("replay %s: %v", f, err)
+			}
+		})
+	}
+}
