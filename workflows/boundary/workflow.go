@@ -55,6 +55,8 @@ type State struct {
 	Proposed    string
 	Overdoses   int
 	Events      int // signals handled in this run, for continue-as-new
+	// Resends carries failed reminders' retries into the next run.
+	Resends flow.Resends
 }
 
 // Overdose is SignalOverdose's payload.
@@ -138,7 +140,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings)
+	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, nil)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
 	}

@@ -235,6 +235,12 @@ func TestContinuesAsNewCarryingState(t *testing.T) {
 			h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1})
 		}, 12*time.Hour+time.Duration(i)*time.Second)
 	}
+	// A delivery failure shortly before the run ends: its resend is still
+	// waiting and must travel to the next run.
+	failedAt := 12*time.Hour + 250*time.Second
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/failed-1"})
+	}, failedAt)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	err := h.env.GetWorkflowError()
 	var can *workflow.ContinueAsNewError
@@ -250,6 +256,46 @@ func TestContinuesAsNewCarryingState(t *testing.T) {
 	}
 	if next.State == nil || !next.State.Reinforced || !next.State.Referred || len(next.State.CheckIns) != 3 || next.State.Events != 0 {
 		t.Fatalf("carried state = %+v", next.State)
+	}
+	want := []flow.Resend{{Reminder: "clinics/north/reminders/failed-1", At: h.t0.Add(failedAt + 15*time.Minute)}}
+	if got := next.State.Resends.Pending; len(got) != 1 || got[0].Reminder != want[0].Reminder || !got[0].At.Equal(want[0].At) {
+		t.Fatalf("carried resends = %+v, want %+v", got, want)
+	}
+}
+
+// A run that continues another picks up its waiting resends at their time,
+// and a line that already used its retries gets no more.
+func TestCarriedResendsAreSentAndCounted(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	type resent struct {
+		failed string
+		at     time.Time
+	}
+	var got []resent
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			got = append(got, resent{in.Failed, h.env.Now()})
+			return "clinics/north/reminders/again-" + in.Failed[len("clinics/north/reminders/"):], nil
+		})
+	in := input(1)
+	in.State = &boundary.State{Resends: flow.Resends{
+		Pending:  []flow.Resend{{Reminder: "clinics/north/reminders/waiting", At: h.t0.Add(10 * time.Minute)}},
+		Attempts: map[string]int{"clinics/north/reminders/spent": 3, "clinics/north/reminders/waiting": 1},
+		First:    map[string]string{"clinics/north/reminders/spent": "clinics/north/reminders/a", "clinics/north/reminders/waiting": "clinics/north/reminders/b"},
+	}}
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/spent"})
+	}, time.Hour)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/again-waiting"})
+	}, 2*time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, in)
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].failed != "clinics/north/reminders/waiting" || !got[0].at.Equal(h.t0.Add(10*time.Minute)) ||
+		got[1].failed != "clinics/north/reminders/again-waiting" || !got[1].at.Equal(h.t0.Add(2*time.Hour+15*time.Minute)) {
+		t.Fatalf("resends = %+v; want the carried one at +10m, its own failure again at +2h15m, and none for the spent line", got)
 	}
 }
 

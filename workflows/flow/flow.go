@@ -6,6 +6,7 @@ package flow
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"slices"
 	"time"
 
 	"go.temporal.io/sdk/temporal"
@@ -47,23 +48,26 @@ func RequestID(ctx workflow.Context, purpose string) string {
 
 // Remind creates a reminder due now for to.
 func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string) error {
-	return RemindAt(ctx, clinic, to, kind, related, message, purpose, workflow.Now(ctx))
+	_, err := RemindAt(ctx, clinic, to, kind, related, message, purpose, workflow.Now(ctx))
+	return err
 }
 
-// RemindAt creates a reminder due at due for to. A recipient who may no
-// longer be contacted (consent withdrawn, member removed) is skipped, not a
-// reason to end a workflow that runs for weeks on a snapshot of the family.
-func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) error {
+// RemindAt creates a reminder due at due for to and returns its name. A
+// recipient who may no longer be contacted (consent withdrawn, member
+// removed) is skipped with an empty name, not a reason to end a workflow that
+// runs for weeks on a snapshot of the family.
+func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) (string, error) {
+	var name string
 	err := workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
 		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
 		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
-	}).Get(ctx, nil)
+	}).Get(ctx, &name)
 	switch activities.ErrorType(err) {
 	case "CONTACT_NOT_ALLOWED", "InvalidArgument":
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
-		return nil
+		return "", nil
 	}
-	return err
+	return name, err
 }
 
 // SignalReminderFailed tells the workflow that created a reminder that its
@@ -75,38 +79,107 @@ type ReminderFailed struct {
 	Reminder string
 }
 
+// Resends is where the retries of failed reminders stand. It is plain data
+// so that a workflow continuing as new carries it over: without it the new
+// run would forget resends still waiting and count every line from zero.
+// A line's entries go when it is resent or given up, so what stays is
+// lines in flight and the last reminder of lines that were delivered.
+type Resends struct {
+	Attempts map[string]int    // reminder -> resends before it, in its line
+	First    map[string]string // reminder -> the first reminder of its line
+	Pending  []Resend          // in the order the failures came
+}
+
+// Resend is a failed reminder waiting to be sent again at At.
+type Resend struct {
+	Reminder string
+	At       time.Time
+}
+
+func (r *Resends) pending(name string) (Resend, bool) {
+	i := slices.IndexFunc(r.Pending, func(p Resend) bool { return p.Reminder == name })
+	if i < 0 {
+		return Resend{}, false
+	}
+	return r.Pending[i], true
+}
+
+// versionSkipStale guards the check that drops resends the workflow calls
+// stale; histories from before it never made that check.
+const versionSkipStale = "skip-stale-resends"
+
 // RetryFailedReminders runs, for the workflow's lifetime, the policy for
 // reminders whose delivery failed: each is sent again after
 // ReminderRetryDelay, up to ReminderRetries times counted from the first
-// reminder of its line. It returns the signal channel, so that a workflow
-// about to continue as new can check that nothing is left unread.
-func RetryFailedReminders(ctx workflow.Context, s activities.Settings) workflow.ReceiveChannel {
+// reminder of its line. stale, when not nil, is asked with the first
+// reminder of a line just before each resend; a reminder about a meeting
+// that moved or is over must not go out again. r holds the state (a
+// continued run passes the one its predecessor left) and is updated in
+// place. It returns the signal channel, so that a workflow about to
+// continue as new can check that nothing is left unread.
+func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resends, stale func(first string) bool) workflow.ReceiveChannel {
+	if r.Attempts == nil {
+		r.Attempts = map[string]int{}
+	}
+	if r.First == nil {
+		r.First = map[string]string{}
+	}
+	first := func(name string) string {
+		if f, ok := r.First[name]; ok {
+			return f
+		}
+		return name
+	}
+	resend := func(ctx workflow.Context, failed string) {
+		p, _ := r.pending(failed)
+		if d := p.At.Sub(workflow.Now(ctx)); d > 0 {
+			if err := workflow.Sleep(ctx, d); err != nil {
+				return
+			}
+		}
+		line, n := first(failed), r.Attempts[failed]
+		forget := func() {
+			r.Pending = slices.DeleteFunc(r.Pending, func(p Resend) bool { return p.Reminder == failed })
+			delete(r.Attempts, failed)
+			delete(r.First, failed)
+		}
+		if stale != nil && workflow.GetVersion(ctx, versionSkipStale, workflow.DefaultVersion, 1) >= 1 && stale(line) {
+			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", failed)
+			forget()
+			return
+		}
+		var next string
+		if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
+			Failed: failed, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+failed),
+		}).Get(ctx, &next); err != nil {
+			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", failed, "error", err)
+			forget()
+			return
+		}
+		forget()
+		r.Attempts[next], r.First[next] = n+1, line
+	}
+	// Resends a previous run left waiting.
+	for _, p := range r.Pending {
+		workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, p.Reminder) })
+	}
 	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
-	attempts := map[string]int{} // reminder name -> resends before it
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		for {
 			var f ReminderFailed
 			if !ch.Receive(ctx, &f) {
 				return
 			}
-			n := attempts[f.Reminder]
-			if n >= s.ReminderRetries {
+			if _, dup := r.pending(f.Reminder); dup || r.Attempts[f.Reminder] >= s.ReminderRetries {
+				if !dup {
+					delete(r.Attempts, f.Reminder)
+					delete(r.First, f.Reminder)
+				}
 				continue
 			}
+			r.Pending = append(r.Pending, Resend{Reminder: f.Reminder, At: workflow.Now(ctx).Add(s.ReminderRetryDelay)})
 			// Each failure waits on its own, so several do not queue.
-			workflow.Go(ctx, func(ctx workflow.Context) {
-				if err := workflow.Sleep(ctx, s.ReminderRetryDelay); err != nil {
-					return
-				}
-				var next string
-				if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
-					Failed: f.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+f.Reminder),
-				}).Get(ctx, &next); err != nil {
-					workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", f.Reminder, "error", err)
-					return
-				}
-				attempts[next] = n + 1
-			})
+			workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, f.Reminder) })
 		}
 	})
 	return ch

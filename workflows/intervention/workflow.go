@@ -98,8 +98,10 @@ type wf struct {
 	step         string
 	reminders    []schedule.Planned
 	sent         int
-	armedAt      time.Time // when the reminder plan was made
-	generation   int       // bumps on every reschedule, keeps request ids apart
+	armedAt      time.Time      // when the reminder plan was made
+	generation   int            // bumps on every reschedule, keeps request ids apart
+	upcoming     map[string]int // meeting reminder -> the generation it announced
+	resends      flow.Resends
 	hold         activities.HoldResult
 	holdExpiry   time.Time
 	nextHoldTry  time.Time
@@ -114,7 +116,7 @@ type wf struct {
 
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	w := &wf{in: in, step: StepPreparing}
+	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -218,7 +220,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	w.settings = settings
-	flow.RetryFailedReminders(ctx, settings)
+	flow.RetryFailedReminders(ctx, settings, &w.resends, w.staleReminder)
 	if err := w.arm(ctx); err != nil {
 		return Result{}, err
 	}
@@ -294,6 +296,18 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	return w.arm(ctx)
 }
 
+// staleReminder reports whether a failed reminder's line no longer deserves
+// a resend: once the outcome is in or the meeting is cancelled nothing this
+// workflow reminded of is pending, and a meeting reminder names a time that a
+// reschedule has replaced.
+func (w *wf) staleReminder(first string) bool {
+	if w.outcome != nil || w.cancel != nil {
+		return true
+	}
+	g, ok := w.upcoming[first]
+	return ok && g != w.generation
+}
+
 func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
 
 // nextDeadline is the earliest thing the workflow must do by time. Every
@@ -333,9 +347,13 @@ func (w *wf) due(ctx workflow.Context) error {
 			msg = fmt.Sprintf("Reminder: you facilitate a family meeting on %s.", localTime(w.plan.Start, r.Recipient.TimeZone))
 		}
 		purpose := fmt.Sprintf("upcoming|%d|%s|%s|%s", w.generation, r.Recipient.Kind, r.Recipient.ID, r.Offset)
-		if err := flow.Remind(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
-			w.in.Intervention, msg, purpose); err != nil {
+		sent, err := flow.RemindAt(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
+			w.in.Intervention, msg, purpose, workflow.Now(ctx))
+		if err != nil {
 			return err
+		}
+		if sent != "" {
+			w.upcoming[sent] = w.generation
 		}
 		w.sent++
 	}

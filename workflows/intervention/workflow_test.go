@@ -29,10 +29,24 @@ type sent struct {
 	list []activities.ReminderRequest
 }
 
-func (s *sent) add(r activities.ReminderRequest) {
+// add records r and returns the reminder's name, r<index>.
+func (s *sent) add(r activities.ReminderRequest) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.list = append(s.list, r)
+	return fmt.Sprintf("clinics/north/reminders/r%d", len(s.list)-1)
+}
+
+// nameOf is the name add gave the first reminder of kind, or "".
+func (s *sent) nameOf(kind string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range s.list {
+		if r.Kind == kind {
+			return fmt.Sprintf("clinics/north/reminders/r%d", i)
+		}
+	}
+	return ""
 }
 
 func (s *sent) byKind(kind string) []activities.ReminderRequest {
@@ -80,8 +94,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			r.Due = env.Now() // when the workflow sent it
-			h.sent.add(r)
-			return "clinics/north/reminders/r", nil
+			return h.sent.add(r), nil
 		})
 	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
 		return activities.HoldResult{Hold: "clinics/north/holds/h1", Program: "clinics/north/programs/p1"}, nil
@@ -328,6 +341,40 @@ func TestFailedRemindersAreRetried(t *testing.T) {
 	}
 	if want := time.Date(2026, 12, 7, 13, 15, 0, 0, time.UTC); !resent[0].Equal(want) {
 		t.Fatalf("first resend at %v, want %v: 15 min after the failure", resent[0], want)
+	}
+}
+
+// A meeting reminder whose delivery failed is not sent again once a
+// reschedule has replaced the time it names; other failures still are.
+func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
+	h := newHarness(t, 3*24*time.Hour, defaults())
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	var upcoming string
+	h.env.RegisterDelayedCallback(func() {
+		// The 72 h reminders went out when the workflow began.
+		upcoming = h.sent.nameOf("INTERVENTION_UPCOMING")
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: upcoming})
+	}, time.Hour)
+	h.update(time.Hour+5*time.Minute, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start.Add(2 * 24 * time.Hour), Duration: time.Hour}, nil)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/other"})
+	}, 2*time.Hour)
+	h.update(5*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if upcoming == "" {
+		t.Fatal("no meeting reminder was sent in the first hour")
+	}
+	if len(resent) != 1 || resent[0] != "clinics/north/reminders/other" {
+		t.Fatalf("resent %v; want only the reminder unrelated to the old time", resent)
 	}
 }
 

@@ -88,7 +88,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	flow.RetryFailedReminders(ctx, w.settings)
+	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, nil)
 	if err := workflow.ExecuteActivity(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
 		return Result{}, err
 	}
@@ -211,7 +211,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			}
 			// Re-engage within the day: the counselor calls, the program rebooks.
 			due := now.Add(min(w.settings.ReengageWithin, time.Hour))
-			if err := flow.RemindAt(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
+			if _, err := flow.RemindAt(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
 				"The intake appointment was missed: please reach out today and help rebook.",
 				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows), due); err != nil {
 				return "", info, err
