@@ -70,11 +70,15 @@ type wf struct {
 	signals  workflow.ReceiveChannel
 	started  time.Time
 	alerted  bool
+	// appointment is the referral's appointment as last read; upcoming maps
+	// each intake reminder sent to the appointment it names.
+	appointment time.Time
+	upcoming    map[string]time.Time
 }
 
 // Workflow is the MAT intake workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	w := &wf{in: in, signals: workflow.GetSignalChannel(ctx, SignalReferral), started: workflow.Now(ctx)}
+	w := &wf{in: in, signals: workflow.GetSignalChannel(ctx, SignalReferral), started: workflow.Now(ctx), upcoming: map[string]time.Time{}}
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
 		return Status{Referral: w.referral.Name, State: w.state, Tried: len(w.tried)}, nil
 	}); err != nil {
@@ -88,7 +92,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, nil)
+	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, w.staleReminder)
 	if err := workflow.ExecuteActivity(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
 		return Result{}, err
 	}
@@ -158,10 +162,14 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			for len(pending) > 0 && !now.Before(pending[0].At) {
 				p := pending[0]
 				pending = pending[1:]
-				if err := flow.Remind(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
+				sent, err := flow.RemindAt(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
-					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset)); err != nil {
+					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), workflow.Now(ctx))
+				if err != nil {
 					return "", info, err
+				}
+				if sent != "" {
+					w.upcoming[sent] = info.Appointment
 				}
 			}
 			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
@@ -180,7 +188,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		if err := workflow.ExecuteActivity(ctx, flow.A.ReferralStatus, w.referral.Name).Get(ctx, &info); err != nil {
 			return "", info, err
 		}
-		w.state = info.State
+		w.state, w.appointment = info.State, info.Appointment
 		switch info.State {
 		case "SCHEDULED":
 			if !info.Appointment.Equal(remindersFor) {
@@ -220,6 +228,14 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			return "rejected", info, nil
 		}
 	}
+}
+
+// staleReminder reports whether a failed intake reminder's line no longer
+// deserves a resend: the appointment it names was moved, missed or kept, or
+// the referral it belongs to ended.
+func (w *wf) staleReminder(first string) bool {
+	appt, ok := w.upcoming[first]
+	return ok && (w.state != "SCHEDULED" || !appt.Equal(w.appointment))
 }
 
 // entered records the result and refers the family to its own support.

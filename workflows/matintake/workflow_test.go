@@ -48,7 +48,7 @@ func newHarness(t *testing.T) *harness {
 				r.Due = env.Now()
 			}
 			h.reminders = append(h.reminders, r)
-			return "clinics/north/reminders/r", nil
+			return fmt.Sprintf("clinics/north/reminders/r%d", len(h.reminders)-1), nil
 		})
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
@@ -162,6 +162,58 @@ func TestNoShowThenRebookingThenTreatment(t *testing.T) {
 	// No intake within 72 h of acceptance? It happened at 51 h: no alert.
 	if len(h.kinds("INTAKE_OVERDUE")) != 0 {
 		t.Fatal("intake happened within 72 h; no alert is due")
+	}
+}
+
+// upcomingTo is the name of the nth (from 0) intake reminder to the loved
+// one, or "".
+func (h *harness) upcomingTo(n int) string {
+	for i, r := range h.reminders {
+		if r.Kind == "INTAKE_UPCOMING" && r.To.Kind == "loved_one" {
+			if n == 0 {
+				return fmt.Sprintf("clinics/north/reminders/r%d", i)
+			}
+			n--
+		}
+	}
+	return ""
+}
+
+// A failed intake reminder is sent again while its appointment stands, and
+// not once the appointment has been rebooked.
+func TestStaleIntakeRemindersAreNotResent(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(20 * time.Hour)})
+	var first, second string
+	h.env.RegisterDelayedCallback(func() { // the reminder sent at once for the first appointment
+		first = h.upcomingTo(0)
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: first})
+	}, 3*time.Hour)
+	h.env.RegisterDelayedCallback(func() { // the one 2 h before it
+		second = h.upcomingTo(1)
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: second})
+	}, 18*time.Hour+30*time.Minute)
+	h.transition(18*time.Hour+40*time.Minute, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(50 * time.Hour)})
+	h.transition(51*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 3})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if first == "" || second == "" || first == second {
+		t.Fatalf("reminders to fail: %q, %q", first, second)
+	}
+	if len(resent) != 1 || resent[0] != first {
+		t.Fatalf("resent %v; want only %s (its appointment still stood)", resent, first)
 	}
 }
 
