@@ -289,13 +289,18 @@ func TestCarriedResendsAreSentAndCounted(t *testing.T) {
 	h.env.RegisterDelayedCallback(func() {
 		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/again-waiting"})
 	}, 2*time.Hour)
+	// The third resend of the line fails too: the line has used its three
+	// retries only if the count carried over.
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/again-again-waiting"})
+	}, 3*time.Hour)
 	h.env.ExecuteWorkflow(boundary.Name, in)
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got[0].failed != "clinics/north/reminders/waiting" || !got[0].at.Equal(h.t0.Add(10*time.Minute)) ||
 		got[1].failed != "clinics/north/reminders/again-waiting" || !got[1].at.Equal(h.t0.Add(2*time.Hour+15*time.Minute)) {
-		t.Fatalf("resends = %+v; want the carried one at +10m, its own failure again at +2h15m, and none for the spent line", got)
+		t.Fatalf("resends = %+v; want the carried one at +10m, its own failure again at +2h15m, then none: the line is spent", got)
 	}
 }
 

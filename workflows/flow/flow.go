@@ -82,8 +82,9 @@ type ReminderFailed struct {
 // Resends is where the retries of failed reminders stand. It is plain data
 // so that a workflow continuing as new carries it over: without it the new
 // run would forget resends still waiting and count every line from zero.
-// A line's entries go when it is resent or given up, so what stays is
-// lines in flight and the last reminder of lines that were delivered.
+// Attempts and First keep one entry per reminder ever resent, so that a
+// repeated failure signal still counts against its line; failures are
+// rare, so this stays small.
 type Resends struct {
 	Attempts map[string]int    // reminder -> resends before it, in its line
 	First    map[string]string // reminder -> the first reminder of its line
@@ -94,14 +95,6 @@ type Resends struct {
 type Resend struct {
 	Reminder string
 	At       time.Time
-}
-
-func (r *Resends) pending(name string) (Resend, bool) {
-	i := slices.IndexFunc(r.Pending, func(p Resend) bool { return p.Reminder == name })
-	if i < 0 {
-		return Resend{}, false
-	}
-	return r.Pending[i], true
 }
 
 // versionSkipStale guards the check that drops resends the workflow calls
@@ -130,38 +123,41 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		}
 		return name
 	}
-	resend := func(ctx workflow.Context, failed string) {
-		p, _ := r.pending(failed)
+	// The command sequence is the one this function always produced (a timer
+	// and an activity per failure signal, repeats included: the request id
+	// makes a repeated resend return the same reminder), so older histories
+	// replay; only the stale check is new, behind versionSkipStale.
+	resend := func(ctx workflow.Context, p Resend) {
 		if d := p.At.Sub(workflow.Now(ctx)); d > 0 {
 			if err := workflow.Sleep(ctx, d); err != nil {
 				return
 			}
 		}
-		line, n := first(failed), r.Attempts[failed]
-		forget := func() {
-			r.Pending = slices.DeleteFunc(r.Pending, func(p Resend) bool { return p.Reminder == failed })
-			delete(r.Attempts, failed)
-			delete(r.First, failed)
-		}
+		defer func() { // the resend is decided, so it no longer waits
+			if i := slices.IndexFunc(r.Pending, func(q Resend) bool { return q.Reminder == p.Reminder && q.At.Equal(p.At) }); i >= 0 {
+				r.Pending = slices.Delete(r.Pending, i, i+1)
+			}
+		}()
+		line, n := first(p.Reminder), r.Attempts[p.Reminder]
 		if stale != nil && workflow.GetVersion(ctx, versionSkipStale, workflow.DefaultVersion, 1) >= 1 && stale(line) {
-			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", failed)
-			forget()
+			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", p.Reminder)
 			return
 		}
+		// A resend still running when the workflow continues as new runs
+		// again in the next run; its request id, the same in every run,
+		// makes the service return the reminder it already created.
 		var next string
 		if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
-			Failed: failed, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+failed),
+			Failed: p.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+p.Reminder),
 		}).Get(ctx, &next); err != nil {
-			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", failed, "error", err)
-			forget()
+			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
 			return
 		}
-		forget()
 		r.Attempts[next], r.First[next] = n+1, line
 	}
 	// Resends a previous run left waiting.
 	for _, p := range r.Pending {
-		workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, p.Reminder) })
+		workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, p) })
 	}
 	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
 	workflow.Go(ctx, func(ctx workflow.Context) {
@@ -170,16 +166,13 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			if !ch.Receive(ctx, &f) {
 				return
 			}
-			if _, dup := r.pending(f.Reminder); dup || r.Attempts[f.Reminder] >= s.ReminderRetries {
-				if !dup {
-					delete(r.Attempts, f.Reminder)
-					delete(r.First, f.Reminder)
-				}
+			if r.Attempts[f.Reminder] >= s.ReminderRetries {
 				continue
 			}
-			r.Pending = append(r.Pending, Resend{Reminder: f.Reminder, At: workflow.Now(ctx).Add(s.ReminderRetryDelay)})
+			p := Resend{Reminder: f.Reminder, At: workflow.Now(ctx).Add(s.ReminderRetryDelay)}
+			r.Pending = append(r.Pending, p)
 			// Each failure waits on its own, so several do not queue.
-			workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, f.Reminder) })
+			workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, p) })
 		}
 	})
 	return ch
