@@ -191,9 +191,11 @@ func rank(req *referralsv1.MatchProgramsRequest, progs []*referralsv1.Program) [
 }
 
 // MatchPrograms implements the API. PostgreSQL narrows the directory to the
-// programs that offer a wanted service (GIN index on services) and, for an
-// immediate need, have a free slot; the ranking itself is plain Go so that
-// every point can be explained.
+// programs that offer a wanted service and, for an immediate need, have a
+// free slot, and scores them with the same points as score() so that only
+// the best max_results rows leave the database; score() then explains those
+// few in Go. A directory of a million programs thus costs one scan in the
+// database, not a million decoded rows.
 func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgramsRequest) (*referralsv1.MatchProgramsResponse, error) {
 	clinic, err := parentClinic(ctx, req.GetParent())
 	if err != nil {
@@ -215,8 +217,10 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	if req.GetUrgency() == referralsv1.Urgency_URGENCY_IMMEDIATE {
 		minSlots = 1
 	}
+	expr, args := scoreSQL(req, 6)
 	rows, err := s.pool.Query(ctx, programSelect+` WHERE clinic = $1 AND services && $2 AND NOT (id = ANY($3))
-		AND available_slots >= $4`, clinic, enumInts(wanted(req)), excluded, minSlots)
+		AND available_slots >= $4 ORDER BY `+expr+` DESC, available_slots DESC, id COLLATE "C" LIMIT $5`,
+		append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
@@ -224,9 +228,82 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	if err != nil {
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
-	matches := rank(req, progs)
-	if len(matches) > limit {
-		matches = matches[:limit]
+	return &referralsv1.MatchProgramsResponse{Matches: rank(req, progs)}, nil
+}
+
+// scoreSQL is score()'s total as a SQL expression over a programs row, for
+// a row that offers a wanted service. Its parameters are numbered from
+// first. The program's locality and languages are stored lower-cased, so
+// the request's are lower-cased here to compare the way score() does.
+// TestScoreSQLAgreesWithScore keeps the two in step.
+func scoreSQL(req *referralsv1.MatchProgramsRequest, first int) (string, []any) {
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", first+len(args)-1)
 	}
-	return &referralsv1.MatchProgramsResponse{Matches: matches}, nil
+	pt := func(c referralsv1.MatchReasonCode) string { return fmt.Sprint(points[c]) }
+	when := func(cond string, c referralsv1.MatchReasonCode) string {
+		return fmt.Sprintf(" + CASE WHEN %s THEN %s ELSE 0 END", cond, pt(c))
+	}
+	barriers := req.GetBarriers()
+	has := func(b referralsv1.BarrierKind) bool { return slices.Contains(barriers, b) }
+	// Every argument must appear in the expression (PostgreSQL cannot type an
+	// unused parameter), so this one is added on first use.
+	outpatientArg := ""
+	outpatient := func() string {
+		if outpatientArg == "" {
+			outpatientArg = arg(enumInts([]referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT}))
+		}
+		return outpatientArg
+	}
+	var b strings.Builder
+	b.WriteString("(" + pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SERVICE_OFFERED))
+	fmt.Fprintf(&b, " + CASE WHEN available_slots > 0 THEN %s ELSE %s END",
+		pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_CAPACITY_TODAY), pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_NO_CAPACITY_PENALTY))
+	if u := req.GetUrgency(); u == referralsv1.Urgency_URGENCY_IMMEDIATE || u == referralsv1.Urgency_URGENCY_URGENT {
+		b.WriteString(when("same_day_intake", referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INTAKE))
+	}
+	if has(referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL) {
+		b.WriteString(when("same_day_induction AND services && "+arg(enumInts(matServices)),
+			referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INDUCTION_FOR_WITHDRAWAL_FEAR))
+	}
+	if has(referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK) {
+		b.WriteString(when("services && "+outpatient(), referralsv1.MatchReasonCode_MATCH_REASON_CODE_OUTPATIENT_FOR_WORK))
+	}
+	if has(referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_CAREGIVING) {
+		b.WriteString(when("services && "+outpatient(), referralsv1.MatchReasonCode_MATCH_REASON_CODE_OUTPATIENT_FOR_CAREGIVING))
+	}
+	if has(referralsv1.BarrierKind_BARRIER_KIND_STIGMA) {
+		b.WriteString(when("telehealth", referralsv1.MatchReasonCode_MATCH_REASON_CODE_TELEHEALTH_FOR_STIGMA))
+	}
+	if req.GetPrefersTelehealth() {
+		b.WriteString(when("telehealth", referralsv1.MatchReasonCode_MATCH_REASON_CODE_TELEHEALTH_PREFERRED))
+	}
+	if pays, known := coveragePays[req.GetCoverage()]; known {
+		fmt.Fprintf(&b, " + CASE WHEN payments && %s THEN %s ELSE %s END", arg(enumInts(pays)),
+			pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_PAYMENT_ACCEPTED), pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_PAYMENT_NOT_ACCEPTED_PENALTY))
+	}
+	if has(referralsv1.BarrierKind_BARRIER_KIND_FINANCIAL) {
+		b.WriteString(when("payments && "+arg(enumInts([]referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_SLIDING_SCALE, referralsv1.PaymentKind_PAYMENT_KIND_FREE})),
+			referralsv1.MatchReasonCode_MATCH_REASON_CODE_SLIDING_SCALE_OR_FREE_FOR_FINANCIAL))
+	}
+	var place []string
+	if pc := req.GetPostalCode(); pc != "" {
+		place = append(place, fmt.Sprintf("WHEN postal_code = %s THEN %s", arg(pc), pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE)))
+	}
+	if loc := req.GetLocality(); loc != "" {
+		place = append(place, fmt.Sprintf("WHEN locality = %s THEN %s", arg(strings.ToLower(loc)), pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_LOCALITY)))
+	}
+	if len(place) > 0 {
+		b.WriteString(" + CASE " + strings.Join(place, " ") + " ELSE 0 END")
+	}
+	if lang := req.GetLanguage(); lang != "" {
+		l := arg(strings.ToLower(lang))
+		b.WriteString(when(fmt.Sprintf("EXISTS (SELECT 1 FROM unnest(languages) AS l WHERE l = %s OR starts_with(l, %s || '-'))", l, l),
+			referralsv1.MatchReasonCode_MATCH_REASON_CODE_LANGUAGE_SPOKEN))
+	}
+	b.WriteString(when("waitlist", referralsv1.MatchReasonCode_MATCH_REASON_CODE_WAITLIST_PENALTY))
+	b.WriteString(")")
+	return b.String(), args
 }
