@@ -20,6 +20,8 @@ import (
 // HANDOFF_RECORD_HISTORIES=1); all workflows are registered because a
 // recorded parent history names its children. A change that would break
 // running workflows fails here and must go behind workflow.GetVersion.
+// Before re-recording after such a change, keep the old files under a new
+// name (for example *-before-<change>.json), so both branches replay.
 func Run(t *testing.T) {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("testdata", "*.json"))
