@@ -29,41 +29,21 @@ var schemaPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // Open connects a pool whose sessions resolve unqualified table names in
 // schema, so one service's SQL never names another service's tables.
 func Open(ctx context.Context, dsn, schema string) (*pgxpool.Pool, error) {
-	if !schemaPattern.MatchString(schema) {
-		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
-	}
-	cfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := poolConfig(dsn, schema)
 	if err != nil {
-		return nil, fmt.Errorf("pgdb: parse dsn: %w", err)
+		return nil, err
 	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
-	cfg.ConnConfig.Tracer = queryTracer{}
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("pgdb: connect: %w", err)
-	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("pgdb: ping %s: %w", cfg.ConnConfig.Host, err)
-	}
-	return pool, nil
+	return connect(ctx, cfg)
 }
 
 // OpenApp connects a pool that acts as AppRole (SET ROLE when the URL's
 // user is the owner, as in development), wrapped to scope every query to the
 // context's clinic. Migrate must have run first: it creates the role.
 func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
-	if !schemaPattern.MatchString(schema) {
-		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
-	}
-	cfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := poolConfig(dsn, schema)
 	if err != nil {
-		return nil, fmt.Errorf("pgdb: parse dsn: %w", err)
+		return nil, err
 	}
-	cfg.ConnConfig.RuntimeParams["search_path"] = schema
-	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
-	cfg.ConnConfig.Tracer = queryTracer{}
 	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
 		var user string
 		if err := c.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
@@ -75,6 +55,31 @@ func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
 		_, err := c.Exec(ctx, `SET ROLE `+AppRole)
 		return err
 	}
+	pool, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &DB{Pool: pool}, nil
+}
+
+// poolConfig is the configuration both kinds of pool share: the schema as
+// search path, a name that shows in pg_stat_activity, and query tracing.
+func poolConfig(dsn, schema string) (*pgxpool.Config, error) {
+	if !schemaPattern.MatchString(schema) {
+		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: parse dsn: %w", err)
+	}
+	cfg.ConnConfig.RuntimeParams["search_path"] = schema
+	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
+	cfg.ConnConfig.Tracer = queryTracer{}
+	return cfg, nil
+}
+
+// connect opens the pool and checks that the server answers.
+func connect(ctx context.Context, cfg *pgxpool.Config) (*pgxpool.Pool, error) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgdb: connect: %w", err)
@@ -83,7 +88,7 @@ func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("pgdb: ping %s: %w", cfg.ConnConfig.Host, err)
 	}
-	return &DB{Pool: pool}, nil
+	return pool, nil
 }
 
 // Source is one set of migrations: files named NNNN_description.sql.
