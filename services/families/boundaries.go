@@ -175,22 +175,11 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), boundaryFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "boundaries", boundarySelect, `clinic = $1 AND family_id = $2`, []any{c.clinic, c.family},
+		req, boundaryFilter, scanBoundary(c.familyName()), func(b *familiesv1.Boundary) string { return b.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(5)
-	rows, err := s.pool.Query(ctx, boundarySelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
-		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list boundaries: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanBoundary(c.familyName()))
-	if err != nil {
-		return nil, fmt.Errorf("list boundaries: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(b *familiesv1.Boundary) string { return aip.ID(b.GetName()) })
 	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
 		return nil, err
 	}

@@ -164,22 +164,11 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), barrierFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "barriers", barrierSelect, `clinic = $1 AND family_id = $2`, []any{c.clinic, c.family},
+		req, barrierFilter, scanBarrier(c.familyName()), func(b *familiesv1.Barrier) string { return b.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(5)
-	rows, err := s.pool.Query(ctx, barrierSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
-		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list barriers: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanBarrier(c.familyName()))
-	if err != nil {
-		return nil, fmt.Errorf("list barriers: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(b *familiesv1.Barrier) string { return aip.ID(b.GetName()) })
 	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
 }
 
@@ -402,22 +391,11 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), warningFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "warning signs", warningSelect, `clinic = $1 AND family_id = $2`, []any{c.clinic, c.family},
+		req, warningFilter, scanWarning(c.familyName()), func(w *familiesv1.WarningSign) string { return w.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(5)
-	rows, err := s.pool.Query(ctx, warningSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 AND `+where+` ORDER BY id LIMIT $4`,
-		append([]any{c.clinic, c.family, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list warning signs: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanWarning(c.familyName()))
-	if err != nil {
-		return nil, fmt.Errorf("list warning signs: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(w *familiesv1.WarningSign) string { return aip.ID(w.GetName()) })
 	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
 }
 

@@ -280,22 +280,11 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), interventionFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, `clinic = $1`, []any{clinic},
+		req, interventionFilter, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := s.pool.Query(ctx, interventionSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list interventions: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanIntervention(clinic))
-	if err != nil {
-		return nil, fmt.Errorf("list interventions: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(iv *interventionsv1.Intervention) string { return aip.ID(iv.GetName()) })
 	return &interventionsv1.ListInterventionsResponse{Interventions: items, NextPageToken: next}, nil
 }
 

@@ -85,22 +85,11 @@ func (s *Server) ListTalkingPoints(ctx context.Context, req *interventionsv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), tpFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "talking points", tpSelect, `clinic IN ($1, '')`, []any{clinic},
+		req, tpFilter, scanTP(clinic), func(tp *interventionsv1.TalkingPoint) string { return tp.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := s.pool.Query(ctx, tpSelect+` WHERE clinic IN ($1, '') AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list talking points: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanTP(clinic))
-	if err != nil {
-		return nil, fmt.Errorf("list talking points: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(tp *interventionsv1.TalkingPoint) string { return aip.ID(tp.GetName()) })
 	return &interventionsv1.ListTalkingPointsResponse{TalkingPoints: items, NextPageToken: next}, nil
 }
 

@@ -210,22 +210,11 @@ func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsReques
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), s.holdFilter())
+	items, next, err := pgdb.ListPage(ctx, s.pool, "holds", holdSelect, `clinic = $1`, []any{clinic},
+		req, s.holdFilter(), s.scanHold(clinic), func(h *referralsv1.Hold) string { return h.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := s.pool.Query(ctx, holdSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list holds: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, s.scanHold(clinic))
-	if err != nil {
-		return nil, fmt.Errorf("list holds: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(h *referralsv1.Hold) string { return aip.ID(h.GetName()) })
 	return &referralsv1.ListHoldsResponse{Holds: items, NextPageToken: next}, nil
 }
 

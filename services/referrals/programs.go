@@ -172,22 +172,11 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), programFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "programs", programSelect, `clinic = $1`, []any{clinic},
+		req, programFilter, scanProgram(clinic), func(p *referralsv1.Program) string { return p.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := s.pool.Query(ctx, programSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list programs: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanProgram(clinic))
-	if err != nil {
-		return nil, fmt.Errorf("list programs: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(p *referralsv1.Program) string { return aip.ID(p.GetName()) })
 	return &referralsv1.ListProgramsResponse{Programs: items, NextPageToken: next}, nil
 }
 

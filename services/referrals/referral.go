@@ -250,22 +250,11 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), referralFilter)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, `clinic = $1`, []any{clinic},
+		req, referralFilter, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := s.pool.Query(ctx, referralSelect+` WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("list referrals: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanReferral(clinic))
-	if err != nil {
-		return nil, fmt.Errorf("list referrals: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(r *referralsv1.Referral) string { return aip.ID(r.GetName()) })
 	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
 		return nil, err
 	}
