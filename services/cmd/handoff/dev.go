@@ -35,7 +35,8 @@ func init() {
 
 func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
-	dbURL := fs.String("database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL; the database is created if missing (HANDOFF_DATABASE_URL)")
+	dbURL := new(string)
+	secretVar(fs, dbURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL; the database is created if missing (HANDOFF_DATABASE_URL)")
 	dataDir := fs.String("data-dir", env("HANDOFF_DATA_DIR", ".data"), "folder for Temporal's SQLite file and the development signing key (HANDOFF_DATA_DIR)")
 	listen := fs.String("listen", env("HANDOFF_GATEWAY_LISTEN", gatewayAddr), "gateway HTTP address (HANDOFF_GATEWAY_LISTEN)")
 	temporalPort := fs.Int("temporal-port", 7233, "embedded Temporal frontend port")

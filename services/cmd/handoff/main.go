@@ -58,3 +58,23 @@ func env(name, def string) string {
 	}
 	return def
 }
+
+// secret is a string flag whose value never shows in usage output: the
+// flag package prints defaults, and a default taken from the environment
+// may be a database password or a key, and usage output ends up in logs.
+type secret struct{ p *string }
+
+func (s secret) String() string {
+	if s.p == nil || *s.p == "" {
+		return ""
+	}
+	return "(set)"
+}
+
+func (s secret) Set(v string) error { *s.p = v; return nil }
+
+// secretVar defines a secret string flag with default def.
+func secretVar(fs *flag.FlagSet, p *string, name, def, usage string) {
+	*p = def
+	fs.Var(secret{p}, name, usage)
+}

@@ -61,17 +61,17 @@ type common struct {
 
 func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	if withDB {
-		fs.StringVar(&c.databaseURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
+		secretVar(fs, &c.databaseURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
 	}
 	fs.StringVar(&c.issuer, "oidc-issuer", env("HANDOFF_OIDC_ISSUER", ""), "trusted token issuer (HANDOFF_OIDC_ISSUER)")
 	fs.StringVar(&c.audience, "oidc-audience", env("HANDOFF_OIDC_AUDIENCE", "handoff"), "required token audience (HANDOFF_OIDC_AUDIENCE)")
 	fs.StringVar(&c.jwksURL, "jwks-url", env("HANDOFF_JWKS_URL", ""), "the issuer's JWKS URL (HANDOFF_JWKS_URL)")
 	fs.StringVar(&c.temporalAddr, "temporal-address", env("HANDOFF_TEMPORAL_ADDRESS", temporalAddr), "Temporal frontend host:port (HANDOFF_TEMPORAL_ADDRESS)")
 	fs.StringVar(&c.temporalNamespace, "temporal-namespace", env("HANDOFF_TEMPORAL_NAMESPACE", "default"), "Temporal namespace (HANDOFF_TEMPORAL_NAMESPACE)")
-	fs.StringVar(&c.payloadKeys, "payload-keys", env("HANDOFF_PAYLOAD_KEYS", ""),
+	secretVar(fs, &c.payloadKeys, "payload-keys", env("HANDOFF_PAYLOAD_KEYS", ""),
 		"keys that seal Temporal payloads, id:base64(32 bytes)[,id:key] (HANDOFF_PAYLOAD_KEYS)")
 	fs.StringVar(&c.payloadKeyID, "payload-key-id", env("HANDOFF_PAYLOAD_KEY_ID", ""), "id of the key that seals new payloads (HANDOFF_PAYLOAD_KEY_ID)")
-	fs.StringVar(&c.temporalAPIKey, "temporal-api-key", env("HANDOFF_TEMPORAL_API_KEY", ""), "Temporal Cloud API key; implies TLS (HANDOFF_TEMPORAL_API_KEY)")
+	secretVar(fs, &c.temporalAPIKey, "temporal-api-key", env("HANDOFF_TEMPORAL_API_KEY", ""), "Temporal Cloud API key; implies TLS (HANDOFF_TEMPORAL_API_KEY)")
 	fs.StringVar(&c.temporalTLS.Cert, "temporal-tls-cert", env("HANDOFF_TEMPORAL_TLS_CERT", ""), "client certificate for Temporal mTLS, e.g. Temporal Cloud (HANDOFF_TEMPORAL_TLS_CERT)")
 	fs.StringVar(&c.temporalTLS.Key, "temporal-tls-key", env("HANDOFF_TEMPORAL_TLS_KEY", ""), "its private key (HANDOFF_TEMPORAL_TLS_KEY)")
 	fs.StringVar(&c.temporalTLS.CA, "temporal-tls-ca", env("HANDOFF_TEMPORAL_TLS_CA", ""), "CA of the Temporal frontend, if not a public one (HANDOFF_TEMPORAL_TLS_CA)")
@@ -284,7 +284,8 @@ func schemaPrefix() string { return env("HANDOFF_SCHEMA_PREFIX", "") }
 
 func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	dbURL := fs.String("database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
+	dbURL := new(string)
+	secretVar(fs, dbURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
