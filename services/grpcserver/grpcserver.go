@@ -185,7 +185,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		audited = func(err error) error {
 			e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
 				Resource: requestResource(m), Outcome: audit.Outcome(status.Code(err)), RequestID: requestID(m)}
-			if aerr := i.audit.Record(ctx, e); aerr != nil {
+			// The call may have committed already: a caller that hung up or
+			// ran out of time must not leave the change unaudited.
+			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if aerr := i.audit.Record(actx, e); aerr != nil {
 				i.log.ErrorContext(ctx, "audit record failed", "method", info.FullMethod, "error", aerr.Error())
 				return status.Error(codes.Internal, "internal error")
 			}

@@ -1,0 +1,80 @@
+package grpcserver_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/handoff-health/handoff/services/audit"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+// recorder is a unit-test Auditor: it keeps each event and whether the
+// context it was given was still alive.
+type recorder struct {
+	mu     sync.Mutex
+	events []audit.Event
+	dead   []error
+}
+
+func (r *recorder) Record(ctx context.Context, e audit.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, e)
+	r.dead = append(r.dead, ctx.Err())
+	return ctx.Err() // a database write on a dead context fails the same way
+}
+
+const slowMethod = "/handoff.test.Slow/Call"
+
+// A handler that finishes after its caller gave up (its change may be
+// committed) is still audited: the record must not use the caller's context.
+func TestAuditSurvivesACallerThatHungUp(t *testing.T) {
+	rec := &recorder{}
+	handled := make(chan struct{})
+	env := servicetest.Start(t, grpcserver.Policy{slowMethod: {auth.RoleCounselor}}, func(s *grpc.Server) {
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Slow", HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+				in := new(emptypb.Empty)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: slowMethod}, func(ctx context.Context, _ any) (any, error) {
+					<-ctx.Done() // the "commit" lands after the caller is gone
+					close(handled)
+					return &emptypb.Empty{}, nil
+				})
+			}}}}, struct{}{})
+	})
+	env.Server.SetAuditor(rec)
+	ctx, cancel := context.WithTimeout(env.Counselor("north"), 200*time.Millisecond)
+	defer cancel()
+	if err := env.Conn.Invoke(ctx, slowMethod, &emptypb.Empty{}, &emptypb.Empty{}); err == nil {
+		t.Fatal("the call should have run out of time")
+	}
+	<-handled
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec.mu.Lock()
+		n := len(rec.events)
+		rec.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.events) != 1 || rec.events[0].Method != slowMethod || rec.events[0].Subject != "counselor-1" {
+		t.Fatalf("audit events = %+v", rec.events)
+	}
+	if rec.dead[0] != nil {
+		t.Fatalf("the audit record was written on a dead context (%v): the committed call would go unaudited", rec.dead[0])
+	}
+}
