@@ -57,7 +57,14 @@ type State struct {
 	Events      int // signals handled in this run, for continue-as-new
 	// Resends carries failed reminders' retries into the next run.
 	Resends flow.Resends
+	// OverdoseSigns are the warning signs already answered: the outbox
+	// delivers at least once, and an overdose must be answered once.
+	OverdoseSigns []string
 }
+
+// versionOnceEach guards two fixes that change commands: a redelivered
+// overdose is answered once, and a continued run reloads the family.
+const versionOnceEach = "overdose-once-and-reload-family"
 
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
@@ -143,6 +150,12 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, nil)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
+	} else if w.st.Reinforced && w.st.Referred && workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
+		// A continued run: prepare will not read the family again, but the
+		// check-ins need its members and contact person.
+		if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+			return Result{}, err
+		}
 	}
 	for {
 		if err := w.prepare(ctx); err != nil {
@@ -257,7 +270,7 @@ func (w *wf) wait(ctx workflow.Context) error {
 	sel.AddReceive(w.overdose, func(c workflow.ReceiveChannel, _ bool) {
 		var o Overdose
 		c.Receive(ctx, &o)
-		handle = func() error { return w.onOverdose(ctx) }
+		handle = func() error { return w.onOverdose(ctx, o) }
 	})
 	sel.AddReceive(w.screen, func(c workflow.ReceiveChannel, _ bool) {
 		c.Receive(ctx, nil)
@@ -315,7 +328,14 @@ func (w *wf) onTime(ctx workflow.Context) error {
 
 // onOverdose answers an overdose at once: harm reduction now, the counselor
 // alerted, and check-ins brought closer.
-func (w *wf) onOverdose(ctx workflow.Context) error {
+func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
+	if o.WarningSign != "" && slices.Contains(w.st.OverdoseSigns, o.WarningSign) &&
+		workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
+		return nil // a redelivery of one already answered
+	}
+	if o.WarningSign != "" {
+		w.st.OverdoseSigns = append(w.st.OverdoseSigns, o.WarningSign)
+	}
 	w.st.Overdoses++
 	n := w.st.Overdoses
 	if err := w.harmReduction(ctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {

@@ -189,6 +189,62 @@ func TestOverdoseTightensCheckIns(t *testing.T) {
 	}
 }
 
+// The outbox delivers at least once: an overdose delivered twice is
+// answered once; another overdose is answered again.
+func TestRedeliveredOverdoseIsAnsweredOnce(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	for _, at := range []time.Duration{3 * day, 3*day + time.Minute} {
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+		}, at)
+	}
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w2"})
+	}, 5*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	alert := h.kinds("OVERDOSE_ALERT")
+	if len(alert) != 2 || alert[0].Due.Sub(h.t0) != 3*day || alert[1].Due.Sub(h.t0) != 5*day {
+		t.Fatalf("overdose alerts = %+v; want one for w1 on day 3 and one for w2 on day 5", alert)
+	}
+	immediate := 0
+	for _, s := range h.support {
+		if s.Urgency == "IMMEDIATE" {
+			immediate++
+		}
+	}
+	if immediate != 2 {
+		t.Fatalf("%d immediate harm-reduction referrals, want 2", immediate)
+	}
+}
+
+// A continued run still reminds the family's contact person at each
+// check-in: it reloads the family instead of running on an empty one.
+func TestContinuedRunRemindsTheContactPerson(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	in := input(1)
+	in.State = &boundary.State{Began: h.t0.Add(-day), Screened: true, Reinforced: true, Referred: true,
+		CheckIns: []time.Time{h.t0.Add(time.Hour)}, EscalateAt: h.t0.Add(20 * day)}
+	h.env.ExecuteWorkflow(boundary.Name, in)
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var toMom int
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.ID == "mom" {
+			toMom++
+		}
+	}
+	if toMom != 1 {
+		t.Fatalf("check-in reminders to the contact person: %d, want 1 (%+v)", toMom, h.kinds("CHECK_IN"))
+	}
+	if len(h.reinforced) != 0 {
+		t.Fatalf("a continued run reinforced again: %v", h.reinforced)
+	}
+}
+
 // A window of opportunity reported at a check-in escalates at once, not
 // after the cool-down; at level 3 the draft names the boundaries whose
 // consequences will be stated.
