@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 
 	commonpb "go.temporal.io/api/common/v1"
@@ -154,14 +155,41 @@ func (c *Codec) DataConverter() converter.DataConverter {
 }
 
 // Handler serves the remote codec protocol the Temporal Web UI and CLI use
-// to show decoded payloads; authorize decides who may see them.
-func (c *Codec) Handler(authorize func(*http.Request) error) http.Handler {
-	h := converter.NewPayloadCodecHTTPHandler(c)
+// to show decoded payloads. authorize names the one clinic the caller may
+// see; payloads are shared by every clinic in a namespace, so a decoded
+// payload that names another clinic is refused and stays sealed.
+func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := authorize(r); err != nil {
+		clinic, err := authorize(r)
+		if err != nil {
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
 		}
-		h.ServeHTTP(w, r)
+		converter.NewPayloadCodecHTTPHandler(clinicCodec{c, clinic}).ServeHTTP(w, r)
 	})
+}
+
+// clinicRef finds the clinic of resource names and of Clinic fields in a
+// decoded JSON payload.
+var clinicRef = regexp.MustCompile(`clinics/([a-z0-9][a-z0-9-]{0,62})|"Clinic":"([^"]*)"`)
+
+// clinicCodec opens only payloads that name no clinic but its own.
+type clinicCodec struct {
+	*Codec
+	clinic string
+}
+
+func (cc clinicCodec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error) {
+	out, err := cc.Codec.Decode(payloads)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range out {
+		for _, m := range clinicRef.FindAllSubmatch(p.GetData(), -1) {
+			if got := string(m[1]) + string(m[2]); got != cc.clinic {
+				return nil, fmt.Errorf("codec: a payload belongs to another clinic than %q", cc.clinic)
+			}
+		}
+	}
+	return out, nil
 }

@@ -76,22 +76,25 @@ func TestSealsOpensAndRotates(t *testing.T) {
 
 func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 	c, _ := New("k1", map[string][]byte{"k1": key(t)})
-	p, err := c.DataConverter().ToPayload("secret-value")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := protojson.Marshal(&commonpb.Payloads{Payloads: []*commonpb.Payload{p}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(c.Handler(func(r *http.Request) error {
-		if r.Header.Get("Authorization") != "Bearer ok" {
-			return errors.New("not allowed")
+	sealed := func(v any) []byte {
+		p, err := c.DataConverter().ToPayload(v)
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
+		body, err := protojson.Marshal(&commonpb.Payloads{Payloads: []*commonpb.Payload{p}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	srv := httptest.NewServer(c.Handler(func(r *http.Request) (string, error) {
+		if r.Header.Get("Authorization") != "Bearer ok" {
+			return "", errors.New("not allowed")
+		}
+		return "north", nil // an administrator of clinic north
 	}))
 	defer srv.Close()
-	post := func(token string) (int, string) {
+	post := func(token string, body []byte) (int, string) {
 		req, _ := http.NewRequest("POST", srv.URL+"/decode", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		if token != "" {
@@ -105,10 +108,11 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, _ := post(""); code != http.StatusUnauthorized {
+	own := sealed("clinics/north/families/f1 secret-value")
+	if code, _ := post("", own); code != http.StatusUnauthorized {
 		t.Fatalf("no token: %d", code)
 	}
-	code, out := post("ok")
+	code, out := post("ok", own)
 	if code != http.StatusOK {
 		t.Fatalf("authorized: %d %s", code, out)
 	}
@@ -116,5 +120,15 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 	if err := protojson.Unmarshal([]byte(out), &decoded); err != nil || len(decoded.GetPayloads()) != 1 ||
 		!strings.Contains(string(decoded.GetPayloads()[0].GetData()), "secret-value") {
 		t.Fatalf("decoded = %s, %v", out, err)
+	}
+	// Another clinic's payloads stay sealed, by resource name or by field.
+	for _, other := range [][]byte{
+		sealed("clinics/south/families/f9 other-secret"),
+		sealed(struct{ Clinic, Note string }{"south", "other-secret"}),
+	} {
+		code, out := post("ok", other)
+		if code == http.StatusOK || strings.Contains(out, "other-secret") {
+			t.Fatalf("another clinic's payload: %d %s", code, out)
+		}
 	}
 }

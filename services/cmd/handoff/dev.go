@@ -127,9 +127,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	mux.Handle("GET /metrics", tel.Handler())
 	// The remote codec for the Temporal Web UI or CLI: clinic administrators
 	// only, since it opens workflow payloads.
-	mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
-		return requireRole(r, iss.Verifier(), auth.RoleClinicAdmin)
-	})))
+	mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(codecAccess(log, iss.Verifier()))))
 	mux.Handle("/", gw)
 
 	tokens := map[string]string{}
@@ -220,18 +218,23 @@ func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily
 	_, _ = os.Stdout.WriteString(b.String())
 }
 
-// requireRole checks the request's bearer token and role.
-func requireRole(r *http.Request, v *auth.Verifier, role auth.Role) error {
-	token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return errors.New("missing bearer token")
+// codecAccess admits clinic administrators to the remote codec, for their
+// own clinic only, and logs each access: the gateway keeps no audit table,
+// so the log line (subject and clinic, no payload) is the access record.
+func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string, error) {
+	return func(r *http.Request) (string, error) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			return "", errors.New("missing bearer token")
+		}
+		p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+		if err != nil {
+			return "", err
+		}
+		if !p.Has(auth.RoleClinicAdmin) || p.Clinic == "" || p.Clinic == auth.AnyClinic {
+			return "", fmt.Errorf("role %s of one clinic required", auth.RoleClinicAdmin)
+		}
+		log.InfoContext(r.Context(), "payload codec access", "subject", p.Subject, "clinic", p.Clinic, "path", r.URL.Path)
+		return p.Clinic, nil
 	}
-	p, err := v.Verify(r.Context(), strings.TrimSpace(token))
-	if err != nil {
-		return err
-	}
-	if !p.Has(role) {
-		return fmt.Errorf("role %s required", role)
-	}
-	return nil
 }

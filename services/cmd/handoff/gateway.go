@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/tlsconf"
@@ -63,9 +62,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		if err != nil {
 			return err
 		}
-		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(func(r *http.Request) error {
-			return requireRole(r, verifier, auth.RoleClinicAdmin)
-		})))
+		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(codecAccess(log, verifier))))
 	}
 	return serveHTTP(ctx, log, *listen, h)
 }
