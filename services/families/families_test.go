@@ -354,6 +354,10 @@ func TestCreateIdempotentUnderConcurrency(t *testing.T) {
 	other.Family.Counselor = "someone-else"
 	_, err := f.client.CreateFamily(f.ctx, other)
 	wantCode(t, err, codes.InvalidArgument)
+	// Another counselor reusing the id, even with the same body, does not
+	// receive the first caller's family as their own.
+	_, err = f.client.CreateFamily(f.env.As("north", "counselor-2", "counselor"), req)
+	wantCode(t, err, codes.InvalidArgument)
 }
 
 // 20 concurrent updates with the same etag: exactly one wins, the rest are

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
 )
 
 // Do runs fn inside tx unless requestID was seen before in clinic, in which
@@ -29,7 +30,7 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if requestID == "" {
 		return fn()
 	}
-	hash, err := requestHash(req)
+	hash, err := requestHash(ctx, req)
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: hash request: %w", err)
 	}
@@ -70,13 +71,21 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	return out, nil
 }
 
-func requestHash(req proto.Message) ([]byte, error) {
+// requestHash binds a request id to the request and to the caller: another
+// user who sends the same id and body must not receive the first caller's
+// stored response as if the change were theirs.
+func requestHash(ctx context.Context, req proto.Message) ([]byte, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(b)
-	return sum[:], nil
+	h := sha256.New()
+	if p, ok := auth.FromContext(ctx); ok {
+		h.Write([]byte(p.Subject))
+	}
+	h.Write([]byte{0})
+	h.Write(b)
+	return h.Sum(nil), nil
 }
 
 // InTx runs fn in a new transaction of db under Do's guarantees.
@@ -114,7 +123,7 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	if err != nil {
 		return zero, false, fmt.Errorf("idempotency: read key: %w", err)
 	}
-	hash, err := requestHash(req)
+	hash, err := requestHash(ctx, req)
 	if err != nil {
 		return zero, false, fmt.Errorf("idempotency: hash request: %w", err)
 	}
