@@ -195,9 +195,16 @@ func (s *Server) GetHold(ctx context.Context, req *referralsv1.GetHoldRequest) (
 	return s.readHold(ctx, s.pool, r, false)
 }
 
+var holdStates = aip.EnumLookup(referralsv1.HoldState_value, "HOLD_STATE_")
+
+// holdFilter filters on the state a reader sees, as scanHold reports it: a
+// HELD hold past its expiry is EXPIRED before the sweeper gets to it. The
+// instant is the service clock's, written as a literal the code formats.
 func (s *Server) holdFilter() map[string]aip.FilterField {
+	state := fmt.Sprintf("(CASE WHEN state = %d AND expire_time <= '%s'::timestamptz THEN %d ELSE state END)",
+		referralsv1.HoldState_HOLD_STATE_HELD, s.cfg.Now().UTC().Format(time.RFC3339Nano), referralsv1.HoldState_HOLD_STATE_EXPIRED)
 	return map[string]aip.FilterField{
-		"state":        {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.HoldState_value, "HOLD_STATE_")},
+		"state":        {Column: state, Kind: aip.Enum, Enum: holdStates},
 		"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
 		"intervention": {Column: "intervention", Kind: aip.String},
 		"family":       {Column: "family", Kind: aip.String},

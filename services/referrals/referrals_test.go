@@ -135,6 +135,13 @@ func TestHoldsNeverOversell(t *testing.T) {
 	}
 	// Expiry gives every remaining slot back.
 	f.clock.Advance(73 * time.Hour)
+	// Before the sweeper runs, lists already show the holds as expired.
+	for state, want := range map[string]int{"HELD": 0, "EXPIRED": 6} {
+		resp, err := f.client.ListHolds(f.ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/north", Filter: "state = " + state})
+		if err != nil || len(resp.GetHolds()) != want {
+			t.Fatalf("holds in state %s before the sweep: %d, %v; want %d", state, len(resp.GetHolds()), err, want)
+		}
+	}
 	if err := f.srv.ExpireHolds(context.Background()); err != nil {
 		t.Fatal(err)
 	}
