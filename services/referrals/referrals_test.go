@@ -209,6 +209,13 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}); err != nil {
 		t.Fatal(err)
 	}
+	// An entry before the referral began is refused and changes nothing.
+	_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r1.GetName(),
+		TreatmentEntryTime: timestamppb.New(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))})
+	wantCode(t, err, codes.InvalidArgument)
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r1.GetName()}); got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED {
+		t.Fatalf("after a refused completion the referral is %v", got.GetState())
+	}
 	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r1.GetName()})
 	if err != nil || done.GetDaysToTreatmentEntry() != 10 || done.GetFhirTaskStatus() != "completed" || done.GetTreatmentEntryTime() == nil {
 		t.Fatalf("completed = %v, %v", done, err)

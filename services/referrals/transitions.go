@@ -157,8 +157,17 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 			if entered != nil {
 				at = *entered
 			}
-			_, err := tx.Exec(ctx, `UPDATE referrals SET treatment_entry_time = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, at)
-			return err
+			// Days to treatment count from first contact (or the referral):
+			// an entry before that would report a negative wait.
+			tag, err := tx.Exec(ctx, `UPDATE referrals SET treatment_entry_time = $3 WHERE clinic = $1 AND id = $2
+				AND $3 >= COALESCE(first_contact_time, create_time)`, r.clinic, r.id, at)
+			if err != nil {
+				return err
+			}
+			if tag.RowsAffected() == 0 {
+				return apperr.Field("treatment_entry_time", "must not be before the first contact or the referral's creation")
+			}
+			return nil
 		}})
 }
 
