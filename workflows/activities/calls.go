@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -98,17 +99,38 @@ func (a *Activities) matchRequest(ctx context.Context, family string, kinds []re
 
 // HoldTreatment holds an intake slot at the best-fitting MAT program with a
 // free slot and ticks it on the intervention's checklist. No program with a
-// free slot is a non-retryable NO_CAPACITY error.
+// free slot is a non-retryable NO_CAPACITY error. A retry whose first
+// attempt took the hold but failed later reuses that hold: the match may no
+// longer offer its program, whose last slot may be the one held.
 func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
+	hold, err := a.heldFor(ctx, in.Intervention, nil)
+	if err != nil {
+		return HoldResult{}, err
+	}
+	if hold == nil {
+		if hold, err = a.holdBest(ctx, in); err != nil {
+			return HoldResult{}, err
+		}
+	}
+	if _, err := a.Interventions.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: in.Intervention,
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold.GetName(),
+		Note: "held by the workflow", RequestId: in.RequestID + "-checklist"}); err != nil {
+		return HoldResult{}, wrap("tick checklist", err)
+	}
+	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
+}
+
+// holdBest holds a slot at the best-matching MAT program that still has one.
+func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1.Hold, error) {
 	// The API takes holds of one minute to 14 days.
 	ttl := min(max(in.TTL, time.Minute), 14*24*time.Hour)
 	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
 	if err != nil {
-		return HoldResult{}, err
+		return nil, err
 	}
 	matches, err := a.Referrals.MatchPrograms(ctx, req)
 	if err != nil {
-		return HoldResult{}, wrap("match programs", err)
+		return nil, wrap("match programs", err)
 	}
 	for _, m := range matches.GetMatches() {
 		kind := firstOffered(m.GetProgram(), matKinds)
@@ -118,18 +140,14 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 			continue // taken since the match: try the next program
 		}
 		if err != nil {
-			return HoldResult{}, wrap("hold slot", err)
+			return nil, wrap("hold slot", err)
 		}
-		if _, err := a.Interventions.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: in.Intervention,
-			Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold.GetName(),
-			Note: "held by the workflow", RequestId: in.RequestID + "-checklist"}); err != nil {
-			return HoldResult{}, wrap("tick checklist", err)
-		}
-		return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
+		return hold, nil
 	}
-	return HoldResult{}, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
+	return nil, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
 }
 
+// firstOffered is the first of kinds that p offers.
 func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) referralsv1.ServiceKind {
 	for _, k := range kinds {
 		for _, s := range p.GetServices() {
@@ -139,6 +157,48 @@ func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) refer
 		}
 	}
 	return kinds[0]
+}
+
+// heldFor returns a live MAT hold of the intervention at a program not in
+// exclude, or nil.
+func (a *Activities) heldFor(ctx context.Context, intervention string, exclude []string) (*referralsv1.Hold, error) {
+	if intervention == "" {
+		return nil, nil
+	}
+	resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(intervention),
+		Filter: fmt.Sprintf("intervention = %q AND state = HELD", intervention)})
+	if err != nil {
+		return nil, wrap("list holds", err)
+	}
+	for _, h := range resp.GetHolds() {
+		if slices.Contains(matKinds, h.GetServiceKind()) && !slices.Contains(exclude, h.GetProgram()) {
+			return h, nil
+		}
+	}
+	return nil, nil
+}
+
+// referredFor returns an immediate MAT referral the intervention already
+// has at a program not in exclude and not turned down, or nil.
+func (a *Activities) referredFor(ctx context.Context, intervention string, exclude []string) (*referralsv1.Referral, error) {
+	if intervention == "" {
+		return nil, nil
+	}
+	resp, err := a.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/" + aip.Clinic(intervention),
+		Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", intervention)})
+	if err != nil {
+		return nil, wrap("list referrals", err)
+	}
+	for _, r := range resp.GetReferrals() {
+		switch r.GetState() {
+		case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
+			continue
+		}
+		if slices.Contains(matKinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
+			return r, nil
+		}
+	}
+	return nil, nil
 }
 
 // ReleaseHold gives a held slot back. A hold that is no longer held
@@ -233,6 +293,26 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, wrap("convert hold", err)
 		}
 		// The hold lapsed: find another slot.
+	}
+	// A retry whose first attempt got further but lost the reply must find
+	// what it made, not take a slot elsewhere: the program it used may have
+	// no slot left, so the match would pass it over.
+	if ref, err := a.referredFor(ctx, in.Intervention, in.Exclude); err != nil || ref != nil {
+		if err != nil {
+			return Referral{}, err
+		}
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+	}
+	if hold, err := a.heldFor(ctx, in.Intervention, in.Exclude); err != nil || hold != nil {
+		if err != nil {
+			return Referral{}, err
+		}
+		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
+			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram())})
+		if err != nil {
+			return Referral{}, wrap("convert hold", err)
+		}
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
 	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
 	if err != nil {
