@@ -203,6 +203,9 @@ func NewWorker(c client.Client, token grpcclient.TokenSource, familiesAddr, inte
 	for _, addr := range []string{familiesAddr, interventionsAddr, referralsAddr} {
 		conn, err := grpcclient.Dial(addr, grpcclient.Config{Token: token})
 		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
 			return nil, err
 		}
 		conns = append(conns, conn)

@@ -365,13 +365,16 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	if in.Member != "" {
 		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}
 	}
+	// The family's coverage and barriers are read once; each kind changes
+	// only what is asked for.
+	req, err := a.matchRequest(ctx, in.Family, nil, urgency, nil)
+	if err != nil {
+		return nil, err
+	}
 	var names []string
 	for _, k := range in.Kinds {
 		kind := referralsv1.ServiceKind(referralsv1.ServiceKind_value["SERVICE_KIND_"+k])
-		req, err := a.matchRequest(ctx, in.Family, []referralsv1.ServiceKind{kind}, urgency, nil)
-		if err != nil {
-			return nil, err
-		}
+		req.ServiceKinds = []referralsv1.ServiceKind{kind}
 		matches, err := a.Referrals.MatchPrograms(ctx, req)
 		if err != nil {
 			return nil, wrap("match programs", err)
