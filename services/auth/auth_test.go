@@ -95,6 +95,60 @@ func TestJWKSRotationWithoutRestart(t *testing.T) {
 	}
 }
 
+// While the issuer is slow or down, callers whose key is known are not held
+// up by a fetch for an unknown one, and failed fetches are not repeated on
+// every request.
+func TestJWKSOutageNeitherBlocksNorHammers(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	other, _ := NewIssuerWithKey("https://issuer.test", "handoff", mustKey(t))
+	var fetches atomic.Int32
+	var down atomic.Bool
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		if down.Load() {
+			select { // a slow issuer, then an error
+			case <-release:
+			case <-time.After(2 * time.Second):
+			}
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		iss.JWKSHandler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Millisecond}}
+	opts := TokenOptions{Subject: "u", Clinic: "north"}
+	known := iss.MustMint(opts)
+	if _, err := v.Verify(context.Background(), known); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	time.Sleep(5 * time.Millisecond) // past MinRefresh, so an unknown id fetches
+	stuck := make(chan error, 1)
+	go func() { _, err := v.Verify(context.Background(), other.MustMint(opts)); stuck <- err }()
+	for deadline := time.Now().Add(5 * time.Second); fetches.Load() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the unknown key id never made the verifier fetch")
+		}
+	}
+	start := time.Now()
+	if _, err := v.Verify(context.Background(), known); err != nil || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("a known key waited %v for another caller's fetch (%v)", time.Since(start), err)
+	}
+	close(release)
+	if err := <-stuck; err == nil {
+		t.Fatal("a token under an unknown key was accepted while the issuer was down")
+	}
+	before := fetches.Load()
+	for range 20 {
+		_, _ = v.Verify(context.Background(), other.MustMint(opts))
+	}
+	if n := fetches.Load() - before; n != 0 {
+		t.Fatalf("%d fetches right after a failed one; want none within a second", n)
+	}
+}
+
 func mustKey(t *testing.T) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)

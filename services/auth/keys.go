@@ -41,48 +41,79 @@ func (s StaticKeys) Key(_ context.Context, kid string) (*ecdsa.PublicKey, error)
 }
 
 // JWKS reads keys from an issuer's JWKS URL. A token signed with a key it has
-// not seen makes it fetch the set again (at most every MinRefresh), so keys
-// rotate without a restart.
+// not seen makes it fetch the set again (at most every MinRefresh, and at
+// most once a second after a failed fetch), so keys rotate without a
+// restart. The key id comes from a token not yet verified, so a fetch never
+// holds up callers whose key is already known, and unknown ids cannot make
+// it fetch on every request.
 type JWKS struct {
 	URL        string
 	Client     *http.Client
 	MinRefresh time.Duration
 
-	mu      sync.Mutex
+	fetchMu sync.Mutex // one fetch at a time
+	mu      sync.Mutex // guards what follows
 	keys    StaticKeys
-	fetched time.Time
+	tried   time.Time // the last fetch, successful or not
+	failed  bool
 }
 
 // Key implements KeySource.
 func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if k, ok := j.keys[kid]; ok {
-		return k, nil
+	if k, ok, wait := j.lookup(kid); ok || !wait {
+		if ok {
+			return k, nil
+		}
+		return nil, fmt.Errorf("unknown key id")
 	}
-	min := j.MinRefresh
-	if min == 0 {
-		min = 30 * time.Second
-	}
-	if j.keys != nil && time.Since(j.fetched) < min {
+	j.fetchMu.Lock()
+	defer j.fetchMu.Unlock()
+	// Another caller may have fetched while this one waited.
+	if k, ok, wait := j.lookup(kid); ok || !wait {
+		if ok {
+			return k, nil
+		}
 		return nil, fmt.Errorf("unknown key id")
 	}
 	keys, err := fetchJWKS(ctx, j.client(), j.URL)
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	j.tried, j.failed = time.Now(), err != nil
 	if err != nil {
 		return nil, err
 	}
-	j.keys, j.fetched = keys, time.Now()
+	j.keys = keys
 	if k, ok := keys[kid]; ok {
 		return k, nil
 	}
 	return nil, fmt.Errorf("unknown key id")
 }
 
+// lookup returns the cached key for kid, or whether a fetch is due.
+func (j *JWKS) lookup(kid string) (k *ecdsa.PublicKey, ok, fetch bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if k, ok := j.keys[kid]; ok {
+		return k, true, false
+	}
+	wait := j.MinRefresh
+	if wait == 0 {
+		wait = 30 * time.Second
+	}
+	if j.failed {
+		wait = time.Second
+	}
+	return nil, false, j.tried.IsZero() || time.Since(j.tried) >= wait
+}
+
+// defaultClient is shared, so connections to the issuer are reused.
+var defaultClient = &http.Client{Timeout: 5 * time.Second}
+
 func (j *JWKS) client() *http.Client {
 	if j.Client != nil {
 		return j.Client
 	}
-	return &http.Client{Timeout: 5 * time.Second}
+	return defaultClient
 }
 
 func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, error) {
