@@ -25,6 +25,7 @@ import (
 	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	_ "google.golang.org/genproto/googleapis/api/annotations"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -3976,11 +3977,386 @@ func (x *CancelReminderRequest) GetRequestId() string {
 	return ""
 }
 
+// A calendar feed: a secret address at which calendar apps read one
+// counselor's interventions as iCalendar. The address carries a token that
+// Handoff keeps only as a hash; deleting the feed revokes it.
+type CalendarFeed struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/calendarFeeds/{calendar_feed}`. Assigned by the
+	// server.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The user id (token subject) whose interventions the feed shows: the
+	// caller who created it.
+	Owner string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	// When the feed was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The feed's address on the gateway, with its secret token:
+	// `/calendar/v1/clinics/{clinic}/calendarFeeds/{calendar_feed}.ics?token=...`.
+	// Returned only by CreateCalendarFeed; Handoff cannot show it again.
+	Url           string `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CalendarFeed) Reset() {
+	*x = CalendarFeed{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CalendarFeed) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CalendarFeed) ProtoMessage() {}
+
+func (x *CalendarFeed) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CalendarFeed.ProtoReflect.Descriptor instead.
+func (*CalendarFeed) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *CalendarFeed) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CalendarFeed) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *CalendarFeed) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *CalendarFeed) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+// Request for CreateCalendarFeed.
+type CreateCalendarFeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's clinic, `clinics/{clinic}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The feed to create. Every field is set by the server; send an empty
+	// object.
+	CalendarFeed *CalendarFeed `protobuf:"bytes,2,opt,name=calendar_feed,json=calendarFeed,proto3" json:"calendar_feed,omitempty"`
+	// A unique id for this request (a UUID is best). A retry with the same id
+	// returns the first result, token included; the same id with a different
+	// request is INVALID_ARGUMENT.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCalendarFeedRequest) Reset() {
+	*x = CreateCalendarFeedRequest{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCalendarFeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCalendarFeedRequest) ProtoMessage() {}
+
+func (x *CreateCalendarFeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCalendarFeedRequest.ProtoReflect.Descriptor instead.
+func (*CreateCalendarFeedRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *CreateCalendarFeedRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateCalendarFeedRequest) GetCalendarFeed() *CalendarFeed {
+	if x != nil {
+		return x.CalendarFeed
+	}
+	return nil
+}
+
+func (x *CreateCalendarFeedRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for ListCalendarFeeds.
+type ListCalendarFeedsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's clinic, `clinics/{clinic}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// At most this many (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCalendarFeedsRequest) Reset() {
+	*x = ListCalendarFeedsRequest{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCalendarFeedsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCalendarFeedsRequest) ProtoMessage() {}
+
+func (x *ListCalendarFeedsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCalendarFeedsRequest.ProtoReflect.Descriptor instead.
+func (*ListCalendarFeedsRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListCalendarFeedsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListCalendarFeedsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCalendarFeedsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListCalendarFeeds.
+type ListCalendarFeedsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's feeds on this page, without their `url`.
+	CalendarFeeds []*CalendarFeed `protobuf:"bytes,1,rep,name=calendar_feeds,json=calendarFeeds,proto3" json:"calendar_feeds,omitempty"`
+	// Pass as `page_token` to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCalendarFeedsResponse) Reset() {
+	*x = ListCalendarFeedsResponse{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCalendarFeedsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCalendarFeedsResponse) ProtoMessage() {}
+
+func (x *ListCalendarFeedsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCalendarFeedsResponse.ProtoReflect.Descriptor instead.
+func (*ListCalendarFeedsResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListCalendarFeedsResponse) GetCalendarFeeds() []*CalendarFeed {
+	if x != nil {
+		return x.CalendarFeeds
+	}
+	return nil
+}
+
+func (x *ListCalendarFeedsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for DeleteCalendarFeed.
+type DeleteCalendarFeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/calendarFeeds/{calendar_feed}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A unique id for this request.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteCalendarFeedRequest) Reset() {
+	*x = DeleteCalendarFeedRequest{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteCalendarFeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteCalendarFeedRequest) ProtoMessage() {}
+
+func (x *DeleteCalendarFeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteCalendarFeedRequest.ProtoReflect.Descriptor instead.
+func (*DeleteCalendarFeedRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *DeleteCalendarFeedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeleteCalendarFeedRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for ExportCalendarFeed.
+type ExportCalendarFeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/calendarFeeds/{calendar_feed}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The feed's secret token, from its `url`.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportCalendarFeedRequest) Reset() {
+	*x = ExportCalendarFeedRequest{}
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportCalendarFeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportCalendarFeedRequest) ProtoMessage() {}
+
+func (x *ExportCalendarFeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_interventions_v1_interventions_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportCalendarFeedRequest.ProtoReflect.Descriptor instead.
+func (*ExportCalendarFeedRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_interventions_v1_interventions_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ExportCalendarFeedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ExportCalendarFeedRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
 var File_handoff_interventions_v1_interventions_proto protoreflect.FileDescriptor
 
 const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\n" +
-	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\f\n" +
+	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\f\n" +
 	"\fIntervention\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
 	"\x06family\x18\x02 \x01(\tBl\xe0A\x02\xe0A\x05\xfaA\x17\n" +
@@ -4263,7 +4639,38 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId*\x8d\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x8a\x02\n" +
+	"\fCalendarFeed\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x19\n" +
+	"\x05owner\x18\x02 \x01(\tB\x03\xe0A\x03R\x05owner\x12@\n" +
+	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"createTime\x12\x15\n" +
+	"\x03url\x18\x04 \x01(\tB\x03\xe0A\x03R\x03url:m\xeaAj\n" +
+	"\x1bhandoff.health/CalendarFeed\x12.clinics/{clinic}/calendarFeeds/{calendar_feed}*\rcalendarFeeds2\fcalendarFeed\"\xfd\x01\n" +
+	"\x19CreateCalendarFeedRequest\x12c\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CalendarFeed\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12P\n" +
+	"\rcalendar_feed\x18\x02 \x01(\v2&.handoff.interventions.v1.CalendarFeedB\x03\xe0A\x01R\fcalendarFeed\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd7\x01\n" +
+	"\x18ListCalendarFeedsRequest\x12c\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CalendarFeed\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x92\x01\n" +
+	"\x19ListCalendarFeedsResponse\x12M\n" +
+	"\x0ecalendar_feeds\x18\x01 \x03(\v2&.handoff.interventions.v1.CalendarFeedR\rcalendarFeeds\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xce\x01\n" +
+	"\x19DeleteCalendarFeedRequest\x12\x85\x01\n" +
+	"\x04name\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x1d\n" +
+	"\x1bhandoff.health/CalendarFeed\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/calendarFeeds/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xc6\x01\n" +
+	"\x19ExportCalendarFeedRequest\x12\x85\x01\n" +
+	"\x04name\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x1d\n" +
+	"\x1bhandoff.health/CalendarFeed\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/calendarFeeds/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12!\n" +
+	"\x05token\x18\x02 \x01(\tB\v\xe0A\x02\xbaH\x05r\x03\x18\x80\x01R\x05token*\x8d\x01\n" +
 	"\x0fEscalationLevel\x12 \n" +
 	"\x1cESCALATION_LEVEL_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18ESCALATION_LEVEL_LEVEL_1\x10\x01\x12\x1c\n" +
@@ -4360,7 +4767,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x0eDeliveryResult\x12\x1f\n" +
 	"\x1bDELIVERY_RESULT_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19DELIVERY_RESULT_DELIVERED\x10\x01\x12\x1a\n" +
-	"\x16DELIVERY_RESULT_FAILED\x10\x022\xb3\x1f\n" +
+	"\x16DELIVERY_RESULT_FAILED\x10\x022\xba$\n" +
 	"\x14InterventionsService\x12\xc3\x01\n" +
 	"\x12CreateIntervention\x123.handoff.interventions.v1.CreateInterventionRequest\x1a&.handoff.interventions.v1.Intervention\"P\xdaA\x13parent,intervention\x82\xd3\xe4\x93\x024:\fintervention\"$/v1/{parent=clinics/*}/interventions\x12\xa0\x01\n" +
 	"\x0fGetIntervention\x120.handoff.interventions.v1.GetInterventionRequest\x1a&.handoff.interventions.v1.Intervention\"3\xdaA\x04name\x82\xd3\xe4\x93\x02&\x12$/v1/{name=clinics/*/interventions/*}\x12\xb3\x01\n" +
@@ -4383,7 +4790,12 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\rClaimReminder\x12..handoff.interventions.v1.ClaimReminderRequest\x1a\".handoff.interventions.v1.Reminder\"P\xdaA\x1cname,claimant,lease_duration\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/reminders/*}:claim\x12\xb6\x01\n" +
 	"\x10CompleteReminder\x121.handoff.interventions.v1.CompleteReminderRequest\x1a\".handoff.interventions.v1.Reminder\"K\xdaA\x14name,claimant,result\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/reminders/*}:complete\x12\xa7\x01\n" +
 	"\x0eCancelReminder\x12/.handoff.interventions.v1.CancelReminderRequest\x1a\".handoff.interventions.v1.Reminder\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/reminders/*}:cancel\x12\xa9\x01\n" +
-	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"A\xdaA\x06parent\x82\xd3\xe4\x93\x022\x120/v1/{parent=clinics/*}/interventions:auditEvents\x1a\x1e\xcaA\x1binterventions.handoff.localBSZQgithub.com/handoff-health/handoff/gen/go/handoff/interventions/v1;interventionsv1b\x06proto3"
+	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"A\xdaA\x06parent\x82\xd3\xe4\x93\x022\x120/v1/{parent=clinics/*}/interventions:auditEvents\x12\xc5\x01\n" +
+	"\x12CreateCalendarFeed\x123.handoff.interventions.v1.CreateCalendarFeedRequest\x1a&.handoff.interventions.v1.CalendarFeed\"R\xdaA\x14parent,calendar_feed\x82\xd3\xe4\x93\x025:\rcalendar_feed\"$/v1/{parent=clinics/*}/calendarFeeds\x12\xb3\x01\n" +
+	"\x11ListCalendarFeeds\x122.handoff.interventions.v1.ListCalendarFeedsRequest\x1a3.handoff.interventions.v1.ListCalendarFeedsResponse\"5\xdaA\x06parent\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=clinics/*}/calendarFeeds\x12\x96\x01\n" +
+	"\x12DeleteCalendarFeed\x123.handoff.interventions.v1.DeleteCalendarFeedRequest\x1a\x16.google.protobuf.Empty\"3\xdaA\x04name\x82\xd3\xe4\x93\x02&*$/v1/{name=clinics/*/calendarFeeds/*}\x12n\n" +
+	"\x12ExportCalendarFeed\x123.handoff.interventions.v1.ExportCalendarFeedRequest\x1a\x14.google.api.HttpBody\"\r\xdaA\n" +
+	"name,token\x1a\x1e\xcaA\x1binterventions.handoff.localBSZQgithub.com/handoff-health/handoff/gen/go/handoff/interventions/v1;interventionsv1b\x06proto3"
 
 var (
 	file_handoff_interventions_v1_interventions_proto_rawDescOnce sync.Once
@@ -4398,7 +4810,7 @@ func file_handoff_interventions_v1_interventions_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_interventions_v1_interventions_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_handoff_interventions_v1_interventions_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_handoff_interventions_v1_interventions_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_handoff_interventions_v1_interventions_proto_goTypes = []any{
 	(EscalationLevel)(0),                  // 0: handoff.interventions.v1.EscalationLevel
 	(InterventionState)(0),                // 1: handoff.interventions.v1.InterventionState
@@ -4449,115 +4861,133 @@ var file_handoff_interventions_v1_interventions_proto_goTypes = []any{
 	(*ClaimReminderRequest)(nil),          // 46: handoff.interventions.v1.ClaimReminderRequest
 	(*CompleteReminderRequest)(nil),       // 47: handoff.interventions.v1.CompleteReminderRequest
 	(*CancelReminderRequest)(nil),         // 48: handoff.interventions.v1.CancelReminderRequest
-	(*timestamppb.Timestamp)(nil),         // 49: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 50: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),         // 51: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),     // 52: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                 // 53: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),    // 54: handoff.audit.v1.ListAuditEventsResponse
+	(*CalendarFeed)(nil),                  // 49: handoff.interventions.v1.CalendarFeed
+	(*CreateCalendarFeedRequest)(nil),     // 50: handoff.interventions.v1.CreateCalendarFeedRequest
+	(*ListCalendarFeedsRequest)(nil),      // 51: handoff.interventions.v1.ListCalendarFeedsRequest
+	(*ListCalendarFeedsResponse)(nil),     // 52: handoff.interventions.v1.ListCalendarFeedsResponse
+	(*DeleteCalendarFeedRequest)(nil),     // 53: handoff.interventions.v1.DeleteCalendarFeedRequest
+	(*ExportCalendarFeedRequest)(nil),     // 54: handoff.interventions.v1.ExportCalendarFeedRequest
+	(*timestamppb.Timestamp)(nil),         // 55: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 56: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),         // 57: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),     // 58: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                 // 59: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),    // 60: handoff.audit.v1.ListAuditEventsResponse
+	(*httpbody.HttpBody)(nil),             // 61: google.api.HttpBody
 }
 var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	0,  // 0: handoff.interventions.v1.Intervention.level:type_name -> handoff.interventions.v1.EscalationLevel
-	49, // 1: handoff.interventions.v1.Intervention.start_time:type_name -> google.protobuf.Timestamp
-	50, // 2: handoff.interventions.v1.Intervention.expected_duration:type_name -> google.protobuf.Duration
+	55, // 1: handoff.interventions.v1.Intervention.start_time:type_name -> google.protobuf.Timestamp
+	56, // 2: handoff.interventions.v1.Intervention.expected_duration:type_name -> google.protobuf.Duration
 	13, // 3: handoff.interventions.v1.Intervention.place:type_name -> handoff.interventions.v1.Place
 	16, // 4: handoff.interventions.v1.Intervention.participants:type_name -> handoff.interventions.v1.Participant
 	17, // 5: handoff.interventions.v1.Intervention.checklist:type_name -> handoff.interventions.v1.ChecklistItem
 	1,  // 6: handoff.interventions.v1.Intervention.state:type_name -> handoff.interventions.v1.InterventionState
 	18, // 7: handoff.interventions.v1.Intervention.outcome:type_name -> handoff.interventions.v1.Outcome
 	19, // 8: handoff.interventions.v1.Intervention.check_ins:type_name -> handoff.interventions.v1.CheckIn
-	49, // 9: handoff.interventions.v1.Intervention.create_time:type_name -> google.protobuf.Timestamp
-	49, // 10: handoff.interventions.v1.Intervention.update_time:type_name -> google.protobuf.Timestamp
+	55, // 9: handoff.interventions.v1.Intervention.create_time:type_name -> google.protobuf.Timestamp
+	55, // 10: handoff.interventions.v1.Intervention.update_time:type_name -> google.protobuf.Timestamp
 	14, // 11: handoff.interventions.v1.Place.in_person:type_name -> handoff.interventions.v1.InPersonPlace
 	15, // 12: handoff.interventions.v1.Place.video:type_name -> handoff.interventions.v1.VideoPlace
 	2,  // 13: handoff.interventions.v1.Participant.role:type_name -> handoff.interventions.v1.ParticipantRole
 	3,  // 14: handoff.interventions.v1.ChecklistItem.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
-	49, // 15: handoff.interventions.v1.ChecklistItem.done_time:type_name -> google.protobuf.Timestamp
+	55, // 15: handoff.interventions.v1.ChecklistItem.done_time:type_name -> google.protobuf.Timestamp
 	4,  // 16: handoff.interventions.v1.Outcome.kind:type_name -> handoff.interventions.v1.OutcomeKind
 	5,  // 17: handoff.interventions.v1.Outcome.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
-	49, // 18: handoff.interventions.v1.Outcome.record_time:type_name -> google.protobuf.Timestamp
-	49, // 19: handoff.interventions.v1.CheckIn.due_time:type_name -> google.protobuf.Timestamp
-	49, // 20: handoff.interventions.v1.CheckIn.record_time:type_name -> google.protobuf.Timestamp
+	55, // 18: handoff.interventions.v1.Outcome.record_time:type_name -> google.protobuf.Timestamp
+	55, // 19: handoff.interventions.v1.CheckIn.due_time:type_name -> google.protobuf.Timestamp
+	55, // 20: handoff.interventions.v1.CheckIn.record_time:type_name -> google.protobuf.Timestamp
 	6,  // 21: handoff.interventions.v1.TalkingPoint.barrier_kind:type_name -> handoff.interventions.v1.BarrierKind
-	49, // 22: handoff.interventions.v1.TalkingPoint.create_time:type_name -> google.protobuf.Timestamp
+	55, // 22: handoff.interventions.v1.TalkingPoint.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 23: handoff.interventions.v1.BarrierTalkingPoints.barrier_kind:type_name -> handoff.interventions.v1.BarrierKind
 	20, // 24: handoff.interventions.v1.BarrierTalkingPoints.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
 	23, // 25: handoff.interventions.v1.Reminder.recipient:type_name -> handoff.interventions.v1.Recipient
-	49, // 26: handoff.interventions.v1.Reminder.due_time:type_name -> google.protobuf.Timestamp
+	55, // 26: handoff.interventions.v1.Reminder.due_time:type_name -> google.protobuf.Timestamp
 	9,  // 27: handoff.interventions.v1.Reminder.kind:type_name -> handoff.interventions.v1.ReminderKind
 	10, // 28: handoff.interventions.v1.Reminder.state:type_name -> handoff.interventions.v1.ReminderState
-	49, // 29: handoff.interventions.v1.Reminder.lease_expire_time:type_name -> google.protobuf.Timestamp
-	49, // 30: handoff.interventions.v1.Reminder.deliver_time:type_name -> google.protobuf.Timestamp
-	49, // 31: handoff.interventions.v1.Reminder.create_time:type_name -> google.protobuf.Timestamp
-	49, // 32: handoff.interventions.v1.Reminder.update_time:type_name -> google.protobuf.Timestamp
+	55, // 29: handoff.interventions.v1.Reminder.lease_expire_time:type_name -> google.protobuf.Timestamp
+	55, // 30: handoff.interventions.v1.Reminder.deliver_time:type_name -> google.protobuf.Timestamp
+	55, // 31: handoff.interventions.v1.Reminder.create_time:type_name -> google.protobuf.Timestamp
+	55, // 32: handoff.interventions.v1.Reminder.update_time:type_name -> google.protobuf.Timestamp
 	7,  // 33: handoff.interventions.v1.Recipient.kind:type_name -> handoff.interventions.v1.RecipientKind
 	8,  // 34: handoff.interventions.v1.Recipient.channel:type_name -> handoff.interventions.v1.ChannelKind
 	12, // 35: handoff.interventions.v1.CreateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
 	12, // 36: handoff.interventions.v1.ListInterventionsResponse.interventions:type_name -> handoff.interventions.v1.Intervention
 	12, // 37: handoff.interventions.v1.UpdateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
-	51, // 38: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	49, // 39: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
-	50, // 40: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
+	57, // 38: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	55, // 39: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
+	56, // 40: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
 	4,  // 41: handoff.interventions.v1.RecordOutcomeRequest.kind:type_name -> handoff.interventions.v1.OutcomeKind
 	5,  // 42: handoff.interventions.v1.RecordOutcomeRequest.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
 	3,  // 43: handoff.interventions.v1.UpdateChecklistItemRequest.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
-	49, // 44: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
+	55, // 44: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
 	21, // 45: handoff.interventions.v1.GetTalkingPointsResponse.barriers:type_name -> handoff.interventions.v1.BarrierTalkingPoints
 	20, // 46: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
 	20, // 47: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
 	22, // 48: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
 	22, // 49: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
-	50, // 50: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
+	56, // 50: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
 	11, // 51: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
-	24, // 52: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
-	25, // 53: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
-	26, // 54: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
-	28, // 55: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
-	29, // 56: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
-	30, // 57: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
-	31, // 58: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
-	32, // 59: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
-	33, // 60: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
-	34, // 61: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
-	35, // 62: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
-	36, // 63: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
-	38, // 64: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
-	39, // 65: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
-	41, // 66: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
-	42, // 67: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
-	43, // 68: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
-	44, // 69: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
-	46, // 70: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
-	47, // 71: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
-	48, // 72: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	52, // 73: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	12, // 74: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 75: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 76: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 77: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	53, // 78: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 79: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 80: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 81: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 82: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 83: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 84: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 85: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 86: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 87: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	53, // 88: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 89: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 90: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 91: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 92: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 93: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 94: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	54, // 95: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	74, // [74:96] is the sub-list for method output_type
-	52, // [52:74] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	55, // 52: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
+	49, // 53: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
+	49, // 54: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
+	24, // 55: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
+	25, // 56: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
+	26, // 57: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
+	28, // 58: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
+	29, // 59: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
+	30, // 60: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
+	31, // 61: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
+	32, // 62: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
+	33, // 63: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
+	34, // 64: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
+	35, // 65: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
+	36, // 66: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
+	38, // 67: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
+	39, // 68: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
+	41, // 69: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
+	42, // 70: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
+	43, // 71: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
+	44, // 72: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
+	46, // 73: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
+	47, // 74: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
+	48, // 75: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
+	58, // 76: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	50, // 77: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
+	51, // 78: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
+	53, // 79: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
+	54, // 80: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
+	12, // 81: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 82: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 83: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 84: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	59, // 85: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 86: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 87: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 88: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 89: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 90: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 91: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 92: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 93: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 94: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	59, // 95: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 96: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 97: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 98: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 99: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 100: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 101: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	60, // 102: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	49, // 103: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
+	52, // 104: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
+	59, // 105: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
+	61, // 106: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
+	81, // [81:107] is the sub-list for method output_type
+	55, // [55:81] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_handoff_interventions_v1_interventions_proto_init() }
@@ -4579,7 +5009,7 @@ func file_handoff_interventions_v1_interventions_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_interventions_v1_interventions_proto_rawDesc), len(file_handoff_interventions_v1_interventions_proto_rawDesc)),
 			NumEnums:      12,
-			NumMessages:   37,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

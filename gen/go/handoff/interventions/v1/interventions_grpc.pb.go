@@ -24,6 +24,7 @@ package interventionsv1
 import (
 	context "context"
 	v1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
+	httpbody "google.golang.org/genproto/googleapis/api/httpbody"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -58,6 +59,10 @@ const (
 	InterventionsService_CompleteReminder_FullMethodName       = "/handoff.interventions.v1.InterventionsService/CompleteReminder"
 	InterventionsService_CancelReminder_FullMethodName         = "/handoff.interventions.v1.InterventionsService/CancelReminder"
 	InterventionsService_ListAuditEvents_FullMethodName        = "/handoff.interventions.v1.InterventionsService/ListAuditEvents"
+	InterventionsService_CreateCalendarFeed_FullMethodName     = "/handoff.interventions.v1.InterventionsService/CreateCalendarFeed"
+	InterventionsService_ListCalendarFeeds_FullMethodName      = "/handoff.interventions.v1.InterventionsService/ListCalendarFeeds"
+	InterventionsService_DeleteCalendarFeed_FullMethodName     = "/handoff.interventions.v1.InterventionsService/DeleteCalendarFeed"
+	InterventionsService_ExportCalendarFeed_FullMethodName     = "/handoff.interventions.v1.InterventionsService/ExportCalendarFeed"
 )
 
 // InterventionsServiceClient is the client API for InterventionsService service.
@@ -161,6 +166,27 @@ type InterventionsServiceClient interface {
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
 	ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error)
+	// Creates a calendar feed for the caller: a secret address at which
+	// calendar apps read the caller's interventions as iCalendar (RFC 5545).
+	// The answer holds the feed's `url` with its token; it is shown only
+	// here, so keep it. Send a `request_id` so that a retry returns the same
+	// feed instead of creating a second one.
+	CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error)
+	// Lists the caller's own calendar feeds, oldest first, without their
+	// `url`.
+	ListCalendarFeeds(ctx context.Context, in *ListCalendarFeedsRequest, opts ...grpc.CallOption) (*ListCalendarFeedsResponse, error)
+	// Deletes a calendar feed, which revokes its token at once: calendar apps
+	// reading it get NOT_FOUND. Only the feed's owner or a clinic
+	// administrator may delete it; anyone else gets NOT_FOUND.
+	DeleteCalendarFeed(ctx context.Context, in *DeleteCalendarFeedRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
+	// owner's scheduled, completed and cancelled interventions, each a VEVENT
+	// whose UID stays the same when the meeting moves and whose SEQUENCE
+	// grows with each change. Events name no person and hold no notes. The
+	// call is authenticated by the feed's token, not by a bearer token; a
+	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
+	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
+	ExportCalendarFeed(ctx context.Context, in *ExportCalendarFeedRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
 type interventionsServiceClient struct {
@@ -391,6 +417,46 @@ func (c *interventionsServiceClient) ListAuditEvents(ctx context.Context, in *v1
 	return out, nil
 }
 
+func (c *interventionsServiceClient) CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CalendarFeed)
+	err := c.cc.Invoke(ctx, InterventionsService_CreateCalendarFeed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interventionsServiceClient) ListCalendarFeeds(ctx context.Context, in *ListCalendarFeedsRequest, opts ...grpc.CallOption) (*ListCalendarFeedsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCalendarFeedsResponse)
+	err := c.cc.Invoke(ctx, InterventionsService_ListCalendarFeeds_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interventionsServiceClient) DeleteCalendarFeed(ctx context.Context, in *DeleteCalendarFeedRequest, opts ...grpc.CallOption) (*emptypb.Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(emptypb.Empty)
+	err := c.cc.Invoke(ctx, InterventionsService_DeleteCalendarFeed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *interventionsServiceClient) ExportCalendarFeed(ctx context.Context, in *ExportCalendarFeedRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(httpbody.HttpBody)
+	err := c.cc.Invoke(ctx, InterventionsService_ExportCalendarFeed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // InterventionsServiceServer is the server API for InterventionsService service.
 // All implementations must embed UnimplementedInterventionsServiceServer
 // for forward compatibility.
@@ -492,6 +558,27 @@ type InterventionsServiceServer interface {
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
 	ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error)
+	// Creates a calendar feed for the caller: a secret address at which
+	// calendar apps read the caller's interventions as iCalendar (RFC 5545).
+	// The answer holds the feed's `url` with its token; it is shown only
+	// here, so keep it. Send a `request_id` so that a retry returns the same
+	// feed instead of creating a second one.
+	CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error)
+	// Lists the caller's own calendar feeds, oldest first, without their
+	// `url`.
+	ListCalendarFeeds(context.Context, *ListCalendarFeedsRequest) (*ListCalendarFeedsResponse, error)
+	// Deletes a calendar feed, which revokes its token at once: calendar apps
+	// reading it get NOT_FOUND. Only the feed's owner or a clinic
+	// administrator may delete it; anyone else gets NOT_FOUND.
+	DeleteCalendarFeed(context.Context, *DeleteCalendarFeedRequest) (*emptypb.Empty, error)
+	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
+	// owner's scheduled, completed and cancelled interventions, each a VEVENT
+	// whose UID stays the same when the meeting moves and whose SEQUENCE
+	// grows with each change. Events name no person and hold no notes. The
+	// call is authenticated by the feed's token, not by a bearer token; a
+	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
+	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
+	ExportCalendarFeed(context.Context, *ExportCalendarFeedRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedInterventionsServiceServer()
 }
 
@@ -567,6 +654,18 @@ func (UnimplementedInterventionsServiceServer) CancelReminder(context.Context, *
 }
 func (UnimplementedInterventionsServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedInterventionsServiceServer) CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateCalendarFeed not implemented")
+}
+func (UnimplementedInterventionsServiceServer) ListCalendarFeeds(context.Context, *ListCalendarFeedsRequest) (*ListCalendarFeedsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCalendarFeeds not implemented")
+}
+func (UnimplementedInterventionsServiceServer) DeleteCalendarFeed(context.Context, *DeleteCalendarFeedRequest) (*emptypb.Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteCalendarFeed not implemented")
+}
+func (UnimplementedInterventionsServiceServer) ExportCalendarFeed(context.Context, *ExportCalendarFeedRequest) (*httpbody.HttpBody, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExportCalendarFeed not implemented")
 }
 func (UnimplementedInterventionsServiceServer) mustEmbedUnimplementedInterventionsServiceServer() {}
 func (UnimplementedInterventionsServiceServer) testEmbeddedByValue()                              {}
@@ -985,6 +1084,78 @@ func _InterventionsService_ListAuditEvents_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _InterventionsService_CreateCalendarFeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCalendarFeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InterventionsServiceServer).CreateCalendarFeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InterventionsService_CreateCalendarFeed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InterventionsServiceServer).CreateCalendarFeed(ctx, req.(*CreateCalendarFeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InterventionsService_ListCalendarFeeds_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCalendarFeedsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InterventionsServiceServer).ListCalendarFeeds(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InterventionsService_ListCalendarFeeds_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InterventionsServiceServer).ListCalendarFeeds(ctx, req.(*ListCalendarFeedsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InterventionsService_DeleteCalendarFeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteCalendarFeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InterventionsServiceServer).DeleteCalendarFeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InterventionsService_DeleteCalendarFeed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InterventionsServiceServer).DeleteCalendarFeed(ctx, req.(*DeleteCalendarFeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _InterventionsService_ExportCalendarFeed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportCalendarFeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(InterventionsServiceServer).ExportCalendarFeed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: InterventionsService_ExportCalendarFeed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(InterventionsServiceServer).ExportCalendarFeed(ctx, req.(*ExportCalendarFeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // InterventionsService_ServiceDesc is the grpc.ServiceDesc for InterventionsService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1079,6 +1250,22 @@ var InterventionsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _InterventionsService_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "CreateCalendarFeed",
+			Handler:    _InterventionsService_CreateCalendarFeed_Handler,
+		},
+		{
+			MethodName: "ListCalendarFeeds",
+			Handler:    _InterventionsService_ListCalendarFeeds_Handler,
+		},
+		{
+			MethodName: "DeleteCalendarFeed",
+			Handler:    _InterventionsService_DeleteCalendarFeed_Handler,
+		},
+		{
+			MethodName: "ExportCalendarFeed",
+			Handler:    _InterventionsService_ExportCalendarFeed_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
