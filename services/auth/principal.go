@@ -23,6 +23,9 @@ const (
 	// RoleWorker is the Temporal worker's service identity. It acts for
 	// every clinic, always on resources the workflows were started for.
 	RoleWorker Role = "worker"
+	// RoleWebhookSender is the webhook sender's service identity. It may
+	// only check consent and record disclosures, for every clinic.
+	RoleWebhookSender Role = "webhook_sender"
 )
 
 // AnyClinic is the clinic claim of service identities that serve every clinic.
@@ -47,7 +50,7 @@ func (p Principal) Has(roles ...Role) bool {
 
 // InClinic reports whether p may act inside clinic.
 func (p Principal) InClinic(clinic string) bool {
-	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker)))
+	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker, RoleWebhookSender)))
 }
 
 type ctxKey struct{}

@@ -31,6 +31,19 @@ func Policy() grpcserver.Policy {
 	// intervention.
 	p[svc+"ReinforceBoundary"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
 	p[svc+"DeleteFamily"] = []auth.Role{auth.RoleClinicAdmin}
+	// Consent (42 CFR Part 2): staff record and revoke; the EHR reads
+	// consents (FHIR Consent) so it knows what it may ask for.
+	for _, m := range []string{"CreateConsent", "RevokeConsent"} {
+		p[svc+m] = staff
+	}
+	for _, m := range []string{"GetConsent", "ListConsents"} {
+		p[svc+m] = slices.Concat(staff, []auth.Role{auth.RoleEHR})
+	}
+	// Disclosures are checked and recorded by whoever discloses: staff (a
+	// referral sent by fax), the EHR for itself (the other services ask
+	// with the EHR's own token) and the webhook sender.
+	p[svc+"CreateDisclosure"] = slices.Concat(staff, []auth.Role{auth.RoleEHR, auth.RoleWebhookSender})
+	p[svc+"ListDisclosures"] = staff
 	// The audit trail is for administrators.
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p

@@ -815,6 +815,235 @@ func (BoundaryState) EnumDescriptor() ([]byte, []int) {
 	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{11}
 }
 
+// The state of a consent.
+type ConsentState int32
+
+const (
+	// Not used.
+	ConsentState_CONSENT_STATE_UNSPECIFIED ConsentState = 0
+	// In force (for the recipients not revoked individually).
+	ConsentState_CONSENT_STATE_ACTIVE ConsentState = 1
+	// Revoked for every recipient.
+	ConsentState_CONSENT_STATE_REVOKED ConsentState = 2
+	// Past its expiry.
+	ConsentState_CONSENT_STATE_EXPIRED ConsentState = 3
+)
+
+// Enum value maps for ConsentState.
+var (
+	ConsentState_name = map[int32]string{
+		0: "CONSENT_STATE_UNSPECIFIED",
+		1: "CONSENT_STATE_ACTIVE",
+		2: "CONSENT_STATE_REVOKED",
+		3: "CONSENT_STATE_EXPIRED",
+	}
+	ConsentState_value = map[string]int32{
+		"CONSENT_STATE_UNSPECIFIED": 0,
+		"CONSENT_STATE_ACTIVE":      1,
+		"CONSENT_STATE_REVOKED":     2,
+		"CONSENT_STATE_EXPIRED":     3,
+	}
+)
+
+func (x ConsentState) Enum() *ConsentState {
+	p := new(ConsentState)
+	*p = x
+	return p
+}
+
+func (x ConsentState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ConsentState) Descriptor() protoreflect.EnumDescriptor {
+	return file_handoff_families_v1_families_proto_enumTypes[12].Descriptor()
+}
+
+func (ConsentState) Type() protoreflect.EnumType {
+	return &file_handoff_families_v1_families_proto_enumTypes[12]
+}
+
+func (x ConsentState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ConsentState.Descriptor instead.
+func (ConsentState) EnumDescriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{12}
+}
+
+// Kinds of information a consent may cover.
+type InformationKind int32
+
+const (
+	// Not used.
+	InformationKind_INFORMATION_KIND_UNSPECIFIED InformationKind = 0
+	// Who the patient and their family are (FHIR Patient, RelatedPerson,
+	// CareTeam).
+	InformationKind_INFORMATION_KIND_IDENTITY InformationKind = 1
+	// Referrals to treatment and their status (ServiceRequest, Task).
+	InformationKind_INFORMATION_KIND_REFERRALS InformationKind = 2
+	// Interventions and intake appointments (Appointment).
+	InformationKind_INFORMATION_KIND_APPOINTMENTS InformationKind = 3
+)
+
+// Enum value maps for InformationKind.
+var (
+	InformationKind_name = map[int32]string{
+		0: "INFORMATION_KIND_UNSPECIFIED",
+		1: "INFORMATION_KIND_IDENTITY",
+		2: "INFORMATION_KIND_REFERRALS",
+		3: "INFORMATION_KIND_APPOINTMENTS",
+	}
+	InformationKind_value = map[string]int32{
+		"INFORMATION_KIND_UNSPECIFIED":  0,
+		"INFORMATION_KIND_IDENTITY":     1,
+		"INFORMATION_KIND_REFERRALS":    2,
+		"INFORMATION_KIND_APPOINTMENTS": 3,
+	}
+)
+
+func (x InformationKind) Enum() *InformationKind {
+	p := new(InformationKind)
+	*p = x
+	return p
+}
+
+func (x InformationKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InformationKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_handoff_families_v1_families_proto_enumTypes[13].Descriptor()
+}
+
+func (InformationKind) Type() protoreflect.EnumType {
+	return &file_handoff_families_v1_families_proto_enumTypes[13]
+}
+
+func (x InformationKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InformationKind.Descriptor instead.
+func (InformationKind) EnumDescriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{13}
+}
+
+// Purposes of a disclosure.
+type Purpose int32
+
+const (
+	// Not used.
+	Purpose_PURPOSE_UNSPECIFIED Purpose = 0
+	// Treatment.
+	Purpose_PURPOSE_TREATMENT Purpose = 1
+	// Payment.
+	Purpose_PURPOSE_PAYMENT Purpose = 2
+	// Health care operations.
+	Purpose_PURPOSE_HEALTH_CARE_OPERATIONS Purpose = 3
+)
+
+// Enum value maps for Purpose.
+var (
+	Purpose_name = map[int32]string{
+		0: "PURPOSE_UNSPECIFIED",
+		1: "PURPOSE_TREATMENT",
+		2: "PURPOSE_PAYMENT",
+		3: "PURPOSE_HEALTH_CARE_OPERATIONS",
+	}
+	Purpose_value = map[string]int32{
+		"PURPOSE_UNSPECIFIED":            0,
+		"PURPOSE_TREATMENT":              1,
+		"PURPOSE_PAYMENT":                2,
+		"PURPOSE_HEALTH_CARE_OPERATIONS": 3,
+	}
+)
+
+func (x Purpose) Enum() *Purpose {
+	p := new(Purpose)
+	*p = x
+	return p
+}
+
+func (x Purpose) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Purpose) Descriptor() protoreflect.EnumDescriptor {
+	return file_handoff_families_v1_families_proto_enumTypes[14].Descriptor()
+}
+
+func (Purpose) Type() protoreflect.EnumType {
+	return &file_handoff_families_v1_families_proto_enumTypes[14]
+}
+
+func (x Purpose) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Purpose.Descriptor instead.
+func (Purpose) EnumDescriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{14}
+}
+
+// How a disclosure left Handoff.
+type DisclosureChannel int32
+
+const (
+	// Not used.
+	DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED DisclosureChannel = 0
+	// A read through the FHIR interface or the API by an outside system.
+	DisclosureChannel_DISCLOSURE_CHANNEL_API DisclosureChannel = 1
+	// A webhook payload.
+	DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK DisclosureChannel = 2
+	// Sent by staff outside Handoff (fax, phone, letter) and recorded here.
+	DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL DisclosureChannel = 3
+)
+
+// Enum value maps for DisclosureChannel.
+var (
+	DisclosureChannel_name = map[int32]string{
+		0: "DISCLOSURE_CHANNEL_UNSPECIFIED",
+		1: "DISCLOSURE_CHANNEL_API",
+		2: "DISCLOSURE_CHANNEL_WEBHOOK",
+		3: "DISCLOSURE_CHANNEL_MANUAL",
+	}
+	DisclosureChannel_value = map[string]int32{
+		"DISCLOSURE_CHANNEL_UNSPECIFIED": 0,
+		"DISCLOSURE_CHANNEL_API":         1,
+		"DISCLOSURE_CHANNEL_WEBHOOK":     2,
+		"DISCLOSURE_CHANNEL_MANUAL":      3,
+	}
+)
+
+func (x DisclosureChannel) Enum() *DisclosureChannel {
+	p := new(DisclosureChannel)
+	*p = x
+	return p
+}
+
+func (x DisclosureChannel) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DisclosureChannel) Descriptor() protoreflect.EnumDescriptor {
+	return file_handoff_families_v1_families_proto_enumTypes[15].Descriptor()
+}
+
+func (DisclosureChannel) Type() protoreflect.EnumType {
+	return &file_handoff_families_v1_families_proto_enumTypes[15]
+}
+
+func (x DisclosureChannel) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DisclosureChannel.Descriptor instead.
+func (DisclosureChannel) EnumDescriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{15}
+}
+
 // A family: the care circle of concerned people around one loved one.
 type Family struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3493,6 +3722,868 @@ func (x *TransitionBoundaryRequest) GetRequestId() string {
 	return ""
 }
 
+// A patient's written consent to disclose Handoff's records about them, with
+// every element 42 CFR 2.31 requires. Handoff records the consent the clinic
+// obtained; it does not capture the signature itself.
+type Consent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/consents/{consent}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Who may disclose: the clinic's or program's name as the patient signed
+	// it.
+	Discloser string `protobuf:"bytes,2,opt,name=discloser,proto3" json:"discloser,omitempty"`
+	// What information may be disclosed.
+	Information []InformationKind `protobuf:"varint,3,rep,packed,name=information,proto3,enum=handoff.families.v1.InformationKind" json:"information,omitempty"`
+	// Named recipients: the identity of a system (an EHR integration's
+	// client id) or of a person or organization as the patient wrote it.
+	// Empty only with `treating_providers`.
+	Recipients []string `protobuf:"bytes,4,rep,name=recipients,proto3" json:"recipients,omitempty"`
+	// The general designation of 42 CFR 2.31(a)(4)(ii): "my treating
+	// providers", which covers any recipient that treats the patient.
+	TreatingProviders bool `protobuf:"varint,5,opt,name=treating_providers,json=treatingProviders,proto3" json:"treating_providers,omitempty"`
+	// What the disclosures are for. Since the 2024 rule one consent may cover
+	// treatment, payment and health care operations together.
+	Purposes []Purpose `protobuf:"varint,6,rep,packed,name=purposes,proto3,enum=handoff.families.v1.Purpose" json:"purposes,omitempty"`
+	// When the consent ends. Required: Part 2 consents must state an expiry
+	// (a date or an event; Handoff records the date).
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// Who signed: the patient, or their legal representative.
+	Signer string `protobuf:"bytes,8,opt,name=signer,proto3" json:"signer,omitempty"`
+	// When it was signed. Not in the future, and before the expiry.
+	SignTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=sign_time,json=signTime,proto3" json:"sign_time,omitempty"`
+	// The patient was told of their right to revoke the consent, and of how.
+	// Required to be true.
+	RevocationRightStated bool `protobuf:"varint,10,opt,name=revocation_right_stated,json=revocationRightStated,proto3" json:"revocation_right_stated,omitempty"`
+	// The staff member who recorded it.
+	Recorder string `protobuf:"bytes,11,opt,name=recorder,proto3" json:"recorder,omitempty"`
+	// Whether it is in force now.
+	State ConsentState `protobuf:"varint,12,opt,name=state,proto3,enum=handoff.families.v1.ConsentState" json:"state,omitempty"`
+	// Revocations so far, oldest first.
+	Revocations []*Revocation `protobuf:"bytes,13,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// When it was recorded.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it last changed (a revocation).
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Changes on every revocation.
+	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Consent) Reset() {
+	*x = Consent{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Consent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Consent) ProtoMessage() {}
+
+func (x *Consent) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Consent.ProtoReflect.Descriptor instead.
+func (*Consent) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Consent) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Consent) GetDiscloser() string {
+	if x != nil {
+		return x.Discloser
+	}
+	return ""
+}
+
+func (x *Consent) GetInformation() []InformationKind {
+	if x != nil {
+		return x.Information
+	}
+	return nil
+}
+
+func (x *Consent) GetRecipients() []string {
+	if x != nil {
+		return x.Recipients
+	}
+	return nil
+}
+
+func (x *Consent) GetTreatingProviders() bool {
+	if x != nil {
+		return x.TreatingProviders
+	}
+	return false
+}
+
+func (x *Consent) GetPurposes() []Purpose {
+	if x != nil {
+		return x.Purposes
+	}
+	return nil
+}
+
+func (x *Consent) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Consent) GetSigner() string {
+	if x != nil {
+		return x.Signer
+	}
+	return ""
+}
+
+func (x *Consent) GetSignTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SignTime
+	}
+	return nil
+}
+
+func (x *Consent) GetRevocationRightStated() bool {
+	if x != nil {
+		return x.RevocationRightStated
+	}
+	return false
+}
+
+func (x *Consent) GetRecorder() string {
+	if x != nil {
+		return x.Recorder
+	}
+	return ""
+}
+
+func (x *Consent) GetState() ConsentState {
+	if x != nil {
+		return x.State
+	}
+	return ConsentState_CONSENT_STATE_UNSPECIFIED
+}
+
+func (x *Consent) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+func (x *Consent) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Consent) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+func (x *Consent) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+// One revocation of a consent.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The recipient it revokes for; empty when it revokes the whole consent.
+	Recipient string `protobuf:"bytes,1,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// When it took effect.
+	RevokeTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	// Who recorded it.
+	Recorder string `protobuf:"bytes,3,opt,name=recorder,proto3" json:"recorder,omitempty"`
+	// Why, as the patient said it.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Revocation) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
+func (x *Revocation) GetRecorder() string {
+	if x != nil {
+		return x.Recorder
+	}
+	return ""
+}
+
+func (x *Revocation) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// One disclosure of the patient's records outside Handoff, as the accounting
+// of disclosures keeps it. Append-only.
+type Disclosure struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/disclosures/{disclosure}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Who received it. An EHR integration discloses only to itself: for
+	// such callers this is their own identity, whatever the request says.
+	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// What was disclosed.
+	Information InformationKind `protobuf:"varint,3,opt,name=information,proto3,enum=handoff.families.v1.InformationKind" json:"information,omitempty"`
+	// What for.
+	Purpose Purpose `protobuf:"varint,4,opt,name=purpose,proto3,enum=handoff.families.v1.Purpose" json:"purpose,omitempty"`
+	// The Handoff record disclosed, for example
+	// `clinics/c1/referrals/r1`.
+	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	// How it left Handoff.
+	Channel DisclosureChannel `protobuf:"varint,6,opt,name=channel,proto3,enum=handoff.families.v1.DisclosureChannel" json:"channel,omitempty"`
+	// The consent that covered it.
+	Consent string `protobuf:"bytes,7,opt,name=consent,proto3" json:"consent,omitempty"`
+	// Who disclosed it (the caller's identity).
+	Discloser string `protobuf:"bytes,8,opt,name=discloser,proto3" json:"discloser,omitempty"`
+	// When.
+	DiscloseTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=disclose_time,json=discloseTime,proto3" json:"disclose_time,omitempty"`
+	// The notice every disclosure carries (42 CFR 2.32).
+	Notice        string `protobuf:"bytes,10,opt,name=notice,proto3" json:"notice,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Disclosure) Reset() {
+	*x = Disclosure{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Disclosure) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Disclosure) ProtoMessage() {}
+
+func (x *Disclosure) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Disclosure.ProtoReflect.Descriptor instead.
+func (*Disclosure) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *Disclosure) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Disclosure) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *Disclosure) GetInformation() InformationKind {
+	if x != nil {
+		return x.Information
+	}
+	return InformationKind_INFORMATION_KIND_UNSPECIFIED
+}
+
+func (x *Disclosure) GetPurpose() Purpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return Purpose_PURPOSE_UNSPECIFIED
+}
+
+func (x *Disclosure) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *Disclosure) GetChannel() DisclosureChannel {
+	if x != nil {
+		return x.Channel
+	}
+	return DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED
+}
+
+func (x *Disclosure) GetConsent() string {
+	if x != nil {
+		return x.Consent
+	}
+	return ""
+}
+
+func (x *Disclosure) GetDiscloser() string {
+	if x != nil {
+		return x.Discloser
+	}
+	return ""
+}
+
+func (x *Disclosure) GetDiscloseTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DiscloseTime
+	}
+	return nil
+}
+
+func (x *Disclosure) GetNotice() string {
+	if x != nil {
+		return x.Notice
+	}
+	return ""
+}
+
+type CreateConsentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The consent.
+	Consent *Consent `protobuf:"bytes,2,opt,name=consent,proto3" json:"consent,omitempty"`
+	// A unique id for this request.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConsentRequest) Reset() {
+	*x = CreateConsentRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConsentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConsentRequest) ProtoMessage() {}
+
+func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConsentRequest.ProtoReflect.Descriptor instead.
+func (*CreateConsentRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *CreateConsentRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateConsentRequest) GetConsent() *Consent {
+	if x != nil {
+		return x.Consent
+	}
+	return nil
+}
+
+func (x *CreateConsentRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type GetConsentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/consents/{consent}`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetConsentRequest) Reset() {
+	*x = GetConsentRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetConsentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetConsentRequest) ProtoMessage() {}
+
+func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetConsentRequest.ProtoReflect.Descriptor instead.
+func (*GetConsentRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetConsentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type ListConsentsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// At most this many (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsentsRequest) Reset() {
+	*x = ListConsentsRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsentsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsentsRequest) ProtoMessage() {}
+
+func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsentsRequest.ProtoReflect.Descriptor instead.
+func (*ListConsentsRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListConsentsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListConsentsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListConsentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListConsentsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consents.
+	Consents []*Consent `protobuf:"bytes,1,rep,name=consents,proto3" json:"consents,omitempty"`
+	// The next page's token; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListConsentsResponse) Reset() {
+	*x = ListConsentsResponse{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListConsentsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListConsentsResponse) ProtoMessage() {}
+
+func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListConsentsResponse.ProtoReflect.Descriptor instead.
+func (*ListConsentsResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListConsentsResponse) GetConsents() []*Consent {
+	if x != nil {
+		return x.Consents
+	}
+	return nil
+}
+
+func (x *ListConsentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RevokeConsentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/consents/{consent}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The recipient to revoke for; empty revokes the whole consent.
+	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
+	// Why, as the patient said it.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The etag you read; a stale one answers ABORTED.
+	Etag          string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeConsentRequest) Reset() {
+	*x = RevokeConsentRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeConsentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeConsentRequest) ProtoMessage() {}
+
+func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeConsentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeConsentRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *RevokeConsentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RevokeConsentRequest) GetRecipient() string {
+	if x != nil {
+		return x.Recipient
+	}
+	return ""
+}
+
+func (x *RevokeConsentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RevokeConsentRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+type CreateDisclosureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family whose records are disclosed,
+	// `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The disclosure.
+	Disclosure    *Disclosure `protobuf:"bytes,2,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateDisclosureRequest) Reset() {
+	*x = CreateDisclosureRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateDisclosureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateDisclosureRequest) ProtoMessage() {}
+
+func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateDisclosureRequest.ProtoReflect.Descriptor instead.
+func (*CreateDisclosureRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *CreateDisclosureRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateDisclosureRequest) GetDisclosure() *Disclosure {
+	if x != nil {
+		return x.Disclosure
+	}
+	return nil
+}
+
+type ListDisclosuresRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// At most this many (default 50, at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDisclosuresRequest) Reset() {
+	*x = ListDisclosuresRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDisclosuresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDisclosuresRequest) ProtoMessage() {}
+
+func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDisclosuresRequest.ProtoReflect.Descriptor instead.
+func (*ListDisclosuresRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListDisclosuresRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListDisclosuresRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDisclosuresRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListDisclosuresResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The disclosures.
+	Disclosures []*Disclosure `protobuf:"bytes,1,rep,name=disclosures,proto3" json:"disclosures,omitempty"`
+	// The next page's token; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDisclosuresResponse) Reset() {
+	*x = ListDisclosuresResponse{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDisclosuresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDisclosuresResponse) ProtoMessage() {}
+
+func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDisclosuresResponse.ProtoReflect.Descriptor instead.
+func (*ListDisclosuresResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *ListDisclosuresResponse) GetDisclosures() []*Disclosure {
+	if x != nil {
+		return x.Disclosures
+	}
+	return nil
+}
+
+func (x *ListDisclosuresResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_handoff_families_v1_families_proto protoreflect.FileDescriptor
 
 const file_handoff_families_v1_families_proto_rawDesc = "" +
@@ -3758,7 +4849,93 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId*\x84\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa7\b\n" +
+	"\aConsent\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12.\n" +
+	"\tdiscloser\x18\x02 \x01(\tB\x10\xe0A\x02\xe0A\x05\xbaH\ar\x05\x10\x01\x18\xc8\x01R\tdiscloser\x12c\n" +
+	"\vinformation\x18\x03 \x03(\x0e2$.handoff.families.v1.InformationKindB\x1b\xe0A\x02\xe0A\x05\xbaH\x12\x92\x01\x0f\b\x01\x10\n" +
+	"\x18\x01\"\a\x82\x01\x04\x10\x01 \x00R\vinformation\x129\n" +
+	"\n" +
+	"recipients\x18\x04 \x03(\tB\x19\xe0A\x01\xe0A\x05\xbaH\x10\x92\x01\r\x10\x14\x18\x01\"\ar\x05\x10\x01\x18\xc8\x01R\n" +
+	"recipients\x125\n" +
+	"\x12treating_providers\x18\x05 \x01(\bB\x06\xe0A\x01\xe0A\x05R\x11treatingProviders\x12U\n" +
+	"\bpurposes\x18\x06 \x03(\x0e2\x1c.handoff.families.v1.PurposeB\x1b\xe0A\x02\xe0A\x05\xbaH\x12\x92\x01\x0f\b\x01\x10\n" +
+	"\x18\x01\"\a\x82\x01\x04\x10\x01 \x00R\bpurposes\x12I\n" +
+	"\vexpire_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\f\xe0A\x02\xe0A\x05\xbaH\x03\xc8\x01\x01R\n" +
+	"expireTime\x12(\n" +
+	"\x06signer\x18\b \x01(\tB\x10\xe0A\x02\xe0A\x05\xbaH\ar\x05\x10\x01\x18\xc8\x01R\x06signer\x12E\n" +
+	"\tsign_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\f\xe0A\x02\xe0A\x05\xbaH\x03\xc8\x01\x01R\bsignTime\x12>\n" +
+	"\x17revocation_right_stated\x18\n" +
+	" \x01(\bB\x06\xe0A\x02\xe0A\x05R\x15revocationRightStated\x12\x1f\n" +
+	"\brecorder\x18\v \x01(\tB\x03\xe0A\x03R\brecorder\x12<\n" +
+	"\x05state\x18\f \x01(\x0e2!.handoff.families.v1.ConsentStateB\x03\xe0A\x03R\x05state\x12F\n" +
+	"\vrevocations\x18\r \x03(\v2\x1f.handoff.families.v1.RevocationB\x03\xe0A\x03R\vrevocations\x12@\n" +
+	"\vcreate_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"createTime\x12@\n" +
+	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"updateTime\x12\x17\n" +
+	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag:e\xeaAb\n" +
+	"\x16handoff.health/Consent\x125clinics/{clinic}/families/{family}/consents/{consent}*\bconsents2\aconsent\"\x9b\x01\n" +
+	"\n" +
+	"Revocation\x12\x1c\n" +
+	"\trecipient\x18\x01 \x01(\tR\trecipient\x12;\n" +
+	"\vrevoke_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\x12\x1a\n" +
+	"\brecorder\x18\x03 \x01(\tR\brecorder\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xa2\x05\n" +
+	"\n" +
+	"Disclosure\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12+\n" +
+	"\trecipient\x18\x02 \x01(\tB\r\xe0A\x02\xbaH\ar\x05\x10\x01\x18\xc8\x01R\trecipient\x12U\n" +
+	"\vinformation\x18\x03 \x01(\x0e2$.handoff.families.v1.InformationKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\vinformation\x12E\n" +
+	"\apurpose\x18\x04 \x01(\x0e2\x1c.handoff.families.v1.PurposeB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\apurpose\x12)\n" +
+	"\bresource\x18\x05 \x01(\tB\r\xe0A\x02\xbaH\ar\x05\x10\x01\x18\xac\x02R\bresource\x12O\n" +
+	"\achannel\x18\x06 \x01(\x0e2&.handoff.families.v1.DisclosureChannelB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\achannel\x128\n" +
+	"\aconsent\x18\a \x01(\tB\x1e\xe0A\x03\xfaA\x18\n" +
+	"\x16handoff.health/ConsentR\aconsent\x12!\n" +
+	"\tdiscloser\x18\b \x01(\tB\x03\xe0A\x03R\tdiscloser\x12D\n" +
+	"\rdisclose_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\fdiscloseTime\x12\x1b\n" +
+	"\x06notice\x18\n" +
+	" \x01(\tB\x03\xe0A\x03R\x06notice:t\xeaAq\n" +
+	"\x19handoff.health/Disclosure\x12;clinics/{clinic}/families/{family}/disclosures/{disclosure}*\vdisclosures2\n" +
+	"disclosure\"\x85\x02\n" +
+	"\x14CreateConsentRequest\x12\x7f\n" +
+	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12A\n" +
+	"\aconsent\x18\x02 \x01(\v2\x1c.handoff.families.v1.ConsentB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\aconsent\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb3\x01\n" +
+	"\x11GetConsentRequest\x12\x9d\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
+	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xee\x01\n" +
+	"\x13ListConsentsRequest\x12\x7f\n" +
+	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"x\n" +
+	"\x14ListConsentsResponse\x128\n" +
+	"\bconsents\x18\x01 \x03(\v2\x1c.handoff.families.v1.ConsentR\bconsents\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa6\x02\n" +
+	"\x14RevokeConsentRequest\x12\x9d\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
+	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
+	"\trecipient\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\trecipient\x12#\n" +
+	"\x06reason\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x06reason\x12\x1e\n" +
+	"\x04etag\x18\x04 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\xea\x01\n" +
+	"\x17CreateDisclosureRequest\x12\x82\x01\n" +
+	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12J\n" +
+	"\n" +
+	"disclosure\x18\x02 \x01(\v2\x1f.handoff.families.v1.DisclosureB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\n" +
+	"disclosure\"\xf5\x01\n" +
+	"\x16ListDisclosuresRequest\x12\x82\x01\n" +
+	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x84\x01\n" +
+	"\x17ListDisclosuresResponse\x12A\n" +
+	"\vdisclosures\x18\x01 \x03(\v2\x1f.handoff.families.v1.DisclosureR\vdisclosures\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x84\x01\n" +
 	"\vFamilyState\x12\x1c\n" +
 	"\x18FAMILY_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13FAMILY_STATE_ACTIVE\x10\x01\x12%\n" +
@@ -3843,7 +5020,27 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x15BOUNDARY_STATE_AGREED\x10\x02\x12\x19\n" +
 	"\x15BOUNDARY_STATE_ACTIVE\x10\x03\x12\x1d\n" +
 	"\x19BOUNDARY_STATE_REINFORCED\x10\x04\x12\x1a\n" +
-	"\x16BOUNDARY_STATE_RETIRED\x10\x052\xe2 \n" +
+	"\x16BOUNDARY_STATE_RETIRED\x10\x05*}\n" +
+	"\fConsentState\x12\x1d\n" +
+	"\x19CONSENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14CONSENT_STATE_ACTIVE\x10\x01\x12\x19\n" +
+	"\x15CONSENT_STATE_REVOKED\x10\x02\x12\x19\n" +
+	"\x15CONSENT_STATE_EXPIRED\x10\x03*\x95\x01\n" +
+	"\x0fInformationKind\x12 \n" +
+	"\x1cINFORMATION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19INFORMATION_KIND_IDENTITY\x10\x01\x12\x1e\n" +
+	"\x1aINFORMATION_KIND_REFERRALS\x10\x02\x12!\n" +
+	"\x1dINFORMATION_KIND_APPOINTMENTS\x10\x03*r\n" +
+	"\aPurpose\x12\x17\n" +
+	"\x13PURPOSE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11PURPOSE_TREATMENT\x10\x01\x12\x13\n" +
+	"\x0fPURPOSE_PAYMENT\x10\x02\x12\"\n" +
+	"\x1ePURPOSE_HEALTH_CARE_OPERATIONS\x10\x03*\x92\x01\n" +
+	"\x11DisclosureChannel\x12\"\n" +
+	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
+	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xd2(\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -3869,7 +5066,15 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\rAgreeBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"D\xdaA\x04name\x82\xd3\xe4\x93\x027:\x01*\"2/v1/{name=clinics/*/families/*/boundaries/*}:agree\x12\xaa\x01\n" +
 	"\x10ActivateBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"G\xdaA\x04name\x82\xd3\xe4\x93\x02::\x01*\"5/v1/{name=clinics/*/families/*/boundaries/*}:activate\x12\xac\x01\n" +
 	"\x11ReinforceBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"H\xdaA\x04name\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/families/*/boundaries/*}:reinforce\x12\xa6\x01\n" +
-	"\x0eRetireBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"E\xdaA\x04name\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=clinics/*/families/*/boundaries/*}:retire\x12\xa4\x01\n" +
+	"\x0eRetireBoundary\x12..handoff.families.v1.TransitionBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"E\xdaA\x04name\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=clinics/*/families/*/boundaries/*}:retire\x12\xa6\x01\n" +
+	"\rCreateConsent\x12).handoff.families.v1.CreateConsentRequest\x1a\x1c.handoff.families.v1.Consent\"L\xdaA\x0eparent,consent\x82\xd3\xe4\x93\x025:\aconsent\"*/v1/{parent=clinics/*/families/*}/consents\x12\x8d\x01\n" +
+	"\n" +
+	"GetConsent\x12&.handoff.families.v1.GetConsentRequest\x1a\x1c.handoff.families.v1.Consent\"9\xdaA\x04name\x82\xd3\xe4\x93\x02,\x12*/v1/{name=clinics/*/families/*/consents/*}\x12\xa0\x01\n" +
+	"\fListConsents\x12(.handoff.families.v1.ListConsentsRequest\x1a).handoff.families.v1.ListConsentsResponse\";\xdaA\x06parent\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=clinics/*/families/*}/consents\x12\xa7\x01\n" +
+	"\rRevokeConsent\x12).handoff.families.v1.RevokeConsentRequest\x1a\x1c.handoff.families.v1.Consent\"M\xdaA\x0ename,recipient\x82\xd3\xe4\x93\x026:\x01*\"1/v1/{name=clinics/*/families/*/consents/*}:revoke\x12\xb8\x01\n" +
+	"\x10CreateDisclosure\x12,.handoff.families.v1.CreateDisclosureRequest\x1a\x1f.handoff.families.v1.Disclosure\"U\xdaA\x11parent,disclosure\x82\xd3\xe4\x93\x02;:\n" +
+	"disclosure\"-/v1/{parent=clinics/*/families/*}/disclosures\x12\xac\x01\n" +
+	"\x0fListDisclosures\x12+.handoff.families.v1.ListDisclosuresRequest\x1a,.handoff.families.v1.ListDisclosuresResponse\">\xdaA\x06parent\x82\xd3\xe4\x93\x02/\x12-/v1/{parent=clinics/*/families/*}/disclosures\x12\xa4\x01\n" +
 	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"<\xdaA\x06parent\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=clinics/*}/families:auditEvents\x1a\x19\xcaA\x16families.handoff.localBIZGgithub.com/handoff-health/handoff/gen/go/handoff/families/v1;familiesv1b\x06proto3"
 
 var (
@@ -3884,8 +5089,8 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 	return file_handoff_families_v1_families_proto_rawDescData
 }
 
-var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 16)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                   // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                     // 1: handoff.families.v1.Substance
@@ -3899,157 +5104,201 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(SafetyScreenStatus)(0),            // 9: handoff.families.v1.SafetyScreenStatus
 	(BoundaryCategory)(0),              // 10: handoff.families.v1.BoundaryCategory
 	(BoundaryState)(0),                 // 11: handoff.families.v1.BoundaryState
-	(*Family)(nil),                     // 12: handoff.families.v1.Family
-	(*LovedOne)(nil),                   // 13: handoff.families.v1.LovedOne
-	(*ContactChannel)(nil),             // 14: handoff.families.v1.ContactChannel
-	(*Member)(nil),                     // 15: handoff.families.v1.Member
-	(*QuietHours)(nil),                 // 16: handoff.families.v1.QuietHours
-	(*Coverage)(nil),                   // 17: handoff.families.v1.Coverage
-	(*Barrier)(nil),                    // 18: handoff.families.v1.Barrier
-	(*WarningSign)(nil),                // 19: handoff.families.v1.WarningSign
-	(*SafetyScreen)(nil),               // 20: handoff.families.v1.SafetyScreen
-	(*Boundary)(nil),                   // 21: handoff.families.v1.Boundary
-	(*BoundaryEvent)(nil),              // 22: handoff.families.v1.BoundaryEvent
-	(*CreateFamilyRequest)(nil),        // 23: handoff.families.v1.CreateFamilyRequest
-	(*GetFamilyRequest)(nil),           // 24: handoff.families.v1.GetFamilyRequest
-	(*ListFamiliesRequest)(nil),        // 25: handoff.families.v1.ListFamiliesRequest
-	(*ListFamiliesResponse)(nil),       // 26: handoff.families.v1.ListFamiliesResponse
-	(*UpdateFamilyRequest)(nil),        // 27: handoff.families.v1.UpdateFamilyRequest
-	(*DeleteFamilyRequest)(nil),        // 28: handoff.families.v1.DeleteFamilyRequest
-	(*CreateBarrierRequest)(nil),       // 29: handoff.families.v1.CreateBarrierRequest
-	(*GetBarrierRequest)(nil),          // 30: handoff.families.v1.GetBarrierRequest
-	(*ListBarriersRequest)(nil),        // 31: handoff.families.v1.ListBarriersRequest
-	(*ListBarriersResponse)(nil),       // 32: handoff.families.v1.ListBarriersResponse
-	(*UpdateBarrierRequest)(nil),       // 33: handoff.families.v1.UpdateBarrierRequest
-	(*DeleteBarrierRequest)(nil),       // 34: handoff.families.v1.DeleteBarrierRequest
-	(*ResolveBarrierRequest)(nil),      // 35: handoff.families.v1.ResolveBarrierRequest
-	(*CreateWarningSignRequest)(nil),   // 36: handoff.families.v1.CreateWarningSignRequest
-	(*GetWarningSignRequest)(nil),      // 37: handoff.families.v1.GetWarningSignRequest
-	(*ListWarningSignsRequest)(nil),    // 38: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),   // 39: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil),  // 40: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),   // 41: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil),  // 42: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),      // 43: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),         // 44: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),      // 45: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),     // 46: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),      // 47: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),  // 48: handoff.families.v1.TransitionBoundaryRequest
-	(*timestamppb.Timestamp)(nil),      // 49: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 50: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),  // 51: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 52: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 53: handoff.audit.v1.ListAuditEventsResponse
+	(ConsentState)(0),                  // 12: handoff.families.v1.ConsentState
+	(InformationKind)(0),               // 13: handoff.families.v1.InformationKind
+	(Purpose)(0),                       // 14: handoff.families.v1.Purpose
+	(DisclosureChannel)(0),             // 15: handoff.families.v1.DisclosureChannel
+	(*Family)(nil),                     // 16: handoff.families.v1.Family
+	(*LovedOne)(nil),                   // 17: handoff.families.v1.LovedOne
+	(*ContactChannel)(nil),             // 18: handoff.families.v1.ContactChannel
+	(*Member)(nil),                     // 19: handoff.families.v1.Member
+	(*QuietHours)(nil),                 // 20: handoff.families.v1.QuietHours
+	(*Coverage)(nil),                   // 21: handoff.families.v1.Coverage
+	(*Barrier)(nil),                    // 22: handoff.families.v1.Barrier
+	(*WarningSign)(nil),                // 23: handoff.families.v1.WarningSign
+	(*SafetyScreen)(nil),               // 24: handoff.families.v1.SafetyScreen
+	(*Boundary)(nil),                   // 25: handoff.families.v1.Boundary
+	(*BoundaryEvent)(nil),              // 26: handoff.families.v1.BoundaryEvent
+	(*CreateFamilyRequest)(nil),        // 27: handoff.families.v1.CreateFamilyRequest
+	(*GetFamilyRequest)(nil),           // 28: handoff.families.v1.GetFamilyRequest
+	(*ListFamiliesRequest)(nil),        // 29: handoff.families.v1.ListFamiliesRequest
+	(*ListFamiliesResponse)(nil),       // 30: handoff.families.v1.ListFamiliesResponse
+	(*UpdateFamilyRequest)(nil),        // 31: handoff.families.v1.UpdateFamilyRequest
+	(*DeleteFamilyRequest)(nil),        // 32: handoff.families.v1.DeleteFamilyRequest
+	(*CreateBarrierRequest)(nil),       // 33: handoff.families.v1.CreateBarrierRequest
+	(*GetBarrierRequest)(nil),          // 34: handoff.families.v1.GetBarrierRequest
+	(*ListBarriersRequest)(nil),        // 35: handoff.families.v1.ListBarriersRequest
+	(*ListBarriersResponse)(nil),       // 36: handoff.families.v1.ListBarriersResponse
+	(*UpdateBarrierRequest)(nil),       // 37: handoff.families.v1.UpdateBarrierRequest
+	(*DeleteBarrierRequest)(nil),       // 38: handoff.families.v1.DeleteBarrierRequest
+	(*ResolveBarrierRequest)(nil),      // 39: handoff.families.v1.ResolveBarrierRequest
+	(*CreateWarningSignRequest)(nil),   // 40: handoff.families.v1.CreateWarningSignRequest
+	(*GetWarningSignRequest)(nil),      // 41: handoff.families.v1.GetWarningSignRequest
+	(*ListWarningSignsRequest)(nil),    // 42: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),   // 43: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),  // 44: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),   // 45: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),  // 46: handoff.families.v1.ListSafetyScreensResponse
+	(*CreateBoundaryRequest)(nil),      // 47: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),         // 48: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),      // 49: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),     // 50: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),      // 51: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),  // 52: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                    // 53: handoff.families.v1.Consent
+	(*Revocation)(nil),                 // 54: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                 // 55: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),       // 56: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),          // 57: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),        // 58: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),       // 59: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),       // 60: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),    // 61: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),     // 62: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),    // 63: handoff.families.v1.ListDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),      // 64: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 65: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),  // 66: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),              // 67: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil), // 68: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
-	13, // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
-	15, // 1: handoff.families.v1.Family.members:type_name -> handoff.families.v1.Member
-	17, // 2: handoff.families.v1.Family.coverage:type_name -> handoff.families.v1.Coverage
-	0,  // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
-	9,  // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
-	20, // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	49, // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	49, // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	49, // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
-	14, // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
-	2,  // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
-	3,  // 12: handoff.families.v1.Member.relationship:type_name -> handoff.families.v1.Relationship
-	4,  // 13: handoff.families.v1.Member.role:type_name -> handoff.families.v1.MemberRole
-	14, // 14: handoff.families.v1.Member.contact_channels:type_name -> handoff.families.v1.ContactChannel
-	2,  // 15: handoff.families.v1.Member.preferred_channel:type_name -> handoff.families.v1.ChannelKind
-	16, // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
-	5,  // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
-	6,  // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	49, // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	49, // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	49, // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	49, // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	49, // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
-	8,  // 25: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	49, // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	49, // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
-	10, // 28: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
-	11, // 29: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
-	22, // 30: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	49, // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	49, // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
-	11, // 33: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
-	11, // 34: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	49, // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
-	12, // 36: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	12, // 37: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
-	12, // 38: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	50, // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	18, // 40: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	18, // 41: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
-	18, // 42: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	50, // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 44: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
-	19, // 45: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
-	20, // 46: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	20, // 47: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
-	21, // 48: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	21, // 49: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
-	21, // 50: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	50, // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23, // 52: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	24, // 53: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	25, // 54: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	27, // 55: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	28, // 56: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	29, // 57: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	30, // 58: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	31, // 59: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	33, // 60: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	34, // 61: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	35, // 62: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	36, // 63: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	37, // 64: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	38, // 65: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	40, // 66: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	41, // 67: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	43, // 68: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	44, // 69: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	45, // 70: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	47, // 71: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	48, // 72: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	48, // 73: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	48, // 74: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	48, // 75: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	51, // 76: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	12, // 77: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	12, // 78: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	26, // 79: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	12, // 80: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	52, // 81: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	18, // 82: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	18, // 83: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	32, // 84: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	18, // 85: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	52, // 86: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	18, // 87: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	19, // 88: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	19, // 89: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	39, // 90: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	20, // 91: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	42, // 92: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	21, // 93: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 94: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	46, // 95: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	21, // 96: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 97: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 98: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 99: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	21, // 100: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	53, // 101: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	77, // [77:102] is the sub-list for method output_type
-	52, // [52:77] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	17,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
+	19,  // 1: handoff.families.v1.Family.members:type_name -> handoff.families.v1.Member
+	21,  // 2: handoff.families.v1.Family.coverage:type_name -> handoff.families.v1.Coverage
+	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
+	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
+	24,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
+	64,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	64,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
+	18,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
+	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
+	3,   // 12: handoff.families.v1.Member.relationship:type_name -> handoff.families.v1.Relationship
+	4,   // 13: handoff.families.v1.Member.role:type_name -> handoff.families.v1.MemberRole
+	18,  // 14: handoff.families.v1.Member.contact_channels:type_name -> handoff.families.v1.ContactChannel
+	2,   // 15: handoff.families.v1.Member.preferred_channel:type_name -> handoff.families.v1.ChannelKind
+	20,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
+	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
+	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
+	64,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	64,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
+	64,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	64,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	8,   // 25: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
+	64,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	64,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	10,  // 28: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
+	11,  // 29: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
+	26,  // 30: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
+	64,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	11,  // 33: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
+	11,  // 34: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
+	64,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	16,  // 36: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	16,  // 37: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
+	16,  // 38: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	65,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	22,  // 40: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	22,  // 41: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
+	22,  // 42: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	65,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23,  // 44: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
+	23,  // 45: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
+	24,  // 46: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
+	24,  // 47: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
+	25,  // 48: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	25,  // 49: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
+	25,  // 50: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	65,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	13,  // 52: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
+	14,  // 53: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
+	64,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	64,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	12,  // 56: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
+	54,  // 57: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
+	64,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	64,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	64,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	13,  // 61: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
+	14,  // 62: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
+	15,  // 63: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
+	64,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	53,  // 65: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
+	53,  // 66: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
+	55,  // 67: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
+	55,  // 68: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	27,  // 69: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	28,  // 70: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	29,  // 71: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	31,  // 72: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	32,  // 73: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	33,  // 74: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	34,  // 75: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	35,  // 76: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	37,  // 77: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	38,  // 78: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	39,  // 79: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	40,  // 80: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	41,  // 81: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	42,  // 82: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	44,  // 83: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	45,  // 84: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	47,  // 85: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	48,  // 86: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	49,  // 87: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	51,  // 88: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	52,  // 89: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 90: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 91: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 92: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	56,  // 93: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	57,  // 94: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	58,  // 95: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	60,  // 96: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	61,  // 97: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	62,  // 98: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	66,  // 99: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	16,  // 100: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	16,  // 101: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	30,  // 102: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	16,  // 103: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	67,  // 104: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	22,  // 105: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	22,  // 106: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	36,  // 107: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	22,  // 108: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	67,  // 109: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	22,  // 110: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 111: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	23,  // 112: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	43,  // 113: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	24,  // 114: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	46,  // 115: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	25,  // 116: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 117: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	50,  // 118: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	25,  // 119: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 120: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 121: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 122: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 123: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	53,  // 124: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	53,  // 125: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	59,  // 126: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	53,  // 127: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	55,  // 128: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	63,  // 129: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	68,  // 130: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	100, // [100:131] is the sub-list for method output_type
+	69,  // [69:100] is the sub-list for method input_type
+	69,  // [69:69] is the sub-list for extension type_name
+	69,  // [69:69] is the sub-list for extension extendee
+	0,   // [0:69] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -4062,8 +5311,8 @@ func file_handoff_families_v1_families_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
-			NumEnums:      12,
-			NumMessages:   37,
+			NumEnums:      16,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

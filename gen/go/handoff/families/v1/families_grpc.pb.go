@@ -53,6 +53,12 @@ const (
 	FamiliesService_ActivateBoundary_FullMethodName   = "/handoff.families.v1.FamiliesService/ActivateBoundary"
 	FamiliesService_ReinforceBoundary_FullMethodName  = "/handoff.families.v1.FamiliesService/ReinforceBoundary"
 	FamiliesService_RetireBoundary_FullMethodName     = "/handoff.families.v1.FamiliesService/RetireBoundary"
+	FamiliesService_CreateConsent_FullMethodName      = "/handoff.families.v1.FamiliesService/CreateConsent"
+	FamiliesService_GetConsent_FullMethodName         = "/handoff.families.v1.FamiliesService/GetConsent"
+	FamiliesService_ListConsents_FullMethodName       = "/handoff.families.v1.FamiliesService/ListConsents"
+	FamiliesService_RevokeConsent_FullMethodName      = "/handoff.families.v1.FamiliesService/RevokeConsent"
+	FamiliesService_CreateDisclosure_FullMethodName   = "/handoff.families.v1.FamiliesService/CreateDisclosure"
+	FamiliesService_ListDisclosures_FullMethodName    = "/handoff.families.v1.FamiliesService/ListDisclosures"
 	FamiliesService_ListAuditEvents_FullMethodName    = "/handoff.families.v1.FamiliesService/ListAuditEvents"
 )
 
@@ -120,6 +126,29 @@ type FamiliesServiceClient interface {
 	ReinforceBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
+	// Records a patient's written consent to disclose Handoff's records about
+	// them (42 CFR Part 2). Send a `request_id` so that a retry returns the
+	// consent recorded by the first attempt.
+	CreateConsent(ctx context.Context, in *CreateConsentRequest, opts ...grpc.CallOption) (*Consent, error)
+	// Returns one consent.
+	GetConsent(ctx context.Context, in *GetConsentRequest, opts ...grpc.CallOption) (*Consent, error)
+	// Lists a family's consents, oldest first.
+	ListConsents(ctx context.Context, in *ListConsentsRequest, opts ...grpc.CallOption) (*ListConsentsResponse, error)
+	// Revokes a consent for one recipient, or for all of them when
+	// `recipient` is empty. Revocation takes effect at once: the next
+	// disclosure it covered is refused. Revoking what is already revoked
+	// changes nothing.
+	RevokeConsent(ctx context.Context, in *RevokeConsentRequest, opts ...grpc.CallOption) (*Consent, error)
+	// Checks that an active consent covers a disclosure and records it in the
+	// family's accounting of disclosures, in one step. Without a covering
+	// consent the answer is FAILED_PRECONDITION with reason CONSENT_REQUIRED
+	// and nothing is recorded. Every path by which Handoff's records leave it
+	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
+	// here.
+	CreateDisclosure(ctx context.Context, in *CreateDisclosureRequest, opts ...grpc.CallOption) (*Disclosure, error)
+	// Lists the family's accounting of disclosures, oldest first. The
+	// accounting is append-only and outlives the family.
+	ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
@@ -374,6 +403,66 @@ func (c *familiesServiceClient) RetireBoundary(ctx context.Context, in *Transiti
 	return out, nil
 }
 
+func (c *familiesServiceClient) CreateConsent(ctx context.Context, in *CreateConsentRequest, opts ...grpc.CallOption) (*Consent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Consent)
+	err := c.cc.Invoke(ctx, FamiliesService_CreateConsent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) GetConsent(ctx context.Context, in *GetConsentRequest, opts ...grpc.CallOption) (*Consent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Consent)
+	err := c.cc.Invoke(ctx, FamiliesService_GetConsent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) ListConsents(ctx context.Context, in *ListConsentsRequest, opts ...grpc.CallOption) (*ListConsentsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListConsentsResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_ListConsents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) RevokeConsent(ctx context.Context, in *RevokeConsentRequest, opts ...grpc.CallOption) (*Consent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Consent)
+	err := c.cc.Invoke(ctx, FamiliesService_RevokeConsent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) CreateDisclosure(ctx context.Context, in *CreateDisclosureRequest, opts ...grpc.CallOption) (*Disclosure, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Disclosure)
+	err := c.cc.Invoke(ctx, FamiliesService_CreateDisclosure_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDisclosuresResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_ListDisclosures_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *familiesServiceClient) ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(v1.ListAuditEventsResponse)
@@ -448,6 +537,29 @@ type FamiliesServiceServer interface {
 	ReinforceBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
+	// Records a patient's written consent to disclose Handoff's records about
+	// them (42 CFR Part 2). Send a `request_id` so that a retry returns the
+	// consent recorded by the first attempt.
+	CreateConsent(context.Context, *CreateConsentRequest) (*Consent, error)
+	// Returns one consent.
+	GetConsent(context.Context, *GetConsentRequest) (*Consent, error)
+	// Lists a family's consents, oldest first.
+	ListConsents(context.Context, *ListConsentsRequest) (*ListConsentsResponse, error)
+	// Revokes a consent for one recipient, or for all of them when
+	// `recipient` is empty. Revocation takes effect at once: the next
+	// disclosure it covered is refused. Revoking what is already revoked
+	// changes nothing.
+	RevokeConsent(context.Context, *RevokeConsentRequest) (*Consent, error)
+	// Checks that an active consent covers a disclosure and records it in the
+	// family's accounting of disclosures, in one step. Without a covering
+	// consent the answer is FAILED_PRECONDITION with reason CONSENT_REQUIRED
+	// and nothing is recorded. Every path by which Handoff's records leave it
+	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
+	// here.
+	CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error)
+	// Lists the family's accounting of disclosures, oldest first. The
+	// accounting is append-only and outlives the family.
+	ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
@@ -533,6 +645,24 @@ func (UnimplementedFamiliesServiceServer) ReinforceBoundary(context.Context, *Tr
 }
 func (UnimplementedFamiliesServiceServer) RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error) {
 	return nil, status.Error(codes.Unimplemented, "method RetireBoundary not implemented")
+}
+func (UnimplementedFamiliesServiceServer) CreateConsent(context.Context, *CreateConsentRequest) (*Consent, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConsent not implemented")
+}
+func (UnimplementedFamiliesServiceServer) GetConsent(context.Context, *GetConsentRequest) (*Consent, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetConsent not implemented")
+}
+func (UnimplementedFamiliesServiceServer) ListConsents(context.Context, *ListConsentsRequest) (*ListConsentsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListConsents not implemented")
+}
+func (UnimplementedFamiliesServiceServer) RevokeConsent(context.Context, *RevokeConsentRequest) (*Consent, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeConsent not implemented")
+}
+func (UnimplementedFamiliesServiceServer) CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateDisclosure not implemented")
+}
+func (UnimplementedFamiliesServiceServer) ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDisclosures not implemented")
 }
 func (UnimplementedFamiliesServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -990,6 +1120,114 @@ func _FamiliesService_RetireBoundary_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FamiliesService_CreateConsent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConsentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).CreateConsent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_CreateConsent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).CreateConsent(ctx, req.(*CreateConsentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_GetConsent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConsentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).GetConsent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_GetConsent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).GetConsent(ctx, req.(*GetConsentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_ListConsents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListConsentsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).ListConsents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_ListConsents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).ListConsents(ctx, req.(*ListConsentsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_RevokeConsent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeConsentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).RevokeConsent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_RevokeConsent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).RevokeConsent(ctx, req.(*RevokeConsentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_CreateDisclosure_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateDisclosureRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).CreateDisclosure(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_CreateDisclosure_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).CreateDisclosure(ctx, req.(*CreateDisclosureRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_ListDisclosures_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDisclosuresRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).ListDisclosures(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_ListDisclosures_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).ListDisclosures(ctx, req.(*ListDisclosuresRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FamiliesService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(v1.ListAuditEventsRequest)
 	if err := dec(in); err != nil {
@@ -1110,6 +1348,30 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RetireBoundary",
 			Handler:    _FamiliesService_RetireBoundary_Handler,
+		},
+		{
+			MethodName: "CreateConsent",
+			Handler:    _FamiliesService_CreateConsent_Handler,
+		},
+		{
+			MethodName: "GetConsent",
+			Handler:    _FamiliesService_GetConsent_Handler,
+		},
+		{
+			MethodName: "ListConsents",
+			Handler:    _FamiliesService_ListConsents_Handler,
+		},
+		{
+			MethodName: "RevokeConsent",
+			Handler:    _FamiliesService_RevokeConsent_Handler,
+		},
+		{
+			MethodName: "CreateDisclosure",
+			Handler:    _FamiliesService_CreateDisclosure_Handler,
+		},
+		{
+			MethodName: "ListDisclosures",
+			Handler:    _FamiliesService_ListDisclosures_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",
