@@ -23,6 +23,10 @@ const (
 	// RoleWorker is the Temporal worker's service identity. It acts for
 	// every clinic, always on resources the workflows were started for.
 	RoleWorker Role = "worker"
+	// RoleCalendarFeed is a calendar app reading one counselor's feed. The
+	// interventions service grants it to a request that presents the feed's
+	// secret token; it may only export that feed.
+	RoleCalendarFeed Role = "calendar_feed"
 	// RoleWebhookSender is the webhook sender's service identity. It may
 	// only check consent and record disclosures, for every clinic.
 	RoleWebhookSender Role = "webhook_sender"

@@ -49,7 +49,17 @@ type Config struct {
 	// Audit records every authenticated call with its outcome. A call whose
 	// record cannot be written fails: no unaudited access to health data.
 	Audit Auditor
+	// Credentials authenticate the methods they name (full method names)
+	// from the request itself instead of a bearer token, for clients that
+	// cannot send one. Bearer tokens are ignored for those methods.
+	Credentials map[string]Credential
 }
+
+// Credential authenticates a call from its request, such as a calendar
+// feed's name and secret token. It returns the caller, who then passes the
+// same clinic scope, policy and audit as a bearer token's; or a status
+// error to answer with. It must not log or return the secret.
+type Credential func(ctx context.Context, req any) (auth.Principal, error)
 
 // Auditor records calls.
 type Auditor interface {
@@ -67,6 +77,10 @@ type Server struct {
 // SetAuditor sets the auditor, for services built after their server.
 // Call it before Serve.
 func (s *Server) SetAuditor(a Auditor) { s.icpt.audit = a }
+
+// SetCredentials sets the request credentials (see Config.Credentials), for
+// services built after their server. Call it before Serve.
+func (s *Server) SetCredentials(c map[string]Credential) { s.icpt.credentials = c }
 
 // publicMethods need no token: load balancers and operators probe them.
 var publicMethods = []string{
@@ -88,7 +102,8 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	i := &interceptor{log: log, verifier: cfg.Verifier, policy: cfg.Policy, validator: validator, audit: cfg.Audit}
+	i := &interceptor{log: log, verifier: cfg.Verifier, policy: cfg.Policy, validator: validator, audit: cfg.Audit,
+		credentials: cfg.Credentials}
 	opts := []grpc.ServerOption{
 		// Traces and RPC metrics (latency and codes) through OpenTelemetry.
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
@@ -127,11 +142,12 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duratio
 }
 
 type interceptor struct {
-	log       *slog.Logger
-	verifier  *auth.Verifier
-	policy    Policy
-	validator protovalidate.Validator
-	audit     Auditor
+	log         *slog.Logger
+	verifier    *auth.Verifier
+	policy      Policy
+	validator   protovalidate.Validator
+	audit       Auditor
+	credentials map[string]Credential
 }
 
 func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -161,7 +177,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	if isPublic(info.FullMethod) {
 		return handler(ctx, req)
 	}
-	p, err := i.authenticate(ctx)
+	p, token, err := i.authenticate(ctx, info.FullMethod, req)
 	if err != nil {
 		return nil, err
 	}
@@ -206,7 +222,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	// The caller's token goes along on calls this service makes to others,
 	// which check it again: identity is forwarded, never asserted.
-	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), bearerToken(ctx))
+	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), token)
 	resp, err = handler(ctx, req)
 	if err != nil {
 		if _, ok := status.FromError(err); !ok {
@@ -323,16 +339,30 @@ func bearerToken(ctx context.Context) string {
 	return strings.TrimSpace(token)
 }
 
-func (i *interceptor) authenticate(ctx context.Context) (auth.Principal, error) {
+// authenticate returns the caller and the bearer token to forward, which is
+// empty for a method with a request credential: such a caller has no token
+// that other services would accept.
+func (i *interceptor) authenticate(ctx context.Context, method string, req any) (auth.Principal, string, error) {
+	if cred, ok := i.credentials[method]; ok {
+		p, err := cred(ctx, req)
+		if err != nil {
+			if _, ok := status.FromError(err); !ok {
+				i.log.ErrorContext(ctx, "request credential failed", "method", method, "error", err.Error())
+				err = status.Error(codes.Internal, "internal error")
+			}
+			return auth.Principal{}, "", err
+		}
+		return p, "", nil
+	}
 	token := bearerToken(ctx)
 	if token == "" {
-		return auth.Principal{}, status.Error(codes.Unauthenticated, "missing bearer token: send an Authorization: Bearer header")
+		return auth.Principal{}, "", status.Error(codes.Unauthenticated, "missing bearer token: send an Authorization: Bearer header")
 	}
 	p, err := i.verifier.Verify(ctx, token)
 	if err != nil {
-		return auth.Principal{}, status.Error(codes.Unauthenticated, err.Error())
+		return auth.Principal{}, "", status.Error(codes.Unauthenticated, err.Error())
 	}
-	return p, nil
+	return p, token, nil
 }
 
 func (i *interceptor) allowed(method string, p auth.Principal) bool {
