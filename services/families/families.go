@@ -153,6 +153,8 @@ var familyFilter = map[string]aip.FilterField{
 	"state":     {Column: "f.state", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.FamilyState_value, "FAMILY_STATE_")},
 	"counselor": {Column: "f.counselor", Kind: aip.String},
 	"urgent":    {Column: "f.urgent", Kind: aip.Bool},
+	// For FHIR _lastUpdated searches.
+	"update_time": {Column: "f.update_time", Kind: aip.Time},
 }
 
 // ListFamilies implements the API.

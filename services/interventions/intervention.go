@@ -272,6 +272,8 @@ var interventionFilter = map[string]aip.FilterField{
 	"state":      {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.InterventionState_value, "INTERVENTION_STATE_")},
 	"level":      {Column: "level", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.EscalationLevel_value, "ESCALATION_LEVEL_")},
 	"start_time": {Column: "start_time", Kind: aip.Time},
+	// For FHIR _lastUpdated searches.
+	"update_time": {Column: "update_time", Kind: aip.Time},
 }
 
 // ListInterventions implements the API.

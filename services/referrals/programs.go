@@ -164,6 +164,8 @@ var programFilter = map[string]aip.FilterField{
 	"payment":         {Column: "payments", Kind: aip.EnumIn, Enum: aip.EnumLookup(referralsv1.PaymentKind_value, "PAYMENT_KIND_")},
 	"telehealth":      {Column: "telehealth", Kind: aip.Bool},
 	"same_day_intake": {Column: "same_day_intake", Kind: aip.Bool},
+	// For FHIR _lastUpdated searches.
+	"update_time": {Column: "update_time", Kind: aip.Time},
 }
 
 // ListPrograms implements the API.

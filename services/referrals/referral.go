@@ -242,6 +242,8 @@ var referralFilter = map[string]aip.FilterField{
 	"service_kind": {Column: "service_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ServiceKind_value, "SERVICE_KIND_")},
 	"urgency":      {Column: "urgency", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.Urgency_value, "URGENCY_")},
 	"intervention": {Column: "intervention", Kind: aip.String},
+	// For FHIR _lastUpdated searches.
+	"update_time": {Column: "update_time", Kind: aip.Time},
 }
 
 // ListReferrals implements the API.
