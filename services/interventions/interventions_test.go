@@ -21,6 +21,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/interventions"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -51,8 +52,9 @@ func setup(t testing.TB) *fixture {
 		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, famSchema), families.Config{}))
 	})
 	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
-	conn := env.Also(t, interventions.Policy(), func(s *grpc.Server) {
-		interventionsv1.RegisterInterventionsServiceServer(s, interventions.New(pgtest.App(t, schema), interventions.Config{Families: famClient, Now: c.Now}))
+	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: famClient, Now: c.Now})
+	conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
+		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
 	})
 	f := &fixture{env: env, pool: pool, clock: c, client: interventionsv1.NewInterventionsServiceClient(conn), families: famClient,
 		ctx: env.Counselor("north"), worker: env.As(auth.AnyClinic, "worker", auth.RoleWorker)}

@@ -33,6 +33,10 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleWorker, auth.RoleClinicAdmin}, "CancelReminder")
 	set([]auth.Role{auth.RoleReminders, auth.RoleWorker, auth.RoleCounselor, auth.RoleClinicAdmin}, "GetReminder", "ListReminders")
 	set([]auth.Role{auth.RoleReminders}, "ClaimReminder", "CompleteReminder")
+	// Calendar feeds: staff make, list and revoke their own; a calendar app
+	// holding a feed's token reads it, and nothing else.
+	set(staff, "CreateCalendarFeed", "ListCalendarFeeds", "DeleteCalendarFeed")
+	set([]auth.Role{auth.RoleCalendarFeed}, "ExportCalendarFeed")
 	// The audit trail is for administrators.
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p

@@ -76,7 +76,15 @@ func (e *Env) Counselor(clinic string) context.Context {
 // connection to it, for services that call each other.
 func (e *Env) Also(t testing.TB, policy grpcserver.Policy, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
-	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.DiscardHandler), Verifier: e.Issuer.Verifier(), Policy: policy})
+	return e.AlsoWith(t, grpcserver.Config{Policy: policy}, register)
+}
+
+// AlsoWith is Also with more of the server's configuration (request
+// credentials, an auditor); the logger and verifier are the environment's.
+func (e *Env) AlsoWith(t testing.TB, cfg grpcserver.Config, register func(*grpc.Server)) *grpc.ClientConn {
+	t.Helper()
+	cfg.Logger, cfg.Verifier = slog.New(slog.DiscardHandler), e.Issuer.Verifier()
+	srv, err := grpcserver.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,246 @@
+package interventions
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// FeedPath is where the gateway serves a feed: FeedPath + name + ".ics".
+const FeedPath = "/calendar/v1/"
+
+// feedWindow is how far back a feed reaches: calendars keep a year of past
+// meetings, and the feed stays small.
+const feedWindow = 366 * 24 * time.Hour
+
+// feedLimit bounds one feed's events.
+const feedLimit = 5000
+
+const feedSelect = `SELECT id, owner, create_time FROM calendar_feeds`
+
+func feedName(clinic, id string) string { return aip.Name("clinics", clinic, "calendarFeeds", id) }
+
+func scanFeed(clinic string) pgx.RowToFunc[*interventionsv1.CalendarFeed] {
+	return func(r pgx.CollectableRow) (*interventionsv1.CalendarFeed, error) {
+		var id, owner string
+		var created time.Time
+		if err := r.Scan(&id, &owner, &created); err != nil {
+			return nil, err
+		}
+		return &interventionsv1.CalendarFeed{Name: feedName(clinic, id), Owner: owner, CreateTime: timestamppb.New(created)}, nil
+	}
+}
+
+func newFeed() *interventionsv1.CalendarFeed { return &interventionsv1.CalendarFeed{} }
+
+// newFeedToken returns a fresh secret and the hash that is kept of it.
+func newFeedToken() (string, []byte, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", nil, fmt.Errorf("feed token: %w", err)
+	}
+	token := base64.RawURLEncoding.EncodeToString(b)
+	h := sha256.Sum256([]byte(token))
+	return token, h[:], nil
+}
+
+// CreateCalendarFeed implements the API. The token is returned once and
+// kept only as a hash, so the idempotency record stores the feed without
+// it: a retry gets the same feed with a new token, and the first one stops
+// working (its answer may never have arrived).
+func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.CreateCalendarFeedRequest) (*interventionsv1.CalendarFeed, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	owner := auth.Actor(ctx)
+	token, hash, err := newFeedToken()
+	if err != nil {
+		return nil, err
+	}
+	var out *interventionsv1.CalendarFeed
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		fresh := false
+		feed, err := idempotency.Do(ctx, tx, clinic, svc+"CreateCalendarFeed", req.GetRequestId(), req, newFeed,
+			func() (*interventionsv1.CalendarFeed, error) {
+				fresh = true
+				id := aip.NewID()
+				if _, err := tx.Exec(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
+					VALUES ($1, $2, $3, $4, $5)`, clinic, id, owner, hash, s.cfg.Now()); err != nil {
+					return nil, fmt.Errorf("insert calendar feed: %w", err)
+				}
+				rows, err := tx.Query(ctx, feedSelect+` WHERE clinic = $1 AND id = $2`, clinic, id)
+				return pgdb.One(rows, err, "calendar feed", scanFeed(clinic))
+			})
+		if err != nil {
+			return err
+		}
+		if !fresh {
+			ids, err := aip.Parse(feed.GetName(), "clinics", "calendarFeeds")
+			if err != nil {
+				return fmt.Errorf("stored calendar feed: %w", err)
+			}
+			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET token_hash = $3 WHERE clinic = $1 AND id = $2`, clinic, ids[1], hash)
+			if err != nil {
+				return fmt.Errorf("renew calendar feed token: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return apperr.NotFound(feed.GetName()) // deleted since the first attempt
+			}
+		}
+		out = proto.Clone(feed).(*interventionsv1.CalendarFeed)
+		out.Url = FeedPath + out.GetName() + ".ics?token=" + token
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// feedList adapts ListCalendarFeedsRequest, which has no filter, to
+// pgdb.ListRequest.
+type feedList struct {
+	*interventionsv1.ListCalendarFeedsRequest
+}
+
+func (feedList) GetFilter() string { return "" }
+
+// ListCalendarFeeds implements the API: the caller's own feeds only.
+func (s *Server) ListCalendarFeeds(ctx context.Context, req *interventionsv1.ListCalendarFeedsRequest) (*interventionsv1.ListCalendarFeedsResponse, error) {
+	clinic, err := parentClinic(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "calendar feeds", feedSelect, `clinic = $1 AND owner = $2`,
+		[]any{clinic, auth.Actor(ctx)}, feedList{req}, map[string]aip.FilterField{}, scanFeed(clinic),
+		func(f *interventionsv1.CalendarFeed) string { return f.GetName() })
+	if err != nil {
+		return nil, err
+	}
+	return &interventionsv1.ListCalendarFeedsResponse{CalendarFeeds: items, NextPageToken: next}, nil
+}
+
+// DeleteCalendarFeed implements the API: the owner or a clinic
+// administrator revokes a feed. Anyone else is told it does not exist.
+func (s *Server) DeleteCalendarFeed(ctx context.Context, req *interventionsv1.DeleteCalendarFeedRequest) (*emptypb.Empty, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "calendarFeeds")
+	if err != nil {
+		return nil, err
+	}
+	p, _ := auth.FromContext(ctx)
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteCalendarFeed", req.GetRequestId(), req,
+		func() *emptypb.Empty { return &emptypb.Empty{} },
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			tag, err := tx.Exec(ctx, `DELETE FROM calendar_feeds WHERE clinic = $1 AND id = $2 AND (owner = $3 OR $4)`,
+				r.clinic, r.id, p.Subject, p.Has(auth.RoleClinicAdmin))
+			if err != nil {
+				return nil, fmt.Errorf("delete calendar feed: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, apperr.NotFound(req.GetName())
+			}
+			return &emptypb.Empty{}, nil
+		})
+}
+
+// Credentials are the request credentials this service's methods accept
+// instead of a bearer token (see grpcserver.Config.Credentials).
+func (s *Server) Credentials() map[string]grpcserver.Credential {
+	return map[string]grpcserver.Credential{svc + "ExportCalendarFeed": s.feedCredential}
+}
+
+// feedCredential lets a calendar app in with a feed's name and token, as
+// the feed's owner in the calendar_feed role. Every failure is the same
+// NOT_FOUND, so a guess learns nothing.
+func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, error) {
+	r, _ := req.(*interventionsv1.ExportCalendarFeedRequest)
+	ids, err := aip.Parse(r.GetName(), "clinics", "calendarFeeds")
+	if err != nil {
+		return auth.Principal{}, apperr.NotFound("calendar feed")
+	}
+	owner, err := s.feedOwner(pgdb.WithClinic(ctx, ids[0]), ref{ids[0], ids[1]}, r.GetToken())
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	return auth.Principal{Subject: owner, Clinic: ids[0], Roles: []auth.Role{auth.RoleCalendarFeed}}, nil
+}
+
+// feedOwner returns the owner of the feed r if token is its token.
+func (s *Server) feedOwner(ctx context.Context, r ref, token string) (string, error) {
+	var owner string
+	var hash []byte
+	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id).Scan(&owner, &hash)
+	if err == pgx.ErrNoRows {
+		return "", apperr.NotFound("calendar feed")
+	}
+	if err != nil {
+		return "", fmt.Errorf("read calendar feed: %w", err)
+	}
+	given := sha256.Sum256([]byte(token))
+	if token == "" || subtle.ConstantTimeCompare(given[:], hash) != 1 {
+		return "", apperr.NotFound("calendar feed")
+	}
+	return owner, nil
+}
+
+// ExportCalendarFeed implements the API: the owner's meetings as
+// iCalendar. The token is checked again here, so that the export never
+// rests on the caller's role alone.
+func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.ExportCalendarFeedRequest) (*httpbody.HttpBody, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "calendarFeeds")
+	if err != nil {
+		return nil, err
+	}
+	owner, err := s.feedOwner(ctx, r, req.GetToken())
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, start_time, end_time, state, create_time, update_time, version
+		FROM interventions WHERE clinic = $1 AND counselor = $2 AND state = ANY($3) AND start_time IS NOT NULL
+		AND end_time >= $4 ORDER BY start_time, id LIMIT $5`, r.clinic, owner,
+		[]int16{int16(scheduled), int16(completed), int16(cancelled)}, s.cfg.Now().Add(-feedWindow), feedLimit)
+	if err != nil {
+		return nil, fmt.Errorf("read feed interventions: %w", err)
+	}
+	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (calendarEvent, error) {
+		var (
+			id               string
+			state            int16
+			version          int64
+			e                calendarEvent
+			created, updated time.Time
+		)
+		if err := row.Scan(&id, &e.start, &e.end, &state, &created, &updated, &version); err != nil {
+			return e, err
+		}
+		name := interventionName(r.clinic, id)
+		e.uid, e.resource, e.summary = id+"@handoff", name, "Family intervention"
+		e.created, e.modified, e.sequence = created, updated, version
+		e.cancelled = istate(state) == cancelled
+		return e, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read feed interventions: %w", err)
+	}
+	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}, nil
+}

@@ -1,0 +1,249 @@
+package interventions_test
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ics "github.com/arran4/golang-ical"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/auth"
+)
+
+// feedToken splits a feed's url into its name and token.
+func feedToken(t *testing.T, feed *interventionsv1.CalendarFeed) string {
+	t.Helper()
+	want := "/calendar/v1/" + feed.GetName() + ".ics?token="
+	token, ok := strings.CutPrefix(feed.GetUrl(), want)
+	if !ok || len(token) < 40 {
+		t.Fatalf("url %q, want %s<token>", feed.GetUrl(), want)
+	}
+	return token
+}
+
+// export reads a feed as a calendar app does: no bearer token, only the
+// feed's secret. It checks the stream's framing and parses it with an
+// iCalendar parser.
+func export(t *testing.T, f *fixture, name, token string) (*ics.Calendar, string) {
+	t.Helper()
+	body, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: name, Token: token})
+	if err != nil {
+		t.Fatalf("ExportCalendarFeed: %v", err)
+	}
+	if body.GetContentType() != "text/calendar; charset=utf-8" {
+		t.Fatalf("content type %q", body.GetContentType())
+	}
+	raw := string(body.GetData())
+	if !strings.HasSuffix(raw, "\r\n") {
+		t.Fatal("the stream does not end with CRLF")
+	}
+	for _, line := range strings.Split(strings.TrimSuffix(raw, "\r\n"), "\r\n") {
+		if len(line) > 75 || strings.ContainsAny(line, "\r\n") {
+			t.Fatalf("bad content line %q", line)
+		}
+	}
+	cal, err := ics.ParseCalendar(strings.NewReader(raw))
+	if err != nil {
+		t.Fatalf("parse feed: %v\n%s", err, raw)
+	}
+	return cal, raw
+}
+
+func eventOf(t *testing.T, cal *ics.Calendar, uid string) *ics.VEvent {
+	t.Helper()
+	var found *ics.VEvent
+	for _, e := range cal.Events() {
+		if e.Id() == uid {
+			if found != nil {
+				t.Fatalf("two events with UID %s", uid)
+			}
+			found = e
+		}
+	}
+	if found == nil {
+		t.Fatalf("no event with UID %s", uid)
+	}
+	return found
+}
+
+func prop(e *ics.VEvent, p ics.ComponentProperty) string {
+	if v := e.GetProperty(p); v != nil {
+		return v.Value
+	}
+	return ""
+}
+
+func sequence(t *testing.T, e *ics.VEvent) int {
+	t.Helper()
+	n, err := strconv.Atoi(prop(e, ics.ComponentPropertySequence))
+	if err != nil {
+		t.Fatalf("SEQUENCE: %v", err)
+	}
+	return n
+}
+
+func TestCalendarFeed(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north", RequestId: "feed-1"})
+	if err != nil {
+		t.Fatalf("CreateCalendarFeed: %v", err)
+	}
+	token := feedToken(t, feed)
+	if feed.GetOwner() != "counselor-1" || feed.GetCreateTime() == nil {
+		t.Fatalf("feed = %v", feed)
+	}
+
+	// Own feeds only, and never their url.
+	list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetCalendarFeeds()) != 1 || list.GetCalendarFeeds()[0].GetName() != feed.GetName() ||
+		list.GetCalendarFeeds()[0].GetUrl() != "" {
+		t.Fatalf("ListCalendarFeeds = %v, %v", list, err)
+	}
+	other := f.env.As("north", "counselor-2", auth.RoleCounselor)
+	if list, err := f.client.ListCalendarFeeds(other, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"}); err != nil ||
+		len(list.GetCalendarFeeds()) != 0 {
+		t.Fatalf("another counselor lists %v, %v", list, err)
+	}
+
+	// One meeting scheduled then moved, one scheduled then cancelled, one
+	// left a draft.
+	start := f.clock.Now().Add(48 * time.Hour).Truncate(time.Second)
+	moved := f.draft(t, start)
+	if moved, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: moved.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	dropped := f.draft(t, start.Add(72*time.Hour))
+	if _, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: dropped.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	draftOnly := f.draft(t, start.Add(96*time.Hour))
+	uid := func(iv *interventionsv1.Intervention) string {
+		return iv.GetName()[strings.LastIndex(iv.GetName(), "/")+1:] + "@handoff"
+	}
+
+	cal, raw := export(t, f, feed.GetName(), token)
+	if len(cal.Events()) != 2 {
+		t.Fatalf("%d events, want the two scheduled ones:\n%s", len(cal.Events()), raw)
+	}
+	before := eventOf(t, cal, uid(moved))
+	if got, _ := before.GetStartAt(); !got.Equal(start) {
+		t.Fatalf("DTSTART %v, want %v", got, start)
+	}
+	if end, _ := before.GetEndAt(); !end.Equal(start.Add(time.Hour)) {
+		t.Fatalf("DTEND %v", end)
+	}
+	if prop(before, ics.ComponentPropertyStatus) != "CONFIRMED" || prop(before, ics.ComponentPropertySummary) != "Family intervention" {
+		t.Fatalf("event:\n%s", raw)
+	}
+	if strings.Contains(raw, uid(draftOnly)) {
+		t.Fatal("a draft is in the feed")
+	}
+
+	// A reschedule is the same event, newer.
+	newStart := start.Add(24 * time.Hour)
+	if _, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: moved.GetName(),
+		StartTime: timestamppb.New(newStart), Reason: "the family asked for Monday"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: dropped.GetName(),
+		Reason: "Sam is in hospital"}); err != nil {
+		t.Fatal(err)
+	}
+	cal, raw = export(t, f, feed.GetName(), token)
+	after := eventOf(t, cal, uid(moved))
+	if got, _ := after.GetStartAt(); !got.Equal(newStart) {
+		t.Fatalf("DTSTART after reschedule %v, want %v", got, newStart)
+	}
+	if sequence(t, after) <= sequence(t, before) {
+		t.Fatalf("SEQUENCE %d after a reschedule, was %d", sequence(t, after), sequence(t, before))
+	}
+	if a, _ := after.GetLastModifiedAt(); a.Before(mustTime(before.GetLastModifiedAt())) {
+		t.Fatalf("LAST-MODIFIED went back")
+	}
+	if st := prop(eventOf(t, cal, uid(dropped)), ics.ComponentPropertyStatus); st != "CANCELLED" {
+		t.Fatalf("cancelled meeting has STATUS %q", st)
+	}
+	// No names, places or notes: the feed leaves Handoff for phones and
+	// calendar providers.
+	for _, secret := range []string{"Sam", "Ana", "Luis", "Elm", "hospital", "Monday", "+1555", token} {
+		if strings.Contains(raw, secret) {
+			t.Fatalf("the feed shows %q:\n%s", secret, raw)
+		}
+	}
+
+	// Wrong, missing or someone else's token: as if the feed did not exist.
+	mine, err := f.client.CreateCalendarFeed(other, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, req := range map[string]*interventionsv1.ExportCalendarFeedRequest{
+		"wrong token":       {Name: feed.GetName(), Token: token[:len(token)-1] + "x"},
+		"no token":          {Name: feed.GetName()},
+		"other feed token":  {Name: feed.GetName(), Token: feedToken(t, mine)},
+		"no such feed":      {Name: "clinics/north/calendarFeeds/nope", Token: token},
+		"other clinic":      {Name: strings.Replace(feed.GetName(), "north", "south", 1), Token: token},
+		"not a feed's name": {Name: "clinics/north", Token: token},
+	} {
+		_, err := f.client.ExportCalendarFeed(context.Background(), req)
+		wantCode(t, err, codes.NotFound)
+		_ = name
+	}
+	// A bearer token does not stand in for the feed's token.
+	_, err = f.client.ExportCalendarFeed(f.ctx, &interventionsv1.ExportCalendarFeedRequest{Name: feed.GetName()})
+	wantCode(t, err, codes.NotFound)
+
+	// Another counselor cannot revoke the feed; its owner can.
+	_, err = f.client.DeleteCalendarFeed(other, &interventionsv1.DeleteCalendarFeedRequest{Name: feed.GetName()})
+	wantCode(t, err, codes.NotFound)
+	export(t, f, feed.GetName(), token)
+	if _, err := f.client.DeleteCalendarFeed(f.ctx, &interventionsv1.DeleteCalendarFeedRequest{Name: feed.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: feed.GetName(), Token: token})
+	wantCode(t, err, codes.NotFound)
+	// A clinic administrator revokes anyone's feed.
+	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
+	if _, err := f.client.DeleteCalendarFeed(admin, &interventionsv1.DeleteCalendarFeedRequest{Name: mine.GetName()}); err != nil {
+		t.Fatalf("admin revokes: %v", err)
+	}
+}
+
+// A retried create is the same feed; since the token is kept nowhere, the
+// retry's new token replaces the first one.
+func TestCalendarFeedCreateRetry(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north", RequestId: "retry-me"}
+	first, err := f.client.CreateCalendarFeed(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := f.client.CreateCalendarFeed(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.GetName() != first.GetName() || feedToken(t, second) == feedToken(t, first) {
+		t.Fatalf("first %v, retry %v", first, second)
+	}
+	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: first.GetName(), Token: feedToken(t, first)})
+	wantCode(t, err, codes.NotFound)
+	export(t, f, second.GetName(), feedToken(t, second))
+	var stored int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys
+		WHERE position($1 in encode(response, 'escape')) > 0 OR position($2 in encode(response, 'escape')) > 0`,
+		feedToken(t, first), feedToken(t, second)).Scan(&stored); err != nil || stored != 0 {
+		t.Fatalf("a feed token is stored in an idempotency row (%d, %v)", stored, err)
+	}
+	list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetCalendarFeeds()) != 1 {
+		t.Fatalf("ListCalendarFeeds = %v, %v", list, err)
+	}
+}
+
+func mustTime(t time.Time, _ error) time.Time { return t }

@@ -1,0 +1,85 @@
+package interventions
+
+import (
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// calendarEvent is one VEVENT of a feed. It carries times and identifiers
+// only: calendars sync to phones and third-party servers, so no name, note
+// or health detail goes in.
+type calendarEvent struct {
+	uid, resource, summary string
+	start, end             time.Time
+	created, modified      time.Time
+	// sequence grows with every change, so calendars replace their copy.
+	sequence  int64
+	cancelled bool
+}
+
+// renderCalendar writes events as an iCalendar stream (RFC 5545).
+func renderCalendar(events []calendarEvent) string {
+	var b strings.Builder
+	w := func(name, value string) { writeLine(&b, name+":"+value) }
+	w("BEGIN", "VCALENDAR")
+	w("VERSION", "2.0")
+	w("PRODID", "-//Handoff//Calendar feed//EN")
+	w("CALSCALE", "GREGORIAN")
+	w("METHOD", "PUBLISH")
+	w("X-WR-CALNAME", "Handoff")
+	// How often subscribers should read the feed again (RFC 7986, and the
+	// older name some clients know).
+	w("REFRESH-INTERVAL;VALUE=DURATION", "PT15M")
+	w("X-PUBLISHED-TTL", "PT15M")
+	for _, e := range events {
+		w("BEGIN", "VEVENT")
+		w("UID", escapeText(e.uid))
+		// A published feed has no scheduling message: DTSTAMP is when the
+		// event last changed (RFC 5545 3.8.7.2).
+		w("DTSTAMP", icalTime(e.modified))
+		w("CREATED", icalTime(e.created))
+		w("LAST-MODIFIED", icalTime(e.modified))
+		w("SEQUENCE", strconv.FormatInt(e.sequence, 10))
+		w("DTSTART", icalTime(e.start))
+		w("DTEND", icalTime(e.end))
+		w("SUMMARY", escapeText(e.summary))
+		w("DESCRIPTION", escapeText("Handoff: "+e.resource))
+		status := "CONFIRMED"
+		if e.cancelled {
+			status = "CANCELLED"
+		}
+		w("STATUS", status)
+		w("TRANSP", "OPAQUE")
+		w("X-HANDOFF-RESOURCE", escapeText(e.resource))
+		w("END", "VEVENT")
+	}
+	w("END", "VCALENDAR")
+	return b.String()
+}
+
+func icalTime(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
+// escapeText escapes a TEXT value (RFC 5545 3.3.11).
+var textEscaper = strings.NewReplacer(`\`, `\\`, ";", `\;`, ",", `\,`, "\r\n", `\n`, "\n", `\n`, "\r", `\n`)
+
+func escapeText(s string) string { return textEscaper.Replace(s) }
+
+// writeLine writes a content line folded at 75 octets, never inside a UTF-8
+// sequence, each physical line ended by CRLF (RFC 5545 3.1).
+func writeLine(b *strings.Builder, line string) {
+	const limit = 75
+	n := 0
+	for i := 0; i < len(line); {
+		_, size := utf8.DecodeRuneInString(line[i:])
+		if n+size > limit {
+			b.WriteString("\r\n ") // the continuation's space counts toward its 75
+			n = 1
+		}
+		b.WriteString(line[i : i+size])
+		n += size
+		i += size
+	}
+	b.WriteString("\r\n")
+}
