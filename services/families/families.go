@@ -9,6 +9,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
@@ -146,7 +147,15 @@ func (s *Server) GetFamily(ctx context.Context, req *familiesv1.GetFamilyRequest
 	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
 		return nil, err
 	}
-	return s.readFamily(ctx, s.pool, clinic, id)
+	f, err := s.readFamily(ctx, s.pool, clinic, id)
+	if err != nil {
+		return nil, err
+	}
+	// An outside system's read is a disclosure: consent first.
+	if err := s.discloseToCaller(ctx, child{clinic: clinic, family: id}, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, f.GetName()); err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 var familyFilter = map[string]aip.FilterField{
@@ -176,9 +185,19 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		return nil, apperr.Field("page_token", "not a page token of this query: list again from the first page")
 	}
 	size := aip.PageSize(req.GetPageSize())
-	where, args := filter.SQL(4)
-	rows, err := s.pool.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id > $2 AND `+where+` ORDER BY f.id LIMIT $3`,
-		append([]any{clinic, after, size + 1}, args...)...)
+	scope, scopeArgs := `f.clinic = $1 AND f.id > $2`, []any{clinic, after, size + 1}
+	p, out := outsider(ctx)
+	if out {
+		// An outside system sees only the families whose consent covers
+		// it, filtered in SQL so pages stay full and tokens never point past
+		// a hidden family.
+		scope += ` AND EXISTS (` + covering("f.clinic", "f.id", "$4::text", "$5::smallint", "$6::smallint", "$7::timestamptz") + `)`
+		scopeArgs = append(scopeArgs, p.Subject, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
+			int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
+	}
+	where, args := filter.SQL(len(scopeArgs) + 1)
+	rows, err := s.pool.Query(ctx, familySelect+` WHERE `+scope+` AND `+where+` ORDER BY f.id LIMIT $3`,
+		append(scopeArgs, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list families: %w", err)
 	}
@@ -191,6 +210,17 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		resp.Families = fams[:size]
 		_, last, _ := parseFamily(fams[size-1].GetName())
 		resp.NextPageToken = aip.EncodePageToken(last, q)
+	}
+	if out && len(resp.Families) > 0 {
+		ids := make([]string, len(resp.Families))
+		for i, f := range resp.Families {
+			_, ids[i], _ = parseFamily(f.GetName())
+		}
+		covered, err := s.discloseFamilies(ctx, clinic, ids, p.Subject)
+		if err != nil {
+			return nil, err
+		}
+		resp.Families = slices.DeleteFunc(resp.Families, func(f *familiesv1.Family) bool { return !covered[aip.ID(f.GetName())] })
 	}
 	return resp, nil
 }

@@ -158,12 +158,22 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`REVOKE ALL ON ` + schema + `.schema_migrations FROM ` + AppRole,
-			// The audit trail is append-only for the services.
-			`DO $$ BEGIN
-				IF to_regclass('` + schema + `.audit_log') IS NOT NULL THEN
-					REVOKE UPDATE, DELETE, TRUNCATE ON ` + schema + `.audit_log FROM ` + AppRole + `;
+		}
+		// Records the law asks us to keep are append-only for the services:
+		// the audit trail, the accounting of disclosures and the revocations
+		// of consent. Signed consents change (a revocation stamps them) but
+		// are never deleted.
+		for table, privs := range map[string]string{
+			"audit_log":           "UPDATE, DELETE, TRUNCATE",
+			"disclosures":         "UPDATE, DELETE, TRUNCATE",
+			"consent_revocations": "UPDATE, DELETE, TRUNCATE",
+			"consents":            "DELETE, TRUNCATE",
+		} {
+			stmts = append(stmts, `DO $$ BEGIN
+				IF to_regclass('`+schema+`.`+table+`') IS NOT NULL THEN
+					REVOKE `+privs+` ON `+schema+`.`+table+` FROM `+AppRole+`;
 				END IF;
-			END $$`,
+			END $$`)
 		}
 		for _, st := range stmts {
 			if _, err := tx.Exec(ctx, st); err != nil {

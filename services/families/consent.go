@@ -1,0 +1,484 @@
+package families
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Notice is the statement every disclosure carries (42 CFR 2.32).
+const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+
+// ReasonConsentRequired is the ErrorInfo reason of a refused disclosure.
+const ReasonConsentRequired = "CONSENT_REQUIRED"
+
+// coveringConsent selects the oldest consent that covers a disclosure now:
+// signed, not expired, not revoked whole or for the recipient, naming the
+// recipient (or, for treatment only, the general designation "my treating
+// providers"), and listing the information and the purpose. Parameters:
+// $1 clinic, $2 family, $3 recipient, $4 information, $5 purpose, $6 now.
+// The same fragment gates single reads, lists and the check itself, so they
+// cannot disagree.
+const coveringConsent = `SELECT c.id FROM consents c WHERE ` + coveredBy + ` ORDER BY c.create_time, c.id LIMIT 1`
+
+// coveredBy is the condition on consent c; see coveringConsent.
+const coveredBy = `c.clinic = $1 AND c.family_id = $2
+	  AND c.revoke_time IS NULL AND c.sign_time <= $6 AND c.expire_time > $6
+	  AND $4::smallint = ANY (c.information) AND $5::smallint = ANY (c.purposes)
+	  AND ($3::text = ANY (c.recipients) OR (c.treating_providers AND $5::smallint = 1))
+	  AND NOT EXISTS (SELECT 1 FROM consent_revocations r
+		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient = $3::text)`
+
+// covering returns coveringConsent over other expressions for its six
+// parameters, to embed it in a larger statement.
+func covering(clinic, family, recipient, info, purpose, now string) string {
+	return strings.NewReplacer("$1", clinic, "$2", family, "$3", recipient, "$4", info, "$5", purpose, "$6", now).
+		Replace(coveringConsent)
+}
+
+// consentRefused is the answer when no consent covers a disclosure.
+func consentRefused(family, recipient string, info familiesv1.InformationKind, purpose familiesv1.Purpose) error {
+	return apperr.FailedPrecondition(ReasonConsentRequired,
+		fmt.Sprintf("no active consent of %s covers disclosing %s to %q for %s", family, info, recipient, purpose),
+		map[string]string{"family": family, "recipient": recipient, "information": info.String(), "purpose": purpose.String()})
+}
+
+// outsider reports whether the caller is a system outside the clinic whose
+// reads are disclosures: the EHR integration. Staff and the workflows act
+// inside the program.
+func outsider(ctx context.Context) (auth.Principal, bool) {
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return p, false
+	}
+	return p, p.Has(auth.RoleEHR) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
+}
+
+// discloseTx checks that a consent covers the disclosure and records it, in
+// one statement. It returns the disclosure's id and consent, or
+// CONSENT_REQUIRED.
+func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *familiesv1.Disclosure) (*familiesv1.Disclosure, error) {
+	now := s.cfg.Now()
+	id := aip.NewID()
+	rows, err := q.Query(ctx, `WITH c AS (`+coveringConsent+`)
+		INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time)
+		SELECT $1, $2, $7, $3, $4, $5, $8, $9, c.id, $10, $6 FROM c
+		RETURNING consent_id`,
+		c.clinic, c.family, d.GetRecipient(), int16(d.GetInformation()), int16(d.GetPurpose()), now,
+		id, d.GetResource(), int16(d.GetChannel()), auth.Actor(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("record disclosure: %w", err)
+	}
+	consentID, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[string])
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("record disclosure: %w", err)
+	}
+	out := &familiesv1.Disclosure{
+		Name: aip.Name(c.familyName(), "disclosures", id), Recipient: d.GetRecipient(), Information: d.GetInformation(),
+		Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(),
+		Consent: aip.Name(c.familyName(), "consents", consentID), Discloser: auth.Actor(ctx),
+		DiscloseTime: timestamppb.New(now), Notice: Notice,
+	}
+	return out, nil
+}
+
+// discloseToCaller gates a read by an outside system (the EHR) on consent
+// and records it; reads by staff and the workflows pass untouched.
+func (s *Server) discloseToCaller(ctx context.Context, c child, info familiesv1.InformationKind, resource string) error {
+	p, out := outsider(ctx)
+	if !out {
+		return nil
+	}
+	_, err := s.discloseTx(ctx, s.pool, c, &familiesv1.Disclosure{
+		Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+	})
+	return err
+}
+
+// CreateDisclosure implements the API.
+func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDisclosureRequest) (*familiesv1.Disclosure, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	d := req.GetDisclosure()
+	var vs apperr.Violations
+	if d.GetRecipient() == "" {
+		vs.Add("disclosure.recipient", "is required")
+	}
+	if d.GetResource() == "" {
+		vs.Add("disclosure.resource", "is required")
+	} else if rc := aip.Clinic(d.GetResource()); rc != "" && rc != c.clinic {
+		vs.Add("disclosure.resource", "must be a record of clinic %q", c.clinic)
+	}
+	if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		vs.Add("disclosure.information", "is required")
+	}
+	if d.GetPurpose() == familiesv1.Purpose_PURPOSE_UNSPECIFIED {
+		vs.Add("disclosure.purpose", "is required")
+	}
+	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
+		vs.Add("disclosure.channel", "is required")
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	if p, out := outsider(ctx); out && d.GetRecipient() != p.Subject {
+		// An outside system discloses only to itself: it cannot borrow a
+		// consent given to someone else.
+		return nil, apperr.Field("disclosure.recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
+	}
+	return s.discloseTx(ctx, s.pool, c, d)
+}
+
+const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`
+
+func scanDisclosure(fam string) pgx.RowToFunc[*familiesv1.Disclosure] {
+	return func(r pgx.CollectableRow) (*familiesv1.Disclosure, error) {
+		var (
+			id, recipient, resource, consent, discloser string
+			info, purpose, channel                      int16
+			at                                          time.Time
+		)
+		if err := r.Scan(&id, &recipient, &info, &purpose, &resource, &channel, &consent, &discloser, &at); err != nil {
+			return nil, err
+		}
+		return &familiesv1.Disclosure{
+			Name: aip.Name(fam, "disclosures", id), Recipient: recipient, Information: familiesv1.InformationKind(info),
+			Purpose: familiesv1.Purpose(purpose), Resource: resource, Channel: familiesv1.DisclosureChannel(channel),
+			Consent: aip.Name(fam, "consents", consent), Discloser: discloser, DiscloseTime: timestamppb.New(at), Notice: Notice,
+		}, nil
+	}
+}
+
+// ListDisclosures implements the API. The accounting is kept after the
+// family is deleted, so a missing family is not an error.
+func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclosuresRequest) (*familiesv1.ListDisclosuresResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "disclosures", disclosureSelect, "clinic = $1 AND family_id = $2",
+		[]any{c.clinic, c.family}, listOf{req.GetParent(), req.GetPageToken(), req.GetPageSize()}, nil,
+		scanDisclosure(c.familyName()), (*familiesv1.Disclosure).GetName)
+	if err != nil {
+		return nil, err
+	}
+	return &familiesv1.ListDisclosuresResponse{Disclosures: items, NextPageToken: next}, nil
+}
+
+// listOf adapts List requests without a filter to pgdb.ListRequest.
+type listOf struct {
+	parent, token string
+	size          int32
+}
+
+func (l listOf) GetParent() string    { return l.parent }
+func (l listOf) GetFilter() string    { return "" }
+func (l listOf) GetPageToken() string { return l.token }
+func (l listOf) GetPageSize() int32   { return l.size }
+
+// --- Consents ---
+
+const consentSelect = `SELECT c.id, c.discloser, c.information, c.recipients, c.treating_providers, c.purposes,
+	c.expire_time, c.signer, c.sign_time, c.recorder, c.revoke_time, c.create_time, c.update_time, c.version,
+	COALESCE((SELECT jsonb_agg(jsonb_build_object('recipient', r.recipient, 'reason', r.reason, 'recorder', r.recorder,
+		'revoke_time', r.revoke_time) ORDER BY r.seq)
+		FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id), '[]')
+	FROM consents c`
+
+type revocationRow struct {
+	Recipient  string    `json:"recipient"`
+	Reason     string    `json:"reason"`
+	Recorder   string    `json:"recorder"`
+	RevokeTime time.Time `json:"revoke_time"`
+}
+
+func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
+	now := s.cfg.Now()
+	return func(r pgx.CollectableRow) (*familiesv1.Consent, error) {
+		var (
+			id, discloser, signer, recorder  string
+			info, purposes                   []int16
+			recipients                       []string
+			treating                         bool
+			expire, signed, created, updated time.Time
+			revoked                          *time.Time
+			version                          int64
+			revocations                      []revocationRow
+		)
+		if err := r.Scan(&id, &discloser, &info, &recipients, &treating, &purposes, &expire, &signer, &signed,
+			&recorder, &revoked, &created, &updated, &version, &revocations); err != nil {
+			return nil, err
+		}
+		c := &familiesv1.Consent{
+			Name: aip.Name(fam, "consents", id), Discloser: discloser, Recipients: recipients, TreatingProviders: treating,
+			ExpireTime: timestamppb.New(expire), Signer: signer, SignTime: timestamppb.New(signed),
+			RevocationRightStated: true, Recorder: recorder, CreateTime: timestamppb.New(created),
+			UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+		}
+		for _, k := range info {
+			c.Information = append(c.Information, familiesv1.InformationKind(k))
+		}
+		for _, p := range purposes {
+			c.Purposes = append(c.Purposes, familiesv1.Purpose(p))
+		}
+		for _, rv := range revocations {
+			c.Revocations = append(c.Revocations, &familiesv1.Revocation{
+				Recipient: rv.Recipient, Reason: rv.Reason, Recorder: rv.Recorder, RevokeTime: timestamppb.New(rv.RevokeTime),
+			})
+		}
+		switch {
+		case revoked != nil:
+			c.State = familiesv1.ConsentState_CONSENT_STATE_REVOKED
+		case !expire.After(now):
+			c.State = familiesv1.ConsentState_CONSENT_STATE_EXPIRED
+		default:
+			c.State = familiesv1.ConsentState_CONSENT_STATE_ACTIVE
+		}
+		return c, nil
+	}
+}
+
+func (s *Server) readConsent(ctx context.Context, q pgdb.Querier, c child, lock bool) (*familiesv1.Consent, error) {
+	sql := consentSelect + ` WHERE c.clinic = $1 AND c.family_id = $2 AND c.id = $3`
+	if lock {
+		sql += ` FOR UPDATE OF c`
+	}
+	rows, err := q.Query(ctx, sql, c.clinic, c.family, c.id)
+	return pgdb.One(rows, err, aip.Name(c.familyName(), "consents", c.id), s.scanConsent(c.familyName()))
+}
+
+func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
+	if c.GetDiscloser() == "" {
+		vs.Add("consent.discloser", "is required: who may disclose")
+	}
+	if len(c.GetInformation()) == 0 {
+		vs.Add("consent.information", "is required: what may be disclosed")
+	}
+	if len(c.GetPurposes()) == 0 {
+		vs.Add("consent.purposes", "is required: what the disclosures are for")
+	}
+	if len(c.GetRecipients()) == 0 && !c.GetTreatingProviders() {
+		vs.Add("consent.recipients", "name at least one recipient, or set treating_providers")
+	}
+	if c.GetSigner() == "" {
+		vs.Add("consent.signer", "is required")
+	}
+	if c.GetSignTime() == nil {
+		vs.Add("consent.sign_time", "is required")
+	} else if c.GetSignTime().AsTime().After(now.Add(time.Minute)) {
+		vs.Add("consent.sign_time", "must not be in the future")
+	}
+	if c.GetExpireTime() == nil {
+		vs.Add("consent.expire_time", "is required: a Part 2 consent states when it ends")
+	} else if !c.GetExpireTime().AsTime().After(now) {
+		vs.Add("consent.expire_time", "must be in the future")
+	} else if c.GetSignTime() != nil && !c.GetExpireTime().AsTime().After(c.GetSignTime().AsTime()) {
+		vs.Add("consent.expire_time", "must be after sign_time")
+	}
+	if !c.GetRevocationRightStated() {
+		vs.Add("consent.revocation_right_stated", "must be true: the patient must be told of the right to revoke")
+	}
+}
+
+// CreateConsent implements the API.
+func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsentRequest) (*familiesv1.Consent, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	in := req.GetConsent()
+	now := s.cfg.Now()
+	var vs apperr.Violations
+	checkConsent(&vs, in, now)
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	info := make([]int16, 0, len(in.GetInformation()))
+	for _, k := range in.GetInformation() {
+		info = append(info, int16(k))
+	}
+	purposes := make([]int16, 0, len(in.GetPurposes()))
+	for _, p := range in.GetPurposes() {
+		purposes = append(purposes, int16(p))
+	}
+	slices.Sort(info)
+	slices.Sort(purposes)
+	recipients := in.GetRecipients()
+	if recipients == nil {
+		recipients = []string{}
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateConsent", req.GetRequestId(), req,
+		func() *familiesv1.Consent { return &familiesv1.Consent{} },
+		func(tx pgx.Tx) (*familiesv1.Consent, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			c.id = aip.NewID()
+			if _, err := tx.Exec(ctx, `INSERT INTO consents (clinic, family_id, id, discloser, information, recipients,
+				treating_providers, purposes, expire_time, signer, sign_time, recorder, create_time, update_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)`,
+				c.clinic, c.family, c.id, in.GetDiscloser(), info, recipients, in.GetTreatingProviders(), purposes,
+				in.GetExpireTime().AsTime(), in.GetSigner(), in.GetSignTime().AsTime(), auth.Actor(ctx), now); err != nil {
+				return nil, fmt.Errorf("insert consent: %w", err)
+			}
+			out, err := s.readConsent(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, c.clinic, "consent.created", out.GetName(), out)
+		})
+}
+
+// visibleToCaller reports whether the caller may see consent co: staff see
+// every consent; an outside system sees only those that name it or the
+// treating-providers designation, so it learns nothing of consents given to
+// others.
+func visibleToCaller(ctx context.Context, co *familiesv1.Consent) bool {
+	p, out := outsider(ctx)
+	return !out || co.GetTreatingProviders() || slices.Contains(co.GetRecipients(), p.Subject)
+}
+
+// GetConsent implements the API.
+func (s *Server) GetConsent(ctx context.Context, req *familiesv1.GetConsentRequest) (*familiesv1.Consent, error) {
+	c, err := parseChild("name", req.GetName(), "consents")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	co, err := s.readConsent(ctx, s.pool, c, false)
+	if err != nil {
+		return nil, err
+	}
+	if !visibleToCaller(ctx, co) {
+		return nil, apperr.NotFound(req.GetName())
+	}
+	return co, nil
+}
+
+// ListConsents implements the API.
+func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsRequest) (*familiesv1.ListConsentsResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	scope, args := "c.clinic = $1 AND c.family_id = $2", []any{c.clinic, c.family}
+	if p, out := outsider(ctx); out {
+		// Filtered in SQL so that pages stay full and tokens never point
+		// past consents the caller may not see.
+		scope += " AND (c.treating_providers OR $3::text = ANY (c.recipients))"
+		args = append(args, p.Subject)
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args,
+		listOf{req.GetParent(), req.GetPageToken(), req.GetPageSize()}, nil,
+		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
+	if err != nil {
+		return nil, err
+	}
+	return &familiesv1.ListConsentsResponse{Consents: items, NextPageToken: next}, nil
+}
+
+// RevokeConsent implements the API.
+func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsentRequest) (*familiesv1.Consent, error) {
+	c, err := parseChild("name", req.GetName(), "consents")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	// Revocation is idempotent by nature, so it takes no request id.
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"RevokeConsent", "", req,
+		func() *familiesv1.Consent { return &familiesv1.Consent{} }, func(tx pgx.Tx) (*familiesv1.Consent, error) {
+			co, err := s.readConsent(ctx, tx, c, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(req.GetName(), req.GetEtag(), co.GetEtag()); err != nil {
+				return nil, err
+			}
+			recipient := req.GetRecipient()
+			if recipient != "" && !co.GetTreatingProviders() && !slices.Contains(co.GetRecipients(), recipient) {
+				return nil, apperr.Field("recipient", "%q is not a recipient of %s", recipient, req.GetName())
+			}
+			// Revoking what is already revoked changes nothing (a retry).
+			if co.GetState() == familiesv1.ConsentState_CONSENT_STATE_REVOKED {
+				return co, nil
+			}
+			for _, r := range co.GetRevocations() {
+				if recipient != "" && r.GetRecipient() == recipient {
+					return co, nil
+				}
+			}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO consent_revocations (clinic, family_id, consent_id, recipient, reason, recorder, revoke_time)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, c.clinic, c.family, c.id, recipient, req.GetReason(), auth.Actor(ctx), now); err != nil {
+				return nil, fmt.Errorf("revoke consent: %w", err)
+			}
+			whole := "NULL"
+			if recipient == "" {
+				whole = "$4"
+			}
+			if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = COALESCE(revoke_time, `+whole+`::timestamptz),
+			update_time = $4, version = version + 1 WHERE clinic = $1 AND family_id = $2 AND id = $3`,
+				c.clinic, c.family, c.id, now); err != nil {
+				return nil, fmt.Errorf("revoke consent: %w", err)
+			}
+			out, err := s.readConsent(ctx, tx, c, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, c.clinic, "consent.revoked", out.GetName(), out)
+		})
+}
+
+// discloseFamilies records that the caller received the identity of each
+// of fams (ids) and returns the ones a consent covered; a family whose
+// consent was revoked since it was listed is left out.
+func (s *Server) discloseFamilies(ctx context.Context, clinic string, fams []string, recipient string) (map[string]bool, error) {
+	ids, res := make([]string, len(fams)), make([]string, len(fams))
+	for i, f := range fams {
+		ids[i], res[i] = aip.NewID(), familyName(clinic, f)
+	}
+	rows, err := s.pool.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
+			channel, consent_id, discloser, disclose_time)
+		SELECT $1, t.fam, t.id, $4, $5, $6, t.res, $7, c.id, $8, $9
+		FROM unnest($2::text[], $3::text[], $10::text[]) AS t (fam, id, res)
+		CROSS JOIN LATERAL (`+covering("$1", "t.fam", "$4", "$5", "$6", "$9")+`) c
+		RETURNING family_id`,
+		clinic, fams, ids, recipient, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
+		int16(familiesv1.Purpose_PURPOSE_TREATMENT), int16(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API),
+		auth.Actor(ctx), s.cfg.Now(), res)
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	ok := make(map[string]bool, len(got))
+	for _, f := range got {
+		ok[f] = true
+	}
+	return ok, nil
+}

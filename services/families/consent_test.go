@@ -1,0 +1,356 @@
+package families_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+// clock is a settable clock for expiry tests.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+
+type consentFixture struct {
+	*fixture
+	clock *clock
+	app   *pgdb.DB
+	admin context.Context
+}
+
+func setupConsent(t *testing.T) *consentFixture {
+	t.Helper()
+	pool, schema := pgtest.Schema(t, families.Migrations()...)
+	clk := &clock{now: time.Now()}
+	app := pgtest.App(t, schema)
+	srv := families.New(app, families.Config{Now: clk.Now})
+	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(s, srv)
+	})
+	env.Server.SetAuditor(srv.Auditor())
+	f := &fixture{env: env, pool: pool, schema: schema, client: familiesv1.NewFamiliesServiceClient(env.Conn), ctx: env.Counselor("north")}
+	return &consentFixture{fixture: f, clock: clk, app: app, admin: env.As("north", "admin-1", auth.RoleClinicAdmin)}
+}
+
+func (f *consentFixture) ehr(subject string) context.Context {
+	return f.env.As("north", subject, auth.RoleEHR)
+}
+
+func (f *consentFixture) consent(t *testing.T, fam string, c *familiesv1.Consent) *familiesv1.Consent {
+	t.Helper()
+	out, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam, Consent: c})
+	if err != nil {
+		t.Fatalf("CreateConsent: %v", err)
+	}
+	return out
+}
+
+func (f *consentFixture) validConsent(recipients ...string) *familiesv1.Consent {
+	now := f.clock.Now()
+	return &familiesv1.Consent{
+		Discloser:   "North Recovery Clinic",
+		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_IDENTITY},
+		Recipients:  recipients,
+		Purposes:    []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
+		ExpireTime:  timestamppb.New(now.Add(365 * 24 * time.Hour)),
+		Signer:      "Sam Rivera", SignTime: timestamppb.New(now.Add(-time.Hour)),
+		RevocationRightStated: true,
+	}
+}
+
+func wantConsentRequired(t *testing.T, err error) {
+	t.Helper()
+	st := wantCode(t, err, codes.FailedPrecondition)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == families.ReasonConsentRequired {
+			return
+		}
+	}
+	t.Fatalf("refusal without reason %s: %v", families.ReasonConsentRequired, st.Details())
+}
+
+func (f *consentFixture) disclosures(t *testing.T, fam string) []*familiesv1.Disclosure {
+	t.Helper()
+	resp, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam})
+	if err != nil {
+		t.Fatalf("ListDisclosures: %v", err)
+	}
+	return resp.GetDisclosures()
+}
+
+func TestConsentValidation(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	now := f.clock.Now()
+	cases := map[string]struct {
+		mutate func(*familiesv1.Consent)
+		field  string
+	}{
+		"no discloser":         {func(c *familiesv1.Consent) { c.Discloser = "" }, "consent.discloser"},
+		"no information":       {func(c *familiesv1.Consent) { c.Information = nil }, "consent.information"},
+		"no purpose":           {func(c *familiesv1.Consent) { c.Purposes = nil }, "consent.purposes"},
+		"no recipient":         {func(c *familiesv1.Consent) { c.Recipients = nil }, "consent.recipients"},
+		"no signer":            {func(c *familiesv1.Consent) { c.Signer = "" }, "consent.signer"},
+		"no expiry":            {func(c *familiesv1.Consent) { c.ExpireTime = nil }, "consent.expire_time"},
+		"expired":              {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(now.Add(-time.Minute)) }, "consent.expire_time"},
+		"signed in the future": {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(now.Add(time.Hour)) }, "consent.sign_time"},
+		"right to revoke not stated": {func(c *familiesv1.Consent) { c.RevocationRightStated = false },
+			"consent.revocation_right_stated"},
+	}
+	for name, tc := range cases {
+		c := f.validConsent("ehr-1")
+		tc.mutate(c)
+		_, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: c})
+		st := wantCode(t, err, codes.InvalidArgument)
+		found := false
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					found = found || v.GetField() == tc.field
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: no violation of %s in %v", name, tc.field, st.Details())
+		}
+	}
+	list, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(list.GetConsents()) != 0 {
+		t.Fatalf("refused consents were recorded: %v %v", list, err)
+	}
+	// The EHR may not record consents, only staff.
+	_, err = f.client.CreateConsent(f.ehr("ehr-1"), &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: f.validConsent("ehr-1")})
+	wantCode(t, err, codes.PermissionDenied)
+}
+
+func TestDisclosureNeedsCoveringConsent(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	ehr := f.ehr("ehr-1")
+
+	// No consent: the EHR's read is refused and nothing is recorded.
+	_, err := f.client.GetFamily(ehr, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantConsentRequired(t, err)
+	if d := f.disclosures(t, fam.GetName()); len(d) != 0 {
+		t.Fatalf("refused disclosure was recorded: %v", d)
+	}
+	// Staff read as before: they are the program, not a recipient.
+	if _, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("counselor read: %v", err)
+	}
+
+	// A consent to someone else does not count.
+	f.consent(t, fam.GetName(), f.validConsent("ehr-2"))
+	_, err = f.client.GetFamily(ehr, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantConsentRequired(t, err)
+
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	if co.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE || co.GetRecorder() != "counselor-1" {
+		t.Fatalf("new consent: %v", co)
+	}
+	got, err := f.client.GetFamily(ehr, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || got.GetName() != fam.GetName() {
+		t.Fatalf("read under consent: %v %v", got, err)
+	}
+	ds := f.disclosures(t, fam.GetName())
+	if len(ds) != 1 || ds[0].GetRecipient() != "ehr-1" || ds[0].GetConsent() != co.GetName() ||
+		ds[0].GetResource() != fam.GetName() || ds[0].GetNotice() != families.Notice ||
+		ds[0].GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API {
+		t.Fatalf("accounting after one read: %v", ds)
+	}
+
+	// The consent covers identity for treatment only.
+	disclose := func(ctx context.Context, d *familiesv1.Disclosure) error {
+		_, err := f.client.CreateDisclosure(ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: d})
+		return err
+	}
+	ref := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: "clinics/north/referrals/r1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+	wantConsentRequired(t, disclose(ehr, ref))
+	pay := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+	wantConsentRequired(t, disclose(ehr, pay))
+	// An integration discloses only to itself.
+	other := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+	wantCode(t, disclose(ehr, other), codes.InvalidArgument)
+	// A resource of another clinic is not this family's record.
+	foreign := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: "clinics/south/families/x", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+	wantCode(t, disclose(ehr, foreign), codes.InvalidArgument)
+	// Staff record a referral faxed to a program under the named consent.
+	fax := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}
+	if err := disclose(f.ctx, fax); err != nil {
+		t.Fatalf("manual disclosure: %v", err)
+	}
+	if n := len(f.disclosures(t, fam.GetName())); n != 2 {
+		t.Fatalf("accounting holds %d disclosures, want 2 (refusals record nothing)", n)
+	}
+	// The consent is visible to the EHR it names, not to another EHR.
+	if _, err := f.client.GetConsent(ehr, &familiesv1.GetConsentRequest{Name: co.GetName()}); err != nil {
+		t.Fatalf("named EHR reads its consent: %v", err)
+	}
+	_, err = f.client.GetConsent(f.ehr("ehr-3"), &familiesv1.GetConsentRequest{Name: co.GetName()})
+	wantCode(t, err, codes.NotFound)
+	list, err := f.client.ListConsents(f.ehr("ehr-3"), &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(list.GetConsents()) != 0 {
+		t.Fatalf("another EHR lists consents not given to it: %v %v", list, err)
+	}
+}
+
+func TestRevocationTakesEffectAtOnce(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1", "ehr-2"))
+	read := func(subject string) error {
+		_, err := f.client.GetFamily(f.ehr(subject), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		return err
+	}
+	for _, s := range []string{"ehr-1", "ehr-2"} {
+		if err := read(s); err != nil {
+			t.Fatalf("%s before revocation: %v", s, err)
+		}
+	}
+	// A stale etag is refused.
+	_, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-2", Etag: "v99"})
+	wantCode(t, err, codes.Aborted)
+	// Not a recipient of this consent.
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-9"})
+	wantCode(t, err, codes.InvalidArgument)
+
+	one, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-2",
+		Reason: "moved to another clinic", Etag: co.GetEtag()})
+	if err != nil {
+		t.Fatalf("revoke for ehr-2: %v", err)
+	}
+	if one.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE || len(one.GetRevocations()) != 1 ||
+		one.GetRevocations()[0].GetRecipient() != "ehr-2" || one.GetEtag() == co.GetEtag() {
+		t.Fatalf("after revoking one recipient: %v", one)
+	}
+	wantConsentRequired(t, read("ehr-2"))
+	if err := read("ehr-1"); err != nil {
+		t.Fatalf("ehr-1 after ehr-2's revocation: %v", err)
+	}
+	// Revoking again changes nothing.
+	again, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-2"})
+	if err != nil || again.GetEtag() != one.GetEtag() {
+		t.Fatalf("repeated revocation changed the consent: %v %v", again, err)
+	}
+	all, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName()})
+	if err != nil || all.GetState() != familiesv1.ConsentState_CONSENT_STATE_REVOKED {
+		t.Fatalf("revoke all: %v %v", all, err)
+	}
+	wantConsentRequired(t, read("ehr-1"))
+}
+
+func TestTreatingProvidersAndExpiry(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	c := f.validConsent()
+	c.TreatingProviders = true
+	c.Purposes = []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT, familiesv1.Purpose_PURPOSE_PAYMENT}
+	c.ExpireTime = timestamppb.New(f.clock.Now().Add(48 * time.Hour))
+	f.consent(t, fam.GetName(), c)
+	// The general designation covers any treating provider, for treatment.
+	if _, err := f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("treating provider read: %v", err)
+	}
+	_, err := f.client.CreateDisclosure(f.ehr("any-ehr"), &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(),
+		Disclosure: &familiesv1.Disclosure{Recipient: "any-ehr", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+			Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}})
+	wantConsentRequired(t, err)
+	// Past its expiry the consent covers nothing.
+	f.clock.Add(49 * time.Hour)
+	_, err = f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantConsentRequired(t, err)
+	list, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(list.GetConsents()) != 1 || list.GetConsents()[0].GetState() != familiesv1.ConsentState_CONSENT_STATE_EXPIRED {
+		t.Fatalf("expired consent: %v %v", list, err)
+	}
+}
+
+func TestEHRListSeesOnlyConsentedFamilies(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fams := []*familiesv1.Family{f.create(t), f.create(t), f.create(t)}
+	f.consent(t, fams[1].GetName(), f.validConsent("ehr-1"))
+	var seen []string
+	token := ""
+	for page := 0; ; page++ {
+		resp, err := f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatalf("EHR list: %v", err)
+		}
+		for _, fam := range resp.GetFamilies() {
+			seen = append(seen, fam.GetName())
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+		if page > 3 {
+			t.Fatal("the list does not end")
+		}
+	}
+	if len(seen) != 1 || seen[0] != fams[1].GetName() {
+		t.Fatalf("EHR saw %v, want only %s", seen, fams[1].GetName())
+	}
+	if ds := f.disclosures(t, fams[1].GetName()); len(ds) != 1 {
+		t.Fatalf("listing disclosed %d times, want 1", len(ds))
+	}
+	if ds := f.disclosures(t, fams[0].GetName()); len(ds) != 0 {
+		t.Fatalf("a hidden family has disclosures: %v", ds)
+	}
+}
+
+func TestAccountingOutlivesFamilyAndIsAppendOnly(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	if _, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteFamily(f.admin, &familiesv1.DeleteFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("DeleteFamily: %v", err)
+	}
+	if ds := f.disclosures(t, fam.GetName()); len(ds) != 1 {
+		t.Fatalf("accounting after the family was deleted: %v", ds)
+	}
+	if _, err := f.client.GetConsent(f.ctx, &familiesv1.GetConsentRequest{Name: co.GetName()}); err != nil {
+		t.Fatalf("signed consent after the family was deleted: %v", err)
+	}
+	// The services' role cannot rewrite the record.
+	ctx := pgdb.WithClinic(context.Background(), "north")
+	for _, stmt := range []string{
+		`UPDATE disclosures SET recipient = 'someone-else'`,
+		`DELETE FROM disclosures`,
+		`DELETE FROM consents`,
+		`DELETE FROM consent_revocations`,
+	} {
+		if _, err := f.app.Exec(ctx, stmt); err == nil {
+			t.Errorf("%s: allowed to the application role", stmt)
+		}
+	}
+}
