@@ -131,6 +131,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	})
 	api := limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux)))
 	root.Handle("/v1/", api)
+	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
 	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
 		// Span names by method only: paths hold resource names.
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))

@@ -1,0 +1,55 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+)
+
+// calendarRoute is where calendar apps read a feed. They cannot send a
+// bearer token, so the feed's secret token in the query authenticates the
+// call, and the interventions service checks it.
+const calendarRoute = "GET /calendar/v1/clinics/{clinic}/calendarFeeds/{file}"
+
+// calendarFeed serves a calendar feed as text/calendar. Any failure to
+// find the feed, including a wrong or revoked token, is the same 404. The
+// token is never logged: the request log and traces carry the path only.
+func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The address is a secret: no caches, and no Referer to other sites.
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("Referrer-Policy", "no-referrer")
+		feed, ok := strings.CutSuffix(r.PathValue("file"), ".ics")
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		body, err := client.ExportCalendarFeed(ctx, &interventionsv1.ExportCalendarFeedRequest{
+			Name:  "clinics/" + r.PathValue("clinic") + "/calendarFeeds/" + feed,
+			Token: r.URL.Query().Get("token"),
+		})
+		switch status.Code(err) {
+		case codes.OK:
+		case codes.NotFound, codes.InvalidArgument:
+			http.NotFound(w, r)
+			return
+		case codes.DeadlineExceeded, codes.Unavailable:
+			http.Error(w, "calendar temporarily unavailable", http.StatusServiceUnavailable)
+			return
+		default:
+			http.Error(w, "internal error", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", body.GetContentType())
+		w.Header().Set("Content-Disposition", `inline; filename="handoff.ics"`)
+		_, _ = w.Write(body.GetData())
+	})
+}

@@ -1,0 +1,154 @@
+package gateway_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	ics "github.com/arran4/golang-ical"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/interventions"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/servicetest"
+)
+
+// A calendar app subscribes to a feed over plain HTTP with no bearer token;
+// a reschedule shows as the same event, and a revoked or wrong token is a
+// 404.
+func TestCalendarFeedOverHTTP(t *testing.T) {
+	_, famSchema := pgtest.Schema(t, families.Migrations()...)
+	_, ivSchema := pgtest.Schema(t, interventions.Migrations()...)
+	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, famSchema), families.Config{}))
+	})
+	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
+	ivSrv := interventions.New(pgtest.App(t, ivSchema), interventions.Config{Families: famClient})
+	ivConn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
+		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
+	})
+	gw, err := gateway.New(context.Background(), gateway.Config{FamiliesAddr: env.Addr, InterventionsAddr: ivConn.Target(),
+		ReferralsAddr: "127.0.0.1:1", Verifier: env.Issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	base := "http://" + lis.Addr().String()
+	counselor := client{t: t, base: base, token: env.Issuer.MustMint(auth.TokenOptions{Subject: "counselor-1", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}})}
+
+	ctx := env.Counselor("north")
+	fam, err := famClient.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{GivenName: "Robin"}, Counselor: "counselor-1",
+		Members: []*familiesv1.Member{{Id: "dad", GivenName: "Ezra", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ivClient := interventionsv1.NewInterventionsServiceClient(ivConn)
+	start := time.Now().Add(72 * time.Hour).Truncate(time.Second)
+	iv, err := ivClient.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: fam.GetName(), Counselor: "counselor-1",
+			StartTime: timestamppb.New(start), ExpectedDuration: durationpb.New(time.Hour),
+			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{
+				Link: "https://video.example.org/robin"}}},
+			Participants: []*interventionsv1.Participant{{MemberId: "dad", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ivClient.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+
+	feed := counselor.ok("POST", "/v1/clinics/north/calendarFeeds", map[string]any{}, "Idempotency-Key", "feed-http-1")
+	feedURL, _ := feed["url"].(string)
+	if !strings.HasPrefix(feedURL, "/calendar/v1/clinics/north/calendarFeeds/") {
+		t.Fatalf("feed = %v", feed)
+	}
+	get := func(path string) (int, string, http.Header) {
+		t.Helper()
+		resp, err := http.Get(base + path) // no Authorization: a calendar app
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	read := func() *ics.VEvent {
+		t.Helper()
+		code, body, h := get(feedURL)
+		if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/calendar") || h.Get("Cache-Control") != "no-store" {
+			t.Fatalf("GET feed: %d %v %s", code, h, body)
+		}
+		for _, secret := range []string{"Robin", "Ezra", "video.example.org"} {
+			if strings.Contains(body, secret) {
+				t.Fatalf("the feed shows %q", secret)
+			}
+		}
+		cal, err := ics.ParseCalendar(strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("parse: %v\n%s", err, body)
+		}
+		if len(cal.Events()) != 1 {
+			t.Fatalf("%d events:\n%s", len(cal.Events()), body)
+		}
+		return cal.Events()[0]
+	}
+	seq := func(e *ics.VEvent) int {
+		n, err := strconv.Atoi(e.GetProperty(ics.ComponentPropertySequence).Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := read()
+	if got, _ := before.GetStartAt(); !got.Equal(start) {
+		t.Fatalf("DTSTART %v, want %v", got, start)
+	}
+	moved := start.Add(2 * time.Hour)
+	if _, err := ivClient.RescheduleIntervention(ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: timestamppb.New(moved)}); err != nil {
+		t.Fatal(err)
+	}
+	after := read()
+	if got, _ := after.GetStartAt(); after.Id() != before.Id() || seq(after) <= seq(before) || !got.Equal(moved) {
+		t.Fatalf("after a reschedule: UID %s (was %s), SEQUENCE %d (was %d), DTSTART %v", after.Id(), before.Id(), seq(after), seq(before), got)
+	}
+
+	path, token, _ := strings.Cut(feedURL, "?token=")
+	for name, p := range map[string]string{
+		"wrong token":   path + "?token=" + strings.Repeat("A", len(token)),
+		"missing token": path,
+		"no .ics":       strings.TrimSuffix(path, ".ics") + "?token=" + token,
+		"other clinic":  strings.Replace(path, "/north/", "/south/", 1) + "?token=" + token,
+	} {
+		if code, body, _ := get(p); code != http.StatusNotFound || strings.Contains(body, token) {
+			t.Errorf("%s: %d %s", name, code, body)
+		}
+	}
+	// Revoked: the same address stops working at once.
+	name, _ := feed["name"].(string)
+	counselor.ok("DELETE", "/v1/"+name, nil)
+	if code, _, _ := get(feedURL); code != http.StatusNotFound {
+		t.Fatalf("revoked feed: %d", code)
+	}
+}
