@@ -21,7 +21,8 @@ func init() {
 
 // roleTable renders every service's policy as one Markdown table.
 func roleTable() string {
-	roles := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR, auth.RoleReminders, auth.RoleWorker}
+	roles := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR, auth.RoleReminders, auth.RoleWorker,
+		auth.RoleCalendarFeed}
 	var b strings.Builder
 	b.WriteString("| method |")
 	for _, r := range roles {
