@@ -4065,8 +4065,8 @@ type CreateCalendarFeedRequest struct {
 	// object.
 	CalendarFeed *CalendarFeed `protobuf:"bytes,2,opt,name=calendar_feed,json=calendarFeed,proto3" json:"calendar_feed,omitempty"`
 	// A unique id for this request (a UUID is best). A retry with the same id
-	// returns the first result, token included; the same id with a different
-	// request is INVALID_ARGUMENT.
+	// returns the same feed with a new token (the earlier token stops
+	// working); the same id with a different request is INVALID_ARGUMENT.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -170,7 +170,9 @@ type InterventionsServiceClient interface {
 	// calendar apps read the caller's interventions as iCalendar (RFC 5545).
 	// The answer holds the feed's `url` with its token; it is shown only
 	// here, so keep it. Send a `request_id` so that a retry returns the same
-	// feed instead of creating a second one.
+	// feed instead of creating a second one; since Handoff keeps no copy of
+	// the token, the retry's answer carries a new token and the first one
+	// stops working.
 	CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error)
 	// Lists the caller's own calendar feeds, oldest first, without their
 	// `url`.
@@ -562,7 +564,9 @@ type InterventionsServiceServer interface {
 	// calendar apps read the caller's interventions as iCalendar (RFC 5545).
 	// The answer holds the feed's `url` with its token; it is shown only
 	// here, so keep it. Send a `request_id` so that a retry returns the same
-	// feed instead of creating a second one.
+	// feed instead of creating a second one; since Handoff keeps no copy of
+	// the token, the retry's answer carries a new token and the first one
+	// stops working.
 	CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error)
 	// Lists the caller's own calendar feeds, oldest first, without their
 	// `url`.
