@@ -22,6 +22,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/workflows/activities"
@@ -132,6 +133,11 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 			LovedOne: &familiesv1.LovedOne{GivenName: "B"}, Counselor: "c",
 			Members: []*familiesv1.Member{{Id: "m", GivenName: "M", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}})
 		if err != nil {
+			return nil, err
+		}
+		// The EHR reports the program's answers: it needs the patient's consent.
+		if _, err := fam.CreateConsent(counselor, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
+			Consent: families.TreatmentConsent("Bench clinic", "e", "B", time.Now())}); err != nil {
 			return nil, err
 		}
 		d, err := iv.CreateIntervention(counselor, &interventionsv1.CreateInterventionRequest{Parent: "clinics/flows", Intervention: &interventionsv1.Intervention{

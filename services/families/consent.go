@@ -482,3 +482,21 @@ func (s *Server) discloseFamilies(ctx context.Context, clinic string, fams []str
 	}
 	return ok, nil
 }
+
+// TreatmentConsent is a consent to disclose everything Handoff holds about
+// a patient to recipient, for treatment, for a year from now: what a clinic
+// records so that its own EHR integration may read. The demonstration
+// clinic, the stack tests and the benchmarks record it.
+func TreatmentConsent(discloser, recipient, signer string, now time.Time) *familiesv1.Consent {
+	return &familiesv1.Consent{
+		Discloser: discloser,
+		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+			familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS},
+		Recipients:            []string{recipient},
+		Purposes:              []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
+		ExpireTime:            timestamppb.New(now.AddDate(1, 0, 0)),
+		Signer:                signer,
+		SignTime:              timestamppb.New(now.Add(-time.Minute)),
+		RevocationRightStated: true,
+	}
+}

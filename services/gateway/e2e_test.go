@@ -159,6 +159,17 @@ func (w *world) family(given string) (family, boundary string) {
 			"contactChannels": []any{map[string]any{"kind": "CHANNEL_KIND_SMS", "value": "+15555550100"}}}},
 	})
 	family = str(f, "name")
+	// Without the patient's consent the EHR reads nothing (42 CFR Part 2).
+	if r := w.ehr.do("GET", "/v1/"+family, nil); r.code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "CONSENT_REQUIRED") {
+		w.t.Fatalf("EHR read before consent: %d %v", r.code, r.body)
+	}
+	now := time.Now().UTC()
+	w.counselor.ok("POST", "/v1/"+family+"/consents", map[string]any{
+		"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
+		"information": []string{"INFORMATION_KIND_IDENTITY", "INFORMATION_KIND_REFERRALS", "INFORMATION_KIND_APPOINTMENTS"},
+		"expireTime":  now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
+		"signer": given, "revocationRightStated": true})
+	w.ehr.ok("GET", "/v1/"+family, nil)
 	w.counselor.ok("POST", "/v1/"+family+"/barriers", map[string]any{"kind": "BARRIER_KIND_LOGISTICAL_WORK", "notes": "works nights"})
 	w.counselor.ok("POST", "/v1/"+family+"/safetyScreens", map[string]any{"result": "SAFETY_RISK_NO_RISK"})
 	b := w.counselor.ok("POST", "/v1/"+family+"/boundaries", map[string]any{

@@ -20,6 +20,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/workflows/ids"
@@ -263,7 +264,15 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 	if err != nil {
 		return nil, err
 	}
-	return readIntervention(ctx, s.pool, r, false)
+	out, err := readIntervention(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	// The EHR's read is a disclosure (FHIR Appointment): consent first.
+	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 var interventionFilter = map[string]aip.FilterField{
@@ -284,6 +293,11 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, `clinic = $1`, []any{clinic},
 		req, interventionFilter, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
+	if err != nil {
+		return nil, err
+	}
+	items, err = consentgate.Filter(ctx, s.consent, items, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
+		(*interventionsv1.Intervention).GetFamily, (*interventionsv1.Intervention).GetName)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -53,6 +54,8 @@ type Server struct {
 	interventionsv1.UnimplementedInterventionsServiceServer
 	pool *pgdb.DB
 	cfg  Config
+	// consent checks the EHR's reads with the families service.
+	consent *consentgate.Gate
 }
 
 // New returns a server over pool, whose search path is the service's schema.
@@ -65,7 +68,7 @@ func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{pool: pool, cfg: cfg}
+	s := &Server{pool: pool, cfg: cfg, consent: &consentgate.Gate{Families: cfg.Families}}
 	s.observeDue()
 	return s
 }

@@ -24,7 +24,9 @@ func Policy() grpcserver.Policy {
 		"UpdateChecklistItem")
 	p[svc+"CreateIntervention"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
 	// The EHR sees appointments (FHIR Appointment).
+	// Both are disclosures, checked against consent.
 	p[svc+"GetIntervention"] = slices.Concat(p[svc+"GetIntervention"], []auth.Role{auth.RoleEHR})
+	p[svc+"ListInterventions"] = slices.Concat(p[svc+"ListInterventions"], []auth.Role{auth.RoleEHR})
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin}, "ListTalkingPoints")
 	set([]auth.Role{auth.RoleClinicAdmin}, "CreateTalkingPoint", "DeleteTalkingPoint")
 	// Reminders: workflows create and cancel them; automation delivers them;

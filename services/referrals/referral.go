@@ -11,10 +11,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -232,7 +234,14 @@ func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRe
 	if err != nil {
 		return nil, err
 	}
-	return readReferral(ctx, s.pool, r, false)
+	out, err := readReferral(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 var referralFilter = map[string]aip.FilterField{
@@ -254,6 +263,14 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, `clinic = $1`, []any{clinic},
 		req, referralFilter, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })
+	if err != nil {
+		return nil, err
+	}
+	// An outside system sees only what consent covers. The check lives in
+	// another service, so a filtered page can come back short; its token
+	// still continues the list.
+	items, err = consentgate.Filter(ctx, s.cfg.Consent, items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
 	if err != nil {
 		return nil, err
 	}

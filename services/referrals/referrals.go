@@ -18,6 +18,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -43,6 +44,9 @@ type Config struct {
 	// Now is the clock; tests replace it.
 	Now func() time.Time
 	Log *slog.Logger
+	// Consent checks and records the EHR's reads and write-backs of
+	// referrals with the families service (42 CFR Part 2).
+	Consent *consentgate.Gate
 }
 
 // Server implements referralsv1.ReferralsServiceServer.

@@ -15,8 +15,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/referrals"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -37,15 +40,19 @@ type fixture struct {
 	ctx    context.Context // counselor of clinic "north"
 	admin  context.Context
 	ehr    context.Context
+	// consent stands in for the families service's consent check; the
+	// stack tests use the real one.
+	consent *fakeConsent
 }
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
 	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
-	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now})
+	consent := &fakeConsent{refused: map[string]bool{}}
+	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
-	return &fixture{env: env, pool: pool, srv: srv, clock: c, client: referralsv1.NewReferralsServiceClient(env.Conn),
+	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
 		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
 		ehr: env.As("north", "ehr", auth.RoleEHR)}
 }
@@ -395,5 +402,72 @@ func BenchmarkMatchPrograms10k(b *testing.B) {
 		if err != nil || len(resp.GetMatches()) != 10 {
 			b.Fatalf("match: %d results, %v", len(resp.GetMatches()), err)
 		}
+	}
+}
+
+// fakeConsent refuses disclosures of the families in refused and counts the
+// ones it allowed.
+type fakeConsent struct {
+	mu      sync.Mutex
+	refused map[string]bool
+	allowed []string
+}
+
+func (c *fakeConsent) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refused[in.GetParent()] {
+		return nil, apperr.FailedPrecondition(consentgate.ReasonConsentRequired, "no consent", nil)
+	}
+	c.allowed = append(c.allowed, in.GetDisclosure().GetResource())
+	return in.GetDisclosure(), nil
+}
+
+func (c *fakeConsent) refuse(family string) {
+	c.mu.Lock()
+	c.refused[family] = true
+	c.mu.Unlock()
+}
+
+func TestEHRNeedsConsent(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside"), 5)
+	mk := func(family string) *referralsv1.Referral {
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+			Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	open, closed := mk("clinics/north/families/open"), mk("clinics/north/families/closed")
+	f.consent.refuse("clinics/north/families/closed")
+
+	_, err := f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: closed.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	// A refused write-back changes nothing.
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: closed.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	cur, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: closed.GetName()})
+	if err != nil || cur.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || cur.GetEtag() != closed.GetEtag() {
+		t.Fatalf("refused write-back changed the referral: %v %v", cur, err)
+	}
+	// The list leaves out what no consent covers.
+	list, err := f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetReferrals()) != 1 || list.GetReferrals()[0].GetName() != open.GetName() {
+		t.Fatalf("EHR list = %v, %v; want only %s", list, err, open.GetName())
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: open.GetName()}); err != nil {
+		t.Fatalf("write-back under consent: %v", err)
+	}
+	// Staff are the program, not recipients: no checks for them.
+	f.consent.mu.Lock()
+	allowed := append([]string(nil), f.consent.allowed...)
+	f.consent.mu.Unlock()
+	if len(allowed) != 2 || allowed[0] != open.GetName() || allowed[1] != open.GetName() {
+		t.Fatalf("disclosures recorded: %v; want the listed and the accepted referral", allowed)
 	}
 }

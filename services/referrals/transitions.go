@@ -10,10 +10,12 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 )
 
@@ -53,6 +55,17 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 	r, err := authorized(ctx, "name", st.name, "referrals")
 	if err != nil {
 		return nil, err
+	}
+	if _, out := consentgate.Outsider(ctx); out {
+		// The answer to a write-back discloses the referral, so the EHR's
+		// step needs consent before it changes anything.
+		cur, err := readReferral(ctx, s.pool, r, false)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.cfg.Consent.Check(ctx, cur.GetFamily(), cur.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+			return nil, err
+		}
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {

@@ -22,6 +22,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
@@ -148,14 +149,15 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}); err != nil {
 		return fail(err)
 	}
-	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log})
+	famConn, err := dial(s.FamiliesAddr, nil)
+	if err != nil {
+		return fail(err)
+	}
+	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log,
+		Consent: &consentgate.Gate{Families: familiesv1.NewFamiliesServiceClient(famConn)}})
 	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpc.Server) {
 		referralsv1.RegisterReferralsServiceServer(g, refSrv)
 	}); err != nil {
-		return fail(err)
-	}
-	famConn, err := dial(s.FamiliesAddr, nil)
-	if err != nil {
 		return fail(err)
 	}
 	ivSrv := interventions.New(ivPool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)})

@@ -26,6 +26,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/workflows/codec"
@@ -110,6 +111,9 @@ func (e *env) family() (*familiesv1.Family, *familiesv1.Boundary) {
 		Members: []*familiesv1.Member{{Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT,
 			Role: familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON, ConsentToContact: true,
 			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550100"}}}}}}))
+	// The EHR reports the program's answers below: the patient consented.
+	ok(e.fam.CreateConsent(e.counsel, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
+		Consent: families.TreatmentConsent("North clinic", "ehr", "Sam", time.Now())}))
 	ok(e.fam.CreateBarrier(e.counsel, &familiesv1.CreateBarrierRequest{Parent: f.GetName(), Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}}))
 	ok(e.fam.CreateSafetyScreen(e.counsel, &familiesv1.CreateSafetyScreenRequest{Parent: f.GetName(), SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}))
 	b := ok(e.fam.CreateBoundary(e.counsel, &familiesv1.CreateBoundaryRequest{Parent: f.GetName(), Boundary: &familiesv1.Boundary{

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack"
 )
@@ -79,6 +81,20 @@ func loadDemo(ctx context.Context, st *stack.Stack, iss *auth.Issuer) (string, e
 	}})
 	if err != nil {
 		return "", fmt.Errorf("family: %w", err)
+	}
+	// Sam consented to the clinic's EHR seeing referrals and appointments
+	// (42 CFR Part 2); without it the EHR's reads are refused.
+	// Its times change from run to run, so a rerun looks before it records
+	// instead of reusing a request id.
+	consents, err := fam.ListConsents(counselor, &familiesv1.ListConsentsRequest{Parent: f.GetName()})
+	if err != nil {
+		return "", fmt.Errorf("consents: %w", err)
+	}
+	if len(consents.GetConsents()) == 0 {
+		if _, err := fam.CreateConsent(counselor, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
+			Consent: families.TreatmentConsent("Demo Recovery Clinic", "ehr-integration", "Sam", time.Now())}); err != nil {
+			return "", fmt.Errorf("consent: %w", err)
+		}
 	}
 	for i, k := range []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK} {
 		if _, err := fam.CreateBarrier(counselor, &familiesv1.CreateBarrierRequest{Parent: f.GetName(), Barrier: &familiesv1.Barrier{Kind: k},

@@ -25,6 +25,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/workflows/codec"
@@ -147,6 +148,8 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		f := ok(fam.CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
 			LovedOne: &familiesv1.LovedOne{GivenName: "R"}, Counselor: "c",
 			Members: []*familiesv1.Member{{Id: "m", GivenName: "M", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}}))(t)
+		ok(fam.CreateConsent(counselor, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
+			Consent: families.TreatmentConsent("North clinic", "e", "R", time.Now())}))(t)
 		d := ok(iv.CreateIntervention(counselor, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
 			Family: f.GetName(), Counselor: fmt.Sprintf("c-%d", i), StartTime: timestamppb.New(meetingAt), ExpectedDuration: durationpb.New(15 * time.Minute),
 			Place:        &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/r"}}},

@@ -24,6 +24,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
@@ -158,11 +159,21 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
-		register: func(s *grpcserver.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
-			srv := referrals.New(pool, referrals.Config{})
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+			creds, err := tlsconf.Client(f.tls)
+			if err != nil {
+				return nil, err
+			}
+			// The EHR's reads are checked against consent by the families
+			// service, with the EHR's own token.
+			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds})
+			if err != nil {
+				return nil, err
+			}
+			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: familiesv1.NewFamiliesServiceClient(conn)}})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
-			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, nil
+			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute); conn.Close() }, nil
 		},
 	},
 }

@@ -1,0 +1,112 @@
+// Package consentgate lets the services that do not hold consent records
+// (referrals, interventions) ask the families service before an outside
+// system reads one of their records. Reads by staff and the workflows happen
+// inside the program and pass untouched; a read by the EHR integration is a
+// disclosure under 42 CFR Part 2: it is checked against the patient's consent
+// and recorded in the accounting, in one call, with the caller's own token
+// so that the EHR can only disclose to itself.
+package consentgate
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/auth"
+)
+
+// ReasonConsentRequired is the ErrorInfo reason of a refused disclosure
+// (the families service's).
+const ReasonConsentRequired = "CONSENT_REQUIRED"
+
+// Discloser is the part of the families API the gate uses.
+type Discloser interface {
+	CreateDisclosure(ctx context.Context, in *familiesv1.CreateDisclosureRequest, opts ...grpc.CallOption) (*familiesv1.Disclosure, error)
+}
+
+// Gate checks and records disclosures to outside callers.
+type Gate struct {
+	Families Discloser
+}
+
+// Outsider reports whether the caller in ctx is a system outside the
+// program whose reads are disclosures, and returns it.
+func Outsider(ctx context.Context) (auth.Principal, bool) {
+	p, ok := auth.FromContext(ctx)
+	if !ok {
+		return p, false
+	}
+	return p, p.Has(auth.RoleEHR) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
+}
+
+// Check returns nil if the caller may receive resource, a record of family
+// of the given kind, and records that it did. Without a covering consent it
+// returns the families service's FAILED_PRECONDITION (CONSENT_REQUIRED).
+func (g *Gate) Check(ctx context.Context, family, resource string, info familiesv1.InformationKind) error {
+	p, out := Outsider(ctx)
+	if !out {
+		return nil
+	}
+	if g == nil || g.Families == nil {
+		// Without the families service nothing can be disclosed.
+		return status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
+	}
+	_, err := g.Families.CreateDisclosure(ctx, &familiesv1.CreateDisclosureRequest{
+		Parent: family,
+		Disclosure: &familiesv1.Disclosure{
+			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+		},
+	})
+	if err == nil {
+		return nil
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		// Pass the families service's answer on as it is: the caller needs
+		// its reason and metadata.
+		return err
+	}
+	return fmt.Errorf("check consent for %s: %w", resource, err)
+}
+
+// Refused reports whether err is a refusal for want of consent.
+func Refused(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.FailedPrecondition {
+		return false
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == ReasonConsentRequired {
+			return true
+		}
+	}
+	return false
+}
+
+// Filter keeps the items of a list that the caller may receive, recording
+// each disclosure; items no consent covers are left out. family and name
+// give an item's family and resource name.
+func Filter[T any](ctx context.Context, g *Gate, items []T, info familiesv1.InformationKind,
+	family, name func(T) string) ([]T, error) {
+	if _, out := Outsider(ctx); !out {
+		return items, nil
+	}
+	kept := items[:0:0]
+	for _, it := range items {
+		err := g.Check(ctx, family(it), name(it), info)
+		switch {
+		case err == nil:
+			kept = append(kept, it)
+		case Refused(err), status.Code(err) == codes.NotFound:
+			// No consent (or the family is gone): not this caller's to see.
+		default:
+			return nil, err
+		}
+	}
+	return kept, nil
+}
