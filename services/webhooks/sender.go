@@ -1,0 +1,419 @@
+package webhooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Notice is the statement every disclosure of Part 2 records carries
+// (42 CFR 2.32); FULL notifications include it beside the data.
+const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+
+// SenderConfig configures the sender.
+type SenderConfig struct {
+	// DB is the webhooks schema.
+	DB *pgdb.DB
+	// Families checks consent and records each FULL notification in the
+	// family's accounting of disclosures. Its connection carries the
+	// sender's own service token (role webhook_sender).
+	Families familiesv1.FamiliesServiceClient
+	Log      *slog.Logger
+	// MaxAttempts is how many attempts a delivery gets before it is dead
+	// (default 10).
+	MaxAttempts int
+	// BaseBackoff is the wait after the first failure; it doubles with
+	// each further failure, with jitter, up to MaxBackoff (defaults 5 s
+	// and 1 h).
+	BaseBackoff, MaxBackoff time.Duration
+	// Timeout bounds one HTTP attempt (default 10 s).
+	Timeout time.Duration
+	// Interval is how often the sender looks for due deliveries when idle
+	// (default 500 ms).
+	Interval time.Duration
+	// Parallel is how many notifications are in flight at once (default 8).
+	Parallel int
+	// AllowPrivate lets the sender connect to loopback, private and
+	// link-local addresses (development and tests).
+	AllowPrivate bool
+}
+
+// Sender POSTs due deliveries: at least once, in order per subscription
+// and resource, signed, retried with backoff and dead-lettered after
+// MaxAttempts. Several senders may run against one schema: a delivery is
+// leased to one of them while it is in flight.
+type Sender struct {
+	cfg    SenderConfig
+	client *http.Client
+}
+
+// NewSender returns a sender with cfg's defaults filled in.
+func NewSender(cfg SenderConfig) *Sender {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 10
+	}
+	if cfg.BaseBackoff <= 0 {
+		cfg.BaseBackoff = 5 * time.Second
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = time.Hour
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = 500 * time.Millisecond
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 8
+	}
+	dialer := &net.Dialer{Timeout: cfg.Timeout}
+	if !cfg.AllowPrivate {
+		dialer.Control = dialControl
+	}
+	transport := &http.Transport{
+		// No proxy from the environment: the address check must see the
+		// receiver's own address.
+		Proxy:                 nil,
+		DialContext:           dialer.DialContext,
+		TLSHandshakeTimeout:   cfg.Timeout,
+		ResponseHeaderTimeout: cfg.Timeout,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+	}
+	return &Sender{cfg: cfg, client: &http.Client{
+		Transport: transport,
+		Timeout:   cfg.Timeout,
+		// A redirect could lead anywhere, past the address check: a 3xx is
+		// a failed attempt.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+// Run sends until ctx ends.
+func (s *Sender) Run(ctx context.Context) {
+	for {
+		n, err := s.Once(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.cfg.Log.Warn("webhook sending paused", "error", err.Error())
+		}
+		wait := s.cfg.Interval
+		if err == nil && n > 0 {
+			wait = 0 // more may be due
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// pending is a claimed delivery with what sending it needs.
+type pending struct {
+	clinic, subscription, id string
+	eventType, resource      string
+	topic                    webhooksv1.Topic
+	family                   string
+	payload                  []byte
+	attempts                 int
+	created                  time.Time
+	url, secret, owner       string
+	full                     bool
+}
+
+func (p *pending) name() string {
+	return deliveryName(p.clinic, p.subscription, p.id)
+}
+
+// Once sends the deliveries that are due now and first in line for their
+// subscription and resource, and returns how many it attempted.
+func (s *Sender) Once(ctx context.Context) (int, error) {
+	batch, err := s.claim(ctx)
+	if err != nil {
+		return 0, err
+	}
+	sem := make(chan struct{}, s.cfg.Parallel)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, p := range batch {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := s.send(ctx, p); err != nil {
+				mu.Lock()
+				if firstErr == nil {
+					firstErr = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return len(batch), firstErr
+}
+
+// claim leases the due deliveries that have no earlier PENDING delivery of
+// the same subscription and resource, and counts the attempt now: a sender
+// that dies mid-send leaves the lease to expire and the delivery to be sent
+// again (at least once), never forgotten.
+func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
+	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
+	lease := 2*s.cfg.Timeout + 30*time.Second
+	rows, err := s.cfg.DB.Query(ctx, `WITH heads AS (
+			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
+			WHERE h.state = $3 AND h.next_attempt_time <= now()
+				AND NOT EXISTS (SELECT 1 FROM deliveries e
+					WHERE e.subscription_id = h.subscription_id AND e.resource = h.resource
+						AND e.state = $3 AND e.seq < h.seq)
+			ORDER BY h.next_attempt_time, h.seq
+			LIMIT $1
+			FOR UPDATE OF h SKIP LOCKED)
+		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1
+		FROM heads, subscriptions s
+		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
+			AND s.clinic = d.clinic AND s.id = d.subscription_id
+		RETURNING d.clinic, d.subscription_id, d.id, d.event_type, d.topic, d.resource, d.family, d.payload,
+			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload`,
+		4*s.cfg.Parallel, lease, statePending)
+	if err != nil {
+		return nil, fmt.Errorf("webhooks: claim: %w", err)
+	}
+	defer rows.Close()
+	var out []*pending
+	for rows.Next() {
+		p := &pending{}
+		var topic, kind int16
+		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
+			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind); err != nil {
+			return nil, fmt.Errorf("webhooks: claim: %w", err)
+		}
+		p.topic = webhooksv1.Topic(topic)
+		p.full = webhooksv1.PayloadKind(kind) == webhooksv1.PayloadKind_PAYLOAD_KIND_FULL && p.payload != nil
+		out = append(out, p)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("webhooks: claim: %w", err)
+	}
+	return out, nil
+}
+
+// send makes one attempt and records its outcome. The error is only for
+// failures to record: a failed attempt is a normal outcome.
+func (s *Sender) send(ctx context.Context, p *pending) error {
+	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
+	body, err := s.body(ctx, p)
+	var status int
+	if err == nil {
+		status, err = s.post(ctx, p, body)
+	}
+	if ctx.Err() != nil {
+		return nil // shutting down: the lease expires and the delivery is retried
+	}
+	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
+	if err == nil {
+		_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), last_error = ''
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $5`,
+			p.clinic, p.subscription, p.id, stateDelivered, statePending)
+		if uerr != nil {
+			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
+		}
+		log.Debug("webhook delivered", "status", status, "attempt", p.attempts)
+		return nil
+	}
+	reason := describe(err)
+	if p.attempts >= s.cfg.MaxAttempts {
+		_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $5`,
+			p.clinic, p.subscription, p.id, stateDead, statePending, reason)
+		if uerr != nil {
+			return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), uerr)
+		}
+		log.Warn("webhook dead-lettered", "attempts", p.attempts, "reason", reason)
+		return nil
+	}
+	wait := Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64)
+	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $6::interval, last_error = $7
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $4 AND attempts = $5`,
+		p.clinic, p.subscription, p.id, statePending, p.attempts, wait, reason)
+	if uerr != nil {
+		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
+	}
+	log.Info("webhook attempt failed", "attempt", p.attempts, "reason", reason, "retry_in", wait.String())
+	return nil
+}
+
+// Backoff is the wait after the attempt-th failed attempt: base doubled per
+// earlier failure, capped at max, with "equal jitter" (half of it fixed,
+// half random) so that receivers coming back are not hit by every sender
+// at once. rnd returns a number in [0, 1).
+func Backoff(attempt int, base, max time.Duration, rnd func() float64) time.Duration {
+	d := base
+	for i := 1; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	if d > max || d <= 0 {
+		d = max
+	}
+	return d/2 + time.Duration(rnd()*float64(d/2))
+}
+
+// notification is the JSON body of a POST.
+type notification struct {
+	ID       string          `json:"id"`
+	Type     string          `json:"type"`
+	Topic    string          `json:"topic"`
+	Resource string          `json:"resource"`
+	Time     string          `json:"time"`
+	Data     json.RawMessage `json:"data,omitempty"`
+	Notice   string          `json:"notice,omitempty"`
+}
+
+// body builds the notification. A FULL subscription gets the data only if
+// the families service, asked anew for every attempt so that a revocation
+// counts at once, confirms a consent and records the disclosure.
+func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
+	n := notification{
+		ID: p.id, Type: p.eventType, Topic: strings.TrimPrefix(p.topic.String(), "TOPIC_"),
+		Resource: p.resource, Time: p.created.UTC().Format(time.RFC3339Nano),
+	}
+	if p.full && p.family != "" {
+		ok, err := s.disclose(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			data, err := payloadJSON(p.payload)
+			if err != nil {
+				return nil, err
+			}
+			n.Data, n.Notice = data, Notice
+		}
+	}
+	b, err := json.Marshal(n)
+	if err != nil {
+		return nil, fmt.Errorf("encode notification: %w", err)
+	}
+	return b, nil
+}
+
+// disclose asks the families service to check consent and record the
+// disclosure. It answers false when no consent covers it (or the family is
+// gone), so the notification goes out with identifiers only.
+func (s *Sender) disclose(ctx context.Context, p *pending) (bool, error) {
+	if s.cfg.Families == nil {
+		return false, nil
+	}
+	info := familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS
+	if p.topic == webhooksv1.Topic_TOPIC_REFERRAL_CHANGED {
+		info = familiesv1.InformationKind_INFORMATION_KIND_REFERRALS
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	_, err := s.cfg.Families.CreateDisclosure(cctx, &familiesv1.CreateDisclosureRequest{
+		Parent: p.family,
+		Disclosure: &familiesv1.Disclosure{
+			Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
+		},
+	})
+	switch status.Code(err) {
+	case codes.OK:
+		return true, nil
+	case codes.FailedPrecondition, codes.NotFound:
+		return false, nil
+	default:
+		return false, fmt.Errorf("consent check: %s", status.Code(err))
+	}
+}
+
+// payloadJSON renders a stored event payload as protojson.
+func payloadJSON(b []byte) (json.RawMessage, error) {
+	a := &anypb.Any{}
+	if err := proto.Unmarshal(b, a); err != nil {
+		return nil, fmt.Errorf("decode payload: %w", err)
+	}
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		return nil, fmt.Errorf("decode payload: %w", err)
+	}
+	out, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode payload: %w", err)
+	}
+	return out, nil
+}
+
+// httpStatusError is a response outside 2xx.
+type httpStatusError int
+
+func (e httpStatusError) Error() string { return fmt.Sprintf("HTTP %d", int(e)) }
+
+// post sends the signed notification and returns the response status.
+func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("build request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "Handoff-Webhooks/1")
+	req.Header.Set(IDHeader, p.id)
+	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body))
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return resp.StatusCode, httpStatusError(resp.StatusCode)
+	}
+	return resp.StatusCode, nil
+}
+
+// describe says why an attempt failed, for last_error and the log, without
+// the URL (which may carry a token of the receiver's).
+func describe(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	if errors.Is(err, errPrivate) {
+		return errPrivate.Error()
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	msg := err.Error()
+	if len(msg) > 300 {
+		msg = msg[:300]
+	}
+	return msg
+}

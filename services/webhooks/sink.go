@@ -1,0 +1,174 @@
+package webhooks
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Sink turns outbox events into deliveries. The outbox relays call it for
+// every event after their Temporal dispatch; an error makes the relay retry
+// the event, and a retried event enqueues nothing twice.
+type Sink struct {
+	// DB is the webhooks schema.
+	DB *pgdb.DB
+}
+
+// For returns the function the relay of the outbox in schema source calls.
+func (k *Sink) For(source string) func(ctx context.Context, e outbox.Stored) error {
+	return func(ctx context.Context, e outbox.Stored) error {
+		_, err := k.Enqueue(ctx, source, e)
+		return err
+	}
+}
+
+// route is what an event means for subscribers.
+type route struct {
+	// topics the event is published under, in order of preference: a
+	// subscription to several of them gets one delivery, under the first.
+	topics []webhooksv1.Topic
+	// notBefore holds a delivery back until then (a reminder's due time).
+	notBefore *time.Time
+	// withdraw marks the resource's pending deliveries of this topic as
+	// no longer to be sent.
+	withdraw webhooksv1.Topic
+}
+
+const (
+	referralEvents     = "handoff.referrals.v1.referral."
+	interventionEvents = "handoff.interventions.v1.intervention."
+	reminderEvents     = "handoff.interventions.v1.reminder."
+)
+
+// routeOf maps an event to topics. Referral changes are REFERRAL_CHANGED;
+// those that book or settle an intake appointment are APPOINTMENT_CHANGED
+// too, as are all intervention changes. A new reminder is REMINDER_DUE at
+// its due time, withdrawn once the reminder is delivered, failed or
+// cancelled.
+func routeOf(eventType string, msg proto.Message) route {
+	switch {
+	case strings.HasPrefix(eventType, referralEvents):
+		r := route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}
+		ref, _ := msg.(*referralsv1.Referral)
+		switch strings.TrimPrefix(eventType, referralEvents) {
+		case "scheduled":
+			r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+		case "completed", "no_show", "cancelled":
+			if ref.GetIntakeAppointment() != nil {
+				r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+			}
+		}
+		return r
+	case strings.HasPrefix(eventType, interventionEvents):
+		return route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}
+	case eventType == reminderEvents+"created":
+		r := route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE}}
+		if rem, ok := msg.(*interventionsv1.Reminder); ok && rem.GetDueTime() != nil {
+			due := rem.GetDueTime().AsTime()
+			r.notBefore = &due
+		}
+		return r
+	case eventType == reminderEvents+"delivered", eventType == reminderEvents+"failed", eventType == reminderEvents+"cancelled":
+		return route{withdraw: webhooksv1.Topic_TOPIC_REMINDER_DUE}
+	}
+	return route{}
+}
+
+// Enqueue records one delivery of e for every subscription of e's clinic
+// to one of its topics, in one statement, and returns how many it added.
+// A redelivered event adds none: deliveries are unique per source, outbox
+// id and subscription.
+func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int64, error) {
+	if e.Payload == nil || e.Clinic == "" {
+		return 0, nil
+	}
+	// An event whose payload type is unknown here still announces its
+	// resource; it only cannot be disclosed in full.
+	msg, _ := e.Payload.UnmarshalNew()
+	r := routeOf(e.Type, msg)
+	ctx = pgdb.WithClinic(ctx, e.Clinic)
+	if r.withdraw != webhooksv1.Topic_TOPIC_UNSPECIFIED {
+		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4
+			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state = $5`,
+			e.Clinic, e.Resource, int16(r.withdraw), stateWithdrawn, statePending); err != nil {
+			return 0, fmt.Errorf("webhooks: withdraw %s deliveries: %w", e.Type, err)
+		}
+	}
+	if len(r.topics) == 0 {
+		return 0, nil
+	}
+	topics := make([]int16, len(r.topics))
+	for i, t := range r.topics {
+		topics[i] = int16(t)
+	}
+	var payload []byte
+	if msg != nil {
+		var err error
+		if payload, err = proto.Marshal(e.Payload); err != nil {
+			return 0, fmt.Errorf("webhooks: encode %s payload: %w", e.Type, err)
+		}
+	}
+	tag, err := k.DB.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type,
+			topic, resource, family, payload, next_attempt_time)
+		SELECT s.clinic, s.id, gen_random_uuid()::text, $2, $3, $4,
+			(SELECT u.t FROM unnest($5::smallint[]) WITH ORDINALITY AS u(t, o) WHERE u.t = ANY(s.topics) ORDER BY u.o LIMIT 1),
+			$6, $7, CASE WHEN s.payload = $9 THEN $8::bytea END, coalesce($10::timestamptz, now())
+		FROM subscriptions s
+		WHERE s.clinic = $1 AND s.topics && $5::smallint[]
+		ORDER BY s.id
+		ON CONFLICT (source, outbox_id, subscription_id) DO NOTHING`,
+		e.Clinic, source, e.ID, e.Type, topics, e.Resource, familyOf(e.Resource, msg), payload,
+		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore)
+	if err != nil {
+		return 0, fmt.Errorf("webhooks: enqueue %s: %w", e.Type, err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// familyOf returns the family whose records an event is about: the
+// resource itself or the family it sits under, else the payload's
+// `family`, else the family its `related_resource` names; "" if none.
+func familyOf(resource string, msg proto.Message) string {
+	if f := familyPrefix(resource); f != "" {
+		return f
+	}
+	if msg == nil {
+		return ""
+	}
+	m := msg.ProtoReflect()
+	for _, field := range []protoreflect.Name{"family", "related_resource"} {
+		fd := m.Descriptor().Fields().ByName(field)
+		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+			continue
+		}
+		if f := familyPrefix(m.Get(fd).String()); f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// familyPrefix returns `clinics/{c}/families/{f}` when name is that family
+// or one of its sub-resources.
+func familyPrefix(name string) string {
+	parts := strings.SplitN(name, "/", 5)
+	if len(parts) < 4 {
+		return ""
+	}
+	f := strings.Join(parts[:4], "/")
+	if _, err := aip.Parse(f, "clinics", "families"); err != nil {
+		return ""
+	}
+	return f
+}

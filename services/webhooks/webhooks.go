@@ -1,0 +1,292 @@
+// Package webhooks is the webhooks service: subscriptions of outside systems
+// (the EHR, the reminder automation) to Handoff's changes, the sink that
+// turns the services' outbox events into deliveries, and the sender that
+// POSTs them signed, at least once and in order per resource, with retries,
+// dead letters and replay. It owns the PostgreSQL schema "webhooks".
+package webhooks
+
+import (
+	"context"
+	"crypto/rand"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Schema is the PostgreSQL schema the service owns.
+const Schema = "webhooks"
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// Migrations are the service's migrations, shared tables first.
+func Migrations() []pgdb.Source {
+	return []pgdb.Source{
+		{Name: "common", FS: pgdb.Common, Dir: "common"},
+		{Name: "webhooks", FS: migrations, Dir: "migrations"},
+	}
+}
+
+// Config tunes the service.
+type Config struct {
+	// AllowInsecure accepts http:// callback URLs (development and tests).
+	AllowInsecure bool
+	// AllowPrivate accepts callback URLs on loopback, private and
+	// link-local addresses (development and tests).
+	AllowPrivate bool
+	// Now is the clock; tests replace it.
+	Now func() time.Time
+}
+
+// Server implements webhooksv1.WebhooksServiceServer.
+type Server struct {
+	webhooksv1.UnimplementedWebhooksServiceServer
+	db  *pgdb.DB
+	cfg Config
+}
+
+// New returns a server whose queries run through db, as the application
+// role and scoped to the caller's clinic.
+func New(db *pgdb.DB, cfg Config) *Server {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{db: db, cfg: cfg}
+}
+
+const svc = "/handoff.webhooks.v1.WebhooksService/"
+
+// Delivery states as stored.
+const (
+	statePending   = int16(webhooksv1.DeliveryState_DELIVERY_STATE_PENDING)
+	stateDelivered = int16(webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED)
+	stateDead      = int16(webhooksv1.DeliveryState_DELIVERY_STATE_DEAD)
+	stateWithdrawn = int16(webhooksv1.DeliveryState_DELIVERY_STATE_WITHDRAWN)
+)
+
+func parseClinic(parent string) (string, error) {
+	ids, err := aip.Parse(parent, "clinics")
+	if err != nil {
+		return "", apperr.Field("parent", "%v", err)
+	}
+	return ids[0], nil
+}
+
+func parseSubscription(field, name string) (clinic, id string, err error) {
+	ids, err := aip.Parse(name, "clinics", "subscriptions")
+	if err != nil {
+		return "", "", apperr.Field(field, "%v", err)
+	}
+	return ids[0], ids[1], nil
+}
+
+func subscriptionName(clinic, id string) string {
+	return aip.Name("clinics", clinic, "subscriptions", id)
+}
+
+// ownerFilter is the owner a caller is limited to: integrations see only
+// their own subscriptions, clinic administrators all ("").
+func ownerFilter(ctx context.Context) string {
+	p, _ := auth.FromContext(ctx)
+	if p.Has(auth.RoleClinicAdmin) {
+		return ""
+	}
+	if p.Subject == "" {
+		return "\x00" // matches no one: fail closed
+	}
+	return p.Subject
+}
+
+// CreateSubscription implements the API.
+func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateSubscriptionRequest) (*webhooksv1.Subscription, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	sub := req.GetSubscription()
+	if err := CheckURL(sub.GetUrl(), s.cfg.AllowInsecure, s.cfg.AllowPrivate); err != nil {
+		return nil, apperr.Field("subscription.url", "%v", err)
+	}
+	if len(sub.GetTopics()) == 0 {
+		return nil, apperr.Field("subscription.topics", "at least one topic is required")
+	}
+	payload := sub.GetPayload()
+	if payload == webhooksv1.PayloadKind_PAYLOAD_KIND_UNSPECIFIED {
+		payload = webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY
+	}
+	topics := make([]int16, 0, len(sub.GetTopics()))
+	for _, t := range sub.GetTopics() {
+		topics = append(topics, int16(t))
+	}
+	slices.Sort(topics)
+	owner := auth.Actor(ctx)
+	return idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
+		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
+			id := aip.NewID()
+			secret, err := newSecret()
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+				clinic, id, sub.GetUrl(), topics, int16(payload), owner, secret, s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("insert subscription: %w", err)
+			}
+			out, err := readSubscription(ctx, tx, clinic, id, "")
+			if err != nil {
+				return nil, err
+			}
+			out.Secret = secret
+			return out, nil
+		})
+}
+
+// GetSubscription implements the API.
+func (s *Server) GetSubscription(ctx context.Context, req *webhooksv1.GetSubscriptionRequest) (*webhooksv1.Subscription, error) {
+	clinic, id, err := parseSubscription("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return readSubscription(ctx, s.db, clinic, id, ownerFilter(ctx))
+}
+
+var subscriptionFilter = map[string]aip.FilterField{
+	"owner": {Column: "owner", Kind: aip.String},
+	"topic": {Column: "topics", Kind: aip.EnumIn, Enum: aip.EnumLookup(webhooksv1.Topic_value, "TOPIC_")},
+}
+
+// ListSubscriptions implements the API.
+func (s *Server) ListSubscriptions(ctx context.Context, req *webhooksv1.ListSubscriptionsRequest) (*webhooksv1.ListSubscriptionsResponse, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	subs, next, err := pgdb.ListPage(ctx, s.db, "subscriptions", subscriptionSelect,
+		"clinic = $1 AND ($2 = '' OR owner = $2)", []any{clinic, ownerFilter(ctx)}, req, subscriptionFilter,
+		func(r pgx.CollectableRow) (*webhooksv1.Subscription, error) { return scanSubscription(clinic, r) },
+		(*webhooksv1.Subscription).GetName)
+	if err != nil {
+		return nil, err
+	}
+	return &webhooksv1.ListSubscriptionsResponse{Subscriptions: subs, NextPageToken: next}, nil
+}
+
+// DeleteSubscription implements the API.
+func (s *Server) DeleteSubscription(ctx context.Context, req *webhooksv1.DeleteSubscriptionRequest) (*emptypb.Empty, error) {
+	clinic, id, err := parseSubscription("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	owner := ownerFilter(ctx)
+	return idempotency.InTx(ctx, s.db, clinic, svc+"DeleteSubscription", req.GetRequestId(), req, newEmpty,
+		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			tag, err := tx.Exec(ctx, `DELETE FROM subscriptions WHERE clinic = $1 AND id = $2 AND ($3 = '' OR owner = $3)`,
+				clinic, id, owner)
+			if err != nil {
+				return nil, fmt.Errorf("delete subscription: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, apperr.NotFound(req.GetName())
+			}
+			return &emptypb.Empty{}, nil
+		})
+}
+
+func newSubscription() *webhooksv1.Subscription { return &webhooksv1.Subscription{} }
+func newEmpty() *emptypb.Empty                  { return &emptypb.Empty{} }
+
+// The secret is never selected here: only CreateSubscription returns it.
+const subscriptionSelect = `SELECT id, url, topics, payload, owner, create_time FROM subscriptions`
+
+func readSubscription(ctx context.Context, q pgdb.Querier, clinic, id, owner string) (*webhooksv1.Subscription, error) {
+	rows, err := q.Query(ctx, subscriptionSelect+` WHERE clinic = $1 AND id = $2 AND ($3 = '' OR owner = $3)`, clinic, id, owner)
+	return pgdb.One(rows, err, subscriptionName(clinic, id), func(r pgx.CollectableRow) (*webhooksv1.Subscription, error) {
+		return scanSubscription(clinic, r)
+	})
+}
+
+func scanSubscription(clinic string, r pgx.CollectableRow) (*webhooksv1.Subscription, error) {
+	var (
+		id, u, owner string
+		topics       []int16
+		payload      int16
+		created      time.Time
+	)
+	if err := r.Scan(&id, &u, &topics, &payload, &owner, &created); err != nil {
+		return nil, err
+	}
+	sub := &webhooksv1.Subscription{
+		Name: subscriptionName(clinic, id), Url: u, Payload: webhooksv1.PayloadKind(payload),
+		Owner: owner, CreateTime: timestamppb.New(created),
+	}
+	for _, t := range topics {
+		sub.Topics = append(sub.Topics, webhooksv1.Topic(t))
+	}
+	return sub, nil
+}
+
+// newSecret returns a fresh signing key: 32 random bytes, printable.
+func newSecret() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("new secret: %w", err)
+	}
+	return "whsec_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// CheckURL checks a callback URL: absolute http(s) with a host, https unless
+// allowInsecure, and not a loopback, private or link-local address (as a
+// literal or as "localhost") unless allowPrivate. Names that resolve to
+// such addresses are refused again when the sender connects.
+func CheckURL(raw string, allowInsecure, allowPrivate bool) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("not a URL")
+	}
+	switch {
+	case u.Scheme == "https":
+	case u.Scheme == "http" && allowInsecure:
+	default:
+		return errors.New("must be an https URL")
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return errors.New("must name a host")
+	}
+	if u.User != nil {
+		return errors.New("must not carry credentials; notifications are signed instead")
+	}
+	if u.Fragment != "" {
+		return errors.New("must not have a fragment")
+	}
+	if !allowPrivate && privateHost(u.Hostname()) {
+		return errors.New("must not point at a loopback, private or link-local address")
+	}
+	return nil
+}

@@ -1,0 +1,505 @@
+package webhooks_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/servicetest"
+	"github.com/handoff-health/handoff/services/webhooks"
+)
+
+type fixture struct {
+	env    *servicetest.Env
+	pool   *pgxpool.Pool
+	db     *pgdb.DB
+	client webhooksv1.WebhooksServiceClient
+	sink   *webhooks.Sink
+	ehr    context.Context // the EHR integration "ehr-1" of clinic "north"
+	admin  context.Context
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	db := pgtest.App(t, schema)
+	srv := webhooks.New(db, webhooks.Config{AllowInsecure: true, AllowPrivate: true})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) {
+		webhooksv1.RegisterWebhooksServiceServer(s, srv)
+	})
+	env.Server.SetAuditor(srv.Auditor())
+	return &fixture{
+		env: env, pool: pool, db: db, client: webhooksv1.NewWebhooksServiceClient(env.Conn),
+		sink: &webhooks.Sink{DB: db},
+		ehr:  env.As("north", "ehr-1", auth.RoleEHR), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
+	}
+}
+
+func (f *fixture) subscribe(t *testing.T, ctx context.Context, url string, payload webhooksv1.PayloadKind, topics ...webhooksv1.Topic) *webhooksv1.Subscription {
+	t.Helper()
+	sub, err := f.client.CreateSubscription(ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+		Subscription: &webhooksv1.Subscription{Url: url, Topics: topics, Payload: payload}})
+	if err != nil {
+		t.Fatalf("CreateSubscription: %v", err)
+	}
+	return sub
+}
+
+var outboxID atomic.Int64
+
+// event is an outbox event as the referrals relay would pass it.
+func event(t *testing.T, typ string, msg proto.Message, resource string) outbox.Stored {
+	t.Helper()
+	a, err := anypb.New(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return outbox.Stored{ID: outboxID.Add(1), Clinic: "north", Type: typ, Resource: resource, Payload: a}
+}
+
+func referralEvent(t *testing.T, ref, state string) outbox.Stored {
+	name := "clinics/north/referrals/" + ref
+	return event(t, "handoff.referrals.v1.referral."+state,
+		&referralsv1.Referral{Name: name, Family: "clinics/north/families/f1", Reason: "private"}, name)
+}
+
+func TestSubscriptionsAreTheirOwners(t *testing.T) {
+	f := setup(t)
+	sub := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if sub.GetOwner() != "ehr-1" || len(sub.GetSecret()) < 40 || sub.GetPayload() != webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY {
+		t.Fatalf("created %v", sub)
+	}
+	got, err := f.client.GetSubscription(f.ehr, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()})
+	if err != nil || got.GetSecret() != "" || got.GetUrl() != sub.GetUrl() {
+		t.Fatalf("Get = %v, %v; the secret must not be returned again", got, err)
+	}
+	other := f.env.As("north", "ehr-2", auth.RoleEHR)
+	if _, err := f.client.GetSubscription(other, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("another integration's Get = %v, want NOT_FOUND", err)
+	}
+	if _, err := f.client.DeleteSubscription(other, &webhooksv1.DeleteSubscriptionRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("another integration's Delete = %v, want NOT_FOUND", err)
+	}
+	mine := f.subscribe(t, other, "https://ehr2.example.org/hooks", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	list, err := f.client.ListSubscriptions(other, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetSubscriptions()) != 1 || list.GetSubscriptions()[0].GetName() != mine.GetName() {
+		t.Fatalf("ehr-2 lists %v, %v; want only its own", list, err)
+	}
+	all, err := f.client.ListSubscriptions(f.admin, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
+	if err != nil || len(all.GetSubscriptions()) != 2 {
+		t.Fatalf("admin lists %v, %v; want both", all, err)
+	}
+	if _, err := f.client.ListDeliveries(f.ehr, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("EHR ListDeliveries = %v, want PERMISSION_DENIED", err)
+	}
+	south := f.env.As("south", "ehr-1", auth.RoleEHR)
+	if _, err := f.client.GetSubscription(south, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("other clinic's Get = %v, want NOT_FOUND", err)
+	}
+	if _, err := f.client.DeleteSubscription(f.admin, &webhooksv1.DeleteSubscriptionRequest{Name: sub.GetName()}); err != nil {
+		t.Fatalf("admin Delete: %v", err)
+	}
+}
+
+func TestCreateRefusesUnsafeURLs(t *testing.T) {
+	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	_ = pool
+	srv := webhooks.New(pgtest.App(t, schema), webhooks.Config{})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
+	c := webhooksv1.NewWebhooksServiceClient(env.Conn)
+	ctx := env.As("north", "ehr-1", auth.RoleEHR)
+	for _, u := range []string{"http://ehr.example.org/hooks", "https://127.0.0.1:9000/hooks", "https://169.254.169.254/"} {
+		_, err := c.CreateSubscription(ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+			Subscription: &webhooksv1.Subscription{Url: u, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("CreateSubscription(%s) = %v, want INVALID_ARGUMENT", u, err)
+		}
+	}
+}
+
+func TestEnqueueIsIdempotentAndByTopic(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	refSub := f.subscribe(t, f.ehr, "https://ehr.example.org/a", webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	apptSub := f.subscribe(t, f.ehr, "https://ehr.example.org/b", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	bothSub := f.subscribe(t, f.ehr, "https://ehr.example.org/c", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	f.subscribe(t, f.ehr, "https://ehr.example.org/d", 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
+
+	accepted := referralEvent(t, "r1", "accepted")
+	for i, want := range []int64{2, 0, 0} { // a redelivered outbox event adds nothing
+		n, err := f.sink.Enqueue(ctx, "referrals", accepted)
+		if err != nil || n != want {
+			t.Fatalf("Enqueue #%d = %d, %v; want %d", i+1, n, err, want)
+		}
+	}
+	// The same outbox id from another schema is another event.
+	if n, err := f.sink.Enqueue(ctx, "interventions", accepted); err != nil || n != 2 {
+		t.Fatalf("Enqueue from another source = %d, %v; want 2", n, err)
+	}
+	// Booking the intake appointment is a referral change and an
+	// appointment change, but each subscription hears it once.
+	sched := referralEvent(t, "r1", "scheduled")
+	if n, err := f.sink.Enqueue(ctx, "referrals", sched); err != nil || n != 3 {
+		t.Fatalf("Enqueue scheduled = %d, %v; want 3", n, err)
+	}
+	// Events of other kinds reach no one.
+	fam := event(t, "handoff.families.v1.family.updated", &familiesv1.Family{Name: "clinics/north/families/f1"}, "clinics/north/families/f1")
+	if n, err := f.sink.Enqueue(ctx, "families", fam); err != nil || n != 0 {
+		t.Fatalf("Enqueue family event = %d, %v; want 0", n, err)
+	}
+
+	var topic int16
+	var family string
+	var payloadLen int
+	if err := f.pool.QueryRow(ctx, `SELECT topic, family, coalesce(length(payload), 0) FROM deliveries
+		WHERE subscription_id = $1 AND outbox_id = $2`, idOf(bothSub), sched.ID).Scan(&topic, &family, &payloadLen); err != nil {
+		t.Fatal(err)
+	}
+	if webhooksv1.Topic(topic) != webhooksv1.Topic_TOPIC_REFERRAL_CHANGED || family != "clinics/north/families/f1" || payloadLen != 0 {
+		t.Fatalf("delivery to both-topic subscription: topic %d family %q payload %d bytes", topic, family, payloadLen)
+	}
+	if err := f.pool.QueryRow(ctx, `SELECT topic, coalesce(length(payload), 0) FROM deliveries
+		WHERE subscription_id = $1 AND outbox_id = $2`, idOf(apptSub), sched.ID).Scan(&topic, &payloadLen); err != nil {
+		t.Fatal(err)
+	}
+	if webhooksv1.Topic(topic) != webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED || payloadLen != 0 {
+		t.Fatalf("delivery to appointment subscription: topic %d payload %d bytes", topic, payloadLen)
+	}
+	// Only a FULL subscription's delivery keeps the payload.
+	if err := f.pool.QueryRow(ctx, `SELECT coalesce(length(payload), 0) FROM deliveries
+		WHERE subscription_id = $1 AND outbox_id = $2`, idOf(refSub), sched.ID).Scan(&payloadLen); err != nil || payloadLen == 0 {
+		t.Fatalf("FULL subscription payload: %d bytes, %v", payloadLen, err)
+	}
+}
+
+func idOf(sub *webhooksv1.Subscription) string {
+	name := sub.GetName()
+	return name[len("clinics/north/subscriptions/"):]
+}
+
+// receiver is a webhook endpoint that checks signatures and records what it
+// accepted, in arrival order; fail decides whether to fail a request.
+type receiver struct {
+	t      *testing.T
+	secret atomic.Value // string
+	mu     sync.Mutex
+	got    []map[string]any
+	seen   map[string]bool
+	fail   func(id string, body map[string]any) bool
+	srv    *httptest.Server
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{t: t, seen: map[string]bool{}}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	secret, _ := r.secret.Load().(string)
+	if err := webhooks.Verify(secret, req.Header.Get(webhooks.SignatureHeader), body, time.Now()); err != nil {
+		r.t.Errorf("receiver: %v", err)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	var n map[string]any
+	if err := json.Unmarshal(body, &n); err != nil {
+		r.t.Errorf("receiver: %v", err)
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	id := req.Header.Get(webhooks.IDHeader)
+	if id == "" || n["id"] != id {
+		r.t.Errorf("receiver: header id %q, body id %v", id, n["id"])
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil && r.fail(id, n) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	if !r.seen[id] {
+		r.seen[id] = true
+		r.got = append(r.got, n)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (r *receiver) setFail(fail func(id string, body map[string]any) bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fail = fail
+}
+
+func (r *receiver) received() []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]map[string]any(nil), r.got...)
+}
+
+func fastSender(db *pgdb.DB, fam familiesv1.FamiliesServiceClient, maxAttempts int) *webhooks.Sender {
+	return webhooks.NewSender(webhooks.SenderConfig{
+		DB: db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: maxAttempts,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	})
+}
+
+func runSender(t *testing.T, s *webhooks.Sender) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestDeadLetterHoldsOrderThenReplay(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL+"/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+
+	// r1 fails until told otherwise; r2 goes through meanwhile.
+	var r1Down atomic.Bool
+	r1Down.Store(true)
+	rcv.setFail(func(_ string, n map[string]any) bool {
+		return r1Down.Load() && n["resource"] == "clinics/north/referrals/r1"
+	})
+	for _, e := range []outbox.Stored{referralEvent(t, "r1", "accepted"), referralEvent(t, "r2", "accepted"),
+		referralEvent(t, "r1", "scheduled"), referralEvent(t, "r2", "scheduled")} {
+		if _, err := f.sink.Enqueue(ctx, "referrals", e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runSender(t, fastSender(f.db, nil, 3))
+
+	list := func(filter string) []*webhooksv1.Delivery {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: "clinics/north/subscriptions/-", Filter: filter})
+		if err != nil {
+			t.Fatalf("ListDeliveries: %v", err)
+		}
+		return resp.GetDeliveries()
+	}
+	// r1's first event dies after three attempts; only then may r1's
+	// second one go (and fail the same way). r2 was never held up.
+	eventually(t, 10*time.Second, "both r1 events dead", func() bool { return len(list("state = DEAD")) == 2 })
+	dead := list("state = DEAD")
+	if dead[0].GetAttemptCount() != 3 || dead[0].GetLastError() != "HTTP 503" || dead[0].GetEventType() != "handoff.referrals.v1.referral.accepted" {
+		t.Fatalf("dead letter %v", dead[0])
+	}
+	got := rcv.received()
+	if len(got) != 2 || got[0]["type"] != "handoff.referrals.v1.referral.accepted" || got[1]["type"] != "handoff.referrals.v1.referral.scheduled" {
+		t.Fatalf("received %v; want r2's two events in order", got)
+	}
+
+	// An administrator replays the dead letters once the receiver is fixed.
+	r1Down.Store(false)
+	for _, d := range dead {
+		out, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: d.GetName()})
+		if err != nil || out.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING || out.GetAttemptCount() != 0 {
+			t.Fatalf("ReplayDelivery = %v, %v", out, err)
+		}
+	}
+	if _, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: dead[0].GetName()}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("replaying a pending delivery = %v, want FAILED_PRECONDITION", err)
+	}
+	eventually(t, 10*time.Second, "replayed deliveries", func() bool { return len(rcv.received()) == 4 })
+	got = rcv.received()
+	if got[2]["id"] != aipID(dead[0].GetName()) || got[3]["id"] != aipID(dead[1].GetName()) {
+		t.Fatalf("replayed out of order: %v", got[2:])
+	}
+	if n := len(list("state = DELIVERED")); n != 4 {
+		t.Fatalf("%d delivered, want 4", n)
+	}
+}
+
+func aipID(name string) string {
+	for i := len(name) - 1; i >= 0; i-- {
+		if name[i] == '/' {
+			return name[i+1:]
+		}
+	}
+	return name
+}
+
+func TestRetriesUntilTheReceiverRecovers(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	var calls atomic.Int32
+	rcv.setFail(func(string, map[string]any) bool { return calls.Add(1) <= 4 })
+	states := []string{"accepted", "scheduled", "completed"}
+	for _, st := range states {
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", st)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runSender(t, fastSender(f.db, nil, 10))
+	eventually(t, 10*time.Second, "three notifications", func() bool { return len(rcv.received()) == 3 })
+	for i, n := range rcv.received() {
+		if n["type"] != "handoff.referrals.v1.referral."+states[i] || n["topic"] != "REFERRAL_CHANGED" || n["data"] != nil {
+			t.Fatalf("notification %d: %v", i, n)
+		}
+	}
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+	if err != nil || len(resp.GetDeliveries()) != 3 || resp.GetDeliveries()[0].GetAttemptCount() != 5 {
+		t.Fatalf("deliveries %v, %v; want the first after 5 attempts", resp, err)
+	}
+}
+
+// fakeFamilies answers CreateDisclosure as the families service would,
+// with or without a consent.
+type fakeFamilies struct {
+	familiesv1.FamiliesServiceClient
+	consent atomic.Bool
+	mu      sync.Mutex
+	asked   []*familiesv1.CreateDisclosureRequest
+}
+
+func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	f.mu.Lock()
+	f.asked = append(f.asked, req)
+	f.mu.Unlock()
+	if !f.consent.Load() {
+		return nil, status.Error(codes.FailedPrecondition, "no consent covers this disclosure")
+	}
+	return &familiesv1.Disclosure{Name: req.GetParent() + "/disclosures/x"}, nil
+}
+
+func TestFullPayloadOnlyWithConsent(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &fakeFamilies{}
+	runSender(t, fastSender(f.db, fam, 10))
+
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "first notification", func() bool { return len(rcv.received()) == 1 })
+	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil {
+		t.Fatalf("without consent: %v", n)
+	}
+	fam.consent.Store(true)
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "scheduled")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "second notification", func() bool { return len(rcv.received()) == 2 })
+	n := rcv.received()[1]
+	data, _ := n["data"].(map[string]any)
+	if data["name"] != "clinics/north/referrals/r1" || n["notice"] != webhooks.Notice {
+		t.Fatalf("with consent: %v", n)
+	}
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	d := fam.asked[len(fam.asked)-1]
+	if d.GetParent() != "clinics/north/families/f1" || d.GetDisclosure().GetRecipient() != "ehr-1" ||
+		d.GetDisclosure().GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS ||
+		d.GetDisclosure().GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK ||
+		d.GetDisclosure().GetResource() != "clinics/north/referrals/r1" {
+		t.Fatalf("disclosure asked: %v", d)
+	}
+}
+
+func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.env.As("north", "reminders-1", auth.RoleReminders), rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
+	rcv.secret.Store(sub.GetSecret())
+	runSender(t, fastSender(f.db, nil, 10))
+
+	due := time.Now().Add(1500 * time.Millisecond)
+	soon := &interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(due)}
+	later := &interventionsv1.Reminder{Name: "clinics/north/reminders/m2", DueTime: timestamppb.New(due)}
+	for _, m := range []*interventionsv1.Reminder{soon, later} {
+		if _, err := f.sink.Enqueue(ctx, "interventions", event(t, "handoff.interventions.v1.reminder.created", m, m.GetName())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// m2 is cancelled before it is due: its notification is withdrawn.
+	if _, err := f.sink.Enqueue(ctx, "interventions", event(t, "handoff.interventions.v1.reminder.cancelled", later, later.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("sent before due: %v", got)
+	}
+	eventually(t, 5*time.Second, "the due reminder", func() bool { return len(rcv.received()) == 1 })
+	if time.Now().Before(due) {
+		t.Fatal("sent before its due time")
+	}
+	if n := rcv.received()[0]; n["resource"] != soon.GetName() || n["topic"] != "REMINDER_DUE" {
+		t.Fatalf("got %v", n)
+	}
+	time.Sleep(300 * time.Millisecond)
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: "state = WITHDRAWN"})
+	if err != nil || len(resp.GetDeliveries()) != 1 || resp.GetDeliveries()[0].GetResource() != later.GetName() || len(rcv.received()) != 1 {
+		t.Fatalf("withdrawn %v, %v; received %d", resp, err, len(rcv.received()))
+	}
+}
+
+func TestSenderRefusesPrivateAddresses(t *testing.T) {
+	f := setup(t)
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	if _, err := f.sink.Enqueue(context.Background(), "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	s := webhooks.NewSender(webhooks.SenderConfig{DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1})
+	if _, err := s.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+	if err != nil || len(resp.GetDeliveries()) != 1 {
+		t.Fatalf("ListDeliveries = %v, %v", resp, err)
+	}
+	d := resp.GetDeliveries()[0]
+	if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DEAD || d.GetLastError() != "callback address is loopback, private or link-local" {
+		t.Fatalf("delivery to 127.0.0.1 without AllowPrivate: %v", d)
+	}
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("received %v", got)
+	}
+}
