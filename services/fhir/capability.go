@@ -1,0 +1,75 @@
+package fhir
+
+import (
+	"net/http"
+	"slices"
+)
+
+// published is the date of this CapabilityStatement; change it with the
+// interface.
+const published = "2026-11-29"
+
+var paramTypes = map[string]string{
+	"_count": "number", "_lastUpdated": "date", "patient": "reference", "subject": "reference", "status": "token",
+}
+
+var paramDocs = map[string]string{
+	"_count":       "Page size (at most 1000).",
+	"_lastUpdated": "When the record last changed: eq, ge, gt, le or lt with a date or time.",
+	"patient":      "The loved one (Patient id).",
+	"subject":      "The loved one (Patient id).",
+	"status":       "One Task status.",
+}
+
+// metadata answers the CapabilityStatement; it needs no token.
+func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
+	base := s.baseURL(r)
+	types := make([]string, 0, len(resourceTypes))
+	for t := range resourceTypes {
+		types = append(types, t)
+	}
+	slices.Sort(types)
+	var resources []any
+	for _, t := range types {
+		interactions := []any{obj{"code": "read"}, obj{"code": "search-type"}}
+		res := obj{"type": t, "interaction": interactions, "versioning": "versioned", "readHistory": false}
+		if t == "Task" {
+			res["interaction"] = append(interactions, obj{"code": "update",
+				"documentation": "Sets the referral's status (accepted, rejected, in-progress with executionPeriod.start, completed, failed, cancelled). Honours If-Match."})
+			res["updateCreate"] = false
+			res["conditionalUpdate"] = false
+		}
+		var params []any
+		for _, name := range slices.Concat([]string{"_count", "_lastUpdated"}, searchParams[t]) {
+			params = append(params, obj{"name": name, "type": paramTypes[name], "documentation": paramDocs[name]})
+		}
+		res["searchParam"] = params
+		if t != "HealthcareService" {
+			res["documentation"] = "Disclosed under 42 CFR Part 2: " + part2Notice
+		}
+		resources = append(resources, res)
+	}
+	cs := obj{
+		"resourceType": "CapabilityStatement",
+		"status":       "active",
+		"date":         published,
+		"publisher":    "Handoff",
+		"kind":         "instance",
+		"implementation": obj{
+			"description": "Handoff FHIR R4 interface: families, interventions and referrals of addiction-treatment clinics",
+			"url":         base,
+		},
+		"fhirVersion": "4.0.1",
+		"format":      []any{"application/fhir+json", "json"},
+		"rest": []any{obj{
+			"mode": "server",
+			"security": obj{
+				"service": []any{concept("", coding("http://terminology.hl7.org/CodeSystem/restful-security-service", "OAuth", "OAuth"))},
+				"description": "Send a bearer token issued for one clinic (Authorization: Bearer <token>). Records are disclosed " +
+					"only as the patient's 42 CFR Part 2 consent allows; without it the answer is 403.",
+			},
+			"resource": resources,
+		}},
+	}
+	s.writeResource(w, http.StatusOK, cs)
+}

@@ -1,0 +1,229 @@
+// Package fhir is Handoff's HL7 FHIR R4 interface for EHRs, served by the
+// gateway under /fhir/R4/. It reads and searches Patient (the loved one),
+// RelatedPerson (members), CareTeam (the intervention network), ServiceRequest
+// and Task (referrals, with the BSeR business statuses), Appointment
+// (interventions and intake appointments), Consent and HealthcareService
+// (programs), and lets the EHR write back a referral's Task status.
+//
+// It holds no data and makes no access decision: every call goes to the gRPC
+// services with the caller's own bearer token, so clinic scoping, roles,
+// 42 CFR Part 2 consent checks and auditing all happen there. The clinic is
+// the one in the caller's token, so FHIR ids are Handoff ids within it.
+//
+// Every answer is built as JSON and then parsed by the validating R4 parser of
+// github.com/google/fhir/go and written by its marshaller: an answer that does
+// not conform to FHIR R4 fails here as a 500 instead of reaching the EHR.
+package fhir
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/google/fhir/go/fhirversion"
+	"github.com/google/fhir/go/jsonformat"
+	"google.golang.org/protobuf/proto"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+)
+
+// Prefix is where the handler expects to be mounted.
+const Prefix = "/fhir/R4"
+
+// contentType is the FHIR JSON media type.
+const contentType = "application/fhir+json; charset=utf-8"
+
+// Config configures the FHIR handler.
+type Config struct {
+	Families      familiesv1.FamiliesServiceClient
+	Interventions interventionsv1.InterventionsServiceClient
+	Referrals     referralsv1.ReferralsServiceClient
+	// Verifier checks bearer tokens; the services check them again.
+	Verifier *auth.Verifier
+	Log      *slog.Logger
+	// BaseURL is the public address of the FHIR base, for example
+	// "https://api.example.org/fhir/R4", used in Bundle links and fullUrls.
+	// Empty derives it from each request's Host.
+	BaseURL string
+}
+
+type server struct {
+	cfg Config
+	in  *jsonformat.Unmarshaller
+	out *jsonformat.Marshaller
+}
+
+// New returns the handler for everything under Prefix.
+func New(cfg Config) (http.Handler, error) {
+	if cfg.Families == nil || cfg.Interventions == nil || cfg.Referrals == nil || cfg.Verifier == nil {
+		return nil, errors.New("fhir: the three service clients and a verifier are required")
+	}
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return s.routes(), nil
+}
+
+func newServer(cfg Config) (*server, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	in, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+	if err != nil {
+		return nil, fmt.Errorf("fhir: unmarshaller: %w", err)
+	}
+	out, err := jsonformat.NewMarshaller(false, "", "", fhirversion.R4)
+	if err != nil {
+		return nil, fmt.Errorf("fhir: marshaller: %w", err)
+	}
+	return &server{cfg: cfg, in: in, out: out}, nil
+}
+
+func (s *server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+Prefix+"/metadata", s.metadata)
+	mux.HandleFunc("GET "+Prefix+"/{type}", s.authed(s.search))
+	mux.HandleFunc("POST "+Prefix+"/{type}/_search", s.authed(s.search))
+	mux.HandleFunc("GET "+Prefix+"/{type}/{id}", s.authed(s.read))
+	mux.HandleFunc("PUT "+Prefix+"/Task/{id}", s.authed(s.putTask))
+	mux.HandleFunc(Prefix+"/", s.unsupported)
+	return mux
+}
+
+// caller is who is asking, resolved once per request.
+type caller struct {
+	clinic string
+	base   string
+}
+
+type handler func(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller)
+
+// authed checks the bearer token and puts it in the context, so the gRPC
+// clients forward the caller's own token to the services.
+func (s *server) authed(next handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		token = strings.TrimSpace(token)
+		if !ok || token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
+			s.fail(w, http.StatusUnauthorized, "login", "missing bearer token: send Authorization: Bearer <token>")
+			return
+		}
+		p, err := s.cfg.Verifier.Verify(r.Context(), token)
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
+			s.fail(w, http.StatusUnauthorized, "login", "invalid bearer token")
+			return
+		}
+		// FHIR ids are ids within one clinic: a token for every clinic
+		// (a service identity) has no place here.
+		if p.Clinic == "" || p.Clinic == auth.AnyClinic {
+			s.fail(w, http.StatusForbidden, "forbidden", "the FHIR interface needs a token for one clinic")
+			return
+		}
+		ctx := auth.WithToken(r.Context(), token)
+		next(ctx, w, r, caller{clinic: p.Clinic, base: s.baseURL(r)})
+	}
+}
+
+func (s *server) baseURL(r *http.Request) string {
+	if s.cfg.BaseURL != "" {
+		return strings.TrimSuffix(s.cfg.BaseURL, "/")
+	}
+	scheme := "http"
+	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + Prefix
+}
+
+// unsupported answers paths and methods this server does not serve.
+func (s *server) unsupported(w http.ResponseWriter, r *http.Request) {
+	rest := strings.Trim(strings.TrimPrefix(r.URL.Path, Prefix), "/")
+	parts := strings.Split(rest, "/")
+	if rest != "" && len(parts) <= 2 && resourceTypes[parts[0]] {
+		w.Header().Set("Allow", allowed(parts))
+		s.fail(w, http.StatusMethodNotAllowed, "not-supported",
+			fmt.Sprintf("%s is not supported on %s", r.Method, r.URL.Path))
+		return
+	}
+	s.fail(w, http.StatusNotFound, "not-supported", fmt.Sprintf("no FHIR interaction at %s", r.URL.Path))
+}
+
+func allowed(parts []string) string {
+	if len(parts) == 2 && parts[0] == "Task" {
+		return "GET, PUT"
+	}
+	if len(parts) == 2 && parts[1] == "_search" {
+		return "POST"
+	}
+	return "GET"
+}
+
+// writeResource validates res as FHIR R4 and writes it.
+func (s *server) writeResource(w http.ResponseWriter, code int, res obj) {
+	b, err := s.render(res)
+	if err != nil {
+		// The message names paths and rules, never values.
+		s.cfg.Log.Error("fhir: an answer failed R4 validation", "resource_type", res["resourceType"], "error", err)
+		s.writeRaw(w, http.StatusInternalServerError, internalOutcome)
+		return
+	}
+	s.writeRaw(w, code, b)
+}
+
+// render turns res into validated FHIR JSON.
+func (s *server) render(res obj) ([]byte, error) {
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	pb, err := s.parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	b, err := s.out.Marshal(pb)
+	if err != nil {
+		return nil, fmt.Errorf("marshal: %w", err)
+	}
+	return b, nil
+}
+
+// parse is the validating R4 parser; it returns a ContainedResource.
+func (s *server) parse(raw []byte) (proto.Message, error) {
+	pb, err := s.in.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("invalid FHIR R4: %w", err)
+	}
+	return pb, nil
+}
+
+func (s *server) writeRaw(w http.ResponseWriter, code int, b []byte) {
+	w.Header().Set("Content-Type", contentType)
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+// fail writes an OperationOutcome with one error issue.
+func (s *server) fail(w http.ResponseWriter, code int, issueCode, msg string) {
+	s.writeResource(w, code, outcome("error", issueCode, msg))
+}
+
+func outcome(severity, code, msg string) obj {
+	return obj{
+		"resourceType": "OperationOutcome",
+		"issue":        []any{obj{"severity": severity, "code": code, "diagnostics": msg}},
+	}
+}
+
+// internalOutcome is written when an answer cannot be rendered; it is fixed
+// so that writing it cannot fail in turn.
+var internalOutcome = []byte(`{"resourceType":"OperationOutcome","issue":[{"severity":"fatal","code":"exception","diagnostics":"internal error"}]}`)

@@ -1,0 +1,251 @@
+package fhir
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+)
+
+const (
+	famID  = "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8b"
+	consID = "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8c"
+	refID  = "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d"
+)
+
+func ts(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+func sampleFamily() *familiesv1.Family {
+	now := time.Now()
+	return &familiesv1.Family{
+		Name: "clinics/north/families/" + famID,
+		LovedOne: &familiesv1.LovedOne{GivenName: "Sam", FamilyName: "Rivera", PreferredName: "Sammy", BirthDate: "1994-03-02",
+			MayContactDirectly: true, ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550111"}}},
+		Members: []*familiesv1.Member{
+			{Id: "mom", GivenName: "Ana", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT, Role: familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON,
+				ConsentToContact: true, ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "ana@example.org"}}},
+			{Id: strings.Repeat("a", 40), GivenName: "Lee", Relationship: familiesv1.Relationship_RELATIONSHIP_OTHER},
+		},
+		Counselor: "counselor-1", State: familiesv1.FamilyState_FAMILY_STATE_ACTIVE,
+		CreateTime: ts(now.Add(-time.Hour)), UpdateTime: ts(now), Etag: "v3",
+	}
+}
+
+func sampleReferral(state referralsv1.ReferralState) *referralsv1.Referral {
+	now := time.Now()
+	r := &referralsv1.Referral{
+		Name: "clinics/north/referrals/" + refID, Family: "clinics/north/families/" + famID,
+		Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: "clinics/north/programs/p1",
+		Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE, Reason: "Ready today", State: state,
+		CreateTime: ts(now.Add(-time.Hour)), UpdateTime: ts(now), Etag: "v2",
+	}
+	switch state {
+	case referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW,
+		referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
+		r.IntakeAppointment = &referralsv1.IntakeAppointment{StartTime: ts(now.Add(time.Hour)), Notes: "Bring ID", Telehealth: true}
+	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
+		r.Rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}
+	}
+	if state == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
+		r.TreatmentEntryTime = ts(now)
+	}
+	return r
+}
+
+// Every mapping, in every state, renders as valid FHIR R4 with the Part 2
+// labels where they belong.
+func TestResourcesAreValidR4(t *testing.T) {
+	s, err := newServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := sampleFamily()
+	now := time.Now()
+	resources := []obj{patient(f), careTeam(f), relatedPerson(f, f.GetMembers()[0]), relatedPerson(f, f.GetMembers()[1])}
+	for st := range referralsv1.ReferralState_name {
+		rf := sampleReferral(referralsv1.ReferralState(st))
+		resources = append(resources, serviceRequest(rf), task(rf))
+		if a := intakeAppointment(rf); a != nil {
+			resources = append(resources, a)
+		}
+	}
+	member := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	member.Subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"}
+	resources = append(resources, serviceRequest(member), task(member))
+	for st := range interventionsv1.InterventionState_name {
+		iv := &interventionsv1.Intervention{Name: "clinics/north/interventions/i1", Family: f.GetName(), Counselor: "counselor-1",
+			State: interventionsv1.InterventionState(st), Participants: []*interventionsv1.Participant{{MemberId: "mom"}},
+			UpdateTime: ts(now), Etag: "v1", CancelReason: "moved"}
+		if st != int32(interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT) {
+			iv.StartTime, iv.ExpectedDuration = ts(now), durationpb.New(90*time.Minute)
+		}
+		resources = append(resources, appointment(iv))
+	}
+	resources = append(resources, healthcareService(&referralsv1.Program{Name: "clinics/north/programs/p1", DisplayName: "Riverside MAT",
+		Organization: "Riverside", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE},
+		Languages: []string{"en", "es"}, Phone: "+15555550123", SameDayIntake: true, Hours: "Mon-Fri", UpdateTime: ts(now), Etag: "v1"}))
+	resources = append(resources, consent(&familiesv1.Consent{Name: f.GetName() + "/consents/" + consID, Discloser: "North clinic",
+		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS},
+		Recipients:  []string{"ehr", "county-ehr"}, TreatingProviders: true, Purposes: []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
+		ExpireTime: ts(now.AddDate(1, 0, 0)), Signer: "Sam Rivera", SignTime: ts(now.Add(-time.Hour)), RevocationRightStated: true,
+		State: familiesv1.ConsentState_CONSENT_STATE_ACTIVE, Revocations: []*familiesv1.Revocation{{Recipient: "county-ehr", RevokeTime: ts(now)}},
+		UpdateTime: ts(now), Etag: "v2"}))
+	resources = append(resources, outcome("error", "forbidden", "no consent"))
+	for _, res := range resources {
+		b, err := s.render(res)
+		if err != nil {
+			t.Errorf("%s %v: %v", res["resourceType"], res["id"], err)
+			continue
+		}
+		labelled := strings.Contains(string(b), `"42CFRPart2"`) && strings.Contains(string(b), part2Notice)
+		switch res["resourceType"] {
+		case "HealthcareService", "OperationOutcome":
+		default:
+			if !labelled {
+				t.Errorf("%s has no Part 2 label and notice: %s", res["resourceType"], b)
+			}
+		}
+	}
+	// The bundle around them is valid too.
+	var entries []obj
+	for _, res := range resources[:len(resources)-1] {
+		entries = append(entries, entry(res))
+	}
+	q := query{typ: "Patient"}
+	if _, err := s.render(searchBundle("http://x/fhir/R4", q, page{entries: entries, next: "abc", outcomes: []obj{outcome("warning", "forbidden", "x")}})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An invalid answer is caught before it leaves.
+func TestRenderRejectsInvalid(t *testing.T) {
+	s, err := newServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := task(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED))
+	bad["status"] = "nonsense"
+	if _, err := s.render(bad); err == nil {
+		t.Fatal("a Task with a bad status rendered")
+	}
+}
+
+func TestPairIDs(t *testing.T) {
+	for _, c := range []struct{ parent, child string }{
+		{famID, "mom"}, {famID, consID}, {famID, strings.Repeat("b", 63)}, {"f1", "m-2"},
+	} {
+		id := pairID(c.parent, c.child)
+		if len(id) > 64 || !fhirID(id) {
+			t.Fatalf("pairID(%q, %q) = %q is not a FHIR id", c.parent, c.child, id)
+		}
+		p, ch, hash, ok := splitPairID(id)
+		if !ok || p != c.parent || !matches(c.child, ch, hash) {
+			t.Fatalf("splitPairID(%q) = %q %q %q %v", id, p, ch, hash, ok)
+		}
+	}
+	for _, bad := range []string{"", "x", "a.b.c", "A.b", strings.Repeat("g", 64)} {
+		if _, _, _, ok := splitPairID(bad); ok {
+			t.Errorf("splitPairID(%q) accepted", bad)
+		}
+	}
+}
+
+func fhirID(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func TestLastUpdated(t *testing.T) {
+	q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {"ge2026-01-01", "lt2026-02"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `update_time >= "2026-01-01T00:00:00Z" AND update_time < "2026-02-01T00:00:00Z"`
+	if got := q.filter(); got != want {
+		t.Fatalf("filter = %s, want %s", got, want)
+	}
+	if !q.within(ts(time.Date(2026, 1, 31, 23, 0, 0, 0, time.UTC))) || q.within(ts(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))) {
+		t.Fatal("within disagrees with the filter")
+	}
+	q, err = parseQuery("Task", map[string][]string{"_lastUpdated": {"2026-03-04T05:06:07Z"}, "patient": {"Patient/f1"}, "status": {"accepted"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := q.filter(`family = "x"`); got != `family = "x" AND update_time >= "2026-03-04T05:06:07Z" AND update_time < "2026-03-04T05:06:08Z"` {
+		t.Fatalf("filter = %s", got)
+	}
+	for _, bad := range []map[string][]string{
+		{"_lastUpdated": {"sa2026"}}, {"_lastUpdated": {"yesterday"}}, {"name": {"x"}}, {"_count": {"0"}},
+		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}},
+	} {
+		if _, err := parseQuery("Task", bad); err == nil {
+			t.Errorf("parseQuery(%v) accepted", bad)
+		}
+	}
+	if _, err := parseQuery("Consent", map[string][]string{}); err == nil {
+		t.Error("a Consent search without patient was accepted")
+	}
+}
+
+func TestErrorStatuses(t *testing.T) {
+	consentErr, _ := status.New(codes.FailedPrecondition, "no consent").WithDetails(&errdetails.ErrorInfo{Reason: reasonConsentRequired, Domain: "handoff.health"})
+	for _, c := range []struct {
+		st   *status.Status
+		code int
+	}{
+		{consentErr, http.StatusForbidden},
+		{status.New(codes.FailedPrecondition, "bad move"), http.StatusUnprocessableEntity},
+		{status.New(codes.NotFound, "x"), http.StatusNotFound},
+		{status.New(codes.InvalidArgument, "x"), http.StatusBadRequest},
+		{status.New(codes.PermissionDenied, "x"), http.StatusForbidden},
+		{status.New(codes.Unauthenticated, "x"), http.StatusUnauthorized},
+		{status.New(codes.Aborted, "x"), http.StatusPreconditionFailed},
+	} {
+		if got, _ := httpStatus(c.st); got != c.code {
+			t.Errorf("%v: %d, want %d", c.st.Code(), got, c.code)
+		}
+	}
+}
+
+func TestCapabilityStatementIsValid(t *testing.T) {
+	s, err := newServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{header: http.Header{}}
+	req, _ := http.NewRequest("GET", "http://h/fhir/R4/metadata", nil)
+	s.metadata(rec, req)
+	if rec.code != http.StatusOK {
+		t.Fatalf("metadata: %d %s", rec.code, rec.body)
+	}
+	var cs map[string]any
+	if err := json.Unmarshal(rec.body, &cs); err != nil || cs["resourceType"] != "CapabilityStatement" {
+		t.Fatalf("metadata: %s", rec.body)
+	}
+}
+
+type recorder struct {
+	header http.Header
+	code   int
+	body   []byte
+}
+
+func (r *recorder) Header() http.Header         { return r.header }
+func (r *recorder) WriteHeader(code int)        { r.code = code }
+func (r *recorder) Write(b []byte) (int, error) { r.body = append(r.body, b...); return len(b), nil }

@@ -1,0 +1,442 @@
+package fhir
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+)
+
+// pageTokenParam carries the services' opaque page token in Bundle links.
+const pageTokenParam = "page_token"
+
+// Search parameters each type takes besides the common ones.
+var searchParams = map[string][]string{
+	"Patient":           nil,
+	"HealthcareService": nil,
+	"RelatedPerson":     {"patient"},
+	"CareTeam":          {"patient", "subject"},
+	"ServiceRequest":    {"patient", "subject"},
+	"Task":              {"patient", "subject", "status"},
+	"Appointment":       {"patient"},
+	"Consent":           {"patient"},
+}
+
+var commonParams = []string{"_count", "_lastUpdated", pageTokenParam, "_format"}
+
+// query is a parsed search.
+type query struct {
+	typ     string
+	params  url.Values
+	size    int32
+	token   string
+	patient string // a family id
+	status  string
+	// updated holds the _lastUpdated conditions as AIP-160 filter terms;
+	// lo and hi bound them for what is filtered here instead.
+	updated []string
+	lo, hi  time.Time
+}
+
+// page is one page of search results.
+type page struct {
+	entries  []obj
+	next     string
+	outcomes []obj
+}
+
+func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
+	typ := r.PathValue("type")
+	if !resourceTypes[typ] {
+		s.fail(w, http.StatusNotFound, "not-supported", fmt.Sprintf("resource type %q is not supported", typ))
+		return
+	}
+	if err := r.ParseForm(); err != nil {
+		s.fail(w, http.StatusBadRequest, "invalid", "cannot read the search parameters")
+		return
+	}
+	q, err := parseQuery(typ, r.Form)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	p, err := s.find(ctx, c, q)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p))
+}
+
+func parseQuery(typ string, v url.Values) (query, error) {
+	q := query{typ: typ, params: url.Values{}}
+	for name, vals := range v {
+		if !slices.Contains(commonParams, name) && !slices.Contains(searchParams[typ], name) {
+			allowed := slices.Concat(commonParams[:2], searchParams[typ])
+			return q, invalid(fmt.Sprintf("search parameter %q is not supported on %s; supported: %s", name, typ, strings.Join(allowed, ", ")))
+		}
+		if name != "_lastUpdated" && len(vals) > 1 {
+			return q, invalid(fmt.Sprintf("search parameter %s may appear once", name))
+		}
+		if name != pageTokenParam {
+			q.params[name] = vals
+		}
+	}
+	if f := v.Get("_format"); f != "" && !strings.Contains(f, "json") {
+		return q, invalid("only JSON is supported (_format=json)")
+	}
+	if n := v.Get("_count"); n != "" {
+		size, err := strconv.Atoi(n)
+		if err != nil || size < 1 {
+			return q, invalid("_count must be a whole number of at least 1")
+		}
+		q.size = int32(min(size, 1000))
+	}
+	q.token = v.Get(pageTokenParam)
+	if len(q.token) > 600 {
+		return q, invalid("page_token is not one this server gave")
+	}
+	for _, name := range []string{"patient", "subject"} {
+		if p := v.Get(name); p != "" {
+			id := strings.TrimPrefix(p, "Patient/")
+			if !handoffID.MatchString(id) {
+				return q, invalid(fmt.Sprintf("%s must be a Patient id or Patient/<id>", name))
+			}
+			if q.patient != "" && q.patient != id {
+				return q, invalid("patient and subject name different patients")
+			}
+			q.patient = id
+		}
+	}
+	if typ == "Consent" && q.patient == "" {
+		return q, invalid("a Consent search needs patient")
+	}
+	if st := v.Get("status"); st != "" {
+		if !validTaskStatus[st] {
+			return q, invalid(fmt.Sprintf("status %q is not a Task status (one value only)", st))
+		}
+		q.status = st
+	}
+	for _, lu := range v["_lastUpdated"] {
+		if err := q.addUpdated(lu); err != nil {
+			return q, err
+		}
+	}
+	return q, nil
+}
+
+var validTaskStatus = map[string]bool{
+	"draft": true, "requested": true, "received": true, "accepted": true, "rejected": true, "ready": true,
+	"cancelled": true, "in-progress": true, "on-hold": true, "failed": true, "completed": true, "entered-in-error": true,
+}
+
+// addUpdated parses one _lastUpdated value: a prefix (eq, ge, gt, le, lt)
+// and a date or time, whose precision makes it a range.
+func (q *query) addUpdated(v string) error {
+	prefix := "eq"
+	if len(v) > 2 && v[0] >= 'a' && v[0] <= 'z' {
+		prefix, v = v[:2], v[2:]
+	}
+	lo, hi, ok := timeRange(v)
+	if !ok {
+		return invalid("_lastUpdated needs a prefix (eq, ge, gt, le, lt) and a date or time, such as ge2026-01-01 or lt2026-01-02T10:00:00Z")
+	}
+	var ge, lt []time.Time
+	switch prefix {
+	case "eq":
+		ge, lt = []time.Time{lo}, []time.Time{hi}
+	case "ge":
+		ge = []time.Time{lo}
+	case "gt":
+		ge = []time.Time{hi}
+	case "lt":
+		lt = []time.Time{lo}
+	case "le":
+		lt = []time.Time{hi}
+	default:
+		return invalid(fmt.Sprintf("_lastUpdated prefix %q is not supported; use eq, ge, gt, le or lt", prefix))
+	}
+	for _, t := range ge {
+		q.updated = append(q.updated, fmt.Sprintf(`update_time >= %q`, t.UTC().Format(time.RFC3339Nano)))
+		if t.After(q.lo) {
+			q.lo = t
+		}
+	}
+	for _, t := range lt {
+		q.updated = append(q.updated, fmt.Sprintf(`update_time < %q`, t.UTC().Format(time.RFC3339Nano)))
+		if q.hi.IsZero() || t.Before(q.hi) {
+			q.hi = t
+		}
+	}
+	return nil
+}
+
+// timeRange returns the instants a FHIR date or dateTime covers, [lo, hi).
+// Dates without a zone are taken in UTC.
+func timeRange(v string) (lo, hi time.Time, ok bool) {
+	for _, f := range []struct {
+		layout string
+		step   func(time.Time) time.Time
+	}{
+		{"2006", func(t time.Time) time.Time { return t.AddDate(1, 0, 0) }},
+		{"2006-01", func(t time.Time) time.Time { return t.AddDate(0, 1, 0) }},
+		{"2006-01-02", func(t time.Time) time.Time { return t.AddDate(0, 0, 1) }},
+		{"2006-01-02T15:04Z07:00", func(t time.Time) time.Time { return t.Add(time.Minute) }},
+		{time.RFC3339, func(t time.Time) time.Time { return t.Add(time.Second) }},
+	} {
+		if t, err := time.Parse(f.layout, v); err == nil {
+			if strings.Contains(v, ".") {
+				// Fractional seconds: the instant itself.
+				return t, t.Add(time.Microsecond), true
+			}
+			return t, f.step(t), true
+		}
+	}
+	return time.Time{}, time.Time{}, false
+}
+
+// within reports whether an update time meets the _lastUpdated conditions,
+// for results the services cannot filter.
+func (q query) within(ts *timestamppb.Timestamp) bool {
+	if len(q.updated) == 0 {
+		return true
+	}
+	t := ts.AsTime()
+	return !t.Before(q.lo) && (q.hi.IsZero() || t.Before(q.hi))
+}
+
+// filter joins AIP-160 terms.
+func (q query) filter(terms ...string) string {
+	return strings.Join(slices.Concat(slices.DeleteFunc(terms, func(t string) bool { return t == "" }), q.updated), " AND ")
+}
+
+func (q query) familyTerm(c caller) string {
+	if q.patient == "" {
+		return ""
+	}
+	return fmt.Sprintf("family = %q", familyName(c, q.patient))
+}
+
+// referralStates maps a Task status searched for to a referral state.
+var referralStates = map[string]string{
+	"requested": "REQUESTED", "accepted": "ACCEPTED", "rejected": "REJECTED", "in-progress": "SCHEDULED",
+	"completed": "COMPLETED", "failed": "NO_SHOW", "cancelled": "CANCELLED",
+}
+
+func entry(res obj) obj { return obj{"resource": res} }
+
+// find runs a search against the services.
+func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
+	parent := "clinics/" + c.clinic
+	switch q.typ {
+	case "Patient", "CareTeam", "RelatedPerson":
+		var fams []*familiesv1.Family
+		var next string
+		if q.patient != "" {
+			// One family: a single page, filtered here.
+			f, err := s.family(ctx, c, q.patient)
+			if status.Code(err) == codes.NotFound {
+				return page{}, nil
+			}
+			if err != nil {
+				return page{}, err
+			}
+			if q.within(f.GetUpdateTime()) {
+				fams = append(fams, f)
+			}
+		} else {
+			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
+				Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
+			if err != nil {
+				return page{}, err
+			}
+			fams, next = resp.GetFamilies(), resp.GetNextPageToken()
+		}
+		p := page{next: next}
+		for _, f := range fams {
+			switch q.typ {
+			case "Patient":
+				p.entries = append(p.entries, entry(patient(f)))
+			case "CareTeam":
+				p.entries = append(p.entries, entry(careTeam(f)))
+			default:
+				for _, m := range f.GetMembers() {
+					p.entries = append(p.entries, entry(relatedPerson(f, m)))
+				}
+			}
+		}
+		return p, nil
+	case "ServiceRequest", "Task":
+		state := ""
+		if q.status != "" {
+			st, ok := referralStates[q.status]
+			if !ok {
+				// A status no referral has.
+				return page{}, nil
+			}
+			state = "state = " + st
+		}
+		resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter(q.familyTerm(c), state)})
+		if err != nil {
+			return page{}, err
+		}
+		p := page{next: resp.GetNextPageToken()}
+		for _, rf := range resp.GetReferrals() {
+			if q.typ == "Task" {
+				p.entries = append(p.entries, entry(task(rf)))
+			} else {
+				p.entries = append(p.entries, entry(serviceRequest(rf)))
+			}
+		}
+		return p, nil
+	case "Appointment":
+		return s.findAppointments(ctx, c, q)
+	case "Consent":
+		resp, err := s.cfg.Families.ListConsents(ctx, &familiesv1.ListConsentsRequest{
+			Parent: familyName(c, q.patient), PageSize: q.size, PageToken: q.token})
+		if status.Code(err) == codes.NotFound {
+			return page{}, nil
+		}
+		if err != nil {
+			return page{}, err
+		}
+		p := page{next: resp.GetNextPageToken()}
+		for _, cn := range resp.GetConsents() {
+			if q.within(cn.GetUpdateTime()) {
+				p.entries = append(p.entries, entry(consent(cn)))
+			}
+		}
+		return p, nil
+	case "HealthcareService":
+		resp, err := s.cfg.Referrals.ListPrograms(ctx, &referralsv1.ListProgramsRequest{
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
+		if err != nil {
+			return page{}, err
+		}
+		p := page{next: resp.GetNextPageToken()}
+		for _, pr := range resp.GetPrograms() {
+			p.entries = append(p.entries, entry(healthcareService(pr)))
+		}
+		return p, nil
+	}
+	return page{}, invalid("unsupported search")
+}
+
+// Appointments come from two services: interventions first, then the
+// referrals' intake appointments. The page token says which, "i." or "r."
+// before the service's own token.
+func (s *server) findAppointments(ctx context.Context, c caller, q query) (page, error) {
+	parent := "clinics/" + c.clinic
+	phase, token := "i", ""
+	if q.token != "" {
+		var ok bool
+		phase, token, ok = strings.Cut(q.token, ".")
+		if !ok || (phase != "i" && phase != "r") {
+			return page{}, invalid("page_token is not one this server gave")
+		}
+	}
+	var p page
+	if phase == "i" {
+		resp, err := s.cfg.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{
+			Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(q.familyTerm(c))})
+		switch {
+		case status.Code(err) == codes.PermissionDenied:
+			// The caller may read intake appointments but not list
+			// interventions: say so rather than leave them out silently.
+			p.outcomes = append(p.outcomes, outcome("warning", "forbidden",
+				"intervention meetings are not listed for this caller; only intake appointments are"))
+		case err != nil:
+			return page{}, err
+		default:
+			for _, iv := range resp.GetInterventions() {
+				p.entries = append(p.entries, entry(appointment(iv)))
+			}
+			if next := resp.GetNextPageToken(); next != "" {
+				p.next = "i." + next
+				return p, nil
+			}
+		}
+		// Interventions are done: the next page starts the intake
+		// appointments, unless this page has room for them now.
+		if len(p.entries) > 0 {
+			p.next = "r."
+			return p, nil
+		}
+		token = ""
+	}
+	resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
+		Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(q.familyTerm(c))})
+	if err != nil {
+		return page{}, err
+	}
+	for _, rf := range resp.GetReferrals() {
+		if a := intakeAppointment(rf); a != nil {
+			p.entries = append(p.entries, entry(a))
+		}
+	}
+	if next := resp.GetNextPageToken(); next != "" {
+		p.next = "r." + next
+	}
+	return p, nil
+}
+
+// searchBundle is a searchset Bundle with self and next links.
+func searchBundle(base string, q query, p page) obj {
+	entries := make([]any, 0, len(p.entries)+len(p.outcomes))
+	for _, e := range p.entries {
+		res := e["resource"].(obj)
+		entries = append(entries, obj{
+			"fullUrl":  base + "/" + res["resourceType"].(string) + "/" + res["id"].(string),
+			"resource": res,
+			"search":   obj{"mode": "match"},
+		})
+	}
+	for _, o := range p.outcomes {
+		entries = append(entries, obj{"resource": o, "search": obj{"mode": "outcome"}})
+	}
+	link := func(rel, token string) obj {
+		v := url.Values{}
+		for k, vals := range q.params {
+			v[k] = vals
+		}
+		if token != "" {
+			v.Set(pageTokenParam, token)
+		}
+		u := base + "/" + q.typ
+		if enc := v.Encode(); enc != "" {
+			u += "?" + enc
+		}
+		return obj{"relation": rel, "url": u}
+	}
+	links := []any{link("self", q.token)}
+	if p.next != "" {
+		links = append(links, link("next", p.next))
+	}
+	b := obj{
+		"resourceType": "Bundle",
+		"type":         "searchset",
+		"timestamp":    time.Now().UTC().Format(instantLayout),
+		"link":         links,
+	}
+	if len(entries) > 0 {
+		b["entry"] = entries
+	}
+	// The total is known only when everything fits on one page.
+	if p.next == "" && q.token == "" {
+		b["total"] = len(p.entries)
+	}
+	return b
+}

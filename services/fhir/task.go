@@ -1,0 +1,187 @@
+package fhir
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
+	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
+	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/task_go_proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+)
+
+// putTask is the EHR's write-back of a referral's status (the receiving
+// program accepted, rejected, scheduled, completed, or saw a no-show). It
+// calls the same transition as the gRPC API, so the referral's workflow
+// hears of it. Only Task.status (with executionPeriod and statusReason)
+// is read; other fields of the body are the server's and are ignored.
+func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
+	id := r.PathValue("id")
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil ||
+		(mt != "application/fhir+json" && mt != "application/json") {
+		s.fail(w, http.StatusUnsupportedMediaType, "not-supported", "send the Task as application/fhir+json")
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		s.fail(w, http.StatusRequestEntityTooLarge, "too-costly", "cannot read the request body")
+		return
+	}
+	t, err := s.parseTask(body, id)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if !handoffID.MatchString(id) {
+		s.fail(w, http.StatusNotFound, "not-found", fmt.Sprintf("Task/%s not found", id))
+		return
+	}
+	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
+	cur, err := s.referral(ctx, c, id)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	ch, err := change(cur, t)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if ch.none {
+		// Resending the current status changes nothing, but a stale
+		// If-Match still fails, as any write would.
+		if ifMatch != "" && ifMatch != cur.GetEtag() {
+			s.fail(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
+			return
+		}
+		s.writeTask(w, cur)
+		return
+	}
+	updated, err := s.transition(ctx, cur.GetName(), ch, ifMatch, r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	s.writeTask(w, updated)
+}
+
+func (s *server) writeTask(w http.ResponseWriter, rf *referralsv1.Referral) {
+	res := task(rf)
+	writeVersionHeaders(w, res)
+	s.writeResource(w, http.StatusOK, res)
+}
+
+// parseTask reads the body with the validating R4 parser.
+func (s *server) parseTask(body []byte, id string) (*task_go_proto.Task, error) {
+	pb, err := s.parse(body)
+	if err != nil {
+		return nil, invalid(err.Error())
+	}
+	cr, _ := pb.(*bundle_and_contained_resource_go_proto.ContainedResource)
+	t := cr.GetTask()
+	if t == nil {
+		return nil, invalid("the body must be a Task")
+	}
+	if t.GetId().GetValue() != id {
+		return nil, invalid(fmt.Sprintf("the Task's id (%q) must be the id in the URL (%q)", t.GetId().GetValue(), id))
+	}
+	return t, nil
+}
+
+// statusChange is what a PUT asks of a referral.
+type statusChange struct {
+	none   bool
+	status string
+	reason string
+	// For in-progress: the intake appointment; for completed: when the
+	// person entered treatment.
+	at *timestamppb.Timestamp
+	// For rejected.
+	rejection *referralsv1.Rejection
+}
+
+// taskStatusName is the FHIR code of a parsed Task status.
+func taskStatusName(v codes_go_proto.TaskStatusCode_Value) string {
+	return strings.ToLower(strings.ReplaceAll(v.String(), "_", "-"))
+}
+
+// change works out the transition a Task body asks for.
+func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, error) {
+	ch := statusChange{
+		status: taskStatusName(t.GetStatus().GetValue()),
+		reason: t.GetStatusReason().GetText().GetValue(),
+	}
+	if start := t.GetExecutionPeriod().GetStart(); start != nil && ch.status == "in-progress" {
+		ch.at = timestamppb.New(time.UnixMicro(start.GetValueUs()))
+	}
+	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
+		ch.at = timestamppb.New(time.UnixMicro(end.GetValueUs()))
+	}
+	if ch.status == taskStatus[cur.GetState()] {
+		// The same status; in-progress with another appointment time is a
+		// rebooking.
+		ch.none = ch.status != "in-progress" || ch.at == nil ||
+			ch.at.AsTime().Equal(cur.GetIntakeAppointment().GetStartTime().AsTime())
+		if ch.none {
+			return ch, nil
+		}
+	}
+	switch ch.status {
+	case "accepted", "failed", "cancelled":
+	case "completed":
+	case "in-progress":
+		if ch.at == nil {
+			return ch, invalid("an in-progress Task needs executionPeriod.start: the time of the intake appointment")
+		}
+	case "rejected":
+		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
+		for _, cd := range t.GetStatusReason().GetCoding() {
+			if cd.GetSystem().GetValue() == sysRejection {
+				if v, ok := referralsv1.RejectionReason_value["REJECTION_REASON_"+cd.GetCode().GetValue()]; ok && v != 0 {
+					ch.rejection.Reason = referralsv1.RejectionReason(v)
+				}
+			}
+		}
+	default:
+		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed or failed", ch.status)}
+	}
+	return ch, nil
+}
+
+// unprocessable is a well-formed request the referral's rules refuse (422).
+type unprocessable struct{ msg string }
+
+func (e unprocessable) Error() string { return e.msg }
+
+// transition calls the referral transition for ch.
+func (s *server) transition(ctx context.Context, name string, ch statusChange, etag, requestID string) (*referralsv1.Referral, error) {
+	if len(requestID) > 64 {
+		return nil, invalid("Idempotency-Key is at most 64 characters")
+	}
+	plain := &referralsv1.TransitionReferralRequest{Name: name, Reason: ch.reason, Etag: etag, RequestId: requestID}
+	rs := s.cfg.Referrals
+	switch ch.status {
+	case "accepted":
+		return rs.AcceptReferral(ctx, plain)
+	case "failed":
+		return rs.MarkReferralNoShow(ctx, plain)
+	case "cancelled":
+		return rs.CancelReferral(ctx, plain)
+	case "rejected":
+		return rs.RejectReferral(ctx, &referralsv1.RejectReferralRequest{Name: name, Rejection: ch.rejection, Etag: etag, RequestId: requestID})
+	case "in-progress":
+		return rs.ScheduleReferral(ctx, &referralsv1.ScheduleReferralRequest{Name: name,
+			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: ch.at}, Reason: ch.reason, Etag: etag, RequestId: requestID})
+	case "completed":
+		return rs.CompleteReferral(ctx, &referralsv1.CompleteReferralRequest{Name: name, TreatmentEntryTime: ch.at,
+			Reason: ch.reason, Etag: etag, RequestId: requestID})
+	}
+	return nil, unprocessable{msg: "unsupported status " + ch.status}
+}
