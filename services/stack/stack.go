@@ -21,6 +21,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
@@ -30,6 +31,7 @@ import (
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/webhooks"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/dispatch"
 	"github.com/handoff-health/handoff/workflows/flow"
@@ -58,6 +60,16 @@ type Config struct {
 	RelayInterval time.Duration
 	// NoWorker leaves the Temporal worker out (tests that restart it).
 	NoWorker bool
+	// WebhooksAddr, if set, is where the webhooks service listens; then
+	// the relays also enqueue webhook deliveries and the sender runs.
+	WebhooksAddr string
+	// WebhookToken is the webhook sender's service token (role
+	// webhook_sender) for its consent checks with the families service.
+	WebhookToken grpcclient.TokenSource
+	// Webhooks and WebhookSender tune the webhooks service and sender;
+	// the stack fills in the sender's DB, Families and Log.
+	Webhooks      webhooks.Config
+	WebhookSender webhooks.SenderConfig
 }
 
 // Stack is a running set of parts.
@@ -65,6 +77,7 @@ type Stack struct {
 	FamiliesAddr, InterventionsAddr, ReferralsAddr string
 	DBs                                            map[string]*pgdb.DB
 	Worker                                         worker.Worker
+	WebhooksAddr                                   string
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -167,6 +180,13 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 
+	var sink *webhooks.Sink
+	if cfg.WebhooksAddr != "" {
+		if sink, err = s.startWebhooks(runCtx, cfg, open, serve, dial); err != nil {
+			return fail(err)
+		}
+	}
+
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); refSrv.RunExpiry(runCtx, time.Minute) }()
 
@@ -176,7 +196,11 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	d := &dispatch.Dispatcher{Client: relayClient, Log: cfg.Log}
 	for _, name := range []string{families.Schema, interventions.Schema, referrals.Schema} {
-		r := &outbox.Relay{DB: s.DBs[name], Deliver: d.Deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
+		deliver := d.Deliver
+		if sink != nil {
+			deliver = thenWebhooks(d.Deliver, sink.For(name))
+		}
+		r := &outbox.Relay{DB: s.DBs[name], Deliver: deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); r.Run(runCtx) }()
 	}
@@ -192,6 +216,49 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		s.Worker = w
 	}
 	return s, nil
+}
+
+// startWebhooks opens the webhooks schema, serves the webhooks service and
+// runs the sender; it returns the sink the relays feed.
+func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
+	open func(string, []pgdb.Source) (*pgdb.DB, error),
+	serve func(string, string, grpcserver.Policy, grpcserver.Auditor, func(*grpc.Server)) (string, error),
+	dial func(string, grpcclient.TokenSource) (*grpc.ClientConn, error)) (*webhooks.Sink, error) {
+	if cfg.WebhookToken == nil {
+		return nil, errors.New("the webhook sender needs a service token")
+	}
+	db, err := open(webhooks.Schema, webhooks.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	srv := webhooks.New(db, cfg.Webhooks)
+	if s.WebhooksAddr, err = serve("webhooks", cfg.WebhooksAddr, webhooks.Policy(), srv.Auditor(), func(g *grpc.Server) {
+		webhooksv1.RegisterWebhooksServiceServer(g, srv)
+	}); err != nil {
+		return nil, err
+	}
+	famConn, err := dial(s.FamiliesAddr, cfg.WebhookToken)
+	if err != nil {
+		return nil, err
+	}
+	sc := cfg.WebhookSender
+	sc.DB, sc.Families, sc.Log = db, familiesv1.NewFamiliesServiceClient(famConn), cfg.Log.With("part", "webhook-sender")
+	sender := webhooks.NewSender(sc)
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); sender.Run(runCtx) }()
+	return &webhooks.Sink{DB: db}, nil
+}
+
+// thenWebhooks delivers an outbox event to Temporal and then enqueues its
+// webhook deliveries. A failure of either makes the relay retry the event;
+// both steps tolerate the repeat.
+func thenWebhooks(toTemporal, enqueue func(context.Context, outbox.Stored) error) func(context.Context, outbox.Stored) error {
+	return func(ctx context.Context, e outbox.Stored) error {
+		if err := toTemporal(ctx, e); err != nil {
+			return err
+		}
+		return enqueue(ctx, e)
+	}
 }
 
 // NewWorker builds the Temporal worker with activities that call the

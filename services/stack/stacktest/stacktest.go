@@ -23,6 +23,7 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/services/telemetry"
+	"github.com/handoff-health/handoff/services/webhooks"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
@@ -143,7 +144,9 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	workerToken := iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
-	prefix := pgtest.Prefix(t, "families", "interventions", "referrals")
+	// The webhook sender checks consent with its own service identity.
+	webhookToken := iss.MustMint(auth.TokenOptions{Subject: "webhook-sender", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWebhookSender}, TTL: time.Hour})
+	prefix := pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks")
 	st, err := stack.Start(context.Background(), stack.Config{
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		DatabaseURL: pgtest.URL(), SchemaPrefix: prefix, Verifier: iss.Verifier(),
@@ -151,6 +154,13 @@ func Start(t testing.TB) *Env {
 		Temporal:    c, RelayTemporal: relayClient,
 		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
 		Settings: func(string) activities.Settings { return Fast() }, RelayInterval: 100 * time.Millisecond,
+		// Test webhook receivers listen on 127.0.0.1 over plain HTTP, and retries
+		// come within seconds.
+		WebhooksAddr: "127.0.0.1:0",
+		WebhookToken: func(context.Context) (string, error) { return webhookToken, nil },
+		Webhooks:     webhooks.Config{AllowInsecure: true, AllowPrivate: true},
+		WebhookSender: webhooks.SenderConfig{AllowPrivate: true, BaseBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
+			MaxAttempts: 30, Timeout: 5 * time.Second, Interval: 100 * time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)
