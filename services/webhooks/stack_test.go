@@ -1,0 +1,324 @@
+package webhooks_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/services/webhooks"
+)
+
+// liveReceiver is a real HTTP endpoint on a fixed 127.0.0.1 port that can
+// be taken down (connections refused) and brought back, and that fails
+// chosen notifications with 503. It verifies every signature, drops
+// duplicates by Handoff-Webhook-Id, and records notifications in arrival
+// order.
+type liveReceiver struct {
+	t      *testing.T
+	addr   string
+	secret string
+
+	mu       sync.Mutex
+	srv      *http.Server
+	got      []map[string]any
+	seen     map[string]bool
+	attempts map[string]int // per delivery id, including refused ones the receiver saw
+	fail     func(id string, n map[string]any, attempt int) bool
+}
+
+func newLiveReceiver(t *testing.T) *liveReceiver {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &liveReceiver{t: t, addr: lis.Addr().String(), seen: map[string]bool{}, attempts: map[string]int{}}
+	lis.Close() // down until up()
+	t.Cleanup(r.down)
+	return r
+}
+
+func (r *liveReceiver) url() string { return "http://" + r.addr + "/handoff/hooks" }
+
+func (r *liveReceiver) up() {
+	r.t.Helper()
+	lis, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		r.t.Fatalf("receiver back on %s: %v", r.addr, err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(r.serve), ReadHeaderTimeout: 5 * time.Second}
+	r.mu.Lock()
+	r.srv = srv
+	r.mu.Unlock()
+	go func() { _ = srv.Serve(lis) }()
+}
+
+func (r *liveReceiver) down() {
+	r.mu.Lock()
+	srv := r.srv
+	r.srv = nil
+	r.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+}
+
+func (r *liveReceiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := webhooks.Verify(r.secret, req.Header.Get(webhooks.SignatureHeader), body, time.Now()); err != nil {
+		r.t.Errorf("receiver: %v", err)
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	var n map[string]any
+	if err := json.Unmarshal(body, &n); err != nil {
+		r.t.Errorf("receiver: %v", err)
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	id := req.Header.Get(webhooks.IDHeader)
+	r.attempts[id]++
+	if r.fail != nil && r.fail(id, n, r.attempts[id]) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		return
+	}
+	if !r.seen[id] {
+		r.seen[id] = true
+		r.got = append(r.got, n)
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (r *liveReceiver) received() []map[string]any {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]map[string]any(nil), r.got...)
+}
+
+type stackEnv struct {
+	fam     familiesv1.FamiliesServiceClient
+	ref     referralsv1.ReferralsServiceClient
+	hooks   webhooksv1.WebhooksServiceClient
+	counsel context.Context
+	admin   context.Context
+	as      func(subject string, roles ...auth.Role) context.Context
+}
+
+func startStack(t *testing.T) *stackEnv {
+	current = t
+	sys := stacktest.Start(t)
+	dial := func(addr string) *grpc.ClientConn {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	if sys.Stack.WebhooksAddr == "" {
+		t.Fatal("the stack runs no webhooks service")
+	}
+	as := func(subject string, roles ...auth.Role) context.Context {
+		return auth.WithToken(context.Background(), sys.Token(subject, roles...))
+	}
+	return &stackEnv{
+		fam:     familiesv1.NewFamiliesServiceClient(dial(sys.Stack.FamiliesAddr)),
+		ref:     referralsv1.NewReferralsServiceClient(dial(sys.Stack.ReferralsAddr)),
+		hooks:   webhooksv1.NewWebhooksServiceClient(dial(sys.Stack.WebhooksAddr)),
+		counsel: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
+		as: as,
+	}
+}
+
+// current is the running stack test; these tests do not run in parallel,
+// and ok needs it to fail the test from a one-line call.
+var current *testing.T
+
+// ok returns v, failing the test on err.
+func ok[T any](v T, err error) T {
+	current.Helper()
+	if err != nil {
+		current.Fatal(err)
+	}
+	return v
+}
+
+// setupClinic creates a family counseling program and a family.
+func (e *stackEnv) setupClinic(t *testing.T) (program string, family *familiesv1.Family) {
+	p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+		DisplayName: "Family counseling center", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_FAMILY_COUNSELING},
+		PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID}}}))
+	ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 20}))
+	f := ok(e.fam.CreateFamily(e.counsel, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{GivenName: "Sam"}, Counselor: "counselor-1",
+		Coverage: &familiesv1.Coverage{Kind: familiesv1.CoverageKind_COVERAGE_KIND_MEDICAID}}}))
+	return p.GetName(), f
+}
+
+func (e *stackEnv) referral(t *testing.T, program string, f *familiesv1.Family) *referralsv1.Referral {
+	return ok(e.ref.CreateReferral(e.counsel, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_FAMILY_COUNSELING, Program: program,
+		Urgency: referralsv1.Urgency_URGENCY_ROUTINE, Reason: "family counseling"}}))
+}
+
+// The EHR's endpoint is down while referrals change, comes back, and fails
+// one notification a few more times: it still gets every change, in order
+// per referral, each one signed.
+func TestReceiverSurvivesItsDowntime(t *testing.T) {
+	e := startStack(t)
+	program, f := e.setupClinic(t)
+	rcv := newLiveReceiver(t)
+	ehr := e.as("ehr-1", auth.RoleEHR)
+	sub := ok(e.hooks.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+		Subscription: &webhooksv1.Subscription{Url: rcv.url(),
+			Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}}))
+	rcv.secret = sub.GetSecret()
+
+	// Eight changes to three referrals while the receiver is down.
+	want := map[string][]string{}
+	note := func(r *referralsv1.Referral, event string) {
+		want[r.GetName()] = append(want[r.GetName()], "handoff.referrals.v1.referral."+event)
+	}
+	r1, r2, r3 := e.referral(t, program, f), e.referral(t, program, f), e.referral(t, program, f)
+	note(r1, "created")
+	note(r2, "created")
+	note(r3, "created")
+	ok(e.ref.AcceptReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r2.GetName()}))
+	note(r2, "accepted")
+	ok(e.ref.AcceptReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r1.GetName()}))
+	note(r1, "accepted")
+	ok(e.ref.CancelReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r3.GetName(), Reason: "duplicate"}))
+	note(r3, "cancelled")
+	ok(e.ref.ScheduleReferral(e.counsel, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(24 * time.Hour))}}))
+	note(r1, "scheduled")
+	ok(e.ref.ScheduleReferral(e.counsel, &referralsv1.ScheduleReferralRequest{Name: r2.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(48 * time.Hour))}}))
+	note(r2, "scheduled")
+
+	deliveries := func(filter string) []*webhooksv1.Delivery {
+		resp := ok(e.hooks.ListDeliveries(e.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: filter}))
+		return resp.GetDeliveries()
+	}
+	// Every change is queued and the first of each referral has been tried
+	// against the dead endpoint more than once.
+	stacktest.Eventually(t, 20*time.Second, "retries against the dead endpoint", func() bool {
+		ds := deliveries("")
+		retried := 0
+		for _, d := range ds {
+			if d.GetAttemptCount() >= 2 {
+				retried++
+			}
+		}
+		return len(ds) == 8 && retried == 3
+	})
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("received %d notifications while down", len(got))
+	}
+
+	// Back up, but r2's "accepted" fails three more times.
+	rcv.mu.Lock()
+	rcv.fail = func(_ string, n map[string]any, attempt int) bool {
+		return n["resource"] == r2.GetName() && n["type"] == "handoff.referrals.v1.referral.accepted" && attempt <= 3
+	}
+	rcv.mu.Unlock()
+	rcv.up()
+
+	stacktest.Eventually(t, 30*time.Second, "all eight notifications", func() bool { return len(rcv.received()) == 8 })
+	got := map[string][]string{}
+	for _, n := range rcv.received() {
+		res, _ := n["resource"].(string)
+		typ, _ := n["type"].(string)
+		got[res] = append(got[res], typ)
+		if n["data"] != nil || n["topic"] != "REFERRAL_CHANGED" {
+			t.Errorf("notification %v: want id-only under REFERRAL_CHANGED", n)
+		}
+	}
+	for name, events := range want {
+		if len(got[name]) != len(events) {
+			t.Fatalf("%s: received %v, want %v", name, got[name], events)
+		}
+		for i := range events {
+			if got[name][i] != events[i] {
+				t.Fatalf("%s out of order: received %v, want %v", name, got[name], events)
+			}
+		}
+	}
+	for _, d := range deliveries(`resource = "` + r2.GetName() + `" AND event_type = "handoff.referrals.v1.referral.accepted"`) {
+		rcv.mu.Lock()
+		seen := rcv.attempts[aipID(d.GetName())]
+		rcv.mu.Unlock()
+		if seen != 4 || d.GetAttemptCount() < 4 {
+			t.Fatalf("r2 accepted: receiver saw %d attempts, sender made %d; want 4 and at least 4", seen, d.GetAttemptCount())
+		}
+	}
+	if n := len(deliveries("state = DELIVERED")); n != 8 {
+		t.Fatalf("%d deliveries DELIVERED, want 8", n)
+	}
+	if dead := deliveries("state = DEAD"); len(dead) != 0 {
+		t.Fatalf("dead letters: %v", dead)
+	}
+}
+
+// A FULL subscription gets identifiers only until the patient consents to
+// the disclosure to its owner, and the data (with the Part 2 notice) after,
+// each disclosure recorded in the family's accounting.
+func TestFullPayloadNeedsConsent(t *testing.T) {
+	e := startStack(t)
+	program, f := e.setupClinic(t)
+	rcv := newLiveReceiver(t)
+	ehr := e.as("ehr-full", auth.RoleEHR)
+	sub := ok(e.hooks.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+		Subscription: &webhooksv1.Subscription{Url: rcv.url(), Payload: webhooksv1.PayloadKind_PAYLOAD_KIND_FULL,
+			Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}))
+	rcv.secret = sub.GetSecret()
+	rcv.up()
+
+	r := e.referral(t, program, f)
+	stacktest.Eventually(t, 20*time.Second, "the first notification", func() bool { return len(rcv.received()) == 1 })
+	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil || n["resource"] != r.GetName() {
+		t.Fatalf("before consent: %v", n)
+	}
+
+	now := time.Now()
+	ok(e.fam.CreateConsent(e.counsel, &familiesv1.CreateConsentRequest{Parent: f.GetName(), Consent: &familiesv1.Consent{
+		Discloser: "North clinic",
+		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+			familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS},
+		Recipients:            []string{"ehr-full"},
+		Purposes:              []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
+		ExpireTime:            timestamppb.New(now.AddDate(1, 0, 0)),
+		Signer:                "Sam",
+		SignTime:              timestamppb.New(now.Add(-time.Hour)),
+		RevocationRightStated: true,
+	}}))
+	ok(e.ref.AcceptReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r.GetName()}))
+	stacktest.Eventually(t, 20*time.Second, "the second notification", func() bool { return len(rcv.received()) == 2 })
+	n := rcv.received()[1]
+	data, _ := n["data"].(map[string]any)
+	if data["name"] != r.GetName() || data["state"] != "REFERRAL_STATE_ACCEPTED" || n["notice"] != webhooks.Notice {
+		t.Fatalf("after consent: %v", n)
+	}
+	ds := ok(e.fam.ListDisclosures(e.counsel, &familiesv1.ListDisclosuresRequest{Parent: f.GetName()})).GetDisclosures()
+	if len(ds) != 1 || ds[0].GetRecipient() != "ehr-full" || ds[0].GetResource() != r.GetName() ||
+		ds[0].GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK ||
+		ds[0].GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
+		t.Fatalf("accounting of disclosures: %v", ds)
+	}
+}
