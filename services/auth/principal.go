@@ -27,6 +27,11 @@ const (
 	// interventions service grants it to a request that presents the feed's
 	// secret token; it may only export that feed.
 	RoleCalendarFeed Role = "calendar_feed"
+	// RoleCalendarReader is the interventions service's identity for
+	// calendar feeds. It acts for every clinic and may only list families
+	// and referrals, to put a counselor's clients' intake appointments in
+	// the counselor's feed.
+	RoleCalendarReader Role = "calendar_reader"
 	// RoleWebhookSender is the webhook sender's service identity. It may
 	// only check consent and record disclosures, for every clinic.
 	RoleWebhookSender Role = "webhook_sender"
@@ -54,7 +59,7 @@ func (p Principal) Has(roles ...Role) bool {
 
 // InClinic reports whether p may act inside clinic.
 func (p Principal) InClinic(clinic string) bool {
-	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker, RoleWebhookSender)))
+	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker, RoleWebhookSender, RoleCalendarReader)))
 }
 
 type ctxKey struct{}

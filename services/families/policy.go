@@ -18,6 +18,8 @@ func Policy() grpcserver.Policy {
 		// RelatedPerson); the worker reads contact preferences and barriers.
 		p[svc+m] = slices.Concat(readers, []auth.Role{auth.RoleEHR})
 	}
+	// A counselor's calendar feed shows their clients' intake appointments.
+	p[svc+"ListFamilies"] = slices.Concat(p[svc+"ListFamilies"], []auth.Role{auth.RoleCalendarReader})
 	for _, m := range []string{"GetBarrier", "ListBarriers", "GetWarningSign", "ListWarningSigns",
 		"ListSafetyScreens", "GetBoundary", "ListBoundaries"} {
 		p[svc+m] = readers

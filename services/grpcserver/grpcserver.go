@@ -185,12 +185,13 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	m, _ := req.(proto.Message)
 	// The database scope is the caller's own clinic, whatever the request
 	// names: row-level security then hides other clinics even if a handler
-	// forgot its check. Only the worker and the webhook sender serve every
-	// clinic; their scope is the clinic the request names.
+	// forgot its check. Only the worker, the webhook sender and the
+	// calendar reader serve every clinic; their scope is the clinic the
+	// request names.
 	scope := p.Clinic
 	if scope == auth.AnyClinic {
-		if !p.Has(auth.RoleWorker, auth.RoleWebhookSender) {
-			return nil, status.Error(codes.PermissionDenied, "only the worker's and the webhook sender's service identities may act for every clinic")
+		if !p.Has(auth.RoleWorker, auth.RoleWebhookSender, auth.RoleCalendarReader) {
+			return nil, status.Error(codes.PermissionDenied, "only the worker's, the webhook sender's and the calendar reader's service identities may act for every clinic")
 		}
 		if scope = requestClinic(m); scope == "" {
 			return nil, status.Error(codes.InvalidArgument, "the request names no clinic resource")

@@ -15,7 +15,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -242,5 +244,81 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	if err != nil {
 		return nil, fmt.Errorf("read feed interventions: %w", err)
 	}
+	intakes, err := s.intakeEvents(ctx, r.clinic, owner, s.cfg.Now().Add(-feedWindow))
+	if err != nil {
+		return nil, err
+	}
+	events = append(events, intakes...)
 	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}, nil
+}
+
+// intakeDuration is how long an intake appointment shows in a calendar:
+// programs book a time, not a length.
+const intakeDuration = time.Hour
+
+// intakeEvents returns the intake appointments of the families the owner
+// counsels, read through the families and referrals APIs as the calendar
+// reader. A failure fails the whole feed: a feed without them would make
+// calendars delete the appointments until the next read.
+func (s *Server) intakeEvents(ctx context.Context, clinic, owner string, since time.Time) ([]calendarEvent, error) {
+	if s.cfg.CalendarFamilies == nil || s.cfg.CalendarReferrals == nil {
+		return nil, nil
+	}
+	parent := aip.Name("clinics", clinic)
+	var families []string
+	for token := ""; ; {
+		page, err := s.cfg.CalendarFamilies.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent,
+			Filter: fmt.Sprintf("counselor = %q", owner), PageSize: 1000, PageToken: token})
+		if err != nil {
+			// Not %w: the other service's status is not this call's answer;
+			// the interceptor logs the cause and answers INTERNAL.
+			return nil, fmt.Errorf("list the counselor's families: %v", err)
+		}
+		for _, f := range page.GetFamilies() {
+			families = append(families, f.GetName())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	var events []calendarEvent
+	for _, family := range families {
+		for token := ""; ; {
+			page, err := s.cfg.CalendarReferrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: parent,
+				Filter: fmt.Sprintf("family = %q", family), PageSize: 1000, PageToken: token})
+			if err != nil {
+				return nil, fmt.Errorf("list referrals of %s: %v", family, err)
+			}
+			for _, ref := range page.GetReferrals() {
+				if e, ok := intakeEvent(ref, since); ok {
+					events = append(events, e)
+				}
+			}
+			if token = page.GetNextPageToken(); token == "" {
+				break
+			}
+		}
+	}
+	return events, nil
+}
+
+// intakeEvent is a referral's intake appointment as an event, if it has
+// one that ends after since. Its UID is the referral's: a rebooked
+// appointment moves the same event.
+func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, bool) {
+	appt := ref.GetIntakeAppointment()
+	if appt.GetStartTime() == nil {
+		return calendarEvent{}, false
+	}
+	start := appt.GetStartTime().AsTime()
+	if start.Add(intakeDuration).Before(since) {
+		return calendarEvent{}, false
+	}
+	version, _ := aip.ParseEtag(ref.GetEtag())
+	return calendarEvent{
+		uid: aip.ID(ref.GetName()) + "@handoff", resource: ref.GetName(), summary: "Intake appointment",
+		start: start, end: start.Add(intakeDuration),
+		created: ref.GetCreateTime().AsTime(), modified: ref.GetUpdateTime().AsTime(), sequence: version,
+		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+	}, true
 }

@@ -8,11 +8,23 @@ import (
 	"time"
 
 	ics "github.com/arran4/golang-ical"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/grpcserver"
+	"github.com/handoff-health/handoff/services/interventions"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/servicetest"
 )
 
 // feedToken splits a feed's url into its name and token.
@@ -247,3 +259,121 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 }
 
 func mustTime(t time.Time, _ error) time.Time { return t }
+
+// The feed shows the intake appointments of the counselor's clients, read
+// through the referrals API as the calendar reader: a rebooking moves the
+// same event, a cancelled referral cancels it, and other counselors'
+// clients stay out.
+func TestCalendarFeedIntakeAppointments(t *testing.T) {
+	t.Parallel()
+	_, famSchema := pgtest.Schema(t, families.Migrations()...)
+	_, refSchema := pgtest.Schema(t, referrals.Migrations()...)
+	_, ivSchema := pgtest.Schema(t, interventions.Migrations()...)
+	env := servicetest.Start(t, families.Policy(), func(s *grpc.Server) {
+		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, famSchema), families.Config{}))
+	})
+	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
+	refConn := env.Also(t, referrals.Policy(), func(s *grpc.Server) {
+		referralsv1.RegisterReferralsServiceServer(s, referrals.New(pgtest.App(t, refSchema),
+			referrals.Config{Consent: &consentgate.Gate{Families: famClient}}))
+	})
+	// The calendar reader's connections carry its own token: a feed's
+	// reader has none to forward.
+	reader := func(addr string) *grpc.ClientConn {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{Token: func(context.Context) (string, error) {
+			return env.Issuer.MustMint(auth.TokenOptions{Subject: "calendar-reader", Clinic: auth.AnyClinic,
+				Roles: []auth.Role{auth.RoleCalendarReader}}), nil
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	ivSrv := interventions.New(pgtest.App(t, ivSchema), interventions.Config{Families: famClient,
+		CalendarFamilies:  familiesv1.NewFamiliesServiceClient(reader(env.Addr)),
+		CalendarReferrals: referralsv1.NewReferralsServiceClient(reader(refConn.Target()))})
+	ivConn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
+		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
+	})
+	ivClient := interventionsv1.NewInterventionsServiceClient(ivConn)
+	refClient := referralsv1.NewReferralsServiceClient(refConn)
+	ctx, admin := env.Counselor("north"), env.As("north", "admin-1", auth.RoleClinicAdmin)
+
+	prog, err := refClient.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+		DisplayName: "Riverside MAT", Organization: "Riverside Health",
+		Services:         []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE},
+		PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID},
+		Address:          &referralsv1.Address{Locality: "Springfield", PostalCode: "62701"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	referral := func(counselor, lovedOne string) *referralsv1.Referral {
+		t.Helper()
+		fam, err := famClient.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+			LovedOne: &familiesv1.LovedOne{GivenName: lovedOne}, Counselor: counselor}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := refClient.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: fam.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: prog.GetName(),
+			Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "opioid use disorder, wants to start"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := refClient.AcceptReferral(ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	book := func(r *referralsv1.Referral, at time.Time) {
+		t.Helper()
+		if _, err := refClient.ScheduleReferral(ctx, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(at), Location: "120 Main Street",
+				Notes: "Bring photo ID"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mine, theirs := referral("counselor-1", "Robin"), referral("counselor-2", "Kim")
+	at := time.Now().Add(48 * time.Hour).Truncate(time.Second)
+	book(mine, at)
+	book(theirs, at)
+
+	feed, err := ivClient.CreateCalendarFeed(ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	token := feedToken(t, feed)
+	f := &fixture{client: ivClient}
+	uid := aip.ID(mine.GetName()) + "@handoff"
+	cal, raw := export(t, f, feed.GetName(), token)
+	if len(cal.Events()) != 1 {
+		t.Fatalf("%d events, want my client's intake only:\n%s", len(cal.Events()), raw)
+	}
+	before := eventOf(t, cal, uid)
+	if got, _ := before.GetStartAt(); !got.Equal(at) || prop(before, ics.ComponentPropertySummary) != "Intake appointment" ||
+		prop(before, ics.ComponentPropertyStatus) != "CONFIRMED" {
+		t.Fatalf("intake event:\n%s", raw)
+	}
+
+	rebooked := at.Add(26 * time.Hour)
+	book(mine, rebooked)
+	cal, _ = export(t, f, feed.GetName(), token)
+	after := eventOf(t, cal, uid)
+	if got, _ := after.GetStartAt(); !got.Equal(rebooked) || sequence(t, after) <= sequence(t, before) {
+		t.Fatalf("after rebooking: DTSTART %v, SEQUENCE %d (was %d)", got, sequence(t, after), sequence(t, before))
+	}
+	if _, err := refClient.CancelReferral(ctx, &referralsv1.TransitionReferralRequest{Name: mine.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	cal, raw = export(t, f, feed.GetName(), token)
+	if st := prop(eventOf(t, cal, uid), ics.ComponentPropertyStatus); st != "CANCELLED" {
+		t.Fatalf("cancelled referral has STATUS %q", st)
+	}
+	for _, secret := range []string{"Robin", "Kim", "Riverside", "Main Street", "photo", "opioid", aip.ID(theirs.GetName())} {
+		if strings.Contains(raw, secret) {
+			t.Fatalf("the feed shows %q:\n%s", secret, raw)
+		}
+	}
+}

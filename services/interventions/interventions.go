@@ -16,6 +16,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -42,6 +43,12 @@ func Migrations() []pgdb.Source {
 type Config struct {
 	// Families reads families (members, safety screens, barriers).
 	Families familiesv1.FamiliesServiceClient
+	// CalendarFamilies and CalendarReferrals find a counselor's clients'
+	// intake appointments for calendar feeds. A feed's reader has no token
+	// to forward, so these connections must carry the calendar_reader
+	// service identity's token. Without them feeds show interventions only.
+	CalendarFamilies  familiesv1.FamiliesServiceClient
+	CalendarReferrals referralsv1.ReferralsServiceClient
 	// Horizon is how far ahead an intervention may be scheduled. Default one
 	// year.
 	Horizon time.Duration

@@ -1,6 +1,8 @@
 package referrals
 
 import (
+	"slices"
+
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcserver"
 )
@@ -26,6 +28,8 @@ func Policy() grpcserver.Policy {
 		// The receiving program's answers arrive through the EHR (closed loop).
 		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow")
 	set(append(counselors, auth.RoleWorker), "CancelReferral")
+	// A counselor's calendar feed shows their clients' intake appointments.
+	p[svc+"ListReferrals"] = slices.Concat(p[svc+"ListReferrals"], []auth.Role{auth.RoleCalendarReader})
 	// The audit trail is for administrators.
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p

@@ -122,7 +122,7 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{conns["referrals"], referralsv1.File_handoff_referrals_v1_referrals_proto.Services().Get(0), referrals.Policy()},
 	}
 	allRoles := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR, auth.RoleReminders, auth.RoleWorker,
-		auth.RoleCalendarFeed}
+		auth.RoleCalendarFeed, auth.RoleCalendarReader}
 	// Methods authenticated by a secret in the request (a calendar feed's
 	// token) ignore bearer tokens: every cell without the secret is
 	// NOT_FOUND once the service's credentials are wired into its server,
@@ -195,10 +195,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 					break
 				}
 			}
-			// A calendar feed's role reads that feed and calls nothing else.
+			// A calendar feed's role reads that feed and calls nothing else;
+			// the calendar reader, which serves every clinic, only lists.
 			if !slices.Contains(allowed, auth.RoleCalendarFeed) {
 				feedOnly := auth.TokenOptions{Subject: "someone", Clinic: "north", Roles: []auth.Role{auth.RoleCalendarFeed}}
 				check("calendar feed role", call(token(feedOnly), "north"), codes.PermissionDenied)
+			}
+			if !slices.Contains(allowed, auth.RoleCalendarReader) {
+				calReader := auth.TokenOptions{Subject: "calendar-reader", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCalendarReader}}
+				check("calendar reader", call(token(calReader), "north"), wrongRole...)
 			}
 		}
 	}

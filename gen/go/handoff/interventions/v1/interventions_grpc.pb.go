@@ -182,9 +182,11 @@ type InterventionsServiceClient interface {
 	// administrator may delete it; anyone else gets NOT_FOUND.
 	DeleteCalendarFeed(ctx context.Context, in *DeleteCalendarFeedRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
-	// owner's scheduled, completed and cancelled interventions, each a VEVENT
-	// whose UID stays the same when the meeting moves and whose SEQUENCE
-	// grows with each change. Events name no person and hold no notes. The
+	// owner's scheduled, completed and cancelled interventions, and the intake
+	// appointments of the families the owner counsels (from the referrals
+	// service, shown as one hour), each a VEVENT whose UID stays the same
+	// when the meeting moves and whose SEQUENCE grows with each change.
+	// Events name no person or place and hold no notes. The
 	// call is authenticated by the feed's token, not by a bearer token; a
 	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
 	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
@@ -576,9 +578,11 @@ type InterventionsServiceServer interface {
 	// administrator may delete it; anyone else gets NOT_FOUND.
 	DeleteCalendarFeed(context.Context, *DeleteCalendarFeedRequest) (*emptypb.Empty, error)
 	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
-	// owner's scheduled, completed and cancelled interventions, each a VEVENT
-	// whose UID stays the same when the meeting moves and whose SEQUENCE
-	// grows with each change. Events name no person and hold no notes. The
+	// owner's scheduled, completed and cancelled interventions, and the intake
+	// appointments of the families the owner counsels (from the referrals
+	// service, shown as one hour), each a VEVENT whose UID stays the same
+	// when the meeting moves and whose SEQUENCE grows with each change.
+	// Events name no person or place and hold no notes. The
 	// call is authenticated by the feed's token, not by a bearer token; a
 	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
 	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
