@@ -30,6 +30,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcclient"
 )
@@ -39,6 +40,8 @@ type Config struct {
 	Log *slog.Logger
 	// Addresses of the gRPC services.
 	FamiliesAddr, InterventionsAddr, ReferralsAddr string
+	// WebhooksAddr is the webhooks service; empty leaves its routes out.
+	WebhooksAddr string
 	// Client configures the connections to the services (TLS).
 	Client grpcclient.Config
 	// Verifier checks bearer tokens before a request reaches a service
@@ -106,6 +109,18 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
 		return nil, fmt.Errorf("gateway: referrals: %w", err)
+	}
+	if cfg.WebhooksAddr != "" {
+		conn, err := grpcclient.Dial(cfg.WebhooksAddr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders))
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		g.conns["webhooks"] = conn
+		if err := webhooksv1.RegisterWebhooksServiceHandler(ctx, mux, conn); err != nil {
+			g.Close()
+			return nil, fmt.Errorf("gateway: webhooks: %w", err)
+		}
 	}
 	doc, err := openAPI()
 	if err != nil {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/services/webhooks"
@@ -111,6 +114,7 @@ func (r *liveReceiver) received() []map[string]any {
 }
 
 type stackEnv struct {
+	sys     *stacktest.Env
 	fam     familiesv1.FamiliesServiceClient
 	ref     referralsv1.ReferralsServiceClient
 	hooks   webhooksv1.WebhooksServiceClient
@@ -137,6 +141,7 @@ func startStack(t *testing.T) *stackEnv {
 		return auth.WithToken(context.Background(), sys.Token(subject, roles...))
 	}
 	return &stackEnv{
+		sys:     sys,
 		fam:     familiesv1.NewFamiliesServiceClient(dial(sys.Stack.FamiliesAddr)),
 		ref:     referralsv1.NewReferralsServiceClient(dial(sys.Stack.ReferralsAddr)),
 		hooks:   webhooksv1.NewWebhooksServiceClient(dial(sys.Stack.WebhooksAddr)),
@@ -283,11 +288,15 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 	e := startStack(t)
 	program, f := e.setupClinic(t)
 	rcv := newLiveReceiver(t)
-	ehr := e.as("ehr-full", auth.RoleEHR)
-	sub := ok(e.hooks.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
-		Subscription: &webhooksv1.Subscription{Url: rcv.url(), Payload: webhooksv1.PayloadKind_PAYLOAD_KIND_FULL,
-			Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}))
-	rcv.secret = sub.GetSecret()
+	// The EHR subscribes through the REST gateway.
+	rest := e.gateway(t)
+	var sub struct{ Name, Secret, Owner, Payload string }
+	rest.do(http.MethodPost, "/v1/clinics/north/subscriptions", e.sys.Token("ehr-full", auth.RoleEHR),
+		`{"url": "`+rcv.url()+`", "topics": ["TOPIC_REFERRAL_CHANGED"], "payload": "PAYLOAD_KIND_FULL"}`, http.StatusOK, &sub)
+	if sub.Owner != "ehr-full" || sub.Secret == "" || sub.Payload != "PAYLOAD_KIND_FULL" {
+		t.Fatalf("created over REST: %+v", sub)
+	}
+	rcv.secret = sub.Secret
 	rcv.up()
 
 	r := e.referral(t, program, f)
@@ -315,10 +324,73 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 	if data["name"] != r.GetName() || data["state"] != "REFERRAL_STATE_ACCEPTED" || n["notice"] != webhooks.Notice {
 		t.Fatalf("after consent: %v", n)
 	}
+	var listed struct {
+		Deliveries []struct{ State, Resource string }
+	}
+	rest.do(http.MethodGet, "/v1/"+sub.Name+"/deliveries?filter="+url.QueryEscape("state = DELIVERED"),
+		e.sys.Token("admin-1", auth.RoleClinicAdmin), "", http.StatusOK, &listed)
+	if len(listed.Deliveries) != 2 {
+		t.Fatalf("delivered over REST: %+v", listed)
+	}
+	rest.do(http.MethodGet, "/v1/"+sub.Name+"/deliveries", e.sys.Token("ehr-full", auth.RoleEHR), "", http.StatusForbidden, nil)
 	ds := ok(e.fam.ListDisclosures(e.counsel, &familiesv1.ListDisclosuresRequest{Parent: f.GetName()})).GetDisclosures()
 	if len(ds) != 1 || ds[0].GetRecipient() != "ehr-full" || ds[0].GetResource() != r.GetName() ||
 		ds[0].GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK ||
 		ds[0].GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
 		t.Fatalf("accounting of disclosures: %v", ds)
+	}
+}
+
+// restClient calls the REST gateway.
+type restClient struct {
+	t    *testing.T
+	base string
+}
+
+// gateway serves the REST gateway in front of the stack's services.
+func (e *stackEnv) gateway(t *testing.T) *restClient {
+	gw, err := gateway.New(context.Background(), gateway.Config{
+		FamiliesAddr: e.sys.Stack.FamiliesAddr, InterventionsAddr: e.sys.Stack.InterventionsAddr,
+		ReferralsAddr: e.sys.Stack.ReferralsAddr, WebhooksAddr: e.sys.Stack.WebhooksAddr, Verifier: e.sys.Issuer.Verifier(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return &restClient{t: t, base: "http://" + lis.Addr().String()}
+}
+
+// do sends a request with a bearer token, checks the status and decodes
+// the JSON answer into out (if not nil).
+func (c *restClient) do(method, path, token, body string, want int, out any) {
+	c.t.Helper()
+	req, err := http.NewRequest(method, c.base+path, strings.NewReader(body))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		c.t.Fatalf("%s %s = %d %s, want %d", method, path, resp.StatusCode, b, want)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			c.t.Fatalf("%s %s: %v", method, path, err)
+		}
 	}
 }
