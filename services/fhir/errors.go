@@ -8,11 +8,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-)
 
-// reasonConsentRequired is the ErrorInfo reason the services give when no
-// active 42 CFR Part 2 consent covers the caller.
-const reasonConsentRequired = "CONSENT_REQUIRED"
+	"github.com/handoff-health/handoff/services/consentgate"
+)
 
 // badRequest is an error in what the caller sent, answered with 400.
 type badRequest struct{ msg string }
@@ -82,7 +80,7 @@ func httpStatus(st *status.Status) (int, string) {
 		// A stale etag (If-Match).
 		return http.StatusPreconditionFailed, "conflict"
 	case codes.FailedPrecondition:
-		if errorReason(st) == reasonConsentRequired {
+		if errorReason(st) == consentgate.ReasonConsentRequired {
 			return http.StatusForbidden, "forbidden"
 		}
 		return http.StatusUnprocessableEntity, "business-rule"

@@ -16,6 +16,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/consentgate"
 )
 
 const (
@@ -204,7 +205,7 @@ func TestLastUpdated(t *testing.T) {
 }
 
 func TestErrorStatuses(t *testing.T) {
-	consentErr, _ := status.New(codes.FailedPrecondition, "no consent").WithDetails(&errdetails.ErrorInfo{Reason: reasonConsentRequired, Domain: "handoff.health"})
+	consentErr, _ := status.New(codes.FailedPrecondition, "no consent").WithDetails(&errdetails.ErrorInfo{Reason: consentgate.ReasonConsentRequired, Domain: "handoff.health"})
 	for _, c := range []struct {
 		st   *status.Status
 		code int

@@ -1,0 +1,405 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/fhir/go/fhirversion"
+	"github.com/google/fhir/go/jsonformat"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
+)
+
+const part2Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+
+// fhirClient calls /fhir/R4 and checks that every answer is valid FHIR R4.
+type fhirClient struct {
+	client
+	parser *jsonformat.Unmarshaller
+}
+
+// call does the request and validates the answer, whatever its status.
+func (c fhirClient) call(method, path string, body any, headers ...string) reply {
+	c.t.Helper()
+	if body != nil {
+		headers = append(headers, "Content-Type", "application/fhir+json")
+	}
+	r := c.do(method, "/fhir/R4/"+path, body, headers...)
+	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/fhir+json") {
+		c.t.Fatalf("%s %s: content type %q: %s", method, path, ct, r.raw)
+	}
+	if _, err := c.parser.Unmarshal(r.raw); err != nil {
+		c.t.Fatalf("%s %s: the answer is not valid FHIR R4: %v\n%s", method, path, err, r.raw)
+	}
+	return r
+}
+
+// read expects 200 and a resource of type typ carrying the Part 2 label and
+// notice.
+func (c fhirClient) read(path string) map[string]any {
+	c.t.Helper()
+	r := c.call("GET", path, nil)
+	if r.code != http.StatusOK {
+		c.t.Fatalf("GET %s: %d %s", path, r.code, r.raw)
+	}
+	typ := path[:strings.IndexAny(path+"/", "/?")]
+	if strings.Contains(path, "?") {
+		typ = "Bundle"
+	}
+	if str(r.body, "resourceType") != typ {
+		c.t.Fatalf("GET %s: a %s", path, str(r.body, "resourceType"))
+	}
+	return r.body
+}
+
+// failure expects an OperationOutcome with the HTTP status code.
+func (c fhirClient) failure(code int, method, path string, body any, headers ...string) map[string]any {
+	c.t.Helper()
+	r := c.call(method, path, body, headers...)
+	if r.code != code || str(r.body, "resourceType") != "OperationOutcome" {
+		c.t.Fatalf("%s %s: %d %s, want %d and an OperationOutcome", method, path, r.code, r.raw, code)
+	}
+	return r.body
+}
+
+func labelled(t *testing.T, res map[string]any) {
+	t.Helper()
+	meta, _ := res["meta"].(map[string]any)
+	var codes []string
+	for _, s := range list(meta, "security") {
+		codes = append(codes, str(s, "code"))
+	}
+	text, _ := res["text"].(map[string]any)
+	if !slices.Contains(codes, "42CFRPart2") || !slices.Contains(codes, "R") ||
+		!strings.Contains(str(text, "div"), part2Notice) {
+		t.Fatalf("%s/%s lacks the Part 2 label or notice: %v %v", str(res, "resourceType"), str(res, "id"), meta, text)
+	}
+}
+
+// bundle returns a searchset's resources, its next link (relative to the
+// FHIR base) and its outcome entries.
+func bundle(t *testing.T, b map[string]any) (resources []map[string]any, next string, outcomes []map[string]any) {
+	t.Helper()
+	if str(b, "resourceType") != "Bundle" || str(b, "type") != "searchset" {
+		t.Fatalf("not a searchset: %v", b)
+	}
+	for _, e := range list(b, "entry") {
+		res, _ := e["resource"].(map[string]any)
+		if str(res, "resourceType") == "OperationOutcome" {
+			outcomes = append(outcomes, res)
+			continue
+		}
+		resources = append(resources, res)
+	}
+	for _, l := range list(b, "link") {
+		if str(l, "relation") == "next" {
+			_, next, _ = strings.Cut(str(l, "url"), "/fhir/R4/")
+		}
+	}
+	return resources, next, outcomes
+}
+
+func ids(res []map[string]any) []string {
+	var out []string
+	for _, r := range res {
+		out = append(out, str(r, "id"))
+	}
+	return out
+}
+
+// The FHIR interface end to end: an EHR reads and searches what counselors
+// recorded through the API, as valid R4 with the Part 2 labels, and writes
+// back a referral's status, which moves the referral as the gRPC API does.
+func TestFHIR(t *testing.T) {
+	sys := stacktest.Start(t)
+	gw, err := gateway.New(context.Background(), gateway.Config{
+		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		Verifier: sys.Issuer.Verifier(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	base := "http://" + lis.Addr().String()
+	counselorToken := sys.Token("counselor-1", auth.RoleCounselor)
+	as := func(subject string, roles ...auth.Role) client {
+		return client{t: t, base: base, token: sys.Token(subject, roles...)}
+	}
+	w := &world{t: t, anon: client{t: t, base: base}, counselor: client{t: t, base: base, token: counselorToken},
+		admin: as("admin-1", auth.RoleClinicAdmin), ehr: as("ehr", auth.RoleEHR), auto: as("sms-gateway", auth.RoleReminders)}
+	parser, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ehr := fhirClient{client: w.ehr, parser: parser}
+	anon := fhirClient{client: w.anon, parser: parser}
+	conn, err := grpcclient.Dial(sys.Stack.ReferralsAddr, grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	referrals := referralsv1.NewReferralsServiceClient(conn)
+	asCounselor := auth.WithToken(context.Background(), counselorToken)
+
+	// The directory, two families with the EHR's consent (w.family records
+	// it), a third made after a point in time, and a referral and an
+	// intervention for the first.
+	mat := w.directory()
+	famA, _ := w.family("Sam")
+	famB, _ := w.family("Jo")
+	time.Sleep(20 * time.Millisecond)
+	middle := time.Now().UTC()
+	time.Sleep(20 * time.Millisecond)
+	famC, _ := w.family("Kim")
+	idA, idC := lastID(famA), lastID(famC)
+	ref := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
+		"family": famA, "subject": map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"}, "serviceKind": "SERVICE_KIND_MAT_BUPRENORPHINE",
+		"program": mat, "urgency": "URGENCY_IMMEDIATE", "reason": "Ready to start today"})
+	refName := str(ref, "name")
+	refID := lastID(refName)
+	iv, _ := w.schedule(famA, "counselor-1", time.Hour)
+	// Family B's meeting is soon: the closed-loop step at the end needs it.
+	ivB, startB := w.schedule(famB, "counselor-2", 7*time.Second)
+
+	t.Run("metadata", func(t *testing.T) {
+		r := anon.call("GET", "metadata", nil)
+		if r.code != http.StatusOK || str(r.body, "resourceType") != "CapabilityStatement" || str(r.body, "fhirVersion") != "4.0.1" {
+			t.Fatalf("metadata: %d %s", r.code, r.raw)
+		}
+		if !strings.Contains(string(r.raw), `"update"`) || !strings.Contains(string(r.raw), `"search-type"`) {
+			t.Fatalf("metadata lacks interactions: %s", r.raw)
+		}
+	})
+
+	t.Run("read", func(t *testing.T) {
+		p := ehr.read("Patient/" + idA)
+		labelled(t, p)
+		if names := list(p, "name"); len(names) == 0 || fmt.Sprint(names[0]["given"]) != "[Sam]" {
+			t.Fatalf("Patient name = %v", p["name"])
+		}
+		labelled(t, ehr.read("RelatedPerson/"+idA+".mom"))
+		ct := ehr.read("CareTeam/" + idA)
+		labelled(t, ct)
+		if len(list(ct, "participant")) != 2 {
+			t.Fatalf("CareTeam participants = %v", ct["participant"])
+		}
+		labelled(t, ehr.read("ServiceRequest/"+refID))
+		tk := ehr.read("Task/" + refID)
+		labelled(t, tk)
+		if str(tk, "status") != "requested" || !strings.Contains(fmt.Sprint(tk["businessStatus"]), "2.0") ||
+			str(tk["focus"].(map[string]any), "reference") != "ServiceRequest/"+refID ||
+			str(tk["for"].(map[string]any), "reference") != "Patient/"+idA ||
+			str(tk["owner"].(map[string]any), "reference") != "HealthcareService/"+lastID(mat) {
+			t.Fatalf("Task = %v", tk)
+		}
+		labelled(t, ehr.read("Appointment/"+lastID(iv)))
+		hs := ehr.read("HealthcareService/" + lastID(mat))
+		if str(hs, "name") != "Riverside MAT" {
+			t.Fatalf("HealthcareService = %v", hs)
+		}
+		consents, _, _ := bundle(t, ehr.read("Consent?patient=Patient/"+idA))
+		if len(consents) != 1 {
+			t.Fatalf("consents of %s = %v", idA, consents)
+		}
+		c := ehr.read("Consent/" + str(consents[0], "id"))
+		labelled(t, c)
+		if str(c, "status") != "active" || !strings.Contains(fmt.Sprint(c["provision"]), "ehr") {
+			t.Fatalf("Consent = %v", c)
+		}
+	})
+
+	t.Run("errors", func(t *testing.T) {
+		anon.failure(http.StatusUnauthorized, "GET", "Patient/"+idA, nil)
+		ehr.failure(http.StatusNotFound, "GET", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", nil)
+		ehr.failure(http.StatusNotFound, "GET", "Patient/Not_An_Id", nil)
+		ehr.failure(http.StatusNotFound, "GET", "Observation/x", nil)
+		ehr.failure(http.StatusBadRequest, "GET", "Patient?name=Sam", nil)
+		ehr.failure(http.StatusBadRequest, "GET", "Patient?_lastUpdated=yesterday", nil)
+		ehr.failure(http.StatusMethodNotAllowed, "DELETE", "Task/"+refID, nil)
+		// A family whose patient gave no consent is not disclosed.
+		f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
+			"lovedOne": map[string]any{"givenName": "Noconsent"}, "counselor": "counselor-1"})
+		ehr.failure(http.StatusForbidden, "GET", "Patient/"+lastID(str(f, "name")), nil)
+	})
+
+	t.Run("search paging", func(t *testing.T) {
+		first, next, _ := bundle(t, ehr.read("Patient?_count=2"))
+		if len(first) != 2 || next == "" {
+			t.Fatalf("first page = %v, next %q", ids(first), next)
+		}
+		second, last, _ := bundle(t, ehr.read(next))
+		if len(second) != 1 || last != "" {
+			t.Fatalf("second page = %v, next %q", ids(second), last)
+		}
+		got := strings.Join(append(ids(first), ids(second)...), ",")
+		for _, id := range []string{idA, lastID(famB), idC} {
+			if !strings.Contains(got, id) {
+				t.Fatalf("pages %s lack %s", got, id)
+			}
+		}
+		for _, res := range append(first, second...) {
+			labelled(t, res)
+		}
+		members, _, _ := bundle(t, ehr.read("RelatedPerson?patient="+idA))
+		if len(members) != 1 || str(members[0], "id") != idA+".mom" {
+			t.Fatalf("members = %v", ids(members))
+		}
+		tasks, _, _ := bundle(t, ehr.read("Task?patient="+idA+"&status=requested"))
+		if len(tasks) != 1 || str(tasks[0], "id") != refID {
+			t.Fatalf("tasks = %v", ids(tasks))
+		}
+		appts, _, _ := bundle(t, ehr.read("Appointment?patient="+idA))
+		if len(appts) != 1 || str(appts[0], "id") != lastID(iv) {
+			t.Fatalf("appointments = %v", ids(appts))
+		}
+		programs, _, _ := bundle(t, ehr.read("HealthcareService?_count=1000"))
+		if len(programs) != 4 {
+			t.Fatalf("programs = %v", ids(programs))
+		}
+	})
+
+	t.Run("_lastUpdated", func(t *testing.T) {
+		since, _, _ := bundle(t, ehr.read("Patient?_lastUpdated=ge"+url.QueryEscape(middle.Format(time.RFC3339Nano))))
+		if len(since) != 1 || str(since[0], "id") != idC {
+			t.Fatalf("patients updated since %s = %v, want only %s", middle, ids(since), idC)
+		}
+		before, _, _ := bundle(t, ehr.read("Patient?_lastUpdated=lt"+url.QueryEscape(middle.Format(time.RFC3339Nano))))
+		if len(before) != 2 {
+			t.Fatalf("patients updated before %s = %v", middle, ids(before))
+		}
+		tomorrow := time.Now().UTC().AddDate(0, 0, 1).Format("2006-01-02")
+		none, _, _ := bundle(t, ehr.read("Task?_lastUpdated=ge"+tomorrow))
+		today, _, _ := bundle(t, ehr.read("Task?_lastUpdated=lt"+tomorrow))
+		if len(none) != 0 || len(today) != 1 {
+			t.Fatalf("tasks from tomorrow = %v, before = %v", ids(none), ids(today))
+		}
+	})
+
+	t.Run("Task write-back", func(t *testing.T) {
+		tk := ehr.read("Task/" + refID)
+		etag := str(tk["meta"].(map[string]any), "versionId")
+		put := func(status string, extra map[string]any, headers ...string) reply {
+			body := map[string]any{"resourceType": "Task", "id": refID, "status": status, "intent": "order"}
+			for k, v := range extra {
+				body[k] = v
+			}
+			return ehr.call("PUT", "Task/"+refID, body, headers...)
+		}
+		state := func() *referralsv1.Referral {
+			rf, err := referrals.GetReferral(asCounselor, &referralsv1.GetReferralRequest{Name: refName})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rf
+		}
+
+		// Invalid bodies.
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "bogus", "intent": "order"})
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "intent": "order"})
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": "other", "status": "accepted", "intent": "order"})
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, "{not json")
+		ehr.failure(http.StatusNotFound, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
+			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
+		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
+
+		// The program accepts.
+		r := put("accepted", nil, "If-Match", `W/"`+etag+`"`)
+		if r.code != http.StatusOK || str(r.body, "status") != "accepted" || !strings.Contains(fmt.Sprint(r.body["businessStatus"]), "3.0") {
+			t.Fatalf("accept: %d %s", r.code, r.raw)
+		}
+		if st := state().GetState(); st != referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED {
+			t.Fatalf("referral after accept = %v", st)
+		}
+		accepted := r.header.Get("ETag")
+		// Resending the status changes nothing.
+		if again := put("accepted", nil); again.code != http.StatusOK || again.header.Get("ETag") != accepted {
+			t.Fatalf("resend: %d %s (etag %s, was %s)", again.code, again.raw, again.header.Get("ETag"), accepted)
+		}
+		// A stale If-Match is refused.
+		start := time.Now().Add(time.Second).UTC()
+		period := map[string]any{"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}}
+		ehr.failure(http.StatusPreconditionFailed, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID,
+			"status": "in-progress", "intent": "order", "executionPeriod": period["executionPeriod"]}, "If-Match", `W/"`+etag+`"`)
+		// In progress needs the intake time.
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "in-progress", "intent": "order"})
+		r = put("in-progress", period, "If-Match", accepted)
+		if r.code != http.StatusOK || str(r.body, "status") != "in-progress" {
+			t.Fatalf("schedule: %d %s", r.code, r.raw)
+		}
+		rf := state()
+		if rf.GetState() != referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED ||
+			rf.GetIntakeAppointment().GetStartTime().AsTime().Sub(start).Abs() > time.Millisecond {
+			t.Fatalf("referral after schedule = %v at %v", rf.GetState(), rf.GetIntakeAppointment().GetStartTime().AsTime())
+		}
+		intake := ehr.read("Appointment/intake-" + refID)
+		labelled(t, intake)
+		if str(intake, "status") != "booked" {
+			t.Fatalf("intake appointment = %v", intake)
+		}
+		// The person came: treatment entry.
+		time.Sleep(time.Until(start) + 500*time.Millisecond)
+		r = put("completed", nil)
+		if r.code != http.StatusOK || str(r.body, "status") != "completed" || !strings.Contains(fmt.Sprint(r.body["businessStatus"]), "5.1.4") {
+			t.Fatalf("complete: %d %s", r.code, r.raw)
+		}
+		if st := state().GetState(); st != referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
+			t.Fatalf("referral after complete = %v", st)
+		}
+		// Completed is final: the service refuses another move.
+		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "failed", "intent": "order"})
+	})
+
+	// The loved one says yes; the intake workflow refers them at once and
+	// waits. The program's answers come only through FHIR, and the
+	// workflow, hearing that the person entered treatment, refers the
+	// family on to counseling.
+	t.Run("closed loop", func(t *testing.T) {
+		stacktest.Eventually(t, 20*time.Second, "the meeting to start", func() bool { return time.Now().After(startB) })
+		w.counselor.ok("POST", "/v1/"+ivB+":recordOutcome", map[string]any{"kind": "OUTCOME_KIND_ACCEPTED", "notes": "said yes"})
+		var id string
+		stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
+			tasks, _, _ := bundle(t, ehr.read("Task?patient="+lastID(famB)+"&status=requested"))
+			if len(tasks) == 1 {
+				id = str(tasks[0], "id")
+			}
+			return id != ""
+		})
+		put := func(status string, extra map[string]any) {
+			body := map[string]any{"resourceType": "Task", "id": id, "status": status, "intent": "order"}
+			for k, v := range extra {
+				body[k] = v
+			}
+			if r := ehr.call("PUT", "Task/"+id, body); r.code != http.StatusOK {
+				t.Fatalf("%s: %d %s", status, r.code, r.raw)
+			}
+		}
+		put("accepted", nil)
+		start := time.Now().Add(time.Second).UTC()
+		put("in-progress", map[string]any{"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}})
+		time.Sleep(time.Until(start) + 500*time.Millisecond)
+		put("completed", nil)
+		stacktest.Eventually(t, 20*time.Second, "the family-counseling referral after treatment entry", func() bool {
+			return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", ivB)), nil), "referrals")) == 1
+		})
+	})
+}
+
+func lastID(name string) string { return name[strings.LastIndex(name, "/")+1:] }
