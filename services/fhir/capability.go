@@ -38,6 +38,8 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 				"documentation": "Sets the referral's status (accepted, rejected, in-progress with executionPeriod.start, completed, failed, cancelled). Honours If-Match."})
 			res["updateCreate"] = false
 			res["conditionalUpdate"] = false
+			// If-Match with the version read.
+			res["versioning"] = "versioned-update"
 		}
 		var params []any
 		for _, name := range slices.Concat([]string{"_count", "_lastUpdated"}, searchParams[t]) {

@@ -52,6 +52,8 @@ type Config struct {
 	// "https://api.example.org/fhir/R4", used in Bundle links and fullUrls.
 	// Empty derives it from each request's Host.
 	BaseURL string
+	// BodyLimit caps request bodies (default 1 MiB).
+	BodyLimit int64
 }
 
 type server struct {
@@ -76,6 +78,9 @@ func newServer(cfg Config) (*server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.BodyLimit <= 0 {
+		cfg.BodyLimit = 1 << 20
+	}
 	in, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
 	if err != nil {
 		return nil, fmt.Errorf("fhir: unmarshaller: %w", err)
@@ -95,7 +100,21 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET "+Prefix+"/{type}/{id}", s.authed(s.read))
 	mux.HandleFunc("PUT "+Prefix+"/Task/{id}", s.authed(s.putTask))
 	mux.HandleFunc(Prefix+"/", s.unsupported)
-	return mux
+	return s.limitBody(mux)
+}
+
+// limitBody refuses bodies over the limit before anything reads them, with
+// an OperationOutcome like every other FHIR error.
+func (s *server) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > s.cfg.BodyLimit {
+			s.fail(w, http.StatusRequestEntityTooLarge, "too-costly",
+				fmt.Sprintf("request body of %d bytes is over the limit of %d", r.ContentLength, s.cfg.BodyLimit))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.cfg.BodyLimit)
+		next.ServeHTTP(w, r)
+	})
 }
 
 // caller is who is asking, resolved once per request.

@@ -316,6 +316,7 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "intent": "order"})
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": "other", "status": "accepted", "intent": "order"})
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, "{not json")
+		ehr.failure(http.StatusRequestEntityTooLarge, "PUT", "Task/"+refID, strings.Repeat(" ", 2<<20))
 		ehr.failure(http.StatusNotFound, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
 			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
 		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})

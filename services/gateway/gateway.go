@@ -148,20 +148,20 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	api := limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux)))
 	root.Handle("/v1/", api)
 	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
-	// FHIR R4 for EHRs. It checks the token itself (its errors are
-	// OperationOutcomes, and /metadata is public) and calls the services
-	// with the caller's token.
+	// FHIR R4 for EHRs. It checks the token and the body size itself (its
+	// errors are OperationOutcomes, and /metadata is public) and calls the
+	// services with the caller's token.
 	fhirAPI, err := fhir.New(fhir.Config{
 		Families:      familiesv1.NewFamiliesServiceClient(g.conns["families"]),
 		Interventions: interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]),
 		Referrals:     referralsv1.NewReferralsServiceClient(g.conns["referrals"]),
-		Verifier:      cfg.Verifier, Log: cfg.Log,
+		Verifier:      cfg.Verifier, Log: cfg.Log, BodyLimit: cfg.BodyLimit,
 	})
 	if err != nil {
 		g.Close()
 		return nil, err
 	}
-	root.Handle(fhir.Prefix+"/", limitBody(cfg.BodyLimit, timeout(cfg.Timeout, fhirAPI)))
+	root.Handle(fhir.Prefix+"/", timeout(cfg.Timeout, fhirAPI))
 	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
 		// Span names by method only: paths hold resource names.
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
