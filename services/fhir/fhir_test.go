@@ -250,3 +250,51 @@ type recorder struct {
 func (r *recorder) Header() http.Header         { return r.header }
 func (r *recorder) WriteHeader(code int)        { r.code = code }
 func (r *recorder) Write(b []byte) (int, error) { r.body = append(r.body, b...); return len(b), nil }
+
+func TestTaskChange(t *testing.T) {
+	s, err := newServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheduled := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED)
+	at := scheduled.GetIntakeAppointment().GetStartTime().AsTime().UTC()
+	for _, c := range []struct {
+		name   string
+		cur    *referralsv1.Referral
+		body   string
+		none   bool
+		status string
+		fails  bool
+	}{
+		{"same status", scheduled, `"status":"in-progress"`, true, "in-progress", false},
+		{"same appointment", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Format(time.RFC3339Nano) + `"}`, true, "in-progress", false},
+		{"rebooked", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Add(time.Hour).Format(time.RFC3339Nano) + `"}`, false, "in-progress", false},
+		{"no-show", scheduled, `"status":"failed"`, false, "failed", false},
+		{"needs a time", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED), `"status":"in-progress"`, false, "", true},
+		{"not the program's", scheduled, `"status":"draft"`, false, "", true},
+	} {
+		tk, err := s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order",`+c.body+`}`), refID)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		ch, err := change(c.cur, tk)
+		if c.fails {
+			if err == nil {
+				t.Errorf("%s: accepted", c.name)
+			}
+			continue
+		}
+		if err != nil || ch.none != c.none || ch.status != c.status {
+			t.Errorf("%s: %+v, %v", c.name, ch, err)
+		}
+	}
+	tk, err := s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"rejected",
+		"statusReason":{"coding":[{"system":"`+sysRejection+`","code":"AT_CAPACITY"}],"text":"full this week"}}`), refID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := change(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED), tk)
+	if err != nil || ch.rejection.GetReason() != referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY || ch.rejection.GetDetails() != "full this week" {
+		t.Fatalf("rejection = %v, %v", ch.rejection, err)
+	}
+}

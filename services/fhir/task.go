@@ -127,8 +127,9 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
+		// FHIR times carry microseconds at most.
 		ch.none = ch.status != "in-progress" || ch.at == nil ||
-			ch.at.AsTime().Equal(cur.GetIntakeAppointment().GetStartTime().AsTime())
+			ch.at.AsTime().Equal(cur.GetIntakeAppointment().GetStartTime().AsTime().Truncate(time.Microsecond))
 		if ch.none {
 			return ch, nil
 		}
