@@ -67,7 +67,8 @@ type Config struct {
 	// webhook_sender) for its consent checks with the families service.
 	WebhookToken grpcclient.TokenSource
 	// Webhooks and WebhookSender tune the webhooks service and sender;
-	// the stack fills in the sender's DB, Families and Log.
+	// the stack fills in the sender's DB, Families and Log, and its
+	// Secrets from Webhooks.Secrets.
 	Webhooks      webhooks.Config
 	WebhookSender webhooks.SenderConfig
 }
@@ -243,6 +244,9 @@ func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 	}
 	sc := cfg.WebhookSender
 	sc.DB, sc.Families, sc.Log = db, familiesv1.NewFamiliesServiceClient(famConn), cfg.Log.With("part", "webhook-sender")
+	if sc.Secrets == nil {
+		sc.Secrets = cfg.Webhooks.Secrets
+	}
 	sender := webhooks.NewSender(sc)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); sender.Run(runCtx) }()

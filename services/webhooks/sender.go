@@ -57,6 +57,9 @@ type SenderConfig struct {
 	// AllowPrivate lets the sender connect to loopback, private and
 	// link-local addresses (development and tests).
 	AllowPrivate bool
+	// Secrets opens the signing secrets the service sealed (same key as
+	// Config.Secrets).
+	Secrets *SecretBox
 }
 
 // Sender POSTs due deliveries: at least once, in order per subscription
@@ -213,6 +216,11 @@ func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
 			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
+		}
+		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
+			// Not sendable until the key is fixed; the lease brings it back.
+			s.cfg.Log.Error("webhook secret unreadable", "subscription", subscriptionName(p.clinic, p.subscription), "error", err.Error())
+			continue
 		}
 		p.topic = webhooksv1.Topic(topic)
 		p.full = webhooksv1.PayloadKind(kind) == webhooksv1.PayloadKind_PAYLOAD_KIND_FULL && p.payload != nil

@@ -49,6 +49,9 @@ type Config struct {
 	// AllowPrivate accepts callback URLs on loopback, private and
 	// link-local addresses (development and tests).
 	AllowPrivate bool
+	// Secrets encrypts signing secrets at rest; nil stores them as they
+	// are. The sender needs the same key.
+	Secrets *SecretBox
 	// Now is the clock; tests replace it.
 	Now func() time.Time
 }
@@ -138,25 +141,38 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	}
 	slices.Sort(topics)
 	owner := auth.Actor(ctx)
-	return idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
+	// The answer kept for retries (AIP-155) holds the secret sealed, like
+	// the table; it is opened only on the way out.
+	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
 			id := aip.NewID()
 			secret, err := newSecret()
 			if err != nil {
 				return nil, err
 			}
+			sealed, err := s.cfg.Secrets.seal(subscriptionName(clinic, id), secret)
+			if err != nil {
+				return nil, err
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				clinic, id, sub.GetUrl(), topics, int16(payload), owner, secret, s.cfg.Now()); err != nil {
+				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now()); err != nil {
 				return nil, fmt.Errorf("insert subscription: %w", err)
 			}
 			out, err := readSubscription(ctx, tx, clinic, id, "")
 			if err != nil {
 				return nil, err
 			}
-			out.Secret = secret
+			out.Secret = sealed
 			return out, nil
 		})
+	if err != nil {
+		return nil, err
+	}
+	if out.Secret, err = s.cfg.Secrets.open(out.GetName(), out.GetSecret()); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // GetSubscription implements the API.

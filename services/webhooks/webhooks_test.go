@@ -503,3 +503,49 @@ func TestSenderRefusesPrivateAddresses(t *testing.T) {
 		t.Fatalf("received %v", got)
 	}
 }
+
+func TestSecretsAreSealedAtRest(t *testing.T) {
+	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	db := pgtest.App(t, schema)
+	key := make([]byte, 32)
+	key[0] = 7
+	box, err := webhooks.NewSecretBox(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := webhooks.New(db, webhooks.Config{AllowInsecure: true, AllowPrivate: true, Secrets: box})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
+	c := webhooksv1.NewWebhooksServiceClient(env.Conn)
+	ctx := env.As("north", "ehr-1", auth.RoleEHR)
+	rcv := newReceiver(t)
+	req := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "create-1",
+		Subscription: &webhooksv1.Subscription{Url: rcv.srv.URL, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}
+	sub, err := c.CreateSubscription(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.CreateSubscription(ctx, req)
+	if err != nil || again.GetName() != sub.GetName() || again.GetSecret() != sub.GetSecret() {
+		t.Fatalf("retried Create = %v, %v; want the first answer, secret included", again, err)
+	}
+	var stored string
+	var leaks int
+	if err := pool.QueryRow(context.Background(), `SELECT secret, (SELECT count(*) FROM idempotency_keys
+		WHERE position($1::bytea IN response) > 0) FROM subscriptions`, []byte(sub.GetSecret())).Scan(&stored, &leaks); err != nil {
+		t.Fatal(err)
+	}
+	if stored == sub.GetSecret() || leaks != 0 || len(stored) < 40 {
+		t.Fatalf("secret at rest %q, %d stored responses hold it in clear", stored, leaks)
+	}
+	rcv.secret.Store(sub.GetSecret())
+	if _, err := (&webhooks.Sink{DB: db}).Enqueue(context.Background(), "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	s := webhooks.NewSender(webhooks.SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Secrets: box})
+	if _, err := s.Once(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := rcv.received(); len(got) != 1 {
+		t.Fatalf("received %v; the sender must sign with the opened secret", got)
+	}
+}
