@@ -199,7 +199,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	for _, name := range []string{families.Schema, interventions.Schema, referrals.Schema} {
 		deliver := d.Deliver
 		if sink != nil {
-			deliver = thenWebhooks(d.Deliver, sink.For(name))
+			deliver = sink.After(d.Deliver, name)
 		}
 		r := &outbox.Relay{DB: s.DBs[name], Deliver: deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
 		s.wg.Add(1)
@@ -251,18 +251,6 @@ func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); sender.Run(runCtx) }()
 	return &webhooks.Sink{DB: db}, nil
-}
-
-// thenWebhooks delivers an outbox event to Temporal and then enqueues its
-// webhook deliveries. A failure of either makes the relay retry the event;
-// both steps tolerate the repeat.
-func thenWebhooks(toTemporal, enqueue func(context.Context, outbox.Stored) error) func(context.Context, outbox.Stored) error {
-	return func(ctx context.Context, e outbox.Stored) error {
-		if err := toTemporal(ctx, e); err != nil {
-			return err
-		}
-		return enqueue(ctx, e)
-	}
 }
 
 // NewWorker builds the Temporal worker with activities that call the

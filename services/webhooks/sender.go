@@ -119,6 +119,7 @@ func NewSender(cfg SenderConfig) *Sender {
 
 // Run sends until ctx ends.
 func (s *Sender) Run(ctx context.Context) {
+	s.observe()
 	for {
 		n, err := s.Once(ctx)
 		if err != nil && ctx.Err() == nil {
@@ -252,6 +253,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
 		}
+		attempts.Add(rctx, 1, outcome("delivered"))
 		log.Debug("webhook delivered", "status", status, "attempt", p.attempts)
 		return nil
 	}
@@ -263,6 +265,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), uerr)
 		}
+		attempts.Add(rctx, 1, outcome("dead"))
 		log.Warn("webhook dead-lettered", "attempts", p.attempts, "reason", reason)
 		return nil
 	}
@@ -273,6 +276,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
+	attempts.Add(rctx, 1, outcome("retry"))
 	log.Info("webhook attempt failed", "attempt", p.attempts, "reason", reason, "retry_in", wait.String())
 	return nil
 }

@@ -33,6 +33,20 @@ func (k *Sink) For(source string) func(ctx context.Context, e outbox.Stored) err
 	}
 }
 
+// After returns the Deliver function for the relay of the outbox in schema
+// source: first (the Temporal dispatch), then the webhook enqueue. A
+// failure of either makes the relay retry the event; both tolerate the
+// repeat.
+func (k *Sink) After(first func(context.Context, outbox.Stored) error, source string) func(context.Context, outbox.Stored) error {
+	enqueue := k.For(source)
+	return func(ctx context.Context, e outbox.Stored) error {
+		if err := first(ctx, e); err != nil {
+			return err
+		}
+		return enqueue(ctx, e)
+	}
+}
+
 // route is what an event means for subscribers.
 type route struct {
 	// topics the event is published under, in order of preference: a

@@ -1,0 +1,51 @@
+package webhooks
+
+import (
+	"context"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Sender metrics: attempts by outcome, and on each scrape the deliveries
+// waiting, those already failed at least once (a receiver in trouble) and
+// the dead letters, so an operator sees a receiver that is down before its
+// events die.
+var (
+	meter    = otel.Meter("github.com/handoff-health/handoff/services/webhooks")
+	attempts = func() metric.Int64Counter {
+		c, _ := meter.Int64Counter("handoff.webhooks.attempts", metric.WithDescription("webhook delivery attempts by outcome"))
+		return c
+	}()
+)
+
+func outcome(o string) metric.AddOption {
+	return metric.WithAttributes(attribute.String("outcome", o))
+}
+
+// observe registers the gauges that read the deliveries table.
+func (s *Sender) observe() {
+	pending, err1 := meter.Int64ObservableGauge("handoff.webhooks.pending", metric.WithDescription("webhook deliveries not sent yet, reminders held for their time included"))
+	retrying, err2 := meter.Int64ObservableGauge("handoff.webhooks.retrying", metric.WithDescription("webhook deliveries waiting after a failed attempt"))
+	dead, err3 := meter.Int64ObservableGauge("handoff.webhooks.dead", metric.WithDescription("webhook deliveries dead-lettered and not replayed"))
+	if err1 != nil || err2 != nil || err3 != nil {
+		return
+	}
+	_, _ = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		var nPending, nRetrying, nDead int64
+		if err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), `SELECT
+				count(*) FILTER (WHERE state = $1),
+				count(*) FILTER (WHERE state = $1 AND attempts > 0),
+				count(*) FILTER (WHERE state = $2)
+			FROM deliveries`, statePending, stateDead).Scan(&nPending, &nRetrying, &nDead); err != nil {
+			return nil // a failed scrape of these gauges must not fail the rest
+		}
+		o.ObserveInt64(pending, nPending)
+		o.ObserveInt64(retrying, nRetrying)
+		o.ObserveInt64(dead, nDead)
+		return nil
+	}, pending, retrying, dead)
+}
