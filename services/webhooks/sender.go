@@ -190,12 +190,22 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
 	lease := 2*s.cfg.Timeout + 30*time.Second
-	rows, err := s.cfg.DB.Query(ctx, `WITH heads AS (
-			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
+	// A few per subscription at a time, so that one receiver that hangs
+	// cannot hold every slot while others wait.
+	perSubscription := max(1, s.cfg.Parallel/2)
+	rows, err := s.cfg.DB.Query(ctx, `WITH ranked AS (
+			SELECT h.seq, row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
+			FROM deliveries h
 			WHERE h.state = $3 AND h.next_attempt_time <= now()
 				AND NOT EXISTS (SELECT 1 FROM deliveries e
 					WHERE e.subscription_id = h.subscription_id AND e.resource = h.resource
-						AND e.state = $3 AND e.seq < h.seq)
+						AND e.state = $3 AND e.seq < h.seq)),
+		heads AS (
+			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
+			WHERE h.seq IN (SELECT seq FROM ranked WHERE n <= $4)
+				-- checked again on the locked row: another sender may have
+				-- claimed it meanwhile
+				AND h.state = $3 AND h.next_attempt_time <= now()
 			ORDER BY h.next_attempt_time, h.seq
 			LIMIT $1
 			FOR UPDATE OF h SKIP LOCKED)
@@ -205,7 +215,7 @@ func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.event_type, d.topic, d.resource, d.family, d.payload,
 			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload`,
-		4*s.cfg.Parallel, lease, statePending)
+		4*s.cfg.Parallel, lease, statePending, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}

@@ -208,12 +208,13 @@ type receiver struct {
 	mu     sync.Mutex
 	got    []map[string]any
 	seen   map[string]bool
+	acked  map[string]int // 2xx answers per delivery id
 	fail   func(id string, body map[string]any) bool
 	srv    *httptest.Server
 }
 
 func newReceiver(t *testing.T) *receiver {
-	r := &receiver{t: t, seen: map[string]bool{}}
+	r := &receiver{t: t, seen: map[string]bool{}, acked: map[string]int{}}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
 	return r
@@ -243,6 +244,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
 	}
+	r.acked[id]++
 	if !r.seen[id] {
 		r.seen[id] = true
 		r.got = append(r.got, n)
@@ -547,5 +549,47 @@ func TestSecretsAreSealedAtRest(t *testing.T) {
 	}
 	if got := rcv.received(); len(got) != 1 {
 		t.Fatalf("received %v; the sender must sign with the opened secret", got)
+	}
+}
+
+// Two senders share the work without reordering a resource's events or
+// sending one twice.
+func TestConcurrentSendersKeepOrder(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	var calls atomic.Int32
+	// Every third request fails, so retries interleave with first attempts.
+	rcv.setFail(func(string, map[string]any) bool { return calls.Add(1)%3 == 0 })
+	states := []string{"accepted", "scheduled", "completed", "updated"}
+	for _, st := range states {
+		for _, r := range []string{"r1", "r2", "r3", "r4", "r5"} {
+			if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, r, st)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	runSender(t, fastSender(f.db, nil, 20))
+	runSender(t, fastSender(f.db, nil, 20))
+	eventually(t, 15*time.Second, "twenty notifications", func() bool { return len(rcv.received()) == 20 })
+	byRef := map[string][]string{}
+	for _, n := range rcv.received() {
+		byRef[n["resource"].(string)] = append(byRef[n["resource"].(string)], n["type"].(string))
+	}
+	for ref, got := range byRef {
+		for i, st := range states {
+			if got[i] != "handoff.referrals.v1.referral."+st {
+				t.Fatalf("%s received %v", ref, got)
+			}
+		}
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	for id, n := range rcv.acked {
+		if n != 1 {
+			t.Fatalf("delivery %s acknowledged %d times", id, n)
+		}
 	}
 }
