@@ -292,16 +292,16 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 }
 
 // Backoff is the wait after the attempt-th failed attempt: base doubled per
-// earlier failure, capped at max, with "equal jitter" (half of it fixed,
+// earlier failure, capped at limit, with "equal jitter" (half of it fixed,
 // half random) so that receivers coming back are not hit by every sender
 // at once. rnd returns a number in [0, 1).
-func Backoff(attempt int, base, max time.Duration, rnd func() float64) time.Duration {
+func Backoff(attempt int, base, limit time.Duration, rnd func() float64) time.Duration {
 	d := base
-	for i := 1; i < attempt && d < max; i++ {
+	for i := 1; i < attempt && d < limit; i++ {
 		d *= 2
 	}
-	if d > max || d <= 0 {
-		d = max
+	if d > limit || d <= 0 {
+		d = limit
 	}
 	return d/2 + time.Duration(rnd()*float64(d/2))
 }

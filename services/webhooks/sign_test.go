@@ -48,15 +48,15 @@ func TestVerify(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	base, max := time.Second, time.Minute
+	base, limit := time.Second, time.Minute
 	low := func() float64 { return 0 }
 	high := func() float64 { return 0.999999 }
 	var prev time.Duration
 	for attempt := 1; attempt <= 12; attempt++ {
-		lo, hi := webhooks.Backoff(attempt, base, max, low), webhooks.Backoff(attempt, base, max, high)
+		lo, hi := webhooks.Backoff(attempt, base, limit, low), webhooks.Backoff(attempt, base, limit, high)
 		full := base << (attempt - 1)
-		if full > max {
-			full = max
+		if full > limit {
+			full = limit
 		}
 		if lo != full/2 || hi < full-time.Millisecond || hi > full {
 			t.Fatalf("attempt %d: backoff in [%v, %v], want [%v, %v]", attempt, lo, hi, full/2, full)
@@ -66,7 +66,7 @@ func TestBackoff(t *testing.T) {
 		}
 		prev = lo
 	}
-	if got := webhooks.Backoff(200, base, max, high); got > max {
+	if got := webhooks.Backoff(200, base, limit, high); got > limit {
 		t.Fatalf("attempt 200: %v exceeds the cap", got)
 	}
 }
