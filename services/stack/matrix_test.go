@@ -20,6 +20,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
@@ -27,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/services/interventions"
 	"github.com/handoff-health/handoff/services/referrals"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/services/webhooks"
 )
 
 var idPart = regexp.MustCompile(`\[a-z0-9\]\[a-z0-9-\]\{0,62\}`)
@@ -91,6 +93,8 @@ func collectionOf(md protoreflect.MessageDescriptor) string {
 		return "interventions"
 	case "Program":
 		return "programs"
+	case "Subscription":
+		return "subscriptions"
 	case "Referral":
 		return "referrals"
 	}
@@ -104,7 +108,8 @@ func TestAuthorizationMatrix(t *testing.T) {
 	current = t
 	sys := stacktest.Start(t)
 	conns := map[string]*grpc.ClientConn{}
-	for name, addr := range map[string]string{"families": sys.Stack.FamiliesAddr, "interventions": sys.Stack.InterventionsAddr, "referrals": sys.Stack.ReferralsAddr} {
+	for name, addr := range map[string]string{"families": sys.Stack.FamiliesAddr, "interventions": sys.Stack.InterventionsAddr,
+		"referrals": sys.Stack.ReferralsAddr, "webhooks": sys.Stack.WebhooksAddr} {
 		c, err := grpcclient.Dial(addr, grpcclient.Config{})
 		if err != nil {
 			t.Fatal(err)
@@ -120,13 +125,13 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{conns["families"], familiesv1.File_handoff_families_v1_families_proto.Services().Get(0), families.Policy()},
 		{conns["interventions"], interventionsv1.File_handoff_interventions_v1_interventions_proto.Services().Get(0), interventions.Policy()},
 		{conns["referrals"], referralsv1.File_handoff_referrals_v1_referrals_proto.Services().Get(0), referrals.Policy()},
+		{conns["webhooks"], webhooksv1.File_handoff_webhooks_v1_webhooks_proto.Services().Get(0), webhooks.Policy()},
 	}
 	allRoles := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR, auth.RoleReminders, auth.RoleWorker,
-		auth.RoleCalendarFeed, auth.RoleCalendarReader}
+		auth.RoleCalendarFeed, auth.RoleCalendarReader, auth.RoleWebhookSender}
 	// Methods authenticated by a secret in the request (a calendar feed's
 	// token) ignore bearer tokens: every cell without the secret is
-	// NOT_FOUND once the service's credentials are wired into its server,
-	// and a refusal at the door before that.
+	// NOT_FOUND.
 	requestCredential := map[string]bool{"/handoff.interventions.v1.InterventionsService/ExportCalendarFeed": true}
 	token := func(o auth.TokenOptions) context.Context {
 		ctx, cancel := context.WithTimeout(auth.WithToken(context.Background(), sys.Issuer.MustMint(o)), 10*time.Second)
@@ -167,8 +172,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 			denied := []codes.Code{codes.Unauthenticated, codes.PermissionDenied}
 			unauthenticated, wrongRole := []codes.Code{codes.Unauthenticated}, []codes.Code{codes.PermissionDenied}
 			if requestCredential[full] {
-				unauthenticated = []codes.Code{codes.Unauthenticated, codes.NotFound}
-				wrongRole = []codes.Code{codes.PermissionDenied, codes.NotFound}
+				// The feed's own secret is the only credential: bearer
+				// tokens, good or bad, find nothing.
+				unauthenticated, wrongRole = []codes.Code{codes.NotFound}, []codes.Code{codes.NotFound}
 			}
 			// Own clinic, allowed role: past the door (the call may still fail
 			// for its own reasons: a made-up resource, missing fields).
@@ -204,6 +210,12 @@ func TestAuthorizationMatrix(t *testing.T) {
 			if !slices.Contains(allowed, auth.RoleCalendarReader) {
 				calReader := auth.TokenOptions{Subject: "calendar-reader", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCalendarReader}}
 				check("calendar reader", call(token(calReader), "north"), wrongRole...)
+			}
+			// The webhook sender, which also serves every clinic, only
+			// checks and records disclosures.
+			if !slices.Contains(allowed, auth.RoleWebhookSender) {
+				sender := auth.TokenOptions{Subject: "webhook-sender", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWebhookSender}}
+				check("webhook sender", call(token(sender), "north"), wrongRole...)
 			}
 		}
 	}

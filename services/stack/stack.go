@@ -60,6 +60,9 @@ type Config struct {
 	RelayInterval time.Duration
 	// NoWorker leaves the Temporal worker out (tests that restart it).
 	NoWorker bool
+	// CalendarToken is the calendar_reader service token with which
+	// calendar feeds read intake appointments; nil leaves them out of feeds.
+	CalendarToken grpcclient.TokenSource
 	// WebhooksAddr, if set, is where the webhooks service listens; then
 	// the relays also enqueue webhook deliveries and the sender runs.
 	WebhooksAddr string
@@ -129,12 +132,12 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 
-	serve := func(name, addr string, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpc.Server)) (string, error) {
+	serve := func(name, addr string, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpcserver.Server)) (string, error) {
 		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy, Audit: auditor})
 		if err != nil {
 			return "", err
 		}
-		register(srv.Server)
+		register(srv)
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
 			return "", fmt.Errorf("%s: listen on %s: %w", name, addr, err)
@@ -158,7 +161,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 
 	famSrv := families.New(famPool, families.Config{})
-	if s.FamiliesAddr, err = serve("families", cfg.FamiliesAddr, families.Policy(), famSrv.Auditor(), func(g *grpc.Server) {
+	if s.FamiliesAddr, err = serve("families", cfg.FamiliesAddr, families.Policy(), famSrv.Auditor(), func(g *grpcserver.Server) {
 		familiesv1.RegisterFamiliesServiceServer(g, famSrv)
 	}); err != nil {
 		return fail(err)
@@ -169,13 +172,29 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log,
 		Consent: &consentgate.Gate{Families: familiesv1.NewFamiliesServiceClient(famConn)}})
-	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpc.Server) {
+	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpcserver.Server) {
 		referralsv1.RegisterReferralsServiceServer(g, refSrv)
 	}); err != nil {
 		return fail(err)
 	}
-	ivSrv := interventions.New(ivPool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)})
-	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), ivSrv.Auditor(), func(g *grpc.Server) {
+	ivCfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)}
+	if cfg.CalendarToken != nil {
+		// Calendar feeds read the counselor's clients' intake appointments
+		// as the calendar_reader identity: a feed request carries no token
+		// to forward.
+		calFam, err := dial(s.FamiliesAddr, cfg.CalendarToken)
+		if err != nil {
+			return fail(err)
+		}
+		calRef, err := dial(s.ReferralsAddr, cfg.CalendarToken)
+		if err != nil {
+			return fail(err)
+		}
+		ivCfg.CalendarFamilies, ivCfg.CalendarReferrals = familiesv1.NewFamiliesServiceClient(calFam), referralsv1.NewReferralsServiceClient(calRef)
+	}
+	ivSrv := interventions.New(ivPool, ivCfg)
+	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), ivSrv.Auditor(), func(g *grpcserver.Server) {
+		g.SetCredentials(ivSrv.Credentials())
 		interventionsv1.RegisterInterventionsServiceServer(g, ivSrv)
 	}); err != nil {
 		return fail(err)
@@ -223,7 +242,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 // runs the sender; it returns the sink the relays feed.
 func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 	open func(string, []pgdb.Source) (*pgdb.DB, error),
-	serve func(string, string, grpcserver.Policy, grpcserver.Auditor, func(*grpc.Server)) (string, error),
+	serve func(string, string, grpcserver.Policy, grpcserver.Auditor, func(*grpcserver.Server)) (string, error),
 	dial func(string, grpcclient.TokenSource) (*grpc.ClientConn, error)) (*webhooks.Sink, error) {
 	if cfg.WebhookToken == nil {
 		return nil, errors.New("the webhook sender needs a service token")
@@ -233,7 +252,7 @@ func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 		return nil, err
 	}
 	srv := webhooks.New(db, cfg.Webhooks)
-	if s.WebhooksAddr, err = serve("webhooks", cfg.WebhooksAddr, webhooks.Policy(), srv.Auditor(), func(g *grpc.Server) {
+	if s.WebhooksAddr, err = serve("webhooks", cfg.WebhooksAddr, webhooks.Policy(), srv.Auditor(), func(g *grpcserver.Server) {
 		webhooksv1.RegisterWebhooksServiceServer(g, srv)
 	}); err != nil {
 		return nil, err

@@ -146,6 +146,8 @@ func Start(t testing.TB) *Env {
 	workerToken := iss.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})
 	// The webhook sender checks consent with its own service identity.
 	webhookToken := iss.MustMint(auth.TokenOptions{Subject: "webhook-sender", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWebhookSender}, TTL: time.Hour})
+	// Calendar feeds read intake appointments as the calendar_reader.
+	calendarToken := iss.MustMint(auth.TokenOptions{Subject: "calendar-reader", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCalendarReader}, TTL: time.Hour})
 	prefix := pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks")
 	st, err := stack.Start(context.Background(), stack.Config{
 		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -156,9 +158,10 @@ func Start(t testing.TB) *Env {
 		Settings: func(string) activities.Settings { return Fast() }, RelayInterval: 100 * time.Millisecond,
 		// Test webhook receivers listen on 127.0.0.1 over plain HTTP, and retries
 		// come within seconds.
-		WebhooksAddr: "127.0.0.1:0",
-		WebhookToken: func(context.Context) (string, error) { return webhookToken, nil },
-		Webhooks:     webhooks.Config{AllowInsecure: true, AllowPrivate: true},
+		CalendarToken: func(context.Context) (string, error) { return calendarToken, nil },
+		WebhooksAddr:  "127.0.0.1:0",
+		WebhookToken:  func(context.Context) (string, error) { return webhookToken, nil },
+		Webhooks:      webhooks.Config{AllowInsecure: true, AllowPrivate: true},
 		WebhookSender: webhooks.SenderConfig{AllowPrivate: true, BaseBackoff: 100 * time.Millisecond, MaxBackoff: time.Second,
 			MaxAttempts: 30, Timeout: 5 * time.Second, Interval: 100 * time.Millisecond},
 	})
