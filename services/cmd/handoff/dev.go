@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,6 +26,7 @@ import (
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/services/telemetry"
+	"github.com/handoff-health/handoff/services/webhooks"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
@@ -106,18 +108,32 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 			return err
 		}
 	}
+	// The other service identities that act for every clinic, each as
+	// narrow as its job.
+	webhookToken := iss.MustMint(auth.TokenOptions{Subject: "handoff-webhook-sender", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWebhookSender}, TTL: 365 * 24 * time.Hour})
+	calendarToken := iss.MustMint(auth.TokenOptions{Subject: "handoff-calendar-reader", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCalendarReader}, TTL: 365 * 24 * time.Hour})
+	secrets, err := loadOrCreateSecretBox(filepath.Join(*dataDir, "webhook-key"))
+	if err != nil {
+		return err
+	}
 	st, err := stack.Start(ctx, stack.Config{
 		Log: log, DatabaseURL: *dbURL, Verifier: iss.Verifier(),
-		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
-		Temporal:    tc, FamiliesAddr: familiesAddr, InterventionsAddr: interventionsAddr, ReferralsAddr: referralsAddr,
-		Settings: settings,
+		WorkerToken:   func(context.Context) (string, error) { return workerToken, nil },
+		CalendarToken: func(context.Context) (string, error) { return calendarToken, nil },
+		WebhookToken:  func(context.Context) (string, error) { return webhookToken, nil },
+		Temporal:      tc, FamiliesAddr: familiesAddr, InterventionsAddr: interventionsAddr, ReferralsAddr: referralsAddr,
+		WebhooksAddr: webhooksAddr,
+		// Receivers on this machine over plain HTTP are fine for development.
+		Webhooks:      webhooks.Config{AllowInsecure: true, AllowPrivate: true, Secrets: secrets},
+		WebhookSender: webhooks.SenderConfig{AllowPrivate: true},
+		Settings:      settings,
 	})
 	if err != nil {
 		return err
 	}
 	defer st.Stop()
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: st.FamiliesAddr, InterventionsAddr: st.InterventionsAddr,
-		ReferralsAddr: st.ReferralsAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"}})
+		ReferralsAddr: st.ReferralsAddr, WebhooksAddr: st.WebhooksAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"}})
 	if err != nil {
 		return err
 	}
@@ -162,6 +178,24 @@ func fastSettings() activities.Settings {
 	return s
 }
 
+// loadOrCreateSecretBox keeps the development key that seals webhook signing
+// secrets in path, so subscriptions survive a restart.
+func loadOrCreateSecretBox(path string) (*webhooks.SecretBox, error) {
+	key, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		key = make([]byte, 32)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("webhook key: %w", err)
+		}
+		if err := os.WriteFile(path, key, 0o600); err != nil {
+			return nil, fmt.Errorf("webhook key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("webhook key: %w", err)
+	}
+	return webhooks.NewSecretBox(key)
+}
+
 // ensureDatabase creates the database if missing, and says in one line what
 // to do when PostgreSQL is not there.
 func ensureDatabase(ctx context.Context, dsn string) error {
@@ -198,7 +232,8 @@ func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily
 	fmt.Fprintf(&b, "  API reference   %s/docs\n", base)
 	fmt.Fprintf(&b, "  OpenAPI         %s/openapi.json\n", base)
 	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz   metrics %s/metrics\n", base, base, base)
-	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s\n", familiesAddr, interventionsAddr, referralsAddr)
+	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s, webhooks %s\n", familiesAddr, interventionsAddr, referralsAddr, webhooksAddr)
+	fmt.Fprintf(&b, "  FHIR R4         %s/fhir/R4/metadata (the EHR's token)\n", base)
 	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))
 	if ui != "" {
 		fmt.Fprintf(&b, "  Temporal UI     %s\n", ui)

@@ -29,6 +29,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	fam := fs.String("families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service (HANDOFF_FAMILIES_ADDRESS)")
 	iv := fs.String("interventions-address", env("HANDOFF_INTERVENTIONS_ADDRESS", interventionsAddr), "interventions service (HANDOFF_INTERVENTIONS_ADDRESS)")
 	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
+	wh := fs.String("webhooks-address", env("HANDOFF_WEBHOOKS_ADDRESS", webhooksAddr), "webhooks service; empty leaves its routes out (HANDOFF_WEBHOOKS_ADDRESS)")
 	origins := fs.String("cors-origins", env("HANDOFF_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the API (HANDOFF_CORS_ORIGINS)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,7 +48,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
-		Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins)})
+		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins)})
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/handoff-health/handoff/services/auth"
@@ -42,8 +43,12 @@ func runIssuer(ctx context.Context, log *slog.Logger, args []string) error {
 		return os.WriteFile(filepath.Join(*dir, name), []byte(t+"\n"), 0o600)
 	}
 	refresh := func() error {
-		if err := write("worker.token", "handoff-worker", auth.AnyClinic, auth.RoleWorker, 24*time.Hour); err != nil {
-			return err
+		// The narrow service identities that act for every clinic.
+		for name, role := range map[string]auth.Role{"worker.token": auth.RoleWorker,
+			"webhook-sender.token": auth.RoleWebhookSender, "calendar-reader.token": auth.RoleCalendarReader} {
+			if err := write(name, "handoff-"+strings.ReplaceAll(string(role), "_", "-"), auth.AnyClinic, role, 24*time.Hour); err != nil {
+				return err
+			}
 		}
 		for name, role := range map[string]auth.Role{"counselor.token": auth.RoleCounselor, "admin.token": auth.RoleClinicAdmin,
 			"ehr.token": auth.RoleEHR, "reminders.token": auth.RoleReminders} {

@@ -74,7 +74,7 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	_ = os.WriteFile(settings, []byte(`{"default": {"holdLead": "2s", "reminderOffsets": ["1s"], "outcomeGrace": "1h"}}`), 0o600)
 	addr := map[string]string{"families": freeAddr(t), "interventions": freeAddr(t), "referrals": freeAddr(t)}
 	env := append(os.Environ(),
-		"HANDOFF_DATABASE_URL="+pgtest.URL(), "HANDOFF_SCHEMA_PREFIX="+pgtest.Prefix(t, "families", "interventions", "referrals"),
+		"HANDOFF_DATABASE_URL="+pgtest.URL(), "HANDOFF_SCHEMA_PREFIX="+pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks"),
 		"HANDOFF_OIDC_ISSUER="+iss.URL, "HANDOFF_JWKS_URL="+jwks.URL,
 		"HANDOFF_TEMPORAL_ADDRESS="+ts.GetFrontendHostPort(), "HANDOFF_TEMPORAL_NAMESPACE="+ts.GetDefaultNamespace(),
 		"HANDOFF_PAYLOAD_KEYS=k:"+base64.StdEncoding.EncodeToString(k), "HANDOFF_PAYLOAD_KEY_ID=k",

@@ -22,7 +22,7 @@ func init() {
 // roleTable renders every service's policy as one Markdown table.
 func roleTable() string {
 	roles := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR, auth.RoleReminders, auth.RoleWorker,
-		auth.RoleCalendarFeed, auth.RoleCalendarReader}
+		auth.RoleCalendarFeed, auth.RoleCalendarReader, auth.RoleWebhookSender}
 	var b strings.Builder
 	b.WriteString("| method |")
 	for _, r := range roles {

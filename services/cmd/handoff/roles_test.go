@@ -8,6 +8,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"google.golang.org/grpc"
 )
 
@@ -16,7 +17,7 @@ import (
 // everyone, which would be a silent outage).
 func TestRoleTableMatchesPoliciesAndREADME(t *testing.T) {
 	for _, sd := range []grpc.ServiceDesc{familiesv1.FamiliesService_ServiceDesc, interventionsv1.InterventionsService_ServiceDesc,
-		referralsv1.ReferralsService_ServiceDesc} {
+		referralsv1.ReferralsService_ServiceDesc, webhooksv1.WebhooksService_ServiceDesc} {
 		for _, m := range sd.Methods {
 			full := "/" + sd.ServiceName + "/" + m.MethodName
 			found := false

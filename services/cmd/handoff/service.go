@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -23,6 +25,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
@@ -34,6 +37,7 @@ import (
 	"github.com/handoff-health/handoff/services/referrals"
 	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/services/tlsconf"
+	"github.com/handoff-health/handoff/services/webhooks"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/dispatch"
 )
@@ -45,6 +49,7 @@ const (
 	familiesAddr      = "127.0.0.1:7101"
 	interventionsAddr = "127.0.0.1:7102"
 	referralsAddr     = "127.0.0.1:7103"
+	webhooksAddr      = "127.0.0.1:7104"
 	gatewayAddr       = "127.0.0.1:8080"
 	temporalAddr      = "127.0.0.1:7233"
 )
@@ -120,6 +125,8 @@ type serviceDef struct {
 	addr       string
 	migrations []pgdb.Source
 	policy     grpcserver.Policy
+	// flags registers the service's own flags, if it has any.
+	flags func(fs *flag.FlagSet, f *serviceFlags)
 	// register registers the service; it may return a background task.
 	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error)
 }
@@ -127,6 +134,15 @@ type serviceDef struct {
 type serviceFlags struct {
 	common
 	listen, familiesAddr string
+	// interventions: calendar feeds read intake appointments as the
+	// calendar_reader identity.
+	referralsAddr, calendarTokenFile string
+	// webhooks: the sender's identity and the key that seals signing
+	// secrets at rest.
+	webhookTokenFile, webhookSecretKey string
+	webhookMaxAttempts                 int
+	// log is the process's logger, for background parts.
+	log *slog.Logger
 }
 
 var serviceDefs = []serviceDef{
@@ -141,6 +157,11 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "interventions", schema: interventions.Schema, addr: interventionsAddr, migrations: interventions.Migrations(), policy: interventions.Policy(),
+		flags: func(fs *flag.FlagSet, f *serviceFlags) {
+			fs.StringVar(&f.referralsAddr, "referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service host:port (HANDOFF_REFERRALS_ADDRESS)")
+			fs.StringVar(&f.calendarTokenFile, "calendar-token-file", env("HANDOFF_CALENDAR_TOKEN_FILE", ""),
+				"token of the calendar_reader identity, re-read when it changes; without it feeds leave out intake appointments (HANDOFF_CALENDAR_TOKEN_FILE)")
+		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
 			creds, err := tlsconf.Client(f.tls)
 			if err != nil {
@@ -151,10 +172,33 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return nil, err
 			}
-			srv := interventions.New(pool, interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn)})
+			conns := []io.Closer{conn}
+			cfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn)}
+			if f.calendarTokenFile != "" {
+				// A feed request carries no token to forward: feeds read as
+				// their own narrow identity.
+				token := fileToken(f.calendarTokenFile)
+				calFam, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds, Token: token})
+				if err != nil {
+					return nil, err
+				}
+				calRef, err := grpcclient.Dial(f.referralsAddr, grpcclient.Config{TLS: creds, Token: token})
+				if err != nil {
+					return nil, err
+				}
+				conns = append(conns, calFam, calRef)
+				cfg.CalendarFamilies, cfg.CalendarReferrals = familiesv1.NewFamiliesServiceClient(calFam), referralsv1.NewReferralsServiceClient(calRef)
+			}
+			srv := interventions.New(pool, cfg)
 			interventionsv1.RegisterInterventionsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
-			return func(ctx context.Context) { <-ctx.Done(); conn.Close() }, nil
+			s.SetCredentials(srv.Credentials())
+			return func(ctx context.Context) {
+				<-ctx.Done()
+				for _, c := range conns {
+					c.Close()
+				}
+			}, nil
 		},
 	},
 	{
@@ -174,6 +218,43 @@ var serviceDefs = []serviceDef{
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
 			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute); conn.Close() }, nil
+		},
+	},
+	{
+		name: "webhooks", schema: webhooks.Schema, addr: webhooksAddr, migrations: webhooks.Migrations(), policy: webhooks.Policy(),
+		flags: func(fs *flag.FlagSet, f *serviceFlags) {
+			fs.StringVar(&f.webhookTokenFile, "token-file", env("HANDOFF_WEBHOOK_TOKEN_FILE", ""),
+				"token of the webhook_sender identity, re-read when it changes (HANDOFF_WEBHOOK_TOKEN_FILE)")
+			secretVar(fs, &f.webhookSecretKey, "secret-key", env("HANDOFF_WEBHOOK_SECRET_KEY", ""),
+				"base64 of 32 bytes that seal the subscriptions' signing secrets at rest (HANDOFF_WEBHOOK_SECRET_KEY)")
+			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", 10, "attempts before a delivery is dead-lettered")
+		},
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
+				return nil, errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
+			}
+			key, err := base64.StdEncoding.DecodeString(f.webhookSecretKey)
+			if err != nil {
+				return nil, fmt.Errorf("--secret-key: %w", err)
+			}
+			box, err := webhooks.NewSecretBox(key)
+			if err != nil {
+				return nil, err
+			}
+			creds, err := tlsconf.Client(f.tls)
+			if err != nil {
+				return nil, err
+			}
+			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds, Token: fileToken(f.webhookTokenFile)})
+			if err != nil {
+				return nil, err
+			}
+			srv := webhooks.New(pool, webhooks.Config{Secrets: box})
+			webhooksv1.RegisterWebhooksServiceServer(s, srv)
+			s.SetAuditor(srv.Auditor())
+			sender := webhooks.NewSender(webhooks.SenderConfig{DB: pool, Families: familiesv1.NewFamiliesServiceClient(conn),
+				Secrets: box, MaxAttempts: f.webhookMaxAttempts, Log: f.log.With("part", "webhook-sender")})
+			return func(ctx context.Context) { sender.Run(ctx); conn.Close() }, nil
 		},
 	},
 }
@@ -218,6 +299,9 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	up := strings.ToUpper(d.name)
 	fs.StringVar(&f.listen, "listen", env("HANDOFF_"+up+"_LISTEN", d.addr), "gRPC listen address (HANDOFF_"+up+"_LISTEN)")
 	fs.StringVar(&f.familiesAddr, "families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service host:port (HANDOFF_FAMILIES_ADDRESS)")
+	if d.flags != nil {
+		d.flags(fs, &f)
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -244,17 +328,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
-	schema := schemaPrefix() + d.schema
-	owner, err := pgdb.Open(ctx, f.databaseURL, schema)
-	if err != nil {
-		return err
-	}
-	err = pgdb.Migrate(ctx, owner, schema, d.migrations...)
-	owner.Close()
-	if err != nil {
-		return err
-	}
-	pool, err := pgdb.OpenApp(ctx, f.databaseURL, schema)
+	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations)
 	if err != nil {
 		return err
 	}
@@ -267,6 +341,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err != nil {
 		return err
 	}
+	f.log = log
 	background, err := d.register(srv, pool, f)
 	if err != nil {
 		return err
@@ -280,13 +355,41 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		wg.Add(1)
 		go func() { defer wg.Done(); background(ctx) }()
 	}
-	relay := &outbox.Relay{DB: pool, Deliver: (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver, Log: log}
+	deliver := (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver
+	if d.schema != webhooks.Schema {
+		// After Temporal, every event is offered to the webhook
+		// subscriptions; the webhooks schema is migrated here too, so the
+		// relay never waits for a service that starts later.
+		whDB, err := openSchema(ctx, f.databaseURL, webhooks.Schema, webhooks.Migrations())
+		if err != nil {
+			return err
+		}
+		defer whDB.Pool.Close()
+		deliver = (&webhooks.Sink{DB: whDB}).After(deliver, d.schema)
+	}
+	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log}
 	wg.Add(1)
 	go func() { defer wg.Done(); relay.Run(ctx) }()
 	log.Info("serving", "addr", lis.Addr().String())
 	err = srv.Serve(ctx, lis, 10*time.Second)
 	wg.Wait()
 	return err
+}
+
+// openSchema migrates a service's schema as the URL's user (its owner), then
+// opens it as the application role, under row-level security.
+func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Source) (*pgdb.DB, error) {
+	schema = schemaPrefix() + schema
+	owner, err := pgdb.Open(ctx, dbURL, schema)
+	if err != nil {
+		return nil, err
+	}
+	err = pgdb.Migrate(ctx, owner, schema, migrations...)
+	owner.Close()
+	if err != nil {
+		return nil, err
+	}
+	return pgdb.OpenApp(ctx, dbURL, schema)
 }
 
 // schemaPrefix lets tests run the real processes in schemas of their own
