@@ -101,7 +101,7 @@ func validateKustomization(dir string) (int, error) {
 			}
 		}
 	}
-	for _, want := range []string{"families", "interventions", "referrals", "worker", "gateway"} {
+	for _, want := range []string{"families", "interventions", "referrals", "webhooks", "worker", "gateway"} {
 		if !deployments[want] {
 			return 0, fmt.Errorf("no deployment %q", want)
 		}
@@ -140,7 +140,7 @@ func validateCompose(path string) error {
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return err
 	}
-	for _, want := range []string{"postgres", "temporal", "temporal-ui", "migrate", "families", "interventions", "referrals", "worker", "gateway"} {
+	for _, want := range []string{"postgres", "temporal", "temporal-ui", "migrate", "families", "interventions", "referrals", "webhooks", "worker", "gateway"} {
 		if _, ok := doc.Services[want]; !ok {
 			return fmt.Errorf("no service %q", want)
 		}
