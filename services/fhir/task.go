@@ -18,10 +18,11 @@ import (
 )
 
 // putTask is the EHR's write-back of a referral's status (the receiving
-// program accepted, rejected, scheduled, completed, or saw a no-show). It
-// calls the same transition as the gRPC API, so the referral's workflow
-// hears of it. Only Task.status (with executionPeriod and statusReason)
-// is read; other fields of the body are the server's and are ignored.
+// program accepted, rejected, scheduled, completed, or saw a no-show; it
+// never cancels: that is the referring clinic's). It calls the same
+// transition as the gRPC API, so the referral's workflow hears of it. Only
+// Task.status (with executionPeriod and statusReason) is read; other fields
+// of the body are the server's and are ignored.
 func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
 	id := r.PathValue("id")
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil ||
@@ -36,7 +37,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	t, err := s.parseTask(body, id)
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, "Task/"+id)
 		return
 	}
 	if !handoffID.MatchString(id) {
@@ -46,12 +47,12 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
 	cur, err := s.referral(ctx, c, id)
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, "Task/"+id)
 		return
 	}
 	ch, err := change(cur, t)
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, "Task/"+id)
 		return
 	}
 	if ch.none {
@@ -66,7 +67,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	updated, err := s.transition(ctx, cur.GetName(), ch, ifMatch, r.Header.Get("Idempotency-Key"))
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, "Task/"+id)
 		return
 	}
 	s.writeTask(w, updated)
@@ -124,6 +125,14 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
 		ch.at = timestamppb.New(time.UnixMicro(end.GetValueUs()))
 	}
+	if ch.status == "cancelled" {
+		// Cancelling is the requester's (the referring clinic's) move, not
+		// the EHR's: per the Gravity and BSeR closed loop the performer
+		// declines a referral by rejecting it. Refused whatever the
+		// referral's state, so the answer does not depend on it.
+		return ch, unprocessable{msg: "the receiving program does not cancel a referral: the referring clinic does. " +
+			"To decline it, set the Task to rejected with a statusReason"}
+	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
@@ -135,7 +144,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		}
 	}
 	switch ch.status {
-	case "accepted", "failed", "cancelled":
+	case "accepted", "failed":
 	case "completed":
 	case "in-progress":
 		if ch.at == nil {
@@ -173,8 +182,6 @@ func (s *server) transition(ctx context.Context, name string, ch statusChange, e
 		return rs.AcceptReferral(ctx, plain)
 	case "failed":
 		return rs.MarkReferralNoShow(ctx, plain)
-	case "cancelled":
-		return rs.CancelReferral(ctx, plain)
 	case "rejected":
 		return rs.RejectReferral(ctx, &referralsv1.RejectReferralRequest{Name: name, Rejection: ch.rejection, Etag: etag, RequestId: requestID})
 	case "in-progress":
