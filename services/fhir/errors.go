@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"regexp"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -24,9 +26,16 @@ type notFound struct{ msg string }
 
 func (e notFound) Error() string { return e.msg }
 
+// consentRefusedText is the whole diagnostics of a refusal for want of
+// consent. The services' own message names the family and the recipient;
+// none of that is the caller's to learn, so it is never passed on.
+const consentRefusedText = "The patient's consent does not cover this disclosure."
+
 // writeErr answers err as an OperationOutcome with the HTTP status FHIR
-// clients expect.
-func (s *server) writeErr(w http.ResponseWriter, err error) {
+// clients expect. what is the resource the caller asked for ("Task/x", or
+// the type for a search): diagnostics speak of it only, never of records
+// the caller did not name (a referral's family, another record).
+func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	var br badRequest
 	var nf notFound
 	var un unprocessable
@@ -51,15 +60,41 @@ func (s *server) writeErr(w http.ResponseWriter, err error) {
 		return
 	}
 	code, issue := httpStatus(st)
-	msg := st.Message()
-	if code >= 500 {
+	var msg string
+	switch {
+	case code >= 500:
 		s.cfg.Log.Error("fhir: service call failed", "code", st.Code().String())
 		msg = "internal error"
+	case consentgate.Refused(err):
+		msg = consentRefusedText
+	case code == http.StatusNotFound:
+		// The service may have named another record (the family behind
+		// a referral): speak of the one asked for.
+		msg = what + " not found"
+	case code == http.StatusForbidden:
+		msg = "this caller may not access " + what
+	default:
+		msg = scrubNames(st.Message(), what)
 	}
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 	}
 	s.fail(w, code, issue, msg)
+}
+
+// resourceName matches a Handoff resource name in a service's message.
+var resourceName = regexp.MustCompile(`clinics/[a-z0-9*][a-z0-9-]*(?:/[A-Za-z]+/[a-z0-9][a-z0-9-]*)*`)
+
+// scrubNames replaces the resource names in msg that are not the one the
+// caller asked for (what, as Type/id) with "a related record".
+func scrubNames(msg, what string) string {
+	_, id, _ := strings.Cut(what, "/")
+	return resourceName.ReplaceAllStringFunc(msg, func(name string) string {
+		if id != "" && lastSegment(name) == id {
+			return name
+		}
+		return "a related record"
+	})
 }
 
 // httpStatus maps a service's gRPC status to an HTTP status and a FHIR

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/google/fhir/go/fhirversion"
@@ -49,8 +50,11 @@ type Config struct {
 	Verifier *auth.Verifier
 	Log      *slog.Logger
 	// BaseURL is the public address of the FHIR base, for example
-	// "https://api.example.org/fhir/R4", used in Bundle links and fullUrls.
-	// Empty derives it from each request's Host.
+	// "https://api.example.org/fhir/R4", used in Bundle links and fullUrls;
+	// the server's public address ("https://api.example.org") is taken to
+	// mean the FHIR base under it. Empty derives it from each request's
+	// Host and X-Forwarded-Proto, which the client controls: set it in
+	// production.
 	BaseURL string
 	// BodyLimit caps request bodies (default 1 MiB).
 	BodyLimit int64
@@ -66,6 +70,12 @@ type server struct {
 func New(cfg Config) (http.Handler, error) {
 	if cfg.Families == nil || cfg.Interventions == nil || cfg.Referrals == nil || cfg.Verifier == nil {
 		return nil, errors.New("fhir: the three service clients and a verifier are required")
+	}
+	if cfg.BaseURL != "" {
+		u, err := url.Parse(cfg.BaseURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("fhir: the base URL %q is not an absolute http(s) URL without query or fragment", cfg.BaseURL)
+		}
 	}
 	s, err := newServer(cfg)
 	if err != nil {
@@ -148,14 +158,20 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			s.fail(w, http.StatusForbidden, "forbidden", "the FHIR interface needs a token for one clinic")
 			return
 		}
-		ctx := auth.WithToken(r.Context(), token)
+		// The principal too: what the caller receives is disclosed to it
+		// (see discloseIntake).
+		ctx := auth.WithToken(auth.WithPrincipal(r.Context(), p), token)
 		next(ctx, w, r, caller{clinic: p.Clinic, base: s.baseURL(r)})
 	}
 }
 
 func (s *server) baseURL(r *http.Request) string {
 	if s.cfg.BaseURL != "" {
-		return strings.TrimSuffix(s.cfg.BaseURL, "/")
+		base := strings.TrimSuffix(s.cfg.BaseURL, "/")
+		if !strings.HasSuffix(base, Prefix) {
+			base += Prefix
+		}
+		return base
 	}
 	scheme := "http"
 	if r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {

@@ -9,6 +9,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/consentgate"
 )
 
 // resourceTypes are the types this server reads and searches.
@@ -25,7 +26,7 @@ func (s *server) read(ctx context.Context, w http.ResponseWriter, r *http.Reques
 	}
 	res, err := s.get(ctx, c, typ, id)
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, typ+"/"+id)
 		return
 	}
 	writeVersionHeaders(w, res)
@@ -88,10 +89,14 @@ func (s *server) get(ctx context.Context, c caller, typ, id string) (obj, error)
 			if err != nil {
 				return nil, err
 			}
-			if a := intakeAppointment(rf); a != nil {
-				return a, nil
+			a := intakeAppointment(rf)
+			if a == nil {
+				return nil, missing
 			}
-			return nil, missing
+			if err := s.discloseIntake(ctx, rf); err != nil {
+				return nil, err
+			}
+			return a, nil
 		}
 	}
 	// The other types are named by a plain Handoff id.
@@ -150,4 +155,30 @@ func (s *server) consentByHash(ctx context.Context, c caller, fam, hash string, 
 			return nil, missing
 		}
 	}
+}
+
+// discloseIntake checks that the patient's consent covers disclosing a
+// referral's intake appointment to the caller and records the disclosure.
+// The referrals service checked only that referrals may be disclosed, and
+// an appointment is information of another kind (APPOINTMENTS). As in the
+// services, only an outside system's reads are disclosures; staff's pass.
+// A refusal is the families service's FAILED_PRECONDITION
+// (CONSENT_REQUIRED).
+func (s *server) discloseIntake(ctx context.Context, rf *referralsv1.Referral) error {
+	p, out := consentgate.Outsider(ctx)
+	if !out {
+		return nil
+	}
+	_, err := s.cfg.Families.CreateDisclosure(ctx, &familiesv1.CreateDisclosureRequest{
+		Parent: rf.GetFamily(),
+		Disclosure: &familiesv1.Disclosure{
+			Recipient: p.Subject, Information: familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
+			Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: rf.GetName(),
+			Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("disclose the intake appointment of %s: %w", rf.GetName(), err)
+	}
+	return nil
 }

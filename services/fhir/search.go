@@ -17,6 +17,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/consentgate"
 )
 
 // pageTokenParam carries the services' opaque page token in Bundle links.
@@ -69,12 +70,17 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	q, err := parseQuery(typ, r.Form)
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, typ+" records")
 		return
 	}
 	p, err := s.find(ctx, c, q)
+	if consentgate.Refused(err) {
+		// A search finds only what the patient's consent discloses, as the
+		// services' lists do: what it does not cover is not a match.
+		p, err = page{}, nil
+	}
 	if err != nil {
-		s.writeErr(w, err)
+		s.writeErr(w, err, typ+" records")
 		return
 	}
 	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p))
@@ -383,9 +389,20 @@ func (s *server) findAppointments(ctx context.Context, c caller, q query) (page,
 		return page{}, err
 	}
 	for _, rf := range resp.GetReferrals() {
-		if a := intakeAppointment(rf); a != nil {
-			p.entries = append(p.entries, entry(a))
+		a := intakeAppointment(rf)
+		if a == nil {
+			continue
 		}
+		// The referral was disclosed; its appointment needs consent of
+		// its own, and without it is not a match.
+		err := s.discloseIntake(ctx, rf)
+		switch {
+		case consentgate.Refused(err), status.Code(err) == codes.NotFound:
+			continue
+		case err != nil:
+			return page{}, err
+		}
+		p.entries = append(p.entries, entry(a))
 	}
 	if next := resp.GetNextPageToken(); next != "" {
 		p.next = "r." + next

@@ -1,0 +1,386 @@
+package fhir
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
+)
+
+// refusal is the families service's answer without a covering consent,
+// whose message names the family, as the service's does.
+func refusal(family string) error {
+	st, _ := status.New(codes.FailedPrecondition, "no active consent of "+family+" covers disclosing it to \"ehr\"").
+		WithDetails(&errdetails.ErrorInfo{Reason: consentgate.ReasonConsentRequired, Domain: "handoff.health",
+			Metadata: map[string]string{"family": family}})
+	return st.Err()
+}
+
+// fakeFamilies serves one family; its consent covers the information kinds
+// in covers, and it refuses the family itself unless IDENTITY is covered.
+type fakeFamilies struct {
+	familiesv1.FamiliesServiceClient
+	mu          sync.Mutex
+	family      *familiesv1.Family
+	covers      map[familiesv1.InformationKind]bool
+	disclosures []*familiesv1.CreateDisclosureRequest
+}
+
+func (f *fakeFamilies) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
+	if in.GetName() != f.family.GetName() {
+		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+	}
+	if !f.covers[familiesv1.InformationKind_INFORMATION_KIND_IDENTITY] {
+		return nil, refusal(f.family.GetName())
+	}
+	return f.family, nil
+}
+
+func (f *fakeFamilies) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	if !f.covers[in.GetDisclosure().GetInformation()] {
+		return nil, refusal(in.GetParent())
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.disclosures = append(f.disclosures, in)
+	return in.GetDisclosure(), nil
+}
+
+func (f *fakeFamilies) recorded() []*familiesv1.CreateDisclosureRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*familiesv1.CreateDisclosureRequest(nil), f.disclosures...)
+}
+
+// fakeReferrals serves one referral and counts transitions.
+type fakeReferrals struct {
+	referralsv1.ReferralsServiceClient
+	referral    *referralsv1.Referral
+	transitions int
+	getErr      error
+}
+
+func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	if r.getErr != nil {
+		return nil, r.getErr
+	}
+	if in.GetName() != r.referral.GetName() {
+		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+	}
+	return r.referral, nil
+}
+
+func (r *fakeReferrals) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{Referrals: []*referralsv1.Referral{r.referral}}, nil
+}
+
+func (r *fakeReferrals) transition() (*referralsv1.Referral, error) {
+	r.transitions++
+	return r.referral, nil
+}
+
+func (r *fakeReferrals) AcceptReferral(context.Context, *referralsv1.TransitionReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+	return r.transition()
+}
+
+func (r *fakeReferrals) CancelReferral(context.Context, *referralsv1.TransitionReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+	return r.transition()
+}
+
+func (r *fakeReferrals) RejectReferral(context.Context, *referralsv1.RejectReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+	return r.transition()
+}
+
+type fakeInterventions struct {
+	interventionsv1.InterventionsServiceClient
+}
+
+func (fakeInterventions) ListInterventions(context.Context, *interventionsv1.ListInterventionsRequest, ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
+	return &interventionsv1.ListInterventionsResponse{}, nil
+}
+
+type fixture struct {
+	t         *testing.T
+	h         http.Handler
+	issuer    *auth.Issuer
+	families  *fakeFamilies
+	referrals *fakeReferrals
+}
+
+func newFixture(t *testing.T, baseURL string, state referralsv1.ReferralState, covers ...familiesv1.InformationKind) *fixture {
+	t.Helper()
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := &fixture{t: t, issuer: issuer,
+		families:  &fakeFamilies{family: sampleFamily(), covers: map[familiesv1.InformationKind]bool{}},
+		referrals: &fakeReferrals{referral: sampleReferral(state)}}
+	for _, k := range covers {
+		fx.families.covers[k] = true
+	}
+	fx.h, err = New(Config{Families: fx.families, Referrals: fx.referrals, Interventions: fakeInterventions{},
+		Verifier: issuer.Verifier(), BaseURL: baseURL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fx
+}
+
+type answer struct {
+	code int
+	raw  string
+	body map[string]any
+}
+
+// do calls the handler as subject (an EHR unless roles say otherwise).
+func (fx *fixture) do(method, path, body string, headers ...string) answer {
+	fx.t.Helper()
+	return fx.doAs("ehr", []auth.Role{auth.RoleEHR}, method, path, body, headers...)
+}
+
+func (fx *fixture) doAs(subject string, roles []auth.Role, method, path, body string, headers ...string) answer {
+	fx.t.Helper()
+	req := httptest.NewRequest(method, "http://gateway.internal"+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+fx.issuer.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: roles}))
+	if body != "" {
+		req.Header.Set("Content-Type", "application/fhir+json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	rec := httptest.NewRecorder()
+	fx.h.ServeHTTP(rec, req)
+	raw, _ := io.ReadAll(rec.Body)
+	a := answer{code: rec.Code, raw: string(raw)}
+	if err := json.Unmarshal(raw, &a.body); err != nil {
+		fx.t.Fatalf("%s %s: not JSON: %s", method, path, raw)
+	}
+	return a
+}
+
+func diagnostics(a answer) string {
+	issues, _ := a.body["issue"].([]any)
+	if len(issues) == 0 {
+		return ""
+	}
+	d, _ := issues[0].(map[string]any)["diagnostics"].(string)
+	return d
+}
+
+func issueCode(a answer) string {
+	issues, _ := a.body["issue"].([]any)
+	if len(issues) == 0 {
+		return ""
+	}
+	c, _ := issues[0].(map[string]any)["code"].(string)
+	return c
+}
+
+func entryIDs(a answer) []string {
+	var out []string
+	entries, _ := a.body["entry"].([]any)
+	for _, e := range entries {
+		res, _ := e.(map[string]any)["resource"].(map[string]any)
+		if res["resourceType"] != "OperationOutcome" {
+			out = append(out, res["id"].(string))
+		}
+	}
+	return out
+}
+
+// The EHR cannot cancel a referral: that is the referring clinic's move.
+// A PUT with status cancelled is a business-rule refusal that says to
+// reject instead, whatever the referral's state, and nothing changes.
+func TestPutTaskCancelledIsRefused(t *testing.T) {
+	for _, state := range []referralsv1.ReferralState{
+		referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED,
+		referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+	} {
+		fx := newFixture(t, "", state, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"cancelled"}`)
+		if a.code != http.StatusUnprocessableEntity || a.body["resourceType"] != "OperationOutcome" || issueCode(a) != "business-rule" {
+			t.Fatalf("%v: PUT cancelled: %d %s", state, a.code, a.raw)
+		}
+		if d := diagnostics(a); !strings.Contains(d, "rejected") {
+			t.Errorf("%v: the outcome does not say to reject instead: %s", state, d)
+		}
+		if fx.referrals.transitions != 0 {
+			t.Errorf("%v: PUT cancelled moved the referral (%d transitions)", state, fx.referrals.transitions)
+		}
+	}
+	// The rejection the outcome points to does go through.
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"rejected"}`); a.code != http.StatusOK || fx.referrals.transitions != 1 {
+		t.Fatalf("PUT rejected: %d %s", a.code, a.raw)
+	}
+	// The CapabilityStatement does not offer it.
+	a := fx.do("GET", "/fhir/R4/metadata", "")
+	for _, res := range a.body["rest"].([]any)[0].(map[string]any)["resource"].([]any) {
+		r := res.(map[string]any)
+		if r["type"] != "Task" {
+			continue
+		}
+		for _, in := range r["interaction"].([]any) {
+			doc, _ := in.(map[string]any)["documentation"].(string)
+			if set, _, _ := strings.Cut(doc, ")"); strings.Contains(set, "cancelled") {
+				t.Errorf("the Task update still offers cancelled: %s", doc)
+			}
+		}
+	}
+}
+
+// A search answers an empty searchset where consent refuses the read
+// behind it, as the services' own lists do; a read by id answers 403.
+// Neither names the family or anything but what was asked for.
+func TestConsentRefusals(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	for _, path := range []string{
+		"/fhir/R4/RelatedPerson?patient=" + famID, "/fhir/R4/CareTeam?subject=Patient/" + famID,
+		"/fhir/R4/RelatedPerson/_search?patient=" + famID,
+	} {
+		method := "GET"
+		if strings.Contains(path, "_search") {
+			method = "POST"
+		}
+		a := fx.do(method, path, "")
+		if a.code != http.StatusOK || a.body["resourceType"] != "Bundle" || a.body["type"] != "searchset" ||
+			len(entryIDs(a)) != 0 || a.body["total"] != float64(0) {
+			t.Errorf("%s without consent: %d %s", path, a.code, a.raw)
+		}
+	}
+	fx.referrals.getErr = refusal(fx.families.family.GetName())
+	for _, path := range []string{"/fhir/R4/RelatedPerson/" + famID + ".mom", "/fhir/R4/Patient/" + famID, "/fhir/R4/Task/" + refID} {
+		a := fx.do("GET", path, "")
+		if a.code != http.StatusForbidden || issueCode(a) != "forbidden" || diagnostics(a) != consentRefusedText {
+			t.Errorf("GET %s without consent: %d %s", path, a.code, a.raw)
+		}
+		if strings.Contains(a.raw, "families/") || strings.Contains(a.raw, `"ehr"`) {
+			t.Errorf("GET %s: the refusal names the family or the recipient: %s", path, a.raw)
+		}
+	}
+}
+
+// An intake appointment is disclosed only under a consent that covers
+// appointments, and each disclosure is recorded as the caller's; a consent
+// for referrals alone shows the Task but not the appointment.
+func TestIntakeAppointmentNeedsAppointmentsConsent(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED,
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	intake := "/fhir/R4/Appointment/" + intakePrefix + refID
+	if a := fx.do("GET", "/fhir/R4/Task/"+refID, ""); a.code != http.StatusOK {
+		t.Fatalf("Task under a referrals consent: %d %s", a.code, a.raw)
+	}
+	a := fx.do("GET", intake, "")
+	if a.code != http.StatusForbidden || diagnostics(a) != consentRefusedText || strings.Contains(a.raw, "families/") {
+		t.Fatalf("intake appointment without an appointments consent: %d %s", a.code, a.raw)
+	}
+	a = fx.do("GET", "/fhir/R4/Appointment?patient="+famID, "")
+	if a.code != http.StatusOK || len(entryIDs(a)) != 0 {
+		t.Fatalf("appointments without an appointments consent: %d %s", a.code, a.raw)
+	}
+	if got := fx.families.recorded(); len(got) != 0 {
+		t.Fatalf("refused disclosures were recorded: %v", got)
+	}
+
+	fx.families.covers[familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS] = true
+	if a := fx.do("GET", intake, ""); a.code != http.StatusOK || a.body["id"] != intakePrefix+refID {
+		t.Fatalf("intake appointment with consent: %d %s", a.code, a.raw)
+	}
+	if a := fx.do("GET", "/fhir/R4/Appointment?patient="+famID, ""); a.code != http.StatusOK ||
+		strings.Join(entryIDs(a), ",") != intakePrefix+refID {
+		t.Fatalf("appointments with consent: %d %s", a.code, a.raw)
+	}
+	got := fx.families.recorded()
+	if len(got) != 2 {
+		t.Fatalf("disclosures recorded = %v, want one for the read and one for the search", got)
+	}
+	for _, d := range got {
+		dis := d.GetDisclosure()
+		if d.GetParent() != fx.referrals.referral.GetFamily() || dis.GetRecipient() != "ehr" ||
+			dis.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS ||
+			dis.GetPurpose() != familiesv1.Purpose_PURPOSE_TREATMENT || dis.GetResource() != fx.referrals.referral.GetName() ||
+			dis.GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API {
+			t.Errorf("disclosure = %v", d)
+		}
+	}
+
+	// Staff reading inside the program disclose nothing.
+	fx.families.covers[familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS] = false
+	if a := fx.doAs("counselor-1", []auth.Role{auth.RoleCounselor}, "GET", intake, ""); a.code != http.StatusOK {
+		t.Fatalf("a counselor's read: %d %s", a.code, a.raw)
+	}
+	if n := len(fx.families.recorded()); n != 2 {
+		t.Fatalf("a counselor's read recorded a disclosure (%d)", n)
+	}
+}
+
+// Diagnostics speak of the resource asked for only.
+func TestDiagnosticsNameOnlyTheRequest(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fam := fx.families.family.GetName()
+	for _, c := range []struct {
+		err  error
+		code int
+		want string
+	}{
+		{status.Error(codes.NotFound, fam+" not found"), http.StatusNotFound, "Task/" + refID + " not found"},
+		{status.Error(codes.PermissionDenied, "no access to "+fam), http.StatusForbidden, "this caller may not access Task/" + refID},
+		{status.Error(codes.FailedPrecondition, fam+" is closed; "+fx.referrals.referral.GetName()+" cannot move"),
+			http.StatusUnprocessableEntity, "a related record is closed; " + fx.referrals.referral.GetName() + " cannot move"},
+		{refusal(fam), http.StatusForbidden, consentRefusedText},
+	} {
+		fx.referrals.getErr = c.err
+		a := fx.do("GET", "/fhir/R4/Task/"+refID, "")
+		if a.code != c.code || diagnostics(a) != c.want {
+			t.Errorf("%v: %d %q, want %d %q", c.err, a.code, diagnostics(a), c.code, c.want)
+		}
+		if strings.Contains(a.raw, famID) {
+			t.Errorf("%v: the outcome names the family: %s", c.err, a.raw)
+		}
+	}
+}
+
+// With a base URL set, links do not follow the request's Host or
+// X-Forwarded-Proto.
+func TestBaseURL(t *testing.T) {
+	for _, base := range []string{"https://api.example.org", "https://api.example.org/", "https://api.example.org/fhir/R4"} {
+		fx := newFixture(t, base, referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
+			familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		a := fx.do("GET", "/fhir/R4/Task?patient="+famID, "", "Host", "evil.example", "X-Forwarded-Proto", "http")
+		if a.code != http.StatusOK {
+			t.Fatalf("%s: %d %s", base, a.code, a.raw)
+		}
+		if strings.Contains(a.raw, "evil.example") || strings.Contains(a.raw, "gateway.internal") ||
+			!strings.Contains(a.raw, `"fullUrl":"https://api.example.org/fhir/R4/Task/`+refID+`"`) ||
+			!strings.Contains(a.raw, `"url":"https://api.example.org/fhir/R4/Task?patient=`) {
+			t.Errorf("%s: links = %s", base, a.raw)
+		}
+	}
+	// Without one, the request's host is used, as before.
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("GET", "/fhir/R4/Task", ""); !strings.Contains(a.raw, `"fullUrl":"http://gateway.internal/fhir/R4/Task/`) {
+		t.Errorf("without a base URL: %s", a.raw)
+	}
+	for _, bad := range []string{"api.example.org", "ftp://x/", "https://x/fhir/R4?a=b", "https:///fhir"} {
+		if _, err := New(Config{Families: &fakeFamilies{}, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{},
+			Verifier: &auth.Verifier{}, BaseURL: bad}); err == nil {
+			t.Errorf("base URL %q accepted", bad)
+		}
+	}
+}
