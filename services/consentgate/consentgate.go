@@ -27,6 +27,8 @@ const ReasonConsentRequired = "CONSENT_REQUIRED"
 // Discloser is the part of the families API the gate uses.
 type Discloser interface {
 	CreateDisclosure(ctx context.Context, in *familiesv1.CreateDisclosureRequest, opts ...grpc.CallOption) (*familiesv1.Disclosure, error)
+	ListCoveredFamilies(ctx context.Context, in *familiesv1.ListCoveredFamiliesRequest, opts ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error)
+	BatchCreateDisclosures(ctx context.Context, in *familiesv1.BatchCreateDisclosuresRequest, opts ...grpc.CallOption) (*familiesv1.BatchCreateDisclosuresResponse, error)
 }
 
 // Gate checks and records disclosures to outside callers.
@@ -35,13 +37,15 @@ type Gate struct {
 }
 
 // Outsider reports whether the caller in ctx is a system outside the
-// program whose reads are disclosures, and returns it.
+// program whose reads are disclosures, and returns it. Any token that holds
+// the EHR role is one, whatever else it holds: a mapping in the identity
+// provider that also grants a staff role must not switch the gate off.
 func Outsider(ctx context.Context) (auth.Principal, bool) {
 	p, ok := auth.FromContext(ctx)
 	if !ok {
 		return p, false
 	}
-	return p, p.Has(auth.RoleEHR) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
+	return p, p.Has(auth.RoleEHR)
 }
 
 // Check returns nil if the caller may receive resource, a record of family
@@ -88,24 +92,58 @@ func Refused(err error) bool {
 	return false
 }
 
-// Filter keeps the items of a list that the caller may receive, recording
-// each disclosure; items no consent covers are left out. family and name
-// give an item's family and resource name.
-func Filter[T any](ctx context.Context, g *Gate, items []T, info familiesv1.InformationKind,
-	family, name func(T) string) ([]T, error) {
+// Covered returns the families of the clinic parent (`clinics/{clinic}`)
+// whose consent covers disclosing info to the caller, and true, when the
+// caller is an outside system; for anyone else it returns false and the
+// list need not be narrowed. A list narrows its query to these families in
+// SQL, so that its pages and page tokens reflect only what the caller may
+// see.
+func (g *Gate) Covered(ctx context.Context, parent string, info familiesv1.InformationKind) ([]string, bool, error) {
 	if _, out := Outsider(ctx); !out {
+		return nil, false, nil
+	}
+	if g == nil || g.Families == nil {
+		return nil, true, status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
+	}
+	resp, err := g.Families.ListCoveredFamilies(ctx, &familiesv1.ListCoveredFamiliesRequest{Parent: parent, Information: info})
+	if err != nil {
+		return nil, true, fmt.Errorf("list covered families: %w", err)
+	}
+	return resp.GetFamilies(), true, nil
+}
+
+// Record records, in one call, that the caller received each item of a page
+// (narrowed by Covered first) and returns the items whose disclosure was
+// recorded: one whose consent was revoked in the meantime is left out.
+// family and name give an item's family and resource name.
+func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info familiesv1.InformationKind,
+	family, name func(T) string) ([]T, error) {
+	p, out := Outsider(ctx)
+	if !out || len(items) == 0 {
 		return items, nil
+	}
+	if g == nil || g.Families == nil {
+		return nil, status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
+	}
+	req := &familiesv1.BatchCreateDisclosuresRequest{Parent: parent}
+	for _, it := range items {
+		req.Requests = append(req.Requests, &familiesv1.CreateDisclosureRequest{Parent: family(it), Disclosure: &familiesv1.Disclosure{
+			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: name(it), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+		}})
+	}
+	resp, err := g.Families.BatchCreateDisclosures(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	recorded := make(map[string]bool, len(resp.GetDisclosures()))
+	for _, d := range resp.GetDisclosures() {
+		recorded[d.GetResource()] = true
 	}
 	kept := items[:0:0]
 	for _, it := range items {
-		err := g.Check(ctx, family(it), name(it), info)
-		switch {
-		case err == nil:
+		if recorded[name(it)] {
 			kept = append(kept, it)
-		case Refused(err), status.Code(err) == codes.NotFound:
-			// No consent (or the family is gone): not this caller's to see.
-		default:
-			return nil, err
 		}
 	}
 	return kept, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -40,7 +41,7 @@ const coveredBy = `c.clinic = $1 AND c.family_id = $2
 	  AND $4::smallint = ANY (c.information) AND $5::smallint = ANY (c.purposes)
 	  AND ($3::text = ANY (c.recipients) OR (c.treating_providers AND $5::smallint = 1))
 	  AND NOT EXISTS (SELECT 1 FROM consent_revocations r
-		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient = $3::text)`
+		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', $3::text))`
 
 // covering returns coveringConsent over other expressions for its six
 // parameters, to embed it in a larger statement.
@@ -59,13 +60,7 @@ func consentRefused(family, recipient string, info familiesv1.InformationKind, p
 // outsider reports whether the caller is a system outside the clinic whose
 // reads are disclosures: the EHR integration. Staff and the workflows act
 // inside the program.
-func outsider(ctx context.Context) (auth.Principal, bool) {
-	p, ok := auth.FromContext(ctx)
-	if !ok {
-		return p, false
-	}
-	return p, p.Has(auth.RoleEHR) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
-}
+func outsider(ctx context.Context) (auth.Principal, bool) { return consentgate.Outsider(ctx) }
 
 // discloseTx checks that a consent covers the disclosure and records it, in
 // one statement. It returns the disclosure's id and consent, or
@@ -84,6 +79,12 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 	}
 	consentID, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[string])
 	if errors.Is(err, pgx.ErrNoRows) {
+		if _, out := outsider(ctx); out {
+			// An outside system learns nothing from a refusal, not even
+			// which family the record belongs to.
+			return nil, apperr.FailedPrecondition(ReasonConsentRequired,
+				"the patient's consent does not cover disclosing this record to you", map[string]string{"resource": d.GetResource()})
+		}
 		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}
 	if err != nil {
@@ -373,7 +374,37 @@ func (s *Server) GetConsent(ctx context.Context, req *familiesv1.GetConsentReque
 	if !visibleToCaller(ctx, co) {
 		return nil, apperr.NotFound(req.GetName())
 	}
-	return co, nil
+	return forCaller(ctx, co), nil
+}
+
+// forCaller is what an outside system may see of a consent that concerns
+// it: what it covers and for how long, and its own part of it. The signer,
+// the other recipients, who recorded it and the patient's reasons for
+// revoking stay in the program.
+func forCaller(ctx context.Context, co *familiesv1.Consent) *familiesv1.Consent {
+	p, out := outsider(ctx)
+	if !out {
+		return co
+	}
+	mine := &familiesv1.Consent{
+		Name: co.GetName(), Discloser: co.GetDiscloser(), Information: co.GetInformation(), Purposes: co.GetPurposes(),
+		TreatingProviders: co.GetTreatingProviders(), ExpireTime: co.GetExpireTime(), SignTime: co.GetSignTime(),
+		RevocationRightStated: co.GetRevocationRightStated(), State: co.GetState(),
+		CreateTime: co.GetCreateTime(), UpdateTime: co.GetUpdateTime(), Etag: co.GetEtag(),
+	}
+	if slices.Contains(co.GetRecipients(), p.Subject) {
+		mine.Recipients = []string{p.Subject}
+	}
+	for _, r := range co.GetRevocations() {
+		if r.GetRecipient() == "" || r.GetRecipient() == p.Subject {
+			mine.Revocations = append(mine.Revocations, &familiesv1.Revocation{Recipient: r.GetRecipient(), RevokeTime: r.GetRevokeTime()})
+			if r.GetRecipient() == p.Subject && mine.State == familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
+				// Revoked for this caller: for it, the consent is over.
+				mine.State = familiesv1.ConsentState_CONSENT_STATE_REVOKED
+			}
+		}
+	}
+	return mine
 }
 
 // ListConsents implements the API.
@@ -395,6 +426,9 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	if err != nil {
 		return nil, err
 	}
+	for i, co := range items {
+		items[i] = forCaller(ctx, co)
+	}
 	return &familiesv1.ListConsentsResponse{Consents: items, NextPageToken: next}, nil
 }
 
@@ -414,14 +448,12 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 			if err != nil {
 				return nil, err
 			}
-			if err := aip.CheckEtag(req.GetName(), req.GetEtag(), co.GetEtag()); err != nil {
-				return nil, err
-			}
 			recipient := req.GetRecipient()
 			if recipient != "" && !co.GetTreatingProviders() && !slices.Contains(co.GetRecipients(), recipient) {
 				return nil, apperr.Field("recipient", "%q is not a recipient of %s", recipient, req.GetName())
 			}
-			// Revoking what is already revoked changes nothing (a retry).
+			// Revoking what is already revoked changes nothing: a retry whose
+			// first answer was lost gets the consent, not a stale-etag error.
 			if co.GetState() == familiesv1.ConsentState_CONSENT_STATE_REVOKED {
 				return co, nil
 			}
@@ -429,6 +461,9 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 				if recipient != "" && r.GetRecipient() == recipient {
 					return co, nil
 				}
+			}
+			if err := aip.CheckEtag(req.GetName(), req.GetEtag(), co.GetEtag()); err != nil {
+				return nil, err
 			}
 			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `INSERT INTO consent_revocations (clinic, family_id, consent_id, recipient, reason, recorder, revoke_time)
@@ -499,4 +534,145 @@ func TreatmentConsent(discloser, recipient, signer string, now time.Time) *famil
 		SignTime:              timestamppb.New(now.Add(-time.Minute)),
 		RevocationRightStated: true,
 	}
+}
+
+// ListCoveredFamilies implements the API. It answers for the caller: an
+// outside system learns which families it may receive records of, nothing
+// about consents given to others.
+func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCoveredFamiliesRequest) (*familiesv1.ListCoveredFamiliesResponse, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	if req.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		return nil, apperr.Field("information", "is required")
+	}
+	// coveredBy over every family of the clinic: the family parameter
+	// becomes the consent's own column.
+	cond := strings.NewReplacer("$2", "c.family_id", "$3", "$2", "$4", "$3", "$5", "$4", "$6", "$5").Replace(coveredBy)
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+cond,
+		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
+	if err != nil {
+		return nil, fmt.Errorf("list covered families: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list covered families: %w", err)
+	}
+	out := &familiesv1.ListCoveredFamiliesResponse{Families: make([]string, len(ids))}
+	for i, id := range ids {
+		out.Families[i] = familyName(clinic, id)
+	}
+	return out, nil
+}
+
+// BatchCreateDisclosures implements the API: one statement checks and
+// records every disclosure a consent covers; the rest are left out.
+func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.BatchCreateDisclosuresRequest) (*familiesv1.BatchCreateDisclosuresResponse, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	p, out := outsider(ctx)
+	n := len(req.GetRequests())
+	fams, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	infos, purposes, channels := make([]int16, n), make([]int16, n), make([]int16, n)
+	var vs apperr.Violations
+	for i, r := range req.GetRequests() {
+		field := fmt.Sprintf("requests[%d]", i)
+		ids2, err := aip.Parse(r.GetParent(), "clinics", "families")
+		if err != nil || ids2[0] != clinic {
+			vs.Add(field+".parent", "must be a family of %s", req.GetParent())
+			continue
+		}
+		d := r.GetDisclosure()
+		switch {
+		case d.GetRecipient() == "":
+			vs.Add(field+".disclosure.recipient", "is required")
+		case out && d.GetRecipient() != p.Subject:
+			vs.Add(field+".disclosure.recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
+		}
+		if d.GetResource() == "" || aip.Clinic(d.GetResource()) != clinic {
+			vs.Add(field+".disclosure.resource", "must be a record of %s", req.GetParent())
+		}
+		if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED ||
+			d.GetPurpose() == familiesv1.Purpose_PURPOSE_UNSPECIFIED || d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
+			vs.Add(field+".disclosure", "information, purpose and channel are required")
+		}
+		fams[i], ids[i], recipients[i], resources[i] = ids2[1], aip.NewID(), d.GetRecipient(), d.GetResource()
+		infos[i], purposes[i], channels[i] = int16(d.GetInformation()), int16(d.GetPurpose()), int16(d.GetChannel())
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	now := s.cfg.Now()
+	rows, err := s.pool.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
+			channel, consent_id, discloser, disclose_time)
+		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $2, $3
+		FROM unnest($4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[], $9::text[], $10::smallint[])
+			AS t (fam, id, recipient, info, purpose, res, channel)
+		CROSS JOIN LATERAL (`+covering("$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$3")+`) c
+		RETURNING id, consent_id`,
+		clinic, auth.Actor(ctx), now, fams, ids, recipients, infos, purposes, resources, channels)
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	type rec struct{ id, consent string }
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
+		var x rec
+		return x, r.Scan(&x.id, &x.consent)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	consentOf := make(map[string]string, len(got))
+	for _, g := range got {
+		consentOf[g.id] = g.consent
+	}
+	resp := &familiesv1.BatchCreateDisclosuresResponse{}
+	for i, r := range req.GetRequests() {
+		consent, ok := consentOf[ids[i]]
+		if !ok {
+			continue
+		}
+		d := r.GetDisclosure()
+		fam := r.GetParent()
+		resp.Disclosures = append(resp.Disclosures, &familiesv1.Disclosure{
+			Name: aip.Name(fam, "disclosures", ids[i]), Recipient: d.GetRecipient(), Information: d.GetInformation(),
+			Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(), Consent: aip.Name(fam, "consents", consent),
+			Discloser: auth.Actor(ctx), DiscloseTime: timestamppb.New(now), Notice: Notice,
+		})
+	}
+	return resp, nil
+}
+
+// familyForCaller is the minimum necessary of a family for the caller. An
+// outside system's consent covers identity: who the patient and the family
+// are and how to reach them, not the substance, coverage, urgency or safety
+// screens. The calendar reader needs only which families a counselor has.
+func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Family {
+	p, ok := auth.FromContext(ctx)
+	switch {
+	case !ok:
+		return f
+	case p.Has(auth.RoleEHR):
+		lo := f.GetLovedOne()
+		return &familiesv1.Family{
+			Name: f.GetName(),
+			LovedOne: &familiesv1.LovedOne{GivenName: lo.GetGivenName(), FamilyName: lo.GetFamilyName(), PreferredName: lo.GetPreferredName(),
+				BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(), ContactChannels: lo.GetContactChannels(),
+				MayContactDirectly: lo.GetMayContactDirectly(), TimeZone: lo.GetTimeZone()},
+			Members: f.GetMembers(), Counselor: f.GetCounselor(), State: f.GetState(), FirstContactTime: f.GetFirstContactTime(),
+			CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
+		}
+	case p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
+		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
+	}
+	return f
 }

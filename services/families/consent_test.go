@@ -2,6 +2,8 @@ package families_test
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -353,4 +355,130 @@ func TestAccountingOutlivesFamilyAndIsAppendOnly(t *testing.T) {
 			t.Errorf("%s: allowed to the application role", stmt)
 		}
 	}
+}
+
+func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_RISK_WITH_PLAN, SafetyPlanInPlace: true, Notes: "partner threatened her"}}); err != nil {
+		t.Fatal(err)
+	}
+	// A token that is both the EHR and an administrator is still the EHR:
+	// no consent, no read, and the refusal names nothing but the record.
+	both := f.env.As("north", "ehr-1", auth.RoleEHR, auth.RoleClinicAdmin)
+	_, err := f.client.GetFamily(both, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if strings.Contains(st.Message(), "families/") {
+		t.Fatalf("refusal names the family: %q", st.Message())
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			for k, v := range info.GetMetadata() {
+				if k != "resource" {
+					t.Fatalf("refusal metadata %s=%s", k, v)
+				}
+			}
+		}
+	}
+
+	c := f.validConsent("ehr-1", "ehr-2")
+	co := f.consent(t, fam.GetName(), c)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-2",
+		Reason: "she said the other hospital talked to her husband"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetLovedOne().GetGivenName() != "Sam" || len(got.GetMembers()) != 2 {
+		t.Fatalf("identity missing: %v", got)
+	}
+	if got.GetLatestSafetyScreen() != nil || got.GetCoverage() != nil || got.GetUrgent() ||
+		got.GetLovedOne().GetPrimarySubstance() != familiesv1.Substance_SUBSTANCE_UNSPECIFIED ||
+		got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_UNSPECIFIED {
+		t.Fatalf("an identity consent disclosed more than identity: %v", got)
+	}
+	seen, err := f.client.GetConsent(f.ehr("ehr-1"), &familiesv1.GetConsentRequest{Name: co.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen.GetSigner() != "" || seen.GetRecorder() != "" || !slices.Equal(seen.GetRecipients(), []string{"ehr-1"}) || len(seen.GetRevocations()) != 0 {
+		t.Fatalf("the EHR sees others' part of the consent: %v", seen)
+	}
+	// ehr-2 sees that the consent is over for it, not why.
+	seen2, err := f.client.GetConsent(f.ehr("ehr-2"), &familiesv1.GetConsentRequest{Name: co.GetName()})
+	if err != nil || seen2.GetState() != familiesv1.ConsentState_CONSENT_STATE_REVOKED || len(seen2.GetRevocations()) != 1 ||
+		seen2.GetRevocations()[0].GetReason() != "" || slices.Contains(seen2.GetRecipients(), "ehr-1") {
+		t.Fatalf("revoked recipient's view: %v, %v", seen2, err)
+	}
+}
+
+func TestRevocationRetryAndSignedTerms(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	req := &familiesv1.RevokeConsentRequest{Name: co.GetName(), Etag: co.GetEtag()}
+	first, err := f.client.RevokeConsent(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first answer was lost; the retry carries the etag it read before.
+	again, err := f.client.RevokeConsent(f.ctx, req)
+	if err != nil || again.GetEtag() != first.GetEtag() {
+		t.Fatalf("retried revocation: %v, %v", again, err)
+	}
+	ctx := pgdb.WithClinic(context.Background(), "north")
+	// The terms of a signed consent cannot be rewritten by the services' role ...
+	if _, err := f.app.Exec(ctx, `UPDATE consents SET expire_time = expire_time + interval '10 years'`); err == nil {
+		t.Fatal("the application role may change a consent's expiry")
+	}
+	if _, err := f.app.Exec(ctx, `UPDATE consents SET recipients = recipients || '{someone}'`); err == nil {
+		t.Fatal("the application role may add recipients")
+	}
+	// ... and clearing the stamp does not bring a revoked consent back: the
+	// append-only revocation still counts.
+	if _, err := f.app.Exec(ctx, `UPDATE consents SET revoke_time = NULL`); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantConsentRequired(t, err)
+}
+
+func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	a, b := f.create(t), f.create(t)
+	f.consent(t, a.GetName(), f.validConsent("ehr-1"))
+	f.consent(t, b.GetName(), f.validConsent("ehr-2"))
+	ehr := f.ehr("ehr-1")
+	cov, err := f.client.ListCoveredFamilies(ehr, &familiesv1.ListCoveredFamiliesRequest{Parent: "clinics/north",
+		Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY})
+	if err != nil || !slices.Equal(cov.GetFamilies(), []string{a.GetName()}) {
+		t.Fatalf("covered for ehr-1 = %v, %v; want only %s", cov, err, a.GetName())
+	}
+	cov, err = f.client.ListCoveredFamilies(ehr, &familiesv1.ListCoveredFamiliesRequest{Parent: "clinics/north",
+		Information: familiesv1.InformationKind_INFORMATION_KIND_REFERRALS})
+	if err != nil || len(cov.GetFamilies()) != 0 {
+		t.Fatalf("covered for referrals = %v, %v; the consent covers identity only", cov, err)
+	}
+	one := func(fam string, recipient string) *familiesv1.CreateDisclosureRequest {
+		return &familiesv1.CreateDisclosureRequest{Parent: fam, Disclosure: &familiesv1.Disclosure{Recipient: recipient,
+			Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: fam, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}}
+	}
+	resp, err := f.client.BatchCreateDisclosures(ehr, &familiesv1.BatchCreateDisclosuresRequest{Parent: "clinics/north",
+		Requests: []*familiesv1.CreateDisclosureRequest{one(a.GetName(), "ehr-1"), one(b.GetName(), "ehr-1")}})
+	if err != nil || len(resp.GetDisclosures()) != 1 || resp.GetDisclosures()[0].GetResource() != a.GetName() {
+		t.Fatalf("batch = %v, %v; want only the covered family", resp, err)
+	}
+	if n := len(f.disclosures(t, b.GetName())); n != 0 {
+		t.Fatalf("an uncovered disclosure was recorded (%d)", n)
+	}
+	_, err = f.client.BatchCreateDisclosures(ehr, &familiesv1.BatchCreateDisclosuresRequest{Parent: "clinics/north",
+		Requests: []*familiesv1.CreateDisclosureRequest{one(b.GetName(), "ehr-2")}})
+	wantCode(t, err, codes.InvalidArgument)
 }

@@ -155,7 +155,7 @@ func (s *Server) GetFamily(ctx context.Context, req *familiesv1.GetFamilyRequest
 	if err := s.discloseToCaller(ctx, child{clinic: clinic, family: id}, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, f.GetName()); err != nil {
 		return nil, err
 	}
-	return f, nil
+	return familyForCaller(ctx, f), nil
 }
 
 var familyFilter = map[string]aip.FilterField{
@@ -221,6 +221,9 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 			return nil, err
 		}
 		resp.Families = slices.DeleteFunc(resp.Families, func(f *familiesv1.Family) bool { return !covered[aip.ID(f.GetName())] })
+	}
+	for i, f := range resp.Families {
+		resp.Families[i] = familyForCaller(ctx, f)
 	}
 	return resp, nil
 }

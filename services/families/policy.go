@@ -46,6 +46,10 @@ func Policy() grpcserver.Policy {
 	// with the EHR's own token) and the webhook sender.
 	p[svc+"CreateDisclosure"] = slices.Concat(staff, []auth.Role{auth.RoleEHR, auth.RoleWebhookSender})
 	p[svc+"ListDisclosures"] = staff
+	// The services that hold the EHR's referrals and appointments filter
+	// and record its lists with these, with the EHR's own token.
+	p[svc+"ListCoveredFamilies"] = []auth.Role{auth.RoleEHR}
+	p[svc+"BatchCreateDisclosures"] = []auth.Role{auth.RoleEHR}
 	// The audit trail is for administrators.
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p

@@ -42,8 +42,16 @@ func TestEHRReadsNeedConsent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateConsent: %v", err)
 	}
-	if _, err := f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil {
+	seen, err := f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+	if err != nil {
 		t.Fatalf("EHR read under consent: %v", err)
+	}
+	// An appointment, not the plan: no place, checklist or notes.
+	if seen.GetStartTime() == nil || seen.GetPlace() != nil || len(seen.GetChecklist()) != 0 || seen.GetCarriedOverNotes() != "" {
+		t.Fatalf("the EHR sees more than the appointment: %v", seen)
+	}
+	if full, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil || full.GetPlace() == nil || len(full.GetChecklist()) == 0 {
+		t.Fatalf("staff view lost the plan: %v, %v", full, err)
 	}
 	list, err = f.client.ListInterventions(ehr, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetInterventions()) != 1 {

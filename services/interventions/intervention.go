@@ -272,7 +272,7 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS); err != nil {
 		return nil, err
 	}
-	return out, nil
+	return appointmentForCaller(ctx, out), nil
 }
 
 var interventionFilter = map[string]aip.FilterField{
@@ -291,15 +291,28 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, `clinic = $1`, []any{clinic},
+	scope, args := `clinic = $1`, []any{clinic}
+	// An outside system's list is narrowed in SQL to the families whose
+	// consent covers it, so pages and tokens reflect nothing else.
+	covered, out, err := s.consent.Covered(ctx, req.GetParent(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS)
+	if err != nil {
+		return nil, err
+	}
+	if out {
+		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, scope, args,
 		req, interventionFilter, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	items, err = consentgate.Filter(ctx, s.consent, items, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
+	items, err = consentgate.Record(ctx, s.consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
 		(*interventionsv1.Intervention).GetFamily, (*interventionsv1.Intervention).GetName)
 	if err != nil {
 		return nil, err
+	}
+	for i, iv := range items {
+		items[i] = appointmentForCaller(ctx, iv)
 	}
 	return &interventionsv1.ListInterventionsResponse{Interventions: items, NextPageToken: next}, nil
 }
@@ -644,4 +657,23 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 		return nil, err
 	}
 	return iv.GetCheckIns()[len(iv.GetCheckIns())-1], nil
+}
+
+// appointmentForCaller is what an outside system's consent to appointments
+// covers of an intervention: when, with whom, in what state, and whether
+// the loved one came. Plans, notes, the checklist and the place stay in the
+// program.
+func appointmentForCaller(ctx context.Context, iv *interventionsv1.Intervention) *interventionsv1.Intervention {
+	if _, out := consentgate.Outsider(ctx); !out {
+		return iv
+	}
+	a := &interventionsv1.Intervention{
+		Name: iv.GetName(), Family: iv.GetFamily(), Counselor: iv.GetCounselor(), StartTime: iv.GetStartTime(),
+		ExpectedDuration: iv.GetExpectedDuration(), TimeZone: iv.GetTimeZone(), State: iv.GetState(),
+		Participants: iv.GetParticipants(), CreateTime: iv.GetCreateTime(), UpdateTime: iv.GetUpdateTime(), Etag: iv.GetEtag(),
+	}
+	if iv.GetOutcome() != nil {
+		a.Outcome = &interventionsv1.Outcome{Kind: iv.GetOutcome().GetKind(), RecordTime: iv.GetOutcome().GetRecordTime()}
+	}
+	return a
 }

@@ -175,6 +175,14 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 				END IF;
 			END $$`)
 		}
+		// A revocation stamps a consent; nothing else about a signed consent
+		// may change, so its terms cannot be widened after the fact.
+		stmts = append(stmts, `DO $$ BEGIN
+				IF to_regclass('`+schema+`.consents') IS NOT NULL THEN
+					REVOKE UPDATE ON `+schema+`.consents FROM `+AppRole+`;
+					GRANT UPDATE (revoke_time, update_time, version) ON `+schema+`.consents TO `+AppRole+`;
+				END IF;
+			END $$`)
 		for _, st := range stmts {
 			if _, err := tx.Exec(ctx, st); err != nil {
 				return fmt.Errorf("pgdb: secure %s: %w", schema, err)

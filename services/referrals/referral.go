@@ -261,21 +261,37 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err != nil {
 		return nil, err
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, `clinic = $1`, []any{clinic},
+	scope, args := `clinic = $1`, []any{clinic}
+	// An outside system sees only the referrals of families whose consent
+	// covers it: narrowed in SQL, so its pages and page tokens never reflect
+	// a referral it may not see.
+	covered, out, err := s.cfg.Consent.Covered(ctx, req.GetParent(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if err != nil {
+		return nil, err
+	}
+	if out {
+		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, scope, args,
 		req, referralFilter, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })
 	if err != nil {
 		return nil, err
 	}
-	// An outside system sees only what consent covers. The check lives in
-	// another service, so a filtered page can come back short; its token
-	// still continues the list.
-	items, err = consentgate.Filter(ctx, s.cfg.Consent, items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+	items, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
 		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
 	if err != nil {
 		return nil, err
 	}
 	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
 		return nil, err
+	}
+	if p, ok := auth.FromContext(ctx); ok && p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker) {
+		// Calendar feeds need when and whether, nothing of why.
+		for i, r := range items {
+			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
+				IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
+				CreateTime:        r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
+		}
 	}
 	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
 }

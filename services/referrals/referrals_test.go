@@ -405,12 +405,33 @@ func BenchmarkMatchPrograms10k(b *testing.B) {
 	}
 }
 
-// fakeConsent refuses disclosures of the families in refused and counts the
-// ones it allowed.
+// fakeConsent refuses disclosures of the families in refused, lists covered
+// as the families whose consent covers the caller, and counts the
+// disclosures it allowed.
 type fakeConsent struct {
 	mu      sync.Mutex
 	refused map[string]bool
+	covered []string
 	allowed []string
+}
+
+func (c *fakeConsent) ListCoveredFamilies(context.Context, *familiesv1.ListCoveredFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &familiesv1.ListCoveredFamiliesResponse{Families: c.covered}, nil
+}
+
+func (c *fakeConsent) BatchCreateDisclosures(_ context.Context, in *familiesv1.BatchCreateDisclosuresRequest, _ ...grpc.CallOption) (*familiesv1.BatchCreateDisclosuresResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := &familiesv1.BatchCreateDisclosuresResponse{}
+	for _, r := range in.GetRequests() {
+		if !c.refused[r.GetParent()] {
+			c.allowed = append(c.allowed, r.GetDisclosure().GetResource())
+			out.Disclosures = append(out.Disclosures, r.GetDisclosure())
+		}
+	}
+	return out, nil
 }
 
 func (c *fakeConsent) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
@@ -444,7 +465,11 @@ func TestEHRNeedsConsent(t *testing.T) {
 		return r
 	}
 	open, closed := mk("clinics/north/families/open"), mk("clinics/north/families/closed")
+	mk("clinics/north/families/closed")
 	f.consent.refuse("clinics/north/families/closed")
+	f.consent.mu.Lock()
+	f.consent.covered = []string{"clinics/north/families/open"}
+	f.consent.mu.Unlock()
 
 	_, err := f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: closed.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)
@@ -455,10 +480,17 @@ func TestEHRNeedsConsent(t *testing.T) {
 	if err != nil || cur.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || cur.GetEtag() != closed.GetEtag() {
 		t.Fatalf("refused write-back changed the referral: %v %v", cur, err)
 	}
-	// The list leaves out what no consent covers.
+	// The list leaves out what no consent covers, in SQL: a page of one
+	// filtered on the hidden family is empty and has no token that would
+	// betray that its referrals exist.
 	list, err := f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetReferrals()) != 1 || list.GetReferrals()[0].GetName() != open.GetName() {
 		t.Fatalf("EHR list = %v, %v; want only %s", list, err, open.GetName())
+	}
+	probe, err := f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north", PageSize: 1,
+		Filter: `family = "clinics/north/families/closed"`})
+	if err != nil || len(probe.GetReferrals()) != 0 || probe.GetNextPageToken() != "" {
+		t.Fatalf("EHR probe of a hidden family = %v, %v; want an empty last page", probe, err)
 	}
 	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: open.GetName()}); err != nil {
 		t.Fatalf("write-back under consent: %v", err)

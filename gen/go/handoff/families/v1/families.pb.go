@@ -4584,6 +4584,204 @@ func (x *ListDisclosuresResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ListCoveredFamiliesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clinic, `clinics/{clinic}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The information to be disclosed.
+	Information   InformationKind `protobuf:"varint,2,opt,name=information,proto3,enum=handoff.families.v1.InformationKind" json:"information,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCoveredFamiliesRequest) Reset() {
+	*x = ListCoveredFamiliesRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCoveredFamiliesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCoveredFamiliesRequest) ProtoMessage() {}
+
+func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCoveredFamiliesRequest.ProtoReflect.Descriptor instead.
+func (*ListCoveredFamiliesRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *ListCoveredFamiliesRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListCoveredFamiliesRequest) GetInformation() InformationKind {
+	if x != nil {
+		return x.Information
+	}
+	return InformationKind_INFORMATION_KIND_UNSPECIFIED
+}
+
+type ListCoveredFamiliesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The families, `clinics/{clinic}/families/{family}`, in no order.
+	Families      []string `protobuf:"bytes,1,rep,name=families,proto3" json:"families,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCoveredFamiliesResponse) Reset() {
+	*x = ListCoveredFamiliesResponse{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCoveredFamiliesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCoveredFamiliesResponse) ProtoMessage() {}
+
+func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCoveredFamiliesResponse.ProtoReflect.Descriptor instead.
+func (*ListCoveredFamiliesResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
+	if x != nil {
+		return x.Families
+	}
+	return nil
+}
+
+type BatchCreateDisclosuresRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clinic, `clinics/{clinic}`; every request's parent must be in it.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The disclosures, at most 1000.
+	Requests      []*CreateDisclosureRequest `protobuf:"bytes,2,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateDisclosuresRequest) Reset() {
+	*x = BatchCreateDisclosuresRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateDisclosuresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
+
+func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
+func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *BatchCreateDisclosuresRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *BatchCreateDisclosuresRequest) GetRequests() []*CreateDisclosureRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type BatchCreateDisclosuresResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The disclosures that were covered and recorded, in request order.
+	Disclosures   []*Disclosure `protobuf:"bytes,1,rep,name=disclosures,proto3" json:"disclosures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchCreateDisclosuresResponse) Reset() {
+	*x = BatchCreateDisclosuresResponse{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchCreateDisclosuresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
+
+func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
+func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
+	if x != nil {
+		return x.Disclosures
+	}
+	return nil
+}
+
 var File_handoff_families_v1_families_proto protoreflect.FileDescriptor
 
 const file_handoff_families_v1_families_proto_rawDesc = "" +
@@ -4935,7 +5133,17 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x84\x01\n" +
 	"\x17ListDisclosuresResponse\x12A\n" +
 	"\vdisclosures\x18\x01 \x03(\v2\x1f.handoff.families.v1.DisclosureR\vdisclosures\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x84\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd2\x01\n" +
+	"\x1aListCoveredFamiliesRequest\x12]\n" +
+	"\x06parent\x18\x01 \x01(\tBE\xe0A\x02\xfaA\x17\x12\x15handoff.health/Family\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12U\n" +
+	"\vinformation\x18\x02 \x01(\x0e2$.handoff.families.v1.InformationKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\vinformation\"9\n" +
+	"\x1bListCoveredFamiliesResponse\x12\x1a\n" +
+	"\bfamilies\x18\x01 \x03(\tR\bfamilies\"\xbe\x01\n" +
+	"\x1dBatchCreateDisclosuresRequest\x12C\n" +
+	"\x06parent\x18\x01 \x01(\tB+\xe0A\x02\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12X\n" +
+	"\brequests\x18\x02 \x03(\v2,.handoff.families.v1.CreateDisclosureRequestB\x0e\xe0A\x02\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\brequests\"c\n" +
+	"\x1eBatchCreateDisclosuresResponse\x12A\n" +
+	"\vdisclosures\x18\x01 \x03(\v2\x1f.handoff.families.v1.DisclosureR\vdisclosures*\x84\x01\n" +
 	"\vFamilyState\x12\x1c\n" +
 	"\x18FAMILY_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13FAMILY_STATE_ACTIVE\x10\x01\x12%\n" +
@@ -5040,7 +5248,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
 	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
-	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xd2(\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xdd+\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -5073,7 +5281,9 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\fListConsents\x12(.handoff.families.v1.ListConsentsRequest\x1a).handoff.families.v1.ListConsentsResponse\";\xdaA\x06parent\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=clinics/*/families/*}/consents\x12\xa7\x01\n" +
 	"\rRevokeConsent\x12).handoff.families.v1.RevokeConsentRequest\x1a\x1c.handoff.families.v1.Consent\"M\xdaA\x0ename,recipient\x82\xd3\xe4\x93\x026:\x01*\"1/v1/{name=clinics/*/families/*/consents/*}:revoke\x12\xb8\x01\n" +
 	"\x10CreateDisclosure\x12,.handoff.families.v1.CreateDisclosureRequest\x1a\x1f.handoff.families.v1.Disclosure\"U\xdaA\x11parent,disclosure\x82\xd3\xe4\x93\x02;:\n" +
-	"disclosure\"-/v1/{parent=clinics/*/families/*}/disclosures\x12\xac\x01\n" +
+	"disclosure\"-/v1/{parent=clinics/*/families/*}/disclosures\x12\xbe\x01\n" +
+	"\x13ListCoveredFamilies\x12/.handoff.families.v1.ListCoveredFamiliesRequest\x1a0.handoff.families.v1.ListCoveredFamiliesResponse\"D\xdaA\x12parent,information\x82\xd3\xe4\x93\x02)\x12'/v1/{parent=clinics/*}/families:covered\x12\xc7\x01\n" +
+	"\x16BatchCreateDisclosures\x122.handoff.families.v1.BatchCreateDisclosuresRequest\x1a3.handoff.families.v1.BatchCreateDisclosuresResponse\"D\x82\xd3\xe4\x93\x02>:\x01*\"9/v1/{parent=clinics/*}/families/-/disclosures:batchCreate\x12\xac\x01\n" +
 	"\x0fListDisclosures\x12+.handoff.families.v1.ListDisclosuresRequest\x1a,.handoff.families.v1.ListDisclosuresResponse\">\xdaA\x06parent\x82\xd3\xe4\x93\x02/\x12-/v1/{parent=clinics/*/families/*}/disclosures\x12\xa4\x01\n" +
 	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"<\xdaA\x06parent\x82\xd3\xe4\x93\x02-\x12+/v1/{parent=clinics/*}/families:auditEvents\x1a\x19\xcaA\x16families.handoff.localBIZGgithub.com/handoff-health/handoff/gen/go/handoff/families/v1;familiesv1b\x06proto3"
 
@@ -5090,77 +5300,81 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 16)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_handoff_families_v1_families_proto_goTypes = []any{
-	(FamilyState)(0),                   // 0: handoff.families.v1.FamilyState
-	(Substance)(0),                     // 1: handoff.families.v1.Substance
-	(ChannelKind)(0),                   // 2: handoff.families.v1.ChannelKind
-	(Relationship)(0),                  // 3: handoff.families.v1.Relationship
-	(MemberRole)(0),                    // 4: handoff.families.v1.MemberRole
-	(CoverageKind)(0),                  // 5: handoff.families.v1.CoverageKind
-	(BarrierKind)(0),                   // 6: handoff.families.v1.BarrierKind
-	(WarningSignKind)(0),               // 7: handoff.families.v1.WarningSignKind
-	(SafetyRisk)(0),                    // 8: handoff.families.v1.SafetyRisk
-	(SafetyScreenStatus)(0),            // 9: handoff.families.v1.SafetyScreenStatus
-	(BoundaryCategory)(0),              // 10: handoff.families.v1.BoundaryCategory
-	(BoundaryState)(0),                 // 11: handoff.families.v1.BoundaryState
-	(ConsentState)(0),                  // 12: handoff.families.v1.ConsentState
-	(InformationKind)(0),               // 13: handoff.families.v1.InformationKind
-	(Purpose)(0),                       // 14: handoff.families.v1.Purpose
-	(DisclosureChannel)(0),             // 15: handoff.families.v1.DisclosureChannel
-	(*Family)(nil),                     // 16: handoff.families.v1.Family
-	(*LovedOne)(nil),                   // 17: handoff.families.v1.LovedOne
-	(*ContactChannel)(nil),             // 18: handoff.families.v1.ContactChannel
-	(*Member)(nil),                     // 19: handoff.families.v1.Member
-	(*QuietHours)(nil),                 // 20: handoff.families.v1.QuietHours
-	(*Coverage)(nil),                   // 21: handoff.families.v1.Coverage
-	(*Barrier)(nil),                    // 22: handoff.families.v1.Barrier
-	(*WarningSign)(nil),                // 23: handoff.families.v1.WarningSign
-	(*SafetyScreen)(nil),               // 24: handoff.families.v1.SafetyScreen
-	(*Boundary)(nil),                   // 25: handoff.families.v1.Boundary
-	(*BoundaryEvent)(nil),              // 26: handoff.families.v1.BoundaryEvent
-	(*CreateFamilyRequest)(nil),        // 27: handoff.families.v1.CreateFamilyRequest
-	(*GetFamilyRequest)(nil),           // 28: handoff.families.v1.GetFamilyRequest
-	(*ListFamiliesRequest)(nil),        // 29: handoff.families.v1.ListFamiliesRequest
-	(*ListFamiliesResponse)(nil),       // 30: handoff.families.v1.ListFamiliesResponse
-	(*UpdateFamilyRequest)(nil),        // 31: handoff.families.v1.UpdateFamilyRequest
-	(*DeleteFamilyRequest)(nil),        // 32: handoff.families.v1.DeleteFamilyRequest
-	(*CreateBarrierRequest)(nil),       // 33: handoff.families.v1.CreateBarrierRequest
-	(*GetBarrierRequest)(nil),          // 34: handoff.families.v1.GetBarrierRequest
-	(*ListBarriersRequest)(nil),        // 35: handoff.families.v1.ListBarriersRequest
-	(*ListBarriersResponse)(nil),       // 36: handoff.families.v1.ListBarriersResponse
-	(*UpdateBarrierRequest)(nil),       // 37: handoff.families.v1.UpdateBarrierRequest
-	(*DeleteBarrierRequest)(nil),       // 38: handoff.families.v1.DeleteBarrierRequest
-	(*ResolveBarrierRequest)(nil),      // 39: handoff.families.v1.ResolveBarrierRequest
-	(*CreateWarningSignRequest)(nil),   // 40: handoff.families.v1.CreateWarningSignRequest
-	(*GetWarningSignRequest)(nil),      // 41: handoff.families.v1.GetWarningSignRequest
-	(*ListWarningSignsRequest)(nil),    // 42: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),   // 43: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil),  // 44: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),   // 45: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil),  // 46: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),      // 47: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),         // 48: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),      // 49: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),     // 50: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),      // 51: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),  // 52: handoff.families.v1.TransitionBoundaryRequest
-	(*Consent)(nil),                    // 53: handoff.families.v1.Consent
-	(*Revocation)(nil),                 // 54: handoff.families.v1.Revocation
-	(*Disclosure)(nil),                 // 55: handoff.families.v1.Disclosure
-	(*CreateConsentRequest)(nil),       // 56: handoff.families.v1.CreateConsentRequest
-	(*GetConsentRequest)(nil),          // 57: handoff.families.v1.GetConsentRequest
-	(*ListConsentsRequest)(nil),        // 58: handoff.families.v1.ListConsentsRequest
-	(*ListConsentsResponse)(nil),       // 59: handoff.families.v1.ListConsentsResponse
-	(*RevokeConsentRequest)(nil),       // 60: handoff.families.v1.RevokeConsentRequest
-	(*CreateDisclosureRequest)(nil),    // 61: handoff.families.v1.CreateDisclosureRequest
-	(*ListDisclosuresRequest)(nil),     // 62: handoff.families.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil),    // 63: handoff.families.v1.ListDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),      // 64: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 65: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),  // 66: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 67: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 68: handoff.audit.v1.ListAuditEventsResponse
+	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
+	(Substance)(0),                         // 1: handoff.families.v1.Substance
+	(ChannelKind)(0),                       // 2: handoff.families.v1.ChannelKind
+	(Relationship)(0),                      // 3: handoff.families.v1.Relationship
+	(MemberRole)(0),                        // 4: handoff.families.v1.MemberRole
+	(CoverageKind)(0),                      // 5: handoff.families.v1.CoverageKind
+	(BarrierKind)(0),                       // 6: handoff.families.v1.BarrierKind
+	(WarningSignKind)(0),                   // 7: handoff.families.v1.WarningSignKind
+	(SafetyRisk)(0),                        // 8: handoff.families.v1.SafetyRisk
+	(SafetyScreenStatus)(0),                // 9: handoff.families.v1.SafetyScreenStatus
+	(BoundaryCategory)(0),                  // 10: handoff.families.v1.BoundaryCategory
+	(BoundaryState)(0),                     // 11: handoff.families.v1.BoundaryState
+	(ConsentState)(0),                      // 12: handoff.families.v1.ConsentState
+	(InformationKind)(0),                   // 13: handoff.families.v1.InformationKind
+	(Purpose)(0),                           // 14: handoff.families.v1.Purpose
+	(DisclosureChannel)(0),                 // 15: handoff.families.v1.DisclosureChannel
+	(*Family)(nil),                         // 16: handoff.families.v1.Family
+	(*LovedOne)(nil),                       // 17: handoff.families.v1.LovedOne
+	(*ContactChannel)(nil),                 // 18: handoff.families.v1.ContactChannel
+	(*Member)(nil),                         // 19: handoff.families.v1.Member
+	(*QuietHours)(nil),                     // 20: handoff.families.v1.QuietHours
+	(*Coverage)(nil),                       // 21: handoff.families.v1.Coverage
+	(*Barrier)(nil),                        // 22: handoff.families.v1.Barrier
+	(*WarningSign)(nil),                    // 23: handoff.families.v1.WarningSign
+	(*SafetyScreen)(nil),                   // 24: handoff.families.v1.SafetyScreen
+	(*Boundary)(nil),                       // 25: handoff.families.v1.Boundary
+	(*BoundaryEvent)(nil),                  // 26: handoff.families.v1.BoundaryEvent
+	(*CreateFamilyRequest)(nil),            // 27: handoff.families.v1.CreateFamilyRequest
+	(*GetFamilyRequest)(nil),               // 28: handoff.families.v1.GetFamilyRequest
+	(*ListFamiliesRequest)(nil),            // 29: handoff.families.v1.ListFamiliesRequest
+	(*ListFamiliesResponse)(nil),           // 30: handoff.families.v1.ListFamiliesResponse
+	(*UpdateFamilyRequest)(nil),            // 31: handoff.families.v1.UpdateFamilyRequest
+	(*DeleteFamilyRequest)(nil),            // 32: handoff.families.v1.DeleteFamilyRequest
+	(*CreateBarrierRequest)(nil),           // 33: handoff.families.v1.CreateBarrierRequest
+	(*GetBarrierRequest)(nil),              // 34: handoff.families.v1.GetBarrierRequest
+	(*ListBarriersRequest)(nil),            // 35: handoff.families.v1.ListBarriersRequest
+	(*ListBarriersResponse)(nil),           // 36: handoff.families.v1.ListBarriersResponse
+	(*UpdateBarrierRequest)(nil),           // 37: handoff.families.v1.UpdateBarrierRequest
+	(*DeleteBarrierRequest)(nil),           // 38: handoff.families.v1.DeleteBarrierRequest
+	(*ResolveBarrierRequest)(nil),          // 39: handoff.families.v1.ResolveBarrierRequest
+	(*CreateWarningSignRequest)(nil),       // 40: handoff.families.v1.CreateWarningSignRequest
+	(*GetWarningSignRequest)(nil),          // 41: handoff.families.v1.GetWarningSignRequest
+	(*ListWarningSignsRequest)(nil),        // 42: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),       // 43: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),      // 44: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),       // 45: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),      // 46: handoff.families.v1.ListSafetyScreensResponse
+	(*CreateBoundaryRequest)(nil),          // 47: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),             // 48: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),          // 49: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),         // 50: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),          // 51: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),      // 52: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                        // 53: handoff.families.v1.Consent
+	(*Revocation)(nil),                     // 54: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                     // 55: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),           // 56: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),              // 57: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),            // 58: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),           // 59: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),           // 60: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),        // 61: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),         // 62: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),        // 63: handoff.families.v1.ListDisclosuresResponse
+	(*ListCoveredFamiliesRequest)(nil),     // 64: handoff.families.v1.ListCoveredFamiliesRequest
+	(*ListCoveredFamiliesResponse)(nil),    // 65: handoff.families.v1.ListCoveredFamiliesResponse
+	(*BatchCreateDisclosuresRequest)(nil),  // 66: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 67: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 68: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 69: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 70: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 71: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 72: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	17,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -5169,9 +5383,9 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
 	24,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	64,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	64,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	64,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	68,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	68,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
 	18,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
@@ -5182,31 +5396,31 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	20,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	64,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	64,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	64,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	68,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	68,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	64,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	64,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	68,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
 	8,   // 25: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	64,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	64,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	68,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
 	10,  // 28: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
 	11,  // 29: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
 	26,  // 30: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	64,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	64,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	68,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
 	11,  // 33: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
 	11,  // 34: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	64,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	68,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
 	16,  // 36: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
 	16,  // 37: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
 	16,  // 38: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	65,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	69,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
 	22,  // 40: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
 	22,  // 41: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
 	22,  // 42: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	65,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	69,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
 	23,  // 44: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
 	23,  // 45: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
 	24,  // 46: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
@@ -5214,91 +5428,98 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	25,  // 48: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
 	25,  // 49: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
 	25,  // 50: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	65,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	69,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
 	13,  // 52: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
 	14,  // 53: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	64,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	64,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	68,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	68,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
 	12,  // 56: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
 	54,  // 57: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	64,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	64,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	64,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	68,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	68,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
 	13,  // 61: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
 	14,  // 62: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
 	15,  // 63: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	64,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	68,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
 	53,  // 65: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
 	53,  // 66: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
 	55,  // 67: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
 	55,  // 68: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	27,  // 69: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	28,  // 70: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	29,  // 71: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	31,  // 72: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	32,  // 73: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	33,  // 74: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	34,  // 75: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	35,  // 76: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	37,  // 77: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	38,  // 78: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	39,  // 79: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	40,  // 80: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	41,  // 81: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	42,  // 82: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	44,  // 83: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	45,  // 84: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	47,  // 85: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	48,  // 86: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	49,  // 87: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	51,  // 88: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	52,  // 89: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 90: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 91: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 92: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	56,  // 93: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	57,  // 94: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	58,  // 95: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	60,  // 96: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	61,  // 97: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	62,  // 98: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	66,  // 99: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	16,  // 100: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	16,  // 101: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	30,  // 102: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	16,  // 103: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	67,  // 104: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	22,  // 105: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	22,  // 106: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	36,  // 107: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	22,  // 108: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	67,  // 109: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	22,  // 110: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 111: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	23,  // 112: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	43,  // 113: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	24,  // 114: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	46,  // 115: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	25,  // 116: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 117: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	50,  // 118: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	25,  // 119: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 120: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 121: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 122: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 123: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	53,  // 124: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	53,  // 125: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	59,  // 126: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	53,  // 127: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	55,  // 128: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	63,  // 129: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	68,  // 130: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	100, // [100:131] is the sub-list for method output_type
-	69,  // [69:100] is the sub-list for method input_type
-	69,  // [69:69] is the sub-list for extension type_name
-	69,  // [69:69] is the sub-list for extension extendee
-	0,   // [0:69] is the sub-list for field type_name
+	13,  // 69: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
+	61,  // 70: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	55,  // 71: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	27,  // 72: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	28,  // 73: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	29,  // 74: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	31,  // 75: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	32,  // 76: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	33,  // 77: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	34,  // 78: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	35,  // 79: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	37,  // 80: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	38,  // 81: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	39,  // 82: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	40,  // 83: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	41,  // 84: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	42,  // 85: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	44,  // 86: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	45,  // 87: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	47,  // 88: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	48,  // 89: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	49,  // 90: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	51,  // 91: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	52,  // 92: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 93: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 94: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	52,  // 95: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	56,  // 96: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	57,  // 97: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	58,  // 98: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	60,  // 99: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	61,  // 100: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	64,  // 101: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	66,  // 102: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	62,  // 103: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	70,  // 104: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	16,  // 105: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	16,  // 106: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	30,  // 107: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	16,  // 108: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	71,  // 109: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	22,  // 110: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	22,  // 111: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	36,  // 112: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	22,  // 113: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	71,  // 114: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	22,  // 115: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 116: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	23,  // 117: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	43,  // 118: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	24,  // 119: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	46,  // 120: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	25,  // 121: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 122: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	50,  // 123: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	25,  // 124: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 125: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 126: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 127: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 128: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	53,  // 129: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	53,  // 130: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	59,  // 131: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	53,  // 132: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	55,  // 133: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	65,  // 134: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	67,  // 135: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	63,  // 136: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	72,  // 137: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	105, // [105:138] is the sub-list for method output_type
+	72,  // [72:105] is the sub-list for method input_type
+	72,  // [72:72] is the sub-list for extension type_name
+	72,  // [72:72] is the sub-list for extension extendee
+	0,   // [0:72] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -5312,7 +5533,7 @@ func file_handoff_families_v1_families_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
 			NumEnums:      16,
-			NumMessages:   48,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

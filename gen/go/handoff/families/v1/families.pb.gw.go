@@ -1567,6 +1567,104 @@ func local_request_FamiliesService_CreateDisclosure_0(ctx context.Context, marsh
 	return msg, metadata, err
 }
 
+var filter_FamiliesService_ListCoveredFamilies_0 = &utilities.DoubleArray{Encoding: map[string]int{"parent": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
+
+func request_FamiliesService_ListCoveredFamilies_0(ctx context.Context, marshaler runtime.Marshaler, client FamiliesServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListCoveredFamiliesRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_FamiliesService_ListCoveredFamilies_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := client.ListCoveredFamilies(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_FamiliesService_ListCoveredFamilies_0(ctx context.Context, marshaler runtime.Marshaler, server FamiliesServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq ListCoveredFamiliesRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_FamiliesService_ListCoveredFamilies_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.ListCoveredFamilies(ctx, &protoReq)
+	return msg, metadata, err
+}
+
+func request_FamiliesService_BatchCreateDisclosures_0(ctx context.Context, marshaler runtime.Marshaler, client FamiliesServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq BatchCreateDisclosuresRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	msg, err := client.BatchCreateDisclosures(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_FamiliesService_BatchCreateDisclosures_0(ctx context.Context, marshaler runtime.Marshaler, server FamiliesServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq BatchCreateDisclosuresRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	msg, err := server.BatchCreateDisclosures(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 var filter_FamiliesService_ListDisclosures_0 = &utilities.DoubleArray{Encoding: map[string]int{"parent": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
 
 func request_FamiliesService_ListDisclosures_0(ctx context.Context, marshaler runtime.Marshaler, client FamiliesServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
@@ -2259,6 +2357,46 @@ func RegisterFamiliesServiceHandlerServer(ctx context.Context, mux *runtime.Serv
 		}
 		forward_FamiliesService_CreateDisclosure_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_FamiliesService_ListCoveredFamilies_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/handoff.families.v1.FamiliesService/ListCoveredFamilies", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/families:covered"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_FamiliesService_ListCoveredFamilies_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_FamiliesService_ListCoveredFamilies_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_FamiliesService_BatchCreateDisclosures_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/handoff.families.v1.FamiliesService/BatchCreateDisclosures", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/families/-/disclosures:batchCreate"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_FamiliesService_BatchCreateDisclosures_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_FamiliesService_BatchCreateDisclosures_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodGet, pattern_FamiliesService_ListDisclosures_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2832,6 +2970,40 @@ func RegisterFamiliesServiceHandlerClient(ctx context.Context, mux *runtime.Serv
 		}
 		forward_FamiliesService_CreateDisclosure_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_FamiliesService_ListCoveredFamilies_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/handoff.families.v1.FamiliesService/ListCoveredFamilies", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/families:covered"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_FamiliesService_ListCoveredFamilies_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_FamiliesService_ListCoveredFamilies_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
+	mux.Handle(http.MethodPost, pattern_FamiliesService_BatchCreateDisclosures_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/handoff.families.v1.FamiliesService/BatchCreateDisclosures", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/families/-/disclosures:batchCreate"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_FamiliesService_BatchCreateDisclosures_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_FamiliesService_BatchCreateDisclosures_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodGet, pattern_FamiliesService_ListDisclosures_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2870,69 +3042,73 @@ func RegisterFamiliesServiceHandlerClient(ctx context.Context, mux *runtime.Serv
 }
 
 var (
-	pattern_FamiliesService_CreateFamily_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, ""))
-	pattern_FamiliesService_GetFamily_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "name"}, ""))
-	pattern_FamiliesService_ListFamilies_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, ""))
-	pattern_FamiliesService_UpdateFamily_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "family.name"}, ""))
-	pattern_FamiliesService_DeleteFamily_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "name"}, ""))
-	pattern_FamiliesService_CreateBarrier_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "barriers"}, ""))
-	pattern_FamiliesService_GetBarrier_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, ""))
-	pattern_FamiliesService_ListBarriers_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "barriers"}, ""))
-	pattern_FamiliesService_UpdateBarrier_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "barrier.name"}, ""))
-	pattern_FamiliesService_DeleteBarrier_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, ""))
-	pattern_FamiliesService_ResolveBarrier_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, "resolve"))
-	pattern_FamiliesService_CreateWarningSign_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "warningSigns"}, ""))
-	pattern_FamiliesService_GetWarningSign_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "warningSigns", "name"}, ""))
-	pattern_FamiliesService_ListWarningSigns_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "warningSigns"}, ""))
-	pattern_FamiliesService_CreateSafetyScreen_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "safetyScreens"}, ""))
-	pattern_FamiliesService_ListSafetyScreens_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "safetyScreens"}, ""))
-	pattern_FamiliesService_CreateBoundary_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "boundaries"}, ""))
-	pattern_FamiliesService_GetBoundary_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, ""))
-	pattern_FamiliesService_ListBoundaries_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "boundaries"}, ""))
-	pattern_FamiliesService_UpdateBoundary_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "boundary.name"}, ""))
-	pattern_FamiliesService_AgreeBoundary_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "agree"))
-	pattern_FamiliesService_ActivateBoundary_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "activate"))
-	pattern_FamiliesService_ReinforceBoundary_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "reinforce"))
-	pattern_FamiliesService_RetireBoundary_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "retire"))
-	pattern_FamiliesService_CreateConsent_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "consents"}, ""))
-	pattern_FamiliesService_GetConsent_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "consents", "name"}, ""))
-	pattern_FamiliesService_ListConsents_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "consents"}, ""))
-	pattern_FamiliesService_RevokeConsent_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "consents", "name"}, "revoke"))
-	pattern_FamiliesService_CreateDisclosure_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "disclosures"}, ""))
-	pattern_FamiliesService_ListDisclosures_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "disclosures"}, ""))
-	pattern_FamiliesService_ListAuditEvents_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, "auditEvents"))
+	pattern_FamiliesService_CreateFamily_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, ""))
+	pattern_FamiliesService_GetFamily_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "name"}, ""))
+	pattern_FamiliesService_ListFamilies_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, ""))
+	pattern_FamiliesService_UpdateFamily_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "family.name"}, ""))
+	pattern_FamiliesService_DeleteFamily_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "families", "name"}, ""))
+	pattern_FamiliesService_CreateBarrier_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "barriers"}, ""))
+	pattern_FamiliesService_GetBarrier_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, ""))
+	pattern_FamiliesService_ListBarriers_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "barriers"}, ""))
+	pattern_FamiliesService_UpdateBarrier_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "barrier.name"}, ""))
+	pattern_FamiliesService_DeleteBarrier_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, ""))
+	pattern_FamiliesService_ResolveBarrier_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "barriers", "name"}, "resolve"))
+	pattern_FamiliesService_CreateWarningSign_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "warningSigns"}, ""))
+	pattern_FamiliesService_GetWarningSign_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "warningSigns", "name"}, ""))
+	pattern_FamiliesService_ListWarningSigns_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "warningSigns"}, ""))
+	pattern_FamiliesService_CreateSafetyScreen_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "safetyScreens"}, ""))
+	pattern_FamiliesService_ListSafetyScreens_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "safetyScreens"}, ""))
+	pattern_FamiliesService_CreateBoundary_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "boundaries"}, ""))
+	pattern_FamiliesService_GetBoundary_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, ""))
+	pattern_FamiliesService_ListBoundaries_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "boundaries"}, ""))
+	pattern_FamiliesService_UpdateBoundary_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "boundary.name"}, ""))
+	pattern_FamiliesService_AgreeBoundary_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "agree"))
+	pattern_FamiliesService_ActivateBoundary_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "activate"))
+	pattern_FamiliesService_ReinforceBoundary_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "reinforce"))
+	pattern_FamiliesService_RetireBoundary_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "boundaries", "name"}, "retire"))
+	pattern_FamiliesService_CreateConsent_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "consents"}, ""))
+	pattern_FamiliesService_GetConsent_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "consents", "name"}, ""))
+	pattern_FamiliesService_ListConsents_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "consents"}, ""))
+	pattern_FamiliesService_RevokeConsent_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 2, 3, 1, 0, 4, 6, 5, 4}, []string{"v1", "clinics", "families", "consents", "name"}, "revoke"))
+	pattern_FamiliesService_CreateDisclosure_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "disclosures"}, ""))
+	pattern_FamiliesService_ListCoveredFamilies_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, "covered"))
+	pattern_FamiliesService_BatchCreateDisclosures_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3, 2, 4, 2, 5}, []string{"v1", "clinics", "parent", "families", "-", "disclosures"}, "batchCreate"))
+	pattern_FamiliesService_ListDisclosures_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3, 2, 4}, []string{"v1", "clinics", "families", "parent", "disclosures"}, ""))
+	pattern_FamiliesService_ListAuditEvents_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "families"}, "auditEvents"))
 )
 
 var (
-	forward_FamiliesService_CreateFamily_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_GetFamily_0          = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListFamilies_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_UpdateFamily_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_DeleteFamily_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateBarrier_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_GetBarrier_0         = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListBarriers_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_UpdateBarrier_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_DeleteBarrier_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_ResolveBarrier_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateWarningSign_0  = runtime.ForwardResponseMessage
-	forward_FamiliesService_GetWarningSign_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListWarningSigns_0   = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateSafetyScreen_0 = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListSafetyScreens_0  = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateBoundary_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_GetBoundary_0        = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListBoundaries_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_UpdateBoundary_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_AgreeBoundary_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_ActivateBoundary_0   = runtime.ForwardResponseMessage
-	forward_FamiliesService_ReinforceBoundary_0  = runtime.ForwardResponseMessage
-	forward_FamiliesService_RetireBoundary_0     = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateConsent_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_GetConsent_0         = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListConsents_0       = runtime.ForwardResponseMessage
-	forward_FamiliesService_RevokeConsent_0      = runtime.ForwardResponseMessage
-	forward_FamiliesService_CreateDisclosure_0   = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListDisclosures_0    = runtime.ForwardResponseMessage
-	forward_FamiliesService_ListAuditEvents_0    = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateFamily_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_GetFamily_0              = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListFamilies_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_UpdateFamily_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_DeleteFamily_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateBarrier_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_GetBarrier_0             = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListBarriers_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_UpdateBarrier_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_DeleteBarrier_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_ResolveBarrier_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateWarningSign_0      = runtime.ForwardResponseMessage
+	forward_FamiliesService_GetWarningSign_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListWarningSigns_0       = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateSafetyScreen_0     = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListSafetyScreens_0      = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateBoundary_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_GetBoundary_0            = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListBoundaries_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_UpdateBoundary_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_AgreeBoundary_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_ActivateBoundary_0       = runtime.ForwardResponseMessage
+	forward_FamiliesService_ReinforceBoundary_0      = runtime.ForwardResponseMessage
+	forward_FamiliesService_RetireBoundary_0         = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateConsent_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_GetConsent_0             = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListConsents_0           = runtime.ForwardResponseMessage
+	forward_FamiliesService_RevokeConsent_0          = runtime.ForwardResponseMessage
+	forward_FamiliesService_CreateDisclosure_0       = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListCoveredFamilies_0    = runtime.ForwardResponseMessage
+	forward_FamiliesService_BatchCreateDisclosures_0 = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListDisclosures_0        = runtime.ForwardResponseMessage
+	forward_FamiliesService_ListAuditEvents_0        = runtime.ForwardResponseMessage
 )

@@ -29,37 +29,39 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FamiliesService_CreateFamily_FullMethodName       = "/handoff.families.v1.FamiliesService/CreateFamily"
-	FamiliesService_GetFamily_FullMethodName          = "/handoff.families.v1.FamiliesService/GetFamily"
-	FamiliesService_ListFamilies_FullMethodName       = "/handoff.families.v1.FamiliesService/ListFamilies"
-	FamiliesService_UpdateFamily_FullMethodName       = "/handoff.families.v1.FamiliesService/UpdateFamily"
-	FamiliesService_DeleteFamily_FullMethodName       = "/handoff.families.v1.FamiliesService/DeleteFamily"
-	FamiliesService_CreateBarrier_FullMethodName      = "/handoff.families.v1.FamiliesService/CreateBarrier"
-	FamiliesService_GetBarrier_FullMethodName         = "/handoff.families.v1.FamiliesService/GetBarrier"
-	FamiliesService_ListBarriers_FullMethodName       = "/handoff.families.v1.FamiliesService/ListBarriers"
-	FamiliesService_UpdateBarrier_FullMethodName      = "/handoff.families.v1.FamiliesService/UpdateBarrier"
-	FamiliesService_DeleteBarrier_FullMethodName      = "/handoff.families.v1.FamiliesService/DeleteBarrier"
-	FamiliesService_ResolveBarrier_FullMethodName     = "/handoff.families.v1.FamiliesService/ResolveBarrier"
-	FamiliesService_CreateWarningSign_FullMethodName  = "/handoff.families.v1.FamiliesService/CreateWarningSign"
-	FamiliesService_GetWarningSign_FullMethodName     = "/handoff.families.v1.FamiliesService/GetWarningSign"
-	FamiliesService_ListWarningSigns_FullMethodName   = "/handoff.families.v1.FamiliesService/ListWarningSigns"
-	FamiliesService_CreateSafetyScreen_FullMethodName = "/handoff.families.v1.FamiliesService/CreateSafetyScreen"
-	FamiliesService_ListSafetyScreens_FullMethodName  = "/handoff.families.v1.FamiliesService/ListSafetyScreens"
-	FamiliesService_CreateBoundary_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateBoundary"
-	FamiliesService_GetBoundary_FullMethodName        = "/handoff.families.v1.FamiliesService/GetBoundary"
-	FamiliesService_ListBoundaries_FullMethodName     = "/handoff.families.v1.FamiliesService/ListBoundaries"
-	FamiliesService_UpdateBoundary_FullMethodName     = "/handoff.families.v1.FamiliesService/UpdateBoundary"
-	FamiliesService_AgreeBoundary_FullMethodName      = "/handoff.families.v1.FamiliesService/AgreeBoundary"
-	FamiliesService_ActivateBoundary_FullMethodName   = "/handoff.families.v1.FamiliesService/ActivateBoundary"
-	FamiliesService_ReinforceBoundary_FullMethodName  = "/handoff.families.v1.FamiliesService/ReinforceBoundary"
-	FamiliesService_RetireBoundary_FullMethodName     = "/handoff.families.v1.FamiliesService/RetireBoundary"
-	FamiliesService_CreateConsent_FullMethodName      = "/handoff.families.v1.FamiliesService/CreateConsent"
-	FamiliesService_GetConsent_FullMethodName         = "/handoff.families.v1.FamiliesService/GetConsent"
-	FamiliesService_ListConsents_FullMethodName       = "/handoff.families.v1.FamiliesService/ListConsents"
-	FamiliesService_RevokeConsent_FullMethodName      = "/handoff.families.v1.FamiliesService/RevokeConsent"
-	FamiliesService_CreateDisclosure_FullMethodName   = "/handoff.families.v1.FamiliesService/CreateDisclosure"
-	FamiliesService_ListDisclosures_FullMethodName    = "/handoff.families.v1.FamiliesService/ListDisclosures"
-	FamiliesService_ListAuditEvents_FullMethodName    = "/handoff.families.v1.FamiliesService/ListAuditEvents"
+	FamiliesService_CreateFamily_FullMethodName           = "/handoff.families.v1.FamiliesService/CreateFamily"
+	FamiliesService_GetFamily_FullMethodName              = "/handoff.families.v1.FamiliesService/GetFamily"
+	FamiliesService_ListFamilies_FullMethodName           = "/handoff.families.v1.FamiliesService/ListFamilies"
+	FamiliesService_UpdateFamily_FullMethodName           = "/handoff.families.v1.FamiliesService/UpdateFamily"
+	FamiliesService_DeleteFamily_FullMethodName           = "/handoff.families.v1.FamiliesService/DeleteFamily"
+	FamiliesService_CreateBarrier_FullMethodName          = "/handoff.families.v1.FamiliesService/CreateBarrier"
+	FamiliesService_GetBarrier_FullMethodName             = "/handoff.families.v1.FamiliesService/GetBarrier"
+	FamiliesService_ListBarriers_FullMethodName           = "/handoff.families.v1.FamiliesService/ListBarriers"
+	FamiliesService_UpdateBarrier_FullMethodName          = "/handoff.families.v1.FamiliesService/UpdateBarrier"
+	FamiliesService_DeleteBarrier_FullMethodName          = "/handoff.families.v1.FamiliesService/DeleteBarrier"
+	FamiliesService_ResolveBarrier_FullMethodName         = "/handoff.families.v1.FamiliesService/ResolveBarrier"
+	FamiliesService_CreateWarningSign_FullMethodName      = "/handoff.families.v1.FamiliesService/CreateWarningSign"
+	FamiliesService_GetWarningSign_FullMethodName         = "/handoff.families.v1.FamiliesService/GetWarningSign"
+	FamiliesService_ListWarningSigns_FullMethodName       = "/handoff.families.v1.FamiliesService/ListWarningSigns"
+	FamiliesService_CreateSafetyScreen_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateSafetyScreen"
+	FamiliesService_ListSafetyScreens_FullMethodName      = "/handoff.families.v1.FamiliesService/ListSafetyScreens"
+	FamiliesService_CreateBoundary_FullMethodName         = "/handoff.families.v1.FamiliesService/CreateBoundary"
+	FamiliesService_GetBoundary_FullMethodName            = "/handoff.families.v1.FamiliesService/GetBoundary"
+	FamiliesService_ListBoundaries_FullMethodName         = "/handoff.families.v1.FamiliesService/ListBoundaries"
+	FamiliesService_UpdateBoundary_FullMethodName         = "/handoff.families.v1.FamiliesService/UpdateBoundary"
+	FamiliesService_AgreeBoundary_FullMethodName          = "/handoff.families.v1.FamiliesService/AgreeBoundary"
+	FamiliesService_ActivateBoundary_FullMethodName       = "/handoff.families.v1.FamiliesService/ActivateBoundary"
+	FamiliesService_ReinforceBoundary_FullMethodName      = "/handoff.families.v1.FamiliesService/ReinforceBoundary"
+	FamiliesService_RetireBoundary_FullMethodName         = "/handoff.families.v1.FamiliesService/RetireBoundary"
+	FamiliesService_CreateConsent_FullMethodName          = "/handoff.families.v1.FamiliesService/CreateConsent"
+	FamiliesService_GetConsent_FullMethodName             = "/handoff.families.v1.FamiliesService/GetConsent"
+	FamiliesService_ListConsents_FullMethodName           = "/handoff.families.v1.FamiliesService/ListConsents"
+	FamiliesService_RevokeConsent_FullMethodName          = "/handoff.families.v1.FamiliesService/RevokeConsent"
+	FamiliesService_CreateDisclosure_FullMethodName       = "/handoff.families.v1.FamiliesService/CreateDisclosure"
+	FamiliesService_ListCoveredFamilies_FullMethodName    = "/handoff.families.v1.FamiliesService/ListCoveredFamilies"
+	FamiliesService_BatchCreateDisclosures_FullMethodName = "/handoff.families.v1.FamiliesService/BatchCreateDisclosures"
+	FamiliesService_ListDisclosures_FullMethodName        = "/handoff.families.v1.FamiliesService/ListDisclosures"
+	FamiliesService_ListAuditEvents_FullMethodName        = "/handoff.families.v1.FamiliesService/ListAuditEvents"
 )
 
 // FamiliesServiceClient is the client API for FamiliesService service.
@@ -146,6 +148,16 @@ type FamiliesServiceClient interface {
 	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
 	// here.
 	CreateDisclosure(ctx context.Context, in *CreateDisclosureRequest, opts ...grpc.CallOption) (*Disclosure, error)
+	// Lists the families of a clinic whose consent covers disclosing the given
+	// information to the caller for treatment now. The services that hold
+	// referrals and appointments filter an outside system's lists by it in
+	// SQL, so that pages and page tokens never reflect records it may not see.
+	ListCoveredFamilies(ctx context.Context, in *ListCoveredFamiliesRequest, opts ...grpc.CallOption) (*ListCoveredFamiliesResponse, error)
+	// Checks and records several disclosures in one statement, for a page of
+	// records sent to an outside system. Unlike CreateDisclosure, a
+	// disclosure no consent covers is not an error: it is left out of the
+	// answer and not recorded, and the caller must not send that record.
+	BatchCreateDisclosures(ctx context.Context, in *BatchCreateDisclosuresRequest, opts ...grpc.CallOption) (*BatchCreateDisclosuresResponse, error)
 	// Lists the family's accounting of disclosures, oldest first. The
 	// accounting is append-only and outlives the family.
 	ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error)
@@ -453,6 +465,26 @@ func (c *familiesServiceClient) CreateDisclosure(ctx context.Context, in *Create
 	return out, nil
 }
 
+func (c *familiesServiceClient) ListCoveredFamilies(ctx context.Context, in *ListCoveredFamiliesRequest, opts ...grpc.CallOption) (*ListCoveredFamiliesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCoveredFamiliesResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_ListCoveredFamilies_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) BatchCreateDisclosures(ctx context.Context, in *BatchCreateDisclosuresRequest, opts ...grpc.CallOption) (*BatchCreateDisclosuresResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchCreateDisclosuresResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_BatchCreateDisclosures_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *familiesServiceClient) ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListDisclosuresResponse)
@@ -557,6 +589,16 @@ type FamiliesServiceServer interface {
 	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
 	// here.
 	CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error)
+	// Lists the families of a clinic whose consent covers disclosing the given
+	// information to the caller for treatment now. The services that hold
+	// referrals and appointments filter an outside system's lists by it in
+	// SQL, so that pages and page tokens never reflect records it may not see.
+	ListCoveredFamilies(context.Context, *ListCoveredFamiliesRequest) (*ListCoveredFamiliesResponse, error)
+	// Checks and records several disclosures in one statement, for a page of
+	// records sent to an outside system. Unlike CreateDisclosure, a
+	// disclosure no consent covers is not an error: it is left out of the
+	// answer and not recorded, and the caller must not send that record.
+	BatchCreateDisclosures(context.Context, *BatchCreateDisclosuresRequest) (*BatchCreateDisclosuresResponse, error)
 	// Lists the family's accounting of disclosures, oldest first. The
 	// accounting is append-only and outlives the family.
 	ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error)
@@ -660,6 +702,12 @@ func (UnimplementedFamiliesServiceServer) RevokeConsent(context.Context, *Revoke
 }
 func (UnimplementedFamiliesServiceServer) CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateDisclosure not implemented")
+}
+func (UnimplementedFamiliesServiceServer) ListCoveredFamilies(context.Context, *ListCoveredFamiliesRequest) (*ListCoveredFamiliesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCoveredFamilies not implemented")
+}
+func (UnimplementedFamiliesServiceServer) BatchCreateDisclosures(context.Context, *BatchCreateDisclosuresRequest) (*BatchCreateDisclosuresResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchCreateDisclosures not implemented")
 }
 func (UnimplementedFamiliesServiceServer) ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListDisclosures not implemented")
@@ -1210,6 +1258,42 @@ func _FamiliesService_CreateDisclosure_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FamiliesService_ListCoveredFamilies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCoveredFamiliesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).ListCoveredFamilies(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_ListCoveredFamilies_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).ListCoveredFamilies(ctx, req.(*ListCoveredFamiliesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_BatchCreateDisclosures_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchCreateDisclosuresRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).BatchCreateDisclosures(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_BatchCreateDisclosures_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).BatchCreateDisclosures(ctx, req.(*BatchCreateDisclosuresRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FamiliesService_ListDisclosures_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListDisclosuresRequest)
 	if err := dec(in); err != nil {
@@ -1368,6 +1452,14 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateDisclosure",
 			Handler:    _FamiliesService_CreateDisclosure_Handler,
+		},
+		{
+			MethodName: "ListCoveredFamilies",
+			Handler:    _FamiliesService_ListCoveredFamilies_Handler,
+		},
+		{
+			MethodName: "BatchCreateDisclosures",
+			Handler:    _FamiliesService_BatchCreateDisclosures_Handler,
 		},
 		{
 			MethodName: "ListDisclosures",
