@@ -55,6 +55,9 @@ type Config struct {
 	// CORSOrigins are the browser origins allowed to call the API; "*"
 	// allows any. Empty allows none.
 	CORSOrigins []string
+	// PublicURL is the gateway's public address (https://api.example.org),
+	// for links in FHIR answers; empty takes them from each request's Host.
+	PublicURL string
 }
 
 // Gateway is the HTTP handler and its connections.
@@ -155,7 +158,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		Families:      familiesv1.NewFamiliesServiceClient(g.conns["families"]),
 		Interventions: interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]),
 		Referrals:     referralsv1.NewReferralsServiceClient(g.conns["referrals"]),
-		Verifier:      cfg.Verifier, Log: cfg.Log, BodyLimit: cfg.BodyLimit,
+		Verifier:      cfg.Verifier, Log: cfg.Log, BodyLimit: cfg.BodyLimit, BaseURL: cfg.PublicURL,
 	})
 	if err != nil {
 		g.Close()

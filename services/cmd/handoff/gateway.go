@@ -31,6 +31,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
 	wh := fs.String("webhooks-address", env("HANDOFF_WEBHOOKS_ADDRESS", webhooksAddr), "webhooks service; empty leaves its routes out (HANDOFF_WEBHOOKS_ADDRESS)")
 	origins := fs.String("cors-origins", env("HANDOFF_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the API (HANDOFF_CORS_ORIGINS)")
+	publicURL := fs.String("public-url", env("HANDOFF_PUBLIC_URL", ""), "the gateway's public address, for links in FHIR answers; empty takes the request's Host (HANDOFF_PUBLIC_URL)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,7 +49,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
-		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins)})
+		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins), PublicURL: *publicURL})
 	if err != nil {
 		return err
 	}
