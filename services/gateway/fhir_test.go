@@ -118,6 +118,10 @@ func ids(res []map[string]any) []string {
 	return out
 }
 
+// publicURL is the gateway's public address in TestFHIR: links in answers
+// use it, not the address the test calls.
+const publicURL = "https://api.example.org"
+
 // The FHIR interface end to end: an EHR reads and searches what counselors
 // recorded through the API, as valid R4 with the Part 2 labels, and writes
 // back a referral's status, which moves the referral as the gRPC API does.
@@ -125,7 +129,7 @@ func TestFHIR(t *testing.T) {
 	sys := stacktest.Start(t)
 	gw, err := gateway.New(context.Background(), gateway.Config{
 		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
-		Verifier: sys.Issuer.Verifier(),
+		Verifier: sys.Issuer.Verifier(), PublicURL: publicURL,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -237,7 +241,22 @@ func TestFHIR(t *testing.T) {
 		// A family whose patient gave no consent is not disclosed.
 		f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
 			"lovedOne": map[string]any{"givenName": "Noconsent"}, "counselor": "counselor-1"})
-		ehr.failure(http.StatusForbidden, "GET", "Patient/"+lastID(str(f, "name")), nil)
+		noConsent := lastID(str(f, "name"))
+		for _, path := range []string{"Patient/" + noConsent, "CareTeam/" + noConsent, "RelatedPerson/" + noConsent + ".mom"} {
+			o := ehr.failure(http.StatusForbidden, "GET", path, nil)
+			// A fixed text: nothing of the family the caller may not see.
+			if d := str(list(o, "issue")[0], "diagnostics"); d != "The patient's consent does not cover this disclosure." {
+				t.Fatalf("GET %s: diagnostics %q", path, d)
+			}
+		}
+		// A search finds nothing the consent does not cover, whichever
+		// service holds it.
+		for _, path := range []string{"RelatedPerson?patient=" + noConsent, "CareTeam?patient=" + noConsent,
+			"ServiceRequest?patient=" + noConsent, "Task?subject=Patient/" + noConsent, "Appointment?patient=" + noConsent} {
+			if res, _, _ := bundle(t, ehr.read(path)); len(res) != 0 {
+				t.Fatalf("GET %s without consent = %v", path, ids(res))
+			}
+		}
 	})
 
 	t.Run("search paging", func(t *testing.T) {
@@ -257,6 +276,13 @@ func TestFHIR(t *testing.T) {
 		}
 		for _, res := range append(first, second...) {
 			labelled(t, res)
+		}
+		// Links use the public address, not the one called.
+		spoofed := ehr.call("GET", "Patient?_count=2", nil, "X-Forwarded-Proto", "http")
+		if spoofed.code != http.StatusOK || strings.Contains(string(spoofed.raw), base) ||
+			!strings.Contains(string(spoofed.raw), `"fullUrl":"`+publicURL+`/fhir/R4/Patient/`) ||
+			!strings.Contains(string(spoofed.raw), `"url":"`+publicURL+`/fhir/R4/Patient?`) {
+			t.Fatalf("links with a spoofed Host: %d %s", spoofed.code, spoofed.raw)
 		}
 		members, _, _ := bundle(t, ehr.read("RelatedPerson?patient="+idA))
 		if len(members) != 1 || str(members[0], "id") != idA+".mom" {
@@ -320,6 +346,14 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusNotFound, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
 			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
 		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
+		// The referring clinic cancels; the program rejects instead.
+		o := ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "cancelled", "intent": "order"})
+		if issue := list(o, "issue")[0]; str(issue, "code") != "business-rule" || !strings.Contains(str(issue, "diagnostics"), "rejected") {
+			t.Fatalf("PUT cancelled: %v", o)
+		}
+		if rf := state(); rf.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || rf.GetEtag() != etag {
+			t.Fatalf("PUT cancelled changed the referral: %v %s", rf.GetState(), rf.GetEtag())
+		}
 
 		// The program accepts.
 		r := put("accepted", nil, "If-Match", `W/"`+etag+`"`)
@@ -355,6 +389,15 @@ func TestFHIR(t *testing.T) {
 		if str(intake, "status") != "booked" {
 			t.Fatalf("intake appointment = %v", intake)
 		}
+		// The appointment is an appointment's disclosure, in the accounting.
+		var recorded bool
+		for _, d := range list(w.counselor.ok("GET", "/v1/"+famA+"/disclosures?pageSize=1000", nil), "disclosures") {
+			recorded = recorded || (str(d, "information") == "INFORMATION_KIND_APPOINTMENTS" && str(d, "resource") == refName &&
+				str(d, "recipient") == "ehr" && str(d, "channel") == "DISCLOSURE_CHANNEL_API")
+		}
+		if !recorded {
+			t.Fatal("reading the intake appointment recorded no appointments disclosure")
+		}
 		// The person came: treatment entry.
 		time.Sleep(time.Until(start) + 500*time.Millisecond)
 		r = put("completed", nil)
@@ -366,6 +409,69 @@ func TestFHIR(t *testing.T) {
 		}
 		// Completed is final: the service refuses another move.
 		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "failed", "intent": "order"})
+	})
+
+	// A consent that covers referrals but not appointments: the EHR reads
+	// and moves the referral, but its intake appointment stays private.
+	t.Run("intake appointment needs consent", func(t *testing.T) {
+		f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
+			"lovedOne": map[string]any{"givenName": "Lou"}, "counselor": "counselor-1", "coverage": map[string]any{"kind": "COVERAGE_KIND_MEDICAID"}})
+		fam := str(f, "name")
+		now := time.Now().UTC()
+		w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
+			"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
+			"information": []string{"INFORMATION_KIND_IDENTITY", "INFORMATION_KIND_REFERRALS"},
+			"expireTime":  now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
+			"signer": "Lou", "revocationRightStated": true})
+		var group string
+		for _, p := range list(w.admin.ok("GET", "/v1/clinics/north/programs?pageSize=100", nil), "programs") {
+			if str(p, "displayName") == "Parents' group" {
+				group = str(p, "name")
+			}
+		}
+		rf := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
+			"family": fam, "subject": map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"}, "serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP",
+			"program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
+		id := lastID(str(rf, "name"))
+		for _, body := range []map[string]any{
+			{"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"},
+			{"resourceType": "Task", "id": id, "status": "in-progress", "intent": "order",
+				"executionPeriod": map[string]any{"start": now.Add(48 * time.Hour).Format(time.RFC3339Nano)}},
+		} {
+			if r := ehr.call("PUT", "Task/"+id, body); r.code != http.StatusOK {
+				t.Fatalf("PUT %s: %d %s", body["status"], r.code, r.raw)
+			}
+		}
+		if tk := ehr.read("Task/" + id); str(tk, "status") != "in-progress" {
+			t.Fatalf("Task = %v", tk)
+		}
+		o := ehr.failure(http.StatusForbidden, "GET", "Appointment/intake-"+id, nil)
+		if d := str(list(o, "issue")[0], "diagnostics"); d != "The patient's consent does not cover this disclosure." ||
+			strings.Contains(fmt.Sprint(o), lastID(fam)) {
+			t.Fatalf("intake appointment without consent: %v", o)
+		}
+		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); len(appts) != 0 {
+			t.Fatalf("appointments without consent = %v", ids(appts))
+		}
+		// Left out of the search for every patient too.
+		var next = "Appointment?_count=1000"
+		for next != "" {
+			var appts []map[string]any
+			appts, next, _ = bundle(t, ehr.read(next))
+			if slices.Contains(ids(appts), "intake-"+id) {
+				t.Fatalf("the intake appointment without consent was found: %v", ids(appts))
+			}
+		}
+		for _, d := range list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures") {
+			if str(d, "information") == "INFORMATION_KIND_APPOINTMENTS" {
+				t.Fatalf("a refused disclosure was recorded: %v", d)
+			}
+		}
+		// Staff see it: theirs is not a disclosure.
+		counselorFHIR := fhirClient{client: w.counselor, parser: parser}
+		if a := counselorFHIR.read("Appointment/intake-" + id); str(a, "status") != "booked" {
+			t.Fatalf("the counselor's intake appointment = %v", a)
+		}
 	})
 
 	// The loved one says yes; the intake workflow refers them at once and
