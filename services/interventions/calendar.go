@@ -118,22 +118,23 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 	return out, nil
 }
 
-// feedList adapts ListCalendarFeedsRequest, which has no filter, to
-// pgdb.ListRequest.
-type feedList struct {
-	*interventionsv1.ListCalendarFeedsRequest
+// feedFilter is what ListCalendarFeeds filters on.
+var feedFilter = map[string]aip.FilterField{
+	"owner": {Column: "owner", Kind: aip.String},
 }
 
-func (feedList) GetFilter() string { return "" }
-
-// ListCalendarFeeds implements the API: the caller's own feeds only.
+// ListCalendarFeeds implements the API: a counselor's own feeds; for a
+// clinic administrator every feed of the clinic (to find and revoke those
+// of a counselor who left), optionally `owner = "..."`. Never with their
+// url or token.
 func (s *Server) ListCalendarFeeds(ctx context.Context, req *interventionsv1.ListCalendarFeedsRequest) (*interventionsv1.ListCalendarFeedsResponse, error) {
 	clinic, err := parentClinic(ctx, req.GetParent())
 	if err != nil {
 		return nil, err
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "calendar feeds", feedSelect, `clinic = $1 AND owner = $2`,
-		[]any{clinic, auth.Actor(ctx)}, feedList{req}, map[string]aip.FilterField{}, scanFeed(clinic),
+	p, _ := auth.FromContext(ctx)
+	items, next, err := pgdb.ListPage(ctx, s.pool, "calendar feeds", feedSelect, `clinic = $1 AND ($3 OR owner = $2)`,
+		[]any{clinic, auth.Actor(ctx), p.Has(auth.RoleClinicAdmin)}, req, feedFilter, scanFeed(clinic),
 		func(f *interventionsv1.CalendarFeed) string { return f.GetName() })
 	if err != nil {
 		return nil, err

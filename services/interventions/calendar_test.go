@@ -10,6 +10,7 @@ import (
 	ics "github.com/arran4/golang-ical"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -375,5 +376,62 @@ func TestCalendarFeedIntakeAppointments(t *testing.T) {
 		if strings.Contains(raw, secret) {
 			t.Fatalf("the feed shows %q:\n%s", secret, raw)
 		}
+	}
+}
+
+// A clinic administrator lists every feed of the clinic, to find and
+// revoke those of a counselor who left; counselors still see only their
+// own, and no list carries a url.
+func TestCalendarFeedsAdminListsAll(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	leaver := f.env.As("north", "counselor-2", auth.RoleCounselor)
+	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
+	mine, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := f.client.CreateCalendarFeed(leaver, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := func(ctx context.Context, filter string) []string {
+		t.Helper()
+		list, err := f.client.ListCalendarFeeds(ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil {
+			t.Fatalf("ListCalendarFeeds(%q): %v", filter, err)
+		}
+		var out []string
+		for _, feed := range list.GetCalendarFeeds() {
+			if feed.GetUrl() != "" {
+				t.Fatalf("listed feed %s carries its url", feed.GetName())
+			}
+			out = append(out, feed.GetName()+"|"+feed.GetOwner())
+		}
+		return out
+	}
+	all := names(admin, "")
+	if len(all) != 2 {
+		t.Fatalf("admin lists %v, want both feeds", all)
+	}
+	if got := names(admin, `owner = "counselor-2"`); len(got) != 1 || got[0] != theirs.GetName()+"|counselor-2" {
+		t.Fatalf("admin lists %v for owner counselor-2", got)
+	}
+	if got := names(f.ctx, ""); len(got) != 1 || got[0] != mine.GetName()+"|counselor-1" {
+		t.Fatalf("counselor-1 lists %v, want only its own", got)
+	}
+	if got := names(f.ctx, `owner = "counselor-2"`); len(got) != 0 {
+		t.Fatalf("counselor-1 filtering on another owner lists %v", got)
+	}
+	// The administrator revokes the leaver's feed.
+	if _, err := f.client.DeleteCalendarFeed(admin, &interventionsv1.DeleteCalendarFeedRequest{Name: theirs.GetName()}); err != nil {
+		t.Fatalf("admin DeleteCalendarFeed: %v", err)
+	}
+	if got := names(leaver, ""); len(got) != 0 {
+		t.Fatalf("after revocation counselor-2 lists %v", got)
+	}
+	if _, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{
+		Name: theirs.GetName(), Token: feedToken(t, theirs)}); status.Code(err) != codes.NotFound {
+		t.Fatalf("export of a revoked feed = %v, want NOT_FOUND", err)
 	}
 }

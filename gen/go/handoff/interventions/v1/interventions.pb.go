@@ -4131,7 +4131,10 @@ type ListCalendarFeedsRequest struct {
 	// At most this many (default 50, at most 1000).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Conditions joined by AND, for example `owner = "counselor-1"`.
+	// Fields: `owner`.
+	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4187,10 +4190,18 @@ func (x *ListCalendarFeedsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListCalendarFeedsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
 // Response for ListCalendarFeeds.
 type ListCalendarFeedsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The caller's feeds on this page, without their `url`.
+	// The feeds on this page (the caller's own, or for a clinic
+	// administrator the clinic's), without their `url`.
 	CalendarFeeds []*CalendarFeed `protobuf:"bytes,1,rep,name=calendar_feeds,json=calendarFeeds,proto3" json:"calendar_feeds,omitempty"`
 	// Pass as `page_token` to get the next page; empty on the last page.
 	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
@@ -4652,12 +4663,13 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\rcalendar_feed\x18\x02 \x01(\v2&.handoff.interventions.v1.CalendarFeedB\x03\xe0A\x01R\fcalendarFeed\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd7\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xfc\x01\n" +
 	"\x18ListCalendarFeedsRequest\x12c\n" +
 	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CalendarFeed\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x92\x01\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
+	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x92\x01\n" +
 	"\x19ListCalendarFeedsResponse\x12M\n" +
 	"\x0ecalendar_feeds\x18\x01 \x03(\v2&.handoff.interventions.v1.CalendarFeedR\rcalendarFeeds\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xce\x01\n" +

@@ -174,8 +174,10 @@ type InterventionsServiceClient interface {
 	// the token, the retry's answer carries a new token and the first one
 	// stops working.
 	CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error)
-	// Lists the caller's own calendar feeds, oldest first, without their
-	// `url`.
+	// Lists calendar feeds, without their `url`: a counselor's own; for a
+	// clinic administrator every feed of the clinic, so that the feeds of a
+	// counselor who left can be found and deleted (`filter = 'owner =
+	// "counselor-1"'` narrows the list to one owner).
 	ListCalendarFeeds(ctx context.Context, in *ListCalendarFeedsRequest, opts ...grpc.CallOption) (*ListCalendarFeedsResponse, error)
 	// Deletes a calendar feed, which revokes its token at once: calendar apps
 	// reading it get NOT_FOUND. Only the feed's owner or a clinic
@@ -570,8 +572,10 @@ type InterventionsServiceServer interface {
 	// the token, the retry's answer carries a new token and the first one
 	// stops working.
 	CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error)
-	// Lists the caller's own calendar feeds, oldest first, without their
-	// `url`.
+	// Lists calendar feeds, without their `url`: a counselor's own; for a
+	// clinic administrator every feed of the clinic, so that the feeds of a
+	// counselor who left can be found and deleted (`filter = 'owner =
+	// "counselor-1"'` narrows the list to one owner).
 	ListCalendarFeeds(context.Context, *ListCalendarFeedsRequest) (*ListCalendarFeedsResponse, error)
 	// Deletes a calendar feed, which revokes its token at once: calendar apps
 	// reading it get NOT_FOUND. Only the feed's owner or a clinic
