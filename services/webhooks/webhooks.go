@@ -3,6 +3,21 @@
 // turns the services' outbox events into deliveries, and the sender that
 // POSTs them signed, at least once and in order per resource, with retries,
 // dead letters and replay. It owns the PostgreSQL schema "webhooks".
+//
+// What receivers must do. Check the Handoff-Webhook-Signature header (see
+// Verify) before anything else. The Handoff-Webhook-Id header is not
+// signed: it equals the body's "id", and receivers deduplicate on the
+// signed body's "id", never on the header alone. The body's "sequence"
+// grows with every notification of a subscription about one resource, in
+// the order the changes happened; receivers keep the highest sequence they
+// applied per resource and ignore a notification with a lower one. That is
+// how a dead letter replayed after later notifications went out is
+// recognised as old, not applied over newer state.
+//
+// Retention: a FULL delivery keeps its copy of the event while it may
+// still be sent (PENDING, and DEAD so that a replay sends it in full); the
+// copy is cleared when it is DELIVERED or WITHDRAWN, and deleting the
+// subscription deletes its deliveries.
 package webhooks
 
 import (
@@ -278,9 +293,10 @@ func newSecret() (string, error) {
 }
 
 // CheckURL checks a callback URL: absolute http(s) with a host, https unless
-// allowInsecure, and not a loopback, private or link-local address (as a
-// literal or as "localhost") unless allowPrivate. Names that resolve to
-// such addresses are refused again when the sender connects.
+// allowInsecure, on port 443 unless allowInsecure or allowPrivate, and not
+// an address that is not public unicast (as a literal or as "localhost")
+// unless allowPrivate. Names that resolve to such addresses are refused
+// again when the sender connects.
 func CheckURL(raw string, allowInsecure, allowPrivate bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -301,8 +317,11 @@ func CheckURL(raw string, allowInsecure, allowPrivate bool) error {
 	if u.Fragment != "" {
 		return errors.New("must not have a fragment")
 	}
+	if p := u.Port(); p != "" && p != callbackPort && !allowInsecure && !allowPrivate {
+		return errors.New("must use port 443")
+	}
 	if !allowPrivate && privateHost(u.Hostname()) {
-		return errors.New("must not point at a loopback, private or link-local address")
+		return errors.New("must point at a public unicast address")
 	}
 	return nil
 }

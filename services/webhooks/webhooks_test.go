@@ -392,15 +392,17 @@ func TestRetriesUntilTheReceiverRecovers(t *testing.T) {
 type fakeFamilies struct {
 	familiesv1.FamiliesServiceClient
 	consent atomic.Bool
-	mu      sync.Mutex
-	asked   []*familiesv1.CreateDisclosureRequest
+	// covers, when set, is the only kind of information the consent covers.
+	covers familiesv1.InformationKind
+	mu     sync.Mutex
+	asked  []*familiesv1.CreateDisclosureRequest
 }
 
 func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
 	f.mu.Lock()
 	f.asked = append(f.asked, req)
 	f.mu.Unlock()
-	if !f.consent.Load() {
+	if !f.consent.Load() || (f.covers != 0 && req.GetDisclosure().GetInformation() != f.covers) {
 		return nil, status.Error(codes.FailedPrecondition, "no consent covers this disclosure")
 	}
 	return &familiesv1.Disclosure{Name: req.GetParent() + "/disclosures/x"}, nil
@@ -498,7 +500,7 @@ func TestSenderRefusesPrivateAddresses(t *testing.T) {
 		t.Fatalf("ListDeliveries = %v, %v", resp, err)
 	}
 	d := resp.GetDeliveries()[0]
-	if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DEAD || d.GetLastError() != "callback address is loopback, private or link-local" {
+	if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DEAD || d.GetLastError() != "callback address is not a public unicast address" {
 		t.Fatalf("delivery to 127.0.0.1 without AllowPrivate: %v", d)
 	}
 	if got := rcv.received(); len(got) != 0 {
