@@ -53,6 +53,8 @@ type SenderConfig struct {
 	// (default 500 ms).
 	Interval time.Duration
 	// Parallel is how many notifications are in flight at once (default 8).
+	// A round claims no more deliveries than that, so every claimed
+	// delivery is sent at once, well within its lease.
 	Parallel int
 	// AllowPrivate lets the sender connect to loopback, private and
 	// link-local addresses (development and tests).
@@ -141,6 +143,7 @@ func (s *Sender) Run(ctx context.Context) {
 type pending struct {
 	clinic, subscription, id string
 	eventType, resource      string
+	seq                      int64
 	topic                    webhooksv1.Topic
 	family                   string
 	payload                  []byte
@@ -155,21 +158,22 @@ func (p *pending) name() string {
 }
 
 // Once sends the deliveries that are due now and first in line for their
-// subscription and resource, and returns how many it attempted.
+// subscription and resource, and returns how many it attempted. It claims
+// at most Parallel of them and sends them all at once: a claimed delivery
+// never waits for a free slot while its lease runs out (another sender
+// would claim it again and send it twice).
 func (s *Sender) Once(ctx context.Context) (int, error) {
-	batch, err := s.claim(ctx)
+	batch, err := s.claim(ctx, s.cfg.Parallel)
 	if err != nil {
 		return 0, err
 	}
-	sem := make(chan struct{}, s.cfg.Parallel)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var firstErr error
 	for _, p := range batch {
-		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
-			defer func() { <-sem; wg.Done() }()
+			defer wg.Done()
 			if err := s.send(ctx, p); err != nil {
 				mu.Lock()
 				if firstErr == nil {
@@ -183,11 +187,16 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 	return len(batch), firstErr
 }
 
-// claim leases the due deliveries that have no earlier PENDING delivery of
-// the same subscription and resource, and counts the attempt now: a sender
-// that dies mid-send leaves the lease to expire and the delivery to be sent
-// again (at least once), never forgotten.
-func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
+// claim leases up to limit due deliveries that have no earlier PENDING
+// delivery of the same subscription and resource, and counts the attempt
+// now: a sender that dies mid-send leaves the lease to expire and the
+// delivery to be sent again (at least once), never forgotten. The attempt
+// number fences the outcome: a sender whose lease expired cannot overwrite
+// the outcome of the one that claimed the delivery after it.
+//
+// The PENDING state is the literal 1 so that the partial indexes
+// deliveries_due and deliveries_order match.
+func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
 	lease := 2*s.cfg.Timeout + 30*time.Second
 	// A few per subscription at a time, so that one receiver that hangs
@@ -196,16 +205,16 @@ func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 	rows, err := s.cfg.DB.Query(ctx, `WITH ranked AS (
 			SELECT h.seq, row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
 			FROM deliveries h
-			WHERE h.state = $3 AND h.next_attempt_time <= now()
+			WHERE h.state = 1 AND h.next_attempt_time <= now()
 				AND NOT EXISTS (SELECT 1 FROM deliveries e
 					WHERE e.subscription_id = h.subscription_id AND e.resource = h.resource
-						AND e.state = $3 AND e.seq < h.seq)),
+						AND e.state = 1 AND e.seq < h.seq)),
 		heads AS (
 			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
-			WHERE h.seq IN (SELECT seq FROM ranked WHERE n <= $4)
+			WHERE h.seq IN (SELECT seq FROM ranked WHERE n <= $3)
 				-- checked again on the locked row: another sender may have
 				-- claimed it meanwhile
-				AND h.state = $3 AND h.next_attempt_time <= now()
+				AND h.state = 1 AND h.next_attempt_time <= now()
 			ORDER BY h.next_attempt_time, h.seq
 			LIMIT $1
 			FOR UPDATE OF h SKIP LOCKED)
@@ -213,24 +222,24 @@ func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 		FROM heads, subscriptions s
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
-		RETURNING d.clinic, d.subscription_id, d.id, d.event_type, d.topic, d.resource, d.family, d.payload,
+		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
 			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload`,
-		4*s.cfg.Parallel, lease, statePending, perSubscription)
+		limit, lease, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}
 	defer rows.Close()
-	var out []*pending
+	var out, unreadable []*pending
 	for rows.Next() {
 		p := &pending{}
 		var topic, kind int16
-		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
+		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
 			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
-			// Not sendable until the key is fixed; the lease brings it back.
-			s.cfg.Log.Error("webhook secret unreadable", "subscription", subscriptionName(p.clinic, p.subscription), "error", err.Error())
+			p.secret = ""
+			unreadable = append(unreadable, p)
 			continue
 		}
 		p.topic = webhooksv1.Topic(topic)
@@ -240,7 +249,40 @@ func (s *Sender) claim(ctx context.Context) ([]*pending, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}
+	rows.Close()
+	// A delivery whose secret does not open cannot be signed, whatever the
+	// number of attempts: it is dead at once, with the reason, so that it
+	// does not hold back its resource forever. Once the key is fixed, an
+	// administrator replays it.
+	for _, p := range unreadable {
+		s.cfg.Log.Error("webhook secret unreadable", "delivery", p.name())
+		if err := s.dead(ctx, p, errSecretUnreadable.Error()); err != nil {
+			return out, err
+		}
+	}
 	return out, nil
+}
+
+// errSecretUnreadable is the dead letter's reason when the subscription's
+// secret does not open with the configured key.
+var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
+
+// dead records p as a dead letter, fenced on its attempt number. It keeps
+// the payload, so that a replay can still send it in full.
+func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
+	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
+	tag, err := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
+		p.clinic, p.subscription, p.id, stateDead, p.attempts, reason)
+	if err != nil {
+		return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), err)
+	}
+	if tag.RowsAffected() == 0 {
+		s.cfg.Log.Warn("webhook outcome superseded", "delivery", p.name(), "attempt", p.attempts)
+		return nil
+	}
+	attempts.Add(rctx, 1, outcome("dead"))
+	return nil
 }
 
 // send makes one attempt and records its outcome. The error is only for
@@ -252,37 +294,42 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if err == nil {
 		status, err = s.post(ctx, p, body)
 	}
-	if ctx.Err() != nil {
-		return nil // shutting down: the lease expires and the delivery is retried
-	}
+	// Every outcome is fenced on the attempt number: if this sender's lease
+	// expired and another sender claimed the delivery since, the row has a
+	// higher count and this sender's outcome changes nothing.
 	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
 	if err == nil {
-		_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), last_error = ''
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $5`,
-			p.clinic, p.subscription, p.id, stateDelivered, statePending)
+		// Recorded even while shutting down: the receiver has it, and
+		// leaving it to the lease would send it again.
+		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), last_error = '', payload = NULL
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
+			p.clinic, p.subscription, p.id, stateDelivered, p.attempts)
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
+		}
+		if tag.RowsAffected() == 0 {
+			log.Warn("webhook outcome superseded", "attempt", p.attempts)
+			return nil
 		}
 		attempts.Add(rctx, 1, outcome("delivered"))
 		log.Debug("webhook delivered", "status", status, "attempt", p.attempts)
 		return nil
 	}
+	if ctx.Err() != nil {
+		return nil // shutting down: the lease expires and the delivery is retried
+	}
 	reason := describe(err)
 	if p.attempts >= s.cfg.MaxAttempts {
-		_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $5`,
-			p.clinic, p.subscription, p.id, stateDead, statePending, reason)
-		if uerr != nil {
-			return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), uerr)
+		if err := s.dead(ctx, p, reason); err != nil {
+			return err
 		}
-		attempts.Add(rctx, 1, outcome("dead"))
 		log.Warn("webhook dead-lettered", "attempts", p.attempts, "reason", reason)
 		return nil
 	}
 	wait := Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64)
-	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $6::interval, last_error = $7
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = $4 AND attempts = $5`,
-		p.clinic, p.subscription, p.id, statePending, p.attempts, wait, reason)
+	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
+		p.clinic, p.subscription, p.id, p.attempts, wait, reason)
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
@@ -306,9 +353,14 @@ func Backoff(attempt int, base, limit time.Duration, rnd func() float64) time.Du
 	return d/2 + time.Duration(rnd()*float64(d/2))
 }
 
-// notification is the JSON body of a POST.
+// notification is the JSON body of a POST. ID is the delivery id, equal to
+// the (unsigned) Handoff-Webhook-Id header: receivers deduplicate on this
+// signed copy. Sequence is the delivery's place in the order of enqueueing,
+// which grows per subscription and resource: receivers keep the highest
+// applied per resource and ignore older ones (a replayed dead letter).
 type notification struct {
 	ID       string          `json:"id"`
+	Sequence int64           `json:"sequence"`
 	Type     string          `json:"type"`
 	Topic    string          `json:"topic"`
 	Resource string          `json:"resource"`
@@ -319,23 +371,31 @@ type notification struct {
 
 // body builds the notification. A FULL subscription gets the data only if
 // the families service, asked anew for every attempt so that a revocation
-// counts at once, confirms a consent and records the disclosure.
+// counts at once, confirms a consent to the kind of information the payload
+// is (by its message type, not by the topic) and records the disclosure. A
+// payload of any other type is never disclosed.
 func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 	n := notification{
-		ID: p.id, Type: p.eventType, Topic: strings.TrimPrefix(p.topic.String(), "TOPIC_"),
+		ID: p.id, Sequence: p.seq, Type: p.eventType, Topic: strings.TrimPrefix(p.topic.String(), "TOPIC_"),
 		Resource: p.resource, Time: p.created.UTC().Format(time.RFC3339Nano),
 	}
 	if p.full && p.family != "" {
-		ok, err := s.disclose(ctx, p)
+		msg, err := decodePayload(p.payload)
 		if err != nil {
 			return nil, err
 		}
-		if ok {
-			data, err := payloadJSON(p.payload)
+		if info, disclosable := informationOf(msg); disclosable {
+			ok, err := s.disclose(ctx, p, info)
 			if err != nil {
 				return nil, err
 			}
-			n.Data, n.Notice = data, Notice
+			if ok {
+				data, err := protojson.Marshal(msg)
+				if err != nil {
+					return nil, fmt.Errorf("encode payload: %w", err)
+				}
+				n.Data, n.Notice = data, Notice
+			}
 		}
 	}
 	b, err := json.Marshal(n)
@@ -348,13 +408,9 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 // disclose asks the families service to check consent and record the
 // disclosure. It answers false when no consent covers it (or the family is
 // gone), so the notification goes out with identifiers only.
-func (s *Sender) disclose(ctx context.Context, p *pending) (bool, error) {
+func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
 	if s.cfg.Families == nil {
 		return false, nil
-	}
-	info := familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS
-	if p.topic == webhooksv1.Topic_TOPIC_REFERRAL_CHANGED {
-		info = familiesv1.InformationKind_INFORMATION_KIND_REFERRALS
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
@@ -375,8 +431,8 @@ func (s *Sender) disclose(ctx context.Context, p *pending) (bool, error) {
 	}
 }
 
-// payloadJSON renders a stored event payload as protojson.
-func payloadJSON(b []byte) (json.RawMessage, error) {
+// decodePayload opens a stored event payload (a serialized Any).
+func decodePayload(b []byte) (proto.Message, error) {
 	a := &anypb.Any{}
 	if err := proto.Unmarshal(b, a); err != nil {
 		return nil, fmt.Errorf("decode payload: %w", err)
@@ -385,11 +441,7 @@ func payloadJSON(b []byte) (json.RawMessage, error) {
 	if err != nil {
 		return nil, fmt.Errorf("decode payload: %w", err)
 	}
-	out, err := protojson.Marshal(m)
-	if err != nil {
-		return nil, fmt.Errorf("encode payload: %w", err)
-	}
-	return out, nil
+	return m, nil
 }
 
 // httpStatusError is a response outside 2xx.

@@ -2,13 +2,18 @@ package webhooks
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
@@ -19,24 +24,32 @@ import (
 
 // Sink turns outbox events into deliveries. The outbox relays call it for
 // every event after their Temporal dispatch; an error makes the relay retry
-// the event, and a retried event enqueues nothing twice.
+// the event, and a retried event enqueues nothing twice. An event that can
+// never be enqueued (its failure is deterministic) is set aside in
+// sink_failures instead, so that it cannot hold back every later event.
 type Sink struct {
 	// DB is the webhooks schema.
 	DB *pgdb.DB
+	// Log receives identifiers of events set aside (default slog.Default).
+	Log *slog.Logger
 }
 
 // For returns the function the relay of the outbox in schema source calls.
 func (k *Sink) For(source string) func(ctx context.Context, e outbox.Stored) error {
 	return func(ctx context.Context, e outbox.Stored) error {
 		_, err := k.Enqueue(ctx, source, e)
-		return err
+		if err == nil || !permanent(err) {
+			return err // transient (the database is away): the relay retries
+		}
+		return k.setAside(ctx, source, e, err)
 	}
 }
 
 // After returns the Deliver function for the relay of the outbox in schema
 // source: first (the Temporal dispatch), then the webhook enqueue. A
-// failure of either makes the relay retry the event; both tolerate the
-// repeat.
+// failure of first, or a transient failure of the enqueue, makes the relay
+// retry the event; both tolerate the repeat. A deterministic enqueue
+// failure is set aside and does not stop the relay.
 func (k *Sink) After(first func(context.Context, outbox.Stored) error, source string) func(context.Context, outbox.Stored) error {
 	enqueue := k.For(source)
 	return func(ctx context.Context, e outbox.Stored) error {
@@ -45,6 +58,74 @@ func (k *Sink) After(first func(context.Context, outbox.Stored) error, source st
 		}
 		return enqueue(ctx, e)
 	}
+}
+
+// permanentError is an enqueue failure that retrying cannot cure.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// permanent reports whether err will recur however often the event is
+// retried: the payload does not encode, or PostgreSQL refuses the values
+// themselves (data exceptions, program limits such as an index row too
+// large, NOT NULL and CHECK violations). Connection failures, timeouts,
+// serialization failures and foreign keys (a subscription deleted
+// meanwhile) are transient.
+func permanent(err error) bool {
+	var pe *permanentError
+	if errors.As(err, &pe) {
+		return true
+	}
+	var pg *pgconn.PgError
+	if !errors.As(err, &pg) {
+		return false
+	}
+	switch {
+	case strings.HasPrefix(pg.Code, "22"), strings.HasPrefix(pg.Code, "54"):
+		return true
+	case pg.Code == "23502", pg.Code == "23514":
+		return true
+	}
+	return false
+}
+
+// reasonCode is a short, data-free name for why an event was set aside.
+func reasonCode(err error) string {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return "sqlstate " + pg.Code
+	}
+	return "encode"
+}
+
+// clean makes s storable as PostgreSQL text.
+func clean(s string, limit int) string {
+	s = strings.ReplaceAll(strings.ToValidUTF8(s, "\ufffd"), "\x00", "")
+	if len(s) > limit {
+		s = strings.ToValidUTF8(s[:limit], "")
+	}
+	return s
+}
+
+// setAside records that e could not be enqueued: its outbox id and the
+// error, never its payload. The event counts as handled; an operator finds
+// it in sink_failures.
+func (k *Sink) setAside(ctx context.Context, source string, e outbox.Stored, cause error) error {
+	log := k.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	clinic := clean(e.Clinic, 200)
+	if _, err := k.DB.Exec(pgdb.WithClinic(ctx, clinic), `INSERT INTO sink_failures (clinic, source, outbox_id, event_type, error)
+		VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (source, outbox_id) DO UPDATE SET error = EXCLUDED.error, failure_count = sink_failures.failure_count + 1`,
+		clinic, source, e.ID, clean(e.Type, 200), clean(cause.Error(), 1000)); err != nil {
+		return fmt.Errorf("webhooks: set aside %s event %d: %w", source, e.ID, err)
+	}
+	log.Error("webhook event set aside", "source", source, "outbox_id", e.ID, "event_type", clean(e.Type, 200),
+		"reason", reasonCode(cause))
+	return nil
 }
 
 // route is what an event means for subscribers.
@@ -113,9 +194,12 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	r := routeOf(e.Type, msg)
 	ctx = pgdb.WithClinic(ctx, e.Clinic)
 	if r.withdraw != webhooksv1.Topic_TOPIC_UNSPECIFIED {
-		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4
-			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state = $5`,
-			e.Clinic, e.Resource, int16(r.withdraw), stateWithdrawn, statePending); err != nil {
+		// state = 1 (PENDING) is a literal so that the partial index
+		// deliveries_pending_resource matches; a withdrawn delivery keeps
+		// no payload.
+		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4, payload = NULL
+			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state = 1`,
+			e.Clinic, e.Resource, int16(r.withdraw), stateWithdrawn); err != nil {
 			return 0, fmt.Errorf("webhooks: withdraw %s deliveries: %w", e.Type, err)
 		}
 	}
@@ -126,11 +210,13 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	for i, t := range r.topics {
 		topics[i] = int16(t)
 	}
+	// Only a payload the sender may disclose is kept (see informationOf);
+	// any other goes out with identifiers only.
 	var payload []byte
-	if msg != nil {
+	if _, ok := informationOf(msg); ok {
 		var err error
 		if payload, err = proto.Marshal(e.Payload); err != nil {
-			return 0, fmt.Errorf("webhooks: encode %s payload: %w", e.Type, err)
+			return 0, &permanentError{fmt.Errorf("webhooks: encode %s payload: %w", e.Type, err)}
 		}
 	}
 	tag, err := k.DB.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type,
@@ -150,15 +236,35 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	return tag.RowsAffected(), nil
 }
 
+// informationOf is what a payload discloses, by its message type, for the
+// consent check: a Referral is REFERRALS, an Intervention or a Reminder
+// APPOINTMENTS. Any other payload is never disclosed (ok is false): its
+// notifications carry identifiers only, whatever the topic.
+func informationOf(msg proto.Message) (familiesv1.InformationKind, bool) {
+	switch msg.(type) {
+	case *referralsv1.Referral:
+		return familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, true
+	case *interventionsv1.Intervention, *interventionsv1.Reminder:
+		return familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, true
+	}
+	return familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED, false
+}
+
 // familyOf returns the family whose records an event is about: the
-// resource itself or the family it sits under, else the payload's
-// `family`, else the family its `related_resource` names; "" if none.
+// resource itself or the family it sits under; for a reminder, the family
+// of its recipient when it has one; else the payload's `family`, else the
+// family its `related_resource` names; "" if none.
 func familyOf(resource string, msg proto.Message) string {
 	if f := familyPrefix(resource); f != "" {
 		return f
 	}
 	if msg == nil {
 		return ""
+	}
+	if rem, ok := msg.(*interventionsv1.Reminder); ok {
+		if f := familyPrefix(rem.GetRecipient().GetFamily()); f != "" {
+			return f
+		}
 	}
 	m := msg.ProtoReflect()
 	for _, field := range []protoreflect.Name{"family", "related_resource"} {

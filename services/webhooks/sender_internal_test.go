@@ -1,0 +1,72 @@
+package webhooks
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/types/known/anypb"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// The SQL repeats the PENDING state as the literal 1 (partial indexes only
+// match literals); the enum must stay 1.
+func TestPendingLiteral(t *testing.T) {
+	if statePending != 1 {
+		t.Fatalf("PENDING is %d; the SQL literals and partial indexes say 1", statePending)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A POST that succeeded is recorded even when the sender is shutting down
+// meanwhile: left to the lease, it would be sent a second time.
+func TestSuccessRecordedDuringShutdown(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+		VALUES ('north', 's1', 'https://ehr.example.org/hooks', $1, 1, 'ehr-1', 'whsec_test')`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	posts := 0
+	// The receiver acknowledges; the shutdown begins while the answer is
+	// on its way back.
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		posts++
+		stop()
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")),
+			Header: http.Header{}, Request: r}, nil
+	})
+	if _, err := s.Once(run); err != nil {
+		t.Fatal(err)
+	}
+	var state int16
+	if err := pool.QueryRow(ctx, `SELECT state FROM deliveries`).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	if posts != 1 || state != stateDelivered {
+		t.Fatalf("%d POSTs, state %d; want the acknowledged delivery recorded as DELIVERED", posts, state)
+	}
+}
