@@ -9,11 +9,22 @@
 // signed HTTP notifications, at least once and in order per resource.
 //
 // Every notification is a POST with a JSON body and the headers
-// `Handoff-Webhook-Id` (the delivery id: the same on every retry, so a
-// receiver can drop duplicates) and `Handoff-Webhook-Signature:
-// t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed with the
-// subscription's secret>`. Receivers must check the signature and refuse a
-// timestamp more than five minutes away from their clock.
+// `Handoff-Webhook-Id` (the delivery id: the same on every retry) and
+// `Handoff-Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+// "<t>.<body>" keyed with the subscription's secret>`. Receivers must check
+// the signature and refuse a timestamp more than five minutes away from
+// their clock.
+//
+// The body is `{"id", "sequence", "type", "topic", "resource", "time"}`,
+// with `data` and `notice` for FULL subscriptions when a consent covers
+// the disclosure. The `Handoff-Webhook-Id` header is not signed; it equals
+// the body's `id`, and receivers must drop duplicates by the signed body's
+// `id`, not by the header. `sequence` (a JSON number) grows with every
+// notification of a subscription about one resource, in the order the
+// changes happened: receivers keep the highest `sequence` they applied per
+// resource and ignore a notification with a lower one. A replayed dead
+// letter keeps its `sequence`, so when later notifications of its resource
+// went out meanwhile it is recognisably older than what the receiver has.
 
 package webhooksv1
 
@@ -219,8 +230,10 @@ type Subscription struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/subscriptions/{subscription}`. Assigned by the server.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Where notifications are POSTed. Must be https, and must not point at a
-	// loopback, private or link-local address.
+	// Where notifications are POSTed. Must be https on port 443, and must not
+	// point at an address that is not public unicast (loopback, private,
+	// link-local, carrier-grade NAT, reserved, multicast, NAT64, 6to4 of such
+	// an address, Teredo); names are checked again on every connection.
 	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// What to be told about.
 	Topics []Topic `protobuf:"varint,3,rep,packed,name=topics,proto3,enum=handoff.webhooks.v1.Topic" json:"topics,omitempty"`
@@ -322,7 +335,8 @@ func (x *Subscription) GetCreateTime() *timestamppb.Timestamp {
 type Delivery struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/subscriptions/{subscription}/deliveries/{delivery}`.
-	// The last segment is the `Handoff-Webhook-Id` header.
+	// The last segment is the notification's `id` (and its
+	// `Handoff-Webhook-Id` header).
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The event, for example `handoff.referrals.v1.referral.accepted`.
 	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`

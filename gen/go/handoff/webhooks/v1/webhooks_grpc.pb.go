@@ -9,11 +9,22 @@
 // signed HTTP notifications, at least once and in order per resource.
 //
 // Every notification is a POST with a JSON body and the headers
-// `Handoff-Webhook-Id` (the delivery id: the same on every retry, so a
-// receiver can drop duplicates) and `Handoff-Webhook-Signature:
-// t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed with the
-// subscription's secret>`. Receivers must check the signature and refuse a
-// timestamp more than five minutes away from their clock.
+// `Handoff-Webhook-Id` (the delivery id: the same on every retry) and
+// `Handoff-Webhook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+// "<t>.<body>" keyed with the subscription's secret>`. Receivers must check
+// the signature and refuse a timestamp more than five minutes away from
+// their clock.
+//
+// The body is `{"id", "sequence", "type", "topic", "resource", "time"}`,
+// with `data` and `notice` for FULL subscriptions when a consent covers
+// the disclosure. The `Handoff-Webhook-Id` header is not signed; it equals
+// the body's `id`, and receivers must drop duplicates by the signed body's
+// `id`, not by the header. `sequence` (a JSON number) grows with every
+// notification of a subscription about one resource, in the order the
+// changes happened: receivers keep the highest `sequence` they applied per
+// resource and ignore a notification with a lower one. A replayed dead
+// letter keeps its `sequence`, so when later notifications of its resource
+// went out meanwhile it is recognisably older than what the receiver has.
 
 package webhooksv1
 
@@ -64,9 +75,10 @@ type WebhooksServiceClient interface {
 	// subscription lists every subscription's. `filter = "state = DEAD"`
 	// shows the dead letters. For clinic administrators.
 	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
-	// Sends a DEAD delivery again, with a fresh count of attempts. Replaying
-	// a delivery that is not DEAD is FAILED_PRECONDITION. For clinic
-	// administrators.
+	// Sends a DEAD delivery again, with a fresh count of attempts. It keeps
+	// its `sequence`: a receiver that applied a later notification of the
+	// resource ignores it. Replaying a delivery that is not DEAD is
+	// FAILED_PRECONDITION. For clinic administrators.
 	ReplayDelivery(ctx context.Context, in *ReplayDeliveryRequest, opts ...grpc.CallOption) (*Delivery, error)
 	// Lists the audit trail this service keeps for a clinic. For clinic
 	// administrators.
@@ -174,9 +186,10 @@ type WebhooksServiceServer interface {
 	// subscription lists every subscription's. `filter = "state = DEAD"`
 	// shows the dead letters. For clinic administrators.
 	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
-	// Sends a DEAD delivery again, with a fresh count of attempts. Replaying
-	// a delivery that is not DEAD is FAILED_PRECONDITION. For clinic
-	// administrators.
+	// Sends a DEAD delivery again, with a fresh count of attempts. It keeps
+	// its `sequence`: a receiver that applied a later notification of the
+	// resource ignores it. Replaying a delivery that is not DEAD is
+	// FAILED_PRECONDITION. For clinic administrators.
 	ReplayDelivery(context.Context, *ReplayDeliveryRequest) (*Delivery, error)
 	// Lists the audit trail this service keeps for a clinic. For clinic
 	// administrators.
