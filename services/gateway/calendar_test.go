@@ -1,9 +1,7 @@
 package gateway_test
 
 import (
-	"context"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -24,6 +22,7 @@ import (
 	"github.com/handoff-health/handoff/services/interventions"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
 )
 
 // A calendar app subscribes to a feed over plain HTTP with no bearer token;
@@ -40,20 +39,8 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	ivConn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
 		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
 	})
-	gw, err := gateway.New(context.Background(), gateway.Config{FamiliesAddr: env.Addr, InterventionsAddr: ivConn.Target(),
+	base := stacktest.Gateway(t, gateway.Config{FamiliesAddr: env.Addr, InterventionsAddr: ivConn.Target(),
 		ReferralsAddr: "127.0.0.1:1", Verifier: env.Issuer.Verifier()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	base := "http://" + lis.Addr().String()
 	counselor := client{t: t, base: base, token: env.Issuer.MustMint(auth.TokenOptions{Subject: "counselor-1", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}})}
 
 	ctx := env.Counselor("north")

@@ -2,11 +2,9 @@ package gateway_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -102,22 +100,10 @@ type world struct {
 
 func setup(t *testing.T) *world {
 	sys := stacktest.Start(t)
-	gw, err := gateway.New(context.Background(), gateway.Config{
+	base := stacktest.Gateway(t, gateway.Config{
 		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
 		Verifier: sys.Issuer.Verifier(), CORSOrigins: []string{"https://app.example.org"},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	base := "http://" + lis.Addr().String()
 	as := func(subject string, roles ...auth.Role) client {
 		return client{t: t, base: base, token: sys.Token(subject, roles...)}
 	}

@@ -3,7 +3,6 @@ package gateway_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -127,22 +126,10 @@ const publicURL = "https://api.example.org"
 // back a referral's status, which moves the referral as the gRPC API does.
 func TestFHIR(t *testing.T) {
 	sys := stacktest.Start(t)
-	gw, err := gateway.New(context.Background(), gateway.Config{
+	base := stacktest.Gateway(t, gateway.Config{
 		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
 		Verifier: sys.Issuer.Verifier(), PublicURL: publicURL,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	base := "http://" + lis.Addr().String()
 	counselorToken := sys.Token("counselor-1", auth.RoleCounselor)
 	as := func(subject string, roles ...auth.Role) client {
 		return client{t: t, base: base, token: sys.Token(subject, roles...)}

@@ -349,22 +349,11 @@ type restClient struct {
 
 // gateway serves the REST gateway in front of the stack's services.
 func (e *stackEnv) gateway(t *testing.T) *restClient {
-	gw, err := gateway.New(context.Background(), gateway.Config{
+	base := stacktest.Gateway(t, gateway.Config{
 		FamiliesAddr: e.sys.Stack.FamiliesAddr, InterventionsAddr: e.sys.Stack.InterventionsAddr,
 		ReferralsAddr: e.sys.Stack.ReferralsAddr, WebhooksAddr: e.sys.Stack.WebhooksAddr, Verifier: e.sys.Issuer.Verifier(),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return &restClient{t: t, base: "http://" + lis.Addr().String()}
+	return &restClient{t: t, base: base}
 }
 
 // do sends a request with a bearer token, checks the status and decodes

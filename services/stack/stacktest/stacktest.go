@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"go.temporal.io/server/temporaltest"
 
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/stack"
 	"github.com/handoff-health/handoff/services/telemetry"
@@ -187,4 +189,23 @@ func Eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// Gateway serves the REST gateway built from cfg on a real loopback
+// listener and returns its base URL; both stop when the test ends.
+func Gateway(t testing.TB, cfg gateway.Config) string {
+	t.Helper()
+	gw, err := gateway.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: gw, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return "http://" + lis.Addr().String()
 }
