@@ -146,7 +146,9 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 		// consent given to someone else.
 		return nil, apperr.Field("disclosure.recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
 	}
-	return s.discloseTx(ctx, s.pool, c, d)
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
+		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
+		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d) })
 }
 
 const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`

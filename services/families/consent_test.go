@@ -205,8 +205,14 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	if err := disclose(f.ctx, fax); err != nil {
 		t.Fatalf("manual disclosure: %v", err)
 	}
-	if n := len(f.disclosures(t, fam.GetName())); n != 2 {
-		t.Fatalf("accounting holds %d disclosures, want 2 (refusals record nothing)", n)
+	// A retried record of the same fax is recorded once.
+	for range 2 {
+		if _, err := f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: fax, RequestId: "fax-2"}); err != nil {
+			t.Fatalf("manual disclosure with a request id: %v", err)
+		}
+	}
+	if n := len(f.disclosures(t, fam.GetName())); n != 3 {
+		t.Fatalf("accounting holds %d disclosures, want 3 (refusals record nothing, a retry records nothing more)", n)
 	}
 	// The consent is visible to the EHR it names, not to another EHR.
 	if _, err := f.client.GetConsent(ehr, &familiesv1.GetConsentRequest{Name: co.GetName()}); err != nil {

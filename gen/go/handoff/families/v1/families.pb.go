@@ -4418,7 +4418,13 @@ type CreateDisclosureRequest struct {
 	// `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	// The disclosure.
-	Disclosure    *Disclosure `protobuf:"bytes,2,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
+	Disclosure *Disclosure `protobuf:"bytes,2,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
+	// A unique id for this request, so that a retried record of one
+	// disclosure (a referral faxed once) is recorded once. Leave it empty for
+	// a check that must be made again each time, such as before each delivery
+	// attempt: a retry with the same id answers from the first record without
+	// looking at the consent again.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4465,6 +4471,13 @@ func (x *CreateDisclosureRequest) GetDisclosure() *Disclosure {
 		return x.Disclosure
 	}
 	return nil
+}
+
+func (x *CreateDisclosureRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 type ListDisclosuresRequest struct {
@@ -5120,12 +5133,15 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\trecipient\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\trecipient\x12#\n" +
 	"\x06reason\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x06reason\x12\x1e\n" +
 	"\x04etag\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\xea\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\x95\x02\n" +
 	"\x17CreateDisclosureRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12J\n" +
 	"\n" +
 	"disclosure\x18\x02 \x01(\v2\x1f.handoff.families.v1.DisclosureB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\n" +
-	"disclosure\"\xf5\x01\n" +
+	"disclosure\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf5\x01\n" +
 	"\x16ListDisclosuresRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
