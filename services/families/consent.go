@@ -2,9 +2,9 @@ package families
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -26,28 +26,33 @@ const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these 
 // ReasonConsentRequired is the ErrorInfo reason of a refused disclosure.
 const ReasonConsentRequired = "CONSENT_REQUIRED"
 
-// coveringConsent selects the oldest consent that covers a disclosure now:
-// signed, not expired, not revoked whole or for the recipient, naming the
-// recipient (or, for treatment only, the general designation "my treating
-// providers"), and listing the information and the purpose. Parameters:
-// $1 clinic, $2 family, $3 recipient, $4 information, $5 purpose, $6 now.
-// The same fragment gates single reads, lists and the check itself, so they
-// cannot disagree.
-const coveringConsent = `SELECT c.id FROM consents c WHERE ` + coveredBy + ` ORDER BY c.create_time, c.id LIMIT 1`
-
-// coveredBy is the condition on consent c; see coveringConsent.
-const coveredBy = `c.clinic = $1 AND c.family_id = $2
-	  AND c.revoke_time IS NULL AND c.sign_time <= $6 AND c.expire_time > $6
-	  AND $4::smallint = ANY (c.information) AND $5::smallint = ANY (c.purposes)
-	  AND ($3::text = ANY (c.recipients) OR (c.treating_providers AND $5::smallint = 1))
+// consentCovers is the condition under which consent c covers a
+// disclosure now: signed, not expired, not revoked whole or for the
+// recipient, naming the recipient (or, for treatment only, the general
+// designation "my treating providers"), and listing the information and the
+// purpose. Its placeholders are SQL expressions filled in by covers, so that
+// single checks, batches and lists embed the same text and cannot disagree.
+const consentCovers = `c.clinic = {clinic} AND c.family_id = {family}
+	  AND c.revoke_time IS NULL AND c.sign_time <= {now} AND c.expire_time > {now}
+	  AND {info}::smallint = ANY (c.information) AND {purpose}::smallint = ANY (c.purposes)
+	  AND ({recipient}::text = ANY (c.recipients) OR (c.treating_providers AND {purpose}::smallint = {treatment}))
 	  AND NOT EXISTS (SELECT 1 FROM consent_revocations r
-		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', $3::text))`
+		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', {recipient}::text))`
 
-// covering returns coveringConsent over other expressions for its six
-// parameters, to embed it in a larger statement.
-func covering(clinic, family, recipient, info, purpose, now string) string {
-	return strings.NewReplacer("$1", clinic, "$2", family, "$3", recipient, "$4", info, "$5", purpose, "$6", now).
-		Replace(coveringConsent)
+// coverArgs are the SQL expressions for consentCovers' placeholders.
+type coverArgs struct{ clinic, family, recipient, info, purpose, now string }
+
+// covers returns consentCovers over a's expressions.
+func covers(a coverArgs) string {
+	return strings.NewReplacer("{clinic}", a.clinic, "{family}", a.family, "{recipient}", a.recipient,
+		"{info}", a.info, "{purpose}", a.purpose, "{now}", a.now,
+		// The general designation covers treatment only.
+		"{treatment}", strconv.Itoa(int(familiesv1.Purpose_PURPOSE_TREATMENT))).Replace(consentCovers)
+}
+
+// coveringConsent selects the oldest consent that covers a disclosure.
+func coveringConsent(a coverArgs) string {
+	return `SELECT c.id FROM consents c WHERE ` + covers(a) + ` ORDER BY c.create_time, c.id LIMIT 1`
 }
 
 // consentRefused is the answer when no consent covers a disclosure.
@@ -62,23 +67,68 @@ func consentRefused(family, recipient string, info familiesv1.InformationKind, p
 // inside the program.
 func outsider(ctx context.Context) (auth.Principal, bool) { return consentgate.Outsider(ctx) }
 
-// discloseTx checks that a consent covers the disclosure and records it, in
-// one statement. It returns the disclosure's id and consent, or
-// CONSENT_REQUIRED.
+// pending is one disclosure to check and record.
+type pending struct {
+	family, id, recipient, resource string
+	info, purpose, channel          int16
+}
+
+func pendingOf(family string, d *familiesv1.Disclosure) pending {
+	return pending{family: family, id: aip.NewID(), recipient: d.GetRecipient(), resource: d.GetResource(),
+		info: int16(d.GetInformation()), purpose: int16(d.GetPurpose()), channel: int16(d.GetChannel())}
+}
+
+// record checks each disclosure against its family's consents and records,
+// in one statement, those a consent covers. It returns the covering consent
+// of each recorded disclosure, by disclosure id; the others are not
+// recorded. Every disclosure Handoff records goes through here.
+func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps []pending, now time.Time) (map[string]string, error) {
+	n := len(ps)
+	fams, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	infos, purposes, channels := make([]int16, n), make([]int16, n), make([]int16, n)
+	for i, p := range ps {
+		fams[i], ids[i], recipients[i], resources[i] = p.family, p.id, p.recipient, p.resource
+		infos[i], purposes[i], channels[i] = p.info, p.purpose, p.channel
+	}
+	rows, err := q.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
+			channel, consent_id, discloser, disclose_time)
+		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $2, $3
+		FROM unnest($4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[], $9::text[], $10::smallint[])
+			AS t (fam, id, recipient, info, purpose, res, channel)
+		CROSS JOIN LATERAL (`+coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$3"})+`) c
+		RETURNING id, consent_id`,
+		clinic, auth.Actor(ctx), now, fams, ids, recipients, infos, purposes, resources, channels)
+	if err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	consentOf := map[string]string{}
+	var id, consent string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &consent}, func() error { consentOf[id] = consent; return nil }); err != nil {
+		return nil, fmt.Errorf("record disclosures: %w", err)
+	}
+	return consentOf, nil
+}
+
+// disclosed is the answer for a recorded disclosure.
+func disclosed(ctx context.Context, family, id, consent string, d *familiesv1.Disclosure, now time.Time) *familiesv1.Disclosure {
+	return &familiesv1.Disclosure{
+		Name: aip.Name(family, "disclosures", id), Recipient: d.GetRecipient(), Information: d.GetInformation(),
+		Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(),
+		Consent: aip.Name(family, "consents", consent), Discloser: auth.Actor(ctx), DiscloseTime: timestamppb.New(now), Notice: Notice,
+	}
+}
+
+// discloseTx checks that a consent covers one disclosure and records it,
+// or answers CONSENT_REQUIRED.
 func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *familiesv1.Disclosure) (*familiesv1.Disclosure, error) {
 	now := s.cfg.Now()
-	id := aip.NewID()
-	rows, err := q.Query(ctx, `WITH c AS (`+coveringConsent+`)
-		INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time)
-		SELECT $1, $2, $7, $3, $4, $5, $8, $9, c.id, $10, $6 FROM c
-		RETURNING consent_id`,
-		c.clinic, c.family, d.GetRecipient(), int16(d.GetInformation()), int16(d.GetPurpose()), now,
-		id, d.GetResource(), int16(d.GetChannel()), auth.Actor(ctx))
+	p := pendingOf(c.family, d)
+	consentOf, err := s.record(ctx, q, c.clinic, []pending{p}, now)
 	if err != nil {
-		return nil, fmt.Errorf("record disclosure: %w", err)
+		return nil, err
 	}
-	consentID, err := pgx.CollectExactlyOneRow(rows, pgx.RowTo[string])
-	if errors.Is(err, pgx.ErrNoRows) {
+	consent, ok := consentOf[p.id]
+	if !ok {
 		if _, out := outsider(ctx); out {
 			// An outside system learns nothing from a refusal, not even
 			// which family the record belongs to.
@@ -87,16 +137,32 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 		}
 		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}
-	if err != nil {
-		return nil, fmt.Errorf("record disclosure: %w", err)
+	return disclosed(ctx, c.familyName(), p.id, consent, d, now), nil
+}
+
+// checkDisclosure adds d's violations under field: a disclosure names its
+// recipient (an outside system only itself), a record of clinic, and what
+// it is, what for and how it leaves.
+func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic string, d *familiesv1.Disclosure) {
+	switch p, out := outsider(ctx); {
+	case d.GetRecipient() == "":
+		vs.Add(field+".recipient", "is required")
+	case out && d.GetRecipient() != p.Subject:
+		// It cannot borrow a consent given to someone else.
+		vs.Add(field+".recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
 	}
-	out := &familiesv1.Disclosure{
-		Name: aip.Name(c.familyName(), "disclosures", id), Recipient: d.GetRecipient(), Information: d.GetInformation(),
-		Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(),
-		Consent: aip.Name(c.familyName(), "consents", consentID), Discloser: auth.Actor(ctx),
-		DiscloseTime: timestamppb.New(now), Notice: Notice,
+	if aip.Clinic(d.GetResource()) != clinic {
+		vs.Add(field+".resource", "must be a record of clinic %q", clinic)
 	}
-	return out, nil
+	if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		vs.Add(field+".information", "is required")
+	}
+	if d.GetPurpose() == familiesv1.Purpose_PURPOSE_UNSPECIFIED {
+		vs.Add(field+".purpose", "is required")
+	}
+	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
+		vs.Add(field+".channel", "is required")
+	}
 }
 
 // discloseToCaller gates a read by an outside system (the EHR) on consent
@@ -121,30 +187,9 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	}
 	d := req.GetDisclosure()
 	var vs apperr.Violations
-	if d.GetRecipient() == "" {
-		vs.Add("disclosure.recipient", "is required")
-	}
-	if d.GetResource() == "" {
-		vs.Add("disclosure.resource", "is required")
-	} else if rc := aip.Clinic(d.GetResource()); rc != "" && rc != c.clinic {
-		vs.Add("disclosure.resource", "must be a record of clinic %q", c.clinic)
-	}
-	if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
-		vs.Add("disclosure.information", "is required")
-	}
-	if d.GetPurpose() == familiesv1.Purpose_PURPOSE_UNSPECIFIED {
-		vs.Add("disclosure.purpose", "is required")
-	}
-	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
-		vs.Add("disclosure.channel", "is required")
-	}
+	checkDisclosure(ctx, &vs, "disclosure", c.clinic, d)
 	if err := vs.Err(); err != nil {
 		return nil, err
-	}
-	if p, out := outsider(ctx); out && d.GetRecipient() != p.Subject {
-		// An outside system discloses only to itself: it cannot borrow a
-		// consent given to someone else.
-		return nil, apperr.Field("disclosure.recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
@@ -493,29 +538,20 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 // of fams (ids) and returns the ones a consent covered; a family whose
 // consent was revoked since it was listed is left out.
 func (s *Server) discloseFamilies(ctx context.Context, clinic string, fams []string, recipient string) (map[string]bool, error) {
-	ids, res := make([]string, len(fams)), make([]string, len(fams))
+	ps := make([]pending, len(fams))
 	for i, f := range fams {
-		ids[i], res[i] = aip.NewID(), familyName(clinic, f)
+		ps[i] = pendingOf(f, &familiesv1.Disclosure{Recipient: recipient, Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+			Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: familyName(clinic, f), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API})
 	}
-	rows, err := s.pool.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
-			channel, consent_id, discloser, disclose_time)
-		SELECT $1, t.fam, t.id, $4, $5, $6, t.res, $7, c.id, $8, $9
-		FROM unnest($2::text[], $3::text[], $10::text[]) AS t (fam, id, res)
-		CROSS JOIN LATERAL (`+covering("$1", "t.fam", "$4", "$5", "$6", "$9")+`) c
-		RETURNING family_id`,
-		clinic, fams, ids, recipient, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
-		int16(familiesv1.Purpose_PURPOSE_TREATMENT), int16(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API),
-		auth.Actor(ctx), s.cfg.Now(), res)
+	consentOf, err := s.record(ctx, s.pool, clinic, ps, s.cfg.Now())
 	if err != nil {
-		return nil, fmt.Errorf("record disclosures: %w", err)
+		return nil, err
 	}
-	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return nil, fmt.Errorf("record disclosures: %w", err)
-	}
-	ok := make(map[string]bool, len(got))
-	for _, f := range got {
-		ok[f] = true
+	ok := make(map[string]bool, len(consentOf))
+	for _, p := range ps {
+		if _, recorded := consentOf[p.id]; recorded {
+			ok[p.family] = true
+		}
 	}
 	return ok, nil
 }
@@ -552,10 +588,9 @@ func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCo
 	if req.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
 		return nil, apperr.Field("information", "is required")
 	}
-	// coveredBy over every family of the clinic: the family parameter
-	// becomes the consent's own column.
-	cond := strings.NewReplacer("$2", "c.family_id", "$3", "$2", "$4", "$3", "$5", "$4", "$6", "$5").Replace(coveredBy)
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+cond,
+	// Every family of the clinic: the family is the consent's own.
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+
+		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5"}),
 		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
 	if err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)
@@ -581,75 +616,31 @@ func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.Bat
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
-	p, out := outsider(ctx)
-	n := len(req.GetRequests())
-	fams, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	infos, purposes, channels := make([]int16, n), make([]int16, n), make([]int16, n)
+	ps := make([]pending, len(req.GetRequests()))
 	var vs apperr.Violations
 	for i, r := range req.GetRequests() {
 		field := fmt.Sprintf("requests[%d]", i)
-		ids2, err := aip.Parse(r.GetParent(), "clinics", "families")
-		if err != nil || ids2[0] != clinic {
+		ids, err := aip.Parse(r.GetParent(), "clinics", "families")
+		if err != nil || ids[0] != clinic {
 			vs.Add(field+".parent", "must be a family of %s", req.GetParent())
 			continue
 		}
-		d := r.GetDisclosure()
-		switch {
-		case d.GetRecipient() == "":
-			vs.Add(field+".disclosure.recipient", "is required")
-		case out && d.GetRecipient() != p.Subject:
-			vs.Add(field+".disclosure.recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
-		}
-		if d.GetResource() == "" || aip.Clinic(d.GetResource()) != clinic {
-			vs.Add(field+".disclosure.resource", "must be a record of %s", req.GetParent())
-		}
-		if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED ||
-			d.GetPurpose() == familiesv1.Purpose_PURPOSE_UNSPECIFIED || d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
-			vs.Add(field+".disclosure", "information, purpose and channel are required")
-		}
-		fams[i], ids[i], recipients[i], resources[i] = ids2[1], aip.NewID(), d.GetRecipient(), d.GetResource()
-		infos[i], purposes[i], channels[i] = int16(d.GetInformation()), int16(d.GetPurpose()), int16(d.GetChannel())
+		checkDisclosure(ctx, &vs, field+".disclosure", clinic, r.GetDisclosure())
+		ps[i] = pendingOf(ids[1], r.GetDisclosure())
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
 	now := s.cfg.Now()
-	rows, err := s.pool.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
-			channel, consent_id, discloser, disclose_time)
-		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $2, $3
-		FROM unnest($4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[], $9::text[], $10::smallint[])
-			AS t (fam, id, recipient, info, purpose, res, channel)
-		CROSS JOIN LATERAL (`+covering("$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$3")+`) c
-		RETURNING id, consent_id`,
-		clinic, auth.Actor(ctx), now, fams, ids, recipients, infos, purposes, resources, channels)
+	consentOf, err := s.record(ctx, s.pool, clinic, ps, now)
 	if err != nil {
-		return nil, fmt.Errorf("record disclosures: %w", err)
-	}
-	type rec struct{ id, consent string }
-	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rec, error) {
-		var x rec
-		return x, r.Scan(&x.id, &x.consent)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("record disclosures: %w", err)
-	}
-	consentOf := make(map[string]string, len(got))
-	for _, g := range got {
-		consentOf[g.id] = g.consent
+		return nil, err
 	}
 	resp := &familiesv1.BatchCreateDisclosuresResponse{}
 	for i, r := range req.GetRequests() {
-		consent, ok := consentOf[ids[i]]
-		if !ok {
-			continue
+		if consent, ok := consentOf[ps[i].id]; ok {
+			resp.Disclosures = append(resp.Disclosures, disclosed(ctx, r.GetParent(), ps[i].id, consent, r.GetDisclosure(), now))
 		}
-		d := r.GetDisclosure()
-		fam := r.GetParent()
-		resp.Disclosures = append(resp.Disclosures, &familiesv1.Disclosure{
-			Name: aip.Name(fam, "disclosures", ids[i]), Recipient: d.GetRecipient(), Information: d.GetInformation(),
-			Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(), Consent: aip.Name(fam, "consents", consent),
-			Discloser: auth.Actor(ctx), DiscloseTime: timestamppb.New(now), Notice: Notice,
-		})
 	}
 	return resp, nil
 }
