@@ -23,8 +23,9 @@ import (
 // Notice is the statement every disclosure carries (42 CFR 2.32).
 const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
 
-// ReasonConsentRequired is the ErrorInfo reason of a refused disclosure.
-const ReasonConsentRequired = "CONSENT_REQUIRED"
+// ReasonConsentRequired is the ErrorInfo reason of a refused disclosure;
+// the services that ask families recognise it by the gate's constant.
+const ReasonConsentRequired = consentgate.ReasonConsentRequired
 
 // consentCovers is the condition under which consent c covers a
 // disclosure now: signed, not expired, not revoked whole or for the

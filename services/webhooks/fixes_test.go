@@ -193,7 +193,7 @@ func TestSinkSetsAsideWhatCannotBeEnqueued(t *testing.T) {
 		Scan(&source, &typ, &reason); err != nil {
 		t.Fatalf("set-aside event: %v", err)
 	}
-	if source != "referrals" || typ != bad.Type || reason == "" {
+	if source != "referrals" || typ != bad.Type || !strings.HasPrefix(reason, "sqlstate ") {
 		t.Fatalf("set aside as %q %q %q", source, typ, reason)
 	}
 	var payloadColumns int

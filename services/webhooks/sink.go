@@ -108,8 +108,8 @@ func clean(s string, limit int) string {
 	return s
 }
 
-// setAside records that e could not be enqueued: its outbox id and the
-// error, never its payload. The event counts as handled; an operator finds
+// setAside records that e could not be enqueued: its outbox id and why,
+// never its payload or the values refused. The event counts as handled; an operator finds
 // it in sink_failures.
 func (k *Sink) setAside(ctx context.Context, source string, e outbox.Stored, cause error) error {
 	log := k.Log
@@ -120,7 +120,9 @@ func (k *Sink) setAside(ctx context.Context, source string, e outbox.Stored, cau
 	if _, err := k.DB.Exec(pgdb.WithClinic(ctx, clinic), `INSERT INTO sink_failures (clinic, source, outbox_id, event_type, error)
 		VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (source, outbox_id) DO UPDATE SET error = EXCLUDED.error, failure_count = sink_failures.failure_count + 1`,
-		clinic, source, e.ID, clean(e.Type, 200), clean(cause.Error(), 1000)); err != nil {
+		// The reason code, not the message: PostgreSQL quotes the values it
+		// refuses, and they may be health data.
+		clinic, source, e.ID, clean(e.Type, 200), reasonCode(cause)); err != nil {
 		return fmt.Errorf("webhooks: set aside %s event %d: %w", source, e.ID, err)
 	}
 	log.Error("webhook event set aside", "source", source, "outbox_id", e.ID, "event_type", clean(e.Type, 200),
