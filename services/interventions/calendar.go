@@ -85,11 +85,8 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 			func() (*interventionsv1.CalendarFeed, error) {
 				fresh = true
 				id := aip.NewID()
-				if _, err := tx.Exec(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
-					VALUES ($1, $2, $3, $4, $5)`, clinic, id, owner, hash, s.cfg.Now()); err != nil {
-					return nil, fmt.Errorf("insert calendar feed: %w", err)
-				}
-				rows, err := tx.Query(ctx, feedSelect+` WHERE clinic = $1 AND id = $2`, clinic, id)
+				rows, err := tx.Query(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
+					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time`, clinic, id, owner, hash, s.cfg.Now())
 				return pgdb.One(rows, err, "calendar feed", scanFeed(clinic))
 			})
 		if err != nil {
@@ -266,7 +263,7 @@ func (s *Server) intakeEvents(ctx context.Context, clinic, owner string, since t
 		return nil, nil
 	}
 	parent := aip.Name("clinics", clinic)
-	var families []string
+	families := map[string]bool{}
 	for token := ""; ; {
 		page, err := s.cfg.CalendarFamilies.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent,
 			Filter: fmt.Sprintf("counselor = %q", owner), PageSize: 1000, PageToken: token})
@@ -276,28 +273,35 @@ func (s *Server) intakeEvents(ctx context.Context, clinic, owner string, since t
 			return nil, fmt.Errorf("list the counselor's families: %v", err)
 		}
 		for _, f := range page.GetFamilies() {
-			families = append(families, f.GetName())
+			families[f.GetName()] = true
 		}
 		if token = page.GetNextPageToken(); token == "" {
 			break
 		}
 	}
+	if len(families) == 0 {
+		return nil, nil
+	}
+	// The clinic's intake appointments in the window, a page at a time,
+	// kept for the owner's families: one query, not one per family.
+	filter := fmt.Sprintf("intake_time >= %q", since.Add(-intakeDuration).UTC().Format(time.RFC3339Nano))
 	var events []calendarEvent
-	for _, family := range families {
-		for token := ""; ; {
-			page, err := s.cfg.CalendarReferrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: parent,
-				Filter: fmt.Sprintf("family = %q", family), PageSize: 1000, PageToken: token})
-			if err != nil {
-				return nil, fmt.Errorf("list referrals of %s: %v", family, err)
+	for token := ""; ; {
+		page, err := s.cfg.CalendarReferrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: parent,
+			Filter: filter, PageSize: 1000, PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("list intake appointments: %v", err)
+		}
+		for _, ref := range page.GetReferrals() {
+			if !families[ref.GetFamily()] {
+				continue
 			}
-			for _, ref := range page.GetReferrals() {
-				if e, ok := intakeEvent(ref, since); ok {
-					events = append(events, e)
-				}
+			if e, ok := intakeEvent(ref, since); ok {
+				events = append(events, e)
 			}
-			if token = page.GetNextPageToken(); token == "" {
-				break
-			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
 		}
 	}
 	return events, nil

@@ -253,6 +253,10 @@ var referralFilter = map[string]aip.FilterField{
 	"intervention": {Column: "intervention", Kind: aip.String},
 	// For FHIR _lastUpdated searches.
 	"update_time": {Column: "update_time", Kind: aip.Time},
+	// For calendar feeds: one query for the intake appointments in a
+	// window, instead of one per family. The appointment is stored as its
+	// proto3 JSON.
+	"intake_time": {Column: "((appointment->>'startTime')::timestamptz)", Kind: aip.Time},
 }
 
 // ListReferrals implements the API.
