@@ -159,7 +159,7 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			return
 		}
 		// The principal too: what the caller receives is disclosed to it
-		// (see discloseIntake).
+		// (see intakeInformation).
 		ctx := auth.WithToken(auth.WithPrincipal(r.Context(), p), token)
 		next(ctx, w, r, caller{clinic: p.Clinic, base: s.baseURL(r)})
 	}

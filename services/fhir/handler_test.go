@@ -61,6 +61,19 @@ func (f *fakeFamilies) CreateDisclosure(_ context.Context, in *familiesv1.Create
 	return in.GetDisclosure(), nil
 }
 
+func (f *fakeFamilies) BatchCreateDisclosures(_ context.Context, in *familiesv1.BatchCreateDisclosuresRequest, _ ...grpc.CallOption) (*familiesv1.BatchCreateDisclosuresResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := &familiesv1.BatchCreateDisclosuresResponse{}
+	for _, r := range in.GetRequests() {
+		if f.covers[r.GetDisclosure().GetInformation()] {
+			f.disclosures = append(f.disclosures, r)
+			out.Disclosures = append(out.Disclosures, r.GetDisclosure())
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeFamilies) recorded() []*familiesv1.CreateDisclosureRequest {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -93,7 +93,7 @@ func (s *server) get(ctx context.Context, c caller, typ, id string) (obj, error)
 			if a == nil {
 				return nil, missing
 			}
-			if err := s.discloseIntake(ctx, rf); err != nil {
+			if err := s.gate().Check(ctx, rf.GetFamily(), rf.GetName(), intakeInformation); err != nil {
 				return nil, err
 			}
 			return a, nil
@@ -157,28 +157,11 @@ func (s *server) consentByHash(ctx context.Context, c caller, fam, hash string, 
 	}
 }
 
-// discloseIntake checks that the patient's consent covers disclosing a
-// referral's intake appointment to the caller and records the disclosure.
-// The referrals service checked only that referrals may be disclosed, and
-// an appointment is information of another kind (APPOINTMENTS). As in the
-// services, only an outside system's reads are disclosures; staff's pass.
-// A refusal is the families service's FAILED_PRECONDITION
-// (CONSENT_REQUIRED).
-func (s *server) discloseIntake(ctx context.Context, rf *referralsv1.Referral) error {
-	p, out := consentgate.Outsider(ctx)
-	if !out {
-		return nil
-	}
-	_, err := s.cfg.Families.CreateDisclosure(ctx, &familiesv1.CreateDisclosureRequest{
-		Parent: rf.GetFamily(),
-		Disclosure: &familiesv1.Disclosure{
-			Recipient: p.Subject, Information: familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
-			Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: rf.GetName(),
-			Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("disclose the intake appointment of %s: %w", rf.GetName(), err)
-	}
-	return nil
-}
+// intakeInformation is what an intake appointment discloses. The referrals
+// service checked only that referrals may be disclosed; an appointment is
+// information of another kind and needs consent of its own.
+const intakeInformation = familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS
+
+// gate checks and records disclosures that no service made for this
+// handler (intake appointments).
+func (s *server) gate() *consentgate.Gate { return &consentgate.Gate{Families: s.cfg.Families} }

@@ -235,6 +235,9 @@ func (q query) familyTerm(c caller) string {
 	return fmt.Sprintf("family = %q", familyName(c, q.patient))
 }
 
+// hasIntake is the referrals filter term for "has an intake appointment".
+const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
+
 // referralStates maps a Task status searched for to a referral state.
 var referralStates = map[string]string{
 	"requested": "REQUESTED", "accepted": "ACCEPTED", "rejected": "REJECTED", "in-progress": "SCHEDULED",
@@ -383,26 +386,25 @@ func (s *server) findAppointments(ctx context.Context, c caller, q query) (page,
 		}
 		token = ""
 	}
+	// Only referrals with an intake appointment (a NULL start matches no
+	// comparison), so that the pages are of appointments.
 	resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
-		Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(q.familyTerm(c))})
+		Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(q.familyTerm(c), hasIntake)})
 	if err != nil {
 		return page{}, err
 	}
-	for _, rf := range resp.GetReferrals() {
-		a := intakeAppointment(rf)
-		if a == nil {
-			continue
+	// The referrals were disclosed; their appointments need consent of
+	// their own, checked and recorded for the page in one call. Without it
+	// an appointment is not a match.
+	booked, err := consentgate.Record(ctx, s.gate(), parent, resp.GetReferrals(), intakeInformation,
+		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
+	if err != nil {
+		return page{}, err
+	}
+	for _, rf := range booked {
+		if a := intakeAppointment(rf); a != nil {
+			p.entries = append(p.entries, entry(a))
 		}
-		// The referral was disclosed; its appointment needs consent of
-		// its own, and without it is not a match.
-		err := s.discloseIntake(ctx, rf)
-		switch {
-		case consentgate.Refused(err), status.Code(err) == codes.NotFound:
-			continue
-		case err != nil:
-			return page{}, err
-		}
-		p.entries = append(p.entries, entry(a))
 	}
 	if next := resp.GetNextPageToken(); next != "" {
 		p.next = "r." + next
