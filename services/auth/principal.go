@@ -57,9 +57,17 @@ func (p Principal) Has(roles ...Role) bool {
 	return false
 }
 
+// everyClinic are the service identities that may act for every clinic,
+// each as narrow as its job.
+var everyClinic = []Role{RoleWorker, RoleWebhookSender, RoleCalendarReader}
+
+// ServesEveryClinic reports whether p is a service identity that acts for
+// every clinic (its clinic claim is AnyClinic and its role one of those).
+func (p Principal) ServesEveryClinic() bool { return p.Clinic == AnyClinic && p.Has(everyClinic...) }
+
 // InClinic reports whether p may act inside clinic.
 func (p Principal) InClinic(clinic string) bool {
-	return clinic != "" && (p.Clinic == clinic || (p.Clinic == AnyClinic && p.Has(RoleWorker, RoleWebhookSender, RoleCalendarReader)))
+	return clinic != "" && (p.Clinic == clinic || p.ServesEveryClinic())
 }
 
 type ctxKey struct{}

@@ -190,8 +190,8 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	// request names.
 	scope := p.Clinic
 	if scope == auth.AnyClinic {
-		if !p.Has(auth.RoleWorker, auth.RoleWebhookSender, auth.RoleCalendarReader) {
-			return nil, status.Error(codes.PermissionDenied, "only the worker's, the webhook sender's and the calendar reader's service identities may act for every clinic")
+		if !p.ServesEveryClinic() {
+			return nil, status.Error(codes.PermissionDenied, "only the service identities that serve every clinic may act for every clinic")
 		}
 		if scope = requestClinic(m); scope == "" {
 			return nil, status.Error(codes.InvalidArgument, "the request names no clinic resource")
