@@ -269,7 +269,7 @@ func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 	sender := webhooks.NewSender(sc)
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); sender.Run(runCtx) }()
-	return &webhooks.Sink{DB: db}, nil
+	return &webhooks.Sink{DB: db, Log: cfg.Log.With("part", "webhook-sink")}, nil
 }
 
 // NewWorker builds the Temporal worker with activities that call the

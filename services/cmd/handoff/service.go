@@ -365,7 +365,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 			return err
 		}
 		defer whDB.Pool.Close()
-		deliver = (&webhooks.Sink{DB: whDB}).After(deliver, d.schema)
+		deliver = (&webhooks.Sink{DB: whDB, Log: log}).After(deliver, d.schema)
 	}
 	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log}
 	wg.Add(1)
