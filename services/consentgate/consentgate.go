@@ -14,6 +14,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -23,6 +24,21 @@ import (
 // ReasonConsentRequired is the ErrorInfo reason of a refused disclosure
 // (the families service's).
 const ReasonConsentRequired = "CONSENT_REQUIRED"
+
+// Notice is the statement every disclosure carries (42 CFR 2.32).
+const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+
+// NoticeHeader is the response header (gRPC metadata; REST clients see it
+// as Grpc-Metadata-Part2-Notice) that carries Notice on every answer that
+// discloses records to an outside system.
+const NoticeHeader = "part2-notice"
+
+// Notify marks the answer of the call in ctx as a disclosure by adding
+// NoticeHeader. Outside a gRPC server call (a client of the services, such
+// as the FHIR handler, which labels its resources itself) it does nothing.
+func Notify(ctx context.Context) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(NoticeHeader, Notice))
+}
 
 // Discloser is the part of the families API the gate uses.
 type Discloser interface {
@@ -68,6 +84,7 @@ func (g *Gate) Check(ctx context.Context, family, resource string, info families
 		},
 	})
 	if err == nil {
+		Notify(ctx)
 		return nil
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
@@ -145,6 +162,9 @@ func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info 
 		if recorded[name(it)] {
 			kept = append(kept, it)
 		}
+	}
+	if len(kept) > 0 {
+		Notify(ctx)
 	}
 	return kept, nil
 }

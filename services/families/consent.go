@@ -21,7 +21,7 @@ import (
 )
 
 // Notice is the statement every disclosure carries (42 CFR 2.32).
-const Notice = "42 CFR part 2 prohibits unauthorized use or disclosure of these records."
+const Notice = consentgate.Notice
 
 // ReasonConsentRequired is the ErrorInfo reason of a refused disclosure;
 // the services that ask families recognise it by the gate's constant.
@@ -173,11 +173,14 @@ func (s *Server) discloseToCaller(ctx context.Context, c child, info familiesv1.
 	if !out {
 		return nil
 	}
-	_, err := s.discloseTx(ctx, s.pool, c, &familiesv1.Disclosure{
+	if _, err := s.discloseTx(ctx, s.pool, c, &familiesv1.Disclosure{
 		Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 		Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
-	})
-	return err
+	}); err != nil {
+		return err
+	}
+	consentgate.Notify(ctx)
+	return nil
 }
 
 // CreateDisclosure implements the API.

@@ -11,10 +11,12 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -169,9 +171,18 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	if co.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE || co.GetRecorder() != "counselor-1" {
 		t.Fatalf("new consent: %v", co)
 	}
-	got, err := f.client.GetFamily(ehr, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	var md metadata.MD
+	got, err := f.client.GetFamily(ehr, &familiesv1.GetFamilyRequest{Name: fam.GetName()}, grpc.Header(&md))
 	if err != nil || got.GetName() != fam.GetName() {
 		t.Fatalf("read under consent: %v %v", got, err)
+	}
+	// The disclosed answer carries the Part 2 notice; staff's does not.
+	if n := md.Get(consentgate.NoticeHeader); len(n) != 1 || n[0] != families.Notice {
+		t.Fatalf("notice on a disclosed read: %v", md)
+	}
+	md = nil
+	if _, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}, grpc.Header(&md)); err != nil || len(md.Get(consentgate.NoticeHeader)) != 0 {
+		t.Fatalf("staff read: %v, %v", md, err)
 	}
 	ds := f.disclosures(t, fam.GetName())
 	if len(ds) != 1 || ds[0].GetRecipient() != "ehr-1" || ds[0].GetConsent() != co.GetName() ||

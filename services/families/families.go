@@ -23,6 +23,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -221,6 +222,9 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 			return nil, err
 		}
 		resp.Families = slices.DeleteFunc(resp.Families, func(f *familiesv1.Family) bool { return !covered[aip.ID(f.GetName())] })
+		if len(resp.Families) > 0 {
+			consentgate.Notify(ctx)
+		}
 	}
 	for i, f := range resp.Families {
 		resp.Families[i] = familyForCaller(ctx, f)

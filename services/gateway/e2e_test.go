@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 )
@@ -155,7 +156,10 @@ func (w *world) family(given string) (family, boundary string) {
 		"information": []string{"INFORMATION_KIND_IDENTITY", "INFORMATION_KIND_REFERRALS", "INFORMATION_KIND_APPOINTMENTS"},
 		"expireTime":  now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
 		"signer": given, "revocationRightStated": true})
-	w.ehr.ok("GET", "/v1/"+family, nil)
+	// Over REST too, a disclosed record carries the Part 2 notice.
+	if r := w.ehr.do("GET", "/v1/"+family, nil); r.code != http.StatusOK || r.header.Get("Grpc-Metadata-"+consentgate.NoticeHeader) != consentgate.Notice {
+		w.t.Fatalf("EHR read after consent: %d, notice %q", r.code, r.header.Get("Grpc-Metadata-"+consentgate.NoticeHeader))
+	}
 	w.counselor.ok("POST", "/v1/"+family+"/barriers", map[string]any{"kind": "BARRIER_KIND_LOGISTICAL_WORK", "notes": "works nights"})
 	w.counselor.ok("POST", "/v1/"+family+"/safetyScreens", map[string]any{"result": "SAFETY_RISK_NO_RISK"})
 	b := w.counselor.ok("POST", "/v1/"+family+"/boundaries", map[string]any{

@@ -4,7 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -53,9 +55,13 @@ func TestEHRReadsNeedConsent(t *testing.T) {
 	if full, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil || full.GetPlace() == nil || len(full.GetChecklist()) == 0 {
 		t.Fatalf("staff view lost the plan: %v, %v", full, err)
 	}
-	list, err = f.client.ListInterventions(ehr, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"})
+	var md metadata.MD
+	list, err = f.client.ListInterventions(ehr, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"}, grpc.Header(&md))
 	if err != nil || len(list.GetInterventions()) != 1 {
 		t.Fatalf("EHR list under consent = %v, %v", list, err)
+	}
+	if n := md.Get(consentgate.NoticeHeader); len(n) != 1 || n[0] != consentgate.Notice {
+		t.Fatalf("a disclosed list carries no Part 2 notice: %v", md)
 	}
 	ds, err := f.families.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: f.family.GetName()})
 	if err != nil || len(ds.GetDisclosures()) != 2 || ds.GetDisclosures()[0].GetResource() != iv.GetName() ||
