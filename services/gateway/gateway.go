@@ -97,7 +97,11 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithForwardResponseOption(setETag),
 	)
 	dialCfg := cfg.Client
-	for name, addr := range map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr} {
+	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
+	if cfg.WebhooksAddr != "" {
+		addrs["webhooks"] = cfg.WebhooksAddr
+	}
+	for name, addr := range addrs {
 		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders))
 		if err != nil {
 			g.Close()
@@ -114,13 +118,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
 		return nil, fmt.Errorf("gateway: referrals: %w", err)
 	}
-	if cfg.WebhooksAddr != "" {
-		conn, err := grpcclient.Dial(cfg.WebhooksAddr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders))
-		if err != nil {
-			g.Close()
-			return nil, err
-		}
-		g.conns["webhooks"] = conn
+	if conn, ok := g.conns["webhooks"]; ok {
 		if err := webhooksv1.RegisterWebhooksServiceHandler(ctx, mux, conn); err != nil {
 			g.Close()
 			return nil, fmt.Errorf("gateway: webhooks: %w", err)
