@@ -10,20 +10,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/server/temporaltest"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
@@ -70,11 +75,19 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	senderToken := filepath.Join(dir, "webhook-sender.token")
+	if err := os.WriteFile(senderToken, []byte(iss.MustMint(auth.TokenOptions{Subject: "webhook-sender", Clinic: auth.AnyClinic,
+		Roles: []auth.Role{auth.RoleWebhookSender}, TTL: time.Hour})), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	settings := filepath.Join(dir, "settings.json")
 	_ = os.WriteFile(settings, []byte(`{"default": {"holdLead": "2s", "reminderOffsets": ["1s"], "outcomeGrace": "1h"}}`), 0o600)
-	addr := map[string]string{"families": freeAddr(t), "interventions": freeAddr(t), "referrals": freeAddr(t)}
+	addr := map[string]string{"families": freeAddr(t), "interventions": freeAddr(t), "referrals": freeAddr(t), "webhooks": freeAddr(t)}
+	prefix := pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks")
 	env := append(os.Environ(),
-		"HANDOFF_DATABASE_URL="+pgtest.URL(), "HANDOFF_SCHEMA_PREFIX="+pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks"),
+		"HANDOFF_DATABASE_URL="+pgtest.URL(), "HANDOFF_SCHEMA_PREFIX="+prefix,
+		"HANDOFF_WEBHOOKS_LISTEN="+addr["webhooks"], "HANDOFF_WEBHOOK_TOKEN_FILE="+senderToken,
+		"HANDOFF_WEBHOOK_SECRET_KEY="+base64.StdEncoding.EncodeToString(k),
 		"HANDOFF_OIDC_ISSUER="+iss.URL, "HANDOFF_JWKS_URL="+jwks.URL,
 		"HANDOFF_TEMPORAL_ADDRESS="+ts.GetFrontendHostPort(), "HANDOFF_TEMPORAL_NAMESPACE="+ts.GetDefaultNamespace(),
 		"HANDOFF_PAYLOAD_KEYS=k:"+base64.StdEncoding.EncodeToString(k), "HANDOFF_PAYLOAD_KEY_ID=k",
@@ -138,6 +151,26 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	fam := familiesv1.NewFamiliesServiceClient(conns["families"])
 	iv := interventionsv1.NewInterventionsServiceClient(conns["interventions"])
 	ref := referralsv1.NewReferralsServiceClient(conns["referrals"])
+
+	// The webhooks process serves subscriptions as in production: an
+	// internal or plain-HTTP callback is refused. It is stopped once the EHR
+	// has subscribed, so that its sender never calls out of this machine;
+	// the service processes' relays still queue every referral change for
+	// the subscription (checked at the end).
+	whProc := start("webhooks")
+	healthy("webhooks")
+	wh := webhooksv1.NewWebhooksServiceClient(conns["webhooks"])
+	ehrSub := as("e", auth.RoleEHR)
+	if _, err := wh.CreateSubscription(ehrSub, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", Subscription: &webhooksv1.Subscription{
+		Url: "http://127.0.0.1:9/hooks", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a loopback callback = %v, want INVALID_ARGUMENT", err)
+	}
+	sub := ok(wh.CreateSubscription(ehrSub, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", Subscription: &webhooksv1.Subscription{
+		Url: "https://hooks.ehr.example/handoff", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}))(t)
+	if sub.GetSecret() == "" || sub.GetOwner() != "e" {
+		t.Fatalf("subscription %v", sub)
+	}
+	stop(whProc)
 	const n = 5
 	prog := ok(ref.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
 		DisplayName: "MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}}))(t)
@@ -202,6 +235,31 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 			t.Fatalf("%s has %d immediate referrals, want exactly 1", name, len(refs))
 		}
 	}
+	// Every EHR step of every referral was queued for the subscription by
+	// the referrals process's relay, once.
+	db, err := pgx.Connect(context.Background(), pgtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close(context.Background())
+	want := 3 * n // accepted, scheduled, completed
+	var queued int
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if err := db.QueryRow(context.Background(), `SELECT count(*) FROM `+prefix+`webhooks.deliveries
+			WHERE subscription_id = $1 AND event_type = ANY($2)`, aipID(sub.GetName()),
+			[]string{"handoff.referrals.v1.referral.accepted", "handoff.referrals.v1.referral.scheduled",
+				"handoff.referrals.v1.referral.completed"}).Scan(&queued); err != nil {
+			t.Fatal(err)
+		}
+		if queued == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if queued != want {
+		t.Fatalf("%d referral changes queued for the subscription, want %d", queued, want)
+	}
 	p := ok(ref.GetProgram(admin, &referralsv1.GetProgramRequest{Name: prog.GetName()}))(t)
 	if c := p.GetCapacity(); c.GetAvailableSlots() != 0 || c.GetHeldSlots() != 0 {
 		t.Fatalf("capacity %v: each intervention must have taken exactly one slot", c)
@@ -241,3 +299,6 @@ func tail(b []byte, n int) string {
 	}
 	return string(b)
 }
+
+// aipID is the last segment of a resource name.
+func aipID(name string) string { return name[strings.LastIndex(name, "/")+1:] }
