@@ -21,6 +21,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"go.temporal.io/sdk/client"
+	"google.golang.org/grpc"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -163,12 +164,8 @@ var serviceDefs = []serviceDef{
 				"token of the calendar_reader identity, re-read when it changes; without it feeds leave out intake appointments (HANDOFF_CALENDAR_TOKEN_FILE)")
 		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
-			creds, err := tlsconf.Client(f.tls)
-			if err != nil {
-				return nil, err
-			}
 			// Calls to the families service carry the caller's own token.
-			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds})
+			conn, err := f.dial(f.familiesAddr, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -178,11 +175,11 @@ var serviceDefs = []serviceDef{
 				// A feed request carries no token to forward: feeds read as
 				// their own narrow identity.
 				token := fileToken(f.calendarTokenFile)
-				calFam, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds, Token: token})
+				calFam, err := f.dial(f.familiesAddr, token)
 				if err != nil {
 					return nil, err
 				}
-				calRef, err := grpcclient.Dial(f.referralsAddr, grpcclient.Config{TLS: creds, Token: token})
+				calRef, err := f.dial(f.referralsAddr, token)
 				if err != nil {
 					return nil, err
 				}
@@ -204,13 +201,9 @@ var serviceDefs = []serviceDef{
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
-			creds, err := tlsconf.Client(f.tls)
-			if err != nil {
-				return nil, err
-			}
 			// The EHR's reads are checked against consent by the families
 			// service, with the EHR's own token.
-			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds})
+			conn, err := f.dial(f.familiesAddr, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -241,11 +234,7 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return nil, err
 			}
-			creds, err := tlsconf.Client(f.tls)
-			if err != nil {
-				return nil, err
-			}
-			conn, err := grpcclient.Dial(f.familiesAddr, grpcclient.Config{TLS: creds, Token: fileToken(f.webhookTokenFile)})
+			conn, err := f.dial(f.familiesAddr, fileToken(f.webhookTokenFile))
 			if err != nil {
 				return nil, err
 			}
@@ -374,6 +363,17 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	err = srv.Serve(ctx, lis, 10*time.Second)
 	wg.Wait()
 	return err
+}
+
+// dial connects to another of Handoff's services over the processes'
+// mutual TLS. Calls carry the caller's token, or token when there is none
+// (a service identity; nil sends caller tokens only).
+func (f serviceFlags) dial(addr string, token grpcclient.TokenSource) (*grpc.ClientConn, error) {
+	creds, err := tlsconf.Client(f.tls)
+	if err != nil {
+		return nil, err
+	}
+	return grpcclient.Dial(addr, grpcclient.Config{TLS: creds, Token: token})
 }
 
 // openSchema migrates a service's schema as the URL's user (its owner), then
