@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -172,4 +173,83 @@ func TestDevelopmentIssuerKeepsItsKey(t *testing.T) {
 	if _, err := b.Verifier().Verify(context.Background(), a.MustMint(TokenOptions{Subject: "u", Clinic: "c"})); err != nil {
 		t.Fatalf("token from before the restart: %v", err)
 	}
+}
+
+// A token whose signature was checked once is not checked again for a
+// while, but its claims are, and a changed key counts at once.
+func TestVerifierRemembersSignaturesNotClaims(t *testing.T) {
+	iss, err := NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now()
+	keys := iss.Keys()
+	v := &Verifier{Issuer: iss.URL, Audience: iss.Audience, Keys: keys, Now: func() time.Time { return now }}
+	tok := iss.MustMint(TokenOptions{Subject: "u1", Clinic: "north", IssuedAt: now, TTL: 30 * time.Second})
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.seen.entries) != 1 {
+		t.Fatalf("remembered %d tokens, want 1", len(v.seen.entries))
+	}
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatalf("second use: %v", err)
+	}
+	parts := strings.Split(tok, ".")
+	forged := parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
+	if _, err := v.Verify(ctx, forged); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("same claims, bad signature: %v", err)
+	}
+	now = now.Add(31 * time.Second)
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("expired token accepted from the cache: %v", err)
+	}
+	now = now.Add(-31 * time.Second)
+	for kid := range keys {
+		keys[kid] = &mustKey(t).PublicKey // the issuer's key is replaced under the same id
+	}
+	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("token accepted under a key that no longer signs it: %v", err)
+	}
+}
+
+func TestVerifiedCacheIsBounded(t *testing.T) {
+	var c verified
+	key := &mustKey(t).PublicKey
+	now := time.Now()
+	for i := 0; i < verifiedMax+10; i++ {
+		c.add(strconv.Itoa(i), key, now)
+	}
+	if n := len(c.entries); n > verifiedMax || n == 0 {
+		t.Fatalf("cache holds %d entries, want 1..%d", n, verifiedMax)
+	}
+	if c.has("x", key, now) || !c.has(strconv.Itoa(verifiedMax+9), key, now) || c.has(strconv.Itoa(verifiedMax+9), key, now.Add(verifiedTTL)) {
+		t.Fatal("cache answers wrongly")
+	}
+}
+
+// BenchmarkVerify shows what the cache saves: go test -bench Verify ./services/auth
+func BenchmarkVerify(b *testing.B) {
+	iss, err := NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	tok := iss.MustMint(TokenOptions{Subject: "u1", Clinic: "north", TTL: time.Hour})
+	b.Run("repeated token", func(b *testing.B) {
+		v := iss.Verifier()
+		for b.Loop() {
+			if _, err := v.Verify(ctx, tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("new verifier each time", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := iss.Verifier().Verify(ctx, tok); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -27,6 +27,8 @@ type Verifier struct {
 	// Leeway tolerates clock skew between the issuer and us.
 	Leeway time.Duration
 	Now    func() time.Time
+
+	seen verified
 }
 
 // ErrInvalidToken wraps every reason a token is refused.
@@ -83,22 +85,25 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 	if err != nil {
 		return Principal{}, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, h.Kid, err)
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil || len(sig) != 64 {
-		return Principal{}, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
+	now := time.Now()
+	if v.Now != nil {
+		now = v.Now()
 	}
-	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-	if !ecdsa.Verify(key, digest[:], r, s) {
-		return Principal{}, fmt.Errorf("%w: bad signature", ErrInvalidToken)
+	if !v.seen.has(token, key, now) {
+		sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+		if err != nil || len(sig) != 64 {
+			return Principal{}, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
+		}
+		digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+		r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+		if !ecdsa.Verify(key, digest[:], r, s) {
+			return Principal{}, fmt.Errorf("%w: bad signature", ErrInvalidToken)
+		}
+		v.seen.add(token, key, now)
 	}
 	var c Claims
 	if err := decodeSegment(parts[1], &c); err != nil {
 		return Principal{}, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
-	}
-	now := time.Now()
-	if v.Now != nil {
-		now = v.Now()
 	}
 	switch {
 	case c.Issuer != v.Issuer:

@@ -1,0 +1,57 @@
+package auth
+
+import (
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// Checking an ES256 signature costs more CPU than the rest of a small
+// request, and a client sends the same token with every call for its
+// lifetime. verified remembers, for a short while, tokens whose signature
+// checked out under a given key. Only the signature check is skipped: the
+// key is still looked up (so a rotated-out key stops counting at once) and
+// every claim is checked on every call.
+type verified struct {
+	mu      sync.Mutex
+	entries map[[32]byte]verifiedEntry
+}
+
+type verifiedEntry struct {
+	key   *ecdsa.PublicKey
+	until time.Time
+}
+
+const (
+	verifiedTTL = time.Minute
+	verifiedMax = 10_000
+)
+
+func (c *verified) has(token string, key *ecdsa.PublicKey, now time.Time) bool {
+	h := sha256.Sum256([]byte(token))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[h]
+	return ok && e.key == key && now.Before(e.until)
+}
+
+func (c *verified) add(token string, key *ecdsa.PublicKey, now time.Time) {
+	h := sha256.Sum256([]byte(token))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries == nil {
+		c.entries = make(map[[32]byte]verifiedEntry)
+	}
+	if len(c.entries) >= verifiedMax {
+		for k, e := range c.entries {
+			if !now.Before(e.until) {
+				delete(c.entries, k)
+			}
+		}
+		if len(c.entries) >= verifiedMax {
+			clear(c.entries) // many live tokens at once: start over rather than grow
+		}
+	}
+	c.entries[h] = verifiedEntry{key: key, until: now.Add(verifiedTTL)}
+}
