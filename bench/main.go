@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +63,7 @@ func (e *benchEnv) cleanup() {
 
 type config struct {
 	smoke      bool
+	only       string
 	conc       int
 	duration   time.Duration
 	small, big int
@@ -73,11 +75,24 @@ func main() {
 	smoke := flag.Bool("smoke", false, "a short run that only checks the suite works")
 	out := flag.String("out", "", "where to write the Markdown report (default bench/results/<date>.md and latest.md)")
 	dsn := flag.String("database-url", envOr("HANDOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/handoff_test?sslmode=disable"), "PostgreSQL URL")
+	only := flag.String("only", "", "run one section only: api, scale or workflows (the report then has just that section)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fail(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fail(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg := config{conc: 8, duration: 5 * time.Second, small: 10_000, big: 1_000_000, flows: 40, timers: 1000}
 	if *smoke {
 		cfg = config{smoke: true, conc: 2, duration: 500 * time.Millisecond, small: 1_000, big: 5_000, flows: 3, timers: 50}
 	}
+	cfg.only = *only
 	ctx := context.Background()
 	var b [4]byte
 	_, _ = rand.Read(b[:])
@@ -95,24 +110,33 @@ func main() {
 	rss := startRSSSampler()
 	rep.rssIdle = rss.current()
 
-	step("API floor and overhead")
-	if rep.api, err = apiBench(ctx, env, cfg.conc, cfg.duration); err != nil {
-		fail(err)
+	run := func(section string) bool { return *only == "" || *only == section }
+	if run("api") {
+		step("API floor and overhead")
+		if rep.api, err = apiBench(ctx, env, cfg.conc, cfg.duration); err != nil {
+			fail(err)
+		}
+		rep.rssLoad = rss.peak()
 	}
-	rep.rssLoad = rss.peak()
-	step("scale of data")
-	if rep.scale, err = scaleBench(ctx, env, cfg); err != nil {
-		fail(err)
+	if run("scale") {
+		step("scale of data")
+		if rep.scale, err = scaleBench(ctx, env, cfg); err != nil {
+			fail(err)
+		}
 	}
-	step("workflows")
-	if rep.flows, err = workflowBench(ctx, env, cfg); err != nil {
-		fail(err)
+	if run("workflows") {
+		step("workflows")
+		if rep.flows, err = workflowBench(ctx, env, cfg); err != nil {
+			fail(err)
+		}
 	}
 	rep.rssPeak = rss.peak()
 	rep.finished = time.Now()
 	md := rep.markdown()
 	paths := []string{*out}
-	if *out == "" {
+	if *out == "" && *only != "" {
+		paths = []string{filepath.Join(os.TempDir(), "handoff-bench-"+*only+".md")}
+	} else if *out == "" {
 		day := rep.started.UTC().Format("2006-01-02")
 		paths = []string{filepath.Join("bench", "results", day+".md"), filepath.Join("bench", "results", "latest.md")}
 	}

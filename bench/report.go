@@ -32,62 +32,87 @@ func verdict(ok bool) string {
 
 func (r *report) markdown() string {
 	var b strings.Builder
-	kind := "full"
+	kind, cmd := "full", "`make bench`"
 	if r.cfg.smoke {
-		kind = "smoke (short; numbers are not meaningful)"
+		kind, cmd = "smoke (short; numbers are not meaningful)", "`go run ./bench -smoke`"
+	}
+	if r.cfg.only != "" {
+		kind, cmd = r.cfg.only+" only", "`go run ./bench -only "+r.cfg.only+"`"
 	}
 	fmt.Fprintf(&b, "# Handoff benchmarks, %s\n\n", r.started.UTC().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "Run: %s, %s. Machine: %s, %d CPUs, %s/%s. Versions: %s, %s. Took %s.\n\n",
-		kind, "`make bench`", cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), deps(),
+		kind, cmd, cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), deps(),
 		r.finished.Sub(r.started).Round(time.Second))
 	fmt.Fprintf(&b, "Everything runs in one process on loopback (load generator included), against the local PostgreSQL "+
 		"(%s) and an in-process Temporal server, so compare ratios from the same run.\n\n", postgresVersion())
 
+	if r.api != nil {
+		r.apiSection(&b)
+	}
+	if r.scale != nil {
+		r.scaleSection(&b)
+	}
+	if r.flows != nil {
+		r.flowSection(&b)
+	}
+	b.WriteString("## Memory (the one process holding every part)\n\n| when | resident |\n|---|---:|\n")
+	fmt.Fprintf(&b, "| idle, before any load | %s |\n", mib(r.rssIdle))
+	if r.api != nil {
+		fmt.Fprintf(&b, "| peak under API load | %s |\n", mib(r.rssLoad))
+	}
+	fmt.Fprintf(&b, "| peak over the whole run | %s |\n\n", mib(r.rssPeak))
+	b.WriteString("Rerun with `make bench` (a few minutes), one section with `go run ./bench -only api|scale|workflows`; `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
+	return b.String()
+}
+
+func (r *report) apiSection(b *strings.Builder) {
 	a := r.api
-	fmt.Fprintf(&b, "## API floor and overhead (%d concurrent callers, %s per run)\n\n", r.cfg.conc, r.cfg.duration)
+	fmt.Fprintf(b, "## API floor and overhead (%d concurrent callers, %s per run)\n\n", r.cfg.conc, r.cfg.duration)
 	b.WriteString("| path | operation | throughput | p50 | p99 |\n|---|---|---:|---:|---:|\n")
 	for _, op := range []string{"create", "get"} {
 		for _, path := range []string{"floor", "grpc", "gateway"} {
 			x := a[path+" "+op]
-			fmt.Fprintf(&b, "| %s | %s | %.0f/s | %s | %s |\n", map[string]string{"floor": "(a) net/http + pgx floor",
+			fmt.Fprintf(b, "| %s | %s | %.0f/s | %s | %s |\n", map[string]string{"floor": "(a) net/http + pgx floor",
 				"grpc": "(b) gRPC service", "gateway": "(c) REST gateway"}[path], op, x.Throughput, ms(x.P50), ms(x.P99))
 		}
 	}
 	b.WriteString("\n| ratio | create | get | target |\n|---|---:|---:|---|\n")
 	bc, bg := a["grpc create"].Throughput/a["floor create"].Throughput, a["grpc get"].Throughput/a["floor get"].Throughput
 	cc, cg := a["gateway create"].Throughput/a["grpc create"].Throughput, a["gateway get"].Throughput/a["grpc get"].Throughput
-	fmt.Fprintf(&b, "| b/a (gRPC vs floor) | %.2f | %.2f | ≥ 0.70: %s |\n", bc, bg, verdict(bc >= 0.7 && bg >= 0.7))
-	fmt.Fprintf(&b, "| c/b (gateway vs gRPC) | %.2f | %.2f | ≥ 0.70: %s |\n", cc, cg, verdict(cc >= 0.7 && cg >= 0.7))
+	fmt.Fprintf(b, "| b/a (gRPC vs floor) | %.2f | %.2f | ≥ 0.70: %s |\n", bc, bg, verdict(bc >= 0.7 && bg >= 0.7))
+	fmt.Fprintf(b, "| c/b (gateway vs gRPC) | %.2f | %.2f | ≥ 0.70: %s |\n", cc, cg, verdict(cc >= 0.7 && cg >= 0.7))
 	hg, hc := a["grpc get at half saturation"], a["grpc create at half saturation"]
-	fmt.Fprintf(&b, "\nAt half of saturation (open loop, %.0f/s get, %.0f/s create): p99 get %s, create %s; target p99 < 10 ms: %s.\n\n",
+	fmt.Fprintf(b, "\nAt half of saturation (open loop, %.0f/s get, %.0f/s create): p99 get %s, create %s; target p99 < 10 ms: %s.\n\n",
 		hg.Throughput, hc.Throughput, ms(hg.P99), ms(hc.P99), verdict(hg.P99 < 10*time.Millisecond && hc.P99 < 10*time.Millisecond))
-	b.WriteString("The floor does the same SQL without gRPC, validation, tokens, row-level security or the audit record that the service writes for every call.\n\n")
+	qg, qc := a["grpc get at quarter saturation"], a["grpc create at quarter saturation"]
+	fmt.Fprintf(b, "At a quarter of saturation: p50/p99 get %s/%s, create %s/%s.\n\n", ms(qg.P50), ms(qg.P99), ms(qc.P50), ms(qc.P99))
+	b.WriteString("The floor sends the service's statements in the same round trips, as the same database role under row-level security, " +
+		"audit record included; it leaves out gRPC, validation, the token check and protobuf.\n\n")
+}
 
+func (r *report) scaleSection(b *strings.Builder) {
 	s := r.scale
-	fmt.Fprintf(&b, "## Scale of data (%d vs %d families and programs in one clinic)\n\n", s.Small, s.Big)
+	fmt.Fprintf(b, "## Scale of data (%d vs %d families and programs in one clinic)\n\n", s.Small, s.Big)
 	b.WriteString("| query | p50 small | p50 big | ratio | target |\n|---|---:|---:|---:|---|\n")
 	row := func(name string, p [2]result, ratio float64) {
-		fmt.Fprintf(&b, "| %s | %s | %s | %.2f | < 1.5: %s |\n", name, ms(p[0].P50), ms(p[1].P50), ratio, verdict(ratio < 1.5))
+		fmt.Fprintf(b, "| %s | %s | %s | %.2f | < 1.5: %s |\n", name, ms(p[0].P50), ms(p[1].P50), ratio, verdict(ratio < 1.5))
 	}
 	row("ListFamilies, first page of 50", s.ListFirst, s.ListFirstRatio)
 	row("ListFamilies, a page halfway through, with a filter", s.ListDeep, s.ListDeepRatio)
 	row("MatchPrograms, immediate, top 10", s.Match, s.MatchRatio)
-	fmt.Fprintf(&b, "\nSeeding took %s (small) and %s (big).\n\n", s.InsertSmall.Round(time.Millisecond), s.InsertBig.Round(time.Millisecond))
+	fmt.Fprintf(b, "\nSeeding took %s (small) and %s (big).\n\n", s.InsertSmall.Round(time.Millisecond), s.InsertBig.Round(time.Millisecond))
+}
 
+func (r *report) flowSection(b *strings.Builder) {
 	f := r.flows
-	fmt.Fprintf(&b, "## Workflows (%d at once)\n\n", f.Flows)
+	fmt.Fprintf(b, "## Workflows (%d at once)\n\n", f.Flows)
 	b.WriteString("| run | took | per second |\n|---|---:|---:|\n")
-	fmt.Fprintf(&b, "| scheduling to a completed MAT intake, through the services, relays and worker (each waits %s for its meeting to start) | %.1f s | %.2f |\n",
+	fmt.Fprintf(b, "| scheduling to a completed MAT intake, through the services, relays and worker (each waits %s for its meeting to start) | %.1f s | %.2f |\n",
 		f.MeetingWait, f.FullSeconds, f.FullRate)
-	fmt.Fprintf(&b, "| ceiling: a no-op workflow with one activity | %.1f s | %.2f |\n", f.NoopSeconds, f.NoopRate)
-	fmt.Fprintf(&b, "\nRatio %.2f; target ≥ 0.50: %s.\n\n", f.Ratio, verdict(f.Ratio >= 0.5))
-	fmt.Fprintf(&b, "Timer timeliness, %d timers due at the same instant (the mechanism reminders use; lateness is measured in the activity that runs when the timer fires): early %d, p50 late %s, p99 late %s, max %s; target none early and p99 < 2 s: %s. Starting the probes took %s of the %s before they were due.\n\n",
+	fmt.Fprintf(b, "| ceiling: a no-op workflow with one activity | %.1f s | %.2f |\n", f.NoopSeconds, f.NoopRate)
+	fmt.Fprintf(b, "\nRatio %.2f; target ≥ 0.50: %s.\n\n", f.Ratio, verdict(f.Ratio >= 0.5))
+	fmt.Fprintf(b, "Timer timeliness, %d timers due at the same instant (the mechanism reminders use; lateness is measured in the activity that runs when the timer fires): early %d, p50 late %s, p99 late %s, max %s; target none early and p99 < 2 s: %s. Starting the probes took %s of the %s before they were due.\n\n",
 		f.Timers, f.Early, ms(f.TimerP50), ms(f.TimerP99), ms(f.TimerMax), verdict(f.Early == 0 && f.TimerP99 < 2*time.Second), f.TimerStart.Round(time.Millisecond), f.TimerLead)
-
-	b.WriteString("## Memory (the one process holding every part)\n\n| when | resident |\n|---|---:|\n")
-	fmt.Fprintf(&b, "| idle, before any load | %s |\n| peak under API load | %s |\n| peak under workflow load | %s |\n\n", mib(r.rssIdle), mib(r.rssLoad), mib(r.rssPeak))
-	b.WriteString("Rerun with `make bench` (about two minutes); `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
-	return b.String()
 }
 
 func cpuModel() string {
