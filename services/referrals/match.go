@@ -4,10 +4,12 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 )
@@ -190,12 +192,17 @@ func rank(req *referralsv1.MatchProgramsRequest, progs []*referralsv1.Program) [
 	return matches
 }
 
-// MatchPrograms implements the API. PostgreSQL narrows the directory to the
-// programs that offer a wanted service and, for an immediate need, have a
-// free slot, and scores them with the same points as score() so that only
-// the best max_results rows leave the database; score() then explains those
-// few in Go. A directory of a million programs thus costs one scan in the
-// database, not a million decoded rows.
+// MatchPrograms implements the API. A program's score is its profile's
+// score (the features in programs.profile, the same for every program of a
+// profile) plus a place bonus of at most a few points. So PostgreSQL first
+// scores one program of each profile and counts up to max_results eligible
+// programs in it; profiles that, even with the largest place bonus, cannot
+// reach the max_results-th best profile score are dropped. Of each profile
+// kept, only its first max_results programs in match order can make the
+// list, for each place bonus: those few are scored in full and the best
+// returned, in the order score() and rank() give. The work thus grows with
+// the number of profiles, not of programs; score() then explains the few
+// programs returned.
 func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgramsRequest) (*referralsv1.MatchProgramsResponse, error) {
 	clinic, err := parentClinic(ctx, req.GetParent())
 	if err != nil {
@@ -217,10 +224,47 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	if req.GetUrgency() == referralsv1.Urgency_URGENCY_IMMEDIATE {
 		minSlots = 1
 	}
-	expr, args := scoreSQL(req, 6)
-	rows, err := s.pool.Query(ctx, programSelect+` WHERE clinic = $1 AND services && $2 AND NOT (id = ANY($3))
-		AND available_slots >= $4 ORDER BY `+expr+` DESC, available_slots DESC, id COLLATE "C" LIMIT $5`,
-		append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
+	profiles, err := s.profileScores(ctx, req, clinic, excluded, minSlots, limit)
+	if err != nil {
+		return nil, err
+	}
+	// The place bonus a program can add to its profile's score.
+	bonus := int32(0)
+	if req.GetPostalCode() != "" {
+		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE]
+	} else if req.GetLocality() != "" {
+		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_LOCALITY]
+	}
+	kept := keepProfiles(profiles, limit, bonus)
+	if len(kept) == 0 {
+		return &referralsv1.MatchProgramsResponse{}, nil
+	}
+
+	// Each place tier of a kept profile, in match order: programs of the
+	// family's postal code, then of its town, then the rest.
+	args := []any{clinic, kept, excluded, limit}
+	var tiers []string
+	tier := func(cond string) {
+		tiers = append(tiers, `(SELECT * FROM programs p WHERE p.clinic = $1 AND p.profile = g.profile AND NOT (p.id = ANY($3))`+cond+`
+			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $4)`)
+	}
+	rest := ""
+	if pc := req.GetPostalCode(); pc != "" {
+		args = append(args, pc)
+		tier(fmt.Sprintf(" AND p.postal_code = $%d", len(args)))
+		rest += fmt.Sprintf(" AND p.postal_code <> $%d", len(args))
+	}
+	if loc := req.GetLocality(); loc != "" {
+		args = append(args, strings.ToLower(loc))
+		tier(fmt.Sprintf(" AND p.locality = $%d", len(args)) + rest)
+		rest += fmt.Sprintf(" AND p.locality <> $%d", len(args))
+	}
+	tier(rest)
+	expr, exprArgs := scoreSQL(req, len(args)+1)
+	rows, err := s.pool.Query(ctx, `WITH candidates AS (
+			SELECT c.* FROM unnest($2::text[]) AS g(profile) CROSS JOIN LATERAL (`+strings.Join(tiers, " UNION ALL ")+`) c)
+		`+strings.Replace(programSelect, " FROM programs", " FROM candidates", 1)+`
+		ORDER BY `+expr+` DESC, available_slots DESC, id COLLATE "C" LIMIT $4`, append(args, exprArgs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
@@ -229,6 +273,66 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
 	return &referralsv1.MatchProgramsResponse{Matches: rank(req, progs)}, nil
+}
+
+// profileScore is one profile's score without the place bonus, and how
+// many of its programs are eligible (counted up to the limit).
+type profileScore struct {
+	Profile  string
+	Score    int32
+	Eligible int
+}
+
+// profileScores finds each profile whose programs offer a wanted service
+// and have the slots an immediate need asks for, by a loose index scan
+// (one index probe per profile, however many programs share it).
+func (s *Server) profileScores(ctx context.Context, req *referralsv1.MatchProgramsRequest, clinic string, excluded []string,
+	minSlots, limit int) ([]profileScore, error) {
+	static := proto.Clone(req).(*referralsv1.MatchProgramsRequest)
+	static.PostalCode, static.Locality = "", ""
+	expr, args := scoreSQL(static, 6)
+	rows, err := s.pool.Query(ctx, `WITH RECURSIVE profiles(profile) AS (
+			(SELECT profile FROM programs WHERE clinic = $1 ORDER BY profile LIMIT 1)
+			UNION ALL
+			SELECT (SELECT p.profile FROM programs p WHERE p.clinic = $1 AND p.profile > profiles.profile ORDER BY p.profile LIMIT 1)
+			FROM profiles WHERE profiles.profile IS NOT NULL)
+		SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
+			WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) LIMIT $5) n)
+		FROM profiles g CROSS JOIN LATERAL (SELECT `+expr+` AS score
+			-- Any one program speaks for its profile: read one, then filter.
+			FROM (SELECT * FROM programs WHERE clinic = $1 AND profile = g.profile LIMIT 1) one
+			WHERE services && $2 AND available_slots >= $4) one
+		WHERE g.profile IS NOT NULL`, append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("match programs: profiles: %w", err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[profileScore])
+	if err != nil {
+		return nil, fmt.Errorf("match programs: profiles: %w", err)
+	}
+	return out, nil
+}
+
+// keepProfiles returns the profiles that may hold one of the best limit
+// programs: the limit-th best program scores at least t, the score of the
+// profile where the eligible programs, best profiles first, reach limit; a
+// profile whose score plus the largest place bonus is below t holds none.
+func keepProfiles(ps []profileScore, limit int, bonus int32) []string {
+	slices.SortFunc(ps, func(a, b profileScore) int { return cmp.Compare(b.Score, a.Score) })
+	t, n := int32(math.MinInt32), 0
+	for _, p := range ps {
+		if n += p.Eligible; n >= limit {
+			t = p.Score
+			break
+		}
+	}
+	var kept []string
+	for _, p := range ps {
+		if p.Eligible > 0 && p.Score+bonus >= t {
+			kept = append(kept, p.Profile)
+		}
+	}
+	return kept
 }
 
 // scoreSQL is score()'s total as a SQL expression over a programs row, for

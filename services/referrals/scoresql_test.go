@@ -31,7 +31,14 @@ func some[T any](r *rand.Rand, xs []T) []T {
 // directories and requests the two must give every program the same total,
 // and MatchPrograms must return what ranking the whole directory in Go
 // returns. The seed is fixed, so a failure reproduces.
-func TestScoreSQLAgreesWithScore(t *testing.T) {
+func TestScoreSQLAgreesWithScore(t *testing.T) { checkMatching(t, false) }
+
+// The same on a directory where many programs share a profile, so that
+// MatchPrograms drops profiles and cuts each one short (see keepProfiles),
+// with programs excluded by the request.
+func TestMatchingAgreesOnSharedProfiles(t *testing.T) { checkMatching(t, true) }
+
+func checkMatching(t *testing.T, clustered bool) {
 	t.Parallel()
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	srv := New(pgtest.App(t, schema), Config{})
@@ -47,15 +54,24 @@ func TestScoreSQLAgreesWithScore(t *testing.T) {
 	localities := []string{"Springfield", "SPRINGFIELD", "Shelbyville", ""}
 	postals := []string{"62701", "62702", ""}
 	byID := map[string]*referralsv1.Program{}
-	for i := range 80 {
-		services := some(rnd, allServices)
+	n := 80
+	if clustered {
+		n = 300
+	}
+	for i := range n {
+		services, pays, langs := some(rnd, allServices), some(rnd, allPays), some(rnd, []string{"en", "es-MX", "FR", "zh-Hant"})
 		if len(services) == 0 {
 			services = []referralsv1.ServiceKind{bup}
 		}
+		if clustered { // few profiles, many programs each
+			services = [][]referralsv1.ServiceKind{{bup, outpt}, {methad}}[rnd.IntN(2)]
+			pays = [][]referralsv1.PaymentKind{{medicaid}, {sliding, private}}[rnd.IntN(2)]
+			langs = [][]string{{"en"}, {"es-MX", "en"}}[rnd.IntN(2)]
+		}
 		p, err := client.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
-			DisplayName: fmt.Sprintf("Program %d", i), Services: services, PaymentsAccepted: some(rnd, allPays),
+			DisplayName: fmt.Sprintf("Program %d", i), Services: services, PaymentsAccepted: pays,
 			Telehealth: rnd.IntN(2) == 0, SameDayIntake: rnd.IntN(2) == 0, SameDayInduction: rnd.IntN(2) == 0,
-			Languages: some(rnd, []string{"en", "es-MX", "FR", "zh-Hant"}),
+			Languages: langs,
 			Address:   &referralsv1.Address{Locality: localities[rnd.IntN(len(localities))], PostalCode: postals[rnd.IntN(len(postals))]},
 		}})
 		if err != nil {
@@ -85,6 +101,9 @@ func TestScoreSQLAgreesWithScore(t *testing.T) {
 			ServiceKinds: some(rnd, allServices[:5]), PostalCode: postals[rnd.IntN(len(postals))],
 			Locality: []string{"springfield", "Shelbyville", "Ogdenville", ""}[rnd.IntN(4)],
 			Language: []string{"es", "EN", "es-mx", "fr", "de", ""}[rnd.IntN(6)], MaxResults: int32(1 + rnd.IntN(12))}
+		for range rnd.IntN(4) {
+			req.ExcludePrograms = append(req.ExcludePrograms, all[rnd.IntN(len(all))].GetName())
+		}
 
 		// Every row's total, database against Go.
 		expr, args := scoreSQL(req, 3)
@@ -112,7 +131,9 @@ func TestScoreSQLAgreesWithScore(t *testing.T) {
 		}
 
 		// The served top matches, against ranking everything in Go.
-		want := rank(req, all)
+		want := rank(req, slices.DeleteFunc(slices.Clone(all), func(p *referralsv1.Program) bool {
+			return slices.Contains(req.GetExcludePrograms(), p.GetName())
+		}))
 		want = want[:min(len(want), int(req.GetMaxResults()))]
 		resp, err := client.MatchPrograms(counselor, req)
 		if err != nil {
