@@ -88,7 +88,7 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	cfg := config{conc: 8, duration: 5 * time.Second, small: 10_000, big: 1_000_000, flows: 40, timers: 1000}
+	cfg := config{conc: 8, duration: 5 * time.Second, small: 10_000, big: 1_000_000, flows: 100, timers: 1000}
 	if *smoke {
 		cfg = config{smoke: true, conc: 2, duration: 500 * time.Millisecond, small: 1_000, big: 5_000, flows: 3, timers: 50}
 	}
@@ -103,6 +103,7 @@ func main() {
 	env := &benchEnv{dsn: *dsn, prefix: "bench_" + hex.EncodeToString(b[:]) + "_", issuer: iss,
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	defer env.cleanup()
+	onFail = env.cleanup
 	if err := ensureDatabase(ctx, *dsn); err != nil {
 		fail(err)
 	}
@@ -150,7 +151,11 @@ func main() {
 
 func step(s string) { fmt.Fprintf(os.Stderr, "==> %s\n", s) }
 
+// onFail drops what the run made before fail exits (defers do not run).
+var onFail = func() {}
+
 func fail(err error) {
+	onFail()
 	fmt.Fprintln(os.Stderr, "bench:", err)
 	os.Exit(1)
 }

@@ -42,6 +42,7 @@ type scaleResult struct {
 	ListFirstRatio, ListDeepRatio float64
 	MatchRatio                    float64
 	InsertSmall, InsertBig        time.Duration
+	Profiles                      [2]int // distinct program profiles (see referrals.MatchPrograms)
 }
 
 // scaleBench compares list and match latency over a small and a big clinic
@@ -84,11 +85,13 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 			return nil, fmt.Errorf("seed families: %w", err)
 		}
 		if _, err := refOwner.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
-			same_day_induction, available_slots, waitlist)
+			same_day_induction, available_slots, waitlist, locality, postal_code, languages)
 			SELECT $1, 'p' || lpad(i::text, 9, '0'), jsonb_build_object('display_name', 'Program ' || i),
 				CASE i % 3 WHEN 0 THEN '{2,5}'::smallint[] WHEN 1 THEN '{9,10}'::smallint[] ELSE '{7}'::smallint[] END,
 				CASE i % 2 WHEN 0 THEN '{1}'::smallint[] ELSE '{5,6}'::smallint[] END,
-				i % 4 = 0, i % 5 = 0, i % 7 = 0, i % 6, i % 11 = 0
+				i % 4 = 0, i % 5 = 0, i % 7 = 0, i % 6, i % 11 = 0,
+				'town' || (i % 100), lpad((i % 1000)::text, 5, '0'),
+				CASE i % 13 WHEN 0 THEN '{en,es}'::text[] WHEN 1 THEN '{es}'::text[] ELSE '{en}'::text[] END
 			FROM generate_series(1, $2) i`, clinics[i], n); err != nil {
 			return nil, fmt.Errorf("seed programs: %w", err)
 		}
@@ -96,6 +99,9 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 			r.InsertSmall = time.Since(t0)
 		} else {
 			r.InsertBig = time.Since(t0)
+		}
+		if err := refOwner.QueryRow(ctx, `SELECT count(DISTINCT profile) FROM programs WHERE clinic = $1`, clinics[i]).Scan(&r.Profiles[i]); err != nil {
+			return nil, fmt.Errorf("count profiles: %w", err)
 		}
 	}
 	for _, q := range []string{"ANALYZE " + env.prefix + "scale_families.families", "ANALYZE " + env.prefix + "scale_referrals.programs"} {
@@ -132,7 +138,7 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 		}
 		if r.Match[i], err = latencies(actx, matchSamples, func(ctx context.Context, _ int) error {
 			resp, err := ref.MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
-				Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID,
+				Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: "Town7", PostalCode: "00042", Language: "es",
 				Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
 			if err == nil && len(resp.GetMatches()) != 10 {
 				return fmt.Errorf("match returned %d programs", len(resp.GetMatches()))

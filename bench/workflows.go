@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -31,14 +32,20 @@ import (
 )
 
 type flowResult struct {
-	Flows                        int
-	FullSeconds, NoopSeconds     float64
-	FullRate, NoopRate, Ratio    float64
-	MeetingWait                  time.Duration
-	Timers                       int
-	TimerP50, TimerP99, TimerMax time.Duration
-	Early                        int
-	TimerStart, TimerLead        time.Duration // how long starting the probes took, and how far out they were due
+	Flows                     int
+	FullSeconds, NoopSeconds  float64
+	FullRate, NoopRate, Ratio float64
+	MeetingWait               time.Duration
+	FullEvents, NoopEvents    int // history events per run, child workflows included
+	TimerRuns                 []timerResult
+}
+
+// timerResult is one run of timer probes.
+type timerResult struct {
+	Timers, Early int
+	Lead, Window  time.Duration // the first is due Lead after the start, the last Window later
+	Start         time.Duration // how long starting them all took
+	P50, P99, Max time.Duration // lateness
 }
 
 // The ceiling: a workflow with one activity that does nothing.
@@ -69,11 +76,36 @@ func probeActivity(_ context.Context, due time.Time) (time.Duration, error) {
 // intake through the real services, worker and relays, against the
 // no-op ceiling on the same server, and measures timer lateness.
 func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult, error) {
-	k := make([]byte, 32)
-	pc, err := codec.New("bench", map[string][]byte{"bench": k})
+	pc, err := codec.New("bench", map[string][]byte{"bench": make([]byte, 32)})
 	if err != nil {
 		return nil, err
 	}
+	r, err := flowRun(ctx, env, cfg, pc)
+	if err != nil {
+		return nil, err
+	}
+	// Timers on a server of their own, so that the histories above do not
+	// weigh on them. First the target: cfg.timers scheduled at once, due
+	// over a minute, all started before the first is due (as reminders are
+	// placed when a meeting is scheduled, days ahead). Then the worst case:
+	// all due at one instant, which measures how fast a burst drains.
+	lead, window := 30*time.Second, time.Minute
+	if cfg.smoke {
+		lead, window = 3*time.Second, 2*time.Second
+	}
+	for _, spread := range []time.Duration{window, 0} {
+		t, err := timerRun(ctx, pc, cfg.timers, lead, spread)
+		if err != nil {
+			return nil, err
+		}
+		r.TimerRuns = append(r.TimerRuns, t)
+	}
+	return r, nil
+}
+
+// flowRun carries cfg.flows interventions to a completed MAT intake, then
+// runs as many no-op workflows on the same server.
+func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*flowResult, error) {
 	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
 	defer ts.Stop()
 	c := ts.GetDefaultClient()
@@ -174,8 +206,6 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 	w := worker.New(c, "bench-noop", worker.Options{})
 	w.RegisterWorkflowWithOptions(noopWorkflow, workflow.RegisterOptions{Name: "Noop"})
 	w.RegisterActivityWithOptions(noopActivity, activity.RegisterOptions{Name: "NoopActivity"})
-	w.RegisterWorkflowWithOptions(timerProbe, workflow.RegisterOptions{Name: "TimerProbe"})
-	w.RegisterActivityWithOptions(probeActivity, activity.RegisterOptions{Name: "ProbeActivity"})
 	if err := w.Start(); err != nil {
 		return nil, err
 	}
@@ -196,16 +226,32 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 	r.NoopRate = float64(cfg.flows) / r.NoopSeconds
 	r.Ratio = r.FullRate / r.NoopRate
 
-	// Timers: all due at one instant, far enough out that every probe has
-	// set its timer first (starting them is timed and reported: a start
-	// that ran past the due time would count start-up as lateness).
-	lead := 15 * time.Second
-	if cfg.smoke {
-		lead = 3 * time.Second
+	if r.FullEvents, err = historyEvents(ctx, c, ids.Intervention(drafts[0])); err != nil {
+		return nil, err
 	}
+	if r.NoopEvents, err = historyEvents(ctx, c, runs[0].GetID()); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// timerRun starts n probes due from lead ahead to lead+window ahead, evenly,
+// and reports how late each one's activity ran.
+func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Duration) (timerResult, error) {
+	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	defer ts.Stop()
+	c := ts.GetDefaultClient()
+	w := worker.New(c, "bench-timers", worker.Options{})
+	w.RegisterWorkflowWithOptions(timerProbe, workflow.RegisterOptions{Name: "TimerProbe"})
+	w.RegisterActivityWithOptions(probeActivity, activity.RegisterOptions{Name: "ProbeActivity"})
+	if err := w.Start(); err != nil {
+		return timerResult{}, err
+	}
+	defer w.Stop()
+	r := timerResult{Timers: n, Lead: lead, Window: window}
 	started := time.Now()
-	due := started.Add(lead)
-	probes := make([]client.WorkflowRun, cfg.timers)
+	first := started.Add(lead)
+	probes := make([]client.WorkflowRun, n)
 	var startErr error
 	var mu sync.Mutex
 	var sg sync.WaitGroup
@@ -214,7 +260,8 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 		go func() {
 			defer sg.Done()
 			for i := g; i < len(probes); i += 8 {
-				run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "bench-noop"}, "TimerProbe", due)
+				due := first.Add(window * time.Duration(i) / time.Duration(n))
+				run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "bench-timers"}, "TimerProbe", due)
 				mu.Lock()
 				probes[i] = run
 				startErr = cmp.Or(startErr, err)
@@ -224,14 +271,14 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 	}
 	sg.Wait()
 	if startErr != nil {
-		return nil, startErr
+		return r, startErr
 	}
-	r.TimerStart, r.TimerLead = time.Since(started), lead
+	r.Start = time.Since(started)
 	var late []time.Duration
 	for _, p := range probes {
 		var l time.Duration
 		if err := p.Get(ctx, &l); err != nil {
-			return nil, err
+			return r, err
 		}
 		if l < 0 {
 			r.Early++
@@ -239,9 +286,30 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 		late = append(late, l)
 	}
 	slices.Sort(late)
-	r.Timers = len(late)
-	r.TimerP50, r.TimerP99, r.TimerMax = late[len(late)/2], late[len(late)*99/100], late[len(late)-1]
+	r.P50, r.P99, r.Max = late[len(late)/2], late[len(late)*99/100], late[len(late)-1]
 	return r, nil
+}
+
+// historyEvents counts the events of a workflow and of the child workflows
+// it started: the work the server does for it.
+func historyEvents(ctx context.Context, c client.Client, id string) (int, error) {
+	n := 0
+	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			return 0, fmt.Errorf("history of %s: %w", id, err)
+		}
+		n++
+		if a := e.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
+			m, err := historyEvents(ctx, c, a.GetWorkflowId())
+			if err != nil {
+				return 0, err
+			}
+			n += m
+		}
+	}
+	return n, nil
 }
 
 // oneFlow schedules one intervention, records "accepted" after its start,
