@@ -34,9 +34,12 @@ func (s *rssSampler) peak() int64 {
 	return v
 }
 
-// readRSS returns VmRSS in bytes (Linux), or 0.
-func readRSS() int64 {
-	f, err := os.Open("/proc/self/status")
+// readRSS returns this process's VmRSS in bytes (Linux), or 0.
+func readRSS() int64 { return readRSSOf("self") }
+
+// readRSSOf returns the VmRSS of process pid in bytes (Linux), or 0.
+func readRSSOf(pid string) int64 {
+	f, err := os.Open("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
 	}

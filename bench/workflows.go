@@ -145,43 +145,11 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	if err != nil {
 		return nil, err
 	}
-	as := func(subject string, role auth.Role) context.Context {
-		return auth.WithToken(ctx, env.issuer.MustMint(auth.TokenOptions{Subject: subject, Clinic: "flows", Roles: []auth.Role{role}, TTL: time.Hour}))
-	}
-	counselor, admin, ehr := as("c", auth.RoleCounselor), as("a", auth.RoleClinicAdmin), as("e", auth.RoleEHR)
-	prog, err := ref.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/flows", Program: &referralsv1.Program{
-		DisplayName: "MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}})
+	counselor, ehr, drafts, err := prepareFlows(ctx, env, fam, iv, ref, cfg.flows)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := ref.ReportCapacity(admin, &referralsv1.ReportCapacityRequest{Name: prog.GetName(), AvailableSlots: int32(cfg.flows * 2)}); err != nil {
-		return nil, err
-	}
-	// Families and drafts are prepared before the clock starts.
 	wait := 2 * time.Second
-	drafts := make([]string, cfg.flows)
-	for i := range drafts {
-		f, err := fam.CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/flows", Family: &familiesv1.Family{
-			LovedOne: &familiesv1.LovedOne{GivenName: "B"}, Counselor: "c",
-			Members: []*familiesv1.Member{{Id: "m", GivenName: "M", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}})
-		if err != nil {
-			return nil, err
-		}
-		// The EHR reports the program's answers: it needs the patient's consent.
-		if _, err := fam.CreateConsent(counselor, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
-			Consent: families.TreatmentConsent("Bench clinic", "e", "B", time.Now())}); err != nil {
-			return nil, err
-		}
-		d, err := iv.CreateIntervention(counselor, &interventionsv1.CreateInterventionRequest{Parent: "clinics/flows", Intervention: &interventionsv1.Intervention{
-			Family: f.GetName(), Counselor: fmt.Sprintf("c-%d", i), StartTime: timestamppb.New(time.Now().Add(time.Hour)),
-			ExpectedDuration: durationpb.New(15 * time.Minute),
-			Place:            &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
-			Participants:     []*interventionsv1.Participant{{MemberId: "m", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}}})
-		if err != nil {
-			return nil, err
-		}
-		drafts[i] = d.GetName()
-	}
 	r := &flowResult{Flows: cfg.flows, MeetingWait: wait}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -310,6 +278,50 @@ func historyEvents(ctx context.Context, c client.Client, id string) (int, error)
 		}
 	}
 	return n, nil
+}
+
+// prepareFlows makes a MAT program with room for n, and n families with
+// consent and a draft intervention each, before any clock starts. It
+// returns the counselor's and the EHR's contexts and the drafts.
+func prepareFlows(ctx context.Context, env *benchEnv, fam familiesv1.FamiliesServiceClient, iv interventionsv1.InterventionsServiceClient,
+	ref referralsv1.ReferralsServiceClient, n int) (counselor, ehr context.Context, drafts []string, err error) {
+	as := func(subject string, role auth.Role) context.Context {
+		return auth.WithToken(ctx, env.issuer.MustMint(auth.TokenOptions{Subject: subject, Clinic: "flows", Roles: []auth.Role{role}, TTL: time.Hour}))
+	}
+	admin := as("a", auth.RoleClinicAdmin)
+	counselor, ehr = as("c", auth.RoleCounselor), as("e", auth.RoleEHR)
+	prog, err := ref.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/flows", Program: &referralsv1.Program{
+		DisplayName: "MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if _, err := ref.ReportCapacity(admin, &referralsv1.ReportCapacityRequest{Name: prog.GetName(), AvailableSlots: int32(n * 2)}); err != nil {
+		return nil, nil, nil, err
+	}
+	drafts = make([]string, n)
+	for i := range drafts {
+		f, err := fam.CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/flows", Family: &familiesv1.Family{
+			LovedOne: &familiesv1.LovedOne{GivenName: "B"}, Counselor: "c",
+			Members: []*familiesv1.Member{{Id: "m", GivenName: "M", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT}}}})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		// The EHR reports the program's answers: it needs the patient's consent.
+		if _, err := fam.CreateConsent(counselor, &familiesv1.CreateConsentRequest{Parent: f.GetName(),
+			Consent: families.TreatmentConsent("Bench clinic", "e", "B", time.Now())}); err != nil {
+			return nil, nil, nil, err
+		}
+		d, err := iv.CreateIntervention(counselor, &interventionsv1.CreateInterventionRequest{Parent: "clinics/flows", Intervention: &interventionsv1.Intervention{
+			Family: f.GetName(), Counselor: fmt.Sprintf("c-%d", i), StartTime: timestamppb.New(time.Now().Add(time.Hour)),
+			ExpectedDuration: durationpb.New(15 * time.Minute),
+			Place:            &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
+			Participants:     []*interventionsv1.Participant{{MemberId: "m", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}}})
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		drafts[i] = d.GetName()
+	}
+	return counselor, ehr, drafts, nil
 }
 
 // oneFlow schedules one intervention, records "accepted" after its start,
