@@ -31,8 +31,9 @@ import (
 
 // procMem is the resident memory of one handoff process.
 type procMem struct {
-	Name       string
-	Idle, Peak int64 // bytes
+	Name                     string
+	Idle, Peak               int64 // resident, bytes
+	IdlePrivate, PeakPrivate int64 // resident and not backed by a file (RssAnon)
 }
 
 // processBench runs the system as production does, one handoff process per
@@ -136,7 +137,8 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 	time.Sleep(2 * time.Second) // settled, relays and pollers idle
 	out := make([]procMem, len(procs))
 	for i, p := range procs {
-		out[i] = procMem{Name: names[i], Idle: readRSSOf(strconv.Itoa(p.Process.Pid))}
+		pid := strconv.Itoa(p.Process.Pid)
+		out[i] = procMem{Name: names[i], Idle: readRSSOf(pid, "VmRSS:"), IdlePrivate: readRSSOf(pid, "RssAnon:")}
 	}
 
 	// Under load: peaks sampled every 100 ms while the gateway serves
@@ -148,7 +150,9 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 		defer sampled.Done()
 		for t := time.NewTicker(100 * time.Millisecond); ; {
 			for i, p := range procs {
-				out[i].Peak = max(out[i].Peak, readRSSOf(strconv.Itoa(p.Process.Pid)))
+				pid := strconv.Itoa(p.Process.Pid)
+				out[i].Peak = max(out[i].Peak, readRSSOf(pid, "VmRSS:"))
+				out[i].PeakPrivate = max(out[i].PeakPrivate, readRSSOf(pid, "RssAnon:"))
 			}
 			select {
 			case <-stop:

@@ -59,10 +59,11 @@ func (r *report) markdown() string {
 	if r.procs != nil {
 		b.WriteString("## Memory of each process\n\nThe system as deployed, one `handoff` process per part (the Temporal server stays in the " +
 			"benchmark's process, standing in for the cluster). Idle is read two seconds after every part is up; the peak is sampled every 100 ms " +
-			"while the gateway serves creates and lists and interventions run to a completed intake.\n\n" +
-			"| process | idle | peak under load |\n|---|---:|---:|\n")
+			"while the gateway serves creates and lists and interventions run to a completed intake. " +
+			"Private is the part not backed by a file: the rest is mostly the pages of the one `handoff` binary, which the processes share.\n\n" +
+			"| process | idle: resident (private) | peak under load: resident (private) |\n|---|---:|---:|\n")
 		for _, p := range r.procs {
-			fmt.Fprintf(&b, "| %s | %s | %s |\n", p.Name, mib(p.Idle), mib(p.Peak))
+			fmt.Fprintf(&b, "| %s | %s (%s) | %s (%s) |\n", p.Name, mib(p.Idle), mib(p.IdlePrivate), mib(p.Peak), mib(p.PeakPrivate))
 		}
 		b.WriteString("\n")
 	}

@@ -35,10 +35,12 @@ func (s *rssSampler) peak() int64 {
 }
 
 // readRSS returns this process's VmRSS in bytes (Linux), or 0.
-func readRSS() int64 { return readRSSOf("self") }
+func readRSS() int64 { return readRSSOf("self", "VmRSS:") }
 
-// readRSSOf returns the VmRSS of process pid in bytes (Linux), or 0.
-func readRSSOf(pid string) int64 {
+// readRSSOf returns a memory field of /proc/<pid>/status in bytes (Linux),
+// or 0: VmRSS, or RssAnon for the part not backed by a file (the binary's
+// pages are backed by it, and shared by every process running it).
+func readRSSOf(pid, field string) int64 {
 	f, err := os.Open("/proc/" + pid + "/status")
 	if err != nil {
 		return 0
@@ -46,7 +48,7 @@ func readRSSOf(pid string) int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			return kb * 1024
 		}
