@@ -284,25 +284,20 @@ type profileScore struct {
 }
 
 // profileScores finds each profile whose programs offer a wanted service
-// and have the slots an immediate need asks for, by a loose index scan
-// (one index probe per profile, however many programs share it).
+// and have the slots an immediate need asks for, from the clinic's list of
+// profiles (one index probe per profile, however many programs share it).
 func (s *Server) profileScores(ctx context.Context, req *referralsv1.MatchProgramsRequest, clinic string, excluded []string,
 	minSlots, limit int) ([]profileScore, error) {
 	static := proto.Clone(req).(*referralsv1.MatchProgramsRequest)
 	static.PostalCode, static.Locality = "", ""
 	expr, args := scoreSQL(static, 6)
-	rows, err := s.pool.Query(ctx, `WITH RECURSIVE profiles(profile) AS (
-			(SELECT profile FROM programs WHERE clinic = $1 ORDER BY profile LIMIT 1)
-			UNION ALL
-			SELECT (SELECT p.profile FROM programs p WHERE p.clinic = $1 AND p.profile > profiles.profile ORDER BY p.profile LIMIT 1)
-			FROM profiles WHERE profiles.profile IS NOT NULL)
-		SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
+	rows, err := s.pool.Query(ctx, `SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
 			WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) LIMIT $5) n)
-		FROM profiles g CROSS JOIN LATERAL (SELECT `+expr+` AS score
+		FROM program_profiles g CROSS JOIN LATERAL (SELECT `+expr+` AS score
 			-- Any one program speaks for its profile: read one, then filter.
 			FROM (SELECT * FROM programs WHERE clinic = $1 AND profile = g.profile LIMIT 1) one
 			WHERE services && $2 AND available_slots >= $4) one
-		WHERE g.profile IS NOT NULL`, append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
+		WHERE g.clinic = $1`, append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("match programs: profiles: %w", err)
 	}

@@ -19,3 +19,26 @@ ALTER TABLE programs ADD COLUMN profile text NOT NULL GENERATED ALWAYS AS (
 CREATE INDEX programs_profile ON programs (clinic, profile, available_slots DESC, id COLLATE "C");
 CREATE INDEX programs_postal_profile ON programs (clinic, postal_code, profile, available_slots DESC, id COLLATE "C");
 CREATE INDEX programs_locality_profile ON programs (clinic, locality, profile, available_slots DESC, id COLLATE "C");
+
+-- The profiles each clinic's programs have had, so that a match reads a
+-- short list instead of searching the programs for their distinct
+-- profiles. Rows are only added (ON CONFLICT DO NOTHING takes no row lock,
+-- so capacity reports do not queue on a shared row); a profile no program
+-- has any more costs a match one index probe that finds nothing.
+CREATE TABLE program_profiles (
+    clinic  text NOT NULL,
+    profile text NOT NULL,
+    PRIMARY KEY (clinic, profile)
+);
+INSERT INTO program_profiles (clinic, profile) SELECT DISTINCT clinic, profile FROM programs;
+
+CREATE FUNCTION note_program_profile() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    INSERT INTO program_profiles (clinic, profile) VALUES (NEW.clinic, NEW.profile) ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER programs_profile_added AFTER INSERT ON programs
+    FOR EACH ROW EXECUTE FUNCTION note_program_profile();
+CREATE TRIGGER programs_profile_changed AFTER UPDATE ON programs
+    FOR EACH ROW WHEN (OLD.profile IS DISTINCT FROM NEW.profile) EXECUTE FUNCTION note_program_profile();
