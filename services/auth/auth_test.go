@@ -219,12 +219,13 @@ func TestVerifiedCacheIsBounded(t *testing.T) {
 	key := &mustKey(t).PublicKey
 	now := time.Now()
 	for i := 0; i < verifiedMax+10; i++ {
-		c.add(strconv.Itoa(i), key, now)
+		c.add(tokenHash(strconv.Itoa(i)), key, now)
 	}
 	if n := len(c.entries); n > verifiedMax || n == 0 {
 		t.Fatalf("cache holds %d entries, want 1..%d", n, verifiedMax)
 	}
-	if c.has("x", key, now) || !c.has(strconv.Itoa(verifiedMax+9), key, now) || c.has(strconv.Itoa(verifiedMax+9), key, now.Add(verifiedTTL)) {
+	last := tokenHash(strconv.Itoa(verifiedMax + 9))
+	if c.has(tokenHash("x"), key, now) || !c.has(last, key, now) || c.has(last, key, now.Add(verifiedTTL)) {
 		t.Fatal("cache answers wrongly")
 	}
 }

@@ -89,7 +89,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 	if v.Now != nil {
 		now = v.Now()
 	}
-	if !v.seen.has(token, key, now) {
+	if h := tokenHash(token); !v.seen.has(h, key, now) {
 		sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 		if err != nil || len(sig) != 64 {
 			return Principal{}, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
@@ -99,7 +99,7 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 		if !ecdsa.Verify(key, digest[:], r, s) {
 			return Principal{}, fmt.Errorf("%w: bad signature", ErrInvalidToken)
 		}
-		v.seen.add(token, key, now)
+		v.seen.add(h, key, now)
 	}
 	var c Claims
 	if err := decodeSegment(parts[1], &c); err != nil {

@@ -28,16 +28,17 @@ const (
 	verifiedMax = 10_000
 )
 
-func (c *verified) has(token string, key *ecdsa.PublicKey, now time.Time) bool {
-	h := sha256.Sum256([]byte(token))
+// tokenHash is the cache key: the whole token, signature included.
+func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+
+func (c *verified) has(h [32]byte, key *ecdsa.PublicKey, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[h]
 	return ok && e.key == key && now.Before(e.until)
 }
 
-func (c *verified) add(token string, key *ecdsa.PublicKey, now time.Time) {
-	h := sha256.Sum256([]byte(token))
+func (c *verified) add(h [32]byte, key *ecdsa.PublicKey, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.entries == nil {
