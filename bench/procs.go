@@ -112,7 +112,8 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 		}
 	}()
 	// The services first (each migrates its schema), then what calls them.
-	for _, name := range []string{"families", "referrals", "interventions", "webhooks", "worker", "gateway"} {
+	names := []string{"families", "referrals", "interventions", "webhooks", "worker", "gateway"}
+	for _, name := range names {
 		cmd := exec.CommandContext(ctx, bin, name)
 		cmd.Env, cmd.Stdout, cmd.Stderr = procEnv, logs, logs
 		if err := cmd.Start(); err != nil {
@@ -133,7 +134,6 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 	if err := waitHTTP(ctx, gwURL+"/readyz"); err != nil {
 		return nil, fmt.Errorf("gateway did not come up: %w", err)
 	}
-	names := []string{"families", "referrals", "interventions", "webhooks", "worker", "gateway"}
 	time.Sleep(2 * time.Second) // settled, relays and pollers idle
 	out := make([]procMem, len(procs))
 	for i, p := range procs {
