@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 
@@ -194,15 +193,21 @@ func rank(req *referralsv1.MatchProgramsRequest, progs []*referralsv1.Program) [
 
 // MatchPrograms implements the API. A program's score is its profile's
 // score (the features in programs.profile, the same for every program of a
-// profile) plus a place bonus of at most a few points. So PostgreSQL first
-// scores one program of each profile and counts up to max_results eligible
-// programs in it; profiles that, even with the largest place bonus, cannot
-// reach the max_results-th best profile score are dropped. Of each profile
-// kept, only its first max_results programs in match order can make the
-// list, for each place bonus: those few are scored in full and the best
-// returned, in the order score() and rank() give. The work thus grows with
-// the number of profiles, not of programs; score() then explains the few
-// programs returned.
+// profile) plus a place bonus of at most a few points. So one query, in one
+// round trip:
+//   - scores one program of each of the clinic's profiles and counts up to
+//     max_results eligible programs in it;
+//   - finds t, the score of the profile where the eligible programs, best
+//     profiles first, reach max_results: at least max_results programs
+//     score t or more, so a profile whose score plus the largest place bonus
+//     is below t holds none of the best, and is dropped;
+//   - of each profile kept, reads only its first max_results programs in
+//     match order for each place tier (postal code, town, the rest), scores
+//     those few in full and returns the best, in the order score() and
+//     rank() give.
+//
+// The work thus grows with the number of profiles, not of programs; score()
+// then explains the few programs returned.
 func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgramsRequest) (*referralsv1.MatchProgramsResponse, error) {
 	clinic, err := parentClinic(ctx, req.GetParent())
 	if err != nil {
@@ -224,29 +229,24 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	if req.GetUrgency() == referralsv1.Urgency_URGENCY_IMMEDIATE {
 		minSlots = 1
 	}
-	profiles, err := s.profileScores(ctx, req, clinic, excluded, minSlots, limit)
-	if err != nil {
-		return nil, err
-	}
-	// The place bonus a program can add to its profile's score.
+	// $1 clinic, $2 wanted services, $3 excluded ids, $4 minimum slots, $5
+	// limit, $6 the largest place bonus, then the place and score arguments.
 	bonus := int32(0)
 	if req.GetPostalCode() != "" {
 		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE]
 	} else if req.GetLocality() != "" {
 		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_LOCALITY]
 	}
-	kept := keepProfiles(profiles, limit, bonus)
-	if len(kept) == 0 {
-		return &referralsv1.MatchProgramsResponse{}, nil
-	}
+	args := []any{clinic, enumInts(wanted(req)), excluded, minSlots, limit, bonus}
+	static := proto.Clone(req).(*referralsv1.MatchProgramsRequest)
+	static.PostalCode, static.Locality = "", ""
+	staticExpr, staticArgs := scoreSQL(static, len(args)+1)
+	args = append(args, staticArgs...)
 
-	// Each place tier of a kept profile, in match order: programs of the
-	// family's postal code, then of its town, then the rest.
-	args := []any{clinic, kept, excluded, limit}
 	var tiers []string
 	tier := func(cond string) {
 		tiers = append(tiers, `(SELECT * FROM programs p WHERE p.clinic = $1 AND p.profile = g.profile AND NOT (p.id = ANY($3))`+cond+`
-			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $4)`)
+			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $5)`)
 	}
 	rest := ""
 	if pc := req.GetPostalCode(); pc != "" {
@@ -261,10 +261,23 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	}
 	tier(rest)
 	expr, exprArgs := scoreSQL(req, len(args)+1)
-	rows, err := s.pool.Query(ctx, `WITH candidates AS (
-			SELECT c.* FROM unnest($2::text[]) AS g(profile) CROSS JOIN LATERAL (`+strings.Join(tiers, " UNION ALL ")+`) c)
+	args = append(args, exprArgs...)
+	rows, err := s.pool.Query(ctx, `WITH profiles AS (
+			SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
+				WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) LIMIT $5) n) AS eligible
+			FROM program_profiles g CROSS JOIN LATERAL (SELECT `+staticExpr+` AS score
+				-- Any one program speaks for its profile: read one, then filter.
+				FROM (SELECT * FROM programs WHERE clinic = $1 AND profile = g.profile LIMIT 1) one
+				WHERE services && $2 AND available_slots >= $4) one
+			WHERE g.clinic = $1),
+		kept AS (
+			SELECT profile FROM profiles WHERE eligible > 0 AND score + $6 >= coalesce(
+				(SELECT score FROM (SELECT score, sum(eligible) OVER (ORDER BY score DESC ROWS UNBOUNDED PRECEDING) AS seen
+					FROM profiles) x WHERE seen >= $5 ORDER BY score DESC LIMIT 1), -2147483648)),
+		candidates AS (
+			SELECT c.* FROM kept g CROSS JOIN LATERAL (`+strings.Join(tiers, " UNION ALL ")+`) c)
 		`+strings.Replace(programSelect, " FROM programs", " FROM candidates", 1)+`
-		ORDER BY `+expr+` DESC, available_slots DESC, id COLLATE "C" LIMIT $4`, append(args, exprArgs...)...)
+		ORDER BY `+expr+` DESC, available_slots DESC, id COLLATE "C" LIMIT $5`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
@@ -273,61 +286,6 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 		return nil, fmt.Errorf("match programs: %w", err)
 	}
 	return &referralsv1.MatchProgramsResponse{Matches: rank(req, progs)}, nil
-}
-
-// profileScore is one profile's score without the place bonus, and how
-// many of its programs are eligible (counted up to the limit).
-type profileScore struct {
-	Profile  string
-	Score    int32
-	Eligible int
-}
-
-// profileScores finds each profile whose programs offer a wanted service
-// and have the slots an immediate need asks for, from the clinic's list of
-// profiles (one index probe per profile, however many programs share it).
-func (s *Server) profileScores(ctx context.Context, req *referralsv1.MatchProgramsRequest, clinic string, excluded []string,
-	minSlots, limit int) ([]profileScore, error) {
-	static := proto.Clone(req).(*referralsv1.MatchProgramsRequest)
-	static.PostalCode, static.Locality = "", ""
-	expr, args := scoreSQL(static, 6)
-	rows, err := s.pool.Query(ctx, `SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
-			WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) LIMIT $5) n)
-		FROM program_profiles g CROSS JOIN LATERAL (SELECT `+expr+` AS score
-			-- Any one program speaks for its profile: read one, then filter.
-			FROM (SELECT * FROM programs WHERE clinic = $1 AND profile = g.profile LIMIT 1) one
-			WHERE services && $2 AND available_slots >= $4) one
-		WHERE g.clinic = $1`, append([]any{clinic, enumInts(wanted(req)), excluded, minSlots, limit}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("match programs: profiles: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[profileScore])
-	if err != nil {
-		return nil, fmt.Errorf("match programs: profiles: %w", err)
-	}
-	return out, nil
-}
-
-// keepProfiles returns the profiles that may hold one of the best limit
-// programs: the limit-th best program scores at least t, the score of the
-// profile where the eligible programs, best profiles first, reach limit; a
-// profile whose score plus the largest place bonus is below t holds none.
-func keepProfiles(ps []profileScore, limit int, bonus int32) []string {
-	slices.SortFunc(ps, func(a, b profileScore) int { return cmp.Compare(b.Score, a.Score) })
-	t, n := int32(math.MinInt32), 0
-	for _, p := range ps {
-		if n += p.Eligible; n >= limit {
-			t = p.Score
-			break
-		}
-	}
-	var kept []string
-	for _, p := range ps {
-		if p.Eligible > 0 && p.Score+bonus >= t {
-			kept = append(kept, p.Profile)
-		}
-	}
-	return kept
 }
 
 // scoreSQL is score()'s total as a SQL expression over a programs row, for

@@ -34,7 +34,7 @@ func some[T any](r *rand.Rand, xs []T) []T {
 func TestScoreSQLAgreesWithScore(t *testing.T) { checkMatching(t, false) }
 
 // The same on a directory where many programs share a profile, so that
-// MatchPrograms drops profiles and cuts each one short (see keepProfiles),
+// MatchPrograms drops profiles and cuts each one short (see MatchPrograms),
 // with programs excluded by the request.
 func TestMatchingAgreesOnSharedProfiles(t *testing.T) { checkMatching(t, true) }
 
