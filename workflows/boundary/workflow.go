@@ -153,7 +153,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	} else if w.st.Reinforced && w.st.Referred && workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
-		if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+		if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
 			return Result{}, err
 		}
 	}
@@ -191,7 +191,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	if w.st.Reinforced && w.st.Referred {
 		return nil
 	}
-	if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+	if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
 		return err
 	}
 	if w.safety.Status != "CURRENT" {
@@ -210,7 +210,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	w.step = "reinforcing"
 	if !w.st.Reinforced {
 		for _, b := range w.safety.Boundaries {
-			if err := workflow.ExecuteActivity(ctx, flow.A.ReinforceBoundary, activities.ReinforceRequest{
+			if err := flow.Execute(ctx, flow.A.ReinforceBoundary, activities.ReinforceRequest{
 				Boundary: b, Reason: "reinforced after the intervention was " + strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")),
 				RequestID: flow.RequestID(ctx, w.id("reinforce|"+b)),
 			}).Get(ctx, nil); err != nil {
@@ -230,7 +230,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	}
 	if !w.st.Referred {
 		if w.safety.ContactPerson != "" {
-			if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
 				Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING"}, Urgency: "ROUTINE",
 				RequestID: flow.RequestID(ctx, w.id("family-support")),
@@ -248,7 +248,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 }
 
 func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds ...string) error {
-	return workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+	return flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
 		Family: w.in.Family, Intervention: w.in.Intervention, Kinds: kinds, Urgency: urgency,
 		RequestID: flow.RequestID(ctx, w.id(purpose)),
 	}).Get(ctx, nil)
@@ -379,7 +379,7 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 func (w *wf) escalate(ctx workflow.Context, why string) error {
 	w.st.Escalated = true
 	level := min(w.in.Level+1, 3)
-	if err := workflow.ExecuteActivity(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+	if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
 		return err
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
@@ -392,7 +392,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		slices.Sort(w.safety.WithConsequence)
 		notes += " Consequences to state are those of the active boundaries: " + strings.Join(w.safety.WithConsequence, ", ") + "."
 	}
-	if err := workflow.ExecuteActivity(ctx, flow.A.ProposeIntervention, activities.ProposeRequest{
+	if err := flow.Execute(ctx, flow.A.ProposeIntervention, activities.ProposeRequest{
 		Previous: w.in.Intervention, Level: level, Notes: notes, RequestID: flow.RequestID(ctx, w.id("propose")),
 	}).Get(ctx, &w.st.Proposed); err != nil {
 		return err

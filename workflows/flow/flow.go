@@ -21,21 +21,51 @@ var A *activities.Activities
 // TaskQueue is the task queue of Handoff's worker.
 const TaskQueue = "handoff"
 
+// versionLocalActivities guards calling the services as local activities.
+// Histories from before it scheduled every call as an activity and replay
+// that way.
+const versionLocalActivities = "local-activities"
+
+type localKey struct{}
+
 // WithActivityOptions gives every activity a 30 s attempt, retries with
-// backoff for up to 10 minutes, and stops at once on the errors activities
-// mark non-retryable (invalid argument, not found, failed precondition).
+// backoff for up to a day, and stops at once on the errors activities mark
+// non-retryable (invalid argument, not found, failed precondition). It also
+// decides, once per run, whether Execute calls activities as local
+// activities: every call is a short, idempotent request to a Handoff
+// service, and a local activity records one marker where an activity costs
+// the server three events and a workflow task of its own.
 func WithActivityOptions(ctx workflow.Context) workflow.Context {
-	return workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
+	retry := &temporal.RetryPolicy{
+		InitialInterval:    time.Second,
+		BackoffCoefficient: 2,
+		MaximumInterval:    time.Minute,
+	}
+	ctx = workflow.WithActivityOptions(ctx, workflow.ActivityOptions{
 		StartToCloseTimeout: 30 * time.Second,
 		// Workflows run for weeks: a service outage of an hour must delay
 		// them, not end them. Every mutating call is idempotent.
 		ScheduleToCloseTimeout: 24 * time.Hour,
-		RetryPolicy: &temporal.RetryPolicy{
-			InitialInterval:    time.Second,
-			BackoffCoefficient: 2,
-			MaximumInterval:    time.Minute,
-		},
+		RetryPolicy:            retry,
 	})
+	// Retries longer than a workflow task's timeout wait on a server timer
+	// (the SDK's doing), so an outage costs no more than it did.
+	ctx = workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
+		StartToCloseTimeout:    30 * time.Second,
+		ScheduleToCloseTimeout: 24 * time.Hour,
+		RetryPolicy:            retry,
+	})
+	local := workflow.GetVersion(ctx, versionLocalActivities, workflow.DefaultVersion, 1) >= 1
+	return workflow.WithValue(ctx, localKey{}, local)
+}
+
+// Execute calls an activity of Activities the way this run decided in
+// WithActivityOptions.
+func Execute(ctx workflow.Context, activity any, args ...any) workflow.Future {
+	if local, _ := ctx.Value(localKey{}).(bool); local {
+		return workflow.ExecuteLocalActivity(ctx, activity, args...)
+	}
+	return workflow.ExecuteActivity(ctx, activity, args...)
 }
 
 // RequestID derives the request id of one mutating call from the workflow id
@@ -58,7 +88,7 @@ func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, rel
 // runs for weeks on a snapshot of the family.
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) (string, error) {
 	var name string
-	err := workflow.ExecuteActivity(ctx, A.SendReminder, activities.ReminderRequest{
+	err := Execute(ctx, A.SendReminder, activities.ReminderRequest{
 		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
 		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
 	}).Get(ctx, &name)
@@ -147,7 +177,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		// again in the next run; its request id, the same in every run,
 		// makes the service return the reminder it already created.
 		var next string
-		if err := workflow.ExecuteActivity(ctx, A.ResendReminder, activities.ResendRequest{
+		if err := Execute(ctx, A.ResendReminder, activities.ResendRequest{
 			Failed: p.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+p.Reminder),
 		}).Get(ctx, &next); err != nil {
 			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
@@ -182,6 +212,6 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 // see the settings the workflow ran with.
 func Settings(ctx workflow.Context, clinic string) (activities.Settings, error) {
 	var s activities.Settings
-	err := workflow.ExecuteActivity(ctx, A.LoadSettings, clinic).Get(ctx, &s)
+	err := Execute(ctx, A.LoadSettings, clinic).Get(ctx, &s)
 	return s, err
 }
