@@ -74,6 +74,11 @@ type wf struct {
 	// each intake reminder sent to the appointment it names.
 	appointment time.Time
 	upcoming    map[string]time.Time
+	// The timer follow waits on, kept while its deadline stands.
+	keepTimer   workflow.Version
+	timerFuture workflow.Future
+	timerAt     time.Time
+	timerCancel workflow.CancelFunc
 }
 
 // Workflow is the MAT intake workflow.
@@ -93,12 +98,12 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, w.staleReminder)
-	if err := workflow.ExecuteActivity(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
+	if err := flow.Execute(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
 		return Result{}, err
 	}
 	hold := w.in.Hold
 	for len(w.tried) < w.settings.MaxPrograms {
-		err := workflow.ExecuteActivity(ctx, flow.A.StartImmediateReferral, activities.ImmediateRequest{
+		err := flow.Execute(ctx, flow.A.StartImmediateReferral, activities.ImmediateRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Hold: hold, Exclude: w.tried, FirstContact: w.in.FirstContact,
 			RequestID: flow.RequestID(ctx, fmt.Sprintf("referral|%d", len(w.tried))),
 		}).Get(ctx, &w.referral)
@@ -149,14 +154,15 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		}
 		var t Transition
 		got := false
-		tctx, cancel := workflow.WithCancel(ctx)
 		sel := workflow.NewSelector(ctx)
 		sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &t); got = true })
 		if !next.IsZero() {
-			sel.AddFuture(workflow.NewTimer(tctx, max(0, next.Sub(workflow.Now(ctx)))), func(workflow.Future) {})
+			sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
 		}
 		sel.Select(ctx)
-		cancel()
+		if w.keepTimer < 1 {
+			w.stopTimer()
+		}
 		now := workflow.Now(ctx)
 		if !got {
 			for len(pending) > 0 && !now.Before(pending[0].At) {
@@ -185,7 +191,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			continue // an older referral of this intake, already given up
 		}
 		// The signal says something changed; the service says what is true.
-		if err := workflow.ExecuteActivity(ctx, flow.A.ReferralStatus, w.referral.Name).Get(ctx, &info); err != nil {
+		if err := flow.Execute(ctx, flow.A.ReferralStatus, w.referral.Name).Get(ctx, &info); err != nil {
 			return "", info, err
 		}
 		w.state, w.appointment = info.State, info.Appointment
@@ -230,6 +236,33 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 	}
 }
 
+// versionKeepTimer guards keeping the deadline's timer across signals that
+// leave the deadline where it was; before it, every signal cancelled the
+// timer and the next wait started another, two events each time.
+const versionKeepTimer = "keep-intake-timer"
+
+// timer returns a timer that fires at at, reusing the one already running
+// for the same time.
+func (w *wf) timer(ctx workflow.Context, at time.Time) workflow.Future {
+	if w.keepTimer == 0 {
+		w.keepTimer = workflow.GetVersion(ctx, versionKeepTimer, workflow.DefaultVersion, 1)
+	}
+	if w.keepTimer >= 1 && w.timerFuture != nil && !w.timerFuture.IsReady() && w.timerAt.Equal(at) {
+		return w.timerFuture
+	}
+	w.stopTimer()
+	tctx, cancel := workflow.WithCancel(ctx)
+	w.timerFuture, w.timerAt, w.timerCancel = workflow.NewTimer(tctx, max(0, at.Sub(workflow.Now(ctx)))), at, cancel
+	return w.timerFuture
+}
+
+func (w *wf) stopTimer() {
+	if w.timerCancel != nil {
+		w.timerCancel()
+	}
+	w.timerFuture, w.timerCancel = nil, nil
+}
+
 // staleReminder reports whether a failed intake reminder's line no longer
 // deserves a resend: the appointment it names was moved, missed or kept, or
 // the referral it belongs to ended.
@@ -247,7 +280,7 @@ func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result
 		}
 	}
 	if member != "" {
-		if err := workflow.ExecuteActivity(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+		if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Member: member,
 			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE",
 			RequestID: flow.RequestID(ctx, "family-support"),

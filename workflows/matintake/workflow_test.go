@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
@@ -238,5 +240,37 @@ func TestRepeatedNoShowsEscalateAndSlowIntakeAlerts(t *testing.T) {
 	alert := h.kinds("INTAKE_OVERDUE")
 	if len(alert) != 1 || !alert[0].Due.Equal(time.Date(2026, 12, 10, 15, 0, 0, 0, time.UTC)) { // 72 h after the start
 		t.Fatalf("intake alert = %+v", alert)
+	}
+}
+
+// New runs call the services as local activities, and signals that leave
+// the next deadline where it was do not restart its timer: an activity costs
+// the server three events and a workflow task more than a local one, and
+// each timer restart two events.
+func TestLocalActivitiesAndOneDeadlineTimer(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	started, cancelled := 0, 0
+	h.env.SetOnTimerScheduledListener(func(string, time.Duration) { started++ })
+	h.env.SetOnTimerCanceledListener(func(string) { cancelled++ })
+	local, remote := 0, 0
+	h.env.SetOnLocalActivityStartedListener(func(*activity.Info, context.Context, []any) { local++ })
+	h.env.SetOnActivityStartedListener(func(*activity.Info, context.Context, converter.EncodedValues) { remote++ })
+	for i := 1; i <= 3; i++ {
+		h.transition(time.Duration(i)*time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	}
+	h.transition(4*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if started != 1 || cancelled != 0 {
+		t.Fatalf("timers started %d, cancelled %d; want the intake alert's timer alone, never restarted", started, cancelled)
+	}
+	// Settings, contacts, the referral, four status reads, family support.
+	if local != 8 || remote != 0 {
+		t.Fatalf("local activities %d, activities %d; want 8 local and none", local, remote)
 	}
 }
