@@ -194,8 +194,12 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	r.NoopRate = float64(cfg.flows) / r.NoopSeconds
 	r.Ratio = r.FullRate / r.NoopRate
 
-	if r.FullEvents, err = historyEvents(ctx, c, ids.Intervention(drafts[0])); err != nil {
-		return nil, err
+	for _, id := range []string{ids.Intervention(drafts[0]), ids.MATIntake(drafts[0])} {
+		n, err := historyEvents(ctx, c, id)
+		if err != nil {
+			return nil, err
+		}
+		r.FullEvents += n
 	}
 	if r.NoopEvents, err = historyEvents(ctx, c, runs[0].GetID()); err != nil {
 		return nil, err
