@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,11 @@ type result struct {
 	Duration   time.Duration
 	Throughput float64 // operations per second
 	P50, P99   time.Duration
+	Max        time.Duration
+	// SyncMax and SyncSlow are what a disk probe saw during the run: the
+	// slowest fsync of a small file, and how many took over 10 ms.
+	SyncMax  time.Duration
+	SyncSlow int
 }
 
 // closedLoop runs op from conc workers back to back for d and measures
@@ -93,6 +99,7 @@ func summarize(lat []time.Duration, errs int, d time.Duration) result {
 		r.Throughput = float64(len(lat)) / d.Seconds()
 		r.P50 = lat[len(lat)*50/100]
 		r.P99 = lat[min(len(lat)-1, len(lat)*99/100)]
+		r.Max = lat[len(lat)-1]
 	}
 	return r
 }
@@ -109,4 +116,60 @@ func latencies(ctx context.Context, n int, op func(ctx context.Context, i int) e
 		lat = append(lat, time.Since(t0))
 	}
 	return summarize(lat, 0, time.Since(start)), nil
+}
+
+// diskProbe writes 8 kB to a file of its own and fsyncs it, every 5 ms,
+// while a load runs: commits wait on the same kind of sync, so a stall in
+// the load that the probe also saw came from the disk, not from Handoff.
+type diskProbe struct {
+	stop chan struct{}
+	done chan struct{}
+	max  time.Duration
+	slow int
+	err  error
+}
+
+func startDiskProbe() *diskProbe {
+	p := &diskProbe{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		f, err := os.CreateTemp("", "handoff-bench-sync-*")
+		if err != nil {
+			p.err = err
+			return
+		}
+		defer os.Remove(f.Name())
+		defer f.Close()
+		buf := make([]byte, 8<<10)
+		for i := int64(0); ; i++ {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			t := time.Now()
+			if _, err := f.WriteAt(buf, (i%1024)*int64(len(buf))); err != nil {
+				p.err = err
+				return
+			}
+			if err := f.Sync(); err != nil {
+				p.err = err
+				return
+			}
+			d := time.Since(t)
+			p.max = max(p.max, d)
+			if d > 10*time.Millisecond {
+				p.slow++
+			}
+		}
+	}()
+	return p
+}
+
+// finish stops the probe and adds what it saw to r.
+func (p *diskProbe) finish(r *result) error {
+	close(p.stop)
+	<-p.done
+	r.SyncMax, r.SyncSlow = p.max, p.slow
+	return p.err
 }
