@@ -153,7 +153,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	} else if w.st.Reinforced && w.st.Referred && workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
-		if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 			return Result{}, err
 		}
 	}
@@ -191,7 +191,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	if w.st.Reinforced && w.st.Referred {
 		return nil
 	}
-	if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
 	}
 	if w.safety.Status != "CURRENT" {
@@ -210,10 +210,10 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	w.step = "reinforcing"
 	if !w.st.Reinforced {
 		for _, b := range w.safety.Boundaries {
-			if err := flow.Execute(ctx, flow.A.ReinforceBoundary, activities.ReinforceRequest{
+			if err := flow.Call(ctx, nil, flow.A.ReinforceBoundary, activities.ReinforceRequest{
 				Boundary: b, Reason: "reinforced after the intervention was " + strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")),
 				RequestID: flow.RequestID(ctx, w.id("reinforce|"+b)),
-			}).Get(ctx, nil); err != nil {
+			}); err != nil {
 				return err
 			}
 		}
@@ -230,11 +230,11 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	}
 	if !w.st.Referred {
 		if w.safety.ContactPerson != "" {
-			if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
 				Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING"}, Urgency: "ROUTINE",
 				RequestID: flow.RequestID(ctx, w.id("family-support")),
-			}).Get(ctx, nil); err != nil {
+			}); err != nil {
 				return err
 			}
 		}
@@ -248,10 +248,10 @@ func (w *wf) prepare(ctx workflow.Context) error {
 }
 
 func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds ...string) error {
-	return flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+	return flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 		Family: w.in.Family, Intervention: w.in.Intervention, Kinds: kinds, Urgency: urgency,
 		RequestID: flow.RequestID(ctx, w.id(purpose)),
-	}).Get(ctx, nil)
+	})
 }
 
 // wait sleeps until the next check-in or escalation, or a signal.
@@ -379,7 +379,7 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 func (w *wf) escalate(ctx workflow.Context, why string) error {
 	w.st.Escalated = true
 	level := min(w.in.Level+1, 3)
-	if err := flow.Execute(ctx, flow.A.FamilySafety, w.in.Family).Get(ctx, &w.safety); err != nil {
+	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
@@ -392,9 +392,9 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		slices.Sort(w.safety.WithConsequence)
 		notes += " Consequences to state are those of the active boundaries: " + strings.Join(w.safety.WithConsequence, ", ") + "."
 	}
-	if err := flow.Execute(ctx, flow.A.ProposeIntervention, activities.ProposeRequest{
+	if err := flow.Call(ctx, &w.st.Proposed, flow.A.ProposeIntervention, activities.ProposeRequest{
 		Previous: w.in.Intervention, Level: level, Notes: notes, RequestID: flow.RequestID(ctx, w.id("propose")),
-	}).Get(ctx, &w.st.Proposed); err != nil {
+	}); err != nil {
 		return err
 	}
 	return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "ESCALATION_PROPOSED", w.st.Proposed,

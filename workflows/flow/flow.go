@@ -6,6 +6,7 @@ package flow
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"slices"
 	"time"
 
@@ -31,10 +32,10 @@ type localKey struct{}
 // WithActivityOptions gives every activity a 30 s attempt, retries with
 // backoff for up to a day, and stops at once on the errors activities mark
 // non-retryable (invalid argument, not found, failed precondition). It also
-// decides, once per run, whether Execute calls activities as local
-// activities: every call is a short, idempotent request to a Handoff
-// service, and a local activity records one marker where an activity costs
-// the server three events and a workflow task of its own.
+// decides, once per run, whether Call tries a local activity first: every
+// call is a short, idempotent request to a Handoff service, and a local
+// activity records one marker where an activity costs the server three
+// events and a workflow task of its own.
 func WithActivityOptions(ctx workflow.Context) workflow.Context {
 	retry := &temporal.RetryPolicy{
 		InitialInterval:    time.Second,
@@ -48,24 +49,52 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 		ScheduleToCloseTimeout: 24 * time.Hour,
 		RetryPolicy:            retry,
 	})
-	// Retries longer than a workflow task's timeout wait on a server timer
-	// (the SDK's doing), so an outage costs no more than it did.
+	// The local try is short on purpose: its retries run inside the
+	// workflow task, and past the task's timeout each one would add a
+	// marker and a timer to the history. A service still failing after
+	// localBudget is left to the server's retries through an activity.
 	ctx = workflow.WithLocalActivityOptions(ctx, workflow.LocalActivityOptions{
-		StartToCloseTimeout:    30 * time.Second,
-		ScheduleToCloseTimeout: 24 * time.Hour,
+		StartToCloseTimeout:    localAttempt,
+		ScheduleToCloseTimeout: localBudget,
 		RetryPolicy:            retry,
 	})
 	local := workflow.GetVersion(ctx, versionLocalActivities, workflow.DefaultVersion, 1) >= 1
 	return workflow.WithValue(ctx, localKey{}, local)
 }
 
-// Execute calls an activity of Activities the way this run decided in
-// WithActivityOptions.
-func Execute(ctx workflow.Context, activity any, args ...any) workflow.Future {
+// How long a local try may take: an attempt, and all attempts with their
+// backoff (1, 2, 4 and 8 s, each shorter than a workflow task's default
+// timeout of 10 s, so no retry waits on a server timer).
+const (
+	localAttempt = 5 * time.Second
+	localBudget  = 25 * time.Second
+)
+
+// Call runs an activity of Activities and decodes its result into out (nil
+// for none). In runs that WithActivityOptions set for it, it tries a local
+// activity first and falls back to an activity when the local try failed
+// with an error worth retrying: the same arguments and request id, so the
+// service does nothing twice.
+func Call(ctx workflow.Context, out any, activity any, args ...any) error {
 	if local, _ := ctx.Value(localKey{}).(bool); local {
-		return workflow.ExecuteLocalActivity(ctx, activity, args...)
+		err := workflow.ExecuteLocalActivity(ctx, activity, args...).Get(ctx, out)
+		if !worthRetrying(err) {
+			return err
+		}
+		workflow.GetLogger(ctx).Warn("local activity failed; handing it to the server's retries", "error", err)
 	}
-	return workflow.ExecuteActivity(ctx, activity, args...)
+	return workflow.ExecuteActivity(ctx, activity, args...).Get(ctx, out)
+}
+
+// worthRetrying reports whether a failed local try should go on as an
+// activity: not when it succeeded, was cancelled, or failed with an error
+// the activity marked final.
+func worthRetrying(err error) bool {
+	if err == nil || temporal.IsCanceledError(err) {
+		return false
+	}
+	var app *temporal.ApplicationError
+	return !errors.As(err, &app) || !app.NonRetryable()
 }
 
 // RequestID derives the request id of one mutating call from the workflow id
@@ -88,10 +117,10 @@ func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, rel
 // runs for weeks on a snapshot of the family.
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) (string, error) {
 	var name string
-	err := Execute(ctx, A.SendReminder, activities.ReminderRequest{
+	err := Call(ctx, &name, A.SendReminder, activities.ReminderRequest{
 		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
 		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
-	}).Get(ctx, &name)
+	})
 	switch activities.ErrorType(err) {
 	case "CONTACT_NOT_ALLOWED", "InvalidArgument":
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
@@ -177,9 +206,9 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		// again in the next run; its request id, the same in every run,
 		// makes the service return the reminder it already created.
 		var next string
-		if err := Execute(ctx, A.ResendReminder, activities.ResendRequest{
+		if err := Call(ctx, &next, A.ResendReminder, activities.ResendRequest{
 			Failed: p.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+p.Reminder),
-		}).Get(ctx, &next); err != nil {
+		}); err != nil {
 			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
 			return
 		}
@@ -212,6 +241,6 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 // see the settings the workflow ran with.
 func Settings(ctx workflow.Context, clinic string) (activities.Settings, error) {
 	var s activities.Settings
-	err := Execute(ctx, A.LoadSettings, clinic).Get(ctx, &s)
+	err := Call(ctx, &s, A.LoadSettings, clinic)
 	return s, err
 }

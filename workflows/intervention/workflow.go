@@ -211,7 +211,7 @@ func (w *wf) setup(ctx workflow.Context) error {
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {
 	ctx = flow.WithActivityOptions(ctx)
-	if err := flow.Execute(ctx, flow.A.LoadPlan, w.in.Intervention).Get(ctx, &w.plan); err != nil {
+	if err := flow.Call(ctx, &w.plan, flow.A.LoadPlan, w.in.Intervention); err != nil {
 		return Result{}, err
 	}
 	w.loaded = true
@@ -282,10 +282,10 @@ func (w *wf) arm(ctx workflow.Context) error {
 func (w *wf) rescheduled(ctx workflow.Context) error {
 	w.rearm = false
 	w.generation++
-	if err := flow.Execute(ctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "rescheduled",
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|%d", w.generation)),
-	}).Get(ctx, nil); err != nil {
+	}); err != nil {
 		return err
 	}
 	if w.hold.Hold != "" && w.plan.Start.Add(w.plan.Duration).After(w.holdExpiry) {
@@ -380,10 +380,10 @@ func (w *wf) due(ctx workflow.Context) error {
 func (w *wf) takeHold(ctx workflow.Context) error {
 	expiry := w.end().Add(w.settings.HoldSlack)
 	var res activities.HoldResult
-	err := flow.Execute(ctx, flow.A.HoldTreatment, activities.HoldRequest{
+	err := flow.Call(ctx, &res, flow.A.HoldTreatment, activities.HoldRequest{
 		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)),
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("hold|%d|%d", w.generation, workflow.Now(ctx).Unix())),
-	}).Get(ctx, &res)
+	})
 	if err != nil {
 		// Holding is best effort: no capacity, or a program that turned the
 		// hold down, must not end the intervention. Try again later.
@@ -406,9 +406,9 @@ func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
 	if w.hold.Hold == "" {
 		return nil
 	}
-	err := flow.Execute(actx, flow.A.ReleaseHold, activities.ReleaseRequest{
+	err := flow.Call(actx, nil, flow.A.ReleaseHold, activities.ReleaseRequest{
 		Hold: w.hold.Hold, Reason: reason, RequestID: flow.RequestID(ctx, "release|"+w.hold.Hold),
-	}).Get(actx, nil)
+	})
 	if err == nil {
 		w.hold = activities.HoldResult{}
 	}
@@ -425,10 +425,10 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 	if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil {
 		return Result{}, err
 	}
-	if err := flow.Execute(dctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "intervention cancelled",
 		RequestID: flow.RequestID(ctx, "cancel-reminders|final"),
-	}).Get(dctx, nil); err != nil {
+	}); err != nil {
 		return Result{}, err
 	}
 	return Result{Outcome: "CANCELLED"}, nil
@@ -441,10 +441,10 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	o := *w.outcome
 	res := Result{Outcome: o.Kind}
 	// Reminders still pending for the meeting make no sense any more.
-	if err := flow.Execute(ctx, flow.A.CancelReminders, activities.CancelRemindersRequest{
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
 		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
-	}).Get(ctx, nil); err != nil {
+	}); err != nil {
 		return Result{}, err
 	}
 	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
@@ -460,10 +460,10 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		// first release of this workflow: versioned, so that histories
 		// recorded before it replay unchanged.
 		if v := workflow.GetVersion(ctx, "refer-services-accepted-beside-mat", workflow.DefaultVersion, 1); v >= 1 && len(others) > 0 {
-			if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
 				RequestID: flow.RequestID(ctx, "accepted-services"),
-			}).Get(ctx, nil); err != nil {
+			}); err != nil {
 				return Result{}, err
 			}
 		}
@@ -486,10 +486,10 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 			return Result{}, err
 		}
 		if len(o.AcceptedServices) > 0 {
-			if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: o.AcceptedServices, Urgency: "URGENT",
 				RequestID: flow.RequestID(ctx, "accepted-services"),
-			}).Get(ctx, nil); err != nil {
+			}); err != nil {
 				return Result{}, err
 			}
 		}

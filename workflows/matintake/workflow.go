@@ -98,15 +98,15 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, w.staleReminder)
-	if err := flow.Execute(ctx, flow.A.FamilyContacts, w.in.Family).Get(ctx, &w.contacts); err != nil {
+	if err := flow.Call(ctx, &w.contacts, flow.A.FamilyContacts, w.in.Family); err != nil {
 		return Result{}, err
 	}
 	hold := w.in.Hold
 	for len(w.tried) < w.settings.MaxPrograms {
-		err := flow.Execute(ctx, flow.A.StartImmediateReferral, activities.ImmediateRequest{
+		err := flow.Call(ctx, &w.referral, flow.A.StartImmediateReferral, activities.ImmediateRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Hold: hold, Exclude: w.tried, FirstContact: w.in.FirstContact,
 			RequestID: flow.RequestID(ctx, fmt.Sprintf("referral|%d", len(w.tried))),
-		}).Get(ctx, &w.referral)
+		})
 		if activities.ErrorType(err) == "NO_PROGRAM" {
 			break
 		}
@@ -191,7 +191,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			continue // an older referral of this intake, already given up
 		}
 		// The signal says something changed; the service says what is true.
-		if err := flow.Execute(ctx, flow.A.ReferralStatus, w.referral.Name).Get(ctx, &info); err != nil {
+		if err := flow.Call(ctx, &info, flow.A.ReferralStatus, w.referral.Name); err != nil {
 			return "", info, err
 		}
 		w.state, w.appointment = info.State, info.Appointment
@@ -280,11 +280,11 @@ func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result
 		}
 	}
 	if member != "" {
-		if err := flow.Execute(ctx, flow.A.CreateSupportReferrals, activities.SupportRequest{
+		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Member: member,
 			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE",
 			RequestID: flow.RequestID(ctx, "family-support"),
-		}).Get(ctx, nil); err != nil {
+		}); err != nil {
 			return Result{}, err
 		}
 	}

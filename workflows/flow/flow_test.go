@@ -1,0 +1,93 @@
+package flow_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+)
+
+// loadSettings is a workflow that makes one call through flow.Call.
+func loadSettings(ctx workflow.Context) (activities.Settings, error) {
+	var s activities.Settings
+	err := flow.Call(flow.WithActivityOptions(ctx), &s, flow.A.LoadSettings, "north")
+	return s, err
+}
+
+type counts struct{ local, remote, calls int }
+
+// run runs loadSettings against a LoadSettings that fails with err for its
+// first failures calls.
+func run(t *testing.T, failures int, err error) (activities.Settings, error, counts) {
+	t.Helper()
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(loadSettings)
+	env.RegisterActivity(&activities.Activities{})
+	var c counts
+	env.SetOnLocalActivityStartedListener(func(*activity.Info, context.Context, []any) { c.local++ })
+	env.SetOnActivityStartedListener(func(*activity.Info, context.Context, converter.EncodedValues) { c.remote++ })
+	want := activities.DefaultSettings()
+	want.MaxPrograms = 7
+	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(func(context.Context, string) (activities.Settings, error) {
+		c.calls++
+		if c.calls <= failures {
+			return activities.Settings{}, err
+		}
+		return want, nil
+	})
+	env.ExecuteWorkflow(loadSettings)
+	var got activities.Settings
+	werr := env.GetWorkflowError()
+	if werr == nil {
+		if err := env.GetWorkflowResult(&got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got, werr, c
+}
+
+func TestCallRunsLocallyWhenTheServiceAnswers(t *testing.T) {
+	got, err, c := run(t, 0, nil)
+	if err != nil || got.MaxPrograms != 7 {
+		t.Fatalf("result %+v, %v", got, err)
+	}
+	if c.local != 1 || c.remote != 0 {
+		t.Fatalf("local %d, activities %d; want one local call", c.local, c.remote)
+	}
+}
+
+// A service that keeps failing past the local budget is handed to the
+// server's retries, and the workflow still gets its answer.
+func TestCallFallsBackToAnActivityWhenTheLocalTryRunsOut(t *testing.T) {
+	got, err, c := run(t, 8, errors.New("unavailable"))
+	if err != nil || got.MaxPrograms != 7 {
+		t.Fatalf("result %+v, %v", got, err)
+	}
+	if c.local < 2 || c.remote < 1 {
+		t.Fatalf("local %d, activities %d; want local retries, then an activity", c.local, c.remote)
+	}
+	if c.local >= 8 {
+		t.Fatalf("local tries %d: the local budget did not stop them", c.local)
+	}
+}
+
+// An error the activity marked final ends the call at once, locally.
+func TestCallDoesNotRetryAFinalError(t *testing.T) {
+	_, err, c := run(t, 100, temporal.NewNonRetryableApplicationError("no such clinic", "NOT_FOUND", nil))
+	if activities.ErrorType(err) != "NOT_FOUND" {
+		t.Fatalf("error %v, want NOT_FOUND", err)
+	}
+	if c.local != 1 || c.remote != 0 || c.calls != 1 {
+		t.Fatalf("local %d, activities %d, calls %d; want one local call", c.local, c.remote, c.calls)
+	}
+}
