@@ -341,3 +341,34 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "declined.json")
 	e.recordHistory(ids.Boundary(f.GetName()), "boundary", "declined.json")
 }
+
+// Cancelled after the hold was taken: the workflow gives the slot back,
+// cancels the reminders still pending and ends CANCELLED.
+func TestCancelledReleasesTheHold(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, 7*time.Second)
+	var hold string
+	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
+		for _, it := range ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})).GetChecklist() {
+			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
+				hold = it.GetHold()
+			}
+		}
+		return hold != ""
+	})
+	ok(e.iv.CancelIntervention(e.counsel, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family asked to wait"}))
+	if res := e.result(iv.GetName()); res.Outcome != "CANCELLED" {
+		t.Fatalf("result = %+v", res)
+	}
+	if got := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: hold})); got.GetState() != referralsv1.HoldState_HOLD_STATE_RELEASED {
+		t.Fatalf("hold %s is %v, want released", hold, got.GetState())
+	}
+	pending := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("state = SCHEDULED AND related_resource = %q", iv.GetName())}))
+	if len(pending.GetReminders()) != 0 {
+		t.Fatalf("reminders still pending after the cancellation: %v", pending.GetReminders())
+	}
+	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "cancelled.json")
+}
