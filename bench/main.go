@@ -133,7 +133,7 @@ func main() {
 	}
 	if run("processes") {
 		step("memory of each process")
-		if rep.procs, err = processBench(ctx, env, cfg); err != nil {
+		if rep.procs, rep.deployed, err = processBench(ctx, env, cfg); err != nil {
 			fail(err)
 		}
 	}

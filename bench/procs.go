@@ -40,20 +40,20 @@ type procMem struct {
 // part (the Temporal server stays in this process, as a stand-in for the
 // cluster), and reads each process's resident memory when idle and its
 // peak while the gateway serves API load and interventions run to intake.
-func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, error) {
+func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, map[string]result, error) {
 	dir, err := os.MkdirTemp("", "handoff-bench-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "handoff")
 	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/handoff-health/handoff/services/cmd/handoff").CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build handoff: %w\n%s", err, out)
+		return nil, nil, fmt.Errorf("build handoff: %w\n%s", err, out)
 	}
 	key := make([]byte, 32)
 	pc, err := codec.New("k", map[string][]byte{"k": key})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
 	defer ts.Stop()
@@ -67,13 +67,13 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 	}
 	for name, body := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	addr := map[string]string{}
 	for _, name := range []string{"families", "interventions", "referrals", "webhooks", "gateway"} {
 		if addr[name], err = freeAddr(); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	prefix := env.prefix + "p_"
@@ -93,7 +93,7 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 		"HANDOFF_REFERRALS_ADDRESS="+addr["referrals"], "HANDOFF_WEBHOOKS_ADDRESS="+addr["webhooks"])
 	logs, err := os.Create(filepath.Join(dir, "processes.log"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer logs.Close()
 	var procs []*exec.Cmd
@@ -117,22 +117,22 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 		cmd := exec.CommandContext(ctx, bin, name)
 		cmd.Env, cmd.Stdout, cmd.Stderr = procEnv, logs, logs
 		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("start %s: %w", name, err)
+			return nil, nil, fmt.Errorf("start %s: %w", name, err)
 		}
 		procs = append(procs, cmd)
 		if a, ok := addr[name]; ok && name != "gateway" {
 			if conns[name], err = grpcclient.Dial(a, grpcclient.Config{}); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if err := serving(ctx, conns[name]); err != nil {
 				b, _ := os.ReadFile(logs.Name())
-				return nil, fmt.Errorf("%s did not come up: %w\n%s", name, err, tail(b, 3000))
+				return nil, nil, fmt.Errorf("%s did not come up: %w\n%s", name, err, tail(b, 3000))
 			}
 		}
 	}
 	gwURL := "http://" + addr["gateway"]
 	if err := waitHTTP(ctx, gwURL+"/readyz"); err != nil {
-		return nil, fmt.Errorf("gateway did not come up: %w", err)
+		return nil, nil, fmt.Errorf("gateway did not come up: %w", err)
 	}
 	time.Sleep(2 * time.Second) // settled, relays and pollers idle
 	out := make([]procMem, len(procs))
@@ -167,7 +167,54 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, er
 	sampled.Wait()
 	if err != nil {
 		b, _ := os.ReadFile(logs.Name())
-		return nil, fmt.Errorf("%w\n%s", err, tail(b, 3000))
+		return nil, nil, fmt.Errorf("%w\n%s", err, tail(b, 3000))
+	}
+	lat, err := deployedLatency(ctx, env, cfg, conns["families"])
+	if err != nil {
+		return nil, nil, fmt.Errorf("latency as deployed: %w", err)
+	}
+	return out, lat, nil
+}
+
+// deployedLatency repeats the API section's gRPC runs against the families
+// service in its own process, as deployed: saturation at the same
+// concurrency, then open loop at half of it with the disk probe alongside.
+// The load generator stays on the same cores.
+func deployedLatency(ctx context.Context, env *benchEnv, cfg config, conn *grpc.ClientConn) (map[string]result, error) {
+	fam := familiesv1.NewFamiliesServiceClient(conn)
+	gctx := auth.WithToken(ctx, env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: "flows", Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour}))
+	f, err := fam.CreateFamily(gctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/flows", Family: &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
+	if err != nil {
+		return nil, err
+	}
+	ops := map[string]func(ctx context.Context) error{
+		"get": func(context.Context) error {
+			_, err := fam.GetFamily(gctx, &familiesv1.GetFamilyRequest{Name: f.GetName()})
+			return err
+		},
+		"create": func(context.Context) error {
+			_, err := fam.CreateFamily(gctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/flows", Family: &familiesv1.Family{
+				LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
+			return err
+		},
+	}
+	out := map[string]result{}
+	for _, op := range []string{"get", "create"} {
+		fn := ops[op]
+		sat := closedLoop(ctx, cfg.conc, cfg.duration, func(ctx context.Context, _, _ int) error { return fn(ctx) })
+		if sat.Errors > 0 || sat.Ops == 0 {
+			return nil, fmt.Errorf("%s: %d errors in %d operations", op, sat.Errors, sat.Ops)
+		}
+		probe := startDiskProbe()
+		half := openLoop(ctx, sat.Throughput/2, cfg.duration, func(ctx context.Context, _ int) error { return fn(ctx) })
+		if err := probe.finish(&half); err != nil {
+			return nil, err
+		}
+		if half.Errors > 0 {
+			return nil, fmt.Errorf("%s at half saturation: %d errors", op, half.Errors)
+		}
+		out[op], out[op+" at half saturation"] = sat, half
 	}
 	return out, nil
 }

@@ -18,6 +18,7 @@ type report struct {
 	flows                     *flowResult
 	rssIdle, rssLoad, rssPeak int64
 	procs                     []procMem
+	deployed                  map[string]result // the families service in its own process
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
@@ -66,6 +67,17 @@ func (r *report) markdown() string {
 			fmt.Fprintf(&b, "| %s | %s (%s) | %s (%s) |\n", p.Name, mib(p.Idle), mib(p.IdlePrivate), mib(p.Peak), mib(p.PeakPrivate))
 		}
 		b.WriteString("\n")
+	}
+	if d := r.deployed; d != nil {
+		b.WriteString("## Latency as deployed\n\nThe API section's gRPC runs again, against the families service in its own `handoff` process " +
+			"(the load generator stays on the same cores): saturation at the same concurrency, then open loop at half of it, with the disk probe.\n\n" +
+			"| operation | saturation | rate at half | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, op := range []string{"get", "create"} {
+			s, h := d[op], d[op+" at half saturation"]
+			fmt.Fprintf(&b, "| %s | %.0f/s | %.0f/s | %s | %s | %s | %s | %d |\n", op, s.Throughput, h.Throughput, ms(h.P50), ms(h.P99), ms(h.Max), ms(h.SyncMax), h.SyncSlow)
+		}
+		hg, hc := d["get at half saturation"], d["create at half saturation"]
+		fmt.Fprintf(&b, "\nTarget p99 < 10 ms at half of saturation, as deployed: %s.\n\n", verdict(hg.P99 < 10*time.Millisecond && hc.P99 < 10*time.Millisecond))
 	}
 	b.WriteString("## Memory of the benchmark's own process (every part in one, with the load generator and the Temporal server)\n\n" +
 		"| when | resident |\n|---|---:|\n")
