@@ -243,39 +243,35 @@ func apiBench(ctx context.Context, env *benchEnv, conc int, d time.Duration) (ma
 	// probe runs alongside each.
 	for _, op := range []string{"get", "create"} {
 		rate := out["grpc "+op].Throughput / 2
-		var fn, floorFn func(ctx context.Context, i int) error
+		var fn, floorFn func(ctx context.Context) error
 		if op == "get" {
-			fn = func(ctx context.Context, _ int) error {
+			fn = func(ctx context.Context) error {
 				_, err := client.GetFamily(gctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
 				return err
 			}
-			floorFn = func(ctx context.Context, _ int) error { return get(ctx, floorURL+"/families/"+id, false) }
+			floorFn = func(ctx context.Context) error { return get(ctx, floorURL+"/families/"+id, false) }
 		} else {
-			fn = func(ctx context.Context, _ int) error {
+			fn = func(ctx context.Context) error {
 				_, err := client.CreateFamily(gctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
 					Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
 				return err
 			}
-			floorFn = func(ctx context.Context, _ int) error { return post(ctx, floorURL+"/families", false) }
+			floorFn = func(ctx context.Context) error { return post(ctx, floorURL+"/families", false) }
 		}
 		// A quarter of saturation tells queueing apart from hiccups that
 		// hit any single request.
 		for _, run := range []struct {
 			name string
 			rate float64
-			fn   func(ctx context.Context, i int) error
+			fn   func(ctx context.Context) error
 		}{
 			{"grpc " + op + " at half saturation", rate, fn},
 			{"floor " + op + " at half saturation", rate, floorFn},
 			{"grpc " + op + " at quarter saturation", rate / 2, fn},
 		} {
-			probe := startDiskProbe()
-			r := openLoop(ctx, run.rate, d, run.fn)
-			if err := probe.finish(&r); err != nil {
-				return nil, fmt.Errorf("disk probe: %w", err)
-			}
-			if r.Errors > 0 {
-				return nil, fmt.Errorf("%s: %d errors in %d operations", run.name, r.Errors, r.Ops)
+			r, err := openLoop(ctx, run.rate, d, run.fn)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", run.name, err)
 			}
 			out[run.name] = r
 		}

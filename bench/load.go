@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"sync"
@@ -60,8 +61,10 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(ctx cont
 }
 
 // openLoop starts op at a fixed rate for d, whatever the latency, and
-// measures latency: how the system behaves below saturation.
-func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx context.Context, i int) error) result {
+// measures latency: how the system behaves below saturation. A disk probe
+// runs alongside (see diskProbe). A failed operation fails the run.
+func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx context.Context) error) (result, error) {
+	probe := startDiskProbe()
 	var mu sync.Mutex
 	var lat []time.Duration
 	var errs atomic.Int64
@@ -78,7 +81,7 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 		go func() {
 			defer wg.Done()
 			t0 := time.Now()
-			if err := op(ctx, i); err != nil {
+			if err := op(ctx); err != nil {
 				errs.Add(1)
 				return
 			}
@@ -89,7 +92,14 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 		}()
 	}
 	wg.Wait()
-	return summarize(lat, int(errs.Load()), time.Since(start))
+	r := summarize(lat, int(errs.Load()), time.Since(start))
+	if err := probe.finish(&r); err != nil {
+		return r, fmt.Errorf("disk probe: %w", err)
+	}
+	if r.Errors > 0 {
+		return r, fmt.Errorf("%d errors in %d operations", r.Errors, r.Errors+r.Ops)
+	}
+	return r, nil
 }
 
 func summarize(lat []time.Duration, errs int, d time.Duration) result {
@@ -119,7 +129,7 @@ func latencies(ctx context.Context, n int, op func(ctx context.Context, i int) e
 }
 
 // diskProbe writes 8 kB to a file of its own and fsyncs it, every 5 ms,
-// while a load runs: commits wait on the same kind of sync, so a stall in
+// while an open-loop run goes on: commits wait on the same kind of sync, so a stall in
 // the load that the probe also saw came from the disk, not from Handoff.
 type diskProbe struct {
 	stop chan struct{}

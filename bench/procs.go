@@ -206,13 +206,9 @@ func deployedLatency(ctx context.Context, env *benchEnv, cfg config, conn *grpc.
 		if sat.Errors > 0 || sat.Ops == 0 {
 			return nil, fmt.Errorf("%s: %d errors in %d operations", op, sat.Errors, sat.Ops)
 		}
-		probe := startDiskProbe()
-		half := openLoop(ctx, sat.Throughput/2, cfg.duration, func(ctx context.Context, _ int) error { return fn(ctx) })
-		if err := probe.finish(&half); err != nil {
-			return nil, err
-		}
-		if half.Errors > 0 {
-			return nil, fmt.Errorf("%s at half saturation: %d errors", op, half.Errors)
+		half, err := openLoop(ctx, sat.Throughput/2, cfg.duration, fn)
+		if err != nil {
+			return nil, fmt.Errorf("%s at half saturation: %w", op, err)
 		}
 		out[op], out[op+" at half saturation"] = sat, half
 	}
