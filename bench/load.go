@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"sync"
@@ -22,6 +23,10 @@ type result struct {
 	// slowest fsync of a small file, and how many took over 10 ms.
 	SyncMax  time.Duration
 	SyncSlow int
+	// Steal is the share of the machine's CPU time the hypervisor gave to
+	// other guests during the run, StealPeak the largest share in any
+	// 100 ms of it (both NaN where /proc/stat cannot be read).
+	Steal, StealPeak float64
 }
 
 // closedLoop runs op from conc workers back to back for d and measures
@@ -62,9 +67,10 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(ctx cont
 
 // openLoop starts op at a fixed rate for d, whatever the latency, and
 // measures latency: how the system behaves below saturation. A disk probe
-// runs alongside (see diskProbe). A failed operation fails the run.
+// and a CPU steal sampler run alongside (see probe). A failed operation
+// fails the run.
 func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx context.Context) error) (result, error) {
-	probe := startDiskProbe()
+	probe := startProbe()
 	var mu sync.Mutex
 	var lat []time.Duration
 	var errs atomic.Int64
@@ -94,7 +100,7 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	wg.Wait()
 	r := summarize(lat, int(errs.Load()), time.Since(start))
 	if err := probe.finish(&r); err != nil {
-		return r, fmt.Errorf("disk probe: %w", err)
+		return r, fmt.Errorf("probe: %w", err)
 	}
 	if r.Errors > 0 {
 		return r, fmt.Errorf("%d errors in %d operations", r.Errors, r.Errors+r.Ops)
@@ -128,58 +134,83 @@ func latencies(ctx context.Context, n int, op func(ctx context.Context, i int) e
 	return summarize(lat, 0, time.Since(start)), nil
 }
 
-// diskProbe writes 8 kB to a file of its own and fsyncs it, every 5 ms,
-// while an open-loop run goes on: commits wait on the same kind of sync, so a stall in
-// the load that the probe also saw came from the disk, not from Handoff.
-type diskProbe struct {
-	stop chan struct{}
-	done chan struct{}
-	max  time.Duration
-	slow int
-	err  error
+// probe watches the machine while an open-loop run goes on. It writes
+// 8 kB to a file of its own and fsyncs it every 5 ms: commits wait on the
+// same kind of sync, so a stall in the load that the probe also saw came
+// from the disk, not from Handoff. And it reads the CPU time the
+// hypervisor stole every 100 ms: a stolen slice stalls whatever was on
+// that CPU.
+type probe struct {
+	stop      chan struct{}
+	done      sync.WaitGroup
+	syncMax   time.Duration
+	syncSlow  int
+	start     cpuTimes
+	stealPeak float64
+	err       error
 }
 
-func startDiskProbe() *diskProbe {
-	p := &diskProbe{stop: make(chan struct{}), done: make(chan struct{})}
+func startProbe() *probe {
+	p := &probe{stop: make(chan struct{}), start: readCPUTimes(), stealPeak: math.NaN()}
+	p.done.Add(2)
 	go func() {
-		defer close(p.done)
-		f, err := os.CreateTemp("", "handoff-bench-sync-*")
-		if err != nil {
-			p.err = err
-			return
-		}
-		defer os.Remove(f.Name())
-		defer f.Close()
-		buf := make([]byte, 8<<10)
-		for i := int64(0); ; i++ {
+		defer p.done.Done()
+		p.err = p.syncLoop()
+	}()
+	go func() {
+		defer p.done.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		last := p.start
+		for {
 			select {
 			case <-p.stop:
 				return
-			case <-time.After(5 * time.Millisecond):
+			case <-t.C:
 			}
-			t := time.Now()
-			if _, err := f.WriteAt(buf, (i%1024)*int64(len(buf))); err != nil {
-				p.err = err
-				return
+			if s := stealSince(last); !math.IsNaN(s) && (math.IsNaN(p.stealPeak) || s > p.stealPeak) {
+				p.stealPeak = s
 			}
-			if err := f.Sync(); err != nil {
-				p.err = err
-				return
-			}
-			d := time.Since(t)
-			p.max = max(p.max, d)
-			if d > 10*time.Millisecond {
-				p.slow++
-			}
+			last = readCPUTimes()
 		}
 	}()
 	return p
 }
 
+func (p *probe) syncLoop() error {
+	f, err := os.CreateTemp("", "handoff-bench-sync-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 8<<10)
+	for i := int64(0); ; i++ {
+		select {
+		case <-p.stop:
+			return nil
+		case <-time.After(5 * time.Millisecond):
+		}
+		t := time.Now()
+		if _, err := f.WriteAt(buf, (i%1024)*int64(len(buf))); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		d := time.Since(t)
+		p.syncMax = max(p.syncMax, d)
+		if d > 10*time.Millisecond {
+			p.syncSlow++
+		}
+	}
+}
+
 // finish stops the probe and adds what it saw to r.
-func (p *diskProbe) finish(r *result) error {
+func (p *probe) finish(r *result) error {
+	r.Steal = stealSince(p.start)
 	close(p.stop)
-	<-p.done
-	r.SyncMax, r.SyncSlow = p.max, p.slow
+	p.done.Wait()
+	r.SyncMax, r.SyncSlow, r.StealPeak = p.syncMax, p.syncSlow, p.stealPeak
 	return p.err
 }

@@ -108,6 +108,8 @@ func main() {
 		fail(err)
 	}
 	rep := &report{cfg: cfg, started: time.Now()}
+	step("the machine at rest")
+	rep.jitter = idleJitter(cfg.duration)
 	rss := startRSSSampler()
 	rep.rssIdle = rss.current()
 

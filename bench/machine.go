@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cpuTimes is the machine-wide line of /proc/stat: all CPU time so far
+// and the part of it the hypervisor gave to other guests (steal).
+type cpuTimes struct {
+	total, steal uint64
+	ok           bool
+}
+
+func readCPUTimes() cpuTimes {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	if !s.Scan() {
+		return cpuTimes{}
+	}
+	return parseCPUTimes(s.Text())
+}
+
+// parseCPUTimes reads the first line of /proc/stat:
+// cpu user nice system idle iowait irq softirq steal [guest guest_nice].
+func parseCPUTimes(line string) cpuTimes {
+	fields := strings.Fields(line)
+	if len(fields) < 9 || fields[0] != "cpu" {
+		return cpuTimes{}
+	}
+	var t cpuTimes
+	for i, f := range fields[1:9] { // guest time is already counted in user
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return cpuTimes{}
+		}
+		t.total += v
+		if i == 7 {
+			t.steal = v
+		}
+	}
+	t.ok = true
+	return t
+}
+
+// stealSince is the share of CPU time stolen between then and now, or NaN
+// where /proc/stat is not there to read.
+func stealSince(then cpuTimes) float64 {
+	now := readCPUTimes()
+	if !then.ok || !now.ok || now.total <= then.total {
+		return math.NaN()
+	}
+	return float64(now.steal-then.steal) / float64(now.total-then.total)
+}
+
+func pct(f float64) string {
+	if math.IsNaN(f) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f%%", f*100)
+}
+
+// jitterResult is how late a thread woke from 1 ms sleeps on an idle
+// machine: what any request would lose to the machine itself.
+type jitterResult struct {
+	Duration time.Duration
+	Sleeps   int
+	P99, Max time.Duration
+	Over10ms int
+	Steal    float64
+}
+
+// idleJitter sleeps 1 ms at a time on a thread of its own for d, before
+// any load, and records each oversleep. Nothing of Handoff runs then, so a
+// late wake-up is the machine's: the hypervisor or the kernel.
+func idleJitter(d time.Duration) jitterResult {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := readCPUTimes()
+	var late []time.Duration
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		t := time.Now()
+		time.Sleep(time.Millisecond)
+		late = append(late, max(0, time.Since(t)-time.Millisecond))
+	}
+	slices.Sort(late)
+	r := jitterResult{Duration: d, Sleeps: len(late), Steal: stealSince(before)}
+	if n := len(late); n > 0 {
+		r.P99, r.Max = late[min(n-1, n*99/100)], late[n-1]
+		for _, l := range late {
+			if l > 10*time.Millisecond {
+				r.Over10ms++
+			}
+		}
+	}
+	return r
+}

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"math"
+	"testing"
+	"time"
+)
+
+func TestParseCPUTimes(t *testing.T) {
+	got := parseCPUTimes("cpu  6707 0 5523 20815 396 0 325 5889 40 0")
+	// Guest time (40) is inside user already and must not count twice.
+	if !got.ok || got.total != 6707+5523+20815+396+325+5889 || got.steal != 5889 {
+		t.Fatalf("parseCPUTimes = %+v", got)
+	}
+	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8", "cpu 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
+		if parseCPUTimes(bad).ok {
+			t.Errorf("parseCPUTimes(%q) accepted a malformed line", bad)
+		}
+	}
+}
+
+func TestStealSinceWithoutProcStat(t *testing.T) {
+	if s := stealSince(cpuTimes{}); !math.IsNaN(s) {
+		t.Fatalf("stealSince of an unread start = %v, want NaN", s)
+	}
+	if pct(math.NaN()) != "n/a" || pct(0.25) != "25%" {
+		t.Fatalf("pct formats %q and %q", pct(math.NaN()), pct(0.25))
+	}
+}
+
+func TestIdleJitterCountsEverySleep(t *testing.T) {
+	r := idleJitter(50 * time.Millisecond)
+	// At most one wake-up per millisecond, and at least a few even on a
+	// loaded machine.
+	if r.Sleeps < 5 || r.Sleeps > 50 {
+		t.Fatalf("%d sleeps in 50 ms", r.Sleeps)
+	}
+	if r.Max < r.P99 || r.Over10ms > r.Sleeps {
+		t.Fatalf("inconsistent result %+v", r)
+	}
+}
