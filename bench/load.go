@@ -168,10 +168,11 @@ func startProbe() *probe {
 				return
 			case <-t.C:
 			}
-			if s := stealSince(last); !math.IsNaN(s) && (math.IsNaN(p.stealPeak) || s > p.stealPeak) {
+			now := readCPUTimes()
+			if s := stealBetween(last, now); !math.IsNaN(s) && (math.IsNaN(p.stealPeak) || s > p.stealPeak) {
 				p.stealPeak = s
 			}
-			last = readCPUTimes()
+			last = now
 		}
 	}()
 	return p

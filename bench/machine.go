@@ -56,12 +56,13 @@ func parseCPUTimes(line string) cpuTimes {
 
 // stealSince is the share of CPU time stolen between then and now, or NaN
 // where /proc/stat is not there to read.
-func stealSince(then cpuTimes) float64 {
-	now := readCPUTimes()
-	if !then.ok || !now.ok || now.total <= then.total {
+func stealSince(then cpuTimes) float64 { return stealBetween(then, readCPUTimes()) }
+
+func stealBetween(a, b cpuTimes) float64 {
+	if !a.ok || !b.ok || b.total <= a.total {
 		return math.NaN()
 	}
-	return float64(now.steal-then.steal) / float64(now.total-then.total)
+	return float64(b.steal-a.steal) / float64(b.total-a.total)
 }
 
 func pct(f float64) string {

@@ -19,6 +19,17 @@ func TestParseCPUTimes(t *testing.T) {
 	}
 }
 
+func TestStealBetween(t *testing.T) {
+	a := cpuTimes{total: 1000, steal: 100, ok: true}
+	b := cpuTimes{total: 1200, steal: 150, ok: true}
+	if got := stealBetween(a, b); got != 0.25 {
+		t.Fatalf("stealBetween = %v, want 0.25", got)
+	}
+	if got := stealBetween(a, a); !math.IsNaN(got) {
+		t.Fatalf("stealBetween with no time passed = %v, want NaN", got)
+	}
+}
+
 func TestStealSinceWithoutProcStat(t *testing.T) {
 	if s := stealSince(cpuTimes{}); !math.IsNaN(s) {
 		t.Fatalf("stealSince of an unread start = %v, want NaN", s)
