@@ -159,10 +159,11 @@ func (r *report) flowSection(b *strings.Builder) {
 	fmt.Fprintf(b, "| ceiling: a no-op workflow with one activity | %.1f s | %.2f |\n", f.NoopSeconds, f.NoopRate)
 	fmt.Fprintf(b, "\nRatio %.2f; target ≥ 0.50: %s.\n\n", f.Ratio, verdict(f.Ratio >= 0.5))
 	fullEv, noopEv := float64(f.FullEvents)*f.FullRate, float64(f.NoopEvents)*f.NoopRate
-	fmt.Fprintf(b, "What the server does for each: an intervention carried to intake is %d history events (its workflow and the MAT intake child), "+
+	fmt.Fprintf(b, "What the server does for each: an intervention carried to intake is %d history events (%d in its workflow, %d in the MAT intake child), "+
 		"the no-op %d (the flow loads the plan and settings, holds a place, places reminders, waits for the outcome, starts the referral "+
-		"and follows its answers). In history events per second that is %.0f against %.0f (%.2f).\n\n",
-		f.FullEvents, f.NoopEvents, fullEv, noopEv, fullEv/noopEv)
+		"and follows its answers). In history events per second that is %.0f against %.0f (%.2f); the flow's events also wait on the services "+
+		"and PostgreSQL, on the same cores.\n\n",
+		f.FullEvents, f.FullEvents-f.IntakeEvents, f.IntakeEvents, f.NoopEvents, fullEv, noopEv, fullEv/noopEv)
 	b.WriteString("Timer timeliness: workflow timers are what reminders wait on (a workflow sleeps until a reminder's time, then creates it); " +
 		"lateness is measured in the activity that runs when a timer fires, on a fresh embedded server each time. " +
 		"The target is judged on timers scheduled together and due over a minute, all started before the first is due; " +
