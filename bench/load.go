@@ -17,6 +17,7 @@ type result struct {
 	Errors     int
 	Duration   time.Duration
 	Throughput float64 // operations per second
+	Offered    float64 // the rate an open-loop run asked for
 	P50, P99   time.Duration
 	Max        time.Duration
 	// SyncMax and SyncSlow are what a disk probe saw during the run: the
@@ -86,12 +87,13 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t0 := time.Now()
+			// From when the request was due, not when it left: a sender
+			// that falls behind must not hide the wait (coordinated omission).
 			if err := op(ctx); err != nil {
 				errs.Add(1)
 				return
 			}
-			l := time.Since(t0)
+			l := time.Since(due)
 			mu.Lock()
 			lat = append(lat, l)
 			mu.Unlock()
@@ -99,6 +101,7 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	}
 	wg.Wait()
 	r := summarize(lat, int(errs.Load()), time.Since(start))
+	r.Offered = rate
 	if err := probe.finish(&r); err != nil {
 		return r, fmt.Errorf("probe: %w", err)
 	}
@@ -108,13 +111,17 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	return r, nil
 }
 
+// rank is the index of the p-th percentile in n sorted values, by the
+// nearest-rank method: the smallest value with at least p% at or below it.
+func rank(n, p int) int { return max(0, (n*p+99)/100-1) }
+
 func summarize(lat []time.Duration, errs int, d time.Duration) result {
 	slices.Sort(lat)
 	r := result{Ops: len(lat), Errors: errs, Duration: d}
 	if len(lat) > 0 {
 		r.Throughput = float64(len(lat)) / d.Seconds()
-		r.P50 = lat[len(lat)*50/100]
-		r.P99 = lat[min(len(lat)-1, len(lat)*99/100)]
+		r.P50 = lat[rank(len(lat), 50)]
+		r.P99 = lat[rank(len(lat), 99)]
 		r.Max = lat[len(lat)-1]
 	}
 	return r

@@ -98,7 +98,7 @@ func idleJitter(d time.Duration) jitterResult {
 	slices.Sort(late)
 	r := jitterResult{Duration: d, Sleeps: len(late), Steal: stealSince(before)}
 	if n := len(late); n > 0 {
-		r.P99, r.Max = late[min(n-1, n*99/100)], late[n-1]
+		r.P99, r.Max = late[rank(n, 99)], late[n-1]
 		for _, l := range late {
 			if l > 10*time.Millisecond {
 				r.Over10ms++

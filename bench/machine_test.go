@@ -50,3 +50,13 @@ func TestIdleJitterCountsEverySleep(t *testing.T) {
 		t.Fatalf("inconsistent result %+v", r)
 	}
 }
+
+func TestRankIsNearestRank(t *testing.T) {
+	for _, c := range []struct{ n, p, want int }{
+		{1, 99, 0}, {1, 50, 0}, {2, 50, 0}, {100, 99, 98}, {100, 50, 49}, {101, 99, 99}, {1000, 99, 989}, {0, 99, 0},
+	} {
+		if got := rank(c.n, c.p); got != c.want {
+			t.Errorf("rank(%d, %d) = %d, want %d", c.n, c.p, got, c.want)
+		}
+	}
+}

@@ -179,17 +179,29 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 		return nil, err
 	}
 	defer w.Stop()
+	// Started at once, as the flows are, so that both times hold the
+	// same concurrent start calls.
 	start = time.Now()
 	runs := make([]client.WorkflowRun, cfg.flows)
+	noopErrs := make(chan error, cfg.flows)
 	for i := range runs {
-		if runs[i], err = c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "bench-noop"}, "Noop"); err != nil {
-			return nil, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "bench-noop"}, "Noop")
+			if err == nil {
+				runs[i] = run
+				err = run.Get(ctx, nil)
+			}
+			if err != nil {
+				noopErrs <- err
+			}
+		}()
 	}
-	for _, run := range runs {
-		if err := run.Get(ctx, nil); err != nil {
-			return nil, err
-		}
+	wg.Wait()
+	close(noopErrs)
+	if err := <-noopErrs; err != nil {
+		return nil, err
 	}
 	r.NoopSeconds = time.Since(start).Seconds()
 	r.NoopRate = float64(cfg.flows) / r.NoopSeconds
@@ -259,8 +271,11 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 		}
 		late = append(late, l)
 	}
+	if len(late) == 0 {
+		return r, fmt.Errorf("no timers")
+	}
 	slices.Sort(late)
-	r.P50, r.P99, r.Max = late[len(late)/2], late[len(late)*99/100], late[len(late)-1]
+	r.P50, r.P99, r.Max = late[rank(len(late), 50)], late[rank(len(late), 99)], late[len(late)-1]
 	return r, nil
 }
 
