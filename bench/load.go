@@ -66,6 +66,13 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(ctx cont
 	return summarize(lat, int(errs.Load()), time.Since(start))
 }
 
+// saturate warms op up untimed (pools, connections, caches), then
+// measures it in a closed loop, so no path pays for going first.
+func saturate(ctx context.Context, conc int, d time.Duration, op func(ctx context.Context, worker, i int) error) result {
+	closedLoop(ctx, conc, d/5, op)
+	return closedLoop(ctx, conc, d, op)
+}
+
 // openLoop starts op at a fixed rate for d, whatever the latency, and
 // measures latency: how the system behaves below saturation. A disk probe
 // and a CPU steal sampler run alongside (see probe). A failed operation

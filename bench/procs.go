@@ -183,14 +183,8 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 func deployedLatency(ctx context.Context, env *benchEnv, cfg config, conn *grpc.ClientConn) (map[string]result, error) {
 	fam := familiesv1.NewFamiliesServiceClient(conn)
 	gctx := auth.WithToken(ctx, env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: "flows", Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour}))
-	f, err := fam.CreateFamily(gctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/flows", Family: &familiesv1.Family{
-		LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
+	f, err := familyToRead(gctx, fam, "clinics/flows")
 	if err != nil {
-		return nil, err
-	}
-	// A safety screen, as in the API section, so the read does its join.
-	if _, err := fam.CreateSafetyScreen(gctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.GetName(),
-		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		return nil, err
 	}
 	ops := map[string]func(ctx context.Context) error{
@@ -207,7 +201,7 @@ func deployedLatency(ctx context.Context, env *benchEnv, cfg config, conn *grpc.
 	out := map[string]result{}
 	for _, op := range []string{"get", "create"} {
 		fn := ops[op]
-		sat := closedLoop(ctx, cfg.conc, cfg.duration, func(ctx context.Context, _, _ int) error { return fn(ctx) })
+		sat := saturate(ctx, cfg.conc, cfg.duration, func(ctx context.Context, _, _ int) error { return fn(ctx) })
 		if sat.Errors > 0 || sat.Ops == 0 {
 			return nil, fmt.Errorf("%s: %d errors in %d operations", op, sat.Errors, sat.Ops)
 		}
