@@ -78,6 +78,12 @@ func main() {
 	only := flag.String("only", "", "run one section only: api, scale, workflows or processes (the report then has just that section)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.Parse()
+	switch *only {
+	case "", "api", "scale", "workflows", "processes":
+	default:
+		fmt.Fprintf(os.Stderr, "bench: -only %q: want api, scale, workflows or processes\n", *only)
+		os.Exit(2)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
