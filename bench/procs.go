@@ -227,17 +227,8 @@ func processLoad(ctx context.Context, env *benchEnv, cfg config, ts *temporaltes
 	}
 	token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: "flows", Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.conc * 2}}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(drafts)+1)
-	for _, name := range drafts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := oneFlow(ctx, ts.GetDefaultClient(), iv, ref, counselor, ehr, name, 2*time.Second); err != nil {
-				errs <- fmt.Errorf("flow %s: %w", name, err)
-			}
-		}()
-	}
+	flows := make(chan error, 1)
+	go func() { flows <- runFlows(ctx, ts.GetDefaultClient(), iv, ref, counselor, ehr, drafts, 2*time.Second) }()
 	r := closedLoop(ctx, cfg.conc, cfg.duration, func(ctx context.Context, _, i int) error {
 		var req *http.Request
 		if i%2 == 0 {
@@ -250,9 +241,7 @@ func processLoad(ctx context.Context, env *benchEnv, cfg config, ts *temporaltes
 		req.Header.Set("Authorization", "Bearer "+token)
 		return do(httpc, req)
 	})
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := <-flows; err != nil {
 		return err
 	}
 	if r.Errors > 0 || r.Ops == 0 {

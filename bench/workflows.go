@@ -153,20 +153,7 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	wait := 2 * time.Second
 	r := &flowResult{Flows: cfg.flows, MeetingWait: wait}
 	start := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, cfg.flows)
-	for i, name := range drafts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := oneFlow(ctx, c, iv, ref, counselor, ehr, name, wait); err != nil {
-				errs <- fmt.Errorf("flow %d: %w", i, err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err := runFlows(ctx, c, iv, ref, counselor, ehr, drafts, wait); err != nil {
 		return nil, err
 	}
 	r.FullSeconds = time.Since(start).Seconds()
@@ -182,6 +169,7 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	// Started at once, as the flows are, so that both times hold the
 	// same concurrent start calls.
 	start = time.Now()
+	var wg sync.WaitGroup
 	runs := make([]client.WorkflowRun, cfg.flows)
 	noopErrs := make(chan error, cfg.flows)
 	for i := range runs {
@@ -345,10 +333,35 @@ func prepareFlows(ctx context.Context, env *benchEnv, fam familiesv1.FamiliesSer
 	return counselor, ehr, drafts, nil
 }
 
+// runFlows carries every draft to a completed MAT intake at once, with one
+// EHR inbox for all, and returns the first error.
+func runFlows(ctx context.Context, c client.Client, iv interventionsv1.InterventionsServiceClient, ref referralsv1.ReferralsServiceClient,
+	counselor, ehr context.Context, drafts []string, wait time.Duration) error {
+	inbox := newEHRInbox()
+	ictx, stopInbox := context.WithCancel(ehr) // the EHR reads its inbox
+	defer stopInbox()
+	go inbox.run(ictx, ref, "clinics/flows", 100*time.Millisecond)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(drafts))
+	for _, name := range drafts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := oneFlow(ctx, c, iv, ref, inbox, counselor, ehr, name, wait); err != nil {
+				errs <- fmt.Errorf("flow %s: %w", name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
 // oneFlow schedules one intervention, records "accepted" after its start,
-// and reports intake through the EHR until the workflow completes.
+// and reports intake through the EHR, once the EHR's inbox has the
+// referral, until the workflow completes.
 func oneFlow(ctx context.Context, c client.Client, iv interventionsv1.InterventionsServiceClient, ref referralsv1.ReferralsServiceClient,
-	counselor, ehr context.Context, name string, wait time.Duration) error {
+	inbox *ehrInbox, counselor, ehr context.Context, name string, wait time.Duration) error {
 	start := time.Now().Add(wait)
 	if _, err := iv.UpdateIntervention(counselor, &interventionsv1.UpdateInterventionRequest{
 		Intervention: &interventionsv1.Intervention{Name: name, StartTime: timestamppb.New(start)},
@@ -359,21 +372,19 @@ func oneFlow(ctx context.Context, c client.Client, iv interventionsv1.Interventi
 		return err
 	}
 	time.Sleep(time.Until(start) + 50*time.Millisecond)
+	arrived := inbox.expect(name)
 	if _, err := iv.RecordOutcome(counselor, &interventionsv1.RecordOutcomeRequest{Name: name, Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}); err != nil {
 		return err
 	}
 	var referral string
-	for deadline := time.Now().Add(60 * time.Second); referral == ""; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no referral for %s", name)
+	select {
+	case r, ok := <-arrived:
+		if !ok {
+			return fmt.Errorf("no referral for %s: %w", name, inbox.failure())
 		}
-		resp, err := ref.ListReferrals(ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/flows", Filter: fmt.Sprintf("intervention = %q", name)})
-		if err != nil {
-			return err
-		}
-		if len(resp.GetReferrals()) > 0 {
-			referral = resp.GetReferrals()[0].GetName()
-		}
+		referral = r
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("no referral for %s within 60s", name)
 	}
 	if _, err := ref.AcceptReferral(ehr, &referralsv1.TransitionReferralRequest{Name: referral}); err != nil {
 		return err
