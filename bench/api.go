@@ -139,7 +139,7 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // apiBench measures create and get of a family through the floor, the gRPC
 // service and the REST gateway, at the same concurrency, in one run.
-func apiBench(ctx context.Context, env *benchEnv, conc int, d time.Duration) (map[string]result, error) {
+func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Duration) (map[string]result, error) {
 	_, db, err := env.schema(ctx, "families", families.Migrations())
 	if err != nil {
 		return nil, err
@@ -209,68 +209,69 @@ func apiBench(ctx context.Context, env *benchEnv, conc int, d time.Duration) (ma
 		return nil, err
 	}
 	id := aip.ID(fam.GetName())
-	out := map[string]result{}
-	runs := []struct {
-		name string
-		op   func(ctx context.Context, w, i int) error
-	}{
-		{"floor create", func(ctx context.Context, _, _ int) error { return post(ctx, floorURL+"/families", false) }},
-		{"grpc create", func(ctx context.Context, _, _ int) error {
-			_, err := client.CreateFamily(auth.WithToken(ctx, token), &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
-				Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
-			return err
-		}},
-		{"gateway create", func(ctx context.Context, _, _ int) error { return post(ctx, gwURL+"/v1/clinics/bench/families", true) }},
-		{"floor get", func(ctx context.Context, _, _ int) error { return get(ctx, floorURL+"/families/"+id, false) }},
-		{"grpc get", func(ctx context.Context, _, _ int) error {
-			_, err := client.GetFamily(auth.WithToken(ctx, token), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
-			return err
-		}},
-		{"gateway get", func(ctx context.Context, _, _ int) error { return get(ctx, gwURL+"/v1/"+fam.GetName(), true) }},
+	grpcCreate := func(ctx context.Context) error {
+		_, err := client.CreateFamily(auth.WithToken(ctx, token), &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
+			Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
+		return err
 	}
-	for _, r := range runs {
-		out[r.name] = saturate(ctx, conc, d, r.op)
-		if out[r.name].Errors > 0 || out[r.name].Ops == 0 {
-			return nil, fmt.Errorf("%s: %d errors in %d operations", r.name, out[r.name].Errors, out[r.name].Ops)
+	grpcGet := func(ctx context.Context) error {
+		_, err := client.GetFamily(auth.WithToken(ctx, token), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		return err
+	}
+	ops := map[string]map[string]func(ctx context.Context) error{
+		"create": {
+			"floor":   func(ctx context.Context) error { return post(ctx, floorURL+"/families", false) },
+			"grpc":    grpcCreate,
+			"gateway": func(ctx context.Context) error { return post(ctx, gwURL+"/v1/clinics/bench/families", true) },
+		},
+		"get": {
+			"floor":   func(ctx context.Context) error { return get(ctx, floorURL+"/families/"+id, false) },
+			"grpc":    grpcGet,
+			"gateway": func(ctx context.Context) error { return get(ctx, gwURL+"/v1/"+fam.GetName(), true) },
+		},
+	}
+	out := map[string]result{}
+	add := func(rs map[string]result) {
+		for k, v := range rs {
+			out[k] = v
 		}
+	}
+	for _, op := range []string{"create", "get"} {
+		rs, err := interleave(rounds, []string{"floor " + op, "grpc " + op, "gateway " + op}, func(name string) (result, error) {
+			fn := ops[op][strings.Fields(name)[0]]
+			r := saturate(ctx, conc, d, func(ctx context.Context, _, _ int) error { return fn(ctx) })
+			if r.Errors > 0 || r.Ops == 0 {
+				return r, fmt.Errorf("%d errors in %d operations", r.Errors, r.Errors+r.Ops)
+			}
+			return r, nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		add(rs)
 	}
 	// Below saturation: half of the gRPC throughput, open loop, through
-	// the service and, at the same offered rate, through the floor; a disk
-	// probe runs alongside each.
+	// the service and, at the same offered rate, through the floor (a
+	// probe runs alongside each); a quarter of saturation tells queueing
+	// apart from hiccups that hit any single request.
 	for _, op := range []string{"get", "create"} {
 		rate := out["grpc "+op].Throughput / 2
-		var fn, floorFn func(ctx context.Context) error
-		if op == "get" {
-			fn = func(ctx context.Context) error {
-				_, err := client.GetFamily(gctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
-				return err
-			}
-			floorFn = func(ctx context.Context) error { return get(ctx, floorURL+"/families/"+id, false) }
-		} else {
-			fn = func(ctx context.Context) error {
-				_, err := client.CreateFamily(gctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
-					Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
-				return err
-			}
-			floorFn = func(ctx context.Context) error { return post(ctx, floorURL+"/families", false) }
-		}
-		// A quarter of saturation tells queueing apart from hiccups that
-		// hit any single request.
-		for _, run := range []struct {
-			name string
+		runs := map[string]struct {
 			rate float64
 			fn   func(ctx context.Context) error
 		}{
-			{"grpc " + op + " at half saturation", rate, fn},
-			{"floor " + op + " at half saturation", rate, floorFn},
-			{"grpc " + op + " at quarter saturation", rate / 2, fn},
-		} {
-			r, err := openLoop(ctx, run.rate, d, run.fn)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", run.name, err)
-			}
-			out[run.name] = r
+			"grpc " + op + " at half saturation":    {rate, ops[op]["grpc"]},
+			"floor " + op + " at half saturation":   {rate, ops[op]["floor"]},
+			"grpc " + op + " at quarter saturation": {rate / 2, ops[op]["grpc"]},
 		}
+		rs, err := interleave(rounds, []string{"grpc " + op + " at half saturation", "floor " + op + " at half saturation",
+			"grpc " + op + " at quarter saturation"}, func(name string) (result, error) {
+			return openLoop(ctx, runs[name].rate, d, runs[name].fn)
+		})
+		if err != nil {
+			return nil, err
+		}
+		add(rs)
 	}
 	return out, nil
 }

@@ -28,6 +28,10 @@ type result struct {
 	// other guests during the run, StealPeak the largest share in any
 	// 100 ms of it (both NaN where /proc/stat cannot be read).
 	Steal, StealPeak float64
+	// Rounds holds each round's throughput, in order, when the result
+	// merges rounds (see interleave).
+	Rounds []float64
+	lat    []time.Duration // sorted, kept so that rounds can be merged
 }
 
 // closedLoop runs op from conc workers back to back for d and measures
@@ -118,13 +122,68 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	return r, nil
 }
 
+// interleave runs each named path rounds times, the paths taking turns in
+// an order that rotates every round (a b c, b c a, c a b), and merges each
+// path's rounds. Load on a shared machine drifts (stolen CPU, a neighbour's
+// burst); taking turns spreads a drift over every path instead of charging
+// it to whichever path happened to run through it, and the rotation keeps
+// any one path from always going first.
+func interleave(rounds int, names []string, run func(name string) (result, error)) (map[string]result, error) {
+	per := map[string][]result{}
+	for k := range rounds {
+		for i := range names {
+			name := names[(i+k)%len(names)]
+			r, err := run(name)
+			if err != nil {
+				return nil, fmt.Errorf("%s, round %d: %w", name, k+1, err)
+			}
+			per[name] = append(per[name], r)
+		}
+	}
+	out := map[string]result{}
+	for name, rs := range per {
+		out[name] = merge(rs)
+	}
+	return out, nil
+}
+
+// merge makes one result of rounds of the same path: throughput over their
+// summed time, percentiles over all their latencies, the probe's worst and
+// its steal share weighted by each round's length.
+func merge(rs []result) result {
+	var lat []time.Duration
+	var d time.Duration
+	errs, slow := 0, 0
+	syncMax, steal, peak := time.Duration(0), 0.0, 0.0
+	var rounds []float64
+	for _, r := range rs {
+		rounds = append(rounds, r.Throughput)
+		lat = append(lat, r.lat...)
+		d += r.Duration
+		errs += r.Errors
+		slow += r.SyncSlow
+		syncMax = max(syncMax, r.SyncMax)
+		steal += r.Steal * r.Duration.Seconds()
+		peak = math.Max(peak, r.StealPeak) // NaN, where steal cannot be read, stays NaN
+	}
+	m := summarize(lat, errs, d)
+	if len(rs) > 0 {
+		m.Offered = rs[0].Offered
+	}
+	m.SyncMax, m.SyncSlow, m.StealPeak, m.Rounds = syncMax, slow, peak, rounds
+	if d > 0 {
+		m.Steal = steal / d.Seconds()
+	}
+	return m
+}
+
 // rank is the index of the p-th percentile in n sorted values, by the
 // nearest-rank method: the smallest value with at least p% at or below it.
 func rank(n, p int) int { return max(0, (n*p+99)/100-1) }
 
 func summarize(lat []time.Duration, errs int, d time.Duration) result {
 	slices.Sort(lat)
-	r := result{Ops: len(lat), Errors: errs, Duration: d}
+	r := result{Ops: len(lat), Errors: errs, Duration: d, lat: lat}
 	if len(lat) > 0 {
 		r.Throughput = float64(len(lat)) / d.Seconds()
 		r.P50 = lat[rank(len(lat), 50)]

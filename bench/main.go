@@ -66,6 +66,7 @@ type config struct {
 	only       string
 	conc       int
 	duration   time.Duration
+	rounds     int // of each API path, taking turns
 	small, big int
 	flows      int
 	timers     int
@@ -94,9 +95,9 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	cfg := config{conc: 8, duration: 5 * time.Second, small: 10_000, big: 1_000_000, flows: 100, timers: 1000}
+	cfg := config{conc: 8, duration: 5 * time.Second, rounds: 3, small: 10_000, big: 1_000_000, flows: 100, timers: 1000}
 	if *smoke {
-		cfg = config{smoke: true, conc: 2, duration: 500 * time.Millisecond, small: 1_000, big: 5_000, flows: 3, timers: 50}
+		cfg = config{smoke: true, conc: 2, duration: 500 * time.Millisecond, rounds: 2, small: 1_000, big: 5_000, flows: 3, timers: 50}
 	}
 	cfg.only = *only
 	ctx := context.Background()
@@ -122,7 +123,7 @@ func main() {
 	run := func(section string) bool { return *only == "" || *only == section }
 	if run("api") {
 		step("API floor and overhead")
-		if rep.api, err = apiBench(ctx, env, cfg.conc, cfg.duration); err != nil {
+		if rep.api, err = apiBench(ctx, env, cfg.conc, cfg.rounds, cfg.duration); err != nil {
 			fail(err)
 		}
 		rep.rssLoad = rss.peak()

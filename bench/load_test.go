@@ -1,0 +1,84 @@
+package main
+
+import (
+	"errors"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestInterleaveRotatesThePathsAndMergesTheirRounds(t *testing.T) {
+	var order []string
+	n := map[string]int{}
+	got, err := interleave(3, []string{"a", "b", "c"}, func(name string) (result, error) {
+		order = append(order, name)
+		n[name]++
+		// Path a is 10 ms per call in its first round, 20 ms after; the
+		// others 5 ms. One second per round.
+		d := 5 * time.Millisecond
+		if name == "a" {
+			d = time.Duration(min(n[name], 2)) * 10 * time.Millisecond
+		}
+		var lat []time.Duration
+		for range int(time.Second / d) {
+			lat = append(lat, d)
+		}
+		r := summarize(lat, 0, time.Second)
+		r.SyncMax, r.SyncSlow, r.Steal, r.StealPeak = time.Duration(n[name])*time.Millisecond, 1, 0.1*float64(n[name]), 0.1*float64(n[name])
+		return r, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "a b c b c a c a b"; strings.Join(order, " ") != want {
+		t.Errorf("order %q, want %q", strings.Join(order, " "), want)
+	}
+	a := got["a"]
+	if a.Ops != 100+50+50 || a.Duration != 3*time.Second {
+		t.Errorf("a merged %d ops over %s, want 200 over 3s", a.Ops, a.Duration)
+	}
+	if math.Abs(a.Throughput-200.0/3) > 1e-9 {
+		t.Errorf("a throughput %.3f, want %.3f (all ops over all time)", a.Throughput, 200.0/3)
+	}
+	if !slices.Equal(a.Rounds, []float64{100, 50, 50}) {
+		t.Errorf("a rounds %v, want [100 50 50] in round order", a.Rounds)
+	}
+	// 100 calls of 10 ms and 100 of 20 ms: the 100th is the median.
+	if a.P50 != 10*time.Millisecond || a.P99 != 20*time.Millisecond || a.Max != 20*time.Millisecond {
+		t.Errorf("a p50/p99/max %s/%s/%s, want 10ms/20ms/20ms over all rounds' calls", a.P50, a.P99, a.Max)
+	}
+	if a.SyncMax != 3*time.Millisecond || a.SyncSlow != 3 {
+		t.Errorf("a probe: slowest %s, slow %d; want the worst round (3ms) and the sum (3)", a.SyncMax, a.SyncSlow)
+	}
+	if math.Abs(a.Steal-0.2) > 1e-9 || math.Abs(a.StealPeak-0.3) > 1e-9 {
+		t.Errorf("a steal %.3f, peak %.3f; want the mean 0.2 and the worst 0.3", a.Steal, a.StealPeak)
+	}
+}
+
+func TestInterleaveStopsAtAFailedRound(t *testing.T) {
+	calls := 0
+	_, err := interleave(3, []string{"a", "b"}, func(name string) (result, error) {
+		calls++
+		if name == "b" {
+			return result{}, errors.New("refused")
+		}
+		return summarize([]time.Duration{time.Millisecond}, 0, time.Second), nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "b, round 1: refused") {
+		t.Errorf("err %v, want it to name the path and round", err)
+	}
+	if calls != 2 {
+		t.Errorf("%d calls after the failure, want 2 (none after it)", calls)
+	}
+}
+
+func TestMergeKeepsStealUnknownWhereItCannotBeRead(t *testing.T) {
+	r := summarize([]time.Duration{time.Millisecond}, 0, time.Second)
+	r.Steal, r.StealPeak = math.NaN(), math.NaN()
+	m := merge([]result{r, r})
+	if !math.IsNaN(m.Steal) || !math.IsNaN(m.StealPeak) {
+		t.Errorf("steal %v, peak %v; want NaN (unknown), not a number made up", m.Steal, m.StealPeak)
+	}
+}
