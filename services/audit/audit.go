@@ -37,17 +37,30 @@ type Recorder struct {
 	DB *pgdb.DB
 }
 
+const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
+	VALUES ($1, $2, $3, $4, $5, $6, $7)`
+
 // Record writes one event.
 func (r *Recorder) Record(ctx context.Context, e Event) error {
 	clinic := pgdb.ClinicOf(ctx)
 	if clinic == "" || clinic == pgdb.SystemScope {
 		return fmt.Errorf("audit: no clinic scope for %s", e.Method)
 	}
-	if _, err := r.DB.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`, clinic, e.Subject, e.Roles, e.Method, e.Resource, e.Outcome, e.RequestID); err != nil {
+	if _, err := r.DB.Exec(ctx, insert, clinic, e.Subject, e.Roles, e.Method, e.Resource, e.Outcome, e.RequestID); err != nil {
 		return fmt.Errorf("audit: record %s: %w", e.Method, err)
 	}
 	return nil
+}
+
+// Stamp returns e, with outcome OK, as a statement for the call's first
+// committing transaction to write (pgdb.Stamp), or nil without a clinic
+// scope. A change then never commits without its record.
+func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
+	clinic := pgdb.ClinicOf(ctx)
+	if clinic == "" || clinic == pgdb.SystemScope {
+		return nil
+	}
+	return &pgdb.Stamp{SQL: insert, Args: []any{clinic, e.Subject, e.Roles, e.Method, e.Resource, Outcome(codes.OK), e.RequestID}}
 }
 
 var filterFields = map[string]aip.FilterField{

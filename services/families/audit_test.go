@@ -8,6 +8,7 @@ import (
 
 	auditv1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -30,6 +31,17 @@ func TestEveryCallIsAudited(t *testing.T) {
 	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "audit-req-1"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The change and its record commit together, in one transaction.
+	var familyTx, recordTx string
+	if err := f.pool.QueryRow(context.Background(), `SELECT xmin::text FROM families WHERE id = $1`, aip.ID(fam.GetName())).Scan(&familyTx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.pool.QueryRow(context.Background(), `SELECT xmin::text FROM audit_log WHERE request_id = 'audit-req-1'`).Scan(&recordTx); err != nil {
+		t.Fatal(err)
+	}
+	if familyTx != recordTx {
+		t.Errorf("the family was written by transaction %s, its audit record by %s: want one", familyTx, recordTx)
 	}
 	calls := []func() error{
 		func() error {

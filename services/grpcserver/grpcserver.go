@@ -66,6 +66,12 @@ type Auditor interface {
 	Record(ctx context.Context, e audit.Event) error
 }
 
+// Stamper is an Auditor that can also hand a call's record to the call's
+// own transaction (see pgdb.Stamp).
+type Stamper interface {
+	Stamp(ctx context.Context, e audit.Event) *pgdb.Stamp
+}
+
 // Server is a gRPC server with its health service.
 type Server struct {
 	*grpc.Server
@@ -199,9 +205,25 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	ctx = pgdb.WithClinic(ctx, scope)
 	if i.audit != nil {
+		e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
+			Resource: requestResource(m), RequestID: requestID(m)}
+		// A call that commits a change writes its record in the same
+		// transaction: the record cannot be lost while the change stays,
+		// and the call waits for one commit, not two. Calls without one
+		// (reads, refusals, failures) are recorded below, on their own.
+		var stamp *pgdb.Stamp
+		if s, ok := i.audit.(Stamper); ok {
+			if stamp = s.Stamp(ctx, e); stamp != nil {
+				ctx = pgdb.WithStamp(ctx, stamp)
+			}
+		}
 		audited = func(err error) error {
-			e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
-				Resource: requestResource(m), Outcome: audit.Outcome(status.Code(err)), RequestID: requestID(m)}
+			if err == nil && stamp.Written() {
+				return nil
+			}
+			// A call that committed a change and then failed gets a
+			// second record, with the failure.
+			e.Outcome = audit.Outcome(status.Code(err))
 			// The call may have committed already: a caller that hung up or
 			// ran out of time must not leave the change unaudited.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

@@ -1,0 +1,97 @@
+package pgdb_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// A stamp is written by the first transaction of a call that commits, in
+// that transaction, exactly once; a rollback leaves it for the next.
+func TestStampRidesTheFirstCommit(t *testing.T) {
+	t.Parallel()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	bg := context.Background()
+	st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
+		VALUES ('north', 's', '{}', 'M', 'r', 'OK', 'stamp-1')`}
+	ctx := pgdb.WithStamp(pgdb.WithClinic(bg, "north"), st)
+	records := func() int {
+		var n int
+		if err := pool.QueryRow(bg, `SELECT count(*) FROM audit_log WHERE request_id = 'stamp-1'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	change := func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-'||txid_current(), ''::bytea)`)
+		return err
+	}
+
+	rolledBack := errors.New("rolled back")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { _ = change(tx); return rolledBack }); !errors.Is(err, rolledBack) {
+		t.Fatal(err)
+	}
+	if st.Written() || records() != 0 {
+		t.Fatalf("after a rollback: written %v, %d records; want neither", st.Written(), records())
+	}
+	var xid int64
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := tx.QueryRow(ctx, `SELECT txid_current()`).Scan(&xid); err != nil {
+			return err
+		}
+		return change(tx)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Written() || records() != 1 {
+		t.Fatalf("after a commit: written %v, %d records; want one", st.Written(), records())
+	}
+	var recordXID int64
+	if err := pool.QueryRow(bg, `SELECT xmin::text::bigint FROM audit_log WHERE request_id = 'stamp-1'`).Scan(&recordXID); err != nil {
+		t.Fatal(err)
+	}
+	if recordXID != xid {
+		t.Errorf("the record was written by transaction %d, the change by %d: want the same", recordXID, xid)
+	}
+	if err := pgx.BeginFunc(ctx, db, change); err != nil {
+		t.Fatal(err)
+	}
+	if records() != 1 {
+		t.Errorf("%d records after a second commit, want still one", records())
+	}
+}
+
+// A stamp that cannot be written fails the commit: no change without its
+// record.
+func TestStampThatFailsFailsTheCommit(t *testing.T) {
+	t.Parallel()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	bg := context.Background()
+	// Another clinic's row: row-level security refuses it.
+	st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
+		VALUES ('south', 's', '{}', 'M', 'r', 'OK', 'stamp-2')`}
+	ctx := pgdb.WithStamp(pgdb.WithClinic(bg, "north"), st)
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-2', ''::bytea)`)
+		return err
+	})
+	if err == nil {
+		t.Fatal("commit succeeded with a stamp row-level security refuses")
+	}
+	var n int
+	if err := pool.QueryRow(bg, `SELECT count(*) FROM outbox WHERE resource = 'change-2'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 || st.Written() {
+		t.Errorf("change kept: %d rows, written %v; want the transaction rolled back", n, st.Written())
+	}
+}
