@@ -212,6 +212,21 @@ func TestVerifierRemembersSignaturesNotClaims(t *testing.T) {
 	if _, err := v.Verify(ctx, tok); !errors.Is(err, ErrInvalidToken) {
 		t.Fatalf("token accepted under a key that no longer signs it: %v", err)
 	}
+	// A remembered token whose key is withdrawn is refused at once.
+	v2 := &Verifier{Issuer: iss.URL, Audience: iss.Audience, Keys: iss.Keys(), Now: func() time.Time { return now }}
+	tok2 := iss.MustMint(TokenOptions{Subject: "u2", Clinic: "north", IssuedAt: now, TTL: 30 * time.Second})
+	if p, err := v2.Verify(ctx, tok2); err != nil || p.Subject != "u2" {
+		t.Fatalf("fresh token: %v, %v", p, err)
+	}
+	if p, err := v2.Verify(ctx, tok2); err != nil || p.Subject != "u2" || p.Clinic != "north" {
+		t.Fatalf("remembered token: %v, %v", p, err)
+	}
+	for kid := range v2.Keys.(StaticKeys) {
+		delete(v2.Keys.(StaticKeys), kid)
+	}
+	if _, err := v2.Verify(ctx, tok2); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("remembered token accepted after its key was withdrawn: %v", err)
+	}
 }
 
 func TestVerifiedCacheIsBounded(t *testing.T) {
@@ -219,13 +234,14 @@ func TestVerifiedCacheIsBounded(t *testing.T) {
 	key := &mustKey(t).PublicKey
 	now := time.Now()
 	for i := 0; i < verifiedMax+10; i++ {
-		c.add(tokenHash(strconv.Itoa(i)), key, now)
+		c.add(tokenHash(strconv.Itoa(i)), verifiedEntry{key: key}, now)
 	}
 	if n := len(c.entries); n > verifiedMax || n == 0 {
 		t.Fatalf("cache holds %d entries, want 1..%d", n, verifiedMax)
 	}
 	last := tokenHash(strconv.Itoa(verifiedMax + 9))
-	if c.has(tokenHash("x"), key, now) || !c.has(last, key, now) || c.has(last, key, now.Add(verifiedTTL)) {
+	has := func(h [32]byte, at time.Time) bool { _, ok := c.get(h, at); return ok }
+	if has(tokenHash("x"), now) || !has(last, now) || has(last, now.Add(verifiedTTL)) {
 		t.Fatal("cache answers wrongly")
 	}
 }

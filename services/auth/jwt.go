@@ -70,40 +70,19 @@ func (a *audience) UnmarshalJSON(b []byte) error {
 
 // Verify checks token and returns the principal it names.
 func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) {
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return Principal{}, fmt.Errorf("%w: not a JWT", ErrInvalidToken)
-	}
-	var h header
-	if err := decodeSegment(parts[0], &h); err != nil {
-		return Principal{}, fmt.Errorf("%w: header: %v", ErrInvalidToken, err)
-	}
-	if h.Alg != "ES256" {
-		return Principal{}, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, h.Alg)
-	}
-	key, err := v.Keys.Key(ctx, h.Kid)
-	if err != nil {
-		return Principal{}, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, h.Kid, err)
-	}
 	now := time.Now()
 	if v.Now != nil {
 		now = v.Now()
 	}
-	if h := tokenHash(token); !v.seen.has(h, key, now) {
-		sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-		if err != nil || len(sig) != 64 {
-			return Principal{}, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
-		}
-		digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
-		r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
-		if !ecdsa.Verify(key, digest[:], r, s) {
-			return Principal{}, fmt.Errorf("%w: bad signature", ErrInvalidToken)
-		}
-		v.seen.add(h, key, now)
+	h := tokenHash(token)
+	c, err := v.remembered(ctx, h, now)
+	if err != nil {
+		return Principal{}, err
 	}
-	var c Claims
-	if err := decodeSegment(parts[1], &c); err != nil {
-		return Principal{}, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
+	if c == nil {
+		if c, err = v.check(ctx, token, h, now); err != nil {
+			return Principal{}, err
+		}
 	}
 	switch {
 	case c.Issuer != v.Issuer:
@@ -122,6 +101,57 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 		p.Roles = append(p.Roles, Role(r))
 	}
 	return p, nil
+}
+
+// remembered returns the claims of a token whose signature checked out
+// lately under the key its kid still names, or nil.
+func (v *Verifier) remembered(ctx context.Context, h [32]byte, now time.Time) (*Claims, error) {
+	e, ok := v.seen.get(h, now)
+	if !ok {
+		return nil, nil
+	}
+	key, err := v.Keys.Key(ctx, e.kid)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, e.kid, err)
+	}
+	if key != e.key {
+		return nil, nil // the key changed: check the signature again
+	}
+	return e.claims, nil
+}
+
+// check decodes a token and checks its signature, and remembers it.
+func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time.Time) (*Claims, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, fmt.Errorf("%w: not a JWT", ErrInvalidToken)
+	}
+	var hd header
+	if err := decodeSegment(parts[0], &hd); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrInvalidToken, err)
+	}
+	if hd.Alg != "ES256" {
+		return nil, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, hd.Alg)
+	}
+	key, err := v.Keys.Key(ctx, hd.Kid)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, hd.Kid, err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || len(sig) != 64 {
+		return nil, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
+	}
+	digest := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	r, s := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+	if !ecdsa.Verify(key, digest[:], r, s) {
+		return nil, fmt.Errorf("%w: bad signature", ErrInvalidToken)
+	}
+	c := &Claims{}
+	if err := decodeSegment(parts[1], c); err != nil {
+		return nil, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
+	}
+	v.seen.add(h, verifiedEntry{key: key, kid: hd.Kid, claims: c}, now)
+	return c, nil
 }
 
 func contains(a audience, s string) bool {

@@ -10,17 +10,21 @@ import (
 // Checking an ES256 signature costs more CPU than the rest of a small
 // request, and a client sends the same token with every call for its
 // lifetime. verified remembers, for a short while, tokens whose signature
-// checked out under a given key. Only the signature check is skipped: the
-// key is still looked up (so a rotated-out key stops counting at once) and
-// every claim is checked on every call.
+// checked out under a given key, with their decoded claims (decoding the
+// JSON cost most of a remembered token's check). Only the signature check
+// and the decoding are skipped: the key is still looked up (so a
+// rotated-out key stops counting at once) and every claim is checked on
+// every call.
 type verified struct {
 	mu      sync.Mutex
 	entries map[[32]byte]verifiedEntry
 }
 
 type verifiedEntry struct {
-	key   *ecdsa.PublicKey
-	until time.Time
+	key    *ecdsa.PublicKey
+	kid    string
+	claims *Claims // shared: read only
+	until  time.Time
 }
 
 const (
@@ -31,14 +35,18 @@ const (
 // tokenHash is the cache key: the whole token, signature included.
 func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
 
-func (c *verified) has(h [32]byte, key *ecdsa.PublicKey, now time.Time) bool {
+// get returns the live entry for h, if any.
+func (c *verified) get(h [32]byte, now time.Time) (verifiedEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[h]
-	return ok && e.key == key && now.Before(e.until)
+	if !ok || !now.Before(e.until) {
+		return verifiedEntry{}, false
+	}
+	return e, true
 }
 
-func (c *verified) add(h [32]byte, key *ecdsa.PublicKey, now time.Time) {
+func (c *verified) add(h [32]byte, e verifiedEntry, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.entries == nil {
@@ -54,5 +62,6 @@ func (c *verified) add(h [32]byte, key *ecdsa.PublicKey, now time.Time) {
 			clear(c.entries) // many live tokens at once: start over rather than grow
 		}
 	}
-	c.entries[h] = verifiedEntry{key: key, until: now.Add(verifiedTTL)}
+	e.until = now.Add(verifiedTTL)
+	c.entries[h] = e
 }
