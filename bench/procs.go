@@ -228,7 +228,10 @@ func processLoad(ctx context.Context, env *benchEnv, cfg config, ts *temporaltes
 	token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: "flows", Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: cfg.conc * 2}}
 	flows := make(chan error, 1)
-	go func() { flows <- runFlows(ctx, ts.GetDefaultClient(), iv, ref, counselor, ehr, drafts, 2*time.Second) }()
+	go func() {
+		_, err := runFlows(ctx, ts.GetDefaultClient(), iv, ref, counselor, ehr, drafts, 2*time.Second)
+		flows <- err
+	}()
 	r := closedLoop(ctx, cfg.conc, cfg.duration, func(ctx context.Context, _, i int) error {
 		var req *http.Request
 		if i%2 == 0 {

@@ -36,6 +36,9 @@ type flowResult struct {
 	FullSeconds, NoopSeconds  float64
 	FullRate, NoopRate, Ratio float64
 	MeetingWait               time.Duration
+	// When the flows finished, from the start: the rate above is set by
+	// the last, so a straggler shows here.
+	FlowP50, FlowP90, FlowMax time.Duration
 	FullEvents, NoopEvents    int // history events per run, child workflows included
 	IntakeEvents              int // the MAT intake child's part of FullEvents
 	TimerRuns                 []timerResult
@@ -153,10 +156,12 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	wait := 2 * time.Second
 	r := &flowResult{Flows: cfg.flows, MeetingWait: wait}
 	start := time.Now()
-	if err := runFlows(ctx, c, iv, ref, counselor, ehr, drafts, wait); err != nil {
+	done, err := runFlows(ctx, c, iv, ref, counselor, ehr, drafts, wait)
+	if err != nil {
 		return nil, err
 	}
 	r.FullSeconds = time.Since(start).Seconds()
+	r.FlowP50, r.FlowP90, r.FlowMax = done[rank(len(done), 50)], done[rank(len(done), 90)], done[len(done)-1]
 	r.FullRate = float64(cfg.flows) / r.FullSeconds
 
 	w := worker.New(c, "bench-noop", worker.Options{})
@@ -334,27 +339,35 @@ func prepareFlows(ctx context.Context, env *benchEnv, fam familiesv1.FamiliesSer
 }
 
 // runFlows carries every draft to a completed MAT intake at once, with one
-// EHR inbox for all, and returns the first error.
+// EHR inbox for all. It returns when each flow finished, counted from the
+// start and sorted, or the first error.
 func runFlows(ctx context.Context, c client.Client, iv interventionsv1.InterventionsServiceClient, ref referralsv1.ReferralsServiceClient,
-	counselor, ehr context.Context, drafts []string, wait time.Duration) error {
+	counselor, ehr context.Context, drafts []string, wait time.Duration) ([]time.Duration, error) {
 	inbox := newEHRInbox()
 	ictx, stopInbox := context.WithCancel(ehr) // the EHR reads its inbox
 	defer stopInbox()
 	go inbox.run(ictx, ref, "clinics/flows", 100*time.Millisecond)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(drafts))
-	for _, name := range drafts {
+	done := make([]time.Duration, len(drafts))
+	start := time.Now()
+	for i, name := range drafts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			if err := oneFlow(ctx, c, iv, ref, inbox, counselor, ehr, name, wait); err != nil {
 				errs <- fmt.Errorf("flow %s: %w", name, err)
 			}
+			done[i] = time.Since(start)
 		}()
 	}
 	wg.Wait()
 	close(errs)
-	return <-errs
+	if err := <-errs; err != nil {
+		return nil, err
+	}
+	slices.Sort(done)
+	return done, nil
 }
 
 // oneFlow schedules one intervention, records "accepted" after its start,
