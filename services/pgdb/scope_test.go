@@ -6,21 +6,29 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
+// stamped makes a schema with the common tables and a context scoped to
+// clinic north that carries a stamp: an audit record for clinic, with
+// request id id.
+func stamped(t *testing.T, clinic, id string) (*pgxpool.Pool, *pgdb.DB, *pgdb.Stamp, context.Context) {
+	t.Helper()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
+		VALUES ($1, 's', '{}', 'M', 'r', 'OK', $2)`, Args: []any{clinic, id}}
+	return pool, pgtest.App(t, schema), st, pgdb.WithStamp(pgdb.WithClinic(context.Background(), "north"), st)
+}
+
 // A stamp is written by the first transaction of a call that commits, in
 // that transaction, exactly once; a rollback leaves it for the next.
 func TestStampRidesTheFirstCommit(t *testing.T) {
 	t.Parallel()
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
+	pool, db, st, ctx := stamped(t, "north", "stamp-1")
 	bg := context.Background()
-	st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
-		VALUES ('north', 's', '{}', 'M', 'r', 'OK', 'stamp-1')`}
-	ctx := pgdb.WithStamp(pgdb.WithClinic(bg, "north"), st)
 	records := func() int {
 		var n int
 		if err := pool.QueryRow(bg, `SELECT count(*) FROM audit_log WHERE request_id = 'stamp-1'`).Scan(&n); err != nil {
@@ -72,13 +80,9 @@ func TestStampRidesTheFirstCommit(t *testing.T) {
 // record.
 func TestStampThatFailsFailsTheCommit(t *testing.T) {
 	t.Parallel()
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
-	bg := context.Background()
 	// Another clinic's row: row-level security refuses it.
-	st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
-		VALUES ('south', 's', '{}', 'M', 'r', 'OK', 'stamp-2')`}
-	ctx := pgdb.WithStamp(pgdb.WithClinic(bg, "north"), st)
+	pool, db, st, ctx := stamped(t, "south", "stamp-2")
+	bg := context.Background()
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
 			VALUES ('north', 'test.changed', 'change-2', ''::bytea)`)
