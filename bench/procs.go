@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -26,6 +25,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
 
@@ -72,7 +72,7 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 	}
 	addr := map[string]string{}
 	for _, name := range []string{"families", "interventions", "referrals", "webhooks", "gateway"} {
-		if addr[name], err = freeAddr(); err != nil {
+		if addr[name], err = servicetest.FreeAddr(); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -276,15 +276,6 @@ func waitHTTP(ctx context.Context, url string) error {
 		}
 	}
 	return err
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 func tail(b []byte, n int) string {
