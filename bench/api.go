@@ -42,8 +42,8 @@ const (
 	FROM families f
 	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
 		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true WHERE f.clinic = $1 AND f.id = $2`
-	floorAudit = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`
+	floorAudit = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 )
 
 // floorFamily is what the floor reads back and returns.
@@ -147,10 +147,11 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // apiBench measures create and get of a family through the floor, the gRPC
 // service and the REST gateway, at the same concurrency, in one run.
 func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Duration) (map[string]result, error) {
-	_, db, err := env.schema(ctx, "families", families.Migrations())
+	owner, db, err := env.schema(ctx, "families", families.Migrations())
 	if err != nil {
 		return nil, err
 	}
+	defer closePools(owner, db)
 	// The floor gets a pool of its own, as the same role with the same size.
 	floorDB, err := pgdb.OpenApp(ctx, env.dsn, env.prefix+"families")
 	if err != nil {

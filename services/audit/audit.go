@@ -37,8 +37,11 @@ type Recorder struct {
 	DB *pgdb.DB
 }
 
-const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
-	VALUES ($1, $2, $3, $4, $5, $6, $7)`
+// The time is when the record is written (clock_timestamp), not when its
+// transaction began (now()): a record written with a change comes at the
+// end of that change's transaction.
+const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 
 // Record writes one event.
 func (r *Recorder) Record(ctx context.Context, e Event) error {

@@ -145,7 +145,12 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 // Written with the change, the record commits if and only if the change
 // does, and the call pays for one commit (one WAL flush) instead of two.
 // A call that opens no transaction, or whose transactions all roll back,
-// leaves the stamp unwritten, and its record is written on its own.
+// leaves the stamp unwritten, and its record is written on its own. The
+// rare doubt goes the safe way: if COMMIT reports an error after the
+// server committed (a connection lost at that moment), the record may be
+// written twice, never lost. Code that commits for a call from another
+// goroutine should drop the stamp (WithStamp(ctx, nil)): a commit after
+// the call has been recorded would record it again.
 type Stamp struct {
 	SQL   string
 	Args  []any
