@@ -50,10 +50,16 @@ func (b *ehrInbox) failure() error {
 	return b.err
 }
 
-// run sweeps every interval until ctx ends or a sweep fails.
+// sweepTries is how many sweeps in a row may fail before the inbox stops:
+// a passing error must not fail every flow waiting on it.
+const sweepTries = 5
+
+// run sweeps every interval until ctx ends or sweepTries sweeps in a row
+// fail.
 func (b *ehrInbox) run(ctx context.Context, ref referralLister, parent string, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	failed := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -61,8 +67,13 @@ func (b *ehrInbox) run(ctx context.Context, ref referralLister, parent string, e
 			return
 		case <-t.C:
 		}
-		if err := b.sweep(ctx, ref, parent); err != nil {
-			b.stop(err)
+		err := b.sweep(ctx, ref, parent)
+		if err == nil {
+			failed = 0
+			continue
+		}
+		if failed++; failed >= sweepTries {
+			b.stop(fmt.Errorf("%d sweeps in a row failed, the last: %w", failed, err))
 			return
 		}
 	}

@@ -105,3 +105,33 @@ func TestEHRInboxFailureReleasesTheWaitingFlows(t *testing.T) {
 		t.Error("expect after the inbox stopped gave an open channel")
 	}
 }
+
+// flaky fails its first call, then answers from its pages.
+type flaky struct {
+	pagedReferrals
+	failed bool
+}
+
+func (f *flaky) ListReferrals(ctx context.Context, in *referralsv1.ListReferralsRequest, opts ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	if !f.failed {
+		f.failed = true
+		return nil, errors.New("passing error")
+	}
+	return f.pagedReferrals.ListReferrals(ctx, in, opts...)
+}
+
+func TestEHRInboxRidesOutAPassingError(t *testing.T) {
+	b := newEHRInbox()
+	waiting := b.expect("iv-a")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go b.run(ctx, &flaky{pagedReferrals: pagedReferrals{pages: [][]*referralsv1.Referral{{referral("r-a", "iv-a")}}}}, "clinics/c", time.Millisecond)
+	select {
+	case got, ok := <-waiting:
+		if !ok || got != "r-a" {
+			t.Fatalf("got %q (open %v), want r-a after one failed sweep; inbox failure: %v", got, ok, b.failure())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no referral after a passing error")
+	}
+}

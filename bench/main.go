@@ -50,6 +50,17 @@ func (e *benchEnv) schema(ctx context.Context, name string, sources []pgdb.Sourc
 	return owner, db, err
 }
 
+// closePools closes what schema opened, so that a finished section holds
+// no connections through the sections after it.
+func closePools(owner *pgxpool.Pool, db *pgdb.DB) {
+	if db != nil {
+		db.Pool.Close()
+	}
+	if owner != nil {
+		owner.Close()
+	}
+}
+
 // settle drops schemas a finished section made and checkpoints, so that
 // the next section does not share the machine with the database's
 // background work on rows nothing reads any more.

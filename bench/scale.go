@@ -53,10 +53,12 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	if err != nil {
 		return nil, err
 	}
+	defer closePools(famOwner, famDB)
 	refOwner, refDB, err := env.schema(ctx, "scale_referrals", referrals.Migrations())
 	if err != nil {
 		return nil, err
 	}
+	defer closePools(refOwner, refDB)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	famSrv := families.New(famDB, families.Config{})

@@ -161,6 +161,9 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 		return nil, err
 	}
 	r.FullSeconds = time.Since(start).Seconds()
+	if len(done) == 0 {
+		return nil, fmt.Errorf("no flows to run")
+	}
 	r.FlowP50, r.FlowP90, r.FlowMax = done[rank(len(done), 50)], done[rank(len(done), 90)], done[len(done)-1]
 	r.FullRate = float64(cfg.flows) / r.FullSeconds
 
