@@ -25,7 +25,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcclient"
-	"github.com/handoff-health/handoff/services/servicetest"
+	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/workflows/codec"
 )
 
@@ -72,7 +72,7 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 	}
 	addr := map[string]string{}
 	for _, name := range []string{"families", "interventions", "referrals", "webhooks", "gateway"} {
-		if addr[name], err = servicetest.FreeAddr(); err != nil {
+		if addr[name], err = loopback.FreeAddr(); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -17,6 +17,8 @@ import (
 	sqliteplugin "go.temporal.io/server/common/persistence/sql/sqlplugin/sqlite"
 	"go.temporal.io/server/schema/sqlite"
 	"go.temporal.io/server/temporal"
+
+	"github.com/handoff-health/handoff/services/loopback"
 )
 
 // Config configures the server.
@@ -142,10 +144,9 @@ func Start(cfg Config) (*Server, error) {
 func (s *Server) Stop() error { return s.srv.Stop() }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := loopback.FreePort()
 	if err != nil {
 		return 0, fmt.Errorf("devtemporal: free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }

@@ -4,10 +4,7 @@ package servicetest
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"testing"
 	"time"
@@ -105,24 +102,4 @@ func (e *Env) AlsoWith(t testing.TB, cfg grpcserver.Config, register func(*grpc.
 	}
 	t.Cleanup(func() { conn.Close(); cancel(); <-done })
 	return conn
-}
-
-// FreeAddr returns a loopback address that nothing listens on right now,
-// for a process that will bind it itself. The port comes from below the
-// kernel's ephemeral range (32768 and up on Linux, 49152 and up on macOS):
-// a port from ":0" goes back to the pool on close, and a test in a package
-// running alongside took one before the process under test could bind it.
-func FreeAddr() (string, error) {
-	for range 200 {
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000)))
-		if err != nil {
-			continue // taken: try another
-		}
-		addr := l.Addr().String()
-		if err := l.Close(); err != nil {
-			return "", fmt.Errorf("free address: %w", err)
-		}
-		return addr, nil
-	}
-	return "", errors.New("free address: no free port in 20000-31999")
 }

@@ -31,15 +31,15 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
-	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 )
 
 func freeAddr(t *testing.T) string {
-	addr, err := servicetest.FreeAddr()
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
