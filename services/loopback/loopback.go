@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"strconv"
 )
 
 // Ports come from below the kernel's ephemeral range (32768 and up on
@@ -22,33 +21,33 @@ const (
 
 // FreeAddr returns a loopback host:port that nothing listens on right now.
 func FreeAddr() (string, error) {
+	a, err := free()
+	if err != nil {
+		return "", err
+	}
+	return a.String(), nil
+}
+
+// FreePort is FreeAddr's port.
+func FreePort() (int, error) {
+	a, err := free()
+	if err != nil {
+		return 0, err
+	}
+	return a.Port, nil
+}
+
+func free() (*net.TCPAddr, error) {
 	for range 200 {
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", low+rand.IntN(span)))
 		if err != nil {
 			continue // taken: try another
 		}
-		addr := l.Addr().String()
+		a := l.Addr().(*net.TCPAddr)
 		if err := l.Close(); err != nil {
-			return "", fmt.Errorf("loopback: %w", err)
+			return nil, fmt.Errorf("loopback: %w", err)
 		}
-		return addr, nil
+		return a, nil
 	}
-	return "", errors.New("loopback: no free port in 20000-31999")
-}
-
-// FreePort is FreeAddr's port.
-func FreePort() (int, error) {
-	addr, err := FreeAddr()
-	if err != nil {
-		return 0, err
-	}
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return 0, fmt.Errorf("loopback: %w", err)
-	}
-	port, err := strconv.Atoi(p)
-	if err != nil {
-		return 0, fmt.Errorf("loopback: port %q: %w", p, err)
-	}
-	return port, nil
+	return nil, errors.New("loopback: no free port in 20000-31999")
 }
