@@ -207,12 +207,6 @@ func latencies(ctx context.Context, n int, op func(ctx context.Context, i int) e
 	return summarize(lat, 0, time.Since(start)), nil
 }
 
-// probe watches the machine while an open-loop run goes on. It writes
-// 8 kB to a file of its own and fsyncs it every probeSyncEvery: commits
-// wait on the same kind of sync, so a stall in the load that the probe
-// also saw came from the disk, not from Handoff. And it reads the CPU time
-// the hypervisor stole every 100 ms: a stolen slice stalls whatever was on
-// that CPU.
 // probeSyncEvery is sparse on purpose: the probe shares the disk with
 // PostgreSQL's WAL, and at one fsync every 5 ms (200 a second, each an ext4
 // journal commit) it slowed the commits it was there to watch. In one run
@@ -221,6 +215,12 @@ func latencies(ctx context.Context, n int, op func(ctx context.Context, i int) e
 // a probe.
 const probeSyncEvery = 50 * time.Millisecond
 
+// probe watches the machine while an open-loop run goes on. It writes
+// 8 kB to a file of its own and fsyncs it every probeSyncEvery: commits
+// wait on the same kind of sync, so a stall in the load that the probe
+// also saw came from the disk, not from Handoff. And it reads the CPU time
+// the hypervisor stole every 100 ms: a stolen slice stalls whatever was on
+// that CPU.
 type probe struct {
 	stop      chan struct{}
 	done      sync.WaitGroup
