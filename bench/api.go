@@ -217,26 +217,21 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 		return nil, err
 	}
 	id := aip.ID(fam.GetName())
-	grpcCreate := func(ctx context.Context) error {
-		_, err := client.CreateFamily(auth.WithToken(ctx, token), &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
-			Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
-		return err
-	}
-	grpcGet := func(ctx context.Context) error {
-		_, err := client.GetFamily(auth.WithToken(ctx, token), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
-		return err
-	}
-	ops := map[string]map[string]func(ctx context.Context) error{
-		"create": {
-			"floor":   func(ctx context.Context) error { return post(ctx, floorURL+"/families", false) },
-			"grpc":    grpcCreate,
-			"gateway": func(ctx context.Context) error { return post(ctx, gwURL+"/v1/clinics/bench/families", true) },
+	// Each path by name: "floor create", "grpc get" and so on.
+	ops := map[string]func(ctx context.Context) error{
+		"floor create": func(ctx context.Context) error { return post(ctx, floorURL+"/families", false) },
+		"grpc create": func(ctx context.Context) error {
+			_, err := client.CreateFamily(auth.WithToken(ctx, token), &familiesv1.CreateFamilyRequest{Parent: "clinics/bench",
+				Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Bench"}, Counselor: "c-1"}})
+			return err
 		},
-		"get": {
-			"floor":   func(ctx context.Context) error { return get(ctx, floorURL+"/families/"+id, false) },
-			"grpc":    grpcGet,
-			"gateway": func(ctx context.Context) error { return get(ctx, gwURL+"/v1/"+fam.GetName(), true) },
+		"gateway create": func(ctx context.Context) error { return post(ctx, gwURL+"/v1/clinics/bench/families", true) },
+		"floor get":      func(ctx context.Context) error { return get(ctx, floorURL+"/families/"+id, false) },
+		"grpc get": func(ctx context.Context) error {
+			_, err := client.GetFamily(auth.WithToken(ctx, token), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+			return err
 		},
+		"gateway get": func(ctx context.Context) error { return get(ctx, gwURL+"/v1/"+fam.GetName(), true) },
 	}
 	out := map[string]result{}
 	add := func(rs map[string]result) {
@@ -246,7 +241,7 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	}
 	for _, op := range []string{"create", "get"} {
 		rs, err := interleave(rounds, []string{"floor " + op, "grpc " + op, "gateway " + op}, func(name string) (result, error) {
-			fn := ops[op][strings.Fields(name)[0]]
+			fn := ops[name]
 			r := saturate(ctx, conc, d, func(ctx context.Context, _, _ int) error { return fn(ctx) })
 			if r.Errors > 0 || r.Ops == 0 {
 				return r, fmt.Errorf("%d errors in %d operations", r.Errors, r.Errors+r.Ops)
@@ -263,18 +258,18 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	// probe runs alongside each); a quarter of saturation tells queueing
 	// apart from hiccups that hit any single request.
 	for _, op := range []string{"get", "create"} {
+		half, quarter := "grpc "+op+" at half saturation", "grpc "+op+" at quarter saturation"
+		floorHalf := "floor " + op + " at half saturation"
 		rate := out["grpc "+op].Throughput / 2
-		runs := map[string]struct {
-			rate float64
-			fn   func(ctx context.Context) error
-		}{
-			"grpc " + op + " at half saturation":    {rate, ops[op]["grpc"]},
-			"floor " + op + " at half saturation":   {rate, ops[op]["floor"]},
-			"grpc " + op + " at quarter saturation": {rate / 2, ops[op]["grpc"]},
-		}
-		rs, err := interleave(rounds, []string{"grpc " + op + " at half saturation", "floor " + op + " at half saturation",
-			"grpc " + op + " at quarter saturation"}, func(name string) (result, error) {
-			return openLoop(ctx, runs[name].rate, d, runs[name].fn)
+		rs, err := interleave(rounds, []string{half, floorHalf, quarter}, func(name string) (result, error) {
+			switch name {
+			case half:
+				return openLoop(ctx, rate, d, ops["grpc "+op])
+			case floorHalf:
+				return openLoop(ctx, rate, d, ops["floor "+op])
+			default:
+				return openLoop(ctx, rate/2, d, ops["grpc "+op])
+			}
 		})
 		if err != nil {
 			return nil, err
