@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -254,19 +255,39 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 		add(rs)
 	}
 	// Below saturation: half of the gRPC throughput, open loop, through
-	// the service and, at the same offered rate, through the floor (a
-	// probe runs alongside each); a quarter of saturation tells queueing
-	// apart from hiccups that hit any single request.
+	// the service and, at the same offered rate, through the floor and
+	// through pgbench sending the floor's statements (a probe runs
+	// alongside each); a quarter of saturation tells queueing apart from
+	// hiccups that hit any single request.
+	pgbenchDB, err := pgbenchDSN(env.dsn, pgdb.AppRole, env.prefix+"families")
+	if err != nil {
+		return nil, err
+	}
+	pgbenchRuns := map[string]struct {
+		script string
+		vars   map[string]string
+	}{
+		"get":    {pgbenchGet, map[string]string{"clinic": "bench", "id": id, "name": fam.GetName()}},
+		"create": {pgbenchCreate, map[string]string{"clinic": "bench", "doc": `{"loved_one":{"givenName":"Bench"}}`}},
+	}
+	_, lookErr := exec.LookPath("pgbench")
 	for _, op := range []string{"get", "create"} {
 		half, quarter := "grpc "+op+" at half saturation", "grpc "+op+" at quarter saturation"
-		floorHalf := "floor " + op + " at half saturation"
+		floorHalf, dbHalf := "floor "+op+" at half saturation", "pgbench "+op+" at half saturation"
+		names := []string{half, floorHalf, quarter}
+		if lookErr == nil {
+			names = append(names, dbHalf)
+		}
 		rate := out["grpc "+op].Throughput / 2
-		rs, err := interleave(rounds, []string{half, floorHalf, quarter}, func(name string) (result, error) {
+		rs, err := interleave(rounds, names, func(name string) (result, error) {
 			switch name {
 			case half:
 				return openLoop(ctx, rate, d, ops["grpc "+op])
 			case floorHalf:
 				return openLoop(ctx, rate, d, ops["floor "+op])
+			case dbHalf:
+				p := pgbenchRuns[op]
+				return pgbenchLoop(ctx, pgbenchDB, p.script, p.vars, int(floorDB.Pool.Config().MaxConns), rate, d)
 			default:
 				return openLoop(ctx, rate/2, d, ops["grpc "+op])
 			}

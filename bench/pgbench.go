@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The floor's statements as pgbench scripts, in the floor's round trips.
+// pgbench is PostgreSQL's own load driver, a C program outside this
+// process: at a given rate it shows what PostgreSQL and the disk alone give,
+// with no Go runtime, HTTP or gRPC in the way. Its -R spaces transactions
+// as a Poisson process, where openLoop spaces requests evenly; at half of
+// saturation on a handful of connections that adds little queueing, so a
+// tail far over the target here is the machine's, not Handoff's.
+const (
+	// A read: the clinic scope and the read in one pipeline, then the scope
+	// and the audit record in another, as the floor sends its two batches.
+	pgbenchGet = `\startpipeline
+SELECT set_config('handoff.clinic', :clinic, false);
+` + pgbenchSelect + `;
+\endpipeline
+\startpipeline
+SELECT set_config('handoff.clinic', :clinic, false);
+INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
+	VALUES (:clinic, 'bench', '{counselor}', 'GetFamily', :name, 'OK', '', clock_timestamp());
+\endpipeline
+`
+	// A create: the scope, then one transaction of insert, read-back,
+	// outbox event and audit record, a round trip each. The id is made in
+	// the insert, time-ordered as the floor's UUIDv7 ids are, and read back
+	// for the statements after it.
+	pgbenchCreate = `\set r random(1, 1000000000)
+SELECT set_config('handoff.clinic', :clinic, false);
+BEGIN;
+INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
+	VALUES (:clinic, to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS') || '-' || :client_id || '-' || :r, :doc, 'c-1', 1, now(), now(), now())
+	RETURNING id \gset
+` + pgbenchSelect + `;
+INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES (:clinic, 'family.created', :id, :doc, NULL);
+INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
+	VALUES (:clinic, 'bench', '{counselor}', 'CreateFamily', 'clinics/' || :clinic || '/families/' || :id, 'OK', '', clock_timestamp());
+COMMIT;
+`
+	pgbenchSelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
+	f.create_time, f.update_time, f.version,
+	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
+	FROM families f
+	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
+		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true WHERE f.clinic = :clinic AND f.id = :id`
+)
+
+// errNoPgbench says the machine has no pgbench; the report then leaves its
+// rows out and says why.
+var errNoPgbench = errors.New("pgbench not found on PATH (it comes with PostgreSQL's client or server package)")
+
+// pgbenchDSN is dsn with the application role and schema set at connection
+// start, as pgdb.OpenApp sets them, so pgbench runs under the same
+// row-level security as the floor.
+func pgbenchDSN(dsn, role, schema string) (string, error) {
+	opts := fmt.Sprintf("-c role=%s -c search_path=%s", role, schema)
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", fmt.Errorf("pgbench dsn: %w", err)
+		}
+		q := u.Query()
+		if o := q.Get("options"); o != "" {
+			opts = o + " " + opts
+		}
+		q.Set("options", opts)
+		// libpq does not read "+" as a space, as Encode writes it.
+		u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+		return u.String(), nil
+	}
+	if strings.Contains(dsn, "options=") {
+		return "", fmt.Errorf("pgbench dsn: a key/value dsn with options of its own is not supported; use a URL")
+	}
+	return dsn + " options='" + opts + "'", nil
+}
+
+// pgbenchLoop runs script through pgbench at rate for d (whole seconds, at
+// least one) on conns connections, with the probe alongside, and measures
+// each transaction from when it was due, as openLoop does.
+func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string, conns int, rate float64, d time.Duration) (result, error) {
+	bin, err := exec.LookPath("pgbench")
+	if err != nil {
+		return result{}, errNoPgbench
+	}
+	dir, err := os.MkdirTemp("", "handoff-pgbench-*")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(dir)
+	file := filepath.Join(dir, "script.sql")
+	if err := os.WriteFile(file, []byte(script), 0o600); err != nil {
+		return result{}, err
+	}
+	secs := max(1, int(math.Ceil(d.Seconds())))
+	args := []string{"-n", "-M", "prepared", "-f", file, "-R", strconv.FormatFloat(rate, 'f', 1, 64),
+		"-T", strconv.Itoa(secs), "-c", strconv.Itoa(conns), "-j", strconv.Itoa(min(conns, 2)),
+		"-l", "--log-prefix", filepath.Join(dir, "tx")}
+	for k, v := range vars {
+		args = append(args, "-D", k+"="+v)
+	}
+	args = append(args, dsn)
+	probe := startProbe()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	r := result{}
+	if perr := probe.finish(&r); perr != nil && err == nil {
+		err = fmt.Errorf("probe: %w", perr)
+	}
+	if err != nil {
+		return r, fmt.Errorf("pgbench: %w: %s", err, failureLines(string(out)))
+	}
+	logs, err := filepath.Glob(filepath.Join(dir, "tx.*"))
+	if err != nil || len(logs) == 0 {
+		return r, fmt.Errorf("pgbench wrote no transaction log: %s", failureLines(string(out)))
+	}
+	var lat []time.Duration
+	errs := 0
+	for _, name := range logs {
+		l, e, err := readPgbenchLog(name)
+		if err != nil {
+			return r, err
+		}
+		lat, errs = append(lat, l...), errs+e
+	}
+	s := summarize(lat, errs, time.Duration(secs)*time.Second)
+	s.Offered, s.SyncMax, s.SyncSlow, s.Steal, s.StealPeak = rate, r.SyncMax, r.SyncSlow, r.Steal, r.StealPeak
+	if s.Errors > 0 || s.Ops == 0 {
+		return s, fmt.Errorf("pgbench: %d failed transactions in %d", s.Errors, s.Errors+s.Ops)
+	}
+	return s, nil
+}
+
+// readPgbenchLog reads one of pgbench's per-transaction logs (with a rate
+// set: client, transaction, elapsed µs, script, epoch s, epoch µs, schedule
+// lag µs) and returns each transaction's time from when it was due, elapsed
+// plus lag, and how many did not complete.
+func readPgbenchLog(name string) ([]time.Duration, int, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	return parsePgbenchLog(bufio.NewScanner(f), name)
+}
+
+func parsePgbenchLog(sc *bufio.Scanner, name string) ([]time.Duration, int, error) {
+	var lat []time.Duration
+	failed := 0
+	for line := 1; sc.Scan(); line++ {
+		f := strings.Fields(sc.Text())
+		if len(f) < 7 {
+			return nil, 0, fmt.Errorf("%s:%d: want 7 fields with a rate set, got %d", name, line, len(f))
+		}
+		elapsed, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil { // "skipped" or "failed"
+			failed++
+			continue
+		}
+		lag, err := strconv.ParseInt(f[6], 10, 64)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s:%d: schedule lag %q: %w", name, line, f[6], err)
+		}
+		lat = append(lat, time.Duration(elapsed+lag)*time.Microsecond)
+	}
+	return lat, failed, sc.Err()
+}
+
+// failureLines picks what says why out of pgbench's output: its errors and
+// the server's, or else its last lines.
+func failureLines(out string) string {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var why []string
+	for _, l := range lines {
+		if strings.Contains(strings.ToLower(l), "error") || strings.Contains(l, "aborted") {
+			why = append(why, strings.TrimSpace(l))
+		}
+	}
+	if len(why) == 0 {
+		why = lines[max(0, len(lines)-5):]
+	}
+	return strings.Join(why[:min(len(why), 5)], "; ")
+}

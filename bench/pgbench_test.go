@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+func TestParsePgbenchLog(t *testing.T) {
+	log := "0 0 1500 0 1796191724 440680 250\n" +
+		"1 0 2000 0 1796191724 442532 0\n" +
+		"0 1 failed 0 1796191724 443000 10\n"
+	lat, failed, err := parsePgbenchLog(bufio.NewScanner(strings.NewReader(log)), "log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Elapsed plus schedule lag: the time from when each was due.
+	if len(lat) != 2 || lat[0] != 1750*time.Microsecond || lat[1] != 2000*time.Microsecond || failed != 1 {
+		t.Fatalf("got %v, %d failed; want [1.75ms 2ms], 1 failed", lat, failed)
+	}
+	// Without a rate there is no lag column: refused, not read as zero lag.
+	if _, _, err := parsePgbenchLog(bufio.NewScanner(strings.NewReader("0 0 1500 0 1796191724 440680\n")), "log"); err == nil {
+		t.Fatal("a line without schedule lag was accepted")
+	}
+}
+
+func TestPgbenchDSN(t *testing.T) {
+	got, err := pgbenchDSN("postgres://u@h:5432/db?sslmode=disable&options=-cwork_mem%3D4MB", "app", "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(got)
+	if o := u.Query().Get("options"); o != "-cwork_mem=4MB -c role=app -c search_path=s1" {
+		t.Fatalf("options = %q", o)
+	}
+	if u.Query().Get("sslmode") != "disable" || u.Path != "/db" {
+		t.Fatalf("lost the rest of the URL: %s", got)
+	}
+	if got, _ := pgbenchDSN("host=h dbname=db", "app", "s1"); got != "host=h dbname=db options='-c role=app -c search_path=s1'" {
+		t.Fatalf("key/value dsn = %q", got)
+	}
+	if _, err := pgbenchDSN("host=h options='-cx=1'", "app", "s1"); err == nil {
+		t.Fatal("a key/value dsn with options of its own was accepted")
+	}
+}
+
+// TestPgbenchScripts runs both scripts through pgbench against a migrated
+// schema, as the application role, and checks that each transaction did
+// what the floor does: a create writes its family, outbox event and audit
+// record; a read finds the family and writes its audit record.
+func TestPgbenchScripts(t *testing.T) {
+	owner, schema := pgtest.Schema(t, families.Migrations()...)
+	dsn, err := pgbenchDSN(pgtest.URL(), pgdb.AppRole, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	count := func(q string, args ...any) int {
+		t.Helper()
+		var n int
+		if err := owner.QueryRow(ctx, q, args...).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	created, err := pgbenchLoop(ctx, dsn, pgbenchCreate, map[string]string{"clinic": "bench", "doc": `{"loved_one":{"givenName":"Bench"}}`}, 2, 40, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created.Ops < 20 || created.Offered != 40 || created.P99 <= 0 || created.P99 < created.P50 {
+		t.Fatalf("create run: %d ops at %v/s offered, p50 %v p99 %v", created.Ops, created.Offered, created.P50, created.P99)
+	}
+	if n := count(`SELECT count(*) FROM families WHERE clinic = 'bench'`); n != created.Ops {
+		t.Fatalf("%d families for %d creates", n, created.Ops)
+	}
+	if n := count(`SELECT count(*) FROM outbox WHERE clinic = 'bench' AND event_type = 'family.created'`); n != created.Ops {
+		t.Fatalf("%d outbox events for %d creates", n, created.Ops)
+	}
+	if n := count(`SELECT count(*) FROM audit_log a JOIN families f ON a.resource = 'clinics/bench/families/' || f.id
+		WHERE a.method = 'CreateFamily'`); n != created.Ops {
+		t.Fatalf("%d create audit records naming a family for %d creates", n, created.Ops)
+	}
+
+	var id string
+	if err := owner.QueryRow(ctx, `SELECT id FROM families LIMIT 1`).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	name := "clinics/bench/families/" + id
+	read, err := pgbenchLoop(ctx, dsn, pgbenchGet, map[string]string{"clinic": "bench", "id": id, "name": name}, 2, 40, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if read.Ops < 20 {
+		t.Fatalf("get run: %d ops", read.Ops)
+	}
+	if n := count(`SELECT count(*) FROM audit_log WHERE method = 'GetFamily' AND resource = $1`, name); n != read.Ops {
+		t.Fatalf("%d read audit records for %d reads", n, read.Ops)
+	}
+
+	// pgbench runs as the application role, under row-level security as
+	// the floor is: a row for another clinic is refused (a superuser, the
+	// URL's own user, would have written it).
+	other := "SELECT set_config('handoff.clinic', 'bench', false);\n" +
+		"INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time) VALUES ('other', 'x', '{}', 'c', 1, now());\n"
+	_, err = pgbenchLoop(ctx, dsn, other, nil, 1, 5, time.Second)
+	if err == nil || !strings.Contains(err.Error(), "row-level security") {
+		t.Fatalf("a row for another clinic: err = %v, want a row-level security refusal", err)
+	}
+	if n := count(`SELECT count(*) FROM families WHERE clinic = 'other'`); n != 0 {
+		t.Fatalf("%d rows written for another clinic", n)
+	}
+}
