@@ -88,9 +88,15 @@ func pgbenchDSN(dsn, role, schema string) (string, error) {
 	return dsn + " options='" + opts + "'", nil
 }
 
+// pgbenchWarmup is cut from the front of each pgbench run: pgbench starts
+// its schedule before its connections are up and its statements prepared,
+// and the first transactions' wait for that showed as up to 80 ms of lag.
+const pgbenchWarmup = time.Second
+
 // pgbenchLoop runs script through pgbench at rate for d (whole seconds, at
-// least one) on conns connections, with the probe alongside, and measures
-// each transaction from when it was due, as openLoop does.
+// least one) after a warm-up, on conns connections, with the probe
+// alongside, and measures each transaction from when it was due, as
+// openLoop does.
 func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string, conns int, rate float64, d time.Duration) (result, error) {
 	bin, err := exec.LookPath("pgbench")
 	if err != nil {
@@ -107,7 +113,7 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 	}
 	secs := max(1, int(math.Ceil(d.Seconds())))
 	args := []string{"-n", "-M", "prepared", "-f", file, "-R", strconv.FormatFloat(rate, 'f', 1, 64),
-		"-T", strconv.Itoa(secs), "-c", strconv.Itoa(conns), "-j", strconv.Itoa(min(conns, 2)),
+		"-T", strconv.Itoa(secs + int(pgbenchWarmup/time.Second)), "-c", strconv.Itoa(conns), "-j", strconv.Itoa(min(conns, 2)),
 		"-l", "--log-prefix", filepath.Join(dir, "tx")}
 	for k, v := range vars {
 		args = append(args, "-D", k+"="+v)
@@ -126,15 +132,15 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 	if err != nil || len(logs) == 0 {
 		return r, fmt.Errorf("pgbench wrote no transaction log: %s", failureLines(string(out)))
 	}
-	var lat []time.Duration
-	errs := 0
+	var txs []pgbenchTx
 	for _, name := range logs {
-		l, e, err := readPgbenchLog(name)
+		t, err := readPgbenchLog(name)
 		if err != nil {
 			return r, err
 		}
-		lat, errs = append(lat, l...), errs+e
+		txs = append(txs, t...)
 	}
+	lat, errs := afterWarmup(txs, pgbenchWarmup)
 	s := summarize(lat, errs, time.Duration(secs)*time.Second)
 	s.Offered, s.SyncMax, s.SyncSlow, s.Steal, s.StealPeak = rate, r.SyncMax, r.SyncSlow, r.Steal, r.StealPeak
 	if s.Errors > 0 || s.Ops == 0 {
@@ -143,39 +149,79 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 	return s, nil
 }
 
-// readPgbenchLog reads one of pgbench's per-transaction logs (with a rate
-// set: client, transaction, elapsed µs, script, epoch s, epoch µs, schedule
-// lag µs) and returns each transaction's time from when it was due, elapsed
-// plus lag, and how many did not complete.
-func readPgbenchLog(name string) ([]time.Duration, int, error) {
+// pgbenchTx is one line of pgbench's transaction log.
+type pgbenchTx struct {
+	due     time.Time     // when the schedule wanted it to start
+	latency time.Duration // from due to done; 0 when it failed
+	failed  bool
+}
+
+// afterWarmup returns the latencies of the transactions due from warmup
+// after the first one on, and how many of those failed.
+func afterWarmup(txs []pgbenchTx, warmup time.Duration) ([]time.Duration, int) {
+	if len(txs) == 0 {
+		return nil, 0
+	}
+	first := txs[0].due
+	for _, t := range txs {
+		if t.due.Before(first) {
+			first = t.due
+		}
+	}
+	var lat []time.Duration
+	failed := 0
+	for _, t := range txs {
+		switch {
+		case t.due.Before(first.Add(warmup)):
+		case t.failed:
+			failed++
+		default:
+			lat = append(lat, t.latency)
+		}
+	}
+	return lat, failed
+}
+
+// readPgbenchLog reads one of pgbench's per-transaction logs.
+func readPgbenchLog(name string) ([]pgbenchTx, error) {
 	f, err := os.Open(name)
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	defer f.Close()
 	return parsePgbenchLog(bufio.NewScanner(f), name)
 }
 
-func parsePgbenchLog(sc *bufio.Scanner, name string) ([]time.Duration, int, error) {
-	var lat []time.Duration
-	failed := 0
+// parsePgbenchLog reads lines of client, transaction, elapsed µs, script,
+// completion time (epoch s and µs) and schedule lag µs, the last there only
+// with a rate set. A transaction was due at completion less elapsed less
+// lag, and took elapsed plus lag from then.
+func parsePgbenchLog(sc *bufio.Scanner, name string) ([]pgbenchTx, error) {
+	var txs []pgbenchTx
 	for line := 1; sc.Scan(); line++ {
 		f := strings.Fields(sc.Text())
 		if len(f) < 7 {
-			return nil, 0, fmt.Errorf("%s:%d: want 7 fields with a rate set, got %d", name, line, len(f))
+			return nil, fmt.Errorf("%s:%d: want 7 fields with a rate set, got %d", name, line, len(f))
 		}
+		var n [3]int64
+		for i, k := range []int{4, 5, 6} {
+			v, err := strconv.ParseInt(f[k], 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: field %d %q: %w", name, line, k+1, f[k], err)
+			}
+			n[i] = v
+		}
+		done := time.Unix(n[0], n[1]*1000)
+		lag := time.Duration(n[2]) * time.Microsecond
 		elapsed, err := strconv.ParseInt(f[2], 10, 64)
 		if err != nil { // "skipped" or "failed"
-			failed++
+			txs = append(txs, pgbenchTx{due: done.Add(-lag), failed: true})
 			continue
 		}
-		lag, err := strconv.ParseInt(f[6], 10, 64)
-		if err != nil {
-			return nil, 0, fmt.Errorf("%s:%d: schedule lag %q: %w", name, line, f[6], err)
-		}
-		lat = append(lat, time.Duration(elapsed+lag)*time.Microsecond)
+		took := time.Duration(elapsed)*time.Microsecond + lag
+		txs = append(txs, pgbenchTx{due: done.Add(-took), latency: took})
 	}
-	return lat, failed, sc.Err()
+	return txs, sc.Err()
 }
 
 // failureLines picks what says why out of pgbench's output: its errors and
