@@ -47,7 +47,7 @@ run: build
 	@scripts/ensure-postgres.sh >/dev/null || { scripts/ensure-postgres.sh; exit 1; }
 	bin/handoff dev --demo $(ARGS)
 
-## bench: the benchmark suite; writes bench/results/<date>.md and latest.md (about five minutes)
+## bench: the benchmark suite; writes bench/results/<date>.md and latest.md (about nine minutes)
 bench:
 	@scripts/ensure-postgres.sh >/dev/null
 	go run ./bench
