@@ -88,6 +88,24 @@ func pgbenchDSN(dsn, role, schema string) (string, error) {
 	return dsn + " options='" + opts + "'", nil
 }
 
+// withoutPassword takes the password out of a URL dsn and returns both.
+// A key/value dsn is returned as it is: pgbenchDSN's callers pass URLs.
+func withoutPassword(dsn string) (string, string, error) {
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		return dsn, "", nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", "", fmt.Errorf("pgbench dsn: %w", err)
+	}
+	password, ok := u.User.Password()
+	if !ok {
+		return dsn, "", nil
+	}
+	u.User = url.User(u.User.Username())
+	return u.String(), password, nil
+}
+
 // pgbenchWarmup is cut from the front of each pgbench run: pgbench starts
 // its schedule before its connections are up and its statements prepared,
 // and the first transactions' wait for that showed as up to 80 ms of lag.
@@ -118,9 +136,18 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 	for k, v := range vars {
 		args = append(args, "-D", k+"="+v)
 	}
-	args = append(args, dsn)
+	// A password goes to pgbench in its environment, not on its command
+	// line, where any user of the machine could read it.
+	dsn, password, err := withoutPassword(dsn)
+	if err != nil {
+		return result{}, err
+	}
+	cmd := exec.CommandContext(ctx, bin, append(args, dsn)...)
+	if password != "" {
+		cmd.Env = append(os.Environ(), "PGPASSWORD="+password)
+	}
 	probe := startProbe()
-	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	out, err := cmd.CombinedOutput()
 	r := result{}
 	if perr := probe.finish(&r); perr != nil && err == nil {
 		err = fmt.Errorf("probe: %w", perr)

@@ -149,3 +149,16 @@ func TestPgbenchScripts(t *testing.T) {
 		t.Fatalf("%d rows written for another clinic", n)
 	}
 }
+
+func TestWithoutPassword(t *testing.T) {
+	dsn, pw, err := withoutPassword("postgres://u:s%40cret@h:5432/db?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dsn != "postgres://u@h:5432/db?sslmode=disable" || pw != "s@cret" {
+		t.Fatalf("got %q and %q", dsn, pw)
+	}
+	if dsn, pw, _ := withoutPassword("postgres://u@h/db"); dsn != "postgres://u@h/db" || pw != "" {
+		t.Fatalf("no password: got %q and %q", dsn, pw)
+	}
+}
