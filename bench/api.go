@@ -259,10 +259,6 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	// through pgbench sending the floor's statements (a probe runs
 	// alongside each); a quarter of saturation tells queueing apart from
 	// hiccups that hit any single request.
-	pgbenchDB, err := pgbenchDSN(env.dsn, pgdb.AppRole, env.prefix+"families")
-	if err != nil {
-		return nil, err
-	}
 	pgbenchRuns := map[string]struct {
 		script string
 		vars   map[string]string
@@ -271,6 +267,12 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 		"create": {pgbenchCreate, map[string]string{"clinic": "bench", "doc": `{"loved_one":{"givenName":"Bench"}}`}},
 	}
 	_, lookErr := exec.LookPath("pgbench")
+	var pgbenchDB string
+	if lookErr == nil {
+		if pgbenchDB, err = pgbenchDSN(env.dsn, pgdb.AppRole, env.prefix+"families"); err != nil {
+			return nil, err
+		}
+	}
 	for _, op := range []string{"get", "create"} {
 		half, quarter := "grpc "+op+" at half saturation", "grpc "+op+" at quarter saturation"
 		floorHalf, dbHalf := "floor "+op+" at half saturation", "pgbench "+op+" at half saturation"

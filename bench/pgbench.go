@@ -88,7 +88,8 @@ func pgbenchDSN(dsn, role, schema string) (string, error) {
 	return dsn + " options='" + opts + "'", nil
 }
 
-// withoutPassword takes the password out of a URL dsn and returns both.
+// withoutPassword takes the password out of a URL dsn, from its user part
+// or its query, and returns both.
 // A key/value dsn is returned as it is: pgbenchDSN's callers pass URLs.
 func withoutPassword(dsn string) (string, string, error) {
 	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
@@ -99,10 +100,14 @@ func withoutPassword(dsn string) (string, string, error) {
 		return "", "", fmt.Errorf("pgbench dsn: %w", err)
 	}
 	password, ok := u.User.Password()
-	if !ok {
-		return dsn, "", nil
+	if ok {
+		u.User = url.User(u.User.Username())
 	}
-	u.User = url.User(u.User.Username())
+	if q := u.Query(); q.Has("password") {
+		password = q.Get("password")
+		q.Del("password")
+		u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+	}
 	return u.String(), password, nil
 }
 
@@ -130,8 +135,11 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 		return result{}, err
 	}
 	secs := max(1, int(math.Ceil(d.Seconds())))
+	// One thread: pgbench gives each thread a schedule of its own at its
+	// share of the rate, which would make two queues where the floor has
+	// one pool.
 	args := []string{"-n", "-M", "prepared", "-f", file, "-R", strconv.FormatFloat(rate, 'f', 1, 64),
-		"-T", strconv.Itoa(secs + int(pgbenchWarmup/time.Second)), "-c", strconv.Itoa(conns), "-j", strconv.Itoa(min(conns, 2)),
+		"-T", strconv.Itoa(secs + int(pgbenchWarmup/time.Second)), "-c", strconv.Itoa(conns), "-j", "1",
 		"-l", "--log-prefix", filepath.Join(dir, "tx")}
 	for k, v := range vars {
 		args = append(args, "-D", k+"="+v)
@@ -219,10 +227,12 @@ func readPgbenchLog(name string) ([]pgbenchTx, error) {
 	return parsePgbenchLog(bufio.NewScanner(f), name)
 }
 
-// parsePgbenchLog reads lines of client, transaction, elapsed µs, script,
+// parsePgbenchLog reads lines of client, transaction, time µs, script,
 // completion time (epoch s and µs) and schedule lag µs, the last there only
-// with a rate set. A transaction was due at completion less elapsed less
-// lag, and took elapsed plus lag from then.
+// with a rate set. With a rate set pgbench counts a transaction's time from
+// when it was scheduled, so the lag is already in it: the transaction was
+// due at completion less that time. A failed or skipped one has no time;
+// it is placed at its completion.
 func parsePgbenchLog(sc *bufio.Scanner, name string) ([]pgbenchTx, error) {
 	var txs []pgbenchTx
 	for line := 1; sc.Scan(); line++ {
@@ -239,14 +249,13 @@ func parsePgbenchLog(sc *bufio.Scanner, name string) ([]pgbenchTx, error) {
 			n[i] = v
 		}
 		done := time.Unix(n[0], n[1]*1000)
-		lag := time.Duration(n[2]) * time.Microsecond
-		elapsed, err := strconv.ParseInt(f[2], 10, 64)
+		took, err := strconv.ParseInt(f[2], 10, 64)
 		if err != nil { // "skipped" or "failed"
-			txs = append(txs, pgbenchTx{due: done.Add(-lag), failed: true})
+			txs = append(txs, pgbenchTx{due: done, failed: true})
 			continue
 		}
-		took := time.Duration(elapsed)*time.Microsecond + lag
-		txs = append(txs, pgbenchTx{due: done.Add(-took), latency: took})
+		d := time.Duration(took) * time.Microsecond
+		txs = append(txs, pgbenchTx{due: done.Add(-d), latency: d})
 	}
 	return txs, sc.Err()
 }

@@ -95,7 +95,7 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| peak under API load | %s |\n", mib(r.rssLoad))
 	}
 	fmt.Fprintf(&b, "| peak over the whole run | %s |\n\n", mib(r.rssPeak))
-	b.WriteString("Rerun with `make bench` (a few minutes), one section with `go run ./bench -only api|scale|workflows|processes`; `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
+	b.WriteString("Rerun with `make bench` (about nine minutes on 2 cores), one section with `go run ./bench -only api|scale|workflows|processes`; `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
 	return b.String()
 }
 
@@ -150,7 +150,8 @@ func (r *report) apiSection(b *strings.Builder) {
 		"pgbench, PostgreSQL's own load driver (a C program, outside this process), sends the floor's statements in the same round trips " +
 		"on as many connections as the floor's pool, each transaction timed from when it was due, after a warm-up of " + pgbenchWarmup.String() + ": no Go, no HTTP. " +
 		"It spaces transactions as a Poisson process at the rate (the other rows space requests evenly), which queues a little more " +
-		"at the same rate; its p99 is what this machine's database and disk give at that rate with nothing of Handoff in the way.\n\n")
+		"at the same rate; its p99 is what this machine's database and disk give at that rate with nothing of Handoff in the way " +
+		"(pgbench shares the cores with PostgreSQL, as every row's load generator does).\n\n")
 }
 
 func (r *report) scaleSection(b *strings.Builder) {
