@@ -78,22 +78,31 @@ func saturate(ctx context.Context, conc int, d time.Duration, op func(ctx contex
 }
 
 // openLoop starts op at a fixed rate for d, whatever the latency, and
-// measures latency: how the system behaves below saturation. A disk probe
-// and a CPU steal sampler run alongside (see probe). A failed operation
-// fails the run.
+// measures latency: how the system behaves below saturation. The schedule
+// begins with openLoopWarmup(d) at the same rate, untimed: a run's first
+// 100 ms, right after another path's run, held dozens of requests over
+// 10 ms that no later 100 ms did, which is the switch between paths, not
+// the path. A disk probe and a CPU steal sampler run alongside the timed
+// part (see probe). A failed operation fails the run.
 func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx context.Context) error) (result, error) {
-	probe := startProbe()
 	var mu sync.Mutex
 	var lat []time.Duration
 	var errs atomic.Int64
 	var wg sync.WaitGroup
 	interval := time.Duration(float64(time.Second) / rate)
-	start := time.Now()
+	warm := int(openLoopWarmup(d) / interval)
 	n := int(d / interval)
-	for i := 0; i < n; i++ {
+	var probe *probe
+	var measured time.Time
+	start := time.Now()
+	for i := 0; i < warm+n; i++ {
 		due := start.Add(time.Duration(i) * interval)
 		if w := time.Until(due); w > 0 {
 			time.Sleep(w)
+		}
+		timed := i >= warm
+		if i == warm {
+			probe, measured = startProbe(), due
 		}
 		wg.Add(1)
 		go func() {
@@ -101,7 +110,10 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 			// From when the request was due, not when it left: a sender
 			// that falls behind must not hide the wait (coordinated omission).
 			if err := op(ctx); err != nil {
-				errs.Add(1)
+				errs.Add(1) // a failure fails the run, warm-up or not
+				return
+			}
+			if !timed {
 				return
 			}
 			l := time.Since(due)
@@ -110,8 +122,11 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 			mu.Unlock()
 		}()
 	}
+	if probe == nil { // d shorter than one interval
+		probe, measured = startProbe(), time.Now()
+	}
 	wg.Wait()
-	r := summarize(lat, int(errs.Load()), time.Since(start))
+	r := summarize(lat, int(errs.Load()), time.Since(measured))
 	r.Offered = rate
 	if err := probe.finish(&r); err != nil {
 		return r, fmt.Errorf("probe: %w", err)
@@ -121,6 +136,11 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	}
 	return r, nil
 }
+
+// openLoopWarmup is how long an open-loop run of d goes on untimed first:
+// a fifth of it, as saturate warms up, and no more than a second, as the
+// pgbench runs are cut.
+func openLoopWarmup(d time.Duration) time.Duration { return min(d/5, time.Second) }
 
 // interleave runs each named path rounds times, the paths taking turns in
 // an order that rotates every round (a b c, b c a, c a b), and merges each

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -80,5 +82,39 @@ func TestMergeKeepsStealUnknownWhereItCannotBeRead(t *testing.T) {
 	m := merge([]result{r, r})
 	if !math.IsNaN(m.Steal) || !math.IsNaN(m.StealPeak) {
 		t.Errorf("steal %v, peak %v; want NaN (unknown), not a number made up", m.Steal, m.StealPeak)
+	}
+}
+
+func TestOpenLoopLeavesOutItsWarmup(t *testing.T) {
+	var calls atomic.Int64
+	const rate, d = 200.0, 500 * time.Millisecond
+	warm := int(openLoopWarmup(d) / (time.Second / rate))
+	// The warm-up's requests are slow, as the first of a run were after
+	// another path's run; none of them may count.
+	r, err := openLoop(context.Background(), rate, d, func(context.Context) error {
+		if calls.Add(1) <= int64(warm) {
+			time.Sleep(300 * time.Millisecond)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if warm != 20 || r.Ops != 100 || int(calls.Load()) != warm+r.Ops {
+		t.Fatalf("warm-up %d, timed %d, calls %d; want 20, 100, 120", warm, r.Ops, calls.Load())
+	}
+	if r.Max >= 300*time.Millisecond {
+		t.Fatalf("max %v: a warm-up request was timed", r.Max)
+	}
+
+	// A failure fails the run, in the warm-up too.
+	calls.Store(0)
+	if _, err := openLoop(context.Background(), rate, d, func(context.Context) error {
+		if calls.Add(1) == 1 {
+			return errors.New("refused")
+		}
+		return nil
+	}); err == nil {
+		t.Fatal("a run with a failed warm-up request passed")
 	}
 }

@@ -120,7 +120,7 @@ func (r *report) apiSection(b *strings.Builder) {
 	b.WriteString("\nThe target is judged on the merged rounds; the ratio of each round shows how much one run on this machine can move.\n")
 	hg, hc := a["grpc get at half saturation"], a["grpc create at half saturation"]
 	fg, fc := a["floor get at half saturation"], a["floor create at half saturation"]
-	fmt.Fprintf(b, "\nBelow saturation (open loop at a fixed rate, %d rounds of %s per run taking turns, each latency counted from when its request was due; meanwhile a probe writes 8 kB to a file of its own and fsyncs it every %s, and reads the CPU time stolen by the hypervisor every 100 ms):\n\n", r.cfg.rounds, r.cfg.duration, probeSyncEvery)
+	fmt.Fprintf(b, "\nBelow saturation (open loop at a fixed rate, %d rounds of %s per run taking turns, each after %s at the same rate untimed, each latency counted from when its request was due; meanwhile a probe writes 8 kB to a file of its own and fsyncs it every %s, and reads the CPU time stolen by the hypervisor every 100 ms):\n\n", r.cfg.rounds, r.cfg.duration, openLoopWarmup(r.cfg.duration), probeSyncEvery)
 	b.WriteString("| path | operation | offered rate | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, op := range []string{"get", "create"} {
 		for _, row := range []struct{ key, label string }{
