@@ -43,7 +43,10 @@ const (
 	FROM families f
 	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
 		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true WHERE f.clinic = $1 AND f.id = $2`
-	floorAudit = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
+	floorInsert = `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
+		VALUES ($1, $2, $3, $4, 1, now(), now(), now())`
+	floorOutbox = `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES ($1, $2, $3, $4, $5)`
+	floorAudit  = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 )
 
@@ -95,16 +98,14 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		id := aip.NewID()
 		if _, err = conn.Exec(ctx, floorScope, clinic); err == nil {
 			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
-					VALUES ($1, $2, $3, $4, 1, now(), now(), now())`, clinic, id, doc, in.Counselor); err != nil {
+				if _, err := tx.Exec(ctx, floorInsert, clinic, id, doc, in.Counselor); err != nil {
 					return err
 				}
 				var err error
 				if fam, err = scanFloor(tx.QueryRow(ctx, floorSelect, clinic, id)); err != nil {
 					return err
 				}
-				if _, err = tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES ($1, $2, $3, $4, $5)`,
-					clinic, "family.created", id, doc, nil); err != nil {
+				if _, err = tx.Exec(ctx, floorOutbox, clinic, "family.created", id, doc, nil); err != nil {
 					return err
 				}
 				// The audit record commits with the change, as the

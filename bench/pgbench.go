@@ -15,24 +15,23 @@ import (
 	"time"
 )
 
-// The floor's statements as pgbench scripts, in the floor's round trips.
+// The floor's statements as pgbench scripts, in the floor's round trips,
+// made from the floor's own SQL so that the two cannot drift apart.
 // pgbench is PostgreSQL's own load driver, a C program outside this
 // process: at a given rate it shows what PostgreSQL and the disk alone give,
 // with no Go runtime, HTTP or gRPC in the way. Its -R spaces transactions
-// as a Poisson process, where openLoop spaces requests evenly; at half of
-// saturation on a handful of connections that adds little queueing, so a
-// tail far over the target here is the machine's, not Handoff's.
-const (
+// as a Poisson process, where openLoop spaces requests evenly, which
+// queues a little more at the same rate, not less.
+var (
 	// A read: the clinic scope and the read in one pipeline, then the scope
 	// and the audit record in another, as the floor sends its two batches.
 	pgbenchGet = `\startpipeline
-SELECT set_config('handoff.clinic', :clinic, false);
-` + pgbenchSelect + `;
+` + bind(floorScope, ":clinic") + `;
+` + bind(floorSelect, ":clinic", ":id") + `;
 \endpipeline
 \startpipeline
-SELECT set_config('handoff.clinic', :clinic, false);
-INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
-	VALUES (:clinic, 'bench', '{counselor}', 'GetFamily', :name, 'OK', '', clock_timestamp());
+` + bind(floorScope, ":clinic") + `;
+` + bind(floorAudit, ":clinic", "'bench'", "'{counselor}'", "'GetFamily'", ":name", "'OK'", "''") + `;
 \endpipeline
 `
 	// A create: the scope, then one transaction of insert, read-back,
@@ -40,24 +39,33 @@ INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, reques
 	// the insert, time-ordered as the floor's UUIDv7 ids are, and read back
 	// for the statements after it.
 	pgbenchCreate = `\set r random(1, 1000000000)
-SELECT set_config('handoff.clinic', :clinic, false);
+` + bind(floorScope, ":clinic") + `;
 BEGIN;
-INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
-	VALUES (:clinic, to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS') || '-' || :client_id || '-' || :r, :doc, 'c-1', 1, now(), now(), now())
+` + bind(floorInsert, ":clinic", "to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS') || '-' || :client_id || '-' || :r", ":doc", "'c-1'") + `
 	RETURNING id \gset
-` + pgbenchSelect + `;
-INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES (:clinic, 'family.created', :id, :doc, NULL);
-INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
-	VALUES (:clinic, 'bench', '{counselor}', 'CreateFamily', 'clinics/' || :clinic || '/families/' || :id, 'OK', '', clock_timestamp());
+` + bind(floorSelect, ":clinic", ":id") + `;
+` + bind(floorOutbox, ":clinic", "'family.created'", ":id", ":doc", "NULL") + `;
+` + bind(floorAudit, ":clinic", "'bench'", "'{counselor}'", "'CreateFamily'", "'clinics/' || :clinic || '/families/' || :id", "'OK'", "''") + `;
 COMMIT;
 `
-	pgbenchSelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
-	f.create_time, f.update_time, f.version,
-	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
-	FROM families f
-	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
-		ORDER BY s.screen_time DESC, s.id DESC LIMIT 1) s ON true WHERE f.clinic = :clinic AND f.id = :id`
 )
+
+// bind puts args[i] (a pgbench variable or an SQL expression) in place of
+// sql's parameter $i+1; it panics on a count that does not match, a
+// mistake in the scripts above.
+func bind(sql string, args ...string) string {
+	for i := len(args); i >= 1; i-- { // $10 before $1
+		p := "$" + strconv.Itoa(i)
+		if !strings.Contains(sql, p) {
+			panic(fmt.Sprintf("bench: %s not in %q", p, sql))
+		}
+		sql = strings.ReplaceAll(sql, p, args[i-1])
+	}
+	if strings.Contains(sql, "$") {
+		panic(fmt.Sprintf("bench: parameters left unbound in %q", sql))
+	}
+	return sql
+}
 
 // errNoPgbench says the machine has no pgbench; the report then leaves its
 // rows out and says why.

@@ -166,3 +166,22 @@ func TestWithoutPassword(t *testing.T) {
 		t.Fatalf("no password: got %q and %q", dsn, pw)
 	}
 }
+
+func TestBind(t *testing.T) {
+	if got := bind("f($1, $2, $10)", ":a", ":b", "3", "4", "5", "6", "7", "8", "9", "'x'"); got != "f(:a, :b, 'x')" {
+		t.Fatalf("bind = %q", got)
+	}
+	for _, tc := range []struct {
+		sql  string
+		args []string
+	}{{"f($1, $2)", []string{":a"}}, {"f($1)", []string{":a", ":b"}}} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("bind(%q, %q) did not panic", tc.sql, tc.args)
+				}
+			}()
+			bind(tc.sql, tc.args...)
+		}()
+	}
+}
