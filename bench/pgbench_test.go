@@ -168,7 +168,8 @@ func TestWithoutPassword(t *testing.T) {
 }
 
 func TestBind(t *testing.T) {
-	if got := bind("f($1, $2, $10)", ":a", ":b", "3", "4", "5", "6", "7", "8", "9", "'x'"); got != "f(:a, :b, 'x')" {
+	// $10 is bound as itself, not as $1 followed by a 0.
+	if got := bind("f($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)", ":a", ":b", "3", "4", "5", "6", "7", "8", "9", "'x'"); got != "f(:a, :b, 3, 4, 5, 6, 7, 8, 9, 'x')" {
 		t.Fatalf("bind = %q", got)
 	}
 	for _, tc := range []struct {
