@@ -45,21 +45,37 @@ type DB struct {
 	Pool *pgxpool.Pool
 }
 
-func (db *DB) acquire(ctx context.Context) (*pgxpool.Conn, error) {
-	clinic := ClinicOf(ctx)
-	if clinic == "" {
-		return nil, ErrNoScope
+// scopeSQL sets the clinic scope of a connection. Set on every use, so a
+// value left from an earlier request never counts.
+const scopeSQL = `SELECT set_config('handoff.clinic', $1, false)`
+
+// ScopedBegin returns the statement that begins a transaction and sets the
+// clinic scope in the same round trip, with the clinic written into it as a
+// literal: BEGIN travels in the simple protocol, which takes no
+// parameters. It refuses (false) a clinic that is not a well-formed clinic
+// id or SystemScope, so nothing but lowercase letters, digits and hyphens
+// is ever written into SQL; the caller then sets the scope with a
+// parameter, in a round trip of its own.
+func ScopedBegin(clinic string) (string, bool) {
+	if !wellFormedClinic(clinic) {
+		return "", false
 	}
-	conn, err := db.Pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("pgdb: acquire: %w", err)
+	return "BEGIN; SELECT set_config('handoff.clinic', '" + clinic + "', false)", true
+}
+
+func wellFormedClinic(c string) bool {
+	if c == SystemScope {
+		return true
 	}
-	// Set on every use, so a value left from an earlier request never counts.
-	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, clinic); err != nil {
-		conn.Release()
-		return nil, fmt.Errorf("pgdb: scope: %w", err)
+	if c == "" || len(c) > 63 {
+		return false
 	}
-	return conn, nil
+	for i := 0; i < len(c); i++ {
+		if b := c[i]; !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // Query runs a query in the context's clinic scope. The scope and the
@@ -74,7 +90,7 @@ func (db *DB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, err
 		return nil, fmt.Errorf("pgdb: acquire: %w", err)
 	}
 	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('handoff.clinic', $1, false)`, clinic)
+	b.Queue(scopeSQL, clinic)
 	b.Queue(sql, args...)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -113,7 +129,7 @@ func (db *DB) Exec(ctx context.Context, sql string, args ...any) (pgconn.Command
 	}
 	defer conn.Release()
 	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('handoff.clinic', $1, false)`, clinic)
+	b.Queue(scopeSQL, clinic)
 	b.Queue(sql, args...)
 	br := conn.SendBatch(ctx, b)
 	defer br.Close()
@@ -123,27 +139,43 @@ func (db *DB) Exec(ctx context.Context, sql string, args ...any) (pgconn.Command
 	return br.Exec()
 }
 
-// Begin starts a transaction in the context's clinic scope. If the context
-// carries a Stamp not yet written, the transaction writes it just before
-// it commits.
+// Begin starts a transaction in the context's clinic scope, the scope
+// travelling with BEGIN. If the context carries a Stamp not yet written,
+// the transaction writes it with its first statement (or, if it has none,
+// just before it commits).
 func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
-	conn, err := db.acquire(ctx)
-	if err != nil {
-		return nil, err
+	clinic := ClinicOf(ctx)
+	if clinic == "" {
+		return nil, ErrNoScope
 	}
-	tx, err := conn.Begin(ctx)
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: acquire: %w", err)
+	}
+	begin, ok := ScopedBegin(clinic)
+	if !ok {
+		if _, err := conn.Exec(ctx, scopeSQL, clinic); err != nil {
+			conn.Release()
+			return nil, fmt.Errorf("pgdb: scope: %w", err)
+		}
+	}
+	// A failed begin may leave the connection in a transaction: the pool
+	// closes such a connection rather than reuse it.
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: begin})
 	if err != nil {
 		conn.Release()
-		return nil, err
+		return nil, fmt.Errorf("pgdb: begin: %w", err)
 	}
 	st, _ := ctx.Value(stampKey{}).(*Stamp)
 	return &releasingTx{Tx: tx, conn: conn, stamp: st}, nil
 }
 
-// Stamp is a statement that the first transaction of a call to commit runs
-// just before its commit: the audit record of a call (see grpcserver).
-// Written with the change, the record commits if and only if the change
-// does, and the call pays for one commit (one WAL flush) instead of two.
+// Stamp is a statement that the first transaction of a call to commit
+// writes: the audit record of a call (see grpcserver). Written with the
+// change, the record commits if and only if the change does, and the call
+// pays for one commit (one WAL flush) instead of two. It goes in one round
+// trip with the transaction's first statement, not one of its own; a
+// transaction that rolls back takes it back, for the next to write.
 // A call that opens no transaction, or whose transactions all roll back,
 // leaves the stamp unwritten, and its record is written on its own. The
 // rare doubt goes the safe way: if COMMIT reports an error after the
@@ -168,6 +200,8 @@ func WithStamp(ctx context.Context, s *Stamp) context.Context {
 	return context.WithValue(ctx, stampKey{}, s)
 }
 
+// releasingRows closes the batch its rows came from, and gives back the
+// connection (nil inside a transaction, which keeps it).
 type releasingRows struct {
 	pgx.Rows
 	batch pgx.BatchResults
@@ -182,7 +216,9 @@ func (r *releasingRows) Close() {
 		if r.batch != nil {
 			_ = r.batch.Close()
 		}
-		r.conn.Release()
+		if r.conn != nil {
+			r.conn.Release()
+		}
 	}
 }
 
@@ -217,9 +253,10 @@ func (e errRow) Scan(...any) error { return e.err }
 
 type releasingTx struct {
 	pgx.Tx
-	conn  *pgxpool.Conn
-	done  bool
-	stamp *Stamp
+	conn    *pgxpool.Conn
+	done    bool
+	stamp   *Stamp
+	claimed bool // this transaction has written the stamp, uncommitted
 }
 
 func (t *releasingTx) release() {
@@ -229,27 +266,101 @@ func (t *releasingTx) release() {
 	}
 }
 
+// claim returns the stamp if this transaction is the one to write it now.
+func (t *releasingTx) claim() *Stamp {
+	if t.stamp == nil || t.claimed || t.stamp.wrote.Load() || !t.stamp.taken.CompareAndSwap(false, true) {
+		return nil
+	}
+	t.claimed = true
+	return t.stamp
+}
+
+// withStamp sends st and then sql in one batch and returns the batch with
+// the stamp's result read.
+func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, sql string, args []any) (pgx.BatchResults, error) {
+	b := &pgx.Batch{}
+	b.Queue(st.SQL, st.Args...)
+	b.Queue(sql, args...)
+	br := t.Tx.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return nil, fmt.Errorf("pgdb: write stamp: %w", err)
+	}
+	return br, nil
+}
+
+func (t *releasingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	st := t.claim()
+	if st == nil {
+		return t.Tx.Exec(ctx, sql, args...)
+	}
+	br, err := t.withStamp(ctx, st, sql, args)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
+}
+
+func (t *releasingTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	st := t.claim()
+	if st == nil {
+		return t.Tx.Query(ctx, sql, args...)
+	}
+	br, err := t.withStamp(ctx, st, sql, args)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	return &releasingRows{Rows: rows, batch: br}, nil
+}
+
+func (t *releasingTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if t.stamp == nil || t.claimed {
+		return t.Tx.QueryRow(ctx, sql, args...)
+	}
+	rows, err := t.Query(ctx, sql, args...)
+	if err != nil {
+		return errRow{err}
+	}
+	return rowOf{rows}
+}
+
 func (t *releasingTx) Commit(ctx context.Context) error {
 	defer t.release()
-	st := t.stamp
-	if st == nil || !st.taken.CompareAndSwap(false, true) {
-		return t.Tx.Commit(ctx)
+	if st := t.claim(); st != nil { // no statement carried it
+		if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
+			st.taken.Store(false)
+			t.claimed = false
+			_ = t.Tx.Rollback(ctx)
+			return fmt.Errorf("pgdb: write stamp: %w", err)
+		}
 	}
-	if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
-		st.taken.Store(false)
-		_ = t.Tx.Rollback(ctx)
-		return fmt.Errorf("pgdb: write stamp: %w", err)
+	err := t.Tx.Commit(ctx)
+	if t.claimed {
+		t.claimed = false
+		if err != nil {
+			// Not known to be written: the record is written on its own.
+			t.stamp.taken.Store(false)
+		} else {
+			t.stamp.wrote.Store(true)
+		}
 	}
-	if err := t.Tx.Commit(ctx); err != nil {
-		// Not known to be written: the record is written on its own.
-		st.taken.Store(false)
-		return err
-	}
-	st.wrote.Store(true)
-	return nil
+	return err
 }
 
 func (t *releasingTx) Rollback(ctx context.Context) error {
 	defer t.release()
+	if t.claimed {
+		t.claimed = false
+		t.stamp.taken.Store(false)
+	}
 	return t.Tx.Rollback(ctx)
 }

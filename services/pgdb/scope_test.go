@@ -3,10 +3,15 @@ package pgdb_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -97,5 +102,88 @@ func TestStampThatFailsFailsTheCommit(t *testing.T) {
 	}
 	if n != 0 || st.Written() {
 		t.Errorf("change kept: %d rows, written %v; want the transaction rolled back", n, st.Written())
+	}
+}
+
+// Only a well-formed clinic id is written into the scoped BEGIN; anything
+// else is left to a parameter.
+func TestScopedBegin(t *testing.T) {
+	t.Parallel()
+	for _, c := range []string{"north", "clinic-7", "a", pgdb.SystemScope, strings.Repeat("a", 63)} {
+		q, ok := pgdb.ScopedBegin(c)
+		if !ok || !strings.Contains(q, "'"+c+"'") {
+			t.Errorf("ScopedBegin(%q) = %q, %v; want the clinic as a literal", c, q, ok)
+		}
+	}
+	for _, c := range []string{"", "North", "o'brien", `a\b`, "a b", "a;b", "a'); DROP TABLE x; --", "é", strings.Repeat("a", 64), "**"} {
+		if q, ok := pgdb.ScopedBegin(c); ok {
+			t.Errorf("ScopedBegin(%q) = %q; want it refused", c, q)
+		}
+	}
+}
+
+// A clinic that cannot be written as a literal still gets its scope,
+// exactly, through a parameter.
+func TestBeginScopesAnyClinic(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	for _, c := range []string{"north", "O'Brien; --"} {
+		ctx := pgdb.WithClinic(context.Background(), c)
+		var got string
+		if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+			return tx.QueryRow(ctx, `SELECT current_setting('handoff.clinic')`).Scan(&got)
+		}); err != nil {
+			t.Fatalf("%q: %v", c, err)
+		}
+		if got != c {
+			t.Errorf("scope %q inside the transaction, want %q", got, c)
+		}
+	}
+}
+
+// A stamped transaction with one change costs three round trips: BEGIN
+// with the scope, the stamp with the change, COMMIT. The record is written
+// before the change, in the same transaction.
+func TestStampTravelsWithTheFirstStatement(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() { otel.SetTracerProvider(prev) })
+
+	pool, db, st, ctx := stamped(t, "north", "stamp-3")
+	ctx, parent := tp.Tracer("test").Start(ctx, "call")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-3', ''::bytea)`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	parent.End()
+	var trips []string
+	for _, s := range rec.Ended() {
+		if s.Parent().TraceID() == parent.SpanContext().TraceID() && s.Name() == "db.query" {
+			for _, a := range s.Attributes() {
+				if a.Key == "db.statement" {
+					trips = append(trips, strings.Fields(a.Value.AsString())[0])
+				}
+			}
+		}
+	}
+	if want := []string{"BEGIN;", "INSERT", "commit"}; !slices.Equal(trips, want) {
+		t.Errorf("round trips %q, want %q", trips, want)
+	}
+	if !st.Written() {
+		t.Error("stamp not written")
+	}
+	var recordCmd, changeCmd int
+	if err := pool.QueryRow(context.Background(), `SELECT (SELECT cmin::text::int FROM audit_log WHERE request_id = 'stamp-3'),
+		(SELECT cmin::text::int FROM outbox WHERE resource = 'change-3')`).Scan(&recordCmd, &changeCmd); err != nil {
+		t.Fatal(err)
+	}
+	if recordCmd >= changeCmd {
+		t.Errorf("record written by command %d, the change by %d: want the record first", recordCmd, changeCmd)
 	}
 }
