@@ -29,10 +29,11 @@ import (
 // floor is the least a family API can do with the same database work as
 // the families service: a hand-written net/http handler on the same
 // PostgreSQL role and row-level security, sending the same statements in the
-// same round trips (the clinic scope with each; the insert with its
-// read-back, outbox event and audit record in one transaction; the read
-// with the newest safety screen, then its audit record), with no gRPC, no
-// validation, no tokens and no protobuf.
+// same round trips (a create: BEGIN with the clinic scope, the audit record
+// with the insert, the read-back, the outbox event, COMMIT; a read: the
+// scope with the read of the family and its newest safety screen, then the
+// scope with its audit record), with no gRPC, no validation, no tokens and
+// no protobuf.
 type floor struct{ pool *pgxpool.Pool }
 
 const (
@@ -96,24 +97,24 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		doc, _ := json.Marshal(map[string]any{"loved_one": in.LovedOne})
 		id := aip.NewID()
-		if _, err = conn.Exec(ctx, floorScope, clinic); err == nil {
-			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, floorInsert, clinic, id, doc, in.Counselor); err != nil {
-					return err
-				}
-				var err error
-				if fam, err = scanFloor(tx.QueryRow(ctx, floorSelect, clinic, id)); err != nil {
-					return err
-				}
-				if _, err = tx.Exec(ctx, floorOutbox, clinic, "family.created", id, doc, nil); err != nil {
-					return err
-				}
-				// The audit record commits with the change, as the
-				// service's interceptor has its transaction write it.
-				_, err = tx.Exec(ctx, floorAudit, clinic, "bench", []string{"counselor"}, method, "clinics/"+clinic+"/families/"+id, "OK", "")
+		// As the service's transactions do: BEGIN carries the scope, and
+		// the audit record, which commits with the change, goes with the
+		// first statement.
+		begin, _ := pgdb.ScopedBegin(clinic)
+		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{BeginQuery: begin}, func(tx pgx.Tx) error {
+			b := &pgx.Batch{}
+			b.Queue(floorAudit, clinic, "bench", []string{"counselor"}, method, "clinics/"+clinic+"/families/"+id, "OK", "")
+			b.Queue(floorInsert, clinic, id, doc, in.Counselor)
+			if err := tx.SendBatch(ctx, b).Close(); err != nil {
 				return err
-			})
-		}
+			}
+			var err error
+			if fam, err = scanFloor(tx.QueryRow(ctx, floorSelect, clinic, id)); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, floorOutbox, clinic, "family.created", id, doc, nil)
+			return err
+		})
 	} else {
 		method = "GetFamily"
 		b := &pgx.Batch{}

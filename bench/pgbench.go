@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// The floor's statements as pgbench scripts, in the floor's round trips,
+// The floor's statements as pgbench scripts, in as many round trips,
 // made from the floor's own SQL so that the two cannot drift apart.
 // pgbench is PostgreSQL's own load driver, a C program outside this
 // process: at a given rate it shows what PostgreSQL and the disk alone give,
@@ -34,18 +34,24 @@ var (
 ` + bind(floorAudit, ":clinic", "'bench'", "'{counselor}'", "'GetFamily'", ":name", "'OK'", "''") + `;
 \endpipeline
 `
-	// A create: the scope, then one transaction of insert, read-back,
-	// outbox event and audit record, a round trip each. The id is made in
-	// the insert, time-ordered as the floor's UUIDv7 ids are, and read back
-	// for the statements after it.
+	// A create: five round trips, as the floor's: BEGIN with the scope;
+	// the insert; the audit record with the read-back; the outbox event;
+	// COMMIT. The floor sends the audit record with the insert instead:
+	// pgbench cannot read back the id (\gset) inside a pipeline, and the
+	// record names the id. The id is made in the insert, time-ordered as
+	// the floor's UUIDv7 ids are.
 	pgbenchCreate = `\set r random(1, 1000000000)
-` + bind(floorScope, ":clinic") + `;
+\startpipeline
 BEGIN;
+` + bind(floorScope, ":clinic") + `;
+\endpipeline
 ` + bind(floorInsert, ":clinic", "to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS') || '-' || :client_id || '-' || :r", ":doc", "'c-1'") + `
 	RETURNING id \gset
-` + bind(floorSelect, ":clinic", ":id") + `;
-` + bind(floorOutbox, ":clinic", "'family.created'", ":id", ":doc", "NULL") + `;
+\startpipeline
 ` + bind(floorAudit, ":clinic", "'bench'", "'{counselor}'", "'CreateFamily'", "'clinics/' || :clinic || '/families/' || :id", "'OK'", "''") + `;
+` + bind(floorSelect, ":clinic", ":id") + `;
+\endpipeline
+` + bind(floorOutbox, ":clinic", "'family.created'", ":id", ":doc", "NULL") + `;
 COMMIT;
 `
 )

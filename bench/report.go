@@ -147,8 +147,8 @@ func (r *report) apiSection(b *strings.Builder) {
 	b.WriteString(".\n\n")
 	b.WriteString("The floor sends the service's statements in the same round trips, as the same database role under row-level security, " +
 		"audit record included; it leaves out gRPC, validation, the token check and protobuf. " +
-		"pgbench, PostgreSQL's own load driver (a C program, outside this process), sends the floor's statements in the same round trips " +
-		"on as many connections as the floor's pool, each transaction timed from when it was due, after a warm-up of " + pgbenchWarmup.String() + ": no Go, no HTTP. " +
+		"pgbench, PostgreSQL's own load driver (a C program, outside this process), sends the floor's statements in as many round trips " +
+		"(a create's audit record goes with its read-back, not its insert: pgbench cannot read back an id inside a pipeline) on as many connections as the floor's pool, each transaction timed from when it was due, after a warm-up of " + pgbenchWarmup.String() + ": no Go, no HTTP. " +
 		"It spaces transactions as a Poisson process at the rate (the other rows space requests evenly), which queues a little more " +
 		"at the same rate; its p99 is what this machine's database and disk give at that rate with nothing of Handoff in the way " +
 		"(pgbench shares the cores with PostgreSQL, as every row's load generator does).\n\n")
