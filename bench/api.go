@@ -100,7 +100,10 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// As the service's transactions do: BEGIN carries the scope, and
 		// the audit record, which commits with the change, goes with the
 		// first statement.
-		begin, _ := pgdb.ScopedBegin(clinic)
+		begin, ok := pgdb.ScopedBegin(clinic)
+		if !ok {
+			panic("bench: the floor's clinic is not a well-formed clinic id")
+		}
 		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{BeginQuery: begin}, func(tx pgx.Tx) error {
 			b := &pgx.Batch{}
 			b.Queue(floorAudit, clinic, "bench", []string{"counselor"}, method, "clinics/"+clinic+"/families/"+id, "OK", "")

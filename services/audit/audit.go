@@ -38,8 +38,10 @@ type Recorder struct {
 }
 
 // The time is when the record is written (clock_timestamp), not when its
-// transaction began (now()): a record written with a change comes at the
-// end of that change's transaction.
+// transaction began (now()). A record written with a change goes with that
+// transaction's first statement (pgdb.Stamp) and draws its id then, so a
+// listing paged by id while the change is still uncommitted can pass its
+// id by; a listing made after the commit shows it.
 const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 

@@ -275,8 +275,20 @@ func (t *releasingTx) claim() *Stamp {
 	return t.stamp
 }
 
+// unclaim hands the stamp back: it is not known to be in the transaction.
+func (t *releasingTx) unclaim() {
+	if t.claimed {
+		t.claimed = false
+		t.stamp.taken.Store(false)
+	}
+}
+
 // withStamp sends st and then sql in one batch and returns the batch with
-// the stamp's result read.
+// the stamp's result read. If that fails the stamp is handed back: a
+// failure on the client's side (an argument that cannot be encoded, a
+// context already done) sends nothing, and a transaction that goes on and
+// commits must still write it; one on the server's side aborts the
+// transaction, which then cannot commit anything.
 func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, sql string, args []any) (pgx.BatchResults, error) {
 	b := &pgx.Batch{}
 	b.Queue(st.SQL, st.Args...)
@@ -284,9 +296,23 @@ func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, sql string, args
 	br := t.Tx.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
-		return nil, fmt.Errorf("pgdb: write stamp: %w", err)
+		t.unclaim()
+		return nil, fmt.Errorf("pgdb: audit stamp with the first statement: %w", err)
 	}
 	return br, nil
+}
+
+// Begin starts a savepoint. Statements inside it pass the wrapper by, and
+// rolling back to it would take back a stamp written inside it, so an
+// unwritten stamp is written first, on its own.
+func (t *releasingTx) Begin(ctx context.Context) (pgx.Tx, error) {
+	if st := t.claim(); st != nil {
+		if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
+			t.unclaim()
+			return nil, fmt.Errorf("pgdb: write stamp: %w", err)
+		}
+	}
+	return t.Tx.Begin(ctx)
 }
 
 func (t *releasingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
@@ -337,30 +363,24 @@ func (t *releasingTx) Commit(ctx context.Context) error {
 	defer t.release()
 	if st := t.claim(); st != nil { // no statement carried it
 		if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
-			st.taken.Store(false)
-			t.claimed = false
+			t.unclaim()
 			_ = t.Tx.Rollback(ctx)
 			return fmt.Errorf("pgdb: write stamp: %w", err)
 		}
 	}
 	err := t.Tx.Commit(ctx)
-	if t.claimed {
+	if err != nil {
+		// Not known to be written: the record is written on its own.
+		t.unclaim()
+	} else if t.claimed {
 		t.claimed = false
-		if err != nil {
-			// Not known to be written: the record is written on its own.
-			t.stamp.taken.Store(false)
-		} else {
-			t.stamp.wrote.Store(true)
-		}
+		t.stamp.wrote.Store(true)
 	}
 	return err
 }
 
 func (t *releasingTx) Rollback(ctx context.Context) error {
 	defer t.release()
-	if t.claimed {
-		t.claimed = false
-		t.stamp.taken.Store(false)
-	}
+	t.unclaim()
 	return t.Tx.Rollback(ctx)
 }

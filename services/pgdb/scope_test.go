@@ -81,9 +81,9 @@ func TestStampRidesTheFirstCommit(t *testing.T) {
 	}
 }
 
-// A stamp that cannot be written fails the commit: no change without its
-// record.
-func TestStampThatFailsFailsTheCommit(t *testing.T) {
+// A stamp that cannot be written fails its transaction: no change without
+// its record.
+func TestStampThatFailsFailsItsTransaction(t *testing.T) {
 	t.Parallel()
 	// Another clinic's row: row-level security refuses it.
 	pool, db, st, ctx := stamped(t, "south", "stamp-2")
@@ -142,9 +142,11 @@ func TestBeginScopesAnyClinic(t *testing.T) {
 	}
 }
 
-// A stamped transaction with one change costs three round trips: BEGIN
-// with the scope, the stamp with the change, COMMIT. The record is written
-// before the change, in the same transaction.
+// A stamped transaction with one change costs three round trips once its
+// statements are prepared (pgx prepares a new statement in a round trip of
+// its own, untraced): BEGIN with the scope, the stamp with the change,
+// COMMIT, each one traced query. The record is written before the change,
+// in the same transaction.
 func TestStampTravelsWithTheFirstStatement(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
@@ -185,5 +187,89 @@ func TestStampTravelsWithTheFirstStatement(t *testing.T) {
 	}
 	if recordCmd >= changeCmd {
 		t.Errorf("record written by command %d, the change by %d: want the record first", recordCmd, changeCmd)
+	}
+}
+
+// records counts the audit records with request id id.
+func records(t *testing.T, pool *pgxpool.Pool, id string) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log WHERE request_id = $1`, id).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A transaction that runs no statement through the wrapper still writes
+// the stamp, just before it commits; one that cannot write it commits
+// nothing.
+func TestStampWithoutStatementsIsWrittenAtCommit(t *testing.T) {
+	t.Parallel()
+	pool, db, st, ctx := stamped(t, "north", "stamp-4")
+	if err := pgx.BeginFunc(ctx, db, func(pgx.Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Written() || records(t, pool, "stamp-4") != 1 {
+		t.Fatalf("written %v, %d records; want one", st.Written(), records(t, pool, "stamp-4"))
+	}
+
+	_, db, st, ctx = stamped(t, "south", "stamp-5")
+	if err := pgx.BeginFunc(ctx, db, func(pgx.Tx) error { return nil }); err == nil {
+		t.Fatal("commit succeeded with a stamp row-level security refuses")
+	}
+	if st.Written() {
+		t.Error("a refused stamp counted as written")
+	}
+}
+
+// A first statement that fails before it reaches the server (here its
+// context is already done) takes the stamp down with it; a transaction
+// that goes on and commits still writes the record.
+func TestStampSurvivesAClientSideFailure(t *testing.T) {
+	t.Parallel()
+	pool, db, st, ctx := stamped(t, "north", "stamp-6")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		done, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := tx.Exec(done, `SELECT 1`); err == nil {
+			t.Error("a statement ran on a context already done")
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-6', ''::bytea)`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Written() || records(t, pool, "stamp-6") != 1 {
+		t.Fatalf("written %v, %d records; want one", st.Written(), records(t, pool, "stamp-6"))
+	}
+}
+
+// A savepoint rolled back does not take the record with it: the stamp is
+// written before the savepoint begins.
+func TestStampOutlivesARolledBackSavepoint(t *testing.T) {
+	t.Parallel()
+	pool, db, st, ctx := stamped(t, "north", "stamp-7")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		// Through the transaction, while the savepoint is open.
+		if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-7a', ''::bytea)`); err != nil {
+			return err
+		}
+		if err := sp.Rollback(ctx); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload)
+			VALUES ('north', 'test.changed', 'change-7b', ''::bytea)`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Written() || records(t, pool, "stamp-7") != 1 {
+		t.Fatalf("written %v, %d records; want one", st.Written(), records(t, pool, "stamp-7"))
 	}
 }

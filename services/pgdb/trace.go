@@ -11,7 +11,9 @@ import (
 )
 
 // queryTracer puts every query in the request's trace. Spans carry the SQL
-// text (parameters are placeholders, so no values) and never the arguments.
+// text (parameters are placeholders, so no values; the one literal is the
+// clinic id in a scoped BEGIN, which names no person) and never the
+// arguments.
 type queryTracer struct{}
 
 func (queryTracer) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
