@@ -9,6 +9,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/handoff-health/handoff/services/aip"
 )
 
 // AppRole is the PostgreSQL role the services act as: it owns nothing, has
@@ -52,30 +54,15 @@ const scopeSQL = `SELECT set_config('handoff.clinic', $1, false)`
 // ScopedBegin returns the statement that begins a transaction and sets the
 // clinic scope in the same round trip, with the clinic written into it as a
 // literal: BEGIN travels in the simple protocol, which takes no
-// parameters. It refuses (false) a clinic that is not a well-formed clinic
-// id or SystemScope, so nothing but lowercase letters, digits and hyphens
-// is ever written into SQL; the caller then sets the scope with a
-// parameter, in a round trip of its own.
+// parameters. It refuses (false) anything but a valid resource id
+// (aip.ValidID: lowercase letters, digits and hyphens) or SystemScope, so
+// nothing else is ever written into SQL; the caller then sets the scope
+// with a parameter, in a round trip of its own.
 func ScopedBegin(clinic string) (string, bool) {
-	if !wellFormedClinic(clinic) {
+	if clinic != SystemScope && !aip.ValidID(clinic) {
 		return "", false
 	}
 	return "BEGIN; SELECT set_config('handoff.clinic', '" + clinic + "', false)", true
-}
-
-func wellFormedClinic(c string) bool {
-	if c == SystemScope {
-		return true
-	}
-	if c == "" || len(c) > 63 {
-		return false
-	}
-	for i := 0; i < len(c); i++ {
-		if b := c[i]; !(b >= 'a' && b <= 'z' || b >= '0' && b <= '9' || b == '-') {
-			return false
-		}
-	}
-	return true
 }
 
 // Query runs a query in the context's clinic scope. The scope and the

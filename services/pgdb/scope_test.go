@@ -115,7 +115,7 @@ func TestScopedBegin(t *testing.T) {
 			t.Errorf("ScopedBegin(%q) = %q, %v; want the clinic as a literal", c, q, ok)
 		}
 	}
-	for _, c := range []string{"", "North", "o'brien", `a\b`, "a b", "a;b", "a'); DROP TABLE x; --", "é", strings.Repeat("a", 64), "**"} {
+	for _, c := range []string{"", "North", "o'brien", `a\b`, "a b", "a;b", "a'); DROP TABLE x; --", "é", strings.Repeat("a", 64), "**", "-a"} {
 		if q, ok := pgdb.ScopedBegin(c); ok {
 			t.Errorf("ScopedBegin(%q) = %q; want it refused", c, q)
 		}
