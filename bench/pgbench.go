@@ -92,8 +92,7 @@ func pgbenchDSN(dsn, role, schema string) (string, error) {
 			opts = o + " " + opts
 		}
 		q.Set("options", opts)
-		// libpq does not read "+" as a space, as Encode writes it.
-		u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+		u.RawQuery = libpqQuery(q)
 		return u.String(), nil
 	}
 	if strings.Contains(dsn, "options=") {
@@ -101,6 +100,10 @@ func pgbenchDSN(dsn, role, schema string) (string, error) {
 	}
 	return dsn + " options='" + opts + "'", nil
 }
+
+// libpqQuery encodes a URL query for libpq, which does not read "+" as a
+// space, as url.Values.Encode writes it.
+func libpqQuery(q url.Values) string { return strings.ReplaceAll(q.Encode(), "+", "%20") }
 
 // withoutPassword takes the password out of a URL dsn, from its user part
 // or its query, and returns both.
@@ -120,7 +123,7 @@ func withoutPassword(dsn string) (string, string, error) {
 	if q := u.Query(); q.Has("password") {
 		password = q.Get("password")
 		q.Del("password")
-		u.RawQuery = strings.ReplaceAll(q.Encode(), "+", "%20")
+		u.RawQuery = libpqQuery(q)
 	}
 	return u.String(), password, nil
 }
