@@ -1,6 +1,6 @@
 // Package outbox writes the events that announce every change, in the same
 // transaction as the change, and hands them to a relay that delivers them
-// (to Temporal, to webhooks) at least once and in order.
+// (to Temporal, to webhooks) at least once and in order within each family.
 package outbox
 
 import (

@@ -2,8 +2,10 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -13,18 +15,34 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
-// Relay delivers a service's outbox events, in order, at least once. Only
-// one relay per schema delivers at a time (an advisory lock), so several
-// replicas of a service can run a relay each without reordering events.
+// Relay delivers a service's outbox events at least once, in order within
+// a lane. Lane names each event's lane; events of different lanes are
+// delivered side by side, up to Parallel lanes at once, so that one slow
+// delivery (an update waits on its workflow) does not hold back every
+// other family's. Only one relay per schema delivers at a time (an advisory
+// lock), so several replicas of a service can run a relay each without
+// reordering events.
 type Relay struct {
 	DB       *pgdb.DB
-	Deliver  func(ctx context.Context, e Stored) error
+	Deliver  func(ctx context.Context, e Stored) error // called from several goroutines
 	Log      *slog.Logger
 	Interval time.Duration // between polls; default 500 ms
 	Batch    int           // events per poll; default 100
+	// Lane returns an event's lane (ByFamily in Handoff's services); nil
+	// puts every event in one lane, delivered strictly in order.
+	Lane func(Stored) string
+	// Parallel is how many lanes deliver at once; default 16.
+	Parallel int
+	// Timeout bounds one delivery; default 30 s. Without it a workflow
+	// that never takes its update would hold its lane, and the poll
+	// waiting on it, for ever; with it the event fails and is retried.
+	Timeout time.Duration
 }
 
-// Run delivers until ctx ends.
+// Run delivers until ctx ends. It polls again at once after a poll that
+// delivered something and failed nowhere, and after Interval otherwise: a
+// failing lane is retried once per Interval, not in a tight loop, and the
+// other lanes still advance by a poll each time.
 func (r *Relay) Run(ctx context.Context) {
 	r.observe()
 	interval := r.Interval
@@ -48,9 +66,18 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// Once delivers the pending events it can, oldest first, and stops at the
-// first failure so that later events never overtake it. It returns how many
-// it delivered.
+// laneResult is what one lane did in a poll.
+type laneResult struct {
+	delivered []int64
+	setAside  []Stored
+	failed    *Stored
+	err       error
+}
+
+// Once delivers the pending events it can, oldest first within each lane,
+// and stops a lane at its first failure so that later events of that lane
+// never overtake it; other lanes go on. It returns how many events it
+// delivered or set aside, and the lanes' failures joined.
 func (r *Relay) Once(ctx context.Context) (int, error) {
 	conn, err := r.DB.Pool.Acquire(ctx)
 	if err != nil {
@@ -77,29 +104,105 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	for i, e := range events {
-		if e.DecodeErr != nil {
-			// Retrying cannot help an event that does not decode; it must not
-			// hold back every event after it. It is set aside with its error
-			// for an operator (delivered_at set, last_error says why).
+	lanes := r.lanes(events)
+	results := make([]laneResult, len(lanes))
+	parallel := r.Parallel
+	if parallel <= 0 {
+		parallel = 16
+	}
+	sem := make(chan struct{}, parallel)
+	var wg sync.WaitGroup
+	for i, lane := range lanes {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = r.deliverLane(ctx, lane)
+		}()
+	}
+	wg.Wait()
+	// What was delivered is recorded even if ctx ended meanwhile: an event
+	// left unmarked is delivered again.
+	rctx := context.WithoutCancel(ctx)
+	var delivered []int64
+	var errs []error
+	n := 0
+	for _, res := range results {
+		delivered = append(delivered, res.delivered...)
+		n += len(res.delivered)
+		for _, e := range res.setAside {
+			// Retrying cannot help an event that does not decode; it must
+			// not hold back its lane. It is set aside with its error for an
+			// operator (delivered_at set, last_error says why).
 			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "error", e.DecodeErr.Error())
-			if _, err := conn.Exec(ctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
+			if _, err := conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
 				e.ID, "set aside: "+e.DecodeErr.Error()); err != nil {
-				return i, fmt.Errorf("outbox relay: set aside %d: %w", e.ID, err)
+				errs = append(errs, fmt.Errorf("outbox relay: set aside %d: %w", e.ID, err))
+				continue
 			}
-			continue
+			n++
 		}
-		if err := r.Deliver(e.Context(ctx), e); err != nil {
-			if _, uerr := conn.Exec(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`, e.ID, err.Error()); uerr != nil {
-				return i, fmt.Errorf("outbox relay: record failure: %w", uerr)
+		if res.failed != nil {
+			if _, err := conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
+				res.failed.ID, res.err.Error()); err != nil {
+				errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 			}
-			return i, fmt.Errorf("outbox relay: deliver %d (%s): %w", e.ID, e.Type, err)
-		}
-		if _, err := conn.Exec(ctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = $1`, e.ID); err != nil {
-			return i, fmt.Errorf("outbox relay: mark %d: %w", e.ID, err)
+			errs = append(errs, fmt.Errorf("outbox relay: deliver %d (%s): %w", res.failed.ID, res.failed.Type, res.err))
 		}
 	}
-	return len(events), nil
+	if len(delivered) > 0 {
+		if _, err := conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`, delivered); err != nil {
+			return 0, errors.Join(append(errs, fmt.Errorf("outbox relay: mark %d delivered: %w", len(delivered), err))...)
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// lanes splits events, oldest first, into lanes, each oldest first.
+func (r *Relay) lanes(events []Stored) [][]Stored {
+	if r.Lane == nil {
+		if len(events) == 0 {
+			return nil
+		}
+		return [][]Stored{events}
+	}
+	index := map[string]int{}
+	var lanes [][]Stored
+	for _, e := range events {
+		k := r.Lane(e)
+		i, ok := index[k]
+		if !ok {
+			i = len(lanes)
+			index[k] = i
+			lanes = append(lanes, nil)
+		}
+		lanes[i] = append(lanes[i], e)
+	}
+	return lanes
+}
+
+// deliverLane delivers one lane's events in order until one fails.
+func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
+	var res laneResult
+	for _, e := range lane {
+		if e.DecodeErr != nil {
+			res.setAside = append(res.setAside, e)
+			continue
+		}
+		timeout := r.Timeout
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		dctx, cancel := context.WithTimeout(e.Context(ctx), timeout)
+		err := r.Deliver(dctx, e)
+		cancel()
+		if err != nil {
+			res.failed, res.err = &e, err
+			return res
+		}
+		res.delivered = append(res.delivered, e.ID)
+	}
+	return res
 }
 
 // observe reports how far delivery lags: events waiting and the age of the

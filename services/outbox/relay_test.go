@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -59,5 +62,76 @@ func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
 	}
 	if pending != 0 || aside == "" {
 		t.Fatalf("pending %d, poison note %q", pending, aside)
+	}
+}
+
+// Lanes deliver side by side, each in order: a delivery that hangs holds
+// back its own lane only, fails at the relay's timeout, and is retried
+// first in its lane on the next poll.
+func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	for _, v := range []string{"a1", "b1", "a2", "b2", "a3"} {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	got := map[string][]string{}
+	bStarted := make(chan struct{})
+	hang := true
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 300 * time.Millisecond,
+		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+		Deliver: func(ctx context.Context, e outbox.Stored) error {
+			switch e.Resource {
+			case "a1":
+				// Lane a goes only once lane b is under way: one lane at a
+				// time would wait here until a1's own timeout.
+				select {
+				case <-bStarted:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			case "b1":
+				close(bStarted)
+				if hang {
+					<-ctx.Done() // a workflow that never takes its update
+					return ctx.Err()
+				}
+			}
+			mu.Lock()
+			got[e.Resource[:1]] = append(got[e.Resource[:1]], e.Resource)
+			mu.Unlock()
+			return nil
+		}}
+	n, err := r.Once(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the hanging delivery must fail at the timeout, got %v", err)
+	}
+	if n != 3 || !slices.Equal(got["a"], []string{"a1", "a2", "a3"}) || len(got["b"]) != 0 {
+		t.Fatalf("first poll: %d delivered, %v; want a1 a2 a3 and nothing of lane b", n, got)
+	}
+	state := func(resource string) (delivered bool, attempts int, lastError string) {
+		if err := pool.QueryRow(ctx, `SELECT delivered_at IS NOT NULL, attempts, coalesce(last_error, '') FROM outbox WHERE resource = $1`,
+			resource).Scan(&delivered, &attempts, &lastError); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if d, a, le := state("b1"); d || a != 1 || le == "" {
+		t.Fatalf("b1: delivered %v, attempts %d, error %q; want undelivered, one attempt, its error", d, a, le)
+	}
+	if d, a, _ := state("b2"); d || a != 0 {
+		t.Fatalf("b2 must wait behind b1: delivered %v, attempts %d", d, a)
+	}
+	if d, a, _ := state("a3"); !d || a != 1 {
+		t.Fatalf("a3: delivered %v, attempts %d", d, a)
+	}
+	hang, bStarted = false, make(chan struct{})
+	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got["b"], []string{"b1", "b2"}) {
+		t.Fatalf("second poll: %d, %v, %v; want b1 then b2", n, err, got)
 	}
 }

@@ -220,7 +220,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		if sink != nil {
 			deliver = sink.After(d.Deliver, name)
 		}
-		r := &outbox.Relay{DB: s.DBs[name], Deliver: deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval}
+		r := &outbox.Relay{DB: s.DBs[name], Deliver: deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval, Lane: outbox.ByFamily}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); r.Run(runCtx) }()
 	}

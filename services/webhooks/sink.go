@@ -11,13 +11,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
-	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -230,7 +228,7 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 		WHERE s.clinic = $1 AND s.topics && $5::smallint[]
 		ORDER BY s.id
 		ON CONFLICT (source, outbox_id, subscription_id) DO NOTHING`,
-		e.Clinic, source, e.ID, e.Type, topics, e.Resource, familyOf(e.Resource, msg), payload,
+		e.Clinic, source, e.ID, e.Type, topics, e.Resource, outbox.Family(e.Resource, msg), payload,
 		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore)
 	if err != nil {
 		return 0, fmt.Errorf("webhooks: enqueue %s: %w", e.Type, err)
@@ -250,47 +248,4 @@ func informationOf(msg proto.Message) (familiesv1.InformationKind, bool) {
 		return familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, true
 	}
 	return familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED, false
-}
-
-// familyOf returns the family whose records an event is about: the
-// resource itself or the family it sits under; for a reminder, the family
-// of its recipient when it has one; else the payload's `family`, else the
-// family its `related_resource` names; "" if none.
-func familyOf(resource string, msg proto.Message) string {
-	if f := familyPrefix(resource); f != "" {
-		return f
-	}
-	if msg == nil {
-		return ""
-	}
-	if rem, ok := msg.(*interventionsv1.Reminder); ok {
-		if f := familyPrefix(rem.GetRecipient().GetFamily()); f != "" {
-			return f
-		}
-	}
-	m := msg.ProtoReflect()
-	for _, field := range []protoreflect.Name{"family", "related_resource"} {
-		fd := m.Descriptor().Fields().ByName(field)
-		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
-			continue
-		}
-		if f := familyPrefix(m.Get(fd).String()); f != "" {
-			return f
-		}
-	}
-	return ""
-}
-
-// familyPrefix returns `clinics/{c}/families/{f}` when name is that family
-// or one of its sub-resources.
-func familyPrefix(name string) string {
-	parts := strings.SplitN(name, "/", 5)
-	if len(parts) < 4 {
-		return ""
-	}
-	f := strings.Join(parts[:4], "/")
-	if _, err := aip.Parse(f, "clinics", "families"); err != nil {
-		return ""
-	}
-	return f
 }

@@ -356,7 +356,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		defer whDB.Pool.Close()
 		deliver = (&webhooks.Sink{DB: whDB, Log: log}).After(deliver, d.schema)
 	}
-	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log}
+	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
 	wg.Add(1)
 	go func() { defer wg.Done(); relay.Run(ctx) }()
 	log.Info("serving", "addr", lis.Addr().String())

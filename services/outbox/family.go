@@ -1,0 +1,72 @@
+package outbox
+
+import (
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/aip"
+)
+
+// Family returns the family whose records an event is about: the resource
+// itself or the family it sits under; for a reminder, the family of its
+// recipient when it has one; else the payload's `family`, else the family
+// its `related_resource` names; "" if none. msg is the decoded payload and
+// may be nil.
+func Family(resource string, msg proto.Message) string {
+	if f := familyPrefix(resource); f != "" {
+		return f
+	}
+	if msg == nil {
+		return ""
+	}
+	if rem, ok := msg.(*interventionsv1.Reminder); ok {
+		if f := familyPrefix(rem.GetRecipient().GetFamily()); f != "" {
+			return f
+		}
+	}
+	m := msg.ProtoReflect()
+	for _, field := range []protoreflect.Name{"family", "related_resource"} {
+		fd := m.Descriptor().Fields().ByName(field)
+		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+			continue
+		}
+		if f := familyPrefix(m.Get(fd).String()); f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// familyPrefix returns `clinics/{c}/families/{f}` when name is that family
+// or one of its sub-resources.
+func familyPrefix(name string) string {
+	parts := strings.SplitN(name, "/", 5)
+	if len(parts) < 4 {
+		return ""
+	}
+	f := strings.Join(parts[:4], "/")
+	if _, err := aip.Parse(f, "clinics", "families"); err != nil {
+		return ""
+	}
+	return f
+}
+
+// ByFamily is the lane of an event for Relay.Lane: the family it is about,
+// or, for an event about no family (a program's capacity, a counselor's
+// reminder about no family), its own resource. Every workflow Handoff runs
+// belongs to one intervention or one family, and every webhook consumer
+// reads a family's records in order, so order within a family is the order
+// anything downstream can observe.
+func ByFamily(e Stored) string {
+	var msg proto.Message
+	if e.DecodeErr == nil && e.Payload != nil {
+		msg, _ = e.Payload.UnmarshalNew() // an unknown type still has its resource
+	}
+	if f := Family(e.Resource, msg); f != "" {
+		return f
+	}
+	return e.Resource
+}
