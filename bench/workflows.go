@@ -29,6 +29,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/ids"
+	hworker "github.com/handoff-health/handoff/workflows/worker"
 )
 
 type flowResult struct {
@@ -166,7 +167,7 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	r.FullSeconds = r.FlowMax.Seconds()
 	r.FullRate = float64(cfg.flows) / r.FullSeconds
 
-	w := worker.New(c, "bench-noop", worker.Options{})
+	w := worker.New(c, "bench-noop", hworker.Options())
 	w.RegisterWorkflowWithOptions(noopWorkflow, workflow.RegisterOptions{Name: "Noop"})
 	w.RegisterActivityWithOptions(noopActivity, activity.RegisterOptions{Name: "NoopActivity"})
 	if err := w.Start(); err != nil {
@@ -222,7 +223,7 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
 	defer ts.Stop()
 	c := ts.GetDefaultClient()
-	w := worker.New(c, "bench-timers", worker.Options{})
+	w := worker.New(c, "bench-timers", hworker.Options())
 	w.RegisterWorkflowWithOptions(timerProbe, workflow.RegisterOptions{Name: "TimerProbe"})
 	w.RegisterActivityWithOptions(probeActivity, activity.RegisterOptions{Name: "ProbeActivity"})
 	if err := w.Start(); err != nil {

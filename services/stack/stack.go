@@ -290,7 +290,7 @@ func NewWorker(c client.Client, token grpcclient.TokenSource, familiesAddr, inte
 		}
 		conns = append(conns, conn)
 	}
-	w := worker.New(c, flow.TaskQueue, worker.Options{})
+	w := worker.New(c, flow.TaskQueue, hworker.Options())
 	hworker.Register(w, &activities.Activities{
 		Families:      familiesv1.NewFamiliesServiceClient(conns[0]),
 		Interventions: interventionsv1.NewInterventionsServiceClient(conns[1]),

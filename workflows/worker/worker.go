@@ -21,3 +21,15 @@ func Register(r worker.Registry, acts *activities.Activities) {
 	r.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
 	r.RegisterActivityWithOptions(acts, activity.RegisterOptions{})
 }
+
+// Options are the worker options Handoff's worker runs with. Pollers scale
+// with the server's backlog: with the SDK's fixed two workflow-task pollers
+// a burst of starts (a clinic scheduling a week of meetings, a relay
+// catching up after an outage) waited seconds in the task queue for its
+// first workflow task while the worker sat idle.
+func Options() worker.Options {
+	return worker.Options{
+		WorkflowTaskPollerBehavior: worker.NewPollerBehaviorAutoscaling(worker.PollerBehaviorAutoscalingOptions{}),
+		ActivityTaskPollerBehavior: worker.NewPollerBehaviorAutoscaling(worker.PollerBehaviorAutoscalingOptions{}),
+	}
+}
