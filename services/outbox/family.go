@@ -56,10 +56,13 @@ func familyPrefix(name string) string {
 
 // ByFamily is the lane of an event for Relay.Lane: the family it is about,
 // or, for an event about no family (a program's capacity, a counselor's
-// reminder about no family), its own resource. Every workflow Handoff runs
-// belongs to one intervention or one family, and every webhook consumer
-// reads a family's records in order, so order within a family is the order
-// anything downstream can observe.
+// reminder), its own resource. A family's workflows (its interventions',
+// their intakes' and its boundary workflow) are started, updated and
+// signalled from events about the family, so they keep their order, and a
+// webhook resource's deliveries keep theirs. The one exception: a
+// counselor's reminder that failed signals the workflow that created it
+// from a lane of its own, so the signal may pass that workflow's updates;
+// the workflow checks whether a resend is stale when it comes to send it.
 func ByFamily(e Stored) string {
 	var msg proto.Message
 	if e.DecodeErr == nil && e.Payload != nil {

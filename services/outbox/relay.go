@@ -19,9 +19,12 @@ import (
 // a lane. Lane names each event's lane; events of different lanes are
 // delivered side by side, up to Parallel lanes at once, so that one slow
 // delivery (an update waits on its workflow) does not hold back every
-// other family's. Only one relay per schema delivers at a time (an advisory
-// lock), so several replicas of a service can run a relay each without
-// reordering events.
+// other family's. A lane whose delivery failed waits, with its events,
+// before its next try (Interval, doubling to a minute) while the others go
+// on; one lane with a whole Batch of events waiting behind a failure still
+// stops the relay, which the outbox gauges show. Only one relay per schema
+// delivers at a time (an advisory lock), so several replicas of a service
+// can run a relay each without reordering events.
 type Relay struct {
 	DB       *pgdb.DB
 	Deliver  func(ctx context.Context, e Stored) error // called from several goroutines
@@ -37,25 +40,38 @@ type Relay struct {
 	// that never takes its update would hold its lane, and the poll
 	// waiting on it, for ever; with it the event fails and is retried.
 	Timeout time.Duration
+
+	mu      sync.Mutex // one poll at a time owns blocked
+	blocked map[string]backoff
+}
+
+// backoff is a lane waiting after a failed delivery.
+type backoff struct {
+	until    time.Time
+	failures int
+}
+
+func (r *Relay) interval() time.Duration {
+	if r.Interval > 0 {
+		return r.Interval
+	}
+	return 500 * time.Millisecond
 }
 
 // Run delivers until ctx ends. It polls again at once after a poll that
-// delivered something and failed nowhere, and after Interval otherwise: a
-// failing lane is retried once per Interval, not in a tight loop, and the
-// other lanes still advance by a poll each time.
+// delivered something, and after Interval otherwise; a failed lane sits
+// its wait out meanwhile, so polling at once does not retry it in a tight
+// loop.
 func (r *Relay) Run(ctx context.Context) {
 	r.observe()
-	interval := r.Interval
-	if interval == 0 {
-		interval = 500 * time.Millisecond
-	}
+	interval := r.interval()
 	for {
 		n, err := r.Once(ctx)
 		if err != nil && ctx.Err() == nil {
 			r.Log.Warn("outbox delivery paused", "error", err.Error())
 		}
 		wait := interval
-		if err == nil && n > 0 {
+		if n > 0 {
 			wait = 0 // more may be waiting
 		}
 		select {
@@ -76,9 +92,12 @@ type laneResult struct {
 
 // Once delivers the pending events it can, oldest first within each lane,
 // and stops a lane at its first failure so that later events of that lane
-// never overtake it; other lanes go on. It returns how many events it
+// never overtake it; other lanes go on, and lanes still waiting after a
+// failure are left for a later poll. It returns how many events it
 // delivered or set aside, and the lanes' failures joined.
 func (r *Relay) Once(ctx context.Context) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	conn, err := r.DB.Pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("outbox relay: acquire: %w", err)
@@ -104,7 +123,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	lanes := r.lanes(events)
+	lanes := r.ready(r.lanes(events), time.Now())
 	results := make([]laneResult, len(lanes))
 	parallel := r.Parallel
 	if parallel <= 0 {
@@ -117,7 +136,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			results[i] = r.deliverLane(ctx, lane)
+			results[i] = r.deliverLane(ctx, lane.events)
 		}()
 	}
 	wg.Wait()
@@ -127,7 +146,8 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	var delivered []int64
 	var errs []error
 	n := 0
-	for _, res := range results {
+	for i, res := range results {
+		r.settle(lanes[i].key, res.failed != nil, time.Now())
 		delivered = append(delivered, res.delivered...)
 		n += len(res.delivered)
 		for _, e := range res.setAside {
@@ -141,6 +161,9 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 				continue
 			}
 			n++
+		}
+		if res.failed != nil && ctx.Err() != nil {
+			continue // shutting down: no fault of the event's
 		}
 		if res.failed != nil {
 			if _, err := conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
@@ -158,33 +181,82 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// lanes splits events, oldest first, into lanes, each oldest first.
-func (r *Relay) lanes(events []Stored) [][]Stored {
+// lane is one lane's events in a poll, oldest first.
+type lane struct {
+	key    string
+	events []Stored
+}
+
+// lanes splits events, oldest first, into lanes.
+func (r *Relay) lanes(events []Stored) []lane {
+	if len(events) == 0 {
+		return nil
+	}
 	if r.Lane == nil {
-		if len(events) == 0 {
-			return nil
-		}
-		return [][]Stored{events}
+		return []lane{{events: events}}
 	}
 	index := map[string]int{}
-	var lanes [][]Stored
+	var lanes []lane
 	for _, e := range events {
 		k := r.Lane(e)
 		i, ok := index[k]
 		if !ok {
 			i = len(lanes)
 			index[k] = i
-			lanes = append(lanes, nil)
+			lanes = append(lanes, lane{key: k})
 		}
-		lanes[i] = append(lanes[i], e)
+		lanes[i].events = append(lanes[i].events, e)
 	}
 	return lanes
+}
+
+// ready drops the lanes still waiting after a failure, and forgets waits
+// that are over for lanes with nothing pending.
+func (r *Relay) ready(lanes []lane, now time.Time) []lane {
+	present := map[string]bool{}
+	out := lanes[:0]
+	for _, l := range lanes {
+		present[l.key] = true
+		if b, ok := r.blocked[l.key]; ok && now.Before(b.until) {
+			continue
+		}
+		out = append(out, l)
+	}
+	for k, b := range r.blocked {
+		if !present[k] && !now.Before(b.until) {
+			delete(r.blocked, k)
+		}
+	}
+	return out
+}
+
+// settle starts or lengthens a lane's wait after a failure (Interval,
+// doubling, at most a minute) and ends it after a poll without one.
+func (r *Relay) settle(key string, failed bool, now time.Time) {
+	if !failed {
+		delete(r.blocked, key)
+		return
+	}
+	if r.blocked == nil {
+		r.blocked = map[string]backoff{}
+	}
+	b := r.blocked[key]
+	b.failures++
+	wait := r.interval() << min(b.failures-1, 16)
+	if wait > time.Minute || wait <= 0 {
+		wait = time.Minute
+	}
+	b.until = now.Add(wait)
+	r.blocked[key] = b
 }
 
 // deliverLane delivers one lane's events in order until one fails.
 func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 	var res laneResult
 	for _, e := range lane {
+		if ctx.Err() != nil {
+			return res // shutting down: the rest waits for the next run
+		}
 		if e.DecodeErr != nil {
 			res.setAside = append(res.setAside, e)
 			continue

@@ -38,7 +38,8 @@ func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
 	write("c")
 	var got []string
 	failOn := "c"
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Deliver: func(_ context.Context, e outbox.Stored) error {
+	// A failed lane waits Interval before its next try: a nanosecond here.
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, Deliver: func(_ context.Context, e outbox.Stored) error {
 		if e.Resource == failOn {
 			return errors.New("temporal down")
 		}
@@ -83,7 +84,7 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	got := map[string][]string{}
 	bStarted := make(chan struct{})
 	hang := true
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 300 * time.Millisecond,
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 2 * time.Second, Interval: time.Nanosecond,
 		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(ctx context.Context, e outbox.Stored) error {
 			switch e.Resource {
@@ -133,5 +134,45 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	hang, bStarted = false, make(chan struct{})
 	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got["b"], []string{"b1", "b2"}) {
 		t.Fatalf("second poll: %d, %v, %v; want b1 then b2", n, err, got)
+	}
+}
+
+// A lane that failed sits out the polls until its wait is over, so a relay
+// polling again at once for the other lanes does not hammer it.
+func TestRelayFailedLaneWaits(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	write := func(v string) {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a1")
+	write("b1")
+	var mu sync.Mutex
+	tries := map[string]int{}
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Hour,
+		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+		Deliver: func(_ context.Context, e outbox.Stored) error {
+			mu.Lock()
+			defer mu.Unlock()
+			tries[e.Resource]++
+			if e.Resource[:1] == "a" {
+				return errors.New("temporal down")
+			}
+			return nil
+		}}
+	if n, err := r.Once(ctx); err == nil || n != 1 {
+		t.Fatalf("first poll: %d, %v; want b1 delivered and a1's failure", n, err)
+	}
+	write("b2")
+	if n, err := r.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("second poll: %d, %v; want b2 delivered and lane a left alone", n, err)
+	}
+	if tries["a1"] != 1 || tries["b1"] != 1 || tries["b2"] != 1 {
+		t.Fatalf("tries %v: lane a must not be tried again before its wait is over", tries)
 	}
 }

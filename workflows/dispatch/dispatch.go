@@ -135,6 +135,11 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		return fmt.Errorf("dispatch: update %s of %s: %w", name, workflowID, err)
 	}
 	if err := h.Get(ctx, nil); err != nil {
+		if ctx.Err() != nil {
+			// Accepted is durable: the workflow will finish it.
+			d.Log.Info("update accepted, its result not awaited", "workflow_id", workflowID, "update", name)
+			return nil
+		}
 		d.Log.Warn("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
 	}
 	return nil
