@@ -67,12 +67,13 @@ func (e Stored) Context(ctx context.Context) context.Context {
 	return otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(e.Trace))
 }
 
-// Pending returns up to limit undelivered events, oldest first.
+// Pending returns up to limit undelivered events after the event with id
+// after (0 for the oldest), oldest first.
 func Pending(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, limit int) ([]Stored, error) {
+}, after int64, limit int) ([]Stored, error) {
 	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context FROM outbox
-		WHERE delivered_at IS NULL ORDER BY id LIMIT $1`, limit)
+		WHERE delivered_at IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -21,8 +22,9 @@ import (
 // delivery (an update waits on its workflow) does not hold back every
 // other family's. A lane whose delivery failed waits, with its events,
 // before its next try (Interval, doubling to a minute) while the others go
-// on; one lane with a whole Batch of events waiting behind a failure still
-// stops the relay, which the outbox gauges show. Only one relay per schema
+// on: a poll reads past waiting lanes' events, up to maxPages batches, so
+// only more than that many events waiting behind failures stop the relay
+// (the outbox gauges show it). Only one relay per schema
 // delivers at a time (an advisory lock), so several replicas of a service
 // can run a relay each without reordering events.
 type Relay struct {
@@ -119,11 +121,12 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	if batch == 0 {
 		batch = 100
 	}
-	events, err := Pending(ctx, conn, batch)
+	now := time.Now()
+	events, err := r.pending(ctx, conn, batch, now)
 	if err != nil {
 		return 0, err
 	}
-	lanes := r.ready(r.lanes(events), time.Now())
+	lanes := r.ready(r.lanes(events), now)
 	results := make([]laneResult, len(lanes))
 	parallel := r.Parallel
 	if parallel <= 0 {
@@ -181,6 +184,43 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	return n, errors.Join(errs...)
 }
 
+// maxPages bounds how many batches a poll reads to find events of lanes
+// that are not waiting.
+const maxPages = 10
+
+// pending reads batches of pending events, oldest first, until it has a
+// batch of events whose lanes are not waiting, or maxPages batches, or
+// all.
+func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now time.Time) ([]Stored, error) {
+	var events []Stored
+	var after int64
+	ready := 0
+	for range maxPages {
+		page, err := Pending(ctx, conn, after, batch)
+		if err != nil {
+			return nil, err
+		}
+		events = append(events, page...)
+		for _, e := range page {
+			if r.Lane == nil || !r.waiting(r.Lane(e), now) {
+				ready++
+			}
+		}
+		// One lane holds every event: reading on cannot find another.
+		if r.Lane == nil || len(page) < batch || ready >= batch {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	return events, nil
+}
+
+// waiting reports whether lane k still waits after a failure.
+func (r *Relay) waiting(k string, now time.Time) bool {
+	b, ok := r.blocked[k]
+	return ok && now.Before(b.until)
+}
+
 // lane is one lane's events in a poll, oldest first.
 type lane struct {
 	key    string
@@ -217,7 +257,7 @@ func (r *Relay) ready(lanes []lane, now time.Time) []lane {
 	out := lanes[:0]
 	for _, l := range lanes {
 		present[l.key] = true
-		if b, ok := r.blocked[l.key]; ok && now.Before(b.until) {
+		if r.waiting(l.key, now) {
 			continue
 		}
 		out = append(out, l)

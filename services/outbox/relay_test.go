@@ -176,3 +176,39 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 		t.Fatalf("tries %v: lane a must not be tried again before its wait is over", tries)
 	}
 }
+
+// A poll reads past the events of a waiting lane, so that a family with a
+// whole batch waiting behind a failure does not stop the others.
+func TestRelayReadsPastAWaitingLane(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	for _, v := range []string{"a1", "a2", "a3", "b1"} {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var got []string
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Hour, Batch: 2,
+		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+		Deliver: func(_ context.Context, e outbox.Stored) error {
+			if e.Resource[:1] == "a" {
+				return errors.New("temporal down")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, e.Resource)
+			return nil
+		}}
+	// The first batch is a1 and a2: lane a fails and waits.
+	if n, err := r.Once(ctx); err == nil || n != 0 {
+		t.Fatalf("first poll: %d, %v; want a1's failure", n, err)
+	}
+	// The oldest batch is still all lane a's; the poll reads on to b1.
+	if n, err := r.Once(ctx); err != nil || n != 1 || !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("second poll: %d, %v, delivered %v; want b1", n, err, got)
+	}
+}
