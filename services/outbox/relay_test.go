@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/handoff-health/handoff/services/outbox"
@@ -17,19 +18,27 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
-// The relay delivers in order, stops at a failure so nothing overtakes it,
-// resumes where it stopped, and sets aside an event that cannot decode.
-func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
+// relayFixture gives a schema with an outbox, the application's view of it,
+// and a function that writes an event whose resource is v.
+func relayFixture(t *testing.T) (*pgxpool.Pool, *pgdb.DB, func(v string)) {
+	t.Helper()
 	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
-	ctx := context.Background()
 	write := func(v string) {
+		ctx := context.Background()
 		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
 		}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return pool, pgtest.App(t, schema), write
+}
+
+// The relay delivers in order, stops at a failure so nothing overtakes it,
+// resumes where it stopped, and sets aside an event that cannot decode.
+func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
 	write("a")
 	if _, err := pool.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 't', 'poison', '\\xff\\xff')`); err != nil {
 		t.Fatal(err)
@@ -70,15 +79,10 @@ func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
 // back its own lane only, fails at the relay's timeout, and is retried
 // first in its lane on the next poll.
 func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
+	pool, db, write := relayFixture(t)
 	ctx := context.Background()
 	for _, v := range []string{"a1", "b1", "a2", "b2", "a3"} {
-		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
-		}); err != nil {
-			t.Fatal(err)
-		}
+		write(v)
 	}
 	var mu sync.Mutex
 	got := map[string][]string{}
@@ -140,16 +144,8 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 // A lane that failed sits out the polls until its wait is over, so a relay
 // polling again at once for the other lanes does not hammer it.
 func TestRelayFailedLaneWaits(t *testing.T) {
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
+	_, db, write := relayFixture(t)
 	ctx := context.Background()
-	write := func(v string) {
-		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
 	write("a1")
 	write("b1")
 	var mu sync.Mutex
@@ -180,15 +176,10 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 // A poll reads past the events of a waiting lane, so that a family with a
 // whole batch waiting behind a failure does not stop the others.
 func TestRelayReadsPastAWaitingLane(t *testing.T) {
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
+	_, db, write := relayFixture(t)
 	ctx := context.Background()
 	for _, v := range []string{"a1", "a2", "a3", "b1"} {
-		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-			return outbox.Write(ctx, tx, outbox.Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
-		}); err != nil {
-			t.Fatal(err)
-		}
+		write(v)
 	}
 	var mu sync.Mutex
 	var got []string
