@@ -122,11 +122,11 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		batch = 100
 	}
 	now := time.Now()
-	events, err := r.pending(ctx, conn, batch, now)
+	all, err := r.pending(ctx, conn, batch, now)
 	if err != nil {
 		return 0, err
 	}
-	lanes := r.ready(r.lanes(events), now)
+	lanes := r.ready(all, now)
 	results := make([]laneResult, len(lanes))
 	parallel := r.Parallel
 	if parallel <= 0 {
@@ -190,9 +190,11 @@ const maxPages = 10
 
 // pending reads batches of pending events, oldest first, until it has a
 // batch of events whose lanes are not waiting, or maxPages batches, or
-// all.
-func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now time.Time) ([]Stored, error) {
-	var events []Stored
+// all, and splits them into lanes, each oldest first. Lane is asked once
+// per event: ByFamily decodes the payload.
+func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now time.Time) ([]lane, error) {
+	var lanes []lane
+	index := map[string]int{}
 	var after int64
 	ready := 0
 	for range maxPages {
@@ -200,19 +202,30 @@ func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now 
 		if err != nil {
 			return nil, err
 		}
-		events = append(events, page...)
 		for _, e := range page {
-			if r.Lane == nil || !r.waiting(r.Lane(e), now) {
+			var k string
+			if r.Lane != nil {
+				k = r.Lane(e)
+			}
+			i, ok := index[k]
+			if !ok {
+				i = len(lanes)
+				index[k] = i
+				lanes = append(lanes, lane{key: k})
+			}
+			lanes[i].events = append(lanes[i].events, e)
+			if !r.waiting(k, now) {
 				ready++
 			}
 		}
-		// One lane holds every event: reading on cannot find another.
+		// Without Lane one lane holds every event: reading on cannot find
+		// another.
 		if r.Lane == nil || len(page) < batch || ready >= batch {
 			break
 		}
 		after = page[len(page)-1].ID
 	}
-	return events, nil
+	return lanes, nil
 }
 
 // waiting reports whether lane k still waits after a failure.
@@ -225,29 +238,6 @@ func (r *Relay) waiting(k string, now time.Time) bool {
 type lane struct {
 	key    string
 	events []Stored
-}
-
-// lanes splits events, oldest first, into lanes.
-func (r *Relay) lanes(events []Stored) []lane {
-	if len(events) == 0 {
-		return nil
-	}
-	if r.Lane == nil {
-		return []lane{{events: events}}
-	}
-	index := map[string]int{}
-	var lanes []lane
-	for _, e := range events {
-		k := r.Lane(e)
-		i, ok := index[k]
-		if !ok {
-			i = len(lanes)
-			index[k] = i
-			lanes = append(lanes, lane{key: k})
-		}
-		lanes[i].events = append(lanes[i].events, e)
-	}
-	return lanes
 }
 
 // ready drops the lanes still waiting after a failure, and forgets waits
@@ -292,6 +282,10 @@ func (r *Relay) settle(key string, failed bool, now time.Time) {
 
 // deliverLane delivers one lane's events in order until one fails.
 func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
 	var res laneResult
 	for _, e := range lane {
 		if ctx.Err() != nil {
@@ -300,10 +294,6 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 		if e.DecodeErr != nil {
 			res.setAside = append(res.setAside, e)
 			continue
-		}
-		timeout := r.Timeout
-		if timeout <= 0 {
-			timeout = 30 * time.Second
 		}
 		dctx, cancel := context.WithTimeout(e.Context(ctx), timeout)
 		err := r.Deliver(dctx, e)
