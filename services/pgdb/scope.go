@@ -161,7 +161,8 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 // writes: the audit record of a call (see grpcserver). Written with the
 // change, the record commits if and only if the change does, and the call
 // pays for one commit (one WAL flush) instead of two. It goes in one round
-// trip with the transaction's first statement, not one of its own; a
+// trip with the transaction's first statement, not one of its own (in a
+// batch: that statement must be one statement, sent with parameters); a
 // transaction that rolls back takes it back, for the next to write.
 // A call that opens no transaction, or whose transactions all roll back,
 // leaves the stamp unwritten, and its record is written on its own. The
@@ -293,13 +294,24 @@ func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, sql string, args
 // rolling back to it would take back a stamp written inside it, so an
 // unwritten stamp is written first, on its own.
 func (t *releasingTx) Begin(ctx context.Context) (pgx.Tx, error) {
-	if st := t.claim(); st != nil {
-		if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
-			t.unclaim()
-			return nil, fmt.Errorf("pgdb: write stamp: %w", err)
-		}
+	if err := t.writeStamp(ctx); err != nil {
+		return nil, err
 	}
 	return t.Tx.Begin(ctx)
+}
+
+// writeStamp writes a stamp no statement has carried yet, on its own, and
+// hands it back if that fails.
+func (t *releasingTx) writeStamp(ctx context.Context) error {
+	st := t.claim()
+	if st == nil {
+		return nil
+	}
+	if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
+		t.unclaim()
+		return fmt.Errorf("pgdb: write stamp: %w", err)
+	}
+	return nil
 }
 
 func (t *releasingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
@@ -336,7 +348,7 @@ func (t *releasingTx) Query(ctx context.Context, sql string, args ...any) (pgx.R
 }
 
 func (t *releasingTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if t.stamp == nil || t.claimed {
+	if t.stamp == nil || t.claimed || t.stamp.Written() {
 		return t.Tx.QueryRow(ctx, sql, args...)
 	}
 	rows, err := t.Query(ctx, sql, args...)
@@ -348,12 +360,9 @@ func (t *releasingTx) QueryRow(ctx context.Context, sql string, args ...any) pgx
 
 func (t *releasingTx) Commit(ctx context.Context) error {
 	defer t.release()
-	if st := t.claim(); st != nil { // no statement carried it
-		if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
-			t.unclaim()
-			_ = t.Tx.Rollback(ctx)
-			return fmt.Errorf("pgdb: write stamp: %w", err)
-		}
+	if err := t.writeStamp(ctx); err != nil { // no statement carried it
+		_ = t.Tx.Rollback(ctx)
+		return err
 	}
 	err := t.Tx.Commit(ctx)
 	if err != nil {
