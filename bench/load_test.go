@@ -118,3 +118,41 @@ func TestOpenLoopLeavesOutItsWarmup(t *testing.T) {
 		t.Fatal("a run with a failed warm-up request passed")
 	}
 }
+
+func TestPairedTakesTurnsAndKeepsEachOpsTimes(t *testing.T) {
+	var order []string
+	op := func(name string, d time.Duration) func(context.Context) error {
+		return func(context.Context) error {
+			order = append(order, name)
+			time.Sleep(d)
+			return nil
+		}
+	}
+	got, err := paired(context.Background(), 4, 1, [2]func(context.Context) error{op("a", time.Millisecond), op("b", 20*time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One untimed call of each, then turns that swap who goes first.
+	if want := "a b a b b a a b b a"; strings.Join(order, " ") != want {
+		t.Errorf("order %q, want %q", strings.Join(order, " "), want)
+	}
+	if got[0].Ops != 4 || got[1].Ops != 4 {
+		t.Fatalf("ops %d and %d, want 4 each (warm-up calls untimed)", got[0].Ops, got[1].Ops)
+	}
+	if got[0].Max >= 20*time.Millisecond || got[1].P50 < 20*time.Millisecond {
+		t.Errorf("a's slowest %s, b's median %s: each op's times must stay its own", got[0].Max, got[1].P50)
+	}
+	if got[1].Duration < 80*time.Millisecond || got[0].Duration >= 80*time.Millisecond {
+		t.Errorf("durations %s and %s: each op's own time spent", got[0].Duration, got[1].Duration)
+	}
+
+	boom := errors.New("boom")
+	calls := 0
+	_, err = paired(context.Background(), 3, 0, [2]func(context.Context) error{
+		func(context.Context) error { calls++; return nil },
+		func(context.Context) error { return boom },
+	})
+	if !errors.Is(err, boom) || calls != 1 {
+		t.Errorf("err %v after %d calls of a; want the failure at once", err, calls)
+	}
+}

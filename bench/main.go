@@ -76,12 +76,28 @@ func (e *benchEnv) settle(ctx context.Context, names ...string) error {
 		}
 		e.schemas = slices.DeleteFunc(e.schemas, func(s string) bool { return s == e.prefix+n })
 	}
-	// CHECKPOINT needs a superuser or pg_checkpoint; without either the run
-	// goes on, unsettled, and says so.
-	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
-		fmt.Fprintf(os.Stderr, "bench: checkpoint after a section: %v (continuing)\n", err)
-	}
+	checkpoint(ctx, conn)
 	return nil
+}
+
+// checkpoint writes the database's dirty pages out now, not during the
+// measurements that follow.
+func (e *benchEnv) checkpoint(ctx context.Context) {
+	conn, err := pgx.Connect(ctx, e.dsn)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: checkpoint: %v (continuing)\n", err)
+		return
+	}
+	defer conn.Close(ctx)
+	checkpoint(ctx, conn)
+}
+
+// CHECKPOINT needs a superuser or pg_checkpoint; without either the run
+// goes on, unsettled, and says so.
+func checkpoint(ctx context.Context, conn *pgx.Conn) {
+	if _, err := conn.Exec(ctx, `CHECKPOINT`); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: checkpoint: %v (continuing)\n", err)
+	}
 }
 
 // cleanup drops every schema the run made.
