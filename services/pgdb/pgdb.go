@@ -201,16 +201,23 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			q := schema + "." + pgx.Identifier{t}.Sanitize()
 			// Rows of clinic '' are shared content (built-in talking points):
 			// readable everywhere (a SELECT-only policy), changed by no clinic.
+			//
+			// The setting is read in a sub-select, once per statement. Read
+			// bare, the planner takes its value to estimate the policy and
+			// counts "clinic = 'north'" twice, once from the query and once
+			// from the policy: a clinic with 1% of the rows was estimated at
+			// 0.01% of them, and its keyset pages sorted the clinic's rows
+			// instead of reading the index in order.
 			for _, st := range []string{
 				`ALTER TABLE ` + q + ` ENABLE ROW LEVEL SECURITY`,
 				`ALTER TABLE ` + q + ` FORCE ROW LEVEL SECURITY`,
 				`DROP POLICY IF EXISTS clinic_isolation ON ` + q,
 				`DROP POLICY IF EXISTS shared_read ON ` + q,
 				`CREATE POLICY clinic_isolation ON ` + q + ` TO ` + AppRole + `
-					USING (clinic = current_setting('handoff.clinic', true)
-						OR current_setting('handoff.clinic', true) = '*')
-					WITH CHECK (clinic = current_setting('handoff.clinic', true)
-						OR current_setting('handoff.clinic', true) = '*')`,
+					USING (clinic = (SELECT current_setting('handoff.clinic', true))
+						OR (SELECT current_setting('handoff.clinic', true)) = '*')
+					WITH CHECK (clinic = (SELECT current_setting('handoff.clinic', true))
+						OR (SELECT current_setting('handoff.clinic', true)) = '*')`,
 				`CREATE POLICY shared_read ON ` + q + ` FOR SELECT TO ` + AppRole + ` USING (clinic = '')`,
 			} {
 				if _, err := tx.Exec(ctx, st); err != nil {
