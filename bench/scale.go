@@ -124,25 +124,28 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}
 	// Each query runs on both clinics, taking turns, so that the two
 	// sides of a ratio share whatever else the machine is doing.
-	both := func(n int, op func(ctx context.Context, parent string, size int) error) ([2]result, error) {
+	both := func(n int, op func(ctx context.Context, parent string) error) ([2]result, error) {
 		var ops [2]func(context.Context) error
 		for i, clinic := range clinics {
 			token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: clinic, Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
-			size := [2]int{cfg.small, cfg.big}[i]
-			ops[i] = func(ctx context.Context) error { return op(auth.WithToken(ctx, token), "clinics/"+clinic, size) }
+			ops[i] = func(ctx context.Context) error { return op(auth.WithToken(ctx, token), "clinics/"+clinic) }
 		}
 		return paired(ctx, n, warm, ops)
 	}
-	if r.ListFirst, err = both(samples, func(ctx context.Context, parent string, _ int) error {
+	if r.ListFirst, err = both(samples, func(ctx context.Context, parent string) error {
 		_, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50})
 		return err
 	}); err != nil {
 		return nil, err
 	}
 	// A page in the middle, resumed from a token as a client would.
-	if r.ListDeep, err = both(samples, func(ctx context.Context, parent string, n int) error {
-		deep := aip.EncodePageToken(fmt.Sprintf("f%09d", n/2), aip.QueryHash(parent, "state = ACTIVE"))
-		resp, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep, Filter: "state = ACTIVE"})
+	deep := map[string]string{}
+	for i, clinic := range clinics {
+		parent := "clinics/" + clinic
+		deep[parent] = aip.EncodePageToken(fmt.Sprintf("f%09d", [2]int{cfg.small, cfg.big}[i]/2), aip.QueryHash(parent, "state = ACTIVE"))
+	}
+	if r.ListDeep, err = both(samples, func(ctx context.Context, parent string) error {
+		resp, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep[parent], Filter: "state = ACTIVE"})
 		if err == nil && len(resp.GetFamilies()) != 50 {
 			return fmt.Errorf("deep page had %d families", len(resp.GetFamilies()))
 		}
@@ -150,7 +153,7 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}); err != nil {
 		return nil, err
 	}
-	if r.Match, err = both(matchSamples, func(ctx context.Context, parent string, _ int) error {
+	if r.Match, err = both(matchSamples, func(ctx context.Context, parent string) error {
 		resp, err := ref.MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
 			Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: "Town7", PostalCode: "00042", Language: "es",
 			Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
