@@ -65,8 +65,8 @@ func familyPrefix(name string) string {
 // the workflow checks whether a resend is stale when it comes to send it.
 func ByFamily(e Stored) string {
 	var msg proto.Message
-	if e.DecodeErr == nil && e.Payload != nil {
-		msg, _ = e.Payload.UnmarshalNew() // an unknown type still has its resource
+	if e.DecodeErr == nil {
+		msg, _ = e.Message() // an unknown type still has its resource
 	}
 	if f := Family(e.Resource, msg); f != "" {
 		return f

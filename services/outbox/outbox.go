@@ -5,6 +5,7 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -57,6 +58,25 @@ type Stored struct {
 	DecodeErr error
 	// Trace is the trace context of the request that wrote the event.
 	Trace map[string]string
+
+	// The payload's message, decoded once by Pending for the relay's lane
+	// and every consumer.
+	msg    proto.Message
+	msgErr error
+	parsed bool
+}
+
+// Message returns the payload's message. An event read by Pending was
+// decoded there; one made otherwise is decoded now. An error means the
+// payload's type is unknown to this binary (or there is no payload).
+func (e Stored) Message() (proto.Message, error) {
+	if e.parsed {
+		return e.msg, e.msgErr
+	}
+	if e.Payload == nil {
+		return nil, errors.New("outbox: no payload")
+	}
+	return e.Payload.UnmarshalNew()
 }
 
 // Context returns ctx continuing the trace of the request that wrote e.
@@ -88,6 +108,9 @@ func Pending(ctx context.Context, q interface {
 		s.Payload = &anypb.Any{}
 		if err := proto.Unmarshal(b, s.Payload); err != nil {
 			s.DecodeErr = fmt.Errorf("outbox: decode %d: %w", s.ID, err)
+		} else {
+			s.msg, s.msgErr = s.Payload.UnmarshalNew()
+			s.parsed = true
 		}
 		out = append(out, s)
 	}

@@ -11,6 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/handoff-health/handoff/services/outbox"
@@ -201,5 +203,49 @@ func TestRelayReadsPastAWaitingLane(t *testing.T) {
 	// The oldest batch is still all lane a's; the poll reads on to b1.
 	if n, err := r.Once(ctx); err != nil || n != 1 || !slices.Equal(got, []string{"b1"}) {
 		t.Fatalf("second poll: %d, %v, delivered %v; want b1", n, err, got)
+	}
+}
+
+// Pending decodes each payload once for every consumer: the message it
+// hands over is the same one each time it is asked, and a payload of a
+// type this binary does not know is no decode error (its resource still
+// counts), only a message error.
+func TestPendingDecodesThePayloadOnce(t *testing.T) {
+	pool, _, write := relayFixture(t)
+	ctx := context.Background()
+	write("a1")
+	unknown, err := proto.Marshal(&anypb.Any{TypeUrl: "type.googleapis.com/nope.Nope", Value: []byte{1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 't', 'clinics/north/families/f1/x/1', $1)`, unknown); err != nil {
+		t.Fatal(err)
+	}
+	events, err := outbox.Pending(ctx, pool, 0, 10)
+	if err != nil || len(events) != 2 {
+		t.Fatalf("pending: %d events, %v", len(events), err)
+	}
+	m1, err1 := events[0].Message()
+	m2, err2 := events[0].Message()
+	if err1 != nil || err2 != nil || m1 != m2 {
+		t.Fatalf("Message twice: %p %v, %p %v; want one decoded message", m1, err1, m2, err2)
+	}
+	if s, ok := m1.(*wrapperspb.StringValue); !ok || s.GetValue() != "a1" {
+		t.Fatalf("message %v, want the string a1", m1)
+	}
+	odd := events[1]
+	if _, err := odd.Message(); odd.DecodeErr != nil || err == nil {
+		t.Fatalf("unknown type: decode error %v, message error %v; want only a message error", odd.DecodeErr, err)
+	}
+	if lane := outbox.ByFamily(odd); lane != "clinics/north/families/f1" {
+		t.Fatalf("unknown type's lane %q, want its family", lane)
+	}
+	// An event made by hand, not read back, is decoded when asked.
+	a, err := anypb.New(wrapperspb.String("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := (outbox.Stored{Payload: a}).Message(); err != nil || m.(*wrapperspb.StringValue).GetValue() != "b" {
+		t.Fatalf("hand-made event: %v, %v", m, err)
 	}
 }

@@ -190,7 +190,7 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	}
 	// An event whose payload type is unknown here still announces its
 	// resource; it only cannot be disclosed in full.
-	msg, _ := e.Payload.UnmarshalNew()
+	msg, _ := e.Message()
 	r := routeOf(e.Type, msg)
 	ctx = pgdb.WithClinic(ctx, e.Clinic)
 	if r.withdraw != webhooksv1.Topic_TOPIC_UNSPECIFIED {

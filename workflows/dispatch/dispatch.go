@@ -38,7 +38,7 @@ type Dispatcher struct {
 // Deliver implements outbox.Relay's Deliver. Events no workflow waits for
 // are delivered by doing nothing.
 func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
-	msg, err := e.Payload.UnmarshalNew()
+	msg, err := e.Message()
 	if err != nil {
 		return fmt.Errorf("dispatch: decode %s: %w", e.Type, err)
 	}
