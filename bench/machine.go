@@ -9,14 +9,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
-// cpuTimes is the machine-wide line of /proc/stat: all CPU time so far
-// and the part of it the hypervisor gave to other guests (steal).
+// cpuTimes is the machine-wide line of /proc/stat: all CPU time so far,
+// the part of it no one used (idle, waiting for I/O included) and the part
+// the hypervisor gave to other guests (steal).
 type cpuTimes struct {
-	total, steal uint64
-	ok           bool
+	total, idle, steal uint64
+	ok                 bool
 }
 
 func readCPUTimes() cpuTimes {
@@ -46,7 +48,10 @@ func parseCPUTimes(line string) cpuTimes {
 			return cpuTimes{}
 		}
 		t.total += v
-		if i == 7 {
+		switch i {
+		case 3, 4: // idle, iowait
+			t.idle += v
+		case 7:
 			t.steal = v
 		}
 	}
@@ -63,6 +68,56 @@ func stealBetween(a, b cpuTimes) float64 {
 		return math.NaN()
 	}
 	return float64(b.steal-a.steal) / float64(b.total-a.total)
+}
+
+// cpuUse is how much of the machine's CPU every process together used
+// over a stretch of time.
+type cpuUse struct {
+	Busy    float64       // share of the machine's CPU time, NaN where /proc/stat cannot be read
+	Seconds float64       // CPU seconds used, all cores together
+	Self    float64       // of them, this process's (NaN where getrusage fails)
+	Wall    time.Duration // how long the stretch was
+}
+
+// cpuUseBetween counts as used what was neither idle nor stolen: time the
+// hypervisor gave away was not there to use.
+func cpuUseBetween(a, b cpuTimes, wall time.Duration, cores int) cpuUse {
+	u := cpuUse{Busy: math.NaN(), Seconds: math.NaN(), Wall: wall}
+	if !a.ok || !b.ok || b.total <= a.total {
+		return u
+	}
+	used := float64((b.total - a.total) - (b.idle - a.idle) - (b.steal - a.steal))
+	u.Busy = used / float64(b.total-a.total)
+	u.Seconds = u.Busy * wall.Seconds() * float64(cores)
+	return u
+}
+
+// cpuMeter measures what a stretch of work costs the whole machine: the
+// benchmark's process, PostgreSQL and anything else running.
+type cpuMeter struct {
+	start cpuTimes
+	self  float64
+	at    time.Time
+}
+
+func startCPUMeter() cpuMeter {
+	return cpuMeter{start: readCPUTimes(), self: selfCPU(), at: time.Now()}
+}
+
+func (m cpuMeter) stop() cpuUse {
+	u := cpuUseBetween(m.start, readCPUTimes(), time.Since(m.at), runtime.NumCPU())
+	u.Self = selfCPU() - m.self
+	return u
+}
+
+// selfCPU is the CPU time this process has used so far, user and system,
+// in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return math.NaN()
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func pct(f float64) string {

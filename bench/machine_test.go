@@ -9,7 +9,7 @@ import (
 func TestParseCPUTimes(t *testing.T) {
 	got := parseCPUTimes("cpu  6707 0 5523 20815 396 0 325 5889 40 0")
 	// Guest time (40) is inside user already and must not count twice.
-	if !got.ok || got.total != 6707+5523+20815+396+325+5889 || got.steal != 5889 {
+	if !got.ok || got.total != 6707+5523+20815+396+325+5889 || got.idle != 20815+396 || got.steal != 5889 {
 		t.Fatalf("parseCPUTimes = %+v", got)
 	}
 	for _, bad := range []string{"", "cpu0 1 2 3 4 5 6 7 8", "cpu 1 2 3", "cpu 1 2 x 4 5 6 7 8"} {
@@ -27,6 +27,35 @@ func TestStealBetween(t *testing.T) {
 	}
 	if got := stealBetween(a, a); !math.IsNaN(got) {
 		t.Fatalf("stealBetween with no time passed = %v, want NaN", got)
+	}
+}
+
+func TestCPUUseLeavesOutIdleAndStolenTime(t *testing.T) {
+	a := cpuTimes{total: 1000, idle: 300, steal: 50, ok: true}
+	// 400 ticks pass: 100 idle, 60 stolen, so 240 were used.
+	b := cpuTimes{total: 1400, idle: 400, steal: 110, ok: true}
+	u := cpuUseBetween(a, b, 2*time.Second, 2)
+	if u.Busy != 0.6 || math.Abs(u.Seconds-2.4) > 1e-9 || u.Wall != 2*time.Second {
+		t.Fatalf("cpuUseBetween = %+v, want 60%% busy and 2.4 CPU seconds", u)
+	}
+	for _, c := range [][2]cpuTimes{{{}, b}, {a, {}}, {a, a}} {
+		if u := cpuUseBetween(c[0], c[1], time.Second, 2); !math.IsNaN(u.Busy) || !math.IsNaN(u.Seconds) {
+			t.Errorf("cpuUseBetween(%+v, %+v) = %+v, want NaN", c[0], c[1], u)
+		}
+	}
+}
+
+func TestCPUMeterSeesThisProcessWork(t *testing.T) {
+	if !readCPUTimes().ok {
+		t.Skip("no /proc/stat on this system")
+	}
+	m := startCPUMeter()
+	// Spin for 200 ms: at least that much of one core must show as used.
+	for end := time.Now().Add(200 * time.Millisecond); time.Now().Before(end); {
+	}
+	u := m.stop()
+	if u.Seconds < 0.15 || u.Busy <= 0 || u.Busy > 1 || u.Self < 0.15 || u.Self > u.Wall.Seconds()*2 {
+		t.Fatalf("200 ms of spinning measured as %+v", u)
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"runtime"
@@ -169,6 +170,23 @@ func (r *report) scaleSection(b *strings.Builder) {
 		s.Profiles[0], s.Profiles[1], s.InsertSmall.Round(time.Millisecond), s.InsertBig.Round(time.Millisecond))
 }
 
+// cpuPerWorkflow says what each run cost the whole machine, every process
+// counted (the benchmark's, which holds the Temporal server, the worker and
+// the services, and PostgreSQL's), so that a reader can tell a ratio of
+// work from a ratio of waiting.
+func cpuPerWorkflow(f *flowResult) string {
+	if math.IsNaN(f.FullCPU.Seconds) || math.IsNaN(f.NoopCPU.Seconds) || f.Flows == 0 {
+		return "What the machine spent on each could not be measured here (no /proc/stat).\n\n"
+	}
+	per := func(s float64) float64 { return s / float64(f.Flows) * 1000 }
+	full, noop := per(f.FullCPU.Seconds), per(f.NoopCPU.Seconds)
+	return fmt.Sprintf("What the machine spent on each, every process counted (PostgreSQL and this one, which holds the Temporal server, "+
+		"the worker and the services): during the flows the cores were %s busy, %.0f ms of CPU per flow (%.0f ms in this process); "+
+		"during the no-ops %s busy, %.0f ms per no-op (%.0f ms in this process). CPU per no-op over CPU per flow is %.2f, against the "+
+		"ratio of rates %.2f: where both runs keep the cores busy, the rates stand in the ratio of the work each workflow costs.\n\n",
+		pct(f.FullCPU.Busy), full, per(f.FullCPU.Self), pct(f.NoopCPU.Busy), noop, per(f.NoopCPU.Self), noop/full, f.Ratio)
+}
+
 func (r *report) flowSection(b *strings.Builder) {
 	f := r.flows
 	fmt.Fprintf(b, "## Workflows (%d at once)\n\n", f.Flows)
@@ -185,6 +203,7 @@ func (r *report) flowSection(b *strings.Builder) {
 		"and follows its answers). In history events per second that is %.0f against %.0f (%.2f); the flow's events also wait on the services "+
 		"and PostgreSQL, on the same cores.\n\n",
 		f.FullEvents, f.FullEvents-f.IntakeEvents, f.IntakeEvents, f.NoopEvents, fullEv, noopEv, fullEv/noopEv)
+	b.WriteString(cpuPerWorkflow(f))
 	b.WriteString("Timer timeliness: workflow timers are what reminders wait on (a workflow sleeps until a reminder's time, then creates it); " +
 		"lateness is measured in the activity that runs when a timer fires, on a fresh embedded server each time. " +
 		"The target is judged on timers scheduled together and due over a minute, all started before the first is due; " +

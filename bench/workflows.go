@@ -43,6 +43,9 @@ type flowResult struct {
 	FullEvents, NoopEvents    int // history events per run, child workflows included
 	IntakeEvents              int // the MAT intake child's part of FullEvents
 	TimerRuns                 []timerResult
+	// What each run cost the whole machine: if both keep the cores busy,
+	// the ratio of rates is the ratio of CPU spent per workflow.
+	FullCPU, NoopCPU cpuUse
 }
 
 // timerResult is one run of timer probes.
@@ -159,10 +162,12 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	if len(drafts) == 0 {
 		return nil, fmt.Errorf("no flows to run")
 	}
+	meter := startCPUMeter()
 	done, err := runFlows(ctx, c, iv, ref, counselor, ehr, drafts, wait)
 	if err != nil {
 		return nil, err
 	}
+	r.FullCPU = meter.stop()
 	r.FlowP50, r.FlowP90, r.FlowMax = done[rank(len(done), 50)], done[rank(len(done), 90)], done[len(done)-1]
 	r.FullSeconds = r.FlowMax.Seconds()
 	r.FullRate = float64(cfg.flows) / r.FullSeconds
@@ -176,7 +181,7 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	defer w.Stop()
 	// Started at once, as the flows are, so that both times hold the
 	// same concurrent start calls.
-	start := time.Now()
+	start, meter := time.Now(), startCPUMeter()
 	var wg sync.WaitGroup
 	runs := make([]client.WorkflowRun, cfg.flows)
 	noopErrs := make(chan error, cfg.flows)
@@ -195,6 +200,7 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 		}()
 	}
 	wg.Wait()
+	r.NoopCPU = meter.stop()
 	close(noopErrs)
 	if err := <-noopErrs; err != nil {
 		return nil, err
