@@ -89,7 +89,15 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}); err != nil {
 		return Result{}, err
 	}
-	return w.run(flow.WithActivityOptions(ctx))
+	res, err := w.run(flow.WithActivityOptions(ctx))
+	// A referral signal only says that something changed, and the service
+	// has been asked what is true; signals still waiting when the intake
+	// ends (the EHR's answers often come together) say nothing more. Taking
+	// them keeps the SDK from warning of unhandled signals at every intake.
+	// It adds no command, so histories replay as before.
+	for w.signals.ReceiveAsync(nil) {
+	}
+	return res, err
 }
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {

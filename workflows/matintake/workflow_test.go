@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,19 +27,38 @@ const (
 
 type harness struct {
 	env       *testsuite.TestWorkflowEnvironment
+	log       *warnings
 	reminders []activities.ReminderRequest
 	requests  []activities.ImmediateRequest
 	support   []activities.SupportRequest
 	status    map[string]activities.ReferralInfo
 }
 
+// warnings is the workflows' logger in these tests: it keeps the warnings
+// and passes every line on to the test's log.
+type warnings struct {
+	t    *testing.T
+	seen []string
+}
+
+func (w *warnings) line(level, msg string, kv []any) { w.t.Log(append([]any{level, msg}, kv...)...) }
+func (w *warnings) Debug(msg string, kv ...any)      { w.line("DEBUG", msg, kv) }
+func (w *warnings) Info(msg string, kv ...any)       { w.line("INFO", msg, kv) }
+func (w *warnings) Error(msg string, kv ...any)      { w.line("ERROR", msg, kv) }
+func (w *warnings) Warn(msg string, kv ...any) {
+	w.seen = append(w.seen, msg)
+	w.line("WARN", msg, kv)
+}
+
 func newHarness(t *testing.T) *harness {
 	var suite testsuite.WorkflowTestSuite
+	logs := &warnings{t: t}
+	suite.SetLogger(logs)
 	env := suite.NewTestWorkflowEnvironment()
 	env.SetStartTime(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
 	env.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
 	env.RegisterActivity(&activities.Activities{})
-	h := &harness{env: env, status: map[string]activities.ReferralInfo{}}
+	h := &harness{env: env, log: logs, status: map[string]activities.ReferralInfo{}}
 	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(activities.DefaultSettings(), nil)
 	env.OnActivity(flow.A.FamilyContacts, mock.Anything, family).Return([]activities.Person{
 		{Kind: "loved_one", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
@@ -272,5 +292,30 @@ func TestLocalActivitiesAndOneDeadlineTimer(t *testing.T) {
 	// Settings, contacts, the referral, four status reads, family support.
 	if local != 8 || remote != 0 {
 		t.Fatalf("local activities %d, activities %d; want 8 local and none", local, remote)
+	}
+}
+
+// The EHR often answers accepted, scheduled and completed together. The
+// first signal's status read already says COMPLETED; the two behind it are
+// taken, not left for the SDK to warn about.
+func TestAnswersArrivingTogetherLeaveNoSignalUnhandled(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.env.RegisterDelayedCallback(func() {
+		h.status[r1] = activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 0}
+		for _, state := range []string{"ACCEPTED", "SCHEDULED", "COMPLETED"} {
+			h.env.SignalWorkflow(matintake.SignalReferral, matintake.Transition{Referral: r1, State: state})
+		}
+	}, time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	for _, w := range h.log.seen {
+		if strings.Contains(w, "unhandled signals") {
+			t.Fatalf("the workflow warned %q", w)
+		}
 	}
 }
