@@ -5,6 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/workflows/activities"
 )
@@ -50,5 +54,30 @@ func TestRetriedImmediateReferralMakesOne(t *testing.T) {
 		Filter: fmt.Sprintf("intervention = %q AND state = HELD", intervention)})).GetHolds()
 	if len(holds) != 1 {
 		t.Fatalf("%d live holds after a retried hold: %v", len(holds), holds)
+	}
+}
+
+// The outcome or a cancellation can close the intervention while its
+// workflow is holding a slot. The hold is returned all the same, for the
+// workflow to convert or release, instead of an error that would leave it
+// held until it lapses.
+func TestHoldForAClosedInterventionIsReturned(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	// A draft, cancelled: closed, with no workflow of its own to interfere.
+	iv := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(time.Hour)), ExpectedDuration: durationpb.New(15 * time.Minute),
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}}))
+	ok(e.iv.CancelIntervention(e.counsel, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family asked to wait"}))
+	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
+	got, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv.GetName(),
+		TTL: time.Hour, RequestID: "late-hold"})
+	if err != nil || got.Hold == "" {
+		t.Fatalf("HoldTreatment on a cancelled intervention = %+v, %v; want its hold", got, err)
+	}
+	h := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: got.Hold}))
+	if h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD || h.GetIntervention() != iv.GetName() {
+		t.Fatalf("hold %s is %v for %q; want held for %s", got.Hold, h.GetState(), h.GetIntervention(), iv.GetName())
 	}
 }

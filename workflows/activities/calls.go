@@ -115,7 +115,14 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	if _, err := a.Interventions.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: in.Intervention,
 		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold.GetName(),
 		Note: "held by the workflow", RequestId: in.RequestID + "-checklist"}); err != nil {
-		return HoldResult{}, wrap("tick checklist", err)
+		// The outcome or a cancellation can close the intervention while
+		// the slot is being held. The hold is the intervention's all the
+		// same: returned, the workflow converts it on acceptance and
+		// releases it otherwise, where an error would leave it held until
+		// it lapses and tell the counselor no program had room.
+		if ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+			return HoldResult{}, wrap("tick checklist", err)
+		}
 	}
 	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
 }
