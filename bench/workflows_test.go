@@ -6,6 +6,8 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	"go.temporal.io/api/workflowservice/v1"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
@@ -54,5 +56,48 @@ func TestHistoryEventsCountsAChildOnce(t *testing.T) {
 	}
 	if got != parent+child {
 		t.Fatalf("historyEvents = %d, want the parent's %d plus the child's %d", got, parent, child)
+	}
+}
+
+func TestFastestRoundIsTheCeiling(t *testing.T) {
+	rounds := []ceilingRound{{seconds: 3.1, id: "a"}, {seconds: 2.6, id: "b"}, {seconds: 6.7, id: "c"}}
+	if got := fastest(rounds); got.id != "b" {
+		t.Fatalf("fastest = %q (%.1f s), want b (2.6 s)", got.id, got.seconds)
+	}
+}
+
+// A round runs every no-op to completion and names one of them.
+func TestNoopRoundRunsEveryWorkflow(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker("noop-round", func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(noopWorkflow, workflow.RegisterOptions{Name: "Noop"})
+		r.RegisterActivityWithOptions(noopActivity, activity.RegisterOptions{Name: "NoopActivity"})
+	})
+	c := ts.GetDefaultClient()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := noopRound(ctx, c, "noop-round", 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.seconds <= 0 || r.id == "" {
+		t.Fatalf("round = %+v, want a duration and a workflow id", r)
+	}
+	// Visibility trails the histories a little: ask until it agrees.
+	completed := 0
+	for deadline := time.Now().Add(10 * time.Second); completed != 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		it, err := c.ListWorkflow(ctx, &workflowservice.ListWorkflowExecutionsRequest{Query: "WorkflowType = 'Noop'"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		completed = 0
+		for _, e := range it.GetExecutions() {
+			if e.GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED {
+				completed++
+			}
+		}
+	}
+	if completed != 5 {
+		t.Fatalf("%d no-ops completed, want 5", completed)
 	}
 }
