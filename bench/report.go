@@ -194,8 +194,11 @@ func (r *report) flowSection(b *strings.Builder) {
 	fmt.Fprintf(b, "| scheduling to a completed MAT intake, through the services, relays and worker (each waits %s for its meeting to start) | %.1f s | %.2f |\n",
 		f.MeetingWait, f.FullSeconds, f.FullRate)
 	fmt.Fprintf(b, "| ceiling: a no-op workflow with one activity, the fastest of %d rounds | %.1f s | %.2f |\n", len(f.NoopRounds), f.NoopSeconds, f.NoopRate)
-	fmt.Fprintf(b, "\nThe flows finished %.1f s (half of them), %.1f s (nine in ten) and %.1f s (the last) after the start; the rate counts to the last.\n",
-		f.FlowP50.Seconds(), f.FlowP90.Seconds(), f.FlowMax.Seconds())
+	fmt.Fprintf(b, "\nThe flows finished %.1f s (half of them), %.1f s (nine in ten) and %.1f s (the last) after the start; the rate counts to the last. "+
+		"%d of %d flows had a workflow task time out, which costs a flow the task's 10 s timeout (under load the server can lose a task it has "+
+		"recorded as started; see the README); the server turned down %d workflow task completions in all to deliver a signal first "+
+		"(UnhandledCommand; each costs a failed task and a replay).\n",
+		f.FlowP50.Seconds(), f.FlowP90.Seconds(), f.FlowMax.Seconds(), f.TimedOutFlows, f.Flows, f.TurnedDown)
 	rounds := make([]string, len(f.NoopRounds))
 	for i, sec := range f.NoopRounds {
 		rounds[i] = fmt.Sprintf("%.1f s", sec)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
@@ -43,6 +44,9 @@ type flowResult struct {
 	FlowP50, FlowP90, FlowMax time.Duration
 	FullEvents, NoopEvents    int // history events per run, child workflows included
 	IntakeEvents              int // the MAT intake child's part of FullEvents
+	// Flows with a workflow task that timed out, and completions turned
+	// down (UnhandledCommand) over all flows.
+	TimedOutFlows, TurnedDown int
 	TimerRuns                 []timerResult
 	// What each run cost the whole machine: if both keep the cores busy,
 	// the ratio of rates is the ratio of CPU spent per workflow.
@@ -205,6 +209,9 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	if r.NoopEvents, err = historyEvents(ctx, c, best.id); err != nil {
 		return nil, err
 	}
+	if r.TimedOutFlows, r.TurnedDown, err = flowTrouble(ctx, c, drafts); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -322,26 +329,67 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 	return r, nil
 }
 
-// historyEvents counts the events of a workflow and of the child workflows
-// it started: the work the server does for it.
-func historyEvents(ctx context.Context, c client.Client, id string) (int, error) {
-	n := 0
+// walkHistory calls visit for each event of a workflow's history and of
+// the histories of the child workflows it started, each child after the
+// event that started it.
+func walkHistory(ctx context.Context, c client.Client, id string, visit func(*historypb.HistoryEvent)) error {
 	it := c.GetWorkflowHistory(ctx, id, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
 	for it.HasNext() {
 		e, err := it.Next()
 		if err != nil {
-			return 0, fmt.Errorf("history of %s: %w", id, err)
+			return fmt.Errorf("history of %s: %w", id, err)
 		}
-		n++
+		visit(e)
 		if a := e.GetStartChildWorkflowExecutionInitiatedEventAttributes(); a != nil {
-			m, err := historyEvents(ctx, c, a.GetWorkflowId())
-			if err != nil {
-				return 0, err
+			if err := walkHistory(ctx, c, a.GetWorkflowId(), visit); err != nil {
+				return err
 			}
-			n += m
 		}
 	}
-	return n, nil
+	return nil
+}
+
+// historyEvents counts the events of a workflow and of the child workflows
+// it started.
+func historyEvents(ctx context.Context, c client.Client, id string) (int, error) {
+	n := 0
+	err := walkHistory(ctx, c, id, func(*historypb.HistoryEvent) { n++ })
+	return n, err
+}
+
+// taskTrouble is what went wrong with one flow's workflow tasks, child
+// included: tasks that timed out (the worker never answered; under load
+// the server can lose a task it recorded as started, see the README) and
+// completions the server turned down to deliver a signal first.
+type taskTrouble struct {
+	TimedOut, TurnedDown int
+}
+
+func (t *taskTrouble) visit(e *historypb.HistoryEvent) {
+	if e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT {
+		t.TimedOut++
+	}
+	if a := e.GetWorkflowTaskFailedEventAttributes(); a != nil && a.GetCause() == enumspb.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND {
+		t.TurnedDown++
+	}
+}
+
+// flowTrouble reads every flow's histories after the run: how many flows
+// had a workflow task time out, and how many completions were turned down
+// in all. A flow that waited out a timeout sets the rate (it counts to the
+// last flow), so the report says how many did.
+func flowTrouble(ctx context.Context, c client.Client, drafts []string) (late, turnedDown int, err error) {
+	for _, d := range drafts {
+		var t taskTrouble
+		if err := walkHistory(ctx, c, ids.Intervention(d), t.visit); err != nil {
+			return 0, 0, err
+		}
+		if t.TimedOut > 0 {
+			late++
+		}
+		turnedDown += t.TurnedDown
+	}
+	return late, turnedDown, nil
 }
 
 // prepareFlows makes a MAT program with room for n, and n families with

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/client"
@@ -99,5 +100,30 @@ func TestNoopRoundRunsEveryWorkflow(t *testing.T) {
 	}
 	if completed != 5 {
 		t.Fatalf("%d no-ops completed, want 5", completed)
+	}
+}
+
+// Only timed-out tasks and completions turned down for UnhandledCommand
+// count as trouble; other task failures do not.
+func TestTaskTroubleCounts(t *testing.T) {
+	failed := func(cause enumspb.WorkflowTaskFailedCause) *historypb.HistoryEvent {
+		return &historypb.HistoryEvent{EventType: enumspb.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+			Attributes: &historypb.HistoryEvent_WorkflowTaskFailedEventAttributes{
+				WorkflowTaskFailedEventAttributes: &historypb.WorkflowTaskFailedEventAttributes{Cause: cause}}}
+	}
+	events := []*historypb.HistoryEvent{
+		{EventType: enumspb.EVENT_TYPE_WORKFLOW_TASK_STARTED},
+		{EventType: enumspb.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT},
+		failed(enumspb.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND),
+		failed(enumspb.WORKFLOW_TASK_FAILED_CAUSE_NON_DETERMINISTIC_ERROR),
+		failed(enumspb.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND),
+		{EventType: enumspb.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT},
+	}
+	var tt taskTrouble
+	for _, e := range events {
+		tt.visit(e)
+	}
+	if tt != (taskTrouble{TimedOut: 1, TurnedDown: 2}) {
+		t.Fatalf("trouble = %+v, want 1 timed out and 2 turned down", tt)
 	}
 }
