@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/auth"
 )
 
@@ -62,6 +63,23 @@ func Outsider(ctx context.Context) (auth.Principal, bool) {
 		return p, false
 	}
 	return p, p.Has(auth.RoleEHR)
+}
+
+// Appointment is what an outside system's consent to appointments covers of
+// an intervention: when, with whom, in what state, and whether the loved
+// one came. Plans, notes, the level, the checklist and the place stay in
+// the program. Every way an intervention leaves the program (the API, FHIR,
+// webhooks) cuts it to this.
+func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention {
+	a := &interventionsv1.Intervention{
+		Name: iv.GetName(), Family: iv.GetFamily(), Counselor: iv.GetCounselor(), StartTime: iv.GetStartTime(),
+		ExpectedDuration: iv.GetExpectedDuration(), TimeZone: iv.GetTimeZone(), State: iv.GetState(),
+		Participants: iv.GetParticipants(), CreateTime: iv.GetCreateTime(), UpdateTime: iv.GetUpdateTime(), Etag: iv.GetEtag(),
+	}
+	if iv.GetOutcome() != nil {
+		a.Outcome = &interventionsv1.Outcome{Kind: iv.GetOutcome().GetKind(), RecordTime: iv.GetOutcome().GetRecordTime()}
+	}
+	return a
 }
 
 // Check returns nil if the caller may receive resource, a record of family

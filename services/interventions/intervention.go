@@ -659,21 +659,11 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 	return iv.GetCheckIns()[len(iv.GetCheckIns())-1], nil
 }
 
-// appointmentForCaller is what an outside system's consent to appointments
-// covers of an intervention: when, with whom, in what state, and whether
-// the loved one came. Plans, notes, the checklist and the place stay in the
-// program.
+// appointmentForCaller cuts an intervention to what an outside system's
+// consent to appointments covers (consentgate.Appointment).
 func appointmentForCaller(ctx context.Context, iv *interventionsv1.Intervention) *interventionsv1.Intervention {
 	if _, out := consentgate.Outsider(ctx); !out {
 		return iv
 	}
-	a := &interventionsv1.Intervention{
-		Name: iv.GetName(), Family: iv.GetFamily(), Counselor: iv.GetCounselor(), StartTime: iv.GetStartTime(),
-		ExpectedDuration: iv.GetExpectedDuration(), TimeZone: iv.GetTimeZone(), State: iv.GetState(),
-		Participants: iv.GetParticipants(), CreateTime: iv.GetCreateTime(), UpdateTime: iv.GetUpdateTime(), Etag: iv.GetEtag(),
-	}
-	if iv.GetOutcome() != nil {
-		a.Outcome = &interventionsv1.Outcome{Kind: iv.GetOutcome().GetKind(), RecordTime: iv.GetOutcome().GetRecordTime()}
-	}
-	return a
+	return consentgate.Appointment(iv)
 }

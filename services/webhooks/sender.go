@@ -23,7 +23,10 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
@@ -150,6 +153,7 @@ type pending struct {
 	attempts                 int
 	created                  time.Time
 	url, secret, owner       string
+	audience                 string
 	full                     bool
 }
 
@@ -223,7 +227,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload`,
+			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience`,
 		limit, lease, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
@@ -234,7 +238,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind); err != nil {
+			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -384,7 +388,8 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if info, disclosable := informationOf(msg); disclosable {
+		msg, disclosable := viewFor(p.audience, msg)
+		if info, ok := informationOf(msg); disclosable && ok {
 			ok, err := s.disclose(ctx, p, info)
 			if err != nil {
 				return nil, err
@@ -403,6 +408,25 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 		return nil, fmt.Errorf("encode notification: %w", err)
 	}
 	return b, nil
+}
+
+// viewFor cuts msg to what the subscription's audience may read through
+// the API, or reports false when it may read none of it: the EHR gets
+// referrals whole and interventions as outside systems see them
+// (consentgate.Appointment), the reminder automation reminders only.
+func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
+	switch m := msg.(type) {
+	case *referralsv1.Referral:
+		return m, audience == audienceEHR
+	case *interventionsv1.Intervention:
+		if audience != audienceEHR {
+			return m, false
+		}
+		return consentgate.Appointment(m), true
+	case *interventionsv1.Reminder:
+		return m, audience == audienceReminders
+	}
+	return msg, false
 }
 
 // disclose asks the families service to check consent and record the

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -117,6 +119,47 @@ func subscriptionName(clinic, id string) string {
 	return aip.Name("clinics", clinic, "subscriptions", id)
 }
 
+// Audiences of FULL subscriptions: who the data is cut for.
+const (
+	audienceEHR       = "ehr"
+	audienceReminders = "reminders"
+)
+
+// fullTopics are the topics whose data each audience may receive: what its
+// role may read through the API. The EHR reads referrals and appointments,
+// never reminders; the reminder automation reads reminders only.
+var fullTopics = map[string][]webhooksv1.Topic{
+	audienceEHR:       {webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED},
+	audienceReminders: {webhooksv1.Topic_TOPIC_REMINDER_DUE},
+}
+
+// fullAudience is the audience a FULL subscription of the caller to topics
+// is cut for. A FULL payload leaves the program, so it must never carry
+// more than the caller could read through the API: staff subscribe to
+// identifiers and read the rest themselves, and a topic whose data the
+// caller's role may not read is refused rather than silently sent bare.
+func fullAudience(ctx context.Context, topics []webhooksv1.Topic) (string, error) {
+	p, _ := auth.FromContext(ctx)
+	var audience string
+	switch {
+	// A token holding the EHR role is an outside system whatever else it
+	// holds (consentgate.Outsider), so it gets the EHR's cut.
+	case p.Has(auth.RoleEHR):
+		audience = audienceEHR
+	case p.Has(auth.RoleReminders):
+		audience = audienceReminders
+	default:
+		return "", status.Error(codes.PermissionDenied,
+			"only the EHR integration and the reminder automation receive full payloads; subscribe with PAYLOAD_KIND_ID_ONLY and read the resource through the API")
+	}
+	for _, t := range topics {
+		if !slices.Contains(fullTopics[audience], t) {
+			return "", apperr.Field("subscription.payload", "PAYLOAD_KIND_FULL is not available for %s to your role; subscribe to it with PAYLOAD_KIND_ID_ONLY", t)
+		}
+	}
+	return audience, nil
+}
+
 // ownerFilter is the owner a caller is limited to: integrations see only
 // their own subscriptions, clinic administrators all ("").
 func ownerFilter(ctx context.Context) string {
@@ -156,6 +199,12 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	}
 	slices.Sort(topics)
 	owner := auth.Actor(ctx)
+	audience := ""
+	if payload == webhooksv1.PayloadKind_PAYLOAD_KIND_FULL {
+		if audience, err = fullAudience(ctx, sub.GetTopics()); err != nil {
+			return nil, err
+		}
+	}
 	// The answer kept for retries (AIP-155) holds the secret sealed, like
 	// the table; it is opened only on the way out.
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
@@ -169,9 +218,9 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			if err != nil {
 				return nil, err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now()); err != nil {
+			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time, audience)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience); err != nil {
 				return nil, fmt.Errorf("insert subscription: %w", err)
 			}
 			out, err := readSubscription(ctx, tx, clinic, id, "")

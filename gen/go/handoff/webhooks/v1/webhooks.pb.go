@@ -118,7 +118,11 @@ const (
 	PayloadKind_PAYLOAD_KIND_ID_ONLY PayloadKind = 1
 	// The resource as it was after the change, in `data`, when an active
 	// consent (42 CFR Part 2) covers the disclosure to the owner; otherwise
-	// ID_ONLY for that notification.
+	// ID_ONLY for that notification. The data is never more than the owner
+	// reads through the API: only the EHR integration (referrals, and
+	// interventions as the appointment outside systems see) and the reminder
+	// automation (reminders) may subscribe FULL, each to those topics only;
+	// anyone else gets PERMISSION_DENIED, another topic INVALID_ARGUMENT.
 	PayloadKind_PAYLOAD_KIND_FULL PayloadKind = 2
 )
 
