@@ -201,3 +201,16 @@ func EnumLookup(values map[string]int32, prefix string) func(string) (int32, boo
 		return 0, false
 	}
 }
+
+// Without returns fields less names: a caller who receives a cut view of a
+// resource must not filter on what the cut leaves out, or the filter would
+// tell what the view hides.
+func Without(fields map[string]FilterField, names ...string) map[string]FilterField {
+	out := make(map[string]FilterField, len(fields))
+	for k, v := range fields {
+		if !slices.Contains(names, k) {
+			out[k] = v
+		}
+	}
+	return out
+}

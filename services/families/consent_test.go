@@ -418,6 +418,15 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 		got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_UNSPECIFIED {
 		t.Fatalf("an identity consent disclosed more than identity: %v", got)
 	}
+	// Nor can it be learned by filtering on what the view leaves out.
+	_, err = f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"})
+	wantCode(t, err, codes.InvalidArgument)
+	if l, err := f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "state = ACTIVE"}); err != nil {
+		t.Fatalf("the EHR filters on its view's fields: %v, %v", l, err)
+	}
+	if _, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"}); err != nil {
+		t.Fatalf("staff filter on urgency: %v", err)
+	}
 	seen, err := f.client.GetConsent(f.ehr("ehr-1"), &familiesv1.GetConsentRequest{Name: co.GetName()})
 	if err != nil {
 		t.Fatal(err)

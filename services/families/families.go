@@ -176,7 +176,13 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
-	filter, err := aip.ParseFilter(req.GetFilter(), familyFilter)
+	fields := familyFilter
+	if p, ok := auth.FromContext(ctx); ok && (p.Has(auth.RoleEHR) || p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)) {
+		// familyForCaller leaves urgency out for these callers; filtering
+		// on it would tell it.
+		fields = aip.Without(familyFilter, "urgent")
+	}
+	filter, err := aip.ParseFilter(req.GetFilter(), fields)
 	if err != nil {
 		return nil, apperr.Field("filter", "%v", err)
 	}

@@ -1,6 +1,7 @@
 package interventions_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -62,6 +63,13 @@ func TestEHRReadsNeedConsent(t *testing.T) {
 	}
 	if n := md.Get(consentgate.NoticeHeader); len(n) != 1 || n[0] != consentgate.Notice {
 		t.Fatalf("a disclosed list carries no Part 2 notice: %v", md)
+	}
+	// The level is not in the appointment, so it cannot be filtered on.
+	_, err = f.client.ListInterventions(ehr, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "level = LEVEL_3"})
+	wantCode(t, err, codes.InvalidArgument)
+	if staff, err := f.client.ListInterventions(f.ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north",
+		Filter: "level = " + strings.TrimPrefix(iv.GetLevel().String(), "ESCALATION_LEVEL_")}); err != nil || len(staff.GetInterventions()) != 1 {
+		t.Fatalf("staff filter on the level: %v, %v", staff, err)
 	}
 	ds, err := f.families.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: f.family.GetName()})
 	if err != nil || len(ds.GetDisclosures()) != 2 || ds.GetDisclosures()[0].GetResource() != iv.GetName() ||

@@ -301,8 +301,14 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	if out {
 		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
 	}
+	fields := interventionFilter
+	if out {
+		// The appointment an outside system sees has no level
+		// (consentgate.Appointment); filtering on it would tell it.
+		fields = aip.Without(interventionFilter, "level")
+	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, scope, args,
-		req, interventionFilter, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
+		req, fields, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
 	if err != nil {
 		return nil, err
 	}
