@@ -154,10 +154,17 @@ func (c *Codec) DataConverter() converter.DataConverter {
 	return converter.NewCodecDataConverter(converter.GetDefaultDataConverter(), c)
 }
 
-// Handler serves the remote codec protocol the Temporal Web UI and CLI use
-// to show decoded payloads. authorize names the one clinic the caller may
-// see; payloads are shared by every clinic in a namespace, so a decoded
-// payload that names another clinic is refused and stays sealed.
+// maxDecodeBody bounds a decode request: Temporal refuses payloads over
+// 2 MiB, and the UI sends one event's payloads at a time.
+const maxDecodeBody = 8 << 20
+
+// Handler serves the decode half of the remote codec protocol the Temporal
+// Web UI and CLI use to show payloads. authorize names the one clinic the
+// caller may see. Payloads are shared by every clinic in a namespace, so a
+// payload is shown only when it names the caller's clinic and no other;
+// any other (another clinic's, or one that names none, such as an
+// outcome) is returned still sealed. Encoding is not served: nothing
+// outside the workers has reason to seal payloads with the clinic's key.
 func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		clinic, err := authorize(r)
@@ -165,6 +172,11 @@ func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)
 			http.Error(w, err.Error(), http.StatusUnauthorized)
 			return
 		}
+		if !strings.HasSuffix(r.URL.Path, "/decode") {
+			http.NotFound(w, r)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxDecodeBody)
 		converter.NewPayloadCodecHTTPHandler(clinicCodec{c, clinic}).ServeHTTP(w, r)
 	})
 }
@@ -173,7 +185,7 @@ func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)
 // decoded JSON payload.
 var clinicRef = regexp.MustCompile(`clinics/([a-z0-9][a-z0-9-]{0,62})|"Clinic":"([^"]*)"`)
 
-// clinicCodec opens only payloads that name no clinic but its own.
+// clinicCodec opens only payloads that name its clinic and no other.
 type clinicCodec struct {
 	*Codec
 	clinic string
@@ -184,12 +196,21 @@ func (cc clinicCodec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload,
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range out {
-		for _, m := range clinicRef.FindAllSubmatch(p.GetData(), -1) {
-			if got := string(m[1]) + string(m[2]); got != cc.clinic {
-				return nil, fmt.Errorf("codec: a payload belongs to another clinic than %q", cc.clinic)
-			}
+	for i, p := range out {
+		if p != payloads[i] && !cc.owns(p.GetData()) {
+			out[i] = payloads[i]
 		}
 	}
 	return out, nil
+}
+
+// owns reports whether data names the codec's clinic and no other.
+func (cc clinicCodec) owns(data []byte) bool {
+	refs := clinicRef.FindAllSubmatch(data, -1)
+	for _, m := range refs {
+		if string(m[1])+string(m[2]) != cc.clinic {
+			return false
+		}
+	}
+	return len(refs) > 0
 }

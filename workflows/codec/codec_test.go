@@ -121,14 +121,38 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 		!strings.Contains(string(decoded.GetPayloads()[0].GetData()), "secret-value") {
 		t.Fatalf("decoded = %s, %v", out, err)
 	}
-	// Another clinic's payloads stay sealed, by resource name or by field.
+	// Another clinic's payloads stay sealed, by resource name or by field,
+	// and so does one that names no clinic (an outcome): nothing shows that
+	// it is the caller's.
 	for _, other := range [][]byte{
 		sealed("clinics/south/families/f9 other-secret"),
 		sealed(struct{ Clinic, Note string }{"south", "other-secret"}),
+		sealed("clinics/north/families/f1 clinics/south/families/f9 other-secret"),
+		sealed(struct{ Kind, Note string }{"ACCEPTED", "other-secret"}),
 	} {
 		code, out := post("ok", other)
-		if code == http.StatusOK || strings.Contains(out, "other-secret") {
-			t.Fatalf("another clinic's payload: %d %s", code, out)
+		if strings.Contains(out, "other-secret") {
+			t.Fatalf("a payload not shown to be the caller's was opened: %d %s", code, out)
 		}
+		var back commonpb.Payloads
+		if err := protojson.Unmarshal([]byte(out), &back); code == http.StatusOK &&
+			(err != nil || len(back.GetPayloads()) != 1 || string(back.GetPayloads()[0].GetMetadata()["encoding"]) != "binary/encrypted") {
+			t.Fatalf("want the payload back sealed: %d %s", code, out)
+		}
+	}
+	// Only decoding is served, and a body has a limit.
+	req, _ := http.NewRequest("POST", srv.URL+"/encode", strings.NewReader(`{"payloads":[]}`))
+	req.Header.Set("Authorization", "Bearer ok")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("encode: %d, want 404", resp.StatusCode)
+	}
+	if code, _ := post("ok", bytes.Repeat([]byte(" "), maxDecodeBody+1)); code == http.StatusOK {
+		t.Fatal("an oversized body was decoded")
 	}
 }
