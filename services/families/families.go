@@ -107,11 +107,15 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	f := proto.Clone(req.GetFamily()).(*familiesv1.Family)
 	var vs apperr.Violations
 	checkFamily(&vs, "family", f, true)
+	now := s.cfg.Now()
+	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
+		// Days to treatment count from it, and it cannot be changed later.
+		vs.Add("family.first_contact_time", "must not be in the future")
+	}
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
 	assignMemberIDs(f)
-	now := s.cfg.Now()
 	if f.GetFirstContactTime() == nil {
 		f.FirstContactTime = timestamppb.New(now)
 	}

@@ -550,6 +550,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: "clinics/north/family/x"})
 			return err
 		}, codes.InvalidArgument, "name"},
+		{"future first contact", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) {
+				x.FirstContactTime = timestamppb.New(time.Now().Add(90 * 24 * time.Hour))
+			}))
+			return err
+		}, codes.InvalidArgument, "family.first_contact_time"},
 		{"future warning sign", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
 				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE,

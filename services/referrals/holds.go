@@ -283,6 +283,9 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	if strings.TrimSpace(req.GetReason()) == "" {
 		return nil, apperr.Field("reason", "is required: why the person is referred, minimum necessary")
 	}
+	if err := notFuture("first_contact_time", req.GetFirstContactTime(), s.cfg.Now()); err != nil {
+		return nil, err
+	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")

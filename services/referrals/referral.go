@@ -222,6 +222,9 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err := checkReferral(clinic, in); err != nil {
 		return nil, err
 	}
+	if err := notFuture("referral.first_contact_time", in.GetFirstContactTime(), s.cfg.Now()); err != nil {
+		return nil, err
+	}
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			return s.insertReferral(ctx, tx, clinic, in, s.cfg.Now())

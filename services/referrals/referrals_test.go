@@ -185,6 +185,13 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 	if a, h := f.capacity(t, p.GetName()); a != 1 || h != 1 {
 		t.Fatalf("a repeated request id took a second slot: %d free, %d held", a, h)
 	}
+	future := &referralsv1.ConvertHoldRequest{Name: h1.GetName(), Reason: "accepted MAT at the intervention",
+		FirstContactTime: timestamppb.New(f.clock.Now().Add(10 * 24 * time.Hour)), RequestId: "convert-i1-future"}
+	_, err = f.client.ConvertHold(f.ctx, future)
+	wantCode(t, err, codes.InvalidArgument)
+	if a, h := f.capacity(t, p.GetName()); a != 1 || h != 1 {
+		t.Fatalf("a refused conversion changed the hold: %d free, %d held", a, h)
+	}
 	conv := &referralsv1.ConvertHoldRequest{Name: h1.GetName(), Reason: "accepted MAT at the intervention",
 		FirstContactTime: timestamppb.New(f.clock.Now().Add(-10 * 24 * time.Hour)), RequestId: "convert-i1"}
 	r1, err := f.client.ConvertHold(f.ctx, conv)
@@ -326,6 +333,11 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 		"no urgency":               func(r *referralsv1.Referral) { r.Urgency = 0 },
 		"undefined service kind":   func(r *referralsv1.Referral) { r.ServiceKind = 77 },
 		"oversized reason":         func(r *referralsv1.Referral) { r.Reason = string(make([]byte, 600)) },
+		// Days to treatment count from it; a treatment entry could never
+		// follow it.
+		"future first contact": func(r *referralsv1.Referral) {
+			r.FirstContactTime = timestamppb.New(f.clock.Now().Add(30 * 24 * time.Hour))
+		},
 	}
 	for name, mut := range cases {
 		r := valid()

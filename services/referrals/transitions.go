@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -152,6 +153,15 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 
 // clockSkew is how far in the future a reported time may lie: clocks drift.
 const clockSkew = 5 * time.Minute
+
+// notFuture refuses a first contact in the future: days to treatment count
+// from it, and an entry into treatment before it could never be recorded.
+func notFuture(field string, t *timestamppb.Timestamp, now time.Time) error {
+	if t != nil && t.AsTime().After(now.Add(clockSkew)) {
+		return apperr.Field(field, "must not be in the future")
+	}
+	return nil
+}
 
 // CompleteReferral implements the API: the person entered treatment.
 func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.CompleteReferralRequest) (*referralsv1.Referral, error) {
