@@ -139,7 +139,7 @@ func score(req *referralsv1.MatchProgramsRequest, p *referralsv1.Program) (int32
 	}
 	if lang := req.GetLanguage(); lang != "" {
 		for _, l := range p.GetLanguages() {
-			if strings.EqualFold(l, lang) || strings.HasPrefix(strings.ToLower(l), strings.ToLower(lang)+"-") {
+			if strings.EqualFold(primaryLanguage(l), primaryLanguage(lang)) {
 				add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_LANGUAGE_SPOKEN, "Staff speak the family's language.")
 				break
 			}
@@ -356,11 +356,19 @@ func scoreSQL(req *referralsv1.MatchProgramsRequest, first int) (string, []any) 
 		b.WriteString(" + CASE " + strings.Join(place, " ") + " ELSE 0 END")
 	}
 	if lang := req.GetLanguage(); lang != "" {
-		l := arg(strings.ToLower(lang))
-		b.WriteString(when(fmt.Sprintf("EXISTS (SELECT 1 FROM unnest(languages) AS l WHERE l = %s OR starts_with(l, %s || '-'))", l, l),
+		l := arg(strings.ToLower(primaryLanguage(lang)))
+		b.WriteString(when(fmt.Sprintf("EXISTS (SELECT 1 FROM unnest(languages) AS l WHERE split_part(l, '-', 1) = %s)", l),
 			referralsv1.MatchReasonCode_MATCH_REASON_CODE_LANGUAGE_SPOKEN))
 	}
 	b.WriteString(when("waitlist", referralsv1.MatchReasonCode_MATCH_REASON_CODE_WAITLIST_PENALTY))
 	b.WriteString(")")
 	return b.String(), args
+}
+
+// primaryLanguage is a BCP-47 tag's primary language subtag: "es" of
+// "es-MX". Matching compares only these, so a family asking for "es-MX" is
+// matched with a program listing "es", and the other way round.
+func primaryLanguage(tag string) string {
+	p, _, _ := strings.Cut(tag, "-")
+	return p
 }

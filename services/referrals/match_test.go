@@ -130,3 +130,31 @@ func TestRankTable(t *testing.T) {
 		})
 	}
 }
+
+// The primary language subtags are compared, whichever side carries a
+// region: the example in the API's documentation, and its mirror.
+func TestLanguageMatchesOnThePrimarySubtag(t *testing.T) {
+	for _, c := range []struct {
+		asked  string
+		listed []string
+		want   bool
+	}{
+		{"es-MX", []string{"en", "es"}, true},
+		{"es", []string{"es-MX"}, true},
+		{"ES", []string{"es"}, true},
+		{"es-MX", []string{"en", "fr"}, false},
+		{"e", []string{"es"}, false},
+	} {
+		p := &referralsv1.Program{Name: "clinics/c/programs/p", Services: []svcK{bup}, Languages: c.listed,
+			Capacity: &referralsv1.Capacity{AvailableSlots: 1}}
+		got := rank(&referralsv1.MatchProgramsRequest{Language: c.asked, Urgency: referralsv1.Urgency_URGENCY_ROUTINE},
+			[]*referralsv1.Program{p})
+		spoken := false
+		for _, r := range got[0].GetReasons() {
+			spoken = spoken || r.GetCode() == referralsv1.MatchReasonCode_MATCH_REASON_CODE_LANGUAGE_SPOKEN
+		}
+		if spoken != c.want {
+			t.Errorf("%q against %v: language spoken %v, want %v", c.asked, c.listed, spoken, c.want)
+		}
+	}
+}

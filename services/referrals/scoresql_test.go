@@ -59,7 +59,7 @@ func checkMatching(t *testing.T, clustered bool) {
 		n = 300
 	}
 	for i := range n {
-		services, pays, langs := some(rnd, allServices), some(rnd, allPays), some(rnd, []string{"en", "es-MX", "FR", "zh-Hant"})
+		services, pays, langs := some(rnd, allServices), some(rnd, allPays), some(rnd, []string{"en", "es", "es-MX", "FR", "zh-Hant"})
 		if len(services) == 0 {
 			services = []referralsv1.ServiceKind{bup}
 		}
