@@ -66,6 +66,13 @@ type State struct {
 // overdose is answered once, and a continued run reloads the family.
 const versionOnceEach = "overdose-once-and-reload-family"
 
+// versionCurrentCounselor guards reading the family again before an
+// overdose alert or a check-in, and addressing the family's counselor of
+// that moment rather than the one of the refused meeting: families are
+// reassigned, and a later refusal by another counselor restarts this
+// workflow without naming them.
+const versionCurrentCounselor = "current-counselor"
+
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
 	WarningSign string
@@ -111,6 +118,7 @@ type wf struct {
 	settings activities.Settings
 	safety   activities.Safety
 	step     string
+	current  bool // versionCurrentCounselor is on
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -143,6 +151,7 @@ func (w *wf) id(purpose string) string {
 }
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {
+	w.current = workflow.GetVersion(ctx, versionCurrentCounselor, workflow.DefaultVersion, 1) >= 1
 	var err error
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
@@ -174,6 +183,25 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	}
 }
 
+// counselor is who the workflow's reminders to staff go to: the family's
+// counselor when last read, or, before that (and in histories recorded
+// before versionCurrentCounselor), the refused meeting's.
+func (w *wf) counselor() activities.Person {
+	if w.current && w.safety.Counselor.ID != "" {
+		return w.safety.Counselor
+	}
+	return w.in.Counselor
+}
+
+// refresh reads the family again, so that an alert or a check-in reaches
+// its counselor and members of now.
+func (w *wf) refresh(ctx workflow.Context) error {
+	if !w.current {
+		return nil
+	}
+	return flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family)
+}
+
 // begin starts a cycle: check-ins and the escalation counted from now.
 func (w *wf) begin(ctx workflow.Context) {
 	now := workflow.Now(ctx)
@@ -201,7 +229,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		w.step = "awaiting_safety_screen"
 		if !w.st.Screened {
 			w.st.Screened = true // asked once per cycle
-			return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "SAFETY_SCREEN_NEEDED", w.in.Family,
+			return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
 				"Please complete a safety screen with the family before boundary steps continue.", w.id("screen"))
 		}
 		return nil
@@ -303,11 +331,16 @@ func (w *wf) wait(ctx workflow.Context) error {
 
 func (w *wf) onTime(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
+	if len(w.st.CheckIns) > 0 && !now.Before(w.st.CheckIns[0]) {
+		if err := w.refresh(ctx); err != nil {
+			return err
+		}
+	}
 	for len(w.st.CheckIns) > 0 && !now.Before(w.st.CheckIns[0]) {
 		w.st.CheckIns = w.st.CheckIns[1:]
 		w.st.CheckInsRun++
 		n := w.st.CheckInsRun
-		if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "CHECK_IN", w.in.Intervention,
+		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention,
 			fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n), w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
 			return err
 		}
@@ -341,7 +374,10 @@ func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	if err := w.harmReduction(ctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
 		return err
 	}
-	if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "OVERDOSE_ALERT", w.in.Family,
+	if err := w.refresh(ctx); err != nil {
+		return err
+	}
+	if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", w.in.Family,
 		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
 		return err
 	}
@@ -383,7 +419,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		return err
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
-		return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "ESCALATION_PROPOSED", w.in.Family,
+		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
 			"The family may be ready for a formal meeting, but no active boundary states a consequence yet: agree one first.",
 			w.id("escalation-blocked"))
 	}
@@ -397,7 +433,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 	}); err != nil {
 		return err
 	}
-	return flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "ESCALATION_PROPOSED", w.st.Proposed,
+	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.st.Proposed,
 		fmt.Sprintf("A level %d family meeting is drafted for your review.", level), w.id("proposed"))
 }
 

@@ -189,6 +189,44 @@ func TestOverdoseTightensCheckIns(t *testing.T) {
 	}
 }
 
+// A family handed to another counselor after the refusal: the overdose
+// alert, the check-ins and the proposal go to the family's counselor of
+// now, and the contact person is read again before each check-in.
+func TestAlertsFollowTheFamilysCounselor(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
+		h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "EMAIL"}}
+	}, 2*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	for _, kind := range []string{"OVERDOSE_ALERT", "CHECK_IN", "ESCALATION_PROPOSED"} {
+		for _, r := range h.kinds(kind) {
+			if r.To.Kind != "counselor" {
+				if kind == "CHECK_IN" && r.Due.Sub(h.t0) > 2*day && r.To.Channel != "EMAIL" {
+					t.Fatalf("a check-in after the change went to the contact person's old channel: %+v", r)
+				}
+				continue
+			}
+			want := "counselor-2"
+			if r.Due.Sub(h.t0) < 2*day {
+				want = "counselor-1"
+			}
+			if r.To.ID != want {
+				t.Fatalf("%s on day %v went to %s, want %s", kind, r.Due.Sub(h.t0)/day, r.To.ID, want)
+			}
+		}
+	}
+	if len(h.kinds("OVERDOSE_ALERT")) != 1 {
+		t.Fatalf("overdose alerts = %+v", h.kinds("OVERDOSE_ALERT"))
+	}
+}
+
 // The outbox delivers at least once: an overdose delivered twice is
 // answered once; another overdose is answered again.
 func TestRedeliveredOverdoseIsAnsweredOnce(t *testing.T) {
