@@ -630,6 +630,27 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 		})
 }
 
+// followedUp reports whether an outcome sends the family down the boundary
+// path, whose check-ins RecordCheckIn records: the same rule as the
+// intervention workflow's (a refusal, a no-show, or a partial acceptance
+// without MAT, which it refers and then follows up like a refusal).
+func followedUp(o *interventionsv1.Outcome) bool {
+	switch o.GetKind() {
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND:
+		return true
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
+		return !slices.ContainsFunc(o.GetAcceptedServices(), func(k interventionsv1.ServiceKind) bool {
+			switch k {
+			case interventionsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, interventionsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+				interventionsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE:
+				return true
+			}
+			return false
+		})
+	}
+	return false
+}
+
 // RecordCheckIn implements the API.
 func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordCheckInRequest) (*interventionsv1.CheckIn, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "interventions")
@@ -638,10 +659,10 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 	}
 	iv, err := s.lockedStep(ctx, r, "RecordCheckIn", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
-			k := cur.GetOutcome().GetKind()
-			if k != interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED && k != interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND {
+			if !followedUp(cur.GetOutcome()) {
 				return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
-					"check-ins follow only an intervention the loved one declined or did not attend", map[string]string{"resource": cur.GetName()})
+					"check-ins follow only an intervention whose loved one did not accept MAT: declined, did not attend, or accepted only other services",
+					map[string]string{"resource": cur.GetName()})
 			}
 			number := req.GetNumber()
 			if number == 0 {

@@ -548,3 +548,37 @@ func TestBadInputChangesNothing(t *testing.T) {
 		})
 	}
 }
+
+// Check-ins are recorded for every outcome the workflow follows up on the
+// boundary path.
+func TestCheckInsFollowTheBoundaryPath(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	// A partial acceptance without MAT goes down the boundary path too
+	// (the workflow's rule), so its check-ins are recorded; one with MAT
+	// goes to intake and has none.
+	for _, c := range []struct {
+		accepted []interventionsv1.ServiceKind
+		code     codes.Code
+	}{
+		{[]interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}, codes.OK},
+		{[]interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE,
+			interventionsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}, codes.FailedPrecondition},
+	} {
+		p := f.draft(t, f.clock.Now().Add(72*time.Hour))
+		if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: p.GetName()}); err != nil {
+			t.Fatal(err)
+		}
+		f.clock.Advance(73 * time.Hour)
+		if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: p.GetName(),
+			Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: c.accepted}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: p.GetName(),
+			CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 1}})
+		if status.Code(err) != c.code {
+			t.Fatalf("check-in after a partial acceptance of %v = %v, want %s", c.accepted, err, c.code)
+		}
+	}
+
+}
