@@ -298,3 +298,17 @@ func TestTaskChange(t *testing.T) {
 		t.Fatalf("rejection = %v, %v", ch.rejection, err)
 	}
 }
+
+// The EHR's view of an intervention has no level; its Appointment says
+// nothing of one rather than "level 1". Staff views keep it.
+func TestAppointmentStatesOnlyAKnownLevel(t *testing.T) {
+	iv := &interventionsv1.Intervention{Name: "clinics/north/interventions/i1", Family: "clinics/north/families/f1",
+		State: interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED}
+	if d := appointment(iv)["description"]; d != "Family intervention meeting" {
+		t.Fatalf("without a level: %q", d)
+	}
+	iv.Level = interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3
+	if d := appointment(iv)["description"]; d != "Family intervention meeting (level 3)" {
+		t.Fatalf("with level 3: %q", d)
+	}
+}

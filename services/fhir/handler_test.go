@@ -289,6 +289,29 @@ func TestConsentRefusals(t *testing.T) {
 	}
 }
 
+// A POST search reads its parameters from a form-encoded body; a body of
+// any other type is refused (415) rather than ignored, which would have
+// answered everything the caller may see.
+func TestPostSearchBody(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	// The body is read: its parameter reaches the search (the self link),
+	// and an unknown one is refused as it would be in the URL.
+	form := fx.do("POST", "/fhir/R4/Task/_search", "patient="+famID, "Content-Type", "application/x-www-form-urlencoded")
+	if form.code != http.StatusOK || form.body["type"] != "searchset" || !strings.Contains(form.raw, "Task?patient="+famID) {
+		t.Fatalf("form search: %d %s", form.code, form.raw)
+	}
+	if a := fx.do("POST", "/fhir/R4/Task/_search", "colour=red", "Content-Type", "application/x-www-form-urlencoded"); a.code != http.StatusBadRequest {
+		t.Fatalf("form search with an unknown parameter: %d %s", a.code, a.raw)
+	}
+	for _, ct := range []string{"application/json", "multipart/form-data; boundary=x", ""} {
+		a := fx.do("POST", "/fhir/R4/Task/_search", "colour=red", "Content-Type", ct)
+		if a.code != http.StatusUnsupportedMediaType || a.body["resourceType"] != "OperationOutcome" {
+			t.Fatalf("body as %q: %d %s", ct, a.code, a.raw)
+		}
+	}
+}
+
 // An intake appointment is disclosed only under a consent that covers
 // appointments, and each disclosure is recorded as the caller's; a consent
 // for referrals alone shows the Task but not the appointment.

@@ -431,9 +431,11 @@ func appointment(iv *interventionsv1.Intervention) obj {
 	case interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED:
 		status = "cancelled"
 	}
-	level := strings.TrimPrefix(iv.GetLevel().String(), "ESCALATION_LEVEL_LEVEL_")
-	if iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_UNSPECIFIED {
-		level = "1"
+	// The EHR's view of an intervention has no level (consentgate.Appointment):
+	// say nothing of it rather than guess.
+	description := "Family intervention meeting"
+	if iv.GetLevel() != interventionsv1.EscalationLevel_ESCALATION_LEVEL_UNSPECIFIED {
+		description += " (level " + strings.TrimPrefix(iv.GetLevel().String(), "ESCALATION_LEVEL_LEVEL_") + ")"
 	}
 	parts := []any{
 		// The meeting is for the loved one, who is invited, not booked.
@@ -451,7 +453,7 @@ func appointment(iv *interventionsv1.Intervention) obj {
 		"identifier":      identifier(iv.GetName()),
 		"status":          status,
 		"appointmentType": concept("family intervention", coding(sysInterventionT, "intervention", "Family intervention meeting")),
-		"description":     "Family intervention meeting (level " + level + ")",
+		"description":     description,
 		"participant":     parts,
 	}
 	// A proposed or cancelled appointment may lack times (app-3); a

@@ -3,6 +3,7 @@ package fhir
 import (
 	"context"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/url"
 	"slices"
@@ -63,6 +64,17 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	if !resourceTypes[typ] {
 		s.fail(w, http.StatusNotFound, "not-supported", fmt.Sprintf("resource type %q is not supported", typ))
 		return
+	}
+	if r.Method == http.MethodPost && r.ContentLength != 0 {
+		// Go reads a POST body as parameters only when it is form-encoded
+		// and silently skips any other: a search would then match
+		// everything the caller may see. (Parameters in the URL alone, with
+		// no body, are a valid POST search.)
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-www-form-urlencoded" {
+			s.fail(w, http.StatusUnsupportedMediaType, "not-supported",
+				"a POST search takes its parameters as application/x-www-form-urlencoded")
+			return
+		}
 	}
 	if err := r.ParseForm(); err != nil {
 		s.fail(w, http.StatusBadRequest, "invalid", "cannot read the search parameters")

@@ -312,6 +312,14 @@ func TestGatewayContract(t *testing.T) {
 	if pre.code != http.StatusNoContent || pre.header.Get("Access-Control-Allow-Origin") != "https://app.example.org" {
 		t.Fatalf("preflight: %d %v", pre.code, pre.header)
 	}
+	// A browser EHR app updates Tasks with PUT and must see the Part 2
+	// notice on what it is disclosed.
+	if m := pre.header.Get("Access-Control-Allow-Methods"); !strings.Contains(m, "PUT") {
+		t.Fatalf("preflight allows %q; want PUT among them", m)
+	}
+	if e := pre.header.Get("Access-Control-Expose-Headers"); !strings.Contains(e, "Grpc-Metadata-Part2-Notice") {
+		t.Fatalf("exposed headers %q; want the Part 2 notice", e)
+	}
 	if r := w.anon.do("OPTIONS", "/v1/clinics/north/families", nil, "Origin", "https://evil.example", "Access-Control-Request-Method", "POST"); r.header.Get("Access-Control-Allow-Origin") != "" {
 		t.Fatal("an unlisted origin was allowed")
 	}

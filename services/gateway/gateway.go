@@ -284,9 +284,11 @@ func cors(origins []string, next http.Handler) http.Handler {
 		if origin != "" && (slices.Contains(origins, "*") || slices.Contains(origins, origin)) {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			w.Header().Set("Vary", "Origin")
-			w.Header().Set("Access-Control-Expose-Headers", "ETag")
+			// A browser client must be able to read the Part 2 notice that
+			// every disclosure carries.
+			w.Header().Set("Access-Control-Expose-Headers", "ETag, Grpc-Metadata-Part2-Notice")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
-				w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE")
+				w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
 				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, If-Match, X-Namespace")
 				w.Header().Set("Access-Control-Max-Age", "600")
 				w.WriteHeader(http.StatusNoContent)
