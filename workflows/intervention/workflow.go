@@ -114,13 +114,54 @@ type wf struct {
 	loaded       bool // the plan is read; updates wait for it
 }
 
+// versionCleanUpOnAbandon guards the cleanup after the workflow is
+// cancelled through Temporal or fails before the outcome.
+const versionCleanUpOnAbandon = "clean-up-on-abandon"
+
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
-	return w.run(ctx)
+	res, err := w.run(ctx)
+	if err != nil {
+		w.abandoned(ctx, err)
+	}
+	return res, err
+}
+
+// abandoned releases the hold and cancels pending reminders when the
+// workflow ends with an error before the outcome: cancelled through
+// Temporal (an operator, not the cancel update) or failed. Otherwise the
+// slot stays held until its expiry, days later, and the family keeps
+// getting reminders of a meeting nobody follows. After the outcome the
+// hold belongs to the intake or was released, and reminders were
+// cancelled. Cleanup failures are logged; the workflow's own error stands.
+func (w *wf) abandoned(ctx workflow.Context, cause error) {
+	if !w.loaded || w.step == StepFollowingUp || w.step == StepDone || w.step == StepCancelled {
+		return
+	}
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	if workflow.GetVersion(dctx, versionCleanUpOnAbandon, workflow.DefaultVersion, 1) < 1 {
+		return
+	}
+	dctx = flow.WithActivityOptions(dctx)
+	log := workflow.GetLogger(ctx)
+	reason := "intervention workflow failed"
+	if temporal.IsCanceledError(cause) {
+		reason = "intervention workflow cancelled"
+	}
+	if err := w.releaseHold(dctx, dctx, reason); err != nil {
+		log.Warn("releasing the hold after the workflow ended failed", "error", err)
+	}
+	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: reason,
+		RequestID: flow.RequestID(dctx, "cancel-reminders|abandoned"),
+	}); err != nil {
+		log.Warn("cancelling reminders after the workflow ended failed", "error", err)
+	}
 }
 
 func (w *wf) setup(ctx workflow.Context) error {

@@ -257,6 +257,22 @@ func TestCancelCleansUp(t *testing.T) {
 	}
 }
 
+// Cancelled through Temporal rather than by the cancel update (an
+// operator, say): the hold is released and the reminders cancelled all the
+// same, though the workflow ends cancelled.
+func TestTemporalCancelCleansUp(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*24*time.Hour)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v, want cancelled", err)
+	}
+	if len(h.released) != 1 || h.released[0] != "clinics/north/holds/h1" ||
+		len(h.cancels) != 1 || h.cancels[0] != "intervention workflow cancelled" {
+		t.Fatalf("released %v, cancelled reminders %v", h.released, h.cancels)
+	}
+}
+
 // No outcome: the counselor is reminded after the grace period, the
 // supervisors a day later; then a duplicate outcome is refused.
 func TestLateOutcomeEscalatesAndDuplicateIsRejected(t *testing.T) {
