@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -140,6 +141,22 @@ func (e *env) result(iv string) intervention.Result {
 		e.t.Fatalf("intervention workflow: %v", err)
 	}
 	return res
+}
+
+// acceptedUpdate reports whether the workflow's history holds an accepted
+// update of the given name.
+func (e *env) acceptedUpdate(workflowID, name string) bool {
+	it := e.temporal.GetWorkflowHistory(context.Background(), workflowID, "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		ev, err := it.Next()
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if a := ev.GetWorkflowExecutionUpdateAcceptedEventAttributes(); a != nil && a.GetAcceptedRequest().GetInput().GetName() == name {
+			return true
+		}
+	}
+	return false
 }
 
 // recordHistory writes a workflow's history into the replay tests'
@@ -357,6 +374,14 @@ func TestCancelledReleasesTheHold(t *testing.T) {
 			}
 		}
 		return hold != ""
+	})
+	// A change other than the time reaches the running workflow, which
+	// reads the intervention again.
+	ok(e.iv.UpdateIntervention(e.counsel, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}}))
+	stacktest.Eventually(t, 15*time.Second, "the workflow to take the change", func() bool {
+		return e.acceptedUpdate(ids.Intervention(iv.GetName()), intervention.UpdateReplan)
 	})
 	ok(e.iv.CancelIntervention(e.counsel, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family asked to wait"}))
 	if res := e.result(iv.GetName()); res.Outcome != "CANCELLED" {

@@ -90,6 +90,13 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 	case "handoff.interventions.v1.intervention.rescheduled":
 		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
 			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(), TimeZone: iv.GetTimeZone()})
+	case "handoff.interventions.v1.intervention.updated":
+		// A draft has no workflow yet; a scheduled one reads its new
+		// participants, counselor and level.
+		if iv.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED {
+			return nil
+		}
+		return d.update(ctx, id, updateID, intervention.UpdateReplan, intervention.Replan{})
 	case "handoff.interventions.v1.intervention.cancelled":
 		return d.update(ctx, id, updateID, intervention.UpdateCancel, intervention.Cancel{Reason: "cancelled"})
 	case "handoff.interventions.v1.intervention.outcome_recorded":

@@ -31,6 +31,7 @@ const (
 	UpdateReschedule = "reschedule"
 	UpdateCancel     = "cancel"
 	UpdateOutcome    = "outcome"
+	UpdateReplan     = "replan"
 	QueryStatus      = "status"
 )
 
@@ -47,6 +48,11 @@ type Reschedule struct {
 	// TimeZone is the meeting's new IANA zone, if it changed.
 	TimeZone string
 }
+
+// Replan tells the workflow that the intervention changed other than in
+// time (participants, counselor, level): it reads the intervention again.
+// The time changes only through Reschedule.
+type Replan struct{}
 
 // Cancel stops the workflow.
 type Cancel struct {
@@ -111,6 +117,7 @@ type wf struct {
 	outcome      *Outcome
 	cancel       *Cancel
 	rearm        bool
+	replan       bool
 	loaded       bool // the plan is read; updates wait for it
 }
 
@@ -228,6 +235,15 @@ func (w *wf) setup(ctx workflow.Context) error {
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, c Cancel) error { return open() }}); err != nil {
 		return err
 	}
+	if err := workflow.SetUpdateHandlerWithOptions(ctx, UpdateReplan, func(ctx workflow.Context, _ Replan) error {
+		if err := loaded(ctx); err != nil {
+			return err
+		}
+		w.replan = true
+		return nil
+	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, _ Replan) error { return open() }}); err != nil {
+		return err
+	}
 	return workflow.SetUpdateHandlerWithOptions(ctx, UpdateOutcome, func(ctx workflow.Context, o Outcome) error {
 		if err := loaded(ctx); err != nil {
 			return err
@@ -266,13 +282,18 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	for w.outcome == nil && w.cancel == nil {
+		if w.replan {
+			if err := w.replanned(ctx); err != nil {
+				return Result{}, err
+			}
+		}
 		if w.rearm {
 			if err := w.rescheduled(ctx); err != nil {
 				return Result{}, err
 			}
 		}
 		next, ok := w.nextDeadline(workflow.Now(ctx))
-		changed := func() bool { return w.rearm || w.outcome != nil || w.cancel != nil }
+		changed := func() bool { return w.rearm || w.replan || w.outcome != nil || w.cancel != nil }
 		if ok {
 			if d := next.Sub(workflow.Now(ctx)); d > 0 {
 				if _, err := workflow.AwaitWithTimeout(ctx, d, changed); err != nil {
@@ -282,7 +303,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		} else if err := workflow.Await(ctx, changed); err != nil {
 			return Result{}, err
 		}
-		if w.outcome != nil || w.cancel != nil || w.rearm {
+		if w.outcome != nil || w.cancel != nil || w.rearm || w.replan {
 			continue
 		}
 		if err := w.due(ctx); err != nil {
@@ -297,23 +318,62 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 
 // arm plans the reminders for the current start time.
 func (w *wf) arm(ctx workflow.Context) error {
-	recipients := []schedule.Recipient{toRecipient(w.plan.Counselor)}
-	for _, p := range w.plan.Participants {
-		recipients = append(recipients, toRecipient(p))
-	}
 	now := workflow.Now(ctx)
-	plan, err := schedule.Plan(w.plan.Start, now, w.settings.ReminderOffsets, recipients)
+	plan, err := w.remindersFrom(now)
 	if err != nil {
-		return temporal.NewNonRetryableApplicationError(err.Error(), "INVALID_ARGUMENT", nil)
-	}
-	if len(plan) > maxRemindersPerRun {
-		plan = plan[:maxRemindersPerRun]
+		return err
 	}
 	w.reminders, w.sent, w.armedAt = plan, 0, now
 	w.overdueSent, w.escalated = false, false
 	if w.hold.Hold == "" {
 		w.nextHoldTry = w.plan.Start.Add(-w.settings.HoldLead)
 	}
+	return nil
+}
+
+// remindersFrom places the reminders of the plan's recipients as a plan
+// made at armedAt would.
+func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
+	recipients := []schedule.Recipient{toRecipient(w.plan.Counselor)}
+	for _, p := range w.plan.Participants {
+		recipients = append(recipients, toRecipient(p))
+	}
+	plan, err := schedule.Plan(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients)
+	if err != nil {
+		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "INVALID_ARGUMENT", nil)
+	}
+	if len(plan) > maxRemindersPerRun {
+		plan = plan[:maxRemindersPerRun]
+	}
+	return plan, nil
+}
+
+// replanned reads the intervention again after a change of participants,
+// counselor or level, so that reminders reach whoever takes part now and
+// the intake or boundary path gets the current counselor and level. The
+// meeting's time stays the workflow's own: it changes only through the
+// reschedule update, which may still be on its way. Reminders are placed
+// as when the meeting was armed, and those whose time has passed count as
+// sent: a removed participant gets no more, a new one those still ahead,
+// and one already sent is not sent twice (its request id is unchanged).
+func (w *wf) replanned(ctx workflow.Context) error {
+	w.replan = false
+	var p activities.Plan
+	if err := flow.Call(ctx, &p, flow.A.LoadPlan, w.in.Intervention); err != nil {
+		return err
+	}
+	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
+	w.plan = p
+	plan, err := w.remindersFrom(w.armedAt)
+	if err != nil {
+		return err
+	}
+	now := workflow.Now(ctx)
+	sent := 0
+	for sent < len(plan) && plan[sent].At.Before(now) {
+		sent++
+	}
+	w.reminders, w.sent = plan, sent
 	return nil
 }
 

@@ -70,6 +70,9 @@ type harness struct {
 	cancels  []string
 	// hold answers HoldTreatment; tests replace it.
 	hold func(activities.HoldRequest) (activities.HoldResult, error)
+	// plan answers LoadPlan; tests change it.
+	mu   sync.Mutex
+	plan activities.Plan
 }
 
 func newHarness(t *testing.T, startIn time.Duration, settings activities.Settings) *harness {
@@ -84,13 +87,18 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.RegisterActivity(&activities.Activities{})
 	h := &harness{env: env, sent: &sent{}, start: env.Now().Add(startIn)}
 	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(settings, nil)
-	env.OnActivity(flow.A.LoadPlan, mock.Anything, name).Return(activities.Plan{
+	h.plan = activities.Plan{
 		Clinic: "north", Intervention: name, Family: "clinics/north/families/f1",
 		Counselor: activities.Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP", TimeZone: "America/Chicago"},
 		Start:     h.start, Duration: time.Hour, Level: 1, State: "SCHEDULED",
 		Participants: []activities.Person{{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS",
 			TimeZone: "America/New_York", QuietStart: "21:00", QuietEnd: "08:00"}},
-	}, nil)
+	}
+	env.OnActivity(flow.A.LoadPlan, mock.Anything, name).Return(func(context.Context, string) (activities.Plan, error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return h.plan, nil
+	})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			r.Due = env.Now() // when the workflow sent it
@@ -240,6 +248,48 @@ func TestRescheduleRearms(t *testing.T) {
 	}
 	if len(h.cancels) == 0 || h.cancels[0] != "rescheduled" {
 		t.Fatalf("reminders for the old time were not cancelled: %v", h.cancels)
+	}
+}
+
+// Participants and the counselor change after the first reminders: later
+// reminders go to whoever takes part now, none is sent twice, and the time
+// stays the workflow's even if the plan read says otherwise.
+func TestReplanFollowsNewParticipants(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	changeAt := 36 * time.Hour // after the 72 h reminders, before the 24 h ones
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.plan.Counselor.ID = "counselor-2"
+		h.plan.Participants = []activities.Person{{Kind: "member", ID: "dad", Family: "clinics/north/families/f1", Channel: "EMAIL",
+			TimeZone: "America/New_York"}}
+		h.plan.Start = h.start.Add(24 * time.Hour) // a reschedule not yet delivered
+		h.mu.Unlock()
+	}, changeAt-time.Minute)
+	var rejected error
+	h.update(changeAt, intervention.UpdateReplan, intervention.Replan{}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, replan rejected %v", err, rejected)
+	}
+	t0 := h.start.Add(-4 * 24 * time.Hour)
+	got := map[string][]time.Duration{} // recipient -> hours before the meeting
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.Due.Sub(t0) < changeAt && r.To.ID != "mom" && r.To.ID != "counselor-1" {
+			t.Fatalf("%s reminded before the change", r.To.ID)
+		}
+		got[r.To.ID] = append(got[r.To.ID], h.start.Sub(r.Due).Round(time.Hour))
+	}
+	if len(got["mom"]) != 1 || len(got["counselor-1"]) != 1 {
+		t.Fatalf("before the change: mom %v, counselor-1 %v; want the 72 h reminder each, once", got["mom"], got["counselor-1"])
+	}
+	if len(got["dad"]) != 2 || len(got["counselor-2"]) != 2 {
+		t.Fatalf("after the change: dad %v, counselor-2 %v; want the 24 h and 2 h reminders of the same meeting", got["dad"], got["counselor-2"])
+	}
+	for _, d := range append(got["dad"], got["counselor-2"]...) {
+		if d < time.Hour || d > 25*time.Hour {
+			t.Fatalf("a reminder %v before the meeting: the replan moved the time", d)
+		}
 	}
 }
 

@@ -86,7 +86,9 @@ type InterventionsServiceClient interface {
 	// intervention can change (FAILED_PRECONDITION otherwise). The time of a
 	// SCHEDULED intervention (`start_time`, `expected_duration`, `time_zone`)
 	// cannot change here: use RescheduleIntervention, so that the reminders
-	// move with it. Send the `etag` you read to avoid overwriting someone
+	// move with it. Other changes of a SCHEDULED intervention reach its
+	// workflow, whose later reminders go to the participants and counselor
+	// of now. Send the `etag` you read to avoid overwriting someone
 	// else's change (a stale etag answers ABORTED).
 	UpdateIntervention(ctx context.Context, in *UpdateInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Deletes a DRAFT intervention. Any other state answers
@@ -485,7 +487,9 @@ type InterventionsServiceServer interface {
 	// intervention can change (FAILED_PRECONDITION otherwise). The time of a
 	// SCHEDULED intervention (`start_time`, `expected_duration`, `time_zone`)
 	// cannot change here: use RescheduleIntervention, so that the reminders
-	// move with it. Send the `etag` you read to avoid overwriting someone
+	// move with it. Other changes of a SCHEDULED intervention reach its
+	// workflow, whose later reminders go to the participants and counselor
+	// of now. Send the `etag` you read to avoid overwriting someone
 	// else's change (a stale etag answers ABORTED).
 	UpdateIntervention(context.Context, *UpdateInterventionRequest) (*Intervention, error)
 	// Deletes a DRAFT intervention. Any other state answers
