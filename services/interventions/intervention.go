@@ -174,6 +174,14 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 	if err := vs.Err(); err != nil {
 		return err
 	}
+	if forSchedule && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+		// Bringing the family together against the loved one's use can
+		// raise the danger at home: no meeting of any level until the
+		// screen is no longer high risk (a safety plan, a new screen).
+		return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+			fmt.Sprintf("the newest safety screen of %s is high risk: no intervention can be scheduled until it is not", fam.GetName()),
+			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})
+	}
 	if forSchedule && iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3 &&
 		fam.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT {
 		return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,

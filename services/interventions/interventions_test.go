@@ -274,6 +274,32 @@ func TestSchedulingRules(t *testing.T) {
 	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
 		t.Fatalf("with a screen: %v", err)
 	}
+	// A high-risk screen stops a meeting of any level, until a newer one
+	// is not high risk.
+	screen := func(r familiesv1.SafetyRisk) {
+		t.Helper()
+		f.clock.Advance(time.Minute)
+		if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
+			SafetyScreen: &familiesv1.SafetyScreen{Result: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	first := f.draft(t, f.clock.Now().Add(48*time.Hour))
+	if first.GetLevel() != interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_1 {
+		t.Fatalf("draft level %v", first.GetLevel())
+	}
+	st = wantCode(t, func() error {
+		_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: first.GetName()})
+		return err
+	}(), codes.FailedPrecondition)
+	if reason(st) != "SAFETY_SCREEN_REQUIRED" {
+		t.Fatalf("level 1 under a high-risk screen: reason %q", reason(st))
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: first.GetName()}); err != nil {
+		t.Fatalf("level 1 after a newer screen: %v", err)
+	}
 	// In the past, and too far ahead.
 	for _, at := range []time.Time{f.clock.Now().Add(-time.Hour), f.clock.Now().Add(400 * 24 * time.Hour)} {
 		d := f.draft(t, at)
