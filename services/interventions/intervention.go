@@ -174,7 +174,9 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 	if err := vs.Err(); err != nil {
 		return err
 	}
-	if forSchedule && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+	// An edit of a meeting already scheduled is not a new one: the
+	// counselor decides whether to cancel it.
+	if forSchedule && iv.GetState() != scheduled && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
 		// Bringing the family together against the loved one's use can
 		// raise the danger at home: no meeting of any level until the
 		// screen is no longer high risk (a safety plan, a new screen).
@@ -194,9 +196,19 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 
 // checkSchedulable checks what a SCHEDULED intervention must have.
 func (s *Server) checkSchedulable(iv *interventionsv1.Intervention) error {
+	return s.checkMeeting(iv, true)
+}
+
+// checkMeeting checks a scheduled intervention's place and participants
+// and, with newTime, that its time is a schedulable one. An edit that
+// keeps the time of a meeting already scheduled does not check it again:
+// once the meeting has begun its time is past, and its participants or
+// notes may still change until the outcome is in.
+func (s *Server) checkMeeting(iv *interventionsv1.Intervention, newTime bool) error {
 	now := s.cfg.Now()
 	var vs apperr.Violations
 	switch {
+	case !newTime:
 	case iv.GetStartTime() == nil:
 		vs.Add("intervention.start_time", "is required to schedule")
 	case !iv.GetStartTime().AsTime().After(now):
@@ -380,7 +392,8 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 					return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
 						"the time of a scheduled intervention changes through :reschedule", map[string]string{"resource": locked.GetName()})
 				}
-				if err := s.checkSchedulable(next); err != nil {
+				// The time is unchanged (checked above).
+				if err := s.checkMeeting(next, false); err != nil {
 					return nil, err
 				}
 			default:

@@ -608,3 +608,31 @@ func TestCheckInsFollowTheBoundaryPath(t *testing.T) {
 	}
 
 }
+
+// Until the outcome is in, a scheduled meeting's participants and notes
+// may change, also once it has begun and after a high-risk screen; its
+// time still changes only through reschedule.
+func TestScheduledMeetingStaysEditable(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(72*time.Hour + 10*time.Minute) // the meeting is under way
+	if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), CarriedOverNotes: "he left the room after ten minutes"},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}})
+	if err != nil || got.GetCarriedOverNotes() == "" {
+		t.Fatalf("editing a meeting under way: %v, %v", got, err)
+	}
+	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), StartTime: timestamppb.New(f.clock.Now().Add(time.Hour))},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"start_time"}}})
+	wantCode(t, err, codes.FailedPrecondition)
+}
