@@ -110,6 +110,18 @@ func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps [
 	return consentOf, nil
 }
 
+// recordTx records disclosures in a transaction of their own, so that the
+// call's audit record commits with them (pgdb.Stamp).
+func (s *Server) recordTx(ctx context.Context, clinic string, ps []pending, now time.Time) (map[string]string, error) {
+	var consentOf map[string]string
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		consentOf, err = s.record(ctx, tx, clinic, ps, now)
+		return err
+	})
+	return consentOf, err
+}
+
 // disclosed is the answer for a recorded disclosure.
 func disclosed(ctx context.Context, family, id, consent string, d *familiesv1.Disclosure, now time.Time) *familiesv1.Disclosure {
 	return &familiesv1.Disclosure{
@@ -173,9 +185,15 @@ func (s *Server) discloseToCaller(ctx context.Context, c child, info familiesv1.
 	if !out {
 		return nil
 	}
-	if _, err := s.discloseTx(ctx, s.pool, c, &familiesv1.Disclosure{
-		Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-		Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+	// In a transaction, so that the call's audit record commits with the
+	// disclosure (pgdb.Stamp): the accounting never holds a disclosure the
+	// audit trail lacks.
+	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := s.discloseTx(ctx, tx, c, &familiesv1.Disclosure{
+			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+		})
+		return err
 	}); err != nil {
 		return err
 	}
@@ -547,7 +565,7 @@ func (s *Server) discloseFamilies(ctx context.Context, clinic string, fams []str
 		ps[i] = pendingOf(f, &familiesv1.Disclosure{Recipient: recipient, Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 			Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: familyName(clinic, f), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API})
 	}
-	consentOf, err := s.record(ctx, s.pool, clinic, ps, s.cfg.Now())
+	consentOf, err := s.recordTx(ctx, clinic, ps, s.cfg.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -636,7 +654,7 @@ func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.Bat
 		return nil, err
 	}
 	now := s.cfg.Now()
-	consentOf, err := s.record(ctx, s.pool, clinic, ps, now)
+	consentOf, err := s.recordTx(ctx, clinic, ps, now)
 	if err != nil {
 		return nil, err
 	}

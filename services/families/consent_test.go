@@ -413,6 +413,20 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 	if got.GetLovedOne().GetGivenName() != "Sam" || len(got.GetMembers()) != 2 {
 		t.Fatalf("identity missing: %v", got)
 	}
+	// The disclosure and the call's audit record commit together: the
+	// accounting never holds a disclosure the audit trail lacks.
+	if _, err := f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, method := range []string{"GetFamily", "ListFamilies"} {
+		var disclosureTx, recordTx string
+		if err := f.pool.QueryRow(context.Background(), `SELECT d.xmin::text, a.xmin::text
+			FROM disclosures d, audit_log a
+			WHERE d.recipient = 'ehr-1' AND a.subject = 'ehr-1' AND a.method LIKE '%/' || $1 AND d.xmin = a.xmin`, method).
+			Scan(&disclosureTx, &recordTx); err != nil {
+			t.Fatalf("%s: no disclosure written in its audit record's transaction: %v", method, err)
+		}
+	}
 	if got.GetLatestSafetyScreen() != nil || got.GetCoverage() != nil || got.GetUrgent() ||
 		got.GetLovedOne().GetPrimarySubstance() != familiesv1.Substance_SUBSTANCE_UNSPECIFIED ||
 		got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_UNSPECIFIED {
