@@ -383,6 +383,9 @@ func (s *Server) GetWarningSign(ctx context.Context, req *familiesv1.GetWarningS
 
 var warningFilter = map[string]aip.FilterField{
 	"kind": {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.WarningSignKind_value, "WARNING_SIGN_KIND_")},
+	// When it was recorded: the boundary workflow asks for overdoses
+	// recorded since the refused meeting began.
+	"create_time": {Column: "create_time", Kind: aip.Time},
 }
 
 // ListWarningSigns implements the API.

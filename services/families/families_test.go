@@ -197,6 +197,17 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	if err != nil || len(signs.GetWarningSigns()) != 1 {
 		t.Fatalf("ListWarningSigns = %v, %v", signs, err)
 	}
+	// The boundary workflow asks for overdoses recorded since a meeting.
+	for since, want := range map[time.Time]int{
+		signs.GetWarningSigns()[0].GetCreateTime().AsTime().Add(-time.Minute): 1,
+		signs.GetWarningSigns()[0].GetCreateTime().AsTime().Add(time.Minute):  0,
+	} {
+		got, err := f.client.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: fam.GetName(),
+			Filter: fmt.Sprintf("kind = OVERDOSE AND create_time >= %q", since.UTC().Format(time.RFC3339Nano))})
+		if err != nil || len(got.GetWarningSigns()) != want {
+			t.Fatalf("overdoses since %v = %v, %v; want %d", since, got, err, want)
+		}
+	}
 	if got, err := f.client.GetWarningSign(ctx, &familiesv1.GetWarningSignRequest{Name: ws.GetName()}); err != nil || !proto.Equal(got, ws) {
 		t.Fatalf("GetWarningSign = %v, %v", got, err)
 	}

@@ -359,6 +359,41 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 	e.recordHistory(ids.Boundary(f.GetName()), "boundary", "declined.json")
 }
 
+// An overdose recorded right after a refusal: the family's outbox may
+// deliver its signal before the intervention workflow has started the
+// boundary workflow (the boundary test covers that order), which must
+// answer it all the same, and once whichever way it learns of it first:
+// here it reads the overdose through the families service at its start
+// and then gets the signal too. Both changes are made while Temporal is
+// unreachable, so that both events wait and go out together.
+func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, 4*time.Second)
+	stacktest.Eventually(t, 15*time.Second, "the workflow to start", func() bool {
+		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
+		return err == nil
+	})
+	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	e.proxy.Cut()
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
+	ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
+	e.proxy.Restore()
+	// The overdose brings the next check-in within a day, so the workflows
+	// do not end here; the alert is what shows the answer.
+	alerts := func() int {
+		return len(ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", f.GetName())})).GetReminders())
+	}
+	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return alerts() > 0 })
+	time.Sleep(time.Second) // a second answer would come within the relays' next polls
+	if n := alerts(); n != 1 {
+		t.Fatalf("overdose alerts = %d, want 1", n)
+	}
+}
+
 // Cancelled after the hold was taken: the workflow gives the slot back,
 // cancels the reminders still pending and ends CANCELLED.
 func TestCancelledReleasesTheHold(t *testing.T) {

@@ -447,6 +447,26 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 	return s, nil
 }
 
+// OverdosesSince lists the family's overdose warning signs recorded at or
+// after since, oldest first.
+func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([]string, error) {
+	var out []string
+	token := ""
+	for {
+		page, err := a.Families.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: in.Family, PageSize: 200, PageToken: token,
+			Filter: fmt.Sprintf("kind = OVERDOSE AND create_time >= %q", in.Since.UTC().Format(time.RFC3339Nano))})
+		if err != nil {
+			return nil, wrap("list warning signs", err)
+		}
+		for _, w := range page.GetWarningSigns() {
+			out = append(out, w.GetName())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return out, nil
+		}
+	}
+}
+
 // ReinforceBoundary records a reinforcement. A boundary retired meanwhile
 // needs nothing.
 func (a *Activities) ReinforceBoundary(ctx context.Context, in ReinforceRequest) error {

@@ -132,6 +132,12 @@ type Safety struct {
 	Counselor     Person
 }
 
+// OverdosesRequest asks for a family's overdoses recorded since a time.
+type OverdosesRequest struct {
+	Family string
+	Since  time.Time
+}
+
 // ReinforceRequest records a reinforcement.
 type ReinforceRequest struct {
 	Boundary  string

@@ -38,6 +38,10 @@ type Input struct {
 	Level        int32
 	Outcome      string
 	Counselor    activities.Person
+	// MeetingStart is when the refused meeting began: overdoses recorded
+	// since then, before this workflow ran to hear of them, are answered
+	// when it starts.
+	MeetingStart time.Time
 	State        *State
 }
 
@@ -72,6 +76,11 @@ const versionOnceEach = "overdose-once-and-reload-family"
 // reassigned, and a later refusal by another counselor restarts this
 // workflow without naming them.
 const versionCurrentCounselor = "current-counselor"
+
+// versionEarlyOverdoses guards answering, when the workflow starts,
+// overdoses recorded since the refused meeting began: their signals found
+// no workflow to deliver to.
+const versionEarlyOverdoses = "answer-overdoses-before-start"
 
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
@@ -159,6 +168,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, nil)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
+		if err := w.earlyOverdoses(ctx); err != nil {
+			return Result{}, err
+		}
 	} else if w.st.Reinforced && w.st.Referred && workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
@@ -181,6 +193,28 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			return Result{}, err
 		}
 	}
+}
+
+// earlyOverdoses answers the overdoses recorded between the refused
+// meeting and this workflow's start. The outbox delivers a family's
+// overdose signal apart from the intervention's outcome, so it can arrive
+// before the intervention workflow has started this one, and a signal to
+// a workflow that does not exist is dropped. One also delivered by signal
+// is answered once (OverdoseSigns).
+func (w *wf) earlyOverdoses(ctx workflow.Context) error {
+	if w.in.MeetingStart.IsZero() || workflow.GetVersion(ctx, versionEarlyOverdoses, workflow.DefaultVersion, 1) < 1 {
+		return nil
+	}
+	var signs []string
+	if err := flow.Call(ctx, &signs, flow.A.OverdosesSince, activities.OverdosesRequest{Family: w.in.Family, Since: w.in.MeetingStart}); err != nil {
+		return err
+	}
+	for _, s := range signs {
+		if err := w.onOverdose(ctx, Overdose{WarningSign: s}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // counselor is who the workflow's reminders to staff go to: the family's

@@ -31,6 +31,9 @@ type harness struct {
 	reinforced []time.Time
 	support    []activities.SupportRequest
 	proposed   []activities.ProposeRequest
+	// earlyOverdoses answers OverdosesSince.
+	earlyOverdoses []string
+	overdosesAsked []activities.OverdosesRequest
 }
 
 func newHarness(t *testing.T, status string) *harness {
@@ -52,6 +55,11 @@ func newHarness(t *testing.T, status string) *harness {
 			r.Due = env.Now()
 			h.reminders = append(h.reminders, r)
 			return "clinics/north/reminders/r", nil
+		})
+	env.OnActivity(flow.A.OverdosesSince, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.OverdosesRequest) ([]string, error) {
+			h.overdosesAsked = append(h.overdosesAsked, in)
+			return h.earlyOverdoses, nil
 		})
 	env.OnActivity(flow.A.ReinforceBoundary, mock.Anything, mock.Anything).Return(
 		func(context.Context, activities.ReinforceRequest) error {
@@ -224,6 +232,39 @@ func TestAlertsFollowTheFamilysCounselor(t *testing.T) {
 	}
 	if len(h.kinds("OVERDOSE_ALERT")) != 1 {
 		t.Fatalf("overdose alerts = %+v", h.kinds("OVERDOSE_ALERT"))
+	}
+}
+
+// An overdose recorded after the refused meeting began but before this
+// workflow started (its signal found no workflow) is answered at the
+// start, and once only when its signal comes too.
+func TestOverdoseBeforeTheStartIsAnswered(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	early := family + "/warningSigns/w0"
+	h.earlyOverdoses = []string{early}
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: early})
+	}, time.Hour)
+	in := input(1)
+	in.MeetingStart = h.t0.Add(-2 * time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, in)
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.overdosesAsked) != 1 || !h.overdosesAsked[0].Since.Equal(in.MeetingStart) || h.overdosesAsked[0].Family != family {
+		t.Fatalf("asked for overdoses %+v", h.overdosesAsked)
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || !alert[0].Due.Equal(h.t0) {
+		t.Fatalf("overdose alerts %+v; want one, at the start", alert)
+	}
+	immediate := 0
+	for _, s := range h.support {
+		if s.Urgency == "IMMEDIATE" {
+			immediate++
+		}
+	}
+	if immediate != 1 {
+		t.Fatalf("immediate harm-reduction referrals: %d, want 1 (%+v)", immediate, h.support)
 	}
 }
 

@@ -618,7 +618,7 @@ func (w *wf) child(ctx workflow.Context, id string, policy enumspb.ParentClosePo
 // for this family after an earlier refusal, tells it about this one.
 func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error) {
 	in := boundary.Input{Family: w.plan.Family, Clinic: w.plan.Clinic, Intervention: w.in.Intervention,
-		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor}
+		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start}
 	// The boundary path outlives a cancelled parent: it protects the family.
 	fut := workflow.ExecuteChildWorkflow(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), boundary.Name, in)
 	var exec workflow.Execution

@@ -3045,7 +3045,8 @@ type ListWarningSignsRequest struct {
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
-	// Conditions joined by AND. Fields: `kind`.
+	// Conditions joined by AND. Fields: `kind`, `create_time` (when it was
+	// recorded; RFC 3339, with `<`, `<=`, `>`, `>=`).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
