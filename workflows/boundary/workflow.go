@@ -281,9 +281,9 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		}
 		if len(w.safety.Boundaries) > 0 {
 			for _, m := range w.safety.Members {
-				if err := flow.Remind(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
+				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
 					"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
-					w.id("boundary-reminder|"+m.ID)); err != nil {
+					w.id("boundary-reminder|"+m.ID), workflow.Now(ctx), time.Time{}); err != nil {
 					return err
 				}
 			}
@@ -380,8 +380,9 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		}
 		for _, m := range w.safety.Members {
 			if m.ID == w.safety.ContactPerson {
-				if err := flow.Remind(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
-					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID))); err != nil {
+				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
+					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
+					workflow.Now(ctx), time.Time{}); err != nil {
 					return err
 				}
 			}

@@ -27,7 +27,8 @@ type harness struct {
 	env        *testsuite.TestWorkflowEnvironment
 	t0         time.Time
 	safety     activities.Safety
-	reminders  []activities.ReminderRequest
+	reminders  []activities.ReminderRequest // Due is when the workflow sent each
+	dueAsked   []time.Time                  // the due time each asked for
 	reinforced []time.Time
 	support    []activities.SupportRequest
 	proposed   []activities.ProposeRequest
@@ -52,6 +53,7 @@ func newHarness(t *testing.T, status string) *harness {
 		func(context.Context, string) (activities.Safety, error) { return h.safety, nil })
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			h.dueAsked = append(h.dueAsked, r.Due)
 			r.Due = env.Now()
 			h.reminders = append(h.reminders, r)
 			return "clinics/north/reminders/r", nil
@@ -265,6 +267,40 @@ func TestOverdoseBeforeTheStartIsAnswered(t *testing.T) {
 	}
 	if immediate != 1 {
 		t.Fatalf("immediate harm-reduction referrals: %d, want 1 (%+v)", immediate, h.support)
+	}
+}
+
+// Messages to family members wait out their quiet hours; the counselor's
+// do not.
+func TestMemberMessagesWaitOutQuietHours(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	// Check-ins fall at 15:00 UTC, 10:00 in New York: inside mom's quiet
+	// hours (09:00-17:00, a night-shift worker).
+	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
+		TimeZone: "America/New_York", QuietStart: "09:00", QuietEnd: "17:00"}}
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for i, r := range h.reminders {
+		due := h.dueAsked[i].In(ny)
+		switch {
+		case r.To.ID == "mom":
+			seen++
+			if due.Hour() != 17 || due.Minute() != 0 || !h.dueAsked[i].After(r.Due) {
+				t.Fatalf("%s to mom sent %v is due %v; want 17:00 New York, later", r.Kind, r.Due, due)
+			}
+		case r.To.Kind == "counselor" && !h.dueAsked[i].Equal(r.Due):
+			t.Fatalf("%s to the counselor due %v, sent %v: want at once", r.Kind, h.dueAsked[i], r.Due)
+		}
+	}
+	if seen < 4 { // a boundary reminder and three check-ins
+		t.Fatalf("%d messages to mom", seen)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
 // A is the nil receiver through which workflows name activities.
@@ -127,6 +128,23 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 		return "", nil
 	}
 	return name, err
+}
+
+// RemindAwake is RemindAt for a message to a family member or the loved
+// one, due at due or, if that falls in their quiet hours, when those end,
+// unless that is not before by (what the message is about; zero for
+// nothing). The reminder is created now either way; the automation
+// delivers it when it is due.
+func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, error) {
+	r := schedule.Recipient{Kind: to.Kind, ID: to.ID, TimeZone: to.TimeZone, Quiet: schedule.QuietHours{Start: to.QuietStart, End: to.QuietEnd}}
+	at, err := schedule.Awake(due, r, by)
+	if err != nil {
+		// The recipient's zone or quiet hours do not parse: send at due
+		// rather than not at all.
+		workflow.GetLogger(ctx).Warn("quiet hours not applied", "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
+		at = due
+	}
+	return RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
 }
 
 // SignalReminderFailed tells the workflow that created a reminder that its

@@ -448,8 +448,11 @@ func (w *wf) due(ctx workflow.Context) error {
 			msg = fmt.Sprintf("Reminder: you facilitate a family meeting on %s.", localTime(w.plan.Start, r.Recipient.TimeZone))
 		}
 		purpose := fmt.Sprintf("upcoming|%d|%s|%s|%s", w.generation, r.Recipient.Kind, r.Recipient.ID, r.Offset)
-		sent, err := flow.RemindAt(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
-			w.in.Intervention, msg, purpose, workflow.Now(ctx))
+		// Placed out of quiet hours already, unless late (the meeting was
+		// booked or moved at short notice): then it waits for their end if
+		// that is still before the meeting.
+		sent, err := flow.RemindAwake(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
+			w.in.Intervention, msg, purpose, workflow.Now(ctx), w.plan.Start)
 		if err != nil {
 			return err
 		}

@@ -176,9 +176,12 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			for len(pending) > 0 && !now.Before(pending[0].At) {
 				p := pending[0]
 				pending = pending[1:]
-				sent, err := flow.RemindAt(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
+				// A late reminder (the appointment booked at night for the
+				// morning) waits for the end of quiet hours if that is still
+				// before the appointment.
+				sent, err := flow.RemindAwake(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
-					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), workflow.Now(ctx))
+					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), workflow.Now(ctx), info.Appointment)
 				if err != nil {
 					return "", info, err
 				}

@@ -7,7 +7,12 @@ import (
 	"fmt"
 	"sort"
 	"time"
-	_ "time/tzdata" // zones resolve the same on every worker
+	// Go's own zone database, used only where the system has none. Where it
+	// has one (the worker image does), zones come from it: workers of one
+	// image agree, but a history recorded before an image whose zone data
+	// changed a zone's rules could place that zone's reminders differently
+	// on replay. Zone rules rarely change for times already scheduled.
+	_ "time/tzdata"
 )
 
 // QuietHours is a daily window, in local clock time, without reminders. It
@@ -65,6 +70,34 @@ func Place(event time.Time, offset time.Duration, r Recipient) (time.Time, error
 		return end, nil
 	}
 	return start.Add(-Margin), nil
+}
+
+// Awake returns when a message meant for t should go out to r: t itself,
+// or, when t falls in r's quiet hours, the end of them, unless that is not
+// before by (an event the message is about; zero for none), when t stands:
+// a late reminder of tomorrow morning's appointment waits until 08:00, one
+// of a meeting at 07:30 does not.
+func Awake(t time.Time, r Recipient, by time.Time) (time.Time, error) {
+	if r.Quiet == (QuietHours{}) {
+		return t, nil
+	}
+	loc, err := location(r.TimeZone)
+	if err != nil {
+		return time.Time{}, err
+	}
+	qs, err := minutes(r.Quiet.Start)
+	if err != nil {
+		return time.Time{}, err
+	}
+	qe, err := minutes(r.Quiet.End)
+	if err != nil {
+		return time.Time{}, err
+	}
+	_, end, inside := window(t.In(loc), qs, qe)
+	if !inside || (!by.IsZero() && !end.Before(by)) {
+		return t, nil
+	}
+	return end, nil
 }
 
 // before subtracts offset from t. Whole days are counted on the local

@@ -80,3 +80,33 @@ func TestPlanCollapsesLateReminders(t *testing.T) {
 		t.Fatalf("plan after start = %+v", plan)
 	}
 }
+
+// A message due now waits for the end of the recipient's quiet hours,
+// unless that is not before what it is about.
+func TestAwake(t *testing.T) {
+	chicago := mustLoc(t, "America/Chicago")
+	r := Recipient{ID: "mom", TimeZone: "America/Chicago", Quiet: QuietHours{Start: "21:00", End: "08:00"}}
+	at := func(day, h, m int) time.Time { return time.Date(2026, 12, day, h, m, 0, 0, chicago) }
+	cases := []struct {
+		name  string
+		r     Recipient
+		t, by time.Time
+		want  time.Time
+	}{
+		{"awake: now", r, at(10, 14, 0), time.Time{}, at(10, 14, 0)},
+		{"at night, nothing to be before: the morning", r, at(10, 2, 0), time.Time{}, at(10, 8, 0)},
+		{"at night, the appointment at ten: the morning", r, at(10, 2, 0), at(10, 10, 0), at(10, 8, 0)},
+		{"at night, the meeting at half past seven: now", r, at(10, 2, 0), at(10, 7, 30), at(10, 2, 0)},
+		{"late evening: the next morning", r, at(10, 22, 30), time.Time{}, at(11, 8, 0)},
+		{"no quiet hours: now", Recipient{ID: "c", TimeZone: "America/Chicago"}, at(10, 2, 0), time.Time{}, at(10, 2, 0)},
+	}
+	for _, c := range cases {
+		got, err := Awake(c.t, c.r, c.by)
+		if err != nil || !got.Equal(c.want) {
+			t.Errorf("%s: %v, %v; want %v", c.name, got.In(chicago), err, c.want)
+		}
+	}
+	if _, err := Awake(at(10, 2, 0), Recipient{TimeZone: "Mars/Olympus", Quiet: r.Quiet}, time.Time{}); err == nil {
+		t.Error("an unknown zone is an error")
+	}
+}
