@@ -143,6 +143,17 @@ func (e *env) result(iv string) intervention.Result {
 	return res
 }
 
+// awaitMeeting waits until iv's workflow runs and its meeting has begun,
+// so that an outcome may be recorded.
+func (e *env) awaitMeeting(iv *interventionsv1.Intervention) {
+	e.t.Helper()
+	stacktest.Eventually(e.t, 15*time.Second, "the workflow to start", func() bool {
+		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
+		return err == nil
+	})
+	stacktest.Eventually(e.t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+}
+
 // acceptedUpdate reports whether the workflow's history holds an accepted
 // update of the given name.
 func (e *env) acceptedUpdate(workflowID, name string) bool {
@@ -306,11 +317,7 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 	e.directory()
 	f, b := e.family()
 	iv := e.schedule(f, 4*time.Second)
-	stacktest.Eventually(t, 15*time.Second, "the workflow to start", func() bool {
-		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
-		return err == nil
-	})
-	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	e.awaitMeeting(iv)
 
 	e.proxy.Cut()
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
@@ -371,11 +378,7 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 	e.directory()
 	f, _ := e.family()
 	iv := e.schedule(f, 4*time.Second)
-	stacktest.Eventually(t, 15*time.Second, "the workflow to start", func() bool {
-		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
-		return err == nil
-	})
-	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	e.awaitMeeting(iv)
 	e.proxy.Cut()
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
 	ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),

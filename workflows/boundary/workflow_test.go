@@ -81,6 +81,18 @@ func newHarness(t *testing.T, status string) *harness {
 	return h
 }
 
+// immediateReferrals counts the IMMEDIATE support referrals (an overdose's
+// harm reduction).
+func (h *harness) immediateReferrals() int {
+	n := 0
+	for _, s := range h.support {
+		if s.Urgency == "IMMEDIATE" {
+			n++
+		}
+	}
+	return n
+}
+
 func (h *harness) kinds(kind string) []activities.ReminderRequest {
 	var out []activities.ReminderRequest
 	for _, r := range h.reminders {
@@ -259,12 +271,7 @@ func TestOverdoseBeforeTheStartIsAnswered(t *testing.T) {
 	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || !alert[0].Due.Equal(h.t0) {
 		t.Fatalf("overdose alerts %+v; want one, at the start", alert)
 	}
-	immediate := 0
-	for _, s := range h.support {
-		if s.Urgency == "IMMEDIATE" {
-			immediate++
-		}
-	}
+	immediate := h.immediateReferrals()
 	if immediate != 1 {
 		t.Fatalf("immediate harm-reduction referrals: %d, want 1 (%+v)", immediate, h.support)
 	}
@@ -324,12 +331,7 @@ func TestRedeliveredOverdoseIsAnsweredOnce(t *testing.T) {
 	if len(alert) != 2 || alert[0].Due.Sub(h.t0) != 3*day || alert[1].Due.Sub(h.t0) != 5*day {
 		t.Fatalf("overdose alerts = %+v; want one for w1 on day 3 and one for w2 on day 5", alert)
 	}
-	immediate := 0
-	for _, s := range h.support {
-		if s.Urgency == "IMMEDIATE" {
-			immediate++
-		}
-	}
+	immediate := h.immediateReferrals()
 	if immediate != 2 {
 		t.Fatalf("%d immediate harm-reduction referrals, want 2", immediate)
 	}

@@ -46,21 +46,13 @@ const Margin = 15 * time.Minute
 // unchanged for a recipient without quiet hours. Times are computed in the
 // recipient's zone (UTC when none is known).
 func Place(event time.Time, offset time.Duration, r Recipient) (time.Time, error) {
-	loc, err := location(r.TimeZone)
+	loc, qs, qe, err := quietOf(r)
 	if err != nil {
 		return time.Time{}, err
 	}
 	at := before(event.In(loc), offset)
 	if r.Quiet == (QuietHours{}) {
 		return at, nil
-	}
-	qs, err := minutes(r.Quiet.Start)
-	if err != nil {
-		return time.Time{}, err
-	}
-	qe, err := minutes(r.Quiet.End)
-	if err != nil {
-		return time.Time{}, err
 	}
 	start, end, inside := window(at.In(loc), qs, qe)
 	if !inside {
@@ -81,15 +73,7 @@ func Awake(t time.Time, r Recipient, by time.Time) (time.Time, error) {
 	if r.Quiet == (QuietHours{}) {
 		return t, nil
 	}
-	loc, err := location(r.TimeZone)
-	if err != nil {
-		return time.Time{}, err
-	}
-	qs, err := minutes(r.Quiet.Start)
-	if err != nil {
-		return time.Time{}, err
-	}
-	qe, err := minutes(r.Quiet.End)
+	loc, qs, qe, err := quietOf(r)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -98,6 +82,21 @@ func Awake(t time.Time, r Recipient, by time.Time) (time.Time, error) {
 		return t, nil
 	}
 	return end, nil
+}
+
+// quietOf is r's zone and, if it has quiet hours, their start and end in
+// minutes after midnight.
+func quietOf(r Recipient) (loc *time.Location, start, end int, err error) {
+	if loc, err = location(r.TimeZone); err != nil || r.Quiet == (QuietHours{}) {
+		return loc, 0, 0, err
+	}
+	if start, err = minutes(r.Quiet.Start); err != nil {
+		return nil, 0, 0, err
+	}
+	if end, err = minutes(r.Quiet.End); err != nil {
+		return nil, 0, 0, err
+	}
+	return loc, start, end, nil
 }
 
 // before subtracts offset from t. Whole days are counted on the local
