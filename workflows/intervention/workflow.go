@@ -353,9 +353,11 @@ func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
 // the intake or boundary path gets the current counselor and level. The
 // meeting's time stays the workflow's own: it changes only through the
 // reschedule update, which may still be on its way. Reminders are placed
-// as when the meeting was armed, and those whose time has passed count as
-// sent: a removed participant gets no more, a new one those still ahead,
-// and one already sent is not sent twice (its request id is unchanged).
+// as when the meeting was armed, and those due no later than the last one
+// sent count as sent: a removed participant gets no more, a new one those
+// still ahead, one already sent is not sent twice (its request id is
+// unchanged), and one that fell due in this same task but was not sent yet
+// still goes.
 func (w *wf) replanned(ctx workflow.Context) error {
 	w.replan = false
 	var p activities.Plan
@@ -368,10 +370,12 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	if err != nil {
 		return err
 	}
-	now := workflow.Now(ctx)
 	sent := 0
-	for sent < len(plan) && plan[sent].At.Before(now) {
-		sent++
+	if w.sent > 0 {
+		last := w.reminders[w.sent-1].At
+		for sent < len(plan) && !plan[sent].At.After(last) {
+			sent++
+		}
 	}
 	w.reminders, w.sent = plan, sent
 	return nil

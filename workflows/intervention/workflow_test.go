@@ -293,6 +293,32 @@ func TestReplanFollowsNewParticipants(t *testing.T) {
 	}
 }
 
+// A replan that arrives as a reminder falls due does not swallow it: the
+// 24 h reminder goes to a counselor once, whichever comes first.
+func TestReplanAtADueReminderKeepsIt(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.plan.Counselor.ID = "counselor-2"
+		h.mu.Unlock()
+	}, 3*24*time.Hour-time.Minute)
+	h.update(3*24*time.Hour, intervention.UpdateReplan, intervention.Replan{}, nil)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.Kind == "counselor" && h.start.Sub(r.Due) == 24*time.Hour {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("24 h reminders to a counselor: %d, want 1", n)
+	}
+}
+
 // Cancel releases the hold and cancels pending reminders.
 func TestCancelCleansUp(t *testing.T) {
 	h := newHarness(t, 2*24*time.Hour, defaults())
