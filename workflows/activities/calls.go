@@ -284,6 +284,17 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	return n, nil
 }
 
+// firstContact is the family's first contact as a referral records it, or
+// none when it is unknown or lies in the future (a mistyped year stored
+// before such times were refused): the referral then counts from its own
+// creation, and the person who said yes is still referred.
+func firstContact(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() || t.Unix() <= 0 || t.After(time.Now()) {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
 // StartImmediateReferral makes the immediate MAT referral: it converts the
 // held slot when the hold still stands, and otherwise holds and converts a
 // slot at the best program not tried yet. No program left is a
@@ -292,7 +303,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	const reason = "Accepted medication-assisted treatment at a family intervention; immediate intake."
 	if in.Hold != "" {
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: in.Hold, Reason: reason,
-			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: in.RequestID + "-convert"})
+			FirstContactTime: firstContact(in.FirstContact), RequestId: in.RequestID + "-convert"})
 		if err == nil {
 			return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 		}
@@ -315,7 +326,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, err
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
-			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram())})
+			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram())})
 		if err != nil {
 			return Referral{}, wrap("convert hold", err)
 		}
@@ -340,7 +351,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, wrap("hold slot", err)
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
-			FirstContactTime: timestamppb.New(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
+			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
 		if err != nil {
 			return Referral{}, wrap("convert hold", err)
 		}
