@@ -369,7 +369,10 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
-	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled); err != nil {
+	// A scheduled meeting's safety gates apply again only when the edit
+	// raises its level: other edits (participants, notes) stay possible
+	// whatever the screen says now, until the counselor cancels it.
+	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() != cur.GetLevel()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention,

@@ -620,6 +620,20 @@ func TestScheduledMeetingStaysEditable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A level-3 meeting, which needs a current screen to be scheduled.
+	if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	iv3 := f.draft(t, f.clock.Now().Add(96*time.Hour))
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv3.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv3.GetName()}); err != nil {
+		t.Fatal(err)
+	}
 	f.clock.Advance(72*time.Hour + 10*time.Minute) // the meeting is under way
 	if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK}}); err != nil {
@@ -631,6 +645,16 @@ func TestScheduledMeetingStaysEditable(t *testing.T) {
 	if err != nil || got.GetCarriedOverNotes() == "" {
 		t.Fatalf("editing a meeting under way: %v, %v", got, err)
 	}
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv3.GetName(), CarriedOverNotes: "bring the letters"},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}}); err != nil {
+		t.Fatalf("editing a scheduled level-3 meeting after a high-risk screen: %v", err)
+	}
+	// Raising a scheduled meeting to level 3 checks the screen again.
+	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
+	wantCode(t, err, codes.FailedPrecondition)
 	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
 		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), StartTime: timestamppb.New(f.clock.Now().Add(time.Hour))},
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"start_time"}}})
