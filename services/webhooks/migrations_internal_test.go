@@ -1,0 +1,48 @@
+package webhooks
+
+import (
+	"context"
+	"io/fs"
+	"path"
+	"testing"
+	"testing/fstest"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// A FULL subscription made before audiences were kept becomes ID_ONLY on
+// upgrade, so that the API reports what it will receive; an ID_ONLY one
+// is left alone.
+func TestUpgradeMakesEarlierFullSubscriptionsIDOnly(t *testing.T) {
+	ctx := context.Background()
+	before := fstest.MapFS{}
+	for _, f := range []string{"0001_webhooks.sql", "0002_retention_sink_failures.sql"} {
+		b, err := fs.ReadFile(migrations, path.Join("migrations", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[path.Join("migrations", f)] = &fstest.MapFile{Data: b}
+	}
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
+		pgdb.Source{Name: "webhooks", FS: before, Dir: "migrations"})
+	for id, payload := range map[string]int{"full": 2, "ids": 1} {
+		if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
+			VALUES ('north', $1, 'https://ehr.example.org/', '{1}', $2, 'ehr-1', 'sealed', now())`, id, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]int{"full": 1, "ids": 1} {
+		var payload int
+		var audience string
+		if err := pool.QueryRow(ctx, `SELECT payload, audience FROM subscriptions WHERE id = $1`, id).Scan(&payload, &audience); err != nil {
+			t.Fatal(err)
+		}
+		if payload != want || audience != "" {
+			t.Fatalf("%s: payload %d, audience %q after the upgrade; want %d and none", id, payload, audience, want)
+		}
+	}
+}
