@@ -127,7 +127,8 @@ type wf struct {
 	settings activities.Settings
 	safety   activities.Safety
 	step     string
-	current  bool // versionCurrentCounselor is on
+	current  bool // versionCurrentCounselor is on (decided at the first refresh)
+	decided  bool
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -160,7 +161,6 @@ func (w *wf) id(purpose string) string {
 }
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {
-	w.current = workflow.GetVersion(ctx, versionCurrentCounselor, workflow.DefaultVersion, 1) >= 1
 	var err error
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
@@ -218,8 +218,8 @@ func (w *wf) earlyOverdoses(ctx workflow.Context) error {
 }
 
 // counselor is who the workflow's reminders to staff go to: the family's
-// counselor when last read, or, before that (and in histories recorded
-// before versionCurrentCounselor), the refused meeting's.
+// counselor when last read, or, before the first refresh (and in histories
+// recorded before versionCurrentCounselor), the refused meeting's.
 func (w *wf) counselor() activities.Person {
 	if w.current && w.safety.Counselor.ID != "" {
 		return w.safety.Counselor
@@ -228,8 +228,16 @@ func (w *wf) counselor() activities.Person {
 }
 
 // refresh reads the family again, so that an alert or a check-in reaches
-// its counselor and members of now.
+// its counselor and members of now. The version is decided here, at the
+// first alert or check-in, rather than when the run starts: a workflow
+// already running when this was deployed, which lasts a month and rarely
+// continues as new, then takes it up from its next alert or check-in
+// unless one already happened in its history.
 func (w *wf) refresh(ctx workflow.Context) error {
+	if !w.decided {
+		w.current = workflow.GetVersion(ctx, versionCurrentCounselor, workflow.DefaultVersion, 1) >= 1
+		w.decided = true
+	}
 	if !w.current {
 		return nil
 	}
