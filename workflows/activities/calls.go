@@ -17,6 +17,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
 // Counselor in-app reminders need no contact details; supervisors are the
@@ -249,12 +250,57 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 		return "", wrap("get reminder", err)
 	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
-		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(in.Due),
+		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(a.awake(ctx, old, in.Due)),
 			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow()}})
 	if err != nil {
 		return "", wrap("create reminder", err)
 	}
 	return rem.GetName(), nil
+}
+
+// awake is when a resend of old to a family member should be due: due, or
+// the end of the member's quiet hours if due falls in them and that end is
+// still before the meeting or intake the reminder is about. Reading the
+// family or the resource is best effort: on any failure the resend is due
+// at due, as before.
+func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) time.Time {
+	to := old.GetRecipient()
+	if to.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || to.GetFamily() == "" || a.Families == nil {
+		return due
+	}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: to.GetFamily()})
+	if err != nil {
+		return due
+	}
+	var r schedule.Recipient
+	for _, m := range fam.GetMembers() {
+		if m.GetId() == to.GetId() {
+			r = schedule.Recipient{Kind: "member", ID: m.GetId(), TimeZone: m.GetTimeZone(),
+				Quiet: schedule.QuietHours{Start: m.GetQuietHours().GetStart(), End: m.GetQuietHours().GetEnd()}}
+		}
+	}
+	var by time.Time
+	switch related := old.GetRelatedResource(); {
+	case strings.Contains(related, "/interventions/"):
+		iv, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: related})
+		if err != nil {
+			return due
+		}
+		by = iv.GetStartTime().AsTime()
+	case strings.Contains(related, "/referrals/"):
+		ref, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: related})
+		if err != nil {
+			return due
+		}
+		if st := ref.GetIntakeAppointment().GetStartTime(); st != nil {
+			by = st.AsTime()
+		}
+	}
+	at, err := schedule.Awake(due, r, by)
+	if err != nil {
+		return due
+	}
+	return at
 }
 
 // CancelReminders cancels every reminder of a resource not delivered yet.

@@ -6,7 +6,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 )
 
@@ -48,6 +51,69 @@ func TestImmediateReferralFirstContact(t *testing.T) {
 			t.Errorf("%s: first contact %v sent, want none", c.name, got.AsTime())
 		case c.want != nil && (got == nil || !got.AsTime().Equal(*c.want)):
 			t.Errorf("%s: first contact %v, want %v", c.name, got, *c.want)
+		}
+	}
+}
+
+type resendFakes struct {
+	interventionsv1.InterventionsServiceClient
+	old     *interventionsv1.Reminder
+	meeting time.Time
+	created *interventionsv1.Reminder
+}
+
+func (f *resendFakes) GetReminder(context.Context, *interventionsv1.GetReminderRequest, ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	return f.old, nil
+}
+
+func (f *resendFakes) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	f.created = in.GetReminder()
+	return &interventionsv1.Reminder{Name: "clinics/north/reminders/r2"}, nil
+}
+
+func (f *resendFakes) GetIntervention(context.Context, *interventionsv1.GetInterventionRequest, ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{StartTime: timestamppb.New(f.meeting)}, nil
+}
+
+type familyFake struct {
+	familiesv1.FamiliesServiceClient
+}
+
+func (familyFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return &familiesv1.Family{Members: []*familiesv1.Member{{Id: "mom", TimeZone: "America/Chicago",
+		QuietHours: &familiesv1.QuietHours{Start: "21:00", End: "08:00"}}}}, nil
+}
+
+// A resend to a family member waits out their quiet hours when that is
+// still before what it reminds of; otherwise, and for a counselor, it is
+// due at once.
+func TestResendWaitsOutQuietHours(t *testing.T) {
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	night := time.Date(2026, 12, 9, 22, 5, 0, 0, chicago)
+	member := &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+		Family: "clinics/north/families/f1"}
+	counselor := &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1"}
+	for _, c := range []struct {
+		name    string
+		to      *interventionsv1.Recipient
+		meeting time.Time
+		want    time.Time
+	}{
+		{"member, meeting at noon", member, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), time.Date(2026, 12, 10, 8, 0, 0, 0, chicago)},
+		{"member, meeting at 07:30", member, time.Date(2026, 12, 10, 7, 30, 0, 0, chicago), night},
+		{"counselor", counselor, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), night},
+	} {
+		f := &resendFakes{meeting: c.meeting, old: &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Recipient: c.to,
+			RelatedResource: "clinics/north/interventions/i1", Message: "Reminder"}}
+		a := &Activities{Interventions: f, Families: familyFake{}}
+		if _, err := a.ResendReminder(context.Background(), ResendRequest{Failed: "clinics/north/reminders/r1", Due: night, RequestID: "r"}); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := f.created.GetDueTime().AsTime(); !got.Equal(c.want) {
+			t.Errorf("%s: resend due %v, want %v", c.name, got.In(chicago), c.want)
 		}
 	}
 }
