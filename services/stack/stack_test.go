@@ -381,14 +381,14 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 	e.awaitMeeting(iv)
 	e.proxy.Cut()
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
-	ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
+	sign := ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
 		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
 	e.proxy.Restore()
 	// The overdose brings the next check-in within a day, so the workflows
 	// do not end here; the alert is what shows the answer.
 	alerts := func() int {
 		return len(ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
-			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", f.GetName())})).GetReminders())
+			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders())
 	}
 	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return alerts() > 0 })
 	time.Sleep(time.Second) // a second answer would come within the relays' next polls

@@ -505,7 +505,9 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 }
 
 // OverdosesSince lists the family's overdose warning signs recorded at or
-// after since, oldest first.
+// after since and not answered yet, oldest first. One is answered when an
+// overdose alert names it: an earlier run of the family's boundary
+// workflow, ended since, may have answered it.
 func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([]string, error) {
 	var out []string
 	token := ""
@@ -516,7 +518,14 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			return nil, wrap("list warning signs", err)
 		}
 		for _, w := range page.GetWarningSigns() {
-			out = append(out, w.GetName())
+			alerts, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + aip.Clinic(in.Family),
+				Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName()), PageSize: 1})
+			if err != nil {
+				return nil, wrap("list reminders", err)
+			}
+			if len(alerts.GetReminders()) == 0 {
+				out = append(out, w.GetName())
+			}
 		}
 		if token = page.GetNextPageToken(); token == "" {
 			return out, nil

@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -115,5 +116,50 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		if got := f.created.GetDueTime().AsTime(); !got.Equal(c.want) {
 			t.Errorf("%s: resend due %v, want %v", c.name, got.In(chicago), c.want)
 		}
+	}
+}
+
+type signsFake struct {
+	familiesv1.FamiliesServiceClient
+	signs []string
+}
+
+func (f signsFake) ListWarningSigns(context.Context, *familiesv1.ListWarningSignsRequest, ...grpc.CallOption) (*familiesv1.ListWarningSignsResponse, error) {
+	out := &familiesv1.ListWarningSignsResponse{}
+	for _, s := range f.signs {
+		out.WarningSigns = append(out.WarningSigns, &familiesv1.WarningSign{Name: s})
+	}
+	return out, nil
+}
+
+type alertsFake struct {
+	interventionsv1.InterventionsServiceClient
+	answered map[string]bool
+	filters  []string
+}
+
+func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRemindersRequest, _ ...grpc.CallOption) (*interventionsv1.ListRemindersResponse, error) {
+	f.filters = append(f.filters, in.GetFilter())
+	for s := range f.answered {
+		if in.GetFilter() == fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s) {
+			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{{Name: "clinics/north/reminders/a"}}}, nil
+		}
+	}
+	return &interventionsv1.ListRemindersResponse{}, nil
+}
+
+// An overdose an earlier run already answered (its alert names it) is not
+// answered again.
+func TestOverdosesSinceLeavesOutAnswered(t *testing.T) {
+	fam := "clinics/north/families/f1"
+	answered, open := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
+	alerts := &alertsFake{answered: map[string]bool{answered: true}}
+	a := &Activities{Families: signsFake{signs: []string{answered, open}}, Interventions: alerts}
+	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour)})
+	if err != nil || len(got) != 1 || got[0] != open {
+		t.Fatalf("OverdosesSince = %v, %v; want only %s", got, err, open)
+	}
+	if len(alerts.filters) != 2 {
+		t.Fatalf("alerts asked %v", alerts.filters)
 	}
 }

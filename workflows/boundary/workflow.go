@@ -420,7 +420,14 @@ func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	if err := w.refresh(ctx); err != nil {
 		return err
 	}
-	if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", w.in.Family,
+	// The alert names the warning sign it answers, so that a later run of
+	// this workflow for the family can tell it was answered
+	// (OverdosesSince).
+	about := w.in.Family
+	if o.WarningSign != "" {
+		about = o.WarningSign
+	}
+	if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
 		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
 		return err
 	}

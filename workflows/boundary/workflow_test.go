@@ -268,8 +268,8 @@ func TestOverdoseBeforeTheStartIsAnswered(t *testing.T) {
 	if len(h.overdosesAsked) != 1 || !h.overdosesAsked[0].Since.Equal(in.MeetingStart) || h.overdosesAsked[0].Family != family {
 		t.Fatalf("asked for overdoses %+v", h.overdosesAsked)
 	}
-	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || !alert[0].Due.Equal(h.t0) {
-		t.Fatalf("overdose alerts %+v; want one, at the start", alert)
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || !alert[0].Due.Equal(h.t0) || alert[0].Related != early {
+		t.Fatalf("overdose alerts %+v; want one, at the start, naming the warning sign", alert)
 	}
 	immediate := h.immediateReferrals()
 	if immediate != 1 {
