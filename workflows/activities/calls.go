@@ -305,29 +305,49 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 
 // CancelReminders cancels every reminder of a resource not delivered yet.
 func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequest) (int, error) {
+	whom := []string{""}
+	if len(in.Only) > 0 {
+		whom = whom[:0]
+		for _, p := range in.Only {
+			whom = append(whom, fmt.Sprintf(" AND recipient_kind = %s AND recipient_id = %q",
+				strings.TrimPrefix(recipientKinds[p.Kind].String(), "RECIPIENT_KIND_"), p.ID))
+		}
+	}
 	n := 0
 	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
-		token := ""
-		for {
-			page, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + in.Clinic,
-				Filter: fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st), PageSize: 200, PageToken: token})
+		for _, who := range whom {
+			m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st)+who)
+			n += m
 			if err != nil {
-				return n, wrap("list reminders", err)
-			}
-			for _, r := range page.GetReminders() {
-				_, err := a.Interventions.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: r.GetName(), Reason: in.Reason,
-					RequestId: in.RequestID[:min(len(in.RequestID), 24)] + "-" + aip.ID(r.GetName())})
-				if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
-					return n, wrap("cancel reminder", err)
-				}
-				n++
-			}
-			if token = page.GetNextPageToken(); token == "" {
-				break
+				return n, err
 			}
 		}
 	}
 	return n, nil
+}
+
+// cancelReminders cancels the reminders filter finds.
+func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequest, filter string) (int, error) {
+	n := 0
+	token := ""
+	for {
+		page, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + in.Clinic,
+			Filter: filter, PageSize: 200, PageToken: token})
+		if err != nil {
+			return n, wrap("list reminders", err)
+		}
+		for _, r := range page.GetReminders() {
+			_, err := a.Interventions.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: r.GetName(), Reason: in.Reason,
+				RequestId: in.RequestID[:min(len(in.RequestID), 24)] + "-" + aip.ID(r.GetName())})
+			if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+				return n, wrap("cancel reminder", err)
+			}
+			n++
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return n, nil
+		}
+	}
 }
 
 // firstContact is the family's first contact as a referral records it, or

@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -161,5 +162,24 @@ func TestOverdosesSinceLeavesOutAnswered(t *testing.T) {
 	}
 	if len(alerts.filters) != 2 {
 		t.Fatalf("alerts asked %v", alerts.filters)
+	}
+}
+
+// Cancelling for some people only asks for their reminders, and nobody
+// else's.
+func TestCancelRemindersForSomeOnly(t *testing.T) {
+	f := &alertsFake{}
+	a := &Activities{Interventions: f}
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "clinics/north/interventions/i1",
+		Reason: "no longer taking part", RequestID: "r", Only: []Person{{Kind: "member", ID: "mom"}, {Kind: "counselor", ID: "counselor-1"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.filters) != 6 {
+		t.Fatalf("filters %v: want three states for each of two people", f.filters)
+	}
+	for i, who := range []string{`recipient_kind = FAMILY_MEMBER AND recipient_id = "mom"`, `recipient_kind = COUNSELOR AND recipient_id = "counselor-1"`} {
+		if !strings.HasSuffix(f.filters[i], " AND "+who) {
+			t.Fatalf("filter %q does not end with %q", f.filters[i], who)
+		}
 	}
 }

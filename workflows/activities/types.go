@@ -69,6 +69,8 @@ type CancelRemindersRequest struct {
 	Related   string
 	Reason    string
 	RequestID string
+	// Only, when set, limits the cancelling to reminders to these people.
+	Only []Person
 }
 
 // ReleaseRequest releases a hold.

@@ -104,9 +104,11 @@ type wf struct {
 	step         string
 	reminders    []schedule.Planned
 	sent         int
-	armedAt      time.Time      // when the reminder plan was made
-	generation   int            // bumps on every reschedule, keeps request ids apart
-	upcoming     map[string]int // meeting reminder -> the generation it announced
+	armedAt      time.Time         // when the reminder plan was made
+	generation   int               // bumps on every reschedule, keeps request ids apart
+	upcoming     map[string]int    // meeting reminder -> the generation it announced
+	sentTo       map[string]string // meeting reminder -> whom (recipientKey)
+	replans      int
 	resends      flow.Resends
 	hold         activities.HoldResult
 	holdExpiry   time.Time
@@ -127,7 +129,7 @@ const versionCleanUpOnAbandon = "clean-up-on-abandon"
 
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}}
+	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -331,6 +333,22 @@ func (w *wf) arm(ctx workflow.Context) error {
 	return nil
 }
 
+// people are the counselor and the participants of the current plan.
+func (w *wf) people() []activities.Person {
+	return append([]activities.Person{w.plan.Counselor}, w.plan.Participants...)
+}
+
+// recipientKeys names the people of the current plan.
+func (w *wf) recipientKeys() []string {
+	var out []string
+	for _, p := range w.people() {
+		out = append(out, recipientKey(p.Kind, p.ID))
+	}
+	return out
+}
+
+func recipientKey(kind, id string) string { return kind + "|" + id }
+
 // remindersFrom places the reminders of the plan's recipients as a plan
 // made at armedAt would.
 func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
@@ -365,7 +383,27 @@ func (w *wf) replanned(ctx workflow.Context) error {
 		return err
 	}
 	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
+	before := w.people()
 	w.plan = p
+	// Reminders already made for people no longer taking part (one
+	// deferred to the end of their quiet hours, or not delivered yet) are
+	// cancelled.
+	var gone []activities.Person
+	now := w.recipientKeys()
+	for _, q := range before {
+		if !slices.Contains(now, recipientKey(q.Kind, q.ID)) {
+			gone = append(gone, q)
+		}
+	}
+	if len(gone) > 0 {
+		w.replans++
+		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+			Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "no longer taking part", Only: gone,
+			RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|replan|%d", w.replans)),
+		}); err != nil {
+			return err
+		}
+	}
 	plan, err := w.remindersFrom(w.armedAt)
 	if err != nil {
 		return err
@@ -410,7 +448,12 @@ func (w *wf) staleReminder(first string) bool {
 		return true
 	}
 	g, ok := w.upcoming[first]
-	return ok && g != w.generation
+	if ok && g != w.generation {
+		return true
+	}
+	// One to a person no longer taking part (a replan removed them).
+	to, ok := w.sentTo[first]
+	return ok && !slices.Contains(w.recipientKeys(), to)
 }
 
 func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
@@ -462,6 +505,7 @@ func (w *wf) due(ctx workflow.Context) error {
 		}
 		if sent != "" {
 			w.upcoming[sent] = w.generation
+			w.sentTo[sent] = recipientKey(r.Recipient.Kind, r.Recipient.ID)
 		}
 		w.sent++
 	}

@@ -68,6 +68,9 @@ type harness struct {
 	holdAt   time.Time
 	released []string
 	cancels  []string
+	// cancelled are the CancelReminders requests, whole.
+	cancelled []activities.CancelRemindersRequest
+	oldPlan   activities.Plan
 	// hold answers HoldTreatment; tests replace it.
 	hold func(activities.HoldRequest) (activities.HoldResult, error)
 	// plan answers LoadPlan; tests change it.
@@ -120,6 +123,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
 			h.cancels = append(h.cancels, in.Reason)
+			h.cancelled = append(h.cancelled, in)
 			return 0, nil
 		})
 	return h
@@ -257,6 +261,7 @@ func TestRescheduleRearms(t *testing.T) {
 func TestReplanFollowsNewParticipants(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	changeAt := 36 * time.Hour // after the 72 h reminders, before the 24 h ones
+	h.oldPlan = h.plan
 	h.env.RegisterDelayedCallback(func() {
 		h.mu.Lock()
 		h.plan.Counselor.ID = "counselor-2"
@@ -290,6 +295,11 @@ func TestReplanFollowsNewParticipants(t *testing.T) {
 		if d < time.Hour || d > 25*time.Hour {
 			t.Fatalf("a reminder %v before the meeting: the replan moved the time", d)
 		}
+	}
+	// What was already made for mom and counselor-1 is cancelled, theirs only.
+	if len(h.cancelled) == 0 || h.cancelled[0].Reason != "no longer taking part" ||
+		fmt.Sprint(h.cancelled[0].Only) != fmt.Sprint([]activities.Person{h.oldPlan.Counselor, h.oldPlan.Participants[0]}) {
+		t.Fatalf("cancelled %+v; want the removed people's reminders", h.cancelled)
 	}
 }
 
