@@ -275,8 +275,8 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 	var r schedule.Recipient
 	for _, m := range fam.GetMembers() {
 		if m.GetId() == to.GetId() {
-			r = schedule.Recipient{Kind: "member", ID: m.GetId(), TimeZone: m.GetTimeZone(),
-				Quiet: schedule.QuietHours{Start: m.GetQuietHours().GetStart(), End: m.GetQuietHours().GetEnd()}}
+			r = memberPerson(to.GetFamily(), m).Recipient()
+			break
 		}
 	}
 	var by time.Time

@@ -1,6 +1,10 @@
 package activities
 
-import "time"
+import (
+	"time"
+
+	"github.com/handoff-health/handoff/workflows/schedule"
+)
 
 // Person is someone a reminder may go to, with only what placing and
 // addressing the reminder needs: ids, channel, zone and quiet hours.
@@ -12,6 +16,12 @@ type Person struct {
 	TimeZone   string
 	QuietStart string
 	QuietEnd   string
+}
+
+// Recipient is p as reminder placement sees it.
+func (p Person) Recipient() schedule.Recipient {
+	return schedule.Recipient{Kind: p.Kind, ID: p.ID, Channel: p.Channel, TimeZone: p.TimeZone,
+		Quiet: schedule.QuietHours{Start: p.QuietStart, End: p.QuietEnd}}
 }
 
 // Plan is what the intervention workflow needs to know about its meeting.

@@ -136,8 +136,7 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 // nothing). The reminder is created now either way; the automation
 // delivers it when it is due.
 func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, error) {
-	r := schedule.Recipient{Kind: to.Kind, ID: to.ID, TimeZone: to.TimeZone, Quiet: schedule.QuietHours{Start: to.QuietStart, End: to.QuietEnd}}
-	at, err := schedule.Awake(due, r, by)
+	at, err := schedule.Awake(due, to.Recipient(), by)
 	if err != nil {
 		// The recipient's zone or quiet hours do not parse: send at due
 		// rather than not at all.

@@ -352,9 +352,9 @@ func recipientKey(kind, id string) string { return kind + "|" + id }
 // remindersFrom places the reminders of the plan's recipients as a plan
 // made at armedAt would.
 func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
-	recipients := []schedule.Recipient{toRecipient(w.plan.Counselor)}
+	recipients := []schedule.Recipient{w.plan.Counselor.Recipient()}
 	for _, p := range w.plan.Participants {
-		recipients = append(recipients, toRecipient(p))
+		recipients = append(recipients, p.Recipient())
 	}
 	plan, err := schedule.Plan(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients)
 	if err != nil {
@@ -688,11 +688,6 @@ func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error
 		return "", err
 	}
 	return out.Summary, nil
-}
-
-func toRecipient(p activities.Person) schedule.Recipient {
-	return schedule.Recipient{Kind: p.Kind, ID: p.ID, Channel: p.Channel, TimeZone: p.TimeZone,
-		Quiet: schedule.QuietHours{Start: p.QuietStart, End: p.QuietEnd}}
 }
 
 func fromRecipient(r schedule.Recipient, family string) activities.Person {

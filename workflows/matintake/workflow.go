@@ -212,8 +212,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				remindersFor = info.Appointment
 				var rs []schedule.Recipient
 				for _, c := range w.contacts {
-					rs = append(rs, schedule.Recipient{Kind: c.Kind, ID: c.ID, Channel: c.Channel, TimeZone: c.TimeZone,
-						Quiet: schedule.QuietHours{Start: c.QuietStart, End: c.QuietEnd}})
+					rs = append(rs, c.Recipient())
 				}
 				plan, err := schedule.Plan(info.Appointment, now, w.settings.IntakeReminderOffsets, rs)
 				if err != nil {
