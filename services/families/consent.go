@@ -667,16 +667,35 @@ func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.Bat
 	return resp, nil
 }
 
+// Views of a family, by who asks.
+const (
+	viewWhole = iota
+	viewEHR
+	viewCalendar
+)
+
+// familyView is which view of a family the caller gets: the EHR's identity
+// view, the calendar reader's names and times, or the whole record.
+func familyView(ctx context.Context) int {
+	p, ok := auth.FromContext(ctx)
+	switch {
+	case !ok:
+		return viewWhole
+	case p.Has(auth.RoleEHR):
+		return viewEHR
+	case p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
+		return viewCalendar
+	}
+	return viewWhole
+}
+
 // familyForCaller is the minimum necessary of a family for the caller. An
 // outside system's consent covers identity: who the patient and the family
 // are and how to reach them, not the substance, coverage, urgency or safety
 // screens. The calendar reader needs only which families a counselor has.
 func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Family {
-	p, ok := auth.FromContext(ctx)
-	switch {
-	case !ok:
-		return f
-	case p.Has(auth.RoleEHR):
+	switch familyView(ctx) {
+	case viewEHR:
 		lo := f.GetLovedOne()
 		return &familiesv1.Family{
 			Name: f.GetName(),
@@ -686,7 +705,7 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 			Members: f.GetMembers(), Counselor: f.GetCounselor(), State: f.GetState(), FirstContactTime: f.GetFirstContactTime(),
 			CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
 		}
-	case p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
+	case viewCalendar:
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
 	}
 	return f

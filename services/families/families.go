@@ -181,7 +181,7 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		return nil, err
 	}
 	fields := familyFilter
-	if p, ok := auth.FromContext(ctx); ok && (p.Has(auth.RoleEHR) || p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)) {
+	if familyView(ctx) != viewWhole {
 		// familyForCaller leaves urgency out for these callers; filtering
 		// on it would tell it.
 		fields = aip.Without(familyFilter, "urgent")
