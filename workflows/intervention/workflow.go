@@ -409,7 +409,11 @@ func (w *wf) replanned(ctx workflow.Context) error {
 		return err
 	}
 	sent := 0
-	if w.sent > 0 {
+	switch now := workflow.Now(ctx); {
+	case !now.Before(w.plan.Start):
+		// The meeting has begun: nobody is reminded of it any more.
+		sent = len(plan)
+	case w.sent > 0:
 		last := w.reminders[w.sent-1].At
 		for sent < len(plan) && !plan[sent].At.After(last) {
 			sent++

@@ -329,6 +329,32 @@ func TestReplanAtADueReminderKeepsIt(t *testing.T) {
 	}
 }
 
+// A participant added once the meeting has begun (the service allows the
+// edit until the outcome) gets no reminder of a meeting under way, though
+// their 2 h reminder, moved to the end of their quiet hours (06:30 New
+// York for a 07:00 meeting), falls after the last one sent.
+func TestReplanAfterTheStartRemindsNobody(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.plan.Participants = append(h.plan.Participants, activities.Person{Kind: "member", ID: "dad",
+			Family: "clinics/north/families/f1", Channel: "EMAIL", TimeZone: "America/New_York", QuietStart: "04:00", QuietEnd: "06:30"})
+		h.mu.Unlock()
+	}, 4*24*time.Hour+5*time.Minute)
+	var rejected error
+	h.update(4*24*time.Hour+10*time.Minute, intervention.UpdateReplan, intervention.Replan{}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, replan rejected %v", err, rejected)
+	}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID == "dad" {
+			t.Fatalf("dad reminded at %v of a meeting that began at %v", r.Due, h.start)
+		}
+	}
+}
+
 // Cancel releases the hold and cancels pending reminders.
 func TestCancelCleansUp(t *testing.T) {
 	h := newHarness(t, 2*24*time.Hour, defaults())
