@@ -309,8 +309,12 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	if len(in.Only) > 0 {
 		whom = whom[:0]
 		for _, p := range in.Only {
+			rk, ok := recipientKinds[p.Kind]
+			if !ok {
+				continue // nobody of an unknown kind has reminders; never widen to everyone
+			}
 			whom = append(whom, fmt.Sprintf(" AND recipient_kind = %s AND recipient_id = %q",
-				strings.TrimPrefix(recipientKinds[p.Kind].String(), "RECIPIENT_KIND_"), p.ID))
+				strings.TrimPrefix(rk.String(), "RECIPIENT_KIND_"), p.ID))
 		}
 	}
 	n := 0

@@ -182,4 +182,12 @@ func TestCancelRemindersForSomeOnly(t *testing.T) {
 			t.Fatalf("filter %q does not end with %q", f.filters[i], who)
 		}
 	}
+	// Someone of a kind reminders do not know is skipped: the filter it
+	// would make does not parse, and dropping it must not widen the
+	// cancelling to everyone.
+	f.filters = nil
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "clinics/north/interventions/i1",
+		Reason: "x", RequestID: "r", Only: []Person{{Kind: "stranger", ID: "x"}}}); err != nil || len(f.filters) != 0 {
+		t.Fatalf("unknown kind: filters %v, %v; want none asked", f.filters, err)
+	}
 }
