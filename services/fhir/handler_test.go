@@ -312,57 +312,45 @@ func TestPostSearchBody(t *testing.T) {
 	}
 }
 
-// An intake appointment is disclosed only under a consent that covers
-// appointments, and each disclosure is recorded as the caller's; a consent
-// for referrals alone shows the Task but not the appointment.
-func TestIntakeAppointmentNeedsAppointmentsConsent(t *testing.T) {
+// An intake appointment is part of the referral: the referrals service
+// checks and records its disclosure under the referrals consent, and the
+// handler asks for no consent of another kind (an appointments consent
+// alone must not be needed, and the Task shows the same time anyway).
+func TestIntakeAppointmentIsTheReferrals(t *testing.T) {
 	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED,
 		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	intake := "/fhir/R4/Appointment/" + intakePrefix + refID
-	if a := fx.do("GET", "/fhir/R4/Task/"+refID, ""); a.code != http.StatusOK {
-		t.Fatalf("Task under a referrals consent: %d %s", a.code, a.raw)
+	task := fx.do("GET", "/fhir/R4/Task/"+refID, "")
+	if task.code != http.StatusOK {
+		t.Fatalf("Task under a referrals consent: %d %s", task.code, task.raw)
 	}
 	a := fx.do("GET", intake, "")
-	if a.code != http.StatusForbidden || diagnostics(a) != consentRefusedText || strings.Contains(a.raw, "families/") {
-		t.Fatalf("intake appointment without an appointments consent: %d %s", a.code, a.raw)
+	if a.code != http.StatusOK || a.body["id"] != intakePrefix+refID || a.body["status"] != "booked" {
+		t.Fatalf("intake appointment under a referrals consent: %d %s", a.code, a.raw)
 	}
-	a = fx.do("GET", "/fhir/R4/Appointment?patient="+famID, "")
-	if a.code != http.StatusOK || len(entryIDs(a)) != 0 {
-		t.Fatalf("appointments without an appointments consent: %d %s", a.code, a.raw)
+	period, _ := task.body["executionPeriod"].(map[string]any)
+	if period["start"] == nil || period["start"] != a.body["start"] {
+		t.Fatalf("Task executionPeriod %v and Appointment start %v disagree", period, a.body["start"])
+	}
+	s := fx.do("GET", "/fhir/R4/Appointment?patient="+famID, "")
+	if s.code != http.StatusOK || strings.Join(entryIDs(s), ",") != intakePrefix+refID {
+		t.Fatalf("appointments under a referrals consent: %d %s", s.code, s.raw)
 	}
 	if got := fx.families.recorded(); len(got) != 0 {
-		t.Fatalf("refused disclosures were recorded: %v", got)
+		t.Fatalf("the handler recorded disclosures of its own (the referrals service records them): %v", got)
 	}
 
-	fx.families.covers[familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS] = true
-	if a := fx.do("GET", intake, ""); a.code != http.StatusOK || a.body["id"] != intakePrefix+refID {
-		t.Fatalf("intake appointment with consent: %d %s", a.code, a.raw)
+	// The referrals service's refusal is the appointment's.
+	fx.referrals.getErr = refusal(fx.families.family.GetName())
+	if a := fx.do("GET", intake, ""); a.code != http.StatusForbidden || diagnostics(a) != consentRefusedText {
+		t.Fatalf("intake appointment of a referral the consent does not cover: %d %s", a.code, a.raw)
 	}
-	if a := fx.do("GET", "/fhir/R4/Appointment?patient="+famID, ""); a.code != http.StatusOK ||
-		strings.Join(entryIDs(a), ",") != intakePrefix+refID {
-		t.Fatalf("appointments with consent: %d %s", a.code, a.raw)
-	}
-	got := fx.families.recorded()
-	if len(got) != 2 {
-		t.Fatalf("disclosures recorded = %v, want one for the read and one for the search", got)
-	}
-	for _, d := range got {
-		dis := d.GetDisclosure()
-		if d.GetParent() != fx.referrals.referral.GetFamily() || dis.GetRecipient() != "ehr" ||
-			dis.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS ||
-			dis.GetPurpose() != familiesv1.Purpose_PURPOSE_TREATMENT || dis.GetResource() != fx.referrals.referral.GetName() ||
-			dis.GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API {
-			t.Errorf("disclosure = %v", d)
-		}
-	}
+	fx.referrals.getErr = nil
 
-	// Staff reading inside the program disclose nothing.
-	fx.families.covers[familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS] = false
-	if a := fx.doAs("counselor-1", []auth.Role{auth.RoleCounselor}, "GET", intake, ""); a.code != http.StatusOK {
-		t.Fatalf("a counselor's read: %d %s", a.code, a.raw)
-	}
-	if n := len(fx.families.recorded()); n != 2 {
-		t.Fatalf("a counselor's read recorded a disclosure (%d)", n)
+	// Before the program books one there is no intake appointment to show.
+	fx.referrals.referral.IntakeAppointment = nil
+	if a := fx.do("GET", intake, ""); a.code != http.StatusNotFound {
+		t.Fatalf("intake appointment of an unscheduled referral: %d %s", a.code, a.raw)
 	}
 }
 

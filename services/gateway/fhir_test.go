@@ -371,19 +371,25 @@ func TestFHIR(t *testing.T) {
 			rf.GetIntakeAppointment().GetStartTime().AsTime().Sub(start).Abs() > time.Millisecond {
 			t.Fatalf("referral after schedule = %v at %v", rf.GetState(), rf.GetIntakeAppointment().GetStartTime().AsTime())
 		}
+		disclosed := func() int {
+			n := 0
+			for _, d := range list(w.counselor.ok("GET", "/v1/"+famA+"/disclosures?pageSize=1000", nil), "disclosures") {
+				if str(d, "information") == "INFORMATION_KIND_REFERRALS" && str(d, "resource") == refName &&
+					str(d, "recipient") == "ehr" && str(d, "channel") == "DISCLOSURE_CHANNEL_API" {
+					n++
+				}
+			}
+			return n
+		}
+		before := disclosed()
 		intake := ehr.read("Appointment/intake-" + refID)
 		labelled(t, intake)
 		if str(intake, "status") != "booked" {
 			t.Fatalf("intake appointment = %v", intake)
 		}
-		// The appointment is an appointment's disclosure, in the accounting.
-		var recorded bool
-		for _, d := range list(w.counselor.ok("GET", "/v1/"+famA+"/disclosures?pageSize=1000", nil), "disclosures") {
-			recorded = recorded || (str(d, "information") == "INFORMATION_KIND_APPOINTMENTS" && str(d, "resource") == refName &&
-				str(d, "recipient") == "ehr" && str(d, "channel") == "DISCLOSURE_CHANNEL_API")
-		}
-		if !recorded {
-			t.Fatal("reading the intake appointment recorded no appointments disclosure")
+		// The appointment is the referral's disclosure, in the accounting.
+		if n := disclosed(); n != before+1 {
+			t.Fatalf("reading the intake appointment recorded %d referral disclosures, want 1", n-before)
 		}
 		// The person came: treatment entry.
 		time.Sleep(time.Until(start) + 500*time.Millisecond)
@@ -398,14 +404,16 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "failed", "intent": "order"})
 	})
 
-	// A consent that covers referrals but not appointments: the EHR reads
-	// and moves the referral, but its intake appointment stays private.
-	t.Run("intake appointment needs consent", func(t *testing.T) {
+	// A consent that covers referrals but not intervention meetings: the
+	// EHR moves the referral and sees its intake appointment, which is the
+	// referral's (the time it wrote into the Task itself), with the
+	// disclosure recorded as a referral's. When the consent goes, both go.
+	t.Run("intake appointment follows the referral's consent", func(t *testing.T) {
 		f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
 			"lovedOne": map[string]any{"givenName": "Lou"}, "counselor": "counselor-1", "coverage": map[string]any{"kind": "COVERAGE_KIND_MEDICAID"}})
 		fam := str(f, "name")
 		now := time.Now().UTC()
-		w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
+		cn := w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
 			"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
 			"information": []string{"INFORMATION_KIND_IDENTITY", "INFORMATION_KIND_REFERRALS"},
 			"expireTime":  now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
@@ -429,16 +437,38 @@ func TestFHIR(t *testing.T) {
 				t.Fatalf("PUT %s: %d %s", body["status"], r.code, r.raw)
 			}
 		}
-		if tk := ehr.read("Task/" + id); str(tk, "status") != "in-progress" {
+		tk := ehr.read("Task/" + id)
+		if str(tk, "status") != "in-progress" {
 			t.Fatalf("Task = %v", tk)
 		}
+		a := ehr.read("Appointment/intake-" + id)
+		labelled(t, a)
+		period, _ := tk["executionPeriod"].(map[string]any)
+		if str(a, "status") != "booked" || period == nil || str(a, "start") != period["start"] {
+			t.Fatalf("intake appointment %v does not match the Task's period %v", a, period)
+		}
+		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); !slices.Equal(ids(appts), []string{"intake-" + id}) {
+			t.Fatalf("the patient's appointments = %v", ids(appts))
+		}
+		recorded := 0
+		for _, d := range list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures") {
+			if str(d, "information") == "INFORMATION_KIND_APPOINTMENTS" {
+				t.Fatalf("an intake appointment was recorded as an intervention meeting: %v", d)
+			}
+			if str(d, "resource") == str(rf, "name") && str(d, "recipient") == "ehr" {
+				recorded++
+			}
+		}
+		// Two PUTs, the Task read, the Appointment read and the search.
+		if recorded < 5 {
+			t.Fatalf("%d disclosures of the referral recorded, want at least 5", recorded)
+		}
+
+		w.counselor.ok("POST", "/v1/"+str(cn, "name")+":revoke", map[string]any{"reason": "changed her mind"})
 		o := ehr.failure(http.StatusForbidden, "GET", "Appointment/intake-"+id, nil)
 		if d := str(list(o, "issue")[0], "diagnostics"); d != "The patient's consent does not cover this disclosure." ||
 			strings.Contains(fmt.Sprint(o), lastID(fam)) {
-			t.Fatalf("intake appointment without consent: %v", o)
-		}
-		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); len(appts) != 0 {
-			t.Fatalf("appointments without consent = %v", ids(appts))
+			t.Fatalf("intake appointment after the revocation: %v", o)
 		}
 		// Left out of the search for every patient too.
 		var next = "Appointment?_count=1000"
@@ -446,12 +476,7 @@ func TestFHIR(t *testing.T) {
 			var appts []map[string]any
 			appts, next, _ = bundle(t, ehr.read(next))
 			if slices.Contains(ids(appts), "intake-"+id) {
-				t.Fatalf("the intake appointment without consent was found: %v", ids(appts))
-			}
-		}
-		for _, d := range list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures") {
-			if str(d, "information") == "INFORMATION_KIND_APPOINTMENTS" {
-				t.Fatalf("a refused disclosure was recorded: %v", d)
+				t.Fatalf("the intake appointment was found after the revocation: %v", ids(appts))
 			}
 		}
 		// Staff see it: theirs is not a disclosure.

@@ -881,9 +881,12 @@ const (
 	// Who the patient and their family are (FHIR Patient, RelatedPerson,
 	// CareTeam).
 	InformationKind_INFORMATION_KIND_IDENTITY InformationKind = 1
-	// Referrals to treatment and their status (ServiceRequest, Task).
+	// Referrals to treatment and their status (ServiceRequest, Task),
+	// including the intake appointment the receiving program booked: it is the
+	// referral's "scheduled" status, which the Task shows too (the FHIR
+	// Appointment `intake-{referral}` is another view of the same facts).
 	InformationKind_INFORMATION_KIND_REFERRALS InformationKind = 2
-	// Interventions and intake appointments (Appointment).
+	// Intervention meetings (Appointment).
 	InformationKind_INFORMATION_KIND_APPOINTMENTS InformationKind = 3
 )
 
