@@ -2,9 +2,11 @@ package stack_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/proxy"
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -33,6 +36,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
+	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
 type env struct {
@@ -391,10 +395,60 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders())
 	}
 	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return alerts() > 0 })
+	// If the overdose came before the boundary workflow ran, the workflow
+	// for overdoses no boundary answers started; after its grace it must
+	// find the boundary's alert and end without one of its own.
+	stacktest.Eventually(t, 20*time.Second, "the overdose workflow, if any, to end", func() bool {
+		d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Overdose(sign.GetName()), "")
+		var nf *serviceerror.NotFound
+		return errors.As(err, &nf) || (err == nil && d.GetWorkflowExecutionInfo().GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING)
+	})
 	time.Sleep(time.Second) // a second answer would come within the relays' next polls
 	if n := alerts(); n != 1 {
 		t.Fatalf("overdose alerts = %d, want 1", n)
 	}
+}
+
+// An overdose recorded while no boundary workflow watches the family (here
+// before any intervention) reaches the family's counselor after the grace,
+// once; a failed delivery of the alert is sent again.
+func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
+	e := start(t)
+	f, _ := e.family()
+	sign := ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
+	alerts := func() []*interventionsv1.Reminder {
+		return ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders()
+	}
+	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return len(alerts()) > 0 })
+	got := alerts()
+	a := got[0]
+	if len(got) != 1 || a.GetRecipient().GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR ||
+		a.GetRecipient().GetId() != "counselor-1" || a.GetOriginWorkflow() != ids.Overdose(sign.GetName()) ||
+		strings.Contains(strings.ToLower(a.GetMessage()), "overdose") {
+		t.Fatalf("alerts = %v", got)
+	}
+	if since := a.GetCreateTime().AsTime().Sub(sign.GetCreateTime().AsTime()); since < stacktest.Fast().OverdoseGrace {
+		t.Fatalf("alerted %v after the overdose, before the grace of %v", since, stacktest.Fast().OverdoseGrace)
+	}
+	// The automation fails to deliver it: it goes out again.
+	claimed := ok(e.iv.ClaimReminder(e.reminder, &interventionsv1.ClaimReminderRequest{Name: a.GetName(), Claimant: "w1", LeaseDuration: durationpb.New(time.Minute)}))
+	ok(e.iv.CompleteReminder(e.reminder, &interventionsv1.CompleteReminderRequest{Name: claimed.GetName(), Claimant: "w1",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED, Reason: "device offline"}))
+	stacktest.Eventually(t, 20*time.Second, "the alert sent again", func() bool { return len(alerts()) == 2 })
+
+	var res overdose.Result
+	if err := e.temporal.GetWorkflow(context.Background(), ids.Overdose(sign.GetName()), "").Get(context.Background(), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Reminder != a.GetName() || res.AnsweredBefore {
+		t.Fatalf("result = %+v", res)
+	}
+	if n := len(alerts()); n != 2 {
+		t.Fatalf("alerts = %d, want the first and its resend", n)
+	}
+	e.recordHistory(ids.Overdose(sign.GetName()), "overdose", "alerted.json")
 }
 
 // Cancelled after the hold was taken: the workflow gives the slot back,

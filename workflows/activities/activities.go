@@ -62,6 +62,10 @@ type Settings struct {
 	CheckIns []time.Duration
 	// TightenedCheckIn is the longest gap between check-ins after an overdose.
 	TightenedCheckIn time.Duration
+	// OverdoseGrace is how long an overdose recorded while no boundary
+	// workflow runs waits before the counselor is alerted: a refusal
+	// recorded at about the same time starts one, which answers it fully.
+	OverdoseGrace time.Duration
 	// CoolDown is how long after a refusal the next intervention is proposed.
 	CoolDown time.Duration
 	// ReminderRetries is how many times a reminder whose delivery failed is
@@ -83,7 +87,7 @@ func DefaultSettings() Settings {
 		IntakeReminderOffsets: []time.Duration{24 * time.Hour, 2 * time.Hour},
 		MaxNoShows:            2, ReengageWithin: 24 * time.Hour,
 		CheckIns:         []time.Duration{24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour},
-		TightenedCheckIn: 3 * 24 * time.Hour, CoolDown: 14 * 24 * time.Hour,
+		TightenedCheckIn: 3 * 24 * time.Hour, CoolDown: 14 * 24 * time.Hour, OverdoseGrace: time.Minute,
 		ReminderRetries: 3, ReminderRetryDelay: 15 * time.Minute,
 	}
 }

@@ -26,6 +26,7 @@ type settingsJSON struct {
 	CheckIns              []string `json:"checkIns"`
 	TightenedCheckIn      *string  `json:"tightenedCheckIn"`
 	CoolDown              *string  `json:"coolDown"`
+	OverdoseGrace         *string  `json:"overdoseGrace"`
 	ReminderRetries       *int     `json:"reminderRetries"`
 	ReminderRetryDelay    *string  `json:"reminderRetryDelay"`
 }
@@ -99,6 +100,7 @@ func (o settingsJSON) apply(s *Settings) error {
 		{o.OutcomeGrace, &s.OutcomeGrace}, {o.OutcomeEscalation, &s.OutcomeEscalation},
 		{o.IntakeTarget, &s.IntakeTarget}, {o.IntakeAlert, &s.IntakeAlert}, {o.ReengageWithin, &s.ReengageWithin},
 		{o.TightenedCheckIn, &s.TightenedCheckIn}, {o.CoolDown, &s.CoolDown}, {o.ReminderRetryDelay, &s.ReminderRetryDelay},
+		{o.OverdoseGrace, &s.OverdoseGrace},
 	}
 	for _, d := range durs {
 		if d.in == nil {

@@ -11,7 +11,7 @@ func TestLoadSettingsFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "settings.json")
 	if err := os.WriteFile(path, []byte(`{
 		"default": {"reminderOffsets": ["48h", "3h"], "coolDown": "21d"},
-		"clinics": {"north": {"reminderOffsets": ["24h"], "maxPrograms": 5}}}`), 0o600); err != nil {
+		"clinics": {"north": {"reminderOffsets": ["24h"], "maxPrograms": 5, "overdoseGrace": "30s"}}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	settings, err := LoadSettingsFile(path)
@@ -24,6 +24,9 @@ func TestLoadSettingsFile(t *testing.T) {
 	}
 	if len(north.ReminderOffsets) != 1 || north.ReminderOffsets[0] != 24*time.Hour || north.CoolDown != 21*24*time.Hour || north.MaxPrograms != 5 {
 		t.Fatalf("north = %+v", north)
+	}
+	if north.OverdoseGrace != 30*time.Second || south.OverdoseGrace != time.Minute {
+		t.Fatalf("overdose grace: north %v, south %v", north.OverdoseGrace, south.OverdoseGrace)
 	}
 	if settings("south").HoldLead != 72*time.Hour {
 		t.Fatal("unset fields keep Handoff's defaults")

@@ -1,7 +1,8 @@
 // Package dispatch turns the services' outbox events into Temporal calls:
 // a scheduled intervention starts its workflow; reschedules, cancellations
 // and outcomes become updates; referral transitions, overdoses, safety
-// screens and check-ins become signals. Workflow ids are derived from
+// screens and check-ins become signals, and an overdose no boundary
+// workflow hears of starts the workflow that alerts the counselor. Workflow ids are derived from
 // resource names and update ids from outbox ids, so a redelivered event
 // changes nothing twice.
 package dispatch
@@ -27,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
+	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
 // Dispatcher delivers outbox events to Temporal.
@@ -49,7 +51,7 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 		return d.referral(ctx, e, p)
 	case *familiesv1.WarningSign:
 		if e.Type == "handoff.families.v1.warning_sign.overdose" {
-			return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalOverdose, boundary.Overdose{WarningSign: p.GetName()})
+			return d.overdose(ctx, p)
 		}
 	case *interventionsv1.Reminder:
 		if e.Type == "handoff.interventions.v1.reminder.failed" && p.GetOriginWorkflow() != "" {
@@ -75,18 +77,7 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 	updateID := fmt.Sprintf("outbox-%s-%d", aip.Clinic(iv.GetName()), e.ID)
 	switch e.Type {
 	case "handoff.interventions.v1.intervention.scheduled":
-		_, err := d.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
-			ID: id, TaskQueue: flow.TaskQueue,
-			// One workflow per intervention, ever: a redelivered event must
-			// not start a second one.
-			WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
-			WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-		}, intervention.Name, intervention.Input{Intervention: iv.GetName()})
-		var started *serviceerror.WorkflowExecutionAlreadyStarted
-		if errors.As(err, &started) {
-			return nil
-		}
-		return err
+		return d.startOnce(ctx, id, intervention.Name, intervention.Input{Intervention: iv.GetName()})
 	case "handoff.interventions.v1.intervention.rescheduled":
 		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
 			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(), TimeZone: iv.GetTimeZone()})
@@ -152,17 +143,54 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 	return nil
 }
 
-// signal signals a running workflow. A workflow that is not running (for
-// example a family without a boundary workflow) needs no signal.
-func (d *Dispatcher) signal(ctx context.Context, workflowID, name string, arg any) error {
-	err := d.Client.SignalWorkflow(ctx, workflowID, "", name, arg)
-	if isNotFound(err) {
+// overdose tells the family's boundary workflow of an overdose; without one
+// running, it starts the workflow that makes sure the counselor hears of
+// it.
+func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) error {
+	family := familyOf(w.GetName())
+	running, err := d.signalRunning(ctx, ids.Boundary(family), boundary.SignalOverdose, boundary.Overdose{WarningSign: w.GetName()})
+	if err != nil || running {
+		return err
+	}
+	return d.startOnce(ctx, ids.Overdose(w.GetName()), overdose.Name, overdose.Input{
+		Family: family, WarningSign: w.GetName(), Recorded: w.GetCreateTime().AsTime()})
+}
+
+// startOnce starts a workflow whose id names what it is for. One per id,
+// ever: a redelivered event must not start a second one.
+func (d *Dispatcher) startOnce(ctx context.Context, workflowID, name string, arg any) error {
+	_, err := d.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+		ID: workflowID, TaskQueue: flow.TaskQueue,
+		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
+		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
+	}, name, arg)
+	var started *serviceerror.WorkflowExecutionAlreadyStarted
+	if errors.As(err, &started) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("dispatch: signal %s to %s: %w", name, workflowID, err)
+		return fmt.Errorf("dispatch: start %s: %w", workflowID, err)
 	}
 	return nil
+}
+
+// signal signals a running workflow. A workflow that is not running (for
+// example a family without a boundary workflow) needs no signal.
+func (d *Dispatcher) signal(ctx context.Context, workflowID, name string, arg any) error {
+	_, err := d.signalRunning(ctx, workflowID, name, arg)
+	return err
+}
+
+// signalRunning signals a workflow and reports whether it was running.
+func (d *Dispatcher) signalRunning(ctx context.Context, workflowID, name string, arg any) (bool, error) {
+	err := d.Client.SignalWorkflow(ctx, workflowID, "", name, arg)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("dispatch: signal %s to %s: %w", name, workflowID, err)
+	}
+	return true, nil
 }
 
 func isNotFound(err error) bool {

@@ -14,3 +14,7 @@ func MATIntake(intervention string) string { return "mat-intake/" + intervention
 // There is one per family at a time: an overdose recorded for the family
 // reaches it without knowing which intervention started it.
 func Boundary(family string) string { return "boundary/" + family }
+
+// Overdose is the id of the workflow that alerts the counselor to an
+// overdose no boundary workflow answered: one per warning sign.
+func Overdose(warningSign string) string { return "overdose/" + warningSign }

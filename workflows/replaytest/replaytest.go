@@ -13,6 +13,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
+	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
 // Run replays every testdata/*.json history in the calling package's folder.
@@ -34,6 +35,7 @@ func Run(t *testing.T) {
 			r.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
 			r.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
 			r.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
+			r.RegisterWorkflowWithOptions(overdose.Workflow, workflow.RegisterOptions{Name: overdose.Name})
 			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, f); err != nil {
 				t.Fatalf("replay %s: %v", f, err)
 			}

@@ -11,6 +11,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
+	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
 // Register registers every workflow under its stable name, and acts'
@@ -19,6 +20,7 @@ func Register(r worker.Registry, acts *activities.Activities) {
 	r.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
 	r.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
 	r.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
+	r.RegisterWorkflowWithOptions(overdose.Workflow, workflow.RegisterOptions{Name: overdose.Name})
 	r.RegisterActivityWithOptions(acts, activity.RegisterOptions{})
 }
 

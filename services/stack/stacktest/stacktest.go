@@ -40,6 +40,7 @@ func Fast() activities.Settings {
 	s.IntakeReminderOffsets = []time.Duration{time.Second}
 	s.CheckIns = []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}
 	s.CoolDown = 2500 * time.Millisecond
+	s.OverdoseGrace = 3 * time.Second
 	s.ReminderRetryDelay = time.Second
 	return s
 }

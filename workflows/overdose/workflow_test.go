@@ -1,0 +1,155 @@
+package overdose_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/overdose"
+)
+
+const (
+	family = "clinics/north/families/f1"
+	sign   = family + "/warningSigns/w1"
+)
+
+type harness struct {
+	env       *testsuite.TestWorkflowEnvironment
+	asked     []activities.OverdosesRequest
+	askedAt   []time.Time
+	open      []string
+	reminders []activities.ReminderRequest
+	resends   []activities.ResendRequest
+	familyErr error
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflowWithOptions(overdose.Workflow, workflow.RegisterOptions{Name: overdose.Name})
+	env.RegisterActivity(&activities.Activities{})
+	h := &harness{env: env, open: []string{sign}}
+	settings := activities.DefaultSettings()
+	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(settings, nil)
+	env.OnActivity(flow.A.OverdosesSince, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.OverdosesRequest) ([]string, error) {
+			h.asked, h.askedAt = append(h.asked, in), append(h.askedAt, env.Now())
+			return h.open, h.familyErr
+		})
+	env.OnActivity(flow.A.FamilySafety, mock.Anything, family).Return(
+		func(context.Context, string) (activities.Safety, error) {
+			return activities.Safety{Counselor: activities.Person{Kind: "counselor", ID: "counselor-2"}}, nil
+		})
+	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ResendRequest) (string, error) {
+			h.resends = append(h.resends, r)
+			return "clinics/north/reminders/r2", nil
+		})
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			h.reminders = append(h.reminders, r)
+			return "clinics/north/reminders/r1", nil
+		})
+	return h
+}
+
+func (h *harness) run(t *testing.T, recorded time.Time) overdose.Result {
+	t.Helper()
+	h.env.ExecuteWorkflow(overdose.Name, overdose.Input{Family: family, WarningSign: sign, Recorded: recorded})
+	if !h.env.IsWorkflowCompleted() {
+		t.Fatal("workflow did not complete")
+	}
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error: %v", err)
+	}
+	var res overdose.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// An unanswered overdose reaches the family's counselor of now after the
+// grace, naming the warning sign and saying nothing of what happened.
+func TestAlertsTheCounselorAfterTheGrace(t *testing.T) {
+	h := newHarness(t)
+	start := h.env.Now()
+	recorded := start.Add(-time.Second)
+	res := h.run(t, recorded)
+	if res.Reminder != "clinics/north/reminders/r1" || res.AnsweredBefore {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.asked) != 1 || h.asked[0].Family != family || !h.asked[0].Since.Equal(recorded) {
+		t.Fatalf("asked for overdoses %+v", h.asked)
+	}
+	if waited := h.askedAt[0].Sub(start); waited < activities.DefaultSettings().OverdoseGrace {
+		t.Fatalf("checked after %v, before the grace of %v", waited, activities.DefaultSettings().OverdoseGrace)
+	}
+	if len(h.reminders) != 1 {
+		t.Fatalf("reminders = %+v", h.reminders)
+	}
+	r := h.reminders[0]
+	if r.Kind != "OVERDOSE_ALERT" || r.Related != sign || r.To.ID != "counselor-2" || r.Clinic != "north" ||
+		r.Origin == "" || r.RequestID == "" || strings.Contains(strings.ToLower(r.Message), "overdose") {
+		t.Fatalf("alert = %+v", r)
+	}
+	if len(h.resends) != 0 {
+		t.Fatalf("resent without a failure: %+v", h.resends)
+	}
+}
+
+// A failed delivery of the alert is sent again after the retry delay; the
+// workflow listens for failures long enough and then ends.
+func TestFailedAlertIsSentAgain(t *testing.T) {
+	h := newHarness(t)
+	settings := activities.DefaultSettings()
+	start := h.env.Now()
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r1"})
+	}, settings.OverdoseGrace+time.Minute)
+	res := h.run(t, start)
+	if res.Reminder != "clinics/north/reminders/r1" {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.resends) != 1 || h.resends[0].Failed != "clinics/north/reminders/r1" || h.resends[0].RequestID == "" {
+		t.Fatalf("resends = %+v", h.resends)
+	}
+	if took := h.env.Now().Sub(start); took < settings.OverdoseGrace+overdose.Listen(settings) {
+		t.Fatalf("the workflow ended after %v, before listening %v", took, overdose.Listen(settings))
+	}
+}
+
+// An overdose another workflow answered in the grace (the boundary
+// workflow a refusal started) gets no second alert.
+func TestAnsweredMeanwhileSendsNothing(t *testing.T) {
+	h := newHarness(t)
+	h.open = []string{family + "/warningSigns/w2"} // a later one, not this
+	if res := h.run(t, h.env.Now()); !res.AnsweredBefore || res.Reminder != "" {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.reminders) != 0 {
+		t.Fatalf("reminders = %+v", h.reminders)
+	}
+}
+
+// A family deleted meanwhile has no one to alert: the workflow ends
+// quietly instead of failing.
+func TestDeletedFamilyEndsQuietly(t *testing.T) {
+	h := newHarness(t)
+	h.familyErr = temporal.NewNonRetryableApplicationError("list warning signs: not found", "RESOURCE_NOT_FOUND", nil)
+	if res := h.run(t, h.env.Now()); res != (overdose.Result{}) {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.reminders) != 0 {
+		t.Fatalf("reminders = %+v", h.reminders)
+	}
+}
