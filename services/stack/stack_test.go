@@ -411,9 +411,11 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 
 // An overdose recorded while no boundary workflow watches the family (here
 // before any intervention) reaches the family's counselor after the grace,
-// once; a failed delivery of the alert is sent again.
+// once, and refers the loved one to harm reduction at once; a failed
+// delivery of the alert is sent again.
 func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	e := start(t)
+	e.directory()
 	f, _ := e.family()
 	sign := ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
 		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
@@ -444,6 +446,13 @@ func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	}
 	if res.Reminder != a.GetName() || res.AnsweredBefore {
 		t.Fatalf("result = %+v", res)
+	}
+	// Harm reduction now: the loved one is referred at once.
+	hr := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("family = %q AND service_kind = HARM_REDUCTION_NALOXONE", f.GetName())})).GetReferrals()
+	if len(hr) != 1 || hr[0].GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE || hr[0].GetName() != res.Referrals[0] ||
+		hr[0].GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
+		t.Fatalf("harm reduction referrals = %v (workflow made %v)", hr, res.Referrals)
 	}
 	if n := len(alerts()); n != 2 {
 		t.Fatalf("alerts = %d, want the first and its resend", n)

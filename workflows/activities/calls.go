@@ -486,7 +486,9 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 func supportReason(k referralsv1.ServiceKind) string {
 	switch k {
 	case referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_SYRINGE_SERVICES:
-		return "Harm reduction offered while treatment is declined."
+		// Also after an overdose while in treatment, or before any
+		// intervention: not only on a refusal.
+		return "Harm reduction offered."
 	default:
 		return "Support for the family while their loved one is not in treatment."
 	}

@@ -1,9 +1,10 @@
 // Package overdose is the workflow that alerts a family's counselor to an
 // overdose recorded while no boundary workflow watches the family: before
 // any intervention, while one is being planned, or after the loved one said
-// yes. The boundary workflow answers the overdoses it hears of itself, with
-// harm reduction and closer check-ins as well; this one only makes sure the
-// counselor hears of every other one, whoever recorded it.
+// yes. The boundary workflow answers the overdoses it hears of itself, and
+// brings its check-ins closer too; this one answers every other one, whoever
+// recorded it: the counselor is alerted and the loved one referred to harm
+// reduction.
 package overdose
 
 import (
@@ -37,16 +38,17 @@ type Input struct {
 }
 
 // Result says how the overdose was answered: Reminder is the alert this
-// workflow created, empty when another answer came first (AnsweredBefore)
-// or the family is gone.
+// workflow created and Referrals the harm-reduction referrals, both empty
+// when another answer came first (AnsweredBefore) or the family is gone.
 type Result struct {
 	Reminder       string
+	Referrals      []string
 	AnsweredBefore bool
 }
 
-// Workflow waits the clinic's OverdoseGrace, then alerts the counselor unless
-// the overdose was answered meanwhile, and sends the alert again if its
-// delivery fails. The wait is for the boundary workflow
+// Workflow waits the clinic's OverdoseGrace, then, unless the overdose was
+// answered meanwhile, alerts the counselor (again if the alert's delivery
+// fails) and refers the loved one to harm reduction. The wait is for the boundary workflow
 // a refusal is about to start: its outbox event and the overdose's come
 // from different services and may arrive in either order, and the boundary
 // workflow answers overdoses recorded since the meeting began when it
@@ -79,6 +81,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// The counselor of now: the family may have changed hands.
 	var safety activities.Safety
+	var referrals []string
 	err = flow.Call(ctx, &safety, flow.A.FamilySafety, family)
 	if gone(err) {
 		return Result{}, nil
@@ -86,9 +89,23 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// The alert first: it is what tells a boundary workflow starting now
+	// that this overdose was answered.
 	name, err := flow.RemindAt(ctx, clinic, safety.Counselor, "OVERDOSE_ALERT", in.WarningSign, Alert, "overdose-alert", workflow.Now(ctx))
-	if err != nil || name == "" {
-		return Result{Reminder: name}, err
+	if err != nil {
+		return Result{}, err
+	}
+	// Harm reduction now (DOMAIN.md): the loved one is referred at once to
+	// the best-matched naloxone and syringe services programs, if any.
+	if err := flow.Call(ctx, &referrals, flow.A.CreateSupportReferrals, activities.SupportRequest{
+		Family: family, Kinds: []string{"HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"}, Urgency: "IMMEDIATE",
+		RequestID: flow.RequestID(ctx, "harm-reduction"),
+	}); err != nil {
+		return Result{}, err
+	}
+	res := Result{Reminder: name, Referrals: referrals}
+	if name == "" {
+		return res, nil
 	}
 	// An alert whose delivery fails goes out again under the clinic's
 	// policy for failed reminders, as the other workflows' do; the workflow
@@ -99,7 +116,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			return Result{}, err
 		}
 	}
-	return Result{Reminder: name}, nil
+	return res, nil
 }
 
 // Listen is how long the workflow waits for the alert's delivery failures:

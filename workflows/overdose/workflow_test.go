@@ -28,6 +28,8 @@ type harness struct {
 	open      []string
 	reminders []activities.ReminderRequest
 	resends   []activities.ResendRequest
+	support   []activities.SupportRequest
+	calls     []string // activities in the order they ran
 	familyErr error
 }
 
@@ -49,6 +51,11 @@ func newHarness(t *testing.T) *harness {
 		func(context.Context, string) (activities.Safety, error) {
 			return activities.Safety{Counselor: activities.Person{Kind: "counselor", ID: "counselor-2"}}, nil
 		})
+	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.SupportRequest) ([]string, error) {
+			h.support, h.calls = append(h.support, r), append(h.calls, "support")
+			return []string{"clinics/north/referrals/naloxone"}, nil
+		})
 	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ResendRequest) (string, error) {
 			h.resends = append(h.resends, r)
@@ -56,7 +63,7 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
-			h.reminders = append(h.reminders, r)
+			h.reminders, h.calls = append(h.reminders, r), append(h.calls, "remind")
 			return "clinics/north/reminders/r1", nil
 		})
 	return h
@@ -85,8 +92,18 @@ func TestAlertsTheCounselorAfterTheGrace(t *testing.T) {
 	start := h.env.Now()
 	recorded := start.Add(-time.Second)
 	res := h.run(t, recorded)
-	if res.Reminder != "clinics/north/reminders/r1" || res.AnsweredBefore {
+	if res.Reminder != "clinics/north/reminders/r1" || res.AnsweredBefore ||
+		strings.Join(res.Referrals, ",") != "clinics/north/referrals/naloxone" {
 		t.Fatalf("result = %+v", res)
+	}
+	// The alert goes first: it is what a boundary workflow starting now
+	// reads as "answered".
+	if strings.Join(h.calls, ",") != "remind,support" {
+		t.Fatalf("calls = %v", h.calls)
+	}
+	if len(h.support) != 1 || h.support[0].Family != family || h.support[0].Urgency != "IMMEDIATE" || h.support[0].Member != "" ||
+		strings.Join(h.support[0].Kinds, ",") != "HARM_REDUCTION_NALOXONE,HARM_REDUCTION_SYRINGE_SERVICES" || h.support[0].RequestID == "" {
+		t.Fatalf("harm reduction = %+v", h.support)
 	}
 	if len(h.asked) != 1 || h.asked[0].Family != family || !h.asked[0].Since.Equal(recorded) {
 		t.Fatalf("asked for overdoses %+v", h.asked)
@@ -136,7 +153,7 @@ func TestAnsweredMeanwhileSendsNothing(t *testing.T) {
 	if res := h.run(t, h.env.Now()); !res.AnsweredBefore || res.Reminder != "" {
 		t.Fatalf("result = %+v", res)
 	}
-	if len(h.reminders) != 0 {
+	if len(h.reminders) != 0 || len(h.support) != 0 {
 		t.Fatalf("reminders = %+v", h.reminders)
 	}
 }
@@ -146,7 +163,7 @@ func TestAnsweredMeanwhileSendsNothing(t *testing.T) {
 func TestDeletedFamilyEndsQuietly(t *testing.T) {
 	h := newHarness(t)
 	h.familyErr = temporal.NewNonRetryableApplicationError("list warning signs: not found", "RESOURCE_NOT_FOUND", nil)
-	if res := h.run(t, h.env.Now()); res != (overdose.Result{}) {
+	if res := h.run(t, h.env.Now()); res.Reminder != "" || res.AnsweredBefore || len(res.Referrals) != 0 {
 		t.Fatalf("result = %+v", res)
 	}
 	if len(h.reminders) != 0 {

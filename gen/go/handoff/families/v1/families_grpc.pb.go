@@ -98,9 +98,9 @@ type FamiliesServiceClient interface {
 	// Marks a barrier as overcome. Resolving twice is FAILED_PRECONDITION.
 	ResolveBarrier(ctx context.Context, in *ResolveBarrierRequest, opts ...grpc.CallOption) (*Barrier, error)
 	// Records a warning sign. Warning signs are append-only. Recording an
-	// overdose marks the family urgent and alerts the family's counselor (the
-	// boundary workflow after a refusal also refers to harm reduction and
-	// brings check-ins closer).
+	// overdose marks the family urgent, alerts the family's counselor and
+	// refers the loved one to harm reduction (after a refusal, the boundary
+	// workflow also brings its check-ins closer).
 	CreateWarningSign(ctx context.Context, in *CreateWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
 	// Returns one warning sign.
 	GetWarningSign(ctx context.Context, in *GetWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
@@ -541,9 +541,9 @@ type FamiliesServiceServer interface {
 	// Marks a barrier as overcome. Resolving twice is FAILED_PRECONDITION.
 	ResolveBarrier(context.Context, *ResolveBarrierRequest) (*Barrier, error)
 	// Records a warning sign. Warning signs are append-only. Recording an
-	// overdose marks the family urgent and alerts the family's counselor (the
-	// boundary workflow after a refusal also refers to harm reduction and
-	// brings check-ins closer).
+	// overdose marks the family urgent, alerts the family's counselor and
+	// refers the loved one to harm reduction (after a refusal, the boundary
+	// workflow also brings its check-ins closer).
 	CreateWarningSign(context.Context, *CreateWarningSignRequest) (*WarningSign, error)
 	// Returns one warning sign.
 	GetWarningSign(context.Context, *GetWarningSignRequest) (*WarningSign, error)
