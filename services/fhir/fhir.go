@@ -158,8 +158,8 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			s.fail(w, http.StatusForbidden, "forbidden", "the FHIR interface needs a token for one clinic")
 			return
 		}
-		// The principal too: what the caller receives is disclosed to it
-		// (see intakeInformation).
+		// The principal too: the services check and record what the caller
+		// receives as disclosed to it.
 		ctx := auth.WithToken(auth.WithPrincipal(r.Context(), p), token)
 		next(ctx, w, r, caller{clinic: p.Clinic, base: s.baseURL(r)})
 	}

@@ -312,3 +312,31 @@ func TestAppointmentStatesOnlyAKnownLevel(t *testing.T) {
 		t.Fatalf("with level 3: %q", d)
 	}
 }
+
+// A consent's classes follow what each kind discloses: referrals include
+// their intake appointments, so a referrals consent lists Appointment; a
+// type shared by two kinds is listed once.
+func TestConsentClasses(t *testing.T) {
+	classes := func(kinds ...familiesv1.InformationKind) string {
+		c := consent(&familiesv1.Consent{Name: "clinics/north/families/f1/consents/c1", Information: kinds,
+			Recipients: []string{"ehr"}, State: familiesv1.ConsentState_CONSENT_STATE_ACTIVE})
+		var got []string
+		for _, cl := range c["provision"].(obj)["class"].([]any) {
+			got = append(got, cl.(obj)["code"].(string))
+		}
+		return strings.Join(got, ",")
+	}
+	for _, c := range []struct {
+		kinds []familiesv1.InformationKind
+		want  string
+	}{
+		{[]familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS}, "ServiceRequest,Task,Appointment"},
+		{[]familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS}, "Appointment"},
+		{[]familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS},
+			"ServiceRequest,Task,Appointment"},
+	} {
+		if got := classes(c.kinds...); got != c.want {
+			t.Errorf("classes of %v = %s, want %s", c.kinds, got, c.want)
+		}
+	}
+}

@@ -546,10 +546,12 @@ var purposeCodes = map[familiesv1.Purpose][2]string{
 }
 
 // informationTypes are the FHIR resource types each kind of information
-// covers.
+// covers. Referrals include their intake appointments (Appointment
+// intake-{referral}); appointments are the intervention meetings. A class
+// names a type only, so a consent with either kind lists Appointment.
 var informationTypes = map[familiesv1.InformationKind][]string{
 	familiesv1.InformationKind_INFORMATION_KIND_IDENTITY:     {"Patient", "RelatedPerson", "CareTeam"},
-	familiesv1.InformationKind_INFORMATION_KIND_REFERRALS:    {"ServiceRequest", "Task"},
+	familiesv1.InformationKind_INFORMATION_KIND_REFERRALS:    {"ServiceRequest", "Task", "Appointment"},
 	familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS: {"Appointment"},
 }
 
@@ -584,9 +586,13 @@ func consent(c *familiesv1.Consent) obj {
 		}
 	}
 	var classes []any
+	listed := map[string]bool{}
 	for _, k := range c.GetInformation() {
 		for _, t := range informationTypes[k] {
-			classes = append(classes, coding(sysResourceTypes, t, ""))
+			if !listed[t] {
+				listed[t] = true
+				classes = append(classes, coding(sysResourceTypes, t, ""))
+			}
 		}
 	}
 	period := obj{}

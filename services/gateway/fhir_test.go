@@ -479,6 +479,17 @@ func TestFHIR(t *testing.T) {
 				t.Fatalf("the intake appointment was found after the revocation: %v", ids(appts))
 			}
 		}
+		// A consent to intervention meetings alone does not cover it: it is
+		// the referral's.
+		w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
+			"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
+			"information": []string{"INFORMATION_KIND_IDENTITY", "INFORMATION_KIND_APPOINTMENTS"},
+			"expireTime":  now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
+			"signer": "Lou", "revocationRightStated": true})
+		ehr.failure(http.StatusForbidden, "GET", "Appointment/intake-"+id, nil)
+		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); slices.Contains(ids(appts), "intake-"+id) {
+			t.Fatalf("the intake appointment under an appointments consent: %v", ids(appts))
+		}
 		// Staff see it: theirs is not a disclosure.
 		counselorFHIR := fhirClient{client: w.counselor, parser: parser}
 		if a := counselorFHIR.read("Appointment/intake-" + id); str(a, "status") != "booked" {

@@ -411,8 +411,8 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 
 // An overdose recorded while no boundary workflow watches the family (here
 // before any intervention) reaches the family's counselor after the grace,
-// once, and refers the loved one to harm reduction at once; a failed
-// delivery of the alert is sent again.
+// once, and refers the loved one to harm reduction; a failed delivery of
+// the alert is sent again.
 func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	e := start(t)
 	e.directory()
@@ -447,11 +447,12 @@ func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	if res.Reminder != a.GetName() || res.AnsweredBefore {
 		t.Fatalf("result = %+v", res)
 	}
-	// Harm reduction now: the loved one is referred at once.
+	// Harm reduction now: with the alert, the loved one is referred with
+	// immediate urgency.
 	hr := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
 		Filter: fmt.Sprintf("family = %q AND service_kind = HARM_REDUCTION_NALOXONE", f.GetName())})).GetReferrals()
-	if len(hr) != 1 || hr[0].GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE || hr[0].GetName() != res.Referrals[0] ||
-		hr[0].GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
+	if len(hr) != 1 || len(res.Referrals) == 0 || hr[0].GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE || hr[0].GetName() != res.Referrals[0] ||
+		hr[0].GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE || hr[0].GetReason() != overdose.HarmReductionReason {
 		t.Fatalf("harm reduction referrals = %v (workflow made %v)", hr, res.Referrals)
 	}
 	if n := len(alerts()); n != 2 {

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -473,7 +474,7 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		ref, err := a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
 			RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
 				Family: in.Family, Subject: subject, ServiceKind: kind, Program: matches.GetMatches()[0].GetProgram().GetName(),
-				Urgency: urgency, Intervention: in.Intervention, Reason: supportReason(kind)}})
+				Urgency: urgency, Intervention: in.Intervention, Reason: cmp.Or(in.Reason, supportReason(kind))}})
 		if err != nil {
 			return nil, wrap("create referral", err)
 		}
@@ -486,9 +487,7 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 func supportReason(k referralsv1.ServiceKind) string {
 	switch k {
 	case referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_SYRINGE_SERVICES:
-		// Also after an overdose while in treatment, or before any
-		// intervention: not only on a refusal.
-		return "Harm reduction offered."
+		return "Harm reduction offered while treatment is declined."
 	default:
 		return "Support for the family while their loved one is not in treatment."
 	}

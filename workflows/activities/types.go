@@ -126,6 +126,10 @@ type SupportRequest struct {
 	Kinds     []string // ServiceKinds without their prefix
 	Urgency   string   // IMMEDIATE, URGENT or ROUTINE
 	RequestID string
+	// Reason, if set, is every referral's reason; empty gives each kind
+	// the boundary path's wording. A retry across a deploy sends the same
+	// request, so the wording of a request id must never change.
+	Reason string
 }
 
 // Safety is what the boundary workflow needs about a family.

@@ -15,7 +15,9 @@ import (
 
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // Name is the workflow type's registered name.
@@ -25,6 +27,9 @@ const Name = "OverdoseAlert"
 // it says nothing of what happened: a reminder may go out by SMS or email,
 // and the warning sign it names tells the counselor in the app.
 const Alert = "Urgent: please contact the family today."
+
+// HarmReductionReason is the reason its harm-reduction referrals give.
+const HarmReductionReason = "Harm reduction offered."
 
 // Input starts the workflow.
 type Input struct {
@@ -39,21 +44,28 @@ type Input struct {
 
 // Result says how the overdose was answered: Reminder is the alert this
 // workflow created and Referrals the harm-reduction referrals, both empty
-// when another answer came first (AnsweredBefore) or the family is gone.
+// when the family's boundary workflow took the overdose over
+// (HandedToBoundary), another answer came first (AnsweredBefore) or the
+// family is gone.
 type Result struct {
-	Reminder       string
-	Referrals      []string
-	AnsweredBefore bool
+	Reminder         string
+	Referrals        []string
+	HandedToBoundary bool
+	AnsweredBefore   bool
 }
 
-// Workflow waits the clinic's OverdoseGrace, then, unless the overdose was
-// answered meanwhile, alerts the counselor (again if the alert's delivery
-// fails) and refers the loved one to harm reduction. The wait is for the boundary workflow
-// a refusal is about to start: its outbox event and the overdose's come
-// from different services and may arrive in either order, and the boundary
-// workflow answers overdoses recorded since the meeting began when it
-// starts. Waiting lets it answer fully, and this workflow then sees its
-// alert and stays silent.
+// Workflow waits the clinic's OverdoseGrace and then hands the overdose to
+// the family's boundary workflow if one runs by then; otherwise, unless the
+// overdose was answered meanwhile, it alerts the counselor (again if the
+// alert's delivery fails) and refers the loved one to harm reduction.
+//
+// The wait is for the boundary workflow a refusal is about to start: its
+// outbox event and the overdose's come from different services and may
+// arrive in either order. One answer comes from one place: a running
+// boundary workflow answers each warning sign once, whether it read it at
+// its start (overdoses since the meeting began) or is told now. Only a
+// boundary workflow starting in the instant between the handover failing
+// and the alert being created could answer it a second time.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.WithActivityOptions(ctx)
 	family, clinic := in.Family, aip.Clinic(in.Family)
@@ -66,10 +78,19 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			return Result{}, err
 		}
 	}
+	// A boundary workflow running now answers it fully (harm reduction,
+	// closer check-ins) and knows whether it already did. Signalling one
+	// that is not running fails, and then the answer is this workflow's.
+	err := workflow.SignalExternalWorkflow(ctx, ids.Boundary(family), "", boundary.SignalOverdose,
+		boundary.Overdose{WarningSign: in.WarningSign}).Get(ctx, nil)
+	if err == nil {
+		return Result{HandedToBoundary: true}, nil
+	}
+	workflow.GetLogger(ctx).Info("no boundary workflow to hand the overdose to", "error", err)
 	// Unanswered overdoses of the family recorded since this one: an
 	// overdose alert naming it, from any workflow, answers it.
 	var open []string
-	err := flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded})
+	err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded})
 	if gone(err) {
 		return Result{}, nil
 	}
@@ -95,11 +116,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	// Harm reduction now (DOMAIN.md): the loved one is referred at once to
-	// the best-matched naloxone and syringe services programs, if any.
+	// Harm reduction now (DOMAIN.md): the loved one is referred, with
+	// immediate urgency, to the best-matched naloxone and syringe services
+	// programs, if any. The reason says only what is offered: the loved
+	// one may be in treatment, or not yet asked.
 	if err := flow.Call(ctx, &referrals, flow.A.CreateSupportReferrals, activities.SupportRequest{
 		Family: family, Kinds: []string{"HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"}, Urgency: "IMMEDIATE",
-		RequestID: flow.RequestID(ctx, "harm-reduction"),
+		RequestID: flow.RequestID(ctx, "harm-reduction"), Reason: HarmReductionReason,
 	}); err != nil {
 		return Result{}, err
 	}
@@ -111,8 +134,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// policy for failed reminders, as the other workflows' do; the workflow
 	// listens for as long as those resends take.
 	if listen := Listen(settings); listen > 0 {
-		flow.RetryFailedReminders(ctx, settings, &flow.Resends{}, nil)
+		resends := &flow.Resends{}
+		flow.RetryFailedReminders(ctx, settings, resends, nil)
 		if err := workflow.Sleep(ctx, listen); err != nil {
+			return Result{}, err
+		}
+		// A resend still waiting goes out before the workflow ends.
+		if _, err := workflow.AwaitWithTimeout(ctx, listen, func() bool { return len(resends.Pending) == 0 }); err != nil {
 			return Result{}, err
 		}
 	}

@@ -2,6 +2,7 @@ package overdose_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,9 @@ import (
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
@@ -31,6 +34,10 @@ type harness struct {
 	support   []activities.SupportRequest
 	calls     []string // activities in the order they ran
 	familyErr error
+	// boundary says whether the family's boundary workflow runs; handed
+	// are the overdoses signalled to it.
+	boundary bool
+	handed   []boundary.Overdose
 }
 
 func newHarness(t *testing.T) *harness {
@@ -50,6 +57,14 @@ func newHarness(t *testing.T) *harness {
 	env.OnActivity(flow.A.FamilySafety, mock.Anything, family).Return(
 		func(context.Context, string) (activities.Safety, error) {
 			return activities.Safety{Counselor: activities.Person{Kind: "counselor", ID: "counselor-2"}}, nil
+		})
+	env.OnSignalExternalWorkflow(mock.Anything, ids.Boundary(family), "", boundary.SignalOverdose, mock.Anything).Return(
+		func(_, _, _, _ string, arg any) error {
+			if !h.boundary {
+				return errors.New("unknown external workflow execution")
+			}
+			h.handed = append(h.handed, arg.(boundary.Overdose))
+			return nil
 		})
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.SupportRequest) ([]string, error) {
@@ -102,7 +117,8 @@ func TestAlertsTheCounselorAfterTheGrace(t *testing.T) {
 		t.Fatalf("calls = %v", h.calls)
 	}
 	if len(h.support) != 1 || h.support[0].Family != family || h.support[0].Urgency != "IMMEDIATE" || h.support[0].Member != "" ||
-		strings.Join(h.support[0].Kinds, ",") != "HARM_REDUCTION_NALOXONE,HARM_REDUCTION_SYRINGE_SERVICES" || h.support[0].RequestID == "" {
+		strings.Join(h.support[0].Kinds, ",") != "HARM_REDUCTION_NALOXONE,HARM_REDUCTION_SYRINGE_SERVICES" || h.support[0].RequestID == "" ||
+		h.support[0].Reason != overdose.HarmReductionReason {
 		t.Fatalf("harm reduction = %+v", h.support)
 	}
 	if len(h.asked) != 1 || h.asked[0].Family != family || !h.asked[0].Since.Equal(recorded) {
@@ -168,5 +184,23 @@ func TestDeletedFamilyEndsQuietly(t *testing.T) {
 	}
 	if len(h.reminders) != 0 {
 		t.Fatalf("reminders = %+v", h.reminders)
+	}
+}
+
+// A boundary workflow running when the grace ends (a refusal recorded about
+// the same time) is told of the overdose and answers it; this workflow
+// then does nothing itself.
+func TestHandedToARunningBoundary(t *testing.T) {
+	h := newHarness(t)
+	h.boundary = true
+	res := h.run(t, h.env.Now())
+	if !res.HandedToBoundary || res.Reminder != "" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.handed) != 1 || h.handed[0].WarningSign != sign {
+		t.Fatalf("handed to the boundary workflow: %+v", h.handed)
+	}
+	if len(h.asked) != 0 || len(h.reminders) != 0 || len(h.support) != 0 {
+		t.Fatalf("answered it too: asked %v, reminders %v, referrals %v", h.asked, h.reminders, h.support)
 	}
 }

@@ -175,6 +175,7 @@ func fastSettings() activities.Settings {
 	s.IntakeAlert = 10 * time.Minute
 	s.CheckIns = []time.Duration{30 * time.Second, time.Minute, 2 * time.Minute}
 	s.TightenedCheckIn, s.CoolDown = 30*time.Second, 90*time.Second
+	s.OverdoseGrace = 10 * time.Second
 	return s
 }
 

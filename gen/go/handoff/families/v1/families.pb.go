@@ -886,7 +886,7 @@ const (
 	// referral's "scheduled" status, which the Task shows too (the FHIR
 	// Appointment `intake-{referral}` is another view of the same facts).
 	InformationKind_INFORMATION_KIND_REFERRALS InformationKind = 2
-	// Intervention meetings (Appointment).
+	// Intervention meetings (Appointment) and reminders.
 	InformationKind_INFORMATION_KIND_APPOINTMENTS InformationKind = 3
 )
 
