@@ -73,6 +73,16 @@ func Field(field, format string, args ...any) error {
 	return InvalidArgument(Violation{Field: field, Description: fmt.Sprintf(format, args...)})
 }
 
+// RequestIDReused says that a request id came back with another request:
+// INVALID_ARGUMENT on request_id, with ErrorInfo REQUEST_ID_REUSED so that
+// a client retrying its own request can tell it from a malformed id.
+func RequestIDReused(requestID string) error {
+	desc := fmt.Sprintf("request id %q was already used for a different request", requestID)
+	return withDetails(codes.InvalidArgument, "invalid request: request_id: "+desc,
+		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "request_id", Description: desc}}},
+		&errdetails.ErrorInfo{Reason: ReasonRequestIDReused, Domain: Domain})
+}
+
 // NotFound says that the named resource does not exist (or is not visible to
 // the caller: the two are indistinguishable on purpose).
 func NotFound(name string) error {

@@ -48,7 +48,7 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
 		if storedMethod != method || !bytes.Equal(storedHash, hash) {
-			return zero, apperr.Field("request_id", "request id %q was already used for a different request", requestID)
+			return zero, apperr.RequestIDReused(requestID)
 		}
 		out := newResp()
 		if err := proto.Unmarshal(resp, out); err != nil {

@@ -471,14 +471,31 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		if len(matches.GetMatches()) == 0 {
 			continue
 		}
-		ref, err := a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-			RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
-				Family: in.Family, Subject: subject, ServiceKind: kind, Program: matches.GetMatches()[0].GetProgram().GetName(),
-				Urgency: urgency, Intervention: in.Intervention, Reason: cmp.Or(in.Reason, supportReason(kind))}})
-		if err != nil {
-			return nil, wrap("create referral", err)
+		// The best match can change between attempts (a program fills up
+		// or frees slots), and the request id stays. When it was already
+		// used, an earlier attempt made this referral with a program that
+		// ranked first then: try the others with the same id, and the one
+		// it used answers with the stored referral.
+		var ref *referralsv1.Referral
+		for _, m := range matches.GetMatches() {
+			ref, err = a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
+				RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
+					Family: in.Family, Subject: subject, ServiceKind: kind, Program: m.GetProgram().GetName(),
+					Urgency: urgency, Intervention: in.Intervention, Reason: cmp.Or(in.Reason, supportReason(kind))}})
+			if ErrorType(wrap("", err)) != "REQUEST_ID_REUSED" {
+				break
+			}
 		}
-		names = append(names, ref.GetName())
+		switch {
+		case ErrorType(wrap("", err)) == "REQUEST_ID_REUSED":
+			// The referral exists (a request id is kept only when its call
+			// succeeded), with a program no longer among the matches: it
+			// stands, though its name is not known here.
+		case err != nil:
+			return nil, wrap("create referral", err)
+		default:
+			names = append(names, ref.GetName())
+		}
 	}
 	return names, nil
 }

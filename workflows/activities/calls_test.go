@@ -13,6 +13,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 )
 
 type convertRecorder struct {
@@ -190,4 +191,73 @@ func TestCancelRemindersForSomeOnly(t *testing.T) {
 		Reason: "x", RequestID: "r", Only: []Person{{Kind: "stranger", ID: "x"}}}); err != nil || len(f.filters) != 0 {
 		t.Fatalf("unknown kind: filters %v, %v; want none asked", f.filters, err)
 	}
+}
+
+type matchFake struct {
+	referralsv1.ReferralsServiceClient
+	ranked  []string          // programs, best first, as matched now
+	storedP string            // the program an earlier attempt used, if any
+	tried   []string          // programs CreateReferral was called with
+	ids     map[string]string // request id per program tried
+}
+
+func (f *matchFake) MatchPrograms(context.Context, *referralsv1.MatchProgramsRequest, ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	out := &referralsv1.MatchProgramsResponse{}
+	for _, p := range f.ranked {
+		out.Matches = append(out.Matches, &referralsv1.ProgramMatch{Program: &referralsv1.Program{Name: p}})
+	}
+	return out, nil
+}
+
+func (f *matchFake) CreateReferral(_ context.Context, in *referralsv1.CreateReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	p := in.GetReferral().GetProgram()
+	f.tried, f.ids[p] = append(f.tried, p), in.GetRequestId()
+	if f.storedP != "" && p != f.storedP {
+		return nil, apperr.RequestIDReused(in.GetRequestId())
+	}
+	return &referralsv1.Referral{Name: "clinics/north/referrals/at-" + lastSegment(p)}, nil
+}
+
+func lastSegment(name string) string { return name[strings.LastIndex(name, "/")+1:] }
+
+// A retried support referral whose best match changed since the attempt
+// that made it finds that referral under the same request id instead of
+// failing the workflow; one whose program is no longer matched at all is
+// taken as made.
+func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
+	p1, p2, p3 := "clinics/north/programs/p1", "clinics/north/programs/p2", "clinics/north/programs/p3"
+	for _, c := range []struct {
+		name          string
+		ranked        []string
+		stored        string
+		want, wantTry string
+	}{
+		{"first attempt", []string{p1, p2}, "", "clinics/north/referrals/at-p1", p1},
+		{"made with the second match of now", []string{p2, p1, p3}, p1, "clinics/north/referrals/at-p1", p2 + "," + p1},
+		{"made with a program no longer matched", []string{p2, p3}, p1, "", p2 + "," + p3},
+	} {
+		refs := &matchFake{ranked: c.ranked, storedP: c.stored, ids: map[string]string{}}
+		a := &Activities{Referrals: refs, Families: familyFake{}}
+		got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+			Kinds: []string{"HARM_REDUCTION_NALOXONE"}, Urgency: "IMMEDIATE", RequestID: "r"})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if strings.Join(got, ",") != c.want || strings.Join(refs.tried, ",") != c.wantTry {
+			t.Errorf("%s: referrals %v after trying %v; want %q after %q", c.name, got, refs.tried, c.want, c.wantTry)
+		}
+		var first string
+		for _, id := range refs.ids {
+			if first == "" {
+				first = id
+			}
+			if id != first {
+				t.Errorf("%s: request ids differ between programs: %v", c.name, refs.ids)
+			}
+		}
+	}
+}
+
+func (familyFake) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	return &familiesv1.ListBarriersResponse{}, nil
 }
