@@ -148,6 +148,17 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 // it.
 func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) error {
 	family := familyOf(w.GetName())
+	// A redelivered event whose first delivery started the overdose
+	// workflow belongs to it: that workflow hands the overdose to a
+	// boundary workflow or answers it, and a signal now to a boundary
+	// workflow started since would answer it a second time.
+	_, err := d.Client.DescribeWorkflowExecution(ctx, ids.Overdose(w.GetName()), "")
+	if err == nil {
+		return nil
+	}
+	if !isNotFound(err) {
+		return fmt.Errorf("dispatch: look up %s: %w", ids.Overdose(w.GetName()), err)
+	}
 	running, err := d.signalRunning(ctx, ids.Boundary(family), boundary.SignalOverdose, boundary.Overdose{WarningSign: w.GetName()})
 	if err != nil || running {
 		return err

@@ -1,0 +1,122 @@
+package dispatch_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+	"go.temporal.io/server/temporaltest"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/dispatch"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/overdose"
+)
+
+// listener stands in for the boundary and overdose workflows under their
+// registered names: it counts the overdose signals it receives and runs
+// until told to stop.
+func listener(ctx workflow.Context) (int, error) {
+	n := 0
+	if err := workflow.SetQueryHandler(ctx, "signals", func() (int, error) { return n, nil }); err != nil {
+		return 0, err
+	}
+	overdoses, stop := workflow.GetSignalChannel(ctx, boundary.SignalOverdose), workflow.GetSignalChannel(ctx, "stop")
+	for done := false; !done; {
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(overdoses, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, nil); n++ })
+		sel.AddReceive(stop, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, nil); done = true })
+		sel.Select(ctx)
+	}
+	return n, nil
+}
+
+func overdoseEvent(t *testing.T, sign string) outbox.Stored {
+	t.Helper()
+	p, err := anypb.New(&familiesv1.WarningSign{Name: sign, Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE,
+		CreateTime: timestamppb.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return outbox.Stored{ID: 1, Clinic: "north", Type: "handoff.families.v1.warning_sign.overdose", Resource: sign, Payload: p}
+}
+
+// An overdose goes to the family's boundary workflow when one runs, and
+// otherwise starts the overdose workflow, once. A redelivery after that
+// stays with the overdose workflow even if a boundary workflow started
+// since: that one would answer the overdose a second time.
+func TestOverdoseDispatch(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: boundary.Name})
+		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: overdose.Name})
+	})
+	c := ts.GetDefaultClient()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	signals := func(id string) int {
+		t.Helper()
+		v, err := c.QueryWorkflow(ctx, id, "", "signals")
+		if err != nil {
+			t.Fatalf("query %s: %v", id, err)
+		}
+		var n int
+		if err := v.Get(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	startBoundary := func(family string) {
+		t.Helper()
+		if _, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: ids.Boundary(family), TaskQueue: flow.TaskQueue}, boundary.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// No boundary workflow: the overdose workflow starts, once.
+	famA := "clinics/north/families/a"
+	signA := famA + "/warningSigns/w1"
+	for range 2 {
+		if err := d.Deliver(ctx, overdoseEvent(t, signA)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desc, err := c.DescribeWorkflowExecution(ctx, ids.Overdose(signA), "")
+	if err != nil || desc.GetWorkflowExecutionInfo().GetType().GetName() != overdose.Name {
+		t.Fatalf("overdose workflow: %v, %v", desc, err)
+	}
+	// A refusal starts a boundary workflow; the event comes again.
+	startBoundary(famA)
+	if err := d.Deliver(ctx, overdoseEvent(t, signA)); err != nil {
+		t.Fatal(err)
+	}
+	if n := signals(ids.Boundary(famA)); n != 0 {
+		t.Fatalf("the boundary workflow was told of an overdose the overdose workflow has: %d signals", n)
+	}
+
+	// A boundary workflow running: it is told, and no overdose workflow
+	// starts.
+	famB := "clinics/north/families/b"
+	signB := famB + "/warningSigns/w1"
+	startBoundary(famB)
+	if err := d.Deliver(ctx, overdoseEvent(t, signB)); err != nil {
+		t.Fatal(err)
+	}
+	if n := signals(ids.Boundary(famB)); n != 1 {
+		t.Fatalf("boundary workflow signals = %d, want 1", n)
+	}
+	if _, err := c.DescribeWorkflowExecution(ctx, ids.Overdose(signB), ""); err == nil {
+		t.Fatal("an overdose workflow started though the boundary workflow runs")
+	}
+}
