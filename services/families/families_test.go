@@ -599,6 +599,17 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/south", Family: sampleFamily()})
 			return err
 		}, codes.NotFound, ""},
+		{"a time out of range", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_JOB_LOSS,
+					OccurTime: &timestamppb.Timestamp{Seconds: -1e11}}})
+			return err
+		}, codes.InvalidArgument, "warning_sign.occur_time"},
+		{"a NUL character in a name", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+				LovedOne: &familiesv1.LovedOne{GivenName: "Sa\x00m"}, Counselor: "counselor-1"}})
+			return err
+		}, codes.InvalidArgument, "family.loved_one.given_name"},
 		{"missing family", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: "clinics/north/families/nope",
 				Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA}})

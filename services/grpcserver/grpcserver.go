@@ -322,8 +322,9 @@ func requestClinic(m proto.Message) string {
 
 // fromDatabase turns an error that is not a gRPC status into one: bad data
 // PostgreSQL refused (a NUL byte, say) is the caller's INVALID_ARGUMENT,
-// a deadlock or serialization failure is ABORTED (retry), anything else is
-// INTERNAL and logged without its details reaching the caller.
+// a deadlock or serialization failure is ABORTED (retry), the caller's own
+// cancellation or deadline is CANCELLED or DEADLINE_EXCEEDED, anything else
+// is INTERNAL and logged without its details reaching the caller.
 func (i *interceptor) fromDatabase(ctx context.Context, method string, err error) error {
 	var pg *pgconn.PgError
 	if errors.As(err, &pg) {
@@ -335,6 +336,13 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 		case pg.Code == "23503":
 			return status.Error(codes.FailedPrecondition, "a resource the request refers to was removed meanwhile")
 		}
+	}
+	// The caller gave up or ran out of time: not a fault of the service.
+	switch {
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		return status.Error(codes.Canceled, "the call was cancelled")
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return status.Error(codes.DeadlineExceeded, "the call ran out of time")
 	}
 	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
 	return apperr.Internal(err)
@@ -394,6 +402,9 @@ func (i *interceptor) allowed(method string, p auth.Principal) bool {
 }
 
 func (i *interceptor) validate(m proto.Message) error {
+	if vs := wellFormed(m.ProtoReflect()); len(vs) > 0 {
+		return vs.Err()
+	}
 	err := i.validator.Validate(m)
 	if err == nil {
 		return nil

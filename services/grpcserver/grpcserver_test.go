@@ -2,6 +2,7 @@ package grpcserver_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -76,5 +77,46 @@ func TestAuditSurvivesACallerThatHungUp(t *testing.T) {
 	}
 	if rec.dead[0] != nil {
 		t.Fatalf("the audit record was written on a dead context (%v): the committed call would go unaudited", rec.dead[0])
+	}
+}
+
+// A database call cut short by the caller's deadline is the caller's
+// DEADLINE_EXCEEDED or CANCELLED, not a fault of the service (INTERNAL).
+func TestCallerDeadlineIsNotInternal(t *testing.T) {
+	const method = "/handoff.test.Deadline/Call"
+	rec := &recorder{}
+	env := servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Deadline", HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+				in := new(emptypb.Empty)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
+					<-ctx.Done() // as pgx returns it: wrapped
+					return nil, fmt.Errorf("read family: %w", ctx.Err())
+				})
+			}}}}, struct{}{})
+	})
+	env.Server.SetAuditor(rec)
+	ctx, cancel := context.WithTimeout(env.Counselor("north"), 200*time.Millisecond)
+	defer cancel()
+	_ = env.Conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec.mu.Lock()
+		n := len(rec.events)
+		rec.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	// Which the server sees first, its own deadline or the client's
+	// cancellation when the client's deadline passed, is a race.
+	if len(rec.events) != 1 || (rec.events[0].Outcome != "DEADLINE_EXCEEDED" && rec.events[0].Outcome != "CANCELED") {
+		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELED", rec.events)
 	}
 }
