@@ -13,7 +13,12 @@ import (
 // be one of allowed or lie under one of them (`loved_one.time_zone` under
 // `loved_one`). The path "*" means every allowed field. It returns the first
 // path that is not allowed or does not exist as an error naming it.
+//
+// "name" and "etag" are passed over: they say which resource and which
+// version of it the update is for (AIP-154), never what changes, and a REST
+// PATCH without updateMask has a mask made of every field in its body.
 func ApplyMask(dst, src proto.Message, paths, allowed []string) error {
+	paths = slices.DeleteFunc(slices.Clone(paths), func(p string) bool { return p == "name" || p == "etag" })
 	if len(paths) == 0 {
 		return fmt.Errorf("update_mask must name at least one field")
 	}

@@ -1,0 +1,39 @@
+package aip
+
+import (
+	"strings"
+	"testing"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+)
+
+func TestApplyMask(t *testing.T) {
+	allowed := []string{"kind", "notes"}
+	src := &familiesv1.Barrier{Name: "clinics/north/families/f1/barriers/b9", Notes: "new", Etag: "v3"}
+	for _, c := range []struct {
+		name      string
+		paths     []string
+		wantNotes string
+		wantErr   string
+	}{
+		{"a field", []string{"notes"}, "new", ""},
+		// A REST PATCH without updateMask: the mask is the body's fields.
+		{"with the etag and name of the body", []string{"name", "notes", "etag"}, "new", ""},
+		{"only the etag", []string{"etag"}, "old", "at least one field"},
+		{"an output-only field", []string{"notes", "create_time"}, "", `"create_time" cannot be updated`},
+		{"an unknown field", []string{"colour"}, "", `"colour" cannot be updated`},
+	} {
+		dst := &familiesv1.Barrier{Name: "clinics/north/families/f1/barriers/b1", Notes: "old", Etag: "v2"}
+		err := ApplyMask(dst, src, c.paths, allowed)
+		switch {
+		case c.wantErr != "":
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("%s: error %v, want one saying %q", c.name, err, c.wantErr)
+			}
+		case err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case dst.GetNotes() != c.wantNotes || dst.GetName() != "clinics/north/families/f1/barriers/b1" || dst.GetEtag() != "v2":
+			t.Errorf("%s: got %v", c.name, dst)
+		}
+	}
+}
