@@ -156,7 +156,7 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 // checkDisclosure adds d's violations under field: a disclosure names its
 // recipient (an outside system only itself), a record of clinic, and what
 // it is, what for and how it leaves.
-func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic string, d *familiesv1.Disclosure) {
+func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, family string, d *familiesv1.Disclosure) {
 	switch p, out := outsider(ctx); {
 	case d.GetRecipient() == "":
 		vs.Add(field+".recipient", "is required")
@@ -166,6 +166,11 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic s
 	}
 	if aip.Clinic(d.GetResource()) != clinic {
 		vs.Add(field+".resource", "must be a record of clinic %q", clinic)
+	} else if fam, ok := familyOf(d.GetResource()); ok && fam != family {
+		// The family's consent answers for the family's records only;
+		// records of other services (referrals, interventions) are named
+		// by their own id, which their service checked.
+		vs.Add(field+".resource", "must be a record of the family the disclosure is recorded for")
 	}
 	if d.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
 		vs.Add(field+".information", "is required")
@@ -176,6 +181,15 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic s
 	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
 		vs.Add(field+".channel", "is required")
 	}
+}
+
+// familyOf returns the family id of a name under `clinics/{c}/families/{f}`.
+func familyOf(name string) (string, bool) {
+	parts := strings.SplitN(name, "/", 5)
+	if len(parts) < 4 || parts[0] != "clinics" || parts[2] != "families" {
+		return "", false
+	}
+	return parts[3], true
 }
 
 // discloseToCaller gates a read by an outside system (the EHR) on consent
@@ -209,7 +223,7 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	}
 	d := req.GetDisclosure()
 	var vs apperr.Violations
-	checkDisclosure(ctx, &vs, "disclosure", c.clinic, d)
+	checkDisclosure(ctx, &vs, "disclosure", c.clinic, c.family, d)
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
@@ -647,7 +661,7 @@ func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.Bat
 			vs.Add(field+".parent", "must be a family of %s", req.GetParent())
 			continue
 		}
-		checkDisclosure(ctx, &vs, field+".disclosure", clinic, r.GetDisclosure())
+		checkDisclosure(ctx, &vs, field+".disclosure", clinic, ids[1], r.GetDisclosure())
 		ps[i] = pendingOf(ids[1], r.GetDisclosure())
 	}
 	if err := vs.Err(); err != nil {

@@ -210,6 +210,12 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	foreign := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: "clinics/south/families/x", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
 	wantCode(t, disclose(ehr, foreign), codes.InvalidArgument)
+	// Nor is another family's: this consent answers for this family.
+	otherFam := f.create(t)
+	sibling := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: otherFam.GetName() + "/warningSigns/w1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+	wantCode(t, disclose(ehr, sibling), codes.InvalidArgument)
+	wantCode(t, disclose(f.ctx, sibling), codes.InvalidArgument)
 	// Staff record a referral faxed to a program under the named consent.
 	fax := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}
