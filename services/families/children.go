@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
@@ -25,6 +26,9 @@ type child struct {
 }
 
 func (c child) familyName() string { return familyName(c.clinic, c.family) }
+
+// maxBarrierNotes is Barrier.notes' max_len in the API.
+const maxBarrierNotes = 2000
 
 func parseChild(field, name, collection string) (child, error) {
 	ids, err := aip.Parse(name, "clinics", "families", collection)
@@ -257,6 +261,12 @@ func (s *Server) ResolveBarrier(ctx context.Context, req *familiesv1.ResolveBarr
 					notes += "\n"
 				}
 				notes += n
+			}
+			// The barrier's notes keep their limit, or the next update of
+			// them would be refused for what this call wrote.
+			if utf8.RuneCountInString(notes) > maxBarrierNotes {
+				return nil, apperr.Field("notes", "with the barrier's notes (%d characters) it would exceed %d characters",
+					utf8.RuneCountInString(cur.GetNotes()), maxBarrierNotes)
 			}
 			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `UPDATE barriers SET notes = $4, resolve_time = $5, update_time = $5, version = version + 1

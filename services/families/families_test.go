@@ -3,6 +3,7 @@ package families_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -512,6 +513,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	noted, err := f.client.CreateBarrier(f.ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(), Barrier: &familiesv1.Barrier{
+		Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA, Notes: strings.Repeat("n", 1500)}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	long := string(make([]byte, 3000))
 	other := f.env.Counselor("south")
 	noRole := f.env.As("north", "someone", "reminder_automation")
@@ -599,6 +605,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/south", Family: sampleFamily()})
 			return err
 		}, codes.NotFound, ""},
+		{"coverage without its kind", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Coverage = &familiesv1.Coverage{Payer: "Acme"} }))
+			return err
+		}, codes.InvalidArgument, "family.coverage.kind"},
+		{"resolving notes past their limit", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.ResolveBarrier(ctx, &familiesv1.ResolveBarrierRequest{Name: noted.GetName(), Notes: strings.Repeat("r", 600)})
+			return err
+		}, codes.InvalidArgument, "notes"},
 		{"a time out of range", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
 				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_JOB_LOSS,

@@ -365,6 +365,16 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 		return nil, apperr.Field("update_mask", "%v", err)
 	}
 	var vs apperr.Violations
+	// What a create fills in when left out cannot be cleared later.
+	if next.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_UNSPECIFIED {
+		vs.Add("intervention.level", "cannot be cleared; give a level")
+	}
+	if next.GetTimeZone() == "" {
+		vs.Add("intervention.time_zone", "cannot be cleared; give an IANA time zone")
+	}
+	if next.GetExpectedDuration() == nil {
+		vs.Add("intervention.expected_duration", "cannot be cleared; give a duration")
+	}
 	checkShape(&vs, r.clinic, next)
 	if err := vs.Err(); err != nil {
 		return nil, err

@@ -559,6 +559,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 				UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"expected_duration"}}})
 			return err
 		}, codes.InvalidArgument},
+		{"cleared level", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateIntervention(ctx, &interventionsv1.UpdateInterventionRequest{
+				Intervention: &interventionsv1.Intervention{Name: iv.GetName()},
+				UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
+			return err
+		}, codes.InvalidArgument},
+		{"cleared time zone", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateIntervention(ctx, &interventionsv1.UpdateInterventionRequest{
+				Intervention: &interventionsv1.Intervention{Name: iv.GetName()},
+				UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"time_zone"}}})
+			return err
+		}, codes.InvalidArgument},
 		{"bad filter", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "start_time >= yesterday"})
 			return err
