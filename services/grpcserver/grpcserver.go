@@ -248,11 +248,37 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	ctx = auth.WithToken(auth.WithPrincipal(ctx, p), token)
 	resp, err = handler(ctx, req)
 	if err != nil {
-		if _, ok := status.FromError(err); !ok {
-			err = i.fromDatabase(ctx, info.FullMethod, err)
+		if _, direct := err.(interface{ GRPCStatus() *status.Status }); !direct {
+			if st, ok := status.FromError(err); ok {
+				err = i.fromDependency(ctx, info.FullMethod, err, st)
+			} else {
+				err = i.fromDatabase(ctx, info.FullMethod, err)
+			}
 		}
 	}
 	return resp, err
+}
+
+// fromDependency answers for a status another service gave a call this one
+// made, which the handler wrapped rather than answered itself: its message
+// and details speak of that service (its methods, other records), so the
+// caller gets the code with a message of this call's own, and the log the
+// rest. A code that says nothing about the caller's request becomes
+// INTERNAL: this service asked wrongly.
+func (i *interceptor) fromDependency(ctx context.Context, method string, err error, st *status.Status) error {
+	i.log.WarnContext(ctx, "a call to another service failed", "method", method, "code", st.Code().String(), "error", err.Error())
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted:
+		return status.Errorf(st.Code(), "a service this call depends on did not answer (%s): retry", st.Code())
+	case codes.PermissionDenied, codes.Unauthenticated:
+		return status.Error(st.Code(), "the caller may not read what this call depends on")
+	case codes.NotFound:
+		return status.Error(codes.NotFound, "a record this call depends on was not found")
+	case codes.FailedPrecondition:
+		return status.Error(codes.FailedPrecondition, "a record this call depends on does not allow it now")
+	}
+	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
+	return apperr.Internal(err)
 }
 
 // requestResource is the resource a request names, for the audit trail.

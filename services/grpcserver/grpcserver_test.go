@@ -3,11 +3,14 @@ package grpcserver_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/handoff-health/handoff/services/audit"
@@ -118,5 +121,49 @@ func TestCallerDeadlineIsNotInternal(t *testing.T) {
 	// cancellation when the client's deadline passed, is a race.
 	if len(rec.events) != 1 || (rec.events[0].Outcome != "DEADLINE_EXCEEDED" && rec.events[0].Outcome != "CANCELED") {
 		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELED", rec.events)
+	}
+}
+
+// An error another service gave, wrapped by the handler, keeps its code
+// but not its message, which names that service's methods; a code that
+// blames the request is this service's INTERNAL.
+func TestDependencyErrorsSpeakForThisCall(t *testing.T) {
+	const method = "/handoff.test.Dep/Call"
+	var next error
+	env := servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Dep", HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+				in := new(emptypb.Empty)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(context.Context, any) (any, error) {
+					return nil, next
+				})
+			}}}}, struct{}{})
+	})
+	for _, c := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{fmt.Errorf("read family: %w", status.Error(codes.PermissionDenied, "role [ehr] may not call /handoff.families.v1.FamiliesService/GetFamily")), codes.PermissionDenied},
+		{fmt.Errorf("read family: %w", status.Error(codes.Unavailable, "connection refused to families:7101")), codes.Unavailable},
+		{fmt.Errorf("read family: %w", status.Error(codes.InvalidArgument, "name: clinics/north/families/x is malformed")), codes.Internal},
+		// The handler's own answer passes as it is.
+		{status.Error(codes.FailedPrecondition, "the referral is closed"), codes.FailedPrecondition},
+	} {
+		next = c.err
+		err := env.Conn.Invoke(env.Counselor("north"), method, &emptypb.Empty{}, &emptypb.Empty{})
+		st := status.Convert(err)
+		if st.Code() != c.want {
+			t.Errorf("%v: code %v, want %v", c.err, st.Code(), c.want)
+		}
+		if _, direct := c.err.(interface{ GRPCStatus() *status.Status }); !direct &&
+			(strings.Contains(st.Message(), "handoff.families") || strings.Contains(st.Message(), "clinics/") || strings.Contains(st.Message(), "7101")) {
+			t.Errorf("%v: the message tells of the other service: %q", c.err, st.Message())
+		}
+		if direct := c.want == codes.FailedPrecondition; direct && st.Message() != "the referral is closed" {
+			t.Errorf("the handler's own message changed: %q", st.Message())
+		}
 	}
 }
