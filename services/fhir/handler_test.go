@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -86,9 +87,18 @@ type fakeReferrals struct {
 	referral    *referralsv1.Referral
 	transitions int
 	getErr      error
+	// reads counts GetReferral calls (each a disclosure to the EHR);
+	// etags are the etags the transitions were sent.
+	reads int
+	etags []string
+	// raced, when set, is the referral another request moved it to just
+	// before this one's step: the step is refused as stale (ABORTED) and
+	// the referral becomes raced.
+	raced *referralsv1.Referral
 }
 
 func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r.reads++
 	if r.getErr != nil {
 		return nil, r.getErr
 	}
@@ -103,11 +113,16 @@ func (r *fakeReferrals) ListReferrals(context.Context, *referralsv1.ListReferral
 }
 
 func (r *fakeReferrals) transition() (*referralsv1.Referral, error) {
+	if r.raced != nil {
+		r.referral, r.raced = r.raced, nil
+		return nil, status.Error(codes.Aborted, r.referral.GetName()+" changed since it was read")
+	}
 	r.transitions++
 	return r.referral, nil
 }
 
-func (r *fakeReferrals) AcceptReferral(context.Context, *referralsv1.TransitionReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+func (r *fakeReferrals) AcceptReferral(_ context.Context, in *referralsv1.TransitionReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r.etags = append(r.etags, in.GetEtag())
 	return r.transition()
 }
 
@@ -406,5 +421,41 @@ func TestBaseURL(t *testing.T) {
 			Verifier: &auth.Verifier{}, BaseURL: bad}); err == nil {
 			t.Errorf("base URL %q accepted", bad)
 		}
+	}
+}
+
+// What the request alone decides is refused before the referral is read
+// (a read by the EHR is a disclosure).
+func TestTaskPutRefusesBeforeReading(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	body := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"accepted"}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body, "Idempotency-Key", strings.Repeat("k", 65)); a.code != http.StatusBadRequest {
+		t.Fatalf("a long Idempotency-Key: %d %s", a.code, a.raw)
+	}
+	cancel := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled"}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, cancel); a.code != http.StatusUnprocessableEntity {
+		t.Fatalf("cancelled: %d %s", a.code, a.raw)
+	}
+	if fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+		t.Fatalf("refused PUTs read the referral %d times and moved it %d times", fx.referrals.reads, fx.referrals.transitions)
+	}
+}
+
+// Without If-Match a step is made against the version read: when an
+// identical PUT won the race, this one reads again, finds the Task as it
+// asked and answers it without a second step.
+func TestTaskPutWithoutIfMatchLosesARaceQuietly(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fx.referrals.referral.Etag = "v1"
+	won := proto.Clone(fx.referrals.referral).(*referralsv1.Referral)
+	won.State, won.Etag = referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, "v2"
+	fx.referrals.raced = won
+	a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"accepted"}`)
+	if a.code != http.StatusOK || a.body["status"] != "accepted" {
+		t.Fatalf("PUT accepted after losing a race: %d %s", a.code, a.raw)
+	}
+	if fx.referrals.transitions != 0 || strings.Join(fx.referrals.etags, ",") != "v1" || fx.referrals.reads != 2 {
+		t.Fatalf("steps %d with etags %v after %d reads; want none made, one tried against v1, two reads",
+			fx.referrals.transitions, fx.referrals.etags, fx.referrals.reads)
 	}
 }

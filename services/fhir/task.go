@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/task_go_proto"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -45,32 +48,69 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
-	cur, err := s.referral(ctx, c, id)
-	if err != nil {
+	requestID := r.Header.Get("Idempotency-Key")
+	// What the request alone decides is refused before the referral is
+	// read: a read by the EHR is recorded as a disclosure.
+	if len(requestID) > 64 {
+		s.writeErr(w, invalid("Idempotency-Key is at most 64 characters"), "Task/"+id)
+		return
+	}
+	if err := refusedStatus(t); err != nil {
 		s.writeErr(w, err, "Task/"+id)
 		return
 	}
-	ch, err := change(cur, t)
-	if err != nil {
-		s.writeErr(w, err, "Task/"+id)
-		return
-	}
-	if ch.none {
-		// Resending the current status changes nothing, but a stale
-		// If-Match still fails, as any write would.
-		if ifMatch != "" && ifMatch != cur.GetEtag() {
-			s.fail(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
+	// Without If-Match the step is made against the version just read, so
+	// that two identical PUTs racing (an EHR retrying on a timeout) cannot
+	// both move the referral: the loser reads again and finds nothing to
+	// change. A version changed by someone else between the read and the
+	// write is read again the same way.
+	for attempt := 0; ; attempt++ {
+		cur, err := s.referral(ctx, c, id)
+		if err != nil {
+			s.writeErr(w, err, "Task/"+id)
 			return
 		}
-		s.writeTask(w, cur)
+		ch, err := change(cur, t)
+		if err != nil {
+			s.writeErr(w, err, "Task/"+id)
+			return
+		}
+		if ch.none {
+			// Resending the current status changes nothing, but a stale
+			// If-Match still fails, as any write would.
+			if ifMatch != "" && ifMatch != cur.GetEtag() {
+				s.fail(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
+				return
+			}
+			s.writeTask(w, cur)
+			return
+		}
+		etag := cmp.Or(ifMatch, cur.GetEtag())
+		updated, err := s.transition(ctx, cur.GetName(), ch, etag, requestID)
+		if ifMatch == "" && status.Code(err) == codes.Aborted && attempt < 2 {
+			continue
+		}
+		if err != nil {
+			s.writeErr(w, err, "Task/"+id)
+			return
+		}
+		s.writeTask(w, updated)
 		return
 	}
-	updated, err := s.transition(ctx, cur.GetName(), ch, ifMatch, r.Header.Get("Idempotency-Key"))
-	if err != nil {
-		s.writeErr(w, err, "Task/"+id)
-		return
+}
+
+// refusedStatus refuses, from the body alone, a status the receiving
+// program never sets.
+func refusedStatus(t *task_go_proto.Task) error {
+	if taskStatusName(t.GetStatus().GetValue()) == "cancelled" {
+		// Cancelling is the requester's (the referring clinic's) move, not
+		// the EHR's: per the Gravity and BSeR closed loop the performer
+		// declines a referral by rejecting it. Refused whatever the
+		// referral's state, so the answer does not depend on it.
+		return unprocessable{msg: "the receiving program does not cancel a referral: the referring clinic does. " +
+			"To decline it, set the Task to rejected with a statusReason"}
 	}
-	s.writeTask(w, updated)
+	return nil
 }
 
 func (s *server) writeTask(w http.ResponseWriter, rf *referralsv1.Referral) {
@@ -125,13 +165,8 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
 		ch.at = timestamppb.New(time.UnixMicro(end.GetValueUs()))
 	}
-	if ch.status == "cancelled" {
-		// Cancelling is the requester's (the referring clinic's) move, not
-		// the EHR's: per the Gravity and BSeR closed loop the performer
-		// declines a referral by rejecting it. Refused whatever the
-		// referral's state, so the answer does not depend on it.
-		return ch, unprocessable{msg: "the receiving program does not cancel a referral: the referring clinic does. " +
-			"To decline it, set the Task to rejected with a statusReason"}
+	if err := refusedStatus(t); err != nil {
+		return ch, err
 	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
@@ -172,9 +207,6 @@ func (e unprocessable) Error() string { return e.msg }
 
 // transition calls the referral transition for ch.
 func (s *server) transition(ctx context.Context, name string, ch statusChange, etag, requestID string) (*referralsv1.Referral, error) {
-	if len(requestID) > 64 {
-		return nil, invalid("Idempotency-Key is at most 64 characters")
-	}
 	plain := &referralsv1.TransitionReferralRequest{Name: name, Reason: ch.reason, Etag: etag, RequestId: requestID}
 	rs := s.cfg.Referrals
 	switch ch.status {
