@@ -219,6 +219,12 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 	if len(got.GetHistory()) != 2 {
 		t.Fatalf("history = %v; a repeated request id must not add transitions", got.GetHistory())
 	}
+	// An appointment long past or beyond any booking horizon is refused.
+	for _, at := range []time.Time{f.clock.Now().AddDate(0, -1, 0), f.clock.Now().AddDate(2, 0, 0)} {
+		_, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
+			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(at)}})
+		wantCode(t, err, codes.InvalidArgument)
+	}
 	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}); err != nil {
 		t.Fatal(err)

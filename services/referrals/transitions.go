@@ -139,6 +139,13 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 	if req.GetIntakeAppointment().GetStartTime() == nil {
 		return nil, apperr.Field("intake_appointment.start_time", "is required")
 	}
+	// A program may book late an appointment that already began, but not
+	// one long past, nor one beyond any program's booking horizon.
+	now, start := s.cfg.Now(), req.GetIntakeAppointment().GetStartTime().AsTime()
+	if start.Before(now.Add(-intakeBookedLate)) || start.After(now.Add(intakeHorizon)) {
+		return nil, apperr.Field("intake_appointment.start_time", "must lie between %d days ago and %d days from now",
+			intakeBookedLate/(24*time.Hour), intakeHorizon/(24*time.Hour))
+	}
 	appt, err := protojson.Marshal(req.GetIntakeAppointment())
 	if err != nil {
 		return nil, fmt.Errorf("encode appointment: %w", err)
@@ -150,6 +157,13 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 			return err
 		}})
 }
+
+// How far back an intake appointment may be booked (a walk-in recorded the
+// next day) and how far ahead (a waiting list of months).
+const (
+	intakeBookedLate = 7 * 24 * time.Hour
+	intakeHorizon    = 366 * 24 * time.Hour
+)
 
 // clockSkew is how far in the future a reported time may lie: clocks drift.
 const clockSkew = 5 * time.Minute

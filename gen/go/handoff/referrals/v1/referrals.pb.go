@@ -1792,7 +1792,8 @@ func (x *ReferralSubject) GetMemberId() string {
 // An intake appointment at the receiving program.
 type IntakeAppointment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// When the appointment starts.
+	// When the appointment starts: from 7 days ago (booked late) to 366 days
+	// from now.
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	// Where to go, as free text, for example "120 Main Street, front desk".
 	// For telehealth, how to join.
