@@ -276,7 +276,7 @@ func TestCalendarFeedIntakeAppointments(t *testing.T) {
 	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
 	refConn := env.Also(t, referrals.Policy(), func(s *grpc.Server) {
 		referralsv1.RegisterReferralsServiceServer(s, referrals.New(pgtest.App(t, refSchema),
-			referrals.Config{Consent: &consentgate.Gate{Families: famClient}}))
+			referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient}))
 	})
 	// The calendar reader's connections carry its own token: a feed's
 	// reader has none to forward.

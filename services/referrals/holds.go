@@ -75,6 +75,12 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, p.clinic, svc+"HoldSlot", req.GetRequestId(), req, newHold); ok || err != nil {
+		return out, err
+	}
+	if err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
+		return nil, err
+	}
 	ttl := s.cfg.DefaultHoldTTL
 	if req.GetTtl() != nil {
 		ttl = req.GetTtl().AsDuration()

@@ -225,6 +225,13 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err := notFuture("referral.first_contact_time", in.GetFirstContactTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
+	// A retry answers as the first call did, whatever became of the family.
+	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral); ok || err != nil {
+		return out, err
+	}
+	if err := s.checkFamily(ctx, "referral.family", in.GetFamily(), "referral.subject.member_id", in.GetSubject().GetMemberId()); err != nil {
+		return nil, err
+	}
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			return s.insertReferral(ctx, tx, clinic, in, s.cfg.Now())

@@ -8,12 +8,17 @@ package referrals
 import (
 	"context"
 	"embed"
+	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
@@ -47,6 +52,35 @@ type Config struct {
 	// Consent checks and records the EHR's reads and write-backs of
 	// referrals with the families service (42 CFR Part 2).
 	Consent *consentgate.Gate
+	// Families is read, with the caller's token, to check that a referral
+	// or hold names a family (and member) that exists. Nil skips the check:
+	// only for benchmarks that run this service alone.
+	Families FamilyReader
+}
+
+// FamilyReader is the part of the families API the service reads.
+type FamilyReader interface {
+	GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error)
+}
+
+// checkFamily refuses, as a field violation, a family that does not exist
+// and a member who is not one of it: a hold would take a real slot, and a
+// referral would reach a program, for no one.
+func (s *Server) checkFamily(ctx context.Context, field, family, memberField, member string) error {
+	if s.cfg.Families == nil {
+		return nil
+	}
+	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if apperr.IsCode(err, codes.NotFound) {
+		return apperr.Field(field, "no such family")
+	}
+	if err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	if member != "" && !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == member }) {
+		return apperr.Field(memberField, "%q is not a member of the family", member)
+	}
+	return nil
 }
 
 // Server implements referralsv1.ReferralsServiceServer.

@@ -50,7 +50,7 @@ func setup(t testing.TB) *fixture {
 	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
 	consent := &fakeConsent{refused: map[string]bool{}}
-	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}})
+	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
 		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
@@ -344,7 +344,12 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 		"future first contact": func(r *referralsv1.Referral) {
 			r.FirstContactTime = timestamppb.New(f.clock.Now().Add(30 * 24 * time.Hour))
 		},
+		"a family that does not exist": func(r *referralsv1.Referral) { r.Family = "clinics/north/families/gone" },
+		"a member not of the family": func(r *referralsv1.Referral) {
+			r.Subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "uncle"}
+		},
 	}
+	f.consent.missing = map[string]bool{"clinics/north/families/gone": true}
 	for name, mut := range cases {
 		r := valid()
 		mut(r)
@@ -369,6 +374,14 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied)
 	_, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: -1})
 	wantCode(t, err, codes.InvalidArgument)
+	// A hold for no one would take a real slot.
+	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: "clinics/north/families/gone"})
+	wantCode(t, err, codes.InvalidArgument)
+	if got, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()}); err != nil ||
+		got.GetCapacity().GetHeldSlots() != 0 {
+		t.Fatalf("a refused hold holds a slot: %v %v", got.GetCapacity(), err)
+	}
 	var n int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM referrals`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("referrals = %d, %v: refused requests must write nothing", n, err)
@@ -431,6 +444,18 @@ type fakeConsent struct {
 	refused map[string]bool
 	covered []string
 	allowed []string
+	// missing are families that do not exist; every other one does, with
+	// the member "mom".
+	missing map[string]bool
+}
+
+func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.missing[in.GetName()] {
+		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+	}
+	return &familiesv1.Family{Name: in.GetName(), Members: []*familiesv1.Member{{Id: "mom"}}}, nil
 }
 
 func (c *fakeConsent) ListCoveredFamilies(context.Context, *familiesv1.ListCoveredFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error) {

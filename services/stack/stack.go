@@ -170,8 +170,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	if err != nil {
 		return fail(err)
 	}
-	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log,
-		Consent: &consentgate.Gate{Families: familiesv1.NewFamiliesServiceClient(famConn)}})
+	famClient := familiesv1.NewFamiliesServiceClient(famConn)
+	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log, Consent: &consentgate.Gate{Families: famClient}, Families: famClient})
 	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpcserver.Server) {
 		referralsv1.RegisterReferralsServiceServer(g, refSrv)
 	}); err != nil {

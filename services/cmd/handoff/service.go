@@ -207,7 +207,8 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return nil, err
 			}
-			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: familiesv1.NewFamiliesServiceClient(conn)}})
+			famClient := familiesv1.NewFamiliesServiceClient(conn)
+			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
 			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute); conn.Close() }, nil
