@@ -300,6 +300,17 @@ func TestGatewayContract(t *testing.T) {
 	if r := w.counselor.do("POST", "/v1/clinics/north/families", big); r.code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("2 MiB body: %d", r.code)
 	}
+	// A misspelt query parameter is refused, not dropped (which would list
+	// everything as if filtered); known ones work in either spelling.
+	if r := w.counselor.do("GET", "/v1/clinics/north/families?filtr=urgent%3Dtrue", nil); r.code != http.StatusBadRequest ||
+		!strings.Contains(string(r.raw), "filtr") {
+		t.Fatalf("unknown query parameter: %d %s", r.code, r.raw)
+	}
+	for _, q := range []string{"pageSize=1", "page_size=1&filter=urgent%3Dfalse"} {
+		if r := w.counselor.do("GET", "/v1/clinics/north/families?"+q, nil); r.code != 200 || len(list(r.body, "families")) != 1 {
+			t.Fatalf("?%s: %d %s", q, r.code, r.raw)
+		}
+	}
 	if r := w.counselor.do("GET", "/v1/clinics/south/families", nil); r.code != http.StatusNotFound {
 		t.Fatalf("another clinic: %d %s", r.code, r.raw)
 	}

@@ -95,6 +95,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		}),
 		runtime.WithIncomingHeaderMatcher(headers),
 		runtime.WithForwardResponseOption(setETag),
+		runtime.SetQueryParameterParser(&strictQuery{}),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
