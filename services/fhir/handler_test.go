@@ -459,3 +459,14 @@ func TestTaskPutWithoutIfMatchLosesARaceQuietly(t *testing.T) {
 			fx.referrals.transitions, fx.referrals.etags, fx.referrals.reads)
 	}
 }
+
+// "If-Match: *" asks for no particular version: the step goes against the
+// version read.
+func TestTaskPutIfMatchAny(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fx.referrals.referral.Etag = "v7"
+	a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"accepted"}`, "If-Match", "*")
+	if a.code != http.StatusOK || strings.Join(fx.referrals.etags, ",") != "v7" {
+		t.Fatalf("If-Match *: %d %s; etags sent %v", a.code, a.raw, fx.referrals.etags)
+	}
+}

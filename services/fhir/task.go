@@ -48,6 +48,10 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
+	if ifMatch == "*" {
+		// Any version (RFC 9110): the Task exists or the read below says not.
+		ifMatch = ""
+	}
 	requestID := r.Header.Get("Idempotency-Key")
 	// What the request alone decides is refused before the referral is
 	// read: a read by the EHR is recorded as a disclosure.

@@ -278,6 +278,9 @@ func TestGatewayContract(t *testing.T) {
 	if stale.code != http.StatusConflict || stale.body["code"] != float64(10) {
 		t.Fatalf("stale If-Match: %d %s", stale.code, stale.raw)
 	}
+	if any := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-2"}, "If-Match", "*"); any.code != 200 {
+		t.Fatalf("If-Match: *: %d %s", any.code, any.raw)
+	}
 	// A PATCH without updateMask changes the fields of its body; the etag
 	// in the body guards the version instead of counting as a change.
 	cur := w.counselor.ok("GET", "/v1/"+name, nil)

@@ -190,7 +190,9 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 		if v := md.Get("idempotency-key"); len(v) > 0 {
 			setIfEmpty(m.ProtoReflect(), "request_id", v[0])
 		}
-		if v := md.Get("if-match"); len(v) > 0 {
+		// "If-Match: *" asks only that the resource exist (RFC 9110), which
+		// every update needs anyway: no version to check.
+		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" {
 			etag := strings.Trim(strings.TrimPrefix(strings.TrimSpace(v[0]), "W/"), `"`)
 			r := m.ProtoReflect()
 			if !setIfEmpty(r, "etag", etag) {
