@@ -263,9 +263,18 @@ func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, "missing bearer token: send Authorization: Bearer <token>")
 			return
 		}
-		if _, err := v.Verify(r.Context(), strings.TrimSpace(token)); err != nil {
+		p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, err.Error())
+			return
+		}
+		if p.Clinic == auth.AnyClinic {
+			// Tokens for every clinic belong to Handoff's own parts (the
+			// worker, the webhook sender, the calendar reader), which call
+			// the services directly: from the public side such a token is
+			// a leaked one, and would read every clinic.
+			writeStatus(w, http.StatusForbidden, codes.PermissionDenied, "a token for every clinic is not accepted here: use a token for one clinic")
 			return
 		}
 		next.ServeHTTP(w, r)
