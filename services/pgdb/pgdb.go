@@ -293,3 +293,45 @@ func One[T any](rows pgx.Rows, err error, name string, scan pgx.RowToFunc[T]) (T
 	}
 	return v, nil
 }
+
+// EnsureLoginRole makes name a role the services can log in as that holds
+// AppRole's rights and nothing of the owner's: with it, code running in a
+// service cannot RESET ROLE back to the owner and lift row-level security
+// or rewrite the audit trail. With a password the role is created if
+// missing and its password set (the migrating user needs CREATEROLE);
+// without one it must exist already, as managed databases often have their
+// roles made by an administrator, and is only granted AppRole. AppRole must
+// exist: Migrate creates it.
+func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password string) error {
+	if !schemaPattern.MatchString(name) || name == AppRole {
+		return fmt.Errorf("pgdb: %q cannot be the services' login role", name)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("pgdb: acquire: %w", err)
+	}
+	defer conn.Release()
+	var self bool
+	if err := conn.QueryRow(ctx, `SELECT $1::text = current_user`, name).Scan(&self); err != nil {
+		return fmt.Errorf("pgdb: login role: %w", err)
+	}
+	if self {
+		return fmt.Errorf("pgdb: the services' login role %q must not be the owner that migrates", name)
+	}
+	if password != "" {
+		var ddl string
+		if err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)
+				THEN format('ALTER ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text)
+				ELSE format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text) END`,
+			name, password).Scan(&ddl); err != nil {
+			return fmt.Errorf("pgdb: login role: %w", err)
+		}
+		if _, err := conn.Exec(ctx, ddl); err != nil {
+			return fmt.Errorf("pgdb: create login role %s: %w", name, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `GRANT `+AppRole+` TO `+name); err != nil {
+		return fmt.Errorf("pgdb: grant %s to %s: %w", AppRole, name, err)
+	}
+	return nil
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,6 +96,28 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		"HANDOFF_FAMILIES_LISTEN="+addr["families"], "HANDOFF_INTERVENTIONS_LISTEN="+addr["interventions"], "HANDOFF_REFERRALS_LISTEN="+addr["referrals"],
 		"HANDOFF_FAMILIES_ADDRESS="+addr["families"], "HANDOFF_INTERVENTIONS_ADDRESS="+addr["interventions"], "HANDOFF_REFERRALS_ADDRESS="+addr["referrals"],
 		"HANDOFF_WORKER_TOKEN_FILE="+tokenFile, "HANDOFF_WORKFLOW_SETTINGS_FILE="+settings)
+	// Deployed as in production: the migration job, as the owner, migrates
+	// every schema and makes the services' login role; the services log in
+	// as that role, which has the application role's rights only, and do
+	// not migrate.
+	loginRole := fmt.Sprintf("handoff_restart_%d", time.Now().UnixNano()%1_000_000_000)
+	migrate := exec.Command(bin, "migrate", "--app-login-role", loginRole, "--app-login-password", "pw")
+	migrate.Env = env
+	if out, err := migrate.CombinedOutput(); err != nil {
+		t.Fatalf("migrate: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if conn, err := pgx.Connect(context.Background(), pgtest.URL()); err == nil {
+			_, _ = conn.Exec(context.Background(), `DROP ROLE IF EXISTS `+loginRole)
+			conn.Close(context.Background())
+		}
+	})
+	loginURL, err := url.Parse(pgtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	loginURL.User = url.UserPassword(loginRole, "pw")
+	env = append(env, "HANDOFF_DATABASE_URL="+loginURL.String(), "HANDOFF_MIGRATE=false")
 	logFile, _ := os.Create(filepath.Join(dir, "processes.log"))
 	defer func() {
 		if t.Failed() {
@@ -250,6 +273,16 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close(context.Background())
+	// The services connect as the login role (other tests running beside
+	// this one connect as the owner, so that side is not counted).
+	var asLogin int
+	if err := db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE usename = $1`,
+		loginRole).Scan(&asLogin); err != nil {
+		t.Fatal(err)
+	}
+	if asLogin == 0 {
+		t.Fatalf("no service is connected as %s", loginRole)
+	}
 	want := 3 * n // accepted, scheduled, completed
 	var queued int
 	deadline := time.Now().Add(20 * time.Second)

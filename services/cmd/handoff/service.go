@@ -142,6 +142,10 @@ type serviceFlags struct {
 	// secrets at rest.
 	webhookTokenFile, webhookSecretKey string
 	webhookMaxAttempts                 int
+	// migrate runs the schema's migrations at start, as the URL's user. Off
+	// when the URL names the services' own login role (see
+	// pgdb.EnsureLoginRole) and the migrate job, as the owner, migrates.
+	migrate bool
 	// log is the process's logger, for background parts.
 	log *slog.Logger
 }
@@ -289,6 +293,8 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	up := strings.ToUpper(d.name)
 	fs.StringVar(&f.listen, "listen", env("HANDOFF_"+up+"_LISTEN", d.addr), "gRPC listen address (HANDOFF_"+up+"_LISTEN)")
 	fs.StringVar(&f.familiesAddr, "families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service host:port (HANDOFF_FAMILIES_ADDRESS)")
+	fs.BoolVar(&f.migrate, "migrate", env("HANDOFF_MIGRATE", "true") != "false",
+		"migrate the schema at start as the URL's user; false when that user is the services' login role and 'handoff migrate' runs as the owner (HANDOFF_MIGRATE)")
 	if d.flags != nil {
 		d.flags(fs, &f)
 	}
@@ -318,7 +324,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
-	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations)
+	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
 	if err != nil {
 		return err
 	}
@@ -350,7 +356,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		// After Temporal, every event is offered to the webhook
 		// subscriptions; the webhooks schema is migrated here too, so the
 		// relay never waits for a service that starts later.
-		whDB, err := openSchema(ctx, f.databaseURL, webhooks.Schema, webhooks.Migrations())
+		whDB, err := openSchema(ctx, f.databaseURL, webhooks.Schema, webhooks.Migrations(), f.migrate)
 		if err != nil {
 			return err
 		}
@@ -377,10 +383,14 @@ func (f serviceFlags) dial(addr string, token grpcclient.TokenSource) (*grpc.Cli
 	return grpcclient.Dial(addr, grpcclient.Config{TLS: creds, Token: token})
 }
 
-// openSchema migrates a service's schema as the URL's user (its owner), then
-// opens it as the application role, under row-level security.
-func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Source) (*pgdb.DB, error) {
+// openSchema migrates a service's schema as the URL's user (its owner),
+// unless told not to, then opens it as the application role, under
+// row-level security.
+func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Source, migrate bool) (*pgdb.DB, error) {
 	schema = schemaPrefix() + schema
+	if !migrate {
+		return pgdb.OpenApp(ctx, dbURL, schema)
+	}
 	owner, err := pgdb.Open(ctx, dbURL, schema)
 	if err != nil {
 		return nil, err
@@ -400,11 +410,30 @@ func schemaPrefix() string { return env("HANDOFF_SCHEMA_PREFIX", "") }
 func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
 	dbURL := new(string)
-	secretVar(fs, dbURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
+	secretVar(fs, dbURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL of the schemas' owner (HANDOFF_DATABASE_URL)")
+	loginRole := fs.String("app-login-role", env("HANDOFF_APP_LOGIN_ROLE", ""),
+		"a role the services log in as, granted the application role's rights only; created if a password is given (HANDOFF_APP_LOGIN_ROLE)")
+	loginPassword := new(string)
+	secretVar(fs, loginPassword, "app-login-password", env("HANDOFF_APP_LOGIN_PASSWORD", ""), "its password (HANDOFF_APP_LOGIN_PASSWORD)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	return migrateAll(ctx, log, *dbURL)
+	if err := migrateAll(ctx, log, *dbURL); err != nil {
+		return err
+	}
+	if *loginRole == "" {
+		return nil
+	}
+	pool, err := pgdb.Open(ctx, *dbURL, schemaPrefix()+serviceDefs[0].schema)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := pgdb.EnsureLoginRole(ctx, pool, *loginRole, *loginPassword); err != nil {
+		return err
+	}
+	log.Info("services' login role ready", "role", *loginRole)
+	return nil
 }
 
 func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {

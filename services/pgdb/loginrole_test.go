@@ -1,0 +1,88 @@
+package pgdb_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// A service logging in as its own role works as the application role and
+// cannot take the owner's rights back: no RESET ROLE to lift row-level
+// security or to rewrite the audit trail.
+func TestLoginRoleHasNoOwnerRights(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	name := fmt.Sprintf("handoff_login_test_%d", time.Now().UnixNano()%1_000_000_000)
+	if err := pgdb.EnsureLoginRole(ctx, owner, name, "s3cret"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+name)
+	})
+	// Again, without a password: the role exists, and is only granted.
+	if err := pgdb.EnsureLoginRole(ctx, owner, name, ""); err != nil {
+		t.Fatalf("again: %v", err)
+	}
+	var ownerName string
+	if err := owner.QueryRow(ctx, `SELECT current_user`).Scan(&ownerName); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, ownerName, ""); err == nil {
+		t.Fatal("the owner was accepted as the services' login role")
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, "x; DROP TABLE audit_log", "p"); err == nil {
+		t.Fatal("a malformed role name was accepted")
+	}
+
+	u, err := url.Parse(pgtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(name, "s3cret")
+	db, err := pgdb.OpenApp(ctx, u.String(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Pool.Close()
+	scoped := pgdb.WithClinic(ctx, "north")
+	if _, err := db.Exec(scoped, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('north', 's', '{}', 'm', 'OK')`); err != nil {
+		t.Fatalf("the login role cannot do the application's work: %v", err)
+	}
+
+	var policy string
+	if err := owner.QueryRow(ctx, `SELECT policyname FROM pg_policies WHERE schemaname = $1 AND tablename = 'audit_log' LIMIT 1`,
+		schema).Scan(&policy); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for _, stmt := range []string{
+		`RESET ROLE`, // a no-op here: the login role has nothing more
+		`ALTER TABLE ` + schema + `.audit_log NO FORCE ROW LEVEL SECURITY`,
+		`DELETE FROM ` + schema + `.audit_log`,
+		`DROP POLICY ` + pgx.Identifier{policy}.Sanitize() + ` ON ` + schema + `.audit_log`,
+	} {
+		_, err := conn.Exec(ctx, stmt)
+		if stmt == `RESET ROLE` {
+			if err != nil {
+				t.Fatalf("%s: %v", stmt, err)
+			}
+			continue
+		}
+		if err == nil || !(strings.Contains(err.Error(), "permission denied") || strings.Contains(err.Error(), "must be owner")) {
+			t.Errorf("%s: %v, want a refusal", stmt, err)
+		}
+	}
+}
