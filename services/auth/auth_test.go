@@ -96,6 +96,57 @@ func TestJWKSRotationWithoutRestart(t *testing.T) {
 	}
 }
 
+// A key the issuer withdraws (a leaked one) stops being trusted once the
+// cached set is older than MaxAge: the set is fetched again in the
+// background, without holding up the call that noticed. While the issuer
+// is down, the last set stays in use.
+func TestJWKSWithdrawnKeyStopsCounting(t *testing.T) {
+	leaked, _ := NewIssuer("https://issuer.test", "handoff")
+	next, _ := NewIssuerWithKey("https://issuer.test", "handoff", mustKey(t))
+	var current atomic.Pointer[Issuer]
+	current.Store(leaked)
+	var down atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		current.Load().JWKSHandler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Hour, MaxAge: 20 * time.Millisecond}}
+	tok := leaked.MustMint(TokenOptions{Subject: "u", Clinic: "north"})
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	// The issuer is down past MaxAge: the token still counts.
+	down.Store(true)
+	time.Sleep(30 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		if _, err := v.Verify(context.Background(), tok); err != nil {
+			t.Fatalf("while the issuer is down: %v", err)
+		}
+		time.Sleep(1100 * time.Millisecond / 3)
+	}
+	// The issuer is back, without the leaked key.
+	current.Store(next)
+	down.Store(false)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := v.Verify(context.Background(), tok)
+		if errors.Is(err, ErrInvalidToken) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a withdrawn key is still trusted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := v.Verify(context.Background(), next.MustMint(TokenOptions{Subject: "u", Clinic: "north"})); err != nil {
+		t.Fatalf("the new key: %v", err)
+	}
+}
+
 // While the issuer is slow or down, callers whose key is known are not held
 // up by a fetch for an unknown one, and failed fetches are not repeated on
 // every request.

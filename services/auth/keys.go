@@ -45,17 +45,25 @@ func (s StaticKeys) Key(_ context.Context, kid string) (*ecdsa.PublicKey, error)
 // most once a second after a failed fetch), so keys rotate without a
 // restart. The key id comes from a token not yet verified, so a fetch never
 // holds up callers whose key is already known, and unknown ids cannot make
-// it fetch on every request.
+// it fetch on every request. A set older than MaxAge is fetched again in
+// the background, so that a key the issuer withdrew (a leaked one) stops
+// being trusted; while the issuer cannot be reached the last set stays in
+// use, or no one could sign in meanwhile.
 type JWKS struct {
 	URL        string
 	Client     *http.Client
 	MinRefresh time.Duration
+	// MaxAge is how long a fetched set is trusted before it is fetched
+	// again (default 10 minutes).
+	MaxAge time.Duration
 
-	fetchMu sync.Mutex // one fetch at a time
-	mu      sync.Mutex // guards what follows
-	keys    StaticKeys
-	tried   time.Time // the last fetch, successful or not
-	failed  bool
+	fetchMu    sync.Mutex // one fetch at a time
+	mu         sync.Mutex // guards what follows
+	keys       StaticKeys
+	tried      time.Time // the last fetch, successful or not
+	fetched    time.Time // the last successful fetch
+	failed     bool
+	refreshing bool
 }
 
 // Key implements KeySource.
@@ -75,6 +83,26 @@ func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 		}
 		return nil, fmt.Errorf("unknown key id")
 	}
+	// Not on the caller's context alone: a caller that gives up must not
+	// fail the fetch for everyone and start the back-off.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+	defer cancel()
+	keys, err := j.fetch(fctx)
+	if err != nil {
+		return nil, err
+	}
+	if k, ok := keys[kid]; ok {
+		return k, nil
+	}
+	return nil, fmt.Errorf("unknown key id")
+}
+
+// fetchTimeout bounds one fetch of the key set.
+const fetchTimeout = 5 * time.Second
+
+// fetch reads the set and, if that worked, replaces the cached one: keys
+// no longer in it are no longer trusted. The caller holds fetchMu.
+func (j *JWKS) fetch(ctx context.Context) (StaticKeys, error) {
 	keys, err := fetchJWKS(ctx, j.client(), j.URL)
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -82,18 +110,40 @@ func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	j.keys = keys
-	if k, ok := keys[kid]; ok {
-		return k, nil
-	}
-	return nil, fmt.Errorf("unknown key id")
+	j.keys, j.fetched = keys, j.tried
+	return keys, nil
 }
 
-// lookup returns the cached key for kid, or whether a fetch is due.
+// refresh fetches the set again in the background.
+func (j *JWKS) refresh() {
+	defer func() {
+		j.mu.Lock()
+		j.refreshing = false
+		j.mu.Unlock()
+	}()
+	j.fetchMu.Lock()
+	defer j.fetchMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), fetchTimeout)
+	defer cancel()
+	_, _ = j.fetch(ctx) // a failure keeps the last set; the next call tries again
+}
+
+// lookup returns the cached key for kid, or whether a fetch is due. A known
+// key in a set past MaxAge is returned at once and the set fetched again
+// in the background.
 func (j *JWKS) lookup(kid string) (k *ecdsa.PublicKey, ok, fetch bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if k, ok := j.keys[kid]; ok {
+		maxAge := j.MaxAge
+		if maxAge == 0 {
+			maxAge = 10 * time.Minute
+		}
+		retry := !j.failed || time.Since(j.tried) >= time.Second
+		if time.Since(j.fetched) >= maxAge && retry && !j.refreshing {
+			j.refreshing = true
+			go j.refresh()
+		}
 		return k, true, false
 	}
 	wait := j.MinRefresh
