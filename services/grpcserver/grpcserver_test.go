@@ -37,24 +37,48 @@ func (r *recorder) Record(ctx context.Context, e audit.Event) error {
 
 const slowMethod = "/handoff.test.Slow/Call"
 
+// serveOne starts a server with one unary method, open to counselors, whose
+// handler (behind the interceptors) is handle.
+func serveOne(t *testing.T, method string, handle func(ctx context.Context) (any, error)) *servicetest.Env {
+	t.Helper()
+	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	return servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: service, HandlerType: (*any)(nil),
+			Methods: []grpc.MethodDesc{{MethodName: name, Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+				in := new(emptypb.Empty)
+				if err := dec(in); err != nil {
+					return nil, err
+				}
+				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
+					return handle(ctx)
+				})
+			}}}}, struct{}{})
+	})
+}
+
+// recorded waits up to five seconds for an audit event and returns them
+// all; the caller holds rec.mu until it is done with them.
+func (r *recorder) recorded() []audit.Event {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		if len(r.events) > 0 || time.Now().After(deadline) {
+			return r.events
+		}
+		r.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // A handler that finishes after its caller gave up (its change may be
 // committed) is still audited: the record must not use the caller's context.
 func TestAuditSurvivesACallerThatHungUp(t *testing.T) {
 	rec := &recorder{}
 	handled := make(chan struct{})
-	env := servicetest.Start(t, grpcserver.Policy{slowMethod: {auth.RoleCounselor}}, func(s *grpc.Server) {
-		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Slow", HandlerType: (*any)(nil),
-			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-				in := new(emptypb.Empty)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: slowMethod}, func(ctx context.Context, _ any) (any, error) {
-					<-ctx.Done() // the "commit" lands after the caller is gone
-					close(handled)
-					return &emptypb.Empty{}, nil
-				})
-			}}}}, struct{}{})
+	env := serveOne(t, slowMethod, func(ctx context.Context) (any, error) {
+		<-ctx.Done() // the "commit" lands after the caller is gone
+		close(handled)
+		return &emptypb.Empty{}, nil
 	})
 	env.Server.SetAuditor(rec)
 	ctx, cancel := context.WithTimeout(env.Counselor("north"), 200*time.Millisecond)
@@ -63,20 +87,10 @@ func TestAuditSurvivesACallerThatHungUp(t *testing.T) {
 		t.Fatal("the call should have run out of time")
 	}
 	<-handled
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rec.mu.Lock()
-		n := len(rec.events)
-		rec.mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	rec.mu.Lock()
+	events := rec.recorded()
 	defer rec.mu.Unlock()
-	if len(rec.events) != 1 || rec.events[0].Method != slowMethod || rec.events[0].Subject != "counselor-1" {
-		t.Fatalf("audit events = %+v", rec.events)
+	if len(events) != 1 || events[0].Method != slowMethod || events[0].Subject != "counselor-1" {
+		t.Fatalf("audit events = %+v", events)
 	}
 	if rec.dead[0] != nil {
 		t.Fatalf("the audit record was written on a dead context (%v): the committed call would go unaudited", rec.dead[0])
@@ -88,39 +102,20 @@ func TestAuditSurvivesACallerThatHungUp(t *testing.T) {
 func TestCallerDeadlineIsNotInternal(t *testing.T) {
 	const method = "/handoff.test.Deadline/Call"
 	rec := &recorder{}
-	env := servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
-		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Deadline", HandlerType: (*any)(nil),
-			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-				in := new(emptypb.Empty)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
-					<-ctx.Done() // as pgx returns it: wrapped
-					return nil, fmt.Errorf("read family: %w", ctx.Err())
-				})
-			}}}}, struct{}{})
+	env := serveOne(t, method, func(ctx context.Context) (any, error) {
+		<-ctx.Done() // as pgx returns it: wrapped
+		return nil, fmt.Errorf("read family: %w", ctx.Err())
 	})
 	env.Server.SetAuditor(rec)
 	ctx, cancel := context.WithTimeout(env.Counselor("north"), 200*time.Millisecond)
 	defer cancel()
 	_ = env.Conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		rec.mu.Lock()
-		n := len(rec.events)
-		rec.mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	rec.mu.Lock()
+	events := rec.recorded()
 	defer rec.mu.Unlock()
 	// Which the server sees first, its own deadline or the client's
 	// cancellation when the client's deadline passed, is a race.
-	if len(rec.events) != 1 || (rec.events[0].Outcome != "DEADLINE_EXCEEDED" && rec.events[0].Outcome != "CANCELED") {
-		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELED", rec.events)
+	if len(events) != 1 || (events[0].Outcome != "DEADLINE_EXCEEDED" && events[0].Outcome != "CANCELED") {
+		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELED", events)
 	}
 }
 
@@ -130,18 +125,7 @@ func TestCallerDeadlineIsNotInternal(t *testing.T) {
 func TestDependencyErrorsSpeakForThisCall(t *testing.T) {
 	const method = "/handoff.test.Dep/Call"
 	var next error
-	env := servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
-		s.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Dep", HandlerType: (*any)(nil),
-			Methods: []grpc.MethodDesc{{MethodName: "Call", Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
-				in := new(emptypb.Empty)
-				if err := dec(in); err != nil {
-					return nil, err
-				}
-				return icpt(ctx, in, &grpc.UnaryServerInfo{Server: srv, FullMethod: method}, func(context.Context, any) (any, error) {
-					return nil, next
-				})
-			}}}}, struct{}{})
-	})
+	env := serveOne(t, method, func(context.Context) (any, error) { return nil, next })
 	for _, c := range []struct {
 		err  error
 		want codes.Code
