@@ -55,7 +55,11 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	defer gw.Close()
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", tel.Handler())
+	if c.metricsListen == "" {
+		// Only when no metrics address is given (a local run): deployed,
+		// the public port does not tell the internet how the system runs.
+		mux.Handle("GET /metrics", tel.Handler())
+	}
 	mux.Handle("/", gw)
 	var h http.Handler = mux
 	if c.payloadKeys != "" {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -168,6 +169,36 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	ivProc := start("interventions")
 	healthy("interventions")
 	worker := start("worker")
+
+	// The gateway, deployed with a metrics address, keeps /metrics off its
+	// public port.
+	gwAddr, metricsAddr := freeAddr(t), freeAddr(t)
+	gwCmd := exec.Command(bin, "gateway")
+	gwCmd.Env = append(append([]string(nil), env...), "HANDOFF_GATEWAY_LISTEN="+gwAddr, "HANDOFF_METRICS_LISTEN="+metricsAddr)
+	gwCmd.Stdout, gwCmd.Stderr = logFile, logFile
+	if err := gwCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(&proc{cmd: gwCmd, args: []string{"gateway"}}) })
+	getCode := func(u string) int {
+		resp, err := http.Get(u)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for deadline := time.Now().Add(30 * time.Second); getCode("http://"+gwAddr+"/healthz") != http.StatusOK; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway did not come up")
+		}
+	}
+	if code := getCode("http://" + gwAddr + "/metrics"); code == http.StatusOK {
+		t.Fatal("the gateway's public port serves /metrics")
+	}
+	if code := getCode("http://" + metricsAddr + "/metrics"); code != http.StatusOK {
+		t.Fatalf("the gateway's metrics address answered %d", code)
+	}
 
 	as := func(subject string, role auth.Role) context.Context {
 		return auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: subject, Clinic: "north", Roles: []auth.Role{role}}))
