@@ -55,7 +55,7 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 	if err != nil {
 		return nil, nil, err
 	}
-	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()}))
 	defer ts.Stop()
 	jwks := httptest.NewServer(env.issuer.JWKSHandler())
 	defer jwks.Close()

@@ -119,7 +119,7 @@ func workflowBench(ctx context.Context, env *benchEnv, cfg config) (*flowResult,
 // flowRun carries cfg.flows interventions to a completed MAT intake, then
 // runs as many no-op workflows on the same server.
 func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*flowResult, error) {
-	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()}))
 	defer ts.Stop()
 	c := ts.GetDefaultClient()
 	fast := activities.DefaultSettings()
@@ -274,7 +274,7 @@ func noopRound(ctx context.Context, c client.Client, queue string, n int) (ceili
 // timerRun starts n probes due from lead ahead to lead+window ahead, evenly,
 // and reports how late each one's activity ran.
 func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Duration) (timerResult, error) {
-	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	ts := temporaltest.NewServer(temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()}))
 	defer ts.Stop()
 	c := ts.GetDefaultClient()
 	w := worker.New(c, "bench-timers", hworker.Options())

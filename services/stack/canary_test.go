@@ -82,7 +82,7 @@ func TestCanariesStayOutOfTemporalAndLogs(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, DataConverter: pc.DataConverter(), Logger: log})
+	tc, err := client.Dial(client.Options{HostPort: ts.HostPort, DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter(), Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

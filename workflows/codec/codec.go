@@ -18,6 +18,7 @@ import (
 
 	commonpb "go.temporal.io/api/common/v1"
 	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -152,6 +153,15 @@ func (c *Codec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error
 // DataConverter is Temporal's default converter with this codec on top.
 func (c *Codec) DataConverter() converter.DataConverter {
 	return converter.NewCodecDataConverter(converter.GetDefaultDataConverter(), c)
+}
+
+// FailureConverter keeps failures' messages and stack traces sealed with
+// this codec too: an activity's error carries a service's words (what it
+// refused and why), which Temporal would otherwise store in clear. The
+// failure's type stays readable, as workflows branch on it.
+func (c *Codec) FailureConverter() converter.FailureConverter {
+	return temporal.NewDefaultFailureConverter(temporal.DefaultFailureConverterOptions{
+		DataConverter: c.DataConverter(), EncodeCommonAttributes: true})
 }
 
 // maxDecodeBody bounds a decode request: Temporal refuses payloads over

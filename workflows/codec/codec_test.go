@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 )
 
 func key(t *testing.T) []byte {
@@ -154,5 +156,32 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 	}
 	if code, _ := post("ok", bytes.Repeat([]byte(" "), maxDecodeBody+1)); code == http.StatusOK {
 		t.Fatal("an oversized body was decoded")
+	}
+}
+
+// A failure's message and stack trace leave sealed; its type, which
+// workflows branch on, stays readable, and the worker reads the message
+// back.
+func TestFailuresAreSealed(t *testing.T) {
+	c, err := New("k1", map[string][]byte{"k1": key(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := c.FailureConverter()
+	f := fc.ErrorToFailure(temporal.NewNonRetryableApplicationError("create reminder: the message names CANARY-opioid", "InvalidArgument", nil))
+	raw, err := proto.Marshal(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte("CANARY")) {
+		t.Fatalf("the failure carries its message in clear: %v", f)
+	}
+	if f.GetApplicationFailureInfo().GetType() != "InvalidArgument" {
+		t.Fatalf("the failure's type = %q", f.GetApplicationFailureInfo().GetType())
+	}
+	back := fc.FailureToError(f)
+	var app *temporal.ApplicationError
+	if !errors.As(back, &app) || !strings.Contains(app.Error(), "CANARY-opioid") || app.Type() != "InvalidArgument" {
+		t.Fatalf("read back: %v", back)
 	}
 }

@@ -89,7 +89,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx)) //nolint:errcheck
 	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: ts.HostPort, Namespace: "default",
-		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter()})
+		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()})
 	if err != nil {
 		return err
 	}

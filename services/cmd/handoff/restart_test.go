@@ -69,7 +69,7 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	k := make([]byte, 32)
 	_, _ = rand.Read(k)
 	pc, _ := codec.New("k", map[string][]byte{"k": k})
-	ts := temporaltest.NewServer(temporaltest.WithT(t), temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter()}))
+	ts := temporaltest.NewServer(temporaltest.WithT(t), temporaltest.WithBaseClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()}))
 	iss, _ := auth.NewIssuer("https://issuer.restart.test", "handoff")
 	jwks := httptest.NewServer(iss.JWKSHandler())
 	defer jwks.Close()

@@ -105,7 +105,7 @@ func (c *common) temporal(log *slog.Logger) (client.Client, error) {
 		return nil, err
 	}
 	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace,
-		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter()})
+		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()})
 	if err != nil {
 		return nil, err
 	}

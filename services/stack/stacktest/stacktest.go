@@ -128,7 +128,7 @@ func Start(t testing.TB) *Env {
 		t.Fatal(err)
 	}
 	// Payloads are sealed as in production: Temporal sees no workflow data.
-	opts, err := telemetry.TemporalClientOptions(client.Options{DataConverter: pc.DataConverter()})
+	opts, err := telemetry.TemporalClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()})
 	if err != nil {
 		t.Fatal(err)
 	}
