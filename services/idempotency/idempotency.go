@@ -128,7 +128,7 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 		return zero, false, fmt.Errorf("idempotency: hash request: %w", err)
 	}
 	if storedMethod != method || !bytes.Equal(storedHash, hash) {
-		return zero, false, apperr.Field("request_id", "request id %q was already used for a different request", requestID)
+		return zero, false, apperr.RequestIDReused(requestID)
 	}
 	out := newResp()
 	if err := proto.Unmarshal(resp, out); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -544,5 +545,40 @@ func TestEHRNeedsConsent(t *testing.T) {
 	f.consent.mu.Unlock()
 	if len(allowed) != 2 || allowed[0] != open.GetName() || allowed[1] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want the listed and the accepted referral", allowed)
+	}
+}
+
+// A request id sent again with another request is refused with the
+// REQUEST_ID_REUSED reason whichever way the service finds it (the stored
+// answer read before acting, or the key claimed in the transaction): the
+// worker's activities tell it from a malformed request by that reason.
+func TestReusedRequestIDSaysSo(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p1, p2 := f.program(t, buprenorphine("One"), 2), f.program(t, buprenorphine("Two"), 2)
+	req := func(program string) *referralsv1.CreateReferralRequest {
+		return &referralsv1.CreateReferralRequest{Parent: "clinics/north", RequestId: "support-1", Referral: &referralsv1.Referral{
+			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: program,
+			Urgency: referralsv1.Urgency_URGENCY_ROUTINE, Reason: "wants treatment"}}
+	}
+	first, err := f.client.CreateReferral(f.ctx, req(p1.GetName()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := f.client.CreateReferral(f.ctx, req(p1.GetName())); err != nil || again.GetName() != first.GetName() {
+		t.Fatalf("the same request again: %v, %v", again, err)
+	}
+	_, err = f.client.CreateReferral(f.ctx, req(p2.GetName()))
+	wantCode(t, err, codes.InvalidArgument)
+	st := status.Convert(err)
+	reason := ""
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			reason = info.GetReason()
+		}
+	}
+	if reason != "REQUEST_ID_REUSED" {
+		t.Fatalf("reason = %q, want REQUEST_ID_REUSED (%v)", reason, st.Details())
 	}
 }
