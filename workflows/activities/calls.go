@@ -452,6 +452,16 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	urgency := referralsv1.Urgency(referralsv1.Urgency_value["URGENCY_"+in.Urgency])
 	subject := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
 	if in.Member != "" {
+		// The workflow may have read the family weeks ago: a member who has
+		// left it since is not referred (the service would refuse them, and
+		// the refusal would end the workflow).
+		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
+		if err != nil {
+			return nil, wrap("get family", err)
+		}
+		if !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == in.Member }) {
+			return nil, nil
+		}
 		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}
 	}
 	// The family's coverage and barriers are read once; each kind changes

@@ -261,3 +261,20 @@ func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
 func (familyFake) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
 	return &familiesv1.ListBarriersResponse{}, nil
 }
+
+// A member who left the family since the workflow read it is not referred,
+// and the workflow goes on; one still in it is.
+func TestSupportReferralForAMemberWhoLeft(t *testing.T) {
+	for _, c := range []struct {
+		member string
+		want   int
+	}{{"mom", 1}, {"uncle", 0}} {
+		refs := &matchFake{ranked: []string{"clinics/north/programs/p1"}, ids: map[string]string{}}
+		a := &Activities{Referrals: refs, Families: familyFake{}}
+		got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+			Member: c.member, Kinds: []string{"FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE", RequestID: "r"})
+		if err != nil || len(got) != c.want || len(refs.tried) != c.want {
+			t.Errorf("member %s: referrals %v after %v, %v; want %d", c.member, got, refs.tried, err, c.want)
+		}
+	}
+}
