@@ -107,6 +107,7 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	f := proto.Clone(req.GetFamily()).(*familiesv1.Family)
 	var vs apperr.Violations
 	checkFamily(&vs, "family", f, true)
+	checkCoverage(&vs, "family", f)
 	now := s.cfg.Now()
 	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
 		// Days to treatment count from it, and it cannot be changed later.
@@ -266,6 +267,9 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			}
 			var vs apperr.Violations
 			checkFamily(&vs, "family", next, true)
+			if !proto.Equal(next.GetCoverage(), cur.GetCoverage()) {
+				checkCoverage(&vs, "family", next)
+			}
 			if next.GetState() == familiesv1.FamilyState_FAMILY_STATE_UNSPECIFIED {
 				vs.Add("family.state", "must be set")
 			}
@@ -460,6 +464,14 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 				vs.Add(p+".preferred_channel", "must be one of the member's contact_channels")
 			}
 		}
+	}
+}
+
+// checkCoverage refuses coverage given without its kind, which matching
+// programs by payment needs.
+func checkCoverage(vs *apperr.Violations, path string, f *familiesv1.Family) {
+	if f.GetCoverage() != nil && f.GetCoverage().GetKind() == familiesv1.CoverageKind_COVERAGE_KIND_UNSPECIFIED {
+		vs.Add(path+".coverage.kind", "is required when coverage is given")
 	}
 }
 

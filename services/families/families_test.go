@@ -700,3 +700,28 @@ func BenchmarkCreateFamily(b *testing.B) {
 		}
 	})
 }
+
+// Coverage needs its kind when given or changed; a family stored without
+// one before that was checked is still updated in its other fields.
+func TestCoverageKindWhenGivenOrChanged(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `UPDATE families SET doc = jsonb_set(doc, '{coverage}', '{"payer": "Acme"}') WHERE id = $1`,
+		fam.GetName()[strings.LastIndex(fam.GetName(), "/")+1:]); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || cur.GetCoverage().GetPayer() != "Acme" {
+		t.Fatalf("stored coverage = %v, %v", cur.GetCoverage(), err)
+	}
+	cur.Counselor = "counselor-2"
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: cur,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}}); err != nil {
+		t.Fatalf("updating another field of a family whose coverage has no kind: %v", err)
+	}
+	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(),
+		Coverage: &familiesv1.Coverage{Payer: "Other"}}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"coverage"}}})
+	wantCode(t, err, codes.InvalidArgument)
+}

@@ -1571,6 +1571,8 @@ func (x *QuietHours) GetEnd() string {
 type Coverage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The kind of coverage.
+	// Required when coverage is given or changed; a family stored without
+	// one before this was checked can still be updated in other fields.
 	Kind CoverageKind `protobuf:"varint,1,opt,name=kind,proto3,enum=handoff.families.v1.CoverageKind" json:"kind,omitempty"`
 	// The payer's name, for example the insurance company. No member numbers:
 	// the EHR holds those.
@@ -4865,9 +4867,9 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\n" +
 	"QuietHours\x12?\n" +
 	"\x05start\x18\x01 \x01(\tB)\xe0A\x02\xbaH#r!2\x1f^([01][0-9]|2[0-3]):[0-5][0-9]$R\x05start\x12;\n" +
-	"\x03end\x18\x02 \x01(\tB)\xe0A\x02\xbaH#r!2\x1f^([01][0-9]|2[0-3]):[0-5][0-9]$R\x03end\"r\n" +
-	"\bCoverage\x12D\n" +
-	"\x04kind\x18\x01 \x01(\x0e2!.handoff.families.v1.CoverageKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x12 \n" +
+	"\x03end\x18\x02 \x01(\tB)\xe0A\x02\xbaH#r!2\x1f^([01][0-9]|2[0-3]):[0-5][0-9]$R\x03end\"p\n" +
+	"\bCoverage\x12B\n" +
+	"\x04kind\x18\x01 \x01(\x0e2!.handoff.families.v1.CoverageKindB\v\xe0A\x02\xbaH\x05\x82\x01\x02\x10\x01R\x04kind\x12 \n" +
 	"\x05payer\x18\x02 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18dR\x05payer\"\xd3\x03\n" +
 	"\aBarrier\x12\x17\n" +
