@@ -86,3 +86,19 @@ func TestEtag(t *testing.T) {
 		t.Fatal("foreign etag accepted")
 	}
 }
+
+func TestFamily(t *testing.T) {
+	for name, want := range map[string]string{
+		"clinics/north/families/f1":                  "clinics/north/families/f1",
+		"clinics/north/families/f1/warningSigns/w1":  "clinics/north/families/f1",
+		"clinics/north/families/f1/members/a/b":      "clinics/north/families/f1",
+		"clinics/north/referrals/r1":                 "",
+		"clinics/north/families":                     "",
+		"clinics/North!/families/f1/warningSigns/w1": "",
+		"": "",
+	} {
+		if got := Family(name); got != want {
+			t.Errorf("Family(%q) = %q, want %q", name, got, want)
+		}
+	}
+}

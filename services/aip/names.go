@@ -53,6 +53,20 @@ func Clinic(name string) string {
 	return id
 }
 
+// Family returns `clinics/{c}/families/{f}` when name is that family or one
+// of its sub-resources, and "" otherwise.
+func Family(name string) string {
+	parts := strings.SplitN(name, "/", 5)
+	if len(parts) < 4 {
+		return ""
+	}
+	f := strings.Join(parts[:4], "/")
+	if _, err := Parse(f, "clinics", "families"); err != nil {
+		return ""
+	}
+	return f
+}
+
 func pattern(collections []string) string {
 	var b strings.Builder
 	for i, c := range collections {

@@ -166,7 +166,7 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 	}
 	if aip.Clinic(d.GetResource()) != clinic {
 		vs.Add(field+".resource", "must be a record of clinic %q", clinic)
-	} else if fam, ok := familyOf(d.GetResource()); ok && fam != family {
+	} else if fam := aip.Family(d.GetResource()); fam != "" && fam != familyName(clinic, family) {
 		// The family's consent answers for the family's records only;
 		// records of other services (referrals, interventions) are named
 		// by their own id, which their service checked.
@@ -181,15 +181,6 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
 		vs.Add(field+".channel", "is required")
 	}
-}
-
-// familyOf returns the family id of a name under `clinics/{c}/families/{f}`.
-func familyOf(name string) (string, bool) {
-	parts := strings.SplitN(name, "/", 5)
-	if len(parts) < 4 || parts[0] != "clinics" || parts[2] != "families" {
-		return "", false
-	}
-	return parts[3], true
 }
 
 // discloseToCaller gates a read by an outside system (the EHR) on consent

@@ -1,8 +1,6 @@
 package outbox
 
 import (
-	"strings"
-
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -16,14 +14,14 @@ import (
 // its `related_resource` names; "" if none. msg is the decoded payload and
 // may be nil.
 func Family(resource string, msg proto.Message) string {
-	if f := familyPrefix(resource); f != "" {
+	if f := aip.Family(resource); f != "" {
 		return f
 	}
 	if msg == nil {
 		return ""
 	}
 	if rem, ok := msg.(*interventionsv1.Reminder); ok {
-		if f := familyPrefix(rem.GetRecipient().GetFamily()); f != "" {
+		if f := aip.Family(rem.GetRecipient().GetFamily()); f != "" {
 			return f
 		}
 	}
@@ -33,25 +31,11 @@ func Family(resource string, msg proto.Message) string {
 		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
 			continue
 		}
-		if f := familyPrefix(m.Get(fd).String()); f != "" {
+		if f := aip.Family(m.Get(fd).String()); f != "" {
 			return f
 		}
 	}
 	return ""
-}
-
-// familyPrefix returns `clinics/{c}/families/{f}` when name is that family
-// or one of its sub-resources.
-func familyPrefix(name string) string {
-	parts := strings.SplitN(name, "/", 5)
-	if len(parts) < 4 {
-		return ""
-	}
-	f := strings.Join(parts[:4], "/")
-	if _, err := aip.Parse(f, "clinics", "families"); err != nil {
-		return ""
-	}
-	return f
 }
 
 // ByFamily is the lane of an event for Relay.Lane: the family it is about,

@@ -58,18 +58,9 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 			return d.signal(ctx, p.GetOriginWorkflow(), flow.SignalReminderFailed, flow.ReminderFailed{Reminder: p.GetName()})
 		}
 	case *familiesv1.SafetyScreen:
-		return d.signal(ctx, ids.Boundary(familyOf(p.GetName())), boundary.SignalSafetyScreen, nil)
+		return d.signal(ctx, ids.Boundary(aip.Family(p.GetName())), boundary.SignalSafetyScreen, nil)
 	}
 	return nil
-}
-
-// familyOf returns the family a family sub-resource belongs to.
-func familyOf(name string) string {
-	parts := strings.Split(name, "/")
-	if len(parts) < 4 {
-		return name
-	}
-	return strings.Join(parts[:4], "/")
 }
 
 func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *interventionsv1.Intervention) error {
@@ -147,7 +138,7 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 // running, it starts the workflow that makes sure the counselor hears of
 // it.
 func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) error {
-	family := familyOf(w.GetName())
+	family := aip.Family(w.GetName())
 	// A redelivered event whose first delivery started the overdose
 	// workflow belongs to it: that workflow hands the overdose to a
 	// boundary workflow or answers it, and a signal now to a boundary
