@@ -218,10 +218,12 @@ func (w *wf) earlyOverdoses(ctx workflow.Context) error {
 }
 
 // counselor is who the workflow's reminders to staff go to: the family's
-// counselor when last read, or, before the first refresh (and in histories
-// recorded before versionCurrentCounselor), the refused meeting's.
+// counselor when last read (prepare reads the family at the start of every
+// cycle; refresh before alerts and check-ins), or the refused meeting's
+// before the family was read. Only a reminder's recipient depends on it,
+// not which commands run, so it needs no version.
 func (w *wf) counselor() activities.Person {
-	if w.current && w.safety.Counselor.ID != "" {
+	if w.safety.Counselor.ID != "" {
 		return w.safety.Counselor
 	}
 	return w.in.Counselor

@@ -498,3 +498,23 @@ func TestRestartStartsANewCycle(t *testing.T) {
 		t.Fatalf("escalation at %+v, want day 24 (14 days after the second refusal)", last)
 	}
 }
+
+// A family handed to another counselor before the refusal's workflow
+// began: the request for a safety screen, sent before any alert or
+// check-in, goes to the family's counselor of now, read at the start.
+func TestFirstRemindersGoToTheFamilysCounselor(t *testing.T) {
+	h := newHarness(t, "STALE")
+	h.safety.Counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	asks := h.kinds("SAFETY_SCREEN_NEEDED")
+	if len(asks) != 1 || asks[0].To.ID != "counselor-2" {
+		t.Fatalf("screen requests = %+v, want one to counselor-2", asks)
+	}
+}
