@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/temporal"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -250,8 +252,12 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 	if err != nil {
 		return "", wrap("get reminder", err)
 	}
+	due, err := a.awake(ctx, old, in.Due)
+	if err != nil {
+		return "", err
+	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
-		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(a.awake(ctx, old, in.Due)),
+		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
 			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow()}})
 	if err != nil {
 		return "", wrap("create reminder", err)
@@ -261,17 +267,19 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 
 // awake is when a resend of old to a family member should be due: due, or
 // the end of the member's quiet hours if due falls in them and that end is
-// still before the meeting or intake the reminder is about. Reading the
-// family or the resource is best effort: on any failure the resend is due
-// at due, as before.
-func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) time.Time {
+// still before the meeting or intake the reminder is about. A record gone
+// (the member, the meeting) leaves it at due. Any other failure to read is
+// the activity's error, to be retried: an attempt that fell back to due
+// would send, under the same request id, another request than the attempt
+// that may already have created the reminder, and be refused.
+func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) (time.Time, error) {
 	to := old.GetRecipient()
 	if to.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || to.GetFamily() == "" || a.Families == nil {
-		return due
+		return due, nil
 	}
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: to.GetFamily()})
 	if err != nil {
-		return due
+		return due, gone("get family", err)
 	}
 	var r schedule.Recipient
 	for _, m := range fam.GetMembers() {
@@ -280,18 +288,23 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 			break
 		}
 	}
+	// Most resends fall outside quiet hours: then what the reminder is
+	// about need not be read.
+	if at, err := schedule.Awake(due, r, time.Time{}); err != nil || at.Equal(due) {
+		return due, nil
+	}
 	var by time.Time
 	switch related := old.GetRelatedResource(); {
 	case strings.Contains(related, "/interventions/"):
 		iv, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: related})
 		if err != nil {
-			return due
+			return due, gone("get intervention", err)
 		}
 		by = iv.GetStartTime().AsTime()
 	case strings.Contains(related, "/referrals/"):
 		ref, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: related})
 		if err != nil {
-			return due
+			return due, gone("get referral", err)
 		}
 		if st := ref.GetIntakeAppointment().GetStartTime(); st != nil {
 			by = st.AsTime()
@@ -299,9 +312,18 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 	}
 	at, err := schedule.Awake(due, r, by)
 	if err != nil {
-		return due
+		return due, nil
 	}
-	return at
+	return at, nil
+}
+
+// gone is nil for a record that no longer exists, and otherwise err as an
+// activity error.
+func gone(op string, err error) error {
+	if status.Code(err) == codes.NotFound {
+		return nil
+	}
+	return wrap(op, err)
 }
 
 // CancelReminders cancels every reminder of a resource not delivered yet.

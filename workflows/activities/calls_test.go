@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -63,6 +65,9 @@ type resendFakes struct {
 	old     *interventionsv1.Reminder
 	meeting time.Time
 	created *interventionsv1.Reminder
+	// ivErr fails GetIntervention; ivReads counts its calls.
+	ivErr   error
+	ivReads int
 }
 
 func (f *resendFakes) GetReminder(context.Context, *interventionsv1.GetReminderRequest, ...grpc.CallOption) (*interventionsv1.Reminder, error) {
@@ -75,7 +80,51 @@ func (f *resendFakes) CreateReminder(_ context.Context, in *interventionsv1.Crea
 }
 
 func (f *resendFakes) GetIntervention(context.Context, *interventionsv1.GetInterventionRequest, ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	f.ivReads++
+	if f.ivErr != nil {
+		return nil, f.ivErr
+	}
 	return &interventionsv1.Intervention{StartTime: timestamppb.New(f.meeting)}, nil
+}
+
+// A resend whose due time cannot be worked out for want of a read fails
+// the attempt, to be retried, rather than falling back to another due time
+// than an earlier attempt may have used under the same request id; a
+// meeting that is gone leaves the due time as asked; outside quiet hours
+// the meeting is not read at all.
+func TestResendDueTimeIsTheSameOnEveryAttempt(t *testing.T) {
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	night, noon := time.Date(2026, 12, 9, 22, 5, 0, 0, chicago), time.Date(2026, 12, 9, 12, 0, 0, 0, chicago)
+	old := &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", RelatedResource: "clinics/north/interventions/i1", Message: "Reminder",
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom", Family: "clinics/north/families/f1"}}
+	for _, c := range []struct {
+		name      string
+		due       time.Time
+		ivErr     error
+		wantErr   bool
+		wantDue   time.Time
+		wantReads int
+	}{
+		{"the service is down", night, status.Error(codes.Unavailable, "down"), true, time.Time{}, 1},
+		{"the meeting is gone", night, status.Error(codes.NotFound, "gone"), false, night, 1},
+		{"outside quiet hours", noon, nil, false, noon, 0},
+	} {
+		f := &resendFakes{old: old, meeting: noon.Add(48 * time.Hour), ivErr: c.ivErr}
+		a := &Activities{Interventions: f, Families: familyFake{}}
+		_, err := a.ResendReminder(context.Background(), ResendRequest{Failed: old.GetName(), Due: c.due, RequestID: "r"})
+		switch {
+		case c.wantErr && (err == nil || f.created != nil):
+			t.Errorf("%s: err %v, created %v; want the attempt to fail before creating", c.name, err, f.created)
+		case !c.wantErr && (err != nil || !f.created.GetDueTime().AsTime().Equal(c.wantDue)):
+			t.Errorf("%s: err %v, due %v; want %v", c.name, err, f.created.GetDueTime().AsTime(), c.wantDue)
+		}
+		if f.ivReads != c.wantReads {
+			t.Errorf("%s: the meeting was read %d times, want %d", c.name, f.ivReads, c.wantReads)
+		}
+	}
 }
 
 type familyFake struct {

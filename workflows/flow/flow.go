@@ -224,7 +224,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		// makes the service return the reminder it already created.
 		var next string
 		if err := Call(ctx, &next, A.ResendReminder, activities.ResendRequest{
-			Failed: p.Reminder, Due: workflow.Now(ctx), RequestID: RequestID(ctx, "resend|"+p.Reminder),
+			Failed: p.Reminder, Due: p.At, RequestID: RequestID(ctx, "resend|"+p.Reminder),
 		}); err != nil {
 			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
 			return
