@@ -340,10 +340,17 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 				strings.TrimPrefix(rk.String(), "RECIPIENT_KIND_"), p.ID))
 		}
 	}
+	kind := ""
+	if in.Kind != "" {
+		if _, ok := interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]; !ok {
+			return 0, temporal.NewNonRetryableApplicationError("unknown reminder kind "+in.Kind, "InvalidArgument", nil)
+		}
+		kind = " AND kind = " + in.Kind
+	}
 	n := 0
 	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
 		for _, who := range whom {
-			m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st)+who)
+			m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st)+who+kind)
 			n += m
 			if err != nil {
 				return n, err

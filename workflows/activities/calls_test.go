@@ -240,6 +240,22 @@ func TestCancelRemindersForSomeOnly(t *testing.T) {
 		Reason: "x", RequestID: "r", Only: []Person{{Kind: "stranger", ID: "x"}}}); err != nil || len(f.filters) != 0 {
 		t.Fatalf("unknown kind: filters %v, %v; want none asked", f.filters, err)
 	}
+	// Limited to a kind: meeting reminders only, so an overdue outcome
+	// stays with a counselor who handed the family over.
+	f.filters = nil
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "clinics/north/interventions/i1",
+		Reason: "x", RequestID: "r", Only: []Person{{Kind: "counselor", ID: "counselor-1"}}, Kind: "INTERVENTION_UPCOMING"}); err != nil || len(f.filters) != 3 {
+		t.Fatalf("by kind: filters %v, %v", f.filters, err)
+	}
+	for _, flt := range f.filters {
+		if !strings.HasSuffix(flt, " AND kind = INTERVENTION_UPCOMING") {
+			t.Fatalf("filter %q is not limited to the kind", flt)
+		}
+	}
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "x", RequestID: "r",
+		Kind: "NO_SUCH_KIND"}); err == nil {
+		t.Fatal("an unknown reminder kind widened or passed")
+	}
 }
 
 type matchFake struct {

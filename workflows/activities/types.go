@@ -81,6 +81,9 @@ type CancelRemindersRequest struct {
 	RequestID string
 	// Only, when set, limits the cancelling to reminders to these people.
 	Only []Person
+	// Kind, when set, limits it to reminders of that kind (a ReminderKind
+	// without its prefix).
+	Kind string
 }
 
 // ReleaseRequest releases a hold.

@@ -385,9 +385,10 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
 	before := w.people()
 	w.plan = p
-	// Reminders already made for people no longer taking part (one
+	// Meeting reminders already made for people no longer taking part (one
 	// deferred to the end of their quiet hours, or not delivered yet) are
-	// cancelled.
+	// cancelled; a counselor handing the family over keeps the rest (an
+	// overdue outcome is still theirs to record).
 	var gone []activities.Person
 	now := w.recipientKeys()
 	for _, q := range before {
@@ -398,7 +399,7 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	if len(gone) > 0 {
 		w.replans++
 		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
-			Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "no longer taking part", Only: gone,
+			Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "no longer taking part", Only: gone, Kind: "INTERVENTION_UPCOMING",
 			RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|replan|%d", w.replans)),
 		}); err != nil {
 			return err
