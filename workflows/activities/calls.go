@@ -67,7 +67,12 @@ func (a *Activities) LoadPlan(ctx context.Context, intervention string) (Plan, e
 	p := Plan{Clinic: aip.Clinic(intervention), Intervention: intervention, Family: iv.GetFamily(),
 		Counselor: counselor(iv.GetCounselor()), Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(),
 		Level: int32(iv.GetLevel()), State: strings.TrimPrefix(iv.GetState().String(), "INTERVENTION_STATE_"),
-		FirstContact: fam.GetFirstContactTime().AsTime()}
+	}
+	// An unset first contact stays the zero time, not the epoch AsTime
+	// would make of it.
+	if fc := fam.GetFirstContactTime(); fc != nil {
+		p.FirstContact = fc.AsTime()
+	}
 	p.Counselor.TimeZone = iv.GetTimeZone()
 	for _, part := range iv.GetParticipants() {
 		if m := members[part.GetMemberId()]; m != nil && reachable(m) {
@@ -387,7 +392,9 @@ func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequ
 // firstContact is the family's first contact as a referral records it, or
 // none when it is unknown or lies in the future (a mistyped year stored
 // before such times were refused): the referral then counts from its own
-// creation, and the person who said yes is still referred.
+// creation, and the person who said yes is still referred. The epoch is
+// unknown too: plans loaded before LoadPlan kept an unset time zero carry
+// it, in workflows still running.
 func firstContact(t time.Time) *timestamppb.Timestamp {
 	if t.IsZero() || t.Unix() <= 0 || t.After(time.Now()) {
 		return nil

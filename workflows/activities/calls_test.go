@@ -343,3 +343,13 @@ func TestSupportReferralForAMemberWhoLeft(t *testing.T) {
 		}
 	}
 }
+
+// A family without a first contact gives a plan without one, not the
+// epoch.
+func TestLoadPlanKeepsAnUnknownFirstContactUnknown(t *testing.T) {
+	a := &Activities{Interventions: &resendFakes{meeting: time.Now().Add(time.Hour)}, Families: familyFake{}}
+	p, err := a.LoadPlan(context.Background(), "clinics/north/interventions/i1")
+	if err != nil || !p.FirstContact.IsZero() {
+		t.Fatalf("plan first contact = %v, %v; want the zero time", p.FirstContact, err)
+	}
+}
