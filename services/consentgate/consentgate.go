@@ -85,7 +85,20 @@ func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention
 // Check returns nil if the caller may receive resource, a record of family
 // of the given kind, and records that it did. Without a covering consent it
 // returns the families service's FAILED_PRECONDITION (CONSENT_REQUIRED).
-func (g *Gate) Check(ctx context.Context, family, resource string, info familiesv1.InformationKind) error {
+// A requestID records one disclosure however often the call is retried;
+// without one every call is a disclosure of its own.
+func (g *Gate) Check(ctx context.Context, family, resource string, info familiesv1.InformationKind, requestID string) error {
+	return g.disclose(ctx, family, resource, info, requestID, false)
+}
+
+// Allowed is Check without the record: for a call that may still fail
+// before its answer goes out, which checks first and calls Check once the
+// answer is sure, so that the accounting lists only what left.
+func (g *Gate) Allowed(ctx context.Context, family, resource string, info familiesv1.InformationKind) error {
+	return g.disclose(ctx, family, resource, info, "", true)
+}
+
+func (g *Gate) disclose(ctx context.Context, family, resource string, info familiesv1.InformationKind, requestID string, validateOnly bool) error {
 	p, out := Outsider(ctx)
 	if !out {
 		return nil
@@ -100,9 +113,12 @@ func (g *Gate) Check(ctx context.Context, family, resource string, info families
 			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
 		},
+		RequestId: requestID, ValidateOnly: validateOnly,
 	})
 	if err == nil {
-		Notify(ctx)
+		if !validateOnly {
+			Notify(ctx)
+		}
 		return nil
 	}
 	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {

@@ -82,8 +82,9 @@ func pendingOf(family string, d *familiesv1.Disclosure) pending {
 // record checks each disclosure against its family's consents and records,
 // in one statement, those a consent covers. It returns the covering consent
 // of each recorded disclosure, by disclosure id; the others are not
-// recorded. Every disclosure Handoff records goes through here.
-func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps []pending, now time.Time) (map[string]string, error) {
+// recorded. Every disclosure Handoff records goes through here. A dry run
+// records nothing and answers which would be.
+func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps []pending, now time.Time, dryRun bool) (map[string]string, error) {
 	n := len(ps)
 	fams, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	infos, purposes, channels := make([]int16, n), make([]int16, n), make([]int16, n)
@@ -91,14 +92,20 @@ func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps [
 		fams[i], ids[i], recipients[i], resources[i] = p.family, p.id, p.recipient, p.resource
 		infos[i], purposes[i], channels[i] = p.info, p.purpose, p.channel
 	}
-	rows, err := q.Query(ctx, `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
-			channel, consent_id, discloser, disclose_time)
-		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $2, $3
-		FROM unnest($4::text[], $5::text[], $6::text[], $7::smallint[], $8::smallint[], $9::text[], $10::smallint[])
+	// The insert's arguments after the lookup's, so that a dry run sends
+	// the lookup alone with the same numbering.
+	args := []any{clinic, now, fams, ids, recipients, infos, purposes, resources, channels, auth.Actor(ctx)}
+	from := `FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::smallint[], $8::text[], $9::smallint[])
 			AS t (fam, id, recipient, info, purpose, res, channel)
-		CROSS JOIN LATERAL (`+coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$3"})+`) c
-		RETURNING id, consent_id`,
-		clinic, auth.Actor(ctx), now, fams, ids, recipients, infos, purposes, resources, channels)
+		CROSS JOIN LATERAL (` + coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$2"}) + `) c`
+	sql := `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
+			channel, consent_id, discloser, disclose_time)
+		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $10, $2 ` + from + `
+		RETURNING id, consent_id`
+	if dryRun {
+		sql, args = `SELECT t.id, c.id `+from, args[:9]
+	}
+	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("record disclosures: %w", err)
 	}
@@ -116,7 +123,7 @@ func (s *Server) recordTx(ctx context.Context, clinic string, ps []pending, now 
 	var consentOf map[string]string
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
-		consentOf, err = s.record(ctx, tx, clinic, ps, now)
+		consentOf, err = s.record(ctx, tx, clinic, ps, now, false)
 		return err
 	})
 	return consentOf, err
@@ -133,10 +140,10 @@ func disclosed(ctx context.Context, family, id, consent string, d *familiesv1.Di
 
 // discloseTx checks that a consent covers one disclosure and records it,
 // or answers CONSENT_REQUIRED.
-func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *familiesv1.Disclosure) (*familiesv1.Disclosure, error) {
+func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *familiesv1.Disclosure, dryRun bool) (*familiesv1.Disclosure, error) {
 	now := s.cfg.Now()
 	p := pendingOf(c.family, d)
-	consentOf, err := s.record(ctx, q, c.clinic, []pending{p}, now)
+	consentOf, err := s.record(ctx, q, c.clinic, []pending{p}, now, dryRun)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +157,11 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 		}
 		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}
-	return disclosed(ctx, c.familyName(), p.id, consent, d, now), nil
+	out := disclosed(ctx, c.familyName(), p.id, consent, d, now)
+	if dryRun {
+		out.Name = "" // nothing was recorded under a name
+	}
+	return out, nil
 }
 
 // checkDisclosure adds d's violations under field: a disclosure names its
@@ -197,7 +208,7 @@ func (s *Server) discloseToCaller(ctx context.Context, c child, info familiesv1.
 		_, err := s.discloseTx(ctx, tx, c, &familiesv1.Disclosure{
 			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
-		})
+		}, false)
 		return err
 	}); err != nil {
 		return err
@@ -218,9 +229,12 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
+	if req.GetValidateOnly() {
+		return s.discloseTx(ctx, s.pool, c, d, true)
+	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
-		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d) })
+		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d, false) })
 }
 
 const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`

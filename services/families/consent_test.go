@@ -231,6 +231,28 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	if n := len(f.disclosures(t, fam.GetName())); n != 3 {
 		t.Fatalf("accounting holds %d disclosures, want 3 (refusals record nothing, a retry records nothing more)", n)
 	}
+	// validate_only checks the consent and records nothing, request id or not.
+	identity := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK}
+	for _, id := range []string{"", "check-1", "check-1"} {
+		got, err := f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: identity,
+			ValidateOnly: true, RequestId: id})
+		if err != nil || got.GetName() != "" || got.GetConsent() != co.GetName() || got.GetDiscloser() != "ehr-1" {
+			t.Fatalf("validate_only (request id %q): %v %v", id, got, err)
+		}
+	}
+	_, err = f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: ref, ValidateOnly: true})
+	wantConsentRequired(t, err)
+	if n := len(f.disclosures(t, fam.GetName())); n != 3 {
+		t.Fatalf("accounting holds %d disclosures after checks, want 3: a check records nothing", n)
+	}
+	// A real record under the id a check used is still recorded.
+	if _, err := f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: identity, RequestId: "check-1"}); err != nil {
+		t.Fatalf("record after checks: %v", err)
+	}
+	if n := len(f.disclosures(t, fam.GetName())); n != 4 {
+		t.Fatalf("accounting holds %d disclosures, want 4", n)
+	}
 	// The consent is visible to the EHR it names, not to another EHR.
 	if _, err := f.client.GetConsent(ehr, &familiesv1.GetConsentRequest{Name: co.GetName()}); err != nil {
 		t.Fatalf("named EHR reads its consent: %v", err)

@@ -289,7 +289,7 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 		return nil, err
 	}
 	// The EHR's read is a disclosure (FHIR Appointment): consent first.
-	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS); err != nil {
+	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, ""); err != nil {
 		return nil, err
 	}
 	return appointmentForCaller(ctx, out), nil

@@ -248,7 +248,7 @@ func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRe
 	if err != nil {
 		return nil, err
 	}
-	if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+	if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, ""); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -50,7 +50,7 @@ func setup(t testing.TB) *fixture {
 	t.Helper()
 	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
-	consent := &fakeConsent{refused: map[string]bool{}}
+	consent := &fakeConsent{refused: map[string]bool{}, requestIDs: map[string]bool{}}
 	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
@@ -447,7 +447,8 @@ type fakeConsent struct {
 	allowed []string
 	// missing are families that do not exist; every other one does, with
 	// the member "mom".
-	missing map[string]bool
+	missing    map[string]bool
+	requestIDs map[string]bool
 }
 
 func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
@@ -483,6 +484,14 @@ func (c *fakeConsent) CreateDisclosure(_ context.Context, in *familiesv1.CreateD
 	defer c.mu.Unlock()
 	if c.refused[in.GetParent()] {
 		return nil, apperr.FailedPrecondition(consentgate.ReasonConsentRequired, "no consent", nil)
+	}
+	// As the families service: a check records nothing, a retried record
+	// with its request id records nothing more.
+	if in.GetValidateOnly() || (in.GetRequestId() != "" && c.requestIDs[in.GetRequestId()]) {
+		return in.GetDisclosure(), nil
+	}
+	if in.GetRequestId() != "" {
+		c.requestIDs[in.GetRequestId()] = true
 	}
 	c.allowed = append(c.allowed, in.GetDisclosure().GetResource())
 	return in.GetDisclosure(), nil
@@ -545,6 +554,26 @@ func TestEHRNeedsConsent(t *testing.T) {
 	f.consent.mu.Unlock()
 	if len(allowed) != 2 || allowed[0] != open.GetName() || allowed[1] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want the listed and the accepted referral", allowed)
+	}
+	// A write-back refused for its state or etag discloses nothing, so the
+	// accounting gains nothing.
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: open.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), Etag: open.GetEtag(),
+		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
+	wantCode(t, err, codes.Aborted)
+	// A retried write-back with its request id is one disclosure.
+	for range 2 {
+		if _, err := f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), RequestId: "reject-1",
+			Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}}); err != nil {
+			t.Fatalf("write-back with a request id: %v", err)
+		}
+	}
+	f.consent.mu.Lock()
+	allowed = append([]string(nil), f.consent.allowed...)
+	f.consent.mu.Unlock()
+	if len(allowed) != 3 || allowed[2] != open.GetName() {
+		t.Fatalf("disclosures recorded: %v; want one more, for the rejection", allowed)
 	}
 }
 

@@ -2,6 +2,8 @@ package referrals
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
@@ -57,17 +59,47 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 	if err != nil {
 		return nil, err
 	}
-	if _, out := consentgate.Outsider(ctx); out {
+	_, out := consentgate.Outsider(ctx)
+	if out {
 		// The answer to a write-back discloses the referral, so the EHR's
-		// step needs consent before it changes anything.
+		// step needs consent before it changes anything. It is recorded
+		// once the step has committed: a step refused for its state or
+		// etag disclosed nothing.
 		cur, err := readReferral(ctx, s.pool, r, false)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.cfg.Consent.Check(ctx, cur.GetFamily(), cur.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+		if err := s.cfg.Consent.Allowed(ctx, cur.GetFamily(), cur.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
 			return nil, err
 		}
 	}
+	res, err := s.commit(ctx, r, st)
+	if err != nil || !out {
+		return res, err
+	}
+	// A consent revoked in the instant since the check leaves the step
+	// committed and its answer withheld. A retry with the same request id
+	// replays the step and records the one disclosure once.
+	if err := s.cfg.Consent.Check(ctx, res.GetFamily(), res.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+		disclosureRequestID(st)); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// disclosureRequestID is the request id of the disclosure a step with a
+// request id records: derived from it, so that it cannot meet an id the
+// EHR chose for a call of its own.
+func disclosureRequestID(st step) string {
+	if st.requestID == "" {
+		return ""
+	}
+	h := sha256.Sum256([]byte(svc + st.method + "\x00" + st.requestID))
+	return "referral-step-" + hex.EncodeToString(h[:20])
+}
+
+// commit changes the referral's state in one transaction.
+func (s *Server) commit(ctx context.Context, r ref, st step) (*referralsv1.Referral, error) {
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			cur, err := readReferral(ctx, tx, r, true)

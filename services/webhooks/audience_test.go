@@ -119,7 +119,7 @@ func TestFullInterventionIsTheAppointment(t *testing.T) {
 	}
 	fam.mu.Lock()
 	defer fam.mu.Unlock()
-	if len(fam.asked) != 1 || fam.asked[0].GetDisclosure().GetRecipient() != "ehr-1" {
-		t.Fatalf("disclosures asked for: %v; want one, to ehr-1", fam.asked)
+	if rs := fam.records(); len(rs) != 1 || rs[0].GetDisclosure().GetRecipient() != "ehr-1" {
+		t.Fatalf("disclosures recorded: %v; want one, to ehr-1", rs)
 	}
 }

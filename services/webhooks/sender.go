@@ -431,28 +431,35 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 
 // disclose asks the families service to check consent and record the
 // disclosure. It answers false when no consent covers it (or the family is
-// gone), so the notification goes out with identifiers only.
+// gone), so the notification goes out with identifiers only. Consent is
+// checked anew for every attempt, so that a revocation counts at once, but
+// a delivery is recorded once however many attempts it takes: the record
+// carries the delivery's id as its request id.
 func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
 	if s.cfg.Families == nil {
 		return false, nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	_, err := s.cfg.Families.CreateDisclosure(cctx, &familiesv1.CreateDisclosureRequest{
-		Parent: p.family,
-		Disclosure: &familiesv1.Disclosure{
-			Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-			Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
-		},
-	})
-	switch status.Code(err) {
-	case codes.OK:
-		return true, nil
-	case codes.FailedPrecondition, codes.NotFound:
-		return false, nil
-	default:
-		return false, fmt.Errorf("consent check: %s", status.Code(err))
+	d := &familiesv1.Disclosure{
+		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
 	}
+	// The check first: a retried record answers from the first attempt's
+	// without looking at the consent again.
+	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
+	record := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: "webhook-" + p.id}
+	for _, req := range []*familiesv1.CreateDisclosureRequest{check, record} {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+		_, err := s.cfg.Families.CreateDisclosure(cctx, req)
+		cancel()
+		switch status.Code(err) {
+		case codes.OK:
+		case codes.FailedPrecondition, codes.NotFound:
+			return false, nil
+		default:
+			return false, fmt.Errorf("consent check: %s", status.Code(err))
+		}
+	}
+	return true, nil
 }
 
 // decodePayload opens a stored event payload (a serialized Any).

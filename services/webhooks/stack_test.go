@@ -296,6 +296,9 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 		t.Fatalf("created over REST: %+v", sub)
 	}
 	rcv.secret = sub.Secret
+	// The notification that carries data fails twice before it lands: the
+	// accounting must still list one disclosure, not one per attempt.
+	rcv.fail = func(_ string, n map[string]any, attempt int) bool { return n["data"] != nil && attempt <= 2 }
 	rcv.up()
 
 	r := e.referral(t, program, f)
@@ -322,6 +325,12 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 	data, _ := n["data"].(map[string]any)
 	if data["name"] != r.GetName() || data["state"] != "REFERRAL_STATE_ACCEPTED" || n["notice"] != webhooks.Notice {
 		t.Fatalf("after consent: %v", n)
+	}
+	rcv.mu.Lock()
+	tries := rcv.attempts[n["id"].(string)]
+	rcv.mu.Unlock()
+	if tries != 3 {
+		t.Fatalf("the notification with data took %d attempts, want 3", tries)
 	}
 	var listed struct {
 		Deliveries []struct{ State, Resource string }

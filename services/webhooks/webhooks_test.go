@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -397,6 +398,18 @@ type fakeFamilies struct {
 	asked  []*familiesv1.CreateDisclosureRequest
 }
 
+// records are the requests that would record a disclosure, not only check
+// one (validate_only); call with mu held.
+func (f *fakeFamilies) records() []*familiesv1.CreateDisclosureRequest {
+	var out []*familiesv1.CreateDisclosureRequest
+	for _, r := range f.asked {
+		if !r.GetValidateOnly() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
 	f.mu.Lock()
 	f.asked = append(f.asked, req)
@@ -439,8 +452,13 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 	if d.GetParent() != "clinics/north/families/f1" || d.GetDisclosure().GetRecipient() != "ehr-1" ||
 		d.GetDisclosure().GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS ||
 		d.GetDisclosure().GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK ||
-		d.GetDisclosure().GetResource() != "clinics/north/referrals/r1" {
+		d.GetDisclosure().GetResource() != "clinics/north/referrals/r1" || !strings.HasPrefix(d.GetRequestId(), "webhook-") {
 		t.Fatalf("disclosure asked: %v", d)
+	}
+	// The consent is checked before each record: the refused first
+	// notification was checked only, the second checked and recorded.
+	if n := len(fam.records()); len(fam.asked) != 3 || n != 1 {
+		t.Fatalf("%d calls of which %d records, want 3 and 1", len(fam.asked), n)
 	}
 }
 

@@ -4430,7 +4430,11 @@ type CreateDisclosureRequest struct {
 	// a check that must be made again each time, such as before each delivery
 	// attempt: a retry with the same id answers from the first record without
 	// looking at the consent again.
-	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Checks the consent without recording anything (AIP-163): the answer is
+	// the disclosure as it would be recorded, without a `name`, or
+	// FAILED_PRECONDITION as above. The request id is not used.
+	ValidateOnly  bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4484,6 +4488,13 @@ func (x *CreateDisclosureRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *CreateDisclosureRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
 }
 
 type ListDisclosuresRequest struct {
@@ -5139,7 +5150,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\trecipient\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\trecipient\x12#\n" +
 	"\x06reason\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x06reason\x12\x1e\n" +
 	"\x04etag\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\x95\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\xbf\x02\n" +
 	"\x17CreateDisclosureRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12J\n" +
 	"\n" +
@@ -5147,7 +5158,8 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"disclosure\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf5\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12(\n" +
+	"\rvalidate_only\x18\x04 \x01(\bB\x03\xe0A\x01R\fvalidateOnly\"\xf5\x01\n" +
 	"\x16ListDisclosuresRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +

@@ -148,7 +148,9 @@ type FamiliesServiceClient interface {
 	// consent the answer is FAILED_PRECONDITION with reason CONSENT_REQUIRED
 	// and nothing is recorded. Every path by which Handoff's records leave it
 	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
-	// here.
+	// here. With `validate_only` it only checks: a caller that may still
+	// fail before anything leaves (a write-back refused for its state) checks
+	// first and records once the answer is sure to go out.
 	CreateDisclosure(ctx context.Context, in *CreateDisclosureRequest, opts ...grpc.CallOption) (*Disclosure, error)
 	// Lists the families of a clinic whose consent covers disclosing the given
 	// information to the caller for treatment now. The services that hold
@@ -591,7 +593,9 @@ type FamiliesServiceServer interface {
 	// consent the answer is FAILED_PRECONDITION with reason CONSENT_REQUIRED
 	// and nothing is recorded. Every path by which Handoff's records leave it
 	// (FHIR reads, webhooks, a referral sent by fax or phone) goes through
-	// here.
+	// here. With `validate_only` it only checks: a caller that may still
+	// fail before anything leaves (a write-back refused for its state) checks
+	// first and records once the answer is sure to go out.
 	CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error)
 	// Lists the families of a clinic whose consent covers disclosing the given
 	// information to the caller for treatment now. The services that hold
