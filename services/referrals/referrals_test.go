@@ -50,7 +50,7 @@ func setup(t testing.TB) *fixture {
 	t.Helper()
 	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
-	consent := &fakeConsent{refused: map[string]bool{}, requestIDs: map[string]bool{}}
+	consent := &fakeConsent{refused: map[string]bool{}, requestIDs: map[string]bool{}, revokedLate: map[string]bool{}}
 	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
@@ -449,6 +449,9 @@ type fakeConsent struct {
 	// the member "mom".
 	missing    map[string]bool
 	requestIDs map[string]bool
+	// revokedLate are families whose consent passes the check
+	// (validate_only) and is revoked before the record.
+	revokedLate map[string]bool
 }
 
 func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
@@ -484,6 +487,9 @@ func (c *fakeConsent) CreateDisclosure(_ context.Context, in *familiesv1.CreateD
 	defer c.mu.Unlock()
 	if c.refused[in.GetParent()] {
 		return nil, apperr.FailedPrecondition(consentgate.ReasonConsentRequired, "no consent", nil)
+	}
+	if c.revokedLate[in.GetParent()] && !in.GetValidateOnly() {
+		return nil, apperr.FailedPrecondition(consentgate.ReasonConsentRequired, "revoked", nil)
 	}
 	// As the families service: a check records nothing, a retried record
 	// with its request id records nothing more.
@@ -574,6 +580,24 @@ func TestEHRNeedsConsent(t *testing.T) {
 	f.consent.mu.Unlock()
 	if len(allowed) != 3 || allowed[2] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want one more, for the rejection", allowed)
+	}
+	// A consent revoked between the check and the record rolls the step
+	// back: the EHR is refused, and nothing changed or was recorded.
+	late := mk("clinics/north/families/late")
+	f.consent.mu.Lock()
+	f.consent.revokedLate["clinics/north/families/late"] = true
+	f.consent.mu.Unlock()
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: late.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+	cur, err = f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: late.GetName()})
+	if err != nil || cur.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || cur.GetEtag() != late.GetEtag() {
+		t.Fatalf("a step whose disclosure was refused changed the referral: %v %v", cur, err)
+	}
+	f.consent.mu.Lock()
+	n := len(f.consent.allowed)
+	f.consent.mu.Unlock()
+	if n != 3 {
+		t.Fatalf("%d disclosures recorded, want still 3", n)
 	}
 }
 

@@ -59,12 +59,11 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 	if err != nil {
 		return nil, err
 	}
-	_, out := consentgate.Outsider(ctx)
-	if out {
+	_, outsider := consentgate.Outsider(ctx)
+	if outsider {
 		// The answer to a write-back discloses the referral, so the EHR's
-		// step needs consent before it changes anything. It is recorded
-		// once the step has committed: a step refused for its state or
-		// etag disclosed nothing.
+		// step needs consent before anything else: even a refusal for its
+		// state would tell the referral's state.
 		cur, err := readReferral(ctx, s.pool, r, false)
 		if err != nil {
 			return nil, err
@@ -73,33 +72,6 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			return nil, err
 		}
 	}
-	res, err := s.commit(ctx, r, st)
-	if err != nil || !out {
-		return res, err
-	}
-	// A consent revoked in the instant since the check leaves the step
-	// committed and its answer withheld. A retry with the same request id
-	// replays the step and records the one disclosure once.
-	if err := s.cfg.Consent.Check(ctx, res.GetFamily(), res.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
-		disclosureRequestID(st)); err != nil {
-		return nil, err
-	}
-	return res, nil
-}
-
-// disclosureRequestID is the request id of the disclosure a step with a
-// request id records: derived from it, so that it cannot meet an id the
-// EHR chose for a call of its own.
-func disclosureRequestID(st step) string {
-	if st.requestID == "" {
-		return ""
-	}
-	h := sha256.Sum256([]byte(svc + st.method + "\x00" + st.requestID))
-	return "referral-step-" + hex.EncodeToString(h[:20])
-}
-
-// commit changes the referral's state in one transaction.
-func (s *Server) commit(ctx context.Context, r ref, st step) (*referralsv1.Referral, error) {
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			cur, err := readReferral(ctx, tx, r, true)
@@ -141,8 +113,33 @@ func (s *Server) commit(ctx context.Context, r ref, st step) (*referralsv1.Refer
 			// One event type per transition, so that the waiting workflow and
 			// the EHR can subscribe to exactly what they need.
 			event := "referral." + strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
-			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+			if err := emit(ctx, tx, r.clinic, event, out.GetName(), out); err != nil {
+				return nil, err
+			}
+			if outsider {
+				// Recorded last before the commit: a step refused for its
+				// state or etag records nothing, a consent revoked since the
+				// check rolls the step back, and only a failed commit leaves
+				// a record of an answer that never went out (which a retry
+				// with the same request id then records no second time).
+				if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+					disclosureRequestID(st)); err != nil {
+					return nil, err
+				}
+			}
+			return out, nil
 		})
+}
+
+// disclosureRequestID is the request id of the disclosure a step with a
+// request id records: derived from it, so that it cannot meet an id the
+// EHR chose for a call of its own.
+func disclosureRequestID(st step) string {
+	if st.requestID == "" {
+		return ""
+	}
+	h := sha256.Sum256([]byte(svc + st.method + "\x00" + st.requestID))
+	return "referral-step-" + hex.EncodeToString(h[:20])
 }
 
 // AcceptReferral implements the API.

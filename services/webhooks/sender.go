@@ -3,6 +3,8 @@ package webhooks
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -150,7 +152,7 @@ type pending struct {
 	topic                    webhooksv1.Topic
 	family                   string
 	payload                  []byte
-	attempts                 int
+	attempts, replays        int
 	created                  time.Time
 	url, secret, owner       string
 	audience                 string
@@ -159,6 +161,14 @@ type pending struct {
 
 func (p *pending) name() string {
 	return deliveryName(p.clinic, p.subscription, p.id)
+}
+
+// disclosureRequestID is the request id under which the delivery's
+// disclosure is recorded: a hash, so that it cannot meet an id someone
+// chose for a call of their own (the receiver learns the delivery's id).
+func (p *pending) disclosureRequestID() string {
+	h := sha256.Sum256(fmt.Appendf(nil, "webhook\x00%s\x00%s\x00%d", p.subscription, p.id, p.replays))
+	return "webhook-" + hex.EncodeToString(h[:20])
 }
 
 // Once sends the deliveries that are due now and first in line for their
@@ -227,7 +237,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience`,
+			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience`,
 		limit, lease, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
@@ -238,7 +248,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience); err != nil {
+			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -433,8 +443,10 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 // disclosure. It answers false when no consent covers it (or the family is
 // gone), so the notification goes out with identifiers only. Consent is
 // checked anew for every attempt, so that a revocation counts at once, but
-// a delivery is recorded once however many attempts it takes: the record
-// carries the delivery's id as its request id.
+// a delivery is recorded once however many attempts it takes (and once
+// more for each replay of it as a dead letter): the record's request id is
+// derived from the delivery's id and replays. It is recorded before the
+// first attempt, which may reach the receiver whatever its answer.
 func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
 	if s.cfg.Families == nil {
 		return false, nil
@@ -446,7 +458,7 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	// The check first: a retried record answers from the first attempt's
 	// without looking at the consent again.
 	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
-	record := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: "webhook-" + p.id}
+	record := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
 	for _, req := range []*familiesv1.CreateDisclosureRequest{check, record} {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		_, err := s.cfg.Families.CreateDisclosure(cctx, req)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -610,5 +611,62 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("delivery %s acknowledged %d times", id, n)
 		}
+	}
+}
+
+// A full notification is one disclosure however many attempts it takes,
+// and one more when an administrator replays it as a dead letter: the
+// sender records it under a request id of the delivery and its replays
+// (the families service records a retried id once), and checks the
+// consent before every attempt.
+func TestDisclosureOncePerDeliveryAndReplay(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	var down atomic.Bool
+	down.Store(true)
+	rcv.setFail(func(string, map[string]any) bool { return down.Load() })
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	runSender(t, fastSender(f.db, fam, 3))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var dead []*webhooksv1.Delivery
+	eventually(t, 10*time.Second, "a dead letter", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: "clinics/north/subscriptions/-", Filter: "state = DEAD"})
+		dead = resp.GetDeliveries()
+		return err == nil && len(dead) == 1
+	})
+	ids := func() (records int, distinct []string) {
+		fam.mu.Lock()
+		defer fam.mu.Unlock()
+		for _, r := range fam.records() {
+			if !slices.Contains(distinct, r.GetRequestId()) {
+				distinct = append(distinct, r.GetRequestId())
+			}
+		}
+		return len(fam.records()), distinct
+	}
+	if n, d := ids(); n != 3 || len(d) != 1 || len(d[0]) > 64 || d[0] == "" {
+		t.Fatalf("three attempts asked to record %d times under request ids %q; want 3 under one id", n, d)
+	}
+	down.Store(false)
+	if _, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: dead[0].GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the replayed notification", func() bool { return len(rcv.received()) == 1 })
+	if n, d := ids(); n != 4 || len(d) != 2 {
+		t.Fatalf("after a replay: %d records under request ids %q; want 4 under two ids", n, d)
+	}
+	if n := rcv.received()[0]; n["data"] == nil || n["notice"] != webhooks.Notice {
+		t.Fatalf("replayed notification without its data: %v", n)
+	}
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	if checks := len(fam.asked) - len(fam.records()); checks != 4 {
+		t.Fatalf("%d consent checks, want one before each of the 4 attempts", checks)
 	}
 }
