@@ -672,3 +672,38 @@ func TestScheduledMeetingStaysEditable(t *testing.T) {
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"start_time"}}})
 	wantCode(t, err, codes.FailedPrecondition)
 }
+
+// A reminder created without a due time is due now by the service's clock,
+// so that a workflow step tried twice (its "now" moved) sends the same
+// request under its request id and gets the first reminder back, where a
+// due time of its own would have been refused as a reused id.
+func TestReminderDueNowByTheServiceClock(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := func() *interventionsv1.CreateReminderRequest {
+		return &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "step-1", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today.",
+			RelatedResource: "clinics/north/referrals/r1"}}
+	}
+	before := time.Now()
+	first, err := f.client.CreateReminder(f.worker, req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if due := first.GetDueTime().AsTime(); due.Before(before.Add(-time.Second)) || due.After(time.Now().Add(time.Second)) ||
+		first.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
+		t.Fatalf("created without a due time: due %v, state %v; want due now", due, first.GetState())
+	}
+	time.Sleep(10 * time.Millisecond)
+	again, err := f.client.CreateReminder(f.worker, req())
+	if err != nil || again.GetName() != first.GetName() || !again.GetDueTime().AsTime().Equal(first.GetDueTime().AsTime()) {
+		t.Fatalf("retry = %v, %v; want the first reminder %s", again, err, first.GetName())
+	}
+	// The same id with a due time of its own is another request.
+	moved := req()
+	moved.Reminder.DueTime = timestamppb.Now()
+	_, err = f.client.CreateReminder(f.worker, moved)
+	wantCode(t, err, codes.InvalidArgument)
+}

@@ -121,9 +121,6 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if rc.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE && rc.GetId() == "" {
 		vs.Add("reminder.recipient.id", "is required")
 	}
-	if rem.GetDueTime() == nil {
-		vs.Add("reminder.due_time", "is required")
-	}
 	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		vs.Add("reminder.kind", "is required")
 	}
@@ -147,10 +144,14 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
+			due := now
+			if rem.GetDueTime() != nil {
+				due = rem.GetDueTime().AsTime()
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_id, recipient_family, channel,
 				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
-				rc.GetFamily(), int16(rc.GetChannel()), rem.GetDueTime().AsTime(), int16(rem.GetKind()), rem.GetRelatedResource(),
+				rc.GetFamily(), int16(rc.GetChannel()), due, int16(rem.GetKind()), rem.GetRelatedResource(),
 				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow()); err != nil {
 				return nil, fmt.Errorf("insert reminder: %w", err)
 			}

@@ -56,8 +56,6 @@ type Settings struct {
 	IntakeReminderOffsets []time.Duration
 	// MaxNoShows is how many missed intakes are rebooked before escalation.
 	MaxNoShows int
-	// ReengageWithin is how soon after a no-show re-engagement happens.
-	ReengageWithin time.Duration
 	// CheckIns are the family check-ins after a refusal, from the outcome.
 	CheckIns []time.Duration
 	// TightenedCheckIn is the longest gap between check-ins after an overdose.
@@ -85,9 +83,9 @@ func DefaultSettings() Settings {
 		OutcomeGrace:    2 * time.Hour, OutcomeEscalation: 24 * time.Hour,
 		MaxPrograms: 3, IntakeTarget: 24 * time.Hour, IntakeAlert: 72 * time.Hour,
 		IntakeReminderOffsets: []time.Duration{24 * time.Hour, 2 * time.Hour},
-		MaxNoShows:            2, ReengageWithin: 24 * time.Hour,
-		CheckIns:         []time.Duration{24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour},
-		TightenedCheckIn: 3 * 24 * time.Hour, CoolDown: 14 * 24 * time.Hour, OverdoseGrace: time.Minute,
+		MaxNoShows:            2,
+		CheckIns:              []time.Duration{24 * time.Hour, 7 * 24 * time.Hour, 30 * 24 * time.Hour},
+		TightenedCheckIn:      3 * 24 * time.Hour, CoolDown: 14 * 24 * time.Hour, OverdoseGrace: time.Minute,
 		ReminderRetries: 3, ReminderRetryDelay: 15 * time.Minute,
 	}
 }

@@ -238,11 +238,15 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 	if !ok {
 		return "", temporal.NewNonRetryableApplicationError("unknown recipient kind "+in.To.Kind, "INVALID_ARGUMENT", nil)
 	}
+	var due *timestamppb.Timestamp
+	if !in.Due.IsZero() {
+		due = timestamppb.New(in.Due)
+	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
 		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
-			DueTime: timestamppb.New(in.Due), Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
+			DueTime: due, Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
 			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin}})
 	if err != nil {
 		return "", wrap("create reminder", err)

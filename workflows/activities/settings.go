@@ -22,7 +22,6 @@ type settingsJSON struct {
 	IntakeAlert           *string  `json:"intakeAlert"`
 	IntakeReminderOffsets []string `json:"intakeReminderOffsets"`
 	MaxNoShows            *int     `json:"maxNoShows"`
-	ReengageWithin        *string  `json:"reengageWithin"`
 	CheckIns              []string `json:"checkIns"`
 	TightenedCheckIn      *string  `json:"tightenedCheckIn"`
 	CoolDown              *string  `json:"coolDown"`
@@ -98,7 +97,7 @@ func (o settingsJSON) apply(s *Settings) error {
 	}{
 		{o.HoldLead, &s.HoldLead}, {o.HoldRetry, &s.HoldRetry}, {o.HoldSlack, &s.HoldSlack},
 		{o.OutcomeGrace, &s.OutcomeGrace}, {o.OutcomeEscalation, &s.OutcomeEscalation},
-		{o.IntakeTarget, &s.IntakeTarget}, {o.IntakeAlert, &s.IntakeAlert}, {o.ReengageWithin, &s.ReengageWithin},
+		{o.IntakeTarget, &s.IntakeTarget}, {o.IntakeAlert, &s.IntakeAlert},
 		{o.TightenedCheckIn, &s.TightenedCheckIn}, {o.CoolDown, &s.CoolDown}, {o.ReminderRetryDelay, &s.ReminderRetryDelay},
 		{o.OverdoseGrace, &s.OverdoseGrace},
 	}

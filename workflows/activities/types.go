@@ -55,11 +55,13 @@ type HoldResult struct {
 
 // ReminderRequest creates one reminder.
 type ReminderRequest struct {
-	Clinic    string
-	To        Person
-	Kind      string // a ReminderKind without its prefix, e.g. INTERVENTION_UPCOMING
-	Related   string
-	Message   string
+	Clinic  string
+	To      Person
+	Kind    string // a ReminderKind without its prefix, e.g. INTERVENTION_UPCOMING
+	Related string
+	Message string
+	// Due is when the reminder is due; zero for now, by the service's
+	// clock, so that a retried step sends the same request.
 	Due       time.Time
 	RequestID string
 	// Origin is the workflow id told if delivery fails.

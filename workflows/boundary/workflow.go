@@ -293,7 +293,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 			for _, m := range w.safety.Members {
 				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
 					"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
-					w.id("boundary-reminder|"+m.ID), workflow.Now(ctx), time.Time{}); err != nil {
+					w.id("boundary-reminder|"+m.ID), time.Time{}, time.Time{}); err != nil {
 					return err
 				}
 			}
@@ -392,7 +392,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 			if m.ID == w.safety.ContactPerson {
 				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
-					workflow.Now(ctx), time.Time{}); err != nil {
+					time.Time{}, time.Time{}); err != nil {
 					return err
 				}
 			}

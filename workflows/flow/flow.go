@@ -108,14 +108,19 @@ func RequestID(ctx workflow.Context, purpose string) string {
 
 // Remind creates a reminder due now for to.
 func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string) error {
-	_, err := RemindAt(ctx, clinic, to, kind, related, message, purpose, workflow.Now(ctx))
+	_, err := RemindAt(ctx, clinic, to, kind, related, message, purpose, time.Time{})
 	return err
 }
 
-// RemindAt creates a reminder due at due for to and returns its name. A
-// recipient who may no longer be contacted (consent withdrawn, member
-// removed) is skipped with an empty name, not a reason to end a workflow that
-// runs for weeks on a snapshot of the family.
+// RemindAt creates a reminder due at due for to and returns its name; a
+// zero due is now. A recipient who may no longer be contacted (consent
+// withdrawn, member removed) is skipped with an empty name, not a reason to
+// end a workflow that runs for weeks on a snapshot of the family.
+//
+// "Now" is left to the service's clock, never workflow.Now: a step whose
+// workflow task is lost after its local activities ran (a worker stopped
+// mid-task) runs them again at a later workflow time, and the request id,
+// the same, would then come with another request.
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) (string, error) {
 	var name string
 	err := Call(ctx, &name, A.SendReminder, activities.ReminderRequest{
@@ -131,17 +136,26 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 }
 
 // RemindAwake is RemindAt for a message to a family member or the loved
-// one, due at due or, if that falls in their quiet hours, when those end,
-// unless that is not before by (what the message is about; zero for
-// nothing). The reminder is created now either way; the automation
+// one, due at due (zero for now) or, if that falls in their quiet hours,
+// when those end, unless that is not before by (what the message is about;
+// zero for nothing). The reminder is created now either way; the automation
 // delivers it when it is due.
 func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, error) {
+	now := due.IsZero()
+	if now {
+		due = workflow.Now(ctx)
+	}
 	at, err := schedule.Awake(due, to.Recipient(), by)
 	if err != nil {
 		// The recipient's zone or quiet hours do not parse: send at due
 		// rather than not at all.
 		workflow.GetLogger(ctx).Warn("quiet hours not applied", "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
 		at = due
+	}
+	if now && at.Equal(due) {
+		// Not moved by quiet hours: due now by the service's clock (see
+		// RemindAt). Their end is a time of day, the same for every try.
+		at = time.Time{}
 	}
 	return RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
 }

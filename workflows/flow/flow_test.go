@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/activity"
@@ -89,5 +90,48 @@ func TestCallDoesNotRetryAFinalError(t *testing.T) {
 	}
 	if c.local != 1 || c.remote != 0 || c.calls != 1 {
 		t.Fatalf("local %d, activities %d, calls %d; want one local call", c.local, c.remote, c.calls)
+	}
+}
+
+// remindNow sends three reminders due "now": one by Remind, two by
+// RemindAwake to a member in and out of quiet hours.
+func remindNow(ctx workflow.Context) error {
+	ctx = flow.WithActivityOptions(ctx)
+	if err := flow.Remind(ctx, "north", activities.Person{Kind: "counselor", ID: "c1", Channel: "IN_APP"},
+		"CHECK_IN", "", "Call the family.", "counselor"); err != nil {
+		return err
+	}
+	for _, m := range []activities.Person{
+		{Kind: "member", ID: "awake", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "22:00", QuietEnd: "07:00"},
+		{Kind: "member", ID: "asleep", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "09:00", QuietEnd: "17:00"},
+	} {
+		if _, err := flow.RemindAwake(ctx, "north", m, "CHECK_IN", "", "How are you doing?", m.ID, time.Time{}, time.Time{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// A reminder due now leaves its time to the service's clock (a zero Due),
+// so a step tried again later sends the same request; one that quiet hours
+// move is due when they end, a time of day the same for every try.
+func TestRemindersDueNowCarryNoTime(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(remindNow)
+	env.RegisterActivity(&activities.Activities{})
+	start := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC) // noon: quiet for "asleep" only
+	env.SetStartTime(start)
+	due := map[string]time.Time{}
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.ReminderRequest) (string, error) {
+		due[r.To.ID] = r.Due
+		return "clinics/north/reminders/" + r.To.ID, nil
+	})
+	env.ExecuteWorkflow(remindNow)
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(due) != 3 || !due["c1"].IsZero() || !due["awake"].IsZero() || !due["asleep"].Equal(start.Add(5*time.Hour)) {
+		t.Fatalf("due times asked %v; want zero, zero and 17:00", due)
 	}
 }

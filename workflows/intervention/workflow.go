@@ -504,7 +504,7 @@ func (w *wf) due(ctx workflow.Context) error {
 		// booked or moved at short notice): then it waits for their end if
 		// that is still before the meeting.
 		sent, err := flow.RemindAwake(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
-			w.in.Intervention, msg, purpose, workflow.Now(ctx), w.plan.Start)
+			w.in.Intervention, msg, purpose, time.Time{}, w.plan.Start)
 		if err != nil {
 			return err
 		}

@@ -181,7 +181,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// before the appointment.
 				sent, err := flow.RemindAwake(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
-					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), workflow.Now(ctx), info.Appointment)
+					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), time.Time{}, info.Appointment)
 				if err != nil {
 					return "", info, err
 				}
@@ -233,11 +233,12 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					"The person missed the intake appointment again: please reach out and decide next steps.", "no-show-escalation")
 				return "escalated", info, err
 			}
-			// Re-engage within the day: the counselor calls, the program rebooks.
-			due := now.Add(min(w.settings.ReengageWithin, time.Hour))
-			if _, err := flow.RemindAt(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
+			// Re-engage within the day: the counselor calls, the program
+			// rebooks. Due at once, by the service's clock (see
+			// flow.RemindAt).
+			if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
 				"The intake appointment was missed: please reach out today and help rebook.",
-				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows), due); err != nil {
+				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows)); err != nil {
 				return "", info, err
 			}
 		case "REJECTED", "CANCELLED":

@@ -112,7 +112,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// The alert first: it is what tells a boundary workflow starting now
 	// that this overdose was answered.
-	name, err := flow.RemindAt(ctx, clinic, safety.Counselor, "OVERDOSE_ALERT", in.WarningSign, Alert, "overdose-alert", workflow.Now(ctx))
+	name, err := flow.RemindAt(ctx, clinic, safety.Counselor, "OVERDOSE_ALERT", in.WarningSign, Alert, "overdose-alert", time.Time{})
 	if err != nil {
 		return Result{}, err
 	}

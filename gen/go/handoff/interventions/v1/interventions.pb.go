@@ -1886,6 +1886,9 @@ type Reminder struct {
 	// Who receives the reminder, and how.
 	Recipient *Recipient `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// When the reminder should be delivered. It becomes DUE at this time.
+	// Left unset on create, it is now by the service's clock: a workflow's
+	// "now" differs between two tries of one step, and a retry with its
+	// request id must send the same request as the first.
 	DueTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=due_time,json=dueTime,proto3" json:"due_time,omitempty"`
 	// Why the reminder is sent.
 	Kind ReminderKind `protobuf:"varint,4,opt,name=kind,proto3,enum=handoff.interventions.v1.ReminderKind" json:"kind,omitempty"`
@@ -4458,7 +4461,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
 	"\trecipient\x18\x02 \x01(\v2#.handoff.interventions.v1.RecipientB\x06\xe0A\x02\xe0A\x05R\trecipient\x12=\n" +
-	"\bdue_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xe0A\x02\xe0A\x05R\adueTime\x12J\n" +
+	"\bdue_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xe0A\x01\xe0A\x05R\adueTime\x12J\n" +
 	"\x04kind\x18\x04 \x01(\x0e2&.handoff.interventions.v1.ReminderKindB\x0e\xe0A\x02\xe0A\x05\xbaH\x05\x82\x01\x02\x10\x01R\x04kind\x12\x98\x01\n" +
 	"\x10related_resource\x18\x05 \x01(\tBm\xe0A\x01\xe0A\x05\xfaA\x03\n" +
 	"\x01*\xbaH^\xd8\x01\x01rY2W^clinics/[a-z0-9][a-z0-9-]{0,62}(/[a-z][A-Za-z0-9]{0,62}/[a-z0-9][a-z0-9-]{0,62}){1,4}$R\x0frelatedResource\x12(\n" +
