@@ -104,7 +104,11 @@ func TestPgbenchScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if created.Ops < 20 || created.Offered != 40 || created.P99 <= 0 || created.P99 < created.P50 {
+	// pgbench spaces transactions as a Poisson process: a second at 40/s
+	// holds 40 on average and, on a busy machine, now and then under 20
+	// (a run of 19 failed here once). A quarter of the rate still shows
+	// the loop ran.
+	if created.Ops < 10 || created.Offered != 40 || created.P99 <= 0 || created.P99 < created.P50 {
 		t.Fatalf("create run: %d ops at %v/s offered, p50 %v p99 %v", created.Ops, created.Offered, created.P50, created.P99)
 	}
 	// The warm-up's transactions write rows too, uncounted: each create
@@ -130,7 +134,7 @@ func TestPgbenchScripts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if read.Ops < 20 {
+	if read.Ops < 10 {
 		t.Fatalf("get run: %d ops", read.Ops)
 	}
 	if n := count(`SELECT count(*) FROM audit_log WHERE method = 'GetFamily' AND resource = $1`, name); n < read.Ops {
