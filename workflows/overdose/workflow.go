@@ -124,6 +124,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		Family: family, Kinds: []string{"HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"}, Urgency: "IMMEDIATE",
 		RequestID: flow.RequestID(ctx, "harm-reduction"), Reason: HarmReductionReason,
 	}); err != nil {
+		if gone(err) {
+			// Deleted since the alert: no one is left to refer.
+			return Result{Reminder: name}, nil
+		}
 		return Result{}, err
 	}
 	res := Result{Reminder: name, Referrals: referrals}

@@ -34,6 +34,8 @@ type harness struct {
 	support   []activities.SupportRequest
 	calls     []string // activities in the order they ran
 	familyErr error
+	// supportErr fails the harm-reduction referrals.
+	supportErr error
 	// boundary says whether the family's boundary workflow runs; handed
 	// are the overdoses signalled to it.
 	boundary bool
@@ -69,6 +71,9 @@ func newHarness(t *testing.T) *harness {
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.SupportRequest) ([]string, error) {
 			h.support, h.calls = append(h.support, r), append(h.calls, "support")
+			if h.supportErr != nil {
+				return nil, h.supportErr
+			}
 			return []string{"clinics/north/referrals/naloxone"}, nil
 		})
 	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
@@ -184,6 +189,19 @@ func TestDeletedFamilyEndsQuietly(t *testing.T) {
 	}
 	if len(h.reminders) != 0 {
 		t.Fatalf("reminders = %+v", h.reminders)
+	}
+}
+
+// A family deleted between the alert and the referrals ends the workflow
+// quietly too, its alert made.
+func TestFamilyDeletedAfterTheAlertEndsQuietly(t *testing.T) {
+	h := newHarness(t)
+	h.supportErr = temporal.NewNonRetryableApplicationError("create referral: not found", "RESOURCE_NOT_FOUND", nil)
+	if res := h.run(t, h.env.Now()); res.Reminder == "" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.reminders) != 1 || len(h.support) != 1 {
+		t.Fatalf("reminders %+v, referrals asked %+v", h.reminders, h.support)
 	}
 }
 
