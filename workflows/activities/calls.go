@@ -610,12 +610,17 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			return nil, wrap("list warning signs", err)
 		}
 		for _, w := range page.GetWarningSigns() {
+			// A few alerts: some may be the asker's own (IgnoreFrom, and its
+			// resends), which do not count.
 			alerts, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-				Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName()), PageSize: 1})
+				Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName()), PageSize: 10})
 			if err != nil {
 				return nil, wrap("list reminders", err)
 			}
-			if len(alerts.GetReminders()) == 0 {
+			answered := slices.ContainsFunc(alerts.GetReminders(), func(r *interventionsv1.Reminder) bool {
+				return in.IgnoreFrom == "" || r.GetOriginWorkflow() != in.IgnoreFrom
+			})
+			if !answered {
 				out = append(out, w.GetName())
 			}
 		}

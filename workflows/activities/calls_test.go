@@ -185,15 +185,16 @@ func (f signsFake) ListWarningSigns(context.Context, *familiesv1.ListWarningSign
 
 type alertsFake struct {
 	interventionsv1.InterventionsServiceClient
-	answered map[string]bool
+	answered map[string]string // sign -> the workflow whose alert answered it
 	filters  []string
 }
 
 func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRemindersRequest, _ ...grpc.CallOption) (*interventionsv1.ListRemindersResponse, error) {
 	f.filters = append(f.filters, in.GetFilter())
-	for s := range f.answered {
+	for s, origin := range f.answered {
 		if in.GetFilter() == fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s) {
-			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{{Name: "clinics/north/reminders/a"}}}, nil
+			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{
+				{Name: "clinics/north/reminders/a", OriginWorkflow: origin}}}, nil
 		}
 	}
 	return &interventionsv1.ListRemindersResponse{}, nil
@@ -204,7 +205,7 @@ func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRe
 func TestOverdosesSinceLeavesOutAnswered(t *testing.T) {
 	fam := "clinics/north/families/f1"
 	answered, open := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
-	alerts := &alertsFake{answered: map[string]bool{answered: true}}
+	alerts := &alertsFake{answered: map[string]string{answered: "boundary/f1"}}
 	a := &Activities{Families: signsFake{signs: []string{answered, open}}, Interventions: alerts}
 	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour)})
 	if err != nil || len(got) != 1 || got[0] != open {
@@ -212,6 +213,20 @@ func TestOverdosesSinceLeavesOutAnswered(t *testing.T) {
 	}
 	if len(alerts.filters) != 2 {
 		t.Fatalf("alerts asked %v", alerts.filters)
+	}
+}
+
+// An alert the asking workflow made itself (a retried workflow task, its
+// alert made by the lost try) does not answer the overdose for it; an
+// alert of any other workflow does.
+func TestOverdosesSinceIgnoresTheAskersOwnAlert(t *testing.T) {
+	fam := "clinics/north/families/f1"
+	mine, theirs := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
+	alerts := &alertsFake{answered: map[string]string{mine: "overdose/w1", theirs: "boundary/f1"}}
+	a := &Activities{Families: signsFake{signs: []string{mine, theirs}}, Interventions: alerts}
+	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour), IgnoreFrom: "overdose/w1"})
+	if err != nil || len(got) != 1 || got[0] != mine {
+		t.Fatalf("OverdosesSince = %v, %v; want only %s", got, err, mine)
 	}
 }
 

@@ -157,6 +157,11 @@ type Safety struct {
 type OverdosesRequest struct {
 	Family string
 	Since  time.Time
+	// IgnoreFrom is a workflow id whose own alerts do not count as
+	// answers: a workflow whose task is retried after its alert was made
+	// must not take that alert for someone else's. Only for workflow ids
+	// that are never reused (the overdose workflow's, one per sign).
+	IgnoreFrom string
 }
 
 // ReinforceRequest records a reinforcement.

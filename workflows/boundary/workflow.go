@@ -129,13 +129,14 @@ type wf struct {
 	step     string
 	current  bool // versionCurrentCounselor is on (decided at the first refresh)
 	decided  bool
+	chain    string // the first run id of this execution, the same after continue-as-new
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
 
 // Workflow is the boundary reinforcement workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	w := &wf{in: in, st: in.State, step: "starting",
+	w := &wf{in: in, st: in.State, step: "starting", chain: workflow.GetInfo(ctx).FirstRunID,
 		overdose: workflow.GetSignalChannel(ctx, SignalOverdose), screen: workflow.GetSignalChannel(ctx, SignalSafetyScreen),
 		checkIn: workflow.GetSignalChannel(ctx, SignalCheckIn), restart: workflow.GetSignalChannel(ctx, SignalRestart)}
 	if w.st == nil {
@@ -154,10 +155,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 }
 
 // id makes a purpose unique to this cycle: the workflow id is reused for a
-// family's later refusals, and each cycle begins at its own instant, kept
-// across continue-as-new.
+// family's later refusals, so an execution is told apart by its first run
+// id (kept across continue-as-new), and a cycle by its number. Neither
+// moves when a lost workflow task is tried again, where the instant the
+// cycle began (used before) did, and every request of the cycle's first
+// task went out again under new ids: referrals and messages twice.
 func (w *wf) id(purpose string) string {
-	return fmt.Sprintf("c%d-%d|%s", w.st.Cycle, w.st.Began.UnixNano(), purpose)
+	return fmt.Sprintf("c%d-%s|%s", w.st.Cycle, w.chain, purpose)
 }
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {

@@ -3,6 +3,7 @@ package boundary_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -517,5 +518,29 @@ func TestFirstRemindersGoToTheFamilysCounselor(t *testing.T) {
 	asks := h.kinds("SAFETY_SCREEN_NEEDED")
 	if len(asks) != 1 || asks[0].To.ID != "counselor-2" {
 		t.Fatalf("screen requests = %+v, want one to counselor-2", asks)
+	}
+}
+
+// The request ids of a cycle do not depend on when its first workflow task
+// ran: a task lost and tried again later must send the ids the first try
+// sent, or every message and referral of the cycle's start goes out twice.
+func TestRequestIDsDoNotMoveWithTheClock(t *testing.T) {
+	ids := func(start time.Time) []string {
+		h := newHarness(t, "CURRENT")
+		h.env.SetStartTime(start)
+		h.env.ExecuteWorkflow(boundary.Name, input(1))
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range h.reminders {
+			out = append(out, r.RequestID)
+		}
+		return out
+	}
+	first := ids(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
+	again := ids(time.Date(2026, 12, 7, 15, 0, 7, 0, time.UTC))
+	if len(first) == 0 || !slices.Equal(first, again) {
+		t.Fatalf("request ids seven seconds apart differ:\n%v\n%v", first, again)
 	}
 }

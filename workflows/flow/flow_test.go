@@ -135,3 +135,26 @@ func TestRemindersDueNowCarryNoTime(t *testing.T) {
 		t.Fatalf("due times asked %v; want zero, zero and 17:00", due)
 	}
 }
+
+// A reminder its step's earlier try already made, from what it read then,
+// comes back REQUEST_ID_REUSED: the step goes on without it instead of
+// failing the workflow.
+func TestReminderMadeByAnEarlierTryDoesNotFailTheStep(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(remindNow)
+	env.RegisterActivity(&activities.Activities{})
+	env.SetStartTime(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	calls := 0
+	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(func(context.Context, activities.ReminderRequest) (string, error) {
+		calls++
+		if calls == 1 {
+			return "", temporal.NewNonRetryableApplicationError("create reminder: request id reused", "REQUEST_ID_REUSED", nil)
+		}
+		return "clinics/north/reminders/r", nil
+	})
+	env.ExecuteWorkflow(remindNow)
+	if err := env.GetWorkflowError(); err != nil || calls != 3 {
+		t.Fatalf("workflow error %v after %d reminders; want none after 3", err, calls)
+	}
+}

@@ -90,7 +90,8 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// Unanswered overdoses of the family recorded since this one: an
 	// overdose alert naming it, from any workflow, answers it.
 	var open []string
-	err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded})
+	err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded,
+		IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID})
 	if gone(err) {
 		return Result{}, nil
 	}

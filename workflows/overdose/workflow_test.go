@@ -203,6 +203,10 @@ func TestFamilyDeletedAfterTheAlertEndsQuietly(t *testing.T) {
 	if len(h.reminders) != 1 || len(h.support) != 1 {
 		t.Fatalf("reminders %+v, referrals asked %+v", h.reminders, h.support)
 	}
+	// Its own alert never counts as an earlier answer (a retried task).
+	if len(h.asked) != 1 || h.asked[0].IgnoreFrom != "default-test-workflow-id" {
+		t.Fatalf("overdoses asked %+v; want its own alerts ignored", h.asked)
+	}
 }
 
 // A boundary workflow running when the grace ends (a refusal recorded about
