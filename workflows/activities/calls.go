@@ -652,10 +652,45 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 			Family: prev.GetFamily(), Counselor: prev.GetCounselor(), Level: interventionsv1.EscalationLevel(in.Level),
 			TimeZone: prev.GetTimeZone(), ExpectedDuration: prev.GetExpectedDuration(), Place: prev.GetPlace(),
 			Participants: prev.GetParticipants(), PreviousIntervention: in.Previous, CarriedOverNotes: in.Notes}})
+	if ErrorType(wrap("", err)) == "REQUEST_ID_REUSED" {
+		// An earlier try of this step drafted it from what it read then
+		// (the previous meeting, the boundaries named in the notes), and
+		// something changed since: that draft stands.
+		return a.draftAfter(ctx, prev)
+	}
 	if err != nil {
 		return "", wrap("create intervention", err)
 	}
 	return iv.GetName(), nil
+}
+
+// draftAfter finds the newest intervention of prev's family drafted to
+// follow prev.
+func (a *Activities) draftAfter(ctx context.Context, prev *interventionsv1.Intervention) (string, error) {
+	var newest *interventionsv1.Intervention
+	token := ""
+	for {
+		page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{
+			Parent: "clinics/" + aip.Clinic(prev.GetName()), Filter: fmt.Sprintf("family = %q", prev.GetFamily()),
+			PageSize: 100, PageToken: token})
+		if err != nil {
+			return "", wrap("list interventions", err)
+		}
+		for _, iv := range page.GetInterventions() {
+			if iv.GetPreviousIntervention() == prev.GetName() &&
+				(newest == nil || iv.GetCreateTime().AsTime().After(newest.GetCreateTime().AsTime())) {
+				newest = iv
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if newest == nil {
+		return "", temporal.NewNonRetryableApplicationError("the request id of the proposal was used, and no draft follows "+prev.GetName(),
+			"REQUEST_ID_REUSED", nil)
+	}
+	return newest.GetName(), nil
 }
 
 // FamilyContacts returns who may be reminded of an intake: the loved one,

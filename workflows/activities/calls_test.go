@@ -368,3 +368,51 @@ func TestLoadPlanKeepsAnUnknownFirstContactUnknown(t *testing.T) {
 		t.Fatalf("plan first contact = %v, %v; want the zero time", p.FirstContact, err)
 	}
 }
+
+// proposalFake answers a proposal's retry as the service does when the
+// first try's draft was made from other reads: REQUEST_ID_REUSED.
+type proposalFake struct {
+	interventionsv1.InterventionsServiceClient
+	drafts []*interventionsv1.Intervention
+}
+
+func (f *proposalFake) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f1"}, nil
+}
+
+func (f *proposalFake) CreateIntervention(_ context.Context, in *interventionsv1.CreateInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return nil, apperr.RequestIDReused(in.GetRequestId())
+}
+
+func (f *proposalFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
+	if in.GetFilter() != `family = "clinics/north/families/f1"` {
+		return nil, status.Error(codes.InvalidArgument, "unexpected filter "+in.GetFilter())
+	}
+	return &interventionsv1.ListInterventionsResponse{Interventions: f.drafts}, nil
+}
+
+// A proposal whose earlier try drafted it from reads that changed since
+// (the boundaries in its notes) answers with that draft, the newest to
+// follow the previous meeting, instead of failing the workflow.
+func TestProposalMadeByAnEarlierTry(t *testing.T) {
+	prev := "clinics/north/interventions/i1"
+	at := func(m int) *timestamppb.Timestamp {
+		return timestamppb.New(time.Date(2026, 12, 3, 10, m, 0, 0, time.UTC))
+	}
+	f := &proposalFake{drafts: []*interventionsv1.Intervention{
+		{Name: "clinics/north/interventions/older", PreviousIntervention: prev, CreateTime: at(1)},
+		{Name: "clinics/north/interventions/other", PreviousIntervention: "clinics/north/interventions/i0", CreateTime: at(9)},
+		{Name: "clinics/north/interventions/draft", PreviousIntervention: prev, CreateTime: at(5)},
+		{Name: prev, CreateTime: at(0)},
+	}}
+	a := &Activities{Interventions: f}
+	got, err := a.ProposeIntervention(context.Background(), ProposeRequest{Previous: prev, Level: 2, Notes: "n", RequestID: "r"})
+	if err != nil || got != "clinics/north/interventions/draft" {
+		t.Fatalf("ProposeIntervention = %q, %v; want the newest draft after %s", got, err, prev)
+	}
+	f.drafts = f.drafts[1:2]
+	_, err = a.ProposeIntervention(context.Background(), ProposeRequest{Previous: prev, Level: 2, Notes: "n", RequestID: "r"})
+	if ErrorType(err) != "REQUEST_ID_REUSED" {
+		t.Fatalf("with no draft to find: %v; want REQUEST_ID_REUSED", err)
+	}
+}
