@@ -455,11 +455,16 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
 	}
-	// The check first: a retried record answers from the first attempt's
-	// without looking at the consent again.
-	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
+	// The first attempt (of a delivery, or of a replay) records, which
+	// checks the consent. A later one checks first: its record answers
+	// from the first attempt's without looking at the consent again.
 	record := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
-	for _, req := range []*familiesv1.CreateDisclosureRequest{check, record} {
+	reqs := []*familiesv1.CreateDisclosureRequest{record}
+	if p.attempts > 1 {
+		check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
+		reqs = []*familiesv1.CreateDisclosureRequest{check, record}
+	}
+	for _, req := range reqs {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 		_, err := s.cfg.Families.CreateDisclosure(cctx, req)
 		cancel()
