@@ -70,6 +70,10 @@ type State struct {
 // overdose is answered once, and a continued run reloads the family.
 const versionOnceEach = "overdose-once-and-reload-family"
 
+// versionIDsByRun: request ids name the execution's first run, not the
+// instant the cycle began.
+const versionIDsByRun = "request-ids-by-run"
+
 // versionCurrentCounselor guards reading the family again before an
 // overdose alert or a check-in, and addressing the family's counselor of
 // that moment rather than the one of the refused meeting: families are
@@ -130,6 +134,7 @@ type wf struct {
 	current  bool // versionCurrentCounselor is on (decided at the first refresh)
 	decided  bool
 	chain    string // the first run id of this execution, the same after continue-as-new
+	byRun    bool   // request ids name chain (versionIDsByRun)
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -142,6 +147,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if w.st == nil {
 		w.st = &State{}
 	}
+	// A run begun before keeps the ids it has been sending: a task of it
+	// tried again under new ids would send its requests twice.
+	w.byRun = workflow.GetVersion(ctx, versionIDsByRun, workflow.DefaultVersion, 1) >= 1
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
 		s := Status{Step: w.step, Proposed: w.st.Proposed, Overdoses: w.st.Overdoses}
 		if len(w.st.CheckIns) > 0 {
@@ -161,6 +169,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 // cycle began (used before) did, and every request of the cycle's first
 // task went out again under new ids: referrals and messages twice.
 func (w *wf) id(purpose string) string {
+	if !w.byRun {
+		return fmt.Sprintf("c%d-%d|%s", w.st.Cycle, w.st.Began.UnixNano(), purpose)
+	}
 	return fmt.Sprintf("c%d-%s|%s", w.st.Cycle, w.chain, purpose)
 }
 
