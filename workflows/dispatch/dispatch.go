@@ -139,6 +139,12 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 // it.
 func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) error {
 	family := aip.Family(w.GetName())
+	if family == "" {
+		// Nothing to signal or start for: the families service names
+		// every warning sign under its family.
+		d.Log.Warn("overdose event without a family's warning sign", "resource", w.GetName())
+		return nil
+	}
 	// A redelivered event whose first delivery started the overdose
 	// workflow belongs to it: that workflow hands the overdose to a
 	// boundary workflow or answers it, and a signal now to a boundary

@@ -119,4 +119,14 @@ func TestOverdoseDispatch(t *testing.T) {
 	if _, err := c.DescribeWorkflowExecution(ctx, ids.Overdose(signB), ""); err == nil {
 		t.Fatal("an overdose workflow started though the boundary workflow runs")
 	}
+
+	// A sign named under no family starts nothing (an overdose workflow
+	// with no family to read would only fail).
+	odd := "clinics/north/warningSigns/w9"
+	if err := d.Deliver(ctx, overdoseEvent(t, odd)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DescribeWorkflowExecution(ctx, ids.Overdose(odd), ""); err == nil {
+		t.Fatal("an overdose workflow started for a sign of no family")
+	}
 }
