@@ -42,6 +42,21 @@ func TestLoginRoleHasNoOwnerRights(t *testing.T) {
 	if err := pgdb.EnsureLoginRole(ctx, owner, "x; DROP TABLE audit_log", "p"); err == nil {
 		t.Fatal("a malformed role name was accepted")
 	}
+	// A role made by hand that is a member of the owner could SET ROLE to
+	// it: refused, with or without a password to set.
+	member := name + "_m"
+	if _, err := owner.Exec(ctx, `CREATE ROLE `+member+` LOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+member) })
+	if _, err := owner.Exec(ctx, `GRANT `+pgx.Identifier{ownerName}.Sanitize()+` TO `+member); err != nil {
+		t.Fatal(err)
+	}
+	for _, pw := range []string{"", "s3cret"} {
+		if err := pgdb.EnsureLoginRole(ctx, owner, member, pw); err == nil {
+			t.Fatalf("a member of the owner was accepted as the services' login role (password %q)", pw)
+		}
+	}
 
 	u, err := url.Parse(pgtest.URL())
 	if err != nil {

@@ -333,5 +333,16 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	if _, err := conn.Exec(ctx, `GRANT `+AppRole+` TO `+name); err != nil {
 		return fmt.Errorf("pgdb: grant %s to %s: %w", AppRole, name, err)
 	}
+	// A role made by hand (or made before) may hold more than AppRole: a
+	// superuser, one that bypasses row-level security or is a member of
+	// the owner could take back what the role is meant to keep from it.
+	var owner bool
+	if err := conn.QueryRow(ctx, `SELECT rolsuper OR rolbypassrls OR pg_has_role(rolname, current_user, 'MEMBER')
+		FROM pg_roles WHERE rolname = $1::text`, name).Scan(&owner); err != nil {
+		return fmt.Errorf("pgdb: login role %s: %w", name, err)
+	}
+	if owner {
+		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
+	}
 	return nil
 }
