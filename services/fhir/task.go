@@ -169,9 +169,6 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
 		ch.at = timestamppb.New(time.UnixMicro(end.GetValueUs()))
 	}
-	if err := refusedStatus(t); err != nil {
-		return ch, err
-	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
