@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -424,7 +425,17 @@ func (i *interceptor) authenticate(ctx context.Context, method string, req any) 
 
 func (i *interceptor) allowed(method string, p auth.Principal) bool {
 	roles, ok := i.policy[method]
-	return ok && p.Has(roles...)
+	if !ok {
+		return false
+	}
+	if p.Has(auth.RoleEHR) {
+		// A token with the EHR role is the outside system, whatever else
+		// the identity provider put in it (consentgate.Outsider): it reaches
+		// only the EHR's methods, whose reads are checked against consent
+		// and recorded. A staff role beside it must not open the others.
+		return slices.Contains(roles, auth.RoleEHR)
+	}
+	return p.Has(roles...)
 }
 
 func (i *interceptor) validate(m proto.Message) error {

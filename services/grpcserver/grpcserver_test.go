@@ -41,8 +41,13 @@ const slowMethod = "/handoff.test.Slow/Call"
 // handler (behind the interceptors) is handle.
 func serveOne(t *testing.T, method string, handle func(ctx context.Context) (any, error)) *servicetest.Env {
 	t.Helper()
+	return servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, registerOne(method, handle))
+}
+
+// registerOne registers method, a unary method whose handler is handle.
+func registerOne(method string, handle func(ctx context.Context) (any, error)) func(*grpc.Server) {
 	service, name, _ := strings.Cut(strings.TrimPrefix(method, "/"), "/")
-	return servicetest.Start(t, grpcserver.Policy{method: {auth.RoleCounselor}}, func(s *grpc.Server) {
+	return func(s *grpc.Server) {
 		s.RegisterService(&grpc.ServiceDesc{ServiceName: service, HandlerType: (*any)(nil),
 			Methods: []grpc.MethodDesc{{MethodName: name, Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
 				in := new(emptypb.Empty)
@@ -53,7 +58,7 @@ func serveOne(t *testing.T, method string, handle func(ctx context.Context) (any
 					return handle(ctx)
 				})
 			}}}}, struct{}{})
-	})
+	}
 }
 
 // recorded waits up to five seconds for an audit event and returns them
@@ -149,5 +154,25 @@ func TestDependencyErrorsSpeakForThisCall(t *testing.T) {
 		if direct := c.want == codes.FailedPrecondition; direct && st.Message() != "the referral is closed" {
 			t.Errorf("the handler's own message changed: %q", st.Message())
 		}
+	}
+}
+
+// A token that holds the EHR role is the outside system even when it also
+// holds a staff role: it reaches the EHR's methods, not the staff's, whose
+// answers are not checked against consent.
+func TestEHRRoleNarrowsAToken(t *testing.T) {
+	const staffOnly, shared = "/handoff.test.Roles/Staff", "/handoff.test.Roles/Shared"
+	ok := func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil }
+	env := serveOne(t, staffOnly, ok)
+	conn := env.Also(t, grpcserver.Policy{shared: {auth.RoleCounselor, auth.RoleEHR}}, registerOne(shared, ok))
+	both := env.As("north", "ehr-integration", auth.RoleEHR, auth.RoleCounselor)
+	if err := env.Conn.Invoke(both, staffOnly, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("EHR+counselor token on a counselor-only method: %v, want PermissionDenied", err)
+	}
+	if err := conn.Invoke(both, shared, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("EHR+counselor token on a method open to the EHR: %v", err)
+	}
+	if err := env.Conn.Invoke(env.Counselor("north"), staffOnly, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("counselor on a counselor-only method: %v", err)
 	}
 }
