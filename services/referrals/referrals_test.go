@@ -12,6 +12,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -225,6 +226,18 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 		_, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
 			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(at)}})
 		wantCode(t, err, codes.InvalidArgument)
+	}
+	// A walk-in booked at the edge of the window: a retry after the window
+	// moved past it gets the first answer, not a refusal.
+	walkIn := &referralsv1.ScheduleReferralRequest{Name: r1.GetName(), RequestId: "walk-in-1", IntakeAppointment: &referralsv1.IntakeAppointment{
+		StartTime: timestamppb.New(f.clock.Now().Add(-7*24*time.Hour + time.Minute))}}
+	first, err := f.client.ScheduleReferral(f.ehr, walkIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	if again, err := f.client.ScheduleReferral(f.ehr, walkIn); err != nil || again.GetEtag() != first.GetEtag() {
+		t.Fatalf("retried booking = %v, %v; want the first answer (etag %s)", again.GetEtag(), err, first.GetEtag())
 	}
 	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}); err != nil {
@@ -568,11 +581,16 @@ func TestEHRNeedsConsent(t *testing.T) {
 	_, err = f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), Etag: open.GetEtag(),
 		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
 	wantCode(t, err, codes.Aborted)
-	// A retried write-back with its request id is one disclosure.
-	for range 2 {
+	// A retried write-back with its request id is one disclosure, and
+	// every answer, the stored one too, carries the Part 2 notice.
+	for i := range 2 {
+		var md metadata.MD
 		if _, err := f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), RequestId: "reject-1",
-			Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}}); err != nil {
+			Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}}, grpc.Header(&md)); err != nil {
 			t.Fatalf("write-back with a request id: %v", err)
+		}
+		if got := md.Get(consentgate.NoticeHeader); len(got) != 1 || got[0] != consentgate.Notice {
+			t.Fatalf("write-back %d: notice header = %q", i, got)
 		}
 	}
 	f.consent.mu.Lock()

@@ -50,6 +50,10 @@ type step struct {
 	method, name, etag, requestID, reason string
 	to                                    state
 	req                                   proto.Message
+	// check refuses, from the request and the time alone, a step that is
+	// not a retry: after the request id lookup, so that a retry gets the
+	// first answer even once the clock would refuse it.
+	check func(now time.Time) error
 	// apply sets the columns the transition changes besides the state.
 	apply func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error
 }
@@ -72,8 +76,15 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			return nil, err
 		}
 	}
-	return idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
+	ran := false
+	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+st.method, st.requestID, st.req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
+			ran = true
+			if st.check != nil {
+				if err := st.check(s.cfg.Now()); err != nil {
+					return nil, err
+				}
+			}
 			cur, err := readReferral(ctx, tx, r, true)
 			if err != nil {
 				return nil, err
@@ -129,6 +140,12 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			}
 			return out, nil
 		})
+	if err == nil && outsider && !ran {
+		// A retry's stored answer is disclosed again, though recorded once
+		// (by the first call's Check): it carries the notice too.
+		consentgate.Notify(ctx)
+	}
+	return out, err
 }
 
 // disclosureRequestID is the request id of the disclosure a step with a
@@ -168,19 +185,22 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 	if req.GetIntakeAppointment().GetStartTime() == nil {
 		return nil, apperr.Field("intake_appointment.start_time", "is required")
 	}
-	// A program may book late an appointment that already began, but not
-	// one long past, nor one beyond any program's booking horizon.
-	now, start := s.cfg.Now(), req.GetIntakeAppointment().GetStartTime().AsTime()
-	if start.Before(now.Add(-intakeBookedLate)) || start.After(now.Add(intakeHorizon)) {
-		return nil, apperr.Field("intake_appointment.start_time", "must lie between %d days ago and %d days from now",
-			intakeBookedLate/(24*time.Hour), intakeHorizon/(24*time.Hour))
-	}
 	appt, err := protojson.Marshal(req.GetIntakeAppointment())
 	if err != nil {
 		return nil, fmt.Errorf("encode appointment: %w", err)
 	}
 	return s.transition(ctx, step{method: "ScheduleReferral", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetReason(), to: scheduled, req: req,
+		check: func(now time.Time) error {
+			// A program may book late an appointment that already began, but
+			// not one long past, nor one beyond any program's booking horizon.
+			start := req.GetIntakeAppointment().GetStartTime().AsTime()
+			if start.Before(now.Add(-intakeBookedLate)) || start.After(now.Add(intakeHorizon)) {
+				return apperr.Field("intake_appointment.start_time", "must lie between %d days ago and %d days from now",
+					intakeBookedLate/(24*time.Hour), intakeHorizon/(24*time.Hour))
+			}
+			return nil
+		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
 			_, err := tx.Exec(ctx, `UPDATE referrals SET appointment = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, appt)
 			return err
