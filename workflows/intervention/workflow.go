@@ -127,6 +127,20 @@ type wf struct {
 // cancelled through Temporal or fails before the outcome.
 const versionCleanUpOnAbandon = "clean-up-on-abandon"
 
+// versionHoldAfterReminders guards taking the hold after the reminders
+// that are due with it, within holdBudget: before, a referrals service
+// that kept failing held the loop in the hold's retries for up to a day,
+// and reminders, cancellations and outcomes waited behind it.
+const versionHoldAfterReminders = "hold-after-reminders"
+
+// holdBudget bounds one try at holding a slot, its retries included; a try
+// that fails for any reason but capacity is made again after
+// holdOutageRetry.
+const (
+	holdBudget      = 5 * time.Minute
+	holdOutageRetry = 15 * time.Minute
+)
+
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}}
@@ -488,8 +502,10 @@ func (w *wf) nextDeadline(now time.Time) (time.Time, bool) {
 // due does everything whose time has come.
 func (w *wf) due(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
-	if w.hold.Hold == "" && !now.Before(w.nextHoldTry) && now.Before(w.plan.Start) {
-		if err := w.takeHold(ctx); err != nil {
+	holdDue := w.hold.Hold == "" && !now.Before(w.nextHoldTry) && now.Before(w.plan.Start)
+	bounded := holdDue && workflow.GetVersion(ctx, versionHoldAfterReminders, workflow.DefaultVersion, 1) >= 1
+	if holdDue && !bounded {
+		if err := w.takeHold(ctx, false); err != nil {
 			return err
 		}
 	}
@@ -514,6 +530,11 @@ func (w *wf) due(ctx workflow.Context) error {
 		}
 		w.sent++
 	}
+	if bounded {
+		if err := w.takeHold(ctx, true); err != nil {
+			return err
+		}
+	}
 	if !w.overdueSent && !now.Before(w.end().Add(w.settings.OutcomeGrace)) {
 		w.step = StepAwaitOutcome
 		if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "OUTCOME_OVERDUE", w.in.Intervention,
@@ -533,11 +554,16 @@ func (w *wf) due(ctx workflow.Context) error {
 }
 
 // takeHold holds a treatment slot; when no program has one it tells the
-// counselor (once) and tries again later.
-func (w *wf) takeHold(ctx workflow.Context) error {
+// counselor (once) and tries again later. A bounded try gives up after
+// holdBudget and, unless no program had room, tries again sooner.
+func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 	expiry := w.end().Add(w.settings.HoldSlack)
 	var res activities.HoldResult
-	err := flow.Call(ctx, &res, flow.A.HoldTreatment, activities.HoldRequest{
+	hctx := ctx
+	if bounded {
+		hctx = workflow.WithScheduleToCloseTimeout(ctx, holdBudget)
+	}
+	err := flow.Call(hctx, &res, flow.A.HoldTreatment, activities.HoldRequest{
 		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)),
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("hold|%d|%d", w.generation, workflow.Now(ctx).Unix())),
 	})
@@ -548,6 +574,9 @@ func (w *wf) takeHold(ctx workflow.Context) error {
 			workflow.GetLogger(ctx).Warn("hold failed; will try again", "error", err)
 		}
 		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
+		if bounded && activities.ErrorType(err) != "NO_CAPACITY" {
+			w.nextHoldTry = workflow.Now(ctx).Add(min(holdOutageRetry, w.settings.HoldRetry))
+		}
 		if w.holdNotified {
 			return nil
 		}

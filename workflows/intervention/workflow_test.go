@@ -441,6 +441,60 @@ func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
 	}
 }
 
+// A referrals service that keeps failing delays neither the reminders due
+// with the hold nor the next ones: a try gives up within its budget and
+// is made again within the half hour, not after a day of retries.
+func TestFailingHoldDelaysNoReminder(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	first := map[string]time.Time{} // each try's request id, first seen
+	var order []string
+	h.hold = func(in activities.HoldRequest) (activities.HoldResult, error) {
+		if _, ok := first[in.RequestID]; !ok {
+			first[in.RequestID] = h.env.Now()
+			order = append(order, in.RequestID)
+		}
+		if len(order) < 3 {
+			return activities.HoldResult{}, errors.New("referrals: unavailable")
+		}
+		return activities.HoldResult{Hold: "clinics/north/holds/h9"}, nil
+	}
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	// The counselor has no quiet hours: each reminder at its exact time.
+	var got []time.Time
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID == "counselor-1" {
+			got = append(got, r.Due)
+		}
+	}
+	want := []time.Time{h.start.Add(-72 * time.Hour), h.start.Add(-24 * time.Hour), h.start.Add(-2 * time.Hour)}
+	if len(got) != len(want) {
+		t.Fatalf("counselor reminders at %v, want %v", got, want)
+	}
+	for i := range want {
+		if !got[i].Equal(want[i]) {
+			t.Fatalf("counselor reminder %d at %v, want %v", i, got[i], want[i])
+		}
+	}
+	if len(order) != 3 {
+		t.Fatalf("%d tries, want 3", len(order))
+	}
+	if !first[order[0]].Equal(want[0]) {
+		t.Fatalf("first try at %v, want %v", first[order[0]], want[0])
+	}
+	for i := 1; i < 3; i++ {
+		if gap := first[order[i]].Sub(first[order[i-1]]); gap < 15*time.Minute || gap > 30*time.Minute {
+			t.Fatalf("try %d came %v after the one before, want 15-30 minutes", i, gap)
+		}
+	}
+	if len(h.released) != 1 || h.released[0] != "clinics/north/holds/h9" {
+		t.Fatalf("released = %v, want the hold taken on the third try", h.released)
+	}
+}
+
 // A failed reminder is sent again after the retry delay, up to the retry
 // limit counted along the line of resends.
 func TestFailedRemindersAreRetried(t *testing.T) {
