@@ -86,6 +86,11 @@ const versionCurrentCounselor = "current-counselor"
 // no workflow to deliver to.
 const versionEarlyOverdoses = "answer-overdoses-before-start"
 
+// versionListenAtEnd guards waiting, before the workflow ends, for the
+// delivery failures of its last check-ins and alerts, so that they are
+// sent again: a failure signalled to a closed workflow is lost.
+const versionListenAtEnd = "listen-before-end"
+
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
 	WarningSign string
@@ -198,6 +203,20 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			return Result{}, err
 		}
 		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
+			if workflow.GetVersion(ctx, versionListenAtEnd, workflow.DefaultVersion, 1) >= 1 {
+				w.step = "finishing"
+				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.signalled); err != nil {
+					return Result{}, err
+				}
+				if w.signalled() {
+					// A restart, an overdose or a check-in came in the
+					// meantime: handle it, and listen again after.
+					if err := w.wait(ctx); err != nil {
+						return Result{}, err
+					}
+					continue
+				}
+			}
 			w.step = "done"
 			return Result{Summary: "check-ins done, next intervention proposed", Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 		}
@@ -507,7 +526,12 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 // unread reports whether a signal waits to be handled: a run must not
 // continue as new over it, or it would be lost.
 func (w *wf) unread() bool {
-	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart, w.failedReminders} {
+	return w.signalled() || w.failedReminders.Len() > 0
+}
+
+// signalled reports whether a signal that wait handles is waiting.
+func (w *wf) signalled() bool {
+	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart} {
 		if c.Len() > 0 {
 			return true
 		}

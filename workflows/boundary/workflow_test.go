@@ -479,6 +479,36 @@ func TestCarriedResendsAreSentAndCounted(t *testing.T) {
 	}
 }
 
+// The day-30 check-ins are the last reminders: a failure of theirs,
+// signalled after them, is still sent again before the workflow ends, and
+// a refusal that arrives meanwhile starts a new cycle rather than finding
+// no workflow to signal.
+func TestLastCheckInFailureIsResentAndARestartStillCounts(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
+	}, 30*day+20*time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i2", Level: 2, Outcome: "DECLINED"})
+	}, 30*day+time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(resent) != 1 || resent[0] != "clinics/north/reminders/r" {
+		t.Fatalf("resent %v; want the failed day-30 check-in", resent)
+	}
+	if len(h.reinforced) != 4 || h.reinforced[2].Sub(h.t0) != 30*day+time.Hour {
+		t.Fatalf("reinforced at %v; want a second cycle from the refusal at day 30 + 1h", h.reinforced)
+	}
+}
+
 // Another refusal while the workflow runs starts a new cycle: boundaries
 // are reinforced again and the check-ins count from the new refusal.
 func TestRestartStartsANewCycle(t *testing.T) {

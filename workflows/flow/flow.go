@@ -276,6 +276,34 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 	return ch
 }
 
+// ListenFor is how long a workflow about to end waits for the delivery
+// failures of the reminders it sent last: each resend waits
+// ReminderRetryDelay, and the automation is given as long again to
+// attempt it.
+func ListenFor(s activities.Settings) time.Duration {
+	return 2 * time.Duration(s.ReminderRetries) * s.ReminderRetryDelay
+}
+
+// Listen keeps a workflow that RetryFailedReminders serves open before it
+// ends, so that the failures of its last reminders are still sent again:
+// a failure signalled to a closed workflow is lost. It waits ListenFor,
+// then for the resends still waiting (as long again at most). stop, when
+// not nil, ends the wait early: the workflow has a signal to act on.
+func Listen(ctx workflow.Context, s activities.Settings, r *Resends, stop func() bool) error {
+	d := ListenFor(s)
+	if d <= 0 {
+		return nil
+	}
+	if stop == nil {
+		stop = func() bool { return false }
+	}
+	if _, err := workflow.AwaitWithTimeout(ctx, d, stop); err != nil || stop() {
+		return err
+	}
+	_, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() })
+	return err
+}
+
 // Settings loads the clinic's settings through an activity, so that replays
 // see the settings the workflow ran with.
 func Settings(ctx workflow.Context, clinic string) (activities.Settings, error) {

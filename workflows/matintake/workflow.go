@@ -79,7 +79,13 @@ type wf struct {
 	timerFuture workflow.Future
 	timerAt     time.Time
 	timerCancel workflow.CancelFunc
+	resends     flow.Resends
 }
+
+// versionListenAfterEscalation guards waiting, after an escalation, for
+// the escalation's delivery failures, so that they are sent again: before,
+// the workflow ended at once and a failure signalled to it was lost.
+const versionListenAfterEscalation = "listen-after-escalation"
 
 // Workflow is the MAT intake workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
@@ -89,7 +95,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}); err != nil {
 		return Result{}, err
 	}
-	res, err := w.run(flow.WithActivityOptions(ctx))
+	ctx = flow.WithActivityOptions(ctx)
+	res, err := w.run(ctx)
+	if err == nil && res.Outcome == "ESCALATED" &&
+		workflow.GetVersion(ctx, versionListenAfterEscalation, workflow.DefaultVersion, 1) >= 1 {
+		// No one could take the person in: the counselor must hear of it.
+		err = flow.Listen(ctx, w.settings, &w.resends, nil)
+	}
 	// A referral signal only says that something changed, and the service
 	// has been asked what is true; signals still waiting when the intake
 	// ends (the EHR's answers often come together) say nothing more. Taking
@@ -105,7 +117,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	flow.RetryFailedReminders(ctx, w.settings, &flow.Resends{}, w.staleReminder)
+	flow.RetryFailedReminders(ctx, w.settings, &w.resends, w.staleReminder)
 	if err := flow.Call(ctx, &w.contacts, flow.A.FamilyContacts, w.in.Family); err != nil {
 		return Result{}, err
 	}

@@ -142,6 +142,34 @@ func TestRejectionCascadeAcrossThreePrograms(t *testing.T) {
 	}
 }
 
+// An escalation whose delivery fails is sent again: the workflow listens
+// for its failures before it ends.
+func TestFailedEscalationIsResent(t *testing.T) {
+	h := newHarness(t)
+	h.programs(0)
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	var escalation string
+	h.env.RegisterDelayedCallback(func() {
+		if e := h.kinds("REFERRAL_ESCALATION"); len(e) == 1 {
+			escalation = "clinics/north/reminders/r0" // the only reminder sent
+		}
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: escalation})
+	}, 20*time.Minute)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if escalation == "" || len(resent) != 1 || resent[0] != escalation {
+		t.Fatalf("resent %v; want the failed escalation %q", resent, escalation)
+	}
+}
+
 // A no-show brings re-engagement and a rebooking; the second appointment is
 // kept, the person enters treatment, and the family is referred to support.
 func TestNoShowThenRebookingThenTreatment(t *testing.T) {

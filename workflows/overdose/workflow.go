@@ -138,25 +138,14 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// An alert whose delivery fails goes out again under the clinic's
 	// policy for failed reminders, as the other workflows' do; the workflow
 	// listens for as long as those resends take.
-	if listen := Listen(settings); listen > 0 {
+	if flow.ListenFor(settings) > 0 {
 		resends := &flow.Resends{}
 		flow.RetryFailedReminders(ctx, settings, resends, nil)
-		if err := workflow.Sleep(ctx, listen); err != nil {
-			return Result{}, err
-		}
-		// A resend still waiting goes out before the workflow ends.
-		if _, err := workflow.AwaitWithTimeout(ctx, listen, func() bool { return len(resends.Pending) == 0 }); err != nil {
+		if err := flow.Listen(ctx, settings, resends, nil); err != nil {
 			return Result{}, err
 		}
 	}
 	return res, nil
-}
-
-// Listen is how long the workflow waits for the alert's delivery failures:
-// each resend waits ReminderRetryDelay, and the automation is given as long
-// again to attempt it.
-func Listen(s activities.Settings) time.Duration {
-	return 2 * time.Duration(s.ReminderRetries) * s.ReminderRetryDelay
 }
 
 // gone reports whether an activity failed because the family was deleted:

@@ -161,8 +161,8 @@ func TestFailedAlertIsSentAgain(t *testing.T) {
 	if len(h.resends) != 1 || h.resends[0].Failed != "clinics/north/reminders/r1" || h.resends[0].RequestID == "" {
 		t.Fatalf("resends = %+v", h.resends)
 	}
-	if took := h.env.Now().Sub(start); took < settings.OverdoseGrace+overdose.Listen(settings) {
-		t.Fatalf("the workflow ended after %v, before listening %v", took, overdose.Listen(settings))
+	if took := h.env.Now().Sub(start); took < settings.OverdoseGrace+flow.ListenFor(settings) {
+		t.Fatalf("the workflow ended after %v, before listening %v", took, flow.ListenFor(settings))
 	}
 }
 
