@@ -290,8 +290,21 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	}
 	// The program reports through the EHR: accepted, scheduled, completed.
 	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: referral.GetName()}))
+	// The first booking's reminder (a second before it, in these
+	// settings) is created; moved, that reminder, not delivered yet, is
+	// cancelled.
+	intakeReminders := func(filter string) []*interventionsv1.Reminder {
+		return ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("kind = INTAKE_UPCOMING AND related_resource = %q", referral.GetName()) + filter})).GetReminders()
+	}
 	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(2 * time.Second))}}))
+	stacktest.Eventually(t, 20*time.Second, "reminders of the first appointment", func() bool { return len(intakeReminders("")) > 0 })
+	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(2 * time.Second))}}))
+	stacktest.Eventually(t, 20*time.Second, "the first appointment's reminders cancelled", func() bool {
+		return len(intakeReminders(" AND state = CANCELLED")) > 0
+	})
 	time.Sleep(2500 * time.Millisecond)
 	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: referral.GetName()}))
 	res := e.result(iv.GetName())

@@ -80,7 +80,14 @@ type wf struct {
 	timerAt     time.Time
 	timerCancel workflow.CancelFunc
 	resends     flow.Resends
+	cancels     int // intake reminders cancelled so far, for request ids
 }
+
+// versionCancelStale guards cancelling the intake reminders already
+// created for an appointment that moved, was missed or kept, or whose
+// referral ended: before, one waiting for the end of quiet hours still went
+// out, naming a time or a program that no longer applied.
+const versionCancelStale = "cancel-stale-intake-reminders"
 
 // versionListenAfterEscalation guards waiting, after an escalation, for
 // the escalation's delivery failures, so that they are sent again: before,
@@ -161,6 +168,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 	var info activities.ReferralInfo
 	var pending []schedule.Planned // intake reminders not sent yet
 	remindersFor := time.Time{}
+	sentFor := time.Time{}     // the appointment the reminders created so far name
 	noShowsHandled := int32(0) // a repeated signal must not act twice
 	for {
 		// Deadlines: the next intake reminder, and the alert when no intake
@@ -199,6 +207,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				}
 				if sent != "" {
 					w.upcoming[sent] = info.Appointment
+					sentFor = info.Appointment
 				}
 			}
 			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
@@ -218,6 +227,15 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			return "", info, err
 		}
 		w.state, w.appointment = info.State, info.Appointment
+		if !sentFor.IsZero() && (info.State != "SCHEDULED" || !info.Appointment.Equal(sentFor)) &&
+			(info.State != "COMPLETED" || now.Before(sentFor)) {
+			// A reminder may still wait (for the end of quiet hours, or for
+			// the automation) that names the old time.
+			if err := w.cancelStale(ctx, info.State); err != nil {
+				return "", info, err
+			}
+			sentFor = time.Time{}
+		}
 		switch info.State {
 		case "SCHEDULED":
 			if !info.Appointment.Equal(remindersFor) {
@@ -284,6 +302,24 @@ func (w *wf) stopTimer() {
 		w.timerCancel()
 	}
 	w.timerFuture, w.timerCancel = nil, nil
+}
+
+// cancelStale cancels the intake reminders of the current referral not
+// delivered yet, now that it is in state.
+func (w *wf) cancelStale(ctx workflow.Context, state string) error {
+	if workflow.GetVersion(ctx, versionCancelStale, workflow.DefaultVersion, 1) < 1 {
+		return nil
+	}
+	why := map[string]string{"SCHEDULED": "appointment moved", "NO_SHOW": "appointment missed",
+		"COMPLETED": "appointment kept"}[state]
+	if why == "" {
+		why = "referral ended"
+	}
+	w.cancels++
+	return flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.in.Clinic, Related: w.referral.Name, Kind: "INTAKE_UPCOMING", Reason: why,
+		RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-intake|%d", w.cancels)),
+	})
 }
 
 // staleReminder reports whether a failed intake reminder's line no longer

@@ -32,6 +32,9 @@ type harness struct {
 	requests  []activities.ImmediateRequest
 	support   []activities.SupportRequest
 	status    map[string]activities.ReferralInfo
+	// cancelled are the CancelReminders requests, with the time of each.
+	cancelled []activities.CancelRemindersRequest
+	cancelAt  []time.Time
 }
 
 // warnings is the workflows' logger in these tests: it keeps the warnings
@@ -76,6 +79,12 @@ func newHarness(t *testing.T) *harness {
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
 			h.support = append(h.support, in)
 			return []string{"clinics/north/referrals/support"}, nil
+		})
+	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
+			h.cancelled = append(h.cancelled, in)
+			h.cancelAt = append(h.cancelAt, env.Now())
+			return 1, nil
 		})
 	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], nil })
@@ -264,6 +273,42 @@ func TestStaleIntakeRemindersAreNotResent(t *testing.T) {
 	}
 	if len(resent) != 1 || resent[0] != first {
 		t.Fatalf("resent %v; want only %s (its appointment still stood)", resent, first)
+	}
+}
+
+// Intake reminders already created for an appointment that moved, or for
+// one that was missed, are cancelled: one still waiting for the end of
+// quiet hours must not name the old time. A referral without reminders
+// sent has none to cancel.
+func TestStaleIntakeRemindersAreCancelled(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(20 * time.Hour)})
+	h.transition(3*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(50 * time.Hour)})
+	h.transition(51*time.Hour, r1, activities.ReferralInfo{State: "NO_SHOW", NoShows: 1})
+	h.transition(52*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(100 * time.Hour), NoShows: 1})
+	h.transition(101*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 4, NoShows: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	// At 3 h the first appointment moved (its 24 h reminder went out at
+	// once); at 51 h the second was missed. The third was kept after its
+	// time: nothing of it can still be waiting.
+	want := []time.Duration{3 * time.Hour, 51 * time.Hour}
+	if len(h.cancelled) != len(want) {
+		t.Fatalf("cancelled %d times (%+v), want %d", len(h.cancelled), h.cancelled, len(want))
+	}
+	for i, c := range h.cancelled {
+		if c.Related != r1 || c.Kind != "INTAKE_UPCOMING" || h.cancelAt[i].Sub(start) != want[i] {
+			t.Fatalf("cancel %d = %+v at %v, want intake reminders of %s at %v", i, c, h.cancelAt[i].Sub(start), r1, want[i])
+		}
+	}
+	if h.cancelled[0].RequestID == h.cancelled[1].RequestID {
+		t.Fatal("two cancellations share a request id: the second would change nothing")
 	}
 }
 
