@@ -29,6 +29,7 @@ const (
 	ReasonAlreadyRecorded   = "ALREADY_RECORDED"
 	ReasonLeaseHeld         = "LEASE_HELD"
 	ReasonNotFound          = "RESOURCE_NOT_FOUND"
+	ReasonAlreadyExists     = "RESOURCE_ALREADY_EXISTS"
 	ReasonUnauthenticated   = "UNAUTHENTICATED"
 	ReasonPermissionDenied  = "PERMISSION_DENIED"
 )
@@ -88,6 +89,14 @@ func RequestIDReused(requestID string) error {
 func NotFound(name string) error {
 	return withDetails(codes.NotFound, fmt.Sprintf("%s not found", name), &errdetails.ErrorInfo{
 		Reason: ReasonNotFound, Domain: Domain, Metadata: map[string]string{"resource": name},
+	})
+}
+
+// AlreadyExists says the resource a call would bring into being is there
+// already (for example an undelete of a resource that is not deleted).
+func AlreadyExists(name, msg string) error {
+	return withDetails(codes.AlreadyExists, msg, &errdetails.ErrorInfo{
+		Reason: ReasonAlreadyExists, Domain: Domain, Metadata: map[string]string{"resource": name},
 	})
 }
 

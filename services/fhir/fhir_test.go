@@ -340,3 +340,15 @@ func TestConsentClasses(t *testing.T) {
 		}
 	}
 }
+
+// A deleted program that referrals still name is an inactive service.
+func TestDeletedProgramIsInactive(t *testing.T) {
+	p := &referralsv1.Program{Name: "clinics/north/programs/p1", DisplayName: "Riverside MAT"}
+	if hs := healthcareService(p); hs["active"] != true {
+		t.Fatalf("a program in the directory: active = %v", hs["active"])
+	}
+	p.DeleteTime = timestamppb.Now()
+	if hs := healthcareService(p); hs["active"] != false {
+		t.Fatalf("a deleted program: active = %v", hs["active"])
+	}
+}

@@ -484,8 +484,9 @@ func healthcareService(p *referralsv1.Program) obj {
 		"resourceType": "HealthcareService",
 		"id":           lastSegment(p.GetName()),
 		"identifier":   identifier(p.GetName()),
-		"active":       true,
-		"name":         p.GetDisplayName(),
+		// A deleted program that referrals still name is kept, inactive.
+		"active": p.GetDeleteTime() == nil,
+		"name":   p.GetDisplayName(),
 	}
 	if p.GetOrganization() != "" {
 		hs["providedBy"] = obj{"display": p.GetOrganization()}

@@ -94,7 +94,7 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 			var offers bool
 			tag, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots - 1, held_slots = held_slots + 1,
 				update_time = $4, version = version + 1
-				WHERE clinic = $1 AND id = $2 AND $3 = ANY(services) AND available_slots > 0`,
+				WHERE clinic = $1 AND id = $2 AND $3 = ANY(services) AND available_slots > 0 AND delete_time IS NULL`,
 				p.clinic, p.id, int16(req.GetServiceKind()), now)
 			if err != nil {
 				return nil, fmt.Errorf("take slot: %w", err)
@@ -102,6 +102,9 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 			if tag.RowsAffected() == 0 {
 				prog, err := readProgram(ctx, tx, p, false)
 				if err != nil {
+					return nil, err
+				}
+				if err := notDeleted(prog); err != nil {
 					return nil, err
 				}
 				for _, k := range prog.GetServices() {

@@ -245,7 +245,8 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 
 	var tiers []string
 	tier := func(cond string) {
-		tiers = append(tiers, `(SELECT * FROM programs p WHERE p.clinic = $1 AND p.profile = g.profile AND NOT (p.id = ANY($3))`+cond+`
+		tiers = append(tiers, `(SELECT * FROM programs p WHERE p.clinic = $1 AND p.profile = g.profile AND NOT (p.id = ANY($3))
+			AND p.delete_time IS NULL`+cond+`
 			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $5)`)
 	}
 	rest := ""
@@ -264,7 +265,7 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	args = append(args, exprArgs...)
 	rows, err := s.pool.Query(ctx, `WITH profiles AS (
 			SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
-				WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) LIMIT $5) n) AS eligible
+				WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) AND e.delete_time IS NULL LIMIT $5) n) AS eligible
 			FROM program_profiles g CROSS JOIN LATERAL (SELECT `+staticExpr+` AS score
 				-- Any one program speaks for its profile: read one, then filter.
 				FROM (SELECT * FROM programs WHERE clinic = $1 AND profile = g.profile LIMIT 1) one

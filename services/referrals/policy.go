@@ -19,7 +19,7 @@ func Policy() grpcserver.Policy {
 	// The directory is clinic data: everyone in the clinic may read it;
 	// administrators keep it.
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker, auth.RoleEHR}, "GetProgram", "ListPrograms")
-	set([]auth.Role{auth.RoleClinicAdmin}, "CreateProgram", "UpdateProgram", "DeleteProgram")
+	set([]auth.Role{auth.RoleClinicAdmin}, "CreateProgram", "UpdateProgram", "DeleteProgram", "UndeleteProgram")
 	// Programs report capacity through the EHR integration or an administrator.
 	set([]auth.Role{auth.RoleClinicAdmin, auth.RoleEHR}, "ReportCapacity")
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}, "MatchPrograms",

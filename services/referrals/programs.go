@@ -20,7 +20,7 @@ import (
 )
 
 const programSelect = `SELECT id, doc, services, payments, telehealth, same_day_intake, same_day_induction,
-	available_slots, held_slots, waitlist, capacity_update_time, create_time, update_time, version FROM programs`
+	available_slots, held_slots, waitlist, capacity_update_time, create_time, update_time, version, delete_time FROM programs`
 
 func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 	return func(r pgx.CollectableRow) (*referralsv1.Program, error) {
@@ -31,12 +31,12 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 			tele, sameIntake, sameInduction bool
 			available, held                 int32
 			waitlist                        bool
-			capUpdated                      *time.Time
+			capUpdated, deleted             *time.Time
 			created, updated                time.Time
 			version                         int64
 		)
 		if err := r.Scan(&id, &doc, &services, &payments, &tele, &sameIntake, &sameInduction,
-			&available, &held, &waitlist, &capUpdated, &created, &updated, &version); err != nil {
+			&available, &held, &waitlist, &capUpdated, &created, &updated, &version, &deleted); err != nil {
 			return nil, err
 		}
 		p := &referralsv1.Program{}
@@ -56,6 +56,9 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 			p.Capacity.UpdateTime = timestamppb.New(*capUpdated)
 		}
 		p.CreateTime, p.UpdateTime, p.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
+		if deleted != nil {
+			p.DeleteTime = timestamppb.New(*deleted)
+		}
 		return p, nil
 	}
 }
@@ -174,7 +177,8 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 	if err != nil {
 		return nil, err
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "programs", programSelect, `clinic = $1`, []any{clinic},
+	items, next, err := pgdb.ListPage(ctx, s.pool, "programs", programSelect, `clinic = $1 AND ($2 OR delete_time IS NULL)`,
+		[]any{clinic, req.GetShowDeleted()},
 		req, programFilter, scanProgram(clinic), func(p *referralsv1.Program) string { return p.GetName() })
 	if err != nil {
 		return nil, err
@@ -198,6 +202,9 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 				return nil, err
 			}
 			if err := aip.CheckEtag(cur.GetName(), req.GetProgram().GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if err := notDeleted(cur); err != nil {
 				return nil, err
 			}
 			next := proto.Clone(cur).(*referralsv1.Program)
@@ -227,8 +234,9 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 		})
 }
 
-// DeleteProgram implements the API. A program with live holds or any
-// referral stays: the history of where people were sent must remain whole.
+// DeleteProgram implements the API. A program that holds or referrals
+// name is kept, marked deleted: the history of where people were sent must
+// remain whole, and their names must still resolve.
 func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgramRequest) (*emptypb.Empty, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "programs")
 	if err != nil {
@@ -244,21 +252,77 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
-			var inUse bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2)
-				OR EXISTS (SELECT 1 FROM referrals WHERE clinic = $1 AND program_id = $2)`, r.clinic, r.id).Scan(&inUse); err != nil {
+			if cur.GetDeleteTime() != nil {
+				return &emptypb.Empty{}, nil
+			}
+			var held, named bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3),
+				EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2)
+				OR EXISTS (SELECT 1 FROM referrals WHERE clinic = $1 AND program_id = $2)`,
+				r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD)).Scan(&held, &named); err != nil {
 				return nil, fmt.Errorf("check program use: %w", err)
 			}
-			if inUse {
-				return nil, apperr.FailedPrecondition("PROGRAM_IN_USE",
-					cur.GetName()+" has holds or referrals and cannot be deleted; stop listing services instead",
+			if held {
+				return nil, apperr.FailedPrecondition("PROGRAM_HOLDS_SLOTS",
+					cur.GetName()+" holds slots for people about to be referred: release the holds first",
 					map[string]string{"resource": cur.GetName()})
 			}
-			if _, err := tx.Exec(ctx, `DELETE FROM programs WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
+			if !named {
+				if _, err := tx.Exec(ctx, `DELETE FROM programs WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
+					return nil, fmt.Errorf("delete program: %w", err)
+				}
+				return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "program.deleted", cur.GetName(), cur)
+			}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `UPDATE programs SET delete_time = $3, update_time = $3, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, now); err != nil {
 				return nil, fmt.Errorf("delete program: %w", err)
 			}
-			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "program.deleted", cur.GetName(), cur)
+			out, err := readProgram(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "program.deleted", out.GetName(), out)
 		})
+}
+
+// UndeleteProgram implements the API.
+func (s *Server) UndeleteProgram(ctx context.Context, req *referralsv1.UndeleteProgramRequest) (*referralsv1.Program, error) {
+	r, err := authorized(ctx, "name", req.GetName(), "programs")
+	if err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UndeleteProgram", req.GetRequestId(), req, newProgram,
+		func(tx pgx.Tx) (*referralsv1.Program, error) {
+			cur, err := readProgram(ctx, tx, r, true)
+			if err != nil {
+				return nil, err
+			}
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if cur.GetDeleteTime() == nil {
+				return nil, apperr.AlreadyExists(cur.GetName(), cur.GetName()+" is not deleted")
+			}
+			if _, err := tx.Exec(ctx, `UPDATE programs SET delete_time = NULL, update_time = $3, version = version + 1
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("undelete program: %w", err)
+			}
+			out, err := readProgram(ctx, tx, r, false)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, r.clinic, "program.undeleted", out.GetName(), out)
+		})
+}
+
+// notDeleted refuses a change to a deleted program.
+func notDeleted(p *referralsv1.Program) error {
+	if p.GetDeleteTime() == nil {
+		return nil
+	}
+	return apperr.FailedPrecondition("PROGRAM_DELETED", p.GetName()+" is deleted: undelete it first",
+		map[string]string{"resource": p.GetName()})
 }
 
 // ReportCapacity implements the API: the program's own count of free slots
@@ -275,6 +339,9 @@ func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapa
 				return nil, err
 			}
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
+			}
+			if err := notDeleted(cur); err != nil {
 				return nil, err
 			}
 			now := s.cfg.Now()

@@ -169,6 +169,9 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 	if err != nil {
 		return nil, err
 	}
+	if err := notDeleted(prog); err != nil {
+		return nil, err
+	}
 	offers := false
 	for _, k := range prog.GetServices() {
 		offers = offers || k == in.GetServiceKind()

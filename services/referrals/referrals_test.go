@@ -653,3 +653,103 @@ func TestReusedRequestIDSaysSo(t *testing.T) {
 		t.Fatalf("reason = %q, want REQUEST_ID_REUSED (%v)", reason, st.Details())
 	}
 }
+
+// wantReason is wantCode that also checks the ErrorInfo reason.
+func wantReason(t *testing.T, err error, code codes.Code, reason string) {
+	t.Helper()
+	wantCode(t, err, code)
+	for _, d := range status.Convert(err).Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == reason {
+			return
+		}
+	}
+	t.Fatalf("%v: want reason %s", err, reason)
+}
+
+// A program nothing names is removed; one that holds or referrals name is
+// kept with delete_time, out of lists and matches, taking nothing new,
+// until it is undeleted. One that holds slots is not deleted at all.
+func TestDeletingAProgram(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	unused := f.program(t, buprenorphine("Closed MAT"), 1)
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: unused.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: unused.GetName()})
+	wantCode(t, err, codes.NotFound)
+
+	p := f.program(t, buprenorphine("Riverside MAT"), 3)
+	bup := referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: bup, Family: family,
+		Intervention: "clinics/north/interventions/i1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()})
+	wantReason(t, err, codes.FailedPrecondition, "PROGRAM_HOLDS_SLOTS")
+	if _, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: h.GetName(), Reason: "meeting postponed"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName(), RequestId: "delete-p"}); err != nil {
+		t.Fatal(err)
+	}
+	deleted, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	if err != nil || deleted.GetDeleteTime() == nil {
+		t.Fatalf("a deleted program a hold names: %v, %v; want it kept with delete_time", deleted, err)
+	}
+	// Deleting it again changes nothing.
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()}); again.GetEtag() != deleted.GetEtag() {
+		t.Fatalf("a second delete changed the program: etag %s, was %s", again.GetEtag(), deleted.GetEtag())
+	}
+	listed := func(show bool) bool {
+		resp, err := f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north", ShowDeleted: show})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range resp.GetPrograms() {
+			if q.GetName() == p.GetName() {
+				return true
+			}
+		}
+		return false
+	}
+	matched := func() bool {
+		resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+			Urgency: referralsv1.Urgency_URGENCY_ROUTINE, ServiceKinds: []referralsv1.ServiceKind{bup}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(resp.GetMatches()) == 1 && resp.GetMatches()[0].GetProgram().GetName() == p.GetName()
+	}
+	if listed(false) || !listed(true) || matched() {
+		t.Fatalf("deleted: listed %v, listed with show_deleted %v, matched %v; want false, true, false", listed(false), listed(true), matched())
+	}
+	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: bup, Family: family,
+		Intervention: "clinics/north/interventions/i2"})
+	wantReason(t, err, codes.FailedPrecondition, "PROGRAM_DELETED")
+	_, err = f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: bup, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
+	wantReason(t, err, codes.FailedPrecondition, "PROGRAM_DELETED")
+	_, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 5})
+	wantReason(t, err, codes.FailedPrecondition, "PROGRAM_DELETED")
+	if a, _ := f.capacity(t, p.GetName()); a != 3 {
+		t.Fatalf("free slots %d after refused changes, want 3", a)
+	}
+
+	back, err := f.client.UndeleteProgram(f.admin, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
+	if err != nil || back.GetDeleteTime() != nil {
+		t.Fatalf("undelete = %v, %v", back, err)
+	}
+	if !listed(false) || !matched() {
+		t.Fatalf("undeleted: listed %v, matched %v", listed(false), matched())
+	}
+	_, err = f.client.UndeleteProgram(f.admin, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
+	wantCode(t, err, codes.AlreadyExists)
+	_, err = f.client.UndeleteProgram(f.ctx, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
+	wantCode(t, err, codes.PermissionDenied)
+}

@@ -866,7 +866,10 @@ type Program struct {
 	// Changes on every change to the program, including its capacity. Send it
 	// back on update, delete or ReportCapacity to make sure you change what
 	// you read.
-	Etag          string `protobuf:"bytes,17,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,17,opt,name=etag,proto3" json:"etag,omitempty"`
+	// When the program was deleted, if holds or referrals named it then (see
+	// DeleteProgram); unset for a program in the directory.
+	DeleteTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1018,6 +1021,13 @@ func (x *Program) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *Program) GetDeleteTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeleteTime
+	}
+	return nil
 }
 
 // A postal address.
@@ -2129,7 +2139,9 @@ type ListProgramsRequest struct {
 	// Fields: `service` (the program offers this ServiceKind), `telehealth`,
 	// `same_day_intake` (true or false), `payment` (the program accepts this
 	// PaymentKind). Enum values may be written with or without their prefix.
-	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Also list deleted programs (those with `delete_time`).
+	ShowDeleted   bool `protobuf:"varint,5,opt,name=show_deleted,json=showDeleted,proto3" json:"show_deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2190,6 +2202,13 @@ func (x *ListProgramsRequest) GetFilter() string {
 		return x.Filter
 	}
 	return ""
+}
+
+func (x *ListProgramsRequest) GetShowDeleted() bool {
+	if x != nil {
+		return x.ShowDeleted
+	}
+	return false
 }
 
 // Response for ListPrograms.
@@ -2380,6 +2399,70 @@ func (x *DeleteProgramRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for UndeleteProgram.
+type UndeleteProgramRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/programs/{program}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// If set, the program comes back only if its etag still matches.
+	Etag string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
+	// A unique id for this request.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndeleteProgramRequest) Reset() {
+	*x = UndeleteProgramRequest{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndeleteProgramRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndeleteProgramRequest) ProtoMessage() {}
+
+func (x *UndeleteProgramRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndeleteProgramRequest.ProtoReflect.Descriptor instead.
+func (*UndeleteProgramRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UndeleteProgramRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UndeleteProgramRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *UndeleteProgramRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for ReportCapacity.
 type ReportCapacityRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2402,7 +2485,7 @@ type ReportCapacityRequest struct {
 
 func (x *ReportCapacityRequest) Reset() {
 	*x = ReportCapacityRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[17]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2414,7 +2497,7 @@ func (x *ReportCapacityRequest) String() string {
 func (*ReportCapacityRequest) ProtoMessage() {}
 
 func (x *ReportCapacityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[17]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2427,7 +2510,7 @@ func (x *ReportCapacityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportCapacityRequest.ProtoReflect.Descriptor instead.
 func (*ReportCapacityRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{17}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ReportCapacityRequest) GetName() string {
@@ -2504,7 +2587,7 @@ type MatchProgramsRequest struct {
 
 func (x *MatchProgramsRequest) Reset() {
 	*x = MatchProgramsRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[18]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2599,7 @@ func (x *MatchProgramsRequest) String() string {
 func (*MatchProgramsRequest) ProtoMessage() {}
 
 func (x *MatchProgramsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[18]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2612,7 @@ func (x *MatchProgramsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MatchProgramsRequest.ProtoReflect.Descriptor instead.
 func (*MatchProgramsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{18}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MatchProgramsRequest) GetParent() string {
@@ -2620,7 +2703,7 @@ type MatchProgramsResponse struct {
 
 func (x *MatchProgramsResponse) Reset() {
 	*x = MatchProgramsResponse{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[19]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2715,7 @@ func (x *MatchProgramsResponse) String() string {
 func (*MatchProgramsResponse) ProtoMessage() {}
 
 func (x *MatchProgramsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[19]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2728,7 @@ func (x *MatchProgramsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MatchProgramsResponse.ProtoReflect.Descriptor instead.
 func (*MatchProgramsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{19}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MatchProgramsResponse) GetMatches() []*ProgramMatch {
@@ -2681,7 +2764,7 @@ type HoldSlotRequest struct {
 
 func (x *HoldSlotRequest) Reset() {
 	*x = HoldSlotRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[20]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2693,7 +2776,7 @@ func (x *HoldSlotRequest) String() string {
 func (*HoldSlotRequest) ProtoMessage() {}
 
 func (x *HoldSlotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[20]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2706,7 +2789,7 @@ func (x *HoldSlotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HoldSlotRequest.ProtoReflect.Descriptor instead.
 func (*HoldSlotRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{20}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HoldSlotRequest) GetProgram() string {
@@ -2762,7 +2845,7 @@ type GetHoldRequest struct {
 
 func (x *GetHoldRequest) Reset() {
 	*x = GetHoldRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[21]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2774,7 +2857,7 @@ func (x *GetHoldRequest) String() string {
 func (*GetHoldRequest) ProtoMessage() {}
 
 func (x *GetHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[21]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2787,7 +2870,7 @@ func (x *GetHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHoldRequest.ProtoReflect.Descriptor instead.
 func (*GetHoldRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{21}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetHoldRequest) GetName() string {
@@ -2818,7 +2901,7 @@ type ListHoldsRequest struct {
 
 func (x *ListHoldsRequest) Reset() {
 	*x = ListHoldsRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[22]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +2913,7 @@ func (x *ListHoldsRequest) String() string {
 func (*ListHoldsRequest) ProtoMessage() {}
 
 func (x *ListHoldsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[22]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2926,7 @@ func (x *ListHoldsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHoldsRequest.ProtoReflect.Descriptor instead.
 func (*ListHoldsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{22}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListHoldsRequest) GetParent() string {
@@ -2887,7 +2970,7 @@ type ListHoldsResponse struct {
 
 func (x *ListHoldsResponse) Reset() {
 	*x = ListHoldsResponse{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[23]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2899,7 +2982,7 @@ func (x *ListHoldsResponse) String() string {
 func (*ListHoldsResponse) ProtoMessage() {}
 
 func (x *ListHoldsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[23]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2912,7 +2995,7 @@ func (x *ListHoldsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHoldsResponse.ProtoReflect.Descriptor instead.
 func (*ListHoldsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{23}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListHoldsResponse) GetHolds() []*Hold {
@@ -2947,7 +3030,7 @@ type ReleaseHoldRequest struct {
 
 func (x *ReleaseHoldRequest) Reset() {
 	*x = ReleaseHoldRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[24]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3042,7 @@ func (x *ReleaseHoldRequest) String() string {
 func (*ReleaseHoldRequest) ProtoMessage() {}
 
 func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[24]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3055,7 @@ func (x *ReleaseHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseHoldRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseHoldRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{24}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReleaseHoldRequest) GetName() string {
@@ -3026,7 +3109,7 @@ type ConvertHoldRequest struct {
 
 func (x *ConvertHoldRequest) Reset() {
 	*x = ConvertHoldRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[25]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3038,7 +3121,7 @@ func (x *ConvertHoldRequest) String() string {
 func (*ConvertHoldRequest) ProtoMessage() {}
 
 func (x *ConvertHoldRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[25]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3051,7 +3134,7 @@ func (x *ConvertHoldRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConvertHoldRequest.ProtoReflect.Descriptor instead.
 func (*ConvertHoldRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{25}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ConvertHoldRequest) GetName() string {
@@ -3108,7 +3191,7 @@ type CreateReferralRequest struct {
 
 func (x *CreateReferralRequest) Reset() {
 	*x = CreateReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[26]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3203,7 @@ func (x *CreateReferralRequest) String() string {
 func (*CreateReferralRequest) ProtoMessage() {}
 
 func (x *CreateReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[26]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3216,7 @@ func (x *CreateReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateReferralRequest.ProtoReflect.Descriptor instead.
 func (*CreateReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{26}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CreateReferralRequest) GetParent() string {
@@ -3168,7 +3251,7 @@ type GetReferralRequest struct {
 
 func (x *GetReferralRequest) Reset() {
 	*x = GetReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[27]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3180,7 +3263,7 @@ func (x *GetReferralRequest) String() string {
 func (*GetReferralRequest) ProtoMessage() {}
 
 func (x *GetReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[27]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3193,7 +3276,7 @@ func (x *GetReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetReferralRequest.ProtoReflect.Descriptor instead.
 func (*GetReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{27}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetReferralRequest) GetName() string {
@@ -3226,7 +3309,7 @@ type ListReferralsRequest struct {
 
 func (x *ListReferralsRequest) Reset() {
 	*x = ListReferralsRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[28]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3238,7 +3321,7 @@ func (x *ListReferralsRequest) String() string {
 func (*ListReferralsRequest) ProtoMessage() {}
 
 func (x *ListReferralsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[28]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3251,7 +3334,7 @@ func (x *ListReferralsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReferralsRequest.ProtoReflect.Descriptor instead.
 func (*ListReferralsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{28}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListReferralsRequest) GetParent() string {
@@ -3295,7 +3378,7 @@ type ListReferralsResponse struct {
 
 func (x *ListReferralsResponse) Reset() {
 	*x = ListReferralsResponse{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[29]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3307,7 +3390,7 @@ func (x *ListReferralsResponse) String() string {
 func (*ListReferralsResponse) ProtoMessage() {}
 
 func (x *ListReferralsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[29]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3320,7 +3403,7 @@ func (x *ListReferralsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReferralsResponse.ProtoReflect.Descriptor instead.
 func (*ListReferralsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{29}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListReferralsResponse) GetReferrals() []*Referral {
@@ -3353,7 +3436,7 @@ type UpdateReferralRequest struct {
 
 func (x *UpdateReferralRequest) Reset() {
 	*x = UpdateReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3365,7 +3448,7 @@ func (x *UpdateReferralRequest) String() string {
 func (*UpdateReferralRequest) ProtoMessage() {}
 
 func (x *UpdateReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3378,7 +3461,7 @@ func (x *UpdateReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateReferralRequest.ProtoReflect.Descriptor instead.
 func (*UpdateReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{30}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UpdateReferralRequest) GetReferral() *Referral {
@@ -3421,7 +3504,7 @@ type TransitionReferralRequest struct {
 
 func (x *TransitionReferralRequest) Reset() {
 	*x = TransitionReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3433,7 +3516,7 @@ func (x *TransitionReferralRequest) String() string {
 func (*TransitionReferralRequest) ProtoMessage() {}
 
 func (x *TransitionReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3446,7 +3529,7 @@ func (x *TransitionReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionReferralRequest.ProtoReflect.Descriptor instead.
 func (*TransitionReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{31}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransitionReferralRequest) GetName() string {
@@ -3495,7 +3578,7 @@ type RejectReferralRequest struct {
 
 func (x *RejectReferralRequest) Reset() {
 	*x = RejectReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3507,7 +3590,7 @@ func (x *RejectReferralRequest) String() string {
 func (*RejectReferralRequest) ProtoMessage() {}
 
 func (x *RejectReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3520,7 +3603,7 @@ func (x *RejectReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectReferralRequest.ProtoReflect.Descriptor instead.
 func (*RejectReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{32}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RejectReferralRequest) GetName() string {
@@ -3572,7 +3655,7 @@ type ScheduleReferralRequest struct {
 
 func (x *ScheduleReferralRequest) Reset() {
 	*x = ScheduleReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3584,7 +3667,7 @@ func (x *ScheduleReferralRequest) String() string {
 func (*ScheduleReferralRequest) ProtoMessage() {}
 
 func (x *ScheduleReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3597,7 +3680,7 @@ func (x *ScheduleReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScheduleReferralRequest.ProtoReflect.Descriptor instead.
 func (*ScheduleReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{33}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ScheduleReferralRequest) GetName() string {
@@ -3656,7 +3739,7 @@ type CompleteReferralRequest struct {
 
 func (x *CompleteReferralRequest) Reset() {
 	*x = CompleteReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3668,7 +3751,7 @@ func (x *CompleteReferralRequest) String() string {
 func (*CompleteReferralRequest) ProtoMessage() {}
 
 func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3681,7 +3764,7 @@ func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteReferralRequest.ProtoReflect.Descriptor instead.
 func (*CompleteReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{34}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CompleteReferralRequest) GetName() string {
@@ -3723,7 +3806,7 @@ var File_handoff_referrals_v1_referrals_proto protoreflect.FileDescriptor
 
 const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\n" +
-	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\b\n" +
+	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\b\n" +
 	"\aProgram\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12/\n" +
 	"\forganization\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\forganization\x12.\n" +
@@ -3746,7 +3829,9 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\x11 \x01(\tB\x03\xe0A\x01R\x04etag:S\xeaAP\n" +
+	"\x04etag\x18\x11 \x01(\tB\x03\xe0A\x01R\x04etag\x12@\n" +
+	"\vdelete_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"deleteTime:S\xeaAP\n" +
 	"\x16handoff.health/Program\x12#clinics/{clinic}/programs/{program}*\bprograms2\aprogram\"\xdf\x01\n" +
 	"\aAddress\x12(\n" +
 	"\x05lines\x18\x01 \x03(\tB\x12\xe0A\x01\xbaH\f\x92\x01\t\x10\x04\"\x05r\x03\x18\xc8\x01R\x05lines\x12&\n" +
@@ -3857,13 +3942,14 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x90\x01\n" +
 	"\x11GetProgramRequest\x12{\n" +
 	"\x04name\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf2\x01\n" +
+	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x9a\x02\n" +
 	"\x13ListProgramsRequest\x12^\n" +
 	"\x06parent\x18\x01 \x01(\tBF\xe0A\x02\xfaA\x18\x12\x16handoff.health/Program\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
-	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"y\n" +
+	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\x12&\n" +
+	"\fshow_deleted\x18\x05 \x01(\bB\x03\xe0A\x01R\vshowDeleted\"y\n" +
 	"\x14ListProgramsResponse\x129\n" +
 	"\bprograms\x18\x01 \x03(\v2\x1d.handoff.referrals.v1.ProgramR\bprograms\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcd\x01\n" +
@@ -3875,6 +3961,13 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"request_id\x18\x03 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd7\x01\n" +
 	"\x14DeleteProgramRequest\x12{\n" +
+	"\x04name\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\n" +
+	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12\x17\n" +
+	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd9\x01\n" +
+	"\x16UndeleteProgramRequest\x12{\n" +
 	"\x04name\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\n" +
 	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12\x17\n" +
 	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
@@ -4102,14 +4195,15 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\x81\x1d\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\x9e\x1e\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
 	"GetProgram\x12'.handoff.referrals.v1.GetProgramRequest\x1a\x1d.handoff.referrals.v1.Program\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/programs/*}\x12\x97\x01\n" +
 	"\fListPrograms\x12).handoff.referrals.v1.ListProgramsRequest\x1a*.handoff.referrals.v1.ListProgramsResponse\"0\xdaA\x06parent\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=clinics/*}/programs\x12\xaa\x01\n" +
 	"\rUpdateProgram\x12*.handoff.referrals.v1.UpdateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"N\xdaA\x13program,update_mask\x82\xd3\xe4\x93\x022:\aprogram2'/v1/{program.name=clinics/*/programs/*}\x12\x83\x01\n" +
-	"\rDeleteProgram\x12*.handoff.referrals.v1.DeleteProgramRequest\x1a\x16.google.protobuf.Empty\".\xdaA\x04name\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=clinics/*/programs/*}\x12\xb7\x01\n" +
+	"\rDeleteProgram\x12*.handoff.referrals.v1.DeleteProgramRequest\x1a\x16.google.protobuf.Empty\".\xdaA\x04name\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=clinics/*/programs/*}\x12\x9a\x01\n" +
+	"\x0fUndeleteProgram\x12,.handoff.referrals.v1.UndeleteProgramRequest\x1a\x1d.handoff.referrals.v1.Program\":\xdaA\x04name\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/{name=clinics/*/programs/*}:undelete\x12\xb7\x01\n" +
 	"\x0eReportCapacity\x12+.handoff.referrals.v1.ReportCapacityRequest\x1a\x1d.handoff.referrals.v1.Program\"Y\xdaA\x1dname,available_slots,waitlist\x82\xd3\xe4\x93\x023:\x01*\"./v1/{name=clinics/*/programs/*}:reportCapacity\x12\xb9\x01\n" +
 	"\rMatchPrograms\x12*.handoff.referrals.v1.MatchProgramsRequest\x1a+.handoff.referrals.v1.MatchProgramsResponse\"O\xdaA\x1cparent,service_kinds,urgency\x82\xd3\xe4\x93\x02*:\x01*\"%/v1/{parent=clinics/*}/programs:match\x12\x9f\x01\n" +
 	"\bHoldSlot\x12%.handoff.referrals.v1.HoldSlotRequest\x1a\x1a.handoff.referrals.v1.Hold\"P\xdaA\x1bprogram,service_kind,family\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{program=clinics/*/programs/*}:hold\x12x\n" +
@@ -4142,7 +4236,7 @@ func file_handoff_referrals_v1_referrals_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_referrals_v1_referrals_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
 	(ServiceKind)(0),                   // 0: handoff.referrals.v1.ServiceKind
 	(PaymentKind)(0),                   // 1: handoff.referrals.v1.PaymentKind
@@ -4171,135 +4265,139 @@ var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
 	(*ListProgramsResponse)(nil),       // 24: handoff.referrals.v1.ListProgramsResponse
 	(*UpdateProgramRequest)(nil),       // 25: handoff.referrals.v1.UpdateProgramRequest
 	(*DeleteProgramRequest)(nil),       // 26: handoff.referrals.v1.DeleteProgramRequest
-	(*ReportCapacityRequest)(nil),      // 27: handoff.referrals.v1.ReportCapacityRequest
-	(*MatchProgramsRequest)(nil),       // 28: handoff.referrals.v1.MatchProgramsRequest
-	(*MatchProgramsResponse)(nil),      // 29: handoff.referrals.v1.MatchProgramsResponse
-	(*HoldSlotRequest)(nil),            // 30: handoff.referrals.v1.HoldSlotRequest
-	(*GetHoldRequest)(nil),             // 31: handoff.referrals.v1.GetHoldRequest
-	(*ListHoldsRequest)(nil),           // 32: handoff.referrals.v1.ListHoldsRequest
-	(*ListHoldsResponse)(nil),          // 33: handoff.referrals.v1.ListHoldsResponse
-	(*ReleaseHoldRequest)(nil),         // 34: handoff.referrals.v1.ReleaseHoldRequest
-	(*ConvertHoldRequest)(nil),         // 35: handoff.referrals.v1.ConvertHoldRequest
-	(*CreateReferralRequest)(nil),      // 36: handoff.referrals.v1.CreateReferralRequest
-	(*GetReferralRequest)(nil),         // 37: handoff.referrals.v1.GetReferralRequest
-	(*ListReferralsRequest)(nil),       // 38: handoff.referrals.v1.ListReferralsRequest
-	(*ListReferralsResponse)(nil),      // 39: handoff.referrals.v1.ListReferralsResponse
-	(*UpdateReferralRequest)(nil),      // 40: handoff.referrals.v1.UpdateReferralRequest
-	(*TransitionReferralRequest)(nil),  // 41: handoff.referrals.v1.TransitionReferralRequest
-	(*RejectReferralRequest)(nil),      // 42: handoff.referrals.v1.RejectReferralRequest
-	(*ScheduleReferralRequest)(nil),    // 43: handoff.referrals.v1.ScheduleReferralRequest
-	(*CompleteReferralRequest)(nil),    // 44: handoff.referrals.v1.CompleteReferralRequest
-	(*timestamppb.Timestamp)(nil),      // 45: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 46: google.protobuf.FieldMask
-	(*durationpb.Duration)(nil),        // 47: google.protobuf.Duration
-	(*v1.ListAuditEventsRequest)(nil),  // 48: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 49: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 50: handoff.audit.v1.ListAuditEventsResponse
+	(*UndeleteProgramRequest)(nil),     // 27: handoff.referrals.v1.UndeleteProgramRequest
+	(*ReportCapacityRequest)(nil),      // 28: handoff.referrals.v1.ReportCapacityRequest
+	(*MatchProgramsRequest)(nil),       // 29: handoff.referrals.v1.MatchProgramsRequest
+	(*MatchProgramsResponse)(nil),      // 30: handoff.referrals.v1.MatchProgramsResponse
+	(*HoldSlotRequest)(nil),            // 31: handoff.referrals.v1.HoldSlotRequest
+	(*GetHoldRequest)(nil),             // 32: handoff.referrals.v1.GetHoldRequest
+	(*ListHoldsRequest)(nil),           // 33: handoff.referrals.v1.ListHoldsRequest
+	(*ListHoldsResponse)(nil),          // 34: handoff.referrals.v1.ListHoldsResponse
+	(*ReleaseHoldRequest)(nil),         // 35: handoff.referrals.v1.ReleaseHoldRequest
+	(*ConvertHoldRequest)(nil),         // 36: handoff.referrals.v1.ConvertHoldRequest
+	(*CreateReferralRequest)(nil),      // 37: handoff.referrals.v1.CreateReferralRequest
+	(*GetReferralRequest)(nil),         // 38: handoff.referrals.v1.GetReferralRequest
+	(*ListReferralsRequest)(nil),       // 39: handoff.referrals.v1.ListReferralsRequest
+	(*ListReferralsResponse)(nil),      // 40: handoff.referrals.v1.ListReferralsResponse
+	(*UpdateReferralRequest)(nil),      // 41: handoff.referrals.v1.UpdateReferralRequest
+	(*TransitionReferralRequest)(nil),  // 42: handoff.referrals.v1.TransitionReferralRequest
+	(*RejectReferralRequest)(nil),      // 43: handoff.referrals.v1.RejectReferralRequest
+	(*ScheduleReferralRequest)(nil),    // 44: handoff.referrals.v1.ScheduleReferralRequest
+	(*CompleteReferralRequest)(nil),    // 45: handoff.referrals.v1.CompleteReferralRequest
+	(*timestamppb.Timestamp)(nil),      // 46: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 47: google.protobuf.FieldMask
+	(*durationpb.Duration)(nil),        // 48: google.protobuf.Duration
+	(*v1.ListAuditEventsRequest)(nil),  // 49: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),              // 50: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil), // 51: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	0,  // 0: handoff.referrals.v1.Program.services:type_name -> handoff.referrals.v1.ServiceKind
 	1,  // 1: handoff.referrals.v1.Program.payments_accepted:type_name -> handoff.referrals.v1.PaymentKind
 	11, // 2: handoff.referrals.v1.Program.address:type_name -> handoff.referrals.v1.Address
 	12, // 3: handoff.referrals.v1.Program.capacity:type_name -> handoff.referrals.v1.Capacity
-	45, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	45, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	45, // 6: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
-	10, // 7: handoff.referrals.v1.ProgramMatch.program:type_name -> handoff.referrals.v1.Program
-	14, // 8: handoff.referrals.v1.ProgramMatch.reasons:type_name -> handoff.referrals.v1.MatchReason
-	5,  // 9: handoff.referrals.v1.MatchReason.code:type_name -> handoff.referrals.v1.MatchReasonCode
-	0,  // 10: handoff.referrals.v1.Hold.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	45, // 11: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
-	6,  // 12: handoff.referrals.v1.Hold.state:type_name -> handoff.referrals.v1.HoldState
-	45, // 13: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
-	45, // 14: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
-	17, // 15: handoff.referrals.v1.Referral.subject:type_name -> handoff.referrals.v1.ReferralSubject
-	0,  // 16: handoff.referrals.v1.Referral.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	2,  // 17: handoff.referrals.v1.Referral.urgency:type_name -> handoff.referrals.v1.Urgency
-	18, // 18: handoff.referrals.v1.Referral.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	8,  // 19: handoff.referrals.v1.Referral.state:type_name -> handoff.referrals.v1.ReferralState
-	19, // 20: handoff.referrals.v1.Referral.rejection:type_name -> handoff.referrals.v1.Rejection
-	20, // 21: handoff.referrals.v1.Referral.history:type_name -> handoff.referrals.v1.ReferralEvent
-	45, // 22: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
-	45, // 23: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	45, // 24: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
-	45, // 25: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 26: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
-	45, // 27: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
-	9,  // 28: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
-	8,  // 29: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
-	8,  // 30: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
-	45, // 31: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
-	10, // 32: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	10, // 33: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
-	10, // 34: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	46, // 35: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 36: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
-	2,  // 37: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
-	3,  // 38: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
-	4,  // 39: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
-	13, // 40: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
-	0,  // 41: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	47, // 42: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 43: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
-	45, // 44: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
-	16, // 45: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	16, // 46: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
-	16, // 47: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	46, // 48: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 49: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
-	18, // 50: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	45, // 51: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	21, // 52: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
-	22, // 53: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
-	23, // 54: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
-	25, // 55: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
-	26, // 56: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
-	27, // 57: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
-	28, // 58: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
-	30, // 59: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
-	31, // 60: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
-	32, // 61: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
-	34, // 62: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
-	35, // 63: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
-	36, // 64: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
-	37, // 65: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
-	38, // 66: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
-	40, // 67: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
-	41, // 68: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	42, // 69: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
-	43, // 70: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
-	44, // 71: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
-	41, // 72: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	41, // 73: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	48, // 74: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 75: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 76: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 77: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 78: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	49, // 79: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 80: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	29, // 81: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 82: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 83: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	33, // 84: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 85: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 86: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 87: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 88: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	39, // 89: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	16, // 90: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 91: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 92: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 93: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 94: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 95: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 96: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	50, // 97: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	75, // [75:98] is the sub-list for method output_type
-	52, // [52:75] is the sub-list for method input_type
-	52, // [52:52] is the sub-list for extension type_name
-	52, // [52:52] is the sub-list for extension extendee
-	0,  // [0:52] is the sub-list for field type_name
+	46, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	46, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	46, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
+	46, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
+	10, // 8: handoff.referrals.v1.ProgramMatch.program:type_name -> handoff.referrals.v1.Program
+	14, // 9: handoff.referrals.v1.ProgramMatch.reasons:type_name -> handoff.referrals.v1.MatchReason
+	5,  // 10: handoff.referrals.v1.MatchReason.code:type_name -> handoff.referrals.v1.MatchReasonCode
+	0,  // 11: handoff.referrals.v1.Hold.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	46, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
+	6,  // 13: handoff.referrals.v1.Hold.state:type_name -> handoff.referrals.v1.HoldState
+	46, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
+	46, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
+	17, // 16: handoff.referrals.v1.Referral.subject:type_name -> handoff.referrals.v1.ReferralSubject
+	0,  // 17: handoff.referrals.v1.Referral.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	2,  // 18: handoff.referrals.v1.Referral.urgency:type_name -> handoff.referrals.v1.Urgency
+	18, // 19: handoff.referrals.v1.Referral.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
+	8,  // 20: handoff.referrals.v1.Referral.state:type_name -> handoff.referrals.v1.ReferralState
+	19, // 21: handoff.referrals.v1.Referral.rejection:type_name -> handoff.referrals.v1.Rejection
+	20, // 22: handoff.referrals.v1.Referral.history:type_name -> handoff.referrals.v1.ReferralEvent
+	46, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
+	46, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	46, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
+	46, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
+	7,  // 27: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
+	46, // 28: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
+	9,  // 29: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
+	8,  // 30: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
+	8,  // 31: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
+	46, // 32: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
+	10, // 33: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
+	10, // 34: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
+	10, // 35: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
+	47, // 36: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 37: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
+	2,  // 38: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
+	3,  // 39: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
+	4,  // 40: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
+	13, // 41: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
+	0,  // 42: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	48, // 43: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 44: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
+	46, // 45: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
+	16, // 46: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	16, // 47: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
+	16, // 48: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	47, // 49: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 50: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
+	18, // 51: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
+	46, // 52: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	21, // 53: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
+	22, // 54: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
+	23, // 55: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
+	25, // 56: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
+	26, // 57: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
+	27, // 58: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
+	28, // 59: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
+	29, // 60: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
+	31, // 61: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
+	32, // 62: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
+	33, // 63: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
+	35, // 64: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
+	36, // 65: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
+	37, // 66: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
+	38, // 67: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
+	39, // 68: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
+	41, // 69: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
+	42, // 70: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	43, // 71: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
+	44, // 72: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
+	45, // 73: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
+	42, // 74: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	42, // 75: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	49, // 76: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 77: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 78: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 79: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 80: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	50, // 81: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 82: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 83: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 84: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 85: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 86: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 87: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 88: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 89: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 90: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 91: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	40, // 92: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	16, // 93: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 94: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 95: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 96: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 97: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 98: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 99: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	51, // 100: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	77, // [77:101] is the sub-list for method output_type
+	53, // [53:77] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_handoff_referrals_v1_referrals_proto_init() }
@@ -4313,7 +4411,7 @@ func file_handoff_referrals_v1_referrals_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_referrals_v1_referrals_proto_rawDesc), len(file_handoff_referrals_v1_referrals_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -52,6 +52,7 @@ const (
 	ReferralsService_ListPrograms_FullMethodName       = "/handoff.referrals.v1.ReferralsService/ListPrograms"
 	ReferralsService_UpdateProgram_FullMethodName      = "/handoff.referrals.v1.ReferralsService/UpdateProgram"
 	ReferralsService_DeleteProgram_FullMethodName      = "/handoff.referrals.v1.ReferralsService/DeleteProgram"
+	ReferralsService_UndeleteProgram_FullMethodName    = "/handoff.referrals.v1.ReferralsService/UndeleteProgram"
 	ReferralsService_ReportCapacity_FullMethodName     = "/handoff.referrals.v1.ReferralsService/ReportCapacity"
 	ReferralsService_MatchPrograms_FullMethodName      = "/handoff.referrals.v1.ReferralsService/MatchPrograms"
 	ReferralsService_HoldSlot_FullMethodName           = "/handoff.referrals.v1.ReferralsService/HoldSlot"
@@ -94,9 +95,17 @@ type ReferralsServiceClient interface {
 	// someone else's change (a stale etag answers ABORTED).
 	UpdateProgram(ctx context.Context, in *UpdateProgramRequest, opts ...grpc.CallOption) (*Program, error)
 	// Removes a program from the directory. A program with HELD holds answers
-	// FAILED_PRECONDITION: release the holds first. Existing referrals keep the
-	// program's name.
+	// FAILED_PRECONDITION (PROGRAM_HOLDS_SLOTS): release the holds first. A
+	// program that no hold or referral names is removed; one that is named is
+	// kept with `delete_time` set, so that its referrals and holds still
+	// resolve (AIP-164): GetProgram still reads it, but lists leave it out
+	// (unless `show_deleted`), matches never offer it, and it takes no
+	// holds, referrals, updates or capacity reports until UndeleteProgram
+	// brings it back. Deleting a deleted program changes nothing.
 	DeleteProgram(ctx context.Context, in *DeleteProgramRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
+	// Brings back a program that DeleteProgram kept (with `delete_time`). A
+	// program that is not deleted answers ALREADY_EXISTS.
+	UndeleteProgram(ctx context.Context, in *UndeleteProgramRequest, opts ...grpc.CallOption) (*Program, error)
 	// Records how many intake slots a program has free right now and whether
 	// it keeps a waitlist. Sets `capacity.update_time` to now. Call it whenever
 	// the program tells you its numbers, at least daily for programs you
@@ -234,6 +243,16 @@ func (c *referralsServiceClient) DeleteProgram(ctx context.Context, in *DeletePr
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(emptypb.Empty)
 	err := c.cc.Invoke(ctx, ReferralsService_DeleteProgram_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *referralsServiceClient) UndeleteProgram(ctx context.Context, in *UndeleteProgramRequest, opts ...grpc.CallOption) (*Program, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Program)
+	err := c.cc.Invoke(ctx, ReferralsService_UndeleteProgram_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -442,9 +461,17 @@ type ReferralsServiceServer interface {
 	// someone else's change (a stale etag answers ABORTED).
 	UpdateProgram(context.Context, *UpdateProgramRequest) (*Program, error)
 	// Removes a program from the directory. A program with HELD holds answers
-	// FAILED_PRECONDITION: release the holds first. Existing referrals keep the
-	// program's name.
+	// FAILED_PRECONDITION (PROGRAM_HOLDS_SLOTS): release the holds first. A
+	// program that no hold or referral names is removed; one that is named is
+	// kept with `delete_time` set, so that its referrals and holds still
+	// resolve (AIP-164): GetProgram still reads it, but lists leave it out
+	// (unless `show_deleted`), matches never offer it, and it takes no
+	// holds, referrals, updates or capacity reports until UndeleteProgram
+	// brings it back. Deleting a deleted program changes nothing.
 	DeleteProgram(context.Context, *DeleteProgramRequest) (*emptypb.Empty, error)
+	// Brings back a program that DeleteProgram kept (with `delete_time`). A
+	// program that is not deleted answers ALREADY_EXISTS.
+	UndeleteProgram(context.Context, *UndeleteProgramRequest) (*Program, error)
 	// Records how many intake slots a program has free right now and whether
 	// it keeps a waitlist. Sets `capacity.update_time` to now. Call it whenever
 	// the program tells you its numbers, at least daily for programs you
@@ -552,6 +579,9 @@ func (UnimplementedReferralsServiceServer) UpdateProgram(context.Context, *Updat
 }
 func (UnimplementedReferralsServiceServer) DeleteProgram(context.Context, *DeleteProgramRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteProgram not implemented")
+}
+func (UnimplementedReferralsServiceServer) UndeleteProgram(context.Context, *UndeleteProgramRequest) (*Program, error) {
+	return nil, status.Error(codes.Unimplemented, "method UndeleteProgram not implemented")
 }
 func (UnimplementedReferralsServiceServer) ReportCapacity(context.Context, *ReportCapacityRequest) (*Program, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportCapacity not implemented")
@@ -714,6 +744,24 @@ func _ReferralsService_DeleteProgram_Handler(srv interface{}, ctx context.Contex
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ReferralsServiceServer).DeleteProgram(ctx, req.(*DeleteProgramRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ReferralsService_UndeleteProgram_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UndeleteProgramRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).UndeleteProgram(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_UndeleteProgram_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).UndeleteProgram(ctx, req.(*UndeleteProgramRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1068,6 +1116,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteProgram",
 			Handler:    _ReferralsService_DeleteProgram_Handler,
+		},
+		{
+			MethodName: "UndeleteProgram",
+			Handler:    _ReferralsService_UndeleteProgram_Handler,
 		},
 		{
 			MethodName: "ReportCapacity",
