@@ -197,11 +197,8 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateProgram", req.GetRequestId(), req, newProgram,
 		func(tx pgx.Tx) (*referralsv1.Program, error) {
-			cur, err := readProgram(ctx, tx, r, true)
+			cur, err := lockProgram(ctx, tx, r, req.GetProgram().GetEtag())
 			if err != nil {
-				return nil, err
-			}
-			if err := aip.CheckEtag(cur.GetName(), req.GetProgram().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if err := notDeleted(cur); err != nil {
@@ -245,11 +242,8 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteProgram", req.GetRequestId(), req,
 		func() *emptypb.Empty { return &emptypb.Empty{} },
 		func(tx pgx.Tx) (*emptypb.Empty, error) {
-			cur, err := readProgram(ctx, tx, r, true)
+			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
 			if err != nil {
-				return nil, err
-			}
-			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if cur.GetDeleteTime() != nil {
@@ -294,11 +288,8 @@ func (s *Server) UndeleteProgram(ctx context.Context, req *referralsv1.UndeleteP
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UndeleteProgram", req.GetRequestId(), req, newProgram,
 		func(tx pgx.Tx) (*referralsv1.Program, error) {
-			cur, err := readProgram(ctx, tx, r, true)
+			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
 			if err != nil {
-				return nil, err
-			}
-			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if cur.GetDeleteTime() == nil {
@@ -314,6 +305,19 @@ func (s *Server) UndeleteProgram(ctx context.Context, req *referralsv1.UndeleteP
 			}
 			return out, emit(ctx, tx, r.clinic, "program.undeleted", out.GetName(), out)
 		})
+}
+
+// lockProgram reads the program r for a change, locked, if etag (when
+// set) is still its etag.
+func lockProgram(ctx context.Context, tx pgx.Tx, r ref, etag string) (*referralsv1.Program, error) {
+	cur, err := readProgram(ctx, tx, r, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := aip.CheckEtag(cur.GetName(), etag, cur.GetEtag()); err != nil {
+		return nil, err
+	}
+	return cur, nil
 }
 
 // notDeleted refuses a change to a deleted program.
@@ -334,11 +338,8 @@ func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapa
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ReportCapacity", req.GetRequestId(), req, newProgram,
 		func(tx pgx.Tx) (*referralsv1.Program, error) {
-			cur, err := readProgram(ctx, tx, r, true)
+			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
 			if err != nil {
-				return nil, err
-			}
-			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
 			if err := notDeleted(cur); err != nil {
