@@ -261,6 +261,14 @@ func TestGatewayContract(t *testing.T) {
 	if r := w.worker.do("GET", "/v1/clinics/north/families", nil); r.code != http.StatusForbidden || r.body["code"] != float64(7) {
 		t.Fatalf("a token for every clinic: %d %s", r.code, r.raw)
 	}
+	// Nor can it ride along as gRPC metadata beside a token the gateway
+	// accepts: the services would see two, in no fixed order.
+	for i := 0; i < 8; i++ {
+		r := w.counselor.do("GET", "/v1/clinics/south/families", nil, "Grpc-Metadata-Authorization", "Bearer "+w.worker.token)
+		if r.code != http.StatusNotFound {
+			t.Fatalf("a north counselor with a smuggled token for every clinic, asking for south's families: %d %s; want 404", r.code, r.raw)
+		}
+	}
 	if r := w.anon.do("GET", "/v1/clinics/north/families", nil); r.code != http.StatusUnauthorized || r.body["code"] != float64(16) {
 		t.Fatalf("no token: %d %s", r.code, r.raw)
 	}

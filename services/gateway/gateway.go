@@ -170,13 +170,15 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
-// headers passes the headers the services need as gRPC metadata.
+// headers passes the headers the services need as gRPC metadata. Clients
+// send no gRPC metadata of their own (Grpc-Metadata-*): an Authorization
+// sent that way would reach the services beside the token checked here.
 func headers(key string) (string, bool) {
-	switch strings.ToLower(key) {
-	case "idempotency-key":
-		return "idempotency-key", true
-	case "if-match":
-		return "if-match", true
+	switch k := strings.ToLower(key); {
+	case k == "idempotency-key", k == "if-match":
+		return k, true
+	case strings.HasPrefix(k, strings.ToLower(runtime.MetadataHeaderPrefix)):
+		return "", false
 	}
 	return runtime.DefaultHeaderMatcher(key)
 }

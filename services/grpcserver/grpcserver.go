@@ -387,7 +387,9 @@ func isPublic(method string) bool {
 func bearerToken(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
-	if len(vals) == 0 {
+	if len(vals) != 1 {
+		// Two tokens are none: which one the caller meant is not for this
+		// server to guess.
 		return ""
 	}
 	token, ok := strings.CutPrefix(vals[0], "Bearer ")

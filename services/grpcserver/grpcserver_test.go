@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -174,5 +175,23 @@ func TestEHRRoleNarrowsAToken(t *testing.T) {
 	}
 	if err := env.Conn.Invoke(env.Counselor("north"), staffOnly, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("counselor on a counselor-only method: %v", err)
+	}
+}
+
+// A call that carries two bearer tokens is not authenticated by either:
+// one may be a token smuggled beside the one a gateway checked.
+func TestTwoTokensAreNone(t *testing.T) {
+	const method = "/handoff.test.Tokens/Call"
+	env := serveOne(t, method, func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil })
+	north := auth.TokenFromContext(env.Counselor("north"))
+	south := auth.TokenFromContext(env.Counselor("south"))
+	for _, pair := range [][2]string{{north, south}, {south, north}} {
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+pair[0], "authorization", "Bearer "+pair[1])
+		if err := env.Conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("two tokens: %v, want Unauthenticated", err)
+		}
+	}
+	if err := env.Conn.Invoke(env.Counselor("north"), method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("one token: %v", err)
 	}
 }
