@@ -174,9 +174,10 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 	if err := vs.Err(); err != nil {
 		return err
 	}
-	// An edit of a meeting already scheduled is not a new one: the
-	// counselor decides whether to cancel it.
-	if forSchedule && iv.GetState() != scheduled && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+	// forSchedule is set for a draft being scheduled and for an edit that
+	// raises a scheduled meeting's level; other edits of a scheduled
+	// meeting are not a new one: the counselor decides whether to cancel it.
+	if forSchedule && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
 		// Bringing the family together against the loved one's use can
 		// raise the danger at home: no meeting of any level until the
 		// screen is no longer high risk (a safety plan, a new screen).
@@ -382,7 +383,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	// A scheduled meeting's safety gates apply again only when the edit
 	// raises its level: other edits (participants, notes) stay possible
 	// whatever the screen says now, until the counselor cancels it.
-	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() != cur.GetLevel()); err != nil {
+	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() > cur.GetLevel()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention,

@@ -662,11 +662,21 @@ func TestScheduledMeetingStaysEditable(t *testing.T) {
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}}); err != nil {
 		t.Fatalf("editing a scheduled level-3 meeting after a high-risk screen: %v", err)
 	}
-	// Raising a scheduled meeting to level 3 checks the screen again.
-	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
-		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3},
-		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
-	wantCode(t, err, codes.FailedPrecondition)
+	// Raising a scheduled meeting's level checks the screen again: to
+	// level 3, and to level 2, which a high-risk screen forbids as well.
+	for _, level := range []interventionsv1.EscalationLevel{interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3,
+		interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2} {
+		_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+			Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: level},
+			UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
+		wantCode(t, err, codes.FailedPrecondition)
+	}
+	// Lowering one is no new risk: the counselor may.
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv3.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}}); err != nil {
+		t.Fatalf("lowering a scheduled meeting's level after a high-risk screen: %v", err)
+	}
 	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
 		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), StartTime: timestamppb.New(f.clock.Now().Add(time.Hour))},
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"start_time"}}})
