@@ -29,27 +29,37 @@ const ReasonConsentRequired = consentgate.ReasonConsentRequired
 
 // consentCovers is the condition under which consent c covers a
 // disclosure now: signed, not expired, not revoked whole or for the
-// recipient, naming the recipient (or, for treatment only, the general
-// designation "my treating providers"), and listing the information and the
-// purpose. Its placeholders are SQL expressions filled in by covers, so that
+// recipient, naming the recipient (or, for treatment only and where
+// {general} holds, the general designation "my treating providers"), and
+// listing the information and the purpose. Its placeholders are SQL expressions filled in by covers, so that
 // single checks, batches and lists embed the same text and cannot disagree.
 const consentCovers = `c.clinic = {clinic} AND c.family_id = {family}
 	  AND c.revoke_time IS NULL AND c.sign_time <= {now} AND c.expire_time > {now}
 	  AND {info}::smallint = ANY (c.information) AND {purpose}::smallint = ANY (c.purposes)
-	  AND ({recipient}::text = ANY (c.recipients) OR (c.treating_providers AND {purpose}::smallint = {treatment}))
+	  AND ({recipient}::text = ANY (c.recipients) OR (c.treating_providers AND {general} AND {purpose}::smallint = {treatment}))
 	  AND NOT EXISTS (SELECT 1 FROM consent_revocations r
 		WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', {recipient}::text))`
 
-// coverArgs are the SQL expressions for consentCovers' placeholders.
-type coverArgs struct{ clinic, family, recipient, info, purpose, now string }
+// coverArgs are the SQL expressions for consentCovers' placeholders;
+// general says whether the recipient may be one of the patient's treating
+// providers, "true" when it is the caller itself (the EHR).
+type coverArgs struct{ clinic, family, recipient, info, purpose, now, general string }
 
 // covers returns consentCovers over a's expressions.
 func covers(a coverArgs) string {
 	return strings.NewReplacer("{clinic}", a.clinic, "{family}", a.family, "{recipient}", a.recipient,
-		"{info}", a.info, "{purpose}", a.purpose, "{now}", a.now,
+		"{info}", a.info, "{purpose}", a.purpose, "{now}", a.now, "{general}", a.general,
 		// The general designation covers treatment only.
 		"{treatment}", strconv.Itoa(int(familiesv1.Purpose_PURPOSE_TREATMENT))).Replace(consentCovers)
 }
+
+// generalSQL decides, for a disclosure being recorded, whether the general
+// designation can cover it: not for a webhook, which pushes records to a
+// subscriber Handoff cannot tell to be a treating provider (the reminder
+// automation is a vendor, not one); a webhook needs a consent naming its
+// subscriber. The EHR reading through the API, and staff sending a
+// referral to a program, disclose to providers that treat the patient.
+var generalSQL = fmt.Sprintf("t.channel <> %d", int16(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK))
 
 // coveringConsent selects the oldest consent that covers a disclosure.
 func coveringConsent(a coverArgs) string {
@@ -97,7 +107,7 @@ func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps [
 	args := []any{clinic, now, fams, ids, recipients, infos, purposes, resources, channels, auth.Actor(ctx)}
 	from := `FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::smallint[], $8::text[], $9::smallint[])
 			AS t (fam, id, recipient, info, purpose, res, channel)
-		CROSS JOIN LATERAL (` + coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$2"}) + `) c`
+		CROSS JOIN LATERAL (` + coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$2", generalSQL}) + `) c`
 	sql := `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
 			channel, consent_id, discloser, disclose_time)
 		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $10, $2 ` + from + `
@@ -631,7 +641,7 @@ func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCo
 	}
 	// Every family of the clinic: the family is the consent's own.
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+
-		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5"}),
+		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5", "true"}),
 		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
 	if err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)

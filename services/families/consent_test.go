@@ -328,6 +328,20 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 		Disclosure: &familiesv1.Disclosure{Recipient: "any-ehr", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 			Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}})
 	wantConsentRequired(t, err)
+	// Staff sending a referral to a program disclose to a treating
+	// provider; a webhook pushes to a subscriber Handoff cannot tell to be
+	// one (the reminder automation is a vendor): it needs a named consent.
+	for _, ch := range []familiesv1.DisclosureChannel{familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL,
+		familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK} {
+		_, err = f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(),
+			Disclosure: &familiesv1.Disclosure{Recipient: "sms-vendor", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+				Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: ch}})
+		if ch == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK {
+			wantConsentRequired(t, err)
+		} else if err != nil {
+			t.Fatalf("a referral sent to a treating provider: %v", err)
+		}
+	}
 	// Past its expiry the consent covers nothing.
 	f.clock.Add(49 * time.Hour)
 	_, err = f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
