@@ -279,6 +279,15 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 	method := svc + strings.ToUpper(t.verb[:1]) + t.verb[1:] + "Boundary"
 	return idempotency.InTx(ctx, s.pool, c.clinic, method, req.GetRequestId(), req, newBoundary,
 		func(tx pgx.Tx) (*familiesv1.Boundary, error) {
+			if t.verb == activate.verb {
+				// The family first, as every change of a family's records
+				// takes it, and in a mode that waits for a safety screen
+				// being recorded (which holds it FOR SHARE): the check
+				// below must see that screen, not the one before it.
+				if err := lockFamilyRow(ctx, tx, c, "FOR NO KEY UPDATE"); err != nil {
+					return nil, err
+				}
+			}
 			cur, err := readBoundary(ctx, tx, c, true)
 			if err != nil {
 				return nil, err

@@ -725,3 +725,56 @@ func TestCoverageKindWhenGivenOrChanged(t *testing.T) {
 		Coverage: &familiesv1.Coverage{Payer: "Other"}}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"coverage"}}})
 	wantCode(t, err, codes.InvalidArgument)
 }
+
+// A high-risk screen being recorded while a boundary is activated is seen
+// by the activation, which waits for it: the boundary stays agreed.
+func TestActivationWaitsForAScreenInFlight(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	screen, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT,
+		Wording:  "We will not give you cash, but we will pay the clinic directly.", Consequence: "No cash gifts."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AgreeBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	// Another counselor's screen, in a transaction not yet committed, as
+	// CreateSafetyScreen makes it: the family held FOR SHARE, the row in.
+	ctx := context.Background()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	famID := fam.GetName()[len("clinics/north/families/"):]
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM families WHERE clinic = 'north' AND id = $1 FOR SHARE`, famID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, screened_by, screen_time)
+		VALUES ('north', $1, 'in-flight', $2, false, 'counselor-2', $3)`, famID,
+		int16(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK), screen.GetScreenTime().AsTime().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.client.ActivateBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()})
+		done <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantCode(t, <-done, codes.FailedPrecondition)
+	got, err := f.client.GetBoundary(f.ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()})
+	if err != nil || got.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_AGREED {
+		t.Fatalf("boundary after the high-risk screen = %v, %v; want still AGREED", got.GetState(), err)
+	}
+}
