@@ -46,7 +46,7 @@ type SenderConfig struct {
 	Families familiesv1.FamiliesServiceClient
 	Log      *slog.Logger
 	// MaxAttempts is how many attempts a delivery gets before it is dead
-	// (default 10).
+	// (default DefaultMaxAttempts).
 	MaxAttempts int
 	// BaseBackoff is the wait after the first failure; it doubles with
 	// each further failure, with jitter, up to MaxBackoff (defaults 5 s
@@ -78,13 +78,19 @@ type Sender struct {
 	client *http.Client
 }
 
+// DefaultMaxAttempts, with the default backoff (5 s doubling, at most an
+// hour), keeps retrying for 5 to 10 hours: a receiver down for an
+// afternoon's maintenance gets its notifications, not a pile of dead
+// letters to replay one by one.
+const DefaultMaxAttempts = 20
+
 // NewSender returns a sender with cfg's defaults filled in.
 func NewSender(cfg SenderConfig) *Sender {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
 	if cfg.MaxAttempts <= 0 {
-		cfg.MaxAttempts = 10
+		cfg.MaxAttempts = DefaultMaxAttempts
 	}
 	if cfg.BaseBackoff <= 0 {
 		cfg.BaseBackoff = 5 * time.Second

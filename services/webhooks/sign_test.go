@@ -100,3 +100,15 @@ func TestCheckURL(t *testing.T) {
 		}
 	}
 }
+
+// The default attempts outlast an afternoon's outage of the receiver, even
+// with every wait at its shortest.
+func TestDefaultRetriesOutlastAnAfternoon(t *testing.T) {
+	var total time.Duration
+	for attempt := 1; attempt < webhooks.DefaultMaxAttempts; attempt++ {
+		total += webhooks.Backoff(attempt, 5*time.Second, time.Hour, func() float64 { return 0 })
+	}
+	if total < 4*time.Hour {
+		t.Fatalf("%d attempts give up after %v at the soonest; want at least 4h", webhooks.DefaultMaxAttempts, total)
+	}
+}

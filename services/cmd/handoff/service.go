@@ -225,7 +225,7 @@ var serviceDefs = []serviceDef{
 				"token of the webhook_sender identity, re-read when it changes (HANDOFF_WEBHOOK_TOKEN_FILE)")
 			secretVar(fs, &f.webhookSecretKey, "secret-key", env("HANDOFF_WEBHOOK_SECRET_KEY", ""),
 				"base64 of 32 bytes that seal the subscriptions' signing secrets at rest (HANDOFF_WEBHOOK_SECRET_KEY)")
-			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", 10, "attempts before a delivery is dead-lettered")
+			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered")
 		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
 			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
