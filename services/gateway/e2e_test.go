@@ -365,3 +365,23 @@ func TestGatewayContract(t *testing.T) {
 		t.Fatal("an unlisted origin was allowed")
 	}
 }
+
+// The gateway is ready without the webhooks service, which it reports, and
+// not without one the API needs.
+func TestReadinessNeedsTheCoreServicesOnly(t *testing.T) {
+	sys := stacktest.Start(t)
+	get := func(cfg gateway.Config) reply {
+		cfg.Verifier = sys.Issuer.Verifier()
+		return client{t: t, base: stacktest.Gateway(t, cfg)}.do("GET", "/readyz", nil)
+	}
+	const nobody = "127.0.0.1:1" // nothing listens there
+	r := get(gateway.Config{FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr,
+		ReferralsAddr: sys.Stack.ReferralsAddr, WebhooksAddr: nobody})
+	if r.code != http.StatusOK || !strings.HasPrefix(str(r.body, "webhooks"), "unreachable") {
+		t.Fatalf("webhooks down: %d %s; want 200 with webhooks reported unreachable", r.code, r.raw)
+	}
+	r = get(gateway.Config{FamiliesAddr: nobody, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr})
+	if r.code != http.StatusServiceUnavailable || !strings.HasPrefix(str(r.body, "families"), "unreachable") {
+		t.Fatalf("families down: %d %s; want 503", r.code, r.raw)
+	}
+}

@@ -331,7 +331,13 @@ func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 	})
 }
 
-// ready answers 200 when every service reports SERVING.
+// optional are the services without which the gateway still serves the
+// API: webhook subscriptions are administration, and a gateway taken out
+// of the load balancer for their sake would take the whole API with it.
+var optional = map[string]bool{"webhooks": true}
+
+// ready answers 200 when every service the API needs reports SERVING; the
+// body shows each, optional ones included.
 func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
@@ -342,12 +348,13 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case err != nil:
 			out[name] = "unreachable: " + status.Code(err).String()
-			code = http.StatusServiceUnavailable
 		case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
 			out[name] = resp.GetStatus().String()
-			code = http.StatusServiceUnavailable
 		default:
 			out[name] = "SERVING"
+		}
+		if out[name] != "SERVING" && !optional[name] {
+			code = http.StatusServiceUnavailable
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
