@@ -17,6 +17,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"google.golang.org/protobuf/reflect/protoregistry"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -41,6 +42,13 @@ type Dispatcher struct {
 // are delivered by doing nothing.
 func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 	msg, err := e.Message()
+	if errors.Is(err, protoregistry.NotFound) {
+		// A payload type this binary does not know (a newer release wrote
+		// it, then was rolled back): no workflow of this binary waits for
+		// it, and failing would hold its family's later events forever.
+		d.Log.WarnContext(ctx, "outbox event of an unknown payload type passed over", "type", e.Type, "id", e.ID)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("dispatch: decode %s: %w", e.Type, err)
 	}

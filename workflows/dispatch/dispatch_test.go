@@ -130,3 +130,14 @@ func TestOverdoseDispatch(t *testing.T) {
 		t.Fatal("an overdose workflow started for a sign of no family")
 	}
 }
+
+// An event whose payload type this binary does not know is passed over,
+// not failed: a failure would hold its family's later events forever.
+func TestUnknownPayloadTypeIsPassedOver(t *testing.T) {
+	e := outbox.Stored{ID: 7, Clinic: "north", Type: "handoff.future.v9.thing.created", Resource: "clinics/north/things/t1",
+		Payload: &anypb.Any{TypeUrl: "type.googleapis.com/handoff.future.v9.Thing", Value: []byte{}}}
+	d := &dispatch.Dispatcher{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := d.Deliver(context.Background(), e); err != nil {
+		t.Fatalf("Deliver = %v, want nil", err)
+	}
+}
