@@ -479,7 +479,7 @@ func checkZone(vs *apperr.Violations, field, zone string) {
 	if zone == "" {
 		return
 	}
-	if _, err := time.LoadLocation(zone); err != nil {
+	if !aip.TimeZone(zone) {
 		vs.Add(field, "unknown IANA time zone %q", zone)
 	}
 }

@@ -132,7 +132,7 @@ func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Interv
 		vs.Add("intervention.expected_duration", "must be between 15 minutes and 8 hours")
 	}
 	if z := iv.GetTimeZone(); z != "" {
-		if _, err := time.LoadLocation(z); err != nil {
+		if !aip.TimeZone(z) {
 			vs.Add("intervention.time_zone", "unknown IANA time zone %q", z)
 		}
 	}
@@ -553,7 +553,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				next.ExpectedDuration = req.GetExpectedDuration()
 			}
 			if req.GetTimeZone() != "" {
-				if _, err := time.LoadLocation(req.GetTimeZone()); err != nil {
+				if !aip.TimeZone(req.GetTimeZone()) {
 					return nil, apperr.Field("time_zone", "unknown IANA time zone %q", req.GetTimeZone())
 				}
 				next.TimeZone = req.GetTimeZone()

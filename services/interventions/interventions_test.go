@@ -318,6 +318,10 @@ func TestSchedulingRules(t *testing.T) {
 	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
 		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c", TimeZone: "Nowhere/Land"}})
 	wantCode(t, err, codes.InvalidArgument)
+	// "Local" is the worker's own zone, which differs between machines.
+	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c", TimeZone: "Local"}})
+	wantCode(t, err, codes.InvalidArgument)
 	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
 		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c",
 			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "not a link"}}}}})
