@@ -351,6 +351,9 @@ func TestReminderClaims(t *testing.T) {
 		"sensitive": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",
 			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
 			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Ask about the methadone dose"},
+		"in-app to a member": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
 	} {
 		_, err := create(r)
 		if status.Code(err) != codes.InvalidArgument {
@@ -403,9 +406,13 @@ func TestReminderClaims(t *testing.T) {
 	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "someone-else",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
 	wantCode(t, err, codes.FailedPrecondition)
+	// A failure without its reason is refused and changes nothing.
+	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED})
+	wantCode(t, err, codes.InvalidArgument)
 	done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
-	if err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED || done.GetAttemptCount() != 1 {
+	if err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED || done.GetAttemptCount() != 1 || done.GetFailureReason() != "" {
 		t.Fatalf("CompleteReminder = %v, %v", done, err)
 	}
 	_, err = f.client.CancelReminder(f.worker, &interventionsv1.CancelReminderRequest{Name: rem.GetName()})

@@ -118,6 +118,10 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			vs.Add("reminder.recipient.family", "must be a family of the same clinic")
 		}
 	}
+	if family && rc.GetChannel() == interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP {
+		// The app is staff's: a family reminder sent there reaches no one.
+		vs.Add("reminder.recipient.channel", "IN_APP is for counselors and supervisors; give SMS, PHONE or EMAIL")
+	}
 	if rc.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE && rc.GetId() == "" {
 		vs.Add("reminder.recipient.id", "is required")
 	}
@@ -309,6 +313,10 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 	if req.GetResult() == interventionsv1.DeliveryResult_DELIVERY_RESULT_UNSPECIFIED {
 		return nil, apperr.Field("result", "is required: DELIVERED or FAILED")
 	}
+	failed := req.GetResult() == interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED
+	if failed && strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "is required for FAILED: why delivery failed, for example \"number not in service\"")
+	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			cur, err := s.readReminder(ctx, tx, r, true)
@@ -329,14 +337,15 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			now := s.cfg.Now()
 			st, event := rDelivered, "reminder.delivered"
 			var delivered *time.Time
-			if req.GetResult() == interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED {
-				st, event = rFailed, "reminder.failed"
+			failureReason := ""
+			if failed {
+				st, event, failureReason = rFailed, "reminder.failed", req.GetReason()
 			} else {
 				delivered = &now
 			}
 			if _, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, deliver_time = $5,
 				update_time = $6, version = version + 1 WHERE clinic = $1 AND id = $2`,
-				r.clinic, r.id, int16(st), req.GetReason(), delivered, now); err != nil {
+				r.clinic, r.id, int16(st), failureReason, delivered, now); err != nil {
 				return nil, fmt.Errorf("complete reminder: %w", err)
 			}
 			out, err := s.readReminder(ctx, tx, r, false)
