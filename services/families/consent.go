@@ -569,7 +569,8 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 				return nil, fmt.Errorf("revoke consent: %w", err)
 			}
 			whole := "NULL"
-			if recipient == "" {
+			if recipient == "" || (!co.GetTreatingProviders() && allRevoked(co, recipient)) {
+				// Revoked for everyone it names: the consent covers no one.
 				whole = "$4"
 			}
 			if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = COALESCE(revoke_time, `+whole+`::timestamptz),
@@ -583,6 +584,21 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 			}
 			return out, emit(ctx, tx, c.clinic, "consent.revoked", out.GetName(), out)
 		})
+}
+
+// allRevoked reports whether every named recipient of co is revoked once
+// recipient is.
+func allRevoked(co *familiesv1.Consent, recipient string) bool {
+	gone := map[string]bool{recipient: true}
+	for _, r := range co.GetRevocations() {
+		gone[r.GetRecipient()] = true
+	}
+	for _, r := range co.GetRecipients() {
+		if !gone[r] {
+			return false
+		}
+	}
+	return true
 }
 
 // discloseFamilies records that the caller received the identity of each

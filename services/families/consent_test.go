@@ -311,6 +311,22 @@ func TestRevocationTakesEffectAtOnce(t *testing.T) {
 	wantConsentRequired(t, read("ehr-1"))
 }
 
+// A consent revoked for each recipient it names, one by one, covers no one:
+// it shows as REVOKED, not ACTIVE.
+func TestConsentRevokedForEveryRecipientIsRevoked(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1", "ehr-2"))
+	for i, r := range []string{"ehr-1", "ehr-2"} {
+		got, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: r})
+		want := []familiesv1.ConsentState{familiesv1.ConsentState_CONSENT_STATE_ACTIVE, familiesv1.ConsentState_CONSENT_STATE_REVOKED}[i]
+		if err != nil || got.GetState() != want {
+			t.Fatalf("after revoking %s: %v, %v; want %v", r, got.GetState(), err, want)
+		}
+	}
+}
+
 func TestTreatingProvidersAndExpiry(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
