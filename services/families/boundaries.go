@@ -183,6 +183,11 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
 		return nil, err
 	}
+	if len(items) == 0 {
+		if err := s.familyExists(ctx, c); err != nil {
+			return nil, err
+		}
+	}
 	return &familiesv1.ListBoundariesResponse{Boundaries: items, NextPageToken: next}, nil
 }
 

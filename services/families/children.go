@@ -55,6 +55,21 @@ func requireFamily(ctx context.Context, tx pgx.Tx, c child) error {
 	return lockFamilyRow(ctx, tx, c, "FOR SHARE")
 }
 
+// familyExists answers NOT_FOUND for a family that does not exist (AIP-132):
+// an empty list of its records must not stand for a name mistyped or a
+// family deleted since it was read.
+func (s *Server) familyExists(ctx context.Context, c child) error {
+	var one int
+	err := s.pool.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2`, c.clinic, c.family).Scan(&one)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apperr.NotFound(c.familyName())
+	}
+	if err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	return nil
+}
+
 // lockFamilyRow is requireFamily with a chosen lock: callers that will update
 // the family take FOR NO KEY UPDATE up front, so two of them queue instead
 // of deadlocking on upgraded share locks.
@@ -172,6 +187,11 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 		req, barrierFilter, scanBarrier(c.familyName()), func(b *familiesv1.Barrier) string { return b.GetName() })
 	if err != nil {
 		return nil, err
+	}
+	if len(items) == 0 {
+		if err := s.familyExists(ctx, c); err != nil {
+			return nil, err
+		}
 	}
 	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
 }
@@ -409,6 +429,11 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	if err != nil {
 		return nil, err
 	}
+	if len(items) == 0 {
+		if err := s.familyExists(ctx, c); err != nil {
+			return nil, err
+		}
+	}
 	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
 }
 
@@ -506,5 +531,10 @@ func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafe
 		return nil, fmt.Errorf("list safety screens: %w", err)
 	}
 	items, next := aip.Page(items, size, q, func(x *familiesv1.SafetyScreen) string { return aip.ID(x.GetName()) })
+	if len(items) == 0 {
+		if err := s.familyExists(ctx, c); err != nil {
+			return nil, err
+		}
+	}
 	return &familiesv1.ListSafetyScreensResponse{SafetyScreens: items, NextPageToken: next}, nil
 }

@@ -778,3 +778,31 @@ func TestActivationWaitsForAScreenInFlight(t *testing.T) {
 		t.Fatalf("boundary after the high-risk screen = %v, %v; want still AGREED", got.GetState(), err)
 	}
 }
+
+// Listing the records of a family that does not exist is NOT_FOUND, not an
+// empty list; a family with none lists none.
+func TestListsOfAMissingFamilyAreNotFound(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	for _, parent := range []string{fam.GetName(), "clinics/north/families/no-such-family"} {
+		var errs []error
+		_, err := f.client.ListBarriers(f.ctx, &familiesv1.ListBarriersRequest{Parent: parent})
+		errs = append(errs, err)
+		_, err = f.client.ListWarningSigns(f.ctx, &familiesv1.ListWarningSignsRequest{Parent: parent})
+		errs = append(errs, err)
+		_, err = f.client.ListSafetyScreens(f.ctx, &familiesv1.ListSafetyScreensRequest{Parent: parent})
+		errs = append(errs, err)
+		_, err = f.client.ListBoundaries(f.ctx, &familiesv1.ListBoundariesRequest{Parent: parent})
+		errs = append(errs, err)
+		want := codes.OK
+		if parent != fam.GetName() {
+			want = codes.NotFound
+		}
+		for i, err := range errs {
+			if status.Code(err) != want {
+				t.Fatalf("list %d of %s: %v, want %v", i, parent, err, want)
+			}
+		}
+	}
+}
