@@ -320,6 +320,19 @@ func TestGatewayContract(t *testing.T) {
 	if r := w.counselor.do("POST", "/v1/clinics/north/families", big); r.code != http.StatusRequestEntityTooLarge {
 		t.Fatalf("2 MiB body: %d", r.code)
 	}
+	// The same body sent without a length (chunked) is cut as it is read,
+	// and is 413 too.
+	chunked, err := http.NewRequest("POST", w.counselor.base+"/v1/clinics/north/families", io.NopCloser(strings.NewReader(big)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunked.Header.Set("Authorization", "Bearer "+w.counselor.token)
+	chunked.Header.Set("Content-Type", "application/json")
+	if resp, err := http.DefaultClient.Do(chunked); err != nil || resp.StatusCode != http.StatusRequestEntityTooLarge || resp.ContentLength == 0 {
+		t.Fatalf("2 MiB chunked body: %v, %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	// A misspelt query parameter is refused, not dropped (which would list
 	// everything as if filtered); known ones work in either spelling.
 	if r := w.counselor.do("GET", "/v1/clinics/north/families?filtr=urgent%3Dtrue", nil); r.code != http.StatusBadRequest ||

@@ -7,7 +7,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -96,6 +98,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithIncomingHeaderMatcher(headers),
 		runtime.WithForwardResponseOption(setETag),
 		runtime.SetQueryParameterParser(&strictQuery{}),
+		runtime.WithErrorHandler(httpError),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
@@ -250,9 +253,41 @@ func limitBody(limit int64, next http.Handler) http.Handler {
 				fmt.Sprintf("request body of %d bytes is over the limit of %d", r.ContentLength, limit))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, limit)
+		// A body without a length (chunked) is cut at the limit as it is
+		// read; the flag lets the error handler answer 413 rather than the
+		// decoder's 400.
+		over := new(bool)
+		r = r.WithContext(context.WithValue(r.Context(), overLimitKey{}, over))
+		r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, limit), over: over}
 		next.ServeHTTP(w, r)
 	})
+}
+
+type overLimitKey struct{}
+
+// limitedBody notes that a read went past the body limit.
+type limitedBody struct {
+	io.ReadCloser
+	over *bool
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		*b.over = true
+	}
+	return n, err
+}
+
+// httpError answers as grpc-gateway does, except for a body cut at the
+// limit, which is 413.
+func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+	if over, _ := r.Context().Value(overLimitKey{}).(*bool); over != nil && *over {
+		writeStatus(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "the request body is over the size limit")
+		return
+	}
+	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
 }
 
 // authenticate checks the bearer token at the door; the services check it
