@@ -183,13 +183,13 @@ func (p *pending) disclosureRequestID() string {
 // never waits for a free slot while its lease runs out (another sender
 // would claim it again and send it twice).
 func (s *Sender) Once(ctx context.Context) (int, error) {
-	batch, err := s.claim(ctx, s.cfg.Parallel)
-	if err != nil {
-		return 0, err
-	}
+	batch, claimErr := s.claim(ctx, s.cfg.Parallel)
+	// A claim that failed after leasing some deliveries (recording another
+	// as dead) still sends those: left alone they would wait out their
+	// lease and lose an attempt.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	var firstErr error
+	firstErr := claimErr
 	for _, p := range batch {
 		wg.Add(1)
 		go func() {
