@@ -283,6 +283,10 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 	return out, nil
 }
 
+// errOwnSide marks an attempt that failed before anything was sent, for a
+// reason of Handoff's own.
+var errOwnSide = errors.New("not sent: Handoff could not prepare it")
+
 // errSecretUnreadable is the dead letter's reason when the subscription's
 // secret does not open with the configured key.
 var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
@@ -339,7 +343,9 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil // shutting down: the lease expires and the delivery is retried
 	}
 	reason := describe(err)
-	if p.attempts >= s.cfg.MaxAttempts {
+	// A failure on Handoff's side (the consent could not be checked) is not
+	// the receiver's: it never makes a dead letter, only a later try.
+	if p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -479,7 +485,7 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		case codes.FailedPrecondition, codes.NotFound:
 			return false, nil
 		default:
-			return false, fmt.Errorf("consent check: %s", status.Code(err))
+			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
 		}
 	}
 	return true, nil

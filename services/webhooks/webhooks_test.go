@@ -674,3 +674,47 @@ func TestDisclosureOncePerDeliveryAndReplay(t *testing.T) {
 		t.Fatalf("%d consent checks, want one before each of the 2 retries", checks)
 	}
 }
+
+// downFamilies is fakeFamilies that cannot be reached while down is set.
+type downFamilies struct {
+	*fakeFamilies
+	down  atomic.Bool
+	tries atomic.Int32 // calls while down
+}
+
+func (f *downFamilies) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDisclosureRequest, opts ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	if f.down.Load() {
+		f.tries.Add(1)
+		return nil, status.Error(codes.Unavailable, "families is down")
+	}
+	return f.fakeFamilies.CreateDisclosure(ctx, req, opts...)
+}
+
+// A delivery whose consent cannot be checked (the families service is
+// down) is not the receiver's failure: it never becomes a dead letter,
+// however many tries, and goes out once the check answers.
+func TestOwnOutageMakesNoDeadLetter(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &downFamilies{fakeFamilies: &fakeFamilies{}}
+	fam.consent.Store(true)
+	fam.down.Store(true)
+	runSender(t, fastSender(f.db, fam, 2))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "tries past the attempt limit", func() bool { return fam.tries.Load() >= 4 })
+	var state int16
+	if err := f.pool.QueryRow(ctx, `SELECT state FROM deliveries`).Scan(&state); err != nil ||
+		webhooksv1.DeliveryState(state) != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING {
+		t.Fatalf("delivery state %v (%v) while families is down; want PENDING", webhooksv1.DeliveryState(state), err)
+	}
+	fam.down.Store(false)
+	eventually(t, 5*time.Second, "the notification", func() bool { return len(rcv.received()) == 1 })
+	if n := rcv.received()[0]; n["data"] == nil {
+		t.Fatalf("delivered without its payload: %v", n)
+	}
+}
