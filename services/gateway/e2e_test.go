@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -388,12 +389,30 @@ func TestReadinessNeedsTheCoreServicesOnly(t *testing.T) {
 		return client{t: t, base: stacktest.Gateway(t, cfg)}.do("GET", "/readyz", nil)
 	}
 	const nobody = "127.0.0.1:1" // nothing listens there
-	r := get(gateway.Config{FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr,
-		ReferralsAddr: sys.Stack.ReferralsAddr, WebhooksAddr: nobody})
-	if r.code != http.StatusOK || !strings.HasPrefix(str(r.body, "webhooks"), "unreachable") {
-		t.Fatalf("webhooks down: %d %s; want 200 with webhooks reported unreachable", r.code, r.raw)
+	// A webhooks service that takes connections and never answers: its
+	// check runs out its time, not the others'.
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
-	r = get(gateway.Config{FamiliesAddr: nobody, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr})
+	t.Cleanup(func() { silent.Close() })
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	for _, webhooks := range []string{nobody, silent.Addr().String()} {
+		r := get(gateway.Config{FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr,
+			ReferralsAddr: sys.Stack.ReferralsAddr, WebhooksAddr: webhooks})
+		if r.code != http.StatusOK || str(r.body, "families") != "SERVING" || !strings.HasPrefix(str(r.body, "webhooks"), "unreachable") {
+			t.Fatalf("webhooks down (%s): %d %s; want 200 with webhooks reported unreachable", webhooks, r.code, r.raw)
+		}
+	}
+	r := get(gateway.Config{FamiliesAddr: nobody, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr})
 	if r.code != http.StatusServiceUnavailable || !strings.HasPrefix(str(r.body, "families"), "unreachable") {
 		t.Fatalf("families down: %d %s; want 503", r.code, r.raw)
 	}

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -374,21 +375,34 @@ var optional = map[string]bool{"webhooks": true}
 // ready answers 200 when every service the API needs reports SERVING; the
 // body shows each, optional ones included.
 func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
+	// Each service is asked at once, with a deadline of its own: one that
+	// hangs must not run out the time of the others.
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	out := map[string]string{}
-	code := http.StatusOK
 	for name, conn := range g.conns {
-		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		switch {
-		case err != nil:
-			out[name] = "unreachable: " + status.Code(err).String()
-		case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
-			out[name] = resp.GetStatus().String()
-		default:
-			out[name] = "SERVING"
-		}
-		if out[name] != "SERVING" && !optional[name] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			state := "SERVING"
+			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+			switch {
+			case err != nil:
+				state = "unreachable: " + status.Code(err).String()
+			case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+				state = resp.GetStatus().String()
+			}
+			mu.Lock()
+			out[name] = state
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	code := http.StatusOK
+	for name, state := range out {
+		if state != "SERVING" && !optional[name] {
 			code = http.StatusServiceUnavailable
 		}
 	}
