@@ -575,7 +575,11 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		}
 		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
 		if bounded && activities.ErrorType(err) != "NO_CAPACITY" {
+			// A service that did not answer says nothing of the programs'
+			// room: try again soon, and keep the counselor's one notice
+			// for when no program has a place.
 			w.nextHoldTry = workflow.Now(ctx).Add(min(holdOutageRetry, w.settings.HoldRetry))
+			return nil
 		}
 		if w.holdNotified {
 			return nil
