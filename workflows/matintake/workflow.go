@@ -201,7 +201,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// before the appointment.
 				sent, err := flow.RemindAwake(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
-					fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, info.Appointment.Unix(), p.Recipient.ID, p.Offset), time.Time{}, info.Appointment)
+					w.intakePurpose(info.Appointment, p), time.Time{}, info.Appointment)
 				if err != nil {
 					return "", info, err
 				}
@@ -302,6 +302,18 @@ func (w *wf) stopTimer() {
 		w.timerCancel()
 	}
 	w.timerFuture, w.timerCancel = nil, nil
+}
+
+// intakePurpose names an intake reminder's request. After a cancellation
+// it carries their count: an appointment moved back to a time whose
+// reminders were cancelled gets new ones, not the cancelled ones again.
+// Runs that never cancelled keep the ids they always had.
+func (w *wf) intakePurpose(appointment time.Time, p schedule.Planned) string {
+	purpose := fmt.Sprintf("intake|%s|%d|%s|%s", w.referral.Name, appointment.Unix(), p.Recipient.ID, p.Offset)
+	if w.cancels > 0 {
+		purpose += fmt.Sprintf("|c%d", w.cancels)
+	}
+	return purpose
 }
 
 // cancelStale cancels the intake reminders of the current referral not

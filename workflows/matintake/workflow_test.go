@@ -312,6 +312,47 @@ func TestStaleIntakeRemindersAreCancelled(t *testing.T) {
 	}
 }
 
+// An appointment moved away and back gets reminders again: those of its
+// first booking were cancelled, and new ones are not mistaken for them.
+func TestAppointmentMovedBackIsRemindedAgain(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	a, b := start.Add(20*time.Hour), start.Add(50*time.Hour)
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: a})
+	h.transition(3*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: b})
+	h.transition(4*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: a})
+	h.transition(21*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	var forA []activities.ReminderRequest
+	for _, r := range h.kinds("INTAKE_UPCOMING") {
+		if strings.Contains(r.Message, a.In(mustZone(t, "America/Chicago")).Format("Mon Jan 2 at 3:04 PM MST")) {
+			forA = append(forA, r)
+			ids[r.RequestID] = true
+		}
+	}
+	// Two recipients: the 24 h reminder (late, sent at once) at each
+	// booking of A, and the 2 h one of the second; each its own request.
+	if len(forA) != 6 || len(ids) != 6 {
+		t.Fatalf("reminders naming the first time: %d under %d request ids; want 6 under 6", len(forA), len(ids))
+	}
+}
+
+func mustZone(t *testing.T, name string) *time.Location {
+	t.Helper()
+	l, err := time.LoadLocation(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
 // Too many no-shows escalate; 72 h without intake alerts the counselor.
 func TestRepeatedNoShowsEscalateAndSlowIntakeAlerts(t *testing.T) {
 	h := newHarness(t)
