@@ -492,7 +492,8 @@ func TestFailingHoldDelaysNoReminder(t *testing.T) {
 	}
 	if len(h.released) != 1 || h.released[0] != "clinics/north/holds/h9" {
 		t.Fatalf("released = %v, want the hold taken on the third try", h.released)
-	} // An outage says nothing of the programs' room: the counselor's one
+	}
+	// An outage says nothing of the programs' room: the counselor's one
 	// notice is kept for when no program has a place.
 	if n := len(h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")); n != 0 {
 		t.Fatalf("counselor told %d times that no program could hold a place, during an outage", n)
