@@ -283,6 +283,9 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 	return out, nil
 }
 
+// ownRetry is the least wait after a try that failed on Handoff's side.
+const ownRetry = 30 * time.Second
+
 // errOwnSide marks an attempt that failed before anything was sent, for a
 // reason of Handoff's own.
 var errOwnSide = errors.New("not sent: Handoff could not prepare it")
@@ -353,9 +356,18 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil
 	}
 	wait := Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64)
-	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6
+	giveBack := 0
+	if errors.Is(err, errOwnSide) {
+		// Nothing reached the receiver: the try is given back, and the
+		// next waits at least ownRetry, so that a service coming back is
+		// not met by every pending delivery at once.
+		giveBack = 1
+		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
+	}
+	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
+		attempts = attempts - $7
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
-		p.clinic, p.subscription, p.id, p.attempts, wait, reason)
+		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack)
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
