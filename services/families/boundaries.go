@@ -183,10 +183,8 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
 		return nil, err
 	}
-	if len(items) == 0 {
-		if err := s.familyExists(ctx, c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	return &familiesv1.ListBoundariesResponse{Boundaries: items, NextPageToken: next}, nil
 }

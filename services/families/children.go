@@ -55,27 +55,22 @@ func requireFamily(ctx context.Context, tx pgx.Tx, c child) error {
 	return lockFamilyRow(ctx, tx, c, "FOR SHARE")
 }
 
-// familyExists answers NOT_FOUND for a family that does not exist (AIP-132):
-// an empty list of its records must not stand for a name mistyped or a
-// family deleted since it was read.
-func (s *Server) familyExists(ctx context.Context, c child) error {
-	var one int
-	err := s.pool.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2`, c.clinic, c.family).Scan(&one)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return apperr.NotFound(c.familyName())
+// emptyOfAFamily answers NOT_FOUND when an empty page (n items) lists the
+// records of a family that does not exist (AIP-132): an empty list must not
+// stand for a name mistyped or a family deleted since it was read.
+func (s *Server) emptyOfAFamily(ctx context.Context, n int, c child) error {
+	if n > 0 {
+		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("read family: %w", err)
-	}
-	return nil
+	return lockFamilyRow(ctx, s.pool, c, "")
 }
 
-// lockFamilyRow is requireFamily with a chosen lock: callers that will update
-// the family take FOR NO KEY UPDATE up front, so two of them queue instead
-// of deadlocking on upgraded share locks.
-func lockFamilyRow(ctx context.Context, tx pgx.Tx, c child, lock string) error {
+// lockFamilyRow is requireFamily with a chosen lock ("" for none): callers
+// that will update the family take FOR NO KEY UPDATE up front, so two of
+// them queue instead of deadlocking on upgraded share locks.
+func lockFamilyRow(ctx context.Context, q pgdb.Querier, c child, lock string) error {
 	var one int
-	err := tx.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2 `+lock, c.clinic, c.family).Scan(&one)
+	err := q.QueryRow(ctx, `SELECT 1 FROM families WHERE clinic = $1 AND id = $2 `+lock, c.clinic, c.family).Scan(&one)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return apperr.NotFound(c.familyName())
 	}
@@ -188,10 +183,8 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 	if err != nil {
 		return nil, err
 	}
-	if len(items) == 0 {
-		if err := s.familyExists(ctx, c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
 }
@@ -429,10 +422,8 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	if err != nil {
 		return nil, err
 	}
-	if len(items) == 0 {
-		if err := s.familyExists(ctx, c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
 }
@@ -531,10 +522,8 @@ func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafe
 		return nil, fmt.Errorf("list safety screens: %w", err)
 	}
 	items, next := aip.Page(items, size, q, func(x *familiesv1.SafetyScreen) string { return aip.ID(x.GetName()) })
-	if len(items) == 0 {
-		if err := s.familyExists(ctx, c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	return &familiesv1.ListSafetyScreensResponse{SafetyScreens: items, NextPageToken: next}, nil
 }

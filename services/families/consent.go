@@ -31,8 +31,9 @@ const ReasonConsentRequired = consentgate.ReasonConsentRequired
 // disclosure now: signed, not expired, not revoked whole or for the
 // recipient, naming the recipient (or, for treatment only and where
 // {general} holds, the general designation "my treating providers"), and
-// listing the information and the purpose. Its placeholders are SQL expressions filled in by covers, so that
-// single checks, batches and lists embed the same text and cannot disagree.
+// listing the information and the purpose. Its placeholders are SQL
+// expressions filled in by covers, so that single checks, batches and
+// lists embed the same text and cannot disagree.
 const consentCovers = `c.clinic = {clinic} AND c.family_id = {family}
 	  AND c.revoke_time IS NULL AND c.sign_time <= {now} AND c.expire_time > {now}
 	  AND {info}::smallint = ANY (c.information) AND {purpose}::smallint = ANY (c.purposes)
