@@ -57,6 +57,12 @@ func TestLoginRoleHasNoOwnerRights(t *testing.T) {
 			t.Fatalf("a member of the owner was accepted as the services' login role (password %q)", pw)
 		}
 	}
+	// Refused before anything was granted to it.
+	var granted bool
+	if err := owner.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+		JOIN pg_roles u ON u.oid = m.member WHERE g.rolname = $2::text AND u.rolname = $1::text)`, member, pgdb.AppRole).Scan(&granted); err != nil || granted {
+		t.Fatalf("the refused role was granted %s anyway (%v)", pgdb.AppRole, err)
+	}
 
 	u, err := url.Parse(pgtest.URL())
 	if err != nil {

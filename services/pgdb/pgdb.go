@@ -318,6 +318,19 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	if self {
 		return fmt.Errorf("pgdb: the services' login role %q must not be the owner that migrates", name)
 	}
+	// A role made by hand (or made before) may hold more than AppRole: a
+	// superuser, one that bypasses row-level security or is a member of
+	// the owner could take back what the role is meant to keep from it.
+	// Refused before anything is changed or granted to it.
+	var owner bool
+	err = conn.QueryRow(ctx, `SELECT rolsuper OR rolbypassrls OR pg_has_role(rolname, current_user, 'MEMBER')
+		FROM pg_roles WHERE rolname = $1::text`, name).Scan(&owner)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("pgdb: login role %s: %w", name, err)
+	}
+	if owner {
+		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
+	}
 	if password != "" {
 		var ddl string
 		if err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)
@@ -332,17 +345,6 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	}
 	if _, err := conn.Exec(ctx, `GRANT `+AppRole+` TO `+name); err != nil {
 		return fmt.Errorf("pgdb: grant %s to %s: %w", AppRole, name, err)
-	}
-	// A role made by hand (or made before) may hold more than AppRole: a
-	// superuser, one that bypasses row-level security or is a member of
-	// the owner could take back what the role is meant to keep from it.
-	var owner bool
-	if err := conn.QueryRow(ctx, `SELECT rolsuper OR rolbypassrls OR pg_has_role(rolname, current_user, 'MEMBER')
-		FROM pg_roles WHERE rolname = $1::text`, name).Scan(&owner); err != nil {
-		return fmt.Errorf("pgdb: login role %s: %w", name, err)
-	}
-	if owner {
-		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
 	}
 	return nil
 }
