@@ -346,6 +346,13 @@ func TestReminderClaims(t *testing.T) {
 	if rem.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
 		t.Fatalf("state = %v, want DUE", rem.GetState())
 	}
+	// A workflow asking for others' reminders leaves out its own.
+	for filter, want := range map[string]int{`origin_workflow != "boundary/f1"`: 1, `origin_workflow = "boundary/f1"`: 0} {
+		got, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil || len(got.GetReminders()) != want {
+			t.Fatalf("reminders where %s: %v, %v; want %d", filter, got.GetReminders(), err, want)
+		}
+	}
 	// Health details, a loved one without permission, a member without consent.
 	for name, r := range map[string]*interventionsv1.Reminder{
 		"sensitive": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",

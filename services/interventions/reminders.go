@@ -213,6 +213,9 @@ var reminderFilter = map[string]aip.FilterField{
 	"kind":             {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderKind_value, "REMINDER_KIND_")},
 	"recipient_id":     {Column: "recipient_id", Kind: aip.String},
 	"related_resource": {Column: "related_resource", Kind: aip.String},
+	// The workflow told of a failed delivery: a workflow asking whether
+	// someone else answered an overdose leaves out its own alerts.
+	"origin_workflow": {Column: "origin_workflow", Kind: aip.String},
 	"due_time":         {Column: "due_time", Kind: aip.Time},
 }
 

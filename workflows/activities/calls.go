@@ -610,17 +610,18 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			return nil, wrap("list warning signs", err)
 		}
 		for _, w := range page.GetWarningSigns() {
-			// A few alerts: some may be the asker's own (IgnoreFrom, and its
-			// resends), which do not count.
+			// One alert answers it; the asker's own (IgnoreFrom, and its
+			// resends) do not, and are left out in SQL.
+			filter := fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName())
+			if in.IgnoreFrom != "" {
+				filter += fmt.Sprintf(" AND origin_workflow != %q", in.IgnoreFrom)
+			}
 			alerts, err := a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-				Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName()), PageSize: 10})
+				Filter: filter, PageSize: 1})
 			if err != nil {
 				return nil, wrap("list reminders", err)
 			}
-			answered := slices.ContainsFunc(alerts.GetReminders(), func(r *interventionsv1.Reminder) bool {
-				return in.IgnoreFrom == "" || r.GetOriginWorkflow() != in.IgnoreFrom
-			})
-			if !answered {
+			if len(alerts.GetReminders()) == 0 {
 				out = append(out, w.GetName())
 			}
 		}

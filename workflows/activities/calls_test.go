@@ -192,7 +192,11 @@ type alertsFake struct {
 func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRemindersRequest, _ ...grpc.CallOption) (*interventionsv1.ListRemindersResponse, error) {
 	f.filters = append(f.filters, in.GetFilter())
 	for s, origin := range f.answered {
-		if in.GetFilter() == fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s) {
+		// As the service filters: related_resource, and origin_workflow
+		// when the filter leaves one out.
+		base := fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s)
+		if in.GetFilter() == base || (strings.HasPrefix(in.GetFilter(), base+" AND origin_workflow != ") &&
+			in.GetFilter() != base+fmt.Sprintf(" AND origin_workflow != %q", origin)) {
 			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{
 				{Name: "clinics/north/reminders/a", OriginWorkflow: origin}}}, nil
 		}

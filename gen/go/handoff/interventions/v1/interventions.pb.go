@@ -3606,9 +3606,9 @@ type ListRemindersRequest struct {
 	// `state = DUE` lists the reminders that are due for delivery: those whose
 	// due time has passed and that nobody holds a live claim on.
 	// Fields: `state`, `channel`, `recipient_kind`, `kind` (with `=`, enum
-	// values without their prefix), `recipient_id`, `related_resource` (with
-	// `=`, a string in quotes), and `due_time` (with `<` or `>=`, an RFC 3339
-	// time in quotes).
+	// values without their prefix), `recipient_id`, `related_resource`,
+	// `origin_workflow` (with `=` or `!=`, a string in quotes), and `due_time`
+	// (with `<` or `>=`, an RFC 3339 time in quotes).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
