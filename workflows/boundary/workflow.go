@@ -240,7 +240,10 @@ func (w *wf) earlyOverdoses(ctx workflow.Context) error {
 		return nil
 	}
 	var signs []string
-	if err := flow.Call(ctx, &signs, flow.A.OverdosesSince, activities.OverdosesRequest{Family: w.in.Family, Since: w.in.MeetingStart}); err != nil {
+	// Its own alerts leave an overdose open: a first task tried again (the
+	// try that alerted was lost) must answer it again, under the same ids.
+	if err := flow.Call(ctx, &signs, flow.A.OverdosesSince, activities.OverdosesRequest{Family: w.in.Family, Since: w.in.MeetingStart,
+		IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID}); err != nil {
 		return err
 	}
 	for _, s := range signs {
