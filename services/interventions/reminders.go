@@ -216,7 +216,7 @@ var reminderFilter = map[string]aip.FilterField{
 	// The workflow told of a failed delivery: a workflow asking whether
 	// someone else answered an overdose leaves out its own alerts.
 	"origin_workflow": {Column: "origin_workflow", Kind: aip.String},
-	"due_time":         {Column: "due_time", Kind: aip.Time},
+	"due_time":        {Column: "due_time", Kind: aip.Time},
 }
 
 // ListReminders implements the API, earliest due first.
