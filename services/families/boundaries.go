@@ -282,7 +282,8 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 	method := svc + strings.ToUpper(t.verb[:1]) + t.verb[1:] + "Boundary"
 	return idempotency.InTx(ctx, s.pool, c.clinic, method, req.GetRequestId(), req, newBoundary,
 		func(tx pgx.Tx) (*familiesv1.Boundary, error) {
-			if t.verb == activate.verb {
+			screened := t.verb == activate.verb || t.verb == reinforce.verb
+			if screened {
 				// The family first, as every change of a family's records
 				// takes it, and in a mode that waits for a safety screen
 				// being recorded (which holds it FOR SHARE): the check
@@ -305,7 +306,9 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 			if !legal {
 				return nil, apperr.InvalidTransition(cur.GetName(), cur.GetState().String(), t.to.String())
 			}
-			if t.verb == activate.verb {
+			if screened {
+				// Reinforcing is a boundary step too: a screen that found
+				// risk after the boundary became active stops it.
 				if err := s.requireSafeScreen(ctx, tx, c); err != nil {
 					return nil, err
 				}
@@ -335,8 +338,9 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 		})
 }
 
-// requireSafeScreen refuses boundary activation without a current safety
-// screen, or with a high-risk one: boundaries can escalate danger at home.
+// requireSafeScreen refuses boundary activation and reinforcement without
+// a current safety screen, or with a high-risk one: boundaries can escalate
+// danger at home.
 func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) error {
 	fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
 	if err != nil {
@@ -347,6 +351,6 @@ func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) erro
 		return nil
 	}
 	return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
-		fmt.Sprintf("%s needs a current safety screen that is not high risk before a boundary becomes active (status: %s)", fam.GetName(), st),
+		fmt.Sprintf("%s needs a current safety screen that is not high risk before a boundary step (status: %s)", fam.GetName(), st),
 		map[string]string{"family": fam.GetName(), "safety_screen_status": st.String()})
 }

@@ -306,6 +306,23 @@ func TestBoundaryStateMachine(t *testing.T) {
 	if b.GetReinforcementCount() != 2 {
 		t.Fatalf("reinforcement_count = %d", b.GetReinforcementCount())
 	}
+	// A screen that finds risk after activation stops reinforcement too,
+	// and the refusal changes nothing; a later safe screen lets it go on.
+	time.Sleep(5 * time.Millisecond)
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	_, err = tr(f.client.ReinforceBoundary)
+	if info := errorInfo(wantCode(t, err, codes.FailedPrecondition)); info.GetReason() != "SAFETY_SCREEN_REQUIRED" {
+		t.Fatalf("reinforce after a high-risk screen: reason = %v", info)
+	}
+	if got, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()}); err != nil ||
+		got.GetReinforcementCount() != 2 || got.GetEtag() != b.GetEtag() {
+		t.Fatalf("after the refusal: %v, %v; want it unchanged", got, err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	if b, err = tr(f.client.ReinforceBoundary); err != nil || b.GetReinforcementCount() != 3 {
+		t.Fatalf("reinforce after a safe screen = %v, %v", b, err)
+	}
 	if b, err = tr(f.client.RetireBoundary); err != nil || b.GetState() != familiesv1.BoundaryState_BOUNDARY_STATE_RETIRED {
 		t.Fatalf("retire = %v, %v", b, err)
 	}
@@ -325,12 +342,12 @@ func TestBoundaryStateMachine(t *testing.T) {
 			t.Fatalf("event actor = %q", e.GetActor())
 		}
 	}
-	want := []familiesv1.BoundaryState{1, 2, 3, 4, 4, 5}
+	want := []familiesv1.BoundaryState{1, 2, 3, 4, 4, 4, 5}
 	if fmt.Sprint(path) != fmt.Sprint(want) {
 		t.Fatalf("history = %v, want %v", path, want)
 	}
 	list, err := f.client.ListBoundaries(ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName(), Filter: "state = RETIRED"})
-	if err != nil || len(list.GetBoundaries()) != 1 || len(list.GetBoundaries()[0].GetHistory()) != 6 {
+	if err != nil || len(list.GetBoundaries()) != 1 || len(list.GetBoundaries()[0].GetHistory()) != 7 {
 		t.Fatalf("ListBoundaries = %v, %v", list, err)
 	}
 }

@@ -91,6 +91,12 @@ const versionEarlyOverdoses = "answer-overdoses-before-start"
 // sent again: a failure signalled to a closed workflow is lost.
 const versionListenAtEnd = "listen-before-end"
 
+// versionScreenRefused guards waiting for a new safety screen when the
+// families service refuses a reinforcement for want of a safe one (a screen
+// that found risk was recorded after the family was read), where the
+// workflow used to fail.
+const versionScreenRefused = "wait-when-reinforcement-refused"
+
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
 	WarningSign string
@@ -295,6 +301,20 @@ func (w *wf) begin(ctx workflow.Context) {
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
 }
 
+// awaitScreen holds the cycle's boundary steps until a safety screen finds
+// the family safe (SignalSafetyScreen reruns prepare), asking the counselor
+// for one if ask. The ask has one id per cycle: asked again, it is not sent
+// twice.
+func (w *wf) awaitScreen(ctx workflow.Context, ask bool) error {
+	w.step = "awaiting_safety_screen"
+	if !ask {
+		return nil
+	}
+	w.st.Screened = true // asked once per cycle
+	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
+		"Please complete a safety screen with the family before boundary steps continue.", w.id("screen"))
+}
+
 // prepare does the one-time steps of a cycle as soon as the family is safe.
 func (w *wf) prepare(ctx workflow.Context) error {
 	if w.st.Reinforced && w.st.Referred {
@@ -307,22 +327,26 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		// Boundaries can raise the danger at home: no boundary reminders
 		// until a counselor has screened the family and, if needed, made a
 		// safety plan.
-		w.step = "awaiting_safety_screen"
-		if !w.st.Screened {
-			w.st.Screened = true // asked once per cycle
-			return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
-				"Please complete a safety screen with the family before boundary steps continue.", w.id("screen"))
-		}
-		return nil
+		return w.awaitScreen(ctx, !w.st.Screened)
 	}
 	w.st.Screened = true
 	w.step = "reinforcing"
 	if !w.st.Reinforced {
 		for _, b := range w.safety.Boundaries {
-			if err := flow.Call(ctx, nil, flow.A.ReinforceBoundary, activities.ReinforceRequest{
+			err := flow.Call(ctx, nil, flow.A.ReinforceBoundary, activities.ReinforceRequest{
 				Boundary: b, Reason: "reinforced after the intervention was " + strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")),
 				RequestID: flow.RequestID(ctx, w.id("reinforce|"+b)),
-			}); err != nil {
+			})
+			if activities.ErrorType(err) == "SAFETY_SCREEN_REQUIRED" &&
+				workflow.GetVersion(ctx, versionScreenRefused, workflow.DefaultVersion, 1) >= 1 {
+				// The family was read safe, and a screen since found
+				// risk: the service refused. The boundaries reinforced
+				// so far stay so (their ids are kept for the next try);
+				// the rest, and the reminders to members, wait for a
+				// screen that finds the family safe.
+				return w.awaitScreen(ctx, true)
+			}
+			if err != nil {
 				return err
 			}
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
@@ -36,6 +37,9 @@ type harness struct {
 	// earlyOverdoses answers OverdosesSince.
 	earlyOverdoses []string
 	overdosesAsked []activities.OverdosesRequest
+	// refuse, if set, answers ReinforceBoundary before it is recorded.
+	refuse     func(activities.ReinforceRequest) error
+	reinforces []activities.ReinforceRequest // every call, refused or not
 }
 
 func newHarness(t *testing.T, status string) *harness {
@@ -65,7 +69,13 @@ func newHarness(t *testing.T, status string) *harness {
 			return h.earlyOverdoses, nil
 		})
 	env.OnActivity(flow.A.ReinforceBoundary, mock.Anything, mock.Anything).Return(
-		func(context.Context, activities.ReinforceRequest) error {
+		func(_ context.Context, in activities.ReinforceRequest) error {
+			h.reinforces = append(h.reinforces, in)
+			if h.refuse != nil {
+				if err := h.refuse(in); err != nil {
+					return err
+				}
+			}
 			h.reinforced = append(h.reinforced, env.Now())
 			return nil
 		})
@@ -169,6 +179,50 @@ func TestSafetyGate(t *testing.T) {
 	}
 	if len(h.reinforced) != 2 || h.reinforced[0].Sub(h.t0) != 3*day {
 		t.Fatalf("reinforced at %v, want at day 3 when the screen arrived", h.reinforced)
+	}
+}
+
+// A screen that found risk, recorded between the workflow's read of the
+// family and a reinforcement, makes the service refuse it: the workflow
+// waits for a safe screen (asking for one) instead of failing, and then
+// reinforces what is left under the ids it used before.
+func TestRefusedReinforcementWaitsForASafeScreen(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.refuse = func(in activities.ReinforceRequest) error {
+		if strings.HasSuffix(in.Boundary, "/b2") && h.env.Now().Equal(h.t0) {
+			h.safety.Status = "HIGH_RISK" // the screen recorded meanwhile
+			return temporal.NewNonRetryableApplicationError("reinforce boundary: needs a safe screen", "SAFETY_SCREEN_REQUIRED", nil)
+		}
+		return nil
+	}
+	h.env.RegisterDelayedCallback(func() {
+		if n := len(h.kinds("BOUNDARY_REMINDER")); n != 0 {
+			t.Errorf("%d boundary reminders sent before a safe screen", n)
+		}
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("the workflow failed on a refused reinforcement: %v", err)
+	}
+	if asks := h.kinds("SAFETY_SCREEN_NEEDED"); len(asks) != 1 || !asks[0].Due.Equal(h.t0) {
+		t.Fatalf("screen requests = %+v; want one, at the refusal", asks)
+	}
+	var b2 []string
+	for _, r := range h.reinforces {
+		if strings.HasSuffix(r.Boundary, "/b2") {
+			b2 = append(b2, r.RequestID)
+		}
+	}
+	if len(b2) != 2 || b2[0] != b2[1] {
+		t.Fatalf("b2 reinforcement request ids = %q; want the refused one tried again under its id", b2)
+	}
+	if n := len(h.reinforced); n != 3 || h.reinforced[2].Sub(h.t0) != 3*day {
+		t.Fatalf("reinforced at %v; want b1 at once, then b1 (again) and b2 at day 3", h.reinforced)
+	}
+	if rem := h.kinds("BOUNDARY_REMINDER"); len(rem) != 2 || rem[0].Due.Sub(h.t0) != 3*day {
+		t.Fatalf("boundary reminders = %+v; want one per member at day 3", rem)
 	}
 }
 

@@ -126,7 +126,10 @@ type FamiliesServiceClient interface {
 	// that is not high risk (FAILED_PRECONDITION otherwise).
 	ActivateBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
-	// for example after an intervention the loved one declined.
+	// for example after an intervention the loved one declined. Like
+	// activation, it requires a current safety screen that is not high risk
+	// (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
+	// family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
@@ -571,7 +574,10 @@ type FamiliesServiceServer interface {
 	// that is not high risk (FAILED_PRECONDITION otherwise).
 	ActivateBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
-	// for example after an intervention the loved one declined.
+	// for example after an intervention the loved one declined. Like
+	// activation, it requires a current safety screen that is not high risk
+	// (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
+	// family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
