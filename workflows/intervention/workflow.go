@@ -133,6 +133,12 @@ const versionCleanUpOnAbandon = "clean-up-on-abandon"
 // and reminders, cancellations and outcomes waited behind it.
 const versionHoldAfterReminders = "hold-after-reminders"
 
+// versionRejoinEnded guards starting the family's boundary workflow again
+// when the one that ran when this refusal came ended before it could be
+// told (the restart signal found no workflow): before, the refusal's
+// workflow failed there and the family got no boundary follow-up for it.
+const versionRejoinEnded = "start-boundary-that-ended-while-joining"
+
 // holdBudget bounds one try at holding a slot, its retries included; a try
 // that fails for any reason but capacity is made again after
 // holdOutageRetry.
@@ -709,23 +715,42 @@ func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error
 	in := boundary.Input{Family: w.plan.Family, Clinic: w.plan.Clinic, Intervention: w.in.Intervention,
 		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start}
 	// The boundary path outlives a cancelled parent: it protects the family.
-	fut := workflow.ExecuteChildWorkflow(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), boundary.Name, in)
-	var exec workflow.Execution
-	if err := fut.GetChildWorkflowExecution().Get(ctx, &exec); err != nil {
-		if !temporal.IsWorkflowExecutionAlreadyStartedError(err) {
+	return startOrRestartBoundary(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), id, in,
+		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind})
+}
+
+// startOrRestartBoundary starts the boundary workflow id with in as a child
+// (ctx carries its options) and waits for its result, or restarts the one
+// already running with r. One that ends between the two, as one does
+// after its last check-in, is started anew: a signal to it is lost.
+func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, r boundary.Restart) (string, error) {
+	for try := 1; ; try++ {
+		fut := workflow.ExecuteChildWorkflow(ctx, boundary.Name, in)
+		var exec workflow.Execution
+		if err := fut.GetChildWorkflowExecution().Get(ctx, &exec); err != nil {
+			if !temporal.IsWorkflowExecutionAlreadyStartedError(err) {
+				return "", err
+			}
+			err := workflow.SignalExternalWorkflow(ctx, id, "", boundary.SignalRestart, r).Get(ctx, nil)
+			var ended *temporal.UnknownExternalWorkflowExecutionError
+			// A second try finds no workflow (and starts one) or one
+			// that another refusal started meanwhile (and tells it);
+			// the bound only keeps a fault from looping.
+			if errors.As(err, &ended) && try < 3 &&
+				workflow.GetVersion(ctx, versionRejoinEnded, workflow.DefaultVersion, 1) >= 1 {
+				continue
+			}
+			if err != nil {
+				return "", err
+			}
+			return "joined the running boundary workflow", nil
+		}
+		var out boundary.Result
+		if err := fut.Get(ctx, &out); err != nil {
 			return "", err
 		}
-		if err := workflow.SignalExternalWorkflow(ctx, id, "", boundary.SignalRestart, boundary.Restart{
-			Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind}).Get(ctx, nil); err != nil {
-			return "", err
-		}
-		return "joined the running boundary workflow", nil
+		return out.Summary, nil
 	}
-	var out boundary.Result
-	if err := fut.Get(ctx, &out); err != nil {
-		return "", err
-	}
-	return out.Summary, nil
 }
 
 func fromRecipient(r schedule.Recipient, family string) activities.Person {
