@@ -77,11 +77,20 @@ func Field(field, format string, args ...any) error {
 // RequestIDReused says that a request id came back with another request:
 // INVALID_ARGUMENT on request_id, with ErrorInfo REQUEST_ID_REUSED so that
 // a client retrying its own request can tell it from a malformed id.
-func RequestIDReused(requestID string) error {
+//
+// made, if not empty, is the resource the first request made: told only to
+// the caller who sent it (ErrorInfo metadata "resource"), so that a retry
+// whose body changed can carry on with what its first try made.
+func RequestIDReused(requestID, made string) error {
 	desc := fmt.Sprintf("request id %q was already used for a different request", requestID)
+	info := &errdetails.ErrorInfo{Reason: ReasonRequestIDReused, Domain: Domain}
+	if made != "" {
+		desc += "; it made " + made
+		info.Metadata = map[string]string{"resource": made}
+	}
 	return withDetails(codes.InvalidArgument, "invalid request: request_id: "+desc,
 		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "request_id", Description: desc}}},
-		&errdetails.ErrorInfo{Reason: ReasonRequestIDReused, Domain: Domain})
+		info)
 }
 
 // NotFound says that the named resource does not exist (or is not visible to

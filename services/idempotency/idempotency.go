@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -34,27 +35,19 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: hash request: %w", err)
 	}
-	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (clinic, request_id, method, request_hash)
-		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, clinic, requestID, method, hash)
+	tag, err := tx.Exec(ctx, `INSERT INTO idempotency_keys (clinic, request_id, method, request_hash, caller)
+		VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, clinic, requestID, method, hash, caller(ctx))
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: claim key: %w", err)
 	}
 	if tag.RowsAffected() == 0 {
-		var storedMethod string
-		var storedHash, resp []byte
-		err := tx.QueryRow(ctx, `SELECT method, request_hash, response FROM idempotency_keys
-			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&storedMethod, &storedHash, &resp)
+		var k key
+		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller FROM idempotency_keys
+			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller)
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
-		if storedMethod != method || !bytes.Equal(storedHash, hash) {
-			return zero, apperr.RequestIDReused(requestID)
-		}
-		out := newResp()
-		if err := proto.Unmarshal(resp, out); err != nil {
-			return zero, fmt.Errorf("idempotency: decode stored response: %w", err)
-		}
-		return out, nil
+		return answer(ctx, k, requestID, method, hash, newResp)
 	}
 	out, err := fn()
 	if err != nil {
@@ -88,6 +81,22 @@ func requestHash(ctx context.Context, req proto.Message) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
+// caller is who sends the request: the token's subject, "" without one.
+func caller(ctx context.Context) string {
+	p, _ := auth.FromContext(ctx)
+	return p.Subject
+}
+
+// name is the resource name a response carries in its name field, or "".
+func name(m proto.Message) string {
+	r := m.ProtoReflect()
+	f := r.Descriptor().Fields().ByName("name")
+	if f == nil || f.Kind() != protoreflect.StringKind || f.IsList() {
+		return ""
+	}
+	return r.Get(f).String()
+}
+
 // InTx runs fn in a new transaction of db under Do's guarantees.
 func InTx[T proto.Message](ctx context.Context, db interface {
 	Begin(context.Context) (pgx.Tx, error)
@@ -113,10 +122,9 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	if requestID == "" {
 		return zero, false, nil
 	}
-	var storedMethod string
-	var storedHash, resp []byte
-	err := db.QueryRow(ctx, `SELECT method, request_hash, response FROM idempotency_keys
-		WHERE clinic = $1 AND request_id = $2 AND response IS NOT NULL`, clinic, requestID).Scan(&storedMethod, &storedHash, &resp)
+	var k key
+	err := db.QueryRow(ctx, `SELECT method, request_hash, response, caller FROM idempotency_keys
+		WHERE clinic = $1 AND request_id = $2 AND response IS NOT NULL`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return zero, false, nil
 	}
@@ -127,12 +135,39 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	if err != nil {
 		return zero, false, fmt.Errorf("idempotency: hash request: %w", err)
 	}
-	if storedMethod != method || !bytes.Equal(storedHash, hash) {
-		return zero, false, apperr.RequestIDReused(requestID)
-	}
-	out := newResp()
-	if err := proto.Unmarshal(resp, out); err != nil {
-		return zero, false, fmt.Errorf("idempotency: decode stored response: %w", err)
+	out, err := answer(ctx, k, requestID, method, hash, newResp)
+	if err != nil {
+		return zero, false, err
 	}
 	return out, true, nil
+}
+
+// key is a stored request id.
+type key struct {
+	method string
+	hash   []byte
+	resp   []byte
+	caller *string // nil for keys stored before callers were
+}
+
+// answer is what a call with a request id already stored gets: the stored
+// response for the same request, or REQUEST_ID_REUSED for another, naming
+// what the first request made when the caller and method are the same.
+func answer[T proto.Message](ctx context.Context, k key, requestID, method string, hash []byte, newResp func() T) (T, error) {
+	if k.method == method && bytes.Equal(k.hash, hash) {
+		out := newResp()
+		if err := proto.Unmarshal(k.resp, out); err != nil {
+			var zero T
+			return zero, fmt.Errorf("idempotency: decode stored response: %w", err)
+		}
+		return out, nil
+	}
+	made := ""
+	if k.method == method && k.caller != nil && *k.caller == caller(ctx) && k.resp != nil {
+		if out := newResp(); proto.Unmarshal(k.resp, out) == nil {
+			made = name(out)
+		}
+	}
+	var zero T
+	return zero, apperr.RequestIDReused(requestID, made)
 }

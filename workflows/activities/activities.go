@@ -126,6 +126,23 @@ func wrap(op string, err error) error {
 	return temporal.NewNonRetryableApplicationError(fmt.Sprintf("%s: %s", op, st.Message()), kind, nil)
 }
 
+// madeBefore is the resource an earlier try of a create made under the
+// same request id, when the service refused the id for a different request
+// (the try read other data) and named what it made, as it does for the
+// caller who sent it; "" otherwise.
+func madeBefore(err error) string {
+	st, ok := status.FromError(err)
+	if !ok || err == nil {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == "REQUEST_ID_REUSED" {
+			return info.GetMetadata()["resource"]
+		}
+	}
+	return ""
+}
+
 // ErrorType returns the type of an application error returned by an
 // activity (an ErrorInfo reason such as NO_CAPACITY, or a gRPC code name),
 // or "" for other errors.

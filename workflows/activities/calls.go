@@ -248,6 +248,12 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
 			DueTime: due, Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
 			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin}})
+	if made := madeBefore(err); made != "" {
+		// An earlier try, which read other data (a counselor since
+		// changed, a quiet hour since begun), made it: that one stands,
+		// and its delivery is followed under its name.
+		return made, nil
+	}
 	if err != nil {
 		return "", wrap("create reminder", err)
 	}
@@ -268,6 +274,9 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
 		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
 			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow()}})
+	if made := madeBefore(err); made != "" {
+		return made, nil // an earlier try's resend, due at another time
+	}
 	if err != nil {
 		return "", wrap("create reminder", err)
 	}
@@ -524,14 +533,19 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		// The best match can change between attempts (a program fills up
 		// or frees slots), and the request id stays. When it was already
 		// used, an earlier attempt made this referral with a program that
-		// ranked first then: try the others with the same id, and the one
-		// it used answers with the stored referral.
+		// ranked first then, and the service names it. A key stored
+		// before the service named what it made is found by trying the
+		// others with the same id: the one it used answers with the
+		// stored referral.
 		var ref *referralsv1.Referral
 		for _, m := range matches.GetMatches() {
 			ref, err = a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
 				RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
 					Family: in.Family, Subject: subject, ServiceKind: kind, Program: m.GetProgram().GetName(),
 					Urgency: urgency, Intervention: in.Intervention, Reason: cmp.Or(in.Reason, supportReason(kind))}})
+			if made := madeBefore(err); made != "" {
+				ref, err = &referralsv1.Referral{Name: made}, nil
+			}
 			if ErrorType(wrap("", err)) != "REQUEST_ID_REUSED" {
 				break
 			}
@@ -656,7 +670,11 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 	if ErrorType(wrap("", err)) == "REQUEST_ID_REUSED" {
 		// An earlier try of this step drafted it from what it read then
 		// (the previous meeting, the boundaries named in the notes), and
-		// something changed since: that draft stands.
+		// something changed since: that draft stands. The service names
+		// it, except under a key stored before it named what it made.
+		if made := madeBefore(err); made != "" {
+			return made, nil
+		}
 		return a.draftAfter(ctx, prev)
 	}
 	if err != nil {

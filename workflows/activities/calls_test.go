@@ -281,6 +281,7 @@ type matchFake struct {
 	referralsv1.ReferralsServiceClient
 	ranked  []string          // programs, best first, as matched now
 	storedP string            // the program an earlier attempt used, if any
+	named   bool              // the service names the referral made under a reused id
 	tried   []string          // programs CreateReferral was called with
 	ids     map[string]string // request id per program tried
 }
@@ -297,7 +298,11 @@ func (f *matchFake) CreateReferral(_ context.Context, in *referralsv1.CreateRefe
 	p := in.GetReferral().GetProgram()
 	f.tried, f.ids[p] = append(f.tried, p), in.GetRequestId()
 	if f.storedP != "" && p != f.storedP {
-		return nil, apperr.RequestIDReused(in.GetRequestId())
+		made := ""
+		if f.named {
+			made = "clinics/north/referrals/at-" + lastSegment(f.storedP)
+		}
+		return nil, apperr.RequestIDReused(in.GetRequestId(), made)
 	}
 	return &referralsv1.Referral{Name: "clinics/north/referrals/at-" + lastSegment(p)}, nil
 }
@@ -314,13 +319,16 @@ func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
 		name          string
 		ranked        []string
 		stored        string
+		named         bool
 		want, wantTry string
 	}{
-		{"first attempt", []string{p1, p2}, "", "clinics/north/referrals/at-p1", p1},
-		{"made with the second match of now", []string{p2, p1, p3}, p1, "clinics/north/referrals/at-p1", p2 + "," + p1},
-		{"made with a program no longer matched", []string{p2, p3}, p1, "", p2 + "," + p3},
+		{"first attempt", []string{p1, p2}, "", false, "clinics/north/referrals/at-p1", p1},
+		{"made with the second match of now", []string{p2, p1, p3}, p1, false, "clinics/north/referrals/at-p1", p2 + "," + p1},
+		{"made with a program no longer matched", []string{p2, p3}, p1, false, "", p2 + "," + p3},
+		{"made with another program, named", []string{p2, p1, p3}, p1, true, "clinics/north/referrals/at-p1", p2},
+		{"made with a program no longer matched, named", []string{p2, p3}, p1, true, "clinics/north/referrals/at-p1", p2},
 	} {
-		refs := &matchFake{ranked: c.ranked, storedP: c.stored, ids: map[string]string{}}
+		refs := &matchFake{ranked: c.ranked, storedP: c.stored, named: c.named, ids: map[string]string{}}
 		a := &Activities{Referrals: refs, Families: familyFake{}}
 		got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
 			Kinds: []string{"HARM_REDUCTION_NALOXONE"}, Urgency: "IMMEDIATE", RequestID: "r"})
@@ -378,6 +386,8 @@ func TestLoadPlanKeepsAnUnknownFirstContactUnknown(t *testing.T) {
 type proposalFake struct {
 	interventionsv1.InterventionsServiceClient
 	drafts []*interventionsv1.Intervention
+	made   string // the draft the service names under the reused id, if any
+	listed int
 }
 
 func (f *proposalFake) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
@@ -385,10 +395,11 @@ func (f *proposalFake) GetIntervention(_ context.Context, in *interventionsv1.Ge
 }
 
 func (f *proposalFake) CreateIntervention(_ context.Context, in *interventionsv1.CreateInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
-	return nil, apperr.RequestIDReused(in.GetRequestId())
+	return nil, apperr.RequestIDReused(in.GetRequestId(), f.made)
 }
 
 func (f *proposalFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
+	f.listed++
 	if in.GetFilter() != `family = "clinics/north/families/f1"` {
 		return nil, status.Error(codes.InvalidArgument, "unexpected filter "+in.GetFilter())
 	}
@@ -419,4 +430,35 @@ func TestProposalMadeByAnEarlierTry(t *testing.T) {
 	if ErrorType(err) != "REQUEST_ID_REUSED" {
 		t.Fatalf("with no draft to find: %v; want REQUEST_ID_REUSED", err)
 	}
+	// The service names the draft: no listing.
+	f.made, f.listed = "clinics/north/interventions/named", 0
+	got, err = a.ProposeIntervention(context.Background(), ProposeRequest{Previous: prev, Level: 2, Notes: "n", RequestID: "r"})
+	if err != nil || got != f.made || f.listed != 0 {
+		t.Fatalf("ProposeIntervention = %q, %v after %d listings; want %s, named by the service", got, err, f.listed, f.made)
+	}
+}
+
+// A reminder whose request id an earlier try used with other data is the
+// one that try made, when the service names it: the workflow follows its
+// delivery under that name.
+func TestReminderMadeByAnEarlierTry(t *testing.T) {
+	f := &reusedReminders{}
+	a := &Activities{Interventions: f}
+	in := ReminderRequest{Clinic: "north", To: Person{Kind: "counselor", ID: "c1", Channel: "IN_APP"}, Kind: "CHECK_IN", Message: "m", RequestID: "r"}
+	if got, err := a.SendReminder(context.Background(), in); ErrorType(err) != "REQUEST_ID_REUSED" || got != "" {
+		t.Fatalf("unnamed: %q, %v; want REQUEST_ID_REUSED", got, err)
+	}
+	f.made = "clinics/north/reminders/first"
+	if got, err := a.SendReminder(context.Background(), in); err != nil || got != f.made {
+		t.Fatalf("named: %q, %v; want %s", got, err, f.made)
+	}
+}
+
+type reusedReminders struct {
+	interventionsv1.InterventionsServiceClient
+	made string
+}
+
+func (f *reusedReminders) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	return nil, apperr.RequestIDReused(in.GetRequestId(), f.made)
 }

@@ -135,8 +135,10 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 		// The id is this step's own: an earlier try of it, whose workflow
 		// task was lost, made the reminder from what it read then (a
 		// counselor since changed, a quiet hour since begun). That one
-		// stands; the step does not fail for it, though its name is not
-		// known here and its failed delivery is not resent.
+		// stands; the step does not fail for it. SendReminder returns
+		// its name when the service gives it; under a key stored before
+		// the service did, its name is not known here and its failed
+		// delivery is not resent.
 		workflow.GetLogger(ctx).Warn("reminder made by an earlier try", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID)
 		return "", nil
 	}
