@@ -95,6 +95,8 @@ type fakeReferrals struct {
 	// before this one's step: the step is refused as stale (ABORTED) and
 	// the referral becomes raced.
 	raced *referralsv1.Referral
+	// cancelled is the reason of each CancelReferral call.
+	cancelled []string
 }
 
 func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
@@ -126,7 +128,8 @@ func (r *fakeReferrals) AcceptReferral(_ context.Context, in *referralsv1.Transi
 	return r.transition()
 }
 
-func (r *fakeReferrals) CancelReferral(context.Context, *referralsv1.TransitionReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+func (r *fakeReferrals) CancelReferral(_ context.Context, in *referralsv1.TransitionReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r.cancelled = append(r.cancelled, in.GetReason())
 	return r.transition()
 }
 
@@ -232,33 +235,30 @@ func entryIDs(a answer) []string {
 	return out
 }
 
-// The EHR cannot cancel a referral: that is the referring clinic's move.
-// A PUT with status cancelled is a business-rule refusal that says to
-// reject instead, whatever the referral's state, and nothing changes.
-func TestPutTaskCancelledIsRefused(t *testing.T) {
+// The receiving program may cancel a referral through the EHR, as either
+// side of the closed loop may: the PUT cancels it with the statusReason as
+// the reason. Resent to a cancelled referral it changes nothing.
+func TestPutTaskCancelled(t *testing.T) {
+	body := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled","statusReason":{"text":"moved out of the area"}}`
 	for _, state := range []referralsv1.ReferralState{
-		referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED,
-		referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+		referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED,
 	} {
 		fx := newFixture(t, "", state, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
-		a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"cancelled"}`)
-		if a.code != http.StatusUnprocessableEntity || a.body["resourceType"] != "OperationOutcome" || issueCode(a) != "business-rule" {
+		a := fx.do("PUT", "/fhir/R4/Task/"+refID, body)
+		if a.code != http.StatusOK || a.body["resourceType"] != "Task" {
 			t.Fatalf("%v: PUT cancelled: %d %s", state, a.code, a.raw)
 		}
-		if d := diagnostics(a); !strings.Contains(d, "rejected") {
-			t.Errorf("%v: the outcome does not say to reject instead: %s", state, d)
-		}
-		if fx.referrals.transitions != 0 {
-			t.Errorf("%v: PUT cancelled moved the referral (%d transitions)", state, fx.referrals.transitions)
+		if fx.referrals.transitions != 1 || len(fx.referrals.cancelled) != 1 || fx.referrals.cancelled[0] != "moved out of the area" {
+			t.Errorf("%v: %d transitions, cancellations %q; want one, with the statusReason", state, fx.referrals.transitions, fx.referrals.cancelled)
 		}
 	}
-	// The rejection the outcome points to does go through.
-	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
-	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"rejected"}`); a.code != http.StatusOK || fx.referrals.transitions != 1 {
-		t.Fatalf("PUT rejected: %d %s", a.code, a.raw)
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || fx.referrals.transitions != 0 {
+		t.Fatalf("PUT cancelled to a cancelled referral: %d %s after %d transitions; want a no-op", a.code, a.raw, fx.referrals.transitions)
 	}
-	// The CapabilityStatement does not offer it.
+	// The CapabilityStatement offers it.
 	a := fx.do("GET", "/fhir/R4/metadata", "")
+	offered := false
 	for _, res := range a.body["rest"].([]any)[0].(map[string]any)["resource"].([]any) {
 		r := res.(map[string]any)
 		if r["type"] != "Task" {
@@ -266,10 +266,12 @@ func TestPutTaskCancelledIsRefused(t *testing.T) {
 		}
 		for _, in := range r["interaction"].([]any) {
 			doc, _ := in.(map[string]any)["documentation"].(string)
-			if set, _, _ := strings.Cut(doc, ")"); strings.Contains(set, "cancelled") {
-				t.Errorf("the Task update still offers cancelled: %s", doc)
-			}
+			set, _, _ := strings.Cut(doc, ")")
+			offered = offered || strings.Contains(set, "cancelled")
 		}
+	}
+	if !offered {
+		t.Error("the Task update does not offer cancelled")
 	}
 }
 
@@ -432,9 +434,11 @@ func TestTaskPutRefusesBeforeReading(t *testing.T) {
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body, "Idempotency-Key", strings.Repeat("k", 65)); a.code != http.StatusBadRequest {
 		t.Fatalf("a long Idempotency-Key: %d %s", a.code, a.raw)
 	}
-	cancel := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled"}`
-	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, cancel); a.code != http.StatusUnprocessableEntity {
-		t.Fatalf("cancelled: %d %s", a.code, a.raw)
+	for _, st := range []string{"draft", "requested", "on-hold", "entered-in-error"} {
+		notTheProgramS := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"` + st + `"}`
+		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, notTheProgramS); a.code != http.StatusUnprocessableEntity || issueCode(a) != "business-rule" {
+			t.Fatalf("%s: %d %s", st, a.code, a.raw)
+		}
 	}
 	if fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
 		t.Fatalf("refused PUTs read the referral %d times and moved it %d times", fx.referrals.reads, fx.referrals.transitions)

@@ -21,8 +21,8 @@ import (
 )
 
 // putTask is the EHR's write-back of a referral's status (the receiving
-// program accepted, rejected, scheduled, completed, or saw a no-show; it
-// never cancels: that is the referring clinic's). It calls the same
+// program accepted, rejected, scheduled, completed, saw a no-show, or
+// cancelled: in the closed loop either side may cancel). It calls the same
 // transition as the gRPC API, so the referral's workflow hears of it. Only
 // Task.status (with executionPeriod and statusReason) is read; other fields
 // of the body are the server's and are ignored.
@@ -103,16 +103,19 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 }
 
+// programStatuses are the Task statuses the receiving program sets here
+// (Gravity closed-loop referral: the requester's draft and requested, and
+// entered-in-error, are not the program's; on-hold has no referral state).
+var programStatuses = map[string]bool{
+	"accepted": true, "rejected": true, "in-progress": true, "completed": true, "failed": true, "cancelled": true,
+}
+
 // refusedStatus refuses, from the body alone, a status the receiving
-// program never sets.
+// program does not set, so that the refusal does not depend on the
+// referral's state (and the referral is not read for it).
 func refusedStatus(t *task_go_proto.Task) error {
-	if taskStatusName(t.GetStatus().GetValue()) == "cancelled" {
-		// Cancelling is the requester's (the referring clinic's) move, not
-		// the EHR's: per the Gravity and BSeR closed loop the performer
-		// declines a referral by rejecting it. Refused whatever the
-		// referral's state, so the answer does not depend on it.
-		return unprocessable{msg: "the receiving program does not cancel a referral: the referring clinic does. " +
-			"To decline it, set the Task to rejected with a statusReason"}
+	if st := taskStatusName(t.GetStatus().GetValue()); !programStatuses[st] {
+		return unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed, failed or cancelled", st)}
 	}
 	return nil
 }
@@ -180,7 +183,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		}
 	}
 	switch ch.status {
-	case "accepted", "failed":
+	case "accepted", "failed", "cancelled":
 	case "completed":
 	case "in-progress":
 		if ch.at == nil {
@@ -196,7 +199,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 			}
 		}
 	default:
-		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed or failed", ch.status)}
+		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed, failed or cancelled", ch.status)}
 	}
 	return ch, nil
 }
@@ -215,6 +218,8 @@ func (s *server) transition(ctx context.Context, name string, ch statusChange, e
 		return rs.AcceptReferral(ctx, plain)
 	case "failed":
 		return rs.MarkReferralNoShow(ctx, plain)
+	case "cancelled":
+		return rs.CancelReferral(ctx, plain)
 	case "rejected":
 		return rs.RejectReferral(ctx, &referralsv1.RejectReferralRequest{Name: name, Rejection: ch.rejection, Etag: etag, RequestId: requestID})
 	case "in-progress":

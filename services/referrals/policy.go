@@ -27,7 +27,10 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker, auth.RoleEHR}, "GetReferral", "ListReferrals",
 		// The receiving program's answers arrive through the EHR (closed loop).
 		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow")
-	set(append(counselors, auth.RoleWorker), "CancelReferral")
+	// Either side of the closed loop may cancel (Gravity): the referring
+	// clinic, or the program through the EHR (the person can no longer be
+	// served after all); the workflow then offers the next program.
+	set(append(counselors, auth.RoleWorker, auth.RoleEHR), "CancelReferral")
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListReferrals"] = slices.Concat(p[svc+"ListReferrals"], []auth.Role{auth.RoleCalendarReader})
 	// The audit trail is for administrators.

@@ -325,6 +325,47 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
 }
 
+// The program cancels an accepted referral through the EHR (either side of
+// the closed loop may): the MAT intake workflow offers the next program.
+func TestProgramCancelsThroughTheEHR(t *testing.T) {
+	e := start(t)
+	mat := e.directory()
+	p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+		DisplayName: "Lakeside MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE},
+		SameDayIntake: true, PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID}}}))
+	next := ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 2}))
+	f, _ := e.family()
+	iv := e.schedule(f, 7*time.Second)
+	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))
+	referrals := func() []*referralsv1.Referral {
+		return ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("intervention = %q AND service_kind = MAT_BUPRENORPHINE", iv.GetName())})).GetReferrals()
+	}
+	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool { return len(referrals()) == 1 })
+	first := referrals()[0]
+	if first.GetProgram() != mat.GetName() {
+		t.Fatalf("first referral at %s, want the held program %s", first.GetProgram(), mat.GetName())
+	}
+	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName()}))
+	cancelled := ok(e.ref.CancelReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName(), Reason: "no prescriber this week"}))
+	if cancelled.GetState() != referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
+		t.Fatalf("after the EHR's cancel: %v", cancelled.GetState())
+	}
+	var second *referralsv1.Referral
+	stacktest.Eventually(t, 20*time.Second, "a referral to the next program", func() bool {
+		for _, r := range referrals() {
+			if r.GetName() != first.GetName() {
+				second = r
+			}
+		}
+		return second != nil
+	})
+	if second.GetProgram() != next.GetName() || second.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED {
+		t.Fatalf("next referral = %v; want a request to %s", second, next.GetName())
+	}
+}
+
 // Declined: the boundaries are reinforced, the family referred to support
 // and the loved one to naloxone, check-ins scheduled, and the next level
 // drafted. The outcome is recorded while Temporal is unreachable: it is

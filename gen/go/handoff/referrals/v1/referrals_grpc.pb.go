@@ -183,7 +183,9 @@ type ReferralsServiceClient interface {
 	MarkReferralNoShow(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED or NO_SHOW,
 	// for example because the person changed their mind or went elsewhere.
-	// Cancelled is final.
+	// Either side of the closed loop may cancel: the referring clinic, or
+	// the receiving program through the EHR integration (with a reason); the
+	// MAT intake workflow then offers the next program. Cancelled is final.
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
@@ -549,7 +551,9 @@ type ReferralsServiceServer interface {
 	MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED or NO_SHOW,
 	// for example because the person changed their mind or went elsewhere.
-	// Cancelled is final.
+	// Either side of the closed loop may cancel: the referring clinic, or
+	// the receiving program through the EHR integration (with a reason); the
+	// MAT intake workflow then offers the next program. Cancelled is final.
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
