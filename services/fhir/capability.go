@@ -35,7 +35,7 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 		res := obj{"type": t, "interaction": interactions, "versioning": "versioned", "readHistory": false}
 		if t == "Task" {
 			res["interaction"] = append(interactions, obj{"code": "update",
-				"documentation": "Sets the referral's status (accepted, rejected, in-progress with executionPeriod.start, completed, failed, cancelled), with statusReason. Honours If-Match."})
+				"documentation": "Sets the referral's status (accepted, rejected, in-progress with executionPeriod.start, on-hold with statusReason, completed, failed, cancelled), with statusReason. Honours If-Match."})
 			res["updateCreate"] = false
 			res["conditionalUpdate"] = false
 			// If-Match with the version read.

@@ -54,13 +54,18 @@ func sampleReferral(state referralsv1.ReferralState) *referralsv1.Referral {
 	}
 	switch state {
 	case referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW,
-		referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
+		referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+		referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
 		r.IntakeAppointment = &referralsv1.IntakeAppointment{StartTime: ts(now.Add(time.Hour)), Notes: "Bring ID", Telehealth: true}
 	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
 		r.Rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}
 	}
 	if state == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
 		r.TreatmentEntryTime = ts(now)
+	}
+	if state == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+		r.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, ToState: state,
+			Reason: "waiting for prior authorization", Time: ts(now)}}
 	}
 	return r
 }

@@ -95,8 +95,9 @@ type fakeReferrals struct {
 	// before this one's step: the step is refused as stale (ABORTED) and
 	// the referral becomes raced.
 	raced *referralsv1.Referral
-	// cancelled is the reason of each CancelReferral call.
-	cancelled []string
+	// cancelled and paused are the reason of each CancelReferral and
+	// PauseReferral call.
+	cancelled, paused []string
 }
 
 func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
@@ -130,6 +131,11 @@ func (r *fakeReferrals) AcceptReferral(_ context.Context, in *referralsv1.Transi
 
 func (r *fakeReferrals) CancelReferral(_ context.Context, in *referralsv1.TransitionReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
 	r.cancelled = append(r.cancelled, in.GetReason())
+	return r.transition()
+}
+
+func (r *fakeReferrals) PauseReferral(_ context.Context, in *referralsv1.TransitionReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r.paused = append(r.paused, in.GetReason())
 	return r.transition()
 }
 
@@ -252,7 +258,13 @@ func TestPutTaskCancelled(t *testing.T) {
 			t.Errorf("%v: %d transitions, cancellations %q; want one, with the statusReason", state, fx.referrals.transitions, fx.referrals.cancelled)
 		}
 	}
-	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	// Without a reason it is refused before the referral is read.
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	bare := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled"}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusBadRequest || fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+		t.Fatalf("cancelled without a reason: %d %s after %d reads; want 400 before any read", a.code, a.raw, fx.referrals.reads)
+	}
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || fx.referrals.transitions != 0 {
 		t.Fatalf("PUT cancelled to a cancelled referral: %d %s after %d transitions; want a no-op", a.code, a.raw, fx.referrals.transitions)
 	}
@@ -272,6 +284,35 @@ func TestPutTaskCancelled(t *testing.T) {
 	}
 	if !offered {
 		t.Error("the Task update does not offer cancelled")
+	}
+}
+
+// The program puts a booked intake on hold with a reason, which the Task
+// then carries; without one the PUT is refused before the referral is read.
+func TestPutTaskOnHold(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	bare := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold"}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusBadRequest || fx.referrals.reads != 0 {
+		t.Fatalf("on-hold without a reason: %d %s after %d reads; want 400 before any read", a.code, a.raw, fx.referrals.reads)
+	}
+	body := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold","statusReason":{"text":"waiting for prior authorization"}}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || len(fx.referrals.paused) != 1 ||
+		fx.referrals.paused[0] != "waiting for prior authorization" {
+		t.Fatalf("on-hold: %d %s, pauses %q", a.code, a.raw, fx.referrals.paused)
+	}
+	held := task(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD))
+	if reason, _ := held["statusReason"].(obj); held["status"] != "on-hold" || reason["text"] != "waiting for prior authorization" {
+		t.Fatalf("an on-hold Task = %v / %v", held["status"], held["statusReason"])
+	}
+	if bs, _ := held["businessStatus"].(obj); bs["text"] != "on hold" {
+		t.Fatalf("an on-hold Task's businessStatus = %v", held["businessStatus"])
+	}
+	// The program paused its Task; the clinic's request stands.
+	if sr := serviceRequest(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); sr["status"] != "active" {
+		t.Fatalf("the ServiceRequest of an intake on hold is %v; want active", sr["status"])
+	}
+	if a := intakeAppointment(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); a["status"] != "cancelled" {
+		t.Fatalf("the appointment of an intake on hold is %v; want cancelled", a["status"])
 	}
 }
 
@@ -434,7 +475,7 @@ func TestTaskPutRefusesBeforeReading(t *testing.T) {
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body, "Idempotency-Key", strings.Repeat("k", 65)); a.code != http.StatusBadRequest {
 		t.Fatalf("a long Idempotency-Key: %d %s", a.code, a.raw)
 	}
-	for _, st := range []string{"draft", "requested", "on-hold", "entered-in-error"} {
+	for _, st := range []string{"draft", "requested", "received", "entered-in-error"} {
 		notTheProgramS := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"` + st + `"}`
 		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, notTheProgramS); a.code != http.StatusUnprocessableEntity || issueCode(a) != "business-rule" {
 			t.Fatalf("%s: %d %s", st, a.code, a.raw)

@@ -260,6 +260,8 @@ func serviceRequest(r *referralsv1.Referral) obj {
 	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
 		status = "revoked"
 	}
+	// ON_HOLD stays active: the program (the performer) paused its Task;
+	// the request's own on-hold would mean the requester withdrew it.
 	priority := "routine"
 	switch r.GetUrgency() {
 	case referralsv1.Urgency_URGENCY_IMMEDIATE:
@@ -312,6 +314,7 @@ var taskStatus = map[referralsv1.ReferralState]string{
 	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "completed",
 	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   "failed",
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: "cancelled",
+	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   "on-hold",
 }
 
 // task is a referral as the receiving program's work item.
@@ -339,6 +342,8 @@ func task(r *referralsv1.Referral) obj {
 	}
 	if bs, ok := businessStatus[r.GetState()]; ok {
 		t["businessStatus"] = concept(bs[1], coding(sysBSeRStatus, bs[0], bs[1]))
+	} else if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+		t["businessStatus"] = concept("on hold") // BSeR has no code for it
 	}
 	if rej := r.GetRejection(); rej != nil && r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_REJECTED {
 		name := strings.TrimPrefix(rej.GetReason().String(), "REJECTION_REASON_")
@@ -347,6 +352,12 @@ func task(r *referralsv1.Referral) obj {
 			text = strings.ToLower(strings.ReplaceAll(name, "_", " "))
 		}
 		t["statusReason"] = concept(text, coding(sysRejection, name, ""))
+	}
+	if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+		// The program's own reason for the pause, which it sent.
+		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == r.GetState() {
+			t["statusReason"] = concept(h[len(h)-1].GetReason())
+		}
 	}
 	if r.GetCreateTime() != nil {
 		t["authoredOn"] = instant(r.GetCreateTime())
@@ -383,7 +394,10 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 		status = "fulfilled"
 	case referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:
 		status = "noshow"
-	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
+	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED,
+		referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
+		// On hold, the booked time will not happen; a rebooking books
+		// this appointment again at its new time.
 		status = "cancelled"
 	}
 	subject, member := referralSubject(r)

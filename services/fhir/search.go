@@ -253,7 +253,7 @@ const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 // referralStates maps a Task status searched for to a referral state.
 var referralStates = map[string]string{
 	"requested": "REQUESTED", "accepted": "ACCEPTED", "rejected": "REJECTED", "in-progress": "SCHEDULED",
-	"completed": "COMPLETED", "failed": "NO_SHOW", "cancelled": "CANCELLED",
+	"completed": "COMPLETED", "failed": "NO_SHOW", "cancelled": "CANCELLED", "on-hold": "ON_HOLD",
 }
 
 func entry(res obj) obj { return obj{"resource": res} }

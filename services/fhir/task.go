@@ -21,8 +21,8 @@ import (
 )
 
 // putTask is the EHR's write-back of a referral's status (the receiving
-// program accepted, rejected, scheduled, completed, saw a no-show, or
-// cancelled: in the closed loop either side may cancel). It calls the same
+// program accepted, rejected, scheduled, paused, completed, saw a no-show,
+// or cancelled: in the closed loop either side may cancel). It calls the same
 // transition as the gRPC API, so the referral's workflow hears of it. Only
 // Task.status (with executionPeriod and statusReason) is read; other fields
 // of the body are the server's and are ignored.
@@ -105,17 +105,26 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 
 // programStatuses are the Task statuses the receiving program sets here
 // (Gravity closed-loop referral: the requester's draft and requested, and
-// entered-in-error, are not the program's; on-hold has no referral state).
+// entered-in-error, are not the program's).
 var programStatuses = map[string]bool{
-	"accepted": true, "rejected": true, "in-progress": true, "completed": true, "failed": true, "cancelled": true,
+	"accepted": true, "rejected": true, "in-progress": true, "on-hold": true, "completed": true, "failed": true, "cancelled": true,
 }
 
 // refusedStatus refuses, from the body alone, a status the receiving
 // program does not set, so that the refusal does not depend on the
 // referral's state (and the referral is not read for it).
 func refusedStatus(t *task_go_proto.Task) error {
-	if st := taskStatusName(t.GetStatus().GetValue()); !programStatuses[st] {
-		return unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed, failed or cancelled", st)}
+	st := taskStatusName(t.GetStatus().GetValue())
+	if !programStatuses[st] {
+		return unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", st)}
+	}
+	// The counselor has to know what the program waits for, or why it
+	// called the referral off.
+	if st == "on-hold" && strings.TrimSpace(t.GetStatusReason().GetText().GetValue()) == "" {
+		return invalid("an on-hold Task needs statusReason.text: what the program waits for")
+	}
+	if st == "cancelled" && strings.TrimSpace(t.GetStatusReason().GetText().GetValue()) == "" {
+		return invalid("a cancelled Task needs statusReason.text: why the program called the referral off")
 	}
 	return nil
 }
@@ -183,7 +192,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		}
 	}
 	switch ch.status {
-	case "accepted", "failed", "cancelled":
+	case "accepted", "failed", "cancelled", "on-hold":
 	case "completed":
 	case "in-progress":
 		if ch.at == nil {
@@ -199,7 +208,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 			}
 		}
 	default:
-		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, completed, failed or cancelled", ch.status)}
+		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", ch.status)}
 	}
 	return ch, nil
 }
@@ -220,6 +229,8 @@ func (s *server) transition(ctx context.Context, name string, ch statusChange, e
 		return rs.MarkReferralNoShow(ctx, plain)
 	case "cancelled":
 		return rs.CancelReferral(ctx, plain)
+	case "on-hold":
+		return rs.PauseReferral(ctx, plain)
 	case "rejected":
 		return rs.RejectReferral(ctx, &referralsv1.RejectReferralRequest{Name: name, Rejection: ch.rejection, Etag: etag, RequestId: requestID})
 	case "in-progress":

@@ -332,14 +332,16 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusRequestEntityTooLarge, "PUT", "Task/"+refID, strings.Repeat(" ", 2<<20))
 		ehr.failure(http.StatusNotFound, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
 			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
-		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
-		// The referring clinic cancels; the program rejects instead.
-		o := ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "cancelled", "intent": "order"})
-		if issue := list(o, "issue")[0]; str(issue, "code") != "business-rule" || !strings.Contains(str(issue, "diagnostics"), "rejected") {
-			t.Fatalf("PUT cancelled: %v", o)
+		// A status that is not the program's; a pause or a cancellation
+		// without its reason.
+		o := ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "draft", "intent": "order"})
+		if issue := list(o, "issue")[0]; str(issue, "code") != "business-rule" {
+			t.Fatalf("PUT draft: %v", o)
 		}
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
+		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "cancelled", "intent": "order"})
 		if rf := state(); rf.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || rf.GetEtag() != etag {
-			t.Fatalf("PUT cancelled changed the referral: %v %s", rf.GetState(), rf.GetEtag())
+			t.Fatalf("refused PUTs changed the referral: %v %s", rf.GetState(), rf.GetEtag())
 		}
 
 		// The program accepts.
@@ -390,6 +392,23 @@ func TestFHIR(t *testing.T) {
 		// The appointment is the referral's disclosure, in the accounting.
 		if n := disclosed(); n != before+1 {
 			t.Fatalf("reading the intake appointment recorded %d referral disclosures, want 1", n-before)
+		}
+		// The program pauses the intake, and then books it again.
+		hold := map[string]any{"statusReason": map[string]any{"text": "waiting for prior authorization"}}
+		r = put("on-hold", hold)
+		if r.code != http.StatusOK || str(r.body, "status") != "on-hold" || !strings.Contains(fmt.Sprint(r.body["statusReason"]), "prior authorization") {
+			t.Fatalf("on-hold: %d %s", r.code, r.raw)
+		}
+		if st := state().GetState(); st != referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+			t.Fatalf("referral after on-hold = %v", st)
+		}
+		if a := ehr.read("Appointment/intake-" + refID); str(a, "status") != "cancelled" {
+			t.Fatalf("the intake appointment on hold = %v", a)
+		}
+		start = time.Now().Add(time.Second).UTC()
+		period = map[string]any{"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}}
+		if r = put("in-progress", period); r.code != http.StatusOK || str(r.body, "status") != "in-progress" {
+			t.Fatalf("booked again after the hold: %d %s", r.code, r.raw)
 		}
 		// The person came: treatment entry.
 		time.Sleep(time.Until(start) + 500*time.Millisecond)

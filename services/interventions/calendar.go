@@ -324,6 +324,9 @@ func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, boo
 		uid: aip.ID(ref.GetName()) + "@handoff", resource: ref.GetName(), summary: "Intake appointment",
 		start: start, end: start.Add(intakeDuration),
 		created: ref.GetCreateTime().AsTime(), modified: ref.GetUpdateTime().AsTime(), sequence: version,
-		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+		// On hold, the booked time will not happen; a rebooking moves
+		// the event to its new time.
+		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
+			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD,
 	}, true
 }

@@ -365,6 +365,19 @@ func TestCalendarFeedIntakeAppointments(t *testing.T) {
 	if got, _ := after.GetStartAt(); !got.Equal(rebooked) || sequence(t, after) <= sequence(t, before) {
 		t.Fatalf("after rebooking: DTSTART %v, SEQUENCE %d (was %d)", got, sequence(t, after), sequence(t, before))
 	}
+	// On hold the booked time will not happen; booked again, it will.
+	if _, err := refClient.PauseReferral(ctx, &referralsv1.TransitionReferralRequest{Name: mine.GetName(), Reason: "waiting for prior authorization"}); err != nil {
+		t.Fatal(err)
+	}
+	cal, _ = export(t, f, feed.GetName(), token)
+	if st := prop(eventOf(t, cal, uid), ics.ComponentPropertyStatus); st != "CANCELLED" {
+		t.Fatalf("an intake on hold has STATUS %q", st)
+	}
+	book(mine, rebooked)
+	cal, _ = export(t, f, feed.GetName(), token)
+	if st := prop(eventOf(t, cal, uid), ics.ComponentPropertyStatus); st != "CONFIRMED" {
+		t.Fatalf("an intake booked again after a hold has STATUS %q", st)
+	}
 	if _, err := refClient.CancelReferral(ctx, &referralsv1.TransitionReferralRequest{Name: mine.GetName()}); err != nil {
 		t.Fatal(err)
 	}

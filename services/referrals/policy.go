@@ -26,7 +26,7 @@ func Policy() grpcserver.Policy {
 		"HoldSlot", "GetHold", "ListHolds", "ReleaseHold", "ConvertHold", "CreateReferral", "UpdateReferral")
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker, auth.RoleEHR}, "GetReferral", "ListReferrals",
 		// The receiving program's answers arrive through the EHR (closed loop).
-		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow")
+		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow", "PauseReferral")
 	// Either side of the closed loop may cancel (Gravity): the referring
 	// clinic, or the program through the EHR (the person can no longer be
 	// served after all); the workflow then offers the next program.

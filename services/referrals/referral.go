@@ -34,6 +34,7 @@ var taskStatus = map[referralsv1.ReferralState][2]string{
 	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: {"completed", "event completed"},
 	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"failed", "unattended"},
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"cancelled", "cancelled"},
+	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   {"on-hold", "on hold"},
 }
 
 func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {

@@ -3,6 +3,7 @@ package referrals_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -271,16 +272,19 @@ func TestReferralStateMachine(t *testing.T) {
 		comp = referralsv1.ReferralState_REFERRAL_STATE_COMPLETED
 		ns   = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
 		can  = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
+		hold = referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD
 	)
 	// Paths that reach each state from REQUESTED.
 	paths := map[referralsv1.ReferralState][]referralsv1.ReferralState{
 		req: {}, acc: {acc}, rej: {rej}, sch: {acc, sch}, comp: {acc, sch, comp}, ns: {acc, sch, ns}, can: {can},
+		hold: {acc, sch, hold},
 	}
 	legal := map[[2]referralsv1.ReferralState]bool{
 		{req, acc}: true, {req, rej}: true, {req, can}: true,
 		{acc, sch}: true, {acc, rej}: true, {acc, can}: true,
-		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true,
+		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true, {sch, hold}: true,
 		{ns, sch}: true, {ns, can}: true,
+		{hold, sch}: true, {hold, can}: true, {hold, comp}: true,
 	}
 	move := func(name string, to referralsv1.ReferralState) error {
 		var err error
@@ -299,10 +303,12 @@ func TestReferralStateMachine(t *testing.T) {
 			_, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: name})
 		case can:
 			_, err = f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: name})
+		case hold:
+			_, err = f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: name, Reason: "waiting for prior authorization"})
 		}
 		return err
 	}
-	targets := []referralsv1.ReferralState{acc, rej, sch, comp, ns, can}
+	targets := []referralsv1.ReferralState{acc, rej, sch, comp, ns, can, hold}
 	for from, path := range paths {
 		for _, to := range targets {
 			t.Run(fmt.Sprintf("%v->%v", S(from), to), func(t *testing.T) {
@@ -333,6 +339,46 @@ func TestReferralStateMachine(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// A pause needs its reason, and keeps it in the history; the answer says
+// on-hold to FHIR systems.
+func TestPauseNeedsAReason(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "opioid use disorder, wants to start"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	r, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(time.Hour))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "  "})
+	wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(status.Convert(err).Message(), "reason") {
+		t.Fatalf("the refusal does not name the reason: %v", err)
+	}
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); got.GetEtag() != r.GetEtag() {
+		t.Fatal("a refused pause changed the referral")
+	}
+	paused, err := f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "waiting for prior authorization"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := paused.GetHistory()
+	if paused.GetState() != referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || paused.GetFhirTaskStatus() != "on-hold" ||
+		len(h) == 0 || h[len(h)-1].GetReason() != "waiting for prior authorization" {
+		t.Fatalf("paused = %v", paused)
 	}
 }
 

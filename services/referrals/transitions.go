@@ -32,6 +32,7 @@ const (
 	completed = referralsv1.ReferralState_REFERRAL_STATE_COMPLETED
 	noShow    = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
 	cancelled = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
+	onHold    = referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD
 )
 
 // legal lists, for each target state, the states a referral may reach it
@@ -39,10 +40,12 @@ const (
 var legal = map[state][]state{
 	accepted:  {requested},
 	rejected:  {requested, accepted},
-	scheduled: {accepted, scheduled, noShow},
-	completed: {scheduled},
+	scheduled: {accepted, scheduled, noShow, onHold},
+	completed: {scheduled, onHold}, // from hold: admitted without a new booking
 	noShow:    {scheduled},
-	cancelled: {requested, accepted, scheduled, noShow},
+	cancelled: {requested, accepted, scheduled, noShow, onHold},
+	// Gravity's on-hold pauses work that started: here, a booked intake.
+	onHold: {scheduled},
 }
 
 // step is one transition request, normalised.
@@ -265,6 +268,16 @@ func (s *Server) MarkReferralNoShow(ctx context.Context, req *referralsv1.Transi
 			_, err := tx.Exec(ctx, `UPDATE referrals SET no_show_count = no_show_count + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id)
 			return err
 		}})
+}
+
+// PauseReferral implements the API: the program paused a booked intake.
+// The reason is required: the counselor has to know what to wait for.
+func (s *Server) PauseReferral(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	if strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "say why the intake is on hold, for example what the program waits for")
+	}
+	return s.transition(ctx, step{method: "PauseReferral", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: onHold, req: req})
 }
 
 // CancelReferral implements the API.

@@ -147,10 +147,10 @@ const (
 )
 
 // routeOf maps an event to topics. Referral changes are REFERRAL_CHANGED;
-// those that book or settle an intake appointment are APPOINTMENT_CHANGED
-// too, as are all intervention changes. A new reminder is REMINDER_DUE at
-// its due time, withdrawn once the reminder is delivered, failed or
-// cancelled.
+// those that book, settle or pause an intake appointment are
+// APPOINTMENT_CHANGED too, as are all intervention changes. A new reminder
+// is REMINDER_DUE at its due time, withdrawn once the reminder is
+// delivered, failed or cancelled.
 func routeOf(eventType string, msg proto.Message) route {
 	switch {
 	case strings.HasPrefix(eventType, referralEvents):
@@ -159,7 +159,7 @@ func routeOf(eventType string, msg proto.Message) route {
 		switch strings.TrimPrefix(eventType, referralEvents) {
 		case "scheduled":
 			r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-		case "completed", "no_show", "cancelled":
+		case "completed", "no_show", "cancelled", "on_hold":
 			if ref.GetIntakeAppointment() != nil {
 				r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 			}

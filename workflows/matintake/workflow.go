@@ -81,6 +81,12 @@ type wf struct {
 	timerCancel workflow.CancelFunc
 	resends     flow.Resends
 	cancels     int // intake reminders cancelled so far, for request ids
+	pauses      int // times the program put the intake on hold, for request ids
+	// holdReview is when the counselor is asked again about an intake
+	// still on hold (zero when not on hold); holdReviews counts the asks
+	// of this pause.
+	holdReview  time.Time
+	holdReviews int
 }
 
 // versionCancelStale guards cancelling the intake reminders already
@@ -180,6 +186,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		if alertAt := w.started.Add(w.settings.IntakeAlert); !w.alerted && (next.IsZero() || alertAt.Before(next)) {
 			next = alertAt
 		}
+		if !w.holdReview.IsZero() && (next.IsZero() || w.holdReview.Before(next)) {
+			next = w.holdReview
+		}
 		var t Transition
 		got := false
 		sel := workflow.NewSelector(ctx)
@@ -210,6 +219,18 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					sentFor = info.Appointment
 				}
 			}
+			if !w.holdReview.IsZero() && !now.Before(w.holdReview) {
+				// Still on hold: the counselor is asked again, so that a
+				// pause the program forgot does not hold the person for
+				// good.
+				w.holdReviews++
+				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+					"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
+					fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil {
+					return "", info, err
+				}
+				w.holdReview = now.Add(w.settings.IntakeAlert)
+			}
 			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
 				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "INTAKE_OVERDUE", w.referral.Name,
 					"The person who said yes has not started yet: please follow up today.", "intake-overdue"); err != nil {
@@ -226,7 +247,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		if err := flow.Call(ctx, &info, flow.A.ReferralStatus, w.referral.Name); err != nil {
 			return "", info, err
 		}
+		was := w.state
 		w.state, w.appointment = info.State, info.Appointment
+		if info.State != "ON_HOLD" {
+			w.holdReview = time.Time{}
+		}
 		if !sentFor.IsZero() && (info.State != "SCHEDULED" || !info.Appointment.Equal(sentFor)) &&
 			(info.State != "COMPLETED" || now.Before(sentFor)) {
 			// A reminder may still wait (for the end of quiet hours, or for
@@ -271,11 +296,35 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows)); err != nil {
 				return "", info, err
 			}
+		case "ON_HOLD":
+			// A pause came with the state itself: a run begun before
+			// it, which saw one on an older worker, did nothing here.
+			if workflow.GetVersion(ctx, versionOnHold, workflow.DefaultVersion, 1) < 1 {
+				continue
+			}
+			// The program paused the intake: the booked time will not
+			// happen (its reminders were cancelled above), and a
+			// rebooking plans reminders anew. The counselor hears of it
+			// once per pause, and again every IntakeAlert while it lasts.
+			pending, remindersFor = nil, time.Time{}
+			if was != "ON_HOLD" {
+				w.pauses++
+				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+					"The program put the intake on hold: please ask the program what it waits for, and keep the family informed.",
+					fmt.Sprintf("on-hold|%s|%d", w.referral.Name, w.pauses)); err != nil {
+					return "", info, err
+				}
+				w.holdReview, w.holdReviews = now.Add(w.settings.IntakeAlert), 0
+			}
 		case "REJECTED", "CANCELLED":
 			return "rejected", info, nil
 		}
 	}
 }
+
+// versionOnHold guards answering a referral put on hold (a state added
+// with it): reminders of the paused time dropped, the counselor told.
+const versionOnHold = "intake-on-hold"
 
 // versionKeepTimer guards keeping the deadline's timer across signals that
 // leave the deadline where it was; before it, every signal cancelled the
@@ -323,7 +372,7 @@ func (w *wf) cancelStale(ctx workflow.Context, state string) error {
 		return nil
 	}
 	why := map[string]string{"SCHEDULED": "appointment moved", "NO_SHOW": "appointment missed",
-		"COMPLETED": "appointment kept"}[state]
+		"COMPLETED": "appointment kept", "ON_HOLD": "intake on hold"}[state]
 	if why == "" {
 		why = "referral ended"
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -309,6 +310,88 @@ func TestStaleIntakeRemindersAreCancelled(t *testing.T) {
 	}
 	if h.cancelled[0].RequestID == h.cancelled[1].RequestID {
 		t.Fatal("two cancellations share a request id: the second would change nothing")
+	}
+}
+
+// The program puts a booked intake on hold: no reminder names the booked
+// time after that, the counselor hears of it once however often the
+// service says so, and a rebooking is reminded as usual.
+func TestIntakeOnHoldStopsItsRemindersUntilRebooked(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	first, second := start.Add(60*time.Hour), start.Add(100*time.Hour)
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: first})
+	h.transition(10*time.Hour, r1, activities.ReferralInfo{State: "ON_HOLD", Appointment: first})
+	h.transition(11*time.Hour, r1, activities.ReferralInfo{State: "ON_HOLD", Appointment: first})
+	h.transition(70*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: second})
+	h.transition(101*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 4})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result = %+v, %v", res, err)
+	}
+	chicago := mustZone(t, "America/Chicago")
+	naming := func(at time.Time) int {
+		n := 0
+		for _, r := range h.kinds("INTAKE_UPCOMING") {
+			if strings.Contains(r.Message, at.In(chicago).Format("Mon Jan 2 at 3:04 PM MST")) {
+				n++
+			}
+		}
+		return n
+	}
+	if n := naming(first); n != 0 {
+		t.Errorf("%d reminders name the appointment put on hold", n)
+	}
+	if n := naming(second); n == 0 {
+		t.Error("no reminder names the rebooked appointment")
+	}
+	var holds []activities.ReminderRequest
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "on hold") {
+			holds = append(holds, r)
+		}
+	}
+	if len(holds) != 1 || holds[0].Due.Sub(start) != 10*time.Hour || holds[0].Related != r1 {
+		t.Fatalf("on-hold notices = %+v; want one to the counselor at 10 h about %s", holds, r1)
+	}
+}
+
+// A pause after reminders went out cancels those not yet delivered; a
+// pause that lasts is brought back to the counselor every IntakeAlert; a
+// cancellation from hold offers the next program.
+func TestLongHoldIsReviewedAndCancellingItMovesOn(t *testing.T) {
+	h := newHarness(t)
+	h.programs(2)
+	const r1, r2 = "clinics/north/referrals/r1", "clinics/north/referrals/r2"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(30 * time.Hour)})
+	h.transition(8*time.Hour, r1, activities.ReferralInfo{State: "ON_HOLD", Appointment: start.Add(30 * time.Hour)})
+	h.transition(160*time.Hour, r1, activities.ReferralInfo{State: "CANCELLED"})
+	h.transition(161*time.Hour, r2, activities.ReferralInfo{State: "REJECTED"})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" || res.Programs != 2 {
+		t.Fatalf("result = %+v, %v; want escalated after two programs", res, err)
+	}
+	if len(h.cancelled) != 1 || h.cancelled[0].Reason != "intake on hold" || h.cancelAt[0].Sub(start) != 8*time.Hour {
+		t.Fatalf("cancellations %+v at %v; want the reminders sent for the paused time cancelled at 8 h", h.cancelled, h.cancelAt)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "on hold") {
+			at = append(at, r.Due.Sub(start))
+		}
+	}
+	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{8 * time.Hour, 80 * time.Hour, 152 * time.Hour}) {
+		t.Fatalf("on-hold notices at %v; want the pause at 8 h, then every 72 h while it lasts", at)
+	}
+	if len(h.requests) < 2 || !slices.Contains(h.requests[1].Exclude, "clinics/north/programs/p1") {
+		t.Fatalf("requests %+v; want the next program asked for without the one that cancelled", h.requests)
 	}
 }
 

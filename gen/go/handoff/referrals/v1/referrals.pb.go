@@ -676,6 +676,9 @@ func (SubjectKind) EnumDescriptor() ([]byte, []int) {
 //   - SCHEDULED -> COMPLETED | NO_SHOW | CANCELLED | SCHEDULED (rebooked with
 //     a new appointment)
 //   - NO_SHOW -> SCHEDULED (rebooked) | CANCELLED
+//   - SCHEDULED -> ON_HOLD (the program paused the intake)
+//   - ON_HOLD -> SCHEDULED (rebooked) | COMPLETED (admitted without a new
+//     booking) | CANCELLED
 //
 // REJECTED, COMPLETED and CANCELLED are final.
 type ReferralState int32
@@ -697,6 +700,9 @@ const (
 	ReferralState_REFERRAL_STATE_NO_SHOW ReferralState = 6
 	// The referral was called off. Final.
 	ReferralState_REFERRAL_STATE_CANCELLED ReferralState = 7
+	// The program paused the intake after booking it (see PauseReferral).
+	// Can be rebooked.
+	ReferralState_REFERRAL_STATE_ON_HOLD ReferralState = 8
 )
 
 // Enum value maps for ReferralState.
@@ -710,6 +716,7 @@ var (
 		5: "REFERRAL_STATE_COMPLETED",
 		6: "REFERRAL_STATE_NO_SHOW",
 		7: "REFERRAL_STATE_CANCELLED",
+		8: "REFERRAL_STATE_ON_HOLD",
 	}
 	ReferralState_value = map[string]int32{
 		"REFERRAL_STATE_UNSPECIFIED": 0,
@@ -720,6 +727,7 @@ var (
 		"REFERRAL_STATE_COMPLETED":   5,
 		"REFERRAL_STATE_NO_SHOW":     6,
 		"REFERRAL_STATE_CANCELLED":   7,
+		"REFERRAL_STATE_ON_HOLD":     8,
 	}
 )
 
@@ -1523,14 +1531,15 @@ type Referral struct {
 	// referrals as FHIR Tasks (as in the HL7 BSeR guide):
 	// REQUESTED = "requested", ACCEPTED = "accepted", REJECTED = "rejected",
 	// SCHEDULED = "in-progress", COMPLETED = "completed", NO_SHOW = "failed",
-	// CANCELLED = "cancelled".
+	// CANCELLED = "cancelled", ON_HOLD = "on-hold".
 	FhirTaskStatus string `protobuf:"bytes,13,opt,name=fhir_task_status,json=fhirTaskStatus,proto3" json:"fhir_task_status,omitempty"`
 	// The FHIR Task.businessStatus text that matches `state`, after the HL7
 	// BSeR task business statuses (codes in brackets):
 	// REQUESTED = "created" (2.0), ACCEPTED = "accepted" (3.0),
 	// REJECTED = "declined" (4.0), SCHEDULED = "scheduled" (5.1.1),
 	// NO_SHOW = "unattended" (5.1.2), COMPLETED = "event completed" (5.1.4),
-	// CANCELLED = "cancelled" (6.0).
+	// CANCELLED = "cancelled" (6.0); ON_HOLD = "on hold" (BSeR has no code
+	// for it).
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
 	// Every state change, oldest first, including each rebooking.
 	History []*ReferralEvent `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
@@ -4179,7 +4188,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\vSubjectKind\x12\x1c\n" +
 	"\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SUBJECT_KIND_LOVED_ONE\x10\x01\x12\x1e\n" +
-	"\x1aSUBJECT_KIND_FAMILY_MEMBER\x10\x02*\xfd\x01\n" +
+	"\x1aSUBJECT_KIND_FAMILY_MEMBER\x10\x02*\x99\x02\n" +
 	"\rReferralState\x12\x1e\n" +
 	"\x1aREFERRAL_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REFERRAL_STATE_REQUESTED\x10\x01\x12\x1b\n" +
@@ -4188,14 +4197,15 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x18REFERRAL_STATE_SCHEDULED\x10\x04\x12\x1c\n" +
 	"\x18REFERRAL_STATE_COMPLETED\x10\x05\x12\x1a\n" +
 	"\x16REFERRAL_STATE_NO_SHOW\x10\x06\x12\x1c\n" +
-	"\x18REFERRAL_STATE_CANCELLED\x10\a*\xe7\x01\n" +
+	"\x18REFERRAL_STATE_CANCELLED\x10\a\x12\x1a\n" +
+	"\x16REFERRAL_STATE_ON_HOLD\x10\b*\xe7\x01\n" +
 	"\x0fRejectionReason\x12 \n" +
 	"\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cREJECTION_REASON_AT_CAPACITY\x10\x01\x12!\n" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\x9e\x1e\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\xc2\x1f\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4219,7 +4229,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x0eRejectReferral\x12+.handoff.referrals.v1.RejectReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"C\xdaA\x0ename,rejection\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:reject\x12\xb1\x01\n" +
 	"\x10ScheduleReferral\x12-.handoff.referrals.v1.ScheduleReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"N\xdaA\x17name,intake_appointment\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:schedule\x12\x9e\x01\n" +
 	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xa4\x01\n" +
-	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa3\x01\n" +
+	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa1\x01\n" +
+	"\rPauseReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"?\xdaA\vname,reason\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/referrals/*}:pause\x12\xa3\x01\n" +
 	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xa5\x01\n" +
 	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"=\xdaA\x06parent\x82\xd3\xe4\x93\x02.\x12,/v1/{parent=clinics/*}/referrals:auditEvents\x1a\x1a\xcaA\x17referrals.handoff.localBKZIgithub.com/handoff-health/handoff/gen/go/handoff/referrals/v1;referralsv1b\x06proto3"
 
@@ -4367,34 +4378,36 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	44, // 72: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
 	45, // 73: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
 	42, // 74: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	42, // 75: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	49, // 76: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 77: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 78: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 79: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 80: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	50, // 81: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 82: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 83: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 84: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 85: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 86: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 87: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 88: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 89: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 90: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 91: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	40, // 92: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	16, // 93: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 94: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 95: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 96: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 97: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 98: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 99: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	51, // 100: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	77, // [77:101] is the sub-list for method output_type
-	53, // [53:77] is the sub-list for method input_type
+	42, // 75: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	42, // 76: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	49, // 77: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 78: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 79: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 80: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 81: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	50, // 82: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 83: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 84: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 85: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 86: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 87: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 88: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 89: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 90: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 91: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 92: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	40, // 93: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	16, // 94: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 95: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 96: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 97: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 98: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 99: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 100: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 101: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	51, // 102: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	78, // [78:103] is the sub-list for method output_type
+	53, // [53:78] is the sub-list for method input_type
 	53, // [53:53] is the sub-list for extension type_name
 	53, // [53:53] is the sub-list for extension extendee
 	0,  // [0:53] is the sub-list for field type_name

@@ -69,6 +69,7 @@ const (
 	ReferralsService_ScheduleReferral_FullMethodName   = "/handoff.referrals.v1.ReferralsService/ScheduleReferral"
 	ReferralsService_CompleteReferral_FullMethodName   = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
 	ReferralsService_MarkReferralNoShow_FullMethodName = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
+	ReferralsService_PauseReferral_FullMethodName      = "/handoff.referrals.v1.ReferralsService/PauseReferral"
 	ReferralsService_CancelReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/CancelReferral"
 	ReferralsService_ListAuditEvents_FullMethodName    = "/handoff.referrals.v1.ReferralsService/ListAuditEvents"
 )
@@ -170,22 +171,30 @@ type ReferralsServiceClient interface {
 	// `exclude_programs`.
 	RejectReferral(ctx context.Context, in *RejectReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
-	// for a SCHEDULED or NO_SHOW referral. The new appointment replaces the
+	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the old one stays in the history.
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
-	// Only a SCHEDULED referral can be completed. Sets
+	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral.
 	MarkReferralNoShow(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
-	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED or NO_SHOW,
+	// Records that the program paused a SCHEDULED intake (FHIR Task
+	// on-hold), for example while it waits for an insurance authorization or
+	// a prescriber: the booked appointment will not happen as booked.
+	// `reason` is required. Booking the intake again (ScheduleReferral)
+	// resumes the referral; CompleteReferral records an admission without
+	// one; CancelReferral ends it.
+	PauseReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
+	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED, NO_SHOW or ON_HOLD,
 	// for example because the person changed their mind or went elsewhere.
 	// Either side of the closed loop may cancel: the referring clinic, or
-	// the receiving program through the EHR integration (with a reason); the
-	// MAT intake workflow then offers the next program. Cancelled is final.
+	// the receiving program through the EHR integration (its FHIR Task
+	// update needs a statusReason, kept as `reason`); the MAT intake workflow
+	// then offers the next program. Cancelled is final.
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
@@ -421,6 +430,16 @@ func (c *referralsServiceClient) MarkReferralNoShow(ctx context.Context, in *Tra
 	return out, nil
 }
 
+func (c *referralsServiceClient) PauseReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Referral)
+	err := c.cc.Invoke(ctx, ReferralsService_PauseReferral_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *referralsServiceClient) CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Referral)
@@ -538,22 +557,30 @@ type ReferralsServiceServer interface {
 	// `exclude_programs`.
 	RejectReferral(context.Context, *RejectReferralRequest) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
-	// for a SCHEDULED or NO_SHOW referral. The new appointment replaces the
+	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the old one stays in the history.
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
-	// Only a SCHEDULED referral can be completed. Sets
+	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral.
 	MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error)
-	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED or NO_SHOW,
+	// Records that the program paused a SCHEDULED intake (FHIR Task
+	// on-hold), for example while it waits for an insurance authorization or
+	// a prescriber: the booked appointment will not happen as booked.
+	// `reason` is required. Booking the intake again (ScheduleReferral)
+	// resumes the referral; CompleteReferral records an admission without
+	// one; CancelReferral ends it.
+	PauseReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
+	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED, NO_SHOW or ON_HOLD,
 	// for example because the person changed their mind or went elsewhere.
 	// Either side of the closed loop may cancel: the referring clinic, or
-	// the receiving program through the EHR integration (with a reason); the
-	// MAT intake workflow then offers the next program. Cancelled is final.
+	// the receiving program through the EHR integration (its FHIR Task
+	// update needs a statusReason, kept as `reason`); the MAT intake workflow
+	// then offers the next program. Cancelled is final.
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
@@ -634,6 +661,9 @@ func (UnimplementedReferralsServiceServer) CompleteReferral(context.Context, *Co
 }
 func (UnimplementedReferralsServiceServer) MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkReferralNoShow not implemented")
+}
+func (UnimplementedReferralsServiceServer) PauseReferral(context.Context, *TransitionReferralRequest) (*Referral, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseReferral not implemented")
 }
 func (UnimplementedReferralsServiceServer) CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReferral not implemented")
@@ -1058,6 +1088,24 @@ func _ReferralsService_MarkReferralNoShow_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_PauseReferral_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransitionReferralRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).PauseReferral(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_PauseReferral_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).PauseReferral(ctx, req.(*TransitionReferralRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ReferralsService_CancelReferral_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TransitionReferralRequest)
 	if err := dec(in); err != nil {
@@ -1188,6 +1236,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "MarkReferralNoShow",
 			Handler:    _ReferralsService_MarkReferralNoShow_Handler,
+		},
+		{
+			MethodName: "PauseReferral",
+			Handler:    _ReferralsService_PauseReferral_Handler,
 		},
 		{
 			MethodName: "CancelReferral",

@@ -1,0 +1,36 @@
+package webhooks
+
+import (
+	"slices"
+	"testing"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+)
+
+// Every referral change is REFERRAL_CHANGED; one that books, settles or
+// pauses an intake appointment is APPOINTMENT_CHANGED too.
+func TestReferralEventTopics(t *testing.T) {
+	booked := &referralsv1.Referral{IntakeAppointment: &referralsv1.IntakeAppointment{}}
+	for _, c := range []struct {
+		event       string
+		ref         *referralsv1.Referral
+		appointment bool
+	}{
+		{"accepted", &referralsv1.Referral{}, false},
+		{"scheduled", booked, true},
+		{"on_hold", booked, true},
+		{"cancelled", booked, true},
+		{"cancelled", &referralsv1.Referral{}, false},
+		{"completed", booked, true},
+		{"no_show", booked, true},
+	} {
+		r := routeOf(referralEvents+c.event, c.ref)
+		if !slices.Contains(r.topics, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED) {
+			t.Errorf("%s: topics %v lack REFERRAL_CHANGED", c.event, r.topics)
+		}
+		if got := slices.Contains(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED); got != c.appointment {
+			t.Errorf("%s (appointment %v): APPOINTMENT_CHANGED %v, want %v", c.event, c.ref.GetIntakeAppointment() != nil, got, c.appointment)
+		}
+	}
+}
