@@ -163,7 +163,7 @@ func answer[T proto.Message](ctx context.Context, k key, requestID, method strin
 		return out, nil
 	}
 	made := ""
-	if k.method == method && k.caller != nil && *k.caller == caller(ctx) && k.resp != nil {
+	if c := caller(ctx); k.method == method && k.caller != nil && c != "" && *k.caller == c && k.resp != nil {
 		if out := newResp(); proto.Unmarshal(k.resp, out) == nil {
 			made = name(out)
 		}

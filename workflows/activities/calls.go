@@ -635,6 +635,15 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			if err != nil {
 				return nil, wrap("list reminders", err)
 			}
+			if len(alerts.GetReminders()) == 0 && in.IgnoreFrom != "" && !in.IgnoreSince.IsZero() {
+				// An earlier execution under the same id answered it.
+				alerts, err = a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + aip.Clinic(in.Family),
+					Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q AND origin_workflow = %q AND due_time < %q",
+						w.GetName(), in.IgnoreFrom, in.IgnoreSince.UTC().Format(time.RFC3339Nano)), PageSize: 1})
+				if err != nil {
+					return nil, wrap("list reminders", err)
+				}
+			}
 			if len(alerts.GetReminders()) == 0 {
 				out = append(out, w.GetName())
 			}

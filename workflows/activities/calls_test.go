@@ -185,7 +185,8 @@ func (f signsFake) ListWarningSigns(context.Context, *familiesv1.ListWarningSign
 
 type alertsFake struct {
 	interventionsv1.InterventionsServiceClient
-	answered map[string]string // sign -> the workflow whose alert answered it
+	answered map[string]string    // sign -> the workflow whose alert answered it
+	due      map[string]time.Time // sign -> when its alert was due, if known
 	filters  []string
 }
 
@@ -195,8 +196,13 @@ func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRe
 		// As the service filters: related_resource, and origin_workflow
 		// when the filter leaves one out.
 		base := fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s)
+		var before time.Time
+		if rest, ok := strings.CutPrefix(in.GetFilter(), base+fmt.Sprintf(" AND origin_workflow = %q AND due_time < ", origin)); ok {
+			before, _ = time.Parse(time.RFC3339Nano, strings.Trim(rest, `"`))
+		}
 		if in.GetFilter() == base || (strings.HasPrefix(in.GetFilter(), base+" AND origin_workflow != ") &&
-			in.GetFilter() != base+fmt.Sprintf(" AND origin_workflow != %q", origin)) {
+			in.GetFilter() != base+fmt.Sprintf(" AND origin_workflow != %q", origin)) ||
+			(!before.IsZero() && f.due[s].Before(before)) {
 			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{
 				{Name: "clinics/north/reminders/a", OriginWorkflow: origin}}}, nil
 		}
@@ -231,6 +237,28 @@ func TestOverdosesSinceIgnoresTheAskersOwnAlert(t *testing.T) {
 	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour), IgnoreFrom: "overdose/w1"})
 	if err != nil || len(got) != 1 || got[0] != mine {
 		t.Fatalf("OverdosesSince = %v, %v; want only %s", got, err, mine)
+	}
+}
+
+// For a workflow id used again (the boundary workflow's, per family), an
+// alert of the same id due before the asking execution began is an
+// earlier execution's answer; one due since is the asker's own.
+func TestOverdosesSinceTakesAnEarlierExecutionsAlert(t *testing.T) {
+	fam := "clinics/north/families/f1"
+	earlier, own := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
+	began := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
+	alerts := &alertsFake{answered: map[string]string{earlier: "boundary/f1", own: "boundary/f1"},
+		due: map[string]time.Time{earlier: began.Add(-time.Minute), own: began.Add(time.Second)}}
+	a := &Activities{Families: signsFake{signs: []string{earlier, own}}, Interventions: alerts}
+	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: began.Add(-time.Hour),
+		IgnoreFrom: "boundary/f1", IgnoreSince: began})
+	if err != nil || len(got) != 1 || got[0] != own {
+		t.Fatalf("OverdosesSince = %v, %v; want only %s (answered by this execution's lost try)", got, err, own)
+	}
+	// Without IgnoreSince every alert of the id is the asker's.
+	got, err = a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: began.Add(-time.Hour), IgnoreFrom: "boundary/f1"})
+	if err != nil || len(got) != 2 {
+		t.Fatalf("OverdosesSince without IgnoreSince = %v, %v; want both", got, err)
 	}
 }
 

@@ -159,9 +159,13 @@ type OverdosesRequest struct {
 	Since  time.Time
 	// IgnoreFrom is a workflow id whose own alerts do not count as
 	// answers: a workflow whose task is retried after its alert was made
-	// must not take that alert for someone else's. Only for workflow ids
-	// that are never reused (the overdose workflow's, one per sign).
+	// must not take that alert for someone else's.
 	IgnoreFrom string
+	// IgnoreSince, for a workflow id that is reused (the boundary
+	// workflow's, one per family), is when the asking execution started:
+	// an alert of that id due before it is an earlier execution's, and
+	// does answer. Zero: every alert of IgnoreFrom is the asker's.
+	IgnoreSince time.Time
 }
 
 // ReinforceRequest records a reinforcement.

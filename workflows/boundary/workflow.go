@@ -248,8 +248,11 @@ func (w *wf) earlyOverdoses(ctx workflow.Context) error {
 	var signs []string
 	// Its own alerts leave an overdose open: a first task tried again (the
 	// try that alerted was lost) must answer it again, under the same ids.
+	// Those of an earlier execution for the family (due before this one
+	// started) answered it.
+	info := workflow.GetInfo(ctx)
 	if err := flow.Call(ctx, &signs, flow.A.OverdosesSince, activities.OverdosesRequest{Family: w.in.Family, Since: w.in.MeetingStart,
-		IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID}); err != nil {
+		IgnoreFrom: info.WorkflowExecution.ID, IgnoreSince: info.WorkflowStartTime}); err != nil {
 		return err
 	}
 	for _, s := range signs {
@@ -303,16 +306,15 @@ func (w *wf) begin(ctx workflow.Context) {
 
 // awaitScreen holds the cycle's boundary steps until a safety screen finds
 // the family safe (SignalSafetyScreen reruns prepare), asking the counselor
-// for one if ask. The ask has one id per cycle: asked again, it is not sent
-// twice.
-func (w *wf) awaitScreen(ctx workflow.Context, ask bool) error {
+// for one with message unless purpose is empty. A purpose is asked once per
+// cycle: asked again, the same request is not sent twice.
+func (w *wf) awaitScreen(ctx workflow.Context, purpose, message string) error {
 	w.step = "awaiting_safety_screen"
-	if !ask {
+	if purpose == "" {
 		return nil
 	}
-	w.st.Screened = true // asked once per cycle
-	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
-		"Please complete a safety screen with the family before boundary steps continue.", w.id("screen"))
+	w.st.Screened = true
+	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family, message, w.id(purpose))
 }
 
 // prepare does the one-time steps of a cycle as soon as the family is safe.
@@ -327,7 +329,10 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		// Boundaries can raise the danger at home: no boundary reminders
 		// until a counselor has screened the family and, if needed, made a
 		// safety plan.
-		return w.awaitScreen(ctx, !w.st.Screened)
+		if w.st.Screened {
+			return w.awaitScreen(ctx, "", "") // asked once per cycle
+		}
+		return w.awaitScreen(ctx, "screen", "Please complete a safety screen with the family before boundary steps continue.")
 	}
 	w.st.Screened = true
 	w.step = "reinforcing"
@@ -344,7 +349,8 @@ func (w *wf) prepare(ctx workflow.Context) error {
 				// so far stay so (their ids are kept for the next try);
 				// the rest, and the reminders to members, wait for a
 				// screen that finds the family safe.
-				return w.awaitScreen(ctx, true)
+				return w.awaitScreen(ctx, "screen-refused|"+b,
+					"A safety screen recorded since found risk: boundary steps are paused until a new screen finds the family safe.")
 			}
 			if err != nil {
 				return err

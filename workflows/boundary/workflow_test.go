@@ -206,8 +206,8 @@ func TestRefusedReinforcementWaitsForASafeScreen(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatalf("the workflow failed on a refused reinforcement: %v", err)
 	}
-	if asks := h.kinds("SAFETY_SCREEN_NEEDED"); len(asks) != 1 || !asks[0].Due.Equal(h.t0) {
-		t.Fatalf("screen requests = %+v; want one, at the refusal", asks)
+	if asks := h.kinds("SAFETY_SCREEN_NEEDED"); len(asks) != 1 || !asks[0].Due.Equal(h.t0) || !strings.Contains(asks[0].Message, "found risk") {
+		t.Fatalf("screen requests = %+v; want one, at the refusal, saying why", asks)
 	}
 	var b2 []string
 	for _, r := range h.reinforces {
