@@ -152,6 +152,7 @@ type wf struct {
 
 // Workflow is the boundary reinforcement workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, st: in.State, step: "starting", chain: workflow.GetInfo(ctx).FirstRunID,
 		overdose: workflow.GetSignalChannel(ctx, SignalOverdose), screen: workflow.GetSignalChannel(ctx, SignalSafetyScreen),
 		checkIn: workflow.GetSignalChannel(ctx, SignalCheckIn), restart: workflow.GetSignalChannel(ctx, SignalRestart)}
@@ -160,7 +161,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// A run begun before keeps the ids it has been sending: a task of it
 	// tried again under new ids would send its requests twice.
-	w.byRun = workflow.GetVersion(ctx, versionIDsByRun, workflow.DefaultVersion, 1) >= 1
+	w.byRun = flow.Version(ctx, versionIDsByRun, 1) >= 1
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
 		s := Status{Step: w.step, Proposed: w.st.Proposed, Overdoses: w.st.Overdoses}
 		if len(w.st.CheckIns) > 0 {
@@ -197,7 +198,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if err := w.earlyOverdoses(ctx); err != nil {
 			return Result{}, err
 		}
-	} else if w.st.Reinforced && w.st.Referred && workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
+	} else if w.st.Reinforced && w.st.Referred && flow.Version(ctx, versionOnceEach, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
 		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
@@ -209,7 +210,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			return Result{}, err
 		}
 		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
-			if workflow.GetVersion(ctx, versionListenAtEnd, workflow.DefaultVersion, 1) >= 1 {
+			if flow.Version(ctx, versionListenAtEnd, 1) >= 1 {
 				w.step = "finishing"
 				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.signalled); err != nil {
 					return Result{}, err
@@ -242,7 +243,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 // a workflow that does not exist is dropped. One also delivered by signal
 // is answered once (OverdoseSigns).
 func (w *wf) earlyOverdoses(ctx workflow.Context) error {
-	if w.in.MeetingStart.IsZero() || workflow.GetVersion(ctx, versionEarlyOverdoses, workflow.DefaultVersion, 1) < 1 {
+	if w.in.MeetingStart.IsZero() || flow.Version(ctx, versionEarlyOverdoses, 1) < 1 {
 		return nil
 	}
 	var signs []string
@@ -283,7 +284,7 @@ func (w *wf) counselor() activities.Person {
 // unless one already happened in its history.
 func (w *wf) refresh(ctx workflow.Context) error {
 	if !w.decided {
-		w.current = workflow.GetVersion(ctx, versionCurrentCounselor, workflow.DefaultVersion, 1) >= 1
+		w.current = flow.Version(ctx, versionCurrentCounselor, 1) >= 1
 		w.decided = true
 	}
 	if !w.current {
@@ -343,7 +344,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 				RequestID: flow.RequestID(ctx, w.id("reinforce|"+b)),
 			})
 			if activities.ErrorType(err) == "SAFETY_SCREEN_REQUIRED" &&
-				workflow.GetVersion(ctx, versionScreenRefused, workflow.DefaultVersion, 1) >= 1 {
+				flow.Version(ctx, versionScreenRefused, 1) >= 1 {
 				// The family was read safe, and a screen since found
 				// risk: the service refused. The boundaries reinforced
 				// so far stay so (their ids are kept for the next try);
@@ -475,7 +476,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 // alerted, and check-ins brought closer.
 func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	if o.WarningSign != "" && slices.Contains(w.st.OverdoseSigns, o.WarningSign) &&
-		workflow.GetVersion(ctx, versionOnceEach, workflow.DefaultVersion, 1) >= 1 {
+		flow.Version(ctx, versionOnceEach, 1) >= 1 {
 		return nil // a redelivery of one already answered
 	}
 	if o.WarningSign != "" {

@@ -59,7 +59,7 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 		ScheduleToCloseTimeout: localBudget,
 		RetryPolicy:            retry,
 	})
-	local := workflow.GetVersion(ctx, versionLocalActivities, workflow.DefaultVersion, 1) >= 1
+	local := Version(ctx, versionLocalActivities, 1) >= 1
 	return workflow.WithValue(ctx, localKey{}, local)
 }
 
@@ -239,7 +239,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			}
 		}()
 		line, n := first(p.Reminder), r.Attempts[p.Reminder]
-		if stale != nil && workflow.GetVersion(ctx, versionSkipStale, workflow.DefaultVersion, 1) >= 1 && stale(line) {
+		if stale != nil && Version(ctx, versionSkipStale, 1) >= 1 && stale(line) {
 			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", p.Reminder)
 			return
 		}

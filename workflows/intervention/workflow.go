@@ -149,6 +149,7 @@ const (
 
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
@@ -173,7 +174,7 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 	}
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
-	if workflow.GetVersion(dctx, versionCleanUpOnAbandon, workflow.DefaultVersion, 1) < 1 {
+	if flow.Version(dctx, versionCleanUpOnAbandon, 1) < 1 {
 		return
 	}
 	dctx = flow.WithActivityOptions(dctx)
@@ -509,7 +510,7 @@ func (w *wf) nextDeadline(now time.Time) (time.Time, bool) {
 func (w *wf) due(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
 	holdDue := w.hold.Hold == "" && !now.Before(w.nextHoldTry) && now.Before(w.plan.Start)
-	bounded := holdDue && workflow.GetVersion(ctx, versionHoldAfterReminders, workflow.DefaultVersion, 1) >= 1
+	bounded := holdDue && flow.Version(ctx, versionHoldAfterReminders, 1) >= 1
 	if holdDue && !bounded {
 		if err := w.takeHold(ctx, false); err != nil {
 			return err
@@ -655,7 +656,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		// Services accepted beside MAT are referred too. Added after the
 		// first release of this workflow: versioned, so that histories
 		// recorded before it replay unchanged.
-		if v := workflow.GetVersion(ctx, "refer-services-accepted-beside-mat", workflow.DefaultVersion, 1); v >= 1 && len(others) > 0 {
+		if v := flow.Version(ctx, "refer-services-accepted-beside-mat", 1); v >= 1 && len(others) > 0 {
 			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
 				RequestID: flow.RequestID(ctx, "accepted-services"),
@@ -737,7 +738,7 @@ func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, 
 			// that another refusal started meanwhile (and tells it);
 			// the bound only keeps a fault from looping.
 			if errors.As(err, &ended) && try < 3 &&
-				workflow.GetVersion(ctx, versionRejoinEnded, workflow.DefaultVersion, 1) >= 1 {
+				flow.Version(ctx, versionRejoinEnded, 1) >= 1 {
 				continue
 			}
 			if err != nil {

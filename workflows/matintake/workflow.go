@@ -102,6 +102,7 @@ const versionListenAfterEscalation = "listen-after-escalation"
 
 // Workflow is the MAT intake workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, signals: workflow.GetSignalChannel(ctx, SignalReferral), started: workflow.Now(ctx), upcoming: map[string]time.Time{}}
 	if err := workflow.SetQueryHandler(ctx, QueryStatus, func() (Status, error) {
 		return Status{Referral: w.referral.Name, State: w.state, Tried: len(w.tried)}, nil
@@ -111,7 +112,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.WithActivityOptions(ctx)
 	res, err := w.run(ctx)
 	if err == nil && res.Outcome == "ESCALATED" &&
-		workflow.GetVersion(ctx, versionListenAfterEscalation, workflow.DefaultVersion, 1) >= 1 {
+		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
 		err = flow.Listen(ctx, w.settings, &w.resends, nil)
 	}
@@ -299,7 +300,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		case "ON_HOLD":
 			// A pause came with the state itself: a run begun before
 			// it, which saw one on an older worker, did nothing here.
-			if workflow.GetVersion(ctx, versionOnHold, workflow.DefaultVersion, 1) < 1 {
+			if flow.Version(ctx, versionOnHold, 1) < 1 {
 				continue
 			}
 			// The program paused the intake: the booked time will not
@@ -335,7 +336,7 @@ const versionKeepTimer = "keep-intake-timer"
 // for the same time.
 func (w *wf) timer(ctx workflow.Context, at time.Time) workflow.Future {
 	if w.keepTimer == 0 {
-		w.keepTimer = workflow.GetVersion(ctx, versionKeepTimer, workflow.DefaultVersion, 1)
+		w.keepTimer = flow.Version(ctx, versionKeepTimer, 1)
 	}
 	if w.keepTimer >= 1 && w.timerFuture != nil && !w.timerFuture.IsReady() && w.timerAt.Equal(at) {
 		return w.timerFuture
@@ -368,7 +369,7 @@ func (w *wf) intakePurpose(appointment time.Time, p schedule.Planned) string {
 // cancelStale cancels the intake reminders of the current referral not
 // delivered yet, now that it is in state.
 func (w *wf) cancelStale(ctx workflow.Context, state string) error {
-	if workflow.GetVersion(ctx, versionCancelStale, workflow.DefaultVersion, 1) < 1 {
+	if flow.Version(ctx, versionCancelStale, 1) < 1 {
 		return nil
 	}
 	why := map[string]string{"SCHEDULED": "appointment moved", "NO_SHOW": "appointment missed",

@@ -1,0 +1,85 @@
+package flow_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	enumspb "go.temporal.io/api/enums/v1"
+	historypb "go.temporal.io/api/history/v1"
+	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/worker"
+	"go.temporal.io/sdk/workflow"
+	"go.temporal.io/server/temporaltest"
+
+	"github.com/handoff-health/handoff/workflows/flow"
+)
+
+// epochFlow asks a change the epoch covers and one it does not, and
+// returns what each answered.
+func epochFlow(ctx workflow.Context, begin bool) ([]workflow.Version, error) {
+	if begin {
+		ctx = flow.BeginEpoch(ctx)
+	}
+	return []workflow.Version{flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "a-later-change", 2)}, nil
+}
+
+// A run begun at the epoch records one marker for the epoch and one for a
+// change made after it, with the versions a run asking each would get; a
+// run without the epoch asks each change. Both histories replay.
+func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker("epoch", func(r worker.Registry) { r.RegisterWorkflow(epochFlow) })
+	c := ts.GetDefaultClient()
+	for _, c2 := range []struct {
+		begin   bool
+		markers []string
+	}{
+		{true, []string{"epoch-2026-12-03", "a-later-change"}},
+		{false, []string{"local-activities", "a-later-change"}},
+	} {
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []workflow.Version
+		if err := run.Get(ctx, &got); err != nil || len(got) != 2 || got[0] != 1 || got[1] != 2 {
+			t.Fatalf("begin %v: versions %v, %v; want [1 2]", c2.begin, got, err)
+		}
+		h := &historypb.History{}
+		var markers []string
+		upserts := 0
+		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			e, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.Events = append(h.Events, e)
+			if a := e.GetMarkerRecordedEventAttributes(); a != nil && a.GetMarkerName() == "Version" {
+				var id string
+				if err := converter.GetDefaultDataConverter().FromPayloads(a.GetDetails()["change-id"], &id); err != nil {
+					t.Fatal(err)
+				}
+				markers = append(markers, id)
+			}
+			if e.GetUpsertWorkflowSearchAttributesEventAttributes() != nil {
+				upserts++
+			}
+		}
+		if len(markers) != len(c2.markers) || markers[0] != c2.markers[0] || markers[1] != c2.markers[1] {
+			t.Fatalf("begin %v: version markers %q; want %q", c2.begin, markers, c2.markers)
+		}
+		if upserts > len(markers) {
+			t.Fatalf("begin %v: %d search attribute upserts for %d version markers", c2.begin, upserts, len(markers))
+		}
+		r := worker.NewWorkflowReplayer()
+		r.RegisterWorkflow(epochFlow)
+		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+			t.Fatalf("begin %v: replay: %v", c2.begin, err)
+		}
+	}
+}
