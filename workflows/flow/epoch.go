@@ -1,6 +1,10 @@
 package flow
 
-import "go.temporal.io/sdk/workflow"
+import (
+	"fmt"
+
+	"go.temporal.io/sdk/workflow"
+)
 
 // Every change guarded by workflow.GetVersion costs a run that takes it a
 // marker in its history and, from the SDK, an upsert of the
@@ -13,7 +17,9 @@ import "go.temporal.io/sdk/workflow"
 // as it always did.
 //
 // A change made after the epoch is asked on its own (Version with an id
-// not in atEpoch), until a later epoch covers it.
+// not in atEpoch), until a later epoch covers it. In visibility, a run's
+// TemporalChangeVersion "epoch-2026-12-03-1" stands for every change in
+// atEpoch at its version.
 const epochID = "epoch-2026-12-03"
 
 // atEpoch is each change's version at the epoch. It never changes: a run
@@ -57,9 +63,17 @@ func BeginEpoch(ctx workflow.Context) workflow.Context {
 // answered without a marker in a run begun at the epoch when the epoch
 // covers the change. Without BeginEpoch in ctx it asks, which is always
 // safe: the question is recorded and replays the same.
+//
+// It panics (a workflow task failure, retried until fixed) when asked a
+// covered change at a version other than the epoch's: runs begun at the
+// epoch would keep the epoch's version without a marker to say otherwise,
+// so a change needing a new version takes a new id.
 func Version(ctx workflow.Context, changeID string, max workflow.Version) workflow.Version {
-	if at, _ := ctx.Value(epochKey{}).(bool); at {
-		if v, ok := atEpoch[changeID]; ok {
+	if v, ok := atEpoch[changeID]; ok {
+		if v != max {
+			panic(fmt.Sprintf("flow.Version: %q is covered by %s at version %d; give the new version a new change id", changeID, epochID, v))
+		}
+		if at, _ := ctx.Value(epochKey{}).(bool); at {
 			return v
 		}
 	}

@@ -2,6 +2,7 @@ package flow_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 	"go.temporal.io/server/temporaltest"
@@ -81,5 +83,20 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
 			t.Fatalf("begin %v: replay: %v", c2.begin, err)
 		}
+	}
+}
+
+// Asking a covered change at another version than the epoch's is a
+// programming error, caught before any run takes it.
+func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflowWithOptions(func(ctx workflow.Context) error {
+		flow.Version(flow.BeginEpoch(ctx), "local-activities", 2)
+		return nil
+	}, workflow.RegisterOptions{Name: "raised"})
+	env.ExecuteWorkflow("raised")
+	if err := env.GetWorkflowError(); err == nil || !strings.Contains(err.Error(), "new change id") {
+		t.Fatalf("raised a covered change: %v; want a panic asking for a new id", err)
 	}
 }
