@@ -237,6 +237,15 @@ func TestEndToEndThroughREST(t *testing.T) {
 	stacktest.Eventually(t, 20*time.Second, "the family-support referral after treatment entry", func() bool {
 		return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", ivA)), nil), "referrals")) == 1
 	})
+	// The outcome report, over REST, for the administrator only.
+	sum := w.admin.ok("GET", "/v1/clinics/north/referrals:summarize"+q(fmt.Sprintf("intervention = %q AND subject_kind = LOVED_ONE", ivA)), nil)
+	if fmt.Sprint(sum["referrals"]) != "1" || fmt.Sprint(sum["enteredTreatment"]) != "1" || fmt.Sprint(sum["enteredWithinThreeDays"]) != "1" ||
+		!strings.HasSuffix(str(sum, "medianTimeToTreatmentEntry"), "s") {
+		t.Fatalf("outcome summary = %v", sum)
+	}
+	if r := w.counselor.do("GET", "/v1/clinics/north/referrals:summarize", nil); r.code != http.StatusForbidden {
+		t.Fatalf("a counselor asking for the summary: %d %v", r.code, r.body)
+	}
 
 	// Family B: reinforced boundaries, support and naloxone referrals, check-ins.
 	stacktest.Eventually(t, 20*time.Second, "the reinforced boundary", func() bool {

@@ -33,6 +33,8 @@ func Policy() grpcserver.Policy {
 	set(append(counselors, auth.RoleWorker, auth.RoleEHR), "CancelReferral")
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListReferrals"] = slices.Concat(p[svc+"ListReferrals"], []auth.Role{auth.RoleCalendarReader})
+	// Outcome reports (counts over the clinic) are for administrators.
+	p[svc+"SummarizeReferrals"] = []auth.Role{auth.RoleClinicAdmin}
 	// The audit trail is for administrators.
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p

@@ -3374,6 +3374,225 @@ func (x *ListReferralsRequest) GetFilter() string {
 	return ""
 }
 
+// Request for SummarizeReferrals.
+type SummarizeReferralsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clinic, `clinics/{clinic}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// Which referrals, as in ListReferrals, with two more fields:
+	// `create_time` (when the referral was made) and `subject_kind`
+	// (`LOVED_ONE` or `FAMILY_MEMBER`). For example the loved ones'
+	// buprenorphine referrals of a quarter:
+	// `subject_kind = LOVED_ONE AND service_kind = MAT_BUPRENORPHINE AND
+	// create_time >= "2026-10-01T00:00:00Z" AND create_time < "2027-01-01T00:00:00Z"`.
+	Filter        string `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SummarizeReferralsRequest) Reset() {
+	*x = SummarizeReferralsRequest{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SummarizeReferralsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SummarizeReferralsRequest) ProtoMessage() {}
+
+func (x *SummarizeReferralsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SummarizeReferralsRequest.ProtoReflect.Descriptor instead.
+func (*SummarizeReferralsRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SummarizeReferralsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *SummarizeReferralsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+// What SummarizeReferrals counts over the referrals the filter selects.
+type ReferralSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many referrals the filter selects.
+	Referrals int32 `protobuf:"varint,1,opt,name=referrals,proto3" json:"referrals,omitempty"`
+	// How many of them are in each state, in the order of the states; states
+	// with none are left out.
+	States []*ReferralStateCount `protobuf:"bytes,2,rep,name=states,proto3" json:"states,omitempty"`
+	// How many record an entry into treatment (COMPLETED).
+	EnteredTreatment int32 `protobuf:"varint,3,opt,name=entered_treatment,json=enteredTreatment,proto3" json:"entered_treatment,omitempty"`
+	// Of those, how many entered within 3 days (72 hours) of first contact
+	// (or of the referral, without one).
+	EnteredWithinThreeDays int32 `protobuf:"varint,4,opt,name=entered_within_three_days,json=enteredWithinThreeDays,proto3" json:"entered_within_three_days,omitempty"`
+	// Of those, how many entered within 14 days (336 hours), those within 3
+	// days included.
+	EnteredWithinTwoWeeks int32 `protobuf:"varint,5,opt,name=entered_within_two_weeks,json=enteredWithinTwoWeeks,proto3" json:"entered_within_two_weeks,omitempty"`
+	// The median time from first contact (or the referral) to treatment
+	// entry; unset when no one entered.
+	MedianTimeToTreatmentEntry *durationpb.Duration `protobuf:"bytes,6,opt,name=median_time_to_treatment_entry,json=medianTimeToTreatmentEntry,proto3" json:"median_time_to_treatment_entry,omitempty"`
+	// The 90th percentile of the same; unset when no one entered.
+	P90TimeToTreatmentEntry *durationpb.Duration `protobuf:"bytes,7,opt,name=p90_time_to_treatment_entry,json=p90TimeToTreatmentEntry,proto3" json:"p90_time_to_treatment_entry,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *ReferralSummary) Reset() {
+	*x = ReferralSummary{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReferralSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReferralSummary) ProtoMessage() {}
+
+func (x *ReferralSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReferralSummary.ProtoReflect.Descriptor instead.
+func (*ReferralSummary) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *ReferralSummary) GetReferrals() int32 {
+	if x != nil {
+		return x.Referrals
+	}
+	return 0
+}
+
+func (x *ReferralSummary) GetStates() []*ReferralStateCount {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *ReferralSummary) GetEnteredTreatment() int32 {
+	if x != nil {
+		return x.EnteredTreatment
+	}
+	return 0
+}
+
+func (x *ReferralSummary) GetEnteredWithinThreeDays() int32 {
+	if x != nil {
+		return x.EnteredWithinThreeDays
+	}
+	return 0
+}
+
+func (x *ReferralSummary) GetEnteredWithinTwoWeeks() int32 {
+	if x != nil {
+		return x.EnteredWithinTwoWeeks
+	}
+	return 0
+}
+
+func (x *ReferralSummary) GetMedianTimeToTreatmentEntry() *durationpb.Duration {
+	if x != nil {
+		return x.MedianTimeToTreatmentEntry
+	}
+	return nil
+}
+
+func (x *ReferralSummary) GetP90TimeToTreatmentEntry() *durationpb.Duration {
+	if x != nil {
+		return x.P90TimeToTreatmentEntry
+	}
+	return nil
+}
+
+// A number of referrals in one state.
+type ReferralStateCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The state.
+	State ReferralState `protobuf:"varint,1,opt,name=state,proto3,enum=handoff.referrals.v1.ReferralState" json:"state,omitempty"`
+	// How many referrals are in it.
+	Count         int32 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReferralStateCount) Reset() {
+	*x = ReferralStateCount{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReferralStateCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReferralStateCount) ProtoMessage() {}
+
+func (x *ReferralStateCount) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReferralStateCount.ProtoReflect.Descriptor instead.
+func (*ReferralStateCount) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ReferralStateCount) GetState() ReferralState {
+	if x != nil {
+		return x.State
+	}
+	return ReferralState_REFERRAL_STATE_UNSPECIFIED
+}
+
+func (x *ReferralStateCount) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 // Response for ListReferrals.
 type ListReferralsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3387,7 +3606,7 @@ type ListReferralsResponse struct {
 
 func (x *ListReferralsResponse) Reset() {
 	*x = ListReferralsResponse{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3399,7 +3618,7 @@ func (x *ListReferralsResponse) String() string {
 func (*ListReferralsResponse) ProtoMessage() {}
 
 func (x *ListReferralsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[30]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3412,7 +3631,7 @@ func (x *ListReferralsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReferralsResponse.ProtoReflect.Descriptor instead.
 func (*ListReferralsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{30}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListReferralsResponse) GetReferrals() []*Referral {
@@ -3445,7 +3664,7 @@ type UpdateReferralRequest struct {
 
 func (x *UpdateReferralRequest) Reset() {
 	*x = UpdateReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3457,7 +3676,7 @@ func (x *UpdateReferralRequest) String() string {
 func (*UpdateReferralRequest) ProtoMessage() {}
 
 func (x *UpdateReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[31]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3470,7 +3689,7 @@ func (x *UpdateReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateReferralRequest.ProtoReflect.Descriptor instead.
 func (*UpdateReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{31}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *UpdateReferralRequest) GetReferral() *Referral {
@@ -3513,7 +3732,7 @@ type TransitionReferralRequest struct {
 
 func (x *TransitionReferralRequest) Reset() {
 	*x = TransitionReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3525,7 +3744,7 @@ func (x *TransitionReferralRequest) String() string {
 func (*TransitionReferralRequest) ProtoMessage() {}
 
 func (x *TransitionReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[32]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3538,7 +3757,7 @@ func (x *TransitionReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionReferralRequest.ProtoReflect.Descriptor instead.
 func (*TransitionReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{32}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TransitionReferralRequest) GetName() string {
@@ -3587,7 +3806,7 @@ type RejectReferralRequest struct {
 
 func (x *RejectReferralRequest) Reset() {
 	*x = RejectReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3818,7 @@ func (x *RejectReferralRequest) String() string {
 func (*RejectReferralRequest) ProtoMessage() {}
 
 func (x *RejectReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[33]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3831,7 @@ func (x *RejectReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectReferralRequest.ProtoReflect.Descriptor instead.
 func (*RejectReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{33}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RejectReferralRequest) GetName() string {
@@ -3664,7 +3883,7 @@ type ScheduleReferralRequest struct {
 
 func (x *ScheduleReferralRequest) Reset() {
 	*x = ScheduleReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3676,7 +3895,7 @@ func (x *ScheduleReferralRequest) String() string {
 func (*ScheduleReferralRequest) ProtoMessage() {}
 
 func (x *ScheduleReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[34]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3689,7 +3908,7 @@ func (x *ScheduleReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScheduleReferralRequest.ProtoReflect.Descriptor instead.
 func (*ScheduleReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{34}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ScheduleReferralRequest) GetName() string {
@@ -3748,7 +3967,7 @@ type CompleteReferralRequest struct {
 
 func (x *CompleteReferralRequest) Reset() {
 	*x = CompleteReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3760,7 +3979,7 @@ func (x *CompleteReferralRequest) String() string {
 func (*CompleteReferralRequest) ProtoMessage() {}
 
 func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[35]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3773,7 +3992,7 @@ func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteReferralRequest.ProtoReflect.Descriptor instead.
 func (*CompleteReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{35}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CompleteReferralRequest) GetName() string {
@@ -4069,7 +4288,21 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
-	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"}\n" +
+	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xa1\x01\n" +
+	"\x19SummarizeReferralsRequest\x12_\n" +
+	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Referral\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12#\n" +
+	"\x06filter\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xed\x03\n" +
+	"\x0fReferralSummary\x12!\n" +
+	"\treferrals\x18\x01 \x01(\x05B\x03\xe0A\x03R\treferrals\x12E\n" +
+	"\x06states\x18\x02 \x03(\v2(.handoff.referrals.v1.ReferralStateCountB\x03\xe0A\x03R\x06states\x120\n" +
+	"\x11entered_treatment\x18\x03 \x01(\x05B\x03\xe0A\x03R\x10enteredTreatment\x12>\n" +
+	"\x19entered_within_three_days\x18\x04 \x01(\x05B\x03\xe0A\x03R\x16enteredWithinThreeDays\x12<\n" +
+	"\x18entered_within_two_weeks\x18\x05 \x01(\x05B\x03\xe0A\x03R\x15enteredWithinTwoWeeks\x12b\n" +
+	"\x1emedian_time_to_treatment_entry\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\x1amedianTimeToTreatmentEntry\x12\\\n" +
+	"\x1bp90_time_to_treatment_entry\x18\a \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\x17p90TimeToTreatmentEntry\"o\n" +
+	"\x12ReferralStateCount\x12>\n" +
+	"\x05state\x18\x01 \x01(\x0e2#.handoff.referrals.v1.ReferralStateB\x03\xe0A\x03R\x05state\x12\x19\n" +
+	"\x05count\x18\x02 \x01(\x05B\x03\xe0A\x03R\x05count\"}\n" +
 	"\x15ListReferralsResponse\x12<\n" +
 	"\treferrals\x18\x01 \x03(\v2\x1e.handoff.referrals.v1.ReferralR\treferrals\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd1\x01\n" +
@@ -4205,7 +4438,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\xc2\x1f\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\xee \n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4223,7 +4456,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\vConvertHold\x12(.handoff.referrals.v1.ConvertHoldRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\vname,reason\x82\xd3\xe4\x93\x02):\x01*\"$/v1/{name=clinics/*/holds/*}:convert\x12\xa3\x01\n" +
 	"\x0eCreateReferral\x12+.handoff.referrals.v1.CreateReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"D\xdaA\x0fparent,referral\x82\xd3\xe4\x93\x02,:\breferral\" /v1/{parent=clinics/*}/referrals\x12\x88\x01\n" +
 	"\vGetReferral\x12(.handoff.referrals.v1.GetReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"/\xdaA\x04name\x82\xd3\xe4\x93\x02\"\x12 /v1/{name=clinics/*/referrals/*}\x12\x9b\x01\n" +
-	"\rListReferrals\x12*.handoff.referrals.v1.ListReferralsRequest\x1a+.handoff.referrals.v1.ListReferralsResponse\"1\xdaA\x06parent\x82\xd3\xe4\x93\x02\"\x12 /v1/{parent=clinics/*}/referrals\x12\xb1\x01\n" +
+	"\rListReferrals\x12*.handoff.referrals.v1.ListReferralsRequest\x1a+.handoff.referrals.v1.ListReferralsResponse\"1\xdaA\x06parent\x82\xd3\xe4\x93\x02\"\x12 /v1/{parent=clinics/*}/referrals\x12\xa9\x01\n" +
+	"\x12SummarizeReferrals\x12/.handoff.referrals.v1.SummarizeReferralsRequest\x1a%.handoff.referrals.v1.ReferralSummary\";\xdaA\x06parent\x82\xd3\xe4\x93\x02,\x12*/v1/{parent=clinics/*}/referrals:summarize\x12\xb1\x01\n" +
 	"\x0eUpdateReferral\x12+.handoff.referrals.v1.UpdateReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"R\xdaA\x14referral,update_mask\x82\xd3\xe4\x93\x025:\breferral2)/v1/{referral.name=clinics/*/referrals/*}\x12\x9c\x01\n" +
 	"\x0eAcceptReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"9\xdaA\x04name\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:accept\x12\xa2\x01\n" +
 	"\x0eRejectReferral\x12+.handoff.referrals.v1.RejectReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"C\xdaA\x0ename,rejection\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:reject\x12\xb1\x01\n" +
@@ -4247,7 +4481,7 @@ func file_handoff_referrals_v1_referrals_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_referrals_v1_referrals_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
 	(ServiceKind)(0),                   // 0: handoff.referrals.v1.ServiceKind
 	(PaymentKind)(0),                   // 1: handoff.referrals.v1.PaymentKind
@@ -4289,36 +4523,39 @@ var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
 	(*CreateReferralRequest)(nil),      // 37: handoff.referrals.v1.CreateReferralRequest
 	(*GetReferralRequest)(nil),         // 38: handoff.referrals.v1.GetReferralRequest
 	(*ListReferralsRequest)(nil),       // 39: handoff.referrals.v1.ListReferralsRequest
-	(*ListReferralsResponse)(nil),      // 40: handoff.referrals.v1.ListReferralsResponse
-	(*UpdateReferralRequest)(nil),      // 41: handoff.referrals.v1.UpdateReferralRequest
-	(*TransitionReferralRequest)(nil),  // 42: handoff.referrals.v1.TransitionReferralRequest
-	(*RejectReferralRequest)(nil),      // 43: handoff.referrals.v1.RejectReferralRequest
-	(*ScheduleReferralRequest)(nil),    // 44: handoff.referrals.v1.ScheduleReferralRequest
-	(*CompleteReferralRequest)(nil),    // 45: handoff.referrals.v1.CompleteReferralRequest
-	(*timestamppb.Timestamp)(nil),      // 46: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 47: google.protobuf.FieldMask
-	(*durationpb.Duration)(nil),        // 48: google.protobuf.Duration
-	(*v1.ListAuditEventsRequest)(nil),  // 49: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 50: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 51: handoff.audit.v1.ListAuditEventsResponse
+	(*SummarizeReferralsRequest)(nil),  // 40: handoff.referrals.v1.SummarizeReferralsRequest
+	(*ReferralSummary)(nil),            // 41: handoff.referrals.v1.ReferralSummary
+	(*ReferralStateCount)(nil),         // 42: handoff.referrals.v1.ReferralStateCount
+	(*ListReferralsResponse)(nil),      // 43: handoff.referrals.v1.ListReferralsResponse
+	(*UpdateReferralRequest)(nil),      // 44: handoff.referrals.v1.UpdateReferralRequest
+	(*TransitionReferralRequest)(nil),  // 45: handoff.referrals.v1.TransitionReferralRequest
+	(*RejectReferralRequest)(nil),      // 46: handoff.referrals.v1.RejectReferralRequest
+	(*ScheduleReferralRequest)(nil),    // 47: handoff.referrals.v1.ScheduleReferralRequest
+	(*CompleteReferralRequest)(nil),    // 48: handoff.referrals.v1.CompleteReferralRequest
+	(*timestamppb.Timestamp)(nil),      // 49: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),      // 50: google.protobuf.FieldMask
+	(*durationpb.Duration)(nil),        // 51: google.protobuf.Duration
+	(*v1.ListAuditEventsRequest)(nil),  // 52: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),              // 53: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil), // 54: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	0,  // 0: handoff.referrals.v1.Program.services:type_name -> handoff.referrals.v1.ServiceKind
 	1,  // 1: handoff.referrals.v1.Program.payments_accepted:type_name -> handoff.referrals.v1.PaymentKind
 	11, // 2: handoff.referrals.v1.Program.address:type_name -> handoff.referrals.v1.Address
 	12, // 3: handoff.referrals.v1.Program.capacity:type_name -> handoff.referrals.v1.Capacity
-	46, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	46, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	46, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
-	46, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
+	49, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	49, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	49, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
+	49, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
 	10, // 8: handoff.referrals.v1.ProgramMatch.program:type_name -> handoff.referrals.v1.Program
 	14, // 9: handoff.referrals.v1.ProgramMatch.reasons:type_name -> handoff.referrals.v1.MatchReason
 	5,  // 10: handoff.referrals.v1.MatchReason.code:type_name -> handoff.referrals.v1.MatchReasonCode
 	0,  // 11: handoff.referrals.v1.Hold.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	46, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
+	49, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
 	6,  // 13: handoff.referrals.v1.Hold.state:type_name -> handoff.referrals.v1.HoldState
-	46, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
-	46, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
+	49, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
+	49, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
 	17, // 16: handoff.referrals.v1.Referral.subject:type_name -> handoff.referrals.v1.ReferralSubject
 	0,  // 17: handoff.referrals.v1.Referral.service_kind:type_name -> handoff.referrals.v1.ServiceKind
 	2,  // 18: handoff.referrals.v1.Referral.urgency:type_name -> handoff.referrals.v1.Urgency
@@ -4326,91 +4563,97 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	8,  // 20: handoff.referrals.v1.Referral.state:type_name -> handoff.referrals.v1.ReferralState
 	19, // 21: handoff.referrals.v1.Referral.rejection:type_name -> handoff.referrals.v1.Rejection
 	20, // 22: handoff.referrals.v1.Referral.history:type_name -> handoff.referrals.v1.ReferralEvent
-	46, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
-	46, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	46, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
-	46, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
+	49, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
+	49, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	49, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
+	49, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
 	7,  // 27: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
-	46, // 28: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
+	49, // 28: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
 	9,  // 29: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
 	8,  // 30: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
 	8,  // 31: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
-	46, // 32: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
+	49, // 32: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
 	10, // 33: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
 	10, // 34: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
 	10, // 35: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	47, // 36: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	50, // 36: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
 	0,  // 37: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
 	2,  // 38: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
 	3,  // 39: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
 	4,  // 40: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
 	13, // 41: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
 	0,  // 42: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	48, // 43: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
+	51, // 43: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
 	15, // 44: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
-	46, // 45: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
+	49, // 45: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
 	16, // 46: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	16, // 47: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
-	16, // 48: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	47, // 49: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 50: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
-	18, // 51: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	46, // 52: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	21, // 53: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
-	22, // 54: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
-	23, // 55: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
-	25, // 56: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
-	26, // 57: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
-	27, // 58: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
-	28, // 59: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
-	29, // 60: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
-	31, // 61: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
-	32, // 62: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
-	33, // 63: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
-	35, // 64: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
-	36, // 65: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
-	37, // 66: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
-	38, // 67: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
-	39, // 68: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
-	41, // 69: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
-	42, // 70: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	43, // 71: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
-	44, // 72: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
-	45, // 73: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
-	42, // 74: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	42, // 75: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	42, // 76: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	49, // 77: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 78: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 79: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 80: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 81: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	50, // 82: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 83: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 84: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 85: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 86: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 87: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 88: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 89: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 90: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 91: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 92: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	40, // 93: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	16, // 94: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 95: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 96: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 97: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 98: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 99: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 100: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 101: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	51, // 102: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	78, // [78:103] is the sub-list for method output_type
-	53, // [53:78] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	42, // 47: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
+	51, // 48: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	51, // 49: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	8,  // 50: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
+	16, // 51: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
+	16, // 52: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	50, // 53: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 54: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
+	18, // 55: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
+	49, // 56: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	21, // 57: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
+	22, // 58: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
+	23, // 59: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
+	25, // 60: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
+	26, // 61: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
+	27, // 62: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
+	28, // 63: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
+	29, // 64: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
+	31, // 65: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
+	32, // 66: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
+	33, // 67: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
+	35, // 68: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
+	36, // 69: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
+	37, // 70: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
+	38, // 71: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
+	39, // 72: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
+	40, // 73: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
+	44, // 74: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
+	45, // 75: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	46, // 76: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
+	47, // 77: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
+	48, // 78: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
+	45, // 79: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 80: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 81: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	52, // 82: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 83: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 84: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 85: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 86: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	53, // 87: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 88: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 89: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 90: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 91: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 92: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 93: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 94: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 95: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 96: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 97: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	43, // 98: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	41, // 99: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
+	16, // 100: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 101: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 102: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 103: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 104: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 105: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 106: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 107: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	54, // 108: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	83, // [83:109] is the sub-list for method output_type
+	57, // [57:83] is the sub-list for method input_type
+	57, // [57:57] is the sub-list for extension type_name
+	57, // [57:57] is the sub-list for extension extendee
+	0,  // [0:57] is the sub-list for field type_name
 }
 
 func init() { file_handoff_referrals_v1_referrals_proto_init() }
@@ -4424,7 +4667,7 @@ func file_handoff_referrals_v1_referrals_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_referrals_v1_referrals_proto_rawDesc), len(file_handoff_referrals_v1_referrals_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -834,6 +834,59 @@ func local_request_ReferralsService_ListReferrals_0(ctx context.Context, marshal
 	return msg, metadata, err
 }
 
+var filter_ReferralsService_SummarizeReferrals_0 = &utilities.DoubleArray{Encoding: map[string]int{"parent": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
+
+func request_ReferralsService_SummarizeReferrals_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq SummarizeReferralsRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_ReferralsService_SummarizeReferrals_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := client.SummarizeReferrals(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_ReferralsService_SummarizeReferrals_0(ctx context.Context, marshaler runtime.Marshaler, server ReferralsServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq SummarizeReferralsRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	val, ok := pathParams["parent"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "parent")
+	}
+	protoReq.Parent, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "parent", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_ReferralsService_SummarizeReferrals_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.SummarizeReferrals(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 var filter_ReferralsService_UpdateReferral_0 = &utilities.DoubleArray{Encoding: map[string]int{"referral": 0, "name": 1}, Base: []int{1, 2, 1, 0, 0}, Check: []int{0, 1, 2, 3, 2}}
 
 func request_ReferralsService_UpdateReferral_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
@@ -1609,6 +1662,26 @@ func RegisterReferralsServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_ListReferrals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_ReferralsService_SummarizeReferrals_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/SummarizeReferrals", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/referrals:summarize"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_ReferralsService_SummarizeReferrals_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_SummarizeReferrals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPatch, pattern_ReferralsService_UpdateReferral_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2101,6 +2174,23 @@ func RegisterReferralsServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_ListReferrals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodGet, pattern_ReferralsService_SummarizeReferrals_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/SummarizeReferrals", runtime.WithHTTPPathPattern("/v1/{parent=clinics/*}/referrals:summarize"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_ReferralsService_SummarizeReferrals_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_SummarizeReferrals_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPatch, pattern_ReferralsService_UpdateReferral_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2274,6 +2364,7 @@ var (
 	pattern_ReferralsService_CreateReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
 	pattern_ReferralsService_GetReferral_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, ""))
 	pattern_ReferralsService_ListReferrals_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
+	pattern_ReferralsService_SummarizeReferrals_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, "summarize"))
 	pattern_ReferralsService_UpdateReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "referral.name"}, ""))
 	pattern_ReferralsService_AcceptReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "accept"))
 	pattern_ReferralsService_RejectReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "reject"))
@@ -2302,6 +2393,7 @@ var (
 	forward_ReferralsService_CreateReferral_0     = runtime.ForwardResponseMessage
 	forward_ReferralsService_GetReferral_0        = runtime.ForwardResponseMessage
 	forward_ReferralsService_ListReferrals_0      = runtime.ForwardResponseMessage
+	forward_ReferralsService_SummarizeReferrals_0 = runtime.ForwardResponseMessage
 	forward_ReferralsService_UpdateReferral_0     = runtime.ForwardResponseMessage
 	forward_ReferralsService_AcceptReferral_0     = runtime.ForwardResponseMessage
 	forward_ReferralsService_RejectReferral_0     = runtime.ForwardResponseMessage

@@ -63,6 +63,7 @@ const (
 	ReferralsService_CreateReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/CreateReferral"
 	ReferralsService_GetReferral_FullMethodName        = "/handoff.referrals.v1.ReferralsService/GetReferral"
 	ReferralsService_ListReferrals_FullMethodName      = "/handoff.referrals.v1.ReferralsService/ListReferrals"
+	ReferralsService_SummarizeReferrals_FullMethodName = "/handoff.referrals.v1.ReferralsService/SummarizeReferrals"
 	ReferralsService_UpdateReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/UpdateReferral"
 	ReferralsService_AcceptReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/AcceptReferral"
 	ReferralsService_RejectReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/RejectReferral"
@@ -161,6 +162,15 @@ type ReferralsServiceClient interface {
 	GetReferral(ctx context.Context, in *GetReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Lists the referrals of a clinic, oldest first, a page at a time.
 	ListReferrals(ctx context.Context, in *ListReferralsRequest, opts ...grpc.CallOption) (*ListReferralsResponse, error)
+	// Summarizes a clinic's referrals for outcome reporting: how many are in
+	// each state, how many ended in treatment entry, and how long that took
+	// from first contact (or from the referral) to treatment entry, with the
+	// counts within 3 days (what programs aim for) and within 14 days
+	// (modelled on the HEDIS IET initiation window). It counts referrals, not
+	// people: filter `subject_kind = LOVED_ONE` and a service kind for the
+	// loved ones' outcome. Counts and durations only, no names. For clinic
+	// administrators.
+	SummarizeReferrals(ctx context.Context, in *SummarizeReferralsRequest, opts ...grpc.CallOption) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way.
 	// The state changes only through the custom methods below.
 	UpdateReferral(ctx context.Context, in *UpdateReferralRequest, opts ...grpc.CallOption) (*Referral, error)
@@ -370,6 +380,16 @@ func (c *referralsServiceClient) ListReferrals(ctx context.Context, in *ListRefe
 	return out, nil
 }
 
+func (c *referralsServiceClient) SummarizeReferrals(ctx context.Context, in *SummarizeReferralsRequest, opts ...grpc.CallOption) (*ReferralSummary, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReferralSummary)
+	err := c.cc.Invoke(ctx, ReferralsService_SummarizeReferrals_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *referralsServiceClient) UpdateReferral(ctx context.Context, in *UpdateReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Referral)
@@ -547,6 +567,15 @@ type ReferralsServiceServer interface {
 	GetReferral(context.Context, *GetReferralRequest) (*Referral, error)
 	// Lists the referrals of a clinic, oldest first, a page at a time.
 	ListReferrals(context.Context, *ListReferralsRequest) (*ListReferralsResponse, error)
+	// Summarizes a clinic's referrals for outcome reporting: how many are in
+	// each state, how many ended in treatment entry, and how long that took
+	// from first contact (or from the referral) to treatment entry, with the
+	// counts within 3 days (what programs aim for) and within 14 days
+	// (modelled on the HEDIS IET initiation window). It counts referrals, not
+	// people: filter `subject_kind = LOVED_ONE` and a service kind for the
+	// loved ones' outcome. Counts and durations only, no names. For clinic
+	// administrators.
+	SummarizeReferrals(context.Context, *SummarizeReferralsRequest) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way.
 	// The state changes only through the custom methods below.
 	UpdateReferral(context.Context, *UpdateReferralRequest) (*Referral, error)
@@ -643,6 +672,9 @@ func (UnimplementedReferralsServiceServer) GetReferral(context.Context, *GetRefe
 }
 func (UnimplementedReferralsServiceServer) ListReferrals(context.Context, *ListReferralsRequest) (*ListReferralsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListReferrals not implemented")
+}
+func (UnimplementedReferralsServiceServer) SummarizeReferrals(context.Context, *SummarizeReferralsRequest) (*ReferralSummary, error) {
+	return nil, status.Error(codes.Unimplemented, "method SummarizeReferrals not implemented")
 }
 func (UnimplementedReferralsServiceServer) UpdateReferral(context.Context, *UpdateReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateReferral not implemented")
@@ -980,6 +1012,24 @@ func _ReferralsService_ListReferrals_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_SummarizeReferrals_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SummarizeReferralsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).SummarizeReferrals(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_SummarizeReferrals_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).SummarizeReferrals(ctx, req.(*SummarizeReferralsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ReferralsService_UpdateReferral_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpdateReferralRequest)
 	if err := dec(in); err != nil {
@@ -1212,6 +1262,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListReferrals",
 			Handler:    _ReferralsService_ListReferrals_Handler,
+		},
+		{
+			MethodName: "SummarizeReferrals",
+			Handler:    _ReferralsService_SummarizeReferrals_Handler,
 		},
 		{
 			MethodName: "UpdateReferral",
