@@ -68,13 +68,18 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("devtemporal: namespace: %w", err)
 	}
 	hostPort := fmt.Sprintf("127.0.0.1:%d", cfg.Port)
+	// Each free port is released before the server binds it, so it is
+	// still free for the next pick: without this, two of the server's
+	// services could be given one port, and the second to bind it finds
+	// no listener and crashes the process.
+	pick := distinct(freePort, cfg.Port)
 	service := func(grpcPort int) (config.Service, error) {
-		membership, err := freePort()
+		membership, err := pick()
 		if err != nil {
 			return config.Service{}, err
 		}
 		if grpcPort == 0 {
-			if grpcPort, err = freePort(); err != nil {
+			if grpcPort, err = pick(); err != nil {
 				return config.Service{}, err
 			}
 		}
@@ -142,6 +147,28 @@ func Start(cfg Config) (*Server, error) {
 
 // Stop stops the server.
 func (s *Server) Stop() error { return s.srv.Stop() }
+
+// distinct returns ports from free, never one it returned before nor one
+// of taken.
+func distinct(free func() (int, error), taken ...int) func() (int, error) {
+	used := map[int]bool{}
+	for _, p := range taken {
+		used[p] = true
+	}
+	return func() (int, error) {
+		for range 100 {
+			p, err := free()
+			if err != nil {
+				return 0, err
+			}
+			if !used[p] {
+				used[p] = true
+				return p, nil
+			}
+		}
+		return 0, errors.New("devtemporal: no distinct free port")
+	}
+}
 
 func freePort() (int, error) {
 	p, err := loopback.FreePort()

@@ -67,3 +67,23 @@ func freePortT(t *testing.T) int {
 	}
 	return p
 }
+
+// The server's services get ports no other of them has, nor the frontend's,
+// even when the source of free ports repeats itself (it releases each port
+// it finds, so a port it found stays free until the server binds it).
+func TestPortsAreDistinct(t *testing.T) {
+	seq := []int{7233, 20001, 20001, 20002, 7233, 20003}
+	i := 0
+	pick := distinct(func() (int, error) { i++; return seq[(i-1)%len(seq)], nil }, 7233)
+	var got []int
+	for range 3 {
+		p, err := pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p)
+	}
+	if got[0] != 20001 || got[1] != 20002 || got[2] != 20003 {
+		t.Fatalf("ports %v; want 20001, 20002, 20003", got)
+	}
+}
