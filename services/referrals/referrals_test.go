@@ -371,6 +371,9 @@ func TestPauseNeedsAReason(t *testing.T) {
 	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); got.GetEtag() != r.GetEtag() {
 		t.Fatal("a refused pause changed the referral")
 	}
+	// The program cancels through the EHR only with a reason.
+	_, err = f.client.CancelReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()})
+	wantCode(t, err, codes.InvalidArgument)
 	paused, err := f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "waiting for prior authorization"})
 	if err != nil {
 		t.Fatal(err)

@@ -281,7 +281,14 @@ func (s *Server) PauseReferral(ctx context.Context, req *referralsv1.TransitionR
 }
 
 // CancelReferral implements the API.
+//
+// The program (through the EHR) says why: the counselor then offers the
+// next program and must know what went wrong with this one. The clinic's
+// own staff may cancel without one.
 func (s *Server) CancelReferral(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	if _, outsider := consentgate.Outsider(ctx); outsider && strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "say why the program calls the referral off")
+	}
 	return s.transition(ctx, step{method: "CancelReferral", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetReason(), to: cancelled, req: req})
 }

@@ -202,8 +202,8 @@ type ReferralsServiceClient interface {
 	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED, NO_SHOW or ON_HOLD,
 	// for example because the person changed their mind or went elsewhere.
 	// Either side of the closed loop may cancel: the referring clinic, or
-	// the receiving program through the EHR integration (its FHIR Task
-	// update needs a statusReason, kept as `reason`); the MAT intake workflow
+	// the receiving program through the EHR integration, which must give a
+	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
 	// then offers the next program. Cancelled is final.
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
@@ -607,8 +607,8 @@ type ReferralsServiceServer interface {
 	// Cancels a referral that is REQUESTED, ACCEPTED, SCHEDULED, NO_SHOW or ON_HOLD,
 	// for example because the person changed their mind or went elsewhere.
 	// Either side of the closed loop may cancel: the referring clinic, or
-	// the receiving program through the EHR integration (its FHIR Task
-	// update needs a statusReason, kept as `reason`); the MAT intake workflow
+	// the receiving program through the EHR integration, which must give a
+	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
 	// then offers the next program. Cancelled is final.
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
