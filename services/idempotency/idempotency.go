@@ -31,7 +31,7 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if requestID == "" {
 		return fn()
 	}
-	hash, err := requestHash(ctx, req)
+	hash, err := requestHash(ctx, withoutEtags(req))
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: hash request: %w", err)
 	}
@@ -47,7 +47,7 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
-		return answer(ctx, k, requestID, method, hash, newResp)
+		return answer(ctx, k, requestID, method, req, hash, newResp)
 	}
 	out, err := fn()
 	if err != nil {
@@ -62,6 +62,34 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		return zero, fmt.Errorf("idempotency: store response: %w", err)
 	}
 	return out, nil
+}
+
+// withoutEtags is req without its etag, or the etag of the resource it
+// carries (an update's). An etag is a precondition on the version the
+// caller read, not part of what it asks: a retry made after someone else
+// changed the resource carries the newer etag (the FHIR write-back fills
+// in the current one when the EHR sends no If-Match), and must get the
+// first call's response, not REQUEST_ID_REUSED.
+func withoutEtags(req proto.Message) proto.Message {
+	if req == nil {
+		return nil
+	}
+	out := proto.Clone(req)
+	r := out.ProtoReflect()
+	clearEtag(r)
+	r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() {
+			clearEtag(v.Message())
+		}
+		return true
+	})
+	return out
+}
+
+func clearEtag(r protoreflect.Message) {
+	if fd := r.Descriptor().Fields().ByName("etag"); fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList() {
+		r.Clear(fd)
+	}
 }
 
 // requestHash binds a request id to the request and to the caller: another
@@ -131,11 +159,11 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	if err != nil {
 		return zero, false, fmt.Errorf("idempotency: read key: %w", err)
 	}
-	hash, err := requestHash(ctx, req)
+	hash, err := requestHash(ctx, withoutEtags(req))
 	if err != nil {
 		return zero, false, fmt.Errorf("idempotency: hash request: %w", err)
 	}
-	out, err := answer(ctx, k, requestID, method, hash, newResp)
+	out, err := answer(ctx, k, requestID, method, req, hash, newResp)
 	if err != nil {
 		return zero, false, err
 	}
@@ -153,8 +181,15 @@ type key struct {
 // answer is what a call with a request id already stored gets: the stored
 // response for the same request, or REQUEST_ID_REUSED for another, naming
 // what the first request made when the caller and method are the same.
-func answer[T proto.Message](ctx context.Context, k key, requestID, method string, hash []byte, newResp func() T) (T, error) {
-	if k.method == method && bytes.Equal(k.hash, hash) {
+// hash leaves the etags out; keys stored before it did hashed req whole.
+func answer[T proto.Message](ctx context.Context, k key, requestID, method string, req proto.Message, hash []byte, newResp func() T) (T, error) {
+	same := bytes.Equal(k.hash, hash)
+	if !same && k.method == method {
+		if whole, err := requestHash(ctx, req); err == nil {
+			same = bytes.Equal(k.hash, whole)
+		}
+	}
+	if k.method == method && same {
 		out := newResp()
 		if err := proto.Unmarshal(k.resp, out); err != nil {
 			var zero T

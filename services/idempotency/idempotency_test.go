@@ -2,12 +2,14 @@ package idempotency_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/auth"
@@ -96,5 +98,61 @@ func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 	}
 	if _, err := call(as("worker"), "M", "r2", other); reused(t, err) != "" {
 		t.Fatalf("a key without a caller: %v; want a refusal naming nothing", err)
+	}
+}
+
+// An etag is a precondition, not part of the request: a retry that carries
+// a newer one (the resource changed after the first call) gets the first
+// response, its own or its resource's etag alike, and so does a retry of a
+// call whose key was stored when etags were hashed with the rest.
+func TestRetryWithANewerEtagGetsTheFirstResponse(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "ehr", Clinic: "north"})
+	const made = "clinics/north/families/f1"
+	runs := 0
+	call := func(id string, req proto.Message) (*familiesv1.Family, error) {
+		return idempotency.InTx(ctx, db, "north", "M", id, req, newFamily, func(pgx.Tx) (*familiesv1.Family, error) {
+			runs++
+			return &familiesv1.Family{Name: made}, nil
+		})
+	}
+	update := func(etag, counselor string) *familiesv1.UpdateFamilyRequest {
+		return &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: made, Etag: etag, Counselor: counselor}, RequestId: "u1"}
+	}
+	if _, err := call("u1", update("1", "c-1")); err != nil || runs != 1 {
+		t.Fatalf("first update: %v after %d runs", err, runs)
+	}
+	if out, err := call("u1", update("2", "c-1")); err != nil || out.GetName() != made || runs != 1 {
+		t.Fatalf("retry with the resource's newer etag = %v, %v after %d runs; want the stored response", out, err, runs)
+	}
+	if _, err := call("u1", update("2", "c-2")); reused(t, err) != made {
+		t.Fatalf("another change under the same id: %v; want REQUEST_ID_REUSED", err)
+	}
+	del := func(etag string) *familiesv1.DeleteFamilyRequest {
+		return &familiesv1.DeleteFamilyRequest{Name: made, Etag: etag, RequestId: "d1"}
+	}
+	if _, err := call("d1", del("1")); err != nil || runs != 2 {
+		t.Fatalf("first delete: %v after %d runs", err, runs)
+	}
+	if _, err := call("d1", del("7")); err != nil || runs != 2 {
+		t.Fatalf("retry with a newer etag: %v after %d runs; want the stored response", err, runs)
+	}
+
+	// A key stored with the etag in its hash: the same request still matches.
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(del("3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := sha256.Sum256(append([]byte("ehr\x00"), b...))
+	if _, err := db.Exec(ctx, `UPDATE idempotency_keys SET request_hash = $1 WHERE request_id = 'd1'`, whole[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call("d1", del("3")); err != nil || runs != 2 {
+		t.Fatalf("retry of a key hashed with its etag: %v after %d runs; want the stored response", err, runs)
+	}
+	if _, err := call("d1", &familiesv1.DeleteFamilyRequest{Name: made + "x", Etag: "3", RequestId: "d1"}); reused(t, err) != made {
+		t.Fatalf("another request under a key hashed with its etag: %v; want REQUEST_ID_REUSED", err)
 	}
 }

@@ -3714,15 +3714,18 @@ func (x *UpdateReferralRequest) GetRequestId() string {
 }
 
 // Request for the referral transitions that carry nothing but a reason
-// (accept, mark no-show, cancel).
+// (accept, mark no-show, pause, cancel).
 type TransitionReferralRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/referrals/{referral}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Why, in a few words; kept in the referral's history.
+	// Why, in a few words; kept in the referral's history. Required by
+	// PauseReferral, and by CancelReferral when the EHR integration calls it;
+	// optional otherwise.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// If set, the transition happens only if the referral's etag still
-	// matches.
+	// matches. It is not part of the request that `request_id` stands for:
+	// a retry with a newer etag returns the first result.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	// A unique id for this request; a retry returns the first result.
 	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
