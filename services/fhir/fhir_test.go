@@ -67,6 +67,10 @@ func sampleReferral(state referralsv1.ReferralState) *referralsv1.Referral {
 		r.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, ToState: state,
 			Reason: "waiting for prior authorization", Time: ts(now)}}
 	}
+	if state == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
+		r.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, ToState: state,
+			Reason: "moved out of the area", Time: ts(now)}}
+	}
 	return r
 }
 

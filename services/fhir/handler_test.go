@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -513,5 +514,57 @@ func TestTaskPutIfMatchAny(t *testing.T) {
 	a := fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"accepted"}`, "If-Match", "*")
 	if a.code != http.StatusOK || strings.Join(fx.referrals.etags, ",") != "v7" {
 		t.Fatalf("If-Match *: %d %s; etags sent %v", a.code, a.raw, fx.referrals.etags)
+	}
+}
+
+// An EHR that reads a paused or cancelled Task and writes it back unchanged
+// changes nothing: the Task it read carries the statusReason the write
+// asks for. A reason sent as a coding alone counts; one longer than the
+// referral keeps is refused before the referral is read.
+func TestPutTaskReadBackAndReasons(t *testing.T) {
+	for _, state := range []referralsv1.ReferralState{referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD} {
+		fx := newFixture(t, "", state, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		read := fx.do("GET", "/fhir/R4/Task/"+refID, "")
+		if reason, _ := read.body["statusReason"].(map[string]any); read.code != http.StatusOK || reason["text"] == nil {
+			t.Fatalf("%v: GET Task: %d, statusReason %v", state, read.code, read.body["statusReason"])
+		}
+		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, read.raw); a.code != http.StatusOK || fx.referrals.transitions != 0 {
+			t.Errorf("%v: the Task written back as read: %d %s after %d transitions; want 200 and none", state, a.code, a.raw, fx.referrals.transitions)
+		}
+	}
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	coded := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold",` +
+		`"statusReason":{"coding":[{"system":"http://example.org/hold","code":"auth","display":"awaiting prior authorization"}]}}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, coded); a.code != http.StatusOK || len(fx.referrals.paused) != 1 ||
+		fx.referrals.paused[0] != "awaiting prior authorization" {
+		t.Fatalf("on-hold with a coded reason: %d %s, pauses %q", a.code, a.raw, fx.referrals.paused)
+	}
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	long := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled","statusReason":{"text":"` + strings.Repeat("é", 501) + `"}}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, long); a.code != http.StatusBadRequest || fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+		t.Fatalf("a reason of 501 characters: %d %s after %d reads; want 400 before any read", a.code, a.raw, fx.referrals.reads)
+	}
+}
+
+// A referral completed without its booked intake (admitted while it was on
+// hold, or well before the booked time): the appointment did not take
+// place, and the Task's period does not end before it starts.
+func TestCompletedWithoutTheBookedIntake(t *testing.T) {
+	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_COMPLETED) // booked an hour from now, entered now
+	if a := intakeAppointment(r); a["status"] != "cancelled" {
+		t.Errorf("admitted an hour before the booked intake: appointment %v; want cancelled", a["status"])
+	}
+	p, _ := task(r)["executionPeriod"].(obj)
+	if p["start"] != p["end"] {
+		t.Errorf("admitted before the booked intake: executionPeriod %v; want it to start at the admission", p)
+	}
+	r.TreatmentEntryTime = ts(r.GetIntakeAppointment().GetStartTime().AsTime().Add(-10 * time.Minute))
+	if a := intakeAppointment(r); a["status"] != "fulfilled" {
+		t.Errorf("admitted ten minutes before the booked start: appointment %v; want fulfilled", a["status"])
+	}
+	r.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD,
+		ToState: referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, Time: r.GetUpdateTime()}}
+	if a := intakeAppointment(r); a["status"] != "cancelled" {
+		t.Errorf("admitted while the intake was on hold: appointment %v; want cancelled", a["status"])
 	}
 }

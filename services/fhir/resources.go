@@ -353,9 +353,11 @@ func task(r *referralsv1.Referral) obj {
 		}
 		t["statusReason"] = concept(text, coding(sysRejection, name, ""))
 	}
-	if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
-		// The program's own reason for the pause, which it sent.
-		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == r.GetState() {
+	if st := r.GetState(); st == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || st == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
+		// The reason given for the pause or the cancellation: an EHR that
+		// reads the Task and writes it back unchanged then sends the
+		// statusReason the write requires.
+		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == st && h[len(h)-1].GetReason() != "" {
 			t["statusReason"] = concept(h[len(h)-1].GetReason())
 		}
 	}
@@ -367,8 +369,13 @@ func task(r *referralsv1.Referral) obj {
 	}
 	if ia := r.GetIntakeAppointment(); ia.GetStartTime() != nil {
 		period := obj{"start": instant(ia.GetStartTime())}
-		if r.GetTreatmentEntryTime() != nil {
-			period["end"] = instant(r.GetTreatmentEntryTime())
+		if e := r.GetTreatmentEntryTime(); e != nil {
+			period["end"] = instant(e)
+			// Admitted before the booked time: the work ran up to the
+			// admission, and a period may not end before it starts (per-1).
+			if e.AsTime().Before(ia.GetStartTime().AsTime()) {
+				period["start"] = instant(e)
+			}
 		}
 		t["executionPeriod"] = period
 		t["output"] = []any{obj{"type": concept("intake appointment"), "valueReference": ref("Appointment", intakePrefix+id)}}
@@ -379,6 +386,19 @@ func task(r *referralsv1.Referral) obj {
 // intakeLength is the end given to an intake appointment: Handoff records
 // only its start, and FHIR wants an end on a booked appointment (app-3).
 const intakeLength = time.Hour
+
+// intakeSuperseded reports whether a completed referral's person entered
+// treatment some other way than at its booked intake: admitted while the
+// intake was on hold, or an hour or more before its booked start. That
+// appointment did not take place, and is not "fulfilled".
+func intakeSuperseded(r *referralsv1.Referral) bool {
+	if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
+		h[len(h)-1].GetFromState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+		return true
+	}
+	start, entry := r.GetIntakeAppointment().GetStartTime(), r.GetTreatmentEntryTime()
+	return start != nil && entry != nil && !entry.AsTime().Add(intakeLength).After(start.AsTime())
+}
 
 // intakeAppointment is a referral's intake appointment; nil when none was
 // booked.
@@ -392,6 +412,9 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 	switch r.GetState() {
 	case referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:
 		status = "fulfilled"
+		if intakeSuperseded(r) {
+			status = "cancelled"
+		}
 	case referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:
 		status = "noshow"
 	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED,

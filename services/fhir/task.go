@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
@@ -118,15 +119,38 @@ func refusedStatus(t *task_go_proto.Task) error {
 	if !programStatuses[st] {
 		return unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", st)}
 	}
+	reason := statusReason(t)
 	// The counselor has to know what the program waits for, or why it
 	// called the referral off.
-	if st == "on-hold" && strings.TrimSpace(t.GetStatusReason().GetText().GetValue()) == "" {
-		return invalid("an on-hold Task needs statusReason.text: what the program waits for")
+	if st == "on-hold" && reason == "" {
+		return invalid("an on-hold Task needs statusReason (its text, or a coding's display): what the program waits for")
 	}
-	if st == "cancelled" && strings.TrimSpace(t.GetStatusReason().GetText().GetValue()) == "" {
-		return invalid("a cancelled Task needs statusReason.text: why the program called the referral off")
+	if st == "cancelled" && reason == "" {
+		return invalid("a cancelled Task needs statusReason (its text, or a coding's display): why the program called the referral off")
+	}
+	if n := utf8.RuneCountInString(reason); n > maxReason {
+		return invalid(fmt.Sprintf("statusReason is at most %d characters (it has %d)", maxReason, n))
 	}
 	return nil
+}
+
+// maxReason is the longest reason a referral keeps (the gRPC API's limit).
+const maxReason = 500
+
+// statusReason is the reason a Task body gives: statusReason.text, or else
+// the display of its first coding that has one (a reason sent as a code
+// alone), or "".
+func statusReason(t *task_go_proto.Task) string {
+	sr := t.GetStatusReason()
+	if v := sr.GetText().GetValue(); strings.TrimSpace(v) != "" {
+		return v
+	}
+	for _, cd := range sr.GetCoding() {
+		if v := cd.GetDisplay().GetValue(); strings.TrimSpace(v) != "" {
+			return v
+		}
+	}
+	return ""
 }
 
 func (s *server) writeTask(w http.ResponseWriter, rf *referralsv1.Referral) {
@@ -173,7 +197,7 @@ func taskStatusName(v codes_go_proto.TaskStatusCode_Value) string {
 func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, error) {
 	ch := statusChange{
 		status: taskStatusName(t.GetStatus().GetValue()),
-		reason: t.GetStatusReason().GetText().GetValue(),
+		reason: statusReason(t),
 	}
 	if start := t.GetExecutionPeriod().GetStart(); start != nil && ch.status == "in-progress" {
 		ch.at = timestamppb.New(time.UnixMicro(start.GetValueUs()))
