@@ -325,8 +325,11 @@ func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, boo
 		start: start, end: start.Add(intakeDuration),
 		created: ref.GetCreateTime().AsTime(), modified: ref.GetUpdateTime().AsTime(), sequence: version,
 		// On hold, the booked time will not happen; a rebooking moves
-		// the event to its new time.
+		// the event to its new time. Admitted an hour or more before it,
+		// the person will not come to it either.
 		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
-			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD,
+			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD ||
+			(ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED && ref.GetTreatmentEntryTime() != nil &&
+				!ref.GetTreatmentEntryTime().AsTime().Add(intakeDuration).After(start)),
 	}, true
 }

@@ -307,8 +307,9 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		// Calendar feeds need when and whether, nothing of why.
 		for i, r := range items {
 			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
-				IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
-				CreateTime:        r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
+				IntakeAppointment:  &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
+				TreatmentEntryTime: r.GetTreatmentEntryTime(),
+				CreateTime:         r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
 		}
 	}
 	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
