@@ -91,15 +91,22 @@ func parseDuration(s string) (time.Duration, error) {
 }
 
 func (o settingsJSON) apply(s *Settings) error {
+	// A repeating period of zero would have a workflow repeat its step
+	// without pause (hold tries, intake reviews, check-ins, resends): those
+	// must be positive.
 	durs := []struct {
-		in  *string
-		out *time.Duration
+		name    string
+		in      *string
+		out     *time.Duration
+		repeats bool
 	}{
-		{o.HoldLead, &s.HoldLead}, {o.HoldRetry, &s.HoldRetry}, {o.HoldSlack, &s.HoldSlack},
-		{o.OutcomeGrace, &s.OutcomeGrace}, {o.OutcomeEscalation, &s.OutcomeEscalation},
-		{o.IntakeTarget, &s.IntakeTarget}, {o.IntakeAlert, &s.IntakeAlert},
-		{o.TightenedCheckIn, &s.TightenedCheckIn}, {o.CoolDown, &s.CoolDown}, {o.ReminderRetryDelay, &s.ReminderRetryDelay},
-		{o.OverdoseGrace, &s.OverdoseGrace},
+		{"holdLead", o.HoldLead, &s.HoldLead, false}, {"holdRetry", o.HoldRetry, &s.HoldRetry, true},
+		{"holdSlack", o.HoldSlack, &s.HoldSlack, false},
+		{"outcomeGrace", o.OutcomeGrace, &s.OutcomeGrace, false}, {"outcomeEscalation", o.OutcomeEscalation, &s.OutcomeEscalation, false},
+		{"intakeTarget", o.IntakeTarget, &s.IntakeTarget, false}, {"intakeAlert", o.IntakeAlert, &s.IntakeAlert, true},
+		{"tightenedCheckIn", o.TightenedCheckIn, &s.TightenedCheckIn, true}, {"coolDown", o.CoolDown, &s.CoolDown, false},
+		{"reminderRetryDelay", o.ReminderRetryDelay, &s.ReminderRetryDelay, true},
+		{"overdoseGrace", o.OverdoseGrace, &s.OverdoseGrace, false},
 	}
 	for _, d := range durs {
 		if d.in == nil {
@@ -107,7 +114,10 @@ func (o settingsJSON) apply(s *Settings) error {
 		}
 		v, err := parseDuration(*d.in)
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", d.name, err)
+		}
+		if d.repeats && v <= 0 {
+			return fmt.Errorf("%s: %q repeats, so it must be longer than zero", d.name, *d.in)
 		}
 		*d.out = v
 	}

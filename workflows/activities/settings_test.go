@@ -31,12 +31,22 @@ func TestLoadSettingsFile(t *testing.T) {
 	if settings("south").HoldLead != 72*time.Hour {
 		t.Fatal("unset fields keep Handoff's defaults")
 	}
-	for _, bad := range []string{`{"default": {"coolDown": "soon"}}`, `{"clinics": {"x": {"maxNoShows": -1}}}`, `{"default": {"checkIns": ["-1h"]}}`, `not json`} {
+	for _, bad := range []string{`{"default": {"coolDown": "soon"}}`, `{"clinics": {"x": {"maxNoShows": -1}}}`, `{"default": {"checkIns": ["-1h"]}}`, `not json`,
+		// Periods that repeat cannot be zero: the step would repeat at once, for ever.
+		`{"default": {"intakeAlert": "0s"}}`, `{"clinics": {"x": {"holdRetry": "0d"}}}`,
+		`{"default": {"tightenedCheckIn": "0m"}}`, `{"default": {"reminderRetryDelay": "0s"}}`} {
 		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := LoadSettingsFile(path); err == nil {
 			t.Errorf("%s: want an error", bad)
 		}
+	}
+	// A one-off wait of zero is allowed: no cool-down at all.
+	if err := os.WriteFile(path, []byte(`{"default": {"coolDown": "0s", "overdoseGrace": "0s"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := LoadSettingsFile(path); err != nil || s("x").CoolDown != 0 {
+		t.Fatalf("a zero cool-down: %v", err)
 	}
 }
