@@ -665,17 +665,37 @@ func (a *Activities) ReinforceBoundary(ctx context.Context, in ReinforceRequest)
 }
 
 // ProposeIntervention drafts the next intervention for the counselor,
-// carrying over the family, counselor and participants.
+// carrying over the family, counselor and participants (those still
+// members of the family).
 func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest) (string, error) {
 	prev, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: in.Previous})
 	if err != nil {
 		return "", wrap("get intervention", err)
 	}
+	// The service refuses a participant who is not a member: one who left
+	// the family since the last meeting must not fail the workflow, weeks
+	// into its boundaries, over a draft the counselor edits anyway.
+	var participants []*interventionsv1.Participant
+	if len(prev.GetParticipants()) > 0 {
+		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: prev.GetFamily()})
+		if err != nil {
+			return "", wrap("get family", err)
+		}
+		members := map[string]bool{}
+		for _, m := range fam.GetMembers() {
+			members[m.GetId()] = true
+		}
+		for _, p := range prev.GetParticipants() {
+			if members[p.GetMemberId()] {
+				participants = append(participants, p)
+			}
+		}
+	}
 	iv, err := a.Interventions.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/" + aip.Clinic(in.Previous),
 		RequestId: in.RequestID, Intervention: &interventionsv1.Intervention{
 			Family: prev.GetFamily(), Counselor: prev.GetCounselor(), Level: interventionsv1.EscalationLevel(in.Level),
 			TimeZone: prev.GetTimeZone(), ExpectedDuration: prev.GetExpectedDuration(), Place: prev.GetPlace(),
-			Participants: prev.GetParticipants(), PreviousIntervention: in.Previous, CarriedOverNotes: in.Notes}})
+			Participants: participants, PreviousIntervention: in.Previous, CarriedOverNotes: in.Notes}})
 	if ErrorType(wrap("", err)) == "REQUEST_ID_REUSED" {
 		// An earlier try of this step drafted it from what it read then
 		// (the previous meeting, the boundaries named in the notes), and

@@ -490,3 +490,34 @@ type reusedReminders struct {
 func (f *reusedReminders) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
 	return nil, apperr.RequestIDReused(in.GetRequestId(), f.made)
 }
+
+// draftFake keeps the draft a proposal creates.
+type draftFake struct {
+	interventionsv1.InterventionsServiceClient
+	created *interventionsv1.Intervention
+}
+
+func (f *draftFake) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f1", Counselor: "c-1",
+		Participants: []*interventionsv1.Participant{{MemberId: "mom"}, {MemberId: "uncle"}}}, nil
+}
+
+func (f *draftFake) CreateIntervention(_ context.Context, in *interventionsv1.CreateInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	f.created = in.GetIntervention()
+	return &interventionsv1.Intervention{Name: "clinics/north/interventions/next"}, nil
+}
+
+// The next meeting is drafted with the participants still in the family:
+// the uncle, who left since the last one, would have the service refuse
+// the draft and end the boundary workflow.
+func TestProposalLeavesOutWhoLeftTheFamily(t *testing.T) {
+	f := &draftFake{}
+	a := &Activities{Interventions: f, Families: familyFake{}}
+	got, err := a.ProposeIntervention(context.Background(), ProposeRequest{Previous: "clinics/north/interventions/i1", Level: 2, RequestID: "r"})
+	if err != nil || got != "clinics/north/interventions/next" {
+		t.Fatalf("ProposeIntervention = %q, %v", got, err)
+	}
+	if ps := f.created.GetParticipants(); len(ps) != 1 || ps[0].GetMemberId() != "mom" {
+		t.Fatalf("draft participants = %v; want mom alone", ps)
+	}
+}
