@@ -223,12 +223,25 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			if !w.holdReview.IsZero() && !now.Before(w.holdReview) {
 				// Still on hold: the counselor is asked again, so that a
 				// pause the program forgot does not hold the person for
-				// good.
-				w.holdReviews++
-				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
-					"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
-					fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil {
-					return "", info, err
+				// good. The program may have rebooked and its signal not
+				// come yet (the outbox relays it): the service is asked
+				// first, and a referral no longer on hold is left to that
+				// signal, with the review put off rather than dropped.
+				still := true
+				if flow.Version(ctx, versionReviewRechecks, 1) >= 1 {
+					var cur activities.ReferralInfo
+					if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
+						return "", info, err
+					}
+					still = cur.State == "ON_HOLD"
+				}
+				if still {
+					w.holdReviews++
+					if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+						"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
+						fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil {
+						return "", info, err
+					}
 				}
 				w.holdReview = now.Add(w.settings.IntakeAlert)
 			}
@@ -326,6 +339,10 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 // versionOnHold guards answering a referral put on hold (a state added
 // with it): reminders of the paused time dropped, the counselor told.
 const versionOnHold = "intake-on-hold"
+
+// versionReviewRechecks guards reading the referral before reminding the
+// counselor of a hold that lasts (one more local activity).
+const versionReviewRechecks = "hold-review-rechecks"
 
 // versionKeepTimer guards keeping the deadline's timer across signals that
 // leave the deadline where it was; before it, every signal cancelled the

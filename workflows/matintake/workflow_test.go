@@ -516,3 +516,33 @@ func TestAnswersArrivingTogetherLeaveNoSignalUnhandled(t *testing.T) {
 		}
 	}
 }
+
+// A review of a long hold asks the service first: a program that rebooked
+// while its signal was still on the way is not reported as still holding.
+func TestHoldReviewAfterARebookingNotYetSignalled(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(30 * time.Hour)})
+	h.transition(8*time.Hour, r1, activities.ReferralInfo{State: "ON_HOLD", Appointment: start.Add(30 * time.Hour)})
+	rebooked := activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(100 * time.Hour)}
+	h.env.RegisterDelayedCallback(func() { h.status[r1] = rebooked }, 79*time.Hour) // the review is due at 80 h
+	h.transition(85*time.Hour, r1, rebooked)
+	h.transition(101*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 4})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result = %+v, %v", res, err)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "on hold") {
+			at = append(at, r.Due.Sub(start))
+		}
+	}
+	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{8 * time.Hour}) {
+		t.Fatalf("on-hold notices at %v; want the pause at 8 h alone: at 80 h the intake was booked again", at)
+	}
+}
