@@ -312,8 +312,8 @@ func TestPutTaskOnHold(t *testing.T) {
 	if sr := serviceRequest(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); sr["status"] != "active" {
 		t.Fatalf("the ServiceRequest of an intake on hold is %v; want active", sr["status"])
 	}
-	if a := intakeAppointment(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); a["status"] != "cancelled" {
-		t.Fatalf("the appointment of an intake on hold is %v; want cancelled", a["status"])
+	if a := intakeAppointment(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); a["status"] != "waitlist" {
+		t.Fatalf("the appointment of an intake on hold is %v; want waitlist (to be booked again; cancelled is final)", a["status"])
 	}
 }
 

@@ -417,11 +417,14 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 		}
 	case referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:
 		status = "noshow"
-	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED,
-		referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
-		// On hold, the booked time will not happen; a rebooking books
-		// this appointment again at its new time.
+	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
 		status = "cancelled"
+	case referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
+		// The booked time will not happen, but the appointment is not
+		// over: a rebooking books it again at its new time. R4's
+		// cancelled is final; waitlist is one to be scheduled when a slot
+		// is available, which is what the program's pause means.
+		status = "waitlist"
 	}
 	subject, member := referralSubject(r)
 	who := subject

@@ -402,7 +402,7 @@ func TestFHIR(t *testing.T) {
 		if st := state().GetState(); st != referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
 			t.Fatalf("referral after on-hold = %v", st)
 		}
-		if a := ehr.read("Appointment/intake-" + refID); str(a, "status") != "cancelled" {
+		if a := ehr.read("Appointment/intake-" + refID); str(a, "status") != "waitlist" {
 			t.Fatalf("the intake appointment on hold = %v", a)
 		}
 		start = time.Now().Add(time.Second).UTC()
