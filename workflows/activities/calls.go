@@ -741,6 +741,20 @@ func (a *Activities) draftAfter(ctx context.Context, prev *interventionsv1.Inter
 	return newest.GetName(), nil
 }
 
+// FamilyCounselor returns the family's counselor now, or fallback when the
+// family has none: a workflow that runs for weeks must reach whoever holds
+// the family today, not whoever held it when the workflow began.
+func (a *Activities) FamilyCounselor(ctx context.Context, family string, fallback Person) (Person, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if err != nil {
+		return Person{}, wrap("get family", err)
+	}
+	if fam.GetCounselor() == "" {
+		return fallback, nil
+	}
+	return counselor(fam.GetCounselor()), nil
+}
+
 // FamilyContacts returns who may be reminded of an intake: the loved one,
 // only if the family allows direct contact, and the family's contact person.
 func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Person, error) {

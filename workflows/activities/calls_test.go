@@ -521,3 +521,25 @@ func TestProposalLeavesOutWhoLeftTheFamily(t *testing.T) {
 		t.Fatalf("draft participants = %v; want mom alone", ps)
 	}
 }
+
+// counselorFake is a family with a counselor, or without one.
+type counselorFake struct {
+	familiesv1.FamiliesServiceClient
+	counselor string
+}
+
+func (f counselorFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return &familiesv1.Family{Counselor: f.counselor}, nil
+}
+
+// The family's counselor now; the one given when the family has none.
+func TestFamilyCounselor(t *testing.T) {
+	fallback := counselor("counselor-1")
+	for _, c := range []struct{ now, want string }{{"counselor-2", "counselor-2"}, {"", "counselor-1"}} {
+		a := &Activities{Families: counselorFake{counselor: c.now}}
+		got, err := a.FamilyCounselor(context.Background(), "clinics/north/families/f1", fallback)
+		if err != nil || got.ID != c.want || got.Kind != "counselor" {
+			t.Errorf("counselor %q: got %+v, %v; want %s", c.now, got, err, c.want)
+		}
+	}
+}

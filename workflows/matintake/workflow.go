@@ -227,17 +227,21 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// come yet (the outbox relays it): the service is asked
 				// first, and a referral no longer on hold is left to that
 				// signal, with the review put off rather than dropped.
-				still := true
-				if flow.Version(ctx, versionReviewRechecks, 1) >= 1 {
+				still, to := true, w.in.Counselor
+				if flow.Version(ctx, versionHoldRereads, 1) >= 1 {
 					var cur activities.ReferralInfo
 					if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
 						return "", info, err
 					}
-					still = cur.State == "ON_HOLD"
+					if still = cur.State == "ON_HOLD"; still {
+						if err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor); err != nil {
+							return "", info, err
+						}
+					}
 				}
 				if still {
 					w.holdReviews++
-					if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+					if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 						"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
 						fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil {
 						return "", info, err
@@ -323,7 +327,13 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			pending, remindersFor = nil, time.Time{}
 			if was != "ON_HOLD" {
 				w.pauses++
-				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+				to := w.in.Counselor
+				if flow.Version(ctx, versionHoldRereads, 1) >= 1 {
+					if err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor); err != nil {
+						return "", info, err
+					}
+				}
+				if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 					"The program put the intake on hold: please ask the program what it waits for, and keep the family informed.",
 					fmt.Sprintf("on-hold|%s|%d", w.referral.Name, w.pauses)); err != nil {
 					return "", info, err
@@ -340,9 +350,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 // with it): reminders of the paused time dropped, the counselor told.
 const versionOnHold = "intake-on-hold"
 
-// versionReviewRechecks guards reading the referral before reminding the
-// counselor of a hold that lasts (one more local activity).
-const versionReviewRechecks = "hold-review-rechecks"
+// versionHoldRereads guards reading again before the counselor hears of a
+// hold: the family's counselor now (a hold can last weeks, and families
+// are reassigned), and, before a review of a hold that lasts, the referral
+// (the program may have rebooked, its signal still on the way).
+const versionHoldRereads = "hold-rereads"
 
 // versionKeepTimer guards keeping the deadline's timer across signals that
 // leave the deadline where it was; before it, every signal cancelled the

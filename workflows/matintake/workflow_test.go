@@ -36,6 +36,8 @@ type harness struct {
 	// cancelled are the CancelReminders requests, with the time of each.
 	cancelled []activities.CancelRemindersRequest
 	cancelAt  []time.Time
+	// counselor is the family's counselor now, if reassigned.
+	counselor activities.Person
 }
 
 // warnings is the workflows' logger in these tests: it keeps the warnings
@@ -89,6 +91,13 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], nil })
+	env.OnActivity(flow.A.FamilyCounselor, mock.Anything, family, mock.Anything).Return(
+		func(_ context.Context, _ string, fallback activities.Person) (activities.Person, error) {
+			if h.counselor.ID != "" {
+				return h.counselor, nil
+			}
+			return fallback, nil
+		})
 	return h
 }
 
@@ -544,5 +553,34 @@ func TestHoldReviewAfterARebookingNotYetSignalled(t *testing.T) {
 	}
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{8 * time.Hour}) {
 		t.Fatalf("on-hold notices at %v; want the pause at 8 h alone: at 80 h the intake was booked again", at)
+	}
+}
+
+// A hold outlasts a reassignment: the review goes to the family's counselor
+// of that moment, not the one who ran the meeting.
+func TestHoldReviewReachesTheCurrentCounselor(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(30 * time.Hour)})
+	h.transition(8*time.Hour, r1, activities.ReferralInfo{State: "ON_HOLD", Appointment: start.Add(30 * time.Hour)})
+	h.env.RegisterDelayedCallback(func() {
+		h.counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
+	}, 40*time.Hour)
+	h.transition(90*time.Hour, r1, activities.ReferralInfo{State: "CANCELLED"})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var to []string
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "on hold") {
+			to = append(to, fmt.Sprintf("%s@%v", r.To.ID, r.Due.Sub(start)))
+		}
+	}
+	if want := []string{"counselor-1@8h0m0s", "counselor-2@80h0m0s"}; fmt.Sprint(to) != fmt.Sprint(want) {
+		t.Fatalf("on-hold notices %v; want %v", to, want)
 	}
 }
