@@ -64,7 +64,15 @@ type State struct {
 	// OverdoseSigns are the warning signs already answered: the outbox
 	// delivers at least once, and an overdose must be answered once.
 	OverdoseSigns []string
+	// Refusals counts reinforcements the service refused for a screen
+	// that found risk, to tell the counselor of each.
+	Refusals int
 }
+
+// versionRefusalsCounted guards numbering the counselor's notices of
+// refused reinforcements, so that a second refusal is not taken for a
+// retry of the first.
+const versionRefusalsCounted = "refusals-counted"
 
 // versionOnceEach guards two fixes that change commands: a redelivered
 // overdose is answered once, and a continued run reloads the family.
@@ -350,7 +358,15 @@ func (w *wf) prepare(ctx workflow.Context) error {
 				// so far stay so (their ids are kept for the next try);
 				// the rest, and the reminders to members, wait for a
 				// screen that finds the family safe.
-				return w.awaitScreen(ctx, "screen-refused|"+b,
+				// Each refusal is news to the counselor: a second one, after a
+				// safe screen, must not reuse the first one's request id and
+				// be dropped as its retry.
+				purpose := "screen-refused|" + b
+				if flow.Version(ctx, versionRefusalsCounted, 1) >= 1 {
+					w.st.Refusals++
+					purpose = fmt.Sprintf("%s|%d", purpose, w.st.Refusals)
+				}
+				return w.awaitScreen(ctx, purpose,
 					"A safety screen recorded since found risk: boundary steps are paused until a new screen finds the family safe.")
 			}
 			if err != nil {

@@ -630,3 +630,33 @@ func TestRequestIDsDoNotMoveWithTheClock(t *testing.T) {
 		t.Fatalf("request ids seven seconds apart differ:\n%v\n%v", first, again)
 	}
 }
+
+// A second refusal in the same cycle, after a safe screen, tells the
+// counselor again: its notice has a request id of its own.
+func TestSecondRefusalIsReportedToo(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.refuse = func(in activities.ReinforceRequest) error {
+		if strings.HasSuffix(in.Boundary, "/b2") && h.env.Now().Sub(h.t0) < 5*day {
+			h.safety.Status = "HIGH_RISK"
+			return temporal.NewNonRetryableApplicationError("reinforce boundary: needs a safe screen", "SAFETY_SCREEN_REQUIRED", nil)
+		}
+		return nil
+	}
+	for _, at := range []time.Duration{3 * day, 6 * day} {
+		h.env.RegisterDelayedCallback(func() {
+			h.safety.Status = "CURRENT"
+			h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+		}, at)
+	}
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	asks := h.kinds("SAFETY_SCREEN_NEEDED")
+	if len(asks) != 2 || asks[0].RequestID == asks[1].RequestID || asks[1].Due.Sub(h.t0) != 3*day {
+		t.Fatalf("screen requests = %+v; want two, at the refusals (day 0 and day 3), under ids of their own", asks)
+	}
+	if rem := h.kinds("BOUNDARY_REMINDER"); len(rem) != 2 || rem[0].Due.Sub(h.t0) != 6*day {
+		t.Fatalf("boundary reminders = %+v; want one per member at day 6", rem)
+	}
+}
