@@ -297,7 +297,7 @@ func requestResource(m proto.Message) string {
 	}
 	// Updates carry the resource, whose name is the one changed.
 	var name string
-	r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+	populated(r, func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() {
 			if nf := fd.Message().Fields().ByName("name"); nf != nil && nf.Kind() == protoreflect.StringKind {
 				name = v.Message().Get(nf).String()
@@ -307,6 +307,19 @@ func requestResource(m proto.Message) string {
 		return true
 	})
 	return name
+}
+
+// populated calls fn on each populated field of r in declaration order,
+// until fn returns false. Range's order is undefined: the resource a
+// record names, and the clinic a request is scoped to, must not depend on
+// it when a request names more than one.
+func populated(r protoreflect.Message, fn func(protoreflect.FieldDescriptor, protoreflect.Value) bool) {
+	fields := r.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		if fd := fields.Get(i); r.Has(fd) && !fn(fd, r.Get(fd)) {
+			return
+		}
+	}
 }
 
 func requestID(m proto.Message) string {
@@ -329,7 +342,7 @@ func requestClinic(m proto.Message) string {
 	var clinic string
 	var visit func(r protoreflect.Message, depth int)
 	visit = func(r protoreflect.Message, depth int) {
-		r.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		populated(r, func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 			switch {
 			case fd.Kind() == protoreflect.StringKind && !fd.IsList() && !fd.IsMap():
 				if c := aip.Clinic(v.String()); c != "" {

@@ -1,7 +1,9 @@
 package grpcserver
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -40,7 +42,16 @@ func walk(m protoreflect.Message, path string, vs *apperr.Violations) {
 		}
 		return
 	}
-	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+	// Fields in declaration order and map entries by key, not Range's
+	// order, which protobuf leaves undefined: the same bad request gets
+	// its violations in the same order every time.
+	fields := m.Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if !m.Has(fd) {
+			continue
+		}
+		v := m.Get(fd)
 		name := string(fd.Name())
 		if path != "" {
 			name = path + "." + name
@@ -52,19 +63,23 @@ func walk(m protoreflect.Message, path string, vs *apperr.Violations) {
 				value(fd, l.Get(i), fmt.Sprintf("%s[%d]", name, i), vs)
 			}
 		case fd.IsMap():
-			v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+			var keys []protoreflect.MapKey
+			v.Map().Range(func(k protoreflect.MapKey, _ protoreflect.Value) bool {
+				keys = append(keys, k)
+				return true
+			})
+			slices.SortFunc(keys, func(a, b protoreflect.MapKey) int { return cmp.Compare(a.String(), b.String()) })
+			for _, k := range keys {
 				key := fmt.Sprintf("%s[%q]", name, k.String())
 				if fd.MapKey().Kind() == protoreflect.StringKind && strings.ContainsRune(k.String(), 0) {
 					vs.Add(name, "must not contain NUL characters")
 				}
-				value(fd.MapValue(), mv, key, vs)
-				return true
-			})
+				value(fd.MapValue(), v.Map().Get(k), key, vs)
+			}
 		default:
 			value(fd, v, name, vs)
 		}
-		return true
-	})
+	}
 }
 
 func value(fd protoreflect.FieldDescriptor, v protoreflect.Value, path string, vs *apperr.Violations) {

@@ -52,3 +52,28 @@ func paths(vs apperr.Violations) []string {
 	}
 	return out
 }
+
+// A request that names two clinics is scoped to the one in its first field,
+// every time, and its record names the resource in its first field.
+func TestRequestScopeFollowsFieldOrder(t *testing.T) {
+	req := &familiesv1.CreateSafetyScreenRequest{Parent: "clinics/north/families/f1",
+		SafetyScreen: &familiesv1.SafetyScreen{Name: "clinics/south/families/f2/safetyScreens/s1"}}
+	for range 50 {
+		if c := requestClinic(req); c != "north" {
+			t.Fatalf("clinic = %q; want north, from parent (field 1)", c)
+		}
+		if r := requestResource(req); r != "clinics/north/families/f1" {
+			t.Fatalf("resource = %q; want the parent", r)
+		}
+	}
+	// Violations come in field order too: nested first where it is declared first.
+	got := paths(wellFormed((&familiesv1.Family{Members: []*familiesv1.Member{{GivenName: "\x00"}},
+		LovedOne: &familiesv1.LovedOne{GivenName: "\x00"}, Counselor: "\x00"}).ProtoReflect()))
+	for range 50 {
+		again := paths(wellFormed((&familiesv1.Family{Members: []*familiesv1.Member{{GivenName: "\x00"}},
+			LovedOne: &familiesv1.LovedOne{GivenName: "\x00"}, Counselor: "\x00"}).ProtoReflect()))
+		if strings.Join(again, ",") != strings.Join(got, ",") {
+			t.Fatalf("violations %v, then %v", got, again)
+		}
+	}
+}
