@@ -424,6 +424,36 @@ func TestReminderClaims(t *testing.T) {
 	}
 	_, err = f.client.CancelReminder(f.worker, &interventionsv1.CancelReminderRequest{Name: rem.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)
+
+	// A claimant reporting after its lease ran out: accepted while nobody
+	// claimed the reminder since (the message went out; refusing would have
+	// it sent twice), refused once someone has.
+	lapse := func(claimants ...string) *interventionsv1.Reminder {
+		r, err := create(&interventionsv1.Reminder{Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR,
+			Id: "counselor-1", Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range claimants {
+			if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: c,
+				LeaseDuration: durationpb.New(time.Second)}); err != nil {
+				t.Fatalf("claim by %s: %v", c, err)
+			}
+			f.clock.Advance(2 * time.Second)
+		}
+		return r
+	}
+	late := lapse("w-late")
+	got, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: late.GetName(), Claimant: "w-late",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED {
+		t.Fatalf("report after the lease ran out, nobody else claiming = %v, %v; want DELIVERED", got, err)
+	}
+	taken := lapse("w-late", "w-next")
+	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: taken.GetName(), Claimant: "w-late",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+	wantCode(t, err, codes.FailedPrecondition)
 }
 
 func TestTalkingPointsFollowBarriers(t *testing.T) {

@@ -307,7 +307,8 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		})
 }
 
-// CompleteReminder implements the API: only the current claimant may.
+// CompleteReminder implements the API: only the current claimant may, also
+// after its lease ran out if nobody claimed the reminder since.
 func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.CompleteReminderRequest) (*interventionsv1.Reminder, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "reminders")
 	if err != nil {
@@ -329,7 +330,12 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
-			if cur.GetState() != rClaimed {
+			// A claimant whose lease ran out, and whom nobody replaced (a
+			// new claim takes claimed_by), still reports: the message went
+			// out, and refusing the report would have it sent again. Only
+			// a claim sets a lease, so DUE with one is a lapsed claim.
+			lapsed := cur.GetState() == rDue && cur.GetLeaseExpireTime() != nil
+			if cur.GetState() != rClaimed && !lapsed {
 				return nil, apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"), "COMPLETED")
 			}
 			if cur.GetClaimedBy() != req.GetClaimant() {
