@@ -2,6 +2,7 @@ package interventions
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -257,6 +258,18 @@ func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.Cr
 	iv.Outcome, iv.CheckIns, iv.CancelReason = nil, nil, ""
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateIntervention", req.GetRequestId(), req, newIntervention,
 		func(tx pgx.Tx) (*interventionsv1.Intervention, error) {
+			if prev := iv.GetPreviousIntervention(); prev != "" {
+				// The next draft is found by it, and its notes carried
+				// over: another family's meeting must not be named.
+				var family string
+				err := tx.QueryRow(ctx, `SELECT family FROM interventions WHERE clinic = $1 AND id = $2`, clinic, aip.ID(prev)).Scan(&family)
+				if errors.Is(err, pgx.ErrNoRows) || (err == nil && family != iv.GetFamily()) {
+					return nil, apperr.Field("intervention.previous_intervention", "must be an earlier intervention of the same family")
+				}
+				if err != nil {
+					return nil, fmt.Errorf("read previous intervention: %w", err)
+				}
+			}
 			doc, err := encodeDoc(iv)
 			if err != nil {
 				return nil, err
@@ -635,6 +648,11 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 	}
 	if req.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_UNSPECIFIED {
 		return nil, apperr.Field("kind", "is required")
+	}
+	if req.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && req.GetDone() && req.GetHold() == "" {
+		// The item says a place is held: ticked without the hold, the
+		// checklist would claim one that nobody can convert or release.
+		return nil, apperr.Field("hold", "is required to mark TREATMENT_OPTION_HELD done: the hold that keeps the place, clinics/{clinic}/holds/{hold}")
 	}
 	if h := req.GetHold(); h != "" {
 		if req.GetKind() != interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD {

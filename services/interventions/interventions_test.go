@@ -2,6 +2,7 @@ package interventions_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -566,6 +567,17 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
 			return err
 		}, codes.NotFound},
+		{"a previous intervention that does not exist", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+				Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1",
+					PreviousIntervention: "clinics/north/interventions/none"}})
+			return err
+		}, codes.InvalidArgument},
+		{"place held without its hold", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
+				Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true})
+			return err
+		}, codes.InvalidArgument},
 		{"hold of another clinic", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
 				Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Hold: "clinics/south/holds/h"})
@@ -764,4 +776,29 @@ func TestReminderDueNowByTheServiceClock(t *testing.T) {
 	moved.Reminder.DueTime = timestamppb.Now()
 	_, err = f.client.CreateReminder(f.worker, moved)
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A draft may follow an earlier intervention of its own family, not of
+// another: the next meeting is found by it, and its notes carried over.
+func TestPreviousInterventionIsOfTheSameFamily(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	first := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	create := func(family string) error {
+		_, err := f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+			Intervention: &interventionsv1.Intervention{Family: family, Counselor: "counselor-1", PreviousIntervention: first.GetName()}})
+		return err
+	}
+	if err := create(f.family.GetName()); err != nil {
+		t.Fatalf("a draft after the family's own meeting: %v", err)
+	}
+	other, err := f.families.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north",
+		Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "Lee"}, Counselor: "counselor-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := wantCode(t, create(other.GetName()), codes.InvalidArgument)
+	if !strings.Contains(st.Message(), "previous_intervention") && !strings.Contains(fmt.Sprint(st.Details()), "previous_intervention") {
+		t.Fatalf("refusal %v does not name previous_intervention", st)
+	}
 }
