@@ -455,6 +455,11 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			seen[m.GetId()] = true
 		}
 		checkZone(vs, p+".time_zone", m.GetTimeZone())
+		// Equal ends would be read as no quiet hours at all, the opposite
+		// of what a member who asked for all-day quiet wants.
+		if q := m.GetQuietHours(); q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() {
+			vs.Add(p+".quiet_hours.end", "must differ from start (equal ends would mean no quiet hours)")
+		}
 		if pc := m.GetPreferredChannel(); pc != familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {
 			found := false
 			for _, c := range m.GetContactChannels() {

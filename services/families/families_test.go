@@ -576,6 +576,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].QuietHours.Start = "25:00" }))
 			return err
 		}, codes.InvalidArgument, "family.members[0].quiet_hours.start"},
+		{"quiet hours that start where they end", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].QuietHours.End = x.Members[0].QuietHours.Start }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].quiet_hours.end"},
 		{"duplicate member ids", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[1].Id = "mom" }))
 			return err
