@@ -156,9 +156,10 @@ type InterventionsServiceClient interface {
 	// answers FAILED_PRECONDITION. Returns the claimed reminder.
 	ClaimReminder(ctx context.Context, in *ClaimReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
-	// both final. Only the current claimant can complete it; after another
-	// claimant took it over, or after it was cancelled, the call answers
-	// FAILED_PRECONDITION.
+	// both final. Only the current claimant can complete it, also after its
+	// lease ran out as long as nobody claimed the reminder since; after
+	// another claimant took it over, or after it was cancelled, the call
+	// answers FAILED_PRECONDITION.
 	CompleteReminder(ctx context.Context, in *CompleteReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Cancels a reminder that was not delivered yet (SCHEDULED, DUE or
 	// CLAIMED). Cancelled is final; a delivered or failed reminder answers
@@ -557,9 +558,10 @@ type InterventionsServiceServer interface {
 	// answers FAILED_PRECONDITION. Returns the claimed reminder.
 	ClaimReminder(context.Context, *ClaimReminderRequest) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
-	// both final. Only the current claimant can complete it; after another
-	// claimant took it over, or after it was cancelled, the call answers
-	// FAILED_PRECONDITION.
+	// both final. Only the current claimant can complete it, also after its
+	// lease ran out as long as nobody claimed the reminder since; after
+	// another claimant took it over, or after it was cancelled, the call
+	// answers FAILED_PRECONDITION.
 	CompleteReminder(context.Context, *CompleteReminderRequest) (*Reminder, error)
 	// Cancels a reminder that was not delivered yet (SCHEDULED, DUE or
 	// CLAIMED). Cancelled is final; a delivered or failed reminder answers
