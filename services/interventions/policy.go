@@ -23,6 +23,9 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}, "GetIntervention", "ListInterventions",
 		"UpdateChecklistItem")
 	p[svc+"CreateIntervention"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
+	// The worker cancels the open interventions of a family whose record
+	// was deleted (the FamilyDeleted workflow).
+	p[svc+"CancelIntervention"] = slices.Concat(p[svc+"CancelIntervention"], []auth.Role{auth.RoleWorker})
 	// The EHR sees appointments (FHIR Appointment).
 	// Both are disclosures, checked against consent.
 	p[svc+"GetIntervention"] = slices.Concat(p[svc+"GetIntervention"], []auth.Role{auth.RoleEHR})

@@ -207,11 +207,14 @@ func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetRemind
 }
 
 var reminderFilter = map[string]aip.FilterField{
-	"state":            {Column: stateExpr, Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")},
-	"channel":          {Column: "channel", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ChannelKind_value, "CHANNEL_KIND_")},
-	"recipient_kind":   {Column: "recipient_kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.RecipientKind_value, "RECIPIENT_KIND_")},
-	"kind":             {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderKind_value, "REMINDER_KIND_")},
-	"recipient_id":     {Column: "recipient_id", Kind: aip.String},
+	"state":          {Column: stateExpr, Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")},
+	"channel":        {Column: "channel", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ChannelKind_value, "CHANNEL_KIND_")},
+	"recipient_kind": {Column: "recipient_kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.RecipientKind_value, "RECIPIENT_KIND_")},
+	"kind":           {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderKind_value, "REMINDER_KIND_")},
+	"recipient_id":   {Column: "recipient_id", Kind: aip.String},
+	// The worker cancels what is pending for a family whose record was
+	// deleted.
+	"recipient_family": {Column: "recipient_family", Kind: aip.String},
 	"related_resource": {Column: "related_resource", Kind: aip.String},
 	// The workflow told of a failed delivery: a workflow asking whether
 	// someone else answered an overdose leaves out its own alerts.

@@ -34,6 +34,7 @@ import (
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/workflows/codec"
+	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/overdose"
@@ -552,4 +553,49 @@ func TestCancelledReleasesTheHold(t *testing.T) {
 		t.Fatalf("reminders still pending after the cancellation: %v", pending.GetReminders())
 	}
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "cancelled.json")
+}
+
+// A family deleted by its administrator: the FamilyDeleted workflow
+// cancels its scheduled meeting (whose workflow ends CANCELLED) and its
+// draft, and no reminder stays pending for its people.
+func TestDeletedFamilyStopsWhatRunsForIt(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, time.Hour)
+	stacktest.Eventually(t, 15*time.Second, "the intervention workflow", func() bool {
+		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
+		return err == nil
+	})
+	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.GetName(), Counselor: "counselor-1"}}))
+	ok(e.fam.DeleteFamily(e.admin, &familiesv1.DeleteFamilyRequest{Name: f.GetName()}))
+
+	var res familydeleted.Result
+	stacktest.Eventually(t, 30*time.Second, "the FamilyDeleted workflow", func() bool {
+		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.FamilyDeleted(f.GetName()), "")
+		return err == nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.temporal.GetWorkflow(ctx, ids.FamilyDeleted(f.GetName()), "").Get(ctx, &res); err != nil {
+		t.Fatalf("FamilyDeleted workflow: %v", err)
+	}
+	if res.Interventions != 2 || res.BoundaryCancelled {
+		t.Fatalf("result = %+v; want the meeting and the draft cancelled, no boundary workflow", res)
+	}
+	if r := e.result(iv.GetName()); r.Outcome != "CANCELLED" {
+		t.Fatalf("the meeting's workflow = %+v; want CANCELLED", r)
+	}
+	for _, name := range []string{iv.GetName(), draft.GetName()} {
+		if got := ok(e.iv.GetIntervention(e.admin, &interventionsv1.GetInterventionRequest{Name: name})); got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
+			t.Fatalf("%s is %v; want CANCELLED", name, got.GetState())
+		}
+	}
+	pending := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("recipient_family = %q AND state = SCHEDULED", f.GetName())}))
+	if len(pending.GetReminders()) != 0 {
+		t.Fatalf("reminders still pending for the deleted family: %v", pending.GetReminders())
+	}
+	e.recordHistory(ids.FamilyDeleted(f.GetName()), "familydeleted", "deleted.json")
 }

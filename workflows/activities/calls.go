@@ -788,3 +788,49 @@ func subID(base string, parts ...string) string {
 	}
 	return hex.EncodeToString(h.Sum(nil)[:20])
 }
+
+// familyDeleted is the reason given for what CloseFamily cancels.
+const familyDeleted = "the family's record was deleted"
+
+// CloseFamily cancels a deleted family's drafts and scheduled meetings
+// (their workflows end, giving back held places and cancelling their
+// reminders) and then the reminders still pending for its people. Each
+// cancellation's request id derives from in.RequestID and the resource,
+// so a retry changes nothing twice.
+func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
+	var out Closed
+	clinic := aip.Clinic(in.Family)
+	prefix := in.RequestID[:min(len(in.RequestID), 24)]
+	for _, st := range []string{"SCHEDULED", "DRAFT"} {
+		for token := ""; ; {
+			page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/" + clinic,
+				Filter: fmt.Sprintf("family = %q AND state = %s", in.Family, st), PageSize: 100, PageToken: token})
+			if err != nil {
+				return out, wrap("list interventions", err)
+			}
+			for _, iv := range page.GetInterventions() {
+				_, err := a.Interventions.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
+					Reason: familyDeleted, RequestId: prefix + "-" + aip.ID(iv.GetName())})
+				// Ended meanwhile (an outcome recorded): nothing to cancel.
+				if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+					return out, wrap("cancel intervention", err)
+				}
+				if err == nil {
+					out.Interventions++
+				}
+			}
+			if token = page.GetNextPageToken(); token == "" {
+				break
+			}
+		}
+	}
+	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
+		n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
+			fmt.Sprintf("recipient_family = %q AND state = %s", in.Family, st))
+		out.Reminders += n
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}

@@ -543,3 +543,66 @@ func TestFamilyCounselor(t *testing.T) {
 		}
 	}
 }
+
+// closeFake lists a deleted family's interventions and reminders by the
+// filters CloseFamily sends, and keeps what it is asked to cancel.
+type closeFake struct {
+	interventionsv1.InterventionsServiceClient
+	filters   []string
+	cancelled []string
+	ids       []string
+}
+
+func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
+	f.filters = append(f.filters, in.GetFilter())
+	if strings.HasSuffix(in.GetFilter(), "state = SCHEDULED") {
+		return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
+			{Name: "clinics/north/interventions/met"}, {Name: "clinics/north/interventions/ended"}}}, nil
+	}
+	return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{{Name: "clinics/north/interventions/draft"}}}, nil
+}
+
+func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.CancelInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	if strings.HasSuffix(in.GetName(), "/ended") { // its outcome came meanwhile
+		return nil, apperr.InvalidTransition(in.GetName(), "COMPLETED", "CANCELLED")
+	}
+	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
+	return &interventionsv1.Intervention{Name: in.GetName()}, nil
+}
+
+func (f *closeFake) ListReminders(_ context.Context, in *interventionsv1.ListRemindersRequest, _ ...grpc.CallOption) (*interventionsv1.ListRemindersResponse, error) {
+	f.filters = append(f.filters, in.GetFilter())
+	if strings.HasSuffix(in.GetFilter(), "state = DUE") {
+		return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{{Name: "clinics/north/reminders/r1"}}}, nil
+	}
+	return &interventionsv1.ListRemindersResponse{}, nil
+}
+
+func (f *closeFake) CancelReminder(_ context.Context, in *interventionsv1.CancelReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
+	return &interventionsv1.Reminder{Name: in.GetName()}, nil
+}
+
+// A deleted family's scheduled meetings and drafts are cancelled (one that
+// ended meanwhile is passed over), then its people's pending reminders,
+// each under a request id of its own.
+func TestCloseFamily(t *testing.T) {
+	f := &closeFake{}
+	a := &Activities{Interventions: f}
+	got, err := a.CloseFamily(context.Background(), CloseFamilyRequest{Family: "clinics/north/families/f1", RequestID: "req"})
+	if err != nil || got.Interventions != 2 || got.Reminders != 1 {
+		t.Fatalf("CloseFamily = %+v, %v; want 2 interventions and 1 reminder", got, err)
+	}
+	want := []string{"clinics/north/interventions/met", "clinics/north/interventions/draft", "clinics/north/reminders/r1"}
+	if fmt.Sprint(f.cancelled) != fmt.Sprint(want) {
+		t.Fatalf("cancelled %v; want %v", f.cancelled, want)
+	}
+	if f.ids[0] == f.ids[1] || f.ids[1] == f.ids[2] {
+		t.Fatalf("request ids %v repeat", f.ids)
+	}
+	for _, flt := range f.filters {
+		if !strings.Contains(flt, `"clinics/north/families/f1"`) {
+			t.Fatalf("filter %q is not narrowed to the family", flt)
+		}
+	}
+}

@@ -182,3 +182,16 @@ type ProposeRequest struct {
 	Notes     string
 	RequestID string
 }
+
+// CloseFamilyRequest asks to stop what is still open for a family whose
+// record was deleted.
+type CloseFamilyRequest struct {
+	Family    string
+	RequestID string
+}
+
+// Closed is what CloseFamily stopped.
+type Closed struct {
+	Interventions int // drafts and scheduled meetings cancelled
+	Reminders     int // reminders to the family's people cancelled
+}

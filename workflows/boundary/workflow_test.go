@@ -660,3 +660,18 @@ func TestSecondRefusalIsReportedToo(t *testing.T) {
 		t.Fatalf("boundary reminders = %+v; want one per member at day 6", rem)
 	}
 }
+
+// Cancelled while it waits for a safety screen (a signal, no timer), as
+// the FamilyDeleted workflow cancels it, the workflow ends cancelled
+// rather than holding the cancellation until a screen comes.
+func TestCancelledWhileAwaitingAScreen(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if n := len(h.kinds("BOUNDARY_REMINDER")); n != 0 {
+		t.Fatalf("%d boundary reminders sent to an unsafe family", n)
+	}
+}

@@ -1,8 +1,9 @@
 // Package dispatch turns the services' outbox events into Temporal calls:
 // a scheduled intervention starts its workflow; reschedules, cancellations
 // and outcomes become updates; referral transitions, overdoses, safety
-// screens and check-ins become signals, and an overdose no boundary
-// workflow hears of starts the workflow that alerts the counselor. Workflow ids are derived from
+// screens and check-ins become signals, an overdose no boundary
+// workflow hears of starts the workflow that alerts the counselor, and a
+// deleted family starts the one that stops what still runs for it. Workflow ids are derived from
 // resource names and update ids from outbox ids, so a redelivered event
 // changes nothing twice.
 package dispatch
@@ -25,6 +26,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/flow"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
@@ -64,6 +66,11 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 	case *interventionsv1.Reminder:
 		if e.Type == "handoff.interventions.v1.reminder.failed" && p.GetOriginWorkflow() != "" {
 			return d.signal(ctx, p.GetOriginWorkflow(), flow.SignalReminderFailed, flow.ReminderFailed{Reminder: p.GetName()})
+		}
+	case *familiesv1.Family:
+		if e.Type == "handoff.families.v1.family.deleted" {
+			// One per family, ever: a redelivered event starts nothing.
+			return d.startOnce(ctx, ids.FamilyDeleted(p.GetName()), familydeleted.Name, familydeleted.Input{Family: p.GetName()})
 		}
 	case *familiesv1.SafetyScreen:
 		return d.signal(ctx, ids.Boundary(aip.Family(p.GetName())), boundary.SignalSafetyScreen, nil)

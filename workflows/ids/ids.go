@@ -18,3 +18,7 @@ func Boundary(family string) string { return "boundary/" + family }
 // Overdose is the id of the workflow that alerts the counselor to an
 // overdose no boundary workflow answered: one per warning sign.
 func Overdose(warningSign string) string { return "overdose/" + warningSign }
+
+// FamilyDeleted is the id of the workflow that stops what still runs for a
+// deleted family: one per family name (names are never reused).
+func FamilyDeleted(family string) string { return "family-deleted/" + family }

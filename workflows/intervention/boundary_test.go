@@ -11,6 +11,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/interceptor"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 	"go.temporal.io/server/temporaltest"
@@ -170,5 +171,48 @@ func TestRefusalJoinsOrRestartsTheBoundaryWorkflow(t *testing.T) {
 	}
 	if ends.armed.Load() {
 		t.Fatal("the refusal sent no restart signal: the race was not made")
+	}
+}
+
+// waitingBoundary stands in for a boundary workflow that runs until it is
+// cancelled.
+func waitingBoundary(ctx workflow.Context, _ boundary.Input) (boundary.Result, error) {
+	_ = workflow.Await(ctx, func() bool { return false })
+	return boundary.Result{}, temporal.NewCanceledError()
+}
+
+// A boundary workflow cancelled because the family's record was deleted
+// ends the refusal's wait as a summary, not a failure: the meeting's
+// outcome stands.
+func TestCancelledBoundaryEndsTheRefusal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(waitingBoundary, workflow.RegisterOptions{Name: boundary.Name})
+		r.RegisterWorkflow(refusal)
+	})
+	const id = "boundary-north-f2"
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "refusal-i9", TaskQueue: flow.TaskQueue}, refusal, id, "i9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil &&
+			d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the boundary workflow did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := run.Get(ctx, &got); err != nil || got != "the boundary workflow was cancelled" {
+		t.Fatalf("refusal after its boundary workflow was cancelled = %q, %v", got, err)
 	}
 }

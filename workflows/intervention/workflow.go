@@ -724,6 +724,10 @@ func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error
 // (ctx carries its options) and waits for its result, or restarts the one
 // already running with r. One that ends between the two, as one does
 // after its last check-in, is started anew: a signal to it is lost.
+// versionBoundaryCancelled guards ending normally when the boundary child
+// was cancelled, instead of failing.
+const versionBoundaryCancelled = "boundary-cancelled"
+
 func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, r boundary.Restart) (string, error) {
 	for try := 1; ; try++ {
 		fut := workflow.ExecuteChildWorkflow(ctx, boundary.Name, in)
@@ -748,6 +752,11 @@ func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, 
 		}
 		var out boundary.Result
 		if err := fut.Get(ctx, &out); err != nil {
+			// Cancelled because the family's record was deleted (the
+			// FamilyDeleted workflow): the meeting's outcome stands.
+			if temporal.IsCanceledError(err) && flow.Version(ctx, versionBoundaryCancelled, 1) >= 1 {
+				return "the boundary workflow was cancelled", nil
+			}
 			return "", err
 		}
 		return out.Summary, nil

@@ -82,7 +82,10 @@ type FamiliesServiceClient interface {
 	// Changes the fields named in `update_mask`. Send the `etag` you read to
 	// avoid overwriting someone else's change (a stale etag answers ABORTED).
 	UpdateFamily(ctx context.Context, in *UpdateFamilyRequest, opts ...grpc.CallOption) (*Family, error)
-	// Deletes a family and everything recorded under it.
+	// Deletes a family and everything recorded under it. Shortly after, the
+	// worker cancels what still runs for it: its boundary workflow, its
+	// drafts and scheduled interventions, and the reminders pending for its
+	// people. Referrals already made stay.
 	DeleteFamily(ctx context.Context, in *DeleteFamilyRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Records a barrier to treatment.
 	CreateBarrier(ctx context.Context, in *CreateBarrierRequest, opts ...grpc.CallOption) (*Barrier, error)
@@ -530,7 +533,10 @@ type FamiliesServiceServer interface {
 	// Changes the fields named in `update_mask`. Send the `etag` you read to
 	// avoid overwriting someone else's change (a stale etag answers ABORTED).
 	UpdateFamily(context.Context, *UpdateFamilyRequest) (*Family, error)
-	// Deletes a family and everything recorded under it.
+	// Deletes a family and everything recorded under it. Shortly after, the
+	// worker cancels what still runs for it: its boundary workflow, its
+	// drafts and scheduled interventions, and the reminders pending for its
+	// people. Referrals already made stay.
 	DeleteFamily(context.Context, *DeleteFamilyRequest) (*emptypb.Empty, error)
 	// Records a barrier to treatment.
 	CreateBarrier(context.Context, *CreateBarrierRequest) (*Barrier, error)
