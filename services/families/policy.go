@@ -20,9 +20,14 @@ func Policy() grpcserver.Policy {
 	}
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListFamilies"] = slices.Concat(p[svc+"ListFamilies"], []auth.Role{auth.RoleCalendarReader})
-	for _, m := range []string{"GetBarrier", "ListBarriers", "GetWarningSign", "ListWarningSigns",
-		"ListSafetyScreens", "GetBoundary", "ListBoundaries"} {
+	// The worker lists what its workflows read (talking points, overdose
+	// answers, the boundaries to reinforce); single reads and the screens'
+	// history are the clinic staff's.
+	for _, m := range []string{"ListBarriers", "ListWarningSigns", "ListBoundaries"} {
 		p[svc+m] = readers
+	}
+	for _, m := range []string{"GetBarrier", "GetWarningSign", "ListSafetyScreens", "GetBoundary"} {
+		p[svc+m] = staff
 	}
 	for _, m := range []string{"CreateFamily", "UpdateFamily", "CreateBarrier", "UpdateBarrier",
 		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "CreateSafetyScreen", "CreateBoundary",

@@ -22,15 +22,20 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleClinicAdmin}, "CreateProgram", "UpdateProgram", "DeleteProgram", "UndeleteProgram")
 	// Programs report capacity through the EHR integration or an administrator.
 	set([]auth.Role{auth.RoleClinicAdmin, auth.RoleEHR}, "ReportCapacity")
+	// The worker, which acts for every clinic, gets what its workflows
+	// call and nothing more: a leaked worker token must not be able to
+	// record a referral's outcome or call one off in any clinic.
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}, "MatchPrograms",
-		"HoldSlot", "GetHold", "ListHolds", "ReleaseHold", "ConvertHold", "CreateReferral", "UpdateReferral")
-	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker, auth.RoleEHR}, "GetReferral", "ListReferrals",
-		// The receiving program's answers arrive through the EHR (closed loop).
+		"HoldSlot", "ListHolds", "ReleaseHold", "ConvertHold", "CreateReferral")
+	set(counselors, "GetHold", "UpdateReferral")
+	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker, auth.RoleEHR}, "GetReferral", "ListReferrals")
+	// The receiving program's answers arrive through the EHR (closed loop).
+	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR},
 		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow", "PauseReferral")
 	// Either side of the closed loop may cancel (Gravity): the referring
 	// clinic, or the program through the EHR (the person can no longer be
 	// served after all); the workflow then offers the next program.
-	set(append(counselors, auth.RoleWorker, auth.RoleEHR), "CancelReferral")
+	set(append(counselors, auth.RoleEHR), "CancelReferral")
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListReferrals"] = slices.Concat(p[svc+"ListReferrals"], []auth.Role{auth.RoleCalendarReader})
 	// Outcome reports (counts over the clinic) are for administrators.

@@ -802,3 +802,35 @@ func TestDeletingAProgram(t *testing.T) {
 	_, err = f.client.UndeleteProgram(f.ctx, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
 	wantCode(t, err, codes.PermissionDenied)
 }
+
+// The worker acts for every clinic: it may make and read referrals, as its
+// workflows do, but not record a program's answer, cancel a referral or
+// change one. Refused before the handler, whatever the referral.
+func TestWorkerCannotRecordOutcomes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	name := "clinics/north/referrals/r1"
+	plain := &referralsv1.TransitionReferralRequest{Name: name, Reason: "x"}
+	for method, call := range map[string]func() error{
+		"AcceptReferral":     func() error { _, err := f.client.AcceptReferral(worker, plain); return err },
+		"CancelReferral":     func() error { _, err := f.client.CancelReferral(worker, plain); return err },
+		"PauseReferral":      func() error { _, err := f.client.PauseReferral(worker, plain); return err },
+		"MarkReferralNoShow": func() error { _, err := f.client.MarkReferralNoShow(worker, plain); return err },
+		"CompleteReferral": func() error {
+			_, err := f.client.CompleteReferral(worker, &referralsv1.CompleteReferralRequest{Name: name})
+			return err
+		},
+		"GetHold": func() error {
+			_, err := f.client.GetHold(worker, &referralsv1.GetHoldRequest{Name: "clinics/north/holds/h1"})
+			return err
+		},
+	} {
+		if code := status.Code(call()); code != codes.PermissionDenied {
+			t.Errorf("worker %s: %v; want PermissionDenied", method, code)
+		}
+	}
+	if _, err := f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north"}); err != nil {
+		t.Errorf("worker ListReferrals: %v; its workflows need it", err)
+	}
+}
