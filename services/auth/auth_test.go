@@ -321,3 +321,28 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	})
 }
+
+// Only a token whose every role serves every clinic does: a staff role
+// beside a service role on a "*" token is refused the every-clinic scope.
+func TestServesEveryClinicNeedsOnlyServiceRoles(t *testing.T) {
+	for _, c := range []struct {
+		clinic string
+		roles  []Role
+		want   bool
+	}{
+		{AnyClinic, []Role{RoleWorker}, true},
+		{AnyClinic, []Role{RoleWorker, RoleCalendarReader}, true},
+		{AnyClinic, []Role{RoleWorker, RoleClinicAdmin}, false},
+		{AnyClinic, []Role{RoleEHR}, false},
+		{AnyClinic, nil, false},
+		{"north", []Role{RoleWorker}, false},
+	} {
+		p := Principal{Subject: "s", Clinic: c.clinic, Roles: c.roles}
+		if got := p.ServesEveryClinic(); got != c.want {
+			t.Errorf("%s %v: ServesEveryClinic = %v, want %v", c.clinic, c.roles, got, c.want)
+		}
+		if got := p.InClinic("south"); got != c.want {
+			t.Errorf("%s %v: InClinic(south) = %v, want %v", c.clinic, c.roles, got, c.want)
+		}
+	}
+}

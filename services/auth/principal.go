@@ -62,8 +62,20 @@ func (p Principal) Has(roles ...Role) bool {
 var everyClinic = []Role{RoleWorker, RoleWebhookSender, RoleCalendarReader}
 
 // ServesEveryClinic reports whether p is a service identity that acts for
-// every clinic (its clinic claim is AnyClinic and its role one of those).
-func (p Principal) ServesEveryClinic() bool { return p.Clinic == AnyClinic && p.Has(everyClinic...) }
+// every clinic: its clinic claim is AnyClinic and every role it holds is
+// one of those. A staff role beside them (an identity provider's mistake)
+// must not make an administrator of every clinic.
+func (p Principal) ServesEveryClinic() bool {
+	if p.Clinic != AnyClinic || len(p.Roles) == 0 {
+		return false
+	}
+	for _, r := range p.Roles {
+		if !slices.Contains(everyClinic, r) {
+			return false
+		}
+	}
+	return true
+}
 
 // InClinic reports whether p may act inside clinic.
 func (p Principal) InClinic(clinic string) bool {

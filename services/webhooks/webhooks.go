@@ -41,6 +41,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -164,7 +165,10 @@ func fullAudience(ctx context.Context, topics []webhooksv1.Topic) (string, error
 // their own subscriptions, clinic administrators all ("").
 func ownerFilter(ctx context.Context) string {
 	p, _ := auth.FromContext(ctx)
-	if p.Has(auth.RoleClinicAdmin) {
+	// The EHR is an outside system whatever else its token holds
+	// (consentgate.Outsider): an administrator role beside it must not
+	// show it the clinic's other subscriptions.
+	if _, outsider := consentgate.Outsider(ctx); p.Has(auth.RoleClinicAdmin) && !outsider {
 		return ""
 	}
 	if p.Subject == "" {

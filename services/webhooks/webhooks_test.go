@@ -114,6 +114,15 @@ func TestSubscriptionsAreTheirOwners(t *testing.T) {
 	if err != nil || len(all.GetSubscriptions()) != 2 {
 		t.Fatalf("admin lists %v, %v; want both", all, err)
 	}
+	// An EHR token that also says clinic_admin is still the outside system.
+	mixed := f.env.As("north", "ehr-2", auth.RoleEHR, auth.RoleClinicAdmin)
+	list, err = f.client.ListSubscriptions(mixed, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetSubscriptions()) != 1 || list.GetSubscriptions()[0].GetName() != mine.GetName() {
+		t.Fatalf("ehr-2 with an admin role beside lists %v, %v; want only its own", list, err)
+	}
+	if _, err := f.client.GetSubscription(mixed, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("ehr-2 with an admin role beside reads ehr-1's subscription: %v; want NOT_FOUND", err)
+	}
 	if _, err := f.client.ListDeliveries(f.ehr, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("EHR ListDeliveries = %v, want PERMISSION_DENIED", err)
 	}
