@@ -290,8 +290,14 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if out {
 		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
 	}
+	fields := referralFilter
+	if calendarOnly(ctx) {
+		// A list refuses a filter on a field the caller's view leaves out:
+		// otherwise a filter could ask what the view hides.
+		fields = aip.Without(referralFilter, "program", "service_kind", "urgency", "intervention")
+	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, scope, args,
-		req, referralFilter, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })
+		req, fields, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +309,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
 		return nil, err
 	}
-	if p, ok := auth.FromContext(ctx); ok && p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker) {
+	if calendarOnly(ctx) {
 		// Calendar feeds need when and whether, nothing of why.
 		for i, r := range items {
 			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
@@ -313,6 +319,13 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		}
 	}
 	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
+}
+
+// calendarOnly reports whether the caller is the calendar reader and nothing
+// that sees more: its view of a referral is when and whether, not why.
+func calendarOnly(ctx context.Context) bool {
+	p, ok := auth.FromContext(ctx)
+	return ok && p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
 }
 
 // UpdateReferral implements the API: only the reason can change.

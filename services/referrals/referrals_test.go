@@ -834,3 +834,25 @@ func TestWorkerCannotRecordOutcomes(t *testing.T) {
 		t.Errorf("worker ListReferrals: %v; its workflows need it", err)
 	}
 }
+
+// The calendar reader's view of a referral is its times and state: a
+// filter on what that view leaves out is refused, not answered.
+func TestCalendarReaderCannotFilterOnWhatItCannotSee(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
+	for _, filter := range []string{"service_kind = MAT_BUPRENORPHINE", "urgency = IMMEDIATE",
+		`program = "clinics/north/programs/p1"`, `intervention = "clinics/north/interventions/i1"`} {
+		_, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north", Filter: filter})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("calendar reader, filter %s: %v; want INVALID_ARGUMENT", filter, err)
+		}
+	}
+	if _, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: `intake_time >= "2026-12-01T00:00:00Z"`}); err != nil {
+		t.Errorf("calendar reader, intake_time filter: %v", err)
+	}
+	if _, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north", Filter: "urgency = IMMEDIATE"}); err != nil {
+		t.Errorf("counselor, urgency filter: %v", err)
+	}
+}
