@@ -563,9 +563,19 @@ func TestDeletedFamilyStopsWhatRunsForIt(t *testing.T) {
 	e.directory()
 	f, _ := e.family()
 	iv := e.schedule(f, time.Hour)
-	stacktest.Eventually(t, 15*time.Second, "the intervention workflow", func() bool {
-		_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
-		return err == nil
+	// Deleted once the meeting's workflow has done its first steps and
+	// waits (no workflow task for three polls in a row): a workflow caught
+	// reading the family as it is deleted fails on NOT_FOUND instead (a gap
+	// the closing note records).
+	idle := 0
+	stacktest.Eventually(t, 20*time.Second, "the meeting's workflow to wait for the meeting", func() bool {
+		d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Intervention(iv.GetName()), "")
+		if err != nil || d.GetPendingWorkflowTask() != nil {
+			idle = 0
+			return false
+		}
+		idle++
+		return idle >= 3
 	})
 	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
 		Intervention: &interventionsv1.Intervention{Family: f.GetName(), Counselor: "counselor-1"}}))
