@@ -132,6 +132,26 @@ func (h *harness) kinds(kind string) []activities.ReminderRequest {
 	return out
 }
 
+// holdNotices are the counselor's notices of an intake on hold, in order.
+func (h *harness) holdNotices() []activities.ReminderRequest {
+	var out []activities.ReminderRequest
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "on hold") {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// holdNoticeTimes are when the hold notices were due, from start.
+func (h *harness) holdNoticeTimes(start time.Time) []time.Duration {
+	var at []time.Duration
+	for _, r := range h.holdNotices() {
+		at = append(at, r.Due.Sub(start))
+	}
+	return at
+}
+
 func input() matintake.Input {
 	return matintake.Input{Intervention: iv, Family: family, Clinic: "north", Hold: "clinics/north/holds/h1",
 		Counselor: activities.Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP"}}
@@ -358,12 +378,7 @@ func TestIntakeOnHoldStopsItsRemindersUntilRebooked(t *testing.T) {
 	if n := naming(second); n == 0 {
 		t.Error("no reminder names the rebooked appointment")
 	}
-	var holds []activities.ReminderRequest
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "on hold") {
-			holds = append(holds, r)
-		}
-	}
+	holds := h.holdNotices()
 	if len(holds) != 1 || holds[0].Due.Sub(start) != 10*time.Hour || holds[0].Related != r1 {
 		t.Fatalf("on-hold notices = %+v; want one to the counselor at 10 h about %s", holds, r1)
 	}
@@ -390,12 +405,7 @@ func TestLongHoldIsReviewedAndCancellingItMovesOn(t *testing.T) {
 	if len(h.cancelled) != 1 || h.cancelled[0].Reason != "intake on hold" || h.cancelAt[0].Sub(start) != 8*time.Hour {
 		t.Fatalf("cancellations %+v at %v; want the reminders sent for the paused time cancelled at 8 h", h.cancelled, h.cancelAt)
 	}
-	var at []time.Duration
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "on hold") {
-			at = append(at, r.Due.Sub(start))
-		}
-	}
+	at := h.holdNoticeTimes(start)
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{8 * time.Hour, 80 * time.Hour, 152 * time.Hour}) {
 		t.Fatalf("on-hold notices at %v; want the pause at 8 h, then every 72 h while it lasts", at)
 	}
@@ -545,12 +555,7 @@ func TestHoldReviewAfterARebookingNotYetSignalled(t *testing.T) {
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
 		t.Fatalf("result = %+v, %v", res, err)
 	}
-	var at []time.Duration
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "on hold") {
-			at = append(at, r.Due.Sub(start))
-		}
-	}
+	at := h.holdNoticeTimes(start)
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{8 * time.Hour}) {
 		t.Fatalf("on-hold notices at %v; want the pause at 8 h alone: at 80 h the intake was booked again", at)
 	}
@@ -575,10 +580,8 @@ func TestHoldReviewReachesTheCurrentCounselor(t *testing.T) {
 		t.Fatal(err)
 	}
 	var to []string
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "on hold") {
-			to = append(to, fmt.Sprintf("%s@%v", r.To.ID, r.Due.Sub(start)))
-		}
+	for _, r := range h.holdNotices() {
+		to = append(to, fmt.Sprintf("%s@%v", r.To.ID, r.Due.Sub(start)))
 	}
 	if want := []string{"counselor-1@8h0m0s", "counselor-2@80h0m0s"}; fmt.Sprint(to) != fmt.Sprint(want) {
 		t.Fatalf("on-hold notices %v; want %v", to, want)
