@@ -451,6 +451,22 @@ func TestReminderClaims(t *testing.T) {
 	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED {
 		t.Fatalf("report after the lease ran out, nobody else claiming = %v, %v; want DELIVERED", got, err)
 	}
+	// Reminders are listed by when they were made, too.
+	for _, c := range []struct {
+		op   string
+		want bool
+	}{{"<", true}, {">=", false}} {
+		at := f.clock.Now().Add(time.Minute).UTC().Format(time.RFC3339Nano)
+		got, err := f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("recipient_id = %q AND create_time %s %q", "counselor-1", c.op, at)})
+		found := false
+		for _, r := range got.GetReminders() {
+			found = found || r.GetName() == late.GetName()
+		}
+		if err != nil || found != c.want {
+			t.Fatalf("create_time %s a minute from now: found %v, %v; want %v", c.op, found, err, c.want)
+		}
+	}
 	taken := lapse("w-late", "w-next")
 	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: taken.GetName(), Claimant: "w-late",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})

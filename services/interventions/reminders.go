@@ -220,6 +220,9 @@ var reminderFilter = map[string]aip.FilterField{
 	// someone else answered an overdose leaves out its own alerts.
 	"origin_workflow": {Column: "origin_workflow", Kind: aip.String},
 	"due_time":        {Column: "due_time", Kind: aip.Time},
+	// When it was made: the boundary workflow tells an earlier execution's
+	// overdose alerts from its own by it.
+	"create_time": {Column: "create_time", Kind: aip.Time},
 }
 
 // ListReminders implements the API, earliest due first.

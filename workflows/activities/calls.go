@@ -636,9 +636,11 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 				return nil, wrap("list reminders", err)
 			}
 			if len(alerts.GetReminders()) == 0 && in.IgnoreFrom != "" && !in.IgnoreSince.IsZero() {
-				// An earlier execution under the same id answered it.
+				// An earlier execution under the same id answered it: its
+				// alert was made before this one began (made, not due: a
+				// reminder put off past quiet hours is due later).
 				alerts, err = a.Interventions.ListReminders(ctx, &interventionsv1.ListRemindersRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-					Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q AND origin_workflow = %q AND due_time < %q",
+					Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q AND origin_workflow = %q AND create_time < %q",
 						w.GetName(), in.IgnoreFrom, in.IgnoreSince.UTC().Format(time.RFC3339Nano)), PageSize: 1})
 				if err != nil {
 					return nil, wrap("list reminders", err)

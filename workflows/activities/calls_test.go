@@ -186,7 +186,7 @@ func (f signsFake) ListWarningSigns(context.Context, *familiesv1.ListWarningSign
 type alertsFake struct {
 	interventionsv1.InterventionsServiceClient
 	answered map[string]string    // sign -> the workflow whose alert answered it
-	due      map[string]time.Time // sign -> when its alert was due, if known
+	made     map[string]time.Time // sign -> when its alert was made, if known
 	filters  []string
 }
 
@@ -197,12 +197,12 @@ func (f *alertsFake) ListReminders(_ context.Context, in *interventionsv1.ListRe
 		// when the filter leaves one out.
 		base := fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", s)
 		var before time.Time
-		if rest, ok := strings.CutPrefix(in.GetFilter(), base+fmt.Sprintf(" AND origin_workflow = %q AND due_time < ", origin)); ok {
+		if rest, ok := strings.CutPrefix(in.GetFilter(), base+fmt.Sprintf(" AND origin_workflow = %q AND create_time < ", origin)); ok {
 			before, _ = time.Parse(time.RFC3339Nano, strings.Trim(rest, `"`))
 		}
 		if in.GetFilter() == base || (strings.HasPrefix(in.GetFilter(), base+" AND origin_workflow != ") &&
 			in.GetFilter() != base+fmt.Sprintf(" AND origin_workflow != %q", origin)) ||
-			(!before.IsZero() && f.due[s].Before(before)) {
+			(!before.IsZero() && f.made[s].Before(before)) {
 			return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{
 				{Name: "clinics/north/reminders/a", OriginWorkflow: origin}}}, nil
 		}
@@ -248,7 +248,7 @@ func TestOverdosesSinceTakesAnEarlierExecutionsAlert(t *testing.T) {
 	earlier, own := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
 	began := time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 	alerts := &alertsFake{answered: map[string]string{earlier: "boundary/f1", own: "boundary/f1"},
-		due: map[string]time.Time{earlier: began.Add(-time.Minute), own: began.Add(time.Second)}}
+		made: map[string]time.Time{earlier: began.Add(-time.Minute), own: began.Add(time.Second)}}
 	a := &Activities{Families: signsFake{signs: []string{earlier, own}}, Interventions: alerts}
 	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: began.Add(-time.Hour),
 		IgnoreFrom: "boundary/f1", IgnoreSince: began})
