@@ -45,13 +45,7 @@ func walk(m protoreflect.Message, path string, vs *apperr.Violations) {
 	// Fields in declaration order and map entries by key, not Range's
 	// order, which protobuf leaves undefined: the same bad request gets
 	// its violations in the same order every time.
-	fields := m.Descriptor().Fields()
-	for i := 0; i < fields.Len(); i++ {
-		fd := fields.Get(i)
-		if !m.Has(fd) {
-			continue
-		}
-		v := m.Get(fd)
+	populated(m, func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		name := string(fd.Name())
 		if path != "" {
 			name = path + "." + name
@@ -79,7 +73,8 @@ func walk(m protoreflect.Message, path string, vs *apperr.Violations) {
 		default:
 			value(fd, v, name, vs)
 		}
-	}
+		return true
+	})
 }
 
 func value(fd protoreflect.FieldDescriptor, v protoreflect.Value, path string, vs *apperr.Violations) {
