@@ -413,10 +413,6 @@ func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds 
 
 // wait sleeps until the next check-in or escalation, or a signal.
 func (w *wf) wait(ctx workflow.Context) error {
-	if ctx.Err() != nil {
-		// Cancelled: the family's record was deleted (FamilyDeleted).
-		return temporal.NewCanceledError()
-	}
 	var next time.Time
 	if w.st.Reinforced && len(w.st.CheckIns) > 0 {
 		next = w.st.CheckIns[0]
@@ -428,8 +424,9 @@ func (w *wf) wait(ctx workflow.Context) error {
 	defer cancel()
 	var handle func() error
 	sel := workflow.NewSelector(ctx)
-	// A wait for a signal alone (a safety screen, say) must end when the
-	// workflow is cancelled, not hold the cancellation until one comes.
+	// Cancelled (FamilyDeleted: the family's record was deleted), the
+	// workflow ends here; a wait for a signal alone (a safety screen, say)
+	// must not hold the cancellation until one comes.
 	sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {
 		handle = func() error { return temporal.NewCanceledError() }
 	})

@@ -720,14 +720,14 @@ func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error
 		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind})
 }
 
-// startOrRestartBoundary starts the boundary workflow id with in as a child
-// (ctx carries its options) and waits for its result, or restarts the one
-// already running with r. One that ends between the two, as one does
-// after its last check-in, is started anew: a signal to it is lost.
 // versionBoundaryCancelled guards ending normally when the boundary child
 // was cancelled, instead of failing.
 const versionBoundaryCancelled = "boundary-cancelled"
 
+// startOrRestartBoundary starts the boundary workflow id with in as a child
+// (ctx carries its options) and waits for its result, or restarts the one
+// already running with r. One that ends between the two, as one does
+// after its last check-in, is started anew: a signal to it is lost.
 func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, r boundary.Restart) (string, error) {
 	for try := 1; ; try++ {
 		fut := workflow.ExecuteChildWorkflow(ctx, boundary.Name, in)
