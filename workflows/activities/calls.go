@@ -394,7 +394,9 @@ func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequ
 			if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
 				return n, wrap("cancel reminder", err)
 			}
-			n++
+			if err == nil { // one that ended meanwhile was not cancelled
+				n++
+			}
 		}
 		if token = page.GetNextPageToken(); token == "" {
 			return n, nil
@@ -826,13 +828,11 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 			}
 		}
 	}
-	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
-		n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
-			fmt.Sprintf("recipient_family = %q AND state = %s", in.Family, st))
-		out.Reminders += n
-		if err != nil {
-			return out, err
-		}
-	}
-	return out, nil
+	// One listing of every reminder not yet final: a reminder's state moves
+	// with the clock (due, a lease run out), and lists by state taken one
+	// after another could each miss one that moved between them.
+	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
+		fmt.Sprintf("recipient_family = %q AND state != DELIVERED AND state != FAILED AND state != CANCELLED", in.Family))
+	out.Reminders += n
+	return out, err
 }

@@ -572,7 +572,7 @@ func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.Ca
 
 func (f *closeFake) ListReminders(_ context.Context, in *interventionsv1.ListRemindersRequest, _ ...grpc.CallOption) (*interventionsv1.ListRemindersResponse, error) {
 	f.filters = append(f.filters, in.GetFilter())
-	if strings.HasSuffix(in.GetFilter(), "state = DUE") {
+	if strings.HasSuffix(in.GetFilter(), "state != DELIVERED AND state != FAILED AND state != CANCELLED") {
 		return &interventionsv1.ListRemindersResponse{Reminders: []*interventionsv1.Reminder{{Name: "clinics/north/reminders/r1"}}}, nil
 	}
 	return &interventionsv1.ListRemindersResponse{}, nil
