@@ -9,6 +9,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/referrals/intake"
 )
 
 // obj is a FHIR JSON object under construction; the validating parser
@@ -385,20 +386,7 @@ func task(r *referralsv1.Referral) obj {
 
 // intakeLength is the end given to an intake appointment: Handoff records
 // only its start, and FHIR wants an end on a booked appointment (app-3).
-const intakeLength = time.Hour
-
-// intakeSuperseded reports whether a completed referral's person entered
-// treatment some other way than at its booked intake: admitted while the
-// intake was on hold, or an hour or more before its booked start. That
-// appointment did not take place, and is not "fulfilled".
-func intakeSuperseded(r *referralsv1.Referral) bool {
-	if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
-		h[len(h)-1].GetFromState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
-		return true
-	}
-	start, entry := r.GetIntakeAppointment().GetStartTime(), r.GetTreatmentEntryTime()
-	return start != nil && entry != nil && !entry.AsTime().Add(intakeLength).After(start.AsTime())
-}
+const intakeLength = intake.Length
 
 // intakeAppointment is a referral's intake appointment; nil when none was
 // booked.
@@ -412,7 +400,7 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 	switch r.GetState() {
 	case referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:
 		status = "fulfilled"
-		if intakeSuperseded(r) {
+		if intake.Superseded(r) {
 			status = "cancelled"
 		}
 	case referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:

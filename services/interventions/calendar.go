@@ -24,6 +24,7 @@ import (
 	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/referrals/intake"
 )
 
 // FeedPath is where the gateway serves a feed: FeedPath + name + ".ics".
@@ -251,8 +252,8 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 }
 
 // intakeDuration is how long an intake appointment shows in a calendar:
-// programs book a time, not a length.
-const intakeDuration = time.Hour
+// as long as FHIR's Appointment says it lasts.
+const intakeDuration = intake.Length
 
 // intakeEvents returns the intake appointments of the families the owner
 // counsels, read through the families and referrals APIs as the calendar
@@ -325,11 +326,9 @@ func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, boo
 		start: start, end: start.Add(intakeDuration),
 		created: ref.GetCreateTime().AsTime(), modified: ref.GetUpdateTime().AsTime(), sequence: version,
 		// On hold, the booked time will not happen; a rebooking moves
-		// the event to its new time. Admitted an hour or more before it,
-		// the person will not come to it either.
+		// the event to its new time. Admitted without it, the person will
+		// not come to it either (as FHIR's Appointment says).
 		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
-			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD ||
-			(ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED && ref.GetTreatmentEntryTime() != nil &&
-				!ref.GetTreatmentEntryTime().AsTime().Add(intakeDuration).After(start)),
+			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || intake.Superseded(ref),
 	}, true
 }

@@ -27,11 +27,15 @@ func TestIntakeEventCancelled(t *testing.T) {
 		{"admitted at the intake", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-10 * time.Minute), false},
 		{"admitted the day before", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-24 * time.Hour), true},
 		{"admitted an hour before", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-time.Hour), true},
+		{"admitted while on hold", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(time.Hour), true},
 	} {
 		ref := &referralsv1.Referral{Name: "clinics/north/referrals/r1", State: c.state,
 			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(booked)}, Etag: "3"}
 		if !c.entered.IsZero() {
 			ref.TreatmentEntryTime = timestamppb.New(c.entered)
+		}
+		if c.name == "admitted while on hold" {
+			ref.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, ToState: c.state}}
 		}
 		e, ok := intakeEvent(ref, since)
 		if !ok || e.cancelled != c.cancelled {

@@ -314,11 +314,22 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		for i, r := range items {
 			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
 				IntakeAppointment:  &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
-				TreatmentEntryTime: r.GetTreatmentEntryTime(),
-				CreateTime:         r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
+				TreatmentEntryTime: r.GetTreatmentEntryTime(), History: lastStep(r),
+				CreateTime: r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
 		}
 	}
 	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
+}
+
+// lastStep is a referral's last transition, its states and time only (not
+// who or why): a calendar tells from it an intake admitted while on hold.
+func lastStep(r *referralsv1.Referral) []*referralsv1.ReferralEvent {
+	h := r.GetHistory()
+	if len(h) == 0 {
+		return nil
+	}
+	e := h[len(h)-1]
+	return []*referralsv1.ReferralEvent{{FromState: e.GetFromState(), ToState: e.GetToState(), Time: e.GetTime()}}
 }
 
 // calendarOnly reports whether the caller is the calendar reader and nothing

@@ -1,0 +1,29 @@
+// Package intake holds what the referral's readers (FHIR, calendar feeds)
+// must agree on about an intake appointment.
+package intake
+
+import (
+	"time"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+)
+
+// Length is how long an intake appointment is taken to last: Handoff
+// records only its start.
+const Length = time.Hour
+
+// Superseded reports whether a completed referral's person entered
+// treatment some other way than at its booked intake: admitted while the
+// intake was on hold, or Length or more before its booked start. That
+// appointment did not take place.
+func Superseded(r *referralsv1.Referral) bool {
+	if r.GetState() != referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
+		return false
+	}
+	if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
+		h[len(h)-1].GetFromState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
+		return true
+	}
+	start, entry := r.GetIntakeAppointment().GetStartTime(), r.GetTreatmentEntryTime()
+	return start != nil && entry != nil && !entry.AsTime().Add(Length).After(start.AsTime())
+}
