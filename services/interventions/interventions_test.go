@@ -476,7 +476,8 @@ func TestReminderClaims(t *testing.T) {
 func TestTalkingPointsFollowBarriers(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	for _, k := range []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, familiesv1.BarrierKind_BARRIER_KIND_MISINFORMATION} {
+	// Recorded against the kinds' numeric order: the answer follows the family.
+	for _, k := range []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_MISINFORMATION, familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL} {
 		if _, err := f.families.CreateBarrier(f.ctx, &familiesv1.CreateBarrierRequest{Parent: f.family.GetName(), Barrier: &familiesv1.Barrier{Kind: k}}); err != nil {
 			t.Fatal(err)
 		}
@@ -492,6 +493,9 @@ func TestTalkingPointsFollowBarriers(t *testing.T) {
 	resp, err := f.client.GetTalkingPoints(f.ctx, &interventionsv1.GetTalkingPointsRequest{Name: iv.GetName()})
 	if err != nil || len(resp.GetBarriers()) != 2 {
 		t.Fatalf("GetTalkingPoints = %v, %v", resp, err)
+	}
+	if first := resp.GetBarriers()[0].GetBarrierKind(); first != interventionsv1.BarrierKind_BARRIER_KIND_MISINFORMATION {
+		t.Fatalf("first barrier kind %v, want the first recorded, MISINFORMATION", first)
 	}
 	var seenOwn, seenMethadone bool
 	for _, b := range resp.GetBarriers() {

@@ -166,14 +166,20 @@ func (s *Server) GetTalkingPoints(ctx context.Context, req *interventionsv1.GetT
 	if err != nil {
 		return nil, fmt.Errorf("read talking points: %w", err)
 	}
+	// One entry per kind, in the order the family's barriers were first
+	// recorded (the query sorts by kind number, which means nothing to a
+	// counselor), even a kind the clinic has no talking point for.
 	resp := &interventionsv1.GetTalkingPointsResponse{}
+	byKind := map[interventionsv1.BarrierKind]*interventionsv1.BarrierTalkingPoints{}
+	for _, k := range kinds {
+		e := &interventionsv1.BarrierTalkingPoints{BarrierKind: interventionsv1.BarrierKind(k)}
+		byKind[e.GetBarrierKind()] = e
+		resp.Barriers = append(resp.Barriers, e)
+	}
 	for _, tp := range tps {
-		n := len(resp.Barriers)
-		if n == 0 || resp.Barriers[n-1].GetBarrierKind() != tp.GetBarrierKind() {
-			resp.Barriers = append(resp.Barriers, &interventionsv1.BarrierTalkingPoints{BarrierKind: tp.GetBarrierKind()})
-			n++
+		if e := byKind[tp.GetBarrierKind()]; e != nil {
+			e.TalkingPoints = append(e.TalkingPoints, tp)
 		}
-		resp.Barriers[n-1].TalkingPoints = append(resp.Barriers[n-1].TalkingPoints, tp)
 	}
 	return resp, nil
 }
