@@ -162,7 +162,11 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		}
 		// Rejected or cancelled: the next program.
 	}
-	if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+	to, err := w.counselorNow(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.in.Intervention,
 		"No program could take the person in today: please call the family and arrange a place.", "no-program"); err != nil {
 		return Result{}, err
 	}
@@ -250,7 +254,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				w.holdReview = now.Add(w.settings.IntakeAlert)
 			}
 			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
-				if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "INTAKE_OVERDUE", w.referral.Name,
+				to, err := w.counselorNow(ctx)
+				if err != nil {
+					return "", info, err
+				}
+				if err := flow.Remind(ctx, w.in.Clinic, to, "INTAKE_OVERDUE", w.referral.Name,
 					"The person who said yes has not started yet: please follow up today.", "intake-overdue"); err != nil {
 					return "", info, err
 				}
@@ -301,15 +309,19 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			}
 			noShowsHandled = info.NoShows
 			pending = nil
+			to, err := w.counselorNow(ctx)
+			if err != nil {
+				return "", info, err
+			}
 			if int(info.NoShows) > w.settings.MaxNoShows {
-				err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+				err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 					"The person missed the intake appointment again: please reach out and decide next steps.", "no-show-escalation")
 				return "escalated", info, err
 			}
 			// Re-engage within the day: the counselor calls, the program
 			// rebooks. Due at once, by the service's clock (see
 			// flow.RemindAt).
-			if err := flow.Remind(ctx, w.in.Clinic, w.in.Counselor, "REENGAGEMENT", w.referral.Name,
+			if err := flow.Remind(ctx, w.in.Clinic, to, "REENGAGEMENT", w.referral.Name,
 				"The intake appointment was missed: please reach out today and help rebook.",
 				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows)); err != nil {
 				return "", info, err
@@ -355,6 +367,23 @@ const versionOnHold = "intake-on-hold"
 // are reassigned), and, before a review of a hold that lasts, the referral
 // (the program may have rebooked, its signal still on the way).
 const versionHoldRereads = "hold-rereads"
+
+// versionNoticesToCurrent guards sending the counselor's other notices
+// (intake overdue, no-show, no program) to the family's counselor of the
+// moment, as the hold notices are: they come days after the meeting.
+const versionNoticesToCurrent = "notices-to-current-counselor"
+
+// counselorNow is who the counselor's notices go to: the family's
+// counselor now, or, on a run begun before this change, the one who ran
+// the meeting.
+func (w *wf) counselorNow(ctx workflow.Context) (activities.Person, error) {
+	to := w.in.Counselor
+	if flow.Version(ctx, versionNoticesToCurrent, 1) < 1 {
+		return to, nil
+	}
+	err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor)
+	return to, err
+}
 
 // versionKeepTimer guards keeping the deadline's timer across signals that
 // leave the deadline where it was; before it, every signal cancelled the

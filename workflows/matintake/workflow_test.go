@@ -587,3 +587,34 @@ func TestHoldReviewReachesTheCurrentCounselor(t *testing.T) {
 		t.Fatalf("on-hold notices %v; want %v", to, want)
 	}
 }
+
+// The other notices come days after the meeting too: after a reassignment
+// the intake alert, the re-engagements and the escalation reach the
+// family's counselor of that moment.
+func TestIntakeNoticesReachTheCurrentCounselor(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	for i := 1; i <= 3; i++ {
+		base := time.Duration(i) * 30 * time.Hour
+		h.transition(base, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: h.env.Now().Add(base + 10*time.Hour), NoShows: int32(i - 1)})
+		h.transition(base+11*time.Hour, r1, activities.ReferralInfo{State: "NO_SHOW", NoShows: int32(i)})
+	}
+	h.env.RegisterDelayedCallback(func() {
+		h.counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
+	}, 20*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var to []string
+	for _, r := range h.reminders {
+		if r.Kind != "INTAKE_UPCOMING" {
+			to = append(to, r.Kind+":"+r.To.ID)
+		}
+	}
+	want := []string{"REENGAGEMENT:counselor-2", "REENGAGEMENT:counselor-2", "INTAKE_OVERDUE:counselor-2", "REFERRAL_ESCALATION:counselor-2"}
+	if fmt.Sprint(to) != fmt.Sprint(want) {
+		t.Fatalf("counselor's notices %v; want %v", to, want)
+	}
+}
