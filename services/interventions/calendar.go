@@ -37,7 +37,27 @@ const feedWindow = 366 * 24 * time.Hour
 // feedLimit bounds one feed's events.
 const feedLimit = 5000
 
-const feedSelect = `SELECT id, owner, create_time FROM calendar_feeds`
+const feedSelect = `SELECT id, owner, create_time, last_read_time FROM calendar_feeds`
+
+// feedIdle is how long a feed may go unread before it stops working.
+// Calendar apps read their feeds every few hours, so only an abandoned
+// feed lapses: a phone lost, a subscription forgotten, a counselor gone
+// whose feeds nobody revoked.
+const feedIdle = 90 * 24 * time.Hour
+
+// feedReadStep is how stale the recorded last read may get before a read
+// writes it again: the expiry needs no finer a clock, and a read need not
+// be a write.
+const feedReadStep = time.Hour
+
+// feedExpiry is when a feed created at created and last read at read
+// (zero if never) stops working.
+func feedExpiry(created, read time.Time) time.Time {
+	if read.After(created) {
+		return read.Add(feedIdle)
+	}
+	return created.Add(feedIdle)
+}
 
 func feedName(clinic, id string) string { return aip.Name("clinics", clinic, "calendarFeeds", id) }
 
@@ -45,10 +65,18 @@ func scanFeed(clinic string) pgx.RowToFunc[*interventionsv1.CalendarFeed] {
 	return func(r pgx.CollectableRow) (*interventionsv1.CalendarFeed, error) {
 		var id, owner string
 		var created time.Time
-		if err := r.Scan(&id, &owner, &created); err != nil {
+		var read *time.Time
+		if err := r.Scan(&id, &owner, &created, &read); err != nil {
 			return nil, err
 		}
-		return &interventionsv1.CalendarFeed{Name: feedName(clinic, id), Owner: owner, CreateTime: timestamppb.New(created)}, nil
+		f := &interventionsv1.CalendarFeed{Name: feedName(clinic, id), Owner: owner, CreateTime: timestamppb.New(created)}
+		var last time.Time
+		if read != nil {
+			last = *read
+			f.LastReadTime = timestamppb.New(last)
+		}
+		f.ExpireTime = timestamppb.New(feedExpiry(created, last))
+		return f, nil
 	}
 }
 
@@ -87,7 +115,7 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 				fresh = true
 				id := aip.NewID()
 				rows, err := tx.Query(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
-					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time`, clinic, id, owner, hash, s.cfg.Now())
+					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time, last_read_time`, clinic, id, owner, hash, s.cfg.Now())
 				return pgdb.One(rows, err, "calendar feed", scanFeed(clinic))
 			})
 		if err != nil {
@@ -185,12 +213,16 @@ func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, e
 	return auth.Principal{Subject: owner, Clinic: ids[0], Roles: []auth.Role{auth.RoleCalendarFeed}}, nil
 }
 
-// feedOwner returns the owner of the feed r if token is its token.
+// feedOwner returns the owner of the feed r if token is its token and the
+// feed has not lapsed (feedIdle). A lapsed feed is NOT_FOUND like any
+// other failure, so the answer tells a guess nothing.
 func (s *Server) feedOwner(ctx context.Context, r ref, token string) (string, error) {
 	var owner string
 	var hash []byte
-	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id).Scan(&owner, &hash)
+	var created time.Time
+	var read *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id).Scan(&owner, &hash, &created, &read)
 	if err == pgx.ErrNoRows {
 		return "", apperr.NotFound("calendar feed")
 	}
@@ -201,7 +233,26 @@ func (s *Server) feedOwner(ctx context.Context, r ref, token string) (string, er
 	if token == "" || subtle.ConstantTimeCompare(given[:], hash) != 1 {
 		return "", apperr.NotFound("calendar feed")
 	}
+	var last time.Time
+	if read != nil {
+		last = *read
+	}
+	if !s.cfg.Now().Before(feedExpiry(created, last)) {
+		return "", apperr.NotFound("calendar feed")
+	}
 	return owner, nil
+}
+
+// feedRead records that the feed r was read, unless a read within the
+// last feedReadStep already did.
+func (s *Server) feedRead(ctx context.Context, r ref) error {
+	now := s.cfg.Now()
+	if _, err := s.pool.Exec(ctx, `UPDATE calendar_feeds SET last_read_time = $3
+		WHERE clinic = $1 AND id = $2 AND (last_read_time IS NULL OR last_read_time <= $4)`,
+		r.clinic, r.id, now, now.Add(-feedReadStep)); err != nil {
+		return fmt.Errorf("record calendar feed read: %w", err)
+	}
+	return nil
 }
 
 // ExportCalendarFeed implements the API: the owner's meetings as
@@ -248,6 +299,9 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	events = append(events, intakes...)
+	if err := s.feedRead(ctx, r); err != nil {
+		return nil, err
+	}
 	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}, nil
 }
 

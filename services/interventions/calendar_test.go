@@ -261,6 +261,56 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 
 func mustTime(t time.Time, _ error) time.Time { return t }
 
+// A feed nobody reads for 90 days stops working; reading it keeps it
+// alive, and reads within the hour do not write again.
+func TestCalendarFeedLapsesUnread(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	create := func() *interventionsv1.CalendarFeed {
+		feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return feed
+	}
+	unread, used := create(), create()
+	if !unread.GetExpireTime().AsTime().Equal(unread.GetCreateTime().AsTime().Add(90*24*time.Hour)) || unread.GetLastReadTime() != nil {
+		t.Fatalf("a new feed: %v", unread)
+	}
+	listed := func() map[string]*interventionsv1.CalendarFeed {
+		list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]*interventionsv1.CalendarFeed{}
+		for _, c := range list.GetCalendarFeeds() {
+			out[c.GetName()] = c
+		}
+		return out
+	}
+	export(t, f, used.GetName(), feedToken(t, used))
+	first := listed()[used.GetName()].GetLastReadTime()
+	if first == nil || listed()[unread.GetName()].GetLastReadTime() != nil {
+		t.Fatalf("after one read: %v", listed())
+	}
+	f.clock.Advance(30 * time.Minute)
+	export(t, f, used.GetName(), feedToken(t, used))
+	if again := listed()[used.GetName()].GetLastReadTime(); !again.AsTime().Equal(first.AsTime()) {
+		t.Fatalf("a read within the hour wrote the time again: %v, was %v", again.AsTime(), first.AsTime())
+	}
+	f.clock.Advance(60 * 24 * time.Hour)
+	export(t, f, used.GetName(), feedToken(t, used))
+	read := listed()[used.GetName()]
+	if !read.GetLastReadTime().AsTime().After(first.AsTime().Add(59*24*time.Hour)) ||
+		!read.GetExpireTime().AsTime().Equal(read.GetLastReadTime().AsTime().Add(90*24*time.Hour)) {
+		t.Fatalf("after a read 60 days on: %v", read)
+	}
+	f.clock.Advance(31 * 24 * time.Hour)
+	_, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: unread.GetName(), Token: feedToken(t, unread)})
+	wantCode(t, err, codes.NotFound)
+	export(t, f, used.GetName(), feedToken(t, used))
+}
+
 // The feed shows the intake appointments of the counselor's clients, read
 // through the referrals API as the calendar reader: a rebooking moves the
 // same event, a cancelled referral cancels it, and other counselors'
