@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -161,6 +162,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	start := time.Now()
 	var subject string
 	var audited func(error) error // set once the caller is known
+	unknown := false              // the caller could not be authenticated
 	defer func() {
 		if r := recover(); r != nil {
 			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -178,14 +180,24 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			level = slog.LevelError
 		}
 		// Identifiers only: no request or response bodies reach the log.
-		i.log.Log(ctx, level, "rpc", "method", info.FullMethod, "code", code.String(),
-			"subject", subject, "duration_ms", time.Since(start).Milliseconds())
+		attrs := []any{"method", info.FullMethod, "code", code.String(), "subject", subject, "duration_ms", time.Since(start).Milliseconds()}
+		if unknown {
+			// No clinic is known to file an audit record under (a clinic
+			// the request names is the caller's claim): the log is where
+			// failed sign-ins are watched, with where they came from.
+			level = slog.LevelWarn
+			attrs = append(attrs, origin(ctx)...)
+			i.log.Log(ctx, level, "authentication failed", attrs...)
+			return
+		}
+		i.log.Log(ctx, level, "rpc", attrs...)
 	}()
 	if isPublic(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	p, token, err := i.authenticate(ctx, info.FullMethod, req)
 	if err != nil {
+		unknown = status.Code(err) != codes.Internal
 		return nil, err
 	}
 	subject = p.Subject
@@ -395,6 +407,25 @@ func isPublic(method string) bool {
 		}
 	}
 	return false
+}
+
+// origin is where a call came from, for the log: the connection's peer
+// and, behind the gateway, the address the gateway says it served (a
+// direct caller can write that header too, so both are kept).
+func origin(ctx context.Context) []any {
+	var out []any
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		out = append(out, "peer", p.Addr.String())
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	if v := md.Get("x-forwarded-for"); len(v) > 0 {
+		f := strings.Join(v, ", ")
+		if len(f) > 256 { // the caller's text: bounded
+			f = f[:256]
+		}
+		out = append(out, "forwarded_for", f)
+	}
+	return out
 }
 
 func bearerToken(ctx context.Context) string {

@@ -2,7 +2,10 @@ package grpcserver_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/servicetest"
 )
@@ -193,5 +197,100 @@ func TestTwoTokensAreNone(t *testing.T) {
 	}
 	if err := env.Conn.Invoke(env.Counselor("north"), method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("one token: %v", err)
+	}
+}
+
+// lockedBuffer is a log sink that the server's goroutines write to.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A call nobody could be authenticated for has no clinic to be audited
+// under: it is logged as a failed sign-in, with where it came from and
+// without the token it brought.
+func TestFailedAuthenticationIsLogged(t *testing.T) {
+	const method = "/handoff.test.Signin/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedBuffer{}
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Verifier: iss.Verifier(),
+		Policy: grpcserver.Policy{method: {auth.RoleCounselor}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerOne(method, func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil })(srv.Server)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+
+	const forged = "not-a-token-abc123"
+	good := auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+	calls := []struct {
+		ctx  context.Context
+		want codes.Code
+	}{
+		{context.Background(), codes.Unauthenticated},
+		{metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+forged, "x-forwarded-for", "203.0.113.9"), codes.Unauthenticated},
+		{good, codes.OK},
+	}
+	for _, c := range calls {
+		if err := conn.Invoke(c.ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != c.want {
+			t.Fatalf("call: %v, want %v", err, c.want)
+		}
+	}
+	var failed, ok []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		switch rec["msg"] {
+		case "authentication failed":
+			failed = append(failed, rec)
+		case "rpc":
+			ok = append(ok, rec)
+		}
+	}
+	if len(failed) != 2 || len(ok) != 1 {
+		t.Fatalf("%d failed sign-ins and %d calls logged, want 2 and 1:\n%s", len(failed), len(ok), logs)
+	}
+	for _, rec := range failed {
+		if rec["level"] != "WARN" || rec["code"] != "Unauthenticated" || !strings.HasPrefix(fmt.Sprint(rec["peer"]), "127.0.0.1:") {
+			t.Fatalf("failed sign-in logged as %v", rec)
+		}
+	}
+	if failed[1]["forwarded_for"] != "203.0.113.9" || failed[0]["forwarded_for"] != nil {
+		t.Fatalf("forwarded_for: %v, %v", failed[0]["forwarded_for"], failed[1]["forwarded_for"])
+	}
+	if _, has := ok[0]["peer"]; has || ok[0]["subject"] != "c" {
+		t.Fatalf("an authenticated call logged as %v", ok[0])
+	}
+	if strings.Contains(logs.String(), forged) {
+		t.Fatal("the log holds the token a caller sent")
 	}
 }
