@@ -194,11 +194,13 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	r := routeOf(e.Type, msg)
 	ctx = pgdb.WithClinic(ctx, e.Clinic)
 	if r.withdraw != webhooksv1.Topic_TOPIC_UNSPECIFIED {
-		// state = 1 (PENDING) is a literal so that the partial index
-		// deliveries_pending_resource matches; a withdrawn delivery keeps
-		// no payload.
+		// Pending deliveries and dead letters alike: a dead letter replayed
+		// after the reminder was handled would send it stale. The states
+		// (1 PENDING, 3 DEAD) are literals so that the partial index
+		// deliveries_open_resource matches; a withdrawn delivery keeps no
+		// payload.
 		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4, payload = NULL
-			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state = 1`,
+			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state IN (1, 3)`,
 			e.Clinic, e.Resource, int16(r.withdraw), stateWithdrawn); err != nil {
 			return 0, fmt.Errorf("webhooks: withdraw %s deliveries: %w", e.Type, err)
 		}

@@ -511,6 +511,43 @@ func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
 	}
 }
 
+// A reminder's notification that died while the automation was down is
+// withdrawn once the reminder is handled another way: a replay after the
+// outage must not send a reminder already delivered or cancelled.
+func TestDeadReminderLetterIsWithdrawnOnceHandled(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.env.As("north", "reminders-1", auth.RoleReminders), rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
+	rcv.secret.Store(sub.GetSecret())
+	rcv.setFail(func(string, map[string]any) bool { return true })
+	runSender(t, fastSender(f.db, nil, 2))
+	m := &interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(time.Now())}
+	if _, err := f.sink.Enqueue(ctx, "interventions", event(t, "handoff.interventions.v1.reminder.created", m, m.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	list := func(filter string) []*webhooksv1.Delivery {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: filter})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.GetDeliveries()
+	}
+	eventually(t, 5*time.Second, "a dead letter", func() bool { return len(list("state = DEAD")) == 1 })
+	dead := list("state = DEAD")[0]
+	// Polled and delivered meanwhile: the dead letter goes.
+	if _, err := f.sink.Enqueue(ctx, "interventions", event(t, "handoff.interventions.v1.reminder.delivered", m, m.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	if w := list("state = WITHDRAWN"); len(w) != 1 || w[0].GetName() != dead.GetName() {
+		t.Fatalf("withdrawn %v; want the dead letter %s", w, dead.GetName())
+	}
+	_, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: dead.GetName()})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("replaying a withdrawn letter = %v, want FAILED_PRECONDITION", err)
+	}
+}
+
 func TestSenderRefusesPrivateAddresses(t *testing.T) {
 	f := setup(t)
 	rcv := newReceiver(t)

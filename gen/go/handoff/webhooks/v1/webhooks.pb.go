@@ -180,7 +180,7 @@ const (
 	// Every attempt failed: a dead letter, for an administrator to replay.
 	DeliveryState_DELIVERY_STATE_DEAD DeliveryState = 3
 	// No longer sent: the reminder it announced was delivered or cancelled
-	// before it was due.
+	// before it went out, or while it lay dead (a replay would send it stale).
 	DeliveryState_DELIVERY_STATE_WITHDRAWN DeliveryState = 4
 )
 
