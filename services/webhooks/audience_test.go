@@ -29,9 +29,14 @@ func TestFullPayloadFollowsTheOwnersReads(t *testing.T) {
 		code   codes.Code
 	}{
 		{"an administrator", f.admin, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}, codes.PermissionDenied},
-		{"the reminder automation, referrals", reminders, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}, codes.InvalidArgument},
-		{"the reminder automation, appointments", reminders, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}, codes.InvalidArgument},
-		{"the EHR, reminders", f.ehr, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE}, codes.InvalidArgument},
+		// A topic the role does not read is refused in any form.
+		{"the reminder automation, referrals", reminders, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}, codes.PermissionDenied},
+		{"the reminder automation, appointments", reminders, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}, codes.PermissionDenied},
+		{"the EHR, reminders", f.ehr, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE}, codes.PermissionDenied},
+		// One the token reads as an administrator, but not in full as
+		// the reminder automation.
+		{"the reminder automation that also administers, referrals", f.env.As("north", "reminders-2", auth.RoleReminders, auth.RoleClinicAdmin),
+			[]webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}, codes.InvalidArgument},
 	} {
 		_, err := f.client.CreateSubscription(c.ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
 			Subscription: &webhooksv1.Subscription{Url: "https://hooks.example.org/", Topics: c.topics, Payload: full}})
@@ -40,6 +45,23 @@ func TestFullPayloadFollowsTheOwnersReads(t *testing.T) {
 		}
 		if c.code == codes.InvalidArgument && violatedField(err) != "subscription.payload" {
 			t.Fatalf("%s: violation on %q, want subscription.payload", c.name, violatedField(err))
+		}
+	}
+	// Identifiers tell when a resource changes: only to a role that reads
+	// it. The EHR is the outside system even with an administrator's role.
+	for _, c := range []struct {
+		name  string
+		ctx   context.Context
+		topic webhooksv1.Topic
+	}{
+		{"the reminder automation, referrals", reminders, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED},
+		{"the EHR, reminders", f.ehr, webhooksv1.Topic_TOPIC_REMINDER_DUE},
+		{"the EHR that also administers, reminders", f.env.As("north", "ehr-2", auth.RoleEHR, auth.RoleClinicAdmin), webhooksv1.Topic_TOPIC_REMINDER_DUE},
+	} {
+		_, err := f.client.CreateSubscription(c.ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+			Subscription: &webhooksv1.Subscription{Url: "https://hooks.example.org/", Topics: []webhooksv1.Topic{c.topic}}})
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s: ID_ONLY subscription = %v, want PermissionDenied", c.name, err)
 		}
 	}
 	var n int

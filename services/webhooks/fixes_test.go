@@ -500,8 +500,14 @@ func TestSequenceGrowsPerResource(t *testing.T) {
 	var failFirst atomic.Bool
 	failFirst.Store(true)
 	first := referralEvent(t, "r1", "accepted")
+	// The first notification of r1 fails for good (identifiers only: its
+	// type no longer says which it is).
+	var firstID atomic.Value
 	rcv.setFail(func(_ string, n map[string]any) bool {
-		return failFirst.Load() && n["type"] == first.Type && n["resource"] == first.Resource
+		if n["resource"] == first.Resource {
+			firstID.CompareAndSwap(nil, n["id"])
+		}
+		return failFirst.Load() && n["id"] == firstID.Load()
 	})
 	events := []outbox.Stored{first, referralEvent(t, "r2", "accepted"), referralEvent(t, "r1", "scheduled"),
 		referralEvent(t, "r2", "scheduled"), referralEvent(t, "r1", "completed")}

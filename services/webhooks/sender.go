@@ -437,11 +437,28 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 			}
 		}
 	}
+	if n.Data == nil {
+		n.Type = idOnlyType(p.eventType)
+	}
 	b, err := json.Marshal(n)
 	if err != nil {
 		return nil, fmt.Errorf("encode notification: %w", err)
 	}
 	return b, nil
+}
+
+// idOnlyType is the type an identifiers-only notification carries: which
+// kind of resource changed, not how. The event's own type names the
+// transition (a referral completed, a no-show), and that is the
+// patient's record too: without a consent that covers it, the receiver
+// reads the resource through the API, where consent is checked and the
+// disclosure recorded.
+func idOnlyType(eventType string) string {
+	i := strings.LastIndexByte(eventType, '.')
+	if i < 0 {
+		return eventType
+	}
+	return eventType[:i+1] + "changed"
 }
 
 // viewFor cuts msg to what the subscription's audience may read through

@@ -238,19 +238,25 @@ func TestReceiverSurvivesItsDowntime(t *testing.T) {
 	}
 
 	// Back up, but r2's "accepted" fails three more times.
+	accepted := deliveries(`resource = "` + r2.GetName() + `" AND event_type = "handoff.referrals.v1.referral.accepted"`)
+	if len(accepted) != 1 {
+		t.Fatalf("r2 accepted: %d deliveries", len(accepted))
+	}
+	acceptedID := aipID(accepted[0].GetName())
 	rcv.mu.Lock()
 	rcv.fail = func(_ string, n map[string]any, attempt int) bool {
-		return n["resource"] == r2.GetName() && n["type"] == "handoff.referrals.v1.referral.accepted" && attempt <= 3
+		return n["id"] == acceptedID && attempt <= 3
 	}
 	rcv.mu.Unlock()
 	rcv.up()
 
 	stacktest.Eventually(t, 30*time.Second, "all eight notifications", func() bool { return len(rcv.received()) == 8 })
 	got := map[string][]string{}
+	types := eventTypes(t, e.hooks, e.admin, sub.GetName())
 	for _, n := range rcv.received() {
 		res, _ := n["resource"].(string)
-		typ, _ := n["type"].(string)
-		got[res] = append(got[res], typ)
+		id, _ := n["id"].(string)
+		got[res] = append(got[res], types[id])
 		if n["data"] != nil || n["topic"] != "REFERRAL_CHANGED" {
 			t.Errorf("notification %v: want id-only under REFERRAL_CHANGED", n)
 		}

@@ -134,6 +134,38 @@ var fullTopics = map[string][]webhooksv1.Topic{
 	audienceReminders: {webhooksv1.Topic_TOPIC_REMINDER_DUE},
 }
 
+// readableTopics are the topics whose resources each role reads through
+// the API. A subscription, even to identifiers, tells its owner when each
+// of those resources changes; a role that may not read a resource must
+// not learn that either.
+var readableTopics = map[auth.Role][]webhooksv1.Topic{
+	auth.RoleEHR:       {webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED},
+	auth.RoleReminders: {webhooksv1.Topic_TOPIC_REMINDER_DUE},
+	auth.RoleClinicAdmin: {webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED,
+		webhooksv1.Topic_TOPIC_REMINDER_DUE},
+}
+
+// checkTopics refuses a topic the caller's roles do not read. A token
+// holding the EHR role is the outside system whatever else it holds
+// (consentgate.Outsider): it gets the EHR's topics only.
+func checkTopics(ctx context.Context, topics []webhooksv1.Topic) error {
+	p, _ := auth.FromContext(ctx)
+	roles := p.Roles
+	if _, outsider := consentgate.Outsider(ctx); outsider {
+		roles = []auth.Role{auth.RoleEHR}
+	}
+	for _, t := range topics {
+		readable := false
+		for _, r := range roles {
+			readable = readable || slices.Contains(readableTopics[r], t)
+		}
+		if !readable {
+			return status.Errorf(codes.PermissionDenied, "your role does not read what %s announces, so it may not subscribe to it", t)
+		}
+	}
+	return nil
+}
+
 // fullAudience is the audience a FULL subscription of the caller to topics
 // is cut for. A FULL payload leaves the program, so it must never carry
 // more than the caller could read through the API: staff subscribe to
@@ -192,6 +224,9 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	}
 	if len(sub.GetTopics()) == 0 {
 		return nil, apperr.Field("subscription.topics", "at least one topic is required")
+	}
+	if err := checkTopics(ctx, sub.GetTopics()); err != nil {
+		return nil, err
 	}
 	payload := sub.GetPayload()
 	if payload == webhooksv1.PayloadKind_PAYLOAD_KIND_UNSPECIFIED {

@@ -3,6 +3,7 @@ package webhooks_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -157,7 +158,7 @@ func TestEnqueueIsIdempotentAndByTopic(t *testing.T) {
 	refSub := f.subscribe(t, f.ehr, "https://ehr.example.org/a", webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	apptSub := f.subscribe(t, f.ehr, "https://ehr.example.org/b", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 	bothSub := f.subscribe(t, f.ehr, "https://ehr.example.org/c", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	f.subscribe(t, f.ehr, "https://ehr.example.org/d", 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
+	f.subscribe(t, f.admin, "https://ehr.example.org/d", 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
 
 	accepted := referralEvent(t, "r1", "accepted")
 	for i, want := range []int64{2, 0, 0} { // a redelivered outbox event adds nothing
@@ -337,8 +338,9 @@ func TestDeadLetterHoldsOrderThenReplay(t *testing.T) {
 		t.Fatalf("dead letter %v", dead[0])
 	}
 	got := rcv.received()
-	if len(got) != 2 || got[0]["type"] != "handoff.referrals.v1.referral.accepted" || got[1]["type"] != "handoff.referrals.v1.referral.scheduled" {
-		t.Fatalf("received %v; want r2's two events in order", got)
+	if types := typesOf(t, f.client, f.admin, sub.GetName(), got); len(got) != 2 || got[0]["resource"] != "clinics/north/referrals/r2" ||
+		fmt.Sprint(types) != "[handoff.referrals.v1.referral.accepted handoff.referrals.v1.referral.scheduled]" {
+		t.Fatalf("received %v (%v); want r2's two events in order", got, types)
 	}
 
 	// An administrator replays the dead letters once the receiver is fixed.
@@ -370,6 +372,38 @@ func aipID(name string) string {
 	return name
 }
 
+// eventTypes maps each delivery of sub to its event's type, as its
+// administrator lists them: an identifiers-only notification no longer
+// says which transition it announces.
+func eventTypes(t *testing.T, c webhooksv1.WebhooksServiceClient, admin context.Context, sub string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	token := ""
+	for {
+		resp, err := c.ListDeliveries(admin, &webhooksv1.ListDeliveriesRequest{Parent: sub, PageSize: 1000, PageToken: token})
+		if err != nil {
+			t.Fatalf("ListDeliveries: %v", err)
+		}
+		for _, d := range resp.GetDeliveries() {
+			out[aipID(d.GetName())] = d.GetEventType()
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return out
+		}
+	}
+}
+
+// typesOf is the event type of each notification, in the order received.
+func typesOf(t *testing.T, c webhooksv1.WebhooksServiceClient, admin context.Context, sub string, ns []map[string]any) []string {
+	t.Helper()
+	types := eventTypes(t, c, admin, sub)
+	var out []string
+	for _, n := range ns {
+		out = append(out, types[n["id"].(string)])
+	}
+	return out
+}
+
 func TestRetriesUntilTheReceiverRecovers(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
@@ -386,9 +420,12 @@ func TestRetriesUntilTheReceiverRecovers(t *testing.T) {
 	}
 	runSender(t, fastSender(f.db, nil, 10))
 	eventually(t, 10*time.Second, "three notifications", func() bool { return len(rcv.received()) == 3 })
+	types := typesOf(t, f.client, f.admin, sub.GetName(), rcv.received())
 	for i, n := range rcv.received() {
-		if n["type"] != "handoff.referrals.v1.referral."+states[i] || n["topic"] != "REFERRAL_CHANGED" || n["data"] != nil {
-			t.Fatalf("notification %d: %v", i, n)
+		// Identifiers only: the type says a referral changed, not how.
+		if types[i] != "handoff.referrals.v1.referral."+states[i] || n["type"] != "handoff.referrals.v1.referral.changed" ||
+			n["topic"] != "REFERRAL_CHANGED" || n["data"] != nil {
+			t.Fatalf("notification %d (%s): %v", i, types[i], n)
 		}
 	}
 	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
@@ -443,7 +480,9 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, "first notification", func() bool { return len(rcv.received()) == 1 })
-	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil {
+	// Without consent not even the transition: the type says only that
+	// the referral changed.
+	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil || n["type"] != "handoff.referrals.v1.referral.changed" {
 		t.Fatalf("without consent: %v", n)
 	}
 	fam.consent.Store(true)
@@ -453,7 +492,7 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 	eventually(t, 5*time.Second, "second notification", func() bool { return len(rcv.received()) == 2 })
 	n := rcv.received()[1]
 	data, _ := n["data"].(map[string]any)
-	if data["name"] != "clinics/north/referrals/r1" || n["notice"] != webhooks.Notice {
+	if data["name"] != "clinics/north/referrals/r1" || n["notice"] != webhooks.Notice || n["type"] != "handoff.referrals.v1.referral.scheduled" {
 		t.Fatalf("with consent: %v", n)
 	}
 	fam.mu.Lock()
@@ -642,8 +681,9 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 	runSender(t, fastSender(f.db, nil, 20))
 	eventually(t, 15*time.Second, "twenty notifications", func() bool { return len(rcv.received()) == 20 })
 	byRef := map[string][]string{}
+	types := eventTypes(t, f.client, f.admin, sub.GetName())
 	for _, n := range rcv.received() {
-		byRef[n["resource"].(string)] = append(byRef[n["resource"].(string)], n["type"].(string))
+		byRef[n["resource"].(string)] = append(byRef[n["resource"].(string)], types[n["id"].(string)])
 	}
 	for ref, got := range byRef {
 		for i, st := range states {

@@ -17,7 +17,9 @@
 //
 // The body is `{"id", "sequence", "type", "topic", "resource", "time"}`,
 // with `data` and `notice` for FULL subscriptions when a consent covers
-// the disclosure. The `Handoff-Webhook-Id` header is not signed; it equals
+// the disclosure; `type` names the event (`...referral.completed`) only
+// then, and is otherwise `<resource kind>.changed` (see
+// PAYLOAD_KIND_ID_ONLY). The `Handoff-Webhook-Id` header is not signed; it equals
 // the body's `id`, and receivers must drop duplicates by the signed body's
 // `id`, not by the header. `sequence` (a JSON number) grows with every
 // notification of a subscription about one resource, in the order the
@@ -113,8 +115,10 @@ type PayloadKind int32
 const (
 	// Not set: ID_ONLY.
 	PayloadKind_PAYLOAD_KIND_UNSPECIFIED PayloadKind = 0
-	// The event type and the resource name only; read the resource through
-	// the API.
+	// The resource's name, and as `type` only which kind of resource changed
+	// (`handoff.referrals.v1.referral.changed`, not which transition: that
+	// is the patient's record too); read the resource through the API,
+	// where consent is checked.
 	PayloadKind_PAYLOAD_KIND_ID_ONLY PayloadKind = 1
 	// The resource as it was after the change, in `data`, when an active
 	// consent (42 CFR Part 2) covers the disclosure to the owner; otherwise

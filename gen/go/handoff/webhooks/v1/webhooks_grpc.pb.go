@@ -17,7 +17,9 @@
 //
 // The body is `{"id", "sequence", "type", "topic", "resource", "time"}`,
 // with `data` and `notice` for FULL subscriptions when a consent covers
-// the disclosure. The `Handoff-Webhook-Id` header is not signed; it equals
+// the disclosure; `type` names the event (`...referral.completed`) only
+// then, and is otherwise `<resource kind>.changed` (see
+// PAYLOAD_KIND_ID_ONLY). The `Handoff-Webhook-Id` header is not signed; it equals
 // the body's `id`, and receivers must drop duplicates by the signed body's
 // `id`, not by the header. `sequence` (a JSON number) grows with every
 // notification of a subscription about one resource, in the order the
@@ -61,7 +63,11 @@ const (
 type WebhooksServiceClient interface {
 	// Creates a subscription owned by the caller. The answer is the only one
 	// that carries the signing `secret`: keep it. Send a `request_id` so that a
-	// retry returns the subscription created by the first attempt.
+	// retry returns the subscription created by the first attempt. A caller
+	// subscribes only to topics whose resources its role reads through the
+	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
+	// automation: REMINDER_DUE; a clinic administrator: any); another topic
+	// is PERMISSION_DENIED, whatever the payload kind.
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
@@ -172,7 +178,11 @@ func (c *webhooksServiceClient) ListAuditEvents(ctx context.Context, in *v1.List
 type WebhooksServiceServer interface {
 	// Creates a subscription owned by the caller. The answer is the only one
 	// that carries the signing `secret`: keep it. Send a `request_id` so that a
-	// retry returns the subscription created by the first attempt.
+	// retry returns the subscription created by the first attempt. A caller
+	// subscribes only to topics whose resources its role reads through the
+	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
+	// automation: REMINDER_DUE; a clinic administrator: any); another topic
+	// is PERMISSION_DENIED, whatever the payload kind.
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
