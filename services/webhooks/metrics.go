@@ -29,7 +29,10 @@ func outcome(o string) metric.AddOption {
 // observe registers the gauges that read the deliveries table.
 func (s *Sender) observe() {
 	pending, err1 := meter.Int64ObservableGauge("handoff.webhooks.pending", metric.WithDescription("webhook deliveries not sent yet, reminders held for their time included"))
-	retrying, err2 := meter.Int64ObservableGauge("handoff.webhooks.retrying", metric.WithDescription("webhook deliveries waiting after a failed attempt"))
+	// A try Handoff could not make gives its attempt back (attempts stays
+	// 0) but leaves its error: it counts here, so that a sender stuck on
+	// its own side shows.
+	retrying, err2 := meter.Int64ObservableGauge("handoff.webhooks.retrying", metric.WithDescription("webhook deliveries waiting after a failed attempt or try"))
 	dead, err3 := meter.Int64ObservableGauge("handoff.webhooks.dead", metric.WithDescription("webhook deliveries dead-lettered and not replayed"))
 	if err1 != nil || err2 != nil || err3 != nil {
 		return
@@ -38,7 +41,7 @@ func (s *Sender) observe() {
 		var nPending, nRetrying, nDead int64
 		if err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), `SELECT
 				count(*) FILTER (WHERE state = $1),
-				count(*) FILTER (WHERE state = $1 AND attempts > 0),
+				count(*) FILTER (WHERE state = $1 AND (attempts > 0 OR last_error <> '')),
 				count(*) FILTER (WHERE state = $2)
 			FROM deliveries`, statePending, stateDead).Scan(&nPending, &nRetrying, &nDead); err != nil {
 			return nil // a failed scrape of these gauges must not fail the rest

@@ -290,6 +290,11 @@ const ownRetry = 30 * time.Second
 // reason of Handoff's own.
 var errOwnSide = errors.New("not sent: Handoff could not prepare it")
 
+// errRefused marks an own-side failure that waiting will not cure: the
+// families service refused the sender itself (its token, its role), so an
+// operator must act. It is errOwnSide too: the receiver is not to blame.
+var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
+
 // errSecretUnreadable is the dead letter's reason when the subscription's
 // secret does not open with the configured key.
 var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
@@ -371,8 +376,17 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
-	attempts.Add(rctx, 1, outcome("retry"))
-	log.Info("webhook attempt failed", "attempt", p.attempts, "reason", reason, "retry_in", wait.String())
+	switch {
+	case errors.Is(err, errRefused):
+		attempts.Add(rctx, 1, outcome("refused_to_sender"))
+		log.Error("webhook held: the families service refuses the sender; check its token and role", "reason", reason, "retry_in", wait.String())
+	case errors.Is(err, errOwnSide):
+		attempts.Add(rctx, 1, outcome("not_sent"))
+		log.Warn("webhook not sent", "reason", reason, "retry_in", wait.String())
+	default:
+		attempts.Add(rctx, 1, outcome("retry"))
+		log.Info("webhook attempt failed", "attempt", p.attempts, "reason", reason, "retry_in", wait.String())
+	}
 	return nil
 }
 
@@ -513,6 +527,8 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		case codes.OK:
 		case codes.FailedPrecondition, codes.NotFound:
 			return false, nil
+		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.Unimplemented:
+			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
 		default:
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
 		}

@@ -809,3 +809,77 @@ func TestOwnOutageMakesNoDeadLetter(t *testing.T) {
 		t.Fatalf("delivered without its payload: %v", n)
 	}
 }
+
+// refusingFamilies refuses the sender itself, as the families service does
+// when the sender's token lacks its role.
+type refusingFamilies struct {
+	*fakeFamilies
+	tries atomic.Int32
+}
+
+func (f *refusingFamilies) CreateDisclosure(context.Context, *familiesv1.CreateDisclosureRequest, ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	f.tries.Add(1)
+	return nil, status.Error(codes.PermissionDenied, "role webhook_sender may not call CreateDisclosure")
+}
+
+// A sender the families service refuses cannot be cured by waiting: the
+// delivery is held (not the receiver's failure, so never dead), but as an
+// error for an operator, with the reason on the delivery.
+func TestSenderRefusedByFamiliesIsAnError(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &refusingFamilies{fakeFamilies: &fakeFamilies{}}
+	logs := &syncBuffer{}
+	s := webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Families: fam, Log: slog.New(slog.NewJSONHandler(logs, nil)), MaxAttempts: 2,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	})
+	runSender(t, s)
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "tries past the attempt limit", func() bool { return fam.tries.Load() >= 3 })
+	var state, attempts int16
+	var lastError string
+	if err := f.pool.QueryRow(ctx, `SELECT state, attempts, last_error FROM deliveries`).Scan(&state, &attempts, &lastError); err != nil ||
+		webhooksv1.DeliveryState(state) != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING || attempts != 0 ||
+		!strings.Contains(lastError, "PermissionDenied") {
+		t.Fatalf("delivery: state %v, attempts %d, last error %q (%v); want PENDING, 0, the refusal", webhooksv1.DeliveryState(state), attempts, lastError, err)
+	}
+	if len(rcv.received()) != 0 {
+		t.Fatal("sent without its consent check")
+	}
+	var errors int
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil && rec["level"] == "ERROR" && strings.Contains(fmt.Sprint(rec["reason"]), "PermissionDenied") {
+			errors++
+		}
+	}
+	if errors == 0 {
+		t.Fatalf("no error logged for a sender the families service refuses:\n%s", logs)
+	}
+}
+
+// syncBuffer is a log sink the sender's goroutine writes to while the test
+// reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
