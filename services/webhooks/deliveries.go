@@ -71,6 +71,18 @@ func (s *Server) ListDeliveries(ctx context.Context, req *webhooksv1.ListDeliver
 	if err != nil {
 		return nil, fmt.Errorf("list deliveries: %w", err)
 	}
+	if sub != "-" && len(items) == 0 {
+		// An empty page of a subscription that does not exist (a mistyped
+		// id) would read as "nothing was sent".
+		var exists bool
+		if err := s.db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM subscriptions WHERE clinic = $1 AND id = $2)`,
+			clinic, sub).Scan(&exists); err != nil {
+			return nil, fmt.Errorf("list deliveries: %w", err)
+		}
+		if !exists {
+			return nil, apperr.NotFound(req.GetParent())
+		}
+	}
 	items, next := aip.Page(items, size, q, func(r row) string { return strconv.FormatInt(r.seq, 10) })
 	resp := &webhooksv1.ListDeliveriesResponse{NextPageToken: next}
 	for _, r := range items {

@@ -883,3 +883,21 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// A subscription's deliveries: none yet is an empty page, a subscription
+// that does not exist is NOT_FOUND rather than "nothing was sent".
+func TestDeliveriesOfAMissingSubscription(t *testing.T) {
+	f := setup(t)
+	sub := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+	if err != nil || len(resp.GetDeliveries()) != 0 {
+		t.Fatalf("a new subscription's deliveries: %v, %v", resp, err)
+	}
+	_, err = f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: "clinics/north/subscriptions/no-such-one"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("deliveries of a missing subscription: %v, want NOT_FOUND", err)
+	}
+	if _, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: "clinics/north/subscriptions/-"}); err != nil {
+		t.Fatalf("every subscription's deliveries: %v", err)
+	}
+}

@@ -79,7 +79,8 @@ type WebhooksServiceClient interface {
 	DeleteSubscription(ctx context.Context, in *DeleteSubscriptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
 	// subscription lists every subscription's. `filter = "state = DEAD"`
-	// shows the dead letters. For clinic administrators.
+	// shows the dead letters. For clinic administrators. A subscription
+	// that does not exist is NOT_FOUND.
 	ListDeliveries(ctx context.Context, in *ListDeliveriesRequest, opts ...grpc.CallOption) (*ListDeliveriesResponse, error)
 	// Sends a DEAD delivery again, with a fresh count of attempts. It keeps
 	// its `sequence`: a receiver that applied a later notification of the
@@ -194,7 +195,8 @@ type WebhooksServiceServer interface {
 	DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
 	// subscription lists every subscription's. `filter = "state = DEAD"`
-	// shows the dead letters. For clinic administrators.
+	// shows the dead letters. For clinic administrators. A subscription
+	// that does not exist is NOT_FOUND.
 	ListDeliveries(context.Context, *ListDeliveriesRequest) (*ListDeliveriesResponse, error)
 	// Sends a DEAD delivery again, with a fresh count of attempts. It keeps
 	// its `sequence`: a receiver that applied a later notification of the
