@@ -218,7 +218,9 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 // deliveries_due and deliveries_order match.
 func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
-	lease := 2*s.cfg.Timeout + 30*time.Second
+	// One send is up to three calls of Timeout each (a consent check and
+	// the disclosure's record, then the POST), plus the writes around them.
+	lease := 3*s.cfg.Timeout + 30*time.Second
 	// A few per subscription at a time, so that one receiver that hangs
 	// cannot hold every slot while others wait.
 	perSubscription := max(1, s.cfg.Parallel/2)
