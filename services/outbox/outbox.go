@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel"
@@ -58,6 +59,9 @@ type Stored struct {
 	DecodeErr error
 	// Trace is the trace context of the request that wrote the event.
 	Trace map[string]string
+	// Created is when the change was committed with its event (the
+	// transaction's time), not when a relay got to it.
+	Created time.Time
 
 	// The payload's message, decoded once by Pending for the relay's lane
 	// and every consumer.
@@ -92,7 +96,7 @@ func (e Stored) Context(ctx context.Context) context.Context {
 func Pending(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, after int64, limit int) ([]Stored, error) {
-	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context FROM outbox
+	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time FROM outbox
 		WHERE delivered_at IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
@@ -102,7 +106,7 @@ func Pending(ctx context.Context, q interface {
 	for rows.Next() {
 		var s Stored
 		var b []byte
-		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace); err != nil {
+		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace, &s.Created); err != nil {
 			return nil, fmt.Errorf("outbox: scan: %w", err)
 		}
 		s.Payload = &anypb.Any{}

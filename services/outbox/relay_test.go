@@ -225,6 +225,11 @@ func TestPendingDecodesThePayloadOnce(t *testing.T) {
 	if err != nil || len(events) != 2 {
 		t.Fatalf("pending: %d events, %v", len(events), err)
 	}
+	// Each carries when its change was written, for the notifications
+	// that announce it.
+	if c := events[0].Created; c.IsZero() || time.Since(c) > time.Minute || time.Since(c) < 0 {
+		t.Fatalf("event created %v, want just now", c)
+	}
 	m1, err1 := events[0].Message()
 	m2, err2 := events[0].Message()
 	if err1 != nil || err2 != nil || m1 != m2 {

@@ -221,17 +221,24 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 			return 0, &permanentError{fmt.Errorf("webhooks: encode %s payload: %w", e.Type, err)}
 		}
 	}
+	// The delivery's time is the change's (the outbox row's), not the
+	// relay's: a relay held up for hours must not stamp its notifications
+	// with the hour it caught up.
+	var created *time.Time
+	if !e.Created.IsZero() {
+		created = &e.Created
+	}
 	tag, err := k.DB.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type,
-			topic, resource, family, payload, next_attempt_time)
+			topic, resource, family, payload, next_attempt_time, create_time)
 		SELECT s.clinic, s.id, gen_random_uuid()::text, $2, $3, $4,
 			(SELECT u.t FROM unnest($5::smallint[]) WITH ORDINALITY AS u(t, o) WHERE u.t = ANY(s.topics) ORDER BY u.o LIMIT 1),
-			$6, $7, CASE WHEN s.payload = $9 THEN $8::bytea END, coalesce($10::timestamptz, now())
+			$6, $7, CASE WHEN s.payload = $9 THEN $8::bytea END, coalesce($10::timestamptz, now()), coalesce($11::timestamptz, now())
 		FROM subscriptions s
 		WHERE s.clinic = $1 AND s.topics && $5::smallint[]
 		ORDER BY s.id
 		ON CONFLICT (source, outbox_id, subscription_id) DO NOTHING`,
 		e.Clinic, source, e.ID, e.Type, topics, e.Resource, outbox.Family(e.Resource, msg), payload,
-		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore)
+		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore, created)
 	if err != nil {
 		return 0, fmt.Errorf("webhooks: enqueue %s: %w", e.Type, err)
 	}

@@ -901,3 +901,27 @@ func TestDeliveriesOfAMissingSubscription(t *testing.T) {
 		t.Fatalf("every subscription's deliveries: %v", err)
 	}
 }
+
+// A notification's time is when the change happened, not when a relay
+// held up for hours got to it.
+func TestNotificationTimeIsTheChanges(t *testing.T) {
+	f := setup(t)
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	e := referralEvent(t, "r1", "accepted")
+	e.Created = time.Now().Add(-2 * time.Hour).Truncate(time.Microsecond)
+	if _, err := f.sink.Enqueue(context.Background(), "referrals", e); err != nil {
+		t.Fatal(err)
+	}
+	runSender(t, fastSender(f.db, nil, 3))
+	eventually(t, 5*time.Second, "the notification", func() bool { return len(rcv.received()) == 1 })
+	at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(rcv.received()[0]["time"]))
+	if err != nil || !at.Equal(e.Created) {
+		t.Fatalf("notification time %v (%v), want the change's %v", at, err, e.Created)
+	}
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+	if err != nil || len(resp.GetDeliveries()) != 1 || !resp.GetDeliveries()[0].GetCreateTime().AsTime().Equal(e.Created) {
+		t.Fatalf("delivery %v, %v; want create_time %v", resp, err, e.Created)
+	}
+}
