@@ -236,11 +236,22 @@ var recipientKinds = map[string]interventionsv1.RecipientKind{
 func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (string, error) {
 	rk, ok := recipientKinds[in.To.Kind]
 	if !ok {
-		return "", temporal.NewNonRetryableApplicationError("unknown recipient kind "+in.To.Kind, "INVALID_ARGUMENT", nil)
+		// The type the callers skip on (flow.RemindAt): a recipient Handoff
+		// cannot remind is no reason to fail the workflow.
+		return "", temporal.NewNonRetryableApplicationError("unknown recipient kind "+in.To.Kind, codes.InvalidArgument.String(), nil)
 	}
 	var due *timestamppb.Timestamp
 	if !in.Due.IsZero() {
 		due = timestamppb.New(in.Due)
+	} else if in.Awake {
+		// A try made after the recipient's quiet hours began: the
+		// reminder waits for their end. The request differs from the
+		// first try's then, and a reminder that try made stands
+		// (madeBefore below).
+		now := time.Now()
+		if at, err := schedule.Awake(now, in.To.Recipient(), in.AwakeBy); err == nil && at.After(now) {
+			due = timestamppb.New(at)
+		}
 	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
 		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{
@@ -365,18 +376,24 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 		}
 		kind = " AND kind = " + in.Kind
 	}
+	// Every reminder not ended, in one listing: a reminder's state moves
+	// with the clock (due, a lease run out), and lists by state taken one
+	// after another could each miss one that moved between them, which
+	// would then go out with the old time.
 	n := 0
-	for _, st := range []string{"SCHEDULED", "DUE", "CLAIMED"} {
-		for _, who := range whom {
-			m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND state = %s", in.Related, st)+who+kind)
-			n += m
-			if err != nil {
-				return n, err
-			}
+	for _, who := range whom {
+		m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND %s", in.Related, openReminders)+who+kind)
+		n += m
+		if err != nil {
+			return n, err
 		}
 	}
 	return n, nil
 }
+
+// openReminders filters the reminders not ended: scheduled, due or
+// claimed, whichever they are when listed.
+const openReminders = "state != DELIVERED AND state != FAILED AND state != CANCELLED"
 
 // cancelReminders cancels the reminders filter finds.
 func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequest, filter string) (int, error) {
@@ -832,7 +849,7 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them.
 	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
-		fmt.Sprintf("recipient_family = %q AND state != DELIVERED AND state != FAILED AND state != CANCELLED", in.Family))
+		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders))
 	out.Reminders += n
 	return out, err
 }

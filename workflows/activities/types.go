@@ -66,6 +66,13 @@ type ReminderRequest struct {
 	RequestID string
 	// Origin is the workflow id told if delivery fails.
 	Origin string
+	// Awake asks, for a reminder due now, that the recipient's quiet hours
+	// be checked again when it is made: the workflow found them not begun,
+	// but a try made later (the service was down) may fall in them. The
+	// reminder then waits for their end, unless that is not before
+	// AwakeBy (what it is about; zero for nothing).
+	Awake   bool
+	AwakeBy time.Time
 }
 
 // ResendRequest creates a new reminder like a failed one, due at Due.

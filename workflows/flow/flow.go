@@ -122,11 +122,15 @@ func Remind(ctx workflow.Context, clinic string, to activities.Person, kind, rel
 // mid-task) runs them again at a later workflow time, and the request id,
 // the same, would then come with another request.
 func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due time.Time) (string, error) {
+	return remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due}, purpose)
+}
+
+// remind makes the reminder req, under the request id of purpose.
+func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string) (string, error) {
+	to, kind := req.To, req.Kind
+	req.RequestID, req.Origin = RequestID(ctx, "remind|"+purpose), workflow.GetInfo(ctx).WorkflowExecution.ID
 	var name string
-	err := Call(ctx, &name, A.SendReminder, activities.ReminderRequest{
-		Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due,
-		RequestID: RequestID(ctx, "remind|"+purpose), Origin: workflow.GetInfo(ctx).WorkflowExecution.ID,
-	})
+	err := Call(ctx, &name, A.SendReminder, req)
 	switch activities.ErrorType(err) {
 	case "CONTACT_NOT_ALLOWED", "InvalidArgument":
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
@@ -164,8 +168,10 @@ func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind
 	}
 	if now && at.Equal(due) {
 		// Not moved by quiet hours: due now by the service's clock (see
-		// RemindAt). Their end is a time of day, the same for every try.
-		at = time.Time{}
+		// RemindAt), and the activity looks at the quiet hours again when
+		// it makes the reminder, in case a retried try falls in them.
+		return remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
+			Awake: true, AwakeBy: by}, purpose)
 	}
 	return RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
 }
