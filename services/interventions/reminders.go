@@ -93,7 +93,11 @@ func newReminder() *interventionsv1.Reminder { return &interventionsv1.Reminder{
 // sensitive matches words that would reveal a diagnosis, substance or
 // treatment. Reminder messages may land on a shared phone or lock screen,
 // so they say only when and where, never why.
-var sensitive = regexp.MustCompile(`(?i)\b(opioid|opiate|heroin|fentanyl|methadone|buprenorphine|suboxone|naltrexone|vivitrol|naloxone|narcan|overdose|addict\w*|substance|rehab\w*|detox\w*|withdrawal|treatment|MAT|OUD|SUD|drug\w*|relapse)\b`)
+// Stems take any ending (plurals, tenses), and the names of mutual-help
+// groups count: "your Al-Anon meeting" says as much as "treatment".
+var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|methadone|buprenorphine|suboxone|naltrexone|vivitrol|naloxone|narcan|` +
+	`overdos\w*|addict\w*|substance\w*|rehab\w*|detox\w*|withdrawal\w*|treatment\w*|MAT|OUD|SUD|AUD|drug\w*|relaps\w*|` +
+	`alcohol\w*|drunk\w*|sober\w*|sobriety|intoxicat\w*|narcotic\w*|recovery|al-anon|nar-anon|alateen|anonymous)\b`)
 
 // CreateReminder implements the API. Workflows create reminders; a loved one
 // is reminded only if the family allows direct contact, and a member only

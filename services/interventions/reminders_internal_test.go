@@ -1,0 +1,27 @@
+package interventions
+
+import "testing"
+
+// The health-word check catches the forms a message would use, and leaves
+// the messages Handoff's workflows send alone.
+func TestSensitiveWords(t *testing.T) {
+	for _, m := range []string{
+		"Ask about the methadone dose", "Bring the opioids list", "He overdosed last week", "After she relapsed",
+		"Withdrawals are hard", "Two treatments left", "Your Al-Anon meeting is at 7", "Alcoholics Anonymous at the church",
+		"Sobriety check-in", "A sober ride home", "Substances in the house", "Recovery group tonight",
+	} {
+		if !sensitive.MatchString(m) {
+			t.Errorf("%q passes the health-word check", m)
+		}
+	}
+	for _, m := range []string{
+		"Reminder: family meeting on Tue Dec 8 at 6:00 PM CST.", "Reminder: appointment on Wed Dec 9 at 9:00 AM CST.",
+		"Reminder: you facilitate a family meeting on Tue Dec 8 at 6:00 PM CST.", "Your counselor will check in with you soon. How are you doing?",
+		"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
+		"The intake appointment was missed: please reach out today and help rebook.", "Please record how the family meeting went.",
+	} {
+		if sensitive.MatchString(m) {
+			t.Errorf("%q is refused as health detail", m)
+		}
+	}
+}
