@@ -76,8 +76,12 @@ func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention
 		ExpectedDuration: iv.GetExpectedDuration(), TimeZone: iv.GetTimeZone(), State: iv.GetState(),
 		Participants: iv.GetParticipants(), CreateTime: iv.GetCreateTime(), UpdateTime: iv.GetUpdateTime(), Etag: iv.GetEtag(),
 	}
-	if iv.GetOutcome() != nil {
-		a.Outcome = &interventionsv1.Outcome{Kind: iv.GetOutcome().GetKind(), RecordTime: iv.GetOutcome().GetRecordTime()}
+	// Whether the loved one came, and nothing of what they said: an
+	// accepted or declined treatment is the patient's decision about
+	// treatment, more than an appointments consent covers. A meeting held
+	// shows as COMPLETED without an outcome.
+	if o := iv.GetOutcome(); o.GetKind() == interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND {
+		a.Outcome = &interventionsv1.Outcome{Kind: o.GetKind(), RecordTime: o.GetRecordTime()}
 	}
 	return a
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -743,14 +744,28 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 	switch familyView(ctx) {
 	case viewEHR:
 		lo := f.GetLovedOne()
-		return &familiesv1.Family{
+		out := &familiesv1.Family{
 			Name: f.GetName(),
 			LovedOne: &familiesv1.LovedOne{GivenName: lo.GetGivenName(), FamilyName: lo.GetFamilyName(), PreferredName: lo.GetPreferredName(),
-				BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(), ContactChannels: lo.GetContactChannels(),
+				BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(),
 				MayContactDirectly: lo.GetMayContactDirectly(), TimeZone: lo.GetTimeZone()},
-			Members: f.GetMembers(), Counselor: f.GetCounselor(), State: f.GetState(), FirstContactTime: f.GetFirstContactTime(),
+			Counselor: f.GetCounselor(), State: f.GetState(), FirstContactTime: f.GetFirstContactTime(),
 			CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
 		}
+		// How to reach someone only where the clinic may use it, as FHIR
+		// shows it: the loved one may have asked not to be contacted, a
+		// member may not have agreed to be.
+		if lo.GetMayContactDirectly() {
+			out.LovedOne.ContactChannels = lo.GetContactChannels()
+		}
+		for _, m := range f.GetMembers() {
+			if !m.GetConsentToContact() {
+				m = proto.Clone(m).(*familiesv1.Member)
+				m.ContactChannels, m.PreferredChannel = nil, familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED
+			}
+			out.Members = append(out.Members, m)
+		}
+		return out
 	case viewCalendar:
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
 	}

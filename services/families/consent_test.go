@@ -471,6 +471,11 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 	if got.GetLovedOne().GetGivenName() != "Sam" || len(got.GetMembers()) != 2 {
 		t.Fatalf("identity missing: %v", got)
 	}
+	// How to reach someone only where the clinic may: Sam did not agree to
+	// be contacted directly, Ana agreed to be.
+	if len(got.GetLovedOne().GetContactChannels()) != 0 || len(got.GetMembers()[0].GetContactChannels()) != 1 {
+		t.Fatalf("contact channels disclosed: loved one %v, contact person %v", got.GetLovedOne().GetContactChannels(), got.GetMembers()[0].GetContactChannels())
+	}
 	// The disclosure and the call's audit record commit together: the
 	// accounting never holds a disclosure the audit trail lacks.
 	if _, err := f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north"}); err != nil {
