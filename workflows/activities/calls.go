@@ -391,6 +391,20 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	return n, nil
 }
 
+// CancelReminder cancels one reminder. One that ended meanwhile (delivered,
+// failed, cancelled) or is gone needs nothing; it reports whether this
+// call cancelled it.
+func (a *Activities) CancelReminder(ctx context.Context, in CancelReminderRequest) (bool, error) {
+	_, err := a.Interventions.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: in.Name, Reason: in.Reason, RequestId: in.RequestID})
+	if t := ErrorType(wrap("", err)); t == "INVALID_STATE_TRANSITION" || t == "RESOURCE_NOT_FOUND" {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrap("cancel reminder", err)
+	}
+	return true, nil
+}
+
 // openReminders filters the reminders not ended: scheduled, due or
 // claimed, whichever they are when listed.
 const openReminders = "state != DELIVERED AND state != FAILED AND state != CANCELLED"

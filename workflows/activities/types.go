@@ -95,6 +95,13 @@ type CancelRemindersRequest struct {
 	Kind string
 }
 
+// CancelReminderRequest cancels one reminder by name.
+type CancelReminderRequest struct {
+	Name      string
+	Reason    string
+	RequestID string
+}
+
 // ReleaseRequest releases a hold.
 type ReleaseRequest struct {
 	Hold      string

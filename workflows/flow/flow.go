@@ -207,6 +207,11 @@ type Resend struct {
 // stale; histories from before it never made that check.
 const versionSkipStale = "skip-stale-resends"
 
+// versionRecheckStale guards asking again once a resend is made: the
+// meeting may have moved or ended while it was being made (a slow service,
+// retries), after the workflow cancelled the reminders it knew of.
+const versionRecheckStale = "recheck-stale-after-resend"
+
 // RetryFailedReminders runs, for the workflow's lifetime, the policy for
 // reminders whose delivery failed: each is sent again after
 // ReminderRetryDelay, up to ReminderRetries times counted from the first
@@ -260,6 +265,14 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			return
 		}
 		r.Attempts[next], r.First[next] = n+1, line
+		if stale != nil && next != "" && Version(ctx, versionRecheckStale, 1) >= 1 && stale(line) {
+			// Made after the workflow cancelled what it knew of: nobody
+			// else would cancel this one, and it names the old time.
+			if err := Call(ctx, nil, A.CancelReminder, activities.CancelReminderRequest{Name: next,
+				Reason: "what it reminds of changed while it was being sent again", RequestID: RequestID(ctx, "cancel-resend|"+next)}); err != nil {
+				workflow.GetLogger(ctx).Warn("cancelling a stale resend failed", "reminder", next, "error", err)
+			}
+		}
 	}
 	// Resends a previous run left waiting.
 	for _, p := range r.Pending {

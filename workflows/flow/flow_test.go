@@ -3,6 +3,7 @@ package flow_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -156,5 +157,50 @@ func TestReminderMadeByAnEarlierTryDoesNotFailTheStep(t *testing.T) {
 	env.ExecuteWorkflow(remindNow)
 	if err := env.GetWorkflowError(); err != nil || calls != 3 {
 		t.Fatalf("workflow error %v after %d reminders; want none after 3", err, calls)
+	}
+}
+
+// stillCurrent says whether the resendOnce workflow's reminder is still
+// current; the resend's mock changes it, as a reschedule handled while the
+// resend was being made would.
+var stillCurrent atomic.Bool
+
+// resendOnce serves failed reminders for an hour.
+func resendOnce(ctx workflow.Context) error {
+	ctx = flow.WithActivityOptions(ctx)
+	var r flow.Resends
+	flow.RetryFailedReminders(ctx, activities.DefaultSettings(), &r, func(string) bool { return !stillCurrent.Load() })
+	return workflow.Sleep(ctx, time.Hour)
+}
+
+// A resend made while what it reminds of changed (the workflow cancelled
+// the reminders it knew of meanwhile) is cancelled once made; one still
+// current stays.
+func TestResendMadeStaleMeanwhileIsCancelled(t *testing.T) {
+	for _, changed := range []bool{true, false} {
+		var suite testsuite.WorkflowTestSuite
+		env := suite.NewTestWorkflowEnvironment()
+		env.RegisterWorkflow(resendOnce)
+		env.RegisterActivity(&activities.Activities{})
+		stillCurrent.Store(true)
+		env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(func(context.Context, activities.ResendRequest) (string, error) {
+			stillCurrent.Store(!changed)
+			return "clinics/north/reminders/again", nil
+		})
+		var cancelled []string
+		env.OnActivity(flow.A.CancelReminder, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CancelReminderRequest) (bool, error) {
+			cancelled = append(cancelled, in.Name)
+			return true, nil
+		})
+		env.RegisterDelayedCallback(func() {
+			env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/first"})
+		}, time.Minute)
+		env.ExecuteWorkflow(resendOnce)
+		if err := env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{true: 1, false: 0}[changed]; len(cancelled) != want || (want == 1 && cancelled[0] != "clinics/north/reminders/again") {
+			t.Fatalf("changed meanwhile %v: cancelled %v, want %d (the resend)", changed, cancelled, want)
+		}
 	}
 }

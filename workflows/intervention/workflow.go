@@ -139,6 +139,11 @@ const versionHoldAfterReminders = "hold-after-reminders"
 // workflow failed there and the family got no boundary follow-up for it.
 const versionRejoinEnded = "start-boundary-that-ended-while-joining"
 
+// versionNoResendAfterStart guards calling a meeting reminder stale once
+// the meeting has begun: before it, a failed reminder could go out again
+// after the meeting started.
+const versionNoResendAfterStart = "no-resend-after-start"
+
 // holdBudget bounds one try at holding a slot, its retries included; a try
 // that fails for any reason but capacity is made again after
 // holdOutageRetry.
@@ -300,7 +305,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	w.settings = settings
-	flow.RetryFailedReminders(ctx, settings, &w.resends, w.staleReminder)
+	flow.RetryFailedReminders(ctx, settings, &w.resends, func(first string) bool { return w.staleReminder(ctx, first) })
 	if err := w.arm(ctx); err != nil {
 		return Result{}, err
 	}
@@ -468,13 +473,18 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 // staleReminder reports whether a failed reminder's line no longer deserves
 // a resend: once the outcome is in or the meeting is cancelled nothing this
 // workflow reminded of is pending, and a meeting reminder names a time that a
-// reschedule has replaced.
-func (w *wf) staleReminder(first string) bool {
+// reschedule has replaced, or whose meeting has begun meanwhile.
+func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	if w.outcome != nil || w.cancel != nil {
 		return true
 	}
 	g, ok := w.upcoming[first]
 	if ok && g != w.generation {
+		return true
+	}
+	// A meeting reminder sent again after the meeting began is no
+	// reminder; a run begun before this change sent it.
+	if ok && !workflow.Now(ctx).Before(w.plan.Start) && flow.Version(ctx, versionNoResendAfterStart, 1) >= 1 {
 		return true
 	}
 	// One to a person no longer taking part (a replan removed them).

@@ -566,6 +566,38 @@ func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 	}
 }
 
+// A meeting reminder that failed just before the meeting is not sent again
+// once the meeting has begun: it would remind of nothing. Other failures
+// still are.
+func TestMeetingReminderIsNotResentOnceTheMeetingBegins(t *testing.T) {
+	h := newHarness(t, 3*24*time.Hour, defaults())
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	var upcoming string
+	// Its failure comes five minutes before the start; the resend would be
+	// due ten minutes after it.
+	h.env.RegisterDelayedCallback(func() {
+		upcoming = h.sent.nameOf("INTERVENTION_UPCOMING")
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: upcoming})
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/other"})
+	}, 3*24*time.Hour-5*time.Minute)
+	h.update(3*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if upcoming == "" {
+		t.Fatal("no meeting reminder was sent")
+	}
+	if len(resent) != 1 || resent[0] != "clinics/north/reminders/other" {
+		t.Fatalf("resent %v; want only the reminder unrelated to the meeting's time", resent)
+	}
+}
+
 // Partially accepted without MAT: the accepted service is referred at once,
 // the hold goes back, and the boundary path runs.
 func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {

@@ -131,7 +131,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	flow.RetryFailedReminders(ctx, w.settings, &w.resends, w.staleReminder)
+	flow.RetryFailedReminders(ctx, w.settings, &w.resends, func(first string) bool { return w.staleReminder(ctx, first) })
 	if err := flow.Call(ctx, &w.contacts, flow.A.FamilyContacts, w.in.Family); err != nil {
 		return Result{}, err
 	}
@@ -444,11 +444,20 @@ func (w *wf) cancelStale(ctx workflow.Context, state string) error {
 
 // staleReminder reports whether a failed intake reminder's line no longer
 // deserves a resend: the appointment it names was moved, missed or kept, or
-// the referral it belongs to ended.
-func (w *wf) staleReminder(first string) bool {
+// the referral it belongs to ended, or its time has come.
+func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	appt, ok := w.upcoming[first]
-	return ok && (w.state != "SCHEDULED" || !appt.Equal(w.appointment))
+	if ok && (w.state != "SCHEDULED" || !appt.Equal(w.appointment)) {
+		return true
+	}
+	// Sent again once the appointment began, it reminds of nothing; a run
+	// begun before this change sent it.
+	return ok && !workflow.Now(ctx).Before(appt) && flow.Version(ctx, versionNoResendAfterStart, 1) >= 1
 }
+
+// versionNoResendAfterStart guards calling an intake reminder stale once
+// the appointment has begun.
+const versionNoResendAfterStart = "no-resend-after-start"
 
 // entered records the result and refers the family to its own support.
 func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result, error) {

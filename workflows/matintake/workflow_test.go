@@ -618,3 +618,33 @@ func TestIntakeNoticesReachTheCurrentCounselor(t *testing.T) {
 		t.Fatalf("counselor's notices %v; want %v", to, want)
 	}
 }
+
+// A failed intake reminder is not sent again once its appointment's time
+// has come: it would remind of nothing.
+func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(20 * time.Hour)})
+	var last string
+	h.env.RegisterDelayedCallback(func() { // the one 2 h before, failing 5 min before the appointment
+		last = h.upcomingTo(1)
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: last})
+	}, 20*time.Hour-5*time.Minute)
+	h.transition(23*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if last == "" || len(resent) != 0 {
+		t.Fatalf("reminder %q failed before the appointment; resent %v, want none", last, resent)
+	}
+}
