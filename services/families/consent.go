@@ -552,6 +552,20 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 			if recipient != "" && !co.GetTreatingProviders() && !slices.Contains(co.GetRecipients(), recipient) {
 				return nil, apperr.Field("recipient", "%q is not a recipient of %s", recipient, req.GetName())
 			}
+			if recipient != "" && co.GetTreatingProviders() && !slices.Contains(co.GetRecipients(), recipient) {
+				// The general designation names no one, so any text would
+				// pass: a misspelt identity would be stored as revoked while
+				// the provider meant goes on reading. A provider is named as
+				// the accounting knows it, from this family's disclosures.
+				var known bool
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND family_id = $2 AND recipient = $3)`,
+					c.clinic, c.family, recipient).Scan(&known); err != nil {
+					return nil, fmt.Errorf("revoke consent: %w", err)
+				}
+				if !known {
+					return nil, apperr.Field("recipient", "%q has received nothing of this family's records: name a provider as the family's disclosures list it, or revoke the whole consent", recipient)
+				}
+			}
 			// Revoking what is already revoked changes nothing: a retry whose
 			// first answer was lost gets the consent, not a stale-etag error.
 			if co.GetState() == familiesv1.ConsentState_CONSENT_STATE_REVOKED {

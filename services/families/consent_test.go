@@ -335,7 +335,7 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	c.TreatingProviders = true
 	c.Purposes = []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT, familiesv1.Purpose_PURPOSE_PAYMENT}
 	c.ExpireTime = timestamppb.New(f.clock.Now().Add(48 * time.Hour))
-	f.consent(t, fam.GetName(), c)
+	co := f.consent(t, fam.GetName(), c)
 	// The general designation covers any treating provider, for treatment.
 	if _, err := f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("treating provider read: %v", err)
@@ -357,6 +357,19 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 		} else if err != nil {
 			t.Fatalf("a referral sent to a treating provider: %v", err)
 		}
+	}
+	// Revoked for one treating provider, named as the accounting knows it:
+	// a name that received nothing (a typo) is refused, not stored while
+	// the provider meant goes on reading.
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "any-ehr-typo"})
+	wantCode(t, err, codes.InvalidArgument)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "any-ehr"}); err != nil {
+		t.Fatalf("revoking for a provider that read: %v", err)
+	}
+	_, err = f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	wantConsentRequired(t, err)
+	if _, err := f.client.GetFamily(f.ehr("other-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("another treating provider after one was revoked: %v", err)
 	}
 	// Past its expiry the consent covers nothing.
 	f.clock.Add(49 * time.Hour)
