@@ -200,24 +200,6 @@ func TestTwoTokensAreNone(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a log sink that the server's goroutines write to.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // A call nobody could be authenticated for has no clinic to be audited
 // under: it is logged as a failed sign-in, with where it came from and
 // without the token it brought.
@@ -227,7 +209,7 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &lockedBuffer{}
+	logs := &servicetest.LogBuffer{}
 	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Verifier: iss.Verifier(),
 		Policy: grpcserver.Policy{method: {auth.RoleCounselor}}})
 	if err != nil {

@@ -832,7 +832,7 @@ func TestSenderRefusedByFamiliesIsAnError(t *testing.T) {
 	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	rcv.secret.Store(sub.GetSecret())
 	fam := &refusingFamilies{fakeFamilies: &fakeFamilies{}}
-	logs := &syncBuffer{}
+	logs := &servicetest.LogBuffer{}
 	s := webhooks.NewSender(webhooks.SenderConfig{
 		DB: f.db, Families: fam, Log: slog.New(slog.NewJSONHandler(logs, nil)), MaxAttempts: 2,
 		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second,
@@ -863,25 +863,6 @@ func TestSenderRefusedByFamiliesIsAnError(t *testing.T) {
 	if errors == 0 {
 		t.Fatalf("no error logged for a sender the families service refuses:\n%s", logs)
 	}
-}
-
-// syncBuffer is a log sink the sender's goroutine writes to while the test
-// reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // A subscription's deliveries: none yet is an empty page, a subscription
