@@ -165,8 +165,20 @@ func checkReferral(clinic string, r *referralsv1.Referral) error {
 
 // insertReferral writes a new REQUESTED referral after checking that its
 // program exists in the clinic and offers the service.
+//
+// The program row is locked for the rest of the transaction: unlocked, a
+// program deleted (or its service dropped) between the check and the
+// insert would still get the referral. A referral converted from a hold
+// takes the row for update, as the conversion then updates it (two
+// shared locks both upgraded would deadlock); others share it.
 func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, in *referralsv1.Referral, now time.Time) (*referralsv1.Referral, error) {
-	prog, err := readProgram(ctx, tx, ref{clinic, aip.ID(in.GetProgram())}, false)
+	lock := " FOR SHARE"
+	if in.GetHold() != "" {
+		lock = " FOR UPDATE"
+	}
+	pr := ref{clinic, aip.ID(in.GetProgram())}
+	rows, err := tx.Query(ctx, programSelect+` WHERE clinic = $1 AND id = $2`+lock, pr.clinic, pr.id)
+	prog, err := pgdb.One(rows, err, programName(pr.clinic, pr.id), scanProgram(pr.clinic))
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +189,10 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 	for _, k := range prog.GetServices() {
 		offers = offers || k == in.GetServiceKind()
 	}
-	if !offers {
+	// A held slot was agreed for its service when it was taken: a program
+	// that stopped offering the service since still owes the person the
+	// place (and may reject the referral), rather than the "yes" failing.
+	if !offers && in.GetHold() == "" {
 		return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED",
 			fmt.Sprintf("%s does not offer %s", prog.GetName(), in.GetServiceKind()),
 			map[string]string{"program": prog.GetName(), "service_kind": in.GetServiceKind().String()})

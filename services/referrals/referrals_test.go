@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -340,6 +341,34 @@ func TestReferralStateMachine(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A held slot was agreed for its service: a program that stops offering it
+// meanwhile still converts the hold (the person's "yes" does not fail),
+// while new referrals for the service are refused.
+func TestHoldConvertsAfterItsServiceWasDropped(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.UpdateProgram(f.admin, &referralsv1.UpdateProgramRequest{
+		Program:    &referralsv1.Program{Name: p.GetName(), Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"services"}}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT at the intervention"})
+	if err != nil || r.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE {
+		t.Fatalf("converting a hold whose service the program dropped: %v, %v", r, err)
+	}
+	_, err = f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "opioid use disorder, wants to start"}})
+	wantCode(t, err, codes.FailedPrecondition)
 }
 
 // A pause needs its reason, and keeps it in the history; the answer says

@@ -2479,7 +2479,11 @@ type ReportCapacityRequest struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// How many intake slots the program has free now, not counting slots
 	// already held through this API (those stay in `held_slots`). Replaces
-	// `capacity.available_slots`. Zero means none are free.
+	// `capacity.available_slots`. Zero means none are free. A reporter that
+	// subtracts `held_slots` from its own count should send the `etag` of
+	// the program it read them from: a hold taken meanwhile then makes the
+	// report ABORTED (read again and redo it) instead of promising the held
+	// slot twice.
 	AvailableSlots int32 `protobuf:"varint,2,opt,name=available_slots,json=availableSlots,proto3" json:"available_slots,omitempty"`
 	// Whether the program keeps a waitlist for new people.
 	Waitlist bool `protobuf:"varint,3,opt,name=waitlist,proto3" json:"waitlist,omitempty"`
