@@ -144,7 +144,10 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 			d.Log.Info("update accepted, its result not awaited", "workflow_id", workflowID, "update", name)
 			return nil
 		}
-		d.Log.Warn("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
+		// The change is committed and will not be sent again: a workflow
+		// that refused it now disagrees with the service, which an
+		// operator must see.
+		d.Log.Error("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
 	}
 	return nil
 }

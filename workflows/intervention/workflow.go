@@ -144,6 +144,11 @@ const versionRejoinEnded = "start-boundary-that-ended-while-joining"
 // after the meeting started.
 const versionNoResendAfterStart = "no-resend-after-start"
 
+// outcomeSkew is how far the Temporal server's clock may run behind the
+// interventions service's when an outcome recorded just after the start
+// arrives.
+const outcomeSkew = 5 * time.Minute
+
 // holdBudget bounds one try at holding a slot, its retries included; a try
 // that fails for any reason but capacity is made again after
 // holdOutageRetry.
@@ -287,7 +292,11 @@ func (w *wf) setup(ctx workflow.Context) error {
 		default:
 			return fmt.Errorf("unknown outcome %q", o.Kind)
 		}
-		if !w.plan.Start.IsZero() && workflow.Now(ctx).Before(w.plan.Start) {
+		// The service checked the start against its own clock before it
+		// committed the outcome; a rejection here is lost for good (the
+		// intervention is COMPLETED, the workflow would wait on). So the
+		// workflow's clock only refuses what no clock skew explains.
+		if !w.plan.Start.IsZero() && workflow.Now(ctx).Before(w.plan.Start.Add(-outcomeSkew)) {
 			return errors.New("the outcome cannot be recorded before the meeting starts")
 		}
 		return nil
