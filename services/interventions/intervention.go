@@ -526,9 +526,11 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 	if err != nil {
 		return nil, err
 	}
+	// What the stored draft lacks is a precondition, named by the draft's
+	// fields (fixed with UpdateIntervention): the request itself is fine.
 	if cur.GetState() == draft {
 		if err := s.checkFamily(ctx, cur, true); err != nil {
-			return nil, err
+			return nil, apperr.NotReady(cur.GetName(), err)
 		}
 	}
 	return s.lockedStep(ctx, r, "ScheduleIntervention", req.GetRequestId(), req.GetEtag(), req,
@@ -540,7 +542,7 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 				return nil, apperr.EtagMismatch(locked.GetName())
 			}
 			if err := s.checkSchedulable(locked); err != nil {
-				return nil, err
+				return nil, apperr.NotReady(locked.GetName(), err)
 			}
 			return s.save(ctx, tx, r, locked, scheduled, "intervention.scheduled")
 		})
@@ -572,7 +574,8 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				next.TimeZone = req.GetTimeZone()
 			}
 			if err := s.checkSchedulable(next); err != nil {
-				return nil, err
+				// The new time is this request's own field.
+				return nil, apperr.Renamed(err, "intervention.start_time", "start_time")
 			}
 			next.RescheduleCount++
 			return s.save(ctx, tx, r, next, scheduled, "intervention.rescheduled")

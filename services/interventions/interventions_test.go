@@ -97,6 +97,16 @@ func wantCode(t *testing.T, err error, want codes.Code) *status.Status {
 	return st
 }
 
+// fieldOf is the first field violation's field, or "".
+func fieldOf(st *status.Status) string {
+	for _, d := range st.Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok && len(br.GetFieldViolations()) > 0 {
+			return br.GetFieldViolations()[0].GetField()
+		}
+	}
+	return ""
+}
+
 func reason(st *status.Status) string {
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
@@ -301,11 +311,27 @@ func TestSchedulingRules(t *testing.T) {
 	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: first.GetName()}); err != nil {
 		t.Fatalf("level 1 after a newer screen: %v", err)
 	}
-	// In the past, and too far ahead.
+	// In the past, and too far ahead: the draft is not ready (its field
+	// named, to fix with UpdateIntervention), the request was fine.
 	for _, at := range []time.Time{f.clock.Now().Add(-time.Hour), f.clock.Now().Add(400 * 24 * time.Hour)} {
 		d := f.draft(t, at)
 		_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: d.GetName()})
-		wantCode(t, err, codes.InvalidArgument)
+		st := wantCode(t, err, codes.FailedPrecondition)
+		var subject string
+		for _, det := range st.Details() {
+			if pf, ok := det.(*errdetails.PreconditionFailure); ok && len(pf.GetViolations()) > 0 {
+				subject = pf.GetViolations()[0].GetSubject()
+			}
+		}
+		if reason(st) != "RESOURCE_NOT_READY" || subject != "intervention.start_time" {
+			t.Fatalf("a draft at %v: reason %q, precondition on %q", at, reason(st), subject)
+		}
+	}
+	// A reschedule's new time is the request's own field.
+	_, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: first.GetName(),
+		StartTime: timestamppb.New(f.clock.Now().Add(-time.Hour)), Reason: "x"})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "start_time" {
+		t.Fatalf("reschedule into the past: violation on %q, want start_time", fieldOf(st))
 	}
 	// Another clinic cannot see or touch it.
 	_, err = f.client.GetIntervention(f.env.Counselor("south"), &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
