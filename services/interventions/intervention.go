@@ -573,6 +573,14 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				}
 				next.TimeZone = req.GetTimeZone()
 			}
+			// Times are kept to the microsecond.
+			if next.GetStartTime().AsTime().Truncate(time.Microsecond).Equal(cur.GetStartTime().AsTime()) &&
+				next.GetExpectedDuration().AsDuration() == cur.GetExpectedDuration().AsDuration() && next.GetTimeZone() == cur.GetTimeZone() {
+				// Moved to where it is: nothing changes, and no event goes
+				// out (the workflow would cancel and send every reminder
+				// again, and the count would say the meeting moved).
+				return cur, nil
+			}
 			if err := s.checkSchedulable(next); err != nil {
 				// The new time is this request's own field.
 				return nil, apperr.Renamed(err, "intervention.start_time", "start_time")

@@ -154,6 +154,22 @@ func TestInterventionLifecycle(t *testing.T) {
 	if err != nil || iv.GetRescheduleCount() != 1 || iv.GetStartTime().AsTime().Sub(start).Abs() >= time.Microsecond {
 		t.Fatalf("RescheduleIntervention = %v, %v", iv, err)
 	}
+	// Moved to where it is: nothing changes, and no event tells the
+	// workflow to send every reminder again.
+	countEvents := func() int {
+		t.Helper()
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = 'handoff.interventions.v1.intervention.rescheduled'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	rescheduled := countEvents()
+	same, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: timestamppb.New(start), Reason: "confirming Monday"})
+	if err != nil || same.GetRescheduleCount() != 1 || same.GetEtag() != iv.GetEtag() || countEvents() != rescheduled {
+		t.Fatalf("a reschedule to the same time: %v, %v; %d events, were %d", same, err, countEvents(), rescheduled)
+	}
 	st := wantCode(t, func() error {
 		_, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED})
 		return err
