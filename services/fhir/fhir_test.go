@@ -10,6 +10,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -280,6 +281,10 @@ func TestTaskChange(t *testing.T) {
 		{"rebooked", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Add(time.Hour).Format(time.RFC3339Nano) + `"}`, false, "in-progress", false},
 		{"no-show", scheduled, `"status":"failed"`, false, "failed", false},
 		{"needs a time", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED), `"status":"in-progress"`, false, "", true},
+		// A bare date would be read as midnight UTC: the evening before
+		// across the Americas.
+		{"a date without a time", scheduled, `"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`, false, "", true},
+		{"entered on a date only", scheduled, `"status":"completed","executionPeriod":{"end":"2026-05-01"}`, false, "", true},
 		{"not the program's", scheduled, `"status":"draft"`, false, "", true},
 	} {
 		tk, err := s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order",`+c.body+`}`), refID)
@@ -297,12 +302,26 @@ func TestTaskChange(t *testing.T) {
 			t.Errorf("%s: %+v, %v", c.name, ch, err)
 		}
 	}
-	tk, err := s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"rejected",
+	// A rebooking moves the appointment the program gave: where, what to
+	// bring and whether by video stay.
+	moved := at.Add(time.Hour)
+	tk, err := s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"in-progress","executionPeriod":{"start":"`+
+		moved.Format(time.RFC3339Nano)+`"}}`), refID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := change(scheduled, tk)
+	want := proto.Clone(scheduled.GetIntakeAppointment()).(*referralsv1.IntakeAppointment)
+	want.StartTime = timestamppb.New(moved.Truncate(time.Microsecond)) // FHIR times carry microseconds
+	if err != nil || !proto.Equal(ch.appointment, want) {
+		t.Fatalf("rebooked appointment %v, %v; want %v", ch.appointment, err, want)
+	}
+	tk, err = s.parseTask([]byte(`{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"rejected",
 		"statusReason":{"coding":[{"system":"`+sysRejection+`","code":"AT_CAPACITY"}],"text":"full this week"}}`), refID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ch, err := change(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED), tk)
+	ch, err = change(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED), tk)
 	if err != nil || ch.rejection.GetReason() != referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY || ch.rejection.GetDetails() != "full this week" {
 		t.Fatalf("rejection = %v, %v", ch.rejection, err)
 	}

@@ -12,10 +12,12 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/codes_go_proto"
+	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/datatypes_go_proto"
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/bundle_and_contained_resource_go_proto"
 	"github.com/google/fhir/go/proto/google/fhir/proto/r4/core/resources/task_go_proto"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -184,6 +186,8 @@ type statusChange struct {
 	// For in-progress: the intake appointment; for completed: when the
 	// person entered treatment.
 	at *timestamppb.Timestamp
+	// For in-progress: the appointment to book, the current one moved.
+	appointment *referralsv1.IntakeAppointment
 	// For rejected.
 	rejection *referralsv1.Rejection
 }
@@ -199,11 +203,34 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		status: taskStatusName(t.GetStatus().GetValue()),
 		reason: statusReason(t),
 	}
+	// A time of day is needed: FHIR allows a bare date, which the parser
+	// reads as midnight UTC, the evening before across the Americas.
+	instant := func(field string, d *datatypes_go_proto.DateTime) (*timestamppb.Timestamp, error) {
+		if d.GetPrecision() < datatypes_go_proto.DateTime_SECOND {
+			return nil, invalid(field + " needs a time of day with its zone, for example 2026-05-01T09:30:00-05:00")
+		}
+		return timestamppb.New(time.UnixMicro(d.GetValueUs())), nil
+	}
+	var err error
 	if start := t.GetExecutionPeriod().GetStart(); start != nil && ch.status == "in-progress" {
-		ch.at = timestamppb.New(time.UnixMicro(start.GetValueUs()))
+		if ch.at, err = instant("executionPeriod.start", start); err != nil {
+			return ch, err
+		}
 	}
 	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
-		ch.at = timestamppb.New(time.UnixMicro(end.GetValueUs()))
+		if ch.at, err = instant("executionPeriod.end", end); err != nil {
+			return ch, err
+		}
+	}
+	// A rebooking moves the appointment: where it is, what to bring and
+	// whether it is by video stay as the program gave them, since FHIR's
+	// Task carries only the time.
+	if ch.status == "in-progress" && ch.at != nil {
+		ch.appointment = &referralsv1.IntakeAppointment{StartTime: ch.at}
+		if a := cur.GetIntakeAppointment(); a != nil {
+			ch.appointment = proto.Clone(a).(*referralsv1.IntakeAppointment)
+			ch.appointment.StartTime = ch.at
+		}
 	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
@@ -259,7 +286,7 @@ func (s *server) transition(ctx context.Context, name string, ch statusChange, e
 		return rs.RejectReferral(ctx, &referralsv1.RejectReferralRequest{Name: name, Rejection: ch.rejection, Etag: etag, RequestId: requestID})
 	case "in-progress":
 		return rs.ScheduleReferral(ctx, &referralsv1.ScheduleReferralRequest{Name: name,
-			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: ch.at}, Reason: ch.reason, Etag: etag, RequestId: requestID})
+			IntakeAppointment: ch.appointment, Reason: ch.reason, Etag: etag, RequestId: requestID})
 	case "completed":
 		return rs.CompleteReferral(ctx, &referralsv1.CompleteReferralRequest{Name: name, TreatmentEntryTime: ch.at,
 			Reason: ch.reason, Etag: etag, RequestId: requestID})
