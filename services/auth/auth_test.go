@@ -346,3 +346,19 @@ func TestServesEveryClinicNeedsOnlyServiceRoles(t *testing.T) {
 		}
 	}
 }
+
+// A token refused because the key set could not be fetched says so, and
+// nothing of where the keys live: the error text reaches the caller.
+func TestKeyFetchFailureHidesItsCause(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: "http://127.0.0.1:1/internal-idp/jwks", MinRefresh: time.Millisecond}}
+	_, err := v.Verify(context.Background(), iss.MustMint(TokenOptions{Subject: "u", Clinic: "north"}))
+	var ku *KeysUnavailable
+	if err == nil || !errors.As(err, &ku) || errors.Unwrap(ku) == nil {
+		t.Fatalf("Verify with the key set unreachable: %v; want KeysUnavailable with its cause", err)
+	}
+	if strings.Contains(err.Error(), "127.0.0.1") || strings.Contains(err.Error(), "internal-idp") || !strings.Contains(err.Error(), "could not be fetched") {
+		t.Fatalf("the refusal says %q", err)
+	}
+}

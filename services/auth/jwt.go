@@ -112,7 +112,7 @@ func (v *Verifier) remembered(ctx context.Context, h [32]byte, now time.Time) (*
 	}
 	key, err := v.Keys.Key(ctx, e.kid)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, e.kid, err)
+		return nil, fmt.Errorf("%w: key %q: %w", ErrInvalidToken, e.kid, err)
 	}
 	if key != e.key {
 		return nil, nil // the key changed: check the signature again
@@ -135,7 +135,7 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 	}
 	key, err := v.Keys.Key(ctx, hd.Kid)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key %q: %v", ErrInvalidToken, hd.Kid, err)
+		return nil, fmt.Errorf("%w: key %q: %w", ErrInvalidToken, hd.Kid, err)
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil || len(sig) != 64 {

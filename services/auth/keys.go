@@ -89,13 +89,23 @@ func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 	defer cancel()
 	keys, err := j.fetch(fctx)
 	if err != nil {
-		return nil, err
+		return nil, &KeysUnavailable{cause: err}
 	}
 	if k, ok := keys[kid]; ok {
 		return k, nil
 	}
 	return nil, fmt.Errorf("unknown key id")
 }
+
+// KeysUnavailable is the error of a key lookup that needed the key set and
+// could not fetch it. Its text says only that: the cause (the identity
+// provider's internal address, a dial error) would otherwise reach any
+// caller whose token is refused. Unwrap gives the cause, for the log.
+type KeysUnavailable struct{ cause error }
+
+func (e *KeysUnavailable) Error() string { return "the signing keys could not be fetched" }
+
+func (e *KeysUnavailable) Unwrap() error { return e.cause }
 
 // fetchTimeout bounds one fetch of the key set.
 const fetchTimeout = 5 * time.Second

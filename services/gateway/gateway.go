@@ -302,6 +302,12 @@ func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 			return
 		}
 		p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+		if down := (*auth.KeysUnavailable)(nil); errors.As(err, &down) {
+			// The identity provider is out of reach, not the token at
+			// fault: the client may retry.
+			writeStatus(w, http.StatusServiceUnavailable, codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, err.Error())
