@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
 
@@ -112,8 +113,12 @@ func httpStatus(st *status.Status) (int, string) {
 	case codes.Unauthenticated:
 		return http.StatusUnauthorized, "login"
 	case codes.Aborted:
-		// A stale etag (If-Match).
-		return http.StatusPreconditionFailed, "conflict"
+		// 412 only answers a precondition the client sent: a stale etag
+		// (If-Match). Any other conflict (two writes met, retry) is 409.
+		if errorReason(st) == apperr.ReasonEtagMismatch {
+			return http.StatusPreconditionFailed, "conflict"
+		}
+		return http.StatusConflict, "conflict"
 	case codes.FailedPrecondition:
 		if errorReason(st) == consentgate.ReasonConsentRequired {
 			return http.StatusForbidden, "forbidden"

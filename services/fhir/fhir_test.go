@@ -17,6 +17,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
 
@@ -226,7 +227,10 @@ func TestErrorStatuses(t *testing.T) {
 		{status.New(codes.InvalidArgument, "x"), http.StatusBadRequest},
 		{status.New(codes.PermissionDenied, "x"), http.StatusForbidden},
 		{status.New(codes.Unauthenticated, "x"), http.StatusUnauthorized},
-		{status.New(codes.Aborted, "x"), http.StatusPreconditionFailed},
+		// 412 answers a stale If-Match only; a conflict the client set no
+		// precondition for is 409.
+		{status.Convert(apperr.EtagMismatch("clinics/north/referrals/r1")), http.StatusPreconditionFailed},
+		{status.New(codes.Aborted, "the request conflicted with another one: retry it"), http.StatusConflict},
 	} {
 		if got, _ := httpStatus(c.st); got != c.code {
 			t.Errorf("%v: %d, want %d", c.st.Code(), got, c.code)

@@ -97,6 +97,12 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		if ifMatch == "" && status.Code(err) == codes.Aborted && attempt < 2 {
 			continue
 		}
+		if ifMatch == "" && status.Code(err) == codes.Aborted {
+			// No precondition was sent, so not 412: the Task kept
+			// changing under this update.
+			s.fail(w, http.StatusConflict, "conflict", fmt.Sprintf("Task/%s kept changing while it was updated: retry", id))
+			return
+		}
 		if err != nil {
 			s.writeErr(w, err, "Task/"+id)
 			return
