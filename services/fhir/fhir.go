@@ -147,6 +147,12 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			return
 		}
 		p, err := s.cfg.Verifier.Verify(r.Context(), token)
+		if down := (*auth.KeysUnavailable)(nil); errors.As(err, &down) {
+			// The identity provider is out of reach, not the token at
+			// fault: the client may retry.
+			s.fail(w, http.StatusServiceUnavailable, "transient", "the token cannot be checked now: retry")
+			return
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			s.fail(w, http.StatusUnauthorized, "login", "invalid bearer token")

@@ -1,8 +1,10 @@
 package fhir
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
 
@@ -382,5 +385,29 @@ func TestDeletedProgramIsInactive(t *testing.T) {
 	p.DeleteTime = timestamppb.Now()
 	if hs := healthcareService(p); hs["active"] != false {
 		t.Fatalf("a deleted program: active = %v", hs["active"])
+	}
+}
+
+// A token that cannot be checked because the identity provider's keys are
+// out of reach is a 503 the client may retry, not a 401 that says the
+// token is bad, and says nothing of where the keys live.
+func TestKeysOutOfReachAre503(t *testing.T) {
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newServer(Config{Verifier: &auth.Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &auth.JWKS{URL: "http://127.0.0.1:1/internal-idp/jwks", MinRefresh: time.Millisecond}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{header: http.Header{}}
+	req := httptest.NewRequest(http.MethodGet, "/fhir/R4/Patient/x", nil)
+	req.Header.Set("Authorization", "Bearer "+iss.MustMint(auth.TokenOptions{Subject: "ehr-1", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}}))
+	s.authed(func(context.Context, http.ResponseWriter, *http.Request, caller) {
+		t.Fatal("served without a checked token")
+	})(rec, req)
+	if rec.code != http.StatusServiceUnavailable || strings.Contains(string(rec.body), "127.0.0.1") {
+		t.Fatalf("%d %s; want 503 without the keys' address", rec.code, rec.body)
 	}
 }
