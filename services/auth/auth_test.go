@@ -362,3 +362,17 @@ func TestKeyFetchFailureHidesItsCause(t *testing.T) {
 		t.Fatalf("the refusal says %q", err)
 	}
 }
+
+// The scheme's name is case-insensitive; another scheme, or none, is no
+// bearer token.
+func TestBearer(t *testing.T) {
+	for value, want := range map[string]string{
+		"Bearer abc": "abc", "bearer abc": "abc", "BEARER  abc ": "abc",
+		"Basic abc": "", "Bearer": "", "Bearer ": "", "abc": "", "": "",
+	} {
+		got, ok := Bearer(value)
+		if got != want || ok != (want != "") {
+			t.Errorf("Bearer(%q) = %q, %v; want %q", value, got, ok, want)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -160,6 +161,18 @@ type ctxToken struct{}
 // WithToken returns ctx carrying a bearer token for outgoing calls.
 func WithToken(ctx context.Context, token string) context.Context {
 	return context.WithValue(ctx, ctxToken{}, token)
+}
+
+// Bearer returns the token of an Authorization header value in the Bearer
+// scheme, whose name is case-insensitive (RFC 9110, section 11.1), or
+// false when the value is of another scheme or carries no token.
+func Bearer(value string) (string, bool) {
+	scheme, token, ok := strings.Cut(strings.TrimSpace(value), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	token = strings.TrimSpace(token)
+	return token, token != ""
 }
 
 // TokenFromContext returns the bearer token set by WithToken.

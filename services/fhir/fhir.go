@@ -139,9 +139,8 @@ type handler func(ctx context.Context, w http.ResponseWriter, r *http.Request, c
 // clients forward the caller's own token to the services.
 func (s *server) authed(next handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		token = strings.TrimSpace(token)
-		if !ok || token == "" {
+		token, ok := auth.Bearer(r.Header.Get("Authorization"))
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
 			s.fail(w, http.StatusUnauthorized, "login", "missing bearer token: send Authorization: Bearer <token>")
 			return

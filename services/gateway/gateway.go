@@ -295,13 +295,13 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 // again, since the gateway only forwards it.
 func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || token == "" {
+		token, ok := auth.Bearer(r.Header.Get("Authorization"))
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, "missing bearer token: send Authorization: Bearer <token>")
 			return
 		}
-		p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+		p, err := v.Verify(r.Context(), token)
 		if down := (*auth.KeysUnavailable)(nil); errors.As(err, &down) {
 			// The identity provider is out of reach, not the token at
 			// fault: the client may retry.

@@ -436,11 +436,8 @@ func bearerToken(ctx context.Context) string {
 		// server to guess.
 		return ""
 	}
-	token, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok {
-		return ""
-	}
-	return strings.TrimSpace(token)
+	token, _ := auth.Bearer(vals[0])
+	return token
 }
 
 // authenticate returns the caller and the bearer token to forward, which is

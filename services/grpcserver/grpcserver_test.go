@@ -198,6 +198,11 @@ func TestTwoTokensAreNone(t *testing.T) {
 	if err := env.Conn.Invoke(env.Counselor("north"), method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("one token: %v", err)
 	}
+	// The scheme's name is case-insensitive (RFC 9110).
+	lower := metadata.AppendToOutgoingContext(context.Background(), "authorization", "bearer "+north)
+	if err := env.Conn.Invoke(lower, method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("a lower-case scheme: %v", err)
+	}
 }
 
 // A call nobody could be authenticated for has no clinic to be audited

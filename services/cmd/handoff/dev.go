@@ -259,11 +259,11 @@ func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily
 // so the log line (subject and clinic, no payload) is the access record.
 func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string, error) {
 	return func(r *http.Request) (string, error) {
-		token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		token, ok := auth.Bearer(r.Header.Get("Authorization"))
 		if !ok {
 			return "", errors.New("missing bearer token")
 		}
-		p, err := v.Verify(r.Context(), strings.TrimSpace(token))
+		p, err := v.Verify(r.Context(), token)
 		if err != nil {
 			return "", err
 		}
