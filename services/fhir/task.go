@@ -84,13 +84,20 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		}
 		if ch.none {
 			// Resending the current status changes nothing, but a stale
-			// If-Match still fails, as any write would.
-			if ifMatch != "" && ifMatch != cur.GetEtag() {
+			// If-Match still fails, as any write would; unless the request
+			// has an Idempotency-Key: it may be the retry of the write that
+			// made this version, whose answer got lost, and the service
+			// answers that from its record of the first (or refuses the
+			// stale version itself).
+			stale := ifMatch != "" && ifMatch != cur.GetEtag()
+			if stale && requestID == "" {
 				s.fail(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
 				return
 			}
-			s.writeTask(w, cur)
-			return
+			if !stale {
+				s.writeTask(w, cur)
+				return
+			}
 		}
 		etag := cmp.Or(ifMatch, cur.GetEtag())
 		updated, err := s.transition(ctx, cur.GetName(), ch, etag, requestID)

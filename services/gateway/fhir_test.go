@@ -345,7 +345,7 @@ func TestFHIR(t *testing.T) {
 		}
 
 		// The program accepts.
-		r := put("accepted", nil, "If-Match", `W/"`+etag+`"`)
+		r := put("accepted", nil, "If-Match", `W/"`+etag+`"`, "Idempotency-Key", "accept-"+refID)
 		if r.code != http.StatusOK || str(r.body, "status") != "accepted" || !strings.Contains(fmt.Sprint(r.body["businessStatus"]), "3.0") {
 			t.Fatalf("accept: %d %s", r.code, r.raw)
 		}
@@ -353,6 +353,11 @@ func TestFHIR(t *testing.T) {
 			t.Fatalf("referral after accept = %v", st)
 		}
 		accepted := r.header.Get("ETag")
+		// Its answer lost, the EHR sends the same request again, If-Match
+		// and Idempotency-Key as before: the first answer, not a 412.
+		if again := put("accepted", nil, "If-Match", `W/"`+etag+`"`, "Idempotency-Key", "accept-"+refID); again.code != http.StatusOK || again.header.Get("ETag") != accepted {
+			t.Fatalf("a retried accept: %d %s (etag %s, want %s)", again.code, again.raw, again.header.Get("ETag"), accepted)
+		}
 		// Resending the status changes nothing.
 		if again := put("accepted", nil); again.code != http.StatusOK || again.header.Get("ETag") != accepted {
 			t.Fatalf("resend: %d %s (etag %s, was %s)", again.code, again.raw, again.header.Get("ETag"), accepted)
