@@ -750,6 +750,16 @@ func familyView(ctx context.Context) int {
 	return viewWhole
 }
 
+// outsideState is a family's state as an outside system sees it: open or
+// closed, as FHIR's Patient.active says. That the loved one entered
+// treatment is more than an identity consent covers.
+func outsideState(st familiesv1.FamilyState) familiesv1.FamilyState {
+	if st == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT {
+		return familiesv1.FamilyState_FAMILY_STATE_ACTIVE
+	}
+	return st
+}
+
 // familyForCaller is the minimum necessary of a family for the caller. An
 // outside system's consent covers identity: who the patient and the family
 // are and how to reach them, not the substance, coverage, urgency or safety
@@ -763,7 +773,7 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 			LovedOne: &familiesv1.LovedOne{GivenName: lo.GetGivenName(), FamilyName: lo.GetFamilyName(), PreferredName: lo.GetPreferredName(),
 				BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(),
 				MayContactDirectly: lo.GetMayContactDirectly(), TimeZone: lo.GetTimeZone()},
-			Counselor: f.GetCounselor(), State: f.GetState(), FirstContactTime: f.GetFirstContactTime(),
+			Counselor: f.GetCounselor(), State: outsideState(f.GetState()), FirstContactTime: f.GetFirstContactTime(),
 			CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
 		}
 		// How to reach someone only where the clinic may use it, as FHIR

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -507,6 +508,24 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 		got.GetLovedOne().GetPrimarySubstance() != familiesv1.Substance_SUBSTANCE_UNSPECIFIED ||
 		got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_UNSPECIFIED {
 		t.Fatalf("an identity consent disclosed more than identity: %v", got)
+	}
+	// That the loved one entered treatment is more than identity: the EHR
+	// sees the family ACTIVE, lists it so, and finds none in treatment.
+	inTreatment, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{
+		Family:     &familiesv1.Family{Name: fam.GetName(), State: familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil ||
+		seen.GetState() != familiesv1.FamilyState_FAMILY_STATE_ACTIVE || inTreatment.GetState() != familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT {
+		t.Fatalf("a family in treatment, as the EHR sees it: %v, %v", seen.GetState(), err)
+	}
+	for filter, want := range map[string]int{"state = ACTIVE": 1, "state = ENGAGED_IN_TREATMENT": 0} {
+		l, err := f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil || len(l.GetFamilies()) != want || (want == 1 && l.GetFamilies()[0].GetState() != familiesv1.FamilyState_FAMILY_STATE_ACTIVE) {
+			t.Fatalf("the EHR lists %q: %v, %v; want %d", filter, l.GetFamilies(), err, want)
+		}
 	}
 	// Nor can it be learned by filtering on what the view leaves out.
 	_, err = f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"})

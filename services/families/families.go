@@ -9,6 +9,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 	_ "time/tzdata" // time zones must resolve on minimal images too
@@ -186,6 +187,15 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		// familyForCaller leaves urgency out for these callers; filtering
 		// on it would tell it.
 		fields = aip.Without(familyFilter, "urgent")
+	}
+	if familyView(ctx) == viewEHR {
+		// The EHR filters on the state it sees (outsideState): a family in
+		// treatment is ACTIVE, and ENGAGED_IN_TREATMENT matches none.
+		st := fields["state"]
+		st.Column = fmt.Sprintf("(CASE WHEN f.state = %d THEN %d ELSE f.state END)",
+			familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT, familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
+		fields = maps.Clone(fields)
+		fields["state"] = st
 	}
 	filter, err := aip.ParseFilter(req.GetFilter(), fields)
 	if err != nil {
