@@ -206,7 +206,7 @@ func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, e
 	if err != nil {
 		return auth.Principal{}, apperr.NotFound("calendar feed")
 	}
-	owner, err := s.feedOwner(pgdb.WithClinic(ctx, ids[0]), ref{ids[0], ids[1]}, r.GetToken())
+	owner, _, err := s.feedOwner(pgdb.WithClinic(ctx, ids[0]), ref{ids[0], ids[1]}, r.GetToken())
 	if err != nil {
 		return auth.Principal{}, err
 	}
@@ -216,37 +216,41 @@ func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, e
 // feedOwner returns the owner of the feed r if token is its token and the
 // feed has not lapsed (feedIdle). A lapsed feed is NOT_FOUND like any
 // other failure, so the answer tells a guess nothing.
-func (s *Server) feedOwner(ctx context.Context, r ref, token string) (string, error) {
-	var owner string
+func (s *Server) feedOwner(ctx context.Context, r ref, token string) (owner string, lastRead time.Time, err error) {
 	var hash []byte
 	var created time.Time
 	var read *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
+	err = s.pool.QueryRow(ctx, `SELECT owner, token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
 		r.clinic, r.id).Scan(&owner, &hash, &created, &read)
 	if err == pgx.ErrNoRows {
-		return "", apperr.NotFound("calendar feed")
+		return "", time.Time{}, apperr.NotFound("calendar feed")
 	}
 	if err != nil {
-		return "", fmt.Errorf("read calendar feed: %w", err)
+		return "", time.Time{}, fmt.Errorf("read calendar feed: %w", err)
 	}
 	given := sha256.Sum256([]byte(token))
 	if token == "" || subtle.ConstantTimeCompare(given[:], hash) != 1 {
-		return "", apperr.NotFound("calendar feed")
+		return "", time.Time{}, apperr.NotFound("calendar feed")
 	}
 	var last time.Time
 	if read != nil {
 		last = *read
 	}
 	if !s.cfg.Now().Before(feedExpiry(created, last)) {
-		return "", apperr.NotFound("calendar feed")
+		return "", time.Time{}, apperr.NotFound("calendar feed")
 	}
-	return owner, nil
+	return owner, last, nil
 }
 
-// feedRead records that the feed r was read, unless a read within the
-// last feedReadStep already did.
-func (s *Server) feedRead(ctx context.Context, r ref) error {
+// feedRead records that the feed r was read, unless the last read
+// recorded (lastRead) is within feedReadStep: most reads then cost no
+// write and no round trip. The condition is repeated in SQL for reads
+// that race.
+func (s *Server) feedRead(ctx context.Context, r ref, lastRead time.Time) error {
 	now := s.cfg.Now()
+	if now.Sub(lastRead) < feedReadStep {
+		return nil
+	}
 	if _, err := s.pool.Exec(ctx, `UPDATE calendar_feeds SET last_read_time = $3
 		WHERE clinic = $1 AND id = $2 AND (last_read_time IS NULL OR last_read_time <= $4)`,
 		r.clinic, r.id, now, now.Add(-feedReadStep)); err != nil {
@@ -263,7 +267,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	if err != nil {
 		return nil, err
 	}
-	owner, err := s.feedOwner(ctx, r, req.GetToken())
+	owner, lastRead, err := s.feedOwner(ctx, r, req.GetToken())
 	if err != nil {
 		return nil, err
 	}
@@ -299,7 +303,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	events = append(events, intakes...)
-	if err := s.feedRead(ctx, r); err != nil {
+	if err := s.feedRead(ctx, r, lastRead); err != nil {
 		return nil, err
 	}
 	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}, nil
