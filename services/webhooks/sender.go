@@ -529,7 +529,9 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		case codes.OK:
 		case codes.FailedPrecondition, codes.NotFound:
 			return false, nil
-		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.Unimplemented:
+		// A method the families service lacks (a rollout half done) passes
+		// with time, like an outage: it is left to the default below.
+		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
 		default:
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
