@@ -541,12 +541,7 @@ func TestFailedRemindersAreRetried(t *testing.T) {
 // reschedule has replaced the time it names; other failures still are.
 func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 	h := newHarness(t, 3*24*time.Hour, defaults())
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	var upcoming string
 	h.env.RegisterDelayedCallback(func() {
 		// The 72 h reminders went out when the workflow began.
@@ -566,8 +561,8 @@ func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 	if upcoming == "" {
 		t.Fatal("no meeting reminder was sent in the first hour")
 	}
-	if len(resent) != 1 || resent[0] != "clinics/north/reminders/other" {
-		t.Fatalf("resent %v; want only the reminder unrelated to the old time", resent)
+	if len(*resent) != 1 || (*resent)[0] != "clinics/north/reminders/other" {
+		t.Fatalf("resent %v; want only the reminder unrelated to the old time", *resent)
 	}
 }
 
@@ -576,12 +571,7 @@ func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 // still are.
 func TestMeetingReminderIsNotResentOnceTheMeetingBegins(t *testing.T) {
 	h := newHarness(t, 3*24*time.Hour, defaults())
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	var upcoming string
 	// Its failure comes five minutes before the start; the resend would be
 	// due ten minutes after it.
@@ -598,8 +588,8 @@ func TestMeetingReminderIsNotResentOnceTheMeetingBegins(t *testing.T) {
 	if upcoming == "" {
 		t.Fatal("no meeting reminder was sent")
 	}
-	if len(resent) != 1 || resent[0] != "clinics/north/reminders/other" {
-		t.Fatalf("resent %v; want only the reminder unrelated to the meeting's time", resent)
+	if len(*resent) != 1 || (*resent)[0] != "clinics/north/reminders/other" {
+		t.Fatalf("resent %v; want only the reminder unrelated to the meeting's time", *resent)
 	}
 }
 
@@ -675,4 +665,16 @@ func TestLateStartDoesNotSpin(t *testing.T) {
 	if !h.holdAt.IsZero() {
 		t.Fatal("no hold is taken after the meeting started")
 	}
+}
+
+// resends answers every resend with one reminder and keeps, in order, the
+// failed reminders it was asked to send again.
+func (h *harness) resends() *[]string {
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	return &resent
 }

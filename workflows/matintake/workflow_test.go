@@ -186,12 +186,7 @@ func TestRejectionCascadeAcrossThreePrograms(t *testing.T) {
 func TestFailedEscalationIsResent(t *testing.T) {
 	h := newHarness(t)
 	h.programs(0)
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	var escalation string
 	h.env.RegisterDelayedCallback(func() {
 		if e := h.kinds("REFERRAL_ESCALATION"); len(e) == 1 {
@@ -204,8 +199,8 @@ func TestFailedEscalationIsResent(t *testing.T) {
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" {
 		t.Fatalf("result %+v, %v", res, err)
 	}
-	if escalation == "" || len(resent) != 1 || resent[0] != escalation {
-		t.Fatalf("resent %v; want the failed escalation %q", resent, escalation)
+	if escalation == "" || len(*resent) != 1 || (*resent)[0] != escalation {
+		t.Fatalf("resent %v; want the failed escalation %q", *resent, escalation)
 	}
 }
 
@@ -275,12 +270,7 @@ func TestStaleIntakeRemindersAreNotResent(t *testing.T) {
 	h.programs(1)
 	const r1 = "clinics/north/referrals/r1"
 	start := h.env.Now()
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
 	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(20 * time.Hour)})
 	var first, second string
@@ -301,8 +291,8 @@ func TestStaleIntakeRemindersAreNotResent(t *testing.T) {
 	if first == "" || second == "" || first == second {
 		t.Fatalf("reminders to fail: %q, %q", first, second)
 	}
-	if len(resent) != 1 || resent[0] != first {
-		t.Fatalf("resent %v; want only %s (its appointment still stood)", resent, first)
+	if len(*resent) != 1 || (*resent)[0] != first {
+		t.Fatalf("resent %v; want only %s (its appointment still stood)", *resent, first)
 	}
 }
 
@@ -626,12 +616,7 @@ func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
 	h.programs(1)
 	const r1 = "clinics/north/referrals/r1"
 	start := h.env.Now()
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
 	h.transition(2*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(20 * time.Hour)})
 	var last string
@@ -644,7 +629,19 @@ func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if last == "" || len(resent) != 0 {
-		t.Fatalf("reminder %q failed before the appointment; resent %v, want none", last, resent)
+	if last == "" || len(*resent) != 0 {
+		t.Fatalf("reminder %q failed before the appointment; resent %v, want none", last, *resent)
 	}
+}
+
+// resends answers every resend with one reminder and keeps, in order, the
+// failed reminders it was asked to send again.
+func (h *harness) resends() *[]string {
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	return &resent
 }
