@@ -216,3 +216,39 @@ func TestCancelledBoundaryEndsTheRefusal(t *testing.T) {
 		t.Fatalf("refusal after its boundary workflow was cancelled = %q, %v", got, err)
 	}
 }
+
+// The refusal's own cancellation (an operator cancelling the meeting's
+// workflow, which cancels its boundary child too) stays a cancellation:
+// only a boundary workflow cancelled on its own ends the wait as a summary.
+func TestCancelledRefusalStaysCancelled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(waitingBoundary, workflow.RegisterOptions{Name: boundary.Name})
+		r.RegisterWorkflow(refusal)
+	})
+	const id = "boundary-north-f3"
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "refusal-i10", TaskQueue: flow.TaskQueue}, refusal, id, "i10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil &&
+			d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the boundary workflow did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := c.CancelWorkflow(ctx, "refusal-i10", ""); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := run.Get(ctx, &got); !temporal.IsCanceledError(err) {
+		t.Fatalf("a cancelled refusal = %q, %v; want its cancellation", got, err)
+	}
+}

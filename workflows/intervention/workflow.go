@@ -773,7 +773,9 @@ func startOrRestartBoundary(ctx workflow.Context, id string, in boundary.Input, 
 		if err := fut.Get(ctx, &out); err != nil {
 			// Cancelled because the family's record was deleted (the
 			// FamilyDeleted workflow): the meeting's outcome stands.
-			if temporal.IsCanceledError(err) && flow.Version(ctx, versionBoundaryCancelled, 1) >= 1 {
+			// Not when this workflow is itself cancelled: its child is
+			// then cancelled with it, and the cancellation is its own.
+			if temporal.IsCanceledError(err) && ctx.Err() == nil && flow.Version(ctx, versionBoundaryCancelled, 1) >= 1 {
 				return "the boundary workflow was cancelled", nil
 			}
 			return "", err
