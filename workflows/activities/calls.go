@@ -782,7 +782,9 @@ func (a *Activities) draftAfter(ctx context.Context, prev *interventionsv1.Inter
 func (a *Activities) FamilyCounselor(ctx context.Context, family string, fallback Person) (Person, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if err != nil {
-		return Person{}, wrap("get family", err)
+		// A family whose record was deleted keeps its referrals (see
+		// familydeleted): their notices go to the counselor known before.
+		return fallback, gone("get family", err)
 	}
 	if fam.GetCounselor() == "" {
 		return fallback, nil

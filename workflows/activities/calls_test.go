@@ -533,9 +533,13 @@ func TestProposalLeavesOutWhoLeftTheFamily(t *testing.T) {
 type counselorFake struct {
 	familiesv1.FamiliesServiceClient
 	counselor string
+	err       error
 }
 
-func (f counselorFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+func (f counselorFake) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
 	return &familiesv1.Family{Counselor: f.counselor}, nil
 }
 
@@ -548,6 +552,17 @@ func TestFamilyCounselor(t *testing.T) {
 		if err != nil || got.ID != c.want || got.Kind != "counselor" {
 			t.Errorf("counselor %q: got %+v, %v; want %s", c.now, got, err, c.want)
 		}
+	}
+	// A family whose record was deleted keeps its referrals and their
+	// notices: they go to the counselor known before, not fail the intake.
+	a := &Activities{Families: counselorFake{err: apperr.NotFound("clinics/north/families/f1")}}
+	if got, err := a.FamilyCounselor(context.Background(), "clinics/north/families/f1", fallback); err != nil || got.ID != "counselor-1" {
+		t.Errorf("a deleted family: got %+v, %v; want counselor-1", got, err)
+	}
+	// Any other failure is the activity's, to retry.
+	a = &Activities{Families: counselorFake{err: status.Error(codes.Unavailable, "down")}}
+	if _, err := a.FamilyCounselor(context.Background(), "clinics/north/families/f1", fallback); err == nil {
+		t.Error("an unreachable families service passed as the fallback")
 	}
 }
 
