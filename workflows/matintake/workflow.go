@@ -162,7 +162,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		}
 		// Rejected or cancelled: the next program.
 	}
-	to, err := w.counselorNow(ctx)
+	to, err := w.counselorNow(ctx, versionNoticesToCurrent)
 	if err != nil {
 		return Result{}, err
 	}
@@ -231,19 +231,19 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// come yet (the outbox relays it): the service is asked
 				// first, and a referral no longer on hold is left to that
 				// signal, with the review put off rather than dropped.
-				still, to := true, w.in.Counselor
+				still := true
 				if flow.Version(ctx, versionHoldRereads, 1) >= 1 {
 					var cur activities.ReferralInfo
 					if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
 						return "", info, err
 					}
-					if still = cur.State == "ON_HOLD"; still {
-						if err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor); err != nil {
-							return "", info, err
-						}
-					}
+					still = cur.State == "ON_HOLD"
 				}
 				if still {
+					to, err := w.counselorNow(ctx, versionHoldRereads)
+					if err != nil {
+						return "", info, err
+					}
 					w.holdReviews++
 					if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 						"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
@@ -254,7 +254,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				w.holdReview = now.Add(w.settings.IntakeAlert)
 			}
 			if !w.alerted && !now.Before(w.started.Add(w.settings.IntakeAlert)) && w.state != "COMPLETED" {
-				to, err := w.counselorNow(ctx)
+				to, err := w.counselorNow(ctx, versionNoticesToCurrent)
 				if err != nil {
 					return "", info, err
 				}
@@ -309,7 +309,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			}
 			noShowsHandled = info.NoShows
 			pending = nil
-			to, err := w.counselorNow(ctx)
+			to, err := w.counselorNow(ctx, versionNoticesToCurrent)
 			if err != nil {
 				return "", info, err
 			}
@@ -339,11 +339,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			pending, remindersFor = nil, time.Time{}
 			if was != "ON_HOLD" {
 				w.pauses++
-				to := w.in.Counselor
-				if flow.Version(ctx, versionHoldRereads, 1) >= 1 {
-					if err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor); err != nil {
-						return "", info, err
-					}
+				to, err := w.counselorNow(ctx, versionHoldRereads)
+				if err != nil {
+					return "", info, err
 				}
 				if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 					"The program put the intake on hold: please ask the program what it waits for, and keep the family informed.",
@@ -374,11 +372,11 @@ const versionHoldRereads = "hold-rereads"
 const versionNoticesToCurrent = "notices-to-current-counselor"
 
 // counselorNow is who the counselor's notices go to: the family's
-// counselor now, or, on a run begun before this change, the one who ran
-// the meeting.
-func (w *wf) counselorNow(ctx workflow.Context) (activities.Person, error) {
+// counselor now, or, on a run begun before change (the version that
+// brought it to these notices), the one who ran the meeting.
+func (w *wf) counselorNow(ctx workflow.Context, change string) (activities.Person, error) {
 	to := w.in.Counselor
-	if flow.Version(ctx, versionNoticesToCurrent, 1) < 1 {
+	if flow.Version(ctx, change, 1) < 1 {
 		return to, nil
 	}
 	err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor)
