@@ -361,6 +361,12 @@ func TestKeyFetchFailureHidesItsCause(t *testing.T) {
 	if strings.Contains(err.Error(), "127.0.0.1") || strings.Contains(err.Error(), "internal-idp") || !strings.Contains(err.Error(), "could not be fetched") {
 		t.Fatalf("the refusal says %q", err)
 	}
+	// A caller within the fetch's back-off does not fetch, and still hears
+	// that the keys are out of reach, not that its token is bad.
+	other := iss.MustMint(TokenOptions{Subject: "v", Clinic: "north"})
+	if _, err := v.Verify(context.Background(), other); !IsKeysUnavailable(err) {
+		t.Fatalf("a second caller within the back-off: %v; want KeysUnavailable", err)
+	}
 }
 
 // The scheme's name is case-insensitive; another scheme, or none, is no

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -69,19 +70,13 @@ type JWKS struct {
 // Key implements KeySource.
 func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 	if k, ok, wait := j.lookup(kid); ok || !wait {
-		if ok {
-			return k, nil
-		}
-		return nil, fmt.Errorf("unknown key id")
+		return j.found(k, ok)
 	}
 	j.fetchMu.Lock()
 	defer j.fetchMu.Unlock()
 	// Another caller may have fetched while this one waited.
 	if k, ok, wait := j.lookup(kid); ok || !wait {
-		if ok {
-			return k, nil
-		}
-		return nil, fmt.Errorf("unknown key id")
+		return j.found(k, ok)
 	}
 	// Not on the caller's context alone: a caller that gives up must not
 	// fail the fetch for everyone and start the back-off.
@@ -95,6 +90,30 @@ func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 		return k, nil
 	}
 	return nil, fmt.Errorf("unknown key id")
+}
+
+// found answers a lookup that did not fetch: the key, or, for a key id
+// not in the set, KeysUnavailable while the last fetch failed (callers
+// that waited on it, or came within its back-off, cannot know the key is
+// unknown), else an unknown key id.
+func (j *JWKS) found(k *ecdsa.PublicKey, ok bool) (*ecdsa.PublicKey, error) {
+	if ok {
+		return k, nil
+	}
+	j.mu.Lock()
+	failed := j.failed
+	j.mu.Unlock()
+	if failed {
+		return nil, &KeysUnavailable{cause: errors.New("the last fetch of the key set failed")}
+	}
+	return nil, fmt.Errorf("unknown key id")
+}
+
+// IsKeysUnavailable reports whether err says the key set could not be
+// fetched: the token was not found bad, only not checked.
+func IsKeysUnavailable(err error) bool {
+	var ku *KeysUnavailable
+	return errors.As(err, &ku)
 }
 
 // KeysUnavailable is the error of a key lookup that needed the key set and

@@ -146,7 +146,7 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			return
 		}
 		p, err := s.cfg.Verifier.Verify(r.Context(), token)
-		if down := (*auth.KeysUnavailable)(nil); errors.As(err, &down) {
+		if auth.IsKeysUnavailable(err) {
 			// The identity provider is out of reach, not the token at
 			// fault: the client may retry.
 			s.fail(w, http.StatusServiceUnavailable, "transient", "the token cannot be checked now: retry")

@@ -302,7 +302,7 @@ func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 			return
 		}
 		p, err := v.Verify(r.Context(), token)
-		if down := (*auth.KeysUnavailable)(nil); errors.As(err, &down) {
+		if auth.IsKeysUnavailable(err) {
 			// The identity provider is out of reach, not the token at
 			// fault: the client may retry.
 			writeStatus(w, http.StatusServiceUnavailable, codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")

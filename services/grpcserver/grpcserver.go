@@ -197,7 +197,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	p, token, err := i.authenticate(ctx, info.FullMethod, req)
 	if err != nil {
-		unknown = status.Code(err) != codes.Internal
+		// A caller refused (not our fault: Internal, or the identity
+		// provider out of reach: Unavailable, logged as such) is a failed
+		// sign-in.
+		code := status.Code(err)
+		unknown = code != codes.Internal && code != codes.Unavailable
 		return nil, err
 	}
 	subject = p.Subject
