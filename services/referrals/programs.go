@@ -64,11 +64,22 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 }
 
 func readProgram(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referralsv1.Program, error) {
-	sql := programSelect + ` WHERE clinic = $1 AND id = $2`
 	if lock {
-		sql += ` FOR UPDATE`
+		return readProgramLocking(ctx, q, r, forUpdate)
 	}
-	rows, err := q.Query(ctx, sql, r.clinic, r.id)
+	return readProgramLocking(ctx, q, r, "")
+}
+
+// Row locks readProgramLocking takes.
+const (
+	forUpdate = " FOR UPDATE"
+	forShare  = " FOR SHARE"
+)
+
+// readProgramLocking reads the program r, locking its row with lock
+// (forUpdate, forShare, or "" for none).
+func readProgramLocking(ctx context.Context, q pgdb.Querier, r ref, lock string) (*referralsv1.Program, error) {
+	rows, err := q.Query(ctx, programSelect+` WHERE clinic = $1 AND id = $2`+lock, r.clinic, r.id)
 	return pgdb.One(rows, err, programName(r.clinic, r.id), scanProgram(r.clinic))
 }
 

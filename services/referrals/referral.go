@@ -172,13 +172,11 @@ func checkReferral(clinic string, r *referralsv1.Referral) error {
 // takes the row for update, as the conversion then updates it (two
 // shared locks both upgraded would deadlock); others share it.
 func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, in *referralsv1.Referral, now time.Time) (*referralsv1.Referral, error) {
-	lock := " FOR SHARE"
+	lock := forShare
 	if in.GetHold() != "" {
-		lock = " FOR UPDATE"
+		lock = forUpdate
 	}
-	pr := ref{clinic, aip.ID(in.GetProgram())}
-	rows, err := tx.Query(ctx, programSelect+` WHERE clinic = $1 AND id = $2`+lock, pr.clinic, pr.id)
-	prog, err := pgdb.One(rows, err, programName(pr.clinic, pr.id), scanProgram(pr.clinic))
+	prog, err := readProgramLocking(ctx, tx, ref{clinic, aip.ID(in.GetProgram())}, lock)
 	if err != nil {
 		return nil, err
 	}
