@@ -107,7 +107,7 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	}
 	f := proto.Clone(req.GetFamily()).(*familiesv1.Family)
 	var vs apperr.Violations
-	checkFamily(&vs, "family", f, true)
+	checkFamily(&vs, "family", f, true, nil)
 	checkCoverage(&vs, "family", f)
 	now := s.cfg.Now()
 	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
@@ -276,7 +276,7 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 				return nil, apperr.Field("update_mask", "%v", err)
 			}
 			var vs apperr.Violations
-			checkFamily(&vs, "family", next, true)
+			checkFamily(&vs, "family", next, true, cur)
 			if !proto.Equal(next.GetCoverage(), cur.GetCoverage()) {
 				checkCoverage(&vs, "family", next)
 			}
@@ -445,7 +445,14 @@ func assignMemberIDs(f *familiesv1.Family) {
 
 // checkFamily checks what protovalidate cannot: required fields, member ids
 // that are unique, preferred channels that exist, and time zones that resolve.
-func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool) {
+// before is the stored family an update changes (nil on create): a rule
+// added since a member was stored applies to that member once it changes,
+// so that an unrelated update is not refused for it.
+func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool, before *familiesv1.Family) {
+	stored := map[string]*familiesv1.QuietHours{}
+	for _, m := range before.GetMembers() {
+		stored[m.GetId()] = m.GetQuietHours()
+	}
 	if create {
 		if f.GetLovedOne().GetGivenName() == "" {
 			vs.Add(path+".loved_one.given_name", "is required")
@@ -467,7 +474,8 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 		checkZone(vs, p+".time_zone", m.GetTimeZone())
 		// Equal ends would be read as no quiet hours at all, the opposite
 		// of what a member who asked for all-day quiet wants.
-		if q := m.GetQuietHours(); q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() {
+		if q, was := m.GetQuietHours(), stored[m.GetId()]; q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() &&
+			(m.GetId() == "" || !proto.Equal(q, was)) {
 			vs.Add(p+".quiet_hours.end", "must differ from start (equal ends would mean no quiet hours)")
 		}
 		if pc := m.GetPreferredChannel(); pc != familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {

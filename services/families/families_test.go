@@ -827,3 +827,27 @@ func TestListsOfAMissingFamilyAreNotFound(t *testing.T) {
 		}
 	}
 }
+
+// A member stored before equal quiet-hour ends were refused does not block
+// an unrelated update of the family; changing that member's quiet hours to
+// equal ends is still refused.
+func TestOldQuietHoursDoNotBlockUpdates(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, id, _ := strings.Cut(strings.TrimPrefix(fam.GetName(), "clinics/north/"), "families/")
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = jsonb_set(doc, '{members,0,quiet_hours,end}', '"22:00"')
+		WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Counselor: "counselor-2"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}})
+	if err != nil || got.GetCounselor() != "counselor-2" {
+		t.Fatalf("an unrelated update of a family with old equal quiet ends: %v, %v", got, err)
+	}
+	members := got.GetMembers()
+	members[1].QuietHours = &familiesv1.QuietHours{Start: "08:00", End: "08:00"}
+	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
+	wantCode(t, err, codes.InvalidArgument)
+}
