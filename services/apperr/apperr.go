@@ -120,54 +120,21 @@ func FailedPrecondition(reason, msg string, metadata map[string]string) error {
 // resource lacks what the call needs (see NotReady).
 const ReasonNotReady = "RESOURCE_NOT_READY"
 
-// NotReady turns err, an INVALID_ARGUMENT listing fields of the stored
-// resource name, into FAILED_PRECONDITION with one PreconditionFailure
-// violation per field: the call's own request was fine, the resource is
-// not (a draft without a place cannot be scheduled), and the caller fixes
-// the resource with another call. Any other error is returned as it is.
-func NotReady(name string, err error) error {
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.InvalidArgument {
-		return err
-	}
+// NotReady is FAILED_PRECONDITION listing, as PreconditionFailure
+// violations, the fields of the stored resource name that keep the call
+// from going ahead: the request was fine, the resource is not (a draft
+// without a place cannot be scheduled), and the caller fixes the resource
+// with another call.
+func NotReady(name string, vs Violations) error {
 	pf := &errdetails.PreconditionFailure{}
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
-					Type: "FIELD", Subject: v.GetField(), Description: v.GetDescription()})
-			}
-		}
+	parts := make([]string, 0, len(vs))
+	for _, v := range vs {
+		pf.Violations = append(pf.Violations, &errdetails.PreconditionFailure_Violation{
+			Type: "FIELD", Subject: v.Field, Description: v.Description})
+		parts = append(parts, v.Field+": "+v.Description)
 	}
-	msg := strings.Replace(st.Message(), "invalid request: ", name+" is not ready: ", 1)
-	return withDetails(codes.FailedPrecondition, msg, pf,
+	return withDetails(codes.FailedPrecondition, name+" is not ready: "+strings.Join(parts, "; "), pf,
 		&errdetails.ErrorInfo{Reason: ReasonNotReady, Domain: Domain, Metadata: map[string]string{"resource": name}})
-}
-
-// Renamed returns err, an INVALID_ARGUMENT, with field violations on from
-// named to instead: for a check shared by calls whose requests carry the
-// field under different paths. Any other error is returned as it is.
-func Renamed(err error, from, to string) error {
-	st, ok := status.FromError(err)
-	if !ok || st.Code() != codes.InvalidArgument {
-		return err
-	}
-	var vs Violations
-	for _, d := range st.Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				f := v.GetField()
-				if f == from {
-					f = to
-				}
-				vs = append(vs, Violation{Field: f, Description: v.GetDescription()})
-			}
-		}
-	}
-	if len(vs) == 0 {
-		return err
-	}
-	return InvalidArgument(vs...)
 }
 
 // InvalidTransition is FAILED_PRECONDITION for a state machine step that is not

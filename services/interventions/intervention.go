@@ -155,12 +155,23 @@ func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Interv
 // that the participants are its members and, for a level-3 intervention,
 // that a current safety screen that is not high risk exists.
 func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool) error {
+	vs, err := s.familyProblems(ctx, iv, forSchedule)
+	if err != nil {
+		return err
+	}
+	return vs.Err()
+}
+
+// familyProblems is checkFamily with the intervention's fields that do not
+// fit the family (participants who are not members) as violations, for
+// the caller to answer as its request's fault or its stored record's.
+func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool) (apperr.Violations, error) {
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: iv.GetFamily()})
 	if err != nil {
 		if apperr.IsCode(err, codes.NotFound) {
-			return apperr.Field("intervention.family", "no such family")
+			return apperr.Violations{{Field: "intervention.family", Description: "no such family"}}, nil
 		}
-		return fmt.Errorf("read family: %w", err)
+		return nil, fmt.Errorf("read family: %w", err)
 	}
 	members := map[string]bool{}
 	for _, m := range fam.GetMembers() {
@@ -172,8 +183,8 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 			vs.Add(fmt.Sprintf("intervention.participants[%d].member_id", i), "%q is not a member of %s", p.GetMemberId(), iv.GetFamily())
 		}
 	}
-	if err := vs.Err(); err != nil {
-		return err
+	if len(vs) > 0 {
+		return vs, nil
 	}
 	// forSchedule is set for a draft being scheduled and for an edit that
 	// raises a scheduled meeting's level; other edits of a scheduled
@@ -182,22 +193,22 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 		// Bringing the family together against the loved one's use can
 		// raise the danger at home: no meeting of any level until the
 		// screen is no longer high risk (a safety plan, a new screen).
-		return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+		return nil, apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
 			fmt.Sprintf("the newest safety screen of %s is high risk: no intervention can be scheduled until it is not", fam.GetName()),
 			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})
 	}
 	if forSchedule && iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3 &&
 		fam.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT {
-		return apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+		return nil, apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
 			fmt.Sprintf("a level-3 intervention needs a current safety screen that is not high risk (%s: %s)",
 				fam.GetName(), fam.GetSafetyScreenStatus()),
 			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})
 	}
-	return nil
+	return nil, nil
 }
 
 // checkSchedulable checks what a SCHEDULED intervention must have.
-func (s *Server) checkSchedulable(iv *interventionsv1.Intervention) error {
+func (s *Server) checkSchedulable(iv *interventionsv1.Intervention) apperr.Violations {
 	return s.checkMeeting(iv, true)
 }
 
@@ -206,7 +217,7 @@ func (s *Server) checkSchedulable(iv *interventionsv1.Intervention) error {
 // keeps the time of a meeting already scheduled does not check it again:
 // once the meeting has begun its time is past, and its participants or
 // notes may still change until the outcome is in.
-func (s *Server) checkMeeting(iv *interventionsv1.Intervention, newTime bool) error {
+func (s *Server) checkMeeting(iv *interventionsv1.Intervention, newTime bool) apperr.Violations {
 	now := s.cfg.Now()
 	var vs apperr.Violations
 	switch {
@@ -224,7 +235,7 @@ func (s *Server) checkMeeting(iv *interventionsv1.Intervention, newTime bool) er
 	if len(iv.GetParticipants()) == 0 {
 		vs.Add("intervention.participants", "at least one family member must take part")
 	}
-	return vs.Err()
+	return vs
 }
 
 // CreateIntervention implements the API. A new intervention is a DRAFT.
@@ -420,7 +431,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 						"the time of a scheduled intervention changes through :reschedule", map[string]string{"resource": locked.GetName()})
 				}
 				// The time is unchanged (checked above).
-				if err := s.checkMeeting(next, false); err != nil {
+				if err := s.checkMeeting(next, false).Err(); err != nil {
 					return nil, err
 				}
 			default:
@@ -529,8 +540,12 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 	// What the stored draft lacks is a precondition, named by the draft's
 	// fields (fixed with UpdateIntervention): the request itself is fine.
 	if cur.GetState() == draft {
-		if err := s.checkFamily(ctx, cur, true); err != nil {
-			return nil, apperr.NotReady(cur.GetName(), err)
+		vs, err := s.familyProblems(ctx, cur, true)
+		if err != nil {
+			return nil, err
+		}
+		if len(vs) > 0 {
+			return nil, apperr.NotReady(cur.GetName(), vs)
 		}
 	}
 	return s.lockedStep(ctx, r, "ScheduleIntervention", req.GetRequestId(), req.GetEtag(), req,
@@ -541,8 +556,8 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 			if locked.GetEtag() != cur.GetEtag() {
 				return nil, apperr.EtagMismatch(locked.GetName())
 			}
-			if err := s.checkSchedulable(locked); err != nil {
-				return nil, apperr.NotReady(locked.GetName(), err)
+			if vs := s.checkSchedulable(locked); len(vs) > 0 {
+				return nil, apperr.NotReady(locked.GetName(), vs)
 			}
 			return s.save(ctx, tx, r, locked, scheduled, "intervention.scheduled")
 		})
@@ -581,9 +596,13 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				// again, and the count would say the meeting moved).
 				return cur, nil
 			}
-			if err := s.checkSchedulable(next); err != nil {
-				// The new time is this request's own field.
-				return nil, apperr.Renamed(err, "intervention.start_time", "start_time")
+			if vs := s.checkSchedulable(next); len(vs) > 0 {
+				for i := range vs {
+					if vs[i].Field == "intervention.start_time" {
+						vs[i].Field = "start_time" // the new time is this request's own field
+					}
+				}
+				return nil, vs.Err()
 			}
 			next.RescheduleCount++
 			return s.save(ctx, tx, r, next, scheduled, "intervention.rescheduled")
