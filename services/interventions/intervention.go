@@ -47,6 +47,7 @@ func encodeDoc(iv *interventionsv1.Intervention) ([]byte, error) {
 		Place: iv.GetPlace(), Participants: iv.GetParticipants(), Checklist: iv.GetChecklist(),
 		Outcome: iv.GetOutcome(), CheckIns: iv.GetCheckIns(), PreviousIntervention: iv.GetPreviousIntervention(),
 		CarriedOverNotes: iv.GetCarriedOverNotes(), CancelReason: iv.GetCancelReason(),
+		RescheduleReason: iv.GetRescheduleReason(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode intervention: %w", err)
@@ -266,7 +267,7 @@ func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.Cr
 		return nil, err
 	}
 	iv.Checklist = defaultChecklist()
-	iv.Outcome, iv.CheckIns, iv.CancelReason = nil, nil, ""
+	iv.Outcome, iv.CheckIns, iv.CancelReason, iv.RescheduleReason = nil, nil, "", ""
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateIntervention", req.GetRequestId(), req, newIntervention,
 		func(tx pgx.Tx) (*interventionsv1.Intervention, error) {
 			if prev := iv.GetPreviousIntervention(); prev != "" {
@@ -605,6 +606,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				return nil, vs.Err()
 			}
 			next.RescheduleCount++
+			next.RescheduleReason = req.GetReason()
 			return s.save(ctx, tx, r, next, scheduled, "intervention.rescheduled")
 		})
 }

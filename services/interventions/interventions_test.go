@@ -151,8 +151,12 @@ func TestInterventionLifecycle(t *testing.T) {
 	start = start.Add(24 * time.Hour)
 	iv, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
 		StartTime: timestamppb.New(start), Reason: "family asked for Monday"})
-	if err != nil || iv.GetRescheduleCount() != 1 || iv.GetStartTime().AsTime().Sub(start).Abs() >= time.Microsecond {
+	if err != nil || iv.GetRescheduleCount() != 1 || iv.GetStartTime().AsTime().Sub(start).Abs() >= time.Microsecond ||
+		iv.GetRescheduleReason() != "family asked for Monday" {
 		t.Fatalf("RescheduleIntervention = %v, %v", iv, err)
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil || got.GetRescheduleReason() != "family asked for Monday" {
+		t.Fatalf("the stored reschedule reason: %v, %v", got, err)
 	}
 	// Moved to where it is: nothing changes, and no event tells the
 	// workflow to send every reminder again.

@@ -955,6 +955,9 @@ type Intervention struct {
 	State InterventionState `protobuf:"varint,11,opt,name=state,proto3,enum=handoff.interventions.v1.InterventionState" json:"state,omitempty"`
 	// How many times the SCHEDULED meeting was moved to a new time.
 	RescheduleCount int32 `protobuf:"varint,12,opt,name=reschedule_count,json=rescheduleCount,proto3" json:"reschedule_count,omitempty"`
+	// Why the meeting last moved, as given to RescheduleIntervention; empty
+	// if it never moved or the move gave no reason.
+	RescheduleReason string `protobuf:"bytes,22,opt,name=reschedule_reason,json=rescheduleReason,proto3" json:"reschedule_reason,omitempty"`
 	// How the meeting went; set by RecordOutcome, when the intervention
 	// becomes COMPLETED.
 	Outcome *Outcome `protobuf:"bytes,13,opt,name=outcome,proto3" json:"outcome,omitempty"`
@@ -1101,6 +1104,13 @@ func (x *Intervention) GetRescheduleCount() int32 {
 		return x.RescheduleCount
 	}
 	return 0
+}
+
+func (x *Intervention) GetRescheduleReason() string {
+	if x != nil {
+		return x.RescheduleReason
+	}
+	return ""
 }
 
 func (x *Intervention) GetOutcome() *Outcome {
@@ -2616,7 +2626,8 @@ type RescheduleInterventionRequest struct {
 	// The new IANA time zone, for example "America/Denver". If empty, the time
 	// zone stays as it was.
 	TimeZone string `protobuf:"bytes,4,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
-	// Why the meeting moved, in a few words.
+	// Why the meeting moved, in a few words; kept as the intervention's
+	// `reschedule_reason`.
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// If set, the change happens only if the intervention's etag still
 	// matches.
@@ -4393,7 +4404,7 @@ var File_handoff_interventions_v1_interventions_proto protoreflect.FileDescripto
 
 const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\n" +
-	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\f\n" +
+	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\f\n" +
 	"\fIntervention\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
 	"\x06family\x18\x02 \x01(\tBl\xe0A\x02\xe0A\x05\xfaA\x17\n" +
@@ -4410,7 +4421,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\tchecklist\x18\n" +
 	" \x03(\v2'.handoff.interventions.v1.ChecklistItemB\x03\xe0A\x03R\tchecklist\x12F\n" +
 	"\x05state\x18\v \x01(\x0e2+.handoff.interventions.v1.InterventionStateB\x03\xe0A\x03R\x05state\x12.\n" +
-	"\x10reschedule_count\x18\f \x01(\x05B\x03\xe0A\x03R\x0frescheduleCount\x12@\n" +
+	"\x10reschedule_count\x18\f \x01(\x05B\x03\xe0A\x03R\x0frescheduleCount\x120\n" +
+	"\x11reschedule_reason\x18\x16 \x01(\tB\x03\xe0A\x03R\x10rescheduleReason\x12@\n" +
 	"\aoutcome\x18\r \x01(\v2!.handoff.interventions.v1.OutcomeB\x03\xe0A\x03R\aoutcome\x12C\n" +
 	"\tcheck_ins\x18\x0e \x03(\v2!.handoff.interventions.v1.CheckInB\x03\xe0A\x03R\bcheckIns\x12\xac\x01\n" +
 	"\x15previous_intervention\x18\x0f \x01(\tBw\xe0A\x01\xe0A\x05\xfaA\x1d\n" +
