@@ -53,7 +53,9 @@ func Setup(cfg Config) (*Telemetry, error) {
 	var opts []sdktrace.TracerProviderOption
 	opts = append(opts, sdktrace.WithResource(res))
 	if cfg.Exporter != nil {
-		opts = append(opts, sdktrace.WithSyncer(cfg.Exporter))
+		// Batched: a request never waits on the collector, and a slow or
+		// missing collector drops spans rather than stalling the API.
+		opts = append(opts, sdktrace.WithBatcher(cfg.Exporter))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	reg := prometheus.NewRegistry()

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/handoff-health/handoff/services/auth"
@@ -100,5 +102,47 @@ func TestTraceSpansGatewayServiceAndActivity(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// stuckExporter is a collector that never answers until released.
+type stuckExporter struct{ release chan struct{} }
+
+func (e stuckExporter) ExportSpans(ctx context.Context, _ []sdktrace.ReadOnlySpan) error {
+	select {
+	case <-e.release:
+	case <-ctx.Done():
+	}
+	return nil
+}
+func (e stuckExporter) Shutdown(context.Context) error { return nil }
+
+// A collector that does not answer must not hold up the requests whose
+// spans it is sent: spans are exported in the background.
+func TestStuckCollectorDoesNotStallSpans(t *testing.T) {
+	exp := stuckExporter{release: make(chan struct{})}
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-test", Exporter: exp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		close(exp.release)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(ctx)
+	}()
+	tracer := otel.Tracer("test")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 3 {
+			_, span := tracer.Start(context.Background(), "request")
+			span.End()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("ending three spans waited on a stuck collector")
 	}
 }
