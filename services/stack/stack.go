@@ -17,6 +17,7 @@ import (
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -226,10 +227,12 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 
 	if !cfg.NoWorker {
-		w, err := NewWorker(cfg.Temporal, cfg.WorkerToken, s.FamiliesAddr, s.InterventionsAddr, s.ReferralsAddr, cfg.Settings)
+		w, closeConns, err := NewWorker(cfg.Temporal, WorkerConfig{Token: cfg.WorkerToken,
+			FamiliesAddr: s.FamiliesAddr, InterventionsAddr: s.InterventionsAddr, ReferralsAddr: s.ReferralsAddr, Settings: cfg.Settings})
 		if err != nil {
 			return fail(err)
 		}
+		s.closers = append(s.closers, closeConns)
 		if err := w.Start(); err != nil {
 			return fail(fmt.Errorf("start worker: %w", err))
 		}
@@ -272,32 +275,53 @@ func (s *Stack) startWebhooks(runCtx context.Context, cfg Config,
 	return &webhooks.Sink{DB: db, Log: cfg.Log.With("part", "webhook-sink")}, nil
 }
 
+// WorkerConfig configures the Temporal worker of NewWorker.
+type WorkerConfig struct {
+	// Token is the worker's own service token; required.
+	Token grpcclient.TokenSource
+	// TLS secures the calls to the services (mutual TLS); nil is plaintext,
+	// for loopback.
+	TLS credentials.TransportCredentials
+	// The services' addresses.
+	FamiliesAddr, InterventionsAddr, ReferralsAddr string
+	// Settings gives each clinic's workflow timings; nil is the defaults.
+	Settings func(string) activities.Settings
+	// StopTimeout is how long Stop lets running activities finish before
+	// it cancels them; zero cancels them at once.
+	StopTimeout time.Duration
+}
+
 // NewWorker builds the Temporal worker with activities that call the
-// services at the given addresses with the worker's token.
-func NewWorker(c client.Client, token grpcclient.TokenSource, familiesAddr, interventionsAddr, referralsAddr string,
-	settings func(string) activities.Settings) (worker.Worker, error) {
-	if token == nil {
-		return nil, errors.New("the worker needs a service token")
+// services as the worker's own identity. The returned close function
+// closes its connections, after the worker has stopped.
+func NewWorker(c client.Client, cfg WorkerConfig) (worker.Worker, func(), error) {
+	if cfg.Token == nil {
+		return nil, nil, errors.New("the worker needs a service token")
 	}
 	var conns []*grpc.ClientConn
-	for _, addr := range []string{familiesAddr, interventionsAddr, referralsAddr} {
-		conn, err := grpcclient.Dial(addr, grpcclient.Config{Token: token})
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for _, addr := range []string{cfg.FamiliesAddr, cfg.InterventionsAddr, cfg.ReferralsAddr} {
+		conn, err := grpcclient.Dial(addr, grpcclient.Config{TLS: cfg.TLS, Token: cfg.Token})
 		if err != nil {
-			for _, c := range conns {
-				c.Close()
-			}
-			return nil, err
+			closeAll()
+			return nil, nil, err
 		}
 		conns = append(conns, conn)
 	}
-	w := worker.New(c, flow.TaskQueue, hworker.Options())
+	opts := hworker.Options()
+	opts.WorkerStopTimeout = cfg.StopTimeout
+	w := worker.New(c, flow.TaskQueue, opts)
 	hworker.Register(w, &activities.Activities{
 		Families:      familiesv1.NewFamiliesServiceClient(conns[0]),
 		Interventions: interventionsv1.NewInterventionsServiceClient(conns[1]),
 		Referrals:     referralsv1.NewReferralsServiceClient(conns[2]),
-		Settings:      settings,
+		Settings:      cfg.Settings,
 	})
-	return w, nil
+	return w, closeAll, nil
 }
 
 // Stop stops every part and waits for them.

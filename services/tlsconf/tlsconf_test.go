@@ -2,17 +2,9 @@ package tlsconf
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,59 +12,21 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/handoff-health/handoff/services/tlsconf/tlstest"
 )
 
-type pki struct {
-	dir    string
-	caCert *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "handoff test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	p := &pki{dir: t.TempDir(), caCert: cert, caKey: key}
-	p.write(t, "ca.pem", "CERTIFICATE", der)
-	return p
-}
-
-func (p *pki) write(t *testing.T, name, typ string, der []byte) string {
-	path := filepath.Join(p.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-// issue makes a certificate for 127.0.0.1 signed by the CA.
-func (p *pki) issue(t *testing.T, name string, serial int64) Files {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.caCert, &key.PublicKey, p.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalECPrivateKey(key)
-	return Files{Cert: p.write(t, name+".pem", "CERTIFICATE", der), Key: p.write(t, name+"-key.pem", "EC PRIVATE KEY", kder),
-		CA: filepath.Join(p.dir, "ca.pem")}
+// issue makes a certificate of p's for 127.0.0.1.
+func issue(t *testing.T, p *tlstest.PKI, name string) Files {
+	pair := p.Issue(t, name)
+	return Files{Cert: pair.Cert, Key: pair.Key, CA: pair.CA}
 }
 
 // With certificates configured, only a client holding a certificate from
 // the same CA gets through.
 func TestMutualTLS(t *testing.T) {
-	p := newPKI(t)
-	serverCreds, err := Server(p.issue(t, "families", 2))
+	p := tlstest.New(t)
+	serverCreds, err := Server(issue(t, p, "families"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +47,7 @@ func TestMutualTLS(t *testing.T) {
 		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
-	clientCreds, err := Client(p.issue(t, "gateway", 3))
+	clientCreds, err := Client(issue(t, p, "gateway"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,12 +55,12 @@ func TestMutualTLS(t *testing.T) {
 		t.Fatalf("client with a certificate: %v", err)
 	}
 	pool := x509.NewCertPool()
-	pool.AddCert(p.caCert)
+	pool.AddCert(p.CA)
 	noCert := credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13})
 	if err := check(noCert); err == nil {
 		t.Fatal("a client without a certificate got through")
 	}
-	stranger, _ := Client(newPKI(t).issue(t, "stranger", 4))
+	stranger, _ := Client(issue(t, tlstest.New(t), "stranger"))
 	if err := check(stranger); err == nil {
 		t.Fatal("a client with another CA's certificate got through")
 	}

@@ -43,9 +43,12 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	listen := fs.String("listen", env("HANDOFF_GATEWAY_LISTEN", gatewayAddr), "gateway HTTP address (HANDOFF_GATEWAY_LISTEN)")
 	temporalPort := fs.Int("temporal-port", 7233, "embedded Temporal frontend port")
 	uiPort := fs.Int("temporal-ui-port", 8233, "embedded Temporal Web UI port (0 turns it off)")
-	demo := fs.Bool("demo", env("HANDOFF_DEMO", "") != "", "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
-	fast := fs.Bool("fast", env("HANDOFF_FAST", "") != "", "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
+	demo := fs.Bool("demo", false, "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
+	fast := fs.Bool("fast", false, "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
 	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""), "JSON file with workflow timings per clinic (HANDOFF_WORKFLOW_SETTINGS_FILE)")
+	if err := fromEnv(fs, "demo", "HANDOFF_DEMO", "fast", "HANDOFF_FAST"); err != nil {
+		return err
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

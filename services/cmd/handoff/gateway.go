@@ -39,7 +39,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
-	tel, flush, err := c.observe(ctx, log, "gateway")
+	tel, o, flush, err := c.observe(ctx, log, "gateway")
 	if err != nil {
 		return err
 	}
@@ -70,6 +70,9 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		}
 		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(codecAccess(log, verifier))))
 	}
+	// The public port's /readyz checks the services; this one says the
+	// gateway itself is up.
+	o.setReady(func(context.Context) error { return nil })
 	return serveHTTP(ctx, log, *listen, h)
 }
 
@@ -93,7 +96,7 @@ func serveHTTP(ctx context.Context, log *slog.Logger, addr string, h http.Handle
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	log.Info("gateway serving", "addr", lis.Addr().String())
+	log.Info("serving http", "addr", lis.Addr().String())
 	select {
 	case err := <-errc:
 		return err

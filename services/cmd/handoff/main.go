@@ -59,6 +59,23 @@ func env(name, def string) string {
 	return def
 }
 
+// fromEnv sets flags from environment variables, given as pairs of flag
+// name and variable name, before the command line is parsed (so a flag
+// still wins). The flag parses the value: "HANDOFF_MIGRATE=0" means false
+// and a value that is no bool or duration is an error, not a default.
+func fromEnv(fs *flag.FlagSet, pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		v, ok := os.LookupEnv(pairs[i+1])
+		if !ok {
+			continue
+		}
+		if err := fs.Set(pairs[i], v); err != nil {
+			return fmt.Errorf("%s=%q: %w", pairs[i+1], v, err)
+		}
+	}
+	return nil
+}
+
 // secret is a string flag whose value never shows in usage output: the
 // flag package prints defaults, and a default taken from the environment
 // may be a database password or a key, and usage output ends up in logs.

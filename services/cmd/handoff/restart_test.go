@@ -37,6 +37,8 @@ import (
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+	"github.com/handoff-health/handoff/services/tlsconf"
+	"github.com/handoff-health/handoff/services/tlsconf/tlstest"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
@@ -96,7 +98,15 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		"HANDOFF_PAYLOAD_KEYS=k:"+base64.StdEncoding.EncodeToString(k), "HANDOFF_PAYLOAD_KEY_ID=k",
 		"HANDOFF_FAMILIES_LISTEN="+addr["families"], "HANDOFF_INTERVENTIONS_LISTEN="+addr["interventions"], "HANDOFF_REFERRALS_LISTEN="+addr["referrals"],
 		"HANDOFF_FAMILIES_ADDRESS="+addr["families"], "HANDOFF_INTERVENTIONS_ADDRESS="+addr["interventions"], "HANDOFF_REFERRALS_ADDRESS="+addr["referrals"],
-		"HANDOFF_WORKER_TOKEN_FILE="+tokenFile, "HANDOFF_WORKFLOW_SETTINGS_FILE="+settings)
+		"HANDOFF_WORKER_TOKEN_FILE="+tokenFile, "HANDOFF_WORKFLOW_SETTINGS_FILE="+settings,
+		"HANDOFF_WORKER_STOP_TIMEOUT=5s")
+	// Mutual TLS between every process, as deployed.
+	pair := tlstest.New(t).Issue(t, "handoff")
+	env = append(env, "HANDOFF_TLS_CERT="+pair.Cert, "HANDOFF_TLS_KEY="+pair.Key, "HANDOFF_TLS_CA="+pair.CA)
+	creds, err := tlsconf.Client(tlsconf.Files{Cert: pair.Cert, Key: pair.Key, CA: pair.CA})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Deployed as in production: the migration job, as the owner, migrates
 	// every schema and makes the services' login role; the services log in
 	// as that role, which has the application role's rights only, and do
@@ -127,8 +137,12 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 			t.Logf("process logs (tail):\n%s", tail(b, 4000))
 		}
 	}()
+	// Each process serves its metrics and probes on a plaintext address of
+	// its own, as deployed: the probes cannot present a client certificate.
+	opsAddr := map[string]string{}
 	start := func(args ...string) *proc {
-		cmd := exec.Command(bin, args...)
+		opsAddr[args[0]] = freeAddr(t)
+		cmd := exec.Command(bin, append(args, "--metrics-listen", opsAddr[args[0]])...)
 		cmd.Env, cmd.Stdout, cmd.Stderr = env, logFile, logFile
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -139,7 +153,7 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	}
 	conns := map[string]*grpc.ClientConn{}
 	for name, a := range addr {
-		c, err := grpcclient.Dial(a, grpcclient.Config{})
+		c, err := grpcclient.Dial(a, grpcclient.Config{TLS: creds})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,13 +176,32 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	getCode := func(u string) int {
+		resp, err := http.Get(u)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	ready := func(name string) {
+		t.Helper()
+		for deadline := time.Now().Add(60 * time.Second); getCode("http://"+opsAddr[name]+"/readyz") != http.StatusOK; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's /readyz did not answer 200", name)
+			}
+		}
+	}
 	start("families")
 	healthy("families")
+	ready("families")
 	start("referrals")
 	healthy("referrals")
 	ivProc := start("interventions")
 	healthy("interventions")
 	worker := start("worker")
+	ready("worker")
+	ready("interventions")
 
 	// The gateway, deployed with a metrics address, keeps /metrics off its
 	// public port.
@@ -180,14 +213,6 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stop(&proc{cmd: gwCmd, args: []string{"gateway"}}) })
-	getCode := func(u string) int {
-		resp, err := http.Get(u)
-		if err != nil {
-			return 0
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
 	for deadline := time.Now().Add(30 * time.Second); getCode("http://"+gwAddr+"/healthz") != http.StatusOK; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the gateway did not come up")
@@ -207,6 +232,32 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	fam := familiesv1.NewFamiliesServiceClient(conns["families"])
 	iv := interventionsv1.NewInterventionsServiceClient(conns["interventions"])
 	ref := referralsv1.NewReferralsServiceClient(conns["referrals"])
+
+	// A service starts, is ready and takes requests while Temporal cannot
+	// be reached: the events wait in its outbox.
+	{
+		famAddr, famOps := freeAddr(t), freeAddr(t)
+		cmd := exec.Command(bin, "families", "--listen", famAddr, "--metrics-listen", famOps, "--temporal-address", freeAddr(t))
+		cmd.Env, cmd.Stdout, cmd.Stderr = env, logFile, logFile
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lone := &proc{cmd: cmd, args: []string{"families", "without Temporal"}}
+		t.Cleanup(func() { stop(lone) })
+		for deadline := time.Now().Add(30 * time.Second); getCode("http://"+famOps+"/readyz") != http.StatusOK; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("a families process without Temporal did not become ready")
+			}
+		}
+		conn, err := grpcclient.Dial(famAddr, grpcclient.Config{TLS: creds})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok(familiesv1.NewFamiliesServiceClient(conn).CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/north",
+			Family: &familiesv1.Family{LovedOne: &familiesv1.LovedOne{GivenName: "T"}, Counselor: "c"}}))(t)
+		conn.Close()
+		stop(lone)
+	}
 
 	// The webhooks process serves subscriptions as in production: an
 	// internal or plain-HTTP callback is refused. It is stopped once the EHR

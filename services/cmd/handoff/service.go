@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -96,7 +95,11 @@ func (c *common) verifier() (*auth.Verifier, error) {
 	return &auth.Verifier{Issuer: c.issuer, Audience: c.audience, Keys: &auth.JWKS{URL: c.jwksURL}, Leeway: 30 * time.Second}, nil
 }
 
-func (c *common) temporal(log *slog.Logger) (client.Client, error) {
+// temporal connects to Temporal. A lazy client connects on first use: a
+// service must start, and take requests whose events wait in its outbox,
+// while Temporal is down; the worker has nothing to do without it and
+// fails at once.
+func (c *common) temporal(log *slog.Logger, lazy bool) (client.Client, error) {
 	if c.payloadKeys == "" || c.payloadKeyID == "" {
 		return nil, errors.New("--payload-keys and --payload-key-id are required: workflow payloads are never stored in clear")
 	}
@@ -112,7 +115,11 @@ func (c *common) temporal(log *slog.Logger) (client.Client, error) {
 	if err := c.temporalSecurity(&opts); err != nil {
 		return nil, err
 	}
-	tc, err := client.Dial(opts)
+	dial := client.Dial
+	if lazy {
+		dial = client.NewLazyClient
+	}
+	tc, err := dial(opts)
 	if err != nil {
 		return nil, fmt.Errorf("temporal at %s: %w", c.temporalAddr, err)
 	}
@@ -128,8 +135,27 @@ type serviceDef struct {
 	policy     grpcserver.Policy
 	// flags registers the service's own flags, if it has any.
 	flags func(fs *flag.FlagSet, f *serviceFlags)
-	// register registers the service; it may return a background task.
-	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error)
+	// register registers the service and returns what runs beside it.
+	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error)
+}
+
+// part is what a service runs beside its gRPC server.
+type part struct {
+	// run, if set, runs until ctx ends (a sweep, a sender).
+	run func(ctx context.Context)
+	// close, if set, runs once the server has stopped and run has
+	// returned: calls still in flight during the graceful stop use what
+	// it closes (connections to other services).
+	close func()
+}
+
+// closeAll closes connections, for a part's close.
+func closeAll(conns ...io.Closer) func() {
+	return func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
 }
 
 type serviceFlags struct {
@@ -153,11 +179,11 @@ type serviceFlags struct {
 var serviceDefs = []serviceDef{
 	{
 		name: "families", schema: families.Schema, addr: familiesAddr, migrations: families.Migrations(), policy: families.Policy(),
-		register: func(s *grpcserver.Server, pool *pgdb.DB, _ serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, _ serviceFlags) (part, error) {
 			srv := families.New(pool, families.Config{})
 			familiesv1.RegisterFamiliesServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
-			return nil, nil
+			return part{}, nil
 		},
 	},
 	{
@@ -167,11 +193,11 @@ var serviceDefs = []serviceDef{
 			fs.StringVar(&f.calendarTokenFile, "calendar-token-file", env("HANDOFF_CALENDAR_TOKEN_FILE", ""),
 				"token of the calendar_reader identity, re-read when it changes; without it feeds leave out intake appointments (HANDOFF_CALENDAR_TOKEN_FILE)")
 		},
-		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			// Calls to the families service carry the caller's own token.
 			conn, err := f.dial(f.familiesAddr, nil)
 			if err != nil {
-				return nil, err
+				return part{}, err
 			}
 			conns := []io.Closer{conn}
 			cfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn)}
@@ -181,11 +207,13 @@ var serviceDefs = []serviceDef{
 				token := fileToken(f.calendarTokenFile)
 				calFam, err := f.dial(f.familiesAddr, token)
 				if err != nil {
-					return nil, err
+					closeAll(conns...)()
+					return part{}, err
 				}
 				calRef, err := f.dial(f.referralsAddr, token)
 				if err != nil {
-					return nil, err
+					closeAll(append(conns, calFam)...)()
+					return part{}, err
 				}
 				conns = append(conns, calFam, calRef)
 				cfg.CalendarFamilies, cfg.CalendarReferrals = familiesv1.NewFamiliesServiceClient(calFam), referralsv1.NewReferralsServiceClient(calRef)
@@ -194,28 +222,23 @@ var serviceDefs = []serviceDef{
 			interventionsv1.RegisterInterventionsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
 			s.SetCredentials(srv.Credentials())
-			return func(ctx context.Context) {
-				<-ctx.Done()
-				for _, c := range conns {
-					c.Close()
-				}
-			}, nil
+			return part{close: closeAll(conns...)}, nil
 		},
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
-		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			// The EHR's reads are checked against consent by the families
 			// service, with the EHR's own token.
 			conn, err := f.dial(f.familiesAddr, nil)
 			if err != nil {
-				return nil, err
+				return part{}, err
 			}
 			famClient := familiesv1.NewFamiliesServiceClient(conn)
 			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
-			return func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute); conn.Close() }, nil
+			return part{run: func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, close: closeAll(conn)}, nil
 		},
 	},
 	{
@@ -227,28 +250,28 @@ var serviceDefs = []serviceDef{
 				"base64 of 32 bytes that seal the subscriptions' signing secrets at rest (HANDOFF_WEBHOOK_SECRET_KEY)")
 			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered")
 		},
-		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (func(context.Context), error) {
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
-				return nil, errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
+				return part{}, errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
 			}
 			key, err := base64.StdEncoding.DecodeString(f.webhookSecretKey)
 			if err != nil {
-				return nil, fmt.Errorf("--secret-key: %w", err)
+				return part{}, fmt.Errorf("--secret-key: %w", err)
 			}
 			box, err := webhooks.NewSecretBox(key)
 			if err != nil {
-				return nil, err
+				return part{}, err
 			}
 			conn, err := f.dial(f.familiesAddr, fileToken(f.webhookTokenFile))
 			if err != nil {
-				return nil, err
+				return part{}, err
 			}
 			srv := webhooks.New(pool, webhooks.Config{Secrets: box})
 			webhooksv1.RegisterWebhooksServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
 			sender := webhooks.NewSender(webhooks.SenderConfig{DB: pool, Families: familiesv1.NewFamiliesServiceClient(conn),
 				Secrets: box, MaxAttempts: f.webhookMaxAttempts, Log: f.log.With("part", "webhook-sender")})
-			return func(ctx context.Context) { sender.Run(ctx); conn.Close() }, nil
+			return part{run: sender.Run, close: closeAll(conn)}, nil
 		},
 	},
 }
@@ -260,30 +283,36 @@ func init() {
 	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate}
 }
 
-// observe sets up traces and metrics for a process and serves /metrics when
-// asked; the returned function flushes them on exit.
-func (c *common) observe(ctx context.Context, log *slog.Logger, service string) (*telemetry.Telemetry, func(), error) {
+// observe sets up traces and metrics for a process and, when asked, serves
+// them with the probes on the metrics address; the returned function
+// flushes them on exit.
+func (c *common) observe(ctx context.Context, log *slog.Logger, service string) (*telemetry.Telemetry, *ops, func(), error) {
 	var exp sdktrace.SpanExporter
 	if c.otlpEndpoint != "" {
 		var err error
 		if exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(c.otlpEndpoint), otlptracegrpc.WithInsecure()); err != nil {
-			return nil, nil, fmt.Errorf("otlp: %w", err)
+			return nil, nil, nil, fmt.Errorf("otlp: %w", err)
 		}
 	}
 	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-" + service, Exporter: exp})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	o := &ops{}
 	if c.metricsListen != "" {
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", tel.Handler())
 		go func() {
-			if err := serveHTTP(ctx, log, c.metricsListen, mux); err != nil {
-				log.Error("metrics", "error", err.Error())
+			if err := serveHTTP(ctx, log.With("part", "metrics and probes"), c.metricsListen, o.handler(tel)); err != nil {
+				log.Error("metrics and probes", "error", err.Error())
 			}
 		}()
 	}
-	return tel, func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }, nil
+	return tel, o, func() {
+		// Spans still queued get a few seconds to reach the collector; a
+		// collector that is down must not hold up the exit.
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = tel.Shutdown(flushCtx)
+	}, nil
 }
 
 func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
@@ -293,10 +322,13 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	up := strings.ToUpper(d.name)
 	fs.StringVar(&f.listen, "listen", env("HANDOFF_"+up+"_LISTEN", d.addr), "gRPC listen address (HANDOFF_"+up+"_LISTEN)")
 	fs.StringVar(&f.familiesAddr, "families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service host:port (HANDOFF_FAMILIES_ADDRESS)")
-	fs.BoolVar(&f.migrate, "migrate", env("HANDOFF_MIGRATE", "true") != "false",
+	fs.BoolVar(&f.migrate, "migrate", true,
 		"migrate the schema at start as the URL's user; false when that user is the services' login role and 'handoff migrate' runs as the owner (HANDOFF_MIGRATE)")
 	if d.flags != nil {
 		d.flags(fs, &f)
+	}
+	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE"); err != nil {
+		return err
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -305,22 +337,22 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	if err != nil {
 		return err
 	}
-	_, flush, err := f.observe(ctx, log, d.name)
+	_, o, flush, err := f.observe(ctx, log, d.name)
 	if err != nil {
 		return err
 	}
 	defer flush()
-	tc, err := f.temporal(log)
+	tc, err := f.temporal(log, true)
 	if err != nil {
 		return err
 	}
 	defer tc.Close()
-	return d.serve(ctx, log, f, verifier, tc)
+	return d.serve(ctx, log, f, verifier, tc, o)
 }
 
 // serve migrates, then serves the service and relays its outbox to Temporal
 // until ctx ends.
-func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags, verifier *auth.Verifier, tc client.Client) error {
+func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags, verifier *auth.Verifier, tc client.Client, o *ops) error {
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
@@ -342,14 +374,19 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err != nil {
 		return err
 	}
+	if background.close != nil {
+		// Runs when serve returns: after the graceful stop and the relay,
+		// before the pools deferred above.
+		defer background.close()
+	}
 	lis, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return fmt.Errorf("%s: listen: %w", d.name, err)
 	}
 	var wg sync.WaitGroup
-	if background != nil {
+	if background.run != nil {
 		wg.Add(1)
-		go func() { defer wg.Done(); background(ctx) }()
+		go func() { defer wg.Done(); background.run(ctx) }()
 	}
 	deliver := (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver
 	if d.schema != webhooks.Schema {
@@ -366,6 +403,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
 	wg.Add(1)
 	go func() { defer wg.Done(); relay.Run(ctx) }()
+	o.setReady(serving(srv.Health))
 	log.Info("serving", "addr", lis.Addr().String())
 	err = srv.Serve(ctx, lis, 10*time.Second)
 	wg.Wait()
@@ -455,30 +493,36 @@ func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 // temporalSecurity applies mTLS (a client certificate, as Temporal Cloud and
 // self-hosted clusters with TLS use) or an API key (Temporal Cloud).
 func (c *common) temporalSecurity(o *client.Options) error {
+	var cfg *tls.Config
 	if c.temporalTLS.Cert != "" || c.temporalTLS.Key != "" {
 		cert, err := tls.LoadX509KeyPair(c.temporalTLS.Cert, c.temporalTLS.Key)
 		if err != nil {
 			return fmt.Errorf("temporal tls: %w", err)
 		}
-		cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-		if c.temporalTLS.CA != "" {
-			pem, err := os.ReadFile(c.temporalTLS.CA)
-			if err != nil {
-				return fmt.Errorf("temporal tls: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return fmt.Errorf("temporal tls: no certificate in %s", c.temporalTLS.CA)
-			}
-			cfg.RootCAs = pool
+		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if c.temporalTLS.CA != "" {
+		// A private CA alone is server TLS, with an API key or without a
+		// client certificate.
+		pem, err := os.ReadFile(c.temporalTLS.CA)
+		if err != nil {
+			return fmt.Errorf("temporal tls: %w", err)
 		}
-		o.ConnectionOptions.TLS = cfg
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("temporal tls: no certificate in %s", c.temporalTLS.CA)
+		}
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		cfg.RootCAs = pool
 	}
 	if c.temporalAPIKey != "" {
 		o.Credentials = client.NewAPIKeyStaticCredentials(c.temporalAPIKey)
-		if o.ConnectionOptions.TLS == nil {
-			o.ConnectionOptions.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
 		}
 	}
+	o.ConnectionOptions.TLS = cfg
 	return nil
 }

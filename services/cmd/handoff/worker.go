@@ -12,6 +12,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack"
+	"github.com/handoff-health/handoff/services/tlsconf"
 	"github.com/handoff-health/handoff/workflows/activities"
 )
 
@@ -28,8 +29,13 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	ref := fs.String("referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service (HANDOFF_REFERRALS_ADDRESS)")
 	tokenFile := fs.String("token-file", env("HANDOFF_WORKER_TOKEN_FILE", ""),
 		"file holding the worker's service token, re-read when it changes so the issuer can rotate it (HANDOFF_WORKER_TOKEN_FILE)")
+	stopTimeout := fs.Duration("stop-timeout", 50*time.Second,
+		"how long running activities may finish when the worker is told to stop; keep it under the pod's grace period (HANDOFF_WORKER_STOP_TIMEOUT)")
 	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""),
 		"JSON file with workflow timings per clinic, e.g. reminder offsets (HANDOFF_WORKFLOW_SETTINGS_FILE)")
+	if err := fromEnv(fs, "stop-timeout", "HANDOFF_WORKER_STOP_TIMEOUT"); err != nil {
+		return err
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -43,23 +49,30 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	if *tokenFile == "" {
 		return fmt.Errorf("--token-file is required: the worker calls the services with its own identity")
 	}
-	_, flush, err := c.observe(ctx, log, "worker")
+	_, o, flush, err := c.observe(ctx, log, "worker")
 	if err != nil {
 		return err
 	}
 	defer flush()
-	tc, err := c.temporal(log)
+	tc, err := c.temporal(log, false)
 	if err != nil {
 		return err
 	}
 	defer tc.Close()
-	w, err := stack.NewWorker(tc, fileToken(*tokenFile), *fam, *iv, *ref, settings)
+	creds, err := tlsconf.Client(c.tls)
 	if err != nil {
 		return err
 	}
+	w, closeConns, err := stack.NewWorker(tc, stack.WorkerConfig{Token: fileToken(*tokenFile), TLS: creds,
+		FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref, Settings: settings, StopTimeout: *stopTimeout})
+	if err != nil {
+		return err
+	}
+	defer closeConns()
 	if err := w.Start(); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	o.setReady(func(context.Context) error { return nil })
 	log.Info("worker running", "temporal", c.temporalAddr, "namespace", c.temporalNamespace)
 	<-ctx.Done()
 	w.Stop() // finishes running activities, then stops
