@@ -119,8 +119,15 @@ func checkDeployment(d *appsv1.Deployment) error {
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 			return fmt.Errorf("container %s needs requests and limits", c.Name)
 		}
-		if d.Name != "worker" && c.ReadinessProbe == nil {
-			return fmt.Errorf("container %s needs a readiness probe", c.Name)
+		if c.ReadinessProbe == nil || c.LivenessProbe == nil {
+			return fmt.Errorf("container %s needs readiness and liveness probes", c.Name)
+		}
+		// The processes speak mutual TLS on their gRPC ports, which the
+		// kubelet's gRPC probe cannot: it would never pass.
+		for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
+			if p.GRPC != nil {
+				return fmt.Errorf("container %s: a gRPC probe cannot present a client certificate; probe /readyz and /healthz on the metrics port", c.Name)
+			}
 		}
 	}
 	return nil
