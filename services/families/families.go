@@ -300,8 +300,37 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			if err != nil {
 				return nil, err
 			}
-			return out, emit(ctx, tx, clinic, "family.updated", out.GetName(), out)
+			if err := emit(ctx, tx, clinic, "family.updated", out.GetName(), out); err != nil {
+				return nil, err
+			}
+			if contactWithdrawn(cur, out) {
+				// Reminders already made for that person must not go out:
+				// the worker cancels them on this event.
+				if err := emit(ctx, tx, clinic, "family.contact_withdrawn", out.GetName(), out); err != nil {
+					return nil, err
+				}
+			}
+			return out, nil
 		})
+}
+
+// contactWithdrawn reports whether someone the clinic could contact before
+// the change no longer may: a member removed or no longer consenting, or
+// the loved one no longer to be contacted directly.
+func contactWithdrawn(before, after *familiesv1.Family) bool {
+	if before.GetLovedOne().GetMayContactDirectly() && !after.GetLovedOne().GetMayContactDirectly() {
+		return true
+	}
+	still := map[string]bool{}
+	for _, m := range after.GetMembers() {
+		still[m.GetId()] = m.GetConsentToContact()
+	}
+	for _, m := range before.GetMembers() {
+		if m.GetConsentToContact() && !still[m.GetId()] {
+			return true
+		}
+	}
+	return false
 }
 
 // DeleteFamily implements the API.

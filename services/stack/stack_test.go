@@ -17,6 +17,7 @@ import (
 	historypb "go.temporal.io/api/history/v1"
 	"go.temporal.io/api/proxy"
 	"go.temporal.io/api/serviceerror"
+	"go.temporal.io/api/workflowservice/v1"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -34,6 +35,7 @@ import (
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/workflows/codec"
+	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
@@ -52,6 +54,7 @@ type env struct {
 	admin    context.Context
 	ehr      context.Context
 	reminder context.Context
+	worker   context.Context
 }
 
 func start(t *testing.T) *env {
@@ -74,7 +77,7 @@ func start(t *testing.T) *env {
 		iv:      interventionsv1.NewInterventionsServiceClient(dial(sys.Stack.InterventionsAddr)),
 		ref:     referralsv1.NewReferralsServiceClient(dial(sys.Stack.ReferralsAddr)),
 		counsel: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
-		ehr: as("ehr", auth.RoleEHR), reminder: as("sms-gateway", auth.RoleReminders)}
+		ehr: as("ehr", auth.RoleEHR), reminder: as("sms-gateway", auth.RoleReminders), worker: as("worker", auth.RoleWorker)}
 }
 
 // current is the running test; these tests do not run in parallel, and ok
@@ -608,4 +611,56 @@ func TestDeletedFamilyStopsWhatRunsForIt(t *testing.T) {
 		t.Fatalf("reminders still pending for the deleted family: %v", pending.GetReminders())
 	}
 	e.recordHistory(ids.FamilyDeleted(f.GetName()), "familydeleted", "deleted.json")
+}
+
+// A member who withdraws consent to be contacted gets none of the
+// reminders already made for them (one waiting out quiet hours, say): the
+// change's event starts the ContactWithdrawn workflow, which cancels them;
+// the loved one's and the counselor's stay.
+func TestWithdrawnConsentCancelsPendingReminders(t *testing.T) {
+	e := start(t)
+	f, _ := e.family()
+	tomorrow := timestamppb.New(time.Now().Add(24 * time.Hour))
+	remind := func(rc *interventionsv1.Recipient) *interventionsv1.Reminder {
+		return ok(e.iv.CreateReminder(e.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: rc, DueTime: tomorrow, Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How did this week go?"}}))
+	}
+	member := remind(&interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+		Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS})
+	lovedOne := remind(&interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE,
+		Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS})
+	staff := remind(&interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+		Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP})
+
+	cur := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
+	cur.Members[0].ConsentToContact = false
+	ok(e.fam.UpdateFamily(e.counsel, &familiesv1.UpdateFamilyRequest{Family: cur, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}))
+
+	state := func(r *interventionsv1.Reminder) *interventionsv1.Reminder {
+		return ok(e.iv.GetReminder(e.reminder, &interventionsv1.GetReminderRequest{Name: r.GetName()}))
+	}
+	stacktest.Eventually(t, 30*time.Second, "the member's reminder cancelled", func() bool {
+		return state(member).GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED
+	})
+	if got := state(member).GetCancelReason(); got != "The recipient may no longer be contacted." {
+		t.Fatalf("cancel reason %q", got)
+	}
+	for _, r := range []*interventionsv1.Reminder{lovedOne, staff} {
+		if got := state(r); got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_SCHEDULED {
+			t.Fatalf("%v's reminder is %v; want it still SCHEDULED", got.GetRecipient().GetKind(), got.GetState())
+		}
+	}
+	resp, err := e.temporal.ListWorkflow(context.Background(), &workflowservice.ListWorkflowExecutionsRequest{
+		Query: "WorkflowType = 'ContactWithdrawn'"})
+	if err != nil || len(resp.GetExecutions()) != 1 {
+		t.Fatalf("ContactWithdrawn workflows: %v, %v; want one", resp.GetExecutions(), err)
+	}
+	id := resp.GetExecutions()[0].GetExecution().GetWorkflowId()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var res contactwithdrawn.Result
+	if err := e.temporal.GetWorkflow(ctx, id, "").Get(ctx, &res); err != nil || res.Reminders != 1 {
+		t.Fatalf("ContactWithdrawn = %+v, %v; want one reminder cancelled", res, err)
+	}
+	e.recordHistory(id, "contactwithdrawn", "withdrawn.json")
 }

@@ -382,7 +382,7 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	// would then go out with the old time.
 	n := 0
 	for _, who := range whom {
-		m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND %s", in.Related, openReminders)+who+kind)
+		m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND %s", in.Related, openReminders)+who+kind, nil)
 		n += m
 		if err != nil {
 			return n, err
@@ -409,8 +409,9 @@ func (a *Activities) CancelReminder(ctx context.Context, in CancelReminderReques
 // claimed, whichever they are when listed.
 const openReminders = "state != DELIVERED AND state != FAILED AND state != CANCELLED"
 
-// cancelReminders cancels the reminders filter finds.
-func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequest, filter string) (int, error) {
+// cancelReminders cancels the reminders filter finds, those of them which
+// pick, when given, picks.
+func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequest, filter string, pick func(*interventionsv1.Reminder) bool) (int, error) {
 	n := 0
 	token := ""
 	for {
@@ -420,9 +421,13 @@ func (a *Activities) cancelReminders(ctx context.Context, in CancelRemindersRequ
 			return n, wrap("list reminders", err)
 		}
 		for _, r := range page.GetReminders() {
+			if pick != nil && !pick(r) {
+				continue
+			}
 			_, err := a.Interventions.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: r.GetName(), Reason: in.Reason,
 				RequestId: in.RequestID[:min(len(in.RequestID), 24)] + "-" + aip.ID(r.GetName())})
-			if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+			// Ended or gone meanwhile: nothing to cancel.
+			if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
 				return n, wrap("cancel reminder", err)
 			}
 			if err == nil { // one that ended meanwhile was not cancelled
@@ -848,8 +853,9 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 			for _, iv := range page.GetInterventions() {
 				_, err := a.Interventions.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
 					Reason: familyDeleted, RequestId: prefix + "-" + aip.ID(iv.GetName())})
-				// Ended meanwhile (an outcome recorded): nothing to cancel.
-				if err != nil && ErrorType(wrap("", err)) != "INVALID_STATE_TRANSITION" {
+				// Ended meanwhile (an outcome recorded) or a draft deleted:
+				// nothing to cancel.
+				if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
 					return out, wrap("cancel intervention", err)
 				}
 				if err == nil {
@@ -865,7 +871,38 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them.
 	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
-		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders))
+		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), nil)
 	out.Reminders += n
 	return out, err
+}
+
+// contactWithdrawn is the reason a reminder is cancelled when its recipient
+// may no longer be contacted.
+const contactWithdrawn = "The recipient may no longer be contacted."
+
+// WithdrawUncontactable cancels the family's reminders not yet final whose
+// recipient may no longer be contacted: a member removed or no longer
+// consenting, or the loved one no longer to be contacted directly. It
+// reads the family as it is now, so a change undone meanwhile cancels
+// nothing; a deleted family is FamilyDeleted's.
+func (a *Activities) WithdrawUncontactable(ctx context.Context, in WithdrawRequest) (int, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
+	if err != nil {
+		return 0, gone("get family", err)
+	}
+	consenting := map[string]bool{}
+	for _, m := range fam.GetMembers() {
+		consenting[m.GetId()] = m.GetConsentToContact()
+	}
+	uncontactable := func(r *interventionsv1.Reminder) bool {
+		switch rc := r.GetRecipient(); rc.GetKind() {
+		case interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE:
+			return !fam.GetLovedOne().GetMayContactDirectly()
+		case interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER:
+			return !consenting[rc.GetId()]
+		}
+		return false // staff
+	}
+	return a.cancelReminders(ctx, CancelRemindersRequest{Clinic: aip.Clinic(in.Family), Reason: contactWithdrawn, RequestID: in.RequestID},
+		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), uncontactable)
 }

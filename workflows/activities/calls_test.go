@@ -581,12 +581,16 @@ func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.Lis
 		return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
 			{Name: "clinics/north/interventions/met"}, {Name: "clinics/north/interventions/ended"}}}, nil
 	}
-	return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{{Name: "clinics/north/interventions/draft"}}}, nil
+	return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
+		{Name: "clinics/north/interventions/draft"}, {Name: "clinics/north/interventions/deleted"}}}, nil
 }
 
 func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.CancelInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
 	if strings.HasSuffix(in.GetName(), "/ended") { // its outcome came meanwhile
 		return nil, apperr.InvalidTransition(in.GetName(), "COMPLETED", "CANCELLED")
+	}
+	if strings.HasSuffix(in.GetName(), "/deleted") { // a draft deleted meanwhile
+		return nil, apperr.NotFound(in.GetName())
 	}
 	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
 	return &interventionsv1.Intervention{Name: in.GetName()}, nil
@@ -606,7 +610,8 @@ func (f *closeFake) CancelReminder(_ context.Context, in *interventionsv1.Cancel
 }
 
 // A deleted family's scheduled meetings and drafts are cancelled (one that
-// ended meanwhile is passed over), then its people's pending reminders,
+// ended or was deleted meanwhile is passed over), then its people's
+// pending reminders,
 // each under a request id of its own.
 func TestCloseFamily(t *testing.T) {
 	f := &closeFake{}

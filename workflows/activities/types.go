@@ -204,6 +204,13 @@ type CloseFamilyRequest struct {
 	RequestID string
 }
 
+// WithdrawRequest asks for the reminders of a family's people who may no
+// longer be contacted to be cancelled.
+type WithdrawRequest struct {
+	Family    string
+	RequestID string
+}
+
 // Closed is what CloseFamily stopped.
 type Closed struct {
 	Interventions int // drafts and scheduled meetings cancelled

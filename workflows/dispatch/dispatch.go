@@ -26,6 +26,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/flow"
 	"github.com/handoff-health/handoff/workflows/ids"
@@ -68,9 +69,13 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 			return d.signal(ctx, p.GetOriginWorkflow(), flow.SignalReminderFailed, flow.ReminderFailed{Reminder: p.GetName()})
 		}
 	case *familiesv1.Family:
-		if e.Type == "handoff.families.v1.family.deleted" {
+		switch e.Type {
+		case "handoff.families.v1.family.deleted":
 			// One per family, ever: a redelivered event starts nothing.
 			return d.startOnce(ctx, ids.FamilyDeleted(p.GetName()), familydeleted.Name, familydeleted.Input{Family: p.GetName()})
+		case "handoff.families.v1.family.contact_withdrawn":
+			// One per change: a redelivered event starts nothing.
+			return d.startOnce(ctx, ids.ContactWithdrawn(p.GetName(), e.ID), contactwithdrawn.Name, contactwithdrawn.Input{Family: p.GetName()})
 		}
 	case *familiesv1.SafetyScreen:
 		return d.signal(ctx, ids.Boundary(aip.Family(p.GetName())), boundary.SignalSafetyScreen, nil)

@@ -3,6 +3,8 @@
 // a duplicate start is refused rather than run twice.
 package ids
 
+import "fmt"
+
 // Intervention is the id of the workflow that carries an intervention from
 // scheduling to its outcome.
 func Intervention(intervention string) string { return "intervention/" + intervention }
@@ -22,3 +24,10 @@ func Overdose(warningSign string) string { return "overdose/" + warningSign }
 // FamilyDeleted is the id of the workflow that stops what still runs for a
 // deleted family: one per family name (names are never reused).
 func FamilyDeleted(family string) string { return "family-deleted/" + family }
+
+// ContactWithdrawn is the id of the workflow that cancels the reminders of
+// people a family change made no longer contactable: one per change (the
+// outbox event that carried it).
+func ContactWithdrawn(family string, event int64) string {
+	return fmt.Sprintf("contact-withdrawn/%s/%d", family, event)
+}
