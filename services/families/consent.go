@@ -671,9 +671,13 @@ func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCo
 	if req.GetInformation() == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
 		return nil, apperr.Field("information", "is required")
 	}
-	// Every family of the clinic: the family is the consent's own.
+	// Every family of the clinic: the family is the consent's own. A
+	// deleted family's consents outlive it (the accounting needs them, and
+	// they still cover the records left, such as its cancelled meetings),
+	// but it is no family to list.
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+
-		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5", "true"}),
+		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5", "true"})+
+		` AND EXISTS (SELECT 1 FROM families f WHERE f.clinic = c.clinic AND f.id = c.family_id)`,
 		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
 	if err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)

@@ -586,9 +586,14 @@ func TestRevocationRetryAndSignedTerms(t *testing.T) {
 func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
-	a, b := f.create(t), f.create(t)
+	a, b, gone := f.create(t), f.create(t), f.create(t)
 	f.consent(t, a.GetName(), f.validConsent("ehr-1"))
 	f.consent(t, b.GetName(), f.validConsent("ehr-2"))
+	// A deleted family's consent outlives it, but the family is no more.
+	f.consent(t, gone.GetName(), f.validConsent("ehr-1"))
+	if _, err := f.client.DeleteFamily(f.admin, &familiesv1.DeleteFamilyRequest{Name: gone.GetName()}); err != nil {
+		t.Fatal(err)
+	}
 	ehr := f.ehr("ehr-1")
 	cov, err := f.client.ListCoveredFamilies(ehr, &familiesv1.ListCoveredFamiliesRequest{Parent: "clinics/north",
 		Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY})
