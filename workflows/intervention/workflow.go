@@ -672,6 +672,9 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	}
 	switch {
 	case acceptsMAT:
+		if flow.Version(ctx, versionStopBoundaryOnYes, 1) >= 1 {
+			w.stopBoundary(ctx)
+		}
 		// Services accepted beside MAT are referred too. Added after the
 		// first release of this workflow: versioned, so that histories
 		// recorded before it replay unchanged.
@@ -727,6 +730,23 @@ func (w *wf) child(ctx workflow.Context, id string, policy enumspb.ParentClosePo
 		WorkflowIDReusePolicy: enumspb.WORKFLOW_ID_REUSE_POLICY_ALLOW_DUPLICATE,
 		ParentClosePolicy:     policy,
 	})
+}
+
+// versionStopBoundaryOnYes guards stopping the family's boundary workflow
+// when the loved one accepts treatment; runs before it left it going.
+const versionStopBoundaryOnYes = "stop-boundary-on-yes"
+
+// stopBoundary asks the family's boundary workflow, begun after an earlier
+// refusal, to stop: after a yes it must not go on checking in with the
+// family about boundaries or draft the next, firmer meeting. None running
+// is the usual case; any other failure leaves it be, which is no reason to
+// hold up the intake.
+func (w *wf) stopBoundary(ctx workflow.Context) {
+	err := workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(w.plan.Family), "").Get(ctx, nil)
+	var none *temporal.UnknownExternalWorkflowExecutionError
+	if err != nil && !errors.As(err, &none) {
+		workflow.GetLogger(ctx).Warn("boundary workflow not stopped after a yes", "error", err)
+	}
 }
 
 // boundary starts the family's boundary workflow, or, when one already runs

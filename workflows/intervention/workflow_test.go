@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
 )
@@ -68,6 +69,8 @@ type harness struct {
 	holdAt   time.Time
 	released []string
 	cancels  []string
+	// stopped are the workflows asked to cancel (the boundary, on a yes).
+	stopped []string
 	// cancelled are the CancelReminders requests, whole.
 	cancelled []activities.CancelRemindersRequest
 	oldPlan   activities.Plan
@@ -125,6 +128,11 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 			h.cancels = append(h.cancels, in.Reason)
 			h.cancelled = append(h.cancelled, in)
 			return 0, nil
+		})
+	env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
+		func(_ string, id, _ string) error {
+			h.stopped = append(h.stopped, id)
+			return nil
 		})
 	return h
 }
@@ -647,6 +655,10 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	}
 	if intake.Hold != "clinics/north/holds/h1" || len(h.released) != 0 {
 		t.Fatalf("intake input %+v, released %v: the held slot must go to intake", intake, h.released)
+	}
+	// A boundary workflow running from an earlier refusal stops on a yes.
+	if len(h.stopped) != 1 || h.stopped[0] != ids.Boundary(intake.Family) {
+		t.Fatalf("cancel requested of %v; want the family's boundary workflow", h.stopped)
 	}
 	if len(support) != 1 || len(support[0].Kinds) != 1 || support[0].Kinds[0] != "FAMILY_COUNSELING" {
 		t.Fatalf("other accepted services referred: %+v", support)
