@@ -712,28 +712,33 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 	if err != nil {
 		return "", wrap("get intervention", err)
 	}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: prev.GetFamily()})
+	if err != nil {
+		return "", wrap("get family", err)
+	}
 	// The service refuses a participant who is not a member: one who left
 	// the family since the last meeting must not fail the workflow, weeks
 	// into its boundaries, over a draft the counselor edits anyway.
+	members := map[string]bool{}
+	for _, m := range fam.GetMembers() {
+		members[m.GetId()] = true
+	}
 	var participants []*interventionsv1.Participant
-	if len(prev.GetParticipants()) > 0 {
-		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: prev.GetFamily()})
-		if err != nil {
-			return "", wrap("get family", err)
+	for _, p := range prev.GetParticipants() {
+		if members[p.GetMemberId()] {
+			participants = append(participants, p)
 		}
-		members := map[string]bool{}
-		for _, m := range fam.GetMembers() {
-			members[m.GetId()] = true
-		}
-		for _, p := range prev.GetParticipants() {
-			if members[p.GetMemberId()] {
-				participants = append(participants, p)
-			}
-		}
+	}
+	// The family's counselor now, whom the workflow asks to review the
+	// draft: the family may have been handed to another since the last
+	// meeting.
+	counselor := fam.GetCounselor()
+	if counselor == "" {
+		counselor = prev.GetCounselor()
 	}
 	iv, err := a.Interventions.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/" + aip.Clinic(in.Previous),
 		RequestId: in.RequestID, Intervention: &interventionsv1.Intervention{
-			Family: prev.GetFamily(), Counselor: prev.GetCounselor(), Level: interventionsv1.EscalationLevel(in.Level),
+			Family: prev.GetFamily(), Counselor: counselor, Level: interventionsv1.EscalationLevel(in.Level),
 			TimeZone: prev.GetTimeZone(), ExpectedDuration: prev.GetExpectedDuration(), Place: prev.GetPlace(),
 			Participants: participants, PreviousIntervention: in.Previous, CarriedOverNotes: in.Notes}})
 	if ErrorType(wrap("", err)) == "REQUEST_ID_REUSED" {

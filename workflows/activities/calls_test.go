@@ -455,7 +455,7 @@ func TestProposalMadeByAnEarlierTry(t *testing.T) {
 		{Name: "clinics/north/interventions/draft", PreviousIntervention: prev, CreateTime: at(5)},
 		{Name: prev, CreateTime: at(0)},
 	}}
-	a := &Activities{Interventions: f}
+	a := &Activities{Interventions: f, Families: familyFake{}}
 	got, err := a.ProposeIntervention(context.Background(), ProposeRequest{Previous: prev, Level: 2, Notes: "n", RequestID: "r"})
 	if err != nil || got != "clinics/north/interventions/draft" {
 		t.Fatalf("ProposeIntervention = %q, %v; want the newest draft after %s", got, err, prev)
@@ -516,10 +516,12 @@ func (f *draftFake) CreateIntervention(_ context.Context, in *interventionsv1.Cr
 
 // The next meeting is drafted with the participants still in the family:
 // the uncle, who left since the last one, would have the service refuse
-// the draft and end the boundary workflow.
+// the draft and end the boundary workflow. It goes to the family's
+// counselor now, who is asked to review it, not to the one who led the
+// last meeting.
 func TestProposalLeavesOutWhoLeftTheFamily(t *testing.T) {
 	f := &draftFake{}
-	a := &Activities{Interventions: f, Families: familyFake{}}
+	a := &Activities{Interventions: f, Families: reassignedFake{}}
 	got, err := a.ProposeIntervention(context.Background(), ProposeRequest{Previous: "clinics/north/interventions/i1", Level: 2, RequestID: "r"})
 	if err != nil || got != "clinics/north/interventions/next" {
 		t.Fatalf("ProposeIntervention = %q, %v", got, err)
@@ -527,6 +529,20 @@ func TestProposalLeavesOutWhoLeftTheFamily(t *testing.T) {
 	if ps := f.created.GetParticipants(); len(ps) != 1 || ps[0].GetMemberId() != "mom" {
 		t.Fatalf("draft participants = %v; want mom alone", ps)
 	}
+	if c := f.created.GetCounselor(); c != "c-2" {
+		t.Fatalf("draft counselor = %q; want c-2, the family's now", c)
+	}
+}
+
+// reassignedFake is familyFake's family, handed to counselor c-2.
+type reassignedFake struct{ familyFake }
+
+func (f reassignedFake) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	fam, err := f.familyFake.GetFamily(ctx, in, opts...)
+	if fam != nil {
+		fam.Counselor = "c-2"
+	}
+	return fam, err
 }
 
 // counselorFake is a family with a counselor, or without one.
