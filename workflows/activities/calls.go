@@ -620,7 +620,10 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 	}
 	s := Safety{Status: strings.TrimPrefix(fam.GetSafetyScreenStatus().String(), "SAFETY_SCREEN_STATUS_"), Counselor: counselor(fam.GetCounselor())}
 	for _, m := range fam.GetMembers() {
-		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON && s.ContactPerson == "" {
+		// A contact person who has not agreed to be contacted is referred
+		// to no program (which would reach out to them) and not checked in
+		// with.
+		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON && m.GetConsentToContact() && s.ContactPerson == "" {
 			s.ContactPerson = m.GetId()
 		}
 		if reachable(m) {

@@ -708,3 +708,30 @@ func TestReminderMadeInQuietHoursWaits(t *testing.T) {
 		}
 	}
 }
+
+// safetyFake is a family whose contact person has not agreed to be
+// contacted; it has no boundaries.
+type safetyFake struct {
+	familiesv1.FamiliesServiceClient
+}
+
+func (safetyFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return &familiesv1.Family{Members: []*familiesv1.Member{
+		{Id: "dad", Role: familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON},
+		{Id: "mom", ConsentToContact: true, ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550100"}}},
+	}}, nil
+}
+
+func (safetyFake) ListBoundaries(context.Context, *familiesv1.ListBoundariesRequest, ...grpc.CallOption) (*familiesv1.ListBoundariesResponse, error) {
+	return &familiesv1.ListBoundariesResponse{}, nil
+}
+
+// A contact person who has not agreed to be contacted is no contact
+// person to the workflow: no program is asked to reach out to them.
+func TestFamilySafetyLeavesOutAContactPersonWithoutConsent(t *testing.T) {
+	a := &Activities{Families: safetyFake{}}
+	s, err := a.FamilySafety(context.Background(), "clinics/north/families/f1")
+	if err != nil || s.ContactPerson != "" || len(s.Members) != 1 || s.Members[0].ID != "mom" {
+		t.Fatalf("FamilySafety = %+v, %v; want no contact person, mom reachable", s, err)
+	}
+}

@@ -162,7 +162,8 @@ type Safety struct {
 	WithConsequence []string
 	// Members are the members who agreed to be contacted.
 	Members []Person
-	// ContactPerson is the member the clinic contacts first, if any.
+	// ContactPerson is the member the clinic contacts first, if any who
+	// agreed to be contacted.
 	ContactPerson string
 	Counselor     Person
 }

@@ -335,6 +335,13 @@ func (w *wf) prepare(ctx workflow.Context) error {
 	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
 	}
+	if flow.Version(ctx, versionReferBeforeScreen, 1) >= 1 {
+		// Harm reduction and family support raise no danger at home: they
+		// do not wait for the screen that boundary steps need.
+		if err := w.refer(ctx); err != nil {
+			return err
+		}
+	}
 	if w.safety.Status != "CURRENT" {
 		// Boundaries can raise the danger at home: no boundary reminders
 		// until a counselor has screened the family and, if needed, made a
@@ -385,22 +392,37 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		}
 		w.st.Reinforced = true
 	}
-	if !w.st.Referred {
-		if w.safety.ContactPerson != "" {
-			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
-				Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
-				Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING"}, Urgency: "ROUTINE",
-				RequestID: flow.RequestID(ctx, w.id("family-support")),
-			}); err != nil {
-				return err
-			}
-		}
-		if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
-			return err
-		}
-		w.st.Referred = true
+	if err := w.refer(ctx); err != nil {
+		return err
 	}
 	w.step = "checking_in"
+	return nil
+}
+
+// versionReferBeforeScreen guards making a cycle's referrals before the
+// safety gate; runs before it made them only once the family was screened
+// safe, and a family never screened got no naloxone referral.
+const versionReferBeforeScreen = "refer-before-screen"
+
+// refer makes a cycle's referrals once: family support for the contact
+// person, harm reduction for the loved one.
+func (w *wf) refer(ctx workflow.Context) error {
+	if w.st.Referred {
+		return nil
+	}
+	if w.safety.ContactPerson != "" {
+		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
+			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP", "INDIVIDUAL_COUNSELING"}, Urgency: "ROUTINE",
+			RequestID: flow.RequestID(ctx, w.id("family-support")),
+		}); err != nil {
+			return err
+		}
+	}
+	if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
+		return err
+	}
+	w.st.Referred = true
 	return nil
 }
 

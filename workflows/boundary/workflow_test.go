@@ -167,6 +167,14 @@ func TestSafetyGate(t *testing.T) {
 		if len(h.reinforced) != 0 || len(h.kinds("BOUNDARY_REMINDER")) != 0 {
 			t.Error("boundary steps ran without a safe screen")
 		}
+		// Harm reduction and family support do not wait for the screen.
+		var kinds []string
+		for _, r := range h.support {
+			kinds = append(kinds, r.Kinds...)
+		}
+		if !slices.Contains(kinds, "HARM_REDUCTION_NALOXONE") || !slices.Contains(kinds, "FAMILY_COUNSELING") {
+			t.Errorf("referred before the screen: %v; want naloxone and family support", kinds)
+		}
 		h.safety.Status = "CURRENT"
 		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
 	}, 3*day)
@@ -179,6 +187,9 @@ func TestSafetyGate(t *testing.T) {
 	}
 	if len(h.reinforced) != 2 || h.reinforced[0].Sub(h.t0) != 3*day {
 		t.Fatalf("reinforced at %v, want at day 3 when the screen arrived", h.reinforced)
+	}
+	if len(h.support) != 2 {
+		t.Fatalf("support referrals %+v; want family support and naloxone once each", h.support)
 	}
 }
 
