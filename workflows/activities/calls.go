@@ -346,6 +346,13 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 	return at, nil
 }
 
+// familyGone reports whether err, from matchRequest, says the family's
+// record no longer exists.
+func familyGone(err error) bool {
+	t := ErrorType(err)
+	return t == "RESOURCE_NOT_FOUND" || t == codes.NotFound.String()
+}
+
 // gone is nil for a record that no longer exists, and otherwise err as an
 // activity error.
 func gone(op string, err error) error {
@@ -491,6 +498,12 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
 	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	if familyGone(err) {
+		// Referrals made stay when a family's record is deleted, but no new
+		// one can be matched to it: the counselor takes over, as when no
+		// program is left.
+		return Referral{}, temporal.NewNonRetryableApplicationError("the family's record was deleted: no other program can be matched", "NO_PROGRAM", nil)
+	}
 	if err != nil {
 		return Referral{}, err
 	}
@@ -543,6 +556,9 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		// left it since is not referred (the service would refuse them, and
 		// the refusal would end the workflow).
 		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
+		if status.Code(err) == codes.NotFound {
+			return nil, nil // the family's record was deleted: nobody to refer
+		}
 		if err != nil {
 			return nil, wrap("get family", err)
 		}
@@ -554,6 +570,9 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	// The family's coverage and barriers are read once; each kind changes
 	// only what is asked for.
 	req, err := a.matchRequest(ctx, in.Family, nil, urgency, nil)
+	if familyGone(err) {
+		return nil, nil // the family's record was deleted: nobody to refer
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -809,6 +828,11 @@ func (a *Activities) FamilyCounselor(ctx context.Context, family string, fallbac
 // only if the family allows direct contact, and the family's contact person.
 func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Person, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if status.Code(err) == codes.NotFound {
+		// The family's record was deleted while its intake goes on (its
+		// referrals stay): nobody in it is reminded.
+		return nil, nil
+	}
 	if err != nil {
 		return nil, wrap("get family", err)
 	}

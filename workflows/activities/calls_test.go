@@ -735,3 +735,55 @@ func TestFamilySafetyLeavesOutAContactPersonWithoutConsent(t *testing.T) {
 		t.Fatalf("FamilySafety = %+v, %v; want no contact person, mom reachable", s, err)
 	}
 }
+
+// deletedFamily answers every read as the families service does once the
+// family's record is deleted.
+type deletedFamily struct {
+	familiesv1.FamiliesServiceClient
+}
+
+func (deletedFamily) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
+	return nil, apperr.NotFound(in.GetName())
+}
+
+func (deletedFamily) ListBarriers(_ context.Context, in *familiesv1.ListBarriersRequest, _ ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	return nil, apperr.NotFound(in.GetParent())
+}
+
+// noReferrals is a referrals service holding nothing yet.
+type noReferrals struct {
+	referralsv1.ReferralsServiceClient
+}
+
+func (noReferrals) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{}, nil
+}
+
+func (noReferrals) ListHolds(context.Context, *referralsv1.ListHoldsRequest, ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	return &referralsv1.ListHoldsResponse{}, nil
+}
+
+// A family deleted while its intake goes on (its referrals stay) fails no
+// step of the intake: nobody in it is reminded or referred to support, and
+// a next program, which cannot be matched to it, is NO_PROGRAM, so the
+// counselor takes over.
+func TestIntakeStepsForADeletedFamily(t *testing.T) {
+	a := &Activities{Families: deletedFamily{}, Referrals: noReferrals{}}
+	ctx := context.Background()
+	const fam = "clinics/north/families/f1"
+	if got, err := a.FamilyContacts(ctx, fam); err != nil || len(got) != 0 {
+		t.Fatalf("FamilyContacts = %v, %v; want nobody, no error", got, err)
+	}
+	for _, member := range []string{"", "mom"} {
+		got, err := a.CreateSupportReferrals(ctx, SupportRequest{Family: fam, Member: member, Kinds: []string{"FAMILY_SUPPORT_GROUP"},
+			Urgency: "ROUTINE", RequestID: "r"})
+		if err != nil || len(got) != 0 {
+			t.Fatalf("CreateSupportReferrals (member %q) = %v, %v; want none, no error", member, got, err)
+		}
+	}
+	_, err := a.StartImmediateReferral(ctx, ImmediateRequest{Family: fam, Intervention: "clinics/north/interventions/i1",
+		Exclude: []string{"clinics/north/programs/p1"}, RequestID: "r"})
+	if ErrorType(err) != "NO_PROGRAM" {
+		t.Fatalf("StartImmediateReferral = %v; want NO_PROGRAM", err)
+	}
+}
