@@ -11,6 +11,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -142,12 +143,24 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 	return secure(ctx, conn.Conn(), schema)
 }
 
+// MigrateLockTimeout bounds how long a migration waits for a table's lock.
+// Its ALTERs and policy changes take exclusive locks; waiting behind a long
+// read (a report, a dump) would queue every request behind the migration,
+// so it fails instead, and the migration job or the service's restart
+// tries again.
+var MigrateLockTimeout = 10 * time.Second
+
+func lockTimeout() string {
+	return fmt.Sprintf("SET LOCAL lock_timeout = %d", MigrateLockTimeout.Milliseconds())
+}
+
 // secure grants AppRole what the services need and puts row-level security
 // on every table that has a clinic column. It runs after every migration
 // set, so tables added later are covered too.
 func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		stmts := []string{
+			lockTimeout(),
 			`DO $$ BEGIN
 				IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '` + AppRole + `') THEN
 					CREATE ROLE ` + AppRole + ` NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
@@ -236,6 +249,9 @@ func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, f
 	}
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL search_path TO `+schema); err != nil {
+			return fmt.Errorf("pgdb: %s: %w", id, err)
+		}
+		if _, err := tx.Exec(ctx, lockTimeout()); err != nil {
 			return fmt.Errorf("pgdb: %s: %w", id, err)
 		}
 		tag, err := tx.Exec(ctx, `INSERT INTO schema_migrations (id) VALUES ($1) ON CONFLICT DO NOTHING`, id)
