@@ -415,7 +415,9 @@ func (s *Server) scanFamily(clinic string, r pgx.CollectableRow) (*familiesv1.Fa
 		return nil, err
 	}
 	f := &familiesv1.Family{}
-	if err := protojson.Unmarshal(doc, f); err != nil {
+	// Lenient: a field a newer release added (read during a rollout,
+	// or after a rollback) must not make the row unreadable.
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(doc, f); err != nil {
 		return nil, fmt.Errorf("decode family %s: %w", id, err)
 	}
 	f.Name = familyName(clinic, id)

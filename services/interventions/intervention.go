@@ -37,9 +37,14 @@ const (
 )
 
 const interventionSelect = `SELECT id, family, counselor, level, start_time, duration_seconds, time_zone, doc, state,
-	reschedule_count, create_time, update_time, version FROM interventions`
+	reschedule_count, reschedule_reason, create_time, update_time, version FROM interventions`
 
 var docJSON = protojson.MarshalOptions{UseProtoNames: true}
+
+// docDecode reads doc leniently: a field a newer release added (read here
+// during a rolling update, or after a rollback) is passed over, not an
+// error that makes the row unreadable.
+var docDecode = protojson.UnmarshalOptions{DiscardUnknown: true}
 
 // encodeDoc keeps the nested, client-visible parts of an intervention.
 func encodeDoc(iv *interventionsv1.Intervention) ([]byte, error) {
@@ -47,7 +52,6 @@ func encodeDoc(iv *interventionsv1.Intervention) ([]byte, error) {
 		Place: iv.GetPlace(), Participants: iv.GetParticipants(), Checklist: iv.GetChecklist(),
 		Outcome: iv.GetOutcome(), CheckIns: iv.GetCheckIns(), PreviousIntervention: iv.GetPreviousIntervention(),
 		CarriedOverNotes: iv.GetCarriedOverNotes(), CancelReason: iv.GetCancelReason(),
-		RescheduleReason: iv.GetRescheduleReason(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode intervention: %w", err)
@@ -59,6 +63,7 @@ func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention
 	return func(r pgx.CollectableRow) (*interventionsv1.Intervention, error) {
 		var (
 			id, family, counselor, zone string
+			rescheduleReason            string
 			level, state                int16
 			start                       *time.Time
 			duration, reschedules       int32
@@ -67,11 +72,11 @@ func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention
 			version                     int64
 		)
 		if err := r.Scan(&id, &family, &counselor, &level, &start, &duration, &zone, &doc, &state,
-			&reschedules, &created, &updated, &version); err != nil {
+			&reschedules, &rescheduleReason, &created, &updated, &version); err != nil {
 			return nil, err
 		}
 		iv := &interventionsv1.Intervention{}
-		if err := protojson.Unmarshal(doc, iv); err != nil {
+		if err := docDecode.Unmarshal(doc, iv); err != nil {
 			return nil, fmt.Errorf("decode intervention %s: %w", id, err)
 		}
 		iv.Name = interventionName(clinic, id)
@@ -82,7 +87,7 @@ func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention
 		}
 		iv.ExpectedDuration = durationpb.New(time.Duration(duration) * time.Second)
 		iv.State = interventionsv1.InterventionState(state)
-		iv.RescheduleCount = reschedules
+		iv.RescheduleCount, iv.RescheduleReason = reschedules, rescheduleReason
 		iv.WorkflowId = ids.Intervention(iv.Name)
 		iv.CreateTime, iv.UpdateTime, iv.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
 		return iv, nil
@@ -451,9 +456,9 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1
 	start, end := span(iv)
 	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
 		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
-		version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
+		reschedule_reason = $13, version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
 		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
-		iv.GetRescheduleCount(), s.cfg.Now())
+		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason())
 	if pgdb.IsExclusionViolation(err) {
 		return nil, apperr.FailedPrecondition(apperr.ReasonDoubleBooked,
 			fmt.Sprintf("counselor %s already has a scheduled intervention at that time", iv.GetCounselor()),

@@ -158,6 +158,14 @@ func TestInterventionLifecycle(t *testing.T) {
 	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil || got.GetRescheduleReason() != "family asked for Monday" {
 		t.Fatalf("the stored reschedule reason: %v, %v", got, err)
 	}
+	// A field a newer release stored (this one read during a rolling
+	// update, or after a rollback) leaves the row readable.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE interventions SET doc = doc || '{"field_of_a_later_release": 1}'::jsonb`); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil || got.GetRescheduleCount() != 1 {
+		t.Fatalf("a row with a field of a later release: %v, %v", got, err)
+	}
 	// Moved to where it is: nothing changes, and no event tells the
 	// workflow to send every reminder again.
 	countEvents := func() int {

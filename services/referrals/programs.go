@@ -40,7 +40,9 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 			return nil, err
 		}
 		p := &referralsv1.Program{}
-		if err := protojson.Unmarshal(doc, p); err != nil {
+		// Lenient: a field a newer release added (read during a rollout,
+		// or after a rollback) must not make the row unreadable.
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(doc, p); err != nil {
 			return nil, fmt.Errorf("decode program %s: %w", id, err)
 		}
 		p.Name = programName(clinic, id)

@@ -62,7 +62,9 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 		}
 		if appt != nil {
 			ref.IntakeAppointment = &referralsv1.IntakeAppointment{}
-			if err := protojson.Unmarshal(appt, ref.IntakeAppointment); err != nil {
+			// Lenient: a field a newer release added (read during a rollout,
+			// or after a rollback) must not make the row unreadable.
+			if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(appt, ref.IntakeAppointment); err != nil {
 				return nil, fmt.Errorf("decode appointment of %s: %w", id, err)
 			}
 		}
