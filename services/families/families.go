@@ -306,7 +306,9 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			if contactWithdrawn(cur, out) {
 				// Reminders already made for that person must not go out:
 				// the worker cancels them on this event.
-				if err := emit(ctx, tx, clinic, "family.contact_withdrawn", out.GetName(), out); err != nil {
+				// The name alone: the worker reads the family as it is then,
+				// and the outbox keeps no second copy of its details.
+				if err := emit(ctx, tx, clinic, "family.contact_withdrawn", out.GetName(), &familiesv1.Family{Name: out.GetName()}); err != nil {
 					return nil, err
 				}
 			}

@@ -1,10 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
+	"log/slog"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/handoff-health/handoff/services/loopback"
 )
 
 // Environment variables go through the flags' own parsers: "0" is false,
@@ -32,5 +39,65 @@ func TestFromEnvParsesLikeTheFlag(t *testing.T) {
 	err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE")
 	if err == nil || !strings.Contains(err.Error(), "HANDOFF_MIGRATE") {
 		t.Fatalf("a value that is no bool: %v, want an error naming the variable", err)
+	}
+}
+
+// A variable set but empty is unset: the flag keeps its default.
+func TestFromEnvTakesEmptyAsUnset(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	migrate := fs.Bool("migrate", true, "")
+	t.Setenv("HANDOFF_MIGRATE", "")
+	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE"); err != nil || !*migrate {
+		t.Fatalf("HANDOFF_MIGRATE empty: %v, %v; want the default, true", *migrate, err)
+	}
+}
+
+// The probes outlive the process's context: through a graceful stop
+// /readyz answers (not ready) instead of refusing connections, until the
+// process ends and runs the returned function.
+func TestProbesOutliveTheStopSignal(t *testing.T) {
+	addr, err := loopback.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &common{metricsListen: addr}
+	_, o, flush, err := c.observe(ctx, slog.New(slog.DiscardHandler), "probe-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := func() int {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for deadline := time.Now().Add(5 * time.Second); code() != http.StatusServiceUnavailable; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz before the process is ready: %d, want 503", code())
+		}
+	}
+	var stopping atomic.Bool
+	o.setReady(func(context.Context) error {
+		if stopping.Load() {
+			return errors.New("NOT_SERVING")
+		}
+		return nil
+	})
+	if got := code(); got != http.StatusOK {
+		t.Fatalf("/readyz once ready: %d", got)
+	}
+	cancel() // SIGTERM
+	stopping.Store(true)
+	time.Sleep(100 * time.Millisecond)
+	if got := code(); got != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz during the graceful stop: %d, want 503", got)
+	}
+	flush()
+	if got := code(); got != 0 {
+		t.Fatalf("/readyz after the process ended: %d, want no answer", got)
 	}
 }

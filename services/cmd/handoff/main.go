@@ -66,8 +66,8 @@ func env(name, def string) string {
 func fromEnv(fs *flag.FlagSet, pairs ...string) error {
 	for i := 0; i+1 < len(pairs); i += 2 {
 		v, ok := os.LookupEnv(pairs[i+1])
-		if !ok {
-			continue
+		if !ok || v == "" {
+			continue // set but empty is unset, as for every other variable
 		}
 		if err := fs.Set(pairs[i], v); err != nil {
 			return fmt.Errorf("%s=%q: %w", pairs[i+1], v, err)

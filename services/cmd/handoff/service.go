@@ -299,14 +299,25 @@ func (c *common) observe(ctx context.Context, log *slog.Logger, service string) 
 		return nil, nil, nil, err
 	}
 	o := &ops{}
+	// The probes and metrics outlive SIGTERM: through the graceful stop
+	// /readyz says not ready (rather than refusing connections) and the
+	// drain can still be scraped. They stop when the returned function
+	// runs, as the process ends.
+	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
+	opsDone := make(chan struct{})
 	if c.metricsListen != "" {
 		go func() {
-			if err := serveHTTP(ctx, log.With("part", "metrics and probes"), c.metricsListen, o.handler(tel)); err != nil {
+			defer close(opsDone)
+			if err := serveHTTP(opsCtx, log.With("part", "metrics and probes"), c.metricsListen, o.handler(tel)); err != nil {
 				log.Error("metrics and probes", "error", err.Error())
 			}
 		}()
+	} else {
+		close(opsDone)
 	}
 	return tel, o, func() {
+		stopOps()
+		<-opsDone
 		// Spans still queued get a few seconds to reach the collector; a
 		// collector that is down must not hold up the exit.
 		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
