@@ -673,7 +673,9 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	switch {
 	case acceptsMAT:
 		if flow.Version(ctx, versionStopBoundaryOnYes, 1) >= 1 {
-			w.stopBoundary(ctx)
+			if err := w.stopBoundary(ctx); err != nil {
+				return Result{}, err
+			}
 		}
 		// Services accepted beside MAT are referred too. Added after the
 		// first release of this workflow: versioned, so that histories
@@ -740,13 +742,24 @@ const versionStopBoundaryOnYes = "stop-boundary-on-yes"
 // refusal, to stop: after a yes it must not go on checking in with the
 // family about boundaries or draft the next, firmer meeting. None running
 // is the usual case; any other failure leaves it be, which is no reason to
-// hold up the intake.
-func (w *wf) stopBoundary(ctx workflow.Context) {
+// hold up the intake. The check-ins and boundary reminders it made for the
+// family and not yet sent (one waiting out quiet hours, say) are
+// cancelled too.
+func (w *wf) stopBoundary(ctx workflow.Context) error {
 	err := workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(w.plan.Family), "").Get(ctx, nil)
 	var none *temporal.UnknownExternalWorkflowExecutionError
 	if err != nil && !errors.As(err, &none) {
 		workflow.GetLogger(ctx).Warn("boundary workflow not stopped after a yes", "error", err)
 	}
+	for _, kind := range []string{"CHECK_IN", "BOUNDARY_REMINDER"} {
+		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+			Clinic: w.plan.Clinic, Related: w.plan.Family, Kind: kind, Reason: "the loved one accepted treatment",
+			RequestID: flow.RequestID(ctx, "cancel-boundary-reminders|"+kind),
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // boundary starts the family's boundary workflow, or, when one already runs

@@ -660,6 +660,16 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	if len(h.stopped) != 1 || h.stopped[0] != ids.Boundary(intake.Family) {
 		t.Fatalf("cancel requested of %v; want the family's boundary workflow", h.stopped)
 	}
+	// Its check-ins and boundary reminders to the family, not sent yet, too.
+	var kinds []string
+	for _, c := range h.cancelled {
+		if c.Related == intake.Family {
+			kinds = append(kinds, c.Kind)
+		}
+	}
+	if fmt.Sprint(kinds) != "[CHECK_IN BOUNDARY_REMINDER]" {
+		t.Fatalf("family reminders cancelled by kind: %v; want CHECK_IN and BOUNDARY_REMINDER", kinds)
+	}
 	if len(support) != 1 || len(support[0].Kinds) != 1 || support[0].Kinds[0] != "FAMILY_COUNSELING" {
 		t.Fatalf("other accepted services referred: %+v", support)
 	}
