@@ -6,10 +6,8 @@
 package contactwithdrawn
 
 import (
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
 )
@@ -32,13 +30,12 @@ type Result struct {
 // Workflow cancels the family's pending reminders to people it may no
 // longer contact, as the family stands when the activity runs.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	ctx = flow.BeginEpoch(ctx)
-	ctx = flow.WithActivityOptions(ctx)
 	var res Result
-	if aip.Clinic(in.Family) == "" {
-		return res, temporal.NewNonRetryableApplicationError("not a family name: "+in.Family, "InvalidArgument", nil)
+	ctx, err := flow.ForFamily(ctx, in.Family)
+	if err != nil {
+		return res, err
 	}
-	err := flow.Call(ctx, &res.Reminders, flow.A.WithdrawUncontactable, activities.WithdrawRequest{
+	err = flow.Call(ctx, &res.Reminders, flow.A.WithdrawUncontactable, activities.WithdrawRequest{
 		Family: in.Family, RequestID: flow.RequestID(ctx, "withdraw"),
 	})
 	return res, err

@@ -13,7 +13,6 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
-	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
 	"github.com/handoff-health/handoff/workflows/ids"
@@ -39,15 +38,14 @@ type Result struct {
 // Workflow asks the family's boundary workflow to stop, then cancels its
 // open interventions and pending reminders.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	ctx = flow.BeginEpoch(ctx)
-	ctx = flow.WithActivityOptions(ctx)
 	var res Result
-	if aip.Clinic(in.Family) == "" {
-		return res, temporal.NewNonRetryableApplicationError("not a family name: "+in.Family, "InvalidArgument", nil)
+	ctx, err := flow.ForFamily(ctx, in.Family)
+	if err != nil {
+		return res, err
 	}
 	// The boundary workflow first: it reads the family before each step,
 	// and without it would fail on the first read rather than end.
-	err := workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(in.Family), "").Get(ctx, nil)
+	err = workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(in.Family), "").Get(ctx, nil)
 	var none *temporal.UnknownExternalWorkflowExecutionError
 	switch {
 	case err == nil:

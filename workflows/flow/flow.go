@@ -13,6 +13,7 @@ import (
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/schedule"
 )
@@ -331,4 +332,16 @@ func Settings(ctx workflow.Context, clinic string) (activities.Settings, error) 
 	var s activities.Settings
 	err := Call(ctx, &s, A.LoadSettings, clinic)
 	return s, err
+}
+
+// ForFamily begins a workflow about one family: the epoch, the activity
+// options, and the family's name checked, a name of no family being a
+// final error.
+func ForFamily(ctx workflow.Context, family string) (workflow.Context, error) {
+	ctx = BeginEpoch(ctx)
+	ctx = WithActivityOptions(ctx)
+	if aip.Clinic(family) == "" {
+		return ctx, temporal.NewNonRetryableApplicationError("not a family name: "+family, "InvalidArgument", nil)
+	}
+	return ctx, nil
 }
