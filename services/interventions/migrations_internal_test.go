@@ -2,10 +2,7 @@ package interventions
 
 import (
 	"context"
-	"io/fs"
-	"path"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -16,16 +13,8 @@ import (
 // not lapse at the upgrade: it counts as read then.
 func TestUpgradeKeepsOldCalendarFeedsAlive(t *testing.T) {
 	ctx := context.Background()
-	before := fstest.MapFS{}
-	for _, f := range []string{"0001_interventions.sql", "0002_builtin_talking_points.sql", "0003_reminder_origin.sql", "0004_calendar_feeds.sql"} {
-		b, err := fs.ReadFile(migrations, path.Join("migrations", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[path.Join("migrations", f)] = &fstest.MapFile{Data: b}
-	}
 	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
-		pgdb.Source{Name: "interventions", FS: before, Dir: "migrations"})
+		pgtest.Before(t, Migrations()[1], "0001_interventions.sql", "0002_builtin_talking_points.sql", "0003_reminder_origin.sql", "0004_calendar_feeds.sql"))
 	created := time.Now().Add(-200 * 24 * time.Hour)
 	if _, err := pool.Exec(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
 		VALUES ('north', 'f1', 'counselor-1', '\x00', $1)`, created); err != nil {

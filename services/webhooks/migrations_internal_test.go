@@ -2,10 +2,7 @@ package webhooks
 
 import (
 	"context"
-	"io/fs"
-	"path"
 	"testing"
-	"testing/fstest"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -16,16 +13,8 @@ import (
 // is left alone.
 func TestUpgradeMakesEarlierFullSubscriptionsIDOnly(t *testing.T) {
 	ctx := context.Background()
-	before := fstest.MapFS{}
-	for _, f := range []string{"0001_webhooks.sql", "0002_retention_sink_failures.sql"} {
-		b, err := fs.ReadFile(migrations, path.Join("migrations", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		before[path.Join("migrations", f)] = &fstest.MapFile{Data: b}
-	}
 	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
-		pgdb.Source{Name: "webhooks", FS: before, Dir: "migrations"})
+		pgtest.Before(t, Migrations()[1], "0001_webhooks.sql", "0002_retention_sink_failures.sql"))
 	for id, payload := range map[string]int{"full": 2, "ids": 1} {
 		if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
 			VALUES ('north', $1, 'https://ehr.example.org/', '{1}', $2, 'ehr-1', 'sealed', now())`, id, payload); err != nil {

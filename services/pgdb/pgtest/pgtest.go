@@ -7,11 +7,14 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -136,4 +139,21 @@ func App(t testing.TB, schema string) *pgdb.DB {
 	}
 	t.Cleanup(db.Pool.Close)
 	return db
+}
+
+// Before is a migration source holding only the named files of src, as a
+// schema stood before the later ones: an upgrade test migrates a schema
+// with it, writes rows the old way, then migrates with all of src.
+func Before(t testing.TB, src pgdb.Source, files ...string) pgdb.Source {
+	t.Helper()
+	before := fstest.MapFS{}
+	for _, f := range files {
+		name := path.Join(src.Dir, f)
+		b, err := fs.ReadFile(src.FS, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[name] = &fstest.MapFile{Data: b}
+	}
+	return pgdb.Source{Name: src.Name, FS: before, Dir: src.Dir}
 }
