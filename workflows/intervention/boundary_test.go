@@ -176,6 +176,34 @@ func TestRefusalJoinsOrRestartsTheBoundaryWorkflow(t *testing.T) {
 
 // waitingBoundary stands in for a boundary workflow that runs until it is
 // cancelled.
+// startRefusal runs refusal for intervention iv on a fresh server, with
+// waitingBoundary as the boundary workflow id, and returns once that runs.
+func startRefusal(t *testing.T, id, iv string) (context.Context, client.Client, client.WorkflowRun) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(waitingBoundary, workflow.RegisterOptions{Name: boundary.Name})
+		r.RegisterWorkflow(refusal)
+	})
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "refusal-" + iv, TaskQueue: flow.TaskQueue}, refusal, id, iv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil &&
+			d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			return ctx, c, run
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the boundary workflow did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func waitingBoundary(ctx workflow.Context, _ boundary.Input) (boundary.Result, error) {
 	_ = workflow.Await(ctx, func() bool { return false })
 	return boundary.Result{}, temporal.NewCanceledError()
@@ -185,29 +213,8 @@ func waitingBoundary(ctx workflow.Context, _ boundary.Input) (boundary.Result, e
 // ends the refusal's wait as a summary, not a failure: the meeting's
 // outcome stands.
 func TestCancelledBoundaryEndsTheRefusal(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	c := ts.GetDefaultClient()
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
-		r.RegisterWorkflowWithOptions(waitingBoundary, workflow.RegisterOptions{Name: boundary.Name})
-		r.RegisterWorkflow(refusal)
-	})
+	ctx, c, run := startRefusal(t, "boundary-north-f2", "i9")
 	const id = "boundary-north-f2"
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "refusal-i9", TaskQueue: flow.TaskQueue}, refusal, id, "i9")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil &&
-			d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the boundary workflow did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	if err := c.CancelWorkflow(ctx, id, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -221,29 +228,7 @@ func TestCancelledBoundaryEndsTheRefusal(t *testing.T) {
 // workflow, which cancels its boundary child too) stays a cancellation:
 // only a boundary workflow cancelled on its own ends the wait as a summary.
 func TestCancelledRefusalStaysCancelled(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	c := ts.GetDefaultClient()
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
-		r.RegisterWorkflowWithOptions(waitingBoundary, workflow.RegisterOptions{Name: boundary.Name})
-		r.RegisterWorkflow(refusal)
-	})
-	const id = "boundary-north-f3"
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "refusal-i10", TaskQueue: flow.TaskQueue}, refusal, id, "i10")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if d, err := c.DescribeWorkflowExecution(ctx, id, ""); err == nil &&
-			d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the boundary workflow did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ctx, c, run := startRefusal(t, "boundary-north-f3", "i10")
 	if err := c.CancelWorkflow(ctx, "refusal-i10", ""); err != nil {
 		t.Fatal(err)
 	}
