@@ -18,6 +18,7 @@ import (
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 	"github.com/handoff-health/handoff/workflows/matintake"
 )
 
@@ -634,14 +635,5 @@ func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
 	}
 }
 
-// resends answers every resend with one reminder and keeps, in order, the
-// failed reminders it was asked to send again.
-func (h *harness) resends() *[]string {
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
-	return &resent
-}
+// resends keeps, in order, the failed reminders the workflow sends again.
+func (h *harness) resends() *[]string { return flowtest.Resends(h.env) }

@@ -1,0 +1,24 @@
+// Package flowtest holds what the workflows' test-suite tests share.
+package flowtest
+
+import (
+	"context"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/testsuite"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/flow"
+)
+
+// Resends answers every ResendReminder in env with one reminder and keeps,
+// in order, the failed reminders it was asked to send again.
+func Resends(env *testsuite.TestWorkflowEnvironment) *[]string {
+	var resent []string
+	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	return &resent
+}
