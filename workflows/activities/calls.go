@@ -112,7 +112,7 @@ func (a *Activities) matchRequest(ctx context.Context, family string, kinds []re
 // attempt took the hold but failed later reuses that hold: the match may no
 // longer offer its program, whose last slot may be the one held.
 func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
-	hold, err := a.heldFor(ctx, in.Intervention, nil)
+	hold, err := a.heldFor(ctx, in.Intervention, in.Family, nil)
 	if err != nil {
 		return HoldResult{}, err
 	}
@@ -175,9 +175,10 @@ func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) refer
 	return kinds[0]
 }
 
-// heldFor returns a live MAT hold of the intervention at a program not in
-// exclude, or nil.
-func (a *Activities) heldFor(ctx context.Context, intervention string, exclude []string) (*referralsv1.Hold, error) {
+// heldFor returns a live MAT hold of the intervention for family at a
+// program not in exclude, or nil. A hold naming the intervention for
+// another family (a counselor's slip) is not the loved one's to convert.
+func (a *Activities) heldFor(ctx context.Context, intervention, family string, exclude []string) (*referralsv1.Hold, error) {
 	if intervention == "" {
 		return nil, nil
 	}
@@ -187,16 +188,18 @@ func (a *Activities) heldFor(ctx context.Context, intervention string, exclude [
 		return nil, wrap("list holds", err)
 	}
 	for _, h := range resp.GetHolds() {
-		if slices.Contains(matKinds, h.GetServiceKind()) && !slices.Contains(exclude, h.GetProgram()) {
+		if h.GetFamily() == family && slices.Contains(matKinds, h.GetServiceKind()) && !slices.Contains(exclude, h.GetProgram()) {
 			return h, nil
 		}
 	}
 	return nil, nil
 }
 
-// referredFor returns an immediate MAT referral the intervention already
-// has at a program not in exclude and not turned down, or nil.
-func (a *Activities) referredFor(ctx context.Context, intervention string, exclude []string) (*referralsv1.Referral, error) {
+// referredFor returns an immediate MAT referral of the family's loved one
+// the intervention already has at a program not in exclude and not turned
+// down, or nil. A family member's referral, or another family's, naming
+// the intervention is not the loved one's.
+func (a *Activities) referredFor(ctx context.Context, intervention, family string, exclude []string) (*referralsv1.Referral, error) {
 	if intervention == "" {
 		return nil, nil
 	}
@@ -208,6 +211,9 @@ func (a *Activities) referredFor(ctx context.Context, intervention string, exclu
 	for _, r := range resp.GetReferrals() {
 		switch r.GetState() {
 		case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
+			continue
+		}
+		if r.GetFamily() != family || r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
 			continue
 		}
 		if slices.Contains(matKinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
@@ -480,13 +486,13 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	// A retry whose first attempt got further but lost the reply must find
 	// what it made, not take a slot elsewhere: the program it used may have
 	// no slot left, so the match would pass it over.
-	if ref, err := a.referredFor(ctx, in.Intervention, in.Exclude); err != nil || ref != nil {
+	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude); err != nil || ref != nil {
 		if err != nil {
 			return Referral{}, err
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	if hold, err := a.heldFor(ctx, in.Intervention, in.Exclude); err != nil || hold != nil {
+	if hold, err := a.heldFor(ctx, in.Intervention, in.Family, in.Exclude); err != nil || hold != nil {
 		if err != nil {
 			return Referral{}, err
 		}

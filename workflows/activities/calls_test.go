@@ -787,3 +787,50 @@ func TestIntakeStepsForADeletedFamily(t *testing.T) {
 		t.Fatalf("StartImmediateReferral = %v; want NO_PROGRAM", err)
 	}
 }
+
+type namingFake struct {
+	referralsv1.ReferralsServiceClient
+	holds     []*referralsv1.Hold
+	referrals []*referralsv1.Referral
+}
+
+func (f namingFake) ListHolds(context.Context, *referralsv1.ListHoldsRequest, ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	return &referralsv1.ListHoldsResponse{Holds: f.holds}, nil
+}
+
+func (f namingFake) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{Referrals: f.referrals}, nil
+}
+
+// A hold or referral that names the intervention but is another family's
+// (a counselor's slip), or a family member's, is not the loved one's: a
+// retry adopting it would convert someone else's slot or take a
+// relative's referral for the loved one's.
+func TestOnlyTheLovedOnesHoldAndReferralAreAdopted(t *testing.T) {
+	const iv, fam, other = "clinics/north/interventions/i1", "clinics/north/families/f1", "clinics/north/families/f2"
+	mat := referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+	loved := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
+	member := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"}
+	a := &Activities{Referrals: namingFake{
+		holds: []*referralsv1.Hold{
+			{Name: "clinics/north/holds/theirs", Family: other, Intervention: iv, ServiceKind: mat},
+			{Name: "clinics/north/holds/ours", Family: fam, Intervention: iv, ServiceKind: mat},
+		},
+		referrals: []*referralsv1.Referral{
+			{Name: "clinics/north/referrals/theirs", Family: other, Intervention: iv, ServiceKind: mat, Subject: loved},
+			{Name: "clinics/north/referrals/moms", Family: fam, Intervention: iv, ServiceKind: mat, Subject: member},
+			{Name: "clinics/north/referrals/ours", Family: fam, Intervention: iv, ServiceKind: mat, Subject: loved},
+		},
+	}}
+	h, err := a.heldFor(context.Background(), iv, fam, nil)
+	if err != nil || h.GetName() != "clinics/north/holds/ours" {
+		t.Errorf("hold adopted: %v, %v; want ours", h.GetName(), err)
+	}
+	r, err := a.referredFor(context.Background(), iv, fam, nil)
+	if err != nil || r.GetName() != "clinics/north/referrals/ours" {
+		t.Errorf("referral adopted: %v, %v; want ours", r.GetName(), err)
+	}
+	if h, _ := a.heldFor(context.Background(), iv, "clinics/north/families/f3", nil); h != nil {
+		t.Errorf("a hold of no family of ours adopted: %v", h.GetName())
+	}
+}
