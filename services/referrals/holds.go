@@ -81,6 +81,9 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	if err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
 		return nil, err
 	}
+	if err := s.checkIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily()); err != nil {
+		return nil, err
+	}
 	ttl := s.cfg.DefaultHoldTTL
 	if req.GetTtl() != nil {
 		ttl = req.GetTtl().AsDuration()

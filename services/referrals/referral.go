@@ -251,6 +251,9 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err := s.checkFamily(ctx, "referral.family", in.GetFamily(), "referral.subject.member_id", in.GetSubject().GetMemberId()); err != nil {
 		return nil, err
 	}
+	if err := s.checkIntervention(ctx, "referral.intervention", in.GetIntervention(), in.GetFamily()); err != nil {
+		return nil, err
+	}
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			return s.insertReferral(ctx, tx, clinic, in, s.cfg.Now())

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
@@ -56,6 +57,16 @@ type Config struct {
 	// or hold names a family (and member) that exists. Nil skips the check:
 	// only for benchmarks that run this service alone.
 	Families FamilyReader
+	// Interventions is read, with the caller's token, to check that a
+	// referral or hold names an intervention of its own family: the
+	// workflow of that intervention converts the hold it finds naming it.
+	// Nil skips the check, as Families.
+	Interventions InterventionReader
+}
+
+// InterventionReader is the part of the interventions API the service reads.
+type InterventionReader interface {
+	GetIntervention(ctx context.Context, in *interventionsv1.GetInterventionRequest, opts ...grpc.CallOption) (*interventionsv1.Intervention, error)
 }
 
 // FamilyReader is the part of the families API the service reads.
@@ -79,6 +90,27 @@ func (s *Server) checkFamily(ctx context.Context, field, family, memberField, me
 	}
 	if member != "" && !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == member }) {
 		return apperr.Field(memberField, "%q is not a member of the family", member)
+	}
+	return nil
+}
+
+// checkIntervention refuses, as a field violation, an intervention that
+// does not exist or is another family's: its workflow would take a hold
+// naming it for its own loved one, and the referral made from it would
+// carry one family's treatment decision under another's record.
+func (s *Server) checkIntervention(ctx context.Context, field, intervention, family string) error {
+	if s.cfg.Interventions == nil || intervention == "" {
+		return nil
+	}
+	iv, err := s.cfg.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: intervention})
+	if apperr.IsCode(err, codes.NotFound) {
+		return apperr.Field(field, "no such intervention")
+	}
+	if err != nil {
+		return fmt.Errorf("read intervention: %w", err)
+	}
+	if iv.GetFamily() != family {
+		return apperr.Field(field, "is an intervention of another family")
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -54,7 +55,8 @@ func setup(t testing.TB) *fixture {
 	pool, schema := pgtest.Schema(t, referrals.Migrations()...)
 	c := &clock{}
 	consent := &fakeConsent{refused: map[string]bool{}, requestIDs: map[string]bool{}, revokedLate: map[string]bool{}}
-	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent})
+	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent,
+		Interventions: consent})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
 		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
@@ -297,7 +299,7 @@ func TestReferralStateMachine(t *testing.T) {
 				Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
 		case sch:
 			_, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: name,
-				IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(time.Hour))}})
+				IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(-time.Minute))}})
 		case comp:
 			_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: name})
 		case ns:
@@ -440,6 +442,9 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 		"a member not of the family": func(r *referralsv1.Referral) {
 			r.Subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "uncle"}
 		},
+		// Its workflow would take the referral for its own loved one's.
+		"another family's intervention":       func(r *referralsv1.Referral) { r.Intervention = "clinics/north/interventions/others" },
+		"an intervention that does not exist": func(r *referralsv1.Referral) { r.Intervention = "clinics/north/interventions/gone" },
 	}
 	f.consent.missing = map[string]bool{"clinics/north/families/gone": true}
 	for name, mut := range cases {
@@ -470,6 +475,13 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: "clinics/north/families/gone"})
 	wantCode(t, err, codes.InvalidArgument)
+	// A hold naming another family's meeting would be taken by that
+	// meeting's workflow for its own loved one.
+	for _, iv := range []string{"clinics/north/interventions/others", "clinics/north/interventions/gone"} {
+		_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family, Intervention: iv})
+		wantViolation(t, err, "intervention")
+	}
 	if got, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()}); err != nil ||
 		got.GetCapacity().GetHeldSlots() != 0 {
 		t.Fatalf("a refused hold holds a slot: %v %v", got.GetCapacity(), err)
@@ -552,6 +564,19 @@ func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyReque
 		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
 	}
 	return &familiesv1.Family{Name: in.GetName(), Members: []*familiesv1.Member{{Id: "mom"}}}, nil
+}
+
+// GetIntervention stands in for the interventions service: every
+// intervention is of the family f1, but ".../others" (of f2) and
+// ".../gone" (none).
+func (c *fakeConsent) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	switch in.GetName() {
+	case "clinics/north/interventions/gone":
+		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+	case "clinics/north/interventions/others":
+		return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f2"}, nil
+	}
+	return &interventionsv1.Intervention{Name: in.GetName(), Family: family}, nil
 }
 
 func (c *fakeConsent) ListCoveredFamilies(context.Context, *familiesv1.ListCoveredFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error) {
@@ -883,5 +908,57 @@ func TestCalendarReaderCannotFilterOnWhatItCannotSee(t *testing.T) {
 	}
 	if _, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north", Filter: "urgency = IMMEDIATE"}); err != nil {
 		t.Errorf("counselor, urgency filter: %v", err)
+	}
+}
+
+// wantViolation fails unless err is INVALID_ARGUMENT with a violation of field.
+func wantViolation(t *testing.T, err error, field string) {
+	t.Helper()
+	wantCode(t, err, codes.InvalidArgument)
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				if v.GetField() == field {
+					return
+				}
+			}
+		}
+	}
+	t.Fatalf("%v: want a violation of %s", err, field)
+}
+
+// A no-show counts against the person and starts re-engagement: it cannot
+// be recorded before the appointment began, and the refusal changes
+// nothing.
+func TestNoShowNotBeforeTheAppointment(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	booked, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(2 * time.Hour))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
+	wantReason(t, err, codes.FailedPrecondition, "TOO_EARLY")
+	got, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
+	if err != nil || got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED || got.GetNoShowCount() != 0 ||
+		got.GetEtag() != booked.GetEtag() {
+		t.Fatalf("after a refused no-show: %v %d %s, %v; want SCHEDULED, 0, %s", got.GetState(), got.GetNoShowCount(), got.GetEtag(), err, booked.GetEtag())
+	}
+	f.clock.Advance(3 * time.Hour)
+	got, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
+	if err != nil || got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW || got.GetNoShowCount() != 1 {
+		t.Fatalf("no-show after the appointment: %v %d, %v", got.GetState(), got.GetNoShowCount(), err)
 	}
 }

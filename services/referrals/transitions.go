@@ -57,6 +57,8 @@ type step struct {
 	// not a retry: after the request id lookup, so that a retry gets the
 	// first answer even once the clock would refuse it.
 	check func(now time.Time) error
+	// ready refuses a legal step the referral is not ready for yet.
+	ready func(cur *referralsv1.Referral, now time.Time) error
 	// apply sets the columns the transition changes besides the state.
 	apply func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error
 }
@@ -104,6 +106,11 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 					strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_"), strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
 			}
 			now := s.cfg.Now()
+			if st.ready != nil {
+				if err := st.ready(cur, now); err != nil {
+					return nil, err
+				}
+			}
 			if st.apply != nil {
 				if err := st.apply(ctx, tx, r, now); err != nil {
 					return nil, err
@@ -264,6 +271,18 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 func (s *Server) MarkReferralNoShow(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
 	return s.transition(ctx, step{method: "MarkReferralNoShow", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetReason(), to: noShow, req: req,
+		ready: func(cur *referralsv1.Referral, now time.Time) error {
+			// A no-show counts against the person and starts the intake
+			// workflow's re-engagement: not before the appointment began.
+			start := cur.GetIntakeAppointment().GetStartTime()
+			if start != nil && now.Before(start.AsTime()) {
+				return apperr.FailedPrecondition(apperr.ReasonTooEarly,
+					fmt.Sprintf("%s: the intake appointment starts at %s; record a no-show after it has begun",
+						cur.GetName(), start.AsTime().UTC().Format(time.RFC3339)),
+					map[string]string{"resource": cur.GetName()})
+			}
+			return nil
+		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
 			_, err := tx.Exec(ctx, `UPDATE referrals SET no_show_count = no_show_count + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id)
 			return err

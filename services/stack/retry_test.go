@@ -26,7 +26,10 @@ func TestRetriedImmediateReferralMakesOne(t *testing.T) {
 		ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 1}))
 	}
 	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
-	const intervention = "clinics/north/interventions/retried"
+	// A draft: it has no workflow of its own to interfere.
+	intervention := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(time.Hour)), ExpectedDuration: durationpb.New(15 * time.Minute),
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}})).GetName()
 	in := activities.ImmediateRequest{Family: f.GetName(), Intervention: intervention, FirstContact: time.Now(), RequestID: "retried-referral"}
 	first, err := a.StartImmediateReferral(e.counsel, in)
 	if err != nil {
@@ -41,13 +44,16 @@ func TestRetriedImmediateReferralMakesOne(t *testing.T) {
 	if len(refs) != 1 {
 		t.Fatalf("%d referrals for one acceptance: %v", len(refs), refs)
 	}
-	// A hold taken by an attempt that failed afterwards (here the checklist
-	// tick, as the intervention does not exist) is reused by the retry, not
-	// joined by a second hold at the next program.
+	// A hold taken by an attempt that failed afterwards is reused by the
+	// retry, not joined by a second hold at the next program. Here the
+	// checklist tick fails: its request id was used before, for another
+	// request.
+	ok(e.iv.UpdateChecklistItem(e.counsel, &interventionsv1.UpdateChecklistItemRequest{Name: intervention,
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: true, RequestId: "hold-1-checklist"}))
 	for range 2 {
 		if _, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: intervention,
 			TTL: time.Hour, RequestID: "hold-1"}); err == nil {
-			t.Fatal("the checklist tick should fail for an intervention that does not exist")
+			t.Fatal("the checklist tick should fail under a request id used for another request")
 		}
 	}
 	holds := ok(e.ref.ListHolds(e.counsel, &referralsv1.ListHoldsRequest{Parent: "clinics/north",

@@ -133,16 +133,20 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 
-	serve := func(name, addr string, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpcserver.Server)) (string, error) {
+	listen := func(name, addr string) (net.Listener, error) {
+		lis, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+		}
+		s.closers = append(s.closers, func() { lis.Close() })
+		return lis, nil
+	}
+	serveOn := func(name string, lis net.Listener, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpcserver.Server)) (string, error) {
 		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy, Audit: auditor})
 		if err != nil {
 			return "", err
 		}
 		register(srv)
-		lis, err := net.Listen("tcp", addr)
-		if err != nil {
-			return "", fmt.Errorf("%s: listen on %s: %w", name, addr, err)
-		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -151,6 +155,13 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 			}
 		}()
 		return lis.Addr().String(), nil
+	}
+	serve := func(name, addr string, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpcserver.Server)) (string, error) {
+		lis, err := listen(name, addr)
+		if err != nil {
+			return "", err
+		}
+		return serveOn(name, lis, policy, auditor, register)
 	}
 	// Services reach each other with the caller's token (forwarded).
 	dial := func(addr string, token grpcclient.TokenSource) (*grpc.ClientConn, error) {
@@ -172,7 +183,18 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return fail(err)
 	}
 	famClient := familiesv1.NewFamiliesServiceClient(famConn)
-	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log, Consent: &consentgate.Gate{Families: famClient}, Families: famClient})
+	// Referrals and interventions call each other: the interventions
+	// listener comes first, so that referrals can dial its address.
+	ivLis, err := listen("interventions", cfg.InterventionsAddr)
+	if err != nil {
+		return fail(err)
+	}
+	ivConn, err := dial(ivLis.Addr().String(), nil)
+	if err != nil {
+		return fail(err)
+	}
+	refSrv := referrals.New(refPool, referrals.Config{Log: cfg.Log, Consent: &consentgate.Gate{Families: famClient}, Families: famClient,
+		Interventions: interventionsv1.NewInterventionsServiceClient(ivConn)})
 	if s.ReferralsAddr, err = serve("referrals", cfg.ReferralsAddr, referrals.Policy(), refSrv.Auditor(), func(g *grpcserver.Server) {
 		referralsv1.RegisterReferralsServiceServer(g, refSrv)
 	}); err != nil {
@@ -194,7 +216,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		ivCfg.CalendarFamilies, ivCfg.CalendarReferrals = familiesv1.NewFamiliesServiceClient(calFam), referralsv1.NewReferralsServiceClient(calRef)
 	}
 	ivSrv := interventions.New(ivPool, ivCfg)
-	if s.InterventionsAddr, err = serve("interventions", cfg.InterventionsAddr, interventions.Policy(), ivSrv.Auditor(), func(g *grpcserver.Server) {
+	if s.InterventionsAddr, err = serveOn("interventions", ivLis, interventions.Policy(), ivSrv.Auditor(), func(g *grpcserver.Server) {
 		g.SetCredentials(ivSrv.Credentials())
 		interventionsv1.RegisterInterventionsServiceServer(g, ivSrv)
 	}); err != nil {

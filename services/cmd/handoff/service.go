@@ -164,6 +164,9 @@ type serviceFlags struct {
 	// interventions: calendar feeds read intake appointments as the
 	// calendar_reader identity.
 	referralsAddr, calendarTokenFile string
+	// referrals: checks that a hold or referral names an intervention of
+	// its own family.
+	interventionsAddr string
 	// webhooks: the sender's identity and the key that seals signing
 	// secrets at rest.
 	webhookTokenFile, webhookSecretKey string
@@ -227,18 +230,29 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
+		flags: func(fs *flag.FlagSet, f *serviceFlags) {
+			fs.StringVar(&f.interventionsAddr, "interventions-address", env("HANDOFF_INTERVENTIONS_ADDRESS", interventionsAddr),
+				"interventions service host:port (HANDOFF_INTERVENTIONS_ADDRESS)")
+		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			// The EHR's reads are checked against consent by the families
-			// service, with the EHR's own token.
+			// service, with the EHR's own token; families and interventions
+			// are read with the caller's.
 			conn, err := f.dial(f.familiesAddr, nil)
 			if err != nil {
 				return part{}, err
 			}
+			ivConn, err := f.dial(f.interventionsAddr, nil)
+			if err != nil {
+				closeAll(conn)()
+				return part{}, err
+			}
 			famClient := familiesv1.NewFamiliesServiceClient(conn)
-			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient})
+			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient,
+				Interventions: interventionsv1.NewInterventionsServiceClient(ivConn)})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
-			return part{run: func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, close: closeAll(conn)}, nil
+			return part{run: func(ctx context.Context) { srv.RunExpiry(ctx, time.Minute) }, close: closeAll(conn, ivConn)}, nil
 		},
 	},
 	{
