@@ -38,18 +38,24 @@ func TestVerifierChecksEveryClaim(t *testing.T) {
 	noClinic.Clinic = ""
 	tok := iss.MustMint(good)
 	parts := strings.Split(tok, ".")
-	for name, token := range map[string]string{
-		"expired":        iss.MustMint(expired),
-		"not yet valid":  iss.MustMint(future),
-		"wrong audience": iss.MustMint(aud),
-		"foreign key":    other.MustMint(good),
-		"no clinic":      iss.MustMint(noClinic),
-		"tampered":       parts[0] + "." + parts[1] + "x." + parts[2],
-		"garbage":        "not.a.jwt",
-		"alg none":       "eyJhbGciOiJub25lIn0." + parts[1] + ".",
+	// The caller is told what is wrong with its token, not what the
+	// deployment trusts (audience, issuer, key ids).
+	for name, c := range map[string]struct{ token, public string }{
+		"expired":        {iss.MustMint(expired), "invalid token: expired"},
+		"not yet valid":  {iss.MustMint(future), "invalid token: not valid yet"},
+		"wrong audience": {iss.MustMint(aud), "invalid token"},
+		"foreign key":    {other.MustMint(good), "invalid token"},
+		"no clinic":      {iss.MustMint(noClinic), "invalid token"},
+		"tampered":       {parts[0] + "." + parts[1] + "x." + parts[2], "invalid token"},
+		"garbage":        {"not.a.jwt", "invalid token"},
+		"alg none":       {"eyJhbGciOiJub25lIn0." + parts[1] + ".", "invalid token"},
 	} {
-		if _, err := v.Verify(ctx, token); !errors.Is(err, ErrInvalidToken) {
+		_, err := v.Verify(ctx, c.token)
+		if !errors.Is(err, ErrInvalidToken) {
 			t.Errorf("%s: got %v, want an invalid-token error", name, err)
+		}
+		if got := PublicReason(err); got != c.public {
+			t.Errorf("%s: told the caller %q, want %q", name, got, c.public)
 		}
 	}
 	wrongIssuer := &Verifier{Issuer: "https://other.test", Audience: "handoff", Keys: iss.Keys()}

@@ -34,6 +34,26 @@ type Verifier struct {
 // ErrInvalidToken wraps every reason a token is refused.
 var ErrInvalidToken = errors.New("invalid token")
 
+// The reasons a caller may be told: they are about the token alone. The
+// others (the audience or issuers trusted, key ids) describe the
+// deployment and stay in the operator's log.
+var (
+	errExpired  = errors.New("expired")
+	errNotValid = errors.New("not valid yet")
+)
+
+// PublicReason says why a token was refused, in as much detail as the
+// caller may see.
+func PublicReason(err error) string {
+	switch {
+	case errors.Is(err, errExpired):
+		return "invalid token: expired"
+	case errors.Is(err, errNotValid):
+		return "invalid token: not valid yet"
+	}
+	return "invalid token"
+}
+
 type header struct {
 	Alg string `json:"alg"`
 	Kid string `json:"kid"`
@@ -90,9 +110,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 	case !contains(c.Audience, v.Audience):
 		return Principal{}, fmt.Errorf("%w: audience does not include %q", ErrInvalidToken, v.Audience)
 	case c.Expiry == 0 || now.After(time.Unix(c.Expiry, 0).Add(v.Leeway)):
-		return Principal{}, fmt.Errorf("%w: expired", ErrInvalidToken)
+		return Principal{}, fmt.Errorf("%w: %w", ErrInvalidToken, errExpired)
 	case c.NotBefore != 0 && now.Add(v.Leeway).Before(time.Unix(c.NotBefore, 0)):
-		return Principal{}, fmt.Errorf("%w: not valid yet", ErrInvalidToken)
+		return Principal{}, fmt.Errorf("%w: %w", ErrInvalidToken, errNotValid)
 	case c.Subject == "" || c.Clinic == "":
 		return Principal{}, fmt.Errorf("%w: subject and clinic are required", ErrInvalidToken)
 	}

@@ -152,7 +152,7 @@ func (w *world) family(given string) (family, boundary string) {
 	})
 	family = str(f, "name")
 	// Without the patient's consent the EHR reads nothing (42 CFR Part 2).
-	if r := w.ehr.do("GET", "/v1/"+family, nil); r.code != http.StatusBadRequest || !strings.Contains(fmt.Sprint(r.body["details"]), "CONSENT_REQUIRED") {
+	if r := w.ehr.do("GET", "/v1/"+family, nil); r.code != http.StatusForbidden || !strings.Contains(fmt.Sprint(r.body["details"]), "CONSENT_REQUIRED") {
 		w.t.Fatalf("EHR read before consent: %d %v", r.code, r.body)
 	}
 	now := time.Now().UTC()
@@ -282,6 +282,12 @@ func TestGatewayContract(t *testing.T) {
 	if r := w.anon.do("GET", "/v1/clinics/north/families", nil); r.code != http.StatusUnauthorized || r.body["code"] != float64(16) {
 		t.Fatalf("no token: %d %s", r.code, r.raw)
 	}
+	// A refused token is told what is wrong with it, not what the
+	// deployment trusts.
+	if r := w.anon.do("GET", "/v1/clinics/north/families", nil, "Authorization", "Bearer not.a.jwt"); r.code != http.StatusUnauthorized ||
+		r.body["message"] != "invalid token" {
+		t.Fatalf("bad token: %d %s", r.code, r.raw)
+	}
 	body := map[string]any{"lovedOne": map[string]any{"givenName": "Sam"}, "counselor": "counselor-1"}
 	a := w.counselor.do("POST", "/v1/clinics/north/families", body, "Idempotency-Key", "key-1")
 	b := w.counselor.do("POST", "/v1/clinics/north/families", body, "Idempotency-Key", "key-1")
@@ -291,6 +297,10 @@ func TestGatewayContract(t *testing.T) {
 	fams := list(w.counselor.ok("GET", "/v1/clinics/north/families", nil), "families")
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
+	}
+	// Records under 42 CFR Part 2: no cache may keep them.
+	if a.header.Get("Cache-Control") != "no-store" || a.header.Get("X-Content-Type-Options") != "nosniff" {
+		t.Fatalf("create answered with Cache-Control %q, X-Content-Type-Options %q", a.header.Get("Cache-Control"), a.header.Get("X-Content-Type-Options"))
 	}
 	name := str(a.body, "name")
 	etag := a.header.Get("ETag")
@@ -302,8 +312,8 @@ func TestGatewayContract(t *testing.T) {
 		t.Fatalf("update with If-Match: %d %s", upd.code, upd.raw)
 	}
 	stale := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-3"}, "If-Match", etag)
-	if stale.code != http.StatusConflict || stale.body["code"] != float64(10) {
-		t.Fatalf("stale If-Match: %d %s", stale.code, stale.raw)
+	if stale.code != http.StatusPreconditionFailed || stale.body["code"] != float64(10) {
+		t.Fatalf("stale If-Match: %d %s; want 412", stale.code, stale.raw)
 	}
 	if any := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-2"}, "If-Match", "*"); any.code != 200 {
 		t.Fatalf("If-Match: *: %d %s", any.code, any.raw)

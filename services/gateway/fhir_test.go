@@ -38,6 +38,10 @@ func (c fhirClient) call(method, path string, body any, headers ...string) reply
 	if ct := r.header.Get("Content-Type"); !strings.HasPrefix(ct, "application/fhir+json") {
 		c.t.Fatalf("%s %s: content type %q: %s", method, path, ct, r.raw)
 	}
+	// Records under 42 CFR Part 2: no cache may keep them.
+	if cc := r.header.Get("Cache-Control"); cc != "no-store" {
+		c.t.Fatalf("%s %s: Cache-Control %q, want no-store", method, path, cc)
+	}
 	if _, err := c.parser.Unmarshal(r.raw); err != nil {
 		c.t.Fatalf("%s %s: the answer is not valid FHIR R4: %v\n%s", method, path, err, r.raw)
 	}

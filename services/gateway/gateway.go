@@ -20,6 +20,7 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -34,7 +35,9 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/fhir"
 	"github.com/handoff-health/handoff/services/grpcclient"
 )
@@ -151,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	api := limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux)))
+	api := private(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux))))
 	root.Handle("/v1/", api)
 	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
 	// FHIR R4 for EHRs. It checks the token and the body size itself (its
@@ -167,7 +170,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		g.Close()
 		return nil, err
 	}
-	root.Handle(fhir.Prefix+"/", timeout(cfg.Timeout, fhirAPI))
+	root.Handle(fhir.Prefix+"/", private(timeout(cfg.Timeout, fhirAPI)))
 	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
 		// Span names by method only: paths hold resource names.
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
@@ -282,13 +285,49 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 }
 
 // httpError answers as grpc-gateway does, except for a body cut at the
-// limit, which is 413.
+// limit, which is 413; a stale If-Match header, which is 412 (RFC 9110: the
+// client's own precondition failed; a stale etag in the body stays 409);
+// and a disclosure no consent covers, which is 403 (as the FHIR API
+// answers), not the 400 of other failed preconditions.
 func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
 	if over, _ := r.Context().Value(overLimitKey{}).(*bool); over != nil && *over {
 		writeStatus(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "the request body is over the size limit")
 		return
 	}
+	switch reason(err) {
+	case apperr.ReasonEtagMismatch:
+		if r.Header.Get("If-Match") != "" {
+			err = &runtime.HTTPStatusError{HTTPStatus: http.StatusPreconditionFailed, Err: err}
+		}
+	case consentgate.ReasonConsentRequired:
+		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
+	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// reason is the ErrorInfo reason of a service's error, if any.
+func reason(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+// private marks every answer as one no cache may keep: they carry records
+// under 42 CFR Part 2, and a browser's disk cache would keep them past the
+// session. nosniff keeps a browser from reading a JSON answer as a page.
+func private(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		next.ServeHTTP(w, r)
+	})
 }
 
 // authenticate checks the bearer token at the door; the services check it
@@ -310,7 +349,7 @@ func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
-			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, err.Error())
+			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, auth.PublicReason(err))
 			return
 		}
 		if p.Clinic == auth.AnyClinic {
