@@ -1519,7 +1519,8 @@ type Referral struct {
 	// CreateReferral.
 	Hold string `protobuf:"bytes,8,opt,name=hold,proto3" json:"hold,omitempty"`
 	// The intervention that led to this referral,
-	// `clinics/{clinic}/interventions/{intervention}`, if any.
+	// `clinics/{clinic}/interventions/{intervention}`, if any: one that
+	// exists, of the referral's family.
 	Intervention string `protobuf:"bytes,9,opt,name=intervention,proto3" json:"intervention,omitempty"`
 	// The current intake appointment; set by ScheduleReferral.
 	IntakeAppointment *IntakeAppointment `protobuf:"bytes,10,opt,name=intake_appointment,json=intakeAppointment,proto3" json:"intake_appointment,omitempty"`
@@ -2762,7 +2763,7 @@ type HoldSlotRequest struct {
 	// same clinic as the program.
 	Family string `protobuf:"bytes,3,opt,name=family,proto3" json:"family,omitempty"`
 	// The planned intervention, `clinics/{clinic}/interventions/{intervention}`,
-	// in the same clinic.
+	// in the same clinic: one that exists, of `family`.
 	Intervention string `protobuf:"bytes,4,opt,name=intervention,proto3" json:"intervention,omitempty"`
 	// How long to hold the slot, from one minute to 14 days. Default 72
 	// hours. Hold it past the planned intervention time, so the place is still

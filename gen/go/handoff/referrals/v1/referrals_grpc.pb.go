@@ -190,7 +190,8 @@ type ReferralsServiceClient interface {
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
-	// ScheduleReferral.
+	// ScheduleReferral. Before the appointment's start it is refused with
+	// FAILED_PRECONDITION (reason TOO_EARLY).
 	MarkReferralNoShow(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the program paused a SCHEDULED intake (FHIR Task
 	// on-hold), for example while it waits for an insurance authorization or
@@ -595,7 +596,8 @@ type ReferralsServiceServer interface {
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
-	// ScheduleReferral.
+	// ScheduleReferral. Before the appointment's start it is refused with
+	// FAILED_PRECONDITION (reason TOO_EARLY).
 	MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Records that the program paused a SCHEDULED intake (FHIR Task
 	// on-hold), for example while it waits for an insurance authorization or
