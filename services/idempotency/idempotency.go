@@ -9,8 +9,10 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -205,4 +207,23 @@ func answer[T proto.Message](ctx context.Context, k key, requestID, method strin
 	}
 	var zero T
 	return zero, apperr.RequestIDReused(requestID, made)
+}
+
+// Forget deletes up to limit request ids stored before before, oldest
+// first, and returns how many it deleted. A stored response can hold what
+// the call returned (a signing secret, a record): it is kept only as long
+// as a retry of the call can still come.
+func Forget(ctx context.Context, q Execer, before time.Time, limit int) (int64, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM idempotency_keys k USING (
+			SELECT clinic, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2) old
+		WHERE k.clinic = old.clinic AND k.request_id = old.request_id`, before, limit)
+	if err != nil {
+		return 0, fmt.Errorf("idempotency: forget request ids: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Execer runs a statement: a pool, a connection or a transaction.
+type Execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }

@@ -26,7 +26,9 @@ import (
 // only more than that many events waiting behind failures stop the relay
 // (the outbox gauges show it). Only one relay per schema
 // delivers at a time (an advisory lock), so several replicas of a service
-// can run a relay each without reordering events.
+// can run a relay each without reordering events. The relay also deletes,
+// once a minute, delivered events and request ids past their retention
+// (Keep, KeepRequestIDs).
 type Relay struct {
 	DB       *pgdb.DB
 	Deliver  func(ctx context.Context, e Stored) error // called from several goroutines
@@ -42,9 +44,14 @@ type Relay struct {
 	// that never takes its update would hold its lane, and the poll
 	// waiting on it, for ever; with it the event fails and is retried.
 	Timeout time.Duration
+	// Keep is how long a delivered event is kept (default DefaultKeep),
+	// KeepRequestIDs how long a request id and its stored response are
+	// (default DefaultKeepRequestIDs). The relay deletes what is older.
+	Keep, KeepRequestIDs time.Duration
 
-	mu      sync.Mutex // one poll at a time owns blocked
+	mu      sync.Mutex // one poll at a time owns blocked and pruned
 	blocked map[string]backoff
+	pruned  time.Time
 }
 
 // backoff is a lane waiting after a failed delivery.
@@ -179,6 +186,11 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	if len(delivered) > 0 {
 		if _, err := conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`, delivered); err != nil {
 			return 0, errors.Join(append(errs, fmt.Errorf("outbox relay: mark %d delivered: %w", len(delivered), err))...)
+		}
+	}
+	if ctx.Err() == nil {
+		if err := r.prune(ctx, conn, time.Now()); err != nil {
+			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
 		}
 	}
 	return n, errors.Join(errs...)

@@ -3,6 +3,7 @@ package outbox_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -252,5 +253,43 @@ func TestPendingDecodesThePayloadOnce(t *testing.T) {
 	}
 	if m, err := (outbox.Stored{Payload: a}).Message(); err != nil || m.(*wrapperspb.StringValue).GetValue() != "b" {
 		t.Fatalf("hand-made event: %v, %v", m, err)
+	}
+}
+
+// Delivered events and request ids past their retention are deleted; an
+// event not delivered yet stays, however old, and so do recent ones.
+func TestRelayForgetsWhatIsPastItsRetention(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	for _, v := range []string{"old-delivered", "new-delivered", "old-pending"} {
+		write(v)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET delivered_at = now() - interval '8 days' WHERE resource = 'old-delivered';
+		UPDATE outbox SET delivered_at = now() - interval '1 day' WHERE resource = 'new-delivered';
+		UPDATE outbox SET create_time = now() - interval '40 days' WHERE resource = 'old-pending';
+		INSERT INTO idempotency_keys (clinic, request_id, method, request_hash, create_time) VALUES
+			('north', 'old', 'm', '\x00', now() - interval '31 days'), ('north', 'new', 'm', '\x00', now() - interval '29 days')`); err != nil {
+		t.Fatal(err)
+	}
+	var delivered []string
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Deliver: func(_ context.Context, e outbox.Stored) error {
+		delivered = append(delivered, e.Resource)
+		return errors.New("receiver down") // the pending event stays pending
+	}}
+	if _, err := r.Once(ctx); err == nil {
+		t.Fatal("the failed delivery was not reported")
+	}
+	var events, keys []string
+	rows, _ := pool.Query(ctx, `SELECT resource FROM outbox ORDER BY id`)
+	events, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, _ = pool.Query(ctx, `SELECT request_id FROM idempotency_keys ORDER BY request_id`)
+	if keys, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(events) != "[new-delivered old-pending]" || fmt.Sprint(keys) != "[new]" || fmt.Sprint(delivered) != "[old-pending]" {
+		t.Fatalf("kept events %v and request ids %v (delivered %v); want [new-delivered old-pending] and [new]", events, keys, delivered)
 	}
 }

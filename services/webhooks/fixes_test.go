@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -542,5 +543,55 @@ func TestSequenceGrowsPerResource(t *testing.T) {
 	replayed := rcv.received()[4]
 	if replayed["resource"] != first.Resource || replayed["sequence"].(float64) >= last[first.Resource] {
 		t.Fatalf("replayed %v; its sequence must be below %v, the last applied for %s", replayed, last[first.Resource], first.Resource)
+	}
+}
+
+// Finished deliveries and sink failures older than Keep are deleted, and
+// request ids older than their retention (a stored CreateSubscription
+// answer holds the signing secret); pending and recent ones stay.
+func TestSenderForgetsWhatIsPastItsRetention(t *testing.T) {
+	if webhooks.Keep <= outbox.DefaultKeep {
+		t.Fatalf("deliveries are kept %v, not longer than the outbox keeps events (%v): a redelivered event could be sent twice", webhooks.Keep, outbox.DefaultKeep)
+	}
+	f := setup(t)
+	ctx := context.Background()
+	f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	for _, r := range []string{"old-delivered", "old-dead", "new-dead", "old-pending"} {
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, r, "accepted")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := f.pool.Exec(ctx, `
+		UPDATE deliveries SET state = 2, create_time = now() - interval '31 days' WHERE resource LIKE '%/old-delivered';
+		UPDATE deliveries SET state = 3, create_time = now() - interval '31 days' WHERE resource LIKE '%/old-dead';
+		UPDATE deliveries SET state = 3 WHERE resource LIKE '%/new-dead';
+		UPDATE deliveries SET create_time = now() - interval '40 days', next_attempt_time = now() + interval '1 day' WHERE resource LIKE '%/old-pending';
+		INSERT INTO sink_failures (clinic, source, outbox_id, event_type, error, create_time) VALUES
+			('north', 'referrals', 1, 't', 'e', now() - interval '31 days'), ('north', 'referrals', 2, 't', 'e', now());
+		INSERT INTO idempotency_keys (clinic, request_id, method, request_hash, create_time) VALUES
+			('north', 'old', 'm', '\x00', now() - interval '31 days'), ('north', 'new', 'm', '\x00', now())`); err != nil {
+		t.Fatal(err)
+	}
+	s := webhooks.NewSender(webhooks.SenderConfig{DB: f.db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	if n, err := s.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("Once = %d, %v; want nothing due", n, err)
+	}
+	strs := func(sql string) string {
+		t.Helper()
+		rows, _ := f.pool.Query(ctx, sql)
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(got, " ")
+	}
+	if got := strs(`SELECT split_part(resource, '/', 4) FROM deliveries ORDER BY seq`); got != "new-dead old-pending" {
+		t.Errorf("deliveries kept: %s; want new-dead old-pending", got)
+	}
+	if got := strs(`SELECT outbox_id::text FROM sink_failures`); got != "2" {
+		t.Errorf("sink failures kept: %s; want 2", got)
+	}
+	if got := strs(`SELECT request_id FROM idempotency_keys WHERE request_id IN ('old', 'new')`); got != "new" {
+		t.Errorf("request ids kept: %s; want new", got)
 	}
 }

@@ -76,6 +76,9 @@ type SenderConfig struct {
 type Sender struct {
 	cfg    SenderConfig
 	client *http.Client
+
+	mu     sync.Mutex // guards pruned
+	pruned time.Time
 }
 
 // DefaultMaxAttempts, with the default backoff (5 s doubling, at most an
@@ -204,6 +207,9 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 		}()
 	}
 	wg.Wait()
+	if err := s.prune(ctx, time.Now()); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	return len(batch), firstErr
 }
 

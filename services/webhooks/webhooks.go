@@ -17,7 +17,8 @@
 // Retention: a FULL delivery keeps its copy of the event while it may
 // still be sent (PENDING, and DEAD so that a replay sends it in full); the
 // copy is cleared when it is DELIVERED or WITHDRAWN, and deleting the
-// subscription deletes its deliveries.
+// subscription deletes its deliveries. Finished deliveries themselves are
+// deleted after Keep.
 package webhooks
 
 import (

@@ -1,0 +1,72 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/handoff-health/handoff/services/idempotency"
+)
+
+// Retention defaults: how long a delivered event and a request id are kept.
+const (
+	// DefaultKeep leaves a week to look into what was delivered. Webhook
+	// deliveries, which dedupe redelivered events by outbox id, are kept
+	// longer (webhooks.Keep), so a pruned event can never come again.
+	DefaultKeep = 7 * 24 * time.Hour
+	// DefaultKeepRequestIDs is well past the longest a call is retried:
+	// the workflows' activities give up after a day.
+	DefaultKeepRequestIDs = 30 * 24 * time.Hour
+)
+
+// pruneEvery is how often the relay prunes, and pruneBatch and pruneRounds
+// bound one pruning: a backlog is worked off over several, each short.
+const (
+	pruneEvery  = time.Minute
+	pruneBatch  = 1000
+	pruneRounds = 10
+)
+
+// Forget deletes up to limit events delivered (or set aside) before
+// before, oldest first, and returns how many it deleted. Their payloads
+// are records under 42 CFR Part 2, kept no longer than they serve.
+func Forget(ctx context.Context, q idempotency.Execer, before time.Time, limit int) (int64, error) {
+	tag, err := q.Exec(ctx, `DELETE FROM outbox WHERE id IN (
+		SELECT id FROM outbox WHERE delivered_at < $1 ORDER BY delivered_at LIMIT $2)`, before, limit)
+	if err != nil {
+		return 0, fmt.Errorf("outbox: forget delivered events: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// prune forgets delivered events and request ids past their retention, at
+// most once every pruneEvery. It runs in the relay's poll, under its lock:
+// one replica prunes at a time.
+func (r *Relay) prune(ctx context.Context, q idempotency.Execer, now time.Time) error {
+	if now.Sub(r.pruned) < pruneEvery {
+		return nil
+	}
+	r.pruned = now
+	keep, keepIDs := r.Keep, r.KeepRequestIDs
+	if keep <= 0 {
+		keep = DefaultKeep
+	}
+	if keepIDs <= 0 {
+		keepIDs = DefaultKeepRequestIDs
+	}
+	for _, forget := range []func() (int64, error){
+		func() (int64, error) { return Forget(ctx, q, now.Add(-keep), pruneBatch) },
+		func() (int64, error) { return idempotency.Forget(ctx, q, now.Add(-keepIDs), pruneBatch) },
+	} {
+		for range pruneRounds {
+			n, err := forget()
+			if err != nil {
+				return err
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package webhooks
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// Keep is how long a finished delivery (delivered, dead or withdrawn) and
+// a sink failure are kept: long enough to replay a dead letter after a
+// month's outage. It is longer than the outbox keeps a delivered event
+// (outbox.DefaultKeep): deliveries dedupe redelivered events by their
+// outbox id, and an event deleted from the outbox cannot come again.
+const Keep = 30 * 24 * time.Hour
+
+// How often a sender prunes, and how much one pruning deletes at most: a
+// backlog is worked off over several, each short.
+const (
+	pruneEvery  = time.Minute
+	pruneBatch  = 1000
+	pruneRounds = 10
+)
+
+var _ = outbox.DefaultKeep // Keep must stay longer; see its comment
+
+// prune deletes, at most once every pruneEvery, finished deliveries and
+// sink failures older than Keep, and request ids older than
+// outbox.DefaultKeepRequestIDs (a stored CreateSubscription answer holds
+// the signing secret). Several senders may prune at once: each deletes
+// what is left.
+func (s *Sender) prune(ctx context.Context, now time.Time) error {
+	s.mu.Lock()
+	due := now.Sub(s.pruned) >= pruneEvery
+	if due {
+		s.pruned = now
+	}
+	s.mu.Unlock()
+	if !due || ctx.Err() != nil {
+		return nil
+	}
+	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
+	for _, forget := range []func() (int64, error){
+		func() (int64, error) {
+			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM deliveries WHERE seq IN (
+				SELECT seq FROM deliveries WHERE state <> 1 AND create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), pruneBatch)
+			return tag.RowsAffected(), err
+		},
+		func() (int64, error) {
+			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM sink_failures WHERE (source, outbox_id) IN (
+				SELECT source, outbox_id FROM sink_failures WHERE create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), pruneBatch)
+			return tag.RowsAffected(), err
+		},
+		func() (int64, error) {
+			return idempotency.Forget(ctx, s.cfg.DB, now.Add(-outbox.DefaultKeepRequestIDs), pruneBatch)
+		},
+	} {
+		for range pruneRounds {
+			n, err := forget()
+			if err != nil {
+				return fmt.Errorf("webhooks: prune: %w", err)
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+	}
+	return nil
+}
