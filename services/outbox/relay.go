@@ -19,16 +19,19 @@ import (
 // Relay delivers a service's outbox events at least once, in order within
 // a lane. Lane names each event's lane; events of different lanes are
 // delivered side by side, up to Parallel lanes at once, so that one slow
-// delivery (an update waits on its workflow) does not hold back every
-// other family's. A lane whose delivery failed waits, with its events,
-// before its next try (Interval, doubling to a minute) while the others go
-// on: a poll reads past waiting lanes' events, up to maxPages batches, so
-// only more than that many events waiting behind failures stop the relay
-// (the outbox gauges show it). Only one relay per schema
-// delivers at a time (an advisory lock), so several replicas of a service
-// can run a relay each without reordering events. The relay also deletes,
-// once a minute, delivered events and request ids past their retention
-// (Keep, KeepRequestIDs).
+// delivery (an update waits on its workflow) holds back its own lane and
+// no other: a poll waits Linger for the lanes it started, then records
+// what they delivered and returns, leaving slow lanes to go on; later
+// polls start other lanes meanwhile and collect the slow ones when they
+// end. A lane whose delivery failed waits, with its events, before its
+// next try (Interval, doubling to a minute) while the others go on: a poll
+// reads past waiting and busy lanes' events, up to maxPages batches, so
+// only more than that many events behind them stop the relay (the outbox
+// gauges show it). Only one relay per schema delivers at a time (an
+// advisory lock, held while any lane is under way), so several replicas of
+// a service can run a relay each without reordering events. The relay also
+// deletes, once a minute, delivered events and request ids past their
+// retention (Keep, KeepRequestIDs).
 type Relay struct {
 	DB       *pgdb.DB
 	Deliver  func(ctx context.Context, e Stored) error // called from several goroutines
@@ -41,17 +44,27 @@ type Relay struct {
 	// Parallel is how many lanes deliver at once; default 16.
 	Parallel int
 	// Timeout bounds one delivery; default 30 s. Without it a workflow
-	// that never takes its update would hold its lane, and the poll
-	// waiting on it, for ever; with it the event fails and is retried.
+	// that never takes its update would hold its lane for ever; with it
+	// the event fails and is retried.
 	Timeout time.Duration
+	// Linger is how long a poll waits for the lanes under way before it
+	// returns without them; default 1 s.
+	Linger time.Duration
 	// Keep is how long a delivered event is kept (default DefaultKeep),
 	// KeepRequestIDs how long a request id and its stored response are
 	// (default DefaultKeepRequestIDs). The relay deletes what is older.
 	Keep, KeepRequestIDs time.Duration
 
-	mu      sync.Mutex // one poll at a time owns blocked and pruned
+	mu      sync.Mutex // one poll at a time owns the fields below
 	blocked map[string]backoff
 	pruned  time.Time
+	conn    *pgxpool.Conn   // holds the lock while lanes are under way
+	busy    map[string]bool // lanes under way
+	sem     chan struct{}   // Parallel lanes deliver at once
+
+	fmu      sync.Mutex // guards finished
+	finished []laneDone
+	wake     chan struct{} // a lane finished
 }
 
 // backoff is a lane waiting after a failed delivery.
@@ -67,12 +80,14 @@ func (r *Relay) interval() time.Duration {
 	return 500 * time.Millisecond
 }
 
-// Run delivers until ctx ends. It polls again at once after a poll that
-// delivered something, and after Interval otherwise; a failed lane sits
-// its wait out meanwhile, so polling at once does not retry it in a tight
-// loop.
+// Run delivers until ctx ends, then waits for the lanes under way to stop
+// and records what they delivered. It polls again at once after a poll
+// that delivered something, and after Interval otherwise; a failed lane
+// sits its wait out meanwhile, so polling at once does not retry it in a
+// tight loop.
 func (r *Relay) Run(ctx context.Context) {
 	r.observe()
+	defer r.Wait(context.WithoutCancel(ctx))
 	interval := r.interval()
 	for {
 		n, err := r.Once(ctx)
@@ -91,7 +106,7 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// laneResult is what one lane did in a poll.
+// laneResult is what one lane did.
 type laneResult struct {
 	delivered []int64
 	setAside  []Stored
@@ -99,65 +114,186 @@ type laneResult struct {
 	err       error
 }
 
-// Once delivers the pending events it can, oldest first within each lane,
-// and stops a lane at its first failure so that later events of that lane
-// never overtake it; other lanes go on, and lanes still waiting after a
-// failure are left for a later poll. It returns how many events it
-// delivered or set aside, and the lanes' failures joined.
+// laneDone is a lane that finished, with what it did.
+type laneDone struct {
+	key string
+	res laneResult
+}
+
+// Once starts delivering the pending events of the lanes that are neither
+// under way nor waiting after a failure, oldest first within each lane,
+// each lane stopping at its first failure so that later events of that
+// lane never overtake it. It waits up to Linger for the lanes under way
+// (all of them once ctx has ended), records what those that finished
+// delivered or set aside, and returns how many, with their failures
+// joined.
 func (r *Relay) Once(ctx context.Context) (int, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.conn == nil {
+		conn, leader, err := r.lead(ctx)
+		if err != nil || !leader {
+			return 0, err
+		}
+		r.conn = conn
+	}
+	now := time.Now()
+	all, err := r.pending(ctx, r.conn, r.batch(), now)
+	if err != nil {
+		// Lanes under way are recorded when they end, whatever this poll
+		// could read.
+		n, errs := r.record(ctx, r.collect(ctx, 0))
+		r.release(ctx)
+		return n, errors.Join(append(errs, err)...)
+	}
+	for _, l := range r.ready(all, now) {
+		r.start(ctx, l)
+	}
+	linger := r.Linger
+	if linger <= 0 {
+		linger = time.Second
+	}
+	n, errs := r.record(ctx, r.collect(ctx, linger))
+	if ctx.Err() == nil {
+		if err := r.prune(ctx, r.conn, time.Now()); err != nil {
+			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
+		}
+	}
+	r.release(ctx)
+	return n, errors.Join(errs...)
+}
+
+// lead takes a connection and, if no other relay of the schema holds it,
+// the schema's delivery lock.
+func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	conn, err := r.DB.Pool.Acquire(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("outbox relay: acquire: %w", err)
+		return nil, false, fmt.Errorf("outbox relay: acquire: %w", err)
 	}
-	defer conn.Release()
 	// The relay serves every clinic.
 	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, pgdb.SystemScope); err != nil {
-		return 0, fmt.Errorf("outbox relay: scope: %w", err)
+		conn.Release()
+		return nil, false, fmt.Errorf("outbox relay: scope: %w", err)
 	}
 	var leader bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&leader); err != nil {
-		return 0, fmt.Errorf("outbox relay: lock: %w", err)
+		conn.Release()
+		return nil, false, fmt.Errorf("outbox relay: lock: %w", err)
 	}
 	if !leader {
+		conn.Release()
+	}
+	return conn, leader, nil
+}
+
+// release gives the lock and the connection back once no lane is under
+// way: another replica may then deliver.
+func (r *Relay) release(ctx context.Context) {
+	if r.conn == nil || len(r.busy) > 0 {
+		return
+	}
+	r.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`) //nolint:errcheck
+	r.conn.Release()
+	r.conn = nil
+}
+
+// Wait waits for every lane under way, records what they did, and releases
+// the lock. Run does it when it returns; a caller of Once must, after its
+// last.
+func (r *Relay) Wait(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, errs := r.record(ctx, r.collect(ctx, -1)); len(errs) > 0 {
+		r.Log.Warn("outbox relay stopped", "error", errors.Join(errs...).Error())
+	}
+	r.release(ctx)
+}
+
+func (r *Relay) batch() int {
+	if r.Batch > 0 {
+		return r.Batch
+	}
+	return 100
+}
+
+// start delivers a lane's events in a goroutine of its own.
+func (r *Relay) start(ctx context.Context, l lane) {
+	if r.busy == nil {
+		r.busy = map[string]bool{}
+		parallel := r.Parallel
+		if parallel <= 0 {
+			parallel = 16
+		}
+		r.sem = make(chan struct{}, parallel)
+		r.wake = make(chan struct{}, 1)
+	}
+	r.busy[l.key] = true
+	go func() {
+		r.sem <- struct{}{}
+		res := r.deliverLane(ctx, l.events)
+		<-r.sem
+		r.fmu.Lock()
+		r.finished = append(r.finished, laneDone{key: l.key, res: res})
+		r.fmu.Unlock()
+		select {
+		case r.wake <- struct{}{}:
+		default:
+		}
+	}()
+}
+
+// collect returns the lanes that finished, waiting up to linger for the
+// rest: not at all for 0, until all have for a negative linger or once ctx
+// has ended (the lanes then stop at once, and what they delivered must be
+// recorded).
+func (r *Relay) collect(ctx context.Context, linger time.Duration) []laneDone {
+	var timeout <-chan time.Time
+	if linger >= 0 {
+		t := time.NewTimer(linger)
+		defer t.Stop()
+		timeout = t.C
+	}
+	var out []laneDone
+	for {
+		r.fmu.Lock()
+		done := r.finished
+		r.finished = nil
+		r.fmu.Unlock()
+		for _, d := range done {
+			delete(r.busy, d.key)
+		}
+		out = append(out, done...)
+		if len(r.busy) == 0 {
+			return out
+		}
+		if ctx.Err() != nil {
+			<-r.wake
+			continue
+		}
+		select {
+		case <-r.wake:
+		case <-timeout:
+			return out
+		case <-ctx.Done():
+		}
+	}
+}
+
+// record marks what the finished lanes delivered, sets aside what could
+// not decode, notes their failures and starts or ends their waits. What
+// was delivered is recorded even if ctx ended meanwhile: an event left
+// unmarked is delivered again.
+func (r *Relay) record(ctx context.Context, done []laneDone) (int, []error) {
+	if len(done) == 0 {
 		return 0, nil
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`) //nolint:errcheck
-	batch := r.Batch
-	if batch == 0 {
-		batch = 100
-	}
-	now := time.Now()
-	all, err := r.pending(ctx, conn, batch, now)
-	if err != nil {
-		return 0, err
-	}
-	lanes := r.ready(all, now)
-	results := make([]laneResult, len(lanes))
-	parallel := r.Parallel
-	if parallel <= 0 {
-		parallel = 16
-	}
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	for i, lane := range lanes {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			results[i] = r.deliverLane(ctx, lane.events)
-		}()
-	}
-	wg.Wait()
-	// What was delivered is recorded even if ctx ended meanwhile: an event
-	// left unmarked is delivered again.
 	rctx := context.WithoutCancel(ctx)
 	var delivered []int64
 	var errs []error
 	n := 0
-	for i, res := range results {
-		r.settle(lanes[i].key, res.failed != nil, time.Now())
+	for _, d := range done {
+		res := d.res
+		r.settle(d.key, res.failed != nil, time.Now())
 		delivered = append(delivered, res.delivered...)
 		n += len(res.delivered)
 		for _, e := range res.setAside {
@@ -165,7 +301,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 			// not hold back its lane. It is set aside with its error for an
 			// operator (delivered_at set, last_error says why).
 			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "error", e.DecodeErr.Error())
-			if _, err := conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
+			if _, err := r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
 				e.ID, "set aside: "+e.DecodeErr.Error()); err != nil {
 				errs = append(errs, fmt.Errorf("outbox relay: set aside %d: %w", e.ID, err))
 				continue
@@ -176,7 +312,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 			continue // shutting down: no fault of the event's
 		}
 		if res.failed != nil {
-			if _, err := conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
+			if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
 				res.failed.ID, res.err.Error()); err != nil {
 				errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 			}
@@ -184,16 +320,11 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		}
 	}
 	if len(delivered) > 0 {
-		if _, err := conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`, delivered); err != nil {
-			return 0, errors.Join(append(errs, fmt.Errorf("outbox relay: mark %d delivered: %w", len(delivered), err))...)
+		if _, err := r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`, delivered); err != nil {
+			return 0, append(errs, fmt.Errorf("outbox relay: mark %d delivered: %w", len(delivered), err))
 		}
 	}
-	if ctx.Err() == nil {
-		if err := r.prune(ctx, conn, time.Now()); err != nil {
-			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
-		}
-	}
-	return n, errors.Join(errs...)
+	return n, errs
 }
 
 // maxPages bounds how many batches a poll reads to find events of lanes
@@ -240,8 +371,12 @@ func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now 
 	return lanes, nil
 }
 
-// waiting reports whether lane k still waits after a failure.
+// waiting reports whether lane k is under way or still waits after a
+// failure.
 func (r *Relay) waiting(k string, now time.Time) bool {
+	if r.busy[k] {
+		return true
+	}
 	b, ok := r.blocked[k]
 	return ok && now.Before(b.until)
 }
@@ -252,8 +387,8 @@ type lane struct {
 	events []Stored
 }
 
-// ready drops the lanes still waiting after a failure, and forgets waits
-// that are over for lanes with nothing pending.
+// ready drops the lanes under way or still waiting after a failure, and
+// forgets waits that are over for lanes with nothing pending.
 func (r *Relay) ready(lanes []lane, now time.Time) []lane {
 	present := map[string]bool{}
 	out := lanes[:0]

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,8 +80,10 @@ func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
 }
 
 // Lanes deliver side by side, each in order: a delivery that hangs holds
-// back its own lane only, fails at the relay's timeout, and is retried
-// first in its lane on the next poll.
+// back its own lane only, and not the poll either: the poll returns with
+// the other lanes' work recorded while it hangs, later polls leave its
+// lane alone while it is under way, and one collects its failure at the
+// relay's timeout. It is retried first in its lane after that.
 func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	pool, db, write := relayFixture(t)
 	ctx := context.Background()
@@ -89,11 +92,17 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	}
 	var mu sync.Mutex
 	got := map[string][]string{}
+	tries := map[string]int{}
 	bStarted := make(chan struct{})
-	hang := true
+	var hang atomic.Bool
+	hang.Store(true)
 	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 2 * time.Second, Interval: time.Nanosecond,
-		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+		Linger: 200 * time.Millisecond,
+		Lane:   func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(ctx context.Context, e outbox.Stored) error {
+			mu.Lock()
+			tries[e.Resource]++
+			mu.Unlock()
 			switch e.Resource {
 			case "a1":
 				// Lane a goes only once lane b is under way: one lane at a
@@ -104,8 +113,8 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 					return ctx.Err()
 				}
 			case "b1":
-				close(bStarted)
-				if hang {
+				if hang.Load() {
+					close(bStarted)
 					<-ctx.Done() // a workflow that never takes its update
 					return ctx.Err()
 				}
@@ -115,13 +124,7 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 			mu.Unlock()
 			return nil
 		}}
-	n, err := r.Once(ctx)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("the hanging delivery must fail at the timeout, got %v", err)
-	}
-	if n != 3 || !slices.Equal(got["a"], []string{"a1", "a2", "a3"}) || len(got["b"]) != 0 {
-		t.Fatalf("first poll: %d delivered, %v; want a1 a2 a3 and nothing of lane b", n, got)
-	}
+	defer r.Wait(ctx)
 	state := func(resource string) (delivered bool, attempts int, lastError string) {
 		if err := pool.QueryRow(ctx, `SELECT delivered_at IS NOT NULL, attempts, coalesce(last_error, '') FROM outbox WHERE resource = $1`,
 			resource).Scan(&delivered, &attempts, &lastError); err != nil {
@@ -129,18 +132,50 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 		}
 		return
 	}
+	began := time.Now()
+	n, err := r.Once(ctx)
+	if err != nil || n != 3 || time.Since(began) > time.Second {
+		t.Fatalf("first poll: %d, %v after %v; want lane a's 3 recorded at once, lane b still under way", n, err, time.Since(began))
+	}
+	mu.Lock()
+	if !slices.Equal(got["a"], []string{"a1", "a2", "a3"}) || len(got["b"]) != 0 {
+		t.Fatalf("first poll delivered %v; want a1 a2 a3 and nothing of lane b", got)
+	}
+	mu.Unlock()
+	if d, a, _ := state("a3"); !d || a != 1 {
+		t.Fatalf("a3: delivered %v, attempts %d; want it recorded by the first poll", d, a)
+	}
+	// Polls while b1 hangs: lane b is not started again beside itself.
+	write("a4")
+	if n, err := r.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("poll while b1 hangs: %d, %v; want a4", n, err)
+	}
+	var failed error
+	for deadline := time.Now().Add(5 * time.Second); failed == nil && time.Now().Before(deadline); {
+		_, failed = r.Once(ctx)
+	}
+	if !errors.Is(failed, context.DeadlineExceeded) {
+		t.Fatalf("the hanging delivery must fail at the timeout, got %v", failed)
+	}
+	mu.Lock()
+	if tries["b1"] != 1 || tries["b2"] != 0 {
+		t.Fatalf("tries %v: b1 once, b2 not before b1", tries)
+	}
+	mu.Unlock()
 	if d, a, le := state("b1"); d || a != 1 || le == "" {
 		t.Fatalf("b1: delivered %v, attempts %d, error %q; want undelivered, one attempt, its error", d, a, le)
 	}
 	if d, a, _ := state("b2"); d || a != 0 {
 		t.Fatalf("b2 must wait behind b1: delivered %v, attempts %d", d, a)
 	}
-	if d, a, _ := state("a3"); !d || a != 1 {
-		t.Fatalf("a3: delivered %v, attempts %d", d, a)
+	hang.Store(false)
+	if n, err := r.Once(ctx); err != nil || n != 2 {
+		t.Fatalf("retry: %d, %v; want b1 then b2", n, err)
 	}
-	hang, bStarted = false, make(chan struct{})
-	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got["b"], []string{"b1", "b2"}) {
-		t.Fatalf("second poll: %d, %v, %v; want b1 then b2", n, err, got)
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got["b"], []string{"b1", "b2"}) {
+		t.Fatalf("lane b delivered %v; want b1 then b2", got["b"])
 	}
 }
 
