@@ -442,7 +442,10 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 	if p.full && p.family != "" {
 		msg, err := decodePayload(p.payload)
 		if err != nil {
-			return nil, err
+			// Not the receiver's fault: most likely a sender older than the
+			// one that enqueued it (a rolling deploy), which a newer one
+			// will read.
+			return nil, fmt.Errorf("%w: %w", errOwnSide, err)
 		}
 		msg, disclosable := viewFor(p.audience, msg)
 		if info, ok := informationOf(msg); disclosable && ok {

@@ -70,3 +70,40 @@ func TestSuccessRecordedDuringShutdown(t *testing.T) {
 		t.Fatalf("%d POSTs, state %d; want the acknowledged delivery recorded as DELIVERED", posts, state)
 	}
 }
+
+// A FULL payload this sender cannot read (most likely enqueued by a newer
+// one, during a rolling deploy) is Handoff's failure, not the receiver's:
+// nothing is sent, the try is given back and no dead letter is made, so a
+// sender that reads it sends it later.
+func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, audience)
+		VALUES ('north', 's1', 'https://ehr.example.org/hooks', $1, 2, 'ehr-1', 'whsec_test', 'ehr')`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, family, payload)
+		VALUES ('north', 's1', 'd1', 'referrals', 1, 'handoff.referrals.v1.referral.accepted', $1,
+			'clinics/north/referrals/r1', 'clinics/north/families/f1', '\xffff')`, int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, MaxAttempts: 1})
+	posts := 0
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		posts++
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	if _, err := s.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var state int16
+	var attempts int
+	if err := pool.QueryRow(ctx, `SELECT state, attempts FROM deliveries`).Scan(&state, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if posts != 0 || state != statePending || attempts != 0 {
+		t.Fatalf("%d POSTs, state %d, %d attempts; want none sent, still PENDING, the try given back", posts, state, attempts)
+	}
+}

@@ -148,7 +148,8 @@ const (
 
 // routeOf maps an event to topics. Referral changes are REFERRAL_CHANGED;
 // those that book, settle or pause an intake appointment are
-// APPOINTMENT_CHANGED too, as are all intervention changes. A new reminder
+// APPOINTMENT_CHANGED too, as are the intervention changes that change
+// its appointment. A new reminder
 // is REMINDER_DUE at its due time, withdrawn once the reminder is
 // delivered, failed or cancelled.
 func routeOf(eventType string, msg proto.Message) route {
@@ -166,6 +167,14 @@ func routeOf(eventType string, msg proto.Message) route {
 		}
 		return r
 	case strings.HasPrefix(eventType, interventionEvents):
+		switch strings.TrimPrefix(eventType, interventionEvents) {
+		case "check_in_recorded", "checklist_updated":
+			// They leave the appointment as it was. A check-in follows only
+			// a meeting that ended without a yes: its notification would
+			// tell the EHR the loved one refused, which the appointment
+			// leaves out (consentgate.Appointment).
+			return route{}
+		}
 		return route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}
 	case eventType == reminderEvents+"created":
 		r := route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE}}

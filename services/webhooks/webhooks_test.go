@@ -138,7 +138,6 @@ func TestSubscriptionsAreTheirOwners(t *testing.T) {
 
 func TestCreateRefusesUnsafeURLs(t *testing.T) {
 	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
-	_ = pool
 	srv := webhooks.New(pgtest.App(t, schema), webhooks.Config{})
 	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
 	c := webhooksv1.NewWebhooksServiceClient(env.Conn)
@@ -149,6 +148,23 @@ func TestCreateRefusesUnsafeURLs(t *testing.T) {
 		if status.Code(err) != codes.InvalidArgument {
 			t.Errorf("CreateSubscription(%s) = %v, want INVALID_ARGUMENT", u, err)
 		}
+	}
+	// What is not a topic or a payload kind is bad input, not a topic the
+	// caller may not read.
+	for name, sub := range map[string]*webhooksv1.Subscription{
+		"no topic":        {Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_UNSPECIFIED}},
+		"unknown topic":   {Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, 99}},
+		"unknown payload": {Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}, Payload: 7},
+	} {
+		sub.Url = "https://ehr.example.org/hooks"
+		_, err := c.CreateSubscription(ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", Subscription: sub})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want INVALID_ARGUMENT", name, err)
+		}
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d subscriptions, %v: refused requests must store nothing", n, err)
 	}
 }
 
