@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -37,6 +38,11 @@ func writeVersionHeaders(w http.ResponseWriter, res obj) {
 	meta, _ := res["meta"].(obj)
 	if v, _ := meta["versionId"].(string); v != "" {
 		w.Header().Set("ETag", `W/"`+v+`"`)
+	}
+	if v, _ := meta["lastUpdated"].(string); v != "" {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			w.Header().Set("Last-Modified", t.UTC().Format(http.TimeFormat))
+		}
 	}
 }
 

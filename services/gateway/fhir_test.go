@@ -357,6 +357,10 @@ func TestFHIR(t *testing.T) {
 			t.Fatalf("referral after accept = %v", st)
 		}
 		accepted := r.header.Get("ETag")
+		// Clients that sync on Last-Modified get the version's time.
+		if lm, err := http.ParseTime(r.header.Get("Last-Modified")); err != nil || time.Since(lm) > time.Minute || time.Until(lm) > time.Second {
+			t.Fatalf("accept: Last-Modified %q (%v); want the update's time", r.header.Get("Last-Modified"), err)
+		}
 		// Its answer lost, the EHR sends the same request again, If-Match
 		// and Idempotency-Key as before: the first answer, not a 412.
 		if again := put("accepted", nil, "If-Match", `W/"`+etag+`"`, "Idempotency-Key", "accept-"+refID); again.code != http.StatusOK || again.header.Get("ETag") != accepted {
