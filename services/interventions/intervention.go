@@ -160,8 +160,8 @@ func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Interv
 // checkFamily reads the family through the families service and checks
 // that the participants are its members and, for a level-3 intervention,
 // that a current safety screen that is not high risk exists.
-func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool) error {
-	vs, err := s.familyProblems(ctx, iv, forSchedule)
+func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool, stored map[string]bool) error {
+	vs, err := s.familyProblems(ctx, iv, forSchedule, stored)
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,9 @@ func (s *Server) checkFamily(ctx context.Context, iv *interventionsv1.Interventi
 // familyProblems is checkFamily with the intervention's fields that do not
 // fit the family (participants who are not members) as violations, for
 // the caller to answer as its request's fault or its stored record's.
-func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool) (apperr.Violations, error) {
+// Participants in stored (member ids already on the record) may have left
+// the family since: an edit that keeps them is not refused for them.
+func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Intervention, forSchedule bool, stored map[string]bool) (apperr.Violations, error) {
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: iv.GetFamily()})
 	if err != nil {
 		if apperr.IsCode(err, codes.NotFound) {
@@ -185,7 +187,7 @@ func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Interve
 	}
 	var vs apperr.Violations
 	for i, p := range iv.GetParticipants() {
-		if !members[p.GetMemberId()] {
+		if !members[p.GetMemberId()] && !stored[p.GetMemberId()] {
 			vs.Add(fmt.Sprintf("intervention.participants[%d].member_id", i), "%q is not a member of %s", p.GetMemberId(), iv.GetFamily())
 		}
 	}
@@ -268,7 +270,7 @@ func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.Cr
 	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
 		return out, err
 	}
-	if err := s.checkFamily(ctx, iv, false); err != nil {
+	if err := s.checkFamily(ctx, iv, false, nil); err != nil {
 		return nil, err
 	}
 	iv.Checklist = defaultChecklist()
@@ -413,7 +415,14 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	// A scheduled meeting's safety gates apply again only when the edit
 	// raises its level: other edits (participants, notes) stay possible
 	// whatever the screen says now, until the counselor cancels it.
-	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() > cur.GetLevel()); err != nil {
+	// A member who left the family since they were named does not block
+	// every other edit of the meeting; naming a new one who is not a
+	// member is refused.
+	stored := map[string]bool{}
+	for _, p := range cur.GetParticipants() {
+		stored[p.GetMemberId()] = true
+	}
+	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() > cur.GetLevel(), stored); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention,
@@ -546,7 +555,7 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 	// What the stored draft lacks is a precondition, named by the draft's
 	// fields (fixed with UpdateIntervention): the request itself is fine.
 	if cur.GetState() == draft {
-		vs, err := s.familyProblems(ctx, cur, true)
+		vs, err := s.familyProblems(ctx, cur, true, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -876,3 +876,35 @@ func TestPreviousInterventionIsOfTheSameFamily(t *testing.T) {
 		t.Fatalf("refusal %v does not name previous_intervention", st)
 	}
 }
+
+// A member who left the family after being named a participant does not
+// block every other edit of the meeting; naming someone new who is not a
+// member is still refused.
+func TestParticipantWhoLeftDoesNotBlockEdits(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv, err := f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1",
+			Participants: []*interventionsv1.Participant{
+				{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER},
+				{MemberId: "bro", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{
+		Family:     &familiesv1.Family{Name: f.family.GetName(), Members: f.family.GetMembers()[:1]},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
+	place := &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Place: place},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"place"}}}); err != nil {
+		t.Fatalf("changing the place of a meeting whose participant left the family: %v", err)
+	}
+	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Participants: append(iv.GetParticipants(),
+			&interventionsv1.Participant{MemberId: "stranger", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT})},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
+	wantCode(t, err, codes.InvalidArgument)
+}
