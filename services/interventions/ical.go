@@ -55,6 +55,15 @@ func renderCalendar(events []calendarEvent) string {
 		w("X-HANDOFF-RESOURCE", escapeText(e.resource))
 		w("END", "VEVENT")
 	}
+	if len(events) == 0 {
+		// A calendar holds at least one component (RFC 5545 3.4), and
+		// strict clients refuse an empty one: a week without meetings
+		// gets the time zone every time here is in.
+		for _, l := range []string{"BEGIN:VTIMEZONE", "TZID:UTC", "BEGIN:STANDARD", "DTSTART:19700101T000000",
+			"TZOFFSETFROM:+0000", "TZOFFSETTO:+0000", "TZNAME:UTC", "END:STANDARD", "END:VTIMEZONE"} {
+			writeLine(&b, l)
+		}
+	}
 	w("END", "VCALENDAR")
 	return b.String()
 }

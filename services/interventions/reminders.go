@@ -94,10 +94,12 @@ func newReminder() *interventionsv1.Reminder { return &interventionsv1.Reminder{
 // treatment. Reminder messages may land on a shared phone or lock screen,
 // so they say only when and where, never why.
 // Stems take any ending (plurals, tenses), and the names of mutual-help
-// groups count: "your Al-Anon meeting" says as much as "treatment".
+// groups count: "your Al-Anon meeting" (or "your NA meeting") says as much
+// as "treatment", and so does "dosing at 7".
 var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|methadone|buprenorphine|suboxone|naltrexone|vivitrol|naloxone|narcan|` +
 	`overdos\w*|addict\w*|substance\w*|rehab\w*|detox\w*|withdrawal\w*|treatment\w*|MAT|OUD|SUD|AUD|drug\w*|relaps\w*|` +
-	`alcohol\w*|drunk\w*|sober\w*|sobriety|intoxicat\w*|narcotic\w*|recovery|al-anon|nar-anon|alateen|anonymous)\b`)
+	`alcohol\w*|drunk\w*|sober\w*|sobriety|intoxicat\w*|narcotic\w*|recovery|al-anon|nar-anon|alateen|anonymous|` +
+	`NA|AA|IOP|sponsor\w*|12-step|twelve-step|inpatient|outpatient|dose|doses|dosed|dosing|sublocade|brixadi|zubsolv)\b`)
 
 // CreateReminder implements the API. Workflows create reminders; a loved one
 // is reminded only if the family allows direct contact, and a member only

@@ -9,6 +9,8 @@ func TestSensitiveWords(t *testing.T) {
 		"Ask about the methadone dose", "Bring the opioids list", "He overdosed last week", "After she relapsed",
 		"Withdrawals are hard", "Two treatments left", "Your Al-Anon meeting is at 7", "Alcoholics Anonymous at the church",
 		"Sobriety check-in", "A sober ride home", "Substances in the house", "Recovery group tonight",
+		"Your NA meeting is at 7", "AA tonight", "Dosing at 7", "Sublocade shot Friday", "IOP starts Monday",
+		"Call your sponsor", "Outpatient intake at 9", "Step 4 of the 12-step work",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
