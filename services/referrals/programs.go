@@ -262,6 +262,11 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			if cur.GetDeleteTime() != nil {
 				return &emptypb.Empty{}, nil
 			}
+			// A hold past its expiry that the sweep has not reached yet
+			// shows as EXPIRED everywhere else: it holds nothing here either.
+			if err := s.expireHolds(ctx, tx, r.clinic, r.id, s.cfg.Now()); err != nil {
+				return nil, err
+			}
 			var held, named bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3),
 				EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2)

@@ -962,3 +962,73 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 		t.Fatalf("no-show after the appointment: %v %d, %v", got.GetState(), got.GetNoShowCount(), err)
 	}
 }
+
+// A hold past its expiry that the sweep has not reached yet shows as
+// EXPIRED, and holds nothing that would keep its program from being
+// deleted.
+func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 1)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), Family: family,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: h.GetName()}); err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+		t.Fatalf("hold past expiry: %v, %v; want EXPIRED", got.GetState(), err)
+	}
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()}); err != nil {
+		t.Fatalf("DeleteProgram past an expired hold: %v", err)
+	}
+}
+
+// A completion without a time is now, or the first contact if that lies
+// a little ahead (within the clock skew allowed): not refused for a time
+// the caller never sent.
+func TestCompleteWithoutATimeAfterAFirstContactAhead(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 1)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), Family: family,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead := f.clock.Now().Add(4 * time.Minute).Truncate(time.Microsecond)
+	r, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT",
+		FirstContactTime: timestamppb.New(ahead)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(-time.Minute))}}); err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()})
+	if err != nil || !done.GetTreatmentEntryTime().AsTime().Equal(ahead) {
+		t.Fatalf("completion without a time: %v, %v; want entered at the first contact %v", done.GetTreatmentEntryTime(), err, ahead)
+	}
+	// A time given before the first contact is still refused.
+	r2, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start", FirstContactTime: timestamppb.New(f.clock.Now().Add(-time.Hour))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r2.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r2.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(-time.Minute))}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r2.GetName(),
+		TreatmentEntryTime: timestamppb.New(f.clock.Now().Add(-2 * time.Hour))})
+	wantViolation(t, err, "treatment_entry_time")
+}

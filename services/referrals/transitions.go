@@ -249,14 +249,14 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 	return s.transition(ctx, step{method: "CompleteReferral", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetReason(), to: completed, req: req,
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
-			at := now
-			if entered != nil {
-				at = *entered
-			}
 			// Days to treatment count from first contact (or the referral):
-			// an entry before that would report a negative wait.
-			tag, err := tx.Exec(ctx, `UPDATE referrals SET treatment_entry_time = $3 WHERE clinic = $1 AND id = $2
-				AND $3 >= COALESCE(first_contact_time, create_time)`, r.clinic, r.id, at)
+			// an entry before that would report a negative wait. Without a
+			// time given, the entry is now, or the first contact if that
+			// lies (by clock skew) a little ahead: a caller who sent no time
+			// is not refused for one.
+			tag, err := tx.Exec(ctx, `UPDATE referrals SET treatment_entry_time = COALESCE($3, GREATEST($4, COALESCE(first_contact_time, create_time)))
+				WHERE clinic = $1 AND id = $2 AND COALESCE($3, 'infinity'::timestamptz) >= COALESCE(first_contact_time, create_time)`,
+				r.clinic, r.id, entered, now)
 			if err != nil {
 				return err
 			}
