@@ -175,3 +175,17 @@ func IsCode(err error, c codes.Code) bool {
 	}
 	return false
 }
+
+// Reason returns the ErrorInfo reason err carries, or "".
+func Reason(err error) string {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return ""
+	}
+	for _, d := range se.GRPCStatus().Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
+}

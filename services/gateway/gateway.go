@@ -20,7 +20,6 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -294,7 +293,7 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		writeStatus(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "the request body is over the size limit")
 		return
 	}
-	switch reason(err) {
+	switch apperr.Reason(err) {
 	case apperr.ReasonEtagMismatch:
 		if r.Header.Get("If-Match") != "" {
 			err = &runtime.HTTPStatusError{HTTPStatus: http.StatusPreconditionFailed, Err: err}
@@ -303,20 +302,6 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
 	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
-}
-
-// reason is the ErrorInfo reason of a service's error, if any.
-func reason(err error) string {
-	st, ok := status.FromError(err)
-	if !ok {
-		return ""
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.GetReason()
-		}
-	}
-	return ""
 }
 
 // private marks every answer as one no cache may keep: they carry records

@@ -46,6 +46,13 @@ type fixture struct {
 
 func setup(t testing.TB) *fixture {
 	t.Helper()
+	return setupWith(t, nil)
+}
+
+// setupWith is setup with the service's view of the families service
+// passed through wrap.
+func setupWith(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient) *fixture {
+	t.Helper()
 	_, famSchema := pgtest.Schema(t, families.Migrations()...)
 	pool, schema := pgtest.Schema(t, interventions.Migrations()...)
 	c := &clock{}
@@ -53,7 +60,11 @@ func setup(t testing.TB) *fixture {
 		familiesv1.RegisterFamiliesServiceServer(s, families.New(pgtest.App(t, famSchema), families.Config{}))
 	})
 	famClient := familiesv1.NewFamiliesServiceClient(env.Conn)
-	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: famClient, Now: c.Now})
+	seen := famClient
+	if wrap != nil {
+		seen = wrap(famClient)
+	}
+	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: seen, Now: c.Now})
 	conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
 		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
 	})
@@ -907,4 +918,47 @@ func TestParticipantWhoLeftDoesNotBlockEdits(t *testing.T) {
 			&interventionsv1.Participant{MemberId: "stranger", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT})},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// withdrawnAfterFirstRead is the families service as the interventions
+// service sees it while a member withdraws consent: the first read of the
+// family has mom reachable, every later one not.
+type withdrawnAfterFirstRead struct {
+	familiesv1.FamiliesServiceClient
+	reads atomic.Int32
+}
+
+func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	fam, err := w.FamiliesServiceClient.GetFamily(ctx, in, opts...)
+	if err == nil && w.reads.Add(1) > 1 {
+		for _, m := range fam.GetMembers() {
+			m.ConsentToContact = false
+		}
+	}
+	return fam, err
+}
+
+// Consent withdrawn while a reminder is being made: the workflow that
+// cancels the member's pending reminders may have listed them before this
+// one was stored, so the service asks again after storing it and cancels
+// it, answering CONTACT_NOT_ALLOWED as if it had been refused outright.
+func TestReminderMadeAsContactIsWithdrawnIsCancelled(t *testing.T) {
+	t.Parallel()
+	var w *withdrawnAfterFirstRead
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
+		w = &withdrawnAfterFirstRead{FamiliesServiceClient: c}
+		return w
+	})
+	_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-1",
+		Reminder: &interventionsv1.Reminder{Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?",
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}}})
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+		t.Fatalf("refusal %v; want CONTACT_NOT_ALLOWED", st.Details())
+	}
+	list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetReminders()) != 1 || list.GetReminders()[0].GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("reminders after the withdrawal: %v, %v; want the one made, cancelled", list.GetReminders(), err)
+	}
 }

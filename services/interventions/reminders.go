@@ -150,6 +150,27 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			return nil, err
 		}
 	}
+	out, err := s.insertReminder(ctx, clinic, req)
+	if err != nil || !family {
+		return out, err
+	}
+	// Contact withdrawn between the check and the insert: the workflow that
+	// cancels the person's pending reminders may have listed them before
+	// this one was there. Asked again now, after the insert, either the
+	// answer sees the withdrawal or that workflow sees this reminder.
+	if cerr := s.checkContact(ctx, rc); apperr.Reason(cerr) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(cerr, codes.InvalidArgument) {
+		if _, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
+			Reason: "contact withdrawn while the reminder was made"}); err != nil {
+			return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
+		}
+		return nil, cerr
+	}
+	return out, nil
+}
+
+// insertReminder stores the reminder req asks for, once per request id.
+func (s *Server) insertReminder(ctx context.Context, clinic string, req *interventionsv1.CreateReminderRequest) (*interventionsv1.Reminder, error) {
+	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			r := ref{clinic, aip.NewID()}
