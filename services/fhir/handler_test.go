@@ -482,6 +482,16 @@ func TestTaskPutRefusesBeforeReading(t *testing.T) {
 			t.Fatalf("%s: %d %s", st, a.code, a.raw)
 		}
 	}
+	// A time without a time of day is refused from the body alone too: a
+	// read before it would be an EHR disclosure for an answer that never
+	// leaves.
+	for _, b := range []string{`"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`,
+		`"status":"completed","executionPeriod":{"end":"2026-05-01"}`} {
+		dateOnly := `{"resourceType":"Task","id":"` + refID + `","intent":"order",` + b + `}`
+		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, dateOnly); a.code != http.StatusBadRequest {
+			t.Fatalf("%s: %d %s", b, a.code, a.raw)
+		}
+	}
 	if fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
 		t.Fatalf("refused PUTs read the referral %d times and moved it %d times", fx.referrals.reads, fx.referrals.transitions)
 	}

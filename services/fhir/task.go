@@ -146,7 +146,29 @@ func refusedStatus(t *task_go_proto.Task) error {
 	if n := utf8.RuneCountInString(reason); n > maxReason {
 		return invalid(fmt.Sprintf("statusReason is at most %d characters (it has %d)", maxReason, n))
 	}
+	// The times the status uses need a time of day (see change), which the
+	// body alone says.
+	if start := t.GetExecutionPeriod().GetStart(); start != nil && st == "in-progress" {
+		if _, err := taskInstant("executionPeriod.start", start); err != nil {
+			return err
+		}
+	}
+	if end := t.GetExecutionPeriod().GetEnd(); end != nil && st == "completed" {
+		if _, err := taskInstant("executionPeriod.end", end); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// taskInstant is a Task time as a timestamp. A time of day is needed: FHIR
+// allows a bare date, which the parser reads as midnight UTC, the evening
+// before across the Americas.
+func taskInstant(field string, d *datatypes_go_proto.DateTime) (*timestamppb.Timestamp, error) {
+	if d.GetPrecision() < datatypes_go_proto.DateTime_SECOND {
+		return nil, invalid(field + " needs a time of day with its zone, for example 2026-05-01T09:30:00-05:00")
+	}
+	return timestamppb.New(time.UnixMicro(d.GetValueUs())), nil
 }
 
 // maxReason is the longest reason a referral keeps (the gRPC API's limit).
@@ -216,22 +238,14 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		status: taskStatusName(t.GetStatus().GetValue()),
 		reason: statusReason(t),
 	}
-	// A time of day is needed: FHIR allows a bare date, which the parser
-	// reads as midnight UTC, the evening before across the Americas.
-	instant := func(field string, d *datatypes_go_proto.DateTime) (*timestamppb.Timestamp, error) {
-		if d.GetPrecision() < datatypes_go_proto.DateTime_SECOND {
-			return nil, invalid(field + " needs a time of day with its zone, for example 2026-05-01T09:30:00-05:00")
-		}
-		return timestamppb.New(time.UnixMicro(d.GetValueUs())), nil
-	}
 	var err error
 	if start := t.GetExecutionPeriod().GetStart(); start != nil && ch.status == "in-progress" {
-		if ch.at, err = instant("executionPeriod.start", start); err != nil {
+		if ch.at, err = taskInstant("executionPeriod.start", start); err != nil {
 			return ch, err
 		}
 	}
 	if end := t.GetExecutionPeriod().GetEnd(); end != nil && ch.status == "completed" {
-		if ch.at, err = instant("executionPeriod.end", end); err != nil {
+		if ch.at, err = taskInstant("executionPeriod.end", end); err != nil {
 			return ch, err
 		}
 	}
