@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -576,5 +577,47 @@ func TestCompletedWithoutTheBookedIntake(t *testing.T) {
 		ToState: referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, Time: r.GetUpdateTime()}}
 	if a := intakeAppointment(r); a["status"] != "cancelled" {
 		t.Errorf("admitted while the intake was on hold: appointment %v; want cancelled", a["status"])
+	}
+}
+
+// A RelatedPerson page holds at most _count members, though a page of
+// families can hold more: the rest follow through the next link.
+func TestRelatedPersonPagesHoldCountMembers(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY)
+	var got []string
+	path := "/fhir/R4/RelatedPerson?patient=" + famID + "&_count=1"
+	for pages := 0; path != ""; pages++ {
+		if pages > 3 {
+			t.Fatalf("more pages than members: %v", got)
+		}
+		a := fx.do("GET", path, "")
+		if a.code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, a.code, a.raw)
+		}
+		entries, _ := a.body["entry"].([]any)
+		if len(entries) > 1 {
+			t.Fatalf("GET %s: %d entries for _count=1", path, len(entries))
+		}
+		for _, e := range entries {
+			got = append(got, e.(map[string]any)["resource"].(map[string]any)["id"].(string))
+		}
+		path = ""
+		links, _ := a.body["link"].([]any)
+		for _, l := range links {
+			if l := l.(map[string]any); l["relation"] == "next" {
+				u, err := url.Parse(l["url"].(string))
+				if err != nil {
+					t.Fatal(err)
+				}
+				path = u.RequestURI()
+			}
+		}
+	}
+	// The second member's id is long: its FHIR id carries a hash of it.
+	if len(got) != 2 || got[0] != famID+".mom" || !strings.HasPrefix(got[1], famID+".H") {
+		t.Fatalf("members over the pages: %v; want mom's, then the other's", got)
+	}
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m9."+"x", ""); a.code != http.StatusBadRequest {
+		t.Fatalf("a page token past the members: %d %s", a.code, a.raw)
 	}
 }

@@ -265,6 +265,18 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 	case "Patient", "CareTeam", "RelatedPerson":
 		var fams []*familiesv1.Family
 		var next string
+		// A RelatedPerson page holds at most _count members, and a page of
+		// families can hold more: its token says how many of the members
+		// its families page begins with were given already ("m<n>.").
+		skip, famToken := 0, q.token
+		if q.typ == "RelatedPerson" && q.token != "" {
+			n, rest, ok := strings.Cut(strings.TrimPrefix(q.token, "m"), ".")
+			v, err := strconv.Atoi(n)
+			if !strings.HasPrefix(q.token, "m") || !ok || err != nil || v < 0 {
+				return page{}, invalid("page_token is not one this server gave")
+			}
+			skip, famToken = v, rest
+		}
 		if q.patient != "" {
 			// One family: a single page, filtered here.
 			f, err := s.family(ctx, c, q.patient)
@@ -279,7 +291,7 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 			}
 		} else {
 			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
-				Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
+				Parent: parent, PageSize: q.size, PageToken: famToken, Filter: q.filter()})
 			if err != nil {
 				return page{}, err
 			}
@@ -296,6 +308,18 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 				for _, m := range f.GetMembers() {
 					p.entries = append(p.entries, entry(relatedPerson(f, m)))
 				}
+			}
+		}
+		if q.typ == "RelatedPerson" {
+			if skip > len(p.entries) {
+				return page{}, invalid("page_token is not one this server gave")
+			}
+			p.entries = p.entries[skip:]
+			switch {
+			case len(p.entries) > int(q.size):
+				p.entries, p.next = p.entries[:q.size], fmt.Sprintf("m%d.%s", skip+int(q.size), famToken)
+			case next != "":
+				p.next = "m0." + next
 			}
 		}
 		return p, nil
