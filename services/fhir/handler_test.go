@@ -617,6 +617,10 @@ func TestRelatedPersonPagesHoldCountMembers(t *testing.T) {
 	if len(got) != 2 || got[0] != famID+".mom" || !strings.HasPrefix(got[1], famID+".H") {
 		t.Fatalf("members over the pages: %v; want mom's, then the other's", got)
 	}
+	// Without _count, the services' page size (50): both in one page.
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID, ""); a.code != http.StatusOK || len(a.body["entry"].([]any)) != 2 {
+		t.Fatalf("without _count: %d %s", a.code, a.raw)
+	}
 	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m9."+"x", ""); a.code != http.StatusBadRequest {
 		t.Fatalf("a page token past the members: %d %s", a.code, a.raw)
 	}

@@ -24,6 +24,9 @@ import (
 // pageTokenParam carries the services' opaque page token in Bundle links.
 const pageTokenParam = "page_token"
 
+// defaultPageSize is the services' page size when _count is not given.
+const defaultPageSize = 50
+
 // Search parameters each type takes besides the common ones.
 var searchParams = map[string][]string{
 	"Patient":           nil,
@@ -315,9 +318,13 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 				return page{}, invalid("page_token is not one this server gave")
 			}
 			p.entries = p.entries[skip:]
+			limit := int(q.size)
+			if limit == 0 {
+				limit = defaultPageSize
+			}
 			switch {
-			case len(p.entries) > int(q.size):
-				p.entries, p.next = p.entries[:q.size], fmt.Sprintf("m%d.%s", skip+int(q.size), famToken)
+			case len(p.entries) > limit:
+				p.entries, p.next = p.entries[:limit], fmt.Sprintf("m%d.%s", skip+limit, famToken)
 			case next != "":
 				p.next = "m0." + next
 			}
