@@ -132,8 +132,8 @@ type InterventionsServiceClient interface {
 	GetTalkingPoints(ctx context.Context, in *GetTalkingPointsRequest, opts ...grpc.CallOption) (*GetTalkingPointsResponse, error)
 	// Adds a talking point of the clinic's own.
 	CreateTalkingPoint(ctx context.Context, in *CreateTalkingPointRequest, opts ...grpc.CallOption) (*TalkingPoint, error)
-	// Lists a clinic's talking points: the built-in ones first, then the
-	// clinic's own, oldest first.
+	// Lists a clinic's talking points: the clinic's own, oldest first, then
+	// the built-in ones (by name: ids order the pages).
 	ListTalkingPoints(ctx context.Context, in *ListTalkingPointsRequest, opts ...grpc.CallOption) (*ListTalkingPointsResponse, error)
 	// Deletes a talking point the clinic added. Built-in talking points cannot
 	// be deleted (FAILED_PRECONDITION).
@@ -534,8 +534,8 @@ type InterventionsServiceServer interface {
 	GetTalkingPoints(context.Context, *GetTalkingPointsRequest) (*GetTalkingPointsResponse, error)
 	// Adds a talking point of the clinic's own.
 	CreateTalkingPoint(context.Context, *CreateTalkingPointRequest) (*TalkingPoint, error)
-	// Lists a clinic's talking points: the built-in ones first, then the
-	// clinic's own, oldest first.
+	// Lists a clinic's talking points: the clinic's own, oldest first, then
+	// the built-in ones (by name: ids order the pages).
 	ListTalkingPoints(context.Context, *ListTalkingPointsRequest) (*ListTalkingPointsResponse, error)
 	// Deletes a talking point the clinic added. Built-in talking points cannot
 	// be deleted (FAILED_PRECONDITION).
