@@ -67,10 +67,18 @@ func TestConsentKindFollowsPayload(t *testing.T) {
 		t.Fatalf("an unclassified payload is stored (%d, %v)", stored, err)
 	}
 	runSender(t, fastSender(f.db, fam, 10))
-	eventually(t, 5*time.Second, "three notifications", func() bool { return len(rcv.received()) == 3 })
+	eventually(t, 5*time.Second, "two notifications", func() bool { return len(rcv.received()) == 2 })
 	got := rcv.received()
-	if n := byResource(got, "clinics/north/referrals/r1"); n == nil || n["data"] != nil || n["notice"] != nil || n["topic"] != "APPOINTMENT_CHANGED" {
+	// The EHR hears nothing of a referral that only an appointments
+	// consent covers: the notification is withheld.
+	if n := byResource(got, "clinics/north/referrals/r1"); n != nil {
 		t.Fatalf("referral under APPOINTMENT_CHANGED with an appointments-only consent: %v", n)
+	}
+	var state int16
+	var reason string
+	if err := f.pool.QueryRow(ctx, `SELECT state, last_error FROM deliveries WHERE outbox_id = $1`, ref.ID).Scan(&state, &reason); err != nil ||
+		state != int16(webhooksv1.DeliveryState_DELIVERY_STATE_WITHDRAWN) || !strings.Contains(reason, "consent") {
+		t.Fatalf("the referral's delivery: state %d, %q, %v; want WITHDRAWN for want of consent", state, reason, err)
 	}
 	if n := byResource(got, "clinics/north/interventions/i1"); n == nil || n["data"] == nil || n["notice"] != webhooks.Notice {
 		t.Fatalf("intervention with an appointments consent: %v", n)

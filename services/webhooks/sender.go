@@ -166,6 +166,9 @@ type pending struct {
 	url, secret, owner       string
 	audience                 string
 	full                     bool
+	// outsider: the owner is an outside system, whose notifications about
+	// a family go only under a consent (see body).
+	outsider bool
 }
 
 func (p *pending) name() string {
@@ -251,7 +254,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience`,
+			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider`,
 		limit, lease, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
@@ -262,7 +265,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience); err != nil {
+			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -302,6 +305,11 @@ var errOwnSide = errors.New("not sent: Handoff could not prepare it")
 // families service refused the sender itself (its token, its role), so an
 // operator must act. It is errOwnSide too: the receiver is not to blame.
 var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
+
+// errWithheld marks a notification an outside system may not receive: no
+// consent of the family covers it. It is withdrawn, not retried: a consent
+// given later covers the notifications that follow it.
+var errWithheld = errors.New("withheld: no consent of the family covers telling the subscriber")
 
 // errSecretUnreadable is the dead letter's reason when the subscription's
 // secret does not open with the configured key.
@@ -357,6 +365,18 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	if ctx.Err() != nil {
 		return nil // shutting down: the lease expires and the delivery is retried
+	}
+	if errors.Is(err, errWithheld) {
+		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, payload = NULL
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
+			p.clinic, p.subscription, p.id, stateWithdrawn, p.attempts, errWithheld.Error())
+		if uerr != nil {
+			return fmt.Errorf("webhooks: record withheld %s: %w", p.name(), uerr)
+		}
+		if tag.RowsAffected() > 0 {
+			attempts.Add(rctx, 1, outcome("withheld"))
+		}
+		return nil
 	}
 	reason := describe(err)
 	// A failure on Handoff's side (the consent could not be checked) is not
@@ -433,7 +453,10 @@ type notification struct {
 // the families service, asked anew for every attempt so that a revocation
 // counts at once, confirms a consent to the kind of information the payload
 // is (by its message type, not by the topic) and records the disclosure. A
-// payload of any other type is never disclosed.
+// payload of any other type is never disclosed. An outside system (the
+// EHR) hears of a family's record at all only under such a consent, as its
+// reads through the API do: without one the notification is withheld
+// (errWithheld), not sent with identifiers only.
 func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 	n := notification{
 		ID: p.id, Sequence: p.seq, Type: p.eventType, Topic: strings.TrimPrefix(p.topic.String(), "TOPIC_"),
@@ -459,7 +482,20 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 					return nil, fmt.Errorf("encode payload: %w", err)
 				}
 				n.Data, n.Notice = data, Notice
+			} else if p.outsider && s.cfg.Families != nil {
+				return nil, errWithheld
 			}
+		}
+	}
+	if n.Data == nil && p.outsider && p.family != "" && s.cfg.Families != nil {
+		// Identifiers only, checked and not recorded: nothing of the record
+		// goes, but that it changed is the family's to allow.
+		ok, err := s.allowed(ctx, p, eventInformation(p.eventType))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, errWithheld
 		}
 	}
 	if n.Data == nil {
@@ -547,6 +583,36 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		}
 	}
 	return true, nil
+}
+
+// allowed asks the families service, without recording anything, whether
+// a consent covers telling p's owner about p's resource.
+func (s *Sender) allowed(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	_, err := s.cfg.Families.CreateDisclosure(cctx, &familiesv1.CreateDisclosureRequest{Parent: p.family, ValidateOnly: true,
+		Disclosure: &familiesv1.Disclosure{Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK}})
+	switch status.Code(err) {
+	case codes.OK:
+		return true, nil
+	case codes.FailedPrecondition, codes.NotFound:
+		return false, nil
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
+	default:
+		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
+	}
+}
+
+// eventInformation is the kind of information an event's notification
+// tells of: a referral's, REFERRALS; an intervention's or a reminder's,
+// APPOINTMENTS (as informationOf, by the event when there is no payload).
+func eventInformation(eventType string) familiesv1.InformationKind {
+	if strings.HasPrefix(eventType, referralEvents) {
+		return familiesv1.InformationKind_INFORMATION_KIND_REFERRALS
+	}
+	return familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS
 }
 
 // decodePayload opens a stored event payload (a serialized Any).

@@ -175,6 +175,23 @@ func (e *stackEnv) setupClinic(t *testing.T) (program string, family *familiesv1
 	return p.GetName(), f
 }
 
+// consent records the family's consent to disclose its referrals and
+// appointments to recipient.
+func (e *stackEnv) consent(f *familiesv1.Family, recipient string) {
+	now := time.Now()
+	ok(e.fam.CreateConsent(e.counsel, &familiesv1.CreateConsentRequest{Parent: f.GetName(), Consent: &familiesv1.Consent{
+		Discloser: "North clinic",
+		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+			familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS},
+		Recipients:            []string{recipient},
+		Purposes:              []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
+		ExpireTime:            timestamppb.New(now.AddDate(1, 0, 0)),
+		Signer:                "Sam",
+		SignTime:              timestamppb.New(now.Add(-time.Hour)),
+		RevocationRightStated: true,
+	}}))
+}
+
 func (e *stackEnv) referral(t *testing.T, program string, f *familiesv1.Family) *referralsv1.Referral {
 	return ok(e.ref.CreateReferral(e.counsel, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
 		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
@@ -194,6 +211,8 @@ func TestReceiverSurvivesItsDowntime(t *testing.T) {
 		Subscription: &webhooksv1.Subscription{Url: rcv.url(),
 			Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}}))
 	rcv.secret = sub.GetSecret()
+	// The EHR hears of the family's referrals only under its consent.
+	e.consent(f, "ehr-1")
 
 	// Eight changes to three referrals while the receiver is down.
 	want := map[string][]string{}
@@ -286,9 +305,9 @@ func TestReceiverSurvivesItsDowntime(t *testing.T) {
 	}
 }
 
-// A FULL subscription gets identifiers only until the patient consents to
-// the disclosure to its owner, and the data (with the Part 2 notice) after,
-// each disclosure recorded in the family's accounting.
+// A FULL subscription of the EHR gets nothing until the patient consents
+// to the disclosure to its owner, and the data (with the Part 2 notice)
+// after, each disclosure recorded in the family's accounting.
 func TestFullPayloadNeedsConsent(t *testing.T) {
 	e := startStack(t)
 	program, f := e.setupClinic(t)
@@ -308,26 +327,18 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 	rcv.up()
 
 	r := e.referral(t, program, f)
-	stacktest.Eventually(t, 20*time.Second, "the first notification", func() bool { return len(rcv.received()) == 1 })
-	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil || n["resource"] != r.GetName() {
-		t.Fatalf("before consent: %v", n)
+	// Before consent the EHR hears nothing of the referral: withheld.
+	stacktest.Eventually(t, 20*time.Second, "the first notification withheld", func() bool {
+		return len(ok(e.hooks.ListDeliveries(e.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.Name, Filter: "state = WITHDRAWN"})).GetDeliveries()) == 1
+	})
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("before consent: %v", got)
 	}
 
-	now := time.Now()
-	ok(e.fam.CreateConsent(e.counsel, &familiesv1.CreateConsentRequest{Parent: f.GetName(), Consent: &familiesv1.Consent{
-		Discloser: "North clinic",
-		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
-			familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS},
-		Recipients:            []string{"ehr-full"},
-		Purposes:              []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
-		ExpireTime:            timestamppb.New(now.AddDate(1, 0, 0)),
-		Signer:                "Sam",
-		SignTime:              timestamppb.New(now.Add(-time.Hour)),
-		RevocationRightStated: true,
-	}}))
+	e.consent(f, "ehr-full")
 	ok(e.ref.AcceptReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r.GetName()}))
-	stacktest.Eventually(t, 20*time.Second, "the second notification", func() bool { return len(rcv.received()) == 2 })
-	n := rcv.received()[1]
+	stacktest.Eventually(t, 20*time.Second, "the notification after consent", func() bool { return len(rcv.received()) == 1 })
+	n := rcv.received()[0]
 	data, _ := n["data"].(map[string]any)
 	if data["name"] != r.GetName() || data["state"] != "REFERRAL_STATE_ACCEPTED" || n["notice"] != webhooks.Notice {
 		t.Fatalf("after consent: %v", n)
@@ -342,11 +353,11 @@ func TestFullPayloadNeedsConsent(t *testing.T) {
 		Deliveries []struct{ State, Resource string }
 	}
 	// The receiver counts a POST before the sender records it as delivered.
-	stacktest.Eventually(t, 10*time.Second, "two deliveries listed as delivered over REST", func() bool {
+	stacktest.Eventually(t, 10*time.Second, "the delivery listed as delivered over REST", func() bool {
 		listed.Deliveries = nil
 		rest.do(http.MethodGet, "/v1/"+sub.Name+"/deliveries?filter="+url.QueryEscape("state = DELIVERED"),
 			e.sys.Token("admin-1", auth.RoleClinicAdmin), "", http.StatusOK, &listed)
-		return len(listed.Deliveries) == 2
+		return len(listed.Deliveries) == 1
 	})
 	rest.do(http.MethodGet, "/v1/"+sub.Name+"/deliveries", e.sys.Token("ehr-full", auth.RoleEHR), "", http.StatusForbidden, nil)
 	ds := ok(e.fam.ListDisclosures(e.counsel, &familiesv1.ListDisclosuresRequest{Parent: f.GetName()})).GetDisclosures()

@@ -258,9 +258,10 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			if err != nil {
 				return nil, err
 			}
-			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time, audience)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience); err != nil {
+			_, outsider := consentgate.Outsider(ctx)
+			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time, audience, outsider)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience, outsider); err != nil {
 				return nil, fmt.Errorf("insert subscription: %w", err)
 			}
 			out, err := readSubscription(ctx, tx, clinic, id, "")

@@ -495,18 +495,22 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "first notification", func() bool { return len(rcv.received()) == 1 })
-	// Without consent not even the transition: the type says only that
-	// the referral changed.
-	if n := rcv.received()[0]; n["data"] != nil || n["notice"] != nil || n["type"] != "handoff.referrals.v1.referral.changed" {
-		t.Fatalf("without consent: %v", n)
+	// Without consent the EHR hears nothing of the referral, not even that
+	// it changed: the notification is withheld, as the API hides the
+	// referral from it.
+	eventually(t, 5*time.Second, "the first notification withheld", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: "state = WITHDRAWN"})
+		return err == nil && len(resp.GetDeliveries()) == 1
+	})
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("without consent: %v", got)
 	}
 	fam.consent.Store(true)
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "scheduled")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "second notification", func() bool { return len(rcv.received()) == 2 })
-	n := rcv.received()[1]
+	eventually(t, 5*time.Second, "second notification", func() bool { return len(rcv.received()) == 1 })
+	n := rcv.received()[0]
 	data, _ := n["data"].(map[string]any)
 	if data["name"] != "clinics/north/referrals/r1" || n["notice"] != webhooks.Notice || n["type"] != "handoff.referrals.v1.referral.scheduled" {
 		t.Fatalf("with consent: %v", n)
@@ -920,5 +924,45 @@ func TestNotificationTimeIsTheChanges(t *testing.T) {
 	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
 	if err != nil || len(resp.GetDeliveries()) != 1 || !resp.GetDeliveries()[0].GetCreateTime().AsTime().Equal(e.Created) {
 		t.Fatalf("delivery %v, %v; want create_time %v", resp, err, e.Created)
+	}
+}
+
+// An id-only notification to the EHR still tells it that a family's
+// record changed: it goes only while a consent covers the record for the
+// EHR (checked, not recorded: nothing of the record goes), and is withheld
+// otherwise. The clinic's own staff hear of every change.
+func TestIDOnlyNotificationToTheEHRNeedsConsent(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	ehrRcv, staffRcv := newReceiver(t), newReceiver(t)
+	ehrSub := f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	ehrRcv.secret.Store(ehrSub.GetSecret())
+	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	staffRcv.secret.Store(staffSub.GetSecret())
+	fam := &fakeFamilies{}
+	runSender(t, fastSender(f.db, fam, 10))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the staff's notification and the EHR's withheld", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: ehrSub.GetName(), Filter: "state = WITHDRAWN"})
+		return err == nil && len(resp.GetDeliveries()) == 1 && len(staffRcv.received()) == 1
+	})
+	if got := ehrRcv.received(); len(got) != 0 {
+		t.Fatalf("the EHR heard without consent: %v", got)
+	}
+	fam.consent.Store(true)
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "scheduled")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the EHR's notification", func() bool { return len(ehrRcv.received()) == 1 })
+	if n := ehrRcv.received()[0]; n["data"] != nil || n["type"] != "handoff.referrals.v1.referral.changed" {
+		t.Fatalf("id-only notification: %v", n)
+	}
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	if len(fam.asked) != 2 || len(fam.records()) != 0 || fam.asked[0].GetDisclosure().GetRecipient() != "ehr-1" ||
+		fam.asked[0].GetDisclosure().GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
+		t.Fatalf("asked %v (%d records); want two checks for the EHR's referrals, no record", fam.asked, len(fam.records()))
 	}
 }
