@@ -207,10 +207,16 @@ func TestLastUpdated(t *testing.T) {
 	}
 	for _, bad := range []map[string][]string{
 		{"_lastUpdated": {"sa2026"}}, {"_lastUpdated": {"yesterday"}}, {"name": {"x"}}, {"_count": {"0"}},
-		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}},
+		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}}, {"patient": {"https://ehr.example/fhir/NotPatient/x"}},
 	} {
 		if _, err := parseQuery("Task", bad); err == nil {
 			t.Errorf("parseQuery(%v) accepted", bad)
+		}
+	}
+	// A client may send the absolute reference it took from a fullUrl.
+	for _, ref := range []string{"f1", "Patient/f1", "https://handoff.example/fhir/R4/Patient/f1"} {
+		if q, err := parseQuery("Task", map[string][]string{"patient": {ref}}); err != nil || q.patient != "f1" {
+			t.Errorf("patient=%s: %q, %v; want f1", ref, q.patient, err)
 		}
 	}
 	if _, err := parseQuery("Consent", map[string][]string{}); err == nil {

@@ -131,9 +131,14 @@ func parseQuery(typ string, v url.Values) (query, error) {
 	}
 	for _, name := range []string{"patient", "subject"} {
 		if p := v.Get(name); p != "" {
-			id := strings.TrimPrefix(p, "Patient/")
+			// An id, Patient/<id>, or the absolute reference a client takes
+			// from a fullUrl (<base>/Patient/<id>).
+			id := p
+			if i := strings.LastIndex(p, "Patient/"); i >= 0 && (i == 0 || p[i-1] == '/') {
+				id = p[i+len("Patient/"):]
+			}
 			if !handoffID.MatchString(id) {
-				return q, invalid(fmt.Sprintf("%s must be a Patient id or Patient/<id>", name))
+				return q, invalid(fmt.Sprintf("%s must be a Patient id, Patient/<id> or <base>/Patient/<id>", name))
 			}
 			if q.patient != "" && q.patient != id {
 				return q, invalid("patient and subject name different patients")
