@@ -13,7 +13,7 @@ func Policy() grpcserver.Policy {
 	subscribers := []auth.Role{auth.RoleEHR, auth.RoleReminders, auth.RoleClinicAdmin}
 	admins := []auth.Role{auth.RoleClinicAdmin}
 	p := grpcserver.Policy{}
-	for _, m := range []string{"CreateSubscription", "GetSubscription", "ListSubscriptions", "DeleteSubscription"} {
+	for _, m := range []string{"CreateSubscription", "GetSubscription", "ListSubscriptions", "RotateSubscriptionSecret", "DeleteSubscription"} {
 		p[svc+m] = subscribers
 	}
 	for _, m := range []string{"ListDeliveries", "ReplayDelivery", "ListAuditEvents"} {

@@ -164,6 +164,7 @@ type pending struct {
 	attempts, replays        int
 	created                  time.Time
 	url, secret, owner       string
+	previous                 string // a rotated secret still in its grace
 	audience                 string
 	full                     bool
 	// outsider: the owner is an outside system, whose notifications about
@@ -254,7 +255,8 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider`,
+			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
@@ -265,13 +267,21 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider); err != nil {
+			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
 			p.secret = ""
 			unreadable = append(unreadable, p)
 			continue
+		}
+		if p.previous != "" {
+			// A rotated secret that does not open only loses its second
+			// signature: the new one signs.
+			if p.previous, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.previous); err != nil {
+				s.cfg.Log.Warn("webhook previous secret unreadable", "delivery", p.name())
+				p.previous = ""
+			}
 		}
 		p.topic = webhooksv1.Topic(topic)
 		p.full = webhooksv1.PayloadKind(kind) == webhooksv1.PayloadKind_PAYLOAD_KIND_FULL && p.payload != nil
@@ -642,7 +652,14 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Handoff-Webhooks/1")
 	req.Header.Set(IDHeader, p.id)
-	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body))
+	sig := Sign(p.secret, time.Now(), body)
+	if p.previous != "" {
+		// The same timestamp, signed with the old secret too: a receiver
+		// still on it accepts the notification.
+		ts, _, _ := strings.Cut(sig, ",")
+		sig += ",v1=" + hex.EncodeToString(mac(p.previous, strings.TrimPrefix(ts, "t="), body))
+	}
+	req.Header.Set(SignatureHeader, sig)
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return 0, err

@@ -280,6 +280,56 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	return out, nil
 }
 
+// RotationGrace is how long a rotated secret still signs notifications
+// beside the new one.
+const RotationGrace = 24 * time.Hour
+
+// RotateSubscriptionSecret implements the API: a new secret, with the old
+// one kept for RotationGrace. The answer kept for retries holds the new
+// secret sealed, as CreateSubscription's does.
+func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.RotateSubscriptionSecretRequest) (*webhooksv1.Subscription, error) {
+	clinic, id, err := parseSubscription("name", req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	owner := ownerFilter(ctx)
+	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"RotateSubscriptionSecret", req.GetRequestId(), req, newSubscription,
+		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
+			// Another's subscription is NOT_FOUND, as for every other method.
+			if _, err := readSubscription(ctx, tx, clinic, id, owner); err != nil {
+				return nil, err
+			}
+			secret, err := newSecret()
+			if err != nil {
+				return nil, err
+			}
+			sealed, err := s.cfg.Secrets.seal(subscriptionName(clinic, id), secret)
+			if err != nil {
+				return nil, err
+			}
+			if _, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
+				WHERE clinic = $1 AND id = $2`, clinic, id, s.cfg.Now().Add(RotationGrace), sealed); err != nil {
+				return nil, fmt.Errorf("rotate secret: %w", err)
+			}
+			out, err := readSubscription(ctx, tx, clinic, id, "")
+			if err != nil {
+				return nil, err
+			}
+			out.Secret = sealed
+			return out, nil
+		})
+	if err != nil {
+		return nil, err
+	}
+	if out.Secret, err = s.cfg.Secrets.open(out.GetName(), out.GetSecret()); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // GetSubscription implements the API.
 func (s *Server) GetSubscription(ctx context.Context, req *webhooksv1.GetSubscriptionRequest) (*webhooksv1.Subscription, error) {
 	clinic, id, err := parseSubscription("name", req.GetName())
@@ -344,7 +394,8 @@ func newSubscription() *webhooksv1.Subscription { return &webhooksv1.Subscriptio
 func newEmpty() *emptypb.Empty                  { return &emptypb.Empty{} }
 
 // The secret is never selected here: only CreateSubscription returns it.
-const subscriptionSelect = `SELECT id, url, topics, payload, owner, create_time FROM subscriptions`
+const subscriptionSelect = `SELECT id, url, topics, payload, owner, create_time,
+	CASE WHEN previous_secret_expire_time > now() THEN previous_secret_expire_time END FROM subscriptions`
 
 func readSubscription(ctx context.Context, q pgdb.Querier, clinic, id, owner string) (*webhooksv1.Subscription, error) {
 	rows, err := q.Query(ctx, subscriptionSelect+` WHERE clinic = $1 AND id = $2 AND ($3 = '' OR owner = $3)`, clinic, id, owner)
@@ -359,13 +410,17 @@ func scanSubscription(clinic string, r pgx.CollectableRow) (*webhooksv1.Subscrip
 		topics       []int16
 		payload      int16
 		created      time.Time
+		previous     *time.Time
 	)
-	if err := r.Scan(&id, &u, &topics, &payload, &owner, &created); err != nil {
+	if err := r.Scan(&id, &u, &topics, &payload, &owner, &created, &previous); err != nil {
 		return nil, err
 	}
 	sub := &webhooksv1.Subscription{
 		Name: subscriptionName(clinic, id), Url: u, Payload: webhooksv1.PayloadKind(payload),
 		Owner: owner, CreateTime: timestamppb.New(created),
+	}
+	if previous != nil {
+		sub.PreviousSecretExpireTime = timestamppb.New(*previous)
 	}
 	for _, t := range topics {
 		sub.Topics = append(sub.Topics, webhooksv1.Topic(t))

@@ -966,3 +966,78 @@ func TestIDOnlyNotificationToTheEHRNeedsConsent(t *testing.T) {
 		t.Fatalf("asked %v (%d records); want two checks for the EHR's referrals, no record", fam.asked, len(fam.records()))
 	}
 }
+
+// A rotated secret is shown once, in the rotation's answer (a retry gets
+// the same one); for RotationGrace after, notifications carry a signature
+// by each secret, so a receiver on either accepts them. Another's
+// subscription cannot be rotated.
+func TestRotateSecretSignsWithBothDuringTheGrace(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	type post struct {
+		header string
+		body   []byte
+	}
+	posts := make(chan post, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		posts <- post{r.Header.Get(webhooks.SignatureHeader), body}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	sub := f.subscribe(t, f.admin, srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if sub.GetPreviousSecretExpireTime() != nil {
+		t.Fatalf("a new subscription has a previous secret: %v", sub)
+	}
+	req := &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName(), RequestId: "rotate-1"}
+	rotated, err := f.client.RotateSubscriptionSecret(f.admin, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.client.RotateSubscriptionSecret(f.admin, req)
+	if err != nil || again.GetSecret() != rotated.GetSecret() {
+		t.Fatalf("retried rotation: %v, %v; want the first answer's secret", again.GetSecret(), err)
+	}
+	grace := time.Until(rotated.GetPreviousSecretExpireTime().AsTime())
+	if rotated.GetSecret() == "" || rotated.GetSecret() == sub.GetSecret() || grace < webhooks.RotationGrace-time.Minute || grace > webhooks.RotationGrace {
+		t.Fatalf("rotated: secret changed %v, old one kept for %v", rotated.GetSecret() != sub.GetSecret(), grace)
+	}
+	if got, err := f.client.GetSubscription(f.admin, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()}); err != nil ||
+		got.GetSecret() != "" || got.GetPreviousSecretExpireTime() == nil {
+		t.Fatalf("read after rotation: %v, %v; want no secret, the grace's end", got, err)
+	}
+	if _, err := f.client.RotateSubscriptionSecret(f.ehr, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("rotating another's subscription: %v; want NOT_FOUND", err)
+	}
+
+	runSender(t, fastSender(f.db, nil, 3))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var p post
+	select {
+	case p = <-posts:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification")
+	}
+	for name, secret := range map[string]string{"new": rotated.GetSecret(), "old": sub.GetSecret()} {
+		if err := webhooks.Verify(secret, p.header, p.body, time.Now()); err != nil {
+			t.Errorf("the %s secret does not verify the notification: %v (%s)", name, err, p.header)
+		}
+	}
+	// Past the grace, the new secret signs alone.
+	if _, err := f.pool.Exec(ctx, `UPDATE subscriptions SET previous_secret_expire_time = now() - interval '1 second'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "scheduled")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p = <-posts:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no second notification")
+	}
+	if err := webhooks.Verify(sub.GetSecret(), p.header, p.body, time.Now()); err == nil || strings.Count(p.header, "v1=") != 1 {
+		t.Fatalf("after the grace the old secret still signs: %s", p.header)
+	}
+}

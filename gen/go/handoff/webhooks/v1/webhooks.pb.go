@@ -252,12 +252,15 @@ type Subscription struct {
 	// patient's consent naming it.
 	Owner string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
 	// The key that signs notifications (HMAC-SHA256). Returned only by
-	// CreateSubscription.
+	// CreateSubscription and RotateSubscriptionSecret.
 	Secret string `protobuf:"bytes,6,opt,name=secret,proto3" json:"secret,omitempty"`
 	// When the subscription was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Until when notifications are signed with the secret a rotation
+	// replaced as well; unset when none is.
+	PreviousSecretExpireTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=previous_secret_expire_time,json=previousSecretExpireTime,proto3" json:"previous_secret_expire_time,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *Subscription) Reset() {
@@ -335,6 +338,13 @@ func (x *Subscription) GetSecret() string {
 func (x *Subscription) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Subscription) GetPreviousSecretExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviousSecretExpireTime
 	}
 	return nil
 }
@@ -764,6 +774,61 @@ func (x *DeleteSubscriptionRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for RotateSubscriptionSecret.
+type RotateSubscriptionSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/subscriptions/{subscription}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A unique id for this request; a retry returns the first answer.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSubscriptionSecretRequest) Reset() {
+	*x = RotateSubscriptionSecretRequest{}
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSubscriptionSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSubscriptionSecretRequest) ProtoMessage() {}
+
+func (x *RotateSubscriptionSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSubscriptionSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateSubscriptionSecretRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RotateSubscriptionSecretRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RotateSubscriptionSecretRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for ListDeliveries.
 type ListDeliveriesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -784,7 +849,7 @@ type ListDeliveriesRequest struct {
 
 func (x *ListDeliveriesRequest) Reset() {
 	*x = ListDeliveriesRequest{}
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[7]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +861,7 @@ func (x *ListDeliveriesRequest) String() string {
 func (*ListDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[7]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +874,7 @@ func (x *ListDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{7}
+	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListDeliveriesRequest) GetParent() string {
@@ -853,7 +918,7 @@ type ListDeliveriesResponse struct {
 
 func (x *ListDeliveriesResponse) Reset() {
 	*x = ListDeliveriesResponse{}
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[8]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +930,7 @@ func (x *ListDeliveriesResponse) String() string {
 func (*ListDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[8]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +943,7 @@ func (x *ListDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{8}
+	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListDeliveriesResponse) GetDeliveries() []*Delivery {
@@ -908,7 +973,7 @@ type ReplayDeliveryRequest struct {
 
 func (x *ReplayDeliveryRequest) Reset() {
 	*x = ReplayDeliveryRequest{}
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[9]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -920,7 +985,7 @@ func (x *ReplayDeliveryRequest) String() string {
 func (*ReplayDeliveryRequest) ProtoMessage() {}
 
 func (x *ReplayDeliveryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[9]
+	mi := &file_handoff_webhooks_v1_webhooks_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -933,7 +998,7 @@ func (x *ReplayDeliveryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeliveryRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeliveryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{9}
+	return file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReplayDeliveryRequest) GetName() string {
@@ -954,7 +1019,7 @@ var File_handoff_webhooks_v1_webhooks_proto protoreflect.FileDescriptor
 
 const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\n" +
-	"\"handoff/webhooks/v1/webhooks.proto\x12\x13handoff.webhooks.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x03\n" +
+	"\"handoff/webhooks/v1/webhooks.proto\x12\x13handoff.webhooks.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x04\n" +
 	"\fSubscription\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12#\n" +
 	"\x03url\x18\x02 \x01(\tB\x11\xe0A\x02\xe0A\x05\xbaH\br\x06\x18\x80\x10\x88\x01\x01R\x03url\x12O\n" +
@@ -964,7 +1029,8 @@ const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\x05owner\x18\x05 \x01(\tB\x03\xe0A\x03R\x05owner\x12\x1b\n" +
 	"\x06secret\x18\x06 \x01(\tB\x03\xe0A\x03R\x06secret\x12@\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"createTime:l\xeaAi\n" +
+	"createTime\x12^\n" +
+	"\x1bprevious_secret_expire_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x18previousSecretExpireTime:l\xeaAi\n" +
 	"\x1bhandoff.health/Subscription\x12-clinics/{clinic}/subscriptions/{subscription}*\rsubscriptions2\fsubscription\"\xf8\x04\n" +
 	"\bDelivery\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\"\n" +
@@ -1006,6 +1072,12 @@ const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\x1bhandoff.health/Subscription\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd4\x01\n" +
+	"\x1fRotateSubscriptionSecretRequest\x12\x85\x01\n" +
+	"\x04name\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x1d\n" +
+	"\x1bhandoff.health/Subscription\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa0\x02\n" +
 	"\x15ListDeliveriesRequest\x12\x89\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x19\x12\x17handoff.health/Delivery\xbaHOrM2K^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/([a-z0-9][a-z0-9-]{0,62}|-)$R\x06parent\x12*\n" +
@@ -1038,11 +1110,12 @@ const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\x16DELIVERY_STATE_PENDING\x10\x01\x12\x1c\n" +
 	"\x18DELIVERY_STATE_DELIVERED\x10\x02\x12\x17\n" +
 	"\x13DELIVERY_STATE_DEAD\x10\x03\x12\x1c\n" +
-	"\x18DELIVERY_STATE_WITHDRAWN\x10\x042\xc7\t\n" +
+	"\x18DELIVERY_STATE_WITHDRAWN\x10\x042\x82\v\n" +
 	"\x0fWebhooksService\x12\xb9\x01\n" +
 	"\x12CreateSubscription\x12..handoff.webhooks.v1.CreateSubscriptionRequest\x1a!.handoff.webhooks.v1.Subscription\"P\xdaA\x13parent,subscription\x82\xd3\xe4\x93\x024:\fsubscription\"$/v1/{parent=clinics/*}/subscriptions\x12\x96\x01\n" +
 	"\x0fGetSubscription\x12+.handoff.webhooks.v1.GetSubscriptionRequest\x1a!.handoff.webhooks.v1.Subscription\"3\xdaA\x04name\x82\xd3\xe4\x93\x02&\x12$/v1/{name=clinics/*/subscriptions/*}\x12\xa9\x01\n" +
-	"\x11ListSubscriptions\x12-.handoff.webhooks.v1.ListSubscriptionsRequest\x1a..handoff.webhooks.v1.ListSubscriptionsResponse\"5\xdaA\x06parent\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=clinics/*}/subscriptions\x12\x91\x01\n" +
+	"\x11ListSubscriptions\x12-.handoff.webhooks.v1.ListSubscriptionsRequest\x1a..handoff.webhooks.v1.ListSubscriptionsResponse\"5\xdaA\x06parent\x82\xd3\xe4\x93\x02&\x12$/v1/{parent=clinics/*}/subscriptions\x12\xb8\x01\n" +
+	"\x18RotateSubscriptionSecret\x124.handoff.webhooks.v1.RotateSubscriptionSecretRequest\x1a!.handoff.webhooks.v1.Subscription\"C\xdaA\x04name\x82\xd3\xe4\x93\x026:\x01*\"1/v1/{name=clinics/*/subscriptions/*}:rotateSecret\x12\x91\x01\n" +
 	"\x12DeleteSubscription\x12..handoff.webhooks.v1.DeleteSubscriptionRequest\x1a\x16.google.protobuf.Empty\"3\xdaA\x04name\x82\xd3\xe4\x93\x02&*$/v1/{name=clinics/*/subscriptions/*}\x12\xad\x01\n" +
 	"\x0eListDeliveries\x12*.handoff.webhooks.v1.ListDeliveriesRequest\x1a+.handoff.webhooks.v1.ListDeliveriesResponse\"B\xdaA\x06parent\x82\xd3\xe4\x93\x023\x121/v1/{parent=clinics/*/subscriptions/*}/deliveries\x12\xa7\x01\n" +
 	"\x0eReplayDelivery\x12*.handoff.webhooks.v1.ReplayDeliveryRequest\x1a\x1d.handoff.webhooks.v1.Delivery\"J\xdaA\x04name\x82\xd3\xe4\x93\x02=:\x01*\"8/v1/{name=clinics/*/subscriptions/*/deliveries/*}:replay\x12\xa9\x01\n" +
@@ -1061,57 +1134,61 @@ func file_handoff_webhooks_v1_webhooks_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_webhooks_v1_webhooks_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_handoff_webhooks_v1_webhooks_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_handoff_webhooks_v1_webhooks_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_handoff_webhooks_v1_webhooks_proto_goTypes = []any{
-	(Topic)(0),                         // 0: handoff.webhooks.v1.Topic
-	(PayloadKind)(0),                   // 1: handoff.webhooks.v1.PayloadKind
-	(DeliveryState)(0),                 // 2: handoff.webhooks.v1.DeliveryState
-	(*Subscription)(nil),               // 3: handoff.webhooks.v1.Subscription
-	(*Delivery)(nil),                   // 4: handoff.webhooks.v1.Delivery
-	(*CreateSubscriptionRequest)(nil),  // 5: handoff.webhooks.v1.CreateSubscriptionRequest
-	(*GetSubscriptionRequest)(nil),     // 6: handoff.webhooks.v1.GetSubscriptionRequest
-	(*ListSubscriptionsRequest)(nil),   // 7: handoff.webhooks.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),  // 8: handoff.webhooks.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),  // 9: handoff.webhooks.v1.DeleteSubscriptionRequest
-	(*ListDeliveriesRequest)(nil),      // 10: handoff.webhooks.v1.ListDeliveriesRequest
-	(*ListDeliveriesResponse)(nil),     // 11: handoff.webhooks.v1.ListDeliveriesResponse
-	(*ReplayDeliveryRequest)(nil),      // 12: handoff.webhooks.v1.ReplayDeliveryRequest
-	(*timestamppb.Timestamp)(nil),      // 13: google.protobuf.Timestamp
-	(*v1.ListAuditEventsRequest)(nil),  // 14: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 15: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 16: handoff.audit.v1.ListAuditEventsResponse
+	(Topic)(0),                              // 0: handoff.webhooks.v1.Topic
+	(PayloadKind)(0),                        // 1: handoff.webhooks.v1.PayloadKind
+	(DeliveryState)(0),                      // 2: handoff.webhooks.v1.DeliveryState
+	(*Subscription)(nil),                    // 3: handoff.webhooks.v1.Subscription
+	(*Delivery)(nil),                        // 4: handoff.webhooks.v1.Delivery
+	(*CreateSubscriptionRequest)(nil),       // 5: handoff.webhooks.v1.CreateSubscriptionRequest
+	(*GetSubscriptionRequest)(nil),          // 6: handoff.webhooks.v1.GetSubscriptionRequest
+	(*ListSubscriptionsRequest)(nil),        // 7: handoff.webhooks.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),       // 8: handoff.webhooks.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),       // 9: handoff.webhooks.v1.DeleteSubscriptionRequest
+	(*RotateSubscriptionSecretRequest)(nil), // 10: handoff.webhooks.v1.RotateSubscriptionSecretRequest
+	(*ListDeliveriesRequest)(nil),           // 11: handoff.webhooks.v1.ListDeliveriesRequest
+	(*ListDeliveriesResponse)(nil),          // 12: handoff.webhooks.v1.ListDeliveriesResponse
+	(*ReplayDeliveryRequest)(nil),           // 13: handoff.webhooks.v1.ReplayDeliveryRequest
+	(*timestamppb.Timestamp)(nil),           // 14: google.protobuf.Timestamp
+	(*v1.ListAuditEventsRequest)(nil),       // 15: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                   // 16: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),      // 17: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_webhooks_v1_webhooks_proto_depIdxs = []int32{
 	0,  // 0: handoff.webhooks.v1.Subscription.topics:type_name -> handoff.webhooks.v1.Topic
 	1,  // 1: handoff.webhooks.v1.Subscription.payload:type_name -> handoff.webhooks.v1.PayloadKind
-	13, // 2: handoff.webhooks.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 3: handoff.webhooks.v1.Delivery.topic:type_name -> handoff.webhooks.v1.Topic
-	2,  // 4: handoff.webhooks.v1.Delivery.state:type_name -> handoff.webhooks.v1.DeliveryState
-	13, // 5: handoff.webhooks.v1.Delivery.next_attempt_time:type_name -> google.protobuf.Timestamp
-	13, // 6: handoff.webhooks.v1.Delivery.create_time:type_name -> google.protobuf.Timestamp
-	13, // 7: handoff.webhooks.v1.Delivery.deliver_time:type_name -> google.protobuf.Timestamp
-	3,  // 8: handoff.webhooks.v1.CreateSubscriptionRequest.subscription:type_name -> handoff.webhooks.v1.Subscription
-	3,  // 9: handoff.webhooks.v1.ListSubscriptionsResponse.subscriptions:type_name -> handoff.webhooks.v1.Subscription
-	4,  // 10: handoff.webhooks.v1.ListDeliveriesResponse.deliveries:type_name -> handoff.webhooks.v1.Delivery
-	5,  // 11: handoff.webhooks.v1.WebhooksService.CreateSubscription:input_type -> handoff.webhooks.v1.CreateSubscriptionRequest
-	6,  // 12: handoff.webhooks.v1.WebhooksService.GetSubscription:input_type -> handoff.webhooks.v1.GetSubscriptionRequest
-	7,  // 13: handoff.webhooks.v1.WebhooksService.ListSubscriptions:input_type -> handoff.webhooks.v1.ListSubscriptionsRequest
-	9,  // 14: handoff.webhooks.v1.WebhooksService.DeleteSubscription:input_type -> handoff.webhooks.v1.DeleteSubscriptionRequest
-	10, // 15: handoff.webhooks.v1.WebhooksService.ListDeliveries:input_type -> handoff.webhooks.v1.ListDeliveriesRequest
-	12, // 16: handoff.webhooks.v1.WebhooksService.ReplayDelivery:input_type -> handoff.webhooks.v1.ReplayDeliveryRequest
-	14, // 17: handoff.webhooks.v1.WebhooksService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	3,  // 18: handoff.webhooks.v1.WebhooksService.CreateSubscription:output_type -> handoff.webhooks.v1.Subscription
-	3,  // 19: handoff.webhooks.v1.WebhooksService.GetSubscription:output_type -> handoff.webhooks.v1.Subscription
-	8,  // 20: handoff.webhooks.v1.WebhooksService.ListSubscriptions:output_type -> handoff.webhooks.v1.ListSubscriptionsResponse
-	15, // 21: handoff.webhooks.v1.WebhooksService.DeleteSubscription:output_type -> google.protobuf.Empty
-	11, // 22: handoff.webhooks.v1.WebhooksService.ListDeliveries:output_type -> handoff.webhooks.v1.ListDeliveriesResponse
-	4,  // 23: handoff.webhooks.v1.WebhooksService.ReplayDelivery:output_type -> handoff.webhooks.v1.Delivery
-	16, // 24: handoff.webhooks.v1.WebhooksService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	14, // 2: handoff.webhooks.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	14, // 3: handoff.webhooks.v1.Subscription.previous_secret_expire_time:type_name -> google.protobuf.Timestamp
+	0,  // 4: handoff.webhooks.v1.Delivery.topic:type_name -> handoff.webhooks.v1.Topic
+	2,  // 5: handoff.webhooks.v1.Delivery.state:type_name -> handoff.webhooks.v1.DeliveryState
+	14, // 6: handoff.webhooks.v1.Delivery.next_attempt_time:type_name -> google.protobuf.Timestamp
+	14, // 7: handoff.webhooks.v1.Delivery.create_time:type_name -> google.protobuf.Timestamp
+	14, // 8: handoff.webhooks.v1.Delivery.deliver_time:type_name -> google.protobuf.Timestamp
+	3,  // 9: handoff.webhooks.v1.CreateSubscriptionRequest.subscription:type_name -> handoff.webhooks.v1.Subscription
+	3,  // 10: handoff.webhooks.v1.ListSubscriptionsResponse.subscriptions:type_name -> handoff.webhooks.v1.Subscription
+	4,  // 11: handoff.webhooks.v1.ListDeliveriesResponse.deliveries:type_name -> handoff.webhooks.v1.Delivery
+	5,  // 12: handoff.webhooks.v1.WebhooksService.CreateSubscription:input_type -> handoff.webhooks.v1.CreateSubscriptionRequest
+	6,  // 13: handoff.webhooks.v1.WebhooksService.GetSubscription:input_type -> handoff.webhooks.v1.GetSubscriptionRequest
+	7,  // 14: handoff.webhooks.v1.WebhooksService.ListSubscriptions:input_type -> handoff.webhooks.v1.ListSubscriptionsRequest
+	10, // 15: handoff.webhooks.v1.WebhooksService.RotateSubscriptionSecret:input_type -> handoff.webhooks.v1.RotateSubscriptionSecretRequest
+	9,  // 16: handoff.webhooks.v1.WebhooksService.DeleteSubscription:input_type -> handoff.webhooks.v1.DeleteSubscriptionRequest
+	11, // 17: handoff.webhooks.v1.WebhooksService.ListDeliveries:input_type -> handoff.webhooks.v1.ListDeliveriesRequest
+	13, // 18: handoff.webhooks.v1.WebhooksService.ReplayDelivery:input_type -> handoff.webhooks.v1.ReplayDeliveryRequest
+	15, // 19: handoff.webhooks.v1.WebhooksService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	3,  // 20: handoff.webhooks.v1.WebhooksService.CreateSubscription:output_type -> handoff.webhooks.v1.Subscription
+	3,  // 21: handoff.webhooks.v1.WebhooksService.GetSubscription:output_type -> handoff.webhooks.v1.Subscription
+	8,  // 22: handoff.webhooks.v1.WebhooksService.ListSubscriptions:output_type -> handoff.webhooks.v1.ListSubscriptionsResponse
+	3,  // 23: handoff.webhooks.v1.WebhooksService.RotateSubscriptionSecret:output_type -> handoff.webhooks.v1.Subscription
+	16, // 24: handoff.webhooks.v1.WebhooksService.DeleteSubscription:output_type -> google.protobuf.Empty
+	12, // 25: handoff.webhooks.v1.WebhooksService.ListDeliveries:output_type -> handoff.webhooks.v1.ListDeliveriesResponse
+	4,  // 26: handoff.webhooks.v1.WebhooksService.ReplayDelivery:output_type -> handoff.webhooks.v1.Delivery
+	17, // 27: handoff.webhooks.v1.WebhooksService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	20, // [20:28] is the sub-list for method output_type
+	12, // [12:20] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_handoff_webhooks_v1_webhooks_proto_init() }
@@ -1125,7 +1202,7 @@ func file_handoff_webhooks_v1_webhooks_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_webhooks_v1_webhooks_proto_rawDesc), len(file_handoff_webhooks_v1_webhooks_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

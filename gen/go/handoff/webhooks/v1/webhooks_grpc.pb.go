@@ -45,13 +45,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	WebhooksService_CreateSubscription_FullMethodName = "/handoff.webhooks.v1.WebhooksService/CreateSubscription"
-	WebhooksService_GetSubscription_FullMethodName    = "/handoff.webhooks.v1.WebhooksService/GetSubscription"
-	WebhooksService_ListSubscriptions_FullMethodName  = "/handoff.webhooks.v1.WebhooksService/ListSubscriptions"
-	WebhooksService_DeleteSubscription_FullMethodName = "/handoff.webhooks.v1.WebhooksService/DeleteSubscription"
-	WebhooksService_ListDeliveries_FullMethodName     = "/handoff.webhooks.v1.WebhooksService/ListDeliveries"
-	WebhooksService_ReplayDelivery_FullMethodName     = "/handoff.webhooks.v1.WebhooksService/ReplayDelivery"
-	WebhooksService_ListAuditEvents_FullMethodName    = "/handoff.webhooks.v1.WebhooksService/ListAuditEvents"
+	WebhooksService_CreateSubscription_FullMethodName       = "/handoff.webhooks.v1.WebhooksService/CreateSubscription"
+	WebhooksService_GetSubscription_FullMethodName          = "/handoff.webhooks.v1.WebhooksService/GetSubscription"
+	WebhooksService_ListSubscriptions_FullMethodName        = "/handoff.webhooks.v1.WebhooksService/ListSubscriptions"
+	WebhooksService_RotateSubscriptionSecret_FullMethodName = "/handoff.webhooks.v1.WebhooksService/RotateSubscriptionSecret"
+	WebhooksService_DeleteSubscription_FullMethodName       = "/handoff.webhooks.v1.WebhooksService/DeleteSubscription"
+	WebhooksService_ListDeliveries_FullMethodName           = "/handoff.webhooks.v1.WebhooksService/ListDeliveries"
+	WebhooksService_ReplayDelivery_FullMethodName           = "/handoff.webhooks.v1.WebhooksService/ReplayDelivery"
+	WebhooksService_ListAuditEvents_FullMethodName          = "/handoff.webhooks.v1.WebhooksService/ListAuditEvents"
 )
 
 // WebhooksServiceClient is the client API for WebhooksService service.
@@ -75,6 +76,13 @@ type WebhooksServiceClient interface {
 	// Lists subscriptions, oldest first: the caller's own, or for clinic
 	// administrators all of the clinic's.
 	ListSubscriptions(ctx context.Context, in *ListSubscriptionsRequest, opts ...grpc.CallOption) (*ListSubscriptionsResponse, error)
+	// Gives a subscription a new signing secret, carried by this answer only:
+	// for a leaked secret, or a routine change. For a day after, every
+	// notification is signed with both the new and the old secret (two `v1`
+	// values in the signature header), so the receiver can switch to the new
+	// one without refusing any; then the old one is dropped. Send a
+	// `request_id` so that a retry returns the secret of the first attempt.
+	RotateSubscriptionSecret(ctx context.Context, in *RotateSubscriptionSecretRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(ctx context.Context, in *DeleteSubscriptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
@@ -124,6 +132,16 @@ func (c *webhooksServiceClient) ListSubscriptions(ctx context.Context, in *ListS
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListSubscriptionsResponse)
 	err := c.cc.Invoke(ctx, WebhooksService_ListSubscriptions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *webhooksServiceClient) RotateSubscriptionSecret(ctx context.Context, in *RotateSubscriptionSecretRequest, opts ...grpc.CallOption) (*Subscription, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Subscription)
+	err := c.cc.Invoke(ctx, WebhooksService_RotateSubscriptionSecret_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -191,6 +209,13 @@ type WebhooksServiceServer interface {
 	// Lists subscriptions, oldest first: the caller's own, or for clinic
 	// administrators all of the clinic's.
 	ListSubscriptions(context.Context, *ListSubscriptionsRequest) (*ListSubscriptionsResponse, error)
+	// Gives a subscription a new signing secret, carried by this answer only:
+	// for a leaked secret, or a routine change. For a day after, every
+	// notification is signed with both the new and the old secret (two `v1`
+	// values in the signature header), so the receiver can switch to the new
+	// one without refusing any; then the old one is dropped. Send a
+	// `request_id` so that a retry returns the secret of the first attempt.
+	RotateSubscriptionSecret(context.Context, *RotateSubscriptionSecretRequest) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
@@ -224,6 +249,9 @@ func (UnimplementedWebhooksServiceServer) GetSubscription(context.Context, *GetS
 }
 func (UnimplementedWebhooksServiceServer) ListSubscriptions(context.Context, *ListSubscriptionsRequest) (*ListSubscriptionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSubscriptions not implemented")
+}
+func (UnimplementedWebhooksServiceServer) RotateSubscriptionSecret(context.Context, *RotateSubscriptionSecretRequest) (*Subscription, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateSubscriptionSecret not implemented")
 }
 func (UnimplementedWebhooksServiceServer) DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSubscription not implemented")
@@ -308,6 +336,24 @@ func _WebhooksService_ListSubscriptions_Handler(srv interface{}, ctx context.Con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(WebhooksServiceServer).ListSubscriptions(ctx, req.(*ListSubscriptionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WebhooksService_RotateSubscriptionSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateSubscriptionSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WebhooksServiceServer).RotateSubscriptionSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WebhooksService_RotateSubscriptionSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WebhooksServiceServer).RotateSubscriptionSecret(ctx, req.(*RotateSubscriptionSecretRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -402,6 +448,10 @@ var WebhooksService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSubscriptions",
 			Handler:    _WebhooksService_ListSubscriptions_Handler,
+		},
+		{
+			MethodName: "RotateSubscriptionSecret",
+			Handler:    _WebhooksService_RotateSubscriptionSecret_Handler,
 		},
 		{
 			MethodName: "DeleteSubscription",
