@@ -106,6 +106,15 @@ const versionListenAtEnd = "listen-before-end"
 // workflow used to fail.
 const versionScreenRefused = "wait-when-reinforcement-refused"
 
+// versionFamilyGone guards ending quietly when the family's record is
+// deleted while the workflow runs (a read of it finds nothing before the
+// FamilyDeleted workflow's cancellation arrives), where it used to fail.
+const versionFamilyGone = "end-when-family-deleted"
+
+// SummaryFamilyDeleted is the summary of a run that ended because the
+// family's record was deleted.
+const SummaryFamilyDeleted = "the family's record was deleted"
+
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
 	WarningSign string
@@ -180,7 +189,29 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}); err != nil {
 		return Result{}, err
 	}
-	return w.run(flow.WithActivityOptions(ctx))
+	res, err := w.run(flow.WithActivityOptions(ctx))
+	if err != nil && w.familyGone(flow.WithActivityOptions(ctx), err) {
+		w.step = "done"
+		return Result{Summary: SummaryFamilyDeleted, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
+	}
+	return res, err
+}
+
+// familyGone reports whether err, which ended the run, came of the
+// family's record being deleted: a read found nothing, and the family,
+// read again, is not there. The FamilyDeleted workflow cancels this one
+// too, but a step can read the family before that arrives: that is no
+// failure to alert an operator about.
+func (w *wf) familyGone(ctx workflow.Context, err error) bool {
+	if t := activities.ErrorType(err); t != "RESOURCE_NOT_FOUND" && t != "NotFound" {
+		return false
+	}
+	if flow.Version(ctx, versionFamilyGone, 1) < 1 {
+		return false
+	}
+	var s activities.Safety
+	t := activities.ErrorType(flow.Call(ctx, &s, flow.A.FamilySafety, w.in.Family))
+	return t == "RESOURCE_NOT_FOUND" || t == "NotFound"
 }
 
 // id makes a purpose unique to this cycle: the workflow id is reused for a

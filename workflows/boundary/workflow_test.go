@@ -40,6 +40,9 @@ type harness struct {
 	// refuse, if set, answers ReinforceBoundary before it is recorded.
 	refuse     func(activities.ReinforceRequest) error
 	reinforces []activities.ReinforceRequest // every call, refused or not
+	// gone, once set, makes every read of the family find nothing, as
+	// after an administrator deleted it.
+	gone bool
 }
 
 func newHarness(t *testing.T, status string) *harness {
@@ -55,7 +58,12 @@ func newHarness(t *testing.T, status string) *harness {
 	}}
 	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(activities.DefaultSettings(), nil)
 	env.OnActivity(flow.A.FamilySafety, mock.Anything, family).Return(
-		func(context.Context, string) (activities.Safety, error) { return h.safety, nil })
+		func(context.Context, string) (activities.Safety, error) {
+			if h.gone {
+				return activities.Safety{}, temporal.NewNonRetryableApplicationError("read family: not found", "NotFound", nil)
+			}
+			return h.safety, nil
+		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			h.dueAsked = append(h.dueAsked, r.Due)
@@ -684,5 +692,27 @@ func TestCancelledWhileAwaitingAScreen(t *testing.T) {
 	}
 	if n := len(h.kinds("BOUNDARY_REMINDER")); n != 0 {
 		t.Fatalf("%d boundary reminders sent to an unsafe family", n)
+	}
+}
+
+// The family's record is deleted while the workflow waits for a check-in:
+// the read before the check-in finds nothing, and the workflow ends as
+// done (the FamilyDeleted workflow's cancellation may come after), not as
+// a failure for an operator to look into, and sends nothing more.
+func TestFamilyDeletedMidwayEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() { h.gone = true }, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryFamilyDeleted || res.CheckIns != 1 {
+		t.Fatalf("result %+v; want the family deleted after the first check-in", res)
+	}
+	for _, r := range h.reminders {
+		if r.Due.After(h.t0.Add(3 * day)) {
+			t.Fatalf("a reminder sent after the family was deleted: %+v", r)
+		}
 	}
 }
