@@ -142,18 +142,20 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	if err != nil {
 		// Lanes under way are recorded when they end, whatever this poll
 		// could read.
-		n, errs := r.record(ctx, r.collect(ctx, 0))
+		n, errs := r.record(ctx, r.collect(ctx, 0, nil), ctx.Err() != nil)
 		r.release(ctx)
 		return n, errors.Join(append(errs, err)...)
 	}
+	mine := map[string]bool{}
 	for _, l := range r.ready(all, now) {
 		r.start(ctx, l)
+		mine[l.key] = true
 	}
 	linger := r.Linger
 	if linger <= 0 {
 		linger = time.Second
 	}
-	n, errs := r.record(ctx, r.collect(ctx, linger))
+	n, errs := r.record(ctx, r.collect(ctx, linger, mine), ctx.Err() != nil)
 	if ctx.Err() == nil {
 		if err := r.prune(ctx, r.conn, time.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
@@ -203,7 +205,9 @@ func (r *Relay) release(ctx context.Context) {
 func (r *Relay) Wait(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, errs := r.record(ctx, r.collect(ctx, -1)); len(errs) > 0 {
+	// The lanes stop because the relay does: their failures are not the
+	// events' (Run's context has ended; a caller of Once stops it too).
+	if _, errs := r.record(ctx, r.collect(ctx, -1, nil), true); len(errs) > 0 {
 		r.Log.Warn("outbox relay stopped", "error", errors.Join(errs...).Error())
 	}
 	r.release(ctx)
@@ -242,11 +246,12 @@ func (r *Relay) start(ctx context.Context, l lane) {
 	}()
 }
 
-// collect returns the lanes that finished, waiting up to linger for the
-// rest: not at all for 0, until all have for a negative linger or once ctx
-// has ended (the lanes then stop at once, and what they delivered must be
-// recorded).
-func (r *Relay) collect(ctx context.Context, linger time.Duration) []laneDone {
+// collect returns the lanes that finished, waiting up to linger for those
+// in mine (the lanes this poll started; older slow ones are collected
+// when they end, without holding up the poll): not at all for 0; for all
+// lanes under way for a negative linger, or once ctx has ended (the lanes
+// then stop at once, and what they delivered must be recorded).
+func (r *Relay) collect(ctx context.Context, linger time.Duration, mine map[string]bool) []laneDone {
 	var timeout <-chan time.Time
 	if linger >= 0 {
 		t := time.NewTimer(linger)
@@ -266,9 +271,16 @@ func (r *Relay) collect(ctx context.Context, linger time.Duration) []laneDone {
 		if len(r.busy) == 0 {
 			return out
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || linger < 0 {
 			<-r.wake
 			continue
+		}
+		waiting := false
+		for k := range mine {
+			waiting = waiting || r.busy[k]
+		}
+		if !waiting {
+			return out
 		}
 		select {
 		case <-r.wake:
@@ -282,8 +294,9 @@ func (r *Relay) collect(ctx context.Context, linger time.Duration) []laneDone {
 // record marks what the finished lanes delivered, sets aside what could
 // not decode, notes their failures and starts or ends their waits. What
 // was delivered is recorded even if ctx ended meanwhile: an event left
-// unmarked is delivered again.
-func (r *Relay) record(ctx context.Context, done []laneDone) (int, []error) {
+// unmarked is delivered again. stopping says the lanes were cut short by
+// the relay's shutdown: their failures are not counted against the events.
+func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int, []error) {
 	if len(done) == 0 {
 		return 0, nil
 	}
@@ -308,7 +321,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone) (int, []error) {
 			}
 			n++
 		}
-		if res.failed != nil && ctx.Err() != nil {
+		if res.failed != nil && stopping {
 			continue // shutting down: no fault of the event's
 		}
 		if res.failed != nil {
