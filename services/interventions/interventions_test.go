@@ -926,11 +926,17 @@ func TestParticipantWhoLeftDoesNotBlockEdits(t *testing.T) {
 type withdrawnAfterFirstRead struct {
 	familiesv1.FamiliesServiceClient
 	reads atomic.Int32
+	// blips is how many reads after the first find the service down.
+	blips int32
 }
 
 func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
 	fam, err := w.FamiliesServiceClient.GetFamily(ctx, in, opts...)
-	if err == nil && w.reads.Add(1) > 1 {
+	n := w.reads.Add(1)
+	if n > 1 && n <= 1+w.blips {
+		return nil, status.Error(codes.Unavailable, "families service restarting")
+	}
+	if err == nil && n > 1 {
 		for _, m := range fam.GetMembers() {
 			m.ConsentToContact = false
 		}
@@ -944,10 +950,16 @@ func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.
 // it, answering CONTACT_NOT_ALLOWED as if it had been refused outright.
 func TestReminderMadeAsContactIsWithdrawnIsCancelled(t *testing.T) {
 	t.Parallel()
-	var w *withdrawnAfterFirstRead
+	for _, blips := range []int32{0, 2} {
+		t.Run(fmt.Sprintf("%d failed reads", blips), func(t *testing.T) { reminderMadeAsContactIsWithdrawn(t, blips) })
+	}
+}
+
+// reminderMadeAsContactIsWithdrawn runs the race with the families service
+// failing blips reads after the first: it is asked again until it answers.
+func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
 	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
-		w = &withdrawnAfterFirstRead{FamiliesServiceClient: c}
-		return w
+		return &withdrawnAfterFirstRead{FamiliesServiceClient: c, blips: blips}
 	})
 	_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-1",
 		Reminder: &interventionsv1.Reminder{Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?",

@@ -157,8 +157,20 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	// Contact withdrawn between the check and the insert: the workflow that
 	// cancels the person's pending reminders may have listed them before
 	// this one was there. Asked again now, after the insert, either the
-	// answer sees the withdrawal or that workflow sees this reminder.
-	if cerr := s.checkContact(ctx, rc); apperr.Reason(cerr) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(cerr, codes.InvalidArgument) {
+	// answer sees the withdrawal or that workflow sees this reminder. A
+	// families service that does not answer is asked a few times more; if
+	// it still does not, the reminder stands, as the withdrawal (a write to
+	// that service, just made) can hardly have gone through meanwhile.
+	cerr := s.checkContact(ctx, rc)
+	for wait := 100 * time.Millisecond; cerr != nil && apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" &&
+		!apperr.IsCode(cerr, codes.InvalidArgument) && wait <= 400*time.Millisecond && ctx.Err() == nil; wait *= 2 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		cerr = s.checkContact(ctx, rc)
+	}
+	if apperr.Reason(cerr) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(cerr, codes.InvalidArgument) {
 		if _, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
 			Reason: "contact withdrawn while the reminder was made"}); err != nil {
 			return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
