@@ -321,6 +321,15 @@ var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
 // given later covers the notifications that follow it.
 var errWithheld = errors.New("withheld: no consent of the family covers telling the subscriber")
 
+// errUndecodable marks a FULL payload this sender cannot read: Handoff's
+// failure, tried again (a newer sender reads it) until undecodableFor has
+// passed since the event, when it is dead (it would otherwise hold back
+// its resource's later notifications for good).
+var errUndecodable = fmt.Errorf("Handoff could not read the event: %w", errOwnSide)
+
+// undecodableFor is far longer than a rolling deploy.
+const undecodableFor = 24 * time.Hour
+
 // errSecretUnreadable is the dead letter's reason when the subscription's
 // secret does not open with the configured key.
 var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
@@ -390,8 +399,10 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	reason := describe(err)
 	// A failure on Handoff's side (the consent could not be checked) is not
-	// the receiver's: it never makes a dead letter, only a later try.
-	if p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide) {
+	// the receiver's: it never makes a dead letter, only a later try; but
+	// for an event no sender has read in a day.
+	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
+		(errors.Is(err, errUndecodable) && time.Since(p.created) > undecodableFor) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -478,7 +489,7 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 			// Not the receiver's fault: most likely a sender older than the
 			// one that enqueued it (a rolling deploy), which a newer one
 			// will read.
-			return nil, fmt.Errorf("%w: %w", errOwnSide, err)
+			return nil, fmt.Errorf("%w: %w", errUndecodable, err)
 		}
 		msg, disclosable := viewFor(p.audience, msg)
 		if info, ok := informationOf(msg); disclosable && ok {

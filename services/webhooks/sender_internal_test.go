@@ -106,4 +106,20 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 	if posts != 0 || state != statePending || attempts != 0 {
 		t.Fatalf("%d POSTs, state %d, %d attempts; want none sent, still PENDING, the try given back", posts, state, attempts)
 	}
+	// A day on, no sender has read it: it is dead, so that it no longer
+	// holds back the resource's later notifications, with a reason that
+	// names Handoff.
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET create_time = now() - interval '25 hours', next_attempt_time = now()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var reason string
+	if err := pool.QueryRow(ctx, `SELECT state, last_error FROM deliveries`).Scan(&state, &reason); err != nil {
+		t.Fatal(err)
+	}
+	if posts != 0 || state != stateDead || !strings.Contains(reason, "Handoff could not read the event") {
+		t.Fatalf("a day on: %d POSTs, state %d, %q; want a dead letter naming Handoff", posts, state, reason)
+	}
 }
