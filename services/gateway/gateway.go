@@ -153,7 +153,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	api := private(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, timeout(cfg.Timeout, mux))))
+	api := private(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, cfg.Log, timeout(cfg.Timeout, mux))))
 	root.Handle("/v1/", api)
 	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
 	// FHIR R4 for EHRs. It checks the token and the body size itself (its
@@ -317,7 +317,7 @@ func private(next http.Handler) http.Handler {
 
 // authenticate checks the bearer token at the door; the services check it
 // again, since the gateway only forwards it.
-func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
+func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := auth.Bearer(r.Header.Get("Authorization"))
 		if !ok {
@@ -333,6 +333,9 @@ func authenticate(v *auth.Verifier, next http.Handler) http.Handler {
 			return
 		}
 		if err != nil {
+			// The caller hears what is wrong with its token; why exactly
+			// (the audience or issuer it named) is for the operator.
+			log.InfoContext(r.Context(), "token refused", "error", err.Error())
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, auth.PublicReason(err))
 			return
