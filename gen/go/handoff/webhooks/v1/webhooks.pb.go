@@ -19,7 +19,8 @@
 // with `data` and `notice` for FULL subscriptions when a consent covers
 // the disclosure; `type` names the event (`...referral.completed`) only
 // then, and is otherwise `<resource kind>.changed` (see
-// PAYLOAD_KIND_ID_ONLY). The `Handoff-Webhook-Id` header is not signed; it equals
+// PAYLOAD_KIND_ID_ONLY). The EHR integration is sent nothing about a
+// family's record that no consent of the family covers for it. The `Handoff-Webhook-Id` header is not signed; it equals
 // the body's `id`, and receivers must drop duplicates by the signed body's
 // `id`, not by the header. `sequence` (a JSON number) grows with every
 // notification of a subscription about one resource, in the order the
@@ -122,7 +123,9 @@ const (
 	PayloadKind_PAYLOAD_KIND_ID_ONLY PayloadKind = 1
 	// The resource as it was after the change, in `data`, when an active
 	// consent (42 CFR Part 2) covers the disclosure to the owner; otherwise
-	// ID_ONLY for that notification. The data is never more than the owner
+	// ID_ONLY for that notification, or, for the EHR integration (an outside
+	// system, which hears of a family's record only under its consent, as
+	// its reads do), none: the notification is WITHDRAWN. The data is never more than the owner
 	// reads through the API: only the EHR integration (referrals, and
 	// interventions as the appointment outside systems see) and the reminder
 	// automation (reminders) may subscribe FULL, each to those topics only;
@@ -184,7 +187,9 @@ const (
 	// Every attempt failed: a dead letter, for an administrator to replay.
 	DeliveryState_DELIVERY_STATE_DEAD DeliveryState = 3
 	// No longer sent: the reminder it announced was delivered or cancelled
-	// before it went out, or while it lay dead (a replay would send it stale).
+	// before it went out, or while it lay dead (a replay would send it
+	// stale); or, for an outside system, no consent of the family covers it
+	// (`last_error` says so).
 	DeliveryState_DELIVERY_STATE_WITHDRAWN DeliveryState = 4
 )
 

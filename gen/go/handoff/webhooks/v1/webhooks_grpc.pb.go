@@ -19,7 +19,8 @@
 // with `data` and `notice` for FULL subscriptions when a consent covers
 // the disclosure; `type` names the event (`...referral.completed`) only
 // then, and is otherwise `<resource kind>.changed` (see
-// PAYLOAD_KIND_ID_ONLY). The `Handoff-Webhook-Id` header is not signed; it equals
+// PAYLOAD_KIND_ID_ONLY). The EHR integration is sent nothing about a
+// family's record that no consent of the family covers for it. The `Handoff-Webhook-Id` header is not signed; it equals
 // the body's `id`, and receivers must drop duplicates by the signed body's
 // `id`, not by the header. `sequence` (a JSON number) grows with every
 // notification of a subscription about one resource, in the order the
