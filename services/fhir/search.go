@@ -266,25 +266,87 @@ var referralStates = map[string]string{
 
 func entry(res obj) obj { return obj{"resource": res} }
 
+// relatedPeople is a RelatedPerson search: the members of the families,
+// at most _count a page. The families are read one at a time, so that
+// only those whose members go out are read (for the EHR each read is a
+// disclosure in the family's accounting), and a family whose members span
+// pages is read again for the next. The page token says where to go on:
+// "m<n>." and the families service's token that reads the family, n of
+// whose members were given already.
+func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, error) {
+	skip, token := 0, ""
+	if q.token != "" {
+		n, rest, ok := strings.Cut(strings.TrimPrefix(q.token, "m"), ".")
+		v, err := strconv.Atoi(n)
+		if !strings.HasPrefix(q.token, "m") || !ok || err != nil || v < 0 {
+			return page{}, invalid("page_token is not one this server gave")
+		}
+		skip, token = v, rest
+	}
+	limit := int(q.size)
+	if limit == 0 {
+		limit = defaultPageSize
+	}
+	var p page
+	for read := 0; ; read++ {
+		var f *familiesv1.Family
+		next := ""
+		if q.patient != "" {
+			fam, err := s.family(ctx, c, q.patient)
+			if status.Code(err) == codes.NotFound {
+				return page{}, nil
+			}
+			if err != nil {
+				return page{}, err
+			}
+			if q.within(fam.GetUpdateTime()) {
+				f = fam
+			}
+		} else {
+			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
+				Parent: "clinics/" + c.clinic, PageSize: 1, PageToken: token, Filter: q.filter()})
+			if err != nil {
+				return page{}, err
+			}
+			if fams := resp.GetFamilies(); len(fams) > 0 {
+				f = fams[0]
+			}
+			next = resp.GetNextPageToken()
+		}
+		// Members removed since the last page: what is left of them.
+		members := f.GetMembers()[min(skip, len(f.GetMembers())):]
+		if room := limit - len(p.entries); len(members) > room {
+			for _, m := range members[:room] {
+				p.entries = append(p.entries, entry(relatedPerson(f, m)))
+			}
+			p.next = fmt.Sprintf("m%d.%s", skip+room, token)
+			return p, nil
+		}
+		for _, m := range members {
+			p.entries = append(p.entries, entry(relatedPerson(f, m)))
+		}
+		if next == "" {
+			return p, nil
+		}
+		// A page's worth of families read (some may have no members) is
+		// enough for one answer.
+		if len(p.entries) == limit || read+1 >= limit {
+			p.next = "m0." + next
+			return p, nil
+		}
+		skip, token = 0, next
+	}
+}
+
 // find runs a search against the services.
 func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 	parent := "clinics/" + c.clinic
 	switch q.typ {
-	case "Patient", "CareTeam", "RelatedPerson":
+	case "RelatedPerson":
+		return s.relatedPeople(ctx, c, q)
+	case "Patient", "CareTeam":
 		var fams []*familiesv1.Family
 		var next string
-		// A RelatedPerson page holds at most _count members, and a page of
-		// families can hold more: its token says how many of the members
-		// its families page begins with were given already ("m<n>.").
-		skip, famToken := 0, q.token
-		if q.typ == "RelatedPerson" && q.token != "" {
-			n, rest, ok := strings.Cut(strings.TrimPrefix(q.token, "m"), ".")
-			v, err := strconv.Atoi(n)
-			if !strings.HasPrefix(q.token, "m") || !ok || err != nil || v < 0 {
-				return page{}, invalid("page_token is not one this server gave")
-			}
-			skip, famToken = v, rest
-		}
 		if q.patient != "" {
 			// One family: a single page, filtered here.
 			f, err := s.family(ctx, c, q.patient)
@@ -299,7 +361,7 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 			}
 		} else {
 			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
-				Parent: parent, PageSize: q.size, PageToken: famToken, Filter: q.filter()})
+				Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
 			if err != nil {
 				return page{}, err
 			}
@@ -307,31 +369,10 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		}
 		p := page{next: next}
 		for _, f := range fams {
-			switch q.typ {
-			case "Patient":
+			if q.typ == "Patient" {
 				p.entries = append(p.entries, entry(patient(f)))
-			case "CareTeam":
+			} else {
 				p.entries = append(p.entries, entry(careTeam(f)))
-			default:
-				for _, m := range f.GetMembers() {
-					p.entries = append(p.entries, entry(relatedPerson(f, m)))
-				}
-			}
-		}
-		if q.typ == "RelatedPerson" {
-			if skip > len(p.entries) {
-				return page{}, invalid("page_token is not one this server gave")
-			}
-			p.entries = p.entries[skip:]
-			limit := int(q.size)
-			if limit == 0 {
-				limit = defaultPageSize
-			}
-			switch {
-			case len(p.entries) > limit:
-				p.entries, p.next = p.entries[:limit], fmt.Sprintf("m%d.%s", skip+limit, famToken)
-			case next != "":
-				p.next = "m0." + next
 			}
 		}
 		return p, nil

@@ -279,6 +279,21 @@ func TestFHIR(t *testing.T) {
 		if len(members) != 1 || str(members[0], "id") != idA+".mom" {
 			t.Fatalf("members = %v", ids(members))
 		}
+		// Every member the EHR may see, one a page, each once: the pages
+		// read the families one at a time.
+		all, _, _ := bundle(t, ehr.read("RelatedPerson?_count=1000"))
+		var paged []string
+		for path := "RelatedPerson?_count=1"; path != ""; {
+			page, next, _ := bundle(t, ehr.read(path))
+			if len(page) > 1 || len(paged) > len(all) {
+				t.Fatalf("%s: %d members on a page of one, %d so far", path, len(page), len(paged))
+			}
+			paged = append(paged, ids(page)...)
+			path = next
+		}
+		if !slices.Equal(paged, ids(all)) || len(all) == 0 {
+			t.Fatalf("members one a page %v; in one page %v", paged, ids(all))
+		}
 		tasks, _, _ := bundle(t, ehr.read("Task?patient="+idA+"&status=requested"))
 		if len(tasks) != 1 || str(tasks[0], "id") != refID {
 			t.Fatalf("tasks = %v", ids(tasks))
