@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -42,5 +43,41 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 	}
 	if err := pgdb.Migrate(ctx, owner, schema, common); err != nil {
 		t.Fatalf("Migrate once the read ended: %v", err)
+	}
+}
+
+// A no-transaction migration builds its index concurrently (which cannot
+// run in a transaction) while another transaction holds a write open on
+// the table, is recorded once applied, and is not applied again.
+func TestNoTransactionMigration(t *testing.T) {
+	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
+	owner, schema := pgtest.Schema(t, common)
+	ctx := context.Background()
+	var valid bool
+	if err := owner.QueryRow(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = ($1 || '.outbox_delivered')::regclass`, schema).Scan(&valid); err != nil || !valid {
+		t.Fatalf("outbox_delivered: valid %v, %v", valid, err)
+	}
+	extra := pgdb.Source{Name: "extra", FS: fstest.MapFS{
+		"m/0001_index.sql": {Data: []byte(pgdb.NoTransaction + "\n-- an index on a table in use\n" +
+			"DROP INDEX CONCURRENTLY IF EXISTS outbox_by_type;\nCREATE INDEX CONCURRENTLY outbox_by_type ON outbox (event_type);\n")},
+	}, Dir: "m"}
+	if err := pgdb.Migrate(ctx, owner, schema, common, extra); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := owner.QueryRow(ctx, `SELECT count(*) FROM `+schema+`.schema_migrations WHERE id = 'extra/0001_index.sql'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("recorded %d times, %v", n, err)
+	}
+	// Applied once: a second run would fail on the index it built had it
+	// been recorded as not applied (CREATE without IF NOT EXISTS is fine
+	// only after the DROP; here the record alone keeps it from running).
+	if _, err := owner.Exec(ctx, `DROP INDEX `+schema+`.outbox_by_type`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common, extra); err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'outbox_by_type'`, schema).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("applied again: %d, %v", n, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"path"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -113,8 +114,23 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 	defer conn.Release()
 	// One lock for every schema: some migrations create database-wide
 	// extensions, which must not race.
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(hashtext('handoff-migrate'))`); err != nil {
-		return fmt.Errorf("pgdb: lock: %w", err)
+	// Taken by polling, not by a statement that waits: a waiting statement
+	// holds a snapshot, which another starter's CREATE INDEX CONCURRENTLY
+	// (under this lock) would wait out, while it waits for the lock:
+	// a deadlock.
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-migrate'))`).Scan(&got); err != nil {
+			return fmt.Errorf("pgdb: lock: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pgdb: lock: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-migrate'))`) //nolint:errcheck
 	stmts := []string{
@@ -242,10 +258,23 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 	})
 }
 
+// NoTransaction, as a migration's first line, applies it outside a
+// transaction, one statement (ended by a semicolon at the end of a line)
+// at a time: for CREATE INDEX CONCURRENTLY, which builds an index on a
+// large table without holding off its writes, and cannot run in a
+// transaction. Each statement must be safe to run again (a migration cut
+// short is applied again from its start): DROP INDEX CONCURRENTLY IF
+// EXISTS before CREATE INDEX CONCURRENTLY removes what a build cut short
+// leaves, an invalid index.
+const NoTransaction = "-- handoff:no-transaction"
+
 func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, file string) error {
 	body, err := fs.ReadFile(fsys, file)
 	if err != nil {
 		return fmt.Errorf("pgdb: read %s: %w", id, err)
+	}
+	if strings.HasPrefix(string(body), NoTransaction) {
+		return applyOutsideTx(ctx, conn, schema, id, string(body))
 	}
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL search_path TO `+schema); err != nil {
@@ -266,6 +295,47 @@ func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, f
 		}
 		return nil
 	})
+}
+
+// applyOutsideTx applies a NoTransaction migration, statement by
+// statement, and records it once all have run.
+func applyOutsideTx(ctx context.Context, conn *pgx.Conn, schema, id, body string) error {
+	var done bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+schema+`.schema_migrations WHERE id = $1)`, id).Scan(&done); err != nil {
+		return fmt.Errorf("pgdb: %s: %w", id, err)
+	}
+	if done {
+		return nil
+	}
+	// The session's settings, for this migration only.
+	if _, err := conn.Exec(ctx, `SELECT set_config('search_path', $1, false), set_config('lock_timeout', $2, false)`,
+		schema, fmt.Sprint(MigrateLockTimeout.Milliseconds())); err != nil {
+		return fmt.Errorf("pgdb: %s: %w", id, err)
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `RESET search_path; RESET lock_timeout`) //nolint:errcheck
+	for _, st := range strings.SplitAfter(body, ";\n") {
+		if strings.TrimSpace(stripComments(st)) == "" {
+			continue
+		}
+		if _, err := conn.Exec(ctx, st); err != nil {
+			return fmt.Errorf("pgdb: apply %s: %w", id, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ($1) ON CONFLICT DO NOTHING`, id); err != nil {
+		return fmt.Errorf("pgdb: record %s: %w", id, err)
+	}
+	return nil
+}
+
+// stripComments drops the SQL line comments of st.
+func stripComments(st string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(st, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
 }
 
 // InTx runs fn in a transaction, committing if fn returns nil.
