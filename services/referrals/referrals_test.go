@@ -934,27 +934,13 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
-	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
-		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
-		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
-		t.Fatal(err)
-	}
-	booked, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(2 * time.Hour))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
+	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
+	_, err := f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
 	wantReason(t, err, codes.FailedPrecondition, "TOO_EARLY")
 	got, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
 	if err != nil || got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED || got.GetNoShowCount() != 0 ||
-		got.GetEtag() != booked.GetEtag() {
-		t.Fatalf("after a refused no-show: %v %d %s, %v; want SCHEDULED, 0, %s", got.GetState(), got.GetNoShowCount(), got.GetEtag(), err, booked.GetEtag())
+		got.GetEtag() != r.GetEtag() {
+		t.Fatalf("after a refused no-show: %v %d %s, %v; want SCHEDULED, 0, %s", got.GetState(), got.GetNoShowCount(), got.GetEtag(), err, r.GetEtag())
 	}
 	f.clock.Advance(3 * time.Hour)
 	got, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
@@ -1002,33 +988,42 @@ func TestCompleteWithoutATimeAfterAFirstContactAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(-time.Minute))}}); err != nil {
-		t.Fatal(err)
-	}
+	f.book(t, r.GetName(), f.clock.Now().Add(-time.Minute))
 	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()})
 	if err != nil || !done.GetTreatmentEntryTime().AsTime().Equal(ahead) {
 		t.Fatalf("completion without a time: %v, %v; want entered at the first contact %v", done.GetTreatmentEntryTime(), err, ahead)
 	}
 	// A time given before the first contact is still refused.
-	r2, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
-		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
-		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start", FirstContactTime: timestamppb.New(f.clock.Now().Add(-time.Hour))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r2.GetName()}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r2.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(-time.Minute))}}); err != nil {
-		t.Fatal(err)
-	}
+	r2 := f.booked(t, p.GetName(), timestamppb.New(f.clock.Now().Add(-time.Hour)), f.clock.Now().Add(-time.Minute))
 	_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r2.GetName(),
 		TreatmentEntryTime: timestamppb.New(f.clock.Now().Add(-2 * time.Hour))})
 	wantViolation(t, err, "treatment_entry_time")
+}
+
+// booked makes an urgent MAT referral of the loved one at program (with
+// first contact at first, if set), accepted and scheduled for start.
+func (f *fixture) booked(t *testing.T, program string, first *timestamppb.Timestamp, start time.Time) *referralsv1.Referral {
+	t.Helper()
+	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: program,
+		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start", FirstContactTime: first}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.book(t, r.GetName(), start)
+}
+
+// book accepts the referral name and schedules it for start.
+func (f *fixture) book(t *testing.T, name string, start time.Time) *referralsv1.Referral {
+	t.Helper()
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: name}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: name,
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(start)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

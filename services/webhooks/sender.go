@@ -493,7 +493,7 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 		}
 		msg, disclosable := viewFor(p.audience, msg)
 		if info, ok := informationOf(msg); disclosable && ok {
-			ok, err := s.disclose(ctx, p, info)
+			ok, err := s.disclose(ctx, p, info, true)
 			if err != nil {
 				return nil, err
 			}
@@ -511,7 +511,7 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 	if n.Data == nil && p.outsider && p.family != "" && s.cfg.Families != nil {
 		// Identifiers only, checked and not recorded: nothing of the record
 		// goes, but that it changed is the family's to allow.
-		ok, err := s.allowed(ctx, p, eventInformation(p.eventType))
+		ok, err := s.disclose(ctx, p, eventInformation(p.eventType), false)
 		if err != nil {
 			return nil, err
 		}
@@ -570,7 +570,10 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 // more for each replay of it as a dead letter): the record's request id is
 // derived from the delivery's id and replays. It is recorded before the
 // first attempt, which may reach the receiver whatever its answer.
-func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
+//
+// Without record it only checks (validate_only): for a notification that
+// carries nothing of the record, only that it changed.
+func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind, record bool) (bool, error) {
 	if s.cfg.Families == nil {
 		return false, nil
 	}
@@ -581,11 +584,16 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	// The first attempt (of a delivery, or of a replay) records, which
 	// checks the consent. A later one checks first: its record answers
 	// from the first attempt's without looking at the consent again.
-	record := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
-	reqs := []*familiesv1.CreateDisclosureRequest{record}
-	if p.attempts > 1 {
-		check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
-		reqs = []*familiesv1.CreateDisclosureRequest{check, record}
+	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
+	rec := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
+	var reqs []*familiesv1.CreateDisclosureRequest
+	switch {
+	case !record:
+		reqs = []*familiesv1.CreateDisclosureRequest{check}
+	case p.attempts > 1:
+		reqs = []*familiesv1.CreateDisclosureRequest{check, rec}
+	default:
+		reqs = []*familiesv1.CreateDisclosureRequest{rec}
 	}
 	for _, req := range reqs {
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
@@ -604,26 +612,6 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		}
 	}
 	return true, nil
-}
-
-// allowed asks the families service, without recording anything, whether
-// a consent covers telling p's owner about p's resource.
-func (s *Sender) allowed(ctx context.Context, p *pending, info familiesv1.InformationKind) (bool, error) {
-	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	_, err := s.cfg.Families.CreateDisclosure(cctx, &familiesv1.CreateDisclosureRequest{Parent: p.family, ValidateOnly: true,
-		Disclosure: &familiesv1.Disclosure{Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-			Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK}})
-	switch status.Code(err) {
-	case codes.OK:
-		return true, nil
-	case codes.FailedPrecondition, codes.NotFound:
-		return false, nil
-	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
-		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
-	default:
-		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
-	}
 }
 
 // eventInformation is the kind of information an event's notification

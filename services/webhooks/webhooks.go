@@ -250,11 +250,7 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
 			id := aip.NewID()
-			secret, err := newSecret()
-			if err != nil {
-				return nil, err
-			}
-			sealed, err := s.cfg.Secrets.seal(subscriptionName(clinic, id), secret)
+			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {
 				return nil, err
 			}
@@ -264,13 +260,34 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience, outsider); err != nil {
 				return nil, fmt.Errorf("insert subscription: %w", err)
 			}
-			out, err := readSubscription(ctx, tx, clinic, id, "")
-			if err != nil {
-				return nil, err
-			}
-			out.Secret = sealed
-			return out, nil
+			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
+	return s.openSecret(out, err)
+}
+
+// sealedSecret makes a fresh signing secret for the subscription and seals
+// it for the table.
+func (s *Server) sealedSecret(clinic, id string) (string, error) {
+	secret, err := newSecret()
+	if err != nil {
+		return "", err
+	}
+	return s.cfg.Secrets.seal(subscriptionName(clinic, id), secret)
+}
+
+// withSealedSecret reads the subscription back with its new secret, still
+// sealed: so it is kept in the answer stored for retries (AIP-155).
+func withSealedSecret(ctx context.Context, tx pgx.Tx, clinic, id, sealed string) (*webhooksv1.Subscription, error) {
+	out, err := readSubscription(ctx, tx, clinic, id, "")
+	if err != nil {
+		return nil, err
+	}
+	out.Secret = sealed
+	return out, nil
+}
+
+// openSecret opens the secret of an answer on its way out.
+func (s *Server) openSecret(out *webhooksv1.Subscription, err error) (*webhooksv1.Subscription, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -302,11 +319,7 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			if _, err := readSubscription(ctx, tx, clinic, id, owner); err != nil {
 				return nil, err
 			}
-			secret, err := newSecret()
-			if err != nil {
-				return nil, err
-			}
-			sealed, err := s.cfg.Secrets.seal(subscriptionName(clinic, id), secret)
+			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {
 				return nil, err
 			}
@@ -314,20 +327,9 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 				WHERE clinic = $1 AND id = $2`, clinic, id, s.cfg.Now().Add(RotationGrace), sealed); err != nil {
 				return nil, fmt.Errorf("rotate secret: %w", err)
 			}
-			out, err := readSubscription(ctx, tx, clinic, id, "")
-			if err != nil {
-				return nil, err
-			}
-			out.Secret = sealed
-			return out, nil
+			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
-	if err != nil {
-		return nil, err
-	}
-	if out.Secret, err = s.cfg.Secrets.open(out.GetName(), out.GetSecret()); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return s.openSecret(out, err)
 }
 
 // GetSubscription implements the API.
