@@ -765,7 +765,10 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 			}
 			number := req.GetNumber()
 			if number == 0 {
-				number = int32(len(cur.GetCheckIns()) + 1)
+				var err error
+				if number, err = checkInNumber(ctx, tx, r, cur, req.GetDueTime().AsTime()); err != nil {
+					return nil, err
+				}
 			}
 			for _, c := range cur.GetCheckIns() {
 				if c.GetNumber() == number || (req.GetDueTime() != nil && proto.Equal(c.GetDueTime(), req.GetDueTime())) {
@@ -783,6 +786,24 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 		return nil, err
 	}
 	return iv.GetCheckIns()[len(iv.GetCheckIns())-1], nil
+}
+
+// checkInNumber is the number of the check-in due at due: one more than
+// the intervention's CHECK_IN reminders due before it (one per check-in,
+// but a failed one, whose resend stands for it), so that answering out of
+// order numbers each check-in as its reminder did. Without such reminders
+// (an intervention followed up before they named it) it is the next one.
+func checkInNumber(ctx context.Context, tx pgx.Tx, r ref, cur *interventionsv1.Intervention, due time.Time) (int32, error) {
+	var before, all int32
+	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_time < $5), count(*) FROM reminders
+		WHERE clinic = $1 AND related_resource = $2 AND kind = $3 AND state <> $4`,
+		r.clinic, cur.GetName(), int16(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN), int16(rFailed), due).Scan(&before, &all); err != nil {
+		return 0, fmt.Errorf("number the check-in: %w", err)
+	}
+	if all == 0 {
+		return int32(len(cur.GetCheckIns()) + 1), nil
+	}
+	return before + 1, nil
 }
 
 // appointmentForCaller cuts an intervention to what an outside system's

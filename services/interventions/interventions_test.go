@@ -974,3 +974,59 @@ func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
 		t.Fatalf("reminders after the withdrawal: %v, %v; want the one made, cancelled", list.GetReminders(), err)
 	}
 }
+
+// A check-in answered by its reminder's due time takes the number of that
+// reminder among the intervention's CHECK_IN reminders (a failed one's
+// resend standing for it), so answering out of order neither takes
+// another's number nor is refused as answered.
+func TestCheckInsAnsweredOutOfOrder(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(time.Hour))
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
+		t.Fatal(err)
+	}
+	now := f.clock.Now().UTC().Truncate(time.Second)
+	due := map[string]time.Time{"1": now.Add(24 * time.Hour), "2": now.Add(7 * 24 * time.Hour),
+		"2 resent": now.Add(7*24*time.Hour + time.Hour), "3": now.Add(30 * 24 * time.Hour)}
+	names := map[string]string{}
+	for k, d := range due {
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, RelatedResource: iv.GetName(), DueTime: timestamppb.New(d),
+			Message: "Check in with the family and record what they tell you."}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names[k] = rem.GetName()
+	}
+	// The first reminder of check-in 2 failed; its resend stands for it.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE reminders SET state = $1 WHERE id = $2`,
+		int16(interventionsv1.ReminderState_REMINDER_STATE_FAILED), names["2"][strings.LastIndex(names["2"], "/")+1:]); err != nil {
+		t.Fatal(err)
+	}
+	byDue := func(d time.Time) (*interventionsv1.CheckIn, error) {
+		return f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+			CheckIn: &interventionsv1.RecordCheckInRequest_DueTime{DueTime: timestamppb.New(d)}})
+	}
+	if ci, err := f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 2}}); err != nil || ci.GetNumber() != 2 {
+		t.Fatalf("check-in 2 by number: %v, %v", ci, err)
+	}
+	if ci, err := byDue(due["1"]); err != nil || ci.GetNumber() != 1 {
+		t.Fatalf("check-in 1 by due time, after 2: %v, %v; want number 1", ci, err)
+	}
+	_, err := byDue(due["2 resent"])
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "ALREADY_RECORDED" {
+		t.Fatalf("check-in 2 again, by its resend's due time: %v", err)
+	}
+	if ci, err := byDue(due["3"]); err != nil || ci.GetNumber() != 3 {
+		t.Fatalf("check-in 3 by due time: %v, %v; want number 3", ci, err)
+	}
+}
