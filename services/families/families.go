@@ -169,8 +169,10 @@ var familyFilter = map[string]aip.FilterField{
 	"state":     {Column: "f.state", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.FamilyState_value, "FAMILY_STATE_")},
 	"counselor": {Column: "f.counselor", Kind: aip.String},
 	"urgent":    {Column: "f.urgent", Kind: aip.Bool},
-	// For FHIR _lastUpdated searches.
+	// For FHIR _lastUpdated searches, of one patient too: a family is read
+	// (for the EHR, disclosed) only if it matches.
 	"update_time": {Column: "f.update_time", Kind: aip.Time},
+	"id":          {Column: "f.id", Kind: aip.String},
 }
 
 // ListFamilies implements the API.

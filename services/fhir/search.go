@@ -266,6 +266,27 @@ var referralStates = map[string]string{
 
 func entry(res obj) obj { return obj{"resource": res} }
 
+// patientFamily reads the family a patient search names, or nil when it
+// does not exist or does not match _lastUpdated. With _lastUpdated the
+// families service filters, so that a family that does not match is not
+// read: for the EHR every read is a disclosure in the accounting, and a
+// family left out of the answer was not disclosed.
+func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familiesv1.Family, error) {
+	if len(q.updated) == 0 {
+		f, err := s.family(ctx, c, q.patient)
+		if status.Code(err) == codes.NotFound {
+			return nil, nil
+		}
+		return f, err
+	}
+	resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/" + c.clinic, PageSize: 1,
+		Filter: q.filter(fmt.Sprintf("id = %q", q.patient))})
+	if err != nil || len(resp.GetFamilies()) == 0 {
+		return nil, err
+	}
+	return resp.GetFamilies()[0], nil
+}
+
 // relatedPeople is a RelatedPerson search: the members of the families,
 // at most _count a page. The families are read one at a time, so that
 // only those whose members go out are read (for the EHR each read is a
@@ -292,15 +313,9 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 		var f *familiesv1.Family
 		next := ""
 		if q.patient != "" {
-			fam, err := s.family(ctx, c, q.patient)
-			if status.Code(err) == codes.NotFound {
-				return page{}, nil
-			}
-			if err != nil {
+			var err error
+			if f, err = s.patientFamily(ctx, c, q); err != nil {
 				return page{}, err
-			}
-			if q.within(fam.GetUpdateTime()) {
-				f = fam
 			}
 		} else {
 			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
@@ -348,15 +363,12 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		var fams []*familiesv1.Family
 		var next string
 		if q.patient != "" {
-			// One family: a single page, filtered here.
-			f, err := s.family(ctx, c, q.patient)
-			if status.Code(err) == codes.NotFound {
-				return page{}, nil
-			}
+			// One family: a single page.
+			f, err := s.patientFamily(ctx, c, q)
 			if err != nil {
 				return page{}, err
 			}
-			if q.within(f.GetUpdateTime()) {
+			if f != nil {
 				fams = append(fams, f)
 			}
 		} else {

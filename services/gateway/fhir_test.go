@@ -323,6 +323,23 @@ func TestFHIR(t *testing.T) {
 		if len(none) != 0 || len(today) != 1 {
 			t.Fatalf("tasks from tomorrow = %v, before = %v", ids(none), ids(today))
 		}
+		// One patient's records filtered to nothing disclose nothing: the
+		// family is not read, so the accounting records nothing.
+		disclosed := func() int {
+			return len(list(w.counselor.ok("GET", "/v1/"+famA+"/disclosures?pageSize=1000", nil), "disclosures"))
+		}
+		was := disclosed()
+		for _, path := range []string{"CareTeam", "RelatedPerson"} {
+			if got, _, _ := bundle(t, ehr.read(path+"?patient="+idA+"&_lastUpdated=lt2000-01-01")); len(got) != 0 {
+				t.Fatalf("%s of %s updated before 2000: %v", path, idA, ids(got))
+			}
+		}
+		if n := disclosed(); n != was {
+			t.Fatalf("searches that found nothing recorded %d disclosures", n-was)
+		}
+		if got, _, _ := bundle(t, ehr.read("CareTeam?patient="+idA+"&_lastUpdated=ge2000-01-01")); len(got) != 1 || disclosed() != was+1 {
+			t.Fatalf("CareTeam of %s updated since 2000: %v, %d disclosures recorded", idA, ids(got), disclosed()-was)
+		}
 	})
 
 	t.Run("Task write-back", func(t *testing.T) {

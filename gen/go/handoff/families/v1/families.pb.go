@@ -2252,7 +2252,8 @@ type ListFamiliesRequest struct {
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Conditions joined by AND, for example
 	// `state = ACTIVE AND counselor = "u-123" AND urgent = true`.
-	// Fields: `state`, `counselor`, `urgent`.
+	// Fields: `state`, `counselor`, `urgent`, `update_time` (compared with an
+	// RFC 3339 time) and `id` (the family's id, the last part of its name).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
