@@ -297,6 +297,18 @@ func (s *Server) openSecret(out *webhooksv1.Subscription, err error) (*webhooksv
 	return out, nil
 }
 
+// callersSubscription parses the subscription name and checks it is of
+// the caller's clinic.
+func callersSubscription(ctx context.Context, name string) (clinic, id string, err error) {
+	if clinic, id, err = parseSubscription("name", name); err != nil {
+		return "", "", err
+	}
+	if err := auth.CheckClinic(ctx, clinic, name); err != nil {
+		return "", "", err
+	}
+	return clinic, id, nil
+}
+
 // RotationGrace is how long a rotated secret still signs notifications
 // beside the new one.
 const RotationGrace = 24 * time.Hour
@@ -305,11 +317,8 @@ const RotationGrace = 24 * time.Hour
 // one kept for RotationGrace. The answer kept for retries holds the new
 // secret sealed, as CreateSubscription's does.
 func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.RotateSubscriptionSecretRequest) (*webhooksv1.Subscription, error) {
-	clinic, id, err := parseSubscription("name", req.GetName())
+	clinic, id, err := callersSubscription(ctx, req.GetName())
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	owner := ownerFilter(ctx)
@@ -334,11 +343,8 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 
 // GetSubscription implements the API.
 func (s *Server) GetSubscription(ctx context.Context, req *webhooksv1.GetSubscriptionRequest) (*webhooksv1.Subscription, error) {
-	clinic, id, err := parseSubscription("name", req.GetName())
+	clinic, id, err := callersSubscription(ctx, req.GetName())
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return readSubscription(ctx, s.db, clinic, id, ownerFilter(ctx))
@@ -370,11 +376,8 @@ func (s *Server) ListSubscriptions(ctx context.Context, req *webhooksv1.ListSubs
 
 // DeleteSubscription implements the API.
 func (s *Server) DeleteSubscription(ctx context.Context, req *webhooksv1.DeleteSubscriptionRequest) (*emptypb.Empty, error) {
-	clinic, id, err := parseSubscription("name", req.GetName())
+	clinic, id, err := callersSubscription(ctx, req.GetName())
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	owner := ownerFilter(ctx)
