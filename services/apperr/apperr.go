@@ -189,3 +189,21 @@ func Reason(err error) string {
 	}
 	return ""
 }
+
+// ViolatedFields returns the fields of the field violations err carries, in
+// order, or none.
+func ViolatedFields(err error) []string {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return nil
+	}
+	var out []string
+	for _, d := range se.GRPCStatus().Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				out = append(out, v.GetField())
+			}
+		}
+	}
+	return out
+}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/families"
@@ -125,15 +126,7 @@ func TestConsentValidation(t *testing.T) {
 		tc.mutate(c)
 		_, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: c})
 		st := wantCode(t, err, codes.InvalidArgument)
-		found := false
-		for _, d := range st.Details() {
-			if br, ok := d.(*errdetails.BadRequest); ok {
-				for _, v := range br.GetFieldViolations() {
-					found = found || v.GetField() == tc.field
-				}
-			}
-		}
-		if !found {
+		if !slices.Contains(apperr.ViolatedFields(err), tc.field) {
 			t.Errorf("%s: no violation of %s in %v", name, tc.field, st.Details())
 		}
 	}

@@ -3,6 +3,7 @@ package families_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -674,17 +676,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 	before := digest(t, f.pool)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			st := wantCode(t, tc.call(tc.ctx), tc.code)
+			err := tc.call(tc.ctx)
+			st := wantCode(t, err, tc.code)
 			if tc.field != "" {
-				found := false
-				for _, d := range st.Details() {
-					if br, ok := d.(*errdetails.BadRequest); ok {
-						for _, v := range br.GetFieldViolations() {
-							found = found || v.GetField() == tc.field
-						}
-					}
-				}
-				if !found {
+				if !slices.Contains(apperr.ViolatedFields(err), tc.field) {
 					t.Fatalf("no field violation for %q in %v", tc.field, st.Details())
 				}
 			}

@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strings"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -135,11 +134,4 @@ func httpStatus(st *status.Status) (int, string) {
 	}
 }
 
-func errorReason(st *status.Status) string {
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok {
-			return info.GetReason()
-		}
-	}
-	return ""
-}
+func errorReason(st *status.Status) string { return apperr.Reason(st.Err()) }

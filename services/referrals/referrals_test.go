@@ -3,6 +3,7 @@ package referrals_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -761,12 +762,9 @@ func TestReusedRequestIDSaysSo(t *testing.T) {
 func wantReason(t *testing.T, err error, code codes.Code, reason string) {
 	t.Helper()
 	wantCode(t, err, code)
-	for _, d := range status.Convert(err).Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() == reason {
-			return
-		}
+	if got := apperr.Reason(err); got != reason {
+		t.Fatalf("%v: reason %q, want %s", err, got, reason)
 	}
-	t.Fatalf("%v: want reason %s", err, reason)
 }
 
 // A program nothing names is removed; one that holds or referrals name is
@@ -915,16 +913,9 @@ func TestCalendarReaderCannotFilterOnWhatItCannotSee(t *testing.T) {
 func wantViolation(t *testing.T, err error, field string) {
 	t.Helper()
 	wantCode(t, err, codes.InvalidArgument)
-	for _, d := range status.Convert(err).Details() {
-		if br, ok := d.(*errdetails.BadRequest); ok {
-			for _, v := range br.GetFieldViolations() {
-				if v.GetField() == field {
-					return
-				}
-			}
-		}
+	if !slices.Contains(apperr.ViolatedFields(err), field) {
+		t.Fatalf("%v: want a violation of %s", err, field)
 	}
-	t.Fatalf("%v: want a violation of %s", err, field)
 }
 
 // A no-show counts against the person and starts re-engagement: it cannot
