@@ -19,13 +19,32 @@ const (
 	DefaultKeepRequestIDs = 30 * 24 * time.Hour
 )
 
-// pruneEvery is how often the relay prunes, and pruneBatch and pruneRounds
-// bound one pruning: a backlog is worked off over several, each short.
+// PruneEvery is how often the relay (and the webhook sender) prunes, and
+// pruneBatch and pruneRounds bound one pruning: a backlog is worked off
+// over several, each short.
 const (
-	pruneEvery  = time.Minute
+	PruneEvery  = time.Minute
 	pruneBatch  = 1000
 	pruneRounds = 10
 )
+
+// InBatches runs each forget, which deletes up to limit rows and says how
+// many it deleted, until it deletes fewer than a batch or has run
+// pruneRounds times.
+func InBatches(forgets ...func(limit int) (int64, error)) error {
+	for _, forget := range forgets {
+		for range pruneRounds {
+			n, err := forget(pruneBatch)
+			if err != nil {
+				return err
+			}
+			if n < pruneBatch {
+				break
+			}
+		}
+	}
+	return nil
+}
 
 // Forget deletes up to limit events delivered (or set aside) before
 // before, oldest first, and returns how many it deleted. Their payloads
@@ -40,10 +59,10 @@ func Forget(ctx context.Context, q idempotency.Execer, before time.Time, limit i
 }
 
 // prune forgets delivered events and request ids past their retention, at
-// most once every pruneEvery. It runs in the relay's poll, under its lock:
+// most once every PruneEvery. It runs in the relay's poll, under its lock:
 // one replica prunes at a time.
 func (r *Relay) prune(ctx context.Context, q idempotency.Execer, now time.Time) error {
-	if now.Sub(r.pruned) < pruneEvery {
+	if now.Sub(r.pruned) < PruneEvery {
 		return nil
 	}
 	r.pruned = now
@@ -54,19 +73,8 @@ func (r *Relay) prune(ctx context.Context, q idempotency.Execer, now time.Time) 
 	if keepIDs <= 0 {
 		keepIDs = DefaultKeepRequestIDs
 	}
-	for _, forget := range []func() (int64, error){
-		func() (int64, error) { return Forget(ctx, q, now.Add(-keep), pruneBatch) },
-		func() (int64, error) { return idempotency.Forget(ctx, q, now.Add(-keepIDs), pruneBatch) },
-	} {
-		for range pruneRounds {
-			n, err := forget()
-			if err != nil {
-				return err
-			}
-			if n < pruneBatch {
-				break
-			}
-		}
-	}
-	return nil
+	return InBatches(
+		func(limit int) (int64, error) { return Forget(ctx, q, now.Add(-keep), limit) },
+		func(limit int) (int64, error) { return idempotency.Forget(ctx, q, now.Add(-keepIDs), limit) },
+	)
 }

@@ -17,14 +17,6 @@ import (
 // outbox id, and an event deleted from the outbox cannot come again.
 const Keep = 30 * 24 * time.Hour
 
-// How often a sender prunes, and how much one pruning deletes at most: a
-// backlog is worked off over several, each short.
-const (
-	pruneEvery  = time.Minute
-	pruneBatch  = 1000
-	pruneRounds = 10
-)
-
 var _ = outbox.DefaultKeep // Keep must stay longer; see its comment
 
 // prune deletes, at most once every pruneEvery, finished deliveries and
@@ -34,7 +26,7 @@ var _ = outbox.DefaultKeep // Keep must stay longer; see its comment
 // what is left.
 func (s *Sender) prune(ctx context.Context, now time.Time) error {
 	s.mu.Lock()
-	due := now.Sub(s.pruned) >= pruneEvery
+	due := now.Sub(s.pruned) >= outbox.PruneEvery
 	if due {
 		s.pruned = now
 	}
@@ -43,30 +35,23 @@ func (s *Sender) prune(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
-	for _, forget := range []func() (int64, error){
-		func() (int64, error) {
+	err := outbox.InBatches(
+		func(limit int) (int64, error) {
 			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM deliveries WHERE seq IN (
-				SELECT seq FROM deliveries WHERE state <> 1 AND create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), pruneBatch)
+				SELECT seq FROM deliveries WHERE state <> 1 AND create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), limit)
 			return tag.RowsAffected(), err
 		},
-		func() (int64, error) {
+		func(limit int) (int64, error) {
 			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM sink_failures WHERE (source, outbox_id) IN (
-				SELECT source, outbox_id FROM sink_failures WHERE create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), pruneBatch)
+				SELECT source, outbox_id FROM sink_failures WHERE create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), limit)
 			return tag.RowsAffected(), err
 		},
-		func() (int64, error) {
-			return idempotency.Forget(ctx, s.cfg.DB, now.Add(-outbox.DefaultKeepRequestIDs), pruneBatch)
+		func(limit int) (int64, error) {
+			return idempotency.Forget(ctx, s.cfg.DB, now.Add(-outbox.DefaultKeepRequestIDs), limit)
 		},
-	} {
-		for range pruneRounds {
-			n, err := forget()
-			if err != nil {
-				return fmt.Errorf("webhooks: prune: %w", err)
-			}
-			if n < pruneBatch {
-				break
-			}
-		}
+	)
+	if err != nil {
+		return fmt.Errorf("webhooks: prune: %w", err)
 	}
 	return nil
 }
