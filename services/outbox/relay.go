@@ -184,8 +184,9 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	}
 	if !leader {
 		conn.Release()
+		return nil, false, nil
 	}
-	return conn, leader, nil
+	return conn, true, nil
 }
 
 // release gives the lock and the connection back once no lane is under
