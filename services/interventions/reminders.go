@@ -161,16 +161,21 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	// families service that does not answer is asked a few times more; if
 	// it still does not, the reminder stands, as the withdrawal (a write to
 	// that service, just made) can hardly have gone through meanwhile.
+	refused := func(err error) bool {
+		return apperr.Reason(err) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(err, codes.InvalidArgument)
+	}
 	cerr := s.checkContact(ctx, rc)
-	for wait := 100 * time.Millisecond; cerr != nil && apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" &&
-		!apperr.IsCode(cerr, codes.InvalidArgument) && wait <= 400*time.Millisecond && ctx.Err() == nil; wait *= 2 {
+	for _, wait := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
+		if cerr == nil || refused(cerr) || ctx.Err() != nil {
+			break
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
 		}
 		cerr = s.checkContact(ctx, rc)
 	}
-	if apperr.Reason(cerr) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(cerr, codes.InvalidArgument) {
+	if refused(cerr) {
 		if _, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
 			Reason: "contact withdrawn while the reminder was made"}); err != nil {
 			return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
