@@ -651,14 +651,12 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Handoff-Webhooks/1")
 	req.Header.Set(IDHeader, p.id)
-	sig := Sign(p.secret, time.Now(), body)
+	var previous []string
 	if p.previous != "" {
-		// The same timestamp, signed with the old secret too: a receiver
-		// still on it accepts the notification.
-		ts, _, _ := strings.Cut(sig, ",")
-		sig += ",v1=" + hex.EncodeToString(mac(p.previous, strings.TrimPrefix(ts, "t="), body))
+		// A receiver still on the old secret accepts the notification too.
+		previous = append(previous, p.previous)
 	}
-	req.Header.Set(SignatureHeader, sig)
+	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body, previous...))
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return 0, err

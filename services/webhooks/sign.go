@@ -30,10 +30,16 @@ var (
 	ErrBadSignature       = errors.New("webhooks: signature does not match")
 )
 
-// Sign returns the signature header value for body sent at t.
-func Sign(secret string, t time.Time, body []byte) string {
+// Sign returns the signature header value for body sent at t: one v1
+// value for secret and one for each of more (a rotated secret, in its
+// grace), all over the same timestamp.
+func Sign(secret string, t time.Time, body []byte, more ...string) string {
 	ts := strconv.FormatInt(t.Unix(), 10)
-	return "t=" + ts + ",v1=" + hex.EncodeToString(mac(secret, ts, body))
+	h := "t=" + ts
+	for _, s := range append([]string{secret}, more...) {
+		h += ",v1=" + hex.EncodeToString(mac(s, ts, body))
+	}
+	return h
 }
 
 func mac(secret, ts string, body []byte) []byte {
