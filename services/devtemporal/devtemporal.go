@@ -52,7 +52,12 @@ func Start(cfg Config) (*Server, error) {
 	store := config.SQL{
 		PluginName:        sqliteplugin.PluginName,
 		DatabaseName:      dbFile,
-		ConnectAttributes: map[string]string{"mode": "rwc", "_journal_mode": "wal", "_synchronous": "normal"},
+		// Every attribute but SQLite's URI parameters becomes a pragma of
+		// that exact name, and SQLite ignores one it does not know: the
+		// names take no prefix. WAL with normal syncs makes a commit one
+		// append to the log instead of a rollback journal written, synced
+		// and deleted.
+		ConnectAttributes: map[string]string{"mode": "rwc", "journal_mode": "wal", "synchronous": "normal"},
 	}
 	if _, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) {
 		if err := sqlite.SetupSchema(&store); err != nil {

@@ -2,6 +2,9 @@ package devtemporal
 
 import (
 	"context"
+	"io"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -85,5 +88,31 @@ func TestPortsAreDistinct(t *testing.T) {
 	}
 	if got[0] != 20001 || got[1] != 20002 || got[2] != 20003 {
 		t.Fatalf("ports %v; want 20001, 20002, 20003", got)
+	}
+}
+
+// The server's database runs in write-ahead-log mode with normal syncs, as
+// the settings ask: SQLite ignores a pragma it does not know, so a misnamed
+// setting would leave it on a rollback journal synced on every commit.
+func TestDatabaseUsesWriteAheadLog(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Stop()
+	f, err := os.Open(filepath.Join(dir, "temporal.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// Bytes 18 and 19 of the header are the file format's write and read
+	// versions: 1 for a rollback journal, 2 for WAL.
+	header := make([]byte, 20)
+	if _, err := io.ReadFull(f, header); err != nil {
+		t.Fatal(err)
+	}
+	if header[18] != 2 || header[19] != 2 {
+		t.Fatalf("file format versions %d, %d; want 2, 2 (WAL)", header[18], header[19])
 	}
 }
