@@ -64,8 +64,9 @@ type SenderConfig struct {
 	// AllowPrivate lets the sender connect to loopback, private and
 	// link-local addresses (development and tests).
 	AllowPrivate bool
-	// Secrets opens the signing secrets the service sealed (same key as
-	// Config.Secrets).
+	// Secrets opens the signing secrets the service sealed (the same keys
+	// as Config.Secrets), and Run seals again under its current key those
+	// sealed under a previous one (Reseal).
 	Secrets *SecretBox
 }
 
@@ -77,8 +78,9 @@ type Sender struct {
 	cfg    SenderConfig
 	client *http.Client
 
-	mu     sync.Mutex // guards pruned
-	pruned time.Time
+	mu       sync.Mutex // guards pruned and resealed
+	pruned   time.Time
+	resealed time.Time
 }
 
 // DefaultMaxAttempts, with the default backoff (5 s doubling, at most an
@@ -137,6 +139,7 @@ func NewSender(cfg SenderConfig) *Sender {
 func (s *Sender) Run(ctx context.Context) {
 	s.observe()
 	for {
+		s.resealIfDue(ctx)
 		n, err := s.Once(ctx)
 		if err != nil && ctx.Err() == nil {
 			s.cfg.Log.Warn("webhook sending paused", "error", err.Error())

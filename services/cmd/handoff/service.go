@@ -170,6 +170,7 @@ type serviceFlags struct {
 	// webhooks: the sender's identity and the key that seals signing
 	// secrets at rest.
 	webhookTokenFile, webhookSecretKey string
+	webhookPreviousKeys                string
 	webhookMaxAttempts                 int
 	// migrate runs the schema's migrations at start, as the URL's user. Off
 	// when the URL names the services' own login role (see
@@ -262,6 +263,8 @@ var serviceDefs = []serviceDef{
 				"token of the webhook_sender identity, re-read when it changes (HANDOFF_WEBHOOK_TOKEN_FILE)")
 			secretVar(fs, &f.webhookSecretKey, "secret-key", env("HANDOFF_WEBHOOK_SECRET_KEY", ""),
 				"base64 of 32 bytes that seal the subscriptions' signing secrets at rest (HANDOFF_WEBHOOK_SECRET_KEY)")
+			secretVar(fs, &f.webhookPreviousKeys, "previous-secret-keys", env("HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS", ""),
+				"comma-separated base64 keys that sealed secrets before --secret-key: they only open, and the sender seals those secrets again under --secret-key (HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS)")
 			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered")
 		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
@@ -272,7 +275,18 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return part{}, fmt.Errorf("--secret-key: %w", err)
 			}
-			box, err := webhooks.NewSecretBox(key)
+			var previous [][]byte
+			for k := range strings.SplitSeq(f.webhookPreviousKeys, ",") {
+				if k = strings.TrimSpace(k); k == "" {
+					continue
+				}
+				b, err := base64.StdEncoding.DecodeString(k)
+				if err != nil {
+					return part{}, fmt.Errorf("--previous-secret-keys: key %d: %w", len(previous)+1, err)
+				}
+				previous = append(previous, b)
+			}
+			box, err := webhooks.NewSecretBox(key, previous...)
 			if err != nil {
 				return part{}, err
 			}

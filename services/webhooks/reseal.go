@@ -1,0 +1,139 @@
+package webhooks
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+)
+
+// resealEvery is how often a running sender looks for signing secrets
+// sealed under a key that is no longer the current one. It also looks
+// once as it starts, which is when a new key arrives.
+const resealEvery = time.Hour
+
+// resealBatch is how many subscriptions one statement reads.
+const resealBatch = 100
+
+// Reseal seals again, under the box's current key, every subscription's
+// signing secret that is sealed under another key, under the unnamed v1
+// format, or not sealed at all; and it drops rotated secrets whose grace
+// has ended, which nothing reads again. Once it has run, the previous
+// keys can be retired. A secret that opens with none of the keys is left
+// as it is and counted in skipped (its deliveries fail until it is
+// rotated). Several senders may run it at once: each update checks that
+// the row still holds what was read.
+func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) {
+	box := s.cfg.Secrets
+	if box == nil {
+		return 0, 0, nil
+	}
+	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
+	prefix := box.sealedPrefix()
+	type row struct {
+		clinic, id, secret, previous string
+		expired                      bool
+	}
+	var afterClinic, afterID string
+	for {
+		// left() rather than LIKE: a key id may hold '_'.
+		rows, err := s.cfg.DB.Query(ctx, `SELECT clinic, id, secret, coalesce(previous_secret, ''),
+				coalesce(previous_secret_expire_time <= now(), false)
+			FROM subscriptions
+			WHERE (clinic, id) > ($1, $2)
+			  AND (left(secret, length($3)) <> $3
+			       OR (coalesce(previous_secret, '') <> '' AND (left(previous_secret, length($3)) <> $3 OR previous_secret_expire_time <= now())))
+			ORDER BY clinic, id LIMIT $4`, afterClinic, afterID, prefix, resealBatch)
+		if err != nil {
+			return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
+		}
+		var batch []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.clinic, &r.id, &r.secret, &r.previous, &r.expired); err != nil {
+				rows.Close()
+				return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
+			}
+			batch = append(batch, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
+		}
+		for _, r := range batch {
+			name := subscriptionName(r.clinic, r.id)
+			secret, err := box.reseal(name, r.secret)
+			if err != nil {
+				skipped++
+				s.cfg.Log.Error("webhook secret not resealed: it opens with none of the configured keys", "subscription", name)
+				continue
+			}
+			previous := ""
+			if !r.expired {
+				if previous, err = box.reseal(name, r.previous); err != nil {
+					// Only the grace of a rotation is lost: drop it.
+					s.cfg.Log.Warn("webhook previous secret dropped: it opens with none of the configured keys", "subscription", name)
+					previous = ""
+				}
+			}
+			tag, err := s.cfg.DB.Exec(ctx, `UPDATE subscriptions
+				SET secret = $3, previous_secret = nullif($4, ''),
+					previous_secret_expire_time = CASE WHEN $4 = '' THEN NULL ELSE previous_secret_expire_time END
+				WHERE clinic = $1 AND id = $2 AND secret = $5 AND coalesce(previous_secret, '') = $6`,
+				r.clinic, r.id, secret, previous, r.secret, r.previous)
+			if err != nil {
+				return resealed, skipped, fmt.Errorf("webhooks: reseal %s: %w", name, err)
+			}
+			resealed += int(tag.RowsAffected())
+		}
+		if len(batch) < resealBatch {
+			return resealed, skipped, nil
+		}
+		afterClinic, afterID = batch[len(batch)-1].clinic, batch[len(batch)-1].id
+	}
+}
+
+// reseal opens stored and seals it again under the current key; what is
+// already sealed under it, or empty, stays as it is.
+func (b *SecretBox) reseal(name, stored string) (string, error) {
+	if b.sealedCurrent(stored) {
+		return stored, nil
+	}
+	plain, err := b.open(name, stored)
+	if err != nil {
+		return "", err
+	}
+	return b.seal(name, plain)
+}
+
+// resealDue reports whether Reseal is due, and marks it done if so.
+func (s *Sender) resealDue(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.resealed.IsZero() && now.Sub(s.resealed) < resealEvery {
+		return false
+	}
+	s.resealed = now
+	return true
+}
+
+// resealIfDue runs Reseal when it is due and logs what it did.
+func (s *Sender) resealIfDue(ctx context.Context) {
+	if s.cfg.Secrets == nil || !s.resealDue(time.Now()) {
+		return
+	}
+	n, skipped, err := s.Reseal(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.cfg.Log.Warn("webhook secrets not all resealed", "resealed", n, "skipped", skipped, "error", err.Error())
+			s.mu.Lock()
+			s.resealed = time.Time{} // try again on the next round
+			s.mu.Unlock()
+		}
+		return
+	}
+	if n > 0 || skipped > 0 {
+		s.cfg.Log.Info("webhook secrets resealed under the current key", "resealed", n, "skipped", skipped)
+	}
+}
