@@ -50,8 +50,8 @@ func Start(cfg Config) (*Server, error) {
 	}
 	dbFile := filepath.Join(cfg.DataDir, "temporal.db")
 	store := config.SQL{
-		PluginName:        sqliteplugin.PluginName,
-		DatabaseName:      dbFile,
+		PluginName:   sqliteplugin.PluginName,
+		DatabaseName: dbFile,
 		// Every attribute but SQLite's URI parameters becomes a pragma of
 		// that exact name, and SQLite ignores one it does not know: the
 		// names take no prefix. WAL with normal syncs makes a commit one
