@@ -2,6 +2,7 @@ package families
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -359,11 +360,22 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 }
 
 func (s *Server) readConsent(ctx context.Context, q pgdb.Querier, c child, lock bool) (*familiesv1.Consent, error) {
-	sql := consentSelect + ` WHERE c.clinic = $1 AND c.family_id = $2 AND c.id = $3`
 	if lock {
-		sql += ` FOR UPDATE OF c`
+		// The lock is taken on its own, before the read: a statement that
+		// waited for the lock reads the row as it now is but the
+		// revocations as they were when it began, so it would miss those
+		// the transaction it waited for added.
+		var one int
+		err := q.QueryRow(ctx, `SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2 AND id = $3 FOR UPDATE`,
+			c.clinic, c.family, c.id).Scan(&one)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, apperr.NotFound(aip.Name(c.familyName(), "consents", c.id))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("lock consent: %w", err)
+		}
 	}
-	rows, err := q.Query(ctx, sql, c.clinic, c.family, c.id)
+	rows, err := q.Query(ctx, consentSelect+` WHERE c.clinic = $1 AND c.family_id = $2 AND c.id = $3`, c.clinic, c.family, c.id)
 	return pgdb.One(rows, err, aip.Name(c.familyName(), "consents", c.id), s.scanConsent(c.familyName()))
 }
 

@@ -321,6 +321,62 @@ func TestConsentRevokedForEveryRecipientIsRevoked(t *testing.T) {
 	}
 }
 
+// Two recipients revoked at the same moment: the second revocation,
+// having waited for the first's lock, sees the first's record and revokes
+// the whole consent.
+func TestConcurrentRevocationsRevokeTheWhole(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1", "ehr-2"))
+	ctx := context.Background()
+	id := co.GetName()[strings.LastIndex(co.GetName(), "/")+1:]
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, r := range []string{"ehr-1", "ehr-2"} {
+		go func() {
+			_, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: r})
+			errs <- err
+		}()
+	}
+	// Both wait on the row before it is let go.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%consents%' AND pid <> pg_backend_pid()`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d revocations waiting on the consent; want 2", waiting)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := f.client.GetConsent(f.ctx, &familiesv1.GetConsentRequest{Name: co.GetName()})
+	if err != nil || got.GetState() != familiesv1.ConsentState_CONSENT_STATE_REVOKED || len(got.GetRevocations()) != 2 {
+		t.Fatalf("after both recipients were revoked at once: %v with %d revocations, %v; want REVOKED with 2",
+			got.GetState(), len(got.GetRevocations()), err)
+	}
+}
+
 func TestTreatingProvidersAndExpiry(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
