@@ -392,6 +392,12 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 	if len(c.GetRecipients()) == 0 && !c.GetTreatingProviders() {
 		vs.Add("consent.recipients", "name at least one recipient, or set treating_providers")
 	}
+	if len(c.GetRecipients()) == 0 && c.GetTreatingProviders() && len(c.GetPurposes()) > 0 &&
+		!slices.Contains(c.GetPurposes(), familiesv1.Purpose_PURPOSE_TREATMENT) {
+		// The general designation covers treatment only: with no one named
+		// and no treatment purpose, the consent would cover nothing.
+		vs.Add("consent.purposes", "must include PURPOSE_TREATMENT when the only recipients are the patient's treating providers")
+	}
 	if c.GetSigner() == "" {
 		vs.Add("consent.signer", "is required")
 	}

@@ -110,10 +110,13 @@ func TestConsentValidation(t *testing.T) {
 		mutate func(*familiesv1.Consent)
 		field  string
 	}{
-		"no discloser":         {func(c *familiesv1.Consent) { c.Discloser = "" }, "consent.discloser"},
-		"no information":       {func(c *familiesv1.Consent) { c.Information = nil }, "consent.information"},
-		"no purpose":           {func(c *familiesv1.Consent) { c.Purposes = nil }, "consent.purposes"},
-		"no recipient":         {func(c *familiesv1.Consent) { c.Recipients = nil }, "consent.recipients"},
+		"no discloser":   {func(c *familiesv1.Consent) { c.Discloser = "" }, "consent.discloser"},
+		"no information": {func(c *familiesv1.Consent) { c.Information = nil }, "consent.information"},
+		"no purpose":     {func(c *familiesv1.Consent) { c.Purposes = nil }, "consent.purposes"},
+		"no recipient":   {func(c *familiesv1.Consent) { c.Recipients = nil }, "consent.recipients"},
+		"treating providers, not for treatment": {func(c *familiesv1.Consent) {
+			c.Recipients, c.TreatingProviders, c.Purposes = nil, true, []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_PAYMENT}
+		}, "consent.purposes"},
 		"no signer":            {func(c *familiesv1.Consent) { c.Signer = "" }, "consent.signer"},
 		"no expiry":            {func(c *familiesv1.Consent) { c.ExpireTime = nil }, "consent.expire_time"},
 		"expired":              {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(now.Add(-time.Minute)) }, "consent.expire_time"},
