@@ -497,6 +497,15 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 		}
 	}
 	checkZone(vs, path+".loved_one.time_zone", f.GetLovedOne().GetTimeZone())
+	if bd := f.GetLovedOne().GetBirthDate(); bd != "" && bd != before.GetLovedOne().GetBirthDate() {
+		// The pattern admits February 30th; FHIR and the EHR do not.
+		if d, err := time.Parse(time.DateOnly, bd); err != nil {
+			vs.Add(path+".loved_one.birth_date", "%q is not a date (YYYY-MM-DD)", bd)
+		} else if d.After(time.Now().Add(24 * time.Hour)) {
+			// A day's grace: the date is in the loved one's own zone.
+			vs.Add(path+".loved_one.birth_date", "must not be in the future")
+		}
+	}
 	seen := map[string]bool{}
 	for i, m := range f.GetMembers() {
 		p := fmt.Sprintf("%s.members[%d]", path, i)

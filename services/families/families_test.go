@@ -582,6 +582,14 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].QuietHours.End = x.Members[0].QuietHours.Start }))
 			return err
 		}, codes.InvalidArgument, "family.members[0].quiet_hours.end"},
+		{"a date of birth that is no date", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "1994-02-30" }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.birth_date"},
+		{"a date of birth to come", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "2090-01-01" }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.birth_date"},
 		{"duplicate member ids", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[1].Id = "mom" }))
 			return err
