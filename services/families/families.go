@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/mail"
+	"regexp"
 	"slices"
 	"time"
 	_ "time/tzdata" // time zones must resolve on minimal images too
@@ -506,9 +508,19 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			vs.Add(path+".loved_one.birth_date", "must not be in the future")
 		}
 	}
+	checkChannels(vs, path+".loved_one.contact_channels", f.GetLovedOne().GetContactChannels(), before.GetLovedOne().GetContactChannels())
+	storedChannels := map[string][]*familiesv1.ContactChannel{}
+	for _, m := range before.GetMembers() {
+		storedChannels[m.GetId()] = m.GetContactChannels()
+	}
 	seen := map[string]bool{}
 	for i, m := range f.GetMembers() {
 		p := fmt.Sprintf("%s.members[%d]", path, i)
+		var was []*familiesv1.ContactChannel
+		if m.GetId() != "" {
+			was = storedChannels[m.GetId()]
+		}
+		checkChannels(vs, p+".contact_channels", m.GetContactChannels(), was)
 		if m.GetId() != "" {
 			if seen[m.GetId()] {
 				vs.Add(p+".id", "duplicate member id %q", m.GetId())
@@ -529,6 +541,32 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			}
 			if !found {
 				vs.Add(p+".preferred_channel", "must be one of the member's contact_channels")
+			}
+		}
+	}
+}
+
+// e164 is a phone number in E.164 form: a plus, then up to 15 digits.
+var e164 = regexp.MustCompile(`^\+[1-9][0-9]{6,14}$`)
+
+// checkChannels checks that each channel's value fits its kind: reminders
+// go out to it, and the EHR reads it as a FHIR telecom. Channels stored
+// before (stored) pass as they are, so an old record does not block an
+// unrelated update.
+func checkChannels(vs *apperr.Violations, path string, channels, stored []*familiesv1.ContactChannel) {
+	for i, c := range channels {
+		if slices.ContainsFunc(stored, func(s *familiesv1.ContactChannel) bool { return proto.Equal(s, c) }) {
+			continue
+		}
+		v := c.GetValue()
+		switch c.GetKind() {
+		case familiesv1.ChannelKind_CHANNEL_KIND_SMS, familiesv1.ChannelKind_CHANNEL_KIND_PHONE:
+			if !e164.MatchString(v) {
+				vs.Add(fmt.Sprintf("%s[%d].value", path, i), "must be a phone number in E.164 form, such as +15551234567")
+			}
+		case familiesv1.ChannelKind_CHANNEL_KIND_EMAIL:
+			if a, err := mail.ParseAddress(v); err != nil || a.Address != v {
+				vs.Add(fmt.Sprintf("%s[%d].value", path, i), "must be an e-mail address alone, such as ana@example.org")
 			}
 		}
 	}

@@ -590,6 +590,16 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "2090-01-01" }))
 			return err
 		}, codes.InvalidArgument, "family.loved_one.birth_date"},
+		{"a phone number not in E.164 form", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].ContactChannels[0].Value = "call me" }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].contact_channels[0].value"},
+		{"an e-mail address with a name", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) {
+				x.LovedOne.ContactChannels = []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "Ana <ana@example.org>"}}
+			}))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.contact_channels[0].value"},
 		{"duplicate member ids", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[1].Id = "mom" }))
 			return err
@@ -853,4 +863,33 @@ func TestOldQuietHoursDoNotBlockUpdates(t *testing.T) {
 	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A contact channel stored before values were checked against their kind
+// does not block an unrelated update; a new bad value is refused.
+func TestOldContactValuesDoNotBlockUpdates(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, id, _ := strings.Cut(strings.TrimPrefix(fam.GetName(), "clinics/north/"), "families/")
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = jsonb_set(doc, '{members,0,contact_channels,0,value}', '"ana at example"')
+		WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || cur.GetMembers()[0].GetContactChannels()[0].GetValue() != "ana at example" {
+		t.Fatalf("the stored value was not changed for the test: %v, %v", cur.GetMembers(), err)
+	}
+	members := cur.GetMembers()
+	members[1].GivenName = "Luisa"
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatalf("an update of another member, the old value kept: %v", err)
+	}
+	members[1].ContactChannels = []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_PHONE, Value: "0101"}}
+	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
+	if st := wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "family.members[1].contact_channels[0].value") {
+		t.Fatalf("a new bad phone number: %v", st.Details())
+	}
 }
