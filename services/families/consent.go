@@ -731,6 +731,14 @@ func (s *Server) BatchCreateDisclosures(ctx context.Context, req *familiesv1.Bat
 			continue
 		}
 		checkDisclosure(ctx, &vs, field+".disclosure", clinic, ids[1], r.GetDisclosure())
+		// A batch is recorded as one and has no dry run: fields that would
+		// mean otherwise for one request are refused, not ignored.
+		if r.GetRequestId() != "" {
+			vs.Add(field+".request_id", "is not taken in a batch")
+		}
+		if r.GetValidateOnly() {
+			vs.Add(field+".validate_only", "is not taken in a batch: a batch records what is covered")
+		}
 		ps[i] = pendingOf(ids[1], r.GetDisclosure())
 	}
 	if err := vs.Err(); err != nil {

@@ -673,4 +673,18 @@ func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
 	_, err = f.client.BatchCreateDisclosures(ehr, &familiesv1.BatchCreateDisclosuresRequest{Parent: "clinics/north",
 		Requests: []*familiesv1.CreateDisclosureRequest{one(b.GetName(), "ehr-2")}})
 	wantCode(t, err, codes.InvalidArgument)
+	// A dry run or a request id inside a batch is refused, and nothing is
+	// recorded.
+	dry, keyed := one(a.GetName(), "ehr-1"), one(a.GetName(), "ehr-1")
+	dry.ValidateOnly, keyed.RequestId = true, "r-1"
+	before := len(f.disclosures(t, a.GetName()))
+	_, err = f.client.BatchCreateDisclosures(ehr, &familiesv1.BatchCreateDisclosuresRequest{Parent: "clinics/north",
+		Requests: []*familiesv1.CreateDisclosureRequest{dry, keyed}})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Contains(got, "requests[0].validate_only") || !slices.Contains(got, "requests[1].request_id") {
+		t.Fatalf("violations %v", got)
+	}
+	if n := len(f.disclosures(t, a.GetName())); n != before {
+		t.Fatalf("a refused batch recorded %d disclosures", n-before)
+	}
 }

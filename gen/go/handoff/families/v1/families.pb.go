@@ -4721,7 +4721,8 @@ type BatchCreateDisclosuresRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`; every request's parent must be in it.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// The disclosures, at most 1000.
+	// The disclosures, at most 1000. The batch is recorded as one: each
+	// request's `request_id` and `validate_only` must be left unset.
 	Requests      []*CreateDisclosureRequest `protobuf:"bytes,2,rep,name=requests,proto3" json:"requests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
