@@ -283,6 +283,11 @@ func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclo
 	if err != nil {
 		return nil, err
 	}
+	if _, out := outsider(ctx); !out {
+		if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+			return nil, err
+		}
+	}
 	return &familiesv1.ListDisclosuresResponse{Disclosures: items, NextPageToken: next}, nil
 }
 
@@ -543,6 +548,13 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
 	if err != nil {
 		return nil, err
+	}
+	if _, out := outsider(ctx); !out {
+		// Staff learn that a family does not exist; an outside system
+		// learns nothing from an empty list, whose family may exist.
+		if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+			return nil, err
+		}
 	}
 	for i, co := range items {
 		items[i] = forCaller(ctx, co)

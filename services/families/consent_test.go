@@ -688,3 +688,30 @@ func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
 		t.Fatalf("a refused batch recorded %d disclosures", n-before)
 	}
 }
+
+// Staff listing the consents or disclosures of a family that does not
+// exist are told so (AIP-132), not given an empty list that reads as "no
+// consent on file"; the EHR gets the empty list either way, which tells it
+// nothing of whether the family exists.
+func TestListsOfAMissingFamily(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	missing := "clinics/north/families/no-such-family"
+	_, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: missing})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: missing})
+	wantCode(t, err, codes.NotFound)
+	for _, parent := range []string{missing, fam.GetName()} {
+		if got, err := f.client.ListConsents(f.ehr("ehr-1"), &familiesv1.ListConsentsRequest{Parent: parent}); err != nil || len(got.GetConsents()) != 0 {
+			t.Fatalf("the EHR listing the consents of %s: %v, %v; want an empty list", parent, got, err)
+		}
+	}
+	// An existing family with none listed is an empty list for staff.
+	if got, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()}); err != nil || len(got.GetConsents()) != 0 {
+		t.Fatalf("consents of a family without any: %v, %v", got, err)
+	}
+	if got, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName()}); err != nil || len(got.GetDisclosures()) != 0 {
+		t.Fatalf("disclosures of a family without any: %v, %v", got, err)
+	}
+}
