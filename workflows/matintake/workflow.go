@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
@@ -111,6 +112,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	ctx = flow.WithActivityOptions(ctx)
 	res, err := w.run(ctx)
+	if err != nil && !temporal.IsCanceledError(err) && flow.Version(ctx, versionTellOnFailure, 1) >= 1 {
+		w.failed(ctx, err)
+	}
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
@@ -124,6 +128,38 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	for w.signals.ReceiveAsync(nil) {
 	}
 	return res, err
+}
+
+// versionTellOnFailure guards telling the counselor, and giving back a
+// hold no referral took, when the intake ends on an error; before, it
+// failed without a word, the person who said yes waited on nobody and
+// the place stayed held until it lapsed.
+const versionTellOnFailure = "tell-counselor-on-failure"
+
+// failed is that telling, on a disconnected context: the workflow is
+// about to fail, and the counselor is the one who can still act. Its own
+// failures are logged; the intake's error stands.
+func (w *wf) failed(ctx workflow.Context, cause error) {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	log := workflow.GetLogger(ctx)
+	log.Warn("MAT intake failed; telling the counselor", "error", cause)
+	if w.in.Hold != "" && w.referral.Name == "" {
+		// No referral was made, so none took the hold over.
+		if err := flow.Call(dctx, nil, flow.A.ReleaseHold, activities.ReleaseRequest{
+			Hold: w.in.Hold, Reason: "the hand-off stopped on an error", RequestID: flow.RequestID(dctx, "release|failed"),
+		}); err != nil {
+			log.Warn("releasing the hold after the intake failed failed", "error", err)
+		}
+	}
+	to, err := w.counselorNow(dctx, versionNoticesToCurrent)
+	if err != nil {
+		to = w.in.Counselor
+	}
+	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.in.Intervention,
+		"The hand-off after the family meeting stopped on an error: please call the family and arrange a place by hand.", "failed"); err != nil {
+		log.Warn("telling the counselor that the intake failed failed", "error", err)
+	}
 }
 
 func (w *wf) run(ctx workflow.Context) (Result, error) {

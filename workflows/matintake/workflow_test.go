@@ -39,6 +39,8 @@ type harness struct {
 	cancelAt  []time.Time
 	// counselor is the family's counselor now, if reassigned.
 	counselor activities.Person
+	// statusErr, when set, is what every ReferralStatus call fails with.
+	statusErr error
 }
 
 // warnings is the workflows' logger in these tests: it keeps the warnings
@@ -91,7 +93,7 @@ func newHarness(t *testing.T) *harness {
 			return 1, nil
 		})
 	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], nil })
+		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], h.statusErr })
 	env.OnActivity(flow.A.FamilyCounselor, mock.Anything, family, mock.Anything).Return(
 		func(_ context.Context, _ string, fallback activities.Person) (activities.Person, error) {
 			if h.counselor.ID != "" {
@@ -637,3 +639,49 @@ func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
 
 // resends keeps, in order, the failed reminders the workflow sends again.
 func (h *harness) resends() *[]string { return flowtest.Resends(h.env) }
+
+// An intake that ends on an error tells the counselor, who can still act,
+// and gives back a hold no referral took; one that failed after a
+// referral took the hold leaves the hold to it.
+func TestFailedIntakeTellsTheCounselor(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		referral bool // whether a referral was made before the failure
+	}{{"before any referral", false}, {"after a referral", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var released []activities.ReleaseRequest
+			h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
+				func(_ context.Context, in activities.ReleaseRequest) error { released = append(released, in); return nil })
+			final := temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+			if tc.referral {
+				h.programs(1)
+				h.statusErr = final
+				// The referral's first answer cannot be read.
+				h.transition(time.Minute, "clinics/north/referrals/r1", activities.ReferralInfo{State: "ACCEPTED"})
+			} else {
+				h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(activities.Referral{}, final)
+			}
+			h.env.ExecuteWorkflow(matintake.Name, input())
+			if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
+				t.Fatalf("workflow error %v; want the failure", err)
+			}
+			var told []activities.ReminderRequest
+			for _, r := range h.kinds("REFERRAL_ESCALATION") {
+				if strings.Contains(r.Message, "stopped on an error") {
+					told = append(told, r)
+				}
+			}
+			if len(told) != 1 || told[0].To.ID != "counselor-1" {
+				t.Fatalf("notices of the failure %+v; want one to counselor-1", told)
+			}
+			wantReleased := 1
+			if tc.referral {
+				wantReleased = 0
+			}
+			if len(released) != wantReleased || (wantReleased == 1 && released[0].Hold != input().Hold) {
+				t.Fatalf("holds released %+v; want %d of %s", released, wantReleased, input().Hold)
+			}
+		})
+	}
+}
