@@ -93,7 +93,9 @@ func newHarness(t *testing.T) *harness {
 			return 1, nil
 		})
 	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, name string) (activities.ReferralInfo, error) { return h.status[name], h.statusErr })
+		func(_ context.Context, name string) (activities.ReferralInfo, error) {
+			return h.status[name], h.statusErr
+		})
 	env.OnActivity(flow.A.FamilyCounselor, mock.Anything, family, mock.Anything).Return(
 		func(_ context.Context, _ string, fallback activities.Person) (activities.Person, error) {
 			if h.counselor.ID != "" {
@@ -652,7 +654,10 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 			h := newHarness(t)
 			var released []activities.ReleaseRequest
 			h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
-				func(_ context.Context, in activities.ReleaseRequest) error { released = append(released, in); return nil })
+				func(_ context.Context, in activities.ReleaseRequest) error {
+					released = append(released, in)
+					return nil
+				})
 			final := temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
 			if tc.referral {
 				h.programs(1)
