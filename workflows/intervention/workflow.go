@@ -631,6 +631,24 @@ func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
 	return err
 }
 
+// versionPastFailedRelease guards going on when giving the hold back
+// failed: before, the failure ended the workflow there, and the steps
+// after it (cancelling a cancelled meeting's reminders; the support
+// referrals and boundary follow-up after a refusal) never ran, for a
+// hold that lapses at its expiry anyway.
+const versionPastFailedRelease = "go-on-past-failed-release"
+
+// pastFailedRelease reports whether the workflow goes on after the hold's
+// release failed with err, and logs it if so. It asks the version only on
+// that failure, so runs whose releases succeed record nothing.
+func (w *wf) pastFailedRelease(ctx workflow.Context, err error) bool {
+	if flow.Version(ctx, versionPastFailedRelease, 1) < 1 {
+		return false
+	}
+	workflow.GetLogger(ctx).Warn("releasing the hold failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)
+	return true
+}
+
 // cancelled cleans up on a disconnected context, so that the cleanup runs
 // even if the workflow itself is being cancelled.
 func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
@@ -638,7 +656,7 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
 	dctx = flow.WithActivityOptions(dctx)
-	if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil {
+	if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil && !w.pastFailedRelease(dctx, err) {
 		return Result{}, err
 	}
 	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
@@ -699,11 +717,11 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		}
 		res.ChildResult = out.Outcome
 	case o.Kind == "POSTPONED":
-		if err := w.releaseHold(ctx, ctx, "meeting postponed"); err != nil {
+		if err := w.releaseHold(ctx, ctx, "meeting postponed"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
 	default: // PARTIALLY_ACCEPTED without MAT, DECLINED, DID_NOT_ATTEND
-		if err := w.releaseHold(ctx, ctx, "treatment not accepted"); err != nil {
+		if err := w.releaseHold(ctx, ctx, "treatment not accepted"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
 		if len(o.AcceptedServices) > 0 {

@@ -69,7 +69,9 @@ type harness struct {
 	start    time.Time
 	holdAt   time.Time
 	released []string
-	cancels  []string
+	// releaseErr, when set, is what ReleaseHold fails with.
+	releaseErr error
+	cancels    []string
 	// stopped are the workflows asked to cancel (the boundary, on a yes).
 	stopped []string
 	// cancelled are the CancelReminders requests, whole.
@@ -122,7 +124,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.ReleaseRequest) error {
 			h.released = append(h.released, in.Hold)
-			return nil
+			return h.releaseErr
 		})
 	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
@@ -692,3 +694,49 @@ func TestLateStartDoesNotSpin(t *testing.T) {
 
 // resends keeps, in order, the failed reminders the workflow sends again.
 func (h *harness) resends() *[]string { return flowtest.Resends(h.env) }
+
+// A hold that cannot be given back (it lapses at its expiry anyway) does
+// not stop what comes after: a cancelled meeting's reminders are
+// cancelled, and a refusal gets its support referrals and boundary
+// follow-up.
+func TestFailedReleaseStopsNothingElse(t *testing.T) {
+	refused := temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+	t.Run("cancel", func(t *testing.T) {
+		h := newHarness(t, 2*24*time.Hour, defaults())
+		h.releaseErr = refused
+		h.update(24*time.Hour, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+		h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+		var res intervention.Result
+		if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+			t.Fatalf("result %+v, %v", res, err)
+		}
+		if len(h.released) != 1 || len(h.cancels) == 0 || h.cancels[len(h.cancels)-1] != "intervention cancelled" {
+			t.Fatalf("release tried %v, reminders cancelled %v", h.released, h.cancels)
+		}
+	})
+	t.Run("refusal", func(t *testing.T) {
+		h := newHarness(t, 4*24*time.Hour, defaults())
+		h.releaseErr = refused
+		var support []activities.SupportRequest
+		h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+				support = append(support, in)
+				return nil, nil
+			})
+		var boundaryIn boundary.Input
+		h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
+			func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
+				boundaryIn = in
+				return boundary.Result{Summary: "ok"}, nil
+			})
+		h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+			AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
+		h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		if len(h.released) != 1 || len(support) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" {
+			t.Fatalf("release tried %v, support referrals %+v, boundary input %+v", h.released, support, boundaryIn)
+		}
+	})
+}
