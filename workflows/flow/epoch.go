@@ -2,6 +2,7 @@ package flow
 
 import (
 	"fmt"
+	"maps"
 
 	"go.temporal.io/sdk/workflow"
 )
@@ -16,16 +17,39 @@ import (
 // finds no epoch marker when its first task replays, and asks each change
 // as it always did.
 //
-// A change made after the epoch is asked on its own (Version with an id
-// not in atEpoch), until a later epoch covers it. In visibility, a run's
-// TemporalChangeVersion "epoch-2026-12-03-1" stands for every change in
-// atEpoch at its version.
-const epochID = "epoch-2026-12-03"
+// A change made after the newest epoch is asked on its own (Version with
+// an id the epoch does not cover), until a later epoch covers it. A later
+// epoch covers everything an earlier one does. A run records the marker of
+// the newest epoch its code knew when it began, and only that one: when
+// its first task replays, BeginEpoch asks the epochs newest first and the
+// run's own is the first whose marker it finds. In visibility, a run's
+// TemporalChangeVersion "<epoch id>-1" stands for every change its epoch
+// covers at its version.
+type epoch struct {
+	id string
+	// covers is each change's version at the epoch. It never changes: a
+	// run begun at the epoch replays with these versions. A change that
+	// later needs a higher version gets a new id.
+	covers map[string]workflow.Version
+}
 
-// atEpoch is each change's version at the epoch. It never changes: a run
-// begun at the epoch replays with these versions. A change that later
-// needs a higher version gets a new id.
-var atEpoch = map[string]workflow.Version{
+// epochs, newest first.
+var epochs = []epoch{
+	{"epoch-2026-12-04", with(firstEpoch,
+		// flow
+		"recheck-stale-after-resend",
+		// intervention
+		"no-resend-after-start", "stop-boundary-on-yes", "boundary-cancelled",
+		"go-on-past-failed-release", "intake-first",
+		// matintake
+		"hold-rereads", "notices-to-current-counselor", "tell-counselor-on-failure",
+		// boundary
+		"refusals-counted", "refer-before-screen", "end-when-family-deleted",
+	)},
+	{"epoch-2026-12-03", firstEpoch},
+}
+
+var firstEpoch = map[string]workflow.Version{
 	// flow
 	"local-activities":   1,
 	"skip-stale-resends": 1,
@@ -48,34 +72,54 @@ var atEpoch = map[string]workflow.Version{
 	"wait-when-reinforcement-refused": 1,
 }
 
+// with returns what an earlier epoch covers and the changes named, each
+// at version 1.
+func with(earlier map[string]workflow.Version, changes ...string) map[string]workflow.Version {
+	out := maps.Clone(earlier)
+	for _, c := range changes {
+		if _, dup := out[c]; dup {
+			panic(fmt.Sprintf("flow: %q is covered by an earlier epoch already", c))
+		}
+		out[c] = 1
+	}
+	return out
+}
+
 type epochKey struct{}
 
-// BeginEpoch decides whether this run began at the epoch, and returns ctx
-// carrying the answer for Version. Call it first in the workflow function,
-// before anything that asks a version: in a run begun before the epoch it
-// must run while the first task replays, and find no marker.
+// BeginEpoch finds the epoch this run began at, and returns ctx carrying
+// what it covers for Version. Call it first in the workflow function,
+// before anything that asks a version: in a run begun before an epoch it
+// must run while the first task replays, and find no marker. A new run
+// records the newest epoch's marker alone; one begun at an older epoch
+// finds no marker for the newer ones, which then record nothing.
 func BeginEpoch(ctx workflow.Context) workflow.Context {
-	at := workflow.GetVersion(ctx, epochID, workflow.DefaultVersion, 1) >= 1
-	return workflow.WithValue(ctx, epochKey{}, at)
+	for _, e := range epochs {
+		if workflow.GetVersion(ctx, e.id, workflow.DefaultVersion, 1) >= 1 {
+			return workflow.WithValue(ctx, epochKey{}, e.covers)
+		}
+	}
+	return workflow.WithValue(ctx, epochKey{}, map[string]workflow.Version(nil))
 }
 
 // Version is workflow.GetVersion(ctx, changeID, DefaultVersion, max),
-// answered without a marker in a run begun at the epoch when the epoch
-// covers the change. Without BeginEpoch in ctx it asks, which is always
-// safe: the question is recorded and replays the same.
+// answered without a marker in a run begun at an epoch that covers the
+// change. Without BeginEpoch in ctx it asks, which is always safe: the
+// question is recorded and replays the same.
 //
 // It panics (a workflow task failure, retried until fixed) when asked a
-// covered change at a version other than the epoch's: runs begun at the
+// covered change at a version other than an epoch's: runs begun at that
 // epoch would keep the epoch's version without a marker to say otherwise,
 // so a change needing a new version takes a new id.
 func Version(ctx workflow.Context, changeID string, max workflow.Version) workflow.Version {
-	if v, ok := atEpoch[changeID]; ok {
-		if v != max {
-			panic(fmt.Sprintf("flow.Version: %q is covered by %s at version %d; give the new version a new change id", changeID, epochID, v))
+	for _, e := range epochs {
+		if v, ok := e.covers[changeID]; ok && v != max {
+			panic(fmt.Sprintf("flow.Version: %q is covered by %s at version %d; give the new version a new change id", changeID, e.id, v))
 		}
-		if at, _ := ctx.Value(epochKey{}).(bool); at {
-			return v
-		}
+	}
+	covers, _ := ctx.Value(epochKey{}).(map[string]workflow.Version)
+	if v, ok := covers[changeID]; ok {
+		return v
 	}
 	return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
 }

@@ -2,6 +2,7 @@ package flow_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-03", "a-later-change"}},
+		{true, []string{"epoch-2026-12-04", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -82,6 +83,76 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		r.RegisterWorkflow(epochFlow)
 		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
 			t.Fatalf("begin %v: replay: %v", c2.begin, err)
+		}
+	}
+}
+
+// firstEpochFlow is what code that knew only the first epoch ran: its
+// marker, then a change the second epoch covers, asked on its own.
+func firstEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-03", workflow.DefaultVersion, 1)
+	return []workflow.Version{1, workflow.GetVersion(ctx, "stop-boundary-on-yes", workflow.DefaultVersion, 1)}, nil
+}
+
+// secondEpochFlow is the same workflow under today's code.
+func secondEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	return []workflow.Version{flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "stop-boundary-on-yes", 1)}, nil
+}
+
+// A run begun at the first epoch replays under code that knows a second:
+// BeginEpoch finds the first epoch's marker, and the change the second
+// covers is asked as it was. A run begun today records the second epoch's
+// marker alone.
+func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	for _, tc := range []struct {
+		name    string
+		ran     func(workflow.Context) ([]workflow.Version, error)
+		markers string
+	}{
+		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes]"},
+		{"begun at the second", secondEpochFlow, "[epoch-2026-12-04]"},
+	} {
+		queue := strings.ReplaceAll(tc.name, " ", "-")
+		ts.NewWorker(queue, func(r worker.Registry) {
+			r.RegisterWorkflowWithOptions(tc.ran, workflow.RegisterOptions{Name: "EpochFlow"})
+		})
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, "EpochFlow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []workflow.Version
+		if err := run.Get(ctx, &got); err != nil || len(got) != 2 || got[0] != 1 || got[1] != 1 {
+			t.Fatalf("%s: versions %v, %v; want [1 1]", tc.name, got, err)
+		}
+		h := &historypb.History{}
+		var markers []string
+		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			e, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.Events = append(h.Events, e)
+			if a := e.GetMarkerRecordedEventAttributes(); a != nil && a.GetMarkerName() == "Version" {
+				var id string
+				if err := converter.GetDefaultDataConverter().FromPayloads(a.GetDetails()["change-id"], &id); err != nil {
+					t.Fatal(err)
+				}
+				markers = append(markers, id)
+			}
+		}
+		if fmt.Sprint(markers) != tc.markers {
+			t.Fatalf("%s: version markers %v; want %s", tc.name, markers, tc.markers)
+		}
+		r := worker.NewWorkflowReplayer()
+		r.RegisterWorkflowWithOptions(secondEpochFlow, workflow.RegisterOptions{Name: "EpochFlow"})
+		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+			t.Fatalf("%s: replay under today's code: %v", tc.name, err)
 		}
 	}
 }

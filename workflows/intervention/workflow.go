@@ -674,19 +674,22 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	w.step = StepFollowingUp
 	o := *w.outcome
 	res := Result{Outcome: o.Kind}
-	// Reminders still pending for the meeting make no sense any more.
-	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
-		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
-		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
-	}); err != nil {
-		return Result{}, err
-	}
 	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
 	var others []string
 	for _, s := range o.AcceptedServices {
 		if !slices.Contains(matKinds, s) {
 			others = append(others, s)
 		}
+	}
+	if acceptsMAT && flow.Version(ctx, versionIntakeFirst, 1) >= 1 {
+		return w.handOff(ctx, res, others)
+	}
+	// Reminders still pending for the meeting make no sense any more.
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
+		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
+	}); err != nil {
+		return Result{}, err
 	}
 	switch {
 	case acceptsMAT:
@@ -739,6 +742,59 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		}
 		res.ChildResult = out
 	}
+	w.step = StepDone
+	return res, nil
+}
+
+// versionIntakeFirst guards starting the MAT intake before tidying up
+// after a yes: before, the intake waited behind cancelling the meeting's
+// reminders, stopping the boundary workflow and the other referrals, each
+// of which may retry through a service's outage for up to a day.
+const versionIntakeFirst = "intake-first"
+
+// handOff starts the MAT intake at once, then tidies up behind it: the
+// meeting's reminders, an earlier refusal's boundary workflow and its
+// reminders, and referrals to the services accepted beside MAT. Once the
+// intake runs, a failure there is logged rather than returned: failing
+// here would terminate the intake (its parent-close policy) over a
+// reminder.
+func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result, error) {
+	res.Child = ids.MATIntake(w.in.Intervention)
+	intake := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
+		Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
+		Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact,
+	})
+	if err := intake.GetChildWorkflowExecution().Get(ctx, nil); err != nil {
+		return Result{}, err
+	}
+	log := workflow.GetLogger(ctx)
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
+		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
+	}); err != nil {
+		log.Warn("cancelling the meeting's reminders after a yes failed", "error", err)
+	}
+	if err := w.stopBoundary(ctx); err != nil {
+		log.Warn("cancelling the boundary reminders after a yes failed", "error", err)
+	}
+	if len(others) > 0 {
+		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
+			RequestID: flow.RequestID(ctx, "accepted-services"),
+		}); err != nil {
+			log.Warn("referring the services accepted beside MAT failed", "error", err)
+			if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+				"The referrals for the other services accepted at the family meeting could not be made: please make them by hand.",
+				"accepted-services-failed"); err != nil {
+				log.Warn("telling the counselor of the failed referrals failed", "error", err)
+			}
+		}
+	}
+	var out matintake.Result
+	if err := intake.Get(ctx, &out); err != nil {
+		return Result{}, err
+	}
+	res.ChildResult = out.Outcome
 	w.step = StepDone
 	return res, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -69,9 +70,10 @@ type harness struct {
 	start    time.Time
 	holdAt   time.Time
 	released []string
-	// releaseErr, when set, is what ReleaseHold fails with.
-	releaseErr error
-	cancels    []string
+	// releaseErr and cancelErr, when set, are what ReleaseHold and
+	// CancelReminders fail with.
+	releaseErr, cancelErr error
+	cancels               []string
 	// stopped are the workflows asked to cancel (the boundary, on a yes).
 	stopped []string
 	// cancelled are the CancelReminders requests, whole.
@@ -130,7 +132,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
 			h.cancels = append(h.cancels, in.Reason)
 			h.cancelled = append(h.cancelled, in)
-			return 0, nil
+			return 0, h.cancelErr
 		})
 	env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
 		func(_ string, id, _ string) error {
@@ -739,4 +741,37 @@ func TestFailedReleaseStopsNothingElse(t *testing.T) {
 			t.Fatalf("release tried %v, support referrals %+v, boundary input %+v", h.released, support, boundaryIn)
 		}
 	})
+}
+
+// On a yes the intake starts first: cleanup that fails after it (a
+// service refusing to cancel the meeting's reminders, the other
+// referrals) neither holds the intake back nor ends it, and the counselor
+// hears of referrals that could not be made.
+func TestYesStartsIntakeBeforeTidyingUp(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	refused := temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+	h.cancelErr = refused
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"MAT_BUPRENORPHINE", "FAMILY_COUNSELING"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h1" {
+		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the hold", res, err, intake)
+	}
+	told := 0
+	for _, r := range h.sent.byKind("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "other services") && r.To.ID == "counselor-1" {
+			told++
+		}
+	}
+	if told != 1 {
+		t.Fatalf("%d notices of the failed referrals to the counselor; want 1", told)
+	}
 }
