@@ -233,6 +233,29 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 	return wrap("release hold", err)
 }
 
+// ReleaseHeldFor releases the live MAT holds of the intervention for the
+// family, one by one, and returns how many it released: the workflow calls
+// it when a hold try ended without an answer, so that a hold made by that
+// try is not left held until it lapses. Each release's request id is the
+// request's and the hold's, so a retry releases nothing twice.
+func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
+	released := 0
+	// A released hold is no longer listed as held; the bound only keeps a
+	// fault from looping.
+	for range 20 {
+		h, err := a.heldFor(ctx, in.Intervention, in.Family, nil)
+		if err != nil || h == nil {
+			return released, err
+		}
+		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: in.Reason,
+			RequestID: subID(in.RequestID, "release", h.GetName())}); err != nil {
+			return released, err
+		}
+		released++
+	}
+	return released, nil
+}
+
 var recipientKinds = map[string]interventionsv1.RecipientKind{
 	"counselor": interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, "member": interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER,
 	"loved_one": interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE, "supervisor": interventionsv1.RecipientKind_RECIPIENT_KIND_SUPERVISOR,

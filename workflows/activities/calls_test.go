@@ -3,6 +3,7 @@ package activities
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -832,5 +833,47 @@ func TestOnlyTheLovedOnesHoldAndReferralAreAdopted(t *testing.T) {
 	}
 	if h, _ := a.heldFor(context.Background(), iv, "clinics/north/families/f3", nil); h != nil {
 		t.Errorf("a hold of no family of ours adopted: %v", h.GetName())
+	}
+}
+
+// holdsFake holds places and releases them as the referrals service does.
+type holdsFake struct {
+	referralsv1.ReferralsServiceClient
+	holds    []*referralsv1.Hold
+	releases []*referralsv1.ReleaseHoldRequest
+}
+
+func (f *holdsFake) ListHolds(context.Context, *referralsv1.ListHoldsRequest, ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	return &referralsv1.ListHoldsResponse{Holds: f.holds}, nil
+}
+
+func (f *holdsFake) ReleaseHold(_ context.Context, in *referralsv1.ReleaseHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	f.releases = append(f.releases, in)
+	f.holds = slices.DeleteFunc(f.holds, func(h *referralsv1.Hold) bool { return h.GetName() == in.GetName() })
+	return &referralsv1.Hold{Name: in.GetName()}, nil
+}
+
+// Releasing what a try without an answer may have held gives back every
+// live MAT hold of the meeting for the family, each under a request id of
+// its own, and no other family's.
+func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	mat := referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+	f := &holdsFake{holds: []*referralsv1.Hold{
+		{Name: "clinics/north/holds/a", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p1"},
+		{Name: "clinics/north/holds/theirs", Family: "clinics/north/families/f2", Intervention: iv, ServiceKind: mat},
+		{Name: "clinics/north/holds/b", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p2"},
+	}}
+	a := &Activities{Referrals: f}
+	n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
+		RequestID: strings.Repeat("f", 40)})
+	if err != nil || n != 2 {
+		t.Fatalf("released %d, %v; want 2", n, err)
+	}
+	if len(f.holds) != 1 || f.holds[0].GetName() != "clinics/north/holds/theirs" {
+		t.Fatalf("left held: %v; want only the other family's", f.holds)
+	}
+	if id0, id1 := f.releases[0].GetRequestId(), f.releases[1].GetRequestId(); id0 == id1 || len(id0) > 64 || len(id1) > 64 {
+		t.Fatalf("request ids %q and %q; want two distinct ids of at most 64 characters", id0, id1)
 	}
 }

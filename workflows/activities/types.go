@@ -109,6 +109,15 @@ type ReleaseRequest struct {
 	RequestID string
 }
 
+// ReleaseHeldRequest gives back every live MAT hold of the intervention for
+// the family: those a try may have made whose answer never arrived.
+type ReleaseHeldRequest struct {
+	Intervention string
+	Family       string
+	Reason       string
+	RequestID    string
+}
+
 // ImmediateRequest asks for an immediate MAT referral: from the held slot
 // when there is one, otherwise at the best program with a free slot that was
 // not tried yet.

@@ -114,6 +114,7 @@ type wf struct {
 	holdExpiry   time.Time
 	nextHoldTry  time.Time
 	holdNotified bool
+	holdUnsure   bool // a hold try ended without an answer; see releaseHold
 	overdueSent  bool
 	escalated    bool
 	outcome      *Outcome
@@ -598,6 +599,9 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		// hold down, must not end the intervention. Try again later.
 		if activities.ErrorType(err) != "NO_CAPACITY" {
 			workflow.GetLogger(ctx).Warn("hold failed; will try again", "error", err)
+			// The try may have held a place whose answer was lost; the
+			// next try adopts it, and if none comes, releaseHold looks.
+			w.holdUnsure = true
 		}
 		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
 		if bounded && activities.ErrorType(err) != "NO_CAPACITY" {
@@ -614,11 +618,24 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		return flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
 			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
 	}
-	w.hold, w.holdExpiry = res, expiry
+	w.hold, w.holdExpiry, w.holdUnsure = res, expiry, false
 	return nil
 }
 
 func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
+	if w.hold.Hold == "" && w.holdUnsure && flow.Version(ctx, versionReleaseUnknownHold, 1) >= 1 {
+		// A try that got no answer may have held a place all the same:
+		// give back whatever the referrals service holds for the meeting.
+		var n int
+		err := flow.Call(actx, &n, flow.A.ReleaseHeldFor, activities.ReleaseHeldRequest{
+			Intervention: w.in.Intervention, Family: w.plan.Family, Reason: reason,
+			RequestID: flow.RequestID(ctx, fmt.Sprintf("release-held|%d", w.generation)),
+		})
+		if err == nil {
+			w.holdUnsure = false
+		}
+		return err
+	}
 	if w.hold.Hold == "" {
 		return nil
 	}
@@ -630,6 +647,11 @@ func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
 	}
 	return err
 }
+
+// versionReleaseUnknownHold guards releasing, by lookup, a hold that a
+// try with no answer may have made: before, such a hold stayed held until
+// it lapsed, days after a meeting cancelled or declined.
+const versionReleaseUnknownHold = "release-unknown-hold"
 
 // versionPastFailedRelease guards going on when giving the hold back
 // failed: before, the failure ended the workflow there, and the steps

@@ -775,3 +775,31 @@ func TestYesStartsIntakeBeforeTidyingUp(t *testing.T) {
 		t.Fatalf("%d notices of the failed referrals to the counselor; want 1", told)
 	}
 }
+
+// A hold try that got no answer may have held a place all the same: a
+// meeting cancelled before any try succeeded gives back, by lookup,
+// whatever the referrals service holds for it.
+func TestCancelGivesBackAHoldWithoutAnAnswer(t *testing.T) {
+	h := newHarness(t, 2*24*time.Hour, defaults())
+	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
+		return activities.HoldResult{}, temporal.NewNonRetryableApplicationError("no answer", "DeadlineExceeded", errors.New("no answer"))
+	}
+	var lookups []activities.ReleaseHeldRequest
+	h.env.OnActivity(flow.A.ReleaseHeldFor, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ReleaseHeldRequest) (int, error) {
+			lookups = append(lookups, in)
+			return 1, nil
+		})
+	h.update(24*time.Hour, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if h.holdAt.IsZero() || len(lookups) != 1 || lookups[0].Intervention != name || lookups[0].Family != "clinics/north/families/f1" {
+		t.Fatalf("hold tried at %v; releases by lookup %+v; want one for the meeting", h.holdAt, lookups)
+	}
+	if len(h.released) != 0 {
+		t.Fatalf("released by name %v; the workflow knew of no hold", h.released)
+	}
+}
