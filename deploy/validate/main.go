@@ -94,6 +94,11 @@ func validateKustomization(dir string) (int, error) {
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
 			return 0, fmt.Errorf("%s %s: %w", head.Kind, head.Metadata.Name, err)
 		}
+		if j, ok := obj.(*batchv1.Job); ok {
+			if err := checkPodUser(j.Spec.Template.Spec); err != nil {
+				return 0, fmt.Errorf("job %s: %w", j.Name, err)
+			}
+		}
 		if d, ok := obj.(*appsv1.Deployment); ok {
 			deployments[d.Name] = true
 			if err := checkDeployment(d); err != nil {
@@ -112,8 +117,8 @@ func validateKustomization(dir string) (int, error) {
 // checkDeployment holds what every Handoff deployment must have.
 func checkDeployment(d *appsv1.Deployment) error {
 	spec := d.Spec.Template.Spec
-	if spec.SecurityContext == nil || spec.SecurityContext.RunAsNonRoot == nil || !*spec.SecurityContext.RunAsNonRoot {
-		return fmt.Errorf("must run as non-root")
+	if err := checkPodUser(spec); err != nil {
+		return err
 	}
 	for _, c := range spec.Containers {
 		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
@@ -129,6 +134,19 @@ func checkDeployment(d *appsv1.Deployment) error {
 				return fmt.Errorf("container %s: a gRPC probe cannot present a client certificate; probe /readyz and /healthz on the metrics port", c.Name)
 			}
 		}
+	}
+	return nil
+}
+
+// checkPodUser requires a pod to run as a non-root user given by number:
+// the kubelet refuses runAsNonRoot for an image whose user is a name.
+func checkPodUser(spec corev1.PodSpec) error {
+	sc := spec.SecurityContext
+	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		return fmt.Errorf("must run as non-root")
+	}
+	if sc.RunAsUser == nil || *sc.RunAsUser == 0 {
+		return fmt.Errorf("must name a non-root runAsUser by number, which runAsNonRoot can check")
 	}
 	return nil
 }
