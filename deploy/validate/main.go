@@ -42,9 +42,14 @@ func main() {
 		root = os.Args[1]
 	}
 	failed := false
+	examples, err := secretExamples(filepath.Join(root, "k8s", "secrets.example.yaml"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "secrets.example.yaml: %v\n", err)
+		failed = true
+	}
 	overlays, _ := filepath.Glob(filepath.Join(root, "k8s", "overlays", "*"))
 	for _, dir := range append([]string{filepath.Join(root, "k8s", "base")}, overlays...) {
-		n, err := validateKustomization(dir)
+		n, err := validateKustomization(dir, examples)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", dir, err)
 			failed = true
@@ -63,7 +68,63 @@ func main() {
 	}
 }
 
-func validateKustomization(dir string) (int, error) {
+// secretExamples reads the example secrets, each decoded strictly, and
+// returns their keys by secret name.
+func secretExamples(path string) (map[string]map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]map[string]bool{}
+	for _, doc := range bytes.Split(b, []byte("\n---\n")) {
+		var sec corev1.Secret
+		if err := yaml.UnmarshalStrict(doc, &sec); err != nil {
+			return nil, err
+		}
+		if sec.Kind != "Secret" || sec.Name == "" {
+			return nil, fmt.Errorf("%q is not a named Secret", sec.Name)
+		}
+		keys := map[string]bool{}
+		for k := range sec.StringData {
+			keys[k] = true
+		}
+		out[sec.Name] = keys
+	}
+	return out, nil
+}
+
+// checkSecretRefs requires every secret a pod names to be in the example
+// secrets, so that the example is the whole list an operator must create.
+func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) error {
+	var names []string
+	for _, v := range spec.Volumes {
+		if v.Secret != nil {
+			names = append(names, v.Secret.SecretName)
+		}
+	}
+	for _, c := range append(spec.InitContainers, spec.Containers...) {
+		for _, e := range c.EnvFrom {
+			if e.SecretRef != nil {
+				names = append(names, e.SecretRef.Name)
+			}
+		}
+		for _, e := range c.Env {
+			if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {
+				if !examples[r.SecretKeyRef.Name][r.SecretKeyRef.Key] {
+					return fmt.Errorf("secret %s key %s is not in secrets.example.yaml", r.SecretKeyRef.Name, r.SecretKeyRef.Key)
+				}
+			}
+		}
+	}
+	for _, n := range names {
+		if _, ok := examples[n]; !ok {
+			return fmt.Errorf("secret %s is not in secrets.example.yaml", n)
+		}
+	}
+	return nil
+}
+
+func validateKustomization(dir string, examples map[string]map[string]bool) (int, error) {
 	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
 	res, err := k.Run(filesys.MakeFsOnDisk(), dir)
 	if err != nil {
@@ -94,14 +155,24 @@ func validateKustomization(dir string) (int, error) {
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
 			return 0, fmt.Errorf("%s %s: %w", head.Kind, head.Metadata.Name, err)
 		}
+		if _, ok := obj.(*corev1.Secret); ok {
+			// Applied with every rollout, it would overwrite the real one.
+			return 0, fmt.Errorf("secret %s: secrets stay out of the kustomization (see secrets.example.yaml)", head.Metadata.Name)
+		}
 		if j, ok := obj.(*batchv1.Job); ok {
 			if err := checkPodUser(j.Spec.Template.Spec); err != nil {
+				return 0, fmt.Errorf("job %s: %w", j.Name, err)
+			}
+			if err := checkSecretRefs(j.Spec.Template.Spec, examples); err != nil {
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
 			}
 		}
 		if d, ok := obj.(*appsv1.Deployment); ok {
 			deployments[d.Name] = true
 			if err := checkDeployment(d); err != nil {
+				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
+			}
+			if err := checkSecretRefs(d.Spec.Template.Spec, examples); err != nil {
 				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
 			}
 		}
