@@ -205,7 +205,8 @@ func loadOrCreateSecretBox(path string) (*webhooks.SecretBox, error) {
 func ensureDatabase(ctx context.Context, dsn string) error {
 	u, err := url.Parse(dsn)
 	if err != nil {
-		return fmt.Errorf("database URL: %w", err)
+		// Not err itself: url.Error quotes the whole URL, password and all.
+		return errors.New("the database URL does not parse as a URL; percent-encode special characters in its password")
 	}
 	db := strings.TrimPrefix(u.Path, "/")
 	admin := *u

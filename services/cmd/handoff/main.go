@@ -17,6 +17,10 @@ import (
 type command struct {
 	summary string
 	run     func(ctx context.Context, log *slog.Logger, args []string) error
+	// oneShot commands do a job and exit: stopped before the end, the job
+	// is not done, and the exit status must say so (a migration Job
+	// stopped halfway must not count as complete).
+	oneShot bool
 }
 
 var commands = map[string]command{}
@@ -29,13 +33,27 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := commands[os.Args[1]].run(ctx, log, os.Args[2:]); err != nil && !errors.Is(err, context.Canceled) {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(2)
-		}
-		log.Error("exit", "command", os.Args[1], "error", err.Error())
-		os.Exit(1)
+	cmd := commands[os.Args[1]]
+	os.Exit(exitCode(log, os.Args[1], cmd.oneShot, cmd.run(ctx, log, os.Args[2:])))
+}
+
+// exitCode is the process's exit status after a command returned err. A
+// long-running process stopped by a signal exits 0, as asked; a one-shot
+// command stopped before it finished exits 1.
+func exitCode(log *slog.Logger, name string, oneShot bool, err error) int {
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 2
+	case errors.Is(err, context.Canceled) && !oneShot:
+		return 0
+	case errors.Is(err, context.Canceled):
+		log.Error("exit: stopped before it finished", "command", name, "error", err.Error())
+		return 1
 	}
+	log.Error("exit", "command", name, "error", err.Error())
+	return 1
 }
 
 func usage() {

@@ -308,7 +308,7 @@ func init() {
 	for _, d := range serviceDefs {
 		commands[d.name] = command{summary: "run the " + d.name + " gRPC service and its outbox relay", run: d.run}
 	}
-	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate}
+	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate, oneShot: true}
 }
 
 // observe sets up traces and metrics for a process and, when asked, serves

@@ -1,0 +1,42 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+// A one-shot command stopped by a signal before it finished fails, so
+// that a migration Job stopped halfway never counts as complete; a
+// long-running process stopped by a signal exits 0.
+func TestExitCode(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	stopped := fmt.Errorf("migrate: %w", context.Canceled)
+	for _, c := range []struct {
+		oneShot bool
+		err     error
+		want    int
+	}{
+		{false, nil, 0}, {true, nil, 0},
+		{false, stopped, 0}, {true, stopped, 1},
+		{false, errors.New("boom"), 1}, {true, errors.New("boom"), 1},
+		{false, flag.ErrHelp, 2},
+	} {
+		if got := exitCode(log, "x", c.oneShot, c.err); got != c.want {
+			t.Errorf("exitCode(oneShot %v, %v) = %d; want %d", c.oneShot, c.err, got, c.want)
+		}
+	}
+}
+
+// A database URL that does not parse is refused without echoing it: it
+// holds the password.
+func TestBadDatabaseURLIsNotEchoed(t *testing.T) {
+	err := ensureDatabase(context.Background(), "postgres://u:se/cret@h/db")
+	if err == nil || strings.Contains(err.Error(), "se/cret") {
+		t.Fatalf("ensureDatabase = %v; want an error without the password", err)
+	}
+}
