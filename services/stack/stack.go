@@ -311,6 +311,10 @@ type WorkerConfig struct {
 	// StopTimeout is how long Stop lets running activities finish before
 	// it cancels them; zero cancels them at once.
 	StopTimeout time.Duration
+	// OnFatalError, when set, hears of an error that made the worker stop
+	// itself (the namespace gone, a server that no longer takes this
+	// client): the process must not go on looking healthy.
+	OnFatalError func(error)
 }
 
 // NewWorker builds the Temporal worker with activities that call the
@@ -336,6 +340,7 @@ func NewWorker(c client.Client, cfg WorkerConfig) (worker.Worker, func(), error)
 	}
 	opts := hworker.Options()
 	opts.WorkerStopTimeout = cfg.StopTimeout
+	opts.OnFatalError = cfg.OnFatalError
 	w := worker.New(c, flow.TaskQueue, opts)
 	hworker.Register(w, &activities.Activities{
 		Families:      familiesv1.NewFamiliesServiceClient(conns[0]),

@@ -40,3 +40,23 @@ func TestBadDatabaseURLIsNotEchoed(t *testing.T) {
 		t.Fatalf("ensureDatabase = %v; want an error without the password", err)
 	}
 }
+
+type stopCounter struct{ n int }
+
+func (s *stopCounter) Stop() { s.n++ }
+
+// A worker that stopped itself on a fatal error ends the process with an
+// error; a stop asked by a signal stops the worker and ends cleanly.
+func TestWaitWorker(t *testing.T) {
+	fatal := make(chan error, 1)
+	fatal <- errors.New("namespace not found")
+	w := &stopCounter{}
+	if err := waitWorker(context.Background(), w, fatal); err == nil || !strings.Contains(err.Error(), "namespace not found") {
+		t.Fatalf("after a fatal error: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := waitWorker(ctx, w, make(chan error)); err != nil || w.n != 1 {
+		t.Fatalf("after a signal: %v, %d stops; want nil and one stop", err, w.n)
+	}
+}

@@ -63,8 +63,15 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	fatal := make(chan error, 1)
 	w, closeConns, err := stack.NewWorker(tc, stack.WorkerConfig{Token: fileToken(*tokenFile), TLS: creds,
-		FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref, Settings: settings, StopTimeout: *stopTimeout})
+		FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref, Settings: settings, StopTimeout: *stopTimeout,
+		OnFatalError: func(err error) {
+			select {
+			case fatal <- err:
+			default:
+			}
+		}})
 	if err != nil {
 		return err
 	}
@@ -74,9 +81,21 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	o.setReady(func(context.Context) error { return nil })
 	log.Info("worker running", "temporal", c.temporalAddr, "namespace", c.temporalNamespace)
-	<-ctx.Done()
-	w.Stop() // finishes running activities, then stops
-	return nil
+	return waitWorker(ctx, w, fatal)
+}
+
+// waitWorker runs until ctx ends, then stops w (finishing running
+// activities), or until w stopped itself on a fatal error: the process
+// then exits with it, to be restarted, instead of staying up and ready
+// with no one polling.
+func waitWorker(ctx context.Context, w interface{ Stop() }, fatal <-chan error) error {
+	select {
+	case <-ctx.Done():
+		w.Stop()
+		return nil
+	case err := <-fatal:
+		return fmt.Errorf("worker stopped: %w", err)
+	}
 }
 
 // fileToken reads a token file, again whenever it changes.
