@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../deploy/validate"
 go run . ..
 if docker compose version >/dev/null 2>&1; then
-  docker compose -f ../compose/compose.yaml config --quiet && echo "docker compose config: valid"
+  # The keys have no default in the file; any well-formed value will do here.
+  HANDOFF_PAYLOAD_KEYS="${HANDOFF_PAYLOAD_KEYS:-k1:$(head -c 32 /dev/urandom | base64)}" \
+  HANDOFF_WEBHOOK_SECRET_KEY="${HANDOFF_WEBHOOK_SECRET_KEY:-$(head -c 32 /dev/urandom | base64)}" \
+    docker compose -f ../compose/compose.yaml config --quiet && echo "docker compose config: valid"
 else
   echo "docker compose: not installed here; checked the Compose file's shape only"
 fi

@@ -244,5 +244,12 @@ func validateCompose(path string) error {
 	if !strings.Contains(string(b), "HANDOFF_PAYLOAD_KEYS") {
 		return fmt.Errorf("payload keys must be configured")
 	}
+	// A default key in the file would be known to everyone with the
+	// repository: the keys must be required from the environment.
+	for _, key := range []string{"HANDOFF_PAYLOAD_KEYS", "HANDOFF_WEBHOOK_SECRET_KEY"} {
+		if !strings.Contains(string(b), "${"+key+":?") {
+			return fmt.Errorf("%s must be required from the environment (${%s:?...}), never defaulted", key, key)
+		}
+	}
 	return nil
 }
