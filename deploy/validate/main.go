@@ -136,6 +136,10 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	}
 	docs := bytes.Split(out, []byte("\n---\n"))
 	deployments := map[string]bool{}
+	// The fewest replicas each deployment may run (its own count, or its
+	// autoscaler's minimum), and the pods each disruption budget keeps.
+	fewest := map[string]int32{}
+	keep := map[string]int32{}
 	for _, doc := range docs {
 		var head struct {
 			APIVersion string `json:"apiVersion"`
@@ -167,8 +171,17 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
 			}
 		}
+		if p, ok := obj.(*policyv1.PodDisruptionBudget); ok && p.Spec.MinAvailable != nil {
+			keep[p.Name] = p.Spec.MinAvailable.IntVal
+		}
+		if h, ok := obj.(*autoscalingv2.HorizontalPodAutoscaler); ok && h.Spec.MinReplicas != nil {
+			fewest[h.Spec.ScaleTargetRef.Name] = *h.Spec.MinReplicas
+		}
 		if d, ok := obj.(*appsv1.Deployment); ok {
 			deployments[d.Name] = true
+			if _, set := fewest[d.Name]; !set && d.Spec.Replicas != nil {
+				fewest[d.Name] = *d.Spec.Replicas
+			}
 			if err := checkDeployment(d); err != nil {
 				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
 			}
@@ -180,6 +193,11 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	for _, want := range []string{"families", "interventions", "referrals", "webhooks", "worker", "gateway"} {
 		if !deployments[want] {
 			return 0, fmt.Errorf("no deployment %q", want)
+		}
+	}
+	for name, n := range keep {
+		if f, ok := fewest[name]; ok && n >= f {
+			return 0, fmt.Errorf("pod disruption budget %s keeps %d available of as few as %d replicas: no node could ever be drained", name, n, f)
 		}
 	}
 	return len(docs), nil
