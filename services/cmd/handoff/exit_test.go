@@ -60,3 +60,26 @@ func TestWaitWorker(t *testing.T) {
 		t.Fatalf("after a signal: %v, %d stops; want nil and one stop", err, w.n)
 	}
 }
+
+// gRPC without TLS is refused off loopback unless the network is said to
+// be trusted.
+func TestPlaintextOnlyOnLoopback(t *testing.T) {
+	var c common
+	for addr, ok := range map[string]bool{"127.0.0.1:7101": true, "localhost:7101": true, "[::1]:7101": true,
+		"0.0.0.0:7101": false, ":7101": false, "families:7101": false, "10.0.0.5:7101": false} {
+		if err := c.plaintext("calling", addr, nil); (err == nil) != ok {
+			t.Errorf("plaintext to %s: %v; allowed %v", addr, err, ok)
+		}
+	}
+	c.insecurePlaintext = true
+	if err := c.plaintext("listening on", "0.0.0.0:7101", nil); err != nil {
+		t.Errorf("with --insecure-plaintext: %v", err)
+	}
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	t.Setenv("HANDOFF_INSECURE_PLAINTEXT", "1")
+	var e common
+	e.register(fs, false)
+	if err := e.plaintext("calling", "families:7101", nil); err != nil {
+		t.Errorf("HANDOFF_INSECURE_PLAINTEXT=1: %v", err)
+	}
+}

@@ -48,6 +48,14 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, addr := range []string{*fam, *iv, *ref, *wh} {
+		if addr == "" {
+			continue
+		}
+		if err := c.plaintext("calling", addr, creds); err != nil {
+			return err
+		}
+	}
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
 		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins), PublicURL: *publicURL})
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -63,6 +64,8 @@ type common struct {
 	temporalAPIKey                         string
 	temporalTLS                            tlsconf.Files
 	tls                                    tlsconf.Files
+	insecurePlaintext                      bool
+	envErr                                 error // a variable that did not parse
 }
 
 func (c *common) register(fs *flag.FlagSet, withDB bool) {
@@ -86,6 +89,37 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
+	fs.BoolVar(&c.insecurePlaintext, "insecure-plaintext", false,
+		"allow gRPC between Handoff's processes without TLS off loopback, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
+	c.envErr = fromEnv(fs, "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT")
+}
+
+// plaintext refuses gRPC without TLS (creds nil) on or to addr unless addr
+// is this machine's loopback or --insecure-plaintext says the network is
+// trusted: every call carries a bearer token, the worker's acting for
+// every clinic, and without TLS it crosses the network in clear.
+func (c *common) plaintext(what, addr string, creds credentials.TransportCredentials) error {
+	if c.envErr != nil {
+		return c.envErr
+	}
+	if creds != nil || c.insecurePlaintext || isLoopback(addr) {
+		return nil
+	}
+	return fmt.Errorf("%s %s without TLS would carry bearer tokens in clear: set --tls-cert, --tls-key and --tls-ca (HANDOFF_TLS_CERT, _KEY, _CA), "+
+		"or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", what, addr)
+}
+
+// isLoopback reports whether addr (host:port) reaches this machine only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (c *common) verifier() (*auth.Verifier, error) {
@@ -404,6 +438,9 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err != nil {
 		return err
 	}
+	if err := f.plaintext("listening on", f.listen, creds); err != nil {
+		return err
+	}
 	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy, TLS: creds})
 	if err != nil {
 		return err
@@ -455,6 +492,9 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 func (f serviceFlags) dial(addr string, token grpcclient.TokenSource) (*grpc.ClientConn, error) {
 	creds, err := tlsconf.Client(f.tls)
 	if err != nil {
+		return nil, err
+	}
+	if err := f.plaintext("calling", addr, creds); err != nil {
 		return nil, err
 	}
 	return grpcclient.Dial(addr, grpcclient.Config{TLS: creds, Token: token})

@@ -63,6 +63,11 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, addr := range []string{*fam, *iv, *ref} {
+		if err := c.plaintext("calling", addr, creds); err != nil {
+			return err
+		}
+	}
 	fatal := make(chan error, 1)
 	w, closeConns, err := stack.NewWorker(tc, stack.WorkerConfig{Token: fileToken(*tokenFile), TLS: creds,
 		FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref, Settings: settings, StopTimeout: *stopTimeout,
