@@ -237,6 +237,9 @@ func checkPodUser(spec corev1.PodSpec) error {
 	if sc.RunAsUser == nil || *sc.RunAsUser == 0 {
 		return fmt.Errorf("must name a non-root runAsUser by number, which runAsNonRoot can check")
 	}
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		return fmt.Errorf("must not mount a service account token: no process calls the Kubernetes API")
+	}
 	return nil
 }
 
