@@ -140,6 +140,7 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	// autoscaler's minimum), and the pods each disruption budget keeps.
 	fewest := map[string]int32{}
 	keep := map[string]int32{}
+	defaultDeny := false
 	for _, doc := range docs {
 		var head struct {
 			APIVersion string `json:"apiVersion"`
@@ -171,6 +172,11 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
 			}
 		}
+		if np, ok := obj.(*networkingv1.NetworkPolicy); ok && len(np.Spec.PodSelector.MatchLabels) == 0 &&
+			len(np.Spec.PodSelector.MatchExpressions) == 0 && len(np.Spec.Ingress) == 0 && len(np.Spec.Egress) == 0 &&
+			len(np.Spec.PolicyTypes) == 2 {
+			defaultDeny = true
+		}
 		if p, ok := obj.(*policyv1.PodDisruptionBudget); ok && p.Spec.MinAvailable != nil {
 			keep[p.Name] = p.Spec.MinAvailable.IntVal
 		}
@@ -194,6 +200,9 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 		if !deployments[want] {
 			return 0, fmt.Errorf("no deployment %q", want)
 		}
+	}
+	if !defaultDeny {
+		return 0, fmt.Errorf("no default-deny network policy for ingress and egress")
 	}
 	for name, n := range keep {
 		if f, ok := fewest[name]; ok && n >= f {
