@@ -189,7 +189,11 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}); err != nil {
 		return Result{}, err
 	}
-	res, err := w.run(flow.WithActivityOptions(ctx))
+	actx := flow.WithActivityOptions(ctx)
+	res, err := w.run(actx)
+	if temporal.IsCanceledError(err) && w.overdose.Len() > 0 && flow.Version(actx, versionAlertFirst, 1) >= 1 {
+		w.answerWaiting(actx)
+	}
 	if err != nil && w.familyGone(flow.WithActivityOptions(ctx), err) {
 		w.step = "done"
 		return Result{Summary: SummaryFamilyDeleted, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
@@ -560,6 +564,9 @@ func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	}
 	w.st.Overdoses++
 	n := w.st.Overdoses
+	if flow.Version(ctx, versionAlertFirst, 1) >= 1 {
+		return w.answerOverdose(ctx, o, n)
+	}
 	if err := w.harmReduction(ctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
 		return err
 	}
@@ -579,6 +586,65 @@ func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	}
 	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
 	return nil
+}
+
+// versionAlertFirst guards answering an overdose with the counselor's
+// alert first and on a context of its own. Before, the alert waited behind
+// the harm-reduction referral (a failed referral failed the workflow with
+// no alert sent), and a cancellation (a yes at a later meeting stops this
+// workflow) cut an answer short or left a waiting overdose unanswered.
+const versionAlertFirst = "overdose-alert-first"
+
+// answerOverdose is onOverdose from versionAlertFirst on. It runs on a
+// disconnected context, so that a cancellation arriving meanwhile does not
+// cut it short: the family read again (failing that, the counselor last
+// read is alerted), the counselor alerted, check-ins brought closer, and
+// harm reduction referred; a referral that cannot be made is put to the
+// counselor instead of failing the workflow.
+func (w *wf) answerOverdose(ctx workflow.Context, o Overdose, n int) error {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	log := workflow.GetLogger(ctx)
+	if err := w.refresh(dctx); err != nil {
+		if t := activities.ErrorType(err); t == "RESOURCE_NOT_FOUND" || t == "NotFound" {
+			return err // the family was deleted: see familyGone
+		}
+		log.Warn("family not read again before an overdose alert; alerting the counselor last read", "error", err)
+	}
+	// The alert names the warning sign it answers, so that a later run of
+	// this workflow for the family can tell it was answered
+	// (OverdosesSince).
+	about := w.in.Family
+	if o.WarningSign != "" {
+		about = o.WarningSign
+	}
+	if err := flow.Remind(dctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
+		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
+		return err
+	}
+	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
+	if err := w.harmReduction(dctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
+		log.Warn("urgent referral after an overdose failed; telling the counselor", "error", err)
+		return flow.Remind(dctx, w.in.Clinic, w.counselor(), "REFERRAL_ESCALATION", about,
+			"An urgent referral for the family could not be made: please make it by hand.", w.id(fmt.Sprintf("overdose-referral-failed|%d", n)))
+	}
+	return nil
+}
+
+// answerWaiting answers, as the workflow is cancelled, the overdoses
+// signalled to it and not yet taken: nobody else will (the dispatcher
+// sent them here because this workflow ran). Failures are logged; the
+// cancellation stands.
+func (w *wf) answerWaiting(ctx workflow.Context) {
+	for {
+		var o Overdose
+		if !w.overdose.ReceiveAsync(&o) {
+			return
+		}
+		if err := w.onOverdose(ctx, o); err != nil {
+			workflow.GetLogger(ctx).Warn("overdose signalled before the cancellation not answered", "error", err)
+		}
+	}
 }
 
 // tighten brings check-ins closer after an overdose: one within first, then

@@ -43,6 +43,8 @@ type harness struct {
 	// gone, once set, makes every read of the family find nothing, as
 	// after an administrator deleted it.
 	gone bool
+	// failSupport, if set, may refuse a support referral.
+	failSupport func(activities.SupportRequest) error
 }
 
 func newHarness(t *testing.T, status string) *harness {
@@ -89,6 +91,11 @@ func newHarness(t *testing.T, status string) *harness {
 		})
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			if h.failSupport != nil {
+				if err := h.failSupport(in); err != nil {
+					return nil, err
+				}
+			}
 			h.support = append(h.support, in)
 			return nil, nil
 		})
@@ -714,5 +721,58 @@ func TestFamilyDeletedMidwayEndsQuietly(t *testing.T) {
 		if r.Due.After(h.t0.Add(3 * day)) {
 			t.Fatalf("a reminder sent after the family was deleted: %+v", r)
 		}
+	}
+}
+
+// An overdose signalled just before the workflow is cancelled (a yes at a
+// later meeting stops it) is still answered: the dispatcher sent it here
+// because this workflow ran, and nobody else will.
+func TestOverdoseWaitingAtCancellationIsAnswered(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+		h.env.CancelWorkflow()
+	}, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Related != family+"/warningSigns/w1" {
+		t.Fatalf("overdose alerts %+v; want one about w1", alert)
+	}
+	if h.immediateReferrals() != 1 {
+		t.Fatalf("immediate referrals %+v; want the overdose's", h.support)
+	}
+}
+
+// The alert goes first: a harm-reduction referral that cannot be made
+// does not hold it back nor end the workflow; the counselor is asked to
+// make it by hand.
+func TestOverdoseAlertGoesFirstAndAFailedReferralIsPutToTheCounselor(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.failSupport = func(in activities.SupportRequest) error {
+		if in.Urgency == "IMMEDIATE" {
+			return temporal.NewNonRetryableApplicationError("program deleted", "PROGRAM_DELETED", nil)
+		}
+		return nil
+	}
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Due.Sub(h.t0) != 3*day {
+		t.Fatalf("overdose alerts %+v; want one on day 3", alert)
+	}
+	var byHand []activities.ReminderRequest
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "could not be made") {
+			byHand = append(byHand, r)
+		}
+	}
+	if len(byHand) != 1 || byHand[0].To.ID != "counselor-1" {
+		t.Fatalf("notices of the failed referral %+v; want one to counselor-1", byHand)
 	}
 }
