@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 )
 
@@ -138,6 +139,9 @@ func (o settingsJSON) apply(s *Settings) error {
 			*l.out = append(*l.out, v)
 		}
 	}
+	// Check-ins in time order, whatever the file's: the boundary workflow
+	// takes the first as the next and the last as the latest.
+	slices.Sort(s.CheckIns)
 	for _, n := range []struct {
 		in  *int
 		out *int

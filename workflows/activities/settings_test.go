@@ -42,6 +42,13 @@ func TestLoadSettingsFile(t *testing.T) {
 			t.Errorf("%s: want an error", bad)
 		}
 	}
+	// Check-ins come in time order, whatever the file's.
+	if err := os.WriteFile(path, []byte(`{"default": {"checkIns": ["30d", "1d", "7d"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := LoadSettingsFile(path); err != nil || len(s("x").CheckIns) != 3 || s("x").CheckIns[0] != 24*time.Hour || s("x").CheckIns[2] != 30*24*time.Hour {
+		t.Fatalf("check-ins given out of order: %v, %v", s("x").CheckIns, err)
+	}
 	// A one-off wait of zero is allowed: no cool-down at all.
 	if err := os.WriteFile(path, []byte(`{"default": {"coolDown": "0s", "overdoseGrace": "0s"}}`), 0o600); err != nil {
 		t.Fatal(err)
