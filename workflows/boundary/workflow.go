@@ -68,6 +68,10 @@ type State struct {
 	// Refusals counts reinforcements the service refused for a screen
 	// that found risk, to tell the counselor of each.
 	Refusals int
+	// CheckInsSeen are the check-ins already taken ("<intervention>#<n>"):
+	// one delivered again after a restart, which begins a new cycle, must
+	// not act on the new one.
+	CheckInsSeen []string
 }
 
 // versionRefusalsCounted guards numbering the counselor's notices of
@@ -665,11 +669,21 @@ func tighten(checkIns []time.Time, now time.Time, first, gap time.Duration) []ti
 }
 
 func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
+	key := fmt.Sprintf("%s#%d", ci.Intervention, ci.Number)
+	if slices.Contains(w.st.CheckInsSeen, key) && flow.Version(ctx, versionCheckInOnce, 1) >= 1 {
+		return nil // delivered again
+	}
+	w.st.CheckInsSeen = append(w.st.CheckInsSeen, key)
 	if ci.WindowOfOpportunity && !w.st.Escalated && w.st.Reinforced {
 		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
 	}
 	return nil
 }
+
+// versionCheckInOnce guards taking each check-in once: before, one
+// delivered again after a restart (the outbox delivers at least once)
+// could propose the next meeting of the new cycle.
+const versionCheckInOnce = "check-in-once"
 
 // escalate proposes the next intervention one ARISE level up. A formal
 // intervention (level 3) states consequences, so it is proposed only when

@@ -776,3 +776,29 @@ func TestOverdoseAlertGoesFirstAndAFailedReferralIsPutToTheCounselor(t *testing.
 		t.Fatalf("notices of the failed referral %+v; want one to counselor-1", byHand)
 	}
 }
+
+// A check-in delivered again after a restart (the outbox delivers at least
+// once) is not taken twice: it escalated the first cycle, and must not
+// propose the next meeting of the new one.
+func TestCheckInDeliveredAgainAfterARestartIsTakenOnce(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	window := boundary.CheckIn{Intervention: iv, Number: 1, WindowOfOpportunity: true}
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(boundary.SignalCheckIn, window) }, 2*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i2", Level: 2, Outcome: "DECLINED"})
+	}, 5*day)
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(boundary.SignalCheckIn, window) }, 6*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		at = append(at, r.Due.Sub(h.t0))
+	}
+	// Day 2 for the check-in; day 19, the cool-down after the restart on
+	// day 5, for the new cycle, not day 6 for the same check-in again.
+	if len(at) != 2 || at[0] != 2*day || at[1] != 19*day {
+		t.Fatalf("escalations at %v; want days 2 and 19", at)
+	}
+}
