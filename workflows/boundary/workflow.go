@@ -577,19 +577,25 @@ func (w *wf) onOverdose(ctx workflow.Context, o Overdose) error {
 	if err := w.refresh(ctx); err != nil {
 		return err
 	}
-	// The alert names the warning sign it answers, so that a later run of
-	// this workflow for the family can tell it was answered
-	// (OverdosesSince).
+	_, err := w.alert(ctx, o, n)
+	return err
+}
+
+// alert tells the counselor of overdose n and brings check-ins closer. It
+// returns what the alert is about: the warning sign it answers, so that a
+// later run of this workflow for the family can tell it was answered
+// (OverdosesSince), or else the family.
+func (w *wf) alert(ctx workflow.Context, o Overdose, n int) (string, error) {
 	about := w.in.Family
 	if o.WarningSign != "" {
 		about = o.WarningSign
 	}
 	if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
 		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
-		return err
+		return about, err
 	}
 	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
-	return nil
+	return about, nil
 }
 
 // versionAlertFirst guards answering an overdose with the counselor's
@@ -615,18 +621,10 @@ func (w *wf) answerOverdose(ctx workflow.Context, o Overdose, n int) error {
 		}
 		log.Warn("family not read again before an overdose alert; alerting the counselor last read", "error", err)
 	}
-	// The alert names the warning sign it answers, so that a later run of
-	// this workflow for the family can tell it was answered
-	// (OverdosesSince).
-	about := w.in.Family
-	if o.WarningSign != "" {
-		about = o.WarningSign
-	}
-	if err := flow.Remind(dctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
-		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
+	about, err := w.alert(dctx, o, n)
+	if err != nil {
 		return err
 	}
-	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
 	if err := w.harmReduction(dctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
 		log.Warn("urgent referral after an overdose failed; telling the counselor", "error", err)
 		return flow.Remind(dctx, w.in.Clinic, w.counselor(), "REFERRAL_ESCALATION", about,

@@ -52,23 +52,9 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		if err := run.Get(ctx, &got); err != nil || len(got) != 2 || got[0] != 1 || got[1] != 2 {
 			t.Fatalf("begin %v: versions %v, %v; want [1 2]", c2.begin, got, err)
 		}
-		h := &historypb.History{}
-		var markers []string
+		h, markers := versionMarkers(ctx, t, c, run)
 		upserts := 0
-		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			h.Events = append(h.Events, e)
-			if a := e.GetMarkerRecordedEventAttributes(); a != nil && a.GetMarkerName() == "Version" {
-				var id string
-				if err := converter.GetDefaultDataConverter().FromPayloads(a.GetDetails()["change-id"], &id); err != nil {
-					t.Fatal(err)
-				}
-				markers = append(markers, id)
-			}
+		for _, e := range h.Events {
 			if e.GetUpsertWorkflowSearchAttributesEventAttributes() != nil {
 				upserts++
 			}
@@ -85,6 +71,30 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 			t.Fatalf("begin %v: replay: %v", c2.begin, err)
 		}
 	}
+}
+
+// versionMarkers reads run's history and the change ids of its version
+// markers, in order.
+func versionMarkers(ctx context.Context, t *testing.T, c client.Client, run client.WorkflowRun) (*historypb.History, []string) {
+	t.Helper()
+	h := &historypb.History{}
+	var markers []string
+	it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	for it.HasNext() {
+		e, err := it.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.Events = append(h.Events, e)
+		if a := e.GetMarkerRecordedEventAttributes(); a != nil && a.GetMarkerName() == "Version" {
+			var id string
+			if err := converter.GetDefaultDataConverter().FromPayloads(a.GetDetails()["change-id"], &id); err != nil {
+				t.Fatal(err)
+			}
+			markers = append(markers, id)
+		}
+	}
+	return h, markers
 }
 
 // firstEpochFlow is what code that knew only the first epoch ran: its
@@ -129,23 +139,7 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		if err := run.Get(ctx, &got); err != nil || len(got) != 2 || got[0] != 1 || got[1] != 1 {
 			t.Fatalf("%s: versions %v, %v; want [1 1]", tc.name, got, err)
 		}
-		h := &historypb.History{}
-		var markers []string
-		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			h.Events = append(h.Events, e)
-			if a := e.GetMarkerRecordedEventAttributes(); a != nil && a.GetMarkerName() == "Version" {
-				var id string
-				if err := converter.GetDefaultDataConverter().FromPayloads(a.GetDetails()["change-id"], &id); err != nil {
-					t.Fatal(err)
-				}
-				markers = append(markers, id)
-			}
-		}
+		h, markers := versionMarkers(ctx, t, c, run)
 		if fmt.Sprint(markers) != tc.markers {
 			t.Fatalf("%s: version markers %v; want %s", tc.name, markers, tc.markers)
 		}

@@ -609,7 +609,22 @@ func TestMeetingReminderIsNotResentOnceTheMeetingBegins(t *testing.T) {
 // Partially accepted without MAT: the accepted service is referred at once,
 // the hold goes back, and the boundary path runs.
 func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {
+	h, support, boundaryIn := partialRefusal(t, nil)
+	if len(support) != 1 || support[0].Kinds[0] != "HARM_REDUCTION_NALOXONE" || support[0].Member != "" || support[0].Urgency != "URGENT" {
+		t.Fatalf("referrals = %+v", support)
+	}
+	if len(h.released) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" || boundaryIn.Family != "clinics/north/families/f1" {
+		t.Fatalf("released %v, boundary input %+v", h.released, boundaryIn)
+	}
+}
+
+// partialRefusal runs a meeting whose outcome accepts harm reduction only,
+// ReleaseHold failing with releaseErr, and returns the support referrals
+// made and the boundary workflow's input.
+func partialRefusal(t *testing.T, releaseErr error) (*harness, []activities.SupportRequest, boundary.Input) {
+	t.Helper()
 	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.releaseErr = releaseErr
 	var support []activities.SupportRequest
 	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
@@ -628,12 +643,7 @@ func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if len(support) != 1 || support[0].Kinds[0] != "HARM_REDUCTION_NALOXONE" || support[0].Member != "" || support[0].Urgency != "URGENT" {
-		t.Fatalf("referrals = %+v", support)
-	}
-	if len(h.released) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" || boundaryIn.Family != "clinics/north/families/f1" {
-		t.Fatalf("released %v, boundary input %+v", h.released, boundaryIn)
-	}
+	return h, support, boundaryIn
 }
 
 // Partially accepted with MAT among the services goes to MAT intake, and the
@@ -717,26 +727,7 @@ func TestFailedReleaseStopsNothingElse(t *testing.T) {
 		}
 	})
 	t.Run("refusal", func(t *testing.T) {
-		h := newHarness(t, 4*24*time.Hour, defaults())
-		h.releaseErr = refused
-		var support []activities.SupportRequest
-		h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
-			func(_ context.Context, in activities.SupportRequest) ([]string, error) {
-				support = append(support, in)
-				return nil, nil
-			})
-		var boundaryIn boundary.Input
-		h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
-			func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
-				boundaryIn = in
-				return boundary.Result{Summary: "ok"}, nil
-			})
-		h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
-			AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
-		h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
-		if err := h.env.GetWorkflowError(); err != nil {
-			t.Fatal(err)
-		}
+		h, support, boundaryIn := partialRefusal(t, refused)
 		if len(h.released) != 1 || len(support) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" {
 			t.Fatalf("release tried %v, support referrals %+v, boundary input %+v", h.released, support, boundaryIn)
 		}
