@@ -17,34 +17,34 @@ const resealEvery = time.Hour
 const resealBatch = 100
 
 // Reseal seals again, under the box's current key, every subscription's
-// signing secret that is sealed under another key, under the unnamed v1
-// format, or not sealed at all; and it drops rotated secrets whose grace
-// has ended, which nothing reads again. Once it has run, the previous
-// keys can be retired. A secret that opens with none of the keys is left
-// as it is and counted in skipped (its deliveries fail until it is
-// rotated). Several senders may run it at once: each update checks that
-// the row still holds what was read.
+// signing secret that only a previous key opens, or that is not sealed at
+// all; and it drops rotated secrets whose grace has ended, which nothing
+// reads again. A secret that opens with none of the keys is left as it is
+// and counted in skipped (its deliveries fail until it is rotated).
+// Several senders may run it at once: each update checks that the row
+// still holds what was read.
+//
+// Retiring a key takes three rollouts, so that no process ever meets a
+// secret it cannot open: add the new key as a previous one (every process
+// then opens both); make it the current key and the old one previous (the
+// senders reseal); once a pass skips none and request ids older than the
+// change are forgotten (outbox.DefaultKeepRequestIDs: a retried create
+// answers with the secret sealed as it was), drop the old key.
 func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) {
 	box := s.cfg.Secrets
 	if box == nil {
 		return 0, 0, nil
 	}
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
-	prefix := box.sealedPrefix()
 	type row struct {
 		clinic, id, secret, previous string
 		expired                      bool
 	}
 	var afterClinic, afterID string
 	for {
-		// left() rather than LIKE: a key id may hold '_'.
 		rows, err := s.cfg.DB.Query(ctx, `SELECT clinic, id, secret, coalesce(previous_secret, ''),
 				coalesce(previous_secret_expire_time <= now(), false)
-			FROM subscriptions
-			WHERE (clinic, id) > ($1, $2)
-			  AND (left(secret, length($3)) <> $3
-			       OR (coalesce(previous_secret, '') <> '' AND (left(previous_secret, length($3)) <> $3 OR previous_secret_expire_time <= now())))
-			ORDER BY clinic, id LIMIT $4`, afterClinic, afterID, prefix, resealBatch)
+			FROM subscriptions WHERE (clinic, id) > ($1, $2) ORDER BY clinic, id LIMIT $3`, afterClinic, afterID, resealBatch)
 		if err != nil {
 			return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
 		}
@@ -63,19 +63,28 @@ func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) 
 		}
 		for _, r := range batch {
 			name := subscriptionName(r.clinic, r.id)
-			secret, err := box.reseal(name, r.secret)
+			secret, changed, err := box.reseal(name, r.secret)
 			if err != nil {
 				skipped++
 				s.cfg.Log.Error("webhook secret not resealed: it opens with none of the configured keys", "subscription", name)
 				continue
 			}
-			previous := ""
-			if !r.expired {
-				if previous, err = box.reseal(name, r.previous); err != nil {
+			previous := r.previous
+			if r.previous != "" {
+				p, c, err := box.reseal(name, r.previous)
+				switch {
+				case r.expired:
+					previous, changed = "", true
+				case err != nil:
 					// Only the grace of a rotation is lost: drop it.
 					s.cfg.Log.Warn("webhook previous secret dropped: it opens with none of the configured keys", "subscription", name)
-					previous = ""
+					previous, changed = "", true
+				default:
+					previous, changed = p, changed || c
 				}
+			}
+			if !changed {
+				continue
 			}
 			tag, err := s.cfg.DB.Exec(ctx, `UPDATE subscriptions
 				SET secret = $3, previous_secret = nullif($4, ''),
@@ -92,19 +101,6 @@ func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) 
 		}
 		afterClinic, afterID = batch[len(batch)-1].clinic, batch[len(batch)-1].id
 	}
-}
-
-// reseal opens stored and seals it again under the current key; what is
-// already sealed under it, or empty, stays as it is.
-func (b *SecretBox) reseal(name, stored string) (string, error) {
-	if b.sealedCurrent(stored) {
-		return stored, nil
-	}
-	plain, err := b.open(name, stored)
-	if err != nil {
-		return "", err
-	}
-	return b.seal(name, plain)
 }
 
 // resealDue reports whether Reseal is due, and marks it done if so.

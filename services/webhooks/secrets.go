@@ -17,23 +17,27 @@ import (
 // (development).
 //
 // The box seals with its current key and opens with that key or any
-// previous one it was given: to retire a key, run with a new key and the
-// old one as previous, let the sender seal every secret again under the
-// new key (Sender.Reseal), then drop the old one.
+// previous one it was given, trying each: the sealed form names no key, so
+// code from before keys rotated reads what this code writes, and the
+// other way round. How to retire a key: see Sender.Reseal.
 type SecretBox struct {
-	current string                 // id of the key that seals
-	aeads   map[string]cipher.AEAD // every key, by id
-	ids     []string               // current first, then previous in order
+	aeads []cipher.AEAD // the current key's first
 }
 
 // NewSecretBox returns a box that seals with key and opens with key or any
 // of previous. Keys are 32 bytes.
 func NewSecretBox(key []byte, previous ...[]byte) (*SecretBox, error) {
-	b := &SecretBox{aeads: map[string]cipher.AEAD{}}
+	b := &SecretBox{}
+	seen := map[[32]byte]bool{}
 	for i, k := range append([][]byte{key}, previous...) {
 		if len(k) != 32 {
 			return nil, fmt.Errorf("webhooks: secret key %d must be 32 bytes, not %d", i+1, len(k))
 		}
+		sum := sha256.Sum256(k)
+		if seen[sum] {
+			return nil, fmt.Errorf("webhooks: secret key %d is given twice", i+1)
+		}
+		seen[sum] = true
 		block, err := aes.NewCipher(k)
 		if err != nil {
 			return nil, fmt.Errorf("webhooks: secret key %d: %w", i+1, err)
@@ -42,32 +46,13 @@ func NewSecretBox(key []byte, previous ...[]byte) (*SecretBox, error) {
 		if err != nil {
 			return nil, fmt.Errorf("webhooks: secret key %d: %w", i+1, err)
 		}
-		id := keyID(k)
-		if _, dup := b.aeads[id]; dup {
-			return nil, fmt.Errorf("webhooks: secret key %d is given twice", i+1)
-		}
-		b.aeads[id] = aead
-		b.ids = append(b.ids, id)
+		b.aeads = append(b.aeads, aead)
 	}
-	b.current = b.ids[0]
 	return b, nil
 }
 
-// keyID names a key in what it sealed, so that opening needs no trials: a
-// digest, which tells nothing of the key.
-func keyID(key []byte) string {
-	sum := sha256.Sum256(append([]byte("handoff webhook secret key\x00"), key...))
-	return base64.RawURLEncoding.EncodeToString(sum[:6])
-}
-
-// Sealed secrets start with a version: v2 names the key
-// ("sealed.v2.<key id>.<nonce and ciphertext>"); v1, from before keys were
-// named, does not, and is opened by trying each key. Plain ones start with
-// "whsec_".
-const (
-	sealedV1 = "sealed.v1."
-	sealedV2 = "sealed.v2."
-)
+// sealedPrefix marks an encrypted secret; plain ones start with "whsec_".
+const sealedPrefix = "sealed.v1."
 
 // seal encrypts secret for the subscription named name, under the current
 // key.
@@ -75,60 +60,66 @@ func (b *SecretBox) seal(name, secret string) (string, error) {
 	if b == nil {
 		return secret, nil
 	}
-	aead := b.aeads[b.current]
+	aead := b.aeads[0]
 	nonce := make([]byte, aead.NonceSize())
 	if _, err := rand.Read(nonce); err != nil {
 		return "", fmt.Errorf("webhooks: seal secret: %w", err)
 	}
 	out := aead.Seal(nonce, nonce, []byte(secret), []byte(name))
-	return b.sealedPrefix() + base64.RawURLEncoding.EncodeToString(out), nil
+	return sealedPrefix + base64.RawURLEncoding.EncodeToString(out), nil
 }
 
-// sealedPrefix begins every secret sealed under the current key.
-func (b *SecretBox) sealedPrefix() string {
-	return sealedV2 + b.current + "."
-}
-
-// open decrypts what seal stored for the subscription named name. A
-// secret stored without a box is returned as it is.
+// open decrypts what seal stored for the subscription named name, with any
+// of the box's keys. A secret stored without a box is returned as it is.
 func (b *SecretBox) open(name, stored string) (string, error) {
-	ids, enc := []string(nil), ""
-	if rest, ok := strings.CutPrefix(stored, sealedV2); ok {
-		id, e, ok := strings.Cut(rest, ".")
-		if !ok {
-			return "", errors.New("webhooks: malformed encrypted secret")
-		}
-		ids, enc = []string{id}, e
-	} else if e, ok := strings.CutPrefix(stored, sealedV1); ok {
-		enc = e
-		if b != nil {
-			ids = b.ids
-		}
-	} else {
-		return stored, nil
+	plain, _, err := b.openWith(name, stored, len(b.keys()))
+	return plain, err
+}
+
+func (b *SecretBox) keys() []cipher.AEAD {
+	if b == nil {
+		return nil
+	}
+	return b.aeads
+}
+
+// openWith is open with the first n keys; current reports whether the
+// current key opened it (or it is not sealed).
+func (b *SecretBox) openWith(name, stored string, n int) (plain string, current bool, err error) {
+	enc, sealed := strings.CutPrefix(stored, sealedPrefix)
+	if !sealed {
+		return stored, true, nil
 	}
 	if b == nil {
-		return "", errors.New("webhooks: secret is encrypted and no key is configured")
+		return "", false, errors.New("webhooks: secret is encrypted and no key is configured")
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(enc)
-	if err != nil || len(raw) < b.aeads[b.current].NonceSize() {
-		return "", errors.New("webhooks: malformed encrypted secret")
+	if err != nil || len(raw) < b.aeads[0].NonceSize() {
+		return "", false, errors.New("webhooks: malformed encrypted secret")
 	}
-	for _, id := range ids {
-		aead, ok := b.aeads[id]
-		if !ok {
-			return "", errors.New("webhooks: secret is sealed under a key that is not configured")
-		}
-		n := aead.NonceSize()
-		if plain, err := aead.Open(nil, raw[:n], raw[n:], []byte(name)); err == nil {
-			return string(plain), nil
+	for i, aead := range b.aeads[:n] {
+		k := aead.NonceSize()
+		if p, err := aead.Open(nil, raw[:k], raw[k:], []byte(name)); err == nil {
+			return string(p), i == 0, nil
 		}
 	}
-	return "", errors.New("webhooks: secret does not decrypt with the configured keys")
+	return "", false, errors.New("webhooks: secret does not decrypt with the configured keys")
 }
 
-// sealedCurrent reports whether stored is sealed under the current key,
-// or is nothing to seal (empty); a box without keys has nothing to do.
-func (b *SecretBox) sealedCurrent(stored string) bool {
-	return b == nil || stored == "" || strings.HasPrefix(stored, b.sealedPrefix())
+// reseal opens stored and seals it again under the current key, and says
+// whether that changed it: a secret the current key opens, or an empty
+// one, stays as it is; a plain one is sealed.
+func (b *SecretBox) reseal(name, stored string) (string, bool, error) {
+	if b == nil || stored == "" {
+		return stored, false, nil
+	}
+	if _, current, err := b.openWith(name, stored, 1); err == nil && current && strings.HasPrefix(stored, sealedPrefix) {
+		return stored, false, nil
+	}
+	plain, err := b.open(name, stored)
+	if err != nil {
+		return "", false, err
+	}
+	out, err := b.seal(name, plain)
+	return out, err == nil, err
 }

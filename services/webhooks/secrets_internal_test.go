@@ -1,28 +1,8 @@
 package webhooks
 
 import (
-	"crypto/aes"
-	"crypto/cipher"
-	"encoding/base64"
-	"strings"
 	"testing"
 )
-
-// sealV1 seals as the box did before keys were named.
-func sealV1(t *testing.T, key []byte, name, secret string) string {
-	t.Helper()
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nonce := make([]byte, aead.NonceSize())
-	nonce[0] = 9
-	return sealedV1 + base64.RawURLEncoding.EncodeToString(aead.Seal(nonce, nonce, []byte(secret), []byte(name)))
-}
 
 func TestSecretBoxKeys(t *testing.T) {
 	oldKey, newKey := make([]byte, 32), make([]byte, 32)
@@ -44,19 +24,22 @@ func TestSecretBoxKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	legacy := sealV1(t, oldKey, name, "whsec_b")
+	sealedNew, err := both.seal(name, "whsec_b")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		box    *SecretBox
 		stored string
 		want   string // "" for an error
 	}{
-		{both, sealedOld, "whsec_a"},
-		{both, legacy, "whsec_b"}, // v1 names no key: each is tried
-		{fresh, sealedOld, ""},    // the old key is gone
-		{fresh, legacy, ""},
-		{old, legacy, "whsec_b"},
+		{both, sealedOld, "whsec_a"}, // a previous key opens
+		{both, sealedNew, "whsec_b"},
+		{fresh, sealedNew, "whsec_b"}, // sealed under the current key
+		{fresh, sealedOld, ""},        // the old key is gone
+		{old, sealedNew, ""},
 		{both, "whsec_plain", "whsec_plain"},
-		{both, "sealed.v2.nokey", ""},
+		{both, sealedPrefix + "!!", ""},
 	} {
 		got, err := c.box.open(name, c.stored)
 		if got != c.want || (err == nil) != (c.want != "") {
@@ -67,12 +50,24 @@ func TestSecretBoxKeys(t *testing.T) {
 	if _, err := both.open("clinics/north/subscriptions/s2", sealedOld); err == nil {
 		t.Error("a secret opened under another subscription's name")
 	}
-	resealed, err := both.reseal(name, legacy)
-	if err != nil || !strings.HasPrefix(resealed, both.sealedPrefix()) || both.sealedCurrent(legacy) || !both.sealedCurrent(resealed) {
-		t.Fatalf("reseal of a v1 secret: %q, %v", resealed, err)
+	// Resealing: what only the old key opens, and what is plain, change;
+	// what the current key opens does not.
+	for _, c := range []struct {
+		stored  string
+		changed bool
+	}{{sealedOld, true}, {"whsec_plain", true}, {sealedNew, false}, {"", false}} {
+		out, changed, err := both.reseal(name, c.stored)
+		if err != nil || changed != c.changed {
+			t.Fatalf("reseal(%.24s...) changed %v, %v; want %v", c.stored, changed, err, c.changed)
+		}
+		if c.stored != "" {
+			if got, err := fresh.open(name, out); err != nil || got == "" {
+				t.Fatalf("the new key alone does not open the resealed %.24s...: %v", c.stored, err)
+			}
+		}
 	}
-	if got, err := fresh.open(name, resealed); err != nil || got != "whsec_b" {
-		t.Fatalf("the new key alone opens the resealed secret: %q, %v", got, err)
+	if _, _, err := fresh.reseal(name, sealedOld); err == nil {
+		t.Error("resealed what no configured key opens")
 	}
 	if _, err := NewSecretBox(newKey, oldKey, newKey); err == nil {
 		t.Error("a key given twice was accepted")
