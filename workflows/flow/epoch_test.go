@@ -25,7 +25,21 @@ func epochFlow(ctx workflow.Context, begin bool) ([]workflow.Version, error) {
 	if begin {
 		ctx = flow.BeginEpoch(ctx)
 	}
-	return []workflow.Version{flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "a-later-change", 2)}, nil
+	return afterVersions(ctx, flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "a-later-change", 2))
+}
+
+// afterVersions makes a command for each version taken (a short timer), so
+// that a replay taking another version than the run did fails, and
+// returns the versions.
+func afterVersions(ctx workflow.Context, vs ...workflow.Version) ([]workflow.Version, error) {
+	for _, v := range vs {
+		if v >= 1 {
+			if err := workflow.Sleep(ctx, time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return vs, nil
 }
 
 // A run begun at the epoch records one marker for the epoch and one for a
@@ -101,13 +115,13 @@ func versionMarkers(ctx context.Context, t *testing.T, c client.Client, run clie
 // marker, then a change the second epoch covers, asked on its own.
 func firstEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	workflow.GetVersion(ctx, "epoch-2026-12-03", workflow.DefaultVersion, 1)
-	return []workflow.Version{1, workflow.GetVersion(ctx, "stop-boundary-on-yes", workflow.DefaultVersion, 1)}, nil
+	return afterVersions(ctx, 1, workflow.GetVersion(ctx, "stop-boundary-on-yes", workflow.DefaultVersion, 1))
 }
 
 // secondEpochFlow is the same workflow under today's code.
 func secondEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
-	return []workflow.Version{flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "stop-boundary-on-yes", 1)}, nil
+	return afterVersions(ctx, flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "stop-boundary-on-yes", 1))
 }
 
 // A run begun at the first epoch replays under code that knows a second:

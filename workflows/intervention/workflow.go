@@ -664,7 +664,9 @@ const versionPastFailedRelease = "go-on-past-failed-release"
 // release failed with err, and logs it if so. It asks the version only on
 // that failure, so runs whose releases succeed record nothing.
 func (w *wf) pastFailedRelease(ctx workflow.Context, err error) bool {
-	if flow.Version(ctx, versionPastFailedRelease, 1) < 1 {
+	// A cancellation through Temporal is not a failed release: it ends the
+	// workflow, as it did before.
+	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedRelease, 1) < 1 {
 		return false
 	}
 	workflow.GetLogger(ctx).Warn("releasing the hold failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)

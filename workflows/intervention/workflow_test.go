@@ -744,14 +744,18 @@ func TestYesStartsIntakeBeforeTidyingUp(t *testing.T) {
 	h.cancelErr = refused
 	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
 	var intake matintake.Input
+	cancelsBefore := -1 // reminder cancellations made when the intake began
 	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
 		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
+			intake, cancelsBefore = in, len(h.cancelled)
 			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
 		})
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
 		AcceptedServices: []string{"MAT_BUPRENORPHINE", "FAMILY_COUNSELING"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if cancelsBefore != 0 || len(h.cancelled) == 0 {
+		t.Fatalf("%d reminder cancellations before the intake began, %d in all; want none before, some after", cancelsBefore, len(h.cancelled))
+	}
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h1" {
 		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the hold", res, err, intake)
