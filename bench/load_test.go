@@ -90,9 +90,14 @@ func TestOpenLoopLeavesOutItsWarmup(t *testing.T) {
 	const rate, d = 200.0, 500 * time.Millisecond
 	warm := int(openLoopWarmup(d) / (time.Second / rate))
 	// The warm-up's requests are slow, as the first of a run were after
-	// another path's run; none of them may count.
+	// another path's run; none of them may count. Slow by when they run,
+	// not by their count: requests started together may count in another
+	// order than they were due, and a timed one counted among the first
+	// would be slow.
+	start, warmFor := time.Now(), openLoopWarmup(d)
 	r, err := openLoop(context.Background(), rate, d, func(context.Context) error {
-		if calls.Add(1) <= int64(warm) {
+		calls.Add(1)
+		if time.Since(start) < warmFor-5*time.Millisecond {
 			time.Sleep(300 * time.Millisecond)
 		}
 		return nil
