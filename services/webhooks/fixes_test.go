@@ -74,10 +74,16 @@ func TestConsentKindFollowsPayload(t *testing.T) {
 	if n := byResource(got, "clinics/north/referrals/r1"); n != nil {
 		t.Fatalf("referral under APPOINTMENT_CHANGED with an appointments-only consent: %v", n)
 	}
+	// The referral's delivery is decided beside the others, not before
+	// them: wait for it to leave PENDING.
 	var state int16
 	var reason string
-	if err := f.pool.QueryRow(ctx, `SELECT state, last_error FROM deliveries WHERE outbox_id = $1`, ref.ID).Scan(&state, &reason); err != nil ||
-		state != int16(webhooksv1.DeliveryState_DELIVERY_STATE_WITHDRAWN) || !strings.Contains(reason, "consent") {
+	var err error
+	eventually(t, 5*time.Second, "the referral's delivery decided", func() bool {
+		err = f.pool.QueryRow(ctx, `SELECT state, last_error FROM deliveries WHERE outbox_id = $1`, ref.ID).Scan(&state, &reason)
+		return err != nil || state != int16(webhooksv1.DeliveryState_DELIVERY_STATE_PENDING)
+	})
+	if err != nil || state != int16(webhooksv1.DeliveryState_DELIVERY_STATE_WITHDRAWN) || !strings.Contains(reason, "consent") {
 		t.Fatalf("the referral's delivery: state %d, %q, %v; want WITHDRAWN for want of consent", state, reason, err)
 	}
 	if n := byResource(got, "clinics/north/interventions/i1"); n == nil || n["data"] == nil || n["notice"] != webhooks.Notice {
