@@ -798,3 +798,16 @@ func TestCancelGivesBackAHoldWithoutAnAnswer(t *testing.T) {
 		t.Fatalf("released by name %v; the workflow knew of no hold", h.released)
 	}
 }
+
+// A release that ends in a cancellation (the workflow cancelled through
+// Temporal while it ran) is not a failed release to go past: the
+// workflow ends cancelled, as before.
+func TestCancellationDuringAReleaseEndsTheWorkflow(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.releaseErr = temporal.NewCanceledError()
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) || len(h.released) != 1 {
+		t.Fatalf("workflow error %v after %d releases; want cancelled after one", err, len(h.released))
+	}
+}
