@@ -256,13 +256,7 @@ func TestRefusedReinforcementWaitsForASafeScreen(t *testing.T) {
 // referred at once, the counselor alerted, and check-ins brought closer.
 func TestOverdoseTightensCheckIns(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
-	}, 3*day)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
+	h.runWithOverdoseOnDay3(t)
 	alert := h.kinds("OVERDOSE_ALERT")
 	if len(alert) != 1 || alert[0].Due.Sub(h.t0) != 3*day {
 		t.Fatalf("overdose alert = %+v", alert)
@@ -301,13 +295,7 @@ func TestAlertsFollowTheFamilysCounselor(t *testing.T) {
 		h.safety.Counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
 		h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "EMAIL"}}
 	}, 2*day)
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
-	}, 3*day)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
+	h.runWithOverdoseOnDay3(t)
 	for _, kind := range []string{"OVERDOSE_ALERT", "CHECK_IN", "ESCALATION_PROPOSED"} {
 		for _, r := range h.kinds(kind) {
 			if r.To.Kind != "counselor" {
@@ -756,13 +744,7 @@ func TestOverdoseAlertGoesFirstAndAFailedReferralIsPutToTheCounselor(t *testing.
 		}
 		return nil
 	}
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
-	}, 3*day)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
+	h.runWithOverdoseOnDay3(t)
 	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Due.Sub(h.t0) != 3*day {
 		t.Fatalf("overdose alerts %+v; want one on day 3", alert)
 	}
@@ -800,5 +782,18 @@ func TestCheckInDeliveredAgainAfterARestartIsTakenOnce(t *testing.T) {
 	// day 5, for the new cycle, not day 6 for the same check-in again.
 	if len(at) != 2 || at[0] != 2*day || at[1] != 19*day {
 		t.Fatalf("escalations at %v; want days 2 and 19", at)
+	}
+}
+
+// runWithOverdoseOnDay3 runs a level-1 refusal's workflow with warning
+// sign w1, an overdose, signalled on day 3, and requires it to succeed.
+func (h *harness) runWithOverdoseOnDay3(t *testing.T) {
+	t.Helper()
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
 	}
 }
