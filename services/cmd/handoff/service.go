@@ -429,11 +429,8 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
-	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
-	if err != nil {
-		return err
-	}
-	defer pool.Pool.Close()
+	// The transport is checked first: a refusal must not wait on, or
+	// follow, a migration.
 	creds, err := tlsconf.Server(f.tls)
 	if err != nil {
 		return err
@@ -441,6 +438,11 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err := f.plaintext("listening on", f.listen, creds); err != nil {
 		return err
 	}
+	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
+	if err != nil {
+		return err
+	}
+	defer pool.Pool.Close()
 	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy, TLS: creds})
 	if err != nil {
 		return err
