@@ -179,6 +179,16 @@ func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) refer
 // program not in exclude, or nil. A hold naming the intervention for
 // another family (a counselor's slip) is not the loved one's to convert.
 func (a *Activities) heldFor(ctx context.Context, intervention, family string, exclude []string) (*referralsv1.Hold, error) {
+	holds, err := a.liveHolds(ctx, intervention, family, exclude)
+	if err != nil || len(holds) == 0 {
+		return nil, err
+	}
+	return holds[0], nil
+}
+
+// liveHolds lists the live MAT holds of the intervention for family at
+// programs not in exclude.
+func (a *Activities) liveHolds(ctx context.Context, intervention, family string, exclude []string) ([]*referralsv1.Hold, error) {
 	if intervention == "" {
 		return nil, nil
 	}
@@ -187,12 +197,13 @@ func (a *Activities) heldFor(ctx context.Context, intervention, family string, e
 	if err != nil {
 		return nil, wrap("list holds", err)
 	}
+	var out []*referralsv1.Hold
 	for _, h := range resp.GetHolds() {
 		if h.GetFamily() == family && slices.Contains(matKinds, h.GetServiceKind()) && !slices.Contains(exclude, h.GetProgram()) {
-			return h, nil
+			out = append(out, h)
 		}
 	}
-	return nil, nil
+	return out, nil
 }
 
 // referredFor returns an immediate MAT referral of the family's loved one
@@ -234,26 +245,22 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 }
 
 // ReleaseHeldFor releases the live MAT holds of the intervention for the
-// family, one by one, and returns how many it released: the workflow calls
-// it when a hold try ended without an answer, so that a hold made by that
-// try is not left held until it lapses. Each release's request id is the
+// family and returns how many it released: the workflow calls it when a
+// hold try ended without an answer, so that a hold made by that try is
+// not left held until it lapses. Each release's request id is the
 // request's and the hold's, so a retry releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
-	released := 0
-	// A released hold is no longer listed as held; the bound only keeps a
-	// fault from looping.
-	for range 20 {
-		h, err := a.heldFor(ctx, in.Intervention, in.Family, nil)
-		if err != nil || h == nil {
-			return released, err
-		}
+	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, nil)
+	if err != nil {
+		return 0, err
+	}
+	for i, h := range holds {
 		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: in.Reason,
 			RequestID: subID(in.RequestID, "release", h.GetName())}); err != nil {
-			return released, err
+			return i, err
 		}
-		released++
 	}
-	return released, nil
+	return len(holds), nil
 }
 
 var recipientKinds = map[string]interventionsv1.RecipientKind{
