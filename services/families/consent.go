@@ -283,10 +283,8 @@ func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclo
 	if err != nil {
 		return nil, err
 	}
-	if _, out := outsider(ctx); !out {
-		if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyForStaff(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	return &familiesv1.ListDisclosuresResponse{Disclosures: items, NextPageToken: next}, nil
 }
@@ -549,12 +547,8 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	if err != nil {
 		return nil, err
 	}
-	if _, out := outsider(ctx); !out {
-		// Staff learn that a family does not exist; an outside system
-		// learns nothing from an empty list, whose family may exist.
-		if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
-			return nil, err
-		}
+	if err := s.emptyForStaff(ctx, len(items), c); err != nil {
+		return nil, err
 	}
 	for i, co := range items {
 		items[i] = forCaller(ctx, co)
@@ -836,4 +830,14 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
 	}
 	return f
+}
+
+// emptyForStaff is emptyOfAFamily for staff: they learn that a family does
+// not exist, where an outside system learns nothing from an empty list,
+// whose family may exist.
+func (s *Server) emptyForStaff(ctx context.Context, n int, c child) error {
+	if _, out := outsider(ctx); out {
+		return nil
+	}
+	return s.emptyOfAFamily(ctx, n, c)
 }
