@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
@@ -48,17 +50,11 @@ func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) 
 		if err != nil {
 			return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
 		}
-		var batch []row
-		for rows.Next() {
+		batch, err := pgx.CollectRows(rows, func(c pgx.CollectableRow) (row, error) {
 			var r row
-			if err := rows.Scan(&r.clinic, &r.id, &r.secret, &r.previous, &r.expired); err != nil {
-				rows.Close()
-				return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
-			}
-			batch = append(batch, r)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+			return r, c.Scan(&r.clinic, &r.id, &r.secret, &r.previous, &r.expired)
+		})
+		if err != nil {
 			return resealed, skipped, fmt.Errorf("webhooks: reseal: read: %w", err)
 		}
 		for _, r := range batch {
