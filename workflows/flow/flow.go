@@ -281,10 +281,19 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 	}
 	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
 	workflow.Go(ctx, func(ctx workflow.Context) {
+		// A goroutine blocked in Receive takes a signal out of the channel
+		// when it is delivered, before the goroutine runs: a workflow
+		// checking the channel for unread signals in between (about to
+		// continue as new) would find none, and the failure, in neither
+		// the channel nor r.Pending, would be lost. Waiting for the
+		// channel to hold one leaves it there until it is in r.Pending.
+		// The wait ignores cancellation, as Receive did.
+		wctx, _ := workflow.NewDisconnectedContext(ctx)
 		for {
 			var f ReminderFailed
-			if !ch.Receive(ctx, &f) {
-				return
+			_ = workflow.Await(wctx, func() bool { return ch.Len() > 0 })
+			if !ch.ReceiveAsync(&f) {
+				continue
 			}
 			if r.Attempts[f.Reminder] >= s.ReminderRetries {
 				continue
