@@ -477,6 +477,10 @@ func (w *wf) wait(ctx workflow.Context) error {
 	var next time.Time
 	if w.st.Reinforced && len(w.st.CheckIns) > 0 {
 		next = w.st.CheckIns[0]
+	} else if len(w.st.CheckIns) > 0 && flow.Version(ctx, versionCheckInsUnscreened, 1) >= 1 {
+		// Waiting for a safety screen: the check-ins still come, each
+		// asking for the screen again.
+		next = w.st.CheckIns[0]
 	}
 	if w.st.Reinforced && !w.st.Escalated && (next.IsZero() || w.st.EscalateAt.Before(next)) {
 		next = w.st.EscalateAt
@@ -536,8 +540,11 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		w.st.CheckIns = w.st.CheckIns[1:]
 		w.st.CheckInsRun++
 		n := w.st.CheckInsRun
-		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention,
-			fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n), w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
+		message := fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n)
+		if !w.st.Reinforced {
+			message += " The safety screen asked for is still missing: boundary steps wait for it."
+		}
+		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention, message, w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
 			return err
 		}
 		for _, m := range w.safety.Members {
@@ -550,7 +557,9 @@ func (w *wf) onTime(ctx workflow.Context) error {
 			}
 		}
 	}
-	if !w.st.Escalated && !now.Before(w.st.EscalateAt) {
+	// A firmer meeting follows boundaries held, never a family still
+	// waiting for its safety screen (whose check-ins also come here).
+	if w.st.Reinforced && !w.st.Escalated && !now.Before(w.st.EscalateAt) {
 		return w.escalate(ctx, "after the cool-down")
 	}
 	return nil
@@ -677,6 +686,12 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	}
 	return nil
 }
+
+// versionCheckInsUnscreened guards keeping the check-ins of a family
+// waiting for its safety screen. Before, they came only once boundaries
+// were reinforced: a counselor who missed the one request for a screen
+// heard nothing more of the family.
+const versionCheckInsUnscreened = "check-ins-before-screen"
 
 // versionCheckInOnce guards taking each check-in once: before, one
 // delivered again after a restart (the outbox delivers at least once)

@@ -208,6 +208,64 @@ func TestSafetyGate(t *testing.T) {
 	}
 }
 
+// A family never screened still gets its check-ins, each asking the
+// counselor again for the screen; nothing that needs a safe screen
+// happens, not even the escalation after the cool-down.
+func TestCheckInsComeWhileTheScreenIsMissing(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 40*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("want the cancellation at day 40, got %v", err)
+	}
+	var days []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			days = append(days, r.Due.Sub(h.t0)/day)
+			if !strings.Contains(r.Message, "safety screen") {
+				t.Errorf("check-in %q does not ask for the screen", r.Message)
+			}
+		}
+	}
+	if !slices.Equal(days, []time.Duration{1, 7, 30}) {
+		t.Fatalf("counselor check-ins on days %v, want 1, 7 and 30", days)
+	}
+	if len(h.reinforced) != 0 || len(h.kinds("BOUNDARY_REMINDER")) != 0 || len(h.proposed) != 0 || len(h.kinds("ESCALATION_PROPOSED")) != 0 {
+		t.Fatalf("reinforced %v, boundary reminders %d, proposed %+v: nothing waits only on time", h.reinforced,
+			len(h.kinds("BOUNDARY_REMINDER")), h.proposed)
+	}
+}
+
+// A screen that comes after some check-ins opens the gate: boundaries are
+// reinforced then, the check-ins left no longer ask for a screen, and the
+// cool-down, over by then, proposes the next meeting.
+func TestLateScreenAfterCheckIns(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 20*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.reinforced) != 2 || h.reinforced[0].Sub(h.t0) != 20*day {
+		t.Fatalf("reinforced at %v, want day 20", h.reinforced)
+	}
+	if len(h.proposed) != 1 || h.kinds("ESCALATION_PROPOSED")[0].Due.Sub(h.t0) != 20*day {
+		t.Fatalf("proposed %+v at %+v, want one on day 20", h.proposed, h.kinds("ESCALATION_PROPOSED"))
+	}
+	var asking []bool
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			asking = append(asking, strings.Contains(r.Message, "safety screen"))
+		}
+	}
+	if !slices.Equal(asking, []bool{true, true, false}) {
+		t.Fatalf("check-ins asking for the screen: %v, want the two before it only", asking)
+	}
+}
+
 // A screen that found risk, recorded between the workflow's read of the
 // family and a reinforcement, makes the service refuse it: the workflow
 // waits for a safe screen (asking for one) instead of failing, and then
