@@ -961,13 +961,21 @@ func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
 	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
 		return &withdrawnAfterFirstRead{FamiliesServiceClient: c, blips: blips}
 	})
-	_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-1",
+	req := &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-1",
 		Reminder: &interventionsv1.Reminder{Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?",
 			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}}})
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}}}
+	_, err := f.client.CreateReminder(f.worker, req)
 	st := wantCode(t, err, codes.FailedPrecondition)
 	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
 		t.Fatalf("refusal %v; want CONTACT_NOT_ALLOWED", st.Details())
+	}
+	// The caller, not having heard, tries again: it is refused again, not
+	// handed the reminder as first stored, and nothing new is made.
+	_, err = f.client.CreateReminder(f.worker, req)
+	st = wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+		t.Fatalf("refusal of the retry %v; want CONTACT_NOT_ALLOWED", st.Details())
 	}
 	list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetReminders()) != 1 || list.GetReminders()[0].GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {

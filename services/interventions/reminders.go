@@ -143,7 +143,13 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		return nil, err
 	}
 	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder); ok || err != nil {
-		return out, err
+		if err != nil || !family {
+			return out, err
+		}
+		// A retry of a call that was refused after the insert, or that
+		// died before asking again, must get the refusal too, not the
+		// reminder as it was first stored.
+		return s.confirmContact(ctx, out, rc)
 	}
 	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
@@ -154,35 +160,44 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if err != nil || !family {
 		return out, err
 	}
-	// Contact withdrawn between the check and the insert: the workflow that
-	// cancels the person's pending reminders may have listed them before
-	// this one was there. Asked again now, after the insert, either the
-	// answer sees the withdrawal or that workflow sees this reminder. A
-	// families service that does not answer is asked a few times more; if
-	// it still does not, the reminder stands, as the withdrawal (a write to
-	// that service, just made) can hardly have gone through meanwhile.
+	return s.confirmContact(ctx, out, rc)
+}
+
+// confirmContact asks again, after the reminder out is stored, whether its
+// recipient may be contacted, and cancels it if not. Contact may have been
+// withdrawn between the first check and the insert, and the workflow that
+// cancels the person's pending reminders may have listed them before this
+// one was there: asked now, either the answer sees the withdrawal or that
+// workflow sees this reminder. A families service that does not answer is
+// asked a few times more; if it still does not, the reminder stands, as the
+// withdrawal (a write to that service, just made) can hardly have gone
+// through meanwhile. The caller leaving does not stop this: a reminder left
+// standing would reach someone who said no.
+func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Reminder, rc *interventionsv1.Recipient) (*interventionsv1.Reminder, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
 	refused := func(err error) bool {
 		return apperr.Reason(err) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(err, codes.InvalidArgument)
 	}
 	cerr := s.checkContact(ctx, rc)
 	for _, wait := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
-		if cerr == nil || refused(cerr) || ctx.Err() != nil {
+		if cerr == nil || refused(cerr) {
 			break
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(wait):
-		}
+		time.Sleep(wait)
 		cerr = s.checkContact(ctx, rc)
 	}
-	if refused(cerr) {
-		if _, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
-			Reason: "contact withdrawn while the reminder was made"}); err != nil {
-			return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
-		}
-		return nil, cerr
+	if !refused(cerr) {
+		return out, nil
 	}
-	return out, nil
+	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
+		Reason: "contact withdrawn while the reminder was made"})
+	// Already ended: cancelled by the first call or by the withdrawal's
+	// workflow, or (sent before the withdrawal) past cancelling.
+	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
+		return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
+	}
+	return nil, cerr
 }
 
 // insertReminder stores the reminder req asks for, once per request id.
