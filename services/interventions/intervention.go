@@ -657,6 +657,12 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 			vs.Add("accepted_services", "name the services the loved one accepted")
 		}
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED:
+		// ACCEPTED hands the loved one to MAT intake: a list without any
+		// medication says they took something else, which is a partial yes
+		// and goes the boundary way with referrals for what they took.
+		if len(req.GetAcceptedServices()) > 0 && !slices.ContainsFunc(req.GetAcceptedServices(), matService) {
+			vs.Add("accepted_services", "ACCEPTED hands over to MAT intake: name a MAT service here or leave it empty, or record PARTIALLY_ACCEPTED for these services alone")
+		}
 	default:
 		if len(req.GetAcceptedServices()) > 0 {
 			vs.Add("accepted_services", "must be empty unless the loved one accepted something")
@@ -738,14 +744,7 @@ func followedUp(o *interventionsv1.Outcome) bool {
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND:
 		return true
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
-		return !slices.ContainsFunc(o.GetAcceptedServices(), func(k interventionsv1.ServiceKind) bool {
-			switch k {
-			case interventionsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, interventionsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
-				interventionsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE:
-				return true
-			}
-			return false
-		})
+		return !slices.ContainsFunc(o.GetAcceptedServices(), matService)
 	}
 	return false
 }
@@ -813,4 +812,14 @@ func appointmentForCaller(ctx context.Context, iv *interventionsv1.Intervention)
 		return iv
 	}
 	return consentgate.Appointment(iv)
+}
+
+// matService says whether k is a medication for opioid use disorder.
+func matService(k interventionsv1.ServiceKind) bool {
+	switch k {
+	case interventionsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, interventionsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		interventionsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE:
+		return true
+	}
+	return false
 }

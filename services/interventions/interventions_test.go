@@ -685,6 +685,11 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.RecordOutcome(ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED})
 			return err
 		}, codes.InvalidArgument},
+		{"accepted without the medication it hands over to (PARTIALLY_ACCEPTED says that)", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.RecordOutcome(ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED,
+				AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_INPATIENT}})
+			return err
+		}, codes.InvalidArgument},
 		{"stale etag", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "x", Etag: "v99"})
 			return err

@@ -1529,7 +1529,8 @@ type Outcome struct {
 	// What the loved one decided.
 	Kind OutcomeKind `protobuf:"varint,1,opt,name=kind,proto3,enum=handoff.interventions.v1.OutcomeKind" json:"kind,omitempty"`
 	// The services the loved one agreed to. Always set for
-	// PARTIALLY_ACCEPTED; may be set for ACCEPTED; empty otherwise.
+	// PARTIALLY_ACCEPTED; may be set for ACCEPTED, then with a MAT service
+	// among them; empty otherwise.
 	AcceptedServices []ServiceKind `protobuf:"varint,2,rep,packed,name=accepted_services,json=acceptedServices,proto3,enum=handoff.interventions.v1.ServiceKind" json:"accepted_services,omitempty"`
 	// What happened, in the counselor's words.
 	Notes string `protobuf:"bytes,3,opt,name=notes,proto3" json:"notes,omitempty"`
@@ -2801,8 +2802,9 @@ type RecordOutcomeRequest struct {
 	// What the loved one decided.
 	Kind OutcomeKind `protobuf:"varint,2,opt,name=kind,proto3,enum=handoff.interventions.v1.OutcomeKind" json:"kind,omitempty"`
 	// The services the loved one agreed to. Required (at least one) for
-	// PARTIALLY_ACCEPTED, optional for ACCEPTED, and must be empty for any
-	// other outcome. Each service at most once.
+	// PARTIALLY_ACCEPTED; optional for ACCEPTED, which hands over to MAT
+	// intake and so, if set, names at least one MAT service; must be empty
+	// for any other outcome. Each service at most once.
 	AcceptedServices []ServiceKind `protobuf:"varint,3,rep,packed,name=accepted_services,json=acceptedServices,proto3,enum=handoff.interventions.v1.ServiceKind" json:"accepted_services,omitempty"`
 	// What happened, in the counselor's words.
 	Notes string `protobuf:"bytes,4,opt,name=notes,proto3" json:"notes,omitempty"`
