@@ -255,17 +255,20 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteProgram", req.GetRequestId(), req,
 		func() *emptypb.Empty { return &emptypb.Empty{} },
 		func(tx pgx.Tx) (*emptypb.Empty, error) {
+			// A hold past its expiry that the sweep has not reached yet
+			// shows as EXPIRED everywhere else: it holds nothing here either.
+			// Expired first, before the program is locked: holds are
+			// locked before their program everywhere (release, convert,
+			// the sweep), and the other order deadlocks against them.
+			if err := s.expireHolds(ctx, tx, r.clinic, r.id, s.cfg.Now()); err != nil {
+				return nil, err
+			}
 			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
 			if err != nil {
 				return nil, err
 			}
 			if cur.GetDeleteTime() != nil {
 				return &emptypb.Empty{}, nil
-			}
-			// A hold past its expiry that the sweep has not reached yet
-			// shows as EXPIRED everywhere else: it holds nothing here either.
-			if err := s.expireHolds(ctx, tx, r.clinic, r.id, s.cfg.Now()); err != nil {
-				return nil, err
 			}
 			var held, named bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3),
