@@ -1,9 +1,11 @@
 package fhir
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -628,5 +630,50 @@ func TestRelatedPersonPagesHoldCountMembers(t *testing.T) {
 	}
 	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=x9.", ""); a.code != http.StatusBadRequest {
 		t.Fatalf("a page token this server never gave: %d %s", a.code, a.raw)
+	}
+}
+
+// A refused token is logged for the operator, with where it came from and
+// why, and never the token itself; the caller hears only that it failed.
+func TestRefusedTokensAreLogged(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := auth.NewIssuer("https://stranger.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	h, err := New(Config{Families: &fakeFamilies{family: sampleFamily()}, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{},
+		Verifier: issuer.Verifier(), Log: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, token, log string
+		code             int
+	}{
+		{"another issuer's token", stranger.MustMint(auth.TokenOptions{Subject: "mallory", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}}),
+			"token refused", http.StatusUnauthorized},
+		{"a token for every clinic", issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}}),
+			"token without one clinic refused", http.StatusForbidden},
+	} {
+		logs.Reset()
+		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal"+Prefix+"/Patient", nil)
+		req.RemoteAddr = "203.0.113.9:4711"
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.code {
+			t.Errorf("%s: status %d, want %d", c.name, rec.Code, c.code)
+		}
+		line := logs.String()
+		if !strings.Contains(line, c.log) || !strings.Contains(line, "203.0.113.9:4711") || !strings.Contains(line, `"level":"WARN"`) {
+			t.Errorf("%s: log %q; want a WARN %q with the remote address", c.name, line, c.log)
+		}
+		if strings.Contains(line, c.token) {
+			t.Errorf("%s: the token is in the log", c.name)
+		}
 	}
 }

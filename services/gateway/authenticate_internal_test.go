@@ -1,0 +1,55 @@
+package gateway
+
+import (
+	"bytes"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/handoff-health/handoff/services/auth"
+)
+
+// A token refused at the REST edge is logged at WARN with where it came
+// from, and without the token; the request goes no further.
+func TestRefusedTokensAreLogged(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger, err := auth.NewIssuer("https://stranger.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	reached := false
+	h := authenticate(issuer.Verifier(), slog.New(slog.NewJSONHandler(&logs, nil)),
+		http.HandlerFunc(func(http.ResponseWriter, *http.Request) { reached = true }))
+	for _, c := range []struct {
+		name, token, log string
+		code             int
+	}{
+		{"another issuer's token", stranger.MustMint(auth.TokenOptions{Subject: "mallory", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}),
+			"token refused", http.StatusUnauthorized},
+		{"a token for every clinic", issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}}),
+			"token for every clinic refused", http.StatusForbidden},
+	} {
+		logs.Reset()
+		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal/v1/clinics/north/families", nil)
+		req.RemoteAddr = "203.0.113.9:4711"
+		req.Header.Set("Authorization", "Bearer "+c.token)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != c.code || reached {
+			t.Errorf("%s: status %d, reached the API %v; want %d, not reached", c.name, rec.Code, reached, c.code)
+		}
+		line := logs.String()
+		if !strings.Contains(line, c.log) || !strings.Contains(line, "203.0.113.9:4711") || !strings.Contains(line, `"level":"WARN"`) {
+			t.Errorf("%s: log %q; want a WARN %q with the remote address", c.name, line, c.log)
+		}
+		if strings.Contains(line, c.token) {
+			t.Errorf("%s: the token is in the log", c.name)
+		}
+	}
+}
