@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -38,6 +39,21 @@ func TestVerifierChecksEveryClaim(t *testing.T) {
 	noClinic.Clinic = ""
 	tok := iss.MustMint(good)
 	parts := strings.Split(tok, ".")
+	claims, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Signed by the trusted key, with headers it must not accept.
+	signed := func(h string) string {
+		tok, err := iss.sign([]byte(h), claims)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	if _, err := v.Verify(ctx, signed(`{"alg":"ES256","kid":"`+iss.kid+`","typ":"at+jwt"}`)); err != nil {
+		t.Errorf("a token typed at+jwt (RFC 9068): %v", err)
+	}
 	// The caller is told what is wrong with its token, not what the
 	// deployment trusts (audience, issuer, key ids).
 	for name, c := range map[string]struct{ token, public string }{
@@ -49,6 +65,9 @@ func TestVerifierChecksEveryClaim(t *testing.T) {
 		"tampered":       {parts[0] + "." + parts[1] + "x." + parts[2], "invalid token"},
 		"garbage":        {"not.a.jwt", "invalid token"},
 		"alg none":       {"eyJhbGciOiJub25lIn0." + parts[1] + ".", "invalid token"},
+		"critical extension": {signed(`{"alg":"ES256","kid":"` + iss.kid + `","typ":"JWT","crit":["exp-policy"],"exp-policy":1}`),
+			"invalid token"},
+		"logout token": {signed(`{"alg":"ES256","kid":"` + iss.kid + `","typ":"logout+jwt"}`), "invalid token"},
 	} {
 		_, err := v.Verify(ctx, c.token)
 		if !errors.Is(err, ErrInvalidToken) {

@@ -112,6 +112,11 @@ func (i *Issuer) Mint(o TokenOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("issuer: claims: %w", err)
 	}
+	return i.sign(h, c)
+}
+
+// sign makes a compact JWS of a header and claims already encoded.
+func (i *Issuer) sign(h, c []byte) (string, error) {
 	signing := base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c)
 	digest := sha256.Sum256([]byte(signing))
 	r, s, err := ecdsa.Sign(rand.Reader, i.key, digest[:])

@@ -55,9 +55,10 @@ func PublicReason(err error) string {
 }
 
 type header struct {
-	Alg string `json:"alg"`
-	Kid string `json:"kid"`
-	Typ string `json:"typ"`
+	Alg  string          `json:"alg"`
+	Kid  string          `json:"kid"`
+	Typ  string          `json:"typ,omitempty"`
+	Crit json.RawMessage `json:"crit,omitempty"`
 }
 
 // Claims are the token claims Handoff reads.
@@ -152,6 +153,18 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 	}
 	if hd.Alg != "ES256" {
 		return nil, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, hd.Alg)
+	}
+	// Extensions the token says must be understood are not understood
+	// here (RFC 7515 4.1.11); and a token typed as something other than
+	// an access token (a logout token, say, signed by the same key) is
+	// not one, whatever its claims look like (RFC 8725 3.11).
+	if hd.Crit != nil {
+		return nil, fmt.Errorf("%w: critical header extensions not understood", ErrInvalidToken)
+	}
+	switch strings.ToLower(hd.Typ) {
+	case "", "jwt", "at+jwt", "application/at+jwt":
+	default:
+		return nil, fmt.Errorf("%w: type %q is not an access token", ErrInvalidToken, hd.Typ)
 	}
 	key, err := v.Keys.Key(ctx, hd.Kid)
 	if err != nil {
