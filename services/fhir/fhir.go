@@ -21,8 +21,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/google/fhir/go/fhirversion"
@@ -110,7 +112,42 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET "+Prefix+"/{type}/{id}", s.authed(s.read))
 	mux.HandleFunc("PUT "+Prefix+"/Task/{id}", s.authed(s.putTask))
 	mux.HandleFunc(Prefix+"/", s.unsupported)
-	return s.limitBody(mux)
+	return s.limitBody(s.jsonOnly(mux))
+}
+
+// jsonOnly answers 406 to a client that takes only a format this server
+// does not write (FHIR XML, Turtle), by _format or by Accept: JSON sent
+// anyway would be a body it cannot read.
+func (s *server) jsonOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := r.URL.Query().Get("_format"); f != "" && !strings.Contains(strings.ToLower(f), "json") {
+			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
+			return
+		}
+		if a := r.Header.Get("Accept"); a != "" && !acceptsJSON(a) {
+			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: accept application/fhir+json")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// acceptsJSON reports whether an Accept header allows some JSON: a range
+// naming json, or a wildcard that covers it, not weighted q=0.
+func acceptsJSON(accept string) bool {
+	for _, rng := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(rng))
+		if err != nil {
+			continue
+		}
+		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
+			continue
+		}
+		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") {
+			return true
+		}
+	}
+	return false
 }
 
 // limitBody refuses bodies over the limit before anything reads them, with

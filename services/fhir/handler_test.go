@@ -677,3 +677,33 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 		}
 	}
 }
+
+// Only JSON is written: a client that takes only XML, by _format or by
+// Accept, is told 406 rather than sent a body it cannot read; one that
+// takes JSON among others gets it.
+func TestOnlyJSONIsWritten(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	for _, c := range []struct {
+		path, accept string
+		code         int
+	}{
+		{"/fhir/R4/Patient?_format=xml", "", http.StatusNotAcceptable},
+		{"/fhir/R4/Patient/" + famID + "?_format=application/fhir%2Bxml", "", http.StatusNotAcceptable},
+		{"/fhir/R4/metadata", "application/fhir+xml", http.StatusNotAcceptable},
+		{"/fhir/R4/Patient", "application/fhir+json;q=0, application/fhir+xml", http.StatusNotAcceptable},
+		{"/fhir/R4/RelatedPerson?_format=json&patient=" + famID, "", http.StatusOK},
+		{"/fhir/R4/Patient/" + famID, "application/fhir+xml;q=0.9, application/fhir+json;q=0.5", http.StatusOK},
+		{"/fhir/R4/metadata", "*/*", http.StatusOK},
+		{"/fhir/R4/RelatedPerson?patient=" + famID, "application/json", http.StatusOK},
+	} {
+		var headers []string
+		if c.accept != "" {
+			headers = []string{"Accept", c.accept}
+		}
+		a := fx.do("GET", c.path, "", headers...)
+		if a.code != c.code {
+			t.Errorf("GET %s, Accept %q: %d %s; want %d", c.path, c.accept, a.code, a.raw, c.code)
+		}
+	}
+}
