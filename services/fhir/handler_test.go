@@ -625,7 +625,7 @@ func TestRelatedPersonPagesHoldCountMembers(t *testing.T) {
 	}
 	// Members removed since the last page: the next one holds what is
 	// left of them, not an error for following a link this server gave.
-	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m9.", ""); a.code != http.StatusOK || a.body["entry"] != nil {
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m9."+famID+".", ""); a.code != http.StatusOK || a.body["entry"] != nil {
 		t.Fatalf("a page token past the members: %d %s", a.code, a.raw)
 	}
 	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=x9.", ""); a.code != http.StatusBadRequest {
@@ -705,5 +705,83 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 		if a.code != c.code {
 			t.Errorf("GET %s, Accept %q: %d %s; want %d", c.path, c.accept, a.code, a.raw, c.code)
 		}
+	}
+}
+
+// listedFamilies serves families in name order, one page at a time; a
+// page token is the name of the last family given.
+type listedFamilies struct {
+	fakeFamilies
+	list []*familiesv1.Family
+}
+
+func (l *listedFamilies) ListFamilies(_ context.Context, in *familiesv1.ListFamiliesRequest, _ ...grpc.CallOption) (*familiesv1.ListFamiliesResponse, error) {
+	var out []*familiesv1.Family
+	for _, f := range l.list {
+		if f.GetName() > in.GetPageToken() && len(out) < int(in.GetPageSize()) {
+			out = append(out, f)
+		}
+	}
+	resp := &familiesv1.ListFamiliesResponse{Families: out}
+	if len(out) > 0 && out[len(out)-1] != l.list[len(l.list)-1] {
+		resp.NextPageToken = out[len(out)-1].GetName()
+	}
+	return resp, nil
+}
+
+// A family whose members spanned a page is deleted before the next page
+// is read: the next page starts the family after it from its first
+// member, not that many members in.
+func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	family := func(id string, members ...string) *familiesv1.Family {
+		f := &familiesv1.Family{Name: "clinics/north/families/" + id}
+		for _, m := range members {
+			f.Members = append(f.Members, &familiesv1.Member{Id: m, GivenName: m})
+		}
+		return f
+	}
+	a, b := family("a0000000-0000-0000-0000-000000000001", "mom", "dad", "aunt"), family("b0000000-0000-0000-0000-000000000002", "sis", "bro")
+	fams := &listedFamilies{list: []*familiesv1.Family{a, b}}
+	h, err := New(Config{Families: fams, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{}, Verifier: issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string) (ids []string, next string) {
+		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal"+path, nil)
+		req.Header.Set("Authorization", "Bearer "+issuer.MustMint(auth.TokenOptions{Subject: "ehr", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var body struct {
+			Entry []struct {
+				Resource struct{ ID string } `json:"resource"`
+			} `json:"entry"`
+			Link []struct{ Relation, URL string } `json:"link"`
+		}
+		if err := json.Unmarshal(rec.Body.Bytes(), &body); err != nil || rec.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", path, rec.Code, rec.Body)
+		}
+		for _, e := range body.Entry {
+			ids = append(ids, e.Resource.ID)
+		}
+		for _, l := range body.Link {
+			if l.Relation == "next" {
+				u, _ := url.Parse(l.URL)
+				next = u.RequestURI()
+			}
+		}
+		return ids, next
+	}
+	first, next := get(Prefix + "/RelatedPerson?_count=2")
+	if len(first) != 2 || next == "" {
+		t.Fatalf("first page %v, next %q; want two of the first family's members and a next link", first, next)
+	}
+	fams.list = []*familiesv1.Family{b}
+	second, _ := get(next)
+	if len(second) != 2 || !strings.HasSuffix(second[0], ".sis") || !strings.HasSuffix(second[1], ".bro") {
+		t.Fatalf("the page after the first family went: %v; want both of the second's members", second)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
 
@@ -292,17 +293,21 @@ func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familie
 // only those whose members go out are read (for the EHR each read is a
 // disclosure in the family's accounting), and a family whose members span
 // pages is read again for the next. The page token says where to go on:
-// "m<n>." and the families service's token that reads the family, n of
-// whose members were given already.
+// "m<n>.<family id>." and the families service's token that reads that
+// family, n of whose members were given already. Should that token read
+// another family by then (one was added or removed before it), n is not
+// that one's count: it starts from its first member.
 func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, error) {
-	skip, token := 0, ""
+	skip, started, token := 0, "", ""
 	if q.token != "" {
-		n, rest, ok := strings.Cut(strings.TrimPrefix(q.token, "m"), ".")
+		body, ok := strings.CutPrefix(q.token, "m")
+		n, rest, ok2 := strings.Cut(body, ".")
+		fam, rest, ok3 := strings.Cut(rest, ".")
 		v, err := strconv.Atoi(n)
-		if !strings.HasPrefix(q.token, "m") || !ok || err != nil || v < 0 {
+		if !ok || !ok2 || !ok3 || err != nil || v < 0 {
 			return page{}, invalid("page_token is not one this server gave")
 		}
-		skip, token = v, rest
+		skip, started, token = v, fam, rest
 	}
 	limit := int(q.size)
 	if limit == 0 {
@@ -328,13 +333,16 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 			}
 			next = resp.GetNextPageToken()
 		}
+		if read == 0 && aip.ID(f.GetName()) != started {
+			skip = 0
+		}
 		// Members removed since the last page: what is left of them.
 		members := f.GetMembers()[min(skip, len(f.GetMembers())):]
 		if room := limit - len(p.entries); len(members) > room {
 			for _, m := range members[:room] {
 				p.entries = append(p.entries, entry(relatedPerson(f, m)))
 			}
-			p.next = fmt.Sprintf("m%d.%s", skip+room, token)
+			p.next = fmt.Sprintf("m%d.%s.%s", skip+room, aip.ID(f.GetName()), token)
 			return p, nil
 		}
 		for _, m := range members {
@@ -346,7 +354,7 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 		// A page's worth of families read (some may have no members) is
 		// enough for one answer.
 		if len(p.entries) == limit || read+1 >= limit {
-			p.next = "m0." + next
+			p.next = "m0.." + next
 			return p, nil
 		}
 		skip, token = 0, next
