@@ -427,6 +427,9 @@ func TestReminderClaims(t *testing.T) {
 		"in-app to a member": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
 			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
 			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
+		"about another clinic's meeting": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(), RelatedResource: "clinics/south/interventions/x",
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
 	} {
 		_, err := create(r)
 		if status.Code(err) != codes.InvalidArgument {

@@ -131,6 +131,11 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if rc.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE && rc.GetId() == "" {
 		vs.Add("reminder.recipient.id", "is required")
 	}
+	if rr := rem.GetRelatedResource(); rr != "" && aip.Clinic(rr) != clinic {
+		// Another clinic's name would tie this clinic's reminder, and the
+		// filters and cancellations that follow it, to a record not its own.
+		vs.Add("reminder.related_resource", "must be a resource of the same clinic")
+	}
 	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		vs.Add("reminder.kind", "is required")
 	}
