@@ -168,7 +168,15 @@ func TestCalendarFeed(t *testing.T) {
 		Reason: "Sam is in hospital"}); err != nil {
 		t.Fatal(err)
 	}
+	// A draft cancelled was never on the calendar: nothing to take off it.
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: draftOnly.GetName(),
+		Reason: "planned twice"}); err != nil {
+		t.Fatal(err)
+	}
 	cal, raw = export(t, f, feed.GetName(), token)
+	if len(cal.Events()) != 2 || strings.Contains(raw, uid(draftOnly)) {
+		t.Fatalf("%d events, want the two that were scheduled, not the draft cancelled:\n%s", len(cal.Events()), raw)
+	}
 	after := eventOf(t, cal, uid(moved))
 	if got, _ := after.GetStartAt(); !got.Equal(newStart) {
 		t.Fatalf("DTSTART after reschedule %v, want %v", got, newStart)
