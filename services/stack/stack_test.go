@@ -34,6 +34,7 @@ import (
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/workflows/cancelledholds"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
@@ -556,6 +557,43 @@ func TestCancelledReleasesTheHold(t *testing.T) {
 		t.Fatalf("reminders still pending after the cancellation: %v", pending.GetReminders())
 	}
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "cancelled.json")
+}
+
+// A place held by hand for a meeting still a draft goes back when the
+// draft is cancelled or deleted: a draft has no workflow of its own, so
+// the event starts the CancelledHolds workflow, which releases every live
+// hold of the meeting (a service other than MAT too).
+func TestCancelledDraftGivesBackItsHolds(t *testing.T) {
+	e := start(t)
+	mat := e.directory()
+	f, _ := e.family()
+	draft := func() (*interventionsv1.Intervention, *referralsv1.Hold) {
+		iv := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+			Intervention: &interventionsv1.Intervention{Family: f.GetName(), Counselor: "counselor-1"}}))
+		h := ok(e.ref.HoldSlot(e.counsel, &referralsv1.HoldSlotRequest{Program: mat.GetName(), Family: f.GetName(),
+			Intervention: iv.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}))
+		return iv, h
+	}
+	cancelled, h1 := draft()
+	deleted, h2 := draft()
+	ok(e.iv.CancelIntervention(e.counsel, &interventionsv1.CancelInterventionRequest{Name: cancelled.GetName(), Reason: "planned twice"}))
+	ok(e.iv.DeleteIntervention(e.counsel, &interventionsv1.DeleteInterventionRequest{Name: deleted.GetName()}))
+	for _, h := range []*referralsv1.Hold{h1, h2} {
+		stacktest.Eventually(t, 30*time.Second, "the draft's hold to go back", func() bool {
+			return ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: h.GetName()})).GetState() == referralsv1.HoldState_HOLD_STATE_RELEASED
+		})
+	}
+	if p := ok(e.ref.GetProgram(e.counsel, &referralsv1.GetProgramRequest{Name: mat.GetName()})); p.GetCapacity().GetHeldSlots() != 0 ||
+		p.GetCapacity().GetAvailableSlots() != 3 {
+		t.Fatalf("capacity after both drafts went: %v; want all 3 slots free again", p.GetCapacity())
+	}
+	var res cancelledholds.Result
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.temporal.GetWorkflow(ctx, ids.CancelledHolds(cancelled.GetName()), "").Get(ctx, &res); err != nil || res.Released != 1 {
+		t.Fatalf("CancelledHolds workflow: %+v, %v; want one hold released", res, err)
+	}
+	e.recordHistory(ids.CancelledHolds(cancelled.GetName()), "cancelledholds", "cancelled-draft.json")
 }
 
 // A family deleted by its administrator: the FamilyDeleted workflow

@@ -189,6 +189,12 @@ func (a *Activities) heldFor(ctx context.Context, intervention, family string, e
 // liveHolds lists the live MAT holds of the intervention for family at
 // programs not in exclude.
 func (a *Activities) liveHolds(ctx context.Context, intervention, family string, exclude []string) ([]*referralsv1.Hold, error) {
+	return a.liveHoldsOf(ctx, intervention, family, exclude, matKinds)
+}
+
+// liveHoldsOf lists the live holds of the intervention for family at
+// programs not in exclude, for the services in kinds or (nil) any.
+func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family string, exclude []string, kinds []referralsv1.ServiceKind) ([]*referralsv1.Hold, error) {
 	if intervention == "" {
 		return nil, nil
 	}
@@ -199,7 +205,7 @@ func (a *Activities) liveHolds(ctx context.Context, intervention, family string,
 	}
 	var out []*referralsv1.Hold
 	for _, h := range resp.GetHolds() {
-		if h.GetFamily() == family && slices.Contains(matKinds, h.GetServiceKind()) && !slices.Contains(exclude, h.GetProgram()) {
+		if h.GetFamily() == family && (kinds == nil || slices.Contains(kinds, h.GetServiceKind())) && !slices.Contains(exclude, h.GetProgram()) {
 			out = append(out, h)
 		}
 	}
@@ -250,7 +256,11 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 // not left held until it lapses. Each release's request id is the
 // request's and the hold's, so a retry releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
-	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, nil)
+	kinds := matKinds
+	if in.AnyService {
+		kinds = nil
+	}
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
 	if err != nil {
 		return 0, err
 	}

@@ -877,3 +877,28 @@ func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 		t.Fatalf("request ids %q and %q; want two distinct ids of at most 64 characters", id0, id1)
 	}
 }
+
+// For a meeting that will not take place, every live hold of the family
+// goes back, a place held for a service other than MAT too; without
+// AnyService that one stays for the meeting's workflow to use.
+func TestReleaseHeldForAnyService(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	holds := func() *holdsFake {
+		return &holdsFake{holds: []*referralsv1.Hold{
+			{Name: "clinics/north/holds/mat", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE},
+			{Name: "clinics/north/holds/bed", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_INPATIENT},
+		}}
+	}
+	for _, c := range []struct {
+		any  bool
+		left int
+	}{{false, 1}, {true, 0}} {
+		f := holds()
+		a := &Activities{Referrals: f}
+		n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
+			RequestID: "r1", AnyService: c.any})
+		if err != nil || len(f.holds) != c.left || n != 2-c.left {
+			t.Fatalf("any service %v: released %d, %v, left %v; want %d left", c.any, n, err, f.holds, c.left)
+		}
+	}
+}

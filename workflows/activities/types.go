@@ -116,6 +116,9 @@ type ReleaseHeldRequest struct {
 	Family       string
 	Reason       string
 	RequestID    string
+	// AnyService releases holds for any service, not only MAT ones: for an
+	// intervention that no longer takes place, every place it held.
+	AnyService bool
 }
 
 // ImmediateRequest asks for an immediate MAT referral: from the held slot

@@ -1,6 +1,7 @@
 // Package dispatch turns the services' outbox events into Temporal calls:
 // a scheduled intervention starts its workflow; reschedules, cancellations
-// and outcomes become updates; referral transitions, overdoses, safety
+// and outcomes become updates (a cancelled or deleted one also starts the
+// workflow that releases what is still held for it); referral transitions, overdoses, safety
 // screens and check-ins become signals, an overdose no boundary
 // workflow hears of starts the workflow that alerts the counselor, and a
 // deleted family starts the one that stops what still runs for it. Workflow ids are derived from
@@ -26,6 +27,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/cancelledholds"
 	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/flow"
@@ -100,7 +102,12 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 		}
 		return d.update(ctx, id, updateID, intervention.UpdateReplan, intervention.Replan{})
 	case "handoff.interventions.v1.intervention.cancelled":
-		return d.update(ctx, id, updateID, intervention.UpdateCancel, intervention.Cancel{Reason: "cancelled"})
+		if err := d.update(ctx, id, updateID, intervention.UpdateCancel, intervention.Cancel{Reason: "cancelled"}); err != nil {
+			return err
+		}
+		return d.releaseHolds(ctx, iv)
+	case "handoff.interventions.v1.intervention.deleted":
+		return d.releaseHolds(ctx, iv)
 	case "handoff.interventions.v1.intervention.outcome_recorded":
 		o := intervention.Outcome{Kind: strings.TrimPrefix(iv.GetOutcome().GetKind().String(), "OUTCOME_KIND_")}
 		for _, s := range iv.GetOutcome().GetAcceptedServices() {
@@ -126,6 +133,14 @@ func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referrals
 	}
 	return d.signal(ctx, ids.MATIntake(r.GetIntervention()), matintake.SignalReferral, matintake.Transition{
 		Referral: r.GetName(), State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_")})
+}
+
+// releaseHolds starts the workflow that gives back what is still held for
+// an intervention that will not take place: a draft has no workflow of its
+// own to do it, and a counselor may have held a place for it by hand.
+func (d *Dispatcher) releaseHolds(ctx context.Context, iv *interventionsv1.Intervention) error {
+	return d.startOnce(ctx, ids.CancelledHolds(iv.GetName()), cancelledholds.Name,
+		cancelledholds.Input{Intervention: iv.GetName(), Family: iv.GetFamily()})
 }
 
 // update sends an update and waits until the workflow accepted or rejected

@@ -25,6 +25,10 @@ func Overdose(warningSign string) string { return "overdose/" + warningSign }
 // deleted family: one per family name (names are never reused).
 func FamilyDeleted(family string) string { return "family-deleted/" + family }
 
+// CancelledHolds is the id of the workflow that releases the places still
+// held for a cancelled or deleted intervention: one per intervention.
+func CancelledHolds(intervention string) string { return "cancelled-holds/" + intervention }
+
 // ContactWithdrawn is the id of the workflow that cancels the reminders of
 // people a family change made no longer contactable: one per change (the
 // outbox event that carried it).
