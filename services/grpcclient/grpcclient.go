@@ -27,6 +27,9 @@ type Config struct {
 	Token TokenSource
 }
 
+// MaxAnswer is the largest answer a connection takes from a service.
+const MaxAnswer = 64 << 20
+
 // Dial returns a client connection to target. It does not block.
 func Dial(target string, cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	creds := cfg.TLS
@@ -38,6 +41,11 @@ func Dial(target string, cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn,
 		grpc.WithPerRPCCredentials(bearer{token: cfg.Token, secure: cfg.TLS != nil}),
 		// Carries the trace on to the called service.
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
+		// A full page (a thousand families, say) passes gRPC's 4 MiB
+		// default, and the refusal would reach a REST client as 429, as if
+		// waiting would help. Answers come from Handoff's own services,
+		// bounded by their page sizes.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer)),
 	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("grpcclient: dial %s: %w", target, err)

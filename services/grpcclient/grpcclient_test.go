@@ -1,0 +1,44 @@
+package grpcclient_test
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/handoff-health/handoff/services/grpcclient"
+)
+
+// An answer past gRPC's 4 MiB default (a full page of large records) is
+// taken, not refused as RESOURCE_EXHAUSTED.
+func TestLargeAnswersAreTaken(t *testing.T) {
+	big := bytes.Repeat([]byte("x"), 6<<20)
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+			return err
+		}
+		return stream.SendMsg(wrapperspb.Bytes(big))
+	}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var out wrapperspb.BytesValue
+	if err := conn.Invoke(context.Background(), "/handoff.test.v1.Test/Big", &emptypb.Empty{}, &out); err != nil {
+		t.Fatalf("a 6 MiB answer: %v", err)
+	}
+	if len(out.GetValue()) != len(big) {
+		t.Fatalf("got %d bytes, want %d", len(out.GetValue()), len(big))
+	}
+}
