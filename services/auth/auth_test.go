@@ -6,9 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -405,5 +408,32 @@ func TestBearer(t *testing.T) {
 		if got != want || ok != (want != "") {
 			t.Errorf("Bearer(%q) = %q, %v; want %q", value, got, ok, want)
 		}
+	}
+}
+
+// A key set's keys for encryption or for another algorithm are not used
+// to check tokens; those for ES256 signatures, or unmarked, are.
+func TestJWKSKeepsOnlySigningKeys(t *testing.T) {
+	set := jwkSet{}
+	for _, c := range []struct{ kid, use, alg string }{
+		{"sig", "sig", "ES256"}, {"plain", "", ""}, {"enc", "enc", ""}, {"ecdh", "", "ECDH-ES"},
+	} {
+		k, err := encodeJWK(c.kid, &mustKey(t).PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k.Use, k.Alg = c.use, c.alg
+		set.Keys = append(set.Keys, k)
+	}
+	body, err := json.Marshal(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := ParseJWKS(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 || keys["sig"] == nil || keys["plain"] == nil {
+		t.Fatalf("keys kept: %v; want sig and plain only", slices.Sorted(maps.Keys(keys)))
 	}
 }

@@ -226,6 +226,11 @@ func ParseJWKS(body []byte) (StaticKeys, error) {
 		if k.Kty != "EC" || k.Crv != "P-256" {
 			continue
 		}
+		// A key published for encryption, or for another algorithm, is
+		// not one tokens may be checked with (RFC 7517 4.2, 4.4).
+		if (k.Use != "" && k.Use != "sig") || (k.Alg != "" && k.Alg != "ES256") {
+			continue
+		}
 		x, err1 := base64.RawURLEncoding.DecodeString(k.X)
 		y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
 		if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
