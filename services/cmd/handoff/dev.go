@@ -269,9 +269,14 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 		}
 		p, err := v.Verify(r.Context(), token)
 		if err != nil {
-			return "", err
+			// The caller hears what is wrong with its token, the operator why.
+			log.WarnContext(r.Context(), "payload codec token refused", "remote", r.RemoteAddr, "error", err.Error())
+			return "", errors.New(auth.PublicReason(err))
 		}
-		if !p.Has(auth.RoleClinicAdmin) || p.Clinic == "" || p.Clinic == auth.AnyClinic {
+		// An EHR role makes a token the outside system's, whatever else
+		// it holds, as at the services: it does not open workflow payloads.
+		if !p.Has(auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) || p.Clinic == "" || p.Clinic == auth.AnyClinic {
+			log.WarnContext(r.Context(), "payload codec access refused", "subject", p.Subject, "clinic", p.Clinic, "remote", r.RemoteAddr)
 			return "", fmt.Errorf("role %s of one clinic required", auth.RoleClinicAdmin)
 		}
 		log.InfoContext(r.Context(), "payload codec access", "subject", p.Subject, "clinic", p.Clinic, "path", r.URL.Path)
