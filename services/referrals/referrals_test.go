@@ -940,12 +940,10 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 	}
 }
 
-// A hold past its expiry that the sweep has not reached yet shows as
-// EXPIRED, and holds nothing that would keep its program from being
-// deleted.
-func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
+// unsweptHold makes a program of one slot and a hold on it that is past
+// its expiry, which the sweep has not reached.
+func (f *fixture) unsweptHold(t *testing.T) (*referralsv1.Program, *referralsv1.Hold) {
+	t.Helper()
 	p := f.program(t, buprenorphine("Riverside MAT"), 1)
 	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), Family: family,
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Ttl: durationpb.New(time.Hour)})
@@ -953,6 +951,16 @@ func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.clock.Advance(2 * time.Hour)
+	return p, h
+}
+
+// A hold past its expiry that the sweep has not reached yet shows as
+// EXPIRED, and holds nothing that would keep its program from being
+// deleted.
+func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p, h := f.unsweptHold(t)
 	if got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: h.GetName()}); err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
 		t.Fatalf("hold past expiry: %v, %v; want EXPIRED", got.GetState(), err)
 	}
@@ -1027,13 +1035,7 @@ func (f *fixture) book(t *testing.T, name string, start time.Time) *referralsv1.
 func TestDeleteProgramWhileAnExpiredHoldIsReleased(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	p := f.program(t, buprenorphine("Riverside MAT"), 1)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), Family: family,
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Ttl: durationpb.New(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.clock.Advance(2 * time.Hour)
+	p, h := f.unsweptHold(t)
 	ctx := context.Background()
 	release, err := f.pool.Begin(ctx)
 	if err != nil {
