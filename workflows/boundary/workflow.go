@@ -257,6 +257,10 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if err := w.prepare(ctx); err != nil {
 			return Result{}, err
 		}
+		// A failure that came with the event just handled is taken into
+		// the resends first: left in its channel it would count as unread,
+		// and a workflow with nothing left to wait for would wait for it.
+		flow.Settle(ctx, w.failedReminders)
 		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
 			if flow.Version(ctx, versionListenAtEnd, 1) >= 1 {
 				w.step = "finishing"
@@ -548,7 +552,9 @@ func (w *wf) onTime(ctx workflow.Context) error {
 			return err
 		}
 		for _, m := range w.safety.Members {
-			if m.ID == w.safety.ContactPerson {
+			// Reminders to members wait for a safe screen, check-ins' too:
+			// before it only the counselor is asked to check in.
+			if m.ID == w.safety.ContactPerson && w.st.Reinforced {
 				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
 					time.Time{}, time.Time{}); err != nil {

@@ -230,6 +230,11 @@ func TestCheckInsComeWhileTheScreenIsMissing(t *testing.T) {
 	if !slices.Equal(days, []time.Duration{1, 7, 30}) {
 		t.Fatalf("counselor check-ins on days %v, want 1, 7 and 30", days)
 	}
+	for _, r := range h.reminders {
+		if r.To.Kind == "member" {
+			t.Fatalf("a member was reminded (%s) before a safe screen", r.Kind)
+		}
+	}
 	if len(h.reinforced) != 0 || len(h.kinds("BOUNDARY_REMINDER")) != 0 || len(h.proposed) != 0 || len(h.kinds("ESCALATION_PROPOSED")) != 0 {
 		t.Fatalf("reinforced %v, boundary reminders %d, proposed %+v: nothing waits only on time", h.reinforced,
 			len(h.kinds("BOUNDARY_REMINDER")), h.proposed)
@@ -263,6 +268,15 @@ func TestLateScreenAfterCheckIns(t *testing.T) {
 	}
 	if !slices.Equal(asking, []bool{true, true, false}) {
 		t.Fatalf("check-ins asking for the screen: %v, want the two before it only", asking)
+	}
+	var members []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "member" {
+			members = append(members, r.Due.Sub(h.t0)/day)
+		}
+	}
+	if !slices.Equal(members, []time.Duration{30}) {
+		t.Fatalf("member check-ins on days %v, want only day 30's, after the screen", members)
 	}
 }
 

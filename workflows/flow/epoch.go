@@ -35,19 +35,27 @@ type epoch struct {
 
 // epochs, newest first.
 var epochs = []epoch{
-	{"epoch-2026-12-04", with(firstEpoch,
+	{"epoch-2026-12-04b", with(secondEpoch,
 		// flow
-		"recheck-stale-after-resend",
-		// intervention
-		"no-resend-after-start", "stop-boundary-on-yes", "boundary-cancelled",
-		"go-on-past-failed-release", "intake-first",
-		// matintake
-		"hold-rereads", "notices-to-current-counselor", "tell-counselor-on-failure",
+		"failures-stay-unread",
 		// boundary
-		"refusals-counted", "refer-before-screen", "end-when-family-deleted",
+		"check-ins-before-screen",
 	)},
+	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+var secondEpoch = with(firstEpoch,
+	// flow
+	"recheck-stale-after-resend",
+	// intervention
+	"no-resend-after-start", "stop-boundary-on-yes", "boundary-cancelled",
+	"go-on-past-failed-release", "intake-first",
+	// matintake
+	"hold-rereads", "notices-to-current-counselor", "tell-counselor-on-failure",
+	// boundary
+	"refusals-counted", "refer-before-screen", "end-when-family-deleted",
+)
 
 var firstEpoch = map[string]workflow.Version{
 	// flow

@@ -55,7 +55,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-04", "a-later-change"}},
+		{true, []string{"epoch-2026-12-04b", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -112,22 +112,31 @@ func versionMarkers(ctx context.Context, t *testing.T, c client.Client, run clie
 }
 
 // firstEpochFlow is what code that knew only the first epoch ran: its
-// marker, then a change the second epoch covers, asked on its own.
+// marker, then the changes later epochs cover, asked on their own.
 func firstEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	workflow.GetVersion(ctx, "epoch-2026-12-03", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, workflow.GetVersion(ctx, "stop-boundary-on-yes", workflow.DefaultVersion, 1))
+	return afterVersions(ctx, 1, workflow.GetVersion(ctx, "stop-boundary-on-yes", workflow.DefaultVersion, 1),
+		workflow.GetVersion(ctx, "failures-stay-unread", workflow.DefaultVersion, 1))
 }
 
-// secondEpochFlow is the same workflow under today's code.
+// secondEpochFlow is what code that knew the second epoch ran: its marker,
+// then the change the third covers, asked on its own.
 func secondEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	ctx = flow.BeginEpoch(ctx)
-	return afterVersions(ctx, flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "stop-boundary-on-yes", 1))
+	workflow.GetVersion(ctx, "epoch-2026-12-04", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, workflow.GetVersion(ctx, "failures-stay-unread", workflow.DefaultVersion, 1))
 }
 
-// A run begun at the first epoch replays under code that knows a second:
-// BeginEpoch finds the first epoch's marker, and the change the second
-// covers is asked as it was. A run begun today records the second epoch's
-// marker alone.
+// todaysEpochFlow is the same workflow under today's code.
+func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	return afterVersions(ctx, flow.Version(ctx, "local-activities", 1), flow.Version(ctx, "stop-boundary-on-yes", 1),
+		flow.Version(ctx, "failures-stay-unread", 1))
+}
+
+// Runs begun at earlier epochs replay under code that knows a later one:
+// BeginEpoch finds the run's own epoch marker, and the changes later
+// epochs cover are asked as they were. A run begun today records the
+// newest epoch's marker alone.
 func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -138,8 +147,9 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		ran     func(workflow.Context) ([]workflow.Version, error)
 		markers string
 	}{
-		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes]"},
-		{"begun at the second", secondEpochFlow, "[epoch-2026-12-04]"},
+		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes failures-stay-unread]"},
+		{"begun at the second epoch", secondEpochFlow, "[epoch-2026-12-04 failures-stay-unread]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-04b]"},
 	} {
 		queue := strings.ReplaceAll(tc.name, " ", "-")
 		ts.NewWorker(queue, func(r worker.Registry) {
@@ -150,15 +160,15 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []workflow.Version
-		if err := run.Get(ctx, &got); err != nil || len(got) != 2 || got[0] != 1 || got[1] != 1 {
-			t.Fatalf("%s: versions %v, %v; want [1 1]", tc.name, got, err)
+		if err := run.Get(ctx, &got); err != nil || len(got) != 3 || got[0] != 1 || got[1] != 1 || got[2] != 1 {
+			t.Fatalf("%s: versions %v, %v; want [1 1 1]", tc.name, got, err)
 		}
 		h, markers := versionMarkers(ctx, t, c, run)
 		if fmt.Sprint(markers) != tc.markers {
 			t.Fatalf("%s: version markers %v; want %s", tc.name, markers, tc.markers)
 		}
 		r := worker.NewWorkflowReplayer()
-		r.RegisterWorkflowWithOptions(secondEpochFlow, workflow.RegisterOptions{Name: "EpochFlow"})
+		r.RegisterWorkflowWithOptions(todaysEpochFlow, workflow.RegisterOptions{Name: "EpochFlow"})
 		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
 			t.Fatalf("%s: replay under today's code: %v", tc.name, err)
 		}

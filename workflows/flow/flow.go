@@ -280,20 +280,26 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		workflow.Go(ctx, func(ctx workflow.Context) { resend(ctx, p) })
 	}
 	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
+	stayUnread := Version(ctx, versionFailuresStayUnread, 1) >= 1
 	workflow.Go(ctx, func(ctx workflow.Context) {
 		// A goroutine blocked in Receive takes a signal out of the channel
 		// when it is delivered, before the goroutine runs: a workflow
 		// checking the channel for unread signals in between (about to
 		// continue as new) would find none, and the failure, in neither
 		// the channel nor r.Pending, would be lost. Waiting for the
-		// channel to hold one leaves it there until it is in r.Pending.
-		// The wait ignores cancellation, as Receive did.
+		// channel to hold one leaves it there until it is in r.Pending
+		// (Settle waits for that). The wait ignores cancellation, as
+		// Receive did.
 		wctx, _ := workflow.NewDisconnectedContext(ctx)
 		for {
 			var f ReminderFailed
-			_ = workflow.Await(wctx, func() bool { return ch.Len() > 0 })
-			if !ch.ReceiveAsync(&f) {
-				continue
+			if stayUnread {
+				_ = workflow.Await(wctx, func() bool { return ch.Len() > 0 })
+				if !ch.ReceiveAsync(&f) {
+					continue
+				}
+			} else {
+				ch.Receive(ctx, &f)
 			}
 			if r.Attempts[f.Reminder] >= s.ReminderRetries {
 				continue
@@ -305,6 +311,25 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		}
 	})
 	return ch
+}
+
+// versionFailuresStayUnread guards leaving a reminder failure in its
+// channel until RetryFailedReminders has put it in the resends. Runs begun
+// before it take each failure out with Receive, in the same order of
+// commands as ever.
+const versionFailuresStayUnread = "failures-stay-unread"
+
+// Settle waits until every reminder failure delivered so far (failed is
+// what RetryFailedReminders returned) is in the resends. A workflow calls
+// it before deciding to end or continue as new: a failure that came in the
+// same task as the event it acts on is otherwise still in the channel, and
+// a workflow that counts it as unread, and waits for a signal instead of
+// ending, would wait for one that may never come.
+func Settle(ctx workflow.Context, failed workflow.ReceiveChannel) {
+	if failed.Len() == 0 || Version(ctx, versionFailuresStayUnread, 1) < 1 {
+		return
+	}
+	_ = workflow.Await(ctx, func() bool { return failed.Len() == 0 })
 }
 
 // ListenFor is how long a workflow about to end waits for the delivery

@@ -2,6 +2,7 @@ package flow_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -15,15 +16,18 @@ import (
 	"github.com/handoff-health/handoff/workflows/flow"
 )
 
-// carryFlow does what a workflow about to continue as new does: on the
-// signal "next" it waits until no failure signal is left unread, then
-// hands over the resends waiting, as a continued run would get them.
+// carryFlow does what a workflow about to end or continue as new does: on
+// the signal "next" it settles the failures delivered so far, finds none
+// left unread, and hands over the resends waiting, as a continued run
+// would get them.
 func carryFlow(ctx workflow.Context) ([]string, error) {
+	ctx = flow.BeginEpoch(ctx)
 	var r flow.Resends
 	failed := flow.RetryFailedReminders(ctx, activities.Settings{ReminderRetries: 3, ReminderRetryDelay: time.Hour}, &r, nil)
 	workflow.GetSignalChannel(ctx, "next").Receive(ctx, nil)
-	if err := workflow.Await(ctx, func() bool { return failed.Len() == 0 }); err != nil {
-		return nil, err
+	flow.Settle(ctx, failed)
+	if failed.Len() > 0 {
+		return nil, errors.New("a failure is still unread after Settle")
 	}
 	var names []string
 	for _, p := range r.Pending {
