@@ -256,12 +256,15 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 		func() *emptypb.Empty { return &emptypb.Empty{} },
 		func(tx pgx.Tx) (*emptypb.Empty, error) {
 			// A hold past its expiry that the sweep has not reached yet
-			// shows as EXPIRED everywhere else: it holds nothing here either.
-			// Expired first, before the program is locked: holds are
-			// locked before their program everywhere (release, convert,
-			// the sweep), and the other order deadlocks against them.
-			if err := s.expireHolds(ctx, tx, r.clinic, r.id, s.cfg.Now()); err != nil {
-				return nil, err
+			// shows as EXPIRED everywhere else: it holds nothing here
+			// either. Such holds are locked before the program, as the
+			// sweep and HoldSlot lock them (the other order deadlocks
+			// against them), and expired after the etag is checked, as
+			// expiring them changes the program.
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
+				FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+				return nil, fmt.Errorf("lock due holds: %w", err)
 			}
 			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
 			if err != nil {
@@ -269,6 +272,9 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			}
 			if cur.GetDeleteTime() != nil {
 				return &emptypb.Empty{}, nil
+			}
+			if err := s.expireHolds(ctx, tx, r.clinic, r.id, now); err != nil {
+				return nil, err
 			}
 			var held, named bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3),
@@ -288,7 +294,6 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 				}
 				return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "program.deleted", cur.GetName(), cur)
 			}
-			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `UPDATE programs SET delete_time = $3, update_time = $3, version = version + 1
 				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, now); err != nil {
 				return nil, fmt.Errorf("delete program: %w", err)

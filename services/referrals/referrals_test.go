@@ -964,7 +964,13 @@ func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
 	if got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: h.GetName()}); err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
 		t.Fatalf("hold past expiry: %v, %v; want EXPIRED", got.GetState(), err)
 	}
-	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()}); err != nil {
+	// With the etag just read: expiring the hold on the way changes the
+	// program, but not before its etag is checked.
+	cur, err := f.client.GetProgram(f.admin, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName(), Etag: cur.GetEtag()}); err != nil {
 		t.Fatalf("DeleteProgram past an expired hold: %v", err)
 	}
 }
@@ -1027,27 +1033,28 @@ func (f *fixture) book(t *testing.T, name string, start time.Time) *referralsv1.
 	return r
 }
 
-// A hold is released, past its expiry but not yet swept, while its
-// program is deleted. The release locks the hold and then the program;
-// the delete must take them in the same order, or each waits on the other
-// and PostgreSQL kills one. The release is played here in SQL so that the
+// The expiry sweep runs while a program is deleted, over one of its holds
+// past its expiry. The sweep locks the hold and then the program; the
+// delete must take them in the same order, or each waits on the other and
+// PostgreSQL kills one. The sweep is played here in SQL so that the
 // delete can be made to arrive between its two steps.
-func TestDeleteProgramWhileAnExpiredHoldIsReleased(t *testing.T) {
+func TestDeleteProgramWhileTheSweepExpiresAHold(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p, h := f.unsweptHold(t)
 	ctx := context.Background()
-	release, err := f.pool.Begin(ctx)
+	sweep, err := f.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer release.Rollback(ctx) //nolint:errcheck // committed below; a no-op then
+	defer sweep.Rollback(ctx) //nolint:errcheck // committed below; a no-op then
 	var pid int
-	if err := release.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+	if err := sweep.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
 	holdID, programID := h.GetName()[strings.LastIndex(h.GetName(), "/")+1:], p.GetName()[strings.LastIndex(p.GetName(), "/")+1:]
-	if _, err := release.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = 'north' AND id = $1 FOR UPDATE`, holdID); err != nil {
+	if _, err := sweep.Exec(ctx, `UPDATE holds SET state = $2, release_reason = 'expired', version = version + 1
+		WHERE clinic = 'north' AND id = $1`, holdID, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED)); err != nil {
 		t.Fatal(err)
 	}
 	deleted := make(chan error, 1)
@@ -1055,36 +1062,32 @@ func TestDeleteProgramWhileAnExpiredHoldIsReleased(t *testing.T) {
 		_, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()})
 		deleted <- err
 	}()
-	// Wait until the delete waits on the release's lock.
+	// Wait until the delete waits on the sweep's lock.
 	for waiting := 0; waiting == 0; {
 		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
 		select {
 		case err := <-deleted:
-			t.Fatalf("DeleteProgram did not wait for the hold being released: %v", err)
+			t.Fatalf("DeleteProgram did not wait for the hold being expired: %v", err)
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	if _, err := release.Exec(ctx, `UPDATE holds SET state = $2, release_reason = 'released', version = version + 1
-		WHERE clinic = 'north' AND id = $1`, holdID, int16(referralsv1.HoldState_HOLD_STATE_RELEASED)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := release.Exec(ctx, `UPDATE programs SET available_slots = available_slots + 1, held_slots = held_slots - 1,
+	if _, err := sweep.Exec(ctx, `UPDATE programs SET available_slots = available_slots + 1, held_slots = held_slots - 1,
 		version = version + 1 WHERE clinic = 'north' AND id = $1`, programID); err != nil {
-		t.Fatalf("the release's second step: %v", err)
+		t.Fatalf("the sweep's second step: %v", err)
 	}
-	if err := release.Commit(ctx); err != nil {
-		t.Fatalf("commit the release: %v", err)
+	if err := sweep.Commit(ctx); err != nil {
+		t.Fatalf("commit the sweep: %v", err)
 	}
 	if err := <-deleted; err != nil {
-		t.Fatalf("DeleteProgram while a hold was released: %v", err)
+		t.Fatalf("DeleteProgram while the sweep expired a hold: %v", err)
 	}
 	var available, held int32
 	if err := f.pool.QueryRow(ctx, `SELECT available_slots, held_slots FROM programs WHERE clinic = 'north' AND id = $1`, programID).Scan(&available, &held); err != nil {
 		t.Fatal(err)
 	}
 	if available != 1 || held != 0 {
-		t.Fatalf("after the release and the delete: %d available, %d held; want the slot given back once: 1, 0", available, held)
+		t.Fatalf("after the sweep and the delete: %d available, %d held; want the slot given back once: 1, 0", available, held)
 	}
 }
