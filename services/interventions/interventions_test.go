@@ -936,6 +936,8 @@ type withdrawnAfterFirstRead struct {
 	reads atomic.Int32
 	// blips is how many reads after the first find the service down.
 	blips int32
+	// regranted, once set, has the member reachable again.
+	regranted atomic.Bool
 }
 
 func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
@@ -944,7 +946,7 @@ func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.
 	if n > 1 && n <= 1+w.blips {
 		return nil, status.Error(codes.Unavailable, "families service restarting")
 	}
-	if err == nil && n > 1 {
+	if err == nil && n > 1 && !w.regranted.Load() {
 		for _, m := range fam.GetMembers() {
 			m.ConsentToContact = false
 		}
@@ -966,8 +968,10 @@ func TestReminderMadeAsContactIsWithdrawnIsCancelled(t *testing.T) {
 // reminderMadeAsContactIsWithdrawn runs the race with the families service
 // failing blips reads after the first: it is asked again until it answers.
 func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
+	families := &withdrawnAfterFirstRead{blips: blips}
 	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
-		return &withdrawnAfterFirstRead{FamiliesServiceClient: c, blips: blips}
+		families.FamiliesServiceClient = c
+		return families
 	})
 	req := &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-1",
 		Reminder: &interventionsv1.Reminder{Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?",
@@ -984,6 +988,14 @@ func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
 	st = wantCode(t, err, codes.FailedPrecondition)
 	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
 		t.Fatalf("refusal of the retry %v; want CONTACT_NOT_ALLOWED", st.Details())
+	}
+	// Consent given again does not revive the cancelled reminder: a retry
+	// is still refused, not told the reminder stands.
+	families.regranted.Store(true)
+	_, err = f.client.CreateReminder(f.worker, req)
+	st = wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+		t.Fatalf("refusal of the retry after consent came back %v; want CONTACT_NOT_ALLOWED", st.Details())
 	}
 	list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetReminders()) != 1 || list.GetReminders()[0].GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {

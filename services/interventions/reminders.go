@@ -151,10 +151,22 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		if err != nil || !family {
 			return out, err
 		}
-		// A retry of a call that was refused after the insert, or that
-		// died before asking again, must get the refusal too, not the
-		// reminder as it was first stored.
-		return s.confirmContact(ctx, out, rc)
+		// A retry of a call that was refused after the insert gets the
+		// refusal again, not the reminder as it was first stored, even if
+		// contact has been allowed since: that reminder stays cancelled.
+		// One that died before asking again asks now.
+		cur, err := s.readReminder(ctx, s.pool, ref{clinic, aip.ID(out.GetName())}, false)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case cur.GetState() == rCancelled && cur.GetCancelReason() == reasonMadeAsWithdrawn:
+			return nil, apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
+				"contact was withdrawn while the reminder was made: it was cancelled", map[string]string{"family": rc.GetFamily()})
+		case cur.GetState() == rScheduled || cur.GetState() == rDue || cur.GetState() == rClaimed:
+			return s.confirmContact(ctx, out, rc)
+		}
+		return out, nil
 	}
 	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
@@ -167,6 +179,10 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	}
 	return s.confirmContact(ctx, out, rc)
 }
+
+// reasonMadeAsWithdrawn is the cancel reason of a reminder cancelled
+// because contact was withdrawn while it was being made.
+const reasonMadeAsWithdrawn = "contact withdrawn while the reminder was made"
 
 // confirmContact asks again, after the reminder out is stored, whether its
 // recipient may be contacted, and cancels it if not. Contact may have been
@@ -195,8 +211,7 @@ func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Remind
 	if !refused(cerr) {
 		return out, nil
 	}
-	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(),
-		Reason: "contact withdrawn while the reminder was made"})
+	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonMadeAsWithdrawn})
 	// Already ended: cancelled by the first call or by the withdrawal's
 	// workflow, or (sent before the withdrawal) past cancelling.
 	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
