@@ -506,3 +506,29 @@ func TestCalendarFeedsAdminListsAll(t *testing.T) {
 		t.Fatalf("export of a revoked feed = %v, want NOT_FOUND", err)
 	}
 }
+
+// A meeting scheduled by a replica a release behind (which knows nothing
+// of the published column) and cancelled later still shows as cancelled,
+// so calendars drop it: the database marks every scheduled meeting.
+func TestCalendarFeedCancelledAfterAnOlderReplicaScheduledIt(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv := f.draft(t, f.clock.Now().Add(48*time.Hour).Truncate(time.Second))
+	id := iv.GetName()[strings.LastIndex(iv.GetName(), "/")+1:]
+	// What the older release's ScheduleIntervention writes.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE interventions SET state = $2, version = version + 1 WHERE id = $1`,
+		id, int16(interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "moved away"}); err != nil {
+		t.Fatal(err)
+	}
+	cal, raw := export(t, f, feed.GetName(), feedToken(t, feed))
+	if st := prop(eventOf(t, cal, id+"@handoff"), ics.ComponentPropertyStatus); st != "CANCELLED" {
+		t.Fatalf("the meeting has STATUS %q, want CANCELLED:\n%s", st, raw)
+	}
+}

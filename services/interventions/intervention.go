@@ -465,9 +465,9 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1
 	start, end := span(iv)
 	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
 		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
-		reschedule_reason = $13, published = published OR $14, version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
+		reschedule_reason = $13, version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
 		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
-		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason(), st == scheduled)
+		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason())
 	if pgdb.IsExclusionViolation(err) {
 		return nil, apperr.FailedPrecondition(apperr.ReasonDoubleBooked,
 			fmt.Sprintf("counselor %s already has a scheduled intervention at that time", iv.GetCounselor()),
