@@ -120,11 +120,14 @@ func (s *server) routes() http.Handler {
 // anyway would be a body it cannot read.
 func (s *server) jsonOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f := r.URL.Query().Get("_format"); f != "" && !strings.Contains(strings.ToLower(f), "json") {
+		f := r.URL.Query().Get("_format")
+		if f != "" && !strings.Contains(strings.ToLower(f), "json") {
 			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
 			return
 		}
-		if a := r.Header.Get("Accept"); a != "" && !acceptsJSON(a) {
+		// _format overrides Accept (FHIR http, 3.1.0.1.9): a browser's
+		// Accept asks for HTML, and _format=json is how it asks for JSON.
+		if a := r.Header.Get("Accept"); f == "" && a != "" && !acceptsJSON(a) {
 			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: accept application/fhir+json")
 			return
 		}

@@ -695,6 +695,8 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 		{"/fhir/R4/RelatedPerson?_format=json&patient=" + famID, "", http.StatusOK},
 		{"/fhir/R4/Patient/" + famID, "application/fhir+xml;q=0.9, application/fhir+json;q=0.5", http.StatusOK},
 		{"/fhir/R4/metadata", "*/*", http.StatusOK},
+		{"/fhir/R4/metadata?_format=JSON", "text/html,application/xhtml+xml", http.StatusOK},
+		{"/fhir/R4/RelatedPerson?_format=application/FHIR%2BJSON&patient=" + famID, "application/fhir+xml", http.StatusOK},
 		{"/fhir/R4/RelatedPerson?patient=" + famID, "application/json", http.StatusOK},
 	} {
 		var headers []string

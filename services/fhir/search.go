@@ -116,7 +116,7 @@ func parseQuery(typ string, v url.Values) (query, error) {
 			q.params[name] = vals
 		}
 	}
-	if f := v.Get("_format"); f != "" && !strings.Contains(f, "json") {
+	if f := v.Get("_format"); f != "" && !strings.Contains(strings.ToLower(f), "json") {
 		return q, invalid("only JSON is supported (_format=json)")
 	}
 	if n := v.Get("_count"); n != "" {
