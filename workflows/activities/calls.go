@@ -198,18 +198,22 @@ func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family strin
 	if intervention == "" {
 		return nil, nil
 	}
-	resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(intervention),
-		Filter: fmt.Sprintf("intervention = %q AND state = HELD", intervention)})
-	if err != nil {
-		return nil, wrap("list holds", err)
-	}
 	var out []*referralsv1.Hold
-	for _, h := range resp.GetHolds() {
-		if h.GetFamily() == family && (kinds == nil || slices.Contains(kinds, h.GetServiceKind())) && !slices.Contains(exclude, h.GetProgram()) {
-			out = append(out, h)
+	for token := ""; ; {
+		resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(intervention),
+			Filter: fmt.Sprintf("intervention = %q AND state = HELD", intervention), PageToken: token})
+		if err != nil {
+			return nil, wrap("list holds", err)
+		}
+		for _, h := range resp.GetHolds() {
+			if h.GetFamily() == family && (kinds == nil || slices.Contains(kinds, h.GetServiceKind())) && !slices.Contains(exclude, h.GetProgram()) {
+				out = append(out, h)
+			}
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return out, nil
 		}
 	}
-	return out, nil
 }
 
 // referredFor returns an immediate MAT referral of the family's loved one

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -841,10 +842,23 @@ type holdsFake struct {
 	referralsv1.ReferralsServiceClient
 	holds    []*referralsv1.Hold
 	releases []*referralsv1.ReleaseHoldRequest
+	// onePerPage lists one hold a page, the page token its index.
+	onePerPage bool
 }
 
-func (f *holdsFake) ListHolds(context.Context, *referralsv1.ListHoldsRequest, ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
-	return &referralsv1.ListHoldsResponse{Holds: f.holds}, nil
+func (f *holdsFake) ListHolds(_ context.Context, in *referralsv1.ListHoldsRequest, _ ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	if !f.onePerPage {
+		return &referralsv1.ListHoldsResponse{Holds: f.holds}, nil
+	}
+	i, _ := strconv.Atoi(in.GetPageToken())
+	if i >= len(f.holds) {
+		return &referralsv1.ListHoldsResponse{}, nil
+	}
+	resp := &referralsv1.ListHoldsResponse{Holds: f.holds[i : i+1]}
+	if i+1 < len(f.holds) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
 }
 
 func (f *holdsFake) ReleaseHold(_ context.Context, in *referralsv1.ReleaseHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
@@ -894,6 +908,7 @@ func TestReleaseHeldForAnyService(t *testing.T) {
 		left int
 	}{{false, 1}, {true, 0}} {
 		f := holds()
+		f.onePerPage = true // every page is read
 		a := &Activities{Referrals: f}
 		n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
 			RequestID: "r1", AnyService: c.any})
