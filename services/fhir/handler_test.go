@@ -628,6 +628,10 @@ func TestRelatedPersonPagesHoldCountMembers(t *testing.T) {
 	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m9."+famID+".", ""); a.code != http.StatusOK || a.body["entry"] != nil {
 		t.Fatalf("a page token past the members: %d %s", a.code, a.raw)
 	}
+	// One given before page tokens named their family is followed still.
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=m1.", ""); a.code != http.StatusOK || len(a.body["entry"].([]any)) != 1 {
+		t.Fatalf("a page token of the earlier form: %d %s", a.code, a.raw)
+	}
 	if a := fx.do("GET", "/fhir/R4/RelatedPerson?patient="+famID+"&page_token=x9.", ""); a.code != http.StatusBadRequest {
 		t.Fatalf("a page token this server never gave: %d %s", a.code, a.raw)
 	}

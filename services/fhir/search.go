@@ -296,18 +296,24 @@ func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familie
 // "m<n>.<family id>." and the families service's token that reads that
 // family, n of whose members were given already. Should that token read
 // another family by then (one was added or removed before it), n is not
-// that one's count: it starts from its first member.
+// that one's count: it starts from its first member. A token of the
+// earlier form, "m<n>." and the families service's token (which holds no
+// dot), is still followed as it was, without that check.
 func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, error) {
+	const anyFamily = "*"
 	skip, started, token := 0, "", ""
 	if q.token != "" {
 		body, ok := strings.CutPrefix(q.token, "m")
 		n, rest, ok2 := strings.Cut(body, ".")
-		fam, rest, ok3 := strings.Cut(rest, ".")
+		fam, after, ok3 := strings.Cut(rest, ".")
+		if !ok3 {
+			fam, after = anyFamily, rest // the earlier form
+		}
 		v, err := strconv.Atoi(n)
-		if !ok || !ok2 || !ok3 || err != nil || v < 0 {
+		if !ok || !ok2 || err != nil || v < 0 {
 			return page{}, invalid("page_token is not one this server gave")
 		}
-		skip, started, token = v, fam, rest
+		skip, started, token = v, fam, after
 	}
 	limit := int(q.size)
 	if limit == 0 {
@@ -333,7 +339,7 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 			}
 			next = resp.GetNextPageToken()
 		}
-		if read == 0 && aip.ID(f.GetName()) != started {
+		if read == 0 && started != anyFamily && aip.ID(f.GetName()) != started {
 			skip = 0
 		}
 		// Members removed since the last page: what is left of them.
