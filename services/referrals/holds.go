@@ -9,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
@@ -82,15 +81,8 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	if err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
 		return nil, err
 	}
-	iv, err := s.readIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily())
-	if err != nil {
+	if err := s.checkIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily()); err != nil {
 		return nil, err
-	}
-	if iv.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
-		// Nothing would give the place back: the workflow that releases a
-		// cancelled meeting's holds has run already.
-		return nil, apperr.FailedPrecondition("INTERVENTION_CANCELLED", iv.GetName()+" is cancelled: no place is held for it",
-			map[string]string{"intervention": iv.GetName()})
 	}
 	ttl := s.cfg.DefaultHoldTTL
 	if req.GetTtl() != nil {

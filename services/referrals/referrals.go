@@ -99,27 +99,20 @@ func (s *Server) checkFamily(ctx context.Context, field, family, memberField, me
 // naming it for its own loved one, and the referral made from it would
 // carry one family's treatment decision under another's record.
 func (s *Server) checkIntervention(ctx context.Context, field, intervention, family string) error {
-	_, err := s.readIntervention(ctx, field, intervention, family)
-	return err
-}
-
-// readIntervention is checkIntervention returning the intervention read,
-// or nil when there is none to check.
-func (s *Server) readIntervention(ctx context.Context, field, intervention, family string) (*interventionsv1.Intervention, error) {
 	if s.cfg.Interventions == nil || intervention == "" {
-		return nil, nil
+		return nil
 	}
 	iv, err := s.cfg.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: intervention})
 	if apperr.IsCode(err, codes.NotFound) {
-		return nil, apperr.Field(field, "no such intervention")
+		return apperr.Field(field, "no such intervention")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read intervention: %w", err)
+		return fmt.Errorf("read intervention: %w", err)
 	}
 	if iv.GetFamily() != family {
-		return nil, apperr.Field(field, "is an intervention of another family")
+		return apperr.Field(field, "is an intervention of another family")
 	}
-	return iv, nil
+	return nil
 }
 
 // Server implements referralsv1.ReferralsServiceServer.

@@ -569,15 +569,13 @@ func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyReque
 
 // GetIntervention stands in for the interventions service: every
 // intervention is of the family f1, but ".../others" (of f2) and
-// ".../gone" (none); ".../cancelled" is cancelled.
+// ".../gone" (none).
 func (c *fakeConsent) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
 	switch in.GetName() {
 	case "clinics/north/interventions/gone":
 		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
 	case "clinics/north/interventions/others":
 		return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f2"}, nil
-	case "clinics/north/interventions/cancelled":
-		return &interventionsv1.Intervention{Name: in.GetName(), Family: family, State: interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED}, nil
 	}
 	return &interventionsv1.Intervention{Name: in.GetName(), Family: family}, nil
 }
@@ -1091,19 +1089,5 @@ func TestDeleteProgramWhileTheSweepExpiresAHold(t *testing.T) {
 	}
 	if available != 1 || held != 0 {
 		t.Fatalf("after the sweep and the delete: %d available, %d held; want the slot given back once: 1, 0", available, held)
-	}
-}
-
-// No place is held for a cancelled meeting: the workflow that gives back
-// its holds has run already, and nothing would give this one back.
-func TestNoHoldForACancelledIntervention(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	p := f.program(t, buprenorphine("Riverside MAT"), 1)
-	_, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), Family: family,
-		Intervention: "clinics/north/interventions/cancelled", ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE})
-	wantReason(t, err, codes.FailedPrecondition, "INTERVENTION_CANCELLED")
-	if available, held := f.capacity(t, p.GetName()); available != 1 || held != 0 {
-		t.Fatalf("capacity %d available, %d held; want the slot untouched", available, held)
 	}
 }
