@@ -72,6 +72,9 @@ type State struct {
 	// one delivered again after a restart, which begins a new cycle, must
 	// not act on the new one.
 	CheckInsSeen []string
+	// EscalationBlocked is set while the formal meeting the cool-down
+	// called for waits for an active boundary that states a consequence.
+	EscalationBlocked bool
 }
 
 // versionRefusalsCounted guards numbering the counselor's notices of
@@ -535,7 +538,8 @@ func (w *wf) wait(ctx workflow.Context) error {
 
 func (w *wf) onTime(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
-	if len(w.st.CheckIns) > 0 && !now.Before(w.st.CheckIns[0]) {
+	checkedIn := len(w.st.CheckIns) > 0 && !now.Before(w.st.CheckIns[0])
+	if checkedIn {
 		if err := w.refresh(ctx); err != nil {
 			return err
 		}
@@ -568,8 +572,22 @@ func (w *wf) onTime(ctx workflow.Context) error {
 	if w.st.Reinforced && !w.st.Escalated && !now.Before(w.st.EscalateAt) {
 		return w.escalate(ctx, "after the cool-down")
 	}
+	// A formal meeting that waited for a boundary stating a consequence
+	// is proposed at the first check-in that finds one (the family was
+	// just read for it).
+	if checkedIn && w.st.EscalationBlocked && w.st.Reinforced && len(w.safety.WithConsequence) > 0 &&
+		flow.Version(ctx, versionRetryBlockedEscalation, 1) >= 1 {
+		w.st.EscalationBlocked = false
+		return w.escalate(ctx, "once a boundary stated a consequence")
+	}
 	return nil
 }
+
+// versionRetryBlockedEscalation guards proposing, at a later check-in, the
+// formal meeting that waited for a boundary stating a consequence. Before,
+// the counselor was told once to agree one, and nothing followed when they
+// did.
+const versionRetryBlockedEscalation = "retry-blocked-escalation"
 
 // onOverdose answers an overdose at once: harm reduction now, the counselor
 // alerted, and check-ins brought closer.
@@ -714,6 +732,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		return err
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
+		w.st.EscalationBlocked = true
 		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
 			"The family may be ready for a formal meeting, but no active boundary states a consequence yet: agree one first.",
 			w.id("escalation-blocked"))

@@ -543,6 +543,31 @@ func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
 	}
 }
 
+// A formal meeting held back for want of a stated consequence is proposed
+// at the first check-in after the family agreed one: the day-30 check-in,
+// when a boundary with a consequence came on day 20.
+func TestBlockedFormalMeetingIsProposedOnceAConsequenceIsAgreed(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
+	}, 20*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.proposed) != 1 || h.proposed[0].Level != 3 || !strings.Contains(h.proposed[0].Notes, family+"/boundaries/b2") {
+		t.Fatalf("proposed %+v; want one level 3 meeting stating b2's consequence", h.proposed)
+	}
+	var days []time.Duration
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		days = append(days, r.Due.Sub(h.t0)/day)
+	}
+	if !slices.Equal(days, []time.Duration{14, 30}) {
+		t.Fatalf("escalation notices on days %v; want the hold-up on day 14 and the proposal on day 30", days)
+	}
+}
+
 // A long run continues as new once it has handled many events, carrying
 // its progress; nothing is lost.
 func TestContinuesAsNewCarryingState(t *testing.T) {
