@@ -1,6 +1,7 @@
 package stack_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -10,7 +11,9 @@ import (
 
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // An activity retried after its reply was lost must not refer the person a
@@ -76,6 +79,13 @@ func TestHoldForAClosedInterventionIsReturned(t *testing.T) {
 		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(time.Hour)), ExpectedDuration: durationpb.New(15 * time.Minute),
 		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}}))
 	ok(e.iv.CancelIntervention(e.counsel, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family asked to wait"}))
+	// The cancellation starts the workflow that gives back what is held
+	// for the meeting; the hold below comes after it has run, as a hold
+	// by a meeting's workflow racing its cancellation would.
+	stacktest.Eventually(t, 30*time.Second, "the CancelledHolds workflow to end", func() bool {
+		d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.CancelledHolds(iv.GetName()), "")
+		return err == nil && d.GetWorkflowExecutionInfo().GetCloseTime() != nil
+	})
 	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
 	got, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv.GetName(),
 		TTL: time.Hour, RequestID: "late-hold"})
