@@ -472,11 +472,7 @@ func (i *interceptor) authenticate(ctx context.Context, method string, req any) 
 		return auth.Principal{}, "", status.Error(codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")
 	}
 	if err != nil {
-		remote := ""
-		if pr, ok := peer.FromContext(ctx); ok && pr.Addr != nil {
-			remote = pr.Addr.String()
-		}
-		i.log.WarnContext(ctx, "token refused", "method", method, "remote", remote, "error", err.Error())
+		i.log.InfoContext(ctx, "token refused", "method", method, "error", err.Error())
 		return auth.Principal{}, "", status.Error(codes.Unauthenticated, auth.PublicReason(err))
 	}
 	return p, token, nil
