@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -435,5 +436,21 @@ func TestJWKSKeepsOnlySigningKeys(t *testing.T) {
 	}
 	if len(keys) != 2 || keys["sig"] == nil || keys["plain"] == nil {
 		t.Fatalf("keys kept: %v; want sig and plain only", slices.Sorted(maps.Keys(keys)))
+	}
+}
+
+// A request's origin names its peer and, bounded, what a proxy says it
+// forwarded for; without the header, the peer alone.
+func TestOrigin(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "http://gateway.internal/v1/x", nil)
+	r.RemoteAddr = "10.0.0.7:5555"
+	if got := fmt.Sprint(Origin(r)); got != "[peer 10.0.0.7:5555]" {
+		t.Fatalf("origin without a proxy: %s", got)
+	}
+	r.Header.Add("X-Forwarded-For", "203.0.113.9")
+	r.Header.Add("X-Forwarded-For", strings.Repeat("9", 300))
+	got := Origin(r)
+	if len(got) != 4 || got[2] != "forwarded_for" || !strings.HasPrefix(got[3].(string), "203.0.113.9, 999") || len(got[3].(string)) != 256 {
+		t.Fatalf("origin behind a proxy: %v", got)
 	}
 }

@@ -195,7 +195,7 @@ func (s *server) authed(next handler) http.HandlerFunc {
 		if err != nil {
 			// Why exactly is for the operator, with where it came from: a
 			// run of these is someone trying tokens.
-			s.cfg.Log.WarnContext(r.Context(), "token refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err.Error())
+			s.cfg.Log.WarnContext(r.Context(), "token refused", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			s.fail(w, http.StatusUnauthorized, "login", "invalid bearer token")
 			return
@@ -203,8 +203,8 @@ func (s *server) authed(next handler) http.HandlerFunc {
 		// FHIR ids are ids within one clinic: a token for every clinic
 		// (a service identity) has no place here.
 		if p.Clinic == "" || p.Clinic == auth.AnyClinic {
-			s.cfg.Log.WarnContext(r.Context(), "token without one clinic refused at the FHIR interface", "subject", p.Subject,
-				"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			s.cfg.Log.WarnContext(r.Context(), "token without one clinic refused at the FHIR interface",
+				append([]any{"subject", p.Subject, "method", r.Method, "path", r.URL.Path}, auth.Origin(r)...)...)
 			s.fail(w, http.StatusForbidden, "forbidden", "the FHIR interface needs a token for one clinic")
 			return
 		}

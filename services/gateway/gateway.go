@@ -335,7 +335,7 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 		if err != nil {
 			// The caller hears what is wrong with its token; why exactly
 			// (the audience or issuer it named) is for the operator.
-			log.WarnContext(r.Context(), "token refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err.Error())
+			log.WarnContext(r.Context(), "token refused", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, auth.PublicReason(err))
 			return
@@ -345,8 +345,8 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 			// worker, the webhook sender, the calendar reader), which call
 			// the services directly: from the public side such a token is
 			// a leaked one, and would read every clinic.
-			log.WarnContext(r.Context(), "token for every clinic refused at the public edge", "subject", p.Subject,
-				"method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
+			log.WarnContext(r.Context(), "token for every clinic refused at the public edge",
+				append([]any{"subject", p.Subject, "method", r.Method, "path", r.URL.Path}, auth.Origin(r)...)...)
 			writeStatus(w, http.StatusForbidden, codes.PermissionDenied, "a token for every clinic is not accepted here: use a token for one clinic")
 			return
 		}

@@ -270,13 +270,13 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 		p, err := v.Verify(r.Context(), token)
 		if err != nil {
 			// The caller hears what is wrong with its token, the operator why.
-			log.WarnContext(r.Context(), "payload codec token refused", "remote", r.RemoteAddr, "error", err.Error())
+			log.WarnContext(r.Context(), "payload codec token refused", append([]any{"error", err.Error()}, auth.Origin(r)...)...)
 			return "", errors.New(auth.PublicReason(err))
 		}
 		// An EHR role makes a token the outside system's, whatever else
 		// it holds, as at the services: it does not open workflow payloads.
 		if !p.Has(auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) || p.Clinic == "" || p.Clinic == auth.AnyClinic {
-			log.WarnContext(r.Context(), "payload codec access refused", "subject", p.Subject, "clinic", p.Clinic, "remote", r.RemoteAddr)
+			log.WarnContext(r.Context(), "payload codec access refused", append([]any{"subject", p.Subject, "clinic", p.Clinic}, auth.Origin(r)...)...)
 			return "", fmt.Errorf("role %s of one clinic required", auth.RoleClinicAdmin)
 		}
 		log.InfoContext(r.Context(), "payload codec access", "subject", p.Subject, "clinic", p.Clinic, "path", r.URL.Path)
