@@ -155,19 +155,38 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 }
 
 // expireHolds marks due holds EXPIRED and gives their slots back, for one
-// program or (programID "") for every program.
+// program or (programID "") for every program. Each expired hold gets a
+// hold.expired event, as a release does, so that a reader of the outbox
+// learns that the slot went back without anyone asking for it.
 func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time) error {
-	_, err := tx.Exec(ctx, `WITH expired AS (
+	rows, err := tx.Query(ctx, `WITH expired AS (
 			UPDATE holds SET state = $4, release_reason = 'expired', update_time = $3, version = version + 1
 			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
-			RETURNING clinic, program_id),
-		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id)
-		UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
+			RETURNING clinic, id, program_id),
+		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id),
+		returned AS (UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
 			update_time = $3, version = p.version + 1
-		FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id`,
+			FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id)
+		SELECT clinic, id FROM expired ORDER BY clinic, id`,
 		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD))
 	if err != nil {
 		return fmt.Errorf("expire holds: %w", err)
+	}
+	expired, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ref, error) {
+		var r ref
+		return r, row.Scan(&r.clinic, &r.id)
+	})
+	if err != nil {
+		return fmt.Errorf("expire holds: %w", err)
+	}
+	for _, r := range expired {
+		h, err := s.readHold(ctx, tx, r, false)
+		if err != nil {
+			return fmt.Errorf("read expired hold: %w", err)
+		}
+		if err := emit(ctx, tx, r.clinic, "hold.expired", h.GetName(), h); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -1089,5 +1091,75 @@ func TestDeleteProgramWhileTheSweepExpiresAHold(t *testing.T) {
 	}
 	if available != 1 || held != 0 {
 		t.Fatalf("after the sweep and the delete: %d available, %d held; want the slot given back once: 1, 0", available, held)
+	}
+}
+
+// A hold that lapses is announced like a release: the sweep and a hold on
+// the same program each write one hold.expired event per hold, carrying the
+// hold as it now is.
+func TestExpiredHoldsAreAnnounced(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	a := f.program(t, buprenorphine("Riverside MAT"), 2)
+	b := f.program(t, buprenorphine("Lakeside MAT"), 1)
+	hold := func(p *referralsv1.Program, ttl time.Duration) *referralsv1.Hold {
+		t.Helper()
+		h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family, Ttl: durationpb.New(ttl)})
+		if err != nil {
+			t.Fatalf("HoldSlot: %v", err)
+		}
+		return h
+	}
+	ha, hb := hold(a, time.Hour), hold(b, time.Hour)
+	expired := func(name string) []*referralsv1.Hold {
+		t.Helper()
+		rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox
+			WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1 ORDER BY id`, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []*referralsv1.Hold
+		for rows.Next() {
+			var b []byte
+			if err := rows.Scan(&b); err != nil {
+				t.Fatal(err)
+			}
+			var a anypb.Any
+			h := &referralsv1.Hold{}
+			if err := proto.Unmarshal(b, &a); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.UnmarshalTo(h); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, h)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	f.clock.Advance(2 * time.Hour)
+	// A new hold on a expires the due one there first, and only there.
+	hold(a, time.Hour)
+	if got := expired(ha.GetName()); len(got) != 1 || got[0].GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED ||
+		got[0].GetReleaseReason() != "expired" || got[0].GetEtag() == ha.GetEtag() {
+		t.Fatalf("events for the hold expired by HoldSlot: %v", got)
+	}
+	if got := expired(hb.GetName()); len(got) != 0 {
+		t.Fatalf("a hold on another program was announced before the sweep: %v", got)
+	}
+	for range 2 { // a second sweep finds nothing new to announce
+		if err := f.srv.ExpireHolds(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := expired(hb.GetName()); len(got) != 1 || got[0].GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+		t.Fatalf("events for the hold expired by the sweep: %v", got)
+	}
+	if got := expired(ha.GetName()); len(got) != 1 {
+		t.Fatalf("the sweep announced an expired hold again: %d events", len(got))
 	}
 }
