@@ -165,6 +165,7 @@ type pending struct {
 	family                   string
 	payload                  []byte
 	attempts, replays        int
+	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
 	url, secret, owner       string
 	previous                 string // a rotated secret still in its grace
@@ -258,7 +259,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.replays, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			d.attempts, d.replays, d.record_unsure, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription)
 	if err != nil {
@@ -270,7 +271,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.replays, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -318,6 +319,13 @@ var errOwnSide = errors.New("not sent: Handoff could not prepare it")
 // families service refused the sender itself (its token, its role), so an
 // operator must act. It is errOwnSide too: the receiver is not to blame.
 var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
+
+// errRecordUnsure marks an own-side failure of the call that records the
+// disclosure: it may have been recorded, and a second call under its
+// request id gets the stored answer without a look at the consent. The
+// try is given back, as for any own-side failure, and the delivery is
+// marked (record_unsure) so that the next try checks the consent first.
+var errRecordUnsure = fmt.Errorf("the disclosure record's answer was lost: %w", errOwnSide)
 
 // errWithheld marks a notification an outside system may not receive: no
 // consent of the family covers it. It is withdrawn, not retried: a consent
@@ -422,9 +430,9 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
 	}
 	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
-		attempts = attempts - $7
+		attempts = attempts - $7, record_unsure = record_unsure OR $8
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
-		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack)
+		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure))
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
@@ -593,7 +601,7 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	switch {
 	case !record:
 		reqs = []*familiesv1.CreateDisclosureRequest{check}
-	case p.attempts > 1:
+	case p.attempts > 1 || p.recordUnsure:
 		reqs = []*familiesv1.CreateDisclosureRequest{check, rec}
 	default:
 		reqs = []*familiesv1.CreateDisclosureRequest{rec}
@@ -611,6 +619,9 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
 		default:
+			if req == rec {
+				return false, fmt.Errorf("disclosure record: %s: %w", status.Code(err), errRecordUnsure)
+			}
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
 		}
 	}

@@ -1041,3 +1041,62 @@ func TestRotateSecretSignsWithBothDuringTheGrace(t *testing.T) {
 		t.Fatalf("after the grace the old secret still signs: %s", p.header)
 	}
 }
+
+// storingFamilies answers a record's request id a second time from what it
+// stored, without a look at the consent, as the families service does.
+// With loseNext, the next record is stored and then its answer is lost (a
+// timeout), and the family revokes its consent at that moment.
+type storingFamilies struct {
+	*fakeFamilies
+	loseNext atomic.Bool
+	stored   sync.Map
+}
+
+func (f *storingFamilies) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDisclosureRequest, opts ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	record := !req.GetValidateOnly() && req.GetRequestId() != ""
+	if d, ok := f.stored.Load(req.GetRequestId()); record && ok {
+		f.mu.Lock()
+		f.asked = append(f.asked, req)
+		f.mu.Unlock()
+		return d.(*familiesv1.Disclosure), nil
+	}
+	d, err := f.fakeFamilies.CreateDisclosure(ctx, req, opts...)
+	if err == nil && record {
+		f.stored.Store(req.GetRequestId(), d)
+		if f.loseNext.CompareAndSwap(true, false) {
+			f.consent.Store(false)
+			return nil, status.Error(codes.DeadlineExceeded, "the answer was lost")
+		}
+	}
+	return d, err
+}
+
+// A first attempt whose record landed but whose answer was lost must not
+// let the next attempt through on the stored answer: the family revoked
+// its consent in between, so the full notification is withheld.
+func TestLostRecordAnswerDoesNotOutliveARevocation(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &storingFamilies{fakeFamilies: &fakeFamilies{}}
+	fam.consent.Store(true)
+	fam.loseNext.Store(true)
+	runSender(t, fastSender(f.db, fam, 10))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the notification withheld", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: "state = WITHDRAWN"})
+		return err == nil && len(resp.GetDeliveries()) == 1
+	})
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("sent after the consent was revoked: %v", got)
+	}
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	if len(fam.asked) != 2 || fam.asked[0].GetValidateOnly() || !fam.asked[1].GetValidateOnly() {
+		t.Fatalf("asked %v; want the record, then a check that the revocation refuses", fam.asked)
+	}
+}
