@@ -474,11 +474,23 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	}
 	if w.hold.Hold != "" && w.plan.Start.Add(w.plan.Duration).After(w.holdExpiry) {
 		if err := w.releaseHold(ctx, ctx, "rescheduled past the hold"); err != nil {
-			return err
+			if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedRescheduleRelease, 1) < 1 {
+				return err
+			}
+			// The hold lapses before the new meeting ends: it is no use to
+			// the meeting, so a new one is taken at the new hold time.
+			workflow.GetLogger(ctx).Warn("releasing the hold after a reschedule failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)
+			w.hold = activities.HoldResult{}
 		}
 	}
 	return w.arm(ctx)
 }
+
+// versionPastFailedRescheduleRelease guards going on when the release of
+// a hold the reschedule outlived failed: before, the failure ended the
+// workflow, and the meeting's outcome, recorded later, found no workflow
+// to start the intake or the boundary follow-up.
+const versionPastFailedRescheduleRelease = "go-on-past-failed-reschedule-release"
 
 // staleReminder reports whether a failed reminder's line no longer deserves
 // a resend: once the outcome is in or the meeting is cancelled nothing this

@@ -808,3 +808,41 @@ func TestCancellationDuringAReleaseEndsTheWorkflow(t *testing.T) {
 		t.Fatalf("workflow error %v after %d releases; want cancelled after one", err, len(h.released))
 	}
 }
+
+// A reschedule past the hold's expiry whose release is refused goes on:
+// the old hold lapses on its own, a new one is taken for the new time, and
+// the yes recorded at the new meeting still starts the intake with it.
+func TestFailedReleaseOnRescheduleGoesOn(t *testing.T) {
+	h := newHarness(t, 2*24*time.Hour, defaults())
+	h.releaseErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+	holds := 0
+	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
+		holds++
+		return activities.HoldResult{Hold: fmt.Sprintf("clinics/north/holds/h%d", holds), Program: "clinics/north/programs/p1"}, nil
+	}
+	newStart := h.start.Add(5 * 24 * time.Hour)
+	var rejected error
+	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	h.update(7*24*time.Hour+time.Hour, intervention.UpdateOutcome,
+		intervention.Outcome{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if len(h.released) != 1 || h.released[0] != "clinics/north/holds/h1" {
+		t.Fatalf("releases tried %v; want the first hold's", h.released)
+	}
+	if want := newStart.Add(-72 * time.Hour); holds != 2 || !h.holdAt.Equal(want) {
+		t.Fatalf("%d holds, the last at %v; want 2, the second at %v", holds, h.holdAt, want)
+	}
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h2" {
+		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the new hold", res, err, intake)
+	}
+}
