@@ -358,7 +358,19 @@ func (w *wf) begin(ctx workflow.Context) {
 	}
 	w.st.EscalateAt = now.Add(w.settings.CoolDown)
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
+	// A formal meeting held back in the cycle before is not the new
+	// cycle's: it waits for the new cool-down. Asked only when one was
+	// held back, so other runs record nothing.
+	if w.st.EscalationBlocked && flow.Version(ctx, versionNewCycleClearsBlocked, 1) >= 1 {
+		w.st.EscalationBlocked = false
+	}
 }
+
+// versionNewCycleClearsBlocked guards forgetting, when a new cycle begins,
+// a formal meeting held back in the cycle before. Before, the new cycle's
+// first check-in proposed it, a day after the refusal instead of after the
+// cool-down.
+const versionNewCycleClearsBlocked = "new-cycle-clears-blocked-escalation"
 
 // awaitScreen holds the cycle's boundary steps until a safety screen finds
 // the family safe (SignalSafetyScreen reruns prepare), asking the counselor

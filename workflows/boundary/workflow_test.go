@@ -568,6 +568,30 @@ func TestBlockedFormalMeetingIsProposedOnceAConsequenceIsAgreed(t *testing.T) {
 	}
 }
 
+// A new cycle does not inherit the formal meeting held back in the one
+// before: the level 3 meeting held on day 20 (a consequence agreed by then)
+// was refused, and the next is proposed after the new cycle's cool-down,
+// not at its first check-in.
+func TestNewCycleWaitsItsCoolDownAfterABlockedEscalation(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i3", Level: 3, Outcome: "DECLINED"})
+	}, 20*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var days []time.Duration
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		days = append(days, r.Due.Sub(h.t0)/day)
+	}
+	if !slices.Equal(days, []time.Duration{14, 34}) || len(h.proposed) != 1 || h.proposed[0].Level != 3 {
+		t.Fatalf("escalation notices on days %v, proposed %+v; want the hold-up on day 14 and one level 3 proposal on day 34", days, h.proposed)
+	}
+}
+
 // A long run continues as new once it has handled many events, carrying
 // its progress; nothing is lost.
 func TestContinuesAsNewCarryingState(t *testing.T) {
