@@ -373,7 +373,11 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 				return nil, fmt.Errorf("insert warning sign: %w", err)
 			}
 			if ws.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
-				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = true, update_time = $3, version = version + 1
+				// Outsiders see nothing of urgency: what they see keeps its
+				// version and update time (migration 0003).
+				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = true, update_time = $3, version = version + 1,
+					shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
+					shared_checked = version + 1
 					WHERE clinic = $1 AND id = $2`, c.clinic, c.family, now); err != nil {
 					return nil, fmt.Errorf("mark family urgent: %w", err)
 				}

@@ -796,6 +796,20 @@ func outsideState(st familiesv1.FamilyState) familiesv1.FamilyState {
 	return st
 }
 
+// sharedChanged reports whether a change of a family changes what an
+// outside system sees of it (the EHR's view, its version and update time
+// aside). When it does not, the view keeps its version: an etag or update
+// time that moved with a change it cannot see would tell it that one
+// happened (an overdose, a coverage change, entering treatment).
+func sharedChanged(before, after *familiesv1.Family) bool {
+	view := func(f *familiesv1.Family) *familiesv1.Family {
+		v := outsideView(f)
+		v.UpdateTime, v.Etag = nil, ""
+		return v
+	}
+	return !proto.Equal(view(before), view(after))
+}
+
 // familyForCaller is the minimum necessary of a family for the caller. An
 // outside system's consent covers identity: who the patient and the family
 // are and how to reach them, not the substance, coverage, urgency or safety
@@ -803,33 +817,39 @@ func outsideState(st familiesv1.FamilyState) familiesv1.FamilyState {
 func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Family {
 	switch familyView(ctx) {
 	case viewEHR:
-		lo := f.GetLovedOne()
-		out := &familiesv1.Family{
-			Name: f.GetName(),
-			LovedOne: &familiesv1.LovedOne{GivenName: lo.GetGivenName(), FamilyName: lo.GetFamilyName(), PreferredName: lo.GetPreferredName(),
-				BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(),
-				MayContactDirectly: lo.GetMayContactDirectly(), TimeZone: lo.GetTimeZone()},
-			Counselor: f.GetCounselor(), State: outsideState(f.GetState()), FirstContactTime: f.GetFirstContactTime(),
-			CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
-		}
-		// How to reach someone only where the clinic may use it, as FHIR
-		// shows it: the loved one may have asked not to be contacted, a
-		// member may not have agreed to be.
-		if lo.GetMayContactDirectly() {
-			out.LovedOne.ContactChannels = lo.GetContactChannels()
-		}
-		for _, m := range f.GetMembers() {
-			if !m.GetConsentToContact() {
-				m = proto.Clone(m).(*familiesv1.Member)
-				m.ContactChannels, m.PreferredChannel = nil, familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED
-			}
-			out.Members = append(out.Members, m)
-		}
-		return out
+		return outsideView(f)
 	case viewCalendar:
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
 	}
 	return f
+}
+
+// outsideView is what an outside system's identity consent covers of a
+// family: who the patient and the family are and how to reach them.
+func outsideView(f *familiesv1.Family) *familiesv1.Family {
+	lo := f.GetLovedOne()
+	out := &familiesv1.Family{
+		Name: f.GetName(),
+		LovedOne: &familiesv1.LovedOne{GivenName: lo.GetGivenName(), FamilyName: lo.GetFamilyName(), PreferredName: lo.GetPreferredName(),
+			BirthDate: lo.GetBirthDate(), Pronouns: lo.GetPronouns(),
+			MayContactDirectly: lo.GetMayContactDirectly(), TimeZone: lo.GetTimeZone()},
+		Counselor: f.GetCounselor(), State: outsideState(f.GetState()), FirstContactTime: f.GetFirstContactTime(),
+		CreateTime: f.GetCreateTime(), UpdateTime: f.GetUpdateTime(), Etag: f.GetEtag(),
+	}
+	// How to reach someone only where the clinic may use it, as FHIR
+	// shows it: the loved one may have asked not to be contacted, a
+	// member may not have agreed to be.
+	if lo.GetMayContactDirectly() {
+		out.LovedOne.ContactChannels = lo.GetContactChannels()
+	}
+	for _, m := range f.GetMembers() {
+		if !m.GetConsentToContact() {
+			m = proto.Clone(m).(*familiesv1.Member)
+			m.ContactChannels, m.PreferredChannel = nil, familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED
+		}
+		out.Members = append(out.Members, m)
+	}
+	return out
 }
 
 // emptyForStaff is emptyOfAFamily for staff: they learn that a family does

@@ -2,6 +2,7 @@ package families_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -713,5 +715,85 @@ func TestListsOfAMissingFamily(t *testing.T) {
 	}
 	if got, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName()}); err != nil || len(got.GetDisclosures()) != 0 {
 		t.Fatalf("disclosures of a family without any: %v, %v", got, err)
+	}
+}
+
+// What the EHR sees of a family has a version and an update time of its
+// own: an overdose, a coverage change or entering treatment, which its view
+// leaves out, must not move them, or the etag and an update_time filter
+// would tell it that one happened. A change it can see moves them.
+func TestOutsidersDoNotSeeHiddenChangesHappen(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	ehr := f.ehr("ehr-1")
+	read := func(ctx context.Context) *familiesv1.Family {
+		t.Helper()
+		got, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	since := func(at time.Time) int {
+		t.Helper()
+		l, err := f.client.ListFamilies(ehr, &familiesv1.ListFamiliesRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("update_time > %q", at.UTC().Format(time.RFC3339Nano))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(l.GetFamilies())
+	}
+	before := read(ehr)
+	f.clock.Add(time.Minute)
+	if _, err := f.client.CreateWarningSign(f.ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(time.Minute)
+	for _, u := range []*familiesv1.UpdateFamilyRequest{
+		{Family: &familiesv1.Family{Name: fam.GetName(), Coverage: &familiesv1.Coverage{Kind: familiesv1.CoverageKind_COVERAGE_KIND_PRIVATE, Payer: "Acme"}},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"coverage"}}},
+		{Family: &familiesv1.Family{Name: fam.GetName(), State: familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}},
+	} {
+		if _, err := f.client.UpdateFamily(f.ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	staff, seen := read(f.ctx), read(ehr)
+	if staff.GetEtag() == before.GetEtag() {
+		t.Fatal("staff see no new version after three changes")
+	}
+	if seen.GetEtag() != before.GetEtag() || !seen.GetUpdateTime().AsTime().Equal(before.GetUpdateTime().AsTime()) {
+		t.Fatalf("the EHR's view moved with changes it cannot see: etag %s -> %s, update time %v -> %v",
+			before.GetEtag(), seen.GetEtag(), before.GetUpdateTime().AsTime(), seen.GetUpdateTime().AsTime())
+	}
+	if n := since(before.GetUpdateTime().AsTime()); n != 0 {
+		t.Fatalf("the EHR's update_time filter finds %d families changed in ways it cannot see", n)
+	}
+	// A change it can see moves both.
+	f.clock.Add(time.Minute)
+	lo := proto.Clone(staff.GetLovedOne()).(*familiesv1.LovedOne)
+	lo.PreferredName = "Sam R."
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{
+		Family:     &familiesv1.Family{Name: fam.GetName(), LovedOne: lo},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one"}}}); err != nil {
+		t.Fatal(err)
+	}
+	after := read(ehr)
+	if after.GetEtag() == before.GetEtag() || !after.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) ||
+		since(before.GetUpdateTime().AsTime()) != 1 || after.GetLovedOne().GetPreferredName() != "Sam R." {
+		t.Fatalf("a change the EHR sees: etag %s -> %s, update time %v -> %v", before.GetEtag(), after.GetEtag(),
+			before.GetUpdateTime().AsTime(), after.GetUpdateTime().AsTime())
+	}
+	// A writer a release behind knows nothing of the outsiders' version:
+	// its change counts as one they see, so none is hidden from them.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE `+f.schema+`.families SET urgent = false, version = version + 1`); err != nil {
+		t.Fatal(err)
+	}
+	if old, now := read(f.ctx), read(ehr); old.GetEtag() != now.GetEtag() || now.GetEtag() == after.GetEtag() {
+		t.Fatalf("after an older writer: staff etag %s, the EHR's %s (was %s)", old.GetEtag(), now.GetEtag(), after.GetEtag())
 	}
 }

@@ -200,6 +200,11 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 			familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT, familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
 		fields = maps.Clone(fields)
 		fields["state"] = st
+		// And on the update time of what it sees: the family's own moves
+		// with changes the view leaves out.
+		ut := fields["update_time"]
+		ut.Column = "COALESCE(f.shared_update_time, f.update_time)"
+		fields["update_time"] = ut
 	}
 	filter, err := aip.ParseFilter(req.GetFilter(), fields)
 	if err != nil {
@@ -227,7 +232,7 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 	if err != nil {
 		return nil, fmt.Errorf("list families: %w", err)
 	}
-	fams, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(clinic, r) })
+	fams, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(ctx, clinic, r) })
 	if err != nil {
 		return nil, fmt.Errorf("list families: %w", err)
 	}
@@ -295,9 +300,15 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			if err != nil {
 				return nil, err
 			}
+			// What outsiders see keeps its version unless this changes it
+			// (NULL: the family's own again); see migration 0003.
 			if _, err := tx.Exec(ctx, `UPDATE families SET doc = $3, counselor = $4, state = $5,
-				update_time = $6, version = version + 1 WHERE clinic = $1 AND id = $2`,
-				clinic, id, doc, next.GetCounselor(), int16(next.GetState()), s.cfg.Now()); err != nil {
+				update_time = $6, version = version + 1,
+				shared_version = CASE WHEN $7 THEN NULL ELSE COALESCE(shared_version, version) END,
+				shared_update_time = CASE WHEN $7 THEN NULL ELSE COALESCE(shared_update_time, update_time) END,
+				shared_checked = version + 1
+				WHERE clinic = $1 AND id = $2`,
+				clinic, id, doc, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next)); err != nil {
 				return nil, fmt.Errorf("update family: %w", err)
 			}
 			out, err := s.readFamily(ctx, tx, clinic, id)
@@ -364,7 +375,7 @@ func newFamily() *familiesv1.Family { return &familiesv1.Family{} }
 func newEmpty() *emptypb.Empty      { return &emptypb.Empty{} }
 
 const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
-	f.create_time, f.update_time, f.version,
+	f.create_time, f.update_time, f.version, COALESCE(f.shared_update_time, f.update_time), COALESCE(f.shared_version, f.version),
 	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
 	FROM families f
 	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
@@ -375,7 +386,7 @@ func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id stri
 	if err != nil {
 		return nil, fmt.Errorf("read family: %w", err)
 	}
-	f, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(clinic, r) })
+	f, err := pgx.CollectExactlyOneRow(rows, func(r pgx.CollectableRow) (*familiesv1.Family, error) { return s.scanFamily(ctx, clinic, r) })
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, apperr.NotFound(familyName(clinic, id))
 	}
@@ -403,21 +414,22 @@ func (s *Server) lockFamily(ctx context.Context, tx pgx.Tx, clinic, id, etag str
 	return s.readFamily(ctx, tx, clinic, id)
 }
 
-func (s *Server) scanFamily(clinic string, r pgx.CollectableRow) (*familiesv1.Family, error) {
+func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.CollectableRow) (*familiesv1.Family, error) {
 	var (
 		id, counselor                  string
 		doc                            []byte
 		state                          int16
 		urgent                         bool
 		firstContact, created, updated time.Time
-		version                        int64
+		sharedUpdated                  time.Time
+		version, sharedVersion         int64
 		ssID, ssNotes, ssBy            *string
 		ssResult                       *int16
 		ssPlan                         *bool
 		ssTime, ssCreated              *time.Time
 	)
 	if err := r.Scan(&id, &doc, &counselor, &state, &urgent, &firstContact, &created, &updated, &version,
-		&ssID, &ssResult, &ssPlan, &ssNotes, &ssBy, &ssTime, &ssCreated); err != nil {
+		&sharedUpdated, &sharedVersion, &ssID, &ssResult, &ssPlan, &ssNotes, &ssBy, &ssTime, &ssCreated); err != nil {
 		return nil, err
 	}
 	f := &familiesv1.Family{}
@@ -434,6 +446,11 @@ func (s *Server) scanFamily(clinic string, r pgx.CollectableRow) (*familiesv1.Fa
 	f.CreateTime = timestamppb.New(created)
 	f.UpdateTime = timestamppb.New(updated)
 	f.Etag = aip.Etag(version)
+	if familyView(ctx) == viewEHR {
+		// The version of what it sees (see sharedChanged).
+		f.UpdateTime = timestamppb.New(sharedUpdated)
+		f.Etag = aip.Etag(sharedVersion)
+	}
 	f.SafetyScreenStatus = familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_MISSING
 	if ssID != nil {
 		f.LatestSafetyScreen = &familiesv1.SafetyScreen{
