@@ -485,10 +485,10 @@ func TestTaskPutRefusesBeforeReading(t *testing.T) {
 			t.Fatalf("%s: %d %s", st, a.code, a.raw)
 		}
 	}
-	// A time without a time of day is refused from the body alone too: a
-	// read before it would be an EHR disclosure for an answer that never
-	// leaves.
-	for _, b := range []string{`"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`,
+	// A time without a time of day, or an in-progress Task without its
+	// start, is refused from the body alone too: a read before it would be
+	// an EHR disclosure for an answer that never leaves.
+	for _, b := range []string{`"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`, `"status":"in-progress"`,
 		`"status":"completed","executionPeriod":{"end":"2026-05-01"}`} {
 		dateOnly := `{"resourceType":"Task","id":"` + refID + `","intent":"order",` + b + `}`
 		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, dateOnly); a.code != http.StatusBadRequest {

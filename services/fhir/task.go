@@ -148,7 +148,14 @@ func refusedStatus(t *task_go_proto.Task) error {
 	}
 	// The times the status uses need a time of day (see change), which the
 	// body alone says.
-	if start := t.GetExecutionPeriod().GetStart(); start != nil && st == "in-progress" {
+	if st == "in-progress" {
+		// Required even when the Task is in progress already: PUT replaces
+		// the Task, and the body alone must decide, as a refusal after the
+		// read would be recorded as a disclosure that never left.
+		start := t.GetExecutionPeriod().GetStart()
+		if start == nil {
+			return invalid("an in-progress Task needs executionPeriod.start: the time of the intake appointment")
+		}
 		if _, err := taskInstant("executionPeriod.start", start); err != nil {
 			return err
 		}
