@@ -115,6 +115,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil && !temporal.IsCanceledError(err) && flow.Version(ctx, versionTellOnFailure, 1) >= 1 {
 		w.failed(ctx, err)
 	}
+	if temporal.IsCanceledError(err) && w.in.Hold != "" && w.referral.Name == "" &&
+		flow.Version(ctx, versionReleaseOnCancel, 1) >= 1 {
+		w.releaseOnCancel(ctx)
+	}
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
@@ -139,6 +143,25 @@ const versionTellOnFailure = "tell-counselor-on-failure"
 // failed is that telling, on a disconnected context: the workflow is
 // about to fail, and the counselor is the one who can still act. Its own
 // failures are logged; the intake's error stands.
+// versionReleaseOnCancel guards giving back, when the intake is cancelled
+// (with its intervention, through Temporal) before a referral took the
+// hold over, the place held for the person: before, it stayed held until
+// it lapsed, two days after the meeting by default.
+const versionReleaseOnCancel = "release-hold-on-cancel"
+
+// releaseOnCancel gives the hold back on a context the cancellation does
+// not reach. A conversion whose answer the cancellation cut off makes the
+// release fail (the hold is converted): the referral keeps the place.
+func (w *wf) releaseOnCancel(ctx workflow.Context) {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	if err := flow.Call(dctx, nil, flow.A.ReleaseHold, activities.ReleaseRequest{
+		Hold: w.in.Hold, Reason: "the hand-off was cancelled", RequestID: flow.RequestID(dctx, "release|cancelled"),
+	}); err != nil {
+		workflow.GetLogger(ctx).Warn("releasing the hold after the intake was cancelled failed; it lapses at its expiry", "error", err)
+	}
+}
+
 func (w *wf) failed(ctx workflow.Context, cause error) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
@@ -238,6 +261,14 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
 		}
 		sel.Select(ctx)
+		if err := ctx.Err(); err != nil {
+			// Cancelled through Temporal: a timer made on this context is
+			// ready at once, so waiting again would spin without yielding
+			// (the worker's deadlock detector then fails every task). No
+			// run before this change got past a cancellation here, so no
+			// history needs a version to replay.
+			return "", info, err
+		}
 		if w.keepTimer < 1 {
 			w.stopTimer()
 		}

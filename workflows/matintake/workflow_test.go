@@ -690,3 +690,42 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 		})
 	}
 }
+
+// An intake cancelled through Temporal before any referral took the hold
+// over (here while the referrals service keeps failing) gives the held
+// place back; one cancelled after a referral leaves it to the referral.
+func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		referral bool
+	}{{"before any referral", false}, {"after a referral", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			var released []activities.ReleaseRequest
+			h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
+				func(_ context.Context, in activities.ReleaseRequest) error {
+					released = append(released, in)
+					return nil
+				})
+			if tc.referral {
+				h.programs(1)
+			} else {
+				h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(
+					activities.Referral{}, temporal.NewApplicationError("referrals is down", "Unavailable"))
+			}
+			// The referrals service is retried for longer than this.
+			h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 30*time.Second)
+			h.env.ExecuteWorkflow(matintake.Name, input())
+			if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+				t.Fatalf("workflow error %v; want cancelled", err)
+			}
+			want := 1
+			if tc.referral {
+				want = 0
+			}
+			if len(released) != want || (want == 1 && released[0].Hold != input().Hold) {
+				t.Fatalf("holds released %+v; want %d of %s", released, want, input().Hold)
+			}
+		})
+	}
+}
