@@ -122,6 +122,7 @@ type wf struct {
 	rearm        bool
 	replan       bool
 	loaded       bool // the plan is read; updates wait for it
+	handedOver   bool // the MAT intake was started with the hold
 }
 
 // versionCleanUpOnAbandon guards the cleanup after the workflow is
@@ -180,7 +181,11 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 // hold belongs to the intake or was released, and reminders were
 // cancelled. Cleanup failures are logged; the workflow's own error stands.
 func (w *wf) abandoned(ctx workflow.Context, cause error) {
-	if !w.loaded || w.step == StepFollowingUp || w.step == StepDone || w.step == StepCancelled {
+	if w.loaded && w.step == StepFollowingUp {
+		w.releaseCutOff(ctx, cause)
+		return
+	}
+	if !w.loaded || w.step == StepDone || w.step == StepCancelled {
 		return
 	}
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
@@ -202,6 +207,31 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 		RequestID: flow.RequestID(dctx, "cancel-reminders|abandoned"),
 	}); err != nil {
 		log.Warn("cancelling reminders after the workflow ended failed", "error", err)
+	}
+}
+
+// versionReleaseCutOff guards giving the hold back when a cancellation
+// through Temporal cut off its release after a refusal or a postponement:
+// before, it stayed held until it lapsed.
+const versionReleaseCutOff = "release-cut-off-by-cancel"
+
+// releaseCutOff gives back, on a context the cancellation does not reach,
+// a hold whose release after the outcome the cancellation cut off. A hold
+// handed to the intake is the intake's, and another failure of the
+// release was already weighed (pastFailedRelease). Asked only then, so
+// other runs record nothing.
+func (w *wf) releaseCutOff(ctx workflow.Context, cause error) {
+	if w.handedOver || (w.hold.Hold == "" && !w.holdUnsure) || !temporal.IsCanceledError(cause) {
+		return
+	}
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	if flow.Version(dctx, versionReleaseCutOff, 1) < 1 {
+		return
+	}
+	dctx = flow.WithActivityOptions(dctx)
+	if err := w.releaseHold(dctx, dctx, "intervention workflow cancelled"); err != nil {
+		workflow.GetLogger(ctx).Warn("releasing the hold after the workflow was cancelled failed; it lapses at its expiry", "error", err)
 	}
 }
 
@@ -746,6 +776,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 			}
 		}
 		res.Child = ids.MATIntake(w.in.Intervention)
+		w.handedOver = true
 		var out matintake.Result
 		err := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
 			Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
@@ -796,6 +827,7 @@ const versionIntakeFirst = "intake-first"
 // reminder.
 func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result, error) {
 	res.Child = ids.MATIntake(w.in.Intervention)
+	w.handedOver = true
 	intake := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
 		Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
 		Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact,
