@@ -1,12 +1,23 @@
 // Package tlsconf builds the mutual-TLS credentials used between the
 // gateway, the worker and the services when certificates are configured.
+//
+// The files are read again at every handshake and the credentials rebuilt
+// when they changed, so that a certificate renewed on disk (cert-manager
+// rewriting a mounted secret) is used by the next connection without a
+// restart. A process that loaded its certificate once would fail every
+// handshake after the old one expired.
 package tlsconf
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"sync"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -19,36 +30,122 @@ type Files struct {
 // Enabled reports whether any file is set.
 func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" || f.CA != "" }
 
-func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
+// source holds the credentials built from the files as last read.
+type source struct {
+	files  Files
+	mu     sync.Mutex
+	raw    [3][]byte // cert, key and CA as last built
+	server credentials.TransportCredentials
+	client credentials.TransportCredentials
+}
+
+func newSource(f Files) (*source, error) {
 	if f.Cert == "" || f.Key == "" || f.CA == "" {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: certificate, key and CA are all required for mutual TLS")
+		return nil, fmt.Errorf("tls: certificate, key and CA are all required for mutual TLS")
 	}
-	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
-	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: load key pair: %w", err)
+	s := &source{files: f}
+	if _, err := s.creds(true); err != nil {
+		return nil, err
 	}
-	pem, err := os.ReadFile(f.CA)
+	return s, nil
+}
+
+// creds returns the server's or the client's credentials for the files as
+// they are now. Files that cannot be read or do not make a key pair (caught
+// halfway through a rotation) leave the last good credentials in use.
+func (s *source) creds(server bool) (credentials.TransportCredentials, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	raw, err := s.read()
+	if err == nil && !(bytes.Equal(raw[0], s.raw[0]) && bytes.Equal(raw[1], s.raw[1]) && bytes.Equal(raw[2], s.raw[2])) {
+		err = s.build(raw)
+	}
+	if err != nil && s.server == nil {
+		return nil, err
+	}
+	if server {
+		return s.server, nil
+	}
+	return s.client, nil
+}
+
+func (s *source) read() ([3][]byte, error) {
+	var raw [3][]byte
+	for i, path := range []string{s.files.Cert, s.files.Key, s.files.CA} {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return raw, fmt.Errorf("tls: read %s: %w", path, err)
+		}
+		raw[i] = b
+	}
+	return raw, nil
+}
+
+func (s *source) build(raw [3][]byte) error {
+	cert, err := tls.X509KeyPair(raw[0], raw[1])
 	if err != nil {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: read CA: %w", err)
+		return fmt.Errorf("tls: load key pair: %w", err)
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return tls.Certificate{}, nil, fmt.Errorf("tls: no certificate in %s", f.CA)
+	if !pool.AppendCertsFromPEM(raw[2]) {
+		return fmt.Errorf("tls: no certificate in %s", s.files.CA)
 	}
-	return cert, pool, nil
+	s.server = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13})
+	s.client = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13})
+	s.raw = raw
+	return nil
 }
+
+// reloading is TransportCredentials that hand each handshake to the
+// credentials built from the files as they are at that moment.
+type reloading struct {
+	src    *source
+	server bool
+}
+
+func (r *reloading) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	c, err := r.src.creds(false)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.ClientHandshake(ctx, authority, conn)
+}
+
+func (r *reloading) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	c, err := r.src.creds(true)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.ServerHandshake(conn)
+}
+
+func (r *reloading) Info() credentials.ProtocolInfo {
+	c, err := r.src.creds(r.server)
+	if err != nil {
+		return credentials.ProtocolInfo{SecurityProtocol: "tls"}
+	}
+	return c.Info()
+}
+
+func (r *reloading) Clone() credentials.TransportCredentials {
+	return &reloading{src: r.src, server: r.server}
+}
+
+// OverrideServerName is deprecated in gRPC and unused here: the server
+// name comes from the address dialled.
+func (r *reloading) OverrideServerName(string) error { return nil }
 
 // Server returns credentials that require and verify a client certificate.
 func Server(f Files) (credentials.TransportCredentials, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
-	cert, pool, err := f.load()
+	src, err := newSource(f)
 	if err != nil {
 		return nil, err
 	}
-	return credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}), nil
+	return &reloading{src: src, server: true}, nil
 }
 
 // Client returns credentials that present a client certificate and verify
@@ -57,9 +154,43 @@ func Client(f Files) (credentials.TransportCredentials, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
-	cert, pool, err := f.load()
+	src, err := newSource(f)
 	if err != nil {
 		return nil, err
 	}
-	return credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}), nil
+	return &reloading{src: src}, nil
+}
+
+// ClientCertificate returns a tls.Config.GetClientCertificate that reads
+// the key pair again at every handshake, keeping the last good one if the
+// files are caught halfway through a rotation. It fails at once if the
+// files do not make a key pair now.
+func ClientCertificate(certFile, keyFile string) (func(*tls.CertificateRequestInfo) (*tls.Certificate, error), error) {
+	var (
+		mu       sync.Mutex
+		lastRaw  [2][]byte
+		lastCert *tls.Certificate
+	)
+	get := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		c, errC := os.ReadFile(certFile)
+		k, errK := os.ReadFile(keyFile)
+		if errC == nil && errK == nil && !(bytes.Equal(c, lastRaw[0]) && bytes.Equal(k, lastRaw[1])) {
+			pair, err := tls.X509KeyPair(c, k)
+			if err == nil {
+				lastRaw, lastCert = [2][]byte{c, k}, &pair
+			} else if lastCert == nil {
+				return nil, fmt.Errorf("tls: load key pair: %w", err)
+			}
+		}
+		if lastCert == nil {
+			return nil, fmt.Errorf("tls: read key pair: %w", errors.Join(errC, errK))
+		}
+		return lastCert, nil
+	}
+	if _, err := get(nil); err != nil {
+		return nil, err
+	}
+	return get, nil
 }

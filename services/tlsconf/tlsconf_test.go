@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -69,5 +71,109 @@ func TestMutualTLS(t *testing.T) {
 	}
 	if c, err := Server(Files{}); c != nil || err != nil {
 		t.Fatal("no files means no TLS")
+	}
+}
+
+// copyPair writes from's files over to's, as a renewal does.
+func copyPair(t *testing.T, from, to Files) {
+	t.Helper()
+	for _, p := range [][2]string{{from.Cert, to.Cert}, {from.Key, to.Key}, {from.CA, to.CA}} {
+		b, err := os.ReadFile(p[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p[1], b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// placed copies f's files to a directory of their own, so that a test can
+// overwrite them.
+func placed(t *testing.T, f Files) Files {
+	t.Helper()
+	dir := t.TempDir()
+	out := Files{Cert: filepath.Join(dir, "tls.crt"), Key: filepath.Join(dir, "tls.key"), CA: filepath.Join(dir, "ca.crt")}
+	copyPair(t, f, out)
+	return out
+}
+
+// Certificates renewed on disk are used by the next connection, by both
+// ends, without new credentials: after both move to another CA, the old
+// client is refused and the same credentials objects connect again.
+func TestRenewedCertificatesAreUsed(t *testing.T) {
+	a, b := tlstest.New(t), tlstest.New(t)
+	serverFiles, clientFiles := placed(t, issue(t, a, "families")), placed(t, issue(t, a, "gateway"))
+	serverCreds, err := Server(serverFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(serverCreds))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	check := func(creds credentials.TransportCredentials) error {
+		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	clientCreds, err := Client(clientFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := check(clientCreds); err != nil {
+		t.Fatalf("before the renewal: %v", err)
+	}
+	oldClient, err := Client(issue(t, a, "worker"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPair(t, issue(t, b, "families"), serverFiles)
+	copyPair(t, issue(t, b, "gateway"), clientFiles)
+	if err := check(clientCreds); err != nil {
+		t.Fatalf("after the renewal: %v", err)
+	}
+	if err := check(oldClient); err == nil {
+		t.Fatal("a client of the old CA got through after the server moved to the new one")
+	}
+	// Files caught halfway (a key that does not match) leave the last good
+	// pair in use.
+	if err := os.WriteFile(clientFiles.Key, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(clientCreds); err != nil {
+		t.Fatalf("with a broken key file: %v", err)
+	}
+}
+
+// The Temporal client's certificate is read again at each handshake too.
+func TestClientCertificateFollowsTheFiles(t *testing.T) {
+	p := tlstest.New(t)
+	files := placed(t, issue(t, p, "worker"))
+	get, err := ClientCertificate(files.Cert, files.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := get(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyPair(t, issue(t, p, "worker-renewed"), files)
+	second, err := get(nil)
+	if err != nil || second == first || second.Leaf == nil && len(second.Certificate) == 0 {
+		t.Fatalf("after the renewal: %v, %v", second, err)
+	}
+	if leaf, _ := x509.ParseCertificate(second.Certificate[0]); leaf == nil || leaf.Subject.CommonName != "worker-renewed" {
+		t.Fatalf("after the renewal the certificate is %v", leaf)
+	}
+	if _, err := ClientCertificate(files.Cert, filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Fatal("a missing key file must fail at once")
 	}
 }

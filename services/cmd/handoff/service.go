@@ -576,11 +576,13 @@ func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 func (c *common) temporalSecurity(o *client.Options) error {
 	var cfg *tls.Config
 	if c.temporalTLS.Cert != "" || c.temporalTLS.Key != "" {
-		cert, err := tls.LoadX509KeyPair(c.temporalTLS.Cert, c.temporalTLS.Key)
+		// Read again at each handshake, so that a renewed certificate is
+		// used without a restart.
+		get, err := tlsconf.ClientCertificate(c.temporalTLS.Cert, c.temporalTLS.Key)
 		if err != nil {
 			return fmt.Errorf("temporal tls: %w", err)
 		}
-		cfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		cfg = &tls.Config{GetClientCertificate: get, MinVersion: tls.VersionTLS12}
 	}
 	if c.temporalTLS.CA != "" {
 		// A private CA alone is server TLS, with an API key or without a
