@@ -300,12 +300,12 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			if err != nil {
 				return nil, err
 			}
-			// What outsiders see keeps its version unless this changes it
-			// (NULL: the family's own again); see migration 0003.
+			// What outsiders see moves its own counter by one only if this
+			// changes it; see migration 0003.
 			if _, err := tx.Exec(ctx, `UPDATE families SET doc = $3, counselor = $4, state = $5,
 				update_time = $6, version = version + 1,
-				shared_version = CASE WHEN $7 THEN NULL ELSE COALESCE(shared_version, version) END,
-				shared_update_time = CASE WHEN $7 THEN NULL ELSE COALESCE(shared_update_time, update_time) END,
+				shared_version = COALESCE(shared_version, version) + CASE WHEN $7 THEN 1 ELSE 0 END,
+				shared_update_time = CASE WHEN $7 THEN $6 ELSE COALESCE(shared_update_time, update_time) END,
 				shared_checked = version + 1
 				WHERE clinic = $1 AND id = $2`,
 				clinic, id, doc, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next)); err != nil {
