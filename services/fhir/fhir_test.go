@@ -289,7 +289,6 @@ func TestTaskChange(t *testing.T) {
 		status string
 		fails  bool
 	}{
-		{"same status", scheduled, `"status":"in-progress"`, true, "in-progress", false},
 		{"same appointment", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Format(time.RFC3339Nano) + `"}`, true, "in-progress", false},
 		{"rebooked", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Add(time.Hour).Format(time.RFC3339Nano) + `"}`, false, "in-progress", false},
 		{"no-show", scheduled, `"status":"failed"`, false, "failed", false},

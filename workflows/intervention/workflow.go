@@ -216,10 +216,11 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 const versionReleaseCutOff = "release-cut-off-by-cancel"
 
 // releaseCutOff gives back, on a context the cancellation does not reach,
-// a hold whose release after the outcome the cancellation cut off. A hold
-// handed to the intake is the intake's, and another failure of the
-// release was already weighed (pastFailedRelease). Asked only then, so
-// other runs record nothing.
+// a hold still held after the outcome when the workflow is cancelled: its
+// release was cut off, or failed earlier and was gone past
+// (pastFailedRelease), when trying once more under the same request id
+// does no harm. A hold handed to the intake is the intake's. Asked only
+// then, so other runs record nothing.
 func (w *wf) releaseCutOff(ctx workflow.Context, cause error) {
 	if w.handedOver || (w.hold.Hold == "" && !w.holdUnsure) || !temporal.IsCanceledError(cause) {
 		return

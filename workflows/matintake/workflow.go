@@ -140,9 +140,6 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 // the place stayed held until it lapsed.
 const versionTellOnFailure = "tell-counselor-on-failure"
 
-// failed is that telling, on a disconnected context: the workflow is
-// about to fail, and the counselor is the one who can still act. Its own
-// failures are logged; the intake's error stands.
 // versionReleaseOnCancel guards giving back, when the intake is cancelled
 // (with its intervention, through Temporal) before a referral took the
 // hold over, the place held for the person: before, it stayed held until
@@ -162,6 +159,9 @@ func (w *wf) releaseOnCancel(ctx workflow.Context) {
 	}
 }
 
+// failed is that telling, on a disconnected context: the workflow is
+// about to fail, and the counselor is the one who can still act. Its own
+// failures are logged; the intake's error stands.
 func (w *wf) failed(ctx workflow.Context, cause error) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
