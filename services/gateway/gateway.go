@@ -407,11 +407,16 @@ func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 // of the load balancer for their sake would take the whole API with it.
 var optional = map[string]bool{"webhooks": true}
 
+// readyCheckTimeout is how long a readiness check waits for one service.
+const readyCheckTimeout = 800 * time.Millisecond
+
 // ready answers 200 when every service the API needs reports SERVING; the
 // body shows each, optional ones included.
 func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 	// Each service is asked at once, with a deadline of its own: one that
-	// hangs must not run out the time of the others.
+	// hangs must not run out the time of the others, nor the probe's (a
+	// kubelet gives up after a second by default, and a probe that timed
+	// out counts as not ready, optional services or not).
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	out := map[string]string{}
@@ -419,7 +424,7 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			ctx, cancel := context.WithTimeout(r.Context(), readyCheckTimeout)
 			defer cancel()
 			state := "SERVING"
 			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})

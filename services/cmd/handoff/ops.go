@@ -31,7 +31,9 @@ func (o *ops) handler(tel *telemetry.Telemetry) http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		err := errors.New("starting")
 		if check := o.ready.Load(); check != nil {
-			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			// Under the kubelet's default probe timeout of a second: a
+			// probe that times out counts as not ready.
+			ctx, cancel := context.WithTimeout(r.Context(), 800*time.Millisecond)
 			defer cancel()
 			err = (*check)(ctx)
 		}
