@@ -100,6 +100,12 @@ func serveHTTP(ctx context.Context, log *slog.Logger, addr string, h http.Handle
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
+	return serveOn(ctx, log, lis, h, drainFor)
+}
+
+// serveOn serves h on lis until ctx ends, then lets requests in flight
+// finish for at most drain.
+func serveOn(ctx context.Context, log *slog.Logger, lis net.Listener, h http.Handler, drain time.Duration) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
@@ -110,10 +116,22 @@ func serveHTTP(ctx context.Context, log *slog.Logger, addr string, h http.Handle
 		return err
 	case <-ctx.Done():
 	}
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdown, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	if err := srv.Shutdown(shutdown); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Shutdown(shutdown)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Calls still running after the drain are cut off: the stop
+		// itself went as planned.
+		log.Warn("http requests still running after the drain were closed", "drain", drain.String())
+		return srv.Close()
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil
 }
+
+// drainFor is how long a stopping process lets calls in flight finish:
+// longer than a gateway call may take (15 s), and within the pods'
+// termination grace (30 s, of which the preStop sleep takes 5).
+const drainFor = 20 * time.Second

@@ -483,7 +483,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	go func() { defer wg.Done(); relay.Run(ctx) }()
 	o.setReady(serving(srv.Health))
 	log.Info("serving", "addr", lis.Addr().String())
-	err = srv.Serve(ctx, lis, 10*time.Second)
+	err = srv.Serve(ctx, lis, drainFor)
 	wg.Wait()
 	return err
 }
