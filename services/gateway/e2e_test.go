@@ -442,3 +442,34 @@ func TestReadinessNeedsTheCoreServicesOnly(t *testing.T) {
 		t.Fatalf("families down: %d %s; want 503", r.code, r.raw)
 	}
 }
+
+// The payload codec is served behind the API's CORS, no-store and log: a
+// browser Temporal UI's preflight, sent without a token, gets its answer
+// from CORS, and a decoded payload is not cached.
+func TestCodecBehindCORSAndNoStore(t *testing.T) {
+	sys := stacktest.Start(t)
+	var reached []string
+	codec := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached = append(reached, r.Method+" "+r.URL.Path)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"payloads":[]}`))
+	})
+	base := stacktest.Gateway(t, gateway.Config{
+		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		Verifier: sys.Issuer.Verifier(), CORSOrigins: []string{"https://ui.example.org"}, Codec: codec,
+	})
+	c := client{t: t, base: base}
+	pre := c.do("OPTIONS", "/codec/decode", nil, "Origin", "https://ui.example.org", "Access-Control-Request-Method", "POST",
+		"Access-Control-Request-Headers", "authorization, content-type, x-namespace")
+	if pre.code != http.StatusNoContent || pre.header.Get("Access-Control-Allow-Origin") != "https://ui.example.org" ||
+		!strings.Contains(pre.header.Get("Access-Control-Allow-Headers"), "X-Namespace") {
+		t.Fatalf("preflight: %d %v", pre.code, pre.header)
+	}
+	r := c.do("POST", "/codec/decode", `{"payloads":[]}`, "Origin", "https://ui.example.org", "X-Namespace", "default")
+	if r.code != http.StatusOK || r.header.Get("Cache-Control") != "no-store" || r.header.Get("Access-Control-Allow-Origin") != "https://ui.example.org" {
+		t.Fatalf("decode: %d %v", r.code, r.header)
+	}
+	if len(reached) != 1 || reached[0] != "POST /decode" {
+		t.Fatalf("the codec saw %v; want only the POST, under /decode", reached)
+	}
+}

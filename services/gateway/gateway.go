@@ -63,6 +63,10 @@ type Config struct {
 	// PublicURL is the gateway's public address (https://api.example.org),
 	// for links in FHIR answers; empty takes them from each request's Host.
 	PublicURL string
+	// Codec, if set, is the remote payload codec for the Temporal Web UI,
+	// served at /codec/ behind the same CORS, no-store and request log as
+	// the API (a browser UI sends a preflight first, without a token).
+	Codec http.Handler
 }
 
 // Gateway is the HTTP handler and its connections.
@@ -170,6 +174,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	root.Handle(fhir.Prefix+"/", private(timeout(cfg.Timeout, fhirAPI)))
+	if cfg.Codec != nil {
+		root.Handle("/codec/", private(http.StripPrefix("/codec", cfg.Codec)))
+	}
 	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
 		// Span names by method only: paths hold resource names.
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))

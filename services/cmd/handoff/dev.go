@@ -135,8 +135,11 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer st.Stop()
+	// The remote codec for the Temporal Web UI or CLI: clinic administrators
+	// only, since it opens workflow payloads.
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: st.FamiliesAddr, InterventionsAddr: st.InterventionsAddr,
-		ReferralsAddr: st.ReferralsAddr, WebhooksAddr: st.WebhooksAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"}})
+		ReferralsAddr: st.ReferralsAddr, WebhooksAddr: st.WebhooksAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"},
+		Codec: pc.Handler(codecAccess(log, iss.Verifier()))})
 	if err != nil {
 		return err
 	}
@@ -144,9 +147,6 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /dev-issuer/jwks.json", iss.JWKSHandler())
 	mux.Handle("GET /metrics", tel.Handler())
-	// The remote codec for the Temporal Web UI or CLI: clinic administrators
-	// only, since it opens workflow payloads.
-	mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(codecAccess(log, iss.Verifier()))))
 	mux.Handle("/", gw)
 
 	tokens := map[string]string{}

@@ -56,8 +56,18 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 			return err
 		}
 	}
+	var codecHandler http.Handler
+	if c.payloadKeys != "" {
+		// The remote codec for the Temporal Web UI: clinic administrators only.
+		pc, err := codec.Parse(c.payloadKeyID, c.payloadKeys)
+		if err != nil {
+			return err
+		}
+		codecHandler = pc.Handler(codecAccess(log, verifier))
+	}
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
-		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins), PublicURL: *publicURL})
+		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins), PublicURL: *publicURL,
+		Codec: codecHandler})
 	if err != nil {
 		return err
 	}
@@ -70,14 +80,6 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	mux.Handle("/", gw)
 	var h http.Handler = mux
-	if c.payloadKeys != "" {
-		// The remote codec for the Temporal Web UI: clinic administrators only.
-		pc, err := codec.Parse(c.payloadKeyID, c.payloadKeys)
-		if err != nil {
-			return err
-		}
-		mux.Handle("/codec/", http.StripPrefix("/codec", pc.Handler(codecAccess(log, verifier))))
-	}
 	// The public port's /readyz checks the services; this one says the
 	// gateway itself is up.
 	o.setReady(func(context.Context) error { return nil })
