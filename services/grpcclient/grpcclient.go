@@ -46,6 +46,12 @@ func Dial(target string, cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn,
 		// waiting would help. Answers come from Handoff's own services,
 		// bounded by their page sizes.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer)),
+		// Calls take turns over every address the name resolves to (a
+		// headless Kubernetes Service names each pod), rather than all
+		// going down one long-lived connection to one replica while the
+		// others the autoscaler added sit idle. The servers close
+		// connections after a while (grpcserver), so new pods are found.
+		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("grpcclient: dial %s: %w", target, err)

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -40,5 +43,43 @@ func TestLargeAnswersAreTaken(t *testing.T) {
 	}
 	if len(out.GetValue()) != len(big) {
 		t.Fatalf("got %d bytes, want %d", len(out.GetValue()), len(big))
+	}
+}
+
+// Calls take turns over every address the target resolves to, as a
+// headless Service's name resolves to each replica: none sits idle.
+func TestCallsSpreadOverReplicas(t *testing.T) {
+	var hits [2]atomic.Int32
+	var addrs []resolver.Address
+	for i := range hits {
+		srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+			hits[i].Add(1)
+			if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+				return err
+			}
+			return stream.SendMsg(&emptypb.Empty{})
+		}))
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = srv.Serve(lis) }()
+		t.Cleanup(srv.Stop)
+		addrs = append(addrs, resolver.Address{Addr: lis.Addr().String()})
+	}
+	r := manual.NewBuilderWithScheme("replicas")
+	r.InitialState(resolver.State{Addresses: addrs})
+	conn, err := grpcclient.Dial(r.Scheme()+":///families", grpcclient.Config{}, grpc.WithResolvers(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for range 20 {
+		if err := conn.Invoke(context.Background(), "/handoff.test.v1.Test/Ping", &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a, b := hits[0].Load(), hits[1].Load(); a == 0 || b == 0 || a+b != 20 {
+		t.Fatalf("calls per replica: %d and %d; want both used", a, b)
 	}
 }
