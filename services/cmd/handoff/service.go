@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -60,7 +61,7 @@ type common struct {
 	databaseURL, issuer, audience, jwksURL string
 	temporalAddr, temporalNamespace        string
 	payloadKeys, payloadKeyID              string
-	metricsListen, otlpEndpoint            string
+	metricsListen, otlpEndpoint, otlpCA    string
 	temporalAPIKey                         string
 	temporalTLS                            tlsconf.Files
 	tls                                    tlsconf.Files
@@ -86,6 +87,8 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.temporalTLS.CA, "temporal-tls-ca", env("HANDOFF_TEMPORAL_TLS_CA", ""), "CA of the Temporal frontend, if not a public one (HANDOFF_TEMPORAL_TLS_CA)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", env("HANDOFF_METRICS_LISTEN", ""), "serve Prometheus metrics at /metrics on this address (HANDOFF_METRICS_LISTEN)")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", env("HANDOFF_OTLP_ENDPOINT", ""), "OTLP/gRPC collector for traces, host:port (HANDOFF_OTLP_ENDPOINT)")
+	fs.StringVar(&c.otlpCA, "otlp-ca", env("HANDOFF_OTLP_CA", ""),
+		"CA of the collector's certificate; default --tls-ca, else the system's roots (HANDOFF_OTLP_CA)")
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
@@ -345,6 +348,36 @@ func init() {
 	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate, oneShot: true}
 }
 
+// otlpTLS is the TLS for the trace collector, nil for plaintext: spans
+// carry resource names, SQL text and client addresses, so they go in clear
+// only to this machine or on a network --insecure-plaintext trusts. The
+// collector's certificate is checked against --otlp-ca, else --tls-ca,
+// else the system's roots; the mutual-TLS certificate, if any, is shown.
+func (c *common) otlpTLS() (*tls.Config, error) {
+	if isLoopback(c.otlpEndpoint) || c.insecurePlaintext {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca := cmp.Or(c.otlpCA, c.tls.CA); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, fmt.Errorf("otlp tls: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("otlp tls: no certificate in %s", ca)
+		}
+	}
+	if c.tls.Cert != "" && c.tls.Key != "" {
+		get, err := tlsconf.ClientCertificate(c.tls.Cert, c.tls.Key)
+		if err != nil {
+			return nil, fmt.Errorf("otlp tls: %w", err)
+		}
+		cfg.GetClientCertificate = get
+	}
+	return cfg, nil
+}
+
 // observe sets up traces and metrics for a process and, when asked, serves
 // them with the probes on the metrics address; the returned function
 // flushes them on exit.
@@ -352,7 +385,15 @@ func (c *common) observe(ctx context.Context, log *slog.Logger, service string) 
 	var exp sdktrace.SpanExporter
 	if c.otlpEndpoint != "" {
 		var err error
-		if exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(c.otlpEndpoint), otlptracegrpc.WithInsecure()); err != nil {
+		cfg, err := c.otlpTLS()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		security := otlptracegrpc.WithInsecure()
+		if cfg != nil {
+			security = otlptracegrpc.WithTLSCredentials(credentials.NewTLS(cfg))
+		}
+		if exp, err = otlptracegrpc.New(ctx, otlptracegrpc.WithEndpoint(c.otlpEndpoint), security); err != nil {
 			return nil, nil, nil, fmt.Errorf("otlp: %w", err)
 		}
 	}
