@@ -135,5 +135,6 @@ func serveOn(ctx context.Context, log *slog.Logger, lis net.Listener, h http.Han
 
 // drainFor is how long a stopping process lets calls in flight finish:
 // longer than a gateway call may take (15 s), and within the pods'
-// termination grace (30 s, of which the preStop sleep takes 5).
-const drainFor = 20 * time.Second
+// termination grace (30 s) with room for the preStop sleep (5 s) before it
+// and the last spans' flush (up to 5 s) after it.
+const drainFor = 17 * time.Second

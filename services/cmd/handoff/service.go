@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -88,7 +87,7 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.metricsListen, "metrics-listen", env("HANDOFF_METRICS_LISTEN", ""), "serve Prometheus metrics at /metrics on this address (HANDOFF_METRICS_LISTEN)")
 	fs.StringVar(&c.otlpEndpoint, "otlp-endpoint", env("HANDOFF_OTLP_ENDPOINT", ""), "OTLP/gRPC collector for traces, host:port (HANDOFF_OTLP_ENDPOINT)")
 	fs.StringVar(&c.otlpCA, "otlp-ca", env("HANDOFF_OTLP_CA", ""),
-		"CA of the collector's certificate; default --tls-ca, else the system's roots (HANDOFF_OTLP_CA)")
+		"CA of the trace collector's certificate, not the one of --tls-ca; default the system's roots (HANDOFF_OTLP_CA)")
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
@@ -350,30 +349,26 @@ func init() {
 
 // otlpTLS is the TLS for the trace collector, nil for plaintext: spans
 // carry resource names, SQL text and client addresses, so they go in clear
-// only to this machine or on a network --insecure-plaintext trusts. The
-// collector's certificate is checked against --otlp-ca, else --tls-ca,
-// else the system's roots; the mutual-TLS certificate, if any, is shown.
+// only to this machine, or on a network --insecure-plaintext trusts when no
+// --otlp-ca asks for TLS. The collector's certificate is checked against
+// --otlp-ca, else the system's roots. The collector is not one of
+// Handoff's processes: it is not checked against their CA (a certificate
+// from it would also pass as a client of the services) and is shown no
+// certificate of theirs.
 func (c *common) otlpTLS() (*tls.Config, error) {
-	if isLoopback(c.otlpEndpoint) || c.insecurePlaintext {
+	if c.otlpCA == "" && (isLoopback(c.otlpEndpoint) || c.insecurePlaintext) {
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca := cmp.Or(c.otlpCA, c.tls.CA); ca != "" {
-		pem, err := os.ReadFile(ca)
+	if c.otlpCA != "" {
+		pem, err := os.ReadFile(c.otlpCA)
 		if err != nil {
 			return nil, fmt.Errorf("otlp tls: %w", err)
 		}
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("otlp tls: no certificate in %s", ca)
+			return nil, fmt.Errorf("otlp tls: no certificate in %s", c.otlpCA)
 		}
-	}
-	if c.tls.Cert != "" && c.tls.Key != "" {
-		get, err := tlsconf.ClientCertificate(c.tls.Cert, c.tls.Key)
-		if err != nil {
-			return nil, fmt.Errorf("otlp tls: %w", err)
-		}
-		cfg.GetClientCertificate = get
 	}
 	return cfg, nil
 }
