@@ -5,6 +5,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -45,12 +46,30 @@ type Recorder struct {
 const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 
+// clean replaces NUL characters, which PostgreSQL's text refuses, in what
+// the caller sent (a name, a request id) or its token named: a request
+// refused for a NUL must still be recorded, and its refusal must not turn
+// into an internal error when the record fails.
+func (e Event) clean() Event {
+	c := func(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
+	e.Subject, e.Method, e.Resource, e.Outcome, e.RequestID = c(e.Subject), c(e.Method), c(e.Resource), c(e.Outcome), c(e.RequestID)
+	if slices.ContainsFunc(e.Roles, func(r string) bool { return strings.Contains(r, "\x00") }) {
+		roles := make([]string, len(e.Roles))
+		for i, r := range e.Roles {
+			roles[i] = c(r)
+		}
+		e.Roles = roles
+	}
+	return e
+}
+
 // Record writes one event.
 func (r *Recorder) Record(ctx context.Context, e Event) error {
 	clinic := pgdb.ClinicOf(ctx)
 	if clinic == "" || clinic == pgdb.SystemScope {
 		return fmt.Errorf("audit: no clinic scope for %s", e.Method)
 	}
+	e = e.clean()
 	if _, err := r.DB.Exec(ctx, insert, clinic, e.Subject, e.Roles, e.Method, e.Resource, e.Outcome, e.RequestID); err != nil {
 		return fmt.Errorf("audit: record %s: %w", e.Method, err)
 	}
@@ -65,6 +84,7 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	if clinic == "" || clinic == pgdb.SystemScope {
 		return nil
 	}
+	e = e.clean()
 	return &pgdb.Stamp{SQL: insert, Args: []any{clinic, e.Subject, e.Roles, e.Method, e.Resource, Outcome(codes.OK), e.RequestID}}
 }
 

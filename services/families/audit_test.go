@@ -2,6 +2,7 @@ package families_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -101,5 +102,24 @@ func TestEveryCallIsAudited(t *testing.T) {
 	}
 	if _, err := app.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('north', 's', '{}', 'm', 'OK')`); err != nil {
 		t.Fatalf("the application role cannot append: %v", err)
+	}
+}
+
+// A NUL in a name or a request id (which PostgreSQL's text refuses) is a
+// field violation, not an internal error, and the refused call is still
+// recorded.
+func TestNULInANameIsRefusedAndRecorded(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: "clinics/north/families/a\x00b"})
+	if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "name") {
+		t.Fatalf("refusal %q names no field", st.Message())
+	}
+	_, err = f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "r\x00"})
+	wantCode(t, err, codes.InvalidArgument)
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
+		WHERE outcome = 'INVALID_ARGUMENT' AND (resource LIKE '%' || U&'\FFFD' || '%' OR request_id LIKE '%' || U&'\FFFD' || '%')`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d records of the refused calls (%v); want 2", n, err)
 	}
 }
