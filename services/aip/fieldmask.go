@@ -66,7 +66,24 @@ func copyPath(dst, src protoreflect.Message, path []string) error {
 		if dst.Has(fd) {
 			return copyPath(dst.Mutable(fd).Message(), src.Get(fd).Message().Type().New(), path[1:])
 		}
-		return nil
+		// Nothing to change, but the rest of the path must still name a
+		// field: a typo is refused whether or not the message is set.
+		return checkPath(fd.Message(), path[1:])
 	}
 	return copyPath(dst.Mutable(fd).Message(), src.Get(fd).Message(), path[1:])
+}
+
+// checkPath reports whether path names a field under md, as copyPath would.
+func checkPath(md protoreflect.MessageDescriptor, path []string) error {
+	fd := md.Fields().ByName(protoreflect.Name(path[0]))
+	if fd == nil {
+		return fmt.Errorf("no such field")
+	}
+	if len(path) == 1 {
+		return nil
+	}
+	if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+		return fmt.Errorf("%s has no sub-fields", fd.Name())
+	}
+	return checkPath(fd.Message(), path[1:])
 }

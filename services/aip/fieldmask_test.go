@@ -37,3 +37,25 @@ func TestApplyMask(t *testing.T) {
 		}
 	}
 }
+
+// A path under a message is checked whether or not the message is set on
+// either side: a typo is refused, not passed over as a change of nothing.
+func TestApplyMaskChecksPathsUnderAbsentMessages(t *testing.T) {
+	allowed := []string{"coverage", "loved_one"}
+	for _, c := range []struct {
+		path    string
+		dst     *familiesv1.Family
+		wantErr string
+	}{
+		{"coverage.kindd", &familiesv1.Family{}, "no such field"},
+		{"coverage.kindd", &familiesv1.Family{Coverage: &familiesv1.Coverage{Payer: "Acme"}}, "no such field"},
+		{"coverage.payer.x", &familiesv1.Family{}, "has no sub-fields"},
+		{"coverage.payer", &familiesv1.Family{}, ""},
+		{"loved_one.time_zone", &familiesv1.Family{}, ""},
+	} {
+		err := ApplyMask(c.dst, &familiesv1.Family{}, []string{c.path}, allowed)
+		if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
+			t.Errorf("%s on %v: error %v; want %q", c.path, c.dst, err, c.wantErr)
+		}
+	}
+}

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"strings"
 
+	"buf.build/go/protovalidate"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
 )
 
@@ -46,6 +48,26 @@ type Violations []Violation
 // Add records a violation of field.
 func (v *Violations) Add(field, format string, args ...any) {
 	*v = append(*v, Violation{Field: field, Description: fmt.Sprintf(format, args...)})
+}
+
+// CheckRules adds a violation, under field, for each of the proto's
+// validation rules that m (a part of a resource after an update mask was
+// applied) breaks. A nil m breaks none.
+func CheckRules(v *Violations, field string, m proto.Message) {
+	if m == nil || !m.ProtoReflect().IsValid() {
+		return
+	}
+	err := protovalidate.Validate(m)
+	var verr *protovalidate.ValidationError
+	if !errors.As(err, &verr) {
+		if err != nil {
+			v.Add(field, "%v", err)
+		}
+		return
+	}
+	for _, x := range verr.Violations {
+		v.Add(field+"."+protovalidate.FieldPathString(x.Proto.GetField()), "%s", x.Proto.GetMessage())
+	}
 }
 
 // Err returns an INVALID_ARGUMENT error listing the violations, or nil.

@@ -409,6 +409,10 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 		vs.Add("intervention.expected_duration", "cannot be cleared; give a duration")
 	}
 	checkShape(&vs, r.clinic, next)
+	// The request's own rules saw the body, not the result: a mask such
+	// as place.in_person.address with no place in the body clears a field
+	// those rules require.
+	apperr.CheckRules(&vs, "intervention.place", next.GetPlace())
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}

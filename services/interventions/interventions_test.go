@@ -3,6 +3,7 @@ package interventions_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1056,5 +1057,42 @@ func TestCheckInsAnsweredOutOfOrder(t *testing.T) {
 	}
 	if ci, err := byDue(due["3"]); err != nil || ci.GetNumber() != 3 {
 		t.Fatalf("check-in 3 by due time: %v, %v; want number 3", ci, err)
+	}
+}
+
+// A mask that clears a field the proto requires (the address, with no
+// place in the body) is refused on that field, as sending it empty is, and
+// the meeting keeps its address.
+func TestUpdateCannotClearARequiredPlaceField(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	for _, path := range []string{"place.in_person.address", "place"} {
+		_, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+			Intervention: &interventionsv1.Intervention{Name: iv.GetName()},
+			UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{path}}})
+		if path == "place" {
+			// Clearing the whole place is allowed: a draft may not know it yet.
+			if err != nil {
+				t.Fatalf("clearing the place: %v", err)
+			}
+			continue
+		}
+		st := wantCode(t, err, codes.InvalidArgument)
+		var fields []string
+		for _, d := range st.Details() {
+			if br, ok := d.(*errdetails.BadRequest); ok {
+				for _, v := range br.GetFieldViolations() {
+					fields = append(fields, v.GetField())
+				}
+			}
+		}
+		if !slices.Contains(fields, "intervention.place.in_person.address") {
+			t.Fatalf("%s: violations on %v; want intervention.place.in_person.address", path, fields)
+		}
+		got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+		if err != nil || got.GetPlace().GetInPerson().GetAddress() != "12 Elm St" {
+			t.Fatalf("after the refusal the place is %v (%v)", got.GetPlace(), err)
+		}
 	}
 }
