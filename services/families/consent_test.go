@@ -125,6 +125,11 @@ func TestConsentValidation(t *testing.T) {
 		"signed in the future": {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(now.Add(time.Hour)) }, "consent.sign_time"},
 		"right to revoke not stated": {func(c *familiesv1.Consent) { c.RevocationRightStated = false },
 			"consent.revocation_right_stated"},
+		// Apart by less than the microsecond the table keeps: equal there.
+		"ends as it is signed": {func(c *familiesv1.Consent) {
+			at := now.Add(30 * time.Second).Truncate(time.Microsecond) // within the minute a clock may be ahead
+			c.SignTime, c.ExpireTime = timestamppb.New(at.Add(100*time.Nanosecond)), timestamppb.New(at.Add(200*time.Nanosecond))
+		}, "consent.expire_time"},
 	}
 	for name, tc := range cases {
 		c := f.validConsent("ehr-1")

@@ -474,6 +474,12 @@ func TestReferralValidationAndIsolation(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied)
 	_, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: -1})
 	wantCode(t, err, codes.InvalidArgument)
+	// A count past any program's would leave no room for the slots holds
+	// give back (the column is 32 bits).
+	_, err = f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 2147483647})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "available_slots") {
+		t.Fatalf("refusal of a huge count names %v", apperr.ViolatedFields(err))
+	}
 	// A hold for no one would take a real slot.
 	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: "clinics/north/families/gone"})

@@ -2480,11 +2480,12 @@ type ReportCapacityRequest struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// How many intake slots the program has free now, not counting slots
 	// already held through this API (those stay in `held_slots`). Replaces
-	// `capacity.available_slots`. Zero means none are free. A reporter that
-	// subtracts `held_slots` from its own count should send the `etag` of
-	// the program it read them from: a hold taken meanwhile then makes the
-	// report ABORTED (read again and redo it) instead of promising the held
-	// slot twice.
+	// `capacity.available_slots`. Zero means none are free; at most 100,000
+	// (more is a mistake, and would leave no room to count the slots that
+	// holds give back). A reporter that subtracts `held_slots` from its own
+	// count should send the `etag` of the program it read them from: a hold
+	// taken meanwhile then makes the report ABORTED (read again and redo it)
+	// instead of promising the held slot twice.
 	AvailableSlots int32 `protobuf:"varint,2,opt,name=available_slots,json=availableSlots,proto3" json:"available_slots,omitempty"`
 	// Whether the program keeps a waitlist for new people.
 	Waitlist bool `protobuf:"varint,3,opt,name=waitlist,proto3" json:"waitlist,omitempty"`
@@ -4209,12 +4210,11 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xae\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb2\x02\n" +
 	"\x15ReportCapacityRequest\x12{\n" +
 	"\x04name\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x123\n" +
-	"\x0favailable_slots\x18\x02 \x01(\x05B\n" +
-	"\xe0A\x02\xbaH\x04\x1a\x02(\x00R\x0eavailableSlots\x12\x1f\n" +
+	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x127\n" +
+	"\x0favailable_slots\x18\x02 \x01(\x05B\x0e\xe0A\x02\xbaH\b\x1a\x06\x18\xa0\x8d\x06(\x00R\x0eavailableSlots\x12\x1f\n" +
 	"\bwaitlist\x18\x03 \x01(\bB\x03\xe0A\x01R\bwaitlist\x12\x17\n" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
