@@ -349,6 +349,10 @@ func TestConcurrentRevocationsRevokeTheWhole(t *testing.T) {
 	if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, id); err != nil {
 		t.Fatal(err)
 	}
+	var holder int
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
+		t.Fatal(err)
+	}
 	errs := make(chan error, 2)
 	for _, r := range []string{"ehr-1", "ehr-2"} {
 		go func() {
@@ -356,12 +360,16 @@ func TestConcurrentRevocationsRevokeTheWhole(t *testing.T) {
 			errs <- err
 		}()
 	}
-	// Both wait on the row before it is let go.
+	// Both wait on the row before it is let go: blocked by this test's
+	// transaction, the second through the first (other tests' sessions on
+	// the same server do not count).
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND query LIKE '%consents%' AND pid <> pg_backend_pid()`).Scan(&waiting); err != nil {
+		if err := f.pool.QueryRow(ctx, `WITH RECURSIVE blocked AS (
+				SELECT pid FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))
+				UNION SELECT a.pid FROM pg_stat_activity a JOIN blocked b ON b.pid = ANY(pg_blocking_pids(a.pid)))
+			SELECT count(*) FROM blocked`, holder).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
 		if waiting >= 2 {

@@ -5,6 +5,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -63,6 +64,9 @@ type Config struct {
 	// PublicURL is the gateway's public address (https://api.example.org),
 	// for links in FHIR answers; empty takes them from each request's Host.
 	PublicURL string
+	// ReadyCheckTimeout bounds each service's check in /readyz (default
+	// DefaultReadyCheckTimeout).
+	ReadyCheckTimeout time.Duration
 	// Codec, if set, is the remote payload codec for the Temporal Web UI,
 	// served at /codec/ behind the same CORS, no-store and request log as
 	// the API (a browser UI sends a preflight first, without a token).
@@ -72,7 +76,8 @@ type Config struct {
 // Gateway is the HTTP handler and its connections.
 type Gateway struct {
 	http.Handler
-	conns map[string]*grpc.ClientConn
+	conns        map[string]*grpc.ClientConn
+	readyTimeout time.Duration
 }
 
 // Close closes the connections to the services.
@@ -93,7 +98,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 15 * time.Second
 	}
-	g := &Gateway{conns: map[string]*grpc.ClientConn{}}
+	g := &Gateway{conns: map[string]*grpc.ClientConn{}, readyTimeout: cmp.Or(cfg.ReadyCheckTimeout, DefaultReadyCheckTimeout)}
 	mux := runtime.NewServeMux(
 		// One JSON convention: proto3 JSON, lowerCamelCase names (snake_case
 		// is accepted on input too), enums as names; unknown fields are an
@@ -414,8 +419,9 @@ func logRequests(log *slog.Logger, next http.Handler) http.Handler {
 // of the load balancer for their sake would take the whole API with it.
 var optional = map[string]bool{"webhooks": true}
 
-// readyCheckTimeout is how long a readiness check waits for one service.
-const readyCheckTimeout = 800 * time.Millisecond
+// DefaultReadyCheckTimeout is how long a readiness check waits for one
+// service: under a kubelet's default probe timeout of a second.
+const DefaultReadyCheckTimeout = 800 * time.Millisecond
 
 // ready answers 200 when every service the API needs reports SERVING; the
 // body shows each, optional ones included.
@@ -431,7 +437,7 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(r.Context(), readyCheckTimeout)
+			ctx, cancel := context.WithTimeout(r.Context(), g.readyTimeout)
 			defer cancel()
 			state := "SERVING"
 			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})

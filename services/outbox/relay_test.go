@@ -96,8 +96,10 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	bStarted := make(chan struct{})
 	var hang atomic.Bool
 	hang.Store(true)
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 2 * time.Second, Interval: time.Nanosecond,
-		Linger: 500 * time.Millisecond,
+	// Linger is long enough that a poll which waited for lane b (wrongly)
+	// is told apart from a correct one on a loaded machine.
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 3 * time.Second, Interval: time.Nanosecond,
+		Linger: 1500 * time.Millisecond,
 		Lane:   func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(ctx context.Context, e outbox.Stored) error {
 			mu.Lock()
@@ -134,7 +136,7 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	}
 	began := time.Now()
 	n, err := r.Once(ctx)
-	if err != nil || n != 3 || time.Since(began) > 1500*time.Millisecond {
+	if err != nil || n != 3 || time.Since(began) > 3*time.Second {
 		t.Fatalf("first poll: %d, %v after %v; want lane a's 3 recorded at once, lane b still under way", n, err, time.Since(began))
 	}
 	mu.Lock()
@@ -149,7 +151,7 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	// a poll waits only for the lanes it started, not for b.
 	write("a4")
 	began = time.Now()
-	if n, err := r.Once(ctx); err != nil || n != 1 || time.Since(began) >= 500*time.Millisecond {
+	if n, err := r.Once(ctx); err != nil || n != 1 || time.Since(began) >= 1500*time.Millisecond {
 		t.Fatalf("poll while b1 hangs: %d, %v after %v; want a4, at once", n, err, time.Since(began))
 	}
 	var failed error

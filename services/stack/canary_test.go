@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/devtemporal"
 	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/services/stack"
@@ -38,12 +38,10 @@ import (
 func TestCanariesStayOutOfTemporalAndLogs(t *testing.T) {
 	current = t
 	dir := t.TempDir()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := loopback.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := lis.Addr().(*net.TCPAddr).Port
-	lis.Close()
 	ts, err := devtemporal.Start(devtemporal.Config{DataDir: dir, Port: port})
 	if err != nil {
 		t.Fatal(err)

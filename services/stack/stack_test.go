@@ -302,15 +302,19 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		return ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("kind = INTAKE_UPCOMING AND related_resource = %q", referral.GetName()) + filter})).GetReminders()
 	}
+	// Booked a few seconds ahead: the signal, the workflow task and the
+	// reminder's timer must all come before the appointment, after which
+	// no reminder is made, and the embedded server shares two busy cores.
 	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(2 * time.Second))}}))
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(6 * time.Second))}}))
 	stacktest.Eventually(t, 20*time.Second, "reminders of the first appointment", func() bool { return len(intakeReminders("")) > 0 })
+	second := time.Now().Add(4 * time.Second)
 	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(2 * time.Second))}}))
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(second)}}))
 	stacktest.Eventually(t, 20*time.Second, "the first appointment's reminders cancelled", func() bool {
 		return len(intakeReminders(" AND state = CANCELLED")) > 0
 	})
-	time.Sleep(2500 * time.Millisecond)
+	time.Sleep(time.Until(second.Add(500 * time.Millisecond))) // completed after it began
 	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: referral.GetName()}))
 	res := e.result(iv.GetName())
 	if res.Outcome != "ACCEPTED" || res.ChildResult != "ENTERED_TREATMENT" {

@@ -21,6 +21,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/gateway"
 	"github.com/handoff-health/handoff/services/grpcclient"
+	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/services/webhooks"
 )
@@ -44,12 +45,13 @@ type liveReceiver struct {
 }
 
 func newLiveReceiver(t *testing.T) *liveReceiver {
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port kept free of other listeners and of outgoing connections'
+	// ports (loopback): it stays unbound while the receiver is down.
+	addr, err := loopback.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &liveReceiver{t: t, addr: lis.Addr().String(), seen: map[string]bool{}, attempts: map[string]int{}}
-	lis.Close() // down until up()
+	r := &liveReceiver{t: t, addr: addr, seen: map[string]bool{}, attempts: map[string]int{}} // down until up()
 	t.Cleanup(r.down)
 	return r
 }
