@@ -44,7 +44,7 @@ build:
 ## with the demonstration clinic; `make run ARGS=--fast` shrinks workflow timings
 ARGS ?=
 run: build
-	@scripts/ensure-postgres.sh >/dev/null || { scripts/ensure-postgres.sh; exit 1; }
+	@out=$$(scripts/ensure-postgres.sh 2>&1) || { echo "$$out" >&2; exit 1; }
 	bin/handoff dev --demo $(ARGS)
 
 ## bench: the benchmark suite; writes bench/results/<date>.md and latest.md (about nine minutes)
