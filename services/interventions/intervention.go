@@ -409,10 +409,18 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 		vs.Add("intervention.expected_duration", "cannot be cleared; give a duration")
 	}
 	checkShape(&vs, r.clinic, next)
+	// A place whose kind the mask cleared (place.in_person) is no place, as
+	// clearing place itself gives.
+	if p := next.GetPlace(); p != nil && p.GetKind() == nil {
+		next.Place = nil
+	}
 	// The request's own rules saw the body, not the result: a mask such
 	// as place.in_person.address with no place in the body clears a field
-	// those rules require.
-	apperr.CheckRules(&vs, "intervention.place", next.GetPlace())
+	// those rules require. Only a place the update changes is checked, so
+	// that one stored before this check does not block unrelated edits.
+	if !proto.Equal(next.GetPlace(), cur.GetPlace()) {
+		apperr.CheckRules(&vs, "intervention.place", next.GetPlace())
+	}
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}

@@ -1067,15 +1067,21 @@ func TestUpdateCannotClearARequiredPlaceField(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
-	for _, path := range []string{"place.in_person.address", "place"} {
+	for _, path := range []string{"place.in_person.address", "place.in_person", "place"} {
 		_, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
 			Intervention: &interventionsv1.Intervention{Name: iv.GetName()},
 			UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{path}}})
-		if path == "place" {
-			// Clearing the whole place is allowed: a draft may not know it yet.
+		if path != "place.in_person.address" {
+			// Clearing the place, whole or by its kind, is allowed: a draft
+			// may not know it yet.
 			if err != nil {
-				t.Fatalf("clearing the place: %v", err)
+				t.Fatalf("clearing the place by %s: %v", path, err)
 			}
+			got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+			if err != nil || got.GetPlace() != nil {
+				t.Fatalf("after clearing by %s the place is %v (%v)", path, got.GetPlace(), err)
+			}
+			iv = f.draft(t, f.clock.Now().Add(48*time.Hour))
 			continue
 		}
 		st := wantCode(t, err, codes.InvalidArgument)
@@ -1094,5 +1100,16 @@ func TestUpdateCannotClearARequiredPlaceField(t *testing.T) {
 		if err != nil || got.GetPlace().GetInPerson().GetAddress() != "12 Elm St" {
 			t.Fatalf("after the refusal the place is %v (%v)", got.GetPlace(), err)
 		}
+	}
+	// A place stored without its address before this check (as such a
+	// mask could leave it) does not block an edit that leaves it alone.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE interventions SET doc = jsonb_set(doc, '{place,in_person,address}', '""')
+		WHERE id = $1`, iv.GetName()[strings.LastIndex(iv.GetName(), "/")+1:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}}); err != nil {
+		t.Fatalf("an edit of the level, with a stored place lacking its address: %v", err)
 	}
 }
