@@ -24,21 +24,23 @@ func issue(t *testing.T, p *tlstest.PKI, name string) Files {
 	return Files{Cert: pair.Cert, Key: pair.Key, CA: pair.CA}
 }
 
-// With certificates configured, only a client holding a certificate from
-// the same CA gets through.
-func TestMutualTLS(t *testing.T) {
-	p := tlstest.New(t)
-	serverCreds, err := Server(issue(t, p, "families"))
+// serve starts a health server with the server credentials of files, and
+// returns a check that calls it with a client's credentials.
+func serve(t *testing.T, files Files) func(credentials.TransportCredentials) error {
+	t.Helper()
+	serverCreds, err := Server(files)
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(grpc.Creds(serverCreds))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-
-	check := func(creds credentials.TransportCredentials) error {
+	t.Cleanup(srv.Stop)
+	return func(creds credentials.TransportCredentials) error {
 		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
 		if err != nil {
 			return err
@@ -49,6 +51,13 @@ func TestMutualTLS(t *testing.T) {
 		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 		return err
 	}
+}
+
+// With certificates configured, only a client holding a certificate from
+// the same CA gets through.
+func TestMutualTLS(t *testing.T) {
+	p := tlstest.New(t)
+	check := serve(t, issue(t, p, "families"))
 	clientCreds, err := Client(issue(t, p, "gateway"))
 	if err != nil {
 		t.Fatal(err)
@@ -104,26 +113,7 @@ func placed(t *testing.T, f Files) Files {
 func TestRenewedCertificatesAreUsed(t *testing.T) {
 	a, b := tlstest.New(t), tlstest.New(t)
 	serverFiles, clientFiles := placed(t, issue(t, a, "families")), placed(t, issue(t, a, "gateway"))
-	serverCreds, err := Server(serverFiles)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(serverCreds))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	lis, _ := net.Listen("tcp", "127.0.0.1:0")
-	go func() { _ = srv.Serve(lis) }()
-	defer srv.Stop()
-	check := func(creds credentials.TransportCredentials) error {
-		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(creds))
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		return err
-	}
+	check := serve(t, serverFiles)
 	clientCreds, err := Client(clientFiles)
 	if err != nil {
 		t.Fatal(err)

@@ -652,12 +652,7 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 	}{{"before any referral", false}, {"after a referral", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			var released []activities.ReleaseRequest
-			h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
-				func(_ context.Context, in activities.ReleaseRequest) error {
-					released = append(released, in)
-					return nil
-				})
+			released := h.releases()
 			final := temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
 			if tc.referral {
 				h.programs(1)
@@ -684,8 +679,8 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 			if tc.referral {
 				wantReleased = 0
 			}
-			if len(released) != wantReleased || (wantReleased == 1 && released[0].Hold != input().Hold) {
-				t.Fatalf("holds released %+v; want %d of %s", released, wantReleased, input().Hold)
+			if len(*released) != wantReleased || (wantReleased == 1 && (*released)[0].Hold != input().Hold) {
+				t.Fatalf("holds released %+v; want %d of %s", *released, wantReleased, input().Hold)
 			}
 		})
 	}
@@ -701,12 +696,7 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 	}{{"before any referral", false}, {"after a referral", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			var released []activities.ReleaseRequest
-			h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
-				func(_ context.Context, in activities.ReleaseRequest) error {
-					released = append(released, in)
-					return nil
-				})
+			released := h.releases()
 			if tc.referral {
 				h.programs(1)
 			} else {
@@ -723,9 +713,20 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 			if tc.referral {
 				want = 0
 			}
-			if len(released) != want || (want == 1 && released[0].Hold != input().Hold) {
-				t.Fatalf("holds released %+v; want %d of %s", released, want, input().Hold)
+			if len(*released) != want || (want == 1 && (*released)[0].Hold != input().Hold) {
+				t.Fatalf("holds released %+v; want %d of %s", *released, want, input().Hold)
 			}
 		})
 	}
+}
+
+// releases records the ReleaseHold calls, each answered OK.
+func (h *harness) releases() *[]activities.ReleaseRequest {
+	var released []activities.ReleaseRequest
+	h.env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ReleaseRequest) error {
+			released = append(released, in)
+			return nil
+		})
+	return &released
 }
