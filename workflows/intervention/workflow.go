@@ -188,12 +188,11 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 	if !w.loaded || w.step == StepDone || w.step == StepCancelled {
 		return
 	}
-	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	dctx, stop, ok := tidyContext(ctx, versionCleanUpOnAbandon)
 	defer stop()
-	if flow.Version(dctx, versionCleanUpOnAbandon, 1) < 1 {
+	if !ok {
 		return
 	}
-	dctx = flow.WithActivityOptions(dctx)
 	log := workflow.GetLogger(ctx)
 	reason := "intervention workflow failed"
 	if temporal.IsCanceledError(cause) {
@@ -225,15 +224,25 @@ func (w *wf) releaseCutOff(ctx workflow.Context, cause error) {
 	if w.handedOver || (w.hold.Hold == "" && !w.holdUnsure) || !temporal.IsCanceledError(cause) {
 		return
 	}
-	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	dctx, stop, ok := tidyContext(ctx, versionReleaseCutOff)
 	defer stop()
-	if flow.Version(dctx, versionReleaseCutOff, 1) < 1 {
+	if !ok {
 		return
 	}
-	dctx = flow.WithActivityOptions(dctx)
 	if err := w.releaseHold(dctx, dctx, "intervention workflow cancelled"); err != nil {
 		workflow.GetLogger(ctx).Warn("releasing the hold after the workflow was cancelled failed; it lapses at its expiry", "error", err)
 	}
+}
+
+// tidyContext is a context for tidying up as the workflow ends, which its
+// cancellation does not reach, with the activity options; ok is false
+// when the run began before changeID, which then does nothing.
+func tidyContext(ctx workflow.Context, changeID string) (dctx workflow.Context, stop func(), ok bool) {
+	dctx, stop = workflow.NewDisconnectedContext(ctx)
+	if flow.Version(dctx, changeID, 1) < 1 {
+		return dctx, stop, false
+	}
+	return flow.WithActivityOptions(dctx), stop, true
 }
 
 func (w *wf) setup(ctx workflow.Context) error {
