@@ -19,31 +19,43 @@ import (
 const holdSelect = `SELECT id, program_id, service_kind, family, intervention, expire_time, state, referral,
 	release_reason, create_time, update_time, version FROM holds`
 
+// holdRow is a row of holdSelect's columns.
+type holdRow struct {
+	id, program, family, intervention, referral, reason string
+	kind, state                                         int16
+	expires, created, updated                           time.Time
+	version                                             int64
+}
+
+func (h *holdRow) dest() []any {
+	return []any{&h.id, &h.program, &h.kind, &h.family, &h.intervention, &h.expires, &h.state, &h.referral, &h.reason,
+		&h.created, &h.updated, &h.version}
+}
+
+// hold is the row as the API shows it at now, in clinic.
+func (h *holdRow) hold(clinic string, now time.Time) *referralsv1.Hold {
+	out := &referralsv1.Hold{
+		Name: holdName(clinic, h.id), Program: programName(clinic, h.program), ServiceKind: referralsv1.ServiceKind(h.kind),
+		Family: h.family, Intervention: h.intervention, ExpireTime: timestamppb.New(h.expires),
+		State: referralsv1.HoldState(h.state), Referral: h.referral, ReleaseReason: h.reason,
+		CreateTime: timestamppb.New(h.created), UpdateTime: timestamppb.New(h.updated), Etag: aip.Etag(h.version),
+	}
+	// A hold past its expiry is expired whether or not the sweeper has
+	// returned its slot yet.
+	if out.State == referralsv1.HoldState_HOLD_STATE_HELD && !now.Before(h.expires) {
+		out.State = referralsv1.HoldState_HOLD_STATE_EXPIRED
+	}
+	return out
+}
+
 func (s *Server) scanHold(clinic string) pgx.RowToFunc[*referralsv1.Hold] {
 	now := s.cfg.Now()
 	return func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
-		var (
-			id, program, family, intervention, referral, reason string
-			kind, state                                         int16
-			expires, created, updated                           time.Time
-			version                                             int64
-		)
-		if err := r.Scan(&id, &program, &kind, &family, &intervention, &expires, &state, &referral, &reason,
-			&created, &updated, &version); err != nil {
+		var h holdRow
+		if err := r.Scan(h.dest()...); err != nil {
 			return nil, err
 		}
-		h := &referralsv1.Hold{
-			Name: holdName(clinic, id), Program: programName(clinic, program), ServiceKind: referralsv1.ServiceKind(kind),
-			Family: family, Intervention: intervention, ExpireTime: timestamppb.New(expires),
-			State: referralsv1.HoldState(state), Referral: referral, ReleaseReason: reason,
-			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
-		}
-		// A hold past its expiry is expired whether or not the sweeper has
-		// returned its slot yet.
-		if h.State == referralsv1.HoldState_HOLD_STATE_HELD && !now.Before(expires) {
-			h.State = referralsv1.HoldState_HOLD_STATE_EXPIRED
-		}
-		return h, nil
+		return h.hold(clinic, now), nil
 	}
 }
 
@@ -162,29 +174,38 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 	rows, err := tx.Query(ctx, `WITH expired AS (
 			UPDATE holds SET state = $4, release_reason = 'expired', update_time = $3, version = version + 1
 			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
-			RETURNING clinic, id, program_id),
+			RETURNING clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
+				release_reason, create_time, update_time, version),
 		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id),
 		returned AS (UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
 			update_time = $3, version = p.version + 1
 			FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id)
-		SELECT clinic, id FROM expired ORDER BY clinic, id`,
+		SELECT clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
+			release_reason, create_time, update_time, version FROM expired ORDER BY clinic, id`,
 		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD))
 	if err != nil {
 		return fmt.Errorf("expire holds: %w", err)
 	}
-	expired, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ref, error) {
-		var r ref
-		return r, row.Scan(&r.clinic, &r.id)
+	// The expired holds as they now are, from the statement itself: no
+	// read of each afterwards.
+	type expiredHold struct {
+		clinic string
+		hold   *referralsv1.Hold
+	}
+	expired, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (expiredHold, error) {
+		var e expiredHold
+		var h holdRow
+		if err := row.Scan(append([]any{&e.clinic}, h.dest()...)...); err != nil {
+			return e, err
+		}
+		e.hold = h.hold(e.clinic, now)
+		return e, nil
 	})
 	if err != nil {
 		return fmt.Errorf("expire holds: %w", err)
 	}
-	for _, r := range expired {
-		h, err := s.readHold(ctx, tx, r, false)
-		if err != nil {
-			return fmt.Errorf("read expired hold: %w", err)
-		}
-		if err := emit(ctx, tx, r.clinic, "hold.expired", h.GetName(), h); err != nil {
+	for _, e := range expired {
+		if err := emit(ctx, tx, e.clinic, "hold.expired", e.hold.GetName(), e.hold); err != nil {
 			return err
 		}
 	}
