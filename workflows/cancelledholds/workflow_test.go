@@ -5,12 +5,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/mock"
-	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/cancelledholds"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 )
 
 // The workflow asks once, with a request id of its own, for every live
@@ -18,10 +17,7 @@ import (
 // whatever its service, and reports how many were; a family name that is
 // no family's fails at once.
 func TestReleasesOnce(t *testing.T) {
-	var suite testsuite.WorkflowTestSuite
-	env := suite.NewTestWorkflowEnvironment()
-	env.RegisterWorkflowWithOptions(cancelledholds.Workflow, workflow.RegisterOptions{Name: cancelledholds.Name})
-	env.RegisterActivity(&activities.Activities{})
+	env := flowtest.Env(cancelledholds.Workflow, cancelledholds.Name)
 	var asked []activities.ReleaseHeldRequest
 	env.OnActivity(flow.A.ReleaseHeldFor, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.ReleaseHeldRequest) (int, error) {
@@ -39,9 +35,7 @@ func TestReleasesOnce(t *testing.T) {
 		t.Fatalf("asked %+v, result %+v", asked, res)
 	}
 
-	env = suite.NewTestWorkflowEnvironment()
-	env.RegisterWorkflowWithOptions(cancelledholds.Workflow, workflow.RegisterOptions{Name: cancelledholds.Name})
-	env.RegisterActivity(&activities.Activities{})
+	env = flowtest.Env(cancelledholds.Workflow, cancelledholds.Name)
 	env.ExecuteWorkflow(cancelledholds.Name, cancelledholds.Input{Intervention: in.Intervention, Family: "not-a-family"})
 	if err := env.GetWorkflowError(); err == nil {
 		t.Fatal("a name that is no family's: want an error")

@@ -5,22 +5,18 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/mock"
-	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 )
 
 // The workflow asks once, with a request id of its own, for the family's
 // reminders to people it may no longer contact to be cancelled, and
 // reports how many were; a name that is no family's fails at once.
 func TestWithdrawsOnce(t *testing.T) {
-	var suite testsuite.WorkflowTestSuite
-	env := suite.NewTestWorkflowEnvironment()
-	env.RegisterWorkflowWithOptions(contactwithdrawn.Workflow, workflow.RegisterOptions{Name: contactwithdrawn.Name})
-	env.RegisterActivity(&activities.Activities{})
+	env := flowtest.Env(contactwithdrawn.Workflow, contactwithdrawn.Name)
 	var asked []activities.WithdrawRequest
 	env.OnActivity(flow.A.WithdrawUncontactable, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.WithdrawRequest) (int, error) {
@@ -36,9 +32,7 @@ func TestWithdrawsOnce(t *testing.T) {
 		t.Fatalf("asked %+v, result %+v", asked, res)
 	}
 
-	env = suite.NewTestWorkflowEnvironment()
-	env.RegisterWorkflowWithOptions(contactwithdrawn.Workflow, workflow.RegisterOptions{Name: contactwithdrawn.Name})
-	env.RegisterActivity(&activities.Activities{})
+	env = flowtest.Env(contactwithdrawn.Workflow, contactwithdrawn.Name)
 	env.ExecuteWorkflow(contactwithdrawn.Name, contactwithdrawn.Input{Family: "not-a-family"})
 	if err := env.GetWorkflowError(); err == nil {
 		t.Fatal("a name that is no family's: want an error")

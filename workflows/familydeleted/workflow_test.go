@@ -6,12 +6,11 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/mock"
-	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 	"github.com/handoff-health/handoff/workflows/ids"
 )
 
@@ -29,10 +28,7 @@ func TestDeletedFamilyIsClosed(t *testing.T) {
 		{"a boundary workflow runs", nil, true},
 		{"none runs", errors.New("unknown external workflow execution"), false},
 	} {
-		var suite testsuite.WorkflowTestSuite
-		env := suite.NewTestWorkflowEnvironment()
-		env.RegisterWorkflowWithOptions(familydeleted.Workflow, workflow.RegisterOptions{Name: familydeleted.Name})
-		env.RegisterActivity(&activities.Activities{})
+		env := flowtest.Env(familydeleted.Workflow, familydeleted.Name)
 		var asked []string
 		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
 			func(_ string, id, _ string) error {

@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
@@ -21,4 +22,14 @@ func Resends(env *testsuite.TestWorkflowEnvironment) *[]string {
 			return "clinics/north/reminders/again", nil
 		})
 	return &resent
+}
+
+// Env is a test environment with workflow fn registered under name and
+// Handoff's activities registered, for tests to mock.
+func Env(fn any, name string) *testsuite.TestWorkflowEnvironment {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflowWithOptions(fn, workflow.RegisterOptions{Name: name})
+	env.RegisterActivity(&activities.Activities{})
+	return env
 }

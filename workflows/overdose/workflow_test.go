@@ -10,11 +10,11 @@ import (
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
-	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/overdose"
 )
@@ -44,10 +44,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	var suite testsuite.WorkflowTestSuite
-	env := suite.NewTestWorkflowEnvironment()
-	env.RegisterWorkflowWithOptions(overdose.Workflow, workflow.RegisterOptions{Name: overdose.Name})
-	env.RegisterActivity(&activities.Activities{})
+	env := flowtest.Env(overdose.Workflow, overdose.Name)
 	h := &harness{env: env, open: []string{sign}}
 	settings := activities.DefaultSettings()
 	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(settings, nil)
