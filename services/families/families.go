@@ -175,6 +175,9 @@ var familyFilter = map[string]aip.FilterField{
 	// (for the EHR, disclosed) only if it matches.
 	"update_time": {Column: "f.update_time", Kind: aip.Time},
 	"id":          {Column: "f.id", Kind: aip.String},
+	// For FHIR RelatedPerson searches: a family with no members has none
+	// to show, and is then not read (for the EHR, not disclosed).
+	"has_members": {Column: "(jsonb_array_length(COALESCE(f.doc->'members', '[]'::jsonb)) > 0)", Kind: aip.Bool},
 }
 
 // ListFamilies implements the API.

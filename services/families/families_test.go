@@ -124,6 +124,19 @@ func TestFamilyLifecycle(t *testing.T) {
 	if err != nil || len(list.GetFamilies()) != 0 {
 		t.Fatalf("ListFamilies(active) = %v, %v", list, err)
 	}
+	// has_members: this family has two; one without any is made here.
+	bare := sampleFamily()
+	bare.Members = nil
+	bareFam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: bare})
+	if err != nil {
+		t.Fatalf("CreateFamily without members: %v", err)
+	}
+	for filter, want := range map[string]string{"has_members = true": fam.GetName(), "has_members = false": bareFam.GetName()} {
+		list, err = f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil || len(list.GetFamilies()) != 1 || list.GetFamilies()[0].GetName() != want {
+			t.Fatalf("ListFamilies(%s) = %v, %v; want %s alone", filter, list, err, want)
+		}
+	}
 
 	if _, err := f.client.DeleteFamily(f.env.As("north", "admin-1", "clinic_admin"), &familiesv1.DeleteFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("DeleteFamily: %v", err)

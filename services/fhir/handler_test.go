@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -54,6 +55,19 @@ func (f *fakeFamilies) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequ
 		return nil, refusal(f.family.GetName())
 	}
 	return f.family, nil
+}
+
+// ListFamilies answers a search for the one family by id, as the service
+// filters it: only under a covering consent and, asked for members, only
+// with some.
+func (f *fakeFamilies) ListFamilies(_ context.Context, in *familiesv1.ListFamiliesRequest, _ ...grpc.CallOption) (*familiesv1.ListFamiliesResponse, error) {
+	filter := in.GetFilter()
+	if in.GetPageToken() != "" || !strings.Contains(filter, fmt.Sprintf("id = %q", lastSegment(f.family.GetName()))) ||
+		!f.covers[familiesv1.InformationKind_INFORMATION_KIND_IDENTITY] ||
+		(strings.Contains(filter, "has_members = true") && len(f.family.GetMembers()) == 0) {
+		return &familiesv1.ListFamiliesResponse{}, nil
+	}
+	return &familiesv1.ListFamiliesResponse{Families: []*familiesv1.Family{f.family}}, nil
 }
 
 func (f *fakeFamilies) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {

@@ -256,6 +256,9 @@ func (q query) familyTerm(c caller) string {
 	return fmt.Sprintf("family = %q", familyName(c, q.patient))
 }
 
+// withMembers is the families filter term for "has members to show".
+const withMembers = "has_members = true"
+
 // hasIntake is the referrals filter term for "has an intake appointment".
 const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 
@@ -272,8 +275,11 @@ func entry(res obj) obj { return obj{"resource": res} }
 // families service filters, so that a family that does not match is not
 // read: for the EHR every read is a disclosure in the accounting, and a
 // family left out of the answer was not disclosed.
-func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familiesv1.Family, error) {
-	if len(q.updated) == 0 {
+//
+// terms are more filter terms for the families service; with them too the
+// family is read only if it matches.
+func (s *server) patientFamily(ctx context.Context, c caller, q query, terms ...string) (*familiesv1.Family, error) {
+	if len(q.updated) == 0 && len(terms) == 0 {
 		f, err := s.family(ctx, c, q.patient)
 		if status.Code(err) == codes.NotFound {
 			return nil, nil
@@ -281,7 +287,7 @@ func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familie
 		return f, err
 	}
 	resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/" + c.clinic, PageSize: 1,
-		Filter: q.filter(fmt.Sprintf("id = %q", q.patient))})
+		Filter: q.filter(append([]string{fmt.Sprintf("id = %q", q.patient)}, terms...)...)})
 	if err != nil || len(resp.GetFamilies()) == 0 {
 		return nil, err
 	}
@@ -289,10 +295,10 @@ func (s *server) patientFamily(ctx context.Context, c caller, q query) (*familie
 }
 
 // relatedPeople is a RelatedPerson search: the members of the families,
-// at most _count a page. The families are read one at a time, so that
-// only those whose members go out are read (for the EHR each read is a
-// disclosure in the family's accounting), and a family whose members span
-// pages is read again for the next. The page token says where to go on:
+// at most _count a page. The families are read one at a time, and only
+// those with members, so that only those whose members go out are read
+// (for the EHR each read is a disclosure in the family's accounting), and
+// a family whose members span pages is read again for the next. The page token says where to go on:
 // "m<n>.<family id>." and the families service's token that reads that
 // family, n of whose members were given already. Should that token read
 // another family by then (one was added or removed before it), n is not
@@ -325,12 +331,12 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 		next := ""
 		if q.patient != "" {
 			var err error
-			if f, err = s.patientFamily(ctx, c, q); err != nil {
+			if f, err = s.patientFamily(ctx, c, q, withMembers); err != nil {
 				return page{}, err
 			}
 		} else {
 			resp, err := s.cfg.Families.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{
-				Parent: "clinics/" + c.clinic, PageSize: 1, PageToken: token, Filter: q.filter()})
+				Parent: "clinics/" + c.clinic, PageSize: 1, PageToken: token, Filter: q.filter(withMembers)})
 			if err != nil {
 				return page{}, err
 			}
@@ -357,8 +363,8 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 		if next == "" {
 			return p, nil
 		}
-		// A page's worth of families read (some may have no members) is
-		// enough for one answer.
+		// A page's worth of families read (some may have lost their
+		// members since) is enough for one answer.
 		if len(p.entries) == limit || read+1 >= limit {
 			p.next = "m0.." + next
 			return p, nil

@@ -594,6 +594,38 @@ func TestFHIR(t *testing.T) {
 			return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", ivB)), nil), "referrals")) == 1
 		})
 	})
+
+	// A family whose circle has no members has no RelatedPerson to show:
+	// a search for them does not read it, so nothing is disclosed. (Last:
+	// the paging above counts three families.)
+	t.Run("RelatedPerson search skips a family without members", func(t *testing.T) {
+		fam, _ := w.family("Lee")
+		// Its one member leaves the circle.
+		cur := w.counselor.ok("GET", "/v1/"+fam, nil)
+		w.counselor.ok("PATCH", "/v1/"+fam+"?updateMask=members", map[string]any{"etag": str(cur, "etag"), "members": []any{}})
+		disclosed := func() int {
+			return len(list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures"))
+		}
+		was := disclosed()
+		if got, _, _ := bundle(t, ehr.read("RelatedPerson?patient="+lastID(fam))); len(got) != 0 {
+			t.Fatalf("members of a family without members: %v", ids(got))
+		}
+		all, _, _ := bundle(t, ehr.read("RelatedPerson?_count=1000"))
+		for _, id := range ids(all) {
+			if strings.HasPrefix(id, lastID(fam)) {
+				t.Fatalf("all members include %s", id)
+			}
+		}
+		if n := disclosed(); n != was {
+			t.Fatalf("RelatedPerson searches recorded %d disclosures of a family without members", n-was)
+		}
+		// The family itself is still there for the EHR, and reading it is
+		// recorded: the count above could move.
+		ehr.read("Patient/" + lastID(fam))
+		if n := disclosed(); n != was+1 {
+			t.Fatalf("reading the Patient recorded %d disclosures, want 1", n-was)
+		}
+	})
 }
 
 func lastID(name string) string { return name[strings.LastIndex(name, "/")+1:] }

@@ -2253,7 +2253,8 @@ type ListFamiliesRequest struct {
 	// Conditions joined by AND, for example
 	// `state = ACTIVE AND counselor = "u-123" AND urgent = true`.
 	// Fields: `state`, `counselor`, `urgent`, `update_time` (compared with an
-	// RFC 3339 time) and `id` (the family's id, the last part of its name).
+	// RFC 3339 time), `id` (the family's id, the last part of its name) and
+	// `has_members` (true when the circle has at least one member).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
