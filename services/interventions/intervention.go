@@ -18,6 +18,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -726,10 +727,30 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			return nil, apperr.Field("hold", "must be a hold of the same clinic, clinics/{clinic}/holds/{hold}")
 		}
 	}
+	var hold *referralsv1.Hold
+	if req.GetHold() != "" && s.cfg.Holds != nil && !workerOnly(ctx) {
+		// A retry gets its first answer even if the hold has moved on since.
+		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"UpdateChecklistItem", req.GetRequestId(), req, newIntervention); ok || err != nil {
+			return out, err
+		}
+		if hold, err = s.readHold(ctx, req.GetHold(), req.GetDone()); err != nil {
+			return nil, err
+		}
+	}
 	return s.lockedStep(ctx, r, "UpdateChecklistItem", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if cur.GetState() != draft && cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CHECKLIST_UPDATED")
+			}
+			if hold != nil {
+				if hold.GetFamily() != cur.GetFamily() {
+					return nil, apperr.Field("hold", "is a hold of another family")
+				}
+				// The workflows find the hold to convert, or to give back on
+				// a refusal or cancellation, by the intervention it names.
+				if hold.GetIntervention() != cur.GetName() {
+					return nil, apperr.Field("hold", "does not keep a place for this intervention: make the hold with HoldSlot naming %s", cur.GetName())
+				}
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			i := slices.IndexFunc(next.GetChecklist(), func(it *interventionsv1.ChecklistItem) bool { return it.GetKind() == req.GetKind() })
@@ -745,6 +766,31 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			}
 			return s.save(ctx, tx, r, next, cur.GetState(), "intervention.checklist_updated")
 		})
+}
+
+// workerOnly reports whether the caller is the workflows' worker and not
+// staff. The worker ticks the checklist with the hold HoldSlot has just
+// given it, and may not read holds by name.
+func workerOnly(ctx context.Context) bool {
+	p, ok := auth.FromContext(ctx)
+	return ok && p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin)
+}
+
+// readHold reads the hold a checklist item is to name. One marked done
+// must still keep its place.
+func (s *Server) readHold(ctx context.Context, name string, done bool) (*referralsv1.Hold, error) {
+	h, err := s.cfg.Holds.GetHold(ctx, &referralsv1.GetHoldRequest{Name: name})
+	if apperr.IsCode(err, codes.NotFound) {
+		return nil, apperr.Field("hold", "no such hold")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read hold: %w", err)
+	}
+	if done && h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
+		return nil, apperr.Field("hold", "is %s: a place held is marked done with a hold that still keeps it",
+			strings.TrimPrefix(h.GetState().String(), "HOLD_STATE_"))
+	}
+	return h, nil
 }
 
 // followedUp reports whether an outcome sends the family down the boundary

@@ -12,6 +12,7 @@ import (
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -49,11 +50,22 @@ type Config struct {
 	// service identity's token. Without them feeds show interventions only.
 	CalendarFamilies  familiesv1.FamiliesServiceClient
 	CalendarReferrals referralsv1.ReferralsServiceClient
+	// Holds is read, with the caller's token, to check the hold a
+	// counselor names on the checklist: it must keep a place for this
+	// meeting of this family, the hold its workflows convert or release.
+	// Nil skips the check: only for tests and benchmarks that run this
+	// service alone.
+	Holds HoldReader
 	// Horizon is how far ahead an intervention may be scheduled. Default one
 	// year.
 	Horizon time.Duration
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+}
+
+// HoldReader is the part of the referrals API the service reads.
+type HoldReader interface {
+	GetHold(ctx context.Context, in *referralsv1.GetHoldRequest, opts ...grpc.CallOption) (*referralsv1.Hold, error)
 }
 
 // Server implements interventionsv1.InterventionsServiceServer.

@@ -200,7 +200,11 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}); err != nil {
 		return fail(err)
 	}
-	ivCfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn)}
+	refConn, err := dial(s.ReferralsAddr, nil)
+	if err != nil {
+		return fail(err)
+	}
+	ivCfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(famConn), Holds: referralsv1.NewReferralsServiceClient(refConn)}
 	if cfg.CalendarToken != nil {
 		// Calendar feeds read the counselor's clients' intake appointments
 		// as the calendar_reader identity: a feed request carries no token

@@ -239,8 +239,15 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return part{}, err
 			}
-			conns := []io.Closer{conn}
-			cfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn)}
+			// And those to the referrals service, which checks a hold named
+			// on the checklist.
+			refConn, err := f.dial(f.referralsAddr, nil)
+			if err != nil {
+				conn.Close()
+				return part{}, err
+			}
+			conns := []io.Closer{conn, refConn}
+			cfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn), Holds: referralsv1.NewReferralsServiceClient(refConn)}
 			if f.calendarTokenFile != "" {
 				// A feed request carries no token to forward: feeds read as
 				// their own narrow identity.

@@ -2904,7 +2904,9 @@ type UpdateChecklistItemRequest struct {
 	// For TREATMENT_OPTION_HELD only: the referrals-service hold that keeps a
 	// treatment place for the loved one, `clinics/{clinic}/holds/{hold}`, in
 	// the same clinic. Required to mark that item done; must be empty for
-	// other items.
+	// other items. It must be a hold of this family made for this
+	// intervention (HoldSlot naming it), the one the workflows convert on a
+	// yes and give back otherwise, and, to mark the item done, still HELD.
 	Hold string `protobuf:"bytes,5,opt,name=hold,proto3" json:"hold,omitempty"`
 	// If set, the change happens only if the intervention's etag still
 	// matches.
