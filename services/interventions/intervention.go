@@ -453,7 +453,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			switch locked.GetState() {
 			case draft:
 			case scheduled:
-				if !proto.Equal(locked.GetStartTime(), next.GetStartTime()) || !proto.Equal(locked.GetExpectedDuration(), next.GetExpectedDuration()) ||
+				if !sameMicros(locked.GetStartTime(), next.GetStartTime()) || !proto.Equal(locked.GetExpectedDuration(), next.GetExpectedDuration()) ||
 					locked.GetTimeZone() != next.GetTimeZone() {
 					return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
 						"the time of a scheduled intervention changes through :reschedule", map[string]string{"resource": locked.GetName()})
@@ -589,6 +589,16 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 			}
 			return s.save(ctx, tx, r, locked, scheduled, "intervention.scheduled")
 		})
+}
+
+// sameMicros reports whether two times (either unset) are the same to the
+// microsecond, the precision they are stored at: a client sending back the
+// nanoseconds it first gave has not changed the time.
+func sameMicros(a, b *timestamppb.Timestamp) bool {
+	if a == nil || b == nil {
+		return a == nil && b == nil
+	}
+	return a.AsTime().Truncate(time.Microsecond).Equal(b.AsTime().Truncate(time.Microsecond))
 }
 
 // RescheduleIntervention implements the API.

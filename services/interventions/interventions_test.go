@@ -194,6 +194,16 @@ func TestInterventionLifecycle(t *testing.T) {
 	if err != nil || same.GetRescheduleCount() != 1 || same.GetEtag() != iv.GetEtag() || countEvents() != rescheduled {
 		t.Fatalf("a reschedule to the same time: %v, %v; %d events, were %d", same, err, countEvents(), rescheduled)
 	}
+	// An edit that sends back the time as the client first gave it, to the
+	// nanosecond, does not change the time: it is stored to the microsecond.
+	edited, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), StartTime: timestamppb.New(start.Truncate(time.Microsecond).Add(500)),
+			Participants: iv.GetParticipants()},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"start_time", "participants"}}})
+	if err != nil || edited.GetRescheduleCount() != 1 {
+		t.Fatalf("an edit with the same time in nanoseconds: %v, %v", edited, err)
+	}
+	iv = edited
 	st := wantCode(t, func() error {
 		_, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED})
 		return err
@@ -246,7 +256,7 @@ func TestInterventionLifecycle(t *testing.T) {
 		_ = rows.Scan(&e)
 		events = append(events, e)
 	}
-	want := []string{"created", "updated", "checklist_updated", "scheduled", "rescheduled", "outcome_recorded", "check_in_recorded"}
+	want := []string{"created", "updated", "checklist_updated", "scheduled", "rescheduled", "updated", "outcome_recorded", "check_in_recorded"}
 	if len(events) != len(want) {
 		t.Fatalf("outbox = %v", events)
 	}
@@ -393,6 +403,36 @@ func TestSchedulingRules(t *testing.T) {
 		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "c",
 			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "not a link"}}}}})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A filter on the reminder state goes by the service's clock, as the
+// state each reminder reports and the claim do, not the database's.
+func TestReminderStateFilterUsesTheServiceClock(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	f.clock.Advance(time.Hour) // the service's clock an hour ahead of the database's
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.New(time.Now().Add(30 * time.Minute)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		Message: "Reminder: family meeting tomorrow.", RelatedResource: "clinics/north/interventions/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rem.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
+		t.Fatalf("state = %v, want DUE by the service's clock", rem.GetState())
+	}
+	for filter, want := range map[string]int{"state = DUE": 1, "state = SCHEDULED": 0} {
+		got, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil || len(got.GetReminders()) != want {
+			t.Fatalf("reminders where %s: %v, %v; want %d", filter, got.GetReminders(), err, want)
+		}
+	}
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(time.Minute)}); err != nil {
+		t.Fatalf("claiming the reminder listed as due: %v", err)
+	}
 }
 
 // Reminders are claimed exactly once by racing automation workers.

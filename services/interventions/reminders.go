@@ -3,6 +3,7 @@ package interventions
 import (
 	"context"
 	"fmt"
+	"maps"
 	"regexp"
 	"strings"
 	"time"
@@ -30,10 +31,16 @@ const (
 	rCancelled = interventionsv1.ReminderState_REMINDER_STATE_CANCELLED
 )
 
-// stateExpr is the state a reader sees: a scheduled reminder past its due
-// time, or a claimed one whose lease ran out, is DUE.
-const stateExpr = `(CASE WHEN state = 1 AND due_time <= now() THEN 2
-	WHEN state = 3 AND lease_expire_time <= now() THEN 2 ELSE state END)`
+// stateExpr is the state a reader sees at now: a scheduled reminder past
+// its due time, or a claimed one whose lease ran out, is DUE. now is the
+// service clock, the one scanReminder and ClaimReminder go by, written as a
+// literal the code formats: by the database's clock a filter on DUE could
+// list reminders that a claim then finds not yet due.
+func stateExpr(now time.Time) string {
+	at := "'" + now.UTC().Format(time.RFC3339Nano) + "'::timestamptz"
+	return fmt.Sprintf(`(CASE WHEN state = %d AND due_time <= %s THEN %d
+	WHEN state = %d AND lease_expire_time <= %s THEN %d ELSE state END)`, rScheduled, at, rDue, rClaimed, at, rDue)
+}
 
 const reminderSelect = `SELECT id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
 	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
@@ -285,8 +292,14 @@ func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetRemind
 	return s.readReminder(ctx, s.pool, r, false)
 }
 
-var reminderFilter = map[string]aip.FilterField{
-	"state":          {Column: stateExpr, Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")},
+// reminderFilter is what ListReminders filters on, as of now.
+func reminderFilter(now time.Time) map[string]aip.FilterField {
+	f := maps.Clone(reminderFields)
+	f["state"] = aip.FilterField{Column: stateExpr(now), Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")}
+	return f
+}
+
+var reminderFields = map[string]aip.FilterField{
 	"channel":        {Column: "channel", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ChannelKind_value, "CHANNEL_KIND_")},
 	"recipient_kind": {Column: "recipient_kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.RecipientKind_value, "RECIPIENT_KIND_")},
 	"kind":           {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderKind_value, "REMINDER_KIND_")},
@@ -310,7 +323,7 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter)
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(s.cfg.Now()))
 	if err != nil {
 		return nil, err
 	}
