@@ -13,7 +13,9 @@ import (
 
 // A migration that meets a table held by a long read fails after the lock
 // timeout instead of waiting behind it, with every request queued behind
-// the migration.
+// the migration. With nothing to change, a start does not lock the table at
+// all: every replica's start migrates, and a long read (a dump) must not
+// fail each of them.
 func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
 	owner, schema := pgtest.Schema(t, common)
@@ -30,10 +32,16 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 	was := pgdb.MigrateLockTimeout
 	pgdb.MigrateLockTimeout = 300 * time.Millisecond
 	defer func() { pgdb.MigrateLockTimeout = was }()
+	if err := pgdb.Migrate(ctx, owner, schema, common); err != nil {
+		t.Fatalf("Migrate with nothing to change, beside a long read: %v", err)
+	}
+	alter := pgdb.Source{Name: "alter", FS: fstest.MapFS{
+		"m/0001_note.sql": {Data: []byte("ALTER TABLE audit_log ADD COLUMN note text;\n")},
+	}, Dir: "m"}
 	start := time.Now()
-	err = pgdb.Migrate(ctx, owner, schema, common)
+	err = pgdb.Migrate(ctx, owner, schema, common, alter)
 	if err == nil || !strings.Contains(err.Error(), "lock timeout") {
-		t.Fatalf("Migrate with a table held = %v; want a lock timeout", err)
+		t.Fatalf("Migrate altering a table held = %v; want a lock timeout", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Migrate took %v to give up", took)
@@ -41,8 +49,51 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 	if err := reader.Rollback(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := pgdb.Migrate(ctx, owner, schema, common); err != nil {
+	if err := pgdb.Migrate(ctx, owner, schema, common, alter); err != nil {
 		t.Fatalf("Migrate once the read ended: %v", err)
+	}
+}
+
+// Row security is put back where it is not what this version makes: a
+// policy of an older form is replaced, and one turned off is turned on.
+func TestMigrateRestoresRowSecurity(t *testing.T) {
+	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
+	owner, schema := pgtest.Schema(t, common)
+	ctx := context.Background()
+	for _, st := range []string{
+		`COMMENT ON POLICY clinic_isolation ON ` + schema + `.audit_log IS 'an older form'`,
+		`ALTER TABLE ` + schema + `.outbox NO FORCE ROW LEVEL SECURITY`,
+		`DROP POLICY shared_read ON ` + schema + `.idempotency_keys`,
+	} {
+		if _, err := owner.Exec(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common); err != nil {
+		t.Fatal(err)
+	}
+	var odd []string
+	rows, err := owner.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = $1 AND c.relname IN ('audit_log', 'outbox', 'idempotency_keys')
+		AND NOT (c.relrowsecurity AND c.relforcerowsecurity
+			AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read')
+			AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'clinic_isolation'
+				AND obj_description(p.oid, 'pg_policy') <> 'an older form'))`, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			t.Fatal(err)
+		}
+		odd = append(odd, name)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(odd) != 0 {
+		t.Fatalf("row security not restored on %v", odd)
 	}
 }
 

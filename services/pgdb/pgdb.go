@@ -170,6 +170,11 @@ func lockTimeout() string {
 	return fmt.Sprintf("SET LOCAL lock_timeout = %d", MigrateLockTimeout.Milliseconds())
 }
 
+// policyVersion names the form of the row-level security policies secure
+// creates. Change it with the policies: tables whose policy carries another
+// (or none) get the new ones at the next migration.
+const policyVersion = "handoff-clinic-isolation-2"
+
 // secure grants AppRole what the services need and puts row-level security
 // on every table that has a clinic column. It runs after every migration
 // set, so tables added later are covered too.
@@ -217,8 +222,20 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 				return fmt.Errorf("pgdb: secure %s: %w", schema, err)
 			}
 		}
-		rows, err := tx.Query(ctx, `SELECT table_name FROM information_schema.columns
-			WHERE table_schema = $1 AND column_name = 'clinic' ORDER BY table_name`, schema)
+		// Tables whose row security is already what this version puts in
+		// place are left alone: ALTER TABLE and CREATE POLICY take an
+		// exclusive lock, and every replica's start runs this, so a
+		// long read (a dump) would queue the table's requests behind each
+		// start and then fail it at the lock timeout, over and over.
+		rows, err := tx.Query(ctx, `SELECT col.table_name FROM information_schema.columns col
+			JOIN pg_class c ON c.relname = col.table_name
+			JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = col.table_schema
+			WHERE col.table_schema = $1 AND col.column_name = 'clinic' AND c.relkind IN ('r', 'p')
+			AND NOT (c.relrowsecurity AND c.relforcerowsecurity
+				AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read')
+				AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'clinic_isolation'
+					AND obj_description(p.oid, 'pg_policy') = $2))
+			ORDER BY col.table_name`, schema, policyVersion)
 		if err != nil {
 			return fmt.Errorf("pgdb: secure %s: %w", schema, err)
 		}
@@ -248,6 +265,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 					WITH CHECK (clinic = (SELECT current_setting('handoff.clinic', true))
 						OR (SELECT current_setting('handoff.clinic', true)) = '*')`,
 				`CREATE POLICY shared_read ON ` + q + ` FOR SELECT TO ` + AppRole + ` USING (clinic = '')`,
+				`COMMENT ON POLICY clinic_isolation ON ` + q + ` IS '` + policyVersion + `'`,
 			} {
 				if _, err := tx.Exec(ctx, st); err != nil {
 					return fmt.Errorf("pgdb: row security on %s: %w", q, err)
