@@ -1,7 +1,8 @@
 // Package grpcserver builds the gRPC servers of Handoff's services with the
 // same chain of interceptors: panic recovery, authentication, per-method
 // authorization, request validation, and logging that carries identifiers
-// only. It also registers health and reflection, and stops gracefully.
+// only. It also registers health (and reflection when asked), and stops
+// gracefully.
 package grpcserver
 
 import (
@@ -56,6 +57,10 @@ type Config struct {
 	// from the request itself instead of a bearer token, for clients that
 	// cannot send one. Bearer tokens are ignored for those methods.
 	Credentials map[string]Credential
+	// Reflection serves the gRPC reflection service, without a token, for
+	// tools such as grpcurl. Off unless asked: it lists every method and
+	// message of the service to anyone who can connect.
+	Reflection bool
 }
 
 // Credential authenticates a call from its request, such as a calendar
@@ -128,7 +133,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{Server: grpc.NewServer(opts...), Health: health.NewServer(), log: log, icpt: i}
 	healthpb.RegisterHealthServer(s.Server, s.Health)
-	reflection.Register(s.Server)
+	if cfg.Reflection {
+		reflection.Register(s.Server)
+	}
 	return s, nil
 }
 

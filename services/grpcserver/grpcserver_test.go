@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -279,5 +281,42 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), forged) {
 		t.Fatal("the log holds the token a caller sent")
+	}
+}
+
+// Reflection lists every method to anyone who can connect, so it is served
+// only when asked for.
+func TestReflectionOnlyWhenAsked(t *testing.T) {
+	env := serveOne(t, "/test.Svc/Get", nil)
+	list := func(conn *grpc.ClientConn) ([]string, error) {
+		stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(context.Background())
+		if err != nil {
+			return nil, err
+		}
+		if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+			MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{},
+		}); err != nil {
+			return nil, err
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		for _, s := range resp.GetListServicesResponse().GetService() {
+			names = append(names, s.GetName())
+		}
+		return names, nil
+	}
+	if _, err := list(env.Conn); status.Code(err) != codes.Unimplemented {
+		t.Fatalf("reflection by default: %v, want Unimplemented", err)
+	}
+	conn := env.AlsoWith(t, grpcserver.Config{Reflection: true}, func(*grpc.Server) {})
+	names, err := list(conn)
+	if err != nil {
+		t.Fatalf("reflection when asked: %v", err)
+	}
+	if !slices.Contains(names, "grpc.health.v1.Health") {
+		t.Errorf("reflection listed %v, want the health service among them", names)
 	}
 }

@@ -67,6 +67,9 @@ type Config struct {
 	// WebhooksAddr, if set, is where the webhooks service listens; then
 	// the relays also enqueue webhook deliveries and the sender runs.
 	WebhooksAddr string
+	// Reflection serves gRPC reflection on each service, for grpcurl on a
+	// developer's machine.
+	Reflection bool
 	// WebhookToken is the webhook sender's service token (role
 	// webhook_sender) for its consent checks with the families service.
 	WebhookToken grpcclient.TokenSource
@@ -142,7 +145,8 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		return lis, nil
 	}
 	serveOn := func(name string, lis net.Listener, policy grpcserver.Policy, auditor grpcserver.Auditor, register func(*grpcserver.Server)) (string, error) {
-		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy, Audit: auditor})
+		srv, err := grpcserver.New(grpcserver.Config{Logger: cfg.Log.With("service", name), Verifier: cfg.Verifier, Policy: policy, Audit: auditor,
+			Reflection: cfg.Reflection})
 		if err != nil {
 			return "", err
 		}

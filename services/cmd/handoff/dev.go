@@ -126,6 +126,8 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		WebhookToken:  func(context.Context) (string, error) { return webhookToken, nil },
 		Temporal:      tc, FamiliesAddr: familiesAddr, InterventionsAddr: interventionsAddr, ReferralsAddr: referralsAddr,
 		WebhooksAddr: webhooksAddr,
+		// The development stack listens on loopback: grpcurl may list it.
+		Reflection: true,
 		// Receivers on this machine over plain HTTP are fine for development.
 		Webhooks:      webhooks.Config{AllowInsecure: true, AllowPrivate: true, Secrets: secrets},
 		WebhookSender: webhooks.SenderConfig{AllowPrivate: true},

@@ -212,6 +212,8 @@ type serviceFlags struct {
 	// when the URL names the services' own login role (see
 	// pgdb.EnsureLoginRole) and the migrate job, as the owner, migrates.
 	migrate bool
+	// reflection serves gRPC reflection (see grpcserver.Config.Reflection).
+	reflection bool
 	// log is the process's logger, for background parts.
 	log *slog.Logger
 }
@@ -440,10 +442,12 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	fs.StringVar(&f.familiesAddr, "families-address", env("HANDOFF_FAMILIES_ADDRESS", familiesAddr), "families service host:port (HANDOFF_FAMILIES_ADDRESS)")
 	fs.BoolVar(&f.migrate, "migrate", true,
 		"migrate the schema at start as the URL's user; false when that user is the services' login role and 'handoff migrate' runs as the owner (HANDOFF_MIGRATE)")
+	fs.BoolVar(&f.reflection, "grpc-reflection", false,
+		"serve gRPC reflection on the listen address, unauthenticated, for tools such as grpcurl (HANDOFF_GRPC_REFLECTION)")
 	if d.flags != nil {
 		d.flags(fs, &f)
 	}
-	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE"); err != nil {
+	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE", "grpc-reflection", "HANDOFF_GRPC_REFLECTION"); err != nil {
 		return err
 	}
 	if err := fs.Parse(args); err != nil {
@@ -486,7 +490,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		return err
 	}
 	defer pool.Pool.Close()
-	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy, TLS: creds})
+	srv, err := grpcserver.New(grpcserver.Config{Logger: log, Verifier: verifier, Policy: d.policy, TLS: creds, Reflection: f.reflection})
 	if err != nil {
 		return err
 	}
