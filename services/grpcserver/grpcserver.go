@@ -175,6 +175,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	var subject string
 	var audited func(error) error // set once the caller is known
 	unknown := false              // the caller could not be authenticated
+	unscoped := false             // authenticated, refused before any clinic was known
 	defer func() {
 		if r := recover(); r != nil {
 			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
@@ -193,13 +194,18 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 		// Identifiers only: no request or response bodies reach the log.
 		attrs := []any{"method", info.FullMethod, "code", code.String(), "subject", subject, "duration_ms", time.Since(start).Milliseconds()}
-		if unknown {
+		if unknown || unscoped {
 			// No clinic is known to file an audit record under (a clinic
 			// the request names is the caller's claim): the log is where
-			// failed sign-ins are watched, with where they came from.
+			// failed sign-ins, and valid tokens used outside their scope,
+			// are watched, with where they came from.
 			level = slog.LevelWarn
 			attrs = append(attrs, origin(ctx)...)
-			i.log.Log(ctx, level, "authentication failed", attrs...)
+			msg := "authentication failed"
+			if unscoped {
+				msg = "refused before any clinic was known"
+			}
+			i.log.Log(ctx, level, msg, attrs...)
 			return
 		}
 		i.log.Log(ctx, level, "rpc", attrs...)
@@ -226,9 +232,13 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	scope := p.Clinic
 	if scope == auth.AnyClinic {
 		if !p.ServesEveryClinic() {
+			// A staff token for every clinic: the identity provider's
+			// mistake, or a token used where it should not be.
+			unscoped = true
 			return nil, status.Error(codes.PermissionDenied, "only the service identities that serve every clinic may act for every clinic")
 		}
 		if scope = requestClinic(m); scope == "" {
+			unscoped = true
 			return nil, status.Error(codes.InvalidArgument, "the request names no clinic resource")
 		}
 	}

@@ -246,13 +246,16 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 		{context.Background(), codes.Unauthenticated},
 		{metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+forged, "x-forwarded-for", "203.0.113.9"), codes.Unauthenticated},
 		{good, codes.OK},
+		// A valid token whose scope no staff member may have.
+		{auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCounselor}})),
+			codes.PermissionDenied},
 	}
 	for _, c := range calls {
 		if err := conn.Invoke(c.ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != c.want {
 			t.Fatalf("call: %v, want %v", err, c.want)
 		}
 	}
-	var failed, ok []map[string]any
+	var failed, ok, unscoped []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(line), &rec); err != nil {
@@ -263,7 +266,13 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 			failed = append(failed, rec)
 		case "rpc":
 			ok = append(ok, rec)
+		case "refused before any clinic was known":
+			unscoped = append(unscoped, rec)
 		}
+	}
+	if len(unscoped) != 1 || unscoped[0]["level"] != "WARN" || unscoped[0]["code"] != "PermissionDenied" ||
+		unscoped[0]["subject"] != "c" || !strings.HasPrefix(fmt.Sprint(unscoped[0]["peer"]), "127.0.0.1:") {
+		t.Fatalf("a staff token for every clinic logged as %v:\n%s", unscoped, logs)
 	}
 	if len(failed) != 2 || len(ok) != 1 {
 		t.Fatalf("%d failed sign-ins and %d calls logged, want 2 and 1:\n%s", len(failed), len(ok), logs)
