@@ -101,3 +101,28 @@ func TestProbesOutliveTheStopSignal(t *testing.T) {
 		t.Fatalf("/readyz after the process ended: %d, want no answer", got)
 	}
 }
+
+// The token verifier's key set comes over TLS unless it is on this machine
+// or the network is declared trusted, and tokens must name an audience.
+func TestVerifierSettings(t *testing.T) {
+	for _, c := range []struct {
+		url, audience string
+		trusted, ok   bool
+	}{
+		{"https://login.example.org/.well-known/jwks.json", "handoff", false, true},
+		{"http://127.0.0.1:8090/jwks.json", "handoff", false, true},
+		{"http://localhost:8090/jwks.json", "handoff", false, true},
+		{"http://[::1]:8090/jwks.json", "handoff", false, true},
+		{"http://issuer:8090/jwks.json", "handoff", true, true},
+		{"http://issuer:8090/jwks.json", "handoff", false, false},
+		{"http://10.0.0.5/jwks.json", "handoff", false, false},
+		{"ftp://login.example.org/jwks.json", "handoff", true, false},
+		{"login.example.org/jwks.json", "handoff", true, false},
+		{"https://login.example.org/.well-known/jwks.json", "", false, false},
+	} {
+		cm := &common{issuer: "https://login.example.org", audience: c.audience, jwksURL: c.url, insecurePlaintext: c.trusted}
+		if _, err := cm.verifier(); (err == nil) != c.ok {
+			t.Errorf("jwks %q, audience %q, trusted network %v: %v; want accepted %v", c.url, c.audience, c.trusted, err, c.ok)
+		}
+	}
+}

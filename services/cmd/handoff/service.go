@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -114,9 +115,11 @@ func (c *common) plaintext(what, addr string, creds credentials.TransportCredent
 // isLoopback reports whether addr (host:port) reaches this machine only.
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
+	return err == nil && loopbackHost(host)
+}
+
+// loopbackHost reports whether host (no port) is this machine's loopback.
+func loopbackHost(host string) bool {
 	if host == "localhost" {
 		return true
 	}
@@ -127,6 +130,20 @@ func isLoopback(addr string) bool {
 func (c *common) verifier() (*auth.Verifier, error) {
 	if c.issuer == "" || c.jwksURL == "" {
 		return nil, errors.New("--oidc-issuer and --jwks-url are required: every call must carry a verified token")
+	}
+	if c.audience == "" {
+		// An empty audience would match tokens minted with none.
+		return nil, errors.New("--oidc-audience is empty: name the audience tokens must be minted for (default handoff)")
+	}
+	// The key set is what every token check rests on: whoever can answer
+	// for it can sign tokens for any clinic.
+	u, err := url.Parse(c.jwksURL)
+	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return nil, fmt.Errorf("--jwks-url %q is not an http(s) URL", c.jwksURL)
+	}
+	if u.Scheme == "http" && !loopbackHost(u.Hostname()) && !c.insecurePlaintext {
+		return nil, fmt.Errorf("--jwks-url %q: the signing keys would cross the network in clear, where anyone on the way could swap them; "+
+			"use https, or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", c.jwksURL)
 	}
 	return &auth.Verifier{Issuer: c.issuer, Audience: c.audience, Keys: &auth.JWKS{URL: c.jwksURL}, Leeway: 30 * time.Second}, nil
 }
