@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -57,5 +58,45 @@ func TestStopDrainsThenClosesQuietly(t *testing.T) {
 				t.Fatalf("the request's answer: %v; want answered %v", err, c.answered)
 			}
 		})
+	}
+}
+
+// A server that fails before the stop signal ends the process: the parts
+// beside it (the outbox relay, the sweeps) stop too, instead of keeping a
+// process that answers nobody alive.
+func TestServerFailureStopsTheParts(t *testing.T) {
+	failed := errors.New("accept: listener gone")
+	stopped := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- runWith(context.Background(), func(context.Context) error { return failed },
+			func(ctx context.Context) { <-ctx.Done(); close(stopped) })
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, failed) {
+			t.Fatalf("runWith = %v, want the server's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("runWith still waits for its parts after the server failed")
+	}
+	select {
+	case <-stopped:
+	default:
+		t.Fatal("runWith returned before its part stopped")
+	}
+}
+
+// The gateway's own readiness turns at the stop signal, so the load
+// balancer stops sending while it drains.
+func TestGatewayNotReadyOnceStopping(t *testing.T) {
+	ctx, stop := context.WithCancel(context.Background())
+	ready := upUntil(ctx)
+	if err := ready(context.Background()); err != nil {
+		t.Fatalf("before the stop: %v", err)
+	}
+	stop()
+	if err := ready(context.Background()); err == nil {
+		t.Fatal("ready after the stop signal")
 	}
 }

@@ -81,9 +81,21 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	mux.Handle("/", gw)
 	var h http.Handler = mux
 	// The public port's /readyz checks the services; this one says the
-	// gateway itself is up.
-	o.setReady(func(context.Context) error { return nil })
+	// gateway itself is up, until the stop signal: through the drain it
+	// takes no new connections, and the load balancer should know.
+	o.setReady(upUntil(ctx))
 	return serveHTTP(ctx, log, *listen, h)
+}
+
+// upUntil is a readiness check that passes until ctx, the process's stop
+// signal, ends.
+func upUntil(ctx context.Context) func(context.Context) error {
+	return func(context.Context) error {
+		if ctx.Err() != nil {
+			return errors.New("stopping")
+		}
+		return nil
+	}
 }
 
 func splitList(s string) []string {

@@ -525,10 +525,9 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err != nil {
 		return fmt.Errorf("%s: listen: %w", d.name, err)
 	}
-	var wg sync.WaitGroup
+	var parts []func(context.Context)
 	if background.run != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); background.run(ctx) }()
+		parts = append(parts, background.run)
 	}
 	deliver := (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver
 	if d.schema != webhooks.Schema {
@@ -543,11 +542,27 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		deliver = (&webhooks.Sink{DB: whDB, Log: log}).After(deliver, d.schema)
 	}
 	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
-	wg.Add(1)
-	go func() { defer wg.Done(); relay.Run(ctx) }()
-	o.setReady(serving(srv.Health))
-	log.Info("serving", "addr", lis.Addr().String())
-	err = srv.Serve(ctx, lis, drainFor)
+	parts = append(parts, relay.Run)
+	return runWith(ctx, func(ctx context.Context) error {
+		o.setReady(serving(srv.Health))
+		log.Info("serving", "addr", lis.Addr().String())
+		return srv.Serve(ctx, lis, drainFor)
+	}, parts...)
+}
+
+// runWith runs the parts until ctx ends or serve returns, whichever comes
+// first, and waits for them: a server that fails on its own must not leave
+// the relay and the sweeps running in a process that answers nobody.
+func runWith(ctx context.Context, serve func(context.Context) error, parts ...func(context.Context)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, run := range parts {
+		wg.Add(1)
+		go func() { defer wg.Done(); run(ctx) }()
+	}
+	err := serve(ctx)
+	cancel()
 	wg.Wait()
 	return err
 }
