@@ -2,12 +2,15 @@ package families_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
 // With the service layer's clinic check turned off, row-level security alone
@@ -50,5 +53,60 @@ func TestRowLevelSecurityAloneIsolatesClinics(t *testing.T) {
 	restore()
 	if _, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The histories the service only adds to cannot be rewritten through its
+// database role, even by a statement no handler would send; deleting the
+// family still takes them with it.
+func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "No cover stories."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AgreeBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CreateWarningSign(f.ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"boundary_events", "warning_signs", "safety_screens"}
+	count := func() (n int) {
+		t.Helper()
+		for _, table := range tables {
+			var c int
+			if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM `+table).Scan(&c); err != nil {
+				t.Fatal(err)
+			}
+			n += c
+		}
+		return n
+	}
+	if n := count(); n < 3 {
+		t.Fatalf("%d history rows, want at least one in each table", n)
+	}
+	app := pgtest.App(t, f.schema)
+	north := pgdb.WithClinic(context.Background(), "north")
+	for _, table := range tables {
+		for _, st := range []string{`UPDATE ` + table + ` SET clinic = clinic`, `DELETE FROM ` + table, `TRUNCATE ` + table} {
+			if _, err := app.Exec(north, st); err == nil || !strings.Contains(err.Error(), "permission denied") {
+				t.Errorf("%s as the service: %v, want permission denied", st, err)
+			}
+		}
+	}
+	if _, err := f.client.DeleteFamily(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &familiesv1.DeleteFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("DeleteFamily: %v", err)
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d history rows left after the family was deleted", n)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
+	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/referrals"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -1167,5 +1168,21 @@ func TestExpiredHoldsAreAnnounced(t *testing.T) {
 	}
 	if got := expired(ha.GetName()); len(got) != 1 {
 		t.Fatalf("the sweep announced an expired hold again: %d events", len(got))
+	}
+}
+
+// A referral's history is append-only for the service's database role.
+func TestReferralHistoryIsAppendOnly(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
+		var may bool
+		if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, 'referral_events', $2)`, pgdb.AppRole, priv).Scan(&may); err != nil || may {
+			t.Errorf("%s on referral_events: %v, %v; want refused", priv, may, err)
+		}
+	}
+	var may bool
+	if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, 'referral_events', 'INSERT')`, pgdb.AppRole).Scan(&may); err != nil || !may {
+		t.Errorf("INSERT on referral_events: %v, %v; want allowed", may, err)
 	}
 }
