@@ -549,6 +549,17 @@ func TestSequenceGrowsPerResource(t *testing.T) {
 	if err != nil || len(resp.GetDeliveries()) != 1 {
 		t.Fatalf("dead letters %v, %v", resp, err)
 	}
+	// Delivered and dead alike carry when they finished: retention counts
+	// from it.
+	finished := func(want int) bool {
+		var n, unstamped int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE state <> 1), count(*) FILTER (WHERE state <> 1 AND finish_time IS NULL)
+			FROM deliveries`).Scan(&n, &unstamped); err != nil {
+			t.Fatal(err)
+		}
+		return n == want && unstamped == 0
+	}
+	eventually(t, 5*time.Second, "five finished deliveries with their finish time", func() bool { return finished(5) })
 	failFirst.Store(false)
 	if _, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: resp.GetDeliveries()[0].GetName()}); err != nil {
 		t.Fatal(err)
@@ -570,15 +581,21 @@ func TestSenderForgetsWhatIsPastItsRetention(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	for _, r := range []string{"old-delivered", "old-dead", "new-dead", "old-pending"} {
+	for _, r := range []string{"old-delivered", "old-dead", "late-dead", "earlier-dead", "new-dead", "old-pending"} {
 		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, r, "accepted")); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if _, err := f.pool.Exec(ctx, `
-		UPDATE deliveries SET state = 2, create_time = now() - interval '31 days' WHERE resource LIKE '%/old-delivered';
-		UPDATE deliveries SET state = 3, create_time = now() - interval '31 days' WHERE resource LIKE '%/old-dead';
-		UPDATE deliveries SET state = 3 WHERE resource LIKE '%/new-dead';
+		UPDATE deliveries SET state = 2, create_time = now() - interval '32 days', finish_time = now() - interval '31 days' WHERE resource LIKE '%/old-delivered';
+		UPDATE deliveries SET state = 3, create_time = now() - interval '40 days', finish_time = now() - interval '31 days' WHERE resource LIKE '%/old-dead';
+		-- An old event whose delivery died only yesterday (a reminder due
+		-- a month after it was set): kept, to be replayed.
+		UPDATE deliveries SET state = 3, create_time = now() - interval '40 days', finish_time = now() - interval '1 day' WHERE resource LIKE '%/late-dead';
+		-- Finished before finish_time was recorded: counted from its last
+		-- attempt.
+		UPDATE deliveries SET state = 3, create_time = now() - interval '40 days', next_attempt_time = now() - interval '35 days' WHERE resource LIKE '%/earlier-dead';
+		UPDATE deliveries SET state = 3, finish_time = now() WHERE resource LIKE '%/new-dead';
 		UPDATE deliveries SET create_time = now() - interval '40 days', next_attempt_time = now() + interval '1 day' WHERE resource LIKE '%/old-pending';
 		INSERT INTO sink_failures (clinic, source, outbox_id, event_type, error, create_time) VALUES
 			('north', 'referrals', 1, 't', 'e', now() - interval '31 days'), ('north', 'referrals', 2, 't', 'e', now());
@@ -599,8 +616,8 @@ func TestSenderForgetsWhatIsPastItsRetention(t *testing.T) {
 		}
 		return strings.Join(got, " ")
 	}
-	if got := strs(`SELECT split_part(resource, '/', 4) FROM deliveries ORDER BY seq`); got != "new-dead old-pending" {
-		t.Errorf("deliveries kept: %s; want new-dead old-pending", got)
+	if got := strs(`SELECT split_part(resource, '/', 4) FROM deliveries ORDER BY seq`); got != "late-dead new-dead old-pending" {
+		t.Errorf("deliveries kept: %s; want late-dead new-dead old-pending", got)
 	}
 	if got := strs(`SELECT outbox_id::text FROM sink_failures`); got != "2" {
 		t.Errorf("sink failures kept: %s; want 2", got)

@@ -19,6 +19,11 @@ const Keep = 30 * 24 * time.Hour
 
 var _ = outbox.DefaultKeep // Keep must stay longer; see its comment
 
+// finishedAt is when a finished delivery finished; rows finished before
+// finish_time was recorded count from their last attempt. The index
+// deliveries_finished is on this expression.
+const finishedAt = `COALESCE(finish_time, GREATEST(create_time, next_attempt_time))`
+
 // prune deletes, at most once every pruneEvery, finished deliveries and
 // sink failures older than Keep, and request ids older than
 // outbox.DefaultKeepRequestIDs (a stored CreateSubscription answer holds
@@ -37,8 +42,11 @@ func (s *Sender) prune(ctx context.Context, now time.Time) error {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
 	err := outbox.InBatches(
 		func(limit int) (int64, error) {
+			// Counted from when the delivery finished, not from its event:
+			// a reminder's delivery waits for its due time, and a dead
+			// letter stays replayable for all of Keep.
 			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM deliveries WHERE seq IN (
-				SELECT seq FROM deliveries WHERE state <> 1 AND create_time < $1 ORDER BY create_time LIMIT $2)`, now.Add(-Keep), limit)
+				SELECT seq FROM deliveries WHERE state <> 1 AND `+finishedAt+` < $1 ORDER BY `+finishedAt+` LIMIT $2)`, now.Add(-Keep), limit)
 			return tag.RowsAffected(), err
 		},
 		func(limit int) (int64, error) {

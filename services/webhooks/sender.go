@@ -349,7 +349,7 @@ var errSecretUnreadable = errors.New("signing secret unreadable with the configu
 // the payload, so that a replay can still send it in full.
 func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
-	tag, err := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6
+	tag, err := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, finish_time = now()
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
 		p.clinic, p.subscription, p.id, stateDead, p.attempts, reason)
 	if err != nil {
@@ -379,7 +379,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if err == nil {
 		// Recorded even while shutting down: the receiver has it, and
 		// leaving it to the lease would send it again.
-		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), last_error = '', payload = NULL
+		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), finish_time = now(), last_error = '', payload = NULL
 			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
 			p.clinic, p.subscription, p.id, stateDelivered, p.attempts)
 		if uerr != nil {
@@ -397,7 +397,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil // shutting down: the lease expires and the delivery is retried
 	}
 	if errors.Is(err, errWithheld) {
-		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, payload = NULL
+		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, payload = NULL, finish_time = now()
 			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
 			p.clinic, p.subscription, p.id, stateWithdrawn, p.attempts, errWithheld.Error())
 		if uerr != nil {

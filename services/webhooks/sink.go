@@ -208,7 +208,7 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 		// (1 PENDING, 3 DEAD) are literals so that the partial index
 		// deliveries_open_resource matches; a withdrawn delivery keeps no
 		// payload.
-		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4, payload = NULL
+		if _, err := k.DB.Exec(ctx, `UPDATE deliveries SET state = $4, payload = NULL, finish_time = now()
 			WHERE clinic = $1 AND resource = $2 AND topic = $3 AND state IN (1, 3)`,
 			e.Clinic, e.Resource, int16(r.withdraw), stateWithdrawn); err != nil {
 			return 0, fmt.Errorf("webhooks: withdraw %s deliveries: %w", e.Type, err)
