@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -38,7 +39,8 @@ const (
 )
 
 const interventionSelect = `SELECT id, family, counselor, level, start_time, duration_seconds, time_zone, doc, state,
-	reschedule_count, reschedule_reason, create_time, update_time, version FROM interventions`
+	reschedule_count, reschedule_reason, create_time, update_time, version,
+	COALESCE(shared_update_time, update_time), COALESCE(shared_version, version) FROM interventions`
 
 var docJSON = protojson.MarshalOptions{UseProtoNames: true}
 
@@ -60,7 +62,10 @@ func encodeDoc(iv *interventionsv1.Intervention) ([]byte, error) {
 	return b, nil
 }
 
-func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention] {
+// scanIntervention reads a row. shared gives the version and update time
+// of what outside systems see (see sharedChanged) instead of the
+// intervention's own.
+func scanIntervention(clinic string, shared bool) pgx.RowToFunc[*interventionsv1.Intervention] {
 	return func(r pgx.CollectableRow) (*interventionsv1.Intervention, error) {
 		var (
 			id, family, counselor, zone string
@@ -70,10 +75,11 @@ func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention
 			duration, reschedules       int32
 			doc                         []byte
 			created, updated            time.Time
-			version                     int64
+			sharedUpdated               time.Time
+			version, sharedVersion      int64
 		)
 		if err := r.Scan(&id, &family, &counselor, &level, &start, &duration, &zone, &doc, &state,
-			&reschedules, &rescheduleReason, &created, &updated, &version); err != nil {
+			&reschedules, &rescheduleReason, &created, &updated, &version, &sharedUpdated, &sharedVersion); err != nil {
 			return nil, err
 		}
 		iv := &interventionsv1.Intervention{}
@@ -91,6 +97,9 @@ func scanIntervention(clinic string) pgx.RowToFunc[*interventionsv1.Intervention
 		iv.RescheduleCount, iv.RescheduleReason = reschedules, rescheduleReason
 		iv.WorkflowId = ids.Intervention(iv.Name)
 		iv.CreateTime, iv.UpdateTime, iv.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
+		if shared {
+			iv.UpdateTime, iv.Etag = timestamppb.New(sharedUpdated), aip.Etag(sharedVersion)
+		}
 		return iv, nil
 	}
 }
@@ -101,7 +110,10 @@ func readIntervention(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*i
 		sql += ` FOR UPDATE`
 	}
 	rows, err := q.Query(ctx, sql, r.clinic, r.id)
-	return pgdb.One(rows, err, interventionName(r.clinic, r.id), scanIntervention(r.clinic))
+	// An outside system only reads; what it reads carries the version of
+	// its view.
+	_, out := consentgate.Outsider(ctx)
+	return pgdb.One(rows, err, interventionName(r.clinic, r.id), scanIntervention(r.clinic, out))
 }
 
 func newIntervention() *interventionsv1.Intervention { return &interventionsv1.Intervention{} }
@@ -360,9 +372,15 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 		// The appointment an outside system sees has no level
 		// (consentgate.Appointment); filtering on it would tell it.
 		fields = aip.Without(interventionFilter, "level")
+		// And on the update time of what it sees: the intervention's own
+		// moves with changes the appointment leaves out.
+		ut := fields["update_time"]
+		ut.Column = "COALESCE(shared_update_time, update_time)"
+		fields = maps.Clone(fields)
+		fields["update_time"] = ut
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, scope, args,
-		req, fields, scanIntervention(clinic), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
+		req, fields, scanIntervention(clinic, out), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
 	if err != nil {
 		return nil, err
 	}
@@ -465,12 +483,14 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			default:
 				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
 			}
-			return s.save(ctx, tx, r, next, locked.GetState(), "intervention.updated")
+			return s.save(ctx, tx, r, locked, next, locked.GetState(), "intervention.updated")
 		})
 }
 
-// save writes every column of iv in state, and emits event.
-func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1.Intervention, st istate, event string) (*interventionsv1.Intervention, error) {
+// save writes every column of iv in state, and emits event. before is the
+// intervention as stored, read under the lock: the version outside systems
+// see moves only if what they see changed.
+func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interventionsv1.Intervention, st istate, event string) (*interventionsv1.Intervention, error) {
 	doc, err := encodeDoc(iv)
 	if err != nil {
 		return nil, err
@@ -478,9 +498,13 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1
 	start, end := span(iv)
 	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
 		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
-		reschedule_reason = $13, version = version + 1 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
+		reschedule_reason = $13, version = version + 1,
+		shared_version = COALESCE(shared_version, version) + CASE WHEN $14 THEN 1 ELSE 0 END,
+		shared_update_time = CASE WHEN $14 THEN $12 ELSE COALESCE(shared_update_time, update_time) END,
+		shared_checked = version + 1
+		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
 		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
-		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason())
+		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason(), sharedChanged(before, iv, st))
 	if pgdb.IsExclusionViolation(err) {
 		return nil, apperr.FailedPrecondition(apperr.ReasonDoubleBooked,
 			fmt.Sprintf("counselor %s already has a scheduled intervention at that time", iv.GetCounselor()),
@@ -494,6 +518,20 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1
 		return nil, err
 	}
 	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+}
+
+// sharedChanged reports whether saving after in state st changes what an
+// outside system sees of before (consentgate.Appointment), the version and
+// time aside.
+func sharedChanged(before, after *interventionsv1.Intervention, st istate) bool {
+	view := func(iv *interventionsv1.Intervention, st istate) *interventionsv1.Intervention {
+		c := proto.Clone(iv).(*interventionsv1.Intervention)
+		c.State = st
+		a := consentgate.Appointment(c)
+		a.UpdateTime, a.Etag = nil, ""
+		return a
+	}
+	return !proto.Equal(view(before, before.GetState()), view(after, st))
 }
 
 // span returns the meeting's start and end, or nils without a start time.
@@ -587,7 +625,7 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 			if vs := s.checkSchedulable(locked); len(vs) > 0 {
 				return nil, apperr.NotReady(locked.GetName(), vs)
 			}
-			return s.save(ctx, tx, r, locked, scheduled, "intervention.scheduled")
+			return s.save(ctx, tx, r, locked, locked, scheduled, "intervention.scheduled")
 		})
 }
 
@@ -644,7 +682,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			}
 			next.RescheduleCount++
 			next.RescheduleReason = req.GetReason()
-			return s.save(ctx, tx, r, next, scheduled, "intervention.rescheduled")
+			return s.save(ctx, tx, r, cur, next, scheduled, "intervention.rescheduled")
 		})
 }
 
@@ -661,7 +699,7 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.CancelReason = req.GetReason()
-			return s.save(ctx, tx, r, next, cancelled, "intervention.cancelled")
+			return s.save(ctx, tx, r, cur, next, cancelled, "intervention.cancelled")
 		})
 }
 
@@ -711,7 +749,7 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.Outcome = &interventionsv1.Outcome{Kind: req.GetKind(), AcceptedServices: req.GetAcceptedServices(),
 				Notes: req.GetNotes(), RecordedBy: auth.Actor(ctx), RecordTime: timestamppb.New(s.cfg.Now())}
-			return s.save(ctx, tx, r, next, completed, "intervention.outcome_recorded")
+			return s.save(ctx, tx, r, cur, next, completed, "intervention.outcome_recorded")
 		})
 }
 
@@ -774,7 +812,7 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			if req.GetDone() {
 				item.DoneBy, item.DoneTime = auth.Actor(ctx), timestamppb.New(s.cfg.Now())
 			}
-			return s.save(ctx, tx, r, next, cur.GetState(), "intervention.checklist_updated")
+			return s.save(ctx, tx, r, cur, next, cur.GetState(), "intervention.checklist_updated")
 		})
 }
 
@@ -847,7 +885,7 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 			next.CheckIns = append(next.CheckIns, &interventionsv1.CheckIn{Number: number, DueTime: req.GetDueTime(),
 				WindowOfOpportunity: req.GetWindowOfOpportunity(), NewWarningSigns: req.GetNewWarningSigns(), Notes: req.GetNotes(),
 				RecordedBy: auth.Actor(ctx), RecordTime: timestamppb.New(s.cfg.Now())})
-			return s.save(ctx, tx, r, next, cur.GetState(), "intervention.check_in_recorded")
+			return s.save(ctx, tx, r, cur, next, cur.GetState(), "intervention.check_in_recorded")
 		})
 	if err != nil {
 		return nil, err

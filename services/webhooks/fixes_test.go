@@ -3,6 +3,7 @@ package webhooks_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -51,7 +52,8 @@ func TestConsentKindFollowsPayload(t *testing.T) {
 
 	ref := referralEvent(t, "r1", "scheduled") // a Referral, under APPOINTMENT_CHANGED
 	iv := event(t, "handoff.interventions.v1.intervention.scheduled",
-		&interventionsv1.Intervention{Name: "clinics/north/interventions/i1", Family: "clinics/north/families/f1"},
+		&interventionsv1.Intervention{Name: "clinics/north/interventions/i1", Family: "clinics/north/families/f1",
+			Etag: "v7", UpdateTime: timestamppb.Now(), State: interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED},
 		"clinics/north/interventions/i1")
 	// A payload of a type the sender does not know how to classify is
 	// never disclosed, even with a family to ask about.
@@ -88,6 +90,10 @@ func TestConsentKindFollowsPayload(t *testing.T) {
 	}
 	if n := byResource(got, "clinics/north/interventions/i1"); n == nil || n["data"] == nil || n["notice"] != webhooks.Notice {
 		t.Fatalf("intervention with an appointments consent: %v", n)
+	} else if data := fmt.Sprint(n["data"]); strings.Contains(data, "v7") || strings.Contains(data, "pdate") || !strings.Contains(data, "SCHEDULED") {
+		// The intervention's own version counts changes the appointment
+		// leaves out.
+		t.Fatalf("the appointment sent to the EHR: %s; want it without the intervention's version and update time", data)
 	}
 	if n := byResource(got, "clinics/north/interventions/i2"); n == nil || n["data"] != nil {
 		t.Fatalf("unclassified payload: %v", n)

@@ -566,7 +566,13 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 		if audience != audienceEHR {
 			return m, false
 		}
-		return consentgate.Appointment(m), true
+		// Without the version and update time: the event carries the
+		// intervention's own, which move with changes the appointment
+		// leaves out (a check-in after a refusal). The API gives the EHR
+		// the version of what it sees.
+		a := consentgate.Appointment(m)
+		a.Etag, a.UpdateTime = "", nil
+		return a, true
 	case *interventionsv1.Reminder:
 		return m, audience == audienceReminders
 	}
