@@ -125,11 +125,15 @@ func (g *Gate) disclose(ctx context.Context, family, resource string, info famil
 		}
 		return nil
 	}
-	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
-		// Pass the families service's answer on as it is: the caller needs
-		// its reason and metadata.
+	if Refused(err) {
+		// Pass the refusal on as it is: the caller needs its reason and
+		// metadata.
 		return err
 	}
+	// Anything else (the families service unreachable, a transport error
+	// naming its address) is wrapped, so that the server answers with the
+	// code and a message of its own (see grpcserver's fromDependency), not
+	// the families service's or the network's words.
 	return fmt.Errorf("check consent for %s: %w", resource, err)
 }
 

@@ -1,11 +1,18 @@
 package consentgate_test
 
 import (
+	"context"
 	"testing"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
 
@@ -32,5 +39,37 @@ func TestAppointmentOutcomeIsAttendanceOnly(t *testing.T) {
 		if a.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED {
 			t.Errorf("%v: state %v, want the meeting's", kind, a.GetState())
 		}
+	}
+}
+
+// discloser answers every disclosure with err.
+type discloser struct {
+	consentgate.Discloser
+	err error
+}
+
+func (d discloser) CreateDisclosure(context.Context, *familiesv1.CreateDisclosureRequest, ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	return nil, d.err
+}
+
+// A refusal reaches the caller as the families service gave it; any other
+// failure is wrapped, so that the server answers in words of its own and
+// not with the network's (an address, a transport error).
+func TestOnlyRefusalsPassThrough(t *testing.T) {
+	ehr := auth.WithPrincipal(context.Background(), auth.Principal{Subject: "ehr", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}})
+	refusal, err := status.New(codes.FailedPrecondition, "no consent").WithDetails(&errdetails.ErrorInfo{Reason: consentgate.ReasonConsentRequired})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := (&consentgate.Gate{Families: discloser{err: refusal.Err()}}).Check(ehr, "clinics/north/families/f1", "clinics/north/referrals/r1",
+		familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, "")
+	if _, direct := got.(interface{ GRPCStatus() *status.Status }); !direct || !consentgate.Refused(got) {
+		t.Fatalf("a refusal came back as %v; want the families service's status itself", got)
+	}
+	down := status.Error(codes.Unavailable, `connection error: desc = "transport: dial tcp 10.0.3.7:9443: connect: connection refused"`)
+	got = (&consentgate.Gate{Families: discloser{err: down}}).Check(ehr, "clinics/north/families/f1", "clinics/north/referrals/r1",
+		familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, "")
+	if _, direct := got.(interface{ GRPCStatus() *status.Status }); direct || status.Code(got) != codes.Unavailable {
+		t.Fatalf("an unreachable families service came back as %T %v; want it wrapped, still UNAVAILABLE", got, got)
 	}
 }
