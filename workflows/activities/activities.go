@@ -101,9 +101,13 @@ func (a *Activities) LoadSettings(_ context.Context, clinic string) (Settings, e
 
 // nonRetryable are the codes a retry cannot fix: the request itself is
 // wrong, the resource is gone, or the system is in a state that refuses it.
+// A refused token (UNAUTHENTICATED, PERMISSION_DENIED) is not among them:
+// for the worker's own identity it is operational (a token file rewritten
+// late, a signing key just rotated, a service a release behind during a
+// rollout) and passes, while giving up would end a workflow for good, the
+// clean-up after a withdrawn consent among them.
 var nonRetryable = map[codes.Code]bool{
-	codes.InvalidArgument: true, codes.NotFound: true, codes.FailedPrecondition: true,
-	codes.PermissionDenied: true, codes.Unauthenticated: true, codes.AlreadyExists: true,
+	codes.InvalidArgument: true, codes.NotFound: true, codes.FailedPrecondition: true, codes.AlreadyExists: true,
 }
 
 // wrap turns a gRPC error into an activity error: non-retryable for codes a

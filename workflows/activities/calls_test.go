@@ -2,6 +2,7 @@ package activities
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -914,6 +916,21 @@ func TestReleaseHeldForAnyService(t *testing.T) {
 			RequestID: "r1", AnyService: c.any})
 		if err != nil || len(f.holds) != c.left || n != 2-c.left {
 			t.Fatalf("any service %v: released %d, %v, left %v; want %d left", c.any, n, err, f.holds, c.left)
+		}
+	}
+}
+
+// A refused token is retried (it is the worker's identity, and passes);
+// a refused request is not.
+func TestRefusedTokensAreRetried(t *testing.T) {
+	for code, retryable := range map[codes.Code]bool{
+		codes.Unauthenticated: true, codes.PermissionDenied: true, codes.Unavailable: true,
+		codes.InvalidArgument: false, codes.NotFound: false, codes.FailedPrecondition: false,
+	} {
+		err := wrap("CloseFamily", status.Error(code, "refused"))
+		var app *temporal.ApplicationError
+		if got := !(errors.As(err, &app) && app.NonRetryable()); got != retryable {
+			t.Errorf("%v: retryable %v, want %v (%v)", code, got, retryable, err)
 		}
 	}
 }
