@@ -80,7 +80,7 @@ func clone(d []time.Duration) []time.Duration { return append([]time.Duration(ni
 func parseDuration(s string) (time.Duration, error) {
 	if n := len(s); n > 1 && s[n-1] == 'd' {
 		var days int
-		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err == nil && fmt.Sprint(days) == s[:n-1] {
+		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err == nil && days >= 0 && fmt.Sprint(days) == s[:n-1] {
 			return time.Duration(days) * 24 * time.Hour, nil
 		}
 	}
