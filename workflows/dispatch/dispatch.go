@@ -152,7 +152,7 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		WaitForStage: client.WorkflowUpdateStageAccepted,
 	})
 	if isNotFound(err) {
-		d.Log.Info("no workflow to update", "workflow_id", workflowID, "update", name)
+		d.noWorkflow(ctx, workflowID, name)
 		return nil
 	}
 	if err != nil {
@@ -170,6 +170,24 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		d.Log.Error("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
 	}
 	return nil
+}
+
+// noWorkflow logs an update that found no running workflow. A workflow
+// that completed was done with the change (a redelivery); one that failed,
+// was terminated or timed out ended before the change reached it, and its
+// change (a yes to treatment, a cancellation) is lost unless an operator
+// carries it on: that is an error to alert on.
+func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, name string) {
+	desc, err := d.Client.DescribeWorkflowExecution(ctx, workflowID, "")
+	if err == nil {
+		st := desc.GetWorkflowExecutionInfo().GetStatus()
+		if st != enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
+			d.Log.Error("workflow ended before a change reached it: an operator must carry the change on",
+				"workflow_id", workflowID, "update", name, "status", st.String())
+			return
+		}
+	}
+	d.Log.Info("no workflow to update", "workflow_id", workflowID, "update", name)
 }
 
 // overdose tells the family's boundary workflow of an overdose; without one

@@ -1,9 +1,13 @@
 package dispatch_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,11 +19,13 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/dispatch"
 	"github.com/handoff-health/handoff/workflows/flow"
 	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
@@ -139,5 +145,62 @@ func TestUnknownPayloadTypeIsPassedOver(t *testing.T) {
 	d := &dispatch.Dispatcher{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if err := d.Deliver(context.Background(), e); err != nil {
 		t.Fatalf("Deliver = %v, want nil", err)
+	}
+}
+
+// An outcome for an intervention whose workflow ended without finishing
+// (here terminated) is lost unless an operator carries it on: it is logged
+// as an error, with the workflow's status. One for a workflow that
+// completed is a redelivery, and only noted.
+func TestOutcomeForAnEndedWorkflowIsAnError(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: intervention.Name})
+	})
+	c := ts.GetDefaultClient()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var logs bytes.Buffer
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewJSONHandler(&logs, nil))}
+	outcome := func(iv string) outbox.Stored {
+		p, err := anypb.New(&interventionsv1.Intervention{Name: iv, State: interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED,
+			Outcome: &interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return outbox.Stored{ID: 7, Clinic: "north", Type: "handoff.interventions.v1.intervention.outcome_recorded", Resource: iv, Payload: p}
+	}
+	ended := func(iv string, end func(id string) error) {
+		t.Helper()
+		id := ids.Intervention(iv)
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: id, TaskQueue: flow.TaskQueue}, intervention.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := end(id); err != nil {
+			t.Fatal(err)
+		}
+		_ = run.Get(ctx, nil)
+	}
+	terminated, completed := "clinics/north/interventions/t1", "clinics/north/interventions/c1"
+	ended(terminated, func(id string) error { return c.TerminateWorkflow(ctx, id, "", "operator") })
+	ended(completed, func(id string) error { return c.SignalWorkflow(ctx, id, "", "stop", nil) })
+	for _, iv := range []string{terminated, completed} {
+		if err := d.Deliver(ctx, outcome(iv)); err != nil {
+			t.Fatalf("%s: %v", iv, err)
+		}
+	}
+	var errorsFor []string
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["level"] == "ERROR" {
+			errorsFor = append(errorsFor, fmt.Sprint(rec["workflow_id"], " ", rec["status"]))
+		}
+	}
+	if want := ids.Intervention(terminated) + " Terminated"; len(errorsFor) != 1 || errorsFor[0] != want {
+		t.Fatalf("errors logged for %v; want only %q:\n%s", errorsFor, want, logs.String())
 	}
 }
