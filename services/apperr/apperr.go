@@ -52,22 +52,29 @@ func (v *Violations) Add(field, format string, args ...any) {
 
 // CheckRules adds a violation, under field, for each of the proto's
 // validation rules that m (a part of a resource after an update mask was
-// applied) breaks. A nil m breaks none.
-func CheckRules(v *Violations, field string, m proto.Message) {
+// applied) breaks. A nil m breaks none. An error is the rules' own (one
+// that does not compile or cannot be evaluated): the server's fault, not
+// the request's.
+func CheckRules(v *Violations, field string, m proto.Message) error {
 	if m == nil || !m.ProtoReflect().IsValid() {
-		return
+		return nil
 	}
 	err := protovalidate.Validate(m)
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) {
 		if err != nil {
-			v.Add(field, "%v", err)
+			return fmt.Errorf("validation rules of %s: %w", field, err)
 		}
-		return
+		return nil
 	}
 	for _, x := range verr.Violations {
-		v.Add(field+"."+protovalidate.FieldPathString(x.Proto.GetField()), "%s", x.Proto.GetMessage())
+		f := field
+		if p := protovalidate.FieldPathString(x.Proto.GetField()); p != "" {
+			f += "." + p
+		}
+		v.Add(f, "%s", x.Proto.GetMessage())
 	}
+	return nil
 }
 
 // Err returns an INVALID_ARGUMENT error listing the violations, or nil.

@@ -438,7 +438,9 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	// those rules require. Only a place the update changes is checked, so
 	// that one stored before this check does not block unrelated edits.
 	if !proto.Equal(next.GetPlace(), cur.GetPlace()) {
-		apperr.CheckRules(&vs, "intervention.place", next.GetPlace())
+		if err := apperr.CheckRules(&vs, "intervention.place", next.GetPlace()); err != nil {
+			return nil, err
+		}
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err
