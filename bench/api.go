@@ -263,7 +263,8 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	// the service and, at the same offered rate, through the floor and
 	// through pgbench sending the floor's statements (a probe runs
 	// alongside each); a quarter of saturation tells queueing apart from
-	// hiccups that hit any single request.
+	// hiccups that hit any single request. The gateway runs at half of
+	// its own saturation.
 	pgbenchRuns := map[string]struct {
 		script string
 		vars   map[string]string
@@ -281,7 +282,8 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	for _, op := range []string{"get", "create"} {
 		half, quarter := "grpc "+op+" at half saturation", "grpc "+op+" at quarter saturation"
 		floorHalf, dbHalf := "floor "+op+" at half saturation", "pgbench "+op+" at half saturation"
-		names := []string{half, floorHalf, quarter}
+		gwHalf := "gateway " + op + " at half saturation"
+		names := []string{half, floorHalf, quarter, gwHalf}
 		if lookErr == nil {
 			names = append(names, dbHalf)
 		}
@@ -292,6 +294,10 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 				return openLoop(ctx, rate, d, ops["grpc "+op])
 			case floorHalf:
 				return openLoop(ctx, rate, d, ops["floor "+op])
+			case gwHalf:
+				// The gateway at half of its own saturation, the way a
+				// client of the REST API meets it.
+				return openLoop(ctx, out["gateway "+op].Throughput/2, d, ops["gateway "+op])
 			case dbHalf:
 				p := pgbenchRuns[op]
 				return pgbenchLoop(ctx, pgbenchDB, p.script, p.vars, int(floorDB.Pool.Config().MaxConns), rate, d)

@@ -51,10 +51,9 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(ctx cont
 			var mine []time.Duration
 			for i := 0; ctx.Err() == nil; i++ {
 				t0 := time.Now()
+				// The call is not cut off at the deadline (it runs without
+				// it), so an error past the deadline is a real one too.
 				err := op(context.WithoutCancel(ctx), w, i)
-				if ctx.Err() != nil && err != nil {
-					break // cut off by the deadline, not a failure
-				}
 				if err != nil {
 					errs.Add(1)
 					continue
@@ -73,8 +72,12 @@ func closedLoop(ctx context.Context, conc int, d time.Duration, op func(ctx cont
 // saturate warms op up untimed (pools, connections, caches), then
 // measures it in a closed loop, so no path pays for going first.
 func saturate(ctx context.Context, conc int, d time.Duration, op func(ctx context.Context, worker, i int) error) result {
-	closedLoop(ctx, conc, d/5, op)
-	return closedLoop(ctx, conc, d, op)
+	warm := closedLoop(ctx, conc, d/5, op)
+	r := closedLoop(ctx, conc, d, op)
+	// Failures while warming up count: a path failing now and then must
+	// not pass because its failures fell in the untimed part.
+	r.Errors += warm.Errors
+	return r
 }
 
 // openLoop starts op at a fixed rate for d, whatever the latency, and

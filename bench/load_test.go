@@ -164,3 +164,29 @@ func TestPairedTakesTurnsAndKeepsEachOpsTimes(t *testing.T) {
 		t.Errorf("err %v after %d calls of a; want the failure at once", err, calls)
 	}
 }
+
+// Every failure counts: one that ends after the deadline, and one in the
+// untimed warm-up.
+func TestSaturateCountsEveryFailure(t *testing.T) {
+	var calls atomic.Int64
+	late := closedLoop(context.Background(), 1, 50*time.Millisecond, func(context.Context, int, int) error {
+		if calls.Add(1) == 1 {
+			time.Sleep(100 * time.Millisecond) // past the deadline
+			return errors.New("failed late")
+		}
+		return nil
+	})
+	if late.Errors != 1 {
+		t.Errorf("a failure ending past the deadline: %d errors counted, want 1", late.Errors)
+	}
+	calls.Store(0)
+	r := saturate(context.Background(), 1, 100*time.Millisecond, func(context.Context, int, int) error {
+		if calls.Add(1) == 1 {
+			return errors.New("failed while warming up")
+		}
+		return nil
+	})
+	if r.Errors != 1 || r.Ops == 0 {
+		t.Errorf("a failure in the warm-up: %d errors and %d ops, want 1 error", r.Errors, r.Ops)
+	}
+}

@@ -165,7 +165,7 @@ func main() {
 	if err := ensureDatabase(ctx, *dsn); err != nil {
 		fail(err)
 	}
-	rep := &report{cfg: cfg, started: time.Now()}
+	rep := &report{cfg: cfg, started: time.Now(), postgres: serverVersion(ctx, *dsn)}
 	step("the machine at rest")
 	rep.jitter = idleJitter(cfg.duration)
 	rss := startRSSSampler()
@@ -237,6 +237,21 @@ func envOr(k, d string) string {
 		return v
 	}
 	return d
+}
+
+// serverVersion is the version of the PostgreSQL server at dsn, the one
+// measured (psql --version would name the client on this machine).
+func serverVersion(ctx context.Context, dsn string) string {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return "PostgreSQL, version unknown"
+	}
+	defer conn.Close(ctx)
+	var v string
+	if err := conn.QueryRow(ctx, `SELECT 'PostgreSQL ' || current_setting('server_version')`).Scan(&v); err != nil {
+		return "PostgreSQL, version unknown"
+	}
+	return v
 }
 
 func ensureDatabase(ctx context.Context, dsn string) error {

@@ -45,40 +45,43 @@ type scaleResult struct {
 	Profiles                      [2]int // distinct program profiles (see referrals.MatchPrograms)
 }
 
-// scaleBench compares list and match latency over a small and a big clinic
-// in the same tables: keyset pagination and indexes should keep the big one
-// close to the small one.
+// scaleBench compares list and match latency over a small and a big
+// clinic, each in tables of its own (a schema per size, as a deployment
+// of that size would have): keyset pagination and indexes should keep the
+// big one close to the small one, even where its tables and indexes no
+// longer fit in memory.
 func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, error) {
-	famOwner, famDB, err := env.schema(ctx, "scale_families", families.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	defer closePools(famOwner, famDB)
-	refOwner, refDB, err := env.schema(ctx, "scale_referrals", referrals.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	defer closePools(refOwner, refDB)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	famSrv := families.New(famDB, families.Config{})
-	famConn, err := startGRPC(sctx, env, families.Policy(), famSrv.Auditor(), func(s *grpc.Server) { familiesv1.RegisterFamiliesServiceServer(s, famSrv) })
-	if err != nil {
-		return nil, err
-	}
-	defer famConn.Close()
-	refSrv := referrals.New(refDB, referrals.Config{})
-	refConn, err := startGRPC(sctx, env, referrals.Policy(), refSrv.Auditor(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, refSrv) })
-	if err != nil {
-		return nil, err
-	}
-	defer refConn.Close()
-	fam := familiesv1.NewFamiliesServiceClient(famConn)
-	ref := referralsv1.NewReferralsServiceClient(refConn)
-
 	r := &scaleResult{Small: cfg.small, Big: cfg.big}
 	clinics := [2]string{"small", "big"}
+	var fams [2]familiesv1.FamiliesServiceClient
+	var refs [2]referralsv1.ReferralsServiceClient
 	for i, n := range [2]int{cfg.small, cfg.big} {
+		famOwner, famDB, err := env.schema(ctx, "scale_families_"+clinics[i], families.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		defer closePools(famOwner, famDB)
+		refOwner, refDB, err := env.schema(ctx, "scale_referrals_"+clinics[i], referrals.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		defer closePools(refOwner, refDB)
+		famSrv := families.New(famDB, families.Config{})
+		famConn, err := startGRPC(sctx, env, families.Policy(), famSrv.Auditor(), func(s *grpc.Server) { familiesv1.RegisterFamiliesServiceServer(s, famSrv) })
+		if err != nil {
+			return nil, err
+		}
+		defer famConn.Close()
+		refSrv := referrals.New(refDB, referrals.Config{})
+		refConn, err := startGRPC(sctx, env, referrals.Policy(), refSrv.Auditor(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, refSrv) })
+		if err != nil {
+			return nil, err
+		}
+		defer refConn.Close()
+		fams[i], refs[i] = familiesv1.NewFamiliesServiceClient(famConn), referralsv1.NewReferralsServiceClient(refConn)
+
 		t0 := time.Now()
 		// Ids as the service makes them sort (time-ordered), here a zero-padded counter.
 		if _, err := famOwner.Exec(ctx, `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time)
@@ -105,14 +108,15 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 		if err := refOwner.QueryRow(ctx, `SELECT count(DISTINCT profile) FROM programs WHERE clinic = $1`, clinics[i]).Scan(&r.Profiles[i]); err != nil {
 			return nil, fmt.Errorf("count profiles: %w", err)
 		}
-	}
-	// VACUUM as well as ANALYZE: a table a clinic has used for a while has
-	// been vacuumed, so its index-only scans skip the heap; a table loaded
-	// a moment ago has no visibility map yet, and the big one would pay
-	// for heap reads no running system pays for.
-	for _, q := range []string{"VACUUM (ANALYZE) " + env.prefix + "scale_families.families", "VACUUM (ANALYZE) " + env.prefix + "scale_referrals.programs"} {
-		if _, err := famOwner.Exec(ctx, q); err != nil {
-			return nil, err
+		// VACUUM as well as ANALYZE: a table a clinic has used for a while
+		// has been vacuumed, so its index-only scans skip the heap; a table
+		// loaded a moment ago has no visibility map yet, and the big one
+		// would pay for heap reads no running system pays for.
+		for _, q := range []string{"VACUUM (ANALYZE) " + env.prefix + "scale_families_" + clinics[i] + ".families",
+			"VACUUM (ANALYZE) " + env.prefix + "scale_referrals_" + clinics[i] + ".programs"} {
+			if _, err := famOwner.Exec(ctx, q); err != nil {
+				return nil, err
+			}
 		}
 	}
 	// The load and its VACUUM leave dirty pages; a checkpoint spread over
@@ -124,16 +128,17 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}
 	// Each query runs on both clinics, taking turns, so that the two
 	// sides of a ratio share whatever else the machine is doing.
-	both := func(n int, op func(ctx context.Context, parent string) error) ([2]result, error) {
+	both := func(n int, op func(ctx context.Context, i int, parent string) error) ([2]result, error) {
 		var ops [2]func(context.Context) error
 		for i, clinic := range clinics {
 			token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: clinic, Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
-			ops[i] = func(ctx context.Context) error { return op(auth.WithToken(ctx, token), "clinics/"+clinic) }
+			ops[i] = func(ctx context.Context) error { return op(auth.WithToken(ctx, token), i, "clinics/"+clinic) }
 		}
 		return paired(ctx, n, warm, ops)
 	}
-	if r.ListFirst, err = both(samples, func(ctx context.Context, parent string) error {
-		_, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50})
+	var err error
+	if r.ListFirst, err = both(samples, func(ctx context.Context, i int, parent string) error {
+		_, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50})
 		return err
 	}); err != nil {
 		return nil, err
@@ -144,8 +149,8 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 		parent := "clinics/" + clinic
 		deep[parent] = aip.EncodePageToken(fmt.Sprintf("f%09d", [2]int{cfg.small, cfg.big}[i]/2), aip.QueryHash(parent, "state = ACTIVE"))
 	}
-	if r.ListDeep, err = both(samples, func(ctx context.Context, parent string) error {
-		resp, err := fam.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep[parent], Filter: "state = ACTIVE"})
+	if r.ListDeep, err = both(samples, func(ctx context.Context, i int, parent string) error {
+		resp, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep[parent], Filter: "state = ACTIVE"})
 		if err == nil && len(resp.GetFamilies()) != 50 {
 			return fmt.Errorf("deep page had %d families", len(resp.GetFamilies()))
 		}
@@ -153,8 +158,8 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}); err != nil {
 		return nil, err
 	}
-	if r.Match, err = both(matchSamples, func(ctx context.Context, parent string) error {
-		resp, err := ref.MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
+	if r.Match, err = both(matchSamples, func(ctx context.Context, i int, parent string) error {
+		resp, err := refs[i].MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
 			Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: "Town7", PostalCode: "00042", Language: "es",
 			Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
 		if err == nil && len(resp.GetMatches()) != 10 {
