@@ -190,6 +190,19 @@ func TestCalendarFeed(t *testing.T) {
 	if st := prop(eventOf(t, cal, uid(dropped)), ics.ComponentPropertyStatus); st != "CANCELLED" {
 		t.Fatalf("cancelled meeting has STATUS %q", st)
 	}
+	// A change outside systems do not see (a checklist tick; a check-in
+	// after a refusal likewise) leaves the event as it was: the calendar
+	// service holding the feed is one.
+	if _, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: moved.GetName(),
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: true}); err != nil {
+		t.Fatal(err)
+	}
+	ticked, _ := export(t, f, feed.GetName(), token)
+	if again := eventOf(t, ticked, uid(moved)); sequence(t, again) != sequence(t, after) ||
+		prop(again, ics.ComponentPropertyLastModified) != prop(after, ics.ComponentPropertyLastModified) {
+		t.Fatalf("a checklist tick moved the event: SEQUENCE %d, was %d; LAST-MODIFIED %s, was %s", sequence(t, again), sequence(t, after),
+			prop(again, ics.ComponentPropertyLastModified), prop(after, ics.ComponentPropertyLastModified))
+	}
 	// No names, places or notes: the feed leaves Handoff for phones and
 	// calendar providers.
 	for _, secret := range []string{"Sam", "Ana", "Luis", "Elm", "hospital", "Monday", "+1555", token} {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -134,6 +135,15 @@ func TestEHRViewVersionCountsOnlyWhatItSees(t *testing.T) {
 	scheduled := read()
 	if _, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
 		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: true}); err != nil {
+		t.Fatal(err)
+	}
+	unchangedSince(scheduled)
+	// An edit of the place, sending back the start time with nanoseconds
+	// it is not stored to, changes nothing the EHR sees either.
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{Intervention: &interventionsv1.Intervention{
+		Name: iv.GetName(), StartTime: timestamppb.New(scheduled.GetStartTime().AsTime().Add(500)),
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/room"}}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"start_time", "place"}}}); err != nil {
 		t.Fatal(err)
 	}
 	unchangedSince(scheduled)

@@ -529,6 +529,14 @@ func sharedChanged(before, after *interventionsv1.Intervention, st istate) bool 
 	view := func(iv *interventionsv1.Intervention, st istate) *interventionsv1.Intervention {
 		c := proto.Clone(iv).(*interventionsv1.Intervention)
 		c.State = st
+		// At the precision they are stored: a request's nanoseconds are
+		// not a change.
+		if c.StartTime != nil {
+			c.StartTime = timestamppb.New(c.StartTime.AsTime().Truncate(time.Microsecond))
+		}
+		if c.ExpectedDuration != nil {
+			c.ExpectedDuration = durationpb.New(c.ExpectedDuration.AsDuration().Truncate(time.Second))
+		}
 		a := consentgate.Appointment(c)
 		a.UpdateTime, a.Etag = nil, ""
 		return a

@@ -37,7 +37,9 @@ const (
 // literal the code formats: by the database's clock a filter on DUE could
 // list reminders that a claim then finds not yet due.
 func stateExpr(now time.Time) string {
-	at := "'" + now.UTC().Format(time.RFC3339Nano) + "'::timestamptz"
+	// Truncated, as the stored times and the claim's parameter are: a
+	// literal with nanoseconds would be rounded up to the next microsecond.
+	at := "'" + now.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano) + "'::timestamptz"
 	return fmt.Sprintf(`(CASE WHEN state = %d AND due_time <= %s THEN %d
 	WHEN state = %d AND lease_expire_time <= %s THEN %d ELSE state END)`, rScheduled, at, rDue, rClaimed, at, rDue)
 }
