@@ -3,6 +3,7 @@ package activities
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"time"
@@ -76,11 +77,15 @@ func LoadSettingsFile(path string) (func(clinic string) Settings, error) {
 
 func clone(d []time.Duration) []time.Duration { return append([]time.Duration(nil), d...) }
 
+// maxDays is the most days a time.Duration holds.
+const maxDays = int(math.MaxInt64 / int64(24*time.Hour))
+
 // parseDuration accepts Go durations plus a day suffix ("14d").
 func parseDuration(s string) (time.Duration, error) {
 	if n := len(s); n > 1 && s[n-1] == 'd' {
 		var days int
-		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err == nil && days >= 0 && fmt.Sprint(days) == s[:n-1] {
+		// At most what a Duration holds: more days would wrap around.
+		if _, err := fmt.Sscanf(s[:n-1], "%d", &days); err == nil && days >= 0 && days <= maxDays && fmt.Sprint(days) == s[:n-1] {
 			return time.Duration(days) * 24 * time.Hour, nil
 		}
 	}

@@ -34,6 +34,8 @@ func TestLoadSettingsFile(t *testing.T) {
 	for _, bad := range []string{`{"default": {"coolDown": "soon"}}`, `{"clinics": {"x": {"maxNoShows": -1}}}`, `{"default": {"checkIns": ["-1h"]}}`, `not json`,
 		// Negative in days, too: a reminder after the meeting, a hold never taken.
 		`{"default": {"reminderOffsets": ["-1d"]}}`, `{"default": {"holdLead": "-3d"}}`,
+		// So many days that they wrap around to a negative duration.
+		`{"default": {"coolDown": "106752d"}}`,
 		// Periods that repeat cannot be zero: the step would repeat at once, for ever.
 		`{"default": {"intakeAlert": "0s"}}`, `{"clinics": {"x": {"holdRetry": "0d"}}}`,
 		`{"default": {"tightenedCheckIn": "0m"}}`, `{"default": {"reminderRetryDelay": "0s"}}`} {

@@ -179,6 +179,11 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 // carries it on: that is an error to alert on.
 func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, name string) {
 	desc, err := d.Client.DescribeWorkflowExecution(ctx, workflowID, "")
+	if err != nil && !isNotFound(err) {
+		// Whether a change was lost is not known: say so where it is seen.
+		d.Log.Warn("no workflow to update, and its status could not be read", "workflow_id", workflowID, "update", name, "error", err.Error())
+		return
+	}
 	if err == nil {
 		st := desc.GetWorkflowExecutionInfo().GetStatus()
 		if st != enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
