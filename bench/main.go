@@ -186,7 +186,7 @@ func main() {
 		}
 		// The million rows the section wrote would otherwise be vacuumed
 		// and checkpointed during the sections after it.
-		if err := env.settle(ctx, "scale_families", "scale_referrals"); err != nil {
+		if err := env.settle(ctx, scaleSchemas()...); err != nil {
 			fail(err)
 		}
 	}

@@ -45,6 +45,22 @@ type scaleResult struct {
 	Profiles                      [2]int // distinct program profiles (see referrals.MatchPrograms)
 }
 
+// scaleClinics are the two sizes' clinics, each in schemas of its own.
+var scaleClinics = [2]string{"small", "big"}
+
+// scaleSchema names the schema of a service's tables for one size.
+func scaleSchema(service, clinic string) string { return "scale_" + service + "_" + clinic }
+
+// scaleSchemas are every schema the scale section makes, for dropping
+// once it is done.
+func scaleSchemas() []string {
+	var out []string
+	for _, c := range scaleClinics {
+		out = append(out, scaleSchema("families", c), scaleSchema("referrals", c))
+	}
+	return out
+}
+
 // scaleBench compares list and match latency over a small and a big
 // clinic, each in tables of its own (a schema per size, as a deployment
 // of that size would have): keyset pagination and indexes should keep the
@@ -54,16 +70,16 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	r := &scaleResult{Small: cfg.small, Big: cfg.big}
-	clinics := [2]string{"small", "big"}
+	clinics := scaleClinics
 	var fams [2]familiesv1.FamiliesServiceClient
 	var refs [2]referralsv1.ReferralsServiceClient
 	for i, n := range [2]int{cfg.small, cfg.big} {
-		famOwner, famDB, err := env.schema(ctx, "scale_families_"+clinics[i], families.Migrations())
+		famOwner, famDB, err := env.schema(ctx, scaleSchema("families", clinics[i]), families.Migrations())
 		if err != nil {
 			return nil, err
 		}
 		defer closePools(famOwner, famDB)
-		refOwner, refDB, err := env.schema(ctx, "scale_referrals_"+clinics[i], referrals.Migrations())
+		refOwner, refDB, err := env.schema(ctx, scaleSchema("referrals", clinics[i]), referrals.Migrations())
 		if err != nil {
 			return nil, err
 		}
@@ -112,8 +128,8 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 		// has been vacuumed, so its index-only scans skip the heap; a table
 		// loaded a moment ago has no visibility map yet, and the big one
 		// would pay for heap reads no running system pays for.
-		for _, q := range []string{"VACUUM (ANALYZE) " + env.prefix + "scale_families_" + clinics[i] + ".families",
-			"VACUUM (ANALYZE) " + env.prefix + "scale_referrals_" + clinics[i] + ".programs"} {
+		for _, q := range []string{"VACUUM (ANALYZE) " + env.prefix + scaleSchema("families", clinics[i]) + ".families",
+			"VACUUM (ANALYZE) " + env.prefix + scaleSchema("referrals", clinics[i]) + ".programs"} {
 			if _, err := famOwner.Exec(ctx, q); err != nil {
 				return nil, err
 			}
