@@ -68,6 +68,24 @@ func ScopedBegin(clinic string) (string, bool) {
 // Query runs a query in the context's clinic scope. The scope and the
 // query travel in one round trip.
 func (db *DB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return db.query(ctx, false, sql, args...)
+}
+
+// QueryGenericPlan is Query with the statement's generic plan, made once
+// per connection, where PostgreSQL would plan it anew for each call's
+// arguments. For a query whose plan does not depend on them (index
+// lookups bounded by LIMITs) and whose planning costs more than it runs,
+// and grows with the tables' size. The setting lasts only for the call's
+// implicit transaction.
+func (db *DB) QueryGenericPlan(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	return db.query(ctx, true, sql, args...)
+}
+
+// genericPlanSQL makes the statements after it, until the end of the
+// batch's implicit transaction, use their generic plans.
+const genericPlanSQL = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`
+
+func (db *DB) query(ctx context.Context, generic bool, sql string, args ...any) (pgx.Rows, error) {
 	clinic := ClinicOf(ctx)
 	if clinic == "" {
 		return nil, ErrNoScope
@@ -78,12 +96,22 @@ func (db *DB) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, err
 	}
 	b := &pgx.Batch{}
 	b.Queue(scopeSQL, clinic)
+	if generic {
+		b.Queue(genericPlanSQL)
+	}
 	b.Queue(sql, args...)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		br.Close()
 		conn.Release()
 		return nil, fmt.Errorf("pgdb: scope: %w", err)
+	}
+	if generic {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			conn.Release()
+			return nil, fmt.Errorf("pgdb: generic plan: %w", err)
+		}
 	}
 	rows, err := br.Query()
 	if err != nil {

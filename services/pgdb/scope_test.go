@@ -273,3 +273,38 @@ func TestStampOutlivesARolledBackSavepoint(t *testing.T) {
 		t.Fatalf("written %v, %d records; want one", st.Written(), records(t, pool, "stamp-7"))
 	}
 }
+
+// QueryGenericPlan's setting holds for its own query only: the next query
+// on the same connection plans as usual.
+func TestGenericPlanLastsOneQuery(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := pgdb.WithClinic(context.Background(), "north")
+	type seen struct {
+		Mode string
+		PID  int32
+	}
+	mode := func(q func(context.Context, string, ...any) (pgx.Rows, error)) seen {
+		t.Helper()
+		rows, err := q(ctx, `SELECT current_setting('plan_cache_mode'), pg_backend_pid()`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByPos[seen])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	before := mode(db.Query)
+	generic := mode(db.QueryGenericPlan)
+	after := mode(db.Query)
+	if generic.Mode != "force_generic_plan" {
+		t.Fatalf("plan_cache_mode in QueryGenericPlan: %q", generic.Mode)
+	}
+	// One query at a time: the pool hands out its one idle connection.
+	if after.PID != generic.PID || after.Mode != before.Mode {
+		t.Fatalf("after QueryGenericPlan on connection %d: %q on connection %d; want %q", generic.PID, after.Mode, after.PID, before.Mode)
+	}
+}

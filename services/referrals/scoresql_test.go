@@ -31,14 +31,18 @@ func some[T any](r *rand.Rand, xs []T) []T {
 // directories and requests the two must give every program the same total,
 // and MatchPrograms must return what ranking the whole directory in Go
 // returns. The seed is fixed, so a failure reproduces.
-func TestScoreSQLAgreesWithScore(t *testing.T) { checkMatching(t, false) }
+func TestScoreSQLAgreesWithScore(t *testing.T) { checkMatching(t, false, false) }
 
 // The same on a directory where many programs share a profile, so that
 // MatchPrograms drops profiles and cuts each one short (see MatchPrograms),
 // with programs excluded by the request.
-func TestMatchingAgreesOnSharedProfiles(t *testing.T) { checkMatching(t, true) }
+func TestMatchingAgreesOnSharedProfiles(t *testing.T) { checkMatching(t, true, false) }
 
-func checkMatching(t *testing.T, clustered bool) {
+// The same where half the profiles were noted without their features (by
+// a release that did not keep them): a program of each speaks for it.
+func TestMatchingAgreesWithoutProfileFeatures(t *testing.T) { checkMatching(t, true, true) }
+
+func checkMatching(t *testing.T, clustered, featureless bool) {
 	t.Parallel()
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	srv := New(pgtest.App(t, schema), Config{})
@@ -83,6 +87,14 @@ func checkMatching(t *testing.T, clustered bool) {
 			t.Fatalf("ReportCapacity: %v", err)
 		}
 		byID[p.GetName()[len("clinics/north/programs/"):]] = p
+	}
+	if featureless {
+		tag, err := pool.Exec(context.Background(), `UPDATE program_profiles SET services = NULL, payments = NULL, telehealth = NULL,
+			same_day_intake = NULL, same_day_induction = NULL, available_slots = NULL, waitlist = NULL, languages = NULL
+			WHERE profile IN (SELECT profile FROM program_profiles ORDER BY profile LIMIT (SELECT count(*) / 2 FROM program_profiles))`)
+		if err != nil || tag.RowsAffected() == 0 {
+			t.Fatalf("profiles without features: %v, %v", tag, err)
+		}
 	}
 	all := make([]*referralsv1.Program, 0, len(byID))
 	for _, p := range byID {

@@ -1,0 +1,57 @@
+package referrals
+
+import (
+	"context"
+	"testing"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
+)
+
+// The upgrade that keeps a profile's features fills them in from its
+// programs, drops profiles no program has, and notes the features of
+// profiles made after it.
+func TestUpgradeFillsProfileFeatures(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
+		pgtest.Before(t, Migrations()[1], "0001_referrals.sql", "0002_program_profiles.sql", "0003_program_delete_time.sql"))
+	insert := func(id string, slots int, services string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
+			same_day_induction, available_slots, waitlist, locality, postal_code, languages)
+			VALUES ('north', $1, '{}', $3::smallint[], '{1}', true, false, true, $2, false, 'town', '00001', '{es}')`, id, slots, services); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert("p1", 3, "{2,5}")
+	insert("p2", 0, "{7}")
+	// p2's profile then has no program left.
+	if _, err := pool.Exec(ctx, `UPDATE programs SET available_slots = 2 WHERE id = 'p2'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	insert("p3", 0, "{9}")
+	rows, err := pool.Query(ctx, `SELECT g.profile = p.profile AND g.services = p.services AND g.payments = p.payments
+			AND g.telehealth = p.telehealth AND g.same_day_intake = p.same_day_intake AND g.same_day_induction = p.same_day_induction
+			AND g.available_slots = (p.available_slots > 0)::int AND g.waitlist = p.waitlist AND g.languages = p.languages
+		FROM program_profiles g LEFT JOIN programs p ON p.clinic = g.clinic AND p.profile = g.profile ORDER BY p.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var same []bool
+	for rows.Next() {
+		var ok *bool
+		if err := rows.Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		same = append(same, ok != nil && *ok)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(same) != 3 || !same[0] || !same[1] || !same[2] {
+		t.Fatalf("profiles after the upgrade, each against its program: %v; want three, each with its program's features", same)
+	}
+}
