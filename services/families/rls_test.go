@@ -19,11 +19,8 @@ import (
 func TestRowLevelSecurityAloneIsolatesClinics(t *testing.T) {
 	f := setup(t)
 	fam := f.create(t)
-	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
-		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "No cover stories."}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := f.boundary(t, fam)
+	var err error
 	restore := auth.DisableClinicCheckForTesting()
 	defer restore()
 	south := f.env.Counselor("south")
@@ -63,11 +60,7 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	fam := f.create(t)
-	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
-		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "No cover stories."}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := f.boundary(t, fam)
 	if _, err := f.client.AgreeBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
 		t.Fatal(err)
 	}
@@ -109,4 +102,15 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 	if n := count(); n != 0 {
 		t.Fatalf("%d history rows left after the family was deleted", n)
 	}
+}
+
+// boundary proposes a boundary for fam.
+func (f *fixture) boundary(t *testing.T, fam *familiesv1.Family) *familiesv1.Boundary {
+	t.Helper()
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "No cover stories."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
