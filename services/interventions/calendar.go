@@ -278,7 +278,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	// meeting that ended without a yes, and the calendar service holding
 	// the feed is an outside system.
 	rows, err := s.pool.Query(ctx, `SELECT id, start_time, end_time, state, create_time,
-		COALESCE(shared_update_time, update_time), COALESCE(shared_version, version)
+		`+sharedUpdateTime+`, `+sharedVersion+`
 		FROM interventions WHERE clinic = $1 AND counselor = $2 AND state = ANY($3) AND start_time IS NOT NULL
 		AND (published OR state <> $6) AND end_time >= $4 ORDER BY start_time, id LIMIT $5`, r.clinic, owner,
 		[]int16{int16(scheduled), int16(completed), int16(cancelled)}, s.cfg.Now().Add(-feedWindow), feedLimit, int16(cancelled))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -38,9 +37,16 @@ const (
 	cancelled = interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED
 )
 
+// sharedUpdateTime and sharedVersion are the update time and version of
+// what outside systems see of a row (see sharedChanged).
+const (
+	sharedUpdateTime = `COALESCE(shared_update_time, update_time)`
+	sharedVersion    = `COALESCE(shared_version, version)`
+)
+
 const interventionSelect = `SELECT id, family, counselor, level, start_time, duration_seconds, time_zone, doc, state,
 	reschedule_count, reschedule_reason, create_time, update_time, version,
-	COALESCE(shared_update_time, update_time), COALESCE(shared_version, version) FROM interventions`
+	` + sharedUpdateTime + `, ` + sharedVersion + ` FROM interventions`
 
 var docJSON = protojson.MarshalOptions{UseProtoNames: true}
 
@@ -375,9 +381,8 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 		// And on the update time of what it sees: the intervention's own
 		// moves with changes the appointment leaves out.
 		ut := fields["update_time"]
-		ut.Column = "COALESCE(shared_update_time, update_time)"
-		fields = maps.Clone(fields)
-		fields["update_time"] = ut
+		ut.Column = sharedUpdateTime
+		fields["update_time"] = ut // aip.Without made fields a copy
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "interventions", interventionSelect, scope, args,
 		req, fields, scanIntervention(clinic, out), func(iv *interventionsv1.Intervention) string { return iv.GetName() })
@@ -473,8 +478,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			switch locked.GetState() {
 			case draft:
 			case scheduled:
-				if !sameMicros(locked.GetStartTime(), next.GetStartTime()) || !proto.Equal(locked.GetExpectedDuration(), next.GetExpectedDuration()) ||
-					locked.GetTimeZone() != next.GetTimeZone() {
+				if !sameSchedule(locked, next) {
 					return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
 						"the time of a scheduled intervention changes through :reschedule", map[string]string{"resource": locked.GetName()})
 				}
@@ -501,8 +505,8 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
 		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
 		reschedule_reason = $13, version = version + 1,
-		shared_version = COALESCE(shared_version, version) + CASE WHEN $14 THEN 1 ELSE 0 END,
-		shared_update_time = CASE WHEN $14 THEN $12 ELSE COALESCE(shared_update_time, update_time) END,
+		shared_version = `+sharedVersion+` + CASE WHEN $14 THEN 1 ELSE 0 END,
+		shared_update_time = CASE WHEN $14 THEN $12 ELSE `+sharedUpdateTime+` END,
 		shared_checked = version + 1
 		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
 		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
@@ -639,14 +643,16 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 		})
 }
 
-// sameMicros reports whether two times (either unset) are the same to the
-// microsecond, the precision they are stored at: a client sending back the
+// sameSchedule reports whether two interventions have the same start,
+// duration and time zone at the precision they are stored (the start to
+// the microsecond, the duration to the second): a client sending back the
 // nanoseconds it first gave has not changed the time.
-func sameMicros(a, b *timestamppb.Timestamp) bool {
-	if a == nil || b == nil {
-		return a == nil && b == nil
-	}
-	return a.AsTime().Truncate(time.Microsecond).Equal(b.AsTime().Truncate(time.Microsecond))
+func sameSchedule(a, b *interventionsv1.Intervention) bool {
+	sa, sb := a.GetStartTime(), b.GetStartTime()
+	sameStart := sa == nil && sb == nil ||
+		sa != nil && sb != nil && sa.AsTime().Truncate(time.Microsecond).Equal(sb.AsTime().Truncate(time.Microsecond))
+	return sameStart && a.GetTimeZone() == b.GetTimeZone() &&
+		a.GetExpectedDuration().AsDuration().Truncate(time.Second) == b.GetExpectedDuration().AsDuration().Truncate(time.Second)
 }
 
 // RescheduleIntervention implements the API.
@@ -675,8 +681,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				next.TimeZone = req.GetTimeZone()
 			}
 			// Times are kept to the microsecond.
-			if next.GetStartTime().AsTime().Truncate(time.Microsecond).Equal(cur.GetStartTime().AsTime()) &&
-				next.GetExpectedDuration().AsDuration() == cur.GetExpectedDuration().AsDuration() && next.GetTimeZone() == cur.GetTimeZone() {
+			if sameSchedule(next, cur) {
 				// Moved to where it is: nothing changes, and no event goes
 				// out (the workflow would cancel and send every reminder
 				// again, and the count would say the meeting moved).
@@ -840,6 +845,9 @@ func (s *Server) readHold(ctx context.Context, name string, done bool) (*referra
 	h, err := s.cfg.Holds.GetHold(ctx, &referralsv1.GetHoldRequest{Name: name})
 	if apperr.IsCode(err, codes.NotFound) {
 		return nil, apperr.Field("hold", "no such hold")
+	}
+	if err == nil && h == nil {
+		err = errors.New("no hold in the answer")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read hold: %w", err)

@@ -195,11 +195,12 @@ func TestInterventionLifecycle(t *testing.T) {
 		t.Fatalf("a reschedule to the same time: %v, %v; %d events, were %d", same, err, countEvents(), rescheduled)
 	}
 	// An edit that sends back the time as the client first gave it, to the
-	// nanosecond, does not change the time: it is stored to the microsecond.
+	// nanosecond, does not change the time: the start is stored to the
+	// microsecond and the duration to the second.
 	edited, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
 		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), StartTime: timestamppb.New(start.Truncate(time.Microsecond).Add(500)),
-			Participants: iv.GetParticipants()},
-		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"start_time", "participants"}}})
+			ExpectedDuration: durationpb.New(iv.GetExpectedDuration().AsDuration() + 500), Participants: iv.GetParticipants()},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"start_time", "expected_duration", "participants"}}})
 	if err != nil || edited.GetRescheduleCount() != 1 {
 		t.Fatalf("an edit with the same time in nanoseconds: %v, %v", edited, err)
 	}
