@@ -81,9 +81,9 @@ func (db *DB) QueryGenericPlan(ctx context.Context, sql string, args ...any) (pg
 	return db.query(ctx, true, sql, args...)
 }
 
-// genericPlanSQL makes the statements after it, until the end of the
-// batch's implicit transaction, use their generic plans.
-const genericPlanSQL = `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`
+// scopeGenericSQL is scopeSQL that also makes the statements after it, until
+// the end of the batch's implicit transaction, use their generic plans.
+const scopeGenericSQL = `SELECT set_config('handoff.clinic', $1, false), set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 func (db *DB) query(ctx context.Context, generic bool, sql string, args ...any) (pgx.Rows, error) {
 	clinic := ClinicOf(ctx)
@@ -94,24 +94,18 @@ func (db *DB) query(ctx context.Context, generic bool, sql string, args ...any) 
 	if err != nil {
 		return nil, fmt.Errorf("pgdb: acquire: %w", err)
 	}
-	b := &pgx.Batch{}
-	b.Queue(scopeSQL, clinic)
+	scope := scopeSQL
 	if generic {
-		b.Queue(genericPlanSQL)
+		scope = scopeGenericSQL
 	}
+	b := &pgx.Batch{}
+	b.Queue(scope, clinic)
 	b.Queue(sql, args...)
 	br := conn.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
 		br.Close()
 		conn.Release()
 		return nil, fmt.Errorf("pgdb: scope: %w", err)
-	}
-	if generic {
-		if _, err := br.Exec(); err != nil {
-			br.Close()
-			conn.Release()
-			return nil, fmt.Errorf("pgdb: generic plan: %w", err)
-		}
 	}
 	rows, err := br.Query()
 	if err != nil {
