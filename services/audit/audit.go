@@ -40,9 +40,8 @@ type Recorder struct {
 
 // The time is when the record is written (clock_timestamp), not when its
 // transaction began (now()). A record written with a change goes with that
-// transaction's first statement (pgdb.Stamp) and draws its id then, so a
-// listing paged by id while the change is still uncommitted can pass its
-// id by; a listing made after the commit shows it.
+// transaction's first statement (pgdb.Stamp); the column default notes its
+// transaction (xact), which List pages by.
 const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
 
@@ -110,45 +109,78 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	if err != nil {
 		return nil, err
 	}
-	var afterID int64
-	if after != "" {
-		if afterID, err = strconv.ParseInt(after, 10, 64); err != nil {
-			return nil, apperr.Field("page_token", "malformed")
-		}
+	cur, err := parseCursor(after)
+	if err != nil {
+		return nil, err
 	}
 	size := aip.PageSize(req.GetPageSize())
-	where, args := f.SQL(4)
-	rows, err := db.Query(ctx, `SELECT id, event_time, subject, roles, clinic, method, resource, outcome, request_id
-		FROM audit_log WHERE clinic = $1 AND id > $2 AND `+where+` ORDER BY id LIMIT $3`,
-		append([]any{clinic, afterID, size + 1}, args...)...)
+	where, args := f.SQL(5)
+	// In transaction order, and only records of transactions older than
+	// every one still running: a record whose transaction commits late
+	// cannot land behind a page already read (ids are drawn at the write,
+	// not the commit). A record shows once the transactions begun before
+	// its own have ended, normally within milliseconds.
+	rows, err := db.Query(ctx, `SELECT xact::text, id, event_time, subject, roles, clinic, method, resource, outcome, request_id
+		FROM audit_log WHERE clinic = $1 AND (xact, id) > ($2::text::xid8, $3)
+		AND xact < pg_snapshot_xmin(pg_current_snapshot()) AND `+where+` ORDER BY xact, id LIMIT $4`,
+		append([]any{clinic, cur.xact, cur.id, size + 1}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list audit events: %w", err)
 	}
 	type row struct {
-		id int64
-		e  *auditv1.AuditEvent
+		cur cursor
+		e   *auditv1.AuditEvent
 	}
 	items, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (row, error) {
 		var (
-			id  int64
+			c   cursor
 			at  time.Time
 			out = &auditv1.AuditEvent{}
 		)
-		if err := r.Scan(&id, &at, &out.Subject, &out.Roles, &out.Clinic, &out.Method, &out.Resource, &out.Outcome, &out.RequestId); err != nil {
+		if err := r.Scan(&c.xact, &c.id, &at, &out.Subject, &out.Roles, &out.Clinic, &out.Method, &out.Resource, &out.Outcome, &out.RequestId); err != nil {
 			return row{}, err
 		}
 		out.Time = timestamppb.New(at)
-		return row{id, out}, nil
+		return row{c, out}, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list audit events: %w", err)
 	}
-	items, next := aip.Page(items, size, q, func(r row) string { return strconv.FormatInt(r.id, 10) })
+	items, next := aip.Page(items, size, q, func(r row) string { return r.cur.String() })
 	resp := &auditv1.ListAuditEventsResponse{NextPageToken: next}
 	for _, it := range items {
 		resp.AuditEvents = append(resp.AuditEvents, it.e)
 	}
 	return resp, nil
+}
+
+// cursor is where a page of the audit trail ends: a record's transaction
+// and id.
+type cursor struct {
+	xact string // an xid8, as text: pgx has no type for it
+	id   int64
+}
+
+func (c cursor) String() string { return c.xact + ":" + strconv.FormatInt(c.id, 10) }
+
+// parseCursor reads a page token's key. A bare id is a token minted before
+// records noted their transaction: it resumes among the records written
+// before that (transaction 0), so it repeats newer records rather than
+// pass any by.
+func parseCursor(after string) (cursor, error) {
+	if after == "" {
+		return cursor{xact: "0"}, nil
+	}
+	xact, id, found := strings.Cut(after, ":")
+	if !found {
+		xact, id = "0", after
+	}
+	x, xerr := strconv.ParseUint(xact, 10, 64)
+	n, ierr := strconv.ParseInt(id, 10, 64)
+	if xerr != nil || ierr != nil || n < 0 {
+		return cursor{}, apperr.Field("page_token", "malformed")
+	}
+	return cursor{xact: strconv.FormatUint(x, 10), id: n}, nil
 }
 
 // Outcome renders a gRPC code as its canonical name: OK, NOT_FOUND,

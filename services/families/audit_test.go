@@ -2,8 +2,10 @@ package families_test
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -71,9 +73,17 @@ func TestEveryCallIsAudited(t *testing.T) {
 	}
 	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
 	client := familiesv1.NewFamiliesServiceClient(f.env.Conn)
-	resp, err := client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `subject = "counselor-1"`})
-	if err != nil {
-		t.Fatal(err)
+	// A record shows once the transactions begun before its own have ended:
+	// the package's other tests write meanwhile.
+	var resp *auditv1.ListAuditEventsResponse
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err = client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `subject = "counselor-1"`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetAuditEvents()) >= 5 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(resp.GetAuditEvents()) != 5 {
 		t.Fatalf("events = %v", resp.GetAuditEvents())
@@ -121,5 +131,78 @@ func TestNULInANameIsRefusedAndRecorded(t *testing.T) {
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
 		WHERE outcome = 'INVALID_ARGUMENT' AND (resource LIKE '%' || U&'\FFFD' || '%' OR request_id LIKE '%' || U&'\FFFD' || '%')`).Scan(&n); err != nil || n != 2 {
 		t.Fatalf("%d records of the refused calls (%v); want 2", n, err)
+	}
+}
+
+// A record whose transaction commits late is not passed by: the list shows
+// no record of a transaction younger than one still running, so a reader
+// paging through cannot move past it while it is uncommitted.
+func TestAuditListWaitsForLateCommits(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := context.Background()
+	const resource = "clinics/north/families/late-commit"
+	late, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback(ctx)
+	if _, err := late.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome)
+		VALUES ('north', 'late-writer', '{}', 'm', $1, 'OK')`, resource); err != nil {
+		t.Fatal(err)
+	}
+	// Two records committed after the late one drew its id.
+	for range 2 {
+		_, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: resource})
+		wantCode(t, err, codes.NotFound)
+	}
+	client := familiesv1.NewFamiliesServiceClient(f.env.Conn)
+	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
+	list := func(token string) *auditv1.ListAuditEventsResponse {
+		t.Helper()
+		resp, err := client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{
+			Parent: "clinics/north", Filter: `resource = "` + resource + `"`, PageSize: 1, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	first := list("")
+	if len(first.GetAuditEvents()) != 0 {
+		t.Fatalf("with an older transaction still running the list showed %v", first.GetAuditEvents())
+	}
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Follow the pages from where the reader stood, as a reader would.
+	var subjects []string
+	for deadline := time.Now().Add(5 * time.Second); len(subjects) < 3 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		subjects = nil
+		for token := first.GetNextPageToken(); ; {
+			resp := list(token)
+			for _, e := range resp.GetAuditEvents() {
+				subjects = append(subjects, e.GetSubject())
+			}
+			if token = resp.GetNextPageToken(); token == "" {
+				break
+			}
+		}
+	}
+	if want := []string{"late-writer", "counselor-1", "counselor-1"}; !slices.Equal(subjects, want) {
+		t.Fatalf("records after the late commit = %v, want %v", subjects, want)
+	}
+	// A token of the form minted before records noted their transaction
+	// (a bare id) still resumes, and a broken one is a field violation.
+	filter := `resource = "` + resource + `"`
+	old := list(aip.EncodePageToken("0", aip.QueryHash("clinics/north", filter)))
+	if len(old.GetAuditEvents()) != 1 || old.GetAuditEvents()[0].GetSubject() != "late-writer" {
+		t.Fatalf("a bare-id token's page = %v", old.GetAuditEvents())
+	}
+	for _, key := range []string{"x:1", "1:x", "1:-2", "-1"} {
+		_, err := client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{
+			Parent: "clinics/north", Filter: filter, PageToken: aip.EncodePageToken(key, aip.QueryHash("clinics/north", filter))})
+		if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "page_token") {
+			t.Fatalf("token key %q: refusal %q names no field", key, st.Message())
+		}
 	}
 }

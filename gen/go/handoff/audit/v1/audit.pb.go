@@ -155,7 +155,10 @@ type ListAuditEventsRequest struct {
 	// `subject = "counselor-1" AND time >= "2026-12-01T00:00:00Z"`.
 	// Fields: `subject`, `method`, `resource`, `outcome` (with `=` or `!=`),
 	// and `time` (with `>=` or `<`, an RFC 3339 time in quotes). Events come
-	// oldest first.
+	// in the order their transactions began writing, oldest first. An event
+	// is listed once every transaction begun before its own has ended
+	// (normally within milliseconds), so a reader following pages never
+	// passes an event whose transaction commits late.
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
