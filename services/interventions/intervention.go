@@ -489,7 +489,15 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			default:
 				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
 			}
-			return s.save(ctx, tx, r, locked, next, locked.GetState(), "intervention.updated")
+			// An edit outside systems cannot see (level, place, notes) has
+			// an event of its own: the EHR's webhooks announce appointment
+			// changes, and a notification of one would tell it something
+			// changed that its view leaves out.
+			event := "intervention.updated"
+			if !sharedChanged(locked, next, locked.GetState()) {
+				event = "intervention.details_updated"
+			}
+			return s.save(ctx, tx, r, locked, next, locked.GetState(), event)
 		})
 }
 

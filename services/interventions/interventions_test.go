@@ -257,7 +257,7 @@ func TestInterventionLifecycle(t *testing.T) {
 		_ = rows.Scan(&e)
 		events = append(events, e)
 	}
-	want := []string{"created", "updated", "checklist_updated", "scheduled", "rescheduled", "updated", "outcome_recorded", "check_in_recorded"}
+	want := []string{"created", "updated", "checklist_updated", "scheduled", "rescheduled", "details_updated", "outcome_recorded", "check_in_recorded"}
 	if len(events) != len(want) {
 		t.Fatalf("outbox = %v", events)
 	}

@@ -36,12 +36,13 @@ func TestReferralEventTopics(t *testing.T) {
 }
 
 // An intervention change is APPOINTMENT_CHANGED when it changes the
-// appointment; a check-in (which follows only a meeting without a yes)
-// and a checklist tick leave it as it was and announce nothing.
+// appointment; a check-in (which follows only a meeting without a yes),
+// a checklist tick and an edit of what the appointment leaves out leave it
+// as it was and announce nothing.
 func TestInterventionEventTopics(t *testing.T) {
 	for event, want := range map[string]bool{
 		"created": true, "scheduled": true, "rescheduled": true, "cancelled": true, "outcome_recorded": true,
-		"updated": true, "deleted": true, "check_in_recorded": false, "checklist_updated": false,
+		"updated": true, "deleted": true, "check_in_recorded": false, "checklist_updated": false, "details_updated": false,
 	} {
 		r := routeOf(interventionEvents+event, nil)
 		if got := slices.Contains(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED); got != want || len(r.topics) > 1 {

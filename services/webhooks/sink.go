@@ -168,7 +168,7 @@ func routeOf(eventType string, msg proto.Message) route {
 		return r
 	case strings.HasPrefix(eventType, interventionEvents):
 		switch strings.TrimPrefix(eventType, interventionEvents) {
-		case "check_in_recorded", "checklist_updated":
+		case "check_in_recorded", "checklist_updated", "details_updated":
 			// They leave the appointment as it was. A check-in follows only
 			// a meeting that ended without a yes: its notification would
 			// tell the EHR the loved one refused, which the appointment

@@ -94,7 +94,7 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 	case "handoff.interventions.v1.intervention.rescheduled":
 		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
 			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(), TimeZone: iv.GetTimeZone()})
-	case "handoff.interventions.v1.intervention.updated":
+	case "handoff.interventions.v1.intervention.updated", "handoff.interventions.v1.intervention.details_updated":
 		// A draft has no workflow yet; a scheduled one reads its new
 		// participants, counselor and level.
 		if iv.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED {
