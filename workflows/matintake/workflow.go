@@ -260,6 +260,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		if !next.IsZero() {
 			sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
 		}
+		// A selector does not watch the context: with no deadline left (the
+		// overdue alert sent, no reminder or review pending) a cancellation
+		// would wait for the next transition. Receiving from Done adds no
+		// command, so histories replay as before.
+		sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
 		sel.Select(ctx)
 		if err := ctx.Err(); err != nil {
 			// Cancelled through Temporal: a timer made on this context is

@@ -720,6 +720,21 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 	}
 }
 
+// A cancellation ends the intake when it has no deadline left to wait for:
+// the overdue alert sent and no reminder or review pending.
+func TestCancelWithNoDeadlineLeft(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 80*time.Hour) // the alert came at 72 h
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
+		t.Fatalf("overdue alerts = %d, want 1 before the cancellation", n)
+	}
+}
+
 // releases records the ReleaseHold calls, each answered OK.
 func (h *harness) releases() *[]activities.ReleaseRequest {
 	var released []activities.ReleaseRequest
