@@ -62,6 +62,10 @@ type State struct {
 	Events      int // signals handled in this run, for continue-as-new
 	// Resends carries failed reminders' retries into the next run.
 	Resends flow.Resends
+	// LastDue is when the latest of the members' reminders is due (quiet
+	// hours can hold one back for hours): the workflow listens for its
+	// failure at least until then before it ends.
+	LastDue time.Time
 	// OverdoseSigns are the warning signs already answered: the outbox
 	// delivers at least once, and an overdose must be answered once.
 	OverdoseSigns []string
@@ -267,7 +271,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
 			if flow.Version(ctx, versionListenAtEnd, 1) >= 1 {
 				w.step = "finishing"
-				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.signalled); err != nil {
+				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.st.LastDue, w.signalled); err != nil {
 					return Result{}, err
 				}
 				if w.signalled() {
@@ -288,6 +292,13 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if err := w.wait(ctx); err != nil {
 			return Result{}, err
 		}
+	}
+}
+
+// sentFor notes a member's reminder due at at.
+func (w *wf) sentFor(at time.Time) {
+	if at.After(w.st.LastDue) {
+		w.st.LastDue = at
 	}
 }
 
@@ -441,11 +452,13 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		}
 		if len(w.safety.Boundaries) > 0 {
 			for _, m := range w.safety.Members {
-				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
+				_, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
 					"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
-					w.id("boundary-reminder|"+m.ID), time.Time{}, time.Time{}); err != nil {
+					w.id("boundary-reminder|"+m.ID), time.Time{}, time.Time{})
+				if err != nil {
 					return err
 				}
+				w.sentFor(at)
 			}
 		}
 		w.st.Reinforced = true
@@ -571,11 +584,13 @@ func (w *wf) onTime(ctx workflow.Context) error {
 			// Reminders to members wait for a safe screen, check-ins' too:
 			// before it only the counselor is asked to check in.
 			if m.ID == w.safety.ContactPerson && w.st.Reinforced {
-				if _, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
+				_, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
-					time.Time{}, time.Time{}); err != nil {
+					time.Time{}, time.Time{})
+				if err != nil {
 					return err
 				}
+				w.sentFor(at)
 			}
 		}
 	}

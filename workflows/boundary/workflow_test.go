@@ -3,6 +3,7 @@ package boundary_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -697,6 +698,60 @@ func TestLastCheckInFailureIsResentAndARestartStillCounts(t *testing.T) {
 	}
 	if len(h.reinforced) != 4 || h.reinforced[2].Sub(h.t0) != 30*day+time.Hour {
 		t.Fatalf("reinforced at %v; want a second cycle from the refusal at day 30 + 1h", h.reinforced)
+	}
+}
+
+// The last check-in to a member in quiet hours is due when they end,
+// hours after it is made: its failure is still heard and sent again.
+func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	// Check-ins fall at 15:00 UTC, inside mom's quiet hours (09:00-17:00
+	// in New York): the day-30 one is due at 22:00 UTC, 7 h later.
+	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
+		TimeZone: "America/New_York", QuietStart: "09:00", QuietEnd: "17:00"}}
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return "clinics/north/reminders/again", nil
+		})
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
+	}, 30*day+7*time.Hour+5*time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(resent) != 1 {
+		t.Fatalf("resent %v; want the day-30 check-in, which failed after its quiet hours", resent)
+	}
+}
+
+// A failure late in the last listening round is sent again, and that
+// resend's own failure is heard too: the workflow listens another round
+// after one that resent something.
+func TestLastResendsOwnFailureIsHeard(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
+		})
+	// The day-30 check-in fails 80 minutes in (of 90), is sent again 15
+	// minutes later, and that one fails at 2 h.
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
+	}, 30*day+80*time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/again-1"})
+	}, 30*day+2*time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"clinics/north/reminders/r", "clinics/north/reminders/again-1"}; !slices.Equal(resent, want) {
+		t.Fatalf("resent %v; want %v", resent, want)
 	}
 }
 

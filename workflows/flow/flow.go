@@ -154,8 +154,9 @@ func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string
 // one, due at due (zero for now) or, if that falls in their quiet hours,
 // when those end, unless that is not before by (what the message is about;
 // zero for nothing). The reminder is created now either way; the automation
-// delivers it when it is due.
-func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, error) {
+// delivers it when it is due, which RemindAwake returns: its failure can
+// come no earlier (see Listen).
+func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, time.Time, error) {
 	now := due.IsZero()
 	if now {
 		due = workflow.Now(ctx)
@@ -171,10 +172,12 @@ func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind
 		// Not moved by quiet hours: due now by the service's clock (see
 		// RemindAt), and the activity looks at the quiet hours again when
 		// it makes the reminder, in case a retried try falls in them.
-		return remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
+		name, err := remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
 			Awake: true, AwakeBy: by}, purpose)
+		return name, at, err
 	}
-	return RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
+	name, err := RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
+	return name, at, err
 }
 
 // SignalReminderFailed tells the workflow that created a reminder that its
@@ -342,10 +345,13 @@ func ListenFor(s activities.Settings) time.Duration {
 
 // Listen keeps a workflow that RetryFailedReminders serves open before it
 // ends, so that the failures of its last reminders are still sent again:
-// a failure signalled to a closed workflow is lost. It waits ListenFor,
-// then for the resends still waiting (as long again at most). stop, when
-// not nil, ends the wait early: the workflow has a signal to act on.
-func Listen(ctx workflow.Context, s activities.Settings, r *Resends, stop func() bool) error {
+// a failure signalled to a closed workflow is lost. It waits until the
+// last of those reminders is due (until; zero when all are due already),
+// then ListenFor, then for the resends still waiting (as long again at
+// most), and listens again after a round that resent anything, for the
+// resends' own failures. stop, when not nil, ends the wait early: the
+// workflow has a signal to act on.
+func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.Time, stop func() bool) error {
 	d := ListenFor(s)
 	if d <= 0 {
 		return nil
@@ -353,12 +359,40 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, stop func()
 	if stop == nil {
 		stop = func() bool { return false }
 	}
-	if _, err := workflow.AwaitWithTimeout(ctx, d, stop); err != nil || stop() {
+	if Version(ctx, versionListenPastLastDue, 1) < 1 {
+		// One round from the end, as runs begun before the change did.
+		if _, err := workflow.AwaitWithTimeout(ctx, d, stop); err != nil || stop() {
+			return err
+		}
+		_, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() })
 		return err
 	}
-	_, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() })
-	return err
+	if wait := until.Sub(workflow.Now(ctx)); wait > 0 {
+		if _, err := workflow.AwaitWithTimeout(ctx, wait, stop); err != nil || stop() {
+			return err
+		}
+	}
+	for {
+		// Every resend made adds an entry; resends are bounded by
+		// ReminderRetries per line, so the rounds end.
+		made := len(r.Attempts)
+		if _, err := workflow.AwaitWithTimeout(ctx, d, stop); err != nil || stop() {
+			return err
+		}
+		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() }); err != nil || stop() {
+			return err
+		}
+		if len(r.Attempts) == made {
+			return nil
+		}
+	}
 }
+
+// versionListenPastLastDue guards listening from the last reminder's due
+// time, and again after a round that resent something. Runs begun before
+// it listened one round from the end: a check-in held back by quiet hours
+// past that round, or a resend made in its last minutes, failed unheard.
+const versionListenPastLastDue = "listen-past-last-due"
 
 // Settings loads the clinic's settings through an activity, so that replays
 // see the settings the workflow ran with.

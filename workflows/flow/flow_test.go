@@ -106,7 +106,7 @@ func remindNow(ctx workflow.Context) error {
 		{Kind: "member", ID: "awake", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "22:00", QuietEnd: "07:00"},
 		{Kind: "member", ID: "asleep", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "09:00", QuietEnd: "17:00"},
 	} {
-		if _, err := flow.RemindAwake(ctx, "north", m, "CHECK_IN", "", "How are you doing?", m.ID, time.Time{}, time.Time{}); err != nil {
+		if _, _, err := flow.RemindAwake(ctx, "north", m, "CHECK_IN", "", "How are you doing?", m.ID, time.Time{}, time.Time{}); err != nil {
 			return err
 		}
 	}

@@ -598,7 +598,7 @@ func (w *wf) due(ctx workflow.Context) error {
 		// Placed out of quiet hours already, unless late (the meeting was
 		// booked or moved at short notice): then it waits for their end if
 		// that is still before the meeting.
-		sent, err := flow.RemindAwake(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
+		sent, _, err := flow.RemindAwake(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
 			w.in.Intervention, msg, purpose, time.Time{}, w.plan.Start)
 		if err != nil {
 			return err

@@ -122,7 +122,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
-		err = flow.Listen(ctx, w.settings, &w.resends, nil)
+		err = flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
 	}
 	// A referral signal only says that something changed, and the service
 	// has been asked what is true; signals still waiting when the intake
@@ -285,7 +285,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// A late reminder (the appointment booked at night for the
 				// morning) waits for the end of quiet hours if that is still
 				// before the appointment.
-				sent, err := flow.RemindAwake(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
+				sent, _, err := flow.RemindAwake(ctx, w.in.Clinic, person(p.Recipient, w.in.Family), "INTAKE_UPCOMING", w.referral.Name,
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
 					w.intakePurpose(info.Appointment, p), time.Time{}, info.Appointment)
 				if err != nil {

@@ -142,7 +142,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if flow.ListenFor(settings) > 0 {
 		resends := &flow.Resends{}
 		flow.RetryFailedReminders(ctx, settings, resends, nil)
-		if err := flow.Listen(ctx, settings, resends, nil); err != nil {
+		if err := flow.Listen(ctx, settings, resends, time.Time{}, nil); err != nil {
 			return Result{}, err
 		}
 	}
