@@ -198,9 +198,10 @@ func newFixture(t *testing.T, baseURL string, state referralsv1.ReferralState, c
 }
 
 type answer struct {
-	code int
-	raw  string
-	body map[string]any
+	code   int
+	raw    string
+	body   map[string]any
+	header http.Header
 }
 
 // do calls the handler as subject (an EHR unless roles say otherwise).
@@ -222,7 +223,7 @@ func (fx *fixture) doAs(subject string, roles []auth.Role, method, path, body st
 	rec := httptest.NewRecorder()
 	fx.h.ServeHTTP(rec, req)
 	raw, _ := io.ReadAll(rec.Body)
-	a := answer{code: rec.Code, raw: string(raw)}
+	a := answer{code: rec.Code, raw: string(raw), header: rec.Header()}
 	if err := json.Unmarshal(raw, &a.body); err != nil {
 		fx.t.Fatalf("%s %s: not JSON: %s", method, path, raw)
 	}
@@ -279,8 +280,9 @@ func TestPutTaskCancelled(t *testing.T) {
 	// Without a reason it is refused before the referral is read.
 	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	bare := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled"}`
-	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusBadRequest || fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
-		t.Fatalf("cancelled without a reason: %d %s after %d reads; want 400 before any read", a.code, a.raw, fx.referrals.reads)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusUnprocessableEntity || issueCode(a) != "business-rule" ||
+		fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+		t.Fatalf("cancelled without a reason: %d %s after %d reads; want 422 before any read", a.code, a.raw, fx.referrals.reads)
 	}
 	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || fx.referrals.transitions != 0 {
@@ -310,8 +312,8 @@ func TestPutTaskCancelled(t *testing.T) {
 func TestPutTaskOnHold(t *testing.T) {
 	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	bare := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold"}`
-	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusBadRequest || fx.referrals.reads != 0 {
-		t.Fatalf("on-hold without a reason: %d %s after %d reads; want 400 before any read", a.code, a.raw, fx.referrals.reads)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusUnprocessableEntity || fx.referrals.reads != 0 {
+		t.Fatalf("on-hold without a reason: %d %s after %d reads; want 422 before any read", a.code, a.raw, fx.referrals.reads)
 	}
 	body := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold","statusReason":{"text":"waiting for prior authorization"}}`
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || len(fx.referrals.paused) != 1 ||
@@ -430,6 +432,29 @@ func TestIntakeAppointmentIsTheReferrals(t *testing.T) {
 	}
 }
 
+// An update of a Task that does not exist is R4's 405 (this server does not
+// create Tasks by PUT), not a 404, which would say it has no Task endpoint.
+func TestPutUnknownTaskIsNotAllowed(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	body := func(id string) string {
+		return `{"resourceType":"Task","id":"` + id + `","intent":"order","status":"accepted"}`
+	}
+	const malformed = "Not.A.Handoff.Id" // a FHIR id, never one of ours
+	if a := fx.do("PUT", "/fhir/R4/Task/"+malformed, body(malformed)); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET" {
+		t.Fatalf("PUT to a malformed id: %d %s, Allow %q; want 405 with Allow: GET", a.code, a.raw, a.header.Get("Allow"))
+	}
+	fx.referrals.getErr = status.Error(codes.NotFound, "no such referral")
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body(refID)); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET" ||
+		fx.referrals.transitions != 0 {
+		t.Fatalf("PUT to an unknown Task: %d %s, Allow %q, %d transitions; want 405 with Allow: GET and none",
+			a.code, a.raw, a.header.Get("Allow"), fx.referrals.transitions)
+	}
+	// A read of it is still a 404.
+	if a := fx.do("GET", "/fhir/R4/Task/"+refID, ""); a.code != http.StatusNotFound {
+		t.Fatalf("GET of an unknown Task: %d %s", a.code, a.raw)
+	}
+}
+
 // Diagnostics speak of the resource asked for only.
 func TestDiagnosticsNameOnlyTheRequest(t *testing.T) {
 	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
@@ -502,11 +527,14 @@ func TestTaskPutRefusesBeforeReading(t *testing.T) {
 	// A time without a time of day, or an in-progress Task without its
 	// start, is refused from the body alone too: a read before it would be
 	// an EHR disclosure for an answer that never leaves.
-	for _, b := range []string{`"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`, `"status":"in-progress"`,
-		`"status":"completed","executionPeriod":{"end":"2026-05-01"}`} {
+	// A malformed time is a 400; a well-formed Task missing what this
+	// server's rules need is R4's 422.
+	for b, code := range map[string]int{`"status":"in-progress","executionPeriod":{"start":"2026-05-01"}`: http.StatusBadRequest,
+		`"status":"in-progress"`: http.StatusUnprocessableEntity,
+		`"status":"completed","executionPeriod":{"end":"2026-05-01"}`: http.StatusBadRequest} {
 		dateOnly := `{"resourceType":"Task","id":"` + refID + `","intent":"order",` + b + `}`
-		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, dateOnly); a.code != http.StatusBadRequest {
-			t.Fatalf("%s: %d %s", b, a.code, a.raw)
+		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, dateOnly); a.code != code {
+			t.Fatalf("%s: %d %s; want %d", b, a.code, a.raw, code)
 		}
 	}
 	if fx.referrals.reads != 0 || fx.referrals.transitions != 0 {

@@ -47,7 +47,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	if !handoffID.MatchString(id) {
-		s.fail(w, http.StatusNotFound, "not-found", fmt.Sprintf("Task/%s not found", id))
+		s.noCreate(w, id)
 		return
 	}
 	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
@@ -73,6 +73,10 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 	// write is read again the same way.
 	for attempt := 0; ; attempt++ {
 		cur, err := s.referral(ctx, c, id)
+		if status.Code(err) == codes.NotFound {
+			s.noCreate(w, id)
+			return
+		}
 		if err != nil {
 			s.writeErr(w, err, "Task/"+id)
 			return
@@ -138,10 +142,10 @@ func refusedStatus(t *task_go_proto.Task) error {
 	// The counselor has to know what the program waits for, or why it
 	// called the referral off.
 	if st == "on-hold" && reason == "" {
-		return invalid("an on-hold Task needs statusReason (its text, or a coding's display): what the program waits for")
+		return unprocessable{msg: "an on-hold Task needs statusReason (its text, or a coding's display): what the program waits for"}
 	}
 	if st == "cancelled" && reason == "" {
-		return invalid("a cancelled Task needs statusReason (its text, or a coding's display): why the program called the referral off")
+		return unprocessable{msg: "a cancelled Task needs statusReason (its text, or a coding's display): why the program called the referral off"}
 	}
 	if n := utf8.RuneCountInString(reason); n > maxReason {
 		return invalid(fmt.Sprintf("statusReason is at most %d characters (it has %d)", maxReason, n))
@@ -154,7 +158,7 @@ func refusedStatus(t *task_go_proto.Task) error {
 		// read would be recorded as a disclosure that never left.
 		start := t.GetExecutionPeriod().GetStart()
 		if start == nil {
-			return invalid("an in-progress Task needs executionPeriod.start: the time of the intake appointment")
+			return unprocessable{msg: "an in-progress Task needs executionPeriod.start: the time of the intake appointment"}
 		}
 		if _, err := taskInstant("executionPeriod.start", start); err != nil {
 			return err
@@ -281,7 +285,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	case "completed":
 	case "in-progress":
 		if ch.at == nil {
-			return ch, invalid("an in-progress Task needs executionPeriod.start: the time of the intake appointment")
+			return ch, unprocessable{msg: "an in-progress Task needs executionPeriod.start: the time of the intake appointment"}
 		}
 	case "rejected":
 		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
@@ -300,6 +304,14 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 
 // unprocessable is a well-formed request the referral's rules refuse (422).
 type unprocessable struct{ msg string }
+
+// noCreate answers an update of a Task that does not exist: R4's 405, as
+// Tasks are made by referrals, never by a PUT (updateCreate is false).
+// A 404 would say the server has no Task endpoint at all.
+func (s *server) noCreate(w http.ResponseWriter, id string) {
+	w.Header().Set("Allow", "GET")
+	s.fail(w, http.StatusMethodNotAllowed, "not-found", fmt.Sprintf("Task/%s does not exist, and Tasks are not created by PUT", id))
+}
 
 func (e unprocessable) Error() string { return e.msg }
 
