@@ -186,8 +186,10 @@ func fhirID(s string) bool {
 	return s != ""
 }
 
+const testBase = "https://handoff.example/fhir/R4"
+
 func TestLastUpdated(t *testing.T) {
-	q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {"ge2026-01-01", "lt2026-02"}})
+	q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {"ge2026-01-01", "lt2026-02"}}, testBase)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +200,7 @@ func TestLastUpdated(t *testing.T) {
 	if !q.within(ts(time.Date(2026, 1, 31, 23, 0, 0, 0, time.UTC))) || q.within(ts(time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC))) {
 		t.Fatal("within disagrees with the filter")
 	}
-	q, err = parseQuery("Task", map[string][]string{"_lastUpdated": {"2026-03-04T05:06:07Z"}, "patient": {"Patient/f1"}, "status": {"accepted"}})
+	q, err = parseQuery("Task", map[string][]string{"_lastUpdated": {"2026-03-04T05:06:07Z"}, "patient": {"Patient/f1"}, "status": {"accepted"}}, testBase)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,18 +210,25 @@ func TestLastUpdated(t *testing.T) {
 	for _, bad := range []map[string][]string{
 		{"_lastUpdated": {"sa2026"}}, {"_lastUpdated": {"yesterday"}}, {"name": {"x"}}, {"_count": {"0"}},
 		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}}, {"patient": {"https://ehr.example/fhir/NotPatient/x"}},
+		// Another server's Patient, or another base on this host.
+		{"patient": {"https://ehr.example/fhir/R4/Patient/f1"}}, {"subject": {"https://handoff.example/other/Patient/f1"}},
 	} {
-		if _, err := parseQuery("Task", bad); err == nil {
+		if _, err := parseQuery("Task", bad, testBase); err == nil {
 			t.Errorf("parseQuery(%v) accepted", bad)
 		}
 	}
 	// A client may send the absolute reference it took from a fullUrl.
-	for _, ref := range []string{"f1", "Patient/f1", "https://handoff.example/fhir/R4/Patient/f1"} {
-		if q, err := parseQuery("Task", map[string][]string{"patient": {ref}}); err != nil || q.patient != "f1" {
+	for _, ref := range []string{"f1", "Patient/f1", "https://handoff.example/fhir/R4/Patient/f1", "http://HANDOFF.example/fhir/R4/Patient/f1"} {
+		if q, err := parseQuery("Task", map[string][]string{"patient": {ref}}, testBase); err != nil || q.patient != "f1" {
 			t.Errorf("patient=%s: %q, %v; want f1", ref, q.patient, err)
 		}
 	}
-	if _, err := parseQuery("Consent", map[string][]string{}); err == nil {
+	// The links carry the count applied.
+	if q, err := parseQuery("Patient", map[string][]string{"_count": {"5000"}}, testBase); err != nil || q.size != 1000 ||
+		q.params.Get("_count") != "1000" {
+		t.Errorf("_count=5000: size %d, params %v, %v; want 1000 in both", q.size, q.params, err)
+	}
+	if _, err := parseQuery("Consent", map[string][]string{}, testBase); err == nil {
 		t.Error("a Consent search without patient was accepted")
 	}
 }

@@ -84,7 +84,7 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		s.fail(w, http.StatusBadRequest, "invalid", "cannot read the search parameters")
 		return
 	}
-	q, err := parseQuery(typ, r.Form)
+	q, err := parseQuery(typ, r.Form, c.base)
 	if err != nil {
 		s.writeErr(w, err, typ+" records")
 		return
@@ -102,7 +102,25 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p))
 }
 
-func parseQuery(typ string, v url.Values) (query, error) {
+// onServer reports whether prefix, what comes before /Patient/ in an
+// absolute reference, is this server's base: the same host and path. The
+// scheme is not compared: behind a proxy that does not say it terminated
+// TLS, the base read from the request says http where clients say https.
+func onServer(prefix, base string) bool {
+	p, err := url.Parse(prefix)
+	if err != nil {
+		return false
+	}
+	b, err := url.Parse(base)
+	if err != nil {
+		return false
+	}
+	return p.Host != "" && strings.EqualFold(p.Host, b.Host) && strings.TrimSuffix(p.Path, "/") == strings.TrimSuffix(b.Path, "/")
+}
+
+// base is this server's FHIR base URL, which an absolute Patient reference
+// must name.
+func parseQuery(typ string, v url.Values, base string) (query, error) {
 	q := query{typ: typ, params: url.Values{}}
 	for name, vals := range v {
 		if !slices.Contains(commonParams, name) && !slices.Contains(searchParams[typ], name) {
@@ -125,6 +143,8 @@ func parseQuery(typ string, v url.Values) (query, error) {
 			return q, invalid("_count must be a whole number of at least 1")
 		}
 		q.size = int32(min(size, 1000))
+		// The links give the count applied (R4: the parameters used).
+		q.params.Set("_count", strconv.Itoa(int(q.size)))
 	}
 	q.token = v.Get(pageTokenParam)
 	if len(q.token) > 600 {
@@ -137,6 +157,11 @@ func parseQuery(typ string, v url.Values) (query, error) {
 			id := p
 			if i := strings.LastIndex(p, "Patient/"); i >= 0 && (i == 0 || p[i-1] == '/') {
 				id = p[i+len("Patient/"):]
+				if i > 0 && !onServer(p[:i-1], base) {
+					// Another server's Patient (the EHR's own): searching
+					// ours under its id would answer for someone else.
+					return q, invalid(fmt.Sprintf("%s names a Patient of another server; this server's base is %s", name, base))
+				}
 			}
 			if !handoffID.MatchString(id) {
 				return q, invalid(fmt.Sprintf("%s must be a Patient id, Patient/<id> or <base>/Patient/<id>", name))
