@@ -366,7 +366,8 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": "other", "status": "accepted", "intent": "order"})
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, "{not json")
 		ehr.failure(http.StatusRequestEntityTooLarge, "PUT", "Task/"+refID, strings.Repeat(" ", 2<<20))
-		ehr.failure(http.StatusNotFound, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
+		// A Task that does not exist: R4's 405, as Tasks are not created by PUT.
+		ehr.failure(http.StatusMethodNotAllowed, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
 			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
 		// A status that is not the program's; a pause or a cancellation
 		// without its reason.
@@ -374,8 +375,8 @@ func TestFHIR(t *testing.T) {
 		if issue := list(o, "issue")[0]; str(issue, "code") != "business-rule" {
 			t.Fatalf("PUT draft: %v", o)
 		}
-		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
-		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "cancelled", "intent": "order"})
+		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "on-hold", "intent": "order"})
+		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "cancelled", "intent": "order"})
 		if rf := state(); rf.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED || rf.GetEtag() != etag {
 			t.Fatalf("refused PUTs changed the referral: %v %s", rf.GetState(), rf.GetEtag())
 		}
@@ -408,7 +409,7 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusPreconditionFailed, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID,
 			"status": "in-progress", "intent": "order", "executionPeriod": period["executionPeriod"]}, "If-Match", `W/"`+etag+`"`)
 		// In progress needs the intake time.
-		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "in-progress", "intent": "order"})
+		ehr.failure(http.StatusUnprocessableEntity, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": refID, "status": "in-progress", "intent": "order"})
 		r = put("in-progress", period, "If-Match", accepted)
 		if r.code != http.StatusOK || str(r.body, "status") != "in-progress" {
 			t.Fatalf("schedule: %d %s", r.code, r.raw)
