@@ -284,6 +284,10 @@ func (q query) familyTerm(c caller) string {
 // withMembers is the families filter term for "has members to show".
 const withMembers = "has_members = true"
 
+// lovedOnesOwn is the referrals filter term for "the loved one's referral",
+// not a family member's.
+const lovedOnesOwn = "subject_kind = LOVED_ONE"
+
 // hasIntake is the referrals filter term for "has an intake appointment".
 const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 
@@ -533,9 +537,15 @@ func (s *server) findAppointments(ctx context.Context, c caller, q query) (page,
 		token = ""
 	}
 	// Only referrals with an intake appointment (a NULL start matches no
-	// comparison), so that the pages are of appointments.
+	// comparison), so that the pages are of appointments. R4's patient
+	// parameter matches the appointments the Patient takes part in: a
+	// family member's own intake names the member, not the loved one.
+	terms := []string{q.familyTerm(c), hasIntake}
+	if q.patient != "" {
+		terms = append(terms, lovedOnesOwn)
+	}
 	resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
-		Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(q.familyTerm(c), hasIntake)})
+		Parent: parent, PageSize: q.size, PageToken: token, Filter: q.filter(terms...)})
 	if err != nil {
 		return page{}, err
 	}

@@ -475,7 +475,8 @@ func TestFHIR(t *testing.T) {
 	// disclosure recorded as a referral's. When the consent goes, both go.
 	t.Run("intake appointment follows the referral's consent", func(t *testing.T) {
 		f := w.counselor.ok("POST", "/v1/clinics/north/families", map[string]any{
-			"lovedOne": map[string]any{"givenName": "Lou"}, "counselor": "counselor-1", "coverage": map[string]any{"kind": "COVERAGE_KIND_MEDICAID"}})
+			"lovedOne": map[string]any{"givenName": "Lou"}, "counselor": "counselor-1", "coverage": map[string]any{"kind": "COVERAGE_KIND_MEDICAID"},
+			"members": []map[string]any{{"id": "dad", "givenName": "Al", "relationship": "RELATIONSHIP_PARENT"}}})
 		fam := str(f, "name")
 		now := time.Now().UTC()
 		cn := w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
@@ -512,8 +513,34 @@ func TestFHIR(t *testing.T) {
 		if str(a, "status") != "booked" || period == nil || str(a, "start") != period["start"] {
 			t.Fatalf("intake appointment %v does not match the Task's period %v", a, period)
 		}
+		// The father's own intake, at the same group: an appointment he
+		// takes part in, not the loved one.
+		dadRF := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
+			"family": fam, "subject": map[string]any{"kind": "SUBJECT_KIND_FAMILY_MEMBER", "memberId": "dad"},
+			"serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP", "program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
+		dadID := lastID(str(dadRF, "name"))
+		for _, body := range []map[string]any{
+			{"resourceType": "Task", "id": dadID, "status": "accepted", "intent": "order"},
+			{"resourceType": "Task", "id": dadID, "status": "in-progress", "intent": "order",
+				"executionPeriod": map[string]any{"start": now.Add(72 * time.Hour).Format(time.RFC3339Nano)}},
+		} {
+			if r := ehr.call("PUT", "Task/"+dadID, body); r.code != http.StatusOK {
+				t.Fatalf("PUT %s for the father: %d %s", body["status"], r.code, r.raw)
+			}
+		}
+		// R4's patient parameter matches the appointments the Patient takes
+		// part in; the father's is found without it.
 		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); !slices.Equal(ids(appts), []string{"intake-" + id}) {
-			t.Fatalf("the patient's appointments = %v", ids(appts))
+			t.Fatalf("the patient's appointments = %v; want the loved one's intake only", ids(appts))
+		}
+		var all []string
+		for next := "Appointment?_count=1000"; next != ""; {
+			var appts []map[string]any
+			appts, next, _ = bundle(t, ehr.read(next))
+			all = append(all, ids(appts)...)
+		}
+		if !slices.Contains(all, "intake-"+dadID) || !slices.Contains(all, "intake-"+id) {
+			t.Fatalf("appointments of every patient = %v; want both intakes", all)
 		}
 		recorded := 0
 		for _, d := range list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures") {

@@ -283,6 +283,9 @@ var referralFilter = map[string]aip.FilterField{
 	"service_kind": {Column: "service_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ServiceKind_value, "SERVICE_KIND_")},
 	"urgency":      {Column: "urgency", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.Urgency_value, "URGENCY_")},
 	"intervention": {Column: "intervention", Kind: aip.String},
+	// For FHIR's Appointment?patient=, which matches only appointments
+	// the loved one takes part in.
+	"subject_kind": {Column: "subject_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.SubjectKind_value, "SUBJECT_KIND_")},
 	// For FHIR _lastUpdated searches.
 	"update_time": {Column: "update_time", Kind: aip.Time},
 	// For calendar feeds: one query for the intake appointments in a
@@ -312,7 +315,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if calendarOnly(ctx) {
 		// A list refuses a filter on a field the caller's view leaves out:
 		// otherwise a filter could ask what the view hides.
-		fields = aip.Without(referralFilter, "program", "service_kind", "urgency", "intervention")
+		fields = aip.Without(referralFilter, "program", "service_kind", "urgency", "intervention", "subject_kind")
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, scope, args,
 		req, fields, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })

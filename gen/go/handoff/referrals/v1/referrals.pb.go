@@ -3314,9 +3314,9 @@ type ListReferralsRequest struct {
 	// Conditions joined by AND, for example
 	// `state = SCHEDULED AND family = "clinics/c1/families/f1"`.
 	// Fields: `state`, `family`, `program`, `service_kind`, `urgency`,
-	// `intervention` (resource names in double quotes), `update_time` and
-	// `intake_time` (the intake appointment's start; RFC 3339 in double
-	// quotes).
+	// `subject_kind` (`LOVED_ONE` or `FAMILY_MEMBER`), `intervention`
+	// (resource names in double quotes), `update_time` and `intake_time`
+	// (the intake appointment's start; RFC 3339 in double quotes).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
