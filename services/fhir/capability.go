@@ -7,17 +7,17 @@ import (
 
 // published is the date of this CapabilityStatement; change it with the
 // interface.
-const published = "2026-11-29"
+const published = "2026-12-04"
 
 var paramTypes = map[string]string{
 	"_count": "number", "_lastUpdated": "date", "patient": "reference", "subject": "reference", "status": "token",
 }
 
 var paramDocs = map[string]string{
-	"_count":       "Page size (at most 1000).",
+	"_count":       "Page size (at most 1000; the links give the size applied).",
 	"_lastUpdated": "When the record last changed: eq, ge, gt, le or lt with a date or time.",
-	"patient":      "The loved one (Patient id).",
-	"subject":      "The loved one (Patient id).",
+	"patient":      "The loved one: a Patient id, Patient/<id> or this server's <base>/Patient/<id>.",
+	"subject":      "The loved one: a Patient id, Patient/<id> or this server's <base>/Patient/<id>.",
 	"status":       "One Task status.",
 }
 
@@ -43,7 +43,14 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 		}
 		var params []any
 		for _, name := range slices.Concat([]string{"_count", "_lastUpdated"}, searchParams[t]) {
-			params = append(params, obj{"name": name, "type": paramTypes[name], "documentation": paramDocs[name]})
+			doc := paramDocs[name]
+			if t == "Consent" && name == "patient" {
+				doc += " Required."
+			}
+			if t == "Appointment" && name == "patient" {
+				doc += " Matches the appointments the Patient takes part in, not a family member's own."
+			}
+			params = append(params, obj{"name": name, "type": paramTypes[name], "documentation": doc})
 		}
 		res["searchParam"] = params
 		if t != "HealthcareService" {
@@ -68,7 +75,9 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 			"security": obj{
 				"service": []any{concept("", coding("http://terminology.hl7.org/CodeSystem/restful-security-service", "OAuth", "OAuth"))},
 				"description": "Send a bearer token issued for one clinic (Authorization: Bearer <token>). Records are disclosed " +
-					"only as the patient's 42 CFR Part 2 consent allows; without it the answer is 403.",
+					"only as the patient's 42 CFR Part 2 consent allows; without it the answer is 403. A search parameter not " +
+					"listed for a resource is refused (400), not ignored, whatever Prefer says: a search that dropped a " +
+					"narrowing parameter would disclose more than was asked.",
 			},
 			"resource": resources,
 		}},
