@@ -705,6 +705,10 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			}
 			next.RescheduleCount++
 			next.RescheduleReason = req.GetReason()
+			// The reminders name the old time; the workflow makes new ones.
+			if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "rescheduled"); err != nil {
+				return nil, err
+			}
 			return s.save(ctx, tx, r, cur, next, scheduled, "intervention.rescheduled")
 		})
 }
@@ -722,6 +726,9 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.CancelReason = req.GetReason()
+			if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "intervention cancelled"); err != nil {
+				return nil, err
+			}
 			return s.save(ctx, tx, r, cur, next, cancelled, "intervention.cancelled")
 		})
 }

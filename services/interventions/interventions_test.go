@@ -436,6 +436,92 @@ func TestReminderStateFilterUsesTheServiceClock(t *testing.T) {
 	}
 }
 
+// Cancelling or moving a meeting cancels its reminders in the same
+// transaction: none can be claimed and sent, with the old time or for no
+// meeting, while the workflow has yet to hear of it. Others' reminders are
+// left alone, and the automation's view of one leaves out why it was
+// cancelled and which workflow made it.
+func TestCancelAndRescheduleCancelTheMeetingsReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	remind := func(related string) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(time.Now().Add(-time.Second)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+			Message: "Reminder: family meeting tomorrow at 6 pm.", RelatedResource: related}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	for _, step := range []string{"cancel", "reschedule"} {
+		iv := f.draft(t, time.Now().Add(48*time.Hour))
+		iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		due, claimed, other := remind(iv.GetName()), remind(iv.GetName()), remind("clinics/north/interventions/another")
+		if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: claimed.GetName(), Claimant: "sms-1",
+			LeaseDuration: durationpb.New(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+		switch step {
+		case "cancel":
+			_, err = f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family asked"})
+		case "reschedule":
+			_, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+				StartTime: timestamppb.New(time.Now().Add(72 * time.Hour).Truncate(time.Second))})
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		for _, rem := range []*interventionsv1.Reminder{due, claimed} {
+			got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+			if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || got.GetCancelReason() == "" {
+				t.Fatalf("%s: reminder after it = %v, %v; want CANCELLED with a reason", step, got, err)
+			}
+			seen, err := f.client.GetReminder(auto, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+			if err != nil || seen.GetCancelReason() != "" || seen.GetOriginWorkflow() != "" || seen.GetRelatedResource() != rem.GetRelatedResource() ||
+				seen.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+				t.Fatalf("%s: the automation's view = %v, %v; want CANCELLED and nothing of why", step, seen, err)
+			}
+		}
+		_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: due.GetName(), Claimant: "sms-2",
+			LeaseDuration: durationpb.New(time.Minute)})
+		wantCode(t, err, codes.FailedPrecondition)
+		_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: claimed.GetName(), Claimant: "sms-1",
+			Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+		wantCode(t, err, codes.FailedPrecondition)
+		if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: other.GetName()}); err != nil ||
+			got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
+			t.Fatalf("%s: another meeting's reminder = %v, %v; want DUE", step, got, err)
+		}
+		// Each cancellation went out as an event, so webhook deliveries of
+		// the reminders are withdrawn.
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = $1 AND resource = ANY($2)`,
+			"handoff.interventions.v1.reminder.cancelled", []string{due.GetName(), claimed.GetName()}).Scan(&n); err != nil || n != 2 {
+			t.Fatalf("%s: %d reminder.cancelled events, %v; want 2", step, n, err)
+		}
+	}
+	// The automation may not filter on what its view leaves out.
+	_, err := f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: `origin_workflow = "mat-intake/clinics/north/interventions/another"`})
+	wantCode(t, err, codes.InvalidArgument)
+	list, err := f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetReminders()) == 0 {
+		t.Fatalf("the automation's list: %v, %v", list, err)
+	}
+	for _, r := range list.GetReminders() {
+		if r.GetCancelReason() != "" || r.GetOriginWorkflow() != "" {
+			t.Fatalf("the automation's list shows %v", r)
+		}
+	}
+}
+
 // Reminders are claimed exactly once by racing automation workers.
 func TestReminderClaims(t *testing.T) {
 	t.Parallel()

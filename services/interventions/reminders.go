@@ -10,12 +10,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -291,12 +293,20 @@ func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetRemind
 	if err != nil {
 		return nil, err
 	}
-	return s.readReminder(ctx, s.pool, r, false)
+	rem, err := s.readReminder(ctx, s.pool, r, false)
+	if err == nil && deliveryOnly(ctx) {
+		rem = forDelivery(rem)
+	}
+	return rem, err
 }
 
-// reminderFilter is what ListReminders filters on, as of now.
-func reminderFilter(now time.Time) map[string]aip.FilterField {
+// reminderFilter is what ListReminders filters on, as of now, for the
+// caller.
+func reminderFilter(ctx context.Context, now time.Time) map[string]aip.FilterField {
 	f := maps.Clone(reminderFields)
+	if deliveryOnly(ctx) {
+		f = maps.Clone(deliveryFields)
+	}
 	f["state"] = aip.FilterField{Column: stateExpr(now), Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")}
 	return f
 }
@@ -325,7 +335,7 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(s.cfg.Now()))
+	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(ctx, s.cfg.Now()))
 	if err != nil {
 		return nil, err
 	}
@@ -353,6 +363,11 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	items, next := aip.Page(items, size, q, func(r *interventionsv1.Reminder) string {
 		return r.GetDueTime().AsTime().Format(time.RFC3339Nano) + "|" + aip.ID(r.GetName())
 	})
+	if deliveryOnly(ctx) {
+		for i, r := range items {
+			items[i] = forDelivery(r)
+		}
+	}
 	return &interventionsv1.ListRemindersResponse{Reminders: items, NextPageToken: next}, nil
 }
 
@@ -370,7 +385,8 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
-	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
+	// Only the automation claims (see Policy): it gets its view.
+	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			now := s.cfg.Now()
 			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = $4,
@@ -405,6 +421,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			}
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
 		})
+	return forDelivery(out), err
 }
 
 // CompleteReminder implements the API: only the current claimant may, also
@@ -421,7 +438,8 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 	if failed && strings.TrimSpace(req.GetReason()) == "" {
 		return nil, apperr.Field("reason", "is required for FAILED: why delivery failed, for example \"number not in service\"")
 	}
-	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
+	// Only the automation completes (see Policy): it gets its view.
+	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			cur, err := s.readReminder(ctx, tx, r, true)
 			if err != nil {
@@ -468,7 +486,66 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			}
 			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
 		})
+	return forDelivery(out), err
 }
+
+// cancelRemindersOf cancels, in tx, every reminder about related that is
+// still to be sent (scheduled, due or claimed), with an event for each, as
+// CancelReminder would. A cancelled or moved meeting's reminders must not
+// go out in the time the workflow takes to hear of it (the outbox, the
+// relay, a hold release retried while the referrals service is away); the
+// workflow's own cancellation then finds them done.
+func (s *Server) cancelRemindersOf(ctx context.Context, tx pgx.Tx, clinic, related, reason string) error {
+	rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
+		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7) RETURNING id`,
+		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed))
+	if err != nil {
+		return fmt.Errorf("cancel reminders of %s: %w", related, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(ids) == 0 {
+		return err
+	}
+	rows, err = tx.Query(ctx, reminderSelect+` WHERE clinic = $1 AND id = ANY($2) ORDER BY id`, clinic, ids)
+	if err != nil {
+		return fmt.Errorf("read cancelled reminders: %w", err)
+	}
+	rems, err := pgx.CollectRows(rows, s.scanReminder(clinic))
+	if err != nil {
+		return fmt.Errorf("read cancelled reminders: %w", err)
+	}
+	for _, rem := range rems {
+		if err := emit(ctx, tx, clinic, "reminder.cancelled", rem.GetName(), rem); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deliveryOnly reports whether the caller is the reminder automation and
+// nothing more (no staff or worker role).
+func deliveryOnly(ctx context.Context) bool {
+	p, ok := auth.FromContext(ctx)
+	return ok && p.Has(auth.RoleReminders) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
+}
+
+// forDelivery is a reminder as the automation sees it: whom, how, when,
+// what to say and what it is about (an identifier, by which it may group
+// messages). Why it was cancelled ("the loved one accepted treatment") and
+// the workflow that made it (mat-intake/..., overdose/...) are the
+// patient's record, which sending does not need.
+func forDelivery(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
+	if rem == nil {
+		return nil
+	}
+	c := proto.Clone(rem).(*interventionsv1.Reminder)
+	c.CancelReason, c.OriginWorkflow = "", ""
+	return c
+}
+
+// deliveryFields are the list filters the automation may use: none on what
+// forDelivery leaves out, or a filter could ask what the view hides.
+var deliveryFields = aip.Without(reminderFields, "origin_workflow")
 
 // CancelReminder implements the API.
 func (s *Server) CancelReminder(ctx context.Context, req *interventionsv1.CancelReminderRequest) (*interventionsv1.Reminder, error) {

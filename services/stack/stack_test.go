@@ -483,7 +483,7 @@ func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	sign := ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
 		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
 	alerts := func() []*interventionsv1.Reminder {
-		return ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		return ok(e.iv.ListReminders(e.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders()
 	}
 	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return len(alerts()) > 0 })
@@ -679,7 +679,7 @@ func TestWithdrawnConsentCancelsPendingReminders(t *testing.T) {
 	ok(e.fam.UpdateFamily(e.counsel, &familiesv1.UpdateFamilyRequest{Family: cur, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}))
 
 	state := func(r *interventionsv1.Reminder) *interventionsv1.Reminder {
-		return ok(e.iv.GetReminder(e.reminder, &interventionsv1.GetReminderRequest{Name: r.GetName()}))
+		return ok(e.iv.GetReminder(e.worker, &interventionsv1.GetReminderRequest{Name: r.GetName()}))
 	}
 	stacktest.Eventually(t, 30*time.Second, "the member's reminder cancelled", func() bool {
 		return state(member).GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED
