@@ -205,6 +205,18 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
 		vs.Add(field+".channel", "is required")
 	}
+	if _, out := outsider(ctx); out {
+		// An integration records only its own reads through the API, for
+		// treatment (what the services' consent gate sends): the
+		// accounting is append-only, and an entry it made up (a fax, a
+		// payment) could never be taken back.
+		if c := d.GetChannel(); c != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API && c != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
+			vs.Add(field+".channel", "must be API: an integration records only its own reads")
+		}
+		if p := d.GetPurpose(); p != familiesv1.Purpose_PURPOSE_TREATMENT && p != familiesv1.Purpose_PURPOSE_UNSPECIFIED {
+			vs.Add(field+".purpose", "must be TREATMENT: an integration reads for treatment")
+		}
+	}
 }
 
 // discloseToCaller gates a read by an outside system (the EHR) on consent
@@ -244,6 +256,15 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	}
 	if req.GetValidateOnly() {
 		return s.discloseTx(ctx, s.pool, c, d, true)
+	}
+	if req.GetRequestId() != "" {
+		// A retry is answered from the record of the first call without
+		// running it again, and would say "covered" after a revocation
+		// that came in between: the retry may be what sends the record
+		// (a fax that failed), and a revocation counts at once.
+		if _, err := s.discloseTx(ctx, s.pool, c, d, true); err != nil {
+			return nil, err
+		}
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },

@@ -204,8 +204,17 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: "clinics/north/referrals/r1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
 	wantConsentRequired(t, disclose(ehr, ref))
 	pay := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
-		Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
-	wantConsentRequired(t, disclose(ehr, pay))
+		Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}
+	wantConsentRequired(t, disclose(f.ctx, pay))
+	// An integration records only its own reads through the API, for
+	// treatment: the accounting is append-only, and an entry it made up
+	// (a fax, a payment) could not be taken back.
+	for _, d := range []*familiesv1.Disclosure{pay, {Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}} {
+		if st := wantCode(t, disclose(ehr, d), codes.InvalidArgument); !strings.Contains(st.Message(), "must be") {
+			t.Fatalf("a made-up entry (%v, %v): %q", d.GetPurpose(), d.GetChannel(), st.Message())
+		}
+	}
 	// An integration discloses only to itself.
 	other := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
@@ -237,7 +246,7 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	}
 	// validate_only checks the consent and records nothing, request id or not.
 	identity := &familiesv1.Disclosure{Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
-		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK}
+		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
 	for _, id := range []string{"", "check-1", "check-1"} {
 		got, err := f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: identity,
 			ValidateOnly: true, RequestId: id})
@@ -308,11 +317,22 @@ func TestRevocationTakesEffectAtOnce(t *testing.T) {
 	if err != nil || again.GetEtag() != one.GetEtag() {
 		t.Fatalf("repeated revocation changed the consent: %v %v", again, err)
 	}
+	// Staff record a fax to ehr-1 with a request id; the fax fails.
+	fax := &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), RequestId: "fax-1", Disclosure: &familiesv1.Disclosure{
+		Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}}
+	if _, err := f.client.CreateDisclosure(f.ctx, fax); err != nil {
+		t.Fatalf("fax before revocation: %v", err)
+	}
 	all, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName()})
 	if err != nil || all.GetState() != familiesv1.ConsentState_CONSENT_STATE_REVOKED {
 		t.Fatalf("revoke all: %v %v", all, err)
 	}
 	wantConsentRequired(t, read("ehr-1"))
+	// Its retry, with the same request id, is not answered "covered" from
+	// the record of the first: the revocation counts at once.
+	_, err = f.client.CreateDisclosure(f.ctx, fax)
+	wantConsentRequired(t, err)
 }
 
 // A consent revoked for each recipient it names, one by one, covers no one:
@@ -408,7 +428,9 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if _, err := f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("treating provider read: %v", err)
 	}
-	_, err := f.client.CreateDisclosure(f.ehr("any-ehr"), &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(),
+	// Not for payment (recorded by staff: an integration records only its
+	// reads for treatment).
+	_, err := f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(),
 		Disclosure: &familiesv1.Disclosure{Recipient: "any-ehr", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 			Purpose: familiesv1.Purpose_PURPOSE_PAYMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}})
 	wantConsentRequired(t, err)
