@@ -687,13 +687,27 @@ func TestEHRNeedsConsent(t *testing.T) {
 	if len(allowed) != 2 || allowed[0] != open.GetName() || allowed[1] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want the listed and the accepted referral", allowed)
 	}
-	// A write-back refused for its state or etag discloses nothing, so the
-	// accounting gains nothing.
-	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: open.GetName()})
+	// A write-back refused for its state tells the state (ACCEPTED): it is
+	// recorded as a disclosure and carries the notice. One refused for its
+	// etag tells only that the referral changed, and records nothing.
+	var refusedMD metadata.MD
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: open.GetName()}, grpc.Header(&refusedMD))
 	wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(status.Convert(err).Message(), "ACCEPTED") {
+		t.Fatalf("refusal %q does not name the state", status.Convert(err).Message())
+	}
+	if got := refusedMD.Get(consentgate.NoticeHeader); len(got) != 1 || got[0] != consentgate.Notice {
+		t.Fatalf("a refusal naming the state: notice header = %q", got)
+	}
 	_, err = f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), Etag: open.GetEtag(),
 		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
 	wantCode(t, err, codes.Aborted)
+	f.consent.mu.Lock()
+	allowed = append([]string(nil), f.consent.allowed...)
+	f.consent.mu.Unlock()
+	if len(allowed) != 3 || allowed[2] != open.GetName() {
+		t.Fatalf("disclosures recorded: %v; want one more, for the refusal that named the state", allowed)
+	}
 	// A retried write-back with its request id is one disclosure, and
 	// every answer, the stored one too, carries the Part 2 notice.
 	for i := range 2 {
@@ -709,7 +723,7 @@ func TestEHRNeedsConsent(t *testing.T) {
 	f.consent.mu.Lock()
 	allowed = append([]string(nil), f.consent.allowed...)
 	f.consent.mu.Unlock()
-	if len(allowed) != 3 || allowed[2] != open.GetName() {
+	if len(allowed) != 4 || allowed[3] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want one more, for the rejection", allowed)
 	}
 	// A consent revoked between the check and the record rolls the step
@@ -727,8 +741,8 @@ func TestEHRNeedsConsent(t *testing.T) {
 	f.consent.mu.Lock()
 	n := len(f.consent.allowed)
 	f.consent.mu.Unlock()
-	if n != 3 {
-		t.Fatalf("%d disclosures recorded, want still 3", n)
+	if n != 4 {
+		t.Fatalf("%d disclosures recorded, want still 4", n)
 	}
 }
 

@@ -69,15 +69,15 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		return nil, err
 	}
 	_, outsider := consentgate.Outsider(ctx)
+	var before *referralsv1.Referral
 	if outsider {
 		// The answer to a write-back discloses the referral, so the EHR's
 		// step needs consent before anything else: even a refusal for its
 		// state would tell the referral's state.
-		cur, err := readReferral(ctx, s.pool, r, false)
-		if err != nil {
+		if before, err = readReferral(ctx, s.pool, r, false); err != nil {
 			return nil, err
 		}
-		if err := s.cfg.Consent.Allowed(ctx, cur.GetFamily(), cur.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+		if err := s.cfg.Consent.Allowed(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
 			return nil, err
 		}
 	}
@@ -155,7 +155,28 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		// (by the first call's Check): it carries the notice too.
 		consentgate.Notify(ctx)
 	}
+	if err != nil && outsider && tellsState(err) {
+		// A refusal for the referral's state or readiness tells the EHR
+		// that state (completed: the patient entered treatment), or the
+		// intake's time: it discloses the referral as an answer would, and
+		// is recorded as one, after the rollback. A consent revoked since
+		// the check answers instead.
+		if cerr := s.cfg.Consent.Check(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+			disclosureRequestID(st)); cerr != nil {
+			return nil, cerr
+		}
+	}
 	return out, err
+}
+
+// tellsState reports whether a refused step's answer speaks of the
+// referral's state or schedule.
+func tellsState(err error) bool {
+	switch apperr.Reason(err) {
+	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady:
+		return true
+	}
+	return false
 }
 
 // disclosureRequestID is the request id of the disclosure a step with a
