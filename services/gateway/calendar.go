@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"strings"
 	"time"
@@ -22,8 +24,10 @@ const calendarRoute = "GET /calendar/v1/clinics/{clinic}/calendarFeeds/{file}"
 // token is never logged: the request log and traces carry the path only.
 func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The address is a secret: no caches, and no Referer to other sites.
-		w.Header().Set("Cache-Control", "no-store")
+		// The address is a secret: no shared caches, and no Referer to
+		// other sites. The calendar app may keep the feed and ask whether
+		// it changed (ETag below), as it does every 15 minutes.
+		w.Header().Set("Cache-Control", "private, no-cache")
 		w.Header().Set("Referrer-Policy", "no-referrer")
 		feed, ok := strings.CutSuffix(r.PathValue("file"), ".ics")
 		if !ok {
@@ -48,8 +52,27 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
+		sum := sha256.Sum256(body.GetData())
+		etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+		w.Header().Set("ETag", etag)
+		if match := r.Header.Get("If-None-Match"); match != "" && ifNoneMatch(match, etag) {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
 		w.Header().Set("Content-Type", body.GetContentType())
 		w.Header().Set("Content-Disposition", `inline; filename="handoff.ics"`)
 		_, _ = w.Write(body.GetData())
 	})
+}
+
+// ifNoneMatch reports whether an If-None-Match header names etag (RFC
+// 9110 13.1.2: a list, weak forms compared weakly, or *).
+func ifNoneMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || t == etag {
+			return true
+		}
+	}
+	return false
 }

@@ -83,7 +83,8 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	read := func() *ics.VEvent {
 		t.Helper()
 		code, body, h := get(feedURL)
-		if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/calendar") || h.Get("Cache-Control") != "no-store" {
+		if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/calendar") || h.Get("Cache-Control") != "private, no-cache" ||
+			h.Get("ETag") == "" || strings.Contains(body, "METHOD:") {
 			t.Fatalf("GET feed: %d %v %s", code, h, body)
 		}
 		for _, secret := range []string{"Robin", "Ezra", "video.example.org"} {
@@ -111,10 +112,38 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	if got, _ := before.GetStartAt(); !got.Equal(start) {
 		t.Fatalf("DTSTART %v, want %v", got, start)
 	}
+	// A calendar app asking whether the feed changed: not since its last
+	// read; once the meeting moves, it has.
+	_, _, h := get(feedURL)
+	etag := h.Get("ETag")
+	conditional := func() int {
+		t.Helper()
+		req, err := http.NewRequest("GET", base+feedURL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("If-None-Match", etag)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode == http.StatusNotModified && len(b) != 0 {
+			t.Fatalf("a 304 with a body: %s", b)
+		}
+		return resp.StatusCode
+	}
+	if code := conditional(); code != http.StatusNotModified {
+		t.Fatalf("unchanged feed with If-None-Match: %d, want 304", code)
+	}
 	moved := start.Add(2 * time.Hour)
 	if _, err := ivClient.RescheduleIntervention(ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
 		StartTime: timestamppb.New(moved)}); err != nil {
 		t.Fatal(err)
+	}
+	if code := conditional(); code != http.StatusOK {
+		t.Fatalf("changed feed with the old ETag: %d, want 200", code)
 	}
 	after := read()
 	if got, _ := after.GetStartAt(); after.Id() != before.Id() || seq(after) <= seq(before) || !got.Equal(moved) {

@@ -26,8 +26,9 @@ func renderCalendar(events []calendarEvent) string {
 	w("BEGIN", "VCALENDAR")
 	w("VERSION", "2.0")
 	w("PRODID", "-//Handoff//Calendar feed//EN")
+	// No METHOD: with one, DTSTAMP would have to be when the stream was
+	// made (RFC 5545 3.8.7.2), and a feed is not a scheduling message.
 	w("CALSCALE", "GREGORIAN")
-	w("METHOD", "PUBLISH")
 	w("X-WR-CALNAME", "Handoff")
 	// How often subscribers should read the feed again (RFC 7986, and the
 	// older name some clients know).
@@ -36,8 +37,8 @@ func renderCalendar(events []calendarEvent) string {
 	for _, e := range events {
 		w("BEGIN", "VEVENT")
 		w("UID", escapeText(e.uid))
-		// A published feed has no scheduling message: DTSTAMP is when the
-		// event last changed (RFC 5545 3.8.7.2).
+		// Without METHOD, DTSTAMP is when the event last changed (RFC 5545
+		// 3.8.7.2).
 		w("DTSTAMP", icalTime(e.modified))
 		w("CREATED", icalTime(e.created))
 		w("LAST-MODIFIED", icalTime(e.modified))
