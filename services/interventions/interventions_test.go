@@ -522,6 +522,58 @@ func TestCancelAndRescheduleCancelTheMeetingsReminders(t *testing.T) {
 	}
 }
 
+// A reminder not sent by its send-by time (the recipient's quiet hours
+// begin then) is not claimed: it fails, with an event for its workflow to
+// send it again after them. One still in time is claimed as ever.
+func TestClaimPastSendByFailsTheReminder(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	now := time.Now()
+	remind := func(due, by time.Time) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(due), SendByTime: timestamppb.New(by), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+			Message: "Your counselor will check in with you soon.", RelatedResource: f.family.GetName()}})
+	}
+	_, err := remind(now, now.Add(-time.Minute))
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "reminder.send_by_time" {
+		t.Fatalf("send by before due: field %q", fieldOf(st))
+	}
+	late, err := remind(now.Add(-2*time.Hour), now.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inTime, err := remind(now.Add(-time.Minute), now.Add(time.Hour))
+	if err != nil || !inTime.GetSendByTime().AsTime().Equal(now.Add(time.Hour).Truncate(time.Microsecond)) {
+		t.Fatalf("reminder in time: %v, %v", inTime, err)
+	}
+	claim := func(r *interventionsv1.Reminder) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: "sms-1",
+			LeaseDuration: durationpb.New(time.Minute)})
+	}
+	_, err = claim(late)
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" {
+		t.Fatalf("claim past send-by: reason %q", reason(st))
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: late.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_FAILED || !strings.Contains(got.GetFailureReason(), "quiet hours") {
+		t.Fatalf("reminder past send-by after a claim = %v, %v; want FAILED for quiet hours", got, err)
+	}
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = $1 AND resource = $2`,
+		"handoff.interventions.v1.reminder.failed", late.GetName()).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d reminder.failed events, %v; want 1, for its workflow", n, err)
+	}
+	// Claimed again: still refused, and failed once.
+	_, err = claim(late)
+	wantCode(t, err, codes.FailedPrecondition)
+	if claimed, err := claim(inTime); err != nil || claimed.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
+		t.Fatalf("claim in time: %v, %v", claimed, err)
+	}
+}
+
 // Reminders are claimed exactly once by racing automation workers.
 func TestReminderClaims(t *testing.T) {
 	t.Parallel()

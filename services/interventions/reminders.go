@@ -48,7 +48,7 @@ func stateExpr(now time.Time) string {
 
 const reminderSelect = `SELECT id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
 	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
-	deliver_time, create_time, update_time, version, origin_workflow FROM reminders`
+	deliver_time, create_time, update_time, version, origin_workflow, send_by_time FROM reminders`
 
 func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Reminder] {
 	now := s.cfg.Now()
@@ -57,12 +57,12 @@ func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Remi
 			id, rid, rfam, related, msg, claimedBy, failure, cancel, origin string
 			rkind, channel, kind, state                                     int16
 			due, created, updated                                           time.Time
-			lease, delivered                                                *time.Time
+			lease, delivered, sendBy                                        *time.Time
 			attempts                                                        int32
 			version                                                         int64
 		)
 		if err := r.Scan(&id, &rkind, &rid, &rfam, &channel, &due, &kind, &related, &msg, &state, &claimedBy, &lease,
-			&attempts, &failure, &cancel, &delivered, &created, &updated, &version, &origin); err != nil {
+			&attempts, &failure, &cancel, &delivered, &created, &updated, &version, &origin, &sendBy); err != nil {
 			return nil, err
 		}
 		rem := &interventionsv1.Reminder{
@@ -79,6 +79,9 @@ func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Remi
 		}
 		if delivered != nil {
 			rem.DeliverTime = timestamppb.New(*delivered)
+		}
+		if sendBy != nil {
+			rem.SendByTime = timestamppb.New(*sendBy)
 		}
 		switch {
 		case rem.State == rScheduled && !now.Before(due):
@@ -149,6 +152,9 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	}
 	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		vs.Add("reminder.kind", "is required")
+	}
+	if by := rem.GetSendByTime(); by != nil && rem.GetDueTime() != nil && !by.AsTime().After(rem.GetDueTime().AsTime()) {
+		vs.Add("reminder.send_by_time", "must be after due_time")
 	}
 	if strings.TrimSpace(rem.GetMessage()) == "" {
 		vs.Add("reminder.message", "is required")
@@ -242,11 +248,16 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			if rem.GetDueTime() != nil {
 				due = rem.GetDueTime().AsTime()
 			}
+			var sendBy *time.Time
+			if rem.GetSendByTime() != nil {
+				t := rem.GetSendByTime().AsTime()
+				sendBy = &t
+			}
 			if _, err := tx.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_id, recipient_family, channel,
-				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
+				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow, send_by_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
 				rc.GetFamily(), int16(rc.GetChannel()), due, int16(rem.GetKind()), rem.GetRelatedResource(),
-				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow()); err != nil {
+				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow(), sendBy); err != nil {
 				return nil, fmt.Errorf("insert reminder: %w", err)
 			}
 			out, err := s.readReminder(ctx, tx, r, false)
@@ -385,6 +396,14 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
+	if failed, err := s.failPastSendBy(ctx, r); err != nil || failed {
+		if err == nil {
+			err = apperr.FailedPrecondition(reasonQuietHours,
+				fmt.Sprintf("%s was not sent before its recipient's quiet hours began: it failed, and its workflow sends it again after them", req.GetName()),
+				map[string]string{"resource": req.GetName()})
+		}
+		return nil, err
+	}
 	// Only the automation claims (see Policy): it gets its view.
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
@@ -422,6 +441,39 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
 		})
 	return forDelivery(out), err
+}
+
+// reasonQuietHours is the reason of a claim refused because the
+// recipient's quiet hours began before the reminder went out.
+const reasonQuietHours = "QUIET_HOURS"
+
+// failPastSendBy fails reminder r, in a transaction of its own, if it is
+// still to be sent (due, or its claim lapsed) and its send-by time has
+// come: a message held back for the recipient's quiet hours must not go
+// out in them because the automation came late. The failure reaches the
+// workflow that made it, which sends it again after them.
+func (s *Server) failPastSendBy(ctx context.Context, r ref) (bool, error) {
+	failed := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		now := s.cfg.Now()
+		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
+			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5))`,
+			r.clinic, r.id, int16(rFailed), "the recipient's quiet hours began before it was sent", now, int16(rScheduled), int16(rClaimed))
+		if err != nil {
+			return fmt.Errorf("fail a reminder past its send-by time: %w", err)
+		}
+		if tag.RowsAffected() == 0 {
+			return nil
+		}
+		failed = true
+		out, err := s.readReminder(ctx, tx, r, false)
+		if err != nil {
+			return err
+		}
+		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
+		return emit(ctx, tx, r.clinic, "reminder.failed", out.GetName(), out)
+	})
+	return failed, err
 }
 
 // CompleteReminder implements the API: only the current claimant may, also

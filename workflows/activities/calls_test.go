@@ -157,10 +157,14 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		to      *interventionsv1.Recipient
 		meeting time.Time
 		want    time.Time
+		sendBy  time.Time // zero: none
 	}{
-		{"member, meeting at noon", member, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), time.Date(2026, 12, 10, 8, 0, 0, 0, chicago)},
-		{"member, meeting at 07:30", member, time.Date(2026, 12, 10, 7, 30, 0, 0, chicago), night},
-		{"counselor", counselor, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), night},
+		// Sent by the evening's quiet hours, or it fails and goes again.
+		{"member, meeting at noon", member, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), time.Date(2026, 12, 10, 8, 0, 0, 0, chicago),
+			time.Date(2026, 12, 10, 21, 0, 0, 0, chicago)},
+		// Due in quiet hours on purpose: nothing later is in time.
+		{"member, meeting at 07:30", member, time.Date(2026, 12, 10, 7, 30, 0, 0, chicago), night, time.Time{}},
+		{"counselor", counselor, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), night, time.Time{}},
 	} {
 		f := &resendFakes{meeting: c.meeting, old: &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Recipient: c.to,
 			RelatedResource: "clinics/north/interventions/i1", Message: "Reminder"}}
@@ -170,6 +174,9 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		}
 		if got := f.created.GetDueTime().AsTime(); !got.Equal(c.want) {
 			t.Errorf("%s: resend due %v, want %v", c.name, got.In(chicago), c.want)
+		}
+		if got := f.created.GetSendByTime(); (got == nil) != c.sendBy.IsZero() || (got != nil && !got.AsTime().Equal(c.sendBy)) {
+			t.Errorf("%s: resend send by %v, want %v", c.name, got, c.sendBy)
 		}
 	}
 }
@@ -700,15 +707,27 @@ func TestReminderMadeInQuietHoursWaits(t *testing.T) {
 			RequestID: "r", Awake: c.awake}); err != nil || len(f.asked) != 1 {
 			t.Fatalf("%s: %v, %d asked", c.name, err, len(f.asked))
 		}
-		due := f.asked[0].GetDueTime()
+		due, by := f.asked[0].GetDueTime(), f.asked[0].GetSendByTime()
 		if !c.wait {
 			if due != nil {
 				t.Fatalf("%s: due %v, want now (unset)", c.name, due.AsTime())
+			}
+			// Due now: sent by when quiet hours begin, unless now is in
+			// them on purpose.
+			switch inQuiet := !c.awake; {
+			case inQuiet && by != nil:
+				t.Fatalf("%s: send by %v, want none: it is due in quiet hours on purpose", c.name, by.AsTime())
+			case !inQuiet && (by == nil || by.AsTime().Format("15:04") != c.to.QuietStart || !by.AsTime().After(now)):
+				t.Fatalf("%s: send by %v, want the start of quiet hours, %s UTC", c.name, by, c.to.QuietStart)
 			}
 			continue
 		}
 		if due == nil || due.AsTime().Format("15:04") != c.to.QuietEnd || !due.AsTime().After(now) || due.AsTime().Sub(now) > 61*time.Minute {
 			t.Fatalf("%s: due %v, want the end of quiet hours, %s UTC", c.name, due, c.to.QuietEnd)
+		}
+		// Sent by their next start, a day after this one's.
+		if by == nil || by.AsTime().Format("15:04") != c.to.QuietStart || !by.AsTime().After(due.AsTime()) {
+			t.Fatalf("%s: send by %v, want the next start of quiet hours, %s UTC", c.name, by, c.to.QuietStart)
 		}
 	}
 }

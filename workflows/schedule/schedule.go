@@ -84,6 +84,29 @@ func Awake(t time.Time, r Recipient, by time.Time) (time.Time, error) {
 	return end, nil
 }
 
+// QuietFrom returns when r's quiet hours next begin after t, for a message
+// due at t to go out before: ok is false when r keeps none, or when t
+// falls in them already (a message placed there on purpose, with nothing
+// later that would still be in time).
+func QuietFrom(t time.Time, r Recipient) (from time.Time, ok bool, err error) {
+	if r.Quiet == (QuietHours{}) {
+		return time.Time{}, false, nil
+	}
+	loc, qs, qe, err := quietOf(r)
+	if err != nil || qs == qe {
+		return time.Time{}, false, err
+	}
+	lt := t.In(loc)
+	if _, _, inside := window(lt, qs, qe); inside {
+		return time.Time{}, false, nil
+	}
+	from = time.Date(lt.Year(), lt.Month(), lt.Day(), qs/60, qs%60, 0, 0, loc)
+	if !from.After(lt) {
+		from = time.Date(lt.Year(), lt.Month(), lt.Day()+1, qs/60, qs%60, 0, 0, loc)
+	}
+	return from, true, nil
+}
+
 // quietOf is r's zone and, if it has quiet hours, their start and end in
 // minutes after midnight.
 func quietOf(r Recipient) (loc *time.Location, start, end int, err error) {

@@ -110,3 +110,41 @@ func TestAwake(t *testing.T) {
 		t.Error("an unknown zone is an error")
 	}
 }
+
+func TestQuietFrom(t *testing.T) {
+	chicago := mustLoc(t, "America/Chicago")
+	night := Recipient{ID: "mom", TimeZone: "America/Chicago", Quiet: QuietHours{Start: "21:00", End: "08:00"}}
+	noon := Recipient{ID: "dad", TimeZone: "America/Chicago", Quiet: QuietHours{Start: "12:00", End: "14:00"}}
+	at := func(day, h, m int) time.Time { return time.Date(2026, 12, day, h, m, 0, 0, chicago) }
+	cases := []struct {
+		name   string
+		r      Recipient
+		t      time.Time
+		want   time.Time
+		wantOK bool
+	}{
+		{"afternoon: tonight at nine", night, at(10, 14, 0), at(10, 21, 0), true},
+		{"a minute before: tonight", night, at(10, 20, 59), at(10, 21, 0), true},
+		{"in them already (placed there on purpose): none", night, at(10, 2, 0), time.Time{}, false},
+		{"late evening, in them: none", night, at(10, 22, 0), time.Time{}, false},
+		{"at their end: tonight", night, at(10, 8, 0), at(10, 21, 0), true},
+		{"after a midday window: tomorrow's", noon, at(10, 15, 0), at(11, 12, 0), true},
+		{"no quiet hours: none", Recipient{ID: "c", TimeZone: "America/Chicago"}, at(10, 14, 0), time.Time{}, false},
+	}
+	for _, c := range cases {
+		got, ok, err := QuietFrom(c.t, c.r)
+		if err != nil || ok != c.wantOK || !got.Equal(c.want) {
+			t.Errorf("%s: %v, %v, %v; want %v, %v", c.name, got.In(chicago), ok, err, c.want, c.wantOK)
+		}
+	}
+	// Across a daylight-saving change the clock time holds: Chicago moves
+	// back an hour on 2026-11-01.
+	got, ok, err := QuietFrom(time.Date(2026, 10, 31, 22, 30, 0, 0, chicago), Recipient{TimeZone: "America/Chicago",
+		Quiet: QuietHours{Start: "06:00", End: "06:30"}})
+	if err != nil || !ok || !got.Equal(time.Date(2026, 11, 1, 6, 0, 0, 0, chicago)) {
+		t.Errorf("across the change: %v, %v, %v", got, ok, err)
+	}
+	if _, _, err := QuietFrom(at(10, 2, 0), Recipient{TimeZone: "Mars/Olympus", Quiet: night.Quiet}); err == nil {
+		t.Error("an unknown zone is an error")
+	}
+}

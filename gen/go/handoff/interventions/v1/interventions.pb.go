@@ -1939,8 +1939,15 @@ type Reminder struct {
 	// fails, that workflow is told and resends the reminder under its retry
 	// policy. Empty for reminders created by other callers.
 	OriginWorkflow string `protobuf:"bytes,17,opt,name=origin_workflow,json=originWorkflow,proto3" json:"origin_workflow,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The latest time the reminder may go out: when the recipient's quiet
+	// hours begin. A claim from then on is refused with
+	// FAILED_PRECONDITION (reason QUIET_HOURS) and the reminder fails, so
+	// that the workflow that made it sends it again after them. Unset when
+	// the recipient keeps no quiet hours, or the reminder falls in them on
+	// purpose (nothing later would still be in time).
+	SendByTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=send_by_time,json=sendByTime,proto3" json:"send_by_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Reminder) Reset() {
@@ -2090,6 +2097,13 @@ func (x *Reminder) GetOriginWorkflow() string {
 		return x.OriginWorkflow
 	}
 	return ""
+}
+
+func (x *Reminder) GetSendByTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SendByTime
+	}
+	return nil
 }
 
 // The person a reminder is for, and the channel to reach them on.
@@ -4495,7 +4509,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x1bhandoff.health/TalkingPoint\x12.clinics/{clinic}/talkingPoints/{talking_point}*\rtalkingPoints2\ftalkingPoint\"\xb9\x01\n" +
 	"\x14BarrierTalkingPoints\x12M\n" +
 	"\fbarrier_kind\x18\x01 \x01(\x0e2%.handoff.interventions.v1.BarrierKindB\x03\xe0A\x03R\vbarrierKind\x12R\n" +
-	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xe4\b\n" +
+	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xaa\t\n" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
 	"\trecipient\x18\x02 \x01(\v2#.handoff.interventions.v1.RecipientB\x06\xe0A\x02\xe0A\x05R\trecipient\x12=\n" +
@@ -4518,7 +4532,9 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
 	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag\x124\n" +
-	"\x0forigin_workflow\x18\x11 \x01(\tB\v\xe0A\x05\xbaH\x05r\x03\x18\xac\x02R\x0eoriginWorkflow:X\xeaAU\n" +
+	"\x0forigin_workflow\x18\x11 \x01(\tB\v\xe0A\x05\xbaH\x05r\x03\x18\xac\x02R\x0eoriginWorkflow\x12D\n" +
+	"\fsend_by_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xe0A\x01\xe0A\x05R\n" +
+	"sendByTime:X\xeaAU\n" +
 	"\x17handoff.health/Reminder\x12%clinics/{clinic}/reminders/{reminder}*\treminders2\breminder\"\xe4\x02\n" +
 	"\tRecipient\x12J\n" +
 	"\x04kind\x18\x01 \x01(\x0e2'.handoff.interventions.v1.RecipientKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x127\n" +
@@ -4966,87 +4982,88 @@ var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	55, // 30: handoff.interventions.v1.Reminder.deliver_time:type_name -> google.protobuf.Timestamp
 	55, // 31: handoff.interventions.v1.Reminder.create_time:type_name -> google.protobuf.Timestamp
 	55, // 32: handoff.interventions.v1.Reminder.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 33: handoff.interventions.v1.Recipient.kind:type_name -> handoff.interventions.v1.RecipientKind
-	8,  // 34: handoff.interventions.v1.Recipient.channel:type_name -> handoff.interventions.v1.ChannelKind
-	12, // 35: handoff.interventions.v1.CreateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
-	12, // 36: handoff.interventions.v1.ListInterventionsResponse.interventions:type_name -> handoff.interventions.v1.Intervention
-	12, // 37: handoff.interventions.v1.UpdateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
-	57, // 38: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	55, // 39: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
-	56, // 40: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
-	4,  // 41: handoff.interventions.v1.RecordOutcomeRequest.kind:type_name -> handoff.interventions.v1.OutcomeKind
-	5,  // 42: handoff.interventions.v1.RecordOutcomeRequest.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
-	3,  // 43: handoff.interventions.v1.UpdateChecklistItemRequest.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
-	55, // 44: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
-	21, // 45: handoff.interventions.v1.GetTalkingPointsResponse.barriers:type_name -> handoff.interventions.v1.BarrierTalkingPoints
-	20, // 46: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
-	20, // 47: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
-	22, // 48: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
-	22, // 49: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
-	56, // 50: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
-	11, // 51: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
-	55, // 52: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
-	55, // 53: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
-	55, // 54: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
-	49, // 55: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
-	49, // 56: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
-	24, // 57: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
-	25, // 58: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
-	26, // 59: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
-	28, // 60: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
-	29, // 61: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
-	30, // 62: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
-	31, // 63: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
-	32, // 64: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
-	33, // 65: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
-	34, // 66: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
-	35, // 67: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
-	36, // 68: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
-	38, // 69: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
-	39, // 70: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
-	41, // 71: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
-	42, // 72: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
-	43, // 73: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
-	44, // 74: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
-	46, // 75: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
-	47, // 76: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
-	48, // 77: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	58, // 78: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	50, // 79: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
-	51, // 80: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
-	53, // 81: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
-	54, // 82: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
-	12, // 83: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 84: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 85: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 86: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	59, // 87: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 88: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 89: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 90: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 91: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 92: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 93: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 94: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 95: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 96: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	59, // 97: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 98: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 99: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 100: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 101: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 102: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 103: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	60, // 104: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	49, // 105: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
-	52, // 106: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
-	59, // 107: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
-	61, // 108: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
-	83, // [83:109] is the sub-list for method output_type
-	57, // [57:83] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	55, // 33: handoff.interventions.v1.Reminder.send_by_time:type_name -> google.protobuf.Timestamp
+	7,  // 34: handoff.interventions.v1.Recipient.kind:type_name -> handoff.interventions.v1.RecipientKind
+	8,  // 35: handoff.interventions.v1.Recipient.channel:type_name -> handoff.interventions.v1.ChannelKind
+	12, // 36: handoff.interventions.v1.CreateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
+	12, // 37: handoff.interventions.v1.ListInterventionsResponse.interventions:type_name -> handoff.interventions.v1.Intervention
+	12, // 38: handoff.interventions.v1.UpdateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
+	57, // 39: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	55, // 40: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
+	56, // 41: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
+	4,  // 42: handoff.interventions.v1.RecordOutcomeRequest.kind:type_name -> handoff.interventions.v1.OutcomeKind
+	5,  // 43: handoff.interventions.v1.RecordOutcomeRequest.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
+	3,  // 44: handoff.interventions.v1.UpdateChecklistItemRequest.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
+	55, // 45: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
+	21, // 46: handoff.interventions.v1.GetTalkingPointsResponse.barriers:type_name -> handoff.interventions.v1.BarrierTalkingPoints
+	20, // 47: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
+	20, // 48: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
+	22, // 49: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
+	22, // 50: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
+	56, // 51: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
+	11, // 52: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
+	55, // 53: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
+	55, // 54: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
+	55, // 55: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
+	49, // 56: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
+	49, // 57: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
+	24, // 58: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
+	25, // 59: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
+	26, // 60: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
+	28, // 61: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
+	29, // 62: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
+	30, // 63: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
+	31, // 64: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
+	32, // 65: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
+	33, // 66: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
+	34, // 67: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
+	35, // 68: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
+	36, // 69: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
+	38, // 70: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
+	39, // 71: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
+	41, // 72: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
+	42, // 73: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
+	43, // 74: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
+	44, // 75: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
+	46, // 76: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
+	47, // 77: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
+	48, // 78: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
+	58, // 79: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	50, // 80: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
+	51, // 81: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
+	53, // 82: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
+	54, // 83: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
+	12, // 84: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 85: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 86: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 87: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	59, // 88: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 89: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 90: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 91: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 92: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 93: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 94: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 95: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 96: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 97: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	59, // 98: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 99: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 100: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 101: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 102: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 103: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 104: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	60, // 105: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	49, // 106: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
+	52, // 107: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
+	59, // 108: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
+	61, // 109: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
+	84, // [84:110] is the sub-list for method output_type
+	58, // [58:84] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_handoff_interventions_v1_interventions_proto_init() }
