@@ -490,19 +490,26 @@ func TestFHIR(t *testing.T) {
 				group = str(p, "name")
 			}
 		}
-		rf := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
-			"family": fam, "subject": map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"}, "serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP",
-			"program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
-		id := lastID(str(rf, "name"))
-		for _, body := range []map[string]any{
-			{"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"},
-			{"resourceType": "Task", "id": id, "status": "in-progress", "intent": "order",
-				"executionPeriod": map[string]any{"start": now.Add(48 * time.Hour).Format(time.RFC3339Nano)}},
-		} {
-			if r := ehr.call("PUT", "Task/"+id, body); r.code != http.StatusOK {
-				t.Fatalf("PUT %s: %d %s", body["status"], r.code, r.raw)
+		// booked refers subject to the group and has the EHR accept it and
+		// book its intake at start.
+		booked := func(subject map[string]any, start time.Time) (map[string]any, string) {
+			t.Helper()
+			rf := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
+				"family": fam, "subject": subject, "serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP",
+				"program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
+			id := lastID(str(rf, "name"))
+			for _, body := range []map[string]any{
+				{"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"},
+				{"resourceType": "Task", "id": id, "status": "in-progress", "intent": "order",
+					"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}},
+			} {
+				if r := ehr.call("PUT", "Task/"+id, body); r.code != http.StatusOK {
+					t.Fatalf("PUT %s for %v: %d %s", body["status"], subject, r.code, r.raw)
+				}
 			}
+			return rf, id
 		}
+		rf, id := booked(map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"}, now.Add(48*time.Hour))
 		tk := ehr.read("Task/" + id)
 		if str(tk, "status") != "in-progress" {
 			t.Fatalf("Task = %v", tk)
@@ -515,19 +522,7 @@ func TestFHIR(t *testing.T) {
 		}
 		// The father's own intake, at the same group: an appointment he
 		// takes part in, not the loved one.
-		dadRF := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
-			"family": fam, "subject": map[string]any{"kind": "SUBJECT_KIND_FAMILY_MEMBER", "memberId": "dad"},
-			"serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP", "program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
-		dadID := lastID(str(dadRF, "name"))
-		for _, body := range []map[string]any{
-			{"resourceType": "Task", "id": dadID, "status": "accepted", "intent": "order"},
-			{"resourceType": "Task", "id": dadID, "status": "in-progress", "intent": "order",
-				"executionPeriod": map[string]any{"start": now.Add(72 * time.Hour).Format(time.RFC3339Nano)}},
-		} {
-			if r := ehr.call("PUT", "Task/"+dadID, body); r.code != http.StatusOK {
-				t.Fatalf("PUT %s for the father: %d %s", body["status"], r.code, r.raw)
-			}
-		}
+		_, dadID := booked(map[string]any{"kind": "SUBJECT_KIND_FAMILY_MEMBER", "memberId": "dad"}, now.Add(72*time.Hour))
 		// R4's patient parameter matches the appointments the Patient takes
 		// part in; the father's is found without it.
 		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); !slices.Equal(ids(appts), []string{"intake-" + id}) {

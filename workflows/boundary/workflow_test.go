@@ -110,6 +110,18 @@ func newHarness(t *testing.T, status string) *harness {
 
 // immediateReferrals counts the IMMEDIATE support referrals (an overdose's
 // harm reduction).
+// resends records the failed reminders ResendReminder is asked to send
+// again; the n-th resend is named again-n.
+func (h *harness) resends() *[]string {
+	var resent []string
+	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (string, error) {
+			resent = append(resent, in.Failed)
+			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
+		})
+	return &resent
+}
+
 func (h *harness) immediateReferrals() int {
 	n := 0
 	for _, s := range h.support {
@@ -677,12 +689,7 @@ func TestCarriedResendsAreSentAndCounted(t *testing.T) {
 // no workflow to signal.
 func TestLastCheckInFailureIsResentAndARestartStillCounts(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	h.env.RegisterDelayedCallback(func() {
 		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
 	}, 30*day+20*time.Minute)
@@ -693,8 +700,8 @@ func TestLastCheckInFailureIsResentAndARestartStillCounts(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if len(resent) != 1 || resent[0] != "clinics/north/reminders/r" {
-		t.Fatalf("resent %v; want the failed day-30 check-in", resent)
+	if len(*resent) != 1 || (*resent)[0] != "clinics/north/reminders/r" {
+		t.Fatalf("resent %v; want the failed day-30 check-in", *resent)
 	}
 	if len(h.reinforced) != 4 || h.reinforced[2].Sub(h.t0) != 30*day+time.Hour {
 		t.Fatalf("reinforced at %v; want a second cycle from the refusal at day 30 + 1h", h.reinforced)
@@ -709,12 +716,7 @@ func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
 	// in New York): the day-30 one is due at 22:00 UTC, 7 h later.
 	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
 		TimeZone: "America/New_York", QuietStart: "09:00", QuietEnd: "17:00"}}
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
-		})
+	resent := h.resends()
 	h.env.RegisterDelayedCallback(func() {
 		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
 	}, 30*day+7*time.Hour+5*time.Minute)
@@ -722,8 +724,8 @@ func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if len(resent) != 1 {
-		t.Fatalf("resent %v; want the day-30 check-in, which failed after its quiet hours", resent)
+	if len(*resent) != 1 {
+		t.Fatalf("resent %v; want the day-30 check-in, which failed after its quiet hours", *resent)
 	}
 }
 
@@ -732,12 +734,7 @@ func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
 // after one that resent something.
 func TestLastResendsOwnFailureIsHeard(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
-			resent = append(resent, in.Failed)
-			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
-		})
+	resent := h.resends()
 	// The day-30 check-in fails 80 minutes in (of 90), is sent again 15
 	// minutes later, and that one fails at 2 h.
 	h.env.RegisterDelayedCallback(func() {
@@ -750,8 +747,8 @@ func TestLastResendsOwnFailureIsHeard(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"clinics/north/reminders/r", "clinics/north/reminders/again-1"}; !slices.Equal(resent, want) {
-		t.Fatalf("resent %v; want %v", resent, want)
+	if want := []string{"clinics/north/reminders/r", "clinics/north/reminders/again-1"}; !slices.Equal(*resent, want) {
+		t.Fatalf("resent %v; want %v", *resent, want)
 	}
 }
 
