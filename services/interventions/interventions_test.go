@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -66,7 +67,7 @@ func setupWith(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familie
 		seen = wrap(famClient)
 	}
 	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: seen, Now: c.Now})
-	conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
+	conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials(), Audit: ivSrv.Auditor()}, func(s *grpc.Server) {
 		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
 	})
 	f := &fixture{env: env, pool: pool, clock: c, client: interventionsv1.NewInterventionsServiceClient(conn), families: famClient,
@@ -571,6 +572,28 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 	if claimed, err := claim(inTime); err != nil || claimed.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
 		t.Fatalf("claim in time: %v, %v", claimed, err)
+	}
+	// A lease ends by the send-by time at the latest.
+	soon, err := remind(now.Add(-time.Minute), now.Add(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leased, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: soon.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(10 * time.Minute)})
+	if err != nil || !leased.GetLeaseExpireTime().AsTime().Equal(soon.GetSendByTime().AsTime()) {
+		t.Fatalf("lease of a claim 30 s before send-by: %v, %v; want it to end at %v", leased.GetLeaseExpireTime(), err, soon.GetSendByTime())
+	}
+	// Each claim is recorded once, with its own outcome: the step that
+	// fails a late reminder does not take the call's record.
+	for name, want := range map[string][]string{late.GetName(): {"FAILED_PRECONDITION", "FAILED_PRECONDITION"}, inTime.GetName(): {"OK"}} {
+		rows, err := f.pool.Query(context.Background(), `SELECT outcome FROM audit_log WHERE method LIKE '%/ClaimReminder' AND resource = $1 ORDER BY id`, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil || !slices.Equal(got, want) {
+			t.Fatalf("audit of the claims of %s: %v, %v; want %v", name, got, err, want)
+		}
 	}
 }
 

@@ -396,22 +396,25 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
-	if failed, err := s.failPastSendBy(ctx, r); err != nil || failed {
+	// One clock reading for both steps: the send-by time cannot pass
+	// between them.
+	now := s.cfg.Now()
+	if failed, err := s.failPastSendBy(ctx, r, now); err != nil || failed {
 		if err == nil {
-			err = apperr.FailedPrecondition(reasonQuietHours,
-				fmt.Sprintf("%s was not sent before its recipient's quiet hours began: it failed, and its workflow sends it again after them", req.GetName()),
-				map[string]string{"resource": req.GetName()})
+			err = quietHoursBegan(req.GetName())
 		}
 		return nil, err
 	}
 	// Only the automation claims (see Policy): it gets its view.
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
-			now := s.cfg.Now()
-			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = $4,
+			// A lease ends by the send-by time at the latest: a message
+			// not out by then waits for the end of quiet hours.
+			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = LEAST($4, send_by_time),
 				attempt_count = attempt_count + CASE WHEN state = 3 AND claimed_by = $3 AND lease_expire_time > $5 THEN 0 ELSE 1 END,
 				update_time = $5, version = version + 1
-				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6) AND (
+				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6)
+				AND (send_by_time IS NULL OR send_by_time > $5) AND (
 					(state = 1 AND due_time <= $5) OR
 					(state = 3 AND (lease_expire_time <= $5 OR claimed_by = $3)))`,
 				r.clinic, r.id, req.GetClaimant(), now.Add(lease), now, req.GetEtag())
@@ -425,6 +428,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				}
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
+				}
+				if by := cur.GetSendByTime(); by != nil && !now.Before(by.AsTime()) {
+					return nil, quietHoursBegan(cur.GetName())
 				}
 				if cur.GetState() == rClaimed {
 					return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
@@ -447,15 +453,34 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // recipient's quiet hours began before the reminder went out.
 const reasonQuietHours = "QUIET_HOURS"
 
+func quietHoursBegan(name string) error {
+	return apperr.FailedPrecondition(reasonQuietHours,
+		fmt.Sprintf("%s was not sent before its recipient's quiet hours began: it fails, and the workflow that made it sends it again after them", name),
+		map[string]string{"resource": name})
+}
+
 // failPastSendBy fails reminder r, in a transaction of its own, if it is
 // still to be sent (due, or its claim lapsed) and its send-by time has
 // come: a message held back for the recipient's quiet hours must not go
 // out in them because the automation came late. The failure reaches the
 // workflow that made it, which sends it again after them.
-func (s *Server) failPastSendBy(ctx context.Context, r ref) (bool, error) {
+func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) (bool, error) {
+	// Without the call's audit record: it goes with the claim, or on its
+	// own with the refusal.
+	ctx = pgdb.WithStamp(ctx, nil)
+	// Read first: nearly every claim is in time, and a read commits
+	// nothing.
+	var late bool
+	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2 AND send_by_time <= $3
+		AND (state = $4 OR (state = $5 AND lease_expire_time <= $3)))`,
+		r.clinic, r.id, now, int16(rScheduled), int16(rClaimed)).Scan(&late); err != nil || !late {
+		if err != nil {
+			return false, fmt.Errorf("read a reminder's send-by time: %w", err)
+		}
+		return false, nil
+	}
 	failed := false
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		now := s.cfg.Now()
 		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
 			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5))`,
 			r.clinic, r.id, int16(rFailed), "the recipient's quiet hours began before it was sent", now, int16(rScheduled), int16(rClaimed))
