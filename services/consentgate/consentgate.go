@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -84,6 +85,21 @@ func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention
 		a.Outcome = &interventionsv1.Outcome{Kind: o.GetKind(), RecordTime: o.GetRecordTime()}
 	}
 	return a
+}
+
+// Reminder is a reminder as the reminder automation sees it, through the
+// API and in its webhooks: whom, how, when, what to say and what it is
+// about (an identifier, by which it may group messages). Why it was
+// cancelled ("the loved one accepted treatment") and the workflow that
+// made it (mat-intake/..., overdose/...) are the patient's record, which
+// sending does not need.
+func Reminder(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
+	if rem == nil {
+		return nil
+	}
+	c := proto.Clone(rem).(*interventionsv1.Reminder)
+	c.CancelReason, c.OriginWorkflow = "", ""
+	return c
 }
 
 // Check returns nil if the caller may receive resource, a record of family

@@ -10,7 +10,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -18,6 +17,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -606,18 +606,9 @@ func deliveryOnly(ctx context.Context) bool {
 	return ok && p.Has(auth.RoleReminders) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
 }
 
-// forDelivery is a reminder as the automation sees it: whom, how, when,
-// what to say and what it is about (an identifier, by which it may group
-// messages). Why it was cancelled ("the loved one accepted treatment") and
-// the workflow that made it (mat-intake/..., overdose/...) are the
-// patient's record, which sending does not need.
+// forDelivery is a reminder as the automation sees it (consentgate.Reminder).
 func forDelivery(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
-	if rem == nil {
-		return nil
-	}
-	c := proto.Clone(rem).(*interventionsv1.Reminder)
-	c.CancelReason, c.OriginWorkflow = "", ""
-	return c
+	return consentgate.Reminder(rem)
 }
 
 // deliveryFields are the list filters the automation may use: none on what

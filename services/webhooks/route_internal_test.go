@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 )
@@ -48,5 +49,26 @@ func TestInterventionEventTopics(t *testing.T) {
 		if got := slices.Contains(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED); got != want || len(r.topics) > 1 {
 			t.Errorf("%s: topics %v, want APPOINTMENT_CHANGED %v", event, r.topics, want)
 		}
+	}
+}
+
+// The automation's full payload of a reminder is what it reads through the
+// API: not why one was cancelled nor which workflow made it (an overdose
+// alert's, a MAT intake's).
+func TestReminderPayloadLeavesOutWhyAndWhichWorkflow(t *testing.T) {
+	rem := &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Message: "Reminder: meeting at 6 pm.",
+		RelatedResource: "clinics/north/interventions/i1", CancelReason: "the loved one accepted treatment",
+		OriginWorkflow: "mat-intake/clinics/north/interventions/i1"}
+	got, ok := viewFor(audienceReminders, rem)
+	r, _ := got.(*interventionsv1.Reminder)
+	if !ok || r.GetOriginWorkflow() != "" || r.GetCancelReason() != "" || r.GetMessage() != rem.GetMessage() ||
+		r.GetRelatedResource() != rem.GetRelatedResource() {
+		t.Fatalf("the automation's payload = %v, %v", got, ok)
+	}
+	if rem.GetOriginWorkflow() == "" {
+		t.Fatal("the view changed the event's own reminder")
+	}
+	if _, ok := viewFor(audienceEHR, rem); ok {
+		t.Fatal("the EHR may read a reminder")
 	}
 }

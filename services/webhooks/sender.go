@@ -574,7 +574,8 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 		a.Etag, a.UpdateTime = "", nil
 		return a, true
 	case *interventionsv1.Reminder:
-		return m, audience == audienceReminders
+		// As the automation reads it through the API.
+		return consentgate.Reminder(m), audience == audienceReminders
 	}
 	return msg, false
 }
