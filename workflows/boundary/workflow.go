@@ -17,6 +17,7 @@ import (
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
 // Names by which the outside reaches the workflow.
@@ -62,8 +63,9 @@ type State struct {
 	Events      int // signals handled in this run, for continue-as-new
 	// Resends carries failed reminders' retries into the next run.
 	Resends flow.Resends
-	// LastDue is when the latest of the members' reminders is due (quiet
-	// hours can hold one back for hours): the workflow listens for its
+	// LastDue is when the latest of the members' reminders can still fail:
+	// when it is due (quiet hours can hold one back for hours), or when
+	// the member's quiet hours next begin. The workflow listens for its
 	// failure at least until then before it ends.
 	LastDue time.Time
 	// OverdoseSigns are the warning signs already answered: the outbox
@@ -295,8 +297,13 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	}
 }
 
-// sentFor notes a member's reminder due at at.
-func (w *wf) sentFor(at time.Time) {
+// sentFor notes a reminder to member to due at at. Its failure can come
+// once it is due or, if to keeps quiet hours, until they begin: a claim
+// from then on fails it (the reminder's send_by_time).
+func (w *wf) sentFor(at time.Time, to activities.Person) {
+	if by, ok, err := schedule.QuietFrom(at, to.Recipient()); err == nil && ok {
+		at = by
+	}
 	if at.After(w.st.LastDue) {
 		w.st.LastDue = at
 	}
@@ -458,7 +465,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 				if err != nil {
 					return err
 				}
-				w.sentFor(at)
+				w.sentFor(at, m)
 			}
 		}
 		w.st.Reinforced = true
@@ -590,7 +597,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 				if err != nil {
 					return err
 				}
-				w.sentFor(at)
+				w.sentFor(at, m)
 			}
 		}
 	}

@@ -729,6 +729,29 @@ func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
 	}
 }
 
+// The last check-in to a member with quiet hours can fail until they
+// begin (a claim from then on fails it): a failure that comes then, hours
+// after the check-in was due, is still heard.
+func TestLastCheckInFailingAtQuietHoursIsStillHeard(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	// Check-ins fall at 15:00 UTC, 10:00 in New York, outside mom's quiet
+	// hours (21:00-08:00): the day-30 one is due at once, and fails if not
+	// sent by 21:00 in New York, 02:00 UTC, 11 h later.
+	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
+		TimeZone: "America/New_York", QuietStart: "21:00", QuietEnd: "08:00"}}
+	resent := h.resends()
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
+	}, 30*day+11*time.Hour+10*time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(*resent) != 1 {
+		t.Fatalf("resent %v; want the day-30 check-in, failed as quiet hours began", *resent)
+	}
+}
+
 // A failure late in the last listening round is sent again, and that
 // resend's own failure is heard too: the workflow listens another round
 // after one that resent something.
