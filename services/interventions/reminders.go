@@ -396,6 +396,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
+	// A retry of a claim that was made gets its answer, whatever the time
+	// now.
+	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder); ok || err != nil {
+		return forDelivery(out), err
+	}
 	// One clock reading for both steps: the send-by time cannot pass
 	// between them.
 	now := s.cfg.Now()
@@ -408,9 +413,10 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	// Only the automation claims (see Policy): it gets its view.
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
-			// A lease ends by the send-by time at the latest: a message
-			// not out by then waits for the end of quiet hours.
-			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = LEAST($4, send_by_time),
+			// No claim, and no lease extended, from the send-by time on. A
+			// lease taken before runs its course: the claimant may be
+			// sending, and may report after the send-by time.
+			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = $4,
 				attempt_count = attempt_count + CASE WHEN state = 3 AND claimed_by = $3 AND lease_expire_time > $5 THEN 0 ELSE 1 END,
 				update_time = $5, version = version + 1
 				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6)
@@ -429,7 +435,10 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
 				}
-				if by := cur.GetSendByTime(); by != nil && !now.Before(by.AsTime()) {
+				if by := cur.GetSendByTime(); cur.GetState() == rDue && by != nil && !now.Before(by.AsTime()) {
+					// Due (or a lapsed claim) past its send-by time: the
+					// step before would have failed it, had the time not
+					// come between the two.
 					return nil, quietHoursBegan(cur.GetName())
 				}
 				if cur.GetState() == rClaimed {
@@ -465,13 +474,12 @@ func quietHoursBegan(name string) error {
 // out in them because the automation came late. The failure reaches the
 // workflow that made it, which sends it again after them.
 func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) (bool, error) {
-	// Without the call's audit record: it goes with the claim, or on its
-	// own with the refusal.
-	ctx = pgdb.WithStamp(ctx, nil)
-	// Read first: nearly every claim is in time, and a read commits
-	// nothing.
+	// Read first, without the call's audit record: nearly every claim is
+	// in time, and a read commits nothing. The failure below commits the
+	// record (as OK, a change made) and the call then records its refusal,
+	// as for any call that changed something and failed.
 	var late bool
-	if err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2 AND send_by_time <= $3
+	if err := s.pool.QueryRow(pgdb.WithStamp(ctx, nil), `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2 AND send_by_time <= $3
 		AND (state = $4 OR (state = $5 AND lease_expire_time <= $3)))`,
 		r.clinic, r.id, now, int16(rScheduled), int16(rClaimed)).Scan(&late); err != nil || !late {
 		if err != nil {

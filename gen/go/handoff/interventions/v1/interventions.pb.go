@@ -1940,10 +1940,10 @@ type Reminder struct {
 	// policy. Empty for reminders created by other callers.
 	OriginWorkflow string `protobuf:"bytes,17,opt,name=origin_workflow,json=originWorkflow,proto3" json:"origin_workflow,omitempty"`
 	// The latest time the reminder may go out: when the recipient's quiet
-	// hours begin. A claim's lease ends by then at the latest, and a claim
-	// from then on is refused with FAILED_PRECONDITION (reason QUIET_HOURS)
-	// and fails the reminder, so that the workflow that made it, if still
-	// listening, sends it again after them. Unset when the recipient keeps
+	// hours begin. A claim from then on is refused with FAILED_PRECONDITION
+	// (reason QUIET_HOURS) and fails the reminder, so that the workflow that
+	// made it, if still listening, sends it again after them; no lease is
+	// extended from then on, though one taken before runs its course. Unset when the recipient keeps
 	// no quiet hours, or the reminder falls in them on purpose (nothing
 	// later would still be in time).
 	SendByTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=send_by_time,json=sendByTime,proto3" json:"send_by_time,omitempty"`
