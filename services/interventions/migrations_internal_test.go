@@ -13,8 +13,7 @@ import (
 // not lapse at the upgrade: it counts as read then.
 func TestUpgradeKeepsOldCalendarFeedsAlive(t *testing.T) {
 	ctx := context.Background()
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
-		pgtest.Before(t, Migrations()[1], "0001_interventions.sql", "0002_builtin_talking_points.sql", "0003_reminder_origin.sql", "0004_calendar_feeds.sql"))
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0004_calendar_feeds.sql"))
 	created := time.Now().Add(-200 * 24 * time.Hour)
 	if _, err := pool.Exec(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
 		VALUES ('north', 'f1', 'counselor-1', '\x00', $1)`, created); err != nil {

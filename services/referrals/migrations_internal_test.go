@@ -13,8 +13,7 @@ import (
 // profiles made after it.
 func TestUpgradeFillsProfileFeatures(t *testing.T) {
 	ctx := context.Background()
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
-		pgtest.Before(t, Migrations()[1], "0001_referrals.sql", "0002_program_profiles.sql", "0003_program_delete_time.sql"))
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0003_program_delete_time.sql"))
 	insert := func(id string, slots int, services string) {
 		t.Helper()
 		if _, err := pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,

@@ -13,8 +13,7 @@ import (
 // is left alone.
 func TestUpgradeMakesEarlierFullSubscriptionsIDOnly(t *testing.T) {
 	ctx := context.Background()
-	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"},
-		pgtest.Before(t, Migrations()[1], "0001_webhooks.sql", "0002_retention_sink_failures.sql"))
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0002_retention_sink_failures.sql"))
 	for id, payload := range map[string]int{"full": 2, "ids": 1} {
 		if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time)
 			VALUES ('north', $1, 'https://ehr.example.org/', '{1}', $2, 'ehr-1', 'sealed', now())`, id, payload); err != nil {

@@ -141,19 +141,31 @@ func App(t testing.TB, schema string) *pgdb.DB {
 	return db
 }
 
-// Before is a migration source holding only the named files of src, as a
-// schema stood before the later ones: an upgrade test migrates a schema
-// with it, writes rows the old way, then migrates with all of src.
-func Before(t testing.TB, src pgdb.Source, files ...string) pgdb.Source {
+// Before is src as a schema stood before its migrations after through:
+// its files up to and including through, by name (they sort in the order
+// they run). An upgrade test migrates a schema with it, writes rows the
+// old way, then migrates with all of src.
+func Before(t testing.TB, src pgdb.Source, through string) pgdb.Source {
 	t.Helper()
-	before := fstest.MapFS{}
-	for _, f := range files {
-		name := path.Join(src.Dir, f)
+	entries, err := fs.ReadDir(src.FS, src.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, found := fstest.MapFS{}, false
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".sql") || e.Name() > through {
+			continue
+		}
+		found = found || e.Name() == through
+		name := path.Join(src.Dir, e.Name())
 		b, err := fs.ReadFile(src.FS, name)
 		if err != nil {
 			t.Fatal(err)
 		}
 		before[name] = &fstest.MapFile{Data: b}
+	}
+	if !found {
+		t.Fatalf("pgtest: %s has no migration %s", src.Name, through)
 	}
 	return pgdb.Source{Name: src.Name, FS: before, Dir: src.Dir}
 }
