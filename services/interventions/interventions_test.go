@@ -586,8 +586,8 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	f.clock.Advance(time.Minute)
 	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: soon.GetName(), Claimant: "sms-1",
 		LeaseDuration: durationpb.New(10 * time.Minute)})
-	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "LEASE_HELD" {
-		t.Fatalf("extending a claim past send-by: reason %q", reason(st))
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" || !strings.Contains(st.Message(), "not extended") {
+		t.Fatalf("extending a claim past send-by: reason %q, %q", reason(st), st.Message())
 	}
 	if done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: soon.GetName(), Claimant: "sms-1",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED {

@@ -46,9 +46,12 @@ func stateExpr(now time.Time) string {
 	WHEN state = %d AND lease_expire_time <= %s THEN %d ELSE state END)`, rScheduled, at, rDue, rClaimed, at, rDue)
 }
 
-const reminderSelect = `SELECT id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
+// reminderColumns are what scanReminder reads, for a SELECT or a RETURNING.
+const reminderColumns = `id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
 	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
-	deliver_time, create_time, update_time, version, origin_workflow, send_by_time FROM reminders`
+	deliver_time, create_time, update_time, version, origin_workflow, send_by_time`
+
+const reminderSelect = `SELECT ` + reminderColumns + ` FROM reminders`
 
 func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Reminder] {
 	now := s.cfg.Now()
@@ -153,8 +156,13 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		vs.Add("reminder.kind", "is required")
 	}
-	if by := rem.GetSendByTime(); by != nil && rem.GetDueTime() != nil && !by.AsTime().After(rem.GetDueTime().AsTime()) {
-		vs.Add("reminder.send_by_time", "must be after due_time")
+	if by := rem.GetSendByTime(); by != nil {
+		// Left unset, the due time is now by the service's clock.
+		if due := rem.GetDueTime(); due != nil && !by.AsTime().After(due.AsTime()) {
+			vs.Add("reminder.send_by_time", "must be after due_time")
+		} else if due == nil && !by.AsTime().After(s.cfg.Now()) {
+			vs.Add("reminder.send_by_time", "must be in the future for a reminder due now")
+		}
 	}
 	if strings.TrimSpace(rem.GetMessage()) == "" {
 		vs.Add("reminder.message", "is required")
@@ -306,7 +314,7 @@ func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetRemind
 	}
 	rem, err := s.readReminder(ctx, s.pool, r, false)
 	if err == nil && deliveryOnly(ctx) {
-		rem = forDelivery(rem)
+		rem = consentgate.Reminder(rem)
 	}
 	return rem, err
 }
@@ -314,10 +322,11 @@ func (s *Server) GetReminder(ctx context.Context, req *interventionsv1.GetRemind
 // reminderFilter is what ListReminders filters on, as of now, for the
 // caller.
 func reminderFilter(ctx context.Context, now time.Time) map[string]aip.FilterField {
-	f := maps.Clone(reminderFields)
+	fields := reminderFields
 	if deliveryOnly(ctx) {
-		f = maps.Clone(deliveryFields)
+		fields = deliveryFields
 	}
+	f := maps.Clone(fields)
 	f["state"] = aip.FilterField{Column: stateExpr(now), Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")}
 	return f
 }
@@ -376,7 +385,7 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	})
 	if deliveryOnly(ctx) {
 		for i, r := range items {
-			items[i] = forDelivery(r)
+			items[i] = consentgate.Reminder(r)
 		}
 	}
 	return &interventionsv1.ListRemindersResponse{Reminders: items, NextPageToken: next}, nil
@@ -396,21 +405,10 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
-	// A retry of a claim that was made gets its answer, whatever the time
-	// now.
-	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder); ok || err != nil {
-		return forDelivery(out), err
-	}
-	// One clock reading for both steps: the send-by time cannot pass
-	// between them.
+	// One clock reading for the claim and, if it comes too late, the
+	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
-	if failed, err := s.failPastSendBy(ctx, r, now); err != nil || failed {
-		if err == nil {
-			err = quietHoursBegan(req.GetName())
-		}
-		return nil, err
-	}
-	// Only the automation claims (see Policy): it gets its view.
+	late := false // due, and past its send-by time
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			// No claim, and no lease extended, from the send-by time on. A
@@ -435,11 +433,17 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
 				}
-				if by := cur.GetSendByTime(); cur.GetState() == rDue && by != nil && !now.Before(by.AsTime()) {
-					// Due (or a lapsed claim) past its send-by time: the
-					// step before would have failed it, had the time not
-					// come between the two.
-					return nil, quietHoursBegan(cur.GetName())
+				if by := cur.GetSendByTime(); by != nil && !now.Before(by.AsTime()) {
+					switch {
+					case cur.GetState() == rDue:
+						// Failed below, once this transaction is gone.
+						late = true
+						return nil, quietHoursBegan(cur.GetName())
+					case cur.GetState() == rClaimed && cur.GetClaimedBy() == req.GetClaimant():
+						return nil, apperr.FailedPrecondition(reasonQuietHours,
+							fmt.Sprintf("%s: the recipient's quiet hours have begun, so the claim is not extended; report what was sent", cur.GetName()),
+							map[string]string{"resource": cur.GetName()})
+					}
 				}
 				if cur.GetState() == rClaimed {
 					return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
@@ -455,7 +459,13 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			}
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
 		})
-	return forDelivery(out), err
+	if late && apperr.Reason(err) == reasonQuietHours {
+		if ferr := s.failPastSendBy(ctx, r, now); ferr != nil {
+			return nil, ferr
+		}
+	}
+	// Only the automation claims (see Policy): it gets its view.
+	return consentgate.Reminder(out), err
 }
 
 // reasonQuietHours is the reason of a claim refused because the
@@ -472,23 +482,12 @@ func quietHoursBegan(name string) error {
 // still to be sent (due, or its claim lapsed) and its send-by time has
 // come: a message held back for the recipient's quiet hours must not go
 // out in them because the automation came late. The failure reaches the
-// workflow that made it, which sends it again after them.
-func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) (bool, error) {
-	// Read first, without the call's audit record: nearly every claim is
-	// in time, and a read commits nothing. The failure below commits the
-	// record (as OK, a change made) and the call then records its refusal,
-	// as for any call that changed something and failed.
-	var late bool
-	if err := s.pool.QueryRow(pgdb.WithStamp(ctx, nil), `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2 AND send_by_time <= $3
-		AND (state = $4 OR (state = $5 AND lease_expire_time <= $3)))`,
-		r.clinic, r.id, now, int16(rScheduled), int16(rClaimed)).Scan(&late); err != nil || !late {
-		if err != nil {
-			return false, fmt.Errorf("read a reminder's send-by time: %w", err)
-		}
-		return false, nil
-	}
-	failed := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+// workflow that made it, which sends it again after them. It commits the
+// call's audit record with the change (as OK, a change made); the call
+// then records its refusal too, as any call that changed something and
+// failed.
+func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
 			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5))`,
 			r.clinic, r.id, int16(rFailed), "the recipient's quiet hours began before it was sent", now, int16(rScheduled), int16(rClaimed))
@@ -496,9 +495,8 @@ func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) (bool
 			return fmt.Errorf("fail a reminder past its send-by time: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
-			return nil
+			return nil // failed by a claim racing this one
 		}
-		failed = true
 		out, err := s.readReminder(ctx, tx, r, false)
 		if err != nil {
 			return err
@@ -506,7 +504,6 @@ func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) (bool
 		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
 		return emit(ctx, tx, r.clinic, "reminder.failed", out.GetName(), out)
 	})
-	return failed, err
 }
 
 // CompleteReminder implements the API: only the current claimant may, also
@@ -571,7 +568,7 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			}
 			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
 		})
-	return forDelivery(out), err
+	return consentgate.Reminder(out), err
 }
 
 // cancelRemindersOf cancels, in tx, every reminder about related that is
@@ -582,22 +579,14 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 // workflow's own cancellation then finds them done.
 func (s *Server) cancelRemindersOf(ctx context.Context, tx pgx.Tx, clinic, related, reason string) error {
 	rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
-		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7) RETURNING id`,
+		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7) RETURNING `+reminderColumns,
 		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed))
 	if err != nil {
 		return fmt.Errorf("cancel reminders of %s: %w", related, err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil || len(ids) == 0 {
-		return err
-	}
-	rows, err = tx.Query(ctx, reminderSelect+` WHERE clinic = $1 AND id = ANY($2) ORDER BY id`, clinic, ids)
-	if err != nil {
-		return fmt.Errorf("read cancelled reminders: %w", err)
-	}
 	rems, err := pgx.CollectRows(rows, s.scanReminder(clinic))
 	if err != nil {
-		return fmt.Errorf("read cancelled reminders: %w", err)
+		return fmt.Errorf("cancel reminders of %s: %w", related, err)
 	}
 	for _, rem := range rems {
 		if err := emit(ctx, tx, clinic, "reminder.cancelled", rem.GetName(), rem); err != nil {
@@ -614,13 +603,9 @@ func deliveryOnly(ctx context.Context) bool {
 	return ok && p.Has(auth.RoleReminders) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker)
 }
 
-// forDelivery is a reminder as the automation sees it (consentgate.Reminder).
-func forDelivery(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
-	return consentgate.Reminder(rem)
-}
-
 // deliveryFields are the list filters the automation may use: none on what
-// forDelivery leaves out, or a filter could ask what the view hides.
+// its view (consentgate.Reminder) leaves out, or a filter could ask what
+// the view hides.
 var deliveryFields = aip.Without(reminderFields, "origin_workflow")
 
 // CancelReminder implements the API.
