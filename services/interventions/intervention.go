@@ -489,15 +489,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			default:
 				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
 			}
-			// An edit outside systems cannot see (level, place, notes) has
-			// an event of its own: the EHR's webhooks announce appointment
-			// changes, and a notification of one would tell it something
-			// changed that its view leaves out.
-			event := "intervention.updated"
-			if !sharedChanged(locked, next, locked.GetState()) {
-				event = "intervention.details_updated"
-			}
-			return s.save(ctx, tx, r, locked, next, locked.GetState(), event)
+			return s.save(ctx, tx, r, locked, next, locked.GetState(), "intervention.updated")
 		})
 }
 
@@ -510,6 +502,14 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 		return nil, err
 	}
 	start, end := span(iv)
+	shared := sharedChanged(before, iv, st)
+	if event == "intervention.updated" && !shared {
+		// An edit outside systems cannot see (level, place, notes) has an
+		// event of its own: the EHR's webhooks announce appointment
+		// changes, and a notification of one would tell it something
+		// changed that its view leaves out.
+		event = "intervention.details_updated"
+	}
 	_, err = tx.Exec(ctx, `UPDATE interventions SET counselor = $3, level = $4, start_time = $5, end_time = $6,
 		duration_seconds = $7, time_zone = $8, doc = $9, state = $10, reschedule_count = $11, update_time = $12,
 		reschedule_reason = $13, version = version + 1,
@@ -518,7 +518,7 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 		shared_checked = version + 1
 		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, iv.GetCounselor(), int16(iv.GetLevel()),
 		start, end, int32(iv.GetExpectedDuration().AsDuration()/time.Second), iv.GetTimeZone(), doc, int16(st),
-		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason(), sharedChanged(before, iv, st))
+		iv.GetRescheduleCount(), s.cfg.Now(), iv.GetRescheduleReason(), shared)
 	if pgdb.IsExclusionViolation(err) {
 		return nil, apperr.FailedPrecondition(apperr.ReasonDoubleBooked,
 			fmt.Sprintf("counselor %s already has a scheduled intervention at that time", iv.GetCounselor()),
