@@ -949,6 +949,18 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
 	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
+	disclosed := func() int {
+		f.consent.mu.Lock()
+		defer f.consent.mu.Unlock()
+		n := 0
+		for _, res := range f.consent.allowed {
+			if res == r.GetName() {
+				n++
+			}
+		}
+		return n
+	}
+	before := disclosed()
 	_, err := f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
 	wantReason(t, err, codes.FailedPrecondition, "TOO_EARLY")
 	got, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
@@ -960,6 +972,11 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 	got, err = f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
 	if err != nil || got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW || got.GetNoShowCount() != 1 {
 		t.Fatalf("no-show after the appointment: %v %d, %v", got.GetState(), got.GetNoShowCount(), err)
+	}
+	// The refusal (it told the appointment was still ahead) and the step
+	// are two disclosures, though the request id is one.
+	if n := disclosed() - before; n != 2 {
+		t.Fatalf("%d disclosures of the referral recorded; want 2, the refusal's and the step's", n)
 	}
 }
 

@@ -161,8 +161,14 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		// intake's time: it discloses the referral as an answer would, and
 		// is recorded as one, after the rollback. A consent revoked since
 		// the check answers instead.
-		if cerr := s.cfg.Consent.Check(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
-			disclosureRequestID(st)); cerr != nil {
+		// Under a request id of its own: a retry with the same request
+		// id that then succeeds discloses the referral again, and must be
+		// recorded apart from this refusal.
+		id := disclosureRequestID(st)
+		if id != "" {
+			id += "-refused"
+		}
+		if cerr := s.cfg.Consent.Check(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, id); cerr != nil {
 			return nil, cerr
 		}
 	}
