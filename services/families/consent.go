@@ -181,7 +181,8 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 // recipient (an outside system only itself), a record of clinic, and what
 // it is, what for and how it leaves.
 func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, family string, d *familiesv1.Disclosure) {
-	switch p, out := outsider(ctx); {
+	p, out := outsider(ctx)
+	switch {
 	case d.GetRecipient() == "":
 		vs.Add(field+".recipient", "is required")
 	case out && d.GetRecipient() != p.Subject:
@@ -205,7 +206,7 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
 		vs.Add(field+".channel", "is required")
 	}
-	if _, out := outsider(ctx); out {
+	if out {
 		// An integration records only its own reads through the API, for
 		// treatment (what the services' consent gate sends): the
 		// accounting is append-only, and an entry it made up (a fax, a
@@ -257,14 +258,19 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	if req.GetValidateOnly() {
 		return s.discloseTx(ctx, s.pool, c, d, true)
 	}
-	if req.GetRequestId() != "" {
-		// A retry is answered from the record of the first call without
-		// running it again, and would say "covered" after a revocation
-		// that came in between: the retry may be what sends the record
-		// (a fax that failed), and a revocation counts at once.
-		if _, err := s.discloseTx(ctx, s.pool, c, d, true); err != nil {
+	// A retry is answered from the record of the first call without
+	// running it again, so it is checked here: it would say "covered"
+	// after a revocation that came in between, and the retry may be what
+	// sends the record (a fax that failed); a revocation counts at once.
+	if out, ok, err := idempotency.Stored(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
+		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} }); ok || err != nil {
+		if err == nil {
+			_, err = s.discloseTx(ctx, s.pool, c, d, true)
+		}
+		if err != nil {
 			return nil, err
 		}
+		return out, nil
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
