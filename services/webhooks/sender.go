@@ -574,8 +574,11 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 		a.Etag, a.UpdateTime = "", nil
 		return a, true
 	case *interventionsv1.Reminder:
+		if audience != audienceReminders {
+			return m, false
+		}
 		// As the automation reads it through the API.
-		return consentgate.Reminder(m), audience == audienceReminders
+		return consentgate.Reminder(m), true
 	}
 	return msg, false
 }
