@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -53,26 +54,10 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 			return
 		}
 		sum := sha256.Sum256(body.GetData())
-		etag := `"` + hex.EncodeToString(sum[:16]) + `"`
-		w.Header().Set("ETag", etag)
-		if match := r.Header.Get("If-None-Match"); match != "" && ifNoneMatch(match, etag) {
-			w.WriteHeader(http.StatusNotModified)
-			return
-		}
+		w.Header().Set("ETag", `"`+hex.EncodeToString(sum[:16])+`"`)
 		w.Header().Set("Content-Type", body.GetContentType())
 		w.Header().Set("Content-Disposition", `inline; filename="handoff.ics"`)
-		_, _ = w.Write(body.GetData())
+		// ServeContent answers If-None-Match against the ETag (RFC 9110).
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.GetData()))
 	})
-}
-
-// ifNoneMatch reports whether an If-None-Match header names etag (RFC
-// 9110 13.1.2: a list, weak forms compared weakly, or *).
-func ifNoneMatch(header, etag string) bool {
-	for _, t := range strings.Split(header, ",") {
-		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
-		if t == "*" || t == etag {
-			return true
-		}
-	}
-	return false
 }

@@ -108,8 +108,6 @@ func newHarness(t *testing.T, status string) *harness {
 	return h
 }
 
-// immediateReferrals counts the IMMEDIATE support referrals (an overdose's
-// harm reduction).
 // resends records the failed reminders ResendReminder is asked to send
 // again; the n-th resend is named again-n.
 func (h *harness) resends() *[]string {
@@ -122,6 +120,8 @@ func (h *harness) resends() *[]string {
 	return &resent
 }
 
+// immediateReferrals counts the IMMEDIATE support referrals (an overdose's
+// harm reduction).
 func (h *harness) immediateReferrals() int {
 	n := 0
 	for _, s := range h.support {
