@@ -291,6 +291,7 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 		return "", temporal.NewNonRetryableApplicationError("unknown recipient kind "+in.To.Kind, codes.InvalidArgument.String(), nil)
 	}
 	var due *timestamppb.Timestamp
+	now := time.Now() // one reading: the due and send-by times agree
 	if !in.Due.IsZero() {
 		due = timestamppb.New(in.Due)
 	} else if in.Awake {
@@ -298,16 +299,13 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 		// reminder waits for their end. The request differs from the
 		// first try's then, and a reminder that try made stands
 		// (madeBefore below).
-		now := time.Now()
 		if at, err := schedule.Awake(now, in.To.Recipient(), in.AwakeBy); err == nil && at.After(now) {
 			due = timestamppb.New(at)
 		}
 	}
-	at := in.Due
+	at := now
 	if due != nil {
 		at = due.AsTime()
-	} else if at.IsZero() {
-		at = time.Now()
 	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
 		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{

@@ -459,13 +459,15 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		}
 		if len(w.safety.Boundaries) > 0 {
 			for _, m := range w.safety.Members {
-				_, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
+				sent, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "BOUNDARY_REMINDER", w.in.Family,
 					"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
 					w.id("boundary-reminder|"+m.ID), time.Time{}, time.Time{})
 				if err != nil {
 					return err
 				}
-				w.sentFor(at, m)
+				if sent != "" {
+					w.sentFor(at, m)
+				}
 			}
 		}
 		w.st.Reinforced = true
@@ -591,13 +593,15 @@ func (w *wf) onTime(ctx workflow.Context) error {
 			// Reminders to members wait for a safe screen, check-ins' too:
 			// before it only the counselor is asked to check in.
 			if m.ID == w.safety.ContactPerson && w.st.Reinforced {
-				_, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
+				sent, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
 					time.Time{}, time.Time{})
 				if err != nil {
 					return err
 				}
-				w.sentFor(at, m)
+				if sent != "" {
+					w.sentFor(at, m)
+				}
 			}
 		}
 	}

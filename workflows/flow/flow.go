@@ -367,16 +367,17 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.
 		_, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() })
 		return err
 	}
+	// The first round runs from now until ListenFor after until: one
+	// timer, not a wait and then a round.
+	first := d
 	if wait := until.Sub(workflow.Now(ctx)); wait > 0 {
-		if _, err := workflow.AwaitWithTimeout(ctx, wait, stop); err != nil || stop() {
-			return err
-		}
+		first += wait
 	}
-	for {
+	for round := first; ; round = d {
 		// Every resend made adds an entry; resends are bounded by
 		// ReminderRetries per line, so the rounds end.
 		made := len(r.Attempts)
-		if _, err := workflow.AwaitWithTimeout(ctx, d, stop); err != nil || stop() {
+		if _, err := workflow.AwaitWithTimeout(ctx, round, stop); err != nil || stop() {
 			return err
 		}
 		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() }); err != nil || stop() {
