@@ -21,6 +21,12 @@ var paramDocs = map[string]string{
 	"status":       "One Task status.",
 }
 
+// paramNotes add to paramDocs what a parameter does on one resource type.
+var paramNotes = map[string]map[string]string{
+	"Consent":     {"patient": " Required."},
+	"Appointment": {"patient": " Matches the appointments the Patient takes part in, not a family member's own."},
+}
+
 // metadata answers the CapabilityStatement; it needs no token.
 func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 	base := s.baseURL(r)
@@ -43,14 +49,7 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 		}
 		var params []any
 		for _, name := range slices.Concat([]string{"_count", "_lastUpdated"}, searchParams[t]) {
-			doc := paramDocs[name]
-			if t == "Consent" && name == "patient" {
-				doc += " Required."
-			}
-			if t == "Appointment" && name == "patient" {
-				doc += " Matches the appointments the Patient takes part in, not a family member's own."
-			}
-			params = append(params, obj{"name": name, "type": paramTypes[name], "documentation": doc})
+			params = append(params, obj{"name": name, "type": paramTypes[name], "documentation": paramDocs[name] + paramNotes[t][name]})
 		}
 		res["searchParam"] = params
 		if t != "HealthcareService" {

@@ -305,15 +305,15 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 // unprocessable is a well-formed request the referral's rules refuse (422).
 type unprocessable struct{ msg string }
 
+func (e unprocessable) Error() string { return e.msg }
+
 // noCreate answers an update of a Task that does not exist: R4's 405, as
 // Tasks are made by referrals, never by a PUT (updateCreate is false).
 // A 404 would say the server has no Task endpoint at all.
 func (s *server) noCreate(w http.ResponseWriter, id string) {
 	w.Header().Set("Allow", "GET")
-	s.fail(w, http.StatusMethodNotAllowed, "not-found", fmt.Sprintf("Task/%s does not exist, and Tasks are not created by PUT", id))
+	s.fail(w, http.StatusMethodNotAllowed, "not-supported", fmt.Sprintf("Task/%s does not exist, and Tasks are not created by PUT", id))
 }
-
-func (e unprocessable) Error() string { return e.msg }
 
 // transition calls the referral transition for ch.
 func (s *server) transition(ctx context.Context, name string, ch statusChange, etag, requestID string) (*referralsv1.Referral, error) {
