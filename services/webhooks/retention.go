@@ -45,8 +45,12 @@ func (s *Sender) prune(ctx context.Context, now time.Time) error {
 			// Counted from when the delivery finished, not from its event:
 			// a reminder's delivery waits for its due time, and a dead
 			// letter stays replayable for all of Keep.
+			// The outer condition is checked again on the row as it is
+			// when locked: a dead letter replayed meanwhile is pending and
+			// stays.
 			tag, err := s.cfg.DB.Exec(ctx, `DELETE FROM deliveries WHERE seq IN (
-				SELECT seq FROM deliveries WHERE state <> 1 AND `+finishedAt+` < $1 ORDER BY `+finishedAt+` LIMIT $2)`, now.Add(-Keep), limit)
+				SELECT seq FROM deliveries WHERE state <> 1 AND `+finishedAt+` < $1 ORDER BY `+finishedAt+` LIMIT $2)
+				AND state <> 1 AND `+finishedAt+` < $1`, now.Add(-Keep), limit)
 			return tag.RowsAffected(), err
 		},
 		func(limit int) (int64, error) {

@@ -379,8 +379,11 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if err == nil {
 		// Recorded even while shutting down: the receiver has it, and
 		// leaving it to the lease would send it again.
+		// A delivery withdrawn while it was on its way (the reminder was
+		// handled meanwhile) went out all the same: it is recorded as
+		// delivered, not as never sent.
 		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), finish_time = now(), last_error = '', payload = NULL
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state IN (1, 4) AND attempts = $5`,
 			p.clinic, p.subscription, p.id, stateDelivered, p.attempts)
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
@@ -626,8 +629,14 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 			return false, nil
 		// A method the families service lacks (a rollout half done) passes
 		// with time, like an outage: it is left to the default below.
-		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument:
+		case codes.Unauthenticated, codes.PermissionDenied:
 			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
+		case codes.InvalidArgument:
+			// This delivery's request, not the sender's token (a
+			// subscriber whose id no disclosure can name): an attempt of
+			// its own, so that it ends as a dead letter instead of holding
+			// back its resource for good.
+			return false, fmt.Errorf("consent check refused this delivery: %s", status.Convert(err).Message())
 		default:
 			if req == rec {
 				return false, fmt.Errorf("disclosure record: %s: %w", status.Code(err), errRecordUnsure)
@@ -707,9 +716,7 @@ func describe(err error) string {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return "timeout"
 	}
-	msg := err.Error()
-	if len(msg) > 300 {
-		msg = msg[:300]
-	}
-	return msg
+	// Cut on a character boundary: PostgreSQL refuses invalid UTF-8, and
+	// an outcome that cannot be recorded is sent again, never dead.
+	return clean(err.Error(), 300)
 }

@@ -2,14 +2,19 @@ package webhooks
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/outbox"
@@ -121,5 +126,109 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 	}
 	if posts != 0 || state != stateDead || !strings.Contains(reason, "Handoff could not read the event") {
 		t.Fatalf("a day on: %d POSTs, state %d, %q; want a dead letter naming Handoff", posts, state, reason)
+	}
+}
+
+// A failure's text is cut to fit last_error on a character boundary: a
+// receiver's answer quoted in the error may hold any UTF-8, and PostgreSQL
+// refuses a cut character, which would leave the outcome unrecorded and
+// the delivery sent again and again.
+func TestDescribeCutsOnACharacter(t *testing.T) {
+	msg := describe(errors.New("x" + strings.Repeat("é", 200)))
+	if !utf8.ValidString(msg) || len(msg) > 300 || len(msg) < 290 {
+		t.Fatalf("describe gave %d bytes, valid UTF-8 %v; want up to 300 bytes of valid UTF-8", len(msg), utf8.ValidString(msg))
+	}
+}
+
+// A reminder handled while its notification is on the way withdraws the
+// delivery; the notification went out all the same, and is recorded as
+// delivered, not as never sent.
+func TestWithdrawnWhileSendingIsDelivered(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+		VALUES ('north', 's1', 'https://sms.example.org/hooks', $1, 1, 'automation-1', 'whsec_test')`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REMINDER_DUE)}); err != nil {
+		t.Fatal(err)
+	}
+	sink := &Sink{DB: db}
+	reminder := func(typ string) outbox.Stored {
+		a, err := anypb.New(&interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(time.Now().Add(-time.Minute))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return outbox.Stored{ID: int64(len(typ)), Clinic: "north", Type: reminderEvents + typ, Resource: "clinics/north/reminders/m1", Payload: a}
+	}
+	if n, err := sink.Enqueue(ctx, "interventions", reminder("created")); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	posts := 0
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		posts++
+		// The automation completes the reminder meanwhile.
+		if _, err := sink.Enqueue(ctx, "interventions", reminder("delivered")); err != nil {
+			t.Error(err)
+		}
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	if _, err := s.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var state int16
+	var delivered *time.Time
+	if err := pool.QueryRow(ctx, `SELECT state, deliver_time FROM deliveries`).Scan(&state, &delivered); err != nil {
+		t.Fatal(err)
+	}
+	if posts != 1 || state != stateDelivered || delivered == nil {
+		t.Fatalf("%d POSTs, state %d, delivered at %v; want the notification that went out recorded as DELIVERED", posts, state, delivered)
+	}
+}
+
+// A dead letter replayed while the pruning waits for its row is pending
+// when the pruning gets it, and stays: the administrator was told it
+// would be sent.
+func TestPruneSparesADeadLetterReplayedMeanwhile(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+		VALUES ('north', 's1', 'https://ehr.example.org/hooks', $1, 1, 'ehr-1', 'whsec_test')`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, family, state, finish_time)
+		VALUES ('north', 's1', 'd1', 'referrals', 1, 'handoff.referrals.v1.referral.accepted', $1,
+			'clinics/north/referrals/r1', 'clinics/north/families/f1', $2, now() - interval '31 days')`,
+		int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED), stateDead); err != nil {
+		t.Fatal(err)
+	}
+	// The replay holds the row while the pruning looks.
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `UPDATE deliveries SET state = $1, next_attempt_time = now() WHERE id = 'd1'`, statePending); err != nil {
+		t.Fatal(err)
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	pruned := make(chan error, 1)
+	go func() { pruned <- s.prune(ctx, time.Now()) }()
+	select {
+	case err := <-pruned:
+		t.Fatalf("the pruning did not wait for the replay's row: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-pruned; err != nil {
+		t.Fatal(err)
+	}
+	var state int16
+	if err := pool.QueryRow(ctx, `SELECT state FROM deliveries WHERE id = 'd1'`).Scan(&state); err != nil || state != statePending {
+		t.Fatalf("the replayed delivery after the pruning: state %d, %v; want it kept, PENDING", state, err)
 	}
 }

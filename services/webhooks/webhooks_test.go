@@ -835,11 +835,45 @@ func TestOwnOutageMakesNoDeadLetter(t *testing.T) {
 type refusingFamilies struct {
 	*fakeFamilies
 	tries atomic.Int32
+	// invalid answers INVALID_ARGUMENT, a refusal of one request, instead
+	// of refusing the sender.
+	invalid bool
 }
 
 func (f *refusingFamilies) CreateDisclosure(context.Context, *familiesv1.CreateDisclosureRequest, ...grpc.CallOption) (*familiesv1.Disclosure, error) {
 	f.tries.Add(1)
+	if f.invalid {
+		return nil, status.Error(codes.InvalidArgument, "disclosure.recipient: must be at most 200 characters")
+	}
 	return nil, status.Error(codes.PermissionDenied, "role webhook_sender may not call CreateDisclosure")
+}
+
+// A consent check refused as an invalid request is this delivery's
+// failure, not the sender's: its attempts count and it ends as a dead
+// letter, instead of holding back its resource's notifications for good.
+func TestDeliveryTheFamiliesServiceFindsInvalidDies(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &refusingFamilies{fakeFamilies: &fakeFamilies{}, invalid: true}
+	runSender(t, fastSender(f.db, fam, 2))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var state, attempts int16
+	var lastError string
+	eventually(t, 5*time.Second, "a dead letter", func() bool {
+		err := f.pool.QueryRow(ctx, `SELECT state, attempts, last_error FROM deliveries`).Scan(&state, &attempts, &lastError)
+		return err == nil && webhooksv1.DeliveryState(state) == webhooksv1.DeliveryState_DELIVERY_STATE_DEAD
+	})
+	if attempts != 2 || !strings.Contains(lastError, "at most 200 characters") {
+		t.Fatalf("dead letter after %d attempts, last error %q; want 2, the families service's reason", attempts, lastError)
+	}
+	if len(rcv.received()) != 0 {
+		t.Fatal("sent without its consent check")
+	}
 }
 
 // A sender the families service refuses cannot be cured by waiting: the
