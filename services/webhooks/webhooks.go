@@ -325,8 +325,17 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"RotateSubscriptionSecret", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
 			// Another's subscription is NOT_FOUND, as for every other method.
-			if _, err := readSubscription(ctx, tx, clinic, id, owner); err != nil {
+			sub, err := readSubscription(ctx, tx, clinic, id, owner)
+			if err != nil {
 				return nil, err
+			}
+			// An administrator sees every subscription but rotates only its
+			// own: the new secret goes to whoever rotates, who could then
+			// sign notifications the owner's receiver trusts, and the
+			// owner's receiver would stop verifying a day later.
+			if p, _ := auth.FromContext(ctx); sub.GetOwner() != p.Subject {
+				return nil, status.Errorf(codes.PermissionDenied,
+					"only the subscription's owner (%q) may rotate its secret; an administrator can delete a subscription whose secret leaked", sub.GetOwner())
 			}
 			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {

@@ -1043,6 +1043,15 @@ func TestRotateSecretSignsWithBothDuringTheGrace(t *testing.T) {
 	if _, err := f.client.RotateSubscriptionSecret(f.ehr, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
 		t.Fatalf("rotating another's subscription: %v; want NOT_FOUND", err)
 	}
+	// An administrator sees the EHR's subscription but may not take its
+	// secret: the rotation is refused and changes nothing.
+	ehrSub := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	if _, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: ehrSub.GetName()}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an administrator rotating the EHR's secret: %v; want PERMISSION_DENIED", err)
+	}
+	if got, err := f.client.GetSubscription(f.ehr, &webhooksv1.GetSubscriptionRequest{Name: ehrSub.GetName()}); err != nil || got.GetPreviousSecretExpireTime() != nil {
+		t.Fatalf("the EHR's subscription after a refused rotation: %v, %v; want no previous secret", got, err)
+	}
 
 	runSender(t, fastSender(f.db, nil, 3))
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {

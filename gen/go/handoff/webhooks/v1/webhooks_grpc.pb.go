@@ -83,6 +83,9 @@ type WebhooksServiceClient interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
+	// Only the owner may rotate (PERMISSION_DENIED for anyone else, clinic
+	// administrators included, as the answer carries the secret); an
+	// administrator deletes a subscription whose secret leaked.
 	RotateSubscriptionSecret(ctx context.Context, in *RotateSubscriptionSecretRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(ctx context.Context, in *DeleteSubscriptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -216,6 +219,9 @@ type WebhooksServiceServer interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
+	// Only the owner may rotate (PERMISSION_DENIED for anyone else, clinic
+	// administrators included, as the answer carries the secret); an
+	// administrator deletes a subscription whose secret leaked.
 	RotateSubscriptionSecret(context.Context, *RotateSubscriptionSecretRequest) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error)
