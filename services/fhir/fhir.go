@@ -181,6 +181,8 @@ func (s *server) authed(next handler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token, ok := auth.Bearer(r.Header.Get("Authorization"))
 		if !ok {
+			// As at every door: one message for a failed sign-in.
+			s.cfg.Log.WarnContext(r.Context(), "authentication failed", append([]any{"method", r.Method, "path", r.URL.Path, "error", "no bearer token"}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
 			s.fail(w, http.StatusUnauthorized, "login", "missing bearer token: send Authorization: Bearer <token>")
 			return
@@ -195,7 +197,7 @@ func (s *server) authed(next handler) http.HandlerFunc {
 		if err != nil {
 			// Why exactly is for the operator, with where it came from: a
 			// run of these is someone trying tokens.
-			s.cfg.Log.WarnContext(r.Context(), "token refused", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
+			s.cfg.Log.WarnContext(r.Context(), "authentication failed", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			s.fail(w, http.StatusUnauthorized, "login", "invalid bearer token")
 			return

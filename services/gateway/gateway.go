@@ -333,6 +333,9 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		token, ok := auth.Bearer(r.Header.Get("Authorization"))
 		if !ok {
+			// Logged as the services log a failed sign-in, so that one
+			// message is watched at every door.
+			log.WarnContext(r.Context(), "authentication failed", append([]any{"method", r.Method, "path", r.URL.Path, "error", "no bearer token"}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, "missing bearer token: send Authorization: Bearer <token>")
 			return
@@ -347,7 +350,7 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 		if err != nil {
 			// The caller hears what is wrong with its token; why exactly
 			// (the audience or issuer it named) is for the operator.
-			log.WarnContext(r.Context(), "token refused", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
+			log.WarnContext(r.Context(), "authentication failed", append([]any{"method", r.Method, "path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
 			w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, auth.PublicReason(err))
 			return

@@ -267,12 +267,13 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 	return func(r *http.Request) (string, error) {
 		token, ok := auth.Bearer(r.Header.Get("Authorization"))
 		if !ok {
+			log.WarnContext(r.Context(), "authentication failed", append([]any{"path", r.URL.Path, "error", "no bearer token"}, auth.Origin(r)...)...)
 			return "", errors.New("missing bearer token")
 		}
 		p, err := v.Verify(r.Context(), token)
 		if err != nil {
 			// The caller hears what is wrong with its token, the operator why.
-			log.WarnContext(r.Context(), "payload codec token refused", append([]any{"error", err.Error()}, auth.Origin(r)...)...)
+			log.WarnContext(r.Context(), "authentication failed", append([]any{"path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
 			return "", errors.New(auth.PublicReason(err))
 		}
 		// An EHR role makes a token the outside system's, whatever else
