@@ -450,6 +450,9 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 		}
 		kind = " AND kind = " + in.Kind
 	}
+	if in.Origin != "" {
+		kind += fmt.Sprintf(" AND origin_workflow = %q", in.Origin)
+	}
 	// Every reminder not ended, in one listing: a reminder's state moves
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them, which

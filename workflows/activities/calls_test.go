@@ -317,6 +317,13 @@ func TestCancelRemindersForSomeOnly(t *testing.T) {
 			t.Fatalf("filter %q is not limited to the kind", flt)
 		}
 	}
+	// Limited to a workflow's own reminders.
+	f.filters = nil
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "clinics/north/interventions/i1",
+		Reason: "x", RequestID: "r", Origin: "intervention/clinics/north/interventions/i1"}); err != nil || len(f.filters) != 1 ||
+		!strings.HasSuffix(f.filters[0], ` AND origin_workflow = "intervention/clinics/north/interventions/i1"`) {
+		t.Fatalf("by origin: filters %v, %v", f.filters, err)
+	}
 	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "x", RequestID: "r",
 		Kind: "NO_SUCH_KIND"}); err == nil {
 		t.Fatal("an unknown reminder kind widened or passed")

@@ -93,6 +93,10 @@ type CancelRemindersRequest struct {
 	// Kind, when set, limits it to reminders of that kind (a ReminderKind
 	// without its prefix).
 	Kind string
+	// Origin, when set, limits it to reminders made by that workflow (its
+	// id): a workflow running beside another on the same resource (the
+	// MAT intake beside its intervention) cancels only its own.
+	Origin string
 }
 
 // CancelReminderRequest cancels one reminder by name.

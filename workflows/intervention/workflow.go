@@ -846,9 +846,14 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result,
 		return Result{}, err
 	}
 	log := workflow.GetLogger(ctx)
+	// Only this workflow's reminders: the intake, running by now, tells
+	// the counselor of the same intervention (no program could take the
+	// person, the hand-off stopped), and those must not be cancelled as
+	// the meeting's. The filter is the activity's input, not a command.
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
 		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
+		Origin:    workflow.GetInfo(ctx).WorkflowExecution.ID,
 	}); err != nil {
 		log.Warn("cancelling the meeting's reminders after a yes failed", "error", err)
 	}

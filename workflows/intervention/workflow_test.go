@@ -446,6 +446,18 @@ func TestLateOutcomeEscalatesAndDuplicateIsRejected(t *testing.T) {
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || res.Child != "mat-intake/"+name {
 		t.Fatalf("result = %+v, %v", res, err)
 	}
+	// The meeting's reminders are cancelled after the intake started, and
+	// only those this workflow made: the intake's own notices to the
+	// counselor name the same intervention.
+	var outcome []activities.CancelRemindersRequest
+	for _, c := range h.cancelled {
+		if c.Reason == "outcome recorded" {
+			outcome = append(outcome, c)
+		}
+	}
+	if len(outcome) != 1 || outcome[0].Origin == "" || outcome[0].Origin == res.Child {
+		t.Fatalf("cancelled after the yes: %+v; want one cancel limited to this workflow's reminders", outcome)
+	}
 }
 
 // No program has a free slot: the counselor hears once, and the workflow
