@@ -589,6 +589,9 @@ func (w *wf) due(ctx workflow.Context) error {
 		}
 	}
 	for w.sent < len(w.reminders) && !now.Before(w.reminders[w.sent].At) {
+		if w.interrupted(ctx) {
+			return nil
+		}
 		r := w.reminders[w.sent]
 		msg := fmt.Sprintf("Reminder: family meeting on %s.", localTime(w.plan.Start, r.Recipient.TimeZone))
 		if r.Recipient.Kind == "counselor" {
@@ -608,6 +611,9 @@ func (w *wf) due(ctx workflow.Context) error {
 			w.sentTo[sent] = recipientKey(r.Recipient.Kind, r.Recipient.ID)
 		}
 		w.sent++
+	}
+	if w.interrupted(ctx) {
+		return nil
 	}
 	if bounded {
 		if err := w.takeHold(ctx, true); err != nil {
@@ -630,6 +636,22 @@ func (w *wf) due(ctx workflow.Context) error {
 		w.escalated = true
 	}
 	return nil
+}
+
+// versionStopFirst guards two changes that keep reminders from going out
+// for a meeting that no longer is: due() stops once an update changed the
+// meeting while it was making reminders (before, it made every remaining
+// one, took a hold and sent the overdue notices), and a cancelled meeting's
+// reminders are cancelled before its hold is released (which may retry for
+// a day while the referrals service is down).
+const versionStopFirst = "stop-meeting-reminders-first"
+
+// interrupted reports whether an update arrived while due() waited on a
+// service, so that due() stops and the run loop takes the change. The
+// version is asked only then.
+func (w *wf) interrupted(ctx workflow.Context) bool {
+	changed := w.rearm || w.replan || w.outcome != nil || w.cancel != nil
+	return changed && flow.Version(ctx, versionStopFirst, 1) >= 1
 }
 
 // takeHold holds a treatment slot; when no program has one it tells the
@@ -732,13 +754,31 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
 	dctx = flow.WithActivityOptions(dctx)
+	cancelReminders := func() error {
+		return flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+			Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "intervention cancelled",
+			RequestID: flow.RequestID(ctx, "cancel-reminders|final"),
+		})
+	}
+	if flow.Version(dctx, versionStopFirst, 1) >= 1 {
+		// The reminders first: they may go out while a release retries.
+		// A failure to cancel them does not keep the hold.
+		cerr := cancelReminders()
+		if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil && !w.pastFailedRelease(dctx, err) {
+			if cerr != nil {
+				workflow.GetLogger(ctx).Warn("cancelling a cancelled meeting's reminders failed", "error", cerr)
+			}
+			return Result{}, err
+		}
+		if cerr != nil {
+			return Result{}, cerr
+		}
+		return Result{Outcome: "CANCELLED"}, nil
+	}
 	if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil && !w.pastFailedRelease(dctx, err) {
 		return Result{}, err
 	}
-	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
-		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "intervention cancelled",
-		RequestID: flow.RequestID(ctx, "cancel-reminders|final"),
-	}); err != nil {
+	if err := cancelReminders(); err != nil {
 		return Result{}, err
 	}
 	return Result{Outcome: "CANCELLED"}, nil

@@ -83,6 +83,10 @@ type harness struct {
 	oldPlan   activities.Plan
 	// hold answers HoldTreatment; tests replace it.
 	hold func(activities.HoldRequest) (activities.HoldResult, error)
+	// onSend, when set, may fail a SendReminder before it is made.
+	onSend func(activities.ReminderRequest) error
+	// calls lists ReleaseHold and CancelReminders in the order called.
+	calls []string
 	// plan answers LoadPlan; tests change it.
 	mu   sync.Mutex
 	plan activities.Plan
@@ -114,6 +118,11 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			if h.onSend != nil {
+				if err := h.onSend(r); err != nil {
+					return "", err
+				}
+			}
 			r.Due = env.Now() // when the workflow sent it
 			return h.sent.add(r), nil
 		})
@@ -128,6 +137,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.ReleaseRequest) error {
 			h.released = append(h.released, in.Hold)
+			h.calls = append(h.calls, "release")
 			if h.onRelease != nil {
 				return h.onRelease(len(h.released))
 			}
@@ -136,6 +146,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
 			h.cancels = append(h.cancels, in.Reason)
+			h.calls = append(h.calls, "cancel reminders")
 			h.cancelled = append(h.cancelled, in)
 			return 0, h.cancelErr
 		})
@@ -399,6 +410,47 @@ func cancelCleansUp(t *testing.T, releaseErr error) {
 	}
 	if len(h.released) != 1 || len(h.cancels) == 0 || h.cancels[len(h.cancels)-1] != "intervention cancelled" {
 		t.Fatalf("released %v, cancelled reminders %v", h.released, h.cancels)
+	}
+	// The reminders first: a release may retry for a day while the
+	// referrals service is down, and they would go out meanwhile.
+	if n := len(h.calls); n < 2 || h.calls[n-2] != "cancel reminders" || h.calls[n-1] != "release" {
+		t.Fatalf("calls %v; want the reminders cancelled, then the hold released", h.calls)
+	}
+}
+
+// A cancel that arrives while the meeting's reminders are being made (a
+// service slow to answer) stops the making: no reminder for the others,
+// no hold taken; the reminders are cancelled before the hold is released.
+func TestCancelStopsRemindersBeingMade(t *testing.T) {
+	h := newHarness(t, 30*time.Minute, defaults())
+	h.plan.Participants = append(h.plan.Participants, activities.Person{Kind: "member", ID: "dad",
+		Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/New_York"})
+	tries := 0
+	h.onSend = func(r activities.ReminderRequest) error {
+		if r.Kind != "INTERVENTION_UPCOMING" {
+			return nil
+		}
+		if tries++; tries == 1 {
+			return errors.New("interventions service unavailable")
+		}
+		return nil
+	}
+	// The first reminder's creation fails and is tried again a second
+	// later; the cancel arrives meanwhile.
+	h.update(500*time.Millisecond, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if made := h.sent.byKind("INTERVENTION_UPCOMING"); len(made) != 1 {
+		t.Fatalf("meeting reminders made: %+v; want only the one whose creation was under way", made)
+	}
+	if !h.holdAt.IsZero() {
+		t.Fatalf("a hold was taken at %v for a cancelled meeting", h.holdAt)
+	}
+	if fmt.Sprint(h.calls) != "[cancel reminders]" {
+		t.Fatalf("calls %v; want the reminders cancelled, and no hold to release", h.calls)
 	}
 }
 
