@@ -848,7 +848,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: o.AcceptedServices, Urgency: "URGENT",
 				RequestID: flow.RequestID(ctx, "accepted-services"),
-			}); err != nil {
+			}); err != nil && !w.pastFailedReferrals(ctx, err) {
 				return Result{}, err
 			}
 		}
@@ -861,6 +861,29 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	}
 	w.step = StepDone
 	return res, nil
+}
+
+// versionBoundaryPastFailedReferrals guards going on to the boundary
+// follow-up when the referrals to the services accepted beside a refusal
+// could not be made: before, the workflow failed there, and the family got
+// no check-ins, overdose follow-up or next step, and nobody was told.
+const versionBoundaryPastFailedReferrals = "boundary-past-failed-referrals"
+
+// pastFailedReferrals reports whether a refusal's follow-up goes on after
+// the support referrals failed with err; if so, the counselor is told to
+// make them by hand. The version is asked only on that failure.
+func (w *wf) pastFailedReferrals(ctx workflow.Context, err error) bool {
+	if temporal.IsCanceledError(err) || flow.Version(ctx, versionBoundaryPastFailedReferrals, 1) < 1 {
+		return false
+	}
+	log := workflow.GetLogger(ctx)
+	log.Warn("referring the services accepted beside a refusal failed", "error", err)
+	if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+		"The referrals for the services accepted at the family meeting could not be made: please make them by hand.",
+		"refused-services-failed"); err != nil {
+		log.Warn("telling the counselor of the failed referrals failed", "error", err)
+	}
+	return true
 }
 
 // versionIntakeFirst guards starting the MAT intake before tidying up

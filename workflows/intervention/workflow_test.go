@@ -800,6 +800,34 @@ func TestFailedReleaseStopsNothingElse(t *testing.T) {
 	})
 }
 
+// Referrals to the services accepted beside a refusal that cannot be made
+// (a program deleted meanwhile, say) do not stop the follow-up: the
+// counselor is told to make them by hand, and the boundary workflow runs.
+func TestFailedSupportReferralsStopNoFollowUp(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
+	var boundaryIn boundary.Input
+	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
+			boundaryIn = in
+			return boundary.Result{Summary: "ok"}, nil
+		})
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED",
+		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v; want the follow-up to go on", err)
+	}
+	if boundaryIn.Outcome != "DECLINED" {
+		t.Fatalf("boundary input %+v; want the boundary workflow started for the refusal", boundaryIn)
+	}
+	told := h.sent.byKind("REFERRAL_ESCALATION")
+	if len(told) != 1 || told[0].To.ID != "counselor-1" || !strings.Contains(told[0].Message, "by hand") {
+		t.Fatalf("counselor told %+v; want one notice to make the referrals by hand", told)
+	}
+}
+
 // On a yes the intake starts first: cleanup that fails after it (a
 // service refusing to cancel the meeting's reminders, the other
 // referrals) neither holds the intake back nor ends it, and the counselor
