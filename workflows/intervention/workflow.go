@@ -108,6 +108,7 @@ type wf struct {
 	generation   int               // bumps on every reschedule, keeps request ids apart
 	upcoming     map[string]int    // meeting reminder -> the generation it announced
 	sentTo       map[string]string // meeting reminder -> whom (recipientKey)
+	notices      map[string]bool   // notices made after the outcome, about what follows it
 	replans      int
 	resends      flow.Resends
 	hold         activities.HoldResult
@@ -162,7 +163,7 @@ const (
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
-	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}}
+	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -538,7 +539,10 @@ const versionPastFailedRescheduleRelease = "go-on-past-failed-reschedule-release
 // reschedule has replaced, or whose meeting has begun meanwhile.
 func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	if w.outcome != nil || w.cancel != nil {
-		return true
+		// But a notice made after the outcome, about what follows it
+		// (referrals that could not be made), still deserves its resend;
+		// a run begun before this change dropped it.
+		return !(w.notices[first] && flow.Version(ctx, versionResendNotices, 1) >= 1)
 	}
 	g, ok := w.upcoming[first]
 	if ok && g != w.generation {
@@ -552,6 +556,21 @@ func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	// One to a person no longer taking part (a replan removed them).
 	to, ok := w.sentTo[first]
 	return ok && !slices.Contains(w.recipientKeys(), to)
+}
+
+// versionResendNotices guards resending a notice the workflow made after
+// the outcome whose delivery failed.
+const versionResendNotices = "resend-notices-after-outcome"
+
+// notice tells to of what follows the outcome, under purpose, and keeps
+// the notice's name so that a failed delivery is sent again. The commands
+// are flow.Remind's.
+func (w *wf) notice(ctx workflow.Context, to activities.Person, kind, message, purpose string) error {
+	name, err := flow.RemindAt(ctx, w.plan.Clinic, to, kind, w.in.Intervention, message, purpose, time.Time{})
+	if name != "" {
+		w.notices[name] = true
+	}
+	return err
 }
 
 func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
@@ -878,7 +897,7 @@ func (w *wf) pastFailedReferrals(ctx workflow.Context, err error) bool {
 	}
 	log := workflow.GetLogger(ctx)
 	log.Warn("referring the services accepted beside a refusal failed", "error", err)
-	if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+	if err := w.notice(ctx, w.plan.Counselor, "REFERRAL_ESCALATION",
 		"The referrals for the services accepted at the family meeting could not be made: please make them by hand.",
 		"refused-services-failed"); err != nil {
 		log.Warn("telling the counselor of the failed referrals failed", "error", err)
@@ -929,7 +948,7 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result,
 			RequestID: flow.RequestID(ctx, "accepted-services"),
 		}); err != nil {
 			log.Warn("referring the services accepted beside MAT failed", "error", err)
-			if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "REFERRAL_ESCALATION", w.in.Intervention,
+			if err := w.notice(ctx, w.plan.Counselor, "REFERRAL_ESCALATION",
 				"The referrals for the other services accepted at the family meeting could not be made: please make them by hand.",
 				"accepted-services-failed"); err != nil {
 				log.Warn("telling the counselor of the failed referrals failed", "error", err)
