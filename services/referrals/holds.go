@@ -49,13 +49,15 @@ func (h *holdRow) hold(clinic string, now time.Time) *referralsv1.Hold {
 }
 
 func (s *Server) scanHold(clinic string) pgx.RowToFunc[*referralsv1.Hold] {
-	now := s.cfg.Now()
 	return func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
 		var h holdRow
 		if err := r.Scan(h.dest()...); err != nil {
 			return nil, err
 		}
-		return h.hold(clinic, now), nil
+		// The clock is read once the row is here: a locking read waits
+		// for the lock after the query is sent, and a hold that lapsed
+		// meanwhile must not be converted or released as still held.
+		return h.hold(clinic, s.cfg.Now()), nil
 	}
 }
 
@@ -338,7 +340,7 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	if err := notFuture("first_contact_time", req.GetFirstContactTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
-	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
+	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")
 			if err != nil {
@@ -373,4 +375,27 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			}
 			return out, nil
 		})
+	if apperr.Reason(err) == apperr.ReasonInvalidTransition {
+		s.expireLapsed(ctx, r)
+	}
+	return out, err
+}
+
+// expireLapsed returns the slot of hold r if it is past its expiry and the
+// sweep has not reached it yet, in a transaction of its own: the refusal
+// that found it lapsed rolls back its own. The conversion of a lapsed hold
+// is a yes whose place ran out, and the match that follows at once must
+// count that slot as free, not wait up to a minute for the sweep. Best
+// effort: the sweep returns the slot anyway.
+func (s *Server) expireLapsed(ctx context.Context, r ref) {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		h, err := s.readHold(ctx, tx, r, false)
+		if err != nil || h.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+			return err
+		}
+		return s.expireHolds(ctx, tx, r.clinic, aip.ID(h.GetProgram()), s.cfg.Now())
+	})
+	if err != nil && ctx.Err() == nil {
+		s.cfg.Log.WarnContext(ctx, "returning a lapsed hold's slot failed; the sweep will", "hold", holdName(r.clinic, r.id), "error", err)
+	}
 }

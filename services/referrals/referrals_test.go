@@ -178,6 +178,31 @@ func TestHoldsNeverOversell(t *testing.T) {
 	}
 }
 
+// A yes whose hold lapsed before the sweep reached it is refused, and the
+// slot is free at once: the match that follows must find it.
+func TestConvertingALapsedHoldFreesItsSlot(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 1)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+		Intervention: "clinics/north/interventions/i1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(73 * time.Hour)
+	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if a, held := f.capacity(t, p.GetName()); a != 1 || held != 0 {
+		t.Fatalf("after converting a lapsed hold: %d free, %d held; want 1, 0 before any sweep", a, held)
+	}
+	var events int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
+		WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1`, h.GetName()).Scan(&events); err != nil || events != 1 {
+		t.Fatalf("hold.expired events: %d, %v; want 1", events, err)
+	}
+}
+
 func TestHoldConvertAndIdempotency(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
