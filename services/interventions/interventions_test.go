@@ -22,6 +22,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcserver"
@@ -499,6 +500,21 @@ func TestCancelAndRescheduleCancelTheMeetingsReminders(t *testing.T) {
 		if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: other.GetName()}); err != nil ||
 			got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
 			t.Fatalf("%s: another meeting's reminder = %v, %v; want DUE", step, got, err)
+		}
+		// A workflow yet to hear of the cancel makes no new reminder of the
+		// meeting; a moved meeting still gets them, for its new time.
+		_, err = f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, Message: "Reminder: family meeting tomorrow at 6 pm.",
+			RelatedResource: iv.GetName()}})
+		if step == "cancel" {
+			wantCode(t, err, codes.FailedPrecondition)
+			if apperr.Reason(err) != interventions.ReasonMeetingNotScheduled {
+				t.Fatalf("a reminder of a cancelled meeting: %v; want %s", err, interventions.ReasonMeetingNotScheduled)
+			}
+		} else if err != nil {
+			t.Fatalf("a reminder of the moved meeting: %v", err)
 		}
 		// Each cancellation went out as an event, so webhook deliveries of
 		// the reminders are withdrawn.

@@ -2,6 +2,7 @@ package interventions
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"regexp"
@@ -250,6 +251,11 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
+				if err := meetingStands(ctx, tx, clinic, rem.GetRelatedResource()); err != nil {
+					return nil, err
+				}
+			}
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
 			due := now
@@ -275,6 +281,38 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			remindersCreated.Add(ctx, 1, kindAttr(out.GetKind().String()))
 			return out, emit(ctx, tx, clinic, "reminder.created", out.GetName(), out)
 		})
+}
+
+// ReasonMeetingNotScheduled refuses a reminder of a meeting that is no
+// longer scheduled.
+const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
+
+// meetingStands refuses a reminder of the meeting related names if that
+// meeting is no longer scheduled (cancelled, or held and completed). A
+// cancel or a reschedule cancels the meeting's reminders in its own
+// transaction, but the workflow, which hears of it through the outbox, may
+// still be making one: the shared lock makes the two take turns, so such a
+// reminder is either refused here or seen, and cancelled, by the change.
+// A name of no meeting of the clinic is left alone.
+func meetingStands(ctx context.Context, tx pgx.Tx, clinic, related string) error {
+	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return nil
+	}
+	var state int16
+	err := tx.QueryRow(ctx, `SELECT state FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id).Scan(&state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the reminder's meeting: %w", err)
+	}
+	if st := interventionsv1.InterventionState(state); st != scheduled {
+		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
+			fmt.Sprintf("%s is %s: no reminder of its meeting is made any more", related, stateName(st)),
+			map[string]string{"intervention": related})
+	}
+	return nil
 }
 
 // checkContact refuses reminders to people who may not be contacted.

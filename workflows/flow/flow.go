@@ -133,7 +133,9 @@ func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string
 	var name string
 	err := Call(ctx, &name, A.SendReminder, req)
 	switch activities.ErrorType(err) {
-	case "CONTACT_NOT_ALLOWED", "InvalidArgument":
+	// MEETING_NOT_SCHEDULED: the meeting was cancelled or held before this
+	// workflow heard of it; the change reaches it next.
+	case "CONTACT_NOT_ALLOWED", "InvalidArgument", "MEETING_NOT_SCHEDULED":
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
 		return "", nil
 	case "REQUEST_ID_REUSED":

@@ -204,3 +204,36 @@ func TestResendMadeStaleMeanwhileIsCancelled(t *testing.T) {
 		}
 	}
 }
+
+// remindOnce is a workflow that makes one meeting reminder through
+// flow.Remind and returns its name.
+func remindOnce(ctx workflow.Context) (string, error) {
+	ctx = flow.WithActivityOptions(ctx)
+	return flow.RemindAt(ctx, "north", activities.Person{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS"},
+		"INTERVENTION_UPCOMING", "clinics/north/interventions/i1", "Reminder: family meeting tomorrow.", "upcoming", time.Time{})
+}
+
+// A reminder the service refuses because the meeting is no longer
+// scheduled (the workflow has yet to hear of a cancel) is skipped, not the
+// end of the workflow; another refusal still fails it.
+func TestRemindSkipsAMeetingNoLongerScheduled(t *testing.T) {
+	for reason, skipped := range map[string]bool{"MEETING_NOT_SCHEDULED": true, "INVALID_STATE_TRANSITION": false} {
+		var suite testsuite.WorkflowTestSuite
+		env := suite.NewTestWorkflowEnvironment()
+		env.RegisterWorkflow(remindOnce)
+		env.RegisterActivity(&activities.Activities{})
+		env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return("",
+			temporal.NewNonRetryableApplicationError("create reminder: refused", reason, nil))
+		env.ExecuteWorkflow(remindOnce)
+		err := env.GetWorkflowError()
+		var name string
+		if err == nil {
+			if rerr := env.GetWorkflowResult(&name); rerr != nil {
+				t.Fatal(rerr)
+			}
+		}
+		if (err == nil) != skipped || name != "" {
+			t.Errorf("refused with %s: name %q, workflow error %v; skipped %v", reason, name, err, skipped)
+		}
+	}
+}
