@@ -486,11 +486,35 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 				if err := s.checkMeeting(next, false).Err(); err != nil {
 					return nil, err
 				}
+				// Someone taken off the meeting (perhaps for their safety)
+				// hears no more of it: their reminders go with the change,
+				// not when the workflow replans after the outbox.
+				if removed := removedMembers(locked, next); len(removed) > 0 {
+					if err := s.cancelRemindersTo(ctx, tx, r.clinic, locked.GetName(), "no longer taking part", removed); err != nil {
+						return nil, err
+					}
+				}
 			default:
 				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
 			}
 			return s.save(ctx, tx, r, locked, next, locked.GetState(), "intervention.updated")
 		})
+}
+
+// removedMembers returns the member ids among before's participants that
+// after no longer names.
+func removedMembers(before, after *interventionsv1.Intervention) []string {
+	kept := map[string]bool{}
+	for _, p := range after.GetParticipants() {
+		kept[p.GetMemberId()] = true
+	}
+	var removed []string
+	for _, p := range before.GetParticipants() {
+		if !kept[p.GetMemberId()] {
+			removed = append(removed, p.GetMemberId())
+		}
+	}
+	return removed
 }
 
 // save writes every column of iv in state, and emits event. before is the

@@ -1343,3 +1343,54 @@ func TestUpdateCannotClearARequiredPlaceField(t *testing.T) {
 		t.Fatalf("an edit of the level, with a stored place lacking its address: %v", err)
 	}
 }
+
+// Taking someone off a scheduled meeting cancels their reminders of it in
+// the same change; the counselor's stay.
+func TestRemovedParticipantsRemindersAreCancelled(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, time.Now().Add(48*time.Hour))
+	iv, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Etag: iv.GetEtag(), Participants: []*interventionsv1.Participant{
+			{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER},
+			{MemberId: "bro", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if iv, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	remind := func(rc *interventionsv1.Recipient) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: rc, DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+			Message: "Reminder: family meeting the day after tomorrow.", RelatedResource: iv.GetName()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	mom := remind(&interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+		Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS})
+	counselor := remind(&interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+		Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP})
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Etag: iv.GetEtag(), Participants: []*interventionsv1.Participant{
+			{MemberId: "bro", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}}); err != nil {
+		t.Fatal(err)
+	}
+	for rem, want := range map[*interventionsv1.Reminder]interventionsv1.ReminderState{
+		mom: interventionsv1.ReminderState_REMINDER_STATE_CANCELLED, counselor: interventionsv1.ReminderState_REMINDER_STATE_SCHEDULED} {
+		got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+		if err != nil || got.GetState() != want {
+			t.Fatalf("reminder to %s after the change: %v, %v; want %v", rem.GetRecipient().GetId(), got.GetState(), err, want)
+		}
+	}
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = $1 AND resource = $2`,
+		"handoff.interventions.v1.reminder.cancelled", mom.GetName()).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d reminder.cancelled events, %v; want 1", n, err)
+	}
+}

@@ -616,9 +616,17 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 // relay, a hold release retried while the referrals service is away); the
 // workflow's own cancellation then finds them done.
 func (s *Server) cancelRemindersOf(ctx context.Context, tx pgx.Tx, clinic, related, reason string) error {
+	return s.cancelRemindersTo(ctx, tx, clinic, related, reason, nil)
+}
+
+// cancelRemindersTo is cancelRemindersOf for the reminders to the family
+// members given only, or to everyone if members is nil.
+func (s *Server) cancelRemindersTo(ctx context.Context, tx pgx.Tx, clinic, related, reason string, members []string) error {
 	rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
-		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7) RETURNING `+reminderColumns,
-		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed))
+		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7)
+			AND ($8::text[] IS NULL OR (recipient_kind = $9 AND recipient_id = ANY($8))) RETURNING `+reminderColumns,
+		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed),
+		members, int16(interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER))
 	if err != nil {
 		return fmt.Errorf("cancel reminders of %s: %w", related, err)
 	}
