@@ -611,6 +611,11 @@ func (s *Server) DeleteIntervention(ctx context.Context, req *interventionsv1.De
 			if cur.GetState() != draft {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "DELETED")
 			}
+			// A draft the boundary workflow proposed has a reminder to the
+			// counselor about it, which would name a meeting gone.
+			if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "intervention deleted"); err != nil {
+				return nil, err
+			}
 			if _, err := tx.Exec(ctx, `DELETE FROM interventions WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
 				return nil, fmt.Errorf("delete intervention: %w", err)
 			}

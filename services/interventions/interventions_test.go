@@ -1394,3 +1394,26 @@ func TestRemovedParticipantsRemindersAreCancelled(t *testing.T) {
 		t.Fatalf("%d reminder.cancelled events, %v; want 1", n, err)
 	}
 }
+
+// Deleting a draft cancels the reminders about it (the counselor's of a
+// proposed next step), which would name a meeting gone.
+func TestDeletingADraftCancelsItsReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, time.Now().Add(48*time.Hour))
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+		DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED,
+		Message: "A next family meeting was proposed: please review it.", RelatedResource: iv.GetName()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteIntervention(f.ctx, &interventionsv1.DeleteInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("reminder of the deleted draft: %v, %v; want CANCELLED", got.GetState(), err)
+	}
+}
