@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -81,5 +82,24 @@ func TestPlaintextOnlyOnLoopback(t *testing.T) {
 	e.register(fs, false)
 	if err := e.plaintext("calling", "families:7101", nil); err != nil {
 		t.Errorf("HANDOFF_INSECURE_PLAINTEXT=1: %v", err)
+	}
+}
+
+// Temporal without TLS is refused off loopback too: workflow ids name
+// interventions, intakes and overdoses.
+func TestTemporalPlaintextOnlyOnLoopback(t *testing.T) {
+	for addr, ok := range map[string]bool{"127.0.0.1:7233": true, "localhost:7233": true,
+		"temporal-frontend.temporal.svc:7233": false, "10.0.0.5:7233": false} {
+		c := common{temporalAddr: addr}
+		if err := c.temporalPlaintext(nil); (err == nil) != ok {
+			t.Errorf("plaintext to Temporal at %s: %v; allowed %v", addr, err, ok)
+		}
+		if err := c.temporalPlaintext(&tls.Config{MinVersion: tls.VersionTLS12}); err != nil {
+			t.Errorf("TLS to Temporal at %s: %v", addr, err)
+		}
+		c.insecurePlaintext = true
+		if err := c.temporalPlaintext(nil); err != nil {
+			t.Errorf("with --insecure-plaintext, Temporal at %s: %v", addr, err)
+		}
 	}
 }

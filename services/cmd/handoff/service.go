@@ -168,6 +168,9 @@ func (c *common) temporal(log *slog.Logger, lazy bool) (client.Client, error) {
 	if err := c.temporalSecurity(&opts); err != nil {
 		return nil, err
 	}
+	if err := c.temporalPlaintext(opts.ConnectionOptions.TLS); err != nil {
+		return nil, err
+	}
 	dial := client.Dial
 	if lazy {
 		dial = client.NewLazyClient
@@ -648,6 +651,24 @@ func migrateAll(ctx context.Context, log *slog.Logger, dbURL string) error {
 		log.Info("migrated", "schema", d.schema)
 	}
 	return nil
+}
+
+// temporalPlaintext refuses a connection to Temporal without TLS (cfg nil)
+// off loopback unless --insecure-plaintext says the network is trusted.
+// Payloads are sealed, but workflow ids and types are not: they name
+// interventions, MAT intakes and overdoses, which is Part 2 information
+// about who is in treatment, and the connection carries the commands that
+// start and stop them.
+func (c *common) temporalPlaintext(cfg *tls.Config) error {
+	if c.envErr != nil {
+		return c.envErr
+	}
+	if cfg != nil || c.insecurePlaintext || isLoopback(c.temporalAddr) {
+		return nil
+	}
+	return fmt.Errorf("Temporal at %s without TLS would send workflow ids, which name interventions, intakes and overdoses, in clear: "+
+		"set --temporal-tls-ca (HANDOFF_TEMPORAL_TLS_CA) and a client certificate (--temporal-tls-cert, --temporal-tls-key) "+
+		"or --temporal-api-key, or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", c.temporalAddr)
 }
 
 // temporalSecurity applies mTLS (a client certificate, as Temporal Cloud and
