@@ -2,6 +2,7 @@ package referrals
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -52,5 +53,52 @@ func TestUpgradeFillsProfileFeatures(t *testing.T) {
 	}
 	if len(same) != 3 || !same[0] || !same[1] || !same[2] {
 		t.Fatalf("profiles after the upgrade, each against its program: %v; want three, each with its program's features", same)
+	}
+}
+
+// An intervention's holds and referrals, as the yes path lists them, and
+// whether anything names a program, are found through an index, not by
+// reading the clinic's whole history.
+func TestLookupsByInterventionAndProgramUseIndexes(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := pgtest.Schema(t, Migrations()...)
+	for _, q := range []string{
+		`INSERT INTO programs (clinic, id, doc, services) VALUES ('north', 'p1', '{}', '{1}'), ('north', 'p2', '{}', '{1}')`,
+		`INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state)
+			SELECT 'north', 'h' || i, 'p1', 1, 'clinics/north/families/f' || i, 'clinics/north/interventions/i' || i, now(), 2
+			FROM generate_series(1, 20000) i`,
+		`INSERT INTO referrals (clinic, id, family, subject_kind, service_kind, program_id, urgency, reason, intervention, state)
+			SELECT 'north', 'r' || i, 'clinics/north/families/f' || i, 1, 1, 'p1', 1, 'x', 'clinics/north/interventions/i' || i, 1
+			FROM generate_series(1, 20000) i`,
+		`ANALYZE holds`, `ANALYZE referrals`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for query, index := range map[string]string{
+		`SELECT id FROM holds WHERE clinic = 'north' AND intervention = 'clinics/north/interventions/i7' AND id > '' ORDER BY id LIMIT 51`:     "holds_intervention",
+		`SELECT id FROM referrals WHERE clinic = 'north' AND intervention = 'clinics/north/interventions/i7' AND id > '' ORDER BY id LIMIT 51`: "referrals_intervention",
+		`SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = 'north' AND program_id = 'p2')`:                                                     "holds_any_program",
+		`SELECT EXISTS (SELECT 1 FROM referrals WHERE clinic = 'north' AND program_id = 'p2')`:                                                 "referrals_program",
+	} {
+		var plan strings.Builder
+		rows, err := pool.Query(ctx, "EXPLAIN "+query)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var line string
+			if err := rows.Scan(&line); err != nil {
+				t.Fatal(err)
+			}
+			plan.WriteString(line + "\n")
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(plan.String(), index) {
+			t.Errorf("%s\nplan:\n%s\nwant it to use %s", query, plan.String(), index)
+		}
 	}
 }
