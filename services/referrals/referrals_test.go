@@ -277,9 +277,22 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 		t.Fatal(err)
 	}
 	// An entry before the referral began is refused and changes nothing.
+	// The refusal tells when the first contact was: to the EHR it is a
+	// disclosure, recorded, with the notice.
+	f.consent.mu.Lock()
+	before := len(f.consent.allowed)
+	f.consent.mu.Unlock()
+	var refusedMD metadata.MD
 	_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r1.GetName(),
-		TreatmentEntryTime: timestamppb.New(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))})
+		TreatmentEntryTime: timestamppb.New(time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC))}, grpc.Header(&refusedMD))
 	wantCode(t, err, codes.InvalidArgument)
+	f.consent.mu.Lock()
+	after := len(f.consent.allowed)
+	f.consent.mu.Unlock()
+	if after != before+1 || len(refusedMD.Get(consentgate.NoticeHeader)) != 1 {
+		t.Fatalf("a completion refused for its time: %d disclosures recorded, notice %q; want one, with the notice",
+			after-before, refusedMD.Get(consentgate.NoticeHeader))
+	}
 	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r1.GetName()}); got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED {
 		t.Fatalf("after a refused completion the referral is %v", got.GetState())
 	}

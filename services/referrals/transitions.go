@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -181,6 +183,17 @@ func tellsState(err error) bool {
 	switch apperr.Reason(err) {
 	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady:
 		return true
+	}
+	// A completion refused for its entry time tells when the first contact
+	// was (an EHR could search it out by trying times).
+	for _, d := range status.Convert(err).Details() {
+		if br, ok := d.(*errdetails.BadRequest); ok {
+			for _, v := range br.GetFieldViolations() {
+				if v.GetField() == "treatment_entry_time" {
+					return true
+				}
+			}
+		}
 	}
 	return false
 }
