@@ -173,11 +173,19 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 // hold.expired event, as a release does, so that a reader of the outbox
 // learns that the slot went back without anyone asking for it.
 func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time) error {
-	rows, err := tx.Query(ctx, `WITH expired AS (
-			UPDATE holds SET state = $4, release_reason = 'expired', update_time = $3, version = version + 1
+	// The due holds are locked first, in one order (clinic, id), as every
+	// statement that locks several holds does: the sweep of every clinic
+	// and a program's own (HoldSlot, DeleteProgram) would otherwise lock
+	// two holds of one program in opposite orders and deadlock.
+	rows, err := tx.Query(ctx, `WITH due AS MATERIALIZED (
+			SELECT clinic, id FROM holds
 			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
-			RETURNING clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
-				release_reason, create_time, update_time, version),
+			ORDER BY clinic, id FOR UPDATE),
+		expired AS (
+			UPDATE holds h SET state = $4, release_reason = 'expired', update_time = $3, version = h.version + 1
+			FROM due WHERE h.clinic = due.clinic AND h.id = due.id AND h.state = $5
+			RETURNING h.clinic, h.id, h.program_id, h.service_kind, h.family, h.intervention, h.expire_time, h.state, h.referral,
+				h.release_reason, h.create_time, h.update_time, h.version),
 		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id),
 		returned AS (UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
 			update_time = $3, version = p.version + 1

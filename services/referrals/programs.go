@@ -263,7 +263,7 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			// expiring them changes the program.
 			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
-				FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+				ORDER BY clinic, id FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
 				return nil, fmt.Errorf("lock due holds: %w", err)
 			}
 			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
