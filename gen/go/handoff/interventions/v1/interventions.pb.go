@@ -2311,7 +2311,8 @@ type ListInterventionsRequest struct {
 	// start_time >= "2026-01-01T00:00:00Z" AND start_time < "2026-02-01T00:00:00Z"`.
 	// Fields: `family`, `counselor` (with `=`), `state`, `level` (with `=`,
 	// enum values without their prefix, such as `SCHEDULED` or `LEVEL_2`), and
-	// `start_time` (with `>=` and `<`, an RFC 3339 time in quotes).
+	// `start_time` and `update_time` (with `>=` and `<`, an RFC 3339 time in
+	// quotes).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2438,8 +2439,9 @@ type UpdateInterventionRequest struct {
 	Intervention *Intervention `protobuf:"bytes,1,opt,name=intervention,proto3" json:"intervention,omitempty"`
 	// The fields to change: `counselor`, `level`, `start_time`,
 	// `expected_duration`, `time_zone`, `place`, `participants`,
-	// `carried_over_notes`. While the intervention is SCHEDULED, `start_time`,
-	// `expected_duration` and `time_zone` answer FAILED_PRECONDITION: use
+	// `carried_over_notes`. While the intervention is SCHEDULED, a change of
+	// `start_time`, `expected_duration` or `time_zone` answers
+	// FAILED_PRECONDITION (their values as stored pass): use
 	// RescheduleIntervention.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// A unique id for this request; a retry with it changes nothing twice.

@@ -104,7 +104,10 @@ type InterventionsServiceClient interface {
 	ScheduleIntervention(ctx context.Context, in *ScheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
-	// the reminders. Any other state answers FAILED_PRECONDITION.
+	// the reminders. Any other state answers FAILED_PRECONDITION. The safety
+	// screen is not asked again: a meeting that stands may be moved (later,
+	// which a worrying screen calls for, or earlier); one the screen says
+	// must not happen is cancelled.
 	RescheduleIntervention(ctx context.Context, in *RescheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Cancels a DRAFT or SCHEDULED intervention. Its workflow stops and its
 	// pending reminders are cancelled. Cancelled is final; any other state
@@ -506,7 +509,10 @@ type InterventionsServiceServer interface {
 	ScheduleIntervention(context.Context, *ScheduleInterventionRequest) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
-	// the reminders. Any other state answers FAILED_PRECONDITION.
+	// the reminders. Any other state answers FAILED_PRECONDITION. The safety
+	// screen is not asked again: a meeting that stands may be moved (later,
+	// which a worrying screen calls for, or earlier); one the screen says
+	// must not happen is cancelled.
 	RescheduleIntervention(context.Context, *RescheduleInterventionRequest) (*Intervention, error)
 	// Cancels a DRAFT or SCHEDULED intervention. Its workflow stops and its
 	// pending reminders are cancelled. Cancelled is final; any other state

@@ -182,7 +182,8 @@ type ReferralsServiceClient interface {
 	RejectReferral(ctx context.Context, in *RejectReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
-	// old one; the old one stays in the history.
+	// old one; the history records the rebooking (a SCHEDULED step), not the
+	// old appointment's time.
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
@@ -588,7 +589,8 @@ type ReferralsServiceServer interface {
 	RejectReferral(context.Context, *RejectReferralRequest) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
-	// old one; the old one stays in the history.
+	// old one; the history records the rebooking (a SCHEDULED step), not the
+	// old appointment's time.
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
