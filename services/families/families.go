@@ -507,8 +507,10 @@ func assignMemberIDs(f *familiesv1.Family) {
 // so that an unrelated update is not refused for it.
 func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool, before *familiesv1.Family) {
 	stored := map[string]*familiesv1.QuietHours{}
+	storedZone := map[string]string{}
 	for _, m := range before.GetMembers() {
 		stored[m.GetId()] = m.GetQuietHours()
+		storedZone[m.GetId()] = m.GetTimeZone()
 	}
 	if create {
 		if f.GetLovedOne().GetGivenName() == "" {
@@ -518,7 +520,12 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			vs.Add(path+".counselor", "is required")
 		}
 	}
-	checkZone(vs, path+".loved_one.time_zone", f.GetLovedOne().GetTimeZone())
+	// A zone stored before a rule refused it ("Local") passes until it
+	// changes: an update must never be refused for it, least of all one
+	// that withdraws consent to contact.
+	if z := f.GetLovedOne().GetTimeZone(); z != before.GetLovedOne().GetTimeZone() {
+		checkZone(vs, path+".loved_one.time_zone", z)
+	}
 	if bd := f.GetLovedOne().GetBirthDate(); bd != "" && bd != before.GetLovedOne().GetBirthDate() {
 		// The pattern admits February 30th; FHIR and the EHR do not.
 		if d, err := time.Parse(time.DateOnly, bd); err != nil {
@@ -547,7 +554,9 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			}
 			seen[m.GetId()] = true
 		}
-		checkZone(vs, p+".time_zone", m.GetTimeZone())
+		if was, ok := storedZone[m.GetId()]; m.GetId() == "" || !ok || was != m.GetTimeZone() {
+			checkZone(vs, p+".time_zone", m.GetTimeZone())
+		}
 		// Equal ends would be read as no quiet hours at all, the opposite
 		// of what a member who asked for all-day quiet wants.
 		if q, was := m.GetQuietHours(), stored[m.GetId()]; q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() &&

@@ -896,6 +896,41 @@ func TestOldQuietHoursDoNotBlockUpdates(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 }
 
+// A time zone stored before "Local" was refused does not block an update,
+// least of all the withdrawal of consent to contact; a new one is refused.
+func TestOldTimeZonesDoNotBlockUpdates(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, id, _ := strings.Cut(strings.TrimPrefix(fam.GetName(), "clinics/north/"), "families/")
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = jsonb_set(jsonb_set(doc, '{members,0,time_zone}', '"Local"'),
+		'{loved_one,time_zone}', '"Local"') WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || cur.GetMembers()[0].GetTimeZone() != "Local" || cur.GetLovedOne().GetTimeZone() != "Local" {
+		t.Fatalf("the stored zones were not changed for the test: %v, %v", cur, err)
+	}
+	members := cur.GetMembers()
+	members[0].ConsentToContact = false
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatalf("withdrawing a member's consent beside an old zone: %v", err)
+	}
+	lo := cur.GetLovedOne()
+	lo.MayContactDirectly = false
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), LovedOne: lo},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one"}}}); err != nil {
+		t.Fatalf("an update of the loved one beside their old zone: %v", err)
+	}
+	members[1].TimeZone = "Local"
+	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "family.members[1].time_zone") {
+		t.Fatalf("a new \"Local\" zone: %v; want a violation on family.members[1].time_zone", apperr.ViolatedFields(err))
+	}
+}
+
 // A contact channel stored before values were checked against their kind
 // does not block an unrelated update; a new bad value is refused.
 func TestOldContactValuesDoNotBlockUpdates(t *testing.T) {
