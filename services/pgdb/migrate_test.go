@@ -2,10 +2,14 @@ package pgdb_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/fstest"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -130,5 +134,76 @@ func TestNoTransactionMigration(t *testing.T) {
 	}
 	if err := owner.QueryRow(ctx, `SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexname = 'outbox_by_type'`, schema).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("applied again: %d, %v", n, err)
+	}
+}
+
+// Data migrations change every clinic's rows when the owner is an ordinary
+// role (no superuser, no BYPASSRLS), as managed databases give: once the
+// tables are secured, row-level security binds the owner too, and a
+// migration without a clinic scope changed nothing and was recorded as
+// applied.
+func TestDataMigrationsReachEveryClinicAsAnOrdinaryOwner(t *testing.T) {
+	ctx := context.Background()
+	admin, _ := pgtest.Schema(t)
+	role := fmt.Sprintf("handoff_owner_test_%d", time.Now().UnixNano()%1_000_000_000)
+	var db string
+	if err := admin.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	schema := role + "_s"
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN NOSUPERUSER NOBYPASSRLS CREATEROLE`,
+		`GRANT CREATE ON DATABASE ` + pgx.Identifier{db}.Sanitize() + ` TO ` + role,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = admin.Exec(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE`)
+		_, _ = admin.Exec(ctx, `REVOKE CREATE ON DATABASE `+pgx.Identifier{db}.Sanitize()+` FROM `+role)
+		_, _ = admin.Exec(ctx, `DROP OWNED BY `+role)
+		_, _ = admin.Exec(ctx, `DROP ROLE IF EXISTS `+role)
+	})
+	cfg, err := pgxpool.ParseConfig(admin.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	owner, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	files := fstest.MapFS{"m/0001_t.sql": {Data: []byte("CREATE TABLE t (clinic text NOT NULL, id text NOT NULL, v int NOT NULL DEFAULT 0);\n")}}
+	src := pgdb.Source{Name: "test", FS: files, Dir: "m"}
+	if err := pgdb.Migrate(ctx, owner, schema, src); err != nil {
+		t.Fatal(err)
+	}
+	// Rows of two clinics, written as the superuser (past row security).
+	if _, err := admin.Exec(ctx, `INSERT INTO `+schema+`.t (clinic, id) VALUES ('north', 'a'), ('south', 'b')`); err != nil {
+		t.Fatal(err)
+	}
+	files["m/0002_backfill.sql"] = &fstest.MapFile{Data: []byte("UPDATE t SET v = v + 1;\n")}
+	files["m/0003_outside.sql"] = &fstest.MapFile{Data: []byte(pgdb.NoTransaction + "\nUPDATE t SET v = v + 10;\n")}
+	if err := pgdb.Migrate(ctx, owner, schema, src); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := admin.Query(ctx, `SELECT clinic || '=' || v FROM `+schema+`.t ORDER BY clinic`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != "north=11 south=11" {
+		t.Fatalf("rows after the data migrations: %v; want every clinic's changed by both", got)
+	}
+	// The scope does not outlive the migration on the owner's connections.
+	var scope string
+	if err := owner.QueryRow(ctx, `SELECT coalesce(current_setting('handoff.clinic', true), '')`).Scan(&scope); err != nil || scope == "*" {
+		t.Fatalf("the owner's connection after Migrate has clinic scope %q (%v)", scope, err)
 	}
 }

@@ -306,6 +306,13 @@ func apply(ctx context.Context, conn *pgx.Conn, schema, id string, fsys fs.FS, f
 		if _, err := tx.Exec(ctx, `SET LOCAL search_path TO `+schema); err != nil {
 			return fmt.Errorf("pgdb: %s: %w", id, err)
 		}
+		// Every clinic's rows: once the tables are secured, row-level
+		// security binds the owner too (a member of AppRole, the policies
+		// forced), and a data migration run without a clinic scope would
+		// change no row and still be recorded as applied.
+		if _, err := tx.Exec(ctx, `SELECT set_config('handoff.clinic', '*', true)`); err != nil {
+			return fmt.Errorf("pgdb: %s: %w", id, err)
+		}
 		if _, err := tx.Exec(ctx, lockTimeout()); err != nil {
 			return fmt.Errorf("pgdb: %s: %w", id, err)
 		}
@@ -334,11 +341,11 @@ func applyOutsideTx(ctx context.Context, conn *pgx.Conn, schema, id, body string
 		return nil
 	}
 	// The session's settings, for this migration only.
-	if _, err := conn.Exec(ctx, `SELECT set_config('search_path', $1, false), set_config('lock_timeout', $2, false)`,
-		schema, fmt.Sprint(MigrateLockTimeout.Milliseconds())); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT set_config('search_path', $1, false), set_config('lock_timeout', $2, false),
+		set_config('handoff.clinic', '*', false)`, schema, fmt.Sprint(MigrateLockTimeout.Milliseconds())); err != nil {
 		return fmt.Errorf("pgdb: %s: %w", id, err)
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), `RESET search_path; RESET lock_timeout`) //nolint:errcheck
+	defer conn.Exec(context.WithoutCancel(ctx), `RESET search_path; RESET lock_timeout; RESET handoff.clinic`) //nolint:errcheck
 	for _, st := range strings.SplitAfter(body, ";\n") {
 		if strings.TrimSpace(stripComments(st)) == "" {
 			continue
