@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
@@ -100,5 +102,42 @@ func TestLookupsByInterventionAndProgramUseIndexes(t *testing.T) {
 		if !strings.Contains(plan.String(), index) {
 			t.Errorf("%s\nplan:\n%s\nwant it to use %s", query, plan.String(), index)
 		}
+	}
+}
+
+// Profiles the profile migrations could not note (an ordinary owner's row
+// security kept them from every row) are noted, with their features, on
+// the upgrade that redoes them; a profile noted already keeps its row.
+func TestUpgradeRedoesTheProfileMigrations(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0005_lookup_indexes.sql"))
+	if _, err := pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, available_slots, languages)
+		VALUES ('north', 'p1', '{}', '{2,5}', '{1}', 3, '{es}'), ('north', 'p2', '{}', '{7}', '{}', 0, '{}')`); err != nil {
+		t.Fatal(err)
+	}
+	// As such an upgrade left them: p1's profile missing, p2's without its
+	// features.
+	if _, err := pool.Exec(ctx, `DELETE FROM program_profiles g USING programs p
+		WHERE p.id = 'p1' AND g.clinic = p.clinic AND g.profile = p.profile`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE program_profiles g SET services = NULL, payments = NULL, available_slots = NULL
+		FROM programs p WHERE p.id = 'p2' AND g.clinic = p.clinic AND g.profile = p.profile`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT p.id || ' ' || coalesce(g.services::text, 'none') || ' ' || coalesce(g.available_slots::text, 'none')
+		FROM programs p LEFT JOIN program_profiles g ON g.clinic = p.clinic AND g.profile = p.profile ORDER BY p.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ", ") != "p1 {2,5} 1, p2 {7} 0" {
+		t.Fatalf("profiles after the upgrade: %v; want each program's profile with its features", got)
 	}
 }
