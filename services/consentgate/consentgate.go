@@ -20,6 +20,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 )
 
@@ -151,6 +152,26 @@ func (g *Gate) disclose(ctx context.Context, family, resource string, info famil
 	// code and a message of its own (see grpcserver's fromDependency), not
 	// the families service's or the network's words.
 	return fmt.Errorf("check consent for %s: %w", resource, err)
+}
+
+// Refusal is the answer to an outside system whose patient's consent does
+// not cover resource: it names the record and nothing else, not even the
+// family it belongs to.
+func Refusal(resource string) error {
+	return apperr.FailedPrecondition(ReasonConsentRequired,
+		"the patient's consent does not cover disclosing this record to you", map[string]string{"resource": resource})
+}
+
+// Unseen answers an outside system's read of a record that does not exist
+// as one its consent does not cover: from the answer it must not learn
+// whether a patient's record exists (a family deleted, a referral made
+// after its consent was revoked). Anyone else, and any other error, gets
+// err as it is.
+func Unseen(ctx context.Context, resource string, err error) error {
+	if _, out := Outsider(ctx); !out || status.Code(err) != codes.NotFound {
+		return err
+	}
+	return Refusal(resource)
 }
 
 // Refused reports whether err is a refusal for want of consent.

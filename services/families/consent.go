@@ -165,8 +165,7 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 		if _, out := outsider(ctx); out {
 			// An outside system learns nothing from a refusal, not even
 			// which family the record belongs to.
-			return nil, apperr.FailedPrecondition(ReasonConsentRequired,
-				"the patient's consent does not cover disclosing this record to you", map[string]string{"resource": d.GetResource()})
+			return nil, consentgate.Refusal(d.GetResource())
 		}
 		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}

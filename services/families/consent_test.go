@@ -837,3 +837,27 @@ func TestOutsidersDoNotSeeHiddenChangesHappen(t *testing.T) {
 			before.GetUpdateTime().AsTime(), after.GetUpdateTime().AsTime())
 	}
 }
+
+// To the EHR a family that does not exist (never made, or deleted) is
+// refused as one its consent does not cover: the answer must not tell
+// whether a patient's record exists. Staff still hear NOT_FOUND.
+func TestEHRCannotTellAMissingFamily(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	missing := "clinics/north/families/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+	var answers []string
+	for _, name := range []string{missing, fam.GetName()} {
+		_, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: name})
+		st := wantCode(t, err, codes.FailedPrecondition)
+		answers = append(answers, strings.ReplaceAll(st.Message(), name, "NAME"))
+		if !strings.Contains(fmt.Sprint(st.Details()), families.ReasonConsentRequired) {
+			t.Fatalf("%s: %v; want %s", name, st.Details(), families.ReasonConsentRequired)
+		}
+	}
+	if answers[0] != answers[1] {
+		t.Fatalf("missing and uncovered families answer differently: %q vs %q", answers[0], answers[1])
+	}
+	_, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: missing})
+	wantCode(t, err, codes.NotFound)
+}

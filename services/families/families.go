@@ -158,7 +158,7 @@ func (s *Server) GetFamily(ctx context.Context, req *familiesv1.GetFamilyRequest
 	}
 	f, err := s.readFamily(ctx, s.pool, clinic, id)
 	if err != nil {
-		return nil, err
+		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
 	// An outside system's read is a disclosure: consent first.
 	if err := s.discloseToCaller(ctx, child{clinic: clinic, family: id}, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, f.GetName()); err != nil {

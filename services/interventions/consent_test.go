@@ -29,7 +29,12 @@ func TestEHRReadsNeedConsent(t *testing.T) {
 	iv := f.draft(t, time.Now().Add(72*time.Hour))
 	ehr := f.env.As("north", "ehr-1", auth.RoleEHR)
 
-	_, err := f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+	// One that does not exist answers the same: the EHR cannot tell.
+	_, err := f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: "clinics/north/interventions/no-such-one"})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != consentgate.ReasonConsentRequired {
+		t.Fatalf("a missing intervention, to the EHR: reason %q", reason(st))
+	}
+	_, err = f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
 	st := wantCode(t, err, codes.FailedPrecondition)
 	if reason(st) != consentgate.ReasonConsentRequired {
 		t.Fatalf("refusal reason %q", reason(st))

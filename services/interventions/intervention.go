@@ -338,7 +338,7 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 	}
 	out, err := readIntervention(ctx, s.pool, r, false)
 	if err != nil {
-		return nil, err
+		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
 	// The EHR's read is a disclosure (FHIR Appointment): consent first.
 	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, ""); err != nil {

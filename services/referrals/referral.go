@@ -268,7 +268,7 @@ func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRe
 	}
 	out, err := readReferral(ctx, s.pool, r, false)
 	if err != nil {
-		return nil, err
+		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
 	if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, ""); err != nil {
 		return nil, err

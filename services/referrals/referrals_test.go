@@ -696,6 +696,12 @@ func TestEHRNeedsConsent(t *testing.T) {
 
 	_, err := f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: closed.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)
+	// One that does not exist answers the same: the EHR cannot tell.
+	_, err = f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: "clinics/north/referrals/no-such-one"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !consentgate.Refused(err) {
+		t.Fatalf("a missing referral, to the EHR: %v; want the consent refusal", err)
+	}
 	// A refused write-back changes nothing.
 	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: closed.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)
