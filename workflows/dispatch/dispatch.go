@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"time"
 
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
@@ -158,8 +159,15 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 	if err != nil {
 		return fmt.Errorf("dispatch: update %s of %s: %w", name, workflowID, err)
 	}
-	if err := h.Get(ctx, nil); err != nil {
-		if ctx.Err() != nil {
+	// The result is awaited a little only: acceptance is durable, and a
+	// handler may wait long (on its workflow's first load, while a service
+	// is down). Awaited to the event's deadline, it left the steps after
+	// the update (the holds' release, the webhooks) no time, and the
+	// event failed and came again, holding back its family's events.
+	wctx, cancel := context.WithTimeout(ctx, resultWait(ctx))
+	defer cancel()
+	if err := h.Get(wctx, nil); err != nil {
+		if wctx.Err() != nil {
 			// Accepted is durable: the workflow will finish it.
 			d.Log.Info("update accepted, its result not awaited", "workflow_id", workflowID, "update", name)
 			return nil
@@ -170,6 +178,19 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		d.Log.Error("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
 	}
 	return nil
+}
+
+// maxResultWait bounds how long an update's result is awaited.
+const maxResultWait = 5 * time.Second
+
+// resultWait is how long to await an update's result: at most
+// maxResultWait, and at most half of what is left before ctx's deadline.
+func resultWait(ctx context.Context) time.Duration {
+	wait := maxResultWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	return wait
 }
 
 // noWorkflow logs an update that found no running workflow. A workflow

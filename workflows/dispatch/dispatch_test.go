@@ -204,3 +204,45 @@ func TestOutcomeForAnEndedWorkflowIsAnError(t *testing.T) {
 		t.Fatalf("errors logged for %v; want only %q:\n%s", errorsFor, want, logs.String())
 	}
 }
+
+// slowToCancel stands in for an intervention workflow whose cancel handler
+// is accepted but does not finish (as one waiting on its first load while
+// a service is down).
+func slowToCancel(ctx workflow.Context) error {
+	if err := workflow.SetUpdateHandler(ctx, intervention.UpdateCancel, func(ctx workflow.Context, _ intervention.Cancel) error {
+		return workflow.Await(ctx, func() bool { return false })
+	}); err != nil {
+		return err
+	}
+	return workflow.Await(ctx, func() bool { return false })
+}
+
+// A cancellation whose update is accepted but not finished still starts
+// the release of the meeting's holds within the event's time: the update's
+// result is awaited a little only.
+func TestCancelReleasesHoldsBehindASlowUpdate(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(slowToCancel, workflow.RegisterOptions{Name: intervention.Name})
+	})
+	c := ts.GetDefaultClient()
+	iv := "clinics/north/interventions/slow"
+	if _, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: ids.Intervention(iv), TaskQueue: flow.TaskQueue}, intervention.Name); err != nil {
+		t.Fatal(err)
+	}
+	p, err := anypb.New(&interventionsv1.Intervention{Name: iv, Family: "clinics/north/families/f1",
+		State: interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
+	// The relay's deadline for one event, shortened.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	if err := d.Deliver(ctx, outbox.Stored{ID: 9, Clinic: "north", Type: "handoff.interventions.v1.intervention.cancelled", Resource: iv, Payload: p}); err != nil {
+		t.Fatalf("Deliver behind a slow update: %v", err)
+	}
+	if _, err := c.DescribeWorkflowExecution(context.Background(), ids.CancelledHolds(iv), ""); err != nil {
+		t.Fatalf("the holds' release did not start: %v", err)
+	}
+}
