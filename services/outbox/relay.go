@@ -174,19 +174,31 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	}
 	// The relay serves every clinic.
 	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, pgdb.SystemScope); err != nil {
-		conn.Release()
+		giveBack(ctx, conn)
 		return nil, false, fmt.Errorf("outbox relay: scope: %w", err)
 	}
 	var leader bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&leader); err != nil {
-		conn.Release()
+		giveBack(ctx, conn)
 		return nil, false, fmt.Errorf("outbox relay: lock: %w", err)
 	}
 	if !leader {
-		conn.Release()
+		giveBack(ctx, conn)
 		return nil, false, nil
 	}
 	return conn, true, nil
+}
+
+// giveBack returns conn to the pool without the relay's every-clinic scope:
+// whatever takes the connection next must not inherit it (a rolled-back
+// transaction's scope falls back to the session's). A connection whose
+// scope cannot be cleared is closed, so the pool does not hand it out.
+func giveBack(ctx context.Context, conn *pgxpool.Conn) {
+	ctx = context.WithoutCancel(ctx)
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false)`); err != nil {
+		_ = conn.Conn().Close(ctx)
+	}
+	conn.Release()
 }
 
 // release gives the lock and the connection back once no lane is under
@@ -196,7 +208,7 @@ func (r *Relay) release(ctx context.Context) {
 		return
 	}
 	r.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`) //nolint:errcheck
-	r.conn.Release()
+	giveBack(ctx, r.conn)
 	r.conn = nil
 }
 

@@ -364,3 +364,28 @@ func TestRelayStoppingIsNoFailure(t *testing.T) {
 		t.Fatalf("a delivery cut short by the relay's stop: %d attempts, error %v; want none", attempts, lastError != nil)
 	}
 }
+
+// The relay gives its connection back without its every-clinic scope: the
+// next user of the connection must not inherit it.
+func TestRelayLeavesNoScopeOnThePool(t *testing.T) {
+	_, db, write := relayFixture(t)
+	ctx := context.Background()
+	write("a")
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Deliver: func(context.Context, outbox.Stored) error { return nil }}
+	if n, err := r.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("Once = %d, %v", n, err)
+	}
+	r.Wait(ctx)
+	conns := db.Pool.AcquireAllIdle(ctx)
+	if len(conns) == 0 {
+		t.Fatal("no idle connection to look at")
+	}
+	for _, c := range conns {
+		var scope string
+		err := c.QueryRow(ctx, `SELECT coalesce(current_setting('handoff.clinic', true), '')`).Scan(&scope)
+		c.Release()
+		if err != nil || scope == pgdb.SystemScope {
+			t.Fatalf("an idle connection after the relay has clinic scope %q (%v)", scope, err)
+		}
+	}
+}
