@@ -223,7 +223,10 @@ func TestFHIR(t *testing.T) {
 
 	t.Run("errors", func(t *testing.T) {
 		anon.failure(http.StatusUnauthorized, "GET", "Patient/"+idA, nil)
-		ehr.failure(http.StatusNotFound, "GET", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", nil)
+		// A record that does not exist answers as one no consent covers:
+		// the EHR cannot learn whether a patient's record exists.
+		ehr.failure(http.StatusForbidden, "GET", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", nil)
+		ehr.failure(http.StatusForbidden, "GET", "Patient/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8e", nil)
 		ehr.failure(http.StatusNotFound, "GET", "Patient/Not_An_Id", nil)
 		ehr.failure(http.StatusNotFound, "GET", "Observation/x", nil)
 		ehr.failure(http.StatusBadRequest, "GET", "Patient?name=Sam", nil)
@@ -366,8 +369,10 @@ func TestFHIR(t *testing.T) {
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, map[string]any{"resourceType": "Task", "id": "other", "status": "accepted", "intent": "order"})
 		ehr.failure(http.StatusBadRequest, "PUT", "Task/"+refID, "{not json")
 		ehr.failure(http.StatusRequestEntityTooLarge, "PUT", "Task/"+refID, strings.Repeat(" ", 2<<20))
-		// A Task that does not exist: R4's 405, as Tasks are not created by PUT.
-		ehr.failure(http.StatusMethodNotAllowed, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
+		// A Task that does not exist: to the EHR, as one no consent covers
+		// (it must not learn whether a record exists), not R4's 405, which
+		// the server gives others as Tasks are not created by PUT.
+		ehr.failure(http.StatusForbidden, "PUT", "Task/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d",
 			map[string]any{"resourceType": "Task", "id": "0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8d", "status": "accepted", "intent": "order"})
 		// A status that is not the program's; a pause or a cancellation
 		// without its reason.

@@ -702,6 +702,11 @@ func TestEHRNeedsConsent(t *testing.T) {
 	if !consentgate.Refused(err) {
 		t.Fatalf("a missing referral, to the EHR: %v; want the consent refusal", err)
 	}
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: "clinics/north/referrals/no-such-one"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if !consentgate.Refused(err) {
+		t.Fatalf("a write-back to a missing referral, from the EHR: %v; want the consent refusal", err)
+	}
 	// A refused write-back changes nothing.
 	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: closed.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)

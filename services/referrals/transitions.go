@@ -77,7 +77,7 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		// step needs consent before anything else: even a refusal for its
 		// state would tell the referral's state.
 		if before, err = readReferral(ctx, s.pool, r, false); err != nil {
-			return nil, err
+			return nil, consentgate.Unseen(ctx, st.name, err)
 		}
 		if err := s.cfg.Consent.Allowed(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
 			return nil, err
