@@ -84,23 +84,8 @@ func TestLookupsByInterventionAndProgramUseIndexes(t *testing.T) {
 		`SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = 'north' AND program_id = 'p2')`:                                                     "holds_any_program",
 		`SELECT EXISTS (SELECT 1 FROM referrals WHERE clinic = 'north' AND program_id = 'p2')`:                                                 "referrals_program",
 	} {
-		var plan strings.Builder
-		rows, err := pool.Query(ctx, "EXPLAIN "+query)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for rows.Next() {
-			var line string
-			if err := rows.Scan(&line); err != nil {
-				t.Fatal(err)
-			}
-			plan.WriteString(line + "\n")
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(plan.String(), index) {
-			t.Errorf("%s\nplan:\n%s\nwant it to use %s", query, plan.String(), index)
+		if plan := pgtest.Explain(t, pool, query); !strings.Contains(plan, index) {
+			t.Errorf("%s\nplan:\n%s\nwant it to use %s", query, plan, index)
 		}
 	}
 }

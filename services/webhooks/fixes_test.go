@@ -173,24 +173,10 @@ func TestPayloadRetention(t *testing.T) {
 	if _, err := tx.Exec(ctx, `SET LOCAL enable_seqscan = off`); err != nil {
 		t.Fatal(err)
 	}
-	var plan strings.Builder
-	rows, err := tx.Query(ctx, `EXPLAIN UPDATE deliveries SET state = 4, payload = NULL
+	plan := pgtest.Explain(t, tx, `UPDATE deliveries SET state = 4, payload = NULL
 		WHERE clinic = 'north' AND resource = 'clinics/north/reminders/m1' AND topic = 3 AND state IN (1, 3)`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan.WriteString(line + "\n")
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(plan.String(), "deliveries_open_resource") {
-		t.Fatalf("the withdraw UPDATE does not use deliveries_open_resource:\n%s", plan.String())
+	if !strings.Contains(plan, "deliveries_open_resource") {
+		t.Fatalf("the withdraw UPDATE does not use deliveries_open_resource:\n%s", plan)
 	}
 }
 

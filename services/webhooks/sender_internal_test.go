@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -29,6 +30,16 @@ func TestPendingLiteral(t *testing.T) {
 	}
 }
 
+// subscribe adds subscription s1 of north, identifiers only, for owner to
+// topic.
+func subscribe(t *testing.T, pool *pgxpool.Pool, owner string, topic webhooksv1.Topic) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(), `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+		VALUES ('north', 's1', 'https://receiver.example.org/hooks', $1, 1, $2, 'whsec_test')`, []int16{int16(topic)}, owner); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
@@ -39,11 +50,7 @@ func TestSuccessRecordedDuringShutdown(t *testing.T) {
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	db := pgtest.App(t, schema)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
-		VALUES ('north', 's1', 'https://ehr.example.org/hooks', $1, 1, 'ehr-1', 'whsec_test')`,
-		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
-		t.Fatal(err)
-	}
+	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
 	if err != nil {
 		t.Fatal(err)
@@ -147,11 +154,7 @@ func TestWithdrawnWhileSendingIsDelivered(t *testing.T) {
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	db := pgtest.App(t, schema)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
-		VALUES ('north', 's1', 'https://sms.example.org/hooks', $1, 1, 'automation-1', 'whsec_test')`,
-		[]int16{int16(webhooksv1.Topic_TOPIC_REMINDER_DUE)}); err != nil {
-		t.Fatal(err)
-	}
+	subscribe(t, pool, "automation-1", webhooksv1.Topic_TOPIC_REMINDER_DUE)
 	sink := &Sink{DB: db}
 	reminder := func(typ string) outbox.Stored {
 		a, err := anypb.New(&interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(time.Now().Add(-time.Minute))})
@@ -193,11 +196,7 @@ func TestPruneSparesADeadLetterReplayedMeanwhile(t *testing.T) {
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	db := pgtest.App(t, schema)
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
-		VALUES ('north', 's1', 'https://ehr.example.org/hooks', $1, 1, 'ehr-1', 'whsec_test')`,
-		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
-		t.Fatal(err)
-	}
+	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, family, state, finish_time)
 		VALUES ('north', 's1', 'd1', 'referrals', 1, 'handoff.referrals.v1.referral.accepted', $1,
 			'clinics/north/referrals/r1', 'clinics/north/families/f1', $2, now() - interval '31 days')`,

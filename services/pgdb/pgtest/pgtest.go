@@ -169,3 +169,23 @@ func Before(t testing.TB, src pgdb.Source, through string) pgdb.Source {
 	}
 	return pgdb.Source{Name: src.Name, FS: before, Dir: src.Dir}
 }
+
+// Querier is what Explain runs on: a pool, a connection or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Explain returns PostgreSQL's plan of query on q, as text: a test asserts
+// which index a statement uses.
+func Explain(t testing.TB, q Querier, query string) string {
+	t.Helper()
+	rows, err := q.Query(context.Background(), "EXPLAIN "+query)
+	if err != nil {
+		t.Fatalf("pgtest: explain: %v", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("pgtest: explain: %v", err)
+	}
+	return strings.Join(lines, "\n")
+}
