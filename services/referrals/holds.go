@@ -396,11 +396,15 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 // count that slot as free, not wait up to a minute for the sweep. Best
 // effort: the sweep returns the slot anyway.
 func (s *Server) expireLapsed(ctx context.Context, r ref) {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		h, err := s.readHold(ctx, tx, r, false)
-		if err != nil || h.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
-			return err
-		}
+	// Without the call's audit record: the call failed, and a commit here
+	// would record it as OK (its refusal is recorded on its own). The
+	// expiry is the sweep's work, which no call's record holds either.
+	ctx = pgdb.WithStamp(ctx, nil)
+	h, err := s.readHold(ctx, s.pool, r, false)
+	if err != nil || h.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+		return
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		return s.expireHolds(ctx, tx, r.clinic, aip.ID(h.GetProgram()), s.cfg.Now())
 	})
 	if err != nil && ctx.Err() == nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -62,6 +63,7 @@ func setup(t testing.TB) *fixture {
 	srv := referrals.New(pgtest.App(t, schema), referrals.Config{Now: c.Now, Consent: &consentgate.Gate{Families: consent}, Families: consent,
 		Interventions: consent})
 	env := servicetest.Start(t, referrals.Policy(), func(s *grpc.Server) { referralsv1.RegisterReferralsServiceServer(s, srv) })
+	env.Server.SetAuditor(srv.Auditor())
 	return &fixture{env: env, pool: pool, srv: srv, clock: c, consent: consent, client: referralsv1.NewReferralsServiceClient(env.Conn),
 		ctx: env.Counselor("north"), admin: env.As("north", "admin-1", auth.RoleClinicAdmin),
 		ehr: env.As("north", "ehr", auth.RoleEHR)}
@@ -200,6 +202,15 @@ func TestConvertingALapsedHoldFreesItsSlot(t *testing.T) {
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
 		WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1`, h.GetName()).Scan(&events); err != nil || events != 1 {
 		t.Fatalf("hold.expired events: %d, %v; want 1", events, err)
+	}
+	// The refused call is recorded as refused, not also as done.
+	rows, err := f.pool.Query(context.Background(), `SELECT outcome FROM audit_log WHERE method LIKE '%/ConvertHold' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outcomes, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(outcomes) != 1 || outcomes[0] == "OK" {
+		t.Fatalf("audit records of the refused conversion: %v, %v; want one, not OK", outcomes, err)
 	}
 }
 
