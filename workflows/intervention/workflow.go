@@ -665,11 +665,14 @@ func (w *wf) due(ctx workflow.Context) error {
 // a day while the referrals service is down).
 const versionStopFirst = "stop-meeting-reminders-first"
 
-// interrupted reports whether an update arrived while due() waited on a
-// service, so that due() stops and the run loop takes the change. The
-// version is asked only then.
+// interrupted reports whether a reschedule, an outcome or a cancel arrived
+// while due() waited on a service, so that due() stops and the run loop
+// takes the change. The version is asked only then. A replan does not stop
+// due(): replanned() counts every reminder due by the last one made as
+// made, so one left unmade at that time would never go out (anything made
+// for someone the replan removes, it cancels).
 func (w *wf) interrupted(ctx workflow.Context) bool {
-	changed := w.rearm || w.replan || w.outcome != nil || w.cancel != nil
+	changed := w.rearm || w.outcome != nil || w.cancel != nil
 	return changed && flow.Version(ctx, versionStopFirst, 1) >= 1
 }
 

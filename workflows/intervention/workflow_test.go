@@ -454,6 +454,40 @@ func TestCancelStopsRemindersBeingMade(t *testing.T) {
 	}
 }
 
+// A change of participants that arrives while the meeting's reminders are
+// being made does not stop the making: every reminder due then is made,
+// none counted as made and left out.
+func TestReplanDuringRemindersLeavesNoneOut(t *testing.T) {
+	h := newHarness(t, 30*time.Minute, defaults())
+	h.plan.Participants = append(h.plan.Participants, activities.Person{Kind: "member", ID: "dad",
+		Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/New_York"})
+	tries := 0
+	h.onSend = func(r activities.ReminderRequest) error {
+		if r.Kind != "INTERVENTION_UPCOMING" {
+			return nil
+		}
+		if tries++; tries == 1 {
+			return errors.New("interventions service unavailable")
+		}
+		return nil
+	}
+	// The first reminder's creation fails and is tried again a second
+	// later; a change of the meeting's details arrives meanwhile.
+	h.update(500*time.Millisecond, intervention.UpdateReplan, intervention.Replan{}, nil)
+	h.update(2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	whom := map[string]bool{}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		whom[r.To.ID] = true
+	}
+	if len(whom) != 3 {
+		t.Fatalf("meeting reminders made for %v; want the counselor, mom and dad", whom)
+	}
+}
+
 // Cancelled through Temporal rather than by the cancel update (an
 // operator, say): the hold is released and the reminders cancelled all the
 // same, though the workflow ends cancelled.
