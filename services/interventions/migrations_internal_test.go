@@ -33,7 +33,8 @@ func TestUpgradeKeepsOldCalendarFeedsAlive(t *testing.T) {
 
 // A feed the reads migration could not reach (an ordinary owner's row
 // security kept it from every row) counts as read at that upgrade; one
-// made since, and never read, is left as it is.
+// that has lapsed since, and one made since and never read, are left as
+// they are.
 func TestUpgradeRedoesTheFeedReadsMigration(t *testing.T) {
 	ctx := context.Background()
 	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0009_reminder_send_by.sql"))
@@ -42,19 +43,22 @@ func TestUpgradeRedoesTheFeedReadsMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := pool.Exec(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time) VALUES
-		('north', 'old', 'counselor-1', '\x00', now() - interval '200 days'),
+		('north', 'old', 'counselor-1', '\x00', now() - interval '20 days'),
+		('north', 'lapsed', 'counselor-1', '\x02', now() - interval '200 days'),
 		('north', 'new', 'counselor-1', '\x01', now())`); err != nil {
 		t.Fatal(err)
 	}
 	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
 		t.Fatal(err)
 	}
-	var oldRead, newRead *time.Time
+	var oldRead, lapsedRead, newRead *time.Time
 	if err := pool.QueryRow(ctx, `SELECT (SELECT last_read_time FROM calendar_feeds WHERE id = 'old'),
-		(SELECT last_read_time FROM calendar_feeds WHERE id = 'new')`).Scan(&oldRead, &newRead); err != nil {
+		(SELECT last_read_time FROM calendar_feeds WHERE id = 'lapsed'),
+		(SELECT last_read_time FROM calendar_feeds WHERE id = 'new')`).Scan(&oldRead, &lapsedRead, &newRead); err != nil {
 		t.Fatal(err)
 	}
-	if oldRead == nil || time.Since(*oldRead) < 23*time.Hour || time.Since(*oldRead) > 25*time.Hour || newRead != nil {
-		t.Fatalf("last reads after the upgrade: old %v, new %v; want the old feed read at the earlier upgrade, the new one unread", oldRead, newRead)
+	if oldRead == nil || time.Since(*oldRead) < 23*time.Hour || time.Since(*oldRead) > 25*time.Hour || lapsedRead != nil || newRead != nil {
+		t.Fatalf("last reads after the upgrade: old %v, lapsed %v, new %v; want the old feed read at the earlier upgrade, the others unread",
+			oldRead, lapsedRead, newRead)
 	}
 }
