@@ -289,11 +289,13 @@ const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
 
 // meetingStands refuses a reminder of the meeting related names if that
 // meeting is no longer scheduled (cancelled, or held and completed). A
-// cancel or a reschedule cancels the meeting's reminders in its own
-// transaction, but the workflow, which hears of it through the outbox, may
-// still be making one: the shared lock makes the two take turns, so such a
-// reminder is either refused here or seen, and cancelled, by the change.
-// A name of no meeting of the clinic is left alone.
+// cancel cancels the meeting's reminders in its own transaction, but the
+// workflow, which hears of it through the outbox, may still be making one:
+// the shared lock makes the two take turns, so such a reminder is either
+// refused here or seen, and cancelled, by the cancel. (A reminder made with
+// the old time after a reschedule, or to someone just taken off the
+// meeting, still stands until the workflow hears of the change and cancels
+// it.) A name of no meeting of the clinic is left alone.
 func meetingStands(ctx context.Context, tx pgx.Tx, clinic, related string) error {
 	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
 	if !ok || id == "" || strings.Contains(id, "/") {

@@ -145,7 +145,10 @@ type InterventionsServiceClient interface {
 	// send a `request_id` so that a retried activity does not send the same
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
-	// loved one directly.
+	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// `related_resource` the intervention) is refused with
+	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
+	// no longer SCHEDULED.
 	CreateReminder(ctx context.Context, in *CreateReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Returns one reminder.
 	GetReminder(ctx context.Context, in *GetReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
@@ -550,7 +553,10 @@ type InterventionsServiceServer interface {
 	// send a `request_id` so that a retried activity does not send the same
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
-	// loved one directly.
+	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// `related_resource` the intervention) is refused with
+	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
+	// no longer SCHEDULED.
 	CreateReminder(context.Context, *CreateReminderRequest) (*Reminder, error)
 	// Returns one reminder.
 	GetReminder(context.Context, *GetReminderRequest) (*Reminder, error)

@@ -83,9 +83,10 @@ type WebhooksServiceClient interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
-	// Only the owner may rotate (PERMISSION_DENIED for anyone else, clinic
-	// administrators included, as the answer carries the secret); an
-	// administrator deletes a subscription whose secret leaked.
+	// Only the owner may rotate, as the answer carries the secret: a clinic
+	// administrator, who sees every subscription, gets PERMISSION_DENIED
+	// (and deletes a subscription whose secret leaked); anyone else
+	// NOT_FOUND, as for every method.
 	RotateSubscriptionSecret(ctx context.Context, in *RotateSubscriptionSecretRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(ctx context.Context, in *DeleteSubscriptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
@@ -219,9 +220,10 @@ type WebhooksServiceServer interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
-	// Only the owner may rotate (PERMISSION_DENIED for anyone else, clinic
-	// administrators included, as the answer carries the secret); an
-	// administrator deletes a subscription whose secret leaked.
+	// Only the owner may rotate, as the answer carries the secret: a clinic
+	// administrator, who sees every subscription, gets PERMISSION_DENIED
+	// (and deletes a subscription whose secret leaked); anyone else
+	// NOT_FOUND, as for every method.
 	RotateSubscriptionSecret(context.Context, *RotateSubscriptionSecretRequest) (*Subscription, error)
 	// Deletes a subscription and its undelivered notifications.
 	DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error)
