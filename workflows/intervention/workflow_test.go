@@ -418,10 +418,12 @@ func cancelCleansUp(t *testing.T, releaseErr error) {
 	}
 }
 
-// A cancel that arrives while the meeting's reminders are being made (a
-// service slow to answer) stops the making: no reminder for the others,
-// no hold taken; the reminders are cancelled before the hold is released.
-func TestCancelStopsRemindersBeingMade(t *testing.T) {
+// slowFirstReminder is a meeting half an hour away, with mom and dad
+// taking part, whose reminders are all due at once: the first one's
+// creation fails and is tried again a second later, so that an update
+// can arrive while they are being made.
+func slowFirstReminder(t *testing.T) *harness {
+	t.Helper()
 	h := newHarness(t, 30*time.Minute, defaults())
 	h.plan.Participants = append(h.plan.Participants, activities.Person{Kind: "member", ID: "dad",
 		Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/New_York"})
@@ -435,6 +437,14 @@ func TestCancelStopsRemindersBeingMade(t *testing.T) {
 		}
 		return nil
 	}
+	return h
+}
+
+// A cancel that arrives while the meeting's reminders are being made (a
+// service slow to answer) stops the making: no reminder for the others,
+// no hold taken; the reminders are cancelled before the hold is released.
+func TestCancelStopsRemindersBeingMade(t *testing.T) {
+	h := slowFirstReminder(t)
 	// The first reminder's creation fails and is tried again a second
 	// later; the cancel arrives meanwhile.
 	h.update(500*time.Millisecond, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
@@ -458,19 +468,7 @@ func TestCancelStopsRemindersBeingMade(t *testing.T) {
 // being made does not stop the making: every reminder due then is made,
 // none counted as made and left out.
 func TestReplanDuringRemindersLeavesNoneOut(t *testing.T) {
-	h := newHarness(t, 30*time.Minute, defaults())
-	h.plan.Participants = append(h.plan.Participants, activities.Person{Kind: "member", ID: "dad",
-		Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/New_York"})
-	tries := 0
-	h.onSend = func(r activities.ReminderRequest) error {
-		if r.Kind != "INTERVENTION_UPCOMING" {
-			return nil
-		}
-		if tries++; tries == 1 {
-			return errors.New("interventions service unavailable")
-		}
-		return nil
-	}
+	h := slowFirstReminder(t)
 	// The first reminder's creation fails and is tried again a second
 	// later; a change of the meeting's details arrives meanwhile.
 	h.update(500*time.Millisecond, intervention.UpdateReplan, intervention.Replan{}, nil)
