@@ -770,19 +770,14 @@ func partialRefusal(t *testing.T, releaseErr error) (*harness, []activities.Supp
 			support = append(support, in)
 			return nil, nil
 		})
-	var boundaryIn boundary.Input
-	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
-			boundaryIn = in
-			return boundary.Result{Summary: "ok"}, nil
-		})
+	boundaryIn := h.boundaryStarts()
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
 		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	return h, support, boundaryIn
+	return h, support, *boundaryIn
 }
 
 // Partially accepted with MAT among the services goes to MAT intake, and the
@@ -843,6 +838,18 @@ func TestLateStartDoesNotSpin(t *testing.T) {
 	}
 }
 
+// boundaryStarts answers the boundary child workflow at once and keeps
+// the input it was started with.
+func (h *harness) boundaryStarts() *boundary.Input {
+	var started boundary.Input
+	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
+			started = in
+			return boundary.Result{Summary: "ok"}, nil
+		})
+	return &started
+}
+
 // resends keeps, in order, the failed reminders the workflow sends again.
 func (h *harness) resends() *[]string { return flowtest.Resends(h.env) }
 
@@ -868,12 +875,7 @@ func TestFailedSupportReferralsStopNoFollowUp(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
 	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
-	var boundaryIn boundary.Input
-	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in boundary.Input) (boundary.Result, error) {
-			boundaryIn = in
-			return boundary.Result{Summary: "ok"}, nil
-		})
+	boundaryIn := h.boundaryStarts()
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED",
 		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
@@ -881,7 +883,7 @@ func TestFailedSupportReferralsStopNoFollowUp(t *testing.T) {
 		t.Fatalf("workflow error %v; want the follow-up to go on", err)
 	}
 	if boundaryIn.Outcome != "DECLINED" {
-		t.Fatalf("boundary input %+v; want the boundary workflow started for the refusal", boundaryIn)
+		t.Fatalf("boundary input %+v; want the boundary workflow started for the refusal", *boundaryIn)
 	}
 	told := h.sent.byKind("REFERRAL_ESCALATION")
 	if len(told) != 1 || told[0].To.ID != "counselor-1" || !strings.Contains(told[0].Message, "by hand") {
