@@ -708,47 +708,38 @@ func TestLastCheckInFailureIsResentAndARestartStillCounts(t *testing.T) {
 	}
 }
 
-// The last check-in to a member in quiet hours is due when they end,
-// hours after it is made: its failure is still heard and sent again.
-func TestLastCheckInHeldByQuietHoursIsStillHeard(t *testing.T) {
-	h := newHarness(t, "CURRENT")
-	// Check-ins fall at 15:00 UTC, inside mom's quiet hours (09:00-17:00
-	// in New York): the day-30 one is due at 22:00 UTC, 7 h later.
-	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
-		TimeZone: "America/New_York", QuietStart: "09:00", QuietEnd: "17:00"}}
-	resent := h.resends()
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
-	}, 30*day+7*time.Hour+5*time.Minute)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if len(*resent) != 1 {
-		t.Fatalf("resent %v; want the day-30 check-in, which failed after its quiet hours", *resent)
-	}
-}
-
-// The last check-in to a member with quiet hours can fail until they
-// begin (a claim from then on fails it): a failure that comes then, hours
-// after the check-in was due, is still heard.
-func TestLastCheckInFailingAtQuietHoursIsStillHeard(t *testing.T) {
-	h := newHarness(t, "CURRENT")
-	// Check-ins fall at 15:00 UTC, 10:00 in New York, outside mom's quiet
-	// hours (21:00-08:00): the day-30 one is due at once, and fails if not
-	// sent by 21:00 in New York, 02:00 UTC, 11 h later.
-	h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
-		TimeZone: "America/New_York", QuietStart: "21:00", QuietEnd: "08:00"}}
-	resent := h.resends()
-	h.env.RegisterDelayedCallback(func() {
-		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
-	}, 30*day+11*time.Hour+10*time.Minute)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if len(*resent) != 1 {
-		t.Fatalf("resent %v; want the day-30 check-in, failed as quiet hours began", *resent)
+// The last check-in to a member with quiet hours can fail hours after it
+// was due: its failure is still heard and sent again. Check-ins fall at
+// 15:00 UTC.
+func TestLastCheckInFailingLateForQuietHoursIsStillHeard(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		quietStart, end string
+		failsAt         time.Duration
+	}{
+		// 10:00 in New York falls in quiet hours 09:00-17:00: the day-30
+		// check-in is due when they end, 22:00 UTC, 7 h later.
+		{"held by quiet hours", "09:00", "17:00", 30*day + 7*time.Hour + 5*time.Minute},
+		// Outside quiet hours 21:00-08:00: due at once, and failed if not
+		// sent by 21:00 in New York, 02:00 UTC, 11 h later.
+		{"failed as quiet hours begin", "21:00", "08:00", 30*day + 11*time.Hour + 10*time.Minute},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, "CURRENT")
+			h.safety.Members = []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS",
+				TimeZone: "America/New_York", QuietStart: c.quietStart, QuietEnd: c.end}}
+			resent := h.resends()
+			h.env.RegisterDelayedCallback(func() {
+				h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r"})
+			}, c.failsAt)
+			h.env.ExecuteWorkflow(boundary.Name, input(1))
+			if err := h.env.GetWorkflowError(); err != nil {
+				t.Fatal(err)
+			}
+			if len(*resent) != 1 {
+				t.Fatalf("resent %v; want the day-30 check-in", *resent)
+			}
+		})
 	}
 }
 
