@@ -475,6 +475,10 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				}
 				if by := cur.GetSendByTime(); by != nil && !now.Before(by.AsTime()) {
 					switch {
+					case cur.GetState() == rFailed && cur.GetFailureReason() == quietHoursFailure:
+						// Failed by an earlier claim, this one's first try
+						// perhaps: a retry gets that claim's answer.
+						return nil, quietHoursBegan(cur.GetName())
 					case cur.GetState() == rDue:
 						// Failed below, once this transaction is gone.
 						late = true
@@ -512,6 +516,10 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // recipient's quiet hours began before the reminder went out.
 const reasonQuietHours = "QUIET_HOURS"
 
+// quietHoursFailure is the failure reason of a reminder failed by a claim
+// that came after its send-by time.
+const quietHoursFailure = "the recipient's quiet hours began before it was sent"
+
 func quietHoursBegan(name string) error {
 	return apperr.FailedPrecondition(reasonQuietHours,
 		fmt.Sprintf("%s was not sent before its recipient's quiet hours began: it fails, and the workflow that made it sends it again after them", name),
@@ -530,20 +538,34 @@ func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) error
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
 			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5))`,
-			r.clinic, r.id, int16(rFailed), "the recipient's quiet hours began before it was sent", now, int16(rScheduled), int16(rClaimed))
+			r.clinic, r.id, int16(rFailed), quietHoursFailure, now, int16(rScheduled), int16(rClaimed))
 		if err != nil {
 			return fmt.Errorf("fail a reminder past its send-by time: %w", err)
 		}
 		if tag.RowsAffected() == 0 {
 			return nil // failed by a claim racing this one
 		}
-		out, err := s.readReminder(ctx, tx, r, false)
-		if err != nil {
-			return err
-		}
-		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
-		return emit(ctx, tx, r.clinic, "reminder.failed", out.GetName(), out)
+		_, err = s.ended(ctx, tx, r)
+		return err
 	})
+}
+
+// ended reads reminder r, just given its final delivery state in tx,
+// counts it and tells of it: every path to DELIVERED or FAILED ends here,
+// so the workflow that made the reminder hears of each the same way.
+func (s *Server) ended(ctx context.Context, tx pgx.Tx, r ref) (*interventionsv1.Reminder, error) {
+	out, err := s.readReminder(ctx, tx, r, false)
+	if err != nil {
+		return nil, err
+	}
+	event := "reminder.delivered"
+	if out.GetState() == rFailed {
+		event = "reminder.failed"
+		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
+	} else {
+		remindersDelivered.Add(ctx, 1, kindAttr(out.GetKind().String()))
+	}
+	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
 }
 
 // CompleteReminder implements the API: only the current claimant may, also
@@ -584,11 +606,11 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 					map[string]string{"resource": cur.GetName()})
 			}
 			now := s.cfg.Now()
-			st, event := rDelivered, "reminder.delivered"
+			st := rDelivered
 			var delivered *time.Time
 			failureReason := ""
 			if failed {
-				st, event, failureReason = rFailed, "reminder.failed", req.GetReason()
+				st, failureReason = rFailed, req.GetReason()
 			} else {
 				delivered = &now
 			}
@@ -597,16 +619,7 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 				r.clinic, r.id, int16(st), failureReason, delivered, now); err != nil {
 				return nil, fmt.Errorf("complete reminder: %w", err)
 			}
-			out, err := s.readReminder(ctx, tx, r, false)
-			if err != nil {
-				return nil, err
-			}
-			if st == rFailed {
-				remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
-			} else {
-				remindersDelivered.Add(ctx, 1, kindAttr(out.GetKind().String()))
-			}
-			return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+			return s.ended(ctx, tx, r)
 		})
 	return consentgate.Reminder(out), err
 }
