@@ -258,22 +258,16 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 		return s.discloseTx(ctx, s.pool, c, d, true)
 	}
 	// A retry is answered from the record of the first call without
-	// running it again, so it is checked here: it would say "covered"
+	// running it again, so it is checked again: it would say "covered"
 	// after a revocation that came in between, and the retry may be what
 	// sends the record (a fax that failed); a revocation counts at once.
-	if out, ok, err := idempotency.Stored(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
-		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} }); ok || err != nil {
-		if err == nil {
-			_, err = s.discloseTx(ctx, s.pool, c, d, true)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return out, nil
-	}
-	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
+	return idempotency.InTxRechecked(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
-		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d, false) })
+		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d, false) },
+		func(tx pgx.Tx) error {
+			_, err := s.discloseTx(ctx, tx, c, d, true)
+			return err
+		})
 }
 
 const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`

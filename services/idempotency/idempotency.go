@@ -29,6 +29,11 @@ import (
 // second insert waits for the first transaction, then finds its response.
 func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, requestID string,
 	req proto.Message, newResp func() T, fn func() (T, error)) (T, error) {
+	return do(ctx, tx, clinic, method, requestID, req, newResp, fn, nil)
+}
+
+func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, requestID string,
+	req proto.Message, newResp func() T, fn func() (T, error), recheck func() error) (T, error) {
 	var zero T
 	if requestID == "" {
 		return fn()
@@ -49,7 +54,14 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
-		return answer(ctx, k, requestID, method, req, hash, newResp)
+		out, err := answer(ctx, k, requestID, method, req, hash, newResp)
+		if err == nil && recheck != nil {
+			err = recheck()
+		}
+		if err != nil {
+			return zero, err
+		}
+		return out, nil
 	}
 	out, err := fn()
 	if err != nil {
@@ -136,6 +148,25 @@ func InTx[T proto.Message](ctx context.Context, db interface {
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		var err error
 		out, err = Do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) })
+		return err
+	})
+	return out, err
+}
+
+// InTxRechecked is InTx for a call whose stored answer holds only while
+// something it checked still holds (a consent covering a disclosure): a
+// replay runs recheck in its transaction, after the key's row lock, so a
+// retry that waited for the first call is checked too, and gets recheck's
+// error instead of the stored response.
+func InTxRechecked[T proto.Message](ctx context.Context, db interface {
+	Begin(context.Context) (pgx.Tx, error)
+}, clinic, method, requestID string,
+	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error), recheck func(pgx.Tx) error) (T, error) {
+	var out T
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		var err error
+		out, err = do(ctx, tx, clinic, method, requestID, req, newResp,
+			func() (T, error) { return fn(tx) }, func() error { return recheck(tx) })
 		return err
 	})
 	return out, err

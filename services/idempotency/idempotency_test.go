@@ -3,7 +3,11 @@ package idempotency_test
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -154,5 +158,70 @@ func TestRetryWithANewerEtagGetsTheFirstResponse(t *testing.T) {
 	}
 	if _, err := call("d1", &familiesv1.DeleteFamilyRequest{Name: made + "x", Etag: "3", RequestId: "d1"}); reused(t, err) != made {
 		t.Fatalf("another request under a key hashed with its etag: %v; want REQUEST_ID_REUSED", err)
+	}
+}
+
+// A replay of a rechecked call runs the check in its own transaction, and
+// so does one that came while the first call was still running (it waits
+// on the key's row, then replays): the check's refusal is its answer.
+func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "staff", Clinic: "north"})
+	const made = "clinics/north/families/f1/disclosures/d1"
+	var runs, checks atomic.Int32
+	var covered atomic.Bool
+	covered.Store(true)
+	refused := errors.New("no longer covered")
+	release := make(chan struct{})
+	call := func(block bool) (*familiesv1.Family, error) {
+		return idempotency.InTxRechecked(ctx, db, "north", "M", "r1", &familiesv1.GetFamilyRequest{Name: "f1"}, newFamily,
+			func(tx pgx.Tx) (*familiesv1.Family, error) {
+				runs.Add(1)
+				if block {
+					<-release
+				}
+				return &familiesv1.Family{Name: made}, nil
+			},
+			func(tx pgx.Tx) error {
+				checks.Add(1)
+				// The check reads in the replay's transaction.
+				var n int
+				if err := tx.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys WHERE request_id = 'r1'`).Scan(&n); err != nil || n != 1 {
+					return fmt.Errorf("the key from the check's transaction: %d, %v", n, err)
+				}
+				if !covered.Load() {
+					return refused
+				}
+				return nil
+			})
+	}
+	type result struct {
+		out *familiesv1.Family
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() { out, err := call(true); first <- result{out, err} }()
+	// The second call starts once the first holds the key.
+	for runs.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	go func() { out, err := call(false); second <- result{out, err} }()
+	time.Sleep(50 * time.Millisecond) // let it reach the key's row and wait
+	covered.Store(false)              // a revocation while the first call runs
+	close(release)
+	if r := <-first; r.err != nil || r.out.GetName() != made {
+		t.Fatalf("first call = %v, %v", r.out, r.err)
+	}
+	if r := <-second; !errors.Is(r.err, refused) {
+		t.Fatalf("a retry that waited for the first call = %v, %v; want the recheck's refusal", r.out, r.err)
+	}
+	covered.Store(true)
+	if out, err := call(false); err != nil || out.GetName() != made {
+		t.Fatalf("a retry once covered again = %v, %v; want the stored response", out, err)
+	}
+	if runs.Load() != 1 || checks.Load() != 2 {
+		t.Fatalf("%d runs and %d checks; want the call run once and each replay checked", runs.Load(), checks.Load())
 	}
 }
