@@ -312,7 +312,7 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
 			DueTime: due, Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
-			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin, SendByTime: sendBy(at, in.To.Recipient())}})
+			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin, SendByTime: sendBy(at, in.To.Recipient(), in.AwakeBy)}})
 	if made := madeBefore(err); made != "" {
 		// An earlier try, which read other data (a counselor since
 		// changed, a quiet hour since begun), made it: that one stands,
@@ -332,14 +332,14 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 	if err != nil {
 		return "", wrap("get reminder", err)
 	}
-	due, r, err := a.awake(ctx, old, in.Due)
+	due, r, by, err := a.awake(ctx, old, in.Due)
 	if err != nil {
 		return "", err
 	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
 		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
 			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
-			SendByTime: sendBy(due, r)}})
+			SendByTime: sendBy(due, r, by)}})
 	if made := madeBefore(err); made != "" {
 		return made, nil // an earlier try's resend, due at another time
 	}
@@ -349,11 +349,12 @@ func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (stri
 	return rem.GetName(), nil
 }
 
-// sendBy is when a reminder due at at to r must have gone out: when r's
-// quiet hours next begin, or nil (none kept, or at falls in them on
-// purpose).
-func sendBy(at time.Time, r schedule.Recipient) *timestamppb.Timestamp {
-	from, ok, err := schedule.QuietFrom(at, r)
+// sendBy is when a reminder due at at to r, about what happens at by
+// (zero for nothing), must have gone out: when r's quiet hours next begin,
+// or nil (none kept, at falls in them on purpose, or they last past by: see
+// schedule.SendBy).
+func sendBy(at time.Time, r schedule.Recipient, by time.Time) *timestamppb.Timestamp {
+	from, ok, err := schedule.SendBy(at, r, by)
 	if err != nil || !ok {
 		return nil
 	}
@@ -362,21 +363,24 @@ func sendBy(at time.Time, r schedule.Recipient) *timestamppb.Timestamp {
 
 // awake is when a resend of old to a family member should be due: due, or
 // the end of the member's quiet hours if due falls in them and that end is
-// still before the meeting or intake the reminder is about; and the member
-// as placed (no quiet hours for anyone else). A record gone (the member,
-// the meeting) leaves it at due. Any other failure to read is the
-// activity's error, to be retried: an attempt that fell back to due would
-// send, under the same request id, another request than the attempt that
-// may already have created the reminder, and be refused.
-func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) (time.Time, schedule.Recipient, error) {
+// still before the meeting or intake the reminder is about; the member as
+// placed (no quiet hours for anyone else); and when that meeting or intake
+// starts, if the member keeps quiet hours (its send-by time depends on it)
+// and the record says. A record gone (the member, the meeting) leaves it
+// at due. Any other failure to read is the activity's error, to be
+// retried: an attempt that fell back to due would send, under the same
+// request id, another request than the attempt that may already have
+// created the reminder, and be refused.
+func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) (time.Time, schedule.Recipient, time.Time, error) {
 	var r schedule.Recipient
+	var by time.Time
 	to := old.GetRecipient()
 	if to.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || to.GetFamily() == "" || a.Families == nil {
-		return due, r, nil
+		return due, r, by, nil
 	}
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: to.GetFamily()})
 	if err != nil {
-		return due, r, gone("get family", err)
+		return due, r, by, gone("get family", err)
 	}
 	for _, m := range fam.GetMembers() {
 		if m.GetId() == to.GetId() {
@@ -384,23 +388,24 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 			break
 		}
 	}
-	// Most resends fall outside quiet hours: then what the reminder is
-	// about need not be read.
-	if at, err := schedule.Awake(due, r, time.Time{}); err != nil || at.Equal(due) {
-		return due, r, nil
+	// Most members keep no quiet hours: then what the reminder is about
+	// need not be read.
+	if r.Quiet == (schedule.QuietHours{}) {
+		return due, r, by, nil
 	}
-	var by time.Time
 	switch related := old.GetRelatedResource(); {
 	case strings.Contains(related, "/interventions/"):
 		iv, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: related})
 		if err != nil {
-			return due, r, gone("get intervention", err)
+			return due, r, by, gone("get intervention", err)
 		}
-		by = iv.GetStartTime().AsTime()
+		if st := iv.GetStartTime(); st != nil {
+			by = st.AsTime()
+		}
 	case strings.Contains(related, "/referrals/"):
 		ref, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: related})
 		if err != nil {
-			return due, r, gone("get referral", err)
+			return due, r, by, gone("get referral", err)
 		}
 		if st := ref.GetIntakeAppointment().GetStartTime(); st != nil {
 			by = st.AsTime()
@@ -408,9 +413,9 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 	}
 	at, err := schedule.Awake(due, r, by)
 	if err != nil {
-		return due, r, nil
+		return due, r, by, nil
 	}
-	return at, r, nil
+	return at, r, by, nil
 }
 
 // familyGone reports whether err, from matchRequest, says the family's

@@ -94,8 +94,8 @@ func (f *resendFakes) GetIntervention(context.Context, *interventionsv1.GetInter
 // A resend whose due time cannot be worked out for want of a read fails
 // the attempt, to be retried, rather than falling back to another due time
 // than an earlier attempt may have used under the same request id; a
-// meeting that is gone leaves the due time as asked; outside quiet hours
-// the meeting is not read at all.
+// meeting that is gone leaves the due time as asked. Outside quiet hours
+// the meeting is read too: the send-by time depends on it.
 func TestResendDueTimeIsTheSameOnEveryAttempt(t *testing.T) {
 	chicago, err := time.LoadLocation("America/Chicago")
 	if err != nil {
@@ -114,7 +114,8 @@ func TestResendDueTimeIsTheSameOnEveryAttempt(t *testing.T) {
 	}{
 		{"the service is down", night, status.Error(codes.Unavailable, "down"), true, time.Time{}, 1},
 		{"the meeting is gone", night, status.Error(codes.NotFound, "gone"), false, night, 1},
-		{"outside quiet hours", noon, nil, false, noon, 0},
+		{"outside quiet hours", noon, nil, false, noon, 1},
+		{"outside quiet hours, the service is down", noon, status.Error(codes.Unavailable, "down"), true, time.Time{}, 1},
 	} {
 		f := &resendFakes{old: old, meeting: noon.Add(48 * time.Hour), ivErr: c.ivErr}
 		a := &Activities{Interventions: f, Families: familyFake{}}
@@ -162,6 +163,10 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		// Sent by the evening's quiet hours, or it fails and goes again.
 		{"member, meeting at noon", member, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), time.Date(2026, 12, 10, 8, 0, 0, 0, chicago),
 			time.Date(2026, 12, 10, 21, 0, 0, 0, chicago)},
+		// Not sent by the evening's quiet hours, it would go out in them
+		// anyway: the meeting is in them.
+		{"member, meeting at 23:00", member, time.Date(2026, 12, 10, 23, 0, 0, 0, chicago), time.Date(2026, 12, 10, 8, 0, 0, 0, chicago),
+			time.Time{}},
 		// Due in quiet hours on purpose: nothing later is in time.
 		{"member, meeting at 07:30", member, time.Date(2026, 12, 10, 7, 30, 0, 0, chicago), night, time.Time{}},
 		{"counselor", counselor, time.Date(2026, 12, 10, 12, 0, 0, 0, chicago), night, time.Time{}},
@@ -703,15 +708,18 @@ func TestReminderMadeInQuietHoursWaits(t *testing.T) {
 		to    Person
 		awake bool
 		wait  bool
+		about time.Time // what it reminds of; zero for nothing
 	}{
-		{"in quiet hours", member(hhmm(-time.Hour), hhmm(time.Hour)), true, true},
-		{"outside them", member(hhmm(2*time.Hour), hhmm(3*time.Hour)), true, false},
-		{"not asked to look", member(hhmm(-time.Hour), hhmm(time.Hour)), false, false},
+		{"in quiet hours", member(hhmm(-time.Hour), hhmm(time.Hour)), true, true, time.Time{}},
+		{"outside them", member(hhmm(2*time.Hour), hhmm(3*time.Hour)), true, false, time.Time{}},
+		{"not asked to look", member(hhmm(-time.Hour), hhmm(time.Hour)), false, false, time.Time{}},
+		// Not sent by their start, it would go out in them anyway.
+		{"outside them, about a meeting in them", member(hhmm(2*time.Hour), hhmm(3*time.Hour)), true, false, now.Add(150 * time.Minute)},
 	} {
 		f := &capturedReminders{}
 		a := &Activities{Interventions: f}
 		if _, err := a.SendReminder(context.Background(), ReminderRequest{Clinic: "north", To: c.to, Kind: "CHECK_IN", Message: "m",
-			RequestID: "r", Awake: c.awake}); err != nil || len(f.asked) != 1 {
+			RequestID: "r", Awake: c.awake, AwakeBy: c.about}); err != nil || len(f.asked) != 1 {
 			t.Fatalf("%s: %v, %d asked", c.name, err, len(f.asked))
 		}
 		due, by := f.asked[0].GetDueTime(), f.asked[0].GetSendByTime()
@@ -724,6 +732,10 @@ func TestReminderMadeInQuietHoursWaits(t *testing.T) {
 			switch inQuiet := !c.awake; {
 			case inQuiet && by != nil:
 				t.Fatalf("%s: send by %v, want none: it is due in quiet hours on purpose", c.name, by.AsTime())
+			case !c.about.IsZero():
+				if by != nil {
+					t.Fatalf("%s: send by %v, want none", c.name, by.AsTime())
+				}
 			case !inQuiet && (by == nil || by.AsTime().Format("15:04") != c.to.QuietStart || !by.AsTime().After(now)):
 				t.Fatalf("%s: send by %v, want the start of quiet hours, %s UTC", c.name, by, c.to.QuietStart)
 			}

@@ -70,8 +70,11 @@ type ReminderRequest struct {
 	// be checked again when it is made: the workflow found them not begun,
 	// but a try made later (the service was down) may fall in them. The
 	// reminder then waits for their end, unless that is not before
-	// AwakeBy (what it is about; zero for nothing).
-	Awake   bool
+	// AwakeBy.
+	Awake bool
+	// AwakeBy is when what the reminder is about happens (zero for
+	// nothing). Besides Awake, it decides the send-by time: none when it
+	// falls in the quiet hours that would begin it (schedule.SendBy).
 	AwakeBy time.Time
 }
 

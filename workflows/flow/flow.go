@@ -178,7 +178,10 @@ func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind
 			Awake: true, AwakeBy: by}, purpose)
 		return name, at, err
 	}
-	name, err := RemindAt(ctx, clinic, to, kind, related, message, purpose, at)
+	// by goes along for the send-by time: the activity leaves it out when
+	// by falls in the quiet hours it would begin.
+	name, err := remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
+		Due: at, AwakeBy: by}, purpose)
 	return name, at, err
 }
 

@@ -94,6 +94,9 @@ func TestCallDoesNotRetryAFinalError(t *testing.T) {
 	}
 }
 
+// meetingAt is what remindNow's reminders by RemindAwake are about.
+var meetingAt = time.Date(2026, 12, 4, 18, 0, 0, 0, time.UTC)
+
 // remindNow sends three reminders due "now": one by Remind, two by
 // RemindAwake to a member in and out of quiet hours.
 func remindNow(ctx workflow.Context) error {
@@ -106,7 +109,7 @@ func remindNow(ctx workflow.Context) error {
 		{Kind: "member", ID: "awake", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "22:00", QuietEnd: "07:00"},
 		{Kind: "member", ID: "asleep", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "UTC", QuietStart: "09:00", QuietEnd: "17:00"},
 	} {
-		if _, _, err := flow.RemindAwake(ctx, "north", m, "CHECK_IN", "", "How are you doing?", m.ID, time.Time{}, time.Time{}); err != nil {
+		if _, _, err := flow.RemindAwake(ctx, "north", m, "CHECK_IN", "", "How are you doing?", m.ID, time.Time{}, meetingAt); err != nil {
 			return err
 		}
 	}
@@ -115,7 +118,8 @@ func remindNow(ctx workflow.Context) error {
 
 // A reminder due now leaves its time to the service's clock (a zero Due),
 // so a step tried again later sends the same request; one that quiet hours
-// move is due when they end, a time of day the same for every try.
+// move is due when they end, a time of day the same for every try. Both
+// carry what they are about, for their send-by times.
 func TestRemindersDueNowCarryNoTime(t *testing.T) {
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
@@ -123,9 +127,9 @@ func TestRemindersDueNowCarryNoTime(t *testing.T) {
 	env.RegisterActivity(&activities.Activities{})
 	start := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC) // noon: quiet for "asleep" only
 	env.SetStartTime(start)
-	due := map[string]time.Time{}
+	due, about := map[string]time.Time{}, map[string]time.Time{}
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.ReminderRequest) (string, error) {
-		due[r.To.ID] = r.Due
+		due[r.To.ID], about[r.To.ID] = r.Due, r.AwakeBy
 		return "clinics/north/reminders/" + r.To.ID, nil
 	})
 	env.ExecuteWorkflow(remindNow)
@@ -134,6 +138,9 @@ func TestRemindersDueNowCarryNoTime(t *testing.T) {
 	}
 	if len(due) != 3 || !due["c1"].IsZero() || !due["awake"].IsZero() || !due["asleep"].Equal(start.Add(5*time.Hour)) {
 		t.Fatalf("due times asked %v; want zero, zero and 17:00", due)
+	}
+	if !about["awake"].Equal(meetingAt) || !about["asleep"].Equal(meetingAt) {
+		t.Fatalf("what the reminders are about %v; want %v for both", about, meetingAt)
 	}
 }
 

@@ -107,6 +107,28 @@ func QuietFrom(t time.Time, r Recipient) (from time.Time, ok bool, err error) {
 	return from, true, nil
 }
 
+// SendBy returns when a message due at t to r must have gone out, if at
+// all: when r's quiet hours next begin (QuietFrom), unless what the
+// message is about happens in those hours (by, after their start and not
+// after their end; zero for nothing). A message held back then could not
+// wait for their end (see Awake) and would go out in them anyway, only
+// later: better sent late than failed. About something over before they
+// begin, it is still held back: it would be of no use in them.
+func SendBy(t time.Time, r Recipient, by time.Time) (time.Time, bool, error) {
+	from, ok, err := QuietFrom(t, r)
+	if err != nil || !ok || by.IsZero() {
+		return from, ok, err
+	}
+	loc, qs, qe, err := quietOf(r)
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	if _, end, _ := window(from.In(loc), qs, qe); by.After(from) && !end.Before(by) {
+		return time.Time{}, false, nil
+	}
+	return from, true, nil
+}
+
 // quietOf is r's zone and, if it has quiet hours, their start and end in
 // minutes after midnight.
 func quietOf(r Recipient) (loc *time.Location, start, end int, err error) {

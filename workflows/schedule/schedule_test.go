@@ -148,3 +148,34 @@ func TestQuietFrom(t *testing.T) {
 		t.Error("an unknown zone is an error")
 	}
 }
+
+// A send-by time is left out when what the message is about happens in
+// the quiet hours it begins: a late message would go out in them anyway.
+func TestSendBy(t *testing.T) {
+	chicago := mustLoc(t, "America/Chicago")
+	night := Recipient{ID: "mom", TimeZone: "America/Chicago", Quiet: QuietHours{Start: "21:00", End: "08:00"}}
+	at := func(day, h, m int) time.Time { return time.Date(2026, 12, day, h, m, 0, 0, chicago) }
+	cases := []struct {
+		name   string
+		t, by  time.Time
+		want   time.Time
+		wantOK bool
+	}{
+		{"about nothing: tonight at nine", at(10, 20, 45), time.Time{}, at(10, 21, 0), true},
+		{"a meeting after they end: tonight at nine", at(10, 20, 45), at(11, 10, 0), at(10, 21, 0), true},
+		{"a meeting as they end: none", at(10, 20, 45), at(11, 8, 0), time.Time{}, false},
+		{"a meeting in them: none", at(10, 20, 45), at(11, 6, 0), time.Time{}, false},
+		{"a meeting before they begin: tonight at nine", at(10, 20, 45), at(10, 20, 55), at(10, 21, 0), true},
+		{"a meeting as they begin: tonight at nine", at(10, 20, 45), at(10, 21, 0), at(10, 21, 0), true},
+		{"due in them: none", at(10, 22, 0), at(12, 10, 0), time.Time{}, false},
+	}
+	for _, c := range cases {
+		got, ok, err := SendBy(c.t, night, c.by)
+		if err != nil || ok != c.wantOK || !got.Equal(c.want) {
+			t.Errorf("%s: %v, %v, %v; want %v, %v", c.name, got.In(chicago), ok, err, c.want, c.wantOK)
+		}
+	}
+	if _, _, err := SendBy(at(10, 14, 0), Recipient{TimeZone: "Mars/Olympus", Quiet: night.Quiet}, at(11, 10, 0)); err == nil {
+		t.Error("an unknown zone is an error")
+	}
+}

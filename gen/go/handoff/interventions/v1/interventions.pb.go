@@ -1943,9 +1943,11 @@ type Reminder struct {
 	// hours begin. A claim from then on is refused with FAILED_PRECONDITION
 	// (reason QUIET_HOURS) and fails the reminder, so that the workflow that
 	// made it, if still listening, sends it again after them; no lease is
-	// extended from then on, though one taken before runs its course. Unset when the recipient keeps
-	// no quiet hours, or the reminder falls in them on purpose (nothing
-	// later would still be in time).
+	// extended from then on, though one taken before runs its course. Unset
+	// when the recipient keeps no quiet hours, when the reminder falls in them
+	// on purpose (nothing later would still be in time), or when what it is
+	// about happens in the quiet hours that would begin it (sent late, it
+	// would go out in them anyway).
 	SendByTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=send_by_time,json=sendByTime,proto3" json:"send_by_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
