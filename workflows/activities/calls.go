@@ -325,28 +325,48 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 	return rem.GetName(), nil
 }
 
-// ResendReminder creates a new reminder with the same recipient, kind and
-// message as a failed one.
+// ResendReminder is Resend, for workflow runs begun before Resend was: it
+// returns the name only.
 func (a *Activities) ResendReminder(ctx context.Context, in ResendRequest) (string, error) {
+	out, err := a.Resend(ctx, in)
+	return out.Reminder, err
+}
+
+// Resend creates a new reminder with the same recipient, kind and message
+// as a failed one.
+func (a *Activities) Resend(ctx context.Context, in ResendRequest) (Resent, error) {
 	old, err := a.Interventions.GetReminder(ctx, &interventionsv1.GetReminderRequest{Name: in.Failed})
 	if err != nil {
-		return "", wrap("get reminder", err)
+		return Resent{}, wrap("get reminder", err)
 	}
 	due, r, by, err := a.awake(ctx, old, in.Due)
 	if err != nil {
-		return "", err
+		return Resent{}, err
 	}
+	want := &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
+		Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
+		SendByTime: sendBy(due, r, by)}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
-		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
-			Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
-			SendByTime: sendBy(due, r, by)}})
+		RequestId: in.RequestID, Reminder: want})
 	if made := madeBefore(err); made != "" {
-		return made, nil // an earlier try's resend, due at another time
+		// An earlier try's resend, due at another time: its own times,
+		// or this try's if it is gone.
+		rem, err = a.Interventions.GetReminder(ctx, &interventionsv1.GetReminderRequest{Name: made})
+		if status.Code(err) == codes.NotFound {
+			rem, err = want, nil
+		}
+		if err != nil {
+			return Resent{}, wrap("get the resend an earlier try made", err)
+		}
+		rem.Name = made
+	} else if err != nil {
+		return Resent{}, wrap("create reminder", err)
 	}
-	if err != nil {
-		return "", wrap("create reminder", err)
+	out := Resent{Reminder: rem.GetName(), FailsBy: rem.GetDueTime().AsTime()}
+	if t := rem.GetSendByTime(); t != nil {
+		out.FailsBy = t.AsTime()
 	}
-	return rem.GetName(), nil
+	return out, nil
 }
 
 // sendBy is when a reminder due at at to r, about what happens at by

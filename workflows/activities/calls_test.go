@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -69,18 +70,35 @@ type resendFakes struct {
 	old     *interventionsv1.Reminder
 	meeting time.Time
 	created *interventionsv1.Reminder
+	made    *interventionsv1.Reminder // an earlier try's resend, if any
+	gone    string                    // an earlier try's resend, since gone
 	// ivErr fails GetIntervention; ivReads counts its calls.
 	ivErr   error
 	ivReads int
 }
 
-func (f *resendFakes) GetReminder(context.Context, *interventionsv1.GetReminderRequest, ...grpc.CallOption) (*interventionsv1.Reminder, error) {
-	return f.old, nil
+func (f *resendFakes) GetReminder(_ context.Context, in *interventionsv1.GetReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	if in.GetName() == f.old.GetName() {
+		return f.old, nil
+	}
+	if f.made != nil && in.GetName() == f.made.GetName() {
+		return f.made, nil
+	}
+	return nil, status.Error(codes.NotFound, in.GetName())
 }
 
+// CreateReminder makes r2 as asked, unless an earlier try made made.
 func (f *resendFakes) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
+	if f.made != nil {
+		return nil, apperr.RequestIDReused(in.GetRequestId(), f.made.GetName())
+	}
+	if f.gone != "" {
+		return nil, apperr.RequestIDReused(in.GetRequestId(), f.gone)
+	}
 	f.created = in.GetReminder()
-	return &interventionsv1.Reminder{Name: "clinics/north/reminders/r2"}, nil
+	out := proto.Clone(in.GetReminder()).(*interventionsv1.Reminder)
+	out.Name = "clinics/north/reminders/r2"
+	return out, nil
 }
 
 func (f *resendFakes) GetIntervention(context.Context, *interventionsv1.GetInterventionRequest, ...grpc.CallOption) (*interventionsv1.Intervention, error) {
@@ -174,7 +192,8 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		f := &resendFakes{meeting: c.meeting, old: &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Recipient: c.to,
 			RelatedResource: "clinics/north/interventions/i1", Message: "Reminder"}}
 		a := &Activities{Interventions: f, Families: familyFake{}}
-		if _, err := a.ResendReminder(context.Background(), ResendRequest{Failed: "clinics/north/reminders/r1", Due: night, RequestID: "r"}); err != nil {
+		out, err := a.Resend(context.Background(), ResendRequest{Failed: "clinics/north/reminders/r1", Due: night, RequestID: "r"})
+		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		if got := f.created.GetDueTime().AsTime(); !got.Equal(c.want) {
@@ -182,6 +201,14 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 		}
 		if got := f.created.GetSendByTime(); (got == nil) != c.sendBy.IsZero() || (got != nil && !got.AsTime().Equal(c.sendBy)) {
 			t.Errorf("%s: resend send by %v, want %v", c.name, got, c.sendBy)
+		}
+		// Its failure can come until its send-by time, or its due time.
+		failsBy := c.sendBy
+		if failsBy.IsZero() {
+			failsBy = c.want
+		}
+		if out.Reminder != "clinics/north/reminders/r2" || !out.FailsBy.Equal(failsBy) {
+			t.Errorf("%s: resent %+v, want r2 failing by %v", c.name, out, failsBy.In(chicago))
 		}
 	}
 }
@@ -969,6 +996,38 @@ func TestRefusedTokensAreRetried(t *testing.T) {
 		var app *temporal.ApplicationError
 		if got := !(errors.As(err, &app) && app.NonRetryable()); got != retryable {
 			t.Errorf("%v: retryable %v, want %v (%v)", code, got, retryable, err)
+		}
+	}
+}
+
+// A resend an earlier try made (the same request id, other data read) is
+// followed under its own name and times; gone, under this try's times.
+func TestResendMadeByAnEarlierTry(t *testing.T) {
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	night := time.Date(2026, 12, 9, 22, 5, 0, 0, chicago)
+	earlierDue := time.Date(2026, 12, 10, 9, 0, 0, 0, chicago)
+	old := &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", RelatedResource: "clinics/north/interventions/i1", Message: "Reminder",
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom", Family: "clinics/north/families/f1"}}
+	for _, c := range []struct {
+		name string
+		made *interventionsv1.Reminder
+		gone string
+		want Resent
+	}{
+		{"still there", &interventionsv1.Reminder{Name: "clinics/north/reminders/first", DueTime: timestamppb.New(earlierDue)}, "",
+			Resent{Reminder: "clinics/north/reminders/first", FailsBy: earlierDue}},
+		// This try's reading: due at 08:00, sent by 21:00.
+		{"gone", nil, "clinics/north/reminders/gone",
+			Resent{Reminder: "clinics/north/reminders/gone", FailsBy: time.Date(2026, 12, 10, 21, 0, 0, 0, chicago)}},
+	} {
+		f := &resendFakes{old: old, meeting: night.Add(48 * time.Hour), made: c.made, gone: c.gone}
+		a := &Activities{Interventions: f, Families: familyFake{}}
+		got, err := a.Resend(context.Background(), ResendRequest{Failed: old.GetName(), Due: night, RequestID: "r"})
+		if err != nil || got.Reminder != c.want.Reminder || !got.FailsBy.Equal(c.want.FailsBy) {
+			t.Errorf("%s: %+v, %v; want %+v", c.name, got, err, c.want)
 		}
 	}
 }

@@ -85,6 +85,15 @@ type ResendRequest struct {
 	RequestID string
 }
 
+// Resent is the reminder Resend made, and until when its delivery can
+// fail: its send-by time, or its due time when it has none (the
+// automation's attempts after that are ListenFor's to wait out). Its due
+// time can be hours after the one asked: quiet hours move it.
+type Resent struct {
+	Reminder string
+	FailsBy  time.Time
+}
+
 // CancelRemindersRequest cancels the undelivered reminders of a resource.
 type CancelRemindersRequest struct {
 	Clinic    string

@@ -108,14 +108,14 @@ func newHarness(t *testing.T, status string) *harness {
 	return h
 }
 
-// resends records the failed reminders ResendReminder is asked to send
-// again; the n-th resend is named again-n.
+// resends records the failed reminders Resend is asked to send again; the
+// n-th resend is named again-n, due as asked.
 func (h *harness) resends() *[]string {
 	var resent []string
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
+	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
 			resent = append(resent, in.Failed)
-			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
+			return activities.Resent{Reminder: fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), FailsBy: in.Due}, nil
 		})
 	return &resent
 }
@@ -651,10 +651,10 @@ func TestCarriedResendsAreSentAndCounted(t *testing.T) {
 		at     time.Time
 	}
 	var got []resent
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
+	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
 			got = append(got, resent{in.Failed, h.env.Now()})
-			return "clinics/north/reminders/again-" + in.Failed[len("clinics/north/reminders/"):], nil
+			return activities.Resent{Reminder: "clinics/north/reminders/again-" + in.Failed[len("clinics/north/reminders/"):], FailsBy: in.Due}, nil
 		})
 	in := input(1)
 	in.State = &boundary.State{Resends: flow.Resends{

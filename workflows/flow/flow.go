@@ -204,6 +204,10 @@ type Resends struct {
 	Attempts map[string]int    // reminder -> resends before it, in its line
 	First    map[string]string // reminder -> the first reminder of its line
 	Pending  []Resend          // in the order the failures came
+	// FailsBy is the latest time a resend made so far can still fail at
+	// (see activities.Resent): quiet hours can move a resend hours past
+	// the time asked, and Listen waits for it.
+	FailsBy time.Time
 }
 
 // Resend is a failed reminder waiting to be sent again at At.
@@ -267,9 +271,18 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 		// again in the next run; its request id, the same in every run,
 		// makes the service return the reminder it already created.
 		var next string
-		if err := Call(ctx, &next, A.ResendReminder, activities.ResendRequest{
-			Failed: p.Reminder, Due: p.At, RequestID: RequestID(ctx, "resend|"+p.Reminder),
-		}); err != nil {
+		req := activities.ResendRequest{Failed: p.Reminder, Due: p.At, RequestID: RequestID(ctx, "resend|"+p.Reminder)}
+		var err error
+		if Version(ctx, versionResendFailsBy, 1) >= 1 {
+			var out activities.Resent
+			err = Call(ctx, &out, A.Resend, req)
+			if next = out.Reminder; err == nil && out.FailsBy.After(r.FailsBy) {
+				r.FailsBy = out.FailsBy
+			}
+		} else {
+			err = Call(ctx, &next, A.ResendReminder, req)
+		}
+		if err != nil {
 			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
 			return
 		}
@@ -321,6 +334,12 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 	return ch
 }
 
+// versionResendFailsBy guards resending through A.Resend, which tells
+// until when the resend can fail (Resends.FailsBy). Runs begun before it
+// call A.ResendReminder, and Listen could end before a resend that quiet
+// hours moved was even due.
+const versionResendFailsBy = "resend-fails-by"
+
 // versionFailuresStayUnread guards leaving a reminder failure in its
 // channel until RetryFailedReminders has put it in the resends. Runs begun
 // before it take each failure out with Receive, in the same order of
@@ -354,8 +373,9 @@ func ListenFor(s activities.Settings) time.Duration {
 // last of those reminders is due (until; zero when all are due already),
 // then ListenFor, then for the resends still waiting (as long again at
 // most), and listens again after a round that resent anything, for the
-// resends' own failures. stop, when not nil, ends the wait early: the
-// workflow has a signal to act on.
+// resends' own failures, from the time the last of them can fail
+// (r.FailsBy) if that is later. stop, when not nil, ends the wait early:
+// the workflow has a signal to act on.
 func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.Time, stop func() bool) error {
 	d := ListenFor(s)
 	if d <= 0 {
@@ -372,13 +392,20 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.
 		_, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() })
 		return err
 	}
-	// The first round runs from now until ListenFor after until: one
-	// timer, not a wait and then a round.
-	first := d
-	if wait := until.Sub(workflow.Now(ctx)); wait > 0 {
-		first += wait
+	// A round runs from now until ListenFor after the latest time a
+	// reminder can fail at: one timer, not a wait and then a round. Only
+	// runs that resend through A.Resend set r.FailsBy, so older histories
+	// keep their timers.
+	length := func(until time.Time) time.Duration {
+		if r.FailsBy.After(until) {
+			until = r.FailsBy
+		}
+		if wait := until.Sub(workflow.Now(ctx)); wait > 0 {
+			return d + wait
+		}
+		return d
 	}
-	for round := first; ; round = d {
+	for round := length(until); ; round = length(time.Time{}) {
 		// Every resend made adds an entry; resends are bounded by
 		// ReminderRetries per line, so the rounds end.
 		made := len(r.Attempts)

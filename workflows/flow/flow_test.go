@@ -3,6 +3,7 @@ package flow_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -190,9 +191,9 @@ func TestResendMadeStaleMeanwhileIsCancelled(t *testing.T) {
 		env.RegisterWorkflow(resendOnce)
 		env.RegisterActivity(&activities.Activities{})
 		stillCurrent.Store(true)
-		env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(func(context.Context, activities.ResendRequest) (string, error) {
+		env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
 			stillCurrent.Store(!changed)
-			return "clinics/north/reminders/again", nil
+			return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
 		})
 		var cancelled []string
 		env.OnActivity(flow.A.CancelReminder, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.CancelReminderRequest) (bool, error) {
@@ -242,5 +243,48 @@ func TestRemindSkipsAMeetingNoLongerScheduled(t *testing.T) {
 		if (err == nil) != skipped || name != "" {
 			t.Errorf("refused with %s: name %q, workflow error %v; skipped %v", reason, name, err, skipped)
 		}
+	}
+}
+
+// listenOnce serves failed reminders, then listens before it ends.
+func listenOnce(ctx workflow.Context) error {
+	ctx = flow.WithActivityOptions(ctx)
+	var r flow.Resends
+	flow.RetryFailedReminders(ctx, activities.DefaultSettings(), &r, nil)
+	return flow.Listen(ctx, activities.DefaultSettings(), &r, time.Time{}, nil)
+}
+
+// A resend that quiet hours move hours past the time asked is listened
+// for until it can fail, and its failure is sent again: ListenFor alone
+// (90 minutes) would have closed the workflow long before it was due.
+func TestListenWaitsForAResendMovedPastQuietHours(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(listenOnce)
+	env.RegisterActivity(&activities.Activities{})
+	start := time.Date(2026, 12, 3, 21, 0, 0, 0, time.UTC)
+	env.SetStartTime(start)
+	morning := start.Add(10 * time.Hour)
+	var resent []string
+	env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
+		resent = append(resent, in.Failed)
+		if len(resent) == 1 {
+			// Due when the member's quiet hours end.
+			return activities.Resent{Reminder: "clinics/north/reminders/morning", FailsBy: morning}, nil
+		}
+		return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
+	})
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/evening"})
+	}, time.Minute)
+	env.RegisterDelayedCallback(func() {
+		env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/morning"})
+	}, morning.Add(5*time.Minute).Sub(start))
+	env.ExecuteWorkflow(listenOnce)
+	if err := env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(resent, []string{"clinics/north/reminders/evening", "clinics/north/reminders/morning"}) {
+		t.Fatalf("resent %v; want the evening's reminder, then the morning's resend", resent)
 	}
 }

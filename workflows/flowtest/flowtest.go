@@ -12,14 +12,14 @@ import (
 	"github.com/handoff-health/handoff/workflows/flow"
 )
 
-// Resends answers every ResendReminder in env with one reminder and keeps,
-// in order, the failed reminders it was asked to send again.
+// Resends answers every Resend in env with one reminder, due as asked, and
+// keeps, in order, the failed reminders it was asked to send again.
 func Resends(env *testsuite.TestWorkflowEnvironment) *[]string {
 	var resent []string
-	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
+	env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
 			resent = append(resent, in.Failed)
-			return "clinics/north/reminders/again", nil
+			return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
 		})
 	return &resent
 }

@@ -633,10 +633,10 @@ func TestFailingHoldDelaysNoReminder(t *testing.T) {
 func TestFailedRemindersAreRetried(t *testing.T) {
 	h := newHarness(t, 3*24*time.Hour, defaults())
 	var resent []time.Time
-	h.env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (string, error) {
+	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
 			resent = append(resent, h.env.Now())
-			return fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), nil
+			return activities.Resent{Reminder: fmt.Sprintf("clinics/north/reminders/again-%d", len(resent)), FailsBy: in.Due}, nil
 		})
 	fail := func(at time.Duration, name string) {
 		h.env.RegisterDelayedCallback(func() {

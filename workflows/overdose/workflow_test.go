@@ -73,10 +73,10 @@ func newHarness(t *testing.T) *harness {
 			}
 			return []string{"clinics/north/referrals/naloxone"}, nil
 		})
-	env.OnActivity(flow.A.ResendReminder, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, r activities.ResendRequest) (string, error) {
+	env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, r activities.ResendRequest) (activities.Resent, error) {
 			h.resends = append(h.resends, r)
-			return "clinics/north/reminders/r2", nil
+			return activities.Resent{Reminder: "clinics/north/reminders/r2", FailsBy: r.Due}, nil
 		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
