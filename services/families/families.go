@@ -370,6 +370,11 @@ func (s *Server) DeleteFamily(ctx context.Context, req *familiesv1.DeleteFamilyR
 			if _, err := tx.Exec(ctx, `DELETE FROM families WHERE clinic = $1 AND id = $2`, clinic, id); err != nil {
 				return nil, fmt.Errorf("delete family: %w", err)
 			}
+			// The stored answers of earlier calls are copies of the family
+			// (its members, their contacts): a retry gets NOT_FOUND.
+			if err := idempotency.ForgetResource(ctx, tx, clinic, familyName(clinic, id)); err != nil {
+				return nil, err
+			}
 			return &emptypb.Empty{}, emit(ctx, tx, clinic, "family.deleted", req.GetName(), &familiesv1.Family{Name: req.GetName()})
 		})
 }

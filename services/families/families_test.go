@@ -404,6 +404,57 @@ func TestCreateIdempotentUnderConcurrency(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument)
 }
 
+// Deleting a family forgets the stored answers of the calls about it
+// (copies of its members and their contacts): a retry of its creation or
+// of an update is told it is gone, and neither makes anything again. The
+// answers about another family stay.
+func TestRetriesAfterDeleteFamilyGetNotFound(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	create := &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "create-1"}
+	fam, err := f.client.CreateFamily(f.ctx, create)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "create-2"}
+	other, err := f.client.CreateFamily(f.ctx, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Counselor: "counselor-2"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}, RequestId: "update-1"}
+	if _, err := f.client.UpdateFamily(f.ctx, update); err != nil {
+		t.Fatal(err)
+	}
+	del := &familiesv1.DeleteFamilyRequest{Name: fam.GetName(), RequestId: "delete-1"}
+	admin := f.env.As("north", "admin-1", "clinic_admin")
+	if _, err := f.client.DeleteFamily(admin, del); err != nil {
+		t.Fatalf("DeleteFamily: %v", err)
+	}
+	_, err = f.client.UpdateFamily(f.ctx, update)
+	if st := wantCode(t, err, codes.NotFound); !strings.Contains(st.Message(), fam.GetName()) {
+		t.Fatalf("retried update after the delete: %v; want NOT_FOUND naming the family", st.Message())
+	}
+	_, err = f.client.CreateFamily(f.ctx, create)
+	wantCode(t, err, codes.NotFound)
+	// The delete's own retry is answered as before.
+	if _, err := f.client.DeleteFamily(admin, del); err != nil {
+		t.Fatalf("retried delete: %v", err)
+	}
+	if again, err := f.client.CreateFamily(f.ctx, keep); err != nil || again.GetName() != other.GetName() {
+		t.Fatalf("retried creation of another family = %v, %v; want %s", again, err, other.GetName())
+	}
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM families`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("families rows = %d, %v; want only the other family", n, err)
+	}
+	var kept int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys
+		WHERE position('Rivera'::bytea IN response) > 0`).Scan(&kept); err != nil || kept != 1 {
+		t.Fatalf("%d stored answers hold a family, %v; want only the other family's creation", kept, err)
+	}
+}
+
 // 20 concurrent updates with the same etag: exactly one wins, the rest are
 // ABORTED, and the winner's change is what is stored.
 func TestUpdateEtagRace(t *testing.T) {

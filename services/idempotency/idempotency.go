@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,8 +50,8 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	}
 	if tag.RowsAffected() == 0 {
 		var k key
-		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller FROM idempotency_keys
-			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller)
+		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
+			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
@@ -71,8 +72,12 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: encode response: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3 WHERE clinic = $1 AND request_id = $2`,
-		clinic, requestID, b); err != nil {
+	var resource *string
+	if n := name(out); n != "" {
+		resource = &n
+	}
+	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4 WHERE clinic = $1 AND request_id = $2`,
+		clinic, requestID, b, resource); err != nil {
 		return zero, fmt.Errorf("idempotency: store response: %w", err)
 	}
 	return out, nil
@@ -184,8 +189,9 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 		return zero, false, nil
 	}
 	var k key
-	err := db.QueryRow(ctx, `SELECT method, request_hash, response, caller FROM idempotency_keys
-		WHERE clinic = $1 AND request_id = $2 AND response IS NOT NULL`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller)
+	err := db.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
+		WHERE clinic = $1 AND request_id = $2 AND (response IS NOT NULL OR forgotten)`, clinic, requestID).Scan(
+		&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return zero, false, nil
 	}
@@ -205,10 +211,12 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 
 // key is a stored request id.
 type key struct {
-	method string
-	hash   []byte
-	resp   []byte
-	caller *string // nil for keys stored before callers were
+	method    string
+	hash      []byte
+	resp      []byte
+	caller    *string // nil for keys stored before callers were
+	resource  string  // what the response names, if known
+	forgotten bool    // the response was dropped with its record
 }
 
 // answer is what a call with a request id already stored gets: the stored
@@ -222,6 +230,12 @@ func answer[T proto.Message](ctx context.Context, k key, requestID, method strin
 			same = bytes.Equal(k.hash, whole)
 		}
 	}
+	if k.method == method && same && k.forgotten {
+		// Answered as a first call would be now; the id still keeps the
+		// call from running twice (a create is not made again).
+		var zero T
+		return zero, apperr.NotFound(k.resource)
+	}
 	if k.method == method && same {
 		out := newResp()
 		if err := proto.Unmarshal(k.resp, out); err != nil {
@@ -231,13 +245,26 @@ func answer[T proto.Message](ctx context.Context, k key, requestID, method strin
 		return out, nil
 	}
 	made := ""
-	if c := caller(ctx); k.method == method && k.caller != nil && c != "" && *k.caller == c && k.resp != nil {
+	if c := caller(ctx); k.method == method && k.caller != nil && c != "" && *k.caller == c && k.resp != nil && !k.forgotten {
 		if out := newResp(); proto.Unmarshal(k.resp, out) == nil {
 			made = name(out)
 		}
 	}
 	var zero T
 	return zero, apperr.RequestIDReused(requestID, made)
+}
+
+// ForgetResource drops, in q (the deleting transaction), the stored
+// responses that name resource or a record under it: a retry must not get
+// back a copy of what was deleted. The request ids stay, so the calls are
+// not run again; a retry gets NOT_FOUND for what its response named.
+func ForgetResource(ctx context.Context, q Execer, clinic, resource string) error {
+	under := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(resource) + "/%"
+	if _, err := q.Exec(ctx, `UPDATE idempotency_keys SET response = NULL, forgotten = true
+		WHERE clinic = $1 AND (resource = $2 OR resource LIKE $3) AND NOT forgotten`, clinic, resource, under); err != nil {
+		return fmt.Errorf("idempotency: forget the responses about %s: %w", resource, err)
+	}
+	return nil
 }
 
 // Forget deletes up to limit request ids stored before before, oldest

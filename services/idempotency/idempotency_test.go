@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -223,5 +224,57 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 	}
 	if runs.Load() != 1 || checks.Load() != 2 {
 		t.Fatalf("%d runs and %d checks; want the call run once and each replay checked", runs.Load(), checks.Load())
+	}
+}
+
+// ForgetResource forgets the answers naming a record or a record under it,
+// and no other: not a sibling whose name it begins (f1 and f10), nor one a
+// LIKE wildcard in its name would match.
+func TestForgetResourceForgetsOnlyWhatItNames(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "staff", Clinic: "north"})
+	runs := 0
+	call := func(id, made string) (*familiesv1.Family, error) {
+		return idempotency.InTx(ctx, db, "north", "M", id, &familiesv1.GetFamilyRequest{Name: made}, newFamily,
+			func(pgx.Tx) (*familiesv1.Family, error) {
+				runs++
+				return &familiesv1.Family{Name: made}, nil
+			})
+	}
+	names := map[string]bool{ // made -> forgotten
+		"clinics/north/families/a_b":            true,
+		"clinics/north/families/a_b/members/m1": true,
+		"clinics/north/families/a_b0":           false,
+		"clinics/north/families/aXb/members/m1": false,
+		"clinics/north/families/a":              false,
+	}
+	for made := range names {
+		if _, err := call(made, made); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		return idempotency.ForgetResource(ctx, tx, "north", "clinics/north/families/a_b")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for made, forgotten := range names {
+		out, err := call(made, made)
+		if forgotten {
+			if st, _ := status.FromError(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), made) {
+				t.Errorf("%s: %v, %v; want NOT_FOUND naming it", made, out, err)
+			}
+			if out, ok, err := idempotency.Stored(ctx, db, "north", "M", made, &familiesv1.GetFamilyRequest{Name: made}, newFamily); ok || status.Code(err) != codes.NotFound {
+				t.Errorf("%s: Stored = %v, %v, %v; want NOT_FOUND", made, out, ok, err)
+			}
+		} else if err != nil || out.GetName() != made {
+			t.Errorf("%s: %v, %v; want the stored answer", made, out, err)
+		}
+	}
+	if runs != len(names) {
+		t.Fatalf("%d runs; want each call run once", runs)
 	}
 }
