@@ -501,20 +501,38 @@ func TestCancelAndRescheduleCancelTheMeetingsReminders(t *testing.T) {
 			got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
 			t.Fatalf("%s: another meeting's reminder = %v, %v; want DUE", step, got, err)
 		}
-		// A workflow yet to hear of the cancel makes no new reminder of the
-		// meeting; a moved meeting still gets them, for its new time.
-		_, err = f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, Message: "Reminder: family meeting tomorrow at 6 pm.",
-			RelatedResource: iv.GetName()}})
+		// A workflow yet to hear of the change makes no new reminder of
+		// the meeting, or none naming its old time; a moved meeting still
+		// gets them, for its new time.
+		again := func(at *timestamppb.Timestamp) error {
+			_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+				Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+					Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+				Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, Message: "Reminder: family meeting tomorrow at 6 pm.",
+				RelatedResource: iv.GetName()}, MeetingStartTime: at})
+			return err
+		}
+		moved, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if step == "cancel" {
+			err := again(nil)
 			wantCode(t, err, codes.FailedPrecondition)
 			if apperr.Reason(err) != interventions.ReasonMeetingNotScheduled {
 				t.Fatalf("a reminder of a cancelled meeting: %v; want %s", err, interventions.ReasonMeetingNotScheduled)
 			}
-		} else if err != nil {
-			t.Fatalf("a reminder of the moved meeting: %v", err)
+		} else {
+			for _, at := range []*timestamppb.Timestamp{nil, moved.GetStartTime()} {
+				if err := again(at); err != nil {
+					t.Fatalf("a reminder of the moved meeting at %v: %v", at, err)
+				}
+			}
+			err := again(iv.GetStartTime())
+			if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != interventions.ReasonMeetingNotScheduled ||
+				!strings.Contains(st.Message(), "moved") {
+				t.Fatalf("a reminder naming the meeting's old time: %v; want %s", st.Message(), interventions.ReasonMeetingNotScheduled)
+			}
 		}
 		// Each cancellation went out as an event, so webhook deliveries of
 		// the reminders are withdrawn.
@@ -1403,6 +1421,13 @@ func TestRemovedParticipantsRemindersAreCancelled(t *testing.T) {
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = $1 AND resource = $2`,
 		"handoff.interventions.v1.reminder.cancelled", mom.GetName()).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("%d reminder.cancelled events, %v; want 1", n, err)
+	}
+	// A workflow yet to hear of the change makes her no new one.
+	_, err = f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: mom.GetRecipient(), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		Message: "Reminder: family meeting the day after tomorrow.", RelatedResource: iv.GetName()}})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != interventions.ReasonNotAParticipant {
+		t.Fatalf("a reminder to someone taken off the meeting: %v; want %s", st.Message(), interventions.ReasonNotAParticipant)
 	}
 }
 

@@ -252,7 +252,7 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
-				if err := meetingStands(ctx, tx, clinic, rem.GetRelatedResource()); err != nil {
+				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
 				}
 			}
@@ -284,35 +284,58 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 }
 
 // ReasonMeetingNotScheduled refuses a reminder of a meeting that is no
-// longer scheduled.
+// longer scheduled, or no longer at the time the caller knows.
 const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
 
-// meetingStands refuses a reminder of the meeting related names if that
-// meeting is no longer scheduled (cancelled, or held and completed). A
-// cancel cancels the meeting's reminders in its own transaction, but the
-// workflow, which hears of it through the outbox, may still be making one:
-// the shared lock makes the two take turns, so such a reminder is either
-// refused here or seen, and cancelled, by the cancel. (A reminder made with
-// the old time after a reschedule, or to someone just taken off the
-// meeting, still stands until the workflow hears of the change and cancels
-// it.) A name of no meeting of the clinic is left alone.
-func meetingStands(ctx context.Context, tx pgx.Tx, clinic, related string) error {
+// ReasonNotAParticipant refuses a reminder of a meeting to a family member
+// who no longer takes part in it.
+const ReasonNotAParticipant = "NOT_A_PARTICIPANT"
+
+// meetingStands refuses the meeting reminder req asks for if its meeting
+// is no longer scheduled (cancelled, or held and completed), no longer at
+// the start time req gives (rescheduled), or, to a family member, no
+// longer with them. A cancel, a reschedule and an update that takes
+// someone off the meeting cancel its reminders in their own transaction,
+// but the workflow, which hears of the change through the outbox, may
+// still be making one with what it knew: the shared lock makes the two
+// take turns, so such a reminder is either refused here or seen, and
+// cancelled, by the change. A name of no meeting of the clinic is left
+// alone.
+func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) error {
+	related := req.GetReminder().GetRelatedResource()
 	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
 	if !ok || id == "" || strings.Contains(id, "/") {
 		return nil
 	}
-	var state int16
-	err := tx.QueryRow(ctx, `SELECT state FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id).Scan(&state)
+	to := req.GetReminder().GetRecipient()
+	var (
+		state     int16
+		start     *time.Time
+		takesPart bool
+	)
+	err := tx.QueryRow(ctx, `SELECT state, start_time,
+			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3)
+		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("read the reminder's meeting: %w", err)
 	}
+	meta := map[string]string{"intervention": related}
 	if st := interventionsv1.InterventionState(state); st != scheduled {
 		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
-			fmt.Sprintf("%s is %s: no reminder of its meeting is made any more", related, stateName(st)),
-			map[string]string{"intervention": related})
+			fmt.Sprintf("%s is %s: no reminder of its meeting is made any more", related, stateName(st)), meta)
+	}
+	if want := req.GetMeetingStartTime(); want != nil && start != nil &&
+		!want.AsTime().Truncate(time.Microsecond).Equal(*start) {
+		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
+			fmt.Sprintf("%s was moved to %s: no reminder of it at %s is made", related,
+				start.UTC().Format(time.RFC3339), want.AsTime().UTC().Format(time.RFC3339)), meta)
+	}
+	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER && !takesPart {
+		return apperr.FailedPrecondition(ReasonNotAParticipant,
+			fmt.Sprintf("family member %q does not take part in %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
 	return nil
 }

@@ -307,11 +307,18 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 	if due != nil {
 		at = due.AsTime()
 	}
+	kind := interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind])
+	var meeting *timestamppb.Timestamp
+	if kind == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING && !in.AwakeBy.IsZero() {
+		// The time its message names: the service refuses it if the
+		// meeting has moved since the workflow read it.
+		meeting = timestamppb.New(in.AwakeBy)
+	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
-		RequestId: in.RequestID, Reminder: &interventionsv1.Reminder{
+		RequestId: in.RequestID, MeetingStartTime: meeting, Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
-			DueTime: due, Kind: interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]),
+			DueTime: due, Kind: kind,
 			RelatedResource: in.Related, Message: in.Message, OriginWorkflow: in.Origin, SendByTime: sendBy(at, in.To.Recipient(), in.AwakeBy)}})
 	if made := madeBefore(err); made != "" {
 		// An earlier try, which read other data (a counselor since

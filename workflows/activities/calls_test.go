@@ -713,12 +713,32 @@ func TestUnknownRecipientKindIsSkippable(t *testing.T) {
 // capturedReminders keeps what CreateReminder was asked.
 type capturedReminders struct {
 	interventionsv1.InterventionsServiceClient
-	asked []*interventionsv1.Reminder
+	asked    []*interventionsv1.Reminder
+	meetings []*timestamppb.Timestamp // each request's meeting_start_time
 }
 
 func (f *capturedReminders) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
 	f.asked = append(f.asked, in.GetReminder())
+	f.meetings = append(f.meetings, in.GetMeetingStartTime())
 	return &interventionsv1.Reminder{Name: "clinics/north/reminders/r"}, nil
+}
+
+// A meeting reminder names the meeting's time it was written for, so that
+// the service refuses it once the meeting has moved; other kinds do not.
+func TestMeetingReminderNamesTheMeetingsTime(t *testing.T) {
+	meeting := time.Date(2026, 12, 10, 18, 0, 0, 0, time.UTC)
+	to := Person{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS"}
+	for kind, want := range map[string]bool{"INTERVENTION_UPCOMING": true, "CHECK_IN": false} {
+		f := &capturedReminders{}
+		a := &Activities{Interventions: f}
+		if _, err := a.SendReminder(context.Background(), ReminderRequest{Clinic: "north", To: to, Kind: kind, Message: "m",
+			RequestID: "r", Awake: true, AwakeBy: meeting}); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.meetings[0]; (got != nil) != want || (want && !got.AsTime().Equal(meeting)) {
+			t.Errorf("%s: meeting_start_time %v; want it %v", kind, got, want)
+		}
+	}
 }
 
 // A reminder the workflow found due now, outside the recipient's quiet

@@ -133,9 +133,10 @@ func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string
 	var name string
 	err := Call(ctx, &name, A.SendReminder, req)
 	switch activities.ErrorType(err) {
-	// MEETING_NOT_SCHEDULED: the meeting was cancelled or held before this
-	// workflow heard of it; the change reaches it next.
-	case "CONTACT_NOT_ALLOWED", "InvalidArgument", "MEETING_NOT_SCHEDULED":
+	// MEETING_NOT_SCHEDULED, NOT_A_PARTICIPANT: the meeting was cancelled,
+	// held or moved, or the recipient taken off it, before this workflow
+	// heard of it; the change reaches it next.
+	case "CONTACT_NOT_ALLOWED", "InvalidArgument", "MEETING_NOT_SCHEDULED", "NOT_A_PARTICIPANT":
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
 		return "", nil
 	case "REQUEST_ID_REUSED":

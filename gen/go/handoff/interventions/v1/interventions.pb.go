@@ -3523,9 +3523,14 @@ type CreateReminderRequest struct {
 	// A unique id for this request (workflows derive it from the workflow id
 	// and step). A retry with the same id returns the first result; the same
 	// id with a different request is INVALID_ARGUMENT.
-	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// For a reminder of a meeting (INTERVENTION_UPCOMING), the meeting's start
+	// time as the caller knows it, which its message names: if the meeting
+	// has been moved since, the reminder is refused (MEETING_NOT_SCHEDULED)
+	// rather than sent with the old time. Ignored for other kinds.
+	MeetingStartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=meeting_start_time,json=meetingStartTime,proto3" json:"meeting_start_time,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *CreateReminderRequest) Reset() {
@@ -3577,6 +3582,13 @@ func (x *CreateReminderRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *CreateReminderRequest) GetMeetingStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.MeetingStartTime
+	}
+	return nil
 }
 
 // Request for GetReminder.
@@ -4668,13 +4680,14 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xee\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xbd\x02\n" +
 	"\x15CreateReminderRequest\x12_\n" +
 	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Reminder\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12I\n" +
 	"\breminder\x18\x02 \x01(\v2\".handoff.interventions.v1.ReminderB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\breminder\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x93\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12M\n" +
+	"\x12meeting_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\x10meetingStartTime\"\x93\x01\n" +
 	"\x12GetReminderRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
 	"\x17handoff.health/Reminder\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/reminders/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf4\x01\n" +
@@ -5004,71 +5017,72 @@ var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	20, // 47: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
 	20, // 48: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
 	22, // 49: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
-	22, // 50: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
-	56, // 51: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
-	11, // 52: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
-	55, // 53: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
-	55, // 54: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
-	55, // 55: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
-	49, // 56: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
-	49, // 57: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
-	24, // 58: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
-	25, // 59: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
-	26, // 60: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
-	28, // 61: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
-	29, // 62: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
-	30, // 63: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
-	31, // 64: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
-	32, // 65: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
-	33, // 66: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
-	34, // 67: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
-	35, // 68: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
-	36, // 69: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
-	38, // 70: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
-	39, // 71: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
-	41, // 72: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
-	42, // 73: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
-	43, // 74: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
-	44, // 75: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
-	46, // 76: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
-	47, // 77: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
-	48, // 78: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	58, // 79: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	50, // 80: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
-	51, // 81: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
-	53, // 82: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
-	54, // 83: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
-	12, // 84: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 85: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 86: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 87: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	59, // 88: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 89: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 90: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 91: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 92: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 93: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 94: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 95: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 96: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 97: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	59, // 98: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 99: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 100: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 101: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 102: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 103: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 104: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	60, // 105: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	49, // 106: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
-	52, // 107: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
-	59, // 108: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
-	61, // 109: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
-	84, // [84:110] is the sub-list for method output_type
-	58, // [58:84] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	55, // 50: handoff.interventions.v1.CreateReminderRequest.meeting_start_time:type_name -> google.protobuf.Timestamp
+	22, // 51: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
+	56, // 52: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
+	11, // 53: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
+	55, // 54: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
+	55, // 55: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
+	55, // 56: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
+	49, // 57: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
+	49, // 58: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
+	24, // 59: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
+	25, // 60: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
+	26, // 61: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
+	28, // 62: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
+	29, // 63: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
+	30, // 64: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
+	31, // 65: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
+	32, // 66: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
+	33, // 67: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
+	34, // 68: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
+	35, // 69: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
+	36, // 70: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
+	38, // 71: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
+	39, // 72: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
+	41, // 73: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
+	42, // 74: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
+	43, // 75: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
+	44, // 76: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
+	46, // 77: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
+	47, // 78: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
+	48, // 79: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
+	58, // 80: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	50, // 81: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
+	51, // 82: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
+	53, // 83: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
+	54, // 84: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
+	12, // 85: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 86: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 87: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 88: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	59, // 89: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 90: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 91: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 92: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 93: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 94: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 95: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 96: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 97: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 98: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	59, // 99: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 100: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 101: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 102: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 103: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 104: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 105: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	60, // 106: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	49, // 107: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
+	52, // 108: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
+	59, // 109: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
+	61, // 110: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
+	85, // [85:111] is the sub-list for method output_type
+	59, // [59:85] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_handoff_interventions_v1_interventions_proto_init() }

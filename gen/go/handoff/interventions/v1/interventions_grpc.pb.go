@@ -148,7 +148,9 @@ type InterventionsServiceClient interface {
 	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
-	// no longer SCHEDULED.
+	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
+	// request gives; to a family member, with reason NOT_A_PARTICIPANT, once
+	// they no longer take part in it.
 	CreateReminder(ctx context.Context, in *CreateReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Returns one reminder.
 	GetReminder(ctx context.Context, in *GetReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
@@ -556,7 +558,9 @@ type InterventionsServiceServer interface {
 	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
-	// no longer SCHEDULED.
+	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
+	// request gives; to a family member, with reason NOT_A_PARTICIPANT, once
+	// they no longer take part in it.
 	CreateReminder(context.Context, *CreateReminderRequest) (*Reminder, error)
 	// Returns one reminder.
 	GetReminder(context.Context, *GetReminderRequest) (*Reminder, error)
