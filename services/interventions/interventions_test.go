@@ -654,6 +654,52 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	}
 }
 
+// A claimant extends its lease with the etag its claim returned; without
+// it the claim is refused, so two workers wrongly sharing one claimant id
+// do not both win. A stale etag is ABORTED, and a retry of the claim with
+// its request id gets the claim's answer.
+func TestClaimExtendedOnlyWithTheClaimsEtag(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.New(time.Now().Add(-time.Second)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+		Message: "Your counselor will check in with you soon.", RelatedResource: f.family.GetName()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func(etag, requestID string) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1",
+			LeaseDuration: durationpb.New(time.Minute), Etag: etag, RequestId: requestID})
+	}
+	first, err := claim("", "claim-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same id without the etag: another worker, or one that lost the
+	// answer and did not retry with its request id.
+	_, err = claim("", "")
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "LEASE_HELD" || !strings.Contains(st.Message(), "etag") {
+		t.Fatalf("a claim of a reminder its claimant holds, without the etag: %q, %q; want LEASE_HELD", reason(st), st.Message())
+	}
+	if again, err := claim("", "claim-1"); err != nil || again.GetEtag() != first.GetEtag() {
+		t.Fatalf("the claim retried with its request id = %v, %v; want its answer", again, err)
+	}
+	f.clock.Advance(30 * time.Second)
+	extended, err := claim(first.GetEtag(), "")
+	if err != nil || !extended.GetLeaseExpireTime().AsTime().After(first.GetLeaseExpireTime().AsTime()) ||
+		extended.GetAttemptCount() != first.GetAttemptCount() {
+		t.Fatalf("extended = %v, %v; want a later lease, the same attempt", extended, err)
+	}
+	_, err = claim(first.GetEtag(), "")
+	wantCode(t, err, codes.Aborted)
+	if _, err := claim(extended.GetEtag(), ""); err != nil {
+		t.Fatalf("extended again with the newer etag: %v", err)
+	}
+}
+
 // Reminders are claimed exactly once by racing automation workers.
 func TestReminderClaims(t *testing.T) {
 	t.Parallel()

@@ -456,6 +456,9 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 
 // ClaimReminder implements the API. One conditional UPDATE takes the claim,
 // so of several automation workers racing for a reminder exactly one wins.
+// A claimant extends its lease with the etag its claim returned: without
+// one, two workers wrongly sharing a claimant id would both win, and both
+// send.
 func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimReminderRequest) (*interventionsv1.Reminder, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "reminders")
 	if err != nil {
@@ -483,7 +486,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6)
 				AND (send_by_time IS NULL OR send_by_time > $5) AND (
 					(state = 1 AND due_time <= $5) OR
-					(state = 3 AND (lease_expire_time <= $5 OR claimed_by = $3)))`,
+					(state = 3 AND (lease_expire_time <= $5 OR (claimed_by = $3 AND $6 <> ''))))`,
 				r.clinic, r.id, req.GetClaimant(), now.Add(lease), now, req.GetEtag())
 			if err != nil {
 				return nil, fmt.Errorf("claim reminder: %w", err)
@@ -511,6 +514,12 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 							fmt.Sprintf("%s: the recipient's quiet hours have begun, so the claim is not extended; report what was sent", cur.GetName()),
 							map[string]string{"resource": cur.GetName()})
 					}
+				}
+				if cur.GetState() == rClaimed && cur.GetClaimedBy() == req.GetClaimant() {
+					return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
+						fmt.Sprintf("%s is already claimed by %q until %s: to extend the lease, claim it with the etag the claim returned",
+							cur.GetName(), req.GetClaimant(), cur.GetLeaseExpireTime().AsTime().Format(time.RFC3339)),
+						map[string]string{"resource": cur.GetName()})
 				}
 				if cur.GetState() == rClaimed {
 					return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,

@@ -3782,10 +3782,11 @@ type ClaimReminderRequest struct {
 	// example its host name and process id. Use the same id to complete it.
 	Claimant string `protobuf:"bytes,2,opt,name=claimant,proto3" json:"claimant,omitempty"`
 	// How long the claim lasts, from 1 second to 1 hour. Complete the
-	// reminder before the lease runs out, or claim it again to extend the
-	// lease.
+	// reminder before the lease runs out, or claim it again, with the etag
+	// the claim returned, to extend the lease.
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// If set, the claim happens only if the reminder's etag still matches.
+	// Required to extend a claim: the etag the claim returned.
 	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
 	// A unique id for this request; a retry returns the first result.
 	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`

@@ -158,8 +158,10 @@ type InterventionsServiceClient interface {
 	// time. Delivery workers list `state = DUE` to find work.
 	ListReminders(ctx context.Context, in *ListRemindersRequest, opts ...grpc.CallOption) (*ListRemindersResponse, error)
 	// Claims a DUE reminder for delivery, for the length of a lease. While the
-	// lease runs, no one else can claim the reminder (FAILED_PRECONDITION);
-	// the current claimant may claim again to extend its lease. A reminder
+	// lease runs, no one else can claim the reminder (FAILED_PRECONDITION,
+	// reason LEASE_HELD); the current claimant may claim again to extend its
+	// lease, with the etag its last claim returned (without one it is refused
+	// too: two workers sharing a claimant id must not both send). A reminder
 	// that is not due yet, or is already delivered, failed or cancelled,
 	// answers FAILED_PRECONDITION. Returns the claimed reminder.
 	ClaimReminder(ctx context.Context, in *ClaimReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
@@ -568,8 +570,10 @@ type InterventionsServiceServer interface {
 	// time. Delivery workers list `state = DUE` to find work.
 	ListReminders(context.Context, *ListRemindersRequest) (*ListRemindersResponse, error)
 	// Claims a DUE reminder for delivery, for the length of a lease. While the
-	// lease runs, no one else can claim the reminder (FAILED_PRECONDITION);
-	// the current claimant may claim again to extend its lease. A reminder
+	// lease runs, no one else can claim the reminder (FAILED_PRECONDITION,
+	// reason LEASE_HELD); the current claimant may claim again to extend its
+	// lease, with the etag its last claim returned (without one it is refused
+	// too: two workers sharing a claimant id must not both send). A reminder
 	// that is not due yet, or is already delivered, failed or cancelled,
 	// answers FAILED_PRECONDITION. Returns the claimed reminder.
 	ClaimReminder(context.Context, *ClaimReminderRequest) (*Reminder, error)
