@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -141,6 +142,11 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	fewest := map[string]int32{}
 	keep := map[string]int32{}
 	defaultDeny := false
+	// The named container ports of each deployment's pods, by pod name
+	// label, and the policies that name ports of pods they select: a name
+	// no pod has matches nothing, and the policy would let nothing in.
+	podPorts := map[string]map[string]bool{}
+	var policies []*networkingv1.NetworkPolicy
 	for _, doc := range docs {
 		var head struct {
 			APIVersion string `json:"apiVersion"`
@@ -172,6 +178,9 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
 			}
 		}
+		if np, ok := obj.(*networkingv1.NetworkPolicy); ok {
+			policies = append(policies, np)
+		}
 		if np, ok := obj.(*networkingv1.NetworkPolicy); ok && len(np.Spec.PodSelector.MatchLabels) == 0 &&
 			len(np.Spec.PodSelector.MatchExpressions) == 0 && len(np.Spec.Ingress) == 0 && len(np.Spec.Egress) == 0 &&
 			len(np.Spec.PolicyTypes) == 2 {
@@ -185,6 +194,15 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 		}
 		if d, ok := obj.(*appsv1.Deployment); ok {
 			deployments[d.Name] = true
+			named := map[string]bool{}
+			for _, c := range d.Spec.Template.Spec.Containers {
+				for _, p := range c.Ports {
+					if p.Name != "" {
+						named[p.Name] = true
+					}
+				}
+			}
+			podPorts[d.Spec.Template.Labels["app.kubernetes.io/name"]] = named
 			if _, set := fewest[d.Name]; !set && d.Spec.Replicas != nil {
 				fewest[d.Name] = *d.Spec.Replicas
 			}
@@ -204,12 +222,38 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	if !defaultDeny {
 		return 0, fmt.Errorf("no default-deny network policy for ingress and egress")
 	}
+	for _, np := range policies {
+		if err := checkNamedPorts(np, podPorts); err != nil {
+			return 0, fmt.Errorf("network policy %s: %w", np.Name, err)
+		}
+	}
 	for name, n := range keep {
 		if f, ok := fewest[name]; ok && n >= f {
 			return 0, fmt.Errorf("pod disruption budget %s keeps %d available of as few as %d replicas: no node could ever be drained", name, n, f)
 		}
 	}
 	return len(docs), nil
+}
+
+// checkNamedPorts refuses an ingress rule that names a port the pods the
+// policy selects (by their name label) do not have.
+func checkNamedPorts(np *networkingv1.NetworkPolicy, podPorts map[string]map[string]bool) error {
+	pod := np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"]
+	for _, rule := range np.Spec.Ingress {
+		for _, p := range rule.Ports {
+			if p.Port == nil || p.Port.Type != intstr.String {
+				continue
+			}
+			ports, ok := podPorts[pod]
+			if !ok {
+				return fmt.Errorf("names port %q but selects no single deployment's pods", p.Port.StrVal)
+			}
+			if !ports[p.Port.StrVal] {
+				return fmt.Errorf("names port %q, which the %s pods do not have", p.Port.StrVal, pod)
+			}
+		}
+	}
+	return nil
 }
 
 // checkDeployment holds what every Handoff deployment must have.
