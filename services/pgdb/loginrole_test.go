@@ -2,6 +2,7 @@ package pgdb_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/url"
 	"strings"
@@ -105,5 +106,78 @@ func TestLoginRoleHasNoOwnerRights(t *testing.T) {
 		if err == nil || !(strings.Contains(err.Error(), "permission denied") || strings.Contains(err.Error(), "must be owner")) {
 			t.Errorf("%s: %v, want a refusal", stmt, err)
 		}
+	}
+}
+
+// The login role's password reaches PostgreSQL as its SCRAM-SHA-256
+// verifier, never in clear: the verifier is the one PostgreSQL derives
+// itself (checked against one it made from the same password, salt and
+// iterations), and it is stored as sent (with the salt fixed here; a
+// password in clear would get a random salt from the server). A password
+// PostgreSQL would prepare with SASLprep first is refused. Not parallel:
+// it fixes the package's salt.
+func TestLoginRolePasswordIsSentAsItsVerifier(t *testing.T) {
+	ctx := context.Background()
+	owner, _ := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	name := fmt.Sprintf("handoff_scram_test_%d", time.Now().UnixNano()%1_000_000_000)
+	t.Cleanup(func() {
+		_, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+name)
+		_, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+name+`_pg`)
+	})
+	stored := func(role string) string {
+		t.Helper()
+		var v string
+		if err := owner.QueryRow(ctx, `SELECT rolpassword FROM pg_authid WHERE rolname = $1`, role).Scan(&v); err != nil {
+			t.Fatalf("read the stored password of %s (the tests' owner must be a superuser): %v", role, err)
+		}
+		return v
+	}
+	// PostgreSQL's own verifier of the same password.
+	const password = "correct horse: battery staple!"
+	conn, err := owner.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SET password_encryption = 'scram-sha-256'`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+name+`_pg PASSWORD '`+password+`'`); err != nil {
+		t.Fatal(err)
+	}
+	theirs := stored(name + "_pg")
+	var iterations int
+	var salt64, rest string
+	if head, tail, ok := strings.Cut(strings.TrimPrefix(theirs, "SCRAM-SHA-256$"), "$"); ok {
+		rest = tail
+		if n, err := fmt.Sscanf(strings.Replace(head, ":", " ", 1), "%d %s", &iterations, &salt64); n != 2 || err != nil {
+			t.Fatalf("PostgreSQL's verifier %q: %v", theirs, err)
+		}
+	}
+	salt, err := base64.StdEncoding.DecodeString(salt64)
+	if err != nil || rest == "" {
+		t.Fatalf("PostgreSQL's verifier %q: %v", theirs, err)
+	}
+	ours, err := pgdb.ScramVerifierWith(password, salt, iterations)
+	if err != nil || ours != theirs {
+		t.Fatalf("our verifier %q, %v; PostgreSQL's %q", ours, err, theirs)
+	}
+	// EnsureLoginRole sends a verifier, which PostgreSQL keeps as it is.
+	fixed := []byte("0123456789abcdef")
+	restore := pgdb.FixSalt(fixed)
+	err = pgdb.EnsureLoginRole(ctx, owner, name, password)
+	restore()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := stored(name)
+	if want, err := pgdb.ScramVerifierWith(password, fixed, 4096); err != nil || got != want {
+		t.Fatalf("stored %q; want the verifier sent, %q (%v)", got, want, err)
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, name, "pässword"); err == nil || !strings.Contains(err.Error(), "ASCII") {
+		t.Fatalf("a password needing SASLprep: %v; want a refusal", err)
+	}
+	if stored(name) != got {
+		t.Fatal("a refused password changed the stored one")
 	}
 }

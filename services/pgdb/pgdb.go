@@ -451,11 +451,16 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
 	}
 	if password != "" {
+		// Sent as its SCRAM verifier, not in clear (see scramVerifier).
+		verifier, err := scramVerifier(password)
+		if err != nil {
+			return err
+		}
 		var ddl string
 		if err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)
 				THEN format('ALTER ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text)
 				ELSE format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text) END`,
-			name, password).Scan(&ddl); err != nil {
+			name, verifier).Scan(&ddl); err != nil {
 			return fmt.Errorf("pgdb: login role: %w", err)
 		}
 		if _, err := conn.Exec(ctx, ddl); err != nil {
