@@ -109,6 +109,7 @@ type wf struct {
 	upcoming     map[string]int    // meeting reminder -> the generation it announced
 	sentTo       map[string]string // meeting reminder -> whom (recipientKey)
 	notices      map[string]bool   // notices made after the outcome, about what follows it
+	lastNotice   time.Time         // when the last of them was made
 	replans      int
 	resends      flow.Resends
 	hold         activities.HoldResult
@@ -569,8 +570,26 @@ func (w *wf) notice(ctx workflow.Context, to activities.Person, kind, message, p
 	name, err := flow.RemindAt(ctx, w.plan.Clinic, to, kind, w.in.Intervention, message, purpose, time.Time{})
 	if name != "" {
 		w.notices[name] = true
+		w.lastNotice = workflow.Now(ctx)
 	}
 	return err
+}
+
+// versionListenAfterNotices guards listening, before the workflow ends,
+// for the failures of the notices it made after the outcome: a refusal's
+// follow-up that ends at once (it joined a running boundary workflow) left
+// a failed notice unsent, the failure signalled to a closed workflow.
+const versionListenAfterNotices = "listen-after-notices"
+
+// listenAfterNotices keeps the workflow open while a notice it made can
+// still fail and be sent again (see flow.Listen). It asks the version only
+// when such a notice is that recent.
+func (w *wf) listenAfterNotices(ctx workflow.Context) error {
+	if w.lastNotice.IsZero() || !workflow.Now(ctx).Before(w.lastNotice.Add(flow.ListenFor(w.settings))) ||
+		flow.Version(ctx, versionListenAfterNotices, 1) < 1 {
+		return nil
+	}
+	return flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
 }
 
 func (w *wf) end() time.Time { return w.plan.Start.Add(w.plan.Duration) }
@@ -880,6 +899,9 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 			return Result{}, err
 		}
 		res.ChildResult = out
+		if err := w.listenAfterNotices(ctx); err != nil {
+			return Result{}, err
+		}
 	}
 	w.step = StepDone
 	return res, nil
