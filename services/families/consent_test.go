@@ -508,12 +508,21 @@ func TestAccountingOutlivesFamilyAndIsAppendOnly(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
 	fam := f.create(t)
-	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	sign := &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: f.validConsent("ehr-1"), RequestId: "consent-1"}
+	co, err := f.client.CreateConsent(f.ctx, sign)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.client.DeleteFamily(f.admin, &familiesv1.DeleteFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("DeleteFamily: %v", err)
+	}
+	// The answer of the consent's recording outlives the family with it:
+	// a retry gets the consent, not NOT_FOUND for a record still there.
+	if again, err := f.client.CreateConsent(f.ctx, sign); err != nil || again.GetName() != co.GetName() {
+		t.Fatalf("the consent's recording retried after the delete = %v, %v; want %s", again, err, co.GetName())
 	}
 	if ds := f.disclosures(t, fam.GetName()); len(ds) != 1 {
 		t.Fatalf("accounting after the family was deleted: %v", ds)

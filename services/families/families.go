@@ -371,8 +371,10 @@ func (s *Server) DeleteFamily(ctx context.Context, req *familiesv1.DeleteFamilyR
 				return nil, fmt.Errorf("delete family: %w", err)
 			}
 			// The stored answers of earlier calls are copies of the family
-			// (its members, their contacts): a retry gets NOT_FOUND.
-			if err := idempotency.ForgetResource(ctx, tx, clinic, familyName(clinic, id)); err != nil {
+			// (its members, their contacts): a retry gets NOT_FOUND. Its
+			// consents and the accounting of its disclosures outlive it
+			// (42 CFR 2.31, 2.24), and so do the answers about them.
+			if err := idempotency.ForgetResource(ctx, tx, clinic, familyName(clinic, id), "consents", "disclosures"); err != nil {
 				return nil, err
 			}
 			return &emptypb.Empty{}, emit(ctx, tx, clinic, "family.deleted", req.GetName(), &familiesv1.Family{Name: req.GetName()})

@@ -255,13 +255,20 @@ func answer[T proto.Message](ctx context.Context, k key, requestID, method strin
 }
 
 // ForgetResource drops, in q (the deleting transaction), the stored
-// responses that name resource or a record under it: a retry must not get
-// back a copy of what was deleted. The request ids stay, so the calls are
-// not run again; a retry gets NOT_FOUND for what its response named.
-func ForgetResource(ctx context.Context, q Execer, clinic, resource string) error {
-	under := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(resource) + "/%"
+// responses that name resource or a record under it, but for the
+// collections kept (records that outlive it): a retry must not get back a
+// copy of what was deleted. The request ids stay, so the calls are not run
+// again; a retry gets NOT_FOUND for what its response named.
+func ForgetResource(ctx context.Context, q Execer, clinic, resource string, kept ...string) error {
+	escape := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace
+	under := escape(resource) + "/"
+	keep := []string{}
+	for _, c := range kept {
+		keep = append(keep, under+escape(c)+"/%")
+	}
 	if _, err := q.Exec(ctx, `UPDATE idempotency_keys SET response = NULL, forgotten = true
-		WHERE clinic = $1 AND (resource = $2 OR resource LIKE $3) AND NOT forgotten`, clinic, resource, under); err != nil {
+		WHERE clinic = $1 AND (resource = $2 OR (resource LIKE $3 AND NOT resource LIKE ANY($4))) AND NOT forgotten`,
+		clinic, resource, under+"%", keep); err != nil {
 		return fmt.Errorf("idempotency: forget the responses about %s: %w", resource, err)
 	}
 	return nil

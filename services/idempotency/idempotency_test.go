@@ -167,7 +167,7 @@ func TestRetryWithANewerEtagGetsTheFirstResponse(t *testing.T) {
 // on the key's row, then replays): the check's refusal is its answer.
 func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 	t.Parallel()
-	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
 	db := pgtest.App(t, schema)
 	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "staff", Clinic: "north"})
 	const made = "clinics/north/families/f1/disclosures/d1"
@@ -209,8 +209,19 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	go func() { out, err := call(false); second <- result{out, err} }()
-	time.Sleep(50 * time.Millisecond) // let it reach the key's row and wait
-	covered.Store(false)              // a revocation while the first call runs
+	// Until the second call waits on the key's row lock (seen as the
+	// owner: the application role sees nothing of other sessions).
+	for waiting, deadline := 0, time.Now().Add(10*time.Second); waiting == 0; {
+		if err := owner.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO idempotency_keys%'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second call never waited on the first call's key")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	covered.Store(false) // a revocation while the first call runs
 	close(release)
 	if r := <-first; r.err != nil || r.out.GetName() != made {
 		t.Fatalf("first call = %v, %v", r.out, r.err)
@@ -229,7 +240,7 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 
 // ForgetResource forgets the answers naming a record or a record under it,
 // and no other: not a sibling whose name it begins (f1 and f10), nor one a
-// LIKE wildcard in its name would match.
+// LIKE wildcard in its name would match, nor one in a collection kept.
 func TestForgetResourceForgetsOnlyWhatItNames(t *testing.T) {
 	t.Parallel()
 	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
@@ -244,11 +255,13 @@ func TestForgetResourceForgetsOnlyWhatItNames(t *testing.T) {
 			})
 	}
 	names := map[string]bool{ // made -> forgotten
-		"clinics/north/families/a_b":            true,
-		"clinics/north/families/a_b/members/m1": true,
-		"clinics/north/families/a_b0":           false,
-		"clinics/north/families/aXb/members/m1": false,
-		"clinics/north/families/a":              false,
+		"clinics/north/families/a_b":             true,
+		"clinics/north/families/a_b/members/m1":  true,
+		"clinics/north/families/a_b/consents/c1": false, // kept: it outlives the record
+		"clinics/north/families/a_b/consentsX/c": true,
+		"clinics/north/families/a_b0":            false,
+		"clinics/north/families/aXb/members/m1":  false,
+		"clinics/north/families/a":               false,
 	}
 	for made := range names {
 		if _, err := call(made, made); err != nil {
@@ -256,7 +269,7 @@ func TestForgetResourceForgetsOnlyWhatItNames(t *testing.T) {
 		}
 	}
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		return idempotency.ForgetResource(ctx, tx, "north", "clinics/north/families/a_b")
+		return idempotency.ForgetResource(ctx, tx, "north", "clinics/north/families/a_b", "consents")
 	})
 	if err != nil {
 		t.Fatal(err)
