@@ -576,9 +576,10 @@ func (w *wf) notice(ctx workflow.Context, to activities.Person, kind, message, p
 }
 
 // versionListenAfterNotices guards listening, before the workflow ends,
-// for the failures of the notices it made after the outcome: a refusal's
-// follow-up that ends at once (it joined a running boundary workflow) left
-// a failed notice unsent, the failure signalled to a closed workflow.
+// for the failures of the notices it made after the outcome: a follow-up
+// that ends soon after one (a refusal's that joined a running boundary
+// workflow, an intake that ended quickly) left a failed notice unsent, the
+// failure signalled to a closed workflow.
 const versionListenAfterNotices = "listen-after-notices"
 
 // listenAfterNotices keeps the workflow open while a notice it made can
@@ -985,6 +986,9 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result,
 		return Result{}, err
 	}
 	res.ChildResult = out.Outcome
+	if err := w.listenAfterNotices(ctx); err != nil {
+		return Result{}, err
+	}
 	w.step = StepDone
 	return res, nil
 }

@@ -719,28 +719,34 @@ func TestNoticeAfterTheOutcomeIsResent(t *testing.T) {
 }
 
 // A notice made after the outcome is listened for even when the follow-up
-// ends at once (the family's boundary workflow was already running, or
-// ended at once): its failure, ten minutes on, is still sent again.
+// ends soon after (the family's boundary workflow was already running, or
+// the intake ended quickly): its failure, ten minutes on, is still sent
+// again.
 func TestNoticeIsResentWhenTheFollowUpEndsAtOnce(t *testing.T) {
-	h := newHarness(t, 4*24*time.Hour, defaults())
-	resent := h.resends()
-	refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
-	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
-	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(boundary.Result{Summary: "joined"}, nil)
-	outcomeAt := 4*24*time.Hour + time.Hour
-	h.update(outcomeAt, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED",
-		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
-	var notice string
-	h.env.RegisterDelayedCallback(func() {
-		notice = h.sent.nameOf("REFERRAL_ESCALATION")
-		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: notice})
-	}, outcomeAt+10*time.Minute)
-	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if notice == "" || len(*resent) != 1 || (*resent)[0] != notice {
-		t.Fatalf("notice %q, resent %v; want the failed notice sent again", notice, *resent)
+	for _, o := range []intervention.Outcome{
+		{Kind: "DECLINED", AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}},
+		{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE", "HARM_REDUCTION_NALOXONE"}},
+	} {
+		h := newHarness(t, 4*24*time.Hour, defaults())
+		resent := h.resends()
+		refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
+		h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
+		h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(boundary.Result{Summary: "joined"}, nil)
+		h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil)
+		outcomeAt := 4*24*time.Hour + time.Hour
+		h.update(outcomeAt, intervention.UpdateOutcome, o, nil)
+		var notice string
+		h.env.RegisterDelayedCallback(func() {
+			notice = h.sent.nameOf("REFERRAL_ESCALATION")
+			h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: notice})
+		}, outcomeAt+10*time.Minute)
+		h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatalf("%s: %v", o.Kind, err)
+		}
+		if notice == "" || len(*resent) != 1 || (*resent)[0] != notice {
+			t.Fatalf("%s: notice %q, resent %v; want the failed notice sent again", o.Kind, notice, *resent)
+		}
 	}
 }
 
