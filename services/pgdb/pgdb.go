@@ -451,10 +451,15 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
 	}
 	if password != "" {
-		// Sent as its SCRAM verifier, not in clear (see scramVerifier).
-		verifier, err := scramVerifier(password)
+		// Sent as its SCRAM verifier, not in clear (see scramVerifier);
+		// a password with other than ASCII goes in clear, for the server
+		// to prepare, as before.
+		verifier, ok, err := scramVerifier(password)
 		if err != nil {
 			return err
+		}
+		if !ok {
+			verifier = password
 		}
 		var ddl string
 		if err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)

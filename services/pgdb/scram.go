@@ -20,21 +20,35 @@ var saltFrom = rand.Read
 // (RFC 5802, RFC 7677), in the form it stores: given to CREATE or ALTER
 // ROLE ... PASSWORD, it is stored as it is. The password itself is then
 // never in a statement's text, which the server may log (log_statement)
-// or keep (pg_stat_statements). Only printable ASCII is taken: PostgreSQL
-// prepares other passwords with SASLprep first, which this does not do.
-func scramVerifier(password string) (string, error) {
+// or keep (pg_stat_statements). ok is false for a password with a byte
+// outside ASCII: PostgreSQL prepares those with SASLprep first (an ASCII
+// one it takes as it is), which this does not do.
+func scramVerifier(password string) (verifier string, ok bool, err error) {
+	if !ascii(password) {
+		return "", false, nil
+	}
 	var salt [16]byte
 	if _, err := saltFrom(salt[:]); err != nil {
-		return "", fmt.Errorf("pgdb: salt: %w", err)
+		return "", false, fmt.Errorf("pgdb: salt: %w", err)
 	}
-	return scramVerifierWith(password, salt[:], scramIterations)
+	v, err := scramVerifierWith(password, salt[:], scramIterations)
+	return v, err == nil, err
+}
+
+// ascii reports whether s is ASCII without NUL, as PostgreSQL takes a
+// password without SASLprep.
+func ascii(s string) bool {
+	for _, c := range []byte(s) {
+		if c == 0 || c > 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 func scramVerifierWith(password string, salt []byte, iterations int) (string, error) {
-	for _, c := range []byte(password) {
-		if c < 0x20 || c > 0x7e {
-			return "", errors.New("pgdb: the login role's password must be printable ASCII")
-		}
+	if !ascii(password) {
+		return "", errors.New("pgdb: a SCRAM verifier here needs an ASCII password")
 	}
 	salted, err := pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
 	if err != nil {
