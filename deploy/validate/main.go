@@ -235,21 +235,37 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	return len(docs), nil
 }
 
-// checkNamedPorts refuses an ingress rule that names a port the pods the
-// policy selects (by their name label) do not have.
+// checkNamedPorts refuses a rule that names a port the pods it opens do
+// not have: for ingress the pods the policy selects, for egress the pods
+// each destination selects (by their name label).
 func checkNamedPorts(np *networkingv1.NetworkPolicy, podPorts map[string]map[string]bool) error {
-	pod := np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"]
-	for _, rule := range np.Spec.Ingress {
-		for _, p := range rule.Ports {
+	check := func(pod string, ports []networkingv1.NetworkPolicyPort) error {
+		for _, p := range ports {
 			if p.Port == nil || p.Port.Type != intstr.String {
 				continue
 			}
-			ports, ok := podPorts[pod]
+			have, ok := podPorts[pod]
 			if !ok {
-				return fmt.Errorf("names port %q but selects no single deployment's pods", p.Port.StrVal)
+				return fmt.Errorf("names port %q for pods of no single deployment", p.Port.StrVal)
 			}
-			if !ports[p.Port.StrVal] {
+			if !have[p.Port.StrVal] {
 				return fmt.Errorf("names port %q, which the %s pods do not have", p.Port.StrVal, pod)
+			}
+		}
+		return nil
+	}
+	for _, rule := range np.Spec.Ingress {
+		if err := check(np.Spec.PodSelector.MatchLabels["app.kubernetes.io/name"], rule.Ports); err != nil {
+			return err
+		}
+	}
+	for _, rule := range np.Spec.Egress {
+		for _, to := range rule.To {
+			if to.PodSelector == nil {
+				continue
+			}
+			if err := check(to.PodSelector.MatchLabels["app.kubernetes.io/name"], rule.Ports); err != nil {
+				return err
 			}
 		}
 	}
