@@ -656,7 +656,8 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	if in.Member != "" {
 		// The workflow may have read the family weeks ago: a member who has
 		// left it since is not referred (the service would refuse them, and
-		// the refusal would end the workflow).
+		// the refusal would end the workflow), nor one who has withdrawn
+		// consent to contact since (the programs reach out to them).
 		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
 		if status.Code(err) == codes.NotFound {
 			return nil, nil // the family's record was deleted: nobody to refer
@@ -664,7 +665,9 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		if err != nil {
 			return nil, wrap("get family", err)
 		}
-		if !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == in.Member }) {
+		if !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool {
+			return m.GetId() == in.Member && m.GetConsentToContact()
+		}) {
 			return nil, nil
 		}
 		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}

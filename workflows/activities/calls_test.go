@@ -155,8 +155,8 @@ type familyFake struct {
 }
 
 func (familyFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
-	return &familiesv1.Family{Members: []*familiesv1.Member{{Id: "mom", TimeZone: "America/Chicago",
-		QuietHours: &familiesv1.QuietHours{Start: "21:00", End: "08:00"}}}}, nil
+	return &familiesv1.Family{Members: []*familiesv1.Member{{Id: "mom", TimeZone: "America/Chicago", ConsentToContact: true,
+		QuietHours: &familiesv1.QuietHours{Start: "21:00", End: "08:00"}}, {Id: "dad"}}}, nil
 }
 
 // A resend to a family member waits out their quiet hours when that is
@@ -442,10 +442,13 @@ func (familyFake) ListBarriers(context.Context, *familiesv1.ListBarriersRequest,
 // A member who left the family since the workflow read it is not referred,
 // and the workflow goes on; one still in it is.
 func TestSupportReferralForAMemberWhoLeft(t *testing.T) {
+	// mom may be contacted; uncle left the family; dad withdrew his
+	// consent to contact (or never gave it): programs that reach out are
+	// not given him.
 	for _, c := range []struct {
 		member string
 		want   int
-	}{{"mom", 1}, {"uncle", 0}} {
+	}{{"mom", 1}, {"uncle", 0}, {"dad", 0}} {
 		refs := &matchFake{ranked: []string{"clinics/north/programs/p1"}, ids: map[string]string{}}
 		a := &Activities{Referrals: refs, Families: familyFake{}}
 		got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
