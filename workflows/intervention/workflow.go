@@ -434,10 +434,7 @@ func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
 	for _, p := range w.plan.Participants {
 		recipients = append(recipients, p.Recipient())
 	}
-	plan, err := schedule.Plan(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients)
-	if err != nil {
-		return nil, temporal.NewNonRetryableApplicationError(err.Error(), "INVALID_ARGUMENT", nil)
-	}
+	plan := schedule.Plan(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients)
 	if len(plan) > maxRemindersPerRun {
 		plan = plan[:maxRemindersPerRun]
 	}

@@ -367,11 +367,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				for _, c := range w.contacts {
 					rs = append(rs, c.Recipient())
 				}
-				plan, err := schedule.Plan(info.Appointment, now, w.settings.IntakeReminderOffsets, rs)
-				if err != nil {
-					return "", info, err
-				}
-				pending = plan
+				pending = schedule.Plan(info.Appointment, now, w.settings.IntakeReminderOffsets, rs)
 			}
 		case "COMPLETED":
 			return "entered", info, nil

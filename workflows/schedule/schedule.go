@@ -198,16 +198,20 @@ func location(zone string) (*time.Location, error) {
 // reminder whose time has already passed at now is sent at now, but of
 // several such for one recipient only the one nearest the event is kept:
 // a meeting booked for tomorrow gets one reminder now, not three. The
-// result is ordered by time, then recipient, then offset.
-func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient) ([]Planned, error) {
+// result is ordered by time, then recipient, then offset. A recipient whose
+// zone or quiet hours do not parse (stored before they were checked) is
+// placed in UTC without quiet hours, as RemindAwake sends such a one's
+// message at once: one bad record must not cost everyone their reminders.
+func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient) []Planned {
 	var out []Planned
 	for _, r := range recipients {
+		placed := r
+		if _, _, _, err := quietOf(r); err != nil {
+			placed = Recipient{Kind: r.Kind, ID: r.ID, Channel: r.Channel}
+		}
 		var late *Planned
 		for _, off := range offsets {
-			at, err := Place(event, off, r)
-			if err != nil {
-				return nil, err
-			}
+			at, _ := Place(event, off, placed) // placed parses
 			if !at.After(now) {
 				if !now.Before(event) {
 					continue // the event has begun: no reminder
@@ -233,5 +237,5 @@ func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient)
 		}
 		return a.Offset > b.Offset
 	})
-	return out, nil
+	return out
 }

@@ -60,10 +60,7 @@ func TestPlanCollapsesLateReminders(t *testing.T) {
 	rs := []Recipient{{ID: "counselor-1"}, {ID: "mom"}}
 	// The meeting is 30 hours away: the 72 h reminder is already late and
 	// goes out now; 24 h and 2 h are placed normally.
-	plan, err := Plan(now.Add(30*time.Hour), now, offsets, rs)
-	if err != nil {
-		t.Fatal(err)
-	}
+	plan := Plan(now.Add(30*time.Hour), now, offsets, rs)
 	if len(plan) != 6 {
 		t.Fatalf("plan = %v", plan)
 	}
@@ -71,12 +68,12 @@ func TestPlanCollapsesLateReminders(t *testing.T) {
 		t.Fatalf("plan = %+v", plan)
 	}
 	// The meeting is 10 seconds away: one reminder each, now.
-	plan, _ = Plan(now.Add(10*time.Second), now, offsets, rs)
+	plan = Plan(now.Add(10*time.Second), now, offsets, rs)
 	if len(plan) != 2 || !plan[0].At.Equal(now) || plan[0].Offset != 2*time.Hour {
 		t.Fatalf("late plan = %+v", plan)
 	}
 	// The meeting has begun: nothing.
-	if plan, _ = Plan(now.Add(-time.Minute), now, offsets, rs); len(plan) != 0 {
+	if plan = Plan(now.Add(-time.Minute), now, offsets, rs); len(plan) != 0 {
 		t.Fatalf("plan after start = %+v", plan)
 	}
 }
@@ -177,5 +174,26 @@ func TestSendBy(t *testing.T) {
 	}
 	if _, _, err := SendBy(at(10, 14, 0), Recipient{TimeZone: "Mars/Olympus", Quiet: night.Quiet}, at(11, 10, 0)); err == nil {
 		t.Error("an unknown zone is an error")
+	}
+}
+
+// A recipient whose zone or quiet hours do not parse is planned in UTC
+// without quiet hours, beside everyone else, not the end of the plan.
+func TestPlanPlacesABadRecordInUTC(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	event := now.Add(48 * time.Hour)
+	rs := []Recipient{
+		{ID: "mom", TimeZone: "Local/Nowhere", Quiet: QuietHours{Start: "21:00", End: "08:00"}},
+		{ID: "dad", TimeZone: "UTC", Quiet: QuietHours{Start: "9pm", End: "8am"}},
+		{ID: "aunt", TimeZone: "America/Chicago"},
+	}
+	plan := Plan(event, now, []time.Duration{24 * time.Hour}, rs)
+	if len(plan) != 3 {
+		t.Fatalf("plan = %v; want one reminder each", plan)
+	}
+	for _, p := range plan {
+		if !p.At.Equal(event.Add(-24 * time.Hour)) {
+			t.Errorf("%s at %v; want a day before, by the clock", p.Recipient.ID, p.At)
+		}
 	}
 }
