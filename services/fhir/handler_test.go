@@ -260,6 +260,30 @@ func entryIDs(a answer) []string {
 	return out
 }
 
+// A Task carrying a modifier extension or implicit rules, at the top or in
+// a backbone element, may mean something else than it says ("entered in
+// error"): it is refused (422) before the referral is read or changed.
+func TestPutTaskWithAModifierIsRefused(t *testing.T) {
+	ext := `[{"url":"http://example.org/fhir/entered-in-error","valueBoolean":true}]`
+	head := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"cancelled","statusReason":{"text":"x"}`
+	for _, c := range []struct{ body, want string }{
+		{head + `,"modifierExtension":` + ext + `}`, "Task.modifierExtension"},
+		{head + `,"restriction":{"repetitions":1,"modifierExtension":` + ext + `}}`, "Task.restriction.modifierExtension"},
+		{head + `,"implicitRules":"http://example.org/rules"}`, "Task.implicitRules"},
+	} {
+		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		a := fx.do("PUT", "/fhir/R4/Task/"+refID, c.body)
+		if a.code != http.StatusUnprocessableEntity || !strings.Contains(a.raw, c.want) || fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+			t.Errorf("%s: %d %s after %d reads, %d transitions; want 422 naming it, before any read", c.want, a.code, a.raw, fx.referrals.reads, fx.referrals.transitions)
+		}
+	}
+	// The same Task without them is acted on.
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, head+`}`); a.code != http.StatusOK || fx.referrals.transitions != 1 {
+		t.Fatalf("without them: %d %s after %d transitions; want it cancelled", a.code, a.raw, fx.referrals.transitions)
+	}
+}
+
 // The receiving program may cancel a referral through the EHR, as either
 // side of the closed loop may: the PUT cancels it with the statusReason as
 // the reason. Resent to a cancelled referral it changes nothing.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -221,7 +222,45 @@ func (s *server) parseTask(body []byte, id string) (*task_go_proto.Task, error) 
 	if t.GetId().GetValue() != id {
 		return nil, invalid(fmt.Sprintf("the Task's id (%q) must be the id in the URL (%q)", t.GetId().GetValue(), id))
 	}
+	// Handoff understands no modifier extension and no implicit rules,
+	// and either can change what the Task means ("entered in error, do not
+	// act"): FHIR says to refuse such a resource rather than act on it.
+	if t.GetImplicitRules() != nil {
+		return nil, unprocessable{msg: "Task.implicitRules is not supported: Handoff cannot know what the rules change"}
+	}
+	if where := modifierExtension(t.ProtoReflect(), "Task"); where != "" {
+		return nil, unprocessable{msg: where + ".modifierExtension is not understood here, so the Task cannot be acted on"}
+	}
 	return t, nil
+}
+
+// modifierExtension returns the path of the first element of m, m itself
+// included, that carries a modifier extension, or "".
+func modifierExtension(m protoreflect.Message, path string) string {
+	found := ""
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Name() == "modifier_extension" {
+			if fd.IsList() && v.List().Len() > 0 {
+				found = path
+			}
+			return found == ""
+		}
+		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
+			return true
+		}
+		name := path + "." + fd.JSONName()
+		switch {
+		case fd.IsList():
+			for i := 0; i < v.List().Len() && found == ""; i++ {
+				found = modifierExtension(v.List().Get(i).Message(), fmt.Sprintf("%s[%d]", name, i))
+			}
+		case fd.IsMap():
+		default:
+			found = modifierExtension(v.Message(), name)
+		}
+		return found == ""
+	})
+	return found
 }
 
 // statusChange is what a PUT asks of a referral.
