@@ -529,17 +529,28 @@ func forCaller(ctx context.Context, co *familiesv1.Consent) *familiesv1.Consent 
 	if !out {
 		return co
 	}
+	// The version and update time are the caller's part's own: a consent
+	// changes only by revocations, and one for another recipient must not
+	// show as a newer version, or a later update time, of this view (it
+	// would tell that other recipients exist, and when one was revoked).
+	// The view is at version 1 when signed, plus one for each revocation
+	// it shows.
 	mine := &familiesv1.Consent{
 		Name: co.GetName(), Discloser: co.GetDiscloser(), Information: co.GetInformation(), Purposes: co.GetPurposes(),
 		TreatingProviders: co.GetTreatingProviders(), ExpireTime: co.GetExpireTime(), SignTime: co.GetSignTime(),
 		RevocationRightStated: co.GetRevocationRightStated(), State: co.GetState(),
-		CreateTime: co.GetCreateTime(), UpdateTime: co.GetUpdateTime(), Etag: co.GetEtag(),
+		CreateTime: co.GetCreateTime(), UpdateTime: co.GetCreateTime(),
 	}
+	version := int64(1)
 	if slices.Contains(co.GetRecipients(), p.Subject) {
 		mine.Recipients = []string{p.Subject}
 	}
 	for _, r := range co.GetRevocations() {
 		if r.GetRecipient() == "" || r.GetRecipient() == p.Subject {
+			version++
+			if r.GetRevokeTime().AsTime().After(mine.GetUpdateTime().AsTime()) {
+				mine.UpdateTime = r.GetRevokeTime()
+			}
 			mine.Revocations = append(mine.Revocations, &familiesv1.Revocation{Recipient: r.GetRecipient(), RevokeTime: r.GetRevokeTime()})
 			if r.GetRecipient() == p.Subject && mine.State == familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
 				// Revoked for this caller: for it, the consent is over.
@@ -547,6 +558,7 @@ func forCaller(ctx context.Context, co *familiesv1.Consent) *familiesv1.Consent 
 			}
 		}
 	}
+	mine.Etag = aip.Etag(version)
 	return mine
 }
 

@@ -766,6 +766,47 @@ func TestListsOfAMissingFamily(t *testing.T) {
 // own: an overdose, a coverage change or entering treatment, which its view
 // leaves out, must not move them, or the etag and an update_time filter
 // would tell it that one happened. A change it can see moves them.
+// A consent revoked for another recipient is, to the EHR, the same
+// version as before, last changed when it was before: its etag and update
+// time tell nothing of other recipients. A revocation it sees (its own, or
+// of the whole consent) is a new version, changed then.
+func TestOutsidersConsentVersionIsTheirPartsOwn(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1", "ehr-2"))
+	ehr := f.ehr("ehr-1")
+	read := func() *familiesv1.Consent {
+		t.Helper()
+		got, err := f.client.GetConsent(ehr, &familiesv1.GetConsentRequest{Name: co.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := f.client.ListConsents(ehr, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+		if err != nil || len(list.GetConsents()) != 1 || !proto.Equal(list.GetConsents()[0], got) {
+			t.Fatalf("listed %v, %v; want what GetConsent shows, %v", list, err, got)
+		}
+		return got
+	}
+	before := read()
+	f.clock.Add(time.Hour)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if after := read(); !proto.Equal(after, before) {
+		t.Fatalf("after another recipient's revocation the EHR sees %v; want %v unchanged", after, before)
+	}
+	f.clock.Add(time.Hour)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-1"}); err != nil {
+		t.Fatal(err)
+	}
+	own := read()
+	if own.GetEtag() == before.GetEtag() || !own.GetUpdateTime().AsTime().Equal(f.clock.Now().Truncate(time.Microsecond)) ||
+		own.GetState() != familiesv1.ConsentState_CONSENT_STATE_REVOKED {
+		t.Fatalf("after its own revocation the EHR sees %v; want a new version, changed now, REVOKED", own)
+	}
+}
+
 func TestOutsidersDoNotSeeHiddenChangesHappen(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
