@@ -360,6 +360,18 @@ func TestGatewayContract(t *testing.T) {
 		!strings.Contains(string(r.raw), "filtr") {
 		t.Fatalf("unknown query parameter: %d %s", r.code, r.raw)
 	}
+	// A parameter the body or the path gives, or any on a call that takes
+	// everything in its body, is refused too: grpc-gateway reads none of
+	// them, so an etag or request id sent there would guard nothing.
+	for _, c := range []struct{ method, path, param string }{
+		{"POST", "/v1/clinics/north/families?family.counselor=counselor-9", "family.counselor"},
+		{"POST", "/v1/clinics/north/interventions/x:schedule?requestId=k1", "requestId"},
+		{"POST", "/v1/clinics/north/referrals/x:accept?etag=v3", "etag"},
+	} {
+		if r := w.counselor.do(c.method, c.path, map[string]any{}); r.code != http.StatusBadRequest || !strings.Contains(string(r.raw), c.param) {
+			t.Fatalf("%s %s: %d %s; want 400 naming %s", c.method, c.path, r.code, r.raw, c.param)
+		}
+	}
 	for _, q := range []string{"pageSize=1", "page_size=1&filter=urgent%3Dfalse"} {
 		if r := w.counselor.do("GET", "/v1/clinics/north/families?"+q, nil); r.code != 200 || len(list(r.body, "families")) != 1 {
 			t.Fatalf("?%s: %d %s", q, r.code, r.raw)

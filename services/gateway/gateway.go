@@ -99,7 +99,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Timeout = 15 * time.Second
 	}
 	g := &Gateway{conns: map[string]*grpc.ClientConn{}, readyTimeout: cmp.Or(cfg.ReadyCheckTimeout, DefaultReadyCheckTimeout)}
-	mux := runtime.NewServeMux(
+	var mux *runtime.ServeMux // the middleware answers through it
+	mux = runtime.NewServeMux(
 		// One JSON convention: proto3 JSON, lowerCamelCase names (snake_case
 		// is accepted on input too), enums as names; unknown fields are an
 		// error, not silently dropped.
@@ -110,6 +111,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithIncomingHeaderMatcher(headers),
 		runtime.WithForwardResponseOption(setETag),
 		runtime.SetQueryParameterParser(&strictQuery{}),
+		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(&mux, bodyOnlyRoutes(
+			familiesv1.File_handoff_families_v1_families_proto, interventionsv1.File_handoff_interventions_v1_interventions_proto,
+			referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto))),
 		runtime.WithErrorHandler(httpError),
 	)
 	dialCfg := cfg.Client

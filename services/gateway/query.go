@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -21,8 +25,13 @@ func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilit
 	for key := range values {
 		// A map entry is written name[key]=value.
 		name, _, _ := strings.Cut(key, "[")
-		if !isField(msg.ProtoReflect().Descriptor(), strings.Split(name, ".")) {
+		path := strings.Split(name, ".")
+		if !isField(msg.ProtoReflect().Descriptor(), path) {
 			return fmt.Errorf("unknown query parameter %q", key)
+		}
+		// A field the path or the body sets: the default parser skips it.
+		if filter != nil && filter.HasCommonPrefix(path) {
+			return fmt.Errorf("unknown query parameter %q: the path or the body gives it", key)
 		}
 	}
 	return q.DefaultQueryParser.Parse(msg, values, filter)
@@ -48,4 +57,100 @@ func isField(md protoreflect.MessageDescriptor, path []string) bool {
 		md = fd.Message()
 	}
 	return false
+}
+
+// bodyOnlyRoutes are the routes whose request is all path and body
+// (`body: "*"`), as "VERB /path/template": grpc-gateway reads no query
+// parameter for them, so any one sent would be silently dropped (an etag
+// or request id meant as a guard, ignored). They are read from the
+// services' HTTP annotations.
+func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range files {
+		svcs := f.Services()
+		for i := 0; i < svcs.Len(); i++ {
+			methods := svcs.Get(i).Methods()
+			for j := 0; j < methods.Len(); j++ {
+				rule, ok := proto.GetExtension(methods.Get(j).Options(), annotations.E_Http).(*annotations.HttpRule)
+				if !ok || rule == nil {
+					continue
+				}
+				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+					if r.GetBody() != "*" {
+						continue
+					}
+					verb, path := httpRule(r)
+					out[verb+" "+canonicalPath(path)] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// httpRule is a rule's HTTP method and path template.
+func httpRule(r *annotations.HttpRule) (string, string) {
+	switch p := r.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		return "GET", p.Get
+	case *annotations.HttpRule_Post:
+		return "POST", p.Post
+	case *annotations.HttpRule_Put:
+		return "PUT", p.Put
+	case *annotations.HttpRule_Patch:
+		return "PATCH", p.Patch
+	case *annotations.HttpRule_Delete:
+		return "DELETE", p.Delete
+	case *annotations.HttpRule_Custom:
+		return p.Custom.GetKind(), p.Custom.GetPath()
+	}
+	return "", ""
+}
+
+// canonicalPath writes a template as grpc-gateway's Pattern.String does:
+// a bare variable `{name}` is `{name=*}`.
+func canonicalPath(path string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(path, "{")
+		if i < 0 {
+			b.WriteString(path)
+			return b.String()
+		}
+		j := strings.Index(path[i:], "}")
+		if j < 0 {
+			b.WriteString(path)
+			return b.String()
+		}
+		v := path[i+1 : i+j]
+		if !strings.Contains(v, "=") {
+			v += "=*"
+		}
+		b.WriteString(path[:i] + "{" + v + "}")
+		path = path[i+j+1:]
+	}
+}
+
+// refuseQueryOnBodyRoutes is a middleware that answers INVALID_ARGUMENT to
+// a query parameter sent to a route in routes (see bodyOnlyRoutes).
+func refuseQueryOnBodyRoutes(mux **runtime.ServeMux, routes map[string]bool) runtime.Middleware {
+	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if r.URL.RawQuery != "" {
+				if pat, ok := runtime.HTTPPattern(r.Context()); ok && routes[r.Method+" "+pat.String()] {
+					name := ""
+					for k := range r.URL.Query() {
+						if name == "" || k < name {
+							name = k
+						}
+					}
+					_, out := runtime.MarshalerForRequest(*mux, r)
+					runtime.HTTPError(r.Context(), *mux, out, w, r, status.Error(codes.InvalidArgument,
+						fmt.Sprintf("unknown query parameter %q: this call takes everything in its body", name)))
+					return
+				}
+			}
+			next(w, r, params)
+		}
+	}
 }
