@@ -686,7 +686,9 @@ func (w *wf) answerOverdose(ctx workflow.Context, o Overdose, n int) error {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
 	log := workflow.GetLogger(ctx)
-	if err := w.refresh(dctx); err != nil {
+	// The alert waits for this read at most flow.SoonEnough, not the day
+	// an ordinary call may retry for.
+	if err := w.refresh(flow.Soon(dctx, flow.SoonEnough)); err != nil {
 		if t := activities.ErrorType(err); t == "RESOURCE_NOT_FOUND" || t == "NotFound" {
 			return err // the family was deleted: see familyGone
 		}

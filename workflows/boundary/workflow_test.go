@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
@@ -44,6 +45,9 @@ type harness struct {
 	// gone, once set, makes every read of the family find nothing, as
 	// after an administrator deleted it.
 	gone bool
+	// down, once set, makes every read of the family fail as an outage
+	// does: retryably.
+	down bool
 	// failSupport, if set, may refuse a support referral.
 	failSupport func(activities.SupportRequest) error
 }
@@ -64,6 +68,9 @@ func newHarness(t *testing.T, status string) *harness {
 		func(context.Context, string) (activities.Safety, error) {
 			if h.gone {
 				return activities.Safety{}, temporal.NewNonRetryableApplicationError("read family: not found", "NotFound", nil)
+			}
+			if h.down {
+				return activities.Safety{}, temporal.NewApplicationError("read family: unavailable", "Unavailable")
 			}
 			return h.safety, nil
 		})
@@ -334,6 +341,31 @@ func TestRefusedReinforcementWaitsForASafeScreen(t *testing.T) {
 	}
 	if rem := h.kinds("BOUNDARY_REMINDER"); len(rem) != 2 || rem[0].Due.Sub(h.t0) != 3*day {
 		t.Fatalf("boundary reminders = %+v; want one per member at day 3", rem)
+	}
+}
+
+// An overdose while the families service is down is alerted within
+// minutes, to the counselor last read: the read of the family before the
+// alert is given up after flow.SoonEnough, not retried for a day.
+func TestOverdoseAlertDoesNotWaitOutAnOutage(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() { h.down = true }, 3*day-time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.down = false }, 3*day+6*time.Hour)
+	// The test environment does not play an activity's retries out over
+	// hours: the bound is read from the read's own options.
+	var bounds []time.Duration
+	h.env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
+		if info.ActivityType.Name == "FamilySafety" && !info.IsLocalActivity && h.down {
+			bounds = append(bounds, info.ScheduleToCloseTimeout)
+		}
+	})
+	h.runWithOverdoseOnDay3(t)
+	if len(bounds) == 0 || slices.ContainsFunc(bounds, func(d time.Duration) bool { return d > flow.SoonEnough }) {
+		t.Fatalf("the family read during the outage was bounded by %v; want %v at most", bounds, flow.SoonEnough)
+	}
+	alert := h.kinds("OVERDOSE_ALERT")
+	if len(alert) != 1 || alert[0].Due.Sub(h.t0) > 3*day+5*time.Minute || alert[0].To.ID != "counselor-1" {
+		t.Fatalf("overdose alert = %+v; want one within five minutes of day 3, to the counselor last read", alert)
 	}
 }
 

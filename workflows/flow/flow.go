@@ -64,6 +64,20 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithValue(ctx, localKey{}, local)
 }
 
+// Soon is ctx with its activities given up after d in all, the local try
+// and the server's retries together: for a read whose answer is worth
+// less than not waiting for it, the caller going on without it (the
+// counselor last read) when it fails. Only timing changes, no command.
+func Soon(ctx workflow.Context, d time.Duration) workflow.Context {
+	o := workflow.GetActivityOptions(ctx)
+	o.ScheduleToCloseTimeout = d
+	return workflow.WithActivityOptions(ctx, o)
+}
+
+// SoonEnough is how long a read that only refines a notice may hold the
+// notice back.
+const SoonEnough = 2 * time.Minute
+
 // How long a local try may take: an attempt, and all attempts with their
 // backoff (1, 2, 4 and 8 s, each shorter than a workflow task's default
 // timeout of 10 s, so no retry waits on a server timer).

@@ -447,8 +447,17 @@ func (w *wf) counselorNow(ctx workflow.Context, change string) (activities.Perso
 	if flow.Version(ctx, change, 1) < 1 {
 		return to, nil
 	}
-	err := flow.Call(ctx, &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor)
-	return to, err
+	// A notice waits for this read at most flow.SoonEnough, then goes to
+	// the counselor the intake began with: a no-show or an overdue intake
+	// must not wait out a day of the families service's outage.
+	if err := flow.Call(flow.Soon(ctx, flow.SoonEnough), &to, flow.A.FamilyCounselor, w.in.Family, w.in.Counselor); err != nil {
+		if temporal.IsCanceledError(err) {
+			return to, err
+		}
+		workflow.GetLogger(ctx).Warn("counselor not read again; telling the one the intake began with", "error", err)
+		return w.in.Counselor, nil
+	}
+	return to, nil
 }
 
 // versionKeepTimer guards keeping the deadline's timer across signals that

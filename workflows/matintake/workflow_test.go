@@ -39,6 +39,8 @@ type harness struct {
 	cancelAt  []time.Time
 	// counselor is the family's counselor now, if reassigned.
 	counselor activities.Person
+	// counselorDown makes FamilyCounselor fail as an outage does.
+	counselorDown bool
 	// statusErr, when set, is what every ReferralStatus call fails with.
 	statusErr error
 }
@@ -98,6 +100,9 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.FamilyCounselor, mock.Anything, family, mock.Anything).Return(
 		func(_ context.Context, _ string, fallback activities.Person) (activities.Person, error) {
+			if h.counselorDown {
+				return activities.Person{}, temporal.NewApplicationError("read family: unavailable", "Unavailable")
+			}
 			if h.counselor.ID != "" {
 				return h.counselor, nil
 			}
@@ -580,6 +585,36 @@ func TestHoldReviewReachesTheCurrentCounselor(t *testing.T) {
 	}
 	if want := []string{"counselor-1@8h0m0s", "counselor-2@80h0m0s"}; fmt.Sprint(to) != fmt.Sprint(want) {
 		t.Fatalf("on-hold notices %v; want %v", to, want)
+	}
+}
+
+// While the families service is down the notices still go, to the
+// counselor the intake began with: the read of the current one is given
+// up after flow.SoonEnough, neither retried for a day nor the end of the
+// intake.
+func TestIntakeNoticesGoDuringAnOutage(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.counselorDown = true
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: h.env.Now().Add(10 * time.Hour)})
+	h.transition(11*time.Hour, r1, activities.ReferralInfo{State: "NO_SHOW", NoShows: 1})
+	h.transition(12*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED"})
+	var bounds []time.Duration
+	h.env.SetOnActivityStartedListener(func(info *activity.Info, _ context.Context, _ converter.EncodedValues) {
+		if info.ActivityType.Name == "FamilyCounselor" && !info.IsLocalActivity {
+			bounds = append(bounds, info.ScheduleToCloseTimeout)
+		}
+	})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v; want the intake to go on past the outage", err)
+	}
+	if re := h.kinds("REENGAGEMENT"); len(re) != 1 || re[0].To.ID != "counselor-1" {
+		t.Fatalf("re-engagement notices %+v; want one, to the counselor the intake began with", re)
+	}
+	if len(bounds) == 0 || slices.ContainsFunc(bounds, func(d time.Duration) bool { return d > flow.SoonEnough }) {
+		t.Fatalf("the counselor reads were bounded by %v; want %v at most", bounds, flow.SoonEnough)
 	}
 }
 
