@@ -81,6 +81,9 @@ type State struct {
 	// EscalationBlocked is set while the formal meeting the cool-down
 	// called for waits for an active boundary that states a consequence.
 	EscalationBlocked bool
+	// BlockedAtEnd is set once the counselor is told that the check-ins
+	// ended with the formal meeting still waiting (see versionBlockedKept).
+	BlockedAtEnd bool
 }
 
 // versionRefusalsCounted guards numbering the counselor's notices of
@@ -271,6 +274,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		// and a workflow with nothing left to wait for would wait for it.
 		flow.Settle(ctx, w.failedReminders)
 		if w.st.Screened && len(w.st.CheckIns) == 0 && w.st.Escalated && !w.unread() {
+			if err := w.blockedAtEnd(ctx); err != nil {
+				return Result{}, err
+			}
 			if flow.Version(ctx, versionListenAtEnd, 1) >= 1 {
 				w.step = "finishing"
 				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.st.LastDue, w.signalled); err != nil {
@@ -286,6 +292,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 				}
 			}
 			w.step = "done"
+			if w.st.BlockedAtEnd && w.st.EscalationBlocked {
+				return Result{Summary: "check-ins done, the formal meeting waits for a consequence (the counselor was told)", CheckIns: w.st.CheckInsRun}, nil
+			}
 			return Result{Summary: "check-ins done, next intervention proposed", Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 		}
 		if (w.st.Events >= eventsPerRun || workflow.GetInfo(ctx).GetContinueAsNewSuggested()) && !w.unread() {
@@ -621,6 +630,26 @@ func (w *wf) onTime(ctx workflow.Context) error {
 	return nil
 }
 
+// versionBlockedKept guards not dropping a formal meeting still waiting for
+// a consequence: a check-in reporting a window of opportunity tries it
+// again, and a workflow whose check-ins end with it waiting tells the
+// counselor so, and says so in its result. Before, a blocked escalation
+// counted as done: the workflow ended as if the meeting were proposed, and
+// a window of opportunity was ignored. Asked only when one is blocked.
+const versionBlockedKept = "blocked-escalation-kept"
+
+// blockedAtEnd tells the counselor, once, that the check-ins are over with
+// the formal meeting still waiting for a boundary stating a consequence.
+func (w *wf) blockedAtEnd(ctx workflow.Context) error {
+	if !w.st.EscalationBlocked || w.st.BlockedAtEnd || flow.Version(ctx, versionBlockedKept, 1) < 1 {
+		return nil
+	}
+	w.st.BlockedAtEnd = true
+	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
+		"The family's check-ins are over and the formal meeting still waits for a boundary that states a consequence: once one is agreed, draft the meeting by hand.",
+		w.id("escalation-blocked-at-end"))
+}
+
 // versionRetryBlockedEscalation guards proposing, at a later check-in, the
 // formal meeting that waited for a boundary stating a consequence. Before,
 // the counselor was told once to agree one, and nothing followed when they
@@ -746,6 +775,14 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	}
 	w.st.CheckInsSeen = append(w.st.CheckInsSeen, key)
 	if ci.WindowOfOpportunity && !w.st.Escalated && w.st.Reinforced {
+		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
+	}
+	// A formal meeting held back for a consequence is tried again: escalate
+	// reads the family, and proposes it if one is stated now (or, if not,
+	// repeats its request to the counselor under the same request id).
+	if ci.WindowOfOpportunity && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
+		flow.Version(ctx, versionBlockedKept, 1) >= 1 {
+		w.st.EscalationBlocked = false
 		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
 	}
 	return nil

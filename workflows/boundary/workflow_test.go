@@ -575,7 +575,9 @@ func TestWindowOfOpportunityEscalatesToLevelThree(t *testing.T) {
 }
 
 // Level 3 without an active boundary that states a consequence: no draft;
-// the counselor is asked to agree one first.
+// the counselor is asked to agree one first, and told when the check-ins
+// end with the meeting still waiting, which the result says too: it is
+// not dropped as if proposed.
 func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
 	h := newHarness(t, "CURRENT")
 	h.safety.WithConsequence = nil
@@ -583,8 +585,39 @@ func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	if len(h.proposed) != 0 || len(h.kinds("ESCALATION_PROPOSED")) != 1 {
-		t.Fatalf("proposed %+v, reminders %+v", h.proposed, h.kinds("ESCALATION_PROPOSED"))
+	told := h.kinds("ESCALATION_PROPOSED")
+	if len(h.proposed) != 0 || len(told) != 2 || told[0].Due.Sub(h.t0) != 14*day || told[1].Due.Sub(h.t0) != 30*day ||
+		!strings.Contains(told[1].Message, "check-ins are over") {
+		t.Fatalf("proposed %+v, reminders %+v; want none, and notices on days 14 and 30", h.proposed, told)
+	}
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || !strings.Contains(res.Summary, "waits for a consequence") || res.Proposed != "" {
+		t.Fatalf("result %+v, %v; want it to say the formal meeting waits", res, err)
+	}
+}
+
+// A window of opportunity reported while the formal meeting waits for a
+// consequence tries it again: agreed by then (day 20), it is proposed at
+// the check-in that reports it (day 21), not left for a later one.
+func TestWindowOfOpportunityRetriesABlockedFormalMeeting(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
+	}, 20*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 3, WindowOfOpportunity: true})
+	}, 21*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var days []time.Duration
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		days = append(days, r.Due.Sub(h.t0)/day)
+	}
+	if len(h.proposed) != 1 || h.proposed[0].Level != 3 || !slices.Equal(days, []time.Duration{14, 21}) {
+		t.Fatalf("proposed %+v, escalation notices on days %v; want one level 3 proposal, on day 21", h.proposed, days)
 	}
 }
 
