@@ -430,10 +430,27 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.
 		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() }); err != nil || stop() {
 			return err
 		}
-		if len(r.Attempts) == made {
+		if len(r.Attempts) == made && !unreadFailure(ctx) {
 			return nil
 		}
 	}
+}
+
+// versionListenSettles guards listening again for a failure that came in
+// the same workflow task as the end of Listen's last round: the workflow
+// would otherwise end with it still in its channel, and drop it.
+const versionListenSettles = "listen-settles"
+
+// unreadFailure reports whether a reminder failure waits in its channel,
+// not yet taken into the resends, and if so waits until it is (Settle).
+// The version is asked only then.
+func unreadFailure(ctx workflow.Context) bool {
+	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
+	if ch.Len() == 0 || Version(ctx, versionListenSettles, 1) < 1 {
+		return false
+	}
+	Settle(ctx, ch)
+	return true
 }
 
 // versionListenPastLastDue guards listening from the last reminder's due
