@@ -52,6 +52,9 @@ func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	case errors.Is(err, context.DeadlineExceeded):
 		s.fail(w, http.StatusGatewayTimeout, "timeout", "the request took too long")
 		return
+	case errors.Is(err, context.Canceled):
+		s.fail(w, statusClientClosed, "transient", "the request was cancelled")
+		return
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -129,9 +132,17 @@ func httpStatus(st *status.Status) (int, string) {
 		return http.StatusGatewayTimeout, "timeout"
 	case codes.Unavailable:
 		return http.StatusServiceUnavailable, "transient"
+	case codes.Canceled:
+		// The caller went away (or its deadline passed on the way): no
+		// fault here, and no one reads the answer.
+		return statusClientClosed, "transient"
 	default:
 		return http.StatusInternalServerError, "exception"
 	}
 }
 
 func errorReason(st *status.Status) string { return apperr.Reason(st.Err()) }
+
+// statusClientClosed answers a request its caller cancelled (nginx's 499):
+// not a server error, so not logged as one.
+const statusClientClosed = 499

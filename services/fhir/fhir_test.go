@@ -249,6 +249,8 @@ func TestErrorStatuses(t *testing.T) {
 		// precondition for is 409.
 		{status.Convert(apperr.EtagMismatch("clinics/north/referrals/r1")), http.StatusPreconditionFailed},
 		{status.New(codes.Aborted, "the request conflicted with another one: retry it"), http.StatusConflict},
+		// A caller that went away is no server error (nor logged as one).
+		{status.New(codes.Canceled, "context canceled"), 499},
 	} {
 		if got, _ := httpStatus(c.st); got != c.code {
 			t.Errorf("%v: %d, want %d", c.st.Code(), got, c.code)

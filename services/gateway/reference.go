@@ -41,7 +41,8 @@ code{font-size:13px} table{border-collapse:collapse;font-size:13px} td,th{border
 <h1>Handoff API reference</h1>
 <p>REST under <code>/v1/</code>, generated from the gRPC APIs. Send <code>Authorization: Bearer &lt;token&gt;</code>.
 Use <code>Idempotency-Key</code> on writes so retries change nothing twice, and <code>If-Match</code> with the
-<code>ETag</code> you read so you never overwrite someone else's change (a mismatch answers 409).
+<code>ETag</code> you read so you never overwrite someone else's change (a stale <code>If-Match</code> answers 412, a stale
+<code>etag</code> in the body 409).
 Errors are <code>google.rpc.Status</code> JSON with details. The machine-readable document is <a href="/openapi.json">/openapi.json</a>.</p>
 {{range .}}<h2>{{.Tag}}</h2>{{range .Ops}}
 <div class="op" id="{{.ID}}"><div><span class="m">{{.Method}}</span><code>{{.Path}}</code></div>
