@@ -751,6 +751,21 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 	}
 }
 
+// A read takes no parameter but _format: one asking for part of the
+// resource (_summary, _elements) is refused, not answered with all of it.
+func TestReadRefusesParametersItIgnores(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	for _, q := range []string{"_summary=true", "_elements=name", "_format=json&foo=1"} {
+		if a := fx.do("GET", "/fhir/R4/Patient/"+famID+"?"+q, ""); a.code != http.StatusBadRequest || issueCode(a) != "not-supported" {
+			t.Errorf("?%s: %d %s; want 400 not-supported", q, a.code, a.raw)
+		}
+	}
+	if a := fx.do("GET", "/fhir/R4/Patient/"+famID+"?_format=json", ""); a.code != http.StatusOK {
+		t.Fatalf("?_format=json: %d %s", a.code, a.raw)
+	}
+}
+
 // Only JSON is written: a client that takes only XML, by _format or by
 // Accept, is told 406 rather than sent a body it cannot read; one that
 // takes JSON among others gets it.

@@ -354,6 +354,26 @@ func TestGatewayContract(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+	// A body declared as anything but JSON is refused, not decoded as JSON
+	// (nor a form's method override taken).
+	for ct, want := range map[string]int{"text/plain": http.StatusUnsupportedMediaType,
+		"application/x-www-form-urlencoded": http.StatusUnsupportedMediaType, "application/json; charset=utf-8": http.StatusBadRequest} {
+		req, err := http.NewRequest("POST", w.counselor.base+"/v1/clinics/north/families", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+w.counselor.token)
+		req.Header.Set("Content-Type", ct)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		// JSON goes through to the service, which refuses the empty family.
+		if (resp.StatusCode == http.StatusUnsupportedMediaType) != (want == http.StatusUnsupportedMediaType) {
+			t.Fatalf("a body sent as %s: %d; want %s", ct, resp.StatusCode, map[bool]string{true: "415", false: "past the check"}[want == http.StatusUnsupportedMediaType])
+		}
+	}
 	// A misspelt query parameter is refused, not dropped (which would list
 	// everything as if filtered); known ones work in either spelling.
 	if r := w.counselor.do("GET", "/v1/clinics/north/families?filtr=urgent%3Dtrue", nil); r.code != http.StatusBadRequest ||

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"slices"
 	"strconv"
@@ -166,7 +167,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	api := private(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, cfg.Log, timeout(cfg.Timeout, mux))))
+	api := private(jsonOnly(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, cfg.Log, timeout(cfg.Timeout, mux)))))
 	root.Handle("/v1/", api)
 	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
 	// FHIR R4 for EHRs. It checks the token and the body size itself (its
@@ -262,6 +263,25 @@ func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg strin
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(httpCode)
 	_, _ = w.Write(b)
+}
+
+// jsonOnly refuses, with 415, a request whose body is declared as
+// something other than JSON: grpc-gateway decodes every body as JSON
+// whatever it is declared as, and would also take a form's method
+// override. A body without a Content-Type is read as JSON.
+func jsonOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hasBody := r.ContentLength > 0 || len(r.TransferEncoding) > 0
+		if ct := r.Header.Get("Content-Type"); ct != "" && hasBody {
+			mt, _, err := mime.ParseMediaType(ct)
+			if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+				writeStatus(w, http.StatusUnsupportedMediaType, codes.InvalidArgument,
+					fmt.Sprintf("Content-Type %q is not JSON: send application/json", ct))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // limitBody refuses bodies over limit with 413 before anything decodes them.
