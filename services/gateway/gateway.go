@@ -217,22 +217,59 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 		}
 		// "If-Match: *" asks only that the resource exist (RFC 9110), which
 		// every update needs anyway: no version to check.
-		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" {
-			etag := strings.Trim(strings.TrimPrefix(strings.TrimSpace(v[0]), "W/"), `"`)
-			r := m.ProtoReflect()
-			if !setIfEmpty(r, "etag", etag) {
-				// Update requests carry the etag on the resource.
-				r.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
-					if fd.Message() != nil && !fd.IsList() && !fd.IsMap() && fd.Message().Fields().ByName("etag") != nil {
-						setIfEmpty(r.Mutable(fd).Message(), "etag", etag)
-						return false
-					}
-					return true
-				})
+		// A read has no version to check: If-Match is left aside there,
+		// as before.
+		name := method[strings.LastIndex(method, "/")+1:]
+		read := strings.HasPrefix(name, "Get") || strings.HasPrefix(name, "List")
+		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" && !read {
+			if err := ifMatch(m.ProtoReflect(), strings.Join(v, ",")); err != nil {
+				return err
 			}
 		}
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
+}
+
+// ifMatch puts the etag an If-Match header gives into the request's etag,
+// or into the etag of the resource it carries (an update's). It refuses
+// what it would otherwise ignore or misread: a list of etags (one version
+// is checked), a call with no etag to check, and a body whose own etag
+// says another version.
+func ifMatch(r protoreflect.Message, header string) error {
+	if strings.Contains(header, ",") {
+		return status.Error(codes.InvalidArgument, "If-Match: give one etag, the one you read")
+	}
+	etag := strings.Trim(strings.TrimPrefix(strings.TrimSpace(header), "W/"), `"`)
+	target := r
+	if etagField(r) == nil {
+		target = nil
+		fields := r.Descriptor().Fields()
+		for i := 0; i < fields.Len() && target == nil; i++ {
+			if fd := fields.Get(i); fd.Message() != nil && !fd.IsList() && !fd.IsMap() && fd.Message().Fields().ByName("etag") != nil {
+				target = r.Mutable(fd).Message()
+			}
+		}
+	}
+	if target == nil {
+		return status.Error(codes.InvalidArgument, "If-Match: this call has no version to check")
+	}
+	fd := etagField(target)
+	switch cur := target.Get(fd).String(); {
+	case cur == "":
+		target.Set(fd, protoreflect.ValueOfString(etag))
+	case cur != etag:
+		return status.Error(codes.InvalidArgument, fmt.Sprintf("If-Match (%q) and the body's etag (%q) name different versions", etag, cur))
+	}
+	return nil
+}
+
+// etagField is m's string field etag, or nil.
+func etagField(m protoreflect.Message) protoreflect.FieldDescriptor {
+	fd := m.Descriptor().Fields().ByName("etag")
+	if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+		return nil
+	}
+	return fd
 }
 
 func setIfEmpty(m protoreflect.Message, field, value string) bool {

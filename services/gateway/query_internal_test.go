@@ -1,7 +1,14 @@
 package gateway
 
 import (
+	"context"
 	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -33,5 +40,52 @@ func TestBodyOnlyRoutes(t *testing.T) {
 		if got := canonicalPath(in); got != want {
 			t.Errorf("canonicalPath(%q) = %q; want %q", in, got, want)
 		}
+	}
+}
+
+// If-Match fills the etag of a write (its own, or its resource's), and
+// refuses what it would misread or drop: a list, a write with no version
+// to check, a body naming another version. A read ignores it.
+func TestIfMatch(t *testing.T) {
+	call := func(method string, req proto.Message, ifMatch ...string) (proto.Message, error) {
+		ctx := metadata.NewOutgoingContext(context.Background(), metadata.Pairs())
+		for _, v := range ifMatch {
+			ctx = metadata.AppendToOutgoingContext(ctx, "if-match", v)
+		}
+		var sent proto.Message
+		err := fillFromHeaders(ctx, method, req, nil, nil, func(_ context.Context, _ string, req, _ any, _ *grpc.ClientConn, _ ...grpc.CallOption) error {
+			sent = req.(proto.Message)
+			return nil
+		})
+		return sent, err
+	}
+	const svc = "/handoff.families.v1.FamiliesService/"
+	sent, err := call(svc+"DeleteFamily", &familiesv1.DeleteFamilyRequest{Name: "clinics/north/families/f1"}, `"v3"`)
+	if err != nil || sent.(*familiesv1.DeleteFamilyRequest).GetEtag() != "v3" {
+		t.Fatalf("delete with If-Match: %v, %v", sent, err)
+	}
+	sent, err = call(svc+"UpdateFamily", &familiesv1.UpdateFamilyRequest{}, `W/"v4"`)
+	if err != nil || sent.(*familiesv1.UpdateFamilyRequest).GetFamily().GetEtag() != "v4" {
+		t.Fatalf("update with If-Match: %v, %v", sent, err)
+	}
+	if _, err := call(svc+"UpdateFamily", &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Etag: "v4"}}, `"v4"`); err != nil {
+		t.Fatalf("the same version in both: %v", err)
+	}
+	for name, c := range map[string]struct {
+		method string
+		req    proto.Message
+		header []string
+	}{
+		"a list":           {svc + "DeleteFamily", &familiesv1.DeleteFamilyRequest{}, []string{`"v2", "v3"`}},
+		"two headers":      {svc + "DeleteFamily", &familiesv1.DeleteFamilyRequest{}, []string{`"v2"`, `"v3"`}},
+		"another version":  {svc + "UpdateFamily", &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Etag: "v2"}}, []string{`"v3"`}},
+		"nothing to check": {svc + "ResolveBarrier", &familiesv1.ResolveBarrierRequest{}, []string{`"v3"`}},
+	} {
+		if _, err := call(c.method, c.req, c.header...); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v; want INVALID_ARGUMENT", name, err)
+		}
+	}
+	if sent, err := call(svc+"GetFamily", &familiesv1.GetFamilyRequest{Name: "x"}, `"v3"`); err != nil || sent == nil {
+		t.Fatalf("a read with If-Match: %v, %v; want it passed on", sent, err)
 	}
 }
