@@ -594,6 +594,13 @@ func TestTaskPutIfMatchAny(t *testing.T) {
 	if a.code != http.StatusOK || strings.Join(fx.referrals.etags, ",") != "v7" {
 		t.Fatalf("If-Match *: %d %s; etags sent %v", a.code, a.raw, fx.referrals.etags)
 	}
+	// A list names no one version: refused, not misread as one.
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fx.referrals.referral.Etag = "v7"
+	a = fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"accepted"}`, "If-Match", `W/"v6", W/"v7"`)
+	if a.code != http.StatusBadRequest || fx.referrals.transitions != 0 {
+		t.Fatalf("If-Match with a list: %d %s after %d transitions; want 400", a.code, a.raw, fx.referrals.transitions)
+	}
 }
 
 // An EHR that reads a paused or cancelled Task and writes it back unchanged

@@ -51,6 +51,11 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		s.noCreate(w, id)
 		return
 	}
+	if vs := r.Header.Values("If-Match"); len(vs) > 1 || strings.Contains(strings.Join(vs, ""), ",") {
+		// One version is checked: a list would be misread as one odd etag.
+		s.writeErr(w, invalid("If-Match: give one version, the one you read"), "Task/"+id)
+		return
+	}
 	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
 	if ifMatch == "*" {
 		// Any version (RFC 9110): the Task exists or the read below says not.
