@@ -270,6 +270,7 @@ func TestPutTaskWithAModifierIsRefused(t *testing.T) {
 		{head + `,"modifierExtension":` + ext + `}`, "Task.modifierExtension"},
 		{head + `,"restriction":{"repetitions":1,"modifierExtension":` + ext + `}}`, "Task.restriction.modifierExtension"},
 		{head + `,"implicitRules":"http://example.org/rules"}`, "Task.implicitRules"},
+		{head + `,"contained":[{"resourceType":"Patient","id":"p1","modifierExtension":` + ext + `}],"for":{"reference":"#p1"}}`, "modifierExtension"},
 	} {
 		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 		a := fx.do("PUT", "/fhir/R4/Task/"+refID, c.body)

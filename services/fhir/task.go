@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -29,7 +30,9 @@ import (
 // or cancelled: in the closed loop either side may cancel). It calls the same
 // transition as the gRPC API, so the referral's workflow hears of it. Only
 // Task.status (with executionPeriod and statusReason) is read; other fields
-// of the body are the server's and are ignored.
+// of the body are the server's and are ignored, but for a modifier
+// extension or implicit rules anywhere in it, which are refused (see
+// parseTask).
 func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
 	id := r.PathValue("id")
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil ||
@@ -234,21 +237,33 @@ func (s *server) parseTask(body []byte, id string) (*task_go_proto.Task, error) 
 		return nil, unprocessable{msg: "Task.implicitRules is not supported: Handoff cannot know what the rules change"}
 	}
 	if where := modifierExtension(t.ProtoReflect(), "Task"); where != "" {
-		return nil, unprocessable{msg: where + ".modifierExtension is not understood here, so the Task cannot be acted on"}
+		return nil, unprocessable{msg: where + " is not understood here, so the Task cannot be acted on"}
 	}
 	return t, nil
 }
 
-// modifierExtension returns the path of the first element of m, m itself
-// included, that carries a modifier extension, or "".
+// modifierExtension returns the path of the first modifier extension in m,
+// m itself included, or of implicit rules in a contained resource, or "".
+// Contained resources (held as Any) are looked into too.
 func modifierExtension(m protoreflect.Message, path string) string {
+	if m.Descriptor().FullName() == "google.protobuf.Any" {
+		inner, err := anypb.UnmarshalNew(m.Interface().(*anypb.Any), proto.UnmarshalOptions{})
+		if err != nil {
+			return path // unreadable: not to be acted on either
+		}
+		return modifierExtension(inner.ProtoReflect(), path)
+	}
 	found := ""
 	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
 		if fd.Name() == "modifier_extension" {
 			if fd.IsList() && v.List().Len() > 0 {
-				found = path
+				found = path + ".modifierExtension"
 			}
 			return found == ""
+		}
+		if fd.Name() == "implicit_rules" && path != "Task" {
+			found = path + ".implicitRules"
+			return false
 		}
 		if fd.Kind() != protoreflect.MessageKind && fd.Kind() != protoreflect.GroupKind {
 			return true
