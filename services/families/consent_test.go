@@ -762,10 +762,6 @@ func TestListsOfAMissingFamily(t *testing.T) {
 	}
 }
 
-// What the EHR sees of a family has a version and an update time of its
-// own: an overdose, a coverage change or entering treatment, which its view
-// leaves out, must not move them, or the etag and an update_time filter
-// would tell it that one happened. A change it can see moves them.
 // A consent revoked for another recipient is, to the EHR, the same
 // version as before, last changed when it was before: its etag and update
 // time tell nothing of other recipients. A revocation it sees (its own, or
@@ -807,6 +803,10 @@ func TestOutsidersConsentVersionIsTheirPartsOwn(t *testing.T) {
 	}
 }
 
+// What the EHR sees of a family has a version and an update time of its
+// own: an overdose, a coverage change or entering treatment, which its view
+// leaves out, must not move them, or the etag and an update_time filter
+// would tell it that one happened. A change it can see moves them.
 func TestOutsidersDoNotSeeHiddenChangesHappen(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
