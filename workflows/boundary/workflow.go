@@ -385,6 +385,7 @@ func (w *wf) begin(ctx workflow.Context) {
 	}
 	w.st.EscalateAt = now.Add(w.settings.CoolDown)
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
+	w.st.BlockedAtEnd = false // the new cycle's check-ins have not ended
 	// A formal meeting held back in the cycle before is not the new
 	// cycle's: it waits for the new cool-down. Asked only when one was
 	// held back, so other runs record nothing.

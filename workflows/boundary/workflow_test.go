@@ -596,6 +596,29 @@ func TestLevelThreeNeedsStatedConsequences(t *testing.T) {
 	}
 }
 
+// A new cycle begun after the counselor was told the last one ended with
+// the formal meeting waiting is told again at its own end.
+func TestEachCycleEndingBlockedIsTold(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i3", Level: 2, Outcome: "DECLINED"})
+	}, 30*day+10*time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var ends []int
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		if strings.Contains(r.Message, "check-ins are over") {
+			ends = append(ends, int(r.Due.Sub(h.t0).Round(day)/day))
+		}
+	}
+	if len(ends) != 2 {
+		t.Fatalf("told of a blocked end on days %v; want once per cycle", ends)
+	}
+}
+
 // A window of opportunity reported while the formal meeting waits for a
 // consequence tries it again: agreed by then (day 20), it is proposed at
 // the check-in that reports it (day 21), not left for a later one.
