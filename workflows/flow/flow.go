@@ -64,18 +64,19 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 	return workflow.WithValue(ctx, localKey{}, local)
 }
 
-// Soon is ctx with its activities given up after d in all, the local try
-// and the server's retries together: for a read whose answer is worth
-// less than not waiting for it, the caller going on without it (the
-// counselor last read) when it fails. Only timing changes, no command.
+// Soon is ctx with its activities given up d after they are scheduled,
+// the server's retries included (Call's local try, localBudget, comes
+// before): for a read whose answer is worth less than not waiting for it,
+// the caller going on without it (the counselor last read) when it fails.
+// Only timing changes, no command.
 func Soon(ctx workflow.Context, d time.Duration) workflow.Context {
 	o := workflow.GetActivityOptions(ctx)
 	o.ScheduleToCloseTimeout = d
 	return workflow.WithActivityOptions(ctx, o)
 }
 
-// SoonEnough is how long a read that only refines a notice may hold the
-// notice back.
+// SoonEnough is how long, past the local try, a read that only refines a
+// notice may hold the notice back.
 const SoonEnough = 2 * time.Minute
 
 // How long a local try may take: an attempt, and all attempts with their
