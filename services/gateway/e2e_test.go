@@ -385,6 +385,7 @@ func TestGatewayContract(t *testing.T) {
 	// them, so an etag or request id sent there would guard nothing.
 	for _, c := range []struct{ method, path, param string }{
 		{"POST", "/v1/clinics/north/families?family.counselor=counselor-9", "family.counselor"},
+		{"POST", "/v1/clinics/north/families/x/warningSigns?warningSign.notes=x", "warningSign.notes"},
 		{"POST", "/v1/clinics/north/interventions/x:schedule?requestId=k1", "requestId"},
 		{"POST", "/v1/clinics/north/referrals/x:accept?etag=v3", "etag"},
 	} {

@@ -112,6 +112,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithIncomingHeaderMatcher(headers),
 		runtime.WithForwardResponseOption(setETag),
 		runtime.SetQueryParameterParser(&strictQuery{}),
+		// A form's X-HTTP-Method-Override would turn a POST into another
+		// call; no client of this API needs it.
+		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(&mux, bodyOnlyRoutes(
 			familiesv1.File_handoff_families_v1_families_proto, interventionsv1.File_handoff_interventions_v1_interventions_proto,
 			referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto))),
@@ -217,11 +220,9 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 		}
 		// "If-Match: *" asks only that the resource exist (RFC 9110), which
 		// every update needs anyway: no version to check.
-		// A read has no version to check: If-Match is left aside there,
-		// as before.
-		name := method[strings.LastIndex(method, "/")+1:]
-		read := strings.HasPrefix(name, "Get") || strings.HasPrefix(name, "List")
-		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" && !read {
+		// A read (a GET) has no version to check: If-Match is left aside
+		// there, as before.
+		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" && !reads[method] {
 			if err := ifMatch(m.ProtoReflect(), strings.Join(v, ",")); err != nil {
 				return err
 			}
@@ -239,7 +240,7 @@ func ifMatch(r protoreflect.Message, header string) error {
 	if strings.Contains(header, ",") {
 		return status.Error(codes.InvalidArgument, "If-Match: give one etag, the one you read")
 	}
-	etag := strings.Trim(strings.TrimPrefix(strings.TrimSpace(header), "W/"), `"`)
+	etag := bareEtag(header)
 	target := r
 	if etagField(r) == nil {
 		target = nil
@@ -257,11 +258,21 @@ func ifMatch(r protoreflect.Message, header string) error {
 	switch cur := target.Get(fd).String(); {
 	case cur == "":
 		target.Set(fd, protoreflect.ValueOfString(etag))
-	case cur != etag:
+	case bareEtag(cur) != etag:
 		return status.Error(codes.InvalidArgument, fmt.Sprintf("If-Match (%q) and the body's etag (%q) name different versions", etag, cur))
 	}
 	return nil
 }
+
+// bareEtag is an etag without its quotes or weak mark, as the services
+// read one (aip.ParseEtag).
+func bareEtag(s string) string {
+	return strings.Trim(strings.TrimPrefix(strings.TrimSpace(s), "W/"), `"`)
+}
+
+// reads are the services' GET methods (see readMethods).
+var reads = readMethods(familiesv1.File_handoff_families_v1_families_proto, interventionsv1.File_handoff_interventions_v1_interventions_proto,
+	referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto)
 
 // etagField is m's string field etag, or nil.
 func etagField(m protoreflect.Message) protoreflect.FieldDescriptor {
@@ -308,7 +319,7 @@ func writeStatus(w http.ResponseWriter, httpCode int, code codes.Code, msg strin
 // override. A body without a Content-Type is read as JSON.
 func jsonOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hasBody := r.ContentLength > 0 || len(r.TransferEncoding) > 0
+		hasBody := r.ContentLength != 0 // -1: unknown, as over HTTP/2 without a length
 		if ct := r.Header.Get("Content-Type"); ct != "" && hasBody {
 			mt, _, err := mime.ParseMediaType(ct)
 			if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {

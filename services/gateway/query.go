@@ -25,11 +25,12 @@ func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilit
 	for key := range values {
 		// A map entry is written name[key]=value.
 		name, _, _ := strings.Cut(key, "[")
-		path := strings.Split(name, ".")
-		if !isField(msg.ProtoReflect().Descriptor(), path) {
+		path, ok := fieldPath(msg.ProtoReflect().Descriptor(), strings.Split(name, "."))
+		if !ok {
 			return fmt.Errorf("unknown query parameter %q", key)
 		}
-		// A field the path or the body sets: the default parser skips it.
+		// A field the path or the body sets: the default parser skips it
+		// (the filter holds proto names; the key may use JSON ones).
 		if filter != nil && filter.HasCommonPrefix(path) {
 			return fmt.Errorf("unknown query parameter %q: the path or the body gives it", key)
 		}
@@ -37,26 +38,28 @@ func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilit
 	return q.DefaultQueryParser.Parse(msg, values, filter)
 }
 
-// isField reports whether path names a field of md, by proto or JSON name,
-// through singular messages.
-func isField(md protoreflect.MessageDescriptor, path []string) bool {
+// fieldPath returns, in proto names, the field of md that path names by
+// proto or JSON names, through singular messages; ok is false if it names
+// none.
+func fieldPath(md protoreflect.MessageDescriptor, path []string) (names []string, ok bool) {
 	for i, part := range path {
 		fd := md.Fields().ByTextName(part)
 		if fd == nil {
 			fd = md.Fields().ByJSONName(part)
 		}
 		if fd == nil {
-			return false
+			return nil, false
 		}
+		names = append(names, string(fd.Name()))
 		if i == len(path)-1 {
-			return true
+			return names, true
 		}
 		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
-			return false
+			return nil, false
 		}
 		md = fd.Message()
 	}
-	return false
+	return nil, false
 }
 
 // bodyOnlyRoutes are the routes whose request is all path and body
@@ -81,6 +84,25 @@ func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
 					}
 					verb, path := httpRule(r)
 					out[verb+" "+canonicalPath(path)] = true
+				}
+			}
+		}
+	}
+	return out
+}
+
+// readMethods are the gRPC methods (full names) bound to GET: reads, which
+// have no version to check against an If-Match.
+func readMethods(files ...protoreflect.FileDescriptor) map[string]bool {
+	out := map[string]bool{}
+	for _, f := range files {
+		svcs := f.Services()
+		for i := 0; i < svcs.Len(); i++ {
+			methods := svcs.Get(i).Methods()
+			for j := 0; j < methods.Len(); j++ {
+				m := methods.Get(j)
+				if rule, ok := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule); ok && rule.GetGet() != "" {
+					out[fmt.Sprintf("/%s/%s", svcs.Get(i).FullName(), m.Name())] = true
 				}
 			}
 		}

@@ -68,8 +68,10 @@ func TestIfMatch(t *testing.T) {
 	if err != nil || sent.(*familiesv1.UpdateFamilyRequest).GetFamily().GetEtag() != "v4" {
 		t.Fatalf("update with If-Match: %v, %v", sent, err)
 	}
-	if _, err := call(svc+"UpdateFamily", &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Etag: "v4"}}, `"v4"`); err != nil {
-		t.Fatalf("the same version in both: %v", err)
+	for _, body := range []string{"v4", `"v4"`, `W/"v4"`} {
+		if _, err := call(svc+"UpdateFamily", &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Etag: body}}, `"v4"`); err != nil {
+			t.Fatalf("the same version in both (the body's %s): %v", body, err)
+		}
 	}
 	for name, c := range map[string]struct {
 		method string
@@ -87,5 +89,9 @@ func TestIfMatch(t *testing.T) {
 	}
 	if sent, err := call(svc+"GetFamily", &familiesv1.GetFamilyRequest{Name: "x"}, `"v3"`); err != nil || sent == nil {
 		t.Fatalf("a read with If-Match: %v, %v; want it passed on", sent, err)
+	}
+	// A read is a GET binding, whatever its name.
+	if sent, err := call("/handoff.referrals.v1.ReferralsService/SummarizeReferrals", &referralsv1.SummarizeReferralsRequest{}, `"v3"`); err != nil || sent == nil {
+		t.Fatalf("SummarizeReferrals with If-Match: %v, %v; want it passed on", sent, err)
 	}
 }
