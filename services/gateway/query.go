@@ -69,25 +69,12 @@ func fieldPath(md protoreflect.MessageDescriptor, path []string) (names []string
 // services' HTTP annotations.
 func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
 	out := map[string]bool{}
-	for _, f := range files {
-		svcs := f.Services()
-		for i := 0; i < svcs.Len(); i++ {
-			methods := svcs.Get(i).Methods()
-			for j := 0; j < methods.Len(); j++ {
-				rule, ok := proto.GetExtension(methods.Get(j).Options(), annotations.E_Http).(*annotations.HttpRule)
-				if !ok || rule == nil {
-					continue
-				}
-				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
-					if r.GetBody() != "*" {
-						continue
-					}
-					verb, path := httpRule(r)
-					out[verb+" "+canonicalPath(path)] = true
-				}
-			}
+	eachBinding(files, func(_ string, r *annotations.HttpRule) {
+		if r.GetBody() == "*" {
+			verb, path := httpRule(r)
+			out[verb+" "+canonicalPath(path)] = true
 		}
-	}
+	})
 	return out
 }
 
@@ -95,19 +82,35 @@ func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
 // have no version to check against an If-Match.
 func readMethods(files ...protoreflect.FileDescriptor) map[string]bool {
 	out := map[string]bool{}
+	eachBinding(files, func(method string, r *annotations.HttpRule) {
+		if r.GetGet() != "" {
+			out[method] = true
+		}
+	})
+	return out
+}
+
+// eachBinding calls fn with every HTTP binding of the files' methods (the
+// rule and its additional bindings) and the method's full gRPC name,
+// "/package.Service/Method".
+func eachBinding(files []protoreflect.FileDescriptor, fn func(method string, r *annotations.HttpRule)) {
 	for _, f := range files {
 		svcs := f.Services()
 		for i := 0; i < svcs.Len(); i++ {
 			methods := svcs.Get(i).Methods()
 			for j := 0; j < methods.Len(); j++ {
 				m := methods.Get(j)
-				if rule, ok := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule); ok && rule.GetGet() != "" {
-					out[fmt.Sprintf("/%s/%s", svcs.Get(i).FullName(), m.Name())] = true
+				rule, ok := proto.GetExtension(m.Options(), annotations.E_Http).(*annotations.HttpRule)
+				if !ok || rule == nil {
+					continue
+				}
+				name := fmt.Sprintf("/%s/%s", svcs.Get(i).FullName(), m.Name())
+				for _, r := range append([]*annotations.HttpRule{rule}, rule.GetAdditionalBindings()...) {
+					fn(name, r)
 				}
 			}
 		}
 	}
-	return out
 }
 
 // httpRule is a rule's HTTP method and path template.
