@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -24,6 +25,16 @@ import (
 )
 
 func newFamily() *familiesv1.Family { return &familiesv1.Family{} }
+
+// commonTables gives a test a schema of its own with the common tables,
+// its owner's pool, the application's pool on it, and a context of
+// subject in clinic north.
+func commonTables(t *testing.T, subject string) (*pgxpool.Pool, *pgdb.DB, context.Context) {
+	t.Helper()
+	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: subject, Clinic: "north"})
+	return owner, pgtest.App(t, schema), ctx
+}
 
 // reused returns the resource a REQUEST_ID_REUSED error names, failing the
 // test on any other error.
@@ -48,8 +59,7 @@ func reused(t *testing.T, err error) string {
 // sent it, for the same method.
 func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 	t.Parallel()
-	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
+	_, db, _ := commonTables(t, "")
 	scope := pgdb.WithClinic(context.Background(), "north")
 	as := func(subject string) context.Context {
 		return auth.WithPrincipal(scope, auth.Principal{Subject: subject, Clinic: "north"})
@@ -112,9 +122,7 @@ func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 // call whose key was stored when etags were hashed with the rest.
 func TestRetryWithANewerEtagGetsTheFirstResponse(t *testing.T) {
 	t.Parallel()
-	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
-	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "ehr", Clinic: "north"})
+	_, db, ctx := commonTables(t, "ehr")
 	const made = "clinics/north/families/f1"
 	runs := 0
 	call := func(id string, req proto.Message) (*familiesv1.Family, error) {
@@ -167,9 +175,7 @@ func TestRetryWithANewerEtagGetsTheFirstResponse(t *testing.T) {
 // on the key's row, then replays): the check's refusal is its answer.
 func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 	t.Parallel()
-	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
-	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "staff", Clinic: "north"})
+	owner, db, ctx := commonTables(t, "staff")
 	const made = "clinics/north/families/f1/disclosures/d1"
 	var runs, checks atomic.Int32
 	var covered atomic.Bool
@@ -243,9 +249,7 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 // LIKE wildcard in its name would match, nor one in a collection kept.
 func TestForgetResourceForgetsOnlyWhatItNames(t *testing.T) {
 	t.Parallel()
-	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
-	db := pgtest.App(t, schema)
-	ctx := auth.WithPrincipal(pgdb.WithClinic(context.Background(), "north"), auth.Principal{Subject: "staff", Clinic: "north"})
+	_, db, ctx := commonTables(t, "staff")
 	runs := 0
 	call := func(id, made string) (*familiesv1.Family, error) {
 		return idempotency.InTx(ctx, db, "north", "M", id, &familiesv1.GetFamilyRequest{Name: made}, newFamily,

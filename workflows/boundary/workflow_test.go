@@ -635,10 +635,7 @@ func TestWindowOfOpportunityRetriesABlockedFormalMeeting(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	var days []time.Duration
-	for _, r := range h.kinds("ESCALATION_PROPOSED") {
-		days = append(days, r.Due.Sub(h.t0)/day)
-	}
+	days := h.days("ESCALATION_PROPOSED")
 	if len(h.proposed) != 1 || h.proposed[0].Level != 3 || !slices.Equal(days, []time.Duration{14, 21}) {
 		t.Fatalf("proposed %+v, escalation notices on days %v; want one level 3 proposal, on day 21", h.proposed, days)
 	}
@@ -660,10 +657,7 @@ func TestBlockedFormalMeetingIsProposedOnceAConsequenceIsAgreed(t *testing.T) {
 	if len(h.proposed) != 1 || h.proposed[0].Level != 3 || !strings.Contains(h.proposed[0].Notes, family+"/boundaries/b2") {
 		t.Fatalf("proposed %+v; want one level 3 meeting stating b2's consequence", h.proposed)
 	}
-	var days []time.Duration
-	for _, r := range h.kinds("ESCALATION_PROPOSED") {
-		days = append(days, r.Due.Sub(h.t0)/day)
-	}
+	days := h.days("ESCALATION_PROPOSED")
 	if !slices.Equal(days, []time.Duration{14, 30}) {
 		t.Fatalf("escalation notices on days %v; want the hold-up on day 14 and the proposal on day 30", days)
 	}
@@ -684,10 +678,7 @@ func TestNewCycleWaitsItsCoolDownAfterABlockedEscalation(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	var days []time.Duration
-	for _, r := range h.kinds("ESCALATION_PROPOSED") {
-		days = append(days, r.Due.Sub(h.t0)/day)
-	}
+	days := h.days("ESCALATION_PROPOSED")
 	if !slices.Equal(days, []time.Duration{14, 34}) || len(h.proposed) != 1 || h.proposed[0].Level != 3 {
 		t.Fatalf("escalation notices on days %v, proposed %+v; want the hold-up on day 14 and one level 3 proposal on day 34", days, h.proposed)
 	}
@@ -1062,6 +1053,15 @@ func TestCheckInDeliveredAgainAfterARestartIsTakenOnce(t *testing.T) {
 
 // runWithOverdoseOnDay3 runs a level-1 refusal's workflow with warning
 // sign w1, an overdose, signalled on day 3, and requires it to succeed.
+// days are the days, from the start, the reminders of kind were sent on.
+func (h *harness) days(kind string) []time.Duration {
+	var out []time.Duration
+	for _, r := range h.kinds(kind) {
+		out = append(out, r.Due.Sub(h.t0)/day)
+	}
+	return out
+}
+
 func (h *harness) runWithOverdoseOnDay3(t *testing.T) {
 	t.Helper()
 	h.env.RegisterDelayedCallback(func() {

@@ -690,51 +690,31 @@ func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 }
 
 // A notice made after the outcome (referrals that could not be made) is
-// sent again if its delivery fails, while the follow-up runs.
+// sent again if its delivery fails, ten minutes on: while the follow-up
+// runs, and also when the follow-up ends soon after (the family's boundary
+// workflow was already running, or the intake ended quickly), as the
+// workflow listens before it ends.
 func TestNoticeAfterTheOutcomeIsResent(t *testing.T) {
-	h := newHarness(t, 4*24*time.Hour, defaults())
-	resent := h.resends()
-	refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
-	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
-	// The boundary follow-up runs three hours.
-	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
-		func(ctx workflow.Context, _ boundary.Input) (boundary.Result, error) {
-			return boundary.Result{Summary: "ok"}, workflow.Sleep(ctx, 3*time.Hour)
-		})
-	outcomeAt := 4*24*time.Hour + time.Hour
-	h.update(outcomeAt, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED",
-		AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, nil)
-	var notice string
-	h.env.RegisterDelayedCallback(func() {
-		notice = h.sent.nameOf("REFERRAL_ESCALATION")
-		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: notice})
-	}, outcomeAt+10*time.Minute)
-	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
-	if err := h.env.GetWorkflowError(); err != nil {
-		t.Fatal(err)
-	}
-	if notice == "" || len(*resent) != 1 || (*resent)[0] != notice {
-		t.Fatalf("notice %q, resent %v; want the failed notice sent again", notice, *resent)
-	}
-}
-
-// A notice made after the outcome is listened for even when the follow-up
-// ends soon after (the family's boundary workflow was already running, or
-// the intake ended quickly): its failure, ten minutes on, is still sent
-// again.
-func TestNoticeIsResentWhenTheFollowUpEndsAtOnce(t *testing.T) {
-	for _, o := range []intervention.Outcome{
-		{Kind: "DECLINED", AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}},
-		{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE", "HARM_REDUCTION_NALOXONE"}},
+	for _, c := range []struct {
+		name     string
+		outcome  intervention.Outcome
+		boundary time.Duration // how long the boundary follow-up runs
+	}{
+		{"a refusal, the follow-up running", intervention.Outcome{Kind: "DECLINED", AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, 3 * time.Hour},
+		{"a refusal, the follow-up ending at once", intervention.Outcome{Kind: "DECLINED", AcceptedServices: []string{"HARM_REDUCTION_NALOXONE"}}, 0},
+		{"a yes, the intake ending at once", intervention.Outcome{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE", "HARM_REDUCTION_NALOXONE"}}, 0},
 	} {
 		h := newHarness(t, 4*24*time.Hour, defaults())
 		resent := h.resends()
 		refused := temporal.NewNonRetryableApplicationError("no", "NotFound", errors.New("program not found"))
 		h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(nil, refused)
-		h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(boundary.Result{Summary: "joined"}, nil)
+		h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
+			func(ctx workflow.Context, _ boundary.Input) (boundary.Result, error) {
+				return boundary.Result{Summary: "ok"}, workflow.Sleep(ctx, c.boundary)
+			})
 		h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil)
 		outcomeAt := 4*24*time.Hour + time.Hour
-		h.update(outcomeAt, intervention.UpdateOutcome, o, nil)
+		h.update(outcomeAt, intervention.UpdateOutcome, c.outcome, nil)
 		var notice string
 		h.env.RegisterDelayedCallback(func() {
 			notice = h.sent.nameOf("REFERRAL_ESCALATION")
@@ -742,10 +722,10 @@ func TestNoticeIsResentWhenTheFollowUpEndsAtOnce(t *testing.T) {
 		}, outcomeAt+10*time.Minute)
 		h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 		if err := h.env.GetWorkflowError(); err != nil {
-			t.Fatalf("%s: %v", o.Kind, err)
+			t.Fatalf("%s: %v", c.name, err)
 		}
 		if notice == "" || len(*resent) != 1 || (*resent)[0] != notice {
-			t.Fatalf("%s: notice %q, resent %v; want the failed notice sent again", o.Kind, notice, *resent)
+			t.Fatalf("%s: notice %q, resent %v; want the failed notice sent again", c.name, notice, *resent)
 		}
 	}
 }
