@@ -119,6 +119,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		flow.Version(ctx, versionReleaseOnCancel, 1) >= 1 {
 		w.releaseOnCancel(ctx)
 	}
+	if temporal.IsCanceledError(err) && w.referral.Name != "" && flow.Version(ctx, versionTellOnCancel, 1) >= 1 {
+		w.cancelledWithReferral(ctx)
+	}
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
@@ -156,6 +159,33 @@ func (w *wf) releaseOnCancel(ctx workflow.Context) {
 		Hold: w.in.Hold, Reason: "the hand-off was cancelled", RequestID: flow.RequestID(dctx, "release|cancelled"),
 	}); err != nil {
 		workflow.GetLogger(ctx).Warn("releasing the hold after the intake was cancelled failed; it lapses at its expiry", "error", err)
+	}
+}
+
+// versionTellOnCancel guards tidying up when the intake is cancelled
+// (with its intervention, through Temporal) after a referral was made:
+// before, the intake reminders it had made still went to the family, and
+// nobody was told the referral was no longer followed.
+const versionTellOnCancel = "tell-counselor-on-cancel"
+
+// cancelledWithReferral cancels the reminders this intake made and tells
+// the counselor that the open referral is no longer followed, on a context
+// the cancellation does not reach. Its failures are logged; the
+// cancellation stands.
+func (w *wf) cancelledWithReferral(ctx workflow.Context) {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	log := workflow.GetLogger(ctx)
+	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.in.Clinic, Related: w.referral.Name, Reason: "the hand-off was cancelled",
+		Origin: workflow.GetInfo(ctx).WorkflowExecution.ID, RequestID: flow.RequestID(dctx, "cancel-reminders|cancelled"),
+	}); err != nil {
+		log.Warn("cancelling the intake's reminders after the intake was cancelled failed", "error", err)
+	}
+	if err := flow.Remind(dctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+		"The hand-off after the family meeting was stopped: its referral is still open and no longer followed. Follow it up with the program, or cancel it.",
+		"cancelled"); err != nil {
+		log.Warn("telling the counselor that the intake was cancelled failed", "error", err)
 	}
 }
 

@@ -755,6 +755,29 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 	}
 }
 
+// An intake cancelled after its referral was made (its intake booked, a
+// reminder of it made) cancels its own reminders of the referral and tells
+// the counselor the referral is no longer followed.
+func TestCancelledIntakeTidiesUpItsReferral(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: h.env.Now().Add(10 * time.Hour)})
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	var tidied bool
+	for _, c := range h.cancelled {
+		tidied = tidied || (c.Related == r1 && c.Origin != "" && c.Kind == "")
+	}
+	told := h.kinds("REFERRAL_ESCALATION")
+	if !tidied || len(told) != 1 || !strings.Contains(told[0].Message, "no longer followed") || told[0].Related != r1 {
+		t.Fatalf("cancellations %+v, counselor told %+v; want the intake's own reminders of %s cancelled and the counselor told", h.cancelled, told, r1)
+	}
+}
+
 // A cancellation ends the intake when it has no deadline left to wait for:
 // the overdue alert sent and no reminder or review pending.
 func TestCancelWithNoDeadlineLeft(t *testing.T) {
