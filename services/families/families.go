@@ -513,11 +513,9 @@ func assignMemberIDs(f *familiesv1.Family) {
 // added since a member was stored applies to that member once it changes,
 // so that an unrelated update is not refused for it.
 func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool, before *familiesv1.Family) {
-	stored := map[string]*familiesv1.QuietHours{}
-	storedZone := map[string]string{}
+	stored := map[string]*familiesv1.Member{}
 	for _, m := range before.GetMembers() {
-		stored[m.GetId()] = m.GetQuietHours()
-		storedZone[m.GetId()] = m.GetTimeZone()
+		stored[m.GetId()] = m
 	}
 	if create {
 		if f.GetLovedOne().GetGivenName() == "" {
@@ -561,12 +559,12 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			}
 			seen[m.GetId()] = true
 		}
-		if was, ok := storedZone[m.GetId()]; m.GetId() == "" || !ok || was != m.GetTimeZone() {
+		if was, ok := stored[m.GetId()]; m.GetId() == "" || !ok || was.GetTimeZone() != m.GetTimeZone() {
 			checkZone(vs, p+".time_zone", m.GetTimeZone())
 		}
 		// Equal ends would be read as no quiet hours at all, the opposite
 		// of what a member who asked for all-day quiet wants.
-		if q, was := m.GetQuietHours(), stored[m.GetId()]; q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() &&
+		if q, was := m.GetQuietHours(), stored[m.GetId()].GetQuietHours(); q != nil && q.GetStart() != "" && q.GetStart() == q.GetEnd() &&
 			(m.GetId() == "" || !proto.Equal(q, was)) {
 			vs.Add(p+".quiet_hours.end", "must differ from start (equal ends would mean no quiet hours)")
 		}

@@ -233,17 +233,14 @@ func (s *server) parseTask(body []byte, id string) (*task_go_proto.Task, error) 
 	// Handoff understands no modifier extension and no implicit rules,
 	// and either can change what the Task means ("entered in error, do not
 	// act"): FHIR says to refuse such a resource rather than act on it.
-	if t.GetImplicitRules() != nil {
-		return nil, unprocessable{msg: "Task.implicitRules is not supported: Handoff cannot know what the rules change"}
-	}
 	if where := modifierExtension(t.ProtoReflect(), "Task"); where != "" {
 		return nil, unprocessable{msg: where + " is not understood here, so the Task cannot be acted on"}
 	}
 	return t, nil
 }
 
-// modifierExtension returns the path of the first modifier extension in m,
-// m itself included, or of implicit rules in a contained resource, or "".
+// modifierExtension returns the path of the first modifier extension or
+// implicit rules in m, m itself included, or "".
 // Contained resources (held as Any) are looked into too.
 func modifierExtension(m protoreflect.Message, path string) string {
 	if m.Descriptor().FullName() == "google.protobuf.Any" {
@@ -261,7 +258,7 @@ func modifierExtension(m protoreflect.Message, path string) string {
 			}
 			return found == ""
 		}
-		if fd.Name() == "implicit_rules" && path != "Task" {
+		if fd.Name() == "implicit_rules" {
 			found = path + ".implicitRules"
 			return false
 		}

@@ -100,8 +100,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		cfg.Timeout = 15 * time.Second
 	}
 	g := &Gateway{conns: map[string]*grpc.ClientConn{}, readyTimeout: cmp.Or(cfg.ReadyCheckTimeout, DefaultReadyCheckTimeout)}
-	var mux *runtime.ServeMux // the middleware answers through it
-	mux = runtime.NewServeMux(
+	mux := runtime.NewServeMux(
 		// One JSON convention: proto3 JSON, lowerCamelCase names (snake_case
 		// is accepted on input too), enums as names; unknown fields are an
 		// error, not silently dropped.
@@ -115,9 +114,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// A form's X-HTTP-Method-Override would turn a POST into another
 		// call; no client of this API needs it.
 		runtime.WithDisableHTTPMethodOverride(),
-		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(&mux, bodyOnlyRoutes(
-			familiesv1.File_handoff_families_v1_families_proto, interventionsv1.File_handoff_interventions_v1_interventions_proto,
-			referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto))),
+		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),
 	)
 	dialCfg := cfg.Client
@@ -246,7 +243,8 @@ func ifMatch(r protoreflect.Message, header string) error {
 		target = nil
 		fields := r.Descriptor().Fields()
 		for i := 0; i < fields.Len() && target == nil; i++ {
-			if fd := fields.Get(i); fd.Message() != nil && !fd.IsList() && !fd.IsMap() && fd.Message().Fields().ByName("etag") != nil {
+			// Checked on the descriptor: Mutable sets the field.
+			if fd := fields.Get(i); fd.Message() != nil && !fd.IsList() && !fd.IsMap() && isEtag(fd.Message().Fields().ByName("etag")) {
 				target = r.Mutable(fd).Message()
 			}
 		}
@@ -270,17 +268,26 @@ func bareEtag(s string) string {
 	return strings.Trim(strings.TrimPrefix(strings.TrimSpace(s), "W/"), `"`)
 }
 
+// apiFiles are the services' API definitions, whose HTTP bindings the
+// gateway serves.
+var apiFiles = []protoreflect.FileDescriptor{familiesv1.File_handoff_families_v1_families_proto,
+	interventionsv1.File_handoff_interventions_v1_interventions_proto,
+	referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto}
+
 // reads are the services' GET methods (see readMethods).
-var reads = readMethods(familiesv1.File_handoff_families_v1_families_proto, interventionsv1.File_handoff_interventions_v1_interventions_proto,
-	referralsv1.File_handoff_referrals_v1_referrals_proto, webhooksv1.File_handoff_webhooks_v1_webhooks_proto)
+var reads = readMethods(apiFiles...)
 
 // etagField is m's string field etag, or nil.
 func etagField(m protoreflect.Message) protoreflect.FieldDescriptor {
-	fd := m.Descriptor().Fields().ByName("etag")
-	if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
-		return nil
+	if fd := m.Descriptor().Fields().ByName("etag"); isEtag(fd) {
+		return fd
 	}
-	return fd
+	return nil
+}
+
+// isEtag reports whether fd is an etag field: a single string.
+func isEtag(fd protoreflect.FieldDescriptor) bool {
+	return fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList()
 }
 
 func setIfEmpty(m protoreflect.Message, field, value string) bool {

@@ -10,7 +10,6 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -158,7 +157,7 @@ func canonicalPath(path string) string {
 
 // refuseQueryOnBodyRoutes is a middleware that answers INVALID_ARGUMENT to
 // a query parameter sent to a route in routes (see bodyOnlyRoutes).
-func refuseQueryOnBodyRoutes(mux **runtime.ServeMux, routes map[string]bool) runtime.Middleware {
+func refuseQueryOnBodyRoutes(routes map[string]bool) runtime.Middleware {
 	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
 			if r.URL.RawQuery != "" {
@@ -169,9 +168,8 @@ func refuseQueryOnBodyRoutes(mux **runtime.ServeMux, routes map[string]bool) run
 							name = k
 						}
 					}
-					_, out := runtime.MarshalerForRequest(*mux, r)
-					runtime.HTTPError(r.Context(), *mux, out, w, r, status.Error(codes.InvalidArgument,
-						fmt.Sprintf("unknown query parameter %q: this call takes everything in its body", name)))
+					writeStatus(w, http.StatusBadRequest, codes.InvalidArgument,
+						fmt.Sprintf("unknown query parameter %q: this call takes everything in its body", name))
 					return
 				}
 			}

@@ -149,20 +149,14 @@ func InTx[T proto.Message](ctx context.Context, db interface {
 	Begin(context.Context) (pgx.Tx, error)
 }, clinic, method, requestID string,
 	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error)) (T, error) {
-	var out T
-	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		var err error
-		out, err = Do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) })
-		return err
-	})
-	return out, err
+	return InTxRechecked(ctx, db, clinic, method, requestID, req, newResp, fn, nil)
 }
 
 // InTxRechecked is InTx for a call whose stored answer holds only while
 // something it checked still holds (a consent covering a disclosure): a
 // replay runs recheck in its transaction, after the key's row lock, so a
 // retry that waited for the first call is checked too, and gets recheck's
-// error instead of the stored response.
+// error instead of the stored response. A nil recheck is InTx.
 func InTxRechecked[T proto.Message](ctx context.Context, db interface {
 	Begin(context.Context) (pgx.Tx, error)
 }, clinic, method, requestID string,
@@ -170,8 +164,11 @@ func InTxRechecked[T proto.Message](ctx context.Context, db interface {
 	var out T
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		var err error
-		out, err = do(ctx, tx, clinic, method, requestID, req, newResp,
-			func() (T, error) { return fn(tx) }, func() error { return recheck(tx) })
+		var check func() error
+		if recheck != nil {
+			check = func() error { return recheck(tx) }
+		}
+		out, err = do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) }, check)
 		return err
 	})
 	return out, err

@@ -172,18 +172,21 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	if err != nil {
 		return nil, false, fmt.Errorf("outbox relay: acquire: %w", err)
 	}
-	// The relay serves every clinic.
-	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', $1, false)`, pgdb.SystemScope); err != nil {
-		giveBack(ctx, conn)
-		return nil, false, fmt.Errorf("outbox relay: scope: %w", err)
-	}
+	// One round trip: the lock, and only for its holder the every-clinic
+	// scope the relay works in. A replica that is not the leader, asking
+	// at every poll, leaves the connection as it found it.
 	var leader bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&leader); err != nil {
-		giveBack(ctx, conn)
+	if err := conn.QueryRow(ctx, `SELECT l, CASE WHEN l THEN set_config('handoff.clinic', $1, false) END
+		FROM (SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema())) AS l) lock`,
+		pgdb.SystemScope).Scan(&leader, new(*string)); err != nil {
+		// The lock may be held, and the scope set, whatever failed: the
+		// session goes, and both with it.
+		_ = conn.Conn().Close(context.WithoutCancel(ctx))
+		conn.Release()
 		return nil, false, fmt.Errorf("outbox relay: lock: %w", err)
 	}
 	if !leader {
-		giveBack(ctx, conn)
+		conn.Release()
 		return nil, false, nil
 	}
 	return conn, true, nil

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"errors"
 	"fmt"
 )
 
@@ -46,10 +45,9 @@ func ascii(s string) bool {
 	return true
 }
 
+// scramVerifierWith is scramVerifier's work, for an ASCII password (which
+// scramVerifier checks), with a given salt and iteration count.
 func scramVerifierWith(password string, salt []byte, iterations int) (string, error) {
-	if !ascii(password) {
-		return "", errors.New("pgdb: a SCRAM verifier here needs an ASCII password")
-	}
 	salted, err := pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
 	if err != nil {
 		return "", fmt.Errorf("pgdb: derive the password's key: %w", err)

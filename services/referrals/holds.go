@@ -400,12 +400,18 @@ func (s *Server) expireLapsed(ctx context.Context, r ref) {
 	// would record it as OK (its refusal is recorded on its own). The
 	// expiry is the sweep's work, which no call's record holds either.
 	ctx = pgdb.WithStamp(ctx, nil)
-	h, err := s.readHold(ctx, s.pool, r, false)
-	if err != nil || h.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
-		return
+	// Only a hold still stored as HELD past its expiry has a slot to give
+	// back: one the sweep expired (a retried conversion) costs no
+	// transaction.
+	now := s.cfg.Now()
+	var program string
+	err := s.pool.QueryRow(ctx, `SELECT program_id FROM holds WHERE clinic = $1 AND id = $2 AND state = $3 AND expire_time <= $4`,
+		r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now).Scan(&program)
+	if err != nil {
+		return // none lapsed here, or the sweep returns it
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.expireHolds(ctx, tx, r.clinic, aip.ID(h.GetProgram()), s.cfg.Now())
+		return s.expireHolds(ctx, tx, r.clinic, program, now)
 	})
 	if err != nil && ctx.Err() == nil {
 		s.cfg.Log.WarnContext(ctx, "returning a lapsed hold's slot failed; the sweep will", "hold", holdName(r.clinic, r.id), "error", err)
