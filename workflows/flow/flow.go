@@ -70,9 +70,7 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 // the caller going on without it (the counselor last read) when it fails.
 // Only timing changes, no command.
 func Soon(ctx workflow.Context, d time.Duration) workflow.Context {
-	o := workflow.GetActivityOptions(ctx)
-	o.ScheduleToCloseTimeout = d
-	return workflow.WithActivityOptions(ctx, o)
+	return workflow.WithScheduleToCloseTimeout(ctx, d)
 }
 
 // SoonEnough is how long, past the local try, a read that only refines a
@@ -431,7 +429,7 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.
 		if _, err := workflow.AwaitWithTimeout(ctx, d, func() bool { return len(r.Pending) == 0 || stop() }); err != nil || stop() {
 			return err
 		}
-		if len(r.Attempts) == made && !unreadFailure(ctx) {
+		if len(r.Attempts) == made && !unreadFailure(ctx, r) {
 			return nil
 		}
 	}
@@ -442,16 +440,17 @@ func Listen(ctx workflow.Context, s activities.Settings, r *Resends, until time.
 // would otherwise end with it still in its channel, and drop it.
 const versionListenSettles = "listen-settles"
 
-// unreadFailure reports whether a reminder failure waits in its channel,
-// not yet taken into the resends, and if so waits until it is (Settle).
-// The version is asked only then.
-func unreadFailure(ctx workflow.Context) bool {
+// unreadFailure reports whether a reminder failure waited in its channel
+// and, taken into the resends (Settle), is to be sent again: one past its
+// line's retries is dropped, and calls for no other round. The version is
+// asked only when one waits.
+func unreadFailure(ctx workflow.Context, r *Resends) bool {
 	ch := workflow.GetSignalChannel(ctx, SignalReminderFailed)
 	if ch.Len() == 0 || Version(ctx, versionListenSettles, 1) < 1 {
 		return false
 	}
 	Settle(ctx, ch)
-	return true
+	return len(r.Pending) > 0
 }
 
 // versionListenPastLastDue guards listening from the last reminder's due

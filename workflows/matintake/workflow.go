@@ -182,7 +182,8 @@ func (w *wf) cancelledWithReferral(ctx workflow.Context) {
 	}); err != nil {
 		log.Warn("cancelling the intake's reminders after the intake was cancelled failed", "error", err)
 	}
-	if err := flow.Remind(dctx, w.in.Clinic, w.in.Counselor, "REFERRAL_ESCALATION", w.referral.Name,
+	to, _ := w.counselorNow(dctx, versionNoticesToCurrent) // the one it began with, failing that
+	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 		"The hand-off after the family meeting was stopped: its referral is still open and no longer followed. Follow it up with the program, or cancel it.",
 		"cancelled"); err != nil {
 		log.Warn("telling the counselor that the intake was cancelled failed", "error", err)

@@ -119,11 +119,8 @@ func SendBy(t time.Time, r Recipient, by time.Time) (time.Time, bool, error) {
 	if err != nil || !ok || by.IsZero() {
 		return from, ok, err
 	}
-	loc, qs, qe, err := quietOf(r)
-	if err != nil {
-		return time.Time{}, false, err
-	}
-	if _, end, _ := window(from.In(loc), qs, qe); by.After(from) && !end.Before(by) {
+	// from is in them: Awake gives their end.
+	if end, err := Awake(from, r, time.Time{}); err == nil && by.After(from) && !end.Before(by) {
 		return time.Time{}, false, nil
 	}
 	return from, true, nil
