@@ -778,11 +778,16 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	if ci.WindowOfOpportunity && !w.st.Escalated && w.st.Reinforced {
 		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
 	}
-	// A formal meeting held back for a consequence is tried again: escalate
-	// reads the family, and proposes it if one is stated now (or, if not,
-	// repeats its request to the counselor under the same request id).
+	// A formal meeting held back for a consequence is proposed if one is
+	// stated now; if not, it waits on (the counselor was asked already).
 	if ci.WindowOfOpportunity && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
 		flow.Version(ctx, versionBlockedKept, 1) >= 1 {
+		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+			return err
+		}
+		if len(w.safety.WithConsequence) == 0 {
+			return nil
+		}
 		w.st.EscalationBlocked = false
 		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
 	}
