@@ -410,10 +410,35 @@ func (s *Server) expireLapsed(ctx context.Context, r ref) {
 	if err != nil {
 		return // none lapsed here, or the sweep returns it
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.expireHolds(ctx, tx, r.clinic, program, now)
+	s.expireDue(ctx, r.clinic, program, now)
+}
+
+// returnLapsed gives back the slots of a clinic's holds (of one program,
+// or of all for "") that are past their expiry and not yet swept, before
+// a read that counts free slots: a lapsed hold is shown EXPIRED, with
+// its slot back in the program's capacity, and a match or a program read
+// must agree. Best effort, as expireLapsed: the sweep returns them anyway.
+// A look through the index of held holds by expiry finds none in the
+// usual case, and costs no transaction.
+func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
+	ctx = pgdb.WithStamp(ctx, nil) // the expiry is not the call's change
+	now := s.cfg.Now()
+	var due bool
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM holds
+		WHERE state = $3 AND expire_time <= $4 AND clinic = $1 AND ($2 = '' OR program_id = $2))`,
+		clinic, program, int16(referralsv1.HoldState_HOLD_STATE_HELD), now).Scan(&due)
+	if err != nil || !due {
+		return
+	}
+	s.expireDue(ctx, clinic, program, now)
+}
+
+// expireDue expires what is due, as of now, in a transaction of its own.
+func (s *Server) expireDue(ctx context.Context, clinic, program string, now time.Time) {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		return s.expireHolds(ctx, tx, clinic, program, now)
 	})
 	if err != nil && ctx.Err() == nil {
-		s.cfg.Log.WarnContext(ctx, "returning a lapsed hold's slot failed; the sweep will", "hold", holdName(r.clinic, r.id), "error", err)
+		s.cfg.Log.WarnContext(ctx, "returning lapsed holds' slots failed; the sweep will", "clinic", clinic, "program", program, "error", err)
 	}
 }

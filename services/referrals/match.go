@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 )
 
 // Points of each match reason. Fixed here, not by requests, so that a rank
@@ -219,8 +220,16 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 		if err != nil {
 			return nil, err
 		}
+		if r.clinic != clinic {
+			// As every reference in this service: another clinic's program
+			// would otherwise exclude this clinic's of the same id.
+			return nil, apperr.Field(fmt.Sprintf("exclude_programs[%d]", i), "must be in the same clinic")
+		}
 		excluded = append(excluded, r.id)
 	}
+	// A hold past its expiry that the sweep has not reached holds no
+	// slot: the match counts it as free.
+	s.returnLapsed(ctx, clinic, "")
 	limit := int(req.GetMaxResults())
 	if limit == 0 {
 		limit = 10

@@ -172,7 +172,22 @@ func (s *Server) GetProgram(ctx context.Context, req *referralsv1.GetProgramRequ
 	if err != nil {
 		return nil, err
 	}
+	s.returnLapsed(ctx, r.clinic, r.id)
 	return readProgram(ctx, s.pool, r, false)
+}
+
+// withDeleted binds a page token to show_deleted as well as to the parent
+// and filter: the flag changes which programs the pages hold. Without it,
+// the hash is the parent's alone, as before the flag counted.
+type withDeleted struct {
+	*referralsv1.ListProgramsRequest
+}
+
+func (r withDeleted) GetParent() string {
+	if r.GetShowDeleted() {
+		return r.ListProgramsRequest.GetParent() + "\x00show_deleted"
+	}
+	return r.ListProgramsRequest.GetParent()
 }
 
 var programFilter = map[string]aip.FilterField{
@@ -192,7 +207,7 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "programs", programSelect, `clinic = $1 AND ($2 OR delete_time IS NULL)`,
 		[]any{clinic, req.GetShowDeleted()},
-		req, programFilter, scanProgram(clinic), func(p *referralsv1.Program) string { return p.GetName() })
+		withDeleted{req}, programFilter, scanProgram(clinic), func(p *referralsv1.Program) string { return p.GetName() })
 	if err != nil {
 		return nil, err
 	}

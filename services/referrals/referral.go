@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -179,6 +180,11 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 		lock = forUpdate
 	}
 	prog, err := readProgramLocking(ctx, tx, ref{clinic, aip.ID(in.GetProgram())}, lock)
+	if apperr.IsCode(err, codes.NotFound) && in.GetHold() == "" {
+		// The program is a field of the request, as the family and the
+		// intervention are: refused on it, not as a missing referral.
+		return nil, apperr.Field("referral.program", "no such program")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -322,12 +328,14 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err != nil {
 		return nil, err
 	}
+	// Everything that can fail comes before the disclosures are recorded:
+	// the accounting lists only what left.
+	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
+		return nil, err
+	}
 	items, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
 		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
 	if err != nil {
-		return nil, err
-	}
-	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
 		return nil, err
 	}
 	if calendarOnly(ctx) {

@@ -1277,3 +1277,131 @@ func TestReferralHistoryIsAppendOnly(t *testing.T) {
 		t.Errorf("INSERT on referral_events: %v, %v; want allowed", may, err)
 	}
 }
+
+// A hold past its expiry that the sweep has not reached yet holds no slot:
+// a program read and an immediate match count it as free, as the hold
+// itself already says EXPIRED.
+func TestALapsedHoldIsFreeBeforeTheSweep(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	hold := func(p *referralsv1.Program) {
+		t.Helper()
+		if _, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+			Intervention: "clinics/north/interventions/i1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read, matched := f.program(t, buprenorphine("Read first"), 1), f.program(t, buprenorphine("Matched"), 1)
+	hold(read)
+	hold(matched)
+	f.clock.Advance(73 * time.Hour)
+	if a, held := f.capacity(t, read.GetName()); a != 1 || held != 0 {
+		t.Fatalf("program read past its hold's expiry: %d free, %d held; want 1, 0", a, held)
+	}
+	resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+		Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range resp.GetMatches() {
+		names = append(names, m.GetProgram().GetName())
+	}
+	if !slices.Contains(names, matched.GetName()) {
+		t.Fatalf("immediate match past a hold's expiry found %v; want %s among them", names, matched.GetName())
+	}
+	var expired int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
+		WHERE event_type = 'handoff.referrals.v1.hold.expired'`).Scan(&expired); err != nil || expired != 2 {
+		t.Fatalf("hold.expired events: %d, %v; want 2", expired, err)
+	}
+	// The reads are recorded as the reads they were, once each.
+	var reads int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM audit_log
+		WHERE method LIKE '%/GetProgram' OR method LIKE '%/MatchPrograms'`).Scan(&reads); err != nil || reads != 2 {
+		t.Fatalf("audit records of the reads: %d, %v; want 2", reads, err)
+	}
+}
+
+// References to another clinic's program, and page tokens of another
+// query, are refused on their field; a missing program is a field of the
+// request, not a missing referral.
+func TestProgramReferencesAreChecked(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+		ExcludePrograms: []string{"clinics/south/programs/x"}})
+	if fields := apperr.ViolatedFields(err); status.Code(err) != codes.InvalidArgument || !slices.Equal(fields, []string{"exclude_programs[0]"}) {
+		t.Fatalf("exclusion of another clinic's program: %v (fields %v); want INVALID_ARGUMENT on exclude_programs[0]", err, fields)
+	}
+
+	kept, gone := f.program(t, buprenorphine("Kept"), 1), f.program(t, buprenorphine("Gone"), 1)
+	// Held once, so that its deletion keeps it, marked deleted.
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: gone.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+		Intervention: "clinics/north/interventions/i1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: h.GetName(), Reason: "meeting postponed"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: gone.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	page, err := f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north", PageSize: 1, ShowDeleted: true})
+	if err != nil || page.GetNextPageToken() == "" {
+		t.Fatalf("first page with deleted programs: %v, %v; want a next page", page, err)
+	}
+	_, err = f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north", PageSize: 1, PageToken: page.GetNextPageToken()})
+	if fields := apperr.ViolatedFields(err); status.Code(err) != codes.InvalidArgument || !slices.Equal(fields, []string{"page_token"}) {
+		t.Fatalf("a show_deleted token without the flag: %v (fields %v); want INVALID_ARGUMENT on page_token", err, fields)
+	}
+	if _, err := f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north", PageSize: 1,
+		ShowDeleted: true, PageToken: page.GetNextPageToken()}); err != nil {
+		t.Fatalf("the token with its own query: %v", err)
+	}
+	if all, err := f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north"}); err != nil ||
+		len(all.GetPrograms()) != 1 || all.GetPrograms()[0].GetName() != kept.GetName() {
+		t.Fatalf("programs not deleted: %v, %v; want %s alone", all, err, kept.GetName())
+	}
+
+	_, err = f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: "clinics/north/programs/no-such-one",
+		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
+	if fields := apperr.ViolatedFields(err); status.Code(err) != codes.InvalidArgument || !slices.Equal(fields, []string{"referral.program"}) {
+		t.Fatalf("a referral to a missing program: %v (fields %v); want INVALID_ARGUMENT on referral.program", err, fields)
+	}
+}
+
+// A list that fails after reading the page records no disclosure: the
+// accounting lists only what left.
+func TestFailedEHRListDisclosesNothing(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside"), 5)
+	if _, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+		Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.consent.mu.Lock()
+	f.consent.covered = []string{family}
+	f.consent.mu.Unlock()
+	// The history read fails: its table is out of the service's reach.
+	if _, err := f.pool.Exec(context.Background(), `ALTER TABLE referral_events RENAME TO referral_events_away`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north"}); err == nil {
+		t.Fatal("list without its history answered")
+	}
+	f.consent.mu.Lock()
+	allowed := slices.Clone(f.consent.allowed)
+	f.consent.mu.Unlock()
+	if len(allowed) != 0 {
+		t.Fatalf("a failed list recorded disclosures of %v", allowed)
+	}
+}
