@@ -618,3 +618,44 @@ func TestSenderForgetsWhatIsPastItsRetention(t *testing.T) {
 		t.Errorf("request ids kept: %s; want new", got)
 	}
 }
+
+// A receiver that hangs holds only its own share of the slots: another
+// receiver's notifications keep flowing meanwhile, not one round per
+// timeout of the slow one.
+func TestAHangingReceiverHoldsOnlyItsOwnSlots(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(stop) })
+	var got atomic.Int32
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(fast.Close)
+	f.subscribe(t, f.ehr, slow.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	f.subscribe(t, f.env.As("north", "ehr-2", auth.RoleEHR), fast.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	for i := range 10 {
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, fmt.Sprintf("r%d", i), "accepted")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10, Parallel: 4,
+		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: 10 * time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true,
+	}))
+	eventually(t, 3*time.Second, "the other receiver's 10 notifications", func() bool { return got.Load() == 10 })
+	// The slow receiver never had more than its share under way.
+	var leased int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
+		WHERE s.owner = 'ehr-1' AND d.attempts > 0`).Scan(&leased); err != nil || leased != 2 {
+		t.Fatalf("deliveries of the hanging receiver attempted: %d, %v; want its share of 2", leased, err)
+	}
+}

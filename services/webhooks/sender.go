@@ -81,6 +81,16 @@ type Sender struct {
 	mu       sync.Mutex // guards pruned and resealed
 	pruned   time.Time
 	resealed time.Time
+
+	// The sends under way, so that Run claims only as many as there are
+	// free slots, and a subscription only as many as its share leaves:
+	// a round that waited for its slowest send let one receiver that
+	// hangs hold back every clinic's notifications.
+	fmu      sync.Mutex
+	inFlight map[string]int // by subscription id
+	total    int
+	ended    chan struct{} // a send ended
+	sends    sync.WaitGroup
 }
 
 // DefaultMaxAttempts, with the default backoff (5 s doubling, at most an
@@ -135,25 +145,97 @@ func NewSender(cfg SenderConfig) *Sender {
 	}}
 }
 
-// Run sends until ctx ends.
+// Run sends until ctx ends, keeping up to Parallel sends under way: it
+// claims more as soon as one ends (which may also free the next delivery
+// of its resource), or every Interval. It returns once the sends under
+// way have ended too.
 func (s *Sender) Run(ctx context.Context) {
 	s.observe()
+	defer s.sends.Wait()
+	ended := s.endedChan()
 	for {
 		s.resealIfDue(ctx)
-		n, err := s.Once(ctx)
-		if err != nil && ctx.Err() == nil {
+		if err := s.fill(ctx); err != nil && ctx.Err() == nil {
 			s.cfg.Log.Warn("webhook sending paused", "error", err.Error())
-		}
-		wait := s.cfg.Interval
-		if err == nil && n > 0 {
-			wait = 0 // more may be due
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-ended:
+		case <-time.After(s.cfg.Interval):
 		}
 	}
+}
+
+// fill claims as many due deliveries as there are free slots and starts
+// sending them, each reporting its own failure.
+func (s *Sender) fill(ctx context.Context) error {
+	batch, err := s.claimFree(ctx)
+	for _, p := range batch {
+		s.start(ctx, p, func(err error) {
+			if err != nil && ctx.Err() == nil {
+				s.cfg.Log.Warn("webhook send not recorded", "delivery", p.name(), "error", err.Error())
+			}
+		})
+	}
+	if perr := s.prune(ctx, time.Now()); perr != nil && err == nil {
+		err = perr
+	}
+	return err
+}
+
+func (s *Sender) endedChan() chan struct{} {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	if s.ended == nil {
+		s.ended = make(chan struct{}, 1)
+	}
+	return s.ended
+}
+
+// claimFree claims up to the free slots, each subscription's share less
+// what it has under way.
+func (s *Sender) claimFree(ctx context.Context) ([]*pending, error) {
+	s.fmu.Lock()
+	free := s.cfg.Parallel - s.total
+	busy := make(map[string]int, len(s.inFlight))
+	for k, v := range s.inFlight {
+		busy[k] = v
+	}
+	s.fmu.Unlock()
+	if free <= 0 {
+		return nil, nil
+	}
+	return s.claim(ctx, free, busy)
+}
+
+// start sends p in a goroutine of its own, counted under way until it
+// ends; done then hears whether sending or recording it failed.
+func (s *Sender) start(ctx context.Context, p *pending, done func(error)) {
+	ended := s.endedChan()
+	s.fmu.Lock()
+	if s.inFlight == nil {
+		s.inFlight = map[string]int{}
+	}
+	s.inFlight[p.subscription]++
+	s.total++
+	s.fmu.Unlock()
+	s.sends.Add(1)
+	go func() {
+		defer s.sends.Done()
+		err := s.send(ctx, p)
+		s.fmu.Lock()
+		if s.inFlight[p.subscription]--; s.inFlight[p.subscription] <= 0 {
+			delete(s.inFlight, p.subscription)
+		}
+		s.total--
+		s.fmu.Unlock()
+		done(err)
+		select {
+		case ended <- struct{}{}:
+		default:
+		}
+	}()
 }
 
 // pending is a claimed delivery with what sending it needs.
@@ -189,12 +271,12 @@ func (p *pending) disclosureRequestID() string {
 }
 
 // Once sends the deliveries that are due now and first in line for their
-// subscription and resource, and returns how many it attempted. It claims
-// at most Parallel of them and sends them all at once: a claimed delivery
-// never waits for a free slot while its lease runs out (another sender
-// would claim it again and send it twice).
+// subscription and resource, as many as there are free slots, waits for
+// them, and returns how many it attempted. A claimed delivery never waits
+// for a free slot while its lease runs out (another sender would claim it
+// again and send it twice).
 func (s *Sender) Once(ctx context.Context) (int, error) {
-	batch, claimErr := s.claim(ctx, s.cfg.Parallel)
+	batch, claimErr := s.claimFree(ctx)
 	// A claim that failed after leasing some deliveries (recording another
 	// as dead) still sends those: left alone they would wait out their
 	// lease and lose an attempt.
@@ -203,16 +285,16 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 	firstErr := claimErr
 	for _, p := range batch {
 		wg.Add(1)
-		go func() {
+		s.start(ctx, p, func(err error) {
 			defer wg.Done()
-			if err := s.send(ctx, p); err != nil {
+			if err != nil {
 				mu.Lock()
 				if firstErr == nil {
 					firstErr = err
 				}
 				mu.Unlock()
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if err := s.prune(ctx, time.Now()); err != nil && firstErr == nil {
@@ -230,16 +312,20 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 //
 // The PENDING state is the literal 1 so that the partial indexes
 // deliveries_due and deliveries_order match.
-func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
+func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
 	// One send is up to three calls of Timeout each (a consent check and
 	// the disclosure's record, then the POST), plus the writes around them.
 	lease := 3*s.cfg.Timeout + 30*time.Second
-	// A few per subscription at a time, so that one receiver that hangs
-	// cannot hold every slot while others wait.
+	// A few per subscription at a time, those under way counted, so that
+	// one receiver that hangs cannot hold every slot while others wait.
 	perSubscription := max(1, s.cfg.Parallel/2)
+	busyIDs, busyN := make([]string, 0, len(busy)), make([]int32, 0, len(busy))
+	for id, n := range busy {
+		busyIDs, busyN = append(busyIDs, id), append(busyN, int32(n))
+	}
 	rows, err := s.cfg.DB.Query(ctx, `WITH ranked AS (
-			SELECT h.seq, row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
+			SELECT h.seq, h.subscription_id, row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
 			FROM deliveries h
 			WHERE h.state = 1 AND h.next_attempt_time <= now()
 				AND NOT EXISTS (SELECT 1 FROM deliveries e
@@ -247,7 +333,8 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 						AND e.state = 1 AND e.seq < h.seq)),
 		heads AS (
 			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
-			WHERE h.seq IN (SELECT seq FROM ranked WHERE n <= $3)
+			WHERE h.seq IN (SELECT r.seq FROM ranked r WHERE r.n + coalesce(
+					(SELECT b.n FROM unnest($4::text[], $5::int[]) b(id, n) WHERE b.id = r.subscription_id), 0) <= $3)
 				-- checked again on the locked row: another sender may have
 				-- claimed it meanwhile
 				AND h.state = 1 AND h.next_attempt_time <= now()
@@ -261,7 +348,7 @@ func (s *Sender) claim(ctx context.Context, limit int) ([]*pending, error) {
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
 			d.attempts, d.replays, d.record_unsure, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
-		limit, lease, perSubscription)
+		limit, lease, perSubscription, busyIDs, busyN)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}
