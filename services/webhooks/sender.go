@@ -249,6 +249,7 @@ type pending struct {
 	attempts, replays        int
 	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
+	firstTry                 time.Time // see migration 0013
 	url, secret, owner       string
 	previous                 string // a rotated secret still in its grace
 	audience                 string
@@ -341,12 +342,13 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 			ORDER BY h.next_attempt_time, h.seq
 			LIMIT $1
 			FOR UPDATE OF h SKIP LOCKED)
-		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1
+		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1,
+			first_try_time = coalesce(d.first_try_time, now())
 		FROM heads, subscriptions s
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.replays, d.record_unsure, d.create_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription, busyIDs, busyN)
 	if err != nil {
@@ -358,7 +360,7 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -421,7 +423,7 @@ var errWithheld = errors.New("withheld: no consent of the family covers telling 
 
 // errUndecodable marks a FULL payload this sender cannot read: Handoff's
 // failure, tried again (a newer sender reads it) until undecodableFor has
-// passed since the event, when it is dead (it would otherwise hold back
+// passed since its first try, when it is dead (it would otherwise hold back
 // its resource's later notifications for good).
 var errUndecodable = fmt.Errorf("Handoff could not read the event: %w", errOwnSide)
 
@@ -503,7 +505,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// the receiver's: it never makes a dead letter, only a later try; but
 	// for an event no sender has read in a day.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
-		(errors.Is(err, errUndecodable) && time.Since(p.created) > undecodableFor) {
+		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}

@@ -107,6 +107,11 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 		posts++
 		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
 	})
+	// Its event is two days old (a reminder's, due only now): the day of
+	// grace counts from the first try.
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET create_time = now() - interval '48 hours'`); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := s.Once(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +126,7 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 	// A day on, no sender has read it: it is dead, so that it no longer
 	// holds back the resource's later notifications, with a reason that
 	// names Handoff.
-	if _, err := pool.Exec(ctx, `UPDATE deliveries SET create_time = now() - interval '25 hours', next_attempt_time = now()`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET first_try_time = now() - interval '25 hours', next_attempt_time = now()`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.Once(ctx); err != nil {
