@@ -659,3 +659,53 @@ func TestAHangingReceiverHoldsOnlyItsOwnSlots(t *testing.T) {
 		t.Fatalf("deliveries of the hanging receiver attempted: %d, %v; want its share of 2", leased, err)
 	}
 }
+
+// A failed attempt of a delivery withdrawn on its way is not reported as
+// one to be retried: the row says withdrawn, and so does the log.
+func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := f.pool.Exec(context.Background(), `UPDATE deliveries SET state = 4, finish_time = now()`); err != nil {
+			t.Error(err)
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(rcv.Close)
+	f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	s := webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxAttempts: 10, Parallel: 1,
+		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: 3 * time.Second, AllowPrivate: true,
+	})
+	if n, err := s.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("Once = %d, %v; want one attempt", n, err)
+	}
+	if st, _ := f.deliveryState(t); st != webhooksv1.DeliveryState_DELIVERY_STATE_WITHDRAWN {
+		t.Fatalf("state %v; want WITHDRAWN", st)
+	}
+	if out := logs.String(); !strings.Contains(out, "superseded") || strings.Contains(out, "attempt failed") {
+		t.Fatalf("log of a withdrawn delivery's failed attempt:\n%s\nwant it superseded, not to be retried", out)
+	}
+}
+
+// syncBuffer is a string builder safe for a logger's concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

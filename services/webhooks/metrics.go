@@ -41,7 +41,9 @@ func (s *Sender) observe() {
 		var nPending, nRetrying, nDead int64
 		if err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), `SELECT
 				count(*) FILTER (WHERE state = $1),
-				count(*) FILTER (WHERE state = $1 AND (attempts > 0 OR last_error <> '')),
+				-- not attempts > 0: the claim counts an attempt before it is
+				-- made, and a first send under way has not failed
+				count(*) FILTER (WHERE state = $1 AND last_error <> ''),
 				count(*) FILTER (WHERE state = $2)
 			FROM deliveries`, statePending, stateDead).Scan(&nPending, &nRetrying, &nDead); err != nil {
 			return nil // a failed scrape of these gauges must not fail the rest

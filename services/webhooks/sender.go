@@ -521,12 +521,18 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		giveBack = 1
 		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
 	}
-	_, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
+	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
 		attempts = attempts - $7, record_unsure = record_unsure OR $8
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
 		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure))
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
+	}
+	if tag.RowsAffected() == 0 {
+		// Withdrawn on its way (the reminder was handled), or claimed
+		// again by another sender: nothing will be retried here.
+		log.Warn("webhook outcome superseded", "attempt", p.attempts)
+		return nil
 	}
 	switch {
 	case errors.Is(err, errRefused):
