@@ -41,12 +41,23 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 	if len(carrier) > 0 {
 		trace = map[string]string(carrier)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES ($1, $2, $3, $4, $5)`,
-		e.Clinic, e.Type, e.Resource, b, trace); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context, generation) VALUES ($1, $2, $3, $4, $5, $6)`,
+		e.Clinic, e.Type, e.Resource, b, trace, Generation); err != nil {
 		return fmt.Errorf("outbox: insert %s: %w", e.Type, err)
 	}
 	return nil
 }
+
+// Generation numbers the releases whose consumers of the outbox (the
+// workflow dispatcher, the webhook sink) know a new event type or payload,
+// or do something new with one: raise it with such a change. Every event
+// carries the generation that wrote it, and a relay of an older one leaves
+// the event to a newer relay for a while (Relay.NewerGrace): during a
+// rolling update, replicas of both releases take turns at delivering, and
+// an older one would pass over, as delivered, what it does not know.
+//
+// 1: intervention.details_updated replans a scheduled intervention.
+const Generation = 1
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded: such an event can never be delivered.
@@ -62,6 +73,9 @@ type Stored struct {
 	// Created is when the change was committed with its event (the
 	// transaction's time), not when a relay got to it.
 	Created time.Time
+	// Generation is that of the release that wrote the event (see
+	// Generation).
+	Generation int
 
 	// The payload's message, decoded once by Pending for the relay's lane
 	// and every consumer.
@@ -96,7 +110,7 @@ func (e Stored) Context(ctx context.Context) context.Context {
 func Pending(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, after int64, limit int) ([]Stored, error) {
-	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time FROM outbox
+	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time, generation FROM outbox
 		WHERE delivered_at IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
@@ -106,7 +120,7 @@ func Pending(ctx context.Context, q interface {
 	for rows.Next() {
 		var s Stored
 		var b []byte
-		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace, &s.Created); err != nil {
+		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace, &s.Created, &s.Generation); err != nil {
 			return nil, fmt.Errorf("outbox: scan: %w", err)
 		}
 		s.Payload = &anypb.Any{}

@@ -54,6 +54,12 @@ type Relay struct {
 	// KeepRequestIDs how long a request id and its stored response are
 	// (default DefaultKeepRequestIDs). The relay deletes what is older.
 	Keep, KeepRequestIDs time.Duration
+	// NewerGrace is how long an event a newer release wrote (see
+	// Generation) is left for a relay of that release; default
+	// DefaultNewerGrace. Past it, this relay delivers the event as best it
+	// can: the newer release was rolled back, and its lane must not wait
+	// for ever.
+	NewerGrace time.Duration
 
 	mu      sync.Mutex // one poll at a time owns the fields below
 	blocked map[string]backoff
@@ -106,12 +112,18 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
+// DefaultNewerGrace is far longer than a rolling update.
+const DefaultNewerGrace = 15 * time.Minute
+
 // laneResult is what one lane did.
 type laneResult struct {
 	delivered []int64
 	setAside  []Stored
 	failed    *Stored
 	err       error
+	// left is an event left for a newer release's relay: the lane stops
+	// there, and waits, but the event has not failed.
+	left *Stored
 }
 
 // laneDone is a lane that finished, with what it did.
@@ -322,7 +334,11 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 	n := 0
 	for _, d := range done {
 		res := d.res
-		r.settle(d.key, res.failed != nil, time.Now())
+		r.settle(d.key, res.failed != nil || res.left != nil, time.Now())
+		if res.left != nil {
+			r.Log.Info("outbox event left for a newer release's relay", "id", res.left.ID, "type", res.left.Type,
+				"generation", res.left.Generation)
+		}
 		delivered = append(delivered, res.delivered...)
 		n += len(res.delivered)
 		for _, e := range res.setAside {
@@ -471,6 +487,10 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 			res.setAside = append(res.setAside, e)
 			continue
 		}
+		if e.Generation > Generation && time.Since(e.Created) < r.newerGrace() {
+			res.left = &e
+			return res
+		}
 		dctx, cancel := context.WithTimeout(e.Context(ctx), timeout)
 		err := r.Deliver(dctx, e)
 		cancel()
@@ -481,6 +501,13 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 		res.delivered = append(res.delivered, e.ID)
 	}
 	return res
+}
+
+func (r *Relay) newerGrace() time.Duration {
+	if r.NewerGrace > 0 {
+		return r.NewerGrace
+	}
+	return DefaultNewerGrace
 }
 
 // observe reports how far delivery lags: events waiting and the age of the
