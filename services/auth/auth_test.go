@@ -454,3 +454,33 @@ func TestOrigin(t *testing.T) {
 		t.Fatalf("origin behind a proxy: %v", got)
 	}
 }
+
+// A key set URL redirected from https to plain http is not followed: the
+// keys would come in clear. A redirect that stays on https is.
+func TestJWKSRedirectToPlainHTTPIsRefused(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	plain := httptest.NewServer(iss.JWKSHandler())
+	defer plain.Close()
+	secure := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/moved":
+			iss.JWKSHandler().ServeHTTP(w, r)
+		case "/same":
+			http.Redirect(w, r, "/moved", http.StatusFound)
+		default:
+			http.Redirect(w, r, plain.URL+"/certs", http.StatusFound)
+		}
+	}))
+	defer secure.Close()
+	tok := iss.MustMint(TokenOptions{Subject: "u", Clinic: "north"})
+	downgraded := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: secure.URL + "/certs", Client: secure.Client(), MinRefresh: time.Millisecond}}
+	if _, err := downgraded.Verify(context.Background(), tok); err == nil {
+		t.Fatal("a token was verified with keys fetched over plain http after a redirect")
+	}
+	same := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: secure.URL + "/same", Client: secure.Client(), MinRefresh: time.Millisecond}}
+	if _, err := same.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("keys behind an https redirect: %v", err)
+	}
+}

@@ -195,12 +195,28 @@ func (j *JWKS) client() *http.Client {
 	return defaultClient
 }
 
+// noDowngrade refuses a redirect to another scheme than the request's
+// first: an https key set URL (the only kind a deployment may name, but
+// for loopback or an explicit insecure mode) redirected to http would
+// fetch the keys in clear, where anyone on the way could swap them.
+func noDowngrade(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("jwks: too many redirects")
+	}
+	if req.URL.Scheme != via[0].URL.Scheme {
+		return fmt.Errorf("jwks: a redirect from %s to %s refused", via[0].URL.Scheme, req.URL.Scheme)
+	}
+	return nil
+}
+
 func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("jwks: %w", err)
 	}
-	resp, err := c.Do(req)
+	guarded := *c // the caller's client, transport and all, with the redirect rule
+	guarded.CheckRedirect = noDowngrade
+	resp, err := guarded.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("jwks: fetch: %w", err)
 	}
