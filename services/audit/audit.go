@@ -9,9 +9,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
 	"github.com/jackc/pgx/v5"
+	rpccode "google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -91,7 +91,7 @@ var filterFields = map[string]aip.FilterField{
 	"subject":  {Column: "subject", Kind: aip.String},
 	"method":   {Column: "method", Kind: aip.String},
 	"resource": {Column: "resource", Kind: aip.String},
-	"outcome":  {Column: "outcome", Kind: aip.String},
+	"outcome":  {Column: outcomeColumn, Kind: aip.String},
 	"time":     {Column: "event_time", Kind: aip.Time},
 }
 
@@ -120,7 +120,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	// cannot land behind a page already read (ids are drawn at the write,
 	// not the commit). A record shows once the transactions begun before
 	// its own have ended, normally within milliseconds.
-	rows, err := db.Query(ctx, `SELECT xact::text, id, event_time, subject, roles, clinic, method, resource, outcome, request_id
+	rows, err := db.Query(ctx, `SELECT xact::text, id, event_time, subject, roles, clinic, method, resource, `+outcomeColumn+`, request_id
 		FROM audit_log WHERE clinic = $1 AND (xact, id) > ($2::text::xid8, $3)
 		AND xact < pg_snapshot_xmin(pg_current_snapshot()) AND `+where+` ORDER BY xact, id LIMIT $4`,
 		append([]any{clinic, cur.xact, cur.id, size + 1}, args...)...)
@@ -184,25 +184,24 @@ func parseCursor(after string) (cursor, error) {
 }
 
 // Outcome renders a gRPC code as its canonical name: OK, NOT_FOUND,
-// PERMISSION_DENIED.
+// PERMISSION_DENIED, CANCELLED (google.rpc.Code's, which grpc-go's
+// String spells Canceled).
 func Outcome(c codes.Code) string {
-	var b strings.Builder
-	prev := rune(0)
-	for _, r := range c.String() {
-		if unicode.IsUpper(r) && unicode.IsLower(prev) {
-			b.WriteByte('_')
-		}
-		b.WriteRune(unicode.ToUpper(r))
-		prev = r
-	}
-	return b.String()
+	return rpccode.Code(c).String()
 }
 
-// Roles renders roles for an event.
+// outcomeColumn reads the outcome as Outcome now renders it: releases
+// before it stored a cancelled call as CANCELED. The records stay as they
+// were written; reads and filters see the canonical name.
+const outcomeColumn = `(CASE outcome WHEN 'CANCELED' THEN 'CANCELLED' ELSE outcome END)`
+
+// Roles renders roles for an event exactly as the token gave them, as
+// authorization compared them: a role with a stray space granted nothing,
+// and the record must not show it as if it had.
 func Roles(rs []auth.Role) []string {
 	out := make([]string, len(rs))
 	for i, r := range rs {
-		out[i] = strings.TrimSpace(string(r))
+		out[i] = string(r)
 	}
 	return out
 }

@@ -128,8 +128,8 @@ func TestCallerDeadlineIsNotInternal(t *testing.T) {
 	defer rec.mu.Unlock()
 	// Which the server sees first, its own deadline or the client's
 	// cancellation when the client's deadline passed, is a race.
-	if len(events) != 1 || (events[0].Outcome != "DEADLINE_EXCEEDED" && events[0].Outcome != "CANCELED") {
-		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELED", events)
+	if len(events) != 1 || (events[0].Outcome != "DEADLINE_EXCEEDED" && events[0].Outcome != "CANCELLED") {
+		t.Fatalf("audit events = %+v, want one with outcome DEADLINE_EXCEEDED or CANCELLED", events)
 	}
 }
 
