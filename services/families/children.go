@@ -353,6 +353,9 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 		if occur.After(now.Add(clockSkew)) {
 			vs.Add("warning_sign.occur_time", "must not be in the future")
 		}
+		if occur.After(now) {
+			occur = now // as a screen's time
+		}
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err
@@ -477,6 +480,12 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 		if at.After(now.Add(clockSkew)) {
 			vs.Add("safety_screen.screen_time", "must not be in the future")
 		}
+		// A time ahead by no more than a clock's drift is now: kept ahead,
+		// it would stay the family's latest screen over one recorded after
+		// it (a high risk hidden behind a no risk).
+		if at.After(now) {
+			at = now
+		}
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err
@@ -484,8 +493,18 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateSafetyScreen", req.GetRequestId(), req,
 		func() *familiesv1.SafetyScreen { return &familiesv1.SafetyScreen{} },
 		func(tx pgx.Tx) (*familiesv1.SafetyScreen, error) {
-			if err := requireFamily(ctx, tx, c); err != nil {
+			if err := lockFamilyRow(ctx, tx, c, "FOR NO KEY UPDATE"); err != nil { // updated below
 				return nil, err
+			}
+			// The family shows its latest screen and the status it gives:
+			// its etag and update time move with them, so that a reader
+			// syncing on either does not miss a new risk. Outsiders see
+			// no screens: what they see keeps its version (migration 0003).
+			if _, err := tx.Exec(ctx, `UPDATE families SET update_time = $3, version = version + 1,
+				shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
+				shared_checked = version + 1
+				WHERE clinic = $1 AND id = $2`, c.clinic, c.family, now); err != nil {
+				return nil, fmt.Errorf("note the family's new screen: %w", err)
 			}
 			c.id = aip.NewID()
 			if _, err := tx.Exec(ctx, `INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, notes, screened_by, screen_time, create_time)

@@ -1010,3 +1010,43 @@ func TestOldContactValuesDoNotBlockUpdates(t *testing.T) {
 		t.Fatalf("a new bad phone number: %v", st.Details())
 	}
 }
+
+// A screen dated a little ahead (a device's clock) is recorded as of now:
+// kept ahead, it would stay the latest over a high risk recorded after it.
+// Each screen moves the family's etag and update time, which show it.
+func TestALaterScreenIsTheLatest(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ahead, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK,
+			ScreenTime: timestamppb.New(time.Now().Add(4 * time.Minute))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ahead.GetScreenTime().AsTime().After(time.Now()) {
+		t.Fatalf("a screen dated ahead kept its time %v", ahead.GetScreenTime().AsTime())
+	}
+	screened, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if screened.GetEtag() == fam.GetEtag() || !screened.GetUpdateTime().AsTime().After(fam.GetUpdateTime().AsTime()) {
+		t.Fatalf("after a screen: etag %s, updated %v; before: %s, %v; want both moved", screened.GetEtag(),
+			screened.GetUpdateTime().AsTime(), fam.GetEtag(), fam.GetUpdateTime().AsTime())
+	}
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || got.GetLatestSafetyScreen().GetResult() != familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK {
+		t.Fatalf("latest screen = %v, %v; want the high risk recorded last", got.GetLatestSafetyScreen(), err)
+	}
+	if got.GetEtag() == screened.GetEtag() {
+		t.Fatalf("etag %s unchanged by a new screen", got.GetEtag())
+	}
+}
