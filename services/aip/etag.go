@@ -12,10 +12,19 @@ func Etag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
 // ParseEtag returns the version an etag names. ok is false for an etag this
 // service did not issue; callers treat that as a mismatch.
 func ParseEtag(etag string) (version int64, ok bool) {
-	etag = strings.Trim(strings.TrimPrefix(etag, "W/"), `"`)
+	etag = bareEtag(etag)
 	v, err := strconv.ParseInt(strings.TrimPrefix(etag, "v"), 10, 64)
 	if err != nil || !strings.HasPrefix(etag, "v") {
 		return 0, false
 	}
 	return v, true
+}
+
+// bareEtag is an etag without the quotes of an HTTP ETag, weak or not.
+func bareEtag(etag string) string {
+	etag = strings.TrimPrefix(etag, "W/")
+	if len(etag) >= 2 && etag[0] == '"' && etag[len(etag)-1] == '"' {
+		return etag[1 : len(etag)-1]
+	}
+	return etag
 }

@@ -85,6 +85,17 @@ func TestEtag(t *testing.T) {
 	if _, ok := ParseEtag("7"); ok {
 		t.Fatal("foreign etag accepted")
 	}
+	// A REST client copies the ETag header, quotes and all, into the body.
+	for _, sent := range []string{"", "v3", `"v3"`, `W/"v3"`} {
+		if err := CheckEtag("clinics/c/things/t", sent, "v3"); err != nil {
+			t.Errorf("CheckEtag(%q) against v3: %v", sent, err)
+		}
+	}
+	for _, sent := range []string{"v2", `"v2"`, "3", `"v3`} {
+		if err := CheckEtag("clinics/c/things/t", sent, "v3"); err == nil {
+			t.Errorf("CheckEtag(%q) against v3 passed", sent)
+		}
+	}
 }
 
 func TestFamily(t *testing.T) {

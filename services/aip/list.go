@@ -19,9 +19,11 @@ func ListArgs(parent, filter, token string, fields map[string]FilterField) (Filt
 }
 
 // CheckEtag is ABORTED when the caller sent an etag that is not the
-// resource's current one. An empty etag means "unconditionally".
+// resource's current one. An empty etag means "unconditionally". The etag
+// may come as an HTTP ETag header gave it (quoted, or weak), as ParseEtag
+// reads it: a REST client copies the header into the body.
 func CheckEtag(name, sent, current string) error {
-	if sent != "" && sent != current {
+	if sent != "" && bareEtag(sent) != current {
 		return apperr.EtagMismatch(name)
 	}
 	return nil
