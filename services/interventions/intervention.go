@@ -808,6 +808,12 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.Outcome = &interventionsv1.Outcome{Kind: req.GetKind(), AcceptedServices: req.GetAcceptedServices(),
 				Notes: req.GetNotes(), RecordedBy: auth.Actor(ctx), RecordTime: timestamppb.New(s.cfg.Now())}
+			// As a cancel does: the meeting's own reminders (of it coming
+			// up, of its outcome overdue) stop now, not when the workflow
+			// hears of the outcome.
+			if err := s.cancelMeetingReminders(ctx, tx, r.clinic, cur.GetName(), "outcome recorded"); err != nil {
+				return nil, err
+			}
 			return s.save(ctx, tx, r, cur, next, completed, "intervention.outcome_recorded")
 		})
 }

@@ -1499,3 +1499,47 @@ func TestDeletingADraftCancelsItsReminders(t *testing.T) {
 		t.Fatalf("reminder of the deleted draft: %v, %v; want CANCELLED", got.GetState(), err)
 	}
 }
+
+// Recording the outcome stops the meeting's own reminders (of its outcome
+// overdue, say) in its transaction, as a cancel does, and a workflow yet
+// to hear of it makes no new one; reminders of what follows the meeting
+// are left alone.
+func TestOutcomeEndsTheMeetingsReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(48*time.Hour))
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(73 * time.Hour)
+	remind := func(kind interventionsv1.ReminderKind) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+			Kind: kind, Message: "A family meeting has had no outcome recorded for a day.", RelatedResource: iv.GetName()}})
+	}
+	overdue, err := remind(interventionsv1.ReminderKind_REMINDER_KIND_OUTCOME_OVERDUE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	later, err := remind(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
+		t.Fatal(err)
+	}
+	for rem, want := range map[*interventionsv1.Reminder]interventionsv1.ReminderState{
+		overdue: interventionsv1.ReminderState_REMINDER_STATE_CANCELLED, later: interventionsv1.ReminderState_REMINDER_STATE_DUE} {
+		got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+		if err != nil || got.GetState() != want {
+			t.Fatalf("%v reminder after the outcome: %v, %v; want %v", rem.GetKind(), got.GetState(), err, want)
+		}
+	}
+	_, err = remind(interventionsv1.ReminderKind_REMINDER_KIND_OUTCOME_ESCALATION)
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != interventions.ReasonMeetingNotScheduled {
+		t.Fatalf("an escalation of a meeting with its outcome: %v; want %s", st.Message(), interventions.ReasonMeetingNotScheduled)
+	}
+}

@@ -251,7 +251,7 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
-			if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
+			if meetingKinds[rem.GetKind()] {
 				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
 				}
@@ -291,8 +291,9 @@ const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
 // who no longer takes part in it.
 const ReasonNotAParticipant = "NOT_A_PARTICIPANT"
 
-// meetingStands refuses the meeting reminder req asks for if its meeting
-// is no longer scheduled (cancelled, or held and completed), no longer at
+// meetingStands refuses the meeting reminder req asks for (one of
+// meetingKinds) if its meeting is no longer scheduled (cancelled, or held
+// and its outcome recorded), no longer at
 // the start time req gives (rescheduled), or, to a family member, no
 // longer with them. A cancel, a reschedule and an update that takes
 // someone off the meeting cancel its reminders in their own transaction,
@@ -656,6 +657,29 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 	return consentgate.Reminder(out), err
 }
 
+// meetingKinds are the reminders about a meeting that are made only while
+// it stands: of it coming up, of a place not held ahead of it, of its
+// outcome not recorded. A meeting's other reminders (of the intake, the
+// boundaries, the check-ins that follow it) are made after its outcome.
+var meetingKinds = map[interventionsv1.ReminderKind]bool{
+	interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING:      true,
+	interventionsv1.ReminderKind_REMINDER_KIND_TREATMENT_HOLD_UNAVAILABLE: true,
+	interventionsv1.ReminderKind_REMINDER_KIND_OUTCOME_OVERDUE:            true,
+	interventionsv1.ReminderKind_REMINDER_KIND_OUTCOME_ESCALATION:         true,
+}
+
+// cancelMeetingReminders cancels, in tx, the reminders about the meeting
+// related that are made only while it stands (meetingKinds): its outcome
+// is recorded, and they must not go out in the time the workflow takes to
+// hear of it.
+func (s *Server) cancelMeetingReminders(ctx context.Context, tx pgx.Tx, clinic, related, reason string) error {
+	kinds := make([]int16, 0, len(meetingKinds))
+	for k := range meetingKinds {
+		kinds = append(kinds, int16(k))
+	}
+	return s.cancel(ctx, tx, clinic, related, reason, nil, kinds)
+}
+
 // cancelRemindersOf cancels, in tx, every reminder about related that is
 // still to be sent (scheduled, due or claimed), with an event for each, as
 // CancelReminder would. A cancelled or moved meeting's reminders must not
@@ -669,11 +693,18 @@ func (s *Server) cancelRemindersOf(ctx context.Context, tx pgx.Tx, clinic, relat
 // cancelRemindersTo is cancelRemindersOf for the reminders to the family
 // members given only, or to everyone if members is nil.
 func (s *Server) cancelRemindersTo(ctx context.Context, tx pgx.Tx, clinic, related, reason string, members []string) error {
+	return s.cancel(ctx, tx, clinic, related, reason, members, nil)
+}
+
+// cancel is cancelRemindersTo for the reminders of the kinds given only,
+// or of every kind if kinds is nil.
+func (s *Server) cancel(ctx context.Context, tx pgx.Tx, clinic, related, reason string, members []string, kinds []int16) error {
 	rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
 		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7)
-			AND ($8::text[] IS NULL OR (recipient_kind = $9 AND recipient_id = ANY($8))) RETURNING `+reminderColumns,
+			AND ($8::text[] IS NULL OR (recipient_kind = $9 AND recipient_id = ANY($8)))
+			AND ($10::smallint[] IS NULL OR kind = ANY($10)) RETURNING `+reminderColumns,
 		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed),
-		members, int16(interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER))
+		members, int16(interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER), kinds)
 	if err != nil {
 		return fmt.Errorf("cancel reminders of %s: %w", related, err)
 	}

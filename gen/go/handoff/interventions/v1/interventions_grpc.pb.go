@@ -146,6 +146,7 @@ type InterventionsServiceClient interface {
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
 	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// TREATMENT_HOLD_UNAVAILABLE, OUTCOME_OVERDUE or OUTCOME_ESCALATION,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
 	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
@@ -558,6 +559,7 @@ type InterventionsServiceServer interface {
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
 	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// TREATMENT_HOLD_UNAVAILABLE, OUTCOME_OVERDUE or OUTCOME_ESCALATION,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
 	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
