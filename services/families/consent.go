@@ -216,7 +216,30 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 		if p := d.GetPurpose(); p != familiesv1.Purpose_PURPOSE_TREATMENT && p != familiesv1.Purpose_PURPOSE_UNSPECIFIED {
 			vs.Add(field+".purpose", "must be TREATMENT: an integration reads for treatment")
 		}
+		// Nor a read of something the API does not give under that kind
+		// (a safety screen as an identity read, say).
+		if !readable(d, familyName(clinic, family)) {
+			vs.Add(field+".resource", "must be what an integration reads under %s: the family itself for IDENTITY, "+
+				"a referral for REFERRALS, an intervention for APPOINTMENTS", d.GetInformation())
+		}
 	}
+}
+
+// readable reports whether an integration reads d's resource under d's
+// kind of information through the API, as the services' consent gates
+// record it: the family itself, a referral, an intervention.
+func readable(d *familiesv1.Disclosure, family string) bool {
+	switch d.GetInformation() {
+	case familiesv1.InformationKind_INFORMATION_KIND_IDENTITY:
+		return d.GetResource() == family
+	case familiesv1.InformationKind_INFORMATION_KIND_REFERRALS:
+		_, err := aip.Parse(d.GetResource(), "clinics", "referrals")
+		return err == nil
+	case familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS:
+		_, err := aip.Parse(d.GetResource(), "clinics", "interventions")
+		return err == nil
+	}
+	return true // no kind: refused as required
 }
 
 // discloseToCaller gates a read by an outside system (the EHR) on consent

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -229,6 +230,20 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: otherFam.GetName() + "/warningSigns/w1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
 	wantCode(t, disclose(ehr, sibling), codes.InvalidArgument)
 	wantCode(t, disclose(f.ctx, sibling), codes.InvalidArgument)
+	// Nor a read the API never gives under the kind it names: the
+	// accounting is append-only, and the entry could never be taken back.
+	for info, resource := range map[familiesv1.InformationKind]string{
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY:     fam.GetName() + "/safetyScreens/s1",
+		familiesv1.InformationKind_INFORMATION_KIND_REFERRALS:    "clinics/north/interventions/i1",
+		familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS: fam.GetName(),
+	} {
+		madeUp := &familiesv1.Disclosure{Recipient: "ehr-1", Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
+		err := disclose(ehr, madeUp)
+		if fields := apperr.ViolatedFields(err); status.Code(err) != codes.InvalidArgument || !slices.Contains(fields, "disclosure.resource") {
+			t.Fatalf("an integration's %v read of %s: %v (fields %v); want INVALID_ARGUMENT on disclosure.resource", info, resource, err, fields)
+		}
+	}
 	// Staff record a referral faxed to a program under the named consent.
 	fax := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}
