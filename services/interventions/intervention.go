@@ -494,6 +494,12 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 						return nil, err
 					}
 				}
+				// So does a counselor handing the meeting to another.
+				if locked.GetCounselor() != next.GetCounselor() {
+					if err := s.cancelCounselorReminders(ctx, tx, r.clinic, locked.GetName(), locked.GetCounselor()); err != nil {
+						return nil, err
+					}
+				}
 			default:
 				return nil, apperr.InvalidTransition(locked.GetName(), stateName(locked.GetState()), "UPDATED")
 			}

@@ -1543,3 +1543,43 @@ func TestOutcomeEndsTheMeetingsReminders(t *testing.T) {
 		t.Fatalf("an escalation of a meeting with its outcome: %v; want %s", st.Message(), interventions.ReasonMeetingNotScheduled)
 	}
 }
+
+// A meeting handed to another counselor stops the first counselor's
+// reminders of it in the same transaction, and a workflow yet to hear of
+// it makes them no new one; the new counselor gets theirs.
+func TestHandingAMeetingOverEndsTheFirstCounselorsReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(48*time.Hour))
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remind := func(counselor string) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: counselor,
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, Message: "You lead a family meeting on Monday.",
+			RelatedResource: iv.GetName()}})
+	}
+	first, err := remind("counselor-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Counselor: "counselor-2"},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: first.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the first counselor's reminder after the handover: %v, %v; want CANCELLED", got.GetState(), err)
+	}
+	_, err = remind("counselor-1")
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != interventions.ReasonNotAParticipant {
+		t.Fatalf("a reminder to the first counselor after the handover: %v; want %s", st.Message(), interventions.ReasonNotAParticipant)
+	}
+	if _, err := remind("counselor-2"); err != nil {
+		t.Fatalf("a reminder to the new counselor: %v", err)
+	}
+}

@@ -288,15 +288,15 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
 
 // ReasonNotAParticipant refuses a reminder of a meeting to a family member
-// who no longer takes part in it.
+// who no longer takes part in it, or to a counselor who does not lead it.
 const ReasonNotAParticipant = "NOT_A_PARTICIPANT"
 
 // meetingStands refuses the meeting reminder req asks for (one of
 // meetingKinds) if its meeting is no longer scheduled (cancelled, or held
 // and its outcome recorded), no longer at
-// the start time req gives (rescheduled), or, to a family member, no
-// longer with them. A cancel, a reschedule and an update that takes
-// someone off the meeting cancel its reminders in their own transaction,
+// the start time req gives (rescheduled), or, to a family member or a
+// counselor, no longer with them. A cancel, a reschedule and an update
+// that takes someone off the meeting cancel its reminders in their own transaction,
 // but the workflow, which hears of the change through the outbox, may
 // still be making one with what it knew: the shared lock makes the two
 // take turns, so such a reminder is either refused here or seen, and
@@ -313,10 +313,12 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		state     int16
 		start     *time.Time
 		takesPart bool
+		counselor string
 	)
 	err := tx.QueryRow(ctx, `SELECT state, start_time,
-			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3)
-		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart)
+			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3),
+			counselor
+		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -337,6 +339,10 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER && !takesPart {
 		return apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("family member %q does not take part in %s: no reminder of it is made for them", to.GetId(), related), meta)
+	}
+	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR && to.GetId() != counselor {
+		return apperr.FailedPrecondition(ReasonNotAParticipant,
+			fmt.Sprintf("counselor %q does not lead %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
 	return nil
 }
@@ -677,7 +683,14 @@ func (s *Server) cancelMeetingReminders(ctx context.Context, tx pgx.Tx, clinic, 
 	for k := range meetingKinds {
 		kinds = append(kinds, int16(k))
 	}
-	return s.cancel(ctx, tx, clinic, related, reason, nil, kinds)
+	return s.cancel(ctx, tx, clinic, related, reason, interventionsv1.RecipientKind_RECIPIENT_KIND_UNSPECIFIED, nil, kinds)
+}
+
+// cancelCounselorReminders cancels, in tx, the reminders about the meeting
+// related to a counselor who no longer leads it.
+func (s *Server) cancelCounselorReminders(ctx context.Context, tx pgx.Tx, clinic, related, counselor string) error {
+	return s.cancel(ctx, tx, clinic, related, "no longer leading the meeting", interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR,
+		[]string{counselor}, nil)
 }
 
 // cancelRemindersOf cancels, in tx, every reminder about related that is
@@ -693,18 +706,19 @@ func (s *Server) cancelRemindersOf(ctx context.Context, tx pgx.Tx, clinic, relat
 // cancelRemindersTo is cancelRemindersOf for the reminders to the family
 // members given only, or to everyone if members is nil.
 func (s *Server) cancelRemindersTo(ctx context.Context, tx pgx.Tx, clinic, related, reason string, members []string) error {
-	return s.cancel(ctx, tx, clinic, related, reason, members, nil)
+	return s.cancel(ctx, tx, clinic, related, reason, interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, members, nil)
 }
 
-// cancel is cancelRemindersTo for the reminders of the kinds given only,
-// or of every kind if kinds is nil.
-func (s *Server) cancel(ctx context.Context, tx pgx.Tx, clinic, related, reason string, members []string, kinds []int16) error {
+// cancel cancels, in tx, the reminders about related that are still to be
+// sent: to the recipients of kind who named in who, or to everyone if who
+// is nil; of the kinds given, or of every kind if kinds is nil.
+func (s *Server) cancel(ctx context.Context, tx pgx.Tx, clinic, related, reason string, who interventionsv1.RecipientKind, members []string, kinds []int16) error {
 	rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
 		WHERE clinic = $1 AND related_resource = $2 AND state IN ($6, $7)
 			AND ($8::text[] IS NULL OR (recipient_kind = $9 AND recipient_id = ANY($8)))
 			AND ($10::smallint[] IS NULL OR kind = ANY($10)) RETURNING `+reminderColumns,
 		clinic, related, int16(rCancelled), reason, s.cfg.Now(), int16(rScheduled), int16(rClaimed),
-		members, int16(interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER), kinds)
+		members, int16(who), kinds)
 	if err != nil {
 		return fmt.Errorf("cancel reminders of %s: %w", related, err)
 	}
