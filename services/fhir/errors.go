@@ -31,29 +31,48 @@ func (e notFound) Error() string { return e.msg }
 // none of that is the caller's to learn, so it is never passed on.
 const consentRefusedText = "The patient's consent does not cover this disclosure."
 
+// disclosedErr is an error answered after a read that the services
+// recorded as a disclosure: the answer tells of the record read (a state,
+// a version, that no intake is booked), so it carries the Part 2 labels
+// and notice as the record itself would (42 CFR 2.32).
+type disclosedErr struct{ error }
+
+func (e disclosedErr) Unwrap() error { return e.error }
+
+func disclosed(err error) error { return disclosedErr{err} }
+
+// failDisclosed is fail for an answer that follows a disclosure.
+func (s *server) failDisclosed(w http.ResponseWriter, code int, issueCode, msg string) {
+	s.writeResource(w, code, part2(outcome("error", issueCode, msg), nil, ""))
+}
+
 // writeErr answers err as an OperationOutcome with the HTTP status FHIR
 // clients expect. what is the resource the caller asked for ("Task/x", or
 // the type for a search): diagnostics speak of it only, never of records
 // the caller did not name (a referral's family, another record).
 func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
+	fail := s.fail
+	if d, ok := errors.AsType[disclosedErr](err); ok {
+		fail, err = s.failDisclosed, d.error
+	}
 	var br badRequest
 	var nf notFound
 	var un unprocessable
 	switch {
 	case errors.As(err, &br):
-		s.fail(w, http.StatusBadRequest, "invalid", br.msg)
+		fail(w, http.StatusBadRequest, "invalid", br.msg)
 		return
 	case errors.As(err, &nf):
-		s.fail(w, http.StatusNotFound, "not-found", nf.msg)
+		fail(w, http.StatusNotFound, "not-found", nf.msg)
 		return
 	case errors.As(err, &un):
-		s.fail(w, http.StatusUnprocessableEntity, "business-rule", un.msg)
+		fail(w, http.StatusUnprocessableEntity, "business-rule", un.msg)
 		return
 	case errors.Is(err, context.DeadlineExceeded):
-		s.fail(w, http.StatusGatewayTimeout, "timeout", "the request took too long")
+		fail(w, http.StatusGatewayTimeout, "timeout", "the request took too long")
 		return
 	case errors.Is(err, context.Canceled):
-		s.fail(w, statusClientClosed, "transient", "the request was cancelled")
+		fail(w, statusClientClosed, "transient", "the request was cancelled")
 		return
 	}
 	st, ok := status.FromError(err)
@@ -82,7 +101,7 @@ func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	if code == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
 	}
-	s.fail(w, code, issue, msg)
+	fail(w, code, issue, msg)
 }
 
 // resourceName matches a Handoff resource name in a service's message.

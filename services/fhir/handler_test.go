@@ -24,6 +24,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 )
@@ -116,6 +117,8 @@ type fakeReferrals struct {
 	// cancelled and paused are the reason of each CancelReferral and
 	// PauseReferral call.
 	cancelled, paused []string
+	// refuse, when set, is every step's answer.
+	refuse error
 }
 
 func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
@@ -134,6 +137,9 @@ func (r *fakeReferrals) ListReferrals(context.Context, *referralsv1.ListReferral
 }
 
 func (r *fakeReferrals) transition() (*referralsv1.Referral, error) {
+	if r.refuse != nil {
+		return nil, r.refuse
+	}
 	if r.raced != nil {
 		r.referral, r.raced = r.raced, nil
 		return nil, status.Error(codes.Aborted, r.referral.GetName()+" changed since it was read")
@@ -881,5 +887,36 @@ func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
 	second, _ := get(next)
 	if len(second) != 2 || !strings.HasSuffix(second[0], ".sis") || !strings.HasSuffix(second[1], ".bro") {
 		t.Fatalf("the page after the first family went: %v; want both of the second's members", second)
+	}
+}
+
+// An answer that follows a read of the referral (a step refused for its
+// state, a stale version resent, an intake not booked) tells of it: it
+// carries the Part 2 labels and notice as the Task would. One refused
+// before any read tells nothing, and carries none.
+func TestAnswersAfterADisclosureCarryTheNotice(t *testing.T) {
+	labelled := func(a answer) bool {
+		meta, _ := a.body["meta"].(map[string]any)
+		sec, _ := json.Marshal(meta["security"])
+		text, _ := a.body["text"].(map[string]any)
+		div, _ := text["div"].(string)
+		return strings.Contains(string(sec), `"42CFRPart2"`) && strings.Contains(div, part2Notice)
+	}
+	accept := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"accepted"}`
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fx.referrals.refuse = apperr.InvalidTransition(fx.referrals.referral.GetName(), "COMPLETED", "ACCEPTED")
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, accept); a.code < 400 || a.code >= 500 || !labelled(a) {
+		t.Fatalf("a step refused for the referral's state: %d %s; want a 4xx under the notice", a.code, a.raw)
+	}
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, accept, "If-Match", `W/"v999"`); a.code != http.StatusPreconditionFailed || !labelled(a) {
+		t.Fatalf("the current status resent with a stale version: %d %s; want 412 under the notice", a.code, a.raw)
+	}
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, accept, "Idempotency-Key", strings.Repeat("k", 65)); a.code != http.StatusBadRequest || labelled(a) {
+		t.Fatalf("a PUT refused before any read: %d %s; want 400 without the notice", a.code, a.raw)
+	}
+	fx.referrals.referral.IntakeAppointment = nil
+	if a := fx.do("GET", "/fhir/R4/Appointment/"+intakePrefix+refID, ""); a.code != http.StatusNotFound || !labelled(a) {
+		t.Fatalf("the intake appointment of a referral with none booked: %d %s; want 404 under the notice", a.code, a.raw)
 	}
 }

@@ -108,7 +108,9 @@ func (s *server) get(ctx context.Context, c caller, typ, id string) (obj, error)
 			if a := intakeAppointment(rf); a != nil {
 				return a, nil
 			}
-			return nil, missing
+			// The referral was disclosed: that it has no intake booked
+			// is told under the notice.
+			return nil, disclosed(missing)
 		}
 	}
 	// The other types are named by a plain Handoff id.

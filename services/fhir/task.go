@@ -90,9 +90,13 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 			s.writeErr(w, err, "Task/"+id)
 			return
 		}
+		// From here on every answer follows a read the referrals service
+		// recorded as a disclosure, and may tell of the referral (its
+		// status, its version): it carries the Part 2 labels and notice
+		// as the Task would.
 		ch, err := change(cur, t)
 		if err != nil {
-			s.writeErr(w, err, "Task/"+id)
+			s.writeErr(w, disclosed(err), "Task/"+id)
 			return
 		}
 		if ch.none {
@@ -104,7 +108,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 			// stale version itself).
 			stale := ifMatch != "" && ifMatch != cur.GetEtag()
 			if stale && requestID == "" {
-				s.fail(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
+				s.failDisclosed(w, http.StatusPreconditionFailed, "conflict", fmt.Sprintf("Task/%s changed since it was read (version %s)", id, cur.GetEtag()))
 				return
 			}
 			if !stale {
@@ -120,11 +124,11 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		if ifMatch == "" && status.Code(err) == codes.Aborted {
 			// No precondition was sent, so not 412: the Task kept
 			// changing under this update.
-			s.fail(w, http.StatusConflict, "conflict", fmt.Sprintf("Task/%s kept changing while it was updated: retry", id))
+			s.failDisclosed(w, http.StatusConflict, "conflict", fmt.Sprintf("Task/%s kept changing while it was updated: retry", id))
 			return
 		}
 		if err != nil {
-			s.writeErr(w, err, "Task/"+id)
+			s.writeErr(w, disclosed(err), "Task/"+id)
 			return
 		}
 		s.writeTask(w, updated)
