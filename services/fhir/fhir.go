@@ -121,6 +121,13 @@ func (s *server) routes() http.Handler {
 func (s *server) jsonOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f := r.URL.Query().Get("_format")
+		if r.Method == http.MethodPost && strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
+			// A POST search carries its parameters, _format among them, in
+			// the body (read once: the handler finds them parsed).
+			if err := r.ParseForm(); err == nil {
+				f = r.Form.Get("_format")
+			}
+		}
 		if f != "" && !strings.Contains(strings.ToLower(f), "json") {
 			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
 			return
@@ -246,11 +253,11 @@ func (s *server) unsupported(w http.ResponseWriter, r *http.Request) {
 }
 
 func allowed(parts []string) string {
-	if len(parts) == 2 && parts[0] == "Task" {
-		return "GET, PUT"
-	}
 	if len(parts) == 2 && parts[1] == "_search" {
 		return "POST"
+	}
+	if len(parts) == 2 && parts[0] == "Task" {
+		return "GET, PUT"
 	}
 	return "GET"
 }

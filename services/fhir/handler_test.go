@@ -413,6 +413,20 @@ func TestPostSearchBody(t *testing.T) {
 	if a := fx.do("POST", "/fhir/R4/Task/_search", "colour=red", "Content-Type", "application/x-www-form-urlencoded"); a.code != http.StatusBadRequest {
 		t.Fatalf("form search with an unknown parameter: %d %s", a.code, a.raw)
 	}
+	// _format in the body asks for the format as it would in the URL,
+	// and overrides Accept.
+	form = fx.do("POST", "/fhir/R4/Task/_search", "_format=xml&patient="+famID, "Content-Type", "application/x-www-form-urlencoded")
+	if form.code != http.StatusNotAcceptable {
+		t.Fatalf("form search for XML: %d %s; want 406", form.code, form.raw)
+	}
+	form = fx.do("POST", "/fhir/R4/Task/_search", "_format=json&patient="+famID, "Content-Type", "application/x-www-form-urlencoded",
+		"Accept", "application/fhir+xml")
+	if form.code != http.StatusOK {
+		t.Fatalf("form search for JSON, XML accepted: %d %s; want 200", form.code, form.raw)
+	}
+	if a := fx.do("DELETE", "/fhir/R4/Task/_search", ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
+		t.Fatalf("DELETE of the search: %d, Allow %q; want 405 with Allow: POST", a.code, a.header.Get("Allow"))
+	}
 	for _, ct := range []string{"application/json", "multipart/form-data; boundary=x", ""} {
 		a := fx.do("POST", "/fhir/R4/Task/_search", "colour=red", "Content-Type", ct)
 		if a.code != http.StatusUnsupportedMediaType || a.body["resourceType"] != "OperationOutcome" {
