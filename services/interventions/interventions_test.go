@@ -1545,8 +1545,8 @@ func TestOutcomeEndsTheMeetingsReminders(t *testing.T) {
 }
 
 // A meeting handed to another counselor stops the first counselor's
-// reminders of it in the same transaction, and a workflow yet to hear of
-// it makes them no new one; the new counselor gets theirs.
+// reminders of it coming up in the same transaction, and a workflow yet to
+// hear of it makes them no new one; the new counselor gets theirs.
 func TestHandingAMeetingOverEndsTheFirstCounselorsReminders(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
@@ -1581,5 +1581,14 @@ func TestHandingAMeetingOverEndsTheFirstCounselorsReminders(t *testing.T) {
 	}
 	if _, err := remind("counselor-2"); err != nil {
 		t.Fatalf("a reminder to the new counselor: %v", err)
+	}
+	// An overdue outcome stays the first counselor's to record: the
+	// workflow may still tell them so.
+	if _, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_OUTCOME_OVERDUE, Message: "A family meeting has had no outcome recorded for a day.",
+		RelatedResource: iv.GetName()}}); err != nil {
+		t.Fatalf("an overdue outcome to the first counselor: %v", err)
 	}
 }

@@ -288,7 +288,8 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
 
 // ReasonNotAParticipant refuses a reminder of a meeting to a family member
-// who no longer takes part in it, or to a counselor who does not lead it.
+// who no longer takes part in it, or one of it coming up to a counselor
+// who does not lead it.
 const ReasonNotAParticipant = "NOT_A_PARTICIPANT"
 
 // meetingStands refuses the meeting reminder req asks for (one of
@@ -340,7 +341,8 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		return apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("family member %q does not take part in %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
-	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR && to.GetId() != counselor {
+	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR && to.GetId() != counselor &&
+		req.GetReminder().GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
 		return apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("counselor %q does not lead %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
@@ -686,11 +688,13 @@ func (s *Server) cancelMeetingReminders(ctx context.Context, tx pgx.Tx, clinic, 
 	return s.cancel(ctx, tx, clinic, related, reason, interventionsv1.RecipientKind_RECIPIENT_KIND_UNSPECIFIED, nil, kinds)
 }
 
-// cancelCounselorReminders cancels, in tx, the reminders about the meeting
-// related to a counselor who no longer leads it.
+// cancelCounselorReminders cancels, in tx, the reminders of the meeting
+// related coming up to a counselor who no longer leads it, as the
+// workflow does when it hears of the handover. Those of an outcome
+// overdue stay: the meeting was theirs, and so is recording its outcome.
 func (s *Server) cancelCounselorReminders(ctx context.Context, tx pgx.Tx, clinic, related, counselor string) error {
 	return s.cancel(ctx, tx, clinic, related, "no longer leading the meeting", interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR,
-		[]string{counselor}, nil)
+		[]string{counselor}, []int16{int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING)})
 }
 
 // cancelRemindersOf cancels, in tx, every reminder about related that is
