@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -50,9 +51,15 @@ func LoadSettingsFile(path string) (func(clinic string) Settings, error) {
 	if err != nil {
 		return nil, fmt.Errorf("settings: %w", err)
 	}
+	// A key misspelt would leave a default in place without a word.
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
 	var f SettingsFile
-	if err := json.Unmarshal(b, &f); err != nil {
+	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("settings %s: %w", path, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("settings %s: more than one JSON value", path)
 	}
 	base := DefaultSettings()
 	if err := f.Default.apply(&base); err != nil {
@@ -154,6 +161,11 @@ func (o settingsJSON) apply(s *Settings) error {
 		if n.in != nil {
 			if *n.in < 0 {
 				return fmt.Errorf("counts cannot be negative")
+			}
+			if n.out == &s.MaxPrograms && *n.in < 1 {
+				// No program tried: the person who said yes would be
+				// escalated at once and their held place left to lapse.
+				return fmt.Errorf("maxPrograms must be at least 1")
 			}
 			*n.out = *n.in
 		}

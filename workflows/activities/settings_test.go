@@ -38,7 +38,9 @@ func TestLoadSettingsFile(t *testing.T) {
 		`{"default": {"coolDown": "106752d"}}`,
 		// Periods that repeat cannot be zero: the step would repeat at once, for ever.
 		`{"default": {"intakeAlert": "0s"}}`, `{"clinics": {"x": {"holdRetry": "0d"}}}`,
-		`{"default": {"tightenedCheckIn": "0m"}}`, `{"default": {"reminderRetryDelay": "0s"}}`} {
+		`{"default": {"tightenedCheckIn": "0m"}}`, `{"default": {"reminderRetryDelay": "0s"}}`,
+		// A misspelt key, a clinic list under the wrong name, no program to try.
+		`{"default": {"coolDow": "21d"}}`, `{"clinic": {"x": {"maxPrograms": 2}}}`, `{"default": {"maxPrograms": 0}}`} {
 		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
 			t.Fatal(err)
 		}
