@@ -152,8 +152,8 @@ func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1
 		kind := firstOffered(m.GetProgram(), matKinds)
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
 			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
-		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
-			continue // taken since the match: try the next program
+		if passOver(err) {
+			continue // taken, deleted or changed since the match: try the next program
 		}
 		if err != nil {
 			return nil, wrap("hold slot", err)
@@ -161,6 +161,17 @@ func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1
 		return hold, nil
 	}
 	return nil, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
+}
+
+// passOver reports whether a program's refusal of a hold or referral
+// leaves the others to try: its last slot was taken, or it was deleted or
+// stopped offering the service, since the match.
+func passOver(err error) bool {
+	switch ErrorType(wrap("", err)) {
+	case "NO_CAPACITY", "PROGRAM_DELETED", "SERVICE_NOT_OFFERED":
+		return true
+	}
+	return false
 }
 
 // firstOffered is the first of kinds that p offers.
@@ -617,7 +628,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
 			ServiceKind: firstOffered(m.GetProgram(), matKinds), Family: in.Family, Intervention: in.Intervention,
 			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
-		if ErrorType(wrap("", err)) == "NO_CAPACITY" {
+		if passOver(err) {
 			continue
 		}
 		if err != nil {
@@ -626,7 +637,22 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
 		if err != nil {
-			return Referral{}, wrap("convert hold", err)
+			werr := wrap("convert hold", err)
+			if ErrorType(werr) == "" {
+				return Referral{}, werr // retried: the next try adopts the hold (heldFor)
+			}
+			// Refused for good: a try will not come back for the place
+			// just held, which would stay held for a day, kept from others.
+			if _, rerr := a.Referrals.ReleaseHold(ctx, &referralsv1.ReleaseHoldRequest{Name: hold.GetName(),
+				Reason: "its referral was refused", RequestId: subID(in.RequestID, "release", m.GetProgram().GetName())}); rerr != nil {
+				if t := ErrorType(wrap("", rerr)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+					return Referral{}, wrap("release a hold not converted", rerr) // retried: heldFor finds it
+				}
+			}
+			if passOver(err) {
+				continue
+			}
+			return Referral{}, werr
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}

@@ -1054,3 +1054,75 @@ func TestResendMadeByAnEarlierTry(t *testing.T) {
 		}
 	}
 }
+
+// directoryFake is a directory of two MAT programs, the first of which refuses
+// a hold, or the referral from one, as set.
+type directoryFake struct {
+	holdsFake
+	holdErr, convertErr error
+	converted           []string
+}
+
+func (f *directoryFake) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{}, nil
+}
+
+func (f *directoryFake) MatchPrograms(context.Context, *referralsv1.MatchProgramsRequest, ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	var out []*referralsv1.ProgramMatch
+	for _, p := range []string{"p1", "p2"} {
+		out = append(out, &referralsv1.ProgramMatch{Program: &referralsv1.Program{Name: "clinics/north/programs/" + p,
+			Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}})
+	}
+	return &referralsv1.MatchProgramsResponse{Matches: out}, nil
+}
+
+func (f *directoryFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	if strings.HasSuffix(in.GetProgram(), "/p1") && f.holdErr != nil {
+		return nil, f.holdErr
+	}
+	h := &referralsv1.Hold{Name: "clinics/north/holds/h-" + aipID(in.GetProgram()), Program: in.GetProgram()}
+	f.holds = append(f.holds, h)
+	return h, nil
+}
+
+func (f *directoryFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHoldRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	if strings.HasSuffix(in.GetName(), "-p1") && f.convertErr != nil {
+		return nil, f.convertErr
+	}
+	f.converted = append(f.converted, in.GetName())
+	return &referralsv1.Referral{Name: "clinics/north/referrals/r-" + aipID(in.GetName()), Program: "clinics/north/programs/" +
+		strings.TrimPrefix(aipID(in.GetName()), "h-")}, nil
+}
+
+func aipID(name string) string { return name[strings.LastIndex(name, "/")+1:] }
+
+// A program deleted, or no longer offering the service, since the match
+// leaves the next one to try, as a program whose last slot went does; a
+// place held at it whose referral it refuses is given back, not left held
+// for a day.
+func TestAProgramGoneSinceTheMatchIsPassedOver(t *testing.T) {
+	deleted := apperr.FailedPrecondition("PROGRAM_DELETED", "deleted", nil)
+	dropped := apperr.FailedPrecondition("SERVICE_NOT_OFFERED", "no longer offered", nil)
+	for name, f := range map[string]*directoryFake{"hold refused": {holdErr: deleted}, "referral refused": {convertErr: dropped}} {
+		a := &Activities{Families: familyFake{}, Referrals: f}
+		ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: "clinics/north/families/f1",
+			Intervention: "clinics/north/interventions/i1", RequestID: "r"})
+		if err != nil || ref.Program != "clinics/north/programs/p2" {
+			t.Fatalf("%s: referral %+v, %v; want one at the second program", name, ref, err)
+		}
+		want := 0
+		if f.convertErr != nil {
+			want = 1
+		}
+		if len(f.releases) != want || (want == 1 && f.releases[0].GetName() != "clinics/north/holds/h-p1") {
+			t.Fatalf("%s: releases %v; want the refused program's hold given back", name, f.releases)
+		}
+	}
+	// Holding ahead of the meeting passes it over too.
+	f := &directoryFake{holdErr: deleted}
+	hold, err := (&Activities{Families: familyFake{}, Referrals: f}).holdBest(context.Background(),
+		HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"})
+	if err != nil || hold.GetProgram() != "clinics/north/programs/p2" {
+		t.Fatalf("hold ahead: %v, %v; want one at the second program", hold, err)
+	}
+}
