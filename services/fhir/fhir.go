@@ -120,26 +120,34 @@ func (s *server) routes() http.Handler {
 // anyway would be a body it cannot read.
 func (s *server) jsonOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		f := r.URL.Query().Get("_format")
-		if r.Method == http.MethodPost && strings.HasPrefix(r.Header.Get("Content-Type"), "application/x-www-form-urlencoded") {
-			// A POST search carries its parameters, _format among them, in
-			// the body (read once: the handler finds them parsed).
-			if err := r.ParseForm(); err == nil {
-				f = r.Form.Get("_format")
-			}
-		}
-		if f != "" && !strings.Contains(strings.ToLower(f), "json") {
-			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
+		if r.Method == http.MethodPost && r.ContentLength != 0 {
+			// A POST search may carry _format in its body: the search
+			// checks the format once it has read (and refused, if it
+			// cannot) the body.
+			next.ServeHTTP(w, r)
 			return
 		}
-		// _format overrides Accept (FHIR http, 3.1.0.1.9): a browser's
-		// Accept asks for HTML, and _format=json is how it asks for JSON.
-		if a := r.Header.Get("Accept"); f == "" && a != "" && !acceptsJSON(a) {
-			s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: accept application/fhir+json")
+		if s.refuseFormat(w, r, r.URL.Query().Get("_format")) {
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// refuseFormat answers 406 and reports true if the request, with _format
+// f, takes only a format this server does not write.
+func (s *server) refuseFormat(w http.ResponseWriter, r *http.Request, f string) bool {
+	if f != "" && !strings.Contains(strings.ToLower(f), "json") {
+		s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
+		return true
+	}
+	// _format overrides Accept (FHIR http, 3.1.0.1.9): a browser's
+	// Accept asks for HTML, and _format=json is how it asks for JSON.
+	if a := r.Header.Get("Accept"); f == "" && a != "" && !acceptsJSON(a) {
+		s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: accept application/fhir+json")
+		return true
+	}
+	return false
 }
 
 // acceptsJSON reports whether an Accept header allows some JSON: a range

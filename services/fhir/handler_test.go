@@ -424,6 +424,10 @@ func TestPostSearchBody(t *testing.T) {
 	if form.code != http.StatusOK {
 		t.Fatalf("form search for JSON, XML accepted: %d %s; want 200", form.code, form.raw)
 	}
+	// A body that cannot be read is refused, not searched without it.
+	if a := fx.do("POST", "/fhir/R4/Task/_search", "_format=json&patient="+famID+"%", "Content-Type", "application/x-www-form-urlencoded"); a.code != http.StatusBadRequest {
+		t.Fatalf("form search with an unreadable body: %d %s; want 400", a.code, a.raw)
+	}
 	if a := fx.do("DELETE", "/fhir/R4/Task/_search", ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
 		t.Fatalf("DELETE of the search: %d, Allow %q; want 405 with Allow: POST", a.code, a.header.Get("Allow"))
 	}

@@ -84,6 +84,11 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		s.fail(w, http.StatusBadRequest, "invalid", "cannot read the search parameters")
 		return
 	}
+	// The format asked for, in the URL or the body (jsonOnly leaves a
+	// POST with a body to this point).
+	if s.refuseFormat(w, r, r.Form.Get("_format")) {
+		return
+	}
 	q, err := parseQuery(typ, r.Form, c.base)
 	if err != nil {
 		s.writeErr(w, err, typ+" records")
