@@ -55,9 +55,12 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 // the event to a newer relay for a while (Relay.NewerGrace): during a
 // rolling update, replicas of both releases take turns at delivering, and
 // an older one would pass over, as delivered, what it does not know.
+// Only relays that have this check leave anything: the release that brought
+// it is generation 0, like every event written before, and protects the
+// rollouts after it, not its own.
 //
-// 1: intervention.details_updated replans a scheduled intervention.
-const Generation = 1
+// Raised so far for: nothing yet.
+const Generation = 0
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded: such an event can never be delivered.

@@ -55,10 +55,10 @@ type Relay struct {
 	// (default DefaultKeepRequestIDs). The relay deletes what is older.
 	Keep, KeepRequestIDs time.Duration
 	// NewerGrace is how long an event a newer release wrote (see
-	// Generation) is left for a relay of that release; default
-	// DefaultNewerGrace. Past it, this relay delivers the event as best it
-	// can: the newer release was rolled back, and its lane must not wait
-	// for ever.
+	// Generation) is left for a relay of that release, from when this
+	// relay first left it; default DefaultNewerGrace. Past it, this relay
+	// delivers the event as best it can: the newer release was rolled
+	// back, and its lane must not wait for ever.
 	NewerGrace time.Duration
 
 	mu      sync.Mutex // one poll at a time owns the fields below
@@ -68,9 +68,13 @@ type Relay struct {
 	busy    map[string]bool // lanes under way
 	sem     chan struct{}   // Parallel lanes deliver at once
 
-	fmu      sync.Mutex // guards finished
+	fmu      sync.Mutex // guards finished and leftSince
 	finished []laneDone
-	wake     chan struct{} // a lane finished
+	// leftSince is when this relay first left each newer release's event
+	// it has not delivered: the grace counts from then, not from the
+	// event, which may have waited long behind a failure before its turn.
+	leftSince map[int64]time.Time
+	wake      chan struct{} // a lane finished
 }
 
 // backoff is a lane waiting after a failed delivery.
@@ -487,7 +491,7 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 			res.setAside = append(res.setAside, e)
 			continue
 		}
-		if e.Generation > Generation && time.Since(e.Created) < r.newerGrace() {
+		if e.Generation > Generation && r.leave(e.ID, time.Now()) {
 			res.left = &e
 			return res
 		}
@@ -503,11 +507,29 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 	return res
 }
 
-func (r *Relay) newerGrace() time.Duration {
-	if r.NewerGrace > 0 {
-		return r.NewerGrace
+// leave reports whether the newer release's event id is still to be left
+// for that release's relay at now: within the grace since this relay
+// first left it.
+func (r *Relay) leave(id int64, now time.Time) bool {
+	grace := r.NewerGrace
+	if grace <= 0 {
+		grace = DefaultNewerGrace
 	}
-	return DefaultNewerGrace
+	r.fmu.Lock()
+	defer r.fmu.Unlock()
+	if r.leftSince == nil {
+		r.leftSince = map[int64]time.Time{}
+	}
+	for k, t := range r.leftSince {
+		if now.Sub(t) > 2*grace {
+			delete(r.leftSince, k) // delivered since by another relay, or long past its grace
+		}
+	}
+	first, ok := r.leftSince[id]
+	if !ok {
+		r.leftSince[id], first = now, now
+	}
+	return now.Sub(first) < grace
 }
 
 // observe reports how far delivery lags: events waiting and the age of the

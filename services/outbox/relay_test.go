@@ -406,7 +406,7 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []string
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond,
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: time.Second,
 		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(_ context.Context, e outbox.Stored) error {
 			mu.Lock()
@@ -421,9 +421,15 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT coalesce(sum(attempts), 0) FROM outbox WHERE delivered_at IS NULL`).Scan(&attempts); err != nil || attempts != 0 {
 		t.Fatalf("attempts on the events left: %d, %v; want none", attempts, err)
 	}
+	// An event long written is still left for the grace, which counts
+	// from when this relay first left it.
 	if _, err := pool.Exec(ctx, `UPDATE outbox SET create_time = now() - interval '1 hour' WHERE resource = 'a1'`); err != nil {
 		t.Fatal(err)
 	}
+	if n, err := r.Once(ctx); err != nil || n != 0 || len(got) != 1 {
+		t.Fatalf("an old event within the grace: %d, %v, delivered %v; want it still left", n, err, got)
+	}
+	time.Sleep(1100 * time.Millisecond)
 	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got, []string{"b1", "a1", "a2"}) {
 		t.Fatalf("past the grace: %d, %v, delivered %v; want a1 then a2", n, err, got)
 	}
