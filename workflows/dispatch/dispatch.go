@@ -50,8 +50,8 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 	msg, err := e.Message()
 	if errors.Is(err, protoregistry.NotFound) {
 		// A payload type this binary does not know: a newer release wrote
-		// it and was rolled back (the relay leaves a newer release's young
-		// events to it, see outbox.Generation). No workflow of this binary
+		// it and was rolled back (the relay leaves a newer release's
+		// events to it for a while, see outbox.Generation). No workflow of this binary
 		// waits for it, and failing would hold its family's later events
 		// forever.
 		d.Log.WarnContext(ctx, "outbox event of an unknown payload type passed over", "type", e.Type, "id", e.ID)
