@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/temporal"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -152,7 +153,7 @@ func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1
 		kind := firstOffered(m.GetProgram(), matKinds)
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
 			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
-		if passOver(err) {
+		if passOver(err, m.GetProgram().GetName()) {
 			continue // taken, deleted or changed since the match: try the next program
 		}
 		if err != nil {
@@ -163,15 +164,35 @@ func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1
 	return nil, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
 }
 
-// passOver reports whether a program's refusal of a hold or referral
-// leaves the others to try: its last slot was taken, or it was deleted or
-// stopped offering the service, since the match.
-func passOver(err error) bool {
+// passOver reports whether program's refusal of a hold leaves the others
+// to try: its last slot was taken, or it was deleted (marked, or outright
+// if nothing named it yet) or stopped offering the service, since the
+// match. A family or intervention not found still stops the search.
+func passOver(err error, program string) bool {
 	switch ErrorType(wrap("", err)) {
 	case "NO_CAPACITY", "PROGRAM_DELETED", "SERVICE_NOT_OFFERED":
 		return true
+	case "RESOURCE_NOT_FOUND":
+		for _, d := range status.Convert(err).Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok {
+				return info.GetMetadata()["resource"] == program
+			}
+		}
 	}
 	return false
+}
+
+// releaseRefused gives back hold, whose referral was refused for good: no
+// try will come back for it, and it would stay held for a day, kept from
+// others. One already ended needs nothing; a failure to release is
+// retried, and the try finds the hold again (heldFor).
+func (a *Activities) releaseRefused(ctx context.Context, hold, requestID string) error {
+	_, err := a.Referrals.ReleaseHold(ctx, &referralsv1.ReleaseHoldRequest{Name: hold,
+		Reason: "its referral was refused", RequestId: requestID})
+	if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+		return wrap("release a hold not converted", err)
+	}
+	return nil
 }
 
 // firstOffered is the first of kinds that p offers.
@@ -605,8 +626,15 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram())})
-		if err != nil {
-			return Referral{}, wrap("convert hold", err)
+		if werr := wrap("convert hold", err); err != nil {
+			if t := ErrorType(werr); t != "" && t != "INVALID_STATE_TRANSITION" {
+				// Refused for good: given back, as when the try that took
+				// it was refused (the same request id).
+				if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", hold.GetProgram())); rerr != nil {
+					return Referral{}, rerr
+				}
+			}
+			return Referral{}, werr
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
@@ -628,7 +656,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
 			ServiceKind: firstOffered(m.GetProgram(), matKinds), Family: in.Family, Intervention: in.Intervention,
 			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
-		if passOver(err) {
+		if passOver(err, m.GetProgram().GetName()) {
 			continue
 		}
 		if err != nil {
@@ -641,16 +669,8 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			if ErrorType(werr) == "" {
 				return Referral{}, werr // retried: the next try adopts the hold (heldFor)
 			}
-			// Refused for good: a try will not come back for the place
-			// just held, which would stay held for a day, kept from others.
-			if _, rerr := a.Referrals.ReleaseHold(ctx, &referralsv1.ReleaseHoldRequest{Name: hold.GetName(),
-				Reason: "its referral was refused", RequestId: subID(in.RequestID, "release", m.GetProgram().GetName())}); rerr != nil {
-				if t := ErrorType(wrap("", rerr)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
-					return Referral{}, wrap("release a hold not converted", rerr) // retried: heldFor finds it
-				}
-			}
-			if passOver(err) {
-				continue
+			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
+				return Referral{}, rerr
 			}
 			return Referral{}, werr
 		}

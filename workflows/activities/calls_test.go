@@ -1096,33 +1096,40 @@ func (f *directoryFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHo
 
 func aipID(name string) string { return name[strings.LastIndex(name, "/")+1:] }
 
-// A program deleted, or no longer offering the service, since the match
-// leaves the next one to try, as a program whose last slot went does; a
-// place held at it whose referral it refuses is given back, not left held
-// for a day.
+// A program deleted (marked, or outright), or no longer offering the
+// service, since the match leaves the next one to try, as a program whose
+// last slot went does; anything else missing stops the search. A place
+// held whose referral is then refused for good is given back, not left
+// held for a day.
 func TestAProgramGoneSinceTheMatchIsPassedOver(t *testing.T) {
-	deleted := apperr.FailedPrecondition("PROGRAM_DELETED", "deleted", nil)
-	dropped := apperr.FailedPrecondition("SERVICE_NOT_OFFERED", "no longer offered", nil)
-	for name, f := range map[string]*directoryFake{"hold refused": {holdErr: deleted}, "referral refused": {convertErr: dropped}} {
+	for name, refusal := range map[string]error{
+		"marked deleted":   apperr.FailedPrecondition("PROGRAM_DELETED", "deleted", nil),
+		"deleted outright": apperr.NotFound("clinics/north/programs/p1"),
+		"service dropped":  apperr.FailedPrecondition("SERVICE_NOT_OFFERED", "no longer offered", nil),
+	} {
+		f := &directoryFake{holdErr: refusal}
 		a := &Activities{Families: familyFake{}, Referrals: f}
 		ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: "clinics/north/families/f1",
 			Intervention: "clinics/north/interventions/i1", RequestID: "r"})
 		if err != nil || ref.Program != "clinics/north/programs/p2" {
 			t.Fatalf("%s: referral %+v, %v; want one at the second program", name, ref, err)
 		}
-		want := 0
-		if f.convertErr != nil {
-			want = 1
-		}
-		if len(f.releases) != want || (want == 1 && f.releases[0].GetName() != "clinics/north/holds/h-p1") {
-			t.Fatalf("%s: releases %v; want the refused program's hold given back", name, f.releases)
+		// Holding ahead of the meeting passes it over too.
+		hold, err := a.holdBest(context.Background(),
+			HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"})
+		if err != nil || hold.GetProgram() != "clinics/north/programs/p2" {
+			t.Fatalf("%s: hold ahead %v, %v; want one at the second program", name, hold, err)
 		}
 	}
-	// Holding ahead of the meeting passes it over too.
-	f := &directoryFake{holdErr: deleted}
-	hold, err := (&Activities{Families: familyFake{}, Referrals: f}).holdBest(context.Background(),
-		HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"})
-	if err != nil || hold.GetProgram() != "clinics/north/programs/p2" {
-		t.Fatalf("hold ahead: %v, %v; want one at the second program", hold, err)
+	f := &directoryFake{holdErr: apperr.NotFound("clinics/north/families/f1")}
+	if _, err := (&Activities{Families: familyFake{}, Referrals: f}).StartImmediateReferral(context.Background(),
+		ImmediateRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"}); err == nil {
+		t.Fatal("a family not found was passed over as a program")
+	}
+	f = &directoryFake{convertErr: apperr.Field("first_contact_time", "refused")}
+	if _, err := (&Activities{Families: familyFake{}, Referrals: f}).StartImmediateReferral(context.Background(),
+		ImmediateRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"}); err == nil ||
+		len(f.releases) != 1 || f.releases[0].GetName() != "clinics/north/holds/h-p1" {
+		t.Fatalf("a referral refused for good after its hold: %v, releases %v; want the error and the hold given back", err, f.releases)
 	}
 }
