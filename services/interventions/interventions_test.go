@@ -88,6 +88,16 @@ func setupWith(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familie
 	return f
 }
 
+// scheduled is a draft for start, scheduled.
+func (f *fixture) scheduled(t testing.TB, start time.Time) *interventionsv1.Intervention {
+	t.Helper()
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: f.draft(t, start).GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return iv
+}
+
 func (f *fixture) draft(t testing.TB, start time.Time) *interventionsv1.Intervention {
 	t.Helper()
 	iv, err := f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
@@ -1086,11 +1096,7 @@ func TestCheckInsFollowTheBoundaryPath(t *testing.T) {
 func TestScheduledMeetingStaysEditable(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
-	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	iv := f.scheduled(t, f.clock.Now().Add(72*time.Hour))
 	// A level-3 meeting, which needs a current screen to be scheduled.
 	if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
@@ -1507,11 +1513,7 @@ func TestDeletingADraftCancelsItsReminders(t *testing.T) {
 func TestOutcomeEndsTheMeetingsReminders(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	iv := f.draft(t, f.clock.Now().Add(48*time.Hour))
-	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	iv := f.scheduled(t, f.clock.Now().Add(48*time.Hour))
 	f.clock.Advance(73 * time.Hour)
 	remind := func(kind interventionsv1.ReminderKind) (*interventionsv1.Reminder, error) {
 		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
@@ -1550,11 +1552,7 @@ func TestOutcomeEndsTheMeetingsReminders(t *testing.T) {
 func TestHandingAMeetingOverEndsTheFirstCounselorsReminders(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	iv := f.draft(t, f.clock.Now().Add(48*time.Hour))
-	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	iv := f.scheduled(t, f.clock.Now().Add(48*time.Hour))
 	remind := func(counselor string) (*interventionsv1.Reminder, error) {
 		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: counselor,

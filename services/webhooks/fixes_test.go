@@ -676,7 +676,7 @@ func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
-	var logs syncBuffer
+	var logs servicetest.LogBuffer
 	s := webhooks.NewSender(webhooks.SenderConfig{
 		DB: f.db, Log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), MaxAttempts: 10, Parallel: 1,
 		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: 3 * time.Second, AllowPrivate: true,
@@ -690,22 +690,4 @@ func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "superseded") || strings.Contains(out, "attempt failed") {
 		t.Fatalf("log of a withdrawn delivery's failed attempt:\n%s\nwant it superseded, not to be retried", out)
 	}
-}
-
-// syncBuffer is a string builder safe for a logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
