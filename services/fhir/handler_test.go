@@ -938,3 +938,23 @@ func TestAnswersAfterADisclosureCarryTheNotice(t *testing.T) {
 		t.Fatalf("the intake appointment of a referral with none booked: %d %s; want 404 under the notice", a.code, a.raw)
 	}
 }
+
+// A search body over the limit is 413 whether or not it gave its length
+// (a chunked body is cut off as it is read).
+func TestOversizedSearchBodyIsTooLarge(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	body := "patient=" + famID + "&_id=" + strings.Repeat("x", 2<<20)
+	for _, chunked := range []bool{false, true} {
+		req := httptest.NewRequest("POST", "http://gateway.internal/fhir/R4/Task/_search", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+fx.issuer.MustMint(auth.TokenOptions{Subject: "ehr", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}}))
+		if chunked {
+			req.ContentLength = -1
+		}
+		rec := httptest.NewRecorder()
+		fx.h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusRequestEntityTooLarge {
+			t.Errorf("chunked %v: %d %s; want 413", chunked, rec.Code, rec.Body.String())
+		}
+	}
+}

@@ -2,6 +2,7 @@ package fhir
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"mime"
 	"net/http"
@@ -81,6 +82,11 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		}
 	}
 	if err := r.ParseForm(); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			// A body over the limit sent without its length (chunked).
+			s.fail(w, http.StatusRequestEntityTooLarge, "too-costly", "the search parameters are too long")
+			return
+		}
 		s.fail(w, http.StatusBadRequest, "invalid", "cannot read the search parameters")
 		return
 	}
