@@ -73,7 +73,7 @@ type Relay struct {
 	// leftSince is when this relay first left each newer release's event
 	// it has not delivered: the grace counts from then, not from the
 	// event, which may have waited long behind a failure before its turn.
-	leftSince map[int64]time.Time
+	leftSince map[int64]leftAt
 	wake      chan struct{} // a lane finished
 }
 
@@ -518,19 +518,27 @@ func (r *Relay) leave(id int64, now time.Time) bool {
 	r.fmu.Lock()
 	defer r.fmu.Unlock()
 	if r.leftSince == nil {
-		r.leftSince = map[int64]time.Time{}
+		r.leftSince = map[int64]leftAt{}
 	}
-	for k, t := range r.leftSince {
-		if now.Sub(t) > 2*grace {
-			delete(r.leftSince, k) // delivered since by another relay, or long past its grace
+	for k, l := range r.leftSince {
+		if now.Sub(l.seen) > 2*grace {
+			delete(r.leftSince, k) // not met for long: delivered since by another relay
 		}
 	}
-	first, ok := r.leftSince[id]
+	l, ok := r.leftSince[id]
 	if !ok {
-		r.leftSince[id], first = now, now
+		l.first = now
 	}
-	return now.Sub(first) < grace
+	// Seen now: an event past its grace but failing for another reason
+	// keeps its entry, and is not given a new grace when it comes again.
+	l.seen = now
+	r.leftSince[id] = l
+	return now.Sub(l.first) < grace
 }
+
+// leftAt is when a relay first left a newer release's event, and when it
+// last met it.
+type leftAt struct{ first, seen time.Time }
 
 // observe reports how far delivery lags: events waiting and the age of the
 // oldest, per schema, on each metrics scrape.

@@ -406,7 +406,7 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []string
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: time.Second,
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: 2 * time.Second,
 		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(_ context.Context, e outbox.Stored) error {
 			mu.Lock()
@@ -429,7 +429,7 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	if n, err := r.Once(ctx); err != nil || n != 0 || len(got) != 1 {
 		t.Fatalf("an old event within the grace: %d, %v, delivered %v; want it still left", n, err, got)
 	}
-	time.Sleep(1100 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got, []string{"b1", "a1", "a2"}) {
 		t.Fatalf("past the grace: %d, %v, delivered %v; want a1 then a2", n, err, got)
 	}
