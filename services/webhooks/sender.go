@@ -146,9 +146,9 @@ func NewSender(cfg SenderConfig) *Sender {
 }
 
 // Run sends until ctx ends, keeping up to Parallel sends under way: it
-// claims more as soon as one ends (which may also free the next delivery
-// of its resource), or every Interval. It returns once the sends under
-// way have ended too.
+// claims more once half the slots are free again (an ended send may also
+// free the next delivery of its resource), or every Interval. It returns
+// once the sends under way have ended too.
 func (s *Sender) Run(ctx context.Context) {
 	s.observe()
 	defer s.sends.Wait()
@@ -158,13 +158,32 @@ func (s *Sender) Run(ctx context.Context) {
 		if err := s.fill(ctx); err != nil && ctx.Err() == nil {
 			s.cfg.Log.Warn("webhook sending paused", "error", err.Error())
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-ended:
-		case <-time.After(s.cfg.Interval):
+		tick := time.NewTimer(s.cfg.Interval)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				tick.Stop()
+				return
+			case <-ended:
+				// Not a claim for each send that ends: a claim ranks every
+				// due delivery, and a backlog would pay that per send.
+				if s.free() >= max(1, s.cfg.Parallel/2) {
+					break wait
+				}
+			case <-tick.C:
+				break wait
+			}
 		}
+		tick.Stop()
 	}
+}
+
+// free is how many slots no send holds.
+func (s *Sender) free() int {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	return s.cfg.Parallel - s.total
 }
 
 // fill claims as many due deliveries as there are free slots and starts
