@@ -12,7 +12,7 @@ func Etag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
 // ParseEtag returns the version an etag names. ok is false for an etag this
 // service did not issue; callers treat that as a mismatch.
 func ParseEtag(etag string) (version int64, ok bool) {
-	etag = bareEtag(etag)
+	etag = BareEtag(etag)
 	v, err := strconv.ParseInt(strings.TrimPrefix(etag, "v"), 10, 64)
 	if err != nil || !strings.HasPrefix(etag, "v") {
 		return 0, false
@@ -20,9 +20,10 @@ func ParseEtag(etag string) (version int64, ok bool) {
 	return v, true
 }
 
-// bareEtag is an etag without the quotes of an HTTP ETag, weak or not.
-func bareEtag(etag string) string {
-	etag = strings.TrimPrefix(etag, "W/")
+// BareEtag is an etag without the space, quotes and weak mark an HTTP
+// ETag or If-Match header gives it.
+func BareEtag(etag string) string {
+	etag = strings.TrimPrefix(strings.TrimSpace(etag), "W/")
 	if len(etag) >= 2 && etag[0] == '"' && etag[len(etag)-1] == '"' {
 		return etag[1 : len(etag)-1]
 	}

@@ -23,7 +23,7 @@ func ListArgs(parent, filter, token string, fields map[string]FilterField) (Filt
 // may come as an HTTP ETag header gave it (quoted, or weak), as ParseEtag
 // reads it: a REST client copies the header into the body.
 func CheckEtag(name, sent, current string) error {
-	if sent != "" && bareEtag(sent) != current {
+	if sent != "" && BareEtag(sent) != current {
 		return apperr.EtagMismatch(name)
 	}
 	return nil

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 )
 
 // putTask is the EHR's write-back of a referral's status (the receiving
@@ -59,7 +60,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		s.writeErr(w, invalid("If-Match: give one version, the one you read"), "Task/"+id)
 		return
 	}
-	ifMatch := strings.Trim(strings.TrimPrefix(strings.TrimSpace(r.Header.Get("If-Match")), "W/"), `"`)
+	ifMatch := aip.BareEtag(r.Header.Get("If-Match"))
 	if ifMatch == "*" {
 		// Any version (RFC 9110): the Task exists or the read below says not.
 		ifMatch = ""

@@ -36,6 +36,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
@@ -237,7 +238,7 @@ func ifMatch(r protoreflect.Message, header string) error {
 	if strings.Contains(header, ",") {
 		return status.Error(codes.InvalidArgument, "If-Match: give one etag, the one you read")
 	}
-	etag := bareEtag(header)
+	etag := aip.BareEtag(header)
 	target := r
 	if etagField(r) == nil {
 		target = nil
@@ -256,16 +257,10 @@ func ifMatch(r protoreflect.Message, header string) error {
 	switch cur := target.Get(fd).String(); {
 	case cur == "":
 		target.Set(fd, protoreflect.ValueOfString(etag))
-	case bareEtag(cur) != etag:
+	case aip.BareEtag(cur) != etag:
 		return status.Error(codes.InvalidArgument, fmt.Sprintf("If-Match (%q) and the body's etag (%q) name different versions", etag, cur))
 	}
 	return nil
-}
-
-// bareEtag is an etag without its quotes or weak mark, as the services
-// read one (aip.ParseEtag).
-func bareEtag(s string) string {
-	return strings.Trim(strings.TrimPrefix(strings.TrimSpace(s), "W/"), `"`)
 }
 
 // apiFiles are the services' API definitions, whose HTTP bindings the
