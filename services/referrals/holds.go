@@ -384,44 +384,23 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			return out, nil
 		})
 	if apperr.Reason(err) == apperr.ReasonInvalidTransition {
-		s.expireLapsed(ctx, r)
+		s.returnLapsed(ctx, r.clinic, "")
 	}
 	return out, err
 }
 
-// expireLapsed returns the slot of hold r if it is past its expiry and the
-// sweep has not reached it yet, in a transaction of its own: the refusal
-// that found it lapsed rolls back its own. The conversion of a lapsed hold
-// is a yes whose place ran out, and the match that follows at once must
-// count that slot as free, not wait up to a minute for the sweep. Best
-// effort: the sweep returns the slot anyway.
-func (s *Server) expireLapsed(ctx context.Context, r ref) {
-	// Without the call's audit record: the call failed, and a commit here
-	// would record it as OK (its refusal is recorded on its own). The
-	// expiry is the sweep's work, which no call's record holds either.
-	ctx = pgdb.WithStamp(ctx, nil)
-	// Only a hold still stored as HELD past its expiry has a slot to give
-	// back: one the sweep expired (a retried conversion) costs no
-	// transaction.
-	now := s.cfg.Now()
-	var program string
-	err := s.pool.QueryRow(ctx, `SELECT program_id FROM holds WHERE clinic = $1 AND id = $2 AND state = $3 AND expire_time <= $4`,
-		r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now).Scan(&program)
-	if err != nil {
-		return // none lapsed here, or the sweep returns it
-	}
-	s.expireDue(ctx, r.clinic, program, now)
-}
-
-// returnLapsed gives back the slots of a clinic's holds (of one program,
-// or of all for "") that are past their expiry and not yet swept, before
-// a read that counts free slots: a lapsed hold is shown EXPIRED, with
-// its slot back in the program's capacity, and a match or a program read
-// must agree. Best effort, as expireLapsed: the sweep returns them anyway.
-// A look through the index of held holds by expiry finds none in the
-// usual case, and costs no transaction.
+// returnLapsed gives back, in a transaction of its own, the slots of a
+// clinic's holds (of one program, or of all for "") that are past their
+// expiry and not yet swept: a lapsed hold is shown EXPIRED, with its slot
+// back in the program's capacity, and a match, a program read, or the
+// match that follows a yes whose place ran out (a refused conversion)
+// must agree, not wait up to a minute for the sweep. Best effort: the
+// sweep returns them anyway. A look through the index of held holds by
+// expiry finds none in the usual case, and costs no transaction.
 func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
-	ctx = pgdb.WithStamp(ctx, nil) // the expiry is not the call's change
+	// Without the call's audit record: the expiry is the sweep's work,
+	// not the call's change, and a refused call's record would say OK.
+	ctx = pgdb.WithStamp(ctx, nil)
 	now := s.cfg.Now()
 	var due bool
 	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT FROM holds
@@ -430,12 +409,7 @@ func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
 	if err != nil || !due {
 		return
 	}
-	s.expireDue(ctx, clinic, program, now)
-}
-
-// expireDue expires what is due, as of now, in a transaction of its own.
-func (s *Server) expireDue(ctx context.Context, clinic, program string, now time.Time) {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		return s.expireHolds(ctx, tx, clinic, program, now)
 	})
 	if err != nil && ctx.Err() == nil {
