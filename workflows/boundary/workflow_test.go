@@ -52,6 +52,15 @@ type harness struct {
 	failSupport func(activities.SupportRequest) error
 }
 
+// consequenceAgreedOn starts the family with no boundary stating a
+// consequence, and has them agree one (b2) after d.
+func (h *harness) consequenceAgreedOn(d time.Duration) {
+	h.safety.WithConsequence = nil
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
+	}, d)
+}
+
 func newHarness(t *testing.T, status string) *harness {
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
@@ -624,10 +633,7 @@ func TestEachCycleEndingBlockedIsTold(t *testing.T) {
 // the check-in that reports it (day 21), not left for a later one.
 func TestWindowOfOpportunityRetriesABlockedFormalMeeting(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.safety.WithConsequence = nil
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
-	}, 20*day)
+	h.consequenceAgreedOn(20 * day)
 	h.env.RegisterDelayedCallback(func() {
 		h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 3, WindowOfOpportunity: true})
 	}, 21*day)
@@ -646,10 +652,7 @@ func TestWindowOfOpportunityRetriesABlockedFormalMeeting(t *testing.T) {
 // when a boundary with a consequence came on day 20.
 func TestBlockedFormalMeetingIsProposedOnceAConsequenceIsAgreed(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.safety.WithConsequence = nil
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
-	}, 20*day)
+	h.consequenceAgreedOn(20 * day)
 	h.env.ExecuteWorkflow(boundary.Name, input(2))
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
@@ -669,9 +672,8 @@ func TestBlockedFormalMeetingIsProposedOnceAConsequenceIsAgreed(t *testing.T) {
 // not at its first check-in.
 func TestNewCycleWaitsItsCoolDownAfterABlockedEscalation(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.safety.WithConsequence = nil
+	h.consequenceAgreedOn(20 * day)
 	h.env.RegisterDelayedCallback(func() {
-		h.safety.WithConsequence = []string{family + "/boundaries/b2"}
 		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: "clinics/north/interventions/i3", Level: 3, Outcome: "DECLINED"})
 	}, 20*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(2))
