@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"net/http"
 	"strings"
 	"time"
@@ -20,10 +21,14 @@ import (
 // call, and the interventions service checks it.
 const calendarRoute = "GET /calendar/v1/clinics/{clinic}/calendarFeeds/{file}"
 
+// statusClientClosed answers a request its caller gave up on (nginx's 499,
+// as grpc-gateway answers a cancelled call on /v1).
+const statusClientClosed = 499
+
 // calendarFeed serves a calendar feed as text/calendar. Any failure to
 // find the feed, including a wrong or revoked token, is the same 404. The
 // token is never logged: the request log and traces carry the path only.
-func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration) http.Handler {
+func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The address is a secret: no shared caches, and no Referer to
 		// other sites. The calendar app may keep the feed and ask whether
@@ -49,7 +54,14 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		case codes.DeadlineExceeded, codes.Unavailable:
 			http.Error(w, "calendar temporarily unavailable", http.StatusServiceUnavailable)
 			return
+		case codes.Canceled:
+			// The calendar app hung up: no server error (nginx's 499).
+			w.WriteHeader(statusClientClosed)
+			return
 		default:
+			// The path names the feed, whose token is in the query: only the
+			// path and the service's code are logged.
+			log.ErrorContext(r.Context(), "calendar feed failed", "path", r.URL.Path, "code", status.Code(err).String())
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}

@@ -329,6 +329,13 @@ func TestGatewayContract(t *testing.T) {
 	if again := w.counselor.do("PATCH", "/v1/"+name, map[string]any{"counselor": "counselor-1", "etag": str(cur, "etag")}); again.code != http.StatusConflict {
 		t.Fatalf("update with a stale etag in the body: %d %s", again.code, again.raw)
 	}
+	// "If-Match: *" checks no version: the stale etag is still the body's.
+	if star := w.counselor.do("PATCH", "/v1/"+name, map[string]any{"counselor": "counselor-1", "etag": str(cur, "etag")}, "If-Match", "*"); star.code != http.StatusConflict {
+		t.Fatalf("If-Match: * with a stale etag in the body: %d %s; want 409", star.code, star.raw)
+	}
+	if empty := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-1"}, "If-Match", `""`); empty.code != http.StatusBadRequest {
+		t.Fatalf("an empty If-Match: %d %s; want 400", empty.code, empty.raw)
+	}
 	unknown := w.counselor.do("POST", "/v1/clinics/north/families", `{"lovedOne":{"givenName":"X"},"counselor":"c","favouriteColour":"blue"}`)
 	if unknown.code != http.StatusBadRequest || !strings.Contains(string(unknown.raw), "favouriteColour") {
 		t.Fatalf("unknown field: %d %s", unknown.code, unknown.raw)

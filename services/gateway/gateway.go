@@ -131,29 +131,13 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		}
 		g.conns[name] = conn
 	}
-	if err := familiesv1.RegisterFamiliesServiceHandler(ctx, mux, g.conns["families"]); err != nil {
-		return nil, fmt.Errorf("gateway: families: %w", err)
-	}
-	if err := interventionsv1.RegisterInterventionsServiceHandler(ctx, mux, g.conns["interventions"]); err != nil {
-		return nil, fmt.Errorf("gateway: interventions: %w", err)
-	}
-	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
-		return nil, fmt.Errorf("gateway: referrals: %w", err)
-	}
-	if conn, ok := g.conns["webhooks"]; ok {
-		if err := webhooksv1.RegisterWebhooksServiceHandler(ctx, mux, conn); err != nil {
-			g.Close()
-			return nil, fmt.Errorf("gateway: webhooks: %w", err)
-		}
-	}
-	doc, err := openAPI()
+	handlers, err := g.handlers(ctx, mux)
 	if err != nil {
+		// The connections dialled above would outlive a gateway never built.
+		g.Close()
 		return nil, err
 	}
-	page, err := referencePage(doc)
-	if err != nil {
-		return nil, err
-	}
+	doc, page := handlers.doc, handlers.page
 	root := http.NewServeMux()
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -170,7 +154,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	})
 	api := private(jsonOnly(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, cfg.Log, timeout(cfg.Timeout, mux)))))
 	root.Handle("/v1/", api)
-	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout))
+	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout, cfg.Log))
 	// FHIR R4 for EHRs. It checks the token and the body size itself (its
 	// errors are OperationOutcomes, and /metadata is public) and calls the
 	// services with the caller's token.
@@ -207,6 +191,37 @@ func headers(key string) (string, bool) {
 	return runtime.DefaultHeaderMatcher(key)
 }
 
+// served is what New builds once its connections are up.
+type served struct{ doc, page []byte }
+
+// handlers registers the services' REST handlers on mux and builds the
+// API's documents.
+func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (served, error) {
+	if err := familiesv1.RegisterFamiliesServiceHandler(ctx, mux, g.conns["families"]); err != nil {
+		return served{}, fmt.Errorf("gateway: families: %w", err)
+	}
+	if err := interventionsv1.RegisterInterventionsServiceHandler(ctx, mux, g.conns["interventions"]); err != nil {
+		return served{}, fmt.Errorf("gateway: interventions: %w", err)
+	}
+	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
+		return served{}, fmt.Errorf("gateway: referrals: %w", err)
+	}
+	if conn, ok := g.conns["webhooks"]; ok {
+		if err := webhooksv1.RegisterWebhooksServiceHandler(ctx, mux, conn); err != nil {
+			return served{}, fmt.Errorf("gateway: webhooks: %w", err)
+		}
+	}
+	doc, err := openAPI()
+	if err != nil {
+		return served{}, err
+	}
+	page, err := referencePage(doc)
+	if err != nil {
+		return served{}, err
+	}
+	return served{doc: doc, page: page}, nil
+}
+
 // fillFromHeaders copies Idempotency-Key into the request's request_id and
 // If-Match into its etag (on the request, or on the resource it carries),
 // when the body did not set them.
@@ -217,12 +232,15 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 			setIfEmpty(m.ProtoReflect(), "request_id", v[0])
 		}
 		// "If-Match: *" asks only that the resource exist (RFC 9110), which
-		// every update needs anyway: no version to check.
-		// A read (a GET) has no version to check: If-Match is left aside
-		// there, as before.
-		if v := md.Get("if-match"); len(v) > 0 && strings.TrimSpace(v[0]) != "*" && !reads[method] {
-			if err := ifMatch(m.ProtoReflect(), strings.Join(v, ",")); err != nil {
-				return err
+		// every update needs anyway: no version to check. Every header is
+		// joined first, so that "*" in the first cannot hide an etag in a
+		// second. A read (a GET) has no version to check: If-Match is left
+		// aside there, as before.
+		if v := md.Get("if-match"); len(v) > 0 && !reads[method] {
+			if h := strings.Join(v, ","); strings.TrimSpace(h) != "*" {
+				if err := ifMatch(method, m.ProtoReflect(), h); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -234,11 +252,18 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 // what it would otherwise ignore or misread: a list of etags (one version
 // is checked), a call with no etag to check, and a body whose own etag
 // says another version.
-func ifMatch(r protoreflect.Message, header string) error {
-	if strings.Contains(header, ",") {
+func ifMatch(method string, r protoreflect.Message, header string) error {
+	etag := aip.BareEtag(header)
+	if strings.Contains(header, ",") || etag == "" {
+		// An empty etag would reach the service as no etag at all: the
+		// guarded write would go through unguarded.
 		return status.Error(codes.InvalidArgument, "If-Match: give one etag, the one you read")
 	}
-	etag := aip.BareEtag(header)
+	if strings.HasPrefix(method[strings.LastIndex(method, "/")+1:], "Create") {
+		// A create carries the resource it makes, whose etag field the
+		// service ignores: nothing exists yet to be at a version.
+		return status.Error(codes.InvalidArgument, "If-Match: a create has no version to check")
+	}
 	target := r
 	if etagField(r) == nil {
 		target = nil
@@ -381,7 +406,8 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 	}
 	switch apperr.Reason(err) {
 	case apperr.ReasonEtagMismatch:
-		if r.Header.Get("If-Match") != "" {
+		// "*" checks no version: the stale etag was the body's, 409.
+		if h := strings.TrimSpace(r.Header.Get("If-Match")); h != "" && h != "*" {
 			err = &runtime.HTTPStatusError{HTTPStatus: http.StatusPreconditionFailed, Err: err}
 		}
 	case consentgate.ReasonConsentRequired:
@@ -417,7 +443,9 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 		p, err := v.Verify(r.Context(), token)
 		if auth.IsKeysUnavailable(err) {
 			// The identity provider is out of reach, not the token at
-			// fault: the client may retry.
+			// fault: the client may retry, and the operator must hear of it.
+			log.ErrorContext(r.Context(), "signing keys unavailable", "method", r.Method, "path", r.URL.Path, "error", errors.Unwrap(err))
+			w.Header().Set("Retry-After", "5")
 			writeStatus(w, http.StatusServiceUnavailable, codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")
 			return
 		}

@@ -79,6 +79,12 @@ func TestIfMatch(t *testing.T) {
 		"two headers":      {svc + "DeleteFamily", &familiesv1.DeleteFamilyRequest{}, []string{`"v2"`, `"v3"`}},
 		"another version":  {svc + "UpdateFamily", &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Etag: "v2"}}, []string{`"v3"`}},
 		"nothing to check": {svc + "ResolveBarrier", &familiesv1.ResolveBarrierRequest{}, []string{`"v3"`}},
+		// An empty etag would reach the service as none: the write unguarded.
+		"an empty header":   {svc + "DeleteFamily", &familiesv1.DeleteFamilyRequest{}, []string{``}},
+		"an empty etag":     {svc + "UpdateFamily", &familiesv1.UpdateFamilyRequest{}, []string{`""`}},
+		"* hiding an etag":  {svc + "DeleteFamily", &familiesv1.DeleteFamilyRequest{}, []string{`*`, `"v3"`}},
+		"a create":          {svc + "CreateFamily", &familiesv1.CreateFamilyRequest{}, []string{`"v3"`}},
+		"a create's member": {svc + "CreateConsent", &familiesv1.CreateConsentRequest{}, []string{`W/"v1"`}},
 	} {
 		if _, err := call(c.method, c.req, c.header...); status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: %v; want INVALID_ARGUMENT", name, err)

@@ -1,0 +1,59 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/api/httpbody"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+)
+
+// failingFeeds answers every feed with one error.
+type failingFeeds struct {
+	interventionsv1.InterventionsServiceClient
+	err error
+}
+
+func (f failingFeeds) ExportCalendarFeed(context.Context, *interventionsv1.ExportCalendarFeedRequest, ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	return nil, f.err
+}
+
+// A calendar app that hangs up is no server error; a failure the feed does
+// not expect is logged, by its code and path, never the token.
+func TestCalendarFeedFailures(t *testing.T) {
+	for _, c := range []struct {
+		code   codes.Code
+		status int
+		logged bool
+	}{
+		{codes.Canceled, statusClientClosed, false},
+		{codes.NotFound, http.StatusNotFound, false},
+		{codes.Unavailable, http.StatusServiceUnavailable, false},
+		{codes.Internal, http.StatusInternalServerError, true},
+	} {
+		var logs bytes.Buffer
+		mux := http.NewServeMux()
+		mux.Handle(calendarRoute, calendarFeed(failingFeeds{err: status.Error(c.code, "detail")}, time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil))
+		if rec.Code != c.status {
+			t.Errorf("%v: status %d, want %d", c.code, rec.Code, c.status)
+		}
+		if got := strings.Contains(logs.String(), "calendar feed failed"); got != c.logged {
+			t.Errorf("%v: logged %v, want %v: %s", c.code, got, c.logged, logs.String())
+		}
+		if strings.Contains(logs.String(), "s3cret") {
+			t.Errorf("%v: the token was logged: %s", c.code, logs.String())
+		}
+	}
+}
