@@ -1044,6 +1044,13 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "start_time >= yesterday"})
 			return err
 		}, codes.InvalidArgument},
+		{"counselor reminder about another clinic's family", f.worker, func(ctx context.Context) error {
+			_, err := f.client.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+				Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+					Family: "clinics/south/families/f1", Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+				Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, Message: "Family meeting tomorrow."}})
+			return err
+		}, codes.InvalidArgument},
 	}
 	before := digest(t, f.pool)
 	for _, tc := range cases {

@@ -137,7 +137,10 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		vs.Add("reminder.recipient.channel", "is required")
 	}
 	family := rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
-	if family {
+	if family || rc.GetFamily() != "" {
+		// A staff reminder may name the family it concerns: it must be this
+		// clinic's, or deleting that family would cancel another clinic's
+		// reminder and deleting this clinic's would miss it.
 		if ids, err := aip.Parse(rc.GetFamily(), "clinics", "families"); err != nil || ids[0] != clinic {
 			vs.Add("reminder.recipient.family", "must be a family of the same clinic")
 		}

@@ -2119,8 +2119,10 @@ type Recipient struct {
 	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
 	// The family of a family member or of the loved one,
 	// `clinics/{clinic}/families/{family}`. Required for FAMILY_MEMBER and
-	// LOVED_ONE, whose contact details the families service holds; empty
-	// otherwise.
+	// LOVED_ONE, whose contact details the families service holds. For a
+	// counselor or supervisor, optional: the family the reminder concerns, so
+	// that deleting the family cancels it too. Always a family of the
+	// reminder's clinic.
 	Family string `protobuf:"bytes,3,opt,name=family,proto3" json:"family,omitempty"`
 	// How to reach the recipient.
 	Channel       ChannelKind `protobuf:"varint,4,opt,name=channel,proto3,enum=handoff.interventions.v1.ChannelKind" json:"channel,omitempty"`
