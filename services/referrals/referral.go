@@ -22,9 +22,19 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
+// referralSelect reads a referral with its history in one statement: one
+// snapshot, so the history never shows a step the row does not (a change
+// committed between two reads would). Only the aggregates' names come
+// from the lateral join, so the conditions callers add name the
+// referral's columns unqualified.
 const referralSelect = `SELECT id, family, subject_kind, member_id, service_kind, program_id, urgency, reason, hold,
 	intervention, appointment, state, rejection_reason, rejection_details, first_contact_time, treatment_entry_time,
-	no_show_count, create_time, update_time, version FROM referrals`
+	no_show_count, create_time, update_time, version, h_from, h_to, h_actor, h_reason, h_time
+	FROM referrals LEFT JOIN LATERAL (
+		SELECT array_agg(e.from_state ORDER BY e.seq) AS h_from, array_agg(e.to_state ORDER BY e.seq) AS h_to,
+			array_agg(e.actor ORDER BY e.seq) AS h_actor, array_agg(e.reason ORDER BY e.seq) AS h_reason,
+			array_agg(e.event_time ORDER BY e.seq) AS h_time
+		FROM referral_events e WHERE e.clinic = referrals.clinic AND e.referral_id = referrals.id) h ON true`
 
 // FHIR Task.status and the BSeR business status of each referral state.
 var taskStatus = map[referralsv1.ReferralState][2]string{
@@ -48,9 +58,13 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 			noShows                                                             int32
 			created, updated                                                    time.Time
 			version                                                             int64
+			hFrom, hTo                                                          []int16
+			hActor, hReason                                                     []string
+			hTime                                                               []time.Time
 		)
 		if err := r.Scan(&id, &family, &subject, &member, &kind, &program, &urgency, &reason, &hold, &intervention,
-			&appt, &state, &rejReason, &rejDetails, &firstContact, &entered, &noShows, &created, &updated, &version); err != nil {
+			&appt, &state, &rejReason, &rejDetails, &firstContact, &entered, &noShows, &created, &updated, &version,
+			&hFrom, &hTo, &hActor, &hReason, &hTime); err != nil {
 			return nil, err
 		}
 		ref := &referralsv1.Referral{
@@ -85,6 +99,15 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 		}
 		st := taskStatus[ref.State]
 		ref.FhirTaskStatus, ref.BusinessStatus = st[0], st[1]
+		if len(hTo) != len(hFrom) || len(hActor) != len(hFrom) || len(hReason) != len(hFrom) || len(hTime) != len(hFrom) {
+			return nil, fmt.Errorf("read history of %s: columns of different lengths", id)
+		}
+		for i := range hFrom {
+			ref.History = append(ref.History, &referralsv1.ReferralEvent{
+				FromState: referralsv1.ReferralState(hFrom[i]), ToState: referralsv1.ReferralState(hTo[i]),
+				Actor: hActor[i], Reason: hReason[i], Time: timestamppb.New(hTime[i]),
+			})
+		}
 		return ref, nil
 	}
 }
@@ -92,47 +115,11 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 func readReferral(ctx context.Context, q pgdb.Querier, r ref, lock bool) (*referralsv1.Referral, error) {
 	sql := referralSelect + ` WHERE clinic = $1 AND id = $2`
 	if lock {
-		sql += ` FOR UPDATE`
+		// The row only: the history is read, not locked.
+		sql += ` FOR UPDATE OF referrals`
 	}
 	rows, err := q.Query(ctx, sql, r.clinic, r.id)
-	out, err := pgdb.One(rows, err, referralName(r.clinic, r.id), scanReferral(r.clinic))
-	if err != nil {
-		return nil, err
-	}
-	return out, loadHistory(ctx, q, r.clinic, []*referralsv1.Referral{out})
-}
-
-func loadHistory(ctx context.Context, q pgdb.Querier, clinic string, refs []*referralsv1.Referral) error {
-	if len(refs) == 0 {
-		return nil
-	}
-	byID := map[string]*referralsv1.Referral{}
-	ids := make([]string, len(refs))
-	for i, r := range refs {
-		ids[i] = aip.ID(r.GetName())
-		byID[ids[i]] = r
-	}
-	rows, err := q.Query(ctx, `SELECT referral_id, from_state, to_state, actor, reason, event_time FROM referral_events
-		WHERE clinic = $1 AND referral_id = ANY($2) ORDER BY seq`, clinic, ids)
-	if err != nil {
-		return fmt.Errorf("read referral history: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id, actor, reason string
-			from, to          int16
-			at                time.Time
-		)
-		if err := rows.Scan(&id, &from, &to, &actor, &reason, &at); err != nil {
-			return fmt.Errorf("read referral history: %w", err)
-		}
-		byID[id].History = append(byID[id].History, &referralsv1.ReferralEvent{
-			FromState: referralsv1.ReferralState(from), ToState: referralsv1.ReferralState(to),
-			Actor: actor, Reason: reason, Time: timestamppb.New(at),
-		})
-	}
-	return rows.Err()
+	return pgdb.One(rows, err, referralName(r.clinic, r.id), scanReferral(r.clinic))
 }
 
 func newReferral() *referralsv1.Referral { return &referralsv1.Referral{} }
@@ -328,11 +315,8 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if err != nil {
 		return nil, err
 	}
-	// Everything that can fail comes before the disclosures are recorded:
-	// the accounting lists only what left.
-	if err := loadHistory(ctx, s.pool, clinic, items); err != nil {
-		return nil, err
-	}
+	// Everything that can fail comes before the disclosures are recorded
+	// (the history came with the page): the accounting lists only what left.
 	items, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
 		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
 	if err != nil {
