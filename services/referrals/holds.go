@@ -3,6 +3,7 @@ package referrals
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -354,11 +355,20 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			if err != nil {
 				return nil, err
 			}
+			kind := h.GetServiceKind()
+			if k := req.GetServiceKind(); k != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED && k != kind {
+				// The slot was agreed for the hold's service; another must be
+				// one the program offers now.
+				if err := s.offers(ctx, tx, r.clinic, h.GetProgram(), k); err != nil {
+					return nil, err
+				}
+				kind = k
+			}
 			now := s.cfg.Now()
 			ref := &referralsv1.Referral{
 				Family:      h.GetFamily(),
 				Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
-				ServiceKind: h.GetServiceKind(), Program: h.GetProgram(), Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
+				ServiceKind: kind, Program: h.GetProgram(), Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
 				Reason: req.GetReason(), Hold: h.GetName(), Intervention: h.GetIntervention(),
 				FirstContactTime: req.GetFirstContactTime(),
 			}
@@ -387,6 +397,23 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 		s.returnLapsed(ctx, r.clinic, "")
 	}
 	return out, err
+}
+
+// offers refuses a service the program does not offer, or a deleted
+// program, as HoldSlot does.
+func (s *Server) offers(ctx context.Context, tx pgx.Tx, clinic, program string, kind referralsv1.ServiceKind) error {
+	prog, err := readProgram(ctx, tx, ref{clinic, aip.ID(program)}, false)
+	if err != nil {
+		return err
+	}
+	if err := notDeleted(prog); err != nil {
+		return err
+	}
+	if !slices.Contains(prog.GetServices(), kind) {
+		return apperr.FailedPrecondition("SERVICE_NOT_OFFERED", fmt.Sprintf("%s does not offer %s", prog.GetName(), kind),
+			map[string]string{"program": prog.GetName(), "service_kind": kind.String()})
+	}
+	return nil
 }
 
 // returnLapsed gives back, in a transaction of its own, the slots of a

@@ -426,6 +426,38 @@ func TestHoldConvertsAfterItsServiceWasDropped(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 }
 
+// A place held for one medication converts to another the program offers
+// (the loved one's yes names what they agreed to); one it does not offer is
+// refused, and the hold stays held.
+func TestHoldConvertsToTheServiceAgreedTo(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	prog := buprenorphine("Riverside MAT")
+	prog.Services = append(prog.Services, referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE)
+	p := f.program(t, prog, 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted naltrexone",
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE})
+	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != "SERVICE_NOT_OFFERED" {
+		t.Fatalf("a service the program does not offer: %v; want SERVICE_NOT_OFFERED", err)
+	}
+	if got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: h.GetName()}); err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
+		t.Fatalf("after a refused conversion the hold is %v (%v); want HELD", got.GetState(), err)
+	}
+	r, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted buprenorphine",
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE})
+	if err != nil || r.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE || r.GetProgram() != p.GetName() {
+		t.Fatalf("converting to buprenorphine: %v, %v", r, err)
+	}
+	if a, held := f.capacity(t, p.GetName()); a != 1 || held != 0 {
+		t.Fatalf("after the conversion: %d free, %d held; want 1, 0", a, held)
+	}
+}
+
 // A pause needs its reason, and keeps it in the history; the answer says
 // on-hold to FHIR systems.
 func TestPauseNeedsAReason(t *testing.T) {

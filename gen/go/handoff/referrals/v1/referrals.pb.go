@@ -3117,7 +3117,12 @@ type ConvertHoldRequest struct {
 	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
 	// A unique id for this request. A retry with the same id returns the
 	// referral created by the first attempt.
-	RequestId     string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The service the referral is for, when it is not the hold's: one the
+	// program offers. A held slot is the program's, not one service's, so a
+	// loved one who said yes to buprenorphine keeps a place held for
+	// methadone at a program that offers both. Unspecified: the hold's.
+	ServiceKind   ServiceKind `protobuf:"varint,6,opt,name=service_kind,json=serviceKind,proto3,enum=handoff.referrals.v1.ServiceKind" json:"service_kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3185,6 +3190,13 @@ func (x *ConvertHoldRequest) GetRequestId() string {
 		return x.RequestId
 	}
 	return ""
+}
+
+func (x *ConvertHoldRequest) GetServiceKind() ServiceKind {
+	if x != nil {
+		return x.ServiceKind
+	}
+	return ServiceKind_SERVICE_KIND_UNSPECIFIED
 }
 
 // Request for CreateReferral.
@@ -4272,7 +4284,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xc5\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x98\x03\n" +
 	"\x12ConvertHoldRequest\x12u\n" +
 	"\x04name\x18\x01 \x01(\tBa\xe0A\x02\xfaA\x15\n" +
 	"\x13handoff.health/Hold\xbaHCrA2?^clinics/[a-z0-9][a-z0-9-]{0,62}/holds/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12%\n" +
@@ -4281,7 +4293,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xea\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12Q\n" +
+	"\fservice_kind\x18\x06 \x01(\x0e2!.handoff.referrals.v1.ServiceKindB\v\xe0A\x01\xbaH\x05\x82\x01\x02\x10\x01R\vserviceKind\"\xea\x01\n" +
 	"\x15CreateReferralRequest\x12_\n" +
 	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Referral\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12E\n" +
 	"\breferral\x18\x02 \x01(\v2\x1e.handoff.referrals.v1.ReferralB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\breferral\x12)\n" +
@@ -4594,74 +4607,75 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	51, // 43: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
 	15, // 44: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
 	49, // 45: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
-	16, // 46: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	42, // 47: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
-	51, // 48: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
-	51, // 49: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
-	8,  // 50: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
-	16, // 51: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
-	16, // 52: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	50, // 53: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 54: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
-	18, // 55: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	49, // 56: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	21, // 57: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
-	22, // 58: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
-	23, // 59: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
-	25, // 60: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
-	26, // 61: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
-	27, // 62: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
-	28, // 63: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
-	29, // 64: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
-	31, // 65: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
-	32, // 66: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
-	33, // 67: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
-	35, // 68: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
-	36, // 69: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
-	37, // 70: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
-	38, // 71: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
-	39, // 72: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
-	40, // 73: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
-	44, // 74: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
-	45, // 75: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	46, // 76: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
-	47, // 77: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
-	48, // 78: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
-	45, // 79: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 80: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 81: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	52, // 82: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 83: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 84: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 85: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 86: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	53, // 87: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 88: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 89: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 90: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 91: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 92: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 93: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 94: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 95: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 96: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 97: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	43, // 98: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	41, // 99: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
-	16, // 100: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 101: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 102: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 103: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 104: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 105: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 106: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 107: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	54, // 108: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	83, // [83:109] is the sub-list for method output_type
-	57, // [57:83] is the sub-list for method input_type
-	57, // [57:57] is the sub-list for extension type_name
-	57, // [57:57] is the sub-list for extension extendee
-	0,  // [0:57] is the sub-list for field type_name
+	0,  // 46: handoff.referrals.v1.ConvertHoldRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	16, // 47: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	42, // 48: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
+	51, // 49: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	51, // 50: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	8,  // 51: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
+	16, // 52: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
+	16, // 53: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	50, // 54: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 55: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
+	18, // 56: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
+	49, // 57: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	21, // 58: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
+	22, // 59: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
+	23, // 60: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
+	25, // 61: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
+	26, // 62: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
+	27, // 63: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
+	28, // 64: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
+	29, // 65: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
+	31, // 66: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
+	32, // 67: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
+	33, // 68: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
+	35, // 69: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
+	36, // 70: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
+	37, // 71: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
+	38, // 72: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
+	39, // 73: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
+	40, // 74: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
+	44, // 75: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
+	45, // 76: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	46, // 77: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
+	47, // 78: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
+	48, // 79: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
+	45, // 80: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 81: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 82: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	52, // 83: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 84: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 85: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 86: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 87: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	53, // 88: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 89: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 90: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 91: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 92: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 93: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 94: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 95: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 96: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 97: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 98: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	43, // 99: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	41, // 100: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
+	16, // 101: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 102: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 103: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 104: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 105: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 106: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 107: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 108: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	54, // 109: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	84, // [84:110] is the sub-list for method output_type
+	58, // [58:84] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_handoff_referrals_v1_referrals_proto_init() }

@@ -147,11 +147,13 @@ type ReferralsServiceClient interface {
 	// that is not HELD answers FAILED_PRECONDITION.
 	ReleaseHold(ctx context.Context, in *ReleaseHoldRequest, opts ...grpc.CallOption) (*Hold, error)
 	// Turns a HELD hold into an IMMEDIATE referral for the loved one: the
-	// moment they say yes. The new referral names the hold's program, service,
-	// family and intervention, starts in REQUESTED, and keeps the held slot
-	// (the slot leaves `held_slots` and does not return to `available_slots`).
-	// The hold becomes CONVERTED and names the referral. A hold that is not
-	// HELD, or has expired, answers FAILED_PRECONDITION.
+	// moment they say yes. The new referral names the hold's program, service
+	// (or the request's `service_kind`), family and intervention, starts in
+	// REQUESTED, and keeps the held slot (the slot leaves `held_slots` and does
+	// not return to `available_slots`). The hold becomes CONVERTED and names
+	// the referral. A hold that is not HELD, or has expired, answers
+	// FAILED_PRECONDITION; so does a `service_kind` the program does not
+	// offer (reason SERVICE_NOT_OFFERED), and the hold stays HELD.
 	ConvertHold(ctx context.Context, in *ConvertHoldRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Creates a referral in state REQUESTED. Creating a referral does not take
 	// a slot from the program's capacity; to be sure of a place, hold a slot
@@ -554,11 +556,13 @@ type ReferralsServiceServer interface {
 	// that is not HELD answers FAILED_PRECONDITION.
 	ReleaseHold(context.Context, *ReleaseHoldRequest) (*Hold, error)
 	// Turns a HELD hold into an IMMEDIATE referral for the loved one: the
-	// moment they say yes. The new referral names the hold's program, service,
-	// family and intervention, starts in REQUESTED, and keeps the held slot
-	// (the slot leaves `held_slots` and does not return to `available_slots`).
-	// The hold becomes CONVERTED and names the referral. A hold that is not
-	// HELD, or has expired, answers FAILED_PRECONDITION.
+	// moment they say yes. The new referral names the hold's program, service
+	// (or the request's `service_kind`), family and intervention, starts in
+	// REQUESTED, and keeps the held slot (the slot leaves `held_slots` and does
+	// not return to `available_slots`). The hold becomes CONVERTED and names
+	// the referral. A hold that is not HELD, or has expired, answers
+	// FAILED_PRECONDITION; so does a `service_kind` the program does not
+	// offer (reason SERVICE_NOT_OFFERED), and the hold stays HELD.
 	ConvertHold(context.Context, *ConvertHoldRequest) (*Referral, error)
 	// Creates a referral in state REQUESTED. Creating a referral does not take
 	// a slot from the program's capacity; to be sure of a place, hold a slot
