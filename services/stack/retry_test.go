@@ -97,3 +97,49 @@ func TestHoldForAClosedInterventionIsReturned(t *testing.T) {
 		t.Fatalf("hold %s is %v for %q; want held for %s", got.Hold, h.GetState(), h.GetIntervention(), iv.GetName())
 	}
 }
+
+// A yes names the medication agreed to: the place held for another is
+// converted to it where its program offers it, and given back where it
+// does not, for a program that does.
+func TestYesIsReferredForTheMedicationAgreedTo(t *testing.T) {
+	e := start(t)
+	f, _ := e.family()
+	program := func(name string, kinds ...referralsv1.ServiceKind) string {
+		p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+			DisplayName: name, Services: kinds, SameDayIntake: true,
+			PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID}}}))
+		ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 1}))
+		return p.GetName()
+	}
+	const methadone, buprenorphine, naltrexone = referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+		referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+	both := program("Both MAT", methadone, buprenorphine)
+	methadoneOnly := program("Methadone MAT", methadone)
+	naltrexoneOnly := program("Naltrexone MAT", naltrexone)
+	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
+	for _, c := range []struct {
+		heldAt, agreed, wantProgram string
+		wantKind                    referralsv1.ServiceKind
+		wantHold                    referralsv1.HoldState
+	}{
+		{methadoneOnly, "MAT_NALTREXONE", naltrexoneOnly, naltrexone, referralsv1.HoldState_HOLD_STATE_RELEASED},
+		{both, "MAT_BUPRENORPHINE", both, buprenorphine, referralsv1.HoldState_HOLD_STATE_CONVERTED},
+	} {
+		iv := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+			Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(time.Hour)), ExpectedDuration: durationpb.New(15 * time.Minute),
+			Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}})).GetName()
+		hold := ok(e.ref.HoldSlot(e.counsel, &referralsv1.HoldSlotRequest{Program: c.heldAt, ServiceKind: methadone,
+			Family: f.GetName(), Intervention: iv, Ttl: durationpb.New(time.Hour)})).GetName()
+		ref, err := a.StartImmediateReferral(e.counsel, activities.ImmediateRequest{Family: f.GetName(), Intervention: iv, Hold: hold,
+			FirstContact: time.Now(), RequestID: "yes-" + c.agreed, Medications: []string{c.agreed}})
+		if err != nil || ref.Program != c.wantProgram {
+			t.Fatalf("agreed to %s, held at %s: referral %+v, %v; want one at %s", c.agreed, c.heldAt, ref, err, c.wantProgram)
+		}
+		if r := ok(e.ref.GetReferral(e.counsel, &referralsv1.GetReferralRequest{Name: ref.Name})); r.GetServiceKind() != c.wantKind {
+			t.Fatalf("agreed to %s: referred for %v", c.agreed, r.GetServiceKind())
+		}
+		if h := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: hold})); h.GetState() != c.wantHold {
+			t.Fatalf("agreed to %s: the methadone hold is %v; want %v", c.agreed, h.GetState(), c.wantHold)
+		}
+	}
+}

@@ -248,11 +248,11 @@ func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family strin
 	}
 }
 
-// referredFor returns an immediate MAT referral of the family's loved one
-// the intervention already has at a program not in exclude and not turned
-// down, or nil. A family member's referral, or another family's, naming
+// referredFor returns an immediate referral of the family's loved one, for
+// one of kinds, the intervention already has at a program not in exclude
+// and not turned down, or nil. A family member's referral, or another family's, naming
 // the intervention is not the loved one's.
-func (a *Activities) referredFor(ctx context.Context, intervention, family string, exclude []string) (*referralsv1.Referral, error) {
+func (a *Activities) referredFor(ctx context.Context, intervention, family string, exclude []string, kinds []referralsv1.ServiceKind) (*referralsv1.Referral, error) {
 	if intervention == "" {
 		return nil, nil
 	}
@@ -269,7 +269,7 @@ func (a *Activities) referredFor(ctx context.Context, intervention, family strin
 		if r.GetFamily() != family || r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
 			continue
 		}
-		if slices.Contains(matKinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
+		if slices.Contains(kinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
 			return r, nil
 		}
 	}
@@ -600,32 +600,41 @@ func firstContact(t time.Time) *timestamppb.Timestamp {
 // non-retryable NO_PROGRAM error.
 func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateRequest) (Referral, error) {
 	const reason = "Accepted medication-assisted treatment at a family intervention; immediate intake."
+	kinds := medications(in.Medications)
 	if in.Hold != "" {
-		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: in.Hold, Reason: reason,
-			FirstContactTime: firstContact(in.FirstContact), RequestId: in.RequestID + "-convert"})
-		if err == nil {
-			return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+		kind, ok, err := a.agreedForHold(ctx, in.Hold, kinds, in.RequestID)
+		if err != nil {
+			return Referral{}, err
 		}
-		if t := ErrorType(wrap("", err)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
-			return Referral{}, wrap("convert hold", err)
+		if ok {
+			ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: in.Hold, Reason: reason,
+				FirstContactTime: firstContact(in.FirstContact), RequestId: in.RequestID + "-convert", ServiceKind: kind})
+			if err == nil {
+				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+			}
+			if t := ErrorType(wrap("", err)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+				return Referral{}, wrap("convert hold", err)
+			}
 		}
-		// The hold lapsed: find another slot.
+		// The hold lapsed, or its program offers nothing agreed to: find
+		// another slot.
 	}
 	// A retry whose first attempt got further but lost the reply must find
 	// what it made, not take a slot elsewhere: the program it used may have
 	// no slot left, so the match would pass it over.
-	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude); err != nil || ref != nil {
+	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, kinds); err != nil || ref != nil {
 		if err != nil {
 			return Referral{}, err
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	if hold, err := a.heldFor(ctx, in.Intervention, in.Family, in.Exclude); err != nil || hold != nil {
-		if err != nil {
-			return Referral{}, err
-		}
+	hold, kind, err := a.agreedHold(ctx, in, kinds)
+	if err != nil {
+		return Referral{}, err
+	}
+	if hold != nil {
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
-			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram())})
+			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram()), ServiceKind: kind})
 		if werr := wrap("convert hold", err); err != nil {
 			if t := ErrorType(werr); t != "" && t != "INVALID_STATE_TRANSITION" {
 				// Refused for good: given back, as when the try that took
@@ -638,7 +647,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	req, err := a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
 	if familyGone(err) {
 		// Referrals made stay when a family's record is deleted, but no new
 		// one can be matched to it: the counselor takes over, as when no
@@ -654,7 +663,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	}
 	for _, m := range matches.GetMatches() {
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
-			ServiceKind: firstOffered(m.GetProgram(), matKinds), Family: in.Family, Intervention: in.Intervention,
+			ServiceKind: firstOffered(m.GetProgram(), kinds), Family: in.Family, Intervention: in.Intervention,
 			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if passOver(err, m.GetProgram().GetName()) {
 			continue
@@ -677,6 +686,100 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
 	return Referral{}, temporal.NewNonRetryableApplicationError("no MAT program with a free slot is left to try", "NO_PROGRAM", nil)
+}
+
+// medications are the MAT services named, in matKinds' order; none named
+// is every one.
+func medications(names []string) []referralsv1.ServiceKind {
+	var out []referralsv1.ServiceKind
+	for _, k := range matKinds {
+		if slices.Contains(names, strings.TrimPrefix(k.String(), "SERVICE_KIND_")) {
+			out = append(out, k)
+		}
+	}
+	if len(out) == 0 {
+		return matKinds
+	}
+	return out
+}
+
+// agreedService is the service a hold converts to: unspecified (the
+// hold's own) when the loved one agreed to it, otherwise the first agreed
+// one its program offers; false when the program offers none of them, or
+// is gone.
+func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kinds []referralsv1.ServiceKind) (referralsv1.ServiceKind, bool, error) {
+	if slices.Contains(kinds, h.GetServiceKind()) {
+		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
+	}
+	p, err := a.Referrals.GetProgram(ctx, &referralsv1.GetProgramRequest{Name: h.GetProgram()})
+	if ErrorType(wrap("", err)) == "RESOURCE_NOT_FOUND" {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, wrap("get program", err)
+	}
+	for _, k := range kinds {
+		if slices.Contains(p.GetServices(), k) && p.GetDeleteTime() == nil {
+			return k, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+// agreedForHold is agreedService for the hold the workflow names. A hold
+// its program cannot convert to anything agreed to is given back; a hold
+// no longer there is left to the conversion, which says so.
+func (a *Activities) agreedForHold(ctx context.Context, name string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
+	if len(kinds) == len(matKinds) {
+		// Any MAT service: every MAT hold converts as it is.
+		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
+	}
+	h, err := a.Referrals.GetHold(ctx, &referralsv1.GetHoldRequest{Name: name})
+	if ErrorType(wrap("", err)) == "RESOURCE_NOT_FOUND" {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, wrap("get hold", err)
+	}
+	kind, ok, err := a.agreedService(ctx, h, kinds)
+	if err != nil || ok {
+		return kind, ok, err
+	}
+	return 0, false, a.releaseUnagreed(ctx, h, requestID)
+}
+
+// agreedHold is the first live MAT hold of the intervention (at a program
+// not excluded) that converts to a service agreed to, with that service;
+// those that cannot are given back on the way.
+func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, referralsv1.ServiceKind, error) {
+	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, in.Exclude)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, h := range holds {
+		kind, ok, err := a.agreedService(ctx, h, kinds)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok {
+			return h, kind, nil
+		}
+		if err := a.releaseUnagreed(ctx, h, in.RequestID); err != nil {
+			return nil, 0, err
+		}
+	}
+	return nil, 0, nil
+}
+
+// releaseUnagreed gives back a place held for a medication the loved one
+// did not agree to, at a program offering none they did.
+func (a *Activities) releaseUnagreed(ctx context.Context, h *referralsv1.Hold, requestID string) error {
+	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a medication its program does not offer",
+		RequestID: subID(requestID, "release-unagreed", h.GetName())})
+	if err != nil {
+		return fmt.Errorf("release a hold for another medication: %w", err)
+	}
+	return nil
 }
 
 // ReferralStatus reads a referral's state.

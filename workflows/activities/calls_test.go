@@ -918,7 +918,7 @@ func TestOnlyTheLovedOnesHoldAndReferralAreAdopted(t *testing.T) {
 	if err != nil || h.GetName() != "clinics/north/holds/ours" {
 		t.Errorf("hold adopted: %v, %v; want ours", h.GetName(), err)
 	}
-	r, err := a.referredFor(context.Background(), iv, fam, nil)
+	r, err := a.referredFor(context.Background(), iv, fam, nil, matKinds)
 	if err != nil || r.GetName() != "clinics/north/referrals/ours" {
 		t.Errorf("referral adopted: %v, %v; want ours", r.GetName(), err)
 	}

@@ -147,6 +147,10 @@ type ImmediateRequest struct {
 	Exclude      []string
 	FirstContact time.Time
 	RequestID    string
+	// Medications are the MAT services the loved one agreed to, as
+	// ServiceKind names without their prefix; none is any (a plain yes,
+	// or a workflow begun before the field was).
+	Medications []string
 }
 
 // Referral names a referral and its program.

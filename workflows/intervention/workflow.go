@@ -830,14 +830,18 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	o := *w.outcome
 	res := Result{Outcome: o.Kind}
 	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
-	var others []string
+	var others, medications []string
 	for _, s := range o.AcceptedServices {
 		if !slices.Contains(matKinds, s) {
 			others = append(others, s)
+		} else {
+			// The intake refers to these only: methadone is not what
+			// someone who agreed to naltrexone said yes to.
+			medications = append(medications, s)
 		}
 	}
 	if acceptsMAT && flow.Version(ctx, versionIntakeFirst, 1) >= 1 {
-		return w.handOff(ctx, res, others)
+		return w.handOff(ctx, res, others, medications)
 	}
 	// Reminders still pending for the meeting make no sense any more.
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
@@ -869,7 +873,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		var out matintake.Result
 		err := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
 			Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
-			Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact,
+			Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact, Medications: medications,
 		}).Get(ctx, &out)
 		if err != nil {
 			return Result{}, err
@@ -940,12 +944,12 @@ const versionIntakeFirst = "intake-first"
 // intake runs, a failure there is logged rather than returned: failing
 // here would terminate the intake (its parent-close policy) over a
 // reminder.
-func (w *wf) handOff(ctx workflow.Context, res Result, others []string) (Result, error) {
+func (w *wf) handOff(ctx workflow.Context, res Result, others, medications []string) (Result, error) {
 	res.Child = ids.MATIntake(w.in.Intervention)
 	w.handedOver = true
 	intake := workflow.ExecuteChildWorkflow(w.child(ctx, res.Child, enumspb.PARENT_CLOSE_POLICY_TERMINATE), matintake.Name, matintake.Input{
 		Intervention: w.in.Intervention, Family: w.plan.Family, Clinic: w.plan.Clinic, Hold: w.hold.Hold,
-		Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact,
+		Counselor: w.plan.Counselor, FirstContact: w.plan.FirstContact, Medications: medications,
 	})
 	if err := intake.GetChildWorkflowExecution().Get(ctx, nil); err != nil {
 		return Result{}, err

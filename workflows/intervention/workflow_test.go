@@ -817,6 +817,10 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	if intake.Hold != "clinics/north/holds/h1" || len(h.released) != 0 {
 		t.Fatalf("intake input %+v, released %v: the held slot must go to intake", intake, h.released)
 	}
+	// The intake refers to the medication agreed to, not any.
+	if fmt.Sprint(intake.Medications) != "[MAT_BUPRENORPHINE]" {
+		t.Fatalf("intake medications %v; want [MAT_BUPRENORPHINE]", intake.Medications)
+	}
 	// A boundary workflow running from an earlier refusal stops on a yes.
 	if len(h.stopped) != 1 || h.stopped[0] != ids.Boundary(intake.Family) {
 		t.Fatalf("cancel requested of %v; want the family's boundary workflow", h.stopped)

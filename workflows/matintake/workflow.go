@@ -36,6 +36,9 @@ type Input struct {
 	Hold         string
 	Counselor    activities.Person
 	FirstContact time.Time
+	// Medications are the MAT services the loved one agreed to (ServiceKind
+	// names without their prefix); none is any.
+	Medications []string
 }
 
 // Transition is SignalReferral's payload: which referral moved, and to which
@@ -229,7 +232,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	for len(w.tried) < w.settings.MaxPrograms {
 		err := flow.Call(ctx, &w.referral, flow.A.StartImmediateReferral, activities.ImmediateRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Hold: hold, Exclude: w.tried, FirstContact: w.in.FirstContact,
-			RequestID: flow.RequestID(ctx, fmt.Sprintf("referral|%d", len(w.tried))),
+			RequestID: flow.RequestID(ctx, fmt.Sprintf("referral|%d", len(w.tried))), Medications: w.in.Medications,
 		})
 		if activities.ErrorType(err) == "NO_PROGRAM" {
 			break

@@ -175,13 +175,20 @@ func TestRejectionCascadeAcrossThreePrograms(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		h.transition(time.Duration(i)*time.Hour, fmt.Sprintf("clinics/north/referrals/r%d", i), activities.ReferralInfo{State: "REJECTED"})
 	}
-	h.env.ExecuteWorkflow(matintake.Name, input())
+	in := input()
+	in.Medications = []string{"MAT_NALTREXONE"}
+	h.env.ExecuteWorkflow(matintake.Name, in)
 	var res matintake.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" || res.Programs != 3 {
 		t.Fatalf("result %+v, %v", res, err)
 	}
 	if len(h.requests) != 3 || h.requests[0].Hold == "" || h.requests[1].Hold != "" {
 		t.Fatalf("requests = %+v: the held slot goes first, then fresh matches", h.requests)
+	}
+	for i, r := range h.requests {
+		if fmt.Sprint(r.Medications) != "[MAT_NALTREXONE]" {
+			t.Fatalf("request %d for %v; want the medication agreed to", i, r.Medications)
+		}
 	}
 	if got := h.requests[2].Exclude; len(got) != 2 || got[0] != "clinics/north/programs/p1" || got[1] != "clinics/north/programs/p2" {
 		t.Fatalf("third match excluded %v", got)
