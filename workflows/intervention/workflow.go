@@ -847,7 +847,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
 		RequestID: flow.RequestID(ctx, "cancel-reminders|outcome"),
-	}); err != nil {
+	}); err != nil && !w.pastFailedCancel(ctx, err) {
 		return Result{}, err
 	}
 	switch {
@@ -907,6 +907,24 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	}
 	w.step = StepDone
 	return res, nil
+}
+
+// versionPastFailedCancel guards going on with the follow-up when the
+// meeting's reminders could not be cancelled after the outcome: before,
+// the workflow failed there, leaving the place held until it lapsed and
+// a refusal with no boundary follow-up, for reminders whose meeting is
+// over anyway.
+const versionPastFailedCancel = "outcome-past-failed-reminder-cancel"
+
+// pastFailedCancel reports whether the follow-up goes on after cancelling
+// the meeting's reminders failed with err. The version is asked only on
+// that failure.
+func (w *wf) pastFailedCancel(ctx workflow.Context, err error) bool {
+	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedCancel, 1) < 1 {
+		return false
+	}
+	workflow.GetLogger(ctx).Warn("cancelling the meeting's reminders after the outcome failed", "error", err)
+	return true
 }
 
 // versionBoundaryPastFailedReferrals guards going on to the boundary

@@ -907,6 +907,22 @@ func TestFailedSupportReferralsStopNoFollowUp(t *testing.T) {
 	}
 }
 
+// The meeting's reminders that cannot be cancelled after a refusal stop
+// no follow-up: the place is given back and the boundary workflow runs.
+func TestFailedReminderCancelStopsNoFollowUp(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.cancelErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("refused"))
+	boundaryIn := h.boundaryStarts()
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "DECLINED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v; want the follow-up to go on", err)
+	}
+	if len(h.released) != 1 || boundaryIn.Outcome != "DECLINED" {
+		t.Fatalf("released %v, boundary input %+v; want the place given back and the boundary workflow started", h.released, *boundaryIn)
+	}
+}
+
 // On a yes the intake starts first: cleanup that fails after it (a
 // service refusing to cancel the meeting's reminders, the other
 // referrals) neither holds the intake back nor ends it, and the counselor
