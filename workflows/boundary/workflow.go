@@ -214,8 +214,19 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		w.step = "done"
 		return Result{Summary: SummaryFamilyDeleted, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 	}
+	if err != nil && !temporal.IsCanceledError(err) && w.overdose.Len() > 0 && flow.Version(actx, versionAnswerOnFailure, 1) >= 1 {
+		// A step failed for good while an overdose waited behind it: the
+		// failure stands, but the overdose is answered first, as on a
+		// cancellation.
+		w.answerWaiting(actx)
+	}
 	return res, err
 }
+
+// versionAnswerOnFailure guards answering, when a step fails the workflow,
+// the overdoses signalled and not yet taken: before, they were answered
+// only on a cancellation, and a failure left them unanswered for good.
+const versionAnswerOnFailure = "answer-overdoses-on-failure"
 
 // familyGone reports whether err, which ended the run, came of the
 // family's record being deleted: a read found nothing, and the family,

@@ -1001,6 +1001,28 @@ func TestOverdoseWaitingAtCancellationIsAnswered(t *testing.T) {
 	}
 }
 
+// A step that fails the workflow while an overdose waits behind it does
+// not leave the overdose unanswered: the failure stands, and the
+// counselor is alerted all the same.
+func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
+	h := newHarness(t, "HIGH_RISK")
+	h.refuse = func(activities.ReinforceRequest) error {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+		return temporal.NewNonRetryableApplicationError("reinforce boundary: refused", "PermissionDenied", nil)
+	}
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want the refusal", err)
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Related != family+"/warningSigns/w1" {
+		t.Fatalf("overdose alerts %+v; want one about w1", alert)
+	}
+}
+
 // The alert goes first: a harm-reduction referral that cannot be made
 // does not hold it back nor end the workflow; the counselor is asked to
 // make it by hand.
