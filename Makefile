@@ -22,7 +22,7 @@ check-generated: protodeps
 ## lint: buf lint and gofmt
 lint: protodeps
 	$(BUF) lint
-	@unformatted=$$(gofmt -l services workflows 2>/dev/null); \
+	@unformatted=$$(gofmt -l services workflows bench deploy 2>/dev/null); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 
 ## breaking: buf breaking against the previous commit, if it had protos
@@ -31,6 +31,7 @@ breaking: protodeps
 
 vet:
 	go vet ./...
+	cd deploy/validate && go vet ./...
 
 ## test: every test, against the local PostgreSQL and in-process Temporal
 test:

@@ -14,6 +14,23 @@ import (
 	"github.com/handoff-health/handoff/services/loopback"
 )
 
+// A variable set but empty is unset, as fromEnv has it, except where empty
+// is documented to mean something.
+func TestEmptyVariableIsUnset(t *testing.T) {
+	t.Setenv("HANDOFF_FAMILIES_LISTEN", "")
+	if got := env("HANDOFF_FAMILIES_LISTEN", "127.0.0.1:7101"); got != "127.0.0.1:7101" {
+		t.Fatalf("an empty HANDOFF_FAMILIES_LISTEN gave %q; want the default", got)
+	}
+	t.Setenv("HANDOFF_WEBHOOKS_ADDRESS", "")
+	if got := env("HANDOFF_WEBHOOKS_ADDRESS", "127.0.0.1:7104"); got != "" {
+		t.Fatalf("an empty HANDOFF_WEBHOOKS_ADDRESS gave %q; want it kept empty", got)
+	}
+	t.Setenv("HANDOFF_FAMILIES_LISTEN", "0.0.0.0:7101")
+	if got := env("HANDOFF_FAMILIES_LISTEN", "127.0.0.1:7101"); got != "0.0.0.0:7101" {
+		t.Fatalf("HANDOFF_FAMILIES_LISTEN gave %q", got)
+	}
+}
+
 // Environment variables go through the flags' own parsers: "0" is false,
 // and a value that means nothing is an error rather than a silent default.
 func TestFromEnvParsesLikeTheFlag(t *testing.T) {

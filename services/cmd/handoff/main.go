@@ -69,12 +69,20 @@ func usage() {
 	fmt.Fprintln(os.Stderr, "\nRun 'handoff <command> -h' for its flags. Every flag can also be set by the environment variable named in its help.")
 }
 
-// env returns the environment variable name's value, or def.
+// env returns the environment variable name's value, or def when it is
+// unset or empty: a manifest's "NAME=" left blank must not listen on every
+// interface at a random port, or send an empty audience. The variables in
+// emptyMeans are the exception: there empty says something.
 func env(name, def string) string {
-	if v, ok := os.LookupEnv(name); ok {
+	if v, ok := os.LookupEnv(name); ok && (v != "" || emptyMeans[name]) {
 		return v
 	}
 	return def
+}
+
+// emptyMeans are the variables whose empty value is meaningful.
+var emptyMeans = map[string]bool{
+	"HANDOFF_WEBHOOKS_ADDRESS": true, // the gateway leaves the webhooks routes out
 }
 
 // fromEnv sets flags from environment variables, given as pairs of flag
