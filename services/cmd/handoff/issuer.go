@@ -26,7 +26,8 @@ func runIssuer(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("issuer", flag.ContinueOnError)
 	listen := fs.String("listen", env("HANDOFF_ISSUER_LISTEN", "0.0.0.0:8090"), "HTTP address serving /jwks.json (HANDOFF_ISSUER_LISTEN)")
 	url := fs.String("url", env("HANDOFF_OIDC_ISSUER", "http://issuer:8090"), "the issuer URL written into tokens (HANDOFF_OIDC_ISSUER)")
-	dir := fs.String("dir", env("HANDOFF_ISSUER_DIR", "/var/lib/handoff-issuer"), "where the signing key and tokens are kept (HANDOFF_ISSUER_DIR)")
+	dir := fs.String("dir", env("HANDOFF_ISSUER_DIR", "/var/lib/handoff-issuer"), "where the tokens are written (HANDOFF_ISSUER_DIR)")
+	keyFile := fs.String("key-file", env("HANDOFF_ISSUER_KEY_FILE", ""), "the signing key, kept apart from the tokens so that the processes reading their tokens cannot mint others; default issuer.pem in --dir (HANDOFF_ISSUER_KEY_FILE)")
 	clinic := fs.String("clinic", env("HANDOFF_ISSUER_CLINIC", "demo"), "clinic of the user tokens it writes (HANDOFF_ISSUER_CLINIC)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -34,7 +35,13 @@ func runIssuer(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
 	}
-	iss, err := auth.LoadOrCreateIssuer(*url, "handoff", filepath.Join(*dir, "issuer.pem"))
+	if *keyFile == "" {
+		*keyFile = filepath.Join(*dir, "issuer.pem")
+	}
+	if err := os.MkdirAll(filepath.Dir(*keyFile), 0o700); err != nil {
+		return err
+	}
+	iss, err := auth.LoadOrCreateIssuer(*url, "handoff", *keyFile)
 	if err != nil {
 		return err
 	}
