@@ -213,8 +213,12 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 	if err != nil {
 		to = w.in.Counselor
 	}
-	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.in.Intervention,
-		"The hand-off after the family meeting stopped on an error: please call the family and arrange a place by hand.", "failed"); err != nil {
+	about, msg := w.in.Intervention, "The hand-off after the family meeting stopped on an error: please call the family and arrange a place by hand."
+	if w.referral.Name != "" {
+		// A place was found: asking for another by hand would double it.
+		about, msg = w.referral.Name, "The hand-off after the family meeting stopped on an error after its referral was made: the referral stands but is no longer followed. Follow it up with the program."
+	}
+	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", about, msg, "failed"); err != nil {
 		log.Warn("telling the counselor that the intake failed failed", "error", err)
 	}
 }

@@ -717,6 +717,11 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 			if len(told) != 1 || told[0].To.ID != "counselor-1" {
 				t.Fatalf("notices of the failure %+v; want one to counselor-1", told)
 			}
+			// A referral made is followed up, not doubled by one made by hand.
+			if byHand := strings.Contains(told[0].Message, "by hand"); byHand == tc.referral ||
+				(tc.referral && told[0].Related != "clinics/north/referrals/r1") {
+				t.Fatalf("notice %+v; with a referral made it must name it, and ask for a place by hand only without one", told[0])
+			}
 			wantReleased := 1
 			if tc.referral {
 				wantReleased = 0
