@@ -143,3 +143,33 @@ func TestYesIsReferredForTheMedicationAgreedTo(t *testing.T) {
 		}
 	}
 }
+
+// Cancelling every reminder one workflow made, whatever each is about,
+// reaches the service's filter as it parses, and leaves other workflows'
+// reminders alone.
+func TestCancelRemindersByOriginAlone(t *testing.T) {
+	e := start(t)
+	f, _ := e.family()
+	remind := func(origin, related string) string {
+		return ok(e.iv.CreateReminder(e.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+			DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+			Message: "Check in with the family.", RelatedResource: related, OriginWorkflow: origin}})).GetName()
+	}
+	boundaryOrigin := ids.Boundary(f.GetName())
+	mine := []string{remind(boundaryOrigin, f.GetName()), remind(boundaryOrigin, "clinics/north/interventions/refused")}
+	other := remind("intervention/clinics/north/interventions/other", f.GetName())
+	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
+	n, err := a.CancelReminders(e.worker, activities.CancelRemindersRequest{Clinic: "north", Origin: boundaryOrigin,
+		Reason: "the loved one accepted treatment", RequestID: "by-origin"})
+	if err != nil || n != len(mine) {
+		t.Fatalf("cancelled %d, %v; want the %d the workflow made", n, err, len(mine))
+	}
+	for _, name := range append(mine, other) {
+		r := ok(e.iv.GetReminder(e.worker, &interventionsv1.GetReminderRequest{Name: name}))
+		if cancelled := r.GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED; cancelled != (name != other) {
+			t.Fatalf("reminder %s (origin %s) is %v", name, r.GetOriginWorkflow(), r.GetState())
+		}
+	}
+}

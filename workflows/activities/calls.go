@@ -521,9 +521,17 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them, which
 	// would then go out with the old time.
+	scope := fmt.Sprintf("related_resource = %q AND ", in.Related)
+	if in.Related == "" {
+		if in.Origin == "" {
+			// Never every reminder of the clinic.
+			return 0, temporal.NewNonRetryableApplicationError("cancel reminders: give a related resource or an origin", "InvalidArgument", nil)
+		}
+		scope = "" // the origin's own, whatever they are about
+	}
 	n := 0
 	for _, who := range whom {
-		m, err := a.cancelReminders(ctx, in, fmt.Sprintf("related_resource = %q AND %s", in.Related, openReminders)+who+kind, nil)
+		m, err := a.cancelReminders(ctx, in, scope+openReminders+who+kind, nil)
 		n += m
 		if err != nil {
 			return n, err

@@ -356,6 +356,18 @@ func TestCancelRemindersForSomeOnly(t *testing.T) {
 		!strings.HasSuffix(f.filters[0], ` AND origin_workflow = "intervention/clinics/north/interventions/i1"`) {
 		t.Fatalf("by origin: filters %v, %v", f.filters, err)
 	}
+	// Every reminder a workflow made, whatever it is about; never every
+	// reminder of the clinic.
+	f.filters = nil
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Reason: "x", RequestID: "r",
+		Origin: "boundary/clinics/north/families/f1"}); err != nil || len(f.filters) != 1 ||
+		strings.Contains(f.filters[0], "related_resource") || !strings.HasSuffix(f.filters[0], ` AND origin_workflow = "boundary/clinics/north/families/f1"`) {
+		t.Fatalf("by origin alone: filters %v, %v", f.filters, err)
+	}
+	f.filters = nil
+	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Reason: "x", RequestID: "r"}); err == nil || len(f.filters) != 0 {
+		t.Fatalf("neither related nor origin: filters %v, %v; want refused", f.filters, err)
+	}
 	if _, err := a.CancelReminders(context.Background(), CancelRemindersRequest{Clinic: "north", Related: "x", RequestID: "r",
 		Kind: "NO_SUCH_KIND"}); err == nil {
 		t.Fatal("an unknown reminder kind widened or passed")

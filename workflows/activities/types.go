@@ -96,7 +96,9 @@ type Resent struct {
 
 // CancelRemindersRequest cancels the undelivered reminders of a resource.
 type CancelRemindersRequest struct {
-	Clinic    string
+	Clinic string
+	// Related is the resource the reminders are about; empty, with Origin
+	// set, for every reminder that workflow made.
 	Related   string
 	Reason    string
 	RequestID string

@@ -1046,8 +1046,24 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 			return err
 		}
 	}
+	if flow.Version(ctx, versionStopBoundaryByOrigin, 1) >= 1 {
+		// The rest the boundary workflow made: the counselor's check-ins
+		// (about the refused meeting) and a proposed next meeting's notice.
+		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+			Clinic: w.plan.Clinic, Origin: ids.Boundary(w.plan.Family), Reason: "the loved one accepted treatment",
+			RequestID: flow.RequestID(ctx, "cancel-boundary-reminders|origin"),
+		}); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// versionStopBoundaryByOrigin guards cancelling, after a yes, every
+// reminder the boundary workflow made and has not sent: before, only those
+// to the family were, and the counselor's check-ins about the refused
+// meeting, and the notice of a proposed next one, still went out.
+const versionStopBoundaryByOrigin = "stop-boundary-by-origin"
 
 // boundary starts the family's boundary workflow, or, when one already runs
 // for this family after an earlier refusal, tells it about this one.

@@ -835,6 +835,17 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	if fmt.Sprint(kinds) != "[CHECK_IN BOUNDARY_REMINDER]" {
 		t.Fatalf("family reminders cancelled by kind: %v; want CHECK_IN and BOUNDARY_REMINDER", kinds)
 	}
+	// And the rest the boundary workflow made: the counselor's check-ins
+	// about the refused meeting, a proposed meeting's notice.
+	byOrigin := 0
+	for _, c := range h.cancelled {
+		if c.Origin == ids.Boundary(intake.Family) && c.Related == "" {
+			byOrigin++
+		}
+	}
+	if byOrigin != 1 {
+		t.Fatalf("cancellations %+v; want one of every reminder the boundary workflow made", h.cancelled)
+	}
 	if len(support) != 1 || len(support[0].Kinds) != 1 || support[0].Kinds[0] != "FAMILY_COUNSELING" {
 		t.Fatalf("other accepted services referred: %+v", support)
 	}
