@@ -173,3 +173,38 @@ func TestCancelRemindersByOriginAlone(t *testing.T) {
 		}
 	}
 }
+
+// A hold left from before a reschedule (its release failed) lapses before
+// the new meeting ends: the next hold try gives it back and takes a place
+// that lasts, instead of adopting it.
+func TestHoldLapsingBeforeTheMeetingIsNotAdopted(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	iv := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(72 * time.Hour)), ExpectedDuration: durationpb.New(time.Hour),
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}})).GetName()
+	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
+	short, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 2 * time.Hour, RequestID: "before"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := time.Now().Add(73 * time.Hour)
+	got, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
+		Until: until, RequestID: "after"})
+	if err != nil || got.Hold == "" || got.Hold == short.Hold {
+		t.Fatalf("hold after the reschedule %+v, %v; want a new one, not %s", got, err, short.Hold)
+	}
+	if h := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: short.Hold})); h.GetState() != referralsv1.HoldState_HOLD_STATE_RELEASED {
+		t.Fatalf("the short hold is %v; want RELEASED", h.GetState())
+	}
+	if h := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: got.Hold})); h.GetExpireTime().AsTime().Before(until) {
+		t.Fatalf("the new hold lapses at %v, before the meeting ends at %v", h.GetExpireTime().AsTime(), until)
+	}
+	// Tried again, the same request adopts the hold it took.
+	again, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
+		Until: until, RequestID: "after"})
+	if err != nil || again.Hold != got.Hold {
+		t.Fatalf("the retried hold %+v, %v; want %s", again, err, got.Hold)
+	}
+}

@@ -113,7 +113,7 @@ func (a *Activities) matchRequest(ctx context.Context, family string, kinds []re
 // attempt took the hold but failed later reuses that hold: the match may no
 // longer offer its program, whose last slot may be the one held.
 func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
-	hold, err := a.heldFor(ctx, in.Intervention, in.Family, nil)
+	hold, err := a.lastingHold(ctx, in)
 	if err != nil {
 		return HoldResult{}, err
 	}
@@ -137,10 +137,39 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
 }
 
+// lastingHold is the first live MAT hold of the intervention for the
+// family that lasts until in.Until (as far as a hold can last). One that
+// lapses sooner, left by a reschedule whose release failed, is no use to
+// the meeting: it is given back, not adopted, or the meeting would keep a
+// place that is gone by the time the loved one says yes.
+func (a *Activities) lastingHold(ctx context.Context, in HoldRequest) (*referralsv1.Hold, error) {
+	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, nil)
+	if err != nil {
+		return nil, err
+	}
+	until := in.Until
+	if longest := time.Now().Add(maxHoldTTL - time.Hour); until.After(longest) {
+		until = longest // no hold lasts longer: one this request made must count
+	}
+	for _, h := range holds {
+		if in.Until.IsZero() || !h.GetExpireTime().AsTime().Before(until) {
+			return h, nil
+		}
+		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "it lapses before the rescheduled meeting ends",
+			RequestID: subID(in.RequestID, "release-short", h.GetName())}); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// maxHoldTTL is the longest hold the referrals API takes.
+const maxHoldTTL = 14 * 24 * time.Hour
+
 // holdBest holds a slot at the best-matching MAT program that still has one.
 func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1.Hold, error) {
 	// The API takes holds of one minute to 14 days.
-	ttl := min(max(in.TTL, time.Minute), 14*24*time.Hour)
+	ttl := min(max(in.TTL, time.Minute), maxHoldTTL)
 	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
 	if err != nil {
 		return nil, err
@@ -185,7 +214,7 @@ func passOver(err error, program string) bool {
 // releaseRefused gives back hold, whose referral was refused for good: no
 // try will come back for it, and it would stay held for a day, kept from
 // others. One already ended needs nothing; a failure to release is
-// retried, and the try finds the hold again (heldFor).
+// retried, and the try finds the hold again (liveHolds).
 func (a *Activities) releaseRefused(ctx context.Context, hold, requestID string) error {
 	_, err := a.Referrals.ReleaseHold(ctx, &referralsv1.ReleaseHoldRequest{Name: hold,
 		Reason: "its referral was refused", RequestId: requestID})
@@ -207,19 +236,9 @@ func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) refer
 	return kinds[0]
 }
 
-// heldFor returns a live MAT hold of the intervention for family at a
-// program not in exclude, or nil. A hold naming the intervention for
-// another family (a counselor's slip) is not the loved one's to convert.
-func (a *Activities) heldFor(ctx context.Context, intervention, family string, exclude []string) (*referralsv1.Hold, error) {
-	holds, err := a.liveHolds(ctx, intervention, family, exclude)
-	if err != nil || len(holds) == 0 {
-		return nil, err
-	}
-	return holds[0], nil
-}
-
 // liveHolds lists the live MAT holds of the intervention for family at
-// programs not in exclude.
+// programs not in exclude. A hold naming the intervention for another
+// family (a counselor's slip) is not the loved one's to convert.
 func (a *Activities) liveHolds(ctx context.Context, intervention, family string, exclude []string) ([]*referralsv1.Hold, error) {
 	return a.liveHoldsOf(ctx, intervention, family, exclude, matKinds)
 }
@@ -250,8 +269,8 @@ func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family strin
 
 // referredFor returns an immediate referral of the family's loved one, for
 // one of kinds, the intervention already has at a program not in exclude
-// and not turned down, or nil. A family member's referral, or another family's, naming
-// the intervention is not the loved one's.
+// and not turned down, or nil. A family member's referral, or another
+// family's, naming the intervention is not the loved one's.
 func (a *Activities) referredFor(ctx context.Context, intervention, family string, exclude []string, kinds []referralsv1.ServiceKind) (*referralsv1.Referral, error) {
 	if intervention == "" {
 		return nil, nil
@@ -684,7 +703,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		if err != nil {
 			werr := wrap("convert hold", err)
 			if ErrorType(werr) == "" {
-				return Referral{}, werr // retried: the next try adopts the hold (heldFor)
+				return Referral{}, werr // retried: the next try adopts the hold (agreedHold)
 			}
 			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
 				return Referral{}, rerr

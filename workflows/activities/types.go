@@ -45,6 +45,9 @@ type HoldRequest struct {
 	Family       string
 	TTL          time.Duration
 	RequestID    string
+	// Until is when the meeting ends: a live hold lapsing before is not
+	// adopted. Zero adopts any (workflows begun before the field was).
+	Until time.Time
 }
 
 // HoldResult names the hold taken.

@@ -704,7 +704,7 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		hctx = workflow.WithScheduleToCloseTimeout(ctx, holdBudget)
 	}
 	err := flow.Call(hctx, &res, flow.A.HoldTreatment, activities.HoldRequest{
-		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)),
+		Intervention: w.in.Intervention, Family: w.plan.Family, TTL: expiry.Sub(workflow.Now(ctx)), Until: w.end(),
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("hold|%d|%d", w.generation, workflow.Now(ctx).Unix())),
 	})
 	if err != nil {
