@@ -277,7 +277,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		}
 	}
 	for {
-		if err := w.prepare(ctx); err != nil {
+		if err := w.listening(ctx, w.prepare); err != nil {
 			return Result{}, err
 		}
 		// A failure that came with the event just handled is taken into
@@ -557,9 +557,11 @@ func (w *wf) wait(ctx workflow.Context) error {
 	sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {
 		handle = func() error { return temporal.NewCanceledError() }
 	})
+	overdose := false
 	sel.AddReceive(w.overdose, func(c workflow.ReceiveChannel, _ bool) {
 		var o Overdose
 		c.Receive(ctx, &o)
+		overdose = true
 		handle = func() error { return w.onOverdose(ctx, o) }
 	})
 	sel.AddReceive(w.screen, func(c workflow.ReceiveChannel, _ bool) {
@@ -588,7 +590,67 @@ func (w *wf) wait(ctx workflow.Context) error {
 	}
 	sel.Select(ctx)
 	w.st.Events++
-	return handle()
+	if overdose {
+		return handle()
+	}
+	return w.listening(ctx, func(workflow.Context) error { return handle() })
+}
+
+// versionOverdoseDuringSteps guards answering overdoses while a step runs
+// (reading the family, referring, reinforcing, a check-in): before, an
+// overdose waited for the step to end, up to the day a call to a service
+// that is down may be retried for, though its alert needs only the
+// reminders.
+const versionOverdoseDuringSteps = "overdose-during-steps"
+
+// listening runs step while a coroutine of its own answers the overdoses
+// signalled meanwhile, and returns once both are done: the first error
+// of either, the step's first. Every answer started is finished before
+// listening returns, on a context a cancellation does not cut short, as
+// the workflow must not end or continue as new in the middle of one.
+func (w *wf) listening(ctx workflow.Context, step func(workflow.Context) error) error {
+	if flow.Version(ctx, versionOverdoseDuringSteps, 1) < 1 {
+		return step(ctx)
+	}
+	lctx, stop := workflow.WithCancel(ctx)
+	answering := 0
+	var answerErr error
+	workflow.Go(lctx, func(c workflow.Context) {
+		for {
+			var o Overdose
+			got := false
+			sel := workflow.NewSelector(c)
+			sel.AddReceive(c.Done(), func(workflow.ReceiveChannel, bool) {})
+			sel.AddReceive(w.overdose, func(ch workflow.ReceiveChannel, _ bool) {
+				ch.Receive(c, &o)
+				got = true
+			})
+			sel.Select(c)
+			if !got {
+				return
+			}
+			answering++
+			// Disconnected: stopping the listener must not cut an answer
+			// short. (A coroutine blocks only on a context of its own.)
+			actx, done := workflow.NewDisconnectedContext(c)
+			if err := w.onOverdose(actx, o); err != nil && answerErr == nil {
+				answerErr = err
+			}
+			done()
+			answering--
+		}
+	})
+	err := step(ctx)
+	stop()
+	dctx, cancel := workflow.NewDisconnectedContext(ctx)
+	defer cancel()
+	if werr := workflow.Await(dctx, func() bool { return answering == 0 }); werr != nil && err == nil {
+		err = werr
+	}
+	if err == nil {
+		err = answerErr
+	}
+	return err
 }
 
 func (w *wf) onTime(ctx workflow.Context) error {

@@ -50,6 +50,9 @@ type harness struct {
 	down bool
 	// failSupport, if set, may refuse a support referral.
 	failSupport func(activities.SupportRequest) error
+	// sent, if set, hears of each reminder as it is sent (from the
+	// activity's goroutine).
+	sent chan activities.ReminderRequest
 }
 
 // consequenceAgreedOn starts the family with no boundary stating a
@@ -88,6 +91,9 @@ func newHarness(t *testing.T, status string) *harness {
 			h.dueAsked = append(h.dueAsked, r.Due)
 			r.Due = env.Now()
 			h.reminders = append(h.reminders, r)
+			if h.sent != nil {
+				h.sent <- r
+			}
 			return "clinics/north/reminders/r", nil
 		})
 	env.OnActivity(flow.A.OverdosesSince, mock.Anything, mock.Anything).Return(
@@ -998,6 +1004,40 @@ func TestOverdoseWaitingAtCancellationIsAnswered(t *testing.T) {
 	}
 	if h.immediateReferrals() != 1 {
 		t.Fatalf("immediate referrals %+v; want the overdose's", h.support)
+	}
+}
+
+// An overdose is answered while a step is still running (here the first
+// support referral, the referrals service slow to answer): its alert does
+// not wait up to a day behind a call being retried.
+func TestOverdoseIsAnsweredWhileAStepRuns(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.sent = make(chan activities.ReminderRequest, 100)
+	duringStep := false
+	h.failSupport = func(in activities.SupportRequest) error {
+		if in.Urgency != "URGENT" || duringStep {
+			return nil
+		}
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+		for timeout := time.After(10 * time.Second); ; {
+			select {
+			case r := <-h.sent:
+				if r.Kind == "OVERDOSE_ALERT" {
+					duringStep = true
+					return nil
+				}
+			case <-timeout:
+				return nil // the step ends without the alert
+			}
+		}
+	}
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if !duringStep {
+		t.Fatal("the overdose was not answered while the support referral ran")
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Related != family+"/warningSigns/w1" {
+		t.Fatalf("overdose alerts %+v; want one about w1", alert)
 	}
 }
 
