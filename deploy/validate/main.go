@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -278,9 +279,16 @@ func checkDeployment(d *appsv1.Deployment) error {
 	if err := checkPodUser(spec); err != nil {
 		return err
 	}
-	for _, c := range spec.Containers {
-		if c.Resources.Requests.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
-			return fmt.Errorf("container %s needs requests and limits", c.Name)
+	if !spreads(spec, d.Spec.Template.Labels) {
+		return fmt.Errorf("needs a topology spread over kubernetes.io/hostname selecting its own pods: one node lost must not take every replica")
+	}
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		r := c.Resources
+		if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Cpu().IsZero() || r.Limits.Memory().IsZero() {
+			return fmt.Errorf("container %s needs CPU and memory requests and limits", c.Name)
+		}
+		if err := checkContainerSecurity(c); err != nil {
+			return err
 		}
 		if c.ReadinessProbe == nil || c.LivenessProbe == nil {
 			return fmt.Errorf("container %s needs readiness and liveness probes", c.Name)
@@ -291,9 +299,47 @@ func checkDeployment(d *appsv1.Deployment) error {
 			if p.GRPC != nil {
 				return fmt.Errorf("container %s: a gRPC probe cannot present a client certificate; probe /readyz and /healthz on the metrics port", c.Name)
 			}
+			if g := p.HTTPGet; g != nil && g.Port.Type == intstr.String && !slices.ContainsFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == g.Port.StrVal }) {
+				return fmt.Errorf("container %s: a probe names port %q, which the container does not have", c.Name, g.Port.StrVal)
+			}
 		}
 	}
 	return nil
+}
+
+// checkContainerSecurity requires what the restricted Pod Security profile
+// does, and a read-only root filesystem, which it does not: an overlay
+// must not drop them unnoticed.
+func checkContainerSecurity(c corev1.Container) error {
+	sc := c.SecurityContext
+	if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		return fmt.Errorf("container %s must set allowPrivilegeEscalation: false", c.Name)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		return fmt.Errorf("container %s must set readOnlyRootFilesystem: true", c.Name)
+	}
+	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
+		return fmt.Errorf("container %s must drop ALL capabilities and add none", c.Name)
+	}
+	return nil
+}
+
+// spreads reports whether the pod spec spreads the pods its labels select
+// over nodes.
+func spreads(spec corev1.PodSpec, labels map[string]string) bool {
+	for _, t := range spec.TopologySpreadConstraints {
+		if t.TopologyKey != "kubernetes.io/hostname" || t.LabelSelector == nil || len(t.LabelSelector.MatchLabels) == 0 {
+			continue
+		}
+		own := true
+		for k, v := range t.LabelSelector.MatchLabels {
+			own = own && labels[k] == v
+		}
+		if own {
+			return true
+		}
+	}
+	return false
 }
 
 // checkPodUser requires a pod to run as a non-root user given by number:
