@@ -430,6 +430,59 @@ func TestConcurrentRevocationsRevokeTheWhole(t *testing.T) {
 	}
 }
 
+// A read by the EHR that overlaps a revocation in progress waits for it,
+// and is refused: nothing goes out after the revocation has answered.
+func TestDisclosureWaitsForARevocationInProgress(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	ctx := context.Background()
+	id := co.GetName()[strings.LastIndex(co.GetName(), "/")+1:]
+	// The revocation, stopped between its changes and its commit.
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	var holder int
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		read <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var waiting int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		select {
+		case err := <-read:
+			t.Fatalf("the read did not wait for the revocation in progress: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the read never waited on the consent")
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantConsentRequired(t, <-read)
+}
+
 func TestTreatingProvidersAndExpiry(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
