@@ -622,6 +622,11 @@ func (s *Server) DeleteIntervention(ctx context.Context, req *interventionsv1.De
 			if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "intervention deleted"); err != nil {
 				return nil, err
 			}
+			// The stored answers of its create and updates hold copies of it
+			// (participants, notes): a retry must not get them back.
+			if err := idempotency.ForgetResource(ctx, tx, r.clinic, cur.GetName()); err != nil {
+				return nil, err
+			}
 			if _, err := tx.Exec(ctx, `DELETE FROM interventions WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
 				return nil, fmt.Errorf("delete intervention: %w", err)
 			}

@@ -1597,3 +1597,97 @@ func TestHandingAMeetingOverEndsTheFirstCounselorsReminders(t *testing.T) {
 		t.Fatalf("an overdue outcome to the first counselor: %v", err)
 	}
 }
+
+// Member ids are unique within a family only: a reminder about one
+// family's meeting, or any reminder about its intervention, to another
+// family's "mom" is refused.
+func TestReminderAboutAnInterventionStaysInItsFamily(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	other, err := f.families.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{GivenName: "Kim"}, Counselor: "counselor-1",
+		Members: []*familiesv1.Member{{Id: "mom", GivenName: "Rosa", Relationship: familiesv1.Relationship_RELATIONSHIP_PARENT, ConsentToContact: true,
+			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550199"}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv := f.scheduled(t, f.clock.Now().Add(72*time.Hour))
+	for _, kind := range []interventionsv1.ReminderKind{interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN} {
+		req := &interventionsv1.CreateReminderRequest{Parent: "clinics/north", MeetingStartTime: iv.GetStartTime(), Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: other.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)), Kind: kind,
+			Message: "Reminder: family meeting soon.", RelatedResource: iv.GetName()}}
+		before := digest(t, f.pool)
+		_, err := f.client.CreateReminder(f.worker, req)
+		if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "reminder.recipient.family" {
+			t.Fatalf("%v to another family's mom: %v; want a violation on reminder.recipient.family", kind, err)
+		}
+		if digest(t, f.pool) != before {
+			t.Fatalf("%v: the refused reminder changed the database", kind)
+		}
+		// The meeting's own family's mom is reminded.
+		req.Reminder.Recipient.Family = f.family.GetName()
+		if _, err := f.client.CreateReminder(f.worker, req); err != nil {
+			t.Fatalf("%v to the family's own mom: %v", kind, err)
+		}
+	}
+}
+
+// An etag copied with its quotes, as an HTTP client keeps it, extends the
+// claimant's lease as the bare one does.
+func TestClaimTakesAQuotedEtag(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "app", auth.RoleReminders)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w1",
+		LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, quote := range []string{`"%s"`, `W/"%s"`} {
+		etag := fmt.Sprintf(quote, claimed.GetEtag())
+		got, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w1",
+			LeaseDuration: durationpb.New(2 * time.Minute), Etag: etag})
+		if err != nil {
+			t.Fatalf("extending the lease with etag %s: %v", etag, err)
+		}
+		claimed = got
+	}
+}
+
+// Deleting a draft forgets the stored answers that copy it: a retried
+// create does not get the deleted draft back.
+func TestDeletedDraftIsNotReturnedToARetry(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", RequestId: "draft-1", Intervention: &interventionsv1.Intervention{
+		Family: f.family.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(f.clock.Now().Add(72 * time.Hour)),
+		ExpectedDuration: durationpb.New(time.Hour), TimeZone: "America/Chicago",
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
+		Participants: []*interventionsv1.Participant{{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}}
+	iv, err := f.client.CreateIntervention(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteIntervention(f.ctx, &interventionsv1.DeleteInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.CreateIntervention(f.ctx, req)
+	if err == nil && len(got.GetParticipants()) > 0 {
+		t.Fatalf("a retry after the delete got the deleted draft back: %v", got)
+	}
+	if err == nil {
+		if _, gerr := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: got.GetName()}); gerr == nil {
+			t.Fatalf("a retry after the delete made the draft again: %v", got)
+		}
+	}
+}

@@ -258,6 +258,8 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
 				}
+			} else if err := aboutFamily(ctx, tx, clinic, rem); err != nil {
+				return nil, err
 			}
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
@@ -318,11 +320,12 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		start     *time.Time
 		takesPart bool
 		counselor string
+		family    string
 	)
 	err := tx.QueryRow(ctx, `SELECT state, start_time,
 			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3),
-			counselor
-		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor)
+			counselor, family
+		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor, &family)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil
 	}
@@ -330,6 +333,9 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		return fmt.Errorf("read the reminder's meeting: %w", err)
 	}
 	meta := map[string]string{"intervention": related}
+	if err := ofFamily(to, family, related); err != nil {
+		return err
+	}
 	if st := interventionsv1.InterventionState(state); st != scheduled {
 		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
 			fmt.Sprintf("%s is %s: no reminder of its meeting is made any more", related, stateName(st)), meta)
@@ -350,6 +356,35 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 			fmt.Sprintf("counselor %q does not lead %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
 	return nil
+}
+
+// ofFamily refuses a reminder about an intervention of family to someone
+// of another family: member ids are unique within a family only, and
+// another family's "mom" would hear of this family's meeting.
+func ofFamily(to *interventionsv1.Recipient, family, related string) error {
+	if k := to.GetKind(); (k == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || k == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE) &&
+		to.GetFamily() != family {
+		return apperr.Field("reminder.recipient.family", "must be %s, the family of %s", family, related)
+	}
+	return nil
+}
+
+// aboutFamily is ofFamily for a reminder of another kind than a meeting's
+// whose related resource is an intervention of the clinic.
+func aboutFamily(ctx context.Context, tx pgx.Tx, clinic string, rem *interventionsv1.Reminder) error {
+	id, ok := strings.CutPrefix(rem.GetRelatedResource(), "clinics/"+clinic+"/interventions/")
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return nil
+	}
+	var family string
+	err := tx.QueryRow(ctx, `SELECT family FROM interventions WHERE clinic = $1 AND id = $2`, clinic, id).Scan(&family)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the reminder's intervention: %w", err)
+	}
+	return ofFamily(rem.GetRecipient(), family, rem.GetRelatedResource())
 }
 
 // checkContact refuses reminders to people who may not be contacted.
@@ -499,7 +534,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				AND (send_by_time IS NULL OR send_by_time > $5) AND (
 					(state = 1 AND due_time <= $5) OR
 					(state = 3 AND (lease_expire_time <= $5 OR (claimed_by = $3 AND $6 <> ''))))`,
-				r.clinic, r.id, req.GetClaimant(), now.Add(lease), now, req.GetEtag())
+				r.clinic, r.id, req.GetClaimant(), now.Add(lease), now, aip.BareEtag(req.GetEtag()))
 			if err != nil {
 				return nil, fmt.Errorf("claim reminder: %w", err)
 			}
