@@ -1672,7 +1672,7 @@ func TestDeletedDraftIsNotReturnedToARetry(t *testing.T) {
 	req := &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", RequestId: "draft-1", Intervention: &interventionsv1.Intervention{
 		Family: f.family.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(f.clock.Now().Add(72 * time.Hour)),
 		ExpectedDuration: durationpb.New(time.Hour), TimeZone: "America/Chicago",
-		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
+		Place:        &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
 		Participants: []*interventionsv1.Participant{{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}}
 	iv, err := f.client.CreateIntervention(f.ctx, req)
 	if err != nil {
