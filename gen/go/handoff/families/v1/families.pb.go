@@ -3999,8 +3999,8 @@ type Disclosure struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/families/{family}/disclosures/{disclosure}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Who received it. An EHR integration discloses only to itself: for
-	// such callers this is their own identity, whatever the request says.
+	// Who received it. An EHR integration discloses only to itself: it must
+	// name its own identity here, and another recipient is INVALID_ARGUMENT.
 	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// What was disclosed.
 	Information InformationKind `protobuf:"varint,3,opt,name=information,proto3,enum=handoff.families.v1.InformationKind" json:"information,omitempty"`
