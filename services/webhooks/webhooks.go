@@ -337,6 +337,14 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 				return nil, status.Errorf(codes.PermissionDenied,
 					"only the subscription's owner (%q) may rotate its secret; an administrator can delete a subscription whose secret leaked", sub.GetOwner())
 			}
+			if prev := sub.GetPreviousSecretExpireTime(); prev != nil && s.cfg.Now().Before(prev.AsTime()) {
+				// The secret before is still in its grace: a second rotation
+				// would drop it while the receiver may still verify with it
+				// (a retry without a request id is the usual way here).
+				return nil, apperr.FailedPrecondition("ROTATION_IN_PROGRESS",
+					fmt.Sprintf("%s was rotated less than a day ago; rotate again after %s, or delete and create the subscription again if the new secret leaked",
+						sub.GetName(), prev.AsTime().UTC().Format(time.RFC3339)), map[string]string{"resource": sub.GetName()})
+			}
 			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {
 				return nil, err

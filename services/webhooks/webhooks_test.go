@@ -1040,6 +1040,16 @@ func TestRotateSecretSignsWithBothDuringTheGrace(t *testing.T) {
 		got.GetSecret() != "" || got.GetPreviousSecretExpireTime() == nil {
 		t.Fatalf("read after rotation: %v, %v; want no secret, the grace's end", got, err)
 	}
+	// A second rotation within the grace (a retry without its request id)
+	// would drop the secret the receiver may still use: refused, nothing
+	// changed.
+	before, _ := f.client.GetSubscription(f.admin, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()})
+	if _, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("a second rotation within the grace: %v; want FAILED_PRECONDITION", err)
+	}
+	if after, err := f.client.GetSubscription(f.admin, &webhooksv1.GetSubscriptionRequest{Name: sub.GetName()}); err != nil || !after.GetPreviousSecretExpireTime().AsTime().Equal(before.GetPreviousSecretExpireTime().AsTime()) {
+		t.Fatalf("the refused rotation changed the subscription: %v, %v", after, err)
+	}
 	if _, err := f.client.RotateSubscriptionSecret(f.ehr, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()}); status.Code(err) != codes.NotFound {
 		t.Fatalf("rotating another's subscription: %v; want NOT_FOUND", err)
 	}

@@ -83,6 +83,10 @@ type WebhooksServiceClient interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
+	// Another rotation within that day is FAILED_PRECONDITION (reason
+	// ROTATION_IN_PROGRESS): it would drop the old secret the receiver may
+	// still verify with. If the new secret leaked meanwhile, delete the
+	// subscription and create it again.
 	// Only the owner may rotate, as the answer carries the secret: a clinic
 	// administrator, who sees every subscription, gets PERMISSION_DENIED
 	// (and deletes a subscription whose secret leaked); anyone else
@@ -220,6 +224,10 @@ type WebhooksServiceServer interface {
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
 	// `request_id` so that a retry returns the secret of the first attempt.
+	// Another rotation within that day is FAILED_PRECONDITION (reason
+	// ROTATION_IN_PROGRESS): it would drop the old secret the receiver may
+	// still verify with. If the new secret leaked meanwhile, delete the
+	// subscription and create it again.
 	// Only the owner may rotate, as the answer carries the secret: a clinic
 	// administrator, who sees every subscription, gets PERMISSION_DENIED
 	// (and deletes a subscription whose secret leaked); anyone else
