@@ -613,9 +613,10 @@ func (w *wf) listening(ctx workflow.Context, step func(workflow.Context) error) 
 		return step(ctx)
 	}
 	lctx, stop := workflow.WithCancel(ctx)
-	answering := 0
+	exited := false
 	var answerErr error
 	workflow.Go(lctx, func(c workflow.Context) {
+		defer func() { exited = true }()
 		for {
 			var o Overdose
 			got := false
@@ -629,7 +630,6 @@ func (w *wf) listening(ctx workflow.Context, step func(workflow.Context) error) 
 			if !got {
 				return
 			}
-			answering++
 			// Disconnected: stopping the listener must not cut an answer
 			// short. (A coroutine blocks only on a context of its own.)
 			actx, done := workflow.NewDisconnectedContext(c)
@@ -637,14 +637,17 @@ func (w *wf) listening(ctx workflow.Context, step func(workflow.Context) error) 
 				answerErr = err
 			}
 			done()
-			answering--
 		}
 	})
 	err := step(ctx)
 	stop()
+	// Waited for until the listener has returned, not until no answer is
+	// running: a signal can be handed to its selector in the same pass in
+	// which the step ends, before it counts as an answer. Stopped, it
+	// finishes what it took and then sees Done, the first of its cases.
 	dctx, cancel := workflow.NewDisconnectedContext(ctx)
 	defer cancel()
-	if werr := workflow.Await(dctx, func() bool { return answering == 0 }); werr != nil && err == nil {
+	if werr := workflow.Await(dctx, func() bool { return exited }); werr != nil && err == nil {
 		err = werr
 	}
 	if err == nil {

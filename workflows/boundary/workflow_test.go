@@ -1046,6 +1046,9 @@ func TestOverdoseIsAnsweredWhileAStepRuns(t *testing.T) {
 // counselor is alerted all the same.
 func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	h := newHarness(t, "HIGH_RISK")
+	// As in a run begun before steps listened for overdoses, where the
+	// overdose waits behind the step: the failure's own answer is tested.
+	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.refuse = func(activities.ReinforceRequest) error {
 		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
 		return temporal.NewNonRetryableApplicationError("reinforce boundary: refused", "PermissionDenied", nil)
