@@ -3,6 +3,7 @@ package stack_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -150,26 +151,30 @@ func TestYesIsReferredForTheMedicationAgreedTo(t *testing.T) {
 func TestCancelRemindersByOriginAlone(t *testing.T) {
 	e := start(t)
 	f, _ := e.family()
-	remind := func(origin, related string) string {
+	remind := func(origin, related string, kind interventionsv1.ReminderKind) string {
 		return ok(e.iv.CreateReminder(e.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
 				Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
-			DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
-			Message: "Check in with the family.", RelatedResource: related, OriginWorkflow: origin}})).GetName()
+			DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: kind,
+			Message: "Please contact the family.", RelatedResource: related, OriginWorkflow: origin}})).GetName()
 	}
+	const checkIn, escalation, alert = interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+		interventionsv1.ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED, interventionsv1.ReminderKind_REMINDER_KIND_OVERDOSE_ALERT
 	boundaryOrigin := ids.Boundary(f.GetName())
-	mine := []string{remind(boundaryOrigin, f.GetName()), remind(boundaryOrigin, "clinics/north/interventions/refused")}
-	other := remind("intervention/clinics/north/interventions/other", f.GetName())
+	mine := []string{remind(boundaryOrigin, f.GetName(), checkIn), remind(boundaryOrigin, "clinics/north/interventions/refused", checkIn),
+		remind(boundaryOrigin, "clinics/north/interventions/next", escalation)}
+	kept := []string{remind(boundaryOrigin, f.GetName()+"/warningSigns/w1", alert), // not a kind asked for
+		remind("intervention/clinics/north/interventions/other", f.GetName(), checkIn)} // another workflow's
 	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
 	n, err := a.CancelReminders(e.worker, activities.CancelRemindersRequest{Clinic: "north", Origin: boundaryOrigin,
-		Reason: "the loved one accepted treatment", RequestID: "by-origin"})
+		Kinds: []string{"CHECK_IN", "ESCALATION_PROPOSED"}, Reason: "the loved one accepted treatment", RequestID: "by-origin"})
 	if err != nil || n != len(mine) {
-		t.Fatalf("cancelled %d, %v; want the %d the workflow made", n, err, len(mine))
+		t.Fatalf("cancelled %d, %v; want the %d the workflow made of those kinds", n, err, len(mine))
 	}
-	for _, name := range append(mine, other) {
+	for _, name := range append(mine, kept...) {
 		r := ok(e.iv.GetReminder(e.worker, &interventionsv1.GetReminderRequest{Name: name}))
-		if cancelled := r.GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED; cancelled != (name != other) {
-			t.Fatalf("reminder %s (origin %s) is %v", name, r.GetOriginWorkflow(), r.GetState())
+		if cancelled := r.GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED; cancelled == slices.Contains(kept, name) {
+			t.Fatalf("reminder %s (%v, origin %s) is %v", name, r.GetKind(), r.GetOriginWorkflow(), r.GetState())
 		}
 	}
 }

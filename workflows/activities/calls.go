@@ -526,15 +526,23 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 				strings.TrimPrefix(rk.String(), "RECIPIENT_KIND_"), p.ID))
 		}
 	}
-	kind := ""
-	if in.Kind != "" {
-		if _, ok := interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind]; !ok {
-			return 0, temporal.NewNonRetryableApplicationError("unknown reminder kind "+in.Kind, "InvalidArgument", nil)
+	// One listing per kind asked for: filters join comparisons by AND.
+	kinds := []string{""}
+	if in.Kind != "" || len(in.Kinds) > 0 {
+		kinds = kinds[:0]
+		for _, k := range append([]string{in.Kind}, in.Kinds...) {
+			if k == "" {
+				continue
+			}
+			if _, ok := interventionsv1.ReminderKind_value["REMINDER_KIND_"+k]; !ok {
+				return 0, temporal.NewNonRetryableApplicationError("unknown reminder kind "+k, "InvalidArgument", nil)
+			}
+			kinds = append(kinds, " AND kind = "+k)
 		}
-		kind = " AND kind = " + in.Kind
 	}
+	origin := ""
 	if in.Origin != "" {
-		kind += fmt.Sprintf(" AND origin_workflow = %q", in.Origin)
+		origin = fmt.Sprintf(" AND origin_workflow = %q", in.Origin)
 	}
 	// Every reminder not ended, in one listing: a reminder's state moves
 	// with the clock (due, a lease run out), and lists by state taken one
@@ -550,10 +558,12 @@ func (a *Activities) CancelReminders(ctx context.Context, in CancelRemindersRequ
 	}
 	n := 0
 	for _, who := range whom {
-		m, err := a.cancelReminders(ctx, in, scope+openReminders+who+kind, nil)
-		n += m
-		if err != nil {
-			return n, err
+		for _, kind := range kinds {
+			m, err := a.cancelReminders(ctx, in, scope+openReminders+who+kind+origin, nil)
+			n += m
+			if err != nil {
+				return n, err
+			}
 		}
 	}
 	return n, nil

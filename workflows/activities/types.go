@@ -108,8 +108,9 @@ type CancelRemindersRequest struct {
 	// Only, when set, limits the cancelling to reminders to these people.
 	Only []Person
 	// Kind, when set, limits it to reminders of that kind (a ReminderKind
-	// without its prefix).
-	Kind string
+	// without its prefix); Kinds to reminders of any of those.
+	Kind  string
+	Kinds []string
 	// Origin, when set, limits it to reminders made by that workflow (its
 	// id): a workflow running beside another on the same resource (the
 	// MAT intake beside its intervention) cancels only its own.

@@ -1047,10 +1047,14 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 		}
 	}
 	if flow.Version(ctx, versionStopBoundaryByOrigin, 1) >= 1 {
-		// The rest the boundary workflow made: the counselor's check-ins
-		// (about the refused meeting) and a proposed next meeting's notice.
+		// The rest of the boundary workflow's steps: the counselor's
+		// check-ins (about the refused meeting), a proposed next meeting's
+		// notice, a screen asked for boundary steps. Not its overdose
+		// alerts, nor a harm-reduction referral put to the counselor: an
+		// overdose answered as the workflow stopped still needs them.
 		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 			Clinic: w.plan.Clinic, Origin: ids.Boundary(w.plan.Family), Reason: "the loved one accepted treatment",
+			Kinds:     []string{"CHECK_IN", "BOUNDARY_REMINDER", "ESCALATION_PROPOSED", "SAFETY_SCREEN_NEEDED"},
 			RequestID: flow.RequestID(ctx, "cancel-boundary-reminders|origin"),
 		}); err != nil {
 			return err
