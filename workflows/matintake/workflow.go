@@ -214,8 +214,10 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 		to = w.in.Counselor
 	}
 	about, msg := w.in.Intervention, "The hand-off after the family meeting stopped on an error: please call the family and arrange a place by hand."
-	if w.referral.Name != "" {
+	if w.referral.Name != "" && w.state != "REJECTED" && w.state != "CANCELLED" {
 		// A place was found: asking for another by hand would double it.
+		// (One the program turned down, the search for the next failing,
+		// is no place.)
 		about, msg = w.referral.Name, "The hand-off after the family meeting stopped on an error after its referral was made: the referral stands but is no longer followed. Follow it up with the program."
 	}
 	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", about, msg, "failed"); err != nil {

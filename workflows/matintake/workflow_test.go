@@ -733,6 +733,35 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 	}
 }
 
+// An intake that fails looking for the next program, the first having
+// turned the person down, asks for a place by hand: the rejected referral
+// is no place to follow up.
+func TestFailureAfterARejectionAsksForAPlaceByHand(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ImmediateRequest) (activities.Referral, error) {
+			h.requests = append(h.requests, in)
+			if len(h.requests) > 1 {
+				return activities.Referral{}, temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+			}
+			return activities.Referral{Name: "clinics/north/referrals/r1", Program: "clinics/north/programs/p1"}, nil
+		})
+	h.transition(time.Minute, "clinics/north/referrals/r1", activities.ReferralInfo{State: "REJECTED"})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err == nil {
+		t.Fatal("workflow error nil; want the failure")
+	}
+	var told []activities.ReminderRequest
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "stopped on an error") {
+			told = append(told, r)
+		}
+	}
+	if len(told) != 1 || !strings.Contains(told[0].Message, "by hand") || told[0].Related != iv {
+		t.Fatalf("notices of the failure %+v; want one asking for a place by hand, about the intervention", told)
+	}
+}
+
 // An intake cancelled through Temporal before any referral took the hold
 // over (here while the referrals service keeps failing) gives the held
 // place back; one cancelled after a referral leaves it to the referral.
