@@ -147,11 +147,11 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest) (*referral
 	if err != nil {
 		return nil, err
 	}
-	until := in.Until
-	if longest := time.Now().Add(maxHoldTTL - time.Hour); until.After(longest) {
-		until = longest // no hold lasts longer: one this request made must count
-	}
 	for _, h := range holds {
+		until := in.Until
+		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
+			until = longest // no hold lasts longer: one this request made, as long as it could be, counts
+		}
 		if in.Until.IsZero() || !h.GetExpireTime().AsTime().Before(until) {
 			return h, nil
 		}
@@ -649,7 +649,14 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			if err == nil {
 				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 			}
-			if t := ErrorType(wrap("", err)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+			switch t := ErrorType(wrap("", err)); {
+			case kind != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED && (t == "SERVICE_NOT_OFFERED" || t == "PROGRAM_DELETED"):
+				// The program changed since it was read: as if it offered
+				// nothing agreed to.
+				if err := a.releaseUnagreed(ctx, &referralsv1.Hold{Name: in.Hold}, in.RequestID); err != nil {
+					return Referral{}, err
+				}
+			case t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND":
 				return Referral{}, wrap("convert hold", err)
 			}
 		}

@@ -1145,3 +1145,63 @@ func TestAProgramGoneSinceTheMatchIsPassedOver(t *testing.T) {
 		t.Fatalf("a referral refused for good after its hold: %v, releases %v; want the error and the hold given back", err, f.releases)
 	}
 }
+
+// A hold as long as a hold can be counts as lasting, however much later the
+// try that adopts it comes: released, its request would be answered by the
+// referrals service with that released hold.
+func TestLongestHoldIsLasting(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	made := time.Now().Add(-3 * time.Hour) // the first try, hours before this one
+	f := &holdsFake{holds: []*referralsv1.Hold{{Name: "clinics/north/holds/long", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		CreateTime:  timestamppb.New(made), ExpireTime: timestamppb.New(made.Add(maxHoldTTL))}}}
+	a := &Activities{Referrals: f}
+	h, err := a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
+		Until: time.Now().Add(20 * 24 * time.Hour)})
+	if err != nil || h.GetName() != "clinics/north/holds/long" || len(f.releases) != 0 {
+		t.Fatalf("lastingHold = %v, %v, releases %v; want the longest hold adopted", h, err, f.releases)
+	}
+	// One shorter than the meeting needs is given back.
+	f.holds[0].ExpireTime = timestamppb.New(time.Now().Add(time.Hour))
+	h, err = a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
+		Until: time.Now().Add(48 * time.Hour)})
+	if err != nil || h != nil || len(f.releases) != 1 {
+		t.Fatalf("lastingHold = %v, %v, releases %v; want the short hold released", h, err, f.releases)
+	}
+}
+
+// changedProgramFake holds a methadone place at p1, whose program offered
+// buprenorphine too when read, and no longer does when the hold converts.
+type changedProgramFake struct{ directoryFake }
+
+func (f *changedProgramFake) GetHold(_ context.Context, in *referralsv1.GetHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	return &referralsv1.Hold{Name: in.GetName(), Program: "clinics/north/programs/p1", ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}, nil
+}
+
+func (f *changedProgramFake) GetProgram(_ context.Context, in *referralsv1.GetProgramRequest, _ ...grpc.CallOption) (*referralsv1.Program, error) {
+	return &referralsv1.Program{Name: in.GetName(), Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+		referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}, nil
+}
+
+func (f *changedProgramFake) ConvertHold(ctx context.Context, in *referralsv1.ConvertHoldRequest, opts ...grpc.CallOption) (*referralsv1.Referral, error) {
+	if in.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED {
+		return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED", "no longer offered", nil)
+	}
+	return f.directoryFake.ConvertHold(ctx, in, opts...)
+}
+
+// A held place whose program stopped offering the medication agreed to
+// between its read and the conversion is given back, and the match goes
+// on, rather than the intake failing.
+func TestHeldPlaceWhoseProgramChangedIsGivenBack(t *testing.T) {
+	f := &changedProgramFake{}
+	a := &Activities{Families: familyFake{}, Referrals: f}
+	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: "clinics/north/families/f1",
+		Intervention: "clinics/north/interventions/i1", Hold: "clinics/north/holds/held", RequestID: "r", Medications: []string{"MAT_BUPRENORPHINE"}})
+	if err != nil || ref.Name == "" {
+		t.Fatalf("referral %+v, %v; want one from the match", ref, err)
+	}
+	if len(f.releases) != 1 || f.releases[0].GetName() != "clinics/north/holds/held" {
+		t.Fatalf("releases %v; want the held place given back", f.releases)
+	}
+}
