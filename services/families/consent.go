@@ -117,13 +117,16 @@ func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps [
 		RETURNING id, consent_id`
 	if dryRun {
 		sql, args = `SELECT t.id, c.id `+from, args[:9]
-	} else {
+	}
+	if _, tx := q.(pgx.Tx); tx {
 		// A revocation locks its consent until it commits. The families'
 		// consents are share-locked first, in a statement of their own: a
 		// revocation in progress is waited for, and the statement below,
 		// which takes its snapshot after, sees it; one begun after waits
 		// for this disclosure to commit. Otherwise a disclosure could go
-		// out after a revocation had answered that it took effect.
+		// out after a revocation had answered that it took effect. A dry
+		// run in a transaction (a retry's recheck) locks too: its answer
+		// lets a stored disclosure go out again.
 		locked, err := q.Query(ctx, `SELECT 1 FROM consents WHERE clinic = $1 AND family_id = ANY($2::text[]) FOR SHARE`, clinic, fams)
 		if err == nil {
 			locked.Close()

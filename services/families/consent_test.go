@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
@@ -430,57 +431,76 @@ func TestConcurrentRevocationsRevokeTheWhole(t *testing.T) {
 	}
 }
 
-// A read by the EHR that overlaps a revocation in progress waits for it,
-// and is refused: nothing goes out after the revocation has answered.
+// A read by the EHR, or a retried record of a fax, that overlaps a
+// revocation in progress waits for it, and is refused: nothing goes out
+// after the revocation has answered.
 func TestDisclosureWaitsForARevocationInProgress(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
-	fam := f.create(t)
-	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
-	ctx := context.Background()
-	id := co.GetName()[strings.LastIndex(co.GetName(), "/")+1:]
-	// The revocation, stopped between its changes and its commit.
-	tx, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
+	for name, disclose := range map[string]func(fam string) (func() error, error){
+		"an EHR read": func(fam string) (func() error, error) {
+			return func() error {
+				_, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam})
+				return err
+			}, nil
+		},
+		"a retried fax": func(fam string) (func() error, error) {
+			fax := &familiesv1.CreateDisclosureRequest{Parent: fam, RequestId: "fax-" + aip.ID(fam), Disclosure: &familiesv1.Disclosure{
+				Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+				Resource: fam, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}}
+			_, err := f.client.CreateDisclosure(f.ctx, fax) // its answer lost
+			return func() error { _, err := f.client.CreateDisclosure(f.ctx, fax); return err }, err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			fam := f.create(t)
+			co := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+			again, err := disclose(fam.GetName())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			// The revocation, stopped between its changes and its commit.
+			tx, err := f.pool.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+			if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, aip.ID(co.GetName())); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, aip.ID(co.GetName())); err != nil {
+				t.Fatal(err)
+			}
+			var holder int
+			if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- again() }()
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				var waiting int
+				if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting); err != nil {
+					t.Fatal(err)
+				}
+				if waiting > 0 {
+					break
+				}
+				select {
+				case err := <-done:
+					t.Fatalf("it did not wait for the revocation in progress: %v", err)
+				default:
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("it never waited on the consent")
+				}
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			wantConsentRequired(t, <-done)
+		})
 	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, id); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, id); err != nil {
-		t.Fatal(err)
-	}
-	var holder int
-	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
-		t.Fatal(err)
-	}
-	read := make(chan error, 1)
-	go func() {
-		_, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
-		read <- err
-	}()
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		var waiting int
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
-			break
-		}
-		select {
-		case err := <-read:
-			t.Fatalf("the read did not wait for the revocation in progress: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the read never waited on the consent")
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatal(err)
-	}
-	wantConsentRequired(t, <-read)
 }
 
 func TestTreatingProvidersAndExpiry(t *testing.T) {
