@@ -472,29 +472,7 @@ func TestDisclosureWaitsForARevocationInProgress(t *testing.T) {
 			if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, aip.ID(co.GetName())); err != nil {
 				t.Fatal(err)
 			}
-			var holder int
-			if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- again() }()
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				var waiting int
-				if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				if waiting > 0 {
-					break
-				}
-				select {
-				case err := <-done:
-					t.Fatalf("it did not wait for the revocation in progress: %v", err)
-				default:
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("it never waited on the consent")
-				}
-			}
+			done := waitsOn(t, f.pool, tx, again)
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}

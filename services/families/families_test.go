@@ -861,30 +861,12 @@ func TestActivationWaitsForAScreenInFlight(t *testing.T) {
 		int16(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK), screen.GetScreenTime().AsTime().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	var holder int
-	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&holder); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.client.ActivateBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()})
-		done <- err
-	}()
 	// The activation must wait on this transaction's lock: one that did
 	// not would answer before the screen commits.
-	for deadline, waiting := time.Now().Add(10*time.Second), 0; waiting == 0; {
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, holder).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("the activation did not wait for the screen in flight: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the activation never waited on the screen in flight")
-		}
-	}
+	done := waitsOn(t, f.pool, tx, func() error {
+		_, err := f.client.ActivateBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()})
+		return err
+	})
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
