@@ -20,6 +20,7 @@ import (
 	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -42,7 +43,27 @@ import (
 type Dispatcher struct {
 	Client client.Client
 	Log    *slog.Logger
+	// RetryFirst is how long a failed one-shot workflow waits before its
+	// first rerun; zero is a minute.
+	RetryFirst time.Duration
 }
+
+// oneShotRetry runs a one-shot workflow again when a run fails (a service
+// out for longer than its activities retry, a token refused for as long):
+// its event is acknowledged already, so nothing else would start it, and
+// withdrawn consent, a deleted family or an overdose would go unanswered.
+// Its requests carry ids made from the workflow id, so a rerun repeats
+// nothing a failed run did. Reruns back off to hourly, for up to a week
+// (oneShotTimeout, which bounds every run together).
+func (d *Dispatcher) oneShotRetry() *temporal.RetryPolicy {
+	first := d.RetryFirst
+	if first == 0 {
+		first = time.Minute
+	}
+	return &temporal.RetryPolicy{InitialInterval: first, BackoffCoefficient: 2, MaximumInterval: time.Hour}
+}
+
+const oneShotTimeout = 7 * 24 * time.Hour
 
 // Deliver implements outbox.Relay's Deliver. Events no workflow waits for
 // are delivered by doing nothing.
@@ -93,7 +114,9 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 	updateID := fmt.Sprintf("outbox-%s-%d", aip.Clinic(iv.GetName()), e.ID)
 	switch e.Type {
 	case "handoff.interventions.v1.intervention.scheduled":
-		return d.startOnce(ctx, id, intervention.Name, intervention.Input{Intervention: iv.GetName()})
+		// Not rerun from the start on a failure: it lives for weeks and
+		// keeps what it did in its own state.
+		return d.start(ctx, id, intervention.Name, intervention.Input{Intervention: iv.GetName()}, false)
 	case "handoff.interventions.v1.intervention.rescheduled":
 		return d.update(ctx, id, updateID, intervention.UpdateReschedule, intervention.Reschedule{
 			Start: iv.GetStartTime().AsTime(), Duration: iv.GetExpectedDuration().AsDuration(), TimeZone: iv.GetTimeZone()})
@@ -248,14 +271,24 @@ func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) er
 		Family: family, WarningSign: w.GetName(), Recorded: w.GetCreateTime().AsTime()})
 }
 
-// startOnce starts a workflow whose id names what it is for. One per id,
-// ever: a redelivered event must not start a second one.
+// startOnce starts a one-shot workflow whose id names what it is for, run
+// again if a run fails (oneShotRetry).
 func (d *Dispatcher) startOnce(ctx context.Context, workflowID, name string, arg any) error {
-	_, err := d.Client.ExecuteWorkflow(ctx, client.StartWorkflowOptions{
+	return d.start(ctx, workflowID, name, arg, true)
+}
+
+// start starts a workflow whose id names what it is for. One per id, ever:
+// a redelivered event must not start a second one.
+func (d *Dispatcher) start(ctx context.Context, workflowID, name string, arg any, rerun bool) error {
+	opts := client.StartWorkflowOptions{
 		ID: workflowID, TaskQueue: flow.TaskQueue,
 		WorkflowIDReusePolicy:    enumspb.WORKFLOW_ID_REUSE_POLICY_REJECT_DUPLICATE,
 		WorkflowIDConflictPolicy: enumspb.WORKFLOW_ID_CONFLICT_POLICY_USE_EXISTING,
-	}, name, arg)
+	}
+	if rerun {
+		opts.RetryPolicy, opts.WorkflowExecutionTimeout = d.oneShotRetry(), oneShotTimeout
+	}
+	_, err := d.Client.ExecuteWorkflow(ctx, opts, name, arg)
 	var started *serviceerror.WorkflowExecutionAlreadyStarted
 	if errors.As(err, &started) {
 		return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -134,6 +135,36 @@ func TestOverdoseDispatch(t *testing.T) {
 	}
 	if _, err := c.DescribeWorkflowExecution(ctx, ids.Overdose(odd), ""); err == nil {
 		t.Fatal("an overdose workflow started for a sign of no family")
+	}
+}
+
+// flaky fails its first run, as a workflow whose service was out for
+// longer than its activities retry, and returns the attempt that succeeded.
+func flaky(ctx workflow.Context, _ overdose.Input) (int32, error) {
+	if a := workflow.GetInfo(ctx).Attempt; a < 2 {
+		return 0, errors.New("the families service was out for a day")
+	}
+	return workflow.GetInfo(ctx).Attempt, nil
+}
+
+// A one-shot workflow whose run fails is run again: its event is
+// acknowledged already, and nothing else would start it.
+func TestFailedOneShotWorkflowRunsAgain(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(flaky, workflow.RegisterOptions{Name: overdose.Name})
+	})
+	c := ts.GetDefaultClient()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), RetryFirst: 100 * time.Millisecond}
+	sign := "clinics/north/families/a/warningSigns/w1"
+	if err := d.Deliver(ctx, overdoseEvent(t, sign)); err != nil {
+		t.Fatal(err)
+	}
+	var attempt int32
+	if err := c.GetWorkflow(ctx, ids.Overdose(sign), "").Get(ctx, &attempt); err != nil || attempt != 2 {
+		t.Fatalf("overdose workflow ended with attempt %d, %v; want its second run to answer", attempt, err)
 	}
 }
 
