@@ -120,11 +120,24 @@ func (c *Codec) Encode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error
 	return out, nil
 }
 
-// Decode opens sealed payloads and passes others through.
+// Decode opens sealed payloads and refuses any other. Every payload the
+// workers and services write is sealed, so one that is not was written by
+// a client without the key (Temporal's CLI or Web UI, say): taken as it is,
+// it would start a workflow or signal one, and the worker would act on it
+// under its own identity. Refused, the key is what allows it.
 func (c *Codec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error) {
+	return c.decode(payloads, false)
+}
+
+// decode is Decode; plain passes unsealed payloads through instead of
+// refusing them (for showing payloads, not for acting on them).
+func (c *Codec) decode(payloads []*commonpb.Payload, plain bool) ([]*commonpb.Payload, error) {
 	out := make([]*commonpb.Payload, len(payloads))
 	for i, p := range payloads {
 		if string(p.GetMetadata()[metaEncoding]) != encoding {
+			if !plain {
+				return nil, fmt.Errorf("codec: an unsealed payload (encoding %q) is refused: it was not written by a Handoff process", p.GetMetadata()[metaEncoding])
+			}
 			out[i] = p
 			continue
 		}
@@ -202,7 +215,7 @@ type clinicCodec struct {
 }
 
 func (cc clinicCodec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error) {
-	out, err := cc.Codec.Decode(payloads)
+	out, err := cc.Codec.decode(payloads, true)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	commonpb "go.temporal.io/api/common/v1"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -67,6 +68,19 @@ func TestSealsOpensAndRotates(t *testing.T) {
 	onlyNew, _ := New("k2", map[string][]byte{"k2": k2})
 	if _, err := onlyNew.Decode([]*commonpb.Payload{p}); err == nil || !strings.Contains(err.Error(), "unknown key") {
 		t.Fatalf("unknown key: %v", err)
+	}
+	// A payload not sealed (written by a client without the key) is
+	// refused, not acted on.
+	plain, err := converter.GetDefaultDataConverter().ToPayload(map[string]string{"Family": "clinics/north/families/f1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rotated.Decode([]*commonpb.Payload{plain}); err == nil || !strings.Contains(err.Error(), "unsealed") {
+		t.Fatalf("an unsealed payload: %v; want it refused", err)
+	}
+	var in map[string]string
+	if err := rotated.DataConverter().FromPayload(plain, &in); err == nil {
+		t.Fatalf("the data converter took an unsealed payload: %v", in)
 	}
 	if _, err := New("k1", map[string][]byte{"k1": []byte("short")}); err == nil {
 		t.Fatal("a short key was accepted")
