@@ -1691,3 +1691,47 @@ func TestDeletedDraftIsNotReturnedToARetry(t *testing.T) {
 		}
 	}
 }
+
+// A claim refused for quiet hours leaves a reminder whose lease ran out
+// only just to its claimant, who may have sent it and is about to report
+// it; one whose lease ran out long before is failed, for its workflow to
+// send again after the quiet hours.
+func TestQuietHoursClaimLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	for _, c := range []struct {
+		lapsed time.Duration
+		want   interventionsv1.ReminderState
+	}{
+		{time.Minute, interventionsv1.ReminderState_REMINDER_STATE_DELIVERED},
+		{10 * time.Minute, interventionsv1.ReminderState_REMINDER_STATE_FAILED},
+	} {
+		now := f.clock.Now()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(now), SendByTime: timestamppb.New(now.Add(30 * time.Second)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+			Message: "Your counselor will check in with you soon.", RelatedResource: f.family.GetName()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w1",
+			LeaseDuration: durationpb.New(10 * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+		f.clock.Advance(10*time.Second + c.lapsed) // past the lease and the send-by time
+		_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w2",
+			LeaseDuration: durationpb.New(time.Minute)})
+		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" {
+			t.Fatalf("lapsed %v: a claim past send-by: reason %q", c.lapsed, reason(st))
+		}
+		// The first claimant reports that it sent it.
+		done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "w1",
+			Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
+		got, gerr := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+		if gerr != nil || got.GetState() != c.want {
+			t.Fatalf("lapsed %v: after the report (%v, %v) the reminder is %v, %v; want %v", c.lapsed, done.GetState(), err, got.GetState(), gerr, c.want)
+		}
+	}
+}

@@ -605,10 +605,18 @@ func quietHoursBegan(name string) error {
 		map[string]string{"resource": name})
 }
 
+// lapsedGrace is how long past its lease a claimant's report is still
+// awaited before a later claim, refused for quiet hours, fails the
+// reminder.
+const lapsedGrace = 5 * time.Minute
+
 // failPastSendBy fails reminder r, in a transaction of its own, if it is
-// still to be sent (due, or its claim lapsed) and its send-by time has
-// come: a message held back for the recipient's quiet hours must not go
-// out in them because the automation came late. The failure reaches the
+// still to be sent (due, or its claim lapsed more than lapsedGrace ago)
+// and its send-by time has come: a message held back for the recipient's
+// quiet hours must not go out in them because the automation came late.
+// A claim lapsed only just is left to its claimant, who may have sent the
+// message and be about to report it: failed now, its report would be
+// refused and the message sent again after the quiet hours. The failure reaches the
 // workflow that made it, which sends it again after them. It commits the
 // call's audit record with the change (as OK, a change made); the call
 // then records its refusal too, as any call that changed something and
@@ -616,8 +624,8 @@ func quietHoursBegan(name string) error {
 func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
-			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5))`,
-			r.clinic, r.id, int16(rFailed), quietHoursFailure, now, int16(rScheduled), int16(rClaimed))
+			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $8))`,
+			r.clinic, r.id, int16(rFailed), quietHoursFailure, now, int16(rScheduled), int16(rClaimed), now.Add(-lapsedGrace))
 		if err != nil {
 			return fmt.Errorf("fail a reminder past its send-by time: %w", err)
 		}

@@ -1943,7 +1943,10 @@ type Reminder struct {
 	// hours begin. A claim from then on is refused with FAILED_PRECONDITION
 	// (reason QUIET_HOURS) and fails the reminder, so that the workflow that
 	// made it, if still listening, sends it again after them; no lease is
-	// extended from then on, though one taken before runs its course. Unset
+	// extended from then on, though one taken before runs its course. A
+	// reminder whose lease ran out less than five minutes before is not
+	// failed by such a claim: its claimant may have sent it and still report
+	// it. Unset
 	// when the recipient keeps no quiet hours, when the reminder falls in them
 	// on purpose (nothing later would still be in time), or when what it is
 	// about happens in the quiet hours that would begin it (sent late, it
