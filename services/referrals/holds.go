@@ -109,7 +109,6 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 			if err := s.expireHolds(ctx, tx, p.clinic, p.id, now); err != nil {
 				return nil, err
 			}
-			var offers bool
 			tag, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots - 1, held_slots = held_slots + 1,
 				update_time = $4, version = version + 1
 				WHERE clinic = $1 AND id = $2 AND $3 = ANY(services) AND available_slots > 0 AND delete_time IS NULL`,
@@ -125,13 +124,8 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 				if err := notDeleted(prog); err != nil {
 					return nil, err
 				}
-				for _, k := range prog.GetServices() {
-					offers = offers || k == req.GetServiceKind()
-				}
-				if !offers {
-					return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED",
-						fmt.Sprintf("%s does not offer %s", prog.GetName(), req.GetServiceKind()),
-						map[string]string{"program": prog.GetName(), "service_kind": req.GetServiceKind().String()})
+				if err := offered(prog, req.GetServiceKind()); err != nil {
+					return nil, err
 				}
 				return nil, apperr.FailedPrecondition(apperr.ReasonNoCapacity,
 					prog.GetName()+" has no free intake slot: match another program or try again later",
@@ -359,7 +353,14 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			if k := req.GetServiceKind(); k != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED && k != kind {
 				// The slot was agreed for the hold's service; another must be
 				// one the program offers now.
-				if err := s.offers(ctx, tx, r.clinic, h.GetProgram(), k); err != nil {
+				prog, err := readProgram(ctx, tx, ref{r.clinic, aip.ID(h.GetProgram())}, false)
+				if err != nil {
+					return nil, err
+				}
+				if err := notDeleted(prog); err != nil {
+					return nil, err
+				}
+				if err := offered(prog, k); err != nil {
 					return nil, err
 				}
 				kind = k
@@ -399,21 +400,13 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	return out, err
 }
 
-// offers refuses a service the program does not offer, or a deleted
-// program, as HoldSlot does.
-func (s *Server) offers(ctx context.Context, tx pgx.Tx, clinic, program string, kind referralsv1.ServiceKind) error {
-	prog, err := readProgram(ctx, tx, ref{clinic, aip.ID(program)}, false)
-	if err != nil {
-		return err
+// offered refuses a service the program does not offer.
+func offered(prog *referralsv1.Program, kind referralsv1.ServiceKind) error {
+	if slices.Contains(prog.GetServices(), kind) {
+		return nil
 	}
-	if err := notDeleted(prog); err != nil {
-		return err
-	}
-	if !slices.Contains(prog.GetServices(), kind) {
-		return apperr.FailedPrecondition("SERVICE_NOT_OFFERED", fmt.Sprintf("%s does not offer %s", prog.GetName(), kind),
-			map[string]string{"program": prog.GetName(), "service_kind": kind.String()})
-	}
-	return nil
+	return apperr.FailedPrecondition("SERVICE_NOT_OFFERED", fmt.Sprintf("%s does not offer %s", prog.GetName(), kind),
+		map[string]string{"program": prog.GetName(), "service_kind": kind.String()})
 }
 
 // returnLapsed gives back, in a transaction of its own, the slots of a

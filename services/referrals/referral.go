@@ -178,17 +178,13 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 	if err := notDeleted(prog); err != nil {
 		return nil, err
 	}
-	offers := false
-	for _, k := range prog.GetServices() {
-		offers = offers || k == in.GetServiceKind()
-	}
 	// A held slot was agreed for its service when it was taken: a program
 	// that stopped offering the service since still owes the person the
 	// place (and may reject the referral), rather than the "yes" failing.
-	if !offers && in.GetHold() == "" {
-		return nil, apperr.FailedPrecondition("SERVICE_NOT_OFFERED",
-			fmt.Sprintf("%s does not offer %s", prog.GetName(), in.GetServiceKind()),
-			map[string]string{"program": prog.GetName(), "service_kind": in.GetServiceKind().String()})
+	if in.GetHold() == "" {
+		if err := offered(prog, in.GetServiceKind()); err != nil {
+			return nil, err
+		}
 	}
 	r := ref{clinic, aip.NewID()}
 	var first *time.Time
