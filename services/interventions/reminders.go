@@ -136,7 +136,7 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if rc.GetChannel() == interventionsv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {
 		vs.Add("reminder.recipient.channel", "is required")
 	}
-	family := rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
+	family := isFamily(rc.GetKind())
 	if family || rc.GetFamily() != "" {
 		// A staff reminder may name the family it concerns: it must be this
 		// clinic's, or deleting that family would cancel another clinic's
@@ -258,8 +258,12 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
 				}
-			} else if err := aboutFamily(ctx, tx, clinic, rem); err != nil {
-				return nil, err
+			} else if isFamily(rc.GetKind()) {
+				// Only a family recipient can be of the wrong family: a
+				// staff reminder costs no read of its intervention.
+				if err := aboutFamily(ctx, tx, clinic, rem); err != nil {
+					return nil, err
+				}
 			}
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
@@ -362,11 +366,16 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 // of another family: member ids are unique within a family only, and
 // another family's "mom" would hear of this family's meeting.
 func ofFamily(to *interventionsv1.Recipient, family, related string) error {
-	if k := to.GetKind(); (k == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || k == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE) &&
-		to.GetFamily() != family {
+	if isFamily(to.GetKind()) && to.GetFamily() != family {
 		return apperr.Field("reminder.recipient.family", "must be %s, the family of %s", family, related)
 	}
 	return nil
+}
+
+// isFamily reports whether a recipient of kind k is someone of a family,
+// whose contact details the families service holds.
+func isFamily(k interventionsv1.RecipientKind) bool {
+	return k == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || k == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
 }
 
 // aboutFamily is ofFamily for a reminder of another kind than a meeting's
