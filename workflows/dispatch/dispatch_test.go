@@ -30,6 +30,22 @@ import (
 	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
+// serve runs an embedded Temporal server with a worker on the task queue
+// holding the workflows register gives it, and returns its client.
+func serve(t *testing.T, register func(worker.Registry)) client.Client {
+	t.Helper()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker(flow.TaskQueue, register)
+	return ts.GetDefaultClient()
+}
+
+// minute is a context for a test's calls, cancelled when the test ends.
+func minute(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 // listener stands in for the boundary and overdose workflows under their
 // registered names: it counts the overdose signals it receives and runs
 // until told to stop.
@@ -63,14 +79,11 @@ func overdoseEvent(t *testing.T, sign string) outbox.Stored {
 // stays with the overdose workflow even if a boundary workflow started
 // since: that one would answer the overdose a second time.
 func TestOverdoseDispatch(t *testing.T) {
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+	c := serve(t, func(r worker.Registry) {
 		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: boundary.Name})
 		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: overdose.Name})
 	})
-	c := ts.GetDefaultClient()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := minute(t)
 	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	signals := func(id string) int {
 		t.Helper()
@@ -150,13 +163,10 @@ func flaky(ctx workflow.Context, _ overdose.Input) (int32, error) {
 // A one-shot workflow whose run fails is run again: its event is
 // acknowledged already, and nothing else would start it.
 func TestFailedOneShotWorkflowRunsAgain(t *testing.T) {
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+	c := serve(t, func(r worker.Registry) {
 		r.RegisterWorkflowWithOptions(flaky, workflow.RegisterOptions{Name: overdose.Name})
 	})
-	c := ts.GetDefaultClient()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := minute(t)
 	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), RetryFirst: 100 * time.Millisecond}
 	sign := "clinics/north/families/a/warningSigns/w1"
 	if err := d.Deliver(ctx, overdoseEvent(t, sign)); err != nil {
@@ -184,13 +194,10 @@ func TestUnknownPayloadTypeIsPassedOver(t *testing.T) {
 // as an error, with the workflow's status. One for a workflow that
 // completed is a redelivery, and only noted.
 func TestOutcomeForAnEndedWorkflowIsAnError(t *testing.T) {
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+	c := serve(t, func(r worker.Registry) {
 		r.RegisterWorkflowWithOptions(listener, workflow.RegisterOptions{Name: intervention.Name})
 	})
-	c := ts.GetDefaultClient()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	ctx := minute(t)
 	var logs bytes.Buffer
 	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.NewJSONHandler(&logs, nil))}
 	outcome := func(iv string) outbox.Stored {
@@ -252,11 +259,9 @@ func slowToCancel(ctx workflow.Context) error {
 // the release of the meeting's holds within the event's time: the update's
 // result is awaited a little only.
 func TestCancelReleasesHoldsBehindASlowUpdate(t *testing.T) {
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	ts.NewWorker(flow.TaskQueue, func(r worker.Registry) {
+	c := serve(t, func(r worker.Registry) {
 		r.RegisterWorkflowWithOptions(slowToCancel, workflow.RegisterOptions{Name: intervention.Name})
 	})
-	c := ts.GetDefaultClient()
 	iv := "clinics/north/interventions/slow"
 	if _, err := c.ExecuteWorkflow(context.Background(), client.StartWorkflowOptions{ID: ids.Intervention(iv), TaskQueue: flow.TaskQueue}, intervention.Name); err != nil {
 		t.Fatal(err)
