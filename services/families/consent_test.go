@@ -459,21 +459,11 @@ func TestDisclosureWaitsForARevocationInProgress(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ctx := context.Background()
 			// The revocation, stopped between its changes and its commit.
-			tx, err := f.pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(ctx)
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, aip.ID(co.GetName())); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := tx.Exec(ctx, `UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, aip.ID(co.GetName())); err != nil {
-				t.Fatal(err)
-			}
+			tx := inFlight(t, f.pool, stmt{`SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, []any{aip.ID(co.GetName())}},
+				stmt{`UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, []any{aip.ID(co.GetName())}})
 			done := waitsOn(t, f.pool, tx, again)
-			if err := tx.Commit(ctx); err != nil {
+			if err := tx.Commit(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			wantConsentRequired(t, <-done)

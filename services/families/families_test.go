@@ -846,21 +846,12 @@ func TestActivationWaitsForAScreenInFlight(t *testing.T) {
 	}
 	// Another counselor's screen, in a transaction not yet committed, as
 	// CreateSafetyScreen makes it: the family held FOR SHARE, the row in.
-	ctx := context.Background()
-	tx, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
 	famID := fam.GetName()[len("clinics/north/families/"):]
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM families WHERE clinic = 'north' AND id = $1 FOR SHARE`, famID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, screened_by, screen_time)
-		VALUES ('north', $1, 'in-flight', $2, false, 'counselor-2', $3)`, famID,
-		int16(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK), screen.GetScreenTime().AsTime().Add(time.Minute)); err != nil {
-		t.Fatal(err)
-	}
+	tx := inFlight(t, f.pool, stmt{`SELECT 1 FROM families WHERE clinic = 'north' AND id = $1 FOR SHARE`, []any{famID}},
+		stmt{`INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, screened_by, screen_time)
+		VALUES ('north', $1, 'in-flight', $2, false, 'counselor-2', $3)`, []any{famID,
+			int16(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK), screen.GetScreenTime().AsTime().Add(time.Minute)}})
+	ctx := context.Background()
 	// The activation must wait on this transaction's lock: one that did
 	// not would answer before the screen commits.
 	done := waitsOn(t, f.pool, tx, func() error {

@@ -9,6 +9,30 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
+// stmt is one statement of a change in flight.
+type stmt struct {
+	sql  string
+	args []any
+}
+
+// inFlight makes a change in a transaction it leaves open, holding its
+// locks until the test commits it or ends (rolled back then).
+func inFlight(t *testing.T, pool *pgxpool.Pool, stmts ...stmt) pgx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) })
+	for _, st := range stmts {
+		if _, err := tx.Exec(ctx, st.sql, st.args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tx
+}
+
 // waitsOn runs call beside tx, a change left uncommitted, and returns once
 // call waits on one of tx's locks, with where call's error will come. It
 // fails the test if call answers first: it did not wait for the change.
