@@ -337,25 +337,48 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 				return nil, status.Errorf(codes.PermissionDenied,
 					"only the subscription's owner (%q) may rotate its secret; an administrator can delete a subscription whose secret leaked", sub.GetOwner())
 			}
-			if prev := sub.GetPreviousSecretExpireTime(); prev != nil && s.cfg.Now().Before(prev.AsTime()) {
+			now := s.cfg.Now()
+			if prev := sub.GetPreviousSecretExpireTime(); prev != nil && now.Before(prev.AsTime()) {
 				// The secret before is still in its grace: a second rotation
 				// would drop it while the receiver may still verify with it
 				// (a retry without a request id is the usual way here).
-				return nil, apperr.FailedPrecondition("ROTATION_IN_PROGRESS",
-					fmt.Sprintf("%s was rotated less than a day ago; rotate again after %s, or delete and create the subscription again if the new secret leaked",
-						sub.GetName(), prev.AsTime().UTC().Format(time.RFC3339)), map[string]string{"resource": sub.GetName()})
+				return nil, rotationInProgress(sub.GetName(), prev.AsTime())
 			}
 			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {
 				return nil, err
 			}
-			if _, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
-				WHERE clinic = $1 AND id = $2`, clinic, id, s.cfg.Now().Add(RotationGrace), sealed); err != nil {
+			// The read above takes no lock: a concurrent rotation that
+			// committed since would otherwise be rotated over, its
+			// predecessor (the secret the receiver still holds) dropped at
+			// once. The update waits for that one's row lock and then finds
+			// the grace begun.
+			var until time.Time
+			err = tx.QueryRow(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
+				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= $5)
+				RETURNING previous_secret_expire_time`, clinic, id, now.Add(RotationGrace), sealed, now).Scan(&until)
+			if errors.Is(err, pgx.ErrNoRows) {
+				// Deleted meanwhile, or rotated: read again to say which.
+				cur, err := readSubscription(ctx, tx, clinic, id, owner)
+				if err != nil {
+					return nil, err
+				}
+				return nil, rotationInProgress(cur.GetName(), cur.GetPreviousSecretExpireTime().AsTime())
+			}
+			if err != nil {
 				return nil, fmt.Errorf("rotate secret: %w", err)
 			}
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
 	return s.openSecret(out, err)
+}
+
+// rotationInProgress refuses a rotation while the secret before the last
+// one is still in its grace.
+func rotationInProgress(name string, until time.Time) error {
+	return apperr.FailedPrecondition("ROTATION_IN_PROGRESS",
+		fmt.Sprintf("%s was rotated less than a day ago; rotate again after %s, or delete and create the subscription again if the new secret leaked",
+			name, until.UTC().Format(time.RFC3339)), map[string]string{"resource": name})
 }
 
 // GetSubscription implements the API.

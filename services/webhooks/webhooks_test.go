@@ -1095,6 +1095,98 @@ func TestRotateSecretSignsWithBothDuringTheGrace(t *testing.T) {
 	}
 }
 
+// Two rotations at once (a client's retry without its request id racing
+// the first) leave one secret in its grace, not the original dropped: the
+// second finds the first's grace begun and is refused. The test holds the
+// subscription's row until both have read it, so that both reach their
+// update with the grace still unbegun in what they read.
+func TestConcurrentRotationsKeepTheOriginalSecret(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	sub := f.subscribe(t, f.admin, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM subscriptions WHERE id = $1 FOR UPDATE`, aipID(sub.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		sub *webhooksv1.Subscription
+		err error
+	}
+	answers := make(chan answer, 2)
+	for range 2 {
+		go func() {
+			out, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+			answers <- answer{out, err}
+		}()
+	}
+	// Both past their read, waiting on the row.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting int
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE subscriptions SET previous_secret%'`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rotations wait on the row; want 2", waiting)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var rotated []*webhooksv1.Subscription
+	var refused int
+	for range 2 {
+		a := <-answers
+		switch {
+		case a.err == nil:
+			rotated = append(rotated, a.sub)
+		case status.Code(a.err) == codes.FailedPrecondition && strings.Contains(a.err.Error(), "rotated less than a day ago"):
+			refused++
+		default:
+			t.Fatalf("a rotation: %v", a.err)
+		}
+	}
+	if len(rotated) != 1 || refused != 1 {
+		t.Fatalf("%d rotations went through, %d refused; want one of each", len(rotated), refused)
+	}
+	// The receiver still on the original secret verifies what is sent.
+	posts := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := webhooks.Verify(sub.GetSecret(), r.Header.Get(webhooks.SignatureHeader), body, time.Now()); err != nil {
+			posts <- err.Error()
+		} else {
+			posts <- ""
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	if _, err := f.pool.Exec(ctx, `UPDATE subscriptions SET url = $2 WHERE id = $1`, aipID(sub.GetName()), srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	runSender(t, fastSender(f.db, nil, 3))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case msg := <-posts:
+		if msg != "" {
+			t.Fatalf("the original secret does not verify after the rotations: %s", msg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no notification")
+	}
+}
+
 // storingFamilies answers a record's request id a second time from what it
 // stored, without a look at the consent, as the families service does.
 // With loseNext, the next record is stored and then its answer is lost (a
