@@ -352,8 +352,11 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			kind := h.GetServiceKind()
 			if k := req.GetServiceKind(); k != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED && k != kind {
 				// The slot was agreed for the hold's service; another must be
-				// one the program offers now.
-				prog, err := readProgram(ctx, tx, ref{r.clinic, aip.ID(h.GetProgram())}, false)
+				// one the program offers now. Locked, as insertReferral will
+				// lock it (for update, which this takes first): read unlocked,
+				// a program dropping the service between this check and the
+				// insert would still get the referral.
+				prog, err := readProgram(ctx, tx, ref{r.clinic, aip.ID(h.GetProgram())}, true)
 				if err != nil {
 					return nil, err
 				}

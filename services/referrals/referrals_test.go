@@ -458,6 +458,64 @@ func TestHoldConvertsToTheServiceAgreedTo(t *testing.T) {
 	}
 }
 
+// A conversion to another service checks the program under its lock: a
+// program dropping that service while the conversion runs is waited for,
+// and the conversion is refused, not made for a service it no longer
+// offers. The program's update is held open here until the conversion
+// waits on it.
+func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	prog := buprenorphine("Riverside MAT")
+	prog.Services = append(prog.Services, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE)
+	p := f.program(t, prog, 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	update, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer update.Rollback(ctx) //nolint:errcheck // committed below; a no-op then
+	var pid int
+	if err := update.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := update.Exec(ctx, `UPDATE programs SET services = $2, version = version + 1 WHERE clinic = 'north' AND id = $1`,
+		p.GetName()[strings.LastIndex(p.GetName(), "/")+1:], []int16{int16(referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE)}); err != nil {
+		t.Fatal(err)
+	}
+	converted := make(chan error, 1)
+	go func() {
+		_, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted naltrexone",
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE})
+		converted <- err
+	}()
+	for waiting := 0; waiting == 0; {
+		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-converted:
+			t.Fatalf("ConvertHold did not wait for the program's update: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := update.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = <-converted
+	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != "SERVICE_NOT_OFFERED" {
+		t.Fatalf("converting to a service dropped meanwhile: %v; want SERVICE_NOT_OFFERED", err)
+	}
+	if got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: h.GetName()}); err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
+		t.Fatalf("after the refused conversion the hold is %v (%v); want HELD", got.GetState(), err)
+	}
+}
+
 // A pause needs its reason, and keeps it in the history; the answer says
 // on-hold to FHIR systems.
 func TestPauseNeedsAReason(t *testing.T) {
