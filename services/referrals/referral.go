@@ -363,6 +363,14 @@ func (s *Server) UpdateReferral(ctx context.Context, req *referralsv1.UpdateRefe
 			if err := aip.CheckEtag(cur.GetName(), req.GetReferral().GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
+			// A closed referral's reason is what the program and the EHR
+			// were sent when it closed; rewriting it after would leave
+			// them, and the history, with another account than the record.
+			if st := cur.GetState(); st == completed || st == rejected || st == cancelled {
+				return nil, apperr.FailedPrecondition("REFERRAL_CLOSED",
+					fmt.Sprintf("%s is %s: its reason no longer changes", cur.GetName(), strings.TrimPrefix(st.String(), "REFERRAL_STATE_")),
+					map[string]string{"resource": cur.GetName(), "state": strings.TrimPrefix(st.String(), "REFERRAL_STATE_")})
+			}
 			next := proto.Clone(cur).(*referralsv1.Referral)
 			if err := aip.ApplyMask(next, req.GetReferral(), req.GetUpdateMask().GetPaths(), []string{"reason"}); err != nil {
 				return nil, apperr.Field("update_mask", "%v", err)

@@ -516,6 +516,48 @@ func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 	}
 }
 
+// The reason of an open referral can be corrected (with the etag read);
+// once the referral is closed, it is what the program was sent and stays.
+func TestUpdateReferralChangesTheReasonWhileOpen(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "opioid use disorder, wants to start"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	update := func(etag, reason string, paths ...string) (*referralsv1.Referral, error) {
+		return f.client.UpdateReferral(f.ctx, &referralsv1.UpdateReferralRequest{
+			Referral:   &referralsv1.Referral{Name: r.GetName(), Etag: etag, Reason: reason, Program: "clinics/north/programs/other"},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: paths}})
+	}
+	_, err = update(r.GetEtag(), "corrected", "reason", "program")
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = update(r.GetEtag(), " ", "reason")
+	wantCode(t, err, codes.InvalidArgument)
+	got, err := update(r.GetEtag(), "opioid use disorder, asked to start this week", "reason")
+	if err != nil || got.GetReason() != "opioid use disorder, asked to start this week" || got.GetProgram() != p.GetName() || got.GetEtag() == r.GetEtag() {
+		t.Fatalf("updating the reason: %v, %v", got, err)
+	}
+	_, err = update(r.GetEtag(), "again", "reason")
+	wantCode(t, err, codes.Aborted)
+	cancelled, err := f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "moved away"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = update(cancelled.GetEtag(), "rewritten after the fact", "reason")
+	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != "REFERRAL_CLOSED" {
+		t.Fatalf("updating a cancelled referral: %v; want REFERRAL_CLOSED", err)
+	}
+	if after, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); err != nil ||
+		after.GetEtag() != cancelled.GetEtag() || after.GetReason() != got.GetReason() {
+		t.Fatalf("the refused update changed the referral: %v, %v", after, err)
+	}
+}
+
 // A pause needs its reason, and keeps it in the history; the answer says
 // on-hold to FHIR systems.
 func TestPauseNeedsAReason(t *testing.T) {

@@ -173,8 +173,10 @@ type ReferralsServiceClient interface {
 	// loved ones' outcome. Counts and durations only, no names. For clinic
 	// administrators.
 	SummarizeReferrals(ctx context.Context, in *SummarizeReferralsRequest, opts ...grpc.CallOption) (*ReferralSummary, error)
-	// Changes a referral's `reason`, the only field that can change this way.
-	// The state changes only through the custom methods below.
+	// Changes a referral's `reason`, the only field that can change this way,
+	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
+	// refused (FAILED_PRECONDITION, reason REFERRAL_CLOSED). The state
+	// changes only through the custom methods below.
 	UpdateReferral(ctx context.Context, in *UpdateReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the program accepted a REQUESTED referral.
 	AcceptReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
@@ -582,8 +584,10 @@ type ReferralsServiceServer interface {
 	// loved ones' outcome. Counts and durations only, no names. For clinic
 	// administrators.
 	SummarizeReferrals(context.Context, *SummarizeReferralsRequest) (*ReferralSummary, error)
-	// Changes a referral's `reason`, the only field that can change this way.
-	// The state changes only through the custom methods below.
+	// Changes a referral's `reason`, the only field that can change this way,
+	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
+	// refused (FAILED_PRECONDITION, reason REFERRAL_CLOSED). The state
+	// changes only through the custom methods below.
 	UpdateReferral(context.Context, *UpdateReferralRequest) (*Referral, error)
 	// Records that the program accepted a REQUESTED referral.
 	AcceptReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
