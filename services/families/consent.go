@@ -416,6 +416,14 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 			c.State = familiesv1.ConsentState_CONSENT_STATE_REVOKED
 		case !expire.After(now):
 			c.State = familiesv1.ConsentState_CONSENT_STATE_EXPIRED
+			// The state changed at the expiry, with no write: the version
+			// and update time change with it, so that a reader holding the
+			// active copy by its etag, or polling by update time (FHIR's
+			// _lastUpdated), sees the change.
+			c.Etag += "-expired"
+			if expire.After(updated) {
+				c.UpdateTime = timestamppb.New(expire)
+			}
 		default:
 			c.State = familiesv1.ConsentState_CONSENT_STATE_ACTIVE
 		}

@@ -517,13 +517,32 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if _, err := f.client.GetFamily(f.ehr("other-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("another treating provider after one was revoked: %v", err)
 	}
-	// Past its expiry the consent covers nothing.
+	// Past its expiry the consent covers nothing. Its state changed
+	// without a write, and its version and update time say so: a reader
+	// holding the active copy (by etag, or polling by update time) must
+	// see the change.
+	active, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(active.GetConsents()) != 1 || active.GetConsents()[0].GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
+		t.Fatalf("consent before its expiry: %v %v", active, err)
+	}
 	f.clock.Add(49 * time.Hour)
 	_, err = f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
 	wantConsentRequired(t, err)
 	list, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
 	if err != nil || len(list.GetConsents()) != 1 || list.GetConsents()[0].GetState() != familiesv1.ConsentState_CONSENT_STATE_EXPIRED {
 		t.Fatalf("expired consent: %v %v", list, err)
+	}
+	before, after := active.GetConsents()[0], list.GetConsents()[0]
+	if after.GetEtag() == before.GetEtag() || !after.GetUpdateTime().AsTime().Equal(after.GetExpireTime().AsTime()) {
+		t.Fatalf("expired consent: etag %q (was %q), updated %v, expired %v; want a new etag, updated at the expiry",
+			after.GetEtag(), before.GetEtag(), after.GetUpdateTime().AsTime(), after.GetExpireTime().AsTime())
+	}
+	// The etag read after the expiry is the current one: a revocation
+	// sent with it goes through; one sent with the active copy's does not.
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Etag: before.GetEtag(), Reason: "moved away"})
+	wantCode(t, err, codes.Aborted)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Etag: after.GetEtag(), Reason: "moved away"}); err != nil {
+		t.Fatalf("revoking an expired consent with its current etag: %v", err)
 	}
 }
 

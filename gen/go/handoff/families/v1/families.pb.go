@@ -825,7 +825,10 @@ const (
 	ConsentState_CONSENT_STATE_ACTIVE ConsentState = 1
 	// Revoked for every recipient.
 	ConsentState_CONSENT_STATE_REVOKED ConsentState = 2
-	// Past its expiry.
+	// Past its expiry. The state changes with no write, and the consent's
+	// etag and update_time change with it (update_time becomes expire_time),
+	// so that a reader holding the active copy, or polling by update time,
+	// sees the change.
 	ConsentState_CONSENT_STATE_EXPIRED ConsentState = 3
 )
 
