@@ -937,6 +937,15 @@ func TestAnswersAfterADisclosureCarryTheNotice(t *testing.T) {
 	if a := fx.do("GET", "/fhir/R4/Appointment/"+intakePrefix+refID, ""); a.code != http.StatusNotFound || !labelled(a) {
 		t.Fatalf("the intake appointment of a referral with none booked: %d %s; want 404 under the notice", a.code, a.raw)
 	}
+	// The family was read (and its disclosure recorded) to look for the
+	// member: that it has none of that id is told under the notice.
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY)
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson/"+famID+".nobody", ""); a.code != http.StatusNotFound || !labelled(a) {
+		t.Fatalf("a member the family does not have: %d %s; want 404 under the notice", a.code, a.raw)
+	}
+	if a := fx.do("GET", "/fhir/R4/RelatedPerson/"+famID+".mom", ""); a.code != http.StatusOK || !labelled(a) {
+		t.Fatalf("a member the family has: %d %s; want 200 under the notice", a.code, a.raw)
+	}
 }
 
 // A search body over the limit is 413 whether or not it gave its length

@@ -83,7 +83,9 @@ func (s *server) get(ctx context.Context, c caller, typ, id string) (obj, error)
 				return relatedPerson(f, m), nil
 			}
 		}
-		return nil, missing
+		// The family was disclosed to look for the member: that it has
+		// none of that id is told under the notice.
+		return nil, disclosed(missing)
 	case "Consent":
 		fam, cons, hash, ok := splitPairID(id)
 		if !ok {
