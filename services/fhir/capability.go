@@ -41,7 +41,9 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 		res := obj{"type": t, "interaction": interactions, "versioning": "versioned", "readHistory": false}
 		if t == "Task" {
 			res["interaction"] = append(interactions, obj{"code": "update",
-				"documentation": "Sets the referral's status (accepted, rejected, in-progress with executionPeriod.start, on-hold with statusReason, completed, failed, cancelled), with statusReason. Honours If-Match."})
+				"documentation": "Sets the referral's status (accepted, rejected, in-progress, on-hold, completed, failed, cancelled). rejected needs " +
+					"statusReason, a code of " + sysRejection + " (one of " + rejectionCodes + ") or text; in-progress needs " +
+					"executionPeriod.start; on-hold and cancelled need statusReason. Honours If-Match."})
 			res["updateCreate"] = false
 			res["conditionalUpdate"] = false
 			// If-Match with the version read.
@@ -74,7 +76,8 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 			"security": obj{
 				"service": []any{concept("", coding("http://terminology.hl7.org/CodeSystem/restful-security-service", "OAuth", "OAuth"))},
 				"description": "Send a bearer token issued for one clinic (Authorization: Bearer <token>). Records are disclosed " +
-					"only as the patient's 42 CFR Part 2 consent allows; without it the answer is 403. A search parameter not " +
+					"only as the patient's 42 CFR Part 2 consent allows: without it a read is 403, and a search leaves out what the " +
+					"consent does not cover (an empty searchset, not a refusal). A search parameter not " +
 					"listed for a resource is refused (400), not ignored, whatever Prefer says: a search that dropped a " +
 					"narrowing parameter would disclose more than was asked.",
 			},

@@ -117,6 +117,8 @@ type fakeReferrals struct {
 	// cancelled and paused are the reason of each CancelReferral and
 	// PauseReferral call.
 	cancelled, paused []string
+	// rejected is the rejection of each RejectReferral call.
+	rejected []*referralsv1.Rejection
 	// refuse, when set, is every step's answer.
 	refuse error
 }
@@ -163,7 +165,8 @@ func (r *fakeReferrals) PauseReferral(_ context.Context, in *referralsv1.Transit
 	return r.transition()
 }
 
-func (r *fakeReferrals) RejectReferral(context.Context, *referralsv1.RejectReferralRequest, ...grpc.CallOption) (*referralsv1.Referral, error) {
+func (r *fakeReferrals) RejectReferral(_ context.Context, in *referralsv1.RejectReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r.rejected = append(r.rejected, in.GetRejection())
 	return r.transition()
 }
 
@@ -314,6 +317,20 @@ func TestPutTaskCancelled(t *testing.T) {
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusUnprocessableEntity || issueCode(a) != "business-rule" ||
 		fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
 		t.Fatalf("cancelled without a reason: %d %s after %d reads; want 422 before any read", a.code, a.raw, fx.referrals.reads)
+	}
+	// A rejection without a reason leaves the counselor nothing to look
+	// for another program by: refused the same way. A coded reason alone
+	// will do, whatever the case of its code.
+	bare = `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"rejected"}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, bare); a.code != http.StatusUnprocessableEntity || !strings.Contains(a.raw, "AT_CAPACITY") ||
+		fx.referrals.reads != 0 || fx.referrals.transitions != 0 {
+		t.Fatalf("rejected without a reason: %d %s after %d reads; want 422 naming the codes, before any read", a.code, a.raw, fx.referrals.reads)
+	}
+	coded := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"rejected","statusReason":{"coding":[{"system":"` +
+		sysRejection + `","code":"not_eligible"}]}}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, coded); a.code != http.StatusOK || len(fx.referrals.rejected) != 1 ||
+		fx.referrals.rejected[0].GetReason() != referralsv1.RejectionReason_REJECTION_REASON_NOT_ELIGIBLE {
+		t.Fatalf("rejected with a coded reason: %d %s, rejections %v; want NOT_ELIGIBLE", a.code, a.raw, fx.referrals.rejected)
 	}
 	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || fx.referrals.transitions != 0 {

@@ -161,6 +161,10 @@ func refusedStatus(t *task_go_proto.Task) error {
 	if st == "cancelled" && reason == "" {
 		return unprocessable{msg: "a cancelled Task needs statusReason (its text, or a coding's display): why the program called the referral off"}
 	}
+	if st == "rejected" && reason == "" && rejectionCode(t) == referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
+		return unprocessable{msg: "a rejected Task needs statusReason: a code of " + sysRejection + " (" + rejectionCodes +
+			"), or its text: the counselor looks for another program by it"}
+	}
 	if n := utf8.RuneCountInString(reason); n > maxReason {
 		return invalid(fmt.Sprintf("statusReason is at most %d characters (it has %d)", maxReason, n))
 	}
@@ -194,6 +198,33 @@ func taskInstant(field string, d *datatypes_go_proto.DateTime) (*timestamppb.Tim
 		return nil, invalid(field + " needs a time of day with its zone, for example 2026-05-01T09:30:00-05:00")
 	}
 	return timestamppb.New(time.UnixMicro(d.GetValueUs())), nil
+}
+
+// rejectionCodes lists the codes of sysRejection, for messages and the
+// CapabilityStatement.
+var rejectionCodes = func() string {
+	var codes []string
+	for v := range int32(len(referralsv1.RejectionReason_name)) {
+		if v != 0 {
+			codes = append(codes, strings.TrimPrefix(referralsv1.RejectionReason(v).String(), "REJECTION_REASON_"))
+		}
+	}
+	return strings.Join(codes, ", ")
+}()
+
+// rejectionCode is the rejection reason a Task body codes in sysRejection
+// (case aside), or UNSPECIFIED.
+func rejectionCode(t *task_go_proto.Task) referralsv1.RejectionReason {
+	for _, cd := range t.GetStatusReason().GetCoding() {
+		if cd.GetSystem().GetValue() != sysRejection {
+			continue
+		}
+		code := strings.ToUpper(strings.TrimSpace(cd.GetCode().GetValue()))
+		if v, ok := referralsv1.RejectionReason_value["REJECTION_REASON_"+code]; ok && v != 0 {
+			return referralsv1.RejectionReason(v)
+		}
+	}
+	return referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED
 }
 
 // maxReason is the longest reason a referral keeps (the gRPC API's limit).
@@ -350,12 +381,8 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		}
 	case "rejected":
 		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
-		for _, cd := range t.GetStatusReason().GetCoding() {
-			if cd.GetSystem().GetValue() == sysRejection {
-				if v, ok := referralsv1.RejectionReason_value["REJECTION_REASON_"+cd.GetCode().GetValue()]; ok && v != 0 {
-					ch.rejection.Reason = referralsv1.RejectionReason(v)
-				}
-			}
+		if code := rejectionCode(t); code != referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
+			ch.rejection.Reason = code
 		}
 	default:
 		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", ch.status)}
