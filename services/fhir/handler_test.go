@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -117,6 +118,8 @@ type fakeReferrals struct {
 	// cancelled and paused are the reason of each CancelReferral and
 	// PauseReferral call.
 	cancelled, paused []string
+	// filters is the filter of each ListReferrals call.
+	filters []string
 	// rejected is the rejection of each RejectReferral call.
 	rejected []*referralsv1.Rejection
 	// refuse, when set, is every step's answer.
@@ -134,7 +137,8 @@ func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferr
 	return r.referral, nil
 }
 
-func (r *fakeReferrals) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+func (r *fakeReferrals) ListReferrals(_ context.Context, in *referralsv1.ListReferralsRequest, _ ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	r.filters = append(r.filters, in.GetFilter())
 	return &referralsv1.ListReferralsResponse{Referrals: []*referralsv1.Referral{r.referral}}, nil
 }
 
@@ -922,6 +926,43 @@ func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
 	second, _ := get(next)
 	if len(second) != 2 || !strings.HasSuffix(second[0], ".sis") || !strings.HasSuffix(second[1], ".bro") {
 		t.Fatalf("the page after the first family went: %v; want both of the second's members", second)
+	}
+}
+
+// A family member's own referral is a ServiceRequest of the family's
+// Patient (FHIR requires a Patient subject) but a Task for the member: a
+// Task search by patient or subject asks for the loved one's referrals
+// only, a ServiceRequest search for all of the family's.
+func TestMemberReferralTaskIsForTheMember(t *testing.T) {
+	member := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	member.Subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"}
+	fam := lastSegment(member.GetFamily())
+	if got := task(member)["for"]; !reflect.DeepEqual(got, ref("RelatedPerson", pairID(fam, "mom"))) {
+		t.Fatalf("a member's Task is for %v; want the member's RelatedPerson", got)
+	}
+	if got := serviceRequest(member)["subject"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
+		t.Fatalf("a member's ServiceRequest subject is %v; want the family's Patient", got)
+	}
+	own := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	if got := task(own)["for"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
+		t.Fatalf("the loved one's Task is for %v; want the Patient", got)
+	}
+	for _, c := range []struct {
+		path string
+		own  bool
+	}{
+		{"/fhir/R4/Task?patient=" + famID, true},
+		{"/fhir/R4/Task?subject=Patient/" + famID, true},
+		{"/fhir/R4/Task", false},
+		{"/fhir/R4/ServiceRequest?patient=" + famID, false},
+	} {
+		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		if a := fx.do("GET", c.path, ""); a.code != http.StatusOK || len(fx.referrals.filters) != 1 {
+			t.Fatalf("%s: %d %s, %d lists", c.path, a.code, a.raw, len(fx.referrals.filters))
+		}
+		if got := strings.Contains(fx.referrals.filters[0], lovedOnesOwn); got != c.own {
+			t.Errorf("%s: filter %q; want the loved one's own only: %v", c.path, fx.referrals.filters[0], c.own)
+		}
 	}
 }
 

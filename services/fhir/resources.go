@@ -325,7 +325,13 @@ func task(r *referralsv1.Referral) obj {
 	if status == "" {
 		status = "draft"
 	}
+	// Task.for is whoever the service is for, any resource: a member's
+	// own referral is the member's (RelatedPerson), not the loved one's,
+	// so that the EHR does not file it in the loved one's chart.
 	subject, member := referralSubject(r)
+	if member != nil {
+		subject = member
+	}
 	t := obj{
 		"resourceType": "Task",
 		"id":           id,
@@ -337,9 +343,6 @@ func task(r *referralsv1.Referral) obj {
 		"focus":        ref("ServiceRequest", id),
 		"for":          subject,
 		"owner":        ref("HealthcareService", lastSegment(r.GetProgram())),
-	}
-	if member != nil {
-		t["input"] = []any{obj{"type": concept("referred family member"), "valueReference": member}}
 	}
 	if bs, ok := businessStatus[r.GetState()]; ok {
 		t["businessStatus"] = concept(bs[1], coding(sysBSeRStatus, bs[0], bs[1]))

@@ -458,8 +458,14 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 			}
 			state = "state = " + st
 		}
+		terms := []string{q.familyTerm(c), state}
+		if q.typ == "Task" && q.patient != "" {
+			// Task's patient and subject match Task.for, which for a
+			// member's own referral is the member, not the Patient.
+			terms = append(terms, lovedOnesOwn)
+		}
 		resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
-			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter(q.familyTerm(c), state)})
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter(terms...)})
 		if err != nil {
 			return page{}, err
 		}
