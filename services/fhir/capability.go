@@ -79,7 +79,9 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 					"only as the patient's 42 CFR Part 2 consent allows: without it a read is 403, and a search leaves out what the " +
 					"consent does not cover (an empty searchset, not a refusal). A search parameter not " +
 					"listed for a resource is refused (400), not ignored, whatever Prefer says: a search that dropped a " +
-					"narrowing parameter would disclose more than was asked.",
+					"narrowing parameter would disclose more than was asked. A searchset's timestamp is when the search began: " +
+					"to poll for changes, search again with _lastUpdated=ge that timestamp less a few seconds (a change committed " +
+					"while a search ran can bear an earlier time) and skip what was seen by meta.versionId.",
 			},
 			"resource": resources,
 		}},

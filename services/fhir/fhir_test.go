@@ -139,7 +139,7 @@ func TestResourcesAreValidR4(t *testing.T) {
 		entries = append(entries, entry(res))
 	}
 	q := query{typ: "Patient"}
-	if _, err := s.render(searchBundle("http://x/fhir/R4", q, page{entries: entries, next: "abc", outcomes: []obj{outcome("warning", "forbidden", "x")}})); err != nil {
+	if _, err := s.render(searchBundle("http://x/fhir/R4", q, page{entries: entries, next: "abc", outcomes: []obj{outcome("warning", "forbidden", "x")}}, time.Now())); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -120,6 +120,8 @@ type fakeReferrals struct {
 	cancelled, paused []string
 	// filters is the filter of each ListReferrals call.
 	filters []string
+	// listed is when ListReferrals was last called.
+	listed time.Time
 	// rejected is the rejection of each RejectReferral call.
 	rejected []*referralsv1.Rejection
 	// refuse, when set, is every step's answer.
@@ -139,6 +141,7 @@ func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferr
 
 func (r *fakeReferrals) ListReferrals(_ context.Context, in *referralsv1.ListReferralsRequest, _ ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
 	r.filters = append(r.filters, in.GetFilter())
+	r.listed = time.Now()
 	return &referralsv1.ListReferralsResponse{Referrals: []*referralsv1.Referral{r.referral}}, nil
 }
 
@@ -963,6 +966,24 @@ func TestMemberReferralTaskIsForTheMember(t *testing.T) {
 		if got := strings.Contains(fx.referrals.filters[0], lovedOnesOwn); got != c.own {
 			t.Errorf("%s: filter %q; want the loved one's own only: %v", c.path, fx.referrals.filters[0], c.own)
 		}
+	}
+}
+
+// A searchset's timestamp is when the search began, not when it ended: a
+// client polling by _lastUpdated from it must not skip a change made
+// while the search ran.
+func TestSearchsetTimestampPrecedesTheSearch(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	a := fx.do("GET", "/fhir/R4/Task?patient="+famID, "")
+	if a.code != http.StatusOK {
+		t.Fatalf("search: %d %s", a.code, a.raw)
+	}
+	stamp, err := time.Parse(time.RFC3339Nano, a.body["timestamp"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !stamp.Before(fx.referrals.listed) {
+		t.Fatalf("the searchset's timestamp %v is not before the search's read at %v", stamp, fx.referrals.listed)
 	}
 }
 

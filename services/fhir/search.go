@@ -100,6 +100,10 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		s.writeErr(w, err, typ+" records")
 		return
 	}
+	// The searchset's timestamp is taken before the search runs: a client
+	// polling by _lastUpdated from it must not skip what changed while it
+	// ran.
+	at := time.Now()
 	p, err := s.find(ctx, c, q)
 	if consentgate.Refused(err) {
 		// A search finds only what the patient's consent discloses, as the
@@ -110,7 +114,7 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		s.writeErr(w, err, typ+" records")
 		return
 	}
-	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p))
+	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p, at))
 }
 
 // onServer reports whether prefix, what comes before /Patient/ in an
@@ -580,7 +584,7 @@ func (s *server) findAppointments(ctx context.Context, c caller, q query) (page,
 }
 
 // searchBundle is a searchset Bundle with self and next links.
-func searchBundle(base string, q query, p page) obj {
+func searchBundle(base string, q query, p page, at time.Time) obj {
 	entries := make([]any, 0, len(p.entries)+len(p.outcomes))
 	for _, e := range p.entries {
 		res := e["resource"].(obj)
@@ -614,7 +618,7 @@ func searchBundle(base string, q query, p page) obj {
 	b := obj{
 		"resourceType": "Bundle",
 		"type":         "searchset",
-		"timestamp":    time.Now().UTC().Format(instantLayout),
+		"timestamp":    at.UTC().Format(instantLayout),
 		"link":         links,
 	}
 	if len(entries) > 0 {
