@@ -198,8 +198,20 @@ func (e *env) recordHistory(workflowID, pkg, file string) {
 	// Saved opened, so the replay tests need no key; the test run's key is
 	// thrown away anyway.
 	if err := proxy.VisitPayloads(ctx, h, proxy.VisitPayloadsOptions{
-		Visitor: func(_ *proxy.VisitPayloadsContext, p []*commonpb.Payload) ([]*commonpb.Payload, error) {
-			return e.codec.Decode(p)
+		Visitor: func(_ *proxy.VisitPayloadsContext, ps []*commonpb.Payload) ([]*commonpb.Payload, error) {
+			out := make([]*commonpb.Payload, len(ps))
+			for i, p := range ps {
+				d, err := e.codec.Decode([]*commonpb.Payload{p})
+				switch {
+				case errors.Is(err, codec.ErrUnsealed):
+					out[i] = p // search attributes are the server's, not sealed
+				case err != nil:
+					return nil, err
+				default:
+					out[i] = d[0]
+				}
+			}
+			return out, nil
 		},
 	}); err != nil {
 		e.t.Fatal(err)

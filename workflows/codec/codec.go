@@ -129,6 +129,9 @@ func (c *Codec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error
 	return c.decode(payloads, false)
 }
 
+// ErrUnsealed is Decode's refusal of a payload that is not sealed.
+var ErrUnsealed = errors.New("codec: an unsealed payload is refused")
+
 // decode is Decode; plain passes unsealed payloads through instead of
 // refusing them (for showing payloads, not for acting on them).
 func (c *Codec) decode(payloads []*commonpb.Payload, plain bool) ([]*commonpb.Payload, error) {
@@ -136,7 +139,7 @@ func (c *Codec) decode(payloads []*commonpb.Payload, plain bool) ([]*commonpb.Pa
 	for i, p := range payloads {
 		if string(p.GetMetadata()[metaEncoding]) != encoding {
 			if !plain {
-				return nil, fmt.Errorf("codec: an unsealed payload (encoding %q) is refused: it was not written by a Handoff process", p.GetMetadata()[metaEncoding])
+				return nil, fmt.Errorf("%w (encoding %q): it was not written by a Handoff process", ErrUnsealed, p.GetMetadata()[metaEncoding])
 			}
 			out[i] = p
 			continue

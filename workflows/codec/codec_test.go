@@ -75,7 +75,7 @@ func TestSealsOpensAndRotates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rotated.Decode([]*commonpb.Payload{plain}); err == nil || !strings.Contains(err.Error(), "unsealed") {
+	if _, err := rotated.Decode([]*commonpb.Payload{plain}); !errors.Is(err, ErrUnsealed) {
 		t.Fatalf("an unsealed payload: %v; want it refused", err)
 	}
 	var in map[string]string
