@@ -289,9 +289,17 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		}
 		return false
 	})
+	// A firmer meeting drafted meanwhile (as a boundary workflow proposes
+	// one after a refusal) is moot once the loved one says yes.
+	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2, PreviousIntervention: iv.GetName()}}))
 	// After the start, "accepted".
 	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))
+	stacktest.Eventually(t, 20*time.Second, "the draft cancelled", func() bool {
+		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: draft.GetName()}))
+		return got.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED && strings.Contains(got.GetCancelReason(), iv.GetName())
+	})
 	// The MAT intake workflow converts the hold into an immediate referral.
 	var referral *referralsv1.Referral
 	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {

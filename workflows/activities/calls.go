@@ -1172,29 +1172,11 @@ const familyDeleted = "the family's record was deleted"
 func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
 	var out Closed
 	clinic := aip.Clinic(in.Family)
-	prefix := in.RequestID[:min(len(in.RequestID), 24)]
 	for _, st := range []string{"SCHEDULED", "DRAFT"} {
-		for token := ""; ; {
-			page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/" + clinic,
-				Filter: fmt.Sprintf("family = %q AND state = %s", in.Family, st), PageSize: 100, PageToken: token})
-			if err != nil {
-				return out, wrap("list interventions", err)
-			}
-			for _, iv := range page.GetInterventions() {
-				_, err := a.Interventions.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
-					Reason: familyDeleted, RequestId: prefix + "-" + aip.ID(iv.GetName())})
-				// Ended meanwhile (an outcome recorded) or a draft deleted:
-				// nothing to cancel.
-				if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
-					return out, wrap("cancel intervention", err)
-				}
-				if err == nil {
-					out.Interventions++
-				}
-			}
-			if token = page.GetNextPageToken(); token == "" {
-				break
-			}
+		n, err := a.cancelInterventions(ctx, in.Family, st, familyDeleted, in.RequestID)
+		out.Interventions += n
+		if err != nil {
+			return out, err
 		}
 	}
 	// One listing of every reminder not yet final: a reminder's state moves
@@ -1204,6 +1186,46 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), nil)
 	out.Reminders += n
 	return out, err
+}
+
+// WithdrawDrafts cancels the family's meetings still in draft, the next,
+// firmer one a boundary workflow proposed after a refusal among them: once
+// the loved one has said yes, a meeting to bring them to it is moot, and a
+// draft left standing asks the counselor to plan it. Scheduled meetings
+// stay: their participants were invited, and calling them off is the
+// counselor's to decide. A draft scheduled or deleted meanwhile is left
+// be. It returns how many it cancelled.
+func (a *Activities) WithdrawDrafts(ctx context.Context, in WithdrawDraftsRequest) (int, error) {
+	return a.cancelInterventions(ctx, in.Family, "DRAFT", in.Reason, in.RequestID)
+}
+
+// cancelInterventions cancels the family's interventions in state, each
+// under a request id of its own derived from requestID. One that ended
+// meanwhile (an outcome recorded, a draft scheduled) or a draft deleted is
+// left be. It returns how many it cancelled.
+func (a *Activities) cancelInterventions(ctx context.Context, family, state, reason, requestID string) (int, error) {
+	n := 0
+	prefix := requestID[:min(len(requestID), 24)]
+	for token := ""; ; {
+		page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/" + aip.Clinic(family),
+			Filter: fmt.Sprintf("family = %q AND state = %s", family, state), PageSize: 100, PageToken: token})
+		if err != nil {
+			return n, wrap("list interventions", err)
+		}
+		for _, iv := range page.GetInterventions() {
+			_, err := a.Interventions.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
+				Reason: reason, RequestId: prefix + "-" + aip.ID(iv.GetName())})
+			if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+				return n, wrap("cancel intervention", err)
+			}
+			if err == nil {
+				n++
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return n, nil
+		}
+	}
 }
 
 // contactWithdrawn is the reason a reminder is cancelled when its recipient

@@ -654,6 +654,7 @@ type closeFake struct {
 	filters   []string
 	cancelled []string
 	ids       []string
+	reasons   []string // of the interventions cancelled
 }
 
 func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
@@ -674,6 +675,7 @@ func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.Ca
 		return nil, apperr.NotFound(in.GetName())
 	}
 	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
+	f.reasons = append(f.reasons, in.GetReason())
 	return &interventionsv1.Intervention{Name: in.GetName()}, nil
 }
 
@@ -712,6 +714,25 @@ func TestCloseFamily(t *testing.T) {
 		if !strings.Contains(flt, `"clinics/north/families/f1"`) {
 			t.Fatalf("filter %q is not narrowed to the family", flt)
 		}
+	}
+}
+
+// After a yes the family's drafts are cancelled, each under a request id
+// of its own and with the reason given; one deleted meanwhile is skipped,
+// and scheduled meetings are not asked for.
+func TestWithdrawDrafts(t *testing.T) {
+	f := &closeFake{}
+	a := &Activities{Interventions: f}
+	n, err := a.WithdrawDrafts(context.Background(), WithdrawDraftsRequest{Family: "clinics/north/families/f1",
+		Reason: "the loved one accepted treatment", RequestID: "req"})
+	if err != nil || n != 1 || fmt.Sprint(f.cancelled) != "[clinics/north/interventions/draft]" {
+		t.Fatalf("WithdrawDrafts = %d, %v, cancelled %v; want the draft alone", n, err, f.cancelled)
+	}
+	if len(f.filters) != 1 || !strings.Contains(f.filters[0], `family = "clinics/north/families/f1" AND state = DRAFT`) {
+		t.Fatalf("filters %q; want the family's drafts only", f.filters)
+	}
+	if f.reasons[0] != "the loved one accepted treatment" {
+		t.Fatalf("reason %q", f.reasons[0])
 	}
 }
 

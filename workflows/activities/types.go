@@ -236,6 +236,14 @@ type ProposeRequest struct {
 	RequestID string
 }
 
+// WithdrawDraftsRequest asks to cancel a family's draft meetings, and says
+// why.
+type WithdrawDraftsRequest struct {
+	Family    string
+	Reason    string
+	RequestID string
+}
+
 // CloseFamilyRequest asks to stop what is still open for a family whose
 // record was deleted.
 type CloseFamilyRequest struct {

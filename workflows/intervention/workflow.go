@@ -987,6 +987,14 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others, medications []str
 	if err := w.stopBoundary(ctx); err != nil {
 		log.Warn("cancelling the boundary reminders after a yes failed", "error", err)
 	}
+	if flow.Version(ctx, versionWithdrawDrafts, 1) >= 1 {
+		if err := flow.Call(ctx, nil, flow.A.WithdrawDrafts, activities.WithdrawDraftsRequest{
+			Family: w.plan.Family, Reason: "The loved one accepted treatment at " + w.in.Intervention + ".",
+			RequestID: flow.RequestID(ctx, "withdraw-drafts"),
+		}); err != nil {
+			log.Warn("cancelling the family's draft meetings after a yes failed", "error", err)
+		}
+	}
 	if len(others) > 0 {
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
@@ -1020,6 +1028,12 @@ func (w *wf) child(ctx workflow.Context, id string, policy enumspb.ParentClosePo
 		ParentClosePolicy:     policy,
 	})
 }
+
+// versionWithdrawDrafts guards cancelling, after a yes, the family's
+// meetings still in draft: the next, firmer one a boundary workflow
+// proposed stayed, asking the counselor to plan a meeting nobody needed,
+// while its notice was cancelled.
+const versionWithdrawDrafts = "withdraw-drafts-on-yes"
 
 // versionStopBoundaryOnYes guards stopping the family's boundary workflow
 // when the loved one accepts treatment; runs before it left it going.

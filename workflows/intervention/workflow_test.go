@@ -71,6 +71,8 @@ type harness struct {
 	start    time.Time
 	holdAt   time.Time
 	released []string
+	// withdrawn are the WithdrawDrafts calls.
+	withdrawn []activities.WithdrawDraftsRequest
 	// releaseErr and cancelErr, when set, are what ReleaseHold and
 	// CancelReminders fail with.
 	releaseErr, cancelErr error
@@ -150,6 +152,11 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 			h.calls = append(h.calls, "cancel reminders")
 			h.cancelled = append(h.cancelled, in)
 			return 0, h.cancelErr
+		})
+	env.OnActivity(flow.A.WithdrawDrafts, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.WithdrawDraftsRequest) (int, error) {
+			h.withdrawn = append(h.withdrawn, in)
+			return 1, nil
 		})
 	env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
 		func(_ string, id, _ string) error {
@@ -961,6 +968,11 @@ func TestYesStartsIntakeBeforeTidyingUp(t *testing.T) {
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 	if cancelsBefore != 0 || len(h.cancelled) == 0 {
 		t.Fatalf("%d reminder cancellations before the intake began, %d in all; want none before, some after", cancelsBefore, len(h.cancelled))
+	}
+	// The family's drafts (the firmer meeting a boundary workflow
+	// proposed) are moot after the yes.
+	if len(h.withdrawn) != 1 || h.withdrawn[0].Family != "clinics/north/families/f1" || !strings.Contains(h.withdrawn[0].Reason, name) {
+		t.Fatalf("drafts withdrawn %+v; want the family's, once, naming this meeting", h.withdrawn)
 	}
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h1" {
