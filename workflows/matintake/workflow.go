@@ -185,13 +185,29 @@ func (w *wf) cancelledWithReferral(ctx workflow.Context) {
 	}); err != nil {
 		log.Warn("cancelling the intake's reminders after the intake was cancelled failed", "error", err)
 	}
+	about, msg := w.referral.Name, "The hand-off after the family meeting was stopped: its referral is still open and no longer followed. Follow it up with the program, or cancel it."
+	switch w.state {
+	case "COMPLETED":
+		// The person entered treatment (the family's own referrals were
+		// being made): nothing is left open to follow.
+		if flow.Version(dctx, versionNoNoticeAfterEntry, 1) >= 1 {
+			return
+		}
+	case "REJECTED", "CANCELLED":
+		// The referral is closed and the next program was being sought:
+		// no place is found, as failed says in the same case.
+		about, msg = w.in.Intervention, "The hand-off after the family meeting was stopped before a program took the person in: please call the family and arrange a place by hand."
+	}
 	to, _ := w.counselorNow(dctx, versionNoticesToCurrent) // the one it began with, failing that
-	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
-		"The hand-off after the family meeting was stopped: its referral is still open and no longer followed. Follow it up with the program, or cancel it.",
-		"cancelled"); err != nil {
+	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", about, msg, "cancelled"); err != nil {
 		log.Warn("telling the counselor that the intake was cancelled failed", "error", err)
 	}
 }
+
+// versionNoNoticeAfterEntry guards sending no notice when the intake is
+// cancelled after the person entered treatment: before, the counselor was
+// told to follow up a referral that had ended in treatment.
+const versionNoNoticeAfterEntry = "no-cancel-notice-after-entry"
 
 // failed is that telling, on a disconnected context: the workflow is
 // about to fail, and the counselor is the one who can still act. Its own
@@ -586,6 +602,7 @@ func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Member: member,
 			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE",
+			Reason:    "Support for the family now that their loved one has entered treatment.",
 			RequestID: flow.RequestID(ctx, "family-support"),
 		}); err != nil {
 			return Result{}, err

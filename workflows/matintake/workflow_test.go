@@ -41,8 +41,9 @@ type harness struct {
 	counselor activities.Person
 	// counselorDown makes FamilyCounselor fail as an outage does.
 	counselorDown bool
-	// statusErr, when set, is what every ReferralStatus call fails with.
-	statusErr error
+	// statusErr, when set, is what every ReferralStatus call fails with;
+	// supportErr every CreateSupportReferrals call.
+	statusErr, supportErr error
 }
 
 // warnings is the workflows' logger in these tests: it keeps the warnings
@@ -86,6 +87,9 @@ func newHarness(t *testing.T) *harness {
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
 			h.support = append(h.support, in)
+			if h.supportErr != nil {
+				return nil, h.supportErr
+			}
 			return []string{"clinics/north/referrals/support"}, nil
 		})
 	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
@@ -816,6 +820,57 @@ func TestCancelledIntakeTidiesUpItsReferral(t *testing.T) {
 	told := h.kinds("REFERRAL_ESCALATION")
 	if !tidied || len(told) != 1 || !strings.Contains(told[0].Message, "no longer followed") || told[0].Related != r1 {
 		t.Fatalf("cancellations %+v, counselor told %+v; want the intake's own reminders of %s cancelled and the counselor told", h.cancelled, told, r1)
+	}
+}
+
+// An intake cancelled while it seeks the next program (the first turned
+// the person down, the referrals service now failing) has no place to
+// follow up: the counselor is asked to arrange one by hand, about the
+// intervention, not told that the rejected referral is still open.
+func TestCancelledIntakeAfterARejectionAsksForAPlaceByHand(t *testing.T) {
+	h := newHarness(t)
+	const r1 = "clinics/north/referrals/r1"
+	h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ImmediateRequest) (activities.Referral, error) {
+			h.requests = append(h.requests, in)
+			if len(h.requests) == 1 {
+				return activities.Referral{Name: r1, Program: "clinics/north/programs/p1"}, nil
+			}
+			return activities.Referral{}, temporal.NewApplicationError("referrals is down", "Unavailable")
+		})
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "REJECTED"})
+	// The referrals service is retried for longer than this.
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, time.Hour+30*time.Second)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	told := h.kinds("REFERRAL_ESCALATION")
+	if len(told) != 1 || told[0].Related != iv || !strings.Contains(told[0].Message, "by hand") {
+		t.Fatalf("counselor told %+v; want one notice about the intervention asking for a place by hand", told)
+	}
+}
+
+// An intake cancelled after the person entered treatment (while the
+// family's own referrals were being made) tells the counselor nothing:
+// no referral is left open to follow. The family's referrals say why
+// they are made.
+func TestCancelledIntakeAfterEntrySendsNoNotice(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.supportErr = temporal.NewApplicationError("referrals is down", "Unavailable")
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "COMPLETED"})
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, time.Hour+30*time.Second)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	if told := h.kinds("REFERRAL_ESCALATION"); len(told) != 0 {
+		t.Fatalf("counselor told %+v after the person entered treatment; want nothing", told)
+	}
+	if len(h.support) == 0 || !strings.Contains(h.support[0].Reason, "entered treatment") {
+		t.Fatalf("family support referrals %+v; want them made for the loved one's entering treatment", h.support)
 	}
 }
 
