@@ -118,9 +118,12 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil && !temporal.IsCanceledError(err) && flow.Version(ctx, versionTellOnFailure, 1) >= 1 {
 		w.failed(ctx, err)
 	}
-	if temporal.IsCanceledError(err) && w.in.Hold != "" && w.referral.Name == "" &&
-		flow.Version(ctx, versionReleaseOnCancel, 1) >= 1 {
-		w.releaseOnCancel(ctx)
+	if temporal.IsCanceledError(err) {
+		if flow.Version(ctx, versionReleaseHeld, 1) >= 1 {
+			w.releaseHeld(ctx, "the hand-off was cancelled", "cancelled")
+		} else if w.in.Hold != "" && w.referral.Name == "" && flow.Version(ctx, versionReleaseOnCancel, 1) >= 1 {
+			w.releaseOnCancel(ctx)
+		}
 	}
 	if temporal.IsCanceledError(err) && w.referral.Name != "" && flow.Version(ctx, versionTellOnCancel, 1) >= 1 {
 		w.cancelledWithReferral(ctx)
@@ -162,6 +165,28 @@ func (w *wf) releaseOnCancel(ctx workflow.Context) {
 		Hold: w.in.Hold, Reason: "the hand-off was cancelled", RequestID: flow.RequestID(dctx, "release|cancelled"),
 	}); err != nil {
 		workflow.GetLogger(ctx).Warn("releasing the hold after the intake was cancelled failed; it lapses at its expiry", "error", err)
+	}
+}
+
+// versionReleaseHeld guards giving back, when the intake is cancelled or
+// fails, every place still held for the intervention, not only the one it
+// began with: a try of the referral that held a place at another program
+// and failed before converting it keeps that place for the next try, and
+// with no next try it stayed held until it lapsed, a day later.
+const versionReleaseHeld = "release-every-held-place"
+
+// releaseHeld gives back, on a context the cancellation does not reach,
+// the MAT places still held for the intervention. A place a referral took
+// over is no longer held, and stays the referral's. Its failure is
+// logged: the places lapse at their expiry.
+func (w *wf) releaseHeld(ctx workflow.Context, reason, purpose string) {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	if err := flow.Call(dctx, nil, flow.A.ReleaseHeldFor, activities.ReleaseHeldRequest{
+		Intervention: w.in.Intervention, Family: w.in.Family, Reason: reason,
+		RequestID: flow.RequestID(dctx, "release-held|"+purpose),
+	}); err != nil {
+		workflow.GetLogger(ctx).Warn("giving back the places held for the intake failed; they lapse at their expiry", "error", err)
 	}
 }
 
@@ -217,7 +242,9 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 	defer stop()
 	log := workflow.GetLogger(ctx)
 	log.Warn("MAT intake failed; telling the counselor", "error", cause)
-	if w.in.Hold != "" && w.referral.Name == "" {
+	if flow.Version(dctx, versionReleaseHeld, 1) >= 1 {
+		w.releaseHeld(dctx, "the hand-off stopped on an error", "failed")
+	} else if w.in.Hold != "" && w.referral.Name == "" {
 		// No referral was made, so none took the hold over.
 		if err := flow.Call(dctx, nil, flow.A.ReleaseHold, activities.ReleaseRequest{
 			Hold: w.in.Hold, Reason: "the hand-off stopped on an error", RequestID: flow.RequestID(dctx, "release|failed"),

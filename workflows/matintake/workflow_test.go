@@ -689,8 +689,8 @@ func TestIntakeReminderIsNotResentOnceTheAppointmentBegins(t *testing.T) {
 func (h *harness) resends() *[]string { return flowtest.Resends(h.env) }
 
 // An intake that ends on an error tells the counselor, who can still act,
-// and gives back a hold no referral took; one that failed after a
-// referral took the hold leaves the hold to it.
+// and gives back the places still held for the intervention (a hold a
+// referral took is no longer held, and stays the referral's).
 func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -698,7 +698,7 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 	}{{"before any referral", false}, {"after a referral", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			released := h.releases()
+			released, held := h.releases(), h.heldReleases()
 			final := temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
 			if tc.referral {
 				h.programs(1)
@@ -726,15 +726,20 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 				(tc.referral && told[0].Related != "clinics/north/referrals/r1") {
 				t.Fatalf("notice %+v; with a referral made it must name it, and ask for a place by hand only without one", told[0])
 			}
-			wantReleased := 1
-			if tc.referral {
-				wantReleased = 0
-			}
-			if len(*released) != wantReleased || (wantReleased == 1 && (*released)[0].Hold != input().Hold) {
-				t.Fatalf("holds released %+v; want %d of %s", *released, wantReleased, input().Hold)
+			// Every MAT place still held for the intervention goes back
+			// (the one it began with, and any a try held elsewhere); a
+			// place a referral took over is no longer held.
+			if len(*released) != 0 || !releasesTheIntervention(*held) {
+				t.Fatalf("holds released by name %+v, by lookup %+v; want one lookup of the intervention's MAT places", *released, *held)
 			}
 		})
 	}
+}
+
+// releasesTheIntervention reports whether held is one lookup of the
+// intervention's MAT places.
+func releasesTheIntervention(held []activities.ReleaseHeldRequest) bool {
+	return len(held) == 1 && held[0].Intervention == iv && held[0].Family == family && !held[0].AnyService && held[0].RequestID != ""
 }
 
 // An intake that fails looking for the next program, the first having
@@ -766,9 +771,11 @@ func TestFailureAfterARejectionAsksForAPlaceByHand(t *testing.T) {
 	}
 }
 
-// An intake cancelled through Temporal before any referral took the hold
-// over (here while the referrals service keeps failing) gives the held
-// place back; one cancelled after a referral leaves it to the referral.
+// An intake cancelled through Temporal (here while the referrals service
+// keeps failing, or after a referral was made) gives back every MAT place
+// still held for the intervention, by lookup: the one it began with, or
+// one a failed try held at another program. A place a referral took over
+// is no longer held, and stays the referral's.
 func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -776,7 +783,7 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 	}{{"before any referral", false}, {"after a referral", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			released := h.releases()
+			released, held := h.releases(), h.heldReleases()
 			if tc.referral {
 				h.programs(1)
 			} else {
@@ -789,12 +796,8 @@ func TestCancelledIntakeGivesTheHoldBack(t *testing.T) {
 			if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
 				t.Fatalf("workflow error %v; want cancelled", err)
 			}
-			want := 1
-			if tc.referral {
-				want = 0
-			}
-			if len(*released) != want || (want == 1 && (*released)[0].Hold != input().Hold) {
-				t.Fatalf("holds released %+v; want %d of %s", *released, want, input().Hold)
+			if len(*released) != 0 || !releasesTheIntervention(*held) {
+				t.Fatalf("holds released by name %+v, by lookup %+v; want one lookup of the intervention's MAT places", *released, *held)
 			}
 		})
 	}
@@ -887,6 +890,18 @@ func TestCancelWithNoDeadlineLeft(t *testing.T) {
 	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
 		t.Fatalf("overdue alerts = %d, want 1 before the cancellation", n)
 	}
+}
+
+// heldReleases records the ReleaseHeldFor calls, each giving back one
+// place.
+func (h *harness) heldReleases() *[]activities.ReleaseHeldRequest {
+	var held []activities.ReleaseHeldRequest
+	h.env.OnActivity(flow.A.ReleaseHeldFor, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ReleaseHeldRequest) (int, error) {
+			held = append(held, in)
+			return 1, nil
+		})
+	return &held
 }
 
 // releases records the ReleaseHold calls, each answered OK.
