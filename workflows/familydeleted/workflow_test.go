@@ -3,32 +3,52 @@ package familydeleted_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/testsuite"
+	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/familydeleted"
 	"github.com/handoff-health/handoff/workflows/flow"
-	"github.com/handoff-health/handoff/workflows/flowtest"
 	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 const family = "clinics/north/families/f1"
 
+// warnings keeps the workflow's warnings.
+type warnings struct{ seen []string }
+
+func (*warnings) Debug(string, ...any)             {}
+func (*warnings) Info(string, ...any)              {}
+func (*warnings) Error(string, ...any)             {}
+func (w *warnings) Warn(msg string, _ ...any)      { w.seen = append(w.seen, msg) }
+func (w *warnings) warned(msg string) (found bool) { return slices.Contains(w.seen, msg) }
+
 // The family's boundary workflow is asked to stop, then its open
 // interventions and pending reminders are cancelled; without a boundary
-// workflow (or one that cannot be cancelled) the rest still happens.
+// workflow (the usual case, said nothing of) or with one that cannot be
+// cancelled (logged) the rest still happens.
 func TestDeletedFamilyIsClosed(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		cancelErr error
 		cancelled bool
+		warned    bool
 	}{
-		{"a boundary workflow runs", nil, true},
-		{"none runs", errors.New("unknown external workflow execution"), false},
+		{"a boundary workflow runs", nil, true, false},
+		{"none runs", &temporal.UnknownExternalWorkflowExecutionError{}, false, false},
+		{"it cannot be cancelled", errors.New("the server refused"), false, true},
 	} {
-		env := flowtest.Env(familydeleted.Workflow, familydeleted.Name)
+		var suite testsuite.WorkflowTestSuite
+		log := &warnings{}
+		suite.SetLogger(log)
+		env := suite.NewTestWorkflowEnvironment()
+		env.RegisterWorkflowWithOptions(familydeleted.Workflow, workflow.RegisterOptions{Name: familydeleted.Name})
+		env.RegisterActivity(&activities.Activities{})
 		var asked []string
 		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
 			func(_ string, id, _ string) error {
@@ -51,6 +71,9 @@ func TestDeletedFamilyIsClosed(t *testing.T) {
 		}
 		if len(closed) != 1 || closed[0].Family != family || closed[0].RequestID == "" || res.Interventions != 2 || res.Reminders != 3 {
 			t.Errorf("%s: closed %+v, result %+v", c.name, closed, res)
+		}
+		if got := log.warned("boundary workflow not cancelled"); got != c.warned {
+			t.Errorf("%s: warned %v (%q); want %v", c.name, got, log.seen, c.warned)
 		}
 	}
 }
