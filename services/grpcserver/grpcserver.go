@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -178,7 +179,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	unscoped := false             // authenticated, refused before any clinic was known
 	defer func() {
 		if r := recover(); r != nil {
-			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			i.log.ErrorContext(ctx, "panic in handler", "method", info.FullMethod, "panic", panicText(r), "stack", string(debug.Stack()))
 			resp, err = nil, status.Error(codes.Internal, "internal error")
 		}
 		// Audited after recovery, so a panic is recorded as the failure it is.
@@ -398,29 +399,57 @@ func requestClinic(m proto.Message) string {
 	return clinic
 }
 
+// panicText is what the log keeps of a recovered panic: a runtime error's
+// text (an index out of range, a nil dereference), which holds no data,
+// and only the type of any other value, which may carry what a handler
+// was working on (a name, a phone number).
+func panicText(r any) string {
+	if re, ok := r.(runtime.Error); ok {
+		return re.Error()
+	}
+	return fmt.Sprintf("a value of type %T", r)
+}
+
 // fromDatabase turns an error that is not a gRPC status into one: bad data
 // PostgreSQL refused (a NUL byte, say) is the caller's INVALID_ARGUMENT,
-// a deadlock or serialization failure is ABORTED (retry), the caller's own
-// cancellation or deadline is CANCELLED or DEADLINE_EXCEEDED, anything else
-// is INTERNAL and logged without its details reaching the caller.
+// a deadlock, serialization failure, lock timeout or uniqueness conflict
+// the handler did not expect is ABORTED (retry), a database that cannot
+// be reached or took too long is UNAVAILABLE (retry later), the caller's
+// own cancellation or deadline is CANCELLED or DEADLINE_EXCEEDED; anything
+// else is INTERNAL. The last two kinds are logged, without their details
+// reaching the caller.
 func (i *interceptor) fromDatabase(ctx context.Context, method string, err error) error {
 	var pg *pgconn.PgError
-	if errors.As(err, &pg) {
+	isPg := errors.As(err, &pg)
+	// The caller gave up or ran out of time: not a fault of the service.
+	// (A statement the caller's context cut short may come back as
+	// PostgreSQL's own cancellation, 57014.)
+	gaveUp := ctx.Err() != nil && (errors.Is(err, ctx.Err()) || isPg && pg.Code == "57014")
+	switch {
+	case gaveUp && errors.Is(ctx.Err(), context.Canceled):
+		return status.Error(codes.Canceled, "the call was cancelled")
+	case gaveUp:
+		return status.Error(codes.DeadlineExceeded, "the call ran out of time")
+	}
+	if isPg {
 		switch {
 		case strings.HasPrefix(pg.Code, "22"):
 			return status.Error(codes.InvalidArgument, "invalid request: a value cannot be stored (for example a NUL character in text)")
-		case pg.Code == "40001" || pg.Code == "40P01":
+		case pg.Code == "40001" || pg.Code == "40P01" || pg.Code == "55P03" || pg.Code == "23505" || pg.Code == "23P01":
 			return status.Error(codes.Aborted, "the request conflicted with another one: retry it")
 		case pg.Code == "23503":
 			return status.Error(codes.FailedPrecondition, "a resource the request refers to was removed meanwhile")
+		case pg.Code == "57014" || pg.Code == "57P01" || strings.HasPrefix(pg.Code, "08"):
+			// A statement timeout, an administrator's shutdown, a
+			// connection lost: the database, not the request.
+			i.log.WarnContext(ctx, "database unavailable", "method", method, "sqlstate", pg.Code)
+			return status.Error(codes.Unavailable, "the database is unavailable or overloaded: retry later")
 		}
 	}
-	// The caller gave up or ran out of time: not a fault of the service.
-	switch {
-	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
-		return status.Error(codes.Canceled, "the call was cancelled")
-	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
-		return status.Error(codes.DeadlineExceeded, "the call ran out of time")
+	var connect *pgconn.ConnectError
+	if errors.As(err, &connect) {
+		i.log.WarnContext(ctx, "database unavailable", "method", method, "error", err.Error())
+		return status.Error(codes.Unavailable, "the database is unavailable: retry later")
 	}
 	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
 	return apperr.Internal(err)
@@ -525,7 +554,10 @@ func (i *interceptor) validate(m proto.Message) error {
 	}
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) {
-		return status.Errorf(codes.InvalidArgument, "invalid request: %v", err)
+		// A rule that does not compile, or fails as it runs: the
+		// service's own fault, not the request's.
+		i.log.Error("request validation failed to run", "message", string(m.ProtoReflect().Descriptor().FullName()), "error", err.Error())
+		return apperr.Internal(err)
 	}
 	var vs apperr.Violations
 	for _, v := range verr.Violations {

@@ -11,9 +11,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -218,26 +220,7 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &servicetest.LogBuffer{}
-	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Verifier: iss.Verifier(),
-		Policy: grpcserver.Policy{method: {auth.RoleCounselor}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	registerOne(method, func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil })(srv.Server)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ctx, lis, time.Second); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, logs := serveLogged(t, iss, method, func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil })
 
 	const forged = "not-a-token-abc123"
 	good := auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
@@ -292,6 +275,107 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), forged) {
 		t.Fatal("the log holds the token a caller sent")
+	}
+}
+
+// serveLogged serves method, open to counselors of iss, whose handler
+// (behind the interceptors) is handle, and returns a connection to it and
+// the server's log, as JSON lines.
+func serveLogged(t *testing.T, iss *auth.Issuer, method string, handle func(ctx context.Context) (any, error)) (*grpc.ClientConn, *servicetest.LogBuffer) {
+	t.Helper()
+	logs := &servicetest.LogBuffer{}
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Verifier: iss.Verifier(),
+		Policy: grpcserver.Policy{method: {auth.RoleCounselor}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerOne(method, handle)(srv.Server)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, logs
+}
+
+// A database error the handler passes on says whose fault it is: a
+// conflict (a lock timeout, an unexpected uniqueness violation) is ABORTED
+// for the caller to retry, a database out of reach or overloaded is
+// UNAVAILABLE, and only the rest is INTERNAL. None of PostgreSQL's text
+// reaches the caller.
+func TestDatabaseErrorsSayWhoseFaultTheyAre(t *testing.T) {
+	const method = "/handoff.test.Database/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, refused := pgconn.Connect(context.Background(), "postgres://nobody@127.0.0.1:1/none?connect_timeout=2")
+	var connect *pgconn.ConnectError
+	if !errors.As(refused, &connect) {
+		t.Fatalf("connecting to a closed port: %v; want a ConnectError", refused)
+	}
+	pg := func(code string) error {
+		return fmt.Errorf("save family: %w", &pgconn.PgError{Code: code, Message: "secret detail of row (Sam Rivera)"})
+	}
+	for _, c := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{pg("55P03"), codes.Aborted},
+		{pg("23505"), codes.Aborted},
+		{pg("40P01"), codes.Aborted},
+		{pg("57014"), codes.Unavailable},
+		{pg("08006"), codes.Unavailable},
+		{fmt.Errorf("read family: %w", refused), codes.Unavailable},
+		{pg("42501"), codes.Internal},
+		{pg("22021"), codes.InvalidArgument},
+	} {
+		conn, _ := serveLogged(t, iss, method, func(context.Context) (any, error) { return nil, c.err })
+		err := conn.Invoke(auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north",
+			Roles: []auth.Role{auth.RoleCounselor}})), method, &emptypb.Empty{}, &emptypb.Empty{})
+		if status.Code(err) != c.want || strings.Contains(err.Error(), "Sam Rivera") || strings.Contains(err.Error(), "127.0.0.1:1") {
+			t.Errorf("%v: %v; want %v, without the database's text", c.err, err, c.want)
+		}
+	}
+}
+
+// A recovered panic is logged with its stack but not its value, which may
+// carry what the handler held (a name, a phone number); a runtime error's
+// text, which holds no data, is kept.
+func TestPanicValueStaysOutOfTheLog(t *testing.T) {
+	const method = "/handoff.test.Panic/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var which atomic.Int32
+	conn, logs := serveLogged(t, iss, method, func(context.Context) (any, error) {
+		n := which.Load()
+		if n == 0 {
+			panic("cannot reach Sam Rivera at +15555550111")
+		}
+		var none []int
+		return none[n], nil
+	})
+	ctx := auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+	for n := range int32(2) {
+		which.Store(n)
+		if err := conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != codes.Internal {
+			t.Fatalf("a panicking handler: %v; want INTERNAL", err)
+		}
+	}
+	out := logs.String()
+	if strings.Count(out, "panic in handler") != 2 || strings.Contains(out, "Sam Rivera") || strings.Contains(out, "15555550111") ||
+		!strings.Contains(out, "a value of type string") || !strings.Contains(out, "index out of range") {
+		t.Fatalf("the log of two panics:\n%s", out)
 	}
 }
 
