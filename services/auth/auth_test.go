@@ -41,6 +41,8 @@ func TestVerifierChecksEveryClaim(t *testing.T) {
 	aud.Audience = "elsewhere"
 	noClinic := good
 	noClinic.Clinic = ""
+	oddClinic := good
+	oddClinic.Clinic = "North'; --"
 	tok := iss.MustMint(good)
 	parts := strings.Split(tok, ".")
 	claims, err := base64.RawURLEncoding.DecodeString(parts[1])
@@ -58,17 +60,34 @@ func TestVerifierChecksEveryClaim(t *testing.T) {
 	if _, err := v.Verify(ctx, signed(`{"alg":"ES256","kid":"`+iss.kid+`","typ":"at+jwt"}`)); err != nil {
 		t.Errorf("a token typed at+jwt (RFC 9068): %v", err)
 	}
+	// Claims signed by the trusted key, one of them named in another case
+	// (encoding/json would take "Clinic" for clinic, the last one winning).
+	var cl map[string]any
+	if err := json.Unmarshal(claims, &cl); err != nil {
+		t.Fatal(err)
+	}
+	cl["Clinic"] = "south"
+	recased, _ := json.Marshal(cl)
+	withClaims := func(c []byte) string {
+		tok, err := iss.sign([]byte(`{"alg":"ES256","kid":"`+iss.kid+`","typ":"JWT"}`), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
 	// The caller is told what is wrong with its token, not what the
 	// deployment trusts (audience, issuer, key ids).
 	for name, c := range map[string]struct{ token, public string }{
-		"expired":        {iss.MustMint(expired), "invalid token: expired"},
-		"not yet valid":  {iss.MustMint(future), "invalid token: not valid yet"},
-		"wrong audience": {iss.MustMint(aud), "invalid token"},
-		"foreign key":    {other.MustMint(good), "invalid token"},
-		"no clinic":      {iss.MustMint(noClinic), "invalid token"},
-		"tampered":       {parts[0] + "." + parts[1] + "x." + parts[2], "invalid token"},
-		"garbage":        {"not.a.jwt", "invalid token"},
-		"alg none":       {"eyJhbGciOiJub25lIn0." + parts[1] + ".", "invalid token"},
+		"expired":         {iss.MustMint(expired), "invalid token: expired"},
+		"not yet valid":   {iss.MustMint(future), "invalid token: not valid yet"},
+		"wrong audience":  {iss.MustMint(aud), "invalid token"},
+		"foreign key":     {other.MustMint(good), "invalid token"},
+		"no clinic":       {iss.MustMint(noClinic), "invalid token"},
+		"not a clinic id": {iss.MustMint(oddClinic), "invalid token"},
+		"claim recased":   {withClaims(recased), "invalid token"},
+		"tampered":        {parts[0] + "." + parts[1] + "x." + parts[2], "invalid token"},
+		"garbage":         {"not.a.jwt", "invalid token"},
+		"alg none":        {"eyJhbGciOiJub25lIn0." + parts[1] + ".", "invalid token"},
 		"critical extension": {signed(`{"alg":"ES256","kid":"` + iss.kid + `","typ":"JWT","crit":["exp-policy"],"exp-policy":1}`),
 			"invalid token"},
 		"logout token": {signed(`{"alg":"ES256","kid":"` + iss.kid + `","typ":"logout+jwt"}`), "invalid token"},

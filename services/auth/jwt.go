@@ -11,6 +11,8 @@ import (
 	"math/big"
 	"strings"
 	"time"
+
+	"github.com/handoff-health/handoff/services/aip"
 )
 
 // KeySource finds the public key that signed a token.
@@ -116,6 +118,11 @@ func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) 
 		return Principal{}, fmt.Errorf("%w: %w", ErrInvalidToken, errNotValid)
 	case c.Subject == "" || c.Clinic == "":
 		return Principal{}, fmt.Errorf("%w: subject and clinic are required", ErrInvalidToken)
+	case c.Clinic != AnyClinic && !aip.ValidID(c.Clinic):
+		// The clinic scopes every database statement: one that is not a
+		// plain id could not be sent with them (see pgdb), and names no
+		// clinic Handoff has.
+		return Principal{}, fmt.Errorf("%w: clinic %q is not a clinic id", ErrInvalidToken, c.Clinic)
 	}
 	p := Principal{Subject: c.Subject, Clinic: c.Clinic}
 	for _, r := range c.Roles {
@@ -183,6 +190,9 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 	if err := decodeSegment(parts[1], c); err != nil {
 		return nil, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
 	}
+	if err := exactClaims(parts[1]); err != nil {
+		return nil, err
+	}
 	v.seen.add(h, verifiedEntry{key: key, kid: hd.Kid, claims: c}, now)
 	return c, nil
 }
@@ -194,6 +204,28 @@ func contains(a audience, s string) bool {
 		}
 	}
 	return false
+}
+
+// claimNames are the claims Claims reads.
+var claimNames = []string{"iss", "sub", "aud", "exp", "nbf", "iat", "clinic", "roles"}
+
+// exactClaims refuses claims named as one Handoff reads but in another
+// case ("Clinic", "ROLES"): encoding/json matches names regardless of case
+// and the last of two wins, so an identity provider that lets a user add
+// claims of their own would let them set their clinic or roles.
+func exactClaims(seg string) error {
+	var raw map[string]json.RawMessage
+	if err := decodeSegment(seg, &raw); err != nil {
+		return fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
+	}
+	for k := range raw {
+		for _, name := range claimNames {
+			if k != name && strings.EqualFold(k, name) {
+				return fmt.Errorf("%w: claim %q is not %q", ErrInvalidToken, k, name)
+			}
+		}
+	}
+	return nil
 }
 
 func decodeSegment(seg string, v any) error {

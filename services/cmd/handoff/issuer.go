@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/auth"
 )
 
@@ -31,6 +32,10 @@ func runIssuer(ctx context.Context, log *slog.Logger, args []string) error {
 	clinic := fs.String("clinic", env("HANDOFF_ISSUER_CLINIC", "demo"), "clinic of the user tokens it writes (HANDOFF_ISSUER_CLINIC)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if !aip.ValidID(*clinic) {
+		// The services refuse a token whose clinic is not a clinic id.
+		return fmt.Errorf("issuer: --clinic %q is not a clinic id (lowercase letters, digits and hyphens)", *clinic)
 	}
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
