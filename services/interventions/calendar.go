@@ -251,9 +251,14 @@ func (s *Server) feedRead(ctx context.Context, r ref, lastRead time.Time) error 
 	if now.Sub(lastRead) < feedReadStep {
 		return nil
 	}
-	if _, err := s.pool.Exec(ctx, `UPDATE calendar_feeds SET last_read_time = $3
-		WHERE clinic = $1 AND id = $2 AND (last_read_time IS NULL OR last_read_time <= $4)`,
-		r.clinic, r.id, now, now.Add(-feedReadStep)); err != nil {
+	// In a transaction, which writes the call's audit record with the
+	// change (pgdb.Stamp): a change never commits without its record.
+	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `UPDATE calendar_feeds SET last_read_time = $3
+			WHERE clinic = $1 AND id = $2 AND (last_read_time IS NULL OR last_read_time <= $4)`,
+			r.clinic, r.id, now, now.Add(-feedReadStep))
+		return err
+	}); err != nil {
 		return fmt.Errorf("record calendar feed read: %w", err)
 	}
 	return nil
