@@ -58,6 +58,53 @@ func TestLoginRoleHasNoOwnerRights(t *testing.T) {
 			t.Fatalf("a member of the owner was accepted as the services' login role (password %q)", pw)
 		}
 	}
+	// So is one that reaches a superuser through a role between (SET ROLE
+	// goes up the chain), or is a member of a role that can create roles,
+	// and one that can create roles itself when no password comes to
+	// take that away.
+	between, chained, creator, maker := name+"_b", name+"_c", name+"_r", name+"_k"
+	for _, stmt := range []string{
+		`CREATE ROLE ` + between + ` NOLOGIN BYPASSRLS`, `CREATE ROLE ` + chained + ` LOGIN`,
+		`CREATE ROLE ` + creator + ` NOLOGIN CREATEROLE`, `CREATE ROLE ` + maker + ` LOGIN CREATEROLE`,
+	} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, r := range []string{chained, between, creator, maker} {
+			_, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+r)
+		}
+	})
+	mid := name + "_mid"
+	if _, err := owner.Exec(ctx, `CREATE ROLE `+mid+` NOLOGIN`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+mid) })
+	for _, stmt := range []string{`GRANT ` + between + ` TO ` + mid, `GRANT ` + mid + ` TO ` + chained, `GRANT ` + creator + ` TO ` + member} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, chained, "s3cret"); err == nil {
+		t.Fatal("a role reaching one that bypasses row-level security, two grants up, was accepted")
+	}
+	if _, err := owner.Exec(ctx, `REVOKE `+pgx.Identifier{ownerName}.Sanitize()+` FROM `+member); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, member, "s3cret"); err == nil {
+		t.Fatal("a member of a role that can create roles was accepted")
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, maker, ""); err == nil {
+		t.Fatal("a role that can create roles was accepted with no password to take that away")
+	}
+	var creates bool
+	if err := pgdb.EnsureLoginRole(ctx, owner, maker, "s3cret"); err != nil {
+		t.Fatalf("a role whose right to create roles the password's ALTER ROLE takes away: %v", err)
+	}
+	if err := owner.QueryRow(ctx, `SELECT rolcreaterole FROM pg_roles WHERE rolname = $1::text`, maker).Scan(&creates); err != nil || creates {
+		t.Fatalf("after it, the role can create roles: %v (%v)", creates, err)
+	}
 	// Refused before anything was granted to it.
 	var granted bool
 	if err := owner.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid

@@ -439,16 +439,20 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	}
 	// A role made by hand (or made before) may hold more than AppRole: a
 	// superuser, one that bypasses row-level security or is a member of
-	// the owner could take back what the role is meant to keep from it.
-	// Refused before anything is changed or granted to it.
+	// the owner could take back what the role is meant to keep from it,
+	// and so could one that is a member of any role that can (SET ROLE
+	// reaches it, however far up), or of a role that can create roles and
+	// grant itself more. Its own CREATEROLE goes with the password (ALTER
+	// ROLE below), so only without one is it refused. Refused before
+	// anything is changed or granted to it.
 	var owner bool
-	err = conn.QueryRow(ctx, `SELECT rolsuper OR rolbypassrls OR pg_has_role(rolname, current_user, 'MEMBER')
-		FROM pg_roles WHERE rolname = $1::text`, name).Scan(&owner)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
+		WHERE l.rolname = $1::text AND (r.rolsuper OR r.rolbypassrls OR r.rolname = current_user
+			OR (r.rolcreaterole AND (r.oid <> l.oid OR $2))))`, name, password == "").Scan(&owner); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	if owner {
-		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security or is a member of the owner: give the services a role without those rights", name)
+		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, or is a member of the owner or of a role that may: give the services a role without those rights", name)
 	}
 	if password != "" {
 		// Sent as its SCRAM verifier, not in clear (see scramVerifier);
