@@ -416,14 +416,7 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 			c.State = familiesv1.ConsentState_CONSENT_STATE_REVOKED
 		case !expire.After(now):
 			c.State = familiesv1.ConsentState_CONSENT_STATE_EXPIRED
-			// The state changed at the expiry, with no write: the version
-			// and update time change with it, so that a reader holding the
-			// active copy by its etag, or polling by update time (FHIR's
-			// _lastUpdated), sees the change.
-			c.Etag += "-expired"
-			if expire.After(updated) {
-				c.UpdateTime = timestamppb.New(expire)
-			}
+			markExpired(c)
 		default:
 			c.State = familiesv1.ConsentState_CONSENT_STATE_ACTIVE
 		}
@@ -608,7 +601,22 @@ func forCaller(ctx context.Context, co *familiesv1.Consent) *familiesv1.Consent 
 		}
 	}
 	mine.Etag = aip.Etag(version)
+	markExpired(mine)
 	return mine
+}
+
+// markExpired gives an EXPIRED consent's version and update time the
+// change of state at its expiry, which no write made: a reader holding the
+// active copy by its etag, or polling by update time (FHIR's
+// _lastUpdated), sees the change.
+func markExpired(c *familiesv1.Consent) {
+	if c.GetState() != familiesv1.ConsentState_CONSENT_STATE_EXPIRED {
+		return
+	}
+	c.Etag += "-expired"
+	if c.GetExpireTime().AsTime().After(c.GetUpdateTime().AsTime()) {
+		c.UpdateTime = c.GetExpireTime()
+	}
 }
 
 // ListConsents implements the API.

@@ -525,6 +525,11 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if err != nil || len(active.GetConsents()) != 1 || active.GetConsents()[0].GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
 		t.Fatalf("consent before its expiry: %v %v", active, err)
 	}
+	// The EHR's own view of it (its part, versioned apart) too.
+	ehrActive, err := f.client.ListConsents(f.ehr("other-ehr"), &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(ehrActive.GetConsents()) != 1 {
+		t.Fatalf("the EHR's consents before the expiry: %v %v", ehrActive, err)
+	}
 	f.clock.Add(49 * time.Hour)
 	_, err = f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
 	wantConsentRequired(t, err)
@@ -536,6 +541,15 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if after.GetEtag() == before.GetEtag() || !after.GetUpdateTime().AsTime().Equal(after.GetExpireTime().AsTime()) {
 		t.Fatalf("expired consent: etag %q (was %q), updated %v, expired %v; want a new etag, updated at the expiry",
 			after.GetEtag(), before.GetEtag(), after.GetUpdateTime().AsTime(), after.GetExpireTime().AsTime())
+	}
+	ehrExpired, err := f.client.ListConsents(f.ehr("other-ehr"), &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(ehrExpired.GetConsents()) != 1 {
+		t.Fatalf("the EHR's consents after the expiry: %v %v", ehrExpired, err)
+	}
+	if e, was := ehrExpired.GetConsents()[0], ehrActive.GetConsents()[0]; e.GetState() != familiesv1.ConsentState_CONSENT_STATE_EXPIRED ||
+		e.GetEtag() == was.GetEtag() || !e.GetUpdateTime().AsTime().Equal(e.GetExpireTime().AsTime()) {
+		t.Fatalf("the EHR's view after the expiry: %v, etag %q (was %q), updated %v; want EXPIRED, a new etag, updated at the expiry",
+			e.GetState(), e.GetEtag(), was.GetEtag(), e.GetUpdateTime().AsTime())
 	}
 	// The etag read after the expiry is the current one: a revocation
 	// sent with it goes through; one sent with the active copy's does not.
