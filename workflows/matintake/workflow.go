@@ -119,14 +119,18 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		w.failed(ctx, err)
 	}
 	if temporal.IsCanceledError(err) {
-		if flow.Version(ctx, versionReleaseHeld, 1) >= 1 {
+		// The counselor first, the places after: a release may retry
+		// through the referrals service's outage for a day, and the
+		// places lapse on their own anyway.
+		releaseAll := flow.Version(ctx, versionReleaseHeld, 1) >= 1
+		if w.referral.Name != "" && flow.Version(ctx, versionTellOnCancel, 1) >= 1 {
+			w.cancelledWithReferral(ctx)
+		}
+		if releaseAll {
 			w.releaseHeld(ctx, "the hand-off was cancelled", "cancelled")
 		} else if w.in.Hold != "" && w.referral.Name == "" && flow.Version(ctx, versionReleaseOnCancel, 1) >= 1 {
 			w.releaseOnCancel(ctx)
 		}
-	}
-	if temporal.IsCanceledError(err) && w.referral.Name != "" && flow.Version(ctx, versionTellOnCancel, 1) >= 1 {
-		w.cancelledWithReferral(ctx)
 	}
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
@@ -242,9 +246,9 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 	defer stop()
 	log := workflow.GetLogger(ctx)
 	log.Warn("MAT intake failed; telling the counselor", "error", cause)
-	if flow.Version(dctx, versionReleaseHeld, 1) >= 1 {
-		w.releaseHeld(dctx, "the hand-off stopped on an error", "failed")
-	} else if w.in.Hold != "" && w.referral.Name == "" {
+	// The counselor first, the places after (see Workflow).
+	releaseAll := flow.Version(dctx, versionReleaseHeld, 1) >= 1
+	if !releaseAll && w.in.Hold != "" && w.referral.Name == "" {
 		// No referral was made, so none took the hold over.
 		if err := flow.Call(dctx, nil, flow.A.ReleaseHold, activities.ReleaseRequest{
 			Hold: w.in.Hold, Reason: "the hand-off stopped on an error", RequestID: flow.RequestID(dctx, "release|failed"),
@@ -263,8 +267,16 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 		// is no place.)
 		about, msg = w.referral.Name, "The hand-off after the family meeting stopped on an error after its referral was made: the referral stands but is no longer followed. Follow it up with the program."
 	}
+	if w.state == "COMPLETED" {
+		// The person entered treatment; what failed is the family's own
+		// referrals, made after it.
+		about, msg = w.in.Intervention, "The loved one entered treatment, but the family's own support referrals could not be made: please make them by hand."
+	}
 	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", about, msg, "failed"); err != nil {
 		log.Warn("telling the counselor that the intake failed failed", "error", err)
+	}
+	if releaseAll {
+		w.releaseHeld(dctx, "the hand-off stopped on an error", "failed")
 	}
 }
 
@@ -629,6 +641,9 @@ func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Member: member,
 			Kinds: []string{"FAMILY_COUNSELING", "FAMILY_SUPPORT_GROUP"}, Urgency: "ROUTINE",
+			// Added after runs began under this request id: a retry that
+			// finds it used with the old reason gets the referral it made
+			// (CreateSupportReferrals takes REQUEST_ID_REUSED).
 			Reason:    "Support for the family now that their loved one has entered treatment.",
 			RequestID: flow.RequestID(ctx, "family-support"),
 		}); err != nil {

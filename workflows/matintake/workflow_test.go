@@ -37,6 +37,11 @@ type harness struct {
 	// cancelled are the CancelReminders requests, with the time of each.
 	cancelled []activities.CancelRemindersRequest
 	cancelAt  []time.Time
+	// held are the ReleaseHeldFor calls, made at heldAt, each failing
+	// with heldErr when set.
+	held    []activities.ReleaseHeldRequest
+	heldAt  []time.Time
+	heldErr error
 	// counselor is the family's counselor now, if reassigned.
 	counselor activities.Person
 	// counselorDown makes FamilyCounselor fail as an outage does.
@@ -97,6 +102,12 @@ func newHarness(t *testing.T) *harness {
 			h.cancelled = append(h.cancelled, in)
 			h.cancelAt = append(h.cancelAt, env.Now())
 			return 1, nil
+		})
+	env.OnActivity(flow.A.ReleaseHeldFor, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ReleaseHeldRequest) (int, error) {
+			h.held = append(h.held, in)
+			h.heldAt = append(h.heldAt, env.Now())
+			return 1, h.heldErr
 		})
 	env.OnActivity(flow.A.ReferralStatus, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, name string) (activities.ReferralInfo, error) {
@@ -854,6 +865,52 @@ func TestCancelledIntakeAfterARejectionAsksForAPlaceByHand(t *testing.T) {
 	}
 }
 
+// The counselor is told at once, not after the places are given back:
+// that release may retry through the referrals service's outage for a day.
+func TestNoticeGoesBeforeThePlacesAreGivenBack(t *testing.T) {
+	for _, cancel := range []bool{true, false} {
+		h := newHarness(t)
+		h.programs(1)
+		h.heldErr = temporal.NewApplicationError("referrals is down", "Unavailable")
+		const r1 = "clinics/north/referrals/r1"
+		at := time.Hour + 30*time.Second
+		if cancel {
+			h.transition(time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: h.env.Now().Add(10 * time.Hour)})
+			h.env.RegisterDelayedCallback(h.env.CancelWorkflow, at)
+		} else {
+			h.statusErr = temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+			h.transition(at, r1, activities.ReferralInfo{State: "ACCEPTED"})
+		}
+		start := h.env.Now()
+		h.env.ExecuteWorkflow(matintake.Name, input())
+		told := h.kinds("REFERRAL_ESCALATION")
+		if len(told) != 1 || told[0].Due.Sub(start) > at+time.Minute {
+			t.Fatalf("cancelled %v: counselor told %+v (started %v); want one notice within a minute of the end", cancel, told, start)
+		}
+		if len(h.held) == 0 || h.heldAt[0].Before(told[0].Due) {
+			t.Fatalf("cancelled %v: places given back at %v, the notice at %v; want the release after the notice", cancel, h.heldAt, told[0].Due)
+		}
+	}
+}
+
+// An intake that fails after the person entered treatment (the family's
+// own referrals refused) says so: the counselor makes those referrals by
+// hand, and is not told to follow up a referral that ended in treatment.
+func TestFailureAfterEntryAsksForTheFamilysReferrals(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.supportErr = temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "COMPLETED"})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want the failure", err)
+	}
+	told := h.kinds("REFERRAL_ESCALATION")
+	if len(told) != 1 || !strings.Contains(told[0].Message, "support referrals") || told[0].Related != iv {
+		t.Fatalf("counselor told %+v; want one notice about the family's referrals", told)
+	}
+}
+
 // An intake cancelled after the person entered treatment (while the
 // family's own referrals were being made) tells the counselor nothing:
 // no referral is left open to follow. The family's referrals say why
@@ -892,17 +949,8 @@ func TestCancelWithNoDeadlineLeft(t *testing.T) {
 	}
 }
 
-// heldReleases records the ReleaseHeldFor calls, each giving back one
-// place.
-func (h *harness) heldReleases() *[]activities.ReleaseHeldRequest {
-	var held []activities.ReleaseHeldRequest
-	h.env.OnActivity(flow.A.ReleaseHeldFor, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ReleaseHeldRequest) (int, error) {
-			held = append(held, in)
-			return 1, nil
-		})
-	return &held
-}
+// heldReleases are the ReleaseHeldFor calls, each giving back one place.
+func (h *harness) heldReleases() *[]activities.ReleaseHeldRequest { return &h.held }
 
 // releases records the ReleaseHold calls, each answered OK.
 func (h *harness) releases() *[]activities.ReleaseRequest {
