@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -439,15 +440,21 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 			return status.Error(codes.Aborted, "the request conflicted with another one: retry it")
 		case pg.Code == "23503":
 			return status.Error(codes.FailedPrecondition, "a resource the request refers to was removed meanwhile")
-		case pg.Code == "57014" || pg.Code == "57P01" || strings.HasPrefix(pg.Code, "08"):
-			// A statement timeout, an administrator's shutdown, a
-			// connection lost: the database, not the request.
+		case pg.Code == "57014" || strings.HasPrefix(pg.Code, "57P") || strings.HasPrefix(pg.Code, "08") ||
+			strings.HasPrefix(pg.Code, "53") || pg.Code == "25006":
+			// A statement timeout, a shutdown or restart, a connection
+			// exception, the server out of resources, a primary demoted
+			// to read-only in a failover: the database, not the request.
 			i.log.WarnContext(ctx, "database unavailable", "method", method, "sqlstate", pg.Code)
 			return status.Error(codes.Unavailable, "the database is unavailable or overloaded: retry later")
 		}
 	}
+	// Out of reach: a connection that could not be made, or was lost
+	// under a statement (a failover), which pgx reports as the network's
+	// error rather than PostgreSQL's.
 	var connect *pgconn.ConnectError
-	if errors.As(err, &connect) {
+	var network net.Error
+	if errors.As(err, &connect) || errors.As(err, &network) || errors.Is(err, io.ErrUnexpectedEOF) {
 		i.log.WarnContext(ctx, "database unavailable", "method", method, "error", err.Error())
 		return status.Error(codes.Unavailable, "the database is unavailable: retry later")
 	}
@@ -555,8 +562,15 @@ func (i *interceptor) validate(m proto.Message) error {
 	var verr *protovalidate.ValidationError
 	if !errors.As(err, &verr) {
 		// A rule that does not compile, or fails as it runs: the
-		// service's own fault, not the request's.
-		i.log.Error("request validation failed to run", "message", string(m.ProtoReflect().Descriptor().FullName()), "error", err.Error())
+		// service's own fault, not the request's. A rule failing as it
+		// runs may say so with the request's values: only its kind is
+		// logged.
+		why := fmt.Sprintf("%T", err)
+		var compile *protovalidate.CompilationError
+		if errors.As(err, &compile) {
+			why = err.Error()
+		}
+		i.log.Error("request validation failed to run", "message", string(m.ProtoReflect().Descriptor().FullName()), "error", why)
 		return apperr.Internal(err)
 	}
 	var vs apperr.Violations

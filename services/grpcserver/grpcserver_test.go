@@ -335,6 +335,8 @@ func TestDatabaseErrorsSayWhoseFaultTheyAre(t *testing.T) {
 		{pg("57014"), codes.Unavailable},
 		{pg("08006"), codes.Unavailable},
 		{fmt.Errorf("read family: %w", refused), codes.Unavailable},
+		{pg("25006"), codes.Unavailable},
+		{fmt.Errorf("read family: %w", &net.OpError{Op: "read", Net: "tcp", Err: errors.New("connection reset by peer")}), codes.Unavailable},
 		{pg("42501"), codes.Internal},
 		{pg("22021"), codes.InvalidArgument},
 	} {
@@ -344,6 +346,27 @@ func TestDatabaseErrorsSayWhoseFaultTheyAre(t *testing.T) {
 		if status.Code(err) != c.want || strings.Contains(err.Error(), "Sam Rivera") || strings.Contains(err.Error(), "127.0.0.1:1") {
 			t.Errorf("%v: %v; want %v, without the database's text", c.err, err, c.want)
 		}
+	}
+}
+
+// A statement the caller's own context cut short comes back from
+// PostgreSQL as its cancellation (57014), which is the caller's CANCELLED,
+// not an overloaded database.
+func TestStatementCancelledByTheCallerIsCancelled(t *testing.T) {
+	const method = "/handoff.test.Cancelled/Call"
+	rec := &recorder{}
+	env := serveOne(t, method, func(ctx context.Context) (any, error) {
+		<-ctx.Done()
+		return nil, fmt.Errorf("list families: %w", &pgconn.PgError{Code: "57014", Message: "canceling statement due to user request"})
+	})
+	env.Server.SetAuditor(rec)
+	ctx, cancel := context.WithCancel(env.Counselor("north"))
+	time.AfterFunc(100*time.Millisecond, cancel)
+	_ = env.Conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{})
+	events := rec.recorded()
+	defer rec.mu.Unlock()
+	if len(events) != 1 || events[0].Outcome != "CANCELLED" {
+		t.Fatalf("audit events = %+v, want one with outcome CANCELLED", events)
 	}
 }
 
