@@ -35,15 +35,30 @@ type epoch struct {
 
 // epochs, newest first.
 var epochs = []epoch{
-	{"epoch-2026-12-04b", with(secondEpoch,
+	{"epoch-2026-12-05", with(thirdEpoch,
 		// flow
-		"failures-stay-unread",
+		"listen-past-last-due", "listen-settles", "resend-fails-by",
+		// intervention
+		"listen-after-notices", "boundary-past-failed-referrals", "go-on-past-failed-reschedule-release", "outcome-past-failed-reminder-cancel",
+		"release-cut-off-by-cancel", "release-unknown-hold", "resend-notices-after-outcome", "stop-boundary-by-origin",
+		"stop-meeting-reminders-first", "withdraw-drafts-on-yes",
+		// matintake
+		"no-cancel-notice-after-entry", "release-every-held-place", "release-hold-on-cancel", "tell-counselor-on-cancel",
 		// boundary
-		"check-ins-before-screen",
+		"answer-overdoses-on-failure", "blocked-escalation-kept", "check-in-once", "new-cycle-clears-blocked-escalation",
+		"overdose-alert-first", "overdose-during-steps", "retry-blocked-escalation",
 	)},
+	{"epoch-2026-12-04b", thirdEpoch},
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+var thirdEpoch = with(secondEpoch,
+	// flow
+	"failures-stay-unread",
+	// boundary
+	"check-ins-before-screen",
+)
 
 var secondEpoch = with(firstEpoch,
 	// flow

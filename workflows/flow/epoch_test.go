@@ -55,7 +55,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-04b", "a-later-change"}},
+		{true, []string{"epoch-2026-12-05", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -126,6 +126,13 @@ func secondEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, workflow.GetVersion(ctx, "failures-stay-unread", workflow.DefaultVersion, 1))
 }
 
+// thirdEpochFlow is what code that knew the third epoch ran: its marker
+// alone, every change asked being covered.
+func thirdEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-04b", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -149,7 +156,8 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 	}{
 		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes failures-stay-unread]"},
 		{"begun at the second epoch", secondEpochFlow, "[epoch-2026-12-04 failures-stay-unread]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-04b]"},
+		{"begun at the third epoch", thirdEpochFlow, "[epoch-2026-12-04b]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-05]"},
 	} {
 		queue := strings.ReplaceAll(tc.name, " ", "-")
 		ts.NewWorker(queue, func(r worker.Registry) {
