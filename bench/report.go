@@ -96,7 +96,7 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| peak under API load | %s |\n", mib(r.rssLoad))
 	}
 	fmt.Fprintf(&b, "| peak over the whole run | %s |\n\n", mib(r.rssPeak))
-	b.WriteString("Rerun with `make bench` (about nine minutes on 2 cores), one section with `go run ./bench -only api|scale|workflows|processes`; `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
+	b.WriteString("Rerun with `make bench` (about ten minutes on 2 cores), one section with `go run ./bench -only api|scale|workflows|processes`; `go run ./bench -smoke -out /tmp/bench.md` is the short check CI runs.\n")
 	return b.String()
 }
 
