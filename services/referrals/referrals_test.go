@@ -432,15 +432,8 @@ func TestHoldConvertsAfterItsServiceWasDropped(t *testing.T) {
 func TestHoldConvertsToTheServiceAgreedTo(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	prog := buprenorphine("Riverside MAT")
-	prog.Services = append(prog.Services, referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE)
-	p := f.program(t, prog, 2)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
-		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted naltrexone",
+	p, h := f.heldAt(t, referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE)
+	_, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted naltrexone",
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE})
 	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != "SERVICE_NOT_OFFERED" {
 		t.Fatalf("a service the program does not offer: %v; want SERVICE_NOT_OFFERED", err)
@@ -466,14 +459,7 @@ func TestHoldConvertsToTheServiceAgreedTo(t *testing.T) {
 func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	prog := buprenorphine("Riverside MAT")
-	prog.Services = append(prog.Services, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE)
-	p := f.program(t, prog, 2)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
-		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, h := f.heldAt(t, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE)
 	ctx := context.Background()
 	update, err := f.pool.Begin(ctx)
 	if err != nil {
@@ -494,16 +480,7 @@ func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE})
 		converted <- err
 	}()
-	for waiting := 0; waiting == 0; {
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-converted:
-			t.Fatalf("ConvertHold did not wait for the program's update: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	f.awaitBlocked(t, pid, converted, "ConvertHold did not wait for the program's update")
 	if err := update.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -521,20 +498,13 @@ func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 func TestUpdateReferralChangesTheReasonWhileOpen(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	p := f.program(t, buprenorphine("Riverside MAT"), 5)
-	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
-		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
-		Reason: "opioid use disorder, wants to start"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, r := f.urgentReferral(t)
 	update := func(etag, reason string, paths ...string) (*referralsv1.Referral, error) {
 		return f.client.UpdateReferral(f.ctx, &referralsv1.UpdateReferralRequest{
 			Referral:   &referralsv1.Referral{Name: r.GetName(), Etag: etag, Reason: reason, Program: "clinics/north/programs/other"},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: paths}})
 	}
-	_, err = update(r.GetEtag(), "corrected", "reason", "program")
+	_, err := update(r.GetEtag(), "corrected", "reason", "program")
 	wantCode(t, err, codes.InvalidArgument)
 	_, err = update(r.GetEtag(), " ", "reason")
 	wantCode(t, err, codes.InvalidArgument)
@@ -558,11 +528,10 @@ func TestUpdateReferralChangesTheReasonWhileOpen(t *testing.T) {
 	}
 }
 
-// A pause needs its reason, and keeps it in the history; the answer says
-// on-hold to FHIR systems.
-func TestPauseNeedsAReason(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
+// urgentReferral makes a buprenorphine program with five free slots and
+// refers the loved one to it, URGENT.
+func (f *fixture) urgentReferral(t *testing.T) (*referralsv1.Program, *referralsv1.Referral) {
+	t.Helper()
 	p := f.program(t, buprenorphine("Riverside MAT"), 5)
 	r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
 		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
@@ -571,10 +540,51 @@ func TestPauseNeedsAReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p, r
+}
+
+// heldAt makes a program offering buprenorphine and also, and holds a
+// place at it for kind.
+func (f *fixture) heldAt(t *testing.T, also, kind referralsv1.ServiceKind) (*referralsv1.Program, *referralsv1.Hold) {
+	t.Helper()
+	prog := buprenorphine("Riverside MAT")
+	prog.Services = append(prog.Services, also)
+	p := f.program(t, prog, 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: kind,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, h
+}
+
+// awaitBlocked waits until a statement waits on a lock the session pid
+// holds; done ending first (the call did not wait) fails the test with
+// msg.
+func (f *fixture) awaitBlocked(t *testing.T, pid int, done <-chan error, msg string) {
+	t.Helper()
+	for waiting := 0; waiting == 0; {
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("%s: %v", msg, err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// A pause needs its reason, and keeps it in the history; the answer says
+// on-hold to FHIR systems.
+func TestPauseNeedsAReason(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, r := f.urgentReferral(t)
 	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
 		t.Fatal(err)
 	}
-	r, err = f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+	r, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(time.Hour))}})
 	if err != nil {
 		t.Fatal(err)
@@ -1295,16 +1305,7 @@ func TestDeleteProgramWhileTheSweepExpiresAHold(t *testing.T) {
 		deleted <- err
 	}()
 	// Wait until the delete waits on the sweep's lock.
-	for waiting := 0; waiting == 0; {
-		if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))`, pid).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-deleted:
-			t.Fatalf("DeleteProgram did not wait for the hold being expired: %v", err)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	f.awaitBlocked(t, pid, deleted, "DeleteProgram did not wait for the hold being expired")
 	if _, err := sweep.Exec(ctx, `UPDATE programs SET available_slots = available_slots + 1, held_slots = held_slots - 1,
 		version = version + 1 WHERE clinic = 'north' AND id = $1`, programID); err != nil {
 		t.Fatalf("the sweep's second step: %v", err)
