@@ -349,23 +349,10 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			if err != nil {
 				return nil, err
 			}
+			// Another service than the hold's is checked against the
+			// program by insertReferral, under its lock.
 			kind := h.GetServiceKind()
-			if k := req.GetServiceKind(); k != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED && k != kind {
-				// The slot was agreed for the hold's service; another must be
-				// one the program offers now. Locked, as insertReferral will
-				// lock it (for update, which this takes first): read unlocked,
-				// a program dropping the service between this check and the
-				// insert would still get the referral.
-				prog, err := readProgram(ctx, tx, ref{r.clinic, aip.ID(h.GetProgram())}, true)
-				if err != nil {
-					return nil, err
-				}
-				if err := notDeleted(prog); err != nil {
-					return nil, err
-				}
-				if err := offered(prog, k); err != nil {
-					return nil, err
-				}
+			if k := req.GetServiceKind(); k != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED {
 				kind = k
 			}
 			now := s.cfg.Now()
@@ -376,7 +363,7 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 				Reason: req.GetReason(), Hold: h.GetName(), Intervention: h.GetIntervention(),
 				FirstContactTime: req.GetFirstContactTime(),
 			}
-			out, err := s.insertReferral(ctx, tx, r.clinic, ref, now)
+			out, err := s.insertReferral(ctx, tx, r.clinic, ref, h.GetServiceKind(), now)
 			if err != nil {
 				return nil, err
 			}

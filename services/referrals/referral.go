@@ -154,14 +154,15 @@ func checkReferral(clinic string, r *referralsv1.Referral) error {
 }
 
 // insertReferral writes a new REQUESTED referral after checking that its
-// program exists in the clinic and offers the service.
+// program exists in the clinic and offers the service; held is the service
+// of the hold it is converted from (UNSPECIFIED without one).
 //
 // The program row is locked for the rest of the transaction: unlocked, a
 // program deleted (or its service dropped) between the check and the
 // insert would still get the referral. A referral converted from a hold
 // takes the row for update, as the conversion then updates it (two
 // shared locks both upgraded would deadlock); others share it.
-func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, in *referralsv1.Referral, now time.Time) (*referralsv1.Referral, error) {
+func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, in *referralsv1.Referral, held referralsv1.ServiceKind, now time.Time) (*referralsv1.Referral, error) {
 	lock := forShare
 	if in.GetHold() != "" {
 		lock = forUpdate
@@ -178,10 +179,11 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 	if err := notDeleted(prog); err != nil {
 		return nil, err
 	}
-	// A held slot was agreed for its service when it was taken: a program
-	// that stopped offering the service since still owes the person the
-	// place (and may reject the referral), rather than the "yes" failing.
-	if in.GetHold() == "" {
+	// A held slot was agreed for its service (held) when it was taken: a
+	// program that stopped offering the service since still owes the
+	// person the place (and may reject the referral), rather than the
+	// "yes" failing. Another service must be one it offers now.
+	if in.GetHold() == "" || in.GetServiceKind() != held {
 		if err := offered(prog, in.GetServiceKind()); err != nil {
 			return nil, err
 		}
@@ -245,7 +247,7 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	}
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
-			return s.insertReferral(ctx, tx, clinic, in, s.cfg.Now())
+			return s.insertReferral(ctx, tx, clinic, in, referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, s.cfg.Now())
 		})
 }
 
