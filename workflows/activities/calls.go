@@ -1173,7 +1173,7 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 	var out Closed
 	clinic := aip.Clinic(in.Family)
 	for _, st := range []string{"SCHEDULED", "DRAFT"} {
-		n, err := a.cancelInterventions(ctx, in.Family, st, familyDeleted, in.RequestID)
+		n, err := a.cancelInterventions(ctx, in.Family, st, familyDeleted, in.RequestID, false)
 		out.Interventions += n
 		if err != nil {
 			return out, err
@@ -1196,14 +1196,15 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 // counselor's to decide. A draft scheduled or deleted meanwhile is left
 // be. It returns how many it cancelled.
 func (a *Activities) WithdrawDrafts(ctx context.Context, in WithdrawDraftsRequest) (int, error) {
-	return a.cancelInterventions(ctx, in.Family, "DRAFT", in.Reason, in.RequestID)
+	return a.cancelInterventions(ctx, in.Family, "DRAFT", in.Reason, in.RequestID, true)
 }
 
 // cancelInterventions cancels the family's interventions in state, each
 // under a request id of its own derived from requestID. One that ended
-// meanwhile (an outcome recorded, a draft scheduled) or a draft deleted is
-// left be. It returns how many it cancelled.
-func (a *Activities) cancelInterventions(ctx context.Context, family, state, reason, requestID string) (int, error) {
+// meanwhile (an outcome recorded) or a draft deleted is left be; with
+// unchanged, so is one changed since it was listed (a draft scheduled,
+// which the service would otherwise cancel too).
+func (a *Activities) cancelInterventions(ctx context.Context, family, state, reason, requestID string, unchanged bool) (int, error) {
 	n := 0
 	prefix := requestID[:min(len(requestID), 24)]
 	for token := ""; ; {
@@ -1213,8 +1214,14 @@ func (a *Activities) cancelInterventions(ctx context.Context, family, state, rea
 			return n, wrap("list interventions", err)
 		}
 		for _, iv := range page.GetInterventions() {
-			_, err := a.Interventions.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
-				Reason: reason, RequestId: prefix + "-" + aip.ID(iv.GetName())})
+			req := &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: reason, RequestId: prefix + "-" + aip.ID(iv.GetName())}
+			if unchanged {
+				req.Etag = iv.GetEtag()
+			}
+			_, err := a.Interventions.CancelIntervention(ctx, req)
+			if unchanged && status.Code(err) == codes.Aborted {
+				continue // the counselor took it over
+			}
 			if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
 				return n, wrap("cancel intervention", err)
 			}

@@ -655,6 +655,9 @@ type closeFake struct {
 	cancelled []string
 	ids       []string
 	reasons   []string // of the interventions cancelled
+	etags     []string // the etag each cancellation of an intervention sent
+	// moreDrafts are listed after the others.
+	moreDrafts []*interventionsv1.Intervention
 }
 
 func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
@@ -663,8 +666,8 @@ func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.Lis
 		return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
 			{Name: "clinics/north/interventions/met"}, {Name: "clinics/north/interventions/ended"}}}, nil
 	}
-	return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
-		{Name: "clinics/north/interventions/draft"}, {Name: "clinics/north/interventions/deleted"}}}, nil
+	return &interventionsv1.ListInterventionsResponse{Interventions: append([]*interventionsv1.Intervention{
+		{Name: "clinics/north/interventions/draft", Etag: "v1"}, {Name: "clinics/north/interventions/deleted"}}, f.moreDrafts...)}, nil
 }
 
 func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.CancelInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
@@ -674,6 +677,10 @@ func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.Ca
 	if strings.HasSuffix(in.GetName(), "/deleted") { // a draft deleted meanwhile
 		return nil, apperr.NotFound(in.GetName())
 	}
+	if strings.HasSuffix(in.GetName(), "/scheduled-since") && in.GetEtag() != "" { // the service would cancel it as scheduled
+		return nil, apperr.EtagMismatch(in.GetName())
+	}
+	f.etags = append(f.etags, in.GetEtag())
 	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
 	f.reasons = append(f.reasons, in.GetReason())
 	return &interventionsv1.Intervention{Name: in.GetName()}, nil
@@ -718,10 +725,12 @@ func TestCloseFamily(t *testing.T) {
 }
 
 // After a yes the family's drafts are cancelled, each under a request id
-// of its own and with the reason given; one deleted meanwhile is skipped,
-// and scheduled meetings are not asked for.
+// of its own and with the reason given, as they were listed; one deleted
+// meanwhile is skipped, and so is one scheduled since it was listed (the
+// service cancels scheduled meetings too), and scheduled meetings are not
+// asked for.
 func TestWithdrawDrafts(t *testing.T) {
-	f := &closeFake{}
+	f := &closeFake{moreDrafts: []*interventionsv1.Intervention{{Name: "clinics/north/interventions/scheduled-since", Etag: "v1"}}}
 	a := &Activities{Interventions: f}
 	n, err := a.WithdrawDrafts(context.Background(), WithdrawDraftsRequest{Family: "clinics/north/families/f1",
 		Reason: "the loved one accepted treatment", RequestID: "req"})
@@ -731,8 +740,8 @@ func TestWithdrawDrafts(t *testing.T) {
 	if len(f.filters) != 1 || !strings.Contains(f.filters[0], `family = "clinics/north/families/f1" AND state = DRAFT`) {
 		t.Fatalf("filters %q; want the family's drafts only", f.filters)
 	}
-	if f.reasons[0] != "the loved one accepted treatment" {
-		t.Fatalf("reason %q", f.reasons[0])
+	if f.reasons[0] != "the loved one accepted treatment" || f.etags[0] != "v1" {
+		t.Fatalf("reason %q, etag %q; want the reason given and the etag listed", f.reasons[0], f.etags[0])
 	}
 }
 
