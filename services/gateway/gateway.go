@@ -131,13 +131,12 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		}
 		g.conns[name] = conn
 	}
-	handlers, err := g.handlers(ctx, mux)
+	doc, page, err := g.handlers(ctx, mux)
 	if err != nil {
 		// The connections dialled above would outlive a gateway never built.
 		g.Close()
 		return nil, err
 	}
-	doc, page := handlers.doc, handlers.page
 	root := http.NewServeMux()
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -191,35 +190,30 @@ func headers(key string) (string, bool) {
 	return runtime.DefaultHeaderMatcher(key)
 }
 
-// served is what New builds once its connections are up.
-type served struct{ doc, page []byte }
-
 // handlers registers the services' REST handlers on mux and builds the
-// API's documents.
-func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (served, error) {
+// API's documents: the OpenAPI document and its reference page.
+func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, page []byte, err error) {
 	if err := familiesv1.RegisterFamiliesServiceHandler(ctx, mux, g.conns["families"]); err != nil {
-		return served{}, fmt.Errorf("gateway: families: %w", err)
+		return nil, nil, fmt.Errorf("gateway: families: %w", err)
 	}
 	if err := interventionsv1.RegisterInterventionsServiceHandler(ctx, mux, g.conns["interventions"]); err != nil {
-		return served{}, fmt.Errorf("gateway: interventions: %w", err)
+		return nil, nil, fmt.Errorf("gateway: interventions: %w", err)
 	}
 	if err := referralsv1.RegisterReferralsServiceHandler(ctx, mux, g.conns["referrals"]); err != nil {
-		return served{}, fmt.Errorf("gateway: referrals: %w", err)
+		return nil, nil, fmt.Errorf("gateway: referrals: %w", err)
 	}
 	if conn, ok := g.conns["webhooks"]; ok {
 		if err := webhooksv1.RegisterWebhooksServiceHandler(ctx, mux, conn); err != nil {
-			return served{}, fmt.Errorf("gateway: webhooks: %w", err)
+			return nil, nil, fmt.Errorf("gateway: webhooks: %w", err)
 		}
 	}
-	doc, err := openAPI()
-	if err != nil {
-		return served{}, err
+	if doc, err = openAPI(); err != nil {
+		return nil, nil, err
 	}
-	page, err := referencePage(doc)
-	if err != nil {
-		return served{}, err
+	if page, err = referencePage(doc); err != nil {
+		return nil, nil, err
 	}
-	return served{doc: doc, page: page}, nil
+	return doc, page, nil
 }
 
 // fillFromHeaders copies Idempotency-Key into the request's request_id and
