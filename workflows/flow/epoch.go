@@ -41,7 +41,7 @@ var epochs = []epoch{
 		// intervention
 		"listen-after-notices", "boundary-past-failed-referrals", "go-on-past-failed-reschedule-release", "outcome-past-failed-reminder-cancel",
 		"release-cut-off-by-cancel", "release-unknown-hold", "resend-notices-after-outcome", "stop-boundary-by-origin",
-		"stop-meeting-reminders-first", "withdraw-drafts-on-yes",
+		"stop-meeting-reminders-first", "withdraw-drafts-on-yes", "stop-boundary-by-origin-only",
 		// matintake
 		"no-cancel-notice-after-entry", "release-every-held-place", "release-hold-on-cancel", "tell-counselor-on-cancel",
 		// boundary

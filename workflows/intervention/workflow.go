@@ -1052,7 +1052,14 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 	if err != nil && !errors.As(err, &none) {
 		workflow.GetLogger(ctx).Warn("boundary workflow not stopped after a yes", "error", err)
 	}
+	// The boundary workflow made every check-in and boundary reminder, so
+	// cancelling by its origin (below) takes them with the rest; runs
+	// before that also listed them by family, kind by kind.
+	originOnly := flow.Version(ctx, versionByOriginOnly, 1) >= 1
 	for _, kind := range []string{"CHECK_IN", "BOUNDARY_REMINDER"} {
+		if originOnly {
+			break
+		}
 		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 			Clinic: w.plan.Clinic, Related: w.plan.Family, Kind: kind, Reason: "the loved one accepted treatment",
 			RequestID: flow.RequestID(ctx, "cancel-boundary-reminders|"+kind),
@@ -1060,7 +1067,7 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 			return err
 		}
 	}
-	if flow.Version(ctx, versionStopBoundaryByOrigin, 1) >= 1 {
+	if originOnly || flow.Version(ctx, versionStopBoundaryByOrigin, 1) >= 1 {
 		// The rest of the boundary workflow's steps: the counselor's
 		// check-ins (about the refused meeting), a proposed next meeting's
 		// notice, a screen asked for boundary steps. Not its overdose
@@ -1076,6 +1083,12 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 	}
 	return nil
 }
+
+// versionByOriginOnly guards cancelling the boundary workflow's reminders
+// after a yes by their origin alone: before, its check-ins and boundary
+// reminders were also listed by family, kind by kind, two listings that
+// found nothing the origin's did not.
+const versionByOriginOnly = "stop-boundary-by-origin-only"
 
 // versionStopBoundaryByOrigin guards cancelling, after a yes, every
 // reminder the boundary workflow made and has not sent: before, only those
