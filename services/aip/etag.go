@@ -10,11 +10,13 @@ import (
 func Etag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
 
 // ParseEtag returns the version an etag names. ok is false for an etag this
-// service did not issue; callers treat that as a mismatch.
+// service did not issue ("v+3" and "v03" included: an etag is compared as
+// a string everywhere else, so one version has one spelling); callers
+// treat that as a mismatch.
 func ParseEtag(etag string) (version int64, ok bool) {
 	etag = BareEtag(etag)
 	v, err := strconv.ParseInt(strings.TrimPrefix(etag, "v"), 10, 64)
-	if err != nil || !strings.HasPrefix(etag, "v") {
+	if err != nil || Etag(v) != etag {
 		return 0, false
 	}
 	return v, true
