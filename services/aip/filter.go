@@ -53,7 +53,8 @@ func ParseFilter(src string, fields map[string]FilterField) (Filter, error) {
 	var f Filter
 	for i := 0; i < len(toks); {
 		if i > 0 {
-			if !strings.EqualFold(toks[i].text, "AND") || toks[i].quoted {
+			// AIP-160 spells its keywords in capitals; "and" is a value.
+			if toks[i].text != "AND" || toks[i].quoted {
 				return Filter{}, fmt.Errorf("expected AND before %q (only AND is supported)", toks[i].text)
 			}
 			i++
@@ -64,8 +65,17 @@ func ParseFilter(src string, fields map[string]FilterField) (Filter, error) {
 		name, op, val := toks[i], toks[i+1], toks[i+2]
 		i += 3
 		fd, ok := fields[name.text]
-		if !ok || name.quoted {
+		if !ok || name.quoted || name.op {
 			return Filter{}, fmt.Errorf("unknown field %q; allowed: %s", name.text, fieldNames(fields))
+		}
+		if !op.op {
+			// A quoted "=" is a string, not the operator.
+			return Filter{}, fmt.Errorf("expected an operator after %s, not %q", name.text, op.text)
+		}
+		if val.op || !val.quoted && val.text == "AND" {
+			// `owner = AND state = X` lost its value; it is not a
+			// comparison with the string "AND".
+			return Filter{}, fmt.Errorf("%s %s needs a value, not %q", name.text, op.text, val.text)
 		}
 		c, err := makeCond(name.text, fd, op.text, val)
 		if err != nil {
@@ -91,8 +101,9 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 	case String:
 		c.value = val.text
 	case Bool:
+		// Exactly true or false: ParseBool would also take 1, T and F.
 		b, err := strconv.ParseBool(val.text)
-		if err != nil || ordered {
+		if err != nil || ordered || val.text != "true" && val.text != "false" {
 			return cond{}, fmt.Errorf("%s takes = or != with true or false", name)
 		}
 		c.value = b
@@ -136,7 +147,8 @@ func (f Filter) SQL(next int) (string, []any) {
 
 type token struct {
 	text   string
-	quoted bool
+	quoted bool // a string literal, whatever it holds
+	op     bool // a comparison operator
 }
 
 func lex(src string) ([]token, error) {
@@ -165,7 +177,7 @@ func lex(src string) ([]token, error) {
 			if j < len(r) && r[j] == '=' {
 				j++
 			}
-			toks = append(toks, token{text: string(r[i:j])})
+			toks = append(toks, token{text: string(r[i:j]), op: true})
 			i = j
 		default:
 			j := i

@@ -27,6 +27,8 @@ func TestParseFilter(t *testing.T) {
 		{`start >= "2026-01-02T03:04:05Z"`, "start_time >= $3", []any{time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}},
 		{`service = A`, "$3 = ANY(services)", []any{int32(1)}},
 		{`service != A`, "NOT ($3 = ANY(services))", []any{int32(1)}},
+		// Quoted, a keyword or an operator is a string like any other.
+		{`owner = "AND" AND owner != "="`, "owner = $3 AND owner <> $4", []any{"AND", "="}},
 	}
 	for _, c := range cases {
 		f, err := ParseFilter(c.in, testFields)
@@ -39,7 +41,11 @@ func TestParseFilter(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{`name = x`, `state = NOPE`, `state = UNSPECIFIED`, `state > ACTIVE`, `urgent = maybe`,
-		`state = ACTIVE OR owner = x`, `state =`, `owner = "open`, `start > yesterday`, `"state" = ACTIVE`, `owner ~ x`} {
+		`state = ACTIVE OR owner = x`, `state =`, `owner = "open`, `start > yesterday`, `"state" = ACTIVE`, `owner ~ x`,
+		// Operators in the wrong place, a keyword as a value, a quoted
+		// operator, lower-case and, loose booleans.
+		`owner = =`, `owner = <`, `= = x`, `owner = AND AND state = ACTIVE`, `owner "=" x`,
+		`state = ACTIVE and owner = x`, `urgent = 1`, `urgent = T`, `urgent = TRUE`} {
 		if _, err := ParseFilter(bad, testFields); err == nil {
 			t.Errorf("%q: want an error", bad)
 		}
