@@ -23,6 +23,19 @@ func ApplyMask(dst, src proto.Message, paths, allowed []string) error {
 		return fmt.Errorf("update_mask must name at least one field")
 	}
 	if slices.Contains(paths, "*") {
+		// "*" names every updatable field; anything beside it must still
+		// be one (AIP-134), not be swallowed by it.
+		for _, p := range paths {
+			if p == "*" {
+				continue
+			}
+			if !underAny(p, allowed) {
+				return fmt.Errorf("field %q cannot be updated; updatable: %s", p, strings.Join(allowed, ", "))
+			}
+			if err := checkPath(dst.ProtoReflect().Descriptor(), strings.Split(p, ".")); err != nil {
+				return fmt.Errorf("field %q: %w", p, err)
+			}
+		}
 		paths = allowed
 	}
 	for _, p := range paths {
@@ -58,7 +71,7 @@ func copyPath(dst, src protoreflect.Message, path []string) error {
 		}
 		return nil
 	}
-	if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+	if !hasSubfields(fd) {
 		return fmt.Errorf("%s has no sub-fields", fd.Name())
 	}
 	if !src.Has(fd) {
@@ -82,8 +95,16 @@ func checkPath(md protoreflect.MessageDescriptor, path []string) error {
 	if len(path) == 1 {
 		return nil
 	}
-	if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+	if !hasSubfields(fd) {
 		return fmt.Errorf("%s has no sub-fields", fd.Name())
 	}
 	return checkPath(fd.Message(), path[1:])
+}
+
+// hasSubfields reports whether a mask may name fields under fd. A
+// timestamp or duration is one value: `start_time.nanos` would move a
+// meeting by less than a second and leave the rest of it as it was.
+func hasSubfields(fd protoreflect.FieldDescriptor) bool {
+	return fd.Message() != nil && !fd.IsList() && !fd.IsMap() &&
+		!strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.")
 }

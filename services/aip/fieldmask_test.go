@@ -22,6 +22,11 @@ func TestApplyMask(t *testing.T) {
 		{"only the etag", []string{"etag"}, "old", "at least one field"},
 		{"an output-only field", []string{"notes", "create_time"}, "", `"create_time" cannot be updated`},
 		{"an unknown field", []string{"colour"}, "", `"colour" cannot be updated`},
+		{"every field", []string{"*"}, "new", ""},
+		// "*" does not swallow what stands beside it (AIP-134).
+		{"every field and an unknown one", []string{"*", "colour"}, "", `"colour" cannot be updated`},
+		{"every field and an output-only one", []string{"create_time", "*"}, "", `"create_time" cannot be updated`},
+		{"every field and a typo under one", []string{"*", "notes.x"}, "", "has no sub-fields"},
 	} {
 		dst := &familiesv1.Barrier{Name: "clinics/north/families/f1/barriers/b1", Notes: "old", Etag: "v2"}
 		err := ApplyMask(dst, src, c.paths, allowed)
@@ -56,6 +61,18 @@ func TestApplyMaskChecksPathsUnderAbsentMessages(t *testing.T) {
 		err := ApplyMask(c.dst, &familiesv1.Family{}, []string{c.path}, allowed)
 		if c.wantErr == "" && err != nil || c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)) {
 			t.Errorf("%s on %v: error %v; want %q", c.path, c.dst, err, c.wantErr)
+		}
+	}
+}
+
+// A timestamp is one value: a mask may name it, not the seconds or nanos
+// inside it.
+func TestApplyMaskTakesTimestampsWhole(t *testing.T) {
+	allowed := []string{"create_time"}
+	for path, wantErr := range map[string]string{"create_time": "", "create_time.seconds": "has no sub-fields", "create_time.nanos": "has no sub-fields"} {
+		err := ApplyMask(&familiesv1.Barrier{}, &familiesv1.Barrier{}, []string{path}, allowed)
+		if wantErr == "" && err != nil || wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)) {
+			t.Errorf("%s: error %v; want %q", path, err, wantErr)
 		}
 	}
 }
