@@ -65,6 +65,16 @@ func TestParseName(t *testing.T) {
 	if Clinic("clinics/x/referrals/y") != "x" || Clinic("families/x") != "" {
 		t.Fatal("Clinic")
 	}
+	for name, want := range map[string]bool{
+		"clinics/a/referrals/r1": true, "clinics/a/families/f/warningSigns/w1": true, "clinics/a": false,
+		"clinics/a/families//f": false, "clinics/a/families/F": false, "clinics/a/x/../families/f": false,
+		"clinics/a/referrals/r1/": false, "programs/p": false, "clinics/a/Families/f": false,
+		"clinics/a/b/c/d/e/f/g/h/i/j/k": false,
+	} {
+		if ValidName(name) != want {
+			t.Errorf("ValidName(%q) = %v, want %v", name, !want, want)
+		}
+	}
 }
 
 func TestPageToken(t *testing.T) {

@@ -36,6 +36,25 @@ func Parse(name string, collections ...string) ([]string, error) {
 	return ids, nil
 }
 
+var collectionPattern = regexp.MustCompile(`^[a-z][a-zA-Z0-9]{0,62}$`)
+
+// ValidName reports whether name is the resource name of a record of a
+// clinic: collection/id pairs under the clinic, each collection a lower
+// camel case word and each id valid, at most five pairs deep. It says
+// nothing of whether the record exists.
+func ValidName(name string) bool {
+	parts := strings.Split(name, "/")
+	if len(parts)%2 != 0 || len(parts) < 4 || len(parts) > 10 || parts[0] != "clinics" {
+		return false
+	}
+	for i := 0; i < len(parts); i += 2 {
+		if !collectionPattern.MatchString(parts[i]) || !ValidID(parts[i+1]) {
+			return false
+		}
+	}
+	return true
+}
+
 // Name joins collection/id pairs into a resource name.
 func Name(pairs ...string) string { return strings.Join(pairs, "/") }
 

@@ -206,7 +206,11 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 		// It cannot borrow a consent given to someone else.
 		vs.Add(field+".recipient", "must be the caller (%q): an integration discloses only to itself", p.Subject)
 	}
-	if aip.Clinic(d.GetResource()) != clinic {
+	if !aip.ValidName(d.GetResource()) {
+		// Read as "another service's record" below, a malformed name
+		// would pass the family check it cannot be held to.
+		vs.Add(field+".resource", "must be a resource name, clinics/%s/{collection}/{id}...", clinic)
+	} else if aip.Clinic(d.GetResource()) != clinic {
 		vs.Add(field+".resource", "must be a record of clinic %q", clinic)
 	} else if fam := aip.Family(d.GetResource()); fam != "" && fam != familyName(clinic, family) {
 		// The family's consent answers for the family's records only;

@@ -231,6 +231,16 @@ func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 		Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: otherFam.GetName() + "/warningSigns/w1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API}
 	wantCode(t, disclose(ehr, sibling), codes.InvalidArgument)
 	wantCode(t, disclose(f.ctx, sibling), codes.InvalidArgument)
+	// Nor a name that only looks like a record of the clinic: read as
+	// another service's record, it would escape the family check.
+	for _, resource := range []string{"clinics/north/families//" + aip.ID(otherFam.GetName()), "clinics/north/families/F1",
+		"clinics/north/x/../families/f1", "clinics/north", "clinics/north/referrals/r1/"} {
+		bad := &familiesv1.Disclosure{Recipient: "ehr-2", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+			Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}
+		if fields := apperr.ViolatedFields(disclose(f.ctx, bad)); !slices.Contains(fields, "disclosure.resource") {
+			t.Errorf("staff disclosure of %q: violations %v, want disclosure.resource", resource, fields)
+		}
+	}
 	// Nor a read the API never gives under the kind it names: the
 	// accounting is append-only, and the entry could never be taken back.
 	for info, resource := range map[familiesv1.InformationKind]string{
