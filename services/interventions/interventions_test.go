@@ -1662,6 +1662,28 @@ func TestClaimTakesAQuotedEtag(t *testing.T) {
 		}
 		claimed = got
 	}
+	// Quotes around nothing name no version: refused, not read as no etag,
+	// which would claim a due reminder whatever version it is at.
+	due, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []*interventionsv1.Reminder{claimed, due} {
+		for _, etag := range []string{`""`, `W/""`} {
+			_, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: "w1",
+				LeaseDuration: durationpb.New(time.Minute), Etag: etag})
+			if status.Code(err) != codes.Aborted {
+				t.Errorf("claim of %s with etag %s: %v, want ABORTED", r.GetName(), etag, err)
+			}
+		}
+		if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: r.GetName()}); err != nil ||
+			got.GetEtag() != r.GetEtag() {
+			t.Errorf("after the refused claims: %v %v, want %s at %s", got.GetEtag(), err, r.GetName(), r.GetEtag())
+		}
+	}
 }
 
 // Deleting a draft forgets the stored answers that copy it: a retried

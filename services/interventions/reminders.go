@@ -523,6 +523,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetClaimant() == "" {
 		return nil, apperr.Field("claimant", "is required: a stable id of the delivering worker")
 	}
+	if req.GetEtag() != "" && aip.BareEtag(req.GetEtag()) == "" {
+		// `""` names no version; passed on bare it would read as no etag,
+		// and the claim would go through unguarded.
+		return nil, apperr.EtagMismatch(req.GetName())
+	}
 	lease := 5 * time.Minute
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
