@@ -163,7 +163,7 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	deep := map[string]string{}
 	for i, clinic := range clinics {
 		parent := "clinics/" + clinic
-		deep[parent] = aip.EncodePageToken(fmt.Sprintf("f%09d", [2]int{cfg.small, cfg.big}[i]/2), aip.QueryHash(parent, "state = ACTIVE"))
+		deep[parent] = aip.EncodePageToken(fmt.Sprintf("f%09d", [2]int{cfg.small, cfg.big}[i]/2), aip.QueryHash("families", parent, "state = ACTIVE"))
 	}
 	if r.ListDeep, err = both(samples, func(ctx context.Context, i int, parent string) error {
 		resp, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep[parent], Filter: "state = ACTIVE"})

@@ -4,13 +4,16 @@ import "github.com/handoff-health/handoff/services/apperr"
 
 // ListArgs resolves a List request's filter and page token: the parsed
 // filter, the key to resume after, and the query hash that binds tokens to
-// this parent and filter. Errors are INVALID_ARGUMENT on the right field.
-func ListArgs(parent, filter, token string, fields map[string]FilterField) (Filter, string, uint64, error) {
+// this collection, parent and filter. The collection counts: the lists
+// under one family share its name as parent, and a barrier's token given
+// to the warning signs would skip every sign older than that barrier.
+// Errors are INVALID_ARGUMENT on the right field.
+func ListArgs(collection, parent, filter, token string, fields map[string]FilterField) (Filter, string, uint64, error) {
 	f, err := ParseFilter(filter, fields)
 	if err != nil {
 		return Filter{}, "", 0, apperr.Field("filter", "%v", err)
 	}
-	q := QueryHash(parent, filter)
+	q := QueryHash(collection, parent, filter)
 	after, ok := DecodePageToken(token, q)
 	if !ok {
 		return Filter{}, "", 0, apperr.Field("page_token", "not a page token of this query: list again from the first page")

@@ -105,7 +105,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), filterFields)
+	f, after, q, err := aip.ListArgs("audit events", req.GetParent(), req.GetFilter(), req.GetPageToken(), filterFields)
 	if err != nil {
 		return nil, err
 	}

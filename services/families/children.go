@@ -530,7 +530,7 @@ func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafe
 	if err != nil {
 		return nil, err
 	}
-	_, after, q, err := aip.ListArgs(req.GetParent(), "", req.GetPageToken(), nil)
+	_, after, q, err := aip.ListArgs("safety screens", req.GetParent(), "", req.GetPageToken(), nil)
 	if err != nil {
 		return nil, err
 	}

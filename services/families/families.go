@@ -213,7 +213,7 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 	if err != nil {
 		return nil, apperr.Field("filter", "%v", err)
 	}
-	q := aip.QueryHash(req.GetParent(), req.GetFilter())
+	q := aip.QueryHash("families", req.GetParent(), req.GetFilter())
 	after, ok := aip.DecodePageToken(req.GetPageToken(), q)
 	if !ok {
 		return nil, apperr.Field("page_token", "not a page token of this query: list again from the first page")

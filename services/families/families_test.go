@@ -249,6 +249,24 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	if err != nil || len(screens.GetSafetyScreens()) != 2 {
 		t.Fatalf("ListSafetyScreens = %v, %v", screens, err)
 	}
+
+	// The family's lists share its name as their parent; a page token is
+	// still bound to its own list, not taken by another to skip its rows.
+	first, err := f.client.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: fam.GetName(), PageSize: 1})
+	if err != nil || first.GetNextPageToken() == "" {
+		t.Fatalf("ListWarningSigns(page_size 1) = %v, %v; want a next page", first, err)
+	}
+	tok := first.GetNextPageToken()
+	_, err = f.client.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: fam.GetName(), PageToken: tok})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = f.client.ListSafetyScreens(ctx, &familiesv1.ListSafetyScreensRequest{Parent: fam.GetName(), PageToken: tok})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = f.client.ListBoundaries(ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName(), PageToken: tok})
+	wantCode(t, err, codes.InvalidArgument)
+	if next, err := f.client.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: fam.GetName(), PageToken: tok}); err != nil ||
+		len(next.GetWarningSigns()) != 1 {
+		t.Fatalf("the token on its own list = %v, %v; want the second sign", next, err)
+	}
 }
 
 func errorInfo(st *status.Status) *errdetails.ErrorInfo {

@@ -474,7 +474,7 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(ctx, s.cfg.Now()))
+	f, after, q, err := aip.ListArgs("reminders", req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(ctx, s.cfg.Now()))
 	if err != nil {
 		return nil, err
 	}

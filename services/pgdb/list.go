@@ -21,11 +21,11 @@ type ListRequest interface {
 // ListPage serves one page of a List ordered by id: sel (a SELECT ... FROM),
 // narrowed by scope (a condition over scopeArgs as $1, $2 ...), by the
 // request's filter over fields, and by the page token. what names the
-// resource in errors; name gives each item's resource name for the next
+// resource in errors and binds the page tokens to it; name gives each item's resource name for the next
 // page token.
 func ListPage[T any](ctx context.Context, db Querier, what, sel, scope string, scopeArgs []any,
 	req ListRequest, fields map[string]aip.FilterField, scan pgx.RowToFunc[T], name func(T) string) ([]T, string, error) {
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), fields)
+	f, after, q, err := aip.ListArgs(what, req.GetParent(), req.GetFilter(), req.GetPageToken(), fields)
 	if err != nil {
 		return nil, "", err
 	}

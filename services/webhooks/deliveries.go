@@ -43,7 +43,7 @@ func (s *Server) ListDeliveries(ctx context.Context, req *webhooksv1.ListDeliver
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs(req.GetParent(), req.GetFilter(), req.GetPageToken(), deliveryFilter)
+	f, after, q, err := aip.ListArgs("deliveries", req.GetParent(), req.GetFilter(), req.GetPageToken(), deliveryFilter)
 	if err != nil {
 		return nil, err
 	}
