@@ -245,6 +245,12 @@ func (s *Server) DeleteBarrier(ctx context.Context, req *familiesv1.DeleteBarrie
 			if _, err := tx.Exec(ctx, `DELETE FROM barriers WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id); err != nil {
 				return nil, fmt.Errorf("delete barrier: %w", err)
 			}
+			// The stored answers of its create, updates and resolution
+			// are copies of its notes: a retry gets NOT_FOUND, as after
+			// DeleteFamily.
+			if err := idempotency.ForgetResource(ctx, tx, c.clinic, cur.GetName()); err != nil {
+				return nil, err
+			}
 			return &emptypb.Empty{}, emit(ctx, tx, c.clinic, "barrier.deleted", cur.GetName(), cur)
 		})
 }

@@ -269,6 +269,38 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	}
 }
 
+// A retried call about a deleted barrier gets no copy of it back: the
+// stored answers held its notes.
+func TestRetriesAfterDeleteBarrierGetNoCopy(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	create := &familiesv1.CreateBarrierRequest{Parent: fam.GetName(), RequestId: "barrier-1",
+		Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL, Notes: "CANARYBARRIER"}}
+	b, err := f.client.CreateBarrier(f.ctx, create)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolve := &familiesv1.ResolveBarrierRequest{Name: b.GetName(), Notes: "CANARYRESOLVED", RequestId: "resolve-1"}
+	if _, err := f.client.ResolveBarrier(f.ctx, resolve); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteBarrier(f.ctx, &familiesv1.DeleteBarrierRequest{Name: b.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.client.CreateBarrier(f.ctx, create); err == nil {
+		t.Fatalf("retried create after the delete = %v; want NOT_FOUND, not the deleted barrier", got)
+	}
+	if got, err := f.client.ResolveBarrier(f.ctx, resolve); err == nil {
+		t.Fatalf("retried resolve after the delete = %v; want NOT_FOUND", got)
+	}
+	var kept int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys
+		WHERE position('CANARY'::bytea IN response) > 0`).Scan(&kept); err != nil || kept != 0 {
+		t.Fatalf("%d stored answers hold the deleted barrier, %v; want none", kept, err)
+	}
+}
+
 func errorInfo(st *status.Status) *errdetails.ErrorInfo {
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok {
