@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -623,7 +624,27 @@ func checkZone(vs *apperr.Violations, field, zone string) {
 	}
 }
 
-// emit writes an outbox event for a change to resource.
+// emit writes an outbox event for a change to resource. The payload is a
+// message of payload's type holding its name and create time alone: every
+// consumer reads the record from the service (the workflows, the webhook
+// sink, which sends identifiers only for this service's records), and an
+// outbox row outlives the record by days after delivery, or longer when
+// its lane is held up, so a copy of members' contacts or a screen's notes
+// there would outlive DeleteFamily too. The create time is when an
+// overdose was recorded, which its workflow counts from.
 func emit(ctx context.Context, tx pgx.Tx, clinic, event, resource string, payload proto.Message) error {
-	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.families.v1." + event, Resource: resource, Payload: payload})
+	return outbox.Write(ctx, tx, outbox.Event{Clinic: clinic, Type: "handoff.families.v1." + event, Resource: resource, Payload: nameOnly(payload)})
+}
+
+// nameOnly is a new message of m's type with m's name and create time
+// alone.
+func nameOnly(m proto.Message) proto.Message {
+	src := m.ProtoReflect()
+	out := src.New()
+	for _, f := range []protoreflect.Name{"name", "create_time"} {
+		if fd := src.Descriptor().Fields().ByName(f); fd != nil && src.Has(fd) {
+			out.Set(fd, src.Get(fd))
+		}
+	}
+	return out.Interface()
 }

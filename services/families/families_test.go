@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -148,6 +149,13 @@ func TestFamilyLifecycle(t *testing.T) {
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1`, fam.GetName()).Scan(&events); err != nil || events != 3 {
 		t.Fatalf("outbox events = %d, %v; want 3 (created, updated, deleted)", events, err)
 	}
+	// The events name the family and hold nothing of it: they outlive the
+	// delete by days.
+	var copies int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1
+		AND (position('Rivera'::bytea IN payload) > 0 OR position('ana@example.org'::bytea IN payload) > 0)`, fam.GetName()).Scan(&copies); err != nil || copies != 0 {
+		t.Fatalf("%d outbox events hold the family's details, %v; want none", copies, err)
+	}
 }
 
 func TestBarriersWarningSignsAndScreens(t *testing.T) {
@@ -248,6 +256,28 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	screens, err := f.client.ListSafetyScreens(ctx, &familiesv1.ListSafetyScreensRequest{Parent: fam.GetName()})
 	if err != nil || len(screens.GetSafetyScreens()) != 2 {
 		t.Fatalf("ListSafetyScreens = %v, %v", screens, err)
+	}
+	// The events name what changed and hold nothing of it.
+	var copies int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource LIKE $1 || '/%'
+		AND position('tried alone'::bytea IN payload) > 0`, fam.GetName()).Scan(&copies); err != nil || copies != 0 {
+		t.Fatalf("%d outbox events hold a barrier's notes, %v; want none", copies, err)
+	}
+	// But the overdose's says when it was recorded: its workflow counts
+	// from then.
+	var raw []byte
+	if err := f.pool.QueryRow(context.Background(), `SELECT payload FROM outbox WHERE event_type = 'handoff.families.v1.warning_sign.overdose'
+		AND resource LIKE $1 || '/%'`, fam.GetName()).Scan(&raw); err != nil {
+		t.Fatal(err)
+	}
+	var wrapped anypb.Any
+	var sign familiesv1.WarningSign
+	if err := proto.Unmarshal(raw, &wrapped); err != nil {
+		t.Fatal(err)
+	}
+	if err := wrapped.UnmarshalTo(&sign); err != nil || sign.GetName() != signs.GetWarningSigns()[0].GetName() ||
+		!sign.GetCreateTime().AsTime().Equal(signs.GetWarningSigns()[0].GetCreateTime().AsTime()) {
+		t.Fatalf("overdose event payload = %v, %v; want its name and create time", &sign, err)
 	}
 
 	// The family's lists share its name as their parent; a page token is
