@@ -947,12 +947,9 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 					"check-ins follow only an intervention whose loved one did not accept MAT: declined, did not attend, or accepted only other services",
 					map[string]string{"resource": cur.GetName()})
 			}
-			number := req.GetNumber()
-			if number == 0 {
-				var err error
-				if number, err = checkInNumber(ctx, tx, r, cur, req.GetDueTime().AsTime()); err != nil {
-					return nil, err
-				}
+			number, err := checkInNumber(ctx, tx, r, cur, req)
+			if err != nil {
+				return nil, err
 			}
 			for _, c := range cur.GetCheckIns() {
 				if c.GetNumber() == number || (req.GetDueTime() != nil && proto.Equal(c.GetDueTime(), req.GetDueTime())) {
@@ -972,20 +969,37 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 	return iv.GetCheckIns()[len(iv.GetCheckIns())-1], nil
 }
 
-// checkInNumber is the number of the check-in due at due: one more than
-// the intervention's CHECK_IN reminders due before it (one per check-in,
-// but a failed one, whose resend stands for it), so that answering out of
-// order numbers each check-in as its reminder did. Without such reminders
-// (an intervention followed up before they named it) it is the next one.
-func checkInNumber(ctx context.Context, tx pgx.Tx, r ref, cur *interventionsv1.Intervention, due time.Time) (int32, error) {
-	var before, all int32
-	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_time < $5), count(*) FROM reminders
-		WHERE clinic = $1 AND related_resource = $2 AND kind = $3 AND state <> $4`,
-		r.clinic, cur.GetName(), int16(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN), int16(rFailed), due).Scan(&before, &all); err != nil {
+// checkInNumber is the number of the check-in req answers. By due time,
+// it is one more than the intervention's CHECK_IN reminders due before it
+// (one per check-in, but a failed one, whose resend stands for it), so
+// that answering out of order numbers each check-in as its reminder did.
+// A check-in is one the reminders name: a due time no reminder has, or a
+// number past the reminders made so far, would be stored under the
+// number of a check-in still to come, and that one's real answer refused
+// as already given. Without such reminders (an intervention followed up
+// before they named it) the next number is the only one to come.
+func checkInNumber(ctx context.Context, tx pgx.Tx, r ref, cur *interventionsv1.Intervention, req *interventionsv1.RecordCheckInRequest) (int32, error) {
+	var before, all, at int32
+	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_time < $5 AND state <> $4), count(*) FILTER (WHERE state <> $4),
+			count(*) FILTER (WHERE due_time = $5) FROM reminders
+		WHERE clinic = $1 AND related_resource = $2 AND kind = $3`,
+		r.clinic, cur.GetName(), int16(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN), int16(rFailed),
+		req.GetDueTime().AsTime()).Scan(&before, &all, &at); err != nil {
 		return 0, fmt.Errorf("number the check-in: %w", err)
 	}
-	if all == 0 {
-		return int32(len(cur.GetCheckIns()) + 1), nil
+	if n := req.GetNumber(); n != 0 {
+		last := all
+		if all == 0 {
+			last = int32(len(cur.GetCheckIns()) + 1)
+		}
+		if n > last {
+			return 0, apperr.Field("number", "%s has no check-in %d yet: its reminders name %d", cur.GetName(), n, last)
+		}
+		return n, nil
+	}
+	if at == 0 {
+		return 0, apperr.Field("due_time", "no check-in of %s is due at %s: give the due time of its CHECK_IN reminder, or its number",
+			cur.GetName(), req.GetDueTime().AsTime().UTC().Format(time.RFC3339Nano))
 	}
 	return before + 1, nil
 }

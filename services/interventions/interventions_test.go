@@ -245,6 +245,13 @@ func TestInterventionLifecycle(t *testing.T) {
 	_, err = f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
 		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 1}})
 	wantCode(t, err, codes.FailedPrecondition)
+	// With no reminders naming check-ins, the next is the only one to
+	// come: a later number would take a check-in that has not come yet.
+	_, err = f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 3}})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "number" {
+		t.Fatalf("violation on %q, want number", fieldOf(st))
+	}
 
 	other := f.draft(t, f.clock.Now().Add(time.Hour))
 	other, err = f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: other.GetName(), Reason: "family moved"})
@@ -1375,6 +1382,22 @@ func TestCheckInsAnsweredOutOfOrder(t *testing.T) {
 	}
 	if ci, err := byDue(due["3"]); err != nil || ci.GetNumber() != 3 {
 		t.Fatalf("check-in 3 by due time: %v, %v; want number 3", ci, err)
+	}
+	// A due time no reminder has, or a number past the reminders, names
+	// no check-in: stored, it would take the number of one still to come
+	// and have that one's real answer refused.
+	_, err = byDue(now.Add(365 * 24 * time.Hour))
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "due_time" {
+		t.Fatalf("violation on %q, want due_time", fieldOf(st))
+	}
+	_, err = f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+		CheckIn: &interventionsv1.RecordCheckInRequest_Number{Number: 4}})
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "number" {
+		t.Fatalf("violation on %q, want number", fieldOf(st))
+	}
+	got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+	if err != nil || len(got.GetCheckIns()) != 3 {
+		t.Fatalf("after the refused answers: %d check-ins, %v; want 3", len(got.GetCheckIns()), err)
 	}
 }
 
