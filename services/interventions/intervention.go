@@ -417,6 +417,12 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if err != nil {
 		return nil, err
 	}
+	if st := cur.GetState(); st != draft && st != scheduled {
+		// Said before the edit is checked: a cancelled meeting's family
+		// may be gone, and the answer would name a field the caller did
+		// not touch. The state is checked again under the lock.
+		return nil, apperr.InvalidTransition(cur.GetName(), stateName(st), "UPDATED")
+	}
 	next := proto.Clone(cur).(*interventionsv1.Intervention)
 	if err := aip.ApplyMask(next, req.GetIntervention(), req.GetUpdateMask().GetPaths(), interventionUpdatable); err != nil {
 		return nil, apperr.Field("update_mask", "%v", err)

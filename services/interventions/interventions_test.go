@@ -1780,3 +1780,23 @@ func TestQuietHoursClaimLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
 		}
 	}
 }
+
+// An update of a cancelled intervention is refused for its state, whatever
+// the edit: not for a field of the edit, and not after asking the families
+// service about a family that may be gone.
+func TestUpdateOfACancelledInterventionIsRefusedForItsState(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family moved"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"place.in_person.address", "carried_over_notes"} {
+		_, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+			Intervention: &interventionsv1.Intervention{Name: iv.GetName(), CarriedOverNotes: "x"},
+			UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{path}}})
+		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "INVALID_STATE_TRANSITION" {
+			t.Fatalf("update of %s: reason %q", path, reason(st))
+		}
+	}
+}
