@@ -889,11 +889,17 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 				i = len(next.Checklist) - 1
 			}
 			item := next.Checklist[i]
+			wasDone := item.GetDone()
 			item.Done, item.Note, item.Hold = req.GetDone(), req.GetNote(), req.GetHold()
-			item.DoneBy, item.DoneTime = "", nil
-			if req.GetDone() {
+			switch {
+			case !req.GetDone():
+				item.DoneBy, item.DoneTime = "", nil
+			case !wasDone:
 				item.DoneBy, item.DoneTime = auth.Actor(ctx), timestamppb.New(s.cfg.Now())
 			}
+			// An item done before keeps who did it and when: a note edited
+			// later, or the worker ticking the hold it made, did not
+			// prepare it again.
 			return s.save(ctx, tx, r, cur, next, cur.GetState(), "intervention.checklist_updated")
 		})
 }

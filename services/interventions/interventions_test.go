@@ -1800,3 +1800,32 @@ func TestUpdateOfACancelledInterventionIsRefusedForItsState(t *testing.T) {
 		}
 	}
 }
+
+// A checklist item done before keeps when it was done: editing its note
+// does not prepare it again. Undone and done again, it is done anew.
+func TestChecklistItemKeepsWhenItWasDone(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	mark := func(done bool, note string) *interventionsv1.ChecklistItem {
+		t.Helper()
+		got, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
+			Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: done, Note: note})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetChecklist()[0]
+	}
+	first := mark(true, "living room")
+	f.clock.Advance(time.Hour)
+	edited := mark(true, "living room, Sunday afternoon")
+	if !edited.GetDoneTime().AsTime().Equal(first.GetDoneTime().AsTime()) || edited.GetDoneBy() != first.GetDoneBy() || edited.GetNote() != "living room, Sunday afternoon" {
+		t.Fatalf("after a note edit: %v; want the note changed and done as at %v", edited, first.GetDoneTime().AsTime())
+	}
+	if undone := mark(false, ""); undone.GetDoneTime() != nil || undone.GetDoneBy() != "" {
+		t.Fatalf("undone: %v", undone)
+	}
+	if again := mark(true, "kitchen"); again.GetDoneTime().AsTime().Before(first.GetDoneTime().AsTime().Add(time.Hour)) {
+		t.Fatalf("done again at %v, want now, an hour after it was first done (%v)", again.GetDoneTime().AsTime(), first.GetDoneTime().AsTime())
+	}
+}
