@@ -444,6 +444,9 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if p := next.GetPlace(); p != nil && p.GetKind() == nil {
 		next.Place = nil
 	}
+	if next.GetPlace().GetInPerson().GetAddress() != cur.GetPlace().GetInPerson().GetAddress() {
+		forgetQuietPlace(next, req.GetIntervention())
+	}
 	// The request's own rules saw the body, not the result: a mask such
 	// as place.in_person.address with no place in the body clears a field
 	// those rules require. Only a place the update changes is checked, so
@@ -511,6 +514,22 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 			}
 			return s.save(ctx, tx, r, locked, next, locked.GetState(), "intervention.updated")
 		})
+}
+
+// forgetQuietPlace takes back what was confirmed of a place the meeting
+// has moved from: a mask of place.in_person.address alone would otherwise
+// carry the confirmation that the old room was quiet and private, and the
+// ticked checklist item, over to a room nobody has seen. The new place is
+// confirmed only as the request says.
+func forgetQuietPlace(next, req *interventionsv1.Intervention) {
+	if in := next.GetPlace().GetInPerson(); in != nil {
+		in.QuietAndPrivateConfirmed = req.GetPlace().GetInPerson().GetQuietAndPrivateConfirmed()
+	}
+	for _, it := range next.GetChecklist() {
+		if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE && it.GetDone() {
+			it.Done, it.DoneBy, it.DoneTime = false, "", nil
+		}
+	}
 }
 
 // removedMembers returns the member ids among before's participants that

@@ -1829,3 +1829,43 @@ func TestChecklistItemKeepsWhenItWasDone(t *testing.T) {
 		t.Fatalf("done again at %v, want now, an hour after it was first done (%v)", again.GetDoneTime().AsTime(), first.GetDoneTime().AsTime())
 	}
 }
+
+// A meeting moved to another address keeps no confirmation that the old
+// room was quiet and private, nor the checklist item that said so; other
+// edits leave both.
+func TestANewAddressIsConfirmedAgain(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	if _, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(),
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE, Done: true}); err != nil {
+		t.Fatal(err)
+	}
+	update := func(iv *interventionsv1.Intervention, paths ...string) *interventionsv1.Intervention {
+		t.Helper()
+		got, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{Intervention: iv,
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: paths}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	quiet := func(iv *interventionsv1.Intervention) (bool, bool) {
+		return iv.GetPlace().GetInPerson().GetQuietAndPrivateConfirmed(), iv.GetChecklist()[0].GetDone()
+	}
+	got := update(&interventionsv1.Intervention{Name: iv.GetName(), CarriedOverNotes: "bring the letters"}, "carried_over_notes")
+	if confirmed, ticked := quiet(got); !confirmed || !ticked {
+		t.Fatalf("after a notes edit: confirmed %v, ticked %v; want both kept", confirmed, ticked)
+	}
+	moved := &interventionsv1.Intervention{Name: iv.GetName(), Place: &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{
+		InPerson: &interventionsv1.InPersonPlace{Address: "40 Oak Ave"}}}}
+	got = update(moved, "place.in_person.address")
+	if confirmed, ticked := quiet(got); confirmed || ticked || got.GetPlace().GetInPerson().GetAddress() != "40 Oak Ave" {
+		t.Fatalf("after a move: %v, confirmed %v, ticked %v; want the new address, neither", got.GetPlace(), confirmed, ticked)
+	}
+	moved.GetPlace().GetInPerson().Address, moved.GetPlace().GetInPerson().QuietAndPrivateConfirmed = "7 Pine Rd", true
+	got = update(moved, "place.in_person.address", "place.in_person.quiet_and_private_confirmed")
+	if confirmed, _ := quiet(got); !confirmed {
+		t.Fatalf("a move confirmed in the same request: %v", got.GetPlace())
+	}
+}
