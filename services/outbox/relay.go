@@ -213,7 +213,8 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 // transaction's scope falls back to the session's). A connection whose
 // scope cannot be cleared is closed, so the pool does not hand it out.
 func giveBack(ctx context.Context, conn *pgxpool.Conn) {
-	ctx = context.WithoutCancel(ctx)
+	ctx, cancel := settleCtx(ctx)
+	defer cancel()
 	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false)`); err != nil {
 		_ = conn.Conn().Close(ctx)
 	}
@@ -226,9 +227,27 @@ func (r *Relay) release(ctx context.Context) {
 	if r.conn == nil || len(r.busy) > 0 {
 		return
 	}
-	r.conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`) //nolint:errcheck
+	uctx, cancel := settleCtx(ctx)
+	defer cancel()
+	var unlocked bool
+	if err := r.conn.QueryRow(uctx, `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&unlocked); err != nil || !unlocked {
+		// A session lock left on a pooled connection would stop every
+		// relay, this one's next poll included, until the connection
+		// closed: close it now.
+		_ = r.conn.Conn().Close(uctx)
+	}
 	giveBack(ctx, r.conn)
 	r.conn = nil
+}
+
+// settleTimeout bounds what the relay writes after its context ended (the
+// outcomes of lanes, the lock given back): on a database that stopped
+// answering without closing the connection, shutdown must not wait for
+// TCP to give up. What is left unrecorded is delivered again.
+const settleTimeout = 10 * time.Second
+
+func settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 }
 
 // Wait waits for every lane under way, records what they did, and releases
@@ -332,7 +351,8 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 	if len(done) == 0 {
 		return 0, nil
 	}
-	rctx := context.WithoutCancel(ctx)
+	rctx, cancel := settleCtx(ctx)
+	defer cancel()
 	var delivered []int64
 	var errs []error
 	n := 0
