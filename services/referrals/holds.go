@@ -106,7 +106,7 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	return idempotency.InTx(ctx, s.pool, p.clinic, svc+"HoldSlot", req.GetRequestId(), req, newHold,
 		func(tx pgx.Tx) (*referralsv1.Hold, error) {
 			now := s.cfg.Now()
-			if err := s.expireHolds(ctx, tx, p.clinic, p.id, now); err != nil {
+			if _, err := s.expireHolds(ctx, tx, p.clinic, p.id, now, 0); err != nil {
 				return nil, err
 			}
 			tag, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots - 1, held_slots = held_slots + 1,
@@ -164,10 +164,11 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 }
 
 // expireHolds marks due holds EXPIRED and gives their slots back, for one
-// program or (programID "") for every program. Each expired hold gets a
-// hold.expired event, as a release does, so that a reader of the outbox
-// learns that the slot went back without anyone asking for it.
-func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time) error {
+// program or (programID "") for every program, at most limit of them (0:
+// all). Each expired hold gets a hold.expired event, as a release does, so
+// that a reader of the outbox learns that the slot went back without
+// anyone asking for it. It returns how many it expired.
+func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time, limit int) (int, error) {
 	// The due holds are locked first, in one order (clinic, id), as every
 	// statement that locks several holds does: the sweep of every clinic
 	// and a program's own (HoldSlot, DeleteProgram) would otherwise lock
@@ -175,7 +176,7 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 	rows, err := tx.Query(ctx, `WITH due AS MATERIALIZED (
 			SELECT clinic, id FROM holds
 			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
-			ORDER BY clinic, id FOR UPDATE),
+			ORDER BY clinic, id LIMIT NULLIF($6, 0) FOR UPDATE),
 		expired AS (
 			UPDATE holds h SET state = $4, release_reason = 'expired', update_time = $3, version = h.version + 1
 			FROM due WHERE h.clinic = due.clinic AND h.id = due.id AND h.state = $5
@@ -187,9 +188,9 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 			FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id)
 		SELECT clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
 			release_reason, create_time, update_time, version FROM expired ORDER BY clinic, id`,
-		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD))
+		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD), limit)
 	if err != nil {
-		return fmt.Errorf("expire holds: %w", err)
+		return 0, fmt.Errorf("expire holds: %w", err)
 	}
 	// The expired holds as they now are, from the statement itself: no
 	// read of each afterwards.
@@ -207,24 +208,38 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 		return e, nil
 	})
 	if err != nil {
-		return fmt.Errorf("expire holds: %w", err)
+		return 0, fmt.Errorf("expire holds: %w", err)
 	}
 	for _, e := range expired {
 		if err := emit(ctx, tx, e.clinic, "hold.expired", e.hold.GetName(), e.hold); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(expired), nil
 }
 
 // ExpireHolds returns the slots of every hold past its expiry. The service
 // process runs it periodically (RunExpiry); holds and conversions also
-// expire what is due on their own program first.
+// expire what is due on their own program first. It works in batches, a
+// transaction each: after the sweep was down for a while, one transaction
+// over the whole backlog would keep every program's holds locked from
+// HoldSlot and conversions until it ended.
 func (s *Server) ExpireHolds(ctx context.Context) error {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope) // every clinic's holds
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.expireHolds(ctx, tx, "", "", s.cfg.Now())
-	})
+	now := s.cfg.Now()
+	for {
+		var n int
+		if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			var err error
+			n, err = s.expireHolds(ctx, tx, "", "", now, s.expireBatch)
+			return err
+		}); err != nil {
+			return err
+		}
+		if n < s.expireBatch {
+			return nil
+		}
+	}
 }
 
 // RunExpiry calls ExpireHolds every interval until ctx ends.
@@ -420,7 +435,8 @@ func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
 		return
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		return s.expireHolds(ctx, tx, clinic, program, now)
+		_, err := s.expireHolds(ctx, tx, clinic, program, now, 0)
+		return err
 	})
 	if err != nil && ctx.Err() == nil {
 		s.cfg.Log.WarnContext(ctx, "returning lapsed holds' slots failed; the sweep will", "clinic", clinic, "program", program, "error", err)

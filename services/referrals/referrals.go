@@ -120,10 +120,11 @@ type Server struct {
 	referralsv1.UnimplementedReferralsServiceServer
 	pool *pgdb.DB
 	cfg  Config
+	// expireBatch is how many holds the sweep expires in one transaction.
+	expireBatch int
 }
 
-// New returns a server over pool, whose search path is the service's schema.
-// New returns a server whose queries run through db, as the application
+// New returns a server whose queries run through pool, as the application
 // role and scoped to the caller's clinic.
 func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.DefaultHoldTTL == 0 {
@@ -135,7 +136,7 @@ func New(pool *pgdb.DB, cfg Config) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Server{pool: pool, cfg: cfg}
+	return &Server{pool: pool, cfg: cfg, expireBatch: 500}
 }
 
 const svc = "/handoff.referrals.v1.ReferralsService/"
