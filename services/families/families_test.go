@@ -648,6 +648,15 @@ func TestPaginationUnderInserts(t *testing.T) {
 	_, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 5,
 		PageToken: resp.GetNextPageToken(), Filter: "urgent = true"})
 	wantCode(t, err, codes.InvalidArgument)
+	// A size over the maximum is taken as the maximum (AIP-132), not
+	// refused; a negative one is refused.
+	all, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 5000})
+	if err != nil || len(all.GetFamilies()) != aip.MaxPageSize || all.GetNextPageToken() == "" {
+		t.Fatalf("ListFamilies(page_size 5000) = %d families, %v; want %d of the %d and a next page", len(all.GetFamilies()), err,
+			aip.MaxPageSize, len(seen))
+	}
+	_, err = f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: -1})
+	wantCode(t, err, codes.InvalidArgument)
 }
 
 // digest summarises every table of the schema, to prove a refused request

@@ -146,7 +146,8 @@ type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many events (default 50, at most 1000).
+	// At most this many events (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent
 	// and filter it came from.
@@ -292,10 +293,11 @@ const file_handoff_audit_v1_audit_proto_rawDesc = "" +
 	"\bresource\x18\x06 \x01(\tB\x03\xe0A\x03R\bresource\x12\x1d\n" +
 	"\aoutcome\x18\a \x01(\tB\x03\xe0A\x03R\aoutcome\x12\"\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tB\x03\xe0A\x03R\trequestId\"\xda\x01\n" +
+	"request_id\x18\b \x01(\tB\x03\xe0A\x03R\trequestId\"\xd7\x01\n" +
 	"\x16ListAuditEventsRequest\x12C\n" +
-	"\x06parent\x18\x01 \x01(\tB+\xe0A\x02\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tB+\xe0A\x02\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x82\x01\n" +

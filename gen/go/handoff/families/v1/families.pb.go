@@ -2248,7 +2248,8 @@ type ListFamiliesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many families (default 50, at most 1000).
+	// At most this many families (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -2621,7 +2622,8 @@ type ListBarriersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -3051,7 +3053,8 @@ type ListWarningSignsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -3244,7 +3247,8 @@ type ListSafetyScreensRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -3473,7 +3477,8 @@ type ListBoundariesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -4238,7 +4243,8 @@ type ListConsentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -4509,7 +4515,8 @@ type ListDisclosuresRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The family, `clinics/{clinic}/families/{family}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -4957,10 +4964,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x8e\x01\n" +
 	"\x10GetFamilyRequest\x12z\n" +
 	"\x04name\x18\x01 \x01(\tBf\xe0A\x02\xfaA\x17\n" +
-	"\x15handoff.health/Family\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf1\x01\n" +
+	"\x15handoff.health/Family\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xee\x01\n" +
 	"\x13ListFamiliesRequest\x12]\n" +
-	"\x06parent\x18\x01 \x01(\tBE\xe0A\x02\xfaA\x17\x12\x15handoff.health/Family\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBE\xe0A\x02\xfaA\x17\x12\x15handoff.health/Family\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"w\n" +
@@ -4989,10 +4997,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb3\x01\n" +
 	"\x11GetBarrierRequest\x12\x9d\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Barrier\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/barriers/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x93\x02\n" +
+	"\x16handoff.health/Barrier\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/barriers/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x90\x02\n" +
 	"\x13ListBarriersRequest\x12\x7f\n" +
-	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Barrier\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Barrier\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"x\n" +
@@ -5028,10 +5037,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xbf\x01\n" +
 	"\x15GetWarningSignRequest\x12\xa5\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x90\x01\xe0A\x02\xfaA\x1c\n" +
-	"\x1ahandoff.health/WarningSign\xbaHkri2g^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/warningSigns/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x9c\x02\n" +
+	"\x1ahandoff.health/WarningSign\xbaHkri2g^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/warningSigns/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x99\x02\n" +
 	"\x17ListWarningSignsRequest\x12\x83\x01\n" +
-	"\x06parent\x18\x01 \x01(\tBk\xe0A\x02\xfaA\x1c\x12\x1ahandoff.health/WarningSign\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBk\xe0A\x02\xfaA\x1c\x12\x1ahandoff.health/WarningSign\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x89\x01\n" +
@@ -5043,10 +5053,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\rsafety_screen\x18\x02 \x01(\v2!.handoff.families.v1.SafetyScreenB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\fsafetyScreen\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf9\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf6\x01\n" +
 	"\x18ListSafetyScreensRequest\x12\x84\x01\n" +
-	"\x06parent\x18\x01 \x01(\tBl\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/SafetyScreen\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBl\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/SafetyScreen\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x8d\x01\n" +
 	"\x19ListSafetyScreensResponse\x12H\n" +
@@ -5060,10 +5071,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb7\x01\n" +
 	"\x12GetBoundaryRequest\x12\xa0\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x8b\x01\xe0A\x02\xfaA\x19\n" +
-	"\x17handoff.health/Boundary\xbaHirg2e^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/boundaries/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x97\x02\n" +
+	"\x17handoff.health/Boundary\xbaHirg2e^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/boundaries/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x94\x02\n" +
 	"\x15ListBoundariesRequest\x12\x80\x01\n" +
-	"\x06parent\x18\x01 \x01(\tBh\xe0A\x02\xfaA\x19\x12\x17handoff.health/Boundary\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBh\xe0A\x02\xfaA\x19\x12\x17handoff.health/Boundary\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x7f\n" +
@@ -5144,10 +5156,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb3\x01\n" +
 	"\x11GetConsentRequest\x12\x9d\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xee\x01\n" +
+	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xeb\x01\n" +
 	"\x13ListConsentsRequest\x12\x7f\n" +
-	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"x\n" +
 	"\x14ListConsentsResponse\x128\n" +
@@ -5168,10 +5181,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12(\n" +
-	"\rvalidate_only\x18\x04 \x01(\bB\x03\xe0A\x01R\fvalidateOnly\"\xf5\x01\n" +
+	"\rvalidate_only\x18\x04 \x01(\bB\x03\xe0A\x01R\fvalidateOnly\"\xf2\x01\n" +
 	"\x16ListDisclosuresRequest\x12\x82\x01\n" +
-	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x84\x01\n" +
 	"\x17ListDisclosuresResponse\x12A\n" +

@@ -2308,7 +2308,8 @@ type ListInterventionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many interventions (default 50, at most 1000).
+	// At most this many interventions (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -3153,12 +3154,15 @@ type isRecordCheckInRequest_CheckIn interface {
 
 type RecordCheckInRequest_Number struct {
 	// The check-in's number: 1 for the first after the outcome, 2 for the
-	// second, and so on.
+	// second, and so on. At most the number of check-ins the CHECK_IN
+	// reminders have named so far (or the next one, where none names
+	// them): a later check-in has not come yet.
 	Number int32 `protobuf:"varint,2,opt,name=number,proto3,oneof"`
 }
 
 type RecordCheckInRequest_DueTime struct {
-	// The check-in's due time, as given in its CHECK_IN reminder.
+	// The check-in's due time, as given in its CHECK_IN reminder. A time no
+	// CHECK_IN reminder of the intervention is due at is refused.
 	DueTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=due_time,json=dueTime,proto3,oneof"`
 }
 
@@ -3329,7 +3333,8 @@ type ListTalkingPointsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -3529,10 +3534,12 @@ type CreateReminderRequest struct {
 	// and step). A retry with the same id returns the first result; the same
 	// id with a different request is INVALID_ARGUMENT.
 	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// For a reminder of a meeting (INTERVENTION_UPCOMING), the meeting's start
-	// time as the caller knows it, which its message names: if the meeting
-	// has been moved since, the reminder is refused (MEETING_NOT_SCHEDULED)
-	// rather than sent with the old time. Ignored for other kinds.
+	// For a reminder of a meeting (INTERVENTION_UPCOMING,
+	// TREATMENT_HOLD_UNAVAILABLE, OUTCOME_OVERDUE or OUTCOME_ESCALATION), the
+	// meeting's start time as the caller knows it, which its message names:
+	// if the meeting has been moved since, the reminder is refused
+	// (MEETING_NOT_SCHEDULED) rather than sent with the old time. Ignored for
+	// other kinds.
 	MeetingStartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=meeting_start_time,json=meetingStartTime,proto3" json:"meeting_start_time,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -3647,7 +3654,8 @@ type ListRemindersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -4206,7 +4214,8 @@ type ListCalendarFeedsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The caller's clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -4573,10 +4582,11 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa0\x01\n" +
 	"\x16GetInterventionRequest\x12\x85\x01\n" +
 	"\x04name\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x1d\n" +
-	"\x1bhandoff.health/Intervention\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/interventions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xfc\x01\n" +
+	"\x1bhandoff.health/Intervention\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/interventions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf9\x01\n" +
 	"\x18ListInterventionsRequest\x12c\n" +
-	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/Intervention\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/Intervention\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x91\x01\n" +
@@ -4670,10 +4680,11 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\rtalking_point\x18\x02 \x01(\v2&.handoff.interventions.v1.TalkingPointB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\ftalkingPoint\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xfc\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf9\x01\n" +
 	"\x18ListTalkingPointsRequest\x12c\n" +
-	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/TalkingPoint\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/TalkingPoint\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x92\x01\n" +
@@ -4696,10 +4707,11 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x12meeting_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\x10meetingStartTime\"\x93\x01\n" +
 	"\x12GetReminderRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
-	"\x17handoff.health/Reminder\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/reminders/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf4\x01\n" +
+	"\x17handoff.health/Reminder\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/reminders/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf1\x01\n" +
 	"\x14ListRemindersRequest\x12_\n" +
-	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Reminder\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Reminder\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x81\x01\n" +
@@ -4748,10 +4760,11 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\rcalendar_feed\x18\x02 \x01(\v2&.handoff.interventions.v1.CalendarFeedB\x03\xe0A\x01R\fcalendarFeed\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xfc\x01\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf9\x01\n" +
 	"\x18ListCalendarFeedsRequest\x12c\n" +
-	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CalendarFeed\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CalendarFeed\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x92\x01\n" +

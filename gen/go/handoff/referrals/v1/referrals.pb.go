@@ -2139,7 +2139,8 @@ type ListProgramsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many programs (default 50, at most 1000).
+	// At most this many programs (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -2900,7 +2901,8 @@ type ListHoldsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many holds (default 50, at most 1000).
+	// At most this many holds (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -3318,7 +3320,8 @@ type ListReferralsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many referrals (default 50, at most 1000).
+	// At most this many referrals (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page. It is bound to the parent and
 	// filter it came from.
@@ -4191,10 +4194,11 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x90\x01\n" +
 	"\x11GetProgramRequest\x12{\n" +
 	"\x04name\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x9a\x02\n" +
+	"\x16handoff.health/Program\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x97\x02\n" +
 	"\x13ListProgramsRequest\x12^\n" +
-	"\x06parent\x18\x01 \x01(\tBF\xe0A\x02\xfaA\x18\x12\x16handoff.health/Program\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBF\xe0A\x02\xfaA\x18\x12\x16handoff.health/Program\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\x12&\n" +
@@ -4267,10 +4271,11 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x87\x01\n" +
 	"\x0eGetHoldRequest\x12u\n" +
 	"\x04name\x18\x01 \x01(\tBa\xe0A\x02\xfaA\x15\n" +
-	"\x13handoff.health/Hold\xbaHCrA2?^clinics/[a-z0-9][a-z0-9-]{0,62}/holds/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xec\x01\n" +
+	"\x13handoff.health/Hold\xbaHCrA2?^clinics/[a-z0-9][a-z0-9-]{0,62}/holds/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xe9\x01\n" +
 	"\x10ListHoldsRequest\x12[\n" +
-	"\x06parent\x18\x01 \x01(\tBC\xe0A\x02\xfaA\x15\x12\x13handoff.health/Hold\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBC\xe0A\x02\xfaA\x15\x12\x13handoff.health/Hold\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"m\n" +
@@ -4303,10 +4308,11 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x93\x01\n" +
 	"\x12GetReferralRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
-	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf4\x01\n" +
+	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf1\x01\n" +
 	"\x14ListReferralsRequest\x12_\n" +
-	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Referral\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Referral\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xa1\x01\n" +

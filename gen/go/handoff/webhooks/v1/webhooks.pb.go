@@ -600,7 +600,8 @@ type ListSubscriptionsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -841,7 +842,8 @@ type ListDeliveriesRequest struct {
 	// `clinics/{clinic}/subscriptions/-` for every subscription of the
 	// clinic.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// At most this many (default 50, at most 1000).
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
@@ -1062,10 +1064,11 @@ const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa0\x01\n" +
 	"\x16GetSubscriptionRequest\x12\x85\x01\n" +
 	"\x04name\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x1d\n" +
-	"\x1bhandoff.health/Subscription\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xfc\x01\n" +
+	"\x1bhandoff.health/Subscription\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf9\x01\n" +
 	"\x18ListSubscriptionsRequest\x12c\n" +
-	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/Subscription\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBK\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/Subscription\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x8c\x01\n" +
@@ -1083,10 +1086,11 @@ const file_handoff_webhooks_v1_webhooks_proto_rawDesc = "" +
 	"\x1bhandoff.health/Subscription\xbaHKrI2G^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
 	"\n" +
 	"request_id\x18\x02 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa0\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x9d\x02\n" +
 	"\x15ListDeliveriesRequest\x12\x89\x01\n" +
-	"\x06parent\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x19\x12\x17handoff.health/Delivery\xbaHOrM2K^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/([a-z0-9][a-z0-9-]{0,62}|-)$R\x06parent\x12*\n" +
-	"\tpage_size\x18\x02 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12*\n" +
+	"\x06parent\x18\x01 \x01(\tBq\xe0A\x02\xfaA\x19\x12\x17handoff.health/Delivery\xbaHOrM2K^clinics/[a-z0-9][a-z0-9-]{0,62}/subscriptions/([a-z0-9][a-z0-9-]{0,62}|-)$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x7f\n" +
