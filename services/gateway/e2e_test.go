@@ -505,6 +505,15 @@ func TestReadinessNeedsTheCoreServicesOnly(t *testing.T) {
 	if r.code != http.StatusServiceUnavailable || !strings.HasPrefix(str(r.body, "families"), "unreachable") {
 		t.Fatalf("families down: %d %s; want 503", r.code, r.raw)
 	}
+	// A call that cannot reach its service says so, not the way there
+	// (grpc-go's message names the address it dialled).
+	down := client{t: t, token: sys.Token("counselor-1", auth.RoleCounselor), base: stacktest.Gateway(t, gateway.Config{
+		FamiliesAddr: nobody, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		Verifier: sys.Issuer.Verifier()})}
+	if r := down.do("GET", "/v1/clinics/north/families", nil); r.code != http.StatusServiceUnavailable ||
+		strings.Contains(string(r.raw), "127.0.0.1") || !strings.Contains(str(r.body, "message"), "families service could not be reached") {
+		t.Fatalf("a call with families down: %d %s; want 503 naming the service, not its address", r.code, r.raw)
+	}
 	// Two that hang are waited for side by side: one after the other
 	// would take twice the check time.
 	r = get(gateway.Config{FamiliesAddr: silent.Addr().String(), InterventionsAddr: sys.Stack.InterventionsAddr,

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -124,7 +125,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		addrs["webhooks"] = cfg.WebhooksAddr
 	}
 	for name, addr := range addrs {
-		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders))
+		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders, unreached(cfg.Log, name)))
 		if err != nil {
 			g.Close()
 			return nil, err
@@ -214,6 +215,26 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 		return nil, nil, err
 	}
 	return doc, page, nil
+}
+
+// unreached answers a call that never reached its service (nothing
+// listening, a name that does not resolve, a failed TLS handshake) with
+// its code and a plain message. grpc-go's message tells the way there
+// (addresses, DNS names, certificate details): the operator reads it in
+// the log, the caller has no use for it. A call the service answered,
+// whatever it said, has a peer and passes as it is.
+func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		var p peer.Peer
+		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
+		if err == nil || p.Addr != nil || ctx.Err() != nil {
+			return err
+		}
+		code := status.Code(err)
+		log.WarnContext(ctx, "gateway: call did not reach its service", "service", service, "method", method,
+			"code", code.String(), "error", err.Error())
+		return status.Errorf(code, "the %s service could not be reached: retry later", service)
+	}
 }
 
 // fillFromHeaders copies Idempotency-Key into the request's request_id and
