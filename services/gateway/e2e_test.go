@@ -316,6 +316,17 @@ func TestGatewayContract(t *testing.T) {
 	if stale.code != http.StatusPreconditionFailed || stale.body["code"] != float64(10) {
 		t.Fatalf("stale If-Match: %d %s; want 412", stale.code, stale.raw)
 	}
+	// A header grpc-gateway cannot pass on (curly quotes pasted from a
+	// document, an accent) is refused, not dropped: dropped, the stale
+	// etag would not be checked and the update would go through.
+	for _, h := range [][2]string{{"If-Match", "\u201c" + strings.Trim(etag, `"`) + "\u201d"}, {"Idempotency-Key", "r\u00e9f-1"}} {
+		if r := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-3"}, h[0], h[1]); r.code != http.StatusBadRequest {
+			t.Fatalf("%s: %q: %d %s; want 400", h[0], h[1], r.code, r.raw)
+		}
+	}
+	if got := w.counselor.ok("GET", "/v1/"+name, nil); str(got, "counselor") != "counselor-2" {
+		t.Fatalf("after the refused updates the counselor is %q", str(got, "counselor"))
+	}
 	if any := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-2"}, "If-Match", "*"); any.code != 200 {
 		t.Fatalf("If-Match: *: %d %s", any.code, any.raw)
 	}
