@@ -84,7 +84,29 @@ type State struct {
 	// BlockedAtEnd is set once the counselor is told that the check-ins
 	// ended with the formal meeting still waiting (see versionBlockedKept).
 	BlockedAtEnd bool
+	// EscalationUnsafe is set while the next meeting the workflow would
+	// propose waits for a screen that finds the family safe: one since the
+	// boundaries were reinforced found risk (see versionGateOnScreen).
+	EscalationUnsafe bool
+	// CheckInsAtBegin is CheckInsRun when the cycle began: the service
+	// numbers check-ins per intervention, and so do the counselor's
+	// reminders. Request ids keep counting across cycles.
+	CheckInsAtBegin int
 }
+
+// versionGateOnScreen guards holding member check-ins and the next
+// meeting's proposal while the family's latest screen is not current.
+// Before, the gate was passed once, when the boundaries were reinforced: a
+// screen finding risk afterwards (a threat of violence at home) left the
+// contact person's check-in messages and a firmer meeting to come as
+// planned. Asked only when the screen is not current.
+const versionGateOnScreen = "gate-on-current-screen"
+
+// versionTightenKeepsSooner guards keeping, when an overdose brings the
+// check-ins closer, those already due sooner than the first tightened one.
+// Before, a check-in due within the day (or one whose timer had just
+// fired) moved to a day after the overdose. Asked only when one is.
+const versionTightenKeepsSooner = "tighten-keeps-sooner"
 
 // versionRefusalsCounted guards numbering the counselor's notices of
 // refused reinforcements, so that a second refusal is not taken for a
@@ -396,6 +418,8 @@ func (w *wf) begin(ctx workflow.Context) {
 	}
 	w.st.EscalateAt = now.Add(w.settings.CoolDown)
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
+	w.st.EscalationUnsafe = false
+	w.st.CheckInsAtBegin = w.st.CheckInsRun
 	w.st.BlockedAtEnd = false // the new cycle's check-ins have not ended
 	// A formal meeting held back in the cycle before is not the new
 	// cycle's: it waits for the new cool-down. Asked only when one was
@@ -668,9 +692,13 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		w.st.CheckIns = w.st.CheckIns[1:]
 		w.st.CheckInsRun++
 		n := w.st.CheckInsRun
-		message := fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n)
-		if !w.st.Reinforced {
+		message := fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n-w.st.CheckInsAtBegin)
+		safe := w.safety.Status == "CURRENT"
+		switch {
+		case !w.st.Reinforced:
 			message += " The safety screen asked for is still missing: boundary steps wait for it."
+		case !safe:
+			message += " The latest safety screen is not current or found risk: the family hears nothing from us until a new one finds them safe."
 		}
 		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention, message, w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
 			return err
@@ -678,7 +706,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		for _, m := range w.safety.Members {
 			// Reminders to members wait for a safe screen, check-ins' too:
 			// before it only the counselor is asked to check in.
-			if m.ID == w.safety.ContactPerson && w.st.Reinforced {
+			if m.ID == w.safety.ContactPerson && w.st.Reinforced && (safe || flow.Version(ctx, versionGateOnScreen, 1) < 1) {
 				sent, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
 					time.Time{}, time.Time{})
@@ -703,6 +731,12 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		flow.Version(ctx, versionRetryBlockedEscalation, 1) >= 1 {
 		w.st.EscalationBlocked = false
 		return w.escalate(ctx, "once a boundary stated a consequence")
+	}
+	// A meeting held back for a screen that found risk is proposed at the
+	// first check-in that finds the family safe (it was just read).
+	if checkedIn && w.st.EscalationUnsafe && w.safety.Status == "CURRENT" {
+		w.st.EscalationUnsafe = false
+		return w.escalate(ctx, "once a safety screen found the family safe")
 	}
 	return nil
 }
@@ -771,7 +805,17 @@ func (w *wf) alert(ctx workflow.Context, o Overdose, n int) (string, error) {
 		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
 		return about, err
 	}
-	w.st.CheckIns = tighten(w.st.CheckIns, workflow.Now(ctx), 24*time.Hour, w.settings.TightenedCheckIn)
+	now := workflow.Now(ctx)
+	var sooner []time.Time
+	for _, t := range w.st.CheckIns {
+		if t.Before(now.Add(24 * time.Hour)) {
+			sooner = append(sooner, t)
+		}
+	}
+	if len(sooner) == 0 || flow.Version(ctx, versionTightenKeepsSooner, 1) < 1 {
+		sooner = nil
+	}
+	w.st.CheckIns = append(sooner, tighten(w.st.CheckIns, now, 24*time.Hour, w.settings.TightenedCheckIn)...)
 	return about, nil
 }
 
@@ -889,6 +933,15 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 	level := min(w.in.Level+1, 3)
 	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
+	}
+	if w.safety.Status != "CURRENT" && flow.Version(ctx, versionGateOnScreen, 1) >= 1 {
+		// A firmer meeting can raise the danger at home as boundaries
+		// can: it waits for a screen that finds the family safe.
+		w.st.EscalationUnsafe = true
+		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
+			"The family may be ready for the next meeting, but the latest safety screen is not current or found risk: "+
+				"it is proposed at the first check-in after a new screen finds the family safe.",
+			w.id("escalation-unsafe"))
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
 		w.st.EscalationBlocked = true

@@ -873,6 +873,86 @@ func TestRestartStartsANewCycle(t *testing.T) {
 	if last := h.kinds("ESCALATION_PROPOSED"); len(last) != 1 || last[0].Due.Sub(h.t0) != 24*day {
 		t.Fatalf("escalation at %+v, want day 24 (14 days after the second refusal)", last)
 	}
+	// The service numbers check-ins per intervention: the new cycle's are
+	// those of i2, from 1 again, as the counselor's reminders say.
+	var numbers []string
+	wantNumbers := []int{1, 2, 1, 2, 3}
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			numbers = append(numbers, fmt.Sprintf("%s %d", r.Related[strings.LastIndex(r.Related, "/")+1:], r.Due.Sub(h.t0)/day))
+			if len(numbers) > len(wantNumbers) {
+				continue
+			}
+			if want := fmt.Sprintf("(check-in %d)", wantNumbers[len(numbers)-1]); !strings.Contains(r.Message, want) {
+				t.Errorf("check-in on day %d of %s says %q, want %q", r.Due.Sub(h.t0)/day, r.Related, r.Message, want)
+			}
+		}
+	}
+	if !slices.Equal(numbers, []string{iv[strings.LastIndex(iv, "/")+1:] + " 1", iv[strings.LastIndex(iv, "/")+1:] + " 7", "i2 11", "i2 17", "i2 40"}) {
+		t.Fatalf("counselor check-ins (intervention, day): %v", numbers)
+	}
+}
+
+// A screen that finds risk after the boundaries were reinforced holds what
+// reaches the family, and the next meeting, until one finds them safe
+// again: the contact person's check-ins stop, the counselor's say why, and
+// the meeting the cool-down calls for is proposed at the first check-in
+// after a safe screen.
+func TestALaterRiskyScreenHoldsMessagesAndTheNextMeeting(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = "HIGH_RISK"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 5*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = "CURRENT"
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, 20*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var members, warned []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		switch {
+		case r.To.Kind == "member":
+			members = append(members, r.Due.Sub(h.t0)/day)
+		case strings.Contains(r.Message, "found risk"):
+			warned = append(warned, r.Due.Sub(h.t0)/day)
+		}
+	}
+	if !slices.Equal(members, []time.Duration{1, 30}) || !slices.Equal(warned, []time.Duration{7}) {
+		t.Fatalf("member check-ins on days %v, counselor's saying why not on %v; want 1 and 30, and 7", members, warned)
+	}
+	held := h.kinds("SAFETY_SCREEN_NEEDED")
+	if len(held) != 1 || held[0].Due.Sub(h.t0) != 14*day || !strings.Contains(held[0].Message, "next meeting") {
+		t.Fatalf("screen requests %+v; want one on day 14 about the next meeting", held)
+	}
+	if p := h.kinds("ESCALATION_PROPOSED"); len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 30*day {
+		t.Fatalf("proposed %+v at %+v; want one, at the day-30 check-in after the safe screen", h.proposed, p)
+	}
+}
+
+// An overdose keeps a check-in already due within the day: the tightened
+// ones come after it, not in its place.
+func TestOverdoseKeepsASoonerCheckIn(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 6*day+20*time.Hour) // four hours before the day-7 check-in
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			at = append(at, r.Due.Sub(h.t0))
+		}
+	}
+	if len(at) < 4 || at[1] != 7*day || at[2] != 7*day+20*time.Hour {
+		t.Fatalf("counselor check-ins at %v; want day 7 kept, then the tightened ones from a day after the overdose", at)
+	}
 }
 
 // A family handed to another counselor before the refusal's workflow
