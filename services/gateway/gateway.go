@@ -450,7 +450,22 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 	case consentgate.ReasonConsentRequired:
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
 	}
+	if status.Code(err) == codes.Unauthenticated {
+		// grpc-gateway puts the status message in WWW-Authenticate, which
+		// is no challenge (RFC 6750): a token that lapsed between this
+		// door's check and the service's gets the one the door gives.
+		w = bearerChallenge{w}
+	}
 	runtime.DefaultHTTPErrorHandler(ctx, mux, m, w, r, err)
+}
+
+// bearerChallenge sets the WWW-Authenticate of a refused token as the
+// status is written.
+type bearerChallenge struct{ http.ResponseWriter }
+
+func (b bearerChallenge) WriteHeader(code int) {
+	b.Header().Set("WWW-Authenticate", `Bearer realm="handoff", error="invalid_token"`)
+	b.ResponseWriter.WriteHeader(code)
 }
 
 // private marks every answer as one no cache may keep: they carry records

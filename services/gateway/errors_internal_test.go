@@ -1,0 +1,33 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// A token a service refused (it lapsed after this door's check) is answered
+// with a Bearer challenge, not with the status message grpc-gateway would
+// put in WWW-Authenticate; other errors get none.
+func TestRefusedTokenGetsABearerChallenge(t *testing.T) {
+	mux := runtime.NewServeMux()
+	for code, want := range map[codes.Code]string{
+		codes.Unauthenticated:  `Bearer realm="handoff", error="invalid_token"`,
+		codes.PermissionDenied: "",
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, "/v1/clinics/north/families", nil)
+		httpError(context.Background(), mux, &runtime.JSONPb{}, w, r, status.Error(code, "invalid token: expired"))
+		if got := w.Header().Get("WWW-Authenticate"); got != want {
+			t.Errorf("%v: WWW-Authenticate %q, want %q", code, got, want)
+		}
+		if code == codes.Unauthenticated && w.Code != http.StatusUnauthorized {
+			t.Errorf("%v: status %d, want 401", code, w.Code)
+		}
+	}
+}
