@@ -45,18 +45,29 @@ const feedSelect = `SELECT id, owner, create_time, last_read_time FROM calendar_
 // whose feeds nobody revoked.
 const feedIdle = 90 * 24 * time.Hour
 
+// feedLifetime is how long a feed works at most, read or not. A feed in
+// use never idles out: a counselor gone from the clinic, whose phone still
+// reads the feed, would otherwise see the meetings still assigned to them
+// for as long as nobody revoked it. A counselor still here makes a new one.
+const feedLifetime = 365 * 24 * time.Hour
+
 // feedReadStep is how stale the recorded last read may get before a read
 // writes it again: the expiry needs no finer a clock, and a read need not
 // be a write.
 const feedReadStep = time.Hour
 
 // feedExpiry is when a feed created at created and last read at read
-// (zero if never) stops working.
+// (zero if never) stops working: feedIdle after the later of the two, and
+// feedLifetime after its creation at the latest.
 func feedExpiry(created, read time.Time) time.Time {
+	idle := created.Add(feedIdle)
 	if read.After(created) {
-		return read.Add(feedIdle)
+		idle = read.Add(feedIdle)
 	}
-	return created.Add(feedIdle)
+	if end := created.Add(feedLifetime); end.Before(idle) {
+		return end
+	}
+	return idle
 }
 
 func feedName(clinic, id string) string { return aip.Name("clinics", clinic, "calendarFeeds", id) }
@@ -214,7 +225,7 @@ func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, e
 }
 
 // feedOwner returns the owner of the feed r if token is its token and the
-// feed has not lapsed (feedIdle). A lapsed feed is NOT_FOUND like any
+// feed has not lapsed (feedExpiry). A lapsed feed is NOT_FOUND like any
 // other failure, so the answer tells a guess nothing.
 func (s *Server) feedOwner(ctx context.Context, r ref, token string) (owner string, lastRead time.Time, err error) {
 	var hash []byte

@@ -330,6 +330,19 @@ func TestCalendarFeedLapsesUnread(t *testing.T) {
 	_, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: unread.GetName(), Token: feedToken(t, unread)})
 	wantCode(t, err, codes.NotFound)
 	export(t, f, used.GetName(), feedToken(t, used))
+	// Read or not, a feed works a year at most: a phone still subscribed
+	// after its counselor left does not keep the clinic's meetings.
+	end := used.GetCreateTime().AsTime().Add(365 * 24 * time.Hour)
+	for f.clock.Now().Add(80 * 24 * time.Hour).Before(end) {
+		f.clock.Advance(80 * 24 * time.Hour)
+		export(t, f, used.GetName(), feedToken(t, used))
+	}
+	if got := listed()[used.GetName()].GetExpireTime().AsTime(); !got.Equal(end) {
+		t.Fatalf("a feed read a year long expires at %v, want a year after its creation (%v)", got, end)
+	}
+	f.clock.Advance(end.Sub(f.clock.Now()))
+	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: used.GetName(), Token: feedToken(t, used)})
+	wantCode(t, err, codes.NotFound)
 }
 
 // The feed shows the intake appointments of the counselor's clients, read

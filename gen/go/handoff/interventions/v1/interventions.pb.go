@@ -4045,8 +4045,11 @@ func (x *CancelReminderRequest) GetRequestId() string {
 // counselor's interventions as iCalendar. The address carries a token that
 // Handoff keeps only as a hash; deleting the feed revokes it. A feed nobody
 // reads for 90 days stops working, as if deleted: a calendar app reads its
-// feeds every few hours, so a feed in use never lapses, while one left on
-// a lost phone or in a forgotten subscription does.
+// feeds every few hours, so a feed in use does not lapse so, while one left
+// on a lost phone or in a forgotten subscription does. Read or not, a feed
+// stops working a year after its creation: a phone still subscribed after
+// its counselor left the clinic does not keep its meetings. Make a new one
+// then.
 type CalendarFeed struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/calendarFeeds/{calendar_feed}`. Assigned by the
@@ -4064,7 +4067,8 @@ type CalendarFeed struct {
 	// When a calendar app last read the feed, to the hour; unset if never.
 	LastReadTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_read_time,json=lastReadTime,proto3" json:"last_read_time,omitempty"`
 	// When the feed stops working unless it is read before then: 90 days
-	// after its last read, or after its creation if it was never read.
+	// after its last read, or after its creation if it was never read, and a
+	// year after its creation at the latest.
 	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
