@@ -52,6 +52,26 @@ var coveragePays = map[referralsv1.CoverageKind][]referralsv1.PaymentKind{
 	referralsv1.CoverageKind_COVERAGE_KIND_OTHER: {referralsv1.PaymentKind_PAYMENT_KIND_SLIDING_SCALE, referralsv1.PaymentKind_PAYMENT_KIND_FREE},
 }
 
+// induced are the medications a program can start the same day, in
+// withdrawal; naltrexone is started only after it.
+var induced = []referralsv1.ServiceKind{
+	referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+}
+
+// inducedWanted returns the wanted medications a program can start the
+// same day: same-day induction answers a fear of withdrawal only for a
+// medication asked for, and only one started in withdrawal.
+func inducedWanted(req *referralsv1.MatchProgramsRequest) []referralsv1.ServiceKind {
+	var out []referralsv1.ServiceKind
+	for _, k := range wanted(req) {
+		if slices.Contains(induced, k) && !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // wanted returns the services a request asks for (any MAT when empty).
 func wanted(req *referralsv1.MatchProgramsRequest) []referralsv1.ServiceKind {
 	if len(req.GetServiceKinds()) == 0 {
@@ -102,7 +122,7 @@ func score(req *referralsv1.MatchProgramsRequest, p *referralsv1.Program) (int32
 	barriers := req.GetBarriers()
 	has := func(b referralsv1.BarrierKind) bool { return slices.Contains(barriers, b) }
 	outpatient := offers(referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT)
-	if has(referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL) && p.GetSameDayInduction() && offers(matServices...) {
+	if iw := inducedWanted(req); has(referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL) && p.GetSameDayInduction() && len(iw) > 0 && offers(iw...) {
 		add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INDUCTION_FOR_WITHDRAWAL_FEAR,
 			"Can start medication the same day, so withdrawal need not be faced alone.")
 	}
@@ -342,8 +362,8 @@ func scoreSQL(req *referralsv1.MatchProgramsRequest, first int) (string, []any) 
 	if u := req.GetUrgency(); u == referralsv1.Urgency_URGENCY_IMMEDIATE || u == referralsv1.Urgency_URGENCY_URGENT {
 		b.WriteString(when("same_day_intake", referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INTAKE))
 	}
-	if has(referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL) {
-		b.WriteString(when("same_day_induction AND services && "+arg(enumInts(matServices)),
+	if iw := inducedWanted(req); has(referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL) && len(iw) > 0 {
+		b.WriteString(when("same_day_induction AND services && "+arg(enumInts(iw)),
 			referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INDUCTION_FOR_WITHDRAWAL_FEAR))
 	}
 	if has(referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK) {

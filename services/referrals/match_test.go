@@ -158,3 +158,34 @@ func TestLanguageMatchesOnThePrimarySubtag(t *testing.T) {
 		}
 	}
 }
+
+// Same-day induction answers a fear of withdrawal for a medication asked
+// for that is started in withdrawal: methadone or buprenorphine, not
+// naltrexone, which is started after it, and not when no medication is
+// asked for.
+func TestSameDayInductionCountsForInducedMedicationsAskedFor(t *testing.T) {
+	naltrexone := referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+	fear := []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}
+	for _, c := range []struct {
+		name string
+		kind []svcK
+		p    prog
+		want bool
+	}{
+		{"naltrexone only, any MAT asked for", nil, prog{name: "n", services: []svcK{naltrexone}, slots: 1, sameInduction: true}, false},
+		{"naltrexone asked for", []svcK{naltrexone}, prog{name: "n", services: []svcK{naltrexone, bup}, slots: 1, sameInduction: true}, false},
+		{"outpatient asked for", []svcK{outpt}, prog{name: "o", services: []svcK{outpt, methad}, slots: 1, sameInduction: true}, false},
+		{"methadone, any MAT asked for", nil, prog{name: "m", services: []svcK{methad}, slots: 1, sameInduction: true}, true},
+		{"buprenorphine asked for", []svcK{bup, outpt}, prog{name: "b", services: []svcK{bup}, slots: 1, sameInduction: true}, true},
+	} {
+		req := &referralsv1.MatchProgramsRequest{ServiceKinds: c.kind, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE, Barriers: fear}
+		_, reasons, ok := score(req, c.p.build())
+		got := false
+		for _, r := range reasons {
+			got = got || r.GetCode() == referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_DAY_INDUCTION_FOR_WITHDRAWAL_FEAR
+		}
+		if !ok || got != c.want {
+			t.Errorf("%s: offered %v, same-day induction counted %v; want %v", c.name, ok, got, c.want)
+		}
+	}
+}
