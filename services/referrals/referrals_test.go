@@ -216,6 +216,27 @@ func TestConvertingALapsedHoldFreesItsSlot(t *testing.T) {
 	}
 }
 
+// A list of programs agrees with GetHold before the sweep runs: a lapsed
+// hold's slot is free in it.
+func TestListedProgramsFreeLapsedHolds(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 1)
+	if _, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+		Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	list, err := f.client.ListPrograms(f.ctx, &referralsv1.ListProgramsRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetPrograms()) != 1 {
+		t.Fatalf("ListPrograms = %v, %v", list, err)
+	}
+	if c := list.GetPrograms()[0].GetCapacity(); c.GetAvailableSlots() != 1 || c.GetHeldSlots() != 0 {
+		t.Fatalf("listed capacity after the hold lapsed: %v; want 1 free, 0 held", c)
+	}
+}
+
 func TestHoldConvertAndIdempotency(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
