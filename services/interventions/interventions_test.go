@@ -1664,13 +1664,18 @@ func TestClaimTakesAQuotedEtag(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	auto := f.env.As("north", "app", auth.RoleReminders)
-	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
-			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
-		Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
-	if err != nil {
-		t.Fatal(err)
+	dueNow := func() *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
 	}
+	rem := dueNow()
 	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w1",
 		LeaseDuration: durationpb.New(time.Minute)})
 	if err != nil {
@@ -1687,14 +1692,7 @@ func TestClaimTakesAQuotedEtag(t *testing.T) {
 	}
 	// Quotes around nothing name no version: refused, not read as no etag,
 	// which would claim a due reminder whatever version it is at.
-	due, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
-			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.New(f.clock.Now()),
-		Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range []*interventionsv1.Reminder{claimed, due} {
+	for _, r := range []*interventionsv1.Reminder{claimed, dueNow()} {
 		for _, etag := range []string{`""`, `W/""`} {
 			_, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: "w1",
 				LeaseDuration: durationpb.New(time.Minute), Etag: etag})

@@ -64,6 +64,15 @@ func (h *harness) consequenceAgreedOn(d time.Duration) {
 	}, d)
 }
 
+// screened records a screen of status on day after, as a counselor does,
+// and tells the workflow.
+func (h *harness) screened(status string, after time.Duration) {
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.Status = status
+		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
+	}, after)
+}
+
 func newHarness(t *testing.T, status string) *harness {
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
@@ -281,10 +290,7 @@ func TestCheckInsComeWhileTheScreenIsMissing(t *testing.T) {
 // cool-down, over by then, proposes the next meeting.
 func TestLateScreenAfterCheckIns(t *testing.T) {
 	h := newHarness(t, "HIGH_RISK")
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.Status = "CURRENT"
-		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
-	}, 20*day)
+	h.screened("CURRENT", 20*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
@@ -900,14 +906,8 @@ func TestRestartStartsANewCycle(t *testing.T) {
 // after a safe screen.
 func TestALaterRiskyScreenHoldsMessagesAndTheNextMeeting(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.Status = "HIGH_RISK"
-		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
-	}, 5*day)
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.Status = "CURRENT"
-		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
-	}, 20*day)
+	h.screened("HIGH_RISK", 5*day)
+	h.screened("CURRENT", 20*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
@@ -961,10 +961,7 @@ func TestOverdoseKeepsASoonerCheckIn(t *testing.T) {
 func TestFirstRemindersGoToTheFamilysCounselor(t *testing.T) {
 	h := newHarness(t, "STALE")
 	h.safety.Counselor = activities.Person{Kind: "counselor", ID: "counselor-2", Channel: "IN_APP"}
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.Status = "CURRENT"
-		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
-	}, day)
+	h.screened("CURRENT", day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
@@ -1133,10 +1130,7 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
 		return temporal.NewNonRetryableApplicationError("reinforce boundary: refused", "PermissionDenied", nil)
 	}
-	h.env.RegisterDelayedCallback(func() {
-		h.safety.Status = "CURRENT"
-		h.env.SignalWorkflow(boundary.SignalSafetyScreen, nil)
-	}, 2*day)
+	h.screened("CURRENT", 2*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
 		t.Fatalf("workflow error = %v; want the refusal", err)
