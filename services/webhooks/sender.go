@@ -647,6 +647,13 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 			return nil, errWithheld
 		}
 	}
+	if p.outsider && p.family == "" && s.cfg.Families != nil {
+		// Every record an outside system subscribes to is a family's; the
+		// sink names none when it could not read the payload (a type a
+		// newer release wrote). No family, no consent to ask: withheld,
+		// not sent on without one.
+		return nil, errWithheld
+	}
 	if n.Data == nil {
 		n.Type = idOnlyType(p.eventType)
 	}

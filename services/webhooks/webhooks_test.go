@@ -1245,3 +1245,31 @@ func TestLostRecordAnswerDoesNotOutliveARevocation(t *testing.T) {
 		t.Fatalf("asked %v; want the record, then a check that the revocation refuses", fam.asked)
 	}
 }
+
+// An event whose payload the sink cannot read names no family, so no
+// consent can be asked for it: the EHR's notification is withheld, not
+// sent without one. The clinic's own staff still hear of it.
+func TestEHRHearsNothingOfARecordOfNoKnownFamily(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	ehrRcv, staffRcv := newReceiver(t), newReceiver(t)
+	ehrSub := f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	ehrRcv.secret.Store(ehrSub.GetSecret())
+	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	staffRcv.secret.Store(staffSub.GetSecret())
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	runSender(t, fastSender(f.db, fam, 10))
+	e := outbox.Stored{ID: outboxID.Add(1), Clinic: "north", Type: "handoff.referrals.v1.referral.accepted",
+		Resource: "clinics/north/referrals/r9", Payload: &anypb.Any{TypeUrl: "type.googleapis.com/handoff.referrals.v9.Referral"}}
+	if _, err := f.sink.Enqueue(ctx, "referrals", e); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the staff's notification and the EHR's withheld", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: ehrSub.GetName(), Filter: "state = WITHDRAWN"})
+		return err == nil && len(resp.GetDeliveries()) == 1 && len(staffRcv.received()) == 1
+	})
+	if got := ehrRcv.received(); len(got) != 0 {
+		t.Fatalf("the EHR heard of a record of no known family: %v", got)
+	}
+}
