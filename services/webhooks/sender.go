@@ -522,9 +522,12 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	reason := describe(err)
 	// A failure on Handoff's side (the consent could not be checked) is not
 	// the receiver's: it never makes a dead letter, only a later try; but
-	// for an event no sender has read in a day.
+	// for an event no sender has read in a day. A receiver that answers the
+	// endpoint is gone, or refuses what it is sent, is not tried for hours:
+	// each try of a full notification sends the record again, and holds
+	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
-		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) {
+		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) || refusedFor(err, p.attempts) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -789,6 +792,27 @@ func decodePayload(b []byte) (proto.Message, error) {
 		return nil, fmt.Errorf("decode payload: %w", err)
 	}
 	return m, nil
+}
+
+// refusedAttempts is how many times a delivery the receiver refuses (400,
+// 401, 403, 404: a wrong route, a lost secret) is tried before it is a
+// dead letter; a few, since a receiver mid-deploy may answer so briefly.
+const refusedAttempts = 3
+
+// refusedFor reports whether err, the answer to attempt n, ends the
+// delivery: 410 Gone at once, a refusal after refusedAttempts.
+func refusedFor(err error, n int) bool {
+	var st httpStatusError
+	if !errors.As(err, &st) {
+		return false
+	}
+	switch st {
+	case http.StatusGone:
+		return true
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
+		return n >= refusedAttempts
+	}
+	return false
 }
 
 // httpStatusError is a response outside 2xx.

@@ -1,6 +1,7 @@
 package webhooks_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -238,7 +239,9 @@ type receiver struct {
 	seen   map[string]bool
 	acked  map[string]int // 2xx answers per delivery id
 	fail   func(id string, body map[string]any) bool
-	srv    *httptest.Server
+	// failWith is the status of a failed answer (503 when 0).
+	failWith int
+	srv      *httptest.Server
 }
 
 func newReceiver(t *testing.T) *receiver {
@@ -269,7 +272,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil && r.fail(id, n) {
-		w.WriteHeader(http.StatusServiceUnavailable)
+		w.WriteHeader(cmp.Or(r.failWith, http.StatusServiceUnavailable))
 		return
 	}
 	r.acked[id]++
@@ -1271,5 +1274,44 @@ func TestEHRHearsNothingOfARecordOfNoKnownFamily(t *testing.T) {
 	})
 	if got := ehrRcv.received(); len(got) != 0 {
 		t.Fatalf("the EHR heard of a record of no known family: %v", got)
+	}
+}
+
+// A receiver that says the endpoint is gone (410) gets a dead letter at
+// once; one that refuses (404: a wrong route) after a few tries, not after
+// MaxAttempts over hours; one that is unavailable (503) is tried on.
+func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	fam := &fakeFamilies{}
+	runSender(t, fastSender(f.db, fam, 10))
+	for _, c := range []struct {
+		status, attempts int
+		state            webhooksv1.DeliveryState
+	}{
+		{http.StatusGone, 1, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
+		{http.StatusNotFound, 3, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
+		{http.StatusServiceUnavailable, 10, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
+	} {
+		rcv := newReceiver(t)
+		rcv.failWith = c.status
+		rcv.setFail(func(string, map[string]any) bool { return true })
+		sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+		rcv.secret.Store(sub.GetSecret())
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, fmt.Sprintf("r%d", c.status), "accepted")); err != nil {
+			t.Fatal(err)
+		}
+		var got *webhooksv1.Delivery
+		eventually(t, 10*time.Second, fmt.Sprintf("the delivery answered %d dead", c.status), func() bool {
+			resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+			if err != nil || len(resp.GetDeliveries()) != 1 {
+				return false
+			}
+			got = resp.GetDeliveries()[0]
+			return got.GetState() == c.state
+		})
+		if int(got.GetAttemptCount()) != c.attempts {
+			t.Errorf("answered %d: dead after %d attempts, want %d", c.status, got.GetAttemptCount(), c.attempts)
+		}
 	}
 }
