@@ -476,6 +476,18 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 func (s *Sender) send(ctx context.Context, p *pending) error {
 	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
 	body, err := s.body(ctx, p)
+	if err == nil {
+		// The consent checks take time, in which the subscription may have
+		// been deleted (its endpoint or secret leaked): what was claimed
+		// must still be there to go.
+		due, derr := s.stillDue(ctx, p)
+		if derr != nil {
+			err = fmt.Errorf("%w: %w", errOwnSide, derr)
+		} else if !due {
+			log.Info("webhook delivery gone before it was sent", "attempt", p.attempts)
+			return nil
+		}
+	}
 	var status int
 	if err == nil {
 		status, err = s.post(ctx, p, body)
@@ -711,9 +723,11 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 }
 
 // disclose asks the families service to check consent and record the
-// disclosure. It answers false when no consent covers it (or the family is
-// gone), so the notification goes out with identifiers only. Consent is
-// checked anew for every attempt, so that a revocation counts at once, but
+// disclosure. It answers false when no consent covers it (none given, or
+// revoked or expired since), so the notification goes out with
+// identifiers only. A family deleted since keeps its consents (42 CFR
+// 2.31), and they still answer. Consent is checked anew for every
+// attempt, so that a revocation counts at once, but
 // a delivery is recorded once however many attempts it takes (and once
 // more for each replay of it as a dead letter): the record's request id is
 // derived from the delivery's id and replays. It is recorded before the
@@ -813,6 +827,19 @@ func refusedFor(err error, n int) bool {
 		return n >= refusedAttempts
 	}
 	return false
+}
+
+// stillDue reports whether p's claim still stands: its subscription not
+// deleted, nor the delivery withdrawn or claimed again since.
+func (s *Sender) stillDue(ctx context.Context, p *pending) (bool, error) {
+	var due bool
+	err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, p.clinic), `SELECT EXISTS (SELECT FROM deliveries
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND attempts = $4 AND state = 1)`,
+		p.clinic, p.subscription, p.id, p.attempts).Scan(&due)
+	if err != nil {
+		return false, fmt.Errorf("webhooks: check %s before sending: %w", p.name(), err)
+	}
+	return due, nil
 }
 
 // httpStatusError is a response outside 2xx.

@@ -462,6 +462,8 @@ type fakeFamilies struct {
 	covers familiesv1.InformationKind
 	mu     sync.Mutex
 	asked  []*familiesv1.CreateDisclosureRequest
+	// asking, if set, runs as each disclosure is asked for.
+	asking func()
 }
 
 // records are the requests that would record a disclosure, not only check
@@ -479,7 +481,11 @@ func (f *fakeFamilies) records() []*familiesv1.CreateDisclosureRequest {
 func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
 	f.mu.Lock()
 	f.asked = append(f.asked, req)
+	asking := f.asking
 	f.mu.Unlock()
+	if asking != nil {
+		asking()
+	}
 	if !f.consent.Load() || (f.covers != 0 && req.GetDisclosure().GetInformation() != f.covers) {
 		return nil, status.Error(codes.FailedPrecondition, "no consent covers this disclosure")
 	}
@@ -1313,5 +1319,35 @@ func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
 		if int(got.GetAttemptCount()) != c.attempts {
 			t.Errorf("answered %d: dead after %d attempts, want %d", c.status, got.GetAttemptCount(), c.attempts)
 		}
+	}
+}
+
+// A subscription deleted while its notification's consent was being
+// checked (its endpoint or secret leaked) sends nothing more: the claim is
+// checked again before the POST.
+func TestDeletedSubscriptionSendsNothingInFlight(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	var deleted atomic.Bool
+	fam.asking = func() {
+		if deleted.CompareAndSwap(false, true) {
+			if _, err := f.client.DeleteSubscription(f.ehr, &webhooksv1.DeleteSubscriptionRequest{Name: sub.GetName()}); err != nil {
+				t.Errorf("delete the subscription: %v", err)
+			}
+		}
+	}
+	runSender(t, fastSender(f.db, fam, 10))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the subscription deleted mid-send", deleted.Load)
+	time.Sleep(500 * time.Millisecond) // many sender intervals
+	if got := rcv.received(); len(got) != 0 {
+		t.Fatalf("a deleted subscription's receiver got %v", got)
 	}
 }
