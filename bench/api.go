@@ -261,8 +261,8 @@ func apiBench(ctx context.Context, env *benchEnv, conc, rounds int, d time.Durat
 	}
 	// Below saturation: half of the gRPC throughput, open loop, through
 	// the service and, at the same offered rate, through the floor and
-	// through pgbench sending the floor's statements (a probe runs
-	// alongside each); a quarter of saturation tells queueing apart from
+	// through pgbench sending the floor's statements (the steal sampler
+	// runs alongside each, the disk probe only with -probe-disk); a quarter of saturation tells queueing apart from
 	// hiccups that hit any single request. The gateway runs at half of
 	// its own saturation.
 	pgbenchRuns := map[string]struct {

@@ -262,6 +262,12 @@ func paired(ctx context.Context, n, warm int, ops [2]func(ctx context.Context) e
 // a probe.
 const probeSyncEvery = 50 * time.Millisecond
 
+// probeDisk runs the disk probe alongside the timed runs (-probe-disk).
+// Off by default: sparse as it is, its fsyncs queue behind and ahead of
+// the WAL's on the same disk, so it raises the p99 it would explain. The
+// disk is probed at rest instead (idleDisk), before any load.
+var probeDisk = false
+
 // probe watches the machine while an open-loop run goes on. It writes
 // 8 kB to a file of its own and fsyncs it every probeSyncEvery: commits
 // wait on the same kind of sync, so a stall in the load that the probe
@@ -271,6 +277,7 @@ const probeSyncEvery = 50 * time.Millisecond
 type probe struct {
 	stop      chan struct{}
 	done      sync.WaitGroup
+	syncs     int
 	syncMax   time.Duration
 	syncSlow  int
 	start     cpuTimes
@@ -280,11 +287,10 @@ type probe struct {
 
 func startProbe() *probe {
 	p := &probe{stop: make(chan struct{}), start: readCPUTimes(), stealPeak: math.NaN()}
-	p.done.Add(2)
-	go func() {
-		defer p.done.Done()
-		p.err = p.syncLoop()
-	}()
+	if probeDisk {
+		p.startDisk()
+	}
+	p.done.Add(1)
 	go func() {
 		defer p.done.Done()
 		t := time.NewTicker(100 * time.Millisecond)
@@ -304,6 +310,14 @@ func startProbe() *probe {
 		}
 	}()
 	return p
+}
+
+func (p *probe) startDisk() {
+	p.done.Add(1)
+	go func() {
+		defer p.done.Done()
+		p.err = p.syncLoop()
+	}()
 }
 
 func (p *probe) syncLoop() error {
@@ -328,11 +342,23 @@ func (p *probe) syncLoop() error {
 			return err
 		}
 		d := time.Since(t)
+		p.syncs++
 		p.syncMax = max(p.syncMax, d)
 		if d > 10*time.Millisecond {
 			p.syncSlow++
 		}
 	}
+}
+
+// idleDisk runs the disk probe alone for d, before any load: how the disk
+// PostgreSQL commits to answers a small fsync when nothing else asks.
+func idleDisk(d time.Duration) (syncs int, slowest time.Duration, over10ms int, err error) {
+	p := &probe{stop: make(chan struct{})}
+	p.startDisk()
+	time.Sleep(d)
+	close(p.stop)
+	p.done.Wait()
+	return p.syncs, p.syncMax, p.syncSlow, p.err
 }
 
 // finish stops the probe and adds what it saw to r.

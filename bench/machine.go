@@ -135,6 +135,10 @@ type jitterResult struct {
 	P99, Max time.Duration
 	Over10ms int
 	Steal    float64
+	// The disk probe at rest (idleDisk): fsyncs made, the slowest, and
+	// how many took over 10 ms.
+	DiskSyncs, DiskOver10ms int
+	DiskMax                 time.Duration
 }
 
 // idleJitter sleeps 1 ms at a time on a thread of its own for d, before

@@ -129,6 +129,7 @@ func main() {
 	dsn := flag.String("database-url", envOr("HANDOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/handoff_test?sslmode=disable"), "PostgreSQL URL")
 	only := flag.String("only", "", "run one section only: api, scale, workflows or processes (the report then has just that section)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.BoolVar(&probeDisk, "probe-disk", false, "run the disk probe alongside the timed open-loop runs too (it slows the commits it watches)")
 	flag.Parse()
 	switch *only {
 	case "", "api", "scale", "workflows", "processes":
@@ -165,9 +166,12 @@ func main() {
 	if err := ensureDatabase(ctx, *dsn); err != nil {
 		fail(err)
 	}
-	rep := &report{cfg: cfg, started: time.Now(), postgres: serverVersion(ctx, *dsn)}
+	rep := &report{cfg: cfg, started: time.Now(), postgres: serverVersion(ctx, *dsn), commit: sourceCommit()}
 	step("the machine at rest")
 	rep.jitter = idleJitter(cfg.duration)
+	if rep.jitter.DiskSyncs, rep.jitter.DiskMax, rep.jitter.DiskOver10ms, err = idleDisk(cfg.duration); err != nil {
+		fail(fmt.Errorf("disk probe at rest: %w", err))
+	}
 	rss := startRSSSampler()
 	rep.rssIdle = rss.current()
 
@@ -248,7 +252,10 @@ func serverVersion(ctx context.Context, dsn string) string {
 	}
 	defer conn.Close(ctx)
 	var v string
-	if err := conn.QueryRow(ctx, `SELECT 'PostgreSQL ' || current_setting('server_version')`).Scan(&v); err != nil {
+	// The settings that decide a commit's latency, beside the version.
+	if err := conn.QueryRow(ctx, `SELECT 'PostgreSQL ' || current_setting('server_version') ||
+		', shared_buffers ' || current_setting('shared_buffers') || ', synchronous_commit ' || current_setting('synchronous_commit') ||
+		', fsync ' || current_setting('fsync')`).Scan(&v); err != nil {
 		return "PostgreSQL, version unknown"
 	}
 	return v

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -20,12 +22,35 @@ type report struct {
 	procs                     []procMem
 	deployed                  map[string]result // the families service in its own process
 	jitter                    jitterResult      // the machine before any load
-	postgres                  string            // the server's version
+	postgres                  string            // the server's version and commit settings
+	commit                    string            // the source measured (sourceCommit)
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
 
 func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
+
+// diskProbeNote says whether the disk probe ran alongside the timed runs.
+func diskProbeNote() string {
+	if probeDisk {
+		return fmt.Sprintf(", and writes 8 kB to a file of its own and fsyncs it every %s (-probe-disk)", probeSyncEvery)
+	}
+	return "; the disk was probed at rest only (see above), as its fsyncs would slow the commits measured"
+}
+
+func syncMax(r result) string {
+	if !probeDisk {
+		return "—"
+	}
+	return ms(r.SyncMax)
+}
+
+func syncSlow(r result) string {
+	if !probeDisk {
+		return "—"
+	}
+	return strconv.Itoa(r.SyncSlow)
+}
 
 func steal(r result) string { return pct(r.Steal) + " (" + pct(r.StealPeak) + ")" }
 
@@ -46,8 +71,8 @@ func (r *report) markdown() string {
 		kind, cmd = r.cfg.only+" only", "`go run ./bench -only "+r.cfg.only+"`"
 	}
 	fmt.Fprintf(&b, "# Handoff benchmarks, %s\n\n", r.started.UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "Run: %s, %s. Machine: %s, %d CPUs, %s/%s. Versions: %s, %s. Took %s.\n\n",
-		kind, cmd, cpuModel(), runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), deps(),
+	fmt.Fprintf(&b, "Run: %s, %s, on commit %s. Machine: %s, %d CPUs, %s of memory, %s/%s. Versions: %s, %s. Took %s.\n\n",
+		kind, cmd, r.commit, cpuModel(), runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH, runtime.Version(), deps(),
 		r.finished.Sub(r.started).Round(time.Second))
 	fmt.Fprintf(&b, "Everything runs in one process on loopback (load generator included), against the local PostgreSQL "+
 		"(%s) and an in-process Temporal server, so compare ratios from the same run.\n\n", r.postgres)
@@ -55,8 +80,9 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "The machine at rest, before any load: a thread sleeping 1 ms at a time for %s woke up to %s late "+
 		"(p99 %s; %d of %d wake-ups over 10 ms), and the hypervisor gave %s of the CPU time to other guests (steal). "+
 		"A stall of the machine's own delays every request in flight, so it bounds the p99 any service here can reach; "+
-		"the open-loop tables show the steal during each run.\n\n",
-		j.Duration, ms(j.Max), ms(j.P99), j.Over10ms, j.Sleeps, pct(j.Steal))
+		"the open-loop tables show the steal during each run. Then, alone on the machine for %s, a probe wrote 8 kB to a file "+
+		"of its own and fsynced it every %s, as a commit waits on the WAL's fsync: the slowest of %d took %s, %d over 10 ms.\n\n",
+		j.Duration, ms(j.Max), ms(j.P99), j.Over10ms, j.Sleeps, pct(j.Steal), j.Duration, probeSyncEvery, j.DiskSyncs, ms(j.DiskMax), j.DiskOver10ms)
 
 	if r.api != nil {
 		r.apiSection(&b)
@@ -84,7 +110,7 @@ func (r *report) markdown() string {
 			"| operation | saturation | rate at half | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range []string{"get", "create"} {
 			s, h := d[op], d[op+" at half saturation"]
-			fmt.Fprintf(&b, "| %s | %.0f/s | %.0f/s | %s | %s | %s | %s | %d | %s |\n", op, s.Throughput, h.Offered, ms(h.P50), ms(h.P99), ms(h.Max), ms(h.SyncMax), h.SyncSlow, steal(h))
+			fmt.Fprintf(&b, "| %s | %.0f/s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", op, s.Throughput, h.Offered, ms(h.P50), ms(h.P99), ms(h.Max), syncMax(h), syncSlow(h), steal(h))
 		}
 		hg, hc := d["get at half saturation"], d["create at half saturation"]
 		fmt.Fprintf(&b, "\nTarget p99 < 10 ms at half of saturation, as deployed: %s.\n\n", verdict(hg.P99 < 10*time.Millisecond && hc.P99 < 10*time.Millisecond))
@@ -118,10 +144,12 @@ func (r *report) apiSection(b *strings.Builder) {
 		roundRatios(a["grpc create"], a["floor create"]), roundRatios(a["grpc get"], a["floor get"]), verdict(bc >= 0.7 && bg >= 0.7))
 	fmt.Fprintf(b, "| c/b (gateway vs gRPC) | %.2f | %.2f | %s | %s | ≥ 0.70: %s |\n", cc, cg,
 		roundRatios(a["gateway create"], a["grpc create"]), roundRatios(a["gateway get"], a["grpc get"]), verdict(cc >= 0.7 && cg >= 0.7))
-	b.WriteString("\nThe target is judged on the merged rounds; the ratio of each round shows how much one run on this machine can move.\n")
+	b.WriteString("\nThe target is judged on the merged rounds; the ratio of each round shows how much one run on this machine can move. " +
+		"These runs are closed loops (each caller sends its next request when the last returns), so their p50 and p99 understate the tail: " +
+		"a stall delays only the requests in flight. The latency target is judged below, in open loop.\n")
 	hg, hc := a["grpc get at half saturation"], a["grpc create at half saturation"]
 	fg, fc := a["floor get at half saturation"], a["floor create at half saturation"]
-	fmt.Fprintf(b, "\nBelow saturation (open loop at a fixed rate, %d rounds of %s per run taking turns, each after %s at the same rate untimed, each latency counted from when its request was due; meanwhile a probe writes 8 kB to a file of its own and fsyncs it every %s, and reads the CPU time stolen by the hypervisor every 100 ms):\n\n", r.cfg.rounds, r.cfg.duration, openLoopWarmup(r.cfg.duration), probeSyncEvery)
+	fmt.Fprintf(b, "\nBelow saturation (open loop at a fixed rate, %d rounds of %s per run taking turns, each after %s at the same rate untimed, each latency counted from when its request was due; meanwhile a probe reads the CPU time stolen by the hypervisor every 100 ms%s):\n\n", r.cfg.rounds, r.cfg.duration, openLoopWarmup(r.cfg.duration), diskProbeNote())
 	b.WriteString("| path | operation | offered rate | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, op := range []string{"get", "create"} {
 		for _, row := range []struct{ key, label string }{
@@ -136,7 +164,7 @@ func (r *report) apiSection(b *strings.Builder) {
 				fmt.Fprintf(b, "| %s | %s | not run: %v | | | | | | |\n", row.label, op, errNoPgbench)
 				continue
 			}
-			fmt.Fprintf(b, "| %s | %s | %.0f/s | %s | %s | %s | %s | %d | %s |\n", row.label, op, x.Offered, ms(x.P50), ms(x.P99), ms(x.Max), ms(x.SyncMax), x.SyncSlow, steal(x))
+			fmt.Fprintf(b, "| %s | %s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", row.label, op, x.Offered, ms(x.P50), ms(x.P99), ms(x.Max), syncMax(x), syncSlow(x), steal(x))
 		}
 	}
 	fmt.Fprintf(b, "\nTarget p99 < 10 ms at half of saturation: %s (get %s, create %s); the floor at the same rate: get %s, create %s",
@@ -235,6 +263,36 @@ func (r *report) flowSection(b *strings.Builder) {
 			ms(t.P50), ms(t.P99), ms(t.Max), v)
 	}
 	b.WriteString("\n")
+}
+
+// memTotal is the machine's memory as /proc/meminfo gives it.
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "unknown"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil {
+				return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+			}
+		}
+	}
+	return "unknown"
+}
+
+// sourceCommit is the commit the benchmark runs (go run stamps none into
+// the binary), "+ changes" when the work tree differs from it.
+func sourceCommit() string {
+	out, err := exec.Command("git", "rev-parse", "--short=12", "HEAD").Output()
+	if err != nil {
+		return "unknown (not a git work tree)"
+	}
+	c := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(strings.TrimSpace(string(st))) > 0 {
+		c += " + uncommitted changes"
+	}
+	return c
 }
 
 func cpuModel() string {
