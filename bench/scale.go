@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"time"
 
@@ -159,14 +160,14 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}); err != nil {
 		return nil, err
 	}
-	// A page in the middle, resumed from a token as a client would.
-	deep := map[string]string{}
-	for i, clinic := range clinics {
-		parent := "clinics/" + clinic
-		deep[parent] = aip.EncodePageToken(fmt.Sprintf("f%09d", [2]int{cfg.small, cfg.big}[i]/2), aip.QueryHash("families", parent, "state = ACTIVE"))
-	}
+	// A page in the middle, resumed from a token as a client would, at a
+	// place drawn anew for each sample (a quarter to three quarters in):
+	// the same page every time would be read from the cache every time.
 	if r.ListDeep, err = both(samples, func(ctx context.Context, i int, parent string) error {
-		resp, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: deep[parent], Filter: "state = ACTIVE"})
+		size := [2]int{cfg.small, cfg.big}[i]
+		at := size/4 + rand.IntN(size/2)
+		token := aip.EncodePageToken(fmt.Sprintf("f%09d", at), aip.QueryHash("families", parent, "state = ACTIVE"))
+		resp, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50, PageToken: token, Filter: "state = ACTIVE"})
 		if err == nil && len(resp.GetFamilies()) != 50 {
 			return fmt.Errorf("deep page had %d families", len(resp.GetFamilies()))
 		}
@@ -174,9 +175,13 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}); err != nil {
 		return nil, err
 	}
+	// A town, postal code and language drawn anew for each sample, for the
+	// same reason.
+	languages := []string{"en", "es"}
 	if r.Match, err = both(matchSamples, func(ctx context.Context, i int, parent string) error {
 		resp, err := refs[i].MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
-			Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: "Town7", PostalCode: "00042", Language: "es",
+			Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: fmt.Sprintf("Town%d", rand.IntN(100)),
+			PostalCode: fmt.Sprintf("%05d", rand.IntN(1000)), Language: languages[rand.IntN(len(languages))],
 			Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
 		if err == nil && len(resp.GetMatches()) != 10 {
 			return fmt.Errorf("match returned %d programs", len(resp.GetMatches()))
