@@ -106,7 +106,7 @@ func (r *report) markdown() string {
 	}
 	if d := r.deployed; d != nil {
 		b.WriteString("## Latency as deployed\n\nThe API section's gRPC runs again, against the families service in its own `handoff` process " +
-			"(the load generator stays on the same cores): saturation at the same concurrency, then open loop at half of it, with the probe.\n\n" +
+			"(the load generator stays on the same cores): saturation at the same concurrency, then open loop at half of it, with the steal sampler (the disk is probed at rest only).\n\n" +
 			"| operation | saturation | rate at half | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range []string{"get", "create"} {
 			s, h := d[op], d[op+" at half saturation"]
