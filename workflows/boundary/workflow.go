@@ -88,6 +88,9 @@ type State struct {
 	// propose waits for a screen that finds the family safe: one since the
 	// boundaries were reinforced found risk (see versionGateOnScreen).
 	EscalationUnsafe bool
+	// UnsafeAtEnd is set once the counselor is told that the check-ins
+	// ended with that meeting still waiting.
+	UnsafeAtEnd bool
 	// CheckInsAtBegin is CheckInsRun when the cycle began: the service
 	// numbers check-ins per intervention, and so do the counselor's
 	// reminders. Request ids keep counting across cycles.
@@ -310,6 +313,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			if err := w.blockedAtEnd(ctx); err != nil {
 				return Result{}, err
 			}
+			if err := w.unsafeAtEnd(ctx); err != nil {
+				return Result{}, err
+			}
 			if flow.Version(ctx, versionListenAtEnd, 1) >= 1 {
 				w.step = "finishing"
 				if err := flow.Listen(ctx, w.settings, &w.st.Resends, w.st.LastDue, w.signalled); err != nil {
@@ -325,6 +331,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 				}
 			}
 			w.step = "done"
+			if w.st.EscalationUnsafe {
+				return Result{Summary: "check-ins done, the next meeting waits for a safe screen (the counselor was told)", CheckIns: w.st.CheckInsRun}, nil
+			}
 			if w.st.BlockedAtEnd && w.st.EscalationBlocked {
 				return Result{Summary: "check-ins done, the formal meeting waits for a consequence (the counselor was told)", CheckIns: w.st.CheckInsRun}, nil
 			}
@@ -418,7 +427,7 @@ func (w *wf) begin(ctx workflow.Context) {
 	}
 	w.st.EscalateAt = now.Add(w.settings.CoolDown)
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
-	w.st.EscalationUnsafe = false
+	w.st.EscalationUnsafe, w.st.UnsafeAtEnd = false, false
 	w.st.CheckInsAtBegin = w.st.CheckInsRun
 	w.st.BlockedAtEnd = false // the new cycle's check-ins have not ended
 	// A formal meeting held back in the cycle before is not the new
@@ -693,11 +702,12 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		w.st.CheckInsRun++
 		n := w.st.CheckInsRun
 		message := fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", n-w.st.CheckInsAtBegin)
-		safe := w.safety.Status == "CURRENT"
+		// Decided once, for the counselor's message and the members' alike.
+		gated := w.st.Reinforced && w.safety.Status != "CURRENT" && flow.Version(ctx, versionGateOnScreen, 1) >= 1
 		switch {
 		case !w.st.Reinforced:
 			message += " The safety screen asked for is still missing: boundary steps wait for it."
-		case !safe:
+		case gated:
 			message += " The latest safety screen is not current or found risk: the family hears nothing from us until a new one finds them safe."
 		}
 		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention, message, w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
@@ -706,7 +716,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		for _, m := range w.safety.Members {
 			// Reminders to members wait for a safe screen, check-ins' too:
 			// before it only the counselor is asked to check in.
-			if m.ID == w.safety.ContactPerson && w.st.Reinforced && (safe || flow.Version(ctx, versionGateOnScreen, 1) < 1) {
+			if m.ID == w.safety.ContactPerson && w.st.Reinforced && !gated {
 				sent, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
 					time.Time{}, time.Time{})
@@ -759,6 +769,20 @@ func (w *wf) blockedAtEnd(ctx workflow.Context) error {
 	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
 		"The family's check-ins are over and the formal meeting still waits for a boundary that states a consequence: once one is agreed, draft the meeting by hand.",
 		w.id("escalation-blocked-at-end"))
+}
+
+// unsafeAtEnd tells the counselor, once, that the check-ins are over with
+// the next meeting still waiting for a screen that finds the family safe:
+// nothing is left to propose it at. No version: only runs that asked
+// versionGateOnScreen hold a meeting so.
+func (w *wf) unsafeAtEnd(ctx workflow.Context) error {
+	if !w.st.EscalationUnsafe || w.st.UnsafeAtEnd {
+		return nil
+	}
+	w.st.UnsafeAtEnd = true
+	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
+		"The family's check-ins are over and the next meeting still waits for a safety screen that finds the family safe: once one is recorded, draft the meeting by hand.",
+		w.id("escalation-unsafe-at-end"))
 }
 
 // versionRetryBlockedEscalation guards proposing, at a later check-in, the

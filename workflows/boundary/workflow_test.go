@@ -933,6 +933,26 @@ func TestALaterRiskyScreenHoldsMessagesAndTheNextMeeting(t *testing.T) {
 	}
 }
 
+// A meeting held for a risky screen that no safe one follows is not
+// proposed, and the workflow says so: the counselor is told when the
+// check-ins end, and the result does not claim a proposal.
+func TestAMeetingHeldForAnUnsafeScreenIsToldAtTheEnd(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.screened("HIGH_RISK", 5*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.proposed) != 0 || res.Proposed != "" || !strings.Contains(res.Summary, "waits for a safe screen") {
+		t.Fatalf("proposed %+v, result %+v; want nothing proposed and a summary saying why", h.proposed, res)
+	}
+	asked := h.kinds("SAFETY_SCREEN_NEEDED")
+	if len(asked) != 2 || asked[0].Due.Sub(h.t0) != 14*day || asked[1].Due.Sub(h.t0) != 30*day || !strings.Contains(asked[1].Message, "check-ins are over") {
+		t.Fatalf("screen requests %+v; want the hold on day 14 and the end on day 30", asked)
+	}
+}
+
 // An overdose keeps a check-in already due within the day: the tightened
 // ones come after it, not in its place.
 func TestOverdoseKeepsASoonerCheckIn(t *testing.T) {
