@@ -269,6 +269,7 @@ type pending struct {
 	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
 	firstTry                 time.Time // see migration 0013
+	refusals                 int       // answers in a row that refused it (migration 0014)
 	url, secret, owner       string
 	previous                 string // a rotated secret still in its grace
 	audience                 string
@@ -367,7 +368,7 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
-			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription, busyIDs, busyN)
 	if err != nil {
@@ -379,7 +380,7 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 		p := &pending{}
 		var topic, kind int16
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
-			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
@@ -476,10 +477,10 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 func (s *Sender) send(ctx context.Context, p *pending) error {
 	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
 	body, err := s.body(ctx, p)
-	if err == nil {
-		// The consent checks take time, in which the subscription may have
-		// been deleted (its endpoint or secret leaked): what was claimed
-		// must still be there to go.
+	if err == nil && (p.full || p.outsider) {
+		// The consent checks (made for these) take time, in which the
+		// subscription may have been deleted (its endpoint or secret
+		// leaked): what was claimed must still be there to go.
 		due, derr := s.stillDue(ctx, p)
 		if derr != nil {
 			err = fmt.Errorf("%w: %w", errOwnSide, derr)
@@ -539,7 +540,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// each try of a full notification sends the record again, and holds
 	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
-		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) || refusedFor(err, p.attempts) {
+		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) || refusedFor(err, p.refusals+1) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -556,9 +557,9 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
-		attempts = attempts - $7, record_unsure = record_unsure OR $8
+		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 ELSE 0 END
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
-		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure))
+		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err))
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
@@ -808,25 +809,33 @@ func decodePayload(b []byte) (proto.Message, error) {
 	return m, nil
 }
 
-// refusedAttempts is how many times a delivery the receiver refuses (400,
-// 401, 403, 404: a wrong route, a lost secret) is tried before it is a
-// dead letter; a few, since a receiver mid-deploy may answer so briefly.
+// refusedAttempts is how many answers in a row may refuse a delivery (400,
+// 401, 403, 404: a wrong route, a lost secret) before it is a dead letter;
+// a few, since a receiver mid-deploy may answer so briefly.
 const refusedAttempts = 3
 
-// refusedFor reports whether err, the answer to attempt n, ends the
-// delivery: 410 Gone at once, a refusal after refusedAttempts.
-func refusedFor(err error, n int) bool {
+// refusal reports whether err is a receiver's refusal of what it was sent.
+func refusal(err error) bool {
 	var st httpStatusError
 	if !errors.As(err, &st) {
 		return false
 	}
 	switch st {
-	case http.StatusGone:
-		return true
 	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusNotFound:
-		return n >= refusedAttempts
+		return true
 	}
 	return false
+}
+
+// refusedFor reports whether err ends the delivery, n being the refusals
+// in a row counting err: 410 Gone at once, a refusal the refusedAttempts-th
+// in a row.
+func refusedFor(err error, n int) bool {
+	var st httpStatusError
+	if errors.As(err, &st) && st == http.StatusGone {
+		return true
+	}
+	return refusal(err) && n >= refusedAttempts
 }
 
 // stillDue reports whether p's claim still stands: its subscription not

@@ -1284,40 +1284,49 @@ func TestEHRHearsNothingOfARecordOfNoKnownFamily(t *testing.T) {
 }
 
 // A receiver that says the endpoint is gone (410) gets a dead letter at
-// once; one that refuses (404: a wrong route) after a few tries, not after
-// MaxAttempts over hours; one that is unavailable (503) is tried on.
+// once; one that refuses (404: a wrong route) after three refusals in a
+// row, not after MaxAttempts over hours, however many tries an outage
+// before took; one that is unavailable (503) is tried on.
 func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	fam := &fakeFamilies{}
 	runSender(t, fastSender(f.db, fam, 10))
-	for _, c := range []struct {
-		status, attempts int
-		state            webhooksv1.DeliveryState
+	for i, c := range []struct {
+		statuses []int // the answers in turn, the last one repeated
+		attempts int
 	}{
-		{http.StatusGone, 1, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
-		{http.StatusNotFound, 3, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
-		{http.StatusServiceUnavailable, 10, webhooksv1.DeliveryState_DELIVERY_STATE_DEAD},
+		{[]int{http.StatusGone}, 1},
+		{[]int{http.StatusNotFound}, 3},
+		{[]int{http.StatusServiceUnavailable, http.StatusServiceUnavailable, http.StatusNotFound}, 5},
+		{[]int{http.StatusNotFound, http.StatusServiceUnavailable, http.StatusNotFound}, 5},
+		{[]int{http.StatusServiceUnavailable}, 10},
 	} {
 		rcv := newReceiver(t)
-		rcv.failWith = c.status
-		rcv.setFail(func(string, map[string]any) bool { return true })
+		answered := 0
+		rcv.setFail(func(string, map[string]any) bool {
+			// Called with the receiver's lock held, before it answers
+			// with failWith.
+			rcv.failWith = c.statuses[min(answered, len(c.statuses)-1)]
+			answered++
+			return true
+		})
 		sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 		rcv.secret.Store(sub.GetSecret())
-		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, fmt.Sprintf("r%d", c.status), "accepted")); err != nil {
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, fmt.Sprintf("r%d", i), "accepted")); err != nil {
 			t.Fatal(err)
 		}
 		var got *webhooksv1.Delivery
-		eventually(t, 10*time.Second, fmt.Sprintf("the delivery answered %d dead", c.status), func() bool {
+		eventually(t, 10*time.Second, fmt.Sprintf("the delivery answered %v dead", c.statuses), func() bool {
 			resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
 			if err != nil || len(resp.GetDeliveries()) != 1 {
 				return false
 			}
 			got = resp.GetDeliveries()[0]
-			return got.GetState() == c.state
+			return got.GetState() == webhooksv1.DeliveryState_DELIVERY_STATE_DEAD
 		})
 		if int(got.GetAttemptCount()) != c.attempts {
-			t.Errorf("answered %d: dead after %d attempts, want %d", c.status, got.GetAttemptCount(), c.attempts)
+			t.Errorf("answered %v: dead after %d attempts, want %d", c.statuses, got.GetAttemptCount(), c.attempts)
 		}
 	}
 }
