@@ -444,7 +444,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if p := next.GetPlace(); p != nil && p.GetKind() == nil {
 		next.Place = nil
 	}
-	if next.GetPlace().GetInPerson().GetAddress() != cur.GetPlace().GetInPerson().GetAddress() {
+	if a, b := next.GetPlace().GetInPerson(), cur.GetPlace().GetInPerson(); a.GetAddress() != b.GetAddress() || a.GetRoom() != b.GetRoom() {
 		forgetQuietPlace(next, req.GetIntervention())
 	}
 	// The request's own rules saw the body, not the result: a mask such
@@ -517,7 +517,8 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 }
 
 // forgetQuietPlace takes back what was confirmed of a place the meeting
-// has moved from: a mask of place.in_person.address alone would otherwise
+// has moved from (another address or room): a mask of
+// place.in_person.address or place.in_person.room alone would otherwise
 // carry the confirmation that the old room was quiet and private, and the
 // ticked checklist item, over to a room nobody has seen. The new place is
 // confirmed only as the request says.

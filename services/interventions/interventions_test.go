@@ -1866,4 +1866,10 @@ func TestANewAddressIsConfirmedAgain(t *testing.T) {
 	if confirmed, _ := quiet(got); !confirmed {
 		t.Fatalf("a move confirmed in the same request: %v", got.GetPlace())
 	}
+	// Another room at the same address is another place too.
+	moved.GetPlace().GetInPerson().Room, moved.GetPlace().GetInPerson().QuietAndPrivateConfirmed = "the lobby", false
+	got = update(moved, "place.in_person.room")
+	if confirmed, _ := quiet(got); confirmed || got.GetPlace().GetInPerson().GetRoom() != "the lobby" {
+		t.Fatalf("after a move to another room: %v; want it unconfirmed", got.GetPlace())
+	}
 }
