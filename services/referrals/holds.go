@@ -236,8 +236,8 @@ func (s *Server) ExpireHolds(ctx context.Context) error {
 		}); err != nil {
 			return err
 		}
-		if n < s.expireBatch {
-			return nil
+		if s.expireBatch <= 0 || n < s.expireBatch {
+			return nil // a batch of 0 is everything at once
 		}
 	}
 }
@@ -435,7 +435,10 @@ func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
 		return
 	}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		_, err := s.expireHolds(ctx, tx, clinic, program, now, 0)
+		// At most a batch: after the sweep was down, a clinic's backlog
+		// would otherwise be expired, and its holds locked, in a request.
+		// The sweep takes the rest.
+		_, err := s.expireHolds(ctx, tx, clinic, program, now, s.expireBatch)
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
