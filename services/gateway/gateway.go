@@ -26,7 +26,6 @@ import (
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -217,23 +216,22 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 	return doc, page, nil
 }
 
-// unreached answers a call that never reached its service (nothing
-// listening, a name that does not resolve, a failed TLS handshake) with
-// its code and a plain message. grpc-go's message tells the way there
-// (addresses, DNS names, certificate details): the operator reads it in
-// the log, the caller has no use for it. A call the service answered,
-// whatever it said, has a peer and passes as it is.
+// unreached answers an UNAVAILABLE call with a plain message. grpc-go
+// raises that code for a call that never reached its service (nothing
+// listening, a name that does not resolve, a failed TLS handshake) or
+// lost it on the way (a connection reset), with a message that tells the
+// way there: addresses, DNS names, certificate details. The operator
+// reads it in the log; the caller has no use for it, and the services' own
+// UNAVAILABLE answers say no more than this one. Other codes pass as they
+// are.
 func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		var p peer.Peer
-		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Peer(&p))...)
-		if err == nil || p.Addr != nil || ctx.Err() != nil {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
 			return err
 		}
-		code := status.Code(err)
-		log.WarnContext(ctx, "gateway: call did not reach its service", "service", service, "method", method,
-			"code", code.String(), "error", err.Error())
-		return status.Errorf(code, "the %s service could not be reached: retry later", service)
+		log.WarnContext(ctx, "gateway: service unavailable", "service", service, "method", method, "error", err.Error())
+		return status.Errorf(codes.Unavailable, "the %s service could not be reached or is unavailable: retry later", service)
 	}
 }
 
