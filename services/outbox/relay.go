@@ -233,17 +233,20 @@ func (r *Relay) release(ctx context.Context) {
 	if err := r.conn.QueryRow(uctx, `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&unlocked); err != nil || !unlocked {
 		// A session lock left on a pooled connection would stop every
 		// relay, this one's next poll included, until the connection
-		// closed: close it now.
+		// closed: close it now (the pool drops a closed connection).
 		_ = r.conn.Conn().Close(uctx)
+		r.conn.Release()
+	} else {
+		giveBack(ctx, r.conn)
 	}
-	giveBack(ctx, r.conn)
 	r.conn = nil
 }
 
-// settleTimeout bounds what the relay writes after its context ended (the
-// outcomes of lanes, the lock given back): on a database that stopped
-// answering without closing the connection, shutdown must not wait for
-// TCP to give up. What is left unrecorded is delivered again.
+// settleTimeout bounds what the relay writes without its context's
+// cancellation (the outcomes of lanes, the lock given back), on every poll
+// as at shutdown: on a database that stopped answering without closing
+// the connection, shutdown must not wait for TCP to give up. What is left
+// unrecorded is delivered again.
 const settleTimeout = 10 * time.Second
 
 func settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
