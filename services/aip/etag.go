@@ -16,7 +16,7 @@ func Etag(version int64) string { return "v" + strconv.FormatInt(version, 10) }
 func ParseEtag(etag string) (version int64, ok bool) {
 	etag = BareEtag(etag)
 	v, err := strconv.ParseInt(strings.TrimPrefix(etag, "v"), 10, 64)
-	if err != nil || Etag(v) != etag {
+	if err != nil || v < 0 || Etag(v) != etag {
 		return 0, false
 	}
 	return v, true

@@ -100,7 +100,7 @@ func TestEtag(t *testing.T) {
 	}
 	// One version, one spelling: an etag is compared as a string
 	// elsewhere, so "v03" must not pass here either.
-	for _, foreign := range []string{"7", "v+7", "v07", "v-7x", `""`} {
+	for _, foreign := range []string{"7", "v+7", "v07", "v-7", "v-7x", `""`} {
 		if _, ok := ParseEtag(foreign); ok {
 			t.Errorf("foreign etag %q accepted", foreign)
 		}
