@@ -970,6 +970,28 @@ func TestNotificationTimeIsTheChanges(t *testing.T) {
 	}
 }
 
+// ehrAndStaff subscribes the EHR and the clinic's staff, each with a
+// receiver of its own, to referral changes by identifiers only.
+func (f *fixture) ehrAndStaff(t *testing.T) (ehrRcv, staffRcv *receiver, ehrSub *webhooksv1.Subscription) {
+	t.Helper()
+	ehrRcv, staffRcv = newReceiver(t), newReceiver(t)
+	ehrSub = f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	ehrRcv.secret.Store(ehrSub.GetSecret())
+	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	staffRcv.secret.Store(staffSub.GetSecret())
+	return ehrRcv, staffRcv, ehrSub
+}
+
+// withheldFromEHR waits for the staff's notification and the EHR's
+// delivery withheld.
+func (f *fixture) withheldFromEHR(t *testing.T, ehrSub *webhooksv1.Subscription, staffRcv *receiver) {
+	t.Helper()
+	eventually(t, 5*time.Second, "the staff's notification and the EHR's withheld", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: ehrSub.GetName(), Filter: "state = WITHDRAWN"})
+		return err == nil && len(resp.GetDeliveries()) == 1 && len(staffRcv.received()) == 1
+	})
+}
+
 // An id-only notification to the EHR still tells it that a family's
 // record changed: it goes only while a consent covers the record for the
 // EHR (checked, not recorded: nothing of the record goes), and is withheld
@@ -977,20 +999,13 @@ func TestNotificationTimeIsTheChanges(t *testing.T) {
 func TestIDOnlyNotificationToTheEHRNeedsConsent(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	ehrRcv, staffRcv := newReceiver(t), newReceiver(t)
-	ehrSub := f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	ehrRcv.secret.Store(ehrSub.GetSecret())
-	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	staffRcv.secret.Store(staffSub.GetSecret())
+	ehrRcv, staffRcv, ehrSub := f.ehrAndStaff(t)
 	fam := &fakeFamilies{}
 	runSender(t, fastSender(f.db, fam, 10))
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the staff's notification and the EHR's withheld", func() bool {
-		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: ehrSub.GetName(), Filter: "state = WITHDRAWN"})
-		return err == nil && len(resp.GetDeliveries()) == 1 && len(staffRcv.received()) == 1
-	})
+	f.withheldFromEHR(t, ehrSub, staffRcv)
 	if got := ehrRcv.received(); len(got) != 0 {
 		t.Fatalf("the EHR heard without consent: %v", got)
 	}
@@ -1261,11 +1276,7 @@ func TestLostRecordAnswerDoesNotOutliveARevocation(t *testing.T) {
 func TestEHRHearsNothingOfARecordOfNoKnownFamily(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	ehrRcv, staffRcv := newReceiver(t), newReceiver(t)
-	ehrSub := f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	ehrRcv.secret.Store(ehrSub.GetSecret())
-	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	staffRcv.secret.Store(staffSub.GetSecret())
+	ehrRcv, staffRcv, ehrSub := f.ehrAndStaff(t)
 	fam := &fakeFamilies{}
 	fam.consent.Store(true)
 	runSender(t, fastSender(f.db, fam, 10))
@@ -1274,10 +1285,7 @@ func TestEHRHearsNothingOfARecordOfNoKnownFamily(t *testing.T) {
 	if _, err := f.sink.Enqueue(ctx, "referrals", e); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the staff's notification and the EHR's withheld", func() bool {
-		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: ehrSub.GetName(), Filter: "state = WITHDRAWN"})
-		return err == nil && len(resp.GetDeliveries()) == 1 && len(staffRcv.received()) == 1
-	})
+	f.withheldFromEHR(t, ehrSub, staffRcv)
 	if got := ehrRcv.received(); len(got) != 0 {
 		t.Fatalf("the EHR heard of a record of no known family: %v", got)
 	}
