@@ -106,6 +106,24 @@ func (f *fixture) capacity(t *testing.T, name string) (available, held int32) {
 	return p.GetCapacity().GetAvailableSlots(), p.GetCapacity().GetHeldSlots()
 }
 
+// holder begins a transaction that a test holds a lock in, and returns it
+// with its backend's pid, to watch who waits on it. It is rolled back at
+// the end unless the test commits it.
+func (f *fixture) holder(t *testing.T) (pgx.Tx, int) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := f.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(ctx) }) // a no-op once committed
+	var pid int
+	if err := tx.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return tx, pid
+}
+
 const family = "clinics/north/families/f1"
 
 // 50 concurrent holds on a program with 7 free slots: exactly 7 succeed.
@@ -484,15 +502,7 @@ func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 	f := setup(t)
 	p, h := f.heldAt(t, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE)
 	ctx := context.Background()
-	update, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer update.Rollback(ctx) //nolint:errcheck // committed below; a no-op then
-	var pid int
-	if err := update.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	update, pid := f.holder(t)
 	if _, err := update.Exec(ctx, `UPDATE programs SET services = $2, version = version + 1 WHERE clinic = 'north' AND id = $1`,
 		p.GetName()[strings.LastIndex(p.GetName(), "/")+1:], []int16{int16(referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE)}); err != nil {
 		t.Fatal(err)
@@ -507,7 +517,7 @@ func TestConversionToAnotherServiceWaitsForTheProgramsUpdate(t *testing.T) {
 	if err := update.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	err = <-converted
+	err := <-converted
 	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != "SERVICE_NOT_OFFERED" {
 		t.Fatalf("converting to a service dropped meanwhile: %v; want SERVICE_NOT_OFFERED", err)
 	}
@@ -1308,15 +1318,7 @@ func TestDeleteProgramWhileTheSweepExpiresAHold(t *testing.T) {
 	f := setup(t)
 	p, h := f.unsweptHold(t)
 	ctx := context.Background()
-	sweep, err := f.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sweep.Rollback(ctx) //nolint:errcheck // committed below; a no-op then
-	var pid int
-	if err := sweep.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	sweep, pid := f.holder(t)
 	holdID, programID := h.GetName()[strings.LastIndex(h.GetName(), "/")+1:], p.GetName()[strings.LastIndex(p.GetName(), "/")+1:]
 	if _, err := sweep.Exec(ctx, `UPDATE holds SET state = $2, release_reason = 'expired', version = version + 1
 		WHERE clinic = 'north' AND id = $1`, holdID, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED)); err != nil {
