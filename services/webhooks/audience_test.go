@@ -91,9 +91,7 @@ func violatedField(err error) string {
 func TestFullInterventionIsTheAppointment(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 	old := newReceiver(t)
 	legacy := f.subscribe(t, f.env.As("north", "ehr-2", auth.RoleEHR), old.srv.URL,
 		webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)

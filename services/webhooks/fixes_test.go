@@ -44,9 +44,7 @@ func byResource(got []map[string]any, resource string) map[string]any {
 func TestConsentKindFollowsPayload(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 	fam := &fakeFamilies{covers: familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS}
 	fam.consent.Store(true)
 
@@ -121,9 +119,7 @@ func TestConsentKindFollowsPayload(t *testing.T) {
 func TestPayloadRetention(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	rcv.setFail(func(_ string, n map[string]any) bool { return n["resource"] == "clinics/north/referrals/r2" })
 	f.subscribe(t, f.env.As("north", "reminders-1", auth.RoleReminders), "https://reminders.example.org/hooks",
 		webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REMINDER_DUE)
@@ -506,9 +502,7 @@ func TestReminderFamilyIsTheRecipients(t *testing.T) {
 func TestSequenceGrowsPerResource(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	var failFirst atomic.Bool
 	failFirst.Store(true)
 	first := referralEvent(t, "r1", "accepted")

@@ -426,9 +426,7 @@ func typesOf(t *testing.T, c webhooksv1.WebhooksServiceClient, admin context.Con
 func TestRetriesUntilTheReceiverRecovers(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	var calls atomic.Int32
 	rcv.setFail(func(string, map[string]any) bool { return calls.Add(1) <= 4 })
 	states := []string{"accepted", "scheduled", "completed"}
@@ -495,9 +493,7 @@ func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.Creat
 func TestFullPayloadOnlyWithConsent(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &fakeFamilies{}
 	runSender(t, fastSender(f.db, fam, 10))
 
@@ -544,9 +540,7 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.env.As("north", "reminders-1", auth.RoleReminders), rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.env.As("north", "reminders-1", auth.RoleReminders), 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
 	runSender(t, fastSender(f.db, nil, 10))
 
 	due := time.Now().Add(1500 * time.Millisecond)
@@ -585,9 +579,7 @@ func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
 func TestDeadReminderLetterIsWithdrawnOnceHandled(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.env.As("north", "reminders-1", auth.RoleReminders), rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.env.As("north", "reminders-1", auth.RoleReminders), 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
 	rcv.setFail(func(string, map[string]any) bool { return true })
 	runSender(t, fastSender(f.db, nil, 2))
 	m := &interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(time.Now())}
@@ -618,9 +610,7 @@ func TestDeadReminderLetterIsWithdrawnOnceHandled(t *testing.T) {
 
 func TestSenderRefusesPrivateAddresses(t *testing.T) {
 	f := setup(t)
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	if _, err := f.sink.Enqueue(context.Background(), "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
@@ -692,9 +682,7 @@ func TestSecretsAreSealedAtRest(t *testing.T) {
 func TestConcurrentSendersKeepOrder(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	var calls atomic.Int32
 	// Every third request fails, so retries interleave with first attempts.
 	rcv.setFail(func(string, map[string]any) bool { return calls.Add(1)%3 == 0 })
@@ -738,9 +726,7 @@ func TestConcurrentSendersKeepOrder(t *testing.T) {
 func TestDisclosureOncePerDeliveryAndReplay(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	var down atomic.Bool
 	down.Store(true)
 	rcv.setFail(func(string, map[string]any) bool { return down.Load() })
@@ -812,9 +798,7 @@ func (f *downFamilies) CreateDisclosure(ctx context.Context, req *familiesv1.Cre
 func TestOwnOutageMakesNoDeadLetter(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &downFamilies{fakeFamilies: &fakeFamilies{}}
 	fam.consent.Store(true)
 	fam.down.Store(true)
@@ -863,9 +847,7 @@ func (f *refusingFamilies) CreateDisclosure(context.Context, *familiesv1.CreateD
 func TestDeliveryTheFamiliesServiceFindsInvalidDies(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &refusingFamilies{fakeFamilies: &fakeFamilies{}, invalid: true}
 	runSender(t, fastSender(f.db, fam, 2))
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
@@ -891,9 +873,7 @@ func TestDeliveryTheFamiliesServiceFindsInvalidDies(t *testing.T) {
 func TestSenderRefusedByFamiliesIsAnError(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &refusingFamilies{fakeFamilies: &fakeFamilies{}}
 	logs := &servicetest.LogBuffer{}
 	s := webhooks.NewSender(webhooks.SenderConfig{
@@ -950,9 +930,7 @@ func TestDeliveriesOfAMissingSubscription(t *testing.T) {
 // held up for hours got to it.
 func TestNotificationTimeIsTheChanges(t *testing.T) {
 	f := setup(t)
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	e := referralEvent(t, "r1", "accepted")
 	e.Created = time.Now().Add(-2 * time.Hour).Truncate(time.Microsecond)
 	if _, err := f.sink.Enqueue(context.Background(), "referrals", e); err != nil {
@@ -970,15 +948,22 @@ func TestNotificationTimeIsTheChanges(t *testing.T) {
 	}
 }
 
+// receiving subscribes a new receiver for the caller of ctx, and gives the
+// receiver the subscription's secret to check signatures with.
+func (f *fixture) receiving(t *testing.T, ctx context.Context, payload webhooksv1.PayloadKind, topics ...webhooksv1.Topic) (*receiver, *webhooksv1.Subscription) {
+	t.Helper()
+	rcv := newReceiver(t)
+	sub := f.subscribe(t, ctx, rcv.srv.URL, payload, topics...)
+	rcv.secret.Store(sub.GetSecret())
+	return rcv, sub
+}
+
 // ehrAndStaff subscribes the EHR and the clinic's staff, each with a
 // receiver of its own, to referral changes by identifiers only.
 func (f *fixture) ehrAndStaff(t *testing.T) (ehrRcv, staffRcv *receiver, ehrSub *webhooksv1.Subscription) {
 	t.Helper()
-	ehrRcv, staffRcv = newReceiver(t), newReceiver(t)
-	ehrSub = f.subscribe(t, f.ehr, ehrRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	ehrRcv.secret.Store(ehrSub.GetSecret())
-	staffSub := f.subscribe(t, f.admin, staffRcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	staffRcv.secret.Store(staffSub.GetSecret())
+	ehrRcv, ehrSub = f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	staffRcv, _ = f.receiving(t, f.admin, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	return ehrRcv, staffRcv, ehrSub
 }
 
@@ -1246,9 +1231,7 @@ func (f *storingFamilies) CreateDisclosure(ctx context.Context, req *familiesv1.
 func TestLostRecordAnswerDoesNotOutliveARevocation(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &storingFamilies{fakeFamilies: &fakeFamilies{}}
 	fam.consent.Store(true)
 	fam.loseNext.Store(true)
@@ -1345,9 +1328,7 @@ func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
 func TestDeletedSubscriptionSendsNothingInFlight(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	rcv := newReceiver(t)
-	sub := f.subscribe(t, f.ehr, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	fam := &fakeFamilies{}
 	fam.consent.Store(true)
 	var deleted atomic.Bool
