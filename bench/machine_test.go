@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
@@ -100,5 +102,22 @@ func TestRankIsNearestRank(t *testing.T) {
 		if got := rank(c.n, c.p); got != c.want {
 			t.Errorf("rank(%d, %d) = %d, want %d", c.n, c.p, got, c.want)
 		}
+	}
+}
+
+// procField reads "name: value" lines as /proc/cpuinfo and /proc/meminfo
+// write them, padding and tabs included, and finds the first.
+func TestProcField(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "info")
+	if err := os.WriteFile(f, []byte("processor\t: 0\nmodel name\t: AMD EPYC\nMemTotal:       24617828 kB\nmodel name\t: second\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"model name": "AMD EPYC", "MemTotal": "24617828 kB", "processor": "0"} {
+		if got, ok := procField(f, name); !ok || got != want {
+			t.Errorf("procField(%q) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+	if _, ok := procField(f, "model"); ok {
+		t.Error("a name's prefix found a field")
 	}
 }

@@ -38,18 +38,13 @@ func diskProbeNote() string {
 	return "; the disk was probed at rest only (see above), as its fsyncs would slow the commits measured"
 }
 
-func syncMax(r result) string {
+// syncCells are the disk probe's two cells of r's row: its slowest fsync
+// and how many took over 10 ms, or dashes where it did not run.
+func syncCells(r result) (string, string) {
 	if !probeDisk {
-		return "—"
+		return "—", "—"
 	}
-	return ms(r.SyncMax)
-}
-
-func syncSlow(r result) string {
-	if !probeDisk {
-		return "—"
-	}
-	return strconv.Itoa(r.SyncSlow)
+	return ms(r.SyncMax), strconv.Itoa(r.SyncSlow)
 }
 
 func steal(r result) string { return pct(r.Steal) + " (" + pct(r.StealPeak) + ")" }
@@ -110,7 +105,8 @@ func (r *report) markdown() string {
 			"| operation | saturation | rate at half | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range []string{"get", "create"} {
 			s, h := d[op], d[op+" at half saturation"]
-			fmt.Fprintf(&b, "| %s | %.0f/s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", op, s.Throughput, h.Offered, ms(h.P50), ms(h.P99), ms(h.Max), syncMax(h), syncSlow(h), steal(h))
+			slowest, over := syncCells(h)
+			fmt.Fprintf(&b, "| %s | %.0f/s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", op, s.Throughput, h.Offered, ms(h.P50), ms(h.P99), ms(h.Max), slowest, over, steal(h))
 		}
 		hg, hc := d["get at half saturation"], d["create at half saturation"]
 		fmt.Fprintf(&b, "\nTarget p99 < 10 ms at half of saturation, as deployed: %s.\n\n", verdict(hg.P99 < 10*time.Millisecond && hc.P99 < 10*time.Millisecond))
@@ -164,7 +160,8 @@ func (r *report) apiSection(b *strings.Builder) {
 				fmt.Fprintf(b, "| %s | %s | not run: %v | | | | | | |\n", row.label, op, errNoPgbench)
 				continue
 			}
-			fmt.Fprintf(b, "| %s | %s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", row.label, op, x.Offered, ms(x.P50), ms(x.P99), ms(x.Max), syncMax(x), syncSlow(x), steal(x))
+			slowest, over := syncCells(x)
+			fmt.Fprintf(b, "| %s | %s | %.0f/s | %s | %s | %s | %s | %s | %s |\n", row.label, op, x.Offered, ms(x.P50), ms(x.P99), ms(x.Max), slowest, over, steal(x))
 		}
 	}
 	fmt.Fprintf(b, "\nTarget p99 < 10 ms at half of saturation: %s (get %s, create %s); the floor at the same rate: get %s, create %s",
@@ -267,18 +264,26 @@ func (r *report) flowSection(b *strings.Builder) {
 
 // memTotal is the machine's memory as /proc/meminfo gives it.
 func memTotal() string {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
+	v, ok := procField("/proc/meminfo", "MemTotal")
+	kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(v, "kB")), 10, 64)
+	if !ok || err != nil {
 		return "unknown"
 	}
+	return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+}
+
+// procField is the value of the first "name: value" line of a /proc file.
+func procField(file, name string) (string, bool) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", false
+	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
-			if kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64); err == nil {
-				return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
-			}
+		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == name {
+			return strings.TrimSpace(v), true
 		}
 	}
-	return "unknown"
+	return "", false
 }
 
 // sourceCommit is the commit the benchmark runs (go run stamps none into
@@ -296,14 +301,8 @@ func sourceCommit() string {
 }
 
 func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return "unknown CPU"
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "model name"); ok {
-			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-		}
+	if v, ok := procField("/proc/cpuinfo", "model name"); ok {
+		return v
 	}
 	return "unknown CPU"
 }
