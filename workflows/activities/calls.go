@@ -21,6 +21,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
@@ -1219,8 +1220,10 @@ func (a *Activities) cancelInterventions(ctx context.Context, family, state, rea
 				req.Etag = iv.GetEtag()
 			}
 			_, err := a.Interventions.CancelIntervention(ctx, req)
-			if unchanged && status.Code(err) == codes.Aborted {
-				continue // the counselor took it over
+			if unchanged && apperr.Reason(err) == apperr.ReasonEtagMismatch {
+				// The counselor took it over. Another ABORTED (a deadlock,
+				// a lock timeout) is retried with the activity.
+				continue
 			}
 			if t := ErrorType(wrap("", err)); err != nil && t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
 				return n, wrap("cancel intervention", err)

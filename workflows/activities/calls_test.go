@@ -680,6 +680,9 @@ func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.Ca
 	if strings.HasSuffix(in.GetName(), "/scheduled-since") && in.GetEtag() != "" { // the service would cancel it as scheduled
 		return nil, apperr.EtagMismatch(in.GetName())
 	}
+	if strings.HasSuffix(in.GetName(), "/deadlocked") { // the database gave up on the transaction
+		return nil, status.Error(codes.Aborted, "the transaction conflicted with another: retry")
+	}
 	f.etags = append(f.etags, in.GetEtag())
 	f.cancelled, f.ids = append(f.cancelled, in.GetName()), append(f.ids, in.GetRequestId())
 	f.reasons = append(f.reasons, in.GetReason())
@@ -742,6 +745,18 @@ func TestWithdrawDrafts(t *testing.T) {
 	}
 	if f.reasons[0] != "the loved one accepted treatment" || f.etags[0] != "v1" {
 		t.Fatalf("reason %q, etag %q; want the reason given and the etag listed", f.reasons[0], f.etags[0])
+	}
+}
+
+// An ABORTED that is no etag mismatch (a deadlock) is not taken for the
+// counselor's change: it fails the activity, to be retried, instead of
+// leaving the draft.
+func TestWithdrawDraftsRetriesAConflict(t *testing.T) {
+	f := &closeFake{moreDrafts: []*interventionsv1.Intervention{{Name: "clinics/north/interventions/deadlocked", Etag: "v1"}}}
+	a := &Activities{Interventions: f}
+	if _, err := a.WithdrawDrafts(context.Background(), WithdrawDraftsRequest{Family: "clinics/north/families/f1",
+		Reason: "the loved one accepted treatment", RequestID: "req"}); err == nil {
+		t.Fatal("a draft whose cancellation deadlocked was passed over; want the error, for a retry")
 	}
 }
 
