@@ -557,7 +557,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
-		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 ELSE 0 END
+		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
 		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err))
 	if uerr != nil {

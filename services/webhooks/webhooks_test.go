@@ -462,6 +462,8 @@ type fakeFamilies struct {
 	asked  []*familiesv1.CreateDisclosureRequest
 	// asking, if set, runs as each disclosure is asked for.
 	asking func()
+	// unavailable is how many of the next asks fail as an outage does.
+	unavailable atomic.Int32
 }
 
 // records are the requests that would record a disclosure, not only check
@@ -483,6 +485,9 @@ func (f *fakeFamilies) CreateDisclosure(_ context.Context, req *familiesv1.Creat
 	f.mu.Unlock()
 	if asking != nil {
 		asking()
+	}
+	if f.unavailable.Add(-1) >= 0 {
+		return nil, status.Error(codes.Unavailable, "families: down")
 	}
 	if !f.consent.Load() || (f.covers != 0 && req.GetDisclosure().GetInformation() != f.covers) {
 		return nil, status.Error(codes.FailedPrecondition, "no consent covers this disclosure")
@@ -1347,5 +1352,41 @@ func TestDeletedSubscriptionSendsNothingInFlight(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // many sender intervals
 	if got := rcv.received(); len(got) != 0 {
 		t.Fatalf("a deleted subscription's receiver got %v", got)
+	}
+}
+
+// A try Handoff could not make (the consent check went unanswered) says
+// nothing of the receiver: its refusals before and after count as in a
+// row.
+func TestOwnOutageDoesNotResetRefusals(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	runSender(t, fastSender(f.db, fam, 10))
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.failWith = http.StatusForbidden
+	first := true
+	rcv.setFail(func(string, map[string]any) bool {
+		if first { // the families service goes down after the first refusal
+			first = false
+			fam.unavailable.Store(1)
+		}
+		return true
+	})
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var got *webhooksv1.Delivery
+	eventually(t, 10*time.Second, "the refused delivery dead", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			return false
+		}
+		got = resp.GetDeliveries()[0]
+		return got.GetState() == webhooksv1.DeliveryState_DELIVERY_STATE_DEAD
+	})
+	if got.GetAttemptCount() != 3 {
+		t.Fatalf("dead after %d attempts (the outage's try given back); want 3 refusals", got.GetAttemptCount())
 	}
 }
