@@ -445,7 +445,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 		next.Place = nil
 	}
 	if a, b := next.GetPlace().GetInPerson(), cur.GetPlace().GetInPerson(); a.GetAddress() != b.GetAddress() || a.GetRoom() != b.GetRoom() {
-		forgetQuietPlace(next, req.GetIntervention())
+		forgetQuietPlace(next, req.GetUpdateMask().GetPaths())
 	}
 	// The request's own rules saw the body, not the result: a mask such
 	// as place.in_person.address with no place in the body clears a field
@@ -521,10 +521,15 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 // place.in_person.address or place.in_person.room alone would otherwise
 // carry the confirmation that the old room was quiet and private, and the
 // ticked checklist item, over to a room nobody has seen. The new place is
-// confirmed only as the request says.
-func forgetQuietPlace(next, req *interventionsv1.Intervention) {
-	if in := next.GetPlace().GetInPerson(); in != nil {
-		in.QuietAndPrivateConfirmed = req.GetPlace().GetInPerson().GetQuietAndPrivateConfirmed()
+// confirmed only if the update mask named the confirmation (then
+// ApplyMask copied the request's); a body's value outside the mask counts
+// for nothing (AIP-134).
+func forgetQuietPlace(next *interventionsv1.Intervention, mask []string) {
+	named := slices.ContainsFunc(mask, func(p string) bool {
+		return p == "*" || p == "place" || p == "place.in_person" || p == "place.in_person.quiet_and_private_confirmed"
+	})
+	if in := next.GetPlace().GetInPerson(); in != nil && !named {
+		in.QuietAndPrivateConfirmed = false
 	}
 	for _, it := range next.GetChecklist() {
 		if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE && it.GetDone() {

@@ -1855,8 +1855,9 @@ func TestANewAddressIsConfirmedAgain(t *testing.T) {
 	if confirmed, ticked := quiet(got); !confirmed || !ticked {
 		t.Fatalf("after a notes edit: confirmed %v, ticked %v; want both kept", confirmed, ticked)
 	}
+	// The body's confirmation counts only where the mask names it.
 	moved := &interventionsv1.Intervention{Name: iv.GetName(), Place: &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{
-		InPerson: &interventionsv1.InPersonPlace{Address: "40 Oak Ave"}}}}
+		InPerson: &interventionsv1.InPersonPlace{Address: "40 Oak Ave", QuietAndPrivateConfirmed: true}}}}
 	got = update(moved, "place.in_person.address")
 	if confirmed, ticked := quiet(got); confirmed || ticked || got.GetPlace().GetInPerson().GetAddress() != "40 Oak Ave" {
 		t.Fatalf("after a move: %v, confirmed %v, ticked %v; want the new address, neither", got.GetPlace(), confirmed, ticked)
