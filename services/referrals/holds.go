@@ -106,7 +106,7 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	return idempotency.InTx(ctx, s.pool, p.clinic, svc+"HoldSlot", req.GetRequestId(), req, newHold,
 		func(tx pgx.Tx) (*referralsv1.Hold, error) {
 			now := s.cfg.Now()
-			if _, err := s.expireHolds(ctx, tx, p.clinic, p.id, now, 0); err != nil {
+			if _, _, err := s.expireHolds(ctx, tx, p.clinic, p.id, now, 0, holdKey{}); err != nil {
 				return nil, err
 			}
 			tag, err := tx.Exec(ctx, `UPDATE programs SET available_slots = available_slots - 1, held_slots = held_slots + 1,
@@ -167,8 +167,11 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 // program or (programID "") for every program, at most limit of them (0:
 // all). Each expired hold gets a hold.expired event, as a release does, so
 // that a reader of the outbox learns that the slot went back without
-// anyone asking for it. It returns how many it expired.
-func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time, limit int) (int, error) {
+// anyone asking for it. Only holds after the key after (clinic, id) are
+// taken: a sweep in batches resumes where its last batch ended instead of
+// reading past every hold it already expired. It returns how many it
+// expired and the key of the last.
+func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time, limit int, after holdKey) (int, holdKey, error) {
 	// The due holds are locked first, in one order (clinic, id), as every
 	// statement that locks several holds does: the sweep of every clinic
 	// and a program's own (HoldSlot, DeleteProgram) would otherwise lock
@@ -176,6 +179,7 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 	rows, err := tx.Query(ctx, `WITH due AS MATERIALIZED (
 			SELECT clinic, id FROM holds
 			WHERE state = $5 AND expire_time <= $3 AND ($1 = '' OR clinic = $1) AND ($2 = '' OR program_id = $2)
+				AND (clinic, id) > ($7, $8)
 			ORDER BY clinic, id LIMIT NULLIF($6, 0) FOR UPDATE),
 		expired AS (
 			UPDATE holds h SET state = $4, release_reason = 'expired', update_time = $3, version = h.version + 1
@@ -188,9 +192,10 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 			FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id)
 		SELECT clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
 			release_reason, create_time, update_time, version FROM expired ORDER BY clinic, id`,
-		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD), limit)
+		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD), limit,
+		after.clinic, after.id)
 	if err != nil {
-		return 0, fmt.Errorf("expire holds: %w", err)
+		return 0, after, fmt.Errorf("expire holds: %w", err)
 	}
 	// The expired holds as they now are, from the statement itself: no
 	// read of each afterwards.
@@ -208,15 +213,19 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 		return e, nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("expire holds: %w", err)
+		return 0, after, fmt.Errorf("expire holds: %w", err)
 	}
 	for _, e := range expired {
 		if err := emit(ctx, tx, e.clinic, "hold.expired", e.hold.GetName(), e.hold); err != nil {
-			return 0, err
+			return 0, after, err
 		}
+		after = holdKey{e.clinic, aip.ID(e.hold.GetName())}
 	}
-	return len(expired), nil
+	return len(expired), after, nil
 }
+
+// holdKey is a hold's key, (clinic, id).
+type holdKey struct{ clinic, id string }
 
 // ExpireHolds returns the slots of every hold past its expiry. The service
 // process runs it periodically (RunExpiry); holds and conversions also
@@ -227,11 +236,12 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 func (s *Server) ExpireHolds(ctx context.Context) error {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope) // every clinic's holds
 	now := s.cfg.Now()
+	var after holdKey
 	for {
 		var n int
 		if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error
-			n, err = s.expireHolds(ctx, tx, "", "", now, s.expireBatch)
+			n, after, err = s.expireHolds(ctx, tx, "", "", now, s.expireBatch, after)
 			return err
 		}); err != nil {
 			return err
@@ -438,7 +448,7 @@ func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
 		// At most a batch: after the sweep was down, a clinic's backlog
 		// would otherwise be expired, and its holds locked, in a request.
 		// The sweep takes the rest.
-		_, err := s.expireHolds(ctx, tx, clinic, program, now, s.expireBatch)
+		_, _, err := s.expireHolds(ctx, tx, clinic, program, now, s.expireBatch, holdKey{})
 		return err
 	})
 	if err != nil && ctx.Err() == nil {

@@ -291,7 +291,7 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 			if cur.GetDeleteTime() != nil {
 				return &emptypb.Empty{}, nil
 			}
-			if _, err := s.expireHolds(ctx, tx, r.clinic, r.id, now, 0); err != nil {
+			if _, _, err := s.expireHolds(ctx, tx, r.clinic, r.id, now, 0, holdKey{}); err != nil {
 				return nil, err
 			}
 			var held, named bool
