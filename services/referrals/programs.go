@@ -206,8 +206,11 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 		return nil, err
 	}
 	// As GetProgram and MatchPrograms do: a list must not show a slot
-	// held by a hold GetHold already calls EXPIRED.
-	s.returnLapsed(ctx, clinic, "")
+	// held by a hold GetHold already calls EXPIRED. Once per listing, on
+	// its first page: the pages after it follow within moments.
+	if req.GetPageToken() == "" {
+		s.returnLapsed(ctx, clinic, "")
+	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "programs", programSelect, `clinic = $1 AND ($2 OR delete_time IS NULL)`,
 		[]any{clinic, req.GetShowDeleted()},
 		withDeleted{req}, programFilter, scanProgram(clinic), func(p *referralsv1.Program) string { return p.GetName() })
