@@ -210,14 +210,9 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		ut.Column = "COALESCE(f.shared_update_time, f.update_time)"
 		fields["update_time"] = ut
 	}
-	filter, err := aip.ParseFilter(req.GetFilter(), fields)
+	filter, after, q, err := aip.ListArgs("families", req.GetParent(), req.GetFilter(), req.GetPageToken(), fields)
 	if err != nil {
-		return nil, apperr.Field("filter", "%v", err)
-	}
-	q := aip.QueryHash("families", req.GetParent(), req.GetFilter())
-	after, ok := aip.DecodePageToken(req.GetPageToken(), q)
-	if !ok {
-		return nil, apperr.Field("page_token", "not a page token of this query: list again from the first page")
+		return nil, err
 	}
 	size := aip.PageSize(req.GetPageSize())
 	scope, scopeArgs := `f.clinic = $1 AND f.id > $2`, []any{clinic, after, size + 1}
