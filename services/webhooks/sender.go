@@ -270,6 +270,7 @@ type pending struct {
 	created                  time.Time
 	firstTry                 time.Time // see migration 0013
 	refusals                 int       // answers in a row that refused it (migration 0014)
+	consulted                bool      // this attempt asked the families service (disclose)
 	url, secret, owner       string
 	previous                 string // a rotated secret still in its grace
 	audience                 string
@@ -477,10 +478,10 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 func (s *Sender) send(ctx context.Context, p *pending) error {
 	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
 	body, err := s.body(ctx, p)
-	if err == nil && (p.full || p.outsider) {
-		// The consent checks (made for these) take time, in which the
-		// subscription may have been deleted (its endpoint or secret
-		// leaked): what was claimed must still be there to go.
+	if err == nil && p.consulted {
+		// The consent checks take time, in which the subscription may
+		// have been deleted (its endpoint or secret leaked): what was
+		// claimed must still be there to go.
 		due, derr := s.stillDue(ctx, p)
 		if derr != nil {
 			err = fmt.Errorf("%w: %w", errOwnSide, derr)
@@ -740,6 +741,7 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	if s.cfg.Families == nil {
 		return false, nil
 	}
+	p.consulted = true
 	d := &familiesv1.Disclosure{
 		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
