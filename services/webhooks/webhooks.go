@@ -353,11 +353,10 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			// predecessor (the secret the receiver still holds) dropped at
 			// once. The update waits for that one's row lock and then finds
 			// the grace begun.
-			var until time.Time
-			err = tx.QueryRow(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
-				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= $5)
-				RETURNING previous_secret_expire_time`, clinic, id, now.Add(RotationGrace), sealed, now).Scan(&until)
-			if errors.Is(err, pgx.ErrNoRows) {
+			tag, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
+				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= $5)`,
+				clinic, id, now.Add(RotationGrace), sealed, now)
+			if err == nil && tag.RowsAffected() == 0 {
 				// Deleted meanwhile, or rotated: read again to say which.
 				cur, err := readSubscription(ctx, tx, clinic, id, owner)
 				if err != nil {
