@@ -174,6 +174,10 @@ func (r *fakeReferrals) PauseReferral(_ context.Context, in *referralsv1.Transit
 
 func (r *fakeReferrals) RejectReferral(_ context.Context, in *referralsv1.RejectReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
 	r.rejected = append(r.rejected, in.GetRejection())
+	// As the service: the reason is checked before the request id is.
+	if in.GetRejection().GetReason() == referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
+		return nil, status.Error(codes.InvalidArgument, "rejection.reason is required")
+	}
 	return r.transition()
 }
 
@@ -338,6 +342,14 @@ func TestPutTaskCancelled(t *testing.T) {
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, coded); a.code != http.StatusOK || len(fx.referrals.rejected) != 1 ||
 		fx.referrals.rejected[0].GetReason() != referralsv1.RejectionReason_REJECTION_REASON_NOT_ELIGIBLE {
 		t.Fatalf("rejected with a coded reason: %d %s, rejections %v; want NOT_ELIGIBLE", a.code, a.raw, fx.referrals.rejected)
+	}
+	// The rejection retried after its answer was lost: the Task is
+	// rejected at a newer version, and the retry goes to the service with
+	// its key and its reason, for the service to answer from its record.
+	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, coded, "If-Match", `W/"v1"`, "Idempotency-Key", "k1"); a.code != http.StatusOK ||
+		len(fx.referrals.rejected) != 1 || fx.referrals.rejected[0].GetReason() != referralsv1.RejectionReason_REJECTION_REASON_NOT_ELIGIBLE {
+		t.Fatalf("a rejection retried with its key: %d %s, rejections %v; want 200 with NOT_ELIGIBLE sent", a.code, a.raw, fx.referrals.rejected)
 	}
 	fx = newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, body); a.code != http.StatusOK || fx.referrals.transitions != 0 {

@@ -362,6 +362,16 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 			ch.appointment.StartTime = ch.at
 		}
 	}
+	// Built before the same-status check: a retried rejection whose first
+	// answer got lost is sent on with its Idempotency-Key, and the
+	// service refuses a rejection without its reason before it looks the
+	// key up.
+	if ch.status == "rejected" {
+		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
+		if code := rejectionCode(t); code != referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
+			ch.rejection.Reason = code
+		}
+	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
@@ -380,10 +390,6 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 			return ch, unprocessable{msg: "an in-progress Task needs executionPeriod.start: the time of the intake appointment"}
 		}
 	case "rejected":
-		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
-		if code := rejectionCode(t); code != referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
-			ch.rejection.Reason = code
-		}
 	default:
 		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", ch.status)}
 	}
