@@ -46,8 +46,9 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) {
 					"executionPeriod.start; on-hold and cancelled need statusReason. Honours If-Match."})
 			res["updateCreate"] = false
 			res["conditionalUpdate"] = false
-			// If-Match with the version read.
-			res["versioning"] = "versioned-update"
+			// Still "versioned", not "versioned-update": If-Match is
+			// honoured, not required (a PUT without it steps from the
+			// version the server reads).
 		}
 		var params []any
 		for _, name := range slices.Concat([]string{"_count", "_lastUpdated"}, searchParams[t]) {

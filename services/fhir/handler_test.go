@@ -126,6 +126,16 @@ type fakeReferrals struct {
 	rejected []*referralsv1.Rejection
 	// refuse, when set, is every step's answer.
 	refuse error
+	// program is the one program ListPrograms has; deleted ones are
+	// listed only with show_deleted, as the service does.
+	program *referralsv1.Program
+}
+
+func (r *fakeReferrals) ListPrograms(_ context.Context, in *referralsv1.ListProgramsRequest, _ ...grpc.CallOption) (*referralsv1.ListProgramsResponse, error) {
+	if r.program == nil || (r.program.GetDeleteTime() != nil && !in.GetShowDeleted()) {
+		return &referralsv1.ListProgramsResponse{}, nil
+	}
+	return &referralsv1.ListProgramsResponse{Programs: []*referralsv1.Program{r.program}}, nil
 }
 
 func (r *fakeReferrals) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
@@ -371,6 +381,29 @@ func TestPutTaskCancelled(t *testing.T) {
 	}
 	if !offered {
 		t.Error("the Task update does not offer cancelled")
+	}
+	// If-Match is honoured, not required: "versioned-update" would tell
+	// the EHR that an update without it fails.
+	for _, res := range a.body["rest"].([]any)[0].(map[string]any)["resource"].([]any) {
+		if r := res.(map[string]any); r["type"] == "Task" && r["versioning"] != "versioned" {
+			t.Errorf("Task versioning %v; want versioned", r["versioning"])
+		}
+	}
+}
+
+// A directory synced by _lastUpdated learns of a program's closing: the
+// search lists deleted programs, inactive.
+func TestHealthcareServiceSearchShowsDeletedPrograms(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	fx.referrals.program = &referralsv1.Program{Name: "clinics/north/programs/p1", DisplayName: "Riverside MAT",
+		UpdateTime: ts(time.Now()), DeleteTime: ts(time.Now())}
+	a := fx.do("GET", "/fhir/R4/HealthcareService?_lastUpdated=ge2020-01-01", "")
+	entries, _ := a.body["entry"].([]any)
+	if a.code != http.StatusOK || len(entries) != 1 {
+		t.Fatalf("search: %d %s; want the deleted program", a.code, a.raw)
+	}
+	if res := entries[0].(map[string]any)["resource"].(map[string]any); res["active"] != false {
+		t.Fatalf("the deleted program: %v; want active false", res)
 	}
 }
 
@@ -819,7 +852,7 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 	}
 }
 
-// A read takes no parameter but _format: one asking for part of the
+// A read takes no parameter but _format and _pretty: one asking for part of the
 // resource (_summary, _elements) is refused, not answered with all of it.
 func TestReadRefusesParametersItIgnores(t *testing.T) {
 	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
@@ -829,8 +862,13 @@ func TestReadRefusesParametersItIgnores(t *testing.T) {
 			t.Errorf("?%s: %d %s; want 400 not-supported", q, a.code, a.raw)
 		}
 	}
-	if a := fx.do("GET", "/fhir/R4/Patient/"+famID+"?_format=json", ""); a.code != http.StatusOK {
-		t.Fatalf("?_format=json: %d %s", a.code, a.raw)
+	// _format and _pretty change only the layout: taken on reads and
+	// searches alike.
+	for _, path := range []string{"/fhir/R4/Patient/" + famID + "?_format=json", "/fhir/R4/Patient/" + famID + "?_pretty=true",
+		"/fhir/R4/Task?_pretty=true"} {
+		if a := fx.do("GET", path, ""); a.code != http.StatusOK {
+			t.Fatalf("%s: %d %s", path, a.code, a.raw)
+		}
 	}
 }
 

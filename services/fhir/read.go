@@ -24,12 +24,13 @@ func (s *server) read(ctx context.Context, w http.ResponseWriter, r *http.Reques
 		s.fail(w, http.StatusNotFound, "not-supported", fmt.Sprintf("resource type %q is not supported", typ))
 		return
 	}
-	// A read takes only _format: _summary or _elements ignored would send
-	// the whole resource to a client that asked for less, as searches
-	// refuse what they do not support for the same reason.
+	// A read takes only _format and _pretty, which change the layout:
+	// _summary or _elements ignored would send the whole resource to a
+	// client that asked for less, as searches refuse what they do not
+	// support for the same reason.
 	for name := range r.URL.Query() {
-		if name != "_format" {
-			s.fail(w, http.StatusBadRequest, "not-supported", fmt.Sprintf("parameter %q is not supported on a read; only _format is", name))
+		if name != "_format" && name != "_pretty" {
+			s.fail(w, http.StatusBadRequest, "not-supported", fmt.Sprintf("parameter %q is not supported on a read; only _format and _pretty are", name))
 			return
 		}
 	}

@@ -41,7 +41,8 @@ var searchParams = map[string][]string{
 	"Consent":           {"patient"},
 }
 
-var commonParams = []string{"_count", "_lastUpdated", pageTokenParam, "_format"}
+// _format and _pretty shape the answer's layout only.
+var commonParams = []string{"_count", "_lastUpdated", pageTokenParam, "_format", "_pretty"}
 
 // query is a parsed search.
 type query struct {
@@ -501,8 +502,11 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		}
 		return p, nil
 	case "HealthcareService":
+		// Deleted programs that referrals still name are listed, inactive:
+		// a directory kept in sync by _lastUpdated would otherwise never
+		// learn that one closed (the deletion moves its update time).
 		resp, err := s.cfg.Referrals.ListPrograms(ctx, &referralsv1.ListProgramsRequest{
-			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter(), ShowDeleted: true})
 		if err != nil {
 			return page{}, err
 		}
