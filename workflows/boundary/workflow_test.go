@@ -19,6 +19,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
 )
 
 const (
@@ -97,6 +98,7 @@ func newHarness(t *testing.T, status string) *harness {
 		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			flowtest.Sendable(t, r.Message)
 			h.dueAsked = append(h.dueAsked, r.Due)
 			r.Due = env.Now()
 			h.reminders = append(h.reminders, r)

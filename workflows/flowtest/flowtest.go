@@ -3,11 +3,13 @@ package flowtest
 
 import (
 	"context"
+	"testing"
 
 	"github.com/stretchr/testify/mock"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
 
+	"github.com/handoff-health/handoff/services/interventions"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
 )
@@ -32,4 +34,14 @@ func Env(fn any, name string) *testsuite.TestWorkflowEnvironment {
 	env.RegisterWorkflowWithOptions(fn, workflow.RegisterOptions{Name: name})
 	env.RegisterActivity(&activities.Activities{})
 	return env
+}
+
+// Sendable fails t if the interventions service would refuse message as
+// revealing a health detail: the workflow would skip such a reminder with
+// a warning in its log, and nobody would be told.
+func Sendable(t testing.TB, message string) {
+	t.Helper()
+	if w := interventions.RevealingWord(message); w != "" {
+		t.Errorf("reminder message %q would be refused by the service (it reveals %q)", message, w)
+	}
 }

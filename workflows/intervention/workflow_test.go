@@ -121,6 +121,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			flowtest.Sendable(t, r.Message)
 			if h.onSend != nil {
 				if err := h.onSend(r); err != nil {
 					return "", err

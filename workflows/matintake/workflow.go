@@ -269,8 +269,10 @@ func (w *wf) failed(ctx workflow.Context, cause error) {
 	}
 	if w.state == "COMPLETED" {
 		// The person entered treatment; what failed is the family's own
-		// referrals, made after it.
-		about, msg = w.in.Intervention, "The loved one entered treatment, but the family's own support referrals could not be made: please make them by hand."
+		// referrals, made after it. Said without naming it: the service
+		// refuses a reminder that reveals a health detail, and the notice
+		// would be skipped, unseen.
+		about, msg = w.in.Intervention, "The loved one started with the program, but the family's own support referrals could not be made: please make them by hand."
 	}
 	if err := flow.Remind(dctx, w.in.Clinic, to, "REFERRAL_ESCALATION", about, msg, "failed"); err != nil {
 		log.Warn("telling the counselor that the intake failed failed", "error", err)

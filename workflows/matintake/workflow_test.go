@@ -83,6 +83,7 @@ func newHarness(t *testing.T) *harness {
 	}, nil)
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			flowtest.Sendable(t, r.Message)
 			if r.Due.IsZero() || r.Due.Before(env.Now()) {
 				r.Due = env.Now()
 			}

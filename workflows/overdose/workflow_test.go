@@ -80,6 +80,7 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
+			flowtest.Sendable(t, r.Message)
 			h.reminders, h.calls = append(h.reminders, r), append(h.calls, "remind")
 			return "clinics/north/reminders/r1", nil
 		})
