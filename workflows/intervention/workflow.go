@@ -200,8 +200,16 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 	if temporal.IsCanceledError(cause) {
 		reason = "intervention workflow cancelled"
 	}
-	if err := w.releaseHold(dctx, dctx, reason); err != nil {
-		log.Warn("releasing the hold after the workflow ended failed", "error", err)
+	release := func() {
+		if err := w.releaseHold(dctx, dctx, reason); err != nil {
+			log.Warn("releasing the hold after the workflow ended failed", "error", err)
+		}
+	}
+	// As the cancel update does (versionStopFirst): the reminders first,
+	// since the release may retry for a day while they go out.
+	first := flow.Version(dctx, versionAbandonStopFirst, 1) >= 1
+	if !first {
+		release()
 	}
 	if err := flow.Call(dctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: reason,
@@ -209,7 +217,14 @@ func (w *wf) abandoned(ctx workflow.Context, cause error) {
 	}); err != nil {
 		log.Warn("cancelling reminders after the workflow ended failed", "error", err)
 	}
+	if first {
+		release()
+	}
 }
+
+// versionAbandonStopFirst guards cancelling the reminders before the hold
+// is released when the workflow is cancelled through Temporal or fails.
+const versionAbandonStopFirst = "abandon-stops-reminders-first"
 
 // versionReleaseCutOff guards giving the hold back when a cancellation
 // through Temporal cut off its release after a refusal or a postponement:

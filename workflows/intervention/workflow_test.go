@@ -497,7 +497,9 @@ func TestReplanDuringRemindersLeavesNoneOut(t *testing.T) {
 
 // Cancelled through Temporal rather than by the cancel update (an
 // operator, say): the hold is released and the reminders cancelled all the
-// same, though the workflow ends cancelled.
+// same, though the workflow ends cancelled; the reminders first, as the
+// cancel update does, since a release may retry for a day while they go
+// out.
 func TestTemporalCancelCleansUp(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	h.env.RegisterDelayedCallback(func() { h.env.CancelWorkflow() }, 2*24*time.Hour)
@@ -508,6 +510,9 @@ func TestTemporalCancelCleansUp(t *testing.T) {
 	if len(h.released) != 1 || h.released[0] != "clinics/north/holds/h1" ||
 		len(h.cancels) != 1 || h.cancels[0] != "intervention workflow cancelled" {
 		t.Fatalf("released %v, cancelled reminders %v", h.released, h.cancels)
+	}
+	if fmt.Sprint(h.calls) != "[cancel reminders release]" {
+		t.Fatalf("calls %v; want the reminders cancelled, then the hold released", h.calls)
 	}
 }
 
