@@ -90,17 +90,46 @@ func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention
 
 // Reminder is a reminder as the reminder automation sees it, through the
 // API and in its webhooks: whom, how, when, what to say and what it is
-// about (an identifier, by which it may group messages). Why it was
-// cancelled ("the loved one accepted treatment") and the workflow that
-// made it (mat-intake/..., overdose/...) are the patient's record, which
-// sending does not need.
+// about (the top-level record, by which it may group messages). Why it was
+// cancelled ("the loved one accepted treatment"), the workflow that made
+// it (mat-intake/..., overdose/...), its kind (OVERDOSE_ALERT,
+// INTAKE_OVERDUE) and the record under a family it concerns (a warning
+// sign) are the patient's record, which sending does not need: the
+// message itself may name none of them.
 func Reminder(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
 	if rem == nil {
 		return nil
 	}
 	c := proto.Clone(rem).(*interventionsv1.Reminder)
 	c.CancelReason, c.OriginWorkflow = "", ""
+	c.Kind = interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED
+	c.RelatedResource = TopResource(c.GetRelatedResource())
 	return c
+}
+
+// TopResource is the top-level record a resource name belongs to:
+// clinics/c/families/f of clinics/c/families/f/warningSigns/w; a name
+// with no more than four segments is returned as it is.
+func TopResource(name string) string {
+	n, slash := 0, -1
+	for i := 0; i < len(name); i++ {
+		if name[i] == '/' {
+			if n++; n == 4 {
+				slash = i
+				break
+			}
+		}
+	}
+	if slash < 0 {
+		return name
+	}
+	return name[:slash]
+}
+
+// TopResourceSQL is TopResource in SQL over column, for filters on what
+// the automation sees.
+func TopResourceSQL(column string) string {
+	return `array_to_string((string_to_array(` + column + `, '/'))[1:4], '/')`
 }
 
 // Check returns nil if the caller may receive resource, a record of family

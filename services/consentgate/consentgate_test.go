@@ -73,3 +73,18 @@ func TestOnlyRefusalsPassThrough(t *testing.T) {
 		t.Fatalf("an unreachable families service came back as %T %v; want it wrapped, still UNAVAILABLE", got, got)
 	}
 }
+
+// The record a reminder concerns is cut to its top-level one.
+func TestTopResource(t *testing.T) {
+	for in, want := range map[string]string{
+		"clinics/c/families/f/warningSigns/w": "clinics/c/families/f",
+		"clinics/c/families/f":                "clinics/c/families/f",
+		"clinics/c/interventions/i":           "clinics/c/interventions/i",
+		"clinics/c":                           "clinics/c",
+		"":                                    "",
+	} {
+		if got := consentgate.TopResource(in); got != want {
+			t.Errorf("TopResource(%q) = %q; want %q", in, got, want)
+		}
+	}
+}

@@ -258,7 +258,7 @@ func TestEndToEndThroughREST(t *testing.T) {
 		})
 	}
 	stacktest.Eventually(t, 20*time.Second, "check-in reminders", func() bool {
-		return len(list(w.auto.ok("GET", "/v1/clinics/north/reminders"+q(fmt.Sprintf("kind = CHECK_IN AND related_resource = %q", ivB)), nil), "reminders")) >= 1
+		return len(list(w.counselor.ok("GET", "/v1/clinics/north/reminders"+q(fmt.Sprintf("kind = CHECK_IN AND related_resource = %q", ivB)), nil), "reminders")) >= 1
 	})
 }
 

@@ -568,8 +568,35 @@ func TestCancelAndRescheduleCancelTheMeetingsReminders(t *testing.T) {
 		t.Fatalf("the automation's list: %v, %v", list, err)
 	}
 	for _, r := range list.GetReminders() {
-		if r.GetCancelReason() != "" || r.GetOriginWorkflow() != "" {
+		if r.GetCancelReason() != "" || r.GetOriginWorkflow() != "" || r.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 			t.Fatalf("the automation's list shows %v", r)
+		}
+	}
+	// Nor does it see a reminder's kind (an overdose alert's) or the record
+	// under a family it is about (the warning sign): only the family. Its
+	// filters follow its view.
+	sign := f.family.GetName() + "/warningSigns/w1"
+	alert, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_OVERDOSE_ALERT, Message: "Please call the family today.", RelatedResource: sign}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seen, err := f.client.GetReminder(auto, &interventionsv1.GetReminderRequest{Name: alert.GetName()}); err != nil ||
+		seen.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED || seen.GetRelatedResource() != f.family.GetName() {
+		t.Fatalf("the automation's view of an overdose alert = %v, %v; want no kind, the family only", seen, err)
+	}
+	if own, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: alert.GetName()}); err != nil ||
+		own.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_OVERDOSE_ALERT || own.GetRelatedResource() != sign {
+		t.Fatalf("the worker's view = %v, %v; want all of it", own, err)
+	}
+	_, err = f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "kind = OVERDOSE_ALERT"})
+	wantCode(t, err, codes.InvalidArgument)
+	for filter, want := range map[string]int{fmt.Sprintf("related_resource = %q", f.family.GetName()): 1, fmt.Sprintf("related_resource = %q", sign): 0} {
+		got, err := f.client.ListReminders(auto, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
+		if err != nil || len(got.GetReminders()) != want {
+			t.Fatalf("the automation's reminders where %s: %v, %v; want %d", filter, got.GetReminders(), err, want)
 		}
 	}
 }

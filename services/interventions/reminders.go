@@ -812,8 +812,12 @@ func deliveryOnly(ctx context.Context) bool {
 
 // deliveryFields are the list filters the automation may use: none on what
 // its view (consentgate.Reminder) leaves out, or a filter could ask what
-// the view hides.
-var deliveryFields = aip.Without(reminderFields, "origin_workflow")
+// the view hides; related_resource matches the top-level record it sees.
+var deliveryFields = func() map[string]aip.FilterField {
+	f := aip.Without(reminderFields, "origin_workflow", "kind")
+	f["related_resource"] = aip.FilterField{Column: consentgate.TopResourceSQL("related_resource"), Kind: aip.String}
+	return f
+}()
 
 // CancelReminder implements the API.
 func (s *Server) CancelReminder(ctx context.Context, req *interventionsv1.CancelReminderRequest) (*interventionsv1.Reminder, error) {

@@ -53,17 +53,22 @@ func TestInterventionEventTopics(t *testing.T) {
 }
 
 // The automation's full payload of a reminder is what it reads through the
-// API: not why one was cancelled nor which workflow made it (an overdose
-// alert's, a MAT intake's).
+// API: not why one was cancelled, which workflow made it (an overdose
+// alert's, a MAT intake's), its kind or the record under a family it
+// concerns.
 func TestReminderPayloadLeavesOutWhyAndWhichWorkflow(t *testing.T) {
 	rem := &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Message: "Reminder: meeting at 6 pm.",
 		RelatedResource: "clinics/north/interventions/i1", CancelReason: "the loved one accepted treatment",
-		OriginWorkflow: "mat-intake/clinics/north/interventions/i1"}
+		OriginWorkflow: "mat-intake/clinics/north/interventions/i1", Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING}
 	got, ok := viewFor(audienceReminders, rem)
 	r, _ := got.(*interventionsv1.Reminder)
 	if !ok || r.GetOriginWorkflow() != "" || r.GetCancelReason() != "" || r.GetMessage() != rem.GetMessage() ||
-		r.GetRelatedResource() != rem.GetRelatedResource() {
+		r.GetRelatedResource() != rem.GetRelatedResource() || r.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		t.Fatalf("the automation's payload = %v, %v", got, ok)
+	}
+	rem.RelatedResource = "clinics/north/families/f1/warningSigns/w1"
+	if got, _ := viewFor(audienceReminders, rem); got.(*interventionsv1.Reminder).GetRelatedResource() != "clinics/north/families/f1" {
+		t.Fatalf("the automation's payload of a warning sign's reminder = %v; want the family only", got)
 	}
 	if rem.GetOriginWorkflow() == "" {
 		t.Fatal("the view changed the event's own reminder")

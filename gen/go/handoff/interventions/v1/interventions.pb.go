@@ -1901,11 +1901,15 @@ type Reminder struct {
 	// "now" differs between two tries of one step, and a retry with its
 	// request id must send the same request as the first.
 	DueTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=due_time,json=dueTime,proto3" json:"due_time,omitempty"`
-	// Why the reminder is sent.
+	// Why the reminder is sent. Left unspecified in what the reminder
+	// automation reads: sending does not need it, and a kind such as
+	// OVERDOSE_ALERT tells what the message may not.
 	Kind ReminderKind `protobuf:"varint,4,opt,name=kind,proto3,enum=handoff.interventions.v1.ReminderKind" json:"kind,omitempty"`
 	// The Handoff resource the reminder is about, in the same clinic, for
 	// example `clinics/{clinic}/interventions/{intervention}` or
-	// `clinics/{clinic}/families/{family}`.
+	// `clinics/{clinic}/families/{family}`. The reminder automation reads,
+	// and filters on, the top-level record only (the family of a warning
+	// sign).
 	RelatedResource string `protobuf:"bytes,5,opt,name=related_resource,json=relatedResource,proto3" json:"related_resource,omitempty"`
 	// The text to deliver, at most 320 characters. It must never name a
 	// diagnosis, a substance or a treatment, because it may reach a phone or
