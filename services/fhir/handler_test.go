@@ -909,9 +909,15 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 type listedFamilies struct {
 	fakeFamilies
 	list []*familiesv1.Family
+	// failAfter, when set, is how many calls are answered before the
+	// service becomes unavailable; calls counts them.
+	failAfter, calls int
 }
 
 func (l *listedFamilies) ListFamilies(_ context.Context, in *familiesv1.ListFamiliesRequest, _ ...grpc.CallOption) (*familiesv1.ListFamiliesResponse, error) {
+	if l.calls++; l.failAfter > 0 && l.calls > l.failAfter {
+		return nil, status.Error(codes.Unavailable, "families is down")
+	}
 	var out []*familiesv1.Family
 	for _, f := range l.list {
 		if f.GetName() > in.GetPageToken() && len(out) < int(in.GetPageSize()) {
@@ -979,6 +985,18 @@ func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
 	second, _ := get(next)
 	if len(second) != 2 || !strings.HasSuffix(second[0], ".sis") || !strings.HasSuffix(second[1], ".bro") {
 		t.Fatalf("the page after the first family went: %v; want both of the second's members", second)
+	}
+	// The families service failing after a family was read (and recorded
+	// as disclosed): what was read goes out, with a next link that reads
+	// again from the family that failed.
+	fams.list, fams.calls, fams.failAfter = []*familiesv1.Family{a, b}, 0, 1
+	short, next := get(Prefix + "/RelatedPerson?_count=10")
+	if len(short) != 3 || !strings.HasSuffix(short[0], ".mom") || next == "" {
+		t.Fatalf("the page when the second read failed: %v, next %q; want the first family's three members and a next link", short, next)
+	}
+	fams.failAfter = 0
+	if rest, _ := get(next); len(rest) != 2 || !strings.HasSuffix(rest[0], ".sis") {
+		t.Fatalf("the page after the failed read: %v; want the second family's members", rest)
 	}
 }
 
