@@ -109,6 +109,7 @@ type wf struct {
 	upcoming     map[string]int    // meeting reminder -> the generation it announced
 	sentTo       map[string]string // meeting reminder -> whom (recipientKey)
 	notices      map[string]bool   // notices made after the outcome, about what follows it
+	chasers      map[string]int    // outcome overdue and escalation notices -> the generation they chased
 	lastNotice   time.Time         // when the last of them was made
 	replans      int
 	resends      flow.Resends
@@ -164,7 +165,8 @@ const (
 // Workflow is the intervention workflow.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
-	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{}}
+	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{},
+		chasers: map[string]int{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -561,6 +563,11 @@ func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	if ok && g != w.generation {
 		return true
 	}
+	// An outcome chased for a meeting a reschedule has moved since: its
+	// outcome is not due yet. A run begun before this change sent it.
+	if g, ok := w.chasers[first]; ok && g != w.generation && flow.Version(ctx, versionStaleChasers, 1) >= 1 {
+		return true
+	}
 	// A meeting reminder sent again after the meeting began is no
 	// reminder; a run begun before this change sent it.
 	if ok && !workflow.Now(ctx).Before(w.plan.Start) && flow.Version(ctx, versionNoResendAfterStart, 1) >= 1 {
@@ -673,14 +680,14 @@ func (w *wf) due(ctx workflow.Context) error {
 	}
 	if !w.overdueSent && !now.Before(w.end().Add(w.settings.OutcomeGrace)) {
 		w.step = StepAwaitOutcome
-		if err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "OUTCOME_OVERDUE", w.in.Intervention,
+		if err := w.chase(ctx, w.plan.Counselor, "OUTCOME_OVERDUE",
 			"Please record how the family meeting went.", fmt.Sprintf("overdue|%d", w.generation)); err != nil {
 			return err
 		}
 		w.overdueSent = true
 	}
 	if w.overdueSent && !w.escalated && !now.Before(w.end().Add(w.settings.OutcomeGrace+w.settings.OutcomeEscalation)) {
-		if err := flow.Remind(ctx, w.plan.Clinic, activities.Supervisors(), "OUTCOME_ESCALATION", w.in.Intervention,
+		if err := w.chase(ctx, activities.Supervisors(), "OUTCOME_ESCALATION",
 			"A family meeting has had no outcome recorded for a day.", fmt.Sprintf("escalate|%d", w.generation)); err != nil {
 			return err
 		}
@@ -688,6 +695,21 @@ func (w *wf) due(ctx workflow.Context) error {
 	}
 	return nil
 }
+
+// chase asks to for the meeting's outcome and keeps the notice's name with
+// the generation it chased, so that its failed delivery is not sent again
+// for a meeting moved since. The commands are flow.Remind's.
+func (w *wf) chase(ctx workflow.Context, to activities.Person, kind, message, purpose string) error {
+	name, err := flow.RemindAt(ctx, w.plan.Clinic, to, kind, w.in.Intervention, message, purpose, time.Time{})
+	if name != "" {
+		w.chasers[name] = w.generation
+	}
+	return err
+}
+
+// versionStaleChasers guards passing over the failed delivery of an
+// outcome-overdue or escalation notice of a meeting rescheduled since.
+const versionStaleChasers = "stale-outcome-chasers"
 
 // versionStopFirst guards two changes that keep reminders from going out
 // for a meeting that no longer is: due() stops once an update changed the

@@ -703,6 +703,34 @@ func TestStaleMeetingRemindersAreNotResent(t *testing.T) {
 	}
 }
 
+// The outcome-overdue notice whose delivery failed is not sent again once
+// a reschedule has moved the meeting into the future: it would chase an
+// outcome that is not yet due. Other failures still are.
+func TestStaleOverdueNoticeIsNotResent(t *testing.T) {
+	h := newHarness(t, time.Hour, defaults())
+	resent := h.resends()
+	var overdue string
+	overdueAt := time.Hour + time.Hour + 2*time.Hour // the end, then the grace
+	h.env.RegisterDelayedCallback(func() {
+		overdue = h.sent.nameOf("OUTCOME_OVERDUE")
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: overdue})
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/other"})
+	}, overdueAt+5*time.Minute)
+	h.update(overdueAt+10*time.Minute, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start.Add(2 * 24 * time.Hour), Duration: time.Hour}, nil)
+	h.update(2*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if overdue == "" {
+		t.Fatal("no outcome-overdue notice was sent")
+	}
+	if len(*resent) != 1 || (*resent)[0] != "clinics/north/reminders/other" {
+		t.Fatalf("resent %v; want only the reminder unrelated to the moved meeting", *resent)
+	}
+}
+
 // A notice made after the outcome (referrals that could not be made) is
 // sent again if its delivery fails, ten minutes on: while the follow-up
 // runs, and also when the follow-up ends soon after (the family's boundary
