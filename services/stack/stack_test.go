@@ -319,7 +319,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	// settings) is created; moved, that reminder, not delivered yet, is
 	// cancelled.
 	intakeReminders := func(filter string) []*interventionsv1.Reminder {
-		return ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		return ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("kind = INTAKE_UPCOMING AND related_resource = %q", referral.GetName()) + filter})).GetReminders()
 	}
 	// Booked a few seconds ahead: the signal, the workflow task and the
@@ -345,7 +345,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	if len(support.GetReferrals()) != 1 || support.GetReferrals()[0].GetSubject().GetMemberId() != "mom" {
 		t.Fatalf("family support referral = %v", support.GetReferrals())
 	}
-	intake := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+	intake := ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 		Filter: fmt.Sprintf("kind = INTAKE_UPCOMING AND related_resource = %q", referral.GetName())}))
 	if len(intake.GetReminders()) < 2 {
 		t.Fatalf("intake reminders = %v: the loved one (allowed) and mom", intake.GetReminders())
@@ -434,7 +434,7 @@ func TestDeclinedReinforcesBoundariesEvenAcrossATemporalOutage(t *testing.T) {
 			t.Fatalf("%s referrals = %v", kind, resp.GetReferrals())
 		}
 	}
-	checkIns := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+	checkIns := ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 		Filter: fmt.Sprintf("kind = CHECK_IN AND related_resource = %q", iv.GetName())}))
 	if len(checkIns.GetReminders()) != 3 {
 		t.Fatalf("check-ins = %d, want 3", len(checkIns.GetReminders()))
@@ -474,7 +474,7 @@ func TestOverdoseRightAfterARefusalIsAnswered(t *testing.T) {
 	// The overdose brings the next check-in within a day, so the workflows
 	// do not end here; the alert is what shows the answer.
 	alerts := func() int {
-		return len(ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		return len(ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
 			Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders())
 	}
 	stacktest.Eventually(t, 20*time.Second, "the overdose alert", func() bool { return alerts() > 0 })
