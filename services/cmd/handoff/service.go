@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.temporal.io/sdk/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -110,6 +111,36 @@ func (c *common) plaintext(what, addr string, creds credentials.TransportCredent
 	}
 	return fmt.Errorf("%s %s without TLS would carry bearer tokens in clear: set --tls-cert, --tls-key and --tls-ca (HANDOFF_TLS_CERT, _KEY, _CA), "+
 		"or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", what, addr)
+}
+
+// databaseTransport refuses a PostgreSQL URL that would reach a server off
+// this machine without TLS that verifies it (sslmode verify-ca or
+// verify-full) unless trusted (--insecure-plaintext): the connection
+// carries every family's record, and sslmode prefer, pgx's default, falls
+// back to plaintext without a word. A Unix socket or loopback is this
+// machine.
+func databaseTransport(dsn string, trusted bool) error {
+	if trusted {
+		return nil
+	}
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return fmt.Errorf("--database-url: %w", err)
+	}
+	hosts := []*pgconn.FallbackConfig{{Host: cfg.Host, TLSConfig: cfg.TLSConfig}}
+	hosts = append(hosts, cfg.Fallbacks...)
+	for _, h := range hosts {
+		if strings.HasPrefix(h.Host, "/") || loopbackHost(h.Host) {
+			continue
+		}
+		// verify-ca leaves Go's check off and checks the chain itself;
+		// require checks nothing.
+		if h.TLSConfig == nil || (h.TLSConfig.InsecureSkipVerify && h.TLSConfig.VerifyPeerCertificate == nil) {
+			return fmt.Errorf("--database-url: PostgreSQL at %s without verified TLS would carry the records in clear or to anyone answering: "+
+				"set sslmode=verify-full (with sslrootcert), or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", h.Host)
+		}
+	}
+	return nil
 }
 
 // isLoopback reports whether addr (host:port) reaches this machine only.
@@ -314,7 +345,7 @@ var serviceDefs = []serviceDef{
 				return part{}, err
 			}
 			famClient := familiesv1.NewFamiliesServiceClient(conn)
-			srv := referrals.New(pool, referrals.Config{Consent: &consentgate.Gate{Families: famClient}, Families: famClient,
+			srv := referrals.New(pool, referrals.Config{Log: f.log, Consent: &consentgate.Gate{Families: famClient}, Families: famClient,
 				Interventions: interventionsv1.NewInterventionsServiceClient(ivConn)})
 			referralsv1.RegisterReferralsServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
@@ -505,6 +536,9 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err := f.plaintext("listening on", f.listen, creds); err != nil {
 		return err
 	}
+	if err := databaseTransport(f.databaseURL, f.insecurePlaintext); err != nil {
+		return err
+	}
 	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
 	if err != nil {
 		return err
@@ -616,7 +650,15 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 		"a role the services log in as, granted the application role's rights only; created if a password is given (HANDOFF_APP_LOGIN_ROLE)")
 	loginPassword := new(string)
 	secretVar(fs, loginPassword, "app-login-password", env("HANDOFF_APP_LOGIN_PASSWORD", ""), "its password (HANDOFF_APP_LOGIN_PASSWORD)")
+	trusted := fs.Bool("insecure-plaintext", false, "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
+	envErr := fromEnv(fs, "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if envErr != nil {
+		return envErr
+	}
+	if err := databaseTransport(*dbURL, *trusted); err != nil {
 		return err
 	}
 	if err := migrateAll(ctx, log, *dbURL); err != nil {
