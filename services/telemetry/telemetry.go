@@ -9,6 +9,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,9 +47,13 @@ type Config struct {
 // Setup installs global trace and metric providers and the W3C trace
 // context propagator.
 func Setup(cfg Config) (*Telemetry, error) {
-	res, err := resource.Merge(resource.Default(), resource.NewWithAttributes(semconv.SchemaURL, semconv.ServiceName(cfg.Service)))
+	// Built, not merged with resource.Default(): the SDK's default and this
+	// semconv package name different schema versions, and Merge refuses
+	// that, which left every process as unknown_service.
+	res, err := resource.New(context.Background(), resource.WithFromEnv(), resource.WithTelemetrySDK(),
+		resource.WithAttributes(semconv.ServiceName(cfg.Service)))
 	if err != nil {
-		res = resource.Default()
+		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
 	var opts []sdktrace.TracerProviderOption
 	opts = append(opts, sdktrace.WithResource(res))

@@ -147,3 +147,33 @@ func TestStuckCollectorDoesNotStallSpans(t *testing.T) {
 		t.Fatal("ending three spans waited on a stuck collector")
 	}
 }
+
+// Spans carry the process's name: a collector tells the services apart by
+// it.
+func TestSpansNameTheService(t *testing.T) {
+	spans := tracetest.NewInMemoryExporter()
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-x", Exporter: spans})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := otel.Tracer("test").Start(context.Background(), "op")
+	span.End()
+	defer tel.Shutdown(context.Background()) //nolint:errcheck
+	// Flushed, not shut down: shutting down empties the recorder.
+	if err := otel.GetTracerProvider().(*sdktrace.TracerProvider).ForceFlush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := spans.GetSpans()
+	if len(got) != 1 {
+		t.Fatalf("%d spans; want 1", len(got))
+	}
+	for _, kv := range got[0].Resource.Attributes() {
+		if kv.Key == "service.name" {
+			if v := kv.Value.AsString(); v != "handoff-x" {
+				t.Fatalf("service.name %q; want handoff-x", v)
+			}
+			return
+		}
+	}
+	t.Fatalf("no service.name in %v", got[0].Resource.Attributes())
+}
