@@ -21,10 +21,11 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 )
 
-// Do runs fn inside tx unless requestID was seen before in clinic, in which
-// case it returns the response stored by the first call. A reused id with a
-// different request (or method) is INVALID_ARGUMENT. With an empty requestID
-// fn simply runs.
+// Do runs fn inside tx unless requestID was seen before in clinic from the
+// same caller, in which case it returns the response stored by the first
+// call. A reused id with a different request (or method) is
+// INVALID_ARGUMENT. Each caller's ids are its own: another's id, however
+// alike, is another key. With an empty requestID fn simply runs.
 //
 // Concurrent calls with one id are serialised by the key's primary key: the
 // second insert waits for the first transaction, then finds its response.
@@ -51,7 +52,8 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if tag.RowsAffected() == 0 {
 		var k key
 		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
-			WHERE clinic = $1 AND request_id = $2`, clinic, requestID).Scan(&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
+			WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $3`, clinic, requestID, caller(ctx)).Scan(
+			&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
@@ -76,8 +78,8 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if n := name(out); n != "" {
 		resource = &n
 	}
-	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4 WHERE clinic = $1 AND request_id = $2`,
-		clinic, requestID, b, resource); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4
+		WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $5`, clinic, requestID, b, resource, caller(ctx)); err != nil {
 		return zero, fmt.Errorf("idempotency: store response: %w", err)
 	}
 	return out, nil
@@ -187,7 +189,8 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	}
 	var k key
 	err := db.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
-		WHERE clinic = $1 AND request_id = $2 AND (response IS NOT NULL OR forgotten)`, clinic, requestID).Scan(
+		WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $3 AND (response IS NOT NULL OR forgotten)`,
+		clinic, requestID, caller(ctx)).Scan(
 		&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return zero, false, nil
@@ -277,8 +280,8 @@ func ForgetResource(ctx context.Context, q Execer, clinic, resource string, kept
 // as a retry of the call can still come.
 func Forget(ctx context.Context, q Execer, before time.Time, limit int) (int64, error) {
 	tag, err := q.Exec(ctx, `DELETE FROM idempotency_keys k USING (
-			SELECT clinic, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2) old
-		WHERE k.clinic = old.clinic AND k.request_id = old.request_id`, before, limit)
+			SELECT clinic, caller, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2) old
+		WHERE k.clinic = old.clinic AND k.request_id = old.request_id AND k.caller IS NOT DISTINCT FROM old.caller`, before, limit)
 	if err != nil {
 		return 0, fmt.Errorf("idempotency: forget request ids: %w", err)
 	}

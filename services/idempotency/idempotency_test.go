@@ -87,32 +87,39 @@ func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 	if out, ok, err := idempotency.Stored(as("worker"), db, "north", "M", "r1", other, newFamily); ok || out != nil || reused(t, err) != made {
 		t.Fatalf("Stored, another request = %v, %v, %v; want the refusal naming %s", out, ok, err, made)
 	}
-	for _, c := range []struct {
-		name, subject, method string
-		req                   *familiesv1.GetFamilyRequest
-	}{
-		{"another caller, the same request", "counselor-2", "M", first},
-		{"another caller, another request", "counselor-2", "M", other},
-		{"the same caller, another method", "worker", "N", first},
-	} {
-		_, err := call(as(c.subject), c.method, "r1", c.req)
-		if got := reused(t, err); got != "" {
-			t.Errorf("%s: the refusal names %q; want nothing", c.name, got)
-		}
+	if _, err := call(as("worker"), "N", "r1", first); reused(t, err) != "" {
+		t.Errorf("the same caller, another method: %v; want a refusal naming nothing", err)
 	}
 	if runs != 1 {
 		t.Fatalf("the call ran %d times; want once", runs)
 	}
+	// Another caller's id is its own key: it neither gets the first
+	// response nor is refused. So no user of the clinic can take, ahead of
+	// it, an id the worker will send (the worker's ids follow from
+	// resource names): the worker's call still runs.
+	if out, err := call(as("counselor-2"), "M", "r1", first); err != nil || runs != 2 || out.GetName() != made {
+		t.Fatalf("another caller, the same id and request = %v, %v after %d runs; want a call of its own", out, err, runs)
+	}
+	if _, err := call(as("counselor-2"), "N", "w1", other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := call(as("worker"), "M", "w1", first); err != nil || runs != 4 {
+		t.Fatalf("the worker's id taken first by another caller: %v after %d runs; want the worker's call run", err, runs)
+	}
+	if out, err := call(as("worker"), "M", "w1", first); err != nil || runs != 4 || out.GetName() != made {
+		t.Fatalf("the worker's retry = %v, %v after %d runs; want its own stored response", out, err, runs)
+	}
 
-	// A key stored before callers were names nothing to anyone.
+	// A key stored before callers were is nobody's now: it holds back no
+	// caller's call.
 	if _, err := call(as("worker"), "M", "r2", first); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.Exec(scope, `UPDATE idempotency_keys SET caller = NULL WHERE request_id = 'r2'`); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := call(as("worker"), "M", "r2", other); reused(t, err) != "" {
-		t.Fatalf("a key without a caller: %v; want a refusal naming nothing", err)
+	if _, err := call(as("worker"), "M", "r2", other); err != nil || runs != 6 {
+		t.Fatalf("a key without a caller: %v after %d runs; want the worker's call run", err, runs)
 	}
 }
 
