@@ -239,6 +239,13 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			unscoped = true
 			return nil, status.Error(codes.PermissionDenied, "only the service identities that serve every clinic may act for every clinic")
 		}
+		// Refused first by role, as any caller is: a service identity
+		// probing a method it may not call learns nothing of what the
+		// request should name.
+		if !i.allowed(info.FullMethod, p) {
+			unscoped = true
+			return nil, status.Errorf(codes.PermissionDenied, "role %v may not call %s", p.Roles, info.FullMethod)
+		}
 		if scope = requestClinic(m); scope == "" {
 			unscoped = true
 			return nil, status.Error(codes.InvalidArgument, "the request names no clinic resource")

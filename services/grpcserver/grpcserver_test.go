@@ -247,6 +247,10 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 		// A valid token whose scope no staff member may have.
 		{auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleCounselor}})),
 			codes.PermissionDenied},
+		// A service identity calling a method its role may not: refused
+		// by role, whatever the request names (it names no clinic here).
+		{auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "w", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}})),
+			codes.PermissionDenied},
 	}
 	for _, c := range calls {
 		if err := conn.Invoke(c.ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != c.want {
@@ -268,9 +272,10 @@ func TestFailedAuthenticationIsLogged(t *testing.T) {
 			unscoped = append(unscoped, rec)
 		}
 	}
-	if len(unscoped) != 1 || unscoped[0]["level"] != "WARN" || unscoped[0]["code"] != "PermissionDenied" ||
-		unscoped[0]["subject"] != "c" || !strings.HasPrefix(fmt.Sprint(unscoped[0]["peer"]), "127.0.0.1:") {
-		t.Fatalf("a staff token for every clinic logged as %v:\n%s", unscoped, logs)
+	if len(unscoped) != 2 || unscoped[0]["level"] != "WARN" || unscoped[0]["code"] != "PermissionDenied" ||
+		unscoped[0]["subject"] != "c" || !strings.HasPrefix(fmt.Sprint(unscoped[0]["peer"]), "127.0.0.1:") ||
+		unscoped[1]["code"] != "PermissionDenied" || unscoped[1]["subject"] != "w" {
+		t.Fatalf("a staff token for every clinic and a service identity refused its method logged as %v:\n%s", unscoped, logs)
 	}
 	if len(failed) != 2 || len(ok) != 1 {
 		t.Fatalf("%d failed sign-ins and %d calls logged, want 2 and 1:\n%s", len(failed), len(ok), logs)
