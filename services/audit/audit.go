@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	rpccode "google.golang.org/genproto/googleapis/rpc/code"
@@ -49,9 +50,13 @@ const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource,
 // the caller sent (a name, a request id) or its token named: a request
 // refused for a NUL must still be recorded, and its refusal must not turn
 // into an internal error when the record fails.
+//
+// The resource and request id are cut to maxField bytes: they are what the
+// caller sent, recorded before it is validated, and a table the services
+// may only add to must not take a megabyte a call.
 func (e Event) clean() Event {
 	c := func(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
-	e.Subject, e.Method, e.Resource, e.Outcome, e.RequestID = c(e.Subject), c(e.Method), c(e.Resource), c(e.Outcome), c(e.RequestID)
+	e.Subject, e.Method, e.Resource, e.Outcome, e.RequestID = c(e.Subject), c(e.Method), c(cut(e.Resource)), c(e.Outcome), c(cut(e.RequestID))
 	if slices.ContainsFunc(e.Roles, func(r string) bool { return strings.Contains(r, "\x00") }) {
 		roles := make([]string, len(e.Roles))
 		for i, r := range e.Roles {
@@ -60,6 +65,22 @@ func (e Event) clean() Event {
 		e.Roles = roles
 	}
 	return e
+}
+
+// maxField is the most of a resource name or request id recorded; longer
+// ones are cut and marked so. A valid name is far shorter.
+const maxField = 512
+
+// cut shortens s to maxField bytes, on a character boundary, marked "…".
+func cut(s string) string {
+	if len(s) <= maxField {
+		return s
+	}
+	n := maxField
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // Record writes one event.
