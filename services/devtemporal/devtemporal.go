@@ -45,6 +45,15 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = "default"
 	}
+	// The server reports a port it cannot bind through its logger's Fatal,
+	// which the no-op logger passes over: the frontend then serves a nil
+	// listener and the process panics. Asked here, the answer is an error.
+	hostPort := fmt.Sprintf("127.0.0.1:%d", cfg.Port)
+	l, err := net.Listen("tcp", hostPort)
+	if err != nil {
+		return nil, fmt.Errorf("devtemporal: %s is taken (another Temporal server, or make run already running?): %w", hostPort, err)
+	}
+	l.Close()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("devtemporal: data dir: %w", err)
 	}
@@ -72,7 +81,6 @@ func Start(cfg Config) (*Server, error) {
 	if err := sqlite.CreateNamespaces(&store, ns); err != nil {
 		return nil, fmt.Errorf("devtemporal: namespace: %w", err)
 	}
-	hostPort := fmt.Sprintf("127.0.0.1:%d", cfg.Port)
 	// Each free port is released before the server binds it, so it is
 	// still free for the next pick: without this, two of the server's
 	// services could be given one port, and the second to bind it finds

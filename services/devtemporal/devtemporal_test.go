@@ -3,8 +3,10 @@ package devtemporal
 import (
 	"context"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,6 +76,24 @@ func freePortT(t *testing.T) int {
 // The server's services get ports no other of them has, nor the frontend's,
 // even when the source of free ports repeats itself (it releases each port
 // it finds, so a port it found stays free until the server binds it).
+// A frontend port already taken is an error saying so, not a panic from
+// inside the server.
+func TestTakenPortIsAnError(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	srv, err := Start(Config{DataDir: t.TempDir(), Port: l.Addr().(*net.TCPAddr).Port})
+	if err == nil {
+		_ = srv.Stop()
+		t.Fatal("started on a taken port")
+	}
+	if !strings.Contains(err.Error(), "is taken") {
+		t.Fatalf("error %v; want it to say the port is taken", err)
+	}
+}
+
 func TestPortsAreDistinct(t *testing.T) {
 	seq := []int{7233, 20001, 20001, 20002, 7233, 20003}
 	i := 0
