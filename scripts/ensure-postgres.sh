@@ -8,6 +8,23 @@ ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 login() { psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -w -Atqc 'select 1' >/dev/null 2>&1; }
 newest() { [ -d /etc/postgresql ] && ls /etc/postgresql | sort -V | tail -n1 || true; }
 
+# URLs of one's own (another host or port, a password): checked where
+# they point, and the local cluster is left alone.
+urls=()
+for u in "${HANDOFF_DATABASE_URL:-}" "${HANDOFF_TEST_DATABASE_URL:-}"; do
+  [ -n "$u" ] && urls+=("$u")
+done
+if [ "${#urls[@]}" -gt 0 ]; then
+  for u in "${urls[@]}"; do
+    if command -v pg_isready >/dev/null && ! pg_isready -q -d "$u" 2>/dev/null; then
+      echo "PostgreSQL does not answer at HANDOFF_DATABASE_URL or HANDOFF_TEST_DATABASE_URL (host $(printf '%s' "$u" | sed -E 's|^[a-z]+://([^@/]*@)?([^/?]*).*|\2|'))" >&2
+      exit 1
+    fi
+  done
+  echo "PostgreSQL is up at the URL given"
+  exit 0
+fi
+
 if ! ready; then
   if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
     pg_ctlcluster --skip-systemctl-redirect "$(newest)" main start || true
@@ -18,8 +35,7 @@ if ! ready; then
     exit 1
   fi
 fi
-# A URL of one's own (with a password, another host) is not checked here.
-if [ -n "${HANDOFF_DATABASE_URL:-}${HANDOFF_TEST_DATABASE_URL:-}" ] || ! command -v psql >/dev/null || login; then
+if ! command -v psql >/dev/null || login; then
   echo "PostgreSQL is up on 127.0.0.1:5432"
   exit 0
 fi
