@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -78,7 +79,13 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 			DefaultNamespace: "default", HideLogs: true,
 			Codec: uiconfig.Codec{Endpoint: base + "/codec", PassAccessToken: true},
 		}))
-		go func() { _ = ui.Start() }()
+		go func() {
+			// A taken port or a bad setting: the banner's UI address would
+			// otherwise lead nowhere without a word.
+			if err := ui.Start(); err != nil {
+				log.Error("the Temporal Web UI did not start", "port", *uiPort, "error", err.Error())
+			}
+		}()
 		defer ui.Stop()
 		uiURL = fmt.Sprintf("http://127.0.0.1:%d", *uiPort)
 	}
@@ -167,8 +174,13 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 			return fmt.Errorf("demo data: %w", err)
 		}
 	}
+	// Bound before the banner says the system is up.
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *listen, err)
+	}
 	printBanner(base, ts.HostPort, uiURL, tokens, demoFamily, *dataDir)
-	return serveHTTP(ctx, log, *listen, mux)
+	return serveOn(ctx, log, lis, mux, drainFor)
 }
 
 func fastSettings() activities.Settings {
