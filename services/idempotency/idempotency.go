@@ -27,8 +27,9 @@ import (
 // INVALID_ARGUMENT. Each caller's ids are its own: another's id, however
 // alike, is another key. With an empty requestID fn simply runs.
 //
-// Concurrent calls with one id are serialised by the key's primary key: the
-// second insert waits for the first transaction, then finds its response.
+// Concurrent calls with one id from one caller are serialised by the key's
+// primary key (clinic, caller, id): the second insert waits for the first
+// transaction, then finds its response.
 func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, requestID string,
 	req proto.Message, newResp func() T, fn func() (T, error)) (T, error) {
 	return do(ctx, tx, clinic, method, requestID, req, newResp, fn, nil)
@@ -52,8 +53,14 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	if tag.RowsAffected() == 0 {
 		var k key
 		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
-			WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $3`, clinic, requestID, caller(ctx)).Scan(
+			WHERE clinic = $1 AND request_id = $2 AND caller = $3`, clinic, requestID, caller(ctx)).Scan(
 			&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// The id is held under another caller: only where the key is
+			// still clinic and id alone (a database not yet migrated to
+			// 0011). Refused as before.
+			return zero, apperr.RequestIDReused(requestID, "")
+		}
 		if err != nil {
 			return zero, fmt.Errorf("idempotency: read key: %w", err)
 		}
@@ -79,7 +86,7 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		resource = &n
 	}
 	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4
-		WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $5`, clinic, requestID, b, resource, caller(ctx)); err != nil {
+		WHERE clinic = $1 AND request_id = $2 AND caller = $5`, clinic, requestID, b, resource, caller(ctx)); err != nil {
 		return zero, fmt.Errorf("idempotency: store response: %w", err)
 	}
 	return out, nil
@@ -189,7 +196,7 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	}
 	var k key
 	err := db.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
-		WHERE clinic = $1 AND request_id = $2 AND COALESCE(caller, '') = $3 AND (response IS NOT NULL OR forgotten)`,
+		WHERE clinic = $1 AND request_id = $2 AND caller = $3 AND (response IS NOT NULL OR forgotten)`,
 		clinic, requestID, caller(ctx)).Scan(
 		&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -281,7 +288,7 @@ func ForgetResource(ctx context.Context, q Execer, clinic, resource string, kept
 func Forget(ctx context.Context, q Execer, before time.Time, limit int) (int64, error) {
 	tag, err := q.Exec(ctx, `DELETE FROM idempotency_keys k USING (
 			SELECT clinic, caller, request_id FROM idempotency_keys WHERE create_time < $1 ORDER BY create_time LIMIT $2) old
-		WHERE k.clinic = old.clinic AND k.request_id = old.request_id AND k.caller IS NOT DISTINCT FROM old.caller`, before, limit)
+		WHERE k.clinic = old.clinic AND k.request_id = old.request_id AND k.caller = old.caller`, before, limit)
 	if err != nil {
 		return 0, fmt.Errorf("idempotency: forget request ids: %w", err)
 	}

@@ -59,7 +59,7 @@ func reused(t *testing.T, err error) string {
 // sent it, for the same method.
 func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 	t.Parallel()
-	_, db, _ := commonTables(t, "")
+	owner, db, _ := commonTables(t, "")
 	scope := pgdb.WithClinic(context.Background(), "north")
 	as := func(subject string) context.Context {
 		return auth.WithPrincipal(scope, auth.Principal{Subject: subject, Clinic: "north"})
@@ -110,16 +110,32 @@ func TestReusedIDNamesWhatItMadeToItsCaller(t *testing.T) {
 		t.Fatalf("the worker's retry = %v, %v after %d runs; want its own stored response", out, err, runs)
 	}
 
-	// A key stored before callers were is nobody's now: it holds back no
-	// caller's call.
+	// A key stored before callers were belongs, migrated, to the caller
+	// "": it holds back no named caller's call.
 	if _, err := call(as("worker"), "M", "r2", first); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.Exec(scope, `UPDATE idempotency_keys SET caller = NULL WHERE request_id = 'r2'`); err != nil {
+	if _, err := db.Exec(scope, `UPDATE idempotency_keys SET caller = '' WHERE request_id = 'r2'`); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := call(as("worker"), "M", "r2", other); err != nil || runs != 6 {
 		t.Fatalf("a key without a caller: %v after %d runs; want the worker's call run", err, runs)
+	}
+
+	// Where the key is still clinic and id alone (a database not yet
+	// migrated), another caller's id is refused as before, not an
+	// internal error.
+	for _, st := range []string{`ALTER TABLE idempotency_keys DROP CONSTRAINT idempotency_keys_pkey`,
+		`DELETE FROM idempotency_keys WHERE caller <> 'worker'`, `ALTER TABLE idempotency_keys ADD PRIMARY KEY (clinic, request_id)`} {
+		if _, err := owner.Exec(scope, st); err != nil {
+			t.Fatalf("%s: %v", st, err)
+		}
+	}
+	if _, err := call(as("worker"), "M", "w9", first); err != nil || runs != 7 {
+		t.Fatalf("the worker's call on the old key: %v after %d runs", err, runs)
+	}
+	if _, err := call(as("counselor-2"), "M", "w9", first); reused(t, err) != "" || runs != 7 {
+		t.Fatalf("another caller's id on the old key: %v after %d runs; want REQUEST_ID_REUSED naming nothing", err, runs)
 	}
 }
 
