@@ -130,12 +130,14 @@ func databaseTransport(dsn string, trusted bool) error {
 	hosts := []*pgconn.FallbackConfig{{Host: cfg.Host, TLSConfig: cfg.TLSConfig}}
 	hosts = append(hosts, cfg.Fallbacks...)
 	for _, h := range hosts {
-		if strings.HasPrefix(h.Host, "/") || loopbackHost(h.Host) {
+		if network, _ := pgconn.NetworkAddress(h.Host, 5432); network == "unix" || loopbackHost(h.Host) {
 			continue
 		}
-		// verify-ca leaves Go's check off and checks the chain itself;
-		// require checks nothing.
-		if h.TLSConfig == nil || (h.TLSConfig.InsecureSkipVerify && h.TLSConfig.VerifyPeerCertificate == nil) {
+		// verify-ca leaves Go's check off and checks the chain itself,
+		// against sslrootcert: without one, against the system's roots,
+		// which any public certificate for any name passes. require checks
+		// nothing.
+		if t := h.TLSConfig; t == nil || (t.InsecureSkipVerify && (t.VerifyPeerCertificate == nil || t.RootCAs == nil)) {
 			return fmt.Errorf("--database-url: PostgreSQL at %s without verified TLS would carry the records in clear or to anyone answering: "+
 				"set sslmode=verify-full (with sslrootcert), or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", h.Host)
 		}
