@@ -71,7 +71,11 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	defer ts.Stop()
 	uiURL := ""
-	if *uiPort != 0 {
+	if *uiPort != 0 && !portFree(*uiPort) {
+		// The UI server ends the process when it cannot bind (echo's
+		// Logger.Fatal): a taken port costs the UI only.
+		log.Warn("the Temporal Web UI's port is taken; going on without it", "port", *uiPort)
+	} else if *uiPort != 0 {
 		// The Web UI opens payloads through the codec endpoint, which admits
 		// clinic administrators only; without a token it shows them sealed.
 		ui := uiserver.NewServer(server_options.WithConfigProvider(&uiconfig.Config{
@@ -80,8 +84,6 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 			Codec: uiconfig.Codec{Endpoint: base + "/codec", PassAccessToken: true},
 		}))
 		go func() {
-			// A taken port or a bad setting: the banner's UI address would
-			// otherwise lead nowhere without a word.
 			if err := ui.Start(); err != nil {
 				log.Error("the Temporal Web UI did not start", "port", *uiPort, "error", err.Error())
 			}
@@ -181,6 +183,16 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	printBanner(base, ts.HostPort, uiURL, tokens, demoFamily, *dataDir)
 	return serveOn(ctx, log, lis, mux, drainFor)
+}
+
+// portFree reports whether 127.0.0.1:port can be bound now.
+func portFree(port int) bool {
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 func fastSettings() activities.Settings {
