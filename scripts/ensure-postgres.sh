@@ -17,7 +17,10 @@ done
 if [ "${#urls[@]}" -gt 0 ]; then
   for u in "${urls[@]}"; do
     if command -v pg_isready >/dev/null && ! pg_isready -q -d "$u" 2>/dev/null; then
-      echo "PostgreSQL does not answer at HANDOFF_DATABASE_URL or HANDOFF_TEST_DATABASE_URL (host $(printf '%s' "$u" | sed -E 's|^[a-z]+://([^@/]*@)?([^/?]*).*|\2|'))" >&2
+      # The host of a URL, never the rest (a password may be in it); a
+      # key/value string is not repeated at all.
+      host=$(printf '%s' "$u" | sed -nE 's|^postgres(ql)?://([^@/]*@)?([^/?]*).*|\3|p')
+      echo "PostgreSQL does not answer at HANDOFF_DATABASE_URL or HANDOFF_TEST_DATABASE_URL${host:+ (host $host)}" >&2
       exit 1
     fi
   done
