@@ -50,9 +50,11 @@ func Setup(cfg Config) (*Telemetry, error) {
 	// Built, not merged with resource.Default(): the SDK's default and this
 	// semconv package name different schema versions, and Merge refuses
 	// that, which left every process as unknown_service.
+	// A malformed OTEL_RESOURCE_ATTRIBUTES yields what could be read
+	// (ErrPartialResource): the process still starts.
 	res, err := resource.New(context.Background(), resource.WithFromEnv(), resource.WithTelemetrySDK(),
 		resource.WithAttributes(semconv.ServiceName(cfg.Service)))
-	if err != nil {
+	if err != nil && !errors.Is(err, resource.ErrPartialResource) {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
 	var opts []sdktrace.TracerProviderOption

@@ -151,6 +151,8 @@ func TestStuckCollectorDoesNotStallSpans(t *testing.T) {
 // Spans carry the process's name: a collector tells the services apart by
 // it.
 func TestSpansNameTheService(t *testing.T) {
+	// A malformed attribute list from the environment does not stop it.
+	t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment=prod,broken")
 	spans := tracetest.NewInMemoryExporter()
 	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-x", Exporter: spans})
 	if err != nil {
