@@ -1,18 +1,10 @@
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/handoff-health/handoff/services/tlsconf/tlstest"
 )
 
 // PostgreSQL off this machine is reached only over TLS that verifies the
@@ -25,10 +17,7 @@ func TestDatabaseTransport(t *testing.T) {
 		t.Setenv(k, "")
 	}
 	t.Setenv("HOME", t.TempDir())
-	ca := filepath.Join(t.TempDir(), "root.crt")
-	if err := os.WriteFile(ca, testCA(t), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ca := tlstest.New(t).CAFile
 	for _, c := range []struct {
 		dsn     string
 		trusted bool
@@ -60,20 +49,4 @@ func TestDatabaseTransport(t *testing.T) {
 			t.Errorf("the refusal repeats the URL: %v", err)
 		}
 	}
-}
-
-// testCA is a self-signed CA certificate in PEM.
-func testCA(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
