@@ -130,7 +130,18 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			// Deleted since the alert: no one is left to refer.
 			return Result{Reminder: name}, nil
 		}
-		return Result{}, err
+		// The alert is made: failing the run would have it run again
+		// (the workflow is retried), handing the overdose over a second
+		// time and dropping the failures of the alert's delivery this run
+		// would have resent. The counselor, alerted, refers by hand.
+		if flow.Version(ctx, versionReferralFailureKeepsAlert, 1) < 1 {
+			return Result{}, err
+		}
+		workflow.GetLogger(ctx).Warn("harm-reduction referrals after an overdose failed; the alert stands", "error", err)
+		referrals = nil
+		if err := flow.Remind(ctx, clinic, safety.Counselor, "REFERRAL_ESCALATION", family, ReferralsFailed, "referrals-failed"); err != nil {
+			workflow.GetLogger(ctx).Warn("telling the counselor that the referrals failed failed", "error", err)
+		}
 	}
 	res := Result{Reminder: name, Referrals: referrals}
 	if name == "" {
@@ -155,3 +166,12 @@ func gone(err error) bool {
 	t := activities.ErrorType(err)
 	return t == "RESOURCE_NOT_FOUND" || t == "NotFound"
 }
+
+// ReferralsFailed tells the counselor, after the alert, that the
+// referrals it is followed by could not be made.
+const ReferralsFailed = "The support referrals for this family could not be made: please make them by hand."
+
+// versionReferralFailureKeepsAlert guards going on, past failed
+// harm-reduction referrals, to listen for the alert's failed deliveries
+// instead of failing the run after the alert was made.
+const versionReferralFailureKeepsAlert = "referral-failure-keeps-alert"

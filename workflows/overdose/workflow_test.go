@@ -207,6 +207,22 @@ func TestFamilyDeletedAfterTheAlertEndsQuietly(t *testing.T) {
 	}
 }
 
+// Referrals failing after the alert (a matched program deleted since, a
+// referrals outage past its retries) do not fail the run: it would run
+// again and alert twice. The counselor is told, and the alert's failed
+// deliveries are still listened for.
+func TestFailedReferralsKeepTheAlert(t *testing.T) {
+	h := newHarness(t)
+	h.supportErr = temporal.NewNonRetryableApplicationError("program deleted", "PROGRAM_DELETED", nil)
+	res := h.run(t, h.env.Now())
+	if res.Reminder == "" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.reminders) != 2 || h.reminders[1].Kind != "REFERRAL_ESCALATION" || h.reminders[1].Message != overdose.ReferralsFailed {
+		t.Fatalf("reminders %+v; want the alert, then the notice that the referrals failed", h.reminders)
+	}
+}
+
 // A boundary workflow running when the grace ends (a refusal recorded about
 // the same time) is told of the overdose and answers it; this workflow
 // then does nothing itself.
