@@ -1173,7 +1173,10 @@ const familyDeleted = "the family's record was deleted"
 func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
 	var out Closed
 	clinic := aip.Clinic(in.Family)
-	for _, st := range []string{"SCHEDULED", "DRAFT"} {
+	// Drafts first: one scheduled between the two listings (its schedule
+	// read the family before the deletion) is then found as one or the
+	// other; scheduled first, it was missed by both.
+	for _, st := range []string{"DRAFT", "SCHEDULED"} {
 		n, err := a.cancelInterventions(ctx, in.Family, st, familyDeleted, in.RequestID, false)
 		out.Interventions += n
 		if err != nil {

@@ -658,16 +658,27 @@ type closeFake struct {
 	etags     []string // the etag each cancellation of an intervention sent
 	// moreDrafts are listed after the others.
 	moreDrafts []*interventionsv1.Intervention
+	// racing, when set, is a draft scheduled right after the first
+	// listing: a draft to that one, a scheduled meeting to later ones.
+	racing string
 }
 
 func (f *closeFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
 	f.filters = append(f.filters, in.GetFilter())
+	scheduledNow := f.racing != "" && len(f.filters) > 1
 	if strings.HasSuffix(in.GetFilter(), "state = SCHEDULED") {
-		return &interventionsv1.ListInterventionsResponse{Interventions: []*interventionsv1.Intervention{
-			{Name: "clinics/north/interventions/met"}, {Name: "clinics/north/interventions/ended"}}}, nil
+		out := []*interventionsv1.Intervention{{Name: "clinics/north/interventions/met"}, {Name: "clinics/north/interventions/ended"}}
+		if scheduledNow {
+			out = append(out, &interventionsv1.Intervention{Name: f.racing})
+		}
+		return &interventionsv1.ListInterventionsResponse{Interventions: out}, nil
 	}
-	return &interventionsv1.ListInterventionsResponse{Interventions: append([]*interventionsv1.Intervention{
-		{Name: "clinics/north/interventions/draft", Etag: "v1"}, {Name: "clinics/north/interventions/deleted"}}, f.moreDrafts...)}, nil
+	out := append([]*interventionsv1.Intervention{
+		{Name: "clinics/north/interventions/draft", Etag: "v1"}, {Name: "clinics/north/interventions/deleted"}}, f.moreDrafts...)
+	if f.racing != "" && !scheduledNow {
+		out = append(out, &interventionsv1.Intervention{Name: f.racing, Etag: "v1"})
+	}
+	return &interventionsv1.ListInterventionsResponse{Interventions: out}, nil
 }
 
 func (f *closeFake) CancelIntervention(_ context.Context, in *interventionsv1.CancelInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
@@ -713,7 +724,7 @@ func TestCloseFamily(t *testing.T) {
 	if err != nil || got.Interventions != 2 || got.Reminders != 1 {
 		t.Fatalf("CloseFamily = %+v, %v; want 2 interventions and 1 reminder", got, err)
 	}
-	want := []string{"clinics/north/interventions/met", "clinics/north/interventions/draft", "clinics/north/reminders/r1"}
+	want := []string{"clinics/north/interventions/draft", "clinics/north/interventions/met", "clinics/north/reminders/r1"}
 	if fmt.Sprint(f.cancelled) != fmt.Sprint(want) {
 		t.Fatalf("cancelled %v; want %v", f.cancelled, want)
 	}
@@ -724,6 +735,15 @@ func TestCloseFamily(t *testing.T) {
 		if !strings.Contains(flt, `"clinics/north/families/f1"`) {
 			t.Fatalf("filter %q is not narrowed to the family", flt)
 		}
+	}
+	// A draft scheduled between the two listings (its schedule read the
+	// family before the deletion): drafts are listed first, so it is
+	// found as one or the other, never missed.
+	f = &closeFake{racing: "clinics/north/interventions/racing"}
+	a = &Activities{Interventions: f}
+	if _, err := a.CloseFamily(context.Background(), CloseFamilyRequest{Family: "clinics/north/families/f1", RequestID: "req"}); err != nil ||
+		!slices.Contains(f.cancelled, "clinics/north/interventions/racing") {
+		t.Fatalf("CloseFamily: %v, cancelled %v; want the draft scheduled meanwhile cancelled", err, f.cancelled)
 	}
 }
 
