@@ -1183,6 +1183,11 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 			return out, err
 		}
 	}
+	held, err := a.releaseLooseHolds(ctx, in)
+	out.Holds += held
+	if err != nil {
+		return out, err
+	}
 	// One listing of every reminder not yet final: a reminder's state moves
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them.
@@ -1190,6 +1195,36 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), nil)
 	out.Reminders += n
 	return out, err
+}
+
+// releaseLooseHolds gives back the places held for a deleted family
+// outside any meeting (a counselor's, by hand): nothing else follows
+// them, and they would keep a scarce place until they lapse. Those naming
+// a meeting go back with it (its workflow, CancelledHolds).
+func (a *Activities) releaseLooseHolds(ctx context.Context, in CloseFamilyRequest) (int, error) {
+	var loose []*referralsv1.Hold
+	for token := ""; ; {
+		resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(in.Family),
+			Filter: fmt.Sprintf("family = %q AND state = HELD", in.Family), PageToken: token})
+		if err != nil {
+			return 0, wrap("list holds", err)
+		}
+		for _, h := range resp.GetHolds() {
+			if h.GetFamily() == in.Family && h.GetIntervention() == "" {
+				loose = append(loose, h)
+			}
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	for i, h := range loose {
+		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: familyDeleted,
+			RequestID: subID(in.RequestID, "release", h.GetName())}); err != nil {
+			return i, err
+		}
+	}
+	return len(loose), nil
 }
 
 // WithdrawDrafts cancels the family's meetings still in draft, the next,

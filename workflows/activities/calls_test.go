@@ -719,10 +719,19 @@ func (f *closeFake) CancelReminder(_ context.Context, in *interventionsv1.Cancel
 // each under a request id of its own.
 func TestCloseFamily(t *testing.T) {
 	f := &closeFake{}
-	a := &Activities{Interventions: f}
-	got, err := a.CloseFamily(context.Background(), CloseFamilyRequest{Family: "clinics/north/families/f1", RequestID: "req"})
-	if err != nil || got.Interventions != 2 || got.Reminders != 1 {
-		t.Fatalf("CloseFamily = %+v, %v; want 2 interventions and 1 reminder", got, err)
+	const fam = "clinics/north/families/f1"
+	holds := &holdsFake{holds: []*referralsv1.Hold{
+		{Name: "clinics/north/holds/by-hand", Family: fam},
+		{Name: "clinics/north/holds/of-a-meeting", Family: fam, Intervention: "clinics/north/interventions/met"},
+	}}
+	a := &Activities{Interventions: f, Referrals: holds}
+	got, err := a.CloseFamily(context.Background(), CloseFamilyRequest{Family: fam, RequestID: "req"})
+	if err != nil || got.Interventions != 2 || got.Reminders != 1 || got.Holds != 1 {
+		t.Fatalf("CloseFamily = %+v, %v; want 2 interventions, 1 reminder and 1 hold", got, err)
+	}
+	// The place held by hand goes back; the meeting's goes with the meeting.
+	if len(holds.releases) != 1 || holds.releases[0].GetName() != "clinics/north/holds/by-hand" || holds.releases[0].GetRequestId() == "" {
+		t.Fatalf("releases %v; want the hold made outside a meeting, under a request id", holds.releases)
 	}
 	want := []string{"clinics/north/interventions/draft", "clinics/north/interventions/met", "clinics/north/reminders/r1"}
 	if fmt.Sprint(f.cancelled) != fmt.Sprint(want) {
@@ -740,7 +749,7 @@ func TestCloseFamily(t *testing.T) {
 	// family before the deletion): drafts are listed first, so it is
 	// found as one or the other, never missed.
 	f = &closeFake{racing: "clinics/north/interventions/racing"}
-	a = &Activities{Interventions: f}
+	a = &Activities{Interventions: f, Referrals: &holdsFake{}}
 	if _, err := a.CloseFamily(context.Background(), CloseFamilyRequest{Family: "clinics/north/families/f1", RequestID: "req"}); err != nil ||
 		!slices.Contains(f.cancelled, "clinics/north/interventions/racing") {
 		t.Fatalf("CloseFamily: %v, cancelled %v; want the draft scheduled meanwhile cancelled", err, f.cancelled)

@@ -262,4 +262,5 @@ type WithdrawRequest struct {
 type Closed struct {
 	Interventions int // drafts and scheduled meetings cancelled
 	Reminders     int // reminders to the family's people cancelled
+	Holds         int // places held for the family outside any meeting, given back
 }
