@@ -1,5 +1,6 @@
 // Package cancelledholds is the workflow that gives back the places still
-// held for an intervention that was cancelled or deleted. A scheduled
+// held for an intervention that was cancelled or deleted, or that ended
+// with nothing accepted. A scheduled
 // meeting's own workflow releases the hold it took; but a counselor may
 // hold a place by hand while the meeting is still a draft, and a draft has
 // no workflow to let it go. Left alone, such a hold keeps a scarce intake
@@ -7,6 +8,8 @@
 package cancelledholds
 
 import (
+	"cmp"
+
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
@@ -22,6 +25,9 @@ type Input struct {
 	Intervention string
 	// Family is the intervention's family: only holds for it are released.
 	Family string
+	// Reason is the release's; "intervention cancelled" when empty (runs
+	// started before it was given).
+	Reason string
 }
 
 // Result says what the workflow gave back.
@@ -40,7 +46,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	err = flow.Call(ctx, &res.Released, flow.A.ReleaseHeldFor, activities.ReleaseHeldRequest{
 		Intervention: in.Intervention, Family: in.Family, AnyService: true,
-		Reason: "intervention cancelled", RequestID: flow.RequestID(ctx, "release"),
+		Reason: cmp.Or(in.Reason, "intervention cancelled"), RequestID: flow.RequestID(ctx, "release"),
 	})
 	return res, err
 }

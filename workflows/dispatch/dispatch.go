@@ -139,7 +139,16 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 		for _, s := range iv.GetOutcome().GetAcceptedServices() {
 			o.AcceptedServices = append(o.AcceptedServices, strings.TrimPrefix(s.String(), "SERVICE_KIND_"))
 		}
-		return d.update(ctx, id, updateID, intervention.UpdateOutcome, o)
+		if err := d.update(ctx, id, updateID, intervention.UpdateOutcome, o); err != nil {
+			return err
+		}
+		// Nothing was accepted: no intake or referral will take a place
+		// held for the meeting, and the workflow gives back only the hold
+		// it took itself, not one a counselor made by hand.
+		if o.Kind == "ACCEPTED" || len(o.AcceptedServices) > 0 {
+			return nil
+		}
+		return d.releaseHolds(ctx, iv)
 	case "handoff.interventions.v1.intervention.check_in_recorded":
 		cis := iv.GetCheckIns()
 		if len(cis) == 0 {
@@ -162,11 +171,16 @@ func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referrals
 }
 
 // releaseHolds starts the workflow that gives back what is still held for
-// an intervention that will not take place: a draft has no workflow of its
-// own to do it, and a counselor may have held a place for it by hand.
+// an intervention that will not take place, or took place and led to no
+// treatment: a draft has no workflow of its own to do it, and a counselor
+// may have held a place for it by hand.
 func (d *Dispatcher) releaseHolds(ctx context.Context, iv *interventionsv1.Intervention) error {
+	reason := "intervention cancelled"
+	if iv.GetOutcome() != nil {
+		reason = "intervention ended without a yes"
+	}
 	return d.startOnce(ctx, ids.CancelledHolds(iv.GetName()), cancelledholds.Name,
-		cancelledholds.Input{Intervention: iv.GetName(), Family: iv.GetFamily()})
+		cancelledholds.Input{Intervention: iv.GetName(), Family: iv.GetFamily(), Reason: reason})
 }
 
 // update sends an update and waits until the workflow accepted or rejected

@@ -282,3 +282,33 @@ func TestCancelReleasesHoldsBehindASlowUpdate(t *testing.T) {
 		t.Fatalf("the holds' release did not start: %v", err)
 	}
 }
+
+// An outcome with nothing accepted starts the release of what is still
+// held for the meeting (a place a counselor held by hand, which the
+// meeting's workflow does not know); a yes leaves the places to the
+// intake.
+func TestOutcomeWithoutAYesReleasesHolds(t *testing.T) {
+	c := serve(t, func(worker.Registry) {})
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
+	for i, o := range []*interventionsv1.Outcome{
+		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED},
+		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED},
+		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED,
+			AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}},
+	} {
+		iv := fmt.Sprintf("clinics/north/interventions/o%d", i)
+		p, err := anypb.New(&interventionsv1.Intervention{Name: iv, Family: "clinics/north/families/f1",
+			State: interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED, Outcome: o})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Deliver(context.Background(), outbox.Stored{ID: int64(20 + i), Clinic: "north",
+			Type: "handoff.interventions.v1.intervention.outcome_recorded", Resource: iv, Payload: p}); err != nil {
+			t.Fatalf("%v: %v", o, err)
+		}
+		_, err = c.DescribeWorkflowExecution(context.Background(), ids.CancelledHolds(iv), "")
+		if want := i == 0; (err == nil) != want {
+			t.Fatalf("%v: the holds' release started: %v; want %v", o, err == nil, want)
+		}
+	}
+}
