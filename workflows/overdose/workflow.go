@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/services/aip"
@@ -134,7 +135,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// (the workflow is retried), handing the overdose over a second
 		// time and dropping the failures of the alert's delivery this run
 		// would have resent. The counselor, alerted, refers by hand.
-		if flow.Version(ctx, versionReferralFailureKeepsAlert, 1) < 1 {
+		if temporal.IsCanceledError(err) || flow.Version(ctx, versionReferralFailureKeepsAlert, 1) < 1 {
 			return Result{}, err
 		}
 		workflow.GetLogger(ctx).Warn("harm-reduction referrals after an overdose failed; the alert stands", "error", err)
