@@ -250,15 +250,23 @@ func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family strin
 	if intervention == "" {
 		return nil, nil
 	}
+	return a.heldWhere(ctx, aip.Clinic(intervention), fmt.Sprintf("intervention = %q AND state = HELD", intervention),
+		func(h *referralsv1.Hold) bool {
+			return h.GetFamily() == family && (kinds == nil || slices.Contains(kinds, h.GetServiceKind())) && !slices.Contains(exclude, h.GetProgram())
+		})
+}
+
+// heldWhere lists, every page, the clinic's holds that filter finds and
+// keep takes.
+func (a *Activities) heldWhere(ctx context.Context, clinic, filter string, keep func(*referralsv1.Hold) bool) ([]*referralsv1.Hold, error) {
 	var out []*referralsv1.Hold
 	for token := ""; ; {
-		resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(intervention),
-			Filter: fmt.Sprintf("intervention = %q AND state = HELD", intervention), PageToken: token})
+		resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + clinic, Filter: filter, PageToken: token})
 		if err != nil {
 			return nil, wrap("list holds", err)
 		}
 		for _, h := range resp.GetHolds() {
-			if h.GetFamily() == family && (kinds == nil || slices.Contains(kinds, h.GetServiceKind())) && !slices.Contains(exclude, h.GetProgram()) {
+			if keep(h) {
 				out = append(out, h)
 			}
 		}
@@ -320,9 +328,15 @@ func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) 
 	if err != nil {
 		return 0, err
 	}
+	return a.releaseAll(ctx, holds, in.Reason, in.RequestID)
+}
+
+// releaseAll releases holds, each under a request id derived from
+// requestID and its name, and returns how many it released.
+func (a *Activities) releaseAll(ctx context.Context, holds []*referralsv1.Hold, reason, requestID string) (int, error) {
 	for i, h := range holds {
-		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: in.Reason,
-			RequestID: subID(in.RequestID, "release", h.GetName())}); err != nil {
+		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: reason,
+			RequestID: subID(requestID, "release", h.GetName())}); err != nil {
 			return i, err
 		}
 	}
@@ -1202,29 +1216,12 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 // them, and they would keep a scarce place until they lapse. Those naming
 // a meeting go back with it (its workflow, CancelledHolds).
 func (a *Activities) releaseLooseHolds(ctx context.Context, in CloseFamilyRequest) (int, error) {
-	var loose []*referralsv1.Hold
-	for token := ""; ; {
-		resp, err := a.Referrals.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + aip.Clinic(in.Family),
-			Filter: fmt.Sprintf("family = %q AND state = HELD", in.Family), PageToken: token})
-		if err != nil {
-			return 0, wrap("list holds", err)
-		}
-		for _, h := range resp.GetHolds() {
-			if h.GetFamily() == in.Family && h.GetIntervention() == "" {
-				loose = append(loose, h)
-			}
-		}
-		if token = resp.GetNextPageToken(); token == "" {
-			break
-		}
+	loose, err := a.heldWhere(ctx, aip.Clinic(in.Family), fmt.Sprintf("family = %q AND state = HELD", in.Family),
+		func(h *referralsv1.Hold) bool { return h.GetFamily() == in.Family && h.GetIntervention() == "" })
+	if err != nil {
+		return 0, err
 	}
-	for i, h := range loose {
-		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: familyDeleted,
-			RequestID: subID(in.RequestID, "release", h.GetName())}); err != nil {
-			return i, err
-		}
-	}
-	return len(loose), nil
+	return a.releaseAll(ctx, loose, familyDeleted, in.RequestID)
 }
 
 // WithdrawDrafts cancels the family's meetings still in draft, the next,
