@@ -10,6 +10,7 @@ package consentgate
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -111,19 +112,10 @@ func Reminder(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
 // clinics/c/families/f of clinics/c/families/f/warningSigns/w; a name
 // with no more than four segments is returned as it is.
 func TopResource(name string) string {
-	n, slash := 0, -1
-	for i := 0; i < len(name); i++ {
-		if name[i] == '/' {
-			if n++; n == 4 {
-				slash = i
-				break
-			}
-		}
+	if parts := strings.SplitN(name, "/", 5); len(parts) == 5 {
+		return strings.Join(parts[:4], "/")
 	}
-	if slash < 0 {
-		return name
-	}
-	return name[:slash]
+	return name
 }
 
 // TopResourceSQL is TopResource in SQL over column, for filters on what
