@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -549,6 +550,13 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil
 	}
 	wait := Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64)
+	if te := (throttledError{}); errors.As(err, &te) {
+		// The receiver said when it can take more: not before that, but
+		// no later than the longest backoff, so that a receiver cannot
+		// hold back its notifications (and the later ones of the same
+		// resource) for days with one header.
+		wait = max(wait, min(te.after, s.cfg.MaxBackoff))
+	}
 	giveBack := 0
 	if errors.Is(err, errOwnSide) {
 		// Nothing reached the receiver: the try is given back, and the
@@ -880,9 +888,45 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		if after, ok := retryAfter(resp, time.Now()); ok {
+			return resp.StatusCode, throttledError{status: httpStatusError(resp.StatusCode), after: after}
+		}
 		return resp.StatusCode, httpStatusError(resp.StatusCode)
 	}
 	return resp.StatusCode, nil
+}
+
+// throttledError is a 429 or 503 that said when to come back
+// (Retry-After). It is the status error too, for what the status decides.
+type throttledError struct {
+	status httpStatusError
+	after  time.Duration
+}
+
+func (e throttledError) Error() string {
+	return fmt.Sprintf("%v, retry after %v", e.status, e.after.Round(time.Second))
+}
+
+func (e throttledError) Unwrap() error { return e.status }
+
+// retryAfter reads the Retry-After of a 429 Too Many Requests or a 503
+// Service Unavailable: seconds, or an HTTP date (RFC 9110 10.2.3). Other
+// statuses' and malformed values are ignored: the backoff stands.
+func retryAfter(resp *http.Response, now time.Time) (time.Duration, bool) {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0, false
+	}
+	v := strings.TrimSpace(resp.Header.Get("Retry-After"))
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return time.Duration(secs) * time.Second, true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return max(at.Sub(now), 0), true
+	}
+	return 0, false
 }
 
 // describe says why an attempt failed, for last_error and the log, without

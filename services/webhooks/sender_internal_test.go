@@ -236,3 +236,40 @@ func TestPruneSparesADeadLetterReplayedMeanwhile(t *testing.T) {
 		t.Fatalf("the replayed delivery after the pruning: state %d, %v; want it kept, PENDING", state, err)
 	}
 }
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		status int
+		header string
+		want   time.Duration
+		ok     bool
+	}{
+		{http.StatusServiceUnavailable, "120", 120 * time.Second, true},
+		{http.StatusTooManyRequests, " 7 ", 7 * time.Second, true},
+		{http.StatusServiceUnavailable, now.Add(90 * time.Minute).Format(http.TimeFormat), 90 * time.Minute, true},
+		{http.StatusServiceUnavailable, now.Add(-time.Minute).Format(http.TimeFormat), 0, true}, // already past
+		{http.StatusServiceUnavailable, "", 0, false},
+		{http.StatusServiceUnavailable, "-5", 0, false},
+		{http.StatusServiceUnavailable, "soon", 0, false},
+		{http.StatusServiceUnavailable, "99999999999999", 0, false},
+		{http.StatusInternalServerError, "120", 0, false}, // only 429 and 503 say when
+	} {
+		resp := &http.Response{StatusCode: c.status, Header: http.Header{}}
+		if c.header != "" {
+			resp.Header.Set("Retry-After", c.header)
+		}
+		got, ok := retryAfter(resp, now)
+		if got != c.want || ok != c.ok {
+			t.Errorf("status %d, Retry-After %q: %v, %v; want %v, %v", c.status, c.header, got, ok, c.want, c.ok)
+		}
+	}
+	// The status still decides what the status decides.
+	err := error(throttledError{status: http.StatusServiceUnavailable, after: time.Minute})
+	if st := httpStatusError(0); !errors.As(err, &st) || st != http.StatusServiceUnavailable || refusal(err) {
+		t.Fatalf("throttled 503 reads as %v (refusal %v)", st, refusal(err))
+	}
+	if got := describe(err); got != "HTTP 503, retry after 1m0s" {
+		t.Fatalf("described as %q", got)
+	}
+}

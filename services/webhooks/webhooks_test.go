@@ -1390,3 +1390,69 @@ func TestOwnOutageDoesNotResetRefusals(t *testing.T) {
 		t.Fatalf("dead after %d attempts (the outage's try given back); want 3 refusals", got.GetAttemptCount())
 	}
 }
+
+// A receiver that answers 429 or 503 with Retry-After is not tried again
+// before then, nor later than the longest backoff.
+func TestRetryAfterIsHonoured(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	var calls atomic.Int32
+	var header atomic.Value
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		calls.Add(1)
+		w.Header().Set("Retry-After", header.Load().(string))
+		w.WriteHeader(http.StatusTooManyRequests)
+	}))
+	t.Cleanup(rcv.Close)
+	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	s := webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	})
+	for i, c := range []struct {
+		header string
+		want   time.Duration
+	}{
+		{"120", 120 * time.Second},
+		// An HTTP date three hours on is cut to the longest backoff.
+		{time.Now().Add(3 * time.Hour).UTC().Format(http.TimeFormat), time.Hour},
+	} {
+		header.Store(c.header)
+		calls.Store(0)
+		ref := fmt.Sprintf("r%d", i)
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, ref, "accepted")); err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { s.Run(sctx); close(done) }()
+		var d *webhooksv1.Delivery
+		eventually(t, 5*time.Second, "the throttled attempt recorded", func() bool {
+			resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+			if err != nil {
+				return false
+			}
+			for _, x := range resp.GetDeliveries() {
+				if strings.HasSuffix(x.GetResource(), "/"+ref) && x.GetAttemptCount() == 1 && x.GetLastError() != "" {
+					d = x
+				}
+			}
+			return d != nil
+		})
+		// The backoff alone would have tried again within 20 ms.
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		<-done
+		if n := calls.Load(); n != 1 {
+			t.Fatalf("Retry-After %q: the receiver was called %d times; want once", c.header, n)
+		}
+		wait := time.Until(d.GetNextAttemptTime().AsTime())
+		if wait < c.want-10*time.Second || wait > c.want+time.Second {
+			t.Fatalf("Retry-After %q: next attempt in %v; want about %v", c.header, wait, c.want)
+		}
+		if !strings.HasPrefix(d.GetLastError(), "HTTP 429, retry after ") {
+			t.Fatalf("last error %q", d.GetLastError())
+		}
+	}
+}
