@@ -564,6 +564,13 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			(m.GetId() == "" || !proto.Equal(q, was)) {
 			vs.Add(p+".quiet_hours.end", "must differ from start (equal ends would mean no quiet hours)")
 		}
+		// Quiet hours are read in the member's zone; without one they would
+		// fall in UTC, hours off where the member sleeps. Checked when the
+		// hours or the zone change, so a member stored so before passes.
+		if q, was := m.GetQuietHours(), stored[m.GetId()]; q != nil && m.GetTimeZone() == "" &&
+			(m.GetId() == "" || was == nil || !proto.Equal(q, was.GetQuietHours()) || was.GetTimeZone() != "") {
+			vs.Add(p+".time_zone", "is required with quiet_hours, which are read in the member's own time zone")
+		}
 		if pc := m.GetPreferredChannel(); pc != familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED {
 			found := false
 			for _, c := range m.GetContactChannels() {

@@ -736,6 +736,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].QuietHours.End = x.Members[0].QuietHours.Start }))
 			return err
 		}, codes.InvalidArgument, "family.members[0].quiet_hours.end"},
+		{"quiet hours without a time zone", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].TimeZone = "" }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].time_zone"},
 		{"a date of birth that is no date", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "1994-02-30" }))
 			return err
@@ -1004,10 +1008,58 @@ func TestOldQuietHoursDoNotBlockUpdates(t *testing.T) {
 		t.Fatalf("an unrelated update of a family with old equal quiet ends: %v, %v", got, err)
 	}
 	members := got.GetMembers()
-	members[1].QuietHours = &familiesv1.QuietHours{Start: "08:00", End: "08:00"}
+	members[1].QuietHours, members[1].TimeZone = &familiesv1.QuietHours{Start: "08:00", End: "08:00"}, "America/Chicago"
 	_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// Quiet hours stored without a time zone, before one was required with
+// them, do not block an unrelated update; new hours, or a zone taken
+// away, need one.
+func TestQuietHoursNeedTheMembersZone(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, id, _ := strings.Cut(strings.TrimPrefix(fam.GetName(), "clinics/north/"), "families/")
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = doc #- '{members,0,time_zone}'
+		WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Counselor: "counselor-2"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}})
+	if err != nil || got.GetMembers()[0].GetTimeZone() != "" || got.GetMembers()[0].GetQuietHours() == nil {
+		t.Fatalf("an unrelated update of a member stored with quiet hours and no zone: %v, %v", got, err)
+	}
+	members := got.GetMembers()
+	members[0].GivenName = "Ana María" // the member as stored, hours and all
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: members},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatalf("an update that keeps the stored hours: %v", err)
+	}
+	for name, change := range map[string]func(m []*familiesv1.Member){
+		"new hours for the member without a zone": func(m []*familiesv1.Member) { m[0].QuietHours.Start = "21:00" },
+		"hours for another member without a zone": func(m []*familiesv1.Member) {
+			m[1].QuietHours = &familiesv1.QuietHours{Start: "22:00", End: "06:00"}
+		},
+	} {
+		cur, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := cur.GetMembers()
+		change(m)
+		_, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Members: m},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
+		wantCode(t, err, codes.InvalidArgument)
+		if v := apperr.ViolatedFields(err); len(v) != 1 || !strings.HasSuffix(v[0], ".time_zone") {
+			t.Fatalf("%s: violations %v; want the member's time_zone alone", name, v)
+		}
+	}
+	after, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || after.GetEtag() == "" || after.GetMembers()[0].GetQuietHours().GetStart() != "22:00" || after.GetMembers()[1].GetQuietHours() != nil {
+		t.Fatalf("a refused update changed the family: %v, %v", after, err)
+	}
 }
 
 // A time zone stored before "Local" was refused does not block an update,

@@ -1404,7 +1404,8 @@ type Member struct {
 	// The channel the member prefers for reminders; one of `contact_channels`.
 	PreferredChannel ChannelKind `protobuf:"varint,7,opt,name=preferred_channel,json=preferredChannel,proto3,enum=handoff.families.v1.ChannelKind" json:"preferred_channel,omitempty"`
 	// The member's IANA time zone, for example "America/New_York". Reminders
-	// are computed in it. Defaults to UTC.
+	// are computed in it. Required with `quiet_hours`, which are read in it;
+	// otherwise defaults to UTC.
 	TimeZone string `protobuf:"bytes,8,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	// Hours in which the member wants no reminders.
 	QuietHours *QuietHours `protobuf:"bytes,9,opt,name=quiet_hours,json=quietHours,proto3" json:"quiet_hours,omitempty"`
