@@ -51,7 +51,10 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		case codes.NotFound, codes.InvalidArgument:
 			http.NotFound(w, r)
 			return
-		case codes.DeadlineExceeded, codes.Unavailable:
+		case codes.DeadlineExceeded, codes.Unavailable, codes.Aborted, codes.ResourceExhausted:
+			// A service restarting or busy: the calendar app tries again,
+			// and nobody is paged for it.
+			w.Header().Set("Retry-After", "30")
 			http.Error(w, "calendar temporarily unavailable", http.StatusServiceUnavailable)
 			return
 		case codes.Canceled:
@@ -69,6 +72,7 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		w.Header().Set("ETag", `"`+hex.EncodeToString(sum[:16])+`"`)
 		w.Header().Set("Content-Type", body.GetContentType())
 		w.Header().Set("Content-Disposition", `inline; filename="handoff.ics"`)
+		w.Header().Set("X-Content-Type-Options", "nosniff")
 		// ServeContent answers If-None-Match against the ETag (RFC 9110).
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.GetData()))
 	})

@@ -39,6 +39,8 @@ func TestCalendarFeedFailures(t *testing.T) {
 		{codes.Canceled, statusClientClosed, false},
 		{codes.NotFound, http.StatusNotFound, false},
 		{codes.Unavailable, http.StatusServiceUnavailable, false},
+		{codes.Aborted, http.StatusServiceUnavailable, false},
+		{codes.ResourceExhausted, http.StatusServiceUnavailable, false},
 		{codes.Internal, http.StatusInternalServerError, true},
 	} {
 		var logs bytes.Buffer
@@ -48,6 +50,9 @@ func TestCalendarFeedFailures(t *testing.T) {
 		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil))
 		if rec.Code != c.status {
 			t.Errorf("%v: status %d, want %d", c.code, rec.Code, c.status)
+		}
+		if ra := rec.Header().Get("Retry-After"); (ra != "") != (c.status == http.StatusServiceUnavailable) {
+			t.Errorf("%v: Retry-After %q; want one with a 503 only", c.code, ra)
 		}
 		if got := strings.Contains(logs.String(), "calendar feed failed"); got != c.logged {
 			t.Errorf("%v: logged %v, want %v: %s", c.code, got, c.logged, logs.String())

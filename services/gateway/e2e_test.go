@@ -295,6 +295,15 @@ func TestGatewayContract(t *testing.T) {
 	if a.code != 200 || b.code != 200 || str(a.body, "name") != str(b.body, "name") {
 		t.Fatalf("idempotent create: %d %s / %d %s", a.code, a.raw, b.code, b.raw)
 	}
+	// A request whose own request id differs from the header is refused,
+	// not sent on under one of them.
+	if r := w.counselor.do("POST", "/v1/clinics/north/families?requestId=key-2", body, "Idempotency-Key", "key-3"); r.code != http.StatusBadRequest ||
+		!strings.Contains(str(r.body, "message"), "Idempotency-Key") {
+		t.Fatalf("Idempotency-Key and a different requestId: %d %s; want 400", r.code, r.raw)
+	}
+	if r := w.counselor.do("POST", "/v1/clinics/north/families?requestId=key-1", body, "Idempotency-Key", "key-1"); r.code != 200 || str(r.body, "name") != str(a.body, "name") {
+		t.Fatalf("the same key in the header and the request: %d %s; want the first family", r.code, r.raw)
+	}
 	fams := list(w.counselor.ok("GET", "/v1/clinics/north/families", nil), "families")
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
@@ -443,11 +452,18 @@ func TestGatewayContract(t *testing.T) {
 	if m := pre.header.Get("Access-Control-Allow-Methods"); !strings.Contains(m, "PUT") {
 		t.Fatalf("preflight allows %q; want PUT among them", m)
 	}
-	if e := pre.header.Get("Access-Control-Expose-Headers"); !strings.Contains(e, "Grpc-Metadata-Part2-Notice") {
-		t.Fatalf("exposed headers %q; want the Part 2 notice", e)
+	if e := pre.header.Get("Access-Control-Expose-Headers"); !strings.Contains(e, "Grpc-Metadata-Part2-Notice") || !strings.Contains(e, "Retry-After") {
+		t.Fatalf("exposed headers %q; want the Part 2 notice and Retry-After", e)
 	}
 	if r := w.anon.do("OPTIONS", "/v1/clinics/north/families", nil, "Origin", "https://evil.example", "Access-Control-Request-Method", "POST"); r.header.Get("Access-Control-Allow-Origin") != "" {
 		t.Fatal("an unlisted origin was allowed")
+	}
+	// Answers vary by origin whether or not one was allowed, so that no
+	// cache hands one origin's answer to another.
+	for _, origin := range []string{"", "https://evil.example"} {
+		if r := w.anon.do("GET", "/openapi.json", nil, "Origin", origin); r.header.Get("Vary") != "Origin" {
+			t.Fatalf("origin %q: Vary %q; want Origin", origin, r.header.Get("Vary"))
+		}
 	}
 }
 

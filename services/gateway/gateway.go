@@ -237,12 +237,17 @@ func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 
 // fillFromHeaders copies Idempotency-Key into the request's request_id and
 // If-Match into its etag (on the request, or on the resource it carries),
-// when the body did not set them.
+// when the body did not set them; where the body did, the two must agree.
 func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	md, _ := metadata.FromOutgoingContext(ctx)
 	if m, ok := req.(proto.Message); ok {
 		if v := md.Get("idempotency-key"); len(v) > 0 {
-			setIfEmpty(m.ProtoReflect(), "request_id", v[0])
+			// A body's own request id that differs would otherwise win
+			// silently: a client whose library makes a new one per try
+			// would lose the key it meant to retry under.
+			if cur, _ := setIfEmpty(m.ProtoReflect(), "request_id", v[0]); cur != "" && cur != v[0] {
+				return status.Error(codes.InvalidArgument, fmt.Sprintf("Idempotency-Key (%q) and the body's requestId (%q) differ: give one, or the same in both", v[0], cur))
+			}
 		}
 		// "If-Match: *" asks only that the resource exist (RFC 9110), which
 		// every update needs anyway: no version to check. Every header is
@@ -323,15 +328,17 @@ func isEtag(fd protoreflect.FieldDescriptor) bool {
 	return fd != nil && fd.Kind() == protoreflect.StringKind && !fd.IsList()
 }
 
-func setIfEmpty(m protoreflect.Message, field, value string) bool {
+// setIfEmpty sets m's string field to value unless it is set already, and
+// returns what it held before (ok false when m has no such field).
+func setIfEmpty(m protoreflect.Message, field, value string) (before string, ok bool) {
 	fd := m.Descriptor().Fields().ByName(protoreflect.Name(field))
 	if fd == nil || fd.Kind() != protoreflect.StringKind {
-		return false
+		return "", false
 	}
-	if m.Get(fd).String() == "" {
+	if before = m.Get(fd).String(); before == "" {
 		m.Set(fd, protoreflect.ValueOfString(value))
 	}
-	return true
+	return before, true
 }
 
 // setETag puts a returned resource's etag in the ETag header.
@@ -533,12 +540,14 @@ func timeout(d time.Duration, next http.Handler) http.Handler {
 func cors(origins []string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		origin := r.Header.Get("Origin")
+		// On every answer, allowed or not: a cache that kept one without
+		// it would serve it to another origin.
+		w.Header().Add("Vary", "Origin")
 		if origin != "" && (slices.Contains(origins, "*") || slices.Contains(origins, origin)) {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
-			w.Header().Set("Vary", "Origin")
 			// A browser client must be able to read the Part 2 notice that
-			// every disclosure carries.
-			w.Header().Set("Access-Control-Expose-Headers", "ETag, Grpc-Metadata-Part2-Notice")
+			// every disclosure carries, and when and how to try again.
+			w.Header().Set("Access-Control-Expose-Headers", "ETag, Grpc-Metadata-Part2-Notice, Retry-After, WWW-Authenticate")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
 				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, If-Match, X-Namespace")

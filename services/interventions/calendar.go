@@ -350,9 +350,9 @@ func (s *Server) intakeEvents(ctx context.Context, clinic, owner string, since t
 		page, err := s.cfg.CalendarFamilies.ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent,
 			Filter: fmt.Sprintf("counselor = %q", owner), PageSize: 1000, PageToken: token})
 		if err != nil {
-			// Not %w: the other service's status is not this call's answer;
-			// the interceptor logs the cause and answers INTERNAL.
-			return nil, fmt.Errorf("list the counselor's families: %v", err)
+			// Wrapped: the interceptor answers for the other service's
+			// status (fromDependency), so an outage of it reads as one.
+			return nil, fmt.Errorf("list the counselor's families: %w", err)
 		}
 		for _, f := range page.GetFamilies() {
 			families[f.GetName()] = true
@@ -372,7 +372,7 @@ func (s *Server) intakeEvents(ctx context.Context, clinic, owner string, since t
 		page, err := s.cfg.CalendarReferrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: parent,
 			Filter: filter, PageSize: 1000, PageToken: token})
 		if err != nil {
-			return nil, fmt.Errorf("list intake appointments: %v", err)
+			return nil, fmt.Errorf("list intake appointments: %w", err)
 		}
 		for _, ref := range page.GetReferrals() {
 			if !families[ref.GetFamily()] {

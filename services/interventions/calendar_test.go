@@ -558,3 +558,38 @@ func TestCalendarFeedCancelledAfterAnOlderReplicaScheduledIt(t *testing.T) {
 		t.Fatalf("the meeting has STATUS %q, want CANCELLED:\n%s", st, raw)
 	}
 }
+
+// downFamilies answers the calendar reader's family lists as a families
+// service that is restarting would.
+type downFamilies struct {
+	familiesv1.FamiliesServiceClient
+	code codes.Code
+}
+
+func (d downFamilies) ListFamilies(context.Context, *familiesv1.ListFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListFamiliesResponse, error) {
+	return nil, status.Error(d.code, "families: detail of another service")
+}
+
+// A feed read while the families service is out answers with the outage's
+// code, for the calendar app to try again, not INTERNAL, which pages; and
+// with a message of its own, not the other service's.
+func TestCalendarFeedDuringAnOutage(t *testing.T) {
+	_, ivSchema := pgtest.Schema(t, interventions.Migrations()...)
+	env := servicetest.Start(t, interventions.Policy(), func(*grpc.Server) {})
+	for _, code := range []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted} {
+		ivSrv := interventions.New(pgtest.App(t, ivSchema), interventions.Config{
+			CalendarFamilies: downFamilies{code: code}, CalendarReferrals: referralsv1.NewReferralsServiceClient(env.Conn)})
+		conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials()}, func(s *grpc.Server) {
+			interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
+		})
+		client := interventionsv1.NewInterventionsServiceClient(conn)
+		feed, err := client.CreateCalendarFeed(env.Counselor("north"), &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: feed.GetName(), Token: feedToken(t, feed)})
+		if st := status.Convert(err); st.Code() != code || strings.Contains(st.Message(), "another service") {
+			t.Fatalf("families answering %v: the feed answered %v", code, err)
+		}
+	}
+}
