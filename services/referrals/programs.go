@@ -310,6 +310,11 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 					map[string]string{"resource": cur.GetName()})
 			}
 			if !named {
+				// Gone for good: a retry of its create or updates must not
+				// get a copy of it back, as if it were still listed.
+				if err := idempotency.ForgetResource(ctx, tx, r.clinic, cur.GetName()); err != nil {
+					return nil, err
+				}
 				if _, err := tx.Exec(ctx, `DELETE FROM programs WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
 					return nil, fmt.Errorf("delete program: %w", err)
 				}

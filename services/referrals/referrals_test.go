@@ -1025,6 +1025,30 @@ func wantReason(t *testing.T, err error, code codes.Code, reason string) {
 	}
 }
 
+// A retry of the create of a program since removed outright answers
+// NOT_FOUND, not a copy of it, and makes none again.
+func TestRetryOfARemovedProgramsCreate(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: buprenorphine("Pop-up MAT"), RequestId: "create-popup"}
+	p, err := f.client.CreateProgram(f.admin, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: p.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.client.CreateProgram(f.admin, req)
+	wantCode(t, err, codes.NotFound)
+	if again != nil {
+		t.Fatalf("the retry returned %v", again)
+	}
+	resp, err := f.client.ListPrograms(f.admin, &referralsv1.ListProgramsRequest{Parent: "clinics/north", ShowDeleted: true})
+	if err != nil || len(resp.GetPrograms()) != 0 {
+		t.Fatalf("programs after the retry: %v, %v; want none", resp.GetPrograms(), err)
+	}
+}
+
 // A program nothing names is removed; one that holds or referrals name is
 // kept with delete_time, out of lists and matches, taking nothing new,
 // until it is undeleted. One that holds slots is not deleted at all.
