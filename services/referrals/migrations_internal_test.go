@@ -69,8 +69,10 @@ func TestLookupsByInterventionAndProgramUseIndexes(t *testing.T) {
 		`INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state)
 			SELECT 'north', 'h' || i, 'p1', 1, 'clinics/north/families/f' || i, 'clinics/north/interventions/i' || i, now(), 2
 			FROM generate_series(1, 20000) i`,
-		`INSERT INTO referrals (clinic, id, family, subject_kind, service_kind, program_id, urgency, reason, intervention, state)
-			SELECT 'north', 'r' || i, 'clinics/north/families/f' || i, 1, 1, 'p1', 1, 'x', 'clinics/north/interventions/i' || i, 1
+		// One in a hundred has an intake booked, in December 2026.
+		`INSERT INTO referrals (clinic, id, family, subject_kind, service_kind, program_id, urgency, reason, intervention, state, appointment)
+			SELECT 'north', 'r' || i, 'clinics/north/families/f' || i, 1, 1, 'p1', 1, 'x', 'clinics/north/interventions/i' || i, 1,
+				CASE WHEN i % 100 = 0 THEN jsonb_build_object('startTime', format('2026-12-%sT15:00:00Z', lpad((1 + i % 28)::text, 2, '0'))) END
 			FROM generate_series(1, 20000) i`,
 		`ANALYZE holds`, `ANALYZE referrals`,
 	} {
@@ -83,6 +85,9 @@ func TestLookupsByInterventionAndProgramUseIndexes(t *testing.T) {
 		`SELECT id FROM referrals WHERE clinic = 'north' AND intervention = 'clinics/north/interventions/i7' AND id > '' ORDER BY id LIMIT 51`: "referrals_intervention",
 		`SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = 'north' AND program_id = 'p2')`:                                                     "holds_any_program",
 		`SELECT EXISTS (SELECT 1 FROM referrals WHERE clinic = 'north' AND program_id = 'p2')`:                                                 "referrals_program",
+		// A calendar feed's window of intakes, and a deleted family's holds.
+		`SELECT id FROM referrals WHERE clinic = 'north' AND intake_time >= '2026-12-20T00:00:00Z' AND id > '' ORDER BY id LIMIT 1001`: "referrals_intake",
+		`SELECT id FROM holds WHERE clinic = 'north' AND family = 'clinics/north/families/f7' AND id > '' ORDER BY id LIMIT 51`:        "holds_family",
 	} {
 		if plan := pgtest.Explain(t, pool, query); !strings.Contains(plan, index) {
 			t.Errorf("%s\nplan:\n%s\nwant it to use %s", query, plan, index)
@@ -124,5 +129,42 @@ func TestUpgradeRedoesTheProfileMigrations(t *testing.T) {
 	}
 	if strings.Join(got, ", ") != "p1 {2,5} 1, p2 {7} 0" {
 		t.Fatalf("profiles after the upgrade: %v; want each program's profile with its features", got)
+	}
+}
+
+// The upgrade that keeps the intake's start in a column fills it in for
+// the appointments booked before it, and the column follows the
+// appointment however it is written after: by this release, or by a
+// replica of the one before it during the rollout, which knows nothing of
+// the column.
+func TestUpgradeKeepsTheIntakeTime(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0006_redo_data_migrations.sql"))
+	if _, err := pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services) VALUES ('north', 'p1', '{}', '{1}');
+		INSERT INTO referrals (clinic, id, family, subject_kind, service_kind, program_id, urgency, reason, state, appointment)
+		VALUES ('north', 'booked', 'clinics/north/families/f1', 1, 1, 'p1', 1, 'x', 3, '{"startTime":"2026-12-10T15:00:00Z","location":"Main St"}'),
+			('north', 'unbooked', 'clinics/north/families/f2', 1, 1, 'p1', 1, 'x', 1, NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	// As the release before writes a booking, and a new referral.
+	if _, err := pool.Exec(ctx, `UPDATE referrals SET appointment = '{"startTime":"2026-12-11T09:30:00.500Z"}' WHERE id = 'unbooked';
+		INSERT INTO referrals (clinic, id, family, subject_kind, service_kind, program_id, urgency, reason, state)
+		VALUES ('north', 'new', 'clinics/north/families/f3', 1, 1, 'p1', 1, 'x', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT id || ' ' || coalesce(to_char(intake_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), 'none')
+		FROM referrals ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "booked 2026-12-10 15:00:00.000, new none, unbooked 2026-12-11 09:30:00.500"; strings.Join(got, ", ") != want {
+		t.Fatalf("intake times: %v; want %s", got, want)
 	}
 }

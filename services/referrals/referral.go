@@ -281,8 +281,8 @@ var referralFilter = map[string]aip.FilterField{
 	"update_time": {Column: "update_time", Kind: aip.Time},
 	// For calendar feeds: one query for the intake appointments in a
 	// window, instead of one per family. The appointment is stored as its
-	// proto3 JSON.
-	"intake_time": {Column: "((appointment->>'startTime')::timestamptz)", Kind: aip.Time},
+	// proto3 JSON; its start is kept in a column (migration 0007), indexed.
+	"intake_time": {Column: "intake_time", Kind: aip.Time},
 }
 
 // ListReferrals implements the API.
