@@ -235,9 +235,13 @@ type holdKey struct{ clinic, id string }
 // HoldSlot and conversions until it ended.
 func (s *Server) ExpireHolds(ctx context.Context) error {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope) // every clinic's holds
-	now := s.cfg.Now()
 	var after holdKey
 	for {
+		// Read for each batch: its holds and programs are stamped with
+		// it, and a backlog's later batches commit long after the first;
+		// a client polling by update time from in between would miss
+		// them if they bore the first's.
+		now := s.cfg.Now()
 		var n int
 		if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 			var err error

@@ -187,6 +187,13 @@ func TestHoldsNeverOversell(t *testing.T) {
 	if a, h := f.capacity(t, p.GetName()); a != 7 || h != 0 {
 		t.Fatalf("after expiry: %d free, %d held; want 7, 0", a, h)
 	}
+	// Each batch is stamped when it runs, not when the sweep began: a
+	// FHIR client polling by _lastUpdated between two batches of a
+	// backlog would otherwise never see the later ones change.
+	var stamps int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(DISTINCT update_time) FROM holds WHERE release_reason = 'expired'`).Scan(&stamps); err != nil || stamps != 2 {
+		t.Fatalf("the six expired holds bear %d update times (%v); want one per batch, 2", stamps, err)
+	}
 	second := <-holds
 	got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: second})
 	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
