@@ -141,17 +141,25 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 
 // remind makes the reminder req, under the request id of purpose.
 func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string) (string, error) {
+	name, _, err := remindWhy(ctx, req, purpose)
+	return name, err
+}
+
+// remindWhy is remind that also says why a reminder was skipped: the
+// reason the service gave (NotAParticipant, say), or "" when it was made
+// or the step failed.
+func remindWhy(ctx workflow.Context, req activities.ReminderRequest, purpose string) (string, string, error) {
 	to, kind := req.To, req.Kind
 	req.RequestID, req.Origin = RequestID(ctx, "remind|"+purpose), workflow.GetInfo(ctx).WorkflowExecution.ID
 	var name string
 	err := Call(ctx, &name, A.SendReminder, req)
-	switch activities.ErrorType(err) {
+	switch reason := activities.ErrorType(err); reason {
 	// MEETING_NOT_SCHEDULED, NOT_A_PARTICIPANT: the meeting was cancelled,
 	// held or moved, or the recipient taken off it, before this workflow
 	// heard of it; the change reaches it next.
-	case "CONTACT_NOT_ALLOWED", "InvalidArgument", "MEETING_NOT_SCHEDULED", "NOT_A_PARTICIPANT":
+	case "CONTACT_NOT_ALLOWED", "InvalidArgument", "MEETING_NOT_SCHEDULED", NotAParticipant:
 		workflow.GetLogger(ctx).Warn("reminder skipped", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID, "error", err)
-		return "", nil
+		return "", reason, nil
 	case "REQUEST_ID_REUSED":
 		// The id is this step's own: an earlier try of it, whose workflow
 		// task was lost, made the reminder from what it read then (a
@@ -161,10 +169,15 @@ func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string
 		// the service did, its name is not known here and its failed
 		// delivery is not resent.
 		workflow.GetLogger(ctx).Warn("reminder made by an earlier try", "kind", kind, "recipient_kind", to.Kind, "recipient", to.ID)
-		return "", nil
+		return "", "", nil
 	}
-	return name, err
+	return name, "", err
 }
+
+// NotAParticipant is the service's refusal of a meeting reminder to
+// someone who no longer takes part in the meeting (or no longer leads
+// it): the plan the workflow holds is older than the service's.
+const NotAParticipant = "NOT_A_PARTICIPANT"
 
 // RemindAwake is RemindAt for a message to a family member or the loved
 // one, due at due (zero for now) or, if that falls in their quiet hours,
@@ -173,6 +186,13 @@ func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string
 // delivers it when it is due, which RemindAwake returns: its failure can
 // come no earlier (see Listen).
 func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, time.Time, error) {
+	name, at, _, err := RemindAwakeWhy(ctx, clinic, to, kind, related, message, purpose, due, by)
+	return name, at, err
+}
+
+// RemindAwakeWhy is RemindAwake that also says why the service turned the
+// reminder down, when it did for a reason RemindAt skips (see remindWhy).
+func RemindAwakeWhy(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, due, by time.Time) (string, time.Time, string, error) {
 	now := due.IsZero()
 	if now {
 		due = workflow.Now(ctx)
@@ -188,15 +208,15 @@ func RemindAwake(ctx workflow.Context, clinic string, to activities.Person, kind
 		// Not moved by quiet hours: due now by the service's clock (see
 		// RemindAt), and the activity looks at the quiet hours again when
 		// it makes the reminder, in case a retried try falls in them.
-		name, err := remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
+		name, why, err := remindWhy(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
 			Awake: true, AwakeBy: by}, purpose)
-		return name, at, err
+		return name, at, why, err
 	}
 	// by goes along for the send-by time: the activity leaves it out when
 	// by falls in the quiet hours it would begin.
-	name, err := remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
+	name, why, err := remindWhy(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message,
 		Due: at, AwakeBy: by}, purpose)
-	return name, at, err
+	return name, at, why, err
 }
 
 // SignalReminderFailed tells the workflow that created a reminder that its

@@ -124,8 +124,13 @@ type wf struct {
 	cancel       *Cancel
 	rearm        bool
 	replan       bool
-	loaded       bool // the plan is read; updates wait for it
-	handedOver   bool // the MAT intake was started with the hold
+	// refusedAt, when set, is the time of a meeting reminder the service
+	// refused as to someone no longer taking part: the plan is stale, and
+	// the replan it started makes whatever fell due from then (see due).
+	refusedAt  time.Time
+	refused    map[string]bool // purposes refused so, each replanned for once
+	loaded     bool            // the plan is read; updates wait for it
+	handedOver bool            // the MAT intake was started with the hold
 }
 
 // versionCleanUpOnAbandon guards the cleanup after the workflow is
@@ -166,7 +171,7 @@ const (
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{},
-		chasers: map[string]int{}}
+		chasers: map[string]int{}, refused: map[string]bool{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -506,15 +511,27 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	case !now.Before(w.plan.Start):
 		// The meeting has begun: nobody is reminded of it any more.
 		sent = len(plan)
+	case !w.refusedAt.IsZero():
+		// A refused reminder's replan: what fell due before it was made
+		// for whoever took part then; from its time on, for the new plan.
+		for sent < len(plan) && plan[sent].At.Before(w.refusedAt) {
+			sent++
+		}
 	case w.sent > 0:
 		last := w.reminders[w.sent-1].At
 		for sent < len(plan) && !plan[sent].At.After(last) {
 			sent++
 		}
 	}
-	w.reminders, w.sent = plan, sent
+	w.reminders, w.sent, w.refusedAt = plan, sent, time.Time{}
 	return nil
 }
+
+// versionRefusalReplans guards reading the plan again when the service
+// refuses a meeting reminder as to someone no longer taking part: before,
+// the refusal counted as sent, and the new counselor or participant never
+// got the reminder due at that moment.
+const versionRefusalReplans = "refusal-replans"
 
 // rescheduled re-arms every timer for the new time. Reminders already
 // created for the old time are cancelled; a hold that would lapse before the
@@ -659,10 +676,23 @@ func (w *wf) due(ctx workflow.Context) error {
 		// Placed out of quiet hours already, unless late (the meeting was
 		// booked or moved at short notice): then it waits for their end if
 		// that is still before the meeting.
-		sent, _, err := flow.RemindAwake(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
+		sent, _, why, err := flow.RemindAwakeWhy(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
 			w.in.Intervention, msg, purpose, time.Time{}, w.plan.Start)
 		if err != nil {
 			return err
+		}
+		if why == flow.NotAParticipant && !w.refused[purpose] && flow.Version(ctx, versionRefusalReplans, 1) >= 1 {
+			// The counselor or a participant changed and this workflow has
+			// yet to hear: counted as sent, the reminder due now would be
+			// lost to whoever took their place (a replan counts what fell
+			// due up to the last one sent as sent). The plan is read again
+			// at once instead, and everything due from this one's time is
+			// made for the people of the new plan; what was made already
+			// is not made twice (the same request ids). Once per reminder:
+			// a plan read again that still names them skips it as before.
+			w.refused[purpose] = true
+			w.refusedAt, w.replan = r.At, true
+			return nil
 		}
 		if sent != "" {
 			w.upcoming[sent] = w.generation

@@ -373,6 +373,73 @@ func TestReplanAtADueReminderKeepsIt(t *testing.T) {
 	}
 }
 
+// A counselor handed the family over just before a reminder fell due: the
+// service refuses it to the old counselor (NOT_A_PARTICIPANT) before the
+// workflow hears of the change. The new counselor gets the reminder due
+// then, and the later one; the old one gets none, and nobody gets one
+// twice.
+func TestRefusedReminderGoesToTheNewCounselor(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.onSend = func(r activities.ReminderRequest) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if r.Kind == "INTERVENTION_UPCOMING" && r.To.Kind == "counselor" && r.To.ID != h.plan.Counselor.ID {
+			return temporal.NewNonRetryableApplicationError("create reminder: not a participant", flow.NotAParticipant, nil)
+		}
+		return nil
+	}
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.plan.Counselor.ID = "counselor-2"
+		h.mu.Unlock()
+	}, 3*24*time.Hour-time.Minute)
+	// The change reaches the workflow a minute after the reminder fell due.
+	h.update(3*24*time.Hour+time.Minute, intervention.UpdateReplan, intervention.Replan{}, nil)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]time.Duration{} // counselor -> hours before the meeting
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.Kind == "counselor" {
+			got[r.To.ID] = append(got[r.To.ID], h.start.Sub(r.Due).Round(time.Minute))
+		}
+	}
+	if fmt.Sprint(got["counselor-1"]) != "[72h0m0s]" || fmt.Sprint(got["counselor-2"]) != "[24h0m0s 2h0m0s]" {
+		t.Fatalf("meeting reminders to counselors: %v; want counselor-1 the 72 h one, counselor-2 the 24 h one when due and the 2 h one", got)
+	}
+}
+
+// A refusal the plan read again does not explain (it still names the
+// counselor) is tried once more, then skipped as before: no loop of
+// reads and refusals.
+func TestRefusalThePlanDoesNotExplainIsSkipped(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	refusals := 0
+	h.onSend = func(r activities.ReminderRequest) error {
+		if r.Kind == "INTERVENTION_UPCOMING" && r.To.Kind == "counselor" && h.start.Sub(h.env.Now()) == 24*time.Hour {
+			refusals++
+			return temporal.NewNonRetryableApplicationError("create reminder: not a participant", flow.NotAParticipant, nil)
+		}
+		return nil
+	}
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var got []time.Duration
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.Kind == "counselor" {
+			got = append(got, h.start.Sub(r.Due))
+		}
+	}
+	if refusals != 2 || fmt.Sprint(got) != "[72h0m0s 2h0m0s]" {
+		t.Fatalf("the 24 h reminder refused %d times, counselor reminded %v before; want 2 refusals and the 72 h and 2 h reminders", refusals, got)
+	}
+}
+
 // A participant added once the meeting has begun (the service allows the
 // edit until the outcome) gets no reminder of a meeting under way, though
 // their 2 h reminder, moved to the end of their quiet hours (06:30 New
