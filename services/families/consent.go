@@ -227,6 +227,17 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_UNSPECIFIED {
 		vs.Add(field+".channel", "is required")
 	}
+	if pr, _ := auth.FromContext(ctx); pr.Has(auth.RoleWebhookSender) && !pr.Has(auth.RoleCounselor, auth.RoleClinicAdmin) {
+		// The sender serves every clinic: it records what it sends, a
+		// notification for treatment, and nothing else (not a fax, not a
+		// payment), however its token is used.
+		if d.GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK {
+			vs.Add(field+".channel", "must be WEBHOOK: the webhook sender records only the notifications it sends")
+		}
+		if d.GetPurpose() != familiesv1.Purpose_PURPOSE_TREATMENT {
+			vs.Add(field+".purpose", "must be TREATMENT: the webhook sender sends for treatment")
+		}
+	}
 	if out {
 		// An integration records only its own reads through the API, for
 		// treatment (what the services' consent gate sends): the

@@ -1010,3 +1010,40 @@ func TestEHRCannotTellAMissingFamily(t *testing.T) {
 	_, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: missing})
 	wantCode(t, err, codes.NotFound)
 }
+
+// The webhook sender, which serves every clinic, records only what it
+// does: a notification sent for treatment. Its token cannot fill a
+// family's accounting with faxes or payments, nor probe consents for them.
+func TestWebhookSenderRecordsOnlyItsNotifications(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	c := f.validConsent("sms-vendor")
+	c.Purposes = []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT, familiesv1.Purpose_PURPOSE_PAYMENT}
+	f.consent(t, fam.GetName(), c)
+	sender := f.env.As(auth.AnyClinic, "webhook-sender", auth.RoleWebhookSender)
+	disclosure := func(ch familiesv1.DisclosureChannel, p familiesv1.Purpose) *familiesv1.Disclosure {
+		return &familiesv1.Disclosure{Recipient: "sms-vendor", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+			Purpose: p, Resource: fam.GetName(), Channel: ch}
+	}
+	for field, d := range map[string]*familiesv1.Disclosure{
+		"disclosure.channel": disclosure(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL, familiesv1.Purpose_PURPOSE_TREATMENT),
+		"disclosure.purpose": disclosure(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK, familiesv1.Purpose_PURPOSE_PAYMENT),
+	} {
+		for _, validateOnly := range []bool{false, true} {
+			_, err := f.client.CreateDisclosure(sender, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: d, ValidateOnly: validateOnly})
+			wantCode(t, err, codes.InvalidArgument)
+			if !slices.Contains(apperr.ViolatedFields(err), field) {
+				t.Fatalf("%s (validate only %v): violations %v", field, validateOnly, apperr.ViolatedFields(err))
+			}
+		}
+	}
+	if _, err := f.client.CreateDisclosure(sender, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(),
+		Disclosure: disclosure(familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK, familiesv1.Purpose_PURPOSE_TREATMENT)}); err != nil {
+		t.Fatalf("the sender recording a notification it sends: %v", err)
+	}
+	got, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName()})
+	if err != nil || len(got.GetDisclosures()) != 1 || got.GetDisclosures()[0].GetChannel() != familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK {
+		t.Fatalf("the accounting: %v, %v; want the one notification", got.GetDisclosures(), err)
+	}
+}
