@@ -875,10 +875,12 @@ const (
 	viewWhole = iota
 	viewEHR
 	viewCalendar
+	viewWorker
 )
 
 // familyView is which view of a family the caller gets: the EHR's identity
-// view, the calendar reader's names and times, or the whole record.
+// view, the calendar reader's names and times, the worker's record without
+// the safety screen, or the whole record.
 func familyView(ctx context.Context) int {
 	p, ok := auth.FromContext(ctx)
 	switch {
@@ -888,6 +890,8 @@ func familyView(ctx context.Context) int {
 		return viewEHR
 	case p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
 		return viewCalendar
+	case p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin):
+		return viewWorker
 	}
 	return viewWhole
 }
@@ -926,6 +930,15 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		return outsideView(f)
 	case viewCalendar:
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
+	case viewWorker:
+		// The workflows act on whether a screen is current
+		// (safety_screen_status), never on what it found: its notes ("her
+		// partner threatened her") and result stay with the staff, as the
+		// screens' history does (the policy).
+		if f.GetLatestSafetyScreen() != nil {
+			f = proto.Clone(f).(*familiesv1.Family)
+			f.LatestSafetyScreen = nil
+		}
 	}
 	return f
 }

@@ -22,6 +22,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -256,6 +257,24 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	screens, err := f.client.ListSafetyScreens(ctx, &familiesv1.ListSafetyScreensRequest{Parent: fam.GetName()})
 	if err != nil || len(screens.GetSafetyScreens()) != 2 {
 		t.Fatalf("ListSafetyScreens = %v, %v", screens, err)
+	}
+	// The worker acts on whether a screen is current, never on what it
+	// found: its reads, single or listed, leave the screen out.
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	wgot, err := f.client.GetFamily(worker, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || wgot.GetLatestSafetyScreen() != nil || wgot.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT ||
+		wgot.GetEtag() != got.GetEtag() {
+		t.Fatalf("the worker's read: screen %v, status %v, etag %q (%v); want no screen, CURRENT, the family's etag",
+			wgot.GetLatestSafetyScreen(), wgot.GetSafetyScreenStatus(), wgot.GetEtag(), err)
+	}
+	wlist, err := f.client.ListFamilies(worker, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"})
+	if err != nil || len(wlist.GetFamilies()) == 0 {
+		t.Fatalf("the worker's list: %v, %v", wlist, err)
+	}
+	for _, lf := range wlist.GetFamilies() {
+		if lf.GetLatestSafetyScreen() != nil {
+			t.Fatalf("the worker's list shows %s's safety screen", lf.GetName())
+		}
 	}
 	// The events name what changed and hold nothing of it.
 	var copies int
