@@ -230,3 +230,46 @@ func TestLoginRolePasswordIsSentAsItsVerifier(t *testing.T) {
 		t.Fatalf("stored %q after a non-ASCII password; want the server's own verifier", now)
 	}
 }
+
+// Replication and the server's file and program roles get past row-level
+// security (logical decoding, raw table files, COPY TO PROGRAM): a login
+// role with them is refused; its own REPLICATION goes with a password, as
+// its CREATEROLE does.
+func TestLoginRoleCannotReplicateOrReadServerFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner, _ := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	base := fmt.Sprintf("handoff_repl_test_%d", time.Now().UnixNano()%1_000_000_000)
+	replicator, reader, runner := base+"_r", base+"_f", base+"_p"
+	for _, stmt := range []string{
+		`CREATE ROLE ` + replicator + ` LOGIN REPLICATION`,
+		`CREATE ROLE ` + reader + ` LOGIN`, `GRANT pg_read_server_files TO ` + reader,
+		`CREATE ROLE ` + runner + ` LOGIN`, `GRANT pg_execute_server_program TO ` + runner,
+	} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, r := range []string{replicator, reader, runner} {
+			_, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+r)
+		}
+	})
+	for _, r := range []string{reader, runner} {
+		for _, pw := range []string{"", "s3cret"} {
+			if err := pgdb.EnsureLoginRole(ctx, owner, r, pw); err == nil {
+				t.Fatalf("%s, a member of a server file or program role, was accepted (password %q)", r, pw)
+			}
+		}
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, replicator, ""); err == nil {
+		t.Fatal("a role that can replicate was accepted with no password to take that away")
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, replicator, "s3cret"); err != nil {
+		t.Fatalf("a role whose replication the password's ALTER ROLE takes away: %v", err)
+	}
+	var replicates bool
+	if err := owner.QueryRow(ctx, `SELECT rolreplication FROM pg_roles WHERE rolname = $1::text`, replicator).Scan(&replicates); err != nil || replicates {
+		t.Fatalf("after it, the role can replicate: %v (%v)", replicates, err)
+	}
+}

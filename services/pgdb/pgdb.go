@@ -443,16 +443,21 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	// and so could one that is a member of any role that can (SET ROLE
 	// reaches it, however far up), or of a role that can create roles and
 	// grant itself more. Its own CREATEROLE goes with the password (ALTER
-	// ROLE below), so only without one is it refused. Refused before
-	// anything is changed or granted to it.
+	// ROLE below), so only without one is it refused. Replication and the
+	// server's file and program roles get past row-level security too:
+	// logical decoding streams every clinic's changes, and raw table
+	// files or COPY TO PROGRAM read them; REPLICATION of its own goes
+	// with the password as CREATEROLE does. Refused before anything is
+	// changed or granted to it.
 	var owner bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
 		WHERE l.rolname = $1::text AND (r.rolsuper OR r.rolbypassrls OR r.rolname = current_user
-			OR (r.rolcreaterole AND (r.oid <> l.oid OR $2))))`, name, password == "").Scan(&owner); err != nil {
+			OR r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program')
+			OR ((r.rolcreaterole OR r.rolreplication) AND (r.oid <> l.oid OR $2))))`, name, password == "").Scan(&owner); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	if owner {
-		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, or is a member of the owner or of a role that may: give the services a role without those rights", name)
+		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, replicates, reads or writes the server's files, or is a member of the owner or of a role that may: give the services a role without those rights", name)
 	}
 	if password != "" {
 		// Sent as its SCRAM verifier, not in clear (see scramVerifier);
@@ -467,8 +472,8 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 		}
 		var ddl string
 		if err := conn.QueryRow(ctx, `SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)
-				THEN format('ALTER ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text)
-				ELSE format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE INHERIT PASSWORD %L', $1::text, $2::text) END`,
+				THEN format('ALTER ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION INHERIT PASSWORD %L', $1::text, $2::text)
+				ELSE format('CREATE ROLE %I LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION INHERIT PASSWORD %L', $1::text, $2::text) END`,
 			name, verifier).Scan(&ddl); err != nil {
 			return fmt.Errorf("pgdb: login role: %w", err)
 		}
