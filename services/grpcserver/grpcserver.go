@@ -124,6 +124,7 @@ func New(cfg Config) (*Server, error) {
 		// Traces and RPC metrics (latency and codes) through OpenTelemetry.
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
 		grpc.ChainUnaryInterceptor(i.unary),
+		grpc.ChainStreamInterceptor(streams),
 		grpc.MaxRecvMsgSize(4 << 20),
 		// Clients are asked to reconnect now and then, and resolve the
 		// name again, so that replicas added since share the load. Calls
@@ -467,6 +468,18 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 	}
 	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
 	return apperr.Internal(err)
+}
+
+// streams lets through the streams of the public methods (health's
+// Watch, reflection) and refuses every other: Handoff's APIs are unary,
+// and the token, the policy, the clinic scope and the audit are checked
+// in the unary chain only. A streaming method added to an API is refused
+// until streams get the same checks, never served without them.
+func streams(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !isPublic(info.FullMethod) {
+		return status.Errorf(codes.Unimplemented, "%s: streaming calls are not served", info.FullMethod)
+	}
+	return handler(srv, ss)
 }
 
 func isPublic(method string) bool {

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
@@ -435,5 +436,39 @@ func TestReflectionOnlyWhenAsked(t *testing.T) {
 	}
 	if !slices.Contains(names, "grpc.health.v1.Health") {
 		t.Errorf("reflection listed %v, want the health service among them", names)
+	}
+}
+
+// A streaming method is refused before its handler runs: the token, the
+// policy, the clinic scope and the audit are checked for unary calls
+// only, and a stream added to an API must not be served without them.
+// Health's Watch, a public stream, still is.
+func TestStreamsAreRefusedButThePublicOnes(t *testing.T) {
+	var ran atomic.Bool
+	env := servicetest.Start(t, grpcserver.Policy{"/test.Streamer/Feed": {auth.RoleCounselor}}, func(s *grpc.Server) {
+		s.RegisterService(&grpc.ServiceDesc{ServiceName: "test.Streamer", HandlerType: (*any)(nil),
+			Streams: []grpc.StreamDesc{{StreamName: "Feed", ServerStreams: true, Handler: func(any, grpc.ServerStream) error {
+				ran.Store(true)
+				return nil
+			}}}}, struct{}{})
+	})
+	for _, ctx := range []context.Context{context.Background(), env.Counselor("north")} {
+		stream, err := env.Conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/test.Streamer/Feed")
+		if err == nil {
+			if err = stream.SendMsg(&emptypb.Empty{}); err == nil || errors.Is(err, io.EOF) {
+				_ = stream.CloseSend()
+				err = stream.RecvMsg(&emptypb.Empty{})
+			}
+		}
+		if status.Code(err) != codes.Unimplemented || ran.Load() {
+			t.Fatalf("a streaming call: %v (handler ran: %v); want Unimplemented before the handler", err, ran.Load())
+		}
+	}
+	watch, err := healthpb.NewHealthClient(env.Conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatalf("health Watch, a public stream: %v", err)
 	}
 }
