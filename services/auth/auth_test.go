@@ -503,3 +503,24 @@ func TestJWKSRedirectToPlainHTTPIsRefused(t *testing.T) {
 		t.Fatalf("keys behind an https redirect: %v", err)
 	}
 }
+
+// Header fields read before the signature is checked reach the error, and
+// so the log, cut short: anyone can send a key id of a megabyte.
+func TestUnverifiedHeaderValuesAreCutInErrors(t *testing.T) {
+	iss, err := NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := iss.Verifier()
+	long := strings.Repeat("é", 100_000)
+	seg := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	for _, h := range []string{`{"alg":"` + long + `"}`, `{"alg":"ES256","typ":"` + long + `"}`, `{"alg":"ES256","kid":"` + long + `"}`} {
+		_, err := v.Verify(context.Background(), seg(h)+"."+seg(`{}`)+"."+seg("sig"))
+		if !errors.Is(err, ErrInvalidToken) || len(err.Error()) > 300 || !strings.Contains(err.Error(), "é…") {
+			t.Fatalf("a header of %d bytes: an error of %d bytes (%.80v); want it refused, its value cut", len(h), len(err.Error()), err)
+		}
+	}
+	if got := unverified("short"); got != "short" {
+		t.Fatalf("a short value: %q", got)
+	}
+}

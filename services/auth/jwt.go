@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/handoff-health/handoff/services/aip"
 )
@@ -148,6 +149,21 @@ func (v *Verifier) remembered(ctx context.Context, h [32]byte, now time.Time) (*
 	return e.claims, nil
 }
 
+// unverified cuts a value read from a token before its signature was
+// checked to a length fit for an error, which is logged: anyone can send
+// a key id of a megabyte.
+func unverified(s string) string {
+	const most = 64
+	if len(s) <= most {
+		return s
+	}
+	cut := most
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
 // check decodes a token and checks its signature, and remembers it.
 func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time.Time) (*Claims, error) {
 	parts := strings.Split(token, ".")
@@ -159,7 +175,7 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 		return nil, fmt.Errorf("%w: header: %v", ErrInvalidToken, err)
 	}
 	if hd.Alg != "ES256" {
-		return nil, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, hd.Alg)
+		return nil, fmt.Errorf("%w: algorithm %q not accepted", ErrInvalidToken, unverified(hd.Alg))
 	}
 	// Extensions the token says must be understood are not understood
 	// here (RFC 7515 4.1.11); and a token typed as something other than
@@ -171,11 +187,11 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 	switch strings.ToLower(hd.Typ) {
 	case "", "jwt", "at+jwt", "application/at+jwt":
 	default:
-		return nil, fmt.Errorf("%w: type %q is not an access token", ErrInvalidToken, hd.Typ)
+		return nil, fmt.Errorf("%w: type %q is not an access token", ErrInvalidToken, unverified(hd.Typ))
 	}
 	key, err := v.Keys.Key(ctx, hd.Kid)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key %q: %w", ErrInvalidToken, hd.Kid, err)
+		return nil, fmt.Errorf("%w: key %q: %w", ErrInvalidToken, unverified(hd.Kid), err)
 	}
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil || len(sig) != 64 {
