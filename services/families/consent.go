@@ -472,11 +472,12 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 	if len(c.GetRecipients()) == 0 && !c.GetTreatingProviders() {
 		vs.Add("consent.recipients", "name at least one recipient, or set treating_providers")
 	}
-	if len(c.GetRecipients()) == 0 && c.GetTreatingProviders() && len(c.GetPurposes()) > 0 &&
-		!slices.Contains(c.GetPurposes(), familiesv1.Purpose_PURPOSE_TREATMENT) {
-		// The general designation covers treatment only: with no one named
-		// and no treatment purpose, the consent would cover nothing.
-		vs.Add("consent.purposes", "must include PURPOSE_TREATMENT when the only recipients are the patient's treating providers")
+	if c.GetTreatingProviders() && len(c.GetPurposes()) > 0 && !slices.Contains(c.GetPurposes(), familiesv1.Purpose_PURPOSE_TREATMENT) {
+		// The general designation covers treatment only: without a
+		// treatment purpose it would cover nothing, yet show the consent
+		// to every treating provider's system and keep it active after
+		// every named recipient was revoked.
+		vs.Add("consent.purposes", "must include PURPOSE_TREATMENT when treating_providers is set: the patient's treating providers are designated for treatment only")
 	}
 	if c.GetSigner() == "" {
 		vs.Add("consent.signer", "is required")
@@ -527,6 +528,12 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 	if recipients == nil {
 		recipients = []string{}
 	}
+	// A signature up to a minute ahead (another clock) counts from now:
+	// stored ahead, the consent would read ACTIVE while covering nothing.
+	signed := in.GetSignTime().AsTime()
+	if signed.After(now) {
+		signed = now
+	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateConsent", req.GetRequestId(), req,
 		func() *familiesv1.Consent { return &familiesv1.Consent{} },
 		func(tx pgx.Tx) (*familiesv1.Consent, error) {
@@ -538,7 +545,7 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 				treating_providers, purposes, expire_time, signer, sign_time, recorder, create_time, update_time)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)`,
 				c.clinic, c.family, c.id, in.GetDiscloser(), info, recipients, in.GetTreatingProviders(), purposes,
-				in.GetExpireTime().AsTime(), in.GetSigner(), in.GetSignTime().AsTime(), auth.Actor(ctx), now); err != nil {
+				in.GetExpireTime().AsTime(), in.GetSigner(), signed, auth.Actor(ctx), now); err != nil {
 				return nil, fmt.Errorf("insert consent: %w", err)
 			}
 			out, err := s.readConsent(ctx, tx, c, false)

@@ -121,6 +121,11 @@ func TestConsentValidation(t *testing.T) {
 		"treating providers, not for treatment": {func(c *familiesv1.Consent) {
 			c.Recipients, c.TreatingProviders, c.Purposes = nil, true, []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_PAYMENT}
 		}, "consent.purposes"},
+		// Named recipients too: the designation would still show the
+		// consent to every treating provider, covering nothing for them.
+		"named recipients and treating providers, not for treatment": {func(c *familiesv1.Consent) {
+			c.TreatingProviders, c.Purposes = true, []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_PAYMENT}
+		}, "consent.purposes"},
 		"no signer":            {func(c *familiesv1.Consent) { c.Signer = "" }, "consent.signer"},
 		"no expiry":            {func(c *familiesv1.Consent) { c.ExpireTime = nil }, "consent.expire_time"},
 		"expired":              {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(now.Add(-time.Minute)) }, "consent.expire_time"},
@@ -149,6 +154,17 @@ func TestConsentValidation(t *testing.T) {
 	// The EHR may not record consents, only staff.
 	_, err = f.client.CreateConsent(f.ehr("ehr-1"), &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: f.validConsent("ehr-1")})
 	wantCode(t, err, codes.PermissionDenied)
+	// Signed by a clock up to a minute ahead: taken, and signed now, so
+	// that it reads ACTIVE only while it covers what it names.
+	ahead := f.validConsent("ehr-1")
+	ahead.SignTime = timestamppb.New(now.Add(50 * time.Second))
+	co, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: ahead})
+	if err != nil || co.GetSignTime().AsTime().After(f.clock.Now()) || co.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
+		t.Fatalf("a consent signed 50 s ahead: sign time %v (now %v), state %v, %v", co.GetSignTime().AsTime(), f.clock.Now(), co.GetState(), err)
+	}
+	if _, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
+		t.Fatalf("the EHR's read under the active consent: %v", err)
+	}
 }
 
 func TestDisclosureNeedsCoveringConsent(t *testing.T) {

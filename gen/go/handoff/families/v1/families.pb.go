@@ -3756,7 +3756,8 @@ type Consent struct {
 	// Empty only with `treating_providers`.
 	Recipients []string `protobuf:"bytes,4,rep,name=recipients,proto3" json:"recipients,omitempty"`
 	// The general designation of 42 CFR 2.31(a)(4)(ii): "my treating
-	// providers", which covers any recipient that treats the patient.
+	// providers", which covers any recipient that treats the patient, for
+	// treatment only: `purposes` must then include PURPOSE_TREATMENT.
 	TreatingProviders bool `protobuf:"varint,5,opt,name=treating_providers,json=treatingProviders,proto3" json:"treating_providers,omitempty"`
 	// What the disclosures are for. Since the 2024 rule one consent may cover
 	// treatment, payment and health care operations together.
@@ -3766,7 +3767,8 @@ type Consent struct {
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Who signed: the patient, or their legal representative.
 	Signer string `protobuf:"bytes,8,opt,name=signer,proto3" json:"signer,omitempty"`
-	// When it was signed. Not in the future, and before the expiry.
+	// When it was signed. Not in the future (a time up to a minute ahead,
+	// from another clock, is taken as now), and before the expiry.
 	SignTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=sign_time,json=signTime,proto3" json:"sign_time,omitempty"`
 	// The patient was told of their right to revoke the consent, and of how.
 	// Required to be true.
