@@ -185,6 +185,20 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 			// which family the record belongs to.
 			return nil, consentgate.Refusal(d.GetResource())
 		}
+		if pr, _ := auth.FromContext(ctx); pr.Has(auth.RoleCounselor, auth.RoleClinicAdmin) {
+			// Staff learn that a family does not exist, as the lists tell
+			// them: a mistyped name is not a missing consent. A family
+			// deleted since keeps its consents (42 CFR 2.31), and its
+			// refusals stay refusals.
+			var unknown bool
+			if err := q.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
+				AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)`, c.clinic, c.family).Scan(&unknown); err != nil {
+				return nil, fmt.Errorf("read family: %w", err)
+			}
+			if unknown {
+				return nil, apperr.NotFound(c.familyName())
+			}
+		}
 		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}
 	out := disclosed(ctx, c.familyName(), p.id, consent, d, now)

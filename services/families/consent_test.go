@@ -875,6 +875,16 @@ func TestListsOfAMissingFamily(t *testing.T) {
 	if got, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName()}); err != nil || len(got.GetDisclosures()) != 0 {
 		t.Fatalf("disclosures of a family without any: %v, %v", got, err)
 	}
+	// A disclosure staff record for a family that never was is NOT_FOUND,
+	// not a missing consent; for one that exists, the missing consent.
+	for parent, want := range map[string]codes.Code{missing: codes.NotFound, fam.GetName(): codes.FailedPrecondition} {
+		for _, validateOnly := range []bool{false, true} {
+			_, err := f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: parent, ValidateOnly: validateOnly,
+				Disclosure: &familiesv1.Disclosure{Recipient: "program-x", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY,
+					Purpose: familiesv1.Purpose_PURPOSE_TREATMENT, Resource: parent, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}})
+			wantCode(t, err, want)
+		}
+	}
 }
 
 // A consent revoked for another recipient is, to the EHR, the same
