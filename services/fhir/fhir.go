@@ -112,7 +112,20 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET "+Prefix+"/{type}/{id}", s.authed(s.read))
 	mux.HandleFunc("PUT "+Prefix+"/Task/{id}", s.authed(s.putTask))
 	mux.HandleFunc(Prefix+"/", s.unsupported)
-	return s.limitBody(s.jsonOnly(mux))
+	return s.limitBody(s.jsonOnly(noHead(mux, s.unsupported)))
+}
+
+// noHead refuses HEAD but for the CapabilityStatement: a GET pattern
+// serves HEAD too, so a read or a search would run and record as
+// disclosed what the answer, cut to its headers, never sends.
+func noHead(next http.Handler, refuse http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead && r.URL.Path != Prefix+"/metadata" {
+			refuse(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // jsonOnly answers 406 to a client that takes only a format this server

@@ -212,6 +212,8 @@ func TestLastUpdated(t *testing.T) {
 		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}}, {"patient": {"https://ehr.example/fhir/NotPatient/x"}},
 		// Another server's Patient, or another base on this host.
 		{"patient": {"https://ehr.example/fhir/R4/Patient/f1"}}, {"subject": {"https://handoff.example/other/Patient/f1"}},
+		// Empty: dropped, the search would cover the whole clinic.
+		{"patient": {""}}, {"subject": {""}}, {"status": {""}}, {"_count": {""}},
 	} {
 		if _, err := parseQuery("Task", bad, testBase); err == nil {
 			t.Errorf("parseQuery(%v) accepted", bad)
@@ -230,6 +232,18 @@ func TestLastUpdated(t *testing.T) {
 	}
 	if _, err := parseQuery("Consent", map[string][]string{}, testBase); err == nil {
 		t.Error("a Consent search without patient was accepted")
+	}
+	// Fractional seconds are as precise as their digits.
+	for v, want := range map[string]string{
+		"2026-03-04T05:06:07.1Z":        `update_time >= "2026-03-04T05:06:07.1Z" AND update_time < "2026-03-04T05:06:07.2Z"`,
+		"2026-03-04T05:06:07.123Z":      `update_time >= "2026-03-04T05:06:07.123Z" AND update_time < "2026-03-04T05:06:07.124Z"`,
+		"2026-03-04T05:06:07.123456Z":   `update_time >= "2026-03-04T05:06:07.123456Z" AND update_time < "2026-03-04T05:06:07.123457Z"`,
+		"2026-03-04T05:06:07.500+02:00": `update_time >= "2026-03-04T03:06:07.5Z" AND update_time < "2026-03-04T03:06:07.501Z"`,
+	} {
+		q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {v}}, testBase)
+		if err != nil || q.filter() != want {
+			t.Errorf("_lastUpdated=%s: %s, %v; want %s", v, q.filter(), err, want)
+		}
 	}
 }
 

@@ -1114,3 +1114,34 @@ func TestOversizedSearchBodyIsTooLarge(t *testing.T) {
 		}
 	}
 }
+
+// HEAD would run a read or a search, and the services would record as
+// disclosed what an answer cut to its headers never sends: refused, but
+// for the CapabilityStatement, which discloses nothing.
+func TestHeadIsRefusedWhereItWouldDisclose(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED,
+		familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	for _, path := range []string{"/fhir/R4/Patient/" + famID, "/fhir/R4/Task?patient=" + famID, "/fhir/R4/Patient"} {
+		if a := fx.do("HEAD", path, ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET" {
+			t.Errorf("HEAD %s: %d, Allow %q; want 405, GET", path, a.code, a.header.Get("Allow"))
+		}
+	}
+	if a := fx.do("HEAD", "/fhir/R4/metadata", ""); a.code != http.StatusOK {
+		t.Errorf("HEAD metadata: %d", a.code)
+	}
+}
+
+// A birth date stored before dates were checked as dates (1994-02-30) is
+// left out of the Patient, not a reason to fail its every read.
+func TestImpossibleBirthDateIsLeftOut(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY)
+	fx.families.family.LovedOne.BirthDate = "1994-02-30"
+	a := fx.do("GET", "/fhir/R4/Patient/"+famID, "")
+	if a.code != http.StatusOK || a.body["birthDate"] != nil || a.body["resourceType"] != "Patient" {
+		t.Fatalf("a Patient with an impossible birth date: %d %s; want it, without the date", a.code, a.raw)
+	}
+	fx.families.family.LovedOne.BirthDate = "1994-03-02"
+	if a := fx.do("GET", "/fhir/R4/Patient/"+famID, ""); a.body["birthDate"] != "1994-03-02" {
+		t.Fatalf("a real birth date: %s", a.raw)
+	}
+}

@@ -149,8 +149,13 @@ func patient(f *familiesv1.Family) obj {
 		names = append(names, obj{"use": "usual", "given": []any{lo.GetPreferredName()}})
 	}
 	p["name"] = names
-	if lo.GetBirthDate() != "" {
-		p["birthDate"] = lo.GetBirthDate()
+	// A date the pattern let through before it was checked as a date
+	// (1994-02-30) is left out: sent, it fails the validation of the
+	// whole answer, a search page with it, and every poll that meets it.
+	if bd := lo.GetBirthDate(); bd != "" {
+		if _, err := time.Parse(time.DateOnly, bd); err == nil {
+			p["birthDate"] = bd
+		}
 	}
 	// Only channels the clinic may use: the loved one may not want to be
 	// reached at all.

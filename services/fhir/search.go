@@ -146,6 +146,11 @@ func parseQuery(typ string, v url.Values, base string) (query, error) {
 		if name != "_lastUpdated" && len(vals) > 1 {
 			return q, invalid(fmt.Sprintf("search parameter %s may appear once", name))
 		}
+		if name != pageTokenParam && slices.Contains(vals, "") {
+			// Dropped, an empty patient= would widen the search to every
+			// record the consents cover, and record each as disclosed.
+			return q, invalid(fmt.Sprintf("search parameter %s is empty: give a value or leave it out", name))
+		}
 		if name != pageTokenParam {
 			q.params[name] = vals
 		}
@@ -265,9 +270,15 @@ func timeRange(v string) (lo, hi time.Time, ok bool) {
 		{time.RFC3339, func(t time.Time) time.Time { return t.Add(time.Second) }},
 	} {
 		if t, err := time.Parse(f.layout, v); err == nil {
-			if strings.Contains(v, ".") {
-				// Fractional seconds: the instant itself.
-				return t, t.Add(time.Microsecond), true
+			if _, frac, ok := strings.Cut(v, "."); ok {
+				// Fractional seconds: as precise as the digits given
+				// (.123 is a millisecond), not more.
+				digits := len(frac) - len(strings.TrimLeft(frac, "0123456789"))
+				step := time.Second
+				for range min(digits, 9) {
+					step /= 10
+				}
+				return t, t.Add(step), true
 			}
 			return t, f.step(t), true
 		}
