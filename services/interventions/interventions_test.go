@@ -744,6 +744,56 @@ func TestClaimExtendedOnlyWithTheClaimsEtag(t *testing.T) {
 	}
 }
 
+// A claim retried with its request id after its lease ran out, and
+// another worker took the reminder, is refused: answered from the first
+// claim's record, the worker would send on a lease it no longer holds.
+// And a lease ends at the send-by time at the latest.
+func TestRetriedClaimDoesNotReviveALapsedLease(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	remind := func(by *timestamppb.Timestamp) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(f.clock.Now().Add(-time.Second)), SendByTime: by, Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+			Message: "Your counselor will check in with you soon.", RelatedResource: f.family.GetName()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	rem := remind(nil)
+	claim := func(claimant, requestID string) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: claimant,
+			LeaseDuration: durationpb.New(time.Minute), RequestId: requestID})
+	}
+	first, err := claim("sms-1", "claim-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := claim("sms-1", "claim-a"); err != nil || again.GetEtag() != first.GetEtag() {
+		t.Fatalf("a retry while the lease holds: %v, %v; want the claim's answer", again, err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	if _, err := claim("sms-2", "claim-b"); err != nil {
+		t.Fatalf("another worker after the lease ran out: %v", err)
+	}
+	_, err = claim("sms-1", "claim-a")
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CLAIM_LAPSED" {
+		t.Fatalf("the first claim retried after another took the reminder: reason %q, %q; want CLAIM_LAPSED", reason(st), st.Message())
+	}
+
+	by := f.clock.Now().Add(30 * time.Second).Truncate(time.Microsecond)
+	soon := remind(timestamppb.New(by))
+	got, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: soon.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(time.Hour)})
+	if err != nil || !got.GetLeaseExpireTime().AsTime().Equal(by) {
+		t.Fatalf("an hour's lease 30 s before the send-by time: ends %v, %v; want at %v", got.GetLeaseExpireTime().AsTime(), err, by)
+	}
+}
+
 // Reminders are claimed exactly once by racing automation workers.
 func TestReminderClaims(t *testing.T) {
 	t.Parallel()

@@ -541,12 +541,14 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
 	late := false // due, and past its send-by time
-	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
+	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
-			// No claim, and no lease extended, from the send-by time on. A
-			// lease taken before runs its course: the claimant may be
-			// sending, and may report after the send-by time.
-			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3, lease_expire_time = $4,
+			// No claim, and no lease extended, from the send-by time on; a
+			// lease ends there at the latest, so that the claimant knows
+			// to send before the quiet hours. One taken before runs its
+			// course: the claimant may be sending, and may report after.
+			tag, err := tx.Exec(ctx, `UPDATE reminders SET state = 3, claimed_by = $3,
+				lease_expire_time = CASE WHEN send_by_time < $4 THEN send_by_time ELSE $4 END,
 				attempt_count = attempt_count + CASE WHEN state = 3 AND claimed_by = $3 AND lease_expire_time > $5 THEN 0 ELSE 1 END,
 				update_time = $5, version = version + 1
 				WHERE clinic = $1 AND id = $2 AND ($6 = '' OR 'v' || version::text = $6)
@@ -571,14 +573,19 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 						// Failed by an earlier claim, this one's first try
 						// perhaps: a retry gets that claim's answer.
 						return nil, quietHoursBegan(cur.GetName())
+					case cur.GetState() == rDue && cur.GetClaimedBy() == req.GetClaimant():
+						// Its own lease, which ended at the send-by time:
+						// failed below unless it ran out just now (the
+						// claimant may have sent it, and may report).
+						lease := cur.GetLeaseExpireTime()
+						late = lease == nil || !lease.AsTime().After(now.Add(-lapsedGrace))
+						return nil, notExtended(cur.GetName())
 					case cur.GetState() == rDue:
 						// Failed below, once this transaction is gone.
 						late = true
 						return nil, quietHoursBegan(cur.GetName())
 					case cur.GetState() == rClaimed && cur.GetClaimedBy() == req.GetClaimant():
-						return nil, apperr.FailedPrecondition(reasonQuietHours,
-							fmt.Sprintf("%s: the recipient's quiet hours have begun, so the claim is not extended; report what was sent", cur.GetName()),
-							map[string]string{"resource": cur.GetName()})
+						return nil, notExtended(cur.GetName())
 					}
 				}
 				if cur.GetState() == rClaimed && cur.GetClaimedBy() == req.GetClaimant() {
@@ -600,6 +607,23 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				return nil, err
 			}
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
+		},
+		// A retry answered from the first claim's record (its answer was
+		// lost) must not hand out a lease that has since run out, been
+		// taken by another worker or been reported: the worker would send
+		// on the strength of it.
+		func(tx pgx.Tx) error {
+			var held bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2
+				AND state = 3 AND claimed_by = $3 AND lease_expire_time > $4)`, r.clinic, r.id, req.GetClaimant(), now).Scan(&held); err != nil {
+				return fmt.Errorf("recheck claim: %w", err)
+			}
+			if !held {
+				return apperr.FailedPrecondition(reasonClaimLapsed,
+					fmt.Sprintf("%s: the claim this request id made has run out, passed to another worker or been reported: claim it again under a new request id", req.GetName()),
+					map[string]string{"resource": req.GetName()})
+			}
+			return nil
 		})
 	if late && apperr.Reason(err) == reasonQuietHours {
 		if ferr := s.failPastSendBy(ctx, r, now); ferr != nil {
@@ -610,6 +634,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	return consentgate.Reminder(out), err
 }
 
+// reasonClaimLapsed is the reason of a retried claim whose lease is gone.
+const reasonClaimLapsed = "CLAIM_LAPSED"
+
 // reasonQuietHours is the reason of a claim refused because the
 // recipient's quiet hours began before the reminder went out.
 const reasonQuietHours = "QUIET_HOURS"
@@ -617,6 +644,13 @@ const reasonQuietHours = "QUIET_HOURS"
 // quietHoursFailure is the failure reason of a reminder failed by a claim
 // that came after its send-by time.
 const quietHoursFailure = "the recipient's quiet hours began before it was sent"
+
+// notExtended refuses a claimant its lease past the send-by time.
+func notExtended(name string) error {
+	return apperr.FailedPrecondition(reasonQuietHours,
+		fmt.Sprintf("%s: the recipient's quiet hours have begun, so the claim is not extended; report what was sent", name),
+		map[string]string{"resource": name})
+}
 
 func quietHoursBegan(name string) error {
 	return apperr.FailedPrecondition(reasonQuietHours,

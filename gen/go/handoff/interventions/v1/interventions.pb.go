@@ -3798,9 +3798,10 @@ type ClaimReminderRequest struct {
 	// Who claims the reminder: a stable id of the delivery worker, for
 	// example its host name and process id. Use the same id to complete it.
 	Claimant string `protobuf:"bytes,2,opt,name=claimant,proto3" json:"claimant,omitempty"`
-	// How long the claim lasts, from 1 second to 1 hour. Complete the
-	// reminder before the lease runs out, or claim it again, with the etag
-	// the claim returned, to extend the lease.
+	// How long the claim lasts, from 1 second to 1 hour, and never past the
+	// reminder's `send_by_time`. Complete the reminder before the lease runs
+	// out, or claim it again, with the etag the claim returned, to extend
+	// the lease.
 	LeaseDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	// If set, the claim happens only if the reminder's etag still matches.
 	// Required to extend a claim: the etag the claim returned.

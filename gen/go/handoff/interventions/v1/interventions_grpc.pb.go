@@ -164,7 +164,9 @@ type InterventionsServiceClient interface {
 	// lease, with the etag its last claim returned (without one it is refused
 	// too: two workers sharing a claimant id must not both send). A reminder
 	// that is not due yet, or is already delivered, failed or cancelled,
-	// answers FAILED_PRECONDITION. Returns the claimed reminder.
+	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
+	// the first answer only while its lease holds (else FAILED_PRECONDITION,
+	// reason CLAIM_LAPSED). Returns the claimed reminder.
 	ClaimReminder(ctx context.Context, in *ClaimReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
@@ -577,7 +579,9 @@ type InterventionsServiceServer interface {
 	// lease, with the etag its last claim returned (without one it is refused
 	// too: two workers sharing a claimant id must not both send). A reminder
 	// that is not due yet, or is already delivered, failed or cancelled,
-	// answers FAILED_PRECONDITION. Returns the claimed reminder.
+	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
+	// the first answer only while its lease holds (else FAILED_PRECONDITION,
+	// reason CLAIM_LAPSED). Returns the claimed reminder.
 	ClaimReminder(context.Context, *ClaimReminderRequest) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
