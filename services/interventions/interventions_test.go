@@ -794,6 +794,51 @@ func TestRetriedClaimDoesNotReviveALapsedLease(t *testing.T) {
 	}
 }
 
+// A reminder of a meeting coming up that nobody claimed before the
+// meeting began (the automation was down) is cancelled at its claim, not
+// sent late; a check-in about the same meeting still goes.
+func TestReminderOfABegunMeetingIsCancelledAtItsClaim(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	iv := f.scheduled(t, f.clock.Now().Add(2*time.Hour))
+	remind := func(kind interventionsv1.ReminderKind) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", MeetingStartTime: iv.GetStartTime(),
+			Reminder: &interventionsv1.Reminder{
+				Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+					Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+				DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)), Kind: kind,
+				Message: "Reminder: family meeting soon.", RelatedResource: iv.GetName()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	upcoming, checkIn := remind(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING), remind(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN)
+	f.clock.Advance(3 * time.Hour) // an hour into the meeting
+	claim := func(rem *interventionsv1.Reminder) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1",
+			LeaseDuration: durationpb.New(time.Minute)})
+	}
+	_, err := claim(upcoming)
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" {
+		t.Fatalf("claim of a reminder of a meeting begun an hour ago: reason %q; want MEETING_BEGUN", reason(st))
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: upcoming.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || !strings.Contains(got.GetCancelReason(), "began") {
+		t.Fatalf("the reminder after its claim: %v, %v; want CANCELLED, the meeting began", got, err)
+	}
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = $1 AND resource = $2`,
+		"handoff.interventions.v1.reminder.cancelled", upcoming.GetName()).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d reminder.cancelled events, %v; want 1", n, err)
+	}
+	if c, err := claim(checkIn); err != nil || c.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
+		t.Fatalf("a check-in about the meeting: %v, %v; want it claimed", c, err)
+	}
+}
+
 // Reminders are claimed exactly once by racing automation workers.
 func TestReminderClaims(t *testing.T) {
 	t.Parallel()

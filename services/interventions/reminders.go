@@ -540,9 +540,19 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	// One clock reading for the claim and, if it comes too late, the
 	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
-	late := false // due, and past its send-by time
+	late := false  // due, and past its send-by time
+	begun := false // of a meeting coming up, which has begun
 	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			if b, err := s.meetingBegun(ctx, tx, r, now); err != nil {
+				return nil, err
+			} else if b {
+				// Cancelled below, once this transaction is gone.
+				begun = true
+				return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
+					fmt.Sprintf("%s announces a meeting that has begun: it is cancelled, not sent late", req.GetName()),
+					map[string]string{"resource": req.GetName()})
+			}
 			// No claim, and no lease extended, from the send-by time on; a
 			// lease ends there at the latest, so that the claimant knows
 			// to send before the quiet hours. One taken before runs its
@@ -625,6 +635,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			}
 			return nil
 		})
+	if begun && apperr.Reason(err) == ReasonMeetingBegun {
+		if cerr := s.cancelBegun(ctx, r, now); cerr != nil {
+			return nil, cerr
+		}
+	}
 	if late && apperr.Reason(err) == reasonQuietHours {
 		if ferr := s.failPastSendBy(ctx, r, now); ferr != nil {
 			return nil, ferr
@@ -632,6 +647,61 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	}
 	// Only the automation claims (see Policy): it gets its view.
 	return consentgate.Reminder(out), err
+}
+
+// ReasonMeetingBegun refuses the claim of a reminder of a meeting coming
+// up once the meeting has begun (the automation was down, say): sent
+// then, "family meeting at 10:00" would reach the family at 11:00.
+const ReasonMeetingBegun = "MEETING_BEGUN"
+
+// meetingBegun reports whether reminder r, not yet claimed, announces a
+// meeting coming up that has begun by now.
+func (s *Server) meetingBegun(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (bool, error) {
+	var (
+		kind    int16
+		related string
+		state   int16
+	)
+	err := tx.QueryRow(ctx, `SELECT kind, related_resource, state FROM reminders WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&kind, &related, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil // answered as missing by the claim
+	}
+	if err != nil {
+		return false, fmt.Errorf("read reminder: %w", err)
+	}
+	id, ok := strings.CutPrefix(related, "clinics/"+r.clinic+"/interventions/")
+	if kind != int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING) || state != int16(rScheduled) || !ok || id == "" {
+		return false, nil
+	}
+	var begun bool
+	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM interventions WHERE clinic = $1 AND id = $2 AND start_time <= $3)`,
+		r.clinic, id, now).Scan(&begun); err != nil {
+		return false, fmt.Errorf("read meeting: %w", err)
+	}
+	return begun, nil
+}
+
+// cancelBegun cancels reminder r, of a meeting that has begun, if nobody
+// claimed it meanwhile.
+func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time) error {
+	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
+			WHERE clinic = $1 AND id = $2 AND state = $6 RETURNING `+reminderColumns,
+			r.clinic, r.id, int16(rCancelled), "the meeting began before it was sent", now, int16(rScheduled))
+		if err != nil {
+			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
+		}
+		rems, err := pgx.CollectRows(rows, s.scanReminder(r.clinic))
+		if err != nil {
+			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
+		}
+		for _, rem := range rems {
+			if err := emit(ctx, tx, r.clinic, "reminder.cancelled", rem.GetName(), rem); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // reasonClaimLapsed is the reason of a retried claim whose lease is gone.
