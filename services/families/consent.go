@@ -331,13 +331,44 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 	// running it again, so it is checked again: it would say "covered"
 	// after a revocation that came in between, and the retry may be what
 	// sends the record (a fax that failed); a revocation counts at once.
+	// The consent the record names must still cover it: if another does
+	// now (a renewal), the disclosure is recorded again under that one,
+	// so that the accounting does not name a consent revoked or expired
+	// before the record went out.
 	return idempotency.InTxRechecked(ctx, s.pool, c.clinic, svc+"CreateDisclosure", req.GetRequestId(), req,
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
 		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d, false) },
-		func(tx pgx.Tx) error {
-			_, err := s.discloseTx(ctx, tx, c, d, true)
-			return err
+		func(tx pgx.Tx, stored *familiesv1.Disclosure) error {
+			if _, err := s.discloseTx(ctx, tx, c, d, true); err != nil {
+				return err
+			}
+			still, err := s.stillCovers(ctx, tx, c, d, aip.ID(stored.GetConsent()))
+			if err != nil {
+				return err
+			}
+			if !still {
+				return idempotency.ErrRerun
+			}
+			return nil
 		})
+}
+
+// stillCovers reports whether consent id, which a stored disclosure names,
+// covers d now. The caller has share-locked the family's consents (a dry
+// run of record does), so a revocation in progress was waited for.
+func (s *Server) stillCovers(ctx context.Context, tx pgx.Tx, c child, d *familiesv1.Disclosure, id string) (bool, error) {
+	general := "true"
+	if d.GetChannel() == familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK {
+		general = "false" // as generalSQL decides
+	}
+	var ok bool
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM consents c WHERE c.id = $7 AND `+
+		covers(coverArgs{"$1", "$2", "$3", "$4", "$5", "$6", general})+`)`,
+		c.clinic, c.family, d.GetRecipient(), int16(d.GetInformation()), int16(d.GetPurpose()), s.cfg.Now(), id).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("recheck the stored disclosure's consent: %w", err)
+	}
+	return ok, nil
 }
 
 const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`

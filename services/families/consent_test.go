@@ -377,6 +377,46 @@ func TestRevocationTakesEffectAtOnce(t *testing.T) {
 	wantConsentRequired(t, err)
 }
 
+// A retry of a recorded disclosure after its consent was revoked, while
+// a renewal now covers it, is recorded again under the renewal: the
+// accounting never says it went under a consent revoked before it went.
+// A retry while the first consent still covers is its first answer.
+func TestRetryAfterARenewalIsRecordedUnderIt(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	first := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	fax := &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), RequestId: "fax-1", Disclosure: &familiesv1.Disclosure{
+		Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}}
+	d1, err := f.client.CreateDisclosure(f.ctx, fax)
+	if err != nil || d1.GetConsent() != first.GetName() {
+		t.Fatalf("the fax: %v, %v; want it under %s", d1, err, first.GetName())
+	}
+	renewal := f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	if again, err := f.client.CreateDisclosure(f.ctx, fax); err != nil || again.GetName() != d1.GetName() {
+		t.Fatalf("a retry while the first consent covers: %v, %v; want the first answer", again, err)
+	}
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: first.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := f.client.CreateDisclosure(f.ctx, fax)
+	if err != nil || d2.GetConsent() != renewal.GetName() || d2.GetName() == d1.GetName() {
+		t.Fatalf("the retry after the first consent was revoked: %v, %v; want a new record under %s", d2, err, renewal.GetName())
+	}
+	if again, err := f.client.CreateDisclosure(f.ctx, fax); err != nil || again.GetName() != d2.GetName() {
+		t.Fatalf("a retry after that: %v, %v; want the new answer", again, err)
+	}
+	if got := f.disclosures(t, fam.GetName()); len(got) != 2 {
+		t.Fatalf("the accounting holds %d entries; want the first and the one under the renewal", len(got))
+	}
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: renewal.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.CreateDisclosure(f.ctx, fax)
+	wantConsentRequired(t, err)
+}
+
 // A consent revoked for each recipient it names, one by one, covers no one:
 // it shows as REVOKED, not ACTIVE.
 func TestConsentRevokedForEveryRecipientIsRevoked(t *testing.T) {

@@ -35,8 +35,13 @@ func Do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	return do(ctx, tx, clinic, method, requestID, req, newResp, fn, nil)
 }
 
+// ErrRerun, from a recheck, runs the call again in place of its stored
+// answer, and stores the new one: what the answer rested on has changed,
+// and the call can still be made (a disclosure under another consent).
+var ErrRerun = errors.New("idempotency: run the call again")
+
 func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, requestID string,
-	req proto.Message, newResp func() T, fn func() (T, error), recheck func() error) (T, error) {
+	req proto.Message, newResp func() T, fn func() (T, error), recheck func(T) error) (T, error) {
 	var zero T
 	if requestID == "" {
 		return fn()
@@ -66,13 +71,21 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		}
 		out, err := answer(ctx, k, requestID, method, req, hash, newResp)
 		if err == nil && recheck != nil {
-			err = recheck()
+			if err = recheck(out); errors.Is(err, ErrRerun) {
+				return run(ctx, tx, clinic, requestID, fn)
+			}
 		}
 		if err != nil {
 			return zero, err
 		}
 		return out, nil
 	}
+	return run(ctx, tx, clinic, requestID, fn)
+}
+
+// run makes the call under the claimed key and stores its answer.
+func run[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, requestID string, fn func() (T, error)) (T, error) {
+	var zero T
 	out, err := fn()
 	if err != nil {
 		return zero, err
@@ -163,19 +176,20 @@ func InTx[T proto.Message](ctx context.Context, db interface {
 
 // InTxRechecked is InTx for a call whose stored answer holds only while
 // something it checked still holds (a consent covering a disclosure): a
-// replay runs recheck in its transaction, after the key's row lock, so a
-// retry that waited for the first call is checked too, and gets recheck's
-// error instead of the stored response. A nil recheck is InTx.
+// replay runs recheck on the stored answer in its transaction, after the
+// key's row lock, so a retry that waited for the first call is checked
+// too, and gets recheck's error instead of the stored response (or, for
+// ErrRerun, the answer of the call run again). A nil recheck is InTx.
 func InTxRechecked[T proto.Message](ctx context.Context, db interface {
 	Begin(context.Context) (pgx.Tx, error)
 }, clinic, method, requestID string,
-	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error), recheck func(pgx.Tx) error) (T, error) {
+	req proto.Message, newResp func() T, fn func(pgx.Tx) (T, error), recheck func(pgx.Tx, T) error) (T, error) {
 	var out T
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		var err error
-		var check func() error
+		var check func(T) error
 		if recheck != nil {
-			check = func() error { return recheck(tx) }
+			check = func(stored T) error { return recheck(tx, stored) }
 		}
 		out, err = do(ctx, tx, clinic, method, requestID, req, newResp, func() (T, error) { return fn(tx) }, check)
 		return err

@@ -214,8 +214,11 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 				}
 				return &familiesv1.Family{Name: made}, nil
 			},
-			func(tx pgx.Tx) error {
+			func(tx pgx.Tx, stored *familiesv1.Family) error {
 				checks.Add(1)
+				if stored.GetName() != made {
+					return fmt.Errorf("the check was given %v, not the stored answer", stored)
+				}
 				// The check reads in the replay's transaction.
 				var n int
 				if err := tx.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys WHERE request_id = 'r1'`).Scan(&n); err != nil || n != 1 {
@@ -264,6 +267,40 @@ func TestRecheckedReplayIsCheckedAgain(t *testing.T) {
 	}
 	if runs.Load() != 1 || checks.Load() != 2 {
 		t.Fatalf("%d runs and %d checks; want the call run once and each replay checked", runs.Load(), checks.Load())
+	}
+}
+
+// A recheck that finds what the stored answer rested on gone, but the call
+// still possible (a disclosure now under another consent), runs the call
+// again: its answer is returned and stored in place of the first.
+func TestRecheckMayRunTheCallAgain(t *testing.T) {
+	t.Parallel()
+	_, db, ctx := commonTables(t, "staff")
+	var runs atomic.Int32
+	var rerun atomic.Bool
+	call := func() (*familiesv1.Family, error) {
+		return idempotency.InTxRechecked(ctx, db, "north", "M", "r1", &familiesv1.GetFamilyRequest{Name: "f1"}, newFamily,
+			func(pgx.Tx) (*familiesv1.Family, error) {
+				return &familiesv1.Family{Name: fmt.Sprintf("clinics/north/families/f1/disclosures/d%d", runs.Add(1))}, nil
+			},
+			func(_ pgx.Tx, stored *familiesv1.Family) error {
+				if rerun.Load() && strings.HasSuffix(stored.GetName(), "/d1") {
+					return idempotency.ErrRerun
+				}
+				return nil
+			})
+	}
+	for i, want := range []string{"d1", "d1", "d2", "d2"} {
+		if i == 2 {
+			rerun.Store(true) // the first answer's consent revoked, another covering
+		}
+		out, err := call()
+		if err != nil || !strings.HasSuffix(out.GetName(), "/"+want) {
+			t.Fatalf("call %d: %v, %v; want %s", i, out, err, want)
+		}
+	}
+	if runs.Load() != 2 {
+		t.Fatalf("the call ran %d times; want twice: first, then once rerun, its answer stored", runs.Load())
 	}
 }
 

@@ -622,7 +622,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		// lost) must not hand out a lease that has since run out, been
 		// taken by another worker or been reported: the worker would send
 		// on the strength of it.
-		func(tx pgx.Tx) error {
+		func(tx pgx.Tx, _ *interventionsv1.Reminder) error {
 			var held bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders WHERE clinic = $1 AND id = $2
 				AND state = 3 AND claimed_by = $3 AND lease_expire_time > $4)`, r.clinic, r.id, req.GetClaimant(), now).Scan(&held); err != nil {

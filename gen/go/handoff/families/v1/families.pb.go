@@ -4444,9 +4444,10 @@ type CreateDisclosureRequest struct {
 	Disclosure *Disclosure `protobuf:"bytes,2,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
 	// A unique id for this request, so that a retried record of one
 	// disclosure (a referral faxed once, a notification sent again) is
-	// recorded once. A retry with the same id answers from the first record
-	// without looking at the consent again: a caller that must see a
-	// revocation at once checks with `validate_only` before each retry.
+	// recorded once. A retry with the same id is checked against the consents
+	// again: refused if none covers it now, answered from the first record
+	// while the consent that record names still covers it, and recorded
+	// anew under the consent that covers it now otherwise (a renewal).
 	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Checks the consent without recording anything (AIP-163): the answer is
 	// the disclosure as it would be recorded, without a `name`, or
