@@ -34,24 +34,41 @@ type epoch struct {
 }
 
 // epochs, newest first.
+//
+// The newest covers the changes asked only in a sensitive state (a safety
+// screen not current, an overdose beside a check-in, a referral failing
+// under an overdose alert): a run that asked one would carry it in its
+// TemporalChangeVersion search attribute, which no codec seals, so that
+// anyone reading visibility could list the families in that state. A
+// change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-05", with(thirdEpoch,
-		// flow
-		"listen-past-last-due", "listen-settles", "resend-fails-by",
+	{"epoch-2026-12-05b", with(fourthEpoch,
 		// intervention
-		"listen-after-notices", "boundary-past-failed-referrals", "go-on-past-failed-reschedule-release", "outcome-past-failed-reminder-cancel",
-		"release-cut-off-by-cancel", "release-unknown-hold", "resend-notices-after-outcome", "stop-boundary-by-origin",
-		"stop-meeting-reminders-first", "withdraw-drafts-on-yes", "stop-boundary-by-origin-only",
-		// matintake
-		"no-cancel-notice-after-entry", "release-every-held-place", "release-hold-on-cancel", "tell-counselor-on-cancel",
+		"abandon-stops-reminders-first", "stale-outcome-chasers", "refusal-replans",
 		// boundary
-		"answer-overdoses-on-failure", "blocked-escalation-kept", "check-in-once", "new-cycle-clears-blocked-escalation",
-		"overdose-alert-first", "overdose-during-steps", "retry-blocked-escalation",
+		"gate-on-current-screen", "tighten-keeps-sooner",
+		// overdose
+		"referral-failure-keeps-alert",
 	)},
+	{"epoch-2026-12-05", fourthEpoch},
 	{"epoch-2026-12-04b", thirdEpoch},
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+var fourthEpoch = with(thirdEpoch,
+	// flow
+	"listen-past-last-due", "listen-settles", "resend-fails-by",
+	// intervention
+	"listen-after-notices", "boundary-past-failed-referrals", "go-on-past-failed-reschedule-release", "outcome-past-failed-reminder-cancel",
+	"release-cut-off-by-cancel", "release-unknown-hold", "resend-notices-after-outcome", "stop-boundary-by-origin",
+	"stop-meeting-reminders-first", "withdraw-drafts-on-yes", "stop-boundary-by-origin-only",
+	// matintake
+	"no-cancel-notice-after-entry", "release-every-held-place", "release-hold-on-cancel", "tell-counselor-on-cancel",
+	// boundary
+	"answer-overdoses-on-failure", "blocked-escalation-kept", "check-in-once", "new-cycle-clears-blocked-escalation",
+	"overdose-alert-first", "overdose-during-steps", "retry-blocked-escalation",
+)
 
 var thirdEpoch = with(secondEpoch,
 	// flow

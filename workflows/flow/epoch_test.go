@@ -55,7 +55,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-05", "a-later-change"}},
+		{true, []string{"epoch-2026-12-05b", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -133,6 +133,13 @@ func thirdEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// fourthEpochFlow is what code that knew the fourth epoch ran: its marker
+// alone.
+func fourthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-05", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -157,7 +164,8 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes failures-stay-unread]"},
 		{"begun at the second epoch", secondEpochFlow, "[epoch-2026-12-04 failures-stay-unread]"},
 		{"begun at the third epoch", thirdEpochFlow, "[epoch-2026-12-04b]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-05]"},
+		{"begun at the fourth epoch", fourthEpochFlow, "[epoch-2026-12-05]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-05b]"},
 	} {
 		queue := strings.ReplaceAll(tc.name, " ", "-")
 		ts.NewWorker(queue, func(r worker.Registry) {
@@ -195,5 +203,37 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 	env.ExecuteWorkflow("raised")
 	if err := env.GetWorkflowError(); err == nil || !strings.Contains(err.Error(), "new change id") {
 		t.Fatalf("raised a covered change: %v; want a panic asking for a new id", err)
+	}
+}
+
+// sensitiveFlow asks the changes asked only in a sensitive state (a screen
+// not current, an overdose beside a check-in, a referral failing under an
+// overdose alert).
+func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "tighten-keeps-sooner", 1),
+		flow.Version(ctx, "referral-failure-keeps-alert", 1))
+}
+
+// A run begun today that reaches a sensitive state records no marker of
+// its own for it: the marker's change id would go, in clear, into the
+// run's TemporalChangeVersion search attribute, for anyone reading
+// visibility to list the families in that state.
+func TestSensitiveChangesLeaveNoMarker(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker("sensitive", func(r worker.Registry) { r.RegisterWorkflow(sensitiveFlow) })
+	c := ts.GetDefaultClient()
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "sensitive"}, sensitiveFlow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []workflow.Version
+	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[1 1 1]" {
+		t.Fatalf("versions %v, %v; want [1 1 1]", got, err)
+	}
+	if _, markers := versionMarkers(ctx, t, c, run); fmt.Sprint(markers) != "[epoch-2026-12-05b]" {
+		t.Fatalf("version markers %v; want the epoch's alone", markers)
 	}
 }
