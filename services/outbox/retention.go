@@ -20,25 +20,34 @@ const (
 )
 
 // PruneEvery is how often the relay (and the webhook sender) prunes, and
-// pruneBatch and pruneRounds bound one pruning: a backlog is worked off
-// over several, each short.
+// pruneBatch and pruneBudget bound one pruning: each transaction is short,
+// and a backlog is worked off over several prunings.
 const (
 	PruneEvery  = time.Minute
 	pruneBatch  = 1000
-	pruneRounds = 10
+	pruneBudget = 20 * time.Second
 )
 
 // InBatches runs each forget, which deletes up to limit rows and says how
-// many it deleted, until it deletes fewer than a batch or has run
-// pruneRounds times.
+// many it deleted, until it deletes fewer than a batch or the pruning's
+// time is spent. Bounded by time, not by a count of batches: a count made
+// a ceiling on the rows pruned a minute (ten thousand), under which a
+// table written faster grew for good.
 func InBatches(forgets ...func(limit int) (int64, error)) error {
+	return inBatches(time.Now, pruneBudget, forgets...)
+}
+
+func inBatches(now func() time.Time, budget time.Duration, forgets ...func(limit int) (int64, error)) error {
 	for _, forget := range forgets {
-		for range pruneRounds {
+		// Each its share, so that one table's backlog does not starve
+		// the others' pruning.
+		end := now().Add(budget / time.Duration(len(forgets)))
+		for {
 			n, err := forget(pruneBatch)
 			if err != nil {
 				return err
 			}
-			if n < pruneBatch {
+			if n < pruneBatch || !now().Before(end) {
 				break
 			}
 		}
