@@ -430,6 +430,12 @@ func (s *Server) DeleteSubscription(ctx context.Context, req *webhooksv1.DeleteS
 			if tag.RowsAffected() == 0 {
 				return nil, apperr.NotFound(req.GetName())
 			}
+			// The stored answers of its create and rotations hold its
+			// signing secret: a retry must get NOT_FOUND, not the secret
+			// of a subscription deleted (perhaps because it leaked).
+			if err := idempotency.ForgetResource(ctx, tx, clinic, subscriptionName(clinic, id)); err != nil {
+				return nil, err
+			}
 			return &emptypb.Empty{}, nil
 		})
 }

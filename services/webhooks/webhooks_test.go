@@ -1462,3 +1462,39 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		}
 	}
 }
+
+// A subscription deleted (its secret leaked, say) takes the stored answers
+// of its create and rotations with it: a retry of the create under its
+// request id is NOT_FOUND, not the deleted subscription and its secret.
+func TestDeletedSubscriptionsAnswersAreForgotten(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	req := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "create-1",
+		Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}
+	sub, err := f.client.CreateSubscription(f.ehr, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot := &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName(), RequestId: "rotate-1"}
+	if _, err := f.client.RotateSubscriptionSecret(f.ehr, rot); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.DeleteSubscription(f.admin, &webhooksv1.DeleteSubscriptionRequest{Name: sub.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.client.CreateSubscription(f.ehr, req)
+	if status.Code(err) != codes.NotFound || again.GetSecret() != "" {
+		t.Fatalf("the create retried after the delete: %v, %v; want NOT_FOUND and no secret", again, err)
+	}
+	if _, err := f.client.RotateSubscriptionSecret(f.ehr, rot); status.Code(err) != codes.NotFound {
+		t.Fatalf("the rotation retried after the delete: %v; want NOT_FOUND", err)
+	}
+	var kept int
+	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys WHERE response IS NOT NULL`).Scan(&kept); err != nil || kept != 0 {
+		t.Fatalf("%d stored answers left after the delete (%v); want none holding its secret", kept, err)
+	}
+	resp, err := f.client.ListSubscriptions(f.admin, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
+	if err != nil || len(resp.GetSubscriptions()) != 0 {
+		t.Fatalf("subscriptions after the retries: %v, %v; want none", resp.GetSubscriptions(), err)
+	}
+}
