@@ -11,7 +11,6 @@ import (
 	"math/big"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/handoff-health/handoff/services/aip"
 )
@@ -157,11 +156,8 @@ func unverified(s string) string {
 	if len(s) <= most {
 		return s
 	}
-	cut := most
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
+	// A character cut in two is dropped whole.
+	return strings.ToValidUTF8(s[:most], "") + "…"
 }
 
 // check decodes a token and checks its signature, and remembers it.
