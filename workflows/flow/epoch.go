@@ -45,6 +45,8 @@ var epochs = []epoch{
 	{"epoch-2026-12-05b", with(fourthEpoch,
 		// intervention
 		"abandon-stops-reminders-first", "stale-outcome-chasers", "refusal-replans",
+		// matintake
+		"review-stalled-intake",
 		// boundary
 		"gate-on-current-screen", "tighten-keeps-sooner",
 		// overdose

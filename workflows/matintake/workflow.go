@@ -91,6 +91,11 @@ type wf struct {
 	// of this pause.
 	holdReview  time.Time
 	holdReviews int
+	// stallReview is when the counselor is asked again about an intake
+	// that has not started since the overdue alert (zero before it);
+	// stallReviews counts the asks.
+	stallReview  time.Time
+	stallReviews int
 }
 
 // versionCancelStale guards cancelling the intake reminders already
@@ -350,6 +355,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		if !w.holdReview.IsZero() && (next.IsZero() || w.holdReview.Before(next)) {
 			next = w.holdReview
 		}
+		if !w.stallReview.IsZero() && (next.IsZero() || w.stallReview.Before(next)) {
+			next = w.stallReview
+		}
 		var t Transition
 		got := false
 		sel := workflow.NewSelector(ctx)
@@ -432,6 +440,14 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					return "", info, err
 				}
 				w.alerted = true
+				if flow.Version(ctx, versionStallReviews, 1) >= 1 {
+					w.stallReview = now.Add(w.settings.IntakeAlert)
+				}
+			}
+			if !w.stallReview.IsZero() && !now.Before(w.stallReview) {
+				if err := w.reviewStall(ctx, now); err != nil {
+					return "", info, err
+				}
 			}
 			continue
 		}
@@ -520,6 +536,41 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		}
 	}
 }
+
+// reviewStall asks the counselor again about an intake that has still not
+// started, every IntakeAlert after the overdue alert: a program that
+// accepted and then went quiet, an appointment passed with no report, a
+// no-show never rebooked would otherwise leave the intake, and the
+// intervention waiting on it, open for good with one alert sent. The
+// referral is read first: one moving again (its signal on the way), on
+// hold (the hold reviews ask), or booked ahead is not stalled.
+func (w *wf) reviewStall(ctx workflow.Context, now time.Time) error {
+	w.stallReview = now.Add(w.settings.IntakeAlert)
+	var cur activities.ReferralInfo
+	if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
+		return err
+	}
+	switch {
+	case cur.State == "REQUESTED", cur.State == "ACCEPTED", cur.State == "NO_SHOW",
+		cur.State == "SCHEDULED" && !cur.Appointment.After(now):
+	default:
+		return nil
+	}
+	to, err := w.counselorNow(ctx, versionNoticesToCurrent)
+	if err != nil {
+		return err
+	}
+	w.stallReviews++
+	return flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
+		"The intake has still not started: please check with the program, or cancel the referral so that another program can be offered.",
+		fmt.Sprintf("intake-overdue|%s|review|%d", w.referral.Name, w.stallReviews))
+}
+
+// versionStallReviews guards asking the counselor again, every
+// IntakeAlert, about an intake that has not started since the overdue
+// alert: before, the alert was the last deadline, and a referral that went
+// quiet kept the intake waiting for good.
+const versionStallReviews = "review-stalled-intake"
 
 // versionOnHold guards answering a referral put on hold (a state added
 // with it): reminders of the paused time dropped, the counselor told.

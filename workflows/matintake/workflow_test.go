@@ -963,3 +963,35 @@ func (h *harness) releases() *[]activities.ReleaseRequest {
 		})
 	return &released
 }
+
+// A referral that goes quiet after its acceptance keeps the counselor
+// asked every IntakeAlert after the overdue alert, not once and then
+// never; an intake booked ahead at a review is not stalled.
+func TestStalledIntakeIsReviewed(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	// Booked at 200 h for 230 h: the review at 216 h finds it ahead.
+	h.transition(200*time.Hour, r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: start.Add(230 * time.Hour)})
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 300*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
+		t.Fatalf("overdue alerts = %d, want 1", n)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "still not started") {
+			at = append(at, r.Due.Sub(start))
+		}
+	}
+	// 72 h alert; reviews at 144 h (accepted, quiet), not at 216 h (booked
+	// ahead), at 288 h (its time passed, no report).
+	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{144 * time.Hour, 288 * time.Hour}) {
+		t.Fatalf("stall reviews at %v; want 144h and 288h", at)
+	}
+}
