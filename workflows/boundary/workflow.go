@@ -235,6 +235,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if temporal.IsCanceledError(err) && w.overdose.Len() > 0 && flow.Version(actx, versionAlertFirst, 1) >= 1 {
 		w.answerWaiting(actx)
 	}
+	if temporal.IsCanceledError(err) {
+		w.tidyOnCancel(ctx)
+	}
 	if err != nil && w.familyGone(flow.WithActivityOptions(ctx), err) {
 		w.step = "done"
 		return Result{Summary: SummaryFamilyDeleted, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
@@ -247,6 +250,33 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	return res, err
 }
+
+// tidyOnCancel cancels, as the workflow is cancelled, the reminders it
+// made that are still to go: its check-ins, boundary reminders, the
+// notice of a proposed meeting and the ask for a safety screen. Cancelled
+// with its intervention (through Temporal), it left them, and those held
+// back for quiet hours went out in the morning. Not its overdose alerts
+// nor the counselor's notice of a failed harm-reduction referral: an
+// overdose answered as it stopped still needs them. A yes at a later
+// meeting (stopBoundary) and a deleted family cancel them too; a second
+// cancel finds nothing left.
+func (w *wf) tidyOnCancel(ctx workflow.Context) {
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	if flow.Version(dctx, versionTidyOnCancel, 1) < 1 {
+		return
+	}
+	if err := flow.Call(flow.WithActivityOptions(dctx), nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.in.Clinic, Origin: workflow.GetInfo(ctx).WorkflowExecution.ID, Reason: "boundary workflow cancelled",
+		Kinds:     []string{"CHECK_IN", "BOUNDARY_REMINDER", "ESCALATION_PROPOSED", "SAFETY_SCREEN_NEEDED"},
+		RequestID: flow.RequestID(dctx, w.id("cancel-reminders|cancelled")),
+	}); err != nil {
+		workflow.GetLogger(ctx).Warn("cancelling the boundary workflow's reminders after it was cancelled failed", "error", err)
+	}
+}
+
+// versionTidyOnCancel guards tidyOnCancel.
+const versionTidyOnCancel = "boundary-tidy-on-cancel"
 
 // versionAnswerOnFailure guards answering, when a step fails the workflow,
 // the overdoses signalled and not yet taken: before, they were answered

@@ -54,6 +54,8 @@ type harness struct {
 	// sent, if set, hears of each reminder as it is sent (from the
 	// activity's goroutine).
 	sent chan activities.ReminderRequest
+	// cancelled are the CancelReminders calls.
+	cancelled []activities.CancelRemindersRequest
 }
 
 // consequenceAgreedOn starts the family with no boundary stating a
@@ -137,6 +139,11 @@ func newHarness(t *testing.T, status string) *harness {
 		func(_ context.Context, in activities.ProposeRequest) (string, error) {
 			h.proposed = append(h.proposed, in)
 			return "clinics/north/interventions/next", nil
+		})
+	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
+			h.cancelled = append(h.cancelled, in)
+			return 1, nil
 		})
 	return h
 }
@@ -1060,6 +1067,25 @@ func TestCancelledWhileAwaitingAScreen(t *testing.T) {
 	}
 	if n := len(h.kinds("BOUNDARY_REMINDER")); n != 0 {
 		t.Fatalf("%d boundary reminders sent to an unsafe family", n)
+	}
+}
+
+// Cancelled through Temporal (its intervention cancelled by an operator),
+// the workflow cancels the reminders it made that are still to go, those
+// held back for quiet hours among them, but not its overdose alerts.
+func TestCancelledWorkflowTidiesItsReminders(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(h.reminders) == 0 || h.reminders[0].Origin == "" {
+		t.Fatalf("reminders %+v; want some made before the cancellation, with their origin", h.reminders)
+	}
+	if len(h.cancelled) != 1 || h.cancelled[0].Origin != h.reminders[0].Origin || h.cancelled[0].RequestID == "" ||
+		fmt.Sprint(h.cancelled[0].Kinds) != "[CHECK_IN BOUNDARY_REMINDER ESCALATION_PROPOSED SAFETY_SCREEN_NEEDED]" {
+		t.Fatalf("cancellations %+v; want the workflow's own check-ins, boundary reminders and notices, by origin", h.cancelled)
 	}
 }
 

@@ -48,7 +48,7 @@ var epochs = []epoch{
 		// matintake
 		"review-stalled-intake",
 		// boundary
-		"gate-on-current-screen", "tighten-keeps-sooner",
+		"gate-on-current-screen", "tighten-keeps-sooner", "boundary-tidy-on-cancel",
 		// overdose
 		"referral-failure-keeps-alert",
 	)},
