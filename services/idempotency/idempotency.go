@@ -57,8 +57,16 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	}
 	if tag.RowsAffected() == 0 {
 		var k key
+		// A replay that may run the call again (ErrRerun) locks the key
+		// first: two at once would otherwise both read the first answer
+		// and both run the call. The second waits, then reads the answer
+		// the first stored.
+		lock := ""
+		if recheck != nil {
+			lock = " FOR UPDATE"
+		}
 		err := tx.QueryRow(ctx, `SELECT method, request_hash, response, caller, COALESCE(resource, ''), forgotten FROM idempotency_keys
-			WHERE clinic = $1 AND request_id = $2 AND caller = $3`, clinic, requestID, caller(ctx)).Scan(
+			WHERE clinic = $1 AND request_id = $2 AND caller = $3`+lock, clinic, requestID, caller(ctx)).Scan(
 			&k.method, &k.hash, &k.resp, &k.caller, &k.resource, &k.forgotten)
 		if errors.Is(err, pgx.ErrNoRows) {
 			// The id is held under another caller: only where the key is

@@ -304,6 +304,55 @@ func TestRecheckMayRunTheCallAgain(t *testing.T) {
 	}
 }
 
+// Two replays at once that would both run the call again take turns on
+// the key: the second reads the answer the first stored, and the call
+// runs once more, not twice.
+func TestConcurrentRerunsRunTheCallOnce(t *testing.T) {
+	t.Parallel()
+	_, db, ctx := commonTables(t, "staff")
+	var runs atomic.Int32
+	release := make(chan struct{})
+	call := func() (*familiesv1.Family, error) {
+		return idempotency.InTxRechecked(ctx, db, "north", "M", "r1", &familiesv1.GetFamilyRequest{Name: "f1"}, newFamily,
+			func(pgx.Tx) (*familiesv1.Family, error) {
+				n := runs.Add(1)
+				if n == 2 {
+					<-release // the first rerun takes its time
+				}
+				return &familiesv1.Family{Name: fmt.Sprintf("clinics/north/families/f1/disclosures/d%d", n)}, nil
+			},
+			func(_ pgx.Tx, stored *familiesv1.Family) error {
+				if strings.HasSuffix(stored.GetName(), "/d1") {
+					return idempotency.ErrRerun
+				}
+				return nil
+			})
+	}
+	if _, err := call(); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		out *familiesv1.Family
+		err error
+	}
+	first, second := make(chan result, 1), make(chan result, 1)
+	go func() { out, err := call(); first <- result{out, err} }()
+	for runs.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	go func() { out, err := call(); second <- result{out, err} }()
+	time.Sleep(200 * time.Millisecond) // the second replay reaches the key
+	close(release)
+	for _, ch := range []chan result{first, second} {
+		if r := <-ch; r.err != nil || !strings.HasSuffix(r.out.GetName(), "/d2") {
+			t.Fatalf("a replay: %v, %v; want the rerun's answer, d2", r.out, r.err)
+		}
+	}
+	if runs.Load() != 2 {
+		t.Fatalf("the call ran %d times; want twice: the first call and one rerun", runs.Load())
+	}
+}
+
 // ForgetResource forgets the answers naming a record or a record under it,
 // and no other: not a sibling whose name it begins (f1 and f10), nor one a
 // LIKE wildcard in its name would match, nor one in a collection kept.
