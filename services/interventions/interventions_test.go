@@ -662,8 +662,8 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	if claimed, err := claim(inTime); err != nil || claimed.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
 		t.Fatalf("claim in time: %v, %v", claimed, err)
 	}
-	// Past the send-by time a claim is not extended, though a lease taken
-	// before runs its course and its claimant reports.
+	// Past the send-by time a claim is not extended (a lease taken before
+	// ends then), and its claimant still reports.
 	soon, err := remind(now.Add(-time.Minute), now.Add(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
@@ -681,6 +681,27 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	if done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: soon.GetName(), Claimant: "sms-1",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED {
 		t.Fatalf("the claimant's report past send-by: %v, %v", done, err)
+	}
+	// Its own lease run out long before (past the grace a claimant has to
+	// report): the reminder fails, and the claimant is told so, not to
+	// report.
+	gone, err := remind(f.clock.Now().Add(-time.Minute), f.clock.Now().Add(30*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: gone.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(10 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(10 * time.Minute)
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: gone.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(10 * time.Minute)})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" || strings.Contains(st.Message(), "report") {
+		t.Fatalf("a claim by the claimant whose lease ran out past the grace: %q, %q; want QUIET_HOURS, the reminder failed", reason(st), st.Message())
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: gone.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_FAILED {
+		t.Fatalf("the reminder: %v, %v; want FAILED", got, err)
 	}
 	// The claim that failed the late reminder committed a change: its
 	// record goes with it (OK), and the refusal is recorded too. A claim
@@ -816,12 +837,27 @@ func TestReminderOfABegunMeetingIsCancelledAtItsClaim(t *testing.T) {
 		return rem
 	}
 	upcoming, checkIn := remind(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING), remind(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN)
-	f.clock.Advance(3 * time.Hour) // an hour into the meeting
 	claim := func(rem *interventionsv1.Reminder) (*interventionsv1.Reminder, error) {
 		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1",
 			LeaseDuration: durationpb.New(time.Minute)})
 	}
-	_, err := claim(upcoming)
+	// One claimed in time by a worker that then died: its claim lapses.
+	lapsed := remind(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING)
+	f.clock.Advance(90 * time.Minute)
+	if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: lapsed.GetName(), Claimant: "sms-0",
+		LeaseDuration: durationpb.New(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(90 * time.Minute) // an hour into the meeting
+	_, err := claim(lapsed)
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" {
+		t.Fatalf("claim of a lapsed claim of a meeting begun: reason %q; want MEETING_BEGUN", reason(st))
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: lapsed.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the lapsed claim's reminder: %v, %v; want CANCELLED", got, err)
+	}
+	_, err = claim(upcoming)
 	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" {
 		t.Fatalf("claim of a reminder of a meeting begun an hour ago: reason %q; want MEETING_BEGUN", reason(st))
 	}

@@ -588,7 +588,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 						// failed below unless it ran out just now (the
 						// claimant may have sent it, and may report).
 						lease := cur.GetLeaseExpireTime()
-						late = lease == nil || !lease.AsTime().After(now.Add(-lapsedGrace))
+						if late = lease == nil || !lease.AsTime().After(now.Add(-lapsedGrace)); late {
+							return nil, quietHoursBegan(cur.GetName())
+						}
 						return nil, notExtended(cur.GetName())
 					case cur.GetState() == rDue:
 						// Failed below, once this transaction is gone.
@@ -654,15 +656,18 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // then, "family meeting at 10:00" would reach the family at 11:00.
 const ReasonMeetingBegun = "MEETING_BEGUN"
 
-// meetingBegun reports whether reminder r, not yet claimed, announces a
-// meeting coming up that has begun by now.
+// meetingBegun reports whether reminder r, not yet claimed or its claim
+// lapsed, announces a meeting coming up that has begun by now.
 func (s *Server) meetingBegun(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (bool, error) {
 	var (
 		kind    int16
 		related string
 		state   int16
 	)
-	err := tx.QueryRow(ctx, `SELECT kind, related_resource, state FROM reminders WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&kind, &related, &state)
+	// Not yet claimed, or its claim lapsed (the claimant gone): either
+	// would go out now.
+	err := tx.QueryRow(ctx, `SELECT kind, related_resource, CASE WHEN state = $3 AND lease_expire_time <= $4 THEN $5 ELSE state END
+		FROM reminders WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(rClaimed), now, int16(rScheduled)).Scan(&kind, &related, &state)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil // answered as missing by the claim
 	}
@@ -682,12 +687,12 @@ func (s *Server) meetingBegun(ctx context.Context, tx pgx.Tx, r ref, now time.Ti
 }
 
 // cancelBegun cancels reminder r, of a meeting that has begun, if nobody
-// claimed it meanwhile.
+// holds a claim of it meanwhile.
 func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
-			WHERE clinic = $1 AND id = $2 AND state = $6 RETURNING `+reminderColumns,
-			r.clinic, r.id, int16(rCancelled), "the meeting began before it was sent", now, int16(rScheduled))
+			WHERE clinic = $1 AND id = $2 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5)) RETURNING `+reminderColumns,
+			r.clinic, r.id, int16(rCancelled), "the meeting began before it was sent", now, int16(rScheduled), int16(rClaimed))
 		if err != nil {
 			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
 		}

@@ -1947,7 +1947,7 @@ type Reminder struct {
 	// hours begin. A claim from then on is refused with FAILED_PRECONDITION
 	// (reason QUIET_HOURS) and fails the reminder, so that the workflow that
 	// made it, if still listening, sends it again after them; no lease is
-	// extended from then on, though one taken before runs its course. A
+	// taken or extended from then on, and one taken before ends then. A
 	// reminder whose lease ran out less than five minutes before is not
 	// failed by such a claim: its claimant may have sent it and still report
 	// it. Unset
