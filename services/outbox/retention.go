@@ -25,14 +25,15 @@ const (
 const (
 	PruneEvery  = time.Minute
 	pruneBatch  = 1000
-	pruneBudget = 20 * time.Second
+	pruneBudget = 3 * time.Second
 )
 
 // InBatches runs each forget, which deletes up to limit rows and says how
 // many it deleted, until it deletes fewer than a batch or the pruning's
 // time is spent. Bounded by time, not by a count of batches: a count made
 // a ceiling on the rows pruned a minute (ten thousand), under which a
-// table written faster grew for good.
+// table written faster grew for good. The time is short: the relay and
+// the sender prune between polls, and poll nothing meanwhile.
 func InBatches(forgets ...func(limit int) (int64, error)) error {
 	return inBatches(time.Now, pruneBudget, forgets...)
 }

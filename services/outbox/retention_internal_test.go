@@ -21,8 +21,9 @@ func TestInBatchesIsBoundedByTimeNotCount(t *testing.T) {
 			return n, nil
 		}
 	}
-	// Two tables share 20 s, 10 s each. The first's 25 full batches and a
-	// short one, a tenth of a second each, all go within its share.
+	// Two tables share 20 s, 10 s each (the budget is the caller's: the
+	// relay's is a few seconds). The first's 25 full batches and a short
+	// one, a tenth of a second each, all go within its share.
 	var a, b int
 	if err := inBatches(now, 20*time.Second, backlog(25_500, 100*time.Millisecond, &a), backlog(500, 100*time.Millisecond, &b)); err != nil {
 		t.Fatal(err)
