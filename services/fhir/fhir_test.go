@@ -235,9 +235,11 @@ func TestLastUpdated(t *testing.T) {
 	}
 	// Fractional seconds are as precise as their digits.
 	for v, want := range map[string]string{
-		"2026-03-04T05:06:07.1Z":        `update_time >= "2026-03-04T05:06:07.1Z" AND update_time < "2026-03-04T05:06:07.2Z"`,
-		"2026-03-04T05:06:07.123Z":      `update_time >= "2026-03-04T05:06:07.123Z" AND update_time < "2026-03-04T05:06:07.124Z"`,
-		"2026-03-04T05:06:07.123456Z":   `update_time >= "2026-03-04T05:06:07.123456Z" AND update_time < "2026-03-04T05:06:07.123457Z"`,
+		"2026-03-04T05:06:07.1Z":      `update_time >= "2026-03-04T05:06:07.1Z" AND update_time < "2026-03-04T05:06:07.2Z"`,
+		"2026-03-04T05:06:07.123Z":    `update_time >= "2026-03-04T05:06:07.123Z" AND update_time < "2026-03-04T05:06:07.124Z"`,
+		"2026-03-04T05:06:07.123456Z": `update_time >= "2026-03-04T05:06:07.123456Z" AND update_time < "2026-03-04T05:06:07.123457Z"`,
+		// Finer than stored: a microsecond still, or nothing would match.
+		"2026-03-04T05:06:07.1234560Z":  `update_time >= "2026-03-04T05:06:07.123456Z" AND update_time < "2026-03-04T05:06:07.123457Z"`,
 		"2026-03-04T05:06:07.500+02:00": `update_time >= "2026-03-04T03:06:07.5Z" AND update_time < "2026-03-04T03:06:07.501Z"`,
 	} {
 		q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {v}}, testBase)

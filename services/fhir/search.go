@@ -275,8 +275,8 @@ func timeRange(v string) (lo, hi time.Time, ok bool) {
 				// (.123 is a millisecond), not more.
 				digits := len(frac) - len(strings.TrimLeft(frac, "0123456789"))
 				step := time.Second
-				for range min(digits, 9) {
-					step /= 10
+				for range min(digits, 6) {
+					step /= 10 // no finer than the microsecond stored
 				}
 				return t, t.Add(step), true
 			}
