@@ -739,9 +739,11 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 // 2.31), and they still answer. Consent is checked anew for every
 // attempt, so that a revocation counts at once, but
 // a delivery is recorded once however many attempts it takes (and once
-// more for each replay of it as a dead letter): the record's request id is
-// derived from the delivery's id and replays. It is recorded before the
-// first attempt, which may reach the receiver whatever its answer.
+// more for each replay of it as a dead letter, and again if the consent it
+// was recorded under no longer covers it while another does): the
+// record's request id is derived from the delivery's id and replays. It
+// is recorded before the first attempt, which may reach the receiver
+// whatever its answer.
 //
 // Without record it only checks (validate_only): for a notification that
 // carries nothing of the record, only that it changed.
@@ -755,8 +757,9 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
 	}
 	// The first attempt (of a delivery, or of a replay) records, which
-	// checks the consent. A later one checks first: its record answers
-	// from the first attempt's without looking at the consent again.
+	// checks the consent. A later one checks first, then records under the
+	// same request id: answered from the first attempt's record while the
+	// consent it names still covers, recorded anew under another that does.
 	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
 	rec := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
 	var reqs []*familiesv1.CreateDisclosureRequest

@@ -311,6 +311,11 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		hold = ""
 		w.tried = append(w.tried, w.referral.Program)
 		w.state = "REQUESTED"
+		if !w.stallReview.IsZero() {
+			// A new program's referral gets its own IntakeAlert before it
+			// counts as stalled.
+			w.stallReview = workflow.Now(ctx).Add(w.settings.IntakeAlert)
+		}
 		outcome, info, err := w.follow(ctx)
 		if err != nil {
 			return Result{}, err

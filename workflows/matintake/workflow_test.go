@@ -995,3 +995,30 @@ func TestStalledIntakeIsReviewed(t *testing.T) {
 		t.Fatalf("stall reviews at %v; want 144h and 288h", at)
 	}
 }
+
+// The next program's referral, made after a rejection, is not asked about
+// as stalled before its own IntakeAlert has passed.
+func TestStallReviewStartsAgainForTheNextProgram(t *testing.T) {
+	h := newHarness(t)
+	h.programs(2)
+	const r1, r2 = "clinics/north/referrals/r1", "clinics/north/referrals/r2"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	// Rejected at 143 h, an hour before the first review would be due.
+	h.transition(143*time.Hour, r1, activities.ReferralInfo{State: "REJECTED"})
+	h.env.RegisterDelayedCallback(func() { h.status[r2] = activities.ReferralInfo{State: "ACCEPTED"} }, 143*time.Hour+time.Minute)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 230*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want cancelled", err)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("REFERRAL_ESCALATION") {
+		if strings.Contains(r.Message, "still not started") {
+			at = append(at, r.Due.Sub(start).Round(time.Hour))
+		}
+	}
+	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{215 * time.Hour}) {
+		t.Fatalf("stall reviews at %v; want one, 72 h after the second referral (215 h)", at)
+	}
+}
