@@ -159,10 +159,14 @@ func (h *harness) kinds(kind string) []activities.ReminderRequest {
 }
 
 // holdNotices are the counselor's notices of an intake on hold, in order.
-func (h *harness) holdNotices() []activities.ReminderRequest {
+func (h *harness) holdNotices() []activities.ReminderRequest { return h.escalations("on hold") }
+
+// escalations are the counselor's REFERRAL_ESCALATION notices that say
+// phrase.
+func (h *harness) escalations(phrase string) []activities.ReminderRequest {
 	var out []activities.ReminderRequest
 	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "on hold") {
+		if strings.Contains(r.Message, phrase) {
 			out = append(out, r)
 		}
 	}
@@ -171,9 +175,15 @@ func (h *harness) holdNotices() []activities.ReminderRequest {
 
 // holdNoticeTimes are when the hold notices were due, from start.
 func (h *harness) holdNoticeTimes(start time.Time) []time.Duration {
+	return h.escalationTimes("on hold", start)
+}
+
+// escalationTimes are when the notices saying phrase were due, from start,
+// to the hour.
+func (h *harness) escalationTimes(phrase string, start time.Time) []time.Duration {
 	var at []time.Duration
-	for _, r := range h.holdNotices() {
-		at = append(at, r.Due.Sub(start))
+	for _, r := range h.escalations(phrase) {
+		at = append(at, r.Due.Sub(start).Round(time.Hour))
 	}
 	return at
 }
@@ -983,12 +993,7 @@ func TestStalledIntakeIsReviewed(t *testing.T) {
 	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
 		t.Fatalf("overdue alerts = %d, want 1", n)
 	}
-	var at []time.Duration
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "still not started") {
-			at = append(at, r.Due.Sub(start))
-		}
-	}
+	at := h.escalationTimes("still not started", start)
 	// 72 h alert; reviews at 144 h (accepted, quiet), not at 216 h (booked
 	// ahead), at 288 h (its time passed, no report).
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{144 * time.Hour, 288 * time.Hour}) {
@@ -1012,12 +1017,7 @@ func TestStallReviewStartsAgainForTheNextProgram(t *testing.T) {
 	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
 		t.Fatalf("workflow error %v; want cancelled", err)
 	}
-	var at []time.Duration
-	for _, r := range h.kinds("REFERRAL_ESCALATION") {
-		if strings.Contains(r.Message, "still not started") {
-			at = append(at, r.Due.Sub(start).Round(time.Hour))
-		}
-	}
+	at := h.escalationTimes("still not started", start)
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{215 * time.Hour}) {
 		t.Fatalf("stall reviews at %v; want one, 72 h after the second referral (215 h)", at)
 	}
