@@ -471,13 +471,14 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 }
 
 // streams lets through the streams of the public methods (health's
-// Watch, reflection) and refuses every other: Handoff's APIs are unary,
-// and the token, the policy, the clinic scope and the audit are checked
-// in the unary chain only. A streaming method added to an API is refused
-// until streams get the same checks, never served without them.
+// Watch, reflection) and refuses every other, as the unary chain refuses
+// a method the policy does not name: Handoff's APIs are unary, and the
+// token, the policy, the clinic scope and the audit are checked there
+// only. A streaming method added to an API is refused until streams get
+// the same checks, never served without them.
 func streams(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if !isPublic(info.FullMethod) {
-		return status.Errorf(codes.Unimplemented, "%s: streaming calls are not served", info.FullMethod)
+		return status.Errorf(codes.PermissionDenied, "%s: no role may open a stream", info.FullMethod)
 	}
 	return handler(srv, ss)
 }

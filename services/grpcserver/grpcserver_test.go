@@ -460,8 +460,8 @@ func TestStreamsAreRefusedButThePublicOnes(t *testing.T) {
 				err = stream.RecvMsg(&emptypb.Empty{})
 			}
 		}
-		if status.Code(err) != codes.Unimplemented || ran.Load() {
-			t.Fatalf("a streaming call: %v (handler ran: %v); want Unimplemented before the handler", err, ran.Load())
+		if status.Code(err) != codes.PermissionDenied || ran.Load() {
+			t.Fatalf("a streaming call: %v (handler ran: %v); want PermissionDenied before the handler", err, ran.Load())
 		}
 	}
 	watch, err := healthpb.NewHealthClient(env.Conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
