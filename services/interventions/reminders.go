@@ -659,29 +659,19 @@ const ReasonMeetingBegun = "MEETING_BEGUN"
 // meetingBegun reports whether reminder r, not yet claimed or its claim
 // lapsed, announces a meeting coming up that has begun by now.
 func (s *Server) meetingBegun(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (bool, error) {
-	var (
-		kind    int16
-		related string
-		state   int16
-	)
-	// Not yet claimed, or its claim lapsed (the claimant gone): either
-	// would go out now.
-	err := tx.QueryRow(ctx, `SELECT kind, related_resource, CASE WHEN state = $3 AND lease_expire_time <= $4 THEN $5 ELSE state END
-		FROM reminders WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(rClaimed), now, int16(rScheduled)).Scan(&kind, &related, &state)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil // answered as missing by the claim
-	}
-	if err != nil {
-		return false, fmt.Errorf("read reminder: %w", err)
-	}
-	id, ok := strings.CutPrefix(related, "clinics/"+r.clinic+"/interventions/")
-	if kind != int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING) || state != int16(rScheduled) || !ok || id == "" {
-		return false, nil
-	}
+	// One round trip on the claim's path: the reminder, not yet claimed or
+	// its claim lapsed (the claimant gone), joined by its related name to
+	// the intervention's key. Either state would go out now.
 	var begun bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM interventions WHERE clinic = $1 AND id = $2 AND start_time <= $3)`,
-		r.clinic, id, now).Scan(&begun); err != nil {
-		return false, fmt.Errorf("read meeting: %w", err)
+	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders m
+		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
+		WHERE m.clinic = $1 AND m.id = $2 AND m.kind = $3
+			AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id
+			AND (m.state = $4 OR (m.state = $5 AND m.lease_expire_time <= $6))
+			AND i.start_time <= $6)`,
+		r.clinic, r.id, int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING), int16(rScheduled), int16(rClaimed), now).Scan(&begun)
+	if err != nil {
+		return false, fmt.Errorf("read the reminder's meeting: %w", err)
 	}
 	return begun, nil
 }
