@@ -690,3 +690,72 @@ func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
 		t.Fatalf("log of a withdrawn delivery's failed attempt:\n%s\nwant it superseded, not to be retried", out)
 	}
 }
+
+// Receivers that hang lose their share after one timeout: together they
+// get a quarter of the slots, one send each at a time, so that two of them
+// cannot hold every slot round after round while another receiver waits.
+func TestHangingReceiversGetOneSlotAfterATimeout(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	const timeout = time.Second
+	var hung, mostLate, now atomic.Int32
+	var start atomic.Pointer[time.Time]
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hung.Add(1)
+		// Read to the end, so that the server hears the sender hang up.
+		_, _ = io.Copy(io.Discard, r.Body)
+		n := now.Add(1)
+		defer now.Add(-1)
+		// Under way at once, counted from a quarter timeout past the first
+		// timeout, when the first sends have ended.
+		if s := start.Load(); s != nil && time.Since(*s) > timeout+timeout/4 {
+			for m := mostLate.Load(); n > m && !mostLate.CompareAndSwap(m, n); m = mostLate.Load() {
+			}
+		}
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	t.Cleanup(slow.Close)
+	t.Cleanup(func() { close(stop) })
+	var got atomic.Int32
+	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(fast.Close)
+	f.subscribe(t, f.ehr, slow.URL+"/a", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	f.subscribe(t, f.env.As("north", "ehr-3", auth.RoleEHR), slow.URL+"/b", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	f.subscribe(t, f.env.As("north", "ehr-2", auth.RoleEHR), fast.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	for i := range 12 {
+		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, fmt.Sprintf("r%d", i), "accepted")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs servicetest.LogBuffer
+	began := time.Now()
+	start.Store(&began)
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.NewTextHandler(&logs, nil)), MaxAttempts: 10, Parallel: 4,
+		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: timeout, Interval: 20 * time.Millisecond, AllowPrivate: true,
+	}))
+	// With a share each (two slots of four), the hanging pair would hold
+	// every slot for a timeout at a time, the other receiver getting one
+	// or two notifications between timeouts: 12 would take 6 timeouts.
+	eventually(t, 3*timeout, "the other receiver's 12 notifications", func() bool { return got.Load() == 12 })
+	// Before the first timeout they held their shares (four); since, one
+	// between them at a time.
+	time.Sleep(timeout + timeout/2)
+	took := time.Since(began)
+	if n, want := int(hung.Load()), 4+int(took/timeout)+1; n > want {
+		t.Errorf("the hanging receivers were sent %d notifications in %v; want at most %d: 4, then one at a time", n, took.Round(time.Millisecond), want)
+	}
+	if m := mostLate.Load(); m > 1 {
+		t.Errorf("the hanging receivers had %d notifications under way at once after the first timeout; want one", m)
+	}
+	if out := logs.String(); !strings.Contains(out, "webhook receiver slow") {
+		t.Errorf("log:\n%s\nwant the slow receivers named", out)
+	}
+}

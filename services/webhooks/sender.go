@@ -92,6 +92,14 @@ type Sender struct {
 	total    int
 	ended    chan struct{} // a send ended
 	sends    sync.WaitGroup
+	// The stall breaker: a share per subscription still lets a few
+	// receivers that hang take every slot. posting holds when each POST
+	// under way began; slow, by subscription id, when a POST to it last
+	// took stallAfter or longer with no quick answer since. A slow
+	// subscription gets one send at a time, and the slow ones together a
+	// quarter of the slots.
+	posting map[*pending]time.Time
+	slow    map[string]time.Time
 }
 
 // DefaultMaxAttempts, with the default backoff (5 s doubling, at most an
@@ -214,19 +222,100 @@ func (s *Sender) endedChan() chan struct{} {
 }
 
 // claimFree claims up to the free slots, each subscription's share less
-// what it has under way.
+// what it has under way, and a slow subscription's less (see shares).
 func (s *Sender) claimFree(ctx context.Context) ([]*pending, error) {
 	s.fmu.Lock()
 	free := s.cfg.Parallel - s.total
-	busy := make(map[string]int, len(s.inFlight))
-	for k, v := range s.inFlight {
-		busy[k] = v
-	}
+	busy := s.shares(time.Now())
 	s.fmu.Unlock()
 	if free <= 0 {
 		return nil, nil
 	}
 	return s.claim(ctx, free, busy)
+}
+
+// perSubscription is how many sends one subscription may have under way.
+func (s *Sender) perSubscription() int { return max(1, s.cfg.Parallel/2) }
+
+// stallAfter is how long a POST may take before its subscription counts as
+// slow: half the timeout, so that one caught mid-hang counts already.
+func (s *Sender) stallAfter() time.Duration { return s.cfg.Timeout / 2 }
+
+// forgetSlow is how long a subscription stays slow without a send to it:
+// long enough to span the longest backoff of its deliveries.
+const forgetSlow = 2 * time.Hour
+
+// shares returns, by subscription id, the count claim takes as under way:
+// the sends truly under way, and for a slow subscription (one whose last
+// POST hung, or one with a POST under way for stallAfter) as many as
+// leave it one send at a time, only while the slow ones together hold
+// fewer than a quarter of the slots. A slow receiver is thus probed, one
+// send at a time, and answers quickly again before it gets its full share
+// back. Called with fmu held.
+func (s *Sender) shares(now time.Time) map[string]int {
+	busy := make(map[string]int, len(s.inFlight))
+	for k, v := range s.inFlight {
+		busy[k] = v
+	}
+	slow := map[string]bool{}
+	for id, since := range s.slow {
+		if now.Sub(since) > forgetSlow {
+			delete(s.slow, id)
+			continue
+		}
+		slow[id] = true
+	}
+	for p, began := range s.posting {
+		if now.Sub(began) >= s.stallAfter() {
+			slow[p.subscription] = true
+		}
+	}
+	if len(slow) == 0 {
+		return busy
+	}
+	held := 0
+	for id := range slow {
+		held += busy[id]
+	}
+	// Which slow ones get the probes left is up to map order: over rounds,
+	// each gets its turn.
+	probes := max(1, s.cfg.Parallel/4) - held
+	per := s.perSubscription()
+	for id := range slow {
+		if busy[id] == 0 && probes > 0 {
+			probes--
+			busy[id] = per - 1
+			continue
+		}
+		busy[id] = per
+	}
+	return busy
+}
+
+// posted records how long the POST that began at began took: a subscription
+// is slow after one that took stallAfter or longer (answered or not), and
+// no longer after one answered sooner. A POST that failed at once (refused
+// connection) held no slot for long and changes nothing.
+func (s *Sender) posted(p *pending, began time.Time, answered bool) {
+	took := time.Since(began)
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	delete(s.posting, p)
+	_, was := s.slow[p.subscription]
+	switch {
+	case took >= s.stallAfter():
+		if s.slow == nil {
+			s.slow = map[string]time.Time{}
+		}
+		s.slow[p.subscription] = time.Now()
+		if !was {
+			s.cfg.Log.Warn("webhook receiver slow: one notification at a time until it answers quickly",
+				"subscription", subscriptionName(p.clinic, p.subscription), "took", took.Round(time.Millisecond).String())
+		}
+	case answered && was:
+		delete(s.slow, p.subscription)
+		s.cfg.Log.Info("webhook receiver answering quickly again", "subscription", subscriptionName(p.clinic, p.subscription))
+	}
 }
 
 // start sends p in a goroutine of its own, counted under way until it
@@ -342,7 +431,7 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 	lease := 3*s.cfg.Timeout + 30*time.Second
 	// A few per subscription at a time, those under way counted, so that
 	// one receiver that hangs cannot hold every slot while others wait.
-	perSubscription := max(1, s.cfg.Parallel/2)
+	perSubscription := s.perSubscription()
 	busyIDs, busyN := make([]string, 0, len(busy)), make([]int32, 0, len(busy))
 	for id, n := range busy {
 		busyIDs, busyN = append(busyIDs, id), append(busyN, int32(n))
@@ -884,7 +973,15 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 		previous = append(previous, p.previous)
 	}
 	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body, previous...))
+	began := time.Now()
+	s.fmu.Lock()
+	if s.posting == nil {
+		s.posting = map[*pending]time.Time{}
+	}
+	s.posting[p] = began
+	s.fmu.Unlock()
 	resp, err := s.client.Do(req)
+	s.posted(p, began, err == nil)
 	if err != nil {
 		return 0, err
 	}

@@ -273,3 +273,51 @@ func TestRetryAfter(t *testing.T) {
 		t.Fatalf("described as %q", got)
 	}
 }
+
+// A subscription is slow after a POST that took half the timeout, answered
+// or not, and gets its share back after one answered sooner; the slow ones
+// get a quarter of the slots between them, one each.
+func TestStallBreakerShares(t *testing.T) {
+	s := NewSender(SenderConfig{Parallel: 8, Timeout: 10 * time.Second, Log: slog.New(slog.DiscardHandler)})
+	a, b, c := &pending{subscription: "a"}, &pending{subscription: "b"}, &pending{subscription: "c"}
+	now := time.Now()
+	s.posted(a, now.Add(-6*time.Second), false) // timed out, say
+	s.posted(b, now.Add(-5*time.Second), true)  // a slow answer
+	s.posted(c, now.Add(-time.Second), false)   // refused at once: not slow
+	s.fmu.Lock()
+	got := s.shares(now)
+	s.fmu.Unlock()
+	// Two probes (8/4) for the two slow ones, none under way: each may
+	// take one more (share 4, counted busy 3); c keeps its whole share.
+	if got["a"] != 3 || got["b"] != 3 || got["c"] != 0 {
+		t.Fatalf("shares %v; want a and b at 3 (one send each), c absent", got)
+	}
+	// One of them under way since long ago: it holds a probe, and counts
+	// slow from its POST alone even had it been quick before.
+	s.inFlight = map[string]int{"a": 1, "d": 1}
+	d := &pending{subscription: "d"}
+	s.posting = map[*pending]time.Time{d: now.Add(-5 * time.Second)}
+	s.fmu.Lock()
+	got = s.shares(now)
+	s.fmu.Unlock()
+	if got["a"] != 4 || got["b"] != 4 || got["d"] != 4 {
+		t.Fatalf("shares %v; want a, b and d at 4: two slow sends under way use both probes", got)
+	}
+	// b answers quickly: its share is its own again.
+	delete(s.posting, d)
+	s.posted(b, time.Now(), true)
+	s.inFlight = nil
+	s.fmu.Lock()
+	got = s.shares(now)
+	s.fmu.Unlock()
+	if _, ok := got["b"]; ok || got["a"] != 3 {
+		t.Fatalf("shares %v; want b absent (quick again), a at 3", got)
+	}
+	// Forgotten after forgetSlow without a send.
+	s.fmu.Lock()
+	got = s.shares(now.Add(forgetSlow + time.Minute))
+	s.fmu.Unlock()
+	if len(got) != 0 {
+		t.Fatalf("shares %v long after; want none", got)
+	}
+}
