@@ -367,6 +367,7 @@ func validateCompose(path string) error {
 		Services map[string]struct {
 			Image   string   `json:"image"`
 			Command []string `json:"command"`
+			Volumes []any    `json:"volumes"`
 		} `json:"services"`
 	}
 	if err := yaml.Unmarshal(b, &doc); err != nil {
@@ -375,6 +376,30 @@ func validateCompose(path string) error {
 	for _, want := range []string{"postgres", "temporal", "temporal-ui", "migrate", "families", "interventions", "referrals", "webhooks", "worker", "gateway"} {
 		if _, ok := doc.Services[want]; !ok {
 			return fmt.Errorf("no service %q", want)
+		}
+	}
+	// The issuer's signing key and the user tokens are the issuer's alone;
+	// a service identity's token is the issuer's and its one process's.
+	mounts := map[string][]string{} // volume: services mounting it
+	for name, svc := range doc.Services {
+		for _, v := range svc.Volumes {
+			var source string
+			switch v := v.(type) {
+			case string:
+				source, _, _ = strings.Cut(v, ":")
+			case map[string]any:
+				source, _ = v["source"].(string)
+			}
+			mounts[source] = append(mounts[source], name)
+		}
+	}
+	for vol, by := range mounts {
+		slices.Sort(by)
+		switch {
+		case (vol == "issuer" || vol == "issuer-key") && !slices.Equal(by, []string{"issuer"}):
+			return fmt.Errorf("volume %s is mounted by %v: only the issuer may hold the signing key and the user tokens", vol, by)
+		case strings.HasSuffix(vol, "-token") && (len(by) != 2 || !slices.Contains(by, "issuer")):
+			return fmt.Errorf("volume %s is mounted by %v: a service identity's token goes to the issuer and one process", vol, by)
 		}
 	}
 	if !strings.Contains(string(b), "HANDOFF_PAYLOAD_KEYS") {
