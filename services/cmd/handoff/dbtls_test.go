@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 
@@ -48,5 +49,25 @@ func TestDatabaseTransport(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "u@") {
 			t.Errorf("the refusal repeats the URL: %v", err)
 		}
+	}
+}
+
+// `handoff dev` keeps the rule too: a database off this machine in clear is
+// refused before anything connects, unless the network is said trusted.
+func TestDevRefusesADatabaseInClear(t *testing.T) {
+	for _, k := range []string{"PGSSLMODE", "PGSSLROOTCERT", "PGHOST", "HANDOFF_INSECURE_PLAINTEXT"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("HOME", t.TempDir())
+	err := runDev(t.Context(), slog.New(slog.DiscardHandler), []string{"--database-url", "postgres://u:p@db.example.invalid/handoff", "--data-dir", t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "without verified TLS") {
+		t.Fatalf("dev with a database in clear off this machine: %v; want it refused", err)
+	}
+	// Trusted, it goes on to connect (and fails on the name, which
+	// resolves nowhere): past the check.
+	err = runDev(t.Context(), slog.New(slog.DiscardHandler), []string{"--database-url", "postgres://u:p@db.example.invalid/handoff?connect_timeout=2",
+		"--data-dir", t.TempDir(), "--insecure-plaintext"})
+	if err == nil || strings.Contains(err.Error(), "without verified TLS") {
+		t.Fatalf("dev on a trusted network: %v; want past the TLS check", err)
 	}
 }

@@ -47,10 +47,16 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	demo := fs.Bool("demo", false, "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
 	fast := fs.Bool("fast", false, "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
 	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""), "JSON file with workflow timings per clinic (HANDOFF_WORKFLOW_SETTINGS_FILE)")
-	if err := fromEnv(fs, "demo", "HANDOFF_DEMO", "fast", "HANDOFF_FAST"); err != nil {
+	trusted := fs.Bool("insecure-plaintext", false, "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
+	if err := fromEnv(fs, "demo", "HANDOFF_DEMO", "fast", "HANDOFF_FAST", "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT"); err != nil {
 		return err
 	}
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	// The same rule as the services': a database off this machine only
+	// over verified TLS, or on a network said to be trusted.
+	if err := databaseTransport(*dbURL, *trusted); err != nil {
 		return err
 	}
 	if err := ensureDatabase(ctx, *dbURL); err != nil {

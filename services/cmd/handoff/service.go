@@ -560,10 +560,6 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		// before the pools deferred above.
 		defer background.close()
 	}
-	lis, err := net.Listen("tcp", f.listen)
-	if err != nil {
-		return fmt.Errorf("%s: listen: %w", d.name, err)
-	}
 	var parts []func(context.Context)
 	if background.run != nil {
 		parts = append(parts, background.run)
@@ -582,6 +578,13 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	}
 	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
 	parts = append(parts, relay.Run)
+	// Bound last, once everything it serves with is open: a port taken
+	// while a migration waits on another's lock would take connections it
+	// cannot answer, and stay open if that migration failed.
+	lis, err := net.Listen("tcp", f.listen)
+	if err != nil {
+		return fmt.Errorf("%s: listen: %w", d.name, err)
+	}
 	return runWith(ctx, func(ctx context.Context) error {
 		o.setReady(serving(srv.Health))
 		log.Info("serving", "addr", lis.Addr().String())
