@@ -546,7 +546,10 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 		return err
 	}
 	if w.hold.Hold != "" && w.plan.Start.Add(w.plan.Duration).After(w.holdExpiry) {
-		if err := w.releaseHold(ctx, ctx, "rescheduled past the hold"); err != nil {
+		// Within holdBudget, as taking one: the reminders for the new
+		// time are armed after it, and a day of the release's retries
+		// would let them pass.
+		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "rescheduled past the hold"); err != nil {
 			if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedRescheduleRelease, 1) < 1 {
 				return err
 			}
@@ -947,11 +950,15 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		}
 		res.ChildResult = out.Outcome
 	case o.Kind == "POSTPONED":
-		if err := w.releaseHold(ctx, ctx, "meeting postponed"); err != nil && !w.pastFailedRelease(ctx, err) {
+		// Releases here are bounded too: what follows (the support
+		// referrals, the boundary follow-up) must not wait a day on them.
+		// A hold one leaves lapses at its expiry, or sooner through the
+		// CancelledHolds workflow when nothing was accepted.
+		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "meeting postponed"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
 	default: // PARTIALLY_ACCEPTED without MAT, DECLINED, DID_NOT_ATTEND
-		if err := w.releaseHold(ctx, ctx, "treatment not accepted"); err != nil && !w.pastFailedRelease(ctx, err) {
+		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "treatment not accepted"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
 		if len(o.AcceptedServices) > 0 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/activity"
 	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/testsuite"
 	"go.temporal.io/sdk/workflow"
@@ -78,7 +79,11 @@ type harness struct {
 	releaseErr, cancelErr error
 	// onRelease, when set, answers the nth ReleaseHold instead.
 	onRelease func(n int) error
-	cancels   []string
+	// releaseBudgets are the schedule-to-close timeouts of the ReleaseHold
+	// calls the server retries (the test environment stops retries after
+	// ten attempts, so a day's budget shows only here).
+	releaseBudgets []time.Duration
+	cancels        []string
 	// stopped are the workflows asked to cancel (the boundary, on a yes).
 	stopped []string
 	// cancelled are the CancelReminders requests, whole.
@@ -139,7 +144,10 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 			return h.hold(in)
 		})
 	env.OnActivity(flow.A.ReleaseHold, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ReleaseRequest) error {
+		func(ctx context.Context, in activities.ReleaseRequest) error {
+			if info := activity.GetInfo(ctx); !info.IsLocalActivity {
+				h.releaseBudgets = append(h.releaseBudgets, info.ScheduleToCloseTimeout)
+			}
 			h.released = append(h.released, in.Hold)
 			h.calls = append(h.calls, "release")
 			if h.onRelease != nil {
@@ -1172,5 +1180,49 @@ func TestFailedReleaseOnRescheduleGoesOn(t *testing.T) {
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h2" {
 		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the new hold", res, err, intake)
+	}
+}
+
+// A release that keeps failing after a reschedule holds the workflow up
+// for holdBudget, not for the day of an activity's retries: the new
+// time's reminders are armed, and the first goes out on time.
+func TestFailingReleaseOnRescheduleDelaysNoReminder(t *testing.T) {
+	// A hold that lapses an hour after the meeting, so that moving it two
+	// days on outlives the hold.
+	settings := defaults()
+	settings.HoldSlack = time.Hour
+	h := newHarness(t, 2*24*time.Hour, settings)
+	h.releaseErr = errors.New("referrals service unavailable") // retryable
+	var releasedAt []time.Time
+	h.onRelease = func(int) error { releasedAt = append(releasedAt, h.env.Now()); return h.releaseErr }
+	newStart := h.start.Add(2 * 24 * time.Hour)
+	var rejected error
+	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if len(releasedAt) == 0 || releasedAt[0].After(h.start.Add(-46*time.Hour)) {
+		t.Fatalf("releases tried at %v; want the first at the reschedule, 47 h before the old time", releasedAt)
+	}
+	for _, b := range h.releaseBudgets {
+		if b > 5*time.Minute {
+			t.Fatalf("a release was given %v, its retries included; want it bounded by the hold's budget (5m)", b)
+		}
+	}
+	if len(h.releaseBudgets) == 0 {
+		t.Fatal("no release handed to the server's retries")
+	}
+	// The first reminder the counselor got after the reschedule (an hour
+	// after the workflow began, 47 h before the old time).
+	var first time.Time
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID == "counselor-1" && r.Due.After(h.start.Add(-47*time.Hour)) && (first.IsZero() || r.Due.Before(first)) {
+			first = r.Due
+		}
+	}
+	if want := newStart.Add(-72 * time.Hour); !first.Equal(want) {
+		t.Fatalf("the counselor's first reminder of the new time went at %v; want %v, 72 h before it", first, want)
 	}
 }
