@@ -681,7 +681,7 @@ func (w *wf) due(ctx workflow.Context) error {
 		// that is still before the meeting.
 		sent, _, why, err := flow.RemindAwakeWhy(ctx, w.plan.Clinic, fromRecipient(r.Recipient, w.plan.Family), "INTERVENTION_UPCOMING",
 			w.in.Intervention, msg, purpose, time.Time{}, w.plan.Start)
-		if err != nil {
+		if err != nil && !w.pastFailedNotice(ctx, err, "meeting reminder") {
 			return err
 		}
 		if why == flow.NotAParticipant && !w.refused[purpose] && flow.Version(ctx, versionRefusalReplans, 1) >= 1 {
@@ -714,14 +714,14 @@ func (w *wf) due(ctx workflow.Context) error {
 	if !w.overdueSent && !now.Before(w.end().Add(w.settings.OutcomeGrace)) {
 		w.step = StepAwaitOutcome
 		if err := w.chase(ctx, w.plan.Counselor, "OUTCOME_OVERDUE",
-			"Please record how the family meeting went.", fmt.Sprintf("overdue|%d", w.generation)); err != nil {
+			"Please record how the family meeting went.", fmt.Sprintf("overdue|%d", w.generation)); err != nil && !w.pastFailedNotice(ctx, err, "outcome overdue") {
 			return err
 		}
 		w.overdueSent = true
 	}
 	if w.overdueSent && !w.escalated && !now.Before(w.end().Add(w.settings.OutcomeGrace+w.settings.OutcomeEscalation)) {
 		if err := w.chase(ctx, activities.Supervisors(), "OUTCOME_ESCALATION",
-			"A family meeting has had no outcome recorded for a day.", fmt.Sprintf("escalate|%d", w.generation)); err != nil {
+			"A family meeting has had no outcome recorded for a day.", fmt.Sprintf("escalate|%d", w.generation)); err != nil && !w.pastFailedNotice(ctx, err, "outcome escalation") {
 			return err
 		}
 		w.escalated = true
@@ -798,8 +798,12 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 			return nil
 		}
 		w.holdNotified = true
-		return flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
+		err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
 			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
+		if err != nil && w.pastFailedNotice(ctx, err, "hold unavailable") {
+			return nil
+		}
+		return err
 	}
 	w.hold, w.holdExpiry, w.holdUnsure = res, expiry, false
 	return nil
@@ -853,6 +857,23 @@ func (w *wf) pastFailedRelease(ctx workflow.Context, err error) bool {
 		return false
 	}
 	workflow.GetLogger(ctx).Warn("releasing the hold failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)
+	return true
+}
+
+// versionPastFailedNotice guards going on when a meeting reminder or a
+// notice to staff could not be made at all (refused as invalid, or the
+// interventions service failing through a day of retries): before, the
+// failure ended the workflow, and the meeting's outcome, recorded later,
+// found no workflow to start the intake or the boundary follow-up.
+const versionPastFailedNotice = "go-on-past-failed-notice"
+
+// pastFailedNotice reports whether the workflow goes on past err, the
+// failure to make a reminder or notice (what names which), as unmade.
+func (w *wf) pastFailedNotice(ctx workflow.Context, err error, what string) bool {
+	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedNotice, 1) < 1 {
+		return false
+	}
+	workflow.GetLogger(ctx).Error("a reminder could not be made; going on without it", "reminder", what, "error", err)
 	return true
 }
 

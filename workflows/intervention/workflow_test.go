@@ -1226,3 +1226,42 @@ func TestFailingReleaseOnRescheduleDelaysNoReminder(t *testing.T) {
 		t.Fatalf("the counselor's first reminder of the new time went at %v; want %v, 72 h before it", first, want)
 	}
 }
+
+// A meeting reminder or a notice that cannot be made at all (the service
+// still failing after a day of retries) is gone without, not the end of
+// the workflow: the reminders after it go out, and the outcome recorded
+// later still finds the workflow.
+func TestUnmadeReminderEndsNothing(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	refused := map[string]int{}
+	h.onSend = func(r activities.ReminderRequest) error {
+		if (r.Kind == "INTERVENTION_UPCOMING" && r.To.ID == "mom" && h.start.Sub(h.env.Now()) >= 24*time.Hour) || r.Kind == "OUTCOME_OVERDUE" {
+			refused[r.Kind]++
+			// Retried until the budget is out (the test environment
+			// stops at ten attempts, the server after a day).
+			return errors.New("interventions service unavailable")
+		}
+		return nil
+	}
+	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v; want it to go on past the reminders it could not make", err)
+	}
+	if refused["INTERVENTION_UPCOMING"] == 0 || refused["OUTCOME_OVERDUE"] == 0 {
+		t.Fatalf("refusals %v; want mom's early reminders and the overdue notice refused", refused)
+	}
+	var last time.Duration = -1
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.To.ID == "mom" {
+			last = h.start.Sub(r.Due)
+		}
+	}
+	if last < 0 || last >= 24*time.Hour {
+		t.Fatalf("mom's last reminder %v before the meeting; want the one after those refused made", last)
+	}
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatal(err)
+	}
+}
