@@ -1184,3 +1184,51 @@ func TestALaterScreenIsTheLatest(t *testing.T) {
 		t.Fatalf("etag %s unchanged by a new screen", got.GetEtag())
 	}
 }
+
+// A high risk entered with an earlier time than a no risk recorded before
+// it (the time of the call it came from, or a slow clock) is not hidden
+// behind it: it counts until a screen done after it was recorded.
+func TestABackdatedHighRiskIsNotHidden(t *testing.T) {
+	t.Parallel()
+	if familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK != 3 {
+		t.Fatal("HIGH_RISK is not 3: the screens' order (screenOrder) names it by its number")
+	}
+	f := setup(t)
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	screen := func(result familiesv1.SafetyRisk, ago time.Duration) {
+		t.Helper()
+		ss := &familiesv1.SafetyScreen{Result: result}
+		if ago > 0 {
+			ss.ScreenTime = timestamppb.New(time.Now().Add(-ago))
+		}
+		if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(), SafetyScreen: ss}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	status := func() (familiesv1.SafetyScreenStatus, familiesv1.SafetyRisk) {
+		t.Helper()
+		got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetSafetyScreenStatus(), got.GetLatestSafetyScreen().GetResult()
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, 0)
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK, 3*time.Minute)
+	if st, r := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK || r != familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK {
+		t.Fatalf("after a high risk dated before the no risk recorded first: %v, latest %v; want HIGH_RISK", st, r)
+	}
+	// A no risk done before the high risk was recorded does not lift it.
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, 2*time.Minute)
+	if st, _ := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+		t.Fatalf("after a no risk done before the high risk was recorded: %v; want HIGH_RISK still", st)
+	}
+	// One done now does.
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, 0)
+	if st, r := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT || r != familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK {
+		t.Fatalf("after a no risk done now: %v, latest %v; want CURRENT", st, r)
+	}
+}
