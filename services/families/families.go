@@ -295,19 +295,23 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 				return nil, err
 			}
 			assignMemberIDs(next)
-			doc, err := encodeDoc(next)
+			changed, set, err := docChanges(cur, next)
 			if err != nil {
 				return nil, err
 			}
+			// Only the parts of the document that change are written: the
+			// row may hold fields a newer release added (read here during a
+			// rollout, or after a rollback, and dropped in decoding), which
+			// an update of other fields must not erase.
 			// What outsiders see moves its own counter by one only if this
 			// changes it; see migration 0003.
-			if _, err := tx.Exec(ctx, `UPDATE families SET doc = $3, counselor = $4, state = $5,
+			if _, err := tx.Exec(ctx, `UPDATE families SET doc = (doc - $8::text[]) || $3::jsonb, counselor = $4, state = $5,
 				update_time = $6, version = version + 1,
 				shared_version = COALESCE(shared_version, version) + CASE WHEN $7 THEN 1 ELSE 0 END,
 				shared_update_time = CASE WHEN $7 THEN $6 ELSE COALESCE(shared_update_time, update_time) END,
 				shared_checked = version + 1
 				WHERE clinic = $1 AND id = $2`,
-				clinic, id, doc, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next)); err != nil {
+				clinic, id, set, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next), changed); err != nil {
 				return nil, fmt.Errorf("update family: %w", err)
 			}
 			out, err := s.readFamily(ctx, tx, clinic, id)
@@ -498,6 +502,28 @@ func encodeDoc(f *familiesv1.Family) ([]byte, error) {
 		return nil, fmt.Errorf("encode family: %w", err)
 	}
 	return b, nil
+}
+
+// docChanges returns the top-level keys of the stored document that next
+// changes from cur, and the document of their new values (an emptied one
+// is absent from it, and removed with the others).
+func docChanges(cur, next *familiesv1.Family) ([]string, []byte, error) {
+	changed := []string{}
+	part := &familiesv1.Family{}
+	if !proto.Equal(cur.GetLovedOne(), next.GetLovedOne()) {
+		changed, part.LovedOne = append(changed, "loved_one"), next.GetLovedOne()
+	}
+	if !slices.EqualFunc(cur.GetMembers(), next.GetMembers(), func(a, b *familiesv1.Member) bool { return proto.Equal(a, b) }) {
+		changed, part.Members = append(changed, "members"), next.GetMembers()
+	}
+	if !proto.Equal(cur.GetCoverage(), next.GetCoverage()) {
+		changed, part.Coverage = append(changed, "coverage"), next.GetCoverage()
+	}
+	b, err := docJSON.Marshal(part)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode family: %w", err)
+	}
+	return changed, b, nil
 }
 
 func assignMemberIDs(f *familiesv1.Family) {

@@ -1232,3 +1232,45 @@ func TestABackdatedHighRiskIsNotHidden(t *testing.T) {
 		t.Fatalf("after a no risk done now: %v, latest %v; want CURRENT", st, r)
 	}
 }
+
+// An update writes only the parts of the stored document it changes: a
+// field a newer release stored (read here during a rollout, or after a
+// rollback, and unknown to this one) outlives an update of other fields.
+func TestUpdateKeepsFieldsOfANewerRelease(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := fam.GetName()[len("clinics/north/families/"):]
+	ctx := context.Background()
+	if _, err := f.pool.Exec(ctx, `UPDATE families SET doc = jsonb_set(jsonb_set(doc, '{members,0,do_not_text}', 'true'), '{future_field}', '"kept"')
+		WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatalf("a row with fields of a newer release: %v", err)
+	}
+	// The counselor, then the coverage: neither touches the members.
+	cur.Counselor = "counselor-2"
+	if cur, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: cur, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}}); err != nil {
+		t.Fatal(err)
+	}
+	cur.Coverage = nil
+	if _, err = f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: cur, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"coverage"}}}); err != nil {
+		t.Fatal(err)
+	}
+	var doNotText, future, coverage *string
+	if err := f.pool.QueryRow(ctx, `SELECT doc #>> '{members,0,do_not_text}', doc ->> 'future_field', doc ->> 'coverage' FROM families WHERE clinic = 'north' AND id = $1`, id).
+		Scan(&doNotText, &future, &coverage); err != nil {
+		t.Fatal(err)
+	}
+	if doNotText == nil || *doNotText != "true" || future == nil || *future != "kept" {
+		t.Fatalf("after updates of other fields: members[0].do_not_text %v, future_field %v; want both kept", doNotText, future)
+	}
+	if coverage != nil {
+		t.Fatalf("coverage %s after it was cleared", *coverage)
+	}
+}
