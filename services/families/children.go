@@ -340,6 +340,19 @@ func readWarning(ctx context.Context, q pgdb.Querier, c child) (*familiesv1.Warn
 // refused: clients' clocks drift.
 const clockSkew = 5 * time.Minute
 
+// earliest is the earliest time a reported time may name: before it, the
+// time is an unset or default value (a zero Timestamp is 1970) rather
+// than when something happened, and kept it would skew what counts from
+// it (days to treatment, a screen's age) for good.
+var earliest = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// tooEarly adds a violation of field if t is before earliest.
+func tooEarly(vs *apperr.Violations, field string, t time.Time) {
+	if t.Before(earliest) {
+		vs.Add(field, "must not be before 1990 (an unset time? leave it out for now)")
+	}
+}
+
 // CreateWarningSign implements the API. An overdose marks the family urgent
 // in the same transaction, so no reader sees the sign without the urgency.
 func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWarningSignRequest) (*familiesv1.WarningSign, error) {
@@ -356,6 +369,7 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 	occur := now
 	if ws.GetOccurTime() != nil {
 		occur = ws.GetOccurTime().AsTime()
+		tooEarly(&vs, "warning_sign.occur_time", occur)
 		if occur.After(now.Add(clockSkew)) {
 			vs.Add("warning_sign.occur_time", "must not be in the future")
 		}
@@ -483,6 +497,7 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 	at := now
 	if ss.GetScreenTime() != nil {
 		at = ss.GetScreenTime().AsTime()
+		tooEarly(&vs, "safety_screen.screen_time", at)
 		if at.After(now.Add(clockSkew)) {
 			vs.Add("safety_screen.screen_time", "must not be in the future")
 		}

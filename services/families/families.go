@@ -116,6 +116,8 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
 		// Days to treatment count from it, and it cannot be changed later.
 		vs.Add("family.first_contact_time", "must not be in the future")
+	} else if f.GetFirstContactTime() != nil {
+		tooEarly(&vs, "family.first_contact_time", f.GetFirstContactTime().AsTime())
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err

@@ -791,6 +791,20 @@ func TestBadInputChangesNothing(t *testing.T) {
 			}))
 			return err
 		}, codes.InvalidArgument, "family.first_contact_time"},
+		{"first contact at a zero time", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.FirstContactTime = &timestamppb.Timestamp{} }))
+			return err
+		}, codes.InvalidArgument, "family.first_contact_time"},
+		{"an overdose at a zero time", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE, OccurTime: &timestamppb.Timestamp{}}})
+			return err
+		}, codes.InvalidArgument, "warning_sign.occur_time"},
+		{"a screen at a zero time", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+				SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, ScreenTime: &timestamppb.Timestamp{}}})
+			return err
+		}, codes.InvalidArgument, "safety_screen.screen_time"},
 		{"future warning sign", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
 				WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE,
