@@ -789,6 +789,10 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 	if _, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"}); err != nil {
 		t.Fatalf("staff filter on urgency: %v", err)
 	}
+	// The worker sees urgency, and filters on it too.
+	if _, err := f.client.ListFamilies(f.env.As(auth.AnyClinic, "worker", auth.RoleWorker), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"}); err != nil {
+		t.Fatalf("the worker filters on urgency, which it sees: %v", err)
+	}
 	seen, err := f.client.GetConsent(f.ehr("ehr-1"), &familiesv1.GetConsentRequest{Name: co.GetName()})
 	if err != nil {
 		t.Fatal(err)

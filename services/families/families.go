@@ -193,9 +193,9 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		return nil, err
 	}
 	fields := familyFilter
-	if familyView(ctx) != viewWhole {
+	if v := familyView(ctx); v != viewWhole && v != viewWorker {
 		// familyForCaller leaves urgency out for these callers; filtering
-		// on it would tell it.
+		// on it would tell it. The worker sees it, and may filter on it.
 		fields = aip.Without(familyFilter, "urgent")
 	}
 	if familyView(ctx) == viewEHR {
