@@ -928,11 +928,13 @@ const (
 	viewEHR
 	viewCalendar
 	viewWorker
+	viewDelivery
 )
 
 // familyView is which view of a family the caller gets: the EHR's identity
 // view, the calendar reader's names and times, the worker's record without
-// the safety screen, or the whole record.
+// the safety screen, the reminder automation's who-may-be-contacted, or
+// the whole record.
 func familyView(ctx context.Context) int {
 	p, ok := auth.FromContext(ctx)
 	switch {
@@ -944,6 +946,8 @@ func familyView(ctx context.Context) int {
 		return viewCalendar
 	case p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin):
 		return viewWorker
+	case p.Has(auth.RoleReminders):
+		return viewDelivery
 	}
 	return viewWhole
 }
@@ -982,6 +986,15 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		return outsideView(f)
 	case viewCalendar:
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
+	case viewDelivery:
+		// The reminder automation (and the interventions service, on its
+		// claims) asks one thing: who may still be contacted. Not names,
+		// state, urgency, or a version whose moves would tell of changes.
+		out := &familiesv1.Family{Name: f.GetName(), LovedOne: &familiesv1.LovedOne{MayContactDirectly: f.GetLovedOne().GetMayContactDirectly()}}
+		for _, m := range f.GetMembers() {
+			out.Members = append(out.Members, &familiesv1.Member{Id: m.GetId(), ConsentToContact: m.GetConsentToContact()})
+		}
+		return out
 	case viewWorker:
 		// The workflows act on whether a screen is current
 		// (safety_screen_status), never on what it found: its notes ("her

@@ -712,7 +712,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	long := string(make([]byte, 3000))
 	other := f.env.Counselor("south")
-	noRole := f.env.As("north", "someone", "reminder_automation")
+	noRole := f.env.As("north", "someone", auth.RoleCalendarReader) // lists families, reads none
 	withFamily := func(mut func(*familiesv1.Family)) *familiesv1.CreateFamilyRequest {
 		x := sampleFamily()
 		mut(x)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -2031,4 +2032,80 @@ func TestANewAddressIsConfirmedAgain(t *testing.T) {
 	if confirmed, _ := quiet(got); confirmed || got.GetPlace().GetInPerson().GetRoom() != "the lobby" {
 		t.Fatalf("after a move to another room: %v; want it unconfirmed", got.GetPlace())
 	}
+}
+
+// Consent withdrawn after a reminder was made reaches it at its claim,
+// whatever the ContactWithdrawn workflow has done yet: the claim is
+// refused CONTACT_NOT_ALLOWED and the reminder cancelled, not sent. The
+// automation reads of the family only who may be contacted; a families
+// service that does not answer fails the claim, to be tried again.
+func TestClaimChecksContactAgain(t *testing.T) {
+	t.Parallel()
+	down := &atomic.Bool{}
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
+		return &failingFamilies{FamiliesServiceClient: c, down: down}
+	})
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	remind := func(id string) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: id,
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	first, second := remind("mom"), remind("mom")
+	// What the automation may read of the family: who may be contacted.
+	seen, err := f.families.GetFamily(auto, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatalf("the automation reads who may be contacted: %v", err)
+	}
+	want := &familiesv1.Family{Name: f.family.GetName(), LovedOne: &familiesv1.LovedOne{},
+		Members: []*familiesv1.Member{{Id: "mom", ConsentToContact: true}, {Id: "bro"}}}
+	if !proto.Equal(seen, want) {
+		t.Fatalf("the automation's view of the family:\n%v\nwant only\n%v", seen, want)
+	}
+	// Mom withdraws; no workflow runs here to cancel her reminders.
+	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fam.Members[0].ConsentToContact = false
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
+	// The families service down: the claim fails, and nothing changes.
+	down.Store(true)
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: second.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	wantCode(t, err, codes.Unavailable)
+	down.Store(false)
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: second.GetName()}); err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DUE {
+		t.Fatalf("after a claim that could not check: %v, %v; want DUE", got.GetState(), err)
+	}
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: first.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+		t.Fatalf("refusal %v; want CONTACT_NOT_ALLOWED", st.Details())
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: first.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || got.GetCancelReason() == "" {
+		t.Fatalf("the reminder after its claim was refused: %v (%q), %v; want CANCELLED with its reason", got.GetState(), got.GetCancelReason(), err)
+	}
+}
+
+// failingFamilies is the families service, answering UNAVAILABLE while
+// down is set.
+type failingFamilies struct {
+	familiesv1.FamiliesServiceClient
+	down *atomic.Bool
+}
+
+func (f *failingFamilies) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	if f.down.Load() {
+		return nil, status.Error(codes.Unavailable, "families service restarting")
+	}
+	return f.FamiliesServiceClient.GetFamily(ctx, in, opts...)
 }

@@ -537,6 +537,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
+	if err := s.stillContactable(ctx, r); err != nil {
+		return nil, err
+	}
 	// One clock reading for the claim and, if it comes too late, the
 	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
@@ -650,6 +653,45 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	// Only the automation claims (see Policy): it gets its view.
 	return consentgate.Reminder(out), err
 }
+
+// stillContactable asks the families service, as a reminder to someone
+// of a family is claimed, whether they may still be contacted. A consent
+// withdrawn (a member removed, the loved one no longer to be contacted
+// directly, the family deleted) reaches the pending reminders through the
+// ContactWithdrawn workflow, which may lag (Temporal down, the outbox
+// waiting): asked here, a reminder claimed meanwhile is cancelled instead
+// of sent, and the claim is refused CONTACT_NOT_ALLOWED. A families service
+// that does not answer fails the claim, to be tried again: a message to
+// someone who said no cannot be taken back. The call carries the
+// automation's own token, which reads only who may be contacted.
+func (s *Server) stillContactable(ctx context.Context, r ref) error {
+	rem, err := s.readReminder(ctx, s.pool, r, false)
+	if err != nil {
+		return err
+	}
+	rc := rem.GetRecipient()
+	if !isFamily(rc.GetKind()) || (rem.GetState() != rDue && rem.GetState() != rScheduled && rem.GetState() != rClaimed) {
+		return nil // staff, or past claiming: the claim says why
+	}
+	cerr := s.checkContact(ctx, rc)
+	if cerr == nil {
+		return nil
+	}
+	if apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(cerr, codes.InvalidArgument) {
+		return fmt.Errorf("check that the recipient may still be contacted: %w", cerr)
+	}
+	_, err = s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
+	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
+		return fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
+	}
+	return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
+		fmt.Sprintf("%s: its recipient may no longer be contacted; it was cancelled", rem.GetName()),
+		map[string]string{"resource": rem.GetName()})
+}
+
+// reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at
+// its claim because its recipient may no longer be contacted.
+const reasonWithdrawnAtClaim = "contact withdrawn before it was sent"
 
 // ReasonMeetingBegun refuses the claim of a reminder of a meeting coming
 // up once the meeting has begun (the automation was down, say): sent
