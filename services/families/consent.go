@@ -946,7 +946,7 @@ func familyView(ctx context.Context) int {
 		return viewCalendar
 	case p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin):
 		return viewWorker
-	case p.Has(auth.RoleReminders):
+	case p.Has(auth.RoleReminders) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
 		return viewDelivery
 	}
 	return viewWhole

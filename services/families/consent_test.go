@@ -789,6 +789,16 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 	if _, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"}); err != nil {
 		t.Fatalf("staff filter on urgency: %v", err)
 	}
+	// Who may be contacted, and no more, for the reminder automation; a
+	// counselor who also runs it reads the whole record.
+	got, err = f.client.GetFamily(f.env.As("north", "sms-1", auth.RoleReminders), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || got.GetLovedOne().GetGivenName() != "" || got.GetState() != familiesv1.FamilyState_FAMILY_STATE_UNSPECIFIED || got.GetEtag() != "" {
+		t.Fatalf("the reminder automation's view: %v, %v; want who may be contacted only", got, err)
+	}
+	got, err = f.client.GetFamily(f.env.As("north", "sms-1", auth.RoleReminders, auth.RoleCounselor), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || got.GetLovedOne().GetGivenName() == "" {
+		t.Fatalf("a counselor who also runs the automation: %v, %v; want the whole record", got, err)
+	}
 	// The worker sees urgency, and filters on it too.
 	if _, err := f.client.ListFamilies(f.env.As(auth.AnyClinic, "worker", auth.RoleWorker), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: "urgent = true"}); err != nil {
 		t.Fatalf("the worker filters on urgency, which it sees: %v", err)
