@@ -381,16 +381,43 @@ func validateCompose(path string) error {
 	// The issuer's signing key and the user tokens are the issuer's alone;
 	// a service identity's token is the issuer's and its one process's.
 	mounts := map[string][]string{} // volume: services mounting it
+	var targets []string            // where the image's processes mount volumes
 	for name, svc := range doc.Services {
 		for _, v := range svc.Volumes {
-			var source string
+			var source, target string
 			switch v := v.(type) {
 			case string:
-				source, _, _ = strings.Cut(v, ":")
+				parts := strings.Split(v, ":")
+				source = parts[0]
+				if len(parts) > 1 {
+					target = parts[1]
+				}
 			case map[string]any:
 				source, _ = v["source"].(string)
+				target, _ = v["target"].(string)
 			}
 			mounts[source] = append(mounts[source], name)
+			if strings.HasPrefix(target, "/var/lib/handoff") {
+				targets = append(targets, target)
+			}
+		}
+	}
+	// A named volume takes the ownership of the image's folder where it is
+	// mounted: one the image lacks is root's, and the non-root processes
+	// cannot write their tokens into it.
+	dockerfile, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(path)), "docker", "Dockerfile"))
+	if err != nil {
+		return err
+	}
+	var owned []string
+	for _, line := range strings.Split(string(dockerfile), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "COPY" && strings.Contains(line, "--chown=65532") {
+			owned = append(owned, f[len(f)-1])
+		}
+	}
+	for _, t := range targets {
+		if !slices.ContainsFunc(owned, func(o string) bool { return t == o || strings.HasPrefix(t, o+"/") }) {
+			return fmt.Errorf("a volume is mounted at %s, which the image does not create owned by its user (deploy/docker/Dockerfile)", t)
 		}
 	}
 	for vol, by := range mounts {
