@@ -691,9 +691,10 @@ func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
 	}
 }
 
-// Receivers that hang lose their share after one timeout: together they
-// get a quarter of the slots, one send each at a time, so that two of them
-// cannot hold every slot round after round while another receiver waits.
+// Receivers that hang (one before its answer, one in the middle of its
+// body) lose their share after one timeout: together they get a quarter
+// of the slots, one send each at a time, so that two of them cannot hold
+// every slot round after round while another receiver waits.
 func TestHangingReceiversGetOneSlotAfterATimeout(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
@@ -705,6 +706,11 @@ func TestHangingReceiversGetOneSlotAfterATimeout(t *testing.T) {
 		hung.Add(1)
 		// Read to the end, so that the server hears the sender hang up.
 		_, _ = io.Copy(io.Discard, r.Body)
+		if r.URL.Path == "/b" {
+			// Answers at once, then never ends the body: as slow.
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+		}
 		n := now.Add(1)
 		defer now.Add(-1)
 		// Under way at once, counted from a quarter timeout past the first

@@ -981,12 +981,16 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	s.posting[p] = began
 	s.fmu.Unlock()
 	resp, err := s.client.Do(req)
-	s.posted(p, began, err == nil)
 	if err != nil {
+		s.posted(p, began, false)
 		return 0, err
 	}
 	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	// Timed to the end of the body: a receiver that answers its headers at
+	// once and then trickles (or never ends) the body holds the slot as
+	// long as one that hangs.
+	_, rerr := io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	s.posted(p, began, rerr == nil)
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		if after, ok := retryAfter(resp, time.Now()); ok {
 			return resp.StatusCode, throttledError{status: httpStatusError(resp.StatusCode), after: after}
