@@ -2057,7 +2057,12 @@ func TestClaimChecksContactAgain(t *testing.T) {
 		}
 		return rem
 	}
-	first, second := remind("mom"), remind("mom")
+	first, second, sending := remind("mom"), remind("mom"), remind("mom")
+	// One is on its way when she withdraws.
+	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: sending.GetName(), Claimant: "sms-2", LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// What the automation may read of the family: who may be contacted.
 	seen, err := f.families.GetFamily(auto, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
 	if err != nil {
@@ -2093,6 +2098,19 @@ func TestClaimChecksContactAgain(t *testing.T) {
 	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: first.GetName()})
 	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || got.GetCancelReason() == "" {
 		t.Fatalf("the reminder after its claim was refused: %v (%q), %v; want CANCELLED with its reason", got.GetState(), got.GetCancelReason(), err)
+	}
+	// The one on its way is neither extended nor taken over, nor
+	// cancelled: its claimant reports what became of it.
+	for _, c := range []struct{ claimant, etag string }{{"sms-2", claimed.GetEtag()}, {"sms-1", ""}} {
+		_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: sending.GetName(), Claimant: c.claimant, Etag: c.etag,
+			LeaseDuration: durationpb.New(time.Minute)})
+		if st := wantCode(t, err, codes.FailedPrecondition); !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+			t.Fatalf("claim by %s of a reminder under a live lease: %v; want CONTACT_NOT_ALLOWED", c.claimant, st.Details())
+		}
+	}
+	if _, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: sending.GetName(), Claimant: "sms-2",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil {
+		t.Fatalf("reporting the reminder that was on its way: %v", err)
 	}
 }
 

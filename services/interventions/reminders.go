@@ -680,13 +680,21 @@ func (s *Server) stillContactable(ctx context.Context, r ref) error {
 	if apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(cerr, codes.InvalidArgument) {
 		return fmt.Errorf("check that the recipient may still be contacted: %w", cerr)
 	}
+	refused := func(what string) error {
+		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", rem.GetName(), what),
+			map[string]string{"resource": rem.GetName()})
+	}
+	if lease := rem.GetLeaseExpireTime(); rem.GetState() == rClaimed && lease != nil && lease.AsTime().After(s.cfg.Now()) {
+		// Under a live lease it may be on its way, or gone: the lease is
+		// not extended nor taken over, but the reminder is left for its
+		// claimant to report (cancelled, it would say never sent).
+		return refused("it is not claimed again")
+	}
 	_, err = s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
 	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
 		return fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
 	}
-	return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
-		fmt.Sprintf("%s: its recipient may no longer be contacted; it was cancelled", rem.GetName()),
-		map[string]string{"resource": rem.GetName()})
+	return refused("it was cancelled")
 }
 
 // reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at
