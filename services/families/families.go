@@ -482,7 +482,14 @@ func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.Collectabl
 			ScreenTime:        timestamppb.New(*ssTime),
 			CreateTime:        timestamppb.New(*ssCreated),
 		}
-		f.SafetyScreenStatus = s.screenStatus(*ssTime, familiesv1.SafetyRisk(*ssResult))
+		// A high risk ages from when it was recorded, if later, as it
+		// ranks (screenOrder): entered today but dated long ago, it is a
+		// high risk, not an expired screen.
+		aged := *ssTime
+		if familiesv1.SafetyRisk(*ssResult) == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK && ssCreated.After(aged) {
+			aged = *ssCreated
+		}
+		f.SafetyScreenStatus = s.screenStatus(aged, familiesv1.SafetyRisk(*ssResult))
 	}
 	return f, nil
 }

@@ -1240,6 +1240,12 @@ func TestABackdatedHighRiskIsNotHidden(t *testing.T) {
 	if st, _ := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
 		t.Fatalf("after a no risk done before the high risk was recorded: %v; want HIGH_RISK still", st)
 	}
+	// Nor is it an expired screen when it was done long ago but entered
+	// now: it ages from when it was recorded.
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK, 400*24*time.Hour)
+	if st, r := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK || r != familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK {
+		t.Fatalf("after a high risk done 400 days ago, entered now: %v, latest %v; want HIGH_RISK", st, r)
+	}
 	// One done now does.
 	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, 0)
 	if st, r := status(); st != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT || r != familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK {
