@@ -391,15 +391,15 @@ const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.firs
 	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
 	FROM families f
 	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
-		ORDER BY ` + screenOrder + ` LIMIT 1) s ON true`
+		ORDER BY ` + ScreenOrder + ` LIMIT 1) s ON true`
 
-// screenOrder ranks a family's safety screens, the one that counts first:
+// ScreenOrder ranks a family's safety screens (aliased s), the one that counts first:
 // the newest by when it was done, except that a high risk counts from when
 // it was recorded if that is later. A high risk entered with an earlier
 // time (the call it came from, or a device whose clock is slow) is not
 // hidden behind a no risk recorded before it: only a screen done after
 // the high risk was recorded takes its place.
-const screenOrder = `CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END DESC, s.id DESC`
+const ScreenOrder = `CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END DESC, s.id DESC`
 
 func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id string) (*familiesv1.Family, error) {
 	rows, err := q.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id = $2`, clinic, id)
@@ -483,7 +483,7 @@ func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.Collectabl
 			CreateTime:        timestamppb.New(*ssCreated),
 		}
 		// A high risk ages from when it was recorded, if later, as it
-		// ranks (screenOrder): entered today but dated long ago, it is a
+		// ranks (ScreenOrder): entered today but dated long ago, it is a
 		// high risk, not an expired screen.
 		aged := *ssTime
 		if familiesv1.SafetyRisk(*ssResult) == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK && ssCreated.After(aged) {
