@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,12 +227,12 @@ func (s *Sender) endedChan() chan struct{} {
 func (s *Sender) claimFree(ctx context.Context) ([]*pending, error) {
 	s.fmu.Lock()
 	free := s.cfg.Parallel - s.total
-	busy := s.shares(time.Now())
+	sh := s.shares(time.Now())
 	s.fmu.Unlock()
 	if free <= 0 {
 		return nil, nil
 	}
-	return s.claim(ctx, free, busy)
+	return s.claim(ctx, free, sh)
 }
 
 // perSubscription is how many sends one subscription may have under way.
@@ -245,17 +246,27 @@ func (s *Sender) stallAfter() time.Duration { return s.cfg.Timeout / 2 }
 // long enough to span the longest backoff of its deliveries.
 const forgetSlow = 2 * time.Hour
 
-// shares returns, by subscription id, the count claim takes as under way:
-// the sends truly under way, and for a slow subscription (one whose last
-// POST hung, or one with a POST under way for stallAfter) as many as
-// leave it one send at a time, only while the slow ones together hold
-// fewer than a quarter of the slots. A slow receiver is thus probed, one
-// send at a time, and answers quickly again before it gets its full share
-// back. Called with fmu held.
-func (s *Sender) shares(now time.Time) map[string]int {
-	busy := make(map[string]int, len(s.inFlight))
+// share is what a claim may take: busy, by subscription id, counts as
+// under way (the sends truly under way, and for a slow subscription as
+// many as leave it one send at a time); of the slow subscriptions, those
+// with nothing under way, only probes between them may get one. The claim
+// gives the probes to the slow subscriptions with deliveries due, oldest
+// due first: a slow one with nothing due takes none from the others.
+type share struct {
+	busy   map[string]int
+	slow   []string
+	probes int
+}
+
+// shares returns the share of the next claim. A subscription is slow if
+// its last POST hung, or one under way has for stallAfter. A slow receiver
+// is probed, one send at a time, while the slow ones together hold fewer
+// than a quarter of the slots, and answers quickly again before it gets
+// its full share back. Called with fmu held.
+func (s *Sender) shares(now time.Time) share {
+	sh := share{busy: make(map[string]int, len(s.inFlight)), slow: []string{}}
 	for k, v := range s.inFlight {
-		busy[k] = v
+		sh.busy[k] = v
 	}
 	slow := map[string]bool{}
 	for id, since := range s.slow {
@@ -270,26 +281,20 @@ func (s *Sender) shares(now time.Time) map[string]int {
 			slow[p.subscription] = true
 		}
 	}
-	if len(slow) == 0 {
-		return busy
-	}
 	held := 0
-	for id := range slow {
-		held += busy[id]
-	}
-	// Which slow ones get the probes left is up to map order: over rounds,
-	// each gets its turn.
-	probes := max(1, s.cfg.Parallel/4) - held
 	per := s.perSubscription()
 	for id := range slow {
-		if busy[id] == 0 && probes > 0 {
-			probes--
-			busy[id] = per - 1
-			continue
+		held += sh.busy[id]
+		if sh.busy[id] == 0 {
+			sh.busy[id] = per - 1 // one probe, if the cap allows
+		} else {
+			sh.busy[id] = per // one under way already
 		}
-		busy[id] = per
+		sh.slow = append(sh.slow, id)
 	}
-	return busy
+	slices.Sort(sh.slow)
+	sh.probes = max(0, max(1, s.cfg.Parallel/4)-held)
+	return sh
 }
 
 // posted records how long the POST that began at began took: a subscription
@@ -424,7 +429,7 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 //
 // The PENDING state is the literal 1 so that the partial indexes
 // deliveries_due and deliveries_order match.
-func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*pending, error) {
+func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
 	// One send is up to three calls of Timeout each (a consent check and
 	// the disclosure's record, then the POST), plus the writes around them.
@@ -432,21 +437,29 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 	// A few per subscription at a time, those under way counted, so that
 	// one receiver that hangs cannot hold every slot while others wait.
 	perSubscription := s.perSubscription()
-	busyIDs, busyN := make([]string, 0, len(busy)), make([]int32, 0, len(busy))
-	for id, n := range busy {
+	busyIDs, busyN := make([]string, 0, len(sh.busy)), make([]int32, 0, len(sh.busy))
+	for id, n := range sh.busy {
 		busyIDs, busyN = append(busyIDs, id), append(busyN, int32(n))
 	}
 	rows, err := s.cfg.DB.Query(ctx, `WITH ranked AS (
-			SELECT h.seq, h.subscription_id, row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
+			SELECT h.seq, h.subscription_id, h.next_attempt_time,
+				row_number() OVER (PARTITION BY h.subscription_id ORDER BY h.next_attempt_time, h.seq) AS n
 			FROM deliveries h
 			WHERE h.state = 1 AND h.next_attempt_time <= now()
 				AND NOT EXISTS (SELECT 1 FROM deliveries e
 					WHERE e.subscription_id = h.subscription_id AND e.resource = h.resource
 						AND e.state = 1 AND e.seq < h.seq)),
+		-- within each subscription's share
+		shared AS (
+			SELECT r.seq, r.next_attempt_time, coalesce(r.subscription_id = ANY($6::text[]), false) AS slow FROM ranked r
+			WHERE r.n + coalesce((SELECT b.n FROM unnest($4::text[], $5::int[]) b(id, n) WHERE b.id = r.subscription_id), 0) <= $3),
+		-- and the slow subscriptions' probes, to the oldest due first
+		probed AS (
+			SELECT x.seq FROM (SELECT s.*, row_number() OVER (PARTITION BY s.slow ORDER BY s.next_attempt_time, s.seq) AS g FROM shared s) x
+			WHERE NOT x.slow OR x.g <= $7),
 		heads AS (
 			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
-			WHERE h.seq IN (SELECT r.seq FROM ranked r WHERE r.n + coalesce(
-					(SELECT b.n FROM unnest($4::text[], $5::int[]) b(id, n) WHERE b.id = r.subscription_id), 0) <= $3)
+			WHERE h.seq IN (SELECT seq FROM probed)
 				-- checked again on the locked row: another sender may have
 				-- claimed it meanwhile
 				AND h.state = 1 AND h.next_attempt_time <= now()
@@ -461,7 +474,7 @@ func (s *Sender) claim(ctx context.Context, limit int, busy map[string]int) ([]*
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
 			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
-		limit, lease, perSubscription, busyIDs, busyN)
+		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -284,40 +285,35 @@ func TestStallBreakerShares(t *testing.T) {
 	s.posted(a, now.Add(-6*time.Second), false) // timed out, say
 	s.posted(b, now.Add(-5*time.Second), true)  // a slow answer
 	s.posted(c, now.Add(-time.Second), false)   // refused at once: not slow
-	s.fmu.Lock()
-	got := s.shares(now)
-	s.fmu.Unlock()
-	// Two probes (8/4) for the two slow ones, none under way: each may
-	// take one more (share 4, counted busy 3); c keeps its whole share.
-	if got["a"] != 3 || got["b"] != 3 || got["c"] != 0 {
-		t.Fatalf("shares %v; want a and b at 3 (one send each), c absent", got)
+	shares := func(at time.Time) share {
+		s.fmu.Lock()
+		defer s.fmu.Unlock()
+		return s.shares(at)
 	}
-	// One of them under way since long ago: it holds a probe, and counts
-	// slow from its POST alone even had it been quick before.
+	// Two probes (8/4) between the slow ones, none under way: each may
+	// take one (share 4, counted busy 3); c keeps its whole share.
+	got := shares(now)
+	if got.busy["a"] != 3 || got.busy["b"] != 3 || got.busy["c"] != 0 || !slices.Equal(got.slow, []string{"a", "b"}) || got.probes != 2 {
+		t.Fatalf("share %+v; want a and b slow at 3, two probes, c absent", got)
+	}
+	// One under way since long ago: slow from its POST alone, it holds one
+	// of the probes; a, with one under way, may take no other.
 	s.inFlight = map[string]int{"a": 1, "d": 1}
 	d := &pending{subscription: "d"}
 	s.posting = map[*pending]time.Time{d: now.Add(-5 * time.Second)}
-	s.fmu.Lock()
-	got = s.shares(now)
-	s.fmu.Unlock()
-	if got["a"] != 4 || got["b"] != 4 || got["d"] != 4 {
-		t.Fatalf("shares %v; want a, b and d at 4: two slow sends under way use both probes", got)
+	got = shares(now)
+	if got.busy["a"] != 4 || got.busy["d"] != 4 || got.busy["b"] != 3 || got.probes != 0 {
+		t.Fatalf("share %+v; want a and d full, b at 3 and no probe left: two slow sends under way", got)
 	}
 	// b answers quickly: its share is its own again.
 	delete(s.posting, d)
 	s.posted(b, time.Now(), true)
 	s.inFlight = nil
-	s.fmu.Lock()
-	got = s.shares(now)
-	s.fmu.Unlock()
-	if _, ok := got["b"]; ok || got["a"] != 3 {
-		t.Fatalf("shares %v; want b absent (quick again), a at 3", got)
+	if got = shares(now); !slices.Equal(got.slow, []string{"a"}) || got.busy["a"] != 3 || got.probes != 2 {
+		t.Fatalf("share %+v; want only a slow", got)
 	}
 	// Forgotten after forgetSlow without a send.
-	s.fmu.Lock()
-	got = s.shares(now.Add(forgetSlow + time.Minute))
-	s.fmu.Unlock()
-	if len(got) != 0 {
-		t.Fatalf("shares %v long after; want none", got)
+	if got = shares(now.Add(forgetSlow + time.Minute)); len(got.busy) != 0 || len(got.slow) != 0 {
+		t.Fatalf("share %+v long after; want none", got)
 	}
 }
