@@ -29,8 +29,8 @@ import (
 // floor is the least a family API can do with the same database work as
 // the families service: a hand-written net/http handler on the same
 // PostgreSQL role and row-level security, sending the same statements in the
-// same round trips (a create: BEGIN with the clinic scope, the audit record
-// with the insert, the read-back, the outbox event, COMMIT; a read: the
+// same round trips (a create: BEGIN with the clinic scope, the insert, the
+// read-back, the audit record with the outbox event, COMMIT; a read: the
 // scope with the read of the family and its newest safety screen, then the
 // scope with its audit record), with no gRPC, no validation, no tokens and
 // no protobuf.
@@ -99,24 +99,25 @@ func (f floor) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		id := aip.NewID()
 		// As the service's transactions do: BEGIN carries the scope, and
 		// the audit record, which commits with the change, goes with the
-		// first statement.
+		// statement that names what it made.
 		begin, ok := pgdb.ScopedBegin(clinic)
 		if !ok {
 			panic("bench: the floor's clinic is not a well-formed clinic id")
 		}
 		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{BeginQuery: begin}, func(tx pgx.Tx) error {
-			b := &pgx.Batch{}
-			b.Queue(floorAudit, clinic, "bench", []string{"counselor"}, method, "clinics/"+clinic+"/families/"+id, "OK", "")
-			b.Queue(floorInsert, clinic, id, doc, in.Counselor)
-			if err := tx.SendBatch(ctx, b).Close(); err != nil {
+			if _, err := tx.Exec(ctx, floorInsert, clinic, id, doc, in.Counselor); err != nil {
 				return err
 			}
 			var err error
 			if fam, err = scanFloor(tx.QueryRow(ctx, floorSelect, clinic, id)); err != nil {
 				return err
 			}
-			_, err = tx.Exec(ctx, floorOutbox, clinic, "family.created", id, doc, nil)
-			return err
+			// A create's record names what it made, so it goes with the
+			// statement that names it: the outbox event.
+			b := &pgx.Batch{}
+			b.Queue(floorAudit, clinic, "bench", []string{"counselor"}, method, "clinics/"+clinic+"/families/"+id, "OK", "")
+			b.Queue(floorOutbox, clinic, "family.created", id, doc, nil)
+			return tx.SendBatch(ctx, b).Close()
 		})
 	} else {
 		method = "GetFamily"

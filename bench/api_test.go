@@ -13,7 +13,8 @@ import (
 
 // The floor does over HTTP what the service does in the database: a create
 // writes its family, outbox event and audit record in one transaction, the
-// record first as the service's stamp is; a read returns the family and
+// record with the event as the service's stamp of a create is (naming what
+// it made); a read returns the family and
 // writes its own record.
 func TestFloorWritesWhatTheServiceWrites(t *testing.T) {
 	owner, schema := pgtest.Schema(t, families.Migrations()...)
@@ -32,16 +33,16 @@ func TestFloorWritesWhatTheServiceWrites(t *testing.T) {
 		t.Fatalf("create: %d %+v %v", resp.StatusCode, created, err)
 	}
 	var famXID, recXID, outXID string
-	var famCmd, recCmd int
-	if err := owner.QueryRow(ctx, `SELECT f.xmin::text, f.cmin::text::int, a.xmin::text, a.cmin::text::int, o.xmin::text
+	var famCmd, recCmd, outCmd int
+	if err := owner.QueryRow(ctx, `SELECT f.xmin::text, f.cmin::text::int, a.xmin::text, a.cmin::text::int, o.xmin::text, o.cmin::text::int
 		FROM families f JOIN audit_log a ON a.resource = $1 AND a.method = 'CreateFamily'
 		JOIN outbox o ON o.event_type = 'family.created' AND o.resource = f.id
-		WHERE 'clinics/bench/families/' || f.id = $1`, created.Name).Scan(&famXID, &famCmd, &recXID, &recCmd, &outXID); err != nil {
+		WHERE 'clinics/bench/families/' || f.id = $1`, created.Name).Scan(&famXID, &famCmd, &recXID, &recCmd, &outXID, &outCmd); err != nil {
 		t.Fatalf("create %s: %v", created.Name, err)
 	}
-	if famXID != recXID || famXID != outXID || recCmd >= famCmd {
-		t.Errorf("family in transaction %s (command %d), record in %s (command %d), event in %s: want one transaction, the record first",
-			famXID, famCmd, recXID, recCmd, outXID)
+	if famXID != recXID || famXID != outXID || recCmd <= famCmd || outCmd != recCmd+1 {
+		t.Errorf("family in transaction %s (command %d), record in %s (command %d), event in %s (command %d): want one transaction, the record just before the event",
+			famXID, famCmd, recXID, recCmd, outXID, outCmd)
 	}
 
 	resp, err = http.Get(url + "/families/" + created.Name[len("clinics/bench/families/"):])

@@ -35,11 +35,9 @@ var (
 \endpipeline
 `
 	// A create: five round trips, as the floor's: BEGIN with the scope;
-	// the insert; the audit record with the read-back; the outbox event;
-	// COMMIT. The floor sends the audit record with the insert instead:
-	// pgbench cannot read back the id (\gset) inside a pipeline, and the
-	// record names the id. The id is made in the insert, time-ordered as
-	// the floor's UUIDv7 ids are.
+	// the insert; the read-back; the audit record with the outbox event;
+	// COMMIT. The id is made in the insert, time-ordered as the floor's
+	// UUIDv7 ids are, and read back (\gset) for the record to name it.
 	pgbenchCreate = `\set r random(1, 1000000000)
 \startpipeline
 BEGIN;
@@ -47,11 +45,11 @@ BEGIN;
 \endpipeline
 ` + bind(floorInsert, ":clinic", "to_char(clock_timestamp(), 'YYYYMMDDHH24MISSUS') || '-' || :client_id || '-' || :r", ":doc", "'c-1'") + `
 	RETURNING id \gset
+` + bind(floorSelect, ":clinic", ":id") + `;
 \startpipeline
 ` + bind(floorAudit, ":clinic", "'bench'", "'{counselor}'", "'CreateFamily'", "'clinics/' || :clinic || '/families/' || :id", "'OK'", "''") + `;
-` + bind(floorSelect, ":clinic", ":id") + `;
-\endpipeline
 ` + bind(floorOutbox, ":clinic", "'family.created'", ":id", ":doc", "NULL") + `;
+\endpipeline
 COMMIT;
 `
 )

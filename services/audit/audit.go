@@ -31,6 +31,9 @@ type Event struct {
 	Resource  string
 	Outcome   string
 	RequestID string
+	// Creates says the call creates a record under Resource (its parent):
+	// the record's name, once known, takes Resource's place (see Stamp).
+	Creates bool
 }
 
 // Recorder writes events to a service's audit_log, in the call's clinic
@@ -105,7 +108,14 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 		return nil
 	}
 	e = e.clean()
-	return &pgdb.Stamp{SQL: insert, Args: []any{clinic, e.Subject, e.Roles, e.Method, e.Resource, Outcome(codes.OK), e.RequestID}}
+	args := func(resource string) []any {
+		return []any{clinic, e.Subject, e.Roles, e.Method, resource, Outcome(codes.OK), e.RequestID}
+	}
+	// A create's record waits for the statement that writes the record it
+	// makes, to name it (pgdb.ExecNaming); committed without one, it names
+	// the parent.
+	return &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
+		Rename: func(resource string) []any { return args(cut(strings.ReplaceAll(resource, "\x00", "\uFFFD"))) }}
 }
 
 var filterFields = map[string]aip.FilterField{

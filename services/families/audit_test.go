@@ -89,7 +89,9 @@ func TestEveryCallIsAudited(t *testing.T) {
 		t.Fatalf("events = %v", resp.GetAuditEvents())
 	}
 	first, last := resp.GetAuditEvents()[0], resp.GetAuditEvents()[4]
-	if first.GetMethod() != "/handoff.families.v1.FamiliesService/CreateFamily" || first.GetResource() != "clinics/north" ||
+	// A create is recorded by the record it made, not by its parent: "who
+	// created this family?" finds it.
+	if first.GetMethod() != "/handoff.families.v1.FamiliesService/CreateFamily" || first.GetResource() != fam.GetName() ||
 		first.GetRequestId() != "audit-req-1" || first.GetOutcome() != "OK" || first.GetRoles()[0] != "counselor" {
 		t.Fatalf("first event = %v", first)
 	}
@@ -98,6 +100,30 @@ func TestEveryCallIsAudited(t *testing.T) {
 	}
 	_, err = client.ListAuditEvents(f.ctx, &auditv1.ListAuditEventsRequest{Parent: "clinics/north"})
 	wantCode(t, err, codes.PermissionDenied)
+	// A retried create, given its first answer without a commit, is
+	// recorded by that record too; so is a child's, under its family.
+	if _, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(), RequestId: "audit-req-1"}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.client.CreateBarrier(f.ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(), Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var named []string
+	rows, err := f.pool.Query(context.Background(), `SELECT resource FROM audit_log WHERE method LIKE '%/Create%' AND subject = 'counselor-1' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var r string
+		if err := rows.Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		named = append(named, r)
+	}
+	if want := []string{fam.GetName(), fam.GetName(), b.GetName()}; !slices.Equal(named, want) {
+		t.Fatalf("the creates' records name %v; want %v", named, want)
+	}
 	// Another clinic's administrator sees none of it.
 	other, err := client.ListAuditEvents(f.env.As("south", "admin-2", auth.RoleClinicAdmin), &auditv1.ListAuditEventsRequest{Parent: "clinics/north"})
 	wantCode(t, err, codes.NotFound)

@@ -255,7 +255,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	ctx = pgdb.WithClinic(ctx, scope)
 	if i.audit != nil {
 		e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
-			Resource: requestResource(m), RequestID: requestID(m)}
+			Resource: requestResource(m), RequestID: requestID(m), Creates: creates(info.FullMethod, m)}
 		// A call that commits a change writes its record in the same
 		// transaction: the record cannot be lost while the change stays,
 		// and the call waits for one commit, not two. Calls without one
@@ -273,6 +273,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			// A call that committed a change and then failed gets a
 			// second record, with the failure.
 			e.Outcome = audit.Outcome(status.Code(err))
+			if name := createdName(e, resp); name != "" {
+				// A create answered without committing (a retry given
+				// its first answer) is recorded by what it made.
+				e.Resource = name
+			}
 			// The call may have committed already: a caller that hung up or
 			// ran out of time must not leave the change unaudited.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -328,6 +333,34 @@ func (i *interceptor) fromDependency(ctx context.Context, method string, err err
 	}
 	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
 	return apperr.Internal(err)
+}
+
+// creates reports whether a call of method makes a record under the
+// parent its request m names (AIP-133): a Create method, whose request
+// has a parent and no name of its own.
+func creates(method string, m proto.Message) bool {
+	if m == nil || !strings.HasPrefix(method[strings.LastIndexByte(method, '/')+1:], "Create") {
+		return false
+	}
+	d := m.ProtoReflect().Descriptor().Fields()
+	return d.ByName("parent") != nil && d.ByName("name") == nil
+}
+
+// createdName is the name of the record a create answered with, if it lies
+// under the parent e names.
+func createdName(e audit.Event, resp any) string {
+	r, ok := resp.(proto.Message)
+	if !e.Creates || !ok || r == nil {
+		return ""
+	}
+	fd := r.ProtoReflect().Descriptor().Fields().ByName("name")
+	if fd == nil || fd.Kind() != protoreflect.StringKind {
+		return ""
+	}
+	if name := r.ProtoReflect().Get(fd).String(); strings.HasPrefix(name, e.Resource+"/") {
+		return name
+	}
+	return ""
 }
 
 // requestResource is the resource a request names, for the audit trail.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // Do runs fn inside tx unless requestID was seen before in clinic from the
@@ -44,7 +45,11 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 	req proto.Message, newResp func() T, fn func() (T, error), recheck func(T) error) (T, error) {
 	var zero T
 	if requestID == "" {
-		return fn()
+		out, err := fn()
+		if err == nil {
+			nameStamp(tx, out)
+		}
+		return out, err
 	}
 	hash, err := requestHash(ctx, withoutEtags(req))
 	if err != nil {
@@ -86,9 +91,18 @@ func do[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, method, request
 		if err != nil {
 			return zero, err
 		}
+		nameStamp(tx, out)
 		return out, nil
 	}
 	return run(ctx, tx, clinic, requestID, fn)
+}
+
+// nameStamp has the call's audit record, if it waits for the name of what
+// the call created, name out (pgdb.StampNames).
+func nameStamp(tx pgx.Tx, out proto.Message) {
+	if n := name(out); n != "" {
+		pgdb.StampNames(tx, n)
+	}
 }
 
 // run makes the call under the claimed key and stores its answer.
@@ -105,6 +119,7 @@ func run[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, requestID stri
 	var resource *string
 	if n := name(out); n != "" {
 		resource = &n
+		pgdb.StampNames(tx, n)
 	}
 	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4
 		WHERE clinic = $1 AND request_id = $2 AND caller = $5`, clinic, requestID, b, resource, caller(ctx)); err != nil {

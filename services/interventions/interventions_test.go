@@ -1039,6 +1039,11 @@ func TestTalkingPointsFollowBarriers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Its creation is recorded by its name, though no event names it.
+	var recorded string
+	if err := f.pool.QueryRow(context.Background(), `SELECT resource FROM audit_log WHERE method LIKE '%/CreateTalkingPoint'`).Scan(&recorded); err != nil || recorded != own.GetName() {
+		t.Fatalf("the talking point's creation recorded as %q (%v); want %s", recorded, err, own.GetName())
+	}
 	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
 	resp, err := f.client.GetTalkingPoints(f.ctx, &interventionsv1.GetTalkingPointsRequest{Name: iv.GetName()})
 	if err != nil || len(resp.GetBarriers()) != 2 {

@@ -7,13 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // Event is one change to announce. Payload is a snapshot or a small message
@@ -41,7 +45,15 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 	if len(carrier) > 0 {
 		trace = map[string]string(carrier)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context, generation) VALUES ($1, $2, $3, $4, $5, $6)`,
+	// A record's creation names it: the audit record of the call that
+	// creates it, waiting for its name, goes with this (pgdb.ExecNaming).
+	exec := tx.Exec
+	if strings.HasSuffix(e.Type, ".created") {
+		exec = func(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+			return pgdb.ExecNaming(ctx, tx, e.Resource, sql, args...)
+		}
+	}
+	if _, err := exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context, generation) VALUES ($1, $2, $3, $4, $5, $6)`,
 		e.Clinic, e.Type, e.Resource, b, trace, Generation); err != nil {
 		return fmt.Errorf("outbox: insert %s: %w", e.Type, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
@@ -194,10 +195,18 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 // goroutine should drop the stamp (WithStamp(ctx, nil)): a commit after
 // the call has been recorded would record it again.
 type Stamp struct {
-	SQL   string
-	Args  []any
-	taken atomic.Bool // a transaction is writing it
-	wrote atomic.Bool // a committed transaction holds it
+	SQL  string
+	Args []any
+	// A call that creates a record is recorded by the record's name, which
+	// it knows only once it writes the record: a Deferred stamp waits for
+	// the statement that names a record under Resource (ExecNaming), and
+	// goes with it, its arguments from Rename. Commit writes it as it is
+	// if no statement named one.
+	Deferred bool
+	Resource string
+	Rename   func(resource string) []any
+	taken    atomic.Bool // a transaction is writing it
+	wrote    atomic.Bool // a committed transaction holds it
 }
 
 // Written reports whether a committed transaction holds the stamp.
@@ -266,7 +275,8 @@ type releasingTx struct {
 	conn    *pgxpool.Conn
 	done    bool
 	stamp   *Stamp
-	claimed bool // this transaction has written the stamp, uncommitted
+	claimed bool   // this transaction has written the stamp, uncommitted
+	named   string // the record a deferred stamp is to name (StampNames)
 }
 
 func (t *releasingTx) release() {
@@ -276,13 +286,60 @@ func (t *releasingTx) release() {
 	}
 }
 
-// claim returns the stamp if this transaction is the one to write it now.
+// claim returns the stamp if this transaction is the one to write it now,
+// with a statement: not a deferred one (see Stamp.Deferred).
 func (t *releasingTx) claim() *Stamp {
+	if t.stamp != nil && t.stamp.Deferred {
+		return nil
+	}
+	return t.claimAny()
+}
+
+// claimAny is claim for a deferred stamp too.
+func (t *releasingTx) claimAny() *Stamp {
 	if t.stamp == nil || t.claimed || t.stamp.wrote.Load() || !t.stamp.taken.CompareAndSwap(false, true) {
 		return nil
 	}
 	t.claimed = true
 	return t.stamp
+}
+
+// StampNames has a deferred stamp waiting in tx name resource, a record
+// under its resource, when it is written at the commit: for a create that
+// writes no statement through ExecNaming, or a retry that answers with
+// what the first call made.
+func StampNames(tx pgx.Tx, resource string) {
+	if t, ok := tx.(*releasingTx); ok && t.stamp != nil && t.stamp.Deferred && strings.HasPrefix(resource, t.stamp.Resource+"/") {
+		t.named = resource
+	}
+}
+
+// ExecNaming runs sql, a statement that writes the record named resource,
+// on tx. A deferred stamp waiting in tx for a record under its resource
+// goes with it, in one round trip, recording the call by that name.
+func ExecNaming(ctx context.Context, tx pgx.Tx, resource, sql string, args ...any) (pgconn.CommandTag, error) {
+	t, ok := tx.(*releasingTx)
+	if !ok || t.stamp == nil || !t.stamp.Deferred || t.stamp.Rename == nil || !strings.HasPrefix(resource, t.stamp.Resource+"/") {
+		return tx.Exec(ctx, sql, args...)
+	}
+	st := t.claimAny()
+	if st == nil {
+		return tx.Exec(ctx, sql, args...)
+	}
+	b := &pgx.Batch{}
+	b.Queue(st.SQL, st.Rename(resource)...)
+	b.Queue(sql, args...)
+	br := t.Tx.SendBatch(ctx, b)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		t.unclaim()
+		return pgconn.CommandTag{}, fmt.Errorf("pgdb: audit stamp with the record it names: %w", err)
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return tag, err
 }
 
 // unclaim hands the stamp back: it is not known to be in the transaction.
@@ -325,11 +382,15 @@ func (t *releasingTx) Begin(ctx context.Context) (pgx.Tx, error) {
 // writeStamp writes a stamp no statement has carried yet, on its own, and
 // hands it back if that fails.
 func (t *releasingTx) writeStamp(ctx context.Context) error {
-	st := t.claim()
+	st := t.claimAny()
 	if st == nil {
 		return nil
 	}
-	if _, err := t.Tx.Exec(ctx, st.SQL, st.Args...); err != nil {
+	args := st.Args
+	if st.Deferred && t.named != "" && st.Rename != nil {
+		args = st.Rename(t.named)
+	}
+	if _, err := t.Tx.Exec(ctx, st.SQL, args...); err != nil {
 		t.unclaim()
 		return fmt.Errorf("pgdb: write stamp: %w", err)
 	}
