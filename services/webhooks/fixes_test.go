@@ -633,12 +633,7 @@ func TestAHangingReceiverHoldsOnlyItsOwnSlots(t *testing.T) {
 	}))
 	t.Cleanup(slow.Close)
 	t.Cleanup(func() { close(stop) })
-	var got atomic.Int32
-	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got.Add(1)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(fast.Close)
+	fast, got := counting(t)
 	f.subscribe(t, f.ehr, slow.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	f.subscribe(t, f.env.As("north", "ehr-2", auth.RoleEHR), fast.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	for i := range 10 {
@@ -691,6 +686,18 @@ func TestFailedAttemptOfAWithdrawnDeliveryIsNotRetried(t *testing.T) {
 	}
 }
 
+// counting is a receiver that takes every notification at once, and how
+// many it took.
+func counting(t *testing.T) (*httptest.Server, *atomic.Int32) {
+	got := &atomic.Int32{}
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rcv.Close)
+	return rcv, got
+}
+
 // Receivers that hang (one before its answer, one in the middle of its
 // body) lose their share after one timeout: together they get a quarter
 // of the slots, one send each at a time, so that two of them cannot hold
@@ -726,12 +733,7 @@ func TestHangingReceiversGetOneSlotAfterATimeout(t *testing.T) {
 	}))
 	t.Cleanup(slow.Close)
 	t.Cleanup(func() { close(stop) })
-	var got atomic.Int32
-	fast := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got.Add(1)
-		w.WriteHeader(http.StatusNoContent)
-	}))
-	t.Cleanup(fast.Close)
+	fast, got := counting(t)
 	f.subscribe(t, f.ehr, slow.URL+"/a", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	f.subscribe(t, f.env.As("north", "ehr-3", auth.RoleEHR), slow.URL+"/b", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	f.subscribe(t, f.env.As("north", "ehr-2", auth.RoleEHR), fast.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
