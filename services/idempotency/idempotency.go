@@ -119,9 +119,10 @@ func run[T proto.Message](ctx context.Context, tx pgx.Tx, clinic, requestID stri
 	var resource *string
 	if n := name(out); n != "" {
 		resource = &n
-		pgdb.StampNames(tx, n)
 	}
-	if _, err := tx.Exec(ctx, `UPDATE idempotency_keys SET response = $3, resource = $4
+	// A create's audit record, if no statement of the call has carried it
+	// yet (no event named what it made), goes with this one, naming it.
+	if _, err := pgdb.ExecNaming(ctx, tx, name(out), `UPDATE idempotency_keys SET response = $3, resource = $4
 		WHERE clinic = $1 AND request_id = $2 AND caller = $5`, clinic, requestID, b, resource, caller(ctx)); err != nil {
 		return zero, fmt.Errorf("idempotency: store response: %w", err)
 	}

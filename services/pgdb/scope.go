@@ -326,20 +326,7 @@ func ExecNaming(ctx context.Context, tx pgx.Tx, resource, sql string, args ...an
 	if st == nil {
 		return tx.Exec(ctx, sql, args...)
 	}
-	b := &pgx.Batch{}
-	b.Queue(st.SQL, st.Rename(resource)...)
-	b.Queue(sql, args...)
-	br := t.Tx.SendBatch(ctx, b)
-	if _, err := br.Exec(); err != nil {
-		_ = br.Close()
-		t.unclaim()
-		return pgconn.CommandTag{}, fmt.Errorf("pgdb: audit stamp with the record it names: %w", err)
-	}
-	tag, err := br.Exec()
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	return tag, err
+	return t.execWithStamp(ctx, st, st.Rename(resource), sql, args)
 }
 
 // unclaim hands the stamp back: it is not known to be in the transaction.
@@ -356,9 +343,9 @@ func (t *releasingTx) unclaim() {
 // context already done) sends nothing, and a transaction that goes on and
 // commits must still write it; one on the server's side aborts the
 // transaction, which then cannot commit anything.
-func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, sql string, args []any) (pgx.BatchResults, error) {
+func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, stampArgs []any, sql string, args []any) (pgx.BatchResults, error) {
 	b := &pgx.Batch{}
-	b.Queue(st.SQL, st.Args...)
+	b.Queue(st.SQL, stampArgs...)
 	b.Queue(sql, args...)
 	br := t.Tx.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -402,7 +389,12 @@ func (t *releasingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn
 	if st == nil {
 		return t.Tx.Exec(ctx, sql, args...)
 	}
-	br, err := t.withStamp(ctx, st, sql, args)
+	return t.execWithStamp(ctx, st, st.Args, sql, args)
+}
+
+// execWithStamp runs sql in one batch with st, written with stampArgs.
+func (t *releasingTx) execWithStamp(ctx context.Context, st *Stamp, stampArgs []any, sql string, args []any) (pgconn.CommandTag, error) {
+	br, err := t.withStamp(ctx, st, stampArgs, sql, args)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
@@ -418,7 +410,7 @@ func (t *releasingTx) Query(ctx context.Context, sql string, args ...any) (pgx.R
 	if st == nil {
 		return t.Tx.Query(ctx, sql, args...)
 	}
-	br, err := t.withStamp(ctx, st, sql, args)
+	br, err := t.withStamp(ctx, st, st.Args, sql, args)
 	if err != nil {
 		return nil, err
 	}

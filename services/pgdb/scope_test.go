@@ -308,3 +308,76 @@ func TestGenericPlanLastsOneQuery(t *testing.T) {
 		t.Fatalf("after QueryGenericPlan on connection %d: %q on connection %d; want %q", generic.PID, after.Mode, after.PID, before.Mode)
 	}
 }
+
+// A create's deferred stamp passes the statements before the one that
+// names what the call made, and goes with that one, naming it, in no round
+// trip of its own; one no statement named is written at the commit, naming
+// what StampNames said, or its own resource.
+func TestDeferredStampNamesTheRecordMade(t *testing.T) {
+	t.Parallel()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	stamp := func(id string) (*pgdb.Stamp, context.Context) {
+		args := func(r string) []any { return []any{"north", r, id} }
+		st := &pgdb.Stamp{SQL: `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id)
+			VALUES ($1, 's', '{}', 'M', $2, 'OK', $3)`, Args: args("clinics/north"), Deferred: true, Resource: "clinics/north", Rename: func(r string) []any { return args(r) }}
+		return st, pgdb.WithStamp(pgdb.WithClinic(context.Background(), "north"), st)
+	}
+	insert := func(ctx context.Context, tx pgx.Tx, r string) error {
+		_, err := tx.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 'test.changed', $1, ''::bytea)`, r)
+		return err
+	}
+	named := func(id string) string {
+		t.Helper()
+		var r string
+		if err := pool.QueryRow(context.Background(), `SELECT resource FROM audit_log WHERE request_id = $1`, id).Scan(&r); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// Named by the statement that writes the record.
+	st, ctx := stamp("d-1")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := insert(ctx, tx, "before"); err != nil {
+			return err
+		}
+		if st.Written() {
+			t.Error("a deferred stamp went with a statement before the one naming the record")
+		}
+		// Another clinic's name, or the parent itself, names nothing.
+		if _, err := pgdb.ExecNaming(ctx, tx, "clinics/north", `SELECT 1`); err != nil {
+			return err
+		}
+		_, err := pgdb.ExecNaming(ctx, tx, "clinics/north/families/f1", `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 'test.created', 'f1', ''::bytea)`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := named("d-1"); got != "clinics/north/families/f1" || records(t, pool, "d-1") != 1 {
+		t.Fatalf("record names %q (%d records); want the family, once", got, records(t, pool, "d-1"))
+	}
+	var recordCmd, createCmd int
+	if err := pool.QueryRow(context.Background(), `SELECT (SELECT cmin::text::int FROM audit_log WHERE request_id = 'd-1'),
+		(SELECT cmin::text::int FROM outbox WHERE resource = 'f1')`).Scan(&recordCmd, &createCmd); err != nil || recordCmd != createCmd-1 {
+		t.Fatalf("record by command %d, the create by %d (%v): want the record just before it", recordCmd, createCmd, err)
+	}
+	// Named at the commit.
+	_, ctx = stamp("d-2")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		pgdb.StampNames(tx, "clinics/north/families/f2")
+		return insert(ctx, tx, "f2")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := named("d-2"); got != "clinics/north/families/f2" {
+		t.Fatalf("record names %q; want the family StampNames gave", got)
+	}
+	// Not named at all: the parent, as before.
+	_, ctx = stamp("d-3")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error { return insert(ctx, tx, "f3") }); err != nil {
+		t.Fatal(err)
+	}
+	if got := named("d-3"); got != "clinics/north" {
+		t.Fatalf("record names %q; want its own resource", got)
+	}
+}
