@@ -537,9 +537,16 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if req.GetLeaseDuration() != nil {
 		lease = req.GetLeaseDuration().AsDuration()
 	}
-	if err := s.stillContactable(ctx, r); err != nil {
+	// What the claim is of: its recipient and kind decide the checks below.
+	pre, err := s.readReminder(ctx, s.pool, r, false)
+	if err != nil {
 		return nil, err
 	}
+	if err := s.stillContactable(ctx, pre); err != nil {
+		return nil, err
+	}
+	// Only a reminder of a meeting coming up can announce one begun.
+	meeting := pre.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING
 	// One clock reading for the claim and, if it comes too late, the
 	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
@@ -547,14 +554,18 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	begun := false // of a meeting coming up, which has begun
 	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
-			if b, err := s.meetingBegun(ctx, tx, r, now); err != nil {
-				return nil, err
-			} else if b {
-				// Cancelled below, once this transaction is gone.
-				begun = true
-				return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
-					fmt.Sprintf("%s announces a meeting that has begun: it is cancelled, not sent late", req.GetName()),
-					map[string]string{"resource": req.GetName()})
+			if meeting {
+				b, err := s.meetingBegun(ctx, tx, r, now)
+				if err != nil {
+					return nil, err
+				}
+				if b {
+					// Cancelled below, once this transaction is gone.
+					begun = true
+					return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
+						fmt.Sprintf("%s announces a meeting that has begun: it is cancelled, not sent late", req.GetName()),
+						map[string]string{"resource": req.GetName()})
+				}
 			}
 			// No claim, and no lease extended, from the send-by time on; a
 			// lease ends there at the latest, so that the claimant knows
@@ -664,11 +675,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // that does not answer fails the claim, to be tried again: a message to
 // someone who said no cannot be taken back. The call carries the
 // automation's own token, which reads only who may be contacted.
-func (s *Server) stillContactable(ctx context.Context, r ref) error {
-	rem, err := s.readReminder(ctx, s.pool, r, false)
-	if err != nil {
-		return err
-	}
+func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Reminder) error {
 	rc := rem.GetRecipient()
 	if !isFamily(rc.GetKind()) || (rem.GetState() != rDue && rem.GetState() != rScheduled && rem.GetState() != rClaimed) {
 		return nil // staff, or past claiming: the claim says why
@@ -690,7 +697,7 @@ func (s *Server) stillContactable(ctx context.Context, r ref) error {
 		// claimant to report (cancelled, it would say never sent).
 		return refused("it is not claimed again")
 	}
-	_, err = s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
+	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
 	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
 		return fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
 	}
