@@ -42,13 +42,22 @@ func runIssuer(ctx context.Context, log *slog.Logger, args []string) error {
 	if *audience == "" {
 		return fmt.Errorf("issuer: --audience is empty: the services refuse tokens minted for none")
 	}
-	for _, d := range []string{*dir, *serviceDir} {
-		if d != "" && within(*keyFile, d) {
-			return fmt.Errorf("issuer: --key-file %s is inside %s: whoever reads the tokens there could mint any token", *keyFile, d)
-		}
-	}
 	if *serviceDir == "" {
 		*serviceDir = *dir
+	}
+	// Compared as absolute, clean paths: a relative key file inside an
+	// absolute --dir, or "/a/" beside "/a", is the same place.
+	for _, p := range []*string{dir, serviceDir, keyFile} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return fmt.Errorf("issuer: %s: %w", *p, err)
+		}
+		*p = abs
+	}
+	for _, d := range []string{*dir, *serviceDir} {
+		if within(*keyFile, d) {
+			return fmt.Errorf("issuer: --key-file %s is inside %s: whoever reads the tokens there could mint any token", *keyFile, d)
+		}
 	}
 	if err := os.MkdirAll(*dir, 0o700); err != nil {
 		return err
@@ -119,8 +128,9 @@ func serviceTokenPath(serviceDir, dir string, role auth.Role) string {
 	return filepath.Join(serviceDir, name, name+".token")
 }
 
-// within reports whether path is dir or lies under it.
+// within reports whether path, absolute and clean, is dir or lies under
+// it.
 func within(path, dir string) bool {
-	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
+	rel, err := filepath.Rel(dir, path)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }

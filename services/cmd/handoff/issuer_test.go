@@ -19,8 +19,13 @@ func TestIssuerKeepsIdentitiesApart(t *testing.T) {
 	root := t.TempDir()
 	users, services, key := filepath.Join(root, "users"), filepath.Join(root, "services"), filepath.Join(root, "key", "issuer.pem")
 	log := slog.New(slog.DiscardHandler)
-	for _, bad := range []string{filepath.Join(users, "issuer.pem"), filepath.Join(services, "worker", "issuer.pem")} {
-		err := runIssuer(context.Background(), log, []string{"--listen", "127.0.0.1:0", "--dir", users, "--service-dir", services, "--key-file", bad})
+	// Relative to the working directory, the same folder by another name.
+	rel, err := filepath.Rel(must(os.Getwd()), filepath.Join(users, "issuer.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{filepath.Join(users, "issuer.pem"), filepath.Join(services, "worker", "issuer.pem"), rel} {
+		err := runIssuer(context.Background(), log, []string{"--listen", "127.0.0.1:0", "--dir", users + "/", "--service-dir", services, "--key-file", bad})
 		if err == nil || !strings.Contains(err.Error(), "could mint any token") {
 			t.Fatalf("key file %s: %v; want it refused", bad, err)
 		}
@@ -92,3 +97,10 @@ func TestIssuerKeepsIdentitiesApart(t *testing.T) {
 }
 
 func isList(v any) bool { _, ok := v.([]any); return ok }
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
