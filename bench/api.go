@@ -42,8 +42,7 @@ const (
 	f.create_time, f.update_time, f.version,
 	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
 	FROM families f
-	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
-		ORDER BY ` + families.ScreenOrder + ` LIMIT 1) s ON true WHERE f.clinic = $1 AND f.id = $2`
+	LEFT JOIN LATERAL ` + families.LatestScreen + ` s ON true WHERE f.clinic = $1 AND f.id = $2`
 	floorInsert = `INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time, create_time, update_time)
 		VALUES ($1, $2, $3, $4, 1, now(), now(), now())`
 	floorOutbox = `INSERT INTO outbox (clinic, event_type, resource, payload, trace_context) VALUES ($1, $2, $3, $4, $5)`

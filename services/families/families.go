@@ -388,18 +388,20 @@ func newEmpty() *emptypb.Empty      { return &emptypb.Empty{} }
 
 const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
 	f.create_time, f.update_time, f.version, COALESCE(f.shared_update_time, f.update_time), COALESCE(f.shared_version, f.version),
-	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time
+	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time, s.counts_from
 	FROM families f
-	LEFT JOIN LATERAL (SELECT * FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id
-		ORDER BY ` + ScreenOrder + ` LIMIT 1) s ON true`
+	LEFT JOIN LATERAL ` + LatestScreen + ` s ON true`
 
-// ScreenOrder ranks a family's safety screens (aliased s), the one that counts first:
-// the newest by when it was done, except that a high risk counts from when
+// LatestScreen is the safety screen that counts for family f, with the time
+// it counts from (counts_from), which ranks the screens and ages the one
+// that counts: when it was done, except that a high risk counts from when
 // it was recorded if that is later. A high risk entered with an earlier
-// time (the call it came from, or a device whose clock is slow) is not
-// hidden behind a no risk recorded before it: only a screen done after
-// the high risk was recorded takes its place.
-const ScreenOrder = `CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END DESC, s.id DESC`
+// time (the call it came from, or a device whose clock is slow) is thus
+// not hidden behind a no risk recorded before it, nor shown as an expired
+// screen when it was done long ago but entered now: only a screen done
+// after it was recorded takes its place.
+const LatestScreen = `(SELECT s.*, CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END AS counts_from
+	FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id ORDER BY counts_from DESC, s.id DESC LIMIT 1)`
 
 func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id string) (*familiesv1.Family, error) {
 	rows, err := q.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id = $2`, clinic, id)
@@ -446,10 +448,10 @@ func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.Collectabl
 		ssID, ssNotes, ssBy            *string
 		ssResult                       *int16
 		ssPlan                         *bool
-		ssTime, ssCreated              *time.Time
+		ssTime, ssCreated, ssCounts    *time.Time
 	)
 	if err := r.Scan(&id, &doc, &counselor, &state, &urgent, &firstContact, &created, &updated, &version,
-		&sharedUpdated, &sharedVersion, &ssID, &ssResult, &ssPlan, &ssNotes, &ssBy, &ssTime, &ssCreated); err != nil {
+		&sharedUpdated, &sharedVersion, &ssID, &ssResult, &ssPlan, &ssNotes, &ssBy, &ssTime, &ssCreated, &ssCounts); err != nil {
 		return nil, err
 	}
 	f := &familiesv1.Family{}
@@ -482,14 +484,7 @@ func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.Collectabl
 			ScreenTime:        timestamppb.New(*ssTime),
 			CreateTime:        timestamppb.New(*ssCreated),
 		}
-		// A high risk ages from when it was recorded, if later, as it
-		// ranks (ScreenOrder): entered today but dated long ago, it is a
-		// high risk, not an expired screen.
-		aged := *ssTime
-		if familiesv1.SafetyRisk(*ssResult) == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK && ssCreated.After(aged) {
-			aged = *ssCreated
-		}
-		f.SafetyScreenStatus = s.screenStatus(aged, familiesv1.SafetyRisk(*ssResult))
+		f.SafetyScreenStatus = s.screenStatus(*ssCounts, familiesv1.SafetyRisk(*ssResult))
 	}
 	return f, nil
 }

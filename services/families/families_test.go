@@ -1205,7 +1205,7 @@ func TestALaterScreenIsTheLatest(t *testing.T) {
 func TestABackdatedHighRiskIsNotHidden(t *testing.T) {
 	t.Parallel()
 	if familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK != 3 {
-		t.Fatal("HIGH_RISK is not 3: the screens' order (ScreenOrder) names it by its number")
+		t.Fatal("HIGH_RISK is not 3: the screens' order (LatestScreen) names it by its number")
 	}
 	f := setup(t)
 	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily()})
