@@ -523,11 +523,8 @@ func docChanges(cur, next *familiesv1.Family) ([]string, []byte, error) {
 	if !proto.Equal(cur.GetCoverage(), next.GetCoverage()) {
 		changed, part.Coverage = append(changed, "coverage"), next.GetCoverage()
 	}
-	b, err := docJSON.Marshal(part)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode family: %w", err)
-	}
-	return changed, b, nil
+	b, err := encodeDoc(part)
+	return changed, b, err
 }
 
 func assignMemberIDs(f *familiesv1.Family) {

@@ -227,11 +227,12 @@ func (s *Sender) endedChan() chan struct{} {
 func (s *Sender) claimFree(ctx context.Context) ([]*pending, error) {
 	s.fmu.Lock()
 	free := s.cfg.Parallel - s.total
-	sh := s.shares(time.Now())
-	s.fmu.Unlock()
 	if free <= 0 {
+		s.fmu.Unlock()
 		return nil, nil
 	}
+	sh := s.shares(time.Now())
+	s.fmu.Unlock()
 	return s.claim(ctx, free, sh)
 }
 
@@ -243,8 +244,9 @@ func (s *Sender) perSubscription() int { return max(1, s.cfg.Parallel/2) }
 func (s *Sender) stallAfter() time.Duration { return s.cfg.Timeout / 2 }
 
 // forgetSlow is how long a subscription stays slow without a send to it:
-// long enough to span the longest backoff of its deliveries.
-const forgetSlow = 2 * time.Hour
+// twice the longest backoff of its deliveries, so that a receiver whose
+// deliveries all wait out a backoff is still slow when they come due.
+func (s *Sender) forgetSlow() time.Duration { return 2 * s.cfg.MaxBackoff }
 
 // share is what a claim may take: busy, by subscription id, counts as
 // under way (the sends truly under way, and for a slow subscription as
@@ -270,7 +272,7 @@ func (s *Sender) shares(now time.Time) share {
 	}
 	slow := map[string]bool{}
 	for id, since := range s.slow {
-		if now.Sub(since) > forgetSlow {
+		if now.Sub(since) > s.forgetSlow() {
 			delete(s.slow, id)
 			continue
 		}

@@ -313,7 +313,7 @@ func TestStallBreakerShares(t *testing.T) {
 		t.Fatalf("share %+v; want only a slow", got)
 	}
 	// Forgotten after forgetSlow without a send.
-	if got = shares(now.Add(forgetSlow + time.Minute)); len(got.busy) != 0 || len(got.slow) != 0 {
+	if got = shares(now.Add(s.forgetSlow() + time.Minute)); len(got.busy) != 0 || len(got.slow) != 0 {
 		t.Fatalf("share %+v long after; want none", got)
 	}
 }
