@@ -112,6 +112,19 @@ func worthRetrying(err error) bool {
 	return !errors.As(err, &app) || !app.NonRetryable()
 }
 
+// GoOnPast reports whether a workflow goes on past err, a step that failed
+// for good, under change, the version that made it go on where it used to
+// fail; it logs msg with kv if so. A cancellation through Temporal never
+// goes on: it ends the workflow. The version is asked only here, on the
+// failure, so runs that never fail there record nothing of it.
+func GoOnPast(ctx workflow.Context, err error, change, msg string, kv ...any) bool {
+	if temporal.IsCanceledError(err) || Version(ctx, change, 1) < 1 {
+		return false
+	}
+	workflow.GetLogger(ctx).Warn(msg, append(kv, "error", err)...)
+	return true
+}
+
 // RequestID derives the request id of one mutating call from the workflow id
 // and a purpose unique within the workflow. A retried activity, or a replay,
 // sends the same id, so the service changes nothing twice (AIP-155).

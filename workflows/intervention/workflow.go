@@ -550,12 +550,11 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 		// time are armed after it, and a day of the release's retries
 		// would let them pass.
 		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "rescheduled past the hold"); err != nil {
-			if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedRescheduleRelease, 1) < 1 {
+			if !flow.GoOnPast(ctx, err, versionPastFailedRescheduleRelease, "releasing the hold after a reschedule failed; it lapses at its expiry", "hold", w.hold.Hold) {
 				return err
 			}
 			// The hold lapses before the new meeting ends: it is no use to
 			// the meeting, so a new one is taken at the new hold time.
-			workflow.GetLogger(ctx).Warn("releasing the hold after a reschedule failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)
 			w.hold = activities.HoldResult{}
 		}
 	}
@@ -851,13 +850,7 @@ const versionPastFailedRelease = "go-on-past-failed-release"
 // release failed with err, and logs it if so. It asks the version only on
 // that failure, so runs whose releases succeed record nothing.
 func (w *wf) pastFailedRelease(ctx workflow.Context, err error) bool {
-	// A cancellation through Temporal is not a failed release: it ends the
-	// workflow, as it did before.
-	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedRelease, 1) < 1 {
-		return false
-	}
-	workflow.GetLogger(ctx).Warn("releasing the hold failed; it lapses at its expiry", "hold", w.hold.Hold, "error", err)
-	return true
+	return flow.GoOnPast(ctx, err, versionPastFailedRelease, "releasing the hold failed; it lapses at its expiry", "hold", w.hold.Hold)
 }
 
 // versionPastFailedNotice guards going on when a meeting reminder or a
@@ -870,11 +863,7 @@ const versionPastFailedNotice = "go-on-past-failed-notice"
 // pastFailedNotice reports whether the workflow goes on past err, the
 // failure to make a reminder or notice (what names which), as unmade.
 func (w *wf) pastFailedNotice(ctx workflow.Context, err error, what string) bool {
-	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedNotice, 1) < 1 {
-		return false
-	}
-	workflow.GetLogger(ctx).Error("a reminder could not be made; going on without it", "reminder", what, "error", err)
-	return true
+	return flow.GoOnPast(ctx, err, versionPastFailedNotice, "a reminder could not be made; going on without it", "reminder", what)
 }
 
 // cancelled cleans up on a disconnected context, so that the cleanup runs
@@ -1015,11 +1004,7 @@ const versionPastFailedCancel = "outcome-past-failed-reminder-cancel"
 // the meeting's reminders failed with err. The version is asked only on
 // that failure.
 func (w *wf) pastFailedCancel(ctx workflow.Context, err error) bool {
-	if temporal.IsCanceledError(err) || flow.Version(ctx, versionPastFailedCancel, 1) < 1 {
-		return false
-	}
-	workflow.GetLogger(ctx).Warn("cancelling the meeting's reminders after the outcome failed", "error", err)
-	return true
+	return flow.GoOnPast(ctx, err, versionPastFailedCancel, "cancelling the meeting's reminders after the outcome failed")
 }
 
 // versionBoundaryPastFailedReferrals guards going on to the boundary
@@ -1032,11 +1017,10 @@ const versionBoundaryPastFailedReferrals = "boundary-past-failed-referrals"
 // the support referrals failed with err; if so, the counselor is told to
 // make them by hand. The version is asked only on that failure.
 func (w *wf) pastFailedReferrals(ctx workflow.Context, err error) bool {
-	if temporal.IsCanceledError(err) || flow.Version(ctx, versionBoundaryPastFailedReferrals, 1) < 1 {
+	if !flow.GoOnPast(ctx, err, versionBoundaryPastFailedReferrals, "referring the services accepted beside a refusal failed") {
 		return false
 	}
 	log := workflow.GetLogger(ctx)
-	log.Warn("referring the services accepted beside a refusal failed", "error", err)
 	if err := w.notice(ctx, w.plan.Counselor, "REFERRAL_ESCALATION",
 		"The referrals for the services accepted at the family meeting could not be made: please make them by hand.",
 		"refused-services-failed"); err != nil {

@@ -11,7 +11,6 @@ import (
 	"slices"
 	"time"
 
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/services/aip"
@@ -135,10 +134,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// (the workflow is retried), handing the overdose over a second
 		// time and dropping the failures of the alert's delivery this run
 		// would have resent. The counselor, alerted, refers by hand.
-		if temporal.IsCanceledError(err) || flow.Version(ctx, versionReferralFailureKeepsAlert, 1) < 1 {
+		if !flow.GoOnPast(ctx, err, versionReferralFailureKeepsAlert, "harm-reduction referrals after an overdose failed; the alert stands") {
 			return Result{}, err
 		}
-		workflow.GetLogger(ctx).Warn("harm-reduction referrals after an overdose failed; the alert stands", "error", err)
 		referrals = nil
 		if err := flow.Remind(ctx, clinic, safety.Counselor, "REFERRAL_ESCALATION", family, ReferralsFailed, "referrals-failed"); err != nil {
 			workflow.GetLogger(ctx).Warn("telling the counselor that the referrals failed failed", "error", err)
