@@ -450,7 +450,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				}
 			}
 			if !w.stallReview.IsZero() && !now.Before(w.stallReview) {
-				if err := w.reviewStall(ctx, now); err != nil {
+				// Advice to the counselor, not a step of the intake: a
+				// review that fails (a referrals outage past the retries)
+				// waits for the next, due already.
+				if err := w.reviewStall(ctx, now); err != nil &&
+					!flow.GoOnPast(ctx, err, versionStallReviewBestEffort, "reviewing a stalled intake failed; the next review asks again") {
 					return "", info, err
 				}
 			}
@@ -576,6 +580,11 @@ func (w *wf) reviewStall(ctx workflow.Context, now time.Time) error {
 // alert: before, the alert was the last deadline, and a referral that went
 // quiet kept the intake waiting for good.
 const versionStallReviews = "review-stalled-intake"
+
+// versionStallReviewBestEffort guards going on when a stall review fails
+// for good: before, it ended the intake and the intervention waiting on
+// it. Asked only then.
+const versionStallReviewBestEffort = "stall-review-best-effort"
 
 // versionOnHold guards answering a referral put on hold (a state added
 // with it): reminders of the paused time dropped, the counselor told.

@@ -1022,3 +1022,28 @@ func TestStallReviewStartsAgainForTheNextProgram(t *testing.T) {
 		t.Fatalf("stall reviews at %v; want one, 72 h after the second referral (215 h)", at)
 	}
 }
+
+// A stall review that fails for good (the referrals service down past the
+// retries) is advice not given, not the end of the intake: the next review
+// asks, and the intake still completes.
+func TestFailedStallReviewEndsNothing(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	start := h.env.Now()
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.env.RegisterDelayedCallback(func() { h.statusErr = errors.New("referrals service unavailable") }, 143*time.Hour)
+	h.env.RegisterDelayedCallback(func() { h.statusErr = nil }, 150*time.Hour)
+	h.transition(250*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 10})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v; want the intake to go on past the failed review", err)
+	}
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v; want ENTERED_TREATMENT", res, err)
+	}
+	if at := h.escalationTimes("still not started", start); fmt.Sprint(at) != fmt.Sprint([]time.Duration{216 * time.Hour}) {
+		t.Fatalf("stall reviews at %v; want the one at 216 h after the failed one at 144 h", at)
+	}
+}
