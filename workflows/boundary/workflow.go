@@ -268,11 +268,20 @@ func (w *wf) tidyOnCancel(ctx workflow.Context) {
 	}
 	if err := flow.Call(flow.WithActivityOptions(dctx), nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.in.Clinic, Origin: workflow.GetInfo(ctx).WorkflowExecution.ID, Reason: "boundary workflow cancelled",
-		Kinds:     []string{"CHECK_IN", "BOUNDARY_REMINDER", "ESCALATION_PROPOSED", "SAFETY_SCREEN_NEEDED"},
+		Kinds:     OwnReminderKinds(),
 		RequestID: flow.RequestID(dctx, w.id("cancel-reminders|cancelled")),
 	}); err != nil {
 		workflow.GetLogger(ctx).Warn("cancelling the boundary workflow's reminders after it was cancelled failed", "error", err)
 	}
+}
+
+// OwnReminderKinds are the kinds of reminder the workflow makes that end
+// with it (a yes, a cancel): its check-ins, boundary reminders, a proposed
+// meeting's notice and a screen asked for. Not its overdose alerts, nor a
+// failed harm-reduction referral put to the counselor: an overdose answered
+// as it stopped still needs them.
+func OwnReminderKinds() []string {
+	return []string{"CHECK_IN", "BOUNDARY_REMINDER", "ESCALATION_PROPOSED", "SAFETY_SCREEN_NEEDED"}
 }
 
 // versionTidyOnCancel guards tidyOnCancel.

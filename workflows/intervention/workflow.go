@@ -1147,14 +1147,13 @@ func (w *wf) stopBoundary(ctx workflow.Context) error {
 		}
 	}
 	if originOnly || flow.Version(ctx, versionStopBoundaryByOrigin, 1) >= 1 {
-		// The rest of the boundary workflow's steps: the counselor's
-		// check-ins (about the refused meeting), a proposed next meeting's
-		// notice, a screen asked for boundary steps. Not its overdose
-		// alerts, nor a harm-reduction referral put to the counselor: an
-		// overdose answered as the workflow stopped still needs them.
+		// The rest of the boundary workflow's steps (boundary.OwnReminderKinds).
+		// A boundary run begun under boundary-tidy-on-cancel cancels them
+		// itself as it is cancelled above; runs from before it do not, so
+		// this stays until they have ended.
 		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 			Clinic: w.plan.Clinic, Origin: ids.Boundary(w.plan.Family), Reason: "the loved one accepted treatment",
-			Kinds:     []string{"CHECK_IN", "BOUNDARY_REMINDER", "ESCALATION_PROPOSED", "SAFETY_SCREEN_NEEDED"},
+			Kinds:     boundary.OwnReminderKinds(),
 			RequestID: flow.RequestID(ctx, "cancel-boundary-reminders|origin"),
 		}); err != nil {
 			return err
