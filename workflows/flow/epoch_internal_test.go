@@ -1,0 +1,40 @@
+package flow
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// An epoch's changes never change once it is released: a run begun under it
+// takes them without asking, and would not replay against another list. A
+// change released after an epoch goes into a new one. Each epoch's list is
+// pinned here by its digest; a new epoch adds its own line.
+func TestEpochsAreFrozen(t *testing.T) {
+	pinned := map[string]string{
+		"epoch-2026-12-03":  "541d711b47d95389",
+		"epoch-2026-12-04":  "ee68661af467a037",
+		"epoch-2026-12-04b": "4cb32be79b28abaf",
+		"epoch-2026-12-05":  "37d32e43717d3d87",
+		"epoch-2026-12-05b": "4e9c1b59900dfe2a",
+	}
+	for _, e := range epochs {
+		var lines []string
+		for id, v := range e.covers {
+			lines = append(lines, fmt.Sprintf("%s=%d", id, v))
+		}
+		slices.Sort(lines)
+		sum := sha256.Sum256([]byte(strings.Join(lines, "\n")))
+		got := hex.EncodeToString(sum[:8])
+		want, ok := pinned[e.id]
+		if !ok || got != want {
+			t.Errorf("epoch %s covers %d changes, digest %s; pinned %q: an epoch's changes never change, a new change goes in a new epoch (pin a new one here)", e.id, len(lines), got, want)
+		}
+	}
+	if len(pinned) != len(epochs) {
+		t.Errorf("%d epochs pinned, %d in the code", len(pinned), len(epochs))
+	}
+}
