@@ -339,8 +339,12 @@ func (s *Server) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDis
 		func() *familiesv1.Disclosure { return &familiesv1.Disclosure{} },
 		func(tx pgx.Tx) (*familiesv1.Disclosure, error) { return s.discloseTx(ctx, tx, c, d, false) },
 		func(tx pgx.Tx, stored *familiesv1.Disclosure) error {
-			if _, err := s.discloseTx(ctx, tx, c, d, true); err != nil {
+			dry, err := s.discloseTx(ctx, tx, c, d, true)
+			if err != nil {
 				return err
+			}
+			if dry.GetConsent() == stored.GetConsent() {
+				return nil // the consent that covers it now is the one it names
 			}
 			still, err := s.stillCovers(ctx, tx, c, d, aip.ID(stored.GetConsent()))
 			if err != nil {
