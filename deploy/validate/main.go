@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -228,12 +229,58 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 			return 0, fmt.Errorf("network policy %s: %w", np.Name, err)
 		}
 	}
+	// Every process that checks tokens fetches the issuer's keys over
+	// HTTPS: under default deny, one left out of the token-issuer policy
+	// refuses every call once its cached keys expire. Another policy
+	// opening 443 (the webhooks' own, to subscribers) does not count: an
+	// operator narrows that one to the subscribers' addresses.
+	i := slices.IndexFunc(policies, func(np *networkingv1.NetworkPolicy) bool { return np.Name == "token-issuer" })
+	if i < 0 || !allowsEgressPort(policies[i], 443) {
+		return 0, fmt.Errorf("no token-issuer network policy opening HTTPS (port 443) for the token issuer's keys")
+	}
+	for _, p := range tokenCheckers {
+		if !selects(policies[i], p) {
+			return 0, fmt.Errorf("network policy token-issuer leaves out the %s pods, which check tokens and fetch the issuer's keys", p)
+		}
+	}
 	for name, n := range keep {
 		if f, ok := fewest[name]; ok && n >= f {
 			return 0, fmt.Errorf("pod disruption budget %s keeps %d available of as few as %d replicas: no node could ever be drained", name, n, f)
 		}
 	}
 	return len(docs), nil
+}
+
+// tokenCheckers are the processes that verify callers' tokens: the services
+// and the gateway. The worker only presents its own.
+var tokenCheckers = []string{"families", "interventions", "referrals", "webhooks", "gateway"}
+
+// selects reports whether np applies to the pods of the named deployment
+// (by their name label).
+func selects(np *networkingv1.NetworkPolicy, name string) bool {
+	sel := np.Spec.PodSelector
+	if v, ok := sel.MatchLabels["app.kubernetes.io/name"]; ok && v != name {
+		return false
+	}
+	for _, e := range sel.MatchExpressions {
+		if e.Key != "app.kubernetes.io/name" || e.Operator != metav1.LabelSelectorOpIn || !slices.Contains(e.Values, name) {
+			return false
+		}
+	}
+	return len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0
+}
+
+// allowsEgressPort reports whether one of np's egress rules opens port to
+// some destination.
+func allowsEgressPort(np *networkingv1.NetworkPolicy, port int32) bool {
+	for _, rule := range np.Spec.Egress {
+		for _, p := range rule.Ports {
+			if p.Port != nil && p.Port.Type == intstr.Int && p.Port.IntVal == port {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // checkNamedPorts refuses a rule that names a port the pods it opens do
