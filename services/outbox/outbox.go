@@ -71,8 +71,10 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 // it is generation 0, like every event written before, and protects the
 // rollouts after it, not its own.
 //
-// Raised so far for: nothing yet.
-const Generation = 0
+// Raised so far for:
+//   - 1: a meeting's outcome with nothing accepted also gives back the
+//     places held for it (the dispatcher starts CancelledHolds).
+const Generation = 1
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded: such an event can never be delivered.
