@@ -992,11 +992,20 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
 	case viewDelivery:
 		// The reminder automation (and the interventions service, on its
-		// claims) asks one thing: who may still be contacted. Not names,
+		// claims) asks who may still be contacted, and where: the channels
+		// of those who may, and nothing of those who may not. Not names,
 		// state, urgency, or a version whose moves would tell of changes.
-		out := &familiesv1.Family{Name: f.GetName(), LovedOne: &familiesv1.LovedOne{MayContactDirectly: f.GetLovedOne().GetMayContactDirectly()}}
+		lo := f.GetLovedOne()
+		out := &familiesv1.Family{Name: f.GetName(), LovedOne: &familiesv1.LovedOne{MayContactDirectly: lo.GetMayContactDirectly()}}
+		if lo.GetMayContactDirectly() {
+			out.LovedOne.ContactChannels = lo.GetContactChannels()
+		}
 		for _, m := range f.GetMembers() {
-			out.Members = append(out.Members, &familiesv1.Member{Id: m.GetId(), ConsentToContact: m.GetConsentToContact()})
+			v := &familiesv1.Member{Id: m.GetId(), ConsentToContact: m.GetConsentToContact()}
+			if m.GetConsentToContact() {
+				v.ContactChannels, v.PreferredChannel = m.GetContactChannels(), m.GetPreferredChannel()
+			}
+			out.Members = append(out.Members, v)
 		}
 		return out
 	case viewWorker:

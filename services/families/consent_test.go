@@ -795,6 +795,23 @@ func TestOutsideSystemsSeeTheMinimum(t *testing.T) {
 	if err != nil || got.GetLovedOne().GetGivenName() != "" || got.GetState() != familiesv1.FamilyState_FAMILY_STATE_UNSPECIFIED || got.GetEtag() != "" {
 		t.Fatalf("the reminder automation's view: %v, %v; want who may be contacted only", got, err)
 	}
+	// And where: the channels of those who may be, none of the others'.
+	if m := got.GetMembers()[0]; len(m.GetContactChannels()) != 1 || m.GetContactChannels()[0].GetValue() != "ana@example.org" ||
+		m.GetPreferredChannel() != familiesv1.ChannelKind_CHANNEL_KIND_EMAIL || len(got.GetLovedOne().GetContactChannels()) != 0 {
+		t.Fatalf("the automation's view of where to reach people: %v", got)
+	}
+	open := sampleFamily()
+	open.LovedOne.MayContactDirectly = true
+	open.Members[1].ContactChannels = []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550199"}}
+	opened, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: open})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err = f.client.GetFamily(f.env.As("north", "sms-1", auth.RoleReminders), &familiesv1.GetFamilyRequest{Name: opened.GetName()})
+	if err != nil || len(got.GetLovedOne().GetContactChannels()) != 1 || got.GetLovedOne().GetContactChannels()[0].GetValue() != "+15555550101" ||
+		len(got.GetMembers()[1].GetContactChannels()) != 0 {
+		t.Fatalf("the automation's view of a loved one who may be contacted and a member who may not: %v, %v", got, err)
+	}
 	got, err = f.client.GetFamily(f.env.As("north", "sms-1", auth.RoleReminders, auth.RoleCounselor), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
 	if err != nil || got.GetLovedOne().GetGivenName() == "" {
 		t.Fatalf("a counselor who also runs the automation: %v, %v; want the whole record", got, err)

@@ -1,6 +1,7 @@
 package interventions_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -2063,18 +2064,20 @@ func TestClaimChecksContactAgain(t *testing.T) {
 		return rem
 	}
 	first, second, sending := remind("mom"), remind("mom"), remind("mom")
-	// One is on its way when she withdraws.
+	// One is on its way when she withdraws: its claim said where to.
 	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: sending.GetName(), Claimant: "sms-2", LeaseDuration: durationpb.New(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
+	if err != nil || claimed.GetAddress() != "+15555550100" {
+		t.Fatalf("claim: %v, %v; want her number to send to", claimed, err)
 	}
-	// What the automation may read of the family: who may be contacted.
+	// What the automation may read of the family: who may be contacted,
+	// and where.
 	seen, err := f.families.GetFamily(auto, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
 	if err != nil {
 		t.Fatalf("the automation reads who may be contacted: %v", err)
 	}
 	want := &familiesv1.Family{Name: f.family.GetName(), LovedOne: &familiesv1.LovedOne{},
-		Members: []*familiesv1.Member{{Id: "mom", ConsentToContact: true}, {Id: "bro"}}}
+		Members: []*familiesv1.Member{{Id: "mom", ConsentToContact: true,
+			ContactChannels: []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550100"}}}, {Id: "bro"}}}
 	if !proto.Equal(seen, want) {
 		t.Fatalf("the automation's view of the family:\n%v\nwant only\n%v", seen, want)
 	}
@@ -2116,6 +2119,74 @@ func TestClaimChecksContactAgain(t *testing.T) {
 	if _, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: sending.GetName(), Claimant: "sms-2",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil {
 		t.Fatalf("reporting the reminder that was on its way: %v", err)
+	}
+}
+
+// A claim answers where to send: the address on the reminder's channel,
+// read from the family at each claim (a retry under the claim's request id
+// too), and kept nowhere else: not in the reminder, its event, or the
+// stored answer. A channel the person no longer keeps gives no address.
+func TestClaimSaysWhereToSend(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	remind := func(ch interventionsv1.ChannelKind) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: ch},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	const number = "+15555550100"
+	bySMS, byEmail := remind(interventionsv1.ChannelKind_CHANNEL_KIND_SMS), remind(interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL)
+	claim := &interventionsv1.ClaimReminderRequest{Name: bySMS.GetName(), Claimant: "sms-1", RequestId: "claim-sms-1", LeaseDuration: durationpb.New(time.Minute)}
+	claimed, err := f.client.ClaimReminder(auto, claim)
+	if err != nil || claimed.GetAddress() != number {
+		t.Fatalf("claim: %v, %v; want the address %s", claimed, err, number)
+	}
+	// Her number changes while the claim's answer is lost: the retry
+	// reads it anew.
+	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const moved = "+15555550177"
+	fam.Members[0].ContactChannels[0].Value = moved
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.client.ClaimReminder(auto, claim)
+	if err != nil || again.GetAddress() != moved || again.GetEtag() != claimed.GetEtag() {
+		t.Fatalf("retried claim: %v, %v; want the first claim's answer with the address %s", again, err, moved)
+	}
+	if got, err := f.client.GetReminder(auto, &interventionsv1.GetReminderRequest{Name: bySMS.GetName()}); err != nil || got.GetAddress() != "" {
+		t.Fatalf("the reminder read back: %v, %v; want no address", got, err)
+	}
+	for q, arg := range map[string]string{`SELECT payload FROM outbox WHERE resource = $1`: bySMS.GetName(),
+		`SELECT coalesce(response, '') FROM idempotency_keys WHERE request_id = $1`: claim.GetRequestId()} {
+		rows, err := f.pool.Query(context.Background(), q, arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := pgx.CollectRows(rows, pgx.RowTo[[]byte])
+		if err != nil || len(stored) == 0 {
+			t.Fatalf("%s: %d rows, %v", q, len(stored), err)
+		}
+		for _, b := range stored {
+			if bytes.Contains(b, []byte(number)) || bytes.Contains(b, []byte(moved)) {
+				t.Fatalf("%s: an address was kept: %q", q, b)
+			}
+		}
+	}
+	// She keeps no e-mail: claimed, with nothing to send to, the
+	// automation reports it failed and its workflow sends it again.
+	claimed, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: byEmail.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil || claimed.GetAddress() != "" {
+		t.Fatalf("claim of a reminder by e-mail: %v, %v; want no address", claimed, err)
 	}
 }
 

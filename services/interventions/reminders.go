@@ -403,31 +403,49 @@ func aboutFamily(ctx context.Context, tx pgx.Tx, clinic string, rem *interventio
 
 // checkContact refuses reminders to people who may not be contacted.
 func (s *Server) checkContact(ctx context.Context, rc *interventionsv1.Recipient) error {
+	_, err := s.contact(ctx, rc)
+	return err
+}
+
+// contact refuses people who may not be contacted, and returns the
+// channels of those who may.
+func (s *Server) contact(ctx context.Context, rc *interventionsv1.Recipient) ([]*familiesv1.ContactChannel, error) {
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: rc.GetFamily()})
 	if apperr.IsCode(err, codes.NotFound) {
-		return apperr.Field("reminder.recipient.family", "no such family")
+		return nil, apperr.Field("reminder.recipient.family", "no such family")
 	}
 	if err != nil {
-		return fmt.Errorf("read family: %w", err)
+		return nil, fmt.Errorf("read family: %w", err)
 	}
 	refuse := func(msg string) error {
 		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", msg, map[string]string{"family": rc.GetFamily()})
 	}
 	if rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE {
 		if !fam.GetLovedOne().GetMayContactDirectly() {
-			return refuse("the family has not allowed the clinic to contact the loved one directly")
+			return nil, refuse("the family has not allowed the clinic to contact the loved one directly")
 		}
-		return nil
+		return fam.GetLovedOne().GetContactChannels(), nil
 	}
 	for _, m := range fam.GetMembers() {
 		if m.GetId() == rc.GetId() {
 			if !m.GetConsentToContact() {
-				return refuse(fmt.Sprintf("member %q has not agreed to be contacted", rc.GetId()))
+				return nil, refuse(fmt.Sprintf("member %q has not agreed to be contacted", rc.GetId()))
 			}
-			return nil
+			return m.GetContactChannels(), nil
 		}
 	}
-	return apperr.Field("reminder.recipient.id", "%q is not a member of %s", rc.GetId(), rc.GetFamily())
+	return nil, apperr.Field("reminder.recipient.id", "%q is not a member of %s", rc.GetId(), rc.GetFamily())
+}
+
+// addressOn is the value of the first of channels of the kind ch names (the
+// families service's kinds number the first three alike), or "".
+func addressOn(channels []*familiesv1.ContactChannel, ch interventionsv1.ChannelKind) string {
+	for _, c := range channels {
+		if int32(c.GetKind()) == int32(ch) {
+			return c.GetValue()
+		}
+	}
+	return ""
 }
 
 // GetReminder implements the API.
@@ -542,7 +560,8 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if err != nil {
 		return nil, err
 	}
-	if err := s.stillContactable(ctx, pre); err != nil {
+	address, err := s.stillContactable(ctx, pre)
+	if err != nil {
 		return nil, err
 	}
 	// Only a reminder of a meeting coming up can announce one begun.
@@ -661,8 +680,15 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			return nil, ferr
 		}
 	}
-	// Only the automation claims (see Policy): it gets its view.
-	return consentgate.Reminder(out), err
+	// Only the automation claims (see Policy): it gets its view, and,
+	// with the lease, where to send. Set here, after the transaction, the
+	// address is in neither the stored answer a retry reads nor the event:
+	// a retry reads it from the family again.
+	out = consentgate.Reminder(out)
+	if out != nil {
+		out.Address = address
+	}
+	return out, err
 }
 
 // stillContactable asks the families service, as a reminder to someone
@@ -674,18 +700,19 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // of sent, and the claim is refused CONTACT_NOT_ALLOWED. A families service
 // that does not answer fails the claim, to be tried again: a message to
 // someone who said no cannot be taken back. The call carries the
-// automation's own token, which reads only who may be contacted.
-func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Reminder) error {
+// automation's own token, which reads only who may be contacted, and where:
+// the address on the reminder's channel is returned, for the claim's answer.
+func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Reminder) (string, error) {
 	rc := rem.GetRecipient()
 	if !isFamily(rc.GetKind()) || (rem.GetState() != rDue && rem.GetState() != rScheduled && rem.GetState() != rClaimed) {
-		return nil // staff, or past claiming: the claim says why
+		return "", nil // staff, or past claiming: the claim says why
 	}
-	cerr := s.checkContact(ctx, rc)
+	channels, cerr := s.contact(ctx, rc)
 	if cerr == nil {
-		return nil
+		return addressOn(channels, rc.GetChannel()), nil
 	}
 	if apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(cerr, codes.InvalidArgument) {
-		return fmt.Errorf("check that the recipient may still be contacted: %w", cerr)
+		return "", fmt.Errorf("check that the recipient may still be contacted: %w", cerr)
 	}
 	refused := func(what string) error {
 		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", rem.GetName(), what),
@@ -695,13 +722,13 @@ func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Remi
 		// Under a live lease it may be on its way, or gone: the lease is
 		// not extended nor taken over, but the reminder is left for its
 		// claimant to report (cancelled, it would say never sent).
-		return refused("it is not claimed again")
+		return "", refused("it is not claimed again")
 	}
 	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
 	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
-		return fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
+		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
 	}
-	return refused("it was cancelled")
+	return "", refused("it was cancelled")
 }
 
 // reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -34,11 +35,18 @@ func Supervisors() Person { return Person{Kind: "supervisor", ID: supervisors, C
 
 func counselor(id string) Person { return Person{Kind: "counselor", ID: id, Channel: "IN_APP"} }
 
-func memberPerson(family string, m *familiesv1.Member) Person {
+// memberChannel is the channel a member is reminded on: their preferred
+// one, else their first.
+func memberChannel(m *familiesv1.Member) familiesv1.ChannelKind {
 	ch := m.GetPreferredChannel()
 	if ch == familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED && len(m.GetContactChannels()) > 0 {
 		ch = m.GetContactChannels()[0].GetKind()
 	}
+	return ch
+}
+
+func memberPerson(family string, m *familiesv1.Member) Person {
+	ch := memberChannel(m)
 	p := Person{Kind: "member", ID: m.GetId(), Family: family, TimeZone: m.GetTimeZone(),
 		Channel: strings.TrimPrefix(ch.String(), "CHANNEL_KIND_")}
 	if q := m.GetQuietHours(); q != nil {
@@ -412,11 +420,15 @@ func (a *Activities) Resend(ctx context.Context, in ResendRequest) (Resent, erro
 	if err != nil {
 		return Resent{}, wrap("get reminder", err)
 	}
-	due, r, by, err := a.awake(ctx, old, in.Due)
+	fam, err := a.familyOf(ctx, old.GetRecipient())
 	if err != nil {
 		return Resent{}, err
 	}
-	want := &interventionsv1.Reminder{Recipient: old.GetRecipient(), DueTime: timestamppb.New(due),
+	due, r, by, err := a.awake(ctx, old, fam, in.Due)
+	if err != nil {
+		return Resent{}, err
+	}
+	want := &interventionsv1.Reminder{Recipient: channelNow(old.GetRecipient(), fam), DueTime: timestamppb.New(due),
 		Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
 		SendByTime: sendBy(due, r, by)}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
@@ -464,16 +476,12 @@ func sendBy(at time.Time, r schedule.Recipient, by time.Time) *timestamppb.Times
 // retried: an attempt that fell back to due would send, under the same
 // request id, another request than the attempt that may already have
 // created the reminder, and be refused.
-func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, due time.Time) (time.Time, schedule.Recipient, time.Time, error) {
+func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, fam *familiesv1.Family, due time.Time) (time.Time, schedule.Recipient, time.Time, error) {
 	var r schedule.Recipient
 	var by time.Time
 	to := old.GetRecipient()
-	if to.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || to.GetFamily() == "" || a.Families == nil {
+	if to.GetKind() != interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || fam == nil {
 		return due, r, by, nil
-	}
-	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: to.GetFamily()})
-	if err != nil {
-		return due, r, by, gone("get family", err)
 	}
 	for _, m := range fam.GetMembers() {
 		if m.GetId() == to.GetId() {
@@ -509,6 +517,57 @@ func (a *Activities) awake(ctx context.Context, old *interventionsv1.Reminder, d
 		return due, r, by, nil
 	}
 	return at, r, by, nil
+}
+
+// familyOf reads the family of a reminder's recipient, a member or the
+// loved one: nil for anyone else, or a family that no longer exists.
+func (a *Activities) familyOf(ctx context.Context, to *interventionsv1.Recipient) (*familiesv1.Family, error) {
+	if !isFamilyRecipient(to.GetKind()) || to.GetFamily() == "" || a.Families == nil {
+		return nil, nil
+	}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: to.GetFamily()})
+	if err != nil {
+		return nil, gone("get family", err)
+	}
+	return fam, nil
+}
+
+func isFamilyRecipient(k interventionsv1.RecipientKind) bool {
+	return k == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || k == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
+}
+
+// channelNow is to, on the channel the family's record would place a
+// reminder to them on now (a member's preferred one, else their first;
+// the loved one's first): a reminder that failed because its channel was
+// taken off their record goes again on the one they keep, and one to a
+// member who changed their preference since goes the new way. To as it
+// was when the family is gone or keeps no channel for them (the
+// reminder's claim refuses whoever may no longer be contacted).
+func channelNow(to *interventionsv1.Recipient, fam *familiesv1.Family) *interventionsv1.Recipient {
+	if fam == nil {
+		return to
+	}
+	ch := familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED
+	switch to.GetKind() {
+	case interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE:
+		if chs := fam.GetLovedOne().GetContactChannels(); len(chs) > 0 {
+			ch = chs[0].GetKind()
+		}
+	case interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER:
+		for _, m := range fam.GetMembers() {
+			if m.GetId() == to.GetId() {
+				ch = memberChannel(m)
+			}
+		}
+	}
+	if ch == familiesv1.ChannelKind_CHANNEL_KIND_UNSPECIFIED || int32(ch) == int32(to.GetChannel()) {
+		return to
+	}
+	out := proto.Clone(to).(*interventionsv1.Recipient)
+	// The families service's kinds number the first three as the
+	// interventions service's do.
+	out.Channel = interventionsv1.ChannelKind(ch)
+	return out
 }
 
 // familyGone reports whether err, from matchRequest, says the family's

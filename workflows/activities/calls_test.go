@@ -159,6 +159,59 @@ func (familyFake) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...gr
 		QuietHours: &familiesv1.QuietHours{Start: "21:00", End: "08:00"}}, {Id: "dad"}}}, nil
 }
 
+type recordFamily struct {
+	familiesv1.FamiliesServiceClient
+	fam *familiesv1.Family
+}
+
+func (f recordFamily) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return f.fam, nil
+}
+
+// A resend goes on the channel the family's record keeps for the person
+// now: one taken off it since (the reason the first failed, perhaps), or a
+// preference changed, is not used again; staff, and a person the record
+// keeps no channel for, keep the failed reminder's.
+func TestResendGoesOnTheChannelKeptNow(t *testing.T) {
+	email := &familiesv1.ContactChannel{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "ana@example.org"}
+	sms := &familiesv1.ContactChannel{Kind: familiesv1.ChannelKind_CHANNEL_KIND_SMS, Value: "+15555550101"}
+	fam := &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{MayContactDirectly: true, ContactChannels: []*familiesv1.ContactChannel{email, sms}},
+		Members: []*familiesv1.Member{
+			{Id: "mom", ConsentToContact: true, ContactChannels: []*familiesv1.ContactChannel{email, sms}, PreferredChannel: familiesv1.ChannelKind_CHANNEL_KIND_SMS},
+			{Id: "dad", ConsentToContact: true, ContactChannels: []*familiesv1.ContactChannel{email}},
+			{Id: "aunt", ConsentToContact: true},
+		}}
+	const family = "clinics/north/families/f1"
+	for _, c := range []struct {
+		name string
+		to   *interventionsv1.Recipient
+		want interventionsv1.ChannelKind
+	}{
+		{"a member's preference changed", &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom", Family: family,
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL}, interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		{"a member's channel taken off", &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "dad", Family: family,
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_PHONE}, interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+		{"a member with no channel left", &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "aunt", Family: family,
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		{"the loved one", &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE, Family: family,
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+		{"a counselor", &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+	} {
+		f := &resendFakes{meeting: time.Now().Add(48 * time.Hour), old: &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", Recipient: c.to,
+			RelatedResource: "clinics/north/interventions/i1", Message: "Reminder"}}
+		a := &Activities{Interventions: f, Families: recordFamily{fam: fam}}
+		if _, err := a.Resend(context.Background(), ResendRequest{Failed: "clinics/north/reminders/r1", Due: time.Now(), RequestID: "r"}); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := f.created.GetRecipient()
+		if got.GetChannel() != c.want || got.GetId() != c.to.GetId() || got.GetKind() != c.to.GetKind() || got.GetFamily() != c.to.GetFamily() {
+			t.Errorf("%s: resent to %v, want %v on %v", c.name, got, c.to, c.want)
+		}
+	}
+}
+
 // A resend to a family member waits out their quiet hours when that is
 // still before what it reminds of; otherwise, and for a counselor, it is
 // due at once.

@@ -1955,7 +1955,17 @@ type Reminder struct {
 	// on purpose (nothing later would still be in time), or when what it is
 	// about happens in the quiet hours that would begin it (sent late, it
 	// would go out in them anyway).
-	SendByTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=send_by_time,json=sendByTime,proto3" json:"send_by_time,omitempty"`
+	SendByTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=send_by_time,json=sendByTime,proto3" json:"send_by_time,omitempty"`
+	// Where to deliver the reminder: the recipient's phone number (E.164) or
+	// e-mail address on the reminder's channel, read from the family as the
+	// reminder is claimed. Set only in ClaimReminder's answer, for a family
+	// member or the loved one, and never stored with the reminder nor sent
+	// in its events: whoever holds the lease learns it, when it sends, from
+	// the family as it is then. Empty for a counselor or supervisor (the
+	// clinic's own directory reaches them), and when the recipient no longer
+	// has a channel of this kind: then complete the reminder as failed, and
+	// the workflow that made it sends it again on the channel they keep.
+	Address       string `protobuf:"bytes,19,opt,name=address,proto3" json:"address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2114,6 +2124,13 @@ func (x *Reminder) GetSendByTime() *timestamppb.Timestamp {
 		return x.SendByTime
 	}
 	return nil
+}
+
+func (x *Reminder) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
 }
 
 // The person a reminder is for, and the channel to reach them on.
@@ -4550,7 +4567,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x1bhandoff.health/TalkingPoint\x12.clinics/{clinic}/talkingPoints/{talking_point}*\rtalkingPoints2\ftalkingPoint\"\xb9\x01\n" +
 	"\x14BarrierTalkingPoints\x12M\n" +
 	"\fbarrier_kind\x18\x01 \x01(\x0e2%.handoff.interventions.v1.BarrierKindB\x03\xe0A\x03R\vbarrierKind\x12R\n" +
-	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xaa\t\n" +
+	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xc9\t\n" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
 	"\trecipient\x18\x02 \x01(\v2#.handoff.interventions.v1.RecipientB\x06\xe0A\x02\xe0A\x05R\trecipient\x12=\n" +
@@ -4575,7 +4592,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag\x124\n" +
 	"\x0forigin_workflow\x18\x11 \x01(\tB\v\xe0A\x05\xbaH\x05r\x03\x18\xac\x02R\x0eoriginWorkflow\x12D\n" +
 	"\fsend_by_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xe0A\x01\xe0A\x05R\n" +
-	"sendByTime:X\xeaAU\n" +
+	"sendByTime\x12\x1d\n" +
+	"\aaddress\x18\x13 \x01(\tB\x03\xe0A\x03R\aaddress:X\xeaAU\n" +
 	"\x17handoff.health/Reminder\x12%clinics/{clinic}/reminders/{reminder}*\treminders2\breminder\"\xe4\x02\n" +
 	"\tRecipient\x12J\n" +
 	"\x04kind\x18\x01 \x01(\x0e2'.handoff.interventions.v1.RecipientKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x127\n" +

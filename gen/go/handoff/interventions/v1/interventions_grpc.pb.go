@@ -166,7 +166,8 @@ type InterventionsServiceClient interface {
 	// that is not due yet, or is already delivered, failed or cancelled,
 	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
 	// the first answer only while its lease holds (else FAILED_PRECONDITION,
-	// reason CLAIM_LAPSED). Returns the claimed reminder.
+	// reason CLAIM_LAPSED). Returns the claimed reminder, with the address
+	// to deliver it to.
 	ClaimReminder(ctx context.Context, in *ClaimReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
@@ -581,7 +582,8 @@ type InterventionsServiceServer interface {
 	// that is not due yet, or is already delivered, failed or cancelled,
 	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
 	// the first answer only while its lease holds (else FAILED_PRECONDITION,
-	// reason CLAIM_LAPSED). Returns the claimed reminder.
+	// reason CLAIM_LAPSED). Returns the claimed reminder, with the address
+	// to deliver it to.
 	ClaimReminder(context.Context, *ClaimReminderRequest) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
