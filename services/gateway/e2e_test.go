@@ -308,6 +308,15 @@ func TestGatewayContract(t *testing.T) {
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
 	}
+	// A write that takes no request id refuses the key rather than drop
+	// it: its retry would be recorded again.
+	batch := map[string]any{"requests": []any{map[string]any{"parent": str(a.body, "name"), "disclosure": map[string]any{
+		"recipient": "ehr-1", "information": "INFORMATION_KIND_IDENTITY", "purpose": "PURPOSE_TREATMENT", "channel": "DISCLOSURE_CHANNEL_API",
+		"resource": str(a.body, "name")}}}}
+	if r := w.ehr.do("POST", "/v1/clinics/north/families/-/disclosures:batchCreate", batch, "Idempotency-Key", "batch-1"); r.code != http.StatusBadRequest ||
+		!strings.Contains(str(r.body, "message"), "takes no request id") {
+		t.Fatalf("Idempotency-Key on a batch of disclosures: %d %s; want 400", r.code, r.raw)
+	}
 	// Records under 42 CFR Part 2: no cache may keep them.
 	if a.header.Get("Cache-Control") != "no-store" || a.header.Get("X-Content-Type-Options") != "nosniff" {
 		t.Fatalf("create answered with Cache-Control %q, X-Content-Type-Options %q", a.header.Get("Cache-Control"), a.header.Get("X-Content-Type-Options"))

@@ -245,8 +245,15 @@ func fillFromHeaders(ctx context.Context, method string, req, reply any, cc *grp
 			// A body's own request id that differs would otherwise win
 			// silently: a client whose library makes a new one per try
 			// would lose the key it meant to retry under.
-			if cur, _ := setIfEmpty(m.ProtoReflect(), "request_id", v[0]); cur != "" && cur != v[0] {
+			cur, ok := setIfEmpty(m.ProtoReflect(), "request_id", v[0])
+			if cur != "" && cur != v[0] {
 				return status.Error(codes.InvalidArgument, fmt.Sprintf("Idempotency-Key (%q) and the body's requestId (%q) differ: give one, or the same in both", v[0], cur))
+			}
+			// Dropped, the key would promise a retry that changes nothing
+			// twice, and the retry would record the batch again.
+			if !ok && !reads[method] && !repeatable[method] {
+				return status.Error(codes.InvalidArgument, fmt.Sprintf(
+					"Idempotency-Key: %s takes no request id, so a retry would be done again; send it without the header", method[strings.LastIndex(method, "/")+1:]))
 			}
 		}
 		// "If-Match: *" asks only that the resource exist (RFC 9110), which
@@ -314,6 +321,14 @@ var apiFiles = []protoreflect.FileDescriptor{familiesv1.File_handoff_families_v1
 
 // reads are the services' GET methods (see readMethods).
 var reads = readMethods(apiFiles...)
+
+// repeatable are the writes with no request id that a retry cannot do
+// twice: a revocation changes nothing the second time, and a match is a
+// read sent by POST. Any other write without one refuses Idempotency-Key.
+var repeatable = map[string]bool{
+	"/handoff.families.v1.FamiliesService/RevokeConsent":   true,
+	"/handoff.referrals.v1.ReferralsService/MatchPrograms": true,
+}
 
 // etagField is m's string field etag, or nil.
 func etagField(m protoreflect.Message) protoreflect.FieldDescriptor {
