@@ -308,6 +308,13 @@ func TestGatewayContract(t *testing.T) {
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
 	}
+	// A verb the path does not take is 405 with the verbs it does, not
+	// 501 (a feature the server lacks).
+	for _, verb := range []string{"DELETE", "HEAD"} {
+		if r := w.counselor.do(verb, "/v1/clinics/north/families", nil); r.code != http.StatusMethodNotAllowed || r.header.Get("Allow") != "GET, POST" {
+			t.Fatalf("%s on the families: %d, Allow %q %s; want 405, Allow GET, POST", verb, r.code, r.header.Get("Allow"), r.raw)
+		}
+	}
 	// A write that takes no request id refuses the key rather than drop
 	// it: its retry would be recorded again.
 	batch := map[string]any{"requests": []any{map[string]any{"parent": str(a.body, "name"), "disclosure": map[string]any{

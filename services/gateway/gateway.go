@@ -117,6 +117,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithDisableHTTPMethodOverride(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),
+		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...))),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
@@ -449,6 +450,25 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		*b.over = true
 	}
 	return n, err
+}
+
+// routingError answers a verb the path does not take 405 with the verbs it
+// does in Allow (RFC 9110), where grpc-gateway's default says 501 Not
+// Implemented, which tells a client the server lacks the feature; a HEAD,
+// which no route takes, is such a verb. Other routing errors (no route at
+// all) answer as by default.
+func routingError(rs []route) runtime.RoutingErrorHandlerFunc {
+	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
+		if code != http.StatusMethodNotAllowed {
+			runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
+			return
+		}
+		if allow := allowed(rs, r.URL.Path); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+		httpError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
+			Err: status.Errorf(codes.Unimplemented, "%s is not taken at this path", r.Method)})
+	}
 }
 
 // httpError answers as grpc-gateway does, except for a body cut at the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -176,4 +177,72 @@ func refuseQueryOnBodyRoutes(routes map[string]bool) runtime.Middleware {
 			next(w, r, params)
 		}
 	}
+}
+
+// route is one HTTP binding: its verb and its path template.
+type route struct{ verb, template string }
+
+// routes are every binding of the files' methods.
+func routes(files ...protoreflect.FileDescriptor) []route {
+	var out []route
+	eachBinding(files, func(_ string, r *annotations.HttpRule) {
+		if verb, path := httpRule(r); verb != "" {
+			out = append(out, route{verb, path})
+		}
+	})
+	return out
+}
+
+// allowed lists, as an Allow header does, the verbs whose templates match
+// path: what a client that sent another verb may send instead.
+func allowed(rs []route, path string) string {
+	var verbs []string
+	for _, r := range rs {
+		if matchTemplate(r.template, path) && !slices.Contains(verbs, r.verb) {
+			verbs = append(verbs, r.verb)
+		}
+	}
+	slices.Sort(verbs)
+	return strings.Join(verbs, ", ")
+}
+
+// matchTemplate reports whether path matches an HTTP rule's template
+// (google.api.http syntax: literal segments, `*` one segment, `**` the
+// rest, `{name}` or `{name=pattern}` variables, an optional `:verb`).
+func matchTemplate(template, path string) bool {
+	tmpl, tverb := splitVerb(template)
+	p, pverb := splitVerb(path)
+	if tverb != pverb {
+		return false
+	}
+	var want []string
+	for _, seg := range strings.Split(strings.Trim(canonicalPath(tmpl), "/"), "/") {
+		// A variable's pattern may span segments: "{name=clinics/*}".
+		seg = strings.TrimPrefix(seg, "{")
+		if i := strings.Index(seg, "="); i >= 0 {
+			seg = seg[i+1:]
+		}
+		want = append(want, strings.TrimSuffix(seg, "}"))
+	}
+	got := strings.Split(strings.Trim(p, "/"), "/")
+	for i, w := range want {
+		switch {
+		case w == "**":
+			return true
+		case i >= len(got):
+			return false
+		case w != "*" && w != got[i]:
+			return false
+		}
+	}
+	return len(got) == len(want)
+}
+
+// splitVerb splits a custom verb (":batchCreate") off the last segment.
+func splitVerb(path string) (string, string) {
+	last := path[strings.LastIndex(path, "/")+1:]
+	if i := strings.LastIndex(last, ":"); i >= 0 && !strings.Contains(last[i:], "}") {
+		return path[:len(path)-len(last)+i], last[i+1:]
+	}
+	return path, ""
 }

@@ -98,3 +98,23 @@ func TestIfMatch(t *testing.T) {
 		t.Fatalf("SummarizeReferrals with If-Match: %v, %v; want it passed on", sent, err)
 	}
 }
+
+// The verbs a path takes, for a 405's Allow header, are read from the
+// annotations' templates: variables spanning segments, custom verbs and
+// paths of another length each decide a match.
+func TestAllowed(t *testing.T) {
+	rs := routes(apiFiles...)
+	for path, want := range map[string]string{
+		"/v1/clinics/north/families":                               "GET, POST",
+		"/v1/clinics/north/families/f1":                            "DELETE, GET, PATCH",
+		"/v1/clinics/north/families/-/disclosures:batchCreate":     "POST",
+		"/v1/clinics/north/families/f1/disclosures":                "GET, POST",
+		"/v1/clinics/north/families/f1:nothing":                    "",
+		"/v1/clinics/north/families/f1/warningSigns/w1/extra/more": "",
+		"/v1/elsewhere":                                            "",
+	} {
+		if got := allowed(rs, path); got != want {
+			t.Errorf("%s: Allow %q, want %q", path, got, want)
+		}
+	}
+}
