@@ -84,6 +84,14 @@ func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	code, issue := httpStatus(st)
 	var msg string
 	switch {
+	case code == http.StatusServiceUnavailable:
+		// Not the request's fault, nor a fault here: the client may retry.
+		s.cfg.Log.Warn("fhir: service call failed", "code", st.Code().String())
+		w.Header().Set("Retry-After", retryAfter)
+		msg = "temporarily unavailable: retry"
+	case code == http.StatusGatewayTimeout:
+		s.cfg.Log.Warn("fhir: service call failed", "code", st.Code().String())
+		msg = "the request took too long: retry"
 	case code >= 500:
 		s.cfg.Log.Error("fhir: service call failed", "code", st.Code().String())
 		msg = "internal error"
@@ -103,6 +111,9 @@ func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	}
 	fail(w, code, issue, msg)
 }
+
+// retryAfter is the Retry-After of a 503, in seconds, as the REST API's.
+const retryAfter = "5"
 
 // resourceName matches a Handoff resource name in a service's message.
 var resourceName = regexp.MustCompile(`clinics/[a-z0-9*][a-z0-9-]*(?:/[A-Za-z]+/[a-z0-9][a-z0-9-]*)*`)

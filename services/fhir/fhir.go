@@ -219,6 +219,7 @@ func (s *server) authed(next handler) http.HandlerFunc {
 		if auth.IsKeysUnavailable(err) {
 			// The identity provider is out of reach, not the token at
 			// fault: the client may retry.
+			w.Header().Set("Retry-After", retryAfter)
 			s.fail(w, http.StatusServiceUnavailable, "transient", "the token cannot be checked now: retry")
 			return
 		}
@@ -264,6 +265,11 @@ func (s *server) baseURL(r *http.Request) string {
 func (s *server) unsupported(w http.ResponseWriter, r *http.Request) {
 	rest := strings.Trim(strings.TrimPrefix(r.URL.Path, Prefix), "/")
 	parts := strings.Split(rest, "/")
+	if rest == "metadata" {
+		w.Header().Set("Allow", "GET, HEAD")
+		s.fail(w, http.StatusMethodNotAllowed, "not-supported", fmt.Sprintf("%s is not supported on %s", r.Method, r.URL.Path))
+		return
+	}
 	if rest != "" && len(parts) <= 2 && resourceTypes[parts[0]] {
 		w.Header().Set("Allow", allowed(parts))
 		s.fail(w, http.StatusMethodNotAllowed, "not-supported",

@@ -3,6 +3,7 @@ package fhir
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -233,6 +234,19 @@ func TestLastUpdated(t *testing.T) {
 	if _, err := parseQuery("Consent", map[string][]string{}, testBase); err == nil {
 		t.Error("a Consent search without patient was accepted")
 	}
+	// A + in an offset sent unencoded arrives as a space.
+	for v, want := range map[string]string{
+		"ge2026-03-01T00:00:00 01:00": `update_time >= "2026-02-28T23:00:00Z"`,
+		"lt2026-03-01T00:00 05:30":    `update_time < "2026-02-28T18:30:00Z"`,
+	} {
+		q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {v}}, testBase)
+		if err != nil || q.filter() != want {
+			t.Errorf("_lastUpdated=%s: %s, %v; want %s", v, q.filter(), err, want)
+		}
+	}
+	if _, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {"ge2026-03-01 01:00"}}, testBase); err == nil {
+		t.Error("a date with a space in it was taken")
+	}
 	// Fractional seconds are as precise as their digits.
 	for v, want := range map[string]string{
 		"2026-03-04T05:06:07.1Z":      `update_time >= "2026-03-04T05:06:07.1Z" AND update_time < "2026-03-04T05:06:07.2Z"`,
@@ -422,6 +436,32 @@ func TestDeletedProgramIsInactive(t *testing.T) {
 
 // A token that cannot be checked because the identity provider's keys are
 // out of reach is a 503 the client may retry, not a 401 that says the
+// A service out of reach, or too slow, is the client's to retry, and says
+// so (a 503 with Retry-After), not "internal error"; what failed inside
+// stays an internal error.
+func TestServiceFailuresSayWhetherToRetry(t *testing.T) {
+	s, err := newServer(Config{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		err        error
+		code       int
+		retryAfter string
+		text       string
+	}{
+		{status.Error(codes.Unavailable, "families at 10.0.0.7 refused"), http.StatusServiceUnavailable, "5", "temporarily unavailable: retry"},
+		{status.Error(codes.DeadlineExceeded, "slow"), http.StatusGatewayTimeout, "", "the request took too long: retry"},
+		{status.Error(codes.Internal, "pq: relation does not exist"), http.StatusInternalServerError, "", "internal error"},
+	} {
+		rec := &recorder{header: http.Header{}}
+		s.writeErr(rec, c.err, "Patient/p1")
+		if rec.code != c.code || rec.header.Get("Retry-After") != c.retryAfter || !strings.Contains(string(rec.body), c.text) {
+			t.Errorf("%v: %d, Retry-After %q, %s; want %d, %q, %q", c.err, rec.code, rec.header.Get("Retry-After"), rec.body, c.code, c.retryAfter, c.text)
+		}
+	}
+}
+
 // token is bad, and says nothing of where the keys live.
 func TestKeysOutOfReachAre503(t *testing.T) {
 	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
@@ -439,7 +479,7 @@ func TestKeysOutOfReachAre503(t *testing.T) {
 	s.authed(func(context.Context, http.ResponseWriter, *http.Request, caller) {
 		t.Fatal("served without a checked token")
 	})(rec, req)
-	if rec.code != http.StatusServiceUnavailable || strings.Contains(string(rec.body), "127.0.0.1") {
-		t.Fatalf("%d %s; want 503 without the keys' address", rec.code, rec.body)
+	if rec.code != http.StatusServiceUnavailable || strings.Contains(string(rec.body), "127.0.0.1") || rec.header.Get("Retry-After") == "" {
+		t.Fatalf("%d %s, Retry-After %q; want 503 without the keys' address, and when to retry", rec.code, rec.body, rec.header.Get("Retry-After"))
 	}
 }

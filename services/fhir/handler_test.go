@@ -500,6 +500,9 @@ func TestPostSearchBody(t *testing.T) {
 	if a := fx.do("DELETE", "/fhir/R4/Task/_search", ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
 		t.Fatalf("DELETE of the search: %d, Allow %q; want 405 with Allow: POST", a.code, a.header.Get("Allow"))
 	}
+	if a := fx.do("POST", "/fhir/R4/metadata", ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET, HEAD" {
+		t.Fatalf("POST of the capability statement: %d, Allow %q; want 405 with Allow: GET, HEAD", a.code, a.header.Get("Allow"))
+	}
 	for _, ct := range []string{"application/json", "multipart/form-data; boundary=x", ""} {
 		a := fx.do("POST", "/fhir/R4/Task/_search", "colour=red", "Content-Type", ct)
 		if a.code != http.StatusUnsupportedMediaType || a.body["resourceType"] != "OperationOutcome" {

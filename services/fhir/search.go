@@ -222,9 +222,9 @@ func (q *query) addUpdated(v string) error {
 	if len(v) > 2 && v[0] >= 'a' && v[0] <= 'z' {
 		prefix, v = v[:2], v[2:]
 	}
-	lo, hi, ok := timeRange(v)
+	lo, hi, ok := timeRange(plusOffset(v))
 	if !ok {
-		return invalid("_lastUpdated needs a prefix (eq, ge, gt, le, lt) and a date or time, such as ge2026-01-01 or lt2026-01-02T10:00:00Z")
+		return invalid("_lastUpdated needs a prefix (eq, ge, gt, le, lt) and a date or time, such as ge2026-01-01 or lt2026-01-02T10:00:00Z (a + in an offset is sent as %2B)")
 	}
 	var ge, lt []time.Time
 	switch prefix {
@@ -254,6 +254,18 @@ func (q *query) addUpdated(v string) error {
 		}
 	}
 	return nil
+}
+
+// plusOffset restores the + of a time's offset that a client sent
+// unencoded, which the query's decoding turned into a space
+// ("2026-03-01T00:00:00 01:00"): FHIR asks clients to encode it, and many
+// do not. Nothing else in a date or time may hold a space.
+func plusOffset(v string) string {
+	if n := len(v); n > 6 && strings.Contains(v, "T") && v[n-6] == ' ' && v[n-3] == ':' &&
+		strings.Trim(v[n-5:n-3]+v[n-2:], "0123456789") == "" {
+		return v[:n-6] + "+" + v[n-5:]
+	}
+	return v
 }
 
 // timeRange returns the instants a FHIR date or dateTime covers, [lo, hi).

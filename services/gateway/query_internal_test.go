@@ -111,7 +111,7 @@ func TestAllowed(t *testing.T) {
 		"/v1/clinics/north/families/f1/disclosures":                "GET, POST",
 		"/v1/clinics/north/families/f1:nothing":                    "",
 		"/v1/clinics/north/families/f1/warningSigns/w1/extra/more": "",
-		"/v1/elsewhere":                                            "",
+		"/v1/elsewhere": "",
 	} {
 		if got := allowed(rs, path); got != want {
 			t.Errorf("%s: Allow %q, want %q", path, got, want)
