@@ -385,7 +385,7 @@ func TestReferralStateMachine(t *testing.T) {
 	}
 	legal := map[[2]referralsv1.ReferralState]bool{
 		{req, acc}: true, {req, rej}: true, {req, can}: true,
-		{acc, sch}: true, {acc, rej}: true, {acc, can}: true,
+		{acc, sch}: true, {acc, rej}: true, {acc, can}: true, {acc, comp}: true,
 		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true, {sch, hold}: true,
 		{ns, sch}: true, {ns, can}: true,
 		{hold, sch}: true, {hold, can}: true, {hold, comp}: true,

@@ -43,7 +43,10 @@ var legal = map[state][]state{
 	accepted:  {requested},
 	rejected:  {requested, accepted},
 	scheduled: {accepted, scheduled, noShow, onHold},
-	completed: {scheduled, onHold}, // from hold: admitted without a new booking
+	// From accepted: admitted on the spot, a walk-in or a same-day warm
+	// handoff with no booking to record first; from hold: admitted
+	// without a new booking.
+	completed: {accepted, scheduled, onHold},
 	noShow:    {scheduled},
 	cancelled: {requested, accepted, scheduled, noShow, onHold},
 	// Gravity's on-hold pauses work that started: here, a booked intake.

@@ -247,6 +247,29 @@ func TestFailedEscalationIsResent(t *testing.T) {
 	}
 }
 
+// A person the program admits on the spot (a walk-in, a same-day warm
+// handoff) goes from ACCEPTED to COMPLETED with no appointment between:
+// they entered treatment, nobody is reminded of an intake, and the family
+// is referred to support.
+func TestAdmittedOnTheSpot(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(3*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 0})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v; want ENTERED_TREATMENT", res, err)
+	}
+	if up := h.kinds("INTAKE_UPCOMING"); len(up) != 0 {
+		t.Fatalf("intake reminders %+v; want none, there was no appointment", up)
+	}
+	if len(h.support) != 1 || h.support[0].Member != "mom" {
+		t.Fatalf("family support = %+v", h.support)
+	}
+}
+
 // A no-show brings re-engagement and a rebooking; the second appointment is
 // kept, the person enters treatment, and the family is referred to support.
 func TestNoShowThenRebookingThenTreatment(t *testing.T) {

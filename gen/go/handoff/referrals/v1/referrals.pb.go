@@ -672,7 +672,8 @@ func (SubjectKind) EnumDescriptor() ([]byte, []int) {
 // Legal moves; any other answers FAILED_PRECONDITION:
 //
 //   - REQUESTED -> ACCEPTED | REJECTED | CANCELLED
-//   - ACCEPTED -> SCHEDULED | REJECTED | CANCELLED
+//   - ACCEPTED -> SCHEDULED | COMPLETED (admitted on the spot, with no
+//     booking) | REJECTED | CANCELLED
 //   - SCHEDULED -> COMPLETED | NO_SHOW | CANCELLED | SCHEDULED (rebooked with
 //     a new appointment)
 //   - NO_SHOW -> SCHEDULED (rebooked) | CANCELLED

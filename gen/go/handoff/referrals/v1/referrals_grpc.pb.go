@@ -190,7 +190,8 @@ type ReferralsServiceClient interface {
 	// old appointment's time.
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
-	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
+	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
+	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
@@ -601,7 +602,8 @@ type ReferralsServiceServer interface {
 	// old appointment's time.
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
-	// Only a SCHEDULED (or ON_HOLD) referral can be completed. Sets
+	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
+	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
