@@ -84,6 +84,34 @@ func wantCode(t *testing.T, err error, want codes.Code) *status.Status {
 	return st
 }
 
+// Where the loved one would travel from, and their language, are kept
+// for matching programs; a language that is no BCP-47 code is refused with
+// its field, and nothing is made.
+func TestLovedOnesPlaceAndLanguage(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	in := sampleFamily()
+	in.LovedOne.Locality, in.LovedOne.PostalCode, in.LovedOne.Language, in.LovedOne.PrefersTelehealth = "Riverside", "60546", "es-MX", true
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: in})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if lo := got.GetLovedOne(); err != nil || lo.GetLocality() != "Riverside" || lo.GetPostalCode() != "60546" || lo.GetLanguage() != "es-MX" || !lo.GetPrefersTelehealth() {
+		t.Fatalf("read back: %v, %v", got.GetLovedOne(), err)
+	}
+	bad := sampleFamily()
+	bad.LovedOne.Language = "Spanish please"
+	_, err = f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: bad})
+	if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(fmt.Sprint(st.Details()), "loved_one.language") {
+		t.Fatalf("refusal %v; want the field named", st.Details())
+	}
+	list, err := f.client.ListFamilies(f.ctx, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"})
+	if err != nil || len(list.GetFamilies()) != 1 {
+		t.Fatalf("families after the refusal: %d, %v; want the first only", len(list.GetFamilies()), err)
+	}
+}
+
 func TestFamilyLifecycle(t *testing.T) {
 	t.Parallel()
 	f := setup(t)

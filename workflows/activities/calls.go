@@ -107,8 +107,12 @@ func (a *Activities) matchRequest(ctx context.Context, family string, kinds []re
 	if err != nil {
 		return nil, wrap("list barriers", err)
 	}
+	// Where the loved one would travel from and the language they speak
+	// favor programs they can reach and talk to: the held place is theirs.
+	lo := fam.GetLovedOne()
 	req := &referralsv1.MatchProgramsRequest{Parent: "clinics/" + aip.Clinic(family), ServiceKinds: kinds, Urgency: urgency,
-		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5}
+		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5,
+		Locality: lo.GetLocality(), PostalCode: lo.GetPostalCode(), Language: lo.GetLanguage(), PrefersTelehealth: lo.GetPrefersTelehealth()}
 	for _, b := range barriers.GetBarriers() {
 		// The enums share their numbers across the two services.
 		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
@@ -947,6 +951,11 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	}
 	if err != nil {
 		return nil, err
+	}
+	if subject.GetKind() == referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER {
+		// The loved one's place and language are not the member's, whose
+		// own the record does not keep.
+		req.Locality, req.PostalCode, req.Language, req.PrefersTelehealth = "", "", "", false
 	}
 	var names []string
 	for _, k := range in.Kinds {

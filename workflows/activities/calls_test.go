@@ -434,9 +434,11 @@ type matchFake struct {
 	named   bool              // the service names the referral made under a reused id
 	tried   []string          // programs CreateReferral was called with
 	ids     map[string]string // request id per program tried
+	asked   []*referralsv1.MatchProgramsRequest
 }
 
-func (f *matchFake) MatchPrograms(context.Context, *referralsv1.MatchProgramsRequest, ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+func (f *matchFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	f.asked = append(f.asked, in)
 	out := &referralsv1.MatchProgramsResponse{}
 	for _, p := range f.ranked {
 		out.Matches = append(out.Matches, &referralsv1.ProgramMatch{Program: &referralsv1.Program{Name: p}})
@@ -502,6 +504,35 @@ func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
 
 func (familyFake) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
 	return &familiesv1.ListBarriersResponse{}, nil
+}
+
+func (recordFamily) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	return &familiesv1.ListBarriersResponse{}, nil
+}
+
+// The loved one's programs are matched by where they would travel from and
+// the language they speak; a member's are not, by the loved one's.
+func TestMatchedWhereTheLovedOneIs(t *testing.T) {
+	fam := &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{Locality: "Riverside", PostalCode: "60546", Language: "es", PrefersTelehealth: true},
+		Members:  []*familiesv1.Member{{Id: "mom", ConsentToContact: true}}}
+	for _, member := range []string{"", "mom"} {
+		refs := &matchFake{ranked: []string{"clinics/north/programs/p1"}, ids: map[string]string{}}
+		a := &Activities{Referrals: refs, Families: recordFamily{fam: fam}}
+		if _, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+			Member: member, Kinds: []string{"PEER_SUPPORT"}, Urgency: "ROUTINE", RequestID: "r"}); err != nil || len(refs.asked) != 1 {
+			t.Fatalf("member %q: %d matches asked, %v", member, len(refs.asked), err)
+		}
+		q := refs.asked[0]
+		got := []any{q.GetLocality(), q.GetPostalCode(), q.GetLanguage(), q.GetPrefersTelehealth()}
+		want := []any{"Riverside", "60546", "es", true}
+		if member != "" {
+			want = []any{"", "", "", false}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("member %q: matched by %v, want %v", member, got, want)
+		}
+	}
 }
 
 // A member who left the family since the workflow read it is not referred,

@@ -1232,9 +1232,22 @@ type LovedOne struct {
 	// reminder or message is ever addressed to the loved one.
 	MayContactDirectly bool `protobuf:"varint,8,opt,name=may_contact_directly,json=mayContactDirectly,proto3" json:"may_contact_directly,omitempty"`
 	// The loved one's IANA time zone, for example "America/Chicago".
-	TimeZone      string `protobuf:"bytes,9,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TimeZone string `protobuf:"bytes,9,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// The city or town the loved one would travel from to treatment: the
+	// treatment place held ahead of a meeting, and the next program offered
+	// after one turns them down, favor programs there.
+	Locality string `protobuf:"bytes,10,opt,name=locality,proto3" json:"locality,omitempty"`
+	// The postal code the loved one would travel from; favors programs
+	// there, as locality does.
+	PostalCode string `protobuf:"bytes,11,opt,name=postal_code,json=postalCode,proto3" json:"postal_code,omitempty"`
+	// The language the loved one prefers, as a BCP-47 code such as "es";
+	// favors programs whose staff speak it.
+	Language string `protobuf:"bytes,12,opt,name=language,proto3" json:"language,omitempty"`
+	// Whether the loved one would rather be seen by video or phone; favors
+	// programs that offer it.
+	PrefersTelehealth bool `protobuf:"varint,13,opt,name=prefers_telehealth,json=prefersTelehealth,proto3" json:"prefers_telehealth,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *LovedOne) Reset() {
@@ -1328,6 +1341,34 @@ func (x *LovedOne) GetTimeZone() string {
 		return x.TimeZone
 	}
 	return ""
+}
+
+func (x *LovedOne) GetLocality() string {
+	if x != nil {
+		return x.Locality
+	}
+	return ""
+}
+
+func (x *LovedOne) GetPostalCode() string {
+	if x != nil {
+		return x.PostalCode
+	}
+	return ""
+}
+
+func (x *LovedOne) GetLanguage() string {
+	if x != nil {
+		return x.Language
+	}
+	return ""
+}
+
+func (x *LovedOne) GetPrefersTelehealth() bool {
+	if x != nil {
+		return x.PrefersTelehealth
+	}
+	return false
 }
 
 // One way to reach a person.
@@ -4854,7 +4895,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\vupdate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
 	"\x04etag\x18\r \x01(\tB\x03\xe0A\x01R\x04etag:P\xeaAM\n" +
-	"\x15handoff.health/Family\x12\"clinics/{clinic}/families/{family}*\bfamilies2\x06family\"\x9e\x04\n" +
+	"\x15handoff.health/Family\x12\"clinics/{clinic}/families/{family}*\bfamilies2\x06family\"\xf7\x05\n" +
 	"\bLovedOne\x12)\n" +
 	"\n" +
 	"given_name\x18\x01 \x01(\tB\n" +
@@ -4873,7 +4914,15 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"R\x0fcontactChannels\x125\n" +
 	"\x14may_contact_directly\x18\b \x01(\bB\x03\xe0A\x01R\x12mayContactDirectly\x12'\n" +
 	"\ttime_zone\x18\t \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\btimeZone\"z\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\btimeZone\x12&\n" +
+	"\blocality\x18\n" +
+	" \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18dR\blocality\x12+\n" +
+	"\vpostal_code\x18\v \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18\x14R\n" +
+	"postalCode\x12N\n" +
+	"\blanguage\x18\f \x01(\tB2\xe0A\x01\xbaH,\xd8\x01\x01r'\x18#2#^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$R\blanguage\x122\n" +
+	"\x12prefers_telehealth\x18\r \x01(\bB\x03\xe0A\x01R\x11prefersTelehealth\"z\n" +
 	"\x0eContactChannel\x12C\n" +
 	"\x04kind\x18\x01 \x01(\x0e2 .handoff.families.v1.ChannelKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x12#\n" +
 	"\x05value\x18\x02 \x01(\tB\r\xe0A\x02\xbaH\ar\x05\x10\x03\x18\xfe\x01R\x05value\"\x8e\x05\n" +
