@@ -74,7 +74,9 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 // Raised so far for:
 //   - 1: a meeting's outcome with nothing accepted also gives back the
 //     places held for it (the dispatcher starts CancelledHolds).
-const Generation = 1
+//   - 2: a completed referral of the loved one's treatment ends the
+//     family's boundary follow-up (the dispatcher starts TreatmentEntered).
+const Generation = 2
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded: such an event can never be delivered.

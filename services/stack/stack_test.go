@@ -34,6 +34,7 @@ import (
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
+	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/cancelledholds"
 	"github.com/handoff-health/handoff/workflows/codec"
 	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
@@ -41,6 +42,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/overdose"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
 )
 
 type env struct {
@@ -58,10 +60,10 @@ type env struct {
 	worker   context.Context
 }
 
-func start(t *testing.T) *env {
+func start(t *testing.T, adjust ...func(*activities.Settings)) *env {
 	t.Helper()
 	current = t
-	sys := stacktest.Start(t)
+	sys := stacktest.Start(t, adjust...)
 	dial := func(addr string) *grpc.ClientConn {
 		conn, err := grpcclient.Dial(addr, grpcclient.Config{})
 		if err != nil {
@@ -352,6 +354,49 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	}
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "accepted.json")
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
+}
+
+// The loved one says no at the meeting, then, during the follow-up, takes
+// the outpatient place a counselor referred them to at a window of
+// opportunity, and the program admits them on the spot: the boundary
+// follow-up ends there (no check-in of it goes out), and with it the
+// refused meeting's workflow.
+func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
+	// Check-ins a minute apart, so that the follow-up still runs when
+	// the referral completes.
+	e := start(t, func(s *activities.Settings) {
+		s.CheckIns = []time.Duration{time.Minute, 2 * time.Minute, 3 * time.Minute}
+	})
+	mat := e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, 4*time.Second)
+	e.awaitMeeting(iv)
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
+	stacktest.Eventually(t, 20*time.Second, "the boundary follow-up", func() bool {
+		d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Boundary(f.GetName()), "")
+		return err == nil && d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
+	})
+	ref := ok(e.ref.CreateReferral(e.counsel, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, Program: mat.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "ready to start after a hard week"}}))
+	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: ref.GetName()}))
+	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: ref.GetName()}))
+	if res := e.result(iv.GetName()); res.Outcome != "DECLINED" || res.ChildResult != "the boundary workflow was cancelled" {
+		t.Fatalf("the refused meeting's result = %+v; want its follow-up cancelled", res)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var entered treatmententered.Result
+	if err := e.temporal.GetWorkflow(ctx, ids.TreatmentEntered(ref.GetName()), "").Get(ctx, &entered); err != nil || !entered.Stopped {
+		t.Fatalf("treatment entered: %+v, %v; want the follow-up stopped", entered, err)
+	}
+	checkIns := ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("kind = CHECK_IN AND related_resource = %q AND state != CANCELLED", iv.GetName())}))
+	if len(checkIns.GetReminders()) != 0 {
+		t.Fatalf("check-ins still to go after the loved one entered treatment: %v", checkIns.GetReminders())
+	}
+	e.recordHistory(ids.TreatmentEntered(ref.GetName()), "treatmententered", "stopped.json")
 }
 
 // The program cancels an accepted referral through the EHR (either side of

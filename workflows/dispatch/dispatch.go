@@ -37,6 +37,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
 	"github.com/handoff-health/handoff/workflows/overdose"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
 )
 
 // Dispatcher delivers outbox events to Temporal.
@@ -163,11 +164,39 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 }
 
 func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referralsv1.Referral) error {
-	if r.GetIntervention() == "" || e.Type == "handoff.referrals.v1.referral.created" || e.Type == "handoff.referrals.v1.referral.updated" {
+	if e.Type == "handoff.referrals.v1.referral.created" || e.Type == "handoff.referrals.v1.referral.updated" {
 		return nil
 	}
-	return d.signal(ctx, ids.MATIntake(r.GetIntervention()), matintake.SignalReferral, matintake.Transition{
-		Referral: r.GetName(), State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_")})
+	if r.GetIntervention() != "" {
+		if err := d.signal(ctx, ids.MATIntake(r.GetIntervention()), matintake.SignalReferral, matintake.Transition{
+			Referral: r.GetName(), State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_")}); err != nil {
+			return err
+		}
+	}
+	if e.Type == "handoff.referrals.v1.referral.completed" && enteredTreatment(r) {
+		// One per referral, which completes once: a redelivered event
+		// starts nothing.
+		return d.startOnce(ctx, ids.TreatmentEntered(r.GetName()), treatmententered.Name,
+			treatmententered.Input{Family: r.GetFamily(), Referral: r.GetName()})
+	}
+	return nil
+}
+
+// enteredTreatment reports whether a completed referral r says the loved
+// one entered treatment: theirs, and to MAT, inpatient or outpatient care,
+// not harm reduction, counseling or peer support (the kinds that count as
+// treatment entry in the HEDIS initiation measure).
+func enteredTreatment(r *referralsv1.Referral) bool {
+	if r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
+		return false
+	}
+	switch r.GetServiceKind() {
+	case referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, referralsv1.ServiceKind_SERVICE_KIND_INPATIENT,
+		referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT:
+		return true
+	}
+	return false
 }
 
 // releaseHolds starts the workflow that gives back what is still held for

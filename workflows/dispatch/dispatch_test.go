@@ -21,6 +21,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/dispatch"
@@ -309,6 +310,46 @@ func TestOutcomeWithoutAYesReleasesHolds(t *testing.T) {
 		_, err = c.DescribeWorkflowExecution(context.Background(), ids.CancelledHolds(iv), "")
 		if want := i == 0; (err == nil) != want {
 			t.Fatalf("%v: the holds' release started: %v; want %v", o, err == nil, want)
+		}
+	}
+}
+
+// A completed referral of the loved one's treatment (MAT, inpatient,
+// outpatient) starts, once, the workflow that ends the family's boundary
+// follow-up, whether or not a meeting's intake made it; a member's, or one
+// for harm reduction, does not, nor does a referral that has only been
+// accepted.
+func TestTreatmentEnteredEndsTheFollowUp(t *testing.T) {
+	c := serve(t, func(worker.Registry) {})
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
+	lovedOne := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
+	for i, c2 := range []struct {
+		event   string
+		subject *referralsv1.ReferralSubject
+		kind    referralsv1.ServiceKind
+		want    bool
+	}{
+		{"completed", lovedOne, referralsv1.ServiceKind_SERVICE_KIND_INPATIENT, true},
+		{"completed", lovedOne, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, true},
+		{"completed", lovedOne, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, false},
+		{"completed", &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"},
+			referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, false},
+		{"accepted", lovedOne, referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, false},
+	} {
+		name := fmt.Sprintf("clinics/north/referrals/t%d", i)
+		p, err := anypb.New(&referralsv1.Referral{Name: name, Family: "clinics/north/families/f1", Subject: c2.subject, ServiceKind: c2.kind})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := outbox.Stored{ID: int64(40 + i), Clinic: "north", Type: "handoff.referrals.v1.referral." + c2.event, Resource: name, Payload: p}
+		for range 2 { // a redelivery starts nothing more
+			if err := d.Deliver(minute(t), e); err != nil {
+				t.Fatalf("%s %v: %v", c2.event, c2.kind, err)
+			}
+		}
+		_, err = c.DescribeWorkflowExecution(minute(t), ids.TreatmentEntered(name), "")
+		if (err == nil) != c2.want {
+			t.Fatalf("%s %v of %v: the follow-up's end started: %v; want %v", c2.event, c2.kind, c2.subject.GetKind(), err == nil, c2.want)
 		}
 	}
 }

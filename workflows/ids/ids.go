@@ -35,3 +35,8 @@ func CancelledHolds(intervention string) string { return "cancelled-holds/" + in
 func ContactWithdrawn(family string, event int64) string {
 	return fmt.Sprintf("contact-withdrawn/%s/%d", family, event)
 }
+
+// TreatmentEntered is the id of the workflow that ends a family's boundary
+// follow-up once a referral says the loved one entered treatment: one per
+// referral, which completes once.
+func TreatmentEntered(referral string) string { return "treatment-entered/" + referral }

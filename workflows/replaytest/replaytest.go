@@ -17,6 +17,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
 	"github.com/handoff-health/handoff/workflows/overdose"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
 )
 
 // Run replays every testdata/*.json history in the calling package's folder.
@@ -42,6 +43,7 @@ func Run(t *testing.T) {
 			r.RegisterWorkflowWithOptions(familydeleted.Workflow, workflow.RegisterOptions{Name: familydeleted.Name})
 			r.RegisterWorkflowWithOptions(contactwithdrawn.Workflow, workflow.RegisterOptions{Name: contactwithdrawn.Name})
 			r.RegisterWorkflowWithOptions(cancelledholds.Workflow, workflow.RegisterOptions{Name: cancelledholds.Name})
+			r.RegisterWorkflowWithOptions(treatmententered.Workflow, workflow.RegisterOptions{Name: treatmententered.Name})
 			if err := r.ReplayWorkflowHistoryFromJSONFile(nil, f); err != nil {
 				t.Fatalf("replay %s: %v", f, err)
 			}

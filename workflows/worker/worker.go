@@ -15,6 +15,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
 	"github.com/handoff-health/handoff/workflows/overdose"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
 )
 
 // Register registers every workflow under its stable name, and acts'
@@ -27,6 +28,7 @@ func Register(r worker.Registry, acts *activities.Activities) {
 	r.RegisterWorkflowWithOptions(familydeleted.Workflow, workflow.RegisterOptions{Name: familydeleted.Name})
 	r.RegisterWorkflowWithOptions(contactwithdrawn.Workflow, workflow.RegisterOptions{Name: contactwithdrawn.Name})
 	r.RegisterWorkflowWithOptions(cancelledholds.Workflow, workflow.RegisterOptions{Name: cancelledholds.Name})
+	r.RegisterWorkflowWithOptions(treatmententered.Workflow, workflow.RegisterOptions{Name: treatmententered.Name})
 	r.RegisterActivityWithOptions(acts, activity.RegisterOptions{})
 }
 

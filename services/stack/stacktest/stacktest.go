@@ -112,8 +112,9 @@ type Env struct {
 	Stack      *stack.Stack
 }
 
-// Start starts the system; it stops when the test ends.
-func Start(t testing.TB) *Env {
+// Start starts the system; it stops when the test ends. Adjust changes the
+// Fast settings, for a test that needs a step to last.
+func Start(t testing.TB, adjust ...func(*activities.Settings)) *Env {
 	t.Helper()
 	tt, ok := t.(*testing.T)
 	if !ok {
@@ -158,7 +159,13 @@ func Start(t testing.TB) *Env {
 		WorkerToken: func(context.Context) (string, error) { return workerToken, nil },
 		Temporal:    c, RelayTemporal: relayClient,
 		FamiliesAddr: "127.0.0.1:0", InterventionsAddr: "127.0.0.1:0", ReferralsAddr: "127.0.0.1:0",
-		Settings: func(string) activities.Settings { return Fast() }, RelayInterval: 100 * time.Millisecond,
+		Settings: func(string) activities.Settings {
+			s := Fast()
+			for _, f := range adjust {
+				f(&s)
+			}
+			return s
+		}, RelayInterval: 100 * time.Millisecond,
 		// Test webhook receivers listen on 127.0.0.1 over plain HTTP, and retries
 		// come within seconds.
 		CalendarToken: func(context.Context) (string, error) { return calendarToken, nil },

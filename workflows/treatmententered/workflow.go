@@ -1,0 +1,69 @@
+// Package treatmententered is the workflow that ends a family's boundary
+// follow-up once the loved one has entered treatment by any road: a
+// referral to MAT, inpatient or outpatient treatment that the program
+// reports completed. A yes at a meeting stops the follow-up itself (the
+// intervention workflow), but the person may also enter treatment through
+// a referral a counselor made at a window of opportunity, or one made for
+// a partial yes: left running, the follow-up went on checking in with the
+// family about boundaries and proposing a firmer meeting for someone
+// already in treatment.
+package treatmententered
+
+import (
+	"errors"
+
+	"go.temporal.io/sdk/temporal"
+	"go.temporal.io/sdk/workflow"
+
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/ids"
+)
+
+// Name is the workflow type's registered name.
+const Name = "TreatmentEntered"
+
+// Input starts the workflow.
+type Input struct {
+	// Family is `clinics/{clinic}/families/{family}`.
+	Family string
+	// Referral is the completed referral that says the loved one entered
+	// treatment.
+	Referral string
+}
+
+// Result says what the workflow stopped.
+type Result struct {
+	// Stopped is whether a boundary follow-up was running and was asked to
+	// stop.
+	Stopped bool
+}
+
+// Workflow asks the family's boundary workflow, if one runs, to stop, and
+// cancels the reminders it made and has not sent: a run begun before
+// boundary-tidy-on-cancel leaves them when cancelled, and one held back for
+// quiet hours would still go out in the morning.
+func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	var res Result
+	ctx, err := flow.ForFamily(ctx, in.Family)
+	if err != nil {
+		return res, err
+	}
+	err = workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(in.Family), "").Get(ctx, nil)
+	var none *temporal.UnknownExternalWorkflowExecutionError
+	switch {
+	case err == nil:
+		res.Stopped = true
+	case !errors.As(err, &none):
+		// The run is retried (the dispatcher starts it with retries): the
+		// follow-up must not go on for want of one cancel.
+		return res, err
+	}
+	err = flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: aip.Clinic(in.Family), Origin: ids.Boundary(in.Family), Kinds: boundary.OwnReminderKinds(),
+		Reason: "the loved one entered treatment", RequestID: flow.RequestID(ctx, "cancel-boundary-reminders"),
+	})
+	return res, err
+}

@@ -1,0 +1,68 @@
+package treatmententered_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/stretchr/testify/mock"
+	"go.temporal.io/sdk/temporal"
+
+	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/boundary"
+	"github.com/handoff-health/handoff/workflows/flow"
+	"github.com/handoff-health/handoff/workflows/flowtest"
+	"github.com/handoff-health/handoff/workflows/ids"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
+)
+
+// The family's boundary follow-up is asked to stop, whether or not one
+// runs, and the reminders it made and has not sent are cancelled by its
+// origin; a cancel the server refuses fails the run, to be run again,
+// before anything is cancelled.
+func TestEndsTheFollowUp(t *testing.T) {
+	const family = "clinics/north/families/f1"
+	for _, c := range []struct {
+		name      string
+		cancelErr error
+		stopped   bool
+		failed    bool
+	}{
+		{"a follow-up runs", nil, true, false},
+		{"none runs", &temporal.UnknownExternalWorkflowExecutionError{}, false, false},
+		{"the server refuses", errors.New("the server refused"), false, true},
+	} {
+		env := flowtest.Env(treatmententered.Workflow, treatmententered.Name)
+		var asked []string
+		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
+			func(_ string, id, _ string) error {
+				asked = append(asked, id)
+				return c.cancelErr
+			})
+		var cancelled []activities.CancelRemindersRequest
+		env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
+				cancelled = append(cancelled, in)
+				return 2, nil
+			})
+		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: "clinics/north/referrals/r1"})
+		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
+			t.Errorf("%s: cancel asked of %v", c.name, asked)
+		}
+		if c.failed {
+			if env.GetWorkflowError() == nil || len(cancelled) != 0 {
+				t.Errorf("%s: error %v, reminders cancelled %+v; want the run failed first", c.name, env.GetWorkflowError(), cancelled)
+			}
+			continue
+		}
+		var res treatmententered.Result
+		if err := env.GetWorkflowResult(&res); err != nil || res.Stopped != c.stopped {
+			t.Errorf("%s: result %+v, %v; want stopped %v", c.name, res, err, c.stopped)
+		}
+		if len(cancelled) != 1 || cancelled[0].Origin != ids.Boundary(family) || cancelled[0].Clinic != "north" ||
+			!slices.Equal(cancelled[0].Kinds, boundary.OwnReminderKinds()) || cancelled[0].RequestID == "" || cancelled[0].Related != "" {
+			t.Errorf("%s: reminders cancelled %+v; want the boundary workflow's own, by origin", c.name, cancelled)
+		}
+	}
+}
