@@ -1144,3 +1144,51 @@ func TestWebhookSenderRecordsOnlyItsNotifications(t *testing.T) {
 		t.Fatalf("the accounting: %v, %v; want the one notification", got.GetDisclosures(), err)
 	}
 }
+
+// The loved one's entry into treatment is recorded on the family by the
+// worker (or staff): ACTIVE becomes ENGAGED_IN_TREATMENT once, with one
+// family.updated event; a retry, or a second referral completing, changes
+// nothing; a closed family refuses it. The EHR, under an identity
+// consent, sees neither the state nor a new version; it may not record it.
+func TestTreatmentEntryIsRecordedOnce(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	f.consent(t, fam.GetName(), f.validConsent("ehr-1"))
+	seenBefore, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	req := &familiesv1.RecordTreatmentEntryRequest{Name: fam.GetName(), RequestId: "entry-1"}
+	got, err := f.client.RecordTreatmentEntry(worker, req)
+	if err != nil || got.GetState() != familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT || got.GetLatestSafetyScreen() != nil {
+		t.Fatalf("recorded: %v, %v; want ENGAGED_IN_TREATMENT in the worker's view", got, err)
+	}
+	again, err := f.client.RecordTreatmentEntry(worker, req)
+	if err != nil || again.GetEtag() != got.GetEtag() {
+		t.Fatalf("retried: %v, %v; want the first answer", again, err)
+	}
+	second, err := f.client.RecordTreatmentEntry(f.ctx, &familiesv1.RecordTreatmentEntryRequest{Name: fam.GetName()})
+	if err != nil || second.GetEtag() != got.GetEtag() {
+		t.Fatalf("recorded again by a counselor: %v, %v; want no change", second, err)
+	}
+	var events int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1 AND event_type = 'handoff.families.v1.family.updated'`,
+		fam.GetName()).Scan(&events); err != nil || events != 1 {
+		t.Fatalf("family.updated events: %d, %v; want 1", events, err)
+	}
+	seen, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil || seen.GetState() != familiesv1.FamilyState_FAMILY_STATE_ACTIVE || seen.GetEtag() != seenBefore.GetEtag() {
+		t.Fatalf("the EHR's view after: %v (etag %s, before %s), %v; want ACTIVE at the same version", seen.GetState(), seen.GetEtag(), seenBefore.GetEtag(), err)
+	}
+	_, err = f.client.RecordTreatmentEntry(f.ehr("ehr-1"), &familiesv1.RecordTreatmentEntryRequest{Name: fam.GetName()})
+	wantCode(t, err, codes.PermissionDenied)
+	closed := f.create(t)
+	closed.State = familiesv1.FamilyState_FAMILY_STATE_CLOSED
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: closed, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.RecordTreatmentEntry(worker, &familiesv1.RecordTreatmentEntryRequest{Name: closed.GetName()})
+	wantCode(t, err, codes.FailedPrecondition)
+}

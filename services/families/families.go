@@ -336,6 +336,49 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 		})
 }
 
+// RecordTreatmentEntry implements the API.
+func (s *Server) RecordTreatmentEntry(ctx context.Context, req *familiesv1.RecordTreatmentEntryRequest) (*familiesv1.Family, error) {
+	clinic, id, err := parseFamily(req.GetName())
+	if err != nil {
+		return nil, apperr.Field("name", "%v", err)
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	out, err := idempotency.InTx(ctx, s.pool, clinic, svc+"RecordTreatmentEntry", req.GetRequestId(), req, newFamily,
+		func(tx pgx.Tx) (*familiesv1.Family, error) {
+			cur, err := s.lockFamily(ctx, tx, clinic, id, "")
+			if err != nil {
+				return nil, err
+			}
+			switch cur.GetState() {
+			case familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT:
+				return cur, nil // a second referral completed: nothing changes
+			case familiesv1.FamilyState_FAMILY_STATE_CLOSED:
+				return nil, apperr.InvalidTransition(cur.GetName(), "CLOSED", "ENGAGED_IN_TREATMENT")
+			}
+			// The state alone: what an outside system sees does not move
+			// (it sees ACTIVE either way, see outsideState).
+			if _, err := tx.Exec(ctx, `UPDATE families SET state = $3, update_time = $4, version = version + 1,
+				shared_version = COALESCE(shared_version, version),
+				shared_update_time = COALESCE(shared_update_time, update_time),
+				shared_checked = version + 1
+				WHERE clinic = $1 AND id = $2`,
+				clinic, id, int16(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT), s.cfg.Now()); err != nil {
+				return nil, fmt.Errorf("record treatment entry: %w", err)
+			}
+			out, err := s.readFamily(ctx, tx, clinic, id)
+			if err != nil {
+				return nil, err
+			}
+			return out, emit(ctx, tx, clinic, "family.updated", out.GetName(), out)
+		})
+	if err != nil {
+		return nil, err
+	}
+	return familyForCaller(ctx, out), nil
+}
+
 // contactWithdrawn reports whether someone the clinic could contact before
 // the change no longer may: a member removed or no longer consenting, or
 // the loved one no longer to be contacted directly.

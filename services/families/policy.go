@@ -41,6 +41,9 @@ func Policy() grpcserver.Policy {
 	// The boundary workflow records reinforcements after a declined
 	// intervention.
 	p[svc+"ReinforceBoundary"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
+	// And records that the loved one entered treatment, when a referral
+	// says so.
+	p[svc+"RecordTreatmentEntry"] = []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
 	p[svc+"DeleteFamily"] = []auth.Role{auth.RoleClinicAdmin}
 	// Consent (42 CFR Part 2): staff record and revoke; the EHR reads
 	// consents (FHIR Consent) so it knows what it may ask for.

@@ -352,6 +352,11 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	if len(intake.GetReminders()) < 2 {
 		t.Fatalf("intake reminders = %v: the loved one (allowed) and mom", intake.GetReminders())
 	}
+	// The family's record says the loved one is in treatment.
+	stacktest.Eventually(t, 20*time.Second, "the family engaged in treatment", func() bool {
+		got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
+		return got.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
+	})
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "accepted.json")
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
 }
@@ -359,8 +364,9 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 // The loved one says no at the meeting, then, during the follow-up, takes
 // the outpatient place a counselor referred them to at a window of
 // opportunity, and the program admits them on the spot: the boundary
-// follow-up ends there (no check-in of it goes out), and with it the
-// refused meeting's workflow.
+// follow-up is cancelled there (its check-ins never come), the refused
+// meeting's workflow ends with it, and the family's record says the loved
+// one is in treatment.
 func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 	// Check-ins a minute apart, so that the follow-up still runs when
 	// the referral completes.
@@ -391,10 +397,14 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 	if err := e.temporal.GetWorkflow(ctx, ids.TreatmentEntered(ref.GetName()), "").Get(ctx, &entered); err != nil || !entered.Stopped {
 		t.Fatalf("treatment entered: %+v, %v; want the follow-up stopped", entered, err)
 	}
-	checkIns := ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
-		Filter: fmt.Sprintf("kind = CHECK_IN AND related_resource = %q AND state != CANCELLED", iv.GetName())}))
-	if len(checkIns.GetReminders()) != 0 {
-		t.Fatalf("check-ins still to go after the loved one entered treatment: %v", checkIns.GetReminders())
+	// Cancelled, not run to its end: its check-ins, a minute away, never
+	// come.
+	if d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Boundary(f.GetName()), ""); err != nil ||
+		d.GetWorkflowExecutionInfo().GetStatus() != enumspb.WORKFLOW_EXECUTION_STATUS_CANCELED {
+		t.Fatalf("the boundary follow-up after the loved one entered treatment: %v, %v; want CANCELED", d.GetWorkflowExecutionInfo().GetStatus(), err)
+	}
+	if got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()})); got.GetState() != familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT {
+		t.Fatalf("the family after the loved one entered treatment: %v", got.GetState())
 	}
 	e.recordHistory(ids.TreatmentEntered(ref.GetName()), "treatmententered", "stopped.json")
 }

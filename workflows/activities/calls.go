@@ -904,6 +904,17 @@ func (a *Activities) releaseUnagreed(ctx context.Context, h *referralsv1.Hold, r
 	return nil
 }
 
+// RecordTreatmentEntry records on the family that the loved one entered
+// treatment (ACTIVE becomes ENGAGED_IN_TREATMENT). A family closed or
+// deleted since has nothing to record: the follow-up ends all the same.
+func (a *Activities) RecordTreatmentEntry(ctx context.Context, in TreatmentEntryRequest) error {
+	_, err := a.Families.RecordTreatmentEntry(ctx, &familiesv1.RecordTreatmentEntryRequest{Name: in.Family, RequestId: in.RequestID})
+	if c := status.Code(err); c == codes.NotFound || c == codes.FailedPrecondition {
+		return nil
+	}
+	return wrap("record treatment entry", err)
+}
+
 // ReferralStatus reads a referral's state.
 func (a *Activities) ReferralStatus(ctx context.Context, referral string) (ReferralInfo, error) {
 	r, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: referral})

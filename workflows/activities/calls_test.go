@@ -1363,3 +1363,33 @@ func TestHeldPlaceWhoseProgramChangedIsGivenBack(t *testing.T) {
 		t.Fatalf("releases %v; want the held place given back", f.releases)
 	}
 }
+
+type entryFamilies struct {
+	familiesv1.FamiliesServiceClient
+	err error
+}
+
+func (f entryFamilies) RecordTreatmentEntry(context.Context, *familiesv1.RecordTreatmentEntryRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return &familiesv1.Family{}, f.err
+}
+
+// A family closed or deleted since has no entry to record, and the
+// workflow goes on; a service out of reach is the activity's error, to be
+// tried again.
+func TestRecordTreatmentEntry(t *testing.T) {
+	for _, c := range []struct {
+		err     error
+		wantErr bool
+	}{
+		{nil, false},
+		{status.Error(codes.FailedPrecondition, "closed"), false},
+		{status.Error(codes.NotFound, "gone"), false},
+		{status.Error(codes.Unavailable, "down"), true},
+	} {
+		a := &Activities{Families: entryFamilies{err: c.err}}
+		err := a.RecordTreatmentEntry(context.Background(), TreatmentEntryRequest{Family: "clinics/north/families/f1", RequestID: "r"})
+		if (err != nil) != c.wantErr {
+			t.Errorf("%v: %v; want an error %v", c.err, err, c.wantErr)
+		}
+	}
+}

@@ -143,6 +143,13 @@ type ReleaseHeldRequest struct {
 	AnyService bool
 }
 
+// TreatmentEntryRequest records on a family that the loved one entered
+// treatment.
+type TreatmentEntryRequest struct {
+	Family    string
+	RequestID string
+}
+
 // ImmediateRequest asks for an immediate MAT referral: from the held slot
 // when there is one, otherwise at the best program with a free slot that was
 // not tried yet.

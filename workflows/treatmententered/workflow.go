@@ -61,9 +61,23 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// follow-up must not go on for want of one cancel.
 		return res, err
 	}
-	err = flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: aip.Clinic(in.Family), Origin: ids.Boundary(in.Family), Kinds: boundary.OwnReminderKinds(),
 		Reason: "the loved one entered treatment", RequestID: flow.RequestID(ctx, "cancel-boundary-reminders"),
+	}); err != nil {
+		return res, err
+	}
+	if flow.Version(ctx, versionRecordEntry, 1) < 1 {
+		return res, nil
+	}
+	// The family's record says so too: counselors' lists and the outcome
+	// (engaged or not) read it.
+	err = flow.Call(ctx, nil, flow.A.RecordTreatmentEntry, activities.TreatmentEntryRequest{
+		Family: in.Family, RequestID: flow.RequestID(ctx, "record-entry"),
 	})
 	return res, err
 }
+
+// versionRecordEntry guards recording the entry on the family; the first
+// runs only ended the follow-up.
+const versionRecordEntry = "treatment-entered-records-entry"

@@ -18,9 +18,9 @@ import (
 )
 
 // The family's boundary follow-up is asked to stop, whether or not one
-// runs, and the reminders it made and has not sent are cancelled by its
-// origin; a cancel the server refuses fails the run, to be run again,
-// before anything is cancelled.
+// runs, the reminders it made and has not sent are cancelled by its
+// origin, and the entry is recorded on the family; a cancel the server
+// refuses fails the run, to be run again, before anything else is done.
 func TestEndsTheFollowUp(t *testing.T) {
 	const family = "clinics/north/families/f1"
 	for _, c := range []struct {
@@ -46,13 +46,19 @@ func TestEndsTheFollowUp(t *testing.T) {
 				cancelled = append(cancelled, in)
 				return 2, nil
 			})
+		var recorded []activities.TreatmentEntryRequest
+		env.OnActivity(flow.A.RecordTreatmentEntry, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.TreatmentEntryRequest) error {
+				recorded = append(recorded, in)
+				return nil
+			})
 		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: "clinics/north/referrals/r1"})
 		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
 			t.Errorf("%s: cancel asked of %v", c.name, asked)
 		}
 		if c.failed {
-			if env.GetWorkflowError() == nil || len(cancelled) != 0 {
-				t.Errorf("%s: error %v, reminders cancelled %+v; want the run failed first", c.name, env.GetWorkflowError(), cancelled)
+			if env.GetWorkflowError() == nil || len(cancelled) != 0 || len(recorded) != 0 {
+				t.Errorf("%s: error %v, reminders cancelled %+v, recorded %+v; want the run failed first", c.name, env.GetWorkflowError(), cancelled, recorded)
 			}
 			continue
 		}
@@ -63,6 +69,9 @@ func TestEndsTheFollowUp(t *testing.T) {
 		if len(cancelled) != 1 || cancelled[0].Origin != ids.Boundary(family) || cancelled[0].Clinic != "north" ||
 			!slices.Equal(cancelled[0].Kinds, boundary.OwnReminderKinds()) || cancelled[0].RequestID == "" || cancelled[0].Related != "" {
 			t.Errorf("%s: reminders cancelled %+v; want the boundary workflow's own, by origin", c.name, cancelled)
+		}
+		if len(recorded) != 1 || recorded[0].Family != family || recorded[0].RequestID == "" {
+			t.Errorf("%s: entry recorded %+v; want once, for the family", c.name, recorded)
 		}
 	}
 }

@@ -2549,6 +2549,61 @@ func (x *DeleteFamilyRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for RecordTreatmentEntry.
+type RecordTreatmentEntryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A unique id for this request.
+	RequestId     string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordTreatmentEntryRequest) Reset() {
+	*x = RecordTreatmentEntryRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordTreatmentEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordTreatmentEntryRequest) ProtoMessage() {}
+
+func (x *RecordTreatmentEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordTreatmentEntryRequest.ProtoReflect.Descriptor instead.
+func (*RecordTreatmentEntryRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RecordTreatmentEntryRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RecordTreatmentEntryRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for CreateBarrier.
 type CreateBarrierRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2564,7 +2619,7 @@ type CreateBarrierRequest struct {
 
 func (x *CreateBarrierRequest) Reset() {
 	*x = CreateBarrierRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[17]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2576,7 +2631,7 @@ func (x *CreateBarrierRequest) String() string {
 func (*CreateBarrierRequest) ProtoMessage() {}
 
 func (x *CreateBarrierRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[17]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2589,7 +2644,7 @@ func (x *CreateBarrierRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBarrierRequest.ProtoReflect.Descriptor instead.
 func (*CreateBarrierRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{17}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateBarrierRequest) GetParent() string {
@@ -2624,7 +2679,7 @@ type GetBarrierRequest struct {
 
 func (x *GetBarrierRequest) Reset() {
 	*x = GetBarrierRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[18]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2691,7 @@ func (x *GetBarrierRequest) String() string {
 func (*GetBarrierRequest) ProtoMessage() {}
 
 func (x *GetBarrierRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[18]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2649,7 +2704,7 @@ func (x *GetBarrierRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBarrierRequest.ProtoReflect.Descriptor instead.
 func (*GetBarrierRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{18}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetBarrierRequest) GetName() string {
@@ -2677,7 +2732,7 @@ type ListBarriersRequest struct {
 
 func (x *ListBarriersRequest) Reset() {
 	*x = ListBarriersRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[19]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2744,7 @@ func (x *ListBarriersRequest) String() string {
 func (*ListBarriersRequest) ProtoMessage() {}
 
 func (x *ListBarriersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[19]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2757,7 @@ func (x *ListBarriersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBarriersRequest.ProtoReflect.Descriptor instead.
 func (*ListBarriersRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{19}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListBarriersRequest) GetParent() string {
@@ -2746,7 +2801,7 @@ type ListBarriersResponse struct {
 
 func (x *ListBarriersResponse) Reset() {
 	*x = ListBarriersResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[20]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +2813,7 @@ func (x *ListBarriersResponse) String() string {
 func (*ListBarriersResponse) ProtoMessage() {}
 
 func (x *ListBarriersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[20]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +2826,7 @@ func (x *ListBarriersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBarriersResponse.ProtoReflect.Descriptor instead.
 func (*ListBarriersResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{20}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListBarriersResponse) GetBarriers() []*Barrier {
@@ -2803,7 +2858,7 @@ type UpdateBarrierRequest struct {
 
 func (x *UpdateBarrierRequest) Reset() {
 	*x = UpdateBarrierRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[21]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2815,7 +2870,7 @@ func (x *UpdateBarrierRequest) String() string {
 func (*UpdateBarrierRequest) ProtoMessage() {}
 
 func (x *UpdateBarrierRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[21]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2828,7 +2883,7 @@ func (x *UpdateBarrierRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateBarrierRequest.ProtoReflect.Descriptor instead.
 func (*UpdateBarrierRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{21}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *UpdateBarrierRequest) GetBarrier() *Barrier {
@@ -2867,7 +2922,7 @@ type DeleteBarrierRequest struct {
 
 func (x *DeleteBarrierRequest) Reset() {
 	*x = DeleteBarrierRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[22]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2879,7 +2934,7 @@ func (x *DeleteBarrierRequest) String() string {
 func (*DeleteBarrierRequest) ProtoMessage() {}
 
 func (x *DeleteBarrierRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[22]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2892,7 +2947,7 @@ func (x *DeleteBarrierRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteBarrierRequest.ProtoReflect.Descriptor instead.
 func (*DeleteBarrierRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{22}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteBarrierRequest) GetName() string {
@@ -2931,7 +2986,7 @@ type ResolveBarrierRequest struct {
 
 func (x *ResolveBarrierRequest) Reset() {
 	*x = ResolveBarrierRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[23]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +2998,7 @@ func (x *ResolveBarrierRequest) String() string {
 func (*ResolveBarrierRequest) ProtoMessage() {}
 
 func (x *ResolveBarrierRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[23]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3011,7 @@ func (x *ResolveBarrierRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveBarrierRequest.ProtoReflect.Descriptor instead.
 func (*ResolveBarrierRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{23}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResolveBarrierRequest) GetName() string {
@@ -2995,7 +3050,7 @@ type CreateWarningSignRequest struct {
 
 func (x *CreateWarningSignRequest) Reset() {
 	*x = CreateWarningSignRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[24]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3062,7 @@ func (x *CreateWarningSignRequest) String() string {
 func (*CreateWarningSignRequest) ProtoMessage() {}
 
 func (x *CreateWarningSignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[24]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3075,7 @@ func (x *CreateWarningSignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWarningSignRequest.ProtoReflect.Descriptor instead.
 func (*CreateWarningSignRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{24}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateWarningSignRequest) GetParent() string {
@@ -3055,7 +3110,7 @@ type GetWarningSignRequest struct {
 
 func (x *GetWarningSignRequest) Reset() {
 	*x = GetWarningSignRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[25]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3067,7 +3122,7 @@ func (x *GetWarningSignRequest) String() string {
 func (*GetWarningSignRequest) ProtoMessage() {}
 
 func (x *GetWarningSignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[25]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3080,7 +3135,7 @@ func (x *GetWarningSignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetWarningSignRequest.ProtoReflect.Descriptor instead.
 func (*GetWarningSignRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{25}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetWarningSignRequest) GetName() string {
@@ -3109,7 +3164,7 @@ type ListWarningSignsRequest struct {
 
 func (x *ListWarningSignsRequest) Reset() {
 	*x = ListWarningSignsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[26]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3121,7 +3176,7 @@ func (x *ListWarningSignsRequest) String() string {
 func (*ListWarningSignsRequest) ProtoMessage() {}
 
 func (x *ListWarningSignsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[26]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3134,7 +3189,7 @@ func (x *ListWarningSignsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWarningSignsRequest.ProtoReflect.Descriptor instead.
 func (*ListWarningSignsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{26}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListWarningSignsRequest) GetParent() string {
@@ -3178,7 +3233,7 @@ type ListWarningSignsResponse struct {
 
 func (x *ListWarningSignsResponse) Reset() {
 	*x = ListWarningSignsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3190,7 +3245,7 @@ func (x *ListWarningSignsResponse) String() string {
 func (*ListWarningSignsResponse) ProtoMessage() {}
 
 func (x *ListWarningSignsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3203,7 +3258,7 @@ func (x *ListWarningSignsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWarningSignsResponse.ProtoReflect.Descriptor instead.
 func (*ListWarningSignsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{27}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListWarningSignsResponse) GetWarningSigns() []*WarningSign {
@@ -3235,7 +3290,7 @@ type CreateSafetyScreenRequest struct {
 
 func (x *CreateSafetyScreenRequest) Reset() {
 	*x = CreateSafetyScreenRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3302,7 @@ func (x *CreateSafetyScreenRequest) String() string {
 func (*CreateSafetyScreenRequest) ProtoMessage() {}
 
 func (x *CreateSafetyScreenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3315,7 @@ func (x *CreateSafetyScreenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSafetyScreenRequest.ProtoReflect.Descriptor instead.
 func (*CreateSafetyScreenRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{28}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateSafetyScreenRequest) GetParent() string {
@@ -3300,7 +3355,7 @@ type ListSafetyScreensRequest struct {
 
 func (x *ListSafetyScreensRequest) Reset() {
 	*x = ListSafetyScreensRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3312,7 +3367,7 @@ func (x *ListSafetyScreensRequest) String() string {
 func (*ListSafetyScreensRequest) ProtoMessage() {}
 
 func (x *ListSafetyScreensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3325,7 +3380,7 @@ func (x *ListSafetyScreensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSafetyScreensRequest.ProtoReflect.Descriptor instead.
 func (*ListSafetyScreensRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{29}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListSafetyScreensRequest) GetParent() string {
@@ -3362,7 +3417,7 @@ type ListSafetyScreensResponse struct {
 
 func (x *ListSafetyScreensResponse) Reset() {
 	*x = ListSafetyScreensResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3374,7 +3429,7 @@ func (x *ListSafetyScreensResponse) String() string {
 func (*ListSafetyScreensResponse) ProtoMessage() {}
 
 func (x *ListSafetyScreensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3387,7 +3442,7 @@ func (x *ListSafetyScreensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSafetyScreensResponse.ProtoReflect.Descriptor instead.
 func (*ListSafetyScreensResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{30}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSafetyScreensResponse) GetSafetyScreens() []*SafetyScreen {
@@ -3419,7 +3474,7 @@ type CreateBoundaryRequest struct {
 
 func (x *CreateBoundaryRequest) Reset() {
 	*x = CreateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3431,7 +3486,7 @@ func (x *CreateBoundaryRequest) String() string {
 func (*CreateBoundaryRequest) ProtoMessage() {}
 
 func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3444,7 +3499,7 @@ func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*CreateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{31}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CreateBoundaryRequest) GetParent() string {
@@ -3479,7 +3534,7 @@ type GetBoundaryRequest struct {
 
 func (x *GetBoundaryRequest) Reset() {
 	*x = GetBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3491,7 +3546,7 @@ func (x *GetBoundaryRequest) String() string {
 func (*GetBoundaryRequest) ProtoMessage() {}
 
 func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3504,7 +3559,7 @@ func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*GetBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{32}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetBoundaryRequest) GetName() string {
@@ -3532,7 +3587,7 @@ type ListBoundariesRequest struct {
 
 func (x *ListBoundariesRequest) Reset() {
 	*x = ListBoundariesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3544,7 +3599,7 @@ func (x *ListBoundariesRequest) String() string {
 func (*ListBoundariesRequest) ProtoMessage() {}
 
 func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3557,7 +3612,7 @@ func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesRequest.ProtoReflect.Descriptor instead.
 func (*ListBoundariesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListBoundariesRequest) GetParent() string {
@@ -3601,7 +3656,7 @@ type ListBoundariesResponse struct {
 
 func (x *ListBoundariesResponse) Reset() {
 	*x = ListBoundariesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3613,7 +3668,7 @@ func (x *ListBoundariesResponse) String() string {
 func (*ListBoundariesResponse) ProtoMessage() {}
 
 func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3626,7 +3681,7 @@ func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesResponse.ProtoReflect.Descriptor instead.
 func (*ListBoundariesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListBoundariesResponse) GetBoundaries() []*Boundary {
@@ -3658,7 +3713,7 @@ type UpdateBoundaryRequest struct {
 
 func (x *UpdateBoundaryRequest) Reset() {
 	*x = UpdateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3670,7 +3725,7 @@ func (x *UpdateBoundaryRequest) String() string {
 func (*UpdateBoundaryRequest) ProtoMessage() {}
 
 func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3683,7 +3738,7 @@ func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpdateBoundaryRequest) GetBoundary() *Boundary {
@@ -3724,7 +3779,7 @@ type TransitionBoundaryRequest struct {
 
 func (x *TransitionBoundaryRequest) Reset() {
 	*x = TransitionBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3736,7 +3791,7 @@ func (x *TransitionBoundaryRequest) String() string {
 func (*TransitionBoundaryRequest) ProtoMessage() {}
 
 func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3749,7 +3804,7 @@ func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*TransitionBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TransitionBoundaryRequest) GetName() string {
@@ -3832,7 +3887,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3844,7 +3899,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3857,7 +3912,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Consent) GetName() string {
@@ -3989,7 +4044,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4001,7 +4056,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4014,7 +4069,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Revocation) GetRecipient() string {
@@ -4077,7 +4132,7 @@ type Disclosure struct {
 
 func (x *Disclosure) Reset() {
 	*x = Disclosure{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4089,7 +4144,7 @@ func (x *Disclosure) String() string {
 func (*Disclosure) ProtoMessage() {}
 
 func (x *Disclosure) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4102,7 +4157,7 @@ func (x *Disclosure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disclosure.ProtoReflect.Descriptor instead.
 func (*Disclosure) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Disclosure) GetName() string {
@@ -4189,7 +4244,7 @@ type CreateConsentRequest struct {
 
 func (x *CreateConsentRequest) Reset() {
 	*x = CreateConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4256,7 @@ func (x *CreateConsentRequest) String() string {
 func (*CreateConsentRequest) ProtoMessage() {}
 
 func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4269,7 @@ func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsentRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateConsentRequest) GetParent() string {
@@ -4248,7 +4303,7 @@ type GetConsentRequest struct {
 
 func (x *GetConsentRequest) Reset() {
 	*x = GetConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4260,7 +4315,7 @@ func (x *GetConsentRequest) String() string {
 func (*GetConsentRequest) ProtoMessage() {}
 
 func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4273,7 +4328,7 @@ func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsentRequest.ProtoReflect.Descriptor instead.
 func (*GetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetConsentRequest) GetName() string {
@@ -4298,7 +4353,7 @@ type ListConsentsRequest struct {
 
 func (x *ListConsentsRequest) Reset() {
 	*x = ListConsentsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4310,7 +4365,7 @@ func (x *ListConsentsRequest) String() string {
 func (*ListConsentsRequest) ProtoMessage() {}
 
 func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4323,7 +4378,7 @@ func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsentsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListConsentsRequest) GetParent() string {
@@ -4359,7 +4414,7 @@ type ListConsentsResponse struct {
 
 func (x *ListConsentsResponse) Reset() {
 	*x = ListConsentsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4371,7 +4426,7 @@ func (x *ListConsentsResponse) String() string {
 func (*ListConsentsResponse) ProtoMessage() {}
 
 func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4384,7 +4439,7 @@ func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsentsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListConsentsResponse) GetConsents() []*Consent {
@@ -4420,7 +4475,7 @@ type RevokeConsentRequest struct {
 
 func (x *RevokeConsentRequest) Reset() {
 	*x = RevokeConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4432,7 +4487,7 @@ func (x *RevokeConsentRequest) String() string {
 func (*RevokeConsentRequest) ProtoMessage() {}
 
 func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4445,7 +4500,7 @@ func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConsentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RevokeConsentRequest) GetName() string {
@@ -4500,7 +4555,7 @@ type CreateDisclosureRequest struct {
 
 func (x *CreateDisclosureRequest) Reset() {
 	*x = CreateDisclosureRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4512,7 +4567,7 @@ func (x *CreateDisclosureRequest) String() string {
 func (*CreateDisclosureRequest) ProtoMessage() {}
 
 func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4525,7 +4580,7 @@ func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDisclosureRequest.ProtoReflect.Descriptor instead.
 func (*CreateDisclosureRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CreateDisclosureRequest) GetParent() string {
@@ -4571,7 +4626,7 @@ type ListDisclosuresRequest struct {
 
 func (x *ListDisclosuresRequest) Reset() {
 	*x = ListDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4583,7 +4638,7 @@ func (x *ListDisclosuresRequest) String() string {
 func (*ListDisclosuresRequest) ProtoMessage() {}
 
 func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4596,7 +4651,7 @@ func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListDisclosuresRequest) GetParent() string {
@@ -4632,7 +4687,7 @@ type ListDisclosuresResponse struct {
 
 func (x *ListDisclosuresResponse) Reset() {
 	*x = ListDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4644,7 +4699,7 @@ func (x *ListDisclosuresResponse) String() string {
 func (*ListDisclosuresResponse) ProtoMessage() {}
 
 func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4657,7 +4712,7 @@ func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -4686,7 +4741,7 @@ type ListCoveredFamiliesRequest struct {
 
 func (x *ListCoveredFamiliesRequest) Reset() {
 	*x = ListCoveredFamiliesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4698,7 +4753,7 @@ func (x *ListCoveredFamiliesRequest) String() string {
 func (*ListCoveredFamiliesRequest) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4711,7 +4766,7 @@ func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesRequest.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListCoveredFamiliesRequest) GetParent() string {
@@ -4738,7 +4793,7 @@ type ListCoveredFamiliesResponse struct {
 
 func (x *ListCoveredFamiliesResponse) Reset() {
 	*x = ListCoveredFamiliesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4750,7 +4805,7 @@ func (x *ListCoveredFamiliesResponse) String() string {
 func (*ListCoveredFamiliesResponse) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4763,7 +4818,7 @@ func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesResponse.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
@@ -4786,7 +4841,7 @@ type BatchCreateDisclosuresRequest struct {
 
 func (x *BatchCreateDisclosuresRequest) Reset() {
 	*x = BatchCreateDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4798,7 +4853,7 @@ func (x *BatchCreateDisclosuresRequest) String() string {
 func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4811,7 +4866,7 @@ func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BatchCreateDisclosuresRequest) GetParent() string {
@@ -4838,7 +4893,7 @@ type BatchCreateDisclosuresResponse struct {
 
 func (x *BatchCreateDisclosuresResponse) Reset() {
 	*x = BatchCreateDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4850,7 +4905,7 @@ func (x *BatchCreateDisclosuresResponse) String() string {
 func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4863,7 +4918,7 @@ func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -5041,6 +5096,12 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xc4\x01\n" +
+	"\x1bRecordTreatmentEntryRequest\x12z\n" +
+	"\x04name\x18\x01 \x01(\tBf\xe0A\x02\xfaA\x17\n" +
+	"\x15handoff.health/Family\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x85\x02\n" +
 	"\x14CreateBarrierRequest\x12\x7f\n" +
 	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Barrier\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12A\n" +
@@ -5358,12 +5419,13 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
 	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
-	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xdd+\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\x8d-\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
 	"\fListFamilies\x12(.handoff.families.v1.ListFamiliesRequest\x1a).handoff.families.v1.ListFamiliesResponse\"0\xdaA\x06parent\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{parent=clinics/*}/families\x12\xa2\x01\n" +
-	"\fUpdateFamily\x12(.handoff.families.v1.UpdateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"K\xdaA\x12family,update_mask\x82\xd3\xe4\x93\x020:\x06family2&/v1/{family.name=clinics/*/families/*}\x12\x80\x01\n" +
+	"\fUpdateFamily\x12(.handoff.families.v1.UpdateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"K\xdaA\x12family,update_mask\x82\xd3\xe4\x93\x020:\x06family2&/v1/{family.name=clinics/*/families/*}\x12\xad\x01\n" +
+	"\x14RecordTreatmentEntry\x120.handoff.families.v1.RecordTreatmentEntryRequest\x1a\x1b.handoff.families.v1.Family\"F\xdaA\x04name\x82\xd3\xe4\x93\x029:\x01*\"4/v1/{name=clinics/*/families/*}:recordTreatmentEntry\x12\x80\x01\n" +
 	"\fDeleteFamily\x12(.handoff.families.v1.DeleteFamilyRequest\x1a\x16.google.protobuf.Empty\".\xdaA\x04name\x82\xd3\xe4\x93\x02!*\x1f/v1/{name=clinics/*/families/*}\x12\xa6\x01\n" +
 	"\rCreateBarrier\x12).handoff.families.v1.CreateBarrierRequest\x1a\x1c.handoff.families.v1.Barrier\"L\xdaA\x0eparent,barrier\x82\xd3\xe4\x93\x025:\abarrier\"*/v1/{parent=clinics/*/families/*}/barriers\x12\x8d\x01\n" +
 	"\n" +
@@ -5410,7 +5472,7 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 16)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                         // 1: handoff.families.v1.Substance
@@ -5445,46 +5507,47 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(*ListFamiliesResponse)(nil),           // 30: handoff.families.v1.ListFamiliesResponse
 	(*UpdateFamilyRequest)(nil),            // 31: handoff.families.v1.UpdateFamilyRequest
 	(*DeleteFamilyRequest)(nil),            // 32: handoff.families.v1.DeleteFamilyRequest
-	(*CreateBarrierRequest)(nil),           // 33: handoff.families.v1.CreateBarrierRequest
-	(*GetBarrierRequest)(nil),              // 34: handoff.families.v1.GetBarrierRequest
-	(*ListBarriersRequest)(nil),            // 35: handoff.families.v1.ListBarriersRequest
-	(*ListBarriersResponse)(nil),           // 36: handoff.families.v1.ListBarriersResponse
-	(*UpdateBarrierRequest)(nil),           // 37: handoff.families.v1.UpdateBarrierRequest
-	(*DeleteBarrierRequest)(nil),           // 38: handoff.families.v1.DeleteBarrierRequest
-	(*ResolveBarrierRequest)(nil),          // 39: handoff.families.v1.ResolveBarrierRequest
-	(*CreateWarningSignRequest)(nil),       // 40: handoff.families.v1.CreateWarningSignRequest
-	(*GetWarningSignRequest)(nil),          // 41: handoff.families.v1.GetWarningSignRequest
-	(*ListWarningSignsRequest)(nil),        // 42: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),       // 43: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil),      // 44: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),       // 45: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil),      // 46: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),          // 47: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),             // 48: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),          // 49: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),         // 50: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),          // 51: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),      // 52: handoff.families.v1.TransitionBoundaryRequest
-	(*Consent)(nil),                        // 53: handoff.families.v1.Consent
-	(*Revocation)(nil),                     // 54: handoff.families.v1.Revocation
-	(*Disclosure)(nil),                     // 55: handoff.families.v1.Disclosure
-	(*CreateConsentRequest)(nil),           // 56: handoff.families.v1.CreateConsentRequest
-	(*GetConsentRequest)(nil),              // 57: handoff.families.v1.GetConsentRequest
-	(*ListConsentsRequest)(nil),            // 58: handoff.families.v1.ListConsentsRequest
-	(*ListConsentsResponse)(nil),           // 59: handoff.families.v1.ListConsentsResponse
-	(*RevokeConsentRequest)(nil),           // 60: handoff.families.v1.RevokeConsentRequest
-	(*CreateDisclosureRequest)(nil),        // 61: handoff.families.v1.CreateDisclosureRequest
-	(*ListDisclosuresRequest)(nil),         // 62: handoff.families.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil),        // 63: handoff.families.v1.ListDisclosuresResponse
-	(*ListCoveredFamiliesRequest)(nil),     // 64: handoff.families.v1.ListCoveredFamiliesRequest
-	(*ListCoveredFamiliesResponse)(nil),    // 65: handoff.families.v1.ListCoveredFamiliesResponse
-	(*BatchCreateDisclosuresRequest)(nil),  // 66: handoff.families.v1.BatchCreateDisclosuresRequest
-	(*BatchCreateDisclosuresResponse)(nil), // 67: handoff.families.v1.BatchCreateDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),          // 68: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 69: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),      // 70: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                  // 71: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),     // 72: handoff.audit.v1.ListAuditEventsResponse
+	(*RecordTreatmentEntryRequest)(nil),    // 33: handoff.families.v1.RecordTreatmentEntryRequest
+	(*CreateBarrierRequest)(nil),           // 34: handoff.families.v1.CreateBarrierRequest
+	(*GetBarrierRequest)(nil),              // 35: handoff.families.v1.GetBarrierRequest
+	(*ListBarriersRequest)(nil),            // 36: handoff.families.v1.ListBarriersRequest
+	(*ListBarriersResponse)(nil),           // 37: handoff.families.v1.ListBarriersResponse
+	(*UpdateBarrierRequest)(nil),           // 38: handoff.families.v1.UpdateBarrierRequest
+	(*DeleteBarrierRequest)(nil),           // 39: handoff.families.v1.DeleteBarrierRequest
+	(*ResolveBarrierRequest)(nil),          // 40: handoff.families.v1.ResolveBarrierRequest
+	(*CreateWarningSignRequest)(nil),       // 41: handoff.families.v1.CreateWarningSignRequest
+	(*GetWarningSignRequest)(nil),          // 42: handoff.families.v1.GetWarningSignRequest
+	(*ListWarningSignsRequest)(nil),        // 43: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),       // 44: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),      // 45: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),       // 46: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),      // 47: handoff.families.v1.ListSafetyScreensResponse
+	(*CreateBoundaryRequest)(nil),          // 48: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),             // 49: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),          // 50: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),         // 51: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),          // 52: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),      // 53: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                        // 54: handoff.families.v1.Consent
+	(*Revocation)(nil),                     // 55: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                     // 56: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),           // 57: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),              // 58: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),            // 59: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),           // 60: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),           // 61: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),        // 62: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),         // 63: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),        // 64: handoff.families.v1.ListDisclosuresResponse
+	(*ListCoveredFamiliesRequest)(nil),     // 65: handoff.families.v1.ListCoveredFamiliesRequest
+	(*ListCoveredFamiliesResponse)(nil),    // 66: handoff.families.v1.ListCoveredFamiliesResponse
+	(*BatchCreateDisclosuresRequest)(nil),  // 67: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 68: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 69: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 70: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 71: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 72: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 73: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	17,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -5493,9 +5556,9 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
 	24,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	68,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	68,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	68,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	69,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	69,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
 	18,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
@@ -5506,31 +5569,31 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	20,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	68,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	68,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	68,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	69,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	69,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	68,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	68,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	69,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
 	8,   // 25: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	68,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	68,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	69,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
 	10,  // 28: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
 	11,  // 29: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
 	26,  // 30: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	68,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	68,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	69,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
 	11,  // 33: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
 	11,  // 34: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	68,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	69,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
 	16,  // 36: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
 	16,  // 37: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
 	16,  // 38: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	69,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	70,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
 	22,  // 40: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
 	22,  // 41: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
 	22,  // 42: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	69,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	70,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
 	23,  // 44: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
 	23,  // 45: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
 	24,  // 46: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
@@ -5538,95 +5601,97 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	25,  // 48: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
 	25,  // 49: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
 	25,  // 50: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	69,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	70,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
 	13,  // 52: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
 	14,  // 53: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	68,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	68,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	69,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	69,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
 	12,  // 56: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
-	54,  // 57: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	68,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	68,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	68,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	55,  // 57: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
+	69,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	69,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
 	13,  // 61: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
 	14,  // 62: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
 	15,  // 63: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	68,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
-	53,  // 65: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
-	53,  // 66: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
-	55,  // 67: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
-	55,  // 68: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	69,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	54,  // 65: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
+	54,  // 66: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
+	56,  // 67: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
+	56,  // 68: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
 	13,  // 69: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
-	61,  // 70: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
-	55,  // 71: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	62,  // 70: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	56,  // 71: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
 	27,  // 72: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
 	28,  // 73: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
 	29,  // 74: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
 	31,  // 75: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	32,  // 76: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	33,  // 77: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	34,  // 78: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	35,  // 79: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	37,  // 80: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	38,  // 81: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	39,  // 82: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	40,  // 83: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	41,  // 84: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	42,  // 85: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	44,  // 86: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	45,  // 87: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	47,  // 88: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	48,  // 89: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	49,  // 90: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	51,  // 91: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	52,  // 92: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 93: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 94: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	52,  // 95: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	56,  // 96: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	57,  // 97: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	58,  // 98: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	60,  // 99: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	61,  // 100: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	64,  // 101: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
-	66,  // 102: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
-	62,  // 103: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	70,  // 104: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	16,  // 105: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	16,  // 106: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	30,  // 107: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	16,  // 108: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	71,  // 109: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	22,  // 110: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	22,  // 111: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	36,  // 112: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	22,  // 113: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	71,  // 114: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	22,  // 115: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 116: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	23,  // 117: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	43,  // 118: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	24,  // 119: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	46,  // 120: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	25,  // 121: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 122: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	50,  // 123: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	25,  // 124: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 125: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 126: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 127: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 128: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	53,  // 129: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	53,  // 130: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	59,  // 131: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	53,  // 132: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	55,  // 133: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	65,  // 134: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
-	67,  // 135: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
-	63,  // 136: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	72,  // 137: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	105, // [105:138] is the sub-list for method output_type
-	72,  // [72:105] is the sub-list for method input_type
+	33,  // 76: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
+	32,  // 77: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	34,  // 78: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	35,  // 79: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	36,  // 80: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	38,  // 81: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	39,  // 82: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	40,  // 83: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	41,  // 84: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	42,  // 85: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	43,  // 86: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	45,  // 87: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	46,  // 88: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	48,  // 89: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	49,  // 90: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	50,  // 91: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	52,  // 92: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	53,  // 93: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	53,  // 94: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	53,  // 95: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	53,  // 96: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	57,  // 97: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	58,  // 98: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	59,  // 99: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	61,  // 100: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	62,  // 101: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	65,  // 102: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	67,  // 103: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	63,  // 104: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	71,  // 105: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	16,  // 106: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	16,  // 107: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	30,  // 108: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	16,  // 109: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	16,  // 110: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
+	72,  // 111: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	22,  // 112: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	22,  // 113: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	37,  // 114: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	22,  // 115: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	72,  // 116: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	22,  // 117: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 118: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	23,  // 119: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	44,  // 120: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	24,  // 121: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	47,  // 122: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	25,  // 123: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 124: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	51,  // 125: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	25,  // 126: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 127: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 128: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 129: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 130: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	54,  // 131: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	54,  // 132: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	60,  // 133: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	54,  // 134: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	56,  // 135: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	66,  // 136: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	68,  // 137: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	64,  // 138: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	73,  // 139: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	106, // [106:140] is the sub-list for method output_type
+	72,  // [72:106] is the sub-list for method input_type
 	72,  // [72:72] is the sub-list for extension type_name
 	72,  // [72:72] is the sub-list for extension extendee
 	0,   // [0:72] is the sub-list for field type_name
@@ -5643,7 +5708,7 @@ func file_handoff_families_v1_families_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
 			NumEnums:      16,
-			NumMessages:   52,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	FamiliesService_GetFamily_FullMethodName              = "/handoff.families.v1.FamiliesService/GetFamily"
 	FamiliesService_ListFamilies_FullMethodName           = "/handoff.families.v1.FamiliesService/ListFamilies"
 	FamiliesService_UpdateFamily_FullMethodName           = "/handoff.families.v1.FamiliesService/UpdateFamily"
+	FamiliesService_RecordTreatmentEntry_FullMethodName   = "/handoff.families.v1.FamiliesService/RecordTreatmentEntry"
 	FamiliesService_DeleteFamily_FullMethodName           = "/handoff.families.v1.FamiliesService/DeleteFamily"
 	FamiliesService_CreateBarrier_FullMethodName          = "/handoff.families.v1.FamiliesService/CreateBarrier"
 	FamiliesService_GetBarrier_FullMethodName             = "/handoff.families.v1.FamiliesService/GetBarrier"
@@ -82,6 +83,14 @@ type FamiliesServiceClient interface {
 	// Changes the fields named in `update_mask`. Send the `etag` you read to
 	// avoid overwriting someone else's change (a stale etag answers ABORTED).
 	UpdateFamily(ctx context.Context, in *UpdateFamilyRequest, opts ...grpc.CallOption) (*Family, error)
+	// Records that the loved one entered treatment: an ACTIVE family becomes
+	// ENGAGED_IN_TREATMENT. One already so is returned as it is; a CLOSED one
+	// answers FAILED_PRECONDITION. The worker calls it when a referral of the
+	// loved one to MAT, inpatient or outpatient care is reported completed;
+	// staff may, for treatment entered outside Handoff. The EHR still sees
+	// the family ACTIVE (entering treatment is more than identity consent
+	// covers).
+	RecordTreatmentEntry(ctx context.Context, in *RecordTreatmentEntryRequest, opts ...grpc.CallOption) (*Family, error)
 	// Deletes a family and everything recorded under it. Shortly after, the
 	// worker cancels what still runs for it: its boundary workflow, its
 	// drafts and scheduled interventions, and the reminders pending for its
@@ -219,6 +228,16 @@ func (c *familiesServiceClient) UpdateFamily(ctx context.Context, in *UpdateFami
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Family)
 	err := c.cc.Invoke(ctx, FamiliesService_UpdateFamily_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) RecordTreatmentEntry(ctx context.Context, in *RecordTreatmentEntryRequest, opts ...grpc.CallOption) (*Family, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Family)
+	err := c.cc.Invoke(ctx, FamiliesService_RecordTreatmentEntry_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -533,6 +552,14 @@ type FamiliesServiceServer interface {
 	// Changes the fields named in `update_mask`. Send the `etag` you read to
 	// avoid overwriting someone else's change (a stale etag answers ABORTED).
 	UpdateFamily(context.Context, *UpdateFamilyRequest) (*Family, error)
+	// Records that the loved one entered treatment: an ACTIVE family becomes
+	// ENGAGED_IN_TREATMENT. One already so is returned as it is; a CLOSED one
+	// answers FAILED_PRECONDITION. The worker calls it when a referral of the
+	// loved one to MAT, inpatient or outpatient care is reported completed;
+	// staff may, for treatment entered outside Handoff. The EHR still sees
+	// the family ACTIVE (entering treatment is more than identity consent
+	// covers).
+	RecordTreatmentEntry(context.Context, *RecordTreatmentEntryRequest) (*Family, error)
 	// Deletes a family and everything recorded under it. Shortly after, the
 	// worker cancels what still runs for it: its boundary workflow, its
 	// drafts and scheduled interventions, and the reminders pending for its
@@ -647,6 +674,9 @@ func (UnimplementedFamiliesServiceServer) ListFamilies(context.Context, *ListFam
 }
 func (UnimplementedFamiliesServiceServer) UpdateFamily(context.Context, *UpdateFamilyRequest) (*Family, error) {
 	return nil, status.Error(codes.Unimplemented, "method UpdateFamily not implemented")
+}
+func (UnimplementedFamiliesServiceServer) RecordTreatmentEntry(context.Context, *RecordTreatmentEntryRequest) (*Family, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordTreatmentEntry not implemented")
 }
 func (UnimplementedFamiliesServiceServer) DeleteFamily(context.Context, *DeleteFamilyRequest) (*emptypb.Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteFamily not implemented")
@@ -824,6 +854,24 @@ func _FamiliesService_UpdateFamily_Handler(srv interface{}, ctx context.Context,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(FamiliesServiceServer).UpdateFamily(ctx, req.(*UpdateFamilyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_RecordTreatmentEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordTreatmentEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).RecordTreatmentEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_RecordTreatmentEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).RecordTreatmentEntry(ctx, req.(*RecordTreatmentEntryRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1372,6 +1420,10 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateFamily",
 			Handler:    _FamiliesService_UpdateFamily_Handler,
+		},
+		{
+			MethodName: "RecordTreatmentEntry",
+			Handler:    _FamiliesService_RecordTreatmentEntry_Handler,
 		},
 		{
 			MethodName: "DeleteFamily",
