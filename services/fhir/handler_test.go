@@ -729,6 +729,19 @@ func TestPutTaskReadBackAndReasons(t *testing.T) {
 	}
 }
 
+// A referral completed straight from accepted (admitted on the spot) has
+// no intake appointment; its Task's period is the admission, as the EHR
+// wrote it back, and names no Appointment.
+func TestAdmittedOnTheSpotTask(t *testing.T) {
+	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_COMPLETED)
+	r.IntakeAppointment = nil
+	tk := task(r)
+	p, _ := tk["executionPeriod"].(obj)
+	if want := instant(r.GetTreatmentEntryTime()); p["start"] != want || p["end"] != want || tk["output"] != nil {
+		t.Fatalf("admitted on the spot: executionPeriod %v, output %v; want the admission at %v and no appointment", p, tk["output"], want)
+	}
+}
+
 // A referral completed without its booked intake (admitted while it was on
 // hold, or well before the booked time): the appointment did not take
 // place, and the Task's period does not end before it starts.

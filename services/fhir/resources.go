@@ -388,6 +388,10 @@ func task(r *referralsv1.Referral) obj {
 		}
 		t["executionPeriod"] = period
 		t["output"] = []any{obj{"type": concept("intake appointment"), "valueReference": ref("Appointment", intakePrefix+id)}}
+	} else if e := r.GetTreatmentEntryTime(); e != nil {
+		// Admitted on the spot, with no booking: the work was the
+		// admission itself, as the EHR wrote it back (executionPeriod.end).
+		t["executionPeriod"] = obj{"start": instant(e), "end": instant(e)}
 	}
 	return part2(t, r.GetUpdateTime(), r.GetEtag())
 }
