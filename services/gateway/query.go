@@ -211,7 +211,12 @@ func allowed(rs []route, path string) string {
 // rest, `{name}` or `{name=pattern}` variables, an optional `:verb`).
 func matchTemplate(template, path string) bool {
 	tmpl, tverb := splitVerb(template)
-	p, pverb := splitVerb(path)
+	p, pverb := path, ""
+	if tverb != "" {
+		// Only a template with a verb splits one off: grpc-gateway reads
+		// "f1:nothing" on a template without one as the segment it is.
+		p, pverb = splitVerb(path)
+	}
 	if tverb != pverb {
 		return false
 	}

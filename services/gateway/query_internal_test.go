@@ -109,7 +109,8 @@ func TestAllowed(t *testing.T) {
 		"/v1/clinics/north/families/f1":                            "DELETE, GET, PATCH",
 		"/v1/clinics/north/families/-/disclosures:batchCreate":     "POST",
 		"/v1/clinics/north/families/f1/disclosures":                "GET, POST",
-		"/v1/clinics/north/families/f1:nothing":                    "",
+		"/v1/clinics/north/families/f1:nothing":                    "DELETE, GET, PATCH", // the family "f1:nothing", as the mux reads it
+		"/v1/clinics/north/families/-/disclosures:nothing":         "",
 		"/v1/clinics/north/families/f1/warningSigns/w1/extra/more": "",
 		"/v1/elsewhere": "",
 	} {
