@@ -18,9 +18,9 @@ func Policy() grpcserver.Policy {
 		// RelatedPerson); the worker reads contact preferences and barriers.
 		p[svc+m] = slices.Concat(readers, []auth.Role{auth.RoleEHR})
 	}
-	// The reminder automation (through the interventions service, as it
-	// claims a reminder) reads whether its recipient may still be
-	// contacted, and nothing more (familyForCaller).
+	// The reminder automation (and the interventions service, as it
+	// claims a reminder) reads who may still be contacted and where, and
+	// nothing more (familyForCaller).
 	p[svc+"GetFamily"] = slices.Concat(p[svc+"GetFamily"], []auth.Role{auth.RoleReminders})
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListFamilies"] = slices.Concat(p[svc+"ListFamilies"], []auth.Role{auth.RoleCalendarReader})

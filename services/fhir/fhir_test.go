@@ -434,8 +434,6 @@ func TestDeletedProgramIsInactive(t *testing.T) {
 	}
 }
 
-// A token that cannot be checked because the identity provider's keys are
-// out of reach is a 503 the client may retry, not a 401 that says the
 // A service out of reach, or too slow, is the client's to retry, and says
 // so (a 503 with Retry-After), not "internal error"; what failed inside
 // stays an internal error.
@@ -462,6 +460,8 @@ func TestServiceFailuresSayWhetherToRetry(t *testing.T) {
 	}
 }
 
+// A token that cannot be checked because the identity provider's keys are
+// out of reach is a 503 the client may retry, not a 401 that says the
 // token is bad, and says nothing of where the keys live.
 func TestKeysOutOfReachAre503(t *testing.T) {
 	iss, err := auth.NewIssuer("https://issuer.test", "handoff")

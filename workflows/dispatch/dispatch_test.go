@@ -315,10 +315,10 @@ func TestOutcomeWithoutAYesReleasesHolds(t *testing.T) {
 }
 
 // A completed referral of the loved one's treatment (MAT, inpatient,
-// outpatient) starts, once, the workflow that ends the family's boundary
-// follow-up, whether or not a meeting's intake made it; a member's, or one
-// for harm reduction, does not, nor does a referral that has only been
-// accepted.
+// outpatient) starts the workflow that ends the family's boundary
+// follow-up, whether or not a meeting's intake made it (a redelivery is no
+// error); a member's, or one for harm reduction, does not, nor does a
+// referral that has only been accepted.
 func TestTreatmentEnteredEndsTheFollowUp(t *testing.T) {
 	c := serve(t, func(worker.Registry) {})
 	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
@@ -342,7 +342,7 @@ func TestTreatmentEnteredEndsTheFollowUp(t *testing.T) {
 			t.Fatal(err)
 		}
 		e := outbox.Stored{ID: int64(40 + i), Clinic: "north", Type: "handoff.referrals.v1.referral." + c2.event, Resource: name, Payload: p}
-		for range 2 { // a redelivery starts nothing more
+		for range 2 { // delivered, and delivered again
 			if err := d.Deliver(minute(t), e); err != nil {
 				t.Fatalf("%s %v: %v", c2.event, c2.kind, err)
 			}

@@ -1960,8 +1960,9 @@ type Reminder struct {
 	// e-mail address on the reminder's channel, read from the family as the
 	// reminder is claimed. Set only in ClaimReminder's answer, for a family
 	// member or the loved one, and never stored with the reminder nor sent
-	// in its events: whoever holds the lease learns it, when it sends, from
-	// the family as it is then. Empty for a counselor or supervisor (the
+	// in its events: the claimant sends to the address as it is at the
+	// claim (the automation's view of a family holds the same channels, of
+	// those who may be contacted, and no one else's). Empty for a counselor or supervisor (the
 	// clinic's own directory reaches them), and when the recipient no longer
 	// has a channel of this kind: then complete the reminder as failed, and
 	// the workflow that made it sends it again on the channel they keep.
