@@ -8,14 +8,10 @@
 package familydeleted
 
 import (
-	"errors"
-
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/flow"
-	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // Name is the workflow type's registered name.
@@ -45,14 +41,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// The boundary workflow first: it reads the family before each step,
 	// and without it would fail on the first read rather than end.
-	err = workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(in.Family), "").Get(ctx, nil)
-	var none *temporal.UnknownExternalWorkflowExecutionError
-	switch {
-	case err == nil:
-		res.BoundaryCancelled = true
-	case errors.As(err, &none):
-		// No boundary workflow runs for the family.
-	default:
+	if res.BoundaryCancelled, err = flow.CancelBoundary(ctx, in.Family); err != nil {
 		// Whatever else keeps it from being cancelled, it is not running
 		// for this family any more; the rest still has to stop.
 		workflow.GetLogger(ctx).Warn("boundary workflow not cancelled", "error", err)

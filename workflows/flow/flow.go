@@ -15,6 +15,7 @@ import (
 
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/workflows/activities"
+	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
@@ -510,4 +511,19 @@ func ForFamily(ctx workflow.Context, family string) (workflow.Context, error) {
 		return ctx, temporal.NewNonRetryableApplicationError("not a family name: "+family, "InvalidArgument", nil)
 	}
 	return ctx, nil
+}
+
+// CancelBoundary asks the family's boundary workflow to stop: true when one
+// ran and took the request, false and no error when none runs, and the
+// server's error otherwise, which each caller weighs for itself.
+func CancelBoundary(ctx workflow.Context, family string) (bool, error) {
+	err := workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(family), "").Get(ctx, nil)
+	var none *temporal.UnknownExternalWorkflowExecutionError
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.As(err, &none):
+		return false, nil
+	}
+	return false, err
 }

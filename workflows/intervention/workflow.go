@@ -1126,9 +1126,7 @@ const versionStopBoundaryOnYes = "stop-boundary-on-yes"
 // family and not yet sent (one waiting out quiet hours, say) are
 // cancelled too.
 func (w *wf) stopBoundary(ctx workflow.Context) error {
-	err := workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(w.plan.Family), "").Get(ctx, nil)
-	var none *temporal.UnknownExternalWorkflowExecutionError
-	if err != nil && !errors.As(err, &none) {
+	if _, err := flow.CancelBoundary(ctx, w.plan.Family); err != nil {
 		workflow.GetLogger(ctx).Warn("boundary workflow not stopped after a yes", "error", err)
 	}
 	// The boundary workflow made every check-in and boundary reminder, so

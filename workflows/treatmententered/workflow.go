@@ -10,9 +10,6 @@
 package treatmententered
 
 import (
-	"errors"
-
-	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/services/aip"
@@ -51,12 +48,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	err = workflow.RequestCancelExternalWorkflow(ctx, ids.Boundary(in.Family), "").Get(ctx, nil)
-	var none *temporal.UnknownExternalWorkflowExecutionError
-	switch {
-	case err == nil:
-		res.Stopped = true
-	case !errors.As(err, &none):
+	if res.Stopped, err = flow.CancelBoundary(ctx, in.Family); err != nil {
 		// The run is retried (the dispatcher starts it with retries): the
 		// follow-up must not go on for want of one cancel.
 		return res, err
