@@ -95,24 +95,33 @@ func (a *Activities) LoadPlan(ctx context.Context, intervention string) (Plan, e
 var matKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
 	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
 
-// matchRequest builds a match for the family's unresolved barriers and
-// coverage.
+// matchRequest builds a match for the loved one, from the family's
+// unresolved barriers and coverage.
 func (a *Activities) matchRequest(ctx context.Context, family string, kinds []referralsv1.ServiceKind,
 	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if err != nil {
 		return nil, wrap("get family", err)
 	}
+	return a.matchFor(ctx, family, fam, "", kinds, urgency, exclude)
+}
+
+// matchFor builds a match for fam (read already, named family) from its
+// unresolved barriers and coverage, for the loved one or, when member is
+// given, for that member. The loved one's match also carries where they
+// would travel from and the language they speak, which favor programs they
+// can reach and talk to; a member's own are not on the record.
+func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv1.Family, member string, kinds []referralsv1.ServiceKind,
+	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
 	barriers, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 100})
 	if err != nil {
 		return nil, wrap("list barriers", err)
 	}
-	// Where the loved one would travel from and the language they speak
-	// favor programs they can reach and talk to: the held place is theirs.
-	lo := fam.GetLovedOne()
 	req := &referralsv1.MatchProgramsRequest{Parent: "clinics/" + aip.Clinic(family), ServiceKinds: kinds, Urgency: urgency,
-		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5,
-		Locality: lo.GetLocality(), PostalCode: lo.GetPostalCode(), Language: lo.GetLanguage(), PrefersTelehealth: lo.GetPrefersTelehealth()}
+		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5}
+	if lo := fam.GetLovedOne(); member == "" {
+		req.Locality, req.PostalCode, req.Language, req.PrefersTelehealth = lo.GetLocality(), lo.GetPostalCode(), lo.GetLanguage(), lo.GetPrefersTelehealth()
+	}
 	for _, b := range barriers.GetBarriers() {
 		// The enums share their numbers across the two services.
 		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
@@ -935,18 +944,18 @@ func (a *Activities) ReferralStatus(ctx context.Context, referral string) (Refer
 func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportRequest) ([]string, error) {
 	urgency := referralsv1.Urgency(referralsv1.Urgency_value["URGENCY_"+in.Urgency])
 	subject := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
+	if status.Code(err) == codes.NotFound {
+		return nil, nil // the family's record was deleted: nobody to refer
+	}
+	if err != nil {
+		return nil, wrap("get family", err)
+	}
 	if in.Member != "" {
 		// The workflow may have read the family weeks ago: a member who has
 		// left it since is not referred (the service would refuse them, and
 		// the refusal would end the workflow), nor one who has withdrawn
 		// consent to contact since (the programs reach out to them).
-		fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
-		if status.Code(err) == codes.NotFound {
-			return nil, nil // the family's record was deleted: nobody to refer
-		}
-		if err != nil {
-			return nil, wrap("get family", err)
-		}
 		if !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool {
 			return m.GetId() == in.Member && m.GetConsentToContact()
 		}) {
@@ -956,17 +965,12 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 	}
 	// The family's coverage and barriers are read once; each kind changes
 	// only what is asked for.
-	req, err := a.matchRequest(ctx, in.Family, nil, urgency, nil)
+	req, err := a.matchFor(ctx, in.Family, fam, in.Member, nil, urgency, nil)
 	if familyGone(err) {
 		return nil, nil // the family's record was deleted: nobody to refer
 	}
 	if err != nil {
 		return nil, err
-	}
-	if subject.GetKind() == referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER {
-		// The loved one's place and language are not the member's, whose
-		// own the record does not keep.
-		req.Locality, req.PostalCode, req.Language, req.PrefersTelehealth = "", "", "", false
 	}
 	var names []string
 	for _, k := range in.Kinds {
