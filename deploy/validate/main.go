@@ -20,6 +20,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -148,6 +149,7 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	// label, and the policies that name ports of pods they select: a name
 	// no pod has matches nothing, and the policy would let nothing in.
 	podPorts := map[string]map[string]bool{}
+	podLabels := map[string]map[string]string{} // each deployment's pod labels, by name label
 	var policies []*networkingv1.NetworkPolicy
 	for _, doc := range docs {
 		var head struct {
@@ -205,6 +207,7 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 				}
 			}
 			podPorts[d.Spec.Template.Labels["app.kubernetes.io/name"]] = named
+			podLabels[d.Spec.Template.Labels["app.kubernetes.io/name"]] = d.Spec.Template.Labels
 			if _, set := fewest[d.Name]; !set && d.Spec.Replicas != nil {
 				fewest[d.Name] = *d.Spec.Replicas
 			}
@@ -239,7 +242,7 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 		return 0, fmt.Errorf("no token-issuer network policy opening HTTPS (port 443) for the token issuer's keys")
 	}
 	for _, p := range tokenCheckers {
-		if !selects(policies[i], p) {
+		if !selects(policies[i], podLabels[p]) {
 			return 0, fmt.Errorf("network policy token-issuer leaves out the %s pods, which check tokens and fetch the issuer's keys", p)
 		}
 	}
@@ -255,19 +258,11 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 // and the gateway. The worker only presents its own.
 var tokenCheckers = []string{"families", "interventions", "referrals", "webhooks", "gateway"}
 
-// selects reports whether np applies to the pods of the named deployment
-// (by their name label).
-func selects(np *networkingv1.NetworkPolicy, name string) bool {
-	sel := np.Spec.PodSelector
-	if v, ok := sel.MatchLabels["app.kubernetes.io/name"]; ok && v != name {
-		return false
-	}
-	for _, e := range sel.MatchExpressions {
-		if e.Key != "app.kubernetes.io/name" || e.Operator != metav1.LabelSelectorOpIn || !slices.Contains(e.Values, name) {
-			return false
-		}
-	}
-	return len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0
+// selects reports whether np applies to pods with the given labels, as
+// Kubernetes matches a pod selector (an empty one selects every pod).
+func selects(np *networkingv1.NetworkPolicy, pod map[string]string) bool {
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	return err == nil && sel.Matches(labels.Set(pod))
 }
 
 // allowsEgressPort reports whether one of np's egress rules opens port to
