@@ -115,7 +115,7 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	// makes, to name it (pgdb.ExecNaming); committed without one, it names
 	// the parent.
 	return &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
-		Rename: func(resource string) []any { return args(cut(strings.ReplaceAll(resource, "\x00", "\uFFFD"))) }}
+		Rename: func(resource string) []any { return args(Event{Resource: resource}.clean().Resource) }}
 }
 
 var filterFields = map[string]aip.FilterField{

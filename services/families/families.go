@@ -301,10 +301,12 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			if err != nil {
 				return nil, err
 			}
-			// Only the parts of the document that change are written: the
-			// row may hold fields a newer release added (read here during a
-			// rollout, or after a rollback, and dropped in decoding), which
-			// an update of other fields must not erase.
+			// Only the top-level parts of the document that change are
+			// written: a part a newer release added (read here during a
+			// rollout, or after a rollback, and dropped in decoding) is kept
+			// by an update of the others. A field a newer release added
+			// inside a part that changes (a member's) is lost with the
+			// rewrite: such a field needs its release to lead the rollout.
 			// What outsiders see moves its own counter by one only if this
 			// changes it; see migration 0003.
 			if _, err := tx.Exec(ctx, `UPDATE families SET doc = (doc - $8::text[]) || $3::jsonb, counselor = $4, state = $5,
