@@ -111,6 +111,8 @@ func TestAllowed(t *testing.T) {
 		"/v1/clinics/north/families/f1/disclosures":                "GET, POST",
 		"/v1/clinics/north/families/f1:nothing":                    "DELETE, GET, PATCH", // the family "f1:nothing", as the mux reads it
 		"/v1/clinics/north/families/-/disclosures:nothing":         "",
+		"/v1/clinics/north/reminders/:claim":                       "GET",       // a colon opening the segment is no verb
+		"/v1/clinics/north/reminders/r1:claim":                     "GET, POST", // the claim, or the reminder "r1:claim"
 		"/v1/clinics/north/families/f1/warningSigns/w1/extra/more": "",
 		"/v1/elsewhere": "",
 	} {
