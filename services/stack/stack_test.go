@@ -365,8 +365,8 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 // the outpatient place a counselor referred them to at a window of
 // opportunity, and the program admits them on the spot: the boundary
 // follow-up is cancelled there (its check-ins never come), the refused
-// meeting's workflow ends with it, and the family's record says the loved
-// one is in treatment.
+// meeting's workflow ends with it, a firmer meeting drafted meanwhile is
+// withdrawn, and the family's record says the loved one is in treatment.
 func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 	// Check-ins a minute apart, so that the follow-up still runs when
 	// the referral completes.
@@ -382,6 +382,9 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 		d, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Boundary(f.GetName()), "")
 		return err == nil && d.GetWorkflowExecutionInfo().GetStatus() == enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING
 	})
+	// A firmer meeting drafted meanwhile, as the follow-up proposes one.
+	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2, PreviousIntervention: iv.GetName()}}))
 	ref := ok(e.ref.CreateReferral(e.counsel, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
 		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, Program: mat.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
@@ -394,8 +397,11 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var entered treatmententered.Result
-	if err := e.temporal.GetWorkflow(ctx, ids.TreatmentEntered(ref.GetName()), "").Get(ctx, &entered); err != nil || !entered.Stopped {
-		t.Fatalf("treatment entered: %+v, %v; want the follow-up stopped", entered, err)
+	if err := e.temporal.GetWorkflow(ctx, ids.TreatmentEntered(ref.GetName()), "").Get(ctx, &entered); err != nil || !entered.Stopped || entered.Withdrawn != 1 {
+		t.Fatalf("treatment entered: %+v, %v; want the follow-up stopped and the draft withdrawn", entered, err)
+	}
+	if got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: draft.GetName()})); got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
+		t.Fatalf("the firmer meeting drafted before the loved one entered treatment: %v", got.GetState())
 	}
 	// Cancelled, not run to its end: its check-ins, a minute away, never
 	// come.

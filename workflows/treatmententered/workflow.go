@@ -36,12 +36,15 @@ type Result struct {
 	// Stopped is whether a boundary follow-up was running and was asked to
 	// stop.
 	Stopped bool
+	// Withdrawn is how many draft meetings of the family were cancelled.
+	Withdrawn int
 }
 
 // Workflow asks the family's boundary workflow, if one runs, to stop, and
-// cancels the reminders it made and has not sent: a run begun before
+// cancels the reminders it made and has not sent (a run begun before
 // boundary-tidy-on-cancel leaves them when cancelled, and one held back for
-// quiet hours would still go out in the morning.
+// quiet hours would still go out in the morning); it records the entry on
+// the family and withdraws the family's draft meetings.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	var res Result
 	ctx, err := flow.ForFamily(ctx, in.Family)
@@ -64,8 +67,19 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// The family's record says so too: counselors' lists and the outcome
 	// (engaged or not) read it.
-	err = flow.Call(ctx, nil, flow.A.RecordTreatmentEntry, activities.TreatmentEntryRequest{
+	if err := flow.Call(ctx, nil, flow.A.RecordTreatmentEntry, activities.TreatmentEntryRequest{
 		Family: in.Family, RequestID: flow.RequestID(ctx, "record-entry"),
+	}); err != nil {
+		return res, err
+	}
+	if flow.Version(ctx, versionWithdrawDrafts, 1) < 1 {
+		return res, nil
+	}
+	// A firmer meeting the follow-up drafted is moot, as after a yes at a
+	// meeting: left, it would still ask the counselor to plan it.
+	err = flow.Call(ctx, &res.Withdrawn, flow.A.WithdrawDrafts, activities.WithdrawDraftsRequest{
+		Family: in.Family, Reason: "The loved one entered treatment (" + in.Referral + ").",
+		RequestID: flow.RequestID(ctx, "withdraw-drafts"),
 	})
 	return res, err
 }
@@ -73,3 +87,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 // versionRecordEntry guards recording the entry on the family; the first
 // runs only ended the follow-up.
 const versionRecordEntry = "treatment-entered-records-entry"
+
+// versionWithdrawDrafts guards withdrawing the family's draft meetings;
+// runs before it left them.
+const versionWithdrawDrafts = "treatment-entered-withdraws-drafts"

@@ -19,7 +19,8 @@ import (
 
 // The family's boundary follow-up is asked to stop, whether or not one
 // runs, the reminders it made and has not sent are cancelled by its
-// origin, and the entry is recorded on the family; a cancel the server
+// origin, the entry is recorded on the family and its drafts are
+// withdrawn; a cancel the server
 // refuses fails the run, to be run again, before anything else is done.
 func TestEndsTheFollowUp(t *testing.T) {
 	const family = "clinics/north/families/f1"
@@ -52,12 +53,18 @@ func TestEndsTheFollowUp(t *testing.T) {
 				recorded = append(recorded, in)
 				return nil
 			})
+		var withdrawn []activities.WithdrawDraftsRequest
+		env.OnActivity(flow.A.WithdrawDrafts, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.WithdrawDraftsRequest) (int, error) {
+				withdrawn = append(withdrawn, in)
+				return 1, nil
+			})
 		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: "clinics/north/referrals/r1"})
 		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
 			t.Errorf("%s: cancel asked of %v", c.name, asked)
 		}
 		if c.failed {
-			if env.GetWorkflowError() == nil || len(cancelled) != 0 || len(recorded) != 0 {
+			if env.GetWorkflowError() == nil || len(cancelled) != 0 || len(recorded) != 0 || len(withdrawn) != 0 {
 				t.Errorf("%s: error %v, reminders cancelled %+v, recorded %+v; want the run failed first", c.name, env.GetWorkflowError(), cancelled, recorded)
 			}
 			continue
@@ -72,6 +79,9 @@ func TestEndsTheFollowUp(t *testing.T) {
 		}
 		if len(recorded) != 1 || recorded[0].Family != family || recorded[0].RequestID == "" {
 			t.Errorf("%s: entry recorded %+v; want once, for the family", c.name, recorded)
+		}
+		if len(withdrawn) != 1 || withdrawn[0].Family != family || withdrawn[0].RequestID == "" || res.Withdrawn != 1 {
+			t.Errorf("%s: drafts withdrawn %+v, result %+v; want the family's, once", c.name, withdrawn, res)
 		}
 	}
 }
