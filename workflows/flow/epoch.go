@@ -37,26 +37,36 @@ type epoch struct {
 //
 // The newest covers the changes asked only in a sensitive state (a safety
 // screen not current, an overdose beside a check-in, a referral failing
-// under an overdose alert): a run that asked one would carry it in its
+// under an overdose alert, a stalled intake's failed review): a run that asked one would carry it in its
 // TemporalChangeVersion search attribute, which no codec seals, so that
 // anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-05b", with(fourthEpoch,
-		// intervention
-		"abandon-stops-reminders-first", "stale-outcome-chasers", "refusal-replans",
-		// matintake
-		"review-stalled-intake",
-		// boundary
-		"gate-on-current-screen", "tighten-keeps-sooner", "boundary-tidy-on-cancel",
-		// overdose
-		"referral-failure-keeps-alert",
+	{"epoch-2026-12-05c", with(fifthEpoch,
+		// matintake: asked only when a stalled intake's review failed
+		"stall-review-best-effort",
+		// treatmententered
+		"treatment-entered-records-entry", "treatment-entered-withdraws-drafts",
 	)},
+	{"epoch-2026-12-05b", fifthEpoch},
 	{"epoch-2026-12-05", fourthEpoch},
 	{"epoch-2026-12-04b", thirdEpoch},
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// fifthEpoch took in the changes asked only in a sensitive state when it
+// was made.
+var fifthEpoch = with(fourthEpoch,
+	// intervention
+	"abandon-stops-reminders-first", "stale-outcome-chasers", "refusal-replans",
+	// matintake
+	"review-stalled-intake",
+	// boundary
+	"gate-on-current-screen", "tighten-keeps-sooner", "boundary-tidy-on-cancel",
+	// overdose
+	"referral-failure-keeps-alert",
+)
 
 var fourthEpoch = with(thirdEpoch,
 	// flow
