@@ -1322,3 +1322,29 @@ func TestUpdateKeepsFieldsOfANewerRelease(t *testing.T) {
 		t.Fatalf("coverage %s after it was cleared", *coverage)
 	}
 }
+
+// A family's read finds the screen that counts for it in one step of an
+// index ordered as LatestScreen ranks them, not by sorting all of the
+// family's screens.
+func TestLatestScreenReadsItsIndex(t *testing.T) {
+	t.Parallel()
+	pool, _ := pgtest.Schema(t, families.Migrations()...)
+	ctx := context.Background()
+	for _, q := range []string{
+		`INSERT INTO families (clinic, id, doc, counselor, state, first_contact_time)
+			SELECT 'north', 'f' || i, '{}', 'c', 1, now() FROM generate_series(1, 2000) i`,
+		`INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, screened_by, screen_time)
+			SELECT 'north', 'f' || (i % 2000 + 1), 's' || i, 1 + i % 3, false, 'c', now() - i * interval '1 minute'
+			FROM generate_series(1, 40000) i`,
+		`ANALYZE families`, `ANALYZE safety_screens`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	plan := pgtest.Explain(t, pool, `SELECT s.id FROM families f LEFT JOIN LATERAL `+families.LatestScreen+` s ON true
+		WHERE f.clinic = 'north' AND f.id = 'f42'`)
+	if !strings.Contains(plan, "safety_screens_counts_from") || strings.Contains(plan, "Sort") {
+		t.Errorf("a family's read does not take its screen from safety_screens_counts_from:\n%s", plan)
+	}
+}
