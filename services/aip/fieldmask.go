@@ -108,3 +108,22 @@ func hasSubfields(fd protoreflect.FieldDescriptor) bool {
 	return fd.Message() != nil && !fd.IsList() && !fd.IsMap() &&
 		!strings.HasPrefix(string(fd.Message().FullName()), "google.protobuf.")
 }
+
+// StringField is m's singular string field name, or "" when m is nil or
+// has no such field: the request ids, resource names and parents that the
+// interceptor, the audit trail and the idempotency keys read off any
+// request or answer.
+func StringField(m proto.Message, name protoreflect.Name) string {
+	if m == nil {
+		return ""
+	}
+	r := m.ProtoReflect()
+	if !r.IsValid() {
+		return ""
+	}
+	fd := r.Descriptor().Fields().ByName(name)
+	if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
+		return ""
+	}
+	return r.Get(fd).String()
+}

@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 )
 
@@ -73,6 +76,30 @@ func TestApplyMaskTakesTimestampsWhole(t *testing.T) {
 		err := ApplyMask(&familiesv1.Barrier{}, &familiesv1.Barrier{}, []string{path}, allowed)
 		if wantErr == "" && err != nil || wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)) {
 			t.Errorf("%s: error %v; want %q", path, err, wantErr)
+		}
+	}
+}
+
+// StringField reads a singular string field by name, and nothing else: a
+// nil or typed-nil message, a missing field, a repeated one and a message
+// field all read as "".
+func TestStringField(t *testing.T) {
+	var none *familiesv1.Family
+	for _, c := range []struct {
+		m     proto.Message
+		field protoreflect.Name
+		want  string
+	}{
+		{&familiesv1.Family{Name: "clinics/north/families/f1"}, "name", "clinics/north/families/f1"},
+		{&familiesv1.CreateFamilyRequest{Parent: "clinics/north", RequestId: "r1"}, "request_id", "r1"},
+		{&familiesv1.Family{}, "no_such_field", ""},
+		{&familiesv1.Family{Members: []*familiesv1.Member{{Id: "mom"}}}, "members", ""},
+		{&familiesv1.Consent{Recipients: []string{"ehr-1"}}, "recipients", ""},
+		{none, "name", ""},
+		{nil, "name", ""},
+	} {
+		if got := StringField(c.m, c.field); got != c.want {
+			t.Errorf("%T.%s: %q, want %q", c.m, c.field, got, c.want)
 		}
 	}
 }

@@ -350,14 +350,10 @@ func creates(method string, m proto.Message) bool {
 // under the parent e names.
 func createdName(e audit.Event, resp any) string {
 	r, ok := resp.(proto.Message)
-	if !e.Creates || !ok || r == nil {
+	if !e.Creates || !ok {
 		return ""
 	}
-	fd := r.ProtoReflect().Descriptor().Fields().ByName("name")
-	if fd == nil || fd.Kind() != protoreflect.StringKind {
-		return ""
-	}
-	if name := r.ProtoReflect().Get(fd).String(); strings.HasPrefix(name, e.Resource+"/") {
+	if name := aip.StringField(r, "name"); strings.HasPrefix(name, e.Resource+"/") {
 		return name
 	}
 	return ""
@@ -403,16 +399,7 @@ func populated(r protoreflect.Message, fn func(protoreflect.FieldDescriptor, pro
 	}
 }
 
-func requestID(m proto.Message) string {
-	if m == nil {
-		return ""
-	}
-	r := m.ProtoReflect()
-	if fd := r.Descriptor().Fields().ByName("request_id"); fd != nil && fd.Kind() == protoreflect.StringKind {
-		return r.Get(fd).String()
-	}
-	return ""
-}
+func requestID(m proto.Message) string { return aip.StringField(m, "request_id") }
 
 // requestClinic finds the clinic a request is about: the first clinic-scoped
 // resource name among its fields, or in the resource it carries.

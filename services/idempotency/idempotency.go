@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -181,14 +182,7 @@ func caller(ctx context.Context) string {
 }
 
 // name is the resource name a response carries in its name field, or "".
-func name(m proto.Message) string {
-	r := m.ProtoReflect()
-	f := r.Descriptor().Fields().ByName("name")
-	if f == nil || f.Kind() != protoreflect.StringKind || f.IsList() {
-		return ""
-	}
-	return r.Get(f).String()
-}
+func name(m proto.Message) string { return aip.StringField(m, "name") }
 
 // InTx runs fn in a new transaction of db under Do's guarantees.
 func InTx[T proto.Message](ctx context.Context, db interface {
