@@ -391,6 +391,9 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 				return nil, err
 			}
 			c.id = aip.NewID()
+			// The audit record names the sign, and goes with its insert
+			// (an overdose's event is not a *.created one to carry it).
+			pgdb.StampNames(tx, aip.Name(c.familyName(), "warningSigns", c.id))
 			if _, err := tx.Exec(ctx, `INSERT INTO warning_signs (clinic, family_id, id, kind, occur_time, notes, recorded_by, create_time)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, c.clinic, c.family, c.id, int16(ws.GetKind()), occur, ws.GetNotes(), auth.Actor(ctx), now); err != nil {
 				return nil, fmt.Errorf("insert warning sign: %w", err)

@@ -174,6 +174,11 @@ func disclosed(ctx context.Context, family, id, consent string, d *familiesv1.Di
 func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *familiesv1.Disclosure, dryRun bool) (*familiesv1.Disclosure, error) {
 	now := s.cfg.Now()
 	p := pendingOf(c.family, d)
+	if tx, ok := q.(pgx.Tx); ok && !dryRun {
+		// The audit record names the disclosure, and goes with the next
+		// statement; a refusal rolls both back.
+		pgdb.StampNames(tx, aip.Name(c.familyName(), "disclosures", p.id))
+	}
 	consentOf, err := s.record(ctx, q, c.clinic, []pending{p}, now, dryRun)
 	if err != nil {
 		return nil, err

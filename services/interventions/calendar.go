@@ -125,6 +125,8 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 			func() (*interventionsv1.CalendarFeed, error) {
 				fresh = true
 				id := aip.NewID()
+				// The audit record names the feed, and goes with its insert.
+				pgdb.StampNames(tx, feedName(clinic, id))
 				rows, err := tx.Query(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
 					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time, last_read_time`, clinic, id, owner, hash, s.cfg.Now())
 				return pgdb.One(rows, err, "calendar feed", scanFeed(clinic))

@@ -65,6 +65,8 @@ func (s *Server) CreateTalkingPoint(ctx context.Context, req *interventionsv1.Cr
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateTalkingPoint", req.GetRequestId(), req, newTP,
 		func(tx pgx.Tx) (*interventionsv1.TalkingPoint, error) {
 			id := aip.NewID()
+			// The audit record names the point, and goes with its insert.
+			pgdb.StampNames(tx, aip.Name("clinics", clinic, "talkingPoints", id))
 			if _, err := tx.Exec(ctx, `INSERT INTO talking_points (clinic, id, barrier_kind, prompt, fact, source, create_time)
 				VALUES ($1, $2, $3, $4, $5, $6, $7)`, clinic, id, int16(tp.GetBarrierKind()), tp.GetPrompt(), tp.GetFact(),
 				tp.GetSource(), s.cfg.Now()); err != nil {

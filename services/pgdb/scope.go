@@ -286,13 +286,21 @@ func (t *releasingTx) release() {
 	}
 }
 
-// claim returns the stamp if this transaction is the one to write it now,
-// with a statement: not a deferred one (see Stamp.Deferred).
-func (t *releasingTx) claim() *Stamp {
-	if t.stamp != nil && t.stamp.Deferred {
-		return nil
+// claim returns the stamp, and the arguments to write it with, if this
+// transaction is the one to write it now, with a statement: not a deferred
+// one (see Stamp.Deferred) until StampNames has named the record it is for.
+func (t *releasingTx) claim() (*Stamp, []any) {
+	if t.stamp != nil && t.stamp.Deferred && (t.named == "" || t.stamp.Rename == nil) {
+		return nil, nil
 	}
-	return t.claimAny()
+	st := t.claimAny()
+	if st == nil {
+		return nil, nil
+	}
+	if st.Deferred {
+		return st, st.Rename(t.named)
+	}
+	return st, st.Args
 }
 
 // claimAny is claim for a deferred stamp too.
@@ -305,9 +313,10 @@ func (t *releasingTx) claimAny() *Stamp {
 }
 
 // StampNames has a deferred stamp waiting in tx name resource, a record
-// under its resource, when it is written at the commit: for a create that
-// writes no statement through ExecNaming, or a retry that answers with
-// what the first call made.
+// under its resource: it then goes with tx's next statement (or at the
+// commit, if none comes). For a create that knows the name of what it
+// makes before writing it, and a retry that answers with what the first
+// call made.
 func StampNames(tx pgx.Tx, resource string) {
 	if t, ok := tx.(*releasingTx); ok && t.stamp != nil && t.stamp.Deferred && strings.HasPrefix(resource, t.stamp.Resource+"/") {
 		t.named = resource
@@ -385,11 +394,11 @@ func (t *releasingTx) writeStamp(ctx context.Context) error {
 }
 
 func (t *releasingTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	st := t.claim()
+	st, stampArgs := t.claim()
 	if st == nil {
 		return t.Tx.Exec(ctx, sql, args...)
 	}
-	return t.execWithStamp(ctx, st, st.Args, sql, args)
+	return t.execWithStamp(ctx, st, stampArgs, sql, args)
 }
 
 // execWithStamp runs sql in one batch with st, written with stampArgs.
@@ -406,11 +415,11 @@ func (t *releasingTx) execWithStamp(ctx context.Context, st *Stamp, stampArgs []
 }
 
 func (t *releasingTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	st := t.claim()
+	st, stampArgs := t.claim()
 	if st == nil {
 		return t.Tx.Query(ctx, sql, args...)
 	}
-	br, err := t.withStamp(ctx, st, st.Args, sql, args)
+	br, err := t.withStamp(ctx, st, stampArgs, sql, args)
 	if err != nil {
 		return nil, err
 	}

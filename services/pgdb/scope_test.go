@@ -311,8 +311,9 @@ func TestGenericPlanLastsOneQuery(t *testing.T) {
 
 // A create's deferred stamp passes the statements before the one that
 // names what the call made, and goes with that one, naming it, in no round
-// trip of its own; one no statement named is written at the commit, naming
-// what StampNames said, or its own resource.
+// trip of its own; StampNames names it ahead, and it goes with the next
+// statement, or at the commit when none follows; one nothing named names
+// its own resource.
 func TestDeferredStampNamesTheRecordMade(t *testing.T) {
 	t.Parallel()
 	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
@@ -361,7 +362,8 @@ func TestDeferredStampNamesTheRecordMade(t *testing.T) {
 		(SELECT cmin::text::int FROM outbox WHERE resource = 'f1')`).Scan(&recordCmd, &createCmd); err != nil || recordCmd != createCmd-1 {
 		t.Fatalf("record by command %d, the create by %d (%v): want the record just before it", recordCmd, createCmd, err)
 	}
-	// Named at the commit.
+	// Named ahead of the statement that writes it (the create knows its
+	// name): it goes with that statement.
 	_, ctx = stamp("d-2")
 	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		pgdb.StampNames(tx, "clinics/north/families/f2")
@@ -370,6 +372,24 @@ func TestDeferredStampNamesTheRecordMade(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := named("d-2"); got != "clinics/north/families/f2" {
+		t.Fatalf("record names %q; want the family StampNames gave", got)
+	}
+	if err := pool.QueryRow(context.Background(), `SELECT (SELECT cmin::text::int FROM audit_log WHERE request_id = 'd-2'),
+		(SELECT cmin::text::int FROM outbox WHERE resource = 'f2')`).Scan(&recordCmd, &createCmd); err != nil || recordCmd != createCmd-1 {
+		t.Fatalf("record by command %d, the create by %d (%v): want it with the statement after StampNames", recordCmd, createCmd, err)
+	}
+	// Named after the last statement: written at the commit.
+	_, ctx = stamp("d-4")
+	if err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if err := insert(ctx, tx, "f4"); err != nil {
+			return err
+		}
+		pgdb.StampNames(tx, "clinics/north/families/f4")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := named("d-4"); got != "clinics/north/families/f4" {
 		t.Fatalf("record names %q; want the family StampNames gave", got)
 	}
 	// Not named at all: the parent, as before.

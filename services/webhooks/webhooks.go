@@ -255,6 +255,8 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 				return nil, err
 			}
 			_, outsider := consentgate.Outsider(ctx)
+			// The audit record names the subscription, and goes with its insert.
+			pgdb.StampNames(tx, subscriptionName(clinic, id))
 			if _, err := tx.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, create_time, audience, outsider)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
 				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience, outsider); err != nil {
