@@ -466,6 +466,9 @@ func routingError(rs []route) runtime.RoutingErrorHandlerFunc {
 		if allow := allowed(rs, r.URL.Path); allow != "" {
 			w.Header().Set("Allow", allow)
 		}
+		// The body's gRPC code is UNIMPLEMENTED, the code grpc-gateway pairs
+		// with a 405 (no gRPC method serves this verb here); the HTTP
+		// status says 405, and Allow what is served.
 		httpError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
 			Err: status.Errorf(codes.Unimplemented, "%s is not taken at this path", r.Method)})
 	}
