@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -302,22 +303,33 @@ func (s *Server) ResolveBarrier(ctx context.Context, req *familiesv1.ResolveBarr
 
 // --- Warning signs ---
 
-const warningSelect = `SELECT id, kind, occur_time, notes, recorded_by, create_time FROM warning_signs`
+// warningSelect reads each sign with its retraction, if any. The lateral
+// join adds only the retraction's columns, so that clinic and id (which
+// ListPage names bare) stay the sign's.
+const warningSelect = `SELECT id, kind, occur_time, notes, recorded_by, create_time, r.retract_time, r.retracted_by, r.reason
+	FROM warning_signs LEFT JOIN LATERAL (SELECT retract_time, retracted_by, reason FROM warning_sign_retractions r
+		WHERE r.clinic = warning_signs.clinic AND r.family_id = warning_signs.family_id AND r.sign_id = warning_signs.id) r ON true`
 
 func scanWarning(fam string) pgx.RowToFunc[*familiesv1.WarningSign] {
 	return func(r pgx.CollectableRow) (*familiesv1.WarningSign, error) {
 		var (
-			id, notes, by  string
-			kind           int16
-			occur, created time.Time
+			id, notes, by    string
+			kind             int16
+			occur, created   time.Time
+			retracted        *time.Time
+			retractBy, cause *string
 		)
-		if err := r.Scan(&id, &kind, &occur, &notes, &by, &created); err != nil {
+		if err := r.Scan(&id, &kind, &occur, &notes, &by, &created, &retracted, &retractBy, &cause); err != nil {
 			return nil, err
 		}
-		return &familiesv1.WarningSign{
+		w := &familiesv1.WarningSign{
 			Name: aip.Name(fam, "warningSigns", id), Kind: familiesv1.WarningSignKind(kind),
 			OccurTime: timestamppb.New(occur), Notes: notes, RecordedBy: by, CreateTime: timestamppb.New(created),
-		}, nil
+		}
+		if retracted != nil {
+			w.RetractTime, w.RetractedBy, w.RetractReason = timestamppb.New(*retracted), *retractBy, *cause
+		}
+		return w, nil
 	}
 }
 
@@ -422,6 +434,61 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 		})
 }
 
+// RetractWarningSign implements the API. Retracting the family's last
+// standing overdose clears its urgency in the same transaction, so no
+// reader sees the family urgent for a sign that no longer stands.
+func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.RetractWarningSignRequest) (*familiesv1.WarningSign, error) {
+	c, err := parseChild("name", req.GetName(), "warningSigns")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "is required: say why the sign was recorded in error")
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"RetractWarningSign", req.GetRequestId(), req,
+		func() *familiesv1.WarningSign { return &familiesv1.WarningSign{} },
+		func(tx pgx.Tx) (*familiesv1.WarningSign, error) {
+			// The family row first, as CreateWarningSign locks it: an
+			// overdose recorded meanwhile keeps the family urgent.
+			if err := lockFamilyRow(ctx, tx, c, "FOR NO KEY UPDATE"); err != nil {
+				return nil, err
+			}
+			cur, err := readWarning(ctx, tx, c)
+			if err != nil {
+				return nil, err
+			}
+			if cur.GetRetractTime() != nil {
+				return nil, apperr.InvalidTransition(cur.GetName(), "RETRACTED", "RETRACTED")
+			}
+			now := s.cfg.Now()
+			if _, err := tx.Exec(ctx, `INSERT INTO warning_sign_retractions (clinic, family_id, sign_id, reason, retracted_by, retract_time)
+				VALUES ($1, $2, $3, $4, $5, $6)`, c.clinic, c.family, c.id, req.GetReason(), auth.Actor(ctx), now); err != nil {
+				return nil, fmt.Errorf("retract warning sign: %w", err)
+			}
+			if cur.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
+				// As on CreateWarningSign, outsiders' view keeps its version.
+				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = false, update_time = $3, version = version + 1,
+					shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
+					shared_checked = version + 1
+					WHERE clinic = $1 AND id = $2 AND urgent AND NOT EXISTS (
+						SELECT 1 FROM warning_signs w WHERE w.clinic = $1 AND w.family_id = $2 AND w.kind = $4
+						AND NOT EXISTS (SELECT 1 FROM warning_sign_retractions r
+							WHERE r.clinic = w.clinic AND r.family_id = w.family_id AND r.sign_id = w.id))`,
+					c.clinic, c.family, now, int16(familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE)); err != nil {
+					return nil, fmt.Errorf("clear family urgency: %w", err)
+				}
+			}
+			w, err := readWarning(ctx, tx, c)
+			if err != nil {
+				return nil, err
+			}
+			return w, emit(ctx, tx, c.clinic, "warning_sign.retracted", w.GetName(), w)
+		})
+}
+
 // GetWarningSign implements the API.
 func (s *Server) GetWarningSign(ctx context.Context, req *familiesv1.GetWarningSignRequest) (*familiesv1.WarningSign, error) {
 	c, err := parseChild("name", req.GetName(), "warningSigns")
@@ -436,6 +503,8 @@ func (s *Server) GetWarningSign(ctx context.Context, req *familiesv1.GetWarningS
 
 var warningFilter = map[string]aip.FilterField{
 	"kind": {Column: "kind", Kind: aip.Enum, Enum: aip.EnumLookup(familiesv1.WarningSignKind_value, "WARNING_SIGN_KIND_")},
+	// The workflows answer only the overdoses that stand.
+	"retracted": {Column: "(r.retract_time IS NOT NULL)", Kind: aip.Bool},
 	// When it was recorded: the boundary workflow asks for overdoses
 	// recorded since the refused meeting began.
 	"create_time": {Column: "create_time", Kind: aip.Time},

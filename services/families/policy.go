@@ -34,7 +34,7 @@ func Policy() grpcserver.Policy {
 		p[svc+m] = staff
 	}
 	for _, m := range []string{"CreateFamily", "UpdateFamily", "CreateBarrier", "UpdateBarrier",
-		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "CreateSafetyScreen", "CreateBoundary",
+		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "RetractWarningSign", "CreateSafetyScreen", "CreateBoundary",
 		"UpdateBoundary", "AgreeBoundary", "ActivateBoundary", "RetireBoundary"} {
 		p[svc+m] = staff
 	}

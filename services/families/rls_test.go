@@ -64,15 +64,19 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 	if _, err := f.client.AgreeBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.client.CreateWarningSign(f.ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
-		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}); err != nil {
+	ws, err := f.client.CreateWarningSign(f.ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.RetractWarningSign(f.ctx, &familiesv1.RetractWarningSignRequest{Name: ws.GetName(), Reason: "wrong family"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"boundary_events", "warning_signs", "safety_screens"}
+	tables := []string{"boundary_events", "warning_signs", "warning_sign_retractions", "safety_screens"}
 	count := func() (n int) {
 		t.Helper()
 		for _, table := range tables {
@@ -84,7 +88,7 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 		}
 		return n
 	}
-	if n := count(); n < 3 {
+	if n := count(); n < len(tables) {
 		t.Fatalf("%d history rows, want at least one in each table", n)
 	}
 	app := pgtest.App(t, f.schema)

@@ -605,6 +605,37 @@ func TestOverdoseWithoutABoundaryAlertsTheCounselor(t *testing.T) {
 	e.recordHistory(ids.Overdose(sign.GetName()), "overdose", "alerted.json")
 }
 
+// An overdose recorded in error and retracted within the grace is not
+// answered: no alert, no harm-reduction referral, and the family is urgent
+// no more.
+func TestRetractedOverdoseIsNotAnswered(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	sign := ok(e.fam.CreateWarningSign(e.counsel, &familiesv1.CreateWarningSignRequest{Parent: f.GetName(),
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}))
+	ok(e.fam.RetractWarningSign(e.counsel, &familiesv1.RetractWarningSignRequest{Name: sign.GetName(), Reason: "recorded for the wrong family"}))
+	// The overdose's workflow still starts (its event went out); after the
+	// grace it finds nothing standing to answer.
+	var res overdose.Result
+	stacktest.Eventually(t, 20*time.Second, "the overdose workflow to end", func() bool {
+		return e.temporal.GetWorkflow(context.Background(), ids.Overdose(sign.GetName()), "").Get(context.Background(), &res) == nil
+	})
+	if !res.AnsweredBefore || res.Reminder != "" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v; want nothing done", res)
+	}
+	alerts := ok(e.iv.ListReminders(e.counsel, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", sign.GetName())})).GetReminders()
+	hr := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("family = %q AND service_kind = HARM_REDUCTION_NALOXONE", f.GetName())})).GetReferrals()
+	if len(alerts) != 0 || len(hr) != 0 {
+		t.Fatalf("alerts %v, harm-reduction referrals %v; want none for a retracted overdose", alerts, hr)
+	}
+	if ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()})).GetUrgent() {
+		t.Fatal("the family is still urgent after its only overdose was retracted")
+	}
+}
+
 // Cancelled after the hold was taken: the workflow gives the slot back,
 // cancels the reminders still pending and ends CANCELLED.
 func TestCancelledReleasesTheHold(t *testing.T) {

@@ -1067,15 +1067,16 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 }
 
 // OverdosesSince lists the family's overdose warning signs recorded at or
-// after since and not answered yet, oldest first. One is answered when an
+// after since, not retracted and not answered yet, oldest first. One is answered when an
 // overdose alert names it: an earlier run of the family's boundary
 // workflow, ended since, may have answered it.
 func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([]string, error) {
 	var out []string
 	token := ""
 	for {
+		// A sign retracted as recorded in error needs no answer.
 		page, err := a.Families.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: in.Family, PageSize: 200, PageToken: token,
-			Filter: fmt.Sprintf("kind = OVERDOSE AND create_time >= %q", in.Since.UTC().Format(time.RFC3339Nano))})
+			Filter: fmt.Sprintf("kind = OVERDOSE AND retracted = false AND create_time >= %q", in.Since.UTC().Format(time.RFC3339Nano))})
 		if err != nil {
 			return nil, wrap("list warning signs", err)
 		}

@@ -45,8 +45,8 @@ type Input struct {
 // Result says how the overdose was answered: Reminder is the alert this
 // workflow created and Referrals the harm-reduction referrals, both empty
 // when the family's boundary workflow took the overdose over
-// (HandedToBoundary), another answer came first (AnsweredBefore) or the
-// family is gone.
+// (HandedToBoundary), another answer came first or the overdose was
+// retracted as recorded in error (AnsweredBefore), or the family is gone.
 type Result struct {
 	Reminder         string
 	Referrals        []string

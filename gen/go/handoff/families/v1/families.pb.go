@@ -1069,7 +1069,8 @@ type Family struct {
 	Counselor string `protobuf:"bytes,5,opt,name=counselor,proto3" json:"counselor,omitempty"`
 	// Where the family stands with the clinic.
 	State FamilyState `protobuf:"varint,6,opt,name=state,proto3,enum=handoff.families.v1.FamilyState" json:"state,omitempty"`
-	// True once an overdose was recorded: harm reduction comes first.
+	// True while the family has an overdose recorded and not retracted:
+	// harm reduction comes first.
 	Urgent bool `protobuf:"varint,7,opt,name=urgent,proto3" json:"urgent,omitempty"`
 	// Whether the family has a safety screen that counts, derived from the
 	// newest screen and the clinic's maximum screen age.
@@ -1770,7 +1771,8 @@ func (x *Barrier) GetEtag() string {
 	return ""
 }
 
-// A sign that the time to intervene may have come. Append-only.
+// A sign that the time to intervene may have come. Append-only: a sign
+// recorded in error is retracted (RetractWarningSign), and stays listed.
 type WarningSign struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/families/{family}/warningSigns/{warning_sign}`.
@@ -1784,7 +1786,13 @@ type WarningSign struct {
 	// When it was recorded.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Who recorded it.
-	RecordedBy    string `protobuf:"bytes,6,opt,name=recorded_by,json=recordedBy,proto3" json:"recorded_by,omitempty"`
+	RecordedBy string `protobuf:"bytes,6,opt,name=recorded_by,json=recordedBy,proto3" json:"recorded_by,omitempty"`
+	// When it was retracted as recorded in error; unset while it stands.
+	RetractTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=retract_time,json=retractTime,proto3" json:"retract_time,omitempty"`
+	// Who retracted it.
+	RetractedBy string `protobuf:"bytes,8,opt,name=retracted_by,json=retractedBy,proto3" json:"retracted_by,omitempty"`
+	// Why it was retracted.
+	RetractReason string `protobuf:"bytes,9,opt,name=retract_reason,json=retractReason,proto3" json:"retract_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1857,6 +1865,27 @@ func (x *WarningSign) GetCreateTime() *timestamppb.Timestamp {
 func (x *WarningSign) GetRecordedBy() string {
 	if x != nil {
 		return x.RecordedBy
+	}
+	return ""
+}
+
+func (x *WarningSign) GetRetractTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetractTime
+	}
+	return nil
+}
+
+func (x *WarningSign) GetRetractedBy() string {
+	if x != nil {
+		return x.RetractedBy
+	}
+	return ""
+}
+
+func (x *WarningSign) GetRetractReason() string {
+	if x != nil {
+		return x.RetractReason
 	}
 	return ""
 }
@@ -3145,6 +3174,70 @@ func (x *GetWarningSignRequest) GetName() string {
 	return ""
 }
 
+// Request for RetractWarningSign.
+type RetractWarningSignRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/warningSigns/{warning_sign}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why it was recorded in error, in a few words; kept with the sign.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// A unique id for this request; a retry returns the first result.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetractWarningSignRequest) Reset() {
+	*x = RetractWarningSignRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetractWarningSignRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetractWarningSignRequest) ProtoMessage() {}
+
+func (x *RetractWarningSignRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetractWarningSignRequest.ProtoReflect.Descriptor instead.
+func (*RetractWarningSignRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RetractWarningSignRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RetractWarningSignRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RetractWarningSignRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for ListWarningSigns.
 type ListWarningSignsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3156,7 +3249,8 @@ type ListWarningSignsRequest struct {
 	// The `next_page_token` of the previous page.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Conditions joined by AND. Fields: `kind`, `create_time` (when it was
-	// recorded; RFC 3339, with `<`, `<=`, `>`, `>=`).
+	// recorded; RFC 3339, with `<`, `<=`, `>`, `>=`), `retracted` (`true` or
+	// `false`).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3164,7 +3258,7 @@ type ListWarningSignsRequest struct {
 
 func (x *ListWarningSignsRequest) Reset() {
 	*x = ListWarningSignsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3176,7 +3270,7 @@ func (x *ListWarningSignsRequest) String() string {
 func (*ListWarningSignsRequest) ProtoMessage() {}
 
 func (x *ListWarningSignsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[27]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3189,7 +3283,7 @@ func (x *ListWarningSignsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWarningSignsRequest.ProtoReflect.Descriptor instead.
 func (*ListWarningSignsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{27}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListWarningSignsRequest) GetParent() string {
@@ -3233,7 +3327,7 @@ type ListWarningSignsResponse struct {
 
 func (x *ListWarningSignsResponse) Reset() {
 	*x = ListWarningSignsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3245,7 +3339,7 @@ func (x *ListWarningSignsResponse) String() string {
 func (*ListWarningSignsResponse) ProtoMessage() {}
 
 func (x *ListWarningSignsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[28]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3258,7 +3352,7 @@ func (x *ListWarningSignsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWarningSignsResponse.ProtoReflect.Descriptor instead.
 func (*ListWarningSignsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{28}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListWarningSignsResponse) GetWarningSigns() []*WarningSign {
@@ -3290,7 +3384,7 @@ type CreateSafetyScreenRequest struct {
 
 func (x *CreateSafetyScreenRequest) Reset() {
 	*x = CreateSafetyScreenRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3302,7 +3396,7 @@ func (x *CreateSafetyScreenRequest) String() string {
 func (*CreateSafetyScreenRequest) ProtoMessage() {}
 
 func (x *CreateSafetyScreenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[29]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3315,7 +3409,7 @@ func (x *CreateSafetyScreenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSafetyScreenRequest.ProtoReflect.Descriptor instead.
 func (*CreateSafetyScreenRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{29}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateSafetyScreenRequest) GetParent() string {
@@ -3355,7 +3449,7 @@ type ListSafetyScreensRequest struct {
 
 func (x *ListSafetyScreensRequest) Reset() {
 	*x = ListSafetyScreensRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3367,7 +3461,7 @@ func (x *ListSafetyScreensRequest) String() string {
 func (*ListSafetyScreensRequest) ProtoMessage() {}
 
 func (x *ListSafetyScreensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[30]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3380,7 +3474,7 @@ func (x *ListSafetyScreensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSafetyScreensRequest.ProtoReflect.Descriptor instead.
 func (*ListSafetyScreensRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{30}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListSafetyScreensRequest) GetParent() string {
@@ -3417,7 +3511,7 @@ type ListSafetyScreensResponse struct {
 
 func (x *ListSafetyScreensResponse) Reset() {
 	*x = ListSafetyScreensResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3523,7 @@ func (x *ListSafetyScreensResponse) String() string {
 func (*ListSafetyScreensResponse) ProtoMessage() {}
 
 func (x *ListSafetyScreensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[31]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3536,7 @@ func (x *ListSafetyScreensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSafetyScreensResponse.ProtoReflect.Descriptor instead.
 func (*ListSafetyScreensResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{31}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListSafetyScreensResponse) GetSafetyScreens() []*SafetyScreen {
@@ -3474,7 +3568,7 @@ type CreateBoundaryRequest struct {
 
 func (x *CreateBoundaryRequest) Reset() {
 	*x = CreateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3486,7 +3580,7 @@ func (x *CreateBoundaryRequest) String() string {
 func (*CreateBoundaryRequest) ProtoMessage() {}
 
 func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[32]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3499,7 +3593,7 @@ func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*CreateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{32}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateBoundaryRequest) GetParent() string {
@@ -3534,7 +3628,7 @@ type GetBoundaryRequest struct {
 
 func (x *GetBoundaryRequest) Reset() {
 	*x = GetBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3546,7 +3640,7 @@ func (x *GetBoundaryRequest) String() string {
 func (*GetBoundaryRequest) ProtoMessage() {}
 
 func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3559,7 +3653,7 @@ func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*GetBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetBoundaryRequest) GetName() string {
@@ -3587,7 +3681,7 @@ type ListBoundariesRequest struct {
 
 func (x *ListBoundariesRequest) Reset() {
 	*x = ListBoundariesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3599,7 +3693,7 @@ func (x *ListBoundariesRequest) String() string {
 func (*ListBoundariesRequest) ProtoMessage() {}
 
 func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3612,7 +3706,7 @@ func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesRequest.ProtoReflect.Descriptor instead.
 func (*ListBoundariesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListBoundariesRequest) GetParent() string {
@@ -3656,7 +3750,7 @@ type ListBoundariesResponse struct {
 
 func (x *ListBoundariesResponse) Reset() {
 	*x = ListBoundariesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3668,7 +3762,7 @@ func (x *ListBoundariesResponse) String() string {
 func (*ListBoundariesResponse) ProtoMessage() {}
 
 func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3681,7 +3775,7 @@ func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesResponse.ProtoReflect.Descriptor instead.
 func (*ListBoundariesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListBoundariesResponse) GetBoundaries() []*Boundary {
@@ -3713,7 +3807,7 @@ type UpdateBoundaryRequest struct {
 
 func (x *UpdateBoundaryRequest) Reset() {
 	*x = UpdateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3725,7 +3819,7 @@ func (x *UpdateBoundaryRequest) String() string {
 func (*UpdateBoundaryRequest) ProtoMessage() {}
 
 func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3738,7 +3832,7 @@ func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *UpdateBoundaryRequest) GetBoundary() *Boundary {
@@ -3779,7 +3873,7 @@ type TransitionBoundaryRequest struct {
 
 func (x *TransitionBoundaryRequest) Reset() {
 	*x = TransitionBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3791,7 +3885,7 @@ func (x *TransitionBoundaryRequest) String() string {
 func (*TransitionBoundaryRequest) ProtoMessage() {}
 
 func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3804,7 +3898,7 @@ func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*TransitionBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TransitionBoundaryRequest) GetName() string {
@@ -3887,7 +3981,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3899,7 +3993,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3912,7 +4006,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Consent) GetName() string {
@@ -4044,7 +4138,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4150,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4163,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Revocation) GetRecipient() string {
@@ -4132,7 +4226,7 @@ type Disclosure struct {
 
 func (x *Disclosure) Reset() {
 	*x = Disclosure{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4144,7 +4238,7 @@ func (x *Disclosure) String() string {
 func (*Disclosure) ProtoMessage() {}
 
 func (x *Disclosure) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4157,7 +4251,7 @@ func (x *Disclosure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disclosure.ProtoReflect.Descriptor instead.
 func (*Disclosure) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Disclosure) GetName() string {
@@ -4244,7 +4338,7 @@ type CreateConsentRequest struct {
 
 func (x *CreateConsentRequest) Reset() {
 	*x = CreateConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4256,7 +4350,7 @@ func (x *CreateConsentRequest) String() string {
 func (*CreateConsentRequest) ProtoMessage() {}
 
 func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4269,7 +4363,7 @@ func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsentRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *CreateConsentRequest) GetParent() string {
@@ -4303,7 +4397,7 @@ type GetConsentRequest struct {
 
 func (x *GetConsentRequest) Reset() {
 	*x = GetConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4315,7 +4409,7 @@ func (x *GetConsentRequest) String() string {
 func (*GetConsentRequest) ProtoMessage() {}
 
 func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4328,7 +4422,7 @@ func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsentRequest.ProtoReflect.Descriptor instead.
 func (*GetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetConsentRequest) GetName() string {
@@ -4353,7 +4447,7 @@ type ListConsentsRequest struct {
 
 func (x *ListConsentsRequest) Reset() {
 	*x = ListConsentsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4365,7 +4459,7 @@ func (x *ListConsentsRequest) String() string {
 func (*ListConsentsRequest) ProtoMessage() {}
 
 func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4378,7 +4472,7 @@ func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsentsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListConsentsRequest) GetParent() string {
@@ -4414,7 +4508,7 @@ type ListConsentsResponse struct {
 
 func (x *ListConsentsResponse) Reset() {
 	*x = ListConsentsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4426,7 +4520,7 @@ func (x *ListConsentsResponse) String() string {
 func (*ListConsentsResponse) ProtoMessage() {}
 
 func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4439,7 +4533,7 @@ func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsentsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListConsentsResponse) GetConsents() []*Consent {
@@ -4475,7 +4569,7 @@ type RevokeConsentRequest struct {
 
 func (x *RevokeConsentRequest) Reset() {
 	*x = RevokeConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4487,7 +4581,7 @@ func (x *RevokeConsentRequest) String() string {
 func (*RevokeConsentRequest) ProtoMessage() {}
 
 func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4500,7 +4594,7 @@ func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConsentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RevokeConsentRequest) GetName() string {
@@ -4555,7 +4649,7 @@ type CreateDisclosureRequest struct {
 
 func (x *CreateDisclosureRequest) Reset() {
 	*x = CreateDisclosureRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4567,7 +4661,7 @@ func (x *CreateDisclosureRequest) String() string {
 func (*CreateDisclosureRequest) ProtoMessage() {}
 
 func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4580,7 +4674,7 @@ func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDisclosureRequest.ProtoReflect.Descriptor instead.
 func (*CreateDisclosureRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CreateDisclosureRequest) GetParent() string {
@@ -4626,7 +4720,7 @@ type ListDisclosuresRequest struct {
 
 func (x *ListDisclosuresRequest) Reset() {
 	*x = ListDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4638,7 +4732,7 @@ func (x *ListDisclosuresRequest) String() string {
 func (*ListDisclosuresRequest) ProtoMessage() {}
 
 func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4651,7 +4745,7 @@ func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListDisclosuresRequest) GetParent() string {
@@ -4687,7 +4781,7 @@ type ListDisclosuresResponse struct {
 
 func (x *ListDisclosuresResponse) Reset() {
 	*x = ListDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4699,7 +4793,7 @@ func (x *ListDisclosuresResponse) String() string {
 func (*ListDisclosuresResponse) ProtoMessage() {}
 
 func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4712,7 +4806,7 @@ func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -4741,7 +4835,7 @@ type ListCoveredFamiliesRequest struct {
 
 func (x *ListCoveredFamiliesRequest) Reset() {
 	*x = ListCoveredFamiliesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4753,7 +4847,7 @@ func (x *ListCoveredFamiliesRequest) String() string {
 func (*ListCoveredFamiliesRequest) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4766,7 +4860,7 @@ func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesRequest.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListCoveredFamiliesRequest) GetParent() string {
@@ -4793,7 +4887,7 @@ type ListCoveredFamiliesResponse struct {
 
 func (x *ListCoveredFamiliesResponse) Reset() {
 	*x = ListCoveredFamiliesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4805,7 +4899,7 @@ func (x *ListCoveredFamiliesResponse) String() string {
 func (*ListCoveredFamiliesResponse) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4818,7 +4912,7 @@ func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesResponse.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
@@ -4841,7 +4935,7 @@ type BatchCreateDisclosuresRequest struct {
 
 func (x *BatchCreateDisclosuresRequest) Reset() {
 	*x = BatchCreateDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4853,7 +4947,7 @@ func (x *BatchCreateDisclosuresRequest) String() string {
 func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4866,7 +4960,7 @@ func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *BatchCreateDisclosuresRequest) GetParent() string {
@@ -4893,7 +4987,7 @@ type BatchCreateDisclosuresResponse struct {
 
 func (x *BatchCreateDisclosuresResponse) Reset() {
 	*x = BatchCreateDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4905,7 +4999,7 @@ func (x *BatchCreateDisclosuresResponse) String() string {
 func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4918,7 +5012,7 @@ func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -5017,7 +5111,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
 	"\x04etag\x18\a \x01(\tB\x03\xe0A\x01R\x04etag:e\xeaAb\n" +
-	"\x16handoff.health/Barrier\x125clinics/{clinic}/families/{family}/barriers/{barrier}*\bbarriers2\abarrier\"\xb4\x03\n" +
+	"\x16handoff.health/Barrier\x125clinics/{clinic}/families/{family}/barriers/{barrier}*\bbarriers2\abarrier\"\xcc\x04\n" +
 	"\vWarningSign\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12E\n" +
 	"\x04kind\x18\x02 \x01(\x0e2$.handoff.families.v1.WarningSignKindB\v\xe0A\x02\xbaH\x05\x82\x01\x02\x10\x01R\x04kind\x12>\n" +
@@ -5027,7 +5121,10 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"createTime\x12$\n" +
 	"\vrecorded_by\x18\x06 \x01(\tB\x03\xe0A\x03R\n" +
-	"recordedBy:z\xeaAw\n" +
+	"recordedBy\x12B\n" +
+	"\fretract_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vretractTime\x12&\n" +
+	"\fretracted_by\x18\b \x01(\tB\x03\xe0A\x03R\vretractedBy\x12*\n" +
+	"\x0eretract_reason\x18\t \x01(\tB\x03\xe0A\x03R\rretractReason:z\xeaAw\n" +
 	"\x1ahandoff.health/WarningSign\x12>clinics/{clinic}/families/{family}/warningSigns/{warning_sign}*\fwarningSigns2\vwarningSign\"\xf1\x03\n" +
 	"\fSafetyScreen\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12D\n" +
@@ -5151,7 +5248,14 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xbf\x01\n" +
 	"\x15GetWarningSignRequest\x12\xa5\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x90\x01\xe0A\x02\xfaA\x1c\n" +
-	"\x1ahandoff.health/WarningSign\xbaHkri2g^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/warningSigns/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x99\x02\n" +
+	"\x1ahandoff.health/WarningSign\xbaHkri2g^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/warningSigns/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x96\x02\n" +
+	"\x19RetractWarningSignRequest\x12\xa5\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x90\x01\xe0A\x02\xfaA\x1c\n" +
+	"\x1ahandoff.health/WarningSign\xbaHkri2g^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/warningSigns/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12&\n" +
+	"\x06reason\x18\x02 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\x18\xf4\x03R\x06reason\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x99\x02\n" +
 	"\x17ListWarningSignsRequest\x12\x83\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBk\xe0A\x02\xfaA\x1c\x12\x1ahandoff.health/WarningSign\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
@@ -5419,7 +5523,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
 	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
-	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\x8d-\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xc7.\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -5435,7 +5539,8 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\rDeleteBarrier\x12).handoff.families.v1.DeleteBarrierRequest\x1a\x16.google.protobuf.Empty\"9\xdaA\x04name\x82\xd3\xe4\x93\x02,**/v1/{name=clinics/*/families/*/barriers/*}\x12\xa0\x01\n" +
 	"\x0eResolveBarrier\x12*.handoff.families.v1.ResolveBarrierRequest\x1a\x1c.handoff.families.v1.Barrier\"D\xdaA\x04name\x82\xd3\xe4\x93\x027:\x01*\"2/v1/{name=clinics/*/families/*/barriers/*}:resolve\x12\xc0\x01\n" +
 	"\x11CreateWarningSign\x12-.handoff.families.v1.CreateWarningSignRequest\x1a .handoff.families.v1.WarningSign\"Z\xdaA\x13parent,warning_sign\x82\xd3\xe4\x93\x02>:\fwarning_sign\"./v1/{parent=clinics/*/families/*}/warningSigns\x12\x9d\x01\n" +
-	"\x0eGetWarningSign\x12*.handoff.families.v1.GetWarningSignRequest\x1a .handoff.families.v1.WarningSign\"=\xdaA\x04name\x82\xd3\xe4\x93\x020\x12./v1/{name=clinics/*/families/*/warningSigns/*}\x12\xb0\x01\n" +
+	"\x0eGetWarningSign\x12*.handoff.families.v1.GetWarningSignRequest\x1a .handoff.families.v1.WarningSign\"=\xdaA\x04name\x82\xd3\xe4\x93\x020\x12./v1/{name=clinics/*/families/*/warningSigns/*}\x12\xb7\x01\n" +
+	"\x12RetractWarningSign\x12..handoff.families.v1.RetractWarningSignRequest\x1a .handoff.families.v1.WarningSign\"O\xdaA\vname,reason\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/families/*/warningSigns/*}:retract\x12\xb0\x01\n" +
 	"\x10ListWarningSigns\x12,.handoff.families.v1.ListWarningSignsRequest\x1a-.handoff.families.v1.ListWarningSignsResponse\"?\xdaA\x06parent\x82\xd3\xe4\x93\x020\x12./v1/{parent=clinics/*/families/*}/warningSigns\x12\xc6\x01\n" +
 	"\x12CreateSafetyScreen\x12..handoff.families.v1.CreateSafetyScreenRequest\x1a!.handoff.families.v1.SafetyScreen\"]\xdaA\x14parent,safety_screen\x82\xd3\xe4\x93\x02@:\rsafety_screen\"//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xb4\x01\n" +
 	"\x11ListSafetyScreens\x12-.handoff.families.v1.ListSafetyScreensRequest\x1a..handoff.families.v1.ListSafetyScreensResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xad\x01\n" +
@@ -5472,7 +5577,7 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 16)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                         // 1: handoff.families.v1.Substance
@@ -5517,37 +5622,38 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(*ResolveBarrierRequest)(nil),          // 40: handoff.families.v1.ResolveBarrierRequest
 	(*CreateWarningSignRequest)(nil),       // 41: handoff.families.v1.CreateWarningSignRequest
 	(*GetWarningSignRequest)(nil),          // 42: handoff.families.v1.GetWarningSignRequest
-	(*ListWarningSignsRequest)(nil),        // 43: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),       // 44: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil),      // 45: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),       // 46: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil),      // 47: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),          // 48: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),             // 49: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),          // 50: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),         // 51: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),          // 52: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),      // 53: handoff.families.v1.TransitionBoundaryRequest
-	(*Consent)(nil),                        // 54: handoff.families.v1.Consent
-	(*Revocation)(nil),                     // 55: handoff.families.v1.Revocation
-	(*Disclosure)(nil),                     // 56: handoff.families.v1.Disclosure
-	(*CreateConsentRequest)(nil),           // 57: handoff.families.v1.CreateConsentRequest
-	(*GetConsentRequest)(nil),              // 58: handoff.families.v1.GetConsentRequest
-	(*ListConsentsRequest)(nil),            // 59: handoff.families.v1.ListConsentsRequest
-	(*ListConsentsResponse)(nil),           // 60: handoff.families.v1.ListConsentsResponse
-	(*RevokeConsentRequest)(nil),           // 61: handoff.families.v1.RevokeConsentRequest
-	(*CreateDisclosureRequest)(nil),        // 62: handoff.families.v1.CreateDisclosureRequest
-	(*ListDisclosuresRequest)(nil),         // 63: handoff.families.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil),        // 64: handoff.families.v1.ListDisclosuresResponse
-	(*ListCoveredFamiliesRequest)(nil),     // 65: handoff.families.v1.ListCoveredFamiliesRequest
-	(*ListCoveredFamiliesResponse)(nil),    // 66: handoff.families.v1.ListCoveredFamiliesResponse
-	(*BatchCreateDisclosuresRequest)(nil),  // 67: handoff.families.v1.BatchCreateDisclosuresRequest
-	(*BatchCreateDisclosuresResponse)(nil), // 68: handoff.families.v1.BatchCreateDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),          // 69: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 70: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),      // 71: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                  // 72: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),     // 73: handoff.audit.v1.ListAuditEventsResponse
+	(*RetractWarningSignRequest)(nil),      // 43: handoff.families.v1.RetractWarningSignRequest
+	(*ListWarningSignsRequest)(nil),        // 44: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),       // 45: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),      // 46: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),       // 47: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),      // 48: handoff.families.v1.ListSafetyScreensResponse
+	(*CreateBoundaryRequest)(nil),          // 49: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),             // 50: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),          // 51: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),         // 52: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),          // 53: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),      // 54: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                        // 55: handoff.families.v1.Consent
+	(*Revocation)(nil),                     // 56: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                     // 57: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),           // 58: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),              // 59: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),            // 60: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),           // 61: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),           // 62: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),        // 63: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),         // 64: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),        // 65: handoff.families.v1.ListDisclosuresResponse
+	(*ListCoveredFamiliesRequest)(nil),     // 66: handoff.families.v1.ListCoveredFamiliesRequest
+	(*ListCoveredFamiliesResponse)(nil),    // 67: handoff.families.v1.ListCoveredFamiliesResponse
+	(*BatchCreateDisclosuresRequest)(nil),  // 68: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 69: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 70: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 71: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 72: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 73: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 74: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	17,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -5556,9 +5662,9 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
 	24,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	69,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	69,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	69,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	70,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	70,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
 	18,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
@@ -5569,132 +5675,135 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	20,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	69,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	69,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	69,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	70,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	70,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	69,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	69,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
-	8,   // 25: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	69,  // 26: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	69,  // 27: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
-	10,  // 28: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
-	11,  // 29: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
-	26,  // 30: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	69,  // 31: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	69,  // 32: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
-	11,  // 33: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
-	11,  // 34: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	69,  // 35: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
-	16,  // 36: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	16,  // 37: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
-	16,  // 38: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	70,  // 39: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	22,  // 40: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	22,  // 41: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
-	22,  // 42: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	70,  // 43: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23,  // 44: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
-	23,  // 45: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
-	24,  // 46: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	24,  // 47: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
-	25,  // 48: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	25,  // 49: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
-	25,  // 50: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	70,  // 51: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
-	13,  // 52: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
-	14,  // 53: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	69,  // 54: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	69,  // 55: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
-	12,  // 56: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
-	55,  // 57: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	69,  // 58: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	69,  // 59: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	69,  // 60: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
-	13,  // 61: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
-	14,  // 62: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
-	15,  // 63: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	69,  // 64: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
-	54,  // 65: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
-	54,  // 66: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
-	56,  // 67: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
-	56,  // 68: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	13,  // 69: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
-	62,  // 70: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
-	56,  // 71: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	27,  // 72: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	28,  // 73: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	29,  // 74: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	31,  // 75: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	33,  // 76: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
-	32,  // 77: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	34,  // 78: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	35,  // 79: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	36,  // 80: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	38,  // 81: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	39,  // 82: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	40,  // 83: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	41,  // 84: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	42,  // 85: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	43,  // 86: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	45,  // 87: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	46,  // 88: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	48,  // 89: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	49,  // 90: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	50,  // 91: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	52,  // 92: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	53,  // 93: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	53,  // 94: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	53,  // 95: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	53,  // 96: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	57,  // 97: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	58,  // 98: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	59,  // 99: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	61,  // 100: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	62,  // 101: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	65,  // 102: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
-	67,  // 103: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
-	63,  // 104: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	71,  // 105: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	16,  // 106: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	16,  // 107: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	30,  // 108: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	16,  // 109: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	16,  // 110: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
-	72,  // 111: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	22,  // 112: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	22,  // 113: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	37,  // 114: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	22,  // 115: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	72,  // 116: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	22,  // 117: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 118: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	23,  // 119: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	44,  // 120: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	24,  // 121: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	47,  // 122: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	25,  // 123: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 124: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	51,  // 125: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	25,  // 126: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 127: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 128: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 129: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 130: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	54,  // 131: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	54,  // 132: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	60,  // 133: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	54,  // 134: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	56,  // 135: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	66,  // 136: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
-	68,  // 137: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
-	64,  // 138: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	73,  // 139: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	106, // [106:140] is the sub-list for method output_type
-	72,  // [72:106] is the sub-list for method input_type
-	72,  // [72:72] is the sub-list for extension type_name
-	72,  // [72:72] is the sub-list for extension extendee
-	0,   // [0:72] is the sub-list for field type_name
+	70,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	70,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
+	8,   // 26: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
+	70,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	70,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	10,  // 29: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
+	11,  // 30: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
+	26,  // 31: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
+	70,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	11,  // 34: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
+	11,  // 35: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
+	70,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	16,  // 37: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	16,  // 38: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
+	16,  // 39: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	71,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	22,  // 41: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	22,  // 42: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
+	22,  // 43: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	71,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23,  // 45: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
+	23,  // 46: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
+	24,  // 47: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
+	24,  // 48: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
+	25,  // 49: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	25,  // 50: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
+	25,  // 51: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	71,  // 52: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	13,  // 53: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
+	14,  // 54: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
+	70,  // 55: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	70,  // 56: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	12,  // 57: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
+	56,  // 58: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
+	70,  // 59: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	70,  // 60: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	70,  // 61: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	13,  // 62: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
+	14,  // 63: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
+	15,  // 64: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
+	70,  // 65: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	55,  // 66: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
+	55,  // 67: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
+	57,  // 68: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
+	57,  // 69: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	13,  // 70: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
+	63,  // 71: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	57,  // 72: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	27,  // 73: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	28,  // 74: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	29,  // 75: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	31,  // 76: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	33,  // 77: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
+	32,  // 78: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	34,  // 79: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	35,  // 80: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	36,  // 81: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	38,  // 82: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	39,  // 83: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	40,  // 84: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	41,  // 85: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	42,  // 86: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	43,  // 87: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
+	44,  // 88: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	46,  // 89: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	47,  // 90: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	49,  // 91: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	50,  // 92: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	51,  // 93: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	53,  // 94: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	54,  // 95: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	54,  // 96: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	54,  // 97: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	54,  // 98: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	58,  // 99: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	59,  // 100: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	60,  // 101: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	62,  // 102: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	63,  // 103: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	66,  // 104: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	68,  // 105: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	64,  // 106: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	72,  // 107: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	16,  // 108: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	16,  // 109: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	30,  // 110: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	16,  // 111: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	16,  // 112: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
+	73,  // 113: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	22,  // 114: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	22,  // 115: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	37,  // 116: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	22,  // 117: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	73,  // 118: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	22,  // 119: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 120: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	23,  // 121: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	23,  // 122: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
+	45,  // 123: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	24,  // 124: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	48,  // 125: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	25,  // 126: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 127: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	52,  // 128: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	25,  // 129: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 130: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 131: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 132: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	25,  // 133: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	55,  // 134: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	55,  // 135: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	61,  // 136: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	55,  // 137: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	57,  // 138: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	67,  // 139: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	69,  // 140: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	65,  // 141: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	74,  // 142: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	108, // [108:143] is the sub-list for method output_type
+	73,  // [73:108] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -5708,7 +5817,7 @@ func file_handoff_families_v1_families_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
 			NumEnums:      16,
-			NumMessages:   53,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,7 @@ const (
 	FamiliesService_ResolveBarrier_FullMethodName         = "/handoff.families.v1.FamiliesService/ResolveBarrier"
 	FamiliesService_CreateWarningSign_FullMethodName      = "/handoff.families.v1.FamiliesService/CreateWarningSign"
 	FamiliesService_GetWarningSign_FullMethodName         = "/handoff.families.v1.FamiliesService/GetWarningSign"
+	FamiliesService_RetractWarningSign_FullMethodName     = "/handoff.families.v1.FamiliesService/RetractWarningSign"
 	FamiliesService_ListWarningSigns_FullMethodName       = "/handoff.families.v1.FamiliesService/ListWarningSigns"
 	FamiliesService_CreateSafetyScreen_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateSafetyScreen"
 	FamiliesService_ListSafetyScreens_FullMethodName      = "/handoff.families.v1.FamiliesService/ListSafetyScreens"
@@ -109,13 +110,22 @@ type FamiliesServiceClient interface {
 	DeleteBarrier(ctx context.Context, in *DeleteBarrierRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Marks a barrier as overcome. Resolving twice is FAILED_PRECONDITION.
 	ResolveBarrier(ctx context.Context, in *ResolveBarrierRequest, opts ...grpc.CallOption) (*Barrier, error)
-	// Records a warning sign. Warning signs are append-only. Recording an
-	// overdose marks the family urgent, alerts the family's counselor and
-	// refers the loved one to harm reduction (after a refusal, the boundary
-	// workflow also brings its check-ins closer).
+	// Records a warning sign. Warning signs are append-only: one recorded in
+	// error is retracted, not changed or deleted. Recording an overdose marks
+	// the family urgent, alerts the family's counselor and refers the loved
+	// one to harm reduction (after a refusal, the boundary workflow also
+	// brings its check-ins closer).
 	CreateWarningSign(ctx context.Context, in *CreateWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
 	// Returns one warning sign.
 	GetWarningSign(ctx context.Context, in *GetWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
+	// Retracts a warning sign recorded in error (the wrong family, or an
+	// overdose that did not happen). The sign stays, with who retracted it,
+	// when and why; retracting it again is FAILED_PRECONDITION. Retracting
+	// the family's last overdose clears `urgent`, and a retracted overdose
+	// is not answered by a workflow that has not answered it yet. What was
+	// already done for it stands: an alert sent, a harm-reduction referral
+	// made (cancel that referral if it is not wanted).
+	RetractWarningSign(ctx context.Context, in *RetractWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(ctx context.Context, in *ListWarningSignsRequest, opts ...grpc.CallOption) (*ListWarningSignsResponse, error)
 	// Records a safety screen (domestic violence and other safety risks).
@@ -328,6 +338,16 @@ func (c *familiesServiceClient) GetWarningSign(ctx context.Context, in *GetWarni
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(WarningSign)
 	err := c.cc.Invoke(ctx, FamiliesService_GetWarningSign_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) RetractWarningSign(ctx context.Context, in *RetractWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WarningSign)
+	err := c.cc.Invoke(ctx, FamiliesService_RetractWarningSign_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -578,13 +598,22 @@ type FamiliesServiceServer interface {
 	DeleteBarrier(context.Context, *DeleteBarrierRequest) (*emptypb.Empty, error)
 	// Marks a barrier as overcome. Resolving twice is FAILED_PRECONDITION.
 	ResolveBarrier(context.Context, *ResolveBarrierRequest) (*Barrier, error)
-	// Records a warning sign. Warning signs are append-only. Recording an
-	// overdose marks the family urgent, alerts the family's counselor and
-	// refers the loved one to harm reduction (after a refusal, the boundary
-	// workflow also brings its check-ins closer).
+	// Records a warning sign. Warning signs are append-only: one recorded in
+	// error is retracted, not changed or deleted. Recording an overdose marks
+	// the family urgent, alerts the family's counselor and refers the loved
+	// one to harm reduction (after a refusal, the boundary workflow also
+	// brings its check-ins closer).
 	CreateWarningSign(context.Context, *CreateWarningSignRequest) (*WarningSign, error)
 	// Returns one warning sign.
 	GetWarningSign(context.Context, *GetWarningSignRequest) (*WarningSign, error)
+	// Retracts a warning sign recorded in error (the wrong family, or an
+	// overdose that did not happen). The sign stays, with who retracted it,
+	// when and why; retracting it again is FAILED_PRECONDITION. Retracting
+	// the family's last overdose clears `urgent`, and a retracted overdose
+	// is not answered by a workflow that has not answered it yet. What was
+	// already done for it stands: an alert sent, a harm-reduction referral
+	// made (cancel that referral if it is not wanted).
+	RetractWarningSign(context.Context, *RetractWarningSignRequest) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(context.Context, *ListWarningSignsRequest) (*ListWarningSignsResponse, error)
 	// Records a safety screen (domestic violence and other safety risks).
@@ -704,6 +733,9 @@ func (UnimplementedFamiliesServiceServer) CreateWarningSign(context.Context, *Cr
 }
 func (UnimplementedFamiliesServiceServer) GetWarningSign(context.Context, *GetWarningSignRequest) (*WarningSign, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetWarningSign not implemented")
+}
+func (UnimplementedFamiliesServiceServer) RetractWarningSign(context.Context, *RetractWarningSignRequest) (*WarningSign, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetractWarningSign not implemented")
 }
 func (UnimplementedFamiliesServiceServer) ListWarningSigns(context.Context, *ListWarningSignsRequest) (*ListWarningSignsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListWarningSigns not implemented")
@@ -1034,6 +1066,24 @@ func _FamiliesService_GetWarningSign_Handler(srv interface{}, ctx context.Contex
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(FamiliesServiceServer).GetWarningSign(ctx, req.(*GetWarningSignRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_RetractWarningSign_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetractWarningSignRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).RetractWarningSign(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_RetractWarningSign_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).RetractWarningSign(ctx, req.(*RetractWarningSignRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1460,6 +1510,10 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetWarningSign",
 			Handler:    _FamiliesService_GetWarningSign_Handler,
+		},
+		{
+			MethodName: "RetractWarningSign",
+			Handler:    _FamiliesService_RetractWarningSign_Handler,
 		},
 		{
 			MethodName: "ListWarningSigns",
