@@ -79,6 +79,33 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 			return Result{}, err
 		}
 	}
+	// Whether the overdose still waits for an answer: not retracted as
+	// recorded in error, and named by no overdose alert of any workflow
+	// (OverdosesSince lists the family's overdoses since this one that
+	// are neither). done says the workflow has nothing left to do.
+	open := func() (res Result, done bool, err error) {
+		var open []string
+		err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded,
+			IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID})
+		if gone(err) {
+			return Result{}, true, nil
+		}
+		if err != nil {
+			return Result{}, true, err
+		}
+		if !slices.Contains(open, in.WarningSign) {
+			return Result{AnsweredBefore: true}, true, nil
+		}
+		return Result{}, false, nil
+	}
+	// Retracted in the grace, the overdose is not handed over either: the
+	// boundary workflow would answer what it is told without asking.
+	asked := flow.Version(ctx, versionOpenBeforeHandover, 1) >= 1
+	if asked {
+		if res, done, err := open(); done {
+			return res, err
+		}
+	}
 	// A boundary workflow running now answers it fully (harm reduction,
 	// closer check-ins) and knows whether it already did. Signalling one
 	// that is not running fails, and then the answer is this workflow's.
@@ -88,19 +115,12 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		return Result{HandedToBoundary: true}, nil
 	}
 	workflow.GetLogger(ctx).Info("no boundary workflow to hand the overdose to", "error", err)
-	// Unanswered overdoses of the family recorded since this one: an
-	// overdose alert naming it, from any workflow, answers it.
-	var open []string
-	err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded,
-		IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID})
-	if gone(err) {
-		return Result{}, nil
-	}
-	if err != nil {
-		return Result{}, err
-	}
-	if !slices.Contains(open, in.WarningSign) {
-		return Result{AnsweredBefore: true}, nil
+	// Not asked again when asked before the handover: only the refused
+	// signal came between.
+	if !asked {
+		if res, done, err := open(); done {
+			return res, err
+		}
 	}
 	// The counselor of now: the family may have changed hands.
 	var safety activities.Safety
@@ -169,6 +189,13 @@ func gone(err error) bool {
 // ReferralsFailed tells the counselor, after the alert, that the
 // referrals it is followed by could not be made.
 const ReferralsFailed = "The support referrals for this family could not be made: please make them by hand."
+
+// versionOpenBeforeHandover guards asking, before the overdose is handed
+// to a running boundary workflow, whether it still waits for an answer.
+// Before, one retracted in the grace was handed over and answered. Asked
+// in every run after the grace: no state of the family beyond the
+// overdose this workflow's type already shows.
+const versionOpenBeforeHandover = "open-before-handover"
 
 // versionReferralFailureKeepsAlert guards going on, past failed
 // harm-reduction referrals, to listen for the alert's failed deliveries

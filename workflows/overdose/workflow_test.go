@@ -236,7 +236,24 @@ func TestHandedToARunningBoundary(t *testing.T) {
 	if len(h.handed) != 1 || h.handed[0].WarningSign != sign {
 		t.Fatalf("handed to the boundary workflow: %+v", h.handed)
 	}
-	if len(h.asked) != 0 || len(h.reminders) != 0 || len(h.support) != 0 {
+	// Asked once, before the handover, whether it still waits (it does).
+	if len(h.asked) != 1 || len(h.reminders) != 0 || len(h.support) != 0 {
 		t.Fatalf("answered it too: asked %v, reminders %v, referrals %v", h.asked, h.reminders, h.support)
+	}
+}
+
+// An overdose retracted in the grace (recorded in error) is not handed to
+// a running boundary workflow, which would answer it: OverdosesSince no
+// longer lists it, and the workflow ends with nothing done.
+func TestRetractedInTheGraceIsNotHandedOver(t *testing.T) {
+	h := newHarness(t)
+	h.boundary = true
+	h.open = nil
+	res := h.run(t, h.env.Now())
+	if !res.AnsweredBefore || res.HandedToBoundary || res.Reminder != "" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.handed) != 0 || len(h.reminders) != 0 || len(h.support) != 0 {
+		t.Fatalf("handed %v, reminders %v, referrals %v; want nothing for a retracted overdose", h.handed, h.reminders, h.support)
 	}
 }
