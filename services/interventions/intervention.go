@@ -727,11 +727,17 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 // the microsecond, the duration to the second): a client sending back the
 // nanoseconds it first gave has not changed the time.
 func sameSchedule(a, b *interventionsv1.Intervention) bool {
+	return lengthOnly(a, b) &&
+		a.GetExpectedDuration().AsDuration().Truncate(time.Second) == b.GetExpectedDuration().AsDuration().Truncate(time.Second)
+}
+
+// lengthOnly reports whether a and b start at the same time in the same
+// zone, at the precision the start is stored: at most their lengths differ.
+func lengthOnly(a, b *interventionsv1.Intervention) bool {
 	sa, sb := a.GetStartTime(), b.GetStartTime()
 	sameStart := sa == nil && sb == nil ||
 		sa != nil && sb != nil && sa.AsTime().Truncate(time.Microsecond).Equal(sb.AsTime().Truncate(time.Microsecond))
-	return sameStart && a.GetTimeZone() == b.GetTimeZone() &&
-		a.GetExpectedDuration().AsDuration().Truncate(time.Second) == b.GetExpectedDuration().AsDuration().Truncate(time.Second)
+	return sameStart && a.GetTimeZone() == b.GetTimeZone()
 }
 
 // RescheduleIntervention implements the API.
@@ -773,6 +779,12 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 					}
 				}
 				return nil, vs.Err()
+			}
+			// A new length alone does not move the meeting: its reminders
+			// name the same time and stand (the workflow keeps them too),
+			// and the count of moves stays.
+			if lengthOnly(next, cur) {
+				return s.save(ctx, tx, r, cur, next, scheduled, "intervention.rescheduled")
 			}
 			next.RescheduleCount++
 			next.RescheduleReason = req.GetReason()

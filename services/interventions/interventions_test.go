@@ -457,6 +457,61 @@ func TestReminderStateFilterUsesTheServiceClock(t *testing.T) {
 	}
 }
 
+// A new length alone does not move the meeting: its reminders stand, the
+// count of moves and its reason stay, and the workflow still hears of it
+// (a treatment slot held until the old end may need taking again).
+func TestLongerMeetingKeepsItsReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, time.Now().Add(48*time.Hour))
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.New(time.Now().Add(time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		Message: "Reminder: family meeting in two days at 6 pm.", RelatedResource: iv.GetName()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := func() (n int) {
+		t.Helper()
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1
+			AND event_type = 'handoff.interventions.v1.intervention.rescheduled'`, iv.GetName()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	longer, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: iv.GetStartTime(), TimeZone: iv.GetTimeZone(), ExpectedDuration: durationpb.New(3 * time.Hour), Reason: "more to say"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if longer.GetExpectedDuration().AsDuration() != 3*time.Hour || longer.GetRescheduleCount() != 0 || longer.GetRescheduleReason() != "" ||
+		!longer.GetStartTime().AsTime().Equal(iv.GetStartTime().AsTime()) {
+		t.Fatalf("after a new length = %v; want 3 h, the same start, no move counted", longer)
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_SCHEDULED {
+		t.Fatalf("the meeting's reminder after a new length = %v, %v; want SCHEDULED still", got, err)
+	}
+	if n := events(); n != 1 {
+		t.Fatalf("%d rescheduled events; want 1, for the workflow", n)
+	}
+	// Moved, it counts, and the reminder naming the old time goes.
+	moved, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: timestamppb.New(iv.GetStartTime().AsTime().Add(time.Hour)), Reason: "later"})
+	if err != nil || moved.GetRescheduleCount() != 1 || moved.GetRescheduleReason() != "later" || moved.GetExpectedDuration().AsDuration() != 3*time.Hour {
+		t.Fatalf("after a move = %v, %v; want one move, its reason, the length kept", moved, err)
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the meeting's reminder after a move = %v, %v; want CANCELLED", got, err)
+	}
+}
+
 // Cancelling or moving a meeting cancels its reminders in the same
 // transaction: none can be claimed and sent, with the old time or for no
 // meeting, while the workflow has yet to hear of it. Others' reminders are

@@ -123,6 +123,7 @@ type wf struct {
 	outcome      *Outcome
 	cancel       *Cancel
 	rearm        bool
+	stretch      bool // the meeting's length alone changed; see stretched
 	replan       bool
 	// refusedAt, when set, is the time of a meeting reminder the service
 	// refused as to someone no longer taking part: the plan is stale, and
@@ -301,12 +302,20 @@ func (w *wf) setup(ctx workflow.Context) error {
 		if err := loaded(ctx); err != nil {
 			return err
 		}
+		// Only the length changed (a meeting expected to run longer): the
+		// reminders name the same time in the same zone, and arming them
+		// again would send each recipient one more at once.
+		lengthOnly := r.Start.Equal(w.plan.Start) && (r.TimeZone == "" || r.TimeZone == w.plan.Counselor.TimeZone)
 		w.plan.Start = r.Start
 		if r.Duration > 0 {
 			w.plan.Duration = r.Duration
 		}
 		if r.TimeZone != "" {
 			w.plan.Counselor.TimeZone = r.TimeZone
+		}
+		if lengthOnly && flow.Version(ctx, versionLengthKeepsReminders, 1) >= 1 {
+			w.stretch = true
+			return nil
 		}
 		w.rearm = true
 		return nil
@@ -394,8 +403,13 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 				return Result{}, err
 			}
 		}
+		if w.stretch {
+			if err := w.stretched(ctx); err != nil {
+				return Result{}, err
+			}
+		}
 		next, ok := w.nextDeadline(workflow.Now(ctx))
-		changed := func() bool { return w.rearm || w.replan || w.outcome != nil || w.cancel != nil }
+		changed := func() bool { return w.rearm || w.stretch || w.replan || w.outcome != nil || w.cancel != nil }
 		if ok {
 			if d := next.Sub(workflow.Now(ctx)); d > 0 {
 				if _, err := workflow.AwaitWithTimeout(ctx, d, changed); err != nil {
@@ -405,7 +419,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		} else if err := workflow.Await(ctx, changed); err != nil {
 			return Result{}, err
 		}
-		if w.outcome != nil || w.cancel != nil || w.rearm || w.replan {
+		if w.outcome != nil || w.cancel != nil || w.rearm || w.stretch || w.replan {
 			continue
 		}
 		if err := w.due(ctx); err != nil {
@@ -545,20 +559,50 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	}); err != nil {
 		return err
 	}
-	if w.hold.Hold != "" && w.plan.Start.Add(w.plan.Duration).After(w.holdExpiry) {
-		// Within holdBudget, as taking one: the reminders for the new
-		// time are armed after it, and a day of the release's retries
-		// would let them pass.
-		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "rescheduled past the hold"); err != nil {
-			if !flow.GoOnPast(ctx, err, versionPastFailedRescheduleRelease, "releasing the hold after a reschedule failed; it lapses at its expiry", "hold", w.hold.Hold) {
-				return err
-			}
-			// The hold lapses before the new meeting ends: it is no use to
-			// the meeting, so a new one is taken at the new hold time.
-			w.hold = activities.HoldResult{}
-		}
+	if err := w.releaseOutlived(ctx, "rescheduled past the hold"); err != nil {
+		return err
 	}
 	return w.arm(ctx)
+}
+
+// versionLengthKeepsReminders guards taking a reschedule that changes
+// only the meeting's length (same start, same zone) without cancelling
+// and arming the reminders again: before, every recipient got one more
+// reminder at once, for a time that had not moved.
+const versionLengthKeepsReminders = "length-keeps-reminders"
+
+// stretched takes a new length of the meeting: the reminders stand, and a
+// hold that would lapse before the new end is released and taken again,
+// at the hold time (at once if that has passed).
+func (w *wf) stretched(ctx workflow.Context) error {
+	w.stretch = false
+	held := w.hold.Hold != ""
+	if err := w.releaseOutlived(ctx, "lengthened past the hold"); err != nil {
+		return err
+	}
+	if held && w.hold.Hold == "" {
+		w.nextHoldTry = w.plan.Start.Add(-w.settings.HoldLead)
+	}
+	return nil
+}
+
+// releaseOutlived releases a hold that would lapse before the meeting
+// ends.
+func (w *wf) releaseOutlived(ctx workflow.Context, why string) error {
+	if w.hold.Hold == "" || !w.end().After(w.holdExpiry) {
+		return nil
+	}
+	// Within holdBudget, as taking one: the reminders are armed after it,
+	// and a day of the release's retries would let them pass.
+	if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), why); err != nil {
+		if !flow.GoOnPast(ctx, err, versionPastFailedRescheduleRelease, "releasing the hold after a reschedule failed; it lapses at its expiry", "hold", w.hold.Hold) {
+			return err
+		}
+		// The hold lapses before the meeting ends: it is no use to the
+		// meeting, so a new one is taken at the hold time.
+		w.hold = activities.HoldResult{}
+	}
+	return nil
 }
 
 // versionPastFailedRescheduleRelease guards going on when the release of

@@ -306,6 +306,47 @@ func TestRescheduleRearms(t *testing.T) {
 	}
 }
 
+// A new length alone (the same start and zone) keeps the reminders: none
+// is cancelled or sent twice. A hold that would lapse before the new end is
+// released and taken again at once, until the new end.
+func TestLongerMeetingKeepsItsReminders(t *testing.T) {
+	settings := defaults()
+	settings.HoldSlack = time.Hour // the hold lapses an hour after the meeting
+	h := newHarness(t, 4*24*time.Hour, settings)
+	var untils []time.Time
+	h.hold = func(in activities.HoldRequest) (activities.HoldResult, error) {
+		untils = append(untils, in.Until)
+		return activities.HoldResult{Hold: fmt.Sprintf("clinics/north/holds/h%d", len(untils)), Program: "clinics/north/programs/p1"}, nil
+	}
+	// After the 72 h reminders and the hold, before the 24 h reminders.
+	var rejected error
+	h.update(36*time.Hour, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
+	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if slices.Contains(h.cancels, "rescheduled") {
+		t.Fatalf("reminders cancelled for a new length: %v", h.cancels)
+	}
+	got := map[string][]time.Duration{}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		got[r.To.ID] = append(got[r.To.ID], h.start.Sub(r.Due))
+	}
+	if c := got["counselor-1"]; len(c) != 3 || c[0] != 72*time.Hour || c[1] != 24*time.Hour || c[2] != 2*time.Hour {
+		t.Fatalf("the counselor's reminders, before the start: %v; want 72 h, 24 h and 2 h, once each", c)
+	}
+	if len(got["mom"]) != 3 {
+		t.Fatalf("mom's reminders, before the start: %v; want three", got["mom"])
+	}
+	// (The second is given back too, after the postponement.)
+	if len(h.released) == 0 || h.released[0] != "clinics/north/holds/h1" || len(untils) != 2 ||
+		!untils[1].Equal(h.start.Add(3*time.Hour)) {
+		t.Fatalf("released %v, holds until %v; want the first released and a second held until the new end", h.released, untils)
+	}
+}
+
 // Participants and the counselor change after the first reminders: later
 // reminders go to whoever takes part now, none is sent twice, and the time
 // stays the workflow's even if the plan read says otherwise.

@@ -104,7 +104,9 @@ type InterventionsServiceClient interface {
 	ScheduleIntervention(ctx context.Context, in *ScheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
-	// the reminders. Any other state answers FAILED_PRECONDITION. The safety
+	// the reminders. A new `expected_duration` alone (the same start and
+	// zone) is not a move: the count, the reason and the reminders stay, and
+	// a treatment slot held until before the new end is held again. Any other state answers FAILED_PRECONDITION. The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
@@ -520,7 +522,9 @@ type InterventionsServiceServer interface {
 	ScheduleIntervention(context.Context, *ScheduleInterventionRequest) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
-	// the reminders. Any other state answers FAILED_PRECONDITION. The safety
+	// the reminders. A new `expected_duration` alone (the same start and
+	// zone) is not a move: the count, the reason and the reminders stay, and
+	// a treatment slot held until before the new end is held again. Any other state answers FAILED_PRECONDITION. The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
