@@ -1074,13 +1074,19 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 	var out []string
 	token := ""
 	for {
-		// A sign retracted as recorded in error needs no answer.
 		page, err := a.Families.ListWarningSigns(ctx, &familiesv1.ListWarningSignsRequest{Parent: in.Family, PageSize: 200, PageToken: token,
-			Filter: fmt.Sprintf("kind = OVERDOSE AND retracted = false AND create_time >= %q", in.Since.UTC().Format(time.RFC3339Nano))})
+			Filter: fmt.Sprintf("kind = OVERDOSE AND create_time >= %q", in.Since.UTC().Format(time.RFC3339Nano))})
 		if err != nil {
 			return nil, wrap("list warning signs", err)
 		}
 		for _, w := range page.GetWarningSigns() {
+			// A sign retracted as recorded in error needs no answer. Read
+			// from the sign, not asked in the filter: a families service
+			// of a release before retractions (in a rolling update) would
+			// refuse the filter, and fail the workflow asking for good.
+			if w.GetRetractTime() != nil {
+				continue
+			}
 			// One alert answers it; the asker's own (IgnoreFrom, and its
 			// resends) do not, and are left out in SQL.
 			filter := fmt.Sprintf("kind = OVERDOSE_ALERT AND related_resource = %q", w.GetName())

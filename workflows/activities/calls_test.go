@@ -268,15 +268,36 @@ func TestResendWaitsOutQuietHours(t *testing.T) {
 
 type signsFake struct {
 	familiesv1.FamiliesServiceClient
-	signs []string
+	signs     []string
+	retracted []string
 }
 
 func (f signsFake) ListWarningSigns(context.Context, *familiesv1.ListWarningSignsRequest, ...grpc.CallOption) (*familiesv1.ListWarningSignsResponse, error) {
 	out := &familiesv1.ListWarningSignsResponse{}
 	for _, s := range f.signs {
-		out.WarningSigns = append(out.WarningSigns, &familiesv1.WarningSign{Name: s})
+		w := &familiesv1.WarningSign{Name: s}
+		if slices.Contains(f.retracted, s) {
+			w.RetractTime, w.RetractedBy, w.RetractReason = timestamppb.Now(), "counselor-1", "wrong family"
+		}
+		out.WarningSigns = append(out.WarningSigns, w)
 	}
 	return out, nil
+}
+
+// An overdose retracted as recorded in error is not listed as waiting,
+// and its alerts are not even asked for.
+func TestOverdosesSinceLeavesOutRetracted(t *testing.T) {
+	fam := "clinics/north/families/f1"
+	retracted, open := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
+	alerts := &alertsFake{}
+	a := &Activities{Families: signsFake{signs: []string{retracted, open}, retracted: []string{retracted}}, Interventions: alerts}
+	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour)})
+	if err != nil || len(got) != 1 || got[0] != open {
+		t.Fatalf("OverdosesSince = %v, %v; want only %s", got, err, open)
+	}
+	if len(alerts.filters) != 1 {
+		t.Fatalf("alerts asked %v; want only the standing overdose's", alerts.filters)
+	}
 }
 
 type alertsFake struct {
