@@ -54,10 +54,11 @@ type Result struct {
 	AnsweredBefore   bool
 }
 
-// Workflow waits the clinic's OverdoseGrace and then hands the overdose to
-// the family's boundary workflow if one runs by then; otherwise, unless the
-// overdose was answered meanwhile, it alerts the counselor (again if the
-// alert's delivery fails) and refers the loved one to harm reduction.
+// Workflow waits the clinic's OverdoseGrace and then, unless the overdose
+// was answered or retracted meanwhile, hands it to the family's boundary
+// workflow if one runs by then; otherwise it alerts the counselor (again
+// if the alert's delivery fails) and refers the loved one to harm
+// reduction.
 //
 // The wait is for the boundary workflow a refusal is about to start: its
 // outbox event and the overdose's come from different services and may

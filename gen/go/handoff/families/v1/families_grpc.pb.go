@@ -121,10 +121,13 @@ type FamiliesServiceClient interface {
 	// Retracts a warning sign recorded in error (the wrong family, or an
 	// overdose that did not happen). The sign stays, with who retracted it,
 	// when and why; retracting it again is FAILED_PRECONDITION. Retracting
-	// the family's last overdose clears `urgent`, and a retracted overdose
-	// is not answered by a workflow that has not answered it yet. What was
-	// already done for it stands: an alert sent, a harm-reduction referral
-	// made (cancel that referral if it is not wanted).
+	// the family's last overdose clears `urgent`. A retracted overdose is not
+	// answered by its own workflow if that has not answered it yet (within
+	// the clinic's overdose grace), nor by a boundary workflow starting
+	// later; a boundary workflow already told of it answers it all the same.
+	// What was already done for it stands: an alert made (a failed delivery
+	// of it is still sent again), a harm-reduction referral made (cancel
+	// that referral if it is not wanted).
 	RetractWarningSign(ctx context.Context, in *RetractWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(ctx context.Context, in *ListWarningSignsRequest, opts ...grpc.CallOption) (*ListWarningSignsResponse, error)
@@ -609,10 +612,13 @@ type FamiliesServiceServer interface {
 	// Retracts a warning sign recorded in error (the wrong family, or an
 	// overdose that did not happen). The sign stays, with who retracted it,
 	// when and why; retracting it again is FAILED_PRECONDITION. Retracting
-	// the family's last overdose clears `urgent`, and a retracted overdose
-	// is not answered by a workflow that has not answered it yet. What was
-	// already done for it stands: an alert sent, a harm-reduction referral
-	// made (cancel that referral if it is not wanted).
+	// the family's last overdose clears `urgent`. A retracted overdose is not
+	// answered by its own workflow if that has not answered it yet (within
+	// the clinic's overdose grace), nor by a boundary workflow starting
+	// later; a boundary workflow already told of it answers it all the same.
+	// What was already done for it stands: an alert made (a failed delivery
+	// of it is still sent again), a harm-reduction referral made (cancel
+	// that referral if it is not wanted).
 	RetractWarningSign(context.Context, *RetractWarningSignRequest) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(context.Context, *ListWarningSignsRequest) (*ListWarningSignsResponse, error)
