@@ -277,12 +277,13 @@ const versionRecheckStale = "recheck-stale-after-resend"
 // reminders whose delivery failed: each is sent again after
 // ReminderRetryDelay, up to ReminderRetries times counted from the first
 // reminder of its line. stale, when not nil, is asked with the first
-// reminder of a line just before each resend; a reminder about a meeting
-// that moved or is over must not go out again. r holds the state (a
+// reminder of a line just before each resend, on the resend's own
+// context (one it may block on, to run an activity); a reminder about a
+// meeting that moved or is over must not go out again. r holds the state (a
 // continued run passes the one its predecessor left) and is updated in
 // place. It returns the signal channel, so that a workflow about to
 // continue as new can check that nothing is left unread.
-func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resends, stale func(first string) bool) workflow.ReceiveChannel {
+func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resends, stale func(ctx workflow.Context, first string) bool) workflow.ReceiveChannel {
 	if r.Attempts == nil {
 		r.Attempts = map[string]int{}
 	}
@@ -311,7 +312,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			}
 		}()
 		line, n := first(p.Reminder), r.Attempts[p.Reminder]
-		if stale != nil && Version(ctx, versionSkipStale, 1) >= 1 && stale(line) {
+		if stale != nil && Version(ctx, versionSkipStale, 1) >= 1 && stale(ctx, line) {
 			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", p.Reminder)
 			return
 		}
@@ -335,7 +336,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			return
 		}
 		r.Attempts[next], r.First[next] = n+1, line
-		if stale != nil && next != "" && Version(ctx, versionRecheckStale, 1) >= 1 && stale(line) {
+		if stale != nil && next != "" && Version(ctx, versionRecheckStale, 1) >= 1 && stale(ctx, line) {
 			// Made after the workflow cancelled what it knew of: nobody
 			// else would cancel this one, and it names the old time.
 			if err := Call(ctx, nil, A.CancelReminder, activities.CancelReminderRequest{Name: next,

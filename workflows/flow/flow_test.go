@@ -177,7 +177,7 @@ var stillCurrent atomic.Bool
 func resendOnce(ctx workflow.Context) error {
 	ctx = flow.WithActivityOptions(ctx)
 	var r flow.Resends
-	flow.RetryFailedReminders(ctx, activities.DefaultSettings(), &r, func(string) bool { return !stillCurrent.Load() })
+	flow.RetryFailedReminders(ctx, activities.DefaultSettings(), &r, func(workflow.Context, string) bool { return !stillCurrent.Load() })
 	return workflow.Sleep(ctx, time.Hour)
 }
 

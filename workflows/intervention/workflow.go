@@ -388,7 +388,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	w.settings = settings
-	flow.RetryFailedReminders(ctx, settings, &w.resends, func(first string) bool { return w.staleReminder(ctx, first) })
+	flow.RetryFailedReminders(ctx, settings, &w.resends, func(_ workflow.Context, first string) bool { return w.staleReminder(ctx, first) })
 	if err := w.arm(ctx); err != nil {
 		return Result{}, err
 	}

@@ -292,7 +292,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	flow.RetryFailedReminders(ctx, w.settings, &w.resends, func(first string) bool { return w.staleReminder(ctx, first) })
+	flow.RetryFailedReminders(ctx, w.settings, &w.resends, func(_ workflow.Context, first string) bool { return w.staleReminder(ctx, first) })
 	if err := flow.Call(ctx, &w.contacts, flow.A.FamilyContacts, w.in.Family); err != nil {
 		return Result{}, err
 	}

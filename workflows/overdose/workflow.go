@@ -84,7 +84,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// recorded in error, and named by no overdose alert of any workflow
 	// (OverdosesSince lists the family's overdoses since this one that
 	// are neither). done says the workflow has nothing left to do.
-	open := func() (res Result, done bool, err error) {
+	open := func(ctx workflow.Context) (res Result, done bool, err error) {
 		var open []string
 		err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded,
 			IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID})
@@ -103,7 +103,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// boundary workflow would answer what it is told without asking.
 	asked := flow.Version(ctx, versionOpenBeforeHandover, 1) >= 1
 	if asked {
-		if res, done, err := open(); done {
+		if res, done, err := open(ctx); done {
 			return res, err
 		}
 	}
@@ -119,7 +119,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// Not asked again when asked before the handover: only the refused
 	// signal came between.
 	if !asked {
-		if res, done, err := open(); done {
+		if res, done, err := open(ctx); done {
 			return res, err
 		}
 	}
@@ -172,7 +172,22 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	// listens for as long as those resends take.
 	if flow.ListenFor(settings) > 0 {
 		resends := &flow.Resends{}
-		flow.RetryFailedReminders(ctx, settings, resends, nil)
+		// Not once the overdose was retracted as recorded in error, another
+		// workflow's alert answered it too, or the family was deleted.
+		// Asked just before each resend; a check that fails sends it all
+		// the same.
+		stale := func(ctx workflow.Context, _ string) bool {
+			if flow.Version(ctx, versionResendWhileOpen, 1) < 1 {
+				return false
+			}
+			_, done, err := open(ctx)
+			if err != nil {
+				workflow.GetLogger(ctx).Warn("could not tell whether the overdose still stands; sending again", "error", err)
+				return false
+			}
+			return done
+		}
+		flow.RetryFailedReminders(ctx, settings, resends, stale)
 		if err := flow.Listen(ctx, settings, resends, time.Time{}, nil); err != nil {
 			return Result{}, err
 		}
@@ -197,6 +212,12 @@ const ReferralsFailed = "The support referrals for this family could not be made
 // in every run after the grace: no state of the family beyond the
 // overdose this workflow's type already shows.
 const versionOpenBeforeHandover = "open-before-handover"
+
+// versionResendWhileOpen guards asking, before a failed alert (or the
+// notice that the referrals failed) is sent again, whether the overdose
+// still stands: before, one retracted since was alerted again. Asked only
+// when a delivery failed.
+const versionResendWhileOpen = "resend-while-open"
 
 // versionReferralFailureKeepsAlert guards going on, past failed
 // harm-reduction referrals, to listen for the alert's failed deliveries

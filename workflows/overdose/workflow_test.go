@@ -164,6 +164,29 @@ func TestFailedAlertIsSentAgain(t *testing.T) {
 	}
 }
 
+// A failed alert is not sent again once the overdose was retracted as
+// recorded in error: the workflow asks, just before the resend, whether
+// it still stands.
+func TestRetractedOverdosesAlertIsNotSentAgain(t *testing.T) {
+	h := newHarness(t)
+	settings := activities.DefaultSettings()
+	start := h.env.Now()
+	h.env.RegisterDelayedCallback(func() {
+		h.open = nil // retracted
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r1"})
+	}, settings.OverdoseGrace+time.Minute)
+	res := h.run(t, start)
+	if res.Reminder != "clinics/north/reminders/r1" {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.resends) != 0 {
+		t.Fatalf("resends = %+v; want none for a retracted overdose", h.resends)
+	}
+	if len(h.asked) != 2 {
+		t.Fatalf("asked %d times whether the overdose stands; want before the handover and before the resend", len(h.asked))
+	}
+}
+
 // An overdose another workflow answered in the grace (the boundary
 // workflow a refusal started) gets no second alert.
 func TestAnsweredMeanwhileSendsNothing(t *testing.T) {

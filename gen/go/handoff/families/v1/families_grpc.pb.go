@@ -125,9 +125,9 @@ type FamiliesServiceClient interface {
 	// answered by its own workflow if that has not answered it yet (within
 	// the clinic's overdose grace), nor by a boundary workflow starting
 	// later; a boundary workflow already told of it answers it all the same.
-	// What was already done for it stands: an alert made (a failed delivery
-	// of it is still sent again), a harm-reduction referral made (cancel
-	// that referral if it is not wanted).
+	// What was already done for it stands: an alert made (though a failed
+	// delivery of it is not sent again), a harm-reduction referral made
+	// (cancel that referral if it is not wanted).
 	RetractWarningSign(ctx context.Context, in *RetractWarningSignRequest, opts ...grpc.CallOption) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(ctx context.Context, in *ListWarningSignsRequest, opts ...grpc.CallOption) (*ListWarningSignsResponse, error)
@@ -616,9 +616,9 @@ type FamiliesServiceServer interface {
 	// answered by its own workflow if that has not answered it yet (within
 	// the clinic's overdose grace), nor by a boundary workflow starting
 	// later; a boundary workflow already told of it answers it all the same.
-	// What was already done for it stands: an alert made (a failed delivery
-	// of it is still sent again), a harm-reduction referral made (cancel
-	// that referral if it is not wanted).
+	// What was already done for it stands: an alert made (though a failed
+	// delivery of it is not sent again), a harm-reduction referral made
+	// (cancel that referral if it is not wanted).
 	RetractWarningSign(context.Context, *RetractWarningSignRequest) (*WarningSign, error)
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(context.Context, *ListWarningSignsRequest) (*ListWarningSignsResponse, error)
