@@ -111,7 +111,8 @@ func TestResourcesAreValidR4(t *testing.T) {
 	}
 	resources = append(resources, healthcareService(&referralsv1.Program{Name: "clinics/north/programs/p1", DisplayName: "Riverside MAT",
 		Organization: "Riverside", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE},
-		Languages: []string{"en", "es"}, Phone: "+15555550123", SameDayIntake: true, Hours: "Mon-Fri", UpdateTime: ts(now), Etag: "v1"}))
+		Languages: []string{"en", "es"}, Phone: "+15555550123", SameDayIntake: true, Hours: "Mon-Fri", UpdateTime: ts(now), Etag: "v1",
+		MinAge: 18}))
 	resources = append(resources, consent(&familiesv1.Consent{Name: f.GetName() + "/consents/" + consID, Discloser: "North clinic",
 		Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS},
 		Recipients:  []string{"ehr", "county-ehr"}, TreatingProviders: true, Purposes: []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_TREATMENT},
@@ -418,6 +419,24 @@ func TestConsentClasses(t *testing.T) {
 	} {
 		if got := classes(c.kinds...); got != c.want {
 			t.Errorf("classes of %v = %s, want %s", c.kinds, got, c.want)
+		}
+	}
+}
+
+// The ages a program takes are its eligibility, in words; a program that
+// takes any age states none.
+func TestProgramAgesAreItsEligibility(t *testing.T) {
+	for _, c := range []struct {
+		minAge, maxAge int32
+		want           string
+	}{{18, 0, "Ages 18 and over"}, {12, 17, "Ages 12 to 17"}, {0, 25, "Ages up to 25"}, {0, 0, ""}} {
+		hs := healthcareService(&referralsv1.Program{Name: "clinics/north/programs/p1", MinAge: c.minAge, MaxAge: c.maxAge})
+		got := ""
+		if e, ok := hs["eligibility"].([]any); ok && len(e) == 1 {
+			got, _ = e[0].(obj)["comment"].(string)
+		}
+		if _, set := hs["eligibility"]; got != c.want || set != (c.want != "") {
+			t.Errorf("ages %d to %d: eligibility %v; want %q", c.minAge, c.maxAge, hs["eligibility"], c.want)
 		}
 	}
 }

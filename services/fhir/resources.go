@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -519,6 +520,19 @@ func appointment(iv *interventionsv1.Intervention) obj {
 
 // healthcareService is a program of the clinic's directory. It is directory
 // data, not a patient's record, so it carries no Part 2 label.
+// ageEligibility says which ages a program takes, or "" for any.
+func ageEligibility(minAge, maxAge int32) string {
+	switch {
+	case minAge > 0 && maxAge > 0:
+		return fmt.Sprintf("Ages %d to %d", minAge, maxAge)
+	case minAge > 0:
+		return fmt.Sprintf("Ages %d and over", minAge)
+	case maxAge > 0:
+		return fmt.Sprintf("Ages up to %d", maxAge)
+	}
+	return ""
+}
+
 func healthcareService(p *referralsv1.Program) obj {
 	hs := obj{
 		"resourceType": "HealthcareService",
@@ -563,6 +577,9 @@ func healthcareService(p *referralsv1.Program) obj {
 	}
 	if len(chars) > 0 {
 		hs["characteristic"] = chars
+	}
+	if e := ageEligibility(p.GetMinAge(), p.GetMaxAge()); e != "" {
+		hs["eligibility"] = []any{obj{"code": concept("age"), "comment": e}}
 	}
 	if p.GetHours() != "" {
 		hs["availabilityExceptions"] = p.GetHours()

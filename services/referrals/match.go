@@ -259,7 +259,8 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 		minSlots = 1
 	}
 	// $1 clinic, $2 wanted services, $3 excluded ids, $4 minimum slots, $5
-	// limit, $6 the largest place bonus, then the place and score arguments.
+	// limit, $6 the largest place bonus, then the static score's, the age's,
+	// the places' and the score's arguments.
 	bonus := int32(0)
 	if req.GetPostalCode() != "" {
 		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE]
@@ -272,10 +273,21 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	staticExpr, staticArgs := scoreSQL(static, len(args)+1)
 	args = append(args, staticArgs...)
 
+	// The person's age leaves out the programs that would turn them away
+	// for it: in the profiles' counts too, or the pruning below would
+	// count programs the tiers then pass over, and return too few.
+	ages := func(string) string { return "" }
+	if age := req.GetAge(); age > 0 {
+		args = append(args, age)
+		n := len(args)
+		ages = func(t string) string {
+			return fmt.Sprintf(" AND %[1]s.min_age <= $%[2]d AND (%[1]s.max_age = 0 OR %[1]s.max_age >= $%[2]d)", t, n)
+		}
+	}
 	var tiers []string
 	tier := func(cond string) {
 		tiers = append(tiers, `(SELECT * FROM programs p WHERE p.clinic = $1 AND p.profile = g.profile AND NOT (p.id = ANY($3))
-			AND p.delete_time IS NULL`+cond+`
+			AND p.delete_time IS NULL`+ages("p")+cond+`
 			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $5)`)
 	}
 	rest := ""
@@ -298,7 +310,7 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	// (index probes per profile, bounded by LIMITs) does not depend on them.
 	rows, err := s.pool.QueryGenericPlan(ctx, `WITH profiles AS (
 			SELECT g.profile, one.score, (SELECT count(*) FROM (SELECT FROM programs e
-				WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) AND e.delete_time IS NULL LIMIT $5) n) AS eligible
+				WHERE e.clinic = $1 AND e.profile = g.profile AND NOT (e.id = ANY($3)) AND e.delete_time IS NULL`+ages("e")+` LIMIT $5) n) AS eligible
 			FROM program_profiles g CROSS JOIN LATERAL (SELECT `+staticExpr+` AS score
 				-- The profile's features, kept with it; a profile noted
 				-- before they were (by a release that did not know them)

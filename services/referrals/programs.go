@@ -20,7 +20,8 @@ import (
 )
 
 const programSelect = `SELECT id, doc, services, payments, telehealth, same_day_intake, same_day_induction,
-	available_slots, held_slots, waitlist, capacity_update_time, create_time, update_time, version, delete_time FROM programs`
+	available_slots, held_slots, waitlist, capacity_update_time, create_time, update_time, version, delete_time,
+	min_age, max_age FROM programs`
 
 func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 	return func(r pgx.CollectableRow) (*referralsv1.Program, error) {
@@ -34,9 +35,10 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 			capUpdated, deleted             *time.Time
 			created, updated                time.Time
 			version                         int64
+			minAge, maxAge                  int16
 		)
 		if err := r.Scan(&id, &doc, &services, &payments, &tele, &sameIntake, &sameInduction,
-			&available, &held, &waitlist, &capUpdated, &created, &updated, &version, &deleted); err != nil {
+			&available, &held, &waitlist, &capUpdated, &created, &updated, &version, &deleted, &minAge, &maxAge); err != nil {
 			return nil, err
 		}
 		p := &referralsv1.Program{}
@@ -53,6 +55,7 @@ func scanProgram(clinic string) pgx.RowToFunc[*referralsv1.Program] {
 			p.PaymentsAccepted = append(p.PaymentsAccepted, referralsv1.PaymentKind(s))
 		}
 		p.Telehealth, p.SameDayIntake, p.SameDayInduction = tele, sameIntake, sameInduction
+		p.MinAge, p.MaxAge = int32(minAge), int32(maxAge)
 		p.Capacity = &referralsv1.Capacity{AvailableSlots: available, HeldSlots: held, Waitlist: waitlist}
 		if capUpdated != nil {
 			p.Capacity.UpdateTime = timestamppb.New(*capUpdated)
@@ -118,6 +121,11 @@ func checkProgram(p *referralsv1.Program) error {
 			vs.Add(fmt.Sprintf("program.services[%d]", i), "must be a service kind")
 		}
 	}
+	// Each age's range is the proto's rule; the pair is checked here, after
+	// an update's mask is applied over the stored program.
+	if p.GetMaxAge() > 0 && p.GetMinAge() > p.GetMaxAge() {
+		vs.Add("program.max_age", "must be at least min_age (%d), or 0 for no upper limit", p.GetMinAge())
+	}
 	return vs.Err()
 }
 
@@ -143,11 +151,11 @@ func (s *Server) CreateProgram(ctx context.Context, req *referralsv1.CreateProgr
 			r := ref{clinic, aip.NewID()}
 			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, payments, telehealth, same_day_intake,
-				same_day_induction, locality, postal_code, languages, create_time, update_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)`,
+				same_day_induction, locality, postal_code, languages, create_time, update_time, min_age, max_age)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)`,
 				r.clinic, r.id, doc, enumInts(p.GetServices()), enumInts(p.GetPaymentsAccepted()), p.GetTelehealth(),
 				p.GetSameDayIntake(), p.GetSameDayInduction(), strings.ToLower(p.GetAddress().GetLocality()),
-				p.GetAddress().GetPostalCode(), lower(p.GetLanguages()), now); err != nil {
+				p.GetAddress().GetPostalCode(), lower(p.GetLanguages()), now, p.GetMinAge(), p.GetMaxAge()); err != nil {
 				return nil, fmt.Errorf("insert program: %w", err)
 			}
 			out, err := readProgram(ctx, tx, r, false)
@@ -221,7 +229,7 @@ func (s *Server) ListPrograms(ctx context.Context, req *referralsv1.ListPrograms
 }
 
 var programUpdatable = []string{"organization", "display_name", "description", "services", "payments_accepted",
-	"address", "hours", "telehealth", "same_day_intake", "same_day_induction", "languages", "phone"}
+	"address", "hours", "telehealth", "same_day_intake", "same_day_induction", "languages", "phone", "min_age", "max_age"}
 
 // UpdateProgram implements the API.
 func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgramRequest) (*referralsv1.Program, error) {
@@ -251,10 +259,10 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 			}
 			if _, err := tx.Exec(ctx, `UPDATE programs SET doc = $3, services = $4, payments = $5, telehealth = $6,
 				same_day_intake = $7, same_day_induction = $8, locality = $9, postal_code = $10, languages = $11,
-				update_time = $12, version = version + 1 WHERE clinic = $1 AND id = $2`,
+				update_time = $12, min_age = $13, max_age = $14, version = version + 1 WHERE clinic = $1 AND id = $2`,
 				r.clinic, r.id, doc, enumInts(next.GetServices()), enumInts(next.GetPaymentsAccepted()), next.GetTelehealth(),
 				next.GetSameDayIntake(), next.GetSameDayInduction(), strings.ToLower(next.GetAddress().GetLocality()),
-				next.GetAddress().GetPostalCode(), lower(next.GetLanguages()), s.cfg.Now()); err != nil {
+				next.GetAddress().GetPostalCode(), lower(next.GetLanguages()), s.cfg.Now(), next.GetMinAge(), next.GetMaxAge()); err != nil {
 				return nil, fmt.Errorf("update program: %w", err)
 			}
 			out, err := readProgram(ctx, tx, r, false)

@@ -756,6 +756,90 @@ func TestMatchProgramsOverGRPC(t *testing.T) {
 	}
 }
 
+// A match given the person's age leaves out the programs that would turn
+// them away for it, even where they would score best; without an age it
+// leaves out none. Ages are set on create and by update mask, and a pair
+// that cannot hold is refused with its field, changing nothing.
+func TestMatchLeavesOutProgramsForOtherAges(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	aged := func(name string, minAge, maxAge int32, best bool) *referralsv1.Program {
+		p := buprenorphine(name)
+		p.MinAge, p.MaxAge = minAge, maxAge
+		if !best { // another profile, scored lower
+			p.SameDayInduction, p.Telehealth = false, false
+		}
+		return f.program(t, p, 3)
+	}
+	// Four adult programs that score best: more than the three asked for,
+	// so that a match counting them for a 15-year-old would stop there.
+	var adults []string
+	for i := range 4 {
+		adults = append(adults, aged(fmt.Sprintf("Adult MAT %d", i), 18, 0, true).GetName())
+	}
+	teen := aged("Teen MAT", 12, 17, false).GetName()
+	anyone := aged("Open MAT", 0, 0, false).GetName()
+	match := func(age int32) []string {
+		t.Helper()
+		// Telehealth and a fear of withdrawal score the adult programs'
+		// profile above the other.
+		resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north", Age: age, MaxResults: 3,
+			PrefersTelehealth: true, Barriers: []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FEAR_OF_WITHDRAWAL}})
+		if err != nil {
+			t.Fatalf("match at %d: %v", age, err)
+		}
+		var out []string
+		for _, m := range resp.GetMatches() {
+			out = append(out, m.GetProgram().GetName())
+		}
+		slices.Sort(out)
+		return out
+	}
+	want := []string{anyone, teen}
+	slices.Sort(want)
+	if got := match(15); !slices.Equal(got, want) {
+		t.Fatalf("a 15-year-old's matches = %v; want the teen and the open program", got)
+	}
+	for _, name := range match(40) {
+		if name == teen {
+			t.Fatalf("a 40-year-old matched the teen program: %v", match(40))
+		}
+	}
+	if got := match(0); len(got) != 3 || !slices.Contains(adults, got[0]) {
+		t.Fatalf("matches without an age = %v; want three of the best, the adult programs", got)
+	}
+	if got := match(17); !slices.Equal(got, want) {
+		t.Fatalf("a 17-year-old's matches = %v; want the teen and the open program (17 is the teen program's last year)", got)
+	}
+
+	// Set and changed with the program; a pair that cannot hold is refused.
+	p, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: teen})
+	if err != nil || p.GetMinAge() != 12 || p.GetMaxAge() != 17 {
+		t.Fatalf("GetProgram = ages %d to %d, %v; want 12 to 17", p.GetMinAge(), p.GetMaxAge(), err)
+	}
+	bad := buprenorphine("Backwards")
+	bad.MinAge, bad.MaxAge = 21, 18
+	_, err = f.client.CreateProgram(f.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: bad})
+	if st, _ := status.FromError(err); st.Code() != codes.InvalidArgument || !strings.Contains(fmt.Sprint(st.Details()), "program.max_age") {
+		t.Fatalf("create with ages 21 to 18: %v; want INVALID_ARGUMENT naming program.max_age", err)
+	}
+	bad.MinAge, bad.MaxAge = 200, 0
+	_, err = f.client.CreateProgram(f.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: bad})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = f.client.UpdateProgram(f.admin, &referralsv1.UpdateProgramRequest{Program: &referralsv1.Program{Name: teen, MaxAge: 10},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"max_age"}}})
+	wantCode(t, err, codes.InvalidArgument)
+	p, err = f.client.UpdateProgram(f.admin, &referralsv1.UpdateProgramRequest{Program: &referralsv1.Program{Name: teen, MaxAge: 20},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"max_age"}}})
+	if err != nil || p.GetMinAge() != 12 || p.GetMaxAge() != 20 {
+		t.Fatalf("UpdateProgram(max_age 20) = ages %d to %d, %v; want 12 to 20", p.GetMinAge(), p.GetMaxAge(), err)
+	}
+	resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north", Age: 19})
+	if err != nil || !slices.ContainsFunc(resp.GetMatches(), func(m *referralsv1.ProgramMatch) bool { return m.GetProgram().GetName() == teen }) {
+		t.Fatalf("a 19-year-old's matches after the teen program took up to 20 = %v, %v; want it among them", resp.GetMatches(), err)
+	}
+}
+
 func BenchmarkMatchPrograms10k(b *testing.B) {
 	f := setup(b)
 	ctx := context.Background()

@@ -121,12 +121,35 @@ func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv
 		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5}
 	if lo := fam.GetLovedOne(); member == "" {
 		req.Locality, req.PostalCode, req.Language, req.PrefersTelehealth = lo.GetLocality(), lo.GetPostalCode(), lo.GetLanguage(), lo.GetPrefersTelehealth()
+		req.Age = age(lo.GetBirthDate(), lo.GetTimeZone(), time.Now())
 	}
 	for _, b := range barriers.GetBarriers() {
 		// The enums share their numbers across the two services.
 		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
 	}
 	return req, nil
+}
+
+// age is the age in whole years, on the day now falls on in zone (UTC if
+// it does not load), of someone born on birth (YYYY-MM-DD); 0 when birth
+// is unset, does not parse, or lies ahead: the match then leaves age out.
+func age(birth, zone string, now time.Time) int32 {
+	born, err := time.Parse(time.DateOnly, birth)
+	if err != nil {
+		return 0
+	}
+	now = now.UTC()
+	if loc, err := time.LoadLocation(zone); err == nil {
+		now = now.In(loc)
+	}
+	years := now.Year() - born.Year()
+	if now.Month() < born.Month() || now.Month() == born.Month() && now.Day() < born.Day() {
+		years--
+	}
+	if years <= 0 || years > 130 {
+		return 0
+	}
+	return int32(years)
 }
 
 // HoldTreatment holds an intake slot at the best-fitting MAT program with a

@@ -535,8 +535,9 @@ func (recordFamily) ListBarriers(context.Context, *familiesv1.ListBarriersReques
 // the language they speak; a member's are not, by the loved one's.
 func TestMatchedWhereTheLovedOneIs(t *testing.T) {
 	fam := &familiesv1.Family{
-		LovedOne: &familiesv1.LovedOne{Locality: "Riverside", PostalCode: "60546", Language: "es", PrefersTelehealth: true},
-		Members:  []*familiesv1.Member{{Id: "mom", ConsentToContact: true}}}
+		LovedOne: &familiesv1.LovedOne{Locality: "Riverside", PostalCode: "60546", Language: "es", PrefersTelehealth: true,
+			BirthDate: time.Now().AddDate(-17, 0, -40).Format(time.DateOnly)},
+		Members: []*familiesv1.Member{{Id: "mom", ConsentToContact: true}}}
 	for _, member := range []string{"", "mom"} {
 		refs := &matchFake{ranked: []string{"clinics/north/programs/p1"}, ids: map[string]string{}}
 		a := &Activities{Referrals: refs, Families: recordFamily{fam: fam}}
@@ -545,13 +546,38 @@ func TestMatchedWhereTheLovedOneIs(t *testing.T) {
 			t.Fatalf("member %q: %d matches asked, %v", member, len(refs.asked), err)
 		}
 		q := refs.asked[0]
-		got := []any{q.GetLocality(), q.GetPostalCode(), q.GetLanguage(), q.GetPrefersTelehealth()}
-		want := []any{"Riverside", "60546", "es", true}
+		got := []any{q.GetLocality(), q.GetPostalCode(), q.GetLanguage(), q.GetPrefersTelehealth(), q.GetAge()}
+		want := []any{"Riverside", "60546", "es", true, int32(17)}
 		if member != "" {
-			want = []any{"", "", "", false}
+			want = []any{"", "", "", false, int32(0)}
 		}
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("member %q: matched by %v, want %v", member, got, want)
+		}
+	}
+}
+
+// Age counts whole years on the day it is in the loved one's zone, and is
+// 0 (left out of matching) when the birth date is missing, malformed or
+// ahead.
+func TestAge(t *testing.T) {
+	// 2026-12-05 03:00 UTC is still 2026-12-04 in Chicago.
+	now := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		birth, zone string
+		want        int32
+	}{
+		{"2008-12-05", "", 18},
+		{"2008-12-05", "America/Chicago", 17}, // a birthday not yet come there
+		{"2008-12-04", "America/Chicago", 18},
+		{"2008-12-06", "", 17},
+		{"1990-02-28", "Nowhere/Else", 36}, // an unknown zone counts in UTC
+		{"", "", 0},
+		{"05/12/2008", "", 0},
+		{"2027-01-01", "", 0},
+	} {
+		if got := age(c.birth, c.zone, now); got != c.want {
+			t.Errorf("age(%q, %q) = %d, want %d", c.birth, c.zone, got, c.want)
 		}
 	}
 }

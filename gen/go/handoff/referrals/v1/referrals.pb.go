@@ -878,7 +878,15 @@ type Program struct {
 	Etag string `protobuf:"bytes,17,opt,name=etag,proto3" json:"etag,omitempty"`
 	// When the program was deleted, if holds or referrals named it then (see
 	// DeleteProgram); unset for a program in the directory.
-	DeleteTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
+	DeleteTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=delete_time,json=deleteTime,proto3" json:"delete_time,omitempty"`
+	// The youngest age, in whole years, the program takes (an adult program:
+	// 18); 0 means no lower limit. A match given the person's age leaves out
+	// the programs that would turn them away for it.
+	MinAge int32 `protobuf:"varint,19,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
+	// The oldest age, in whole years, the program takes (an adolescent
+	// program: 17); 0 means no upper limit. At least `min_age` when both are
+	// set.
+	MaxAge        int32 `protobuf:"varint,20,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1037,6 +1045,20 @@ func (x *Program) GetDeleteTime() *timestamppb.Timestamp {
 		return x.DeleteTime
 	}
 	return nil
+}
+
+func (x *Program) GetMinAge() int32 {
+	if x != nil {
+		return x.MinAge
+	}
+	return 0
+}
+
+func (x *Program) GetMaxAge() int32 {
+	if x != nil {
+		return x.MaxAge
+	}
+	return 0
 }
 
 // A postal address.
@@ -2287,8 +2309,8 @@ type UpdateProgramRequest struct {
 	// The fields to change: `organization`, `display_name`, `description`,
 	// `services`, `payments_accepted`, `address` (or sub-fields such as
 	// `address.postal_code`), `hours`, `telehealth`, `same_day_intake`,
-	// `same_day_induction`, `languages`, `phone`. Repeated fields are replaced
-	// whole.
+	// `same_day_induction`, `languages`, `phone`, `min_age`, `max_age`.
+	// Repeated fields are replaced whole.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// A unique id for this request; a retry with it changes nothing twice.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
@@ -2595,6 +2617,9 @@ type MatchProgramsRequest struct {
 	Language string `protobuf:"bytes,9,opt,name=language,proto3" json:"language,omitempty"`
 	// At most this many matches (default 10, at most 100).
 	MaxResults int32 `protobuf:"varint,10,opt,name=max_results,json=maxResults,proto3" json:"max_results,omitempty"`
+	// The person's age in whole years. Programs whose `min_age` or `max_age`
+	// it falls outside are left out. 0 (unknown) leaves age out of matching.
+	Age int32 `protobuf:"varint,12,opt,name=age,proto3" json:"age,omitempty"`
 	// Programs to leave out, `clinics/{clinic}/programs/{program}`, for
 	// example ones the person already tried or that turned them down.
 	ExcludePrograms []string `protobuf:"bytes,11,rep,name=exclude_programs,json=excludePrograms,proto3" json:"exclude_programs,omitempty"`
@@ -2698,6 +2723,13 @@ func (x *MatchProgramsRequest) GetLanguage() string {
 func (x *MatchProgramsRequest) GetMaxResults() int32 {
 	if x != nil {
 		return x.MaxResults
+	}
+	return 0
+}
+
+func (x *MatchProgramsRequest) GetAge() int32 {
+	if x != nil {
+		return x.Age
 	}
 	return 0
 }
@@ -4059,7 +4091,7 @@ var File_handoff_referrals_v1_referrals_proto protoreflect.FileDescriptor
 
 const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\n" +
-	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\b\n" +
+	"$handoff/referrals/v1/referrals.proto\x12\x14handoff.referrals.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\t\n" +
 	"\aProgram\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12/\n" +
 	"\forganization\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\forganization\x12.\n" +
@@ -4084,7 +4116,9 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"updateTime\x12\x17\n" +
 	"\x04etag\x18\x11 \x01(\tB\x03\xe0A\x01R\x04etag\x12@\n" +
 	"\vdelete_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"deleteTime:S\xeaAP\n" +
+	"deleteTime\x12&\n" +
+	"\amin_age\x18\x13 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\x82\x01(\x00R\x06minAge\x12&\n" +
+	"\amax_age\x18\x14 \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\x82\x01(\x00R\x06maxAge:S\xeaAP\n" +
 	"\x16handoff.health/Program\x12#clinics/{clinic}/programs/{program}*\bprograms2\aprogram\"\xdf\x01\n" +
 	"\aAddress\x12(\n" +
 	"\x05lines\x18\x01 \x03(\tB\x12\xe0A\x01\xbaH\f\x92\x01\t\x10\x04\"\x05r\x03\x18\xc8\x01R\x05lines\x12&\n" +
@@ -4236,7 +4270,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xe4\x06\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x85\a\n" +
 	"\x14MatchProgramsRequest\x12^\n" +
 	"\x06parent\x18\x01 \x01(\tBF\xe0A\x02\xfaA\x18\x12\x16handoff.health/Program\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12^\n" +
 	"\rservice_kinds\x18\x02 \x03(\x0e2!.handoff.referrals.v1.ServiceKindB\x16\xe0A\x01\xbaH\x10\x92\x01\r\x10\f\x18\x01\"\a\x82\x01\x04\x10\x01 \x00R\fserviceKinds\x12D\n" +
@@ -4252,7 +4286,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\blanguage\x18\t \x01(\tB2\xe0A\x01\xbaH,\xd8\x01\x01r'\x18#2#^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$R\blanguage\x12-\n" +
 	"\vmax_results\x18\n" +
 	" \x01(\x05B\f\xe0A\x01\xbaH\x06\x1a\x04\x18d(\x00R\n" +
-	"maxResults\x12\x99\x01\n" +
+	"maxResults\x12\x1f\n" +
+	"\x03age\x18\f \x01(\x05B\r\xe0A\x01\xbaH\a\x1a\x05\x18\x82\x01(\x00R\x03age\x12\x99\x01\n" +
 	"\x10exclude_programs\x18\v \x03(\tBn\xe0A\x01\xfaA\x18\n" +
 	"\x16handoff.health/Program\xbaHM\x92\x01J\x10d\"FrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/programs/[a-z0-9][a-z0-9-]{0,62}$R\x0fexcludePrograms\"U\n" +
 	"\x15MatchProgramsResponse\x12<\n" +
