@@ -749,7 +749,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	const reason = "Accepted medication-assisted treatment at a family intervention; immediate intake."
 	kinds := medications(in.Medications)
 	if in.Hold != "" {
-		kind, ok, err := a.agreedForHold(ctx, in.Hold, kinds, in.RequestID)
+		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, kinds, in.RequestID)
 		if err != nil {
 			return Referral{}, err
 		}
@@ -880,21 +880,26 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 	return 0, false, nil
 }
 
-// agreedForHold is agreedService for the hold the workflow names. A hold
-// its program cannot convert to anything agreed to is given back; a hold
-// no longer there is left to the conversion, which says so.
-func (a *Activities) agreedForHold(ctx context.Context, name string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
+// agreedForHold is agreedService for the hold the workflow names, made for
+// intervention. A hold its program cannot convert to anything agreed to is
+// given back; a hold no longer there is left to the conversion, which says
+// so.
+func (a *Activities) agreedForHold(ctx context.Context, name, intervention string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
 	if len(kinds) == len(matKinds) {
 		// Any MAT service: every MAT hold converts as it is.
 		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
 	}
-	h, err := a.Referrals.GetHold(ctx, &referralsv1.GetHoldRequest{Name: name})
-	if ErrorType(wrap("", err)) == "RESOURCE_NOT_FOUND" {
+	// Listed, not read (GetHold): the worker may list the holds its
+	// workflows made, and reads no single hold.
+	holds, err := a.heldWhere(ctx, aip.Clinic(name), fmt.Sprintf("intervention = %q", intervention),
+		func(h *referralsv1.Hold) bool { return h.GetName() == name })
+	if err != nil {
+		return 0, false, err
+	}
+	if len(holds) == 0 {
 		return 0, false, nil
 	}
-	if err != nil {
-		return 0, false, wrap("get hold", err)
-	}
+	h := holds[0]
 	kind, ok, err := a.agreedService(ctx, h, kinds)
 	if err != nil || ok {
 		return kind, ok, err

@@ -1379,8 +1379,17 @@ func TestLongestHoldIsLasting(t *testing.T) {
 // buprenorphine too when read, and no longer does when the hold converts.
 type changedProgramFake struct{ directoryFake }
 
-func (f *changedProgramFake) GetHold(_ context.Context, in *referralsv1.GetHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
-	return &referralsv1.Hold{Name: in.GetName(), Program: "clinics/north/programs/p1", ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}, nil
+// GetHold is refused, as the referrals service refuses it to the worker.
+func (f *changedProgramFake) GetHold(context.Context, *referralsv1.GetHoldRequest, ...grpc.CallOption) (*referralsv1.Hold, error) {
+	return nil, status.Error(codes.PermissionDenied, "role [worker] may not call GetHold")
+}
+
+func newChangedProgramFake() *changedProgramFake {
+	f := &changedProgramFake{}
+	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/p1",
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, Family: "clinics/north/families/f1",
+		Intervention: "clinics/north/interventions/i1", State: referralsv1.HoldState_HOLD_STATE_HELD}}
+	return f
 }
 
 func (f *changedProgramFake) GetProgram(_ context.Context, in *referralsv1.GetProgramRequest, _ ...grpc.CallOption) (*referralsv1.Program, error) {
@@ -1399,7 +1408,7 @@ func (f *changedProgramFake) ConvertHold(ctx context.Context, in *referralsv1.Co
 // between its read and the conversion is given back, and the match goes
 // on, rather than the intake failing.
 func TestHeldPlaceWhoseProgramChangedIsGivenBack(t *testing.T) {
-	f := &changedProgramFake{}
+	f := newChangedProgramFake()
 	a := &Activities{Families: familyFake{}, Referrals: f}
 	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: "clinics/north/families/f1",
 		Intervention: "clinics/north/interventions/i1", Hold: "clinics/north/holds/held", RequestID: "r", Medications: []string{"MAT_BUPRENORPHINE"}})
