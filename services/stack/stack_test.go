@@ -361,6 +361,59 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
 }
 
+// A partial yes to outpatient care, without medication, is handed to the
+// intake as a yes to MAT is: the place held for the meeting becomes an
+// immediate outpatient referral at its program, no boundary follow-up
+// starts, and the program's admission ends it in treatment.
+func TestPartialYesToCareGoesToIntake(t *testing.T) {
+	e := start(t)
+	mat := e.directory() // offers outpatient care beside buprenorphine
+	f, _ := e.family()
+	iv := e.schedule(f, 7*time.Second)
+	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
+		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
+		for _, it := range got.GetChecklist() {
+			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
+				return true
+			}
+		}
+		return false
+	})
+	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}))
+	var referral *referralsv1.Referral
+	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
+		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
+		if len(resp.GetReferrals()) == 1 {
+			referral = resp.GetReferrals()[0]
+		}
+		return referral != nil
+	})
+	if referral.GetProgram() != mat.GetName() || referral.GetHold() == "" || referral.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT {
+		t.Fatalf("referral %v; want outpatient care at the held program %s", referral, mat.GetName())
+	}
+	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: referral.GetName()}))
+	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: referral.GetName()}))
+	res := e.result(iv.GetName())
+	if res.Outcome != "PARTIALLY_ACCEPTED" || res.Child != ids.MATIntake(iv.GetName()) || res.ChildResult != "ENTERED_TREATMENT" {
+		t.Fatalf("result = %+v; want the intake, ended in treatment", res)
+	}
+	// No boundary follow-up: the loved one said yes.
+	_, err := e.temporal.DescribeWorkflowExecution(context.Background(), ids.Boundary(f.GetName()), "")
+	var nf *serviceerror.NotFound
+	if !errors.As(err, &nf) {
+		t.Fatalf("the boundary workflow after a yes to outpatient care: %v; want none", err)
+	}
+	stacktest.Eventually(t, 20*time.Second, "the family engaged in treatment", func() bool {
+		got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
+		return got.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
+	})
+	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "partial-care.json")
+	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "partial-care.json")
+}
+
 // The loved one says no at the meeting, then, during the follow-up, takes
 // the outpatient place a counselor referred them to at a window of
 // opportunity, and the program admits them on the spot: the boundary

@@ -746,8 +746,8 @@ func firstContact(t time.Time) *timestamppb.Timestamp {
 // slot at the best program not tried yet. No program left is a
 // non-retryable NO_PROGRAM error.
 func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateRequest) (Referral, error) {
-	const reason = "Accepted medication-assisted treatment at a family intervention; immediate intake."
-	kinds := medications(in.Medications)
+	kinds := treatments(in.Medications)
+	reason := intakeReason(kinds)
 	if in.Hold != "" {
 		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, kinds, in.RequestID)
 		if err != nil {
@@ -839,14 +839,19 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	return Referral{}, temporal.NewNonRetryableApplicationError("no MAT program with a free slot is left to try", "NO_PROGRAM", nil)
+	return Referral{}, temporal.NewNonRetryableApplicationError("no program with a free slot is left to try", "NO_PROGRAM", nil)
 }
 
-// medications are the MAT services named, in matKinds' order; none named
-// is every one.
-func medications(names []string) []referralsv1.ServiceKind {
+// careKinds are the treatments other than medication that a partial yes
+// may hand to the intake.
+var careKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_INPATIENT,
+	referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT}
+
+// treatments are the MAT services and other care named, in matKinds' then
+// careKinds' order; none named is every MAT service.
+func treatments(names []string) []referralsv1.ServiceKind {
 	var out []referralsv1.ServiceKind
-	for _, k := range matKinds {
+	for _, k := range slices.Concat(matKinds, careKinds) {
 		if slices.Contains(names, strings.TrimPrefix(k.String(), "SERVICE_KIND_")) {
 			out = append(out, k)
 		}
@@ -855,6 +860,14 @@ func medications(names []string) []referralsv1.ServiceKind {
 		return matKinds
 	}
 	return out
+}
+
+// intakeReason is the reason an immediate referral to kinds gives.
+func intakeReason(kinds []referralsv1.ServiceKind) string {
+	if slices.ContainsFunc(kinds, func(k referralsv1.ServiceKind) bool { return !slices.Contains(matKinds, k) }) {
+		return "Accepted treatment at a family intervention; immediate intake."
+	}
+	return "Accepted medication-assisted treatment at a family intervention; immediate intake."
 }
 
 // agreedService is the service a hold converts to: unspecified (the
@@ -885,7 +898,7 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 // given back; a hold no longer there is left to the conversion, which says
 // so.
 func (a *Activities) agreedForHold(ctx context.Context, name, intervention string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
-	if len(kinds) == len(matKinds) {
+	if slices.Equal(kinds, matKinds) {
 		// Any MAT service: every MAT hold converts as it is.
 		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
 	}

@@ -1420,6 +1420,40 @@ func TestHeldPlaceWhoseProgramChangedIsGivenBack(t *testing.T) {
 	}
 }
 
+// A partial yes without medication refers to the care accepted: a place
+// held at a MAT program that offers none of it is given back, not
+// converted as MAT (all three kinds of care named are not "any MAT").
+func TestCareAcceptedIsNotConvertedAsMAT(t *testing.T) {
+	f := newChangedProgramFake()
+	a := &Activities{Families: familyFake{}, Referrals: f}
+	if _, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: "clinics/north/families/f1",
+		Intervention: "clinics/north/interventions/i1", Hold: "clinics/north/holds/held", RequestID: "r",
+		Medications: []string{"INPATIENT", "OUTPATIENT", "INTENSIVE_OUTPATIENT"}}); err != nil && ErrorType(err) != "NO_PROGRAM" {
+		t.Fatal(err)
+	}
+	if len(f.releases) != 1 || f.releases[0].GetName() != "clinics/north/holds/held" {
+		t.Fatalf("releases %v; want the MAT place given back", f.releases)
+	}
+}
+
+// The treatments named keep MAT's and then care's order; none named is any
+// MAT service. A referral to care says treatment, not medication.
+func TestTreatmentsNamed(t *testing.T) {
+	for _, c := range []struct {
+		names     []string
+		want, why string
+	}{
+		{nil, "[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_NALTREXONE]", "medication-assisted"},
+		{[]string{"OUTPATIENT", "MAT_NALTREXONE", "PEER_SUPPORT"}, "[SERVICE_KIND_MAT_NALTREXONE SERVICE_KIND_OUTPATIENT]", "Accepted treatment"},
+		{[]string{"INPATIENT"}, "[SERVICE_KIND_INPATIENT]", "Accepted treatment"},
+	} {
+		got := treatments(c.names)
+		if fmt.Sprint(got) != c.want || !strings.Contains(intakeReason(got), c.why) {
+			t.Errorf("treatments(%v) = %v, reason %q; want %s, a reason saying %q", c.names, got, intakeReason(got), c.want, c.why)
+		}
+	}
+}
+
 type entryFamilies struct {
 	familiesv1.FamiliesServiceClient
 	err error

@@ -160,9 +160,11 @@ type ImmediateRequest struct {
 	Exclude      []string
 	FirstContact time.Time
 	RequestID    string
-	// Medications are the MAT services the loved one agreed to, as
-	// ServiceKind names without their prefix; none is any (a plain yes,
-	// or a workflow begun before the field was).
+	// Medications are the treatments the loved one agreed to, as
+	// ServiceKind names without their prefix: MAT services, or for a
+	// partial yes without medication inpatient, outpatient or intensive
+	// outpatient care. None is any MAT service (a plain yes, or a workflow
+	// begun before the field was).
 	Medications []string
 }
 

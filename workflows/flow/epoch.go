@@ -37,23 +37,37 @@ type epoch struct {
 //
 // The newest covers the changes asked only in a sensitive state (a safety
 // screen not current, an overdose beside a check-in, a referral failing
-// under an overdose alert, a stalled intake's failed review): a run that asked one would carry it in its
-// TemporalChangeVersion search attribute, which no codec seals, so that
-// anyone reading visibility could list the families in that state. A
+// under an overdose alert, a stalled intake's failed review, a partial yes
+// to care other than medication): a run that asked one would carry it in
+// its TemporalChangeVersion search attribute, which no codec seals, so
+// that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-05c", with(fifthEpoch,
-		// matintake: asked only when a stalled intake's review failed
-		"stall-review-best-effort",
-		// treatmententered
-		"treatment-entered-records-entry", "treatment-entered-withdraws-drafts",
+	{"epoch-2026-12-05d", with(sixthEpoch,
+		// intervention: asked only for a partial yes to inpatient,
+		// outpatient or intensive outpatient care
+		"care-intake",
+		// intervention: asked only when a meeting's length alone changed
+		"length-keeps-reminders",
+		// overdose
+		"open-before-handover", "resend-while-open",
 	)},
+	{"epoch-2026-12-05c", sixthEpoch},
 	{"epoch-2026-12-05b", fifthEpoch},
 	{"epoch-2026-12-05", fourthEpoch},
 	{"epoch-2026-12-04b", thirdEpoch},
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// sixthEpoch took in the changes asked only in a sensitive state when it
+// was made, and TreatmentEntered's.
+var sixthEpoch = with(fifthEpoch,
+	// matintake: asked only when a stalled intake's review failed
+	"stall-review-best-effort",
+	// treatmententered
+	"treatment-entered-records-entry", "treatment-entered-withdraws-drafts",
+)
 
 // fifthEpoch took in the changes asked only in a sensitive state when it
 // was made.

@@ -21,6 +21,7 @@ func TestEpochsAreFrozen(t *testing.T) {
 		"epoch-2026-12-05":  "37d32e43717d3d87",
 		"epoch-2026-12-05b": "4e9c1b59900dfe2a",
 		"epoch-2026-12-05c": "88b6fc2d195bc239",
+		"epoch-2026-12-05d": "def442686407c8be",
 	}
 	for _, e := range epochs {
 		var lines []string

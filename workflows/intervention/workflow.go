@@ -96,6 +96,10 @@ const (
 
 var matKinds = []string{"MAT_METHADONE", "MAT_BUPRENORPHINE", "MAT_NALTREXONE"}
 
+// careKinds are the treatments other than medication a partial yes may
+// accept; the intake refers the loved one to them as to MAT.
+var careKinds = []string{"INPATIENT", "OUTPATIENT", "INTENSIVE_OUTPATIENT"}
+
 type wf struct {
 	in       Input
 	plan     activities.Plan
@@ -967,6 +971,19 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	if acceptsMAT && flow.Version(ctx, versionIntakeFirst, 1) >= 1 {
 		return w.handOff(ctx, res, others, medications)
 	}
+	// A yes to treatment other than medication (an outpatient program,
+	// say) is a yes too: intake, not the boundary path for a refusal.
+	var care, rest []string
+	for _, s := range others {
+		if slices.Contains(careKinds, s) {
+			care = append(care, s)
+		} else {
+			rest = append(rest, s)
+		}
+	}
+	if !acceptsMAT && len(care) > 0 && flow.Version(ctx, versionCareIntake, 1) >= 1 {
+		return w.handOff(ctx, res, rest, care)
+	}
 	// Reminders still pending for the meeting make no sense any more.
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "outcome recorded",
@@ -1072,6 +1089,13 @@ func (w *wf) pastFailedReferrals(ctx workflow.Context, err error) bool {
 	}
 	return true
 }
+
+// versionCareIntake guards handing a partial yes to inpatient, outpatient
+// or intensive outpatient care (without medication) to the intake, as a
+// yes to MAT is: before, it went down the boundary path of a refusal, with
+// only a referral to the care accepted. Asked only for such a yes (a
+// sensitive state): covered by an epoch.
+const versionCareIntake = "care-intake"
 
 // versionIntakeFirst guards starting the MAT intake before tidying up
 // after a yes: before, the intake waited behind cancelling the meeting's

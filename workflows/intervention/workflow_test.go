@@ -950,6 +950,47 @@ func partialRefusal(t *testing.T, releaseErr error) (*harness, []activities.Supp
 	return h, support, *boundaryIn
 }
 
+// A partial yes to outpatient care, without medication, is a yes too: it
+// goes to the intake with the care accepted (and the place held), not down
+// the boundary path of a refusal; the other services accepted are
+// referred beside it.
+func TestPartialYesToCareGoesToIntake(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	var support []activities.SupportRequest
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			support = append(support, in)
+			return nil, nil
+		})
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	boundaryIn := h.boundaryStarts()
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"FAMILY_COUNSELING", "OUTPATIENT"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(intake.Medications) != "[OUTPATIENT]" || intake.Hold != "clinics/north/holds/h1" || len(h.released) != 0 {
+		t.Fatalf("intake input %+v, released %v; want the outpatient care, with the place held", intake, h.released)
+	}
+	if boundaryIn.Family != "" {
+		t.Fatalf("the boundary path started after a yes: %+v", boundaryIn)
+	}
+	if len(support) != 1 || fmt.Sprint(support[0].Kinds) != "[FAMILY_COUNSELING]" {
+		t.Fatalf("support referrals %+v; want family counseling alone", support)
+	}
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "PARTIALLY_ACCEPTED" || res.Child != ids.MATIntake(name) ||
+		res.ChildResult != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+}
+
 // Partially accepted with MAT among the services goes to MAT intake, and the
 // other services accepted are referred too.
 func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {

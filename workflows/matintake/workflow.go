@@ -36,8 +36,10 @@ type Input struct {
 	Hold         string
 	Counselor    activities.Person
 	FirstContact time.Time
-	// Medications are the MAT services the loved one agreed to (ServiceKind
-	// names without their prefix); none is any.
+	// Medications are the treatments the loved one agreed to (ServiceKind
+	// names without their prefix): MAT services or, for a partial yes
+	// without medication, inpatient, outpatient or intensive outpatient
+	// care; none is any MAT service.
 	Medications []string
 }
 
