@@ -364,7 +364,7 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 // not left held until it lapses. Each release's request id is the
 // request's and the hold's, so a retry releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
-	kinds := matKinds
+	kinds := withKinds(matKinds, treatments(in.Services))
 	if in.AnyService {
 		kinds = nil
 	}
@@ -862,6 +862,17 @@ func treatments(names []string) []referralsv1.ServiceKind {
 	return out
 }
 
+// withKinds is kinds with the ones in more it lacks added.
+func withKinds(kinds, more []referralsv1.ServiceKind) []referralsv1.ServiceKind {
+	out := slices.Clone(kinds)
+	for _, k := range more {
+		if !slices.Contains(out, k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // intakeReason is the reason an immediate referral to kinds gives.
 func intakeReason(kinds []referralsv1.ServiceKind) string {
 	if slices.ContainsFunc(kinds, func(k referralsv1.ServiceKind) bool { return !slices.Contains(matKinds, k) }) {
@@ -902,6 +913,9 @@ func (a *Activities) agreedForHold(ctx context.Context, name, intervention strin
 		// Any MAT service: every MAT hold converts as it is.
 		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
 	}
+	if intervention == "" {
+		return 0, false, nil // not the meeting's: left to the conversion
+	}
 	// Listed, not read (GetHold): the worker may list the holds its
 	// workflows made, and reads no single hold.
 	holds, err := a.heldWhere(ctx, aip.Clinic(name), fmt.Sprintf("intervention = %q", intervention),
@@ -920,11 +934,13 @@ func (a *Activities) agreedForHold(ctx context.Context, name, intervention strin
 	return 0, false, a.releaseUnagreed(ctx, h, requestID)
 }
 
-// agreedHold is the first live MAT hold of the intervention (at a program
-// not excluded) that converts to a service agreed to, with that service;
-// those that cannot are given back on the way.
+// agreedHold is the first live hold of the intervention (at a program not
+// excluded), for MAT or a service agreed to, that converts to a service
+// agreed to, with that service; those that cannot are given back on the
+// way. A place an earlier try held for care agreed to (outpatient, say) is
+// found too: a retry adopts it rather than pass its program over.
 func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, referralsv1.ServiceKind, error) {
-	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, in.Exclude)
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, in.Exclude, withKinds(matKinds, kinds))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -946,10 +962,10 @@ func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds 
 // releaseUnagreed gives back a place held for a medication the loved one
 // did not agree to, at a program offering none they did.
 func (a *Activities) releaseUnagreed(ctx context.Context, h *referralsv1.Hold, requestID string) error {
-	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a medication its program does not offer",
+	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a treatment its program does not offer",
 		RequestID: subID(requestID, "release-unagreed", h.GetName())})
 	if err != nil {
-		return fmt.Errorf("release a hold for another medication: %w", err)
+		return fmt.Errorf("release a hold for another treatment: %w", err)
 	}
 	return nil
 }

@@ -1436,6 +1436,32 @@ func TestCareAcceptedIsNotConvertedAsMAT(t *testing.T) {
 	}
 }
 
+// A place an earlier try held for the care agreed to (its answer lost) is
+// adopted by the retry, not passed over for a program further down; and
+// the intake's release gives back the care places it held, beside MAT's.
+func TestCarePlacesAreAdoptedAndGivenBack(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	care := func() *directoryFake {
+		f := &directoryFake{}
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h-p3", Program: "clinics/north/programs/p3", Family: fam, Intervention: iv,
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, State: referralsv1.HoldState_HOLD_STATE_HELD}}
+		return f
+	}
+	f := care()
+	a := &Activities{Families: familyFake{}, Referrals: f}
+	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "r",
+		Medications: []string{"OUTPATIENT"}})
+	if err != nil || ref.Program != "clinics/north/programs/p3" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p3]" {
+		t.Fatalf("referral %+v, %v, converted %v; want the place held at p3", ref, err, f.converted)
+	}
+	f = care()
+	a = &Activities{Referrals: f}
+	if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intake failed",
+		RequestID: "r", Services: []string{"OUTPATIENT"}}); err != nil || n != 1 || len(f.holds) != 0 {
+		t.Fatalf("released %d, %v, left %v; want the care place given back", n, err, f.holds)
+	}
+}
+
 // The treatments named keep MAT's and then care's order; none named is any
 // MAT service. A referral to care says treatment, not medication.
 func TestTreatmentsNamed(t *testing.T) {

@@ -141,6 +141,10 @@ type ReleaseHeldRequest struct {
 	// AnyService releases holds for any service, not only MAT ones: for an
 	// intervention that no longer takes place, every place it held.
 	AnyService bool
+	// Services are further services (ServiceKind names without their
+	// prefix) whose holds go back too, beside MAT's: the care an intake
+	// held places for.
+	Services []string
 }
 
 // TreatmentEntryRequest records on a family that the loved one entered
