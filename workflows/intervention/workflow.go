@@ -127,7 +127,7 @@ type wf struct {
 	outcome      *Outcome
 	cancel       *Cancel
 	rearm        bool
-	stretch      bool // the meeting's length alone changed; see stretched
+	moved        bool // a reschedule to rearm for moved the start or zone; see stretched
 	replan       bool
 	// refusedAt, when set, is the time of a meeting reminder the service
 	// refused as to someone no longer taking part: the plan is stale, and
@@ -317,10 +317,9 @@ func (w *wf) setup(ctx workflow.Context) error {
 		if r.TimeZone != "" {
 			w.plan.Counselor.TimeZone = r.TimeZone
 		}
-		if lengthOnly && flow.Version(ctx, versionLengthKeepsReminders, 1) >= 1 {
-			w.stretch = true
-			return nil
-		}
+		// The version is asked in the run loop: this handler runs on the
+		// SDK's root context, which does not carry the run's epoch.
+		w.moved = w.moved || !lengthOnly
 		w.rearm = true
 		return nil
 	}, workflow.UpdateHandlerOptions{Validator: func(ctx workflow.Context, r Reschedule) error {
@@ -403,17 +402,20 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			}
 		}
 		if w.rearm {
-			if err := w.rescheduled(ctx); err != nil {
-				return Result{}, err
-			}
-		}
-		if w.stretch {
-			if err := w.stretched(ctx); err != nil {
+			// Taken before either blocks: a reschedule arriving meanwhile
+			// sets its own for the next turn.
+			moved := w.moved
+			w.moved = false
+			if !moved && flow.Version(ctx, versionLengthKeepsReminders, 1) >= 1 {
+				if err := w.stretched(ctx); err != nil {
+					return Result{}, err
+				}
+			} else if err := w.rescheduled(ctx); err != nil {
 				return Result{}, err
 			}
 		}
 		next, ok := w.nextDeadline(workflow.Now(ctx))
-		changed := func() bool { return w.rearm || w.stretch || w.replan || w.outcome != nil || w.cancel != nil }
+		changed := func() bool { return w.rearm || w.replan || w.outcome != nil || w.cancel != nil }
 		if ok {
 			if d := next.Sub(workflow.Now(ctx)); d > 0 {
 				if _, err := workflow.AwaitWithTimeout(ctx, d, changed); err != nil {
@@ -423,7 +425,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		} else if err := workflow.Await(ctx, changed); err != nil {
 			return Result{}, err
 		}
-		if w.outcome != nil || w.cancel != nil || w.rearm || w.stretch || w.replan {
+		if w.outcome != nil || w.cancel != nil || w.rearm || w.replan {
 			continue
 		}
 		if err := w.due(ctx); err != nil {
@@ -577,9 +579,14 @@ const versionLengthKeepsReminders = "length-keeps-reminders"
 
 // stretched takes a new length of the meeting: the reminders stand, and a
 // hold that would lapse before the new end is released and taken again,
-// at the hold time (at once if that has passed).
+// at the hold time (at once if that has passed). Once the meeting has
+// begun no hold is taken any more, so the one held is kept: it serves a
+// yes until it lapses.
 func (w *wf) stretched(ctx workflow.Context) error {
-	w.stretch = false
+	w.rearm = false
+	if !workflow.Now(ctx).Before(w.plan.Start) {
+		return nil
+	}
 	held := w.hold.Hold != ""
 	if err := w.releaseOutlived(ctx, "lengthened past the hold"); err != nil {
 		return err

@@ -347,6 +347,32 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 	}
 }
 
+// A new length that arrives after the meeting began (the outbox may be
+// late) keeps the place held: no hold is taken once a meeting has begun,
+// and the yes recorded then hands the place to the intake.
+func TestLengthAfterTheStartKeepsTheHold(t *testing.T) {
+	settings := defaults()
+	settings.HoldSlack = time.Hour
+	h := newHarness(t, 4*24*time.Hour, settings)
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	var rejected error
+	h.update(4*24*time.Hour+10*time.Minute, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "ACCEPTED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if len(h.released) != 0 || intake.Hold != "clinics/north/holds/h1" {
+		t.Fatalf("released %v, intake given hold %q; want the held place kept for the yes", h.released, intake.Hold)
+	}
+}
+
 // Participants and the counselor change after the first reminders: later
 // reminders go to whoever takes part now, none is sent twice, and the time
 // stays the workflow's even if the plan read says otherwise.
