@@ -518,8 +518,6 @@ func appointment(iv *interventionsv1.Intervention) obj {
 	return part2(a, iv.GetUpdateTime(), iv.GetEtag())
 }
 
-// healthcareService is a program of the clinic's directory. It is directory
-// data, not a patient's record, so it carries no Part 2 label.
 // ageEligibility says which ages a program takes, or "" for any.
 func ageEligibility(minAge, maxAge int32) string {
 	switch {
@@ -533,6 +531,8 @@ func ageEligibility(minAge, maxAge int32) string {
 	return ""
 }
 
+// healthcareService is a program of the clinic's directory. It is directory
+// data, not a patient's record, so it carries no Part 2 label.
 func healthcareService(p *referralsv1.Program) obj {
 	hs := obj{
 		"resourceType": "HealthcareService",

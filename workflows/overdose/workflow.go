@@ -174,13 +174,15 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		resends := &flow.Resends{}
 		// Not once the overdose was retracted as recorded in error, another
 		// workflow's alert answered it too, or the family was deleted.
-		// Asked just before each resend; a check that fails sends it all
-		// the same.
+		// Asked just before each resend; a check that fails, or takes
+		// longer than flow.SoonEnough (the families service down), sends
+		// it all the same, rather than hold the alert for a day of
+		// retries.
 		stale := func(ctx workflow.Context, _ string) bool {
 			if flow.Version(ctx, versionResendWhileOpen, 1) < 1 {
 				return false
 			}
-			_, done, err := open(ctx)
+			_, done, err := open(flow.Soon(ctx, flow.SoonEnough))
 			if err != nil {
 				workflow.GetLogger(ctx).Warn("could not tell whether the overdose still stands; sending again", "error", err)
 				return false

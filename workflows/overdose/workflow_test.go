@@ -31,6 +31,7 @@ type harness struct {
 	open      []string
 	reminders []activities.ReminderRequest
 	resends   []activities.ResendRequest
+	resendAt  []time.Time
 	support   []activities.SupportRequest
 	calls     []string // activities in the order they ran
 	familyErr error
@@ -75,7 +76,7 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ResendRequest) (activities.Resent, error) {
-			h.resends = append(h.resends, r)
+			h.resends, h.resendAt = append(h.resends, r), append(h.resendAt, env.Now())
 			return activities.Resent{Reminder: "clinics/north/reminders/r2", FailsBy: r.Due}, nil
 		})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
@@ -184,6 +185,28 @@ func TestRetractedOverdosesAlertIsNotSentAgain(t *testing.T) {
 	}
 	if len(h.asked) != 2 {
 		t.Fatalf("asked %d times whether the overdose stands; want before the handover and before the resend", len(h.asked))
+	}
+}
+
+// A check that cannot be made (the families service down) does not hold
+// the alert back: given up after flow.SoonEnough, it sends the alert again.
+func TestFailedCheckStillSendsTheAlertAgain(t *testing.T) {
+	h := newHarness(t)
+	settings := activities.DefaultSettings()
+	start := h.env.Now()
+	h.env.RegisterDelayedCallback(func() {
+		h.familyErr = errors.New("families service unavailable") // retryable
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r1"})
+	}, settings.OverdoseGrace+time.Minute)
+	res := h.run(t, start)
+	if res.Reminder != "clinics/north/reminders/r1" {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(h.resends) != 1 {
+		t.Fatalf("resends = %+v; want the alert sent again", h.resends)
+	}
+	if at := h.resendAt[0].Sub(start); at > settings.OverdoseGrace+time.Minute+settings.ReminderRetryDelay+flow.SoonEnough+time.Minute {
+		t.Fatalf("sent again %v after the start; want within the check's bound of its time", at)
 	}
 }
 
