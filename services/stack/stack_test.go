@@ -156,6 +156,23 @@ func (e *env) result(iv string) intervention.Result {
 
 // awaitMeeting waits until iv's workflow runs and its meeting has begun,
 // so that an outcome may be recorded.
+// awaitHold waits for the workflow to hold a place for iv and tick it on
+// the checklist, and returns the hold.
+func (e *env) awaitHold(iv *interventionsv1.Intervention) string {
+	e.t.Helper()
+	var hold string
+	stacktest.Eventually(e.t, 15*time.Second, "the treatment hold", func() bool {
+		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
+		for _, it := range got.GetChecklist() {
+			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
+				hold = it.GetHold()
+			}
+		}
+		return hold != ""
+	})
+	return hold
+}
+
 func (e *env) awaitMeeting(iv *interventionsv1.Intervention) {
 	e.t.Helper()
 	stacktest.Eventually(e.t, 15*time.Second, "the workflow to start", func() bool {
@@ -241,15 +258,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	iv := e.schedule(f, 7*time.Second)
 
 	// The hold is taken 3 s before the meeting and ticked on the checklist.
-	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
-		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
-		for _, it := range got.GetChecklist() {
-			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
-				return true
-			}
-		}
-		return false
-	})
+	e.awaitHold(iv)
 	// Reminders (counselor in-app, mom by SMS) become due; five claimers race.
 	var due []*interventionsv1.Reminder
 	stacktest.Eventually(t, 15*time.Second, "due reminders", func() bool {
@@ -370,15 +379,7 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	mat := e.directory() // offers outpatient care beside buprenorphine
 	f, _ := e.family()
 	iv := e.schedule(f, 7*time.Second)
-	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
-		got := ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}))
-		for _, it := range got.GetChecklist() {
-			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
-				return true
-			}
-		}
-		return false
-	})
+	e.awaitHold(iv)
 	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
 		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}))
@@ -696,15 +697,7 @@ func TestCancelledReleasesTheHold(t *testing.T) {
 	e.directory()
 	f, _ := e.family()
 	iv := e.schedule(f, 7*time.Second)
-	var hold string
-	stacktest.Eventually(t, 15*time.Second, "the treatment hold", func() bool {
-		for _, it := range ok(e.iv.GetIntervention(e.counsel, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})).GetChecklist() {
-			if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD && it.GetHold() != "" {
-				hold = it.GetHold()
-			}
-		}
-		return hold != ""
-	})
+	hold := e.awaitHold(iv)
 	// A change other than the time reaches the running workflow, which
 	// reads the intervention again.
 	ok(e.iv.UpdateIntervention(e.counsel, &interventionsv1.UpdateInterventionRequest{

@@ -354,12 +354,7 @@ func TestLengthAfterTheStartKeepsTheHold(t *testing.T) {
 	settings := defaults()
 	settings.HoldSlack = time.Hour
 	h := newHarness(t, 4*24*time.Hour, settings)
-	var intake matintake.Input
-	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
-			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
-		})
+	intake := h.intakeRuns()
 	var rejected error
 	h.update(4*24*time.Hour+10*time.Minute, intervention.UpdateReschedule,
 		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
@@ -982,18 +977,7 @@ func partialRefusal(t *testing.T, releaseErr error) (*harness, []activities.Supp
 // referred beside it.
 func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
-	var support []activities.SupportRequest
-	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
-			support = append(support, in)
-			return nil, nil
-		})
-	var intake matintake.Input
-	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
-			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
-		})
+	support, intake := h.supportReferrals(), h.intakeRuns()
 	boundaryIn := h.boundaryStarts()
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
 		AcceptedServices: []string{"FAMILY_COUNSELING", "OUTPATIENT"}}, nil)
@@ -1007,8 +991,8 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	if boundaryIn.Family != "" {
 		t.Fatalf("the boundary path started after a yes: %+v", boundaryIn)
 	}
-	if len(support) != 1 || fmt.Sprint(support[0].Kinds) != "[FAMILY_COUNSELING]" {
-		t.Fatalf("support referrals %+v; want family counseling alone", support)
+	if len(*support) != 1 || fmt.Sprint((*support)[0].Kinds) != "[FAMILY_COUNSELING]" {
+		t.Fatalf("support referrals %+v; want family counseling alone", *support)
 	}
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "PARTIALLY_ACCEPTED" || res.Child != ids.MATIntake(name) ||
@@ -1021,18 +1005,7 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 // other services accepted are referred too.
 func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
-	var support []activities.SupportRequest
-	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
-			support = append(support, in)
-			return nil, nil
-		})
-	var intake matintake.Input
-	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
-			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
-		})
+	support, intake := h.supportReferrals(), h.intakeRuns()
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
 		AcceptedServices: []string{"MAT_BUPRENORPHINE", "FAMILY_COUNSELING"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
@@ -1073,8 +1046,8 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	if byOrigin != 1 || !slices.Contains(kinds, "CHECK_IN") || !slices.Contains(kinds, "BOUNDARY_REMINDER") {
 		t.Fatalf("cancellations %+v; want one of every reminder the boundary workflow made, check-ins and boundary reminders among them", h.cancelled)
 	}
-	if len(support) != 1 || len(support[0].Kinds) != 1 || support[0].Kinds[0] != "FAMILY_COUNSELING" {
-		t.Fatalf("other accepted services referred: %+v", support)
+	if len(*support) != 1 || len((*support)[0].Kinds) != 1 || (*support)[0].Kinds[0] != "FAMILY_COUNSELING" {
+		t.Fatalf("other accepted services referred: %+v", *support)
 	}
 }
 
@@ -1094,6 +1067,29 @@ func TestLateStartDoesNotSpin(t *testing.T) {
 
 // boundaryStarts answers the boundary child workflow at once and keeps
 // the input it was started with.
+// supportReferrals collects the support referrals the workflow asks for.
+func (h *harness) supportReferrals() *[]activities.SupportRequest {
+	var support []activities.SupportRequest
+	h.env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.SupportRequest) ([]string, error) {
+			support = append(support, in)
+			return nil, nil
+		})
+	return &support
+}
+
+// intakeRuns stands in for the intake, which ends in treatment, and keeps
+// the input it was given.
+func (h *harness) intakeRuns() *matintake.Input {
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	return &intake
+}
+
 func (h *harness) boundaryStarts() *boundary.Input {
 	var started boundary.Input
 	h.env.OnWorkflow(boundary.Name, mock.Anything, mock.Anything).Return(
