@@ -173,6 +173,31 @@ func (e *env) awaitHold(iv *interventionsv1.Intervention) string {
 	return hold
 }
 
+// awaitImmediateReferral waits for the intake's one immediate referral
+// for iv, and returns it.
+func (e *env) awaitImmediateReferral(iv *interventionsv1.Intervention) *referralsv1.Referral {
+	e.t.Helper()
+	var referral *referralsv1.Referral
+	stacktest.Eventually(e.t, 20*time.Second, "the immediate referral", func() bool {
+		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
+		if len(resp.GetReferrals()) == 1 {
+			referral = resp.GetReferrals()[0]
+		}
+		return referral != nil
+	})
+	return referral
+}
+
+// awaitEngaged waits for f's record to say the loved one is in treatment.
+func (e *env) awaitEngaged(f *familiesv1.Family) {
+	e.t.Helper()
+	stacktest.Eventually(e.t, 20*time.Second, "the family engaged in treatment", func() bool {
+		got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
+		return got.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
+	})
+}
+
 func (e *env) awaitMeeting(iv *interventionsv1.Intervention) {
 	e.t.Helper()
 	stacktest.Eventually(e.t, 15*time.Second, "the workflow to start", func() bool {
@@ -312,15 +337,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		return got.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED && strings.Contains(got.GetCancelReason(), iv.GetName())
 	})
 	// The MAT intake workflow converts the hold into an immediate referral.
-	var referral *referralsv1.Referral
-	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
-		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
-			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
-		if len(resp.GetReferrals()) == 1 {
-			referral = resp.GetReferrals()[0]
-		}
-		return referral != nil
-	})
+	referral := e.awaitImmediateReferral(iv)
 	if referral.GetProgram() != mat.GetName() || referral.GetHold() == "" {
 		t.Fatalf("referral %v is not at the held program %s", referral, mat.GetName())
 	}
@@ -362,10 +379,7 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		t.Fatalf("intake reminders = %v: the loved one (allowed) and mom", intake.GetReminders())
 	}
 	// The family's record says the loved one is in treatment.
-	stacktest.Eventually(t, 20*time.Second, "the family engaged in treatment", func() bool {
-		got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
-		return got.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
-	})
+	e.awaitEngaged(f)
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "accepted.json")
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "entered.json")
 }
@@ -383,15 +397,7 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	stacktest.Eventually(t, 15*time.Second, "the meeting to start", func() bool { return time.Now().After(iv.GetStartTime().AsTime()) })
 	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
 		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}))
-	var referral *referralsv1.Referral
-	stacktest.Eventually(t, 20*time.Second, "the immediate referral", func() bool {
-		resp := ok(e.ref.ListReferrals(e.counsel, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
-			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", iv.GetName())}))
-		if len(resp.GetReferrals()) == 1 {
-			referral = resp.GetReferrals()[0]
-		}
-		return referral != nil
-	})
+	referral := e.awaitImmediateReferral(iv)
 	if referral.GetProgram() != mat.GetName() || referral.GetHold() == "" || referral.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT {
 		t.Fatalf("referral %v; want outpatient care at the held program %s", referral, mat.GetName())
 	}
@@ -407,10 +413,7 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	if !errors.As(err, &nf) {
 		t.Fatalf("the boundary workflow after a yes to outpatient care: %v; want none", err)
 	}
-	stacktest.Eventually(t, 20*time.Second, "the family engaged in treatment", func() bool {
-		got := ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()}))
-		return got.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
-	})
+	e.awaitEngaged(f)
 	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "partial-care.json")
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "partial-care.json")
 }
