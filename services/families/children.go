@@ -413,9 +413,7 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 			if ws.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
 				// Outsiders see nothing of urgency: what they see keeps its
 				// version and update time (migration 0003).
-				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = true, update_time = $3, version = version + 1,
-					shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
-					shared_checked = version + 1
+				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = true, `+unseenChange+`
 					WHERE clinic = $1 AND id = $2`, c.clinic, c.family, now); err != nil {
 					return nil, fmt.Errorf("mark family urgent: %w", err)
 				}
@@ -470,9 +468,7 @@ func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.Retract
 			}
 			if cur.GetKind() == familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE {
 				// As on CreateWarningSign, outsiders' view keeps its version.
-				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = false, update_time = $3, version = version + 1,
-					shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
-					shared_checked = version + 1
+				if _, err := tx.Exec(ctx, `UPDATE families SET urgent = false, `+unseenChange+`
 					WHERE clinic = $1 AND id = $2 AND urgent AND NOT EXISTS (
 						SELECT 1 FROM warning_signs w WHERE w.clinic = $1 AND w.family_id = $2 AND w.kind = $4
 						AND NOT EXISTS (SELECT 1 FROM warning_sign_retractions r
@@ -593,9 +589,7 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 			// its etag and update time move with them, so that a reader
 			// syncing on either does not miss a new risk. Outsiders see
 			// no screens: what they see keeps its version (migration 0003).
-			if _, err := tx.Exec(ctx, `UPDATE families SET update_time = $3, version = version + 1,
-				shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
-				shared_checked = version + 1
+			if _, err := tx.Exec(ctx, `UPDATE families SET `+unseenChange+`
 				WHERE clinic = $1 AND id = $2`, c.clinic, c.family, now); err != nil {
 				return nil, fmt.Errorf("note the family's new screen: %w", err)
 			}

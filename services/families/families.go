@@ -78,6 +78,14 @@ func New(pool *pgdb.DB, cfg Config) *Server {
 
 const svc = "/handoff.families.v1.FamiliesService/"
 
+// unseenChange sets a family row's version and update time ($3) for a
+// change outside systems do not see (urgency, screens, entering
+// treatment): their view keeps its own version and update time
+// (migration 0003), so that its etag reveals nothing of the change.
+const unseenChange = `update_time = $3, version = version + 1,
+	shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
+	shared_checked = version + 1`
+
 // familyDoc holds the client-owned nested fields stored as JSON.
 var docJSON = protojson.MarshalOptions{UseProtoNames: true}
 
@@ -361,12 +369,9 @@ func (s *Server) RecordTreatmentEntry(ctx context.Context, req *familiesv1.Recor
 			}
 			// The state alone: what an outside system sees does not move
 			// (it sees ACTIVE either way, see outsideState).
-			if _, err := tx.Exec(ctx, `UPDATE families SET state = $3, update_time = $4, version = version + 1,
-				shared_version = COALESCE(shared_version, version),
-				shared_update_time = COALESCE(shared_update_time, update_time),
-				shared_checked = version + 1
+			if _, err := tx.Exec(ctx, `UPDATE families SET state = $4, `+unseenChange+`
 				WHERE clinic = $1 AND id = $2`,
-				clinic, id, int16(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT), s.cfg.Now()); err != nil {
+				clinic, id, s.cfg.Now(), int16(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT)); err != nil {
 				return nil, fmt.Errorf("record treatment entry: %w", err)
 			}
 			out, err := s.readFamily(ctx, tx, clinic, id)
