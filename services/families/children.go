@@ -461,7 +461,8 @@ func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.Retract
 			if cur.GetRetractTime() != nil {
 				return nil, apperr.InvalidTransition(cur.GetName(), "RETRACTED", "RETRACTED")
 			}
-			now := s.cfg.Now()
+			// As stored: the answer is built here, not read back.
+			now := s.cfg.Now().Truncate(time.Microsecond)
 			if _, err := tx.Exec(ctx, `INSERT INTO warning_sign_retractions (clinic, family_id, sign_id, reason, retracted_by, retract_time)
 				VALUES ($1, $2, $3, $4, $5, $6)`, c.clinic, c.family, c.id, req.GetReason(), auth.Actor(ctx), now); err != nil {
 				return nil, fmt.Errorf("retract warning sign: %w", err)
@@ -477,11 +478,8 @@ func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.Retract
 					return nil, fmt.Errorf("clear family urgency: %w", err)
 				}
 			}
-			w, err := readWarning(ctx, tx, c)
-			if err != nil {
-				return nil, err
-			}
-			return w, emit(ctx, tx, c.clinic, "warning_sign.retracted", w.GetName(), w)
+			cur.RetractTime, cur.RetractedBy, cur.RetractReason = timestamppb.New(now), auth.Actor(ctx), req.GetReason()
+			return cur, emit(ctx, tx, c.clinic, "warning_sign.retracted", cur.GetName(), cur)
 		})
 }
 

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/auth"
@@ -83,8 +84,8 @@ func TestRetractWarningSign(t *testing.T) {
 		t.Fatalf("a second retraction: %v; want INVALID_STATE_TRANSITION", st.Details())
 	}
 	if read, err := f.client.GetWarningSign(ctx, &familiesv1.GetWarningSignRequest{Name: first.GetName()}); err != nil ||
-		read.GetRetractReason() != req.GetReason() {
-		t.Fatalf("GetWarningSign = %v, %v; want the first retraction kept", read, err)
+		read.GetRetractReason() != req.GetReason() || !proto.Equal(read, got) {
+		t.Fatalf("GetWarningSign = %v, %v; want the first retraction kept, as it was answered (%v)", read, err, got)
 	}
 
 	// A job loss retracted leaves urgency alone.
