@@ -1141,7 +1141,7 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			// from the sign, not asked in the filter: a families service
 			// of a release before retractions (in a rolling update) would
 			// refuse the filter, and fail the workflow asking for good.
-			if w.GetRetractTime() != nil {
+			if w.GetRetractTime() != nil || in.Sign != "" && w.GetName() != in.Sign {
 				continue
 			}
 			// One alert answers it; the asker's own (IgnoreFrom, and its

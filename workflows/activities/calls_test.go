@@ -343,6 +343,21 @@ func TestOverdosesSinceLeavesOutAnswered(t *testing.T) {
 	}
 }
 
+// Asked about one sign, the activity looks up that sign's alerts alone.
+func TestOverdosesSinceAskedAboutOneSign(t *testing.T) {
+	fam := "clinics/north/families/f1"
+	mine, other := fam+"/warningSigns/w1", fam+"/warningSigns/w2"
+	alerts := &alertsFake{}
+	a := &Activities{Families: signsFake{signs: []string{mine, other}}, Interventions: alerts}
+	got, err := a.OverdosesSince(context.Background(), OverdosesRequest{Family: fam, Since: time.Now().Add(-time.Hour), Sign: mine})
+	if err != nil || len(got) != 1 || got[0] != mine {
+		t.Fatalf("OverdosesSince = %v, %v; want only %s", got, err, mine)
+	}
+	if len(alerts.filters) != 1 || !strings.Contains(alerts.filters[0], mine) {
+		t.Fatalf("alerts asked %v; want the one sign's", alerts.filters)
+	}
+}
+
 // An alert the asking workflow made itself (a retried workflow task, its
 // alert made by the lost try) does not answer the overdose for it; an
 // alert of any other workflow does.

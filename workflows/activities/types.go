@@ -232,6 +232,10 @@ type OverdosesRequest struct {
 	// an alert of that id due before it is an earlier execution's, and
 	// does answer. Zero: every alert of IgnoreFrom is the asker's.
 	IgnoreSince time.Time
+	// Sign, when set, is the one overdose the asker wants to know about:
+	// the answer lists it or nothing, and no other sign's alerts are
+	// looked up.
+	Sign string
 }
 
 // ReinforceRequest records a reinforcement.

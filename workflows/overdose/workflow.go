@@ -87,7 +87,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	open := func(ctx workflow.Context) (res Result, done bool, err error) {
 		var open []string
 		err = flow.Call(ctx, &open, flow.A.OverdosesSince, activities.OverdosesRequest{Family: family, Since: in.Recorded,
-			IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID})
+			IgnoreFrom: workflow.GetInfo(ctx).WorkflowExecution.ID, Sign: in.WarningSign})
 		if gone(err) {
 			return Result{}, true, nil
 		}
