@@ -364,14 +364,12 @@ func requestResource(m proto.Message) string {
 	if m == nil {
 		return ""
 	}
-	r := m.ProtoReflect()
 	for _, f := range []protoreflect.Name{"name", "parent", "program"} {
-		if fd := r.Descriptor().Fields().ByName(f); fd != nil && fd.Kind() == protoreflect.StringKind {
-			if v := r.Get(fd).String(); v != "" {
-				return v
-			}
+		if v := aip.StringField(m, f); v != "" {
+			return v
 		}
 	}
+	r := m.ProtoReflect()
 	// Updates carry the resource, whose name is the one changed.
 	var name string
 	populated(r, func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {

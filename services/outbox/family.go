@@ -25,13 +25,8 @@ func Family(resource string, msg proto.Message) string {
 			return f
 		}
 	}
-	m := msg.ProtoReflect()
 	for _, field := range []protoreflect.Name{"family", "related_resource"} {
-		fd := m.Descriptor().Fields().ByName(field)
-		if fd == nil || fd.Kind() != protoreflect.StringKind || fd.IsList() {
-			continue
-		}
-		if f := aip.Family(m.Get(fd).String()); f != "" {
+		if f := aip.Family(aip.StringField(msg, field)); f != "" {
 			return f
 		}
 	}
