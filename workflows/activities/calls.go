@@ -842,6 +842,21 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	return Referral{}, temporal.NewNonRetryableApplicationError("no program with a free slot is left to try", "NO_PROGRAM", nil)
 }
 
+// IsMAT reports whether service (a ServiceKind name without its prefix)
+// is a medication for addiction treatment.
+func IsMAT(service string) bool { return slices.ContainsFunc(matKinds, named(service)) }
+
+// IsCare reports whether service (a ServiceKind name without its prefix)
+// is treatment other than medication: inpatient, outpatient or intensive
+// outpatient care. MAT and care are what count as entering treatment.
+func IsCare(service string) bool { return slices.ContainsFunc(careKinds, named(service)) }
+
+func named(service string) func(referralsv1.ServiceKind) bool {
+	return func(k referralsv1.ServiceKind) bool {
+		return strings.TrimPrefix(k.String(), "SERVICE_KIND_") == service
+	}
+}
+
 // careKinds are the treatments other than medication that a partial yes
 // may hand to the intake.
 var careKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_INPATIENT,

@@ -1477,6 +1477,17 @@ func TestCarePlacesAreAdoptedAndGivenBack(t *testing.T) {
 	}
 }
 
+// Medication and other care are told apart by name; support is neither.
+func TestTreatmentKindsByName(t *testing.T) {
+	for name, want := range map[string][2]bool{
+		"MAT_NALTREXONE": {true, false}, "INTENSIVE_OUTPATIENT": {false, true}, "PEER_SUPPORT": {false, false}, "": {false, false},
+	} {
+		if got := [2]bool{IsMAT(name), IsCare(name)}; got != want {
+			t.Errorf("%q: MAT, care = %v, want %v", name, got, want)
+		}
+	}
+}
+
 // The treatments named keep MAT's and then care's order; none named is any
 // MAT service. A referral to care says treatment, not medication.
 func TestTreatmentsNamed(t *testing.T) {

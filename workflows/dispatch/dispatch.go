@@ -28,6 +28,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/cancelledholds"
 	"github.com/handoff-health/handoff/workflows/contactwithdrawn"
@@ -190,13 +191,8 @@ func enteredTreatment(r *referralsv1.Referral) bool {
 	if r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
 		return false
 	}
-	switch r.GetServiceKind() {
-	case referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
-		referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, referralsv1.ServiceKind_SERVICE_KIND_INPATIENT,
-		referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT:
-		return true
-	}
-	return false
+	service := strings.TrimPrefix(r.GetServiceKind().String(), "SERVICE_KIND_")
+	return activities.IsMAT(service) || activities.IsCare(service)
 }
 
 // releaseHolds starts the workflow that gives back what is still held for

@@ -94,12 +94,6 @@ const (
 	maxRemindersPerRun = 200
 )
 
-var matKinds = []string{"MAT_METHADONE", "MAT_BUPRENORPHINE", "MAT_NALTREXONE"}
-
-// careKinds are the treatments other than medication a partial yes may
-// accept; the intake refers the loved one to them as to MAT.
-var careKinds = []string{"INPATIENT", "OUTPATIENT", "INTENSIVE_OUTPATIENT"}
-
 type wf struct {
 	in       Input
 	plan     activities.Plan
@@ -964,10 +958,10 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	w.step = StepFollowingUp
 	o := *w.outcome
 	res := Result{Outcome: o.Kind}
-	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool { return slices.Contains(matKinds, s) })
+	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, activities.IsMAT)
 	var others, medications []string
 	for _, s := range o.AcceptedServices {
-		if !slices.Contains(matKinds, s) {
+		if !activities.IsMAT(s) {
 			others = append(others, s)
 		} else {
 			// The intake refers to these only: methadone is not what
@@ -982,7 +976,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	// say) is a yes too: intake, not the boundary path for a refusal.
 	var care, rest []string
 	for _, s := range others {
-		if slices.Contains(careKinds, s) {
+		if activities.IsCare(s) {
 			care = append(care, s)
 		} else {
 			rest = append(rest, s)
