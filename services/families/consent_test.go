@@ -1191,4 +1191,6 @@ func TestTreatmentEntryIsRecordedOnce(t *testing.T) {
 	}
 	_, err = f.client.RecordTreatmentEntry(worker, &familiesv1.RecordTreatmentEntryRequest{Name: closed.GetName()})
 	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.client.RecordTreatmentEntry(worker, &familiesv1.RecordTreatmentEntryRequest{Name: "clinics/north/families/gone"})
+	wantCode(t, err, codes.NotFound)
 }

@@ -357,26 +357,24 @@ func (s *Server) RecordTreatmentEntry(ctx context.Context, req *familiesv1.Recor
 	}
 	out, err := idempotency.InTx(ctx, s.pool, clinic, svc+"RecordTreatmentEntry", req.GetRequestId(), req, newFamily,
 		func(tx pgx.Tx) (*familiesv1.Family, error) {
-			cur, err := s.lockFamily(ctx, tx, clinic, id, "")
+			// The state alone, changed in the statement that locks the row,
+			// and read once after: what an outside system sees does not
+			// move (it sees ACTIVE either way, see outsideState).
+			engaged, closed := familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT, familiesv1.FamilyState_FAMILY_STATE_CLOSED
+			tag, err := tx.Exec(ctx, `UPDATE families SET state = $4, `+unseenChange+`
+				WHERE clinic = $1 AND id = $2 AND state NOT IN ($4, $5)`, clinic, id, s.cfg.Now(), int16(engaged), int16(closed))
 			if err != nil {
-				return nil, err
-			}
-			switch cur.GetState() {
-			case familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT:
-				return cur, nil // a second referral completed: nothing changes
-			case familiesv1.FamilyState_FAMILY_STATE_CLOSED:
-				return nil, apperr.InvalidTransition(cur.GetName(), "CLOSED", "ENGAGED_IN_TREATMENT")
-			}
-			// The state alone: what an outside system sees does not move
-			// (it sees ACTIVE either way, see outsideState).
-			if _, err := tx.Exec(ctx, `UPDATE families SET state = $4, `+unseenChange+`
-				WHERE clinic = $1 AND id = $2`,
-				clinic, id, s.cfg.Now(), int16(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT)); err != nil {
 				return nil, fmt.Errorf("record treatment entry: %w", err)
 			}
 			out, err := s.readFamily(ctx, tx, clinic, id)
 			if err != nil {
 				return nil, err
+			}
+			if tag.RowsAffected() == 0 {
+				if out.GetState() == closed {
+					return nil, apperr.InvalidTransition(out.GetName(), "CLOSED", "ENGAGED_IN_TREATMENT")
+				}
+				return out, nil // a second referral completed: nothing changes
 			}
 			return out, emit(ctx, tx, clinic, "family.updated", out.GetName(), out)
 		})
