@@ -418,6 +418,30 @@ func TestPartialYesToCareGoesToIntake(t *testing.T) {
 	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "partial-care.json")
 }
 
+// A loved one who uses stimulants, for which no medication here is a
+// treatment, gets care: the place held ahead of the meeting is outpatient
+// care, not the buprenorphine its program offers first, and a plain yes
+// becomes an immediate outpatient referral there.
+func TestStimulantsAreHeldCareNotMedication(t *testing.T) {
+	e := start(t)
+	mat := e.directory() // buprenorphine and outpatient care
+	f, _ := e.family()
+	f = ok(e.fam.GetFamily(e.counsel, &familiesv1.GetFamilyRequest{Name: f.GetName()})) // its screen and boundary changed it
+	f.LovedOne.PrimarySubstance = familiesv1.Substance_SUBSTANCE_STIMULANTS
+	f = ok(e.fam.UpdateFamily(e.counsel, &familiesv1.UpdateFamilyRequest{Family: f, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one"}}}))
+	iv := e.schedule(f, 5*time.Second)
+	hold := ok(e.ref.GetHold(e.counsel, &referralsv1.GetHoldRequest{Name: e.awaitHold(iv)}))
+	if hold.GetProgram() != mat.GetName() || hold.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT {
+		t.Fatalf("hold %v; want outpatient care at %s", hold, mat.GetName())
+	}
+	e.awaitMeeting(iv)
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}))
+	referral := e.awaitImmediateReferral(iv)
+	if referral.GetHold() != hold.GetName() || referral.GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT {
+		t.Fatalf("referral %v; want the held outpatient place converted", referral)
+	}
+}
+
 // The loved one says no at the meeting, then, during the follow-up, takes
 // the outpatient place a counselor referred them to at a window of
 // opportunity, and the program admits them on the spot: the boundary

@@ -96,7 +96,8 @@ var matKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MA
 	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
 
 // matchRequest builds a match for the loved one, from the family's
-// unresolved barriers and coverage.
+// unresolved barriers and coverage. No kinds asks for the treatments that
+// suit the loved one (suited).
 func (a *Activities) matchRequest(ctx context.Context, family string, kinds []referralsv1.ServiceKind,
 	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
@@ -127,7 +128,40 @@ func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv
 		// The enums share their numbers across the two services.
 		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
 	}
+	if len(kinds) == 0 && member == "" {
+		req.ServiceKinds = suited(fam.GetLovedOne().GetPrimarySubstance(), req.Barriers)
+	}
 	return req, nil
+}
+
+// suited are the treatments that fit the loved one, most fitting first,
+// from the substance they use and their open barriers: what is held ahead
+// of the meeting, and what a yes naming no treatment refers them to.
+// Methadone and buprenorphine treat opioid use alone; of the medications
+// here only naltrexone treats alcohol use, and none treats stimulants, for
+// which care without medication is the treatment. Naltrexone comes last
+// for opioids, as it starts only after withdrawal; buprenorphine comes
+// before methadone when work or caregiving stands in the way, as methadone
+// means a visit to an opioid treatment program most days. Care goes from
+// the least intensive up. A substance not recorded keeps any medication.
+func suited(substance familiesv1.Substance, barriers []referralsv1.BarrierKind) []referralsv1.ServiceKind {
+	care := []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT,
+		referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INPATIENT}
+	switch substance {
+	case familiesv1.Substance_SUBSTANCE_HEROIN, familiesv1.Substance_SUBSTANCE_FENTANYL, familiesv1.Substance_SUBSTANCE_PRESCRIPTION_OPIOIDS:
+		if slices.ContainsFunc(barriers, func(b referralsv1.BarrierKind) bool {
+			return b == referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK || b == referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_CAREGIVING
+		}) {
+			return []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+				referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
+		}
+		return matKinds
+	case familiesv1.Substance_SUBSTANCE_ALCOHOL:
+		return append([]referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}, care...)
+	case familiesv1.Substance_SUBSTANCE_STIMULANTS, familiesv1.Substance_SUBSTANCE_OTHER:
+		return care
+	}
+	return matKinds
 }
 
 // age is the age in whole years, on the day now falls on in zone (UTC if
@@ -152,18 +186,23 @@ func age(birth, zone string, now time.Time) int32 {
 	return int32(years)
 }
 
-// HoldTreatment holds an intake slot at the best-fitting MAT program with a
-// free slot and ticks it on the intervention's checklist. No program with a
-// free slot is a non-retryable NO_CAPACITY error. A retry whose first
-// attempt took the hold but failed later reuses that hold: the match may no
-// longer offer its program, whose last slot may be the one held.
+// HoldTreatment holds an intake slot, for a treatment that suits the loved
+// one, at the best-fitting program with a free slot and ticks it on the
+// intervention's checklist. No program with a free slot is a non-retryable
+// NO_CAPACITY error. A retry whose first attempt took the hold but failed
+// later reuses that hold: the match may no longer offer its program, whose
+// last slot may be the one held.
 func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
-	hold, err := a.lastingHold(ctx, in)
+	req, err := a.matchRequest(ctx, in.Family, nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+	if err != nil {
+		return HoldResult{}, err
+	}
+	hold, err := a.lastingHold(ctx, in, req.GetServiceKinds())
 	if err != nil {
 		return HoldResult{}, err
 	}
 	if hold == nil {
-		if hold, err = a.holdBest(ctx, in); err != nil {
+		if hold, err = a.holdBest(ctx, in, req); err != nil {
 			return HoldResult{}, err
 		}
 	}
@@ -182,13 +221,13 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
 }
 
-// lastingHold is the first live MAT hold of the intervention for the
-// family that lasts until in.Until (as far as a hold can last). One that
-// lapses sooner, left by a reschedule whose release failed, is no use to
-// the meeting: it is given back, not adopted, or the meeting would keep a
-// place that is gone by the time the loved one says yes.
-func (a *Activities) lastingHold(ctx context.Context, in HoldRequest) (*referralsv1.Hold, error) {
-	holds, err := a.liveHolds(ctx, in.Intervention, in.Family, nil)
+// lastingHold is the first live hold of the intervention for the family,
+// for one of kinds, that lasts until in.Until (as far as a hold can last).
+// One that lapses sooner, left by a reschedule whose release failed, is no
+// use to the meeting: it is given back, not adopted, or the meeting would
+// keep a place that is gone by the time the loved one says yes.
+func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, error) {
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
 	if err != nil {
 		return nil, err
 	}
@@ -211,20 +250,17 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest) (*referral
 // maxHoldTTL is the longest hold the referrals API takes.
 const maxHoldTTL = 14 * 24 * time.Hour
 
-// holdBest holds a slot at the best-matching MAT program that still has one.
-func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1.Hold, error) {
+// holdBest holds a slot at the best program req matches that still has
+// one, for the first of req's services it offers.
+func (a *Activities) holdBest(ctx context.Context, in HoldRequest, req *referralsv1.MatchProgramsRequest) (*referralsv1.Hold, error) {
 	// The API takes holds of one minute to 14 days.
 	ttl := min(max(in.TTL, time.Minute), maxHoldTTL)
-	req, err := a.matchRequest(ctx, in.Family, matKinds, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
-	if err != nil {
-		return nil, err
-	}
 	matches, err := a.Referrals.MatchPrograms(ctx, req)
 	if err != nil {
 		return nil, wrap("match programs", err)
 	}
 	for _, m := range matches.GetMatches() {
-		kind := firstOffered(m.GetProgram(), matKinds)
+		kind := firstOffered(m.GetProgram(), req.GetServiceKinds())
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
 			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if passOver(err, m.GetProgram().GetName()) {
@@ -235,7 +271,7 @@ func (a *Activities) holdBest(ctx context.Context, in HoldRequest) (*referralsv1
 		}
 		return hold, nil
 	}
-	return nil, temporal.NewNonRetryableApplicationError("no MAT program has a free intake slot", "NO_CAPACITY", nil)
+	return nil, temporal.NewNonRetryableApplicationError("no program offering a treatment that suits the loved one has a free intake slot", "NO_CAPACITY", nil)
 }
 
 // passOver reports whether program's refusal of a hold leaves the others
@@ -281,15 +317,10 @@ func firstOffered(p *referralsv1.Program, kinds []referralsv1.ServiceKind) refer
 	return kinds[0]
 }
 
-// liveHolds lists the live MAT holds of the intervention for family at
-// programs not in exclude. A hold naming the intervention for another
-// family (a counselor's slip) is not the loved one's to convert.
-func (a *Activities) liveHolds(ctx context.Context, intervention, family string, exclude []string) ([]*referralsv1.Hold, error) {
-	return a.liveHoldsOf(ctx, intervention, family, exclude, matKinds)
-}
-
 // liveHoldsOf lists the live holds of the intervention for family at
-// programs not in exclude, for the services in kinds or (nil) any.
+// programs not in exclude, for the services in kinds or (nil) any. A hold
+// naming the intervention for another family (a counselor's slip) is not
+// the loved one's to convert.
 func (a *Activities) liveHoldsOf(ctx context.Context, intervention, family string, exclude []string, kinds []referralsv1.ServiceKind) ([]*referralsv1.Hold, error) {
 	if intervention == "" {
 		return nil, nil
@@ -358,13 +389,19 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 	return wrap("release hold", err)
 }
 
-// ReleaseHeldFor releases the live MAT holds of the intervention for the
-// family and returns how many it released: the workflow calls it when a
-// hold try ended without an answer, so that a hold made by that try is
-// not left held until it lapses. Each release's request id is the
-// request's and the hold's, so a retry releases nothing twice.
+// ReleaseHeldFor releases the live holds of the intervention for the
+// family, for treatment (MAT, or care when in.Services names none or names
+// it), and returns how many it released: the workflow calls it when a hold
+// try ended without an answer, so that a hold made by that try is not left
+// held until it lapses. Each release's request id is the request's and the
+// hold's, so a retry releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
 	kinds := withKinds(matKinds, treatments(in.Services))
+	if len(in.Services) == 0 {
+		// A try that named no treatment held what suits the loved one
+		// (suited), which may be care.
+		kinds = treatment
+	}
 	if in.AnyService {
 		kinds = nil
 	}
@@ -741,7 +778,8 @@ func firstContact(t time.Time) *timestamppb.Timestamp {
 	return timestamppb.New(t)
 }
 
-// StartImmediateReferral makes the immediate MAT referral: it converts the
+// StartImmediateReferral makes the immediate referral to the treatment
+// agreed to (none named: one that suits the loved one): it converts the
 // held slot when the hold still stands, and otherwise holds and converts a
 // slot at the best program not tried yet. No program left is a
 // non-retryable NO_PROGRAM error.
@@ -776,13 +814,19 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	// A retry whose first attempt got further but lost the reply must find
 	// what it made, not take a slot elsewhere: the program it used may have
 	// no slot left, so the match would pass it over.
-	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, kinds); err != nil || ref != nil {
+	made := kinds
+	if len(made) == 0 {
+		// No treatment named: an earlier try referred to, or held, what
+		// suited the loved one then, whichever treatment that was.
+		made = treatment
+	}
+	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
 		if err != nil {
 			return Referral{}, err
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	hold, kind, err := a.agreedHold(ctx, in, kinds)
+	hold, kind, err := a.agreedHold(ctx, in, made)
 	if err != nil {
 		return Referral{}, err
 	}
@@ -817,7 +861,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	}
 	for _, m := range matches.GetMatches() {
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
-			ServiceKind: firstOffered(m.GetProgram(), kinds), Family: in.Family, Intervention: in.Intervention,
+			ServiceKind: firstOffered(m.GetProgram(), req.GetServiceKinds()), Family: in.Family, Intervention: in.Intervention,
 			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if passOver(err, m.GetProgram().GetName()) {
 			continue
@@ -862,17 +906,18 @@ func named(service string) func(referralsv1.ServiceKind) bool {
 var careKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_INPATIENT,
 	referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT}
 
+// treatment is every service that counts as treatment: MAT, then care.
+var treatment = slices.Concat(matKinds, careKinds)
+
 // treatments are the MAT services and other care named, in matKinds' then
-// careKinds' order; none named is every MAT service.
+// careKinds' order; none named is none (what suits the loved one, to the
+// callers).
 func treatments(names []string) []referralsv1.ServiceKind {
 	var out []referralsv1.ServiceKind
-	for _, k := range slices.Concat(matKinds, careKinds) {
+	for _, k := range treatment {
 		if slices.Contains(names, strings.TrimPrefix(k.String(), "SERVICE_KIND_")) {
 			out = append(out, k)
 		}
-	}
-	if len(out) == 0 {
-		return matKinds
 	}
 	return out
 }
@@ -888,9 +933,10 @@ func withKinds(kinds, more []referralsv1.ServiceKind) []referralsv1.ServiceKind 
 	return out
 }
 
-// intakeReason is the reason an immediate referral to kinds gives.
+// intakeReason is the reason an immediate referral to kinds gives; none
+// is what suits the loved one, which may be care.
 func intakeReason(kinds []referralsv1.ServiceKind) string {
-	if slices.ContainsFunc(kinds, func(k referralsv1.ServiceKind) bool { return !slices.Contains(matKinds, k) }) {
+	if len(kinds) == 0 || slices.ContainsFunc(kinds, func(k referralsv1.ServiceKind) bool { return !slices.Contains(matKinds, k) }) {
 		return "Accepted treatment at a family intervention; immediate intake."
 	}
 	return "Accepted medication-assisted treatment at a family intervention; immediate intake."
@@ -924,8 +970,9 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 // given back; a hold no longer there is left to the conversion, which says
 // so.
 func (a *Activities) agreedForHold(ctx context.Context, name, intervention string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
-	if slices.Equal(kinds, matKinds) {
-		// Any MAT service: every MAT hold converts as it is.
+	if len(kinds) == 0 {
+		// No treatment named: the hold, made for what suits the loved
+		// one, converts as it is.
 		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
 	}
 	if intervention == "" {

@@ -1,6 +1,7 @@
 package activities
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -1146,7 +1147,7 @@ func TestOnlyTheLovedOnesHoldAndReferralAreAdopted(t *testing.T) {
 			{Name: "clinics/north/referrals/ours", Family: fam, Intervention: iv, ServiceKind: mat, Subject: loved},
 		},
 	}}
-	h, err := a.liveHolds(context.Background(), iv, fam, nil)
+	h, err := a.liveHoldsOf(context.Background(), iv, fam, nil, matKinds)
 	if err != nil || len(h) != 1 || h[0].GetName() != "clinics/north/holds/ours" {
 		t.Errorf("holds adopted: %v, %v; want ours", h, err)
 	}
@@ -1154,7 +1155,7 @@ func TestOnlyTheLovedOnesHoldAndReferralAreAdopted(t *testing.T) {
 	if err != nil || r.GetName() != "clinics/north/referrals/ours" {
 		t.Errorf("referral adopted: %v, %v; want ours", r.GetName(), err)
 	}
-	if h, _ := a.liveHolds(context.Background(), iv, "clinics/north/families/f3", nil); len(h) != 0 {
+	if h, _ := a.liveHoldsOf(context.Background(), iv, "clinics/north/families/f3", nil, matKinds); len(h) != 0 {
 		t.Errorf("a hold of no family of ours adopted: %v", h)
 	}
 }
@@ -1215,14 +1216,16 @@ func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 }
 
 // For a meeting that will not take place, every live hold of the family
-// goes back, a place held for a service other than MAT too; without
-// AnyService that one stays for the meeting's workflow to use.
+// goes back, a place held for a service other than treatment too; without
+// AnyService that one stays, and a place for treatment, MAT or care (what
+// suits a loved one who uses stimulants, say), goes back.
 func TestReleaseHeldForAnyService(t *testing.T) {
 	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
 	holds := func() *holdsFake {
 		return &holdsFake{holds: []*referralsv1.Hold{
 			{Name: "clinics/north/holds/mat", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE},
 			{Name: "clinics/north/holds/bed", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_INPATIENT},
+			{Name: "clinics/north/holds/group", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_FAMILY_SUPPORT_GROUP},
 		}}
 	}
 	for _, c := range []struct {
@@ -1234,7 +1237,7 @@ func TestReleaseHeldForAnyService(t *testing.T) {
 		a := &Activities{Referrals: f}
 		n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
 			RequestID: "r1", AnyService: c.any})
-		if err != nil || len(f.holds) != c.left || n != 2-c.left {
+		if err != nil || len(f.holds) != c.left || n != 3-c.left {
 			t.Fatalf("any service %v: released %d, %v, left %v; want %d left", c.any, n, err, f.holds, c.left)
 		}
 	}
@@ -1347,8 +1350,12 @@ func TestAProgramGoneSinceTheMatchIsPassedOver(t *testing.T) {
 			t.Fatalf("%s: referral %+v, %v; want one at the second program", name, ref, err)
 		}
 		// Holding ahead of the meeting passes it over too.
+		req, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
 		hold, err := a.holdBest(context.Background(),
-			HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"})
+			HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"}, req)
 		if err != nil || hold.GetProgram() != "clinics/north/programs/p2" {
 			t.Fatalf("%s: hold ahead %v, %v; want one at the second program", name, hold, err)
 		}
@@ -1377,14 +1384,14 @@ func TestLongestHoldIsLasting(t *testing.T) {
 		CreateTime:  timestamppb.New(made), ExpireTime: timestamppb.New(made.Add(maxHoldTTL))}}}
 	a := &Activities{Referrals: f}
 	h, err := a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
-		Until: time.Now().Add(20 * 24 * time.Hour)})
+		Until: time.Now().Add(20 * 24 * time.Hour)}, matKinds)
 	if err != nil || h.GetName() != "clinics/north/holds/long" || len(f.releases) != 0 {
 		t.Fatalf("lastingHold = %v, %v, releases %v; want the longest hold adopted", h, err, f.releases)
 	}
 	// One shorter than the meeting needs is given back.
 	f.holds[0].ExpireTime = timestamppb.New(time.Now().Add(time.Hour))
 	h, err = a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
-		Until: time.Now().Add(48 * time.Hour)})
+		Until: time.Now().Add(48 * time.Hour)}, matKinds)
 	if err != nil || h != nil || len(f.releases) != 1 {
 		t.Fatalf("lastingHold = %v, %v, releases %v; want the short hold released", h, err, f.releases)
 	}
@@ -1488,14 +1495,16 @@ func TestTreatmentKindsByName(t *testing.T) {
 	}
 }
 
-// The treatments named keep MAT's and then care's order; none named is any
-// MAT service. A referral to care says treatment, not medication.
+// The treatments named keep MAT's and then care's order; none named is
+// none, left to what suits the loved one, which may be care. A referral to
+// care, or to what suits, says treatment, not medication.
 func TestTreatmentsNamed(t *testing.T) {
 	for _, c := range []struct {
 		names     []string
 		want, why string
 	}{
-		{nil, "[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_NALTREXONE]", "medication-assisted"},
+		{nil, "[]", "Accepted treatment"},
+		{[]string{"MAT_BUPRENORPHINE"}, "[SERVICE_KIND_MAT_BUPRENORPHINE]", "medication-assisted"},
 		{[]string{"OUTPATIENT", "MAT_NALTREXONE", "PEER_SUPPORT"}, "[SERVICE_KIND_MAT_NALTREXONE SERVICE_KIND_OUTPATIENT]", "Accepted treatment"},
 		{[]string{"INPATIENT"}, "[SERVICE_KIND_INPATIENT]", "Accepted treatment"},
 	} {
@@ -1533,5 +1542,175 @@ func TestRecordTreatmentEntry(t *testing.T) {
 		if (err != nil) != c.wantErr {
 			t.Errorf("%v: %v; want an error %v", c.err, err, c.wantErr)
 		}
+	}
+}
+
+// Each substance gets the treatments that treat it, most fitting first:
+// no opioid medication for alcohol or stimulants, naltrexone last for
+// opioids, buprenorphine first when work or caregiving stands in the way;
+// a substance not recorded keeps any medication.
+func TestSuitedTreatments(t *testing.T) {
+	work := []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_STIGMA, referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}
+	care := []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_CAREGIVING}
+	for _, c := range []struct {
+		substance familiesv1.Substance
+		barriers  []referralsv1.BarrierKind
+		want      string
+	}{
+		{familiesv1.Substance_SUBSTANCE_UNSPECIFIED, work, "[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_NALTREXONE]"},
+		{familiesv1.Substance_SUBSTANCE_HEROIN, nil, "[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_NALTREXONE]"},
+		{familiesv1.Substance_SUBSTANCE_FENTANYL, work, "[SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_NALTREXONE]"},
+		{familiesv1.Substance_SUBSTANCE_PRESCRIPTION_OPIOIDS, care, "[SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_NALTREXONE]"},
+		{familiesv1.Substance_SUBSTANCE_ALCOHOL, work, "[SERVICE_KIND_MAT_NALTREXONE SERVICE_KIND_OUTPATIENT SERVICE_KIND_INTENSIVE_OUTPATIENT SERVICE_KIND_INPATIENT]"},
+		{familiesv1.Substance_SUBSTANCE_STIMULANTS, nil, "[SERVICE_KIND_OUTPATIENT SERVICE_KIND_INTENSIVE_OUTPATIENT SERVICE_KIND_INPATIENT]"},
+		{familiesv1.Substance_SUBSTANCE_OTHER, nil, "[SERVICE_KIND_OUTPATIENT SERVICE_KIND_INTENSIVE_OUTPATIENT SERVICE_KIND_INPATIENT]"},
+	} {
+		if got := fmt.Sprint(suited(c.substance, c.barriers)); got != c.want {
+			t.Errorf("%v with %v: %s, want %s", c.substance, c.barriers, got, c.want)
+		}
+	}
+	// The shared list is not changed by a caller appending to an answer.
+	_ = append(suited(familiesv1.Substance_SUBSTANCE_HEROIN, nil), referralsv1.ServiceKind_SERVICE_KIND_INPATIENT)
+	if len(matKinds) != 3 {
+		t.Fatalf("matKinds changed: %v", matKinds)
+	}
+}
+
+// substanceFamily is a family whose loved one uses substance, with the
+// barriers given open.
+type substanceFamily struct {
+	familiesv1.FamiliesServiceClient
+	substance familiesv1.Substance
+	barriers  []familiesv1.BarrierKind
+}
+
+func (f substanceFamily) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
+	return &familiesv1.Family{LovedOne: &familiesv1.LovedOne{PrimarySubstance: f.substance}}, nil
+}
+
+func (f substanceFamily) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	resp := &familiesv1.ListBarriersResponse{}
+	for _, k := range f.barriers {
+		resp.Barriers = append(resp.Barriers, &familiesv1.Barrier{Kind: k})
+	}
+	return resp, nil
+}
+
+// offeringFake is a directory of one program, p1, offering services; it
+// matches p1 only when it offers a service asked for, and keeps the holds
+// it makes with their service.
+type offeringFake struct {
+	holdsFake
+	services []referralsv1.ServiceKind
+	asked    []referralsv1.ServiceKind
+	made     []*referralsv1.HoldSlotRequest
+	convert  []*referralsv1.ConvertHoldRequest
+}
+
+func (f *offeringFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	f.asked = in.GetServiceKinds()
+	if !slices.ContainsFunc(f.services, func(k referralsv1.ServiceKind) bool { return slices.Contains(f.asked, k) }) {
+		return &referralsv1.MatchProgramsResponse{}, nil
+	}
+	return &referralsv1.MatchProgramsResponse{Matches: []*referralsv1.ProgramMatch{{Program: &referralsv1.Program{
+		Name: "clinics/north/programs/p1", Services: f.services}}}}, nil
+}
+
+func (f *offeringFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	f.made = append(f.made, in)
+	h := &referralsv1.Hold{Name: fmt.Sprintf("clinics/north/holds/h%d", len(f.made)), Program: in.GetProgram(), Family: in.GetFamily(),
+		Intervention: in.GetIntervention(), ServiceKind: in.GetServiceKind()}
+	f.holds = append(f.holds, h)
+	return h, nil
+}
+
+func (f *offeringFake) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{}, nil
+}
+
+func (f *offeringFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHoldRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	f.convert = append(f.convert, in)
+	i := slices.IndexFunc(f.holds, func(h *referralsv1.Hold) bool { return h.GetName() == in.GetName() })
+	if i < 0 {
+		return nil, apperr.NotFound(in.GetName())
+	}
+	kind := cmp.Or(in.GetServiceKind(), f.holds[i].GetServiceKind())
+	f.holds = slices.Delete(f.holds, i, i+1)
+	return &referralsv1.Referral{Name: "clinics/north/referrals/r1", Program: "clinics/north/programs/p1", ServiceKind: kind}, nil
+}
+
+// checklistFake ticks any checklist item.
+type checklistFake struct {
+	interventionsv1.InterventionsServiceClient
+}
+
+func (checklistFake) UpdateChecklistItem(context.Context, *interventionsv1.UpdateChecklistItemRequest, ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{}, nil
+}
+
+// The place held ahead of the meeting, and the referral a yes naming no
+// treatment makes, are for a treatment of the substance the loved one
+// uses: not methadone for alcohol or stimulants, however high the program
+// offering it ranks. A try without an answer gives a care place back too.
+func TestHoldAndYesFitTheSubstance(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	const (
+		meth = referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE
+		bup  = referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+		nalt = referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+		out  = referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT
+	)
+	work := []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}
+	for _, c := range []struct {
+		name      string
+		substance familiesv1.Substance
+		barriers  []familiesv1.BarrierKind
+		offered   []referralsv1.ServiceKind
+		want      referralsv1.ServiceKind
+	}{
+		{"not recorded", familiesv1.Substance_SUBSTANCE_UNSPECIFIED, nil, []referralsv1.ServiceKind{meth, bup, out}, meth},
+		{"heroin, a job to keep", familiesv1.Substance_SUBSTANCE_HEROIN, work, []referralsv1.ServiceKind{meth, bup, out}, bup},
+		{"alcohol", familiesv1.Substance_SUBSTANCE_ALCOHOL, nil, []referralsv1.ServiceKind{meth, nalt, out}, nalt},
+		{"alcohol, no naltrexone", familiesv1.Substance_SUBSTANCE_ALCOHOL, nil, []referralsv1.ServiceKind{meth, bup, out}, out},
+		{"stimulants", familiesv1.Substance_SUBSTANCE_STIMULANTS, nil, []referralsv1.ServiceKind{meth, bup, out}, out},
+	} {
+		f := &offeringFake{services: c.offered}
+		a := &Activities{Families: substanceFamily{substance: c.substance, barriers: c.barriers}, Referrals: f,
+			Interventions: checklistFake{}}
+		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+		if err != nil || len(f.made) != 1 || f.made[0].GetServiceKind() != c.want || res.Program != "clinics/north/programs/p1" {
+			t.Fatalf("%s: held %v, %v (asked for %v); want one place for %v", c.name, f.made, err, f.asked, c.want)
+		}
+		// A retry adopts the place it held, whatever the treatment.
+		if _, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour}); err != nil || len(f.made) != 1 {
+			t.Fatalf("%s: a retry held %d places, %v; want the first adopted", c.name, len(f.made), err)
+		}
+		// A yes naming nothing, its hold not known to the workflow (the try
+		// got no answer), converts the place as it is.
+		ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
+		if err != nil || len(f.convert) != 1 || f.convert[0].GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED || len(f.releases) != 0 {
+			t.Fatalf("%s: referral %+v, %v, conversions %v, releases %v; want the place converted as it is", c.name, ref, err, f.convert, f.releases)
+		}
+		if strings.Contains(f.convert[0].GetReason(), "medication") {
+			t.Errorf("%s: reason %q names medication for a yes that named none", c.name, f.convert[0].GetReason())
+		}
+		// With no place left, the yes holds and converts one that fits.
+		f.made = nil
+		if _, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y2"}); err != nil ||
+			len(f.made) != 1 || f.made[0].GetServiceKind() != c.want {
+			t.Fatalf("%s: the yes without a place held %v, %v; want one for %v", c.name, f.made, err, c.want)
+		}
+		// A place a try without an answer held goes back, care or not.
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
+		if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer", RequestID: "rel"}); err != nil || n != 1 {
+			t.Fatalf("%s: released %d, %v; want the place for %v given back", c.name, n, err, c.want)
+		}
+	}
+	// No program offers anything that treats stimulant use: no place is
+	// held, least of all methadone.
+	f := &offeringFake{services: []referralsv1.ServiceKind{meth, bup}}
+	a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_STIMULANTS}, Referrals: f, Interventions: checklistFake{}}
+	if _, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour}); ErrorType(err) != "NO_CAPACITY" || len(f.made) != 0 {
+		t.Fatalf("held %v, %v; want NO_CAPACITY and nothing held", f.made, err)
 	}
 }

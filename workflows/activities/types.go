@@ -167,8 +167,10 @@ type ImmediateRequest struct {
 	// Medications are the treatments the loved one agreed to, as
 	// ServiceKind names without their prefix: MAT services, or for a
 	// partial yes without medication inpatient, outpatient or intensive
-	// outpatient care. None is any MAT service (a plain yes, or a workflow
-	// begun before the field was).
+	// outpatient care. None (a plain yes, or a workflow begun before the
+	// field was) is a treatment that suits the loved one: MAT for opioids,
+	// naltrexone or care for alcohol, care for stimulants, and any MAT
+	// service when the substance is not recorded.
 	Medications []string
 }
 

@@ -39,7 +39,8 @@ type Input struct {
 	// Medications are the treatments the loved one agreed to (ServiceKind
 	// names without their prefix): MAT services or, for a partial yes
 	// without medication, inpatient, outpatient or intensive outpatient
-	// care; none is any MAT service.
+	// care; none is a treatment that suits the loved one (see
+	// activities.ImmediateRequest).
 	Medications []string
 }
 
