@@ -1678,3 +1678,93 @@ func TestFailedEHRListDisclosesNothing(t *testing.T) {
 		t.Fatalf("a failed list recorded disclosures of %v", allowed)
 	}
 }
+
+// A program that turns a referral away for want of room is shown full, so
+// that holds and immediate matches stop sending it people, whatever it
+// last reported; places held there stay held. Another reason, or a second
+// rejection at a program already full, changes nothing of the program.
+func TestRejectionAtCapacityShowsTheProgramFull(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	refer := func(p string) *referralsv1.Referral {
+		t.Helper()
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p, Urgency: referralsv1.Urgency_URGENCY_URGENT,
+			Reason: "wants to start"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	rejections := 0
+	reject := func(name string, why referralsv1.RejectionReason) {
+		t.Helper()
+		rejections++
+		if _, err := f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: name, RequestId: fmt.Sprintf("reject-%d", rejections),
+			Rejection: &referralsv1.Rejection{Reason: why}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reported := func(p string) int {
+		t.Helper()
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
+			WHERE event_type = 'handoff.referrals.v1.program.capacity_reported' AND resource = $1`, p).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	// Another reason says nothing of room.
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	reject(refer(p.GetName()).GetName(), referralsv1.RejectionReason_REJECTION_REASON_NOT_ELIGIBLE)
+	if a, _ := f.capacity(t, p.GetName()); a != 5 || reported(p.GetName()) != 1 {
+		t.Fatalf("after a rejection for eligibility: %d free, %d reports; want 5 and the one report", a, reported(p.GetName()))
+	}
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Intervention: "clinics/north/interventions/i1", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Minute)
+	full := refer(p.GetName())
+	reject(full.GetName(), referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY)
+	got, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	if err != nil || got.GetCapacity().GetAvailableSlots() != 0 || got.GetCapacity().GetHeldSlots() != 1 ||
+		!got.GetCapacity().GetUpdateTime().AsTime().After(p.GetCapacity().GetUpdateTime().AsTime()) || got.GetEtag() == p.GetEtag() {
+		t.Fatalf("after a rejection at capacity: %v, %v; want no free slot, the hold kept, the report time and etag moved", got.GetCapacity(), err)
+	}
+	if n := reported(p.GetName()); n != 2 {
+		t.Fatalf("%d capacity events; want one more, for the rejection", n)
+	}
+	// Holds and immediate matches pass it over now.
+	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Intervention: "clinics/north/interventions/i2", Ttl: durationpb.New(time.Hour)})
+	wantCode(t, err, codes.FailedPrecondition)
+	m, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north", Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE})
+	if err != nil || len(m.GetMatches()) != 0 {
+		t.Fatalf("immediate match after the rejection: %v, %v; want none", m.GetMatches(), err)
+	}
+	// The place held is still the family's to convert.
+	if _, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "said yes"}); err != nil {
+		t.Fatalf("converting the place held before the rejection: %v", err)
+	}
+	// Full already: a second rejection (a retry's stored answer aside)
+	// leaves the program as it is.
+	before, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reject(refer(p.GetName()).GetName(), referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY)
+	after, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: p.GetName()})
+	if err != nil || after.GetEtag() != before.GetEtag() || reported(p.GetName()) != 2 {
+		t.Fatalf("a second rejection at a full program: etag %q then %q, %d reports, %v; want no change", before.GetEtag(), after.GetEtag(), reported(p.GetName()), err)
+	}
+	// Its next report opens it again.
+	if _, err := f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := f.capacity(t, p.GetName()); a != 2 {
+		t.Fatalf("after the next report: %d free, want 2", a)
+	}
+}

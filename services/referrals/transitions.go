@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -225,11 +226,40 @@ func (s *Server) RejectReferral(ctx context.Context, req *referralsv1.RejectRefe
 	}
 	return s.transition(ctx, step{method: "RejectReferral", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetRejection().GetReason().String(), to: rejected, req: req,
-		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
-			_, err := tx.Exec(ctx, `UPDATE referrals SET rejection_reason = $3, rejection_details = $4 WHERE clinic = $1 AND id = $2`,
-				r.clinic, r.id, int16(req.GetRejection().GetReason()), req.GetRejection().GetDetails())
-			return err
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			if _, err := tx.Exec(ctx, `UPDATE referrals SET rejection_reason = $3, rejection_details = $4 WHERE clinic = $1 AND id = $2`,
+				r.clinic, r.id, int16(req.GetRejection().GetReason()), req.GetRejection().GetDetails()); err != nil {
+				return err
+			}
+			if req.GetRejection().GetReason() == referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY {
+				return s.noRoomAt(ctx, tx, r, now)
+			}
+			return nil
 		}})
+}
+
+// noRoomAt records that the program of referral r has no free slot, as it
+// said turning r away for want of room: its last report is older news,
+// and holds and matches would go on sending it people it turns away, each
+// costing a round of rejection and a new referral. Places already held
+// stay held. Its next capacity report, or a hold given back, opens it
+// again. A program already shown full is left as it is.
+func (s *Server) noRoomAt(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+	var program string
+	err := tx.QueryRow(ctx, `UPDATE programs p SET available_slots = 0, capacity_update_time = $3, update_time = $3, version = p.version + 1
+		FROM referrals f WHERE f.clinic = $1 AND f.id = $2 AND p.clinic = f.clinic AND p.id = f.program_id AND p.available_slots > 0
+		RETURNING p.id`, r.clinic, r.id, now).Scan(&program)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mark the program full: %w", err)
+	}
+	out, err := readProgram(ctx, tx, ref{r.clinic, program}, false)
+	if err != nil {
+		return err
+	}
+	return emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
 }
 
 // ScheduleReferral implements the API. Scheduling again (a new appointment,

@@ -182,7 +182,11 @@ type ReferralsServiceClient interface {
 	AcceptReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the program turned down a REQUESTED or ACCEPTED referral,
 	// and why. Find another program with MatchPrograms, passing this one in
-	// `exclude_programs`.
+	// `exclude_programs`. A rejection AT_CAPACITY also shows the program full
+	// (`capacity.available_slots` 0, emitting `program.capacity_reported`)
+	// until its next ReportCapacity or a place given back: holds and
+	// immediate matches stop sending it people. Places already held there
+	// stay held.
 	RejectReferral(ctx context.Context, in *RejectReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
@@ -594,7 +598,11 @@ type ReferralsServiceServer interface {
 	AcceptReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Records that the program turned down a REQUESTED or ACCEPTED referral,
 	// and why. Find another program with MatchPrograms, passing this one in
-	// `exclude_programs`.
+	// `exclude_programs`. A rejection AT_CAPACITY also shows the program full
+	// (`capacity.available_slots` 0, emitting `program.capacity_reported`)
+	// until its next ReportCapacity or a place given back: holds and
+	// immediate matches stop sending it people. Places already held there
+	// stay held.
 	RejectReferral(context.Context, *RejectReferralRequest) (*Referral, error)
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
