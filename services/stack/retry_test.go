@@ -213,3 +213,29 @@ func TestHoldLapsingBeforeTheMeetingIsNotAdopted(t *testing.T) {
 		t.Fatalf("the retried hold %+v, %v; want %s", again, err, got.Hold)
 	}
 }
+
+// The worker counts a family's level 2 meetings held, through the
+// interventions service's own filter: a draft, or a meeting at another
+// level, is not one.
+func TestMeetingsHeldCountsOnlyHeldMeetingsAtTheLevel(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
+	level2 := func(in time.Duration) *interventionsv1.Intervention {
+		return ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+			Family: f.GetName(), Counselor: "counselor-1", Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2,
+			StartTime: timestamppb.New(time.Now().Add(in)), ExpectedDuration: durationpb.New(15 * time.Minute),
+			Place:        &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}},
+			Participants: []*interventionsv1.Participant{{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}}))
+	}
+	level2(time.Hour) // a draft
+	iv := ok(e.iv.ScheduleIntervention(e.counsel, &interventionsv1.ScheduleInterventionRequest{Name: level2(3 * time.Second).GetName()}))
+	e.awaitMeeting(iv)
+	ok(e.iv.RecordOutcome(e.counsel, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(), Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}))
+	for level, want := range map[int32]int{2: 1, 3: 0} {
+		if n, err := a.MeetingsHeld(e.worker, activities.MeetingsRequest{Family: f.GetName(), Level: level}); err != nil || n != want {
+			t.Fatalf("level %d meetings held: %d, %v; want %d", level, n, err, want)
+		}
+	}
+}

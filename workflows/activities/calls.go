@@ -1301,6 +1301,25 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 	return iv.GetName(), nil
 }
 
+// MeetingsHeld counts the family's meetings at in.Level that were held:
+// completed, with an outcome recorded, whatever it was. Drafts, meetings
+// still to come and cancelled ones do not count.
+func (a *Activities) MeetingsHeld(ctx context.Context, in MeetingsRequest) (int, error) {
+	n, token := 0, ""
+	for {
+		page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{
+			Parent: "clinics/" + aip.Clinic(in.Family), PageSize: 100, PageToken: token,
+			Filter: fmt.Sprintf("family = %q AND level = LEVEL_%d AND state = COMPLETED", in.Family, in.Level)})
+		if err != nil {
+			return 0, wrap("list interventions", err)
+		}
+		n += len(page.GetInterventions())
+		if token = page.GetNextPageToken(); token == "" {
+			return n, nil
+		}
+	}
+}
+
 // draftAfter finds the newest intervention of prev's family drafted to
 // follow prev.
 func (a *Activities) draftAfter(ctx context.Context, prev *interventionsv1.Intervention) (string, error) {

@@ -255,6 +255,13 @@ type ProposeRequest struct {
 	RequestID string
 }
 
+// MeetingsRequest asks how many of a family's meetings at a level were
+// held.
+type MeetingsRequest struct {
+	Family string
+	Level  int32
+}
+
 // WithdrawDraftsRequest asks to cancel a family's draft meetings, and says
 // why.
 type WithdrawDraftsRequest struct {

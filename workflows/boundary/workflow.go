@@ -988,12 +988,26 @@ const versionCheckInsUnscreened = "check-ins-before-screen"
 // could propose the next meeting of the new cycle.
 const versionCheckInOnce = "check-in-once"
 
-// escalate proposes the next intervention one ARISE level up. A formal
+// versionLevelTwoSeries guards ARISE's series of level 2 meetings: after a
+// level 2 meeting, another is proposed until the family has held
+// levelTwoMeetings of them, and only then a formal (level 3) one. Before,
+// one level 2 meeting refused led straight to level 3. Asked at every
+// escalation, whatever the level, so that its marker tells nothing of the
+// meeting.
+const versionLevelTwoSeries = "level-two-series"
+
+// levelTwoMeetings is how many level 2 meetings ARISE holds at most before
+// a formal intervention (one to five).
+const levelTwoMeetings = 5
+
+// escalate proposes the next intervention one ARISE level up (at level 2,
+// another level 2 meeting while the series lasts). A formal
 // intervention (level 3) states consequences, so it is proposed only when
 // the family has active boundaries that state them.
 func (w *wf) escalate(ctx workflow.Context, why string) error {
 	w.st.Escalated = true
 	level := min(w.in.Level+1, 3)
+	series := flow.Version(ctx, versionLevelTwoSeries, 1) >= 1
 	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
 	}
@@ -1006,6 +1020,17 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 				"it is proposed at the first check-in after a new screen finds the family safe.",
 			w.id("escalation-unsafe"))
 	}
+	held := 0
+	if series && w.in.Level == 2 {
+		// ARISE's level 2 is a series of network meetings: a formal
+		// intervention comes only once the series is spent.
+		if err := flow.Call(ctx, &held, flow.A.MeetingsHeld, activities.MeetingsRequest{Family: w.in.Family, Level: 2}); err != nil {
+			return err
+		}
+		if held < levelTwoMeetings {
+			level = 2
+		}
+	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
 		w.st.EscalationBlocked = true
 		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
@@ -1013,6 +1038,10 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 			w.id("escalation-blocked"))
 	}
 	notes := fmt.Sprintf("Proposed %s, after the level %d meeting (%s).", why, w.in.Level, strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")))
+	if level == 2 && w.in.Level == 2 {
+		notes += fmt.Sprintf(" Another level 2 meeting: ARISE holds up to %d before a formal intervention, and the family has held %d.",
+			levelTwoMeetings, held)
+	}
 	if level == 3 {
 		slices.Sort(w.safety.WithConsequence)
 		notes += " Consequences to state are those of the active boundaries: " + strings.Join(w.safety.WithConsequence, ", ") + "."

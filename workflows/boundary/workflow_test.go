@@ -56,6 +56,10 @@ type harness struct {
 	sent chan activities.ReminderRequest
 	// cancelled are the CancelReminders calls.
 	cancelled []activities.CancelRemindersRequest
+	// levelTwoHeld answers MeetingsHeld for level 2: by default the
+	// series is spent, and a refused level 2 meeting leads to level 3.
+	levelTwoHeld int
+	meetingsAsked []activities.MeetingsRequest
 }
 
 // consequenceAgreedOn starts the family with no boundary stating a
@@ -144,6 +148,12 @@ func newHarness(t *testing.T, status string) *harness {
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
 			h.cancelled = append(h.cancelled, in)
 			return 1, nil
+		})
+	h.levelTwoHeld = 5
+	env.OnActivity(flow.A.MeetingsHeld, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.MeetingsRequest) (int, error) {
+			h.meetingsAsked = append(h.meetingsAsked, in)
+			return h.levelTwoHeld, nil
 		})
 	return h
 }
@@ -1259,5 +1269,34 @@ func (h *harness) runWithOverdoseOnDay3(t *testing.T) {
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// ARISE's level 2 is a series: a refused level 2 meeting leads to another
+// level 2 meeting until the family has held five, and only then to a
+// formal one (which waits for a consequence, as ever). A refused level 1
+// meeting does not count meetings.
+func TestLevelTwoIsASeries(t *testing.T) {
+	for _, c := range []struct {
+		level, held int
+		want        int32
+		asked       bool
+	}{{1, 0, 2, false}, {2, 1, 2, true}, {2, 4, 2, true}, {2, 5, 3, true}} {
+		h := newHarness(t, "CURRENT")
+		h.levelTwoHeld = c.held
+		h.env.ExecuteWorkflow(boundary.Name, input(int32(c.level)))
+		var res boundary.Result
+		if err := h.env.GetWorkflowResult(&res); err != nil {
+			t.Fatal(err)
+		}
+		if len(h.proposed) != 1 || h.proposed[0].Level != c.want {
+			t.Fatalf("after level %d with %d level 2 meetings held: proposed %+v; want one at level %d", c.level, c.held, h.proposed, c.want)
+		}
+		if asked := len(h.meetingsAsked) > 0; asked != c.asked || asked && h.meetingsAsked[0] != (activities.MeetingsRequest{Family: family, Level: 2}) {
+			t.Fatalf("after level %d: meetings counted %+v; want counted: %v", c.level, h.meetingsAsked, c.asked)
+		}
+		if series := strings.Contains(h.proposed[0].Notes, "has held"); series != (c.level == 2 && c.want == 2) {
+			t.Fatalf("after level %d with %d held: notes %q", c.level, c.held, h.proposed[0].Notes)
+		}
 	}
 }
