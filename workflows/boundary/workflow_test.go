@@ -58,7 +58,7 @@ type harness struct {
 	cancelled []activities.CancelRemindersRequest
 	// levelTwoHeld answers MeetingsHeld for level 2: by default the
 	// series is spent, and a refused level 2 meeting leads to level 3.
-	levelTwoHeld int
+	levelTwoHeld  int
 	meetingsAsked []activities.MeetingsRequest
 }
 
