@@ -591,6 +591,16 @@ func (w *wf) refer(ctx workflow.Context) error {
 		}); err != nil {
 			return err
 		}
+	} else if flow.Version(ctx, versionSupportUnreferred, 1) >= 1 {
+		// The family's own support is half of the path after a no: a
+		// family no program may reach is put to the counselor, not
+		// passed over in silence.
+		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "REFERRAL_ESCALATION", w.in.Family,
+			"The family was not referred to support (family counseling, a support group, individual counseling): "+
+				"no contact person on its record agreed to be contacted. Name one who agrees, or refer the family by hand.",
+			w.id("family-support-unreferred")); err != nil {
+			return err
+		}
 	}
 	if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
 		return err
@@ -999,6 +1009,11 @@ const versionLevelTwoSeries = "level-two-series"
 // levelTwoMeetings is how many level 2 meetings ARISE holds at most before
 // a formal intervention (one to five).
 const levelTwoMeetings = 5
+
+// versionSupportUnreferred guards telling the counselor that a family
+// with no contact person who agreed to be contacted was referred to no
+// support after a no. Before, the referral was skipped in silence.
+const versionSupportUnreferred = "support-unreferred-told"
 
 // escalate proposes the next intervention one ARISE level up (at level 2,
 // another level 2 meeting while the series lasts). A formal

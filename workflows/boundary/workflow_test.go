@@ -1300,3 +1300,39 @@ func TestLevelTwoIsASeries(t *testing.T) {
 		}
 	}
 }
+
+// A family with no contact person who agreed to be contacted can be
+// referred to no support: the counselor is told so, once, and the loved
+// one's harm reduction is referred all the same.
+func TestNoContactPersonIsPutToTheCounselor(t *testing.T) {
+	for _, contact := range []string{"", "mom"} {
+		h := newHarness(t, "CURRENT")
+		h.safety.ContactPerson = contact
+		h.env.ExecuteWorkflow(boundary.Name, input(1))
+		var res boundary.Result
+		if err := h.env.GetWorkflowResult(&res); err != nil {
+			t.Fatal(err)
+		}
+		var told []activities.ReminderRequest
+		for _, r := range h.kinds("REFERRAL_ESCALATION") {
+			if strings.Contains(r.Message, "not referred to support") {
+				told = append(told, r)
+			}
+		}
+		members := 0
+		for _, s := range h.support {
+			if s.Member != "" {
+				members++
+			}
+		}
+		if contact == "" && (len(told) != 1 || told[0].To.Kind != "counselor" || members != 0) {
+			t.Fatalf("no contact person: counselor told %+v, member referrals %d; want one notice, none made", told, members)
+		}
+		if contact != "" && (len(told) != 0 || members != 1) {
+			t.Fatalf("a contact person: notices %+v, member referrals %d; want none, and hers", told, members)
+		}
+		if len(h.support)-members == 0 {
+			t.Fatalf("contact %q: no harm-reduction referral", contact)
+		}
+	}
+}
