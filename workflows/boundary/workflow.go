@@ -968,12 +968,20 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 		return nil // delivered again
 	}
 	w.st.CheckInsSeen = append(w.st.CheckInsSeen, key)
-	if ci.WindowOfOpportunity && !w.st.Escalated && w.st.Reinforced {
-		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
+	// Asked at every check-in, so that its marker does not tell which
+	// families saw new signs.
+	signs := flow.Version(ctx, versionSignsAtCheckIn, 1) >= 1 && ci.NewWarningSigns
+	why := fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number)
+	if signs && !ci.WindowOfOpportunity {
+		why = fmt.Sprintf("the family reported new warning signs at check-in %d", ci.Number)
+	}
+	opening := ci.WindowOfOpportunity || signs
+	if opening && !w.st.Escalated && w.st.Reinforced {
+		return w.escalate(ctx, why)
 	}
 	// A formal meeting held back for a consequence is proposed if one is
 	// stated now; if not, it waits on (the counselor was asked already).
-	if ci.WindowOfOpportunity && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
+	if opening && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
 		flow.Version(ctx, versionBlockedKept, 1) >= 1 {
 		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 			return err
@@ -982,10 +990,17 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 			return nil
 		}
 		w.st.EscalationBlocked = false
-		return w.escalate(ctx, fmt.Sprintf("the family reported a window of opportunity at check-in %d", ci.Number))
+		return w.escalate(ctx, why)
 	}
 	return nil
 }
+
+// versionSignsAtCheckIn guards taking new warning signs reported at a
+// check-in (a job lost, a charge, trouble at home) as the time to
+// intervene, as a window of opportunity is: the next meeting is proposed
+// then, not after the cool-down. Before, the answer was recorded and not
+// read.
+const versionSignsAtCheckIn = "warning-signs-at-check-in"
 
 // versionCheckInsUnscreened guards keeping the check-ins of a family
 // waiting for its safety screen. Before, they came only once boundaries

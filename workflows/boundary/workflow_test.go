@@ -1336,3 +1336,30 @@ func TestNoContactPersonIsPutToTheCounselor(t *testing.T) {
 		}
 	}
 }
+
+// New warning signs reported at a check-in are the time to intervene: the
+// next meeting is proposed then, as for a window of opportunity, not after
+// the cool-down, and the draft says why. A check-in reporting neither
+// waits for the cool-down.
+func TestNewWarningSignsAtACheckInEscalate(t *testing.T) {
+	for _, signs := range []bool{true, false} {
+		h := newHarness(t, "CURRENT")
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1, NewWarningSigns: signs})
+		}, 2*day)
+		h.env.ExecuteWorkflow(boundary.Name, input(1))
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		p := h.kinds("ESCALATION_PROPOSED")
+		if len(h.proposed) != 1 || len(p) != 1 {
+			t.Fatalf("signs %v: proposed %+v, notices %+v; want one", signs, h.proposed, p)
+		}
+		if early := p[0].Due.Sub(h.t0) == 2*day; early != signs {
+			t.Fatalf("signs %v: proposed on %v after the start", signs, p[0].Due.Sub(h.t0))
+		}
+		if signs && !strings.Contains(h.proposed[0].Notes, "new warning signs at check-in 1") {
+			t.Fatalf("notes %q do not say why", h.proposed[0].Notes)
+		}
+	}
+}

@@ -3060,7 +3060,9 @@ type RecordCheckInRequest struct {
 	// more open to help than before.
 	WindowOfOpportunity bool `protobuf:"varint,4,opt,name=window_of_opportunity,json=windowOfOpportunity,proto3" json:"window_of_opportunity,omitempty"`
 	// Whether the family has seen new warning signs. Record the signs
-	// themselves in the families service.
+	// themselves in the families service. After a refused meeting, new signs
+	// (like a window of opportunity) have the next meeting proposed at once,
+	// not after the cool-down.
 	NewWarningSigns bool `protobuf:"varint,5,opt,name=new_warning_signs,json=newWarningSigns,proto3" json:"new_warning_signs,omitempty"`
 	// What the family said.
 	Notes string `protobuf:"bytes,6,opt,name=notes,proto3" json:"notes,omitempty"`
