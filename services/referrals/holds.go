@@ -93,7 +93,7 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	if out, ok, err := idempotency.Stored(ctx, s.pool, p.clinic, svc+"HoldSlot", req.GetRequestId(), req, newHold); ok || err != nil {
 		return out, err
 	}
-	if err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
+	if _, err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
 		return nil, err
 	}
 	if err := s.checkIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily()); err != nil {

@@ -239,8 +239,14 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if out, ok, err := idempotency.Stored(ctx, s.pool, clinic, svc+"CreateReferral", req.GetRequestId(), req, newReferral); ok || err != nil {
 		return out, err
 	}
-	if err := s.checkFamily(ctx, "referral.family", in.GetFamily(), "referral.subject.member_id", in.GetSubject().GetMemberId()); err != nil {
+	fam, err := s.checkFamily(ctx, "referral.family", in.GetFamily(), "referral.subject.member_id", in.GetSubject().GetMemberId())
+	if err != nil {
 		return nil, err
+	}
+	if fc := fam.GetFirstContactTime(); in.GetFirstContactTime() == nil && fc != nil && notFuture("", fc, s.cfg.Now()) == nil {
+		// Days to treatment count from the family's first contact, not
+		// from a referral made by hand weeks later.
+		in.FirstContactTime = fc
 	}
 	if err := s.checkIntervention(ctx, "referral.intervention", in.GetIntervention(), in.GetFamily()); err != nil {
 		return nil, err

@@ -77,21 +77,21 @@ type FamilyReader interface {
 // checkFamily refuses, as a field violation, a family that does not exist
 // and a member who is not one of it: a hold would take a real slot, and a
 // referral would reach a program, for no one.
-func (s *Server) checkFamily(ctx context.Context, field, family, memberField, member string) error {
+func (s *Server) checkFamily(ctx context.Context, field, family, memberField, member string) (*familiesv1.Family, error) {
 	if s.cfg.Families == nil {
-		return nil
+		return nil, nil
 	}
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if apperr.IsCode(err, codes.NotFound) {
-		return apperr.Field(field, "no such family")
+		return nil, apperr.Field(field, "no such family")
 	}
 	if err != nil {
-		return fmt.Errorf("read family: %w", err)
+		return nil, fmt.Errorf("read family: %w", err)
 	}
 	if member != "" && !slices.ContainsFunc(fam.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == member }) {
-		return apperr.Field(memberField, "%q is not a member of the family", member)
+		return nil, apperr.Field(memberField, "%q is not a member of the family", member)
 	}
-	return nil
+	return fam, nil
 }
 
 // checkIntervention refuses, as a field violation, an intervention that

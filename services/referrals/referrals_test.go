@@ -880,6 +880,8 @@ type fakeConsent struct {
 	// revokedLate are families whose consent passes the check
 	// (validate_only) and is revoked before the record.
 	revokedLate map[string]bool
+	// firstContact is every family's first contact.
+	firstContact *timestamppb.Timestamp
 }
 
 func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyRequest, _ ...grpc.CallOption) (*familiesv1.Family, error) {
@@ -888,7 +890,7 @@ func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyReque
 	if c.missing[in.GetName()] {
 		return nil, status.Error(codes.NotFound, in.GetName()+" not found")
 	}
-	return &familiesv1.Family{Name: in.GetName(), Members: []*familiesv1.Member{{Id: "mom"}}}, nil
+	return &familiesv1.Family{Name: in.GetName(), Members: []*familiesv1.Member{{Id: "mom"}}, FirstContactTime: c.firstContact}, nil
 }
 
 // GetIntervention stands in for the interventions service: every
@@ -1766,5 +1768,52 @@ func TestRejectionAtCapacityShowsTheProgramFull(t *testing.T) {
 	}
 	if a, _ := f.capacity(t, p.GetName()); a != 2 {
 		t.Fatalf("after the next report: %d free, want 2", a)
+	}
+}
+
+// A referral made without the family's first contact takes it from the
+// family's record, so that days to treatment count from when the family
+// first came, not from a referral made by hand weeks later; one given is
+// kept, and a first contact the record holds in the future is not copied.
+func TestReferralTakesTheFamilysFirstContact(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	came := time.Now().Add(-20 * 24 * time.Hour).Truncate(time.Microsecond)
+	f.consent.mu.Lock()
+	f.consent.firstContact = timestamppb.New(came)
+	f.consent.mu.Unlock()
+	refer := func(first *timestamppb.Timestamp) *referralsv1.Referral {
+		t.Helper()
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+			Reason: "ready to start", FirstContactTime: first}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if got := refer(nil).GetFirstContactTime(); got == nil || !got.AsTime().Equal(came) {
+		t.Fatalf("first contact %v; want the family's, %v", got, came)
+	}
+	given := time.Now().Add(-2 * 24 * time.Hour).Truncate(time.Microsecond)
+	if got := refer(timestamppb.New(given)).GetFirstContactTime(); !got.AsTime().Equal(given) {
+		t.Fatalf("first contact %v; want the one given, %v", got.AsTime(), given)
+	}
+	// Days to treatment count from it.
+	r := refer(nil)
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()})
+	if err != nil || done.GetDaysToTreatmentEntry() < 19 {
+		t.Fatalf("days to treatment %d, %v; want about 20, from the family's first contact", done.GetDaysToTreatmentEntry(), err)
+	}
+	f.consent.mu.Lock()
+	f.consent.firstContact = timestamppb.New(time.Now().Add(48 * time.Hour))
+	f.consent.mu.Unlock()
+	if got := refer(nil).GetFirstContactTime(); got != nil {
+		t.Fatalf("first contact %v copied from the future", got.AsTime())
 	}
 }

@@ -470,6 +470,11 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, Program: mat.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
 		Reason: "ready to start after a hard week"}}))
+	// Made by hand without it, the referral counts days to treatment from
+	// the family's first contact, read from the families service.
+	if got := ref.GetFirstContactTime(); got == nil || !got.AsTime().Equal(f.GetFirstContactTime().AsTime()) {
+		t.Fatalf("referral's first contact %v; want the family's %v", got, f.GetFirstContactTime())
+	}
 	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: ref.GetName()}))
 	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: ref.GetName()}))
 	if res := e.result(iv.GetName()); res.Outcome != "DECLINED" || res.ChildResult != "the boundary workflow was cancelled" {

@@ -1567,10 +1567,10 @@ type Referral struct {
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
 	// Every state change, oldest first, including each rebooking.
 	History []*ReferralEvent `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
-	// When the family first contacted the clinic. The caller copies it from the
-	// family (its `first_contact_time`) when making the referral; this service
-	// does not look it up. Not in the future. Used to measure
-	// `days_to_treatment_entry`.
+	// When the family first contacted the clinic. Not in the future. Used to
+	// measure `days_to_treatment_entry`. CreateReferral copies the family's
+	// `first_contact_time` when it is not given; ConvertHold takes it from
+	// the caller only.
 	FirstContactTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=first_contact_time,json=firstContactTime,proto3" json:"first_contact_time,omitempty"`
 	// When the person entered treatment; set by CompleteReferral.
 	TreatmentEntryTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=treatment_entry_time,json=treatmentEntryTime,proto3" json:"treatment_entry_time,omitempty"`
