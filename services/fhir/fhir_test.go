@@ -61,7 +61,7 @@ func sampleReferral(state referralsv1.ReferralState) *referralsv1.Referral {
 	switch state {
 	case referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW,
 		referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
-		referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
+		referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
 		r.IntakeAppointment = &referralsv1.IntakeAppointment{StartTime: ts(now.Add(time.Hour)), Notes: "Bring ID", Telehealth: true}
 	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
 		r.Rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}

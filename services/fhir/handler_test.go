@@ -1161,3 +1161,32 @@ func TestImpossibleBirthDateIsLeftOut(t *testing.T) {
 		t.Fatalf("a real birth date: %s", a.raw)
 	}
 }
+
+// Every referral state has a Task status, and searching by that status
+// finds the state again; a referral voided as entered in error says so on
+// the request, the Task (with the reason given) and its appointment.
+func TestEnteredInErrorReferral(t *testing.T) {
+	for v, name := range referralsv1.ReferralState_name {
+		st := referralsv1.ReferralState(v)
+		if st == referralsv1.ReferralState_REFERRAL_STATE_UNSPECIFIED {
+			continue
+		}
+		if got := referralStates[taskStatus[st]]; "REFERRAL_STATE_"+got != name {
+			t.Errorf("%s: Task status %q searches for %q", name, taskStatus[st], got)
+		}
+	}
+	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR)
+	r.History = append(r.History, &referralsv1.ReferralEvent{FromState: referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED,
+		ToState: referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR, Reason: "the wrong family", Time: r.GetUpdateTime()})
+	if sr := serviceRequest(r); sr["status"] != "entered-in-error" {
+		t.Errorf("ServiceRequest status %v", sr["status"])
+	}
+	tk := task(r)
+	if tk["status"] != "entered-in-error" || fmt.Sprint(tk["statusReason"]) != fmt.Sprint(concept("the wrong family")) ||
+		fmt.Sprint(tk["businessStatus"]) != fmt.Sprint(concept("entered in error")) {
+		t.Errorf("Task status %v, reason %v, business status %v", tk["status"], tk["statusReason"], tk["businessStatus"])
+	}
+	if a := intakeAppointment(r); a["status"] != "entered-in-error" {
+		t.Errorf("appointment status %v", a["status"])
+	}
+}

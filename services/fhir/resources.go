@@ -266,6 +266,8 @@ func serviceRequest(r *referralsv1.Referral) obj {
 		status = "completed"
 	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
 		status = "revoked"
+	case referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
+		status = "entered-in-error"
 	}
 	// ON_HOLD stays active: the program (the performer) paused its Task;
 	// the request's own on-hold would mean the requester withdrew it.
@@ -314,14 +316,15 @@ var businessStatus = map[referralsv1.ReferralState][2]string{
 // taskStatus is Task.status for a referral state (the closed-loop pattern
 // of the Gravity and BSeR guides).
 var taskStatus = map[referralsv1.ReferralState]string{
-	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: "requested",
-	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  "accepted",
-	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  "rejected",
-	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: "in-progress",
-	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "completed",
-	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   "failed",
-	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: "cancelled",
-	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   "on-hold",
+	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED:        "requested",
+	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:         "accepted",
+	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:         "rejected",
+	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED:        "in-progress",
+	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:        "completed",
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:          "failed",
+	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:        "cancelled",
+	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:          "on-hold",
+	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered-in-error",
 }
 
 // task is a referral as the receiving program's work item.
@@ -354,6 +357,8 @@ func task(r *referralsv1.Referral) obj {
 		t["businessStatus"] = concept(bs[1], coding(sysBSeRStatus, bs[0], bs[1]))
 	} else if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
 		t["businessStatus"] = concept("on hold") // BSeR has no code for it
+	} else if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
+		t["businessStatus"] = concept("entered in error") // nor for this
 	}
 	if rej := r.GetRejection(); rej != nil && r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_REJECTED {
 		name := strings.TrimPrefix(rej.GetReason().String(), "REJECTION_REASON_")
@@ -363,8 +368,9 @@ func task(r *referralsv1.Referral) obj {
 		}
 		t["statusReason"] = concept(text, coding(sysRejection, name, ""))
 	}
-	if st := r.GetState(); st == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || st == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
-		// The reason given for the pause or the cancellation: an EHR that
+	if st := r.GetState(); st == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || st == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
+		st == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
+		// The reason given for the pause, the cancellation or the void: an EHR that
 		// reads the Task and writes it back unchanged then sends the
 		// statusReason the write requires.
 		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == st && h[len(h)-1].GetReason() != "" {
@@ -420,6 +426,8 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 		status = "noshow"
 	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
 		status = "cancelled"
+	case referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
+		status = "entered-in-error"
 	case referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:
 		// The booked time will not happen, but the appointment is not
 		// over: a rebooking books it again at its new time. R4's

@@ -334,6 +334,7 @@ const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 var referralStates = map[string]string{
 	"requested": "REQUESTED", "accepted": "ACCEPTED", "rejected": "REJECTED", "in-progress": "SCHEDULED",
 	"completed": "COMPLETED", "failed": "NO_SHOW", "cancelled": "CANCELLED", "on-hold": "ON_HOLD",
+	"entered-in-error": "ENTERED_IN_ERROR",
 }
 
 func entry(res obj) obj { return obj{"resource": res} }

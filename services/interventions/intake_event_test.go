@@ -24,6 +24,7 @@ func TestIntakeEventCancelled(t *testing.T) {
 		{"scheduled", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, time.Time{}, false},
 		{"on hold", referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, time.Time{}, true},
 		{"cancelled", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, time.Time{}, true},
+		{"entered in error", referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR, time.Time{}, true},
 		{"admitted at the intake", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-10 * time.Minute), false},
 		{"admitted the day before", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-24 * time.Hour), true},
 		{"admitted an hour before", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, booked.Add(-time.Hour), true},

@@ -76,7 +76,9 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     places held for it (the dispatcher starts CancelledHolds).
 //   - 2: a completed referral of the loved one's treatment ends the
 //     family's boundary follow-up (the dispatcher starts TreatmentEntered).
-const Generation = 2
+//   - 3: referral.entered_in_error, which the dispatcher passes to the
+//     MAT intake as a cancellation and the webhook sink routes.
+const Generation = 3
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded: such an event can never be delivered.

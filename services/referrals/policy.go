@@ -36,6 +36,9 @@ func Policy() grpcserver.Policy {
 	// clinic, or the program through the EHR (the person can no longer be
 	// served after all); the workflow then offers the next program.
 	set(append(counselors, auth.RoleEHR), "CancelReferral")
+	// Entered-in-error is the requester's to set (Gravity): the clinic's
+	// staff, not the program, and not the worker.
+	set(counselors, "MarkReferralEnteredInError")
 	// A counselor's calendar feed shows their clients' intake appointments.
 	p[svc+"ListReferrals"] = slices.Concat(p[svc+"ListReferrals"], []auth.Role{auth.RoleCalendarReader})
 	// Outcome reports (counts over the clinic) are for administrators.

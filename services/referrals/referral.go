@@ -46,6 +46,8 @@ var taskStatus = map[referralsv1.ReferralState][2]string{
 	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"failed", "unattended"},
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"cancelled", "cancelled"},
 	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   {"on-hold", "on hold"},
+	// The requester's own status: BSeR has no business status for it.
+	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: {"entered-in-error", "entered in error"},
 }
 
 func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {

@@ -377,11 +377,12 @@ func TestReferralStateMachine(t *testing.T) {
 		ns   = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
 		can  = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
 		hold = referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD
+		eie  = referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR
 	)
 	// Paths that reach each state from REQUESTED.
 	paths := map[referralsv1.ReferralState][]referralsv1.ReferralState{
 		req: {}, acc: {acc}, rej: {rej}, sch: {acc, sch}, comp: {acc, sch, comp}, ns: {acc, sch, ns}, can: {can},
-		hold: {acc, sch, hold},
+		hold: {acc, sch, hold}, eie: {eie},
 	}
 	legal := map[[2]referralsv1.ReferralState]bool{
 		{req, acc}: true, {req, rej}: true, {req, can}: true,
@@ -389,6 +390,8 @@ func TestReferralStateMachine(t *testing.T) {
 		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true, {sch, hold}: true,
 		{ns, sch}: true, {ns, can}: true,
 		{hold, sch}: true, {hold, can}: true, {hold, comp}: true,
+		// Voided from anything but a treatment entry, or a void.
+		{req, eie}: true, {acc, eie}: true, {rej, eie}: true, {sch, eie}: true, {ns, eie}: true, {can, eie}: true, {hold, eie}: true,
 	}
 	move := func(name string, to referralsv1.ReferralState) error {
 		var err error
@@ -409,10 +412,12 @@ func TestReferralStateMachine(t *testing.T) {
 			_, err = f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: name})
 		case hold:
 			_, err = f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: name, Reason: "waiting for prior authorization"})
+		case eie:
+			_, err = f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: name, Reason: "the wrong family"})
 		}
 		return err
 	}
-	targets := []referralsv1.ReferralState{acc, rej, sch, comp, ns, can, hold}
+	targets := []referralsv1.ReferralState{acc, rej, sch, comp, ns, can, hold, eie}
 	for from, path := range paths {
 		for _, to := range targets {
 			t.Run(fmt.Sprintf("%v->%v", S(from), to), func(t *testing.T) {
@@ -1815,5 +1820,71 @@ func TestReferralTakesTheFamilysFirstContact(t *testing.T) {
 	f.consent.mu.Unlock()
 	if got := refer(nil).GetFirstContactTime(); got != nil {
 		t.Fatalf("first contact %v copied from the future", got.AsTime())
+	}
+}
+
+// A referral made in error is voided by the clinic, with a reason: it stays
+// readable, ENTERED_IN_ERROR with the reason in its history, emits its own
+// event, and counts nowhere in the summary. The program (the EHR) and the
+// worker may not void one; bad input, or a treatment entry, changes
+// nothing; a retry answers as the first call did.
+func TestMarkReferralEnteredInError(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, r := f.urgentReferral(t)
+	_, kept := f.urgentReferral(t)
+	worker := f.env.As("north", "worker", auth.RoleWorker)
+	for _, ctx := range []context.Context{f.ehr, worker} {
+		_, err := f.client.MarkReferralEnteredInError(ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "the wrong family"})
+		wantCode(t, err, codes.PermissionDenied)
+	}
+	for _, reason := range []string{"", "   "} {
+		_, err := f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: reason})
+		wantCode(t, err, codes.InvalidArgument)
+		if !strings.Contains(status.Convert(err).Message(), "reason") {
+			t.Fatalf("refusal %q does not name the field", status.Convert(err).Message())
+		}
+	}
+	_, err := f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: "clinics/north/referrals/none", Reason: "x"})
+	wantCode(t, err, codes.NotFound)
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); got.GetEtag() != r.GetEtag() {
+		t.Fatal("refused calls changed the referral")
+	}
+	req := &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "referred under the wrong family", RequestId: "void-1"}
+	void, err := f.client.MarkReferralEnteredInError(f.ctx, req)
+	if err != nil || void.GetState() != referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR || void.GetFhirTaskStatus() != "entered-in-error" {
+		t.Fatalf("void = %v, %v", void, err)
+	}
+	if h := void.GetHistory(); h[len(h)-1].GetReason() != req.GetReason() || h[len(h)-1].GetActor() == "" {
+		t.Fatalf("history %v; want the reason and who", h)
+	}
+	again, err := f.client.MarkReferralEnteredInError(f.ctx, req)
+	if err != nil || again.GetEtag() != void.GetEtag() {
+		t.Fatalf("retry = %v, %v; want the first answer", again, err)
+	}
+	_, err = f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "again"})
+	wantCode(t, err, codes.FailedPrecondition)
+	var events int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
+		WHERE event_type = 'handoff.referrals.v1.referral.entered_in_error' AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 1 {
+		t.Fatalf("entered_in_error events: %d, %v; want 1", events, err)
+	}
+	// The summary counts the other referral alone.
+	sum, err := f.client.SummarizeReferrals(f.admin, &referralsv1.SummarizeReferralsRequest{Parent: "clinics/north"})
+	if err != nil || sum.GetReferrals() != 1 || len(sum.GetStates()) != 1 || sum.GetStates()[0].GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED {
+		t.Fatalf("summary %v, %v; want the one referral not voided", sum, err)
+	}
+	// A treatment entry is not voided here.
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: kept.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: kept.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: kept.GetName(), Reason: "x"})
+	wantCode(t, err, codes.FailedPrecondition)
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: kept.GetName()}); got.GetEtag() != done.GetEtag() {
+		t.Fatal("a refused void changed the completed referral")
 	}
 }

@@ -28,10 +28,11 @@ var summaryFilter = func() map[string]aip.FilterField {
 // summarySQL counts in one statement. The wait runs from first contact, or
 // from the referral without one, to treatment entry, as
 // days_to_treatment_entry does; percentile_cont leaves out those that did
-// not enter.
+// not enter. A referral entered in error was never made: it counts
+// nowhere.
 const summarySQL = `WITH r AS (
 	SELECT state, treatment_entry_time - COALESCE(first_contact_time, create_time) AS wait
-	FROM referrals WHERE clinic = $1 AND %s)
+	FROM referrals WHERE clinic = $1 AND state <> %d AND %s)
 SELECT (SELECT COALESCE(json_object_agg(state, n), '{}') FROM (SELECT state, count(*) AS n FROM r GROUP BY state) s),
 	count(*), count(wait),
 	count(*) FILTER (WHERE wait <= interval '72 hours'), count(*) FILTER (WHERE wait <= interval '14 days'),
@@ -55,7 +56,7 @@ func (s *Server) SummarizeReferrals(ctx context.Context, req *referralsv1.Summar
 		total, entered, within3, within14 int64
 		median, p90                       *float64
 	)
-	if err := s.pool.QueryRow(ctx, fmt.Sprintf(summarySQL, where), append([]any{clinic}, args...)...).Scan(
+	if err := s.pool.QueryRow(ctx, fmt.Sprintf(summarySQL, int16(voided), where), append([]any{clinic}, args...)...).Scan(
 		&byState, &total, &entered, &within3, &within14, &median, &p90); err != nil {
 		return nil, fmt.Errorf("summarize referrals: %w", err)
 	}

@@ -36,6 +36,7 @@ const (
 	noShow    = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
 	cancelled = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
 	onHold    = referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD
+	voided    = referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR
 )
 
 // legal lists, for each target state, the states a referral may reach it
@@ -52,6 +53,10 @@ var legal = map[state][]state{
 	cancelled: {requested, accepted, scheduled, noShow, onHold},
 	// Gravity's on-hold pauses work that started: here, a booked intake.
 	onHold: {scheduled},
+	// A referral made in error is voided whatever became of it, but for a
+	// treatment entry, which other records (the family's, the follow-up's)
+	// took up.
+	voided: {requested, accepted, rejected, scheduled, noShow, cancelled, onHold},
 }
 
 // step is one transition request, normalised.
@@ -260,6 +265,15 @@ func (s *Server) noRoomAt(ctx context.Context, tx pgx.Tx, r ref, now time.Time) 
 		return err
 	}
 	return emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
+}
+
+// MarkReferralEnteredInError implements the API.
+func (s *Server) MarkReferralEnteredInError(ctx context.Context, req *referralsv1.TransitionReferralRequest) (*referralsv1.Referral, error) {
+	if strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "is required: what was wrong (the family, the person, the program or the service)")
+	}
+	return s.transition(ctx, step{method: "MarkReferralEnteredInError", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: voided, req: req})
 }
 
 // ScheduleReferral implements the API. Scheduling again (a new appointment,

@@ -504,6 +504,31 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 // The program cancels an accepted referral through the EHR (either side of
 // the closed loop may): the MAT intake workflow offers the next program.
 func TestProgramCancelsThroughTheEHR(t *testing.T) {
+	nextProgramAfter(t, func(e *env, first *referralsv1.Referral) {
+		ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName()}))
+		cancelled := ok(e.ref.CancelReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName(), Reason: "no prescriber this week"}))
+		if cancelled.GetState() != referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
+			t.Fatalf("after the EHR's cancel: %v", cancelled.GetState())
+		}
+	})
+}
+
+// The counselor voids the intake's referral as entered in error (made at
+// the wrong program, say): the dispatcher passes it to the MAT intake as a
+// cancellation, and the intake offers the next program.
+func TestReferralEnteredInErrorGoesToTheNextProgram(t *testing.T) {
+	nextProgramAfter(t, func(e *env, first *referralsv1.Referral) {
+		voided := ok(e.ref.MarkReferralEnteredInError(e.counsel, &referralsv1.TransitionReferralRequest{Name: first.GetName(),
+			Reason: "made at a program the loved one cannot reach"}))
+		if voided.GetState() != referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
+			t.Fatalf("after the void: %v", voided.GetState())
+		}
+	})
+}
+
+// nextProgramAfter carries a yes to the held program's referral, closes
+// it with end, and waits for the intake's referral to the next program.
+func nextProgramAfter(t *testing.T, end func(e *env, first *referralsv1.Referral)) {
 	e := start(t)
 	mat := e.directory()
 	p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
@@ -523,11 +548,7 @@ func TestProgramCancelsThroughTheEHR(t *testing.T) {
 	if first.GetProgram() != mat.GetName() {
 		t.Fatalf("first referral at %s, want the held program %s", first.GetProgram(), mat.GetName())
 	}
-	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName()}))
-	cancelled := ok(e.ref.CancelReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: first.GetName(), Reason: "no prescriber this week"}))
-	if cancelled.GetState() != referralsv1.ReferralState_REFERRAL_STATE_CANCELLED {
-		t.Fatalf("after the EHR's cancel: %v", cancelled.GetState())
-	}
+	end(e, first)
 	var second *referralsv1.Referral
 	stacktest.Eventually(t, 20*time.Second, "a referral to the next program", func() bool {
 		for _, r := range referrals() {

@@ -25,6 +25,8 @@ func TestReferralEventTopics(t *testing.T) {
 		{"cancelled", &referralsv1.Referral{}, false},
 		{"completed", booked, true},
 		{"no_show", booked, true},
+		{"entered_in_error", booked, true},
+		{"entered_in_error", &referralsv1.Referral{}, false},
 	} {
 		r := routeOf(referralEvents+c.event, c.ref)
 		if !slices.Contains(r.topics, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED) {

@@ -160,7 +160,7 @@ func routeOf(eventType string, msg proto.Message) route {
 		switch strings.TrimPrefix(eventType, referralEvents) {
 		case "scheduled":
 			r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-		case "completed", "no_show", "cancelled", "on_hold":
+		case "completed", "no_show", "cancelled", "on_hold", "entered_in_error":
 			if ref.GetIntakeAppointment() != nil {
 				r.topics = append(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 			}

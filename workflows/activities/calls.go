@@ -366,7 +366,8 @@ func (a *Activities) referredFor(ctx context.Context, intervention, family strin
 	}
 	for _, r := range resp.GetReferrals() {
 		switch r.GetState() {
-		case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:
+		case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+			referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
 			continue
 		}
 		if r.GetFamily() != family || r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
@@ -1043,13 +1044,24 @@ func (a *Activities) RecordTreatmentEntry(ctx context.Context, in TreatmentEntry
 	return wrap("record treatment entry", err)
 }
 
+// StateOf is a referral state as the workflows know it: its name without
+// the prefix, except that a referral voided as entered in error is, to a
+// workflow following it, CANCELLED: closed, by the referring side, with
+// the next program to offer.
+func StateOf(s referralsv1.ReferralState) string {
+	if s == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
+		s = referralsv1.ReferralState_REFERRAL_STATE_CANCELLED
+	}
+	return strings.TrimPrefix(s.String(), "REFERRAL_STATE_")
+}
+
 // ReferralStatus reads a referral's state.
 func (a *Activities) ReferralStatus(ctx context.Context, referral string) (ReferralInfo, error) {
 	r, err := a.Referrals.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: referral})
 	if err != nil {
 		return ReferralInfo{}, wrap("get referral", err)
 	}
-	info := ReferralInfo{State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_"), Program: r.GetProgram(),
+	info := ReferralInfo{State: StateOf(r.GetState()), Program: r.GetProgram(),
 		NoShows: r.GetNoShowCount(), DaysToTreatment: r.GetDaysToTreatmentEntry()}
 	if r.GetIntakeAppointment().GetStartTime() != nil {
 		info.Appointment = r.GetIntakeAppointment().GetStartTime().AsTime()

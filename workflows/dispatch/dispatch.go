@@ -170,7 +170,7 @@ func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referrals
 	}
 	if r.GetIntervention() != "" {
 		if err := d.signal(ctx, ids.MATIntake(r.GetIntervention()), matintake.SignalReferral, matintake.Transition{
-			Referral: r.GetName(), State: strings.TrimPrefix(r.GetState().String(), "REFERRAL_STATE_")}); err != nil {
+			Referral: r.GetName(), State: activities.StateOf(r.GetState())}); err != nil {
 			return err
 		}
 	}

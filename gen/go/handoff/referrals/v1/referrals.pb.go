@@ -680,8 +680,11 @@ func (SubjectKind) EnumDescriptor() ([]byte, []int) {
 //   - SCHEDULED -> ON_HOLD (the program paused the intake)
 //   - ON_HOLD -> SCHEDULED (rebooked) | COMPLETED (admitted without a new
 //     booking) | CANCELLED
+//   - any but COMPLETED and ENTERED_IN_ERROR -> ENTERED_IN_ERROR (made in
+//     error, see MarkReferralEnteredInError)
 //
-// REJECTED, COMPLETED and CANCELLED are final.
+// REJECTED, COMPLETED and CANCELLED are final but for ENTERED_IN_ERROR,
+// which is final.
 type ReferralState int32
 
 const (
@@ -704,6 +707,8 @@ const (
 	// The program paused the intake after booking it (see PauseReferral).
 	// Can be rebooked.
 	ReferralState_REFERRAL_STATE_ON_HOLD ReferralState = 8
+	// Made in error and voided (see MarkReferralEnteredInError). Final.
+	ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR ReferralState = 9
 )
 
 // Enum value maps for ReferralState.
@@ -718,17 +723,19 @@ var (
 		6: "REFERRAL_STATE_NO_SHOW",
 		7: "REFERRAL_STATE_CANCELLED",
 		8: "REFERRAL_STATE_ON_HOLD",
+		9: "REFERRAL_STATE_ENTERED_IN_ERROR",
 	}
 	ReferralState_value = map[string]int32{
-		"REFERRAL_STATE_UNSPECIFIED": 0,
-		"REFERRAL_STATE_REQUESTED":   1,
-		"REFERRAL_STATE_ACCEPTED":    2,
-		"REFERRAL_STATE_REJECTED":    3,
-		"REFERRAL_STATE_SCHEDULED":   4,
-		"REFERRAL_STATE_COMPLETED":   5,
-		"REFERRAL_STATE_NO_SHOW":     6,
-		"REFERRAL_STATE_CANCELLED":   7,
-		"REFERRAL_STATE_ON_HOLD":     8,
+		"REFERRAL_STATE_UNSPECIFIED":      0,
+		"REFERRAL_STATE_REQUESTED":        1,
+		"REFERRAL_STATE_ACCEPTED":         2,
+		"REFERRAL_STATE_REJECTED":         3,
+		"REFERRAL_STATE_SCHEDULED":        4,
+		"REFERRAL_STATE_COMPLETED":        5,
+		"REFERRAL_STATE_NO_SHOW":          6,
+		"REFERRAL_STATE_CANCELLED":        7,
+		"REFERRAL_STATE_ON_HOLD":          8,
+		"REFERRAL_STATE_ENTERED_IN_ERROR": 9,
 	}
 )
 
@@ -3774,8 +3781,8 @@ type TransitionReferralRequest struct {
 	// `clinics/{clinic}/referrals/{referral}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Why, in a few words; kept in the referral's history. Required by
-	// PauseReferral, and by CancelReferral when the EHR integration calls it;
-	// optional otherwise.
+	// PauseReferral and MarkReferralEnteredInError, and by CancelReferral
+	// when the EHR integration calls it; optional otherwise.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// If set, the transition happens only if the referral's etag still
 	// matches. It is not part of the request that `request_id` stands for:
@@ -4484,7 +4491,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\vSubjectKind\x12\x1c\n" +
 	"\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SUBJECT_KIND_LOVED_ONE\x10\x01\x12\x1e\n" +
-	"\x1aSUBJECT_KIND_FAMILY_MEMBER\x10\x02*\x99\x02\n" +
+	"\x1aSUBJECT_KIND_FAMILY_MEMBER\x10\x02*\xbe\x02\n" +
 	"\rReferralState\x12\x1e\n" +
 	"\x1aREFERRAL_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REFERRAL_STATE_REQUESTED\x10\x01\x12\x1b\n" +
@@ -4494,14 +4501,15 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x18REFERRAL_STATE_COMPLETED\x10\x05\x12\x1a\n" +
 	"\x16REFERRAL_STATE_NO_SHOW\x10\x06\x12\x1c\n" +
 	"\x18REFERRAL_STATE_CANCELLED\x10\a\x12\x1a\n" +
-	"\x16REFERRAL_STATE_ON_HOLD\x10\b*\xe7\x01\n" +
+	"\x16REFERRAL_STATE_ON_HOLD\x10\b\x12#\n" +
+	"\x1fREFERRAL_STATE_ENTERED_IN_ERROR\x10\t*\xe7\x01\n" +
 	"\x0fRejectionReason\x12 \n" +
 	"\x1cREJECTION_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cREJECTION_REASON_AT_CAPACITY\x10\x01\x12!\n" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\xee \n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\xac\"\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4528,7 +4536,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xa4\x01\n" +
 	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa1\x01\n" +
 	"\rPauseReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"?\xdaA\vname,reason\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/referrals/*}:pause\x12\xa3\x01\n" +
-	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xa5\x01\n" +
+	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xbb\x01\n" +
+	"\x1aMarkReferralEnteredInError\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"L\xdaA\vname,reason\x82\xd3\xe4\x93\x028:\x01*\"3/v1/{name=clinics/*/referrals/*}:markEnteredInError\x12\xa5\x01\n" +
 	"\x0fListAuditEvents\x12(.handoff.audit.v1.ListAuditEventsRequest\x1a).handoff.audit.v1.ListAuditEventsResponse\"=\xdaA\x06parent\x82\xd3\xe4\x93\x02.\x12,/v1/{parent=clinics/*}/referrals:auditEvents\x1a\x1a\xcaA\x17referrals.handoff.localBKZIgithub.com/handoff-health/handoff/gen/go/handoff/referrals/v1;referralsv1b\x06proto3"
 
 var (
@@ -4686,35 +4695,37 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	45, // 80: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
 	45, // 81: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
 	45, // 82: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	52, // 83: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 84: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 85: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 86: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 87: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	53, // 88: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 89: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 90: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 91: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 92: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 93: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 94: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 95: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 96: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 97: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 98: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	43, // 99: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	41, // 100: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
-	16, // 101: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 102: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 103: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 104: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 105: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 106: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 107: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 108: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	54, // 109: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	84, // [84:110] is the sub-list for method output_type
-	58, // [58:84] is the sub-list for method input_type
+	45, // 83: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	52, // 84: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 85: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 86: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 87: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 88: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	53, // 89: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 90: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 91: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 92: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 93: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 94: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 95: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 96: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 97: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 98: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 99: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	43, // 100: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	41, // 101: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
+	16, // 102: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 103: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 104: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 105: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 106: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 107: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 108: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 109: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 110: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:output_type -> handoff.referrals.v1.Referral
+	54, // 111: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	85, // [85:112] is the sub-list for method output_type
+	58, // [58:85] is the sub-list for method input_type
 	58, // [58:58] is the sub-list for extension type_name
 	58, // [58:58] is the sub-list for extension extendee
 	0,  // [0:58] is the sub-list for field type_name

@@ -1283,6 +1283,51 @@ func local_request_ReferralsService_CancelReferral_0(ctx context.Context, marsha
 	return msg, metadata, err
 }
 
+func request_ReferralsService_MarkReferralEnteredInError_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq TransitionReferralRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	msg, err := client.MarkReferralEnteredInError(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_ReferralsService_MarkReferralEnteredInError_0(ctx context.Context, marshaler runtime.Marshaler, server ReferralsServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq TransitionReferralRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	msg, err := server.MarkReferralEnteredInError(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 var filter_ReferralsService_ListAuditEvents_0 = &utilities.DoubleArray{Encoding: map[string]int{"parent": 0}, Base: []int{1, 1, 0}, Check: []int{0, 1, 2}}
 
 func request_ReferralsService_ListAuditEvents_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
@@ -1842,6 +1887,26 @@ func RegisterReferralsServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_CancelReferral_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_ReferralsService_MarkReferralEnteredInError_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/MarkReferralEnteredInError", runtime.WithHTTPPathPattern("/v1/{name=clinics/*/referrals/*}:markEnteredInError"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_ReferralsService_MarkReferralEnteredInError_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_MarkReferralEnteredInError_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodGet, pattern_ReferralsService_ListAuditEvents_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2327,6 +2392,23 @@ func RegisterReferralsServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_CancelReferral_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_ReferralsService_MarkReferralEnteredInError_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/MarkReferralEnteredInError", runtime.WithHTTPPathPattern("/v1/{name=clinics/*/referrals/*}:markEnteredInError"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_ReferralsService_MarkReferralEnteredInError_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_MarkReferralEnteredInError_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodGet, pattern_ReferralsService_ListAuditEvents_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2348,59 +2430,61 @@ func RegisterReferralsServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 }
 
 var (
-	pattern_ReferralsService_CreateProgram_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, ""))
-	pattern_ReferralsService_GetProgram_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, ""))
-	pattern_ReferralsService_ListPrograms_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, ""))
-	pattern_ReferralsService_UpdateProgram_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "program.name"}, ""))
-	pattern_ReferralsService_DeleteProgram_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, ""))
-	pattern_ReferralsService_UndeleteProgram_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, "undelete"))
-	pattern_ReferralsService_ReportCapacity_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, "reportCapacity"))
-	pattern_ReferralsService_MatchPrograms_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, "match"))
-	pattern_ReferralsService_HoldSlot_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "program"}, "hold"))
-	pattern_ReferralsService_GetHold_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, ""))
-	pattern_ReferralsService_ListHolds_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "holds"}, ""))
-	pattern_ReferralsService_ReleaseHold_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, "release"))
-	pattern_ReferralsService_ConvertHold_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, "convert"))
-	pattern_ReferralsService_CreateReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
-	pattern_ReferralsService_GetReferral_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, ""))
-	pattern_ReferralsService_ListReferrals_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
-	pattern_ReferralsService_SummarizeReferrals_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, "summarize"))
-	pattern_ReferralsService_UpdateReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "referral.name"}, ""))
-	pattern_ReferralsService_AcceptReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "accept"))
-	pattern_ReferralsService_RejectReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "reject"))
-	pattern_ReferralsService_ScheduleReferral_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "schedule"))
-	pattern_ReferralsService_CompleteReferral_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "complete"))
-	pattern_ReferralsService_MarkReferralNoShow_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "markNoShow"))
-	pattern_ReferralsService_PauseReferral_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "pause"))
-	pattern_ReferralsService_CancelReferral_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "cancel"))
-	pattern_ReferralsService_ListAuditEvents_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, "auditEvents"))
+	pattern_ReferralsService_CreateProgram_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, ""))
+	pattern_ReferralsService_GetProgram_0                 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, ""))
+	pattern_ReferralsService_ListPrograms_0               = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, ""))
+	pattern_ReferralsService_UpdateProgram_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "program.name"}, ""))
+	pattern_ReferralsService_DeleteProgram_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, ""))
+	pattern_ReferralsService_UndeleteProgram_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, "undelete"))
+	pattern_ReferralsService_ReportCapacity_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "name"}, "reportCapacity"))
+	pattern_ReferralsService_MatchPrograms_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "programs"}, "match"))
+	pattern_ReferralsService_HoldSlot_0                   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "programs", "program"}, "hold"))
+	pattern_ReferralsService_GetHold_0                    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, ""))
+	pattern_ReferralsService_ListHolds_0                  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "holds"}, ""))
+	pattern_ReferralsService_ReleaseHold_0                = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, "release"))
+	pattern_ReferralsService_ConvertHold_0                = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "holds", "name"}, "convert"))
+	pattern_ReferralsService_CreateReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
+	pattern_ReferralsService_GetReferral_0                = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, ""))
+	pattern_ReferralsService_ListReferrals_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, ""))
+	pattern_ReferralsService_SummarizeReferrals_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, "summarize"))
+	pattern_ReferralsService_UpdateReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "referral.name"}, ""))
+	pattern_ReferralsService_AcceptReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "accept"))
+	pattern_ReferralsService_RejectReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "reject"))
+	pattern_ReferralsService_ScheduleReferral_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "schedule"))
+	pattern_ReferralsService_CompleteReferral_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "complete"))
+	pattern_ReferralsService_MarkReferralNoShow_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "markNoShow"))
+	pattern_ReferralsService_PauseReferral_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "pause"))
+	pattern_ReferralsService_CancelReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "cancel"))
+	pattern_ReferralsService_MarkReferralEnteredInError_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "markEnteredInError"))
+	pattern_ReferralsService_ListAuditEvents_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 2, 5, 2, 2, 3}, []string{"v1", "clinics", "parent", "referrals"}, "auditEvents"))
 )
 
 var (
-	forward_ReferralsService_CreateProgram_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_GetProgram_0         = runtime.ForwardResponseMessage
-	forward_ReferralsService_ListPrograms_0       = runtime.ForwardResponseMessage
-	forward_ReferralsService_UpdateProgram_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_DeleteProgram_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_UndeleteProgram_0    = runtime.ForwardResponseMessage
-	forward_ReferralsService_ReportCapacity_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_MatchPrograms_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_HoldSlot_0           = runtime.ForwardResponseMessage
-	forward_ReferralsService_GetHold_0            = runtime.ForwardResponseMessage
-	forward_ReferralsService_ListHolds_0          = runtime.ForwardResponseMessage
-	forward_ReferralsService_ReleaseHold_0        = runtime.ForwardResponseMessage
-	forward_ReferralsService_ConvertHold_0        = runtime.ForwardResponseMessage
-	forward_ReferralsService_CreateReferral_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_GetReferral_0        = runtime.ForwardResponseMessage
-	forward_ReferralsService_ListReferrals_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_SummarizeReferrals_0 = runtime.ForwardResponseMessage
-	forward_ReferralsService_UpdateReferral_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_AcceptReferral_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_RejectReferral_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_ScheduleReferral_0   = runtime.ForwardResponseMessage
-	forward_ReferralsService_CompleteReferral_0   = runtime.ForwardResponseMessage
-	forward_ReferralsService_MarkReferralNoShow_0 = runtime.ForwardResponseMessage
-	forward_ReferralsService_PauseReferral_0      = runtime.ForwardResponseMessage
-	forward_ReferralsService_CancelReferral_0     = runtime.ForwardResponseMessage
-	forward_ReferralsService_ListAuditEvents_0    = runtime.ForwardResponseMessage
+	forward_ReferralsService_CreateProgram_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_GetProgram_0                 = runtime.ForwardResponseMessage
+	forward_ReferralsService_ListPrograms_0               = runtime.ForwardResponseMessage
+	forward_ReferralsService_UpdateProgram_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_DeleteProgram_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_UndeleteProgram_0            = runtime.ForwardResponseMessage
+	forward_ReferralsService_ReportCapacity_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_MatchPrograms_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_HoldSlot_0                   = runtime.ForwardResponseMessage
+	forward_ReferralsService_GetHold_0                    = runtime.ForwardResponseMessage
+	forward_ReferralsService_ListHolds_0                  = runtime.ForwardResponseMessage
+	forward_ReferralsService_ReleaseHold_0                = runtime.ForwardResponseMessage
+	forward_ReferralsService_ConvertHold_0                = runtime.ForwardResponseMessage
+	forward_ReferralsService_CreateReferral_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_GetReferral_0                = runtime.ForwardResponseMessage
+	forward_ReferralsService_ListReferrals_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_SummarizeReferrals_0         = runtime.ForwardResponseMessage
+	forward_ReferralsService_UpdateReferral_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_AcceptReferral_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_RejectReferral_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_ScheduleReferral_0           = runtime.ForwardResponseMessage
+	forward_ReferralsService_CompleteReferral_0           = runtime.ForwardResponseMessage
+	forward_ReferralsService_MarkReferralNoShow_0         = runtime.ForwardResponseMessage
+	forward_ReferralsService_PauseReferral_0              = runtime.ForwardResponseMessage
+	forward_ReferralsService_CancelReferral_0             = runtime.ForwardResponseMessage
+	forward_ReferralsService_MarkReferralEnteredInError_0 = runtime.ForwardResponseMessage
+	forward_ReferralsService_ListAuditEvents_0            = runtime.ForwardResponseMessage
 )

@@ -47,32 +47,33 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ReferralsService_CreateProgram_FullMethodName      = "/handoff.referrals.v1.ReferralsService/CreateProgram"
-	ReferralsService_GetProgram_FullMethodName         = "/handoff.referrals.v1.ReferralsService/GetProgram"
-	ReferralsService_ListPrograms_FullMethodName       = "/handoff.referrals.v1.ReferralsService/ListPrograms"
-	ReferralsService_UpdateProgram_FullMethodName      = "/handoff.referrals.v1.ReferralsService/UpdateProgram"
-	ReferralsService_DeleteProgram_FullMethodName      = "/handoff.referrals.v1.ReferralsService/DeleteProgram"
-	ReferralsService_UndeleteProgram_FullMethodName    = "/handoff.referrals.v1.ReferralsService/UndeleteProgram"
-	ReferralsService_ReportCapacity_FullMethodName     = "/handoff.referrals.v1.ReferralsService/ReportCapacity"
-	ReferralsService_MatchPrograms_FullMethodName      = "/handoff.referrals.v1.ReferralsService/MatchPrograms"
-	ReferralsService_HoldSlot_FullMethodName           = "/handoff.referrals.v1.ReferralsService/HoldSlot"
-	ReferralsService_GetHold_FullMethodName            = "/handoff.referrals.v1.ReferralsService/GetHold"
-	ReferralsService_ListHolds_FullMethodName          = "/handoff.referrals.v1.ReferralsService/ListHolds"
-	ReferralsService_ReleaseHold_FullMethodName        = "/handoff.referrals.v1.ReferralsService/ReleaseHold"
-	ReferralsService_ConvertHold_FullMethodName        = "/handoff.referrals.v1.ReferralsService/ConvertHold"
-	ReferralsService_CreateReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/CreateReferral"
-	ReferralsService_GetReferral_FullMethodName        = "/handoff.referrals.v1.ReferralsService/GetReferral"
-	ReferralsService_ListReferrals_FullMethodName      = "/handoff.referrals.v1.ReferralsService/ListReferrals"
-	ReferralsService_SummarizeReferrals_FullMethodName = "/handoff.referrals.v1.ReferralsService/SummarizeReferrals"
-	ReferralsService_UpdateReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/UpdateReferral"
-	ReferralsService_AcceptReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/AcceptReferral"
-	ReferralsService_RejectReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/RejectReferral"
-	ReferralsService_ScheduleReferral_FullMethodName   = "/handoff.referrals.v1.ReferralsService/ScheduleReferral"
-	ReferralsService_CompleteReferral_FullMethodName   = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
-	ReferralsService_MarkReferralNoShow_FullMethodName = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
-	ReferralsService_PauseReferral_FullMethodName      = "/handoff.referrals.v1.ReferralsService/PauseReferral"
-	ReferralsService_CancelReferral_FullMethodName     = "/handoff.referrals.v1.ReferralsService/CancelReferral"
-	ReferralsService_ListAuditEvents_FullMethodName    = "/handoff.referrals.v1.ReferralsService/ListAuditEvents"
+	ReferralsService_CreateProgram_FullMethodName              = "/handoff.referrals.v1.ReferralsService/CreateProgram"
+	ReferralsService_GetProgram_FullMethodName                 = "/handoff.referrals.v1.ReferralsService/GetProgram"
+	ReferralsService_ListPrograms_FullMethodName               = "/handoff.referrals.v1.ReferralsService/ListPrograms"
+	ReferralsService_UpdateProgram_FullMethodName              = "/handoff.referrals.v1.ReferralsService/UpdateProgram"
+	ReferralsService_DeleteProgram_FullMethodName              = "/handoff.referrals.v1.ReferralsService/DeleteProgram"
+	ReferralsService_UndeleteProgram_FullMethodName            = "/handoff.referrals.v1.ReferralsService/UndeleteProgram"
+	ReferralsService_ReportCapacity_FullMethodName             = "/handoff.referrals.v1.ReferralsService/ReportCapacity"
+	ReferralsService_MatchPrograms_FullMethodName              = "/handoff.referrals.v1.ReferralsService/MatchPrograms"
+	ReferralsService_HoldSlot_FullMethodName                   = "/handoff.referrals.v1.ReferralsService/HoldSlot"
+	ReferralsService_GetHold_FullMethodName                    = "/handoff.referrals.v1.ReferralsService/GetHold"
+	ReferralsService_ListHolds_FullMethodName                  = "/handoff.referrals.v1.ReferralsService/ListHolds"
+	ReferralsService_ReleaseHold_FullMethodName                = "/handoff.referrals.v1.ReferralsService/ReleaseHold"
+	ReferralsService_ConvertHold_FullMethodName                = "/handoff.referrals.v1.ReferralsService/ConvertHold"
+	ReferralsService_CreateReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/CreateReferral"
+	ReferralsService_GetReferral_FullMethodName                = "/handoff.referrals.v1.ReferralsService/GetReferral"
+	ReferralsService_ListReferrals_FullMethodName              = "/handoff.referrals.v1.ReferralsService/ListReferrals"
+	ReferralsService_SummarizeReferrals_FullMethodName         = "/handoff.referrals.v1.ReferralsService/SummarizeReferrals"
+	ReferralsService_UpdateReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/UpdateReferral"
+	ReferralsService_AcceptReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/AcceptReferral"
+	ReferralsService_RejectReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/RejectReferral"
+	ReferralsService_ScheduleReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/ScheduleReferral"
+	ReferralsService_CompleteReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
+	ReferralsService_MarkReferralNoShow_FullMethodName         = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
+	ReferralsService_PauseReferral_FullMethodName              = "/handoff.referrals.v1.ReferralsService/PauseReferral"
+	ReferralsService_CancelReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/CancelReferral"
+	ReferralsService_MarkReferralEnteredInError_FullMethodName = "/handoff.referrals.v1.ReferralsService/MarkReferralEnteredInError"
+	ReferralsService_ListAuditEvents_FullMethodName            = "/handoff.referrals.v1.ReferralsService/ListAuditEvents"
 )
 
 // ReferralsServiceClient is the client API for ReferralsService service.
@@ -170,8 +171,8 @@ type ReferralsServiceClient interface {
 	// counts within 3 days (what programs aim for) and within 14 days
 	// (modelled on the HEDIS IET initiation window). It counts referrals, not
 	// people: filter `subject_kind = LOVED_ONE` and a service kind for the
-	// loved ones' outcome. Counts and durations only, no names. For clinic
-	// administrators.
+	// loved ones' outcome. Counts and durations only, no names. Referrals
+	// entered in error are not counted. For clinic administrators.
 	SummarizeReferrals(ctx context.Context, in *SummarizeReferralsRequest, opts ...grpc.CallOption) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way,
 	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
@@ -217,6 +218,14 @@ type ReferralsServiceClient interface {
 	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
 	// then offers the next program. Cancelled is final.
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
+	// Voids a referral made in error (the wrong family, person, program or
+	// service): FHIR's entered-in-error, which the requester sets. The
+	// referral stays readable, ENTERED_IN_ERROR, and is left out of
+	// SummarizeReferrals. `reason` is required. Any referral not COMPLETED
+	// may be voided: a recorded treatment entry is corrected with the
+	// program, not here. A MAT intake following it takes it as cancelled and
+	// offers the next program. Final.
+	MarkReferralEnteredInError(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
@@ -481,6 +490,16 @@ func (c *referralsServiceClient) CancelReferral(ctx context.Context, in *Transit
 	return out, nil
 }
 
+func (c *referralsServiceClient) MarkReferralEnteredInError(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Referral)
+	err := c.cc.Invoke(ctx, ReferralsService_MarkReferralEnteredInError_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *referralsServiceClient) ListAuditEvents(ctx context.Context, in *v1.ListAuditEventsRequest, opts ...grpc.CallOption) (*v1.ListAuditEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(v1.ListAuditEventsResponse)
@@ -586,8 +605,8 @@ type ReferralsServiceServer interface {
 	// counts within 3 days (what programs aim for) and within 14 days
 	// (modelled on the HEDIS IET initiation window). It counts referrals, not
 	// people: filter `subject_kind = LOVED_ONE` and a service kind for the
-	// loved ones' outcome. Counts and durations only, no names. For clinic
-	// administrators.
+	// loved ones' outcome. Counts and durations only, no names. Referrals
+	// entered in error are not counted. For clinic administrators.
 	SummarizeReferrals(context.Context, *SummarizeReferralsRequest) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way,
 	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
@@ -633,6 +652,14 @@ type ReferralsServiceServer interface {
 	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
 	// then offers the next program. Cancelled is final.
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
+	// Voids a referral made in error (the wrong family, person, program or
+	// service): FHIR's entered-in-error, which the requester sets. The
+	// referral stays readable, ENTERED_IN_ERROR, and is left out of
+	// SummarizeReferrals. `reason` is required. Any referral not COMPLETED
+	// may be voided: a recorded treatment entry is corrected with the
+	// program, not here. A MAT intake following it takes it as cancelled and
+	// offers the next program. Final.
+	MarkReferralEnteredInError(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
 	// administrators.
@@ -721,6 +748,9 @@ func (UnimplementedReferralsServiceServer) PauseReferral(context.Context, *Trans
 }
 func (UnimplementedReferralsServiceServer) CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method CancelReferral not implemented")
+}
+func (UnimplementedReferralsServiceServer) MarkReferralEnteredInError(context.Context, *TransitionReferralRequest) (*Referral, error) {
+	return nil, status.Error(codes.Unimplemented, "method MarkReferralEnteredInError not implemented")
 }
 func (UnimplementedReferralsServiceServer) ListAuditEvents(context.Context, *v1.ListAuditEventsRequest) (*v1.ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -1196,6 +1226,24 @@ func _ReferralsService_CancelReferral_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_MarkReferralEnteredInError_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransitionReferralRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).MarkReferralEnteredInError(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_MarkReferralEnteredInError_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).MarkReferralEnteredInError(ctx, req.(*TransitionReferralRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ReferralsService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(v1.ListAuditEventsRequest)
 	if err := dec(in); err != nil {
@@ -1320,6 +1368,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelReferral",
 			Handler:    _ReferralsService_CancelReferral_Handler,
+		},
+		{
+			MethodName: "MarkReferralEnteredInError",
+			Handler:    _ReferralsService_MarkReferralEnteredInError_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",
