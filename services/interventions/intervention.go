@@ -231,7 +231,42 @@ func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Interve
 				fam.GetName(), fam.GetSafetyScreenStatus()),
 			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})
 	}
+	if forSchedule && iv.GetLevel() == interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3 {
+		// ARISE's formal intervention puts stated consequences to the
+		// loved one: one without any is a confrontation with nothing
+		// behind it, which the workflow never proposes either.
+		stated, err := s.statesConsequence(ctx, fam.GetName())
+		if err != nil {
+			return nil, err
+		}
+		if !stated {
+			return nil, apperr.FailedPrecondition(apperr.ReasonNoConsequence,
+				fmt.Sprintf("a level-3 intervention states consequences: %s has no active boundary that states one; agree one first", fam.GetName()),
+				map[string]string{"family": fam.GetName()})
+		}
+	}
 	return nil, nil
+}
+
+// statesConsequence reports whether family has an active (or reinforced)
+// boundary that states a consequence.
+func (s *Server) statesConsequence(ctx context.Context, family string) (bool, error) {
+	for token := ""; ; {
+		page, err := s.cfg.Families.ListBoundaries(ctx, &familiesv1.ListBoundariesRequest{Parent: family, PageSize: 200, PageToken: token})
+		if err != nil {
+			return false, fmt.Errorf("list boundaries: %w", err)
+		}
+		for _, b := range page.GetBoundaries() {
+			st := b.GetState()
+			if (st == familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE || st == familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED) &&
+				strings.TrimSpace(b.GetConsequence()) != "" {
+				return true, nil
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return false, nil
+		}
+	}
 }
 
 // checkSchedulable checks what a SCHEDULED intervention must have.

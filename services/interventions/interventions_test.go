@@ -354,8 +354,24 @@ func TestSchedulingRules(t *testing.T) {
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
 	}
+	// It also needs an active boundary that states a consequence: one
+	// only proposed, or one without a consequence, is not enough.
+	f.boundary(t, "No cash.", "", true)
+	f.boundary(t, "No rides to buy.", "We stop driving you.", false)
+	st = wantCode(t, func() error {
+		_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+		return err
+	}(), codes.FailedPrecondition)
+	if reason(st) != "CONSEQUENCE_REQUIRED" {
+		t.Fatalf("reason = %q", reason(st))
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT || got.GetEtag() != iv.GetEtag() {
+		t.Fatalf("a refused schedule changed the draft: %v, %v", got, err)
+	}
+	f.boundary(t, "No money for rent.", "You find your own place.", true)
 	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
-		t.Fatalf("with a screen: %v", err)
+		t.Fatalf("with a screen and a consequence: %v", err)
 	}
 	// A high-risk screen stops a meeting of any level, until a newer one
 	// is not high risk.
@@ -1336,6 +1352,7 @@ func TestScheduledMeetingStaysEditable(t *testing.T) {
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
 	}
+	f.boundary(t, "No money for rent.", "You find your own place.", true)
 	iv3 := f.draft(t, f.clock.Now().Add(96*time.Hour))
 	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
 		Intervention: &interventionsv1.Intervention{Name: iv3.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_3},
@@ -2257,4 +2274,24 @@ func (f *failingFamilies) GetFamily(ctx context.Context, in *familiesv1.GetFamil
 		return nil, status.Error(codes.Unavailable, "families service restarting")
 	}
 	return f.FamiliesServiceClient.GetFamily(ctx, in, opts...)
+}
+
+// boundary gives the fixture's family a boundary worded so, stating
+// consequence, agreed and made active if active.
+func (f *fixture) boundary(t *testing.T, wording, consequence string, active bool) {
+	t.Helper()
+	b, err := f.families.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: f.family.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT, Wording: wording, Consequence: consequence}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !active {
+		return
+	}
+	if _, err := f.families.AgreeBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.families.ActivateBoundary(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -99,8 +99,11 @@ type InterventionsServiceClient interface {
 	// sends the reminders before the meeting and follows up after it. The
 	// intervention needs a `start_time` in the future, a `place` and at least
 	// one participant, and the family's newest safety screen must not be high
-	// risk; otherwise the call answers FAILED_PRECONDITION. The preparation
-	// checklist does not need to be complete to schedule.
+	// risk; otherwise the call answers FAILED_PRECONDITION. A level-3 (formal)
+	// intervention also needs a current safety screen (SAFETY_SCREEN_REQUIRED)
+	// and an active boundary that states a consequence to put to the loved
+	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
+	// be complete to schedule.
 	ScheduleIntervention(ctx context.Context, in *ScheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
@@ -517,8 +520,11 @@ type InterventionsServiceServer interface {
 	// sends the reminders before the meeting and follows up after it. The
 	// intervention needs a `start_time` in the future, a `place` and at least
 	// one participant, and the family's newest safety screen must not be high
-	// risk; otherwise the call answers FAILED_PRECONDITION. The preparation
-	// checklist does not need to be complete to schedule.
+	// risk; otherwise the call answers FAILED_PRECONDITION. A level-3 (formal)
+	// intervention also needs a current safety screen (SAFETY_SCREEN_REQUIRED)
+	// and an active boundary that states a consequence to put to the loved
+	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
+	// be complete to schedule.
 	ScheduleIntervention(context.Context, *ScheduleInterventionRequest) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
