@@ -221,16 +221,23 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
 }
 
-// lastingHold is the first live hold of the intervention for the family,
-// for one of kinds, that lasts until in.Until (as far as a hold can last).
-// One that lapses sooner, left by a reschedule whose release failed, is no
-// use to the meeting: it is given back, not adopted, or the meeting would
-// keep a place that is gone by the time the loved one says yes.
+// lastingHold is the first live treatment hold of the intervention for
+// the family that lasts until in.Until (as far as a hold can last), one
+// for the kinds that suit the loved one first. One for another treatment
+// is the meeting's all the same: an earlier try made it before the
+// family's record changed, or a counselor made it by hand, and holding a
+// second place would keep one from others for days. One that lapses
+// sooner, left by a reschedule whose release failed, is no use to the
+// meeting: it is given back, not adopted, or the meeting would keep a
+// place that is gone by the time the loved one says yes.
 func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, error) {
-	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, treatment)
 	if err != nil {
 		return nil, err
 	}
+	slices.SortStableFunc(holds, func(x, y *referralsv1.Hold) int {
+		return cmp.Compare(b2i(!slices.Contains(kinds, x.GetServiceKind())), b2i(!slices.Contains(kinds, y.GetServiceKind())))
+	})
 	for _, h := range holds {
 		until := in.Until
 		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
@@ -245,6 +252,14 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 		}
 	}
 	return nil, nil
+}
+
+// b2i is 1 for true, 0 for false.
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // maxHoldTTL is the longest hold the referrals API takes.
@@ -390,19 +405,16 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 	return wrap("release hold", err)
 }
 
-// ReleaseHeldFor releases the live holds of the intervention for the
-// family, for treatment (MAT, or care when in.Services names none or names
-// it), and returns how many it released: the workflow calls it when a hold
-// try ended without an answer, so that a hold made by that try is not left
-// held until it lapses. Each release's request id is the request's and the
-// hold's, so a retry releases nothing twice.
+// ReleaseHeldFor releases the live treatment holds (MAT or care) of the
+// intervention for the family and returns how many it released: the
+// workflow calls it when a hold try ended without an answer, so that a
+// hold made by that try is not left held until it lapses. A place held
+// ahead of the meeting is for what suits the loved one, which may be care
+// whatever the yes named (in.Services): every treatment's goes back. Each
+// release's request id is the request's and the hold's, so a retry
+// releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
-	kinds := withKinds(matKinds, treatments(in.Services))
-	if len(in.Services) == 0 {
-		// A try that named no treatment held what suits the loved one
-		// (suited), which may be care.
-		kinds = treatment
-	}
+	kinds := treatment
 	if in.AnyService {
 		kinds = nil
 	}

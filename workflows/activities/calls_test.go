@@ -1700,10 +1700,14 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 			len(f.made) != 1 || f.made[0].GetServiceKind() != c.want {
 			t.Fatalf("%s: the yes without a place held %v, %v; want one for %v", c.name, f.made, err, c.want)
 		}
-		// A place a try without an answer held goes back, care or not.
-		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
-		if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer", RequestID: "rel"}); err != nil || n != 1 {
-			t.Fatalf("%s: released %d, %v; want the place for %v given back", c.name, n, err, c.want)
+		// A place a try without an answer held goes back, care or not,
+		// whatever the yes named.
+		for _, named := range [][]string{nil, {"MAT_NALTREXONE"}} {
+			f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
+			if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer",
+				RequestID: "rel", Services: named}); err != nil || n != 1 {
+				t.Fatalf("%s, %v named: released %d, %v; want the place for %v given back", c.name, named, n, err, c.want)
+			}
 		}
 	}
 	// No program offers anything that treats stimulant use: no place is
@@ -1712,5 +1716,29 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 	a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_STIMULANTS}, Referrals: f, Interventions: checklistFake{}}
 	if _, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour}); ErrorType(err) != "NO_CAPACITY" || len(f.made) != 0 {
 		t.Fatalf("held %v, %v; want NO_CAPACITY and nothing held", f.made, err)
+	}
+}
+
+// A place the meeting already holds is adopted whatever its treatment (an
+// earlier try made it before the family's record said what the loved one
+// uses, or a counselor held it by hand), one that suits first: no second
+// place is taken and kept from others for days.
+func TestHeldPlaceOfAnotherTreatmentIsAdopted(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	meth := &referralsv1.Hold{Name: "clinics/north/holds/meth", Program: "clinics/north/programs/p0", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}
+	nalt := &referralsv1.Hold{Name: "clinics/north/holds/nalt", Program: "clinics/north/programs/p2", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
+	for _, c := range []struct {
+		holds []*referralsv1.Hold
+		want  string
+	}{{[]*referralsv1.Hold{meth}, meth.Name}, {[]*referralsv1.Hold{meth, nalt}, nalt.Name}} {
+		f := &offeringFake{services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}
+		f.holds = slices.Clone(c.holds)
+		a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_ALCOHOL}, Referrals: f, Interventions: checklistFake{}}
+		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+		if err != nil || res.Hold != c.want || len(f.made) != 0 || len(f.releases) != 0 {
+			t.Fatalf("holds %v: adopted %+v, %v, made %v, released %v; want %s adopted, nothing else", c.holds, res, err, f.made, f.releases, c.want)
+		}
 	}
 }

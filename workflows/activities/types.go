@@ -131,19 +131,19 @@ type ReleaseRequest struct {
 	RequestID string
 }
 
-// ReleaseHeldRequest gives back every live MAT hold of the intervention for
+// ReleaseHeldRequest gives back every live treatment hold of the intervention for
 // the family: those a try may have made whose answer never arrived.
 type ReleaseHeldRequest struct {
 	Intervention string
 	Family       string
 	Reason       string
 	RequestID    string
-	// AnyService releases holds for any service, not only MAT ones: for an
-	// intervention that no longer takes place, every place it held.
+	// AnyService releases holds for any service, not only treatment: for
+	// an intervention that no longer takes place, every place it held.
 	AnyService bool
-	// Services are further services (ServiceKind names without their
-	// prefix) whose holds go back too, beside MAT's: the care an intake
-	// held places for.
+	// Services are the treatments the yes named (ServiceKind names
+	// without their prefix). Every treatment's holds go back now, whatever
+	// it names: the field stays for the workflows that send it.
 	Services []string
 }
 
