@@ -376,7 +376,7 @@ func (s *Server) UpdateReferral(ctx context.Context, req *referralsv1.UpdateRefe
 			// A closed referral's reason is what the program and the EHR
 			// were sent when it closed; rewriting it after would leave
 			// them, and the history, with another account than the record.
-			if st := cur.GetState(); st == completed || st == rejected || st == cancelled {
+			if st := cur.GetState(); st == completed || st == rejected || st == cancelled || st == voided {
 				return nil, apperr.FailedPrecondition("REFERRAL_CLOSED",
 					fmt.Sprintf("%s is %s: its reason no longer changes", cur.GetName(), strings.TrimPrefix(st.String(), "REFERRAL_STATE_")),
 					map[string]string{"resource": cur.GetName(), "state": strings.TrimPrefix(st.String(), "REFERRAL_STATE_")})

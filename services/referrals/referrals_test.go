@@ -1774,6 +1774,22 @@ func TestRejectionAtCapacityShowsTheProgramFull(t *testing.T) {
 	if a, _ := f.capacity(t, p.GetName()); a != 2 {
 		t.Fatalf("after the next report: %d free, want 2", a)
 	}
+	// A program deleted since (marked: a referral names it) is left as
+	// it is, as a report to it is refused.
+	gone := f.program(t, buprenorphine("Closed MAT"), 3)
+	late := refer(gone.GetName())
+	if _, err := f.client.DeleteProgram(f.admin, &referralsv1.DeleteProgramRequest{Name: gone.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	deleted, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: gone.GetName()})
+	if err != nil || deleted.GetDeleteTime() == nil {
+		t.Fatalf("the deleted program: %v, %v", deleted, err)
+	}
+	reject(late.GetName(), referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY)
+	if after, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: gone.GetName()}); err != nil ||
+		after.GetEtag() != deleted.GetEtag() || reported(gone.GetName()) != 1 {
+		t.Fatalf("a rejection at a deleted program: etag %q then %q, %d reports, %v; want no change", deleted.GetEtag(), after.GetEtag(), reported(gone.GetName()), err)
+	}
 }
 
 // A referral made without the family's first contact takes it from the
@@ -1864,6 +1880,13 @@ func TestMarkReferralEnteredInError(t *testing.T) {
 	}
 	_, err = f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "again"})
 	wantCode(t, err, codes.FailedPrecondition)
+	// Final: its reason no longer changes either.
+	_, err = f.client.UpdateReferral(f.ctx, &referralsv1.UpdateReferralRequest{Referral: &referralsv1.Referral{Name: r.GetName(), Reason: "rewritten"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"reason"}}})
+	wantCode(t, err, codes.FailedPrecondition)
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); got.GetEtag() != void.GetEtag() {
+		t.Fatal("an update of the voided referral changed it")
+	}
 	var events int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox
 		WHERE event_type = 'handoff.referrals.v1.referral.entered_in_error' AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 1 {

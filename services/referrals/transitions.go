@@ -248,11 +248,13 @@ func (s *Server) RejectReferral(ctx context.Context, req *referralsv1.RejectRefe
 // and holds and matches would go on sending it people it turns away, each
 // costing a round of rejection and a new referral. Places already held
 // stay held. Its next capacity report, or a hold given back, opens it
-// again. A program already shown full is left as it is.
+// again. A program already shown full, or deleted (whose capacity no
+// report changes either), is left as it is.
 func (s *Server) noRoomAt(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
 	var program string
 	err := tx.QueryRow(ctx, `UPDATE programs p SET available_slots = 0, capacity_update_time = $3, update_time = $3, version = p.version + 1
 		FROM referrals f WHERE f.clinic = $1 AND f.id = $2 AND p.clinic = f.clinic AND p.id = f.program_id AND p.available_slots > 0
+			AND p.delete_time IS NULL
 		RETURNING p.id`, r.clinic, r.id, now).Scan(&program)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil

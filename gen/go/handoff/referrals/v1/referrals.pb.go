@@ -683,8 +683,8 @@ func (SubjectKind) EnumDescriptor() ([]byte, []int) {
 //   - any but COMPLETED and ENTERED_IN_ERROR -> ENTERED_IN_ERROR (made in
 //     error, see MarkReferralEnteredInError)
 //
-// REJECTED, COMPLETED and CANCELLED are final but for ENTERED_IN_ERROR,
-// which is final.
+// REJECTED and CANCELLED are final but for ENTERED_IN_ERROR; COMPLETED and
+// ENTERED_IN_ERROR are final.
 type ReferralState int32
 
 const (

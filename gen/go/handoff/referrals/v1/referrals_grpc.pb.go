@@ -175,8 +175,9 @@ type ReferralsServiceClient interface {
 	// entered in error are not counted. For clinic administrators.
 	SummarizeReferrals(ctx context.Context, in *SummarizeReferralsRequest, opts ...grpc.CallOption) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way,
-	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
-	// refused (FAILED_PRECONDITION, reason REFERRAL_CLOSED). The state
+	// while the referral is open: a COMPLETED, REJECTED, CANCELLED or
+	// ENTERED_IN_ERROR one is refused (FAILED_PRECONDITION, reason
+	// REFERRAL_CLOSED). The state
 	// changes only through the custom methods below.
 	UpdateReferral(ctx context.Context, in *UpdateReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the program accepted a REQUESTED referral.
@@ -609,8 +610,9 @@ type ReferralsServiceServer interface {
 	// entered in error are not counted. For clinic administrators.
 	SummarizeReferrals(context.Context, *SummarizeReferralsRequest) (*ReferralSummary, error)
 	// Changes a referral's `reason`, the only field that can change this way,
-	// while the referral is open: a COMPLETED, REJECTED or CANCELLED one is
-	// refused (FAILED_PRECONDITION, reason REFERRAL_CLOSED). The state
+	// while the referral is open: a COMPLETED, REJECTED, CANCELLED or
+	// ENTERED_IN_ERROR one is refused (FAILED_PRECONDITION, reason
+	// REFERRAL_CLOSED). The state
 	// changes only through the custom methods below.
 	UpdateReferral(context.Context, *UpdateReferralRequest) (*Referral, error)
 	// Records that the program accepted a REQUESTED referral.
