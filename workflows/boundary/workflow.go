@@ -583,6 +583,9 @@ func (w *wf) refer(ctx workflow.Context) error {
 	if w.st.Referred {
 		return nil
 	}
+	// Asked whether or not the family has a contact person, so that its
+	// marker does not tell which families have none who agreed.
+	tell := flow.Version(ctx, versionSupportUnreferred, 1) >= 1
 	if w.safety.ContactPerson != "" {
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.in.Family, Intervention: w.in.Intervention, Member: w.safety.ContactPerson,
@@ -591,7 +594,7 @@ func (w *wf) refer(ctx workflow.Context) error {
 		}); err != nil {
 			return err
 		}
-	} else if flow.Version(ctx, versionSupportUnreferred, 1) >= 1 {
+	} else if tell {
 		// The family's own support is half of the path after a no: a
 		// family no program may reach is put to the counselor, not
 		// passed over in silence.
