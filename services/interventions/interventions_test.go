@@ -2295,3 +2295,54 @@ func (f *fixture) boundary(t *testing.T, wording, consequence string, active boo
 		t.Fatal(err)
 	}
 }
+
+// A claim of a meeting's reminder says when the meeting begins and ends,
+// as it stands then (a meeting lengthened since the reminder was made
+// shows its new end), so that the automation can send a calendar event;
+// the times are stored nowhere, and a reminder of no meeting has none.
+func TestClaimGivesTheMeetingsTimes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	iv := f.scheduled(t, f.clock.Now().Add(48*time.Hour))
+	remind := func(kind interventionsv1.ReminderKind, related string) *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+			Kind: kind, Message: "Family meeting in two days.", RelatedResource: related}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	meeting, checkIn := remind(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, iv.GetName()),
+		remind(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, "")
+	longer, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: iv.GetStartTime(), ExpectedDuration: durationpb.New(3 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func(rem *interventionsv1.Reminder) *interventionsv1.Reminder {
+		t.Helper()
+		got, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "mailer-1",
+			LeaseDuration: durationpb.New(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	got := claim(meeting)
+	if !got.GetEventStartTime().AsTime().Equal(iv.GetStartTime().AsTime()) ||
+		!got.GetEventEndTime().AsTime().Equal(iv.GetStartTime().AsTime().Add(3*time.Hour)) || longer.GetExpectedDuration().AsDuration() != 3*time.Hour {
+		t.Fatalf("claimed meeting reminder: event %v to %v; want %v for the three hours it lasts now",
+			got.GetEventStartTime(), got.GetEventEndTime(), iv.GetStartTime())
+	}
+	if got := claim(checkIn); got.GetEventStartTime() != nil || got.GetEventEndTime() != nil {
+		t.Fatalf("a check-in's claim carries an event: %v to %v", got.GetEventStartTime(), got.GetEventEndTime())
+	}
+	if stored, err := f.client.GetReminder(auto, &interventionsv1.GetReminderRequest{Name: meeting.GetName()}); err != nil ||
+		stored.GetEventStartTime() != nil {
+		t.Fatalf("the reminder read back: %v, %v; want no event time stored", stored, err)
+	}
+}

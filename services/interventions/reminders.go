@@ -687,8 +687,32 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	out = consentgate.Reminder(out)
 	if out != nil {
 		out.Address = address
+		if meeting {
+			// Read as the address is, after the transaction: a meeting
+			// moved or lengthened since the first claim shows as it is.
+			if out.EventStartTime, out.EventEndTime, err = s.meetingTimes(ctx, r); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return out, err
+}
+
+// meetingTimes is when the meeting reminder r announces begins and is
+// expected to end, or nils when r names no intervention of its clinic.
+func (s *Server) meetingTimes(ctx context.Context, r ref) (start, end *timestamppb.Timestamp, err error) {
+	var from, to *time.Time
+	err = s.pool.QueryRow(ctx, `SELECT i.start_time, i.end_time FROM reminders m
+		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
+		WHERE m.clinic = $1 AND m.id = $2 AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id`,
+		r.clinic, r.id).Scan(&from, &to)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && (from == nil || to == nil) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the reminder's meeting times: %w", err)
+	}
+	return timestamppb.New(*from), timestamppb.New(*to), nil
 }
 
 // stillContactable asks the families service, as a reminder to someone

@@ -1966,7 +1966,17 @@ type Reminder struct {
 	// clinic's own directory reaches them), and when the recipient no longer
 	// has a channel of this kind: then complete the reminder as failed, and
 	// the workflow that made it sends it again on the channel they keep.
-	Address       string `protobuf:"bytes,19,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,19,opt,name=address,proto3" json:"address,omitempty"`
+	// For a reminder of a meeting coming up (INTERVENTION_UPCOMING): when the
+	// meeting begins, as it stands at the claim, so that the automation can
+	// put it in the recipient's calendar (an e-mail with an iCalendar
+	// event, say). Set only in ClaimReminder's answer, like `address`, and
+	// never stored with the reminder nor sent in its events; the place is
+	// not given.
+	EventStartTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=event_start_time,json=eventStartTime,proto3" json:"event_start_time,omitempty"`
+	// When that meeting is expected to end (its start and expected
+	// duration), as it stands at the claim. Set with `event_start_time`.
+	EventEndTime  *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=event_end_time,json=eventEndTime,proto3" json:"event_end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2132,6 +2142,20 @@ func (x *Reminder) GetAddress() string {
 		return x.Address
 	}
 	return ""
+}
+
+func (x *Reminder) GetEventStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventStartTime
+	}
+	return nil
+}
+
+func (x *Reminder) GetEventEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventEndTime
+	}
+	return nil
 }
 
 // The person a reminder is for, and the channel to reach them on.
@@ -4570,7 +4594,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x1bhandoff.health/TalkingPoint\x12.clinics/{clinic}/talkingPoints/{talking_point}*\rtalkingPoints2\ftalkingPoint\"\xb9\x01\n" +
 	"\x14BarrierTalkingPoints\x12M\n" +
 	"\fbarrier_kind\x18\x01 \x01(\x0e2%.handoff.interventions.v1.BarrierKindB\x03\xe0A\x03R\vbarrierKind\x12R\n" +
-	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xc9\t\n" +
+	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xdb\n" +
+	"\n" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
 	"\trecipient\x18\x02 \x01(\v2#.handoff.interventions.v1.RecipientB\x06\xe0A\x02\xe0A\x05R\trecipient\x12=\n" +
@@ -4596,7 +4621,9 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x0forigin_workflow\x18\x11 \x01(\tB\v\xe0A\x05\xbaH\x05r\x03\x18\xac\x02R\x0eoriginWorkflow\x12D\n" +
 	"\fsend_by_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampB\x06\xe0A\x01\xe0A\x05R\n" +
 	"sendByTime\x12\x1d\n" +
-	"\aaddress\x18\x13 \x01(\tB\x03\xe0A\x03R\aaddress:X\xeaAU\n" +
+	"\aaddress\x18\x13 \x01(\tB\x03\xe0A\x03R\aaddress\x12I\n" +
+	"\x10event_start_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0eeventStartTime\x12E\n" +
+	"\x0eevent_end_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\feventEndTime:X\xeaAU\n" +
 	"\x17handoff.health/Reminder\x12%clinics/{clinic}/reminders/{reminder}*\treminders2\breminder\"\xe4\x02\n" +
 	"\tRecipient\x12J\n" +
 	"\x04kind\x18\x01 \x01(\x0e2'.handoff.interventions.v1.RecipientKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x127\n" +
@@ -5050,88 +5077,90 @@ var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	55, // 31: handoff.interventions.v1.Reminder.create_time:type_name -> google.protobuf.Timestamp
 	55, // 32: handoff.interventions.v1.Reminder.update_time:type_name -> google.protobuf.Timestamp
 	55, // 33: handoff.interventions.v1.Reminder.send_by_time:type_name -> google.protobuf.Timestamp
-	7,  // 34: handoff.interventions.v1.Recipient.kind:type_name -> handoff.interventions.v1.RecipientKind
-	8,  // 35: handoff.interventions.v1.Recipient.channel:type_name -> handoff.interventions.v1.ChannelKind
-	12, // 36: handoff.interventions.v1.CreateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
-	12, // 37: handoff.interventions.v1.ListInterventionsResponse.interventions:type_name -> handoff.interventions.v1.Intervention
-	12, // 38: handoff.interventions.v1.UpdateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
-	57, // 39: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	55, // 40: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
-	56, // 41: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
-	4,  // 42: handoff.interventions.v1.RecordOutcomeRequest.kind:type_name -> handoff.interventions.v1.OutcomeKind
-	5,  // 43: handoff.interventions.v1.RecordOutcomeRequest.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
-	3,  // 44: handoff.interventions.v1.UpdateChecklistItemRequest.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
-	55, // 45: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
-	21, // 46: handoff.interventions.v1.GetTalkingPointsResponse.barriers:type_name -> handoff.interventions.v1.BarrierTalkingPoints
-	20, // 47: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
-	20, // 48: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
-	22, // 49: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
-	55, // 50: handoff.interventions.v1.CreateReminderRequest.meeting_start_time:type_name -> google.protobuf.Timestamp
-	22, // 51: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
-	56, // 52: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
-	11, // 53: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
-	55, // 54: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
-	55, // 55: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
-	55, // 56: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
-	49, // 57: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
-	49, // 58: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
-	24, // 59: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
-	25, // 60: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
-	26, // 61: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
-	28, // 62: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
-	29, // 63: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
-	30, // 64: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
-	31, // 65: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
-	32, // 66: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
-	33, // 67: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
-	34, // 68: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
-	35, // 69: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
-	36, // 70: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
-	38, // 71: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
-	39, // 72: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
-	41, // 73: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
-	42, // 74: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
-	43, // 75: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
-	44, // 76: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
-	46, // 77: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
-	47, // 78: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
-	48, // 79: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	58, // 80: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	50, // 81: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
-	51, // 82: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
-	53, // 83: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
-	54, // 84: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
-	12, // 85: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 86: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 87: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 88: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	59, // 89: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 90: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 91: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 92: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 93: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 94: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 95: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 96: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 97: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 98: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	59, // 99: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 100: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 101: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 102: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 103: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 104: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 105: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	60, // 106: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	49, // 107: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
-	52, // 108: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
-	59, // 109: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
-	61, // 110: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
-	85, // [85:111] is the sub-list for method output_type
-	59, // [59:85] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	55, // 34: handoff.interventions.v1.Reminder.event_start_time:type_name -> google.protobuf.Timestamp
+	55, // 35: handoff.interventions.v1.Reminder.event_end_time:type_name -> google.protobuf.Timestamp
+	7,  // 36: handoff.interventions.v1.Recipient.kind:type_name -> handoff.interventions.v1.RecipientKind
+	8,  // 37: handoff.interventions.v1.Recipient.channel:type_name -> handoff.interventions.v1.ChannelKind
+	12, // 38: handoff.interventions.v1.CreateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
+	12, // 39: handoff.interventions.v1.ListInterventionsResponse.interventions:type_name -> handoff.interventions.v1.Intervention
+	12, // 40: handoff.interventions.v1.UpdateInterventionRequest.intervention:type_name -> handoff.interventions.v1.Intervention
+	57, // 41: handoff.interventions.v1.UpdateInterventionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	55, // 42: handoff.interventions.v1.RescheduleInterventionRequest.start_time:type_name -> google.protobuf.Timestamp
+	56, // 43: handoff.interventions.v1.RescheduleInterventionRequest.expected_duration:type_name -> google.protobuf.Duration
+	4,  // 44: handoff.interventions.v1.RecordOutcomeRequest.kind:type_name -> handoff.interventions.v1.OutcomeKind
+	5,  // 45: handoff.interventions.v1.RecordOutcomeRequest.accepted_services:type_name -> handoff.interventions.v1.ServiceKind
+	3,  // 46: handoff.interventions.v1.UpdateChecklistItemRequest.kind:type_name -> handoff.interventions.v1.ChecklistItemKind
+	55, // 47: handoff.interventions.v1.RecordCheckInRequest.due_time:type_name -> google.protobuf.Timestamp
+	21, // 48: handoff.interventions.v1.GetTalkingPointsResponse.barriers:type_name -> handoff.interventions.v1.BarrierTalkingPoints
+	20, // 49: handoff.interventions.v1.CreateTalkingPointRequest.talking_point:type_name -> handoff.interventions.v1.TalkingPoint
+	20, // 50: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
+	22, // 51: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
+	55, // 52: handoff.interventions.v1.CreateReminderRequest.meeting_start_time:type_name -> google.protobuf.Timestamp
+	22, // 53: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
+	56, // 54: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
+	11, // 55: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
+	55, // 56: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
+	55, // 57: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
+	55, // 58: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
+	49, // 59: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
+	49, // 60: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
+	24, // 61: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
+	25, // 62: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
+	26, // 63: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
+	28, // 64: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
+	29, // 65: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
+	30, // 66: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
+	31, // 67: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
+	32, // 68: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
+	33, // 69: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
+	34, // 70: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
+	35, // 71: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
+	36, // 72: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
+	38, // 73: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
+	39, // 74: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
+	41, // 75: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
+	42, // 76: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
+	43, // 77: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
+	44, // 78: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
+	46, // 79: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
+	47, // 80: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
+	48, // 81: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
+	58, // 82: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	50, // 83: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
+	51, // 84: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
+	53, // 85: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
+	54, // 86: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
+	12, // 87: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 88: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 89: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 90: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	59, // 91: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 92: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 93: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 94: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 95: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 96: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 97: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 98: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 99: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 100: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	59, // 101: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 102: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 103: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 104: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 105: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 106: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 107: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	60, // 108: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	49, // 109: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
+	52, // 110: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
+	59, // 111: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
+	61, // 112: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
+	87, // [87:113] is the sub-list for method output_type
+	61, // [61:87] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_handoff_interventions_v1_interventions_proto_init() }
