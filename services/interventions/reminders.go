@@ -571,6 +571,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	now := s.cfg.Now()
 	late := false  // due, and past its send-by time
 	begun := false // of a meeting coming up, which has begun
+	// The meeting's times, read under the claim's lock: a reschedule or a
+	// cancellation, which cancels the claimed reminder, waits for it.
+	var eventStart, eventEnd *timestamppb.Timestamp
 	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			if meeting {
@@ -651,6 +654,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			if err != nil {
 				return nil, err
 			}
+			if meeting {
+				if eventStart, eventEnd, err = meetingTimes(ctx, tx, r); err != nil {
+					return nil, err
+				}
+			}
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
 		},
 		// A retry answered from the first claim's record (its answer was
@@ -667,6 +675,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				return apperr.FailedPrecondition(reasonClaimLapsed,
 					fmt.Sprintf("%s: the claim this request id made has run out, passed to another worker or been reported: claim it again under a new request id", req.GetName()),
 					map[string]string{"resource": req.GetName()})
+			}
+			if meeting {
+				var err error
+				eventStart, eventEnd, err = meetingTimes(ctx, tx, r)
+				return err
 			}
 			return nil
 		})
@@ -687,25 +700,23 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	out = consentgate.Reminder(out)
 	if out != nil {
 		out.Address = address
-		if meeting {
-			// Read as the address is, after the transaction: a meeting
-			// moved or lengthened since the first claim shows as it is.
-			if out.EventStartTime, out.EventEndTime, err = s.meetingTimes(ctx, r); err != nil {
-				return nil, err
-			}
-		}
+		// Not in the stored answer, as the address is not: a retry's
+		// recheck read them again.
+		out.EventStartTime, out.EventEndTime = eventStart, eventEnd
 	}
 	return out, err
 }
 
-// meetingTimes is when the meeting reminder r announces begins and is
-// expected to end, or nils when r names no intervention of its clinic.
-func (s *Server) meetingTimes(ctx context.Context, r ref) (start, end *timestamppb.Timestamp, err error) {
+// meetingTimes is when the scheduled meeting reminder r announces begins
+// and is expected to end, or nils when r names no scheduled intervention
+// of its clinic.
+func meetingTimes(ctx context.Context, tx pgx.Tx, r ref) (start, end *timestamppb.Timestamp, err error) {
 	var from, to *time.Time
-	err = s.pool.QueryRow(ctx, `SELECT i.start_time, i.end_time FROM reminders m
+	err = tx.QueryRow(ctx, `SELECT i.start_time, i.end_time FROM reminders m
 		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
-		WHERE m.clinic = $1 AND m.id = $2 AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id`,
-		r.clinic, r.id).Scan(&from, &to)
+		WHERE m.clinic = $1 AND m.id = $2 AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id
+			AND i.state = $3`,
+		r.clinic, r.id, int16(scheduled)).Scan(&from, &to)
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && (from == nil || to == nil) {
 		return nil, nil, nil
 	}
