@@ -221,23 +221,21 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
 }
 
-// lastingHold is the first live treatment hold of the intervention for
-// the family that lasts until in.Until (as far as a hold can last), one
-// for the kinds that suit the loved one first. One for another treatment
-// is the meeting's all the same: an earlier try made it before the
-// family's record changed, or a counselor made it by hand, and holding a
-// second place would keep one from others for days. One that lapses
-// sooner, left by a reschedule whose release failed, is no use to the
-// meeting: it is given back, not adopted, or the meeting would keep a
-// place that is gone by the time the loved one says yes.
+// lastingHold is the first live hold of the intervention for the family,
+// for one of kinds (what suits the loved one), that lasts until in.Until
+// (as far as a hold can last). A place for another treatment is neither
+// adopted nor given back: a yes naming no treatment converts the meeting's
+// place as it is, which must suit, and a counselor may have held that
+// place by hand. One an earlier try made before the family's record said
+// what the loved one uses lapses at its expiry. One that lapses sooner,
+// left by a reschedule whose release failed, is no use to the meeting: it
+// is given back, not adopted, or the meeting would keep a place that is
+// gone by the time the loved one says yes.
 func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, error) {
-	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, treatment)
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
 	if err != nil {
 		return nil, err
 	}
-	slices.SortStableFunc(holds, func(x, y *referralsv1.Hold) int {
-		return cmp.Compare(b2i(!slices.Contains(kinds, x.GetServiceKind())), b2i(!slices.Contains(kinds, y.GetServiceKind())))
-	})
 	for _, h := range holds {
 		until := in.Until
 		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
@@ -252,14 +250,6 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 		}
 	}
 	return nil, nil
-}
-
-// b2i is 1 for true, 0 for false.
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // maxHoldTTL is the longest hold the referrals API takes.

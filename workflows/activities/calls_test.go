@@ -1719,11 +1719,12 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 	}
 }
 
-// A place the meeting already holds is adopted whatever its treatment (an
-// earlier try made it before the family's record said what the loved one
-// uses, or a counselor held it by hand), one that suits first: no second
-// place is taken and kept from others for days.
-func TestHeldPlaceOfAnotherTreatmentIsAdopted(t *testing.T) {
+// A place the meeting already holds is adopted when it suits the loved
+// one: a yes naming no treatment converts it as it is. One for another
+// treatment (an earlier try made it before the family's record said what
+// the loved one uses, or a counselor held it by hand) is not adopted, nor
+// given back: a place that suits is held beside it.
+func TestOnlyAPlaceThatSuitsIsAdopted(t *testing.T) {
 	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
 	meth := &referralsv1.Hold{Name: "clinics/north/holds/meth", Program: "clinics/north/programs/p0", Family: fam, Intervention: iv,
 		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}
@@ -1732,13 +1733,17 @@ func TestHeldPlaceOfAnotherTreatmentIsAdopted(t *testing.T) {
 	for _, c := range []struct {
 		holds []*referralsv1.Hold
 		want  string
-	}{{[]*referralsv1.Hold{meth}, meth.Name}, {[]*referralsv1.Hold{meth, nalt}, nalt.Name}} {
+		made  int
+	}{{[]*referralsv1.Hold{meth}, "clinics/north/holds/h1", 1}, {[]*referralsv1.Hold{meth, nalt}, nalt.Name, 0}} {
 		f := &offeringFake{services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}
 		f.holds = slices.Clone(c.holds)
 		a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_ALCOHOL}, Referrals: f, Interventions: checklistFake{}}
 		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
-		if err != nil || res.Hold != c.want || len(f.made) != 0 || len(f.releases) != 0 {
-			t.Fatalf("holds %v: adopted %+v, %v, made %v, released %v; want %s adopted, nothing else", c.holds, res, err, f.made, f.releases, c.want)
+		if err != nil || res.Hold != c.want || len(f.made) != c.made || len(f.releases) != 0 {
+			t.Fatalf("holds %v: adopted %+v, %v, made %v, released %v; want %s, %d made, none released", c.holds, res, err, f.made, f.releases, c.want, c.made)
+		}
+		if c.made == 1 && f.made[0].GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT {
+			t.Fatalf("held %v; want outpatient care, which suits", f.made[0].GetServiceKind())
 		}
 	}
 }
