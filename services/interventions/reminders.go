@@ -571,17 +571,20 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	now := s.cfg.Now()
 	late := false  // due, and past its send-by time
 	begun := false // of a meeting coming up, which has begun
-	// The meeting's times, read under the claim's lock: a reschedule or a
-	// cancellation, which cancels the claimed reminder, waits for it.
+	// The meeting's times, read in the claim's transaction: a reschedule
+	// or a cancellation that moves it cancels the reminder, and either
+	// commits before (the claim finds it cancelled) or waits for the
+	// claim's lock.
 	var eventStart, eventEnd *timestamppb.Timestamp
 	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			if meeting {
-				b, err := s.meetingBegun(ctx, tx, r, now)
+				m, err := meetingOf(ctx, tx, r, now)
 				if err != nil {
 					return nil, err
 				}
-				if b {
+				eventStart, eventEnd = m.start, m.end
+				if m.begun {
 					// Cancelled below, once this transaction is gone.
 					begun = true
 					return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
@@ -654,11 +657,6 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			if err != nil {
 				return nil, err
 			}
-			if meeting {
-				if eventStart, eventEnd, err = meetingTimes(ctx, tx, r); err != nil {
-					return nil, err
-				}
-			}
 			return out, emit(ctx, tx, r.clinic, "reminder.claimed", out.GetName(), out)
 		},
 		// A retry answered from the first claim's record (its answer was
@@ -677,8 +675,8 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 					map[string]string{"resource": req.GetName()})
 			}
 			if meeting {
-				var err error
-				eventStart, eventEnd, err = meetingTimes(ctx, tx, r)
+				m, err := meetingOf(ctx, tx, r, now)
+				eventStart, eventEnd = m.start, m.end
 				return err
 			}
 			return nil
@@ -705,25 +703,6 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		out.EventStartTime, out.EventEndTime = eventStart, eventEnd
 	}
 	return out, err
-}
-
-// meetingTimes is when the scheduled meeting reminder r announces begins
-// and is expected to end, or nils when r names no scheduled intervention
-// of its clinic.
-func meetingTimes(ctx context.Context, tx pgx.Tx, r ref) (start, end *timestamppb.Timestamp, err error) {
-	var from, to *time.Time
-	err = tx.QueryRow(ctx, `SELECT i.start_time, i.end_time FROM reminders m
-		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
-		WHERE m.clinic = $1 AND m.id = $2 AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id
-			AND i.state = $3`,
-		r.clinic, r.id, int16(scheduled)).Scan(&from, &to)
-	if errors.Is(err, pgx.ErrNoRows) || err == nil && (from == nil || to == nil) {
-		return nil, nil, nil
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read the reminder's meeting times: %w", err)
-	}
-	return timestamppb.New(*from), timestamppb.New(*to), nil
 }
 
 // stillContactable asks the families service, as a reminder to someone
@@ -775,24 +754,46 @@ const reasonWithdrawnAtClaim = "contact withdrawn before it was sent"
 // then, "family meeting at 10:00" would reach the family at 11:00.
 const ReasonMeetingBegun = "MEETING_BEGUN"
 
-// meetingBegun reports whether reminder r, not yet claimed or its claim
-// lapsed, announces a meeting coming up that has begun by now.
-func (s *Server) meetingBegun(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (bool, error) {
-	// One round trip on the claim's path: the reminder, not yet claimed or
-	// its claim lapsed (the claimant gone), joined by its related name to
-	// the intervention's key. Either state would go out now.
-	var begun bool
-	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM reminders m
+// meetingRead is what a claim needs of the meeting a reminder announces.
+type meetingRead struct {
+	// begun: the reminder, not yet claimed or its claim lapsed, announces
+	// a meeting that has begun by now.
+	begun bool
+	// start and end: the meeting's times, while it is scheduled.
+	start, end *timestamppb.Timestamp
+}
+
+// meetingOf reads, in one round trip on the claim's path, the meeting
+// coming up that reminder r announces: the reminder joined by its related
+// name to the intervention's key. Nothing is found for a reminder of
+// another kind or naming no intervention of its clinic.
+func meetingOf(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (meetingRead, error) {
+	var (
+		out                  meetingRead
+		from, to             *time.Time
+		claimable, scheduled bool
+	)
+	err := tx.QueryRow(ctx, `SELECT i.start_time, i.end_time, i.state = $7,
+			m.state = $4 OR (m.state = $5 AND m.lease_expire_time <= $6)
+		FROM reminders m
 		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
 		WHERE m.clinic = $1 AND m.id = $2 AND m.kind = $3
-			AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id
-			AND (m.state = $4 OR (m.state = $5 AND m.lease_expire_time <= $6))
-			AND i.start_time <= $6)`,
-		r.clinic, r.id, int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING), int16(rScheduled), int16(rClaimed), now).Scan(&begun)
-	if err != nil {
-		return false, fmt.Errorf("read the reminder's meeting: %w", err)
+			AND m.related_resource = 'clinics/' || m.clinic || '/interventions/' || i.id`,
+		r.clinic, r.id, int16(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING), int16(rScheduled), int16(rClaimed), now,
+		int16(interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED)).Scan(&from, &to, &scheduled, &claimable)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return out, nil
 	}
-	return begun, nil
+	if err != nil {
+		return out, fmt.Errorf("read the reminder's meeting: %w", err)
+	}
+	// Not yet claimed, or its claim lapsed (the claimant gone): either
+	// would go out now.
+	out.begun = claimable && from != nil && !from.After(now)
+	if scheduled && from != nil && to != nil {
+		out.start, out.end = timestamppb.New(*from), timestamppb.New(*to)
+	}
+	return out, nil
 }
 
 // cancelBegun cancels reminder r, of a meeting that has begun, if nobody
