@@ -694,7 +694,8 @@ const (
 	ReferralState_REFERRAL_STATE_REQUESTED ReferralState = 1
 	// The program agreed to take the person.
 	ReferralState_REFERRAL_STATE_ACCEPTED ReferralState = 2
-	// The program turned the person down (see `rejection`). Final.
+	// The program turned the person down (see `rejection`). Final, but for
+	// a void (ENTERED_IN_ERROR).
 	ReferralState_REFERRAL_STATE_REJECTED ReferralState = 3
 	// An intake appointment is booked.
 	ReferralState_REFERRAL_STATE_SCHEDULED ReferralState = 4
@@ -702,7 +703,7 @@ const (
 	ReferralState_REFERRAL_STATE_COMPLETED ReferralState = 5
 	// The person missed the intake appointment. Can be rebooked.
 	ReferralState_REFERRAL_STATE_NO_SHOW ReferralState = 6
-	// The referral was called off. Final.
+	// The referral was called off. Final, but for a void (ENTERED_IN_ERROR).
 	ReferralState_REFERRAL_STATE_CANCELLED ReferralState = 7
 	// The program paused the intake after booking it (see PauseReferral).
 	// Can be rebooked.
