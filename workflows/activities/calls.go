@@ -193,15 +193,21 @@ func age(birth, zone string, now time.Time) int32 {
 // later reuses that hold: the match may no longer offer its program, whose
 // last slot may be the one held.
 func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldResult, error) {
-	req, err := a.matchRequest(ctx, in.Family, nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
 	if err != nil {
-		return HoldResult{}, err
+		return HoldResult{}, wrap("get family", err)
 	}
-	hold, err := a.lastingHold(ctx, in, req.GetServiceKinds())
+	// Which treatments suit depends on the substance alone (the barriers
+	// only order them): the barriers are read for a new hold only.
+	hold, err := a.lastingHold(ctx, in, suited(fam.GetLovedOne().GetPrimarySubstance(), nil))
 	if err != nil {
 		return HoldResult{}, err
 	}
 	if hold == nil {
+		req, err := a.matchFor(ctx, in.Family, fam, "", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+		if err != nil {
+			return HoldResult{}, err
+		}
 		if hold, err = a.holdBest(ctx, in, req); err != nil {
 			return HoldResult{}, err
 		}
@@ -829,7 +835,21 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	hold, kind, err := a.agreedHold(ctx, in, made)
+	req, err := a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	if familyGone(err) {
+		// Referrals made stay when a family's record is deleted, but no new
+		// one can be matched to it: the counselor takes over, as when no
+		// program is left.
+		return Referral{}, temporal.NewNonRetryableApplicationError("the family's record was deleted: no other program can be matched", "NO_PROGRAM", nil)
+	}
+	if err != nil {
+		return Referral{}, err
+	}
+	// What the loved one agreed to: the treatments named or, for a plain
+	// yes, what suits them now. A place held for anything else (one taken
+	// before the family's record said what they use) converts to one of
+	// those, or is given back.
+	hold, kind, err := a.agreedHold(ctx, in, req.GetServiceKinds())
 	if err != nil {
 		return Referral{}, err
 	}
@@ -847,16 +867,6 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, werr
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
-	}
-	req, err := a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
-	if familyGone(err) {
-		// Referrals made stay when a family's record is deleted, but no new
-		// one can be matched to it: the counselor takes over, as when no
-		// program is left.
-		return Referral{}, temporal.NewNonRetryableApplicationError("the family's record was deleted: no other program can be matched", "NO_PROGRAM", nil)
-	}
-	if err != nil {
-		return Referral{}, err
 	}
 	matches, err := a.Referrals.MatchPrograms(ctx, req)
 	if err != nil {
@@ -919,17 +929,6 @@ func treatments(names []string) []referralsv1.ServiceKind {
 	var out []referralsv1.ServiceKind
 	for _, k := range treatment {
 		if slices.Contains(names, strings.TrimPrefix(k.String(), "SERVICE_KIND_")) {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// withKinds is kinds with the ones in more it lacks added.
-func withKinds(kinds, more []referralsv1.ServiceKind) []referralsv1.ServiceKind {
-	out := slices.Clone(kinds)
-	for _, k := range more {
-		if !slices.Contains(out, k) {
 			out = append(out, k)
 		}
 	}
@@ -999,13 +998,13 @@ func (a *Activities) agreedForHold(ctx context.Context, name, intervention strin
 	return 0, false, a.releaseUnagreed(ctx, h, requestID)
 }
 
-// agreedHold is the first live hold of the intervention (at a program not
-// excluded), for MAT or a service agreed to, that converts to a service
-// agreed to, with that service; those that cannot are given back on the
-// way. A place an earlier try held for care agreed to (outpatient, say) is
-// found too: a retry adopts it rather than pass its program over.
+// agreedHold is the first live treatment hold of the intervention (at a
+// program not excluded) that converts to one of kinds, with that service;
+// those that cannot are given back on the way. A place an earlier try held
+// for care agreed to (outpatient, say) is found too: a retry adopts it
+// rather than pass its program over.
 func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, referralsv1.ServiceKind, error) {
-	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, in.Exclude, withKinds(matKinds, kinds))
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, in.Exclude, treatment)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -1747,3 +1747,36 @@ func TestOnlyAPlaceThatSuitsIsAdopted(t *testing.T) {
 		}
 	}
 }
+
+// GetProgram answers for p0, a methadone program, and p1, the program the
+// directory offers.
+func (f *offeringFake) GetProgram(_ context.Context, in *referralsv1.GetProgramRequest, _ ...grpc.CallOption) (*referralsv1.Program, error) {
+	if strings.HasSuffix(in.GetName(), "/p0") {
+		return &referralsv1.Program{Name: in.GetName(), Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}}, nil
+	}
+	return &referralsv1.Program{Name: in.GetName(), Services: f.services}, nil
+}
+
+// A plain yes whose hold the workflow does not know (the try that took it
+// got no answer) judges the meeting's places by what suits the loved one
+// now: a methadone place taken before the record said they drink, at a
+// program offering nothing that suits, is given back, and a place that
+// suits is held and referred instead of converting methadone.
+func TestPlainYesDoesNotConvertAPlaceThatNoLongerSuits(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	f := &offeringFake{services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}
+	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/meth", Program: "clinics/north/programs/p0", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}}
+	a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_ALCOHOL}, Referrals: f, Interventions: checklistFake{}}
+	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
+	if err != nil || ref.Program != "clinics/north/programs/p1" {
+		t.Fatalf("referral %+v, %v; want one at p1", ref, err)
+	}
+	if len(f.releases) != 1 || f.releases[0].GetName() != "clinics/north/holds/meth" {
+		t.Fatalf("released %v; want the methadone place given back", f.releases)
+	}
+	if len(f.made) != 1 || f.made[0].GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT || len(f.convert) != 1 ||
+		f.convert[0].GetName() == "clinics/north/holds/meth" {
+		t.Fatalf("held %v, converted %v; want an outpatient place held and converted", f.made, f.convert)
+	}
+}
