@@ -1479,7 +1479,7 @@ func TestCarePlacesAreAdoptedAndGivenBack(t *testing.T) {
 	f = care()
 	a = &Activities{Referrals: f}
 	if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intake failed",
-		RequestID: "r", Services: []string{"OUTPATIENT"}}); err != nil || n != 1 || len(f.holds) != 0 {
+		RequestID: "r"}); err != nil || n != 1 || len(f.holds) != 0 {
 		t.Fatalf("released %d, %v, left %v; want the care place given back", n, err, f.holds)
 	}
 }
@@ -1700,14 +1700,11 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 			len(f.made) != 1 || f.made[0].GetServiceKind() != c.want {
 			t.Fatalf("%s: the yes without a place held %v, %v; want one for %v", c.name, f.made, err, c.want)
 		}
-		// A place a try without an answer held goes back, care or not,
-		// whatever the yes named.
-		for _, named := range [][]string{nil, {"MAT_NALTREXONE"}} {
-			f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
-			if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer",
-				RequestID: "rel", Services: named}); err != nil || n != 1 {
-				t.Fatalf("%s, %v named: released %d, %v; want the place for %v given back", c.name, named, n, err, c.want)
-			}
+		// A place a try without an answer held goes back, care or not.
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
+		if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer",
+			RequestID: "rel"}); err != nil || n != 1 {
+			t.Fatalf("%s: released %d, %v; want the place for %v given back", c.name, n, err, c.want)
 		}
 	}
 	// No program offers anything that treats stimulant use: no place is

@@ -141,10 +141,6 @@ type ReleaseHeldRequest struct {
 	// AnyService releases holds for any service, not only treatment: for
 	// an intervention that no longer takes place, every place it held.
 	AnyService bool
-	// Services are the treatments the yes named (ServiceKind names
-	// without their prefix). Every treatment's holds go back now, whatever
-	// it names: the field stays for the workflows that send it.
-	Services []string
 }
 
 // TreatmentEntryRequest records on a family that the loved one entered

@@ -188,15 +188,14 @@ func (w *wf) releaseOnCancel(ctx workflow.Context) {
 const versionReleaseHeld = "release-every-held-place"
 
 // releaseHeld gives back, on a context the cancellation does not reach,
-// the places still held for the intervention, for MAT or the care agreed
-// to. A place a referral took over is no longer held, and stays the
-// referral's. Its failure is logged: the places lapse at their expiry.
+// the places still held for the intervention, for any treatment. A place
+// a referral took over is no longer held, and stays the referral's. Its failure is logged: the places lapse at their expiry.
 func (w *wf) releaseHeld(ctx workflow.Context, reason, purpose string) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
 	if err := flow.Call(dctx, nil, flow.A.ReleaseHeldFor, activities.ReleaseHeldRequest{
 		Intervention: w.in.Intervention, Family: w.in.Family, Reason: reason,
-		RequestID: flow.RequestID(dctx, "release-held|"+purpose), Services: w.in.Medications,
+		RequestID: flow.RequestID(dctx, "release-held|"+purpose),
 	}); err != nil {
 		workflow.GetLogger(ctx).Warn("giving back the places held for the intake failed; they lapse at their expiry", "error", err)
 	}
