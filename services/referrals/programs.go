@@ -411,10 +411,16 @@ func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapa
 				r.clinic, r.id, req.GetAvailableSlots(), req.GetWaitlist(), now); err != nil {
 				return nil, fmt.Errorf("report capacity: %w", err)
 			}
-			out, err := readProgram(ctx, tx, r, false)
-			if err != nil {
-				return nil, err
-			}
-			return out, emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
+			return capacityChanged(ctx, tx, r)
 		})
+}
+
+// capacityChanged reads program r back after its capacity changed (a
+// report, or a rejection for want of room) and tells the subscribers.
+func capacityChanged(ctx context.Context, tx pgx.Tx, r ref) (*referralsv1.Program, error) {
+	out, err := readProgram(ctx, tx, r, false)
+	if err != nil {
+		return nil, err
+	}
+	return out, emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
 }

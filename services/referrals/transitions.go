@@ -262,11 +262,8 @@ func (s *Server) noRoomAt(ctx context.Context, tx pgx.Tx, r ref, now time.Time) 
 	if err != nil {
 		return fmt.Errorf("mark the program full: %w", err)
 	}
-	out, err := readProgram(ctx, tx, ref{r.clinic, program}, false)
-	if err != nil {
-		return err
-	}
-	return emit(ctx, tx, r.clinic, "program.capacity_reported", out.GetName(), out)
+	_, err = capacityChanged(ctx, tx, ref{r.clinic, program})
+	return err
 }
 
 // MarkReferralEnteredInError implements the API.
