@@ -22,6 +22,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/boundaries"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -256,12 +257,8 @@ func (s *Server) statesConsequence(ctx context.Context, family string) (bool, er
 		if err != nil {
 			return false, fmt.Errorf("list boundaries: %w", err)
 		}
-		for _, b := range page.GetBoundaries() {
-			st := b.GetState()
-			if (st == familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE || st == familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED) &&
-				strings.TrimSpace(b.GetConsequence()) != "" {
-				return true, nil
-			}
+		if slices.ContainsFunc(page.GetBoundaries(), boundaries.StatesConsequence) {
+			return true, nil
 		}
 		if token = page.GetNextPageToken(); token == "" {
 			return false, nil

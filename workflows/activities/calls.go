@@ -23,6 +23,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/boundaries"
 	"github.com/handoff-health/handoff/workflows/schedule"
 )
 
@@ -1184,11 +1185,11 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 			return Safety{}, wrap("list boundaries", err)
 		}
 		for _, b := range page.GetBoundaries() {
-			if b.GetState() == familiesv1.BoundaryState_BOUNDARY_STATE_ACTIVE || b.GetState() == familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED {
+			if boundaries.Held(b) {
 				s.Boundaries = append(s.Boundaries, b.GetName())
-				if strings.TrimSpace(b.GetConsequence()) != "" {
-					s.WithConsequence = append(s.WithConsequence, b.GetName())
-				}
+			}
+			if boundaries.StatesConsequence(b) {
+				s.WithConsequence = append(s.WithConsequence, b.GetName())
 			}
 		}
 		if token = page.GetNextPageToken(); token == "" {
