@@ -88,8 +88,12 @@ type InterventionsServiceClient interface {
 	// cannot change here: use RescheduleIntervention, so that the reminders
 	// move with it. Other changes of a SCHEDULED intervention reach its
 	// workflow, whose later reminders go to the participants and counselor
-	// of now. Send the `etag` you read to avoid overwriting someone
-	// else's change (a stale etag answers ABORTED).
+	// of now. Raising a SCHEDULED intervention's `level` is checked as
+	// scheduling is: a high-risk screen refuses any level, and level 3 needs
+	// a current screen (SAFETY_SCREEN_REQUIRED) and an active boundary that
+	// states a consequence (CONSEQUENCE_REQUIRED). Send the `etag` you read
+	// to avoid overwriting someone else's change (a stale etag answers
+	// ABORTED).
 	UpdateIntervention(ctx context.Context, in *UpdateInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Deletes a DRAFT intervention. Any other state answers
 	// FAILED_PRECONDITION: cancel a scheduled intervention instead, so that its
@@ -509,8 +513,12 @@ type InterventionsServiceServer interface {
 	// cannot change here: use RescheduleIntervention, so that the reminders
 	// move with it. Other changes of a SCHEDULED intervention reach its
 	// workflow, whose later reminders go to the participants and counselor
-	// of now. Send the `etag` you read to avoid overwriting someone
-	// else's change (a stale etag answers ABORTED).
+	// of now. Raising a SCHEDULED intervention's `level` is checked as
+	// scheduling is: a high-risk screen refuses any level, and level 3 needs
+	// a current screen (SAFETY_SCREEN_REQUIRED) and an active boundary that
+	// states a consequence (CONSEQUENCE_REQUIRED). Send the `etag` you read
+	// to avoid overwriting someone else's change (a stale etag answers
+	// ABORTED).
 	UpdateIntervention(context.Context, *UpdateInterventionRequest) (*Intervention, error)
 	// Deletes a DRAFT intervention. Any other state answers
 	// FAILED_PRECONDITION: cancel a scheduled intervention instead, so that its

@@ -1563,15 +1563,16 @@ type Referral struct {
 	// referrals as FHIR Tasks (as in the HL7 BSeR guide):
 	// REQUESTED = "requested", ACCEPTED = "accepted", REJECTED = "rejected",
 	// SCHEDULED = "in-progress", COMPLETED = "completed", NO_SHOW = "failed",
-	// CANCELLED = "cancelled", ON_HOLD = "on-hold".
+	// CANCELLED = "cancelled", ON_HOLD = "on-hold",
+	// ENTERED_IN_ERROR = "entered-in-error".
 	FhirTaskStatus string `protobuf:"bytes,13,opt,name=fhir_task_status,json=fhirTaskStatus,proto3" json:"fhir_task_status,omitempty"`
 	// The FHIR Task.businessStatus text that matches `state`, after the HL7
 	// BSeR task business statuses (codes in brackets):
 	// REQUESTED = "created" (2.0), ACCEPTED = "accepted" (3.0),
 	// REJECTED = "declined" (4.0), SCHEDULED = "scheduled" (5.1.1),
 	// NO_SHOW = "unattended" (5.1.2), COMPLETED = "event completed" (5.1.4),
-	// CANCELLED = "cancelled" (6.0); ON_HOLD = "on hold" (BSeR has no code
-	// for it).
+	// CANCELLED = "cancelled" (6.0); ON_HOLD = "on hold" and
+	// ENTERED_IN_ERROR = "entered in error" (BSeR has no code for them).
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
 	// Every state change, oldest first, including each rebooking.
 	History []*ReferralEvent `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`

@@ -217,7 +217,8 @@ type ReferralsServiceClient interface {
 	// Either side of the closed loop may cancel: the referring clinic, or
 	// the receiving program through the EHR integration, which must give a
 	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
-	// then offers the next program. Cancelled is final.
+	// then offers the next program. Cancelled is final, but for a void
+	// (MarkReferralEnteredInError).
 	CancelReferral(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Voids a referral made in error (the wrong family, person, program or
 	// service): FHIR's entered-in-error, which the requester sets. The
@@ -652,7 +653,8 @@ type ReferralsServiceServer interface {
 	// Either side of the closed loop may cancel: the referring clinic, or
 	// the receiving program through the EHR integration, which must give a
 	// `reason` (a FHIR Task update, its statusReason); the MAT intake workflow
-	// then offers the next program. Cancelled is final.
+	// then offers the next program. Cancelled is final, but for a void
+	// (MarkReferralEnteredInError).
 	CancelReferral(context.Context, *TransitionReferralRequest) (*Referral, error)
 	// Voids a referral made in error (the wrong family, person, program or
 	// service): FHIR's entered-in-error, which the requester sets. The
