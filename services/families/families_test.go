@@ -712,7 +712,7 @@ func TestPaginationUnderInserts(t *testing.T) {
 func digest(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
 	var out string
-	for _, table := range []string{"families", "barriers", "warning_signs", "warning_sign_retractions", "safety_screens", "boundaries", "boundary_events", "outbox", "idempotency_keys"} {
+	for _, table := range []string{"families", "barriers", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions", "boundaries", "boundary_events", "outbox", "idempotency_keys"} {
 		var d *string
 		if err := pool.QueryRow(context.Background(), `SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM `+table+` t`).Scan(&d); err != nil {
 			t.Fatal(err)
@@ -905,6 +905,36 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
 			return err
 		}, codes.Unauthenticated, ""},
+		{"craft session with no member", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+				Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION}}})
+			return err
+		}, codes.InvalidArgument, "craft_session.member_ids"},
+		{"craft session with someone outside the family", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+				MemberIds: []string{"mom", "neighbour"}, Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION}}})
+			return err
+		}, codes.InvalidArgument, "craft_session.member_ids[1]"},
+		{"craft session with a topic twice", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+				MemberIds: []string{"mom"}, Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION, familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION}}})
+			return err
+		}, codes.InvalidArgument, "craft_session.topics"},
+		{"craft session tomorrow", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+				MemberIds: []string{"mom"}, Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION},
+				SessionTime: timestamppb.New(time.Now().Add(24 * time.Hour))}})
+			return err
+		}, codes.InvalidArgument, "craft_session.session_time"},
+		{"craft training past induction before a screen", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+				MemberIds: []string{"mom"}, Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_SELF_CARE}}})
+			return err
+		}, codes.FailedPrecondition, ""},
+		{"craft progress misnamed", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.GetCraftProgress(ctx, &familiesv1.GetCraftProgressRequest{Name: fam.GetName() + "/craftProgress/x"})
+			return err
+		}, codes.InvalidArgument, "name"},
 		{"counselor may not delete", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.DeleteFamily(ctx, &familiesv1.DeleteFamilyRequest{Name: fam.GetName()})
 			return err

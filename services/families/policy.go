@@ -30,11 +30,12 @@ func Policy() grpcserver.Policy {
 	for _, m := range []string{"ListBarriers", "ListWarningSigns", "ListBoundaries"} {
 		p[svc+m] = readers
 	}
-	for _, m := range []string{"GetBarrier", "GetWarningSign", "ListSafetyScreens", "GetBoundary"} {
+	for _, m := range []string{"GetBarrier", "GetWarningSign", "ListSafetyScreens", "GetBoundary",
+		"ListCraftSessions", "GetCraftProgress"} {
 		p[svc+m] = staff
 	}
 	for _, m := range []string{"CreateFamily", "UpdateFamily", "CreateBarrier", "UpdateBarrier",
-		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "RetractWarningSign", "CreateSafetyScreen", "CreateBoundary",
+		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "RetractWarningSign", "CreateSafetyScreen", "CreateCraftSession", "CreateBoundary",
 		"UpdateBoundary", "AgreeBoundary", "ActivateBoundary", "RetireBoundary"} {
 		p[svc+m] = staff
 	}

@@ -76,7 +76,10 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"boundary_events", "warning_signs", "warning_sign_retractions", "safety_screens"}
+	if _, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"boundary_events", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions"}
 	count := func() (n int) {
 		t.Helper()
 		for _, table := range tables {

@@ -167,7 +167,14 @@ func (w *world) family(given string) (family, boundary string) {
 		w.t.Fatalf("EHR read after consent: %d, notice %q", r.code, r.header.Get("Grpc-Metadata-"+consentgate.NoticeHeader))
 	}
 	w.counselor.ok("POST", "/v1/"+family+"/barriers", map[string]any{"kind": "BARRIER_KIND_LOGISTICAL_WORK", "notes": "works nights"})
+	// CRAFT coaching of the mother: induction first, the rest once screened.
+	w.counselor.ok("POST", "/v1/"+family+"/craftSessions", map[string]any{"memberIds": []string{"mom"}, "topics": []string{"CRAFT_TOPIC_INDUCTION"}})
 	w.counselor.ok("POST", "/v1/"+family+"/safetyScreens", map[string]any{"result": "SAFETY_RISK_NO_RISK"})
+	w.counselor.ok("POST", "/v1/"+family+"/craftSessions", map[string]any{"memberIds": []string{"mom"},
+		"topics": []string{"CRAFT_TOPIC_FUNCTIONAL_ANALYSIS", "CRAFT_TOPIC_SELF_CARE"}})
+	if p := w.counselor.ok("GET", "/v1/"+family+"/craftProgress", nil); p["sessionCount"] != float64(2) || p["nextTopic"] != "CRAFT_TOPIC_POSITIVE_COMMUNICATION" {
+		w.t.Fatalf("craft progress over REST: %v", p)
+	}
 	b := w.counselor.ok("POST", "/v1/"+family+"/boundaries", map[string]any{
 		"category": "BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT", "wording": "No cash; we pay bills directly.", "consequence": "No cash gifts."})
 	boundary = str(b, "name")

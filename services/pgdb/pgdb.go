@@ -198,9 +198,9 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		// of consent. Signed consents change (a revocation stamps them) but
 		// are never deleted. So are the histories the services only ever
 		// add to: a referral's moves, a boundary's, and the warning signs
-		// (and their retractions) and safety screens recorded for a
-		// family. Deleting a family still takes its rows with it: a
-		// foreign key's cascade runs as the table's owner.
+		// (and their retractions), safety screens and CRAFT sessions
+		// recorded for a family. Deleting a family still takes its rows
+		// with it: a foreign key's cascade runs as the table's owner.
 		for table, privs := range map[string]string{
 			"audit_log":                "UPDATE, DELETE, TRUNCATE",
 			"disclosures":              "UPDATE, DELETE, TRUNCATE",
@@ -211,6 +211,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			"warning_signs":            "UPDATE, DELETE, TRUNCATE",
 			"warning_sign_retractions": "UPDATE, DELETE, TRUNCATE",
 			"safety_screens":           "UPDATE, DELETE, TRUNCATE",
+			"craft_sessions":           "UPDATE, DELETE, TRUNCATE",
 		} {
 			stmts = append(stmts, `DO $$ BEGIN
 				IF to_regclass('`+schema+`.`+table+`') IS NOT NULL THEN

@@ -815,6 +815,87 @@ func (BoundaryState) EnumDescriptor() ([]byte, []int) {
 	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{11}
 }
 
+// The topics of CRAFT training, numbered in the order the model teaches
+// them. The domestic-violence screen the model puts second is a
+// SafetyScreen of its own.
+type CraftTopic int32
+
+const (
+	// Not set.
+	CraftTopic_CRAFT_TOPIC_UNSPECIFIED CraftTopic = 0
+	// Induction: what the training offers and why it works; the member's
+	// motivation.
+	CraftTopic_CRAFT_TOPIC_INDUCTION CraftTopic = 1
+	// Functional analysis of the loved one's use: its triggers and what it
+	// gives them.
+	CraftTopic_CRAFT_TOPIC_FUNCTIONAL_ANALYSIS CraftTopic = 2
+	// Positive communication: stating things positively, owning feelings,
+	// offering help.
+	CraftTopic_CRAFT_TOPIC_POSITIVE_COMMUNICATION CraftTopic = 3
+	// Rewarding the times the loved one does not use.
+	CraftTopic_CRAFT_TOPIC_REWARDING_NON_USE CraftTopic = 4
+	// Letting the natural consequences of use fall on the loved one rather
+	// than shielding them. Needs a current safety screen that is not high
+	// risk.
+	CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES CraftTopic = 5
+	// The member's own self-care and well-being.
+	CraftTopic_CRAFT_TOPIC_SELF_CARE CraftTopic = 6
+	// Treatment-entry training: inviting the loved one at a window of
+	// opportunity, with treatment lined up.
+	CraftTopic_CRAFT_TOPIC_TREATMENT_ENTRY CraftTopic = 7
+)
+
+// Enum value maps for CraftTopic.
+var (
+	CraftTopic_name = map[int32]string{
+		0: "CRAFT_TOPIC_UNSPECIFIED",
+		1: "CRAFT_TOPIC_INDUCTION",
+		2: "CRAFT_TOPIC_FUNCTIONAL_ANALYSIS",
+		3: "CRAFT_TOPIC_POSITIVE_COMMUNICATION",
+		4: "CRAFT_TOPIC_REWARDING_NON_USE",
+		5: "CRAFT_TOPIC_NATURAL_CONSEQUENCES",
+		6: "CRAFT_TOPIC_SELF_CARE",
+		7: "CRAFT_TOPIC_TREATMENT_ENTRY",
+	}
+	CraftTopic_value = map[string]int32{
+		"CRAFT_TOPIC_UNSPECIFIED":            0,
+		"CRAFT_TOPIC_INDUCTION":              1,
+		"CRAFT_TOPIC_FUNCTIONAL_ANALYSIS":    2,
+		"CRAFT_TOPIC_POSITIVE_COMMUNICATION": 3,
+		"CRAFT_TOPIC_REWARDING_NON_USE":      4,
+		"CRAFT_TOPIC_NATURAL_CONSEQUENCES":   5,
+		"CRAFT_TOPIC_SELF_CARE":              6,
+		"CRAFT_TOPIC_TREATMENT_ENTRY":        7,
+	}
+)
+
+func (x CraftTopic) Enum() *CraftTopic {
+	p := new(CraftTopic)
+	*p = x
+	return p
+}
+
+func (x CraftTopic) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CraftTopic) Descriptor() protoreflect.EnumDescriptor {
+	return file_handoff_families_v1_families_proto_enumTypes[12].Descriptor()
+}
+
+func (CraftTopic) Type() protoreflect.EnumType {
+	return &file_handoff_families_v1_families_proto_enumTypes[12]
+}
+
+func (x CraftTopic) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CraftTopic.Descriptor instead.
+func (CraftTopic) EnumDescriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{12}
+}
+
 // The state of a consent.
 type ConsentState int32
 
@@ -859,11 +940,11 @@ func (x ConsentState) String() string {
 }
 
 func (ConsentState) Descriptor() protoreflect.EnumDescriptor {
-	return file_handoff_families_v1_families_proto_enumTypes[12].Descriptor()
+	return file_handoff_families_v1_families_proto_enumTypes[13].Descriptor()
 }
 
 func (ConsentState) Type() protoreflect.EnumType {
-	return &file_handoff_families_v1_families_proto_enumTypes[12]
+	return &file_handoff_families_v1_families_proto_enumTypes[13]
 }
 
 func (x ConsentState) Number() protoreflect.EnumNumber {
@@ -872,7 +953,7 @@ func (x ConsentState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ConsentState.Descriptor instead.
 func (ConsentState) EnumDescriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{12}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{13}
 }
 
 // Kinds of information a consent may cover.
@@ -920,11 +1001,11 @@ func (x InformationKind) String() string {
 }
 
 func (InformationKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_handoff_families_v1_families_proto_enumTypes[13].Descriptor()
+	return file_handoff_families_v1_families_proto_enumTypes[14].Descriptor()
 }
 
 func (InformationKind) Type() protoreflect.EnumType {
-	return &file_handoff_families_v1_families_proto_enumTypes[13]
+	return &file_handoff_families_v1_families_proto_enumTypes[14]
 }
 
 func (x InformationKind) Number() protoreflect.EnumNumber {
@@ -933,7 +1014,7 @@ func (x InformationKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InformationKind.Descriptor instead.
 func (InformationKind) EnumDescriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{13}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{14}
 }
 
 // Purposes of a disclosure.
@@ -977,11 +1058,11 @@ func (x Purpose) String() string {
 }
 
 func (Purpose) Descriptor() protoreflect.EnumDescriptor {
-	return file_handoff_families_v1_families_proto_enumTypes[14].Descriptor()
+	return file_handoff_families_v1_families_proto_enumTypes[15].Descriptor()
 }
 
 func (Purpose) Type() protoreflect.EnumType {
-	return &file_handoff_families_v1_families_proto_enumTypes[14]
+	return &file_handoff_families_v1_families_proto_enumTypes[15]
 }
 
 func (x Purpose) Number() protoreflect.EnumNumber {
@@ -990,7 +1071,7 @@ func (x Purpose) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Purpose.Descriptor instead.
 func (Purpose) EnumDescriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{14}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{15}
 }
 
 // How a disclosure left Handoff.
@@ -1034,11 +1115,11 @@ func (x DisclosureChannel) String() string {
 }
 
 func (DisclosureChannel) Descriptor() protoreflect.EnumDescriptor {
-	return file_handoff_families_v1_families_proto_enumTypes[15].Descriptor()
+	return file_handoff_families_v1_families_proto_enumTypes[16].Descriptor()
 }
 
 func (DisclosureChannel) Type() protoreflect.EnumType {
-	return &file_handoff_families_v1_families_proto_enumTypes[15]
+	return &file_handoff_families_v1_families_proto_enumTypes[16]
 }
 
 func (x DisclosureChannel) Number() protoreflect.EnumNumber {
@@ -1047,7 +1128,7 @@ func (x DisclosureChannel) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DisclosureChannel.Descriptor instead.
 func (DisclosureChannel) EnumDescriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{15}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{16}
 }
 
 // A family: the care circle of concerned people around one loved one.
@@ -3553,6 +3634,443 @@ func (x *ListSafetyScreensResponse) GetNextPageToken() string {
 	return ""
 }
 
+// A CRAFT session: the counselor training concerned members of the family
+// to change how they respond to the loved one's use, so that the loved one
+// is more likely to accept treatment (12 to 14 sessions in the model; most
+// loved ones who engage do so after 4 to 6).
+type CraftSession struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/craftSessions/{craft_session}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The ids of the family's members who took part (`Member.id`). Members
+	// removed from the family later stay named here.
+	MemberIds []string `protobuf:"bytes,2,rep,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	// The topics the session covered, in any order.
+	Topics []CraftTopic `protobuf:"varint,3,rep,packed,name=topics,proto3,enum=handoff.families.v1.CraftTopic" json:"topics,omitempty"`
+	// When the session was held; defaults to when it was recorded. Not in
+	// the future.
+	SessionTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=session_time,json=sessionTime,proto3" json:"session_time,omitempty"`
+	// The counselor's notes. Like a screen's notes, they stay with the
+	// clinic's staff.
+	Notes string `protobuf:"bytes,5,opt,name=notes,proto3" json:"notes,omitempty"`
+	// Who held the session: the user id of the counselor who recorded it.
+	Counselor string `protobuf:"bytes,6,opt,name=counselor,proto3" json:"counselor,omitempty"`
+	// When it was recorded.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CraftSession) Reset() {
+	*x = CraftSession{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CraftSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CraftSession) ProtoMessage() {}
+
+func (x *CraftSession) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CraftSession.ProtoReflect.Descriptor instead.
+func (*CraftSession) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *CraftSession) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CraftSession) GetMemberIds() []string {
+	if x != nil {
+		return x.MemberIds
+	}
+	return nil
+}
+
+func (x *CraftSession) GetTopics() []CraftTopic {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *CraftSession) GetSessionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SessionTime
+	}
+	return nil
+}
+
+func (x *CraftSession) GetNotes() string {
+	if x != nil {
+		return x.Notes
+	}
+	return ""
+}
+
+func (x *CraftSession) GetCounselor() string {
+	if x != nil {
+		return x.Counselor
+	}
+	return ""
+}
+
+func (x *CraftSession) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+// How far a family's CRAFT training has come, computed from its sessions.
+type CraftProgress struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/craftProgress`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// How many sessions were recorded.
+	SessionCount int32 `protobuf:"varint,2,opt,name=session_count,json=sessionCount,proto3" json:"session_count,omitempty"`
+	// When the first session was held; unset before any.
+	FirstSessionTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_session_time,json=firstSessionTime,proto3" json:"first_session_time,omitempty"`
+	// When the latest session was held; unset before any.
+	LastSessionTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_session_time,json=lastSessionTime,proto3" json:"last_session_time,omitempty"`
+	// The topics covered so far, in the model's order.
+	CoveredTopics []CraftTopic `protobuf:"varint,5,rep,packed,name=covered_topics,json=coveredTopics,proto3,enum=handoff.families.v1.CraftTopic" json:"covered_topics,omitempty"`
+	// The first topic in the model's order not yet covered;
+	// CRAFT_TOPIC_UNSPECIFIED once all are.
+	NextTopic CraftTopic `protobuf:"varint,6,opt,name=next_topic,json=nextTopic,proto3,enum=handoff.families.v1.CraftTopic" json:"next_topic,omitempty"`
+	// The members who took part in any session, sorted.
+	MemberIds     []string `protobuf:"bytes,7,rep,name=member_ids,json=memberIds,proto3" json:"member_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CraftProgress) Reset() {
+	*x = CraftProgress{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CraftProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CraftProgress) ProtoMessage() {}
+
+func (x *CraftProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CraftProgress.ProtoReflect.Descriptor instead.
+func (*CraftProgress) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CraftProgress) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CraftProgress) GetSessionCount() int32 {
+	if x != nil {
+		return x.SessionCount
+	}
+	return 0
+}
+
+func (x *CraftProgress) GetFirstSessionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSessionTime
+	}
+	return nil
+}
+
+func (x *CraftProgress) GetLastSessionTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastSessionTime
+	}
+	return nil
+}
+
+func (x *CraftProgress) GetCoveredTopics() []CraftTopic {
+	if x != nil {
+		return x.CoveredTopics
+	}
+	return nil
+}
+
+func (x *CraftProgress) GetNextTopic() CraftTopic {
+	if x != nil {
+		return x.NextTopic
+	}
+	return CraftTopic_CRAFT_TOPIC_UNSPECIFIED
+}
+
+func (x *CraftProgress) GetMemberIds() []string {
+	if x != nil {
+		return x.MemberIds
+	}
+	return nil
+}
+
+// Request for CreateCraftSession.
+type CreateCraftSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// The session.
+	CraftSession *CraftSession `protobuf:"bytes,2,opt,name=craft_session,json=craftSession,proto3" json:"craft_session,omitempty"`
+	// A unique id for this request.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCraftSessionRequest) Reset() {
+	*x = CreateCraftSessionRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCraftSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCraftSessionRequest) ProtoMessage() {}
+
+func (x *CreateCraftSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCraftSessionRequest.ProtoReflect.Descriptor instead.
+func (*CreateCraftSessionRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CreateCraftSessionRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *CreateCraftSessionRequest) GetCraftSession() *CraftSession {
+	if x != nil {
+		return x.CraftSession
+	}
+	return nil
+}
+
+func (x *CreateCraftSessionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+// Request for ListCraftSessions.
+type ListCraftSessionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
+	// At most this many (default 50). A size over 1000 is taken as
+	// 1000 (AIP-132).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The `next_page_token` of the previous page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCraftSessionsRequest) Reset() {
+	*x = ListCraftSessionsRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCraftSessionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCraftSessionsRequest) ProtoMessage() {}
+
+func (x *ListCraftSessionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCraftSessionsRequest.ProtoReflect.Descriptor instead.
+func (*ListCraftSessionsRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListCraftSessionsRequest) GetParent() string {
+	if x != nil {
+		return x.Parent
+	}
+	return ""
+}
+
+func (x *ListCraftSessionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListCraftSessionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// Response for ListCraftSessions.
+type ListCraftSessionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sessions on this page.
+	CraftSessions []*CraftSession `protobuf:"bytes,1,rep,name=craft_sessions,json=craftSessions,proto3" json:"craft_sessions,omitempty"`
+	// Pass as `page_token` to get the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCraftSessionsResponse) Reset() {
+	*x = ListCraftSessionsResponse{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCraftSessionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCraftSessionsResponse) ProtoMessage() {}
+
+func (x *ListCraftSessionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCraftSessionsResponse.ProtoReflect.Descriptor instead.
+func (*ListCraftSessionsResponse) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListCraftSessionsResponse) GetCraftSessions() []*CraftSession {
+	if x != nil {
+		return x.CraftSessions
+	}
+	return nil
+}
+
+func (x *ListCraftSessionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// Request for GetCraftProgress.
+type GetCraftProgressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/craftProgress`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCraftProgressRequest) Reset() {
+	*x = GetCraftProgressRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCraftProgressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCraftProgressRequest) ProtoMessage() {}
+
+func (x *GetCraftProgressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCraftProgressRequest.ProtoReflect.Descriptor instead.
+func (*GetCraftProgressRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetCraftProgressRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // Request for CreateBoundary.
 type CreateBoundaryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3568,7 +4086,7 @@ type CreateBoundaryRequest struct {
 
 func (x *CreateBoundaryRequest) Reset() {
 	*x = CreateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3580,7 +4098,7 @@ func (x *CreateBoundaryRequest) String() string {
 func (*CreateBoundaryRequest) ProtoMessage() {}
 
 func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[33]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3593,7 +4111,7 @@ func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*CreateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{33}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateBoundaryRequest) GetParent() string {
@@ -3628,7 +4146,7 @@ type GetBoundaryRequest struct {
 
 func (x *GetBoundaryRequest) Reset() {
 	*x = GetBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3640,7 +4158,7 @@ func (x *GetBoundaryRequest) String() string {
 func (*GetBoundaryRequest) ProtoMessage() {}
 
 func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[34]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3653,7 +4171,7 @@ func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*GetBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{34}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetBoundaryRequest) GetName() string {
@@ -3681,7 +4199,7 @@ type ListBoundariesRequest struct {
 
 func (x *ListBoundariesRequest) Reset() {
 	*x = ListBoundariesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3693,7 +4211,7 @@ func (x *ListBoundariesRequest) String() string {
 func (*ListBoundariesRequest) ProtoMessage() {}
 
 func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[35]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3706,7 +4224,7 @@ func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesRequest.ProtoReflect.Descriptor instead.
 func (*ListBoundariesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{35}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListBoundariesRequest) GetParent() string {
@@ -3750,7 +4268,7 @@ type ListBoundariesResponse struct {
 
 func (x *ListBoundariesResponse) Reset() {
 	*x = ListBoundariesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3762,7 +4280,7 @@ func (x *ListBoundariesResponse) String() string {
 func (*ListBoundariesResponse) ProtoMessage() {}
 
 func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[36]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3775,7 +4293,7 @@ func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesResponse.ProtoReflect.Descriptor instead.
 func (*ListBoundariesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{36}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListBoundariesResponse) GetBoundaries() []*Boundary {
@@ -3807,7 +4325,7 @@ type UpdateBoundaryRequest struct {
 
 func (x *UpdateBoundaryRequest) Reset() {
 	*x = UpdateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3819,7 +4337,7 @@ func (x *UpdateBoundaryRequest) String() string {
 func (*UpdateBoundaryRequest) ProtoMessage() {}
 
 func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[37]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3832,7 +4350,7 @@ func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{37}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *UpdateBoundaryRequest) GetBoundary() *Boundary {
@@ -3873,7 +4391,7 @@ type TransitionBoundaryRequest struct {
 
 func (x *TransitionBoundaryRequest) Reset() {
 	*x = TransitionBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3885,7 +4403,7 @@ func (x *TransitionBoundaryRequest) String() string {
 func (*TransitionBoundaryRequest) ProtoMessage() {}
 
 func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3898,7 +4416,7 @@ func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*TransitionBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TransitionBoundaryRequest) GetName() string {
@@ -3981,7 +4499,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3993,7 +4511,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4006,7 +4524,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Consent) GetName() string {
@@ -4138,7 +4656,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4150,7 +4668,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4163,7 +4681,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Revocation) GetRecipient() string {
@@ -4226,7 +4744,7 @@ type Disclosure struct {
 
 func (x *Disclosure) Reset() {
 	*x = Disclosure{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4238,7 +4756,7 @@ func (x *Disclosure) String() string {
 func (*Disclosure) ProtoMessage() {}
 
 func (x *Disclosure) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4251,7 +4769,7 @@ func (x *Disclosure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disclosure.ProtoReflect.Descriptor instead.
 func (*Disclosure) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Disclosure) GetName() string {
@@ -4338,7 +4856,7 @@ type CreateConsentRequest struct {
 
 func (x *CreateConsentRequest) Reset() {
 	*x = CreateConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4350,7 +4868,7 @@ func (x *CreateConsentRequest) String() string {
 func (*CreateConsentRequest) ProtoMessage() {}
 
 func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4363,7 +4881,7 @@ func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsentRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateConsentRequest) GetParent() string {
@@ -4397,7 +4915,7 @@ type GetConsentRequest struct {
 
 func (x *GetConsentRequest) Reset() {
 	*x = GetConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4409,7 +4927,7 @@ func (x *GetConsentRequest) String() string {
 func (*GetConsentRequest) ProtoMessage() {}
 
 func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4422,7 +4940,7 @@ func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsentRequest.ProtoReflect.Descriptor instead.
 func (*GetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetConsentRequest) GetName() string {
@@ -4447,7 +4965,7 @@ type ListConsentsRequest struct {
 
 func (x *ListConsentsRequest) Reset() {
 	*x = ListConsentsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4459,7 +4977,7 @@ func (x *ListConsentsRequest) String() string {
 func (*ListConsentsRequest) ProtoMessage() {}
 
 func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4472,7 +4990,7 @@ func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsentsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListConsentsRequest) GetParent() string {
@@ -4508,7 +5026,7 @@ type ListConsentsResponse struct {
 
 func (x *ListConsentsResponse) Reset() {
 	*x = ListConsentsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4520,7 +5038,7 @@ func (x *ListConsentsResponse) String() string {
 func (*ListConsentsResponse) ProtoMessage() {}
 
 func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4533,7 +5051,7 @@ func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsentsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListConsentsResponse) GetConsents() []*Consent {
@@ -4569,7 +5087,7 @@ type RevokeConsentRequest struct {
 
 func (x *RevokeConsentRequest) Reset() {
 	*x = RevokeConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4581,7 +5099,7 @@ func (x *RevokeConsentRequest) String() string {
 func (*RevokeConsentRequest) ProtoMessage() {}
 
 func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4594,7 +5112,7 @@ func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConsentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeConsentRequest) GetName() string {
@@ -4649,7 +5167,7 @@ type CreateDisclosureRequest struct {
 
 func (x *CreateDisclosureRequest) Reset() {
 	*x = CreateDisclosureRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4661,7 +5179,7 @@ func (x *CreateDisclosureRequest) String() string {
 func (*CreateDisclosureRequest) ProtoMessage() {}
 
 func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4674,7 +5192,7 @@ func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDisclosureRequest.ProtoReflect.Descriptor instead.
 func (*CreateDisclosureRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateDisclosureRequest) GetParent() string {
@@ -4720,7 +5238,7 @@ type ListDisclosuresRequest struct {
 
 func (x *ListDisclosuresRequest) Reset() {
 	*x = ListDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4732,7 +5250,7 @@ func (x *ListDisclosuresRequest) String() string {
 func (*ListDisclosuresRequest) ProtoMessage() {}
 
 func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4745,7 +5263,7 @@ func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListDisclosuresRequest) GetParent() string {
@@ -4781,7 +5299,7 @@ type ListDisclosuresResponse struct {
 
 func (x *ListDisclosuresResponse) Reset() {
 	*x = ListDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4793,7 +5311,7 @@ func (x *ListDisclosuresResponse) String() string {
 func (*ListDisclosuresResponse) ProtoMessage() {}
 
 func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4806,7 +5324,7 @@ func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -4835,7 +5353,7 @@ type ListCoveredFamiliesRequest struct {
 
 func (x *ListCoveredFamiliesRequest) Reset() {
 	*x = ListCoveredFamiliesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4847,7 +5365,7 @@ func (x *ListCoveredFamiliesRequest) String() string {
 func (*ListCoveredFamiliesRequest) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4860,7 +5378,7 @@ func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesRequest.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListCoveredFamiliesRequest) GetParent() string {
@@ -4887,7 +5405,7 @@ type ListCoveredFamiliesResponse struct {
 
 func (x *ListCoveredFamiliesResponse) Reset() {
 	*x = ListCoveredFamiliesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4899,7 +5417,7 @@ func (x *ListCoveredFamiliesResponse) String() string {
 func (*ListCoveredFamiliesResponse) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4912,7 +5430,7 @@ func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesResponse.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
@@ -4935,7 +5453,7 @@ type BatchCreateDisclosuresRequest struct {
 
 func (x *BatchCreateDisclosuresRequest) Reset() {
 	*x = BatchCreateDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4947,7 +5465,7 @@ func (x *BatchCreateDisclosuresRequest) String() string {
 func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4960,7 +5478,7 @@ func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *BatchCreateDisclosuresRequest) GetParent() string {
@@ -4987,7 +5505,7 @@ type BatchCreateDisclosuresResponse struct {
 
 func (x *BatchCreateDisclosuresResponse) Reset() {
 	*x = BatchCreateDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4999,7 +5517,7 @@ func (x *BatchCreateDisclosuresResponse) String() string {
 func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5012,7 +5530,7 @@ func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{53}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -5280,7 +5798,48 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x8d\x01\n" +
 	"\x19ListSafetyScreensResponse\x12H\n" +
 	"\x0esafety_screens\x18\x01 \x03(\v2!.handoff.families.v1.SafetyScreenR\rsafetyScreens\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x8b\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x96\x04\n" +
+	"\fCraftSession\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12M\n" +
+	"\n" +
+	"member_ids\x18\x02 \x03(\tB.\xe0A\x02\xbaH(\x92\x01%\b\x01\x10\n" +
+	"\x18\x01\"\x1dr\x1b2\x19^[a-z0-9][a-z0-9-]{0,62}$R\tmemberIds\x12Q\n" +
+	"\x06topics\x18\x03 \x03(\x0e2\x1f.handoff.families.v1.CraftTopicB\x18\xe0A\x02\xbaH\x12\x92\x01\x0f\b\x01\x10\a\x18\x01\"\a\x82\x01\x04\x10\x01 \x00R\x06topics\x12B\n" +
+	"\fsession_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\vsessionTime\x12!\n" +
+	"\x05notes\x18\x05 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x05notes\x12!\n" +
+	"\tcounselor\x18\x06 \x01(\tB\x03\xe0A\x03R\tcounselor\x12@\n" +
+	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
+	"createTime:\x7f\xeaA|\n" +
+	"\x1bhandoff.health/CraftSession\x12@clinics/{clinic}/families/{family}/craftSessions/{craft_session}*\rcraftSessions2\fcraftSession\"\x99\x04\n" +
+	"\rCraftProgress\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12(\n" +
+	"\rsession_count\x18\x02 \x01(\x05B\x03\xe0A\x03R\fsessionCount\x12M\n" +
+	"\x12first_session_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x10firstSessionTime\x12K\n" +
+	"\x11last_session_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0flastSessionTime\x12K\n" +
+	"\x0ecovered_topics\x18\x05 \x03(\x0e2\x1f.handoff.families.v1.CraftTopicB\x03\xe0A\x03R\rcoveredTopics\x12C\n" +
+	"\n" +
+	"next_topic\x18\x06 \x01(\x0e2\x1f.handoff.families.v1.CraftTopicB\x03\xe0A\x03R\tnextTopic\x12\"\n" +
+	"\n" +
+	"member_ids\x18\a \x03(\tB\x03\xe0A\x03R\tmemberIds:s\xeaAp\n" +
+	"\x1chandoff.health/CraftProgress\x120clinics/{clinic}/families/{family}/craftProgress*\x0fcraftProgresses2\rcraftProgress\"\xa0\x02\n" +
+	"\x19CreateCraftSessionRequest\x12\x84\x01\n" +
+	"\x06parent\x18\x01 \x01(\tBl\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CraftSession\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12Q\n" +
+	"\rcraft_session\x18\x02 \x01(\v2!.handoff.families.v1.CraftSessionB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\fcraftSession\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xf6\x01\n" +
+	"\x18ListCraftSessionsRequest\x12\x84\x01\n" +
+	"\x06parent\x18\x01 \x01(\tBl\xe0A\x02\xfaA\x1d\x12\x1bhandoff.health/CraftSession\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x8d\x01\n" +
+	"\x19ListCraftSessionsResponse\x12H\n" +
+	"\x0ecraft_sessions\x18\x01 \x03(\v2!.handoff.families.v1.CraftSessionR\rcraftSessions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xab\x01\n" +
+	"\x17GetCraftProgressRequest\x12\x8f\x01\n" +
+	"\x04name\x18\x01 \x01(\tB{\xe0A\x02\xfaA\x1e\n" +
+	"\x1chandoff.health/CraftProgress\xbaHTrR2P^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/craftProgress$R\x04name\"\x8b\x02\n" +
 	"\x15CreateBoundaryRequest\x12\x80\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBh\xe0A\x02\xfaA\x19\x12\x17handoff.health/Boundary\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12D\n" +
 	"\bboundary\x18\x02 \x01(\v2\x1d.handoff.families.v1.BoundaryB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\bboundary\x12)\n" +
@@ -5503,7 +6062,17 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x15BOUNDARY_STATE_AGREED\x10\x02\x12\x19\n" +
 	"\x15BOUNDARY_STATE_ACTIVE\x10\x03\x12\x1d\n" +
 	"\x19BOUNDARY_STATE_REINFORCED\x10\x04\x12\x1a\n" +
-	"\x16BOUNDARY_STATE_RETIRED\x10\x05*}\n" +
+	"\x16BOUNDARY_STATE_RETIRED\x10\x05*\x96\x02\n" +
+	"\n" +
+	"CraftTopic\x12\x1b\n" +
+	"\x17CRAFT_TOPIC_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15CRAFT_TOPIC_INDUCTION\x10\x01\x12#\n" +
+	"\x1fCRAFT_TOPIC_FUNCTIONAL_ANALYSIS\x10\x02\x12&\n" +
+	"\"CRAFT_TOPIC_POSITIVE_COMMUNICATION\x10\x03\x12!\n" +
+	"\x1dCRAFT_TOPIC_REWARDING_NON_USE\x10\x04\x12$\n" +
+	" CRAFT_TOPIC_NATURAL_CONSEQUENCES\x10\x05\x12\x19\n" +
+	"\x15CRAFT_TOPIC_SELF_CARE\x10\x06\x12\x1f\n" +
+	"\x1bCRAFT_TOPIC_TREATMENT_ENTRY\x10\a*}\n" +
 	"\fConsentState\x12\x1d\n" +
 	"\x19CONSENT_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CONSENT_STATE_ACTIVE\x10\x01\x12\x19\n" +
@@ -5523,7 +6092,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
 	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
-	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xc7.\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xec2\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -5543,7 +6112,10 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x12RetractWarningSign\x12..handoff.families.v1.RetractWarningSignRequest\x1a .handoff.families.v1.WarningSign\"O\xdaA\vname,reason\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/families/*/warningSigns/*}:retract\x12\xb0\x01\n" +
 	"\x10ListWarningSigns\x12,.handoff.families.v1.ListWarningSignsRequest\x1a-.handoff.families.v1.ListWarningSignsResponse\"?\xdaA\x06parent\x82\xd3\xe4\x93\x020\x12./v1/{parent=clinics/*/families/*}/warningSigns\x12\xc6\x01\n" +
 	"\x12CreateSafetyScreen\x12..handoff.families.v1.CreateSafetyScreenRequest\x1a!.handoff.families.v1.SafetyScreen\"]\xdaA\x14parent,safety_screen\x82\xd3\xe4\x93\x02@:\rsafety_screen\"//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xb4\x01\n" +
-	"\x11ListSafetyScreens\x12-.handoff.families.v1.ListSafetyScreensRequest\x1a..handoff.families.v1.ListSafetyScreensResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xad\x01\n" +
+	"\x11ListSafetyScreens\x12-.handoff.families.v1.ListSafetyScreensRequest\x1a..handoff.families.v1.ListSafetyScreensResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xc6\x01\n" +
+	"\x12CreateCraftSession\x12..handoff.families.v1.CreateCraftSessionRequest\x1a!.handoff.families.v1.CraftSession\"]\xdaA\x14parent,craft_session\x82\xd3\xe4\x93\x02@:\rcraft_session\"//v1/{parent=clinics/*/families/*}/craftSessions\x12\xb4\x01\n" +
+	"\x11ListCraftSessions\x12-.handoff.families.v1.ListCraftSessionsRequest\x1a..handoff.families.v1.ListCraftSessionsResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/craftSessions\x12\xa2\x01\n" +
+	"\x10GetCraftProgress\x12,.handoff.families.v1.GetCraftProgressRequest\x1a\".handoff.families.v1.CraftProgress\"<\xdaA\x04name\x82\xd3\xe4\x93\x02/\x12-/v1/{name=clinics/*/families/*/craftProgress}\x12\xad\x01\n" +
 	"\x0eCreateBoundary\x12*.handoff.families.v1.CreateBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"P\xdaA\x0fparent,boundary\x82\xd3\xe4\x93\x028:\bboundary\",/v1/{parent=clinics/*/families/*}/boundaries\x12\x92\x01\n" +
 	"\vGetBoundary\x12'.handoff.families.v1.GetBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\";\xdaA\x04name\x82\xd3\xe4\x93\x02.\x12,/v1/{name=clinics/*/families/*/boundaries/*}\x12\xa8\x01\n" +
 	"\x0eListBoundaries\x12*.handoff.families.v1.ListBoundariesRequest\x1a+.handoff.families.v1.ListBoundariesResponse\"=\xdaA\x06parent\x82\xd3\xe4\x93\x02.\x12,/v1/{parent=clinics/*/families/*}/boundaries\x12\xbb\x01\n" +
@@ -5576,8 +6148,8 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 	return file_handoff_families_v1_families_proto_rawDescData
 }
 
-var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 16)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                         // 1: handoff.families.v1.Substance
@@ -5591,219 +6163,241 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(SafetyScreenStatus)(0),                // 9: handoff.families.v1.SafetyScreenStatus
 	(BoundaryCategory)(0),                  // 10: handoff.families.v1.BoundaryCategory
 	(BoundaryState)(0),                     // 11: handoff.families.v1.BoundaryState
-	(ConsentState)(0),                      // 12: handoff.families.v1.ConsentState
-	(InformationKind)(0),                   // 13: handoff.families.v1.InformationKind
-	(Purpose)(0),                           // 14: handoff.families.v1.Purpose
-	(DisclosureChannel)(0),                 // 15: handoff.families.v1.DisclosureChannel
-	(*Family)(nil),                         // 16: handoff.families.v1.Family
-	(*LovedOne)(nil),                       // 17: handoff.families.v1.LovedOne
-	(*ContactChannel)(nil),                 // 18: handoff.families.v1.ContactChannel
-	(*Member)(nil),                         // 19: handoff.families.v1.Member
-	(*QuietHours)(nil),                     // 20: handoff.families.v1.QuietHours
-	(*Coverage)(nil),                       // 21: handoff.families.v1.Coverage
-	(*Barrier)(nil),                        // 22: handoff.families.v1.Barrier
-	(*WarningSign)(nil),                    // 23: handoff.families.v1.WarningSign
-	(*SafetyScreen)(nil),                   // 24: handoff.families.v1.SafetyScreen
-	(*Boundary)(nil),                       // 25: handoff.families.v1.Boundary
-	(*BoundaryEvent)(nil),                  // 26: handoff.families.v1.BoundaryEvent
-	(*CreateFamilyRequest)(nil),            // 27: handoff.families.v1.CreateFamilyRequest
-	(*GetFamilyRequest)(nil),               // 28: handoff.families.v1.GetFamilyRequest
-	(*ListFamiliesRequest)(nil),            // 29: handoff.families.v1.ListFamiliesRequest
-	(*ListFamiliesResponse)(nil),           // 30: handoff.families.v1.ListFamiliesResponse
-	(*UpdateFamilyRequest)(nil),            // 31: handoff.families.v1.UpdateFamilyRequest
-	(*DeleteFamilyRequest)(nil),            // 32: handoff.families.v1.DeleteFamilyRequest
-	(*RecordTreatmentEntryRequest)(nil),    // 33: handoff.families.v1.RecordTreatmentEntryRequest
-	(*CreateBarrierRequest)(nil),           // 34: handoff.families.v1.CreateBarrierRequest
-	(*GetBarrierRequest)(nil),              // 35: handoff.families.v1.GetBarrierRequest
-	(*ListBarriersRequest)(nil),            // 36: handoff.families.v1.ListBarriersRequest
-	(*ListBarriersResponse)(nil),           // 37: handoff.families.v1.ListBarriersResponse
-	(*UpdateBarrierRequest)(nil),           // 38: handoff.families.v1.UpdateBarrierRequest
-	(*DeleteBarrierRequest)(nil),           // 39: handoff.families.v1.DeleteBarrierRequest
-	(*ResolveBarrierRequest)(nil),          // 40: handoff.families.v1.ResolveBarrierRequest
-	(*CreateWarningSignRequest)(nil),       // 41: handoff.families.v1.CreateWarningSignRequest
-	(*GetWarningSignRequest)(nil),          // 42: handoff.families.v1.GetWarningSignRequest
-	(*RetractWarningSignRequest)(nil),      // 43: handoff.families.v1.RetractWarningSignRequest
-	(*ListWarningSignsRequest)(nil),        // 44: handoff.families.v1.ListWarningSignsRequest
-	(*ListWarningSignsResponse)(nil),       // 45: handoff.families.v1.ListWarningSignsResponse
-	(*CreateSafetyScreenRequest)(nil),      // 46: handoff.families.v1.CreateSafetyScreenRequest
-	(*ListSafetyScreensRequest)(nil),       // 47: handoff.families.v1.ListSafetyScreensRequest
-	(*ListSafetyScreensResponse)(nil),      // 48: handoff.families.v1.ListSafetyScreensResponse
-	(*CreateBoundaryRequest)(nil),          // 49: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),             // 50: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),          // 51: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),         // 52: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),          // 53: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),      // 54: handoff.families.v1.TransitionBoundaryRequest
-	(*Consent)(nil),                        // 55: handoff.families.v1.Consent
-	(*Revocation)(nil),                     // 56: handoff.families.v1.Revocation
-	(*Disclosure)(nil),                     // 57: handoff.families.v1.Disclosure
-	(*CreateConsentRequest)(nil),           // 58: handoff.families.v1.CreateConsentRequest
-	(*GetConsentRequest)(nil),              // 59: handoff.families.v1.GetConsentRequest
-	(*ListConsentsRequest)(nil),            // 60: handoff.families.v1.ListConsentsRequest
-	(*ListConsentsResponse)(nil),           // 61: handoff.families.v1.ListConsentsResponse
-	(*RevokeConsentRequest)(nil),           // 62: handoff.families.v1.RevokeConsentRequest
-	(*CreateDisclosureRequest)(nil),        // 63: handoff.families.v1.CreateDisclosureRequest
-	(*ListDisclosuresRequest)(nil),         // 64: handoff.families.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil),        // 65: handoff.families.v1.ListDisclosuresResponse
-	(*ListCoveredFamiliesRequest)(nil),     // 66: handoff.families.v1.ListCoveredFamiliesRequest
-	(*ListCoveredFamiliesResponse)(nil),    // 67: handoff.families.v1.ListCoveredFamiliesResponse
-	(*BatchCreateDisclosuresRequest)(nil),  // 68: handoff.families.v1.BatchCreateDisclosuresRequest
-	(*BatchCreateDisclosuresResponse)(nil), // 69: handoff.families.v1.BatchCreateDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),          // 70: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 71: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),      // 72: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                  // 73: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),     // 74: handoff.audit.v1.ListAuditEventsResponse
+	(CraftTopic)(0),                        // 12: handoff.families.v1.CraftTopic
+	(ConsentState)(0),                      // 13: handoff.families.v1.ConsentState
+	(InformationKind)(0),                   // 14: handoff.families.v1.InformationKind
+	(Purpose)(0),                           // 15: handoff.families.v1.Purpose
+	(DisclosureChannel)(0),                 // 16: handoff.families.v1.DisclosureChannel
+	(*Family)(nil),                         // 17: handoff.families.v1.Family
+	(*LovedOne)(nil),                       // 18: handoff.families.v1.LovedOne
+	(*ContactChannel)(nil),                 // 19: handoff.families.v1.ContactChannel
+	(*Member)(nil),                         // 20: handoff.families.v1.Member
+	(*QuietHours)(nil),                     // 21: handoff.families.v1.QuietHours
+	(*Coverage)(nil),                       // 22: handoff.families.v1.Coverage
+	(*Barrier)(nil),                        // 23: handoff.families.v1.Barrier
+	(*WarningSign)(nil),                    // 24: handoff.families.v1.WarningSign
+	(*SafetyScreen)(nil),                   // 25: handoff.families.v1.SafetyScreen
+	(*Boundary)(nil),                       // 26: handoff.families.v1.Boundary
+	(*BoundaryEvent)(nil),                  // 27: handoff.families.v1.BoundaryEvent
+	(*CreateFamilyRequest)(nil),            // 28: handoff.families.v1.CreateFamilyRequest
+	(*GetFamilyRequest)(nil),               // 29: handoff.families.v1.GetFamilyRequest
+	(*ListFamiliesRequest)(nil),            // 30: handoff.families.v1.ListFamiliesRequest
+	(*ListFamiliesResponse)(nil),           // 31: handoff.families.v1.ListFamiliesResponse
+	(*UpdateFamilyRequest)(nil),            // 32: handoff.families.v1.UpdateFamilyRequest
+	(*DeleteFamilyRequest)(nil),            // 33: handoff.families.v1.DeleteFamilyRequest
+	(*RecordTreatmentEntryRequest)(nil),    // 34: handoff.families.v1.RecordTreatmentEntryRequest
+	(*CreateBarrierRequest)(nil),           // 35: handoff.families.v1.CreateBarrierRequest
+	(*GetBarrierRequest)(nil),              // 36: handoff.families.v1.GetBarrierRequest
+	(*ListBarriersRequest)(nil),            // 37: handoff.families.v1.ListBarriersRequest
+	(*ListBarriersResponse)(nil),           // 38: handoff.families.v1.ListBarriersResponse
+	(*UpdateBarrierRequest)(nil),           // 39: handoff.families.v1.UpdateBarrierRequest
+	(*DeleteBarrierRequest)(nil),           // 40: handoff.families.v1.DeleteBarrierRequest
+	(*ResolveBarrierRequest)(nil),          // 41: handoff.families.v1.ResolveBarrierRequest
+	(*CreateWarningSignRequest)(nil),       // 42: handoff.families.v1.CreateWarningSignRequest
+	(*GetWarningSignRequest)(nil),          // 43: handoff.families.v1.GetWarningSignRequest
+	(*RetractWarningSignRequest)(nil),      // 44: handoff.families.v1.RetractWarningSignRequest
+	(*ListWarningSignsRequest)(nil),        // 45: handoff.families.v1.ListWarningSignsRequest
+	(*ListWarningSignsResponse)(nil),       // 46: handoff.families.v1.ListWarningSignsResponse
+	(*CreateSafetyScreenRequest)(nil),      // 47: handoff.families.v1.CreateSafetyScreenRequest
+	(*ListSafetyScreensRequest)(nil),       // 48: handoff.families.v1.ListSafetyScreensRequest
+	(*ListSafetyScreensResponse)(nil),      // 49: handoff.families.v1.ListSafetyScreensResponse
+	(*CraftSession)(nil),                   // 50: handoff.families.v1.CraftSession
+	(*CraftProgress)(nil),                  // 51: handoff.families.v1.CraftProgress
+	(*CreateCraftSessionRequest)(nil),      // 52: handoff.families.v1.CreateCraftSessionRequest
+	(*ListCraftSessionsRequest)(nil),       // 53: handoff.families.v1.ListCraftSessionsRequest
+	(*ListCraftSessionsResponse)(nil),      // 54: handoff.families.v1.ListCraftSessionsResponse
+	(*GetCraftProgressRequest)(nil),        // 55: handoff.families.v1.GetCraftProgressRequest
+	(*CreateBoundaryRequest)(nil),          // 56: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),             // 57: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),          // 58: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),         // 59: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),          // 60: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),      // 61: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                        // 62: handoff.families.v1.Consent
+	(*Revocation)(nil),                     // 63: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                     // 64: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),           // 65: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),              // 66: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),            // 67: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),           // 68: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),           // 69: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),        // 70: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),         // 71: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),        // 72: handoff.families.v1.ListDisclosuresResponse
+	(*ListCoveredFamiliesRequest)(nil),     // 73: handoff.families.v1.ListCoveredFamiliesRequest
+	(*ListCoveredFamiliesResponse)(nil),    // 74: handoff.families.v1.ListCoveredFamiliesResponse
+	(*BatchCreateDisclosuresRequest)(nil),  // 75: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 76: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 77: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 78: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 79: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 80: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 81: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
-	17,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
-	19,  // 1: handoff.families.v1.Family.members:type_name -> handoff.families.v1.Member
-	21,  // 2: handoff.families.v1.Family.coverage:type_name -> handoff.families.v1.Coverage
+	18,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
+	20,  // 1: handoff.families.v1.Family.members:type_name -> handoff.families.v1.Member
+	22,  // 2: handoff.families.v1.Family.coverage:type_name -> handoff.families.v1.Coverage
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
-	24,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	70,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	70,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	25,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
+	77,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	77,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
-	18,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
+	19,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
 	3,   // 12: handoff.families.v1.Member.relationship:type_name -> handoff.families.v1.Relationship
 	4,   // 13: handoff.families.v1.Member.role:type_name -> handoff.families.v1.MemberRole
-	18,  // 14: handoff.families.v1.Member.contact_channels:type_name -> handoff.families.v1.ContactChannel
+	19,  // 14: handoff.families.v1.Member.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 15: handoff.families.v1.Member.preferred_channel:type_name -> handoff.families.v1.ChannelKind
-	20,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
+	21,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	70,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	70,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	77,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	77,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	70,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	70,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
+	77,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	77,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
 	8,   // 26: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	70,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	70,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	77,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
 	10,  // 29: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
 	11,  // 30: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
-	26,  // 31: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	70,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	27,  // 31: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
+	77,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
 	11,  // 34: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
 	11,  // 35: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	70,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
-	16,  // 37: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	16,  // 38: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
-	16,  // 39: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	71,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
-	22,  // 41: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	22,  // 42: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
-	22,  // 43: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	71,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
-	23,  // 45: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
-	23,  // 46: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
-	24,  // 47: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	24,  // 48: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
-	25,  // 49: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	25,  // 50: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
-	25,  // 51: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	71,  // 52: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
-	13,  // 53: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
-	14,  // 54: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	70,  // 55: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	70,  // 56: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
-	12,  // 57: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
-	56,  // 58: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	70,  // 59: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	70,  // 60: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	70,  // 61: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
-	13,  // 62: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
-	14,  // 63: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
-	15,  // 64: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	70,  // 65: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
-	55,  // 66: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
-	55,  // 67: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
-	57,  // 68: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
-	57,  // 69: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	13,  // 70: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
-	63,  // 71: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
-	57,  // 72: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	27,  // 73: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	28,  // 74: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	29,  // 75: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	31,  // 76: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	33,  // 77: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
-	32,  // 78: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	34,  // 79: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	35,  // 80: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	36,  // 81: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	38,  // 82: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	39,  // 83: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	40,  // 84: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	41,  // 85: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	42,  // 86: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	43,  // 87: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
-	44,  // 88: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	46,  // 89: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	47,  // 90: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	49,  // 91: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	50,  // 92: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	51,  // 93: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	53,  // 94: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	54,  // 95: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	54,  // 96: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	54,  // 97: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	54,  // 98: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	58,  // 99: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	59,  // 100: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	60,  // 101: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	62,  // 102: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	63,  // 103: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	66,  // 104: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
-	68,  // 105: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
-	64,  // 106: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	72,  // 107: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	16,  // 108: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	16,  // 109: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	30,  // 110: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	16,  // 111: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	16,  // 112: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
-	73,  // 113: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	22,  // 114: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	22,  // 115: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	37,  // 116: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	22,  // 117: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	73,  // 118: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	22,  // 119: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 120: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	23,  // 121: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	23,  // 122: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
-	45,  // 123: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	24,  // 124: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	48,  // 125: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	25,  // 126: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 127: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	52,  // 128: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	25,  // 129: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 130: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 131: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 132: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	25,  // 133: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	55,  // 134: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	55,  // 135: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	61,  // 136: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	55,  // 137: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	57,  // 138: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	67,  // 139: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
-	69,  // 140: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
-	65,  // 141: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	74,  // 142: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	108, // [108:143] is the sub-list for method output_type
-	73,  // [73:108] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	77,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	17,  // 37: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	17,  // 38: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
+	17,  // 39: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
+	78,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	23,  // 41: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	23,  // 42: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
+	23,  // 43: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
+	78,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	24,  // 45: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
+	24,  // 46: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
+	25,  // 47: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
+	25,  // 48: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
+	12,  // 49: handoff.families.v1.CraftSession.topics:type_name -> handoff.families.v1.CraftTopic
+	77,  // 50: handoff.families.v1.CraftSession.session_time:type_name -> google.protobuf.Timestamp
+	77,  // 51: handoff.families.v1.CraftSession.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 52: handoff.families.v1.CraftProgress.first_session_time:type_name -> google.protobuf.Timestamp
+	77,  // 53: handoff.families.v1.CraftProgress.last_session_time:type_name -> google.protobuf.Timestamp
+	12,  // 54: handoff.families.v1.CraftProgress.covered_topics:type_name -> handoff.families.v1.CraftTopic
+	12,  // 55: handoff.families.v1.CraftProgress.next_topic:type_name -> handoff.families.v1.CraftTopic
+	50,  // 56: handoff.families.v1.CreateCraftSessionRequest.craft_session:type_name -> handoff.families.v1.CraftSession
+	50,  // 57: handoff.families.v1.ListCraftSessionsResponse.craft_sessions:type_name -> handoff.families.v1.CraftSession
+	26,  // 58: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	26,  // 59: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
+	26,  // 60: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	78,  // 61: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	14,  // 62: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
+	15,  // 63: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
+	77,  // 64: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	77,  // 65: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	13,  // 66: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
+	63,  // 67: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
+	77,  // 68: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 69: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	77,  // 70: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	14,  // 71: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
+	15,  // 72: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
+	16,  // 73: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
+	77,  // 74: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	62,  // 75: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
+	62,  // 76: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
+	64,  // 77: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
+	64,  // 78: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	14,  // 79: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
+	70,  // 80: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	64,  // 81: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	28,  // 82: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	29,  // 83: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	30,  // 84: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	32,  // 85: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	34,  // 86: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
+	33,  // 87: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	35,  // 88: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	36,  // 89: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	37,  // 90: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	39,  // 91: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	40,  // 92: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	41,  // 93: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	42,  // 94: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	43,  // 95: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	44,  // 96: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
+	45,  // 97: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	47,  // 98: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	48,  // 99: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	52,  // 100: handoff.families.v1.FamiliesService.CreateCraftSession:input_type -> handoff.families.v1.CreateCraftSessionRequest
+	53,  // 101: handoff.families.v1.FamiliesService.ListCraftSessions:input_type -> handoff.families.v1.ListCraftSessionsRequest
+	55,  // 102: handoff.families.v1.FamiliesService.GetCraftProgress:input_type -> handoff.families.v1.GetCraftProgressRequest
+	56,  // 103: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	57,  // 104: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	58,  // 105: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	60,  // 106: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	61,  // 107: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	61,  // 108: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	61,  // 109: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	61,  // 110: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	65,  // 111: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	66,  // 112: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	67,  // 113: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	69,  // 114: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	70,  // 115: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	73,  // 116: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	75,  // 117: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	71,  // 118: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	79,  // 119: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	17,  // 120: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	17,  // 121: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	31,  // 122: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	17,  // 123: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	17,  // 124: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
+	80,  // 125: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	23,  // 126: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 127: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	38,  // 128: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	23,  // 129: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	80,  // 130: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	23,  // 131: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	24,  // 132: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 133: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 134: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
+	46,  // 135: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	25,  // 136: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	49,  // 137: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	50,  // 138: handoff.families.v1.FamiliesService.CreateCraftSession:output_type -> handoff.families.v1.CraftSession
+	54,  // 139: handoff.families.v1.FamiliesService.ListCraftSessions:output_type -> handoff.families.v1.ListCraftSessionsResponse
+	51,  // 140: handoff.families.v1.FamiliesService.GetCraftProgress:output_type -> handoff.families.v1.CraftProgress
+	26,  // 141: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 142: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	59,  // 143: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	26,  // 144: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 145: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 146: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 147: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 148: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	62,  // 149: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	62,  // 150: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	68,  // 151: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	62,  // 152: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	64,  // 153: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	74,  // 154: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	76,  // 155: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	72,  // 156: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	81,  // 157: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	120, // [120:158] is the sub-list for method output_type
+	82,  // [82:120] is the sub-list for method input_type
+	82,  // [82:82] is the sub-list for extension type_name
+	82,  // [82:82] is the sub-list for extension extendee
+	0,   // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -5816,8 +6410,8 @@ func file_handoff_families_v1_families_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
-			NumEnums:      16,
-			NumMessages:   54,
+			NumEnums:      17,
+			NumMessages:   60,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -47,6 +47,9 @@ const (
 	FamiliesService_ListWarningSigns_FullMethodName       = "/handoff.families.v1.FamiliesService/ListWarningSigns"
 	FamiliesService_CreateSafetyScreen_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateSafetyScreen"
 	FamiliesService_ListSafetyScreens_FullMethodName      = "/handoff.families.v1.FamiliesService/ListSafetyScreens"
+	FamiliesService_CreateCraftSession_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateCraftSession"
+	FamiliesService_ListCraftSessions_FullMethodName      = "/handoff.families.v1.FamiliesService/ListCraftSessions"
+	FamiliesService_GetCraftProgress_FullMethodName       = "/handoff.families.v1.FamiliesService/GetCraftProgress"
 	FamiliesService_CreateBoundary_FullMethodName         = "/handoff.families.v1.FamiliesService/CreateBoundary"
 	FamiliesService_GetBoundary_FullMethodName            = "/handoff.families.v1.FamiliesService/GetBoundary"
 	FamiliesService_ListBoundaries_FullMethodName         = "/handoff.families.v1.FamiliesService/ListBoundaries"
@@ -136,6 +139,20 @@ type FamiliesServiceClient interface {
 	CreateSafetyScreen(ctx context.Context, in *CreateSafetyScreenRequest, opts ...grpc.CallOption) (*SafetyScreen, error)
 	// Lists a family's safety screens, oldest first.
 	ListSafetyScreens(ctx context.Context, in *ListSafetyScreensRequest, opts ...grpc.CallOption) (*ListSafetyScreensResponse, error)
+	// Records a CRAFT session (Community Reinforcement and Family Training):
+	// the counselor coaching one or more concerned members of the family,
+	// not the loved one, on the model's topics. Append-only. Only INDUCTION
+	// may be taught before the family has a safety screen that counts (the
+	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
+	// which can provoke the loved one, waits for a current screen that is
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN). A CLOSED
+	// family takes no new sessions.
+	CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
+	// Lists a family's CRAFT sessions in the order they were held.
+	ListCraftSessions(ctx context.Context, in *ListCraftSessionsRequest, opts ...grpc.CallOption) (*ListCraftSessionsResponse, error)
+	// Returns how far the family's CRAFT training has come: sessions held,
+	// topics covered and the next topic in the model's order.
+	GetCraftProgress(ctx context.Context, in *GetCraftProgressRequest, opts ...grpc.CallOption) (*CraftProgress, error)
 	// Proposes a boundary. A new boundary starts in state PROPOSED.
 	CreateBoundary(ctx context.Context, in *CreateBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Returns one boundary with its history.
@@ -387,6 +404,36 @@ func (c *familiesServiceClient) ListSafetyScreens(ctx context.Context, in *ListS
 	return out, nil
 }
 
+func (c *familiesServiceClient) CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CraftSession)
+	err := c.cc.Invoke(ctx, FamiliesService_CreateCraftSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) ListCraftSessions(ctx context.Context, in *ListCraftSessionsRequest, opts ...grpc.CallOption) (*ListCraftSessionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCraftSessionsResponse)
+	err := c.cc.Invoke(ctx, FamiliesService_ListCraftSessions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) GetCraftProgress(ctx context.Context, in *GetCraftProgressRequest, opts ...grpc.CallOption) (*CraftProgress, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CraftProgress)
+	err := c.cc.Invoke(ctx, FamiliesService_GetCraftProgress_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *familiesServiceClient) CreateBoundary(ctx context.Context, in *CreateBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Boundary)
@@ -627,6 +674,20 @@ type FamiliesServiceServer interface {
 	CreateSafetyScreen(context.Context, *CreateSafetyScreenRequest) (*SafetyScreen, error)
 	// Lists a family's safety screens, oldest first.
 	ListSafetyScreens(context.Context, *ListSafetyScreensRequest) (*ListSafetyScreensResponse, error)
+	// Records a CRAFT session (Community Reinforcement and Family Training):
+	// the counselor coaching one or more concerned members of the family,
+	// not the loved one, on the model's topics. Append-only. Only INDUCTION
+	// may be taught before the family has a safety screen that counts (the
+	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
+	// which can provoke the loved one, waits for a current screen that is
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN). A CLOSED
+	// family takes no new sessions.
+	CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error)
+	// Lists a family's CRAFT sessions in the order they were held.
+	ListCraftSessions(context.Context, *ListCraftSessionsRequest) (*ListCraftSessionsResponse, error)
+	// Returns how far the family's CRAFT training has come: sessions held,
+	// topics covered and the next topic in the model's order.
+	GetCraftProgress(context.Context, *GetCraftProgressRequest) (*CraftProgress, error)
 	// Proposes a boundary. A new boundary starts in state PROPOSED.
 	CreateBoundary(context.Context, *CreateBoundaryRequest) (*Boundary, error)
 	// Returns one boundary with its history.
@@ -751,6 +812,15 @@ func (UnimplementedFamiliesServiceServer) CreateSafetyScreen(context.Context, *C
 }
 func (UnimplementedFamiliesServiceServer) ListSafetyScreens(context.Context, *ListSafetyScreensRequest) (*ListSafetyScreensResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListSafetyScreens not implemented")
+}
+func (UnimplementedFamiliesServiceServer) CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateCraftSession not implemented")
+}
+func (UnimplementedFamiliesServiceServer) ListCraftSessions(context.Context, *ListCraftSessionsRequest) (*ListCraftSessionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListCraftSessions not implemented")
+}
+func (UnimplementedFamiliesServiceServer) GetCraftProgress(context.Context, *GetCraftProgressRequest) (*CraftProgress, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCraftProgress not implemented")
 }
 func (UnimplementedFamiliesServiceServer) CreateBoundary(context.Context, *CreateBoundaryRequest) (*Boundary, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateBoundary not implemented")
@@ -1148,6 +1218,60 @@ func _FamiliesService_ListSafetyScreens_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FamiliesService_CreateCraftSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCraftSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).CreateCraftSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_CreateCraftSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).CreateCraftSession(ctx, req.(*CreateCraftSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_ListCraftSessions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCraftSessionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).ListCraftSessions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_ListCraftSessions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).ListCraftSessions(ctx, req.(*ListCraftSessionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_GetCraftProgress_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCraftProgressRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).GetCraftProgress(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_GetCraftProgress_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).GetCraftProgress(ctx, req.(*GetCraftProgressRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FamiliesService_CreateBoundary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateBoundaryRequest)
 	if err := dec(in); err != nil {
@@ -1532,6 +1656,18 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListSafetyScreens",
 			Handler:    _FamiliesService_ListSafetyScreens_Handler,
+		},
+		{
+			MethodName: "CreateCraftSession",
+			Handler:    _FamiliesService_CreateCraftSession_Handler,
+		},
+		{
+			MethodName: "ListCraftSessions",
+			Handler:    _FamiliesService_ListCraftSessions_Handler,
+		},
+		{
+			MethodName: "GetCraftProgress",
+			Handler:    _FamiliesService_GetCraftProgress_Handler,
 		},
 		{
 			MethodName: "CreateBoundary",

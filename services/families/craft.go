@@ -1,0 +1,239 @@
+package families
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/idempotency"
+)
+
+// craftOrder is the order in which CRAFT teaches its topics; the enum's
+// numbers follow it.
+var craftOrder = []familiesv1.CraftTopic{
+	familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION,
+	familiesv1.CraftTopic_CRAFT_TOPIC_FUNCTIONAL_ANALYSIS,
+	familiesv1.CraftTopic_CRAFT_TOPIC_POSITIVE_COMMUNICATION,
+	familiesv1.CraftTopic_CRAFT_TOPIC_REWARDING_NON_USE,
+	familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES,
+	familiesv1.CraftTopic_CRAFT_TOPIC_SELF_CARE,
+	familiesv1.CraftTopic_CRAFT_TOPIC_TREATMENT_ENTRY,
+}
+
+// craftSafety says whether topics may be taught to a family whose safety
+// screen has status st. CRAFT screens for domestic violence right after
+// induction, so nothing past induction is taught without a screen that
+// counts; letting consequences fall on the loved one can provoke them, so
+// it also waits out a high risk, as boundary steps do.
+func craftSafety(topics []familiesv1.CraftTopic, st familiesv1.SafetyScreenStatus) (familiesv1.CraftTopic, bool) {
+	for _, t := range topics {
+		switch {
+		case t == familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION:
+		case st == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT:
+		case st == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK &&
+			t != familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES:
+		default:
+			return t, false
+		}
+	}
+	return 0, true
+}
+
+const craftSelect = `SELECT id, member_ids, topics, notes, counselor, session_time, create_time FROM craft_sessions`
+
+func scanCraft(fam string) pgx.RowToFunc[*familiesv1.CraftSession] {
+	return func(r pgx.CollectableRow) (*familiesv1.CraftSession, error) {
+		var (
+			id, notes, by  string
+			members        []string
+			topics         []int16
+			held, recorded time.Time
+		)
+		if err := r.Scan(&id, &members, &topics, &notes, &by, &held, &recorded); err != nil {
+			return nil, err
+		}
+		out := &familiesv1.CraftSession{
+			Name: aip.Name(fam, "craftSessions", id), MemberIds: members, Notes: notes, Counselor: by,
+			SessionTime: timestamppb.New(held), CreateTime: timestamppb.New(recorded),
+		}
+		for _, t := range topics {
+			out.Topics = append(out.Topics, familiesv1.CraftTopic(t))
+		}
+		return out, nil
+	}
+}
+
+// CreateCraftSession implements the API.
+func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateCraftSessionRequest) (*familiesv1.CraftSession, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	cs := req.GetCraftSession()
+	now := s.cfg.Now()
+	var vs apperr.Violations
+	if len(cs.GetMemberIds()) == 0 {
+		vs.Add("craft_session.member_ids", "is required: the members who took part")
+	}
+	if len(cs.GetTopics()) == 0 {
+		vs.Add("craft_session.topics", "is required: the topics the session covered")
+	}
+	at := now
+	if cs.GetSessionTime() != nil {
+		at = cs.GetSessionTime().AsTime()
+		tooEarly(&vs, "craft_session.session_time", at)
+		if at.After(now.Add(clockSkew)) {
+			vs.Add("craft_session.session_time", "must not be in the future")
+		}
+		if at.After(now) {
+			at = now
+		}
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateCraftSession", req.GetRequestId(), req,
+		func() *familiesv1.CraftSession { return &familiesv1.CraftSession{} },
+		func(tx pgx.Tx) (*familiesv1.CraftSession, error) {
+			// Shared: a screen recorded meanwhile waits, so the session is
+			// judged on the screen it was taught under.
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
+			if err != nil {
+				return nil, err
+			}
+			members := map[string]bool{}
+			for _, m := range fam.GetMembers() {
+				members[m.GetId()] = true
+			}
+			for i, id := range cs.GetMemberIds() {
+				if !members[id] {
+					vs.Add(fmt.Sprintf("craft_session.member_ids[%d]", i), "names no member of %s", fam.GetName())
+				}
+			}
+			if err := vs.Err(); err != nil {
+				return nil, err
+			}
+			st := fam.GetSafetyScreenStatus()
+			if t, ok := craftSafety(cs.GetTopics(), st); !ok {
+				return nil, apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
+					fmt.Sprintf("%s needs a current safety screen before %s is taught (status: %s)", fam.GetName(), t, st),
+					map[string]string{"family": fam.GetName(), "safety_screen_status": st.String(), "topic": t.String()})
+			}
+			topics := make([]int16, len(cs.GetTopics()))
+			for i, t := range cs.GetTopics() {
+				topics[i] = int16(t)
+			}
+			c.id = aip.NewID()
+			if _, err := tx.Exec(ctx, `INSERT INTO craft_sessions (clinic, family_id, id, member_ids, topics, notes, counselor, session_time, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, c.clinic, c.family, c.id, cs.GetMemberIds(), topics,
+				cs.GetNotes(), auth.Actor(ctx), at, now); err != nil {
+				return nil, fmt.Errorf("insert craft session: %w", err)
+			}
+			rows, err := tx.Query(ctx, craftSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
+			if err != nil {
+				return nil, fmt.Errorf("read craft session: %w", err)
+			}
+			out, err := pgx.CollectExactlyOneRow(rows, scanCraft(c.familyName()))
+			if err != nil {
+				return nil, fmt.Errorf("read craft session: %w", err)
+			}
+			return out, emit(ctx, tx, c.clinic, "craft_session.created", out.GetName(), out)
+		})
+}
+
+// ListCraftSessions implements the API.
+func (s *Server) ListCraftSessions(ctx context.Context, req *familiesv1.ListCraftSessionsRequest) (*familiesv1.ListCraftSessionsResponse, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	_, after, q, err := aip.ListArgs("craft sessions", req.GetParent(), "", req.GetPageToken(), nil)
+	if err != nil {
+		return nil, err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	rows, err := s.pool.Query(ctx, craftSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 ORDER BY id LIMIT $4`,
+		c.clinic, c.family, after, size+1)
+	if err != nil {
+		return nil, fmt.Errorf("list craft sessions: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, scanCraft(c.familyName()))
+	if err != nil {
+		return nil, fmt.Errorf("list craft sessions: %w", err)
+	}
+	items, next := aip.Page(items, size, q, func(x *familiesv1.CraftSession) string { return aip.ID(x.GetName()) })
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, err
+	}
+	return &familiesv1.ListCraftSessionsResponse{CraftSessions: items, NextPageToken: next}, nil
+}
+
+// GetCraftProgress implements the API. It is computed in one statement
+// over the family's sessions, so it always agrees with them.
+func (s *Server) GetCraftProgress(ctx context.Context, req *familiesv1.GetCraftProgressRequest) (*familiesv1.CraftProgress, error) {
+	fam, ok := strings.CutSuffix(req.GetName(), "/craftProgress")
+	if _, _, err := parseFamily(fam); !ok || err != nil {
+		return nil, apperr.Field("name", "want clinics/{clinic}/families/{family}/craftProgress")
+	}
+	c, err := parentFamily(ctx, fam)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		n             int32
+		first, last   *time.Time
+		topics        []int16
+		members       []string
+		familyPresent bool
+	)
+	err = s.pool.QueryRow(ctx, `SELECT
+			EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2),
+			count(*)::int, min(session_time), max(session_time),
+			COALESCE((SELECT array_agg(DISTINCT t ORDER BY t) FROM craft_sessions cs, unnest(cs.topics) t
+				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}'),
+			COALESCE((SELECT array_agg(DISTINCT m ORDER BY m) FROM craft_sessions cs, unnest(cs.member_ids) m
+				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}')
+		FROM craft_sessions WHERE clinic = $1 AND family_id = $2`, c.clinic, c.family).
+		Scan(&familyPresent, &n, &first, &last, &topics, &members)
+	if err != nil {
+		return nil, fmt.Errorf("read craft progress: %w", err)
+	}
+	if !familyPresent {
+		return nil, apperr.NotFound(c.familyName())
+	}
+	out := &familiesv1.CraftProgress{Name: c.familyName() + "/craftProgress", SessionCount: n, MemberIds: members}
+	if first != nil {
+		out.FirstSessionTime, out.LastSessionTime = timestamppb.New(*first), timestamppb.New(*last)
+	}
+	covered := map[familiesv1.CraftTopic]bool{}
+	for _, t := range topics {
+		covered[familiesv1.CraftTopic(t)] = true
+	}
+	for _, t := range craftOrder {
+		if covered[t] {
+			out.CoveredTopics = append(out.CoveredTopics, t)
+		} else if out.NextTopic == familiesv1.CraftTopic_CRAFT_TOPIC_UNSPECIFIED {
+			out.NextTopic = t
+		}
+	}
+	// A topic this version does not know (from a newer replica) is still
+	// shown as covered, after the known ones.
+	for _, t := range topics {
+		if ct := familiesv1.CraftTopic(t); !slices.Contains(craftOrder, ct) {
+			out.CoveredTopics = append(out.CoveredTopics, ct)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,162 @@
+package families_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
+	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+)
+
+// session records a CRAFT session with the family's mother on topics.
+func (f *fixture) session(ctx context.Context, fam *familiesv1.Family, requestID string, topics ...familiesv1.CraftTopic) (*familiesv1.CraftSession, error) {
+	return f.client.CreateCraftSession(ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), RequestId: requestID,
+		CraftSession: &familiesv1.CraftSession{MemberIds: []string{"mom"}, Topics: topics, Notes: "she pays his phone bill"}})
+}
+
+func (f *fixture) screen(t *testing.T, fam *familiesv1.Family, risk familiesv1.SafetyRisk) {
+	t.Helper()
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: risk}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CRAFT teaches induction first and screens for domestic violence second:
+// nothing past induction is taught before a screen counts, and letting
+// consequences fall on the loved one waits out a high risk. Progress
+// follows the sessions in the model's order.
+func TestCraftSessionsFollowTheScreenAndShowProgress(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	const (
+		induction = familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION
+		analysis  = familiesv1.CraftTopic_CRAFT_TOPIC_FUNCTIONAL_ANALYSIS
+		talk      = familiesv1.CraftTopic_CRAFT_TOPIC_POSITIVE_COMMUNICATION
+		reward    = familiesv1.CraftTopic_CRAFT_TOPIC_REWARDING_NON_USE
+		conseq    = familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES
+		selfCare  = familiesv1.CraftTopic_CRAFT_TOPIC_SELF_CARE
+	)
+	progress := func() *familiesv1.CraftProgress {
+		t.Helper()
+		p, err := f.client.GetCraftProgress(f.ctx, &familiesv1.GetCraftProgressRequest{Name: fam.GetName() + "/craftProgress"})
+		if err != nil {
+			t.Fatalf("GetCraftProgress: %v", err)
+		}
+		return p
+	}
+	if p := progress(); p.GetSessionCount() != 0 || p.GetNextTopic() != induction || p.GetFirstSessionTime() != nil || len(p.GetCoveredTopics()) != 0 {
+		t.Fatalf("progress before any session = %v", p)
+	}
+
+	first, err := f.session(f.ctx, fam, "s1", induction)
+	if err != nil {
+		t.Fatalf("induction without a screen: %v", err)
+	}
+	if first.GetCounselor() != "counselor-1" {
+		t.Fatalf("session counselor = %q", first.GetCounselor())
+	}
+	again, err := f.session(f.ctx, fam, "s1", induction)
+	if err != nil || again.GetName() != first.GetName() {
+		t.Fatalf("retried session = %v, %v; want %s", again.GetName(), err, first.GetName())
+	}
+
+	_, err = f.session(f.ctx, fam, "s2", induction, analysis)
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetReason() != apperr.ReasonSafetyScreen || info.GetMetadata()["topic"] != analysis.String() {
+		t.Fatalf("functional analysis without a screen: %v", info)
+	}
+
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	if _, err := f.session(f.ctx, fam, "s3", analysis, talk); err != nil {
+		t.Fatalf("coaching under a high risk: %v", err)
+	}
+	_, err = f.session(f.ctx, fam, "s4", selfCare, conseq)
+	st = wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetMetadata()["topic"] != conseq.String() || info.GetMetadata()["safety_screen_status"] != "SAFETY_SCREEN_STATUS_HIGH_RISK" {
+		t.Fatalf("natural consequences under a high risk: %v", info)
+	}
+
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	held := time.Now().Add(-48 * time.Hour).Truncate(time.Microsecond)
+	luis := &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+		MemberIds: []string{"mom", fam.GetMembers()[1].GetId()}, Topics: []familiesv1.CraftTopic{conseq, reward},
+		SessionTime: timestamppb.New(held)}}
+	backdated, err := f.client.CreateCraftSession(f.ctx, luis)
+	if err != nil {
+		t.Fatalf("natural consequences under a current screen: %v", err)
+	}
+	if !backdated.GetSessionTime().AsTime().Equal(held) {
+		t.Fatalf("session time = %v, want %v", backdated.GetSessionTime().AsTime(), held)
+	}
+
+	p := progress()
+	if p.GetSessionCount() != 3 || p.GetNextTopic() != selfCare ||
+		!slices.Equal(p.GetCoveredTopics(), []familiesv1.CraftTopic{induction, analysis, talk, reward, conseq}) {
+		t.Fatalf("progress = %v; want 3 sessions, five topics in order, self-care next", p)
+	}
+	if !p.GetFirstSessionTime().AsTime().Equal(held) || !p.GetLastSessionTime().AsTime().After(held) {
+		t.Fatalf("progress spans %v to %v; want from the backdated session %v", p.GetFirstSessionTime().AsTime(), p.GetLastSessionTime().AsTime(), held)
+	}
+	want := []string{fam.GetMembers()[1].GetId(), "mom"}
+	slices.Sort(want)
+	if !slices.Equal(p.GetMemberIds(), want) {
+		t.Fatalf("progress members = %v, want %v", p.GetMemberIds(), want)
+	}
+
+	// Oldest recorded first, a page at a time.
+	var names []string
+	for tok := ""; ; {
+		page, err := f.client.ListCraftSessions(f.ctx, &familiesv1.ListCraftSessionsRequest{Parent: fam.GetName(), PageSize: 2, PageToken: tok})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range page.GetCraftSessions() {
+			names = append(names, s.GetName())
+		}
+		if tok = page.GetNextPageToken(); tok == "" {
+			break
+		}
+	}
+	if len(names) != 3 || names[0] != first.GetName() || names[2] != backdated.GetName() {
+		t.Fatalf("sessions listed = %v", names)
+	}
+
+	// The outbox names the session; its notes stay in the service.
+	var events, copies int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*), count(*) FILTER (WHERE position('phone bill'::bytea IN payload) > 0)
+		FROM outbox WHERE event_type = 'handoff.families.v1.craft_session.created' AND resource LIKE $1 || '/%'`,
+		fam.GetName()).Scan(&events, &copies); err != nil || events != 3 || copies != 0 {
+		t.Fatalf("craft events = %d (%d with notes), %v; want 3 without notes", events, copies, err)
+	}
+}
+
+// The sessions and progress are the clinic's staff's: the EHR and the
+// worker read neither; another clinic's counselor finds nothing.
+func TestCraftSessionsAreStaffOnly(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	if _, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION); err != nil {
+		t.Fatal(err)
+	}
+	for _, ctx := range []context.Context{f.env.As("north", "ehr-1", auth.RoleEHR), f.env.As("north", "worker-1", auth.RoleWorker)} {
+		_, err := f.client.ListCraftSessions(ctx, &familiesv1.ListCraftSessionsRequest{Parent: fam.GetName()})
+		wantCode(t, err, codes.PermissionDenied)
+		_, err = f.client.GetCraftProgress(ctx, &familiesv1.GetCraftProgressRequest{Name: fam.GetName() + "/craftProgress"})
+		wantCode(t, err, codes.PermissionDenied)
+	}
+	_, err := f.client.GetCraftProgress(f.env.Counselor("south"), &familiesv1.GetCraftProgressRequest{Name: fam.GetName() + "/craftProgress"})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.GetCraftProgress(f.ctx, &familiesv1.GetCraftProgressRequest{Name: "clinics/north/families/nope/craftProgress"})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.ListCraftSessions(f.ctx, &familiesv1.ListCraftSessionsRequest{Parent: "clinics/north/families/nope"})
+	wantCode(t, err, codes.NotFound)
+}
