@@ -145,10 +145,9 @@ type FamiliesServiceClient interface {
 	// may be taught before the family has a safety screen that counts (the
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
-	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN). A CLOSED
-	// family takes no new sessions.
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
 	CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
-	// Lists a family's CRAFT sessions in the order they were held.
+	// Lists a family's CRAFT sessions, oldest recorded first.
 	ListCraftSessions(ctx context.Context, in *ListCraftSessionsRequest, opts ...grpc.CallOption) (*ListCraftSessionsResponse, error)
 	// Returns how far the family's CRAFT training has come: sessions held,
 	// topics covered and the next topic in the model's order.
@@ -680,10 +679,9 @@ type FamiliesServiceServer interface {
 	// may be taught before the family has a safety screen that counts (the
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
-	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN). A CLOSED
-	// family takes no new sessions.
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
 	CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error)
-	// Lists a family's CRAFT sessions in the order they were held.
+	// Lists a family's CRAFT sessions, oldest recorded first.
 	ListCraftSessions(context.Context, *ListCraftSessionsRequest) (*ListCraftSessionsResponse, error)
 	// Returns how far the family's CRAFT training has come: sessions held,
 	// topics covered and the next topic in the model's order.
