@@ -197,7 +197,8 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		// the audit trail, the accounting of disclosures and the revocations
 		// of consent. Signed consents change (a revocation stamps them) but
 		// are never deleted. So are the histories the services only ever
-		// add to: a referral's moves, a boundary's, and the warning signs
+		// add to: a referral's moves and the services after its treatment
+		// entry, a boundary's moves, and the warning signs
 		// (and their retractions), safety screens and CRAFT sessions
 		// recorded for a family. Deleting a family still takes its rows
 		// with it: a foreign key's cascade runs as the table's owner.
@@ -207,6 +208,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			"consent_revocations":      "UPDATE, DELETE, TRUNCATE",
 			"consents":                 "DELETE, TRUNCATE",
 			"referral_events":          "UPDATE, DELETE, TRUNCATE",
+			"referral_services":        "UPDATE, DELETE, TRUNCATE",
 			"boundary_events":          "UPDATE, DELETE, TRUNCATE",
 			"warning_signs":            "UPDATE, DELETE, TRUNCATE",
 			"warning_sign_retractions": "UPDATE, DELETE, TRUNCATE",

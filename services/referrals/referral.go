@@ -29,7 +29,8 @@ import (
 // referral's columns unqualified.
 const referralSelect = `SELECT id, family, subject_kind, member_id, service_kind, program_id, urgency, reason, hold,
 	intervention, appointment, state, rejection_reason, rejection_details, first_contact_time, treatment_entry_time,
-	no_show_count, create_time, update_time, version, h_from, h_to, h_actor, h_reason, h_time
+	no_show_count, create_time, update_time, version, follow_up_services, engagement_time,
+	h_from, h_to, h_actor, h_reason, h_time
 	FROM referrals LEFT JOIN LATERAL (
 		SELECT array_agg(e.from_state ORDER BY e.seq) AS h_from, array_agg(e.to_state ORDER BY e.seq) AS h_to,
 			array_agg(e.actor ORDER BY e.seq) AS h_actor, array_agg(e.reason ORDER BY e.seq) AS h_reason,
@@ -56,8 +57,8 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 			id, family, member, program, reason, hold, intervention, rejDetails string
 			subject, kind, urgency, state, rejReason                            int16
 			appt                                                                []byte
-			firstContact, entered                                               *time.Time
-			noShows                                                             int32
+			firstContact, entered, engaged                                      *time.Time
+			noShows, followUps                                                  int32
 			created, updated                                                    time.Time
 			version                                                             int64
 			hFrom, hTo                                                          []int16
@@ -66,7 +67,7 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 		)
 		if err := r.Scan(&id, &family, &subject, &member, &kind, &program, &urgency, &reason, &hold, &intervention,
 			&appt, &state, &rejReason, &rejDetails, &firstContact, &entered, &noShows, &created, &updated, &version,
-			&hFrom, &hTo, &hActor, &hReason, &hTime); err != nil {
+			&followUps, &engaged, &hFrom, &hTo, &hActor, &hReason, &hTime); err != nil {
 			return nil, err
 		}
 		ref := &referralsv1.Referral{
@@ -74,7 +75,7 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 			Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind(subject), MemberId: member},
 			ServiceKind: referralsv1.ServiceKind(kind), Program: programName(clinic, program),
 			Urgency: referralsv1.Urgency(urgency), Reason: reason, Hold: hold, Intervention: intervention,
-			State: referralsv1.ReferralState(state), NoShowCount: noShows,
+			State: referralsv1.ReferralState(state), NoShowCount: noShows, FollowUpServiceCount: followUps,
 			CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
 		}
 		if appt != nil {
@@ -98,6 +99,9 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 				start = *firstContact
 			}
 			ref.DaysToTreatmentEntry = int32(entered.Sub(start) / (24 * time.Hour))
+		}
+		if engaged != nil {
+			ref.EngagementTime = timestamppb.New(*engaged)
 		}
 		st := taskStatus[ref.State]
 		ref.FhirTaskStatus, ref.BusinessStatus = st[0], st[1]

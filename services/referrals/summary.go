@@ -28,16 +28,18 @@ var summaryFilter = func() map[string]aip.FilterField {
 // summarySQL counts in one statement. The wait runs from first contact, or
 // from the referral without one, to treatment entry, as
 // days_to_treatment_entry does; percentile_cont leaves out those that did
-// not enter. A referral entered in error was never made: it counts
-// nowhere.
+// not enter. Engagement (HEDIS IET) counts only after an initiation
+// within 14 days, as the measure does. A referral entered in error was
+// never made: it counts nowhere.
 const summarySQL = `WITH r AS (
-	SELECT state, treatment_entry_time - COALESCE(first_contact_time, create_time) AS wait
+	SELECT state, treatment_entry_time - COALESCE(first_contact_time, create_time) AS wait, engagement_time
 	FROM referrals WHERE clinic = $1 AND state <> %d AND %s)
 SELECT (SELECT COALESCE(json_object_agg(state, n), '{}') FROM (SELECT state, count(*) AS n FROM r GROUP BY state) s),
 	count(*), count(wait),
 	count(*) FILTER (WHERE wait <= interval '72 hours'), count(*) FILTER (WHERE wait <= interval '14 days'),
 	percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM wait)),
-	percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM wait))
+	percentile_cont(0.9) WITHIN GROUP (ORDER BY extract(epoch FROM wait)),
+	count(*) FILTER (WHERE wait <= interval '14 days' AND engagement_time IS NOT NULL)
 FROM r`
 
 // SummarizeReferrals implements the API.
@@ -54,10 +56,11 @@ func (s *Server) SummarizeReferrals(ctx context.Context, req *referralsv1.Summar
 	var (
 		byState                           []byte
 		total, entered, within3, within14 int64
+		engaged                           int64
 		median, p90                       *float64
 	)
 	if err := s.pool.QueryRow(ctx, fmt.Sprintf(summarySQL, int16(voided), where), append([]any{clinic}, args...)...).Scan(
-		&byState, &total, &entered, &within3, &within14, &median, &p90); err != nil {
+		&byState, &total, &entered, &within3, &within14, &median, &p90, &engaged); err != nil {
 		return nil, fmt.Errorf("summarize referrals: %w", err)
 	}
 	counts := map[string]int64{}
@@ -66,7 +69,7 @@ func (s *Server) SummarizeReferrals(ctx context.Context, req *referralsv1.Summar
 	}
 	out := &referralsv1.ReferralSummary{Referrals: count(total), EnteredTreatment: count(entered),
 		EnteredWithinThreeDays: count(within3), EnteredWithinTwoWeeks: count(within14),
-		MedianTimeToTreatmentEntry: seconds(median), P90TimeToTreatmentEntry: seconds(p90)}
+		MedianTimeToTreatmentEntry: seconds(median), P90TimeToTreatmentEntry: seconds(p90), EngagedInTreatment: count(engaged)}
 	for k, n := range counts {
 		st, err := strconv.Atoi(k)
 		if err != nil {

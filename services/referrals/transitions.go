@@ -71,8 +71,20 @@ type step struct {
 	// ready refuses a legal step the referral is not ready for yet.
 	ready func(cur *referralsv1.Referral, now time.Time) error
 	// apply sets the columns the transition changes besides the state.
+	// It returns errUnchanged when the request changes nothing (a report
+	// already recorded): the referral is answered as it stands.
 	apply func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error
+	// from, when set, lists the states the step is taken from instead of
+	// legal[to]; stay keeps the state (to is then the one it must be in)
+	// and adds nothing to the history; event, when set, names the event
+	// emitted instead of the state's.
+	from  []state
+	stay  bool
+	event string
 }
+
+// errUnchanged is apply's answer when the step changes nothing.
+var errUnchanged = errors.New("referral unchanged")
 
 func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral, error) {
 	r, err := authorized(ctx, "name", st.name, "referrals")
@@ -108,9 +120,13 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			if err := aip.CheckEtag(cur.GetName(), st.etag, cur.GetEtag()); err != nil {
 				return nil, err
 			}
+			from := legal[st.to]
+			if st.from != nil {
+				from = st.from
+			}
 			ok := false
-			for _, from := range legal[st.to] {
-				ok = ok || cur.GetState() == from
+			for _, f := range from {
+				ok = ok || cur.GetState() == f
 			}
 			if !ok {
 				return nil, apperr.InvalidTransition(cur.GetName(),
@@ -122,31 +138,19 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 					return nil, err
 				}
 			}
+			changed := true
 			if st.apply != nil {
-				if err := st.apply(ctx, tx, r, now); err != nil {
+				err := st.apply(ctx, tx, r, now)
+				changed = !errors.Is(err, errUnchanged)
+				if err != nil && changed {
 					return nil, err
 				}
 			}
-			if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
-				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
-				return nil, fmt.Errorf("update referral: %w", err)
-			}
-			reason := st.reason
-			if reason == "" {
-				reason = strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
-			}
-			if err := addEvent(ctx, tx, r, cur.GetState(), st.to, auth.Actor(ctx), reason, now); err != nil {
-				return nil, err
-			}
-			out, err := readReferral(ctx, tx, r, false)
-			if err != nil {
-				return nil, err
-			}
-			// One event type per transition, so that the waiting workflow and
-			// the EHR can subscribe to exactly what they need.
-			event := "referral." + strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
-			if err := emit(ctx, tx, r.clinic, event, out.GetName(), out); err != nil {
-				return nil, err
+			out := cur
+			if changed {
+				if out, err = s.stepped(ctx, tx, r, cur, st, now); err != nil {
+					return nil, err
+				}
 			}
 			if outsider {
 				// Recorded last before the commit: a step refused for its
@@ -186,6 +190,35 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 	return out, err
 }
 
+// stepped writes what a step changed, besides what its apply set: the
+// state, the history and the event, and reads the referral back.
+func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1.Referral, st step, now time.Time) (*referralsv1.Referral, error) {
+	if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
+		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
+		return nil, fmt.Errorf("update referral: %w", err)
+	}
+	if !st.stay {
+		reason := st.reason
+		if reason == "" {
+			reason = strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
+		}
+		if err := addEvent(ctx, tx, r, cur.GetState(), st.to, auth.Actor(ctx), reason, now); err != nil {
+			return nil, err
+		}
+	}
+	out, err := readReferral(ctx, tx, r, false)
+	if err != nil {
+		return nil, err
+	}
+	// One event type per transition, so that the waiting workflow and the
+	// EHR can subscribe to exactly what they need.
+	event := st.event
+	if event == "" {
+		event = strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
+	}
+	return out, emit(ctx, tx, r.clinic, "referral."+event, out.GetName(), out)
+}
+
 // tellsState reports whether a refused step's answer speaks of the
 // referral's state or schedule.
 func tellsState(err error) bool {
@@ -198,7 +231,7 @@ func tellsState(err error) bool {
 	for _, d := range status.Convert(err).Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				if v.GetField() == "treatment_entry_time" {
+				if v.GetField() == "treatment_entry_time" || v.GetField() == "service_time" {
 					return true
 				}
 			}
@@ -348,6 +381,63 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 			}
 			if tag.RowsAffected() == 0 {
 				return apperr.Field("treatment_entry_time", "must not be before the first contact or the referral's creation")
+			}
+			return nil
+		}})
+}
+
+// engagementWindow is how long after treatment entry HEDIS IET looks for
+// the two further services that make a person engaged.
+const engagementWindow = 34 * 24 * time.Hour
+
+// anyState lists every state: RecordFollowUpService refuses a referral not
+// yet completed as not ready, not as a move it cannot make.
+var anyState = []state{requested, accepted, rejected, scheduled, completed, noShow, cancelled, onHold, voided}
+
+// RecordFollowUpService implements the API: a service after treatment
+// entry, counted towards engagement. The state stays COMPLETED; the
+// service is recorded once per time.
+func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.RecordFollowUpServiceRequest) (*referralsv1.Referral, error) {
+	if req.GetServiceTime() == nil {
+		return nil, apperr.Field("service_time", "is required")
+	}
+	// Checked up front, as CompleteReferral does: this refusal tells
+	// nothing of the referral (one after its entry time does).
+	at := req.GetServiceTime().AsTime()
+	if err := notFuture("service_time", req.GetServiceTime(), s.cfg.Now()); err != nil {
+		return nil, err
+	}
+	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
+		ready: func(cur *referralsv1.Referral, _ time.Time) error {
+			if cur.GetState() != completed {
+				return apperr.NotReady(cur.GetName(), apperr.Violations{{Field: "state",
+					Description: "is " + strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_") +
+						": further services follow a treatment entry (COMPLETED)"}})
+			}
+			if entered := cur.GetTreatmentEntryTime().AsTime(); !at.After(entered) {
+				return apperr.Field("service_time", "must be after the treatment entry (%s)", entered.UTC().Format(time.RFC3339))
+			}
+			return nil
+		},
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_time, recorded_by, create_time)
+				VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, r.clinic, r.id, at, auth.Actor(ctx), now)
+			if err != nil {
+				return fmt.Errorf("record follow-up service: %w", err)
+			}
+			if tag.RowsAffected() == 0 {
+				return errUnchanged
+			}
+			// Recomputed, not kept: a service reported late with an
+			// earlier time can make the person engaged earlier.
+			_, err = tx.Exec(ctx, `UPDATE referrals SET follow_up_services = follow_up_services + 1,
+				engagement_time = (SELECT v.service_time FROM referral_services v
+					WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_time <= referrals.treatment_entry_time + $3::interval
+					ORDER BY v.service_time OFFSET 1 LIMIT 1)
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementWindow)
+			if err != nil {
+				return fmt.Errorf("count follow-up services: %w", err)
 			}
 			return nil
 		}})

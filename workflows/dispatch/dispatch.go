@@ -165,7 +165,10 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 }
 
 func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referralsv1.Referral) error {
-	if e.Type == "handoff.referrals.v1.referral.created" || e.Type == "handoff.referrals.v1.referral.updated" {
+	switch e.Type {
+	case "handoff.referrals.v1.referral.created", "handoff.referrals.v1.referral.updated",
+		// A service after treatment entry: the intake is long done.
+		"handoff.referrals.v1.referral.follow_up_recorded":
 		return nil
 	}
 	if r.GetIntervention() != "" {

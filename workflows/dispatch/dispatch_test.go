@@ -28,6 +28,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/flow"
 	"github.com/handoff-health/handoff/workflows/ids"
 	"github.com/handoff-health/handoff/workflows/intervention"
+	"github.com/handoff-health/handoff/workflows/matintake"
 	"github.com/handoff-health/handoff/workflows/overdose"
 )
 
@@ -350,6 +351,61 @@ func TestTreatmentEnteredEndsTheFollowUp(t *testing.T) {
 		_, err = c.DescribeWorkflowExecution(minute(t), ids.TreatmentEntered(name), "")
 		if (err == nil) != c2.want {
 			t.Fatalf("%s %v of %v: the follow-up's end started: %v; want %v", c2.event, c2.kind, c2.subject.GetKind(), err == nil, c2.want)
+		}
+	}
+}
+
+// referralListener stands in for the MAT intake workflow: it counts the
+// referral transitions it is told of and runs until told to stop.
+func referralListener(ctx workflow.Context) (int, error) {
+	n := 0
+	if err := workflow.SetQueryHandler(ctx, "signals", func() (int, error) { return n, nil }); err != nil {
+		return 0, err
+	}
+	transitions, stop := workflow.GetSignalChannel(ctx, matintake.SignalReferral), workflow.GetSignalChannel(ctx, "stop")
+	for done := false; !done; {
+		sel := workflow.NewSelector(ctx)
+		sel.AddReceive(transitions, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, nil); n++ })
+		sel.AddReceive(stop, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, nil); done = true })
+		sel.Select(ctx)
+	}
+	return n, nil
+}
+
+// A service recorded after treatment entry changes the referral but is no
+// transition: the intake workflow, if it still runs, is not told of it;
+// a transition still is.
+func TestFollowUpServiceIsNoIntakeTransition(t *testing.T) {
+	c := serve(t, func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(referralListener, workflow.RegisterOptions{Name: matintake.Name})
+	})
+	ctx := minute(t)
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
+	iv := "clinics/north/interventions/i1"
+	if _, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: ids.MATIntake(iv), TaskQueue: flow.TaskQueue}, matintake.Name); err != nil {
+		t.Fatal(err)
+	}
+	name := "clinics/north/referrals/r1"
+	p, err := anypb.New(&referralsv1.Referral{Name: name, Family: "clinics/north/families/f1", Intervention: iv,
+		State: referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, FollowUpServiceCount: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, event := range []string{"follow_up_recorded", "cancelled"} {
+		e := outbox.Stored{ID: int64(60 + i), Clinic: "north", Type: "handoff.referrals.v1.referral." + event, Resource: name, Payload: p}
+		if err := d.Deliver(ctx, e); err != nil {
+			t.Fatalf("%s: %v", event, err)
+		}
+		v, err := c.QueryWorkflow(ctx, ids.MATIntake(iv), "", "signals")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := v.Get(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != i {
+			t.Fatalf("after %s the intake was told of %d transitions, want %d", event, n, i)
 		}
 	}
 }

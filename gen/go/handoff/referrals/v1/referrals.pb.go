@@ -1595,9 +1595,17 @@ type Referral struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes on every change. Send it back on update or on a state change to
 	// make sure you change what you read.
-	Etag          string `protobuf:"bytes,22,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,22,opt,name=etag,proto3" json:"etag,omitempty"`
+	// How many further services after treatment entry were recorded
+	// (RecordFollowUpService).
+	FollowUpServiceCount int32 `protobuf:"varint,23,opt,name=follow_up_service_count,json=followUpServiceCount,proto3" json:"follow_up_service_count,omitempty"`
+	// When the person became engaged in treatment as HEDIS IET counts it:
+	// the time of the second further service within 34 days of treatment
+	// entry. Unset until then; a service reported late, with an earlier
+	// time, moves it earlier.
+	EngagementTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=engagement_time,json=engagementTime,proto3" json:"engagement_time,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Referral) Reset() {
@@ -1782,6 +1790,20 @@ func (x *Referral) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *Referral) GetFollowUpServiceCount() int32 {
+	if x != nil {
+		return x.FollowUpServiceCount
+	}
+	return 0
+}
+
+func (x *Referral) GetEngagementTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EngagementTime
+	}
+	return nil
 }
 
 // The person a referral is for.
@@ -3518,8 +3540,12 @@ type ReferralSummary struct {
 	MedianTimeToTreatmentEntry *durationpb.Duration `protobuf:"bytes,6,opt,name=median_time_to_treatment_entry,json=medianTimeToTreatmentEntry,proto3" json:"median_time_to_treatment_entry,omitempty"`
 	// The 90th percentile of the same; unset when no one entered.
 	P90TimeToTreatmentEntry *durationpb.Duration `protobuf:"bytes,7,opt,name=p90_time_to_treatment_entry,json=p90TimeToTreatmentEntry,proto3" json:"p90_time_to_treatment_entry,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Of those who entered within 14 days, how many were then engaged: two
+	// more services within 34 days of entry (HEDIS IET engagement, from the
+	// services recorded with RecordFollowUpService).
+	EngagedInTreatment int32 `protobuf:"varint,8,opt,name=engaged_in_treatment,json=engagedInTreatment,proto3" json:"engaged_in_treatment,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ReferralSummary) Reset() {
@@ -3599,6 +3625,13 @@ func (x *ReferralSummary) GetP90TimeToTreatmentEntry() *durationpb.Duration {
 		return x.P90TimeToTreatmentEntry
 	}
 	return nil
+}
+
+func (x *ReferralSummary) GetEngagedInTreatment() int32 {
+	if x != nil {
+		return x.EngagedInTreatment
+	}
+	return 0
 }
 
 // A number of referrals in one state.
@@ -4012,6 +4045,81 @@ func (x *ScheduleReferralRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for RecordFollowUpService.
+type RecordFollowUpServiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/referrals/{referral}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// When the service was given: after the treatment entry, not in the
+	// future.
+	ServiceTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=service_time,json=serviceTime,proto3" json:"service_time,omitempty"`
+	// If set, the service is recorded only if the referral's etag still
+	// matches.
+	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
+	// A unique id for this request; a retry returns the first result.
+	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordFollowUpServiceRequest) Reset() {
+	*x = RecordFollowUpServiceRequest{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordFollowUpServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordFollowUpServiceRequest) ProtoMessage() {}
+
+func (x *RecordFollowUpServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordFollowUpServiceRequest.ProtoReflect.Descriptor instead.
+func (*RecordFollowUpServiceRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RecordFollowUpServiceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RecordFollowUpServiceRequest) GetServiceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServiceTime
+	}
+	return nil
+}
+
+func (x *RecordFollowUpServiceRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *RecordFollowUpServiceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for CompleteReferral.
 type CompleteReferralRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4033,7 +4141,7 @@ type CompleteReferralRequest struct {
 
 func (x *CompleteReferralRequest) Reset() {
 	*x = CompleteReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4153,7 @@ func (x *CompleteReferralRequest) String() string {
 func (*CompleteReferralRequest) ProtoMessage() {}
 
 func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4166,7 @@ func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteReferralRequest.ProtoReflect.Descriptor instead.
 func (*CompleteReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{38}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CompleteReferralRequest) GetName() string {
@@ -4177,7 +4285,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
 	"\x04etag\x18\f \x01(\tB\x03\xe0A\x01R\x04etag:D\xeaAA\n" +
-	"\x13handoff.health/Hold\x12\x1dclinics/{clinic}/holds/{hold}*\x05holds2\x04hold\"\x93\r\n" +
+	"\x13handoff.health/Hold\x12\x1dclinics/{clinic}/holds/{hold}*\x05holds2\x04hold\"\x99\x0e\n" +
 	"\bReferral\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
 	"\x06family\x18\x02 \x01(\tBl\xe0A\x02\xe0A\x05\xfaA\x17\n" +
@@ -4207,7 +4315,9 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\x16 \x01(\tB\x03\xe0A\x01R\x04etag:X\xeaAU\n" +
+	"\x04etag\x18\x16 \x01(\tB\x03\xe0A\x01R\x04etag\x12:\n" +
+	"\x17follow_up_service_count\x18\x17 \x01(\x05B\x03\xe0A\x03R\x14followUpServiceCount\x12H\n" +
+	"\x0fengagement_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0eengagementTime:X\xeaAU\n" +
 	"\x17handoff.health/Referral\x12%clinics/{clinic}/referrals/{referral}*\treferrals2\breferral\"\x9c\x01\n" +
 	"\x0fReferralSubject\x12D\n" +
 	"\x04kind\x18\x01 \x01(\x0e2!.handoff.referrals.v1.SubjectKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x12C\n" +
@@ -4363,7 +4473,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xa1\x01\n" +
 	"\x19SummarizeReferralsRequest\x12_\n" +
 	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Referral\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12#\n" +
-	"\x06filter\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xed\x03\n" +
+	"\x06filter\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\xa4\x04\n" +
 	"\x0fReferralSummary\x12!\n" +
 	"\treferrals\x18\x01 \x01(\x05B\x03\xe0A\x03R\treferrals\x12E\n" +
 	"\x06states\x18\x02 \x03(\v2(.handoff.referrals.v1.ReferralStateCountB\x03\xe0A\x03R\x06states\x120\n" +
@@ -4371,7 +4481,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x19entered_within_three_days\x18\x04 \x01(\x05B\x03\xe0A\x03R\x16enteredWithinThreeDays\x12<\n" +
 	"\x18entered_within_two_weeks\x18\x05 \x01(\x05B\x03\xe0A\x03R\x15enteredWithinTwoWeeks\x12b\n" +
 	"\x1emedian_time_to_treatment_entry\x18\x06 \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\x1amedianTimeToTreatmentEntry\x12\\\n" +
-	"\x1bp90_time_to_treatment_entry\x18\a \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\x17p90TimeToTreatmentEntry\"o\n" +
+	"\x1bp90_time_to_treatment_entry\x18\a \x01(\v2\x19.google.protobuf.DurationB\x03\xe0A\x03R\x17p90TimeToTreatmentEntry\x125\n" +
+	"\x14engaged_in_treatment\x18\b \x01(\x05B\x03\xe0A\x03R\x12engagedInTreatment\"o\n" +
 	"\x12ReferralStateCount\x12>\n" +
 	"\x05state\x18\x01 \x01(\x0e2#.handoff.referrals.v1.ReferralStateB\x03\xe0A\x03R\x05state\x12\x19\n" +
 	"\x05count\x18\x02 \x01(\x05B\x03\xe0A\x03R\x05count\"}\n" +
@@ -4409,6 +4520,14 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xab\x02\n" +
+	"\x1cRecordFollowUpServiceRequest\x12}\n" +
+	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
+	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12H\n" +
+	"\fservice_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\vserviceTime\x12\x17\n" +
+	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
+	"\n" +
+	"request_id\x18\x04 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd4\x02\n" +
 	"\x17CompleteReferralRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
@@ -4511,7 +4630,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\xac\"\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\xf1#\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4535,7 +4654,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x0eAcceptReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"9\xdaA\x04name\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:accept\x12\xa2\x01\n" +
 	"\x0eRejectReferral\x12+.handoff.referrals.v1.RejectReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"C\xdaA\x0ename,rejection\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:reject\x12\xb1\x01\n" +
 	"\x10ScheduleReferral\x12-.handoff.referrals.v1.ScheduleReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"N\xdaA\x17name,intake_appointment\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:schedule\x12\x9e\x01\n" +
-	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xa4\x01\n" +
+	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xc2\x01\n" +
+	"\x15RecordFollowUpService\x122.handoff.referrals.v1.RecordFollowUpServiceRequest\x1a\x1e.handoff.referrals.v1.Referral\"U\xdaA\x11name,service_time\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/referrals/*}:recordFollowUpService\x12\xa4\x01\n" +
 	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa1\x01\n" +
 	"\rPauseReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"?\xdaA\vname,reason\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/referrals/*}:pause\x12\xa3\x01\n" +
 	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xbb\x01\n" +
@@ -4555,81 +4675,82 @@ func file_handoff_referrals_v1_referrals_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_referrals_v1_referrals_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
-	(ServiceKind)(0),                   // 0: handoff.referrals.v1.ServiceKind
-	(PaymentKind)(0),                   // 1: handoff.referrals.v1.PaymentKind
-	(Urgency)(0),                       // 2: handoff.referrals.v1.Urgency
-	(BarrierKind)(0),                   // 3: handoff.referrals.v1.BarrierKind
-	(CoverageKind)(0),                  // 4: handoff.referrals.v1.CoverageKind
-	(MatchReasonCode)(0),               // 5: handoff.referrals.v1.MatchReasonCode
-	(HoldState)(0),                     // 6: handoff.referrals.v1.HoldState
-	(SubjectKind)(0),                   // 7: handoff.referrals.v1.SubjectKind
-	(ReferralState)(0),                 // 8: handoff.referrals.v1.ReferralState
-	(RejectionReason)(0),               // 9: handoff.referrals.v1.RejectionReason
-	(*Program)(nil),                    // 10: handoff.referrals.v1.Program
-	(*Address)(nil),                    // 11: handoff.referrals.v1.Address
-	(*Capacity)(nil),                   // 12: handoff.referrals.v1.Capacity
-	(*ProgramMatch)(nil),               // 13: handoff.referrals.v1.ProgramMatch
-	(*MatchReason)(nil),                // 14: handoff.referrals.v1.MatchReason
-	(*Hold)(nil),                       // 15: handoff.referrals.v1.Hold
-	(*Referral)(nil),                   // 16: handoff.referrals.v1.Referral
-	(*ReferralSubject)(nil),            // 17: handoff.referrals.v1.ReferralSubject
-	(*IntakeAppointment)(nil),          // 18: handoff.referrals.v1.IntakeAppointment
-	(*Rejection)(nil),                  // 19: handoff.referrals.v1.Rejection
-	(*ReferralEvent)(nil),              // 20: handoff.referrals.v1.ReferralEvent
-	(*CreateProgramRequest)(nil),       // 21: handoff.referrals.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),          // 22: handoff.referrals.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),        // 23: handoff.referrals.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),       // 24: handoff.referrals.v1.ListProgramsResponse
-	(*UpdateProgramRequest)(nil),       // 25: handoff.referrals.v1.UpdateProgramRequest
-	(*DeleteProgramRequest)(nil),       // 26: handoff.referrals.v1.DeleteProgramRequest
-	(*UndeleteProgramRequest)(nil),     // 27: handoff.referrals.v1.UndeleteProgramRequest
-	(*ReportCapacityRequest)(nil),      // 28: handoff.referrals.v1.ReportCapacityRequest
-	(*MatchProgramsRequest)(nil),       // 29: handoff.referrals.v1.MatchProgramsRequest
-	(*MatchProgramsResponse)(nil),      // 30: handoff.referrals.v1.MatchProgramsResponse
-	(*HoldSlotRequest)(nil),            // 31: handoff.referrals.v1.HoldSlotRequest
-	(*GetHoldRequest)(nil),             // 32: handoff.referrals.v1.GetHoldRequest
-	(*ListHoldsRequest)(nil),           // 33: handoff.referrals.v1.ListHoldsRequest
-	(*ListHoldsResponse)(nil),          // 34: handoff.referrals.v1.ListHoldsResponse
-	(*ReleaseHoldRequest)(nil),         // 35: handoff.referrals.v1.ReleaseHoldRequest
-	(*ConvertHoldRequest)(nil),         // 36: handoff.referrals.v1.ConvertHoldRequest
-	(*CreateReferralRequest)(nil),      // 37: handoff.referrals.v1.CreateReferralRequest
-	(*GetReferralRequest)(nil),         // 38: handoff.referrals.v1.GetReferralRequest
-	(*ListReferralsRequest)(nil),       // 39: handoff.referrals.v1.ListReferralsRequest
-	(*SummarizeReferralsRequest)(nil),  // 40: handoff.referrals.v1.SummarizeReferralsRequest
-	(*ReferralSummary)(nil),            // 41: handoff.referrals.v1.ReferralSummary
-	(*ReferralStateCount)(nil),         // 42: handoff.referrals.v1.ReferralStateCount
-	(*ListReferralsResponse)(nil),      // 43: handoff.referrals.v1.ListReferralsResponse
-	(*UpdateReferralRequest)(nil),      // 44: handoff.referrals.v1.UpdateReferralRequest
-	(*TransitionReferralRequest)(nil),  // 45: handoff.referrals.v1.TransitionReferralRequest
-	(*RejectReferralRequest)(nil),      // 46: handoff.referrals.v1.RejectReferralRequest
-	(*ScheduleReferralRequest)(nil),    // 47: handoff.referrals.v1.ScheduleReferralRequest
-	(*CompleteReferralRequest)(nil),    // 48: handoff.referrals.v1.CompleteReferralRequest
-	(*timestamppb.Timestamp)(nil),      // 49: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),      // 50: google.protobuf.FieldMask
-	(*durationpb.Duration)(nil),        // 51: google.protobuf.Duration
-	(*v1.ListAuditEventsRequest)(nil),  // 52: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),              // 53: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil), // 54: handoff.audit.v1.ListAuditEventsResponse
+	(ServiceKind)(0),                     // 0: handoff.referrals.v1.ServiceKind
+	(PaymentKind)(0),                     // 1: handoff.referrals.v1.PaymentKind
+	(Urgency)(0),                         // 2: handoff.referrals.v1.Urgency
+	(BarrierKind)(0),                     // 3: handoff.referrals.v1.BarrierKind
+	(CoverageKind)(0),                    // 4: handoff.referrals.v1.CoverageKind
+	(MatchReasonCode)(0),                 // 5: handoff.referrals.v1.MatchReasonCode
+	(HoldState)(0),                       // 6: handoff.referrals.v1.HoldState
+	(SubjectKind)(0),                     // 7: handoff.referrals.v1.SubjectKind
+	(ReferralState)(0),                   // 8: handoff.referrals.v1.ReferralState
+	(RejectionReason)(0),                 // 9: handoff.referrals.v1.RejectionReason
+	(*Program)(nil),                      // 10: handoff.referrals.v1.Program
+	(*Address)(nil),                      // 11: handoff.referrals.v1.Address
+	(*Capacity)(nil),                     // 12: handoff.referrals.v1.Capacity
+	(*ProgramMatch)(nil),                 // 13: handoff.referrals.v1.ProgramMatch
+	(*MatchReason)(nil),                  // 14: handoff.referrals.v1.MatchReason
+	(*Hold)(nil),                         // 15: handoff.referrals.v1.Hold
+	(*Referral)(nil),                     // 16: handoff.referrals.v1.Referral
+	(*ReferralSubject)(nil),              // 17: handoff.referrals.v1.ReferralSubject
+	(*IntakeAppointment)(nil),            // 18: handoff.referrals.v1.IntakeAppointment
+	(*Rejection)(nil),                    // 19: handoff.referrals.v1.Rejection
+	(*ReferralEvent)(nil),                // 20: handoff.referrals.v1.ReferralEvent
+	(*CreateProgramRequest)(nil),         // 21: handoff.referrals.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),            // 22: handoff.referrals.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),          // 23: handoff.referrals.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),         // 24: handoff.referrals.v1.ListProgramsResponse
+	(*UpdateProgramRequest)(nil),         // 25: handoff.referrals.v1.UpdateProgramRequest
+	(*DeleteProgramRequest)(nil),         // 26: handoff.referrals.v1.DeleteProgramRequest
+	(*UndeleteProgramRequest)(nil),       // 27: handoff.referrals.v1.UndeleteProgramRequest
+	(*ReportCapacityRequest)(nil),        // 28: handoff.referrals.v1.ReportCapacityRequest
+	(*MatchProgramsRequest)(nil),         // 29: handoff.referrals.v1.MatchProgramsRequest
+	(*MatchProgramsResponse)(nil),        // 30: handoff.referrals.v1.MatchProgramsResponse
+	(*HoldSlotRequest)(nil),              // 31: handoff.referrals.v1.HoldSlotRequest
+	(*GetHoldRequest)(nil),               // 32: handoff.referrals.v1.GetHoldRequest
+	(*ListHoldsRequest)(nil),             // 33: handoff.referrals.v1.ListHoldsRequest
+	(*ListHoldsResponse)(nil),            // 34: handoff.referrals.v1.ListHoldsResponse
+	(*ReleaseHoldRequest)(nil),           // 35: handoff.referrals.v1.ReleaseHoldRequest
+	(*ConvertHoldRequest)(nil),           // 36: handoff.referrals.v1.ConvertHoldRequest
+	(*CreateReferralRequest)(nil),        // 37: handoff.referrals.v1.CreateReferralRequest
+	(*GetReferralRequest)(nil),           // 38: handoff.referrals.v1.GetReferralRequest
+	(*ListReferralsRequest)(nil),         // 39: handoff.referrals.v1.ListReferralsRequest
+	(*SummarizeReferralsRequest)(nil),    // 40: handoff.referrals.v1.SummarizeReferralsRequest
+	(*ReferralSummary)(nil),              // 41: handoff.referrals.v1.ReferralSummary
+	(*ReferralStateCount)(nil),           // 42: handoff.referrals.v1.ReferralStateCount
+	(*ListReferralsResponse)(nil),        // 43: handoff.referrals.v1.ListReferralsResponse
+	(*UpdateReferralRequest)(nil),        // 44: handoff.referrals.v1.UpdateReferralRequest
+	(*TransitionReferralRequest)(nil),    // 45: handoff.referrals.v1.TransitionReferralRequest
+	(*RejectReferralRequest)(nil),        // 46: handoff.referrals.v1.RejectReferralRequest
+	(*ScheduleReferralRequest)(nil),      // 47: handoff.referrals.v1.ScheduleReferralRequest
+	(*RecordFollowUpServiceRequest)(nil), // 48: handoff.referrals.v1.RecordFollowUpServiceRequest
+	(*CompleteReferralRequest)(nil),      // 49: handoff.referrals.v1.CompleteReferralRequest
+	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),        // 51: google.protobuf.FieldMask
+	(*durationpb.Duration)(nil),          // 52: google.protobuf.Duration
+	(*v1.ListAuditEventsRequest)(nil),    // 53: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                // 54: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),   // 55: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	0,  // 0: handoff.referrals.v1.Program.services:type_name -> handoff.referrals.v1.ServiceKind
 	1,  // 1: handoff.referrals.v1.Program.payments_accepted:type_name -> handoff.referrals.v1.PaymentKind
 	11, // 2: handoff.referrals.v1.Program.address:type_name -> handoff.referrals.v1.Address
 	12, // 3: handoff.referrals.v1.Program.capacity:type_name -> handoff.referrals.v1.Capacity
-	49, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	49, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	49, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
-	49, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
+	50, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	50, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	50, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
+	50, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
 	10, // 8: handoff.referrals.v1.ProgramMatch.program:type_name -> handoff.referrals.v1.Program
 	14, // 9: handoff.referrals.v1.ProgramMatch.reasons:type_name -> handoff.referrals.v1.MatchReason
 	5,  // 10: handoff.referrals.v1.MatchReason.code:type_name -> handoff.referrals.v1.MatchReasonCode
 	0,  // 11: handoff.referrals.v1.Hold.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	49, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
+	50, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
 	6,  // 13: handoff.referrals.v1.Hold.state:type_name -> handoff.referrals.v1.HoldState
-	49, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
-	49, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
+	50, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
+	50, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
 	17, // 16: handoff.referrals.v1.Referral.subject:type_name -> handoff.referrals.v1.ReferralSubject
 	0,  // 17: handoff.referrals.v1.Referral.service_kind:type_name -> handoff.referrals.v1.ServiceKind
 	2,  // 18: handoff.referrals.v1.Referral.urgency:type_name -> handoff.referrals.v1.Urgency
@@ -4637,100 +4758,104 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	8,  // 20: handoff.referrals.v1.Referral.state:type_name -> handoff.referrals.v1.ReferralState
 	19, // 21: handoff.referrals.v1.Referral.rejection:type_name -> handoff.referrals.v1.Rejection
 	20, // 22: handoff.referrals.v1.Referral.history:type_name -> handoff.referrals.v1.ReferralEvent
-	49, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
-	49, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	49, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
-	49, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
-	7,  // 27: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
-	49, // 28: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
-	9,  // 29: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
-	8,  // 30: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
-	8,  // 31: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
-	49, // 32: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
-	10, // 33: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	10, // 34: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
-	10, // 35: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	50, // 36: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 37: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
-	2,  // 38: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
-	3,  // 39: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
-	4,  // 40: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
-	13, // 41: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
-	0,  // 42: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	51, // 43: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
-	15, // 44: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
-	49, // 45: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
-	0,  // 46: handoff.referrals.v1.ConvertHoldRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	16, // 47: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	42, // 48: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
-	51, // 49: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
-	51, // 50: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
-	8,  // 51: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
-	16, // 52: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
-	16, // 53: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	50, // 54: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
-	19, // 55: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
-	18, // 56: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	49, // 57: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	21, // 58: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
-	22, // 59: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
-	23, // 60: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
-	25, // 61: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
-	26, // 62: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
-	27, // 63: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
-	28, // 64: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
-	29, // 65: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
-	31, // 66: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
-	32, // 67: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
-	33, // 68: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
-	35, // 69: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
-	36, // 70: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
-	37, // 71: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
-	38, // 72: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
-	39, // 73: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
-	40, // 74: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
-	44, // 75: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
-	45, // 76: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	46, // 77: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
-	47, // 78: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
-	48, // 79: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
-	45, // 80: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 81: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 82: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 83: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	52, // 84: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 85: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 86: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 87: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 88: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	53, // 89: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 90: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 91: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 92: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 93: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 94: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 95: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 96: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 97: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 98: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 99: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	43, // 100: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	41, // 101: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
-	16, // 102: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 103: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 104: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 105: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 106: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 107: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 108: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 109: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 110: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:output_type -> handoff.referrals.v1.Referral
-	54, // 111: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	85, // [85:112] is the sub-list for method output_type
-	58, // [58:85] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	50, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
+	50, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	50, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
+	50, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
+	50, // 27: handoff.referrals.v1.Referral.engagement_time:type_name -> google.protobuf.Timestamp
+	7,  // 28: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
+	50, // 29: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
+	9,  // 30: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
+	8,  // 31: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
+	8,  // 32: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
+	50, // 33: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
+	10, // 34: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
+	10, // 35: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
+	10, // 36: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
+	51, // 37: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	0,  // 38: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
+	2,  // 39: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
+	3,  // 40: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
+	4,  // 41: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
+	13, // 42: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
+	0,  // 43: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	52, // 44: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
+	15, // 45: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
+	50, // 46: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
+	0,  // 47: handoff.referrals.v1.ConvertHoldRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
+	16, // 48: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	42, // 49: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
+	52, // 50: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	52, // 51: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	8,  // 52: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
+	16, // 53: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
+	16, // 54: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
+	51, // 55: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
+	19, // 56: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
+	18, // 57: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
+	50, // 58: handoff.referrals.v1.RecordFollowUpServiceRequest.service_time:type_name -> google.protobuf.Timestamp
+	50, // 59: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	21, // 60: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
+	22, // 61: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
+	23, // 62: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
+	25, // 63: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
+	26, // 64: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
+	27, // 65: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
+	28, // 66: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
+	29, // 67: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
+	31, // 68: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
+	32, // 69: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
+	33, // 70: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
+	35, // 71: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
+	36, // 72: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
+	37, // 73: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
+	38, // 74: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
+	39, // 75: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
+	40, // 76: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
+	44, // 77: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
+	45, // 78: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	46, // 79: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
+	47, // 80: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
+	49, // 81: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
+	48, // 82: handoff.referrals.v1.ReferralsService.RecordFollowUpService:input_type -> handoff.referrals.v1.RecordFollowUpServiceRequest
+	45, // 83: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 84: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 85: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 86: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	53, // 87: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 88: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 89: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 90: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 91: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	54, // 92: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 93: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 94: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 95: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 96: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 97: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 98: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 99: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 100: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 101: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 102: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	43, // 103: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	41, // 104: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
+	16, // 105: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 106: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 107: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 108: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 109: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 110: handoff.referrals.v1.ReferralsService.RecordFollowUpService:output_type -> handoff.referrals.v1.Referral
+	16, // 111: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 112: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 113: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 114: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:output_type -> handoff.referrals.v1.Referral
+	55, // 115: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	88, // [88:116] is the sub-list for method output_type
+	60, // [60:88] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_handoff_referrals_v1_referrals_proto_init() }
@@ -4744,7 +4869,7 @@ func file_handoff_referrals_v1_referrals_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_referrals_v1_referrals_proto_rawDesc), len(file_handoff_referrals_v1_referrals_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   39,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -69,6 +69,7 @@ const (
 	ReferralsService_RejectReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/RejectReferral"
 	ReferralsService_ScheduleReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/ScheduleReferral"
 	ReferralsService_CompleteReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
+	ReferralsService_RecordFollowUpService_FullMethodName      = "/handoff.referrals.v1.ReferralsService/RecordFollowUpService"
 	ReferralsService_MarkReferralNoShow_FullMethodName         = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
 	ReferralsService_PauseReferral_FullMethodName              = "/handoff.referrals.v1.ReferralsService/PauseReferral"
 	ReferralsService_CancelReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/CancelReferral"
@@ -200,6 +201,15 @@ type ReferralsServiceClient interface {
 	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
+	// Records a further service the person received after entering
+	// treatment, as the program reports it: a dose, a counseling or therapy
+	// visit. HEDIS IET counts a person engaged who had two more services
+	// within 34 days of treatment entry (`engagement_time`). Only a
+	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
+	// RESOURCE_NOT_READY); the service's time must lie after the entry and
+	// not in the future. The same service reported again (at the same time)
+	// is recorded once and changes nothing.
+	RecordFollowUpService(ctx context.Context, in *RecordFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral. Before the appointment's start it is refused with
@@ -462,6 +472,16 @@ func (c *referralsServiceClient) CompleteReferral(ctx context.Context, in *Compl
 	return out, nil
 }
 
+func (c *referralsServiceClient) RecordFollowUpService(ctx context.Context, in *RecordFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Referral)
+	err := c.cc.Invoke(ctx, ReferralsService_RecordFollowUpService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *referralsServiceClient) MarkReferralNoShow(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Referral)
@@ -636,6 +656,15 @@ type ReferralsServiceServer interface {
 	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
+	// Records a further service the person received after entering
+	// treatment, as the program reports it: a dose, a counseling or therapy
+	// visit. HEDIS IET counts a person engaged who had two more services
+	// within 34 days of treatment entry (`engagement_time`). Only a
+	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
+	// RESOURCE_NOT_READY); the service's time must lie after the entry and
+	// not in the future. The same service reported again (at the same time)
+	// is recorded once and changes nothing.
+	RecordFollowUpService(context.Context, *RecordFollowUpServiceRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral. Before the appointment's start it is refused with
@@ -743,6 +772,9 @@ func (UnimplementedReferralsServiceServer) ScheduleReferral(context.Context, *Sc
 }
 func (UnimplementedReferralsServiceServer) CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method CompleteReferral not implemented")
+}
+func (UnimplementedReferralsServiceServer) RecordFollowUpService(context.Context, *RecordFollowUpServiceRequest) (*Referral, error) {
+	return nil, status.Error(codes.Unimplemented, "method RecordFollowUpService not implemented")
 }
 func (UnimplementedReferralsServiceServer) MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkReferralNoShow not implemented")
@@ -1176,6 +1208,24 @@ func _ReferralsService_CompleteReferral_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_RecordFollowUpService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordFollowUpServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).RecordFollowUpService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_RecordFollowUpService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).RecordFollowUpService(ctx, req.(*RecordFollowUpServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ReferralsService_MarkReferralNoShow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TransitionReferralRequest)
 	if err := dec(in); err != nil {
@@ -1360,6 +1410,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CompleteReferral",
 			Handler:    _ReferralsService_CompleteReferral_Handler,
+		},
+		{
+			MethodName: "RecordFollowUpService",
+			Handler:    _ReferralsService_RecordFollowUpService_Handler,
 		},
 		{
 			MethodName: "MarkReferralNoShow",
