@@ -2,6 +2,7 @@ package families
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -46,6 +47,30 @@ func craftSafety(topics []familiesv1.CraftTopic, st familiesv1.SafetyScreenStatu
 		}
 	}
 	return 0, true
+}
+
+// screenStatusAsOf is the family's safety screen status when a session was
+// held, at: from the screens done by then, ranked as LatestScreen ranks
+// them (a high risk entered late still counts), aged at at. A session
+// recorded as it happens gets the family's current status; one recorded
+// later is judged on what was known when it was held, not on a screen
+// done since.
+func (s *Server) screenStatusAsOf(ctx context.Context, tx pgx.Tx, c child, at time.Time) (familiesv1.SafetyScreenStatus, error) {
+	var (
+		result int16
+		counts time.Time
+	)
+	err := tx.QueryRow(ctx, `SELECT result, counts_from FROM (
+			SELECT s.id, s.result, CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END AS counts_from
+			FROM safety_screens s WHERE s.clinic = $1 AND s.family_id = $2 AND s.screen_time <= $3) s
+		ORDER BY counts_from DESC, id DESC LIMIT 1`, c.clinic, c.family, at).Scan(&result, &counts)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_MISSING, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the safety screen of the session's time: %w", err)
+	}
+	return s.screenStatusAt(at, counts, familiesv1.SafetyRisk(result)), nil
 }
 
 const craftSelect = `SELECT id, member_ids, topics, notes, counselor, session_time, create_time FROM craft_sessions`
@@ -105,11 +130,15 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 		func() *familiesv1.CraftSession { return &familiesv1.CraftSession{} },
 		func(tx pgx.Tx) (*familiesv1.CraftSession, error) {
 			// Shared: a screen recorded meanwhile waits, so the session is
-			// judged on the screen it was taught under.
+			// judged on the screens as they stand.
 			if err := requireFamily(ctx, tx, c); err != nil {
 				return nil, err
 			}
 			fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
+			if err != nil {
+				return nil, err
+			}
+			st, err := s.screenStatusAsOf(ctx, tx, c, at)
 			if err != nil {
 				return nil, err
 			}
@@ -125,10 +154,13 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 			if err := vs.Err(); err != nil {
 				return nil, err
 			}
-			st := fam.GetSafetyScreenStatus()
 			if t, ok := craftSafety(cs.GetTopics(), st); !ok {
+				need := "a current safety screen"
+				if st == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+					need = "a current safety screen that is not high risk"
+				}
 				return nil, apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
-					fmt.Sprintf("%s needs a current safety screen before %s is taught (status: %s)", fam.GetName(), t, st),
+					fmt.Sprintf("%s needed %s when the session was held, before %s is taught (status then: %s)", fam.GetName(), need, t, st),
 					map[string]string{"family": fam.GetName(), "safety_screen_status": st.String(), "topic": t.String()})
 			}
 			topics := make([]int16, len(cs.GetTopics()))
@@ -203,7 +235,7 @@ func (s *Server) GetCraftProgress(ctx context.Context, req *familiesv1.GetCraftP
 			count(*)::int, min(session_time), max(session_time),
 			COALESCE((SELECT array_agg(DISTINCT t ORDER BY t) FROM craft_sessions cs, unnest(cs.topics) t
 				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}'),
-			COALESCE((SELECT array_agg(DISTINCT m ORDER BY m) FROM craft_sessions cs, unnest(cs.member_ids) m
+			COALESCE((SELECT array_agg(DISTINCT m COLLATE "C" ORDER BY m COLLATE "C") FROM craft_sessions cs, unnest(cs.member_ids) m
 				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}')
 		FROM craft_sessions WHERE clinic = $1 AND family_id = $2`, c.clinic, c.family).
 		Scan(&familyPresent, &n, &first, &last, &topics, &members)

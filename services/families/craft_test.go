@@ -89,9 +89,20 @@ func TestCraftSessionsFollowTheScreenAndShowProgress(t *testing.T) {
 	luis := &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
 		MemberIds: []string{"mom", fam.GetMembers()[1].GetId()}, Topics: []familiesv1.CraftTopic{conseq, reward},
 		SessionTime: timestamppb.New(held)}}
+	// Held two days ago, before any screen: judged on what was known then.
+	_, err = f.client.CreateCraftSession(f.ctx, luis)
+	st = wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetMetadata()["safety_screen_status"] != "SAFETY_SCREEN_STATUS_MISSING" {
+		t.Fatalf("natural consequences taught before any screen, recorded after one: %v", info)
+	}
+	// A screen done three days ago, recorded late, covers it.
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK, ScreenTime: timestamppb.New(held.Add(-24 * time.Hour))}}); err != nil {
+		t.Fatal(err)
+	}
 	backdated, err := f.client.CreateCraftSession(f.ctx, luis)
 	if err != nil {
-		t.Fatalf("natural consequences under a current screen: %v", err)
+		t.Fatalf("natural consequences under the screen current when it was held: %v", err)
 	}
 	if !backdated.GetSessionTime().AsTime().Equal(held) {
 		t.Fatalf("session time = %v, want %v", backdated.GetSessionTime().AsTime(), held)

@@ -538,8 +538,14 @@ func (s *Server) scanFamily(ctx context.Context, clinic string, r pgx.Collectabl
 }
 
 func (s *Server) screenStatus(screened time.Time, result familiesv1.SafetyRisk) familiesv1.SafetyScreenStatus {
+	return s.screenStatusAt(s.cfg.Now(), screened, result)
+}
+
+// screenStatusAt is the status a screen that counts from screened gives at
+// time at.
+func (s *Server) screenStatusAt(at, screened time.Time, result familiesv1.SafetyRisk) familiesv1.SafetyScreenStatus {
 	switch {
-	case s.cfg.Now().Sub(screened) > s.cfg.MaxSafetyScreenAge:
+	case at.Sub(screened) > s.cfg.MaxSafetyScreenAge:
 		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_EXPIRED
 	case result == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK:
 		return familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK

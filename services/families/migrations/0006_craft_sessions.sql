@@ -1,6 +1,6 @@
 -- CRAFT sessions: the counselor coaching the family's concerned members.
 -- Append-only like the screens (pgdb.secure); a family's progress is read
--- from its sessions in the order they were held.
+-- from its sessions (the primary key finds a family's).
 CREATE TABLE craft_sessions (
     clinic        text        NOT NULL,
     family_id     text        NOT NULL,
@@ -14,4 +14,3 @@ CREATE TABLE craft_sessions (
     PRIMARY KEY (clinic, family_id, id),
     FOREIGN KEY (clinic, family_id) REFERENCES families (clinic, id) ON DELETE CASCADE
 );
-CREATE INDEX craft_sessions_held ON craft_sessions (clinic, family_id, session_time, id);
