@@ -11,48 +11,62 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/referrals"
 )
 
-// HEDIS IET counts a person engaged who had two more services within 34
-// days of treatment entry. The program reports each service; the referral
-// counts them and says when the person became engaged, and the outcome
-// report counts those engaged after an initiation within 14 days.
+// HEDIS IET counts a person engaged who had two more services on the
+// days after the day of treatment entry, through the 34th. The program
+// reports each service; the referral counts them and says when the person
+// became engaged, and the outcome report counts those engaged after an
+// initiation within 14 days. Days are dates where the program is.
 func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 10)
 	now := f.clock.Now()
-	// As stored: PostgreSQL keeps microseconds.
-	entry := now.Add(-40 * 24 * time.Hour).Truncate(time.Microsecond)
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Entry late in the evening in Chicago, 60 days ago: already the next
+	// day in UTC.
+	y, m, d := now.Add(-60 * 24 * time.Hour).In(chicago).Date()
+	entry := time.Date(y, m, d, 23, 30, 0, 0, chicago)
+	// at is day days after the day of entry, at hh:mm in Chicago.
+	at := func(day, hh, mm int) *timestamppb.Timestamp {
+		return timestamppb.New(time.Date(y, m, d+day, hh, mm, 0, 0, chicago))
+	}
 	r := f.booked(t, p.GetName(), timestamppb.New(entry.Add(-2*24*time.Hour)), now.Add(-time.Hour))
 	follow := func(req *referralsv1.RecordFollowUpServiceRequest) (*referralsv1.Referral, error) {
 		if req.Name == "" {
 			req.Name = r.GetName()
 		}
+		if req.TimeZone == "" {
+			req.TimeZone = "America/Chicago"
+		}
 		return f.client.RecordFollowUpService(f.ehr, req)
-	}
-	at := func(days int) *timestamppb.Timestamp {
-		return timestamppb.New(entry.Add(time.Duration(days) * 24 * time.Hour))
 	}
 
 	// Not before the person entered treatment.
-	_, err := follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(1)})
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(1, 9, 0)})
 	wantReason(t, err, codes.FailedPrecondition, "RESOURCE_NOT_READY")
 	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName(), TreatmentEntryTime: timestamppb.New(entry)})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	// Bad times change nothing.
-	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(-1)})
+	// Bad times and zones change nothing.
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(0, 23, 0)})
 	wantViolation(t, err, "service_time")
 	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: timestamppb.New(now.Add(24 * time.Hour))})
 	wantViolation(t, err, "service_time")
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(2, 9, 0), TimeZone: "Mars/Olympus"})
+	wantViolation(t, err, "time_zone")
 	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{})
 	wantCode(t, err, codes.InvalidArgument)
 
-	// One service within the window: counted, not yet engaged.
-	got, err := follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(3), RequestId: "dose-1"})
+	// A dose at intake, the day of entry: counted, engages no one.
+	got, err := follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(0, 23, 45), RequestId: "dose-0"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,26 +75,43 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		t.Fatalf("after one service: %d services, engaged %v, %v, history %d (was %d), etag %s (was %s)", got.GetFollowUpServiceCount(),
 			got.GetEngagementTime(), got.GetState(), len(got.GetHistory()), len(done.GetHistory()), got.GetEtag(), done.GetEtag())
 	}
-	// The same report again, by request id or by its time, records nothing.
-	for _, req := range []*referralsv1.RecordFollowUpServiceRequest{{ServiceTime: at(3), RequestId: "dose-1"}, {ServiceTime: at(3)}} {
+	// Early the next morning in Chicago (the same date in UTC): the first
+	// day after entry.
+	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(1, 0, 30), ServiceId: "enc-1"}); err != nil ||
+		got.GetFollowUpServiceCount() != 2 || got.GetEngagementTime() != nil {
+		t.Fatalf("first service after the day of entry: %d services, engaged %v, %v; want 2, not engaged", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
+	}
+	// The same service again records nothing: retried with its request
+	// id it gets its first answer; sent anew, by its id or by its time,
+	// the referral as it stands.
+	if again, err := follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(0, 23, 45), RequestId: "dose-0"}); err != nil ||
+		again.GetFollowUpServiceCount() != 1 {
+		t.Fatalf("the first report retried: %d services, %v; want its first answer, 1", again.GetFollowUpServiceCount(), err)
+	}
+	for _, req := range []*referralsv1.RecordFollowUpServiceRequest{{ServiceTime: at(0, 23, 45)}, {ServiceTime: at(1, 0, 31), ServiceId: "enc-1"}} {
 		again, err := follow(req)
-		if err != nil || again.GetFollowUpServiceCount() != 1 || again.GetEtag() != got.GetEtag() {
-			t.Fatalf("the service reported again: %d services, etag %s, %v; want 1, %s", again.GetFollowUpServiceCount(), again.GetEtag(), err, got.GetEtag())
+		if err != nil || again.GetFollowUpServiceCount() != 2 || again.GetEtag() != got.GetEtag() {
+			t.Fatalf("the service reported again (%v): %d services, etag %s, %v; want 2, %s", req, again.GetFollowUpServiceCount(), again.GetEtag(), err, got.GetEtag())
 		}
 	}
-	// One outside the window counts as a service but not towards
-	// engagement; a second inside it, reported after, engages.
-	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(36)}); err != nil || got.GetEngagementTime() != nil {
-		t.Fatalf("a service after 34 days: engaged %v, %v; want not engaged", got.GetEngagementTime(), err)
+	// On day 35 it counts as a service but not towards engagement; late on
+	// day 34 (later in the day than the entry was) it engages.
+	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(35, 8, 0)}); err != nil || got.GetEngagementTime() != nil {
+		t.Fatalf("a service on day 35: engaged %v, %v; want not engaged", got.GetEngagementTime(), err)
 	}
-	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(20)}); err != nil ||
-		got.GetFollowUpServiceCount() != 3 || !got.GetEngagementTime().AsTime().Equal(at(20).AsTime()) {
-		t.Fatalf("second service within 34 days: %d services, engaged %v, %v; want 3, engaged at day 20", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
+	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(34, 23, 50)}); err != nil ||
+		got.GetFollowUpServiceCount() != 4 || !got.GetEngagementTime().AsTime().Equal(at(34, 23, 50).AsTime()) {
+		t.Fatalf("second service by day 34: %d services, engaged %v, %v; want 4, engaged on day 34", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
 	}
-	// One reported late, with an earlier time, makes the engagement earlier.
-	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(10)}); err != nil ||
-		!got.GetEngagementTime().AsTime().Equal(at(10).AsTime()) {
-		t.Fatalf("an earlier service reported late: engaged %v, %v; want day 10", got.GetEngagementTime(), err)
+	// One reported late, with an earlier time, makes the engagement
+	// earlier; two at one time, told apart by their ids, are two.
+	for _, id := range []string{"dose-10", "visit-10"} {
+		if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(10, 9, 0), ServiceId: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got.GetFollowUpServiceCount() != 6 || !got.GetEngagementTime().AsTime().Equal(at(10, 9, 0).AsTime()) {
+		t.Fatalf("two services on day 10: %d services, engaged %v; want 6, engaged on day 10", got.GetFollowUpServiceCount(), got.GetEngagementTime())
 	}
 
 	// The outcome report: this one entered within 14 days of first
@@ -90,8 +121,8 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	if _, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: late.GetName(), TreatmentEntryTime: timestamppb.New(entry)}); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []int{2, 4} {
-		if _, err := follow(&referralsv1.RecordFollowUpServiceRequest{Name: late.GetName(), ServiceTime: at(d)}); err != nil {
+	for _, day := range []int{2, 4} {
+		if _, err := follow(&referralsv1.RecordFollowUpServiceRequest{Name: late.GetName(), ServiceTime: at(day, 9, 0)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,16 +134,41 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	// The event names the referral for subscribers; no workflow needs it.
 	var events int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = 'handoff.referrals.v1.referral.follow_up_recorded'
-		AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 4 {
-		t.Fatalf("follow-up events = %d, %v; want 4, one per service recorded", events, err)
+		AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 6 {
+		t.Fatalf("follow-up events = %d, %v; want 6, one per service recorded", events, err)
 	}
 	// The worker records no outcomes; the services are append-only.
-	_, err = f.client.RecordFollowUpService(f.env.As("north", "worker", auth.RoleWorker), &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at(5)})
+	_, err = f.client.RecordFollowUpService(f.env.As("north", "worker", auth.RoleWorker), &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at(5, 9, 0)})
 	wantCode(t, err, codes.PermissionDenied)
 	for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
 		var may bool
 		if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, 'referral_services', $2)`, pgdb.AppRole, priv).Scan(&may); err != nil || may {
 			t.Errorf("%s on referral_services: %v, %v; want refused", priv, may, err)
+		}
+	}
+}
+
+// Days after entry are dates in the program's zone, whole across a change
+// of daylight saving time.
+func TestDaysAreDatesInTheZone(t *testing.T) {
+	t.Parallel()
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := time.Date(2026, 3, 7, 23, 30, 0, 0, chicago) // the night before DST began
+	for _, c := range []struct {
+		at   time.Time
+		loc  *time.Location
+		want int
+	}{
+		{time.Date(2026, 3, 8, 0, 30, 0, 0, chicago), chicago, 1},
+		{time.Date(2026, 3, 8, 0, 30, 0, 0, chicago), time.UTC, 0},
+		{time.Date(2026, 4, 10, 23, 59, 0, 0, chicago), chicago, 34},
+		{time.Date(2026, 3, 7, 23, 45, 0, 0, chicago), chicago, 0},
+	} {
+		if got := referrals.DaysBetween(entry, c.at, c.loc); got != c.want {
+			t.Errorf("days from %v to %v in %v = %d, want %d", entry, c.at, c.loc, got, c.want)
 		}
 	}
 }
@@ -148,7 +204,7 @@ func TestFollowUpRefusalsThatTellAreDisclosures(t *testing.T) {
 		t.Fatalf("a future service's refusal recorded %d disclosures, want none", n-before)
 	}
 	_, err = f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(),
-		ServiceTime: timestamppb.New(now.Add(-2 * time.Hour))})
+		ServiceTime: timestamppb.New(now.Add(-48 * time.Hour))})
 	wantViolation(t, err, "service_time")
 	if n := disclosed(); n <= before {
 		t.Fatalf("a refusal naming the entry time recorded no disclosure")

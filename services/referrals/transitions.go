@@ -193,11 +193,18 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 // stepped writes what a step changed, besides what its apply set: the
 // state, the history and the event, and reads the referral back.
 func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1.Referral, st step, now time.Time) (*referralsv1.Referral, error) {
-	if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
-		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
-		return nil, fmt.Errorf("update referral: %w", err)
-	}
-	if !st.stay {
+	if st.stay {
+		// The state is left alone, whatever a ready check let through:
+		// a step that stays must never move a referral.
+		if _, err := tx.Exec(ctx, `UPDATE referrals SET update_time = $3, version = version + 1
+			WHERE clinic = $1 AND id = $2`, r.clinic, r.id, now); err != nil {
+			return nil, fmt.Errorf("update referral: %w", err)
+		}
+	} else {
+		if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
+			WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
+			return nil, fmt.Errorf("update referral: %w", err)
+		}
 		reason := st.reason
 		if reason == "" {
 			reason = strings.ToLower(strings.TrimPrefix(st.to.String(), "REFERRAL_STATE_"))
@@ -386,27 +393,47 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 		}})
 }
 
-// engagementWindow is how long after treatment entry HEDIS IET looks for
-// the two further services that make a person engaged.
-const engagementWindow = 34 * 24 * time.Hour
+// engagementDays is the last day after the day of treatment entry on
+// which HEDIS IET counts a further service towards engagement.
+const engagementDays = 34
 
 // anyState lists every state: RecordFollowUpService refuses a referral not
 // yet completed as not ready, not as a move it cannot make.
 var anyState = []state{requested, accepted, rejected, scheduled, completed, noShow, cancelled, onHold, voided}
 
+// daysBetween is how many dates lie from a's to b's, both read in loc.
+func daysBetween(a, b time.Time, loc *time.Location) int {
+	ay, am, ad := a.In(loc).Date()
+	by, bm, bd := b.In(loc).Date()
+	// Midnights in UTC are whole days apart, whatever loc's DST did.
+	return int(time.Date(by, bm, bd, 0, 0, 0, 0, time.UTC).Sub(time.Date(ay, am, ad, 0, 0, 0, 0, time.UTC)) / (24 * time.Hour))
+}
+
 // RecordFollowUpService implements the API: a service after treatment
-// entry, counted towards engagement. The state stays COMPLETED; the
-// service is recorded once per time.
+// entry, counted towards engagement. The state stays COMPLETED; a service
+// is recorded once per service id (or time).
 func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.RecordFollowUpServiceRequest) (*referralsv1.Referral, error) {
 	if req.GetServiceTime() == nil {
 		return nil, apperr.Field("service_time", "is required")
 	}
+	loc := time.UTC
+	if tz := req.GetTimeZone(); tz != "" {
+		if !aip.TimeZone(tz) {
+			return nil, apperr.Field("time_zone", "is not an IANA time zone such as America/Chicago")
+		}
+		loc, _ = time.LoadLocation(tz)
+	}
 	// Checked up front, as CompleteReferral does: this refusal tells
-	// nothing of the referral (one after its entry time does).
+	// nothing of the referral (one before its entry time does).
 	at := req.GetServiceTime().AsTime()
 	if err := notFuture("service_time", req.GetServiceTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
+	key := "id:" + req.GetServiceId()
+	if req.GetServiceId() == "" {
+		key = "time:" + at.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano)
+	}
+	var entered time.Time
 	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
 		ready: func(cur *referralsv1.Referral, _ time.Time) error {
@@ -415,14 +442,15 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 					Description: "is " + strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_") +
 						": further services follow a treatment entry (COMPLETED)"}})
 			}
-			if entered := cur.GetTreatmentEntryTime().AsTime(); !at.After(entered) {
-				return apperr.Field("service_time", "must be after the treatment entry (%s)", entered.UTC().Format(time.RFC3339))
+			if entered = cur.GetTreatmentEntryTime().AsTime(); at.Before(entered) {
+				return apperr.Field("service_time", "must not be before the treatment entry (%s)", entered.UTC().Format(time.RFC3339))
 			}
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
-			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_time, recorded_by, create_time)
-				VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`, r.clinic, r.id, at, auth.Actor(ctx), now)
+			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, day_after_entry, recorded_by, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
+				r.clinic, r.id, key, at, daysBetween(entered, at, loc), auth.Actor(ctx), now)
 			if err != nil {
 				return fmt.Errorf("record follow-up service: %w", err)
 			}
@@ -433,9 +461,9 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 			// earlier time can make the person engaged earlier.
 			_, err = tx.Exec(ctx, `UPDATE referrals SET follow_up_services = follow_up_services + 1,
 				engagement_time = (SELECT v.service_time FROM referral_services v
-					WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_time <= referrals.treatment_entry_time + $3::interval
+					WHERE v.clinic = $1 AND v.referral_id = $2 AND v.day_after_entry BETWEEN 1 AND $3
 					ORDER BY v.service_time OFFSET 1 LIMIT 1)
-				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementWindow)
+				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementDays)
 			if err != nil {
 				return fmt.Errorf("count follow-up services: %w", err)
 			}

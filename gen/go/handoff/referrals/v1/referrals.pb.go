@@ -1600,9 +1600,9 @@ type Referral struct {
 	// (RecordFollowUpService).
 	FollowUpServiceCount int32 `protobuf:"varint,23,opt,name=follow_up_service_count,json=followUpServiceCount,proto3" json:"follow_up_service_count,omitempty"`
 	// When the person became engaged in treatment as HEDIS IET counts it:
-	// the time of the second further service within 34 days of treatment
-	// entry. Unset until then; a service reported late, with an earlier
-	// time, moves it earlier.
+	// the time of the second further service on the days after the day of
+	// treatment entry, through the 34th. Unset until then; a service
+	// reported late, with an earlier time, moves it earlier.
 	EngagementTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=engagement_time,json=engagementTime,proto3" json:"engagement_time,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -3541,8 +3541,8 @@ type ReferralSummary struct {
 	// The 90th percentile of the same; unset when no one entered.
 	P90TimeToTreatmentEntry *durationpb.Duration `protobuf:"bytes,7,opt,name=p90_time_to_treatment_entry,json=p90TimeToTreatmentEntry,proto3" json:"p90_time_to_treatment_entry,omitempty"`
 	// Of those who entered within 14 days, how many were then engaged: two
-	// more services within 34 days of entry (HEDIS IET engagement, from the
-	// services recorded with RecordFollowUpService).
+	// more services on the 34 days after the day of entry (HEDIS IET
+	// engagement, from the services recorded with RecordFollowUpService).
 	EngagedInTreatment int32 `protobuf:"varint,8,opt,name=engaged_in_treatment,json=engagedInTreatment,proto3" json:"engaged_in_treatment,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
@@ -4050,14 +4050,21 @@ type RecordFollowUpServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/referrals/{referral}`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// When the service was given: after the treatment entry, not in the
-	// future.
+	// When the service was given: not before the treatment entry, not in
+	// the future.
 	ServiceTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=service_time,json=serviceTime,proto3" json:"service_time,omitempty"`
 	// If set, the service is recorded only if the referral's etag still
 	// matches.
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
 	// A unique id for this request; a retry returns the first result.
-	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The program's own id for the service (an encounter or a dose record),
+	// so that two services at one time count as two and one reported twice
+	// counts once. Without it the time identifies the service.
+	ServiceId string `protobuf:"bytes,5,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	// The IANA time zone of the program, for example "America/Chicago", in
+	// which the service's and the entry's dates are read. Defaults to UTC.
+	TimeZone      string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4116,6 +4123,20 @@ func (x *RecordFollowUpServiceRequest) GetEtag() string {
 func (x *RecordFollowUpServiceRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RecordFollowUpServiceRequest) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *RecordFollowUpServiceRequest) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
 	}
 	return ""
 }
@@ -4520,7 +4541,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xab\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x80\x03\n" +
 	"\x1cRecordFollowUpServiceRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
 	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12H\n" +
@@ -4528,7 +4549,11 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xd4\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12*\n" +
+	"\n" +
+	"service_id\x18\x05 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x01R\tserviceId\x12'\n" +
+	"\ttime_zone\x18\x06 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\btimeZone\"\xd4\x02\n" +
 	"\x17CompleteReferralRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
 	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12Q\n" +

@@ -203,12 +203,16 @@ type ReferralsServiceClient interface {
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records a further service the person received after entering
 	// treatment, as the program reports it: a dose, a counseling or therapy
-	// visit. HEDIS IET counts a person engaged who had two more services
-	// within 34 days of treatment entry (`engagement_time`). Only a
+	// visit. HEDIS IET counts a person engaged who had two more services on
+	// the days after the day of entry, through the 34th
+	// (`engagement_time`); days are dates in `time_zone`. A service on the
+	// day of entry is recorded and counted but engages no one. Only a
 	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
-	// RESOURCE_NOT_READY); the service's time must lie after the entry and
-	// not in the future. The same service reported again (at the same time)
-	// is recorded once and changes nothing.
+	// RESOURCE_NOT_READY); the service's time must not lie before the entry
+	// nor in the future. The same service reported again (the same
+	// `service_id`, or without one the same time) is recorded once and
+	// changes nothing, not even the etag; but an `etag` sent with it is
+	// checked first, so a resend must carry the current etag or none.
 	RecordFollowUpService(ctx context.Context, in *RecordFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
@@ -658,12 +662,16 @@ type ReferralsServiceServer interface {
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
 	// Records a further service the person received after entering
 	// treatment, as the program reports it: a dose, a counseling or therapy
-	// visit. HEDIS IET counts a person engaged who had two more services
-	// within 34 days of treatment entry (`engagement_time`). Only a
+	// visit. HEDIS IET counts a person engaged who had two more services on
+	// the days after the day of entry, through the 34th
+	// (`engagement_time`); days are dates in `time_zone`. A service on the
+	// day of entry is recorded and counted but engages no one. Only a
 	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
-	// RESOURCE_NOT_READY); the service's time must lie after the entry and
-	// not in the future. The same service reported again (at the same time)
-	// is recorded once and changes nothing.
+	// RESOURCE_NOT_READY); the service's time must not lie before the entry
+	// nor in the future. The same service reported again (the same
+	// `service_id`, or without one the same time) is recorded once and
+	// changes nothing, not even the etag; but an `etag` sent with it is
+	// checked first, so a resend must carry the current etag or none.
 	RecordFollowUpService(context.Context, *RecordFollowUpServiceRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with

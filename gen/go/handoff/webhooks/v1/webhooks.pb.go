@@ -57,7 +57,8 @@ type Topic int32
 const (
 	// Not used.
 	Topic_TOPIC_UNSPECIFIED Topic = 0
-	// A referral was created or changed state.
+	// A referral was created or changed: its state, its reason, or a
+	// further service recorded after treatment entry.
 	Topic_TOPIC_REFERRAL_CHANGED Topic = 1
 	// An intervention meeting or an intake appointment was created, moved,
 	// cancelled or completed.
