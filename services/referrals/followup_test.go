@@ -47,9 +47,16 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		return f.client.RecordFollowUpService(f.ehr, req)
 	}
 
-	// Not before the person entered treatment.
+	// Not before the person entered treatment, and never after a referral
+	// closed without an entry.
 	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(1, 9, 0)})
 	wantReason(t, err, codes.FailedPrecondition, "RESOURCE_NOT_READY")
+	dropped := f.booked(t, p.GetName(), nil, now.Add(-time.Hour))
+	if _, err := f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: dropped.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{Name: dropped.GetName(), ServiceTime: at(1, 9, 0)})
+	wantReason(t, err, codes.FailedPrecondition, "INVALID_STATE_TRANSITION")
 	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName(), TreatmentEntryTime: timestamppb.New(entry)})
 	if err != nil {
 		t.Fatal(err)

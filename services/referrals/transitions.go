@@ -437,6 +437,11 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
 		ready: func(cur *referralsv1.Referral, _ time.Time) error {
+			switch cur.GetState() {
+			case rejected, cancelled, voided:
+				// Closed without an entry: no service will ever follow.
+				return apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_"), "COMPLETED")
+			}
 			if cur.GetState() != completed {
 				return apperr.NotReady(cur.GetName(), apperr.Violations{{Field: "state",
 					Description: "is " + strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_") +

@@ -207,9 +207,11 @@ type ReferralsServiceClient interface {
 	// the days after the day of entry, through the 34th
 	// (`engagement_time`); days are dates in `time_zone`. A service on the
 	// day of entry is recorded and counted but engages no one. Only a
-	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
-	// RESOURCE_NOT_READY); the service's time must not lie before the entry
-	// nor in the future. The same service reported again (the same
+	// COMPLETED referral takes them: an open one is refused with
+	// FAILED_PRECONDITION, reason RESOURCE_NOT_READY, one closed without an
+	// entry (REJECTED, CANCELLED, ENTERED_IN_ERROR) with reason
+	// INVALID_STATE_TRANSITION; the service's time must not lie before the
+	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time) is recorded once and
 	// changes nothing, not even the etag; but an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none.
@@ -666,9 +668,11 @@ type ReferralsServiceServer interface {
 	// the days after the day of entry, through the 34th
 	// (`engagement_time`); days are dates in `time_zone`. A service on the
 	// day of entry is recorded and counted but engages no one. Only a
-	// COMPLETED referral takes them (FAILED_PRECONDITION, reason
-	// RESOURCE_NOT_READY); the service's time must not lie before the entry
-	// nor in the future. The same service reported again (the same
+	// COMPLETED referral takes them: an open one is refused with
+	// FAILED_PRECONDITION, reason RESOURCE_NOT_READY, one closed without an
+	// entry (REJECTED, CANCELLED, ENTERED_IN_ERROR) with reason
+	// INVALID_STATE_TRANSITION; the service's time must not lie before the
+	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time) is recorded once and
 	// changes nothing, not even the etag; but an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none.
