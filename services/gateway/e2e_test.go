@@ -242,6 +242,13 @@ func TestEndToEndThroughREST(t *testing.T) {
 	if str(done, "state") != "REFERRAL_STATE_COMPLETED" || str(done, "fhirTaskStatus") != "completed" {
 		t.Fatalf("referral after intake = %v", done)
 	}
+	// The program reports a dose on the day of entry: counted, and no one is
+	// engaged by it alone (HEDIS IET counts the days after).
+	dose := w.ehr.ok("POST", "/v1/"+name+":recordFollowUpService", map[string]any{
+		"serviceTime": time.Now().UTC().Format(time.RFC3339Nano), "serviceId": "dose-1", "timeZone": "America/Chicago"})
+	if fmt.Sprint(dose["followUpServiceCount"]) != "1" || dose["engagementTime"] != nil || str(dose, "state") != "REFERRAL_STATE_COMPLETED" {
+		t.Fatalf("referral after a follow-up dose = %v", dose)
+	}
 	stacktest.Eventually(t, 20*time.Second, "the family-support referral after treatment entry", func() bool {
 		return len(list(w.counselor.ok("GET", "/v1/clinics/north/referrals"+q(fmt.Sprintf("intervention = %q AND service_kind = FAMILY_COUNSELING", ivA)), nil), "referrals")) == 1
 	})
