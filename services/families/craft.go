@@ -16,6 +16,7 @@ import (
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
+	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 // craftOrder is the order in which CRAFT teaches its topics; the enum's
@@ -73,22 +74,29 @@ func (s *Server) screenStatusAsOf(ctx context.Context, tx pgx.Tx, c child, at ti
 	return s.screenStatusAt(at, counts, familiesv1.SafetyRisk(result)), nil
 }
 
-const craftSelect = `SELECT id, member_ids, topics, notes, counselor, session_time, create_time FROM craft_sessions`
+const craftSelect = `SELECT id, member_ids, topics, notes, counselor, session_time, create_time, r.retract_time, r.retracted_by, r.reason
+	FROM craft_sessions LEFT JOIN LATERAL (SELECT retract_time, retracted_by, reason FROM craft_session_retractions r
+		WHERE r.clinic = craft_sessions.clinic AND r.family_id = craft_sessions.family_id AND r.session_id = craft_sessions.id) r ON true`
 
 func scanCraft(fam string) pgx.RowToFunc[*familiesv1.CraftSession] {
 	return func(r pgx.CollectableRow) (*familiesv1.CraftSession, error) {
 		var (
-			id, notes, by  string
-			members        []string
-			topics         []int16
-			held, recorded time.Time
+			id, notes, by     string
+			members           []string
+			topics            []int16
+			held, recorded    time.Time
+			retracted         *time.Time
+			retractBy, reason *string
 		)
-		if err := r.Scan(&id, &members, &topics, &notes, &by, &held, &recorded); err != nil {
+		if err := r.Scan(&id, &members, &topics, &notes, &by, &held, &recorded, &retracted, &retractBy, &reason); err != nil {
 			return nil, err
 		}
 		out := &familiesv1.CraftSession{
 			Name: aip.Name(fam, "craftSessions", id), MemberIds: members, Notes: notes, Counselor: by,
 			SessionTime: timestamppb.New(held), CreateTime: timestamppb.New(recorded),
+		}
+		if retracted != nil {
+			out.RetractTime, out.RetractedBy, out.RetractReason = timestamppb.New(*retracted), *retractBy, *reason
 		}
 		for _, t := range topics {
 			out.Topics = append(out.Topics, familiesv1.CraftTopic(t))
@@ -173,15 +181,66 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 				cs.GetNotes(), auth.Actor(ctx), at, now); err != nil {
 				return nil, fmt.Errorf("insert craft session: %w", err)
 			}
-			rows, err := tx.Query(ctx, craftSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
+			out, err := readCraft(ctx, tx, c)
 			if err != nil {
-				return nil, fmt.Errorf("read craft session: %w", err)
-			}
-			out, err := pgx.CollectExactlyOneRow(rows, scanCraft(c.familyName()))
-			if err != nil {
-				return nil, fmt.Errorf("read craft session: %w", err)
+				return nil, err
 			}
 			return out, emit(ctx, tx, c.clinic, "craft_session.created", out.GetName(), out)
+		})
+}
+
+func readCraft(ctx context.Context, q pgdb.Querier, c child) (*familiesv1.CraftSession, error) {
+	rows, err := q.Query(ctx, craftSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)
+	return pgdb.One(rows, err, aip.Name(c.familyName(), "craftSessions", c.id), scanCraft(c.familyName()))
+}
+
+// GetCraftSession implements the API.
+func (s *Server) GetCraftSession(ctx context.Context, req *familiesv1.GetCraftSessionRequest) (*familiesv1.CraftSession, error) {
+	c, err := parseChild("name", req.GetName(), "craftSessions")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	return readCraft(ctx, s.pool, c)
+}
+
+// RetractCraftSession implements the API.
+func (s *Server) RetractCraftSession(ctx context.Context, req *familiesv1.RetractCraftSessionRequest) (*familiesv1.CraftSession, error) {
+	c, err := parseChild("name", req.GetName(), "craftSessions")
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(req.GetReason()) == "" {
+		return nil, apperr.Field("reason", "is required: say why the session was recorded in error")
+	}
+	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"RetractCraftSession", req.GetRequestId(), req,
+		func() *familiesv1.CraftSession { return &familiesv1.CraftSession{} },
+		func(tx pgx.Tx) (*familiesv1.CraftSession, error) {
+			if err := requireFamily(ctx, tx, c); err != nil {
+				return nil, err
+			}
+			// The insert is the check: a second retraction meets the
+			// first's key, even when both are under way at once.
+			now := s.cfg.Now().Truncate(time.Microsecond)
+			tag, err := tx.Exec(ctx, `INSERT INTO craft_session_retractions (clinic, family_id, session_id, reason, retracted_by, retract_time)
+				SELECT clinic, family_id, id, $4, $5, $6 FROM craft_sessions WHERE clinic = $1 AND family_id = $2 AND id = $3
+				ON CONFLICT DO NOTHING`, c.clinic, c.family, c.id, req.GetReason(), auth.Actor(ctx), now)
+			if err != nil {
+				return nil, fmt.Errorf("retract craft session: %w", err)
+			}
+			out, err := readCraft(ctx, tx, c)
+			if err != nil {
+				return nil, err
+			}
+			if tag.RowsAffected() == 0 {
+				return nil, apperr.InvalidTransition(out.GetName(), "RETRACTED", "RETRACTED")
+			}
+			return out, emit(ctx, tx, c.clinic, "craft_session.retracted", out.GetName(), out)
 		})
 }
 
@@ -213,7 +272,8 @@ func (s *Server) ListCraftSessions(ctx context.Context, req *familiesv1.ListCraf
 }
 
 // GetCraftProgress implements the API. It is computed in one statement
-// over the family's sessions, so it always agrees with them.
+// over the family's sessions that stand (not retracted), so it always
+// agrees with them.
 func (s *Server) GetCraftProgress(ctx context.Context, req *familiesv1.GetCraftProgressRequest) (*familiesv1.CraftProgress, error) {
 	fam, ok := strings.CutSuffix(req.GetName(), "/craftProgress")
 	if _, _, err := parseFamily(fam); !ok || err != nil {
@@ -230,14 +290,15 @@ func (s *Server) GetCraftProgress(ctx context.Context, req *familiesv1.GetCraftP
 		members       []string
 		familyPresent bool
 	)
-	err = s.pool.QueryRow(ctx, `SELECT
-			EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2),
-			count(*)::int, min(session_time), max(session_time),
-			COALESCE((SELECT array_agg(DISTINCT t ORDER BY t) FROM craft_sessions cs, unnest(cs.topics) t
-				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}'),
-			COALESCE((SELECT array_agg(DISTINCT m COLLATE "C" ORDER BY m COLLATE "C") FROM craft_sessions cs, unnest(cs.member_ids) m
-				WHERE cs.clinic = $1 AND cs.family_id = $2), '{}')
-		FROM craft_sessions WHERE clinic = $1 AND family_id = $2`, c.clinic, c.family).
+	err = s.pool.QueryRow(ctx, `WITH held AS (
+			SELECT cs.* FROM craft_sessions cs WHERE cs.clinic = $1 AND cs.family_id = $2
+			AND NOT EXISTS (SELECT 1 FROM craft_session_retractions r
+				WHERE r.clinic = cs.clinic AND r.family_id = cs.family_id AND r.session_id = cs.id))
+		SELECT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2),
+			(SELECT count(*)::int FROM held), (SELECT min(session_time) FROM held), (SELECT max(session_time) FROM held),
+			COALESCE((SELECT array_agg(DISTINCT t ORDER BY t) FROM held, unnest(held.topics) t), '{}'),
+			COALESCE((SELECT array_agg(DISTINCT m COLLATE "C" ORDER BY m COLLATE "C") FROM held, unnest(held.member_ids) m), '{}')`,
+		c.clinic, c.family).
 		Scan(&familyPresent, &n, &first, &last, &topics, &members)
 	if err != nil {
 		return nil, fmt.Errorf("read craft progress: %w", err)

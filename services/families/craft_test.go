@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
@@ -140,12 +141,40 @@ func TestCraftSessionsFollowTheScreenAndShowProgress(t *testing.T) {
 		t.Fatalf("sessions listed = %v", names)
 	}
 
+	// A session recorded in error is retracted: it stays, marked, and
+	// leaves the progress; a second retraction is refused.
+	if _, err := f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: backdated.GetName()}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a retraction without a reason: %v", err)
+	}
+	gone, err := f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: backdated.GetName(),
+		Reason: "recorded for the wrong family", RequestId: "r1"})
+	if err != nil || gone.GetRetractTime() == nil || gone.GetRetractedBy() != "counselor-1" || gone.GetRetractReason() != "recorded for the wrong family" {
+		t.Fatalf("retracted session = %v, %v", gone, err)
+	}
+	if again, err := f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: backdated.GetName(),
+		Reason: "recorded for the wrong family", RequestId: "r1"}); err != nil || !again.GetRetractTime().AsTime().Equal(gone.GetRetractTime().AsTime()) {
+		t.Fatalf("the retraction retried: %v, %v; want its first answer", again, err)
+	}
+	_, err = f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: backdated.GetName(), Reason: "twice"})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: fam.GetName() + "/craftSessions/nope", Reason: "x"})
+	wantCode(t, err, codes.NotFound)
+	if got, err := f.client.GetCraftSession(f.ctx, &familiesv1.GetCraftSessionRequest{Name: backdated.GetName()}); err != nil ||
+		got.GetRetractReason() != "recorded for the wrong family" || !slices.Equal(got.GetTopics(), backdated.GetTopics()) {
+		t.Fatalf("GetCraftSession of the retracted one = %v, %v", got, err)
+	}
+	if p := progress(); p.GetSessionCount() != 2 || p.GetNextTopic() != reward ||
+		!slices.Equal(p.GetCoveredTopics(), []familiesv1.CraftTopic{induction, analysis, talk}) || !slices.Equal(p.GetMemberIds(), []string{"mom"}) ||
+		!p.GetFirstSessionTime().AsTime().Equal(first.GetSessionTime().AsTime()) {
+		t.Fatalf("progress after the retraction = %v; want 2 sessions, three topics, rewarding non-use next, the mother alone, from the first session", p)
+	}
+
 	// The outbox names the session; its notes stay in the service.
 	var events, copies int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*), count(*) FILTER (WHERE position('phone bill'::bytea IN payload) > 0)
-		FROM outbox WHERE event_type = 'handoff.families.v1.craft_session.created' AND resource LIKE $1 || '/%'`,
-		fam.GetName()).Scan(&events, &copies); err != nil || events != 3 || copies != 0 {
-		t.Fatalf("craft events = %d (%d with notes), %v; want 3 without notes", events, copies, err)
+		FROM outbox WHERE event_type LIKE 'handoff.families.v1.craft_session.%' AND resource LIKE $1 || '/%'`,
+		fam.GetName()).Scan(&events, &copies); err != nil || events != 4 || copies != 0 {
+		t.Fatalf("craft events = %d (%d with notes), %v; want 4 (3 created, 1 retracted) without notes", events, copies, err)
 	}
 }
 

@@ -712,7 +712,7 @@ func TestPaginationUnderInserts(t *testing.T) {
 func digest(t *testing.T, pool *pgxpool.Pool) string {
 	t.Helper()
 	var out string
-	for _, table := range []string{"families", "barriers", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions", "boundaries", "boundary_events", "outbox", "idempotency_keys"} {
+	for _, table := range []string{"families", "barriers", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions", "craft_session_retractions", "boundaries", "boundary_events", "outbox", "idempotency_keys"} {
 		var d *string
 		if err := pool.QueryRow(context.Background(), `SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM `+table+` t`).Scan(&d); err != nil {
 			t.Fatal(err)

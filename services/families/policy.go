@@ -31,11 +31,11 @@ func Policy() grpcserver.Policy {
 		p[svc+m] = readers
 	}
 	for _, m := range []string{"GetBarrier", "GetWarningSign", "ListSafetyScreens", "GetBoundary",
-		"ListCraftSessions", "GetCraftProgress"} {
+		"GetCraftSession", "ListCraftSessions", "GetCraftProgress"} {
 		p[svc+m] = staff
 	}
 	for _, m := range []string{"CreateFamily", "UpdateFamily", "CreateBarrier", "UpdateBarrier",
-		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "RetractWarningSign", "CreateSafetyScreen", "CreateCraftSession", "CreateBoundary",
+		"DeleteBarrier", "ResolveBarrier", "CreateWarningSign", "RetractWarningSign", "CreateSafetyScreen", "CreateCraftSession", "RetractCraftSession", "CreateBoundary",
 		"UpdateBoundary", "AgreeBoundary", "ActivateBoundary", "RetireBoundary"} {
 		p[svc+m] = staff
 	}

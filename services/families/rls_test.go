@@ -76,10 +76,14 @@ func TestHistoriesAreAppendOnlyForTheService(t *testing.T) {
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION); err != nil {
+	cs, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_INDUCTION)
+	if err != nil {
 		t.Fatal(err)
 	}
-	tables := []string{"boundary_events", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions"}
+	if _, err := f.client.RetractCraftSession(f.ctx, &familiesv1.RetractCraftSessionRequest{Name: cs.GetName(), Reason: "wrong family"}); err != nil {
+		t.Fatal(err)
+	}
+	tables := []string{"boundary_events", "warning_signs", "warning_sign_retractions", "safety_screens", "craft_sessions", "craft_session_retractions"}
 	count := func() (n int) {
 		t.Helper()
 		for _, table := range tables {

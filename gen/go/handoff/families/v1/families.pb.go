@@ -3656,7 +3656,13 @@ type CraftSession struct {
 	// Who held the session: the user id of the counselor who recorded it.
 	Counselor string `protobuf:"bytes,6,opt,name=counselor,proto3" json:"counselor,omitempty"`
 	// When it was recorded.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it was retracted as recorded in error; unset while it stands.
+	RetractTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=retract_time,json=retractTime,proto3" json:"retract_time,omitempty"`
+	// Who retracted it.
+	RetractedBy string `protobuf:"bytes,9,opt,name=retracted_by,json=retractedBy,proto3" json:"retracted_by,omitempty"`
+	// Why it was retracted.
+	RetractReason string `protobuf:"bytes,10,opt,name=retract_reason,json=retractReason,proto3" json:"retract_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3740,12 +3746,34 @@ func (x *CraftSession) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CraftSession) GetRetractTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RetractTime
+	}
+	return nil
+}
+
+func (x *CraftSession) GetRetractedBy() string {
+	if x != nil {
+		return x.RetractedBy
+	}
+	return ""
+}
+
+func (x *CraftSession) GetRetractReason() string {
+	if x != nil {
+		return x.RetractReason
+	}
+	return ""
+}
+
 // How far a family's CRAFT training has come, computed from its sessions.
 type CraftProgress struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// `clinics/{clinic}/families/{family}/craftProgress`.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// How many sessions were recorded.
+	// How many sessions were recorded and not retracted; the rest of the
+	// progress counts those alone.
 	SessionCount int32 `protobuf:"varint,2,opt,name=session_count,json=sessionCount,proto3" json:"session_count,omitempty"`
 	// When the first session was held; unset before any.
 	FirstSessionTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_session_time,json=firstSessionTime,proto3" json:"first_session_time,omitempty"`
@@ -4025,6 +4053,116 @@ func (x *ListCraftSessionsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// Request for GetCraftSession.
+type GetCraftSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/craftSessions/{craft_session}`.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCraftSessionRequest) Reset() {
+	*x = GetCraftSessionRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCraftSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCraftSessionRequest) ProtoMessage() {}
+
+func (x *GetCraftSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCraftSessionRequest.ProtoReflect.Descriptor instead.
+func (*GetCraftSessionRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *GetCraftSessionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// Request for RetractCraftSession.
+type RetractCraftSessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/families/{family}/craftSessions/{craft_session}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Why it was recorded in error, in a few words; kept with the session.
+	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	// A unique id for this request; a retry returns the first result.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetractCraftSessionRequest) Reset() {
+	*x = RetractCraftSessionRequest{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetractCraftSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetractCraftSessionRequest) ProtoMessage() {}
+
+func (x *RetractCraftSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetractCraftSessionRequest.ProtoReflect.Descriptor instead.
+func (*RetractCraftSessionRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RetractCraftSessionRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RetractCraftSessionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RetractCraftSessionRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for GetCraftProgress.
 type GetCraftProgressRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4036,7 +4174,7 @@ type GetCraftProgressRequest struct {
 
 func (x *GetCraftProgressRequest) Reset() {
 	*x = GetCraftProgressRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4048,7 +4186,7 @@ func (x *GetCraftProgressRequest) String() string {
 func (*GetCraftProgressRequest) ProtoMessage() {}
 
 func (x *GetCraftProgressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[38]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4061,7 +4199,7 @@ func (x *GetCraftProgressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCraftProgressRequest.ProtoReflect.Descriptor instead.
 func (*GetCraftProgressRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{38}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetCraftProgressRequest) GetName() string {
@@ -4086,7 +4224,7 @@ type CreateBoundaryRequest struct {
 
 func (x *CreateBoundaryRequest) Reset() {
 	*x = CreateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4098,7 +4236,7 @@ func (x *CreateBoundaryRequest) String() string {
 func (*CreateBoundaryRequest) ProtoMessage() {}
 
 func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[39]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4111,7 +4249,7 @@ func (x *CreateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*CreateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{39}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateBoundaryRequest) GetParent() string {
@@ -4146,7 +4284,7 @@ type GetBoundaryRequest struct {
 
 func (x *GetBoundaryRequest) Reset() {
 	*x = GetBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4158,7 +4296,7 @@ func (x *GetBoundaryRequest) String() string {
 func (*GetBoundaryRequest) ProtoMessage() {}
 
 func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[40]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4171,7 +4309,7 @@ func (x *GetBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*GetBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{40}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetBoundaryRequest) GetName() string {
@@ -4199,7 +4337,7 @@ type ListBoundariesRequest struct {
 
 func (x *ListBoundariesRequest) Reset() {
 	*x = ListBoundariesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4211,7 +4349,7 @@ func (x *ListBoundariesRequest) String() string {
 func (*ListBoundariesRequest) ProtoMessage() {}
 
 func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[41]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4224,7 +4362,7 @@ func (x *ListBoundariesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesRequest.ProtoReflect.Descriptor instead.
 func (*ListBoundariesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{41}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListBoundariesRequest) GetParent() string {
@@ -4268,7 +4406,7 @@ type ListBoundariesResponse struct {
 
 func (x *ListBoundariesResponse) Reset() {
 	*x = ListBoundariesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4280,7 +4418,7 @@ func (x *ListBoundariesResponse) String() string {
 func (*ListBoundariesResponse) ProtoMessage() {}
 
 func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[42]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4293,7 +4431,7 @@ func (x *ListBoundariesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListBoundariesResponse.ProtoReflect.Descriptor instead.
 func (*ListBoundariesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{42}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListBoundariesResponse) GetBoundaries() []*Boundary {
@@ -4325,7 +4463,7 @@ type UpdateBoundaryRequest struct {
 
 func (x *UpdateBoundaryRequest) Reset() {
 	*x = UpdateBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4337,7 +4475,7 @@ func (x *UpdateBoundaryRequest) String() string {
 func (*UpdateBoundaryRequest) ProtoMessage() {}
 
 func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[43]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4350,7 +4488,7 @@ func (x *UpdateBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{43}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UpdateBoundaryRequest) GetBoundary() *Boundary {
@@ -4391,7 +4529,7 @@ type TransitionBoundaryRequest struct {
 
 func (x *TransitionBoundaryRequest) Reset() {
 	*x = TransitionBoundaryRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4403,7 +4541,7 @@ func (x *TransitionBoundaryRequest) String() string {
 func (*TransitionBoundaryRequest) ProtoMessage() {}
 
 func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[44]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4416,7 +4554,7 @@ func (x *TransitionBoundaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransitionBoundaryRequest.ProtoReflect.Descriptor instead.
 func (*TransitionBoundaryRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{44}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransitionBoundaryRequest) GetName() string {
@@ -4499,7 +4637,7 @@ type Consent struct {
 
 func (x *Consent) Reset() {
 	*x = Consent{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4511,7 +4649,7 @@ func (x *Consent) String() string {
 func (*Consent) ProtoMessage() {}
 
 func (x *Consent) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[45]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4524,7 +4662,7 @@ func (x *Consent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Consent.ProtoReflect.Descriptor instead.
 func (*Consent) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{45}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Consent) GetName() string {
@@ -4656,7 +4794,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4668,7 +4806,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[46]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4681,7 +4819,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{46}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Revocation) GetRecipient() string {
@@ -4744,7 +4882,7 @@ type Disclosure struct {
 
 func (x *Disclosure) Reset() {
 	*x = Disclosure{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4756,7 +4894,7 @@ func (x *Disclosure) String() string {
 func (*Disclosure) ProtoMessage() {}
 
 func (x *Disclosure) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[47]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4769,7 +4907,7 @@ func (x *Disclosure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disclosure.ProtoReflect.Descriptor instead.
 func (*Disclosure) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{47}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Disclosure) GetName() string {
@@ -4856,7 +4994,7 @@ type CreateConsentRequest struct {
 
 func (x *CreateConsentRequest) Reset() {
 	*x = CreateConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4868,7 +5006,7 @@ func (x *CreateConsentRequest) String() string {
 func (*CreateConsentRequest) ProtoMessage() {}
 
 func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[48]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4881,7 +5019,7 @@ func (x *CreateConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateConsentRequest.ProtoReflect.Descriptor instead.
 func (*CreateConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{48}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CreateConsentRequest) GetParent() string {
@@ -4915,7 +5053,7 @@ type GetConsentRequest struct {
 
 func (x *GetConsentRequest) Reset() {
 	*x = GetConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4927,7 +5065,7 @@ func (x *GetConsentRequest) String() string {
 func (*GetConsentRequest) ProtoMessage() {}
 
 func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[49]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4940,7 +5078,7 @@ func (x *GetConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConsentRequest.ProtoReflect.Descriptor instead.
 func (*GetConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{49}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetConsentRequest) GetName() string {
@@ -4965,7 +5103,7 @@ type ListConsentsRequest struct {
 
 func (x *ListConsentsRequest) Reset() {
 	*x = ListConsentsRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4977,7 +5115,7 @@ func (x *ListConsentsRequest) String() string {
 func (*ListConsentsRequest) ProtoMessage() {}
 
 func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[50]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4990,7 +5128,7 @@ func (x *ListConsentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsRequest.ProtoReflect.Descriptor instead.
 func (*ListConsentsRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{50}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ListConsentsRequest) GetParent() string {
@@ -5026,7 +5164,7 @@ type ListConsentsResponse struct {
 
 func (x *ListConsentsResponse) Reset() {
 	*x = ListConsentsResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5038,7 +5176,7 @@ func (x *ListConsentsResponse) String() string {
 func (*ListConsentsResponse) ProtoMessage() {}
 
 func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[51]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5051,7 +5189,7 @@ func (x *ListConsentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConsentsResponse.ProtoReflect.Descriptor instead.
 func (*ListConsentsResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{51}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListConsentsResponse) GetConsents() []*Consent {
@@ -5087,7 +5225,7 @@ type RevokeConsentRequest struct {
 
 func (x *RevokeConsentRequest) Reset() {
 	*x = RevokeConsentRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5099,7 +5237,7 @@ func (x *RevokeConsentRequest) String() string {
 func (*RevokeConsentRequest) ProtoMessage() {}
 
 func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[52]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5112,7 +5250,7 @@ func (x *RevokeConsentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConsentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConsentRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{52}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RevokeConsentRequest) GetName() string {
@@ -5167,7 +5305,7 @@ type CreateDisclosureRequest struct {
 
 func (x *CreateDisclosureRequest) Reset() {
 	*x = CreateDisclosureRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5179,7 +5317,7 @@ func (x *CreateDisclosureRequest) String() string {
 func (*CreateDisclosureRequest) ProtoMessage() {}
 
 func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[53]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5192,7 +5330,7 @@ func (x *CreateDisclosureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDisclosureRequest.ProtoReflect.Descriptor instead.
 func (*CreateDisclosureRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{53}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CreateDisclosureRequest) GetParent() string {
@@ -5238,7 +5376,7 @@ type ListDisclosuresRequest struct {
 
 func (x *ListDisclosuresRequest) Reset() {
 	*x = ListDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5250,7 +5388,7 @@ func (x *ListDisclosuresRequest) String() string {
 func (*ListDisclosuresRequest) ProtoMessage() {}
 
 func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[54]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5263,7 +5401,7 @@ func (x *ListDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{54}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ListDisclosuresRequest) GetParent() string {
@@ -5299,7 +5437,7 @@ type ListDisclosuresResponse struct {
 
 func (x *ListDisclosuresResponse) Reset() {
 	*x = ListDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5311,7 +5449,7 @@ func (x *ListDisclosuresResponse) String() string {
 func (*ListDisclosuresResponse) ProtoMessage() {}
 
 func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[55]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5324,7 +5462,7 @@ func (x *ListDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*ListDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{55}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ListDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -5353,7 +5491,7 @@ type ListCoveredFamiliesRequest struct {
 
 func (x *ListCoveredFamiliesRequest) Reset() {
 	*x = ListCoveredFamiliesRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5365,7 +5503,7 @@ func (x *ListCoveredFamiliesRequest) String() string {
 func (*ListCoveredFamiliesRequest) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[56]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5378,7 +5516,7 @@ func (x *ListCoveredFamiliesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesRequest.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{56}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ListCoveredFamiliesRequest) GetParent() string {
@@ -5405,7 +5543,7 @@ type ListCoveredFamiliesResponse struct {
 
 func (x *ListCoveredFamiliesResponse) Reset() {
 	*x = ListCoveredFamiliesResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5417,7 +5555,7 @@ func (x *ListCoveredFamiliesResponse) String() string {
 func (*ListCoveredFamiliesResponse) ProtoMessage() {}
 
 func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[57]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5430,7 +5568,7 @@ func (x *ListCoveredFamiliesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCoveredFamiliesResponse.ProtoReflect.Descriptor instead.
 func (*ListCoveredFamiliesResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{57}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
@@ -5453,7 +5591,7 @@ type BatchCreateDisclosuresRequest struct {
 
 func (x *BatchCreateDisclosuresRequest) Reset() {
 	*x = BatchCreateDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5465,7 +5603,7 @@ func (x *BatchCreateDisclosuresRequest) String() string {
 func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[58]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5478,7 +5616,7 @@ func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{58}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *BatchCreateDisclosuresRequest) GetParent() string {
@@ -5505,7 +5643,7 @@ type BatchCreateDisclosuresResponse struct {
 
 func (x *BatchCreateDisclosuresResponse) Reset() {
 	*x = BatchCreateDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5517,7 +5655,7 @@ func (x *BatchCreateDisclosuresResponse) String() string {
 func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[59]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5530,7 +5668,7 @@ func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{59}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -5798,7 +5936,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x8d\x01\n" +
 	"\x19ListSafetyScreensResponse\x12H\n" +
 	"\x0esafety_screens\x18\x01 \x03(\v2!.handoff.families.v1.SafetyScreenR\rsafetyScreens\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x96\x04\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xae\x05\n" +
 	"\fCraftSession\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12M\n" +
 	"\n" +
@@ -5809,7 +5947,11 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x05notes\x18\x05 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x05notes\x12!\n" +
 	"\tcounselor\x18\x06 \x01(\tB\x03\xe0A\x03R\tcounselor\x12@\n" +
 	"\vcreate_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
-	"createTime:\x7f\xeaA|\n" +
+	"createTime\x12B\n" +
+	"\fretract_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\vretractTime\x12&\n" +
+	"\fretracted_by\x18\t \x01(\tB\x03\xe0A\x03R\vretractedBy\x12*\n" +
+	"\x0eretract_reason\x18\n" +
+	" \x01(\tB\x03\xe0A\x03R\rretractReason:\x7f\xeaA|\n" +
 	"\x1bhandoff.health/CraftSession\x12@clinics/{clinic}/families/{family}/craftSessions/{craft_session}*\rcraftSessions2\fcraftSession\"\x99\x04\n" +
 	"\rCraftProgress\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12(\n" +
@@ -5836,7 +5978,17 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x8d\x01\n" +
 	"\x19ListCraftSessionsResponse\x12H\n" +
 	"\x0ecraft_sessions\x18\x01 \x03(\v2!.handoff.families.v1.CraftSessionR\rcraftSessions\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xab\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc2\x01\n" +
+	"\x16GetCraftSessionRequest\x12\xa7\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x92\x01\xe0A\x02\xfaA\x1d\n" +
+	"\x1bhandoff.health/CraftSession\xbaHlrj2h^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/craftSessions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x99\x02\n" +
+	"\x1aRetractCraftSessionRequest\x12\xa7\x01\n" +
+	"\x04name\x18\x01 \x01(\tB\x92\x01\xe0A\x02\xfaA\x1d\n" +
+	"\x1bhandoff.health/CraftSession\xbaHlrj2h^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/craftSessions/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12&\n" +
+	"\x06reason\x18\x02 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\x18\xf4\x03R\x06reason\x12)\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xab\x01\n" +
 	"\x17GetCraftProgressRequest\x12\x8f\x01\n" +
 	"\x04name\x18\x01 \x01(\tB{\xe0A\x02\xfaA\x1e\n" +
 	"\x1chandoff.health/CraftProgress\xbaHTrR2P^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/craftProgress$R\x04name\"\x8b\x02\n" +
@@ -6092,7 +6244,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x1eDISCLOSURE_CHANNEL_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16DISCLOSURE_CHANNEL_API\x10\x01\x12\x1e\n" +
 	"\x1aDISCLOSURE_CHANNEL_WEBHOOK\x10\x02\x12\x1d\n" +
-	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xec2\n" +
+	"\x19DISCLOSURE_CHANNEL_MANUAL\x10\x032\xce5\n" +
 	"\x0fFamiliesService\x12\x96\x01\n" +
 	"\fCreateFamily\x12(.handoff.families.v1.CreateFamilyRequest\x1a\x1b.handoff.families.v1.Family\"?\xdaA\rparent,family\x82\xd3\xe4\x93\x02):\x06family\"\x1f/v1/{parent=clinics/*}/families\x12\x7f\n" +
 	"\tGetFamily\x12%.handoff.families.v1.GetFamilyRequest\x1a\x1b.handoff.families.v1.Family\".\xdaA\x04name\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{name=clinics/*/families/*}\x12\x95\x01\n" +
@@ -6113,7 +6265,9 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x10ListWarningSigns\x12,.handoff.families.v1.ListWarningSignsRequest\x1a-.handoff.families.v1.ListWarningSignsResponse\"?\xdaA\x06parent\x82\xd3\xe4\x93\x020\x12./v1/{parent=clinics/*/families/*}/warningSigns\x12\xc6\x01\n" +
 	"\x12CreateSafetyScreen\x12..handoff.families.v1.CreateSafetyScreenRequest\x1a!.handoff.families.v1.SafetyScreen\"]\xdaA\x14parent,safety_screen\x82\xd3\xe4\x93\x02@:\rsafety_screen\"//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xb4\x01\n" +
 	"\x11ListSafetyScreens\x12-.handoff.families.v1.ListSafetyScreensRequest\x1a..handoff.families.v1.ListSafetyScreensResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/safetyScreens\x12\xc6\x01\n" +
-	"\x12CreateCraftSession\x12..handoff.families.v1.CreateCraftSessionRequest\x1a!.handoff.families.v1.CraftSession\"]\xdaA\x14parent,craft_session\x82\xd3\xe4\x93\x02@:\rcraft_session\"//v1/{parent=clinics/*/families/*}/craftSessions\x12\xb4\x01\n" +
+	"\x12CreateCraftSession\x12..handoff.families.v1.CreateCraftSessionRequest\x1a!.handoff.families.v1.CraftSession\"]\xdaA\x14parent,craft_session\x82\xd3\xe4\x93\x02@:\rcraft_session\"//v1/{parent=clinics/*/families/*}/craftSessions\x12\xa1\x01\n" +
+	"\x0fGetCraftSession\x12+.handoff.families.v1.GetCraftSessionRequest\x1a!.handoff.families.v1.CraftSession\">\xdaA\x04name\x82\xd3\xe4\x93\x021\x12//v1/{name=clinics/*/families/*/craftSessions/*}\x12\xbb\x01\n" +
+	"\x13RetractCraftSession\x12/.handoff.families.v1.RetractCraftSessionRequest\x1a!.handoff.families.v1.CraftSession\"P\xdaA\vname,reason\x82\xd3\xe4\x93\x02<:\x01*\"7/v1/{name=clinics/*/families/*/craftSessions/*}:retract\x12\xb4\x01\n" +
 	"\x11ListCraftSessions\x12-.handoff.families.v1.ListCraftSessionsRequest\x1a..handoff.families.v1.ListCraftSessionsResponse\"@\xdaA\x06parent\x82\xd3\xe4\x93\x021\x12//v1/{parent=clinics/*/families/*}/craftSessions\x12\xa2\x01\n" +
 	"\x10GetCraftProgress\x12,.handoff.families.v1.GetCraftProgressRequest\x1a\".handoff.families.v1.CraftProgress\"<\xdaA\x04name\x82\xd3\xe4\x93\x02/\x12-/v1/{name=clinics/*/families/*/craftProgress}\x12\xad\x01\n" +
 	"\x0eCreateBoundary\x12*.handoff.families.v1.CreateBoundaryRequest\x1a\x1d.handoff.families.v1.Boundary\"P\xdaA\x0fparent,boundary\x82\xd3\xe4\x93\x028:\bboundary\",/v1/{parent=clinics/*/families/*}/boundaries\x12\x92\x01\n" +
@@ -6149,7 +6303,7 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                         // 1: handoff.families.v1.Substance
@@ -6206,33 +6360,35 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(*CreateCraftSessionRequest)(nil),      // 52: handoff.families.v1.CreateCraftSessionRequest
 	(*ListCraftSessionsRequest)(nil),       // 53: handoff.families.v1.ListCraftSessionsRequest
 	(*ListCraftSessionsResponse)(nil),      // 54: handoff.families.v1.ListCraftSessionsResponse
-	(*GetCraftProgressRequest)(nil),        // 55: handoff.families.v1.GetCraftProgressRequest
-	(*CreateBoundaryRequest)(nil),          // 56: handoff.families.v1.CreateBoundaryRequest
-	(*GetBoundaryRequest)(nil),             // 57: handoff.families.v1.GetBoundaryRequest
-	(*ListBoundariesRequest)(nil),          // 58: handoff.families.v1.ListBoundariesRequest
-	(*ListBoundariesResponse)(nil),         // 59: handoff.families.v1.ListBoundariesResponse
-	(*UpdateBoundaryRequest)(nil),          // 60: handoff.families.v1.UpdateBoundaryRequest
-	(*TransitionBoundaryRequest)(nil),      // 61: handoff.families.v1.TransitionBoundaryRequest
-	(*Consent)(nil),                        // 62: handoff.families.v1.Consent
-	(*Revocation)(nil),                     // 63: handoff.families.v1.Revocation
-	(*Disclosure)(nil),                     // 64: handoff.families.v1.Disclosure
-	(*CreateConsentRequest)(nil),           // 65: handoff.families.v1.CreateConsentRequest
-	(*GetConsentRequest)(nil),              // 66: handoff.families.v1.GetConsentRequest
-	(*ListConsentsRequest)(nil),            // 67: handoff.families.v1.ListConsentsRequest
-	(*ListConsentsResponse)(nil),           // 68: handoff.families.v1.ListConsentsResponse
-	(*RevokeConsentRequest)(nil),           // 69: handoff.families.v1.RevokeConsentRequest
-	(*CreateDisclosureRequest)(nil),        // 70: handoff.families.v1.CreateDisclosureRequest
-	(*ListDisclosuresRequest)(nil),         // 71: handoff.families.v1.ListDisclosuresRequest
-	(*ListDisclosuresResponse)(nil),        // 72: handoff.families.v1.ListDisclosuresResponse
-	(*ListCoveredFamiliesRequest)(nil),     // 73: handoff.families.v1.ListCoveredFamiliesRequest
-	(*ListCoveredFamiliesResponse)(nil),    // 74: handoff.families.v1.ListCoveredFamiliesResponse
-	(*BatchCreateDisclosuresRequest)(nil),  // 75: handoff.families.v1.BatchCreateDisclosuresRequest
-	(*BatchCreateDisclosuresResponse)(nil), // 76: handoff.families.v1.BatchCreateDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),          // 77: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 78: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),      // 79: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                  // 80: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),     // 81: handoff.audit.v1.ListAuditEventsResponse
+	(*GetCraftSessionRequest)(nil),         // 55: handoff.families.v1.GetCraftSessionRequest
+	(*RetractCraftSessionRequest)(nil),     // 56: handoff.families.v1.RetractCraftSessionRequest
+	(*GetCraftProgressRequest)(nil),        // 57: handoff.families.v1.GetCraftProgressRequest
+	(*CreateBoundaryRequest)(nil),          // 58: handoff.families.v1.CreateBoundaryRequest
+	(*GetBoundaryRequest)(nil),             // 59: handoff.families.v1.GetBoundaryRequest
+	(*ListBoundariesRequest)(nil),          // 60: handoff.families.v1.ListBoundariesRequest
+	(*ListBoundariesResponse)(nil),         // 61: handoff.families.v1.ListBoundariesResponse
+	(*UpdateBoundaryRequest)(nil),          // 62: handoff.families.v1.UpdateBoundaryRequest
+	(*TransitionBoundaryRequest)(nil),      // 63: handoff.families.v1.TransitionBoundaryRequest
+	(*Consent)(nil),                        // 64: handoff.families.v1.Consent
+	(*Revocation)(nil),                     // 65: handoff.families.v1.Revocation
+	(*Disclosure)(nil),                     // 66: handoff.families.v1.Disclosure
+	(*CreateConsentRequest)(nil),           // 67: handoff.families.v1.CreateConsentRequest
+	(*GetConsentRequest)(nil),              // 68: handoff.families.v1.GetConsentRequest
+	(*ListConsentsRequest)(nil),            // 69: handoff.families.v1.ListConsentsRequest
+	(*ListConsentsResponse)(nil),           // 70: handoff.families.v1.ListConsentsResponse
+	(*RevokeConsentRequest)(nil),           // 71: handoff.families.v1.RevokeConsentRequest
+	(*CreateDisclosureRequest)(nil),        // 72: handoff.families.v1.CreateDisclosureRequest
+	(*ListDisclosuresRequest)(nil),         // 73: handoff.families.v1.ListDisclosuresRequest
+	(*ListDisclosuresResponse)(nil),        // 74: handoff.families.v1.ListDisclosuresResponse
+	(*ListCoveredFamiliesRequest)(nil),     // 75: handoff.families.v1.ListCoveredFamiliesRequest
+	(*ListCoveredFamiliesResponse)(nil),    // 76: handoff.families.v1.ListCoveredFamiliesResponse
+	(*BatchCreateDisclosuresRequest)(nil),  // 77: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 78: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 79: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 80: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 81: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 82: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 83: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	18,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -6241,9 +6397,9 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
 	25,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	77,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	77,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	79,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
 	19,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
@@ -6254,150 +6410,155 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	21,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	77,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	77,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	79,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	77,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	77,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
+	79,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	79,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
 	8,   // 26: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	77,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	77,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	79,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
 	10,  // 29: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
 	11,  // 30: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
 	27,  // 31: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	77,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
 	11,  // 34: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
 	11,  // 35: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	77,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	79,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
 	17,  // 37: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
 	17,  // 38: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
 	17,  // 39: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	78,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	80,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
 	23,  // 41: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
 	23,  // 42: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
 	23,  // 43: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	78,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	80,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
 	24,  // 45: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
 	24,  // 46: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
 	25,  // 47: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
 	25,  // 48: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
 	12,  // 49: handoff.families.v1.CraftSession.topics:type_name -> handoff.families.v1.CraftTopic
-	77,  // 50: handoff.families.v1.CraftSession.session_time:type_name -> google.protobuf.Timestamp
-	77,  // 51: handoff.families.v1.CraftSession.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 52: handoff.families.v1.CraftProgress.first_session_time:type_name -> google.protobuf.Timestamp
-	77,  // 53: handoff.families.v1.CraftProgress.last_session_time:type_name -> google.protobuf.Timestamp
-	12,  // 54: handoff.families.v1.CraftProgress.covered_topics:type_name -> handoff.families.v1.CraftTopic
-	12,  // 55: handoff.families.v1.CraftProgress.next_topic:type_name -> handoff.families.v1.CraftTopic
-	50,  // 56: handoff.families.v1.CreateCraftSessionRequest.craft_session:type_name -> handoff.families.v1.CraftSession
-	50,  // 57: handoff.families.v1.ListCraftSessionsResponse.craft_sessions:type_name -> handoff.families.v1.CraftSession
-	26,  // 58: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	26,  // 59: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
-	26,  // 60: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	78,  // 61: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
-	14,  // 62: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
-	15,  // 63: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	77,  // 64: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	77,  // 65: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
-	13,  // 66: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
-	63,  // 67: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	77,  // 68: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	77,  // 69: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	77,  // 70: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
-	14,  // 71: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
-	15,  // 72: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
-	16,  // 73: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	77,  // 74: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
-	62,  // 75: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
-	62,  // 76: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
-	64,  // 77: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
-	64,  // 78: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	14,  // 79: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
-	70,  // 80: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
-	64,  // 81: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	28,  // 82: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	29,  // 83: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	30,  // 84: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	32,  // 85: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	34,  // 86: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
-	33,  // 87: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	35,  // 88: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	36,  // 89: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	37,  // 90: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	39,  // 91: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	40,  // 92: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	41,  // 93: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	42,  // 94: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	43,  // 95: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	44,  // 96: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
-	45,  // 97: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	47,  // 98: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	48,  // 99: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	52,  // 100: handoff.families.v1.FamiliesService.CreateCraftSession:input_type -> handoff.families.v1.CreateCraftSessionRequest
-	53,  // 101: handoff.families.v1.FamiliesService.ListCraftSessions:input_type -> handoff.families.v1.ListCraftSessionsRequest
-	55,  // 102: handoff.families.v1.FamiliesService.GetCraftProgress:input_type -> handoff.families.v1.GetCraftProgressRequest
-	56,  // 103: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	57,  // 104: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	58,  // 105: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	60,  // 106: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	61,  // 107: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	61,  // 108: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	61,  // 109: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	61,  // 110: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	65,  // 111: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	66,  // 112: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	67,  // 113: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	69,  // 114: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	70,  // 115: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	73,  // 116: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
-	75,  // 117: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
-	71,  // 118: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	79,  // 119: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	17,  // 120: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	17,  // 121: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	31,  // 122: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	17,  // 123: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	17,  // 124: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
-	80,  // 125: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	23,  // 126: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 127: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	38,  // 128: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	23,  // 129: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	80,  // 130: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	23,  // 131: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	24,  // 132: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	24,  // 133: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	24,  // 134: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
-	46,  // 135: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	25,  // 136: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	49,  // 137: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	50,  // 138: handoff.families.v1.FamiliesService.CreateCraftSession:output_type -> handoff.families.v1.CraftSession
-	54,  // 139: handoff.families.v1.FamiliesService.ListCraftSessions:output_type -> handoff.families.v1.ListCraftSessionsResponse
-	51,  // 140: handoff.families.v1.FamiliesService.GetCraftProgress:output_type -> handoff.families.v1.CraftProgress
-	26,  // 141: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 142: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	59,  // 143: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	26,  // 144: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 145: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 146: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 147: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 148: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	62,  // 149: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	62,  // 150: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	68,  // 151: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	62,  // 152: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	64,  // 153: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	74,  // 154: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
-	76,  // 155: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
-	72,  // 156: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	81,  // 157: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	120, // [120:158] is the sub-list for method output_type
-	82,  // [82:120] is the sub-list for method input_type
-	82,  // [82:82] is the sub-list for extension type_name
-	82,  // [82:82] is the sub-list for extension extendee
-	0,   // [0:82] is the sub-list for field type_name
+	79,  // 50: handoff.families.v1.CraftSession.session_time:type_name -> google.protobuf.Timestamp
+	79,  // 51: handoff.families.v1.CraftSession.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 52: handoff.families.v1.CraftSession.retract_time:type_name -> google.protobuf.Timestamp
+	79,  // 53: handoff.families.v1.CraftProgress.first_session_time:type_name -> google.protobuf.Timestamp
+	79,  // 54: handoff.families.v1.CraftProgress.last_session_time:type_name -> google.protobuf.Timestamp
+	12,  // 55: handoff.families.v1.CraftProgress.covered_topics:type_name -> handoff.families.v1.CraftTopic
+	12,  // 56: handoff.families.v1.CraftProgress.next_topic:type_name -> handoff.families.v1.CraftTopic
+	50,  // 57: handoff.families.v1.CreateCraftSessionRequest.craft_session:type_name -> handoff.families.v1.CraftSession
+	50,  // 58: handoff.families.v1.ListCraftSessionsResponse.craft_sessions:type_name -> handoff.families.v1.CraftSession
+	26,  // 59: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	26,  // 60: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
+	26,  // 61: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
+	80,  // 62: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	14,  // 63: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
+	15,  // 64: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
+	79,  // 65: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	79,  // 66: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	13,  // 67: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
+	65,  // 68: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
+	79,  // 69: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	79,  // 70: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 71: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	14,  // 72: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
+	15,  // 73: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
+	16,  // 74: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
+	79,  // 75: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	64,  // 76: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
+	64,  // 77: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
+	66,  // 78: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
+	66,  // 79: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	14,  // 80: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
+	72,  // 81: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	66,  // 82: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	28,  // 83: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	29,  // 84: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	30,  // 85: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	32,  // 86: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	34,  // 87: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
+	33,  // 88: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	35,  // 89: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	36,  // 90: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	37,  // 91: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	39,  // 92: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	40,  // 93: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	41,  // 94: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	42,  // 95: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	43,  // 96: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	44,  // 97: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
+	45,  // 98: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	47,  // 99: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	48,  // 100: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	52,  // 101: handoff.families.v1.FamiliesService.CreateCraftSession:input_type -> handoff.families.v1.CreateCraftSessionRequest
+	55,  // 102: handoff.families.v1.FamiliesService.GetCraftSession:input_type -> handoff.families.v1.GetCraftSessionRequest
+	56,  // 103: handoff.families.v1.FamiliesService.RetractCraftSession:input_type -> handoff.families.v1.RetractCraftSessionRequest
+	53,  // 104: handoff.families.v1.FamiliesService.ListCraftSessions:input_type -> handoff.families.v1.ListCraftSessionsRequest
+	57,  // 105: handoff.families.v1.FamiliesService.GetCraftProgress:input_type -> handoff.families.v1.GetCraftProgressRequest
+	58,  // 106: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	59,  // 107: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	60,  // 108: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	62,  // 109: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	63,  // 110: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 111: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 112: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 113: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	67,  // 114: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	68,  // 115: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	69,  // 116: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	71,  // 117: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	72,  // 118: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	75,  // 119: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	77,  // 120: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	73,  // 121: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	81,  // 122: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	17,  // 123: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	17,  // 124: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	31,  // 125: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	17,  // 126: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	17,  // 127: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
+	82,  // 128: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	23,  // 129: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 130: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	38,  // 131: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	23,  // 132: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	82,  // 133: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	23,  // 134: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	24,  // 135: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 136: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 137: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
+	46,  // 138: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	25,  // 139: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	49,  // 140: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	50,  // 141: handoff.families.v1.FamiliesService.CreateCraftSession:output_type -> handoff.families.v1.CraftSession
+	50,  // 142: handoff.families.v1.FamiliesService.GetCraftSession:output_type -> handoff.families.v1.CraftSession
+	50,  // 143: handoff.families.v1.FamiliesService.RetractCraftSession:output_type -> handoff.families.v1.CraftSession
+	54,  // 144: handoff.families.v1.FamiliesService.ListCraftSessions:output_type -> handoff.families.v1.ListCraftSessionsResponse
+	51,  // 145: handoff.families.v1.FamiliesService.GetCraftProgress:output_type -> handoff.families.v1.CraftProgress
+	26,  // 146: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 147: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	61,  // 148: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	26,  // 149: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 150: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 151: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 152: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 153: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	64,  // 154: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	64,  // 155: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	70,  // 156: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	64,  // 157: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	66,  // 158: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	76,  // 159: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	78,  // 160: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	74,  // 161: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	83,  // 162: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	123, // [123:163] is the sub-list for method output_type
+	83,  // [83:123] is the sub-list for method input_type
+	83,  // [83:83] is the sub-list for extension type_name
+	83,  // [83:83] is the sub-list for extension extendee
+	0,   // [0:83] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -6411,7 +6572,7 @@ func file_handoff_families_v1_families_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
 			NumEnums:      17,
-			NumMessages:   60,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

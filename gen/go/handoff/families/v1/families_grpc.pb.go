@@ -48,6 +48,8 @@ const (
 	FamiliesService_CreateSafetyScreen_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateSafetyScreen"
 	FamiliesService_ListSafetyScreens_FullMethodName      = "/handoff.families.v1.FamiliesService/ListSafetyScreens"
 	FamiliesService_CreateCraftSession_FullMethodName     = "/handoff.families.v1.FamiliesService/CreateCraftSession"
+	FamiliesService_GetCraftSession_FullMethodName        = "/handoff.families.v1.FamiliesService/GetCraftSession"
+	FamiliesService_RetractCraftSession_FullMethodName    = "/handoff.families.v1.FamiliesService/RetractCraftSession"
 	FamiliesService_ListCraftSessions_FullMethodName      = "/handoff.families.v1.FamiliesService/ListCraftSessions"
 	FamiliesService_GetCraftProgress_FullMethodName       = "/handoff.families.v1.FamiliesService/GetCraftProgress"
 	FamiliesService_CreateBoundary_FullMethodName         = "/handoff.families.v1.FamiliesService/CreateBoundary"
@@ -147,7 +149,15 @@ type FamiliesServiceClient interface {
 	// which can provoke the loved one, waits for a current screen that is
 	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
 	CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
-	// Lists a family's CRAFT sessions, oldest recorded first.
+	// Returns one CRAFT session.
+	GetCraftSession(ctx context.Context, in *GetCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
+	// Retracts a CRAFT session recorded in error (the wrong family, topics
+	// not taught). The session stays, with who retracted it, when and why,
+	// and no longer counts towards the family's progress; retracting it
+	// again is FAILED_PRECONDITION.
+	RetractCraftSession(ctx context.Context, in *RetractCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
+	// Lists a family's CRAFT sessions, oldest recorded first, retracted ones
+	// included.
 	ListCraftSessions(ctx context.Context, in *ListCraftSessionsRequest, opts ...grpc.CallOption) (*ListCraftSessionsResponse, error)
 	// Returns how far the family's CRAFT training has come: sessions held,
 	// topics covered and the next topic in the model's order.
@@ -407,6 +417,26 @@ func (c *familiesServiceClient) CreateCraftSession(ctx context.Context, in *Crea
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CraftSession)
 	err := c.cc.Invoke(ctx, FamiliesService_CreateCraftSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) GetCraftSession(ctx context.Context, in *GetCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CraftSession)
+	err := c.cc.Invoke(ctx, FamiliesService_GetCraftSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *familiesServiceClient) RetractCraftSession(ctx context.Context, in *RetractCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CraftSession)
+	err := c.cc.Invoke(ctx, FamiliesService_RetractCraftSession_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -681,7 +711,15 @@ type FamiliesServiceServer interface {
 	// which can provoke the loved one, waits for a current screen that is
 	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
 	CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error)
-	// Lists a family's CRAFT sessions, oldest recorded first.
+	// Returns one CRAFT session.
+	GetCraftSession(context.Context, *GetCraftSessionRequest) (*CraftSession, error)
+	// Retracts a CRAFT session recorded in error (the wrong family, topics
+	// not taught). The session stays, with who retracted it, when and why,
+	// and no longer counts towards the family's progress; retracting it
+	// again is FAILED_PRECONDITION.
+	RetractCraftSession(context.Context, *RetractCraftSessionRequest) (*CraftSession, error)
+	// Lists a family's CRAFT sessions, oldest recorded first, retracted ones
+	// included.
 	ListCraftSessions(context.Context, *ListCraftSessionsRequest) (*ListCraftSessionsResponse, error)
 	// Returns how far the family's CRAFT training has come: sessions held,
 	// topics covered and the next topic in the model's order.
@@ -813,6 +851,12 @@ func (UnimplementedFamiliesServiceServer) ListSafetyScreens(context.Context, *Li
 }
 func (UnimplementedFamiliesServiceServer) CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCraftSession not implemented")
+}
+func (UnimplementedFamiliesServiceServer) GetCraftSession(context.Context, *GetCraftSessionRequest) (*CraftSession, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCraftSession not implemented")
+}
+func (UnimplementedFamiliesServiceServer) RetractCraftSession(context.Context, *RetractCraftSessionRequest) (*CraftSession, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetractCraftSession not implemented")
 }
 func (UnimplementedFamiliesServiceServer) ListCraftSessions(context.Context, *ListCraftSessionsRequest) (*ListCraftSessionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCraftSessions not implemented")
@@ -1230,6 +1274,42 @@ func _FamiliesService_CreateCraftSession_Handler(srv interface{}, ctx context.Co
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(FamiliesServiceServer).CreateCraftSession(ctx, req.(*CreateCraftSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_GetCraftSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCraftSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).GetCraftSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_GetCraftSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).GetCraftSession(ctx, req.(*GetCraftSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FamiliesService_RetractCraftSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetractCraftSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FamiliesServiceServer).RetractCraftSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FamiliesService_RetractCraftSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FamiliesServiceServer).RetractCraftSession(ctx, req.(*RetractCraftSessionRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1658,6 +1738,14 @@ var FamiliesService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateCraftSession",
 			Handler:    _FamiliesService_CreateCraftSession_Handler,
+		},
+		{
+			MethodName: "GetCraftSession",
+			Handler:    _FamiliesService_GetCraftSession_Handler,
+		},
+		{
+			MethodName: "RetractCraftSession",
+			Handler:    _FamiliesService_RetractCraftSession_Handler,
 		},
 		{
 			MethodName: "ListCraftSessions",
