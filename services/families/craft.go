@@ -52,10 +52,9 @@ func craftSafety(topics []familiesv1.CraftTopic, st familiesv1.SafetyScreenStatu
 
 // screenStatusAsOf is the family's safety screen status when a session was
 // held, at: from the screens done by then, ranked as LatestScreen ranks
-// them (a high risk entered late still counts), aged at at. A session
-// recorded as it happens gets the family's current status; one recorded
-// later is judged on what was known when it was held, not on a screen
-// done since.
+// them (a high risk entered late still counts), aged at at. For a
+// session recorded later than it was held (CreateCraftSession), judged
+// on what was known when it was held, not on a screen done since.
 func (s *Server) screenStatusAsOf(ctx context.Context, tx pgx.Tx, c child, at time.Time) (familiesv1.SafetyScreenStatus, error) {
 	var (
 		result int16
@@ -146,9 +145,15 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 			if err != nil {
 				return nil, err
 			}
-			st, err := s.screenStatusAsOf(ctx, tx, c, at)
-			if err != nil {
-				return nil, err
+			// A session recorded as it happens is judged on the family's
+			// current status, read under the family's lock: a screen
+			// committed just before counts whatever its clocks say. One
+			// held earlier is judged on the screens of its time.
+			st := fam.GetSafetyScreenStatus()
+			if now.Sub(at) > clockSkew {
+				if st, err = s.screenStatusAsOf(ctx, tx, c, at); err != nil {
+					return nil, err
+				}
 			}
 			members := map[string]bool{}
 			for _, m := range fam.GetMembers() {

@@ -200,3 +200,22 @@ func TestCraftSessionsAreStaffOnly(t *testing.T) {
 	_, err = f.client.ListCraftSessions(f.ctx, &familiesv1.ListCraftSessionsRequest{Parent: "clinics/north/families/nope"})
 	wantCode(t, err, codes.NotFound)
 }
+
+// A session recorded as it happens is judged on the family's screen as it
+// stands, not by the clocks: a high risk recorded a moment before, by a
+// replica whose clock runs a minute ahead, still holds natural
+// consequences back.
+func TestALiveSessionSeesTheScreenJustRecorded(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	f.clock.Add(time.Minute)
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	f.clock.Add(-time.Minute)
+	_, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES)
+	st := wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetMetadata()["safety_screen_status"] != "SAFETY_SCREEN_STATUS_HIGH_RISK" {
+		t.Fatalf("natural consequences just after a high risk: %v", info)
+	}
+}

@@ -147,7 +147,10 @@ type FamiliesServiceClient interface {
 	// may be taught before the family has a safety screen that counts (the
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
-	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED). A
+	// session recorded more than a few minutes after it was held is judged
+	// on the screens done by its `session_time` (a high risk entered late
+	// still counts), not on one done since.
 	CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
 	// Returns one CRAFT session.
 	GetCraftSession(ctx context.Context, in *GetCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
@@ -709,7 +712,10 @@ type FamiliesServiceServer interface {
 	// may be taught before the family has a safety screen that counts (the
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
-	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED).
+	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED). A
+	// session recorded more than a few minutes after it was held is judged
+	// on the screens done by its `session_time` (a high risk entered late
+	// still counts), not on one done since.
 	CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error)
 	// Returns one CRAFT session.
 	GetCraftSession(context.Context, *GetCraftSessionRequest) (*CraftSession, error)
