@@ -41,8 +41,11 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		if req.Name == "" {
 			req.Name = r.GetName()
 		}
-		if req.TimeZone == "" {
+		switch req.TimeZone {
+		case "":
 			req.TimeZone = "America/Chicago"
+		case "-":
+			req.TimeZone = "" // the referral's own
 		}
 		return f.client.RecordFollowUpService(f.ehr, req)
 	}
@@ -95,18 +98,28 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		again.GetFollowUpServiceCount() != 1 {
 		t.Fatalf("the first report retried: %d services, %v; want its first answer, 1", again.GetFollowUpServiceCount(), err)
 	}
-	for _, req := range []*referralsv1.RecordFollowUpServiceRequest{{ServiceTime: at(0, 23, 45)}, {ServiceTime: at(1, 0, 31), ServiceId: "enc-1"}} {
+	for _, req := range []*referralsv1.RecordFollowUpServiceRequest{{ServiceTime: at(0, 23, 45)}, {ServiceTime: at(1, 0, 30), ServiceId: "enc-1"}} {
 		again, err := follow(req)
 		if err != nil || again.GetFollowUpServiceCount() != 2 || again.GetEtag() != got.GetEtag() {
 			t.Fatalf("the service reported again (%v): %d services, etag %s, %v; want 2, %s", req, again.GetFollowUpServiceCount(), again.GetEtag(), err, got.GetEtag())
 		}
+	}
+	// An id the program gave another time is a mistake, told, not kept;
+	// and the referral's days are counted in the zone its first service
+	// named, so another zone is refused and none means that one.
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(1, 0, 31), ServiceId: "enc-1"})
+	wantReason(t, err, codes.FailedPrecondition, "ALREADY_RECORDED")
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(2, 9, 0), TimeZone: "UTC"})
+	wantViolation(t, err, "time_zone")
+	if cur, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); err != nil || cur.GetEtag() != got.GetEtag() {
+		t.Fatalf("after the refused reports: etag %s, %v; want %s", cur.GetEtag(), err, got.GetEtag())
 	}
 	// On day 35 it counts as a service but not towards engagement; late on
 	// day 34 (later in the day than the entry was) it engages.
 	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(35, 8, 0)}); err != nil || got.GetEngagementTime() != nil {
 		t.Fatalf("a service on day 35: engaged %v, %v; want not engaged", got.GetEngagementTime(), err)
 	}
-	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(34, 23, 50)}); err != nil ||
+	if got, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(34, 23, 50), TimeZone: "-"}); err != nil ||
 		got.GetFollowUpServiceCount() != 4 || !got.GetEngagementTime().AsTime().Equal(at(34, 23, 50).AsTime()) {
 		t.Fatalf("second service by day 34: %d services, engaged %v, %v; want 4, engaged on day 34", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
 	}
@@ -128,10 +141,14 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	if _, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: late.GetName(), TreatmentEntryTime: timestamppb.New(entry)}); err != nil {
 		t.Fatal(err)
 	}
+	var lateGot *referralsv1.Referral
 	for _, day := range []int{2, 4} {
-		if _, err := follow(&referralsv1.RecordFollowUpServiceRequest{Name: late.GetName(), ServiceTime: at(day, 9, 0)}); err != nil {
+		if lateGot, err = follow(&referralsv1.RecordFollowUpServiceRequest{Name: late.GetName(), ServiceTime: at(day, 9, 0)}); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if !lateGot.GetEngagementTime().AsTime().Equal(at(4, 9, 0).AsTime()) {
+		t.Fatalf("the late entry's engagement = %v, want day 4", lateGot.GetEngagementTime())
 	}
 	sum, err := f.client.SummarizeReferrals(f.admin, &referralsv1.SummarizeReferralsRequest{Parent: "clinics/north"})
 	if err != nil || sum.GetEnteredTreatment() != 2 || sum.GetEnteredWithinTwoWeeks() != 1 || sum.GetEngagedInTreatment() != 1 {

@@ -230,7 +230,9 @@ func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1
 // referral's state or schedule.
 func tellsState(err error) bool {
 	switch apperr.Reason(err) {
-	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady:
+	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady,
+		// A follow-up's id recorded before: the referral has services.
+		apperr.ReasonAlreadyRecorded:
 		return true
 	}
 	// A completion refused for its entry time tells when the first contact
@@ -238,7 +240,9 @@ func tellsState(err error) bool {
 	for _, d := range status.Convert(err).Details() {
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				if v.GetField() == "treatment_entry_time" || v.GetField() == "service_time" {
+				// The entry time, or the zone its services are counted in.
+				switch v.GetField() {
+				case "treatment_entry_time", "service_time", "time_zone":
 					return true
 				}
 			}
@@ -409,6 +413,36 @@ func daysBetween(a, b time.Time, loc *time.Location) int {
 	return int(time.Date(by, bm, bd, 0, 0, 0, 0, time.UTC).Sub(time.Date(ay, am, ad, 0, 0, 0, 0, time.UTC)) / (24 * time.Hour))
 }
 
+// followUpZone is the zone a referral's follow-up days are read in: the
+// one its first service named (UTC without one), kept with the referral so
+// that every service counts its day alike. A later service naming another
+// is refused.
+func (s *Server) followUpZone(ctx context.Context, tx pgx.Tx, r ref, asked string) (*time.Location, error) {
+	var kept *string
+	if err := tx.QueryRow(ctx, `SELECT follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&kept); err != nil {
+		return nil, fmt.Errorf("read the follow-up zone: %w", err)
+	}
+	zone := asked
+	switch {
+	case kept != nil && asked != "" && asked != *kept:
+		return nil, apperr.Field("time_zone", "is not the zone this referral's services are counted in (%s)", *kept)
+	case kept != nil:
+		zone = *kept
+	case zone == "":
+		zone = "UTC"
+	}
+	if kept == nil {
+		if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_zone = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, zone); err != nil {
+			return nil, fmt.Errorf("keep the follow-up zone: %w", err)
+		}
+	}
+	loc, err := time.LoadLocation(zone)
+	if err != nil {
+		return nil, fmt.Errorf("load the follow-up zone %q: %w", zone, err)
+	}
+	return loc, nil
+}
+
 // RecordFollowUpService implements the API: a service after treatment
 // entry, counted towards engagement. The state stays COMPLETED; a service
 // is recorded once per service id (or time).
@@ -416,12 +450,8 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 	if req.GetServiceTime() == nil {
 		return nil, apperr.Field("service_time", "is required")
 	}
-	loc := time.UTC
-	if tz := req.GetTimeZone(); tz != "" {
-		if !aip.TimeZone(tz) {
-			return nil, apperr.Field("time_zone", "is not an IANA time zone such as America/Chicago")
-		}
-		loc, _ = time.LoadLocation(tz)
+	if tz := req.GetTimeZone(); tz != "" && !aip.TimeZone(tz) {
+		return nil, apperr.Field("time_zone", "is not an IANA time zone such as America/Chicago")
 	}
 	// Checked up front, as CompleteReferral does: this refusal tells
 	// nothing of the referral (one before its entry time does).
@@ -440,7 +470,10 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 			switch cur.GetState() {
 			case rejected, cancelled, voided:
 				// Closed without an entry: no service will ever follow.
-				return apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_"), "COMPLETED")
+				from := strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_")
+				return apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
+					fmt.Sprintf("%s is %s: it ended without a treatment entry, so no service follows it", cur.GetName(), from),
+					map[string]string{"resource": cur.GetName(), "from": from})
 			}
 			if cur.GetState() != completed {
 				return apperr.NotReady(cur.GetName(), apperr.Violations{{Field: "state",
@@ -453,6 +486,10 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			loc, err := s.followUpZone(ctx, tx, r, req.GetTimeZone())
+			if err != nil {
+				return err
+			}
 			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, day_after_entry, recorded_by, create_time)
 				VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
 				r.clinic, r.id, key, at, daysBetween(entered, at, loc), auth.Actor(ctx), now)
@@ -460,6 +497,19 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 				return fmt.Errorf("record follow-up service: %w", err)
 			}
 			if tag.RowsAffected() == 0 {
+				// Recorded before: the same report again changes nothing,
+				// but an id the program gave another time is a mistake
+				// to tell it of, not to swallow.
+				var was time.Time
+				if err := tx.QueryRow(ctx, `SELECT service_time FROM referral_services WHERE clinic = $1 AND referral_id = $2 AND service_key = $3`,
+					r.clinic, r.id, key).Scan(&was); err != nil {
+					return fmt.Errorf("read the service recorded before: %w", err)
+				}
+				if !was.Equal(at.Truncate(time.Microsecond)) {
+					return apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
+						fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)),
+						map[string]string{"resource": referralName(r.clinic, r.id), "service_id": req.GetServiceId()})
+				}
 				return errUnchanged
 			}
 			// Recomputed, not kept: a service reported late with an

@@ -4,11 +4,13 @@
 -- referral's history (pgdb.secure). A service is keyed by the program's
 -- own id for it, or by its time without one, so that a report sent twice
 -- is recorded once; day_after_entry is its date less the entry's, both in
--- the zone the program reported in. The referral keeps the count and the
+-- the zone the referral's first service named. The referral keeps the count and the
 -- engagement time beside its other outcomes, so reads and the summary
 -- need no join. Constant defaults: adding the columns rewrites nothing.
 ALTER TABLE referrals ADD COLUMN IF NOT EXISTS follow_up_services integer NOT NULL DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS engagement_time timestamptz;
+    ADD COLUMN IF NOT EXISTS engagement_time timestamptz,
+    -- The zone the first service named: every service's day is read in it.
+    ADD COLUMN IF NOT EXISTS follow_up_zone text;
 
 CREATE TABLE IF NOT EXISTS referral_services (
     clinic           text        NOT NULL,

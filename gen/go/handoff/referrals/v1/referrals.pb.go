@@ -4060,10 +4060,17 @@ type RecordFollowUpServiceRequest struct {
 	RequestId string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// The program's own id for the service (an encounter or a dose record),
 	// so that two services at one time count as two and one reported twice
-	// counts once. Without it the time identifies the service.
+	// counts once. Without it the time identifies the service. An id
+	// recorded before with another time is refused (FAILED_PRECONDITION,
+	// reason ALREADY_RECORDED). Send ids for all of a referral's services or
+	// for none: one service sent once with an id and once without counts
+	// twice.
 	ServiceId string `protobuf:"bytes,5,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	// The IANA time zone of the program, for example "America/Chicago", in
-	// which the service's and the entry's dates are read. Defaults to UTC.
+	// which the service's and the entry's dates are read. The first
+	// service's zone (UTC without one) is kept for the referral, so that
+	// every service's day is counted alike: a later one may leave it out,
+	// and one naming another zone is refused (INVALID_ARGUMENT).
 	TimeZone      string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
