@@ -611,27 +611,50 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 
 // ListSafetyScreens implements the API.
 func (s *Server) ListSafetyScreens(ctx context.Context, req *familiesv1.ListSafetyScreensRequest) (*familiesv1.ListSafetyScreensResponse, error) {
-	c, err := parentFamily(ctx, req.GetParent())
+	items, next, err := listOfFamily(ctx, s, req, "safety screens", screenSelect, scanScreen)
 	if err != nil {
-		return nil, err
-	}
-	_, after, q, err := aip.ListArgs("safety screens", req.GetParent(), "", req.GetPageToken(), nil)
-	if err != nil {
-		return nil, err
-	}
-	size := aip.PageSize(req.GetPageSize())
-	rows, err := s.pool.Query(ctx, screenSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 ORDER BY id LIMIT $4`,
-		c.clinic, c.family, after, size+1)
-	if err != nil {
-		return nil, fmt.Errorf("list safety screens: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanScreen(c.familyName()))
-	if err != nil {
-		return nil, fmt.Errorf("list safety screens: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(x *familiesv1.SafetyScreen) string { return aip.ID(x.GetName()) })
-	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
 		return nil, err
 	}
 	return &familiesv1.ListSafetyScreensResponse{SafetyScreens: items, NextPageToken: next}, nil
+}
+
+// pageRequest is a List request of a family's records without a filter.
+type pageRequest interface {
+	GetParent() string
+	GetPageToken() string
+	GetPageSize() int32
+}
+
+// named is a record with a resource name.
+type named interface{ GetName() string }
+
+// listOfFamily lists a page of a family's records of one collection,
+// oldest recorded first (ids sort by creation), in one query: selectSQL
+// reads the collection, scan builds a record under the family's name. An
+// empty page of a family that does not exist is NOT_FOUND.
+func listOfFamily[T named](ctx context.Context, s *Server, req pageRequest, collection, selectSQL string,
+	scan func(fam string) pgx.RowToFunc[T]) ([]T, string, error) {
+	c, err := parentFamily(ctx, req.GetParent())
+	if err != nil {
+		return nil, "", err
+	}
+	_, after, q, err := aip.ListArgs(collection, req.GetParent(), "", req.GetPageToken(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	size := aip.PageSize(req.GetPageSize())
+	rows, err := s.pool.Query(ctx, selectSQL+` WHERE clinic = $1 AND family_id = $2 AND id > $3 ORDER BY id LIMIT $4`,
+		c.clinic, c.family, after, size+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", collection, err)
+	}
+	items, err := pgx.CollectRows(rows, scan(c.familyName()))
+	if err != nil {
+		return nil, "", fmt.Errorf("list %s: %w", collection, err)
+	}
+	items, next := aip.Page(items, size, q, func(x T) string { return aip.ID(x.GetName()) })
+	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
+		return nil, "", err
+	}
+	return items, next, nil
 }

@@ -251,26 +251,8 @@ func (s *Server) RetractCraftSession(ctx context.Context, req *familiesv1.Retrac
 
 // ListCraftSessions implements the API.
 func (s *Server) ListCraftSessions(ctx context.Context, req *familiesv1.ListCraftSessionsRequest) (*familiesv1.ListCraftSessionsResponse, error) {
-	c, err := parentFamily(ctx, req.GetParent())
+	items, next, err := listOfFamily(ctx, s, req, "craft sessions", craftSelect, scanCraft)
 	if err != nil {
-		return nil, err
-	}
-	_, after, q, err := aip.ListArgs("craft sessions", req.GetParent(), "", req.GetPageToken(), nil)
-	if err != nil {
-		return nil, err
-	}
-	size := aip.PageSize(req.GetPageSize())
-	rows, err := s.pool.Query(ctx, craftSelect+` WHERE clinic = $1 AND family_id = $2 AND id > $3 ORDER BY id LIMIT $4`,
-		c.clinic, c.family, after, size+1)
-	if err != nil {
-		return nil, fmt.Errorf("list craft sessions: %w", err)
-	}
-	items, err := pgx.CollectRows(rows, scanCraft(c.familyName()))
-	if err != nil {
-		return nil, fmt.Errorf("list craft sessions: %w", err)
-	}
-	items, next := aip.Page(items, size, q, func(x *familiesv1.CraftSession) string { return aip.ID(x.GetName()) })
-	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
 		return nil, err
 	}
 	return &familiesv1.ListCraftSessionsResponse{CraftSessions: items, NextPageToken: next}, nil

@@ -209,17 +209,7 @@ func TestFollowUpRefusalsThatTellAreDisclosures(t *testing.T) {
 	if _, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()}); err != nil {
 		t.Fatal(err)
 	}
-	disclosed := func() int {
-		f.consent.mu.Lock()
-		defer f.consent.mu.Unlock()
-		n := 0
-		for _, res := range f.consent.allowed {
-			if res == r.GetName() {
-				n++
-			}
-		}
-		return n
-	}
+	disclosed := func() int { return f.disclosures(r.GetName()) }
 	before := disclosed()
 	_, err := f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(),
 		ServiceTime: timestamppb.New(now.Add(time.Hour))})

@@ -1298,6 +1298,20 @@ func wantViolation(t *testing.T, err error, field string) {
 	}
 }
 
+// disclosures is how many disclosures of the resource name the consent
+// check has recorded.
+func (f *fixture) disclosures(name string) int {
+	f.consent.mu.Lock()
+	defer f.consent.mu.Unlock()
+	n := 0
+	for _, res := range f.consent.allowed {
+		if res == name {
+			n++
+		}
+	}
+	return n
+}
+
 // A no-show counts against the person and starts re-engagement: it cannot
 // be recorded before the appointment began, and the refusal changes
 // nothing.
@@ -1306,17 +1320,7 @@ func TestNoShowNotBeforeTheAppointment(t *testing.T) {
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
 	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
-	disclosed := func() int {
-		f.consent.mu.Lock()
-		defer f.consent.mu.Unlock()
-		n := 0
-		for _, res := range f.consent.allowed {
-			if res == r.GetName() {
-				n++
-			}
-		}
-		return n
-	}
+	disclosed := func() int { return f.disclosures(r.GetName()) }
 	before := disclosed()
 	_, err := f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), RequestId: "ns-1"})
 	wantReason(t, err, codes.FailedPrecondition, "TOO_EARLY")
