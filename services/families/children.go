@@ -365,6 +365,24 @@ func tooEarly(vs *apperr.Violations, field string, t time.Time) {
 	}
 }
 
+// pastTime is when something reported happened: t, or now when t is
+// unset. A time before earliest or beyond the clock skew ahead is a
+// violation of field; one ahead by less (a clock's drift) is taken as now.
+func pastTime(vs *apperr.Violations, field string, t *timestamppb.Timestamp, now time.Time) time.Time {
+	if t == nil {
+		return now
+	}
+	at := t.AsTime()
+	tooEarly(vs, field, at)
+	if at.After(now.Add(clockSkew)) {
+		vs.Add(field, "must not be in the future")
+	}
+	if at.After(now) {
+		return now
+	}
+	return at
+}
+
 // CreateWarningSign implements the API. An overdose marks the family urgent
 // in the same transaction, so no reader sees the sign without the urgency.
 func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWarningSignRequest) (*familiesv1.WarningSign, error) {
@@ -560,20 +578,10 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 			vs.Add("safety_screen.safety_plan_in_place", "must be true when the result is RISK_WITH_PLAN")
 		}
 	}
-	at := now
-	if ss.GetScreenTime() != nil {
-		at = ss.GetScreenTime().AsTime()
-		tooEarly(&vs, "safety_screen.screen_time", at)
-		if at.After(now.Add(clockSkew)) {
-			vs.Add("safety_screen.screen_time", "must not be in the future")
-		}
-		// A time ahead by no more than a clock's drift is now: kept ahead,
-		// it would stay the family's latest screen over one recorded after
-		// it (a high risk hidden behind a no risk).
-		if at.After(now) {
-			at = now
-		}
-	}
+	// A screen time ahead by a clock's drift is now: kept ahead, it would
+	// stay the family's latest screen over one recorded after it (a high
+	// risk hidden behind a no risk).
+	at := pastTime(&vs, "safety_screen.screen_time", ss.GetScreenTime(), now)
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}

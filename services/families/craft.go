@@ -119,17 +119,7 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 	if len(cs.GetTopics()) == 0 {
 		vs.Add("craft_session.topics", "is required: the topics the session covered")
 	}
-	at := now
-	if cs.GetSessionTime() != nil {
-		at = cs.GetSessionTime().AsTime()
-		tooEarly(&vs, "craft_session.session_time", at)
-		if at.After(now.Add(clockSkew)) {
-			vs.Add("craft_session.session_time", "must not be in the future")
-		}
-		if at.After(now) {
-			at = now
-		}
-	}
+	at := pastTime(&vs, "craft_session.session_time", cs.GetSessionTime(), now)
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
