@@ -78,8 +78,9 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     family's boundary follow-up (the dispatcher starts TreatmentEntered).
 //   - 3: referral.entered_in_error, which the dispatcher passes to the
 //     MAT intake as a cancellation and the webhook sink routes.
-//   - 4: referral.follow_up_recorded, which the dispatcher does not pass
-//     to the MAT intake as a transition (an older one would).
+//   - 4: referral.follow_up_recorded and follow_up_retracted, which the
+//     dispatcher does not pass to the MAT intake as transitions (an older
+//     one would).
 const Generation = 4
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the

@@ -198,23 +198,25 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		// of consent. Signed consents change (a revocation stamps them) but
 		// are never deleted. So are the histories the services only ever
 		// add to: a referral's moves and the services after its treatment
-		// entry, a boundary's moves, and the warning signs
+		// entry (and their retractions), a boundary's moves, and the
+		// warning signs
 		// (and their retractions), safety screens and CRAFT sessions (and
 		// theirs) recorded for a family. Deleting a family still takes its rows
 		// with it: a foreign key's cascade runs as the table's owner.
 		for table, privs := range map[string]string{
-			"audit_log":                 "UPDATE, DELETE, TRUNCATE",
-			"disclosures":               "UPDATE, DELETE, TRUNCATE",
-			"consent_revocations":       "UPDATE, DELETE, TRUNCATE",
-			"consents":                  "DELETE, TRUNCATE",
-			"referral_events":           "UPDATE, DELETE, TRUNCATE",
-			"referral_services":         "UPDATE, DELETE, TRUNCATE",
-			"boundary_events":           "UPDATE, DELETE, TRUNCATE",
-			"warning_signs":             "UPDATE, DELETE, TRUNCATE",
-			"warning_sign_retractions":  "UPDATE, DELETE, TRUNCATE",
-			"safety_screens":            "UPDATE, DELETE, TRUNCATE",
-			"craft_sessions":            "UPDATE, DELETE, TRUNCATE",
-			"craft_session_retractions": "UPDATE, DELETE, TRUNCATE",
+			"audit_log":                    "UPDATE, DELETE, TRUNCATE",
+			"disclosures":                  "UPDATE, DELETE, TRUNCATE",
+			"consent_revocations":          "UPDATE, DELETE, TRUNCATE",
+			"consents":                     "DELETE, TRUNCATE",
+			"referral_events":              "UPDATE, DELETE, TRUNCATE",
+			"referral_services":            "UPDATE, DELETE, TRUNCATE",
+			"referral_service_retractions": "UPDATE, DELETE, TRUNCATE",
+			"boundary_events":              "UPDATE, DELETE, TRUNCATE",
+			"warning_signs":                "UPDATE, DELETE, TRUNCATE",
+			"warning_sign_retractions":     "UPDATE, DELETE, TRUNCATE",
+			"safety_screens":               "UPDATE, DELETE, TRUNCATE",
+			"craft_sessions":               "UPDATE, DELETE, TRUNCATE",
+			"craft_session_retractions":    "UPDATE, DELETE, TRUNCATE",
 		} {
 			stmts = append(stmts, `DO $$ BEGIN
 				IF to_regclass('`+schema+`.`+table+`') IS NOT NULL THEN

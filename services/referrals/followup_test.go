@@ -134,6 +134,36 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		t.Fatalf("two services on day 10: %d services, engaged %v; want 6, engaged on day 10", got.GetFollowUpServiceCount(), got.GetEngagementTime())
 	}
 
+	// A service recorded in error is retracted, by its id or (recorded
+	// without one) its time: it stops counting, and the engagement moves.
+	retract := func(req *referralsv1.RetractFollowUpServiceRequest) (*referralsv1.Referral, error) {
+		req.Name = r.GetName()
+		return f.client.RetractFollowUpService(f.ehr, req)
+	}
+	if got, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "dose-10", Reason: "another patient's dose"}); err != nil ||
+		got.GetFollowUpServiceCount() != 5 || !got.GetEngagementTime().AsTime().Equal(at(10, 9, 0).AsTime()) {
+		t.Fatalf("one of day 10's services retracted: %d services, engaged %v, %v; want 5, still day 10", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
+	}
+	if got, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "visit-10", Reason: "did not take place"}); err != nil ||
+		got.GetFollowUpServiceCount() != 4 || !got.GetEngagementTime().AsTime().Equal(at(34, 23, 50).AsTime()) {
+		t.Fatalf("both of day 10's services retracted: %d services, engaged %v, %v; want 4, day 34 again", got.GetFollowUpServiceCount(), got.GetEngagementTime(), err)
+	}
+	if got, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceTime: at(0, 23, 45), Reason: "double entry"}); err != nil ||
+		got.GetFollowUpServiceCount() != 3 {
+		t.Fatalf("the intake dose retracted by its time: %d services, %v; want 3", got.GetFollowUpServiceCount(), err)
+	}
+	_, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "visit-10", Reason: "twice"})
+	wantReason(t, err, codes.FailedPrecondition, "INVALID_STATE_TRANSITION")
+	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(10, 9, 0), ServiceId: "visit-10"})
+	wantReason(t, err, codes.FailedPrecondition, "ALREADY_RECORDED")
+	_, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "never-sent", Reason: "x"})
+	wantCode(t, err, codes.NotFound)
+	_, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "enc-1", ServiceTime: at(1, 0, 30), Reason: "x"})
+	wantViolation(t, err, "service_id")
+	if cur, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); err != nil || cur.GetEtag() != got.GetEtag() {
+		t.Fatalf("after the refused retractions: etag %s, %v; want %s", cur.GetEtag(), err, got.GetEtag())
+	}
+
 	// The outcome report: this one entered within 14 days of first
 	// contact and was engaged; one that entered after 20 days, engaged as
 	// well, does not count (IET engagement follows an initiation).
@@ -161,13 +191,19 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 6 {
 		t.Fatalf("follow-up events = %d, %v; want 6, one per service recorded", events, err)
 	}
-	// The worker records no outcomes; the services are append-only.
-	_, err = f.client.RecordFollowUpService(f.env.As("north", "worker", auth.RoleWorker), &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at(5, 9, 0)})
+	// The worker records no outcomes; the services and their retractions
+	// are append-only.
+	worker := f.env.As("north", "worker", auth.RoleWorker)
+	_, err = f.client.RecordFollowUpService(worker, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at(5, 9, 0)})
 	wantCode(t, err, codes.PermissionDenied)
-	for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
-		var may bool
-		if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, 'referral_services', $2)`, pgdb.AppRole, priv).Scan(&may); err != nil || may {
-			t.Errorf("%s on referral_services: %v, %v; want refused", priv, may, err)
+	_, err = f.client.RetractFollowUpService(worker, &referralsv1.RetractFollowUpServiceRequest{Name: r.GetName(), ServiceId: "enc-1", Reason: "x"})
+	wantCode(t, err, codes.PermissionDenied)
+	for _, table := range []string{"referral_services", "referral_service_retractions"} {
+		for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
+			var may bool
+			if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, $2, $3)`, pgdb.AppRole, table, priv).Scan(&may); err != nil || may {
+				t.Errorf("%s on %s: %v, %v; want refused", priv, table, may, err)
+			}
 		}
 	}
 }

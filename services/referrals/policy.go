@@ -32,7 +32,7 @@ func Policy() grpcserver.Policy {
 	// The receiving program's answers arrive through the EHR (closed loop).
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR},
 		"AcceptReferral", "RejectReferral", "ScheduleReferral", "CompleteReferral", "MarkReferralNoShow", "PauseReferral",
-		"RecordFollowUpService")
+		"RecordFollowUpService", "RetractFollowUpService")
 	// Either side of the closed loop may cancel (Gravity): the referring
 	// clinic, or the program through the EHR (the person can no longer be
 	// served after all); the workflow then offers the next program.

@@ -231,8 +231,9 @@ func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1
 func tellsState(err error) bool {
 	switch apperr.Reason(err) {
 	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady,
-		// A follow-up's id recorded before: the referral has services.
-		apperr.ReasonAlreadyRecorded:
+		// A follow-up's id recorded before, or a service to retract that
+		// is not there: either tells whether the referral has services.
+		apperr.ReasonAlreadyRecorded, apperr.ReasonNotFound:
 		return true
 	}
 	// A completion refused for its entry time tells when the first contact
@@ -459,10 +460,7 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 	if err := notFuture("service_time", req.GetServiceTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
-	key := "id:" + req.GetServiceId()
-	if req.GetServiceId() == "" {
-		key = "time:" + at.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano)
-	}
+	key := serviceKey(req.GetServiceId(), at)
 	var entered time.Time
 	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
@@ -500,10 +498,22 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 				// Recorded before: the same report again changes nothing,
 				// but an id the program gave another time is a mistake
 				// to tell it of, not to swallow.
-				var was time.Time
-				if err := tx.QueryRow(ctx, `SELECT service_time FROM referral_services WHERE clinic = $1 AND referral_id = $2 AND service_key = $3`,
-					r.clinic, r.id, key).Scan(&was); err != nil {
+				var (
+					was       time.Time
+					retracted bool
+				)
+				if err := tx.QueryRow(ctx, `SELECT v.service_time, EXISTS (SELECT 1 FROM referral_service_retractions x
+						WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key)
+					FROM referral_services v WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_key = $3`,
+					r.clinic, r.id, key).Scan(&was, &retracted); err != nil {
 					return fmt.Errorf("read the service recorded before: %w", err)
+				}
+				if retracted {
+					// Answered as unchanged, the report would read as
+					// counted while it is not.
+					return apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
+						fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)),
+						map[string]string{"resource": referralName(r.clinic, r.id), "service_id": req.GetServiceId()})
 				}
 				if !was.Equal(at.Truncate(time.Microsecond)) {
 					return apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
@@ -512,17 +522,76 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 				}
 				return errUnchanged
 			}
-			// Recomputed, not kept: a service reported late with an
-			// earlier time can make the person engaged earlier.
-			_, err = tx.Exec(ctx, `UPDATE referrals SET follow_up_services = follow_up_services + 1,
-				engagement_time = (SELECT v.service_time FROM referral_services v
-					WHERE v.clinic = $1 AND v.referral_id = $2 AND v.day_after_entry BETWEEN 1 AND $3
-					ORDER BY v.service_time OFFSET 1 LIMIT 1)
-				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementDays)
+			return recountFollowUps(ctx, tx, r)
+		}})
+}
+
+// recountFollowUps computes a referral's follow-up count and engagement
+// again from its services that stand: recomputed, not kept, so that a
+// service reported late with an earlier time makes the person engaged
+// earlier, and one retracted stops counting.
+func recountFollowUps(ctx context.Context, tx pgx.Tx, r ref) error {
+	_, err := tx.Exec(ctx, `WITH standing AS (
+			SELECT v.service_time, v.day_after_entry FROM referral_services v
+			WHERE v.clinic = $1 AND v.referral_id = $2 AND NOT EXISTS (SELECT 1 FROM referral_service_retractions x
+				WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key))
+		UPDATE referrals SET follow_up_services = (SELECT count(*) FROM standing),
+			engagement_time = (SELECT service_time FROM standing WHERE day_after_entry BETWEEN 1 AND $3
+				ORDER BY service_time OFFSET 1 LIMIT 1)
+		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementDays)
+	if err != nil {
+		return fmt.Errorf("count follow-up services: %w", err)
+	}
+	return nil
+}
+
+// serviceKey is how a follow-up service is keyed: by the program's id for
+// it, or by its time without one.
+func serviceKey(id string, at time.Time) string {
+	if id != "" {
+		return "id:" + id
+	}
+	return "time:" + at.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano)
+}
+
+// RetractFollowUpService implements the API.
+func (s *Server) RetractFollowUpService(ctx context.Context, req *referralsv1.RetractFollowUpServiceRequest) (*referralsv1.Referral, error) {
+	var vs apperr.Violations
+	if (req.GetServiceId() == "") == (req.GetServiceTime() == nil) {
+		vs.Add("service_id", "give the service's id, or its time (service_time) if it was recorded without one, not both")
+	}
+	if strings.TrimSpace(req.GetReason()) == "" {
+		vs.Add("reason", "is required: say why the service was recorded in error")
+	}
+	if err := vs.Err(); err != nil {
+		return nil, err
+	}
+	key := serviceKey(req.GetServiceId(), req.GetServiceTime().AsTime())
+	what := "follow-up service " + strings.TrimPrefix(strings.TrimPrefix(key, "id:"), "time:")
+	return s.transition(ctx, step{method: "RetractFollowUpService", name: req.GetName(), etag: req.GetEtag(),
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: completed, from: anyState, stay: true,
+		event: "follow_up_retracted", req: req,
+		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			tag, err := tx.Exec(ctx, `INSERT INTO referral_service_retractions (clinic, referral_id, service_key, reason, retracted_by, retract_time)
+				SELECT clinic, referral_id, service_key, $4, $5, $6 FROM referral_services
+				WHERE clinic = $1 AND referral_id = $2 AND service_key = $3
+				ON CONFLICT DO NOTHING`, r.clinic, r.id, key, req.GetReason(), auth.Actor(ctx), now)
 			if err != nil {
-				return fmt.Errorf("count follow-up services: %w", err)
+				return fmt.Errorf("retract follow-up service: %w", err)
 			}
-			return nil
+			if tag.RowsAffected() == 0 {
+				var recorded bool
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM referral_services WHERE clinic = $1 AND referral_id = $2 AND service_key = $3)`,
+					r.clinic, r.id, key).Scan(&recorded); err != nil {
+					return fmt.Errorf("read the service to retract: %w", err)
+				}
+				if !recorded {
+					return apperr.NotFound(what + " of " + referralName(r.clinic, r.id))
+				}
+				return apperr.FailedPrecondition(apperr.ReasonInvalidTransition, what+" of "+referralName(r.clinic, r.id)+" was retracted before",
+					map[string]string{"resource": referralName(r.clinic, r.id)})
+			}
+			return recountFollowUps(ctx, tx, r)
 		}})
 }
 

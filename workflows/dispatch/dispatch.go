@@ -167,8 +167,9 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 func (d *Dispatcher) referral(ctx context.Context, e outbox.Stored, r *referralsv1.Referral) error {
 	switch e.Type {
 	case "handoff.referrals.v1.referral.created", "handoff.referrals.v1.referral.updated",
-		// A service after treatment entry: the intake is long done.
-		"handoff.referrals.v1.referral.follow_up_recorded":
+		// A service after treatment entry, or its retraction: the intake
+		// is long done.
+		"handoff.referrals.v1.referral.follow_up_recorded", "handoff.referrals.v1.referral.follow_up_retracted":
 		return nil
 	}
 	if r.GetIntervention() != "" {

@@ -372,9 +372,9 @@ func referralListener(ctx workflow.Context) (int, error) {
 	return n, nil
 }
 
-// A service recorded after treatment entry changes the referral but is no
-// transition: the intake workflow, if it still runs, is not told of it;
-// a transition still is.
+// A service recorded after treatment entry, or retracted, changes the
+// referral but is no transition: the intake workflow, if it still runs,
+// is not told of it; a transition still is.
 func TestFollowUpServiceIsNoIntakeTransition(t *testing.T) {
 	c := serve(t, func(r worker.Registry) {
 		r.RegisterWorkflowWithOptions(referralListener, workflow.RegisterOptions{Name: matintake.Name})
@@ -391,7 +391,11 @@ func TestFollowUpServiceIsNoIntakeTransition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, event := range []string{"follow_up_recorded", "cancelled"} {
+	for i, step := range []struct {
+		event string
+		told  int
+	}{{"follow_up_recorded", 0}, {"follow_up_retracted", 0}, {"cancelled", 1}} {
+		event := step.event
 		e := outbox.Stored{ID: int64(60 + i), Clinic: "north", Type: "handoff.referrals.v1.referral." + event, Resource: name, Payload: p}
 		if err := d.Deliver(ctx, e); err != nil {
 			t.Fatalf("%s: %v", event, err)
@@ -404,8 +408,8 @@ func TestFollowUpServiceIsNoIntakeTransition(t *testing.T) {
 		if err := v.Get(&n); err != nil {
 			t.Fatal(err)
 		}
-		if n != i {
-			t.Fatalf("after %s the intake was told of %d transitions, want %d", event, n, i)
+		if n != step.told {
+			t.Fatalf("after %s the intake was told of %d transitions, want %d", event, n, step.told)
 		}
 	}
 }

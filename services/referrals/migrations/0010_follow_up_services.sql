@@ -23,3 +23,17 @@ CREATE TABLE IF NOT EXISTS referral_services (
     PRIMARY KEY (clinic, referral_id, service_key),
     FOREIGN KEY (clinic, referral_id) REFERENCES referrals (clinic, id)
 );
+
+-- A service recorded in error is retracted, not deleted: one row per
+-- service, append-only; the referral's count and engagement are computed
+-- again without it.
+CREATE TABLE IF NOT EXISTS referral_service_retractions (
+    clinic        text        NOT NULL,
+    referral_id   text        NOT NULL,
+    service_key   text        NOT NULL,
+    reason        text        NOT NULL,
+    retracted_by  text        NOT NULL,
+    retract_time  timestamptz NOT NULL,
+    PRIMARY KEY (clinic, referral_id, service_key),
+    FOREIGN KEY (clinic, referral_id, service_key) REFERENCES referral_services (clinic, referral_id, service_key)
+);

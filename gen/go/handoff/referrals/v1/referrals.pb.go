@@ -4045,6 +4045,99 @@ func (x *ScheduleReferralRequest) GetRequestId() string {
 	return ""
 }
 
+// Request for RetractFollowUpService.
+type RetractFollowUpServiceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// `clinics/{clinic}/referrals/{referral}`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The program's id for the service, as it was recorded.
+	ServiceId string `protobuf:"bytes,2,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
+	// The service's time, for one recorded without an id; leave it out when
+	// giving `service_id`.
+	ServiceTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=service_time,json=serviceTime,proto3" json:"service_time,omitempty"`
+	// Why it was recorded in error, in a few words.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// If set, the retraction happens only if the referral's etag still
+	// matches.
+	Etag string `protobuf:"bytes,5,opt,name=etag,proto3" json:"etag,omitempty"`
+	// A unique id for this request; a retry returns the first result.
+	RequestId     string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetractFollowUpServiceRequest) Reset() {
+	*x = RetractFollowUpServiceRequest{}
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetractFollowUpServiceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetractFollowUpServiceRequest) ProtoMessage() {}
+
+func (x *RetractFollowUpServiceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetractFollowUpServiceRequest.ProtoReflect.Descriptor instead.
+func (*RetractFollowUpServiceRequest) Descriptor() ([]byte, []int) {
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *RetractFollowUpServiceRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RetractFollowUpServiceRequest) GetServiceId() string {
+	if x != nil {
+		return x.ServiceId
+	}
+	return ""
+}
+
+func (x *RetractFollowUpServiceRequest) GetServiceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ServiceTime
+	}
+	return nil
+}
+
+func (x *RetractFollowUpServiceRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RetractFollowUpServiceRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
+}
+
+func (x *RetractFollowUpServiceRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 // Request for RecordFollowUpService.
 type RecordFollowUpServiceRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4078,7 +4171,7 @@ type RecordFollowUpServiceRequest struct {
 
 func (x *RecordFollowUpServiceRequest) Reset() {
 	*x = RecordFollowUpServiceRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4090,7 +4183,7 @@ func (x *RecordFollowUpServiceRequest) String() string {
 func (*RecordFollowUpServiceRequest) ProtoMessage() {}
 
 func (x *RecordFollowUpServiceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[38]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4103,7 +4196,7 @@ func (x *RecordFollowUpServiceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordFollowUpServiceRequest.ProtoReflect.Descriptor instead.
 func (*RecordFollowUpServiceRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{38}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RecordFollowUpServiceRequest) GetName() string {
@@ -4169,7 +4262,7 @@ type CompleteReferralRequest struct {
 
 func (x *CompleteReferralRequest) Reset() {
 	*x = CompleteReferralRequest{}
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4181,7 +4274,7 @@ func (x *CompleteReferralRequest) String() string {
 func (*CompleteReferralRequest) ProtoMessage() {}
 
 func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[39]
+	mi := &file_handoff_referrals_v1_referrals_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4194,7 +4287,7 @@ func (x *CompleteReferralRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteReferralRequest.ProtoReflect.Descriptor instead.
 func (*CompleteReferralRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{39}
+	return file_handoff_referrals_v1_referrals_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CompleteReferralRequest) GetName() string {
@@ -4548,6 +4641,17 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x04etag\x18\x04 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tB\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xfa\x02\n" +
+	"\x1dRetractFollowUpServiceRequest\x12}\n" +
+	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
+	"\x17handoff.health/Referral\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/referrals/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12*\n" +
+	"\n" +
+	"service_id\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x01R\tserviceId\x12B\n" +
+	"\fservice_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\vserviceTime\x12&\n" +
+	"\x06reason\x18\x04 \x01(\tB\x0e\xe0A\x02\xbaH\b\xc8\x01\x01r\x03\x18\xf4\x03R\x06reason\x12\x17\n" +
+	"\x04etag\x18\x05 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
+	"\n" +
+	"request_id\x18\x06 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x80\x03\n" +
 	"\x1cRecordFollowUpServiceRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
@@ -4662,7 +4766,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x1dREJECTION_REASON_NOT_ELIGIBLE\x10\x02\x12)\n" +
 	"%REJECTION_REASON_PAYMENT_NOT_ACCEPTED\x10\x03\x12&\n" +
 	"\"REJECTION_REASON_UNABLE_TO_CONTACT\x10\x04\x12\x1a\n" +
-	"\x16REJECTION_REASON_OTHER\x10\x052\xf1#\n" +
+	"\x16REJECTION_REASON_OTHER\x10\x052\xbe%\n" +
 	"\x10ReferralsService\x12\x9d\x01\n" +
 	"\rCreateProgram\x12*.handoff.referrals.v1.CreateProgramRequest\x1a\x1d.handoff.referrals.v1.Program\"A\xdaA\x0eparent,program\x82\xd3\xe4\x93\x02*:\aprogram\"\x1f/v1/{parent=clinics/*}/programs\x12\x84\x01\n" +
 	"\n" +
@@ -4687,7 +4791,8 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\x0eRejectReferral\x12+.handoff.referrals.v1.RejectReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"C\xdaA\x0ename,rejection\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:reject\x12\xb1\x01\n" +
 	"\x10ScheduleReferral\x12-.handoff.referrals.v1.ScheduleReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"N\xdaA\x17name,intake_appointment\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:schedule\x12\x9e\x01\n" +
 	"\x10CompleteReferral\x12-.handoff.referrals.v1.CompleteReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\";\xdaA\x04name\x82\xd3\xe4\x93\x02.:\x01*\")/v1/{name=clinics/*/referrals/*}:complete\x12\xc2\x01\n" +
-	"\x15RecordFollowUpService\x122.handoff.referrals.v1.RecordFollowUpServiceRequest\x1a\x1e.handoff.referrals.v1.Referral\"U\xdaA\x11name,service_time\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/referrals/*}:recordFollowUpService\x12\xa4\x01\n" +
+	"\x15RecordFollowUpService\x122.handoff.referrals.v1.RecordFollowUpServiceRequest\x1a\x1e.handoff.referrals.v1.Referral\"U\xdaA\x11name,service_time\x82\xd3\xe4\x93\x02;:\x01*\"6/v1/{name=clinics/*/referrals/*}:recordFollowUpService\x12\xca\x01\n" +
+	"\x16RetractFollowUpService\x123.handoff.referrals.v1.RetractFollowUpServiceRequest\x1a\x1e.handoff.referrals.v1.Referral\"[\xdaA\x16name,service_id,reason\x82\xd3\xe4\x93\x02<:\x01*\"7/v1/{name=clinics/*/referrals/*}:retractFollowUpService\x12\xa4\x01\n" +
 	"\x12MarkReferralNoShow\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"=\xdaA\x04name\x82\xd3\xe4\x93\x020:\x01*\"+/v1/{name=clinics/*/referrals/*}:markNoShow\x12\xa1\x01\n" +
 	"\rPauseReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"?\xdaA\vname,reason\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/{name=clinics/*/referrals/*}:pause\x12\xa3\x01\n" +
 	"\x0eCancelReferral\x12/.handoff.referrals.v1.TransitionReferralRequest\x1a\x1e.handoff.referrals.v1.Referral\"@\xdaA\vname,reason\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/{name=clinics/*/referrals/*}:cancel\x12\xbb\x01\n" +
@@ -4707,82 +4812,83 @@ func file_handoff_referrals_v1_referrals_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_referrals_v1_referrals_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_handoff_referrals_v1_referrals_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_handoff_referrals_v1_referrals_proto_goTypes = []any{
-	(ServiceKind)(0),                     // 0: handoff.referrals.v1.ServiceKind
-	(PaymentKind)(0),                     // 1: handoff.referrals.v1.PaymentKind
-	(Urgency)(0),                         // 2: handoff.referrals.v1.Urgency
-	(BarrierKind)(0),                     // 3: handoff.referrals.v1.BarrierKind
-	(CoverageKind)(0),                    // 4: handoff.referrals.v1.CoverageKind
-	(MatchReasonCode)(0),                 // 5: handoff.referrals.v1.MatchReasonCode
-	(HoldState)(0),                       // 6: handoff.referrals.v1.HoldState
-	(SubjectKind)(0),                     // 7: handoff.referrals.v1.SubjectKind
-	(ReferralState)(0),                   // 8: handoff.referrals.v1.ReferralState
-	(RejectionReason)(0),                 // 9: handoff.referrals.v1.RejectionReason
-	(*Program)(nil),                      // 10: handoff.referrals.v1.Program
-	(*Address)(nil),                      // 11: handoff.referrals.v1.Address
-	(*Capacity)(nil),                     // 12: handoff.referrals.v1.Capacity
-	(*ProgramMatch)(nil),                 // 13: handoff.referrals.v1.ProgramMatch
-	(*MatchReason)(nil),                  // 14: handoff.referrals.v1.MatchReason
-	(*Hold)(nil),                         // 15: handoff.referrals.v1.Hold
-	(*Referral)(nil),                     // 16: handoff.referrals.v1.Referral
-	(*ReferralSubject)(nil),              // 17: handoff.referrals.v1.ReferralSubject
-	(*IntakeAppointment)(nil),            // 18: handoff.referrals.v1.IntakeAppointment
-	(*Rejection)(nil),                    // 19: handoff.referrals.v1.Rejection
-	(*ReferralEvent)(nil),                // 20: handoff.referrals.v1.ReferralEvent
-	(*CreateProgramRequest)(nil),         // 21: handoff.referrals.v1.CreateProgramRequest
-	(*GetProgramRequest)(nil),            // 22: handoff.referrals.v1.GetProgramRequest
-	(*ListProgramsRequest)(nil),          // 23: handoff.referrals.v1.ListProgramsRequest
-	(*ListProgramsResponse)(nil),         // 24: handoff.referrals.v1.ListProgramsResponse
-	(*UpdateProgramRequest)(nil),         // 25: handoff.referrals.v1.UpdateProgramRequest
-	(*DeleteProgramRequest)(nil),         // 26: handoff.referrals.v1.DeleteProgramRequest
-	(*UndeleteProgramRequest)(nil),       // 27: handoff.referrals.v1.UndeleteProgramRequest
-	(*ReportCapacityRequest)(nil),        // 28: handoff.referrals.v1.ReportCapacityRequest
-	(*MatchProgramsRequest)(nil),         // 29: handoff.referrals.v1.MatchProgramsRequest
-	(*MatchProgramsResponse)(nil),        // 30: handoff.referrals.v1.MatchProgramsResponse
-	(*HoldSlotRequest)(nil),              // 31: handoff.referrals.v1.HoldSlotRequest
-	(*GetHoldRequest)(nil),               // 32: handoff.referrals.v1.GetHoldRequest
-	(*ListHoldsRequest)(nil),             // 33: handoff.referrals.v1.ListHoldsRequest
-	(*ListHoldsResponse)(nil),            // 34: handoff.referrals.v1.ListHoldsResponse
-	(*ReleaseHoldRequest)(nil),           // 35: handoff.referrals.v1.ReleaseHoldRequest
-	(*ConvertHoldRequest)(nil),           // 36: handoff.referrals.v1.ConvertHoldRequest
-	(*CreateReferralRequest)(nil),        // 37: handoff.referrals.v1.CreateReferralRequest
-	(*GetReferralRequest)(nil),           // 38: handoff.referrals.v1.GetReferralRequest
-	(*ListReferralsRequest)(nil),         // 39: handoff.referrals.v1.ListReferralsRequest
-	(*SummarizeReferralsRequest)(nil),    // 40: handoff.referrals.v1.SummarizeReferralsRequest
-	(*ReferralSummary)(nil),              // 41: handoff.referrals.v1.ReferralSummary
-	(*ReferralStateCount)(nil),           // 42: handoff.referrals.v1.ReferralStateCount
-	(*ListReferralsResponse)(nil),        // 43: handoff.referrals.v1.ListReferralsResponse
-	(*UpdateReferralRequest)(nil),        // 44: handoff.referrals.v1.UpdateReferralRequest
-	(*TransitionReferralRequest)(nil),    // 45: handoff.referrals.v1.TransitionReferralRequest
-	(*RejectReferralRequest)(nil),        // 46: handoff.referrals.v1.RejectReferralRequest
-	(*ScheduleReferralRequest)(nil),      // 47: handoff.referrals.v1.ScheduleReferralRequest
-	(*RecordFollowUpServiceRequest)(nil), // 48: handoff.referrals.v1.RecordFollowUpServiceRequest
-	(*CompleteReferralRequest)(nil),      // 49: handoff.referrals.v1.CompleteReferralRequest
-	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),        // 51: google.protobuf.FieldMask
-	(*durationpb.Duration)(nil),          // 52: google.protobuf.Duration
-	(*v1.ListAuditEventsRequest)(nil),    // 53: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                // 54: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),   // 55: handoff.audit.v1.ListAuditEventsResponse
+	(ServiceKind)(0),                      // 0: handoff.referrals.v1.ServiceKind
+	(PaymentKind)(0),                      // 1: handoff.referrals.v1.PaymentKind
+	(Urgency)(0),                          // 2: handoff.referrals.v1.Urgency
+	(BarrierKind)(0),                      // 3: handoff.referrals.v1.BarrierKind
+	(CoverageKind)(0),                     // 4: handoff.referrals.v1.CoverageKind
+	(MatchReasonCode)(0),                  // 5: handoff.referrals.v1.MatchReasonCode
+	(HoldState)(0),                        // 6: handoff.referrals.v1.HoldState
+	(SubjectKind)(0),                      // 7: handoff.referrals.v1.SubjectKind
+	(ReferralState)(0),                    // 8: handoff.referrals.v1.ReferralState
+	(RejectionReason)(0),                  // 9: handoff.referrals.v1.RejectionReason
+	(*Program)(nil),                       // 10: handoff.referrals.v1.Program
+	(*Address)(nil),                       // 11: handoff.referrals.v1.Address
+	(*Capacity)(nil),                      // 12: handoff.referrals.v1.Capacity
+	(*ProgramMatch)(nil),                  // 13: handoff.referrals.v1.ProgramMatch
+	(*MatchReason)(nil),                   // 14: handoff.referrals.v1.MatchReason
+	(*Hold)(nil),                          // 15: handoff.referrals.v1.Hold
+	(*Referral)(nil),                      // 16: handoff.referrals.v1.Referral
+	(*ReferralSubject)(nil),               // 17: handoff.referrals.v1.ReferralSubject
+	(*IntakeAppointment)(nil),             // 18: handoff.referrals.v1.IntakeAppointment
+	(*Rejection)(nil),                     // 19: handoff.referrals.v1.Rejection
+	(*ReferralEvent)(nil),                 // 20: handoff.referrals.v1.ReferralEvent
+	(*CreateProgramRequest)(nil),          // 21: handoff.referrals.v1.CreateProgramRequest
+	(*GetProgramRequest)(nil),             // 22: handoff.referrals.v1.GetProgramRequest
+	(*ListProgramsRequest)(nil),           // 23: handoff.referrals.v1.ListProgramsRequest
+	(*ListProgramsResponse)(nil),          // 24: handoff.referrals.v1.ListProgramsResponse
+	(*UpdateProgramRequest)(nil),          // 25: handoff.referrals.v1.UpdateProgramRequest
+	(*DeleteProgramRequest)(nil),          // 26: handoff.referrals.v1.DeleteProgramRequest
+	(*UndeleteProgramRequest)(nil),        // 27: handoff.referrals.v1.UndeleteProgramRequest
+	(*ReportCapacityRequest)(nil),         // 28: handoff.referrals.v1.ReportCapacityRequest
+	(*MatchProgramsRequest)(nil),          // 29: handoff.referrals.v1.MatchProgramsRequest
+	(*MatchProgramsResponse)(nil),         // 30: handoff.referrals.v1.MatchProgramsResponse
+	(*HoldSlotRequest)(nil),               // 31: handoff.referrals.v1.HoldSlotRequest
+	(*GetHoldRequest)(nil),                // 32: handoff.referrals.v1.GetHoldRequest
+	(*ListHoldsRequest)(nil),              // 33: handoff.referrals.v1.ListHoldsRequest
+	(*ListHoldsResponse)(nil),             // 34: handoff.referrals.v1.ListHoldsResponse
+	(*ReleaseHoldRequest)(nil),            // 35: handoff.referrals.v1.ReleaseHoldRequest
+	(*ConvertHoldRequest)(nil),            // 36: handoff.referrals.v1.ConvertHoldRequest
+	(*CreateReferralRequest)(nil),         // 37: handoff.referrals.v1.CreateReferralRequest
+	(*GetReferralRequest)(nil),            // 38: handoff.referrals.v1.GetReferralRequest
+	(*ListReferralsRequest)(nil),          // 39: handoff.referrals.v1.ListReferralsRequest
+	(*SummarizeReferralsRequest)(nil),     // 40: handoff.referrals.v1.SummarizeReferralsRequest
+	(*ReferralSummary)(nil),               // 41: handoff.referrals.v1.ReferralSummary
+	(*ReferralStateCount)(nil),            // 42: handoff.referrals.v1.ReferralStateCount
+	(*ListReferralsResponse)(nil),         // 43: handoff.referrals.v1.ListReferralsResponse
+	(*UpdateReferralRequest)(nil),         // 44: handoff.referrals.v1.UpdateReferralRequest
+	(*TransitionReferralRequest)(nil),     // 45: handoff.referrals.v1.TransitionReferralRequest
+	(*RejectReferralRequest)(nil),         // 46: handoff.referrals.v1.RejectReferralRequest
+	(*ScheduleReferralRequest)(nil),       // 47: handoff.referrals.v1.ScheduleReferralRequest
+	(*RetractFollowUpServiceRequest)(nil), // 48: handoff.referrals.v1.RetractFollowUpServiceRequest
+	(*RecordFollowUpServiceRequest)(nil),  // 49: handoff.referrals.v1.RecordFollowUpServiceRequest
+	(*CompleteReferralRequest)(nil),       // 50: handoff.referrals.v1.CompleteReferralRequest
+	(*timestamppb.Timestamp)(nil),         // 51: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),         // 52: google.protobuf.FieldMask
+	(*durationpb.Duration)(nil),           // 53: google.protobuf.Duration
+	(*v1.ListAuditEventsRequest)(nil),     // 54: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                 // 55: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),    // 56: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	0,  // 0: handoff.referrals.v1.Program.services:type_name -> handoff.referrals.v1.ServiceKind
 	1,  // 1: handoff.referrals.v1.Program.payments_accepted:type_name -> handoff.referrals.v1.PaymentKind
 	11, // 2: handoff.referrals.v1.Program.address:type_name -> handoff.referrals.v1.Address
 	12, // 3: handoff.referrals.v1.Program.capacity:type_name -> handoff.referrals.v1.Capacity
-	50, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
-	50, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
-	50, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
-	50, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
+	51, // 4: handoff.referrals.v1.Program.create_time:type_name -> google.protobuf.Timestamp
+	51, // 5: handoff.referrals.v1.Program.update_time:type_name -> google.protobuf.Timestamp
+	51, // 6: handoff.referrals.v1.Program.delete_time:type_name -> google.protobuf.Timestamp
+	51, // 7: handoff.referrals.v1.Capacity.update_time:type_name -> google.protobuf.Timestamp
 	10, // 8: handoff.referrals.v1.ProgramMatch.program:type_name -> handoff.referrals.v1.Program
 	14, // 9: handoff.referrals.v1.ProgramMatch.reasons:type_name -> handoff.referrals.v1.MatchReason
 	5,  // 10: handoff.referrals.v1.MatchReason.code:type_name -> handoff.referrals.v1.MatchReasonCode
 	0,  // 11: handoff.referrals.v1.Hold.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	50, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
+	51, // 12: handoff.referrals.v1.Hold.expire_time:type_name -> google.protobuf.Timestamp
 	6,  // 13: handoff.referrals.v1.Hold.state:type_name -> handoff.referrals.v1.HoldState
-	50, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
-	50, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
+	51, // 14: handoff.referrals.v1.Hold.create_time:type_name -> google.protobuf.Timestamp
+	51, // 15: handoff.referrals.v1.Hold.update_time:type_name -> google.protobuf.Timestamp
 	17, // 16: handoff.referrals.v1.Referral.subject:type_name -> handoff.referrals.v1.ReferralSubject
 	0,  // 17: handoff.referrals.v1.Referral.service_kind:type_name -> handoff.referrals.v1.ServiceKind
 	2,  // 18: handoff.referrals.v1.Referral.urgency:type_name -> handoff.referrals.v1.Urgency
@@ -4790,104 +4896,107 @@ var file_handoff_referrals_v1_referrals_proto_depIdxs = []int32{
 	8,  // 20: handoff.referrals.v1.Referral.state:type_name -> handoff.referrals.v1.ReferralState
 	19, // 21: handoff.referrals.v1.Referral.rejection:type_name -> handoff.referrals.v1.Rejection
 	20, // 22: handoff.referrals.v1.Referral.history:type_name -> handoff.referrals.v1.ReferralEvent
-	50, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
-	50, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	50, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
-	50, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
-	50, // 27: handoff.referrals.v1.Referral.engagement_time:type_name -> google.protobuf.Timestamp
+	51, // 23: handoff.referrals.v1.Referral.first_contact_time:type_name -> google.protobuf.Timestamp
+	51, // 24: handoff.referrals.v1.Referral.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	51, // 25: handoff.referrals.v1.Referral.create_time:type_name -> google.protobuf.Timestamp
+	51, // 26: handoff.referrals.v1.Referral.update_time:type_name -> google.protobuf.Timestamp
+	51, // 27: handoff.referrals.v1.Referral.engagement_time:type_name -> google.protobuf.Timestamp
 	7,  // 28: handoff.referrals.v1.ReferralSubject.kind:type_name -> handoff.referrals.v1.SubjectKind
-	50, // 29: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
+	51, // 29: handoff.referrals.v1.IntakeAppointment.start_time:type_name -> google.protobuf.Timestamp
 	9,  // 30: handoff.referrals.v1.Rejection.reason:type_name -> handoff.referrals.v1.RejectionReason
 	8,  // 31: handoff.referrals.v1.ReferralEvent.from_state:type_name -> handoff.referrals.v1.ReferralState
 	8,  // 32: handoff.referrals.v1.ReferralEvent.to_state:type_name -> handoff.referrals.v1.ReferralState
-	50, // 33: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
+	51, // 33: handoff.referrals.v1.ReferralEvent.time:type_name -> google.protobuf.Timestamp
 	10, // 34: handoff.referrals.v1.CreateProgramRequest.program:type_name -> handoff.referrals.v1.Program
 	10, // 35: handoff.referrals.v1.ListProgramsResponse.programs:type_name -> handoff.referrals.v1.Program
 	10, // 36: handoff.referrals.v1.UpdateProgramRequest.program:type_name -> handoff.referrals.v1.Program
-	51, // 37: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
+	52, // 37: handoff.referrals.v1.UpdateProgramRequest.update_mask:type_name -> google.protobuf.FieldMask
 	0,  // 38: handoff.referrals.v1.MatchProgramsRequest.service_kinds:type_name -> handoff.referrals.v1.ServiceKind
 	2,  // 39: handoff.referrals.v1.MatchProgramsRequest.urgency:type_name -> handoff.referrals.v1.Urgency
 	3,  // 40: handoff.referrals.v1.MatchProgramsRequest.barriers:type_name -> handoff.referrals.v1.BarrierKind
 	4,  // 41: handoff.referrals.v1.MatchProgramsRequest.coverage:type_name -> handoff.referrals.v1.CoverageKind
 	13, // 42: handoff.referrals.v1.MatchProgramsResponse.matches:type_name -> handoff.referrals.v1.ProgramMatch
 	0,  // 43: handoff.referrals.v1.HoldSlotRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
-	52, // 44: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
+	53, // 44: handoff.referrals.v1.HoldSlotRequest.ttl:type_name -> google.protobuf.Duration
 	15, // 45: handoff.referrals.v1.ListHoldsResponse.holds:type_name -> handoff.referrals.v1.Hold
-	50, // 46: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
+	51, // 46: handoff.referrals.v1.ConvertHoldRequest.first_contact_time:type_name -> google.protobuf.Timestamp
 	0,  // 47: handoff.referrals.v1.ConvertHoldRequest.service_kind:type_name -> handoff.referrals.v1.ServiceKind
 	16, // 48: handoff.referrals.v1.CreateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
 	42, // 49: handoff.referrals.v1.ReferralSummary.states:type_name -> handoff.referrals.v1.ReferralStateCount
-	52, // 50: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
-	52, // 51: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	53, // 50: handoff.referrals.v1.ReferralSummary.median_time_to_treatment_entry:type_name -> google.protobuf.Duration
+	53, // 51: handoff.referrals.v1.ReferralSummary.p90_time_to_treatment_entry:type_name -> google.protobuf.Duration
 	8,  // 52: handoff.referrals.v1.ReferralStateCount.state:type_name -> handoff.referrals.v1.ReferralState
 	16, // 53: handoff.referrals.v1.ListReferralsResponse.referrals:type_name -> handoff.referrals.v1.Referral
 	16, // 54: handoff.referrals.v1.UpdateReferralRequest.referral:type_name -> handoff.referrals.v1.Referral
-	51, // 55: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
+	52, // 55: handoff.referrals.v1.UpdateReferralRequest.update_mask:type_name -> google.protobuf.FieldMask
 	19, // 56: handoff.referrals.v1.RejectReferralRequest.rejection:type_name -> handoff.referrals.v1.Rejection
 	18, // 57: handoff.referrals.v1.ScheduleReferralRequest.intake_appointment:type_name -> handoff.referrals.v1.IntakeAppointment
-	50, // 58: handoff.referrals.v1.RecordFollowUpServiceRequest.service_time:type_name -> google.protobuf.Timestamp
-	50, // 59: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
-	21, // 60: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
-	22, // 61: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
-	23, // 62: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
-	25, // 63: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
-	26, // 64: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
-	27, // 65: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
-	28, // 66: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
-	29, // 67: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
-	31, // 68: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
-	32, // 69: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
-	33, // 70: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
-	35, // 71: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
-	36, // 72: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
-	37, // 73: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
-	38, // 74: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
-	39, // 75: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
-	40, // 76: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
-	44, // 77: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
-	45, // 78: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	46, // 79: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
-	47, // 80: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
-	49, // 81: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
-	48, // 82: handoff.referrals.v1.ReferralsService.RecordFollowUpService:input_type -> handoff.referrals.v1.RecordFollowUpServiceRequest
-	45, // 83: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 84: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 85: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	45, // 86: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:input_type -> handoff.referrals.v1.TransitionReferralRequest
-	53, // 87: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	10, // 88: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
-	10, // 89: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
-	24, // 90: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
-	10, // 91: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
-	54, // 92: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
-	10, // 93: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
-	10, // 94: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
-	30, // 95: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
-	15, // 96: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
-	15, // 97: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
-	34, // 98: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
-	15, // 99: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
-	16, // 100: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
-	16, // 101: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 102: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
-	43, // 103: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
-	41, // 104: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
-	16, // 105: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 106: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 107: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 108: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 109: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 110: handoff.referrals.v1.ReferralsService.RecordFollowUpService:output_type -> handoff.referrals.v1.Referral
-	16, // 111: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
-	16, // 112: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 113: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
-	16, // 114: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:output_type -> handoff.referrals.v1.Referral
-	55, // 115: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	88, // [88:116] is the sub-list for method output_type
-	60, // [60:88] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	51, // 58: handoff.referrals.v1.RetractFollowUpServiceRequest.service_time:type_name -> google.protobuf.Timestamp
+	51, // 59: handoff.referrals.v1.RecordFollowUpServiceRequest.service_time:type_name -> google.protobuf.Timestamp
+	51, // 60: handoff.referrals.v1.CompleteReferralRequest.treatment_entry_time:type_name -> google.protobuf.Timestamp
+	21, // 61: handoff.referrals.v1.ReferralsService.CreateProgram:input_type -> handoff.referrals.v1.CreateProgramRequest
+	22, // 62: handoff.referrals.v1.ReferralsService.GetProgram:input_type -> handoff.referrals.v1.GetProgramRequest
+	23, // 63: handoff.referrals.v1.ReferralsService.ListPrograms:input_type -> handoff.referrals.v1.ListProgramsRequest
+	25, // 64: handoff.referrals.v1.ReferralsService.UpdateProgram:input_type -> handoff.referrals.v1.UpdateProgramRequest
+	26, // 65: handoff.referrals.v1.ReferralsService.DeleteProgram:input_type -> handoff.referrals.v1.DeleteProgramRequest
+	27, // 66: handoff.referrals.v1.ReferralsService.UndeleteProgram:input_type -> handoff.referrals.v1.UndeleteProgramRequest
+	28, // 67: handoff.referrals.v1.ReferralsService.ReportCapacity:input_type -> handoff.referrals.v1.ReportCapacityRequest
+	29, // 68: handoff.referrals.v1.ReferralsService.MatchPrograms:input_type -> handoff.referrals.v1.MatchProgramsRequest
+	31, // 69: handoff.referrals.v1.ReferralsService.HoldSlot:input_type -> handoff.referrals.v1.HoldSlotRequest
+	32, // 70: handoff.referrals.v1.ReferralsService.GetHold:input_type -> handoff.referrals.v1.GetHoldRequest
+	33, // 71: handoff.referrals.v1.ReferralsService.ListHolds:input_type -> handoff.referrals.v1.ListHoldsRequest
+	35, // 72: handoff.referrals.v1.ReferralsService.ReleaseHold:input_type -> handoff.referrals.v1.ReleaseHoldRequest
+	36, // 73: handoff.referrals.v1.ReferralsService.ConvertHold:input_type -> handoff.referrals.v1.ConvertHoldRequest
+	37, // 74: handoff.referrals.v1.ReferralsService.CreateReferral:input_type -> handoff.referrals.v1.CreateReferralRequest
+	38, // 75: handoff.referrals.v1.ReferralsService.GetReferral:input_type -> handoff.referrals.v1.GetReferralRequest
+	39, // 76: handoff.referrals.v1.ReferralsService.ListReferrals:input_type -> handoff.referrals.v1.ListReferralsRequest
+	40, // 77: handoff.referrals.v1.ReferralsService.SummarizeReferrals:input_type -> handoff.referrals.v1.SummarizeReferralsRequest
+	44, // 78: handoff.referrals.v1.ReferralsService.UpdateReferral:input_type -> handoff.referrals.v1.UpdateReferralRequest
+	45, // 79: handoff.referrals.v1.ReferralsService.AcceptReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	46, // 80: handoff.referrals.v1.ReferralsService.RejectReferral:input_type -> handoff.referrals.v1.RejectReferralRequest
+	47, // 81: handoff.referrals.v1.ReferralsService.ScheduleReferral:input_type -> handoff.referrals.v1.ScheduleReferralRequest
+	50, // 82: handoff.referrals.v1.ReferralsService.CompleteReferral:input_type -> handoff.referrals.v1.CompleteReferralRequest
+	49, // 83: handoff.referrals.v1.ReferralsService.RecordFollowUpService:input_type -> handoff.referrals.v1.RecordFollowUpServiceRequest
+	48, // 84: handoff.referrals.v1.ReferralsService.RetractFollowUpService:input_type -> handoff.referrals.v1.RetractFollowUpServiceRequest
+	45, // 85: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 86: handoff.referrals.v1.ReferralsService.PauseReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 87: handoff.referrals.v1.ReferralsService.CancelReferral:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	45, // 88: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:input_type -> handoff.referrals.v1.TransitionReferralRequest
+	54, // 89: handoff.referrals.v1.ReferralsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	10, // 90: handoff.referrals.v1.ReferralsService.CreateProgram:output_type -> handoff.referrals.v1.Program
+	10, // 91: handoff.referrals.v1.ReferralsService.GetProgram:output_type -> handoff.referrals.v1.Program
+	24, // 92: handoff.referrals.v1.ReferralsService.ListPrograms:output_type -> handoff.referrals.v1.ListProgramsResponse
+	10, // 93: handoff.referrals.v1.ReferralsService.UpdateProgram:output_type -> handoff.referrals.v1.Program
+	55, // 94: handoff.referrals.v1.ReferralsService.DeleteProgram:output_type -> google.protobuf.Empty
+	10, // 95: handoff.referrals.v1.ReferralsService.UndeleteProgram:output_type -> handoff.referrals.v1.Program
+	10, // 96: handoff.referrals.v1.ReferralsService.ReportCapacity:output_type -> handoff.referrals.v1.Program
+	30, // 97: handoff.referrals.v1.ReferralsService.MatchPrograms:output_type -> handoff.referrals.v1.MatchProgramsResponse
+	15, // 98: handoff.referrals.v1.ReferralsService.HoldSlot:output_type -> handoff.referrals.v1.Hold
+	15, // 99: handoff.referrals.v1.ReferralsService.GetHold:output_type -> handoff.referrals.v1.Hold
+	34, // 100: handoff.referrals.v1.ReferralsService.ListHolds:output_type -> handoff.referrals.v1.ListHoldsResponse
+	15, // 101: handoff.referrals.v1.ReferralsService.ReleaseHold:output_type -> handoff.referrals.v1.Hold
+	16, // 102: handoff.referrals.v1.ReferralsService.ConvertHold:output_type -> handoff.referrals.v1.Referral
+	16, // 103: handoff.referrals.v1.ReferralsService.CreateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 104: handoff.referrals.v1.ReferralsService.GetReferral:output_type -> handoff.referrals.v1.Referral
+	43, // 105: handoff.referrals.v1.ReferralsService.ListReferrals:output_type -> handoff.referrals.v1.ListReferralsResponse
+	41, // 106: handoff.referrals.v1.ReferralsService.SummarizeReferrals:output_type -> handoff.referrals.v1.ReferralSummary
+	16, // 107: handoff.referrals.v1.ReferralsService.UpdateReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 108: handoff.referrals.v1.ReferralsService.AcceptReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 109: handoff.referrals.v1.ReferralsService.RejectReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 110: handoff.referrals.v1.ReferralsService.ScheduleReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 111: handoff.referrals.v1.ReferralsService.CompleteReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 112: handoff.referrals.v1.ReferralsService.RecordFollowUpService:output_type -> handoff.referrals.v1.Referral
+	16, // 113: handoff.referrals.v1.ReferralsService.RetractFollowUpService:output_type -> handoff.referrals.v1.Referral
+	16, // 114: handoff.referrals.v1.ReferralsService.MarkReferralNoShow:output_type -> handoff.referrals.v1.Referral
+	16, // 115: handoff.referrals.v1.ReferralsService.PauseReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 116: handoff.referrals.v1.ReferralsService.CancelReferral:output_type -> handoff.referrals.v1.Referral
+	16, // 117: handoff.referrals.v1.ReferralsService.MarkReferralEnteredInError:output_type -> handoff.referrals.v1.Referral
+	56, // 118: handoff.referrals.v1.ReferralsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	90, // [90:119] is the sub-list for method output_type
+	61, // [61:90] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_handoff_referrals_v1_referrals_proto_init() }
@@ -4901,7 +5010,7 @@ func file_handoff_referrals_v1_referrals_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_referrals_v1_referrals_proto_rawDesc), len(file_handoff_referrals_v1_referrals_proto_rawDesc)),
 			NumEnums:      10,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1193,6 +1193,51 @@ func local_request_ReferralsService_RecordFollowUpService_0(ctx context.Context,
 	return msg, metadata, err
 }
 
+func request_ReferralsService_RetractFollowUpService_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq RetractFollowUpServiceRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	msg, err := client.RetractFollowUpService(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_ReferralsService_RetractFollowUpService_0(ctx context.Context, marshaler runtime.Marshaler, server ReferralsServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq RetractFollowUpServiceRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	val, ok := pathParams["name"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "name")
+	}
+	protoReq.Name, err = runtime.String(val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "name", err)
+	}
+	msg, err := server.RetractFollowUpService(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 func request_ReferralsService_MarkReferralNoShow_0(ctx context.Context, marshaler runtime.Marshaler, client ReferralsServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
 		protoReq TransitionReferralRequest
@@ -1892,6 +1937,26 @@ func RegisterReferralsServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_RecordFollowUpService_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_ReferralsService_RetractFollowUpService_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/RetractFollowUpService", runtime.WithHTTPPathPattern("/v1/{name=clinics/*/referrals/*}:retractFollowUpService"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_ReferralsService_RetractFollowUpService_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_RetractFollowUpService_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_ReferralsService_MarkReferralNoShow_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2423,6 +2488,23 @@ func RegisterReferralsServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		}
 		forward_ReferralsService_RecordFollowUpService_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPost, pattern_ReferralsService_RetractFollowUpService_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/handoff.referrals.v1.ReferralsService/RetractFollowUpService", runtime.WithHTTPPathPattern("/v1/{name=clinics/*/referrals/*}:retractFollowUpService"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_ReferralsService_RetractFollowUpService_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ReferralsService_RetractFollowUpService_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_ReferralsService_MarkReferralNoShow_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -2535,6 +2617,7 @@ var (
 	pattern_ReferralsService_ScheduleReferral_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "schedule"))
 	pattern_ReferralsService_CompleteReferral_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "complete"))
 	pattern_ReferralsService_RecordFollowUpService_0      = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "recordFollowUpService"))
+	pattern_ReferralsService_RetractFollowUpService_0     = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "retractFollowUpService"))
 	pattern_ReferralsService_MarkReferralNoShow_0         = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "markNoShow"))
 	pattern_ReferralsService_PauseReferral_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "pause"))
 	pattern_ReferralsService_CancelReferral_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 2, 2, 1, 0, 4, 4, 5, 3}, []string{"v1", "clinics", "referrals", "name"}, "cancel"))
@@ -2566,6 +2649,7 @@ var (
 	forward_ReferralsService_ScheduleReferral_0           = runtime.ForwardResponseMessage
 	forward_ReferralsService_CompleteReferral_0           = runtime.ForwardResponseMessage
 	forward_ReferralsService_RecordFollowUpService_0      = runtime.ForwardResponseMessage
+	forward_ReferralsService_RetractFollowUpService_0     = runtime.ForwardResponseMessage
 	forward_ReferralsService_MarkReferralNoShow_0         = runtime.ForwardResponseMessage
 	forward_ReferralsService_PauseReferral_0              = runtime.ForwardResponseMessage
 	forward_ReferralsService_CancelReferral_0             = runtime.ForwardResponseMessage

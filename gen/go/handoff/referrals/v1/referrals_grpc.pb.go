@@ -70,6 +70,7 @@ const (
 	ReferralsService_ScheduleReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/ScheduleReferral"
 	ReferralsService_CompleteReferral_FullMethodName           = "/handoff.referrals.v1.ReferralsService/CompleteReferral"
 	ReferralsService_RecordFollowUpService_FullMethodName      = "/handoff.referrals.v1.ReferralsService/RecordFollowUpService"
+	ReferralsService_RetractFollowUpService_FullMethodName     = "/handoff.referrals.v1.ReferralsService/RetractFollowUpService"
 	ReferralsService_MarkReferralNoShow_FullMethodName         = "/handoff.referrals.v1.ReferralsService/MarkReferralNoShow"
 	ReferralsService_PauseReferral_FullMethodName              = "/handoff.referrals.v1.ReferralsService/PauseReferral"
 	ReferralsService_CancelReferral_FullMethodName             = "/handoff.referrals.v1.ReferralsService/CancelReferral"
@@ -214,8 +215,18 @@ type ReferralsServiceClient interface {
 	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time) is recorded once and
 	// changes nothing, not even the etag; but an `etag` sent with it is
-	// checked first, so a resend must carry the current etag or none.
+	// checked first, so a resend must carry the current etag or none. A
+	// service retracted (RetractFollowUpService) cannot be recorded again
+	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
 	RecordFollowUpService(ctx context.Context, in *RecordFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
+	// Retracts a further service recorded in error (the wrong person, a
+	// visit that did not take place), named by its `service_id`, or by its
+	// `service_time` if it was recorded without one. It no longer counts:
+	// `follow_up_service_count` and `engagement_time` are computed again
+	// without it. The record stays, with who retracted it, when and why. A
+	// service not recorded is NOT_FOUND; one retracted before,
+	// FAILED_PRECONDITION.
+	RetractFollowUpService(ctx context.Context, in *RetractFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral. Before the appointment's start it is refused with
@@ -488,6 +499,16 @@ func (c *referralsServiceClient) RecordFollowUpService(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *referralsServiceClient) RetractFollowUpService(ctx context.Context, in *RetractFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Referral)
+	err := c.cc.Invoke(ctx, ReferralsService_RetractFollowUpService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *referralsServiceClient) MarkReferralNoShow(ctx context.Context, in *TransitionReferralRequest, opts ...grpc.CallOption) (*Referral, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Referral)
@@ -675,8 +696,18 @@ type ReferralsServiceServer interface {
 	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time) is recorded once and
 	// changes nothing, not even the etag; but an `etag` sent with it is
-	// checked first, so a resend must carry the current etag or none.
+	// checked first, so a resend must carry the current etag or none. A
+	// service retracted (RetractFollowUpService) cannot be recorded again
+	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
 	RecordFollowUpService(context.Context, *RecordFollowUpServiceRequest) (*Referral, error)
+	// Retracts a further service recorded in error (the wrong person, a
+	// visit that did not take place), named by its `service_id`, or by its
+	// `service_time` if it was recorded without one. It no longer counts:
+	// `follow_up_service_count` and `engagement_time` are computed again
+	// without it. The record stays, with who retracted it, when and why. A
+	// service not recorded is NOT_FOUND; one retracted before,
+	// FAILED_PRECONDITION.
+	RetractFollowUpService(context.Context, *RetractFollowUpServiceRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
 	// ScheduleReferral. Before the appointment's start it is refused with
@@ -787,6 +818,9 @@ func (UnimplementedReferralsServiceServer) CompleteReferral(context.Context, *Co
 }
 func (UnimplementedReferralsServiceServer) RecordFollowUpService(context.Context, *RecordFollowUpServiceRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method RecordFollowUpService not implemented")
+}
+func (UnimplementedReferralsServiceServer) RetractFollowUpService(context.Context, *RetractFollowUpServiceRequest) (*Referral, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetractFollowUpService not implemented")
 }
 func (UnimplementedReferralsServiceServer) MarkReferralNoShow(context.Context, *TransitionReferralRequest) (*Referral, error) {
 	return nil, status.Error(codes.Unimplemented, "method MarkReferralNoShow not implemented")
@@ -1238,6 +1272,24 @@ func _ReferralsService_RecordFollowUpService_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ReferralsService_RetractFollowUpService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetractFollowUpServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ReferralsServiceServer).RetractFollowUpService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ReferralsService_RetractFollowUpService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ReferralsServiceServer).RetractFollowUpService(ctx, req.(*RetractFollowUpServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ReferralsService_MarkReferralNoShow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TransitionReferralRequest)
 	if err := dec(in); err != nil {
@@ -1426,6 +1478,10 @@ var ReferralsService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RecordFollowUpService",
 			Handler:    _ReferralsService_RecordFollowUpService_Handler,
+		},
+		{
+			MethodName: "RetractFollowUpService",
+			Handler:    _ReferralsService_RetractFollowUpService_Handler,
 		},
 		{
 			MethodName: "MarkReferralNoShow",
