@@ -135,14 +135,21 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 			if err != nil {
 				return nil, err
 			}
-			// A session recorded as it happens is judged on the family's
-			// current status, read under the family's lock: a screen
-			// committed just before counts whatever its clocks say. One
-			// held earlier is judged on the screens of its time.
-			st := fam.GetSafetyScreenStatus()
-			if now.Sub(at) > clockSkew {
-				if st, err = s.screenStatusAsOf(ctx, tx, c, at); err != nil {
-					return nil, err
+			// A session is judged on the screens done by its time; one
+			// recorded as it happens also on the family's current status,
+			// read under the family's lock, so that a screen committed
+			// just before counts whatever its clocks say.
+			then, err := s.screenStatusAsOf(ctx, tx, c, at)
+			if err != nil {
+				return nil, err
+			}
+			st := then
+			if now.Sub(at) <= clockSkew {
+				// Both must allow it: the status now (a high risk just
+				// recorded by a clock ahead) and the status then (a high
+				// risk when it was taught, cleared by a screen since).
+				if _, ok := craftSafety(cs.GetTopics(), fam.GetSafetyScreenStatus()); !ok {
+					st = fam.GetSafetyScreenStatus()
 				}
 			}
 			members := map[string]bool{}

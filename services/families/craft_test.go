@@ -204,7 +204,8 @@ func TestCraftSessionsAreStaffOnly(t *testing.T) {
 // A session recorded as it happens is judged on the family's screen as it
 // stands, not by the clocks: a high risk recorded a moment before, by a
 // replica whose clock runs a minute ahead, still holds natural
-// consequences back.
+// consequences back. And on the screens of when it was held: a high risk
+// then, cleared by a screen since, holds them back too.
 func TestALiveSessionSeesTheScreenJustRecorded(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
@@ -217,5 +218,23 @@ func TestALiveSessionSeesTheScreenJustRecorded(t *testing.T) {
 	st := wantCode(t, err, codes.FailedPrecondition)
 	if info := errorInfo(st); info.GetMetadata()["safety_screen_status"] != "SAFETY_SCREEN_STATUS_HIGH_RISK" {
 		t.Fatalf("natural consequences just after a high risk: %v", info)
+	}
+
+	// Taught under that high risk a minute after it, recorded two minutes
+	// later, after a screen that cleared it: still refused.
+	f.clock.Add(2 * time.Minute)
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	held := f.clock.Now().Add(-time.Minute)
+	f.clock.Add(time.Minute)
+	_, err = f.client.CreateCraftSession(f.ctx, &familiesv1.CreateCraftSessionRequest{Parent: fam.GetName(), CraftSession: &familiesv1.CraftSession{
+		MemberIds: []string{"mom"}, Topics: []familiesv1.CraftTopic{familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES},
+		SessionTime: timestamppb.New(held)}})
+	st = wantCode(t, err, codes.FailedPrecondition)
+	if info := errorInfo(st); info.GetMetadata()["safety_screen_status"] != "SAFETY_SCREEN_STATUS_HIGH_RISK" {
+		t.Fatalf("natural consequences taught under a high risk cleared since: %v", info)
+	}
+	// Taught now, under the screen that cleared it: allowed.
+	if _, err := f.session(f.ctx, fam, "", familiesv1.CraftTopic_CRAFT_TOPIC_NATURAL_CONSEQUENCES); err != nil {
+		t.Fatalf("natural consequences under a current no risk: %v", err)
 	}
 }

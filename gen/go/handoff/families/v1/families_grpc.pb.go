@@ -148,9 +148,9 @@ type FamiliesServiceClient interface {
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
 	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED). A
-	// session recorded more than a few minutes after it was held is judged
-	// on the screens done by its `session_time` (a high risk entered late
-	// still counts), not on one done since.
+	// session is judged on the screens done by its `session_time` (a high
+	// risk entered late still counts), not on one done since; one recorded
+	// as it is held also on the family's current screen.
 	CreateCraftSession(ctx context.Context, in *CreateCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
 	// Returns one CRAFT session.
 	GetCraftSession(ctx context.Context, in *GetCraftSessionRequest, opts ...grpc.CallOption) (*CraftSession, error)
@@ -713,9 +713,9 @@ type FamiliesServiceServer interface {
 	// model screens for domestic violence second); NATURAL_CONSEQUENCES,
 	// which can provoke the loved one, waits for a current screen that is
 	// not high risk (FAILED_PRECONDITION, reason SAFETY_SCREEN_REQUIRED). A
-	// session recorded more than a few minutes after it was held is judged
-	// on the screens done by its `session_time` (a high risk entered late
-	// still counts), not on one done since.
+	// session is judged on the screens done by its `session_time` (a high
+	// risk entered late still counts), not on one done since; one recorded
+	// as it is held also on the family's current screen.
 	CreateCraftSession(context.Context, *CreateCraftSessionRequest) (*CraftSession, error)
 	// Returns one CRAFT session.
 	GetCraftSession(context.Context, *GetCraftSessionRequest) (*CraftSession, error)
