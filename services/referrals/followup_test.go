@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -152,8 +153,10 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 		got.GetFollowUpServiceCount() != 3 {
 		t.Fatalf("the intake dose retracted by its time: %d services, %v; want 3", got.GetFollowUpServiceCount(), err)
 	}
-	_, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "visit-10", Reason: "twice"})
-	wantReason(t, err, codes.FailedPrecondition, "INVALID_STATE_TRANSITION")
+	if again, err := retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "visit-10", Reason: "sent twice"}); err != nil ||
+		again.GetEtag() != got.GetEtag() || again.GetFollowUpServiceCount() != 3 {
+		t.Fatalf("the same retraction again: %v, %v; want the referral unchanged", again, err)
+	}
 	_, err = follow(&referralsv1.RecordFollowUpServiceRequest{ServiceTime: at(10, 9, 0), ServiceId: "visit-10"})
 	wantReason(t, err, codes.FailedPrecondition, "ALREADY_RECORDED")
 	_, err = retract(&referralsv1.RetractFollowUpServiceRequest{ServiceId: "never-sent", Reason: "x"})
@@ -190,6 +193,10 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = 'handoff.referrals.v1.referral.follow_up_recorded'
 		AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 6 {
 		t.Fatalf("follow-up events = %d, %v; want 6, one per service recorded", events, err)
+	}
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE event_type = 'handoff.referrals.v1.referral.follow_up_retracted'
+		AND resource = $1`, r.GetName()).Scan(&events); err != nil || events != 3 {
+		t.Fatalf("retraction events = %d, %v; want 3, one per service retracted", events, err)
 	}
 	// The worker records no outcomes; the services and their retractions
 	// are append-only.
@@ -258,5 +265,58 @@ func TestFollowUpRefusalsThatTellAreDisclosures(t *testing.T) {
 	wantViolation(t, err, "service_time")
 	if n := disclosed(); n <= before {
 		t.Fatalf("a refusal naming the entry time recorded no disclosure")
+	}
+
+	// Staff send no zone: the days are read in UTC, and nothing is kept,
+	// so the program's first report with its zone is taken, and kept.
+	soon := timestamppb.New(now.Add(time.Minute))
+	if _, err := f.client.RecordFollowUpService(f.ctx, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: soon}); err != nil {
+		t.Fatalf("a report without a zone: %v", err)
+	}
+	f.clock.Advance(2 * time.Minute)
+	dose := &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: timestamppb.New(now.Add(2 * time.Minute)),
+		ServiceId: "dose-1", TimeZone: "America/Chicago"}
+	if _, err := f.client.RecordFollowUpService(f.ehr, dose); err != nil {
+		t.Fatalf("the program's first report with its zone, after staff's without: %v", err)
+	}
+	// Each refusal that tells the EHR of the referral's services is
+	// recorded as a disclosure: another zone than the one kept, an id
+	// recorded at another time, a service to retract that is not there.
+	for _, c := range []struct {
+		what string
+		call func() error
+		code codes.Code
+	}{
+		{"another zone", func() error {
+			_, err := f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(),
+				ServiceTime: timestamppb.New(now.Add(time.Minute)), ServiceId: "visit-1", TimeZone: "UTC"})
+			return err
+		}, codes.InvalidArgument},
+		{"an id at another time", func() error {
+			_, err := f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(),
+				ServiceTime: soon, ServiceId: "dose-1"})
+			return err
+		}, codes.FailedPrecondition},
+		{"nothing to retract", func() error {
+			_, err := f.client.RetractFollowUpService(f.ehr, &referralsv1.RetractFollowUpServiceRequest{Name: r.GetName(),
+				ServiceId: "never-sent", Reason: "x"})
+			return err
+		}, codes.NotFound},
+	} {
+		before := disclosed()
+		if err := c.call(); status.Code(err) != c.code {
+			t.Fatalf("%s: %v, want %v", c.what, err, c.code)
+		}
+		if disclosed() <= before {
+			t.Fatalf("%s: the refusal recorded no disclosure", c.what)
+		}
+	}
+	// Without the patient's consent the EHR retracts nothing, and learns
+	// nothing of the referral.
+	f.consent.refuse(family)
+	_, err = f.client.RetractFollowUpService(f.ehr, &referralsv1.RetractFollowUpServiceRequest{Name: r.GetName(), ServiceId: "dose-1", Reason: "x"})
+	wantReason(t, err, codes.FailedPrecondition, "CONSENT_REQUIRED")
+	if cur, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); err != nil || cur.GetFollowUpServiceCount() != 2 {
+		t.Fatalf("after a retraction without consent: %d services, %v; want 2", cur.GetFollowUpServiceCount(), err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -230,20 +231,23 @@ func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1
 // referral's state or schedule.
 func tellsState(err error) bool {
 	switch apperr.Reason(err) {
-	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady,
-		// A follow-up's id recorded before, or a service to retract that
-		// is not there: either tells whether the referral has services.
-		apperr.ReasonAlreadyRecorded, apperr.ReasonNotFound:
+	case apperr.ReasonInvalidTransition, apperr.ReasonTooEarly, apperr.ReasonNotReady:
 		return true
 	}
 	// A completion refused for its entry time tells when the first contact
 	// was (an EHR could search it out by trying times).
 	for _, d := range status.Convert(err).Details() {
+		// A follow-up refusal that speaks of the referral's services.
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			if _, ok := info.GetMetadata()["follow_up_service"]; ok {
+				return true
+			}
+		}
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				// The entry time, or the zone its services are counted in.
+				// The entry time.
 				switch v.GetField() {
-				case "treatment_entry_time", "service_time", "time_zone":
+				case "treatment_entry_time", "service_time":
 					return true
 				}
 			}
@@ -414,34 +418,51 @@ func daysBetween(a, b time.Time, loc *time.Location) int {
 	return int(time.Date(by, bm, bd, 0, 0, 0, 0, time.UTC).Sub(time.Date(ay, am, ad, 0, 0, 0, 0, time.UTC)) / (24 * time.Hour))
 }
 
-// followUpZone is the zone a referral's follow-up days are read in: the
-// one its first service named (UTC without one), kept with the referral so
-// that every service counts its day alike. A later service naming another
-// is refused.
-func (s *Server) followUpZone(ctx context.Context, tx pgx.Tx, r ref, asked string) (*time.Location, error) {
-	var kept *string
-	if err := tx.QueryRow(ctx, `SELECT follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&kept); err != nil {
-		return nil, fmt.Errorf("read the follow-up zone: %w", err)
+// keepZone keeps, with the referral, the zone its follow-up days are
+// read in: the first one a report names. Until one does they are read in
+// UTC (and read again in the zone once one is named, see
+// recountFollowUps), so that a report from staff, who send none, does
+// not bind the program's later ones. A report naming another zone than
+// the one kept is refused: its days would not be counted alike.
+func keepZone(ctx context.Context, tx pgx.Tx, r ref, asked string) (kept bool, err error) {
+	var zone *string
+	if err := tx.QueryRow(ctx, `SELECT follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&zone); err != nil {
+		return false, fmt.Errorf("read the follow-up zone: %w", err)
 	}
-	zone := asked
 	switch {
-	case kept != nil && asked != "" && asked != *kept:
-		return nil, apperr.Field("time_zone", "is not the zone this referral's services are counted in (%s)", *kept)
-	case kept != nil:
-		zone = *kept
-	case zone == "":
-		zone = "UTC"
-	}
-	if kept == nil {
-		if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_zone = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, zone); err != nil {
-			return nil, fmt.Errorf("keep the follow-up zone: %w", err)
+	case asked == "":
+	case zone == nil:
+		if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_zone = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, asked); err != nil {
+			return false, fmt.Errorf("keep the follow-up zone: %w", err)
 		}
+		return true, nil
+	case asked != *zone:
+		// A field violation, marked as speaking of the referral's
+		// services (that a zone is kept tells that they exist).
+		msg := fmt.Sprintf("is not the zone the services of %s are counted in (%s)", referralName(r.clinic, r.id), *zone)
+		st, err := status.New(codes.InvalidArgument, "time_zone "+msg).WithDetails(
+			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "time_zone", Description: msg}}},
+			&errdetails.ErrorInfo{Reason: "INVALID_ARGUMENT", Domain: apperr.Domain,
+				Metadata: map[string]string{"resource": referralName(r.clinic, r.id), "follow_up_service": ""}})
+		if err != nil {
+			return false, apperr.Field("time_zone", "%s", msg)
+		}
+		return false, st.Err()
 	}
-	loc, err := time.LoadLocation(zone)
+	return false, nil
+}
+
+// followUpError is a refusal of a follow-up report that speaks of the
+// referral's services (one recorded, retracted, or the zone they are
+// counted in). It carries the follow_up_service key in its metadata, by
+// which tellsState knows it tells the EHR something of the referral.
+func followUpError(code codes.Code, reason string, r ref, key, msg string) error {
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: apperr.Domain,
+		Metadata: map[string]string{"resource": referralName(r.clinic, r.id), "follow_up_service": key}})
 	if err != nil {
-		return nil, fmt.Errorf("load the follow-up zone %q: %w", zone, err)
+		return status.Error(code, msg)
 	}
-	return loc, nil
+	return st.Err()
 }
 
 // RecordFollowUpService implements the API: a service after treatment
@@ -461,7 +482,6 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 		return nil, err
 	}
 	key := serviceKey(req.GetServiceId(), at)
-	var entered time.Time
 	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
 		ready: func(cur *referralsv1.Referral, _ time.Time) error {
@@ -478,19 +498,19 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 					Description: "is " + strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_") +
 						": further services follow a treatment entry (COMPLETED)"}})
 			}
-			if entered = cur.GetTreatmentEntryTime().AsTime(); at.Before(entered) {
+			if entered := cur.GetTreatmentEntryTime().AsTime(); at.Before(entered) {
 				return apperr.Field("service_time", "must not be before the treatment entry (%s)", entered.UTC().Format(time.RFC3339))
 			}
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
-			loc, err := s.followUpZone(ctx, tx, r, req.GetTimeZone())
+			zoned, err := keepZone(ctx, tx, r, req.GetTimeZone())
 			if err != nil {
 				return err
 			}
-			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, day_after_entry, recorded_by, create_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING`,
-				r.clinic, r.id, key, at, daysBetween(entered, at, loc), auth.Actor(ctx), now)
+			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, recorded_by, create_time)
+				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+				r.clinic, r.id, key, at, auth.Actor(ctx), now)
 			if err != nil {
 				return fmt.Errorf("record follow-up service: %w", err)
 			}
@@ -511,14 +531,17 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 				if retracted {
 					// Answered as unchanged, the report would read as
 					// counted while it is not.
-					return apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
-						fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)),
-						map[string]string{"resource": referralName(r.clinic, r.id), "service_id": req.GetServiceId()})
+					return followUpError(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+						fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)))
 				}
 				if !was.Equal(at.Truncate(time.Microsecond)) {
-					return apperr.FailedPrecondition(apperr.ReasonAlreadyRecorded,
-						fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)),
-						map[string]string{"resource": referralName(r.clinic, r.id), "service_id": req.GetServiceId()})
+					return followUpError(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+						fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)))
+				}
+				if zoned {
+					// Recorded before, but the first report naming a zone:
+					// every day is read again in it.
+					return recountFollowUps(ctx, tx, r)
 				}
 				return errUnchanged
 			}
@@ -527,19 +550,51 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 }
 
 // recountFollowUps computes a referral's follow-up count and engagement
-// again from its services that stand: recomputed, not kept, so that a
+// again from its services that stand, their days read in the referral's
+// kept zone (UTC until one is named): recomputed, not kept, so that a
 // service reported late with an earlier time makes the person engaged
-// earlier, and one retracted stops counting.
+// earlier, one retracted stops counting, and a zone named after the
+// first reports reads theirs again.
 func recountFollowUps(ctx context.Context, tx pgx.Tx, r ref) error {
-	_, err := tx.Exec(ctx, `WITH standing AS (
-			SELECT v.service_time, v.day_after_entry FROM referral_services v
-			WHERE v.clinic = $1 AND v.referral_id = $2 AND NOT EXISTS (SELECT 1 FROM referral_service_retractions x
-				WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key))
-		UPDATE referrals SET follow_up_services = (SELECT count(*) FROM standing),
-			engagement_time = (SELECT service_time FROM standing WHERE day_after_entry BETWEEN 1 AND $3
-				ORDER BY service_time OFFSET 1 LIMIT 1)
-		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, engagementDays)
+	var (
+		entered time.Time
+		zone    *string
+	)
+	if err := tx.QueryRow(ctx, `SELECT treatment_entry_time, follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id).Scan(&entered, &zone); err != nil {
+		return fmt.Errorf("count follow-up services: %w", err)
+	}
+	loc := time.UTC
+	if zone != nil {
+		l, err := time.LoadLocation(*zone)
+		if err != nil {
+			return fmt.Errorf("count follow-up services: zone %q: %w", *zone, err)
+		}
+		loc = l
+	}
+	rows, err := tx.Query(ctx, `SELECT v.service_time FROM referral_services v
+		WHERE v.clinic = $1 AND v.referral_id = $2 AND NOT EXISTS (SELECT 1 FROM referral_service_retractions x
+			WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key)
+		ORDER BY v.service_time`, r.clinic, r.id)
 	if err != nil {
+		return fmt.Errorf("count follow-up services: %w", err)
+	}
+	times, err := pgx.CollectRows(rows, pgx.RowTo[time.Time])
+	if err != nil {
+		return fmt.Errorf("count follow-up services: %w", err)
+	}
+	var engaged *time.Time
+	counted := 0
+	for _, t := range times {
+		if d := daysBetween(entered, t, loc); d >= 1 && d <= engagementDays {
+			if counted++; counted == 2 {
+				engaged = &t
+				break
+			}
+		}
+	}
+	if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_services = $3, engagement_time = $4 WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id, len(times), engaged); err != nil {
 		return fmt.Errorf("count follow-up services: %w", err)
 	}
 	return nil
@@ -586,10 +641,11 @@ func (s *Server) RetractFollowUpService(ctx context.Context, req *referralsv1.Re
 					return fmt.Errorf("read the service to retract: %w", err)
 				}
 				if !recorded {
-					return apperr.NotFound(what + " of " + referralName(r.clinic, r.id))
+					return followUpError(codes.NotFound, apperr.ReasonNotFound, r, key, what+" of "+referralName(r.clinic, r.id)+" not found")
 				}
-				return apperr.FailedPrecondition(apperr.ReasonInvalidTransition, what+" of "+referralName(r.clinic, r.id)+" was retracted before",
-					map[string]string{"resource": referralName(r.clinic, r.id)})
+				// Retracted before: the same retraction again changes
+				// nothing, as the same report again does.
+				return errUnchanged
 			}
 			return recountFollowUps(ctx, tx, r)
 		}})

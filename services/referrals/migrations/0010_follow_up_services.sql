@@ -3,13 +3,14 @@
 -- more on the days after entry, through the 34th). Append-only like the
 -- referral's history (pgdb.secure). A service is keyed by the program's
 -- own id for it, or by its time without one, so that a report sent twice
--- is recorded once; day_after_entry is its date less the entry's, both in
--- the zone the referral's first service named. The referral keeps the count and the
--- engagement time beside its other outcomes, so reads and the summary
--- need no join. Constant defaults: adding the columns rewrites nothing.
+-- is recorded once. Its day after entry is read, with the entry's, in the
+-- zone the referral keeps (follow_up_zone, the first one a report named;
+-- UTC until then), when the count is made. The referral keeps the count
+-- and the engagement time beside its other outcomes, so reads and the
+-- summary need no join. Constant defaults: adding the columns rewrites nothing.
 ALTER TABLE referrals ADD COLUMN IF NOT EXISTS follow_up_services integer NOT NULL DEFAULT 0,
     ADD COLUMN IF NOT EXISTS engagement_time timestamptz,
-    -- The zone the first service named: every service's day is read in it.
+    -- The first zone a report named: every service's day is read in it.
     ADD COLUMN IF NOT EXISTS follow_up_zone text;
 
 CREATE TABLE IF NOT EXISTS referral_services (
@@ -17,7 +18,6 @@ CREATE TABLE IF NOT EXISTS referral_services (
     referral_id      text        NOT NULL,
     service_key      text        NOT NULL,
     service_time     timestamptz NOT NULL,
-    day_after_entry  integer     NOT NULL,
     recorded_by      text        NOT NULL,
     create_time      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (clinic, referral_id, service_key),

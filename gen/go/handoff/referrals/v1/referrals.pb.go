@@ -1597,12 +1597,13 @@ type Referral struct {
 	// make sure you change what you read.
 	Etag string `protobuf:"bytes,22,opt,name=etag,proto3" json:"etag,omitempty"`
 	// How many further services after treatment entry were recorded
-	// (RecordFollowUpService).
+	// (RecordFollowUpService) and not retracted.
 	FollowUpServiceCount int32 `protobuf:"varint,23,opt,name=follow_up_service_count,json=followUpServiceCount,proto3" json:"follow_up_service_count,omitempty"`
 	// When the person became engaged in treatment as HEDIS IET counts it:
 	// the time of the second further service on the days after the day of
-	// treatment entry, through the 34th. Unset until then; a service
-	// reported late, with an earlier time, moves it earlier.
+	// treatment entry, through the 34th, of those not retracted. Unset
+	// until then; a service reported late, with an earlier time, moves it
+	// earlier, and a retraction may move it later or unset it.
 	EngagementTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=engagement_time,json=engagementTime,proto3" json:"engagement_time,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -4160,10 +4161,11 @@ type RecordFollowUpServiceRequest struct {
 	// twice.
 	ServiceId string `protobuf:"bytes,5,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	// The IANA time zone of the program, for example "America/Chicago", in
-	// which the service's and the entry's dates are read. The first
-	// service's zone (UTC without one) is kept for the referral, so that
-	// every service's day is counted alike: a later one may leave it out,
-	// and one naming another zone is refused (INVALID_ARGUMENT).
+	// which the service's and the entry's dates are read. The first zone a
+	// report names is kept for the referral, so that every service's day is
+	// counted alike (until one is named, days are read in UTC, and read
+	// again in the zone once it is): a later report may leave it out, and
+	// one naming another zone is refused (INVALID_ARGUMENT).
 	TimeZone      string `protobuf:"bytes,6,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

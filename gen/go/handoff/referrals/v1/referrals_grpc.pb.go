@@ -206,15 +206,16 @@ type ReferralsServiceClient interface {
 	// treatment, as the program reports it: a dose, a counseling or therapy
 	// visit. HEDIS IET counts a person engaged who had two more services on
 	// the days after the day of entry, through the 34th
-	// (`engagement_time`); days are dates in `time_zone`. A service on the
-	// day of entry is recorded and counted but engages no one. Only a
+	// (`engagement_time`); days are dates in the zone the referral keeps
+	// (see `time_zone`). A service on the day of entry is recorded and
+	// counted but engages no one. Only a
 	// COMPLETED referral takes them: an open one is refused with
 	// FAILED_PRECONDITION, reason RESOURCE_NOT_READY, one closed without an
 	// entry (REJECTED, CANCELLED, ENTERED_IN_ERROR) with reason
 	// INVALID_STATE_TRANSITION; the service's time must not lie before the
 	// entry nor in the future. The same service reported again (the same
-	// `service_id`, or without one the same time) is recorded once and
-	// changes nothing, not even the etag; but an `etag` sent with it is
+	// `service_id`, or without one the same time, and no new zone) is
+	// recorded once and changes nothing, not even the etag; but an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none. A
 	// service retracted (RetractFollowUpService) cannot be recorded again
 	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
@@ -224,8 +225,8 @@ type ReferralsServiceClient interface {
 	// `service_time` if it was recorded without one. It no longer counts:
 	// `follow_up_service_count` and `engagement_time` are computed again
 	// without it. The record stays, with who retracted it, when and why. A
-	// service not recorded is NOT_FOUND; one retracted before,
-	// FAILED_PRECONDITION.
+	// service not recorded is NOT_FOUND; the same retraction again changes
+	// nothing.
 	RetractFollowUpService(ctx context.Context, in *RetractFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
@@ -687,15 +688,16 @@ type ReferralsServiceServer interface {
 	// treatment, as the program reports it: a dose, a counseling or therapy
 	// visit. HEDIS IET counts a person engaged who had two more services on
 	// the days after the day of entry, through the 34th
-	// (`engagement_time`); days are dates in `time_zone`. A service on the
-	// day of entry is recorded and counted but engages no one. Only a
+	// (`engagement_time`); days are dates in the zone the referral keeps
+	// (see `time_zone`). A service on the day of entry is recorded and
+	// counted but engages no one. Only a
 	// COMPLETED referral takes them: an open one is refused with
 	// FAILED_PRECONDITION, reason RESOURCE_NOT_READY, one closed without an
 	// entry (REJECTED, CANCELLED, ENTERED_IN_ERROR) with reason
 	// INVALID_STATE_TRANSITION; the service's time must not lie before the
 	// entry nor in the future. The same service reported again (the same
-	// `service_id`, or without one the same time) is recorded once and
-	// changes nothing, not even the etag; but an `etag` sent with it is
+	// `service_id`, or without one the same time, and no new zone) is
+	// recorded once and changes nothing, not even the etag; but an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none. A
 	// service retracted (RetractFollowUpService) cannot be recorded again
 	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
@@ -705,8 +707,8 @@ type ReferralsServiceServer interface {
 	// `service_time` if it was recorded without one. It no longer counts:
 	// `follow_up_service_count` and `engagement_time` are computed again
 	// without it. The record stays, with who retracted it, when and why. A
-	// service not recorded is NOT_FOUND; one retracted before,
-	// FAILED_PRECONDITION.
+	// service not recorded is NOT_FOUND; the same retraction again changes
+	// nothing.
 	RetractFollowUpService(context.Context, *RetractFollowUpServiceRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
