@@ -249,7 +249,7 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err != nil {
 		return nil, err
 	}
-	if fc := fam.GetFirstContactTime(); in.GetFirstContactTime() == nil && fc != nil && notFuture("", fc, s.cfg.Now()) == nil {
+	if fc := fam.GetFirstContactTime(); in.GetFirstContactTime() == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
 		// Days to treatment count from the family's first contact, not
 		// from a referral made by hand weeks later.
 		in.FirstContactTime = fc

@@ -75,11 +75,11 @@ type step struct {
 	// It returns errUnchanged when the request changes nothing (a report
 	// already recorded): the referral is answered as it stands.
 	apply func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error
-	// from, when set, lists the states the step is taken from instead of
-	// legal[to]; stay keeps the state (to is then the one it must be in)
-	// and adds nothing to the history; event, when set, names the event
-	// emitted instead of the state's.
-	from  []state
+	// stay marks a step that keeps the state: no legal move is checked
+	// (its ready check says which states it takes), its apply updates the
+	// row's version with what it changed, and it adds nothing to the
+	// history. event, when set, names the event emitted instead of the
+	// state's.
 	stay  bool
 	event string
 }
@@ -121,13 +121,9 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			if err := aip.CheckEtag(cur.GetName(), st.etag, cur.GetEtag()); err != nil {
 				return nil, err
 			}
-			from := legal[st.to]
-			if st.from != nil {
-				from = st.from
-			}
-			ok := false
-			for _, f := range from {
-				ok = ok || cur.GetState() == f
+			ok := st.stay
+			for _, from := range legal[st.to] {
+				ok = ok || cur.GetState() == from
 			}
 			if !ok {
 				return nil, apperr.InvalidTransition(cur.GetName(),
@@ -194,14 +190,9 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 // stepped writes what a step changed, besides what its apply set: the
 // state, the history and the event, and reads the referral back.
 func (s *Server) stepped(ctx context.Context, tx pgx.Tx, r ref, cur *referralsv1.Referral, st step, now time.Time) (*referralsv1.Referral, error) {
-	if st.stay {
-		// The state is left alone, whatever a ready check let through:
-		// a step that stays must never move a referral.
-		if _, err := tx.Exec(ctx, `UPDATE referrals SET update_time = $3, version = version + 1
-			WHERE clinic = $1 AND id = $2`, r.clinic, r.id, now); err != nil {
-			return nil, fmt.Errorf("update referral: %w", err)
-		}
-	} else {
+	// A step that stays never moves a referral: its apply updated the row
+	// (and its version) with what it changed.
+	if !st.stay {
 		if _, err := tx.Exec(ctx, `UPDATE referrals SET state = $3, update_time = $4, version = version + 1
 			WHERE clinic = $1 AND id = $2`, r.clinic, r.id, int16(st.to), now); err != nil {
 			return nil, fmt.Errorf("update referral: %w", err)
@@ -245,9 +236,10 @@ func tellsState(err error) bool {
 		}
 		if br, ok := d.(*errdetails.BadRequest); ok {
 			for _, v := range br.GetFieldViolations() {
-				// The entry time.
+				// The entry time, or the zone the services are counted in
+				// (that one is kept tells that they exist).
 				switch v.GetField() {
-				case "treatment_entry_time", "service_time":
+				case "treatment_entry_time", "service_time", "time_zone":
 					return true
 				}
 			}
@@ -406,10 +398,6 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 // which HEDIS IET counts a further service towards engagement.
 const engagementDays = 34
 
-// anyState lists every state: RecordFollowUpService refuses a referral not
-// yet completed as not ready, not as a move it cannot make.
-var anyState = []state{requested, accepted, rejected, scheduled, completed, noShow, cancelled, onHold, voided}
-
 // daysBetween is how many dates lie from a's to b's, both read in loc.
 func daysBetween(a, b time.Time, loc *time.Location) int {
 	ay, am, ad := a.In(loc).Date()
@@ -423,42 +411,33 @@ func daysBetween(a, b time.Time, loc *time.Location) int {
 // UTC (and read again in the zone once one is named, see
 // recountFollowUps), so that a report from staff, who send none, does
 // not bind the program's later ones. A report naming another zone than
-// the one kept is refused: its days would not be counted alike.
-func keepZone(ctx context.Context, tx pgx.Tx, r ref, asked string) (kept bool, err error) {
-	var zone *string
-	if err := tx.QueryRow(ctx, `SELECT follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&zone); err != nil {
-		return false, fmt.Errorf("read the follow-up zone: %w", err)
+// the one kept is refused: its days would not be counted alike. It
+// returns the zone kept now ("" for none) and whether this report named
+// it first.
+func keepZone(ctx context.Context, tx pgx.Tx, r ref, asked string) (zone string, first bool, err error) {
+	var kept *string
+	if err := tx.QueryRow(ctx, `SELECT follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`, r.clinic, r.id).Scan(&kept); err != nil {
+		return "", false, fmt.Errorf("read the follow-up zone: %w", err)
 	}
 	switch {
-	case asked == "":
-	case zone == nil:
-		if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_zone = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, asked); err != nil {
-			return false, fmt.Errorf("keep the follow-up zone: %w", err)
-		}
-		return true, nil
-	case asked != *zone:
-		// A field violation, marked as speaking of the referral's
-		// services (that a zone is kept tells that they exist).
-		msg := fmt.Sprintf("is not the zone the services of %s are counted in (%s)", referralName(r.clinic, r.id), *zone)
-		st, err := status.New(codes.InvalidArgument, "time_zone "+msg).WithDetails(
-			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "time_zone", Description: msg}}},
-			&errdetails.ErrorInfo{Reason: "INVALID_ARGUMENT", Domain: apperr.Domain,
-				Metadata: map[string]string{"resource": referralName(r.clinic, r.id), "follow_up_service": ""}})
-		if err != nil {
-			return false, apperr.Field("time_zone", "%s", msg)
-		}
-		return false, st.Err()
+	case kept != nil && asked != "" && asked != *kept:
+		return "", false, apperr.Field("time_zone", "is not the zone the services of %s are counted in (%s)", referralName(r.clinic, r.id), *kept)
+	case kept != nil:
+		return *kept, false, nil
 	}
-	return false, nil
+	return asked, asked != "", nil
 }
 
-// followUpError is a refusal of a follow-up report that speaks of the
-// referral's services (one recorded, retracted, or the zone they are
-// counted in). It carries the follow_up_service key in its metadata, by
-// which tellsState knows it tells the EHR something of the referral.
-func followUpError(code codes.Code, reason string, r ref, key, msg string) error {
-	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: apperr.Domain,
-		Metadata: map[string]string{"resource": referralName(r.clinic, r.id), "follow_up_service": key}})
+// followUpRefusal is FAILED_PRECONDITION (or, for code NotFound, a
+// missing service) for a follow-up report that speaks of the referral's
+// services, recorded or retracted. Its follow_up_service metadata tells
+// tellsState that the refusal discloses something of the referral.
+func followUpRefusal(code codes.Code, reason string, r ref, key, msg string) error {
+	md := map[string]string{"resource": referralName(r.clinic, r.id), "follow_up_service": key}
+	if code != codes.NotFound {
+		return apperr.FailedPrecondition(reason, msg, md)
+	}
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: apperr.Domain, Metadata: md})
 	if err != nil {
 		return status.Error(code, msg)
 	}
@@ -482,8 +461,9 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 		return nil, err
 	}
 	key := serviceKey(req.GetServiceId(), at)
+	var entered time.Time
 	return s.transition(ctx, step{method: "RecordFollowUpService", name: req.GetName(), etag: req.GetEtag(),
-		requestID: req.GetRequestId(), to: completed, from: anyState, stay: true, event: "follow_up_recorded", req: req,
+		requestID: req.GetRequestId(), to: completed, stay: true, event: "follow_up_recorded", req: req,
 		ready: func(cur *referralsv1.Referral, _ time.Time) error {
 			switch cur.GetState() {
 			case rejected, cancelled, voided:
@@ -498,13 +478,13 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 					Description: "is " + strings.TrimPrefix(cur.GetState().String(), "REFERRAL_STATE_") +
 						": further services follow a treatment entry (COMPLETED)"}})
 			}
-			if entered := cur.GetTreatmentEntryTime().AsTime(); at.Before(entered) {
+			if entered = cur.GetTreatmentEntryTime().AsTime(); at.Before(entered) {
 				return apperr.Field("service_time", "must not be before the treatment entry (%s)", entered.UTC().Format(time.RFC3339))
 			}
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
-			zoned, err := keepZone(ctx, tx, r, req.GetTimeZone())
+			zone, zoned, err := keepZone(ctx, tx, r, req.GetTimeZone())
 			if err != nil {
 				return err
 			}
@@ -531,44 +511,37 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 				if retracted {
 					// Answered as unchanged, the report would read as
 					// counted while it is not.
-					return followUpError(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+					return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
 						fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)))
 				}
 				if !was.Equal(at.Truncate(time.Microsecond)) {
-					return followUpError(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+					return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
 						fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)))
 				}
 				if zoned {
 					// Recorded before, but the first report naming a zone:
 					// every day is read again in it.
-					return recountFollowUps(ctx, tx, r)
+					return recountFollowUps(ctx, tx, r, entered, zone, now)
 				}
 				return errUnchanged
 			}
-			return recountFollowUps(ctx, tx, r)
+			return recountFollowUps(ctx, tx, r, entered, zone, now)
 		}})
 }
 
 // recountFollowUps computes a referral's follow-up count and engagement
-// again from its services that stand, their days read in the referral's
-// kept zone (UTC until one is named): recomputed, not kept, so that a
-// service reported late with an earlier time makes the person engaged
-// earlier, one retracted stops counting, and a zone named after the
-// first reports reads theirs again.
-func recountFollowUps(ctx context.Context, tx pgx.Tx, r ref) error {
-	var (
-		entered time.Time
-		zone    *string
-	)
-	if err := tx.QueryRow(ctx, `SELECT treatment_entry_time, follow_up_zone FROM referrals WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id).Scan(&entered, &zone); err != nil {
-		return fmt.Errorf("count follow-up services: %w", err)
-	}
+// again from its services that stand, their days read in zone (UTC for
+// ""), the one the referral keeps, and writes them with the zone and a
+// new version in one statement. Recomputed, not kept, so that a service
+// reported late with an earlier time makes the person engaged earlier,
+// one retracted stops counting, and a zone named after the first reports
+// reads theirs again.
+func recountFollowUps(ctx context.Context, tx pgx.Tx, r ref, entered time.Time, zone string, now time.Time) error {
 	loc := time.UTC
-	if zone != nil {
-		l, err := time.LoadLocation(*zone)
+	if zone != "" {
+		l, err := time.LoadLocation(zone)
 		if err != nil {
-			return fmt.Errorf("count follow-up services: zone %q: %w", *zone, err)
+			return fmt.Errorf("count follow-up services: zone %q: %w", zone, err)
 		}
 		loc = l
 	}
@@ -593,8 +566,9 @@ func recountFollowUps(ctx context.Context, tx pgx.Tx, r ref) error {
 			}
 		}
 	}
-	if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_services = $3, engagement_time = $4 WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id, len(times), engaged); err != nil {
+	if _, err := tx.Exec(ctx, `UPDATE referrals SET follow_up_services = $3, engagement_time = $4,
+			follow_up_zone = COALESCE(follow_up_zone, NULLIF($5, '')), update_time = $6, version = version + 1
+		WHERE clinic = $1 AND id = $2`, r.clinic, r.id, len(times), engaged, zone, now); err != nil {
 		return fmt.Errorf("count follow-up services: %w", err)
 	}
 	return nil
@@ -623,9 +597,16 @@ func (s *Server) RetractFollowUpService(ctx context.Context, req *referralsv1.Re
 	}
 	key := serviceKey(req.GetServiceId(), req.GetServiceTime().AsTime())
 	what := "follow-up service " + strings.TrimPrefix(strings.TrimPrefix(key, "id:"), "time:")
+	var entered time.Time
 	return s.transition(ctx, step{method: "RetractFollowUpService", name: req.GetName(), etag: req.GetEtag(),
-		requestID: req.GetRequestId(), reason: req.GetReason(), to: completed, from: anyState, stay: true,
+		requestID: req.GetRequestId(), reason: req.GetReason(), to: completed, stay: true,
 		event: "follow_up_retracted", req: req,
+		// Any state: a referral without services has none to retract
+		// (NOT_FOUND below).
+		ready: func(cur *referralsv1.Referral, _ time.Time) error {
+			entered = cur.GetTreatmentEntryTime().AsTime()
+			return nil
+		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
 			tag, err := tx.Exec(ctx, `INSERT INTO referral_service_retractions (clinic, referral_id, service_key, reason, retracted_by, retract_time)
 				SELECT clinic, referral_id, service_key, $4, $5, $6 FROM referral_services
@@ -641,13 +622,17 @@ func (s *Server) RetractFollowUpService(ctx context.Context, req *referralsv1.Re
 					return fmt.Errorf("read the service to retract: %w", err)
 				}
 				if !recorded {
-					return followUpError(codes.NotFound, apperr.ReasonNotFound, r, key, what+" of "+referralName(r.clinic, r.id)+" not found")
+					return followUpRefusal(codes.NotFound, apperr.ReasonNotFound, r, key, what+" of "+referralName(r.clinic, r.id)+" not found")
 				}
 				// Retracted before: the same retraction again changes
 				// nothing, as the same report again does.
 				return errUnchanged
 			}
-			return recountFollowUps(ctx, tx, r)
+			zone, _, err := keepZone(ctx, tx, r, "")
+			if err != nil {
+				return err
+			}
+			return recountFollowUps(ctx, tx, r, entered, zone, now)
 		}})
 }
 
