@@ -61,7 +61,7 @@ func (s *Server) screenStatusAsOf(ctx context.Context, tx pgx.Tx, c child, at ti
 		counts time.Time
 	)
 	err := tx.QueryRow(ctx, `SELECT result, counts_from FROM (
-			SELECT s.id, s.result, CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END AS counts_from
+			SELECT s.id, s.result, `+screenCountsFrom+` AS counts_from
 			FROM safety_screens s WHERE s.clinic = $1 AND s.family_id = $2 AND s.screen_time <= $3) s
 		ORDER BY counts_from DESC, id DESC LIMIT 1`, c.clinic, c.family, at).Scan(&result, &counts)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -127,7 +127,9 @@ func (s *Server) CreateCraftSession(ctx context.Context, req *familiesv1.CreateC
 		func() *familiesv1.CraftSession { return &familiesv1.CraftSession{} },
 		func(tx pgx.Tx) (*familiesv1.CraftSession, error) {
 			// Shared: a screen recorded meanwhile waits, so the session is
-			// judged on the screens as they stand.
+			// judged on the screens as they stand. Two statements, not one
+			// read FOR SHARE: a statement that waited on the lock would
+			// still see the screens of its snapshot from before the wait.
 			if err := requireFamily(ctx, tx, c); err != nil {
 				return nil, err
 			}
@@ -223,11 +225,10 @@ func (s *Server) RetractCraftSession(ctx context.Context, req *familiesv1.Retrac
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"RetractCraftSession", req.GetRequestId(), req,
 		func() *familiesv1.CraftSession { return &familiesv1.CraftSession{} },
 		func(tx pgx.Tx) (*familiesv1.CraftSession, error) {
-			if err := requireFamily(ctx, tx, c); err != nil {
-				return nil, err
-			}
 			// The insert is the check: a second retraction meets the
-			// first's key, even when both are under way at once.
+			// first's key, even when both are under way at once. Its key
+			// refers to the session, so a family deleted meanwhile waits
+			// for it or takes it along.
 			now := s.cfg.Now().Truncate(time.Microsecond)
 			tag, err := tx.Exec(ctx, `INSERT INTO craft_session_retractions (clinic, family_id, session_id, reason, retracted_by, retract_time)
 				SELECT clinic, family_id, id, $4, $5, $6 FROM craft_sessions WHERE clinic = $1 AND family_id = $2 AND id = $3

@@ -448,8 +448,12 @@ const familySelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.firs
 // not hidden behind a no risk recorded before it, nor shown as an expired
 // screen when it was done long ago but entered now: only a screen done
 // after it was recorded takes its place.
-const LatestScreen = `(SELECT s.*, CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END AS counts_from
+const LatestScreen = `(SELECT s.*, ` + screenCountsFrom + ` AS counts_from
 	FROM safety_screens s WHERE s.clinic = f.clinic AND s.family_id = f.id ORDER BY counts_from DESC, s.id DESC LIMIT 1)`
+
+// screenCountsFrom is the time screen s counts from (see LatestScreen), as
+// the index safety_screens_counts_from (migration 0004) spells it.
+const screenCountsFrom = `CASE WHEN s.result = 3 THEN greatest(s.screen_time, s.create_time) ELSE s.screen_time END`
 
 func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id string) (*familiesv1.Family, error) {
 	rows, err := q.Query(ctx, familySelect+` WHERE f.clinic = $1 AND f.id = $2`, clinic, id)
