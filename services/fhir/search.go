@@ -330,12 +330,16 @@ const lovedOnesOwn = "subject_kind = LOVED_ONE"
 // hasIntake is the referrals filter term for "has an intake appointment".
 const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 
-// referralStates maps a Task status searched for to a referral state.
-var referralStates = map[string]string{
-	"requested": "REQUESTED", "accepted": "ACCEPTED", "rejected": "REJECTED", "in-progress": "SCHEDULED",
-	"completed": "COMPLETED", "failed": "NO_SHOW", "cancelled": "CANCELLED", "on-hold": "ON_HOLD",
-	"entered-in-error": "ENTERED_IN_ERROR",
-}
+// referralStates maps a Task status searched for to a referral state: the
+// inverse of taskStatus (one Task status per state), so that a state
+// added there is searchable too.
+var referralStates = func() map[string]string {
+	out := make(map[string]string, len(taskStatus))
+	for st, status := range taskStatus {
+		out[status] = strings.TrimPrefix(st.String(), "REFERRAL_STATE_")
+	}
+	return out
+}()
 
 func entry(res obj) obj { return obj{"resource": res} }
 

@@ -574,7 +574,9 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	// The meeting's times, read in the claim's transaction: a reschedule
 	// or a cancellation that moves it cancels the reminder, and either
 	// commits before (the claim finds it cancelled) or waits for the
-	// claim's lock.
+	// claim's lock. A change of length alone keeps the reminder and waits
+	// for nothing: the end read may be a moment old, and the meeting's
+	// next reminder carries the new one (the event's UID replaces it).
 	var eventStart, eventEnd *timestamppb.Timestamp
 	out, err := idempotency.InTxRechecked(ctx, s.pool, r.clinic, svc+"ClaimReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {

@@ -406,8 +406,9 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 // intervention for the family and returns how many it released: the
 // workflow calls it when a hold try ended without an answer, so that a
 // hold made by that try is not left held until it lapses. A place held
-// ahead of the meeting is for what suits the loved one, which may be care
-// whatever the yes named (in.Services): every treatment's goes back. Each
+// ahead of the meeting is for what suits the loved one, which may be care:
+// every treatment's goes back (a place a counselor held by hand for the
+// meeting too: holds do not say who made them). Each
 // release's request id is the request's and the hold's, so a retry
 // releases nothing twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
@@ -1244,6 +1245,9 @@ func (a *Activities) OverdosesSince(ctx context.Context, in OverdosesRequest) ([
 			}
 			if len(alerts.GetReminders()) == 0 {
 				out = append(out, w.GetName())
+			}
+			if in.Sign != "" {
+				return out, nil // the one sign asked about: no need to read on
 			}
 		}
 		if token = page.GetNextPageToken(); token == "" {
