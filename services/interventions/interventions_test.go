@@ -2350,3 +2350,62 @@ func TestClaimGivesTheMeetingsTimes(t *testing.T) {
 		t.Fatalf("the reminder read back: %v, %v; want no event time stored", stored, err)
 	}
 }
+
+// An intake reminder keeps the start of the appointment it announces,
+// given by the workflow that made it: shown on every read and in the
+// claim, so that the automation can put the appointment in the
+// recipient's calendar. The program gives no length, so no end. Given for
+// another kind, the time is refused and nothing is made.
+func TestIntakeReminderKeepsItsAppointment(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	appt := timestamppb.New(f.clock.Now().Add(30 * time.Hour).Truncate(time.Microsecond))
+	create := func(kind interventionsv1.ReminderKind, id string) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: id,
+			AppointmentStartTime: appt, Reminder: &interventionsv1.Reminder{
+				Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+					Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+				Kind: kind, Message: "Reminder: appointment tomorrow at 9.", RelatedResource: "clinics/north/referrals/r1"}})
+	}
+	checkIns := func() int {
+		t.Helper()
+		l, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "kind = CHECK_IN"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(l.GetReminders())
+	}
+	before := checkIns()
+	_, err := create(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, "")
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "appointment_start_time" {
+		t.Fatalf("an appointment time on a check-in: %v; want a violation on appointment_start_time", err)
+	}
+	if n := checkIns(); n != before {
+		t.Fatalf("%d check-ins after the refusal, %d before", n, before)
+	}
+
+	rem, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, "intake-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, "intake-1"); err != nil || again.GetName() != rem.GetName() {
+		t.Fatalf("the same request again: %v, %v; want %s", again.GetName(), err, rem.GetName())
+	}
+	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "mailer-1",
+		LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, got := range map[string]*interventionsv1.Reminder{"made": rem, "claimed": claimed} {
+		if !proto.Equal(got.GetEventStartTime(), appt) || got.GetEventEndTime() != nil {
+			t.Errorf("%s: event %v to %v; want from %v, no end", what, got.GetEventStartTime(), got.GetEventEndTime(), appt)
+		}
+	}
+	for _, who := range []context.Context{f.worker, auto} {
+		if got, err := f.client.GetReminder(who, &interventionsv1.GetReminderRequest{Name: rem.GetName()}); err != nil ||
+			!proto.Equal(got.GetEventStartTime(), appt) {
+			t.Errorf("read back: %v, %v; want the appointment's start %v", got.GetEventStartTime(), err, appt)
+		}
+	}
+}

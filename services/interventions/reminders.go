@@ -50,7 +50,7 @@ func stateExpr(now time.Time) string {
 // reminderColumns are what scanReminder reads, for a SELECT or a RETURNING.
 const reminderColumns = `id, recipient_kind, recipient_id, recipient_family, channel, due_time, kind,
 	related_resource, message, state, claimed_by, lease_expire_time, attempt_count, failure_reason, cancel_reason,
-	deliver_time, create_time, update_time, version, origin_workflow, send_by_time`
+	deliver_time, create_time, update_time, version, origin_workflow, send_by_time, event_start_time`
 
 const reminderSelect = `SELECT ` + reminderColumns + ` FROM reminders`
 
@@ -61,12 +61,12 @@ func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Remi
 			id, rid, rfam, related, msg, claimedBy, failure, cancel, origin string
 			rkind, channel, kind, state                                     int16
 			due, created, updated                                           time.Time
-			lease, delivered, sendBy                                        *time.Time
+			lease, delivered, sendBy, event                                 *time.Time
 			attempts                                                        int32
 			version                                                         int64
 		)
 		if err := r.Scan(&id, &rkind, &rid, &rfam, &channel, &due, &kind, &related, &msg, &state, &claimedBy, &lease,
-			&attempts, &failure, &cancel, &delivered, &created, &updated, &version, &origin, &sendBy); err != nil {
+			&attempts, &failure, &cancel, &delivered, &created, &updated, &version, &origin, &sendBy, &event); err != nil {
 			return nil, err
 		}
 		rem := &interventionsv1.Reminder{
@@ -86,6 +86,9 @@ func (s *Server) scanReminder(clinic string) pgx.RowToFunc[*interventionsv1.Remi
 		}
 		if sendBy != nil {
 			rem.SendByTime = timestamppb.New(*sendBy)
+		}
+		if event != nil {
+			rem.EventStartTime = timestamppb.New(*event)
 		}
 		switch {
 		case rem.State == rScheduled && !now.Before(due):
@@ -173,6 +176,9 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			vs.Add("reminder.send_by_time", "must be in the future for a reminder due now")
 		}
 	}
+	if req.GetAppointmentStartTime() != nil && rem.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING {
+		vs.Add("appointment_start_time", "is for INTAKE_UPCOMING reminders only")
+	}
 	if strings.TrimSpace(rem.GetMessage()) == "" {
 		vs.Add("reminder.message", "is required")
 	} else if w := RevealingWord(rem.GetMessage()); w != "" {
@@ -254,6 +260,15 @@ func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Remind
 	return nil, cerr
 }
 
+// optTime is t as a nullable column: NULL when unset.
+func optTime(t *timestamppb.Timestamp) *time.Time {
+	if t == nil {
+		return nil
+	}
+	at := t.AsTime()
+	return &at
+}
+
 // insertReminder stores the reminder req asks for, once per request id.
 func (s *Server) insertReminder(ctx context.Context, clinic string, req *interventionsv1.CreateReminderRequest) (*interventionsv1.Reminder, error) {
 	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
@@ -276,16 +291,12 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			if rem.GetDueTime() != nil {
 				due = rem.GetDueTime().AsTime()
 			}
-			var sendBy *time.Time
-			if rem.GetSendByTime() != nil {
-				t := rem.GetSendByTime().AsTime()
-				sendBy = &t
-			}
 			if _, err := tx.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_id, recipient_family, channel,
-				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow, send_by_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
+				due_time, kind, related_resource, message, state, create_time, update_time, origin_workflow, send_by_time, event_start_time)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14, $15)`, r.clinic, r.id, int16(rc.GetKind()), rc.GetId(),
 				rc.GetFamily(), int16(rc.GetChannel()), due, int16(rem.GetKind()), rem.GetRelatedResource(),
-				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow(), sendBy); err != nil {
+				rem.GetMessage(), int16(rScheduled), now, rem.GetOriginWorkflow(), optTime(rem.GetSendByTime()),
+				optTime(req.GetAppointmentStartTime())); err != nil {
 				return nil, fmt.Errorf("insert reminder: %w", err)
 			}
 			out, err := s.readReminder(ctx, tx, r, false)
@@ -700,9 +711,12 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	out = consentgate.Reminder(out)
 	if out != nil {
 		out.Address = address
-		// Not in the stored answer, as the address is not: a retry's
-		// recheck read them again.
-		out.EventStartTime, out.EventEndTime = eventStart, eventEnd
+		if meeting {
+			// Not in the stored answer, as the address is not: a retry's
+			// recheck read them again. An intake's start is the
+			// reminder's own, read with it.
+			out.EventStartTime, out.EventEndTime = eventStart, eventEnd
+		}
 	}
 	return out, err
 }

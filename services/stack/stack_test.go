@@ -353,9 +353,17 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 	// Booked a few seconds ahead: the signal, the workflow task and the
 	// reminder's timer must all come before the appointment, after which
 	// no reminder is made, and the embedded server shares two busy cores.
+	first := time.Now().Add(6 * time.Second).Truncate(time.Microsecond)
 	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(6 * time.Second))}}))
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(first)}}))
 	stacktest.Eventually(t, 20*time.Second, "reminders of the first appointment", func() bool { return len(intakeReminders("")) > 0 })
+	// Each keeps the appointment it announces, for the recipient's
+	// calendar.
+	for _, r := range intakeReminders("") {
+		if !r.GetEventStartTime().AsTime().Equal(first) {
+			t.Fatalf("intake reminder %s: event start %v; want the appointment's %v", r.GetName(), r.GetEventStartTime(), first)
+		}
+	}
 	second := time.Now().Add(4 * time.Second)
 	ok(e.ref.ScheduleReferral(e.ehr, &referralsv1.ScheduleReferralRequest{Name: referral.GetName(),
 		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(second)}}))

@@ -466,14 +466,19 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 		at = due.AsTime()
 	}
 	kind := interventionsv1.ReminderKind(interventionsv1.ReminderKind_value["REMINDER_KIND_"+in.Kind])
-	var meeting *timestamppb.Timestamp
-	if kind == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING && !in.AwakeBy.IsZero() {
+	var meeting, appointment *timestamppb.Timestamp
+	switch {
+	case in.AwakeBy.IsZero():
+	case kind == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING:
 		// The time its message names: the service refuses it if the
 		// meeting has moved since the workflow read it.
 		meeting = timestamppb.New(in.AwakeBy)
+	case kind == interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING:
+		// Kept with it, for the recipient's calendar.
+		appointment = timestamppb.New(in.AwakeBy)
 	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
-		RequestId: in.RequestID, MeetingStartTime: meeting, Reminder: &interventionsv1.Reminder{
+		RequestId: in.RequestID, MeetingStartTime: meeting, AppointmentStartTime: appointment, Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,
 				Channel: interventionsv1.ChannelKind(interventionsv1.ChannelKind_value["CHANNEL_KIND_"+in.To.Channel])},
 			DueTime: due, Kind: kind,
@@ -488,6 +493,16 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 		return "", wrap("create reminder", err)
 	}
 	return rem.GetName(), nil
+}
+
+// appointmentOf is the intake appointment a reminder announces, for its
+// resend: nil for any other kind, whose event time, if any, is read at
+// the claim.
+func appointmentOf(rem *interventionsv1.Reminder) *timestamppb.Timestamp {
+	if rem.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING {
+		return nil
+	}
+	return rem.GetEventStartTime()
 }
 
 // ResendReminder is Resend, for workflow runs begun before Resend was: it
@@ -516,7 +531,7 @@ func (a *Activities) Resend(ctx context.Context, in ResendRequest) (Resent, erro
 		Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
 		SendByTime: sendBy(due, r, by)}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + aip.Clinic(in.Failed),
-		RequestId: in.RequestID, Reminder: want})
+		RequestId: in.RequestID, Reminder: want, AppointmentStartTime: appointmentOf(old)})
 	if made := madeBefore(err); made != "" {
 		// An earlier try's resend, due at another time: its own times,
 		// or this try's if it is gone.

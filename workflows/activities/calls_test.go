@@ -72,7 +72,9 @@ type resendFakes struct {
 	meeting time.Time
 	created *interventionsv1.Reminder
 	made    *interventionsv1.Reminder // an earlier try's resend, if any
-	gone    string                    // an earlier try's resend, since gone
+	// appointment is the resend's appointment_start_time.
+	appointment *timestamppb.Timestamp
+	gone        string // an earlier try's resend, since gone
 	// ivErr fails GetIntervention; ivReads counts its calls.
 	ivErr   error
 	ivReads int
@@ -96,7 +98,7 @@ func (f *resendFakes) CreateReminder(_ context.Context, in *interventionsv1.Crea
 	if f.gone != "" {
 		return nil, apperr.RequestIDReused(in.GetRequestId(), f.gone)
 	}
-	f.created = in.GetReminder()
+	f.created, f.appointment = in.GetReminder(), in.GetAppointmentStartTime()
 	out := proto.Clone(in.GetReminder()).(*interventionsv1.Reminder)
 	out.Name = "clinics/north/reminders/r2"
 	return out, nil
@@ -949,30 +951,70 @@ func TestUnknownRecipientKindIsSkippable(t *testing.T) {
 // capturedReminders keeps what CreateReminder was asked.
 type capturedReminders struct {
 	interventionsv1.InterventionsServiceClient
-	asked    []*interventionsv1.Reminder
-	meetings []*timestamppb.Timestamp // each request's meeting_start_time
+	asked        []*interventionsv1.Reminder
+	meetings     []*timestamppb.Timestamp // each request's meeting_start_time
+	appointments []*timestamppb.Timestamp // and appointment_start_time
 }
 
 func (f *capturedReminders) CreateReminder(_ context.Context, in *interventionsv1.CreateReminderRequest, _ ...grpc.CallOption) (*interventionsv1.Reminder, error) {
 	f.asked = append(f.asked, in.GetReminder())
 	f.meetings = append(f.meetings, in.GetMeetingStartTime())
+	f.appointments = append(f.appointments, in.GetAppointmentStartTime())
 	return &interventionsv1.Reminder{Name: "clinics/north/reminders/r"}, nil
 }
 
 // A meeting reminder names the meeting's time it was written for, so that
-// the service refuses it once the meeting has moved; other kinds do not.
-func TestMeetingReminderNamesTheMeetingsTime(t *testing.T) {
-	meeting := time.Date(2026, 12, 10, 18, 0, 0, 0, time.UTC)
+// the service refuses it once the meeting has moved; an intake reminder
+// names the appointment's, kept with it for the recipient's calendar;
+// other kinds name neither.
+func TestReminderNamesTheTimeItAnnounces(t *testing.T) {
+	at := time.Date(2026, 12, 10, 18, 0, 0, 0, time.UTC)
 	to := Person{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS"}
-	for kind, want := range map[string]bool{"INTERVENTION_UPCOMING": true, "CHECK_IN": false} {
+	for _, c := range []struct {
+		kind                 string
+		meeting, appointment bool
+	}{{"INTERVENTION_UPCOMING", true, false}, {"INTAKE_UPCOMING", false, true}, {"CHECK_IN", false, false}} {
 		f := &capturedReminders{}
 		a := &Activities{Interventions: f}
-		if _, err := a.SendReminder(context.Background(), ReminderRequest{Clinic: "north", To: to, Kind: kind, Message: "m",
-			RequestID: "r", Awake: true, AwakeBy: meeting}); err != nil {
+		if _, err := a.SendReminder(context.Background(), ReminderRequest{Clinic: "north", To: to, Kind: c.kind, Message: "m",
+			RequestID: "r", Awake: true, AwakeBy: at}); err != nil {
 			t.Fatal(err)
 		}
-		if got := f.meetings[0]; (got != nil) != want || (want && !got.AsTime().Equal(meeting)) {
-			t.Errorf("%s: meeting_start_time %v; want it %v", kind, got, want)
+		for _, got := range []struct {
+			field string
+			ts    *timestamppb.Timestamp
+			want  bool
+		}{{"meeting_start_time", f.meetings[0], c.meeting}, {"appointment_start_time", f.appointments[0], c.appointment}} {
+			if (got.ts != nil) != got.want || (got.want && !got.ts.AsTime().Equal(at)) {
+				t.Errorf("%s: %s %v; want it %v", c.kind, got.field, got.ts, got.want)
+			}
+		}
+	}
+}
+
+// A resent intake reminder keeps the appointment's time of the one that
+// failed, which its message names; a resent meeting reminder leaves its
+// meeting's to the claim.
+func TestResendKeepsTheAppointmentsTime(t *testing.T) {
+	appt := timestamppb.New(time.Now().Add(48 * time.Hour).Truncate(time.Second))
+	to := &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+		Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}
+	for _, c := range []struct {
+		kind    interventionsv1.ReminderKind
+		related string
+		want    *timestamppb.Timestamp
+	}{
+		{interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, "clinics/north/referrals/r9", appt},
+		{interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING, "clinics/north/interventions/i1", nil},
+	} {
+		f := &resendFakes{meeting: time.Now().Add(48 * time.Hour), old: &interventionsv1.Reminder{Name: "clinics/north/reminders/r1",
+			Recipient: to, Kind: c.kind, RelatedResource: c.related, Message: "Reminder", EventStartTime: appt}}
+		a := &Activities{Interventions: f}
+		if _, err := a.Resend(context.Background(), ResendRequest{Failed: "clinics/north/reminders/r1", Due: time.Now(), RequestID: "r"}); err != nil {
+			t.Fatalf("%s: %v", c.kind, err)
+		}
+		if !proto.Equal(f.appointment, c.want) {
+			t.Errorf("%s resent with appointment_start_time %v; want %v", c.kind, f.appointment, c.want)
 		}
 	}
 }

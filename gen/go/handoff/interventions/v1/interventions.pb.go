@@ -1972,14 +1972,24 @@ type Reminder struct {
 	// put it in the recipient's calendar (an e-mail with an iCalendar
 	// event, say). Set only in ClaimReminder's answer, like `address`, and
 	// never stored with the reminder nor sent in its events; the place is
-	// not given. A meeting moved to another time gets new reminders; one
+	// not given.
+	//
+	// For a reminder of an intake appointment (INTAKE_UPCOMING): when the
+	// appointment begins, as its creator gave it (CreateReminderRequest's
+	// `appointment_start_time`), kept with the reminder and shown on every
+	// read and in its events. An appointment moved gets new reminders and
+	// the old ones are cancelled, so the time a reminder keeps stays the
+	// one its message names; use `related_resource` (the referral) as the
+	// event's UID. Unset for reminders made without it. A meeting moved to another time gets new reminders; one
 	// whose length alone changes keeps them, so an event sent earlier keeps
 	// its old end until the meeting's next reminder is claimed: use
 	// `related_resource` (the meeting) as the event's UID, so that a later
 	// event replaces it.
 	EventStartTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=event_start_time,json=eventStartTime,proto3" json:"event_start_time,omitempty"`
 	// When that meeting is expected to end (its start and expected
-	// duration), as it stands at the claim. Set with `event_start_time`.
+	// duration), as it stands at the claim. Set with `event_start_time` for a
+	// meeting; never for an intake appointment, whose length the program does
+	// not give.
 	EventEndTime  *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=event_end_time,json=eventEndTime,proto3" json:"event_end_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3593,8 +3603,13 @@ type CreateReminderRequest struct {
 	// (MEETING_NOT_SCHEDULED) rather than sent with the old time. Ignored for
 	// other kinds.
 	MeetingStartTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=meeting_start_time,json=meetingStartTime,proto3" json:"meeting_start_time,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// For a reminder of an intake appointment (INTAKE_UPCOMING), the
+	// appointment's start time, which its message names: kept with the
+	// reminder as its `event_start_time`, so that the automation can put the
+	// appointment in the recipient's calendar. Refused for other kinds.
+	AppointmentStartTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=appointment_start_time,json=appointmentStartTime,proto3" json:"appointment_start_time,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *CreateReminderRequest) Reset() {
@@ -3651,6 +3666,13 @@ func (x *CreateReminderRequest) GetRequestId() string {
 func (x *CreateReminderRequest) GetMeetingStartTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.MeetingStartTime
+	}
+	return nil
+}
+
+func (x *CreateReminderRequest) GetAppointmentStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.AppointmentStartTime
 	}
 	return nil
 }
@@ -4758,14 +4780,15 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x04etag\x18\x02 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xbd\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\x94\x03\n" +
 	"\x15CreateReminderRequest\x12_\n" +
 	"\x06parent\x18\x01 \x01(\tBG\xe0A\x02\xfaA\x19\x12\x17handoff.health/Reminder\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12I\n" +
 	"\breminder\x18\x02 \x01(\v2\".handoff.interventions.v1.ReminderB\t\xe0A\x02\xbaH\x03\xc8\x01\x01R\breminder\x12)\n" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12M\n" +
-	"\x12meeting_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\x10meetingStartTime\"\x93\x01\n" +
+	"\x12meeting_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\x10meetingStartTime\x12U\n" +
+	"\x16appointment_start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x01R\x14appointmentStartTime\"\x93\x01\n" +
 	"\x12GetReminderRequest\x12}\n" +
 	"\x04name\x18\x01 \x01(\tBi\xe0A\x02\xfaA\x19\n" +
 	"\x17handoff.health/Reminder\xbaHGrE2C^clinics/[a-z0-9][a-z0-9-]{0,62}/reminders/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xf1\x01\n" +
@@ -5100,71 +5123,72 @@ var file_handoff_interventions_v1_interventions_proto_depIdxs = []int32{
 	20, // 50: handoff.interventions.v1.ListTalkingPointsResponse.talking_points:type_name -> handoff.interventions.v1.TalkingPoint
 	22, // 51: handoff.interventions.v1.CreateReminderRequest.reminder:type_name -> handoff.interventions.v1.Reminder
 	55, // 52: handoff.interventions.v1.CreateReminderRequest.meeting_start_time:type_name -> google.protobuf.Timestamp
-	22, // 53: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
-	56, // 54: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
-	11, // 55: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
-	55, // 56: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
-	55, // 57: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
-	55, // 58: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
-	49, // 59: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
-	49, // 60: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
-	24, // 61: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
-	25, // 62: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
-	26, // 63: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
-	28, // 64: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
-	29, // 65: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
-	30, // 66: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
-	31, // 67: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
-	32, // 68: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
-	33, // 69: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
-	34, // 70: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
-	35, // 71: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
-	36, // 72: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
-	38, // 73: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
-	39, // 74: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
-	41, // 75: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
-	42, // 76: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
-	43, // 77: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
-	44, // 78: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
-	46, // 79: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
-	47, // 80: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
-	48, // 81: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
-	58, // 82: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	50, // 83: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
-	51, // 84: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
-	53, // 85: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
-	54, // 86: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
-	12, // 87: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 88: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
-	27, // 89: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
-	12, // 90: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
-	59, // 91: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
-	12, // 92: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 93: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 94: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
-	12, // 95: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
-	12, // 96: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
-	19, // 97: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
-	37, // 98: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
-	20, // 99: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
-	40, // 100: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
-	59, // 101: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
-	22, // 102: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 103: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
-	45, // 104: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
-	22, // 105: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 106: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
-	22, // 107: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
-	60, // 108: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	49, // 109: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
-	52, // 110: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
-	59, // 111: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
-	61, // 112: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
-	87, // [87:113] is the sub-list for method output_type
-	61, // [61:87] is the sub-list for method input_type
-	61, // [61:61] is the sub-list for extension type_name
-	61, // [61:61] is the sub-list for extension extendee
-	0,  // [0:61] is the sub-list for field type_name
+	55, // 53: handoff.interventions.v1.CreateReminderRequest.appointment_start_time:type_name -> google.protobuf.Timestamp
+	22, // 54: handoff.interventions.v1.ListRemindersResponse.reminders:type_name -> handoff.interventions.v1.Reminder
+	56, // 55: handoff.interventions.v1.ClaimReminderRequest.lease_duration:type_name -> google.protobuf.Duration
+	11, // 56: handoff.interventions.v1.CompleteReminderRequest.result:type_name -> handoff.interventions.v1.DeliveryResult
+	55, // 57: handoff.interventions.v1.CalendarFeed.create_time:type_name -> google.protobuf.Timestamp
+	55, // 58: handoff.interventions.v1.CalendarFeed.last_read_time:type_name -> google.protobuf.Timestamp
+	55, // 59: handoff.interventions.v1.CalendarFeed.expire_time:type_name -> google.protobuf.Timestamp
+	49, // 60: handoff.interventions.v1.CreateCalendarFeedRequest.calendar_feed:type_name -> handoff.interventions.v1.CalendarFeed
+	49, // 61: handoff.interventions.v1.ListCalendarFeedsResponse.calendar_feeds:type_name -> handoff.interventions.v1.CalendarFeed
+	24, // 62: handoff.interventions.v1.InterventionsService.CreateIntervention:input_type -> handoff.interventions.v1.CreateInterventionRequest
+	25, // 63: handoff.interventions.v1.InterventionsService.GetIntervention:input_type -> handoff.interventions.v1.GetInterventionRequest
+	26, // 64: handoff.interventions.v1.InterventionsService.ListInterventions:input_type -> handoff.interventions.v1.ListInterventionsRequest
+	28, // 65: handoff.interventions.v1.InterventionsService.UpdateIntervention:input_type -> handoff.interventions.v1.UpdateInterventionRequest
+	29, // 66: handoff.interventions.v1.InterventionsService.DeleteIntervention:input_type -> handoff.interventions.v1.DeleteInterventionRequest
+	30, // 67: handoff.interventions.v1.InterventionsService.ScheduleIntervention:input_type -> handoff.interventions.v1.ScheduleInterventionRequest
+	31, // 68: handoff.interventions.v1.InterventionsService.RescheduleIntervention:input_type -> handoff.interventions.v1.RescheduleInterventionRequest
+	32, // 69: handoff.interventions.v1.InterventionsService.CancelIntervention:input_type -> handoff.interventions.v1.CancelInterventionRequest
+	33, // 70: handoff.interventions.v1.InterventionsService.RecordOutcome:input_type -> handoff.interventions.v1.RecordOutcomeRequest
+	34, // 71: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:input_type -> handoff.interventions.v1.UpdateChecklistItemRequest
+	35, // 72: handoff.interventions.v1.InterventionsService.RecordCheckIn:input_type -> handoff.interventions.v1.RecordCheckInRequest
+	36, // 73: handoff.interventions.v1.InterventionsService.GetTalkingPoints:input_type -> handoff.interventions.v1.GetTalkingPointsRequest
+	38, // 74: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:input_type -> handoff.interventions.v1.CreateTalkingPointRequest
+	39, // 75: handoff.interventions.v1.InterventionsService.ListTalkingPoints:input_type -> handoff.interventions.v1.ListTalkingPointsRequest
+	41, // 76: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:input_type -> handoff.interventions.v1.DeleteTalkingPointRequest
+	42, // 77: handoff.interventions.v1.InterventionsService.CreateReminder:input_type -> handoff.interventions.v1.CreateReminderRequest
+	43, // 78: handoff.interventions.v1.InterventionsService.GetReminder:input_type -> handoff.interventions.v1.GetReminderRequest
+	44, // 79: handoff.interventions.v1.InterventionsService.ListReminders:input_type -> handoff.interventions.v1.ListRemindersRequest
+	46, // 80: handoff.interventions.v1.InterventionsService.ClaimReminder:input_type -> handoff.interventions.v1.ClaimReminderRequest
+	47, // 81: handoff.interventions.v1.InterventionsService.CompleteReminder:input_type -> handoff.interventions.v1.CompleteReminderRequest
+	48, // 82: handoff.interventions.v1.InterventionsService.CancelReminder:input_type -> handoff.interventions.v1.CancelReminderRequest
+	58, // 83: handoff.interventions.v1.InterventionsService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	50, // 84: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:input_type -> handoff.interventions.v1.CreateCalendarFeedRequest
+	51, // 85: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:input_type -> handoff.interventions.v1.ListCalendarFeedsRequest
+	53, // 86: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:input_type -> handoff.interventions.v1.DeleteCalendarFeedRequest
+	54, // 87: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:input_type -> handoff.interventions.v1.ExportCalendarFeedRequest
+	12, // 88: handoff.interventions.v1.InterventionsService.CreateIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 89: handoff.interventions.v1.InterventionsService.GetIntervention:output_type -> handoff.interventions.v1.Intervention
+	27, // 90: handoff.interventions.v1.InterventionsService.ListInterventions:output_type -> handoff.interventions.v1.ListInterventionsResponse
+	12, // 91: handoff.interventions.v1.InterventionsService.UpdateIntervention:output_type -> handoff.interventions.v1.Intervention
+	59, // 92: handoff.interventions.v1.InterventionsService.DeleteIntervention:output_type -> google.protobuf.Empty
+	12, // 93: handoff.interventions.v1.InterventionsService.ScheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 94: handoff.interventions.v1.InterventionsService.RescheduleIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 95: handoff.interventions.v1.InterventionsService.CancelIntervention:output_type -> handoff.interventions.v1.Intervention
+	12, // 96: handoff.interventions.v1.InterventionsService.RecordOutcome:output_type -> handoff.interventions.v1.Intervention
+	12, // 97: handoff.interventions.v1.InterventionsService.UpdateChecklistItem:output_type -> handoff.interventions.v1.Intervention
+	19, // 98: handoff.interventions.v1.InterventionsService.RecordCheckIn:output_type -> handoff.interventions.v1.CheckIn
+	37, // 99: handoff.interventions.v1.InterventionsService.GetTalkingPoints:output_type -> handoff.interventions.v1.GetTalkingPointsResponse
+	20, // 100: handoff.interventions.v1.InterventionsService.CreateTalkingPoint:output_type -> handoff.interventions.v1.TalkingPoint
+	40, // 101: handoff.interventions.v1.InterventionsService.ListTalkingPoints:output_type -> handoff.interventions.v1.ListTalkingPointsResponse
+	59, // 102: handoff.interventions.v1.InterventionsService.DeleteTalkingPoint:output_type -> google.protobuf.Empty
+	22, // 103: handoff.interventions.v1.InterventionsService.CreateReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 104: handoff.interventions.v1.InterventionsService.GetReminder:output_type -> handoff.interventions.v1.Reminder
+	45, // 105: handoff.interventions.v1.InterventionsService.ListReminders:output_type -> handoff.interventions.v1.ListRemindersResponse
+	22, // 106: handoff.interventions.v1.InterventionsService.ClaimReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 107: handoff.interventions.v1.InterventionsService.CompleteReminder:output_type -> handoff.interventions.v1.Reminder
+	22, // 108: handoff.interventions.v1.InterventionsService.CancelReminder:output_type -> handoff.interventions.v1.Reminder
+	60, // 109: handoff.interventions.v1.InterventionsService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	49, // 110: handoff.interventions.v1.InterventionsService.CreateCalendarFeed:output_type -> handoff.interventions.v1.CalendarFeed
+	52, // 111: handoff.interventions.v1.InterventionsService.ListCalendarFeeds:output_type -> handoff.interventions.v1.ListCalendarFeedsResponse
+	59, // 112: handoff.interventions.v1.InterventionsService.DeleteCalendarFeed:output_type -> google.protobuf.Empty
+	61, // 113: handoff.interventions.v1.InterventionsService.ExportCalendarFeed:output_type -> google.api.HttpBody
+	88, // [88:114] is the sub-list for method output_type
+	62, // [62:88] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_handoff_interventions_v1_interventions_proto_init() }
