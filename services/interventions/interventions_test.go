@@ -1501,6 +1501,9 @@ type withdrawnAfterFirstRead struct {
 	blips int32
 	// regranted, once set, has the member reachable again.
 	regranted atomic.Bool
+	// removed takes the members off the family, instead of their
+	// consent, after the first read.
+	removed bool
 }
 
 func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
@@ -1513,6 +1516,9 @@ func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.
 		for _, m := range fam.GetMembers() {
 			m.ConsentToContact = false
 		}
+		if w.removed {
+			fam.Members = nil
+		}
 	}
 	return fam, err
 }
@@ -1521,17 +1527,21 @@ func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.
 // cancels the member's pending reminders may have listed them before this
 // one was stored, so the service asks again after storing it and cancels
 // it, answering CONTACT_NOT_ALLOWED as if it had been refused outright.
+// A member removed meanwhile gets the same answer, on the first call as on
+// its retries.
 func TestReminderMadeAsContactIsWithdrawnIsCancelled(t *testing.T) {
 	t.Parallel()
 	for _, blips := range []int32{0, 2} {
-		t.Run(fmt.Sprintf("%d failed reads", blips), func(t *testing.T) { reminderMadeAsContactIsWithdrawn(t, blips) })
+		t.Run(fmt.Sprintf("%d failed reads", blips), func(t *testing.T) { reminderMadeAsContactIsWithdrawn(t, blips, false) })
 	}
+	t.Run("member removed", func(t *testing.T) { reminderMadeAsContactIsWithdrawn(t, 0, true) })
 }
 
 // reminderMadeAsContactIsWithdrawn runs the race with the families service
 // failing blips reads after the first: it is asked again until it answers.
-func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32) {
-	families := &withdrawnAfterFirstRead{blips: blips}
+// With removed, the member leaves the family instead of withdrawing.
+func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32, removed bool) {
+	families := &withdrawnAfterFirstRead{blips: blips, removed: removed}
 	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
 		families.FamiliesServiceClient = c
 		return families

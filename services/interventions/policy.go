@@ -33,7 +33,8 @@ func Policy() grpcserver.Policy {
 	set([]auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin}, "ListTalkingPoints")
 	set([]auth.Role{auth.RoleClinicAdmin}, "CreateTalkingPoint", "DeleteTalkingPoint")
 	// Reminders: workflows create and cancel them; automation delivers them;
-	// counselors see their own in the app.
+	// the clinic's staff read them all, as they read its interventions (the
+	// app shows a counselor theirs by filter).
 	set([]auth.Role{auth.RoleWorker}, "CreateReminder")
 	set([]auth.Role{auth.RoleWorker, auth.RoleClinicAdmin}, "CancelReminder")
 	set([]auth.Role{auth.RoleReminders, auth.RoleWorker, auth.RoleCounselor, auth.RoleClinicAdmin}, "GetReminder", "ListReminders")

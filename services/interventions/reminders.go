@@ -201,8 +201,7 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		}
 		switch {
 		case cur.GetState() == rCancelled && cur.GetCancelReason() == reasonMadeAsWithdrawn:
-			return nil, apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
-				"contact was withdrawn while the reminder was made: it was cancelled", map[string]string{"family": rc.GetFamily()})
+			return nil, madeAsWithdrawn(rc)
 		case cur.GetState() == rScheduled || cur.GetState() == rDue || cur.GetState() == rClaimed:
 			return s.confirmContact(ctx, out, rc)
 		}
@@ -223,6 +222,16 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 // reasonMadeAsWithdrawn is the cancel reason of a reminder cancelled
 // because contact was withdrawn while it was being made.
 const reasonMadeAsWithdrawn = "contact withdrawn while the reminder was made"
+
+// madeAsWithdrawn is the answer to a request whose reminder was made and
+// then cancelled because its recipient could no longer be contacted: the
+// same for the first call and for every retry, which finds the reminder
+// cancelled, whatever the families service said (consent withdrawn, the
+// member removed, the family deleted).
+func madeAsWithdrawn(rc *interventionsv1.Recipient) error {
+	return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
+		"contact was withdrawn while the reminder was made: it was cancelled", map[string]string{"family": rc.GetFamily()})
+}
 
 // confirmContact asks again, after the reminder out is stored, whether its
 // recipient may be contacted, and cancels it if not. Contact may have been
@@ -257,7 +266,7 @@ func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Remind
 	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
 		return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
 	}
-	return nil, cerr
+	return nil, madeAsWithdrawn(rc)
 }
 
 // optTime is t as a nullable column: NULL when unset.

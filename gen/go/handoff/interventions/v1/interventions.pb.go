@@ -3589,8 +3589,8 @@ type CreateReminderRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
-	// The reminder. `recipient`, `due_time`, `kind` and `message` are
-	// required.
+	// The reminder. `recipient`, `kind` and `message` are required;
+	// `due_time` left unset is now by the service's clock (see there).
 	Reminder *Reminder `protobuf:"bytes,2,opt,name=reminder,proto3" json:"reminder,omitempty"`
 	// A unique id for this request (workflows derive it from the workflow id
 	// and step). A retry with the same id returns the first result; the same
