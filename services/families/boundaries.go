@@ -286,7 +286,7 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 			if screened {
 				// The family first, as every change of a family's records
 				// takes it, and in a mode that waits for a safety screen
-				// being recorded (which holds it FOR SHARE): the check
+				// being recorded (which holds it FOR NO KEY UPDATE): the check
 				// below must see that screen, not the one before it.
 				if err := lockFamilyRow(ctx, tx, c, "FOR NO KEY UPDATE"); err != nil {
 					return nil, err

@@ -561,6 +561,12 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 	if err != nil {
 		return nil, err
 	}
+	// A retry answers as its first call did, even once the consent that
+	// call made has expired, which the clock checks below would refuse.
+	if out, ok, err := idempotency.Stored(ctx, s.pool, c.clinic, svc+"CreateConsent", req.GetRequestId(), req,
+		func() *familiesv1.Consent { return &familiesv1.Consent{} }); ok || err != nil {
+		return out, err
+	}
 	in := req.GetConsent()
 	now := s.cfg.Now()
 	var vs apperr.Violations

@@ -167,6 +167,36 @@ func TestConsentValidation(t *testing.T) {
 	}
 }
 
+// A consent recorded with a request id answers its retry with the
+// consent it made, even once that has expired: the retry is not judged
+// again against the clock, and makes nothing new.
+func TestConsentRetryAfterItsExpiry(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	c := f.validConsent("ehr-1")
+	c.ExpireTime = timestamppb.New(f.clock.Now().Add(time.Hour))
+	req := &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: c, RequestId: "consent-1"}
+	first, err := f.client.CreateConsent(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(2 * time.Hour)
+	again, err := f.client.CreateConsent(f.ctx, req)
+	if err != nil || again.GetName() != first.GetName() {
+		t.Fatalf("the retry after the expiry: %v, %v; want %s", again.GetName(), err, first.GetName())
+	}
+	list, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName()})
+	if err != nil || len(list.GetConsents()) != 1 {
+		t.Fatalf("consents after the retry: %v, %v; want the one", list.GetConsents(), err)
+	}
+	// A new request with the same expiry is refused, as before.
+	_, err = f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: c, RequestId: "consent-2"})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "consent.expire_time") {
+		t.Fatalf("a new request with a past expiry: %v; want a violation of consent.expire_time", err)
+	}
+}
+
 func TestDisclosureNeedsCoveringConsent(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
