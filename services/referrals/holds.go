@@ -44,7 +44,7 @@ func (h *holdRow) hold(clinic string, now time.Time) *referralsv1.Hold {
 	// A hold past its expiry is expired whether or not the sweeper has
 	// returned its slot yet.
 	if out.State == referralsv1.HoldState_HOLD_STATE_HELD && !now.Before(h.expires) {
-		out.State = referralsv1.HoldState_HOLD_STATE_EXPIRED
+		out.State, out.ReleaseReason = referralsv1.HoldState_HOLD_STATE_EXPIRED, reasonExpired
 	}
 	return out
 }
@@ -171,6 +171,10 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 // taken: a sweep in batches resumes where its last batch ended instead of
 // reading past every hold it already expired. It returns how many it
 // expired and the key of the last.
+// reasonExpired is the release reason of a hold that reached its expiry:
+// the view shows it as soon as the hold lapses, and the sweep stores it.
+const reasonExpired = "expired"
+
 func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time, limit int, after holdKey) (int, holdKey, error) {
 	// The due holds are locked first, in one order (clinic, id), as every
 	// statement that locks several holds does: the sweep of every clinic
@@ -182,7 +186,7 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 				AND (clinic, id) > ($7, $8)
 			ORDER BY clinic, id LIMIT NULLIF($6, 0) FOR UPDATE),
 		expired AS (
-			UPDATE holds h SET state = $4, release_reason = 'expired', update_time = $3, version = h.version + 1
+			UPDATE holds h SET state = $4, release_reason = $9, update_time = $3, version = h.version + 1
 			FROM due WHERE h.clinic = due.clinic AND h.id = due.id AND h.state = $5
 			RETURNING h.clinic, h.id, h.program_id, h.service_kind, h.family, h.intervention, h.expire_time, h.state, h.referral,
 				h.release_reason, h.create_time, h.update_time, h.version),
@@ -193,7 +197,7 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 		SELECT clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
 			release_reason, create_time, update_time, version FROM expired ORDER BY clinic, id`,
 		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD), limit,
-		after.clinic, after.id)
+		after.clinic, after.id, reasonExpired)
 	if err != nil {
 		return 0, after, fmt.Errorf("expire holds: %w", err)
 	}

@@ -197,7 +197,13 @@ func (s *Server) insertReferral(ctx context.Context, tx pgx.Tx, clinic string, i
 	r := ref{clinic, aip.NewID()}
 	var first *time.Time
 	if in.GetFirstContactTime() != nil {
+		// A time up to clockSkew ahead (another clock) counts from now,
+		// as the families service keeps it: stored ahead, an entry into
+		// treatment reported now would be refused as before it.
 		t := in.GetFirstContactTime().AsTime()
+		if t.After(now) {
+			t = now
+		}
 		first = &t
 	}
 	requested := referralsv1.ReferralState_REFERRAL_STATE_REQUESTED

@@ -178,6 +178,13 @@ func TestHoldsNeverOversell(t *testing.T) {
 		if err != nil || len(resp.GetHolds()) != want {
 			t.Fatalf("holds in state %s before the sweep: %d, %v; want %d", state, len(resp.GetHolds()), err, want)
 		}
+		// With the reason the sweep will store: the sweep changes
+		// nothing of what the holds show but their update time.
+		for _, h := range resp.GetHolds() {
+			if h.GetReleaseReason() != "expired" {
+				t.Fatalf("a hold shown expired before the sweep has release reason %q; want \"expired\"", h.GetReleaseReason())
+			}
+		}
 	}
 	// In batches of 4: the sweep goes on until a batch is short.
 	f.srv.SetExpireBatch(4)
@@ -196,7 +203,7 @@ func TestHoldsNeverOversell(t *testing.T) {
 	}
 	second := <-holds
 	got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: second})
-	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED {
+	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetReleaseReason() != "expired" {
 		t.Fatalf("expired hold = %v, %v", got, err)
 	}
 	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: second, Reason: "accepted"})
@@ -1376,10 +1383,11 @@ func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
 	}
 }
 
-// A completion without a time is now, or the first contact if that lies
-// a little ahead (within the clock skew allowed): not refused for a time
-// the caller never sent.
-func TestCompleteWithoutATimeAfterAFirstContactAhead(t *testing.T) {
+// A first contact a little ahead (within the clock skew allowed, another
+// clock) counts from now, as the families service keeps it: an entry
+// into treatment reported now, with its time or without, is not refused
+// as before it.
+func TestFirstContactAheadCountsFromNow(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 1)
@@ -1389,15 +1397,33 @@ func TestCompleteWithoutATimeAfterAFirstContactAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	ahead := f.clock.Now().Add(4 * time.Minute).Truncate(time.Microsecond)
+	// fromNow reports whether a kept time is the clock's between sent and
+	// the answer, not ahead.
+	sent := f.clock.Now().Truncate(time.Microsecond)
+	fromNow := func(kept *timestamppb.Timestamp) bool {
+		return !kept.AsTime().Before(sent) && !kept.AsTime().After(f.clock.Now())
+	}
 	r, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT",
 		FirstContactTime: timestamppb.New(ahead)})
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !fromNow(r.GetFirstContactTime()) {
+		t.Fatalf("first contact sent as %v: kept as %v; want now", ahead, r.GetFirstContactTime().AsTime())
+	}
 	f.book(t, r.GetName(), f.clock.Now().Add(-time.Minute))
-	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()})
-	if err != nil || !done.GetTreatmentEntryTime().AsTime().Equal(ahead) {
-		t.Fatalf("completion without a time: %v, %v; want entered at the first contact %v", done.GetTreatmentEntryTime(), err, ahead)
+	now := f.clock.Now().Truncate(time.Microsecond)
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName(), TreatmentEntryTime: timestamppb.New(now)})
+	if err != nil || !done.GetTreatmentEntryTime().AsTime().Equal(now) {
+		t.Fatalf("completion at now: %v, %v; want entered now, %v", done.GetTreatmentEntryTime(), err, now)
+	}
+	// And by hand, CreateReferral, the same.
+	byHand, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_ROUTINE,
+		Reason: "asked for it", FirstContactTime: timestamppb.New(ahead)}})
+	if err != nil || !fromNow(byHand.GetFirstContactTime()) {
+		t.Fatalf("a referral made by hand with its first contact ahead: %v, %v; want now", byHand.GetFirstContactTime(), err)
 	}
 	// A time given before the first contact is still refused.
 	r2 := f.booked(t, p.GetName(), timestamppb.New(f.clock.Now().Add(-time.Hour)), f.clock.Now().Add(-time.Minute))

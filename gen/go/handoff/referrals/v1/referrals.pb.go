@@ -1392,7 +1392,8 @@ type Hold struct {
 	// The referral the hold became, `clinics/{clinic}/referrals/{referral}`;
 	// set once the hold is CONVERTED.
 	Referral string `protobuf:"bytes,8,opt,name=referral,proto3" json:"referral,omitempty"`
-	// Why the hold was released; set once it is RELEASED.
+	// Why the hold was released; set once it is RELEASED, and "expired"
+	// once it is EXPIRED.
 	ReleaseReason string `protobuf:"bytes,9,opt,name=release_reason,json=releaseReason,proto3" json:"release_reason,omitempty"`
 	// When the hold was made.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
@@ -1576,7 +1577,9 @@ type Referral struct {
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
 	// Every state change, oldest first, including each rebooking.
 	History []*ReferralEvent `protobuf:"bytes,15,rep,name=history,proto3" json:"history,omitempty"`
-	// When the family first contacted the clinic. Not in the future. Used to
+	// When the family first contacted the clinic. Not in the future: a time
+	// up to 5 minutes ahead (another clock) is kept as the time the referral
+	// is made, anything later refused. Used to
 	// measure `days_to_treatment_entry`. CreateReferral copies the family's
 	// `first_contact_time` when it is not given; ConvertHold takes it from
 	// the caller only.
@@ -3178,7 +3181,7 @@ type ConvertHoldRequest struct {
 	// "Agreed to treatment today; fears withdrawal."
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// When the family first contacted the clinic; copied into the referral's
-	// `first_contact_time`. Not in the future.
+	// `first_contact_time`. Not in the future (see there).
 	FirstContactTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_contact_time,json=firstContactTime,proto3" json:"first_contact_time,omitempty"`
 	// If set, the conversion happens only if the hold's etag still matches.
 	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
