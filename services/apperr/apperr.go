@@ -30,6 +30,7 @@ const (
 	ReasonDoubleBooked      = "COUNSELOR_DOUBLE_BOOKED"
 	ReasonTooEarly          = "TOO_EARLY"
 	ReasonAlreadyRecorded   = "ALREADY_RECORDED"
+	ReasonAmbiguous         = "AMBIGUOUS"
 	ReasonLeaseHeld         = "LEASE_HELD"
 	ReasonNotFound          = "RESOURCE_NOT_FOUND"
 	ReasonAlreadyExists     = "RESOURCE_ALREADY_EXISTS"

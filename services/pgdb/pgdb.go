@@ -198,7 +198,8 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		// of consent. Signed consents change (a revocation stamps them) but
 		// are never deleted. So are the histories the services only ever
 		// add to: a referral's moves and the services after its treatment
-		// entry (and their retractions), a boundary's moves, and the
+		// entry (their retractions, and the ids that name those reported
+		// without one), a boundary's moves, and the
 		// warning signs
 		// (and their retractions), safety screens and CRAFT sessions (and
 		// theirs) recorded for a family. Deleting a family still takes its rows
@@ -211,6 +212,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			"referral_events":              "UPDATE, DELETE, TRUNCATE",
 			"referral_services":            "UPDATE, DELETE, TRUNCATE",
 			"referral_service_retractions": "UPDATE, DELETE, TRUNCATE",
+			"referral_service_ids":         "UPDATE, DELETE, TRUNCATE",
 			"boundary_events":              "UPDATE, DELETE, TRUNCATE",
 			"warning_signs":                "UPDATE, DELETE, TRUNCATE",
 			"warning_sign_retractions":     "UPDATE, DELETE, TRUNCATE",

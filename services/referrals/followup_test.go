@@ -205,13 +205,92 @@ func TestFollowUpServicesMakeEngagement(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied)
 	_, err = f.client.RetractFollowUpService(worker, &referralsv1.RetractFollowUpServiceRequest{Name: r.GetName(), ServiceId: "enc-1", Reason: "x"})
 	wantCode(t, err, codes.PermissionDenied)
-	for _, table := range []string{"referral_services", "referral_service_retractions"} {
+	for _, table := range []string{"referral_services", "referral_service_retractions", "referral_service_ids"} {
 		for _, priv := range []string{"UPDATE", "DELETE", "TRUNCATE"} {
 			var may bool
 			if err := f.pool.QueryRow(context.Background(), `SELECT has_table_privilege($1, $2, $3)`, pgdb.AppRole, table, priv).Scan(&may); err != nil || may {
 				t.Errorf("%s on %s: %v, %v; want refused", priv, table, may, err)
 			}
 		}
+	}
+}
+
+// One service reported with the program's id for it and without, at the
+// same time, counts once, in either order, and a retraction by either
+// finds it; two services at one time with ids of their own are two, and
+// a retraction by that time, which could mean either, is refused.
+func TestOneServiceWithAndWithoutItsID(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 10)
+	entry := f.clock.Now().Add(-40 * 24 * time.Hour).UTC().Truncate(time.Second)
+	r := f.booked(t, p.GetName(), timestamppb.New(entry.Add(-48*time.Hour)), f.clock.Now().Add(-time.Hour))
+	done, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName(), TreatmentEntryTime: timestamppb.New(entry)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	day := func(n int) *timestamppb.Timestamp {
+		return timestamppb.New(entry.Add(time.Duration(n) * 24 * time.Hour))
+	}
+	cur := done
+	report := func(at *timestamppb.Timestamp, id string, count int32, unchanged bool) {
+		t.Helper()
+		got, err := f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at, ServiceId: id})
+		if err != nil || got.GetFollowUpServiceCount() != count || (got.GetEtag() == cur.GetEtag()) != unchanged {
+			t.Fatalf("service at %v, id %q: %d services, etag %s (was %s), %v; want %d, unchanged %v",
+				at.AsTime(), id, got.GetFollowUpServiceCount(), got.GetEtag(), cur.GetEtag(), err, count, unchanged)
+		}
+		cur = got
+	}
+	retract := func(at *timestamppb.Timestamp, id string) (*referralsv1.Referral, error) {
+		return f.client.RetractFollowUpService(f.ehr, &referralsv1.RetractFollowUpServiceRequest{Name: r.GetName(), ServiceTime: at,
+			ServiceId: id, Reason: "recorded in error"})
+	}
+
+	// Without its id first, then with it: one service, which the id
+	// then names; the same id again is the same service.
+	report(day(1), "", 1, false)
+	report(day(1), "enc-1", 1, true)
+	report(day(1), "enc-1", 1, true)
+	report(day(1), "", 1, true)
+	// The id named that service at its time: another time is refused.
+	_, err = f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: day(2), ServiceId: "enc-1"})
+	wantReason(t, err, codes.FailedPrecondition, "ALREADY_RECORDED")
+	// A second id at that time is another service.
+	report(day(1), "enc-1b", 2, false)
+
+	// With its id first, then without: one service.
+	report(day(3), "enc-3", 3, false)
+	report(day(3), "", 3, true)
+	if cur.GetEngagementTime() == nil || !cur.GetEngagementTime().AsTime().Equal(day(1).AsTime()) {
+		t.Fatalf("engaged %v; want on day 1, by its two services", cur.GetEngagementTime())
+	}
+
+	// Retracted by its id, the service recorded without one stops
+	// counting; reported again by its time it is refused, as retracted.
+	got, err := retract(nil, "enc-1")
+	if err != nil || got.GetFollowUpServiceCount() != 2 {
+		t.Fatalf("retracted by the id it was given: %d services, %v; want 2", got.GetFollowUpServiceCount(), err)
+	}
+	_, err = f.client.RecordFollowUpService(f.ehr, &referralsv1.RecordFollowUpServiceRequest{Name: r.GetName(), ServiceTime: day(1)})
+	wantReason(t, err, codes.FailedPrecondition, "ALREADY_RECORDED")
+	// Retracted by its time, the service recorded with an id.
+	if got, err = retract(day(3), ""); err != nil || got.GetFollowUpServiceCount() != 1 {
+		t.Fatalf("retracted by its time: %d services, %v; want 1", got.GetFollowUpServiceCount(), err)
+	}
+	if again, err := retract(nil, "enc-3"); err != nil || again.GetEtag() != got.GetEtag() {
+		t.Fatalf("the same service retracted by its id: %v, %v; want it retracted already, unchanged", again, err)
+	}
+
+	// Two with ids of their own at one time: a retraction by the time is
+	// refused, and changes nothing.
+	report(day(5), "dose-5", 2, false)
+	report(day(5), "visit-5", 3, false)
+	_, err = retract(day(5), "")
+	wantReason(t, err, codes.FailedPrecondition, "AMBIGUOUS")
+	if now, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); err != nil ||
+		now.GetEtag() != cur.GetEtag() || now.GetFollowUpServiceCount() != 3 {
+		t.Fatalf("after the refused retraction: %d services, etag %s, %v; want 3, %s", now.GetFollowUpServiceCount(), now.GetEtag(), err, cur.GetEtag())
 	}
 }
 

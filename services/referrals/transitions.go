@@ -488,45 +488,148 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 			if err != nil {
 				return err
 			}
-			tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, recorded_by, create_time)
-				VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
-				r.clinic, r.id, key, at, auth.Actor(ctx), now)
+			same, err := sameService(ctx, tx, r, req.GetServiceId(), at, now)
 			if err != nil {
-				return fmt.Errorf("record follow-up service: %w", err)
+				return err
 			}
-			if tag.RowsAffected() == 0 {
-				// Recorded before: the same report again changes nothing,
-				// but an id the program gave another time is a mistake
-				// to tell it of, not to swallow.
-				var (
-					was       time.Time
-					retracted bool
-				)
-				if err := tx.QueryRow(ctx, `SELECT v.service_time, EXISTS (SELECT 1 FROM referral_service_retractions x
-						WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key)
-					FROM referral_services v WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_key = $3`,
-					r.clinic, r.id, key).Scan(&was, &retracted); err != nil {
-					return fmt.Errorf("read the service recorded before: %w", err)
+			if same == "" {
+				tag, err := tx.Exec(ctx, `INSERT INTO referral_services (clinic, referral_id, service_key, service_time, recorded_by, create_time)
+					VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+					r.clinic, r.id, key, at, auth.Actor(ctx), now)
+				if err != nil {
+					return fmt.Errorf("record follow-up service: %w", err)
 				}
-				if retracted {
-					// Answered as unchanged, the report would read as
-					// counted while it is not.
-					return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
-						fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)))
-				}
-				if !was.Equal(at.Truncate(time.Microsecond)) {
-					return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
-						fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)))
-				}
-				if zoned {
-					// Recorded before, but the first report naming a zone:
-					// every day is read again in it.
+				if tag.RowsAffected() == 1 {
 					return recountFollowUps(ctx, tx, r, entered, zone, now)
 				}
-				return errUnchanged
+				same = key
 			}
-			return recountFollowUps(ctx, tx, r, entered, zone, now)
+			// Recorded before: the same report again changes nothing,
+			// but an id the program gave another time is a mistake
+			// to tell it of, not to swallow.
+			var (
+				was       time.Time
+				retracted bool
+			)
+			if err := tx.QueryRow(ctx, `SELECT v.service_time, EXISTS (SELECT 1 FROM referral_service_retractions x
+					WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key)
+				FROM referral_services v WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_key = $3`,
+				r.clinic, r.id, same).Scan(&was, &retracted); err != nil {
+				return fmt.Errorf("read the service recorded before: %w", err)
+			}
+			if retracted {
+				// Answered as unchanged, the report would read as
+				// counted while it is not.
+				return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+					fmt.Sprintf("this service of %s was recorded and then retracted; it cannot be recorded again", referralName(r.clinic, r.id)))
+			}
+			if !was.Equal(at.Truncate(time.Microsecond)) {
+				return followUpRefusal(codes.FailedPrecondition, apperr.ReasonAlreadyRecorded, r, key,
+					fmt.Sprintf("service %q of %s was recorded at another time (%s)", req.GetServiceId(), referralName(r.clinic, r.id), was.UTC().Format(time.RFC3339)))
+			}
+			if zoned {
+				// Recorded before, but the first report naming a zone:
+				// every day is read again in it.
+				return recountFollowUps(ctx, tx, r, entered, zone, now)
+			}
+			return errUnchanged
 		}})
+}
+
+// sameService is the key of a recorded service that a report of one,
+// with the program's id for it or without, names under another key, or ""
+// when there is none. Reported with an id: the service that id was given
+// to before (see below). Reported without one: a service recorded with an
+// id at that very time, one that stands first. A report with an id that
+// finds neither its own record nor one given to it, but a service recorded
+// without an id at its time, to which no id was given yet, gives it this
+// one: the same service, told again with its id, counts once, and a
+// retraction by either finds it.
+func sameService(ctx context.Context, tx pgx.Tx, r ref, id string, at, now time.Time) (string, error) {
+	at = at.Truncate(time.Microsecond)
+	if id == "" {
+		var key string
+		err := tx.QueryRow(ctx, `SELECT v.service_key FROM referral_services v
+			WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_time = $3 AND v.service_key LIKE 'id:%'
+				AND NOT EXISTS (SELECT 1 FROM referral_services t WHERE t.clinic = v.clinic AND t.referral_id = v.referral_id AND t.service_key = $4)
+			ORDER BY EXISTS (SELECT 1 FROM referral_service_retractions x
+				WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key), v.service_key
+			LIMIT 1`, r.clinic, r.id, at, serviceKey("", at)).Scan(&key)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return "", nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("find the service reported: %w", err)
+		}
+		return key, nil
+	}
+	var given *string
+	var own bool
+	if err := tx.QueryRow(ctx, `SELECT (SELECT service_key FROM referral_service_ids WHERE clinic = $1 AND referral_id = $2 AND service_id = $3),
+			EXISTS (SELECT 1 FROM referral_services WHERE clinic = $1 AND referral_id = $2 AND service_key = $4)`,
+		r.clinic, r.id, id, serviceKey(id, at)).Scan(&given, &own); err != nil {
+		return "", fmt.Errorf("find the service reported: %w", err)
+	}
+	switch {
+	case given != nil:
+		return *given, nil
+	case own:
+		return "", nil // its own record, which the insert finds
+	}
+	tag, err := tx.Exec(ctx, `INSERT INTO referral_service_ids (clinic, referral_id, service_id, service_key, create_time)
+		SELECT v.clinic, v.referral_id, $3, v.service_key, $5 FROM referral_services v
+		WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_key = $4
+		ON CONFLICT DO NOTHING`, r.clinic, r.id, id, serviceKey("", at), now)
+	if err != nil {
+		return "", fmt.Errorf("give the service its id: %w", err)
+	}
+	if tag.RowsAffected() == 0 {
+		return "", nil // a new service, or the one at its time has an id
+	}
+	return serviceKey("", at), nil
+}
+
+// retractedKey is the key of the service a retraction names: by its id,
+// the record that id was given to, if any; by its time, the service
+// recorded without an id then, or else the one recorded with an id then,
+// refused as ambiguous when several of those stand.
+func retractedKey(ctx context.Context, tx pgx.Tx, r ref, id string, at time.Time) (string, error) {
+	key := serviceKey(id, at)
+	if id != "" {
+		var given string
+		err := tx.QueryRow(ctx, `SELECT service_key FROM referral_service_ids WHERE clinic = $1 AND referral_id = $2 AND service_id = $3`,
+			r.clinic, r.id, id).Scan(&given)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return key, nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("find the service to retract: %w", err)
+		}
+		return given, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT v.service_key, NOT EXISTS (SELECT 1 FROM referral_service_retractions x
+			WHERE x.clinic = v.clinic AND x.referral_id = v.referral_id AND x.service_key = v.service_key)
+		FROM referral_services v WHERE v.clinic = $1 AND v.referral_id = $2 AND v.service_time = $3
+		ORDER BY v.service_key = $4 DESC, 2 DESC, v.service_key`, r.clinic, r.id, at.Truncate(time.Microsecond), key)
+	if err != nil {
+		return "", fmt.Errorf("find the service to retract: %w", err)
+	}
+	type found struct {
+		Key      string
+		Standing bool
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowToStructByPos[found])
+	if err != nil {
+		return "", fmt.Errorf("find the service to retract: %w", err)
+	}
+	switch {
+	case len(all) == 0 || all[0].Key == key:
+		return key, nil
+	case len(all) > 1 && all[1].Standing:
+		return "", followUpRefusal(codes.FailedPrecondition, apperr.ReasonAmbiguous, r, key,
+			fmt.Sprintf("several services of %s were recorded at %s with ids: retract each by its service_id", referralName(r.clinic, r.id), at.UTC().Format(time.RFC3339Nano)))
+	}
+	return all[0].Key, nil
 }
 
 // recountFollowUps computes a referral's follow-up count and engagement
@@ -608,6 +711,10 @@ func (s *Server) RetractFollowUpService(ctx context.Context, req *referralsv1.Re
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+			key, err := retractedKey(ctx, tx, r, req.GetServiceId(), req.GetServiceTime().AsTime())
+			if err != nil {
+				return err
+			}
 			tag, err := tx.Exec(ctx, `INSERT INTO referral_service_retractions (clinic, referral_id, service_key, reason, retracted_by, retract_time)
 				SELECT clinic, referral_id, service_key, $4, $5, $6 FROM referral_services
 				WHERE clinic = $1 AND referral_id = $2 AND service_key = $3

@@ -4159,9 +4159,10 @@ type RecordFollowUpServiceRequest struct {
 	// so that two services at one time count as two and one reported twice
 	// counts once. Without it the time identifies the service. An id
 	// recorded before with another time is refused (FAILED_PRECONDITION,
-	// reason ALREADY_RECORDED). Send ids for all of a referral's services or
-	// for none: one service sent once with an id and once without counts
-	// twice.
+	// reason ALREADY_RECORDED). One service sent once with an id and once
+	// without, at the same time, counts once, in either order: sent without
+	// one first, it takes the first id then sent with its time (a second id
+	// at that time is another service).
 	ServiceId string `protobuf:"bytes,5,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	// The IANA time zone of the program, for example "America/Chicago", in
 	// which the service's and the entry's dates are read. The first zone a

@@ -215,7 +215,10 @@ type ReferralsServiceClient interface {
 	// INVALID_STATE_TRANSITION; the service's time must not lie before the
 	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time, and no new zone) is
-	// recorded once and changes nothing, not even the etag; but an `etag` sent with it is
+	// recorded once and changes nothing, not even the etag: a report without
+	// an id is the service recorded with one at the same time, and a report
+	// with an id, of a service recorded without one at the same time, gives
+	// that service the id (see `service_id`). But an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none. A
 	// service retracted (RetractFollowUpService) cannot be recorded again
 	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
@@ -225,8 +228,11 @@ type ReferralsServiceClient interface {
 	// `service_time` if it was recorded without one. It no longer counts:
 	// `follow_up_service_count` and `engagement_time` are computed again
 	// without it. The record stays, with who retracted it, when and why. A
-	// service not recorded is NOT_FOUND; the same retraction again changes
-	// nothing.
+	// service recorded without an id and given one later is found by
+	// either; one recorded with an id, by its time too, unless several
+	// stand at that time (FAILED_PRECONDITION, reason AMBIGUOUS: retract
+	// each by its id). A service not recorded is NOT_FOUND; the same
+	// retraction again changes nothing.
 	RetractFollowUpService(ctx context.Context, in *RetractFollowUpServiceRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
@@ -697,7 +703,10 @@ type ReferralsServiceServer interface {
 	// INVALID_STATE_TRANSITION; the service's time must not lie before the
 	// entry nor in the future. The same service reported again (the same
 	// `service_id`, or without one the same time, and no new zone) is
-	// recorded once and changes nothing, not even the etag; but an `etag` sent with it is
+	// recorded once and changes nothing, not even the etag: a report without
+	// an id is the service recorded with one at the same time, and a report
+	// with an id, of a service recorded without one at the same time, gives
+	// that service the id (see `service_id`). But an `etag` sent with it is
 	// checked first, so a resend must carry the current etag or none. A
 	// service retracted (RetractFollowUpService) cannot be recorded again
 	// (FAILED_PRECONDITION, reason ALREADY_RECORDED).
@@ -707,8 +716,11 @@ type ReferralsServiceServer interface {
 	// `service_time` if it was recorded without one. It no longer counts:
 	// `follow_up_service_count` and `engagement_time` are computed again
 	// without it. The record stays, with who retracted it, when and why. A
-	// service not recorded is NOT_FOUND; the same retraction again changes
-	// nothing.
+	// service recorded without an id and given one later is found by
+	// either; one recorded with an id, by its time too, unless several
+	// stand at that time (FAILED_PRECONDITION, reason AMBIGUOUS: retract
+	// each by its id). A service not recorded is NOT_FOUND; the same
+	// retraction again changes nothing.
 	RetractFollowUpService(context.Context, *RetractFollowUpServiceRequest) (*Referral, error)
 	// Records that the person did not come to a SCHEDULED intake appointment.
 	// Adds one to `no_show_count`. The referral can be rebooked with
