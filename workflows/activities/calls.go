@@ -813,7 +813,11 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	kinds := treatments(in.Medications)
 	reason := intakeReason(kinds)
 	if in.Hold != "" {
-		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, kinds, in.RequestID)
+		agreed, err := a.agreedForPlainYes(ctx, in, kinds)
+		if err != nil {
+			return Referral{}, err
+		}
+		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, agreed, in.RequestID)
 		if err != nil {
 			return Referral{}, err
 		}
@@ -982,6 +986,28 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 		}
 	}
 	return 0, false, nil
+}
+
+// agreedForPlainYes is what the workflow's hold must convert to: the
+// treatments named, or, for a yes naming none, what suits the loved one
+// now. The hold was made for what suited them then, perhaps before the
+// family's record said what they use (methadone held, alcohol recorded
+// since). A family no longer there, or a hold not the meeting's, leaves
+// the hold to convert as it is: no match can be made for the one, and
+// agreedForHold does not look at the other.
+func (a *Activities) agreedForPlainYes(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) ([]referralsv1.ServiceKind, error) {
+	if len(kinds) > 0 || in.Intervention == "" {
+		return kinds, nil
+	}
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
+	if err != nil {
+		if familyGone(wrap("", err)) {
+			return nil, nil
+		}
+		return nil, wrap("get family", err)
+	}
+	// Barriers order the treatments that suit, and add or take away none.
+	return suited(fam.GetLovedOne().GetPrimarySubstance(), nil), nil
 }
 
 // agreedForHold is agreedService for the hold the workflow names, made for

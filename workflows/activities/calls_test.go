@@ -1681,6 +1681,46 @@ func (f *offeringFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHol
 	return &referralsv1.Referral{Name: "clinics/north/referrals/r1", Program: "clinics/north/programs/p1", ServiceKind: kind}, nil
 }
 
+// A plain yes converts the place the workflow held only to what suits
+// the loved one now: the place was held for what suited them then,
+// before the family's record said they drink. It converts to naltrexone
+// where its program offers it, and is given back where it does not; one
+// that still suits converts as it is.
+func TestPlainYesConvertsTheHoldToWhatSuitsNow(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	const (
+		meth = referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE
+		bup  = referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+		nalt = referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+	)
+	for _, c := range []struct {
+		name      string
+		substance familiesv1.Substance
+		offered   []referralsv1.ServiceKind
+		converted referralsv1.ServiceKind // of the held place; -1 for given back
+	}{
+		{"alcohol, naltrexone offered", familiesv1.Substance_SUBSTANCE_ALCOHOL, []referralsv1.ServiceKind{meth, nalt}, nalt},
+		{"alcohol, no naltrexone", familiesv1.Substance_SUBSTANCE_ALCOHOL, []referralsv1.ServiceKind{meth, bup}, -1},
+		{"heroin", familiesv1.Substance_SUBSTANCE_HEROIN, []referralsv1.ServiceKind{meth, bup}, referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED},
+	} {
+		f := &offeringFake{services: c.offered}
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/p1", Family: fam, Intervention: iv,
+			ServiceKind: meth, State: referralsv1.HoldState_HOLD_STATE_HELD}}
+		a := &Activities{Families: substanceFamily{substance: c.substance}, Referrals: f}
+		_, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held",
+			RequestID: "y"})
+		held := slices.IndexFunc(f.convert, func(r *referralsv1.ConvertHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
+		switch {
+		case c.converted < 0:
+			if held >= 0 || len(f.releases) != 1 || f.releases[0].GetName() != "clinics/north/holds/held" {
+				t.Errorf("%s: conversions %v, releases %v, %v; want the methadone place given back", c.name, f.convert, f.releases, err)
+			}
+		case err != nil || held < 0 || f.convert[held].GetServiceKind() != c.converted || len(f.releases) != 0:
+			t.Errorf("%s: conversions %v, releases %v, %v; want the place converted to %v", c.name, f.convert, f.releases, err, c.converted)
+		}
+	}
+}
+
 // checklistFake ticks any checklist item.
 type checklistFake struct {
 	interventionsv1.InterventionsServiceClient
