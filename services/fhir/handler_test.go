@@ -247,8 +247,15 @@ func (fx *fixture) doAs(subject string, roles []auth.Role, method, path, body st
 	if body != "" {
 		req.Header.Set("Content-Type", "application/fhir+json")
 	}
+	set := map[string]bool{}
 	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+		// A header named twice is sent twice.
+		if set[headers[i]] {
+			req.Header.Add(headers[i], headers[i+1])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		set[headers[i]] = true
 	}
 	rec := httptest.NewRecorder()
 	fx.h.ServeHTTP(rec, req)
@@ -697,6 +704,28 @@ func TestTaskPutIfMatchAny(t *testing.T) {
 	a = fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"accepted"}`, "If-Match", `W/"v6", W/"v7"`)
 	if a.code != http.StatusBadRequest || fx.referrals.transitions != 0 {
 		t.Fatalf("If-Match with a list: %d %s after %d transitions; want 400", a.code, a.raw, fx.referrals.transitions)
+	}
+}
+
+// If-Match and Idempotency-Key are refused, before the referral is read,
+// as the REST gateway refuses them: a byte that is not printable ASCII
+// (the call would fail as an internal error), an empty etag (the write
+// would go through unguarded), a key named twice or empty (a retry could
+// run twice).
+func TestTaskPutRefusesBadHeaders(t *testing.T) {
+	task := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"accepted"}`
+	for name, headers := range map[string][]string{
+		"a key not ASCII":  {"Idempotency-Key", "caf\xe9"},
+		"an empty etag":    {"If-Match", `""`},
+		"a weak empty tag": {"If-Match", `W/""`},
+		"two keys":         {"Idempotency-Key", "k1", "Idempotency-Key", "k2"},
+		"an empty key":     {"Idempotency-Key", ""},
+	} {
+		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		a := fx.do("PUT", "/fhir/R4/Task/"+refID, task, headers...)
+		if a.code != http.StatusBadRequest || fx.referrals.transitions != 0 || fx.referrals.reads != 0 {
+			t.Errorf("%s: %d %s after %d reads, %d transitions; want 400 and nothing read", name, a.code, a.raw, fx.referrals.reads, fx.referrals.transitions)
+		}
 	}
 }
 

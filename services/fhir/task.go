@@ -55,8 +55,14 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		s.noCreate(w, id)
 		return
 	}
-	if vs := r.Header.Values("If-Match"); len(vs) > 1 || strings.Contains(strings.Join(vs, ""), ",") {
-		// One version is checked: a list would be misread as one odd etag.
+	if msg := aip.HeaderProblem(r.Header); msg != "" {
+		s.writeErr(w, invalid(msg), "Task/"+id)
+		return
+	}
+	if vs := r.Header.Values("If-Match"); len(vs) > 1 || strings.Contains(strings.Join(vs, ""), ",") ||
+		(len(vs) == 1 && aip.BareEtag(vs[0]) == "") {
+		// One version is checked: a list would be misread as one odd etag,
+		// and an empty one as none, the write going through unguarded.
 		s.writeErr(w, invalid("If-Match: give one version, the one you read"), "Task/"+id)
 		return
 	}

@@ -57,8 +57,15 @@ func (c client) do(method, path string, body any, headers ...string) reply {
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	set := map[string]bool{}
 	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
+		// A header named twice is sent twice.
+		if set[headers[i]] {
+			req.Header.Add(headers[i], headers[i+1])
+		} else {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		set[headers[i]] = true
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -317,6 +324,16 @@ func TestGatewayContract(t *testing.T) {
 	}
 	if r := w.counselor.do("POST", "/v1/clinics/north/families?requestId=key-1", body, "Idempotency-Key", "key-1"); r.code != 200 || str(r.body, "name") != str(a.body, "name") {
 		t.Fatalf("the same key in the header and the request: %d %s; want the first family", r.code, r.raw)
+	}
+	// A key that is empty or given twice is refused, not dropped or
+	// picked: the retry would make a second family.
+	for name, headers := range map[string][]string{
+		"empty": {"Idempotency-Key", ""}, "twice": {"Idempotency-Key", "key-1", "Idempotency-Key", "key-9"},
+	} {
+		if r := w.counselor.do("POST", "/v1/clinics/north/families", body, headers...); r.code != http.StatusBadRequest ||
+			!strings.Contains(str(r.body, "message"), "Idempotency-Key") {
+			t.Fatalf("Idempotency-Key %s: %d %s; want 400", name, r.code, r.raw)
+		}
 	}
 	fams := list(w.counselor.ok("GET", "/v1/clinics/north/families", nil), "families")
 	if len(fams) != 1 {

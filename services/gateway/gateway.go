@@ -391,30 +391,12 @@ func jsonOnly(next http.Handler) http.Handler {
 				return
 			}
 		}
-		// grpc-gateway drops a header value it cannot pass as gRPC
-		// metadata (anything but printable ASCII) with a log line only: an
-		// If-Match in curly quotes would leave the write unguarded, an
-		// Idempotency-Key with an accent would let a retry run twice.
-		for _, h := range []string{"If-Match", "Idempotency-Key"} {
-			for _, v := range r.Header.Values(h) {
-				if !printableASCII(v) {
-					writeStatus(w, http.StatusBadRequest, codes.InvalidArgument,
-						fmt.Sprintf("%s: only printable ASCII characters; straight quotes around an etag", h))
-					return
-				}
-			}
+		if msg := aip.HeaderProblem(r.Header); msg != "" {
+			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, msg)
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-func printableASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }
 
 // limitBody refuses bodies over limit with 413 before anything decodes them.
