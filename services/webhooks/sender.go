@@ -537,9 +537,10 @@ var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
 
 // errRecordUnsure marks an own-side failure of the call that records the
 // disclosure: it may have been recorded, and a second call under its
-// request id gets the stored answer without a look at the consent. The
-// try is given back, as for any own-side failure, and the delivery is
-// marked (record_unsure) so that the next try checks the consent first.
+// request id gets the stored answer (the families service checks the
+// consent again before it gives one). The try is given back, as for any
+// own-side failure, and the delivery is marked (record_unsure) so that
+// the next try also checks the consent itself first, not relying on that.
 var errRecordUnsure = fmt.Errorf("the disclosure record's answer was lost: %w", errOwnSide)
 
 // errWithheld marks a notification an outside system may not receive: no

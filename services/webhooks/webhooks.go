@@ -354,17 +354,23 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			// committed since would otherwise be rotated over, its
 			// predecessor (the secret the receiver still holds) dropped at
 			// once. The update waits for that one's row lock and then finds
-			// the grace begun.
+			// the grace begun. The grace is judged by the database's clock
+			// (the transaction's), as the reads judge it: by this one's, a
+			// grace the read found over could be found still running, and
+			// the rotation refused with no grace to name.
 			tag, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
-				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= $5)`,
-				clinic, id, now.Add(RotationGrace), sealed, now)
+				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= now())`,
+				clinic, id, now.Add(RotationGrace), sealed)
 			if err == nil && tag.RowsAffected() == 0 {
 				// Deleted meanwhile, or rotated: read again to say which.
 				cur, err := readSubscription(ctx, tx, clinic, id, owner)
 				if err != nil {
 					return nil, err
 				}
-				return nil, rotationInProgress(cur.GetName(), cur.GetPreviousSecretExpireTime().AsTime())
+				if prev := cur.GetPreviousSecretExpireTime(); prev != nil {
+					return nil, rotationInProgress(cur.GetName(), prev.AsTime())
+				}
+				return nil, status.Error(codes.Aborted, "the subscription changed while its secret was rotated: try again")
 			}
 			if err != nil {
 				return nil, fmt.Errorf("rotate secret: %w", err)

@@ -48,9 +48,16 @@ type fixture struct {
 
 func setup(t *testing.T) *fixture {
 	t.Helper()
+	return setupWith(t, webhooks.Config{})
+}
+
+// setupWith is setup with cfg, loopback receivers allowed.
+func setupWith(t *testing.T, cfg webhooks.Config) *fixture {
+	t.Helper()
 	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
 	db := pgtest.App(t, schema)
-	srv := webhooks.New(db, webhooks.Config{AllowInsecure: true, AllowPrivate: true})
+	cfg.AllowInsecure, cfg.AllowPrivate = true, true
+	srv := webhooks.New(db, cfg)
 	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) {
 		webhooksv1.RegisterWebhooksServiceServer(s, srv)
 	})
@@ -1018,6 +1025,23 @@ func TestIDOnlyNotificationToTheEHRNeedsConsent(t *testing.T) {
 	if len(fam.asked) != 2 || len(fam.records()) != 0 || fam.asked[0].GetDisclosure().GetRecipient() != "ehr-1" ||
 		fam.asked[0].GetDisclosure().GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
 		t.Fatalf("asked %v (%d records); want two checks for the EHR's referrals, no record", fam.asked, len(fam.records()))
+	}
+}
+
+// A rotation's grace is judged by one clock: with the service's clock two
+// days behind the database's, a grace the database finds over lets the
+// next rotation through, rather than refusing it for a grace no read
+// shows.
+func TestRotationJudgesTheGraceByOneClock(t *testing.T) {
+	f := setupWith(t, webhooks.Config{Now: func() time.Time { return time.Now().Add(-48 * time.Hour) }})
+	sub := f.subscribe(t, f.admin, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	first, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+	if err != nil || second.GetSecret() == "" || second.GetSecret() == first.GetSecret() {
+		t.Fatalf("a rotation after the grace the database finds over: %v; want a new secret", err)
 	}
 }
 
