@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"slices"
 	"time"
 
@@ -92,6 +93,32 @@ const (
 // with an error worth retrying: the same arguments and request id, so the
 // service does nothing twice.
 func Call(ctx workflow.Context, out any, activity any, args ...any) error {
+	into := fresh(out)
+	err := call(ctx, into, activity, args...)
+	if err == nil && out != nil {
+		// workflowcheck reads reflect's panic path (it names the caller
+		// from the stack) as non-deterministic; a store is not.
+		reflect.ValueOf(out).Elem().Set(reflect.ValueOf(into).Elem()) //workflowcheck:ignore
+	}
+	return err
+}
+
+// fresh is a new zero value of what out points to, or nil for nil. A
+// result decoded straight into out would be written into the backing
+// arrays of the slices out holds: another coroutine of the workflow,
+// blocked while ranging over one of them (a step going through the
+// family's boundaries while an overdose's answer reads the family
+// again), would find its elements changed under it. Decoded apart and
+// then stored, the result leaves those arrays as they were; the value
+// stored is the same (results carry no maps to merge into).
+func fresh(out any) any {
+	if out == nil {
+		return nil
+	}
+	return reflect.New(reflect.TypeOf(out).Elem()).Interface()
+}
+
+func call(ctx workflow.Context, out any, activity any, args ...any) error {
 	if local, _ := ctx.Value(localKey{}).(bool); local {
 		err := workflow.ExecuteLocalActivity(ctx, activity, args...).Get(ctx, out)
 		if !worthRetrying(err) {

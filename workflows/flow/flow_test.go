@@ -26,6 +26,52 @@ func loadSettings(ctx workflow.Context) (activities.Settings, error) {
 	return s, err
 }
 
+// rereads reads the family's safety twice into one value, keeping the
+// first read's boundaries as a step ranging over them would, and returns
+// what that step then sees.
+func rereads(ctx workflow.Context) ([]string, error) {
+	ctx = flow.WithActivityOptions(ctx)
+	var s activities.Safety
+	if err := flow.Call(ctx, &s, flow.A.FamilySafety, "clinics/north/families/f1"); err != nil {
+		return nil, err
+	}
+	ranging := s.Boundaries
+	if err := flow.Call(ctx, &s, flow.A.FamilySafety, "clinics/north/families/f1"); err != nil {
+		return nil, err
+	}
+	if len(s.Boundaries) != 1 {
+		return nil, errors.New("the second read was not stored")
+	}
+	return ranging, nil
+}
+
+// A result read again into the same value leaves the slices the first
+// one stored as they were: a coroutine ranging over them while it is read
+// again must not see their elements change (a boundary skipped, another
+// reinforced twice).
+func TestCallLeavesTheSlicesOfWhatItReplaces(t *testing.T) {
+	var suite testsuite.WorkflowTestSuite
+	env := suite.NewTestWorkflowEnvironment()
+	env.RegisterWorkflow(rereads)
+	env.RegisterActivity(&activities.Activities{})
+	reads := 0
+	env.OnActivity(flow.A.FamilySafety, mock.Anything, mock.Anything).Return(func(context.Context, string) (activities.Safety, error) {
+		reads++
+		if reads == 1 {
+			return activities.Safety{Boundaries: []string{"b1", "b2", "b3"}}, nil
+		}
+		return activities.Safety{Boundaries: []string{"b3"}}, nil
+	})
+	env.ExecuteWorkflow(rereads)
+	var got []string
+	if err := env.GetWorkflowResult(&got); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, []string{"b1", "b2", "b3"}) {
+		t.Fatalf("the first read's boundaries became %v after the second read; want b1, b2, b3", got)
+	}
+}
+
 type counts struct{ local, remote, calls int }
 
 // run runs loadSettings against a LoadSettings that fails with err for its
