@@ -1165,7 +1165,11 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		// before the service named what it made is found by trying the
 		// others with the same id: the one it used answers with the
 		// stored referral.
+		// A program that changed since it was matched (it no longer
+		// offers the service, or was deleted) refuses: the next one is
+		// tried, as a hold passes such a program over.
 		var ref *referralsv1.Referral
+		refused := false
 		for _, m := range matches.GetMatches() {
 			ref, err = a.Referrals.CreateReferral(ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/" + aip.Clinic(in.Family),
 				RequestId: subID(in.RequestID, "refer", k), Referral: &referralsv1.Referral{
@@ -1174,11 +1178,16 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 			if made := madeBefore(err); made != "" {
 				ref, err = &referralsv1.Referral{Name: made}, nil
 			}
-			if ErrorType(wrap("", err)) != "REQUEST_ID_REUSED" {
+			refused = passOver(err, m.GetProgram().GetName())
+			if ErrorType(wrap("", err)) != "REQUEST_ID_REUSED" && !refused {
 				break
 			}
 		}
 		switch {
+		case refused:
+			// Every match refused: as if none had matched. The workflow
+			// goes on with the other kinds, not ended by a directory
+			// that changed under it.
 		case ErrorType(wrap("", err)) == "REQUEST_ID_REUSED":
 			// The referral exists (a request id is kept only when its call
 			// succeeded), with a program no longer among the matches: it

@@ -474,6 +474,8 @@ type matchFake struct {
 	tried   []string          // programs CreateReferral was called with
 	ids     map[string]string // request id per program tried
 	asked   []*referralsv1.MatchProgramsRequest
+	// refusing has a program refuse every referral for a reason.
+	refusing map[string]string
 }
 
 func (f *matchFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
@@ -488,6 +490,9 @@ func (f *matchFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgra
 func (f *matchFake) CreateReferral(_ context.Context, in *referralsv1.CreateReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
 	p := in.GetReferral().GetProgram()
 	f.tried, f.ids[p] = append(f.tried, p), in.GetRequestId()
+	if reason := f.refusing[p]; reason != "" {
+		return nil, apperr.FailedPrecondition(reason, p+" refuses", map[string]string{"resource": p})
+	}
 	if f.storedP != "" && p != f.storedP {
 		made := ""
 		if f.named {
@@ -537,6 +542,33 @@ func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
 			if id != first {
 				t.Errorf("%s: request ids differ between programs: %v", c.name, refs.ids)
 			}
+		}
+	}
+}
+
+// A matched program that changed since the match (it no longer offers
+// the service, or was deleted) is passed over for the next; when every
+// one refuses, the kind is skipped as if none had matched, and the other
+// kinds are still referred: the workflow is not ended by a directory that
+// changed under it. Any other refusal still fails the call.
+func TestSupportReferralPassesOverAProgramThatChanged(t *testing.T) {
+	p1, p2 := "clinics/north/programs/p1", "clinics/north/programs/p2"
+	for _, c := range []struct {
+		name     string
+		refusing map[string]string
+		want     string
+		fails    bool
+	}{
+		{"the first no longer offers it", map[string]string{p1: "SERVICE_NOT_OFFERED"}, "clinics/north/referrals/at-p2,clinics/north/referrals/at-p2", false},
+		{"every one changed", map[string]string{p1: "SERVICE_NOT_OFFERED", p2: "PROGRAM_DELETED"}, "", false},
+		{"another refusal", map[string]string{p1: "CONSENT_REQUIRED"}, "", true},
+	} {
+		refs := &matchFake{ranked: []string{p1, p2}, ids: map[string]string{}, refusing: c.refusing}
+		a := &Activities{Referrals: refs, Families: familyFake{}}
+		got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+			Kinds: []string{"HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"}, Urgency: "IMMEDIATE", RequestID: "r"})
+		if (err != nil) != c.fails || strings.Join(got, ",") != c.want {
+			t.Errorf("%s: referrals %v, %v; want %q, failing %v", c.name, got, err, c.want, c.fails)
 		}
 	}
 }
