@@ -217,10 +217,14 @@ func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Interve
 	// forSchedule is set for a draft being scheduled and for an edit that
 	// raises a scheduled meeting's level; other edits of a scheduled
 	// meeting are not a new one: the counselor decides whether to cancel it.
-	if forSchedule && fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+	// A high-risk screen grown old is EXPIRED, which for a meeting of level
+	// 1 or 2 counts as missing; but the risk it found was never cleared.
+	highRisk := fam.GetSafetyScreenStatus() == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK ||
+		fam.GetLatestSafetyScreen().GetResult() == familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK
+	if forSchedule && highRisk {
 		// Bringing the family together against the loved one's use can
 		// raise the danger at home: no meeting of any level until the
-		// screen is no longer high risk (a safety plan, a new screen).
+		// newest screen is no longer high risk (a new screen).
 		return nil, apperr.FailedPrecondition(apperr.ReasonSafetyScreen,
 			fmt.Sprintf("the newest safety screen of %s is high risk: no intervention can be scheduled until it is not", fam.GetName()),
 			map[string]string{"family": fam.GetName(), "safety_screen_status": fam.GetSafetyScreenStatus().String()})

@@ -2419,3 +2419,45 @@ func TestIntakeReminderKeepsItsAppointment(t *testing.T) {
 		}
 	}
 }
+
+// agedScreens shows the families service's answer as it is once the
+// newest screen has grown older than the clinic's maximum age: EXPIRED,
+// its result kept.
+type agedScreens struct {
+	familiesv1.FamiliesServiceClient
+}
+
+func (a agedScreens) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	fam, err := a.FamiliesServiceClient.GetFamily(ctx, in, opts...)
+	if err == nil && fam.GetLatestSafetyScreen() != nil {
+		fam.SafetyScreenStatus = familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_EXPIRED
+	}
+	return fam, err
+}
+
+// A high-risk screen grown old counts as missing for most purposes, but
+// the risk it found was never cleared: no meeting is scheduled until a
+// newer screen is not high risk.
+func TestAnOldHighRiskScreenStillStopsAMeeting(t *testing.T) {
+	t.Parallel()
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient { return agedScreens{c} })
+	screen := func(r familiesv1.SafetyRisk) {
+		t.Helper()
+		if _, err := f.families.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: f.family.GetName(),
+			SafetyScreen: &familiesv1.SafetyScreen{Result: r}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	iv := f.draft(t, f.clock.Now().Add(48*time.Hour))
+	_, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "SAFETY_SCREEN_REQUIRED" {
+		t.Fatalf("level 1 under an old high-risk screen: reason %q", reason(st))
+	}
+	// A newer screen, old too, that found no risk: a level-1 meeting
+	// goes ahead, as under no screen at all.
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatalf("level 1 after a newer screen: %v", err)
+	}
+}
