@@ -808,7 +808,9 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				// again, and the count would say the meeting moved).
 				return cur, nil
 			}
-			if vs := s.checkSchedulable(next); len(vs) > 0 {
+			// A new length alone keeps the time, which is not checked
+			// again: a meeting running long is lengthened after it began.
+			if vs := s.checkMeeting(next, !lengthOnly(next, cur)); len(vs) > 0 {
 				for i := range vs {
 					if vs[i].Field == "intervention.start_time" {
 						vs[i].Field = "start_time" // the new time is this request's own field

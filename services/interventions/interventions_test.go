@@ -528,6 +528,31 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 	}
 }
 
+// A meeting running long is lengthened after it began; moved, it goes to
+// a time to come, never to the past.
+func TestBegunMeetingIsLengthenedNotMoved(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.scheduled(t, f.clock.Now().Add(time.Hour))
+	f.clock.Advance(90 * time.Minute)
+	longer, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: iv.GetStartTime(), ExpectedDuration: durationpb.New(3 * time.Hour)})
+	if err != nil || longer.GetExpectedDuration().AsDuration() != 3*time.Hour || longer.GetRescheduleCount() != 0 {
+		t.Fatalf("a begun meeting lengthened: %v, %v; want 3 h, no move counted", longer, err)
+	}
+	for _, at := range []time.Time{iv.GetStartTime().AsTime().Add(-time.Minute), f.clock.Now().Add(time.Hour)} {
+		_, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+			StartTime: timestamppb.New(at), Reason: "moved"})
+		if at.Before(f.clock.Now()) {
+			if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "start_time" {
+				t.Fatalf("a begun meeting moved to %v: %v; want start_time refused", at, err)
+			}
+		} else if err != nil {
+			t.Fatalf("a begun meeting moved ahead to %v: %v", at, err)
+		}
+	}
+}
+
 // Cancelling or moving a meeting cancels its reminders in the same
 // transaction: none can be claimed and sent, with the old time or for no
 // meeting, while the workflow has yet to hear of it. Others' reminders are

@@ -113,7 +113,9 @@ type InterventionsServiceClient interface {
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
 	// the reminders. A new `expected_duration` alone (the same start and
 	// zone) is not a move: the count, the reason and the reminders stay, and
-	// a treatment slot held until before the new end is held again. Any other state answers FAILED_PRECONDITION. The safety
+	// a treatment slot held until before the new end is held again; unlike a
+	// move, it may come after the meeting began (one running long). Any
+	// other state answers FAILED_PRECONDITION. The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
@@ -538,7 +540,9 @@ type InterventionsServiceServer interface {
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
 	// the reminders. A new `expected_duration` alone (the same start and
 	// zone) is not a move: the count, the reason and the reminders stay, and
-	// a treatment slot held until before the new end is held again. Any other state answers FAILED_PRECONDITION. The safety
+	// a treatment slot held until before the new end is held again; unlike a
+	// move, it may come after the meeting began (one running long). Any
+	// other state answers FAILED_PRECONDITION. The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
