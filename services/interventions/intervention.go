@@ -938,6 +938,16 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"UpdateChecklistItem", req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
 		}
+		// The intervention is asked first, as the step below asks it: a
+		// call about one that does not exist, or is past its checklist,
+		// is told so, not what is wrong with its hold.
+		cur, err := readIntervention(ctx, s.pool, r, false)
+		if err != nil {
+			return nil, err
+		}
+		if cur.GetState() != draft && cur.GetState() != scheduled {
+			return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CHECKLIST_UPDATED")
+		}
 		if hold, err = s.readHold(ctx, req.GetHold(), req.GetDone()); err != nil {
 			return nil, err
 		}

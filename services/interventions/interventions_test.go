@@ -24,6 +24,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/families"
@@ -58,6 +59,13 @@ func setup(t testing.TB) *fixture {
 // passed through wrap.
 func setupWith(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient) *fixture {
 	t.Helper()
+	return setupHolds(t, wrap, nil)
+}
+
+// setupHolds is setupWith with holds as the service's referrals client.
+func setupHolds(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient,
+	holds referralsv1.ReferralsServiceClient) *fixture {
+	t.Helper()
 	_, famSchema := pgtest.Schema(t, families.Migrations()...)
 	pool, schema := pgtest.Schema(t, interventions.Migrations()...)
 	c := &clock{}
@@ -69,7 +77,7 @@ func setupWith(t testing.TB, wrap func(familiesv1.FamiliesServiceClient) familie
 	if wrap != nil {
 		seen = wrap(famClient)
 	}
-	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: seen, Now: c.Now})
+	ivSrv := interventions.New(pgtest.App(t, schema), interventions.Config{Families: seen, Holds: holds, Now: c.Now})
 	conn := env.AlsoWith(t, grpcserver.Config{Policy: interventions.Policy(), Credentials: ivSrv.Credentials(), Audit: ivSrv.Auditor()}, func(s *grpc.Server) {
 		interventionsv1.RegisterInterventionsServiceServer(s, ivSrv)
 	})
@@ -2068,6 +2076,43 @@ func TestUpdateOfACancelledInterventionIsRefusedForItsState(t *testing.T) {
 		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "INVALID_STATE_TRANSITION" {
 			t.Fatalf("update of %s: reason %q", path, reason(st))
 		}
+	}
+}
+
+// heldNowhere is a referrals service that knows no hold but converted,
+// one whose place became a referral.
+type heldNowhere struct {
+	referralsv1.ReferralsServiceClient
+}
+
+func (heldNowhere) GetHold(_ context.Context, in *referralsv1.GetHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	if strings.HasSuffix(in.GetName(), "/converted") {
+		return &referralsv1.Hold{Name: in.GetName(), State: referralsv1.HoldState_HOLD_STATE_CONVERTED}, nil
+	}
+	return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+}
+
+// A checklist update naming a hold, of an intervention that does not
+// exist or is past its checklist, is told that, not what is wrong with
+// the hold; one that can take it hears of the hold.
+func TestChecklistHoldIsAskedAfterTheIntervention(t *testing.T) {
+	t.Parallel()
+	f := setupHolds(t, nil, heldNowhere{})
+	mark := func(name, hold string) error {
+		_, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: name,
+			Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold})
+		return err
+	}
+	wantCode(t, mark("clinics/north/interventions/nowhere", "clinics/north/holds/unknown"), codes.NotFound)
+	iv := f.draft(t, f.clock.Now().Add(24*time.Hour))
+	if st := wantCode(t, mark(iv.GetName(), "clinics/north/holds/converted"), codes.InvalidArgument); fieldOf(st) != "hold" {
+		t.Fatalf("a converted hold on a draft: %v; want the hold refused", st.Err())
+	}
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family moved"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := wantCode(t, mark(iv.GetName(), "clinics/north/holds/converted"), codes.FailedPrecondition); reason(st) != "INVALID_STATE_TRANSITION" {
+		t.Fatalf("a cancelled intervention's checklist: reason %q", reason(st))
 	}
 }
 
