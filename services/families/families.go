@@ -131,7 +131,10 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 		return nil, err
 	}
 	assignMemberIDs(f)
-	if f.GetFirstContactTime() == nil {
+	if f.GetFirstContactTime() == nil || f.GetFirstContactTime().AsTime().After(now) {
+		// A time up to clockSkew ahead (another clock) counts from now,
+		// as the family's other reported times do: it cannot be changed
+		// later, and stored ahead it would come after the family itself.
 		f.FirstContactTime = timestamppb.New(now)
 	}
 	state := f.GetState()

@@ -493,6 +493,21 @@ func TestBoundaryStateMachine(t *testing.T) {
 }
 
 // The same create sent 20 times at once with one request id makes one row.
+// A first contact a little ahead (another clock, within the skew allowed)
+// is kept as the creation time, not after the family itself: it cannot
+// be changed later, and days to treatment count from it.
+func TestFirstContactAheadIsKeptAsNow(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	x := sampleFamily()
+	x.FirstContactTime = timestamppb.New(time.Now().Add(4 * time.Minute))
+	fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: x})
+	if err != nil || !fam.GetFirstContactTime().AsTime().Equal(fam.GetCreateTime().AsTime()) {
+		t.Fatalf("first contact sent 4 min ahead: kept %v (created %v), %v; want the creation time",
+			fam.GetFirstContactTime().AsTime(), fam.GetCreateTime().AsTime(), err)
+	}
+}
+
 func TestCreateIdempotentUnderConcurrency(t *testing.T) {
 	t.Parallel()
 	f := setup(t)

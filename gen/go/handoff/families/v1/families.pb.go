@@ -1159,7 +1159,9 @@ type Family struct {
 	// The newest safety screen, if any.
 	LatestSafetyScreen *SafetyScreen `protobuf:"bytes,9,opt,name=latest_safety_screen,json=latestSafetyScreen,proto3" json:"latest_safety_screen,omitempty"`
 	// When the family first contacted the clinic; defaults to the creation time.
-	// Used to measure days from first contact to treatment entry.
+	// Not in the future: a time up to 5 minutes ahead (another clock) is kept
+	// as the creation time. Used to measure days from first contact to
+	// treatment entry.
 	FirstContactTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=first_contact_time,json=firstContactTime,proto3" json:"first_contact_time,omitempty"`
 	// When the family was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
