@@ -12,3 +12,6 @@ func FixSalt(salt []byte) (restore func()) {
 	saltFrom = func(b []byte) (int, error) { return copy(b, salt), nil }
 	return func() { saltFrom = rand.Read }
 }
+
+// CheckAppRole is checkAppRole, for a role of the test's own.
+var CheckAppRole = checkAppRole

@@ -273,3 +273,27 @@ func TestLoginRoleCannotReplicateOrReadServerFiles(t *testing.T) {
 		t.Fatalf("after it, the role can replicate: %v (%v)", replicates, err)
 	}
 }
+
+// The application role is refused if it gets past row-level security,
+// as one made by hand before Migrate (which leaves it as it is) may: a
+// superuser or BYPASSRLS role would show every clinic's rows.
+func TestAppRoleThatBypassesRowSecurityIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner, _ := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	base := fmt.Sprintf("handoff_app_test_%d", time.Now().UnixNano()%1_000_000_000)
+	for attrs, refused := range map[string]bool{"NOSUPERUSER NOBYPASSRLS": false, "BYPASSRLS": true, "SUPERUSER": true} {
+		name := base + "_" + strings.ToLower(strings.Fields(attrs)[0])
+		if _, err := owner.Exec(ctx, `CREATE ROLE `+name+` NOLOGIN `+attrs); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+name) })
+		if err := pgdb.CheckAppRole(ctx, owner, name); (err != nil) != refused {
+			t.Errorf("a role %s: %v; want refused %v", attrs, err, refused)
+		}
+	}
+	// The role Migrate made passes, as every service opening its pool shows.
+	if err := pgdb.CheckAppRole(ctx, owner, pgdb.AppRole); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -61,7 +61,27 @@ func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkAppRole(ctx, pool, AppRole); err != nil {
+		pool.Close()
+		return nil, err
+	}
 	return &DB{Pool: pool}, nil
+}
+
+// checkAppRole refuses to serve as role if it gets past row-level
+// security: Migrate creates the role without those rights, but leaves one
+// that already exists as it is (made by hand, or by an earlier setup),
+// and a superuser or BYPASSRLS role would read every clinic's rows
+// without a word.
+func checkAppRole(ctx context.Context, q Querier, role string) error {
+	var bypasses bool
+	if err := q.QueryRow(ctx, `SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1::text`, role).Scan(&bypasses); err != nil {
+		return fmt.Errorf("pgdb: read the rights of %s: %w", role, err)
+	}
+	if bypasses {
+		return fmt.Errorf("pgdb: the application role %q is a superuser or bypasses row-level security, which would show every clinic's rows to every clinic: ALTER ROLE %s NOSUPERUSER NOBYPASSRLS", role, role)
+	}
+	return nil
 }
 
 // poolConfig is the configuration both kinds of pool share: the schema as
