@@ -339,8 +339,12 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 				return nil, status.Errorf(codes.PermissionDenied,
 					"only the subscription's owner (%q) may rotate its secret; an administrator can delete a subscription whose secret leaked", sub.GetOwner())
 			}
-			now := s.cfg.Now()
-			if prev := sub.GetPreviousSecretExpireTime(); prev != nil && now.Before(prev.AsTime()) {
+			// The grace is the database's: it begins and ends by its clock
+			// (the transaction's now()), which the reads and the sender
+			// judge it by, so that no other clock can cut it short or let a
+			// second rotation in before it ends. The read shows a previous
+			// secret only while it is in its grace.
+			if prev := sub.GetPreviousSecretExpireTime(); prev != nil {
 				// The secret before is still in its grace: a second rotation
 				// would drop it while the receiver may still verify with it
 				// (a retry without a request id is the usual way here).
@@ -354,13 +358,11 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			// committed since would otherwise be rotated over, its
 			// predecessor (the secret the receiver still holds) dropped at
 			// once. The update waits for that one's row lock and then finds
-			// the grace begun. The grace is judged by the database's clock
-			// (the transaction's), as the reads judge it: by this one's, a
-			// grace the read found over could be found still running, and
-			// the rotation refused with no grace to name.
-			tag, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, previous_secret_expire_time = $3, secret = $4
+			// the grace begun.
+			tag, err := tx.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret,
+					previous_secret_expire_time = now() + make_interval(secs => $3), secret = $4
 				WHERE clinic = $1 AND id = $2 AND (previous_secret_expire_time IS NULL OR previous_secret_expire_time <= now())`,
-				clinic, id, now.Add(RotationGrace), sealed)
+				clinic, id, RotationGrace.Seconds(), sealed)
 			if err == nil && tag.RowsAffected() == 0 {
 				// Deleted meanwhile, or rotated: read again to say which.
 				cur, err := readSubscription(ctx, tx, clinic, id, owner)

@@ -1028,20 +1028,36 @@ func TestIDOnlyNotificationToTheEHRNeedsConsent(t *testing.T) {
 	}
 }
 
-// A rotation's grace is judged by one clock: with the service's clock two
-// days behind the database's, a grace the database finds over lets the
-// next rotation through, rather than refusing it for a grace no read
-// shows.
+// A rotation's grace is the database's, whatever the service's clock
+// says: it lasts RotationGrace from the rotation by the database's clock
+// (by which the sender signs with the secret before), a second rotation
+// within it is refused, and one after it goes through, not refused for
+// a grace no read shows.
 func TestRotationJudgesTheGraceByOneClock(t *testing.T) {
-	f := setupWith(t, webhooks.Config{Now: func() time.Time { return time.Now().Add(-48 * time.Hour) }})
-	sub := f.subscribe(t, f.admin, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	first, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	second, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
-	if err != nil || second.GetSecret() == "" || second.GetSecret() == first.GetSecret() {
-		t.Fatalf("a rotation after the grace the database finds over: %v; want a new secret", err)
+	for _, skew := range []time.Duration{-48 * time.Hour, 48 * time.Hour} {
+		f := setupWith(t, webhooks.Config{Now: func() time.Time { return time.Now().Add(skew) }})
+		sub := f.subscribe(t, f.admin, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+		before := time.Now()
+		first, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end := first.GetPreviousSecretExpireTime().AsTime(); end.Before(before.Add(webhooks.RotationGrace-time.Minute)) ||
+			end.After(time.Now().Add(webhooks.RotationGrace+time.Minute)) {
+			t.Fatalf("service clock %v off: the grace ends at %v; want a day from now by the database's clock", skew, end)
+		}
+		_, err = f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+		if status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("service clock %v off: a second rotation within the grace: %v; want FAILED_PRECONDITION", skew, err)
+		}
+		// The grace over by the database's clock: the next rotation goes.
+		if _, err := f.pool.Exec(context.Background(), `UPDATE subscriptions SET previous_secret_expire_time = now() - interval '1 second'`); err != nil {
+			t.Fatal(err)
+		}
+		second, err := f.client.RotateSubscriptionSecret(f.admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+		if err != nil || second.GetSecret() == "" || second.GetSecret() == first.GetSecret() {
+			t.Fatalf("service clock %v off: a rotation after the grace: %v; want a new secret", skew, err)
+		}
 	}
 }
 
