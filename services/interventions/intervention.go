@@ -910,6 +910,15 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 		})
 }
 
+// checklistOpen refuses a checklist update of a meeting past preparing:
+// only a draft or a scheduled one is prepared.
+func checklistOpen(iv *interventionsv1.Intervention) error {
+	if iv.GetState() != draft && iv.GetState() != scheduled {
+		return apperr.InvalidTransition(iv.GetName(), stateName(iv.GetState()), "CHECKLIST_UPDATED")
+	}
+	return nil
+}
+
 // UpdateChecklistItem implements the API.
 func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.UpdateChecklistItemRequest) (*interventionsv1.Intervention, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "interventions")
@@ -945,8 +954,11 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 		if err != nil {
 			return nil, err
 		}
-		if cur.GetState() != draft && cur.GetState() != scheduled {
-			return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CHECKLIST_UPDATED")
+		if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+			return nil, err
+		}
+		if err := checklistOpen(cur); err != nil {
+			return nil, err
 		}
 		if hold, err = s.readHold(ctx, req.GetHold(), req.GetDone()); err != nil {
 			return nil, err
@@ -954,8 +966,8 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 	}
 	return s.lockedStep(ctx, r, "UpdateChecklistItem", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
-			if cur.GetState() != draft && cur.GetState() != scheduled {
-				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CHECKLIST_UPDATED")
+			if err := checklistOpen(cur); err != nil {
+				return nil, err
 			}
 			if hold != nil {
 				if hold.GetFamily() != cur.GetFamily() {

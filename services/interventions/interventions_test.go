@@ -1537,11 +1537,16 @@ type withdrawnAfterFirstRead struct {
 	// removed takes the members off the family, instead of their
 	// consent, after the first read.
 	removed bool
+	// second, if set, runs at the second read, before it answers.
+	second func()
 }
 
 func (w *withdrawnAfterFirstRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
 	fam, err := w.FamiliesServiceClient.GetFamily(ctx, in, opts...)
 	n := w.reads.Add(1)
+	if n == 2 && w.second != nil {
+		w.second()
+	}
 	if n > 1 && n <= 1+w.blips {
 		return nil, status.Error(codes.Unavailable, "families service restarting")
 	}
@@ -1606,6 +1611,46 @@ func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32, removed bool) {
 	list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetReminders()) != 1 || list.GetReminders()[0].GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
 		t.Fatalf("reminders after the withdrawal: %v, %v; want the one made, cancelled", list.GetReminders(), err)
+	}
+}
+
+// A reminder made as contact was withdrawn, which the withdrawal's own
+// workflow cancelled before the call could: the reminder was made, and the
+// call and its retry both answer with it.
+func TestReminderCancelledByTheWithdrawalMeanwhile(t *testing.T) {
+	t.Parallel()
+	families := &withdrawnAfterFirstRead{}
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
+		families.FamiliesServiceClient = c
+		return families
+	})
+	families.second = func() {
+		list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, r := range list.GetReminders() {
+			if _, err := f.client.CancelReminder(f.worker, &interventionsv1.CancelReminderRequest{Name: r.GetName(), Reason: "contact withdrawn"}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	req := &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "withdrawn-2",
+		Reminder: &interventionsv1.Reminder{Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?",
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}}}
+	first, err := f.client.CreateReminder(f.worker, req)
+	if err != nil || first.GetName() == "" {
+		t.Fatalf("the call: %v, %v; want the reminder made", first, err)
+	}
+	again, err := f.client.CreateReminder(f.worker, req)
+	if err != nil || again.GetName() != first.GetName() {
+		t.Fatalf("its retry: %v, %v; want the same answer, %s", again.GetName(), err, first.GetName())
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: first.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || got.GetCancelReason() != "contact withdrawn" {
+		t.Fatalf("the reminder: %v, %v; want cancelled by the withdrawal", got, err)
 	}
 }
 
@@ -2113,6 +2158,14 @@ func TestChecklistHoldIsAskedAfterTheIntervention(t *testing.T) {
 	}
 	if st := wantCode(t, mark(iv.GetName(), "clinics/north/holds/converted"), codes.FailedPrecondition); reason(st) != "INVALID_STATE_TRANSITION" {
 		t.Fatalf("a cancelled intervention's checklist: reason %q", reason(st))
+	}
+	// A stale etag is told first, hold or no hold, as the step tells it.
+	for _, hold := range []string{"", "clinics/north/holds/converted"} {
+		_, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Etag: iv.GetEtag(),
+			Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Hold: hold})
+		if st := status.Convert(err); reason(st) != "ETAG_MISMATCH" {
+			t.Fatalf("a stale etag, hold %q: %v; want ETAG_MISMATCH", hold, err)
+		}
 	}
 }
 

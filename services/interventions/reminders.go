@@ -261,9 +261,14 @@ func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Remind
 		return out, nil
 	}
 	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonMadeAsWithdrawn})
-	// Already ended: cancelled by the first call or by the withdrawal's
-	// workflow, or (sent before the withdrawal) past cancelling.
-	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
+	switch {
+	case apperr.Reason(err) == apperr.ReasonInvalidTransition:
+		// Already ended by other hands: cancelled by the withdrawal's
+		// workflow, or sent before the withdrawal. The reminder was made,
+		// and the answer says so, as a retry's does (it finds the reminder
+		// ended under another reason).
+		return out, nil
+	case err != nil:
 		return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
 	}
 	return nil, madeAsWithdrawn(rc)

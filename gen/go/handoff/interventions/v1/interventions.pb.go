@@ -1972,7 +1972,11 @@ type Reminder struct {
 	// put it in the recipient's calendar (an e-mail with an iCalendar
 	// event, say). Set only in ClaimReminder's answer, like `address`, and
 	// never stored with the reminder nor sent in its events; the place is
-	// not given.
+	// not given. A meeting moved to another time gets new reminders; one
+	// whose length alone changes keeps them, so an event sent earlier keeps
+	// its old end until the meeting's next reminder is claimed: use
+	// `related_resource` (the meeting) as the event's UID, so that a later
+	// event replaces it.
 	//
 	// For a reminder of an intake appointment (INTAKE_UPCOMING): when the
 	// appointment begins, as its creator gave it (CreateReminderRequest's
@@ -1980,11 +1984,7 @@ type Reminder struct {
 	// read and in its events. An appointment moved gets new reminders and
 	// the old ones are cancelled, so the time a reminder keeps stays the
 	// one its message names; use `related_resource` (the referral) as the
-	// event's UID. Unset for reminders made without it. A meeting moved to another time gets new reminders; one
-	// whose length alone changes keeps them, so an event sent earlier keeps
-	// its old end until the meeting's next reminder is claimed: use
-	// `related_resource` (the meeting) as the event's UID, so that a later
-	// event replaces it.
+	// event's UID. Unset for reminders made without it.
 	EventStartTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=event_start_time,json=eventStartTime,proto3" json:"event_start_time,omitempty"`
 	// When that meeting is expected to end (its start and expected
 	// duration), as it stands at the claim. Set with `event_start_time` for a
