@@ -999,15 +999,16 @@ func (a *Activities) agreedForPlainYes(ctx context.Context, in ImmediateRequest,
 	if len(kinds) > 0 || in.Intervention == "" {
 		return kinds, nil
 	}
-	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: in.Family})
-	if err != nil {
-		if familyGone(wrap("", err)) {
-			return nil, nil
-		}
-		return nil, wrap("get family", err)
+	// In the order a yes naming none would be matched in: a hold converts
+	// to the first of them its program offers.
+	req, err := a.matchRequest(ctx, in.Family, nil, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	if familyGone(err) {
+		return nil, nil
 	}
-	// Barriers order the treatments that suit, and add or take away none.
-	return suited(fam.GetLovedOne().GetPrimarySubstance(), nil), nil
+	if err != nil {
+		return nil, err
+	}
+	return req.GetServiceKinds(), nil
 }
 
 // agreedForHold is agreedService for the hold the workflow names, made for

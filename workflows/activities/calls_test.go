@@ -1725,20 +1725,27 @@ func TestPlainYesConvertsTheHoldToWhatSuitsNow(t *testing.T) {
 		bup  = referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
 		nalt = referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
 	)
+	out := referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT
+	work := []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}
 	for _, c := range []struct {
 		name      string
 		substance familiesv1.Substance
+		barriers  []familiesv1.BarrierKind
+		held      referralsv1.ServiceKind
 		offered   []referralsv1.ServiceKind
 		converted referralsv1.ServiceKind // of the held place; -1 for given back
 	}{
-		{"alcohol, naltrexone offered", familiesv1.Substance_SUBSTANCE_ALCOHOL, []referralsv1.ServiceKind{meth, nalt}, nalt},
-		{"alcohol, no naltrexone", familiesv1.Substance_SUBSTANCE_ALCOHOL, []referralsv1.ServiceKind{meth, bup}, -1},
-		{"heroin", familiesv1.Substance_SUBSTANCE_HEROIN, []referralsv1.ServiceKind{meth, bup}, referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED},
+		{"alcohol, naltrexone offered", familiesv1.Substance_SUBSTANCE_ALCOHOL, nil, meth, []referralsv1.ServiceKind{meth, nalt}, nalt},
+		{"alcohol, no naltrexone", familiesv1.Substance_SUBSTANCE_ALCOHOL, nil, meth, []referralsv1.ServiceKind{meth, bup}, -1},
+		{"heroin", familiesv1.Substance_SUBSTANCE_HEROIN, nil, meth, []referralsv1.ServiceKind{meth, bup}, referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED},
+		// Care held before heroin was recorded, with a job to keep: the
+		// medication the barrier puts first, not the first offered.
+		{"heroin, a job to keep, care held", familiesv1.Substance_SUBSTANCE_HEROIN, work, out, []referralsv1.ServiceKind{meth, bup, out}, bup},
 	} {
 		f := &offeringFake{services: c.offered}
 		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/p1", Family: fam, Intervention: iv,
-			ServiceKind: meth, State: referralsv1.HoldState_HOLD_STATE_HELD}}
-		a := &Activities{Families: substanceFamily{substance: c.substance}, Referrals: f}
+			ServiceKind: c.held, State: referralsv1.HoldState_HOLD_STATE_HELD}}
+		a := &Activities{Families: substanceFamily{substance: c.substance, barriers: c.barriers}, Referrals: f}
 		_, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held",
 			RequestID: "y"})
 		held := slices.IndexFunc(f.convert, func(r *referralsv1.ConvertHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })

@@ -63,8 +63,16 @@ func WithActivityOptions(ctx workflow.Context) workflow.Context {
 		RetryPolicy:            retry,
 	})
 	local := Version(ctx, versionLocalActivities, 1) >= 1
+	ctx = workflow.WithValue(ctx, freshKey{}, Version(ctx, versionFreshResults, 1) >= 1)
 	return workflow.WithValue(ctx, localKey{}, local)
 }
+
+// versionFreshResults guards decoding a call's result apart before it is
+// stored (see fresh). A run begun before decoded it into the caller's
+// value, and one whose coroutines raced over a slice replays that way.
+const versionFreshResults = "fresh-results"
+
+type freshKey struct{}
 
 // Soon is ctx with its activities given up d after they are scheduled,
 // the server's retries included (Call's local try, localBudget, comes
@@ -93,9 +101,12 @@ const (
 // with an error worth retrying: the same arguments and request id, so the
 // service does nothing twice.
 func Call(ctx workflow.Context, out any, activity any, args ...any) error {
-	into := fresh(out)
+	into := out
+	if f, _ := ctx.Value(freshKey{}).(bool); f {
+		into = fresh(out)
+	}
 	err := call(ctx, into, activity, args...)
-	if err == nil && out != nil {
+	if err == nil && out != nil && into != out {
 		// workflowcheck reads reflect's panic path (it names the caller
 		// from the stack) as non-deterministic; a store is not.
 		reflect.ValueOf(out).Elem().Set(reflect.ValueOf(into).Elem()) //workflowcheck:ignore
@@ -110,7 +121,9 @@ func Call(ctx workflow.Context, out any, activity any, args ...any) error {
 // family's boundaries while an overdose's answer reads the family
 // again), would find its elements changed under it. Decoded apart and
 // then stored, the result leaves those arrays as they were; the value
-// stored is the same (results carry no maps to merge into).
+// stored is the same (results carry no maps to merge into), but a step
+// ranging over such a slice may now go otherwise, so runs begun before
+// keep the old way (versionFreshResults).
 func fresh(out any) any {
 	if out == nil {
 		return nil
