@@ -55,7 +55,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		s.noCreate(w, id)
 		return
 	}
-	if msg := aip.HeaderProblem(r.Header); msg != "" {
+	if msg := aip.HeaderProblem(r.Header, true); msg != "" {
 		s.writeErr(w, invalid(msg), "Task/"+id)
 		return
 	}

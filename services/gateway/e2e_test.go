@@ -335,6 +335,10 @@ func TestGatewayContract(t *testing.T) {
 			t.Fatalf("Idempotency-Key %s: %d %s; want 400", name, r.code, r.raw)
 		}
 	}
+	// A read takes no key, and is not refused for an empty one.
+	if r := w.counselor.do("GET", "/v1/clinics/north/families", nil, "Idempotency-Key", ""); r.code != http.StatusOK {
+		t.Fatalf("a read with an empty Idempotency-Key: %d %s; want 200", r.code, r.raw)
+	}
 	fams := list(w.counselor.ok("GET", "/v1/clinics/north/families", nil), "families")
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))

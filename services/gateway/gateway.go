@@ -391,7 +391,7 @@ func jsonOnly(next http.Handler) http.Handler {
 				return
 			}
 		}
-		if msg := aip.HeaderProblem(r.Header); msg != "" {
+		if msg := aip.HeaderProblem(r.Header, r.Method != http.MethodGet && r.Method != http.MethodHead); msg != "" {
 			writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, msg)
 			return
 		}
