@@ -492,7 +492,6 @@ func TestBoundaryStateMachine(t *testing.T) {
 	}
 }
 
-// The same create sent 20 times at once with one request id makes one row.
 // A first contact a little ahead (another clock, within the skew allowed)
 // is kept as the creation time, not after the family itself: it cannot
 // be changed later, and days to treatment count from it.
@@ -508,6 +507,7 @@ func TestFirstContactAheadIsKeptAsNow(t *testing.T) {
 	}
 }
 
+// The same create sent 20 times at once with one request id makes one row.
 func TestCreateIdempotentUnderConcurrency(t *testing.T) {
 	t.Parallel()
 	f := setup(t)

@@ -163,6 +163,10 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 	}
 }
 
+// reasonExpired is the release reason of a hold that reached its expiry:
+// the view shows it as soon as the hold lapses, and the sweep stores it.
+const reasonExpired = "expired"
+
 // expireHolds marks due holds EXPIRED and gives their slots back, for one
 // program or (programID "") for every program, at most limit of them (0:
 // all). Each expired hold gets a hold.expired event, as a release does, so
@@ -171,10 +175,6 @@ func checkRef(vs *apperr.Violations, clinic, field, name, collection string, req
 // taken: a sweep in batches resumes where its last batch ended instead of
 // reading past every hold it already expired. It returns how many it
 // expired and the key of the last.
-// reasonExpired is the release reason of a hold that reached its expiry:
-// the view shows it as soon as the hold lapses, and the sweep stores it.
-const reasonExpired = "expired"
-
 func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID string, now time.Time, limit int, after holdKey) (int, holdKey, error) {
 	// The due holds are locked first, in one order (clinic, id), as every
 	// statement that locks several holds does: the sweep of every clinic

@@ -4162,7 +4162,9 @@ type RecordFollowUpServiceRequest struct {
 	// reason ALREADY_RECORDED). One service sent once with an id and once
 	// without, at the same time, counts once, in either order: sent without
 	// one first, it takes the first id then sent with its time (a second id
-	// at that time is another service).
+	// at that time is another service), and if it was retracted meanwhile
+	// the report with the id is refused as the service retracted
+	// (ALREADY_RECORDED).
 	ServiceId string `protobuf:"bytes,5,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	// The IANA time zone of the program, for example "America/Chicago", in
 	// which the service's and the entry's dates are read. The first zone a
