@@ -154,11 +154,8 @@ func addEvent(ctx context.Context, tx pgx.Tx, c child, from, to familiesv1.Bound
 
 // GetBoundary implements the API.
 func (s *Server) GetBoundary(ctx context.Context, req *familiesv1.GetBoundaryRequest) (*familiesv1.Boundary, error) {
-	c, err := parseChild("name", req.GetName(), "boundaries")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "boundaries")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return readBoundary(ctx, s.pool, c, false)
@@ -191,11 +188,8 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 
 // UpdateBoundary implements the API.
 func (s *Server) UpdateBoundary(ctx context.Context, req *familiesv1.UpdateBoundaryRequest) (*familiesv1.Boundary, error) {
-	c, err := parseChild("boundary.name", req.GetBoundary().GetName(), "boundaries")
+	c, err := authorizedChild(ctx, "boundary.name", req.GetBoundary().GetName(), "boundaries")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetBoundary().GetName()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"UpdateBoundary", req.GetRequestId(), req, newBoundary,
@@ -272,11 +266,8 @@ func (s *Server) RetireBoundary(ctx context.Context, req *familiesv1.TransitionB
 }
 
 func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBoundaryRequest, t transition) (*familiesv1.Boundary, error) {
-	c, err := parseChild("name", req.GetName(), "boundaries")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "boundaries")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	method := svc + strings.ToUpper(t.verb[:1]) + t.verb[1:] + "Boundary"

@@ -39,6 +39,16 @@ func parseChild(field, name, collection string) (child, error) {
 	return child{ids[0], ids[1], ids[2]}, nil
 }
 
+// authorizedChild parses and authorises a child named in field, as
+// parentFamily does its parent.
+func authorizedChild(ctx context.Context, field, name, collection string) (child, error) {
+	c, err := parseChild(field, name, collection)
+	if err != nil {
+		return child{}, err
+	}
+	return c, auth.CheckClinic(ctx, c.clinic, name)
+}
+
 // parentFamily parses and authorises the family a child is created or listed
 // under.
 func parentFamily(ctx context.Context, parent string) (child, error) {
@@ -158,11 +168,8 @@ func (s *Server) CreateBarrier(ctx context.Context, req *familiesv1.CreateBarrie
 
 // GetBarrier implements the API.
 func (s *Server) GetBarrier(ctx context.Context, req *familiesv1.GetBarrierRequest) (*familiesv1.Barrier, error) {
-	c, err := parseChild("name", req.GetName(), "barriers")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "barriers")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return readBarrier(ctx, s.pool, c, false)
@@ -192,11 +199,8 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 
 // UpdateBarrier implements the API.
 func (s *Server) UpdateBarrier(ctx context.Context, req *familiesv1.UpdateBarrierRequest) (*familiesv1.Barrier, error) {
-	c, err := parseChild("barrier.name", req.GetBarrier().GetName(), "barriers")
+	c, err := authorizedChild(ctx, "barrier.name", req.GetBarrier().GetName(), "barriers")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetBarrier().GetName()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"UpdateBarrier", req.GetRequestId(), req,
@@ -227,11 +231,8 @@ func (s *Server) UpdateBarrier(ctx context.Context, req *familiesv1.UpdateBarrie
 
 // DeleteBarrier implements the API.
 func (s *Server) DeleteBarrier(ctx context.Context, req *familiesv1.DeleteBarrierRequest) (*emptypb.Empty, error) {
-	c, err := parseChild("name", req.GetName(), "barriers")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "barriers")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"DeleteBarrier", req.GetRequestId(), req, newEmpty,
@@ -258,11 +259,8 @@ func (s *Server) DeleteBarrier(ctx context.Context, req *familiesv1.DeleteBarrie
 
 // ResolveBarrier implements the API.
 func (s *Server) ResolveBarrier(ctx context.Context, req *familiesv1.ResolveBarrierRequest) (*familiesv1.Barrier, error) {
-	c, err := parseChild("name", req.GetName(), "barriers")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "barriers")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"ResolveBarrier", req.GetRequestId(), req,
@@ -454,11 +452,8 @@ func (s *Server) CreateWarningSign(ctx context.Context, req *familiesv1.CreateWa
 // standing overdose clears its urgency in the same transaction, so no
 // reader sees the family urgent for a sign that no longer stands.
 func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.RetractWarningSignRequest) (*familiesv1.WarningSign, error) {
-	c, err := parseChild("name", req.GetName(), "warningSigns")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "warningSigns")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(req.GetReason()) == "" {
@@ -503,11 +498,8 @@ func (s *Server) RetractWarningSign(ctx context.Context, req *familiesv1.Retract
 
 // GetWarningSign implements the API.
 func (s *Server) GetWarningSign(ctx context.Context, req *familiesv1.GetWarningSignRequest) (*familiesv1.WarningSign, error) {
-	c, err := parseChild("name", req.GetName(), "warningSigns")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "warningSigns")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return readWarning(ctx, s.pool, c)

@@ -627,11 +627,8 @@ func visibleToCaller(ctx context.Context, co *familiesv1.Consent) bool {
 
 // GetConsent implements the API.
 func (s *Server) GetConsent(ctx context.Context, req *familiesv1.GetConsentRequest) (*familiesv1.Consent, error) {
-	c, err := parseChild("name", req.GetName(), "consents")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "consents")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	co, err := s.readConsent(ctx, s.pool, c, false)
@@ -731,11 +728,8 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 
 // RevokeConsent implements the API.
 func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsentRequest) (*familiesv1.Consent, error) {
-	c, err := parseChild("name", req.GetName(), "consents")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "consents")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	// Revocation is idempotent by nature, so it takes no request id.

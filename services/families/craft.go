@@ -200,11 +200,8 @@ func readCraft(ctx context.Context, q pgdb.Querier, c child) (*familiesv1.CraftS
 
 // GetCraftSession implements the API.
 func (s *Server) GetCraftSession(ctx context.Context, req *familiesv1.GetCraftSessionRequest) (*familiesv1.CraftSession, error) {
-	c, err := parseChild("name", req.GetName(), "craftSessions")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "craftSessions")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	return readCraft(ctx, s.pool, c)
@@ -212,11 +209,8 @@ func (s *Server) GetCraftSession(ctx context.Context, req *familiesv1.GetCraftSe
 
 // RetractCraftSession implements the API.
 func (s *Server) RetractCraftSession(ctx context.Context, req *familiesv1.RetractCraftSessionRequest) (*familiesv1.CraftSession, error) {
-	c, err := parseChild("name", req.GetName(), "craftSessions")
+	c, err := authorizedChild(ctx, "name", req.GetName(), "craftSessions")
 	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, c.clinic, req.GetName()); err != nil {
 		return nil, err
 	}
 	if strings.TrimSpace(req.GetReason()) == "" {
