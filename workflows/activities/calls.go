@@ -812,8 +812,20 @@ func firstContact(t time.Time) *timestamppb.Timestamp {
 func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateRequest) (Referral, error) {
 	kinds := treatments(in.Medications)
 	reason := intakeReason(kinds)
+	// The match is built once, when first needed: a plain yes judges the
+	// held place by it, and the search for another place uses it again.
+	var (
+		req      *referralsv1.MatchProgramsRequest
+		matchErr error
+	)
+	match := func() (*referralsv1.MatchProgramsRequest, error) {
+		if req == nil && matchErr == nil {
+			req, matchErr = a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+		}
+		return req, matchErr
+	}
 	if in.Hold != "" {
-		agreed, err := a.agreedForPlainYes(ctx, in, kinds)
+		agreed, err := agreedForPlainYes(in, kinds, match)
 		if err != nil {
 			return Referral{}, err
 		}
@@ -856,7 +868,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
-	req, err := a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	req, err := match()
 	if familyGone(err) {
 		// Referrals made stay when a family's record is deleted, but no new
 		// one can be matched to it: the counselor takes over, as when no
@@ -995,13 +1007,14 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 // since). A family no longer there, or a hold not the meeting's, leaves
 // the hold to convert as it is: no match can be made for the one, and
 // agreedForHold does not look at the other.
-func (a *Activities) agreedForPlainYes(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) ([]referralsv1.ServiceKind, error) {
+func agreedForPlainYes(in ImmediateRequest, kinds []referralsv1.ServiceKind,
+	match func() (*referralsv1.MatchProgramsRequest, error)) ([]referralsv1.ServiceKind, error) {
 	if len(kinds) > 0 || in.Intervention == "" {
 		return kinds, nil
 	}
-	// In the order a yes naming none would be matched in: a hold converts
-	// to the first of them its program offers.
-	req, err := a.matchRequest(ctx, in.Family, nil, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+	// In the order a yes naming none is matched in: a hold converts to
+	// the first of them its program offers.
+	req, err := match()
 	if familyGone(err) {
 		return nil, nil
 	}
