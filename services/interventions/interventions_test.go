@@ -2517,6 +2517,14 @@ func TestIntakeReminderKeepsItsAppointment(t *testing.T) {
 	if n := checkIns(); n != before {
 		t.Fatalf("%d check-ins after the refusal, %d before", n, before)
 	}
+	// Nor is a time that is none, the nanoseconds out of range.
+	bad := appt
+	appt = &timestamppb.Timestamp{Seconds: appt.GetSeconds(), Nanos: 2_000_000_000}
+	_, err = create(interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, "")
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "appointment_start_time" {
+		t.Fatalf("an invalid appointment time: %v; want a violation on appointment_start_time", err)
+	}
+	appt = bad
 
 	rem, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, "intake-1")
 	if err != nil {
