@@ -21,6 +21,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 )
@@ -124,23 +125,44 @@ func TopResourceSQL(column string) string {
 	return `array_to_string((string_to_array(` + column + `, '/'))[1:4], '/')`
 }
 
-// Check returns nil if the caller may receive resource, a record of family
-// of the given kind, and records that it did. Without a covering consent it
-// returns the families service's FAILED_PRECONDITION (CONSENT_REQUIRED).
-// A requestID records one disclosure however often the call is retried;
-// without one every call is a disclosure of its own.
-func (g *Gate) Check(ctx context.Context, family, resource string, info familiesv1.InformationKind, requestID string) error {
-	return g.disclose(ctx, family, resource, info, requestID, false)
+// Patient is whose record a disclosure is: a family's loved one (Member
+// empty) or one of its members, for the member's own records. Each is
+// covered by their own consent only.
+type Patient struct {
+	Family string // clinics/{clinic}/families/{family}
+	Member string // the member's id within the family; empty for the loved one
+}
+
+// LovedOne is the patient of family's own records.
+func LovedOne(family string) Patient { return Patient{Family: family} }
+
+// ReferralPatient is whose record a referral is: the member's, for a
+// referral made for a family member (family counseling, a support group),
+// else the loved one's.
+func ReferralPatient(r *referralsv1.Referral) Patient {
+	if r.GetSubject().GetKind() == referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER {
+		return Patient{Family: r.GetFamily(), Member: r.GetSubject().GetMemberId()}
+	}
+	return LovedOne(r.GetFamily())
+}
+
+// Check returns nil if the caller may receive resource, a record of the
+// patient of the given kind, and records that it did. Without a covering
+// consent it returns the families service's FAILED_PRECONDITION
+// (CONSENT_REQUIRED). A requestID records one disclosure however often the
+// call is retried; without one every call is a disclosure of its own.
+func (g *Gate) Check(ctx context.Context, of Patient, resource string, info familiesv1.InformationKind, requestID string) error {
+	return g.disclose(ctx, of, resource, info, requestID, false)
 }
 
 // Allowed is Check without the record: for a call that may still fail
 // before its answer goes out, which checks first and calls Check once the
 // answer is sure, so that the accounting lists only what left.
-func (g *Gate) Allowed(ctx context.Context, family, resource string, info familiesv1.InformationKind) error {
-	return g.disclose(ctx, family, resource, info, "", true)
+func (g *Gate) Allowed(ctx context.Context, of Patient, resource string, info familiesv1.InformationKind) error {
+	return g.disclose(ctx, of, resource, info, "", true)
 }
 
-func (g *Gate) disclose(ctx context.Context, family, resource string, info familiesv1.InformationKind, requestID string, validateOnly bool) error {
+func (g *Gate) disclose(ctx context.Context, of Patient, resource string, info familiesv1.InformationKind, requestID string, validateOnly bool) error {
 	p, out := Outsider(ctx)
 	if !out {
 		return nil
@@ -150,10 +172,10 @@ func (g *Gate) disclose(ctx context.Context, family, resource string, info famil
 		return status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
 	}
 	_, err := g.Families.CreateDisclosure(ctx, &familiesv1.CreateDisclosureRequest{
-		Parent: family,
+		Parent: of.Family,
 		Disclosure: &familiesv1.Disclosure{
 			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API, MemberId: of.Member,
 		},
 		RequestId: requestID, ValidateOnly: validateOnly,
 	})
@@ -209,32 +231,55 @@ func Refused(err error) bool {
 	return false
 }
 
-// Covered returns the families of the clinic parent (`clinics/{clinic}`)
-// whose consent covers disclosing info to the caller, and true, when the
-// caller is an outside system; for anyone else it returns false and the
-// list need not be narrowed. A list narrows its query to these families in
-// SQL, so that its pages and page tokens reflect only what the caller may
-// see.
-func (g *Gate) Covered(ctx context.Context, parent string, info familiesv1.InformationKind) ([]string, bool, error) {
+// Scope is what an outside system may be shown of a clinic's records of
+// one kind: the records of the loved ones of Families, and the members'
+// own records of Members.
+type Scope struct {
+	// Families are the families, clinics/{clinic}/families/{family},
+	// whose loved one's consent covers the kind.
+	Families []string
+	// Members are the members whose own consent covers it, each as
+	// MemberKey gives it.
+	Members []string
+}
+
+// MemberKey is a member's key in Scope.Members: the family's name and the
+// member's id, joined by a space (which neither holds), so that a list can
+// match it in SQL as family || ' ' || member_id.
+func MemberKey(family, member string) string { return family + " " + member }
+
+// Covered returns what of the clinic parent's (`clinics/{clinic}`) records
+// of info the caller may see, and true, when the caller is an outside
+// system; for anyone else it returns false and the list need not be
+// narrowed. A list narrows its query to the scope in SQL, so that its pages
+// and page tokens reflect only what the caller may see.
+func (g *Gate) Covered(ctx context.Context, parent string, info familiesv1.InformationKind) (Scope, bool, error) {
 	if _, out := Outsider(ctx); !out {
-		return nil, false, nil
+		return Scope{}, false, nil
 	}
 	if g == nil || g.Families == nil {
-		return nil, true, status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
+		return Scope{}, true, status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
 	}
 	resp, err := g.Families.ListCoveredFamilies(ctx, &familiesv1.ListCoveredFamiliesRequest{Parent: parent, Information: info})
 	if err != nil {
-		return nil, true, fmt.Errorf("list covered families: %w", err)
+		return Scope{}, true, fmt.Errorf("list covered families: %w", err)
 	}
-	return resp.GetFamilies(), true, nil
+	sc := Scope{Families: resp.GetFamilies(), Members: make([]string, 0, len(resp.GetMembers()))}
+	if sc.Families == nil {
+		sc.Families = []string{}
+	}
+	for _, m := range resp.GetMembers() {
+		sc.Members = append(sc.Members, MemberKey(m.GetFamily(), m.GetMemberId()))
+	}
+	return sc, true, nil
 }
 
 // Record records, in one call, that the caller received each item of a page
 // (narrowed by Covered first) and returns the items whose disclosure was
 // recorded: one whose consent was revoked in the meantime is left out.
-// family and name give an item's family and resource name.
+// patient and name give an item's patient and resource name.
 func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info familiesv1.InformationKind,
-	family, name func(T) string) ([]T, error) {
+	patient func(T) Patient, name func(T) string) ([]T, error) {
 	p, out := Outsider(ctx)
 	if !out || len(items) == 0 {
 		return items, nil
@@ -244,9 +289,10 @@ func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info 
 	}
 	req := &familiesv1.BatchCreateDisclosuresRequest{Parent: parent}
 	for _, it := range items {
-		req.Requests = append(req.Requests, &familiesv1.CreateDisclosureRequest{Parent: family(it), Disclosure: &familiesv1.Disclosure{
+		of := patient(it)
+		req.Requests = append(req.Requests, &familiesv1.CreateDisclosureRequest{Parent: of.Family, Disclosure: &familiesv1.Disclosure{
 			Recipient: p.Subject, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-			Resource: name(it), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API,
+			Resource: name(it), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API, MemberId: of.Member,
 		}})
 	}
 	resp, err := g.Families.BatchCreateDisclosures(ctx, req)

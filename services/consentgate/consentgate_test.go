@@ -61,13 +61,13 @@ func TestOnlyRefusalsPassThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := (&consentgate.Gate{Families: discloser{err: refusal.Err()}}).Check(ehr, "clinics/north/families/f1", "clinics/north/referrals/r1",
+	got := (&consentgate.Gate{Families: discloser{err: refusal.Err()}}).Check(ehr, consentgate.LovedOne("clinics/north/families/f1"), "clinics/north/referrals/r1",
 		familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, "")
 	if _, direct := got.(interface{ GRPCStatus() *status.Status }); !direct || !consentgate.Refused(got) {
 		t.Fatalf("a refusal came back as %v; want the families service's status itself", got)
 	}
 	down := status.Error(codes.Unavailable, `connection error: desc = "transport: dial tcp 10.0.3.7:9443: connect: connection refused"`)
-	got = (&consentgate.Gate{Families: discloser{err: down}}).Check(ehr, "clinics/north/families/f1", "clinics/north/referrals/r1",
+	got = (&consentgate.Gate{Families: discloser{err: down}}).Check(ehr, consentgate.LovedOne("clinics/north/families/f1"), "clinics/north/referrals/r1",
 		familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, "")
 	if _, direct := got.(interface{ GRPCStatus() *status.Status }); direct || status.Code(got) != codes.Unavailable {
 		t.Fatalf("an unreachable families service came back as %T %v; want it wrapped, still UNAVAILABLE", got, got)

@@ -30,13 +30,14 @@ const Notice = consentgate.Notice
 const ReasonConsentRequired = consentgate.ReasonConsentRequired
 
 // consentCovers is the condition under which consent c covers a
-// disclosure now: signed, not expired, not revoked whole or for the
-// recipient, naming the recipient (or, for treatment only and where
+// disclosure now: the consent of the patient whose record it is (the loved
+// one's, or the member's own), signed, not expired, not revoked whole or
+// for the recipient, naming the recipient (or, for treatment only and where
 // {general} holds, the general designation "my treating providers"), and
 // listing the information and the purpose. Its placeholders are SQL
 // expressions filled in by covers, so that single checks, batches and
 // lists embed the same text and cannot disagree.
-const consentCovers = `c.clinic = {clinic} AND c.family_id = {family}
+const consentCovers = `c.clinic = {clinic} AND c.family_id = {family} AND c.member_id = {member}
 	  AND c.revoke_time IS NULL AND c.sign_time <= {now} AND c.expire_time > {now}
 	  AND {info}::smallint = ANY (c.information) AND {purpose}::smallint = ANY (c.purposes)
 	  AND ({recipient}::text = ANY (c.recipients) OR (c.treating_providers AND {general} AND {purpose}::smallint = {treatment}))
@@ -46,11 +47,11 @@ const consentCovers = `c.clinic = {clinic} AND c.family_id = {family}
 // coverArgs are the SQL expressions for consentCovers' placeholders;
 // general says whether the recipient may be one of the patient's treating
 // providers, "true" when it is the caller itself (the EHR).
-type coverArgs struct{ clinic, family, recipient, info, purpose, now, general string }
+type coverArgs struct{ clinic, family, member, recipient, info, purpose, now, general string }
 
 // covers returns consentCovers over a's expressions.
 func covers(a coverArgs) string {
-	return strings.NewReplacer("{clinic}", a.clinic, "{family}", a.family, "{recipient}", a.recipient,
+	return strings.NewReplacer("{clinic}", a.clinic, "{family}", a.family, "{member}", a.member, "{recipient}", a.recipient,
 		"{info}", a.info, "{purpose}", a.purpose, "{now}", a.now, "{general}", a.general,
 		// The general designation covers treatment only.
 		"{treatment}", strconv.Itoa(int(familiesv1.Purpose_PURPOSE_TREATMENT))).Replace(consentCovers)
@@ -70,10 +71,16 @@ func coveringConsent(a coverArgs) string {
 }
 
 // consentRefused is the answer when no consent covers a disclosure.
-func consentRefused(family, recipient string, info familiesv1.InformationKind, purpose familiesv1.Purpose) error {
+func consentRefused(family, member, recipient string, info familiesv1.InformationKind, purpose familiesv1.Purpose) error {
+	whose, meta := family, map[string]string{"family": family, "recipient": recipient, "information": info.String(), "purpose": purpose.String()}
+	if member != "" {
+		// A member's own record needs the member's own consent: say so,
+		// or staff would look for the loved one's and find it in force.
+		whose = fmt.Sprintf("member %q of %s", member, family)
+		meta["member_id"] = member
+	}
 	return apperr.FailedPrecondition(ReasonConsentRequired,
-		fmt.Sprintf("no active consent of %s covers disclosing %s to %q for %s", family, info, recipient, purpose),
-		map[string]string{"family": family, "recipient": recipient, "information": info.String(), "purpose": purpose.String()})
+		fmt.Sprintf("no active consent of %s covers disclosing %s to %q for %s", whose, info, recipient, purpose), meta)
 }
 
 // outsider reports whether the caller is a system outside the clinic whose
@@ -83,12 +90,12 @@ func outsider(ctx context.Context) (auth.Principal, bool) { return consentgate.O
 
 // pending is one disclosure to check and record.
 type pending struct {
-	family, id, recipient, resource string
-	info, purpose, channel          int16
+	family, member, id, recipient, resource string
+	info, purpose, channel                  int16
 }
 
 func pendingOf(family string, d *familiesv1.Disclosure) pending {
-	return pending{family: family, id: aip.NewID(), recipient: d.GetRecipient(), resource: d.GetResource(),
+	return pending{family: family, member: d.GetMemberId(), id: aip.NewID(), recipient: d.GetRecipient(), resource: d.GetResource(),
 		info: int16(d.GetInformation()), purpose: int16(d.GetPurpose()), channel: int16(d.GetChannel())}
 }
 
@@ -99,24 +106,24 @@ func pendingOf(family string, d *familiesv1.Disclosure) pending {
 // records nothing and answers which would be.
 func (s *Server) record(ctx context.Context, q pgdb.Querier, clinic string, ps []pending, now time.Time, dryRun bool) (map[string]string, error) {
 	n := len(ps)
-	fams, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	fams, members, ids, recipients, resources := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	infos, purposes, channels := make([]int16, n), make([]int16, n), make([]int16, n)
 	for i, p := range ps {
-		fams[i], ids[i], recipients[i], resources[i] = p.family, p.id, p.recipient, p.resource
+		fams[i], members[i], ids[i], recipients[i], resources[i] = p.family, p.member, p.id, p.recipient, p.resource
 		infos[i], purposes[i], channels[i] = p.info, p.purpose, p.channel
 	}
 	// The insert's arguments after the lookup's, so that a dry run sends
 	// the lookup alone with the same numbering.
-	args := []any{clinic, now, fams, ids, recipients, infos, purposes, resources, channels, auth.Actor(ctx)}
-	from := `FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::smallint[], $8::text[], $9::smallint[])
-			AS t (fam, id, recipient, info, purpose, res, channel)
-		CROSS JOIN LATERAL (` + coveringConsent(coverArgs{"$1", "t.fam", "t.recipient", "t.info", "t.purpose", "$2", generalSQL}) + `) c`
+	args := []any{clinic, now, fams, ids, recipients, infos, purposes, resources, channels, members, auth.Actor(ctx)}
+	from := `FROM unnest($3::text[], $4::text[], $5::text[], $6::smallint[], $7::smallint[], $8::text[], $9::smallint[], $10::text[])
+			AS t (fam, id, recipient, info, purpose, res, channel, member)
+		CROSS JOIN LATERAL (` + coveringConsent(coverArgs{"$1", "t.fam", "t.member", "t.recipient", "t.info", "t.purpose", "$2", generalSQL}) + `) c`
 	sql := `INSERT INTO disclosures (clinic, family_id, id, recipient, information, purpose, resource,
-			channel, consent_id, discloser, disclose_time)
-		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $10, $2 ` + from + `
+			channel, consent_id, discloser, disclose_time, member_id)
+		SELECT $1, t.fam, t.id, t.recipient, t.info, t.purpose, t.res, t.channel, c.id, $11, $2, t.member ` + from + `
 		RETURNING id, consent_id`
 	if dryRun {
-		sql, args = `SELECT t.id, c.id `+from, args[:9]
+		sql, args = `SELECT t.id, c.id `+from, args[:10]
 	}
 	if _, tx := q.(pgx.Tx); tx {
 		// A revocation locks its consent until it commits. The families'
@@ -164,7 +171,7 @@ func (s *Server) recordTx(ctx context.Context, clinic string, ps []pending, now 
 func disclosed(ctx context.Context, family, id, consent string, d *familiesv1.Disclosure, now time.Time) *familiesv1.Disclosure {
 	return &familiesv1.Disclosure{
 		Name: aip.Name(family, "disclosures", id), Recipient: d.GetRecipient(), Information: d.GetInformation(),
-		Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(),
+		Purpose: d.GetPurpose(), Resource: d.GetResource(), Channel: d.GetChannel(), MemberId: d.GetMemberId(),
 		Consent: aip.Name(family, "consents", consent), Discloser: auth.Actor(ctx), DiscloseTime: timestamppb.New(now), Notice: Notice,
 	}
 }
@@ -204,7 +211,7 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 				return nil, apperr.NotFound(c.familyName())
 			}
 		}
-		return nil, consentRefused(c.familyName(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
+		return nil, consentRefused(c.familyName(), d.GetMemberId(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
 	}
 	out := disclosed(ctx, c.familyName(), p.id, consent, d, now)
 	if dryRun {
@@ -273,6 +280,11 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 		if !readable(d, familyName(clinic, family)) {
 			vs.Add(field+".resource", "must be what an integration reads under %s: the family itself for IDENTITY, "+
 				"a referral for REFERRALS, an intervention for APPOINTMENTS", d.GetInformation())
+		}
+		// A member's own records that leave Handoff are referrals made
+		// for the member; the family and its meetings are the loved one's.
+		if d.GetMemberId() != "" && d.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
+			vs.Add(field+".member_id", "may be set only for REFERRALS: a member's own records an integration reads are referrals made for the member")
 		}
 	}
 }
@@ -372,30 +384,31 @@ func (s *Server) stillCovers(ctx context.Context, tx pgx.Tx, c child, d *familie
 	}
 	var ok bool
 	err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM consents c WHERE c.id = $7 AND `+
-		covers(coverArgs{"$1", "$2", "$3", "$4", "$5", "$6", general})+`)`,
-		c.clinic, c.family, d.GetRecipient(), int16(d.GetInformation()), int16(d.GetPurpose()), s.cfg.Now(), id).Scan(&ok)
+		covers(coverArgs{"$1", "$2", "$8", "$3", "$4", "$5", "$6", general})+`)`,
+		c.clinic, c.family, d.GetRecipient(), int16(d.GetInformation()), int16(d.GetPurpose()), s.cfg.Now(), id, d.GetMemberId()).Scan(&ok)
 	if err != nil {
 		return false, fmt.Errorf("recheck the stored disclosure's consent: %w", err)
 	}
 	return ok, nil
 }
 
-const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time FROM disclosures`
+const disclosureSelect = `SELECT id, recipient, information, purpose, resource, channel, consent_id, discloser, disclose_time, member_id FROM disclosures`
 
 func scanDisclosure(fam string) pgx.RowToFunc[*familiesv1.Disclosure] {
 	return func(r pgx.CollectableRow) (*familiesv1.Disclosure, error) {
 		var (
-			id, recipient, resource, consent, discloser string
-			info, purpose, channel                      int16
-			at                                          time.Time
+			id, recipient, resource, consent, discloser, member string
+			info, purpose, channel                              int16
+			at                                                  time.Time
 		)
-		if err := r.Scan(&id, &recipient, &info, &purpose, &resource, &channel, &consent, &discloser, &at); err != nil {
+		if err := r.Scan(&id, &recipient, &info, &purpose, &resource, &channel, &consent, &discloser, &at, &member); err != nil {
 			return nil, err
 		}
 		return &familiesv1.Disclosure{
 			Name: aip.Name(fam, "disclosures", id), Recipient: recipient, Information: familiesv1.InformationKind(info),
 			Purpose: familiesv1.Purpose(purpose), Resource: resource, Channel: familiesv1.DisclosureChannel(channel),
 			Consent: aip.Name(fam, "consents", consent), Discloser: discloser, DiscloseTime: timestamppb.New(at), Notice: Notice,
+			MemberId: member,
 		}, nil
 	}
 }
@@ -433,7 +446,7 @@ func (l listOf) GetPageSize() int32   { return l.size }
 // --- Consents ---
 
 const consentSelect = `SELECT c.id, c.discloser, c.information, c.recipients, c.treating_providers, c.purposes,
-	c.expire_time, c.signer, c.sign_time, c.recorder, c.revoke_time, c.create_time, c.update_time, c.version,
+	c.expire_time, c.signer, c.sign_time, c.recorder, c.revoke_time, c.create_time, c.update_time, c.version, c.member_id,
 	COALESCE((SELECT jsonb_agg(jsonb_build_object('recipient', r.recipient, 'reason', r.reason, 'recorder', r.recorder,
 		'revoke_time', r.revoke_time) ORDER BY r.seq)
 		FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id), '[]')
@@ -451,6 +464,7 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 	return func(r pgx.CollectableRow) (*familiesv1.Consent, error) {
 		var (
 			id, discloser, signer, recorder  string
+			member                           string
 			info, purposes                   []int16
 			recipients                       []string
 			treating                         bool
@@ -460,14 +474,14 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 			revocations                      []revocationRow
 		)
 		if err := r.Scan(&id, &discloser, &info, &recipients, &treating, &purposes, &expire, &signer, &signed,
-			&recorder, &revoked, &created, &updated, &version, &revocations); err != nil {
+			&recorder, &revoked, &created, &updated, &version, &member, &revocations); err != nil {
 			return nil, err
 		}
 		c := &familiesv1.Consent{
 			Name: aip.Name(fam, "consents", id), Discloser: discloser, Recipients: recipients, TreatingProviders: treating,
 			ExpireTime: timestamppb.New(expire), Signer: signer, SignTime: timestamppb.New(signed),
 			RevocationRightStated: true, Recorder: recorder, CreateTime: timestamppb.New(created),
-			UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version),
+			UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version), MemberId: member,
 		}
 		for _, k := range info {
 			c.Information = append(c.Information, familiesv1.InformationKind(k))
@@ -600,12 +614,23 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 			if err := requireFamily(ctx, tx, c); err != nil {
 				return nil, err
 			}
+			if m := in.GetMemberId(); m != "" {
+				// Read under the family's share lock: a member removed
+				// meanwhile waits, or is gone.
+				fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
+				if err != nil {
+					return nil, err
+				}
+				if !slices.ContainsFunc(fam.GetMembers(), func(x *familiesv1.Member) bool { return x.GetId() == m }) {
+					return nil, apperr.Field("consent.member_id", "names no member of %s", fam.GetName())
+				}
+			}
 			c.id = aip.NewID()
 			if _, err := tx.Exec(ctx, `INSERT INTO consents (clinic, family_id, id, discloser, information, recipients,
-				treating_providers, purposes, expire_time, signer, sign_time, recorder, create_time, update_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)`,
+				treating_providers, purposes, expire_time, signer, sign_time, recorder, create_time, update_time, member_id)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14)`,
 				c.clinic, c.family, c.id, in.GetDiscloser(), info, recipients, in.GetTreatingProviders(), purposes,
-				in.GetExpireTime().AsTime(), in.GetSigner(), signed, auth.Actor(ctx), now); err != nil {
+				in.GetExpireTime().AsTime(), in.GetSigner(), signed, auth.Actor(ctx), now, in.GetMemberId()); err != nil {
 				return nil, fmt.Errorf("insert consent: %w", err)
 			}
 			out, err := s.readConsent(ctx, tx, c, false)
@@ -660,7 +685,7 @@ func forCaller(ctx context.Context, co *familiesv1.Consent) *familiesv1.Consent 
 		Name: co.GetName(), Discloser: co.GetDiscloser(), Information: co.GetInformation(), Purposes: co.GetPurposes(),
 		TreatingProviders: co.GetTreatingProviders(), ExpireTime: co.GetExpireTime(), SignTime: co.GetSignTime(),
 		RevocationRightStated: co.GetRevocationRightStated(), State: co.GetState(),
-		CreateTime: co.GetCreateTime(), UpdateTime: co.GetCreateTime(),
+		CreateTime: co.GetCreateTime(), UpdateTime: co.GetCreateTime(), MemberId: co.GetMemberId(),
 	}
 	version := int64(1)
 	if slices.Contains(co.GetRecipients(), p.Subject) {
@@ -866,20 +891,26 @@ func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCo
 	// deleted family's consents outlive it (the accounting needs them, and
 	// they still cover the records left, such as its cancelled meetings),
 	// but it is no family to list.
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id FROM consents c WHERE `+
-		covers(coverArgs{"$1", "c.family_id", "$2", "$3", "$4", "$5", "true"})+
+	// The loved ones' consents and the members' own, each covering its
+	// patient's records: c.member_id is matched against itself.
+	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id, c.member_id FROM consents c WHERE `+
+		covers(coverArgs{"$1", "c.family_id", "c.member_id", "$2", "$3", "$4", "$5", "true"})+
 		` AND EXISTS (SELECT 1 FROM families f WHERE f.clinic = c.clinic AND f.id = c.family_id)`,
 		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
 	if err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
+	out := &familiesv1.ListCoveredFamiliesResponse{Families: []string{}}
+	var id, member string
+	if _, err := pgx.ForEachRow(rows, []any{&id, &member}, func() error {
+		if member == "" {
+			out.Families = append(out.Families, familyName(clinic, id))
+		} else {
+			out.Members = append(out.Members, &familiesv1.CoveredMember{Family: familyName(clinic, id), MemberId: member})
+		}
+		return nil
+	}); err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)
-	}
-	out := &familiesv1.ListCoveredFamiliesResponse{Families: make([]string, len(ids))}
-	for i, id := range ids {
-		out.Families[i] = familyName(clinic, id)
 	}
 	return out, nil
 }

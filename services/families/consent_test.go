@@ -1224,3 +1224,111 @@ func TestTreatmentEntryIsRecordedOnce(t *testing.T) {
 	_, err = f.client.RecordTreatmentEntry(worker, &familiesv1.RecordTreatmentEntryRequest{Name: "clinics/north/families/gone"})
 	wantCode(t, err, codes.NotFound)
 }
+
+// A member's own referral is the member's record: the loved one's consent
+// does not cover disclosing it, and the member's own consent covers it and
+// nothing of the loved one's. The accounting names the member, and the
+// covered list names the member apart from the families.
+func TestMembersOwnRecordsNeedTheirOwnConsent(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	referrals := func(c *familiesv1.Consent) *familiesv1.Consent {
+		c.Information = []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS}
+		return c
+	}
+	ehr := f.ehr("ehr-1")
+	disclose := func(member, resource string) (*familiesv1.Disclosure, error) {
+		return f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: &familiesv1.Disclosure{
+			Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+			Resource: resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API, MemberId: member}})
+	}
+	covered := func() *familiesv1.ListCoveredFamiliesResponse {
+		t.Helper()
+		cov, err := f.client.ListCoveredFamilies(ehr, &familiesv1.ListCoveredFamiliesRequest{Parent: "clinics/north",
+			Information: familiesv1.InformationKind_INFORMATION_KIND_REFERRALS})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cov
+	}
+
+	// A consent of someone who is not in the family is refused on its field.
+	stranger := referrals(f.validConsent("ehr-1"))
+	stranger.MemberId = "uncle"
+	_, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: stranger})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{"consent.member_id"}) {
+		t.Fatalf("violations %v; want consent.member_id", got)
+	}
+
+	f.consent(t, fam.GetName(), referrals(f.validConsent("ehr-1")))
+	_, err = disclose("mom", "clinics/north/referrals/r-mom")
+	wantConsentRequired(t, err)
+	if _, err := disclose("", "clinics/north/referrals/r-sam"); err != nil {
+		t.Fatalf("the loved one's referral under her consent: %v", err)
+	}
+	if cov := covered(); !slices.Equal(cov.GetFamilies(), []string{fam.GetName()}) || len(cov.GetMembers()) != 0 {
+		t.Fatalf("covered = %v; want the family and no member", cov)
+	}
+
+	moms := referrals(f.validConsent("ehr-1"))
+	moms.MemberId, moms.Signer = "mom", "Ana"
+	if got := f.consent(t, fam.GetName(), moms); got.GetMemberId() != "mom" {
+		t.Fatalf("the member's consent = %v", got)
+	}
+	d, err := disclose("mom", "clinics/north/referrals/r-mom")
+	if err != nil || d.GetMemberId() != "mom" {
+		t.Fatalf("the member's referral under her own consent: %v, %v", d, err)
+	}
+	var recorded *familiesv1.Disclosure
+	for _, x := range f.disclosures(t, fam.GetName()) {
+		if x.GetResource() == "clinics/north/referrals/r-mom" {
+			recorded = x
+		}
+	}
+	if recorded.GetMemberId() != "mom" || recorded.GetConsent() == "" {
+		t.Fatalf("the accounting's entry = %v; want the member named", recorded)
+	}
+	cov := covered()
+	if len(cov.GetMembers()) != 1 || cov.GetMembers()[0].GetFamily() != fam.GetName() || cov.GetMembers()[0].GetMemberId() != "mom" {
+		t.Fatalf("covered members = %v; want mom of %s", cov.GetMembers(), fam.GetName())
+	}
+
+	// The member's consent covers her records only: with the loved one's
+	// revoked, his referral is refused though hers still goes.
+	for _, c := range f.consentsOf(t, fam.GetName()) {
+		if c.GetMemberId() == "" {
+			if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: c.GetName(), Reason: "changed his mind"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	_, err = disclose("", "clinics/north/referrals/r-sam")
+	wantConsentRequired(t, err)
+	if _, err := disclose("mom", "clinics/north/referrals/r-mom"); err != nil {
+		t.Fatalf("the member's referral after the loved one revoked his: %v", err)
+	}
+	if cov := covered(); len(cov.GetFamilies()) != 0 || len(cov.GetMembers()) != 1 {
+		t.Fatalf("covered after the loved one's revocation = %v; want mom only", cov)
+	}
+
+	// A member's own records an integration reads are referrals: not the
+	// family's identity.
+	_, err = f.client.CreateDisclosure(ehr, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: &familiesv1.Disclosure{
+		Recipient: "ehr-1", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_API, MemberId: "mom"}})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Contains(got, "disclosure.member_id") {
+		t.Fatalf("violations %v; want disclosure.member_id", got)
+	}
+}
+
+func (f *consentFixture) consentsOf(t *testing.T, fam string) []*familiesv1.Consent {
+	t.Helper()
+	resp, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam})
+	if err != nil {
+		t.Fatalf("ListConsents: %v", err)
+	}
+	return resp.GetConsents()
+}

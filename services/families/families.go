@@ -234,7 +234,7 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		// An outside system sees only the families whose consent covers
 		// it, filtered in SQL so pages stay full and tokens never point past
 		// a hidden family.
-		scope += ` AND EXISTS (` + coveringConsent(coverArgs{"f.clinic", "f.id", "$4", "$5", "$6", "$7::timestamptz", "true"}) + `)`
+		scope += ` AND EXISTS (` + coveringConsent(coverArgs{"f.clinic", "f.id", "''", "$4", "$5", "$6", "$7::timestamptz", "true"}) + `)`
 		scopeArgs = append(scopeArgs, p.Subject, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
 			int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
 	}

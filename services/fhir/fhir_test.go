@@ -3,9 +3,11 @@ package fhir
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -420,6 +422,34 @@ func TestConsentClasses(t *testing.T) {
 		if got := classes(c.kinds...); got != c.want {
 			t.Errorf("classes of %v = %s, want %s", c.kinds, got, c.want)
 		}
+	}
+}
+
+// A member's own consent names the member as its grantor and limits the
+// permit to the records whose subject the member is; the loved one's names
+// no one but its signer.
+func TestMembersConsentNamesTheMember(t *testing.T) {
+	mk := func(member string) obj {
+		return consent(&familiesv1.Consent{Name: "clinics/north/families/f1/consents/c1", MemberId: member, Signer: "Ana",
+			Information: []familiesv1.InformationKind{familiesv1.InformationKind_INFORMATION_KIND_REFERRALS},
+			Recipients:  []string{"ehr"}, State: familiesv1.ConsentState_CONSENT_STATE_ACTIVE})
+	}
+	moms := mk("mom")
+	member := ref("RelatedPerson", pairID("f1", "mom"))
+	if p := moms["performer"].([]any); len(p) != 2 || !reflect.DeepEqual(p[0], member) {
+		t.Fatalf("performer = %v; want the member, then the signer", p)
+	}
+	subject := false
+	for _, a := range moms["provision"].(obj)["actor"].([]any) {
+		if reflect.DeepEqual(a.(obj)["reference"], member) && strings.Contains(fmt.Sprint(a.(obj)["role"]), "SBJ") {
+			subject = true
+		}
+	}
+	if !subject {
+		t.Fatalf("provision actors %v; want the member as the subject", moms["provision"].(obj)["actor"])
+	}
+	if p := mk("")["performer"].([]any); len(p) != 1 || strings.Contains(fmt.Sprint(p), "RelatedPerson") {
+		t.Fatalf("the loved one's consent's performer = %v; want the signer only", p)
 	}
 }
 

@@ -645,6 +645,15 @@ func consent(c *familiesv1.Consent) obj {
 			"reference": obj{"display": "the patient's treating providers"},
 		})
 	}
+	// A member's own consent covers the records whose subject is the
+	// member (their referrals), not the Patient's: R4 requires a Patient
+	// here, so the member is named as the grantor and as the subject the
+	// permit is limited to.
+	var member obj
+	if m := c.GetMemberId(); m != "" {
+		member = ref("RelatedPerson", pairID(fam, m))
+		actors = append(actors, obj{"role": concept("", coding(sysParticipation, "SBJ", "subject")), "reference": member})
+	}
 	var purposes []any
 	for _, p := range c.GetPurposes() {
 		if pc, ok := purposeCodes[p]; ok {
@@ -710,8 +719,15 @@ func consent(c *familiesv1.Consent) obj {
 	if c.GetSignTime() != nil {
 		res["dateTime"] = instant(c.GetSignTime())
 	}
+	var performers []any
+	if member != nil {
+		performers = append(performers, member)
+	}
 	if c.GetSigner() != "" {
-		res["performer"] = []any{obj{"display": c.GetSigner()}}
+		performers = append(performers, obj{"display": c.GetSigner()})
+	}
+	if len(performers) > 0 {
+		res["performer"] = performers
 	}
 	if c.GetDiscloser() != "" {
 		res["organization"] = []any{obj{"display": c.GetDiscloser()}}

@@ -495,26 +495,29 @@ func TestFHIR(t *testing.T) {
 				group = str(p, "name")
 			}
 		}
-		// booked refers subject to the group and has the EHR accept it and
-		// book its intake at start.
-		booked := func(subject map[string]any, start time.Time) (map[string]any, string) {
+		// refer refers subject to the group; book has the EHR accept the
+		// referral and book its intake at start.
+		refer := func(subject map[string]any) (map[string]any, string) {
 			t.Helper()
 			rf := w.counselor.ok("POST", "/v1/clinics/north/referrals", map[string]any{
 				"family": fam, "subject": subject, "serviceKind": "SERVICE_KIND_FAMILY_SUPPORT_GROUP",
 				"program": group, "urgency": "URGENCY_ROUTINE", "reason": "Wants a group"})
-			id := lastID(str(rf, "name"))
+			return rf, lastID(str(rf, "name"))
+		}
+		book := func(id string, start time.Time) {
+			t.Helper()
 			for _, body := range []map[string]any{
 				{"resourceType": "Task", "id": id, "status": "accepted", "intent": "order"},
 				{"resourceType": "Task", "id": id, "status": "in-progress", "intent": "order",
 					"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}},
 			} {
 				if r := ehr.call("PUT", "Task/"+id, body); r.code != http.StatusOK {
-					t.Fatalf("PUT %s for %v: %d %s", body["status"], subject, r.code, r.raw)
+					t.Fatalf("PUT %s of %s: %d %s", body["status"], id, r.code, r.raw)
 				}
 			}
-			return rf, id
 		}
-		rf, id := booked(map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"}, now.Add(48*time.Hour))
+		rf, id := refer(map[string]any{"kind": "SUBJECT_KIND_LOVED_ONE"})
+		book(id, now.Add(48*time.Hour))
 		tk := ehr.read("Task/" + id)
 		if str(tk, "status") != "in-progress" {
 			t.Fatalf("Task = %v", tk)
@@ -525,9 +528,37 @@ func TestFHIR(t *testing.T) {
 		if str(a, "status") != "booked" || period == nil || str(a, "start") != period["start"] {
 			t.Fatalf("intake appointment %v does not match the Task's period %v", a, period)
 		}
-		// The father's own intake, at the same group: an appointment he
-		// takes part in, not the loved one.
-		_, dadID := booked(map[string]any{"kind": "SUBJECT_KIND_FAMILY_MEMBER", "memberId": "dad"}, now.Add(72*time.Hour))
+		// The father's own referral, to the same group, is his record, not
+		// Lou's: her consent does not cover it. The EHR can neither move
+		// nor read nor find it until he consents himself.
+		_, dadID := refer(map[string]any{"kind": "SUBJECT_KIND_FAMILY_MEMBER", "memberId": "dad"})
+		ehr.failure(http.StatusForbidden, "PUT", "Task/"+dadID, map[string]any{"resourceType": "Task", "id": dadID, "status": "accepted", "intent": "order"})
+		ehr.failure(http.StatusForbidden, "GET", "ServiceRequest/"+dadID, nil)
+		for next := "Task?_count=1000"; next != ""; {
+			var tasks []map[string]any
+			tasks, next, _ = bundle(t, ehr.read(next))
+			if slices.Contains(ids(tasks), dadID) {
+				t.Fatalf("the father's Task was found under Lou's consent alone: %v", ids(tasks))
+			}
+		}
+		// A consent for someone not in the family is refused.
+		if r := w.counselor.do("POST", "/v1/"+fam+"/consents", map[string]any{
+			"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
+			"information": []string{"INFORMATION_KIND_REFERRALS"}, "memberId": "uncle",
+			"expireTime": now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
+			"signer": "Bo", "revocationRightStated": true}); r.code != http.StatusBadRequest || !strings.Contains(string(r.raw), "consent.member_id") {
+			t.Fatalf("a consent of a stranger: %d %s; want 400 on consent.member_id", r.code, r.raw)
+		}
+		dadConsent := w.counselor.ok("POST", "/v1/"+fam+"/consents", map[string]any{
+			"discloser": "North clinic", "recipients": []string{"ehr"}, "purposes": []string{"PURPOSE_TREATMENT"},
+			"information": []string{"INFORMATION_KIND_REFERRALS"}, "memberId": "dad",
+			"expireTime": now.AddDate(1, 0, 0).Format(time.RFC3339), "signTime": now.Add(-time.Minute).Format(time.RFC3339),
+			"signer": "Al", "revocationRightStated": true})
+		if str(dadConsent, "memberId") != "dad" {
+			t.Fatalf("the father's consent = %v", dadConsent)
+		}
+		// His own intake: an appointment he takes part in, not the loved one.
+		book(dadID, now.Add(72*time.Hour))
 		// R4's patient parameter matches the appointments the Patient takes
 		// part in; the father's is found without it.
 		if appts, _, _ := bundle(t, ehr.read("Appointment?patient="+lastID(fam))); !slices.Equal(ids(appts), []string{"intake-" + id}) {
@@ -562,14 +593,20 @@ func TestFHIR(t *testing.T) {
 			strings.Contains(fmt.Sprint(o), lastID(fam)) {
 			t.Fatalf("intake appointment after the revocation: %v", o)
 		}
-		// Left out of the search for every patient too.
+		// Left out of the search for every patient too. The father's own
+		// stays: his consent covers it, whatever becomes of Lou's.
 		var next = "Appointment?_count=1000"
+		dadsStays := false
 		for next != "" {
 			var appts []map[string]any
 			appts, next, _ = bundle(t, ehr.read(next))
 			if slices.Contains(ids(appts), "intake-"+id) {
 				t.Fatalf("the intake appointment was found after the revocation: %v", ids(appts))
 			}
+			dadsStays = dadsStays || slices.Contains(ids(appts), "intake-"+dadID)
+		}
+		if !dadsStays {
+			t.Fatal("the father's intake went with Lou's consent; his own covers it")
 		}
 		// A consent to intervention meetings alone does not cover it: it is
 		// the referral's.

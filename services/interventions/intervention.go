@@ -377,7 +377,7 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
 	// The EHR's read is a disclosure (FHIR Appointment): consent first.
-	if err := s.consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, ""); err != nil {
+	if err := s.consent.Check(ctx, consentgate.LovedOne(out.GetFamily()), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, ""); err != nil {
 		return nil, err
 	}
 	return appointmentForCaller(ctx, out), nil
@@ -407,7 +407,9 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 		return nil, err
 	}
 	if out {
-		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
+		// A meeting is the loved one's record: the members' own consents
+		// (covered.Members) cover their referrals, not it.
+		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered.Families}
 	}
 	fields := interventionFilter
 	if out {
@@ -426,7 +428,10 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 		return nil, err
 	}
 	items, err = consentgate.Record(ctx, s.consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
-		(*interventionsv1.Intervention).GetFamily, (*interventionsv1.Intervention).GetName)
+		func(iv *interventionsv1.Intervention) consentgate.Patient {
+			return consentgate.LovedOne(iv.GetFamily())
+		},
+		(*interventionsv1.Intervention).GetName)
 	if err != nil {
 		return nil, err
 	}

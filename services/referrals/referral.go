@@ -279,7 +279,7 @@ func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRe
 	if err != nil {
 		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
-	if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, ""); err != nil {
+	if err := s.cfg.Consent.Check(ctx, consentgate.ReferralPatient(out), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, ""); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -318,7 +318,10 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		return nil, err
 	}
 	if out {
-		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered}
+		// A member's own referral is the member's record: only their own
+		// consent covers it, not the loved one's.
+		scope, args = `clinic = $1 AND (family = ANY($2::text[]) AND member_id = '' OR
+			member_id <> '' AND family || ' ' || member_id = ANY($3::text[]))`, []any{clinic, covered.Families, covered.Members}
 	}
 	fields := referralFilter
 	if calendarOnly(ctx) {
@@ -334,7 +337,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	// Everything that can fail comes before the disclosures are recorded
 	// (the history came with the page): the accounting lists only what left.
 	items, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
-		(*referralsv1.Referral).GetFamily, (*referralsv1.Referral).GetName)
+		consentgate.ReferralPatient, (*referralsv1.Referral).GetName)
 	if err != nil {
 		return nil, err
 	}

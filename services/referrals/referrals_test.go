@@ -885,6 +885,10 @@ type fakeConsent struct {
 	refused map[string]bool
 	covered []string
 	allowed []string
+	// members are the members whose own consent covers their referrals,
+	// as consentgate.MemberKey gives them; a member's referral is refused
+	// otherwise, whatever the family's consent.
+	members []*familiesv1.CoveredMember
 	// missing are families that do not exist; every other one does, with
 	// the member "mom".
 	missing    map[string]bool
@@ -921,7 +925,21 @@ func (c *fakeConsent) GetIntervention(_ context.Context, in *interventionsv1.Get
 func (c *fakeConsent) ListCoveredFamilies(context.Context, *familiesv1.ListCoveredFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return &familiesv1.ListCoveredFamiliesResponse{Families: c.covered}, nil
+	return &familiesv1.ListCoveredFamiliesResponse{Families: c.covered, Members: c.members}, nil
+}
+
+// memberRefused reports whether d is a member's own record no consent of
+// that member covers. The caller holds c.mu.
+func (c *fakeConsent) memberRefused(family string, d *familiesv1.Disclosure) bool {
+	if d.GetMemberId() == "" {
+		return false
+	}
+	for _, m := range c.members {
+		if m.GetFamily() == family && m.GetMemberId() == d.GetMemberId() {
+			return false
+		}
+	}
+	return true
 }
 
 func (c *fakeConsent) BatchCreateDisclosures(_ context.Context, in *familiesv1.BatchCreateDisclosuresRequest, _ ...grpc.CallOption) (*familiesv1.BatchCreateDisclosuresResponse, error) {
@@ -929,7 +947,8 @@ func (c *fakeConsent) BatchCreateDisclosures(_ context.Context, in *familiesv1.B
 	defer c.mu.Unlock()
 	out := &familiesv1.BatchCreateDisclosuresResponse{}
 	for _, r := range in.GetRequests() {
-		if !c.refused[r.GetParent()] {
+		if r.GetDisclosure().GetMemberId() != "" && !c.memberRefused(r.GetParent(), r.GetDisclosure()) ||
+			r.GetDisclosure().GetMemberId() == "" && !c.refused[r.GetParent()] {
 			c.allowed = append(c.allowed, r.GetDisclosure().GetResource())
 			out.Disclosures = append(out.Disclosures, r.GetDisclosure())
 		}
@@ -940,7 +959,7 @@ func (c *fakeConsent) BatchCreateDisclosures(_ context.Context, in *familiesv1.B
 func (c *fakeConsent) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.refused[in.GetParent()] {
+	if in.GetDisclosure().GetMemberId() == "" && c.refused[in.GetParent()] || c.memberRefused(in.GetParent(), in.GetDisclosure()) {
 		return nil, apperr.FailedPrecondition(consentgate.ReasonConsentRequired, "no consent", nil)
 	}
 	if c.revokedLate[in.GetParent()] && !in.GetValidateOnly() {
@@ -1939,5 +1958,89 @@ func TestMarkReferralEnteredInError(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition)
 	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: kept.GetName()}); got.GetEtag() != done.GetEtag() {
 		t.Fatal("a refused void changed the completed referral")
+	}
+}
+
+// A family member's own referral is the member's record: the EHR reads,
+// lists and moves it only under the member's own consent, never under the
+// loved one's, and the disclosure names the member.
+func TestMembersReferralNeedsTheirOwnConsent(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside"), 5)
+	const fam = "clinics/north/families/open"
+	mk := func(subject *referralsv1.ReferralSubject) *referralsv1.Referral {
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: fam, Subject: subject, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, Program: p.GetName(),
+			Urgency: referralsv1.Urgency_URGENCY_ROUTINE, Reason: "family counseling"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	own := mk(&referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE})
+	moms := mk(&referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"})
+	f.consent.mu.Lock()
+	f.consent.covered = []string{fam}
+	f.consent.mu.Unlock()
+	listed := func() []string {
+		t.Helper()
+		var names []string
+		for _, size := range []int32{1, 100} {
+			names = names[:0]
+			token := ""
+			for {
+				page, err := f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north", PageSize: size, PageToken: token})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range page.GetReferrals() {
+					names = append(names, r.GetName())
+				}
+				if token = page.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+		}
+		slices.Sort(names)
+		return names
+	}
+
+	// Under the loved one's consent alone: his referral, not hers.
+	_, err := f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: moms.GetName()})
+	if !consentgate.Refused(err) {
+		t.Fatalf("the member's referral under the loved one's consent: %v; want the consent refusal", err)
+	}
+	_, err = f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: moms.GetName()})
+	if !consentgate.Refused(err) {
+		t.Fatalf("a write-back to the member's referral under the loved one's consent: %v; want the consent refusal", err)
+	}
+	if got := listed(); !slices.Equal(got, []string{own.GetName()}) {
+		t.Fatalf("EHR list = %v; want the loved one's referral only", got)
+	}
+	if cur, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: moms.GetName()}); err != nil ||
+		cur.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED {
+		t.Fatalf("the refused write-back changed the member's referral: %v, %v", cur, err)
+	}
+
+	// Under hers alone: hers, not his.
+	f.consent.mu.Lock()
+	f.consent.covered = nil
+	f.consent.members = []*familiesv1.CoveredMember{{Family: fam, MemberId: "mom"}}
+	f.consent.refused[fam] = true
+	f.consent.allowed = nil
+	f.consent.mu.Unlock()
+	if got := listed(); !slices.Equal(got, []string{moms.GetName()}) {
+		t.Fatalf("EHR list = %v; want the member's referral only", got)
+	}
+	if _, err := f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: moms.GetName()}); err != nil {
+		t.Fatalf("the member's referral under her consent: %v", err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: moms.GetName()}); err != nil {
+		t.Fatalf("a write-back to the member's referral under her consent: %v", err)
+	}
+	_, err = f.client.GetReferral(f.ehr, &referralsv1.GetReferralRequest{Name: own.GetName()})
+	if !consentgate.Refused(err) {
+		t.Fatalf("the loved one's referral under the member's consent: %v; want the consent refusal", err)
 	}
 }

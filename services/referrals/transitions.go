@@ -101,7 +101,7 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		if before, err = readReferral(ctx, s.pool, r, false); err != nil {
 			return nil, consentgate.Unseen(ctx, st.name, err)
 		}
-		if err := s.cfg.Consent.Allowed(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
+		if err := s.cfg.Consent.Allowed(ctx, consentgate.ReferralPatient(before), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS); err != nil {
 			return nil, err
 		}
 	}
@@ -155,7 +155,7 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 				// check rolls the step back, and only a failed commit leaves
 				// a record of an answer that never went out (which a retry
 				// with the same request id then records no second time).
-				if err := s.cfg.Consent.Check(ctx, out.GetFamily(), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+				if err := s.cfg.Consent.Check(ctx, consentgate.ReferralPatient(out), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
 					disclosureRequestID(st)); err != nil {
 					return nil, err
 				}
@@ -180,7 +180,7 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 		if id != "" {
 			id += "-refused"
 		}
-		if cerr := s.cfg.Consent.Check(ctx, before.GetFamily(), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, id); cerr != nil {
+		if cerr := s.cfg.Consent.Check(ctx, consentgate.ReferralPatient(before), before.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS, id); cerr != nil {
 			return nil, cerr
 		}
 	}

@@ -361,6 +361,7 @@ type pending struct {
 	seq                      int64
 	topic                    webhooksv1.Topic
 	family                   string
+	member                   string // whose record, when a member's own (migration 0015)
 	payload                  []byte
 	attempts, replays        int
 	recordUnsure             bool // see errRecordUnsure
@@ -473,7 +474,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		FROM heads, subscriptions s
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
-		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.payload,
+		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.member_id, d.payload,
 			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
@@ -485,7 +486,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 	for rows.Next() {
 		p := &pending{}
 		var topic, kind int16
-		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.payload,
+		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.member, &p.payload,
 			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
@@ -859,7 +860,7 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	p.consulted = true
 	d := &familiesv1.Disclosure{
 		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
-		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK,
+		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK, MemberId: p.member,
 	}
 	// The first attempt (of a delivery, or of a replay) records, which
 	// checks the consent. A later one checks first, then records under the

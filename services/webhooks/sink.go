@@ -16,6 +16,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
@@ -237,17 +238,22 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	if !e.Created.IsZero() {
 		created = &e.Created
 	}
+	// A member's own referral is asked of the member's consent (member_id).
+	var member string
+	if ref, ok := msg.(*referralsv1.Referral); ok {
+		member = consentgate.ReferralPatient(ref).Member
+	}
 	tag, err := k.DB.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type,
-			topic, resource, family, payload, next_attempt_time, create_time)
+			topic, resource, family, payload, next_attempt_time, create_time, member_id)
 		SELECT s.clinic, s.id, gen_random_uuid()::text, $2, $3, $4,
 			(SELECT u.t FROM unnest($5::smallint[]) WITH ORDINALITY AS u(t, o) WHERE u.t = ANY(s.topics) ORDER BY u.o LIMIT 1),
-			$6, $7, CASE WHEN s.payload = $9 THEN $8::bytea END, coalesce($10::timestamptz, now()), coalesce($11::timestamptz, now())
+			$6, $7, CASE WHEN s.payload = $9 THEN $8::bytea END, coalesce($10::timestamptz, now()), coalesce($11::timestamptz, now()), $12
 		FROM subscriptions s
 		WHERE s.clinic = $1 AND s.topics && $5::smallint[]
 		ORDER BY s.id
 		ON CONFLICT (source, outbox_id, subscription_id) DO NOTHING`,
 		e.Clinic, source, e.ID, e.Type, topics, e.Resource, outbox.Family(e.Resource, msg), payload,
-		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore, created)
+		int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), r.notBefore, created, member)
 	if err != nil {
 		return 0, fmt.Errorf("webhooks: enqueue %s: %w", e.Type, err)
 	}

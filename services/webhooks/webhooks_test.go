@@ -1538,3 +1538,34 @@ func TestDeletedSubscriptionsAnswersAreForgotten(t *testing.T) {
 		t.Fatalf("subscriptions after the retries: %v, %v; want none", resp.GetSubscriptions(), err)
 	}
 }
+
+// A family member's own referral is told to the EHR under the member's
+// consent: every check and record the sender asks for names the member,
+// whether the notification carries the referral or identifiers only (whose
+// delivery keeps no payload to read the member from).
+func TestMembersReferralIsAskedOfTheirConsent(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	full, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	ids, _ := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	runSender(t, fastSender(f.db, fam, 10))
+	name := "clinics/north/referrals/r-mom"
+	if _, err := f.sink.Enqueue(ctx, "referrals", event(t, "handoff.referrals.v1.referral.accepted", &referralsv1.Referral{
+		Name: name, Family: "clinics/north/families/f1", Reason: "private",
+		Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"}}, name)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "both notifications", func() bool { return len(full.received()) == 1 && len(ids.received()) == 1 })
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	if len(fam.asked) < 2 || len(fam.records()) != 1 {
+		t.Fatalf("asked %v; want a check and a record", fam.asked)
+	}
+	for _, r := range fam.asked {
+		if r.GetDisclosure().GetMemberId() != "mom" || r.GetParent() != "clinics/north/families/f1" {
+			t.Fatalf("asked %v; want every ask for mom of f1", r)
+		}
+	}
+}

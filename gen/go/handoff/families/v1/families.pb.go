@@ -4632,7 +4632,13 @@ type Consent struct {
 	// When it last changed (a revocation).
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes on every revocation.
-	Etag          string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,16,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Whose records it covers: empty for the loved one's (the family's
+	// patient); a member's id for that member's own records, such as a
+	// referral made for the member. A member is a patient of their own
+	// referral, and only their own consent covers disclosing it: the loved
+	// one's does not. The member must be in the family when it is recorded.
+	MemberId      string `protobuf:"bytes,17,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4779,6 +4785,13 @@ func (x *Consent) GetEtag() string {
 	return ""
 }
 
+func (x *Consent) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
 // One revocation of a consent.
 type Revocation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4877,7 +4890,11 @@ type Disclosure struct {
 	// When.
 	DiscloseTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=disclose_time,json=discloseTime,proto3" json:"disclose_time,omitempty"`
 	// The notice every disclosure carries (42 CFR 2.32).
-	Notice        string `protobuf:"bytes,10,opt,name=notice,proto3" json:"notice,omitempty"`
+	Notice string `protobuf:"bytes,10,opt,name=notice,proto3" json:"notice,omitempty"`
+	// The family member whose own record was disclosed (a referral made for
+	// them), when it is not the loved one's: only that member's consent
+	// (`Consent.member_id`) covers it.
+	MemberId      string `protobuf:"bytes,11,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4978,6 +4995,13 @@ func (x *Disclosure) GetDiscloseTime() *timestamppb.Timestamp {
 func (x *Disclosure) GetNotice() string {
 	if x != nil {
 		return x.Notice
+	}
+	return ""
+}
+
+func (x *Disclosure) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
 	}
 	return ""
 }
@@ -5537,8 +5561,12 @@ func (x *ListCoveredFamiliesRequest) GetInformation() InformationKind {
 
 type ListCoveredFamiliesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The families, `clinics/{clinic}/families/{family}`, in no order.
-	Families      []string `protobuf:"bytes,1,rep,name=families,proto3" json:"families,omitempty"`
+	// The families whose loved one's consent covers the information,
+	// `clinics/{clinic}/families/{family}`, in no order.
+	Families []string `protobuf:"bytes,1,rep,name=families,proto3" json:"families,omitempty"`
+	// The family members whose own consent covers the information, for
+	// their own records, in no order.
+	Members       []*CoveredMember `protobuf:"bytes,2,rep,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5580,6 +5608,68 @@ func (x *ListCoveredFamiliesResponse) GetFamilies() []string {
 	return nil
 }
 
+func (x *ListCoveredFamiliesResponse) GetMembers() []*CoveredMember {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
+// A family member whose own consent covers a disclosure.
+type CoveredMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The family, `clinics/{clinic}/families/{family}`.
+	Family string `protobuf:"bytes,1,opt,name=family,proto3" json:"family,omitempty"`
+	// The member's id within the family.
+	MemberId      string `protobuf:"bytes,2,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoveredMember) Reset() {
+	*x = CoveredMember{}
+	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoveredMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoveredMember) ProtoMessage() {}
+
+func (x *CoveredMember) ProtoReflect() protoreflect.Message {
+	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoveredMember.ProtoReflect.Descriptor instead.
+func (*CoveredMember) Descriptor() ([]byte, []int) {
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CoveredMember) GetFamily() string {
+	if x != nil {
+		return x.Family
+	}
+	return ""
+}
+
+func (x *CoveredMember) GetMemberId() string {
+	if x != nil {
+		return x.MemberId
+	}
+	return ""
+}
+
 type BatchCreateDisclosuresRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The clinic, `clinics/{clinic}`; every request's parent must be in it.
@@ -5593,7 +5683,7 @@ type BatchCreateDisclosuresRequest struct {
 
 func (x *BatchCreateDisclosuresRequest) Reset() {
 	*x = BatchCreateDisclosuresRequest{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5605,7 +5695,7 @@ func (x *BatchCreateDisclosuresRequest) String() string {
 func (*BatchCreateDisclosuresRequest) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[60]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5618,7 +5708,7 @@ func (x *BatchCreateDisclosuresRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresRequest) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{60}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *BatchCreateDisclosuresRequest) GetParent() string {
@@ -5645,7 +5735,7 @@ type BatchCreateDisclosuresResponse struct {
 
 func (x *BatchCreateDisclosuresResponse) Reset() {
 	*x = BatchCreateDisclosuresResponse{}
-	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5657,7 +5747,7 @@ func (x *BatchCreateDisclosuresResponse) String() string {
 func (*BatchCreateDisclosuresResponse) ProtoMessage() {}
 
 func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_handoff_families_v1_families_proto_msgTypes[61]
+	mi := &file_handoff_families_v1_families_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5670,7 +5760,7 @@ func (x *BatchCreateDisclosuresResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateDisclosuresResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateDisclosuresResponse) Descriptor() ([]byte, []int) {
-	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{61}
+	return file_handoff_families_v1_families_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *BatchCreateDisclosuresResponse) GetDisclosures() []*Disclosure {
@@ -6029,7 +6119,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x04etag\x18\x03 \x01(\tB\x03\xe0A\x01R\x04etag\x12)\n" +
 	"\n" +
 	"request_id\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xa7\b\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xef\b\n" +
 	"\aConsent\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12.\n" +
 	"\tdiscloser\x18\x02 \x01(\tB\x10\xe0A\x02\xe0A\x05\xbaH\ar\x05\x10\x01\x18\xc8\x01R\tdiscloser\x12c\n" +
@@ -6054,7 +6144,8 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag:e\xeaAb\n" +
+	"\x04etag\x18\x10 \x01(\tB\x03\xe0A\x01R\x04etag\x12F\n" +
+	"\tmember_id\x18\x11 \x01(\tB)\xe0A\x01\xe0A\x05\xbaH \xd8\x01\x01r\x1b2\x19^[a-z0-9][a-z0-9-]{0,62}$R\bmemberId:e\xeaAb\n" +
 	"\x16handoff.health/Consent\x125clinics/{clinic}/families/{family}/consents/{consent}*\bconsents2\aconsent\"\x9b\x01\n" +
 	"\n" +
 	"Revocation\x12\x1c\n" +
@@ -6062,7 +6153,7 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\vrevoke_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12\x1a\n" +
 	"\brecorder\x18\x03 \x01(\tR\brecorder\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xa2\x05\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xe7\x05\n" +
 	"\n" +
 	"Disclosure\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12+\n" +
@@ -6076,7 +6167,8 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\tdiscloser\x18\b \x01(\tB\x03\xe0A\x03R\tdiscloser\x12D\n" +
 	"\rdisclose_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\fdiscloseTime\x12\x1b\n" +
 	"\x06notice\x18\n" +
-	" \x01(\tB\x03\xe0A\x03R\x06notice:t\xeaAq\n" +
+	" \x01(\tB\x03\xe0A\x03R\x06notice\x12C\n" +
+	"\tmember_id\x18\v \x01(\tB&\xe0A\x01\xbaH \xd8\x01\x01r\x1b2\x19^[a-z0-9][a-z0-9-]{0,62}$R\bmemberId:t\xeaAq\n" +
 	"\x19handoff.health/Disclosure\x12;clinics/{clinic}/families/{family}/disclosures/{disclosure}*\vdisclosures2\n" +
 	"disclosure\"\x85\x02\n" +
 	"\x14CreateConsentRequest\x12\x7f\n" +
@@ -6124,9 +6216,13 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd2\x01\n" +
 	"\x1aListCoveredFamiliesRequest\x12]\n" +
 	"\x06parent\x18\x01 \x01(\tBE\xe0A\x02\xfaA\x17\x12\x15handoff.health/Family\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12U\n" +
-	"\vinformation\x18\x02 \x01(\x0e2$.handoff.families.v1.InformationKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\vinformation\"9\n" +
+	"\vinformation\x18\x02 \x01(\x0e2$.handoff.families.v1.InformationKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\vinformation\"w\n" +
 	"\x1bListCoveredFamiliesResponse\x12\x1a\n" +
-	"\bfamilies\x18\x01 \x03(\tR\bfamilies\"\xbe\x01\n" +
+	"\bfamilies\x18\x01 \x03(\tR\bfamilies\x12<\n" +
+	"\amembers\x18\x02 \x03(\v2\".handoff.families.v1.CoveredMemberR\amembers\"D\n" +
+	"\rCoveredMember\x12\x16\n" +
+	"\x06family\x18\x01 \x01(\tR\x06family\x12\x1b\n" +
+	"\tmember_id\x18\x02 \x01(\tR\bmemberId\"\xbe\x01\n" +
 	"\x1dBatchCreateDisclosuresRequest\x12C\n" +
 	"\x06parent\x18\x01 \x01(\tB+\xe0A\x02\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12X\n" +
 	"\brequests\x18\x02 \x03(\v2,.handoff.families.v1.CreateDisclosureRequestB\x0e\xe0A\x02\xbaH\b\x92\x01\x05\b\x01\x10\xe8\aR\brequests\"c\n" +
@@ -6305,7 +6401,7 @@ func file_handoff_families_v1_families_proto_rawDescGZIP() []byte {
 }
 
 var file_handoff_families_v1_families_proto_enumTypes = make([]protoimpl.EnumInfo, 17)
-var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
+var file_handoff_families_v1_families_proto_msgTypes = make([]protoimpl.MessageInfo, 63)
 var file_handoff_families_v1_families_proto_goTypes = []any{
 	(FamilyState)(0),                       // 0: handoff.families.v1.FamilyState
 	(Substance)(0),                         // 1: handoff.families.v1.Substance
@@ -6384,13 +6480,14 @@ var file_handoff_families_v1_families_proto_goTypes = []any{
 	(*ListDisclosuresResponse)(nil),        // 74: handoff.families.v1.ListDisclosuresResponse
 	(*ListCoveredFamiliesRequest)(nil),     // 75: handoff.families.v1.ListCoveredFamiliesRequest
 	(*ListCoveredFamiliesResponse)(nil),    // 76: handoff.families.v1.ListCoveredFamiliesResponse
-	(*BatchCreateDisclosuresRequest)(nil),  // 77: handoff.families.v1.BatchCreateDisclosuresRequest
-	(*BatchCreateDisclosuresResponse)(nil), // 78: handoff.families.v1.BatchCreateDisclosuresResponse
-	(*timestamppb.Timestamp)(nil),          // 79: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 80: google.protobuf.FieldMask
-	(*v1.ListAuditEventsRequest)(nil),      // 81: handoff.audit.v1.ListAuditEventsRequest
-	(*emptypb.Empty)(nil),                  // 82: google.protobuf.Empty
-	(*v1.ListAuditEventsResponse)(nil),     // 83: handoff.audit.v1.ListAuditEventsResponse
+	(*CoveredMember)(nil),                  // 77: handoff.families.v1.CoveredMember
+	(*BatchCreateDisclosuresRequest)(nil),  // 78: handoff.families.v1.BatchCreateDisclosuresRequest
+	(*BatchCreateDisclosuresResponse)(nil), // 79: handoff.families.v1.BatchCreateDisclosuresResponse
+	(*timestamppb.Timestamp)(nil),          // 80: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 81: google.protobuf.FieldMask
+	(*v1.ListAuditEventsRequest)(nil),      // 82: handoff.audit.v1.ListAuditEventsRequest
+	(*emptypb.Empty)(nil),                  // 83: google.protobuf.Empty
+	(*v1.ListAuditEventsResponse)(nil),     // 84: handoff.audit.v1.ListAuditEventsResponse
 }
 var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	18,  // 0: handoff.families.v1.Family.loved_one:type_name -> handoff.families.v1.LovedOne
@@ -6399,9 +6496,9 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	0,   // 3: handoff.families.v1.Family.state:type_name -> handoff.families.v1.FamilyState
 	9,   // 4: handoff.families.v1.Family.safety_screen_status:type_name -> handoff.families.v1.SafetyScreenStatus
 	25,  // 5: handoff.families.v1.Family.latest_safety_screen:type_name -> handoff.families.v1.SafetyScreen
-	79,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
-	79,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
+	80,  // 6: handoff.families.v1.Family.first_contact_time:type_name -> google.protobuf.Timestamp
+	80,  // 7: handoff.families.v1.Family.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 8: handoff.families.v1.Family.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 9: handoff.families.v1.LovedOne.primary_substance:type_name -> handoff.families.v1.Substance
 	19,  // 10: handoff.families.v1.LovedOne.contact_channels:type_name -> handoff.families.v1.ContactChannel
 	2,   // 11: handoff.families.v1.ContactChannel.kind:type_name -> handoff.families.v1.ChannelKind
@@ -6412,42 +6509,42 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	21,  // 16: handoff.families.v1.Member.quiet_hours:type_name -> handoff.families.v1.QuietHours
 	5,   // 17: handoff.families.v1.Coverage.kind:type_name -> handoff.families.v1.CoverageKind
 	6,   // 18: handoff.families.v1.Barrier.kind:type_name -> handoff.families.v1.BarrierKind
-	79,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
-	79,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
+	80,  // 19: handoff.families.v1.Barrier.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 20: handoff.families.v1.Barrier.resolve_time:type_name -> google.protobuf.Timestamp
+	80,  // 21: handoff.families.v1.Barrier.update_time:type_name -> google.protobuf.Timestamp
 	7,   // 22: handoff.families.v1.WarningSign.kind:type_name -> handoff.families.v1.WarningSignKind
-	79,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
-	79,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
+	80,  // 23: handoff.families.v1.WarningSign.occur_time:type_name -> google.protobuf.Timestamp
+	80,  // 24: handoff.families.v1.WarningSign.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 25: handoff.families.v1.WarningSign.retract_time:type_name -> google.protobuf.Timestamp
 	8,   // 26: handoff.families.v1.SafetyScreen.result:type_name -> handoff.families.v1.SafetyRisk
-	79,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
-	79,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 27: handoff.families.v1.SafetyScreen.screen_time:type_name -> google.protobuf.Timestamp
+	80,  // 28: handoff.families.v1.SafetyScreen.create_time:type_name -> google.protobuf.Timestamp
 	10,  // 29: handoff.families.v1.Boundary.category:type_name -> handoff.families.v1.BoundaryCategory
 	11,  // 30: handoff.families.v1.Boundary.state:type_name -> handoff.families.v1.BoundaryState
 	27,  // 31: handoff.families.v1.Boundary.history:type_name -> handoff.families.v1.BoundaryEvent
-	79,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
+	80,  // 32: handoff.families.v1.Boundary.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 33: handoff.families.v1.Boundary.update_time:type_name -> google.protobuf.Timestamp
 	11,  // 34: handoff.families.v1.BoundaryEvent.from_state:type_name -> handoff.families.v1.BoundaryState
 	11,  // 35: handoff.families.v1.BoundaryEvent.to_state:type_name -> handoff.families.v1.BoundaryState
-	79,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
+	80,  // 36: handoff.families.v1.BoundaryEvent.time:type_name -> google.protobuf.Timestamp
 	17,  // 37: handoff.families.v1.CreateFamilyRequest.family:type_name -> handoff.families.v1.Family
 	17,  // 38: handoff.families.v1.ListFamiliesResponse.families:type_name -> handoff.families.v1.Family
 	17,  // 39: handoff.families.v1.UpdateFamilyRequest.family:type_name -> handoff.families.v1.Family
-	80,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
+	81,  // 40: handoff.families.v1.UpdateFamilyRequest.update_mask:type_name -> google.protobuf.FieldMask
 	23,  // 41: handoff.families.v1.CreateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
 	23,  // 42: handoff.families.v1.ListBarriersResponse.barriers:type_name -> handoff.families.v1.Barrier
 	23,  // 43: handoff.families.v1.UpdateBarrierRequest.barrier:type_name -> handoff.families.v1.Barrier
-	80,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
+	81,  // 44: handoff.families.v1.UpdateBarrierRequest.update_mask:type_name -> google.protobuf.FieldMask
 	24,  // 45: handoff.families.v1.CreateWarningSignRequest.warning_sign:type_name -> handoff.families.v1.WarningSign
 	24,  // 46: handoff.families.v1.ListWarningSignsResponse.warning_signs:type_name -> handoff.families.v1.WarningSign
 	25,  // 47: handoff.families.v1.CreateSafetyScreenRequest.safety_screen:type_name -> handoff.families.v1.SafetyScreen
 	25,  // 48: handoff.families.v1.ListSafetyScreensResponse.safety_screens:type_name -> handoff.families.v1.SafetyScreen
 	12,  // 49: handoff.families.v1.CraftSession.topics:type_name -> handoff.families.v1.CraftTopic
-	79,  // 50: handoff.families.v1.CraftSession.session_time:type_name -> google.protobuf.Timestamp
-	79,  // 51: handoff.families.v1.CraftSession.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 52: handoff.families.v1.CraftSession.retract_time:type_name -> google.protobuf.Timestamp
-	79,  // 53: handoff.families.v1.CraftProgress.first_session_time:type_name -> google.protobuf.Timestamp
-	79,  // 54: handoff.families.v1.CraftProgress.last_session_time:type_name -> google.protobuf.Timestamp
+	80,  // 50: handoff.families.v1.CraftSession.session_time:type_name -> google.protobuf.Timestamp
+	80,  // 51: handoff.families.v1.CraftSession.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 52: handoff.families.v1.CraftSession.retract_time:type_name -> google.protobuf.Timestamp
+	80,  // 53: handoff.families.v1.CraftProgress.first_session_time:type_name -> google.protobuf.Timestamp
+	80,  // 54: handoff.families.v1.CraftProgress.last_session_time:type_name -> google.protobuf.Timestamp
 	12,  // 55: handoff.families.v1.CraftProgress.covered_topics:type_name -> handoff.families.v1.CraftTopic
 	12,  // 56: handoff.families.v1.CraftProgress.next_topic:type_name -> handoff.families.v1.CraftTopic
 	50,  // 57: handoff.families.v1.CreateCraftSessionRequest.craft_session:type_name -> handoff.families.v1.CraftSession
@@ -6455,112 +6552,113 @@ var file_handoff_families_v1_families_proto_depIdxs = []int32{
 	26,  // 59: handoff.families.v1.CreateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
 	26,  // 60: handoff.families.v1.ListBoundariesResponse.boundaries:type_name -> handoff.families.v1.Boundary
 	26,  // 61: handoff.families.v1.UpdateBoundaryRequest.boundary:type_name -> handoff.families.v1.Boundary
-	80,  // 62: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
+	81,  // 62: handoff.families.v1.UpdateBoundaryRequest.update_mask:type_name -> google.protobuf.FieldMask
 	14,  // 63: handoff.families.v1.Consent.information:type_name -> handoff.families.v1.InformationKind
 	15,  // 64: handoff.families.v1.Consent.purposes:type_name -> handoff.families.v1.Purpose
-	79,  // 65: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
-	79,  // 66: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
+	80,  // 65: handoff.families.v1.Consent.expire_time:type_name -> google.protobuf.Timestamp
+	80,  // 66: handoff.families.v1.Consent.sign_time:type_name -> google.protobuf.Timestamp
 	13,  // 67: handoff.families.v1.Consent.state:type_name -> handoff.families.v1.ConsentState
 	65,  // 68: handoff.families.v1.Consent.revocations:type_name -> handoff.families.v1.Revocation
-	79,  // 69: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
-	79,  // 70: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
-	79,  // 71: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
+	80,  // 69: handoff.families.v1.Consent.create_time:type_name -> google.protobuf.Timestamp
+	80,  // 70: handoff.families.v1.Consent.update_time:type_name -> google.protobuf.Timestamp
+	80,  // 71: handoff.families.v1.Revocation.revoke_time:type_name -> google.protobuf.Timestamp
 	14,  // 72: handoff.families.v1.Disclosure.information:type_name -> handoff.families.v1.InformationKind
 	15,  // 73: handoff.families.v1.Disclosure.purpose:type_name -> handoff.families.v1.Purpose
 	16,  // 74: handoff.families.v1.Disclosure.channel:type_name -> handoff.families.v1.DisclosureChannel
-	79,  // 75: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
+	80,  // 75: handoff.families.v1.Disclosure.disclose_time:type_name -> google.protobuf.Timestamp
 	64,  // 76: handoff.families.v1.CreateConsentRequest.consent:type_name -> handoff.families.v1.Consent
 	64,  // 77: handoff.families.v1.ListConsentsResponse.consents:type_name -> handoff.families.v1.Consent
 	66,  // 78: handoff.families.v1.CreateDisclosureRequest.disclosure:type_name -> handoff.families.v1.Disclosure
 	66,  // 79: handoff.families.v1.ListDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
 	14,  // 80: handoff.families.v1.ListCoveredFamiliesRequest.information:type_name -> handoff.families.v1.InformationKind
-	72,  // 81: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
-	66,  // 82: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
-	28,  // 83: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
-	29,  // 84: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
-	30,  // 85: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
-	32,  // 86: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
-	34,  // 87: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
-	33,  // 88: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
-	35,  // 89: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
-	36,  // 90: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
-	37,  // 91: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
-	39,  // 92: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
-	40,  // 93: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
-	41,  // 94: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
-	42,  // 95: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
-	43,  // 96: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
-	44,  // 97: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
-	45,  // 98: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
-	47,  // 99: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
-	48,  // 100: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
-	52,  // 101: handoff.families.v1.FamiliesService.CreateCraftSession:input_type -> handoff.families.v1.CreateCraftSessionRequest
-	55,  // 102: handoff.families.v1.FamiliesService.GetCraftSession:input_type -> handoff.families.v1.GetCraftSessionRequest
-	56,  // 103: handoff.families.v1.FamiliesService.RetractCraftSession:input_type -> handoff.families.v1.RetractCraftSessionRequest
-	53,  // 104: handoff.families.v1.FamiliesService.ListCraftSessions:input_type -> handoff.families.v1.ListCraftSessionsRequest
-	57,  // 105: handoff.families.v1.FamiliesService.GetCraftProgress:input_type -> handoff.families.v1.GetCraftProgressRequest
-	58,  // 106: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
-	59,  // 107: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
-	60,  // 108: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
-	62,  // 109: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
-	63,  // 110: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	63,  // 111: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	63,  // 112: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	63,  // 113: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
-	67,  // 114: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
-	68,  // 115: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
-	69,  // 116: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
-	71,  // 117: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
-	72,  // 118: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
-	75,  // 119: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
-	77,  // 120: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
-	73,  // 121: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
-	81,  // 122: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
-	17,  // 123: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
-	17,  // 124: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
-	31,  // 125: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
-	17,  // 126: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
-	17,  // 127: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
-	82,  // 128: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
-	23,  // 129: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
-	23,  // 130: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
-	38,  // 131: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
-	23,  // 132: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
-	82,  // 133: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
-	23,  // 134: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
-	24,  // 135: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
-	24,  // 136: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
-	24,  // 137: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
-	46,  // 138: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
-	25,  // 139: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
-	49,  // 140: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
-	50,  // 141: handoff.families.v1.FamiliesService.CreateCraftSession:output_type -> handoff.families.v1.CraftSession
-	50,  // 142: handoff.families.v1.FamiliesService.GetCraftSession:output_type -> handoff.families.v1.CraftSession
-	50,  // 143: handoff.families.v1.FamiliesService.RetractCraftSession:output_type -> handoff.families.v1.CraftSession
-	54,  // 144: handoff.families.v1.FamiliesService.ListCraftSessions:output_type -> handoff.families.v1.ListCraftSessionsResponse
-	51,  // 145: handoff.families.v1.FamiliesService.GetCraftProgress:output_type -> handoff.families.v1.CraftProgress
-	26,  // 146: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 147: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
-	61,  // 148: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
-	26,  // 149: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 150: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 151: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 152: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
-	26,  // 153: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
-	64,  // 154: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
-	64,  // 155: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
-	70,  // 156: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
-	64,  // 157: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
-	66,  // 158: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
-	76,  // 159: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
-	78,  // 160: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
-	74,  // 161: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
-	83,  // 162: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
-	123, // [123:163] is the sub-list for method output_type
-	83,  // [83:123] is the sub-list for method input_type
-	83,  // [83:83] is the sub-list for extension type_name
-	83,  // [83:83] is the sub-list for extension extendee
-	0,   // [0:83] is the sub-list for field type_name
+	77,  // 81: handoff.families.v1.ListCoveredFamiliesResponse.members:type_name -> handoff.families.v1.CoveredMember
+	72,  // 82: handoff.families.v1.BatchCreateDisclosuresRequest.requests:type_name -> handoff.families.v1.CreateDisclosureRequest
+	66,  // 83: handoff.families.v1.BatchCreateDisclosuresResponse.disclosures:type_name -> handoff.families.v1.Disclosure
+	28,  // 84: handoff.families.v1.FamiliesService.CreateFamily:input_type -> handoff.families.v1.CreateFamilyRequest
+	29,  // 85: handoff.families.v1.FamiliesService.GetFamily:input_type -> handoff.families.v1.GetFamilyRequest
+	30,  // 86: handoff.families.v1.FamiliesService.ListFamilies:input_type -> handoff.families.v1.ListFamiliesRequest
+	32,  // 87: handoff.families.v1.FamiliesService.UpdateFamily:input_type -> handoff.families.v1.UpdateFamilyRequest
+	34,  // 88: handoff.families.v1.FamiliesService.RecordTreatmentEntry:input_type -> handoff.families.v1.RecordTreatmentEntryRequest
+	33,  // 89: handoff.families.v1.FamiliesService.DeleteFamily:input_type -> handoff.families.v1.DeleteFamilyRequest
+	35,  // 90: handoff.families.v1.FamiliesService.CreateBarrier:input_type -> handoff.families.v1.CreateBarrierRequest
+	36,  // 91: handoff.families.v1.FamiliesService.GetBarrier:input_type -> handoff.families.v1.GetBarrierRequest
+	37,  // 92: handoff.families.v1.FamiliesService.ListBarriers:input_type -> handoff.families.v1.ListBarriersRequest
+	39,  // 93: handoff.families.v1.FamiliesService.UpdateBarrier:input_type -> handoff.families.v1.UpdateBarrierRequest
+	40,  // 94: handoff.families.v1.FamiliesService.DeleteBarrier:input_type -> handoff.families.v1.DeleteBarrierRequest
+	41,  // 95: handoff.families.v1.FamiliesService.ResolveBarrier:input_type -> handoff.families.v1.ResolveBarrierRequest
+	42,  // 96: handoff.families.v1.FamiliesService.CreateWarningSign:input_type -> handoff.families.v1.CreateWarningSignRequest
+	43,  // 97: handoff.families.v1.FamiliesService.GetWarningSign:input_type -> handoff.families.v1.GetWarningSignRequest
+	44,  // 98: handoff.families.v1.FamiliesService.RetractWarningSign:input_type -> handoff.families.v1.RetractWarningSignRequest
+	45,  // 99: handoff.families.v1.FamiliesService.ListWarningSigns:input_type -> handoff.families.v1.ListWarningSignsRequest
+	47,  // 100: handoff.families.v1.FamiliesService.CreateSafetyScreen:input_type -> handoff.families.v1.CreateSafetyScreenRequest
+	48,  // 101: handoff.families.v1.FamiliesService.ListSafetyScreens:input_type -> handoff.families.v1.ListSafetyScreensRequest
+	52,  // 102: handoff.families.v1.FamiliesService.CreateCraftSession:input_type -> handoff.families.v1.CreateCraftSessionRequest
+	55,  // 103: handoff.families.v1.FamiliesService.GetCraftSession:input_type -> handoff.families.v1.GetCraftSessionRequest
+	56,  // 104: handoff.families.v1.FamiliesService.RetractCraftSession:input_type -> handoff.families.v1.RetractCraftSessionRequest
+	53,  // 105: handoff.families.v1.FamiliesService.ListCraftSessions:input_type -> handoff.families.v1.ListCraftSessionsRequest
+	57,  // 106: handoff.families.v1.FamiliesService.GetCraftProgress:input_type -> handoff.families.v1.GetCraftProgressRequest
+	58,  // 107: handoff.families.v1.FamiliesService.CreateBoundary:input_type -> handoff.families.v1.CreateBoundaryRequest
+	59,  // 108: handoff.families.v1.FamiliesService.GetBoundary:input_type -> handoff.families.v1.GetBoundaryRequest
+	60,  // 109: handoff.families.v1.FamiliesService.ListBoundaries:input_type -> handoff.families.v1.ListBoundariesRequest
+	62,  // 110: handoff.families.v1.FamiliesService.UpdateBoundary:input_type -> handoff.families.v1.UpdateBoundaryRequest
+	63,  // 111: handoff.families.v1.FamiliesService.AgreeBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 112: handoff.families.v1.FamiliesService.ActivateBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 113: handoff.families.v1.FamiliesService.ReinforceBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	63,  // 114: handoff.families.v1.FamiliesService.RetireBoundary:input_type -> handoff.families.v1.TransitionBoundaryRequest
+	67,  // 115: handoff.families.v1.FamiliesService.CreateConsent:input_type -> handoff.families.v1.CreateConsentRequest
+	68,  // 116: handoff.families.v1.FamiliesService.GetConsent:input_type -> handoff.families.v1.GetConsentRequest
+	69,  // 117: handoff.families.v1.FamiliesService.ListConsents:input_type -> handoff.families.v1.ListConsentsRequest
+	71,  // 118: handoff.families.v1.FamiliesService.RevokeConsent:input_type -> handoff.families.v1.RevokeConsentRequest
+	72,  // 119: handoff.families.v1.FamiliesService.CreateDisclosure:input_type -> handoff.families.v1.CreateDisclosureRequest
+	75,  // 120: handoff.families.v1.FamiliesService.ListCoveredFamilies:input_type -> handoff.families.v1.ListCoveredFamiliesRequest
+	78,  // 121: handoff.families.v1.FamiliesService.BatchCreateDisclosures:input_type -> handoff.families.v1.BatchCreateDisclosuresRequest
+	73,  // 122: handoff.families.v1.FamiliesService.ListDisclosures:input_type -> handoff.families.v1.ListDisclosuresRequest
+	82,  // 123: handoff.families.v1.FamiliesService.ListAuditEvents:input_type -> handoff.audit.v1.ListAuditEventsRequest
+	17,  // 124: handoff.families.v1.FamiliesService.CreateFamily:output_type -> handoff.families.v1.Family
+	17,  // 125: handoff.families.v1.FamiliesService.GetFamily:output_type -> handoff.families.v1.Family
+	31,  // 126: handoff.families.v1.FamiliesService.ListFamilies:output_type -> handoff.families.v1.ListFamiliesResponse
+	17,  // 127: handoff.families.v1.FamiliesService.UpdateFamily:output_type -> handoff.families.v1.Family
+	17,  // 128: handoff.families.v1.FamiliesService.RecordTreatmentEntry:output_type -> handoff.families.v1.Family
+	83,  // 129: handoff.families.v1.FamiliesService.DeleteFamily:output_type -> google.protobuf.Empty
+	23,  // 130: handoff.families.v1.FamiliesService.CreateBarrier:output_type -> handoff.families.v1.Barrier
+	23,  // 131: handoff.families.v1.FamiliesService.GetBarrier:output_type -> handoff.families.v1.Barrier
+	38,  // 132: handoff.families.v1.FamiliesService.ListBarriers:output_type -> handoff.families.v1.ListBarriersResponse
+	23,  // 133: handoff.families.v1.FamiliesService.UpdateBarrier:output_type -> handoff.families.v1.Barrier
+	83,  // 134: handoff.families.v1.FamiliesService.DeleteBarrier:output_type -> google.protobuf.Empty
+	23,  // 135: handoff.families.v1.FamiliesService.ResolveBarrier:output_type -> handoff.families.v1.Barrier
+	24,  // 136: handoff.families.v1.FamiliesService.CreateWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 137: handoff.families.v1.FamiliesService.GetWarningSign:output_type -> handoff.families.v1.WarningSign
+	24,  // 138: handoff.families.v1.FamiliesService.RetractWarningSign:output_type -> handoff.families.v1.WarningSign
+	46,  // 139: handoff.families.v1.FamiliesService.ListWarningSigns:output_type -> handoff.families.v1.ListWarningSignsResponse
+	25,  // 140: handoff.families.v1.FamiliesService.CreateSafetyScreen:output_type -> handoff.families.v1.SafetyScreen
+	49,  // 141: handoff.families.v1.FamiliesService.ListSafetyScreens:output_type -> handoff.families.v1.ListSafetyScreensResponse
+	50,  // 142: handoff.families.v1.FamiliesService.CreateCraftSession:output_type -> handoff.families.v1.CraftSession
+	50,  // 143: handoff.families.v1.FamiliesService.GetCraftSession:output_type -> handoff.families.v1.CraftSession
+	50,  // 144: handoff.families.v1.FamiliesService.RetractCraftSession:output_type -> handoff.families.v1.CraftSession
+	54,  // 145: handoff.families.v1.FamiliesService.ListCraftSessions:output_type -> handoff.families.v1.ListCraftSessionsResponse
+	51,  // 146: handoff.families.v1.FamiliesService.GetCraftProgress:output_type -> handoff.families.v1.CraftProgress
+	26,  // 147: handoff.families.v1.FamiliesService.CreateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 148: handoff.families.v1.FamiliesService.GetBoundary:output_type -> handoff.families.v1.Boundary
+	61,  // 149: handoff.families.v1.FamiliesService.ListBoundaries:output_type -> handoff.families.v1.ListBoundariesResponse
+	26,  // 150: handoff.families.v1.FamiliesService.UpdateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 151: handoff.families.v1.FamiliesService.AgreeBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 152: handoff.families.v1.FamiliesService.ActivateBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 153: handoff.families.v1.FamiliesService.ReinforceBoundary:output_type -> handoff.families.v1.Boundary
+	26,  // 154: handoff.families.v1.FamiliesService.RetireBoundary:output_type -> handoff.families.v1.Boundary
+	64,  // 155: handoff.families.v1.FamiliesService.CreateConsent:output_type -> handoff.families.v1.Consent
+	64,  // 156: handoff.families.v1.FamiliesService.GetConsent:output_type -> handoff.families.v1.Consent
+	70,  // 157: handoff.families.v1.FamiliesService.ListConsents:output_type -> handoff.families.v1.ListConsentsResponse
+	64,  // 158: handoff.families.v1.FamiliesService.RevokeConsent:output_type -> handoff.families.v1.Consent
+	66,  // 159: handoff.families.v1.FamiliesService.CreateDisclosure:output_type -> handoff.families.v1.Disclosure
+	76,  // 160: handoff.families.v1.FamiliesService.ListCoveredFamilies:output_type -> handoff.families.v1.ListCoveredFamiliesResponse
+	79,  // 161: handoff.families.v1.FamiliesService.BatchCreateDisclosures:output_type -> handoff.families.v1.BatchCreateDisclosuresResponse
+	74,  // 162: handoff.families.v1.FamiliesService.ListDisclosures:output_type -> handoff.families.v1.ListDisclosuresResponse
+	84,  // 163: handoff.families.v1.FamiliesService.ListAuditEvents:output_type -> handoff.audit.v1.ListAuditEventsResponse
+	124, // [124:164] is the sub-list for method output_type
+	84,  // [84:124] is the sub-list for method input_type
+	84,  // [84:84] is the sub-list for extension type_name
+	84,  // [84:84] is the sub-list for extension extendee
+	0,   // [0:84] is the sub-list for field type_name
 }
 
 func init() { file_handoff_families_v1_families_proto_init() }
@@ -6574,7 +6672,7 @@ func file_handoff_families_v1_families_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_handoff_families_v1_families_proto_rawDesc), len(file_handoff_families_v1_families_proto_rawDesc)),
 			NumEnums:      17,
-			NumMessages:   62,
+			NumMessages:   63,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

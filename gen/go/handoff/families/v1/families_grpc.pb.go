@@ -210,7 +210,8 @@ type FamiliesServiceClient interface {
 	// first and records once the answer is sure to go out.
 	CreateDisclosure(ctx context.Context, in *CreateDisclosureRequest, opts ...grpc.CallOption) (*Disclosure, error)
 	// Lists the families of a clinic whose consent covers disclosing the given
-	// information to the caller for treatment now. The services that hold
+	// information to the caller for treatment now, and the family members
+	// whose own consent covers their own records. The services that hold
 	// referrals and appointments filter an outside system's lists by it in
 	// SQL, so that pages and page tokens never reflect records it may not see.
 	ListCoveredFamilies(ctx context.Context, in *ListCoveredFamiliesRequest, opts ...grpc.CallOption) (*ListCoveredFamiliesResponse, error)
@@ -775,7 +776,8 @@ type FamiliesServiceServer interface {
 	// first and records once the answer is sure to go out.
 	CreateDisclosure(context.Context, *CreateDisclosureRequest) (*Disclosure, error)
 	// Lists the families of a clinic whose consent covers disclosing the given
-	// information to the caller for treatment now. The services that hold
+	// information to the caller for treatment now, and the family members
+	// whose own consent covers their own records. The services that hold
 	// referrals and appointments filter an outside system's lists by it in
 	// SQL, so that pages and page tokens never reflect records it may not see.
 	ListCoveredFamilies(context.Context, *ListCoveredFamiliesRequest) (*ListCoveredFamiliesResponse, error)
