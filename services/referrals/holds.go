@@ -13,12 +13,13 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
 const holdSelect = `SELECT id, program_id, service_kind, family, intervention, expire_time, state, referral,
-	release_reason, create_time, update_time, version FROM holds`
+	release_reason, create_time, update_time, version, holder, workflow_held FROM holds`
 
 // holdRow is a row of holdSelect's columns.
 type holdRow struct {
@@ -26,11 +27,13 @@ type holdRow struct {
 	kind, state                                         int16
 	expires, created, updated                           time.Time
 	version                                             int64
+	holder                                              string
+	workflowHeld                                        bool
 }
 
 func (h *holdRow) dest() []any {
 	return []any{&h.id, &h.program, &h.kind, &h.family, &h.intervention, &h.expires, &h.state, &h.referral, &h.reason,
-		&h.created, &h.updated, &h.version}
+		&h.created, &h.updated, &h.version, &h.holder, &h.workflowHeld}
 }
 
 // hold is the row as the API shows it at now, in clinic.
@@ -40,6 +43,7 @@ func (h *holdRow) hold(clinic string, now time.Time) *referralsv1.Hold {
 		Family: h.family, Intervention: h.intervention, ExpireTime: timestamppb.New(h.expires),
 		State: referralsv1.HoldState(h.state), Referral: h.referral, ReleaseReason: h.reason,
 		CreateTime: timestamppb.New(h.created), UpdateTime: timestamppb.New(h.updated), Etag: aip.Etag(h.version),
+		Holder: h.holder, WorkflowHeld: h.workflowHeld,
 	}
 	// A hold past its expiry is expired whether or not the sweeper has
 	// returned its slot yet.
@@ -132,9 +136,15 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 					map[string]string{"program": prog.GetName()})
 			}
 			h := ref{p.clinic, aip.NewID()}
-			if _, err := tx.Exec(ctx, `INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state, create_time, update_time)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)`, h.clinic, h.id, p.id, int16(req.GetServiceKind()),
-				req.GetFamily(), req.GetIntervention(), now.Add(ttl), int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+			// A place is a workflow's if the worker held it; a token
+			// that also holds a staff role is a person's.
+			pr, _ := auth.FromContext(ctx)
+			byWorkflow := pr.Has(auth.RoleWorker) && !pr.Has(auth.RoleCounselor, auth.RoleClinicAdmin)
+			if _, err := tx.Exec(ctx, `INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state,
+					create_time, update_time, holder, workflow_held)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)`, h.clinic, h.id, p.id, int16(req.GetServiceKind()),
+				req.GetFamily(), req.GetIntervention(), now.Add(ttl), int16(referralsv1.HoldState_HOLD_STATE_HELD), now,
+				auth.Actor(ctx), byWorkflow); err != nil {
 				return nil, fmt.Errorf("insert hold: %w", err)
 			}
 			out, err := s.readHold(ctx, tx, h, false)
@@ -189,13 +199,13 @@ func (s *Server) expireHolds(ctx context.Context, tx pgx.Tx, clinic, programID s
 			UPDATE holds h SET state = $4, release_reason = $9, update_time = $3, version = h.version + 1
 			FROM due WHERE h.clinic = due.clinic AND h.id = due.id AND h.state = $5
 			RETURNING h.clinic, h.id, h.program_id, h.service_kind, h.family, h.intervention, h.expire_time, h.state, h.referral,
-				h.release_reason, h.create_time, h.update_time, h.version),
+				h.release_reason, h.create_time, h.update_time, h.version, h.holder, h.workflow_held),
 		counts AS (SELECT clinic, program_id, count(*) AS n FROM expired GROUP BY clinic, program_id),
 		returned AS (UPDATE programs p SET available_slots = p.available_slots + c.n, held_slots = p.held_slots - c.n,
 			update_time = $3, version = p.version + 1
 			FROM counts c WHERE p.clinic = c.clinic AND p.id = c.program_id)
 		SELECT clinic, id, program_id, service_kind, family, intervention, expire_time, state, referral,
-			release_reason, create_time, update_time, version FROM expired ORDER BY clinic, id`,
+			release_reason, create_time, update_time, version, holder, workflow_held FROM expired ORDER BY clinic, id`,
 		clinic, programID, now, int16(referralsv1.HoldState_HOLD_STATE_EXPIRED), int16(referralsv1.HoldState_HOLD_STATE_HELD), limit,
 		after.clinic, after.id, reasonExpired)
 	if err != nil {

@@ -2044,3 +2044,49 @@ func TestMembersReferralNeedsTheirOwnConsent(t *testing.T) {
 		t.Fatalf("the loved one's referral under the member's consent: %v; want the consent refusal", err)
 	}
 }
+
+// A hold says who made it and whether a workflow did, on every read, so
+// that a workflow giving back its own places leaves a counselor's.
+func TestHoldSaysWhoHeldIt(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 3)
+	hold := func(ctx context.Context) *referralsv1.Hold {
+		t.Helper()
+		h, err := f.client.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+			Intervention: "clinics/north/interventions/i1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	byHand := hold(f.ctx)
+	byWorkflow := hold(f.env.As("north", "handoff-worker", auth.RoleWorker))
+	if byHand.GetHolder() != "counselor-1" || byHand.GetWorkflowHeld() {
+		t.Fatalf("the counselor's hold = %v; want held by counselor-1, not a workflow", byHand)
+	}
+	if byWorkflow.GetHolder() != "handoff-worker" || !byWorkflow.GetWorkflowHeld() {
+		t.Fatalf("the worker's hold = %v; want held by the worker, a workflow", byWorkflow)
+	}
+	list, err := f.client.ListHolds(f.ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, h := range list.GetHolds() {
+		seen[h.GetName()] = h.GetWorkflowHeld()
+	}
+	if w, ok := seen[byWorkflow.GetName()]; !ok || !w {
+		t.Fatalf("listed %v; want the worker's hold as a workflow's", list.GetHolds())
+	}
+	if w, ok := seen[byHand.GetName()]; !ok || w {
+		t.Fatalf("listed %v; want the counselor's hold as a person's", list.GetHolds())
+	}
+	// As the sweep returns it, it still says so.
+	f.clock.Advance(73 * time.Hour)
+	got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: byHand.GetName()})
+	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetHolder() != "counselor-1" {
+		t.Fatalf("the lapsed hold = %v, %v", got, err)
+	}
+}

@@ -403,14 +403,16 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 }
 
 // ReleaseHeldFor releases the live treatment holds (MAT or care) of the
-// intervention for the family and returns how many it released: the
-// workflow calls it when a hold try ended without an answer, so that a
-// hold made by that try is not left held until it lapses. A place held
-// ahead of the meeting is for what suits the loved one, which may be care:
-// every treatment's goes back (a place a counselor held by hand for the
-// meeting too: holds do not say who made them). Each
-// release's request id is the request's and the hold's, so a retry
-// releases nothing twice.
+// intervention for the family that a workflow made, and returns how many it
+// released: the workflow calls it when a hold try ended without an answer,
+// so that a hold made by that try is not left held until it lapses. A place
+// held ahead of the meeting is for what suits the loved one, which may be
+// care: every treatment's goes back. A place a counselor held by hand for
+// the meeting stays, theirs to release. With AnyService (the intervention
+// no longer takes place) every live hold made for it goes back, a
+// counselor's too: there is no meeting left to hold it for. Each release's
+// request id is the request's and the hold's, so a retry releases nothing
+// twice.
 func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) (int, error) {
 	kinds := treatment
 	if in.AnyService {
@@ -419,6 +421,9 @@ func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) 
 	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
 	if err != nil {
 		return 0, err
+	}
+	if !in.AnyService {
+		holds = slices.DeleteFunc(holds, func(h *referralsv1.Hold) bool { return !h.GetWorkflowHeld() })
 	}
 	return a.releaseAll(ctx, holds, in.Reason, in.RequestID)
 }

@@ -1265,15 +1265,18 @@ func (f *holdsFake) ReleaseHold(_ context.Context, in *referralsv1.ReleaseHoldRe
 }
 
 // Releasing what a try without an answer may have held gives back every
-// live MAT hold of the meeting for the family, each under a request id of
-// its own, and no other family's.
+// live MAT hold a workflow made for the meeting for the family, each under
+// a request id of its own, and no other family's, nor the place a
+// counselor held by hand.
 func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
 	mat := referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
 	f := &holdsFake{holds: []*referralsv1.Hold{
-		{Name: "clinics/north/holds/a", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p1"},
-		{Name: "clinics/north/holds/theirs", Family: "clinics/north/families/f2", Intervention: iv, ServiceKind: mat},
-		{Name: "clinics/north/holds/b", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p2"},
+		{Name: "clinics/north/holds/a", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p1", WorkflowHeld: true},
+		{Name: "clinics/north/holds/theirs", Family: "clinics/north/families/f2", Intervention: iv, ServiceKind: mat, WorkflowHeld: true},
+		{Name: "clinics/north/holds/by-hand", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p3",
+			Holder: "counselor-1"},
+		{Name: "clinics/north/holds/b", Family: fam, Intervention: iv, ServiceKind: mat, Program: "clinics/north/programs/p2", WorkflowHeld: true},
 	}}
 	a := &Activities{Referrals: f}
 	n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
@@ -1281,8 +1284,8 @@ func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 	if err != nil || n != 2 {
 		t.Fatalf("released %d, %v; want 2", n, err)
 	}
-	if len(f.holds) != 1 || f.holds[0].GetName() != "clinics/north/holds/theirs" {
-		t.Fatalf("left held: %v; want only the other family's", f.holds)
+	if len(f.holds) != 2 || f.holds[0].GetName() != "clinics/north/holds/theirs" || f.holds[1].GetName() != "clinics/north/holds/by-hand" {
+		t.Fatalf("left held: %v; want the other family's and the counselor's", f.holds)
 	}
 	if id0, id1 := f.releases[0].GetRequestId(), f.releases[1].GetRequestId(); id0 == id1 || len(id0) > 64 || len(id1) > 64 {
 		t.Fatalf("request ids %q and %q; want two distinct ids of at most 64 characters", id0, id1)
@@ -1290,28 +1293,30 @@ func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 }
 
 // For a meeting that will not take place, every live hold of the family
-// goes back, a place held for a service other than treatment too; without
-// AnyService that one stays, and a place for treatment, MAT or care (what
-// suits a loved one who uses stimulants, say), goes back.
+// goes back, a place held for a service other than treatment too, and one
+// a counselor held by hand; without AnyService those stay, and a place a
+// workflow held for treatment, MAT or care (what suits a loved one who
+// uses stimulants, say), goes back.
 func TestReleaseHeldForAnyService(t *testing.T) {
 	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
 	holds := func() *holdsFake {
 		return &holdsFake{holds: []*referralsv1.Hold{
-			{Name: "clinics/north/holds/mat", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE},
-			{Name: "clinics/north/holds/bed", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_INPATIENT},
-			{Name: "clinics/north/holds/group", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_FAMILY_SUPPORT_GROUP},
+			{Name: "clinics/north/holds/mat", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, WorkflowHeld: true},
+			{Name: "clinics/north/holds/bed", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_INPATIENT, WorkflowHeld: true},
+			{Name: "clinics/north/holds/group", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_FAMILY_SUPPORT_GROUP, WorkflowHeld: true},
+			{Name: "clinics/north/holds/by-hand", Family: fam, Intervention: iv, ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE},
 		}}
 	}
 	for _, c := range []struct {
 		any  bool
 		left int
-	}{{false, 1}, {true, 0}} {
+	}{{false, 2}, {true, 0}} {
 		f := holds()
 		f.onePerPage = true // every page is read
 		a := &Activities{Referrals: f}
 		n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intervention cancelled",
 			RequestID: "r1", AnyService: c.any})
-		if err != nil || len(f.holds) != c.left || n != 3-c.left {
+		if err != nil || len(f.holds) != c.left || n != 4-c.left {
 			t.Fatalf("any service %v: released %d, %v, left %v; want %d left", c.any, n, err, f.holds, c.left)
 		}
 	}
@@ -1540,7 +1545,7 @@ func TestCarePlacesAreAdoptedAndGivenBack(t *testing.T) {
 	care := func() *directoryFake {
 		f := &directoryFake{}
 		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h-p3", Program: "clinics/north/programs/p3", Family: fam, Intervention: iv,
-			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, State: referralsv1.HoldState_HOLD_STATE_HELD}}
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true}}
 		return f
 	}
 	f := care()
@@ -1822,7 +1827,7 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 			t.Fatalf("%s: the yes without a place held %v, %v; want one for %v", c.name, f.made, err, c.want)
 		}
 		// A place a try without an answer held goes back, care or not.
-		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want}}
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h9", Family: fam, Intervention: iv, ServiceKind: c.want, WorkflowHeld: true}}
 		if n, err := a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "no answer",
 			RequestID: "rel"}); err != nil || n != 1 {
 			t.Fatalf("%s: released %d, %v; want the place for %v given back", c.name, n, err, c.want)

@@ -138,8 +138,9 @@ type ReleaseHeldRequest struct {
 	Family       string
 	Reason       string
 	RequestID    string
-	// AnyService releases holds for any service, not only treatment: for
-	// an intervention that no longer takes place, every place it held.
+	// AnyService releases holds for any service, not only treatment, and
+	// those a counselor made too: for an intervention that no longer takes
+	// place, every place held for it.
 	AnyService bool
 }
 

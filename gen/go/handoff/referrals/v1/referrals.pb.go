@@ -1401,7 +1401,14 @@ type Hold struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes on every change. Send it back on release or convert to make sure
 	// you act on what you read.
-	Etag          string `protobuf:"bytes,12,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,12,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Who made it: a counselor's identity, or the worker's for a place a
+	// workflow held. Empty for holds made before Handoff recorded it.
+	Holder string `protobuf:"bytes,13,opt,name=holder,proto3" json:"holder,omitempty"`
+	// Whether a workflow made it (the worker), not a person. A workflow that
+	// gives back the places it held for a meeting leaves one a counselor held
+	// by hand: that stays until the counselor releases it or it lapses.
+	WorkflowHeld  bool `protobuf:"varint,14,opt,name=workflow_held,json=workflowHeld,proto3" json:"workflow_held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1518,6 +1525,20 @@ func (x *Hold) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *Hold) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *Hold) GetWorkflowHeld() bool {
+	if x != nil {
+		return x.WorkflowHeld
+	}
+	return false
 }
 
 // A referral: a request that a program take a person, followed until the
@@ -4392,7 +4413,7 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"\vMatchReason\x12>\n" +
 	"\x04code\x18\x01 \x01(\x0e2%.handoff.referrals.v1.MatchReasonCodeB\x03\xe0A\x03R\x04code\x12\x1b\n" +
 	"\x06points\x18\x02 \x01(\x05B\x03\xe0A\x03R\x06points\x12%\n" +
-	"\vexplanation\x18\x03 \x01(\tB\x03\xe0A\x03R\vexplanation\"\xee\x05\n" +
+	"\vexplanation\x18\x03 \x01(\tB\x03\xe0A\x03R\vexplanation\"\xb5\x06\n" +
 	"\x04Hold\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x128\n" +
 	"\aprogram\x18\x02 \x01(\tB\x1e\xe0A\x03\xfaA\x18\n" +
@@ -4413,7 +4434,9 @@ const file_handoff_referrals_v1_referrals_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\f \x01(\tB\x03\xe0A\x01R\x04etag:D\xeaAA\n" +
+	"\x04etag\x18\f \x01(\tB\x03\xe0A\x01R\x04etag\x12\x1b\n" +
+	"\x06holder\x18\r \x01(\tB\x03\xe0A\x03R\x06holder\x12(\n" +
+	"\rworkflow_held\x18\x0e \x01(\bB\x03\xe0A\x03R\fworkflowHeld:D\xeaAA\n" +
 	"\x13handoff.health/Hold\x12\x1dclinics/{clinic}/holds/{hold}*\x05holds2\x04hold\"\x99\x0e\n" +
 	"\bReferral\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
