@@ -1388,23 +1388,45 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 	return iv.GetName(), nil
 }
 
-// MeetingsHeld counts the family's meetings at in.Level that were held:
-// completed, with an outcome recorded, whatever it was. Drafts, meetings
-// still to come and cancelled ones do not count.
+// MeetingsHeld counts the family's meetings at in.Level that were held
+// since the loved one last said yes: completed, with an outcome recorded,
+// whatever it was. Drafts, meetings still to come and cancelled ones do not
+// count, nor those before a meeting that ended in a yes (accepted whole or
+// in part): a family meeting again after a relapse begins a new series.
 func (a *Activities) MeetingsHeld(ctx context.Context, in MeetingsRequest) (int, error) {
-	n, token := 0, ""
+	var held []time.Time // the starts of the meetings held at the level
+	var lastYes time.Time
+	token := ""
 	for {
 		page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{
 			Parent: "clinics/" + aip.Clinic(in.Family), PageSize: 100, PageToken: token,
-			Filter: fmt.Sprintf("family = %q AND level = LEVEL_%d AND state = COMPLETED", in.Family, in.Level)})
+			Filter: fmt.Sprintf("family = %q AND state = COMPLETED", in.Family)})
 		if err != nil {
 			return 0, wrap("list interventions", err)
 		}
-		n += len(page.GetInterventions())
+		for _, iv := range page.GetInterventions() {
+			at := iv.GetStartTime().AsTime()
+			switch iv.GetOutcome().GetKind() {
+			case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED, interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
+				if at.After(lastYes) {
+					lastYes = at
+				}
+			}
+			if int32(iv.GetLevel()) == in.Level {
+				held = append(held, at)
+			}
+		}
 		if token = page.GetNextPageToken(); token == "" {
-			return n, nil
+			break
 		}
 	}
+	n := 0
+	for _, at := range held {
+		if at.After(lastYes) {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // draftAfter finds the newest intervention of prev's family drafted to

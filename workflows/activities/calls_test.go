@@ -1903,3 +1903,67 @@ func TestPlainYesDoesNotConvertAPlaceThatNoLongerSuits(t *testing.T) {
 		t.Fatalf("held %v, converted %v; want an outpatient place held and converted", f.made, f.convert)
 	}
 }
+
+// heldFake lists a family's completed meetings one per page.
+type heldFake struct {
+	interventionsv1.InterventionsServiceClient
+	meetings []*interventionsv1.Intervention
+}
+
+func (f *heldFake) ListInterventions(_ context.Context, in *interventionsv1.ListInterventionsRequest, _ ...grpc.CallOption) (*interventionsv1.ListInterventionsResponse, error) {
+	meetings := f.meetings
+	switch in.GetFilter() {
+	case `family = "clinics/north/families/f1" AND state = COMPLETED`:
+	case `family = "clinics/north/families/f1" AND level = LEVEL_2 AND state = COMPLETED`:
+		meetings = slices.DeleteFunc(slices.Clone(meetings), func(iv *interventionsv1.Intervention) bool {
+			return iv.GetLevel() != interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2
+		})
+	default:
+		return nil, status.Error(codes.InvalidArgument, "unexpected filter "+in.GetFilter())
+	}
+	i := 0
+	if in.GetPageToken() != "" {
+		i, _ = strconv.Atoi(in.GetPageToken())
+	}
+	if len(meetings) == 0 {
+		return &interventionsv1.ListInterventionsResponse{}, nil
+	}
+	resp := &interventionsv1.ListInterventionsResponse{Interventions: meetings[i : i+1]}
+	if i+1 < len(meetings) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// The level 2 series counts the meetings held since the loved one last
+// said yes: a family meeting again after a relapse begins a new series,
+// and the meetings of the one before, listed on any page, count for
+// nothing.
+func TestMeetingsHeldSinceTheLastYes(t *testing.T) {
+	day := func(d int) *timestamppb.Timestamp {
+		return timestamppb.New(time.Date(2026, 1, d, 18, 0, 0, 0, time.UTC))
+	}
+	meeting := func(level interventionsv1.EscalationLevel, d int, outcome interventionsv1.OutcomeKind) *interventionsv1.Intervention {
+		return &interventionsv1.Intervention{Level: level, StartTime: day(d), Outcome: &interventionsv1.Outcome{Kind: outcome}}
+	}
+	l1, l2 := interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_1, interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2
+	declined, yes, partly := interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED,
+		interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED
+	for _, c := range []struct {
+		name     string
+		meetings []*interventionsv1.Intervention
+		want     int
+	}{
+		{"one series", []*interventionsv1.Intervention{meeting(l1, 1, declined), meeting(l2, 3, declined), meeting(l2, 5, declined)}, 2},
+		// Listed newest first: the order of the pages does not matter.
+		{"after a yes", []*interventionsv1.Intervention{meeting(l2, 20, declined), meeting(l1, 18, declined),
+			meeting(l2, 10, yes), meeting(l2, 5, declined), meeting(l2, 3, declined)}, 1},
+		{"after a partial yes", []*interventionsv1.Intervention{meeting(l2, 3, declined), meeting(l2, 5, partly), meeting(l2, 7, declined)}, 1},
+		{"no meeting since", []*interventionsv1.Intervention{meeting(l2, 3, declined), meeting(l1, 9, yes)}, 0},
+	} {
+		a := &Activities{Interventions: &heldFake{meetings: c.meetings}}
+		if n, err := a.MeetingsHeld(context.Background(), MeetingsRequest{Family: "clinics/north/families/f1", Level: 2}); err != nil || n != c.want {
+			t.Errorf("%s: %d level 2 meetings held, %v; want %d", c.name, n, err, c.want)
+		}
+	}
+}
