@@ -1391,8 +1391,11 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 // MeetingsHeld counts the family's meetings at in.Level that were held
 // since the loved one last said yes: completed, with an outcome recorded,
 // whatever it was. Drafts, meetings still to come and cancelled ones do not
-// count, nor those before a meeting that ended in a yes (accepted whole or
-// in part): a family meeting again after a relapse begins a new series.
+// count, nor those before a meeting that ended in a yes to treatment: a
+// family meeting again after a relapse begins a new series. A partial yes
+// is one when it took MAT or other care (what hands over to an intake); one
+// to support alone (a group, naloxone) is followed up as a refusal, and the
+// series goes on.
 func (a *Activities) MeetingsHeld(ctx context.Context, in MeetingsRequest) (int, error) {
 	var held []time.Time // the starts of the meetings held at the level
 	var lastYes time.Time
@@ -1406,11 +1409,8 @@ func (a *Activities) MeetingsHeld(ctx context.Context, in MeetingsRequest) (int,
 		}
 		for _, iv := range page.GetInterventions() {
 			at := iv.GetStartTime().AsTime()
-			switch iv.GetOutcome().GetKind() {
-			case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED, interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
-				if at.After(lastYes) {
-					lastYes = at
-				}
+			if saidYes(iv.GetOutcome()) && at.After(lastYes) {
+				lastYes = at
 			}
 			if int32(iv.GetLevel()) == in.Level {
 				held = append(held, at)
@@ -1427,6 +1427,21 @@ func (a *Activities) MeetingsHeld(ctx context.Context, in MeetingsRequest) (int,
 		}
 	}
 	return n, nil
+}
+
+// saidYes reports whether o is a yes to treatment: accepted, or accepted in
+// part with MAT or other care among what was taken.
+func saidYes(o *interventionsv1.Outcome) bool {
+	switch o.GetKind() {
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED:
+		return true
+	case interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
+		return slices.ContainsFunc(o.GetAcceptedServices(), func(k interventionsv1.ServiceKind) bool {
+			name := strings.TrimPrefix(k.String(), "SERVICE_KIND_")
+			return IsMAT(name) || IsCare(name)
+		})
+	}
+	return false
 }
 
 // draftAfter finds the newest intervention of prev's family drafted to

@@ -1943,8 +1943,8 @@ func TestMeetingsHeldSinceTheLastYes(t *testing.T) {
 	day := func(d int) *timestamppb.Timestamp {
 		return timestamppb.New(time.Date(2026, 1, d, 18, 0, 0, 0, time.UTC))
 	}
-	meeting := func(level interventionsv1.EscalationLevel, d int, outcome interventionsv1.OutcomeKind) *interventionsv1.Intervention {
-		return &interventionsv1.Intervention{Level: level, StartTime: day(d), Outcome: &interventionsv1.Outcome{Kind: outcome}}
+	meeting := func(level interventionsv1.EscalationLevel, d int, outcome interventionsv1.OutcomeKind, took ...interventionsv1.ServiceKind) *interventionsv1.Intervention {
+		return &interventionsv1.Intervention{Level: level, StartTime: day(d), Outcome: &interventionsv1.Outcome{Kind: outcome, AcceptedServices: took}}
 	}
 	l1, l2 := interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_1, interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2
 	declined, yes, partly := interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED,
@@ -1958,7 +1958,14 @@ func TestMeetingsHeldSinceTheLastYes(t *testing.T) {
 		// Listed newest first: the order of the pages does not matter.
 		{"after a yes", []*interventionsv1.Intervention{meeting(l2, 20, declined), meeting(l1, 18, declined),
 			meeting(l2, 10, yes), meeting(l2, 5, declined), meeting(l2, 3, declined)}, 1},
-		{"after a partial yes", []*interventionsv1.Intervention{meeting(l2, 3, declined), meeting(l2, 5, partly), meeting(l2, 7, declined)}, 1},
+		{"after a partial yes to MAT", []*interventionsv1.Intervention{meeting(l2, 3, declined),
+			meeting(l2, 5, partly, interventionsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE), meeting(l2, 7, declined)}, 1},
+		{"after a partial yes to care", []*interventionsv1.Intervention{meeting(l2, 3, declined),
+			meeting(l2, 5, partly, interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, interventionsv1.ServiceKind_SERVICE_KIND_PEER_SUPPORT), meeting(l2, 7, declined)}, 1},
+		// A yes to support alone is followed up as a refusal: the series
+		// goes on, that meeting counting in it.
+		{"a partial yes to support", []*interventionsv1.Intervention{meeting(l2, 3, declined),
+			meeting(l2, 5, partly, interventionsv1.ServiceKind_SERVICE_KIND_FAMILY_SUPPORT_GROUP), meeting(l2, 7, declined)}, 3},
 		{"no meeting since", []*interventionsv1.Intervention{meeting(l2, 3, declined), meeting(l1, 9, yes)}, 0},
 	} {
 		a := &Activities{Interventions: &heldFake{meetings: c.meetings}}
