@@ -408,7 +408,8 @@ func (a *Activities) ReleaseHold(ctx context.Context, in ReleaseRequest) error {
 // so that a hold made by that try is not left held until it lapses. A place
 // held ahead of the meeting is for what suits the loved one, which may be
 // care: every treatment's goes back. A place a counselor held by hand for
-// the meeting stays, theirs to release. With AnyService (the intervention
+// the meeting stays, theirs to release, unless it is in.Hold, the one the
+// workflow took over as its own. With AnyService (the intervention
 // no longer takes place) every live hold made for it goes back, a
 // counselor's too: there is no meeting left to hold it for. Each release's
 // request id is the request's and the hold's, so a retry releases nothing
@@ -423,7 +424,7 @@ func (a *Activities) ReleaseHeldFor(ctx context.Context, in ReleaseHeldRequest) 
 		return 0, err
 	}
 	if !in.AnyService {
-		holds = slices.DeleteFunc(holds, func(h *referralsv1.Hold) bool { return !h.GetWorkflowHeld() })
+		holds = slices.DeleteFunc(holds, func(h *referralsv1.Hold) bool { return !h.GetWorkflowHeld() && h.GetName() != in.Hold })
 	}
 	return a.releaseAll(ctx, holds, in.Reason, in.RequestID)
 }

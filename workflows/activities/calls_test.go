@@ -1290,6 +1290,13 @@ func TestReleaseHeldForGivesBackTheMeetingsHolds(t *testing.T) {
 	if id0, id1 := f.releases[0].GetRequestId(), f.releases[1].GetRequestId(); id0 == id1 || len(id0) > 64 || len(id1) > 64 {
 		t.Fatalf("request ids %q and %q; want two distinct ids of at most 64 characters", id0, id1)
 	}
+	// A counselor's place the workflow took over as its own goes back.
+	f.releases = nil
+	n, err = a.ReleaseHeldFor(context.Background(), ReleaseHeldRequest{Intervention: iv, Family: fam, Reason: "intake failed",
+		RequestID: "again", Hold: "clinics/north/holds/by-hand"})
+	if err != nil || n != 1 || len(f.holds) != 1 || f.releases[0].GetName() != "clinics/north/holds/by-hand" {
+		t.Fatalf("released %d, %v, left %v; want the adopted place given back", n, err, f.holds)
+	}
 }
 
 // For a meeting that will not take place, every live hold of the family

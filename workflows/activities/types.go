@@ -142,6 +142,10 @@ type ReleaseHeldRequest struct {
 	// those a counselor made too: for an intervention that no longer takes
 	// place, every place held for it.
 	AnyService bool
+	// Hold is the caller's own hold, if it has one: released whoever made
+	// it, for a workflow may have taken over a place a counselor held by
+	// hand (the meeting's workflow adopts one, and hands it to the intake).
+	Hold string
 }
 
 // TreatmentEntryRequest records on a family that the loved one entered

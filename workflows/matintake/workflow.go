@@ -193,8 +193,10 @@ const versionReleaseHeld = "release-every-held-place"
 func (w *wf) releaseHeld(ctx workflow.Context, reason, purpose string) {
 	dctx, stop := workflow.NewDisconnectedContext(ctx)
 	defer stop()
+	// The intake's own hold goes back too if a counselor made it: the
+	// meeting's workflow adopted it and handed it over.
 	if err := flow.Call(dctx, nil, flow.A.ReleaseHeldFor, activities.ReleaseHeldRequest{
-		Intervention: w.in.Intervention, Family: w.in.Family, Reason: reason,
+		Intervention: w.in.Intervention, Family: w.in.Family, Reason: reason, Hold: w.in.Hold,
 		RequestID: flow.RequestID(dctx, "release-held|"+purpose),
 	}); err != nil {
 		workflow.GetLogger(ctx).Warn("giving back the places held for the intake failed; they lapse at their expiry", "error", err)

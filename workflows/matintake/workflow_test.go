@@ -782,9 +782,11 @@ func TestFailedIntakeTellsTheCounselor(t *testing.T) {
 }
 
 // releasesTheIntervention reports whether held is one lookup of the
-// intervention's MAT places.
+// intervention's MAT places, naming the intake's own hold, which goes back
+// even if a counselor made it.
 func releasesTheIntervention(held []activities.ReleaseHeldRequest) bool {
-	return len(held) == 1 && held[0].Intervention == iv && held[0].Family == family && !held[0].AnyService && held[0].RequestID != ""
+	return len(held) == 1 && held[0].Intervention == iv && held[0].Family == family && !held[0].AnyService && held[0].RequestID != "" &&
+		held[0].Hold == input().Hold
 }
 
 // An intake that fails looking for the next program, the first having
