@@ -362,6 +362,7 @@ type pending struct {
 	topic                    webhooksv1.Topic
 	family                   string
 	member                   string // whose record, when a member's own (migration 0015)
+	memberKnown              bool   // false for a delivery enqueued before the member was kept
 	payload                  []byte
 	attempts, replays        int
 	recordUnsure             bool // see errRecordUnsure
@@ -486,9 +487,13 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 	for rows.Next() {
 		p := &pending{}
 		var topic, kind int16
-		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &p.member, &p.payload,
+		var member *string
+		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &member, &p.payload,
 			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
+		}
+		if member != nil {
+			p.member, p.memberKnown = *member, true
 		}
 		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
 			p.secret = ""
@@ -750,6 +755,13 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 			// will read.
 			return nil, fmt.Errorf("%w: %w", errUndecodable, err)
 		}
+		if !p.memberKnown {
+			// Enqueued before the member was kept: the payload says.
+			if ref, ok := msg.(*referralsv1.Referral); ok {
+				p.member = consentgate.ReferralPatient(ref).Member
+			}
+			p.memberKnown = true
+		}
 		msg, disclosable := viewFor(p.audience, msg)
 		if info, ok := informationOf(msg); disclosable && ok {
 			ok, err := s.disclose(ctx, p, info, true)
@@ -768,6 +780,14 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 		}
 	}
 	if n.Data == nil && p.outsider && p.family != "" && s.cfg.Families != nil {
+		if !p.memberKnown && strings.HasPrefix(p.eventType, referralEvents) {
+			// A referral's, enqueued before the member was kept and with
+			// no payload to read it from: it may be a member's own, which
+			// the loved one's consent does not cover. The EHR reads the
+			// referral through the API, where its patient's consent is
+			// asked.
+			return nil, errWithheld
+		}
 		// Identifiers only, checked and not recorded: nothing of the record
 		// goes, but that it changed is the family's to allow.
 		ok, err := s.disclose(ctx, p, eventInformation(p.eventType), false)

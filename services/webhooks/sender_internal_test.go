@@ -12,10 +12,14 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
@@ -315,5 +319,82 @@ func TestStallBreakerShares(t *testing.T) {
 	// Forgotten after forgetSlow without a send.
 	if got = shares(now.Add(s.forgetSlow() + time.Minute)); len(got.busy) != 0 || len(got.slow) != 0 {
 		t.Fatalf("share %+v long after; want none", got)
+	}
+}
+
+// askingFamilies grants every disclosure and keeps what it was asked.
+type askingFamilies struct {
+	familiesv1.FamiliesServiceClient
+	asked []*familiesv1.CreateDisclosureRequest
+}
+
+func (f *askingFamilies) CreateDisclosure(_ context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	f.asked = append(f.asked, in)
+	return &familiesv1.Disclosure{Name: in.GetParent() + "/disclosures/x"}, nil
+}
+
+// A delivery enqueued before the member was kept (migration 0015) is not
+// taken for the loved one's: a full one is asked of the member its payload
+// names, and an identifiers-only referral notification to the EHR, which
+// keeps no payload to tell, is withheld, not asked of the loved one's
+// consent.
+func TestDeliveriesOfUnknownMemberAreNotTheLovedOnes(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	topics := []int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, audience, outsider)
+		VALUES ('north', 'ids', 'https://ehr.example.org/ids', $1, $2, 'ehr-1', 'whsec_test', 'ehr', true),
+			('north', 'full', 'https://ehr.example.org/full', $1, $3, 'ehr-1', 'whsec_test', 'ehr', true)`,
+		topics, int16(webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY), int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r-mom", Family: "clinics/north/families/f1",
+		Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: "mom"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := proto.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As a sender before migration 0015 enqueued them: no member_id.
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, family, payload)
+		VALUES ('north', 'ids', 'd1', 'referrals', 1, 'handoff.referrals.v1.referral.accepted', $1, 'clinics/north/referrals/r-mom',
+			'clinics/north/families/f1', NULL),
+		('north', 'full', 'd2', 'referrals', 1, 'handoff.referrals.v1.referral.accepted', $1, 'clinics/north/referrals/r-mom',
+			'clinics/north/families/f1', $2)`, topics[0], payload); err != nil {
+		t.Fatal(err)
+	}
+	fam := &askingFamilies{}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Families: fam})
+	var posted []string
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		posted = append(posted, r.URL.Path)
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	if _, err := s.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]int16{}
+	rows, err := pool.Query(ctx, `SELECT id, state FROM deliveries`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	var state int16
+	if _, err := pgx.ForEachRow(rows, []any{&id, &state}, func() error { states[id] = state; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if states["d1"] != stateWithdrawn || states["d2"] != stateDelivered || !slices.Equal(posted, []string{"/full"}) {
+		t.Fatalf("states %v, posted %v; want the identifiers-only one withheld and the full one sent", states, posted)
+	}
+	if len(fam.asked) == 0 {
+		t.Fatal("the full notification went out unasked")
+	}
+	for _, r := range fam.asked {
+		if r.GetDisclosure().GetMemberId() != "mom" || r.GetDisclosure().GetResource() != "clinics/north/referrals/r-mom" {
+			t.Fatalf("asked %v; want only mom's consent, for the full notification", r)
+		}
 	}
 }
