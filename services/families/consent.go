@@ -567,6 +567,13 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 	if !c.GetRevocationRightStated() {
 		vs.Add("consent.revocation_right_stated", "must be true: the patient must be told of the right to revoke")
 	}
+	if c.GetMemberId() != "" && slices.ContainsFunc(c.GetInformation(), func(k familiesv1.InformationKind) bool {
+		return k != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS
+	}) {
+		// The family and its meetings are the loved one's records: a
+		// member's consent to them would read ACTIVE and cover nothing.
+		vs.Add("consent.information", "must be REFERRALS only for a member's consent: a member's own records are the referrals made for them")
+	}
 }
 
 // CreateConsent implements the API.

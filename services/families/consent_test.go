@@ -1262,6 +1262,19 @@ func TestMembersOwnRecordsNeedTheirOwnConsent(t *testing.T) {
 		t.Fatalf("violations %v; want consent.member_id", got)
 	}
 
+	// A member's consent covers referrals only: the family and its meetings
+	// are the loved one's records.
+	identity := f.validConsent("ehr-1")
+	identity.MemberId = "mom"
+	_, err = f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: identity})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{"consent.information"}) {
+		t.Fatalf("violations %v; want consent.information", got)
+	}
+	if n := len(f.consentsOf(t, fam.GetName())); n != 0 {
+		t.Fatalf("%d consents after the refusals; want none", n)
+	}
+
 	f.consent(t, fam.GetName(), referrals(f.validConsent("ehr-1")))
 	_, err = disclose("mom", "clinics/north/referrals/r-mom")
 	wantConsentRequired(t, err)

@@ -2083,10 +2083,28 @@ func TestHoldSaysWhoHeldIt(t *testing.T) {
 	if w, ok := seen[byHand.GetName()]; !ok || w {
 		t.Fatalf("listed %v; want the counselor's hold as a person's", list.GetHolds())
 	}
-	// As the sweep returns it, it still says so.
+	// As the sweep returns them, in the events it writes, they still say so.
 	f.clock.Advance(73 * time.Hour)
-	got, err := f.client.GetHold(f.ctx, &referralsv1.GetHoldRequest{Name: byHand.GetName()})
-	if err != nil || got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetHolder() != "counselor-1" {
-		t.Fatalf("the lapsed hold = %v, %v", got, err)
+	if err := f.srv.ExpireHolds(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []*referralsv1.Hold{byHand, byWorkflow} {
+		var b []byte
+		if err := f.pool.QueryRow(context.Background(), `SELECT payload FROM outbox
+			WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1`, want.GetName()).Scan(&b); err != nil {
+			t.Fatalf("the hold.expired event of %s: %v", want.GetName(), err)
+		}
+		var a anypb.Any
+		got := &referralsv1.Hold{}
+		if err := proto.Unmarshal(b, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.UnmarshalTo(got); err != nil {
+			t.Fatal(err)
+		}
+		if got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetHolder() != want.GetHolder() ||
+			got.GetWorkflowHeld() != want.GetWorkflowHeld() {
+			t.Fatalf("expired as %v; want %s, held by %q (workflow %v)", got, want.GetName(), want.GetHolder(), want.GetWorkflowHeld())
+		}
 	}
 }

@@ -4637,7 +4637,8 @@ type Consent struct {
 	// patient); a member's id for that member's own records, such as a
 	// referral made for the member. A member is a patient of their own
 	// referral, and only their own consent covers disclosing it: the loved
-	// one's does not. The member must be in the family when it is recorded.
+	// one's does not. The member must be in the family when it is recorded,
+	// and `information` must then be INFORMATION_KIND_REFERRALS alone.
 	MemberId      string `protobuf:"bytes,17,opt,name=member_id,json=memberId,proto3" json:"member_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -1407,7 +1407,9 @@ type Hold struct {
 	Holder string `protobuf:"bytes,13,opt,name=holder,proto3" json:"holder,omitempty"`
 	// Whether a workflow made it (the worker), not a person. A workflow that
 	// gives back the places it held for a meeting leaves one a counselor held
-	// by hand: that stays until the counselor releases it or it lapses.
+	// by hand: that stays until the counselor releases it or it lapses. True
+	// for holds made before Handoff recorded it (`holder` empty), which were
+	// given back as a workflow's.
 	WorkflowHeld  bool `protobuf:"varint,14,opt,name=workflow_held,json=workflowHeld,proto3" json:"workflow_held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
