@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoregistry"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -84,7 +85,8 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 const Generation = 4
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
-// payload cannot be decoded: such an event can never be delivered.
+// payload cannot be decoded (its envelope, or a message of a type this
+// binary knows): such an event can never be delivered.
 type Stored struct {
 	ID        int64
 	Clinic    string
@@ -153,6 +155,13 @@ func Pending(ctx context.Context, q interface {
 		} else {
 			s.msg, s.msgErr = s.Payload.UnmarshalNew()
 			s.parsed = true
+			if s.msgErr != nil && !errors.Is(s.msgErr, protoregistry.NotFound) {
+				// A type this binary knows whose bytes do not decode will
+				// not decode on any try: retried, it would hold back its
+				// family's later events for good. (A type it does not
+				// know is a newer release's, and is not an error here.)
+				s.DecodeErr = fmt.Errorf("outbox: decode %d (%s): %w", s.ID, s.Payload.GetTypeUrl(), s.msgErr)
+			}
 		}
 		out = append(out, s)
 	}

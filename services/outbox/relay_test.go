@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -293,6 +294,40 @@ func TestPendingDecodesThePayloadOnce(t *testing.T) {
 	}
 	if m, err := (outbox.Stored{Payload: a}).Message(); err != nil || m.(*wrapperspb.StringValue).GetValue() != "b" {
 		t.Fatalf("hand-made event: %v, %v", m, err)
+	}
+}
+
+// A payload of a type the binary knows whose bytes do not decode is set
+// aside like one whose envelope does not: no try can deliver it, and its
+// family's later events must not wait on it.
+func TestKnownTypeThatDoesNotDecodeIsSetAside(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	bad, err := proto.Marshal(&anypb.Any{TypeUrl: "type.googleapis.com/google.protobuf.StringValue", Value: []byte{0x0a, 0x05, 'a'}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 't', 'lane', $1)`, bad); err != nil {
+		t.Fatal(err)
+	}
+	write("lane")
+	var got []string
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond,
+		Lane: func(e outbox.Stored) string { return e.Resource },
+		Deliver: func(_ context.Context, e outbox.Stored) error {
+			if _, err := e.Message(); err != nil {
+				return err
+			}
+			got = append(got, e.Resource)
+			return nil
+		}}
+	if n, err := r.Once(ctx); err != nil || n != 2 || len(got) != 1 {
+		t.Fatalf("poll: %d, %v, delivered %v; want the bad event set aside and the next delivered", n, err, got)
+	}
+	var reason string
+	if err := pool.QueryRow(ctx, `SELECT last_error FROM outbox WHERE payload = $1 AND delivered_at IS NOT NULL`, bad).Scan(&reason); err != nil ||
+		!strings.Contains(reason, "set aside") {
+		t.Fatalf("the bad event: %q, %v; want it set aside", reason, err)
 	}
 }
 
