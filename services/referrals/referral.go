@@ -20,6 +20,7 @@ import (
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/referrals/intake"
 )
 
 // referralSelect reads a referral with its history in one statement: one
@@ -342,15 +343,54 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		return nil, err
 	}
 	if calendarOnly(ctx) {
-		// Calendar feeds need when and whether, nothing of why.
+		// Calendar feeds need when and whether, nothing of why. Their
+		// version and update time are the appointment's own (see
+		// appointmentVersion): the calendar host sees them.
 		for i, r := range items {
+			version, changed := appointmentVersion(r)
 			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
 				IntakeAppointment:  &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
 				TreatmentEntryTime: r.GetTreatmentEntryTime(), History: lastStep(r),
-				CreateTime: r.GetCreateTime(), UpdateTime: r.GetUpdateTime(), Etag: r.GetEtag()}
+				CreateTime: r.GetCreateTime(), UpdateTime: timestamppb.New(changed), Etag: aip.Etag(version)}
 		}
 	}
 	return &referralsv1.ListReferralsResponse{Referrals: items, NextPageToken: next}, nil
+}
+
+// appointmentVersion numbers the changes to what a calendar shows of a
+// referral's intake appointment, and says when the last was: a booking or
+// rebooking (a step to SCHEDULED), and a step that cancels the event or
+// brings it back (on hold, cancelled, entered in error, an admission that
+// made the appointment moot; a resume). The referral's own version and
+// update time move with every write (an admission at the appointment, a
+// follow-up service, a reason edited), and a calendar host that saw them
+// move on a past appointment would learn that the person was admitted and
+// kept coming. Steps only add, so the version never goes back.
+func appointmentVersion(r *referralsv1.Referral) (int64, time.Time) {
+	hidden := func(st referralsv1.ReferralState) bool {
+		switch st {
+		case cancelled, referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, voided:
+			return true
+		case completed:
+			return intake.Superseded(r)
+		}
+		return false
+	}
+	var version int64 = 1
+	changed := r.GetCreateTime().AsTime()
+	booked := false
+	for _, e := range r.GetHistory() {
+		to := e.GetToState()
+		booked = booked || to == referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED
+		if !booked {
+			continue // no event yet
+		}
+		if to == referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED || hidden(e.GetFromState()) != hidden(to) {
+			version++
+			changed = e.GetTime().AsTime()
+		}
+	}
+	return version, changed
 }
 
 // lastStep is a referral's last transition, its states and time only (not

@@ -2108,3 +2108,70 @@ func TestHoldSaysWhoHeldIt(t *testing.T) {
 		}
 	}
 }
+
+// The calendar reader's view of a referral carries its appointment's own
+// version and update time: a write that leaves the appointment as it was
+// (a reason edited, an admission at the appointment) moves neither, so a
+// calendar host sees no edit of the event; a rebooking or a pause does.
+func TestCalendarSeesOnlyTheAppointmentChange(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
+	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
+	seen := func() (string, time.Time) {
+		t.Helper()
+		list, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, got := range list.GetReferrals() {
+			if got.GetName() == r.GetName() {
+				return got.GetEtag(), got.GetUpdateTime().AsTime()
+			}
+		}
+		t.Fatalf("the calendar reader does not see %s", r.GetName())
+		return "", time.Time{}
+	}
+	etag, at := seen()
+
+	f.clock.Advance(time.Minute)
+	r.Reason = "wants to start this week"
+	if _, err := f.client.UpdateReferral(f.ctx, &referralsv1.UpdateReferralRequest{Referral: r,
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"reason"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if e, u := seen(); e != etag || !u.Equal(at) {
+		t.Fatalf("after a reason edit the calendar sees %s at %v; want %s at %v, unchanged", e, u, etag, at)
+	}
+
+	f.clock.Advance(time.Minute)
+	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour))}}); err != nil {
+		t.Fatal(err)
+	}
+	rebooked, rebookedAt := seen()
+	if rebooked == etag || !rebookedAt.After(at) {
+		t.Fatalf("after a rebooking the calendar sees %s at %v; want a new version after %v", rebooked, rebookedAt, at)
+	}
+
+	// Admitted at the appointment: the event stands as it was.
+	f.clock.Advance(3*time.Hour + time.Minute)
+	if _, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if e, u := seen(); e != rebooked || !u.Equal(rebookedAt) {
+		t.Fatalf("after the admission the calendar sees %s at %v; want %s at %v, unchanged", e, u, rebooked, rebookedAt)
+	}
+
+	// A pause cancels the event: that is an edit the calendar must see.
+	r = f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
+	etag, at = seen()
+	f.clock.Advance(time.Minute)
+	if _, err := f.client.PauseReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName(), Reason: "waiting for prior authorization"}); err != nil {
+		t.Fatal(err)
+	}
+	if e, u := seen(); e == etag || !u.After(at) {
+		t.Fatalf("after a pause the calendar sees %s at %v; want a new version after %v", e, u, at)
+	}
+}
