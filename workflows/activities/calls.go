@@ -1389,6 +1389,22 @@ func (a *Activities) ProposeIntervention(ctx context.Context, in ProposeRequest)
 	return iv.GetName(), nil
 }
 
+// CheckInsRecorded returns the check-ins recorded on the intervention,
+// oldest first: the boundary workflow takes, as it starts, those recorded
+// before it ran, whose signals found no workflow to deliver to.
+func (a *Activities) CheckInsRecorded(ctx context.Context, intervention string) ([]CheckInRecord, error) {
+	iv, err := a.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: intervention})
+	if err != nil {
+		return nil, wrap("get intervention", err)
+	}
+	out := []CheckInRecord{}
+	for _, ci := range iv.GetCheckIns() {
+		out = append(out, CheckInRecord{Number: ci.GetNumber(), WindowOfOpportunity: ci.GetWindowOfOpportunity(),
+			NewWarningSigns: ci.GetNewWarningSigns()})
+	}
+	return out, nil
+}
+
 // MeetingsHeld counts the family's meetings at in.Level that were held
 // since the loved one last said yes: completed, with an outcome recorded,
 // whatever it was. Drafts, meetings still to come and cancelled ones do not

@@ -1981,3 +1981,29 @@ func TestMeetingsHeldSinceTheLastYes(t *testing.T) {
 		}
 	}
 }
+
+// checkInsFake answers GetIntervention with recorded check-ins.
+type checkInsFake struct {
+	interventionsv1.InterventionsServiceClient
+	checkIns []*interventionsv1.CheckIn
+}
+
+func (f checkInsFake) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{Name: in.GetName(), CheckIns: f.checkIns}, nil
+}
+
+// The check-ins recorded on a meeting come back in order, with what the
+// boundary workflow acts on; none is an empty list, not an error.
+func TestCheckInsRecorded(t *testing.T) {
+	a := &Activities{Interventions: checkInsFake{checkIns: []*interventionsv1.CheckIn{
+		{Number: 1}, {Number: 2, WindowOfOpportunity: true}, {Number: 3, NewWarningSigns: true}}}}
+	got, err := a.CheckInsRecorded(context.Background(), "clinics/north/interventions/i1")
+	want := []CheckInRecord{{Number: 1}, {Number: 2, WindowOfOpportunity: true}, {Number: 3, NewWarningSigns: true}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("check-ins %+v, %v; want %+v", got, err, want)
+	}
+	a = &Activities{Interventions: checkInsFake{}}
+	if got, err := a.CheckInsRecorded(context.Background(), "clinics/north/interventions/i1"); err != nil || got == nil || len(got) != 0 {
+		t.Fatalf("no check-ins: %+v, %v; want an empty list", got, err)
+	}
+}

@@ -291,3 +291,11 @@ type Closed struct {
 	Reminders     int // reminders to the family's people cancelled
 	Holds         int // places held for the family outside any meeting, given back
 }
+
+// CheckInRecord is a check-in a counselor recorded on a meeting, as the
+// boundary workflow takes it.
+type CheckInRecord struct {
+	Number              int32
+	WindowOfOpportunity bool
+	NewWarningSigns     bool
+}

@@ -95,6 +95,10 @@ type State struct {
 	// numbers check-ins per intervention, and so do the counselor's
 	// reminders. Request ids keep counting across cycles.
 	CheckInsAtBegin int
+	// Early are check-ins recorded before the workflow ran, read when it
+	// started (see versionEarlyCheckIns), still to be taken as their
+	// signals would have been.
+	Early []CheckIn
 }
 
 // versionGateOnScreen guards holding member check-ins and the next
@@ -135,6 +139,13 @@ const versionCurrentCounselor = "current-counselor"
 // overdoses recorded since the refused meeting began: their signals found
 // no workflow to deliver to.
 const versionEarlyOverdoses = "answer-overdoses-before-start"
+
+// versionEarlyCheckIns guards taking, when the workflow starts, the
+// check-ins recorded on the refused meeting before it ran: the meeting's
+// workflow starts this one after giving back its places and making the
+// support referrals, and a check-in recorded meanwhile signalled no
+// workflow, and was lost.
+const versionEarlyCheckIns = "check-ins-before-start"
 
 // versionListenAtEnd guards waiting, before the workflow ends, for the
 // delivery failures of its last check-ins and alerts, so that they are
@@ -333,6 +344,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		if err := w.earlyOverdoses(ctx); err != nil {
 			return Result{}, err
 		}
+		if err := w.earlyCheckIns(ctx); err != nil {
+			return Result{}, err
+		}
 	} else if w.st.Reinforced && w.st.Referred && flow.Version(ctx, versionOnceEach, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
@@ -423,6 +437,25 @@ func (w *wf) earlyOverdoses(ctx workflow.Context) error {
 		if err := w.onOverdose(ctx, Overdose{WarningSign: s}); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// earlyCheckIns reads the check-ins recorded on the refused meeting before
+// the workflow ran, to take them at its first wait, where their signals
+// would have been taken. A signal that comes too is taken once
+// (CheckInsSeen).
+func (w *wf) earlyCheckIns(ctx workflow.Context) error {
+	if flow.Version(ctx, versionEarlyCheckIns, 1) < 1 {
+		return nil
+	}
+	var recorded []activities.CheckInRecord
+	if err := flow.Call(ctx, &recorded, flow.A.CheckInsRecorded, w.in.Intervention); err != nil {
+		return err
+	}
+	for _, r := range recorded {
+		w.st.Early = append(w.st.Early, CheckIn{Intervention: w.in.Intervention, Number: r.Number,
+			WindowOfOpportunity: r.WindowOfOpportunity, NewWarningSigns: r.NewWarningSigns})
 	}
 	return nil
 }
@@ -619,8 +652,16 @@ func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds 
 	})
 }
 
-// wait sleeps until the next check-in or escalation, or a signal.
+// wait sleeps until the next check-in or escalation, or a signal. A
+// check-in recorded before the workflow ran is taken first, as its signal
+// would have been.
 func (w *wf) wait(ctx workflow.Context) error {
+	if len(w.st.Early) > 0 {
+		ci := w.st.Early[0]
+		w.st.Early = w.st.Early[1:]
+		w.st.Events++
+		return w.listening(ctx, func(workflow.Context) error { return w.onCheckIn(ctx, ci) })
+	}
 	var next time.Time
 	if w.st.Reinforced && len(w.st.CheckIns) > 0 {
 		next = w.st.CheckIns[0]
@@ -1094,8 +1135,12 @@ func (w *wf) unread() bool {
 	return w.signalled() || w.failedReminders.Len() > 0
 }
 
-// signalled reports whether a signal that wait handles is waiting.
+// signalled reports whether a signal that wait handles is waiting, or a
+// check-in recorded before the workflow ran.
 func (w *wf) signalled() bool {
+	if len(w.st.Early) > 0 {
+		return true
+	}
 	for _, c := range []workflow.ReceiveChannel{w.overdose, w.screen, w.checkIn, w.restart} {
 		if c.Len() > 0 {
 			return true

@@ -39,6 +39,9 @@ type harness struct {
 	proposed   []activities.ProposeRequest
 	// earlyOverdoses answers OverdosesSince.
 	earlyOverdoses []string
+	// earlyCheckIns answers CheckInsRecorded.
+	earlyCheckIns  []activities.CheckInRecord
+	checkInsAsked  []string
 	overdosesAsked []activities.OverdosesRequest
 	// refuse, if set, answers ReinforceBoundary before it is recorded.
 	refuse     func(activities.ReinforceRequest) error
@@ -112,6 +115,11 @@ func newHarness(t *testing.T, status string) *harness {
 				h.sent <- r
 			}
 			return "clinics/north/reminders/r", nil
+		})
+	env.OnActivity(flow.A.CheckInsRecorded, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, intervention string) ([]activities.CheckInRecord, error) {
+			h.checkInsAsked = append(h.checkInsAsked, intervention)
+			return h.earlyCheckIns, nil
 		})
 	env.OnActivity(flow.A.OverdosesSince, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.OverdosesRequest) ([]string, error) {
@@ -611,6 +619,36 @@ func TestWindowOfOpportunityEscalatesToLevelThree(t *testing.T) {
 	}
 	if want := family + "/boundaries/b2"; !strings.Contains(h.proposed[0].Notes, want) {
 		t.Fatalf("notes %q do not name %s", h.proposed[0].Notes, want)
+	}
+}
+
+// A window of opportunity recorded at a check-in before the workflow ran
+// (the meeting's workflow was still giving back places and referring, and
+// the signal found no workflow) is taken when it starts, as the signal
+// would have been: the formal meeting is proposed at once, not after the
+// cool-down. The same check-in signalled as well counts once.
+func TestCheckInRecordedBeforeTheStartIsTaken(t *testing.T) {
+	for _, signalled := range []bool{false, true} {
+		h := newHarness(t, "CURRENT")
+		h.earlyCheckIns = []activities.CheckInRecord{{Number: 1, WindowOfOpportunity: true}}
+		if signalled {
+			h.env.RegisterDelayedCallback(func() {
+				h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1, WindowOfOpportunity: true})
+			}, time.Hour)
+		}
+		h.env.ExecuteWorkflow(boundary.Name, input(2))
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatal(err)
+		}
+		if len(h.proposed) != 1 || h.proposed[0].Level != 3 {
+			t.Fatalf("signalled %v: proposed = %+v; want one level 3 meeting", signalled, h.proposed)
+		}
+		if p := h.kinds("ESCALATION_PROPOSED"); len(p) != 1 || p[0].Due.Sub(h.t0) >= time.Hour {
+			t.Fatalf("signalled %v: escalation at %+v; want it at the start, not after the cool-down", signalled, p)
+		}
+		if !slices.Equal(h.checkInsAsked, []string{iv}) {
+			t.Fatalf("signalled %v: check-ins read for %v; want the refused meeting's, once", signalled, h.checkInsAsked)
+		}
 	}
 }
 
