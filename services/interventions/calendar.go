@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -290,7 +291,9 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	// A cancelled meeting shows (so that calendars drop it) if it was ever
-	// scheduled; one cancelled as a draft never reached a calendar.
+	// scheduled; one cancelled as a draft never reached a calendar. Past
+	// feedLimit the oldest are left out, not the meetings to come: a
+	// calendar deletes what a feed stops showing.
 	// The version and time of what outside systems see (see sharedChanged):
 	// the intervention's own move with a check-in, which follows only a
 	// meeting that ended without a yes, and the calendar service holding
@@ -298,7 +301,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	rows, err := s.pool.Query(ctx, `SELECT id, start_time, end_time, state, create_time,
 		`+sharedUpdateTime+`, `+sharedVersion+`
 		FROM interventions WHERE clinic = $1 AND counselor = $2 AND state = ANY($3) AND start_time IS NOT NULL
-		AND (published OR state <> $6) AND end_time >= $4 ORDER BY start_time, id LIMIT $5`, r.clinic, owner,
+		AND (published OR state <> $6) AND end_time >= $4 ORDER BY start_time DESC, id DESC LIMIT $5`, r.clinic, owner,
 		[]int16{int16(scheduled), int16(completed), int16(cancelled)}, s.cfg.Now().Add(-feedWindow), feedLimit, int16(cancelled))
 	if err != nil {
 		return nil, fmt.Errorf("read feed interventions: %w", err)
@@ -323,6 +326,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	if err != nil {
 		return nil, fmt.Errorf("read feed interventions: %w", err)
 	}
+	slices.Reverse(events) // oldest first, as before
 	intakes, err := s.intakeEvents(ctx, r.clinic, owner, s.cfg.Now().Add(-feedWindow))
 	if err != nil {
 		return nil, err

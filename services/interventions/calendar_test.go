@@ -593,3 +593,37 @@ func TestCalendarFeedDuringAnOutage(t *testing.T) {
 		}
 	}
 }
+
+// A feed past its limit leaves out its oldest meetings, not those to come:
+// a calendar deletes what a feed stops showing.
+func TestCalendarFeedPastItsLimitKeepsWhatComes(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	iv := f.draft(t, f.clock.Now().Add(48*time.Hour).Truncate(time.Second))
+	iv, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := iv.GetName()[strings.LastIndex(iv.GetName(), "/")+1:]
+	// 5,000 meetings held over the past weeks, copies of it but for their
+	// ids and times: with the one to come, one more than a feed holds.
+	if _, err := f.pool.Exec(context.Background(), `INSERT INTO interventions
+		SELECT (jsonb_populate_record(i, jsonb_build_object('id', 'past-' || g,
+			'start_time', now() - make_interval(mins => 10 * g), 'end_time', now() - make_interval(mins => 10 * g - 5)))).*
+		FROM interventions i, generate_series(1, 5000) g WHERE i.id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	cal, _ := export(t, f, feed.GetName(), feedToken(t, feed))
+	uids := map[string]bool{}
+	for _, e := range cal.Events() {
+		uids[e.Id()] = true
+	}
+	if len(uids) != 5000 || !uids[id+"@handoff"] || uids["past-5000@handoff"] || !uids["past-1@handoff"] {
+		t.Fatalf("%d events, the meeting to come %v, the oldest %v, the newest past %v; want 5000 with the meeting to come and without the oldest",
+			len(uids), uids[id+"@handoff"], uids["past-5000@handoff"], uids["past-1@handoff"])
+	}
+}
