@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -976,28 +977,20 @@ func (l *listedFamilies) ListFamilies(_ context.Context, in *familiesv1.ListFami
 	return resp, nil
 }
 
-// A family whose members spanned a page is deleted before the next page
-// is read: the next page starts the family after it from its first
-// member, not that many members in.
-func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
-	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
-	if err != nil {
-		t.Fatal(err)
+// familyOf is a family of the clinic north with members of the given ids.
+func familyOf(id string, members ...string) *familiesv1.Family {
+	f := &familiesv1.Family{Name: "clinics/north/families/" + id}
+	for _, m := range members {
+		f.Members = append(f.Members, &familiesv1.Member{Id: m, GivenName: m})
 	}
-	family := func(id string, members ...string) *familiesv1.Family {
-		f := &familiesv1.Family{Name: "clinics/north/families/" + id}
-		for _, m := range members {
-			f.Members = append(f.Members, &familiesv1.Member{Id: m, GivenName: m})
-		}
-		return f
-	}
-	a, b := family("a0000000-0000-0000-0000-000000000001", "mom", "dad", "aunt"), family("b0000000-0000-0000-0000-000000000002", "sis", "bro")
-	fams := &listedFamilies{list: []*familiesv1.Family{a, b}}
-	h, err := New(Config{Families: fams, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{}, Verifier: issuer.Verifier()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	get := func(path string) (ids []string, next string) {
+	return f
+}
+
+// searchPages returns a reader of one page of a search through h, as a
+// counselor: the ids of its entries and its next link.
+func searchPages(t *testing.T, h http.Handler, issuer *auth.Issuer) func(path string) ([]string, string) {
+	return func(path string) (ids []string, next string) {
+		t.Helper()
 		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal"+path, nil)
 		req.Header.Set("Authorization", "Bearer "+issuer.MustMint(auth.TokenOptions{Subject: "ehr", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
 		rec := httptest.NewRecorder()
@@ -1022,6 +1015,62 @@ func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
 		}
 		return ids, next
 	}
+}
+
+// Members added or removed before the last one a page gave move it: the
+// next page goes on after it wherever it now is, and skips or repeats no
+// one, in the client's order.
+func TestRelatedPersonPagesSurviveMembersChanging(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := familyOf("a0000000-0000-0000-0000-000000000001", "mom", "dad", "aunt", "uncle", "gran")
+	fams := &listedFamilies{list: []*familiesv1.Family{a}}
+	h, err := New(Config{Families: fams, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{}, Verifier: issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := searchPages(t, h, issuer)
+	short := func(ids []string) (out []string) {
+		for _, id := range ids {
+			out = append(out, id[strings.LastIndex(id, ".")+1:])
+		}
+		return out
+	}
+	first, next := get(Prefix + "/RelatedPerson?_count=2")
+	if !slices.Equal(short(first), []string{"mom", "dad"}) || next == "" {
+		t.Fatalf("first page %v, next %q", first, next)
+	}
+	// Mom, given already, is removed: the page goes on at aunt, not uncle.
+	a.Members = a.Members[1:]
+	second, next := get(next)
+	if !slices.Equal(short(second), []string{"aunt", "uncle"}) || next == "" {
+		t.Fatalf("the page after a member given was removed: %v; want aunt and uncle", second)
+	}
+	// A member added at the front: the page goes on at gran, not uncle
+	// again.
+	a.Members = append([]*familiesv1.Member{{Id: "kid", GivenName: "kid"}}, a.Members...)
+	if third, _ := get(next); !slices.Equal(short(third), []string{"gran"}) {
+		t.Fatalf("the page after a member was added at the front: %v; want gran", third)
+	}
+}
+
+// A family whose members spanned a page is deleted before the next page
+// is read: the next page starts the family after it from its first
+// member, not that many members in.
+func TestRelatedPersonPagesSurviveAFamilyGone(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := familyOf("a0000000-0000-0000-0000-000000000001", "mom", "dad", "aunt"), familyOf("b0000000-0000-0000-0000-000000000002", "sis", "bro")
+	fams := &listedFamilies{list: []*familiesv1.Family{a, b}}
+	h, err := New(Config{Families: fams, Referrals: &fakeReferrals{}, Interventions: fakeInterventions{}, Verifier: issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := searchPages(t, h, issuer)
 	first, next := get(Prefix + "/RelatedPerson?_count=2")
 	if len(first) != 2 || next == "" {
 		t.Fatalf("first page %v, next %q; want two of the first family's members and a next link", first, next)

@@ -372,27 +372,39 @@ func (s *server) patientFamily(ctx context.Context, c caller, q query, terms ...
 // those with members, so that only those whose members go out are read
 // (for the EHR each read is a disclosure in the family's accounting), and
 // a family whose members span pages is read again for the next. The page token says where to go on:
-// "m<n>.<family id>." and the families service's token that reads that
-// family, n of whose members were given already. Should that token read
-// another family by then (one was added or removed before it), n is not
-// that one's count: it starts from its first member. A token of the
-// earlier form, "m<n>." and the families service's token (which holds no
-// dot), is still followed as it was, without that check.
+// "m<n>.<family id>.<member id>." and the families service's token that
+// reads that family, n of whose members were given already, the last of
+// them the member named. Should that token read another family by then
+// (one was added or removed before it), n is not that one's count: it
+// starts from its first member. Members added or removed before the last
+// one given since (the list is the client's, in its order) move it: the
+// page goes on after it wherever it now is, and only when it is gone by
+// the count. Tokens of the earlier forms, without the member
+// ("m<n>.<family id>.<token>") or the family ("m<n>.<token>"; the
+// families service's token holds no dot), are still followed as they
+// were.
 func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, error) {
 	const anyFamily = "*"
-	skip, started, token := 0, "", ""
+	skip, started, lastGiven, token := 0, "", "", ""
 	if q.token != "" {
 		body, ok := strings.CutPrefix(q.token, "m")
-		n, rest, ok2 := strings.Cut(body, ".")
-		fam, after, ok3 := strings.Cut(rest, ".")
-		if !ok3 {
-			fam, after = anyFamily, rest // the earlier form
+		parts := strings.Split(body, ".")
+		var n string
+		switch len(parts) {
+		case 2: // the earliest form
+			n, started, token = parts[0], anyFamily, parts[1]
+		case 3:
+			n, started, token = parts[0], parts[1], parts[2]
+		case 4:
+			n, started, lastGiven, token = parts[0], parts[1], parts[2], parts[3]
+		default:
+			ok = false
 		}
 		v, err := strconv.Atoi(n)
-		if !ok || !ok2 || err != nil || v < 0 {
+		if !ok || err != nil || v < 0 || (lastGiven != "" && !handoffID.MatchString(lastGiven)) {
 			return page{}, invalid("page_token is not one this server gave")
 		}
-		skip, started, token = v, fam, after
+		skip = v
 	}
 	limit := int(q.size)
 	if limit == 0 {
@@ -427,7 +439,13 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 			next = resp.GetNextPageToken()
 		}
 		if read == 0 && started != anyFamily && aip.ID(f.GetName()) != started {
-			skip = 0
+			skip, lastGiven = 0, ""
+		}
+		if read == 0 && lastGiven != "" {
+			// Go on after the last member given, wherever it now is.
+			if i := slices.IndexFunc(f.GetMembers(), func(m *familiesv1.Member) bool { return m.GetId() == lastGiven }); i >= 0 {
+				skip = i + 1
+			}
 		}
 		// Members removed since the last page: what is left of them.
 		members := f.GetMembers()[min(skip, len(f.GetMembers())):]
@@ -435,7 +453,7 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 			for _, m := range members[:room] {
 				p.entries = append(p.entries, entry(relatedPerson(f, m)))
 			}
-			p.next = fmt.Sprintf("m%d.%s.%s", skip+room, aip.ID(f.GetName()), token)
+			p.next = fmt.Sprintf("m%d.%s.%s.%s", skip+room, aip.ID(f.GetName()), members[room-1].GetId(), token)
 			return p, nil
 		}
 		for _, m := range members {
