@@ -143,3 +143,27 @@ func TestVerifierSettings(t *testing.T) {
 		}
 	}
 }
+
+// A service's flags that are no strings are read from the variables their
+// help names, parsed by the flag: the webhooks service's attempts before
+// a dead letter, say.
+func TestServiceFlagsFromTheEnvironment(t *testing.T) {
+	var hooks serviceDef
+	for _, d := range serviceDefs {
+		if d.name == "webhooks" {
+			hooks = d
+		}
+	}
+	t.Setenv("HANDOFF_WEBHOOK_MAX_ATTEMPTS", "3")
+	f, err := hooks.parse(nil)
+	if err != nil || f.webhookMaxAttempts != 3 {
+		t.Fatalf("HANDOFF_WEBHOOK_MAX_ATTEMPTS=3: %d, %v; want 3", f.webhookMaxAttempts, err)
+	}
+	if f, err := hooks.parse([]string{"--max-attempts=5"}); err != nil || f.webhookMaxAttempts != 5 {
+		t.Fatalf("--max-attempts=5 after the variable: %d, %v; want the flag to win", f.webhookMaxAttempts, err)
+	}
+	t.Setenv("HANDOFF_WEBHOOK_MAX_ATTEMPTS", "many")
+	if _, err := hooks.parse(nil); err == nil || !strings.Contains(err.Error(), "HANDOFF_WEBHOOK_MAX_ATTEMPTS") {
+		t.Fatalf("a value that is no number: %v; want an error naming the variable", err)
+	}
+}

@@ -224,6 +224,9 @@ type serviceDef struct {
 	policy     grpcserver.Policy
 	// flags registers the service's own flags, if it has any.
 	flags func(fs *flag.FlagSet, f *serviceFlags)
+	// env pairs those of them that are no strings with their variables,
+	// for fromEnv: the flag parses the value.
+	env []string
 	// register registers the service and returns what runs beside it.
 	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error)
 }
@@ -363,8 +366,9 @@ var serviceDefs = []serviceDef{
 				"base64 of 32 bytes that seal the subscriptions' signing secrets at rest (HANDOFF_WEBHOOK_SECRET_KEY)")
 			secretVar(fs, &f.webhookPreviousKeys, "previous-secret-keys", env("HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS", ""),
 				"comma-separated base64 keys that sealed secrets before --secret-key: they only open, and the sender seals those secrets again under --secret-key (HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS)")
-			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered")
+			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered (HANDOFF_WEBHOOK_MAX_ATTEMPTS)")
 		},
+		env: []string{"max-attempts", "HANDOFF_WEBHOOK_MAX_ATTEMPTS"},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
 				return part{}, errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
@@ -486,7 +490,8 @@ func (c *common) observe(ctx context.Context, log *slog.Logger, service string) 
 	}, nil
 }
 
-func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
+// parse reads the service's flags from the environment and then args.
+func (d serviceDef) parse(args []string) (serviceFlags, error) {
 	fs := flag.NewFlagSet(d.name, flag.ContinueOnError)
 	var f serviceFlags
 	f.register(fs, true)
@@ -500,10 +505,15 @@ func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) er
 	if d.flags != nil {
 		d.flags(fs, &f)
 	}
-	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE", "grpc-reflection", "HANDOFF_GRPC_REFLECTION"); err != nil {
-		return err
+	if err := fromEnv(fs, append([]string{"migrate", "HANDOFF_MIGRATE", "grpc-reflection", "HANDOFF_GRPC_REFLECTION"}, d.env...)...); err != nil {
+		return f, err
 	}
-	if err := fs.Parse(args); err != nil {
+	return f, fs.Parse(args)
+}
+
+func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
+	f, err := d.parse(args)
+	if err != nil {
 		return err
 	}
 	verifier, err := f.verifier()
