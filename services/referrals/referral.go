@@ -346,8 +346,16 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		// Calendar feeds need when and whether, nothing of why. Their
 		// version and update time are the appointment's own (see
 		// appointmentVersion): the calendar host sees them.
+		ids := make([]string, len(items))
 		for i, r := range items {
-			version, changed := appointmentVersion(r)
+			ids[i] = aip.ID(r.GetName())
+		}
+		bases, err := s.calendarBases(ctx, clinic, ids)
+		if err != nil {
+			return nil, err
+		}
+		for i, r := range items {
+			version, changed := appointmentVersion(r, bases[ids[i]])
 			items[i] = &referralsv1.Referral{Name: r.GetName(), Family: r.GetFamily(), State: r.GetState(),
 				IntakeAppointment:  &referralsv1.IntakeAppointment{StartTime: r.GetIntakeAppointment().GetStartTime()},
 				TreatmentEntryTime: r.GetTreatmentEntryTime(), History: lastStep(r),
@@ -365,8 +373,11 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 // update time move with every write (an admission at the appointment, a
 // follow-up service, a reason edited), and a calendar host that saw them
 // move on a past appointment would learn that the person was admitted and
-// kept coming. Steps only add, so the version never goes back.
-func appointmentVersion(r *referralsv1.Referral) (int64, time.Time) {
+// kept coming. Steps only add, so the version never goes back. A referral
+// written before this counted (migration 0013) counts on from b, its
+// version and update time then, which feeds had already sent; only its
+// steps after b's time add.
+func appointmentVersion(r *referralsv1.Referral, b calendarBase) (int64, time.Time) {
 	hidden := func(st referralsv1.ReferralState) bool {
 		switch st {
 		case cancelled, referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, voided:
@@ -378,12 +389,16 @@ func appointmentVersion(r *referralsv1.Referral) (int64, time.Time) {
 	}
 	var version int64 = 1
 	changed := r.GetCreateTime().AsTime()
+	var since time.Time // steps until then are in the base
+	if b.version != nil && b.time != nil {
+		version, changed, since = *b.version, *b.time, *b.time
+	}
 	booked := false
 	for _, e := range r.GetHistory() {
 		to := e.GetToState()
 		booked = booked || to == referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED
-		if !booked {
-			continue // no event yet
+		if !booked || !e.GetTime().AsTime().After(since) {
+			continue // no event yet, or counted in the base
 		}
 		if to == referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED || hidden(e.GetFromState()) != hidden(to) {
 			version++
@@ -391,6 +406,36 @@ func appointmentVersion(r *referralsv1.Referral) (int64, time.Time) {
 		}
 	}
 	return version, changed
+}
+
+// calendarBase is a referral's migration 0013 columns.
+type calendarBase struct {
+	version *int64
+	time    *time.Time
+}
+
+// calendarBases reads the calendar bases of the clinic's referrals ids.
+func (s *Server) calendarBases(ctx context.Context, clinic string, ids []string) (map[string]calendarBase, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, calendar_base, calendar_base_time FROM referrals WHERE clinic = $1 AND id = ANY($2)`, clinic, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read calendar bases: %w", err)
+	}
+	out := map[string]calendarBase{}
+	var id string
+	var v *int64
+	var at *time.Time
+	if _, err := pgx.ForEachRow(rows, []any{&id, &v, &at}, func() error {
+		var b calendarBase // copies: the scan may reuse what v and at point to
+		if v != nil && at != nil {
+			version, t := *v, *at
+			b.version, b.time = &version, &t
+		}
+		out[id] = b
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("read calendar bases: %w", err)
+	}
+	return out, nil
 }
 
 // lastStep is a referral's last transition, its states and time only (not

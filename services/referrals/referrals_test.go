@@ -26,6 +26,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
@@ -2173,5 +2174,51 @@ func TestCalendarSeesOnlyTheAppointmentChange(t *testing.T) {
 	}
 	if e, u := seen(); e == etag || !u.After(at) {
 		t.Fatalf("after a pause the calendar sees %s at %v; want a new version after %v", e, u, at)
+	}
+}
+
+// A referral written before the calendar had a version of its own counts
+// on from the version feeds had already sent (migration 0013): its
+// SEQUENCE does not go back, and only what changes the event adds.
+func TestCalendarVersionCountsOnFromWhatFeedsSent(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
+	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
+	for _, reason := range []string{"one", "two", "three"} {
+		f.clock.Advance(time.Second)
+		r.Reason = reason
+		var err error
+		if r, err = f.client.UpdateReferral(f.ctx, &referralsv1.UpdateReferralRequest{Referral: r,
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"reason"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As the migration leaves a referral written before it.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE referrals SET calendar_base = version, calendar_base_time = update_time WHERE id = $1`,
+		aip.ID(r.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	seen := func() (string, time.Time) {
+		t.Helper()
+		list, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
+		if err != nil || len(list.GetReferrals()) != 1 {
+			t.Fatalf("the calendar reader's list: %v, %v", list, err)
+		}
+		return list.GetReferrals()[0].GetEtag(), list.GetReferrals()[0].GetUpdateTime().AsTime()
+	}
+	if e, u := seen(); e != r.GetEtag() || !u.Equal(r.GetUpdateTime().AsTime()) {
+		t.Fatalf("the calendar sees %s at %v; want %s at %v, what feeds sent before", e, u, r.GetEtag(), r.GetUpdateTime().AsTime())
+	}
+	f.clock.Advance(time.Minute)
+	moved, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, _ := aip.ParseEtag(r.GetEtag())
+	if e, u := seen(); e != aip.Etag(base+1) || !u.Equal(moved.GetUpdateTime().AsTime()) {
+		t.Fatalf("after a rebooking the calendar sees %s at %v; want %s at %v", e, u, aip.Etag(base+1), moved.GetUpdateTime().AsTime())
 	}
 }
