@@ -99,6 +99,9 @@ type State struct {
 	// started (see versionEarlyCheckIns), still to be taken as their
 	// signals would have been.
 	Early []CheckIn
+	// Later are check-ins of a meeting other than the cycle's, kept for the
+	// restart that makes it the cycle's (see versionCheckInsOfNext).
+	Later []CheckIn
 }
 
 // versionGateOnScreen guards holding member check-ins and the next
@@ -146,6 +149,15 @@ const versionEarlyOverdoses = "answer-overdoses-before-start"
 // support referrals, and a check-in recorded meanwhile signalled no
 // workflow, and was lost.
 const versionEarlyCheckIns = "check-ins-before-start"
+
+// versionCheckInsOfNext guards keeping a check-in of another meeting for
+// the restart that makes that meeting the cycle's: a meeting refused while
+// this workflow runs restarts it once that meeting's workflow has given
+// back its places and referred, and a check-in recorded on it meanwhile
+// was taken as the running cycle's (escalating from the meeting before,
+// or dropped if that one had), and never by its own. Asked only when one
+// comes.
+const versionCheckInsOfNext = "check-ins-of-the-next-meeting"
 
 // versionListenAtEnd guards waiting, before the workflow ends, for the
 // delivery failures of its last check-ins and alerts, so that they are
@@ -706,6 +718,14 @@ func (w *wf) wait(ctx workflow.Context) error {
 			w.in.Intervention, w.in.Level, w.in.Outcome = r.Intervention, r.Level, r.Outcome
 			w.st.Cycle++
 			w.begin(ctx)
+			// The check-ins of the restarted meeting that came before the
+			// restart are taken now, as its own.
+			for _, ci := range w.st.Later {
+				if ci.Intervention == w.in.Intervention {
+					w.st.Early = append(w.st.Early, ci)
+				}
+			}
+			w.st.Later = nil
 			return nil
 		}
 	})
@@ -1010,6 +1030,13 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	key := fmt.Sprintf("%s#%d", ci.Intervention, ci.Number)
 	if slices.Contains(w.st.CheckInsSeen, key) && flow.Version(ctx, versionCheckInOnce, 1) >= 1 {
 		return nil // delivered again
+	}
+	if ci.Intervention != "" && ci.Intervention != w.in.Intervention && !slices.Contains(w.st.Later, ci) &&
+		flow.Version(ctx, versionCheckInsOfNext, 1) >= 1 {
+		// Another meeting's: its restart takes it (a late one of an
+		// earlier meeting is let go then).
+		w.st.Later = append(w.st.Later, ci)
+		return nil
 	}
 	w.st.CheckInsSeen = append(w.st.CheckInsSeen, key)
 	// Asked at every check-in, so that its marker does not tell which

@@ -1288,6 +1288,30 @@ func TestCheckInDeliveredAgainAfterARestartIsTakenOnce(t *testing.T) {
 	}
 }
 
+// A check-in of a meeting refused while the workflow runs, recorded before
+// that meeting's restart arrives, is that meeting's: the running cycle does
+// not escalate on it, and the restarted cycle takes it as its own, at once.
+func TestCheckInBeforeARestartIsTheNextMeetingsOwn(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	const next = "clinics/north/interventions/i2"
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: next, Number: 1, WindowOfOpportunity: true})
+	}, 2*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalRestart, boundary.Restart{Intervention: next, Level: 2, Outcome: "DECLINED"})
+	}, 2*day+time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.proposed) == 0 || h.proposed[0].Previous != next {
+		t.Fatalf("proposed %+v; want the first proposal to follow %s, the meeting the check-in was recorded on", h.proposed, next)
+	}
+	if at := h.kinds("ESCALATION_PROPOSED")[0].Due.Sub(h.t0); at < 2*day+time.Hour || at >= 3*day {
+		t.Fatalf("first escalation at %v; want it at the restart, day 2", at)
+	}
+}
+
 // runWithOverdoseOnDay3 runs a level-1 refusal's workflow with warning
 // sign w1, an overdose, signalled on day 3, and requires it to succeed.
 // days are the days, from the start, the reminders of kind were sent on.
