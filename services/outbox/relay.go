@@ -510,13 +510,15 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 		if ctx.Err() != nil {
 			return res // shutting down: the rest waits for the next run
 		}
-		if e.DecodeErr != nil {
-			res.setAside = append(res.setAside, e)
-			continue
-		}
+		// A newer release's event is left to it first, even one this
+		// binary cannot decode: the newer one may.
 		if e.Generation > Generation && r.leave(e.ID, time.Now()) {
 			res.left = &e
 			return res
+		}
+		if e.DecodeErr != nil {
+			res.setAside = append(res.setAside, e)
+			continue
 		}
 		dctx, cancel := context.WithTimeout(e.Context(ctx), timeout)
 		err := r.Deliver(dctx, e)

@@ -469,3 +469,23 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 		t.Fatalf("past the grace: %d, %v, delivered %v; want a1 then a2", n, err, got)
 	}
 }
+
+// A newer release's event that this binary cannot decode is left to that
+// release for the grace, as any of its events, not set aside for good.
+func TestNewerReleasesUndecodableEventIsLeftToIt(t *testing.T) {
+	pool, db, _ := relayFixture(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload, generation) VALUES ('north', 't', 'a', '\xffff', $1)`,
+		outbox.Generation+1); err != nil {
+		t.Fatal(err)
+	}
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: time.Hour,
+		Deliver: func(context.Context, outbox.Stored) error { return nil }}
+	if n, err := r.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("poll: %d, %v; want nothing done", n, err)
+	}
+	var left bool
+	if err := pool.QueryRow(ctx, `SELECT delivered_at IS NULL FROM outbox WHERE resource = 'a'`).Scan(&left); err != nil || !left {
+		t.Fatalf("the newer release's event: left %v, %v; want it left, not set aside", left, err)
+	}
+}

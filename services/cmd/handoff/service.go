@@ -508,7 +508,8 @@ func (d serviceDef) parse(args []string) (serviceFlags, error) {
 	if err := fromEnv(fs, append([]string{"migrate", "HANDOFF_MIGRATE", "grpc-reflection", "HANDOFF_GRPC_REFLECTION"}, d.env...)...); err != nil {
 		return f, err
 	}
-	return f, fs.Parse(args)
+	err := fs.Parse(args) // before f is returned: it writes through &f
+	return f, err
 }
 
 func (d serviceDef) run(ctx context.Context, log *slog.Logger, args []string) error {
