@@ -1393,3 +1393,48 @@ func TestLatestScreenReadsItsIndex(t *testing.T) {
 		t.Errorf("a family's read does not take its screen from safety_screens_counts_from:\n%s", plan)
 	}
 }
+
+// A member removed from the family keeps their id: consents, referrals
+// and sessions name them by it, and a member's own consent covers what is
+// made under it. A new member given that id is refused, and nothing
+// changes; one without an id is given a new one.
+func TestRemovedMembersIDIsNotTakenAgain(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	update := func(members []*familiesv1.Member, etag string) (*familiesv1.Family, error) {
+		return f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{
+			Family:     &familiesv1.Family{Name: fam.GetName(), Members: members, Etag: etag},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}})
+	}
+	// Mom leaves.
+	var rest []*familiesv1.Member
+	for _, m := range fam.GetMembers() {
+		if m.GetId() != "mom" {
+			rest = append(rest, m)
+		}
+	}
+	left, err := update(rest, fam.GetEtag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Someone else under her id is refused on that member's field.
+	stranger := &familiesv1.Member{Id: "mom", GivenName: "Bea", Relationship: familiesv1.Relationship_RELATIONSHIP_OTHER_RELATIVE}
+	_, err = update(append(slices.Clone(rest), stranger), left.GetEtag())
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{fmt.Sprintf("family.members[%d].id", len(rest))}) {
+		t.Fatalf("violations %v; want the new member's id", got)
+	}
+	if got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil || got.GetEtag() != left.GetEtag() {
+		t.Fatalf("after the refusal: %v, %v; want the family unchanged", got, err)
+	}
+	// Without an id she joins under a new one.
+	stranger.Id = ""
+	joined, err := update(append(slices.Clone(rest), stranger), left.GetEtag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := joined.GetMembers()[len(rest)].GetId(); id == "" || id == "mom" {
+		t.Fatalf("the new member's id %q; want a new one", id)
+	}
+}

@@ -1514,7 +1514,10 @@ func (x *ContactChannel) GetValue() string {
 type Member struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Stable id of the member within the family: lowercase letters, digits and
-	// hyphens. Assigned by the server when empty.
+	// hyphens. Assigned by the server when empty. The id of a member removed
+	// from the family is never taken again (consents, referrals and sessions
+	// name that person by it): an update that gives it to a member is
+	// INVALID_ARGUMENT on that member's id.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Given name.
 	GivenName string `protobuf:"bytes,2,opt,name=given_name,json=givenName,proto3" json:"given_name,omitempty"`
