@@ -1032,7 +1032,11 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 	case viewEHR:
 		return outsideView(f)
 	case viewCalendar:
-		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor(), State: f.GetState(), UpdateTime: f.GetUpdateTime()}
+		// Which families a counselor's feed covers, and nothing more: the
+		// reader serves every clinic, and a state (in treatment) or an
+		// update time (moved by an overdose or a screen) would tell of
+		// the loved one.
+		return &familiesv1.Family{Name: f.GetName(), Counselor: f.GetCounselor()}
 	case viewDelivery:
 		// The reminder automation (and the interventions service, on its
 		// claims) asks who may still be contacted, and where: the channels

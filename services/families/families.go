@@ -209,6 +209,10 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		// on it would tell it. The worker sees it, and may filter on it.
 		fields = aip.Without(familyFilter, "urgent")
 	}
+	if familyView(ctx) == viewCalendar {
+		// Nor on what the calendar reader's view leaves out.
+		fields = map[string]aip.FilterField{"counselor": familyFilter["counselor"], "id": familyFilter["id"]}
+	}
 	if familyView(ctx) == viewEHR {
 		// The EHR filters on the state it sees (outsideState): a family in
 		// treatment is ACTIVE, and ENGAGED_IN_TREATMENT matches none.

@@ -1438,3 +1438,25 @@ func TestRemovedMembersIDIsNotTakenAgain(t *testing.T) {
 		t.Fatalf("the new member's id %q; want a new one", id)
 	}
 }
+
+// The calendar reader learns which families a counselor's feed covers and
+// nothing more: not their state (in treatment), nor an update time that
+// an overdose or a screen moves, and it cannot filter on them either.
+func TestCalendarReaderSeesOnlyWhoseFamiliesTheyAre(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
+	list, err := f.client.ListFamilies(cal, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: `counselor = "counselor-1"`})
+	if err != nil || len(list.GetFamilies()) != 1 {
+		t.Fatalf("the calendar reader's list: %v, %v", list, err)
+	}
+	want := &familiesv1.Family{Name: fam.GetName(), Counselor: "counselor-1"}
+	if got := list.GetFamilies()[0]; !proto.Equal(got, want) {
+		t.Fatalf("the calendar reader sees %v; want %v", got, want)
+	}
+	for _, filter := range []string{"state = ENGAGED_IN_TREATMENT", `update_time >= "2026-01-01T00:00:00Z"`, "has_members = true"} {
+		_, err := f.client.ListFamilies(cal, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: filter})
+		wantCode(t, err, codes.InvalidArgument)
+	}
+}
