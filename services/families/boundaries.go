@@ -103,6 +103,15 @@ func loadHistory(ctx context.Context, q pgdb.Querier, clinic, family string, bs 
 
 func newBoundary() *familiesv1.Boundary { return &familiesv1.Boundary{} }
 
+// checkConsequence requires a stated consequence to state one: without it
+// the boundary would be agreed and kept, yet never count as one a formal
+// meeting can put to the loved one (boundaries.StatesConsequence).
+func checkConsequence(vs *apperr.Violations, b *familiesv1.Boundary) {
+	if b.GetCategory() == familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_STATED_CONSEQUENCE && strings.TrimSpace(b.GetConsequence()) == "" {
+		vs.Add("boundary.consequence", "is required for a stated consequence: what the family will do")
+	}
+}
+
 // CreateBoundary implements the API.
 func (s *Server) CreateBoundary(ctx context.Context, req *familiesv1.CreateBoundaryRequest) (*familiesv1.Boundary, error) {
 	c, err := parentFamily(ctx, req.GetParent())
@@ -117,6 +126,7 @@ func (s *Server) CreateBoundary(ctx context.Context, req *familiesv1.CreateBound
 	if strings.TrimSpace(b.GetWording()) == "" {
 		vs.Add("boundary.wording", "is required: the boundary in the family's own words")
 	}
+	checkConsequence(&vs, b)
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
@@ -212,6 +222,11 @@ func (s *Server) UpdateBoundary(ctx context.Context, req *familiesv1.UpdateBound
 			}
 			if strings.TrimSpace(next.GetWording()) == "" {
 				return nil, apperr.Field("boundary.wording", "is required")
+			}
+			var vs apperr.Violations
+			checkConsequence(&vs, next)
+			if err := vs.Err(); err != nil {
+				return nil, err
 			}
 			if _, err := tx.Exec(ctx, `UPDATE boundaries SET wording = $4, consequence = $5, update_time = $6, version = version + 1
 				WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id, next.GetWording(), next.GetConsequence(), s.cfg.Now()); err != nil {

@@ -1345,3 +1345,19 @@ func (f *consentFixture) consentsOf(t *testing.T, fam string) []*familiesv1.Cons
 	}
 	return resp.GetConsents()
 }
+
+// A birth date is judged by the service's clock, as every other time of
+// the family is: one after the service's today is refused, whatever the
+// machine's own clock says.
+func TestBirthDateIsJudgedByTheServicesClock(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	f.clock.Add(-365 * 24 * time.Hour) // the service's clock is a year behind
+	fam := sampleFamily()
+	fam.LovedOne.BirthDate = time.Now().AddDate(0, -1, 0).Format(time.DateOnly)
+	_, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: fam})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{"family.loved_one.birth_date"}) {
+		t.Fatalf("violations %v; want family.loved_one.birth_date", got)
+	}
+}

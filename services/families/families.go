@@ -118,7 +118,7 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	}
 	f := proto.Clone(req.GetFamily()).(*familiesv1.Family)
 	var vs apperr.Violations
-	checkFamily(&vs, "family", f, true, nil)
+	checkFamily(&vs, "family", f, true, nil, s.cfg.Now())
 	checkCoverage(&vs, "family", f)
 	now := s.cfg.Now()
 	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
@@ -301,7 +301,7 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 				return nil, apperr.Field("update_mask", "%v", err)
 			}
 			var vs apperr.Violations
-			checkFamily(&vs, "family", next, true, cur)
+			checkFamily(&vs, "family", next, true, cur, s.cfg.Now())
 			retired, err := s.retiredMembers(ctx, tx, clinic, id, cur, next, &vs)
 			if err != nil {
 				return nil, err
@@ -640,7 +640,7 @@ func assignMemberIDs(f *familiesv1.Family) {
 // before is the stored family an update changes (nil on create): a rule
 // added since a member was stored applies to that member once it changes,
 // so that an unrelated update is not refused for it.
-func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool, before *familiesv1.Family) {
+func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, create bool, before *familiesv1.Family, now time.Time) {
 	stored := map[string]*familiesv1.Member{}
 	for _, m := range before.GetMembers() {
 		stored[m.GetId()] = m
@@ -663,7 +663,7 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 		// The pattern admits February 30th; FHIR and the EHR do not.
 		if d, err := time.Parse(time.DateOnly, bd); err != nil {
 			vs.Add(path+".loved_one.birth_date", "%q is not a date (YYYY-MM-DD)", bd)
-		} else if d.After(time.Now().Add(24 * time.Hour)) {
+		} else if d.After(now.Add(24 * time.Hour)) {
 			// A day's grace: the date is in the loved one's own zone.
 			vs.Add(path+".loved_one.birth_date", "must not be in the future")
 		}

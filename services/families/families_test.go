@@ -1460,3 +1460,35 @@ func TestCalendarReaderSeesOnlyWhoseFamiliesTheyAre(t *testing.T) {
 		wantCode(t, err, codes.InvalidArgument)
 	}
 }
+
+// A stated consequence must state one: without it the boundary would be
+// agreed and kept, yet never count for a formal meeting. Refused on
+// create and on an update that empties it, and nothing is stored.
+func TestStatedConsequenceStatesOne(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_STATED_CONSEQUENCE, Wording: "If you use at home", Consequence: "  "}})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{"boundary.consequence"}) {
+		t.Fatalf("violations %v; want boundary.consequence", got)
+	}
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_STATED_CONSEQUENCE, Wording: "If you use at home",
+		Consequence: "you will stay with your brother"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.UpdateBoundary(f.ctx, &familiesv1.UpdateBoundaryRequest{Boundary: &familiesv1.Boundary{Name: b.GetName(), Etag: b.GetEtag()},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"consequence"}}})
+	wantCode(t, err, codes.InvalidArgument)
+	got, err := f.client.GetBoundary(f.ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()})
+	if err != nil || got.GetConsequence() != b.GetConsequence() || got.GetEtag() != b.GetEtag() {
+		t.Fatalf("after the refused update: %v, %v; want it unchanged", got, err)
+	}
+	list, err := f.client.ListBoundaries(f.ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName()})
+	if err != nil || len(list.GetBoundaries()) != 1 {
+		t.Fatalf("boundaries %v, %v; want the one stated", list, err)
+	}
+}
