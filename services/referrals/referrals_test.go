@@ -1540,35 +1540,7 @@ func TestExpiredHoldsAreAnnounced(t *testing.T) {
 		return h
 	}
 	ha, hb := hold(a, time.Hour), hold(b, time.Hour)
-	expired := func(name string) []*referralsv1.Hold {
-		t.Helper()
-		rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox
-			WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1 ORDER BY id`, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		var out []*referralsv1.Hold
-		for rows.Next() {
-			var b []byte
-			if err := rows.Scan(&b); err != nil {
-				t.Fatal(err)
-			}
-			var a anypb.Any
-			h := &referralsv1.Hold{}
-			if err := proto.Unmarshal(b, &a); err != nil {
-				t.Fatal(err)
-			}
-			if err := a.UnmarshalTo(h); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, h)
-		}
-		if err := rows.Err(); err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	expired := func(name string) []*referralsv1.Hold { return f.expiredEvents(t, name) }
 	f.clock.Advance(2 * time.Hour)
 	// A new hold on a expires the due one there first, and only there.
 	hold(a, time.Hour)
@@ -2090,20 +2062,11 @@ func TestHoldSaysWhoHeldIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []*referralsv1.Hold{byHand, byWorkflow} {
-		var b []byte
-		if err := f.pool.QueryRow(context.Background(), `SELECT payload FROM outbox
-			WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1`, want.GetName()).Scan(&b); err != nil {
-			t.Fatalf("the hold.expired event of %s: %v", want.GetName(), err)
+		events := f.expiredEvents(t, want.GetName())
+		if len(events) != 1 {
+			t.Fatalf("hold.expired events of %s: %v; want one", want.GetName(), events)
 		}
-		var a anypb.Any
-		got := &referralsv1.Hold{}
-		if err := proto.Unmarshal(b, &a); err != nil {
-			t.Fatal(err)
-		}
-		if err := a.UnmarshalTo(got); err != nil {
-			t.Fatal(err)
-		}
-		if got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetHolder() != want.GetHolder() ||
+		if got := events[0]; got.GetState() != referralsv1.HoldState_HOLD_STATE_EXPIRED || got.GetHolder() != want.GetHolder() ||
 			got.GetWorkflowHeld() != want.GetWorkflowHeld() {
 			t.Fatalf("expired as %v; want %s, held by %q (workflow %v)", got, want.GetName(), want.GetHolder(), want.GetWorkflowHeld())
 		}
@@ -2221,4 +2184,36 @@ func TestCalendarVersionCountsOnFromWhatFeedsSent(t *testing.T) {
 	if e, u := seen(); e != aip.Etag(base+1) || !u.Equal(moved.GetUpdateTime().AsTime()) {
 		t.Fatalf("after a rebooking the calendar sees %s at %v; want %s at %v", e, u, aip.Etag(base+1), moved.GetUpdateTime().AsTime())
 	}
+}
+
+// expiredEvents are the holds the outbox's hold.expired events of the hold
+// name carry, oldest first.
+func (f *fixture) expiredEvents(t *testing.T, name string) []*referralsv1.Hold {
+	t.Helper()
+	rows, err := f.pool.Query(context.Background(), `SELECT payload FROM outbox
+		WHERE event_type = 'handoff.referrals.v1.hold.expired' AND resource = $1 ORDER BY id`, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []*referralsv1.Hold
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		var a anypb.Any
+		h := &referralsv1.Hold{}
+		if err := proto.Unmarshal(b, &a); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.UnmarshalTo(h); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, h)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
