@@ -299,10 +299,11 @@ var holdStates = aip.EnumLookup(referralsv1.HoldState_value, "HOLD_STATE_")
 
 // holdFilter filters on the state a reader sees, as scanHold reports it: a
 // HELD hold past its expiry is EXPIRED before the sweeper gets to it. The
-// instant is the service clock's, written as a literal the code formats.
-func (s *Server) holdFilter() map[string]aip.FilterField {
+// instant is now, by the service clock, written as a literal the code
+// formats.
+func holdFilter(now time.Time) map[string]aip.FilterField {
 	state := fmt.Sprintf("(CASE WHEN state = %d AND expire_time <= '%s'::timestamptz THEN %d ELSE state END)",
-		referralsv1.HoldState_HOLD_STATE_HELD, s.cfg.Now().UTC().Format(time.RFC3339Nano), referralsv1.HoldState_HOLD_STATE_EXPIRED)
+		referralsv1.HoldState_HOLD_STATE_HELD, now.UTC().Format(time.RFC3339Nano), referralsv1.HoldState_HOLD_STATE_EXPIRED)
 	return map[string]aip.FilterField{
 		"state":        {Column: state, Kind: aip.Enum, Enum: holdStates},
 		"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
@@ -317,8 +318,17 @@ func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsReques
 	if err != nil {
 		return nil, err
 	}
+	// One instant for the filter and the rows: a hold that lapses between
+	// two readings of the clock would match state = HELD and read EXPIRED.
+	now := s.cfg.Now()
 	items, next, err := pgdb.ListPage(ctx, s.pool, "holds", holdSelect, `clinic = $1`, []any{clinic},
-		req, s.holdFilter(), s.scanHold(clinic), func(h *referralsv1.Hold) string { return h.GetName() })
+		req, holdFilter(now), func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
+			var h holdRow
+			if err := r.Scan(h.dest()...); err != nil {
+				return nil, err
+			}
+			return h.hold(clinic, now), nil
+		}, func(h *referralsv1.Hold) string { return h.GetName() })
 	if err != nil {
 		return nil, err
 	}

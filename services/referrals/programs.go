@@ -355,7 +355,11 @@ func (s *Server) UndeleteProgram(ctx context.Context, req *referralsv1.UndeleteP
 			if cur.GetDeleteTime() == nil {
 				return nil, apperr.AlreadyExists(cur.GetName(), cur.GetName()+" is not deleted")
 			}
-			if _, err := tx.Exec(ctx, `UPDATE programs SET delete_time = NULL, update_time = $3, version = version + 1
+			// The capacity it last reported is as old as its deletion: it
+			// takes no one until it reports again (held_slots is 0, as a
+			// program holding slots cannot be deleted).
+			if _, err := tx.Exec(ctx, `UPDATE programs SET delete_time = NULL, update_time = $3, version = version + 1,
+					available_slots = 0, capacity_update_time = NULL
 				WHERE clinic = $1 AND id = $2`, r.clinic, r.id, s.cfg.Now()); err != nil {
 				return nil, fmt.Errorf("undelete program: %w", err)
 			}

@@ -1256,6 +1256,21 @@ func TestDeletingAProgram(t *testing.T) {
 	if !listed(false) || !matched() {
 		t.Fatalf("undeleted: listed %v, matched %v", listed(false), matched())
 	}
+	// The slots it had when deleted are as old as the deletion: it takes
+	// no one until it reports again.
+	if back.GetCapacity().GetAvailableSlots() != 0 || back.GetCapacity().GetUpdateTime() != nil {
+		t.Fatalf("undeleted capacity %v; want no free slot and no report", back.GetCapacity())
+	}
+	_, err = f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: bup, Family: family,
+		Intervention: "clinics/north/interventions/i2"})
+	wantReason(t, err, codes.FailedPrecondition, "NO_CAPACITY")
+	if _, err := f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: bup, Family: family,
+		Intervention: "clinics/north/interventions/i2"}); err != nil {
+		t.Fatalf("a hold once it reported again: %v", err)
+	}
 	_, err = f.client.UndeleteProgram(f.admin, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
 	wantCode(t, err, codes.AlreadyExists)
 	_, err = f.client.UndeleteProgram(f.ctx, &referralsv1.UndeleteProgramRequest{Name: p.GetName()})
