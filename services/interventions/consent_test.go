@@ -55,6 +55,18 @@ func TestEHRReadsNeedConsent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateConsent: %v", err)
 	}
+	// A draft never scheduled is the program's own planning: under consent
+	// too, the EHR neither reads nor lists it, and nothing is recorded.
+	_, err = f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
+	if !consentgate.Refused(err) {
+		t.Fatalf("the EHR's read of a draft: %v; want the consent refusal", err)
+	}
+	if l, err := f.client.ListInterventions(ehr, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"}); err != nil || len(l.GetInterventions()) != 0 {
+		t.Fatalf("the EHR's list with only a draft = %v, %v; want none", l, err)
+	}
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
 	seen, err := f.client.GetIntervention(ehr, &interventionsv1.GetInterventionRequest{Name: iv.GetName()})
 	if err != nil {
 		t.Fatalf("EHR read under consent: %v", err)

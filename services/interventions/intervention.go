@@ -47,7 +47,7 @@ const (
 
 const interventionSelect = `SELECT id, family, counselor, level, start_time, duration_seconds, time_zone, doc, state,
 	reschedule_count, reschedule_reason, create_time, update_time, version,
-	` + sharedUpdateTime + `, ` + sharedVersion + ` FROM interventions`
+	` + sharedUpdateTime + `, ` + sharedVersion + `, published FROM interventions`
 
 var docJSON = protojson.MarshalOptions{UseProtoNames: true}
 
@@ -84,9 +84,10 @@ func scanIntervention(clinic string, shared bool) pgx.RowToFunc[*interventionsv1
 			created, updated            time.Time
 			sharedUpdated               time.Time
 			version, sharedVersion      int64
+			published                   bool
 		)
 		if err := r.Scan(&id, &family, &counselor, &level, &start, &duration, &zone, &doc, &state,
-			&reschedules, &rescheduleReason, &created, &updated, &version, &sharedUpdated, &sharedVersion); err != nil {
+			&reschedules, &rescheduleReason, &created, &updated, &version, &sharedUpdated, &sharedVersion, &published); err != nil {
 			return nil, err
 		}
 		iv := &interventionsv1.Intervention{}
@@ -101,7 +102,7 @@ func scanIntervention(clinic string, shared bool) pgx.RowToFunc[*interventionsv1
 		}
 		iv.ExpectedDuration = durationpb.New(time.Duration(duration) * time.Second)
 		iv.State = interventionsv1.InterventionState(state)
-		iv.RescheduleCount, iv.RescheduleReason = reschedules, rescheduleReason
+		iv.RescheduleCount, iv.RescheduleReason, iv.Published = reschedules, rescheduleReason, published
 		iv.WorkflowId = ids.Intervention(iv.Name)
 		iv.CreateTime, iv.UpdateTime, iv.Etag = timestamppb.New(created), timestamppb.New(updated), aip.Etag(version)
 		if shared {
@@ -376,6 +377,11 @@ func (s *Server) GetIntervention(ctx context.Context, req *interventionsv1.GetIn
 	if err != nil {
 		return nil, consentgate.Unseen(ctx, req.GetName(), err)
 	}
+	if _, outsider := consentgate.Outsider(ctx); outsider && !out.GetPublished() {
+		// A draft never scheduled is the program's own planning: to an
+		// outside system it is as a meeting that does not exist.
+		return nil, consentgate.Refusal(req.GetName())
+	}
 	// The EHR's read is a disclosure (FHIR Appointment): consent first.
 	if err := s.consent.Check(ctx, consentgate.LovedOne(out.GetFamily()), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, ""); err != nil {
 		return nil, err
@@ -409,7 +415,8 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	if out {
 		// A meeting is the loved one's record: the members' own consents
 		// (covered.Members) cover their referrals, not it.
-		scope, args = `clinic = $1 AND family = ANY($2::text[])`, []any{clinic, covered.Families}
+		// Nor a draft never scheduled (see Intervention.published).
+		scope, args = `clinic = $1 AND family = ANY($2::text[]) AND published`, []any{clinic, covered.Families}
 	}
 	fields := interventionFilter
 	if out {

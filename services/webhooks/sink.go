@@ -176,6 +176,15 @@ func routeOf(eventType string, msg proto.Message) route {
 			// leaves out (consentgate.Appointment).
 			return route{}
 		}
+		if iv, ok := msg.(*interventionsv1.Intervention); ok && !iv.GetPublished() &&
+			(iv.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT ||
+				iv.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED) {
+			// A draft never scheduled is no appointment yet, and its
+			// cancellation takes none off: a meeting proposed after one
+			// that ended without a yes, or withdrawn after a yes, would
+			// tell the EHR how the loved one answered.
+			return route{}
+		}
 		return route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}
 	case eventType == reminderEvents+"created":
 		r := route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REMINDER_DUE}}

@@ -1569,3 +1569,35 @@ func TestMembersReferralIsAskedOfTheirConsent(t *testing.T) {
 		}
 	}
 }
+
+// A draft meeting never scheduled is no appointment: its creation, changes
+// and cancellation are told to no one subscribed to appointments (a meeting
+// proposed after one that ended without a yes would tell the EHR how the
+// loved one answered). Once scheduled it is, and its cancellation too.
+func TestDraftMeetingsAreNoAppointments(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	name := "clinics/north/interventions/i9"
+	meeting := func(state interventionsv1.InterventionState, published bool) *interventionsv1.Intervention {
+		return &interventionsv1.Intervention{Name: name, Family: "clinics/north/families/f1", State: state, Published: published}
+	}
+	draft, cancelled, scheduled := interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT,
+		interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED, interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED
+	for _, c := range []struct {
+		event string
+		iv    *interventionsv1.Intervention
+		want  int64
+	}{
+		{"created", meeting(draft, false), 0},
+		{"updated", meeting(draft, false), 0},
+		{"cancelled", meeting(cancelled, false), 0},
+		{"scheduled", meeting(scheduled, true), 1},
+		{"cancelled", meeting(cancelled, true), 1},
+	} {
+		n, err := f.sink.Enqueue(ctx, "interventions", event(t, "handoff.interventions.v1.intervention."+c.event, c.iv, name))
+		if err != nil || n != c.want {
+			t.Errorf("%s of a meeting %v (published %v): %d deliveries, %v; want %d", c.event, c.iv.GetState(), c.iv.GetPublished(), n, err, c.want)
+		}
+	}
+}

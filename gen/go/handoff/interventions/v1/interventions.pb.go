@@ -987,7 +987,12 @@ type Intervention struct {
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// Changes on every change to the intervention. Send it back on update,
 	// delete or a state change to make sure you change what you read.
-	Etag          string `protobuf:"bytes,21,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,21,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Whether the meeting was ever scheduled. A draft never scheduled is the
+	// program's own planning: outside systems (the EHR) never see it, nor
+	// its cancellation, since a meeting proposed after one that ended
+	// without a yes would tell them the loved one refused.
+	Published     bool `protobuf:"varint,23,opt,name=published,proto3" json:"published,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1174,6 +1179,13 @@ func (x *Intervention) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *Intervention) GetPublished() bool {
+	if x != nil {
+		return x.Published
+	}
+	return false
 }
 
 // Where a meeting happens. Exactly one of `in_person` or `video` is set.
@@ -4533,7 +4545,7 @@ var File_handoff_interventions_v1_interventions_proto protoreflect.FileDescripto
 
 const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\n" +
-	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\f\n" +
+	",handoff/interventions/v1/interventions.proto\x12\x18handoff.interventions.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1chandoff/audit/v1/audit.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\r\n" +
 	"\fIntervention\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12\x84\x01\n" +
 	"\x06family\x18\x02 \x01(\tBl\xe0A\x02\xe0A\x05\xfaA\x17\n" +
@@ -4564,7 +4576,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"createTime\x12@\n" +
 	"\vupdate_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\n" +
 	"updateTime\x12\x17\n" +
-	"\x04etag\x18\x15 \x01(\tB\x03\xe0A\x01R\x04etag:l\xeaAi\n" +
+	"\x04etag\x18\x15 \x01(\tB\x03\xe0A\x01R\x04etag\x12!\n" +
+	"\tpublished\x18\x17 \x01(\bB\x03\xe0A\x03R\tpublished:l\xeaAi\n" +
 	"\x1bhandoff.health/Intervention\x12-clinics/{clinic}/interventions/{intervention}*\rinterventions2\fintervention\"\xa6\x01\n" +
 	"\x05Place\x12K\n" +
 	"\tin_person\x18\x01 \x01(\v2'.handoff.interventions.v1.InPersonPlaceB\x03\xe0A\x01H\x00R\binPerson\x12A\n" +

@@ -61,7 +61,8 @@ const (
 	// further service recorded after treatment entry.
 	Topic_TOPIC_REFERRAL_CHANGED Topic = 1
 	// An intervention meeting or an intake appointment was created, moved,
-	// cancelled or completed.
+	// cancelled or completed. A draft meeting never scheduled is no
+	// appointment: its creation, changes and cancellation are not told.
 	Topic_TOPIC_APPOINTMENT_CHANGED Topic = 2
 	// A reminder is due. Sent at its due time; not sent if the reminder was
 	// delivered or cancelled first.
