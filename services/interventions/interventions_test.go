@@ -2592,3 +2592,49 @@ func TestAnOldHighRiskScreenStillStopsAMeeting(t *testing.T) {
 		t.Fatalf("level 1 after a newer screen: %v", err)
 	}
 }
+
+// A reminder made with a send-by time, its answer lost, and tried again
+// once that time has passed, gets the reminder its first call made, not a
+// refusal for a time in the past: a workflow would lose track of a
+// reminder that stands.
+func TestReminderRetryPastItsSendByGetsItsReminder(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	req := &interventionsv1.CreateReminderRequest{Parent: "clinics/north", RequestId: "remind-once", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		SendByTime: timestamppb.New(f.clock.Now().Add(10 * time.Minute)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
+		Message: "Checking in."}}
+	first, err := f.client.CreateReminder(f.worker, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(20 * time.Minute)
+	again, err := f.client.CreateReminder(f.worker, req)
+	if err != nil || again.GetName() != first.GetName() {
+		t.Fatalf("the retry past its send-by time: %v, %v; want %s", again, err, first.GetName())
+	}
+	// A new request with that time is refused, on its field.
+	req.RequestId = "remind-late"
+	_, err = f.client.CreateReminder(f.worker, req)
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+// A family reminder about a family's record (a warning sign, the family)
+// must be about the recipient's family: the automation is shown that
+// record's family, and would see another family's name.
+func TestReminderAboutAnotherFamilyIsRefused(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	rem := &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.Now(), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in.",
+		RelatedResource: "clinics/north/families/someone-else/warningSigns/w1"}
+	_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: rem})
+	wantCode(t, err, codes.InvalidArgument)
+	rem.RelatedResource = f.family.GetName() + "/warningSigns/w1"
+	if _, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: rem}); err != nil {
+		t.Fatalf("a reminder about the recipient's own family: %v", err)
+	}
+}

@@ -168,13 +168,8 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_UNSPECIFIED {
 		vs.Add("reminder.kind", "is required")
 	}
-	if by := rem.GetSendByTime(); by != nil {
-		// Left unset, the due time is now by the service's clock.
-		if due := rem.GetDueTime(); due != nil && !by.AsTime().After(due.AsTime()) {
-			vs.Add("reminder.send_by_time", "must be after due_time")
-		} else if due == nil && !by.AsTime().After(s.cfg.Now()) {
-			vs.Add("reminder.send_by_time", "must be in the future for a reminder due now")
-		}
+	if by, due := rem.GetSendByTime(), rem.GetDueTime(); by != nil && due != nil && !by.AsTime().After(due.AsTime()) {
+		vs.Add("reminder.send_by_time", "must be after due_time")
 	}
 	if req.GetAppointmentStartTime() != nil && rem.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING {
 		vs.Add("appointment_start_time", "is for INTAKE_UPCOMING reminders only")
@@ -206,6 +201,12 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 			return s.confirmContact(ctx, out, rc)
 		}
 		return out, nil
+	}
+	// Checked by the clock after the stored answer: a retry that comes
+	// after its send-by time gets the reminder its first call made.
+	if by := rem.GetSendByTime(); by != nil && rem.GetDueTime() == nil && !by.AsTime().After(s.cfg.Now()) {
+		// Left unset, the due time is now by the service's clock.
+		return nil, apperr.Field("reminder.send_by_time", "must be in the future for a reminder due now")
 	}
 	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
@@ -409,8 +410,14 @@ func isFamily(k interventionsv1.RecipientKind) bool {
 }
 
 // aboutFamily is ofFamily for a reminder of another kind than a meeting's
-// whose related resource is an intervention of the clinic.
+// whose related resource is a family's record, or an intervention of the
+// clinic.
 func aboutFamily(ctx context.Context, tx pgx.Tx, clinic string, rem *interventionsv1.Reminder) error {
+	if fam := aip.Family(rem.GetRelatedResource()); fam != "" {
+		// A family's record (a warning sign, the family itself): the
+		// automation is shown its name, which must be the recipient's.
+		return ofFamily(rem.GetRecipient(), fam, rem.GetRelatedResource())
+	}
 	id, ok := strings.CutPrefix(rem.GetRelatedResource(), "clinics/"+clinic+"/interventions/")
 	if !ok || id == "" || strings.Contains(id, "/") {
 		return nil
