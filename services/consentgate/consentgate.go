@@ -79,6 +79,7 @@ func Appointment(iv *interventionsv1.Intervention) *interventionsv1.Intervention
 		Name: iv.GetName(), Family: iv.GetFamily(), Counselor: iv.GetCounselor(), StartTime: iv.GetStartTime(),
 		ExpectedDuration: iv.GetExpectedDuration(), TimeZone: iv.GetTimeZone(), State: iv.GetState(),
 		Participants: iv.GetParticipants(), CreateTime: iv.GetCreateTime(), UpdateTime: iv.GetUpdateTime(), Etag: iv.GetEtag(),
+		Published: iv.GetPublished(),
 	}
 	// Whether the loved one came, and nothing of what they said: an
 	// accepted or declined treatment is the patient's decision about

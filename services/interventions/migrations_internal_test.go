@@ -62,3 +62,27 @@ func TestUpgradeRedoesTheFeedReadsMigration(t *testing.T) {
 			oldRead, lapsedRead, newRead)
 	}
 }
+
+// The upgrade that unpublishes old drafts leaves a draft stored before
+// migration 0007 (taken then as published) unpublished, and a meeting that
+// was scheduled published.
+func TestUpgradeUnpublishesOldDrafts(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0011_reminder_event_start.sql"))
+	if _, err := pool.Exec(ctx, `INSERT INTO interventions (clinic, id, family, counselor, level, duration_seconds, time_zone, doc, state, published)
+		VALUES ('north', 'draft', 'clinics/north/families/f1', 'counselor-1', 1, 3600, 'UTC', '{}', 1, true),
+			('north', 'held', 'clinics/north/families/f1', 'counselor-1', 1, 3600, 'UTC', '{}', 3, true)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	var draft, held bool
+	if err := pool.QueryRow(ctx, `SELECT (SELECT published FROM interventions WHERE id = 'draft'),
+		(SELECT published FROM interventions WHERE id = 'held')`).Scan(&draft, &held); err != nil {
+		t.Fatal(err)
+	}
+	if draft || !held {
+		t.Fatalf("after the upgrade: the old draft published %v, the held meeting %v; want false, true", draft, held)
+	}
+}

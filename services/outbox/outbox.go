@@ -82,7 +82,9 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //   - 4: referral.follow_up_recorded and follow_up_retracted, which the
 //     dispatcher does not pass to the MAT intake as transitions (an older
 //     one would).
-const Generation = 4
+//   - 5: Intervention.published, by which the webhook sink tells no one
+//     of a draft never scheduled (an older one would tell the EHR).
+const Generation = 5
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded (its envelope, or a message of a type this

@@ -7,6 +7,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/outbox"
 )
 
 // Every referral change is REFERRAL_CHANGED; one that books, settles or
@@ -28,7 +29,7 @@ func TestReferralEventTopics(t *testing.T) {
 		{"entered_in_error", booked, true},
 		{"entered_in_error", &referralsv1.Referral{}, false},
 	} {
-		r := routeOf(referralEvents+c.event, c.ref)
+		r := routeOf(referralEvents+c.event, c.ref, outbox.Generation)
 		if !slices.Contains(r.topics, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED) {
 			t.Errorf("%s: topics %v lack REFERRAL_CHANGED", c.event, r.topics)
 		}
@@ -47,7 +48,7 @@ func TestInterventionEventTopics(t *testing.T) {
 		"created": true, "scheduled": true, "rescheduled": true, "cancelled": true, "outcome_recorded": true,
 		"updated": true, "deleted": true, "check_in_recorded": false, "checklist_updated": false, "details_updated": false,
 	} {
-		r := routeOf(interventionEvents+event, nil)
+		r := routeOf(interventionEvents+event, nil, outbox.Generation)
 		if got := slices.Contains(r.topics, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED); got != want || len(r.topics) > 1 {
 			t.Errorf("%s: topics %v, want APPOINTMENT_CHANGED %v", event, r.topics, want)
 		}
@@ -77,5 +78,19 @@ func TestReminderPayloadLeavesOutWhyAndWhichWorkflow(t *testing.T) {
 	}
 	if _, ok := viewFor(audienceEHR, rem); ok {
 		t.Fatal("the EHR may read a reminder")
+	}
+}
+
+// An unpublished draft's events are routed nowhere, but only those written
+// by a release that records published (outbox generation 5): an older
+// event carries no published, and its meeting may well have been
+// scheduled, so it is routed as it was.
+func TestDraftRoutingFollowsTheGeneration(t *testing.T) {
+	cancelled := &interventionsv1.Intervention{State: interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED}
+	if r := routeOf(interventionEvents+"cancelled", cancelled, 5); len(r.topics) != 0 {
+		t.Fatalf("an unpublished draft's cancellation at generation 5: %v; want no topic", r.topics)
+	}
+	if r := routeOf(interventionEvents+"cancelled", cancelled, 4); !slices.Equal(r.topics, []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}) {
+		t.Fatalf("a cancellation written by generation 4: %v; want APPOINTMENT_CHANGED", r.topics)
 	}
 }

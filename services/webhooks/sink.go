@@ -152,8 +152,9 @@ const (
 // APPOINTMENT_CHANGED too, as are the intervention changes that change
 // its appointment. A new reminder
 // is REMINDER_DUE at its due time, withdrawn once the reminder is
-// delivered, failed or cancelled.
-func routeOf(eventType string, msg proto.Message) route {
+// delivered, failed or cancelled. generation is the outbox generation of
+// the release that wrote the event (outbox.Generation).
+func routeOf(eventType string, msg proto.Message, generation int) route {
 	switch {
 	case strings.HasPrefix(eventType, referralEvents):
 		r := route{topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}
@@ -176,7 +177,9 @@ func routeOf(eventType string, msg proto.Message) route {
 			// leaves out (consentgate.Appointment).
 			return route{}
 		}
-		if iv, ok := msg.(*interventionsv1.Intervention); ok && !iv.GetPublished() &&
+		// Events written before generation 5 carry no published: they
+		// are routed as they were then.
+		if iv, ok := msg.(*interventionsv1.Intervention); ok && generation >= 5 && !iv.GetPublished() &&
 			(iv.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT ||
 				iv.GetState() == interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED) {
 			// A draft never scheduled is no appointment yet, and its
@@ -210,7 +213,7 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 	// An event whose payload type is unknown here still announces its
 	// resource; it only cannot be disclosed in full.
 	msg, _ := e.Message()
-	r := routeOf(e.Type, msg)
+	r := routeOf(e.Type, msg, e.Generation)
 	ctx = pgdb.WithClinic(ctx, e.Clinic)
 	if r.withdraw != webhooksv1.Topic_TOPIC_UNSPECIFIED {
 		// Pending deliveries and dead letters alike: a dead letter replayed

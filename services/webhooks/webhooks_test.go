@@ -88,7 +88,7 @@ func event(t *testing.T, typ string, msg proto.Message, resource string) outbox.
 	if err != nil {
 		t.Fatal(err)
 	}
-	return outbox.Stored{ID: outboxID.Add(1), Clinic: "north", Type: typ, Resource: resource, Payload: a}
+	return outbox.Stored{ID: outboxID.Add(1), Clinic: "north", Type: typ, Resource: resource, Payload: a, Generation: outbox.Generation}
 }
 
 func referralEvent(t *testing.T, ref, state string) outbox.Stored {
