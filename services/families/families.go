@@ -302,8 +302,7 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			}
 			var vs apperr.Violations
 			checkFamily(&vs, "family", next, true, cur, s.cfg.Now())
-			retired, err := s.retiredMembers(ctx, tx, clinic, id, cur, next, &vs)
-			if err != nil {
+			if err := s.retiredMembers(ctx, tx, clinic, id, next, &vs); err != nil {
 				return nil, err
 			}
 			if !proto.Equal(next.GetCoverage(), cur.GetCoverage()) {
@@ -332,9 +331,9 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 				update_time = $6, version = version + 1,
 				shared_version = COALESCE(shared_version, version) + CASE WHEN $7 THEN 1 ELSE 0 END,
 				shared_update_time = CASE WHEN $7 THEN $6 ELSE COALESCE(shared_update_time, update_time) END,
-				shared_checked = version + 1, retired_member_ids = $9
+				shared_checked = version + 1
 				WHERE clinic = $1 AND id = $2`,
-				clinic, id, set, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next), changed, retired); err != nil {
+				clinic, id, set, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next), changed); err != nil {
 				return nil, fmt.Errorf("update family: %w", err)
 			}
 			out, err := s.readFamily(ctx, tx, clinic, id)
@@ -483,31 +482,20 @@ func (s *Server) readFamily(ctx context.Context, q pgdb.Querier, clinic, id stri
 
 // lockFamily reads the family for update and checks the caller's etag.
 // retiredMembers refuses, on vs, a member of next that takes the id of one
-// the family no longer has, and returns the ids retired once next is
-// stored: those before, and those of cur's members next drops. The family
-// row is locked.
-func (s *Server) retiredMembers(ctx context.Context, tx pgx.Tx, clinic, id string, cur, next *familiesv1.Family, vs *apperr.Violations) ([]string, error) {
+// the family no longer has. The database keeps those ids as members are
+// removed (migration 0008). The family row is locked.
+func (s *Server) retiredMembers(ctx context.Context, tx pgx.Tx, clinic, id string, next *familiesv1.Family, vs *apperr.Violations) error {
 	var retired []string
 	if err := tx.QueryRow(ctx, `SELECT retired_member_ids FROM families WHERE clinic = $1 AND id = $2`, clinic, id).Scan(&retired); err != nil {
-		return nil, fmt.Errorf("read retired member ids: %w", err)
+		return fmt.Errorf("read retired member ids: %w", err)
 	}
-	kept := map[string]bool{}
 	for i, m := range next.GetMembers() {
-		kept[m.GetId()] = true
 		if slices.Contains(retired, m.GetId()) {
 			vs.Add(fmt.Sprintf("family.members[%d].id", i),
 				"%q was a member this family no longer has, and names that person's consents and records: leave the id empty for a new member", m.GetId())
 		}
 	}
-	for _, m := range cur.GetMembers() {
-		if !kept[m.GetId()] && !slices.Contains(retired, m.GetId()) {
-			retired = append(retired, m.GetId())
-		}
-	}
-	if retired == nil {
-		retired = []string{}
-	}
-	return retired, nil
+	return nil
 }
 
 func (s *Server) lockFamily(ctx context.Context, tx pgx.Tx, clinic, id, etag string) (*familiesv1.Family, error) {

@@ -1437,6 +1437,19 @@ func TestRemovedMembersIDIsNotTakenAgain(t *testing.T) {
 	if id := joined.GetMembers()[len(rest)].GetId(); id == "" || id == "mom" {
 		t.Fatalf("the new member's id %q; want a new one", id)
 	}
+	// A member removed by a replica that knows nothing of retired ids (a
+	// release behind, during a rolling update) is retired all the same.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = jsonb_set(doc, '{members}', '[]'::jsonb), version = version + 1
+		WHERE id = $1`, aip.ID(fam.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	bare, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	luis := &familiesv1.Member{Id: rest[0].GetId(), GivenName: "Someone else", Relationship: familiesv1.Relationship_RELATIONSHIP_SIBLING}
+	_, err = update([]*familiesv1.Member{luis}, bare.GetEtag())
+	wantCode(t, err, codes.InvalidArgument)
 }
 
 // The calendar reader learns which families a counselor's feed covers and

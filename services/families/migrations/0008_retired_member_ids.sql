@@ -14,3 +14,26 @@ UPDATE families f SET retired_member_ids = ARRAY(
     ) used
     WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(f.doc -> 'members', '[]'::jsonb)) m WHERE m ->> 'id' = used.id)
     ORDER BY used.id);
+
+-- Kept by the database on every update that changes the members, not by
+-- the service's UPDATE: a replica a release behind, during a rolling
+-- update, removes members without knowing the column.
+CREATE FUNCTION families_retire_member_ids() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.retired_member_ids := ARRAY(
+        SELECT DISTINCT ids.id FROM (
+            SELECT unnest(NEW.retired_member_ids) AS id
+            UNION
+            SELECT m ->> 'id' FROM jsonb_array_elements(COALESCE(OLD.doc -> 'members', '[]'::jsonb)) m
+            WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(NEW.doc -> 'members', '[]'::jsonb)) n
+                WHERE n ->> 'id' = m ->> 'id')
+        ) ids
+        WHERE ids.id IS NOT NULL
+        ORDER BY ids.id);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER families_retired_member_ids BEFORE UPDATE ON families
+    FOR EACH ROW WHEN (OLD.doc -> 'members' IS DISTINCT FROM NEW.doc -> 'members')
+    EXECUTE FUNCTION families_retire_member_ids();
