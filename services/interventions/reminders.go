@@ -202,12 +202,6 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		}
 		return out, nil
 	}
-	// Checked by the clock after the stored answer: a retry that comes
-	// after its send-by time gets the reminder its first call made.
-	if by := rem.GetSendByTime(); by != nil && rem.GetDueTime() == nil && !by.AsTime().After(s.cfg.Now()) {
-		// Left unset, the due time is now by the service's clock.
-		return nil, apperr.Field("reminder.send_by_time", "must be in the future for a reminder due now")
-	}
 	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
 			return nil, err
@@ -289,6 +283,14 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
 	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
+			// Checked by the clock here, where the stored answer of the
+			// request id is read first and a call still in flight is
+			// waited for: a retry that comes after its send-by time gets
+			// the reminder its first call made.
+			if by := rem.GetSendByTime(); by != nil && rem.GetDueTime() == nil && !by.AsTime().After(s.cfg.Now()) {
+				// Left unset, the due time is now by the service's clock.
+				return nil, apperr.Field("reminder.send_by_time", "must be in the future for a reminder due now")
+			}
 			if meetingKinds[rem.GetKind()] {
 				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
