@@ -2096,22 +2096,8 @@ func TestCalendarSeesOnlyTheAppointmentChange(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
-	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
 	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
-	seen := func() (string, time.Time) {
-		t.Helper()
-		list, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, got := range list.GetReferrals() {
-			if got.GetName() == r.GetName() {
-				return got.GetEtag(), got.GetUpdateTime().AsTime()
-			}
-		}
-		t.Fatalf("the calendar reader does not see %s", r.GetName())
-		return "", time.Time{}
-	}
+	seen := func() (string, time.Time) { return f.calendarSees(t, r.GetName()) }
 	etag, at := seen()
 
 	f.clock.Advance(time.Minute)
@@ -2162,7 +2148,6 @@ func TestCalendarVersionCountsOnFromWhatFeedsSent(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
-	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
 	r := f.booked(t, p.GetName(), nil, f.clock.Now().Add(2*time.Hour))
 	for _, reason := range []string{"one", "two", "three"} {
 		f.clock.Advance(time.Second)
@@ -2178,14 +2163,7 @@ func TestCalendarVersionCountsOnFromWhatFeedsSent(t *testing.T) {
 		aip.ID(r.GetName())); err != nil {
 		t.Fatal(err)
 	}
-	seen := func() (string, time.Time) {
-		t.Helper()
-		list, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
-		if err != nil || len(list.GetReferrals()) != 1 {
-			t.Fatalf("the calendar reader's list: %v, %v", list, err)
-		}
-		return list.GetReferrals()[0].GetEtag(), list.GetReferrals()[0].GetUpdateTime().AsTime()
-	}
+	seen := func() (string, time.Time) { return f.calendarSees(t, r.GetName()) }
 	if e, u := seen(); e != r.GetEtag() || !u.Equal(r.GetUpdateTime().AsTime()) {
 		t.Fatalf("the calendar sees %s at %v; want %s at %v, what feeds sent before", e, u, r.GetEtag(), r.GetUpdateTime().AsTime())
 	}
@@ -2231,4 +2209,22 @@ func (f *fixture) expiredEvents(t *testing.T, name string) []*referralsv1.Hold {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// calendarSees is the version and update time the calendar reader's list
+// gives the referral name.
+func (f *fixture) calendarSees(t *testing.T, name string) (string, time.Time) {
+	t.Helper()
+	cal := f.env.As(auth.AnyClinic, "calendar-reader", auth.RoleCalendarReader)
+	list, err := f.client.ListReferrals(cal, &referralsv1.ListReferralsRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, got := range list.GetReferrals() {
+		if got.GetName() == name {
+			return got.GetEtag(), got.GetUpdateTime().AsTime()
+		}
+	}
+	t.Fatalf("the calendar reader does not see %s", name)
+	return "", time.Time{}
 }
