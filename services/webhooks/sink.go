@@ -251,9 +251,14 @@ func (k *Sink) Enqueue(ctx context.Context, source string, e outbox.Stored) (int
 		created = &e.Created
 	}
 	// A member's own referral is asked of the member's consent (member_id).
-	var member string
+	// A referral's event whose payload this binary cannot read may be a
+	// member's: NULL, unknown, as for deliveries enqueued before the
+	// column, which the sender does not take for the loved one's.
+	member := new(string)
 	if ref, ok := msg.(*referralsv1.Referral); ok {
-		member = consentgate.ReferralPatient(ref).Member
+		*member = consentgate.ReferralPatient(ref).Member
+	} else if strings.HasPrefix(e.Type, referralEvents) {
+		member = nil
 	}
 	tag, err := k.DB.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type,
 			topic, resource, family, payload, next_attempt_time, create_time, member_id)

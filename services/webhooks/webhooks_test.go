@@ -1601,3 +1601,43 @@ func TestDraftMeetingsAreNoAppointments(t *testing.T) {
 		}
 	}
 }
+
+// A referral's event whose payload this binary cannot read may be a
+// member's own: its deliveries keep the member unknown (NULL), which the
+// sender does not take for the loved one's; one it can read keeps whose
+// it is, the loved one's as ”.
+func TestUnreadableReferralsMemberIsUnknown(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	odd := outbox.Stored{ID: outboxID.Add(1), Clinic: "north", Type: "handoff.referrals.v1.referral.accepted",
+		Resource: "clinics/north/referrals/r-odd", Generation: outbox.Generation,
+		Payload: &anypb.Any{TypeUrl: "type.googleapis.com/handoff.referrals.v9.Referral", Value: []byte{1}}}
+	for _, e := range []outbox.Stored{odd, referralEvent(t, "r-own", "accepted")} {
+		if n, err := f.sink.Enqueue(ctx, "referrals", e); err != nil || n != 1 {
+			t.Fatalf("enqueue %s: %d, %v", e.Resource, n, err)
+		}
+	}
+	members := map[string]*string{}
+	rows, err := f.pool.Query(ctx, `SELECT resource, member_id FROM deliveries`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var res string
+		var m *string
+		if err := rows.Scan(&res, &m); err != nil {
+			t.Fatal(err)
+		}
+		members[res] = m
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if m, ok := members["clinics/north/referrals/r-odd"]; !ok || m != nil {
+		t.Fatalf("the unreadable referral's member: %v (listed %v); want NULL", m, ok)
+	}
+	if m := members["clinics/north/referrals/r-own"]; m == nil || *m != "" {
+		t.Fatalf("the loved one's referral's member: %v; want ''", m)
+	}
+}
