@@ -57,6 +57,12 @@ func (p Principal) Has(roles ...Role) bool {
 	return false
 }
 
+// WorkerOnly reports whether p is the Temporal worker acting as itself: a
+// token that also holds a staff role is a person's.
+func (p Principal) WorkerOnly() bool {
+	return p.Has(RoleWorker) && !p.Has(RoleCounselor, RoleClinicAdmin)
+}
+
 // everyClinic are the service identities that may act for every clinic,
 // each as narrow as its job.
 var everyClinic = []Role{RoleWorker, RoleWebhookSender, RoleCalendarReader}

@@ -991,7 +991,7 @@ func familyView(ctx context.Context) int {
 		return viewEHR
 	case p.Has(auth.RoleCalendarReader) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
 		return viewCalendar
-	case p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin):
+	case p.WorkerOnly():
 		return viewWorker
 	case p.Has(auth.RoleReminders) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker):
 		return viewDelivery

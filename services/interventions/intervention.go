@@ -1018,7 +1018,7 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 // given it, and may not read holds by name.
 func workerOnly(ctx context.Context) bool {
 	p, ok := auth.FromContext(ctx)
-	return ok && p.Has(auth.RoleWorker) && !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin)
+	return ok && p.WorkerOnly()
 }
 
 // readHold reads the hold a checklist item is to name. One marked done

@@ -54,15 +54,20 @@ func (h *holdRow) hold(clinic string, now time.Time) *referralsv1.Hold {
 }
 
 func (s *Server) scanHold(clinic string) pgx.RowToFunc[*referralsv1.Hold] {
+	return scanHoldAt(clinic, s.cfg.Now)
+}
+
+// scanHoldAt reads a hold as it stands at now(), which is called once the
+// row is here: a locking read waits for the lock after the query is sent,
+// and a hold that lapsed meanwhile must not be converted or released as
+// still held.
+func scanHoldAt(clinic string, now func() time.Time) pgx.RowToFunc[*referralsv1.Hold] {
 	return func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
 		var h holdRow
 		if err := r.Scan(h.dest()...); err != nil {
 			return nil, err
 		}
-		// The clock is read once the row is here: a locking read waits
-		// for the lock after the query is sent, and a hold that lapsed
-		// meanwhile must not be converted or released as still held.
-		return h.hold(clinic, s.cfg.Now()), nil
+		return h.hold(clinic, now()), nil
 	}
 }
 
@@ -136,10 +141,9 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 					map[string]string{"program": prog.GetName()})
 			}
 			h := ref{p.clinic, aip.NewID()}
-			// A place is a workflow's if the worker held it; a token
-			// that also holds a staff role is a person's.
+			// A place is a workflow's if the worker held it.
 			pr, _ := auth.FromContext(ctx)
-			byWorkflow := pr.Has(auth.RoleWorker) && !pr.Has(auth.RoleCounselor, auth.RoleClinicAdmin)
+			byWorkflow := pr.WorkerOnly()
 			if _, err := tx.Exec(ctx, `INSERT INTO holds (clinic, id, program_id, service_kind, family, intervention, expire_time, state,
 					create_time, update_time, holder, workflow_held)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11)`, h.clinic, h.id, p.id, int16(req.GetServiceKind()),
@@ -322,13 +326,7 @@ func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsReques
 	// two readings of the clock would match state = HELD and read EXPIRED.
 	now := s.cfg.Now()
 	items, next, err := pgdb.ListPage(ctx, s.pool, "holds", holdSelect, `clinic = $1`, []any{clinic},
-		req, holdFilter(now), func(r pgx.CollectableRow) (*referralsv1.Hold, error) {
-			var h holdRow
-			if err := r.Scan(h.dest()...); err != nil {
-				return nil, err
-			}
-			return h.hold(clinic, now), nil
-		}, func(h *referralsv1.Hold) string { return h.GetName() })
+		req, holdFilter(now), scanHoldAt(clinic, func() time.Time { return now }), func(h *referralsv1.Hold) string { return h.GetName() })
 	if err != nil {
 		return nil, err
 	}
