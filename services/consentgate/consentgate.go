@@ -239,15 +239,11 @@ type Scope struct {
 	// Families are the families, clinics/{clinic}/families/{family},
 	// whose loved one's consent covers the kind.
 	Families []string
-	// Members are the members whose own consent covers it, each as
-	// MemberKey gives it.
-	Members []string
+	// MemberFamilies and MemberIDs are the members whose own consent
+	// covers it, pair by pair: the family's name and the member's id, for
+	// a list to match as (family, member_id) against their unnest.
+	MemberFamilies, MemberIDs []string
 }
-
-// MemberKey is a member's key in Scope.Members: the family's name and the
-// member's id, joined by a space (which neither holds), so that a list can
-// match it in SQL as family || ' ' || member_id.
-func MemberKey(family, member string) string { return family + " " + member }
 
 // Covered returns what of the clinic parent's (`clinics/{clinic}`) records
 // of info the caller may see, and true, when the caller is an outside
@@ -265,12 +261,10 @@ func (g *Gate) Covered(ctx context.Context, parent string, info familiesv1.Infor
 	if err != nil {
 		return Scope{}, true, fmt.Errorf("list covered families: %w", err)
 	}
-	sc := Scope{Families: resp.GetFamilies(), Members: make([]string, 0, len(resp.GetMembers()))}
-	if sc.Families == nil {
-		sc.Families = []string{}
-	}
+	sc := Scope{Families: resp.GetFamilies()}
 	for _, m := range resp.GetMembers() {
-		sc.Members = append(sc.Members, MemberKey(m.GetFamily(), m.GetMemberId()))
+		sc.MemberFamilies = append(sc.MemberFamilies, m.GetFamily())
+		sc.MemberIDs = append(sc.MemberIDs, m.GetMemberId())
 	}
 	return sc, true, nil
 }

@@ -414,7 +414,7 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	}
 	if out {
 		// A meeting is the loved one's record: the members' own consents
-		// (covered.Members) cover their referrals, not it.
+		// (covered.MemberIDs) cover their referrals, not it.
 		// Nor a draft never scheduled (see Intervention.published).
 		scope, args = `clinic = $1 AND family = ANY($2::text[]) AND published`, []any{clinic, covered.Families}
 	}

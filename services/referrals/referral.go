@@ -322,7 +322,8 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 		// A member's own referral is the member's record: only their own
 		// consent covers it, not the loved one's.
 		scope, args = `clinic = $1 AND (family = ANY($2::text[]) AND member_id = '' OR
-			member_id <> '' AND family || ' ' || member_id = ANY($3::text[]))`, []any{clinic, covered.Families, covered.Members}
+			member_id <> '' AND (family, member_id) IN (SELECT * FROM unnest($3::text[], $4::text[])))`,
+			[]any{clinic, covered.Families, covered.MemberFamilies, covered.MemberIDs}
 	}
 	fields := referralFilter
 	if calendarOnly(ctx) {
