@@ -25,6 +25,7 @@ const (
 	ReasonEtagMismatch      = "ETAG_MISMATCH"
 	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
 	ReasonSafetyScreen      = "SAFETY_SCREEN_REQUIRED"
+	ReasonFamilyClosed      = "FAMILY_CLOSED"
 	ReasonNoConsequence     = "CONSEQUENCE_REQUIRED"
 	ReasonNoCapacity        = "NO_CAPACITY"
 	ReasonDoubleBooked      = "COUNSELOR_DOUBLE_BOOKED"

@@ -1044,6 +1044,15 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		// state, urgency, or a version whose moves would tell of changes.
 		lo := f.GetLovedOne()
 		out := &familiesv1.Family{Name: f.GetName(), LovedOne: &familiesv1.LovedOne{MayContactDirectly: lo.GetMayContactDirectly()}}
+		if f.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+			// The clinic no longer contacts a closed family's people: no
+			// one may be, which says no more than a withdrawn consent.
+			out.LovedOne.MayContactDirectly = false
+			for _, m := range f.GetMembers() {
+				out.Members = append(out.Members, &familiesv1.Member{Id: m.GetId()})
+			}
+			return out
+		}
 		if lo.GetMayContactDirectly() {
 			out.LovedOne.ContactChannels = lo.GetContactChannels()
 		}

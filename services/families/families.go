@@ -352,6 +352,15 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 					return nil, err
 				}
 			}
+			if closed := familiesv1.FamilyState_FAMILY_STATE_CLOSED; cur.GetState() != closed && out.GetState() == closed {
+				// The worker stops what still runs for the family on this
+				// event: its meetings, boundary follow-up, held places and
+				// pending reminders. One per closing: a family reopened and
+				// closed again gets another.
+				if err := emit(ctx, tx, clinic, "family.closed", out.GetName(), &familiesv1.Family{Name: out.GetName()}); err != nil {
+					return nil, err
+				}
+			}
 			return out, nil
 		})
 }

@@ -1505,3 +1505,71 @@ func TestStatedConsequenceStatesOne(t *testing.T) {
 		t.Fatalf("boundaries %v, %v; want the one stated", list, err)
 	}
 }
+
+// Closing a family writes family.closed, which the worker acts on (it
+// stops the family's meetings, follow-up, held places and reminders): once
+// per closing, with the family's name alone. While closed, the reminder
+// automation is told no one may be contacted; reopened, it sees the
+// consents again.
+func TestClosingAFamilyIsAnnouncedAndEndsContact(t *testing.T) {
+	f := setup(t)
+	fam := f.create(t)
+	setState := func(st familiesv1.FamilyState) {
+		t.Helper()
+		if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), State: st},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+			t.Fatalf("set state %v: %v", st, err)
+		}
+	}
+	closings := func() int {
+		t.Helper()
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1
+			AND event_type = 'handoff.families.v1.family.closed' AND position('Rivera'::bytea IN payload) = 0`, fam.GetName()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	automation := f.env.As("north", "sms-1", auth.RoleReminders)
+	contactable := func() (lovedOne bool, members []string) {
+		t.Helper()
+		got, err := f.client.GetFamily(automation, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range got.GetMembers() {
+			if m.GetConsentToContact() || len(m.GetContactChannels()) > 0 {
+				members = append(members, m.GetId())
+			}
+		}
+		return got.GetLovedOne().GetMayContactDirectly() || len(got.GetLovedOne().GetContactChannels()) > 0, members
+	}
+
+	setState(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT)
+	if n := closings(); n != 0 {
+		t.Fatalf("%d family.closed events before it closed", n)
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_CLOSED)
+	if n := closings(); n != 1 {
+		t.Fatalf("%d family.closed events after closing; want 1", n)
+	}
+	if lo, ms := contactable(); lo || len(ms) != 0 {
+		t.Fatalf("the automation may contact the loved one %v and members %v of a closed family; want no one", lo, ms)
+	}
+	// Another change while closed is no second closing.
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), Counselor: "counselor-2"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := closings(); n != 1 {
+		t.Fatalf("%d family.closed events after an edit of a closed family; want 1", n)
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
+	if _, ms := contactable(); !slices.Equal(ms, []string{"mom"}) {
+		t.Fatalf("members contactable once reopened: %v; want mom", ms)
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_CLOSED)
+	if n := closings(); n != 2 {
+		t.Fatalf("%d family.closed events after closing twice; want 2", n)
+	}
+}

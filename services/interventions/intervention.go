@@ -202,6 +202,13 @@ func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Interve
 		}
 		return nil, fmt.Errorf("read family: %w", err)
 	}
+	// A new meeting, or one made more formal, is planning with the family,
+	// which the clinic no longer does once its case is closed: the
+	// family is made ACTIVE again first.
+	if (stored == nil || forSchedule) && fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+		return nil, apperr.FailedPrecondition(apperr.ReasonFamilyClosed,
+			fmt.Sprintf("%s is CLOSED: set it ACTIVE again to plan a meeting with it", fam.GetName()), map[string]string{"family": fam.GetName()})
+	}
 	members := map[string]bool{}
 	for _, m := range fam.GetMembers() {
 		members[m.GetId()] = true

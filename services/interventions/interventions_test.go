@@ -2638,3 +2638,76 @@ func TestReminderAboutAnotherFamilyIsRefused(t *testing.T) {
 		t.Fatalf("a reminder about the recipient's own family: %v", err)
 	}
 }
+
+// A closed family gets no new meeting: a draft is not created nor
+// scheduled for it, and a scheduled one is not raised to a higher level
+// (FAILED_PRECONDITION, FAMILY_CLOSED); other edits of what stands are
+// left to the worker, which cancels it. No reminder is made for its people,
+// and one made before is cancelled at its claim instead of sent, whatever
+// the worker has done yet. Reopened, the family is planned with again.
+func TestAClosedFamilyGetsNoNewMeetingsNorReminders(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(48 * time.Hour)
+	pending := f.draft(t, start)
+	meeting := f.scheduled(t, start.Add(24*time.Hour))
+	toMom := &interventionsv1.Reminder{Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+		Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}
+	made, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: toMom})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setState := func(st familiesv1.FamilyState) {
+		t.Helper()
+		if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: f.family.GetName(), State: st},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_CLOSED)
+	before := digest(t, f.pool)
+
+	closed := func(what string, err error) {
+		t.Helper()
+		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != apperr.ReasonFamilyClosed {
+			t.Fatalf("%s for a closed family: reason %q (%v); want %s", what, reason(st), err, apperr.ReasonFamilyClosed)
+		}
+	}
+	_, err = f.client.CreateIntervention(f.ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1"}})
+	closed("a new draft", err)
+	_, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: pending.GetName()})
+	closed("scheduling a draft", err)
+	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: meeting.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
+	closed("raising a meeting's level", err)
+	_, err = f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: toMom})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CONTACT_NOT_ALLOWED" {
+		t.Fatalf("a reminder to a closed family's member: %v; want CONTACT_NOT_ALLOWED", err)
+	}
+	if after := digest(t, f.pool); after != before {
+		t.Fatal("a refused request changed the interventions' data")
+	}
+	// The reminder made before: its claim cancels it.
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: made.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CONTACT_NOT_ALLOWED" {
+		t.Fatalf("claim of a closed family's reminder: %v; want CONTACT_NOT_ALLOWED", err)
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: made.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the closed family's reminder after its claim: %v, %v; want CANCELLED", got.GetState(), err)
+	}
+	// An edit that plans nothing new stands.
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: meeting.GetName(), CarriedOverNotes: "the family closed its case"},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}}); err != nil {
+		t.Fatalf("a note on a closed family's meeting: %v", err)
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: pending.GetName()}); err != nil {
+		t.Fatalf("scheduling once the family is ACTIVE again: %v", err)
+	}
+}

@@ -454,6 +454,12 @@ func (s *Server) contact(ctx context.Context, rc *interventionsv1.Recipient) ([]
 	refuse := func(msg string) error {
 		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", msg, map[string]string{"family": rc.GetFamily()})
 	}
+	// Staff read the state; the reminder automation's view of a closed
+	// family shows no one who may be contacted, which the checks below
+	// refuse in turn.
+	if fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+		return nil, refuse("the family's case is closed: the clinic no longer contacts its people")
+	}
 	if rc.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE {
 		if !fam.GetLovedOne().GetMayContactDirectly() {
 			return nil, refuse("the family has not allowed the clinic to contact the loved one directly")

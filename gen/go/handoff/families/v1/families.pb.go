@@ -45,7 +45,13 @@ const (
 	FamilyState_FAMILY_STATE_ACTIVE FamilyState = 1
 	// The loved one entered treatment.
 	FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT FamilyState = 2
-	// The clinic no longer works with the family.
+	// The clinic no longer works with the family. Shortly after a family is
+	// closed, the worker cancels its drafts and scheduled interventions, ends
+	// its boundary follow-up, gives back the places held for it and cancels
+	// the reminders pending for its people; referrals already made stay.
+	// While it is closed, no intervention is created or scheduled for it
+	// (FAILED_PRECONDITION, reason FAMILY_CLOSED) and no one of it is
+	// contacted (CONTACT_NOT_ALLOWED). Set it ACTIVE to work with it again.
 	FamilyState_FAMILY_STATE_CLOSED FamilyState = 3
 )
 

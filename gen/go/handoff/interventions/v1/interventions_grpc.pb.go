@@ -76,7 +76,8 @@ type InterventionsServiceClient interface {
 	// Creates an intervention in state DRAFT. A draft does nothing on its own:
 	// no reminder is sent until it is scheduled. Send a `request_id` so that a
 	// retry returns the intervention created by the first attempt instead of
-	// creating a second one.
+	// creating a second one. A CLOSED family answers FAILED_PRECONDITION,
+	// reason FAMILY_CLOSED.
 	CreateIntervention(ctx context.Context, in *CreateInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Returns one intervention.
 	GetIntervention(ctx context.Context, in *GetInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
@@ -107,7 +108,8 @@ type InterventionsServiceClient interface {
 	// intervention also needs a current safety screen (SAFETY_SCREEN_REQUIRED)
 	// and an active boundary that states a consequence to put to the loved
 	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
-	// be complete to schedule.
+	// be complete to schedule. Nor can a meeting be scheduled, or raised to a
+	// higher level, for a CLOSED family (FAMILY_CLOSED).
 	ScheduleIntervention(ctx context.Context, in *ScheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
@@ -156,7 +158,8 @@ type InterventionsServiceClient interface {
 	// send a `request_id` so that a retried activity does not send the same
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
-	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// loved one directly; one to anyone of a CLOSED family is refused
+	// (CONTACT_NOT_ALLOWED), and so is the claim of one made before it closed. A reminder of a meeting (INTERVENTION_UPCOMING,
 	// TREATMENT_HOLD_UNAVAILABLE, OUTCOME_OVERDUE or OUTCOME_ESCALATION,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
@@ -503,7 +506,8 @@ type InterventionsServiceServer interface {
 	// Creates an intervention in state DRAFT. A draft does nothing on its own:
 	// no reminder is sent until it is scheduled. Send a `request_id` so that a
 	// retry returns the intervention created by the first attempt instead of
-	// creating a second one.
+	// creating a second one. A CLOSED family answers FAILED_PRECONDITION,
+	// reason FAMILY_CLOSED.
 	CreateIntervention(context.Context, *CreateInterventionRequest) (*Intervention, error)
 	// Returns one intervention.
 	GetIntervention(context.Context, *GetInterventionRequest) (*Intervention, error)
@@ -534,7 +538,8 @@ type InterventionsServiceServer interface {
 	// intervention also needs a current safety screen (SAFETY_SCREEN_REQUIRED)
 	// and an active boundary that states a consequence to put to the loved
 	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
-	// be complete to schedule.
+	// be complete to schedule. Nor can a meeting be scheduled, or raised to a
+	// higher level, for a CLOSED family (FAMILY_CLOSED).
 	ScheduleIntervention(context.Context, *ScheduleInterventionRequest) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
@@ -583,7 +588,8 @@ type InterventionsServiceServer interface {
 	// send a `request_id` so that a retried activity does not send the same
 	// reminder twice. A reminder to the loved one is refused
 	// (FAILED_PRECONDITION) unless the family allows the clinic to contact the
-	// loved one directly. A reminder of a meeting (INTERVENTION_UPCOMING,
+	// loved one directly; one to anyone of a CLOSED family is refused
+	// (CONTACT_NOT_ALLOWED), and so is the claim of one made before it closed. A reminder of a meeting (INTERVENTION_UPCOMING,
 	// TREATMENT_HOLD_UNAVAILABLE, OUTCOME_OVERDUE or OUTCOME_ESCALATION,
 	// `related_resource` the intervention) is refused with
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
