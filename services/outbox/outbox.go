@@ -84,7 +84,10 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     one would).
 //   - 5: Intervention.published, by which the webhook sink tells no one
 //     of a draft never scheduled (an older one would tell the EHR).
-const Generation = 5
+//   - 6: family.closed, on which the dispatcher starts FamilyClosed (an
+//     older one would pass it over, and the closed family's meetings and
+//     reminders would go on).
+const Generation = 6
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded (its envelope, or a message of a type this

@@ -874,6 +874,64 @@ func TestDeletedFamilyStopsWhatRunsForIt(t *testing.T) {
 	e.recordHistory(ids.FamilyDeleted(f.GetName()), "familydeleted", "deleted.json")
 }
 
+// A family whose case is closed: the FamilyClosed workflow cancels its
+// scheduled meeting (whose workflow ends) and its draft, and the reminders
+// pending for its people, giving the closing as the reason.
+func TestClosedFamilyStopsWhatRunsForIt(t *testing.T) {
+	e := start(t)
+	e.directory()
+	f, _ := e.family()
+	iv := e.schedule(f, time.Hour)
+	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+		Intervention: &interventionsv1.Intervention{Family: f.GetName(), Counselor: "counselor-1"}}))
+	checkIn := ok(e.iv.CreateReminder(e.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		DueTime: timestamppb.New(time.Now().Add(24 * time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How did this week go?"}}))
+	ok(e.fam.UpdateFamily(e.counsel, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: f.GetName(), State: familiesv1.FamilyState_FAMILY_STATE_CLOSED},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}))
+
+	var id string
+	stacktest.Eventually(t, 30*time.Second, "the FamilyClosed workflow", func() bool {
+		resp, err := e.temporal.ListWorkflow(context.Background(), &workflowservice.ListWorkflowExecutionsRequest{Query: "WorkflowType = 'FamilyClosed'"})
+		if err != nil || len(resp.GetExecutions()) == 0 {
+			return false
+		}
+		id = resp.GetExecutions()[0].GetExecution().GetWorkflowId()
+		return true
+	})
+	if !strings.HasPrefix(id, "family-closed/"+f.GetName()+"/") {
+		t.Fatalf("FamilyClosed workflow id %q", id)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var res familydeleted.Result
+	if err := e.temporal.GetWorkflow(ctx, id, "").Get(ctx, &res); err != nil {
+		t.Fatalf("FamilyClosed workflow: %v", err)
+	}
+	if res.Interventions != 2 || res.Reopened || res.Reminders < 1 {
+		t.Fatalf("result = %+v; want the meeting, the draft and the check-in cancelled", res)
+	}
+	if r := e.result(iv.GetName()); r.Outcome != "CANCELLED" {
+		t.Fatalf("the meeting's workflow = %+v; want CANCELLED", r)
+	}
+	for _, name := range []string{iv.GetName(), draft.GetName()} {
+		got := ok(e.iv.GetIntervention(e.admin, &interventionsv1.GetInterventionRequest{Name: name}))
+		if got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED || !strings.Contains(got.GetCancelReason(), "case was closed") {
+			t.Fatalf("%s is %v (%q); want CANCELLED for the closing", name, got.GetState(), got.GetCancelReason())
+		}
+	}
+	if got := ok(e.iv.GetReminder(e.worker, &interventionsv1.GetReminderRequest{Name: checkIn.GetName()})); got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the check-in is %v; want CANCELLED", got.GetState())
+	}
+	pending := ok(e.iv.ListReminders(e.reminder, &interventionsv1.ListRemindersRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("recipient_family = %q AND state = SCHEDULED", f.GetName())}))
+	if len(pending.GetReminders()) != 0 {
+		t.Fatalf("reminders still pending for the closed family: %v", pending.GetReminders())
+	}
+	e.recordHistory(id, "familydeleted", "closed.json")
+}
+
 // A member who withdraws consent to be contacted gets none of the
 // reminders already made for them (one waiting out quiet hours, say): the
 // change's event starts the ContactWithdrawn workflow, which cancels them;

@@ -1545,22 +1545,44 @@ func subID(base string, parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil)[:20])
 }
 
-// familyDeleted is the reason given for what CloseFamily cancels.
+// familyDeleted is the reason given for what CloseFamily cancels for a
+// deleted family; FamilyClosedReason for a closed one.
 const familyDeleted = "the family's record was deleted"
 
-// CloseFamily cancels a deleted family's drafts and scheduled meetings
-// (their workflows end, giving back held places and cancelling their
-// reminders) and then the reminders still pending for its people. Each
-// cancellation's request id derives from in.RequestID and the resource,
-// so a retry changes nothing twice.
+// FamilyClosedReason is the reason given for what CloseFamily cancels
+// for a family whose case was closed.
+const FamilyClosedReason = "the family's case was closed"
+
+// StillClosed reports whether the family's case is closed now: one
+// reopened before the worker got to its closing keeps what it has. A
+// family deleted since is not: its own workflow stops the rest.
+func (a *Activities) StillClosed(ctx context.Context, family string) (bool, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if apperr.IsCode(err, codes.NotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrap("get family", err)
+	}
+	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
+}
+
+// CloseFamily cancels a deleted or closed family's drafts and scheduled
+// meetings (their workflows end, giving back held places and cancelling
+// their reminders) and then the reminders still pending for its people.
+// Each cancellation's request id derives from in.RequestID and the
+// resource, so a retry changes nothing twice.
 func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
 	var out Closed
 	clinic := aip.Clinic(in.Family)
+	if in.Reason == "" {
+		in.Reason = familyDeleted
+	}
 	// Drafts first: one scheduled between the two listings (its schedule
 	// read the family before the deletion) is then found as one or the
 	// other; scheduled first, it was missed by both.
 	for _, st := range []string{"DRAFT", "SCHEDULED"} {
-		n, err := a.cancelInterventions(ctx, in.Family, st, familyDeleted, in.RequestID, false)
+		n, err := a.cancelInterventions(ctx, in.Family, st, in.Reason, in.RequestID, false)
 		out.Interventions += n
 		if err != nil {
 			return out, err
@@ -1574,13 +1596,13 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 	// One listing of every reminder not yet final: a reminder's state moves
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them.
-	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: familyDeleted, RequestID: in.RequestID},
+	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: in.Reason, RequestID: in.RequestID},
 		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), nil)
 	out.Reminders += n
 	return out, err
 }
 
-// releaseLooseHolds gives back the places held for a deleted family
+// releaseLooseHolds gives back the places held for a deleted or closed family
 // outside any meeting (a counselor's, by hand): nothing else follows
 // them, and they would keep a scarce place until they lapse. Those naming
 // a meeting go back with it (its workflow, CancelledHolds).
@@ -1590,7 +1612,7 @@ func (a *Activities) releaseLooseHolds(ctx context.Context, in CloseFamilyReques
 	if err != nil {
 		return 0, err
 	}
-	return a.releaseAll(ctx, loose, familyDeleted, in.RequestID)
+	return a.releaseAll(ctx, loose, in.Reason, in.RequestID)
 }
 
 // WithdrawDrafts cancels the family's meetings still in draft, the next,

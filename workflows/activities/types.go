@@ -272,10 +272,13 @@ type WithdrawDraftsRequest struct {
 }
 
 // CloseFamilyRequest asks to stop what is still open for a family whose
-// record was deleted.
+// record was deleted or whose case was closed.
 type CloseFamilyRequest struct {
 	Family    string
 	RequestID string
+	// Reason is given for each cancellation; empty, the record's deletion
+	// (requests recorded before closings had their own).
+	Reason string `json:",omitempty"`
 }
 
 // WithdrawRequest asks for the reminders of a family's people who may no

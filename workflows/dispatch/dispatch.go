@@ -101,6 +101,9 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 		case "handoff.families.v1.family.deleted":
 			// One per family, ever: a redelivered event starts nothing.
 			return d.startOnce(ctx, ids.FamilyDeleted(p.GetName()), familydeleted.Name, familydeleted.Input{Family: p.GetName()})
+		case "handoff.families.v1.family.closed":
+			// One per closing: a redelivered event starts nothing.
+			return d.startOnce(ctx, ids.FamilyClosed(p.GetName(), e.ID), familydeleted.ClosedName, familydeleted.Input{Family: p.GetName()})
 		case "handoff.families.v1.family.contact_withdrawn":
 			// One per change: a redelivered event starts nothing.
 			return d.startOnce(ctx, ids.ContactWithdrawn(p.GetName(), e.ID), contactwithdrawn.Name, contactwithdrawn.Input{Family: p.GetName()})

@@ -1,10 +1,13 @@
-// Package familydeleted is the workflow that stops what still runs for a
-// family whose record an administrator deleted: its boundary workflow (no
-// more check-ins or boundary reminders to its members), its drafts and
-// scheduled meetings (their workflows end, giving back held places), and
-// the reminders still pending for its people. Referrals already made stay:
-// a person on their way into treatment is not turned back by a deleted
-// record; the counselor sees them in the referrals list.
+// Package familydeleted holds the workflows that stop what still runs for
+// a family the clinic no longer works with, whether an administrator
+// deleted its record (FamilyDeleted) or its case was closed
+// (FamilyClosed): its boundary workflow (no more check-ins or boundary
+// reminders to its members), its drafts and scheduled meetings (their
+// workflows end, giving back held places), the places held for it outside
+// any meeting, and the reminders still pending for its people. Referrals
+// already made stay: a person on their way into treatment is not turned
+// back by a deleted record or a closed case; the counselor sees them in
+// the referrals list.
 package familydeleted
 
 import (
@@ -14,40 +17,76 @@ import (
 	"github.com/handoff-health/handoff/workflows/flow"
 )
 
-// Name is the workflow type's registered name.
+// Name is the registered name of the workflow run for a deleted family.
 const Name = "FamilyDeleted"
 
-// Input starts the workflow.
+// ClosedName is the registered name of the workflow run for a closed
+// family. A type of its own, not an input flag: a worker of a release
+// that does not know closings leaves it to one that does, rather than
+// run it as a deletion.
+const ClosedName = "FamilyClosed"
+
+// Input starts either workflow.
 type Input struct {
-	// Family is the deleted family, `clinics/{clinic}/families/{family}`.
+	// Family is the deleted or closed family,
+	// `clinics/{clinic}/families/{family}`.
 	Family string
 }
 
 // Result says what the workflow stopped.
 type Result struct {
+	// Reopened is set when the family was no longer closed as the
+	// FamilyClosed workflow looked: it stopped nothing.
+	Reopened bool `json:",omitempty"`
 	// BoundaryCancelled is set when a boundary workflow ran for the family
 	// and was asked to stop.
 	BoundaryCancelled bool
 	activities.Closed
 }
 
-// Workflow asks the family's boundary workflow to stop, then cancels its
-// open interventions and pending reminders.
+// Workflow asks the deleted family's boundary workflow to stop, then
+// cancels its open interventions and pending reminders.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
-	var res Result
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {
-		return res, err
+		return Result{}, err
 	}
+	return stop(ctx, in.Family, "")
+}
+
+// Closed does what Workflow does for a family whose case was closed, once
+// it has seen the family is still closed: one reopened before the worker
+// got to it (the worker down, the event waiting in the outbox) keeps its
+// meetings and follow-up.
+func Closed(ctx workflow.Context, in Input) (Result, error) {
+	ctx, err := flow.ForFamily(ctx, in.Family)
+	if err != nil {
+		return Result{}, err
+	}
+	var closed bool
+	if err := flow.Call(ctx, &closed, flow.A.StillClosed, in.Family); err != nil {
+		return Result{}, err
+	}
+	if !closed {
+		return Result{Reopened: true}, nil
+	}
+	return stop(ctx, in.Family, activities.FamilyClosedReason)
+}
+
+// stop cancels the family's boundary workflow, then what CloseFamily
+// cancels, giving reason (empty for a deletion's). ctx is flow.ForFamily's.
+func stop(ctx workflow.Context, family, reason string) (Result, error) {
+	var res Result
+	var err error
 	// The boundary workflow first: it reads the family before each step,
-	// and without it would fail on the first read rather than end.
-	if res.BoundaryCancelled, err = flow.CancelBoundary(ctx, in.Family); err != nil {
+	// and a deleted one would fail it on the first read rather than end.
+	if res.BoundaryCancelled, err = flow.CancelBoundary(ctx, family); err != nil {
 		// Whatever else keeps it from being cancelled, it is not running
 		// for this family any more; the rest still has to stop.
 		workflow.GetLogger(ctx).Warn("boundary workflow not cancelled", "error", err)
 	}
 	err = flow.Call(ctx, &res.Closed, flow.A.CloseFamily, activities.CloseFamilyRequest{
-		Family: in.Family, RequestID: flow.RequestID(ctx, "close"),
+		Family: family, RequestID: flow.RequestID(ctx, "close"), Reason: reason,
 	})
 	return res, err
 }

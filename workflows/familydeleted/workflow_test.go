@@ -77,3 +77,46 @@ func TestDeletedFamilyIsClosed(t *testing.T) {
 		}
 	}
 }
+
+// A closed family's workflow stops the same things, under the closing's
+// reason, once it has seen the family still closed; one reopened before
+// the worker got to it keeps everything.
+func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
+	for _, stillClosed := range []bool{true, false} {
+		var suite testsuite.WorkflowTestSuite
+		env := suite.NewTestWorkflowEnvironment()
+		env.RegisterWorkflowWithOptions(familydeleted.Closed, workflow.RegisterOptions{Name: familydeleted.ClosedName})
+		env.RegisterActivity(&activities.Activities{})
+		env.OnActivity(flow.A.StillClosed, mock.Anything, family).Return(stillClosed, nil)
+		var asked []string
+		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
+			func(_ string, id, _ string) error {
+				asked = append(asked, id)
+				return nil
+			})
+		var closed []activities.CloseFamilyRequest
+		env.OnActivity(flow.A.CloseFamily, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, in activities.CloseFamilyRequest) (activities.Closed, error) {
+				closed = append(closed, in)
+				return activities.Closed{Interventions: 1, Holds: 1}, nil
+			})
+		env.ExecuteWorkflow(familydeleted.ClosedName, familydeleted.Input{Family: family})
+		var res familydeleted.Result
+		if err := env.GetWorkflowResult(&res); err != nil {
+			t.Fatalf("still closed %v: %v", stillClosed, err)
+		}
+		if !stillClosed {
+			if len(asked) != 0 || len(closed) != 0 || !res.Reopened {
+				t.Errorf("a reopened family: cancel asked of %v, closed %+v, result %+v; want nothing stopped", asked, closed, res)
+			}
+			continue
+		}
+		if len(asked) != 1 || asked[0] != ids.Boundary(family) || !res.BoundaryCancelled || res.Reopened {
+			t.Errorf("cancel asked of %v, result %+v", asked, res)
+		}
+		if len(closed) != 1 || closed[0].Family != family || closed[0].Reason != activities.FamilyClosedReason || closed[0].RequestID == "" ||
+			res.Interventions != 1 || res.Holds != 1 {
+			t.Errorf("closed %+v, result %+v", closed, res)
+		}
+	}
+}

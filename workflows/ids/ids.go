@@ -25,6 +25,13 @@ func Overdose(warningSign string) string { return "overdose/" + warningSign }
 // deleted family: one per family name (names are never reused).
 func FamilyDeleted(family string) string { return "family-deleted/" + family }
 
+// FamilyClosed is the id of the workflow that stops what still runs for a
+// family whose case was closed: one per closing (the outbox event that
+// carried it), as a family may be reopened and closed again.
+func FamilyClosed(family string, event int64) string {
+	return fmt.Sprintf("family-closed/%s/%d", family, event)
+}
+
 // CancelledHolds is the id of the workflow that releases the places still
 // held for a cancelled or deleted intervention: one per intervention.
 func CancelledHolds(intervention string) string { return "cancelled-holds/" + intervention }
