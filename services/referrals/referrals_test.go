@@ -2228,3 +2228,83 @@ func (f *fixture) calendarSees(t *testing.T, name string) (string, time.Time) {
 	t.Fatalf("the calendar reader does not see %s", name)
 	return "", time.Time{}
 }
+
+// A referral converted from a hold that ends without the person taking
+// the place (cancelled, rejected for another reason than room, voided)
+// gives the place back, once: the program had counted it free. Not after
+// the program reported its capacity since the conversion, nor when it
+// turned the referral away for want of room.
+func TestAnUnusedConvertedPlaceGoesBack(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 3)
+	convert := func(program string) *referralsv1.Referral {
+		t.Helper()
+		h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: program,
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	free := func(program string, want int32, after string) {
+		t.Helper()
+		if a, h := f.capacity(t, program); a != want || h != 0 {
+			t.Fatalf("%s: %d free, %d held; want %d free", after, a, h, want)
+		}
+	}
+	cancelled := convert(p.GetName())
+	free(p.GetName(), 2, "after a conversion")
+	cancel := &referralsv1.TransitionReferralRequest{Name: cancelled.GetName(), Reason: "went elsewhere", RequestId: "cancel-1"}
+	for range 2 { // the retry gets the first answer, and no second place
+		if _, err := f.client.CancelReferral(f.ctx, cancel); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free(p.GetName(), 3, "after the referral was cancelled")
+	if _, err := f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: cancelled.GetName(), Reason: "the wrong family"}); err != nil {
+		t.Fatal(err)
+	}
+	free(p.GetName(), 3, "after the cancelled referral was voided")
+
+	rejected := convert(p.GetName())
+	if _, err := f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: rejected.GetName(),
+		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_NOT_ELIGIBLE, Details: "under 18"}}); err != nil {
+		t.Fatal(err)
+	}
+	free(p.GetName(), 3, "after a rejection for eligibility")
+
+	voided := convert(p.GetName())
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: voided.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.MarkReferralEnteredInError(f.ctx, &referralsv1.TransitionReferralRequest{Name: voided.GetName(), Reason: "the wrong person"}); err != nil {
+		t.Fatal(err)
+	}
+	free(p.GetName(), 3, "after an accepted referral was voided")
+
+	// The program reports after the conversion: its count stands.
+	reported := convert(p.GetName())
+	if _, err := f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CancelReferral(f.ctx, &referralsv1.TransitionReferralRequest{Name: reported.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	free(p.GetName(), 5, "after a cancellation that followed a report")
+
+	// Turned away for want of room, the last place included: none goes
+	// back to a program that says it has none.
+	last := f.program(t, buprenorphine("Last place"), 1)
+	full := convert(last.GetName())
+	free(last.GetName(), 0, "after the last place was converted")
+	if _, err := f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: full.GetName(),
+		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}}); err != nil {
+		t.Fatal(err)
+	}
+	free(last.GetName(), 0, "after a rejection at capacity")
+}

@@ -82,6 +82,9 @@ type step struct {
 	// state's.
 	stay  bool
 	event string
+	// full marks a rejection for want of room: the place a converted
+	// hold took is not given back to a program that says it has none.
+	full bool
 }
 
 // errUnchanged is apply's answer when the step changes nothing.
@@ -147,6 +150,11 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			if changed {
 				if out, err = s.stepped(ctx, tx, r, cur, st, now); err != nil {
 					return nil, err
+				}
+				if !st.stay && !st.full && cur.GetHold() != "" && keepsSlot(cur.GetState()) && !keepsSlot(st.to) && st.to != completed {
+					if err := returnConvertedSlot(ctx, tx, r, now); err != nil {
+						return nil, err
+					}
 				}
 			}
 			if outsider {
@@ -272,6 +280,7 @@ func (s *Server) RejectReferral(ctx context.Context, req *referralsv1.RejectRefe
 	}
 	return s.transition(ctx, step{method: "RejectReferral", name: req.GetName(), etag: req.GetEtag(),
 		requestID: req.GetRequestId(), reason: req.GetRejection().GetReason().String(), to: rejected, req: req,
+		full: req.GetRejection().GetReason() == referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY,
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
 			if _, err := tx.Exec(ctx, `UPDATE referrals SET rejection_reason = $3, rejection_details = $4 WHERE clinic = $1 AND id = $2`,
 				r.clinic, r.id, int16(req.GetRejection().GetReason()), req.GetRejection().GetDetails()); err != nil {
@@ -282,6 +291,29 @@ func (s *Server) RejectReferral(ctx context.Context, req *referralsv1.RejectRefe
 			}
 			return nil
 		}})
+}
+
+// keepsSlot reports whether a referral converted from a hold keeps, in
+// state st, the place the hold took: until it completes (the place is the
+// person's) or ends without them (rejected, cancelled, voided).
+func keepsSlot(st state) bool {
+	return st == requested || st == accepted || st == scheduled || st == noShow || st == onHold
+}
+
+// returnConvertedSlot gives back to its program the place referral r,
+// converted from a hold, took and ended without using: the program had
+// counted it free when the hold took it. Not when the program reported its
+// capacity since the conversion (a rejection AT_CAPACITY among such
+// reports): the report counts its places as they stand, this referral's
+// among them or not. Nor to a deleted program, nor to one never reported
+// (undeleted: it takes no one until it reports).
+func returnConvertedSlot(ctx context.Context, tx pgx.Tx, r ref, now time.Time) error {
+	if _, err := tx.Exec(ctx, `UPDATE programs p SET available_slots = p.available_slots + 1, update_time = $3, version = p.version + 1
+		FROM referrals f WHERE f.clinic = $1 AND f.id = $2 AND p.clinic = f.clinic AND p.id = f.program_id
+			AND p.delete_time IS NULL AND p.capacity_update_time <= f.create_time`, r.clinic, r.id, now); err != nil {
+		return fmt.Errorf("give back the converted hold's place: %w", err)
+	}
+	return nil
 }
 
 // noRoomAt records that the program of referral r has no free slot, as it

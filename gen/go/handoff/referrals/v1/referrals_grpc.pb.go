@@ -153,7 +153,12 @@ type ReferralsServiceClient interface {
 	// moment they say yes. The new referral names the hold's program, service
 	// (or the request's `service_kind`), family and intervention, starts in
 	// REQUESTED, and keeps the held slot (the slot leaves `held_slots` and does
-	// not return to `available_slots`). The hold becomes CONVERTED and names
+	// not return to `available_slots`). If the referral then ends without the
+	// person taking the place (cancelled, rejected for another reason than
+	// AT_CAPACITY, or entered in error before it completed), the slot returns
+	// to `available_slots`, unless the program reported its capacity since
+	// the conversion: its report counts its places as they stand. The hold
+	// becomes CONVERTED and names
 	// the referral. A hold that is not HELD, or has expired, answers
 	// FAILED_PRECONDITION; so does a `service_kind` the program does not
 	// offer (reason SERVICE_NOT_OFFERED), and the hold stays HELD.
@@ -641,7 +646,12 @@ type ReferralsServiceServer interface {
 	// moment they say yes. The new referral names the hold's program, service
 	// (or the request's `service_kind`), family and intervention, starts in
 	// REQUESTED, and keeps the held slot (the slot leaves `held_slots` and does
-	// not return to `available_slots`). The hold becomes CONVERTED and names
+	// not return to `available_slots`). If the referral then ends without the
+	// person taking the place (cancelled, rejected for another reason than
+	// AT_CAPACITY, or entered in error before it completed), the slot returns
+	// to `available_slots`, unless the program reported its capacity since
+	// the conversion: its report counts its places as they stand. The hold
+	// becomes CONVERTED and names
 	// the referral. A hold that is not HELD, or has expired, answers
 	// FAILED_PRECONDITION; so does a `service_kind` the program does not
 	// offer (reason SERVICE_NOT_OFFERED), and the hold stays HELD.
