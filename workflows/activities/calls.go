@@ -1549,6 +1549,10 @@ func subID(base string, parts ...string) string {
 // deleted family; FamilyClosedReason for a closed one.
 const familyDeleted = "the family's record was deleted"
 
+// FamilyClosed is the error type of a step the services refuse because
+// the family's case is closed.
+const FamilyClosed = apperr.ReasonFamilyClosed
+
 // FamilyClosedReason is the reason given for what CloseFamily cancels
 // for a family whose case was closed.
 const FamilyClosedReason = "the family's case was closed"

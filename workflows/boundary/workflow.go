@@ -179,6 +179,18 @@ const versionFamilyGone = "end-when-family-deleted"
 // family's record was deleted.
 const SummaryFamilyDeleted = "the family's record was deleted"
 
+// versionFamilyClosed guards ending quietly when a step is refused because
+// the family's case was closed (FAMILY_CLOSED: no meeting is proposed for
+// it), where the workflow, and with it the meeting's, used to fail. The
+// FamilyClosed workflow cancels this one, but a run can start or go on
+// after that (an outcome recorded late, a cancel that did not reach it).
+// Asked only on that failure path.
+const versionFamilyClosed = "end-when-family-closed"
+
+// SummaryFamilyClosed is the summary of a run that ended because the
+// family's case was closed.
+const SummaryFamilyClosed = "the family's case was closed"
+
 // Overdose is SignalOverdose's payload.
 type Overdose struct {
 	WarningSign string
@@ -270,6 +282,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// failure stands, but the overdose is answered first, as on a
 		// cancellation.
 		w.answerWaiting(actx)
+	}
+	if err != nil && activities.ErrorType(err) == activities.FamilyClosed && flow.Version(actx, versionFamilyClosed, 1) >= 1 {
+		// Its own reminders still to go are cancelled as on a cancel:
+		// the counselor's notices would ask for work on a closed case.
+		w.tidyOnCancel(ctx)
+		w.step = "done"
+		return Result{Summary: SummaryFamilyClosed, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 	}
 	return res, err
 }

@@ -49,6 +49,8 @@ type harness struct {
 	// gone, once set, makes every read of the family find nothing, as
 	// after an administrator deleted it.
 	gone bool
+	// closed makes the families service refuse a proposal FAMILY_CLOSED.
+	closed bool
 	// down, once set, makes every read of the family fail as an outage
 	// does: retryably.
 	down bool
@@ -149,6 +151,9 @@ func newHarness(t *testing.T, status string) *harness {
 		})
 	env.OnActivity(flow.A.ProposeIntervention, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.ProposeRequest) (string, error) {
+			if h.closed {
+				return "", temporal.NewNonRetryableApplicationError("create intervention: the family is CLOSED", activities.FamilyClosed, nil)
+			}
 			h.proposed = append(h.proposed, in)
 			return "clinics/north/interventions/next", nil
 		})
@@ -1423,5 +1428,26 @@ func TestNewWarningSignsAtACheckInEscalate(t *testing.T) {
 		if signs && !strings.Contains(h.proposed[0].Notes, "new warning signs at check-in 1") {
 			t.Fatalf("notes %q do not say why", h.proposed[0].Notes)
 		}
+	}
+}
+
+// The family's case is closed while the workflow runs (the FamilyClosed
+// workflow's cancel missed it, or has yet to come): the proposal of the
+// next meeting is refused FAMILY_CLOSED, and the workflow ends as done,
+// cancelling its own reminders still to go, rather than fail, and the
+// meeting's workflow with it.
+func TestFamilyClosedMidwayEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.closed = true
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryFamilyClosed || res.Proposed != "" {
+		t.Fatalf("result %+v; want the family closed, nothing proposed", res)
+	}
+	if len(h.cancelled) != 1 || h.cancelled[0].Origin == "" {
+		t.Fatalf("cancellations %+v; want the workflow's own reminders cancelled", h.cancelled)
 	}
 }
