@@ -1237,7 +1237,8 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 	if err != nil {
 		return Safety{}, wrap("get family", err)
 	}
-	s := Safety{Status: strings.TrimPrefix(fam.GetSafetyScreenStatus().String(), "SAFETY_SCREEN_STATUS_"), Counselor: counselor(fam.GetCounselor())}
+	s := Safety{Status: strings.TrimPrefix(fam.GetSafetyScreenStatus().String(), "SAFETY_SCREEN_STATUS_"), Counselor: counselor(fam.GetCounselor()),
+		Closed: fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED}
 	for _, m := range fam.GetMembers() {
 		// A contact person who has not agreed to be contacted is referred
 		// to no program (which would reach out to them) and not checked in

@@ -220,6 +220,9 @@ type Safety struct {
 	// agreed to be contacted.
 	ContactPerson string
 	Counselor     Person
+	// Closed is set when the family's case is closed: the clinic no
+	// longer follows it up.
+	Closed bool `json:",omitempty"`
 }
 
 // OverdosesRequest asks for a family's overdoses recorded since a time.

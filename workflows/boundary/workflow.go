@@ -381,7 +381,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	} else if w.st.Reinforced && w.st.Referred && flow.Version(ctx, versionOnceEach, 1) >= 1 {
 		// A continued run: prepare will not read the family again, but the
 		// check-ins need its members and contact person.
-		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+		if err := w.readSafety(ctx); err != nil {
 			return Result{}, err
 		}
 	}
@@ -517,7 +517,7 @@ func (w *wf) refresh(ctx workflow.Context) error {
 	if !w.current {
 		return nil
 	}
-	return flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family)
+	return w.readSafety(ctx)
 }
 
 // begin starts a cycle: check-ins and the escalation counted from now.
@@ -560,12 +560,27 @@ func (w *wf) awaitScreen(ctx workflow.Context, purpose, message string) error {
 	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family, message, w.id(purpose))
 }
 
+// readSafety reads the family into w.safety. A family whose case was
+// closed ends the run, as a step refused FAMILY_CLOSED does (see
+// versionFamilyClosed): no boundary reinforced, member checked in with or
+// meeting proposed for a family the clinic no longer works with. Runs
+// recorded before the family showed its state read it as open.
+func (w *wf) readSafety(ctx workflow.Context) error {
+	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+		return err
+	}
+	if w.safety.Closed {
+		return temporal.NewNonRetryableApplicationError("the family's case was closed", activities.FamilyClosed, nil)
+	}
+	return nil
+}
+
 // prepare does the one-time steps of a cycle as soon as the family is safe.
 func (w *wf) prepare(ctx workflow.Context) error {
 	if w.st.Reinforced && w.st.Referred {
 		return nil
 	}
-	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+	if err := w.readSafety(ctx); err != nil {
 		return err
 	}
 	if flow.Version(ctx, versionReferBeforeScreen, 1) >= 1 {
@@ -1073,7 +1088,7 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	// stated now; if not, it waits on (the counselor was asked already).
 	if opening && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
 		flow.Version(ctx, versionBlockedKept, 1) >= 1 {
-		if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+		if err := w.readSafety(ctx); err != nil {
 			return err
 		}
 		if len(w.safety.WithConsequence) == 0 {
@@ -1128,7 +1143,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 	w.st.Escalated = true
 	level := min(w.in.Level+1, 3)
 	series := flow.Version(ctx, versionLevelTwoSeries, 1) >= 1
-	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
+	if err := w.readSafety(ctx); err != nil {
 		return err
 	}
 	if w.safety.Status != "CURRENT" && flow.Version(ctx, versionGateOnScreen, 1) >= 1 {

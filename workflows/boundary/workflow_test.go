@@ -1451,3 +1451,23 @@ func TestFamilyClosedMidwayEndsQuietly(t *testing.T) {
 		t.Fatalf("cancellations %+v; want the workflow's own reminders cancelled", h.cancelled)
 	}
 }
+
+// The family's case is closed between two check-ins: the read before the
+// next one shows it, and the workflow ends as done, sending nothing more.
+func TestFamilyClosedBeforeACheckInEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() { h.safety.Closed = true }, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryFamilyClosed || res.CheckIns != 1 || len(h.proposed) != 0 {
+		t.Fatalf("result %+v, proposed %v; want the family closed after the first check-in, nothing proposed", res, h.proposed)
+	}
+	for _, r := range h.reminders {
+		if r.Due.After(h.t0.Add(3 * day)) {
+			t.Fatalf("a reminder sent after the family was closed: %+v", r)
+		}
+	}
+}
