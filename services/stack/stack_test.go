@@ -875,12 +875,14 @@ func TestDeletedFamilyStopsWhatRunsForIt(t *testing.T) {
 }
 
 // A family whose case is closed: the FamilyClosed workflow cancels its
-// scheduled meeting (whose workflow ends) and its draft, and the reminders
-// pending for its people, giving the closing as the reason.
+// meeting to come (whose workflow ends) and its draft, and the reminders
+// pending for its people, giving the closing as the reason. A meeting
+// that has begun stays, for its outcome to be recorded.
 func TestClosedFamilyStopsWhatRunsForIt(t *testing.T) {
 	e := start(t)
 	e.directory()
 	f, _ := e.family()
+	begun := e.schedule(f, 3*time.Second)
 	iv := e.schedule(f, time.Hour)
 	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
 		Intervention: &interventionsv1.Intervention{Family: f.GetName(), Counselor: "counselor-1"}}))
@@ -888,6 +890,7 @@ func TestClosedFamilyStopsWhatRunsForIt(t *testing.T) {
 		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
 			Family: f.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
 		DueTime: timestamppb.New(time.Now().Add(24 * time.Hour)), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How did this week go?"}}))
+	time.Sleep(time.Until(begun.GetStartTime().AsTime()) + 200*time.Millisecond)
 	ok(e.fam.UpdateFamily(e.counsel, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: f.GetName(), State: familiesv1.FamilyState_FAMILY_STATE_CLOSED},
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}))
 
@@ -910,6 +913,7 @@ func TestClosedFamilyStopsWhatRunsForIt(t *testing.T) {
 		t.Fatalf("FamilyClosed workflow: %v", err)
 	}
 	if res.Interventions != 2 || res.Reopened || res.Reminders < 1 {
+		// The meeting to come and the draft; not the one begun.
 		t.Fatalf("result = %+v; want the meeting, the draft and the check-in cancelled", res)
 	}
 	if r := e.result(iv.GetName()); r.Outcome != "CANCELLED" {
@@ -920,6 +924,9 @@ func TestClosedFamilyStopsWhatRunsForIt(t *testing.T) {
 		if got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED || !strings.Contains(got.GetCancelReason(), "case was closed") {
 			t.Fatalf("%s is %v (%q); want CANCELLED for the closing", name, got.GetState(), got.GetCancelReason())
 		}
+	}
+	if got := ok(e.iv.GetIntervention(e.admin, &interventionsv1.GetInterventionRequest{Name: begun.GetName()})); got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED {
+		t.Fatalf("the meeting that had begun is %v (%q); want it SCHEDULED, awaiting its outcome", got.GetState(), got.GetCancelReason())
 	}
 	if got := ok(e.iv.GetReminder(e.worker, &interventionsv1.GetReminderRequest{Name: checkIn.GetName()})); got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
 		t.Fatalf("the check-in is %v; want CANCELLED", got.GetState())

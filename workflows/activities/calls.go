@@ -1546,16 +1546,16 @@ func subID(base string, parts ...string) string {
 	return hex.EncodeToString(h.Sum(nil)[:20])
 }
 
-// familyDeleted is the reason given for what CloseFamily cancels for a
-// deleted family; FamilyClosedReason for a closed one.
+// familyDeleted is the reason given for what CloseFamily cancels;
+// FamilyClosedReason for what CloseClosedFamily does.
 const familyDeleted = "the family's record was deleted"
 
 // FamilyClosed is the error type of a step the services refuse because
 // the family's case is closed.
 const FamilyClosed = apperr.ReasonFamilyClosed
 
-// FamilyClosedReason is the reason given for what CloseFamily cancels
-// for a family whose case was closed.
+// FamilyClosedReason is the reason given for what CloseClosedFamily
+// cancels.
 const FamilyClosedReason = "the family's case was closed"
 
 // StillClosed reports whether the family's case is closed now: one
@@ -1572,28 +1572,49 @@ func (a *Activities) StillClosed(ctx context.Context, family string) (bool, erro
 	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
 }
 
-// CloseFamily cancels a deleted or closed family's drafts and scheduled
-// meetings (their workflows end, giving back held places and cancelling
-// their reminders) and then the reminders still pending for its people.
-// Each cancellation's request id derives from in.RequestID and the
-// resource, so a retry changes nothing twice.
+// CloseFamily cancels a deleted family's drafts and scheduled meetings
+// (their workflows end, giving back held places and cancelling their
+// reminders), gives back the places held for it outside any meeting, and
+// then cancels the reminders still pending for its people. Each
+// cancellation's request id derives from in.RequestID and the resource,
+// so a retry changes nothing twice.
 func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
+	return a.closeFamily(ctx, in, familyDeleted, "")
+}
+
+// CloseClosedFamily does what CloseFamily does for a family whose case
+// was closed, with two differences. It reads, on every attempt, that the
+// family is still closed: one reopened while a service was down keeps
+// what it has by then. And it leaves a meeting that has begun, whose
+// outcome the counselor is still to record: cancelled, the outcome could
+// never be, and the EHR would hear of a meeting that took place as called
+// off. An activity of its own, not CloseFamily with a reason: a worker of
+// a release before closings leaves it to one that knows it, rather than
+// cancel everything as for a deleted record.
+func (a *Activities) CloseClosedFamily(ctx context.Context, in CloseFamilyRequest) (Closed, error) {
+	closed, err := a.StillClosed(ctx, in.Family)
+	if err != nil || !closed {
+		return Closed{Reopened: err == nil}, err
+	}
+	return a.closeFamily(ctx, in, FamilyClosedReason, fmt.Sprintf(" AND start_time > %q", time.Now().UTC().Format(time.RFC3339Nano)))
+}
+
+// closeFamily is CloseFamily under reason, its scheduled meetings narrowed
+// by the filter clause scheduled.
+func (a *Activities) closeFamily(ctx context.Context, in CloseFamilyRequest, reason, scheduled string) (Closed, error) {
 	var out Closed
 	clinic := aip.Clinic(in.Family)
-	if in.Reason == "" {
-		in.Reason = familyDeleted
-	}
 	// Drafts first: one scheduled between the two listings (its schedule
 	// read the family before the deletion) is then found as one or the
 	// other; scheduled first, it was missed by both.
-	for _, st := range []string{"DRAFT", "SCHEDULED"} {
-		n, err := a.cancelInterventions(ctx, in.Family, st, in.Reason, in.RequestID, false)
+	for _, st := range []string{"state = DRAFT", "state = SCHEDULED" + scheduled} {
+		n, err := a.cancelInterventions(ctx, in.Family, st, reason, in.RequestID, false)
 		out.Interventions += n
 		if err != nil {
 			return out, err
 		}
 	}
-	held, err := a.releaseLooseHolds(ctx, in)
+	held, err := a.releaseLooseHolds(ctx, in.Family, reason, in.RequestID)
 	out.Holds += held
 	if err != nil {
 		return out, err
@@ -1601,23 +1622,23 @@ func (a *Activities) CloseFamily(ctx context.Context, in CloseFamilyRequest) (Cl
 	// One listing of every reminder not yet final: a reminder's state moves
 	// with the clock (due, a lease run out), and lists by state taken one
 	// after another could each miss one that moved between them.
-	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: in.Reason, RequestID: in.RequestID},
+	n, err := a.cancelReminders(ctx, CancelRemindersRequest{Clinic: clinic, Reason: reason, RequestID: in.RequestID},
 		fmt.Sprintf("recipient_family = %q AND %s", in.Family, openReminders), nil)
 	out.Reminders += n
 	return out, err
 }
 
-// releaseLooseHolds gives back the places held for a deleted or closed family
-// outside any meeting (a counselor's, by hand): nothing else follows
-// them, and they would keep a scarce place until they lapse. Those naming
-// a meeting go back with it (its workflow, CancelledHolds).
-func (a *Activities) releaseLooseHolds(ctx context.Context, in CloseFamilyRequest) (int, error) {
-	loose, err := a.heldWhere(ctx, aip.Clinic(in.Family), fmt.Sprintf("family = %q AND state = HELD", in.Family),
-		func(h *referralsv1.Hold) bool { return h.GetFamily() == in.Family && h.GetIntervention() == "" })
+// releaseLooseHolds gives back the places held for a deleted or closed
+// family outside any meeting (a counselor's, by hand): nothing else
+// follows them, and they would keep a scarce place until they lapse. Those
+// naming a meeting go back with it (its workflow, CancelledHolds).
+func (a *Activities) releaseLooseHolds(ctx context.Context, family, reason, requestID string) (int, error) {
+	loose, err := a.heldWhere(ctx, aip.Clinic(family), fmt.Sprintf("family = %q AND state = HELD", family),
+		func(h *referralsv1.Hold) bool { return h.GetFamily() == family && h.GetIntervention() == "" })
 	if err != nil {
 		return 0, err
 	}
-	return a.releaseAll(ctx, loose, in.Reason, in.RequestID)
+	return a.releaseAll(ctx, loose, reason, requestID)
 }
 
 // WithdrawDrafts cancels the family's meetings still in draft, the next,
@@ -1628,20 +1649,21 @@ func (a *Activities) releaseLooseHolds(ctx context.Context, in CloseFamilyReques
 // counselor's to decide. A draft scheduled or deleted meanwhile is left
 // be. It returns how many it cancelled.
 func (a *Activities) WithdrawDrafts(ctx context.Context, in WithdrawDraftsRequest) (int, error) {
-	return a.cancelInterventions(ctx, in.Family, "DRAFT", in.Reason, in.RequestID, true)
+	return a.cancelInterventions(ctx, in.Family, "state = DRAFT", in.Reason, in.RequestID, true)
 }
 
-// cancelInterventions cancels the family's interventions in state, each
-// under a request id of its own derived from requestID. One that ended
-// meanwhile (an outcome recorded) or a draft deleted is left be; with
-// unchanged, so is one changed since it was listed (a draft scheduled,
-// which the service would otherwise cancel too).
-func (a *Activities) cancelInterventions(ctx context.Context, family, state, reason, requestID string, unchanged bool) (int, error) {
+// cancelInterventions cancels the family's interventions that match which
+// (a filter clause: "state = DRAFT", say), each under a request id of its
+// own derived from requestID. One that ended meanwhile (an outcome
+// recorded) or a draft deleted is left be; with unchanged, so is one
+// changed since it was listed (a draft scheduled, which the service would
+// otherwise cancel too).
+func (a *Activities) cancelInterventions(ctx context.Context, family, which, reason, requestID string, unchanged bool) (int, error) {
 	n := 0
 	prefix := requestID[:min(len(requestID), 24)]
 	for token := ""; ; {
 		page, err := a.Interventions.ListInterventions(ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/" + aip.Clinic(family),
-			Filter: fmt.Sprintf("family = %q AND state = %s", family, state), PageSize: 100, PageToken: token})
+			Filter: fmt.Sprintf("family = %q AND %s", family, which), PageSize: 100, PageToken: token})
 		if err != nil {
 			return n, wrap("list interventions", err)
 		}

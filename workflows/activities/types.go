@@ -275,13 +275,11 @@ type WithdrawDraftsRequest struct {
 }
 
 // CloseFamilyRequest asks to stop what is still open for a family whose
-// record was deleted or whose case was closed.
+// record was deleted (CloseFamily) or whose case was closed
+// (CloseClosedFamily).
 type CloseFamilyRequest struct {
 	Family    string
 	RequestID string
-	// Reason is given for each cancellation; empty, the record's deletion
-	// (requests recorded before closings had their own).
-	Reason string `json:",omitempty"`
 }
 
 // WithdrawRequest asks for the reminders of a family's people who may no
@@ -291,11 +289,15 @@ type WithdrawRequest struct {
 	RequestID string
 }
 
-// Closed is what CloseFamily stopped.
+// Closed is what CloseFamily or CloseClosedFamily stopped.
 type Closed struct {
 	Interventions int // drafts and scheduled meetings cancelled
 	Reminders     int // reminders to the family's people cancelled
 	Holds         int // places held for the family outside any meeting, given back
+	// Reopened is set when the family's case was no longer closed as
+	// CloseClosedFamily, or the FamilyClosed workflow, looked: nothing
+	// was stopped.
+	Reopened bool `json:",omitempty"`
 }
 
 // CheckInRecord is a check-in a counselor recorded on a meeting, as the

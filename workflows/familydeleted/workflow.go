@@ -11,6 +11,8 @@
 package familydeleted
 
 import (
+	"context"
+
 	"go.temporal.io/sdk/workflow"
 
 	"github.com/handoff-health/handoff/workflows/activities"
@@ -35,9 +37,6 @@ type Input struct {
 
 // Result says what the workflow stopped.
 type Result struct {
-	// Reopened is set when the family was no longer closed as the
-	// FamilyClosed workflow looked: it stopped nothing.
-	Reopened bool `json:",omitempty"`
 	// BoundaryCancelled is set when a boundary workflow ran for the family
 	// and was asked to stop.
 	BoundaryCancelled bool
@@ -51,7 +50,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	return stop(ctx, in.Family, "")
+	return stop(ctx, in.Family, flow.A.CloseFamily)
 }
 
 // Closed does what Workflow does for a family whose case was closed, once
@@ -68,14 +67,15 @@ func Closed(ctx workflow.Context, in Input) (Result, error) {
 		return Result{}, err
 	}
 	if !closed {
-		return Result{Reopened: true}, nil
+		return Result{Closed: activities.Closed{Reopened: true}}, nil
 	}
-	return stop(ctx, in.Family, activities.FamilyClosedReason)
+	return stop(ctx, in.Family, flow.A.CloseClosedFamily)
 }
 
-// stop cancels the family's boundary workflow, then what CloseFamily
-// cancels, giving reason (empty for a deletion's). ctx is flow.ForFamily's.
-func stop(ctx workflow.Context, family, reason string) (Result, error) {
+// stop cancels the family's boundary workflow, then what closeAll (the
+// CloseFamily or CloseClosedFamily activity) cancels. ctx is
+// flow.ForFamily's.
+func stop(ctx workflow.Context, family string, closeAll func(context.Context, activities.CloseFamilyRequest) (activities.Closed, error)) (Result, error) {
 	var res Result
 	var err error
 	// The boundary workflow first: it reads the family before each step,
@@ -85,8 +85,8 @@ func stop(ctx workflow.Context, family, reason string) (Result, error) {
 		// for this family any more; the rest still has to stop.
 		workflow.GetLogger(ctx).Warn("boundary workflow not cancelled", "error", err)
 	}
-	err = flow.Call(ctx, &res.Closed, flow.A.CloseFamily, activities.CloseFamilyRequest{
-		Family: family, RequestID: flow.RequestID(ctx, "close"), Reason: reason,
+	err = flow.Call(ctx, &res.Closed, closeAll, activities.CloseFamilyRequest{
+		Family: family, RequestID: flow.RequestID(ctx, "close"),
 	})
 	return res, err
 }

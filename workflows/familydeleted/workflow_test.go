@@ -95,7 +95,7 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 				return nil
 			})
 		var closed []activities.CloseFamilyRequest
-		env.OnActivity(flow.A.CloseFamily, mock.Anything, mock.Anything).Return(
+		env.OnActivity(flow.A.CloseClosedFamily, mock.Anything, mock.Anything).Return(
 			func(_ context.Context, in activities.CloseFamilyRequest) (activities.Closed, error) {
 				closed = append(closed, in)
 				return activities.Closed{Interventions: 1, Holds: 1}, nil
@@ -114,7 +114,7 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 		if len(asked) != 1 || asked[0] != ids.Boundary(family) || !res.BoundaryCancelled || res.Reopened {
 			t.Errorf("cancel asked of %v, result %+v", asked, res)
 		}
-		if len(closed) != 1 || closed[0].Family != family || closed[0].Reason != activities.FamilyClosedReason || closed[0].RequestID == "" ||
+		if len(closed) != 1 || closed[0].Family != family || closed[0].RequestID == "" ||
 			res.Interventions != 1 || res.Holds != 1 {
 			t.Errorf("closed %+v, result %+v", closed, res)
 		}
