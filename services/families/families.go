@@ -352,15 +352,8 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 					return nil, err
 				}
 			}
-			if closed := familiesv1.FamilyState_FAMILY_STATE_CLOSED; cur.GetState() != closed && out.GetState() == closed {
-				// The worker stops what still runs for the family on this
-				// event: its meetings, boundary follow-up, held places and
-				// pending reminders. One per closing: a family reopened and
-				// closed again gets another.
-				if err := emit(ctx, tx, clinic, "family.closed", out.GetName(), &familiesv1.Family{Name: out.GetName()}); err != nil {
-					return nil, err
-				}
-			}
+			// A family moved to CLOSED is announced (family.closed) by the
+			// database itself: see migration 0009.
 			return out, nil
 		})
 }

@@ -1553,6 +1553,21 @@ func TestClosingAFamilyIsAnnouncedAndEndsContact(t *testing.T) {
 	if n := closings(); n != 1 {
 		t.Fatalf("%d family.closed events after closing; want 1", n)
 	}
+	// Written by the database (migration 0009): it decodes as the
+	// relays read it, the family's name alone, of the generation that
+	// brought it.
+	var payload []byte
+	var generation int
+	if err := f.pool.QueryRow(context.Background(), `SELECT payload, generation FROM outbox WHERE resource = $1
+		AND event_type = 'handoff.families.v1.family.closed'`, fam.GetName()).Scan(&payload, &generation); err != nil {
+		t.Fatal(err)
+	}
+	var a anypb.Any
+	var announced familiesv1.Family
+	if err := proto.Unmarshal(payload, &a); err != nil || a.UnmarshalTo(&announced) != nil ||
+		!proto.Equal(&announced, &familiesv1.Family{Name: fam.GetName()}) || generation != 6 {
+		t.Fatalf("family.closed payload %x (generation %d) reads %v; want the family's name alone, generation 6", payload, generation, &announced)
+	}
 	if lo, ms := contactable(); lo || len(ms) != 0 {
 		t.Fatalf("the automation may contact the loved one %v and members %v of a closed family; want no one", lo, ms)
 	}

@@ -86,7 +86,8 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     of a draft never scheduled (an older one would tell the EHR).
 //   - 6: family.closed, on which the dispatcher starts FamilyClosed (an
 //     older one would pass it over, and the closed family's meetings and
-//     reminders would go on).
+//     reminders would go on). The families database writes it (migration
+//     0009), at generation 6 whatever this constant says later.
 const Generation = 6
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the

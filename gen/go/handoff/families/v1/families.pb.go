@@ -46,11 +46,12 @@ const (
 	// The loved one entered treatment.
 	FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT FamilyState = 2
 	// The clinic no longer works with the family. Shortly after a family is
-	// closed, the worker cancels its drafts and scheduled interventions, ends
-	// its boundary follow-up, gives back the places held for it and cancels
-	// the reminders pending for its people; referrals already made stay.
-	// While it is closed, no intervention is created or scheduled for it
-	// (FAILED_PRECONDITION, reason FAMILY_CLOSED) and no one of it is
+	// closed, the worker cancels its drafts and the interventions still to
+	// come (one that has begun stays, for its outcome), ends its boundary
+	// follow-up, gives back the places held for it outside any meeting and
+	// cancels the reminders pending for its people; referrals already made
+	// stay. While it is closed, no intervention is created or scheduled for
+	// it (FAILED_PRECONDITION, reason FAMILY_CLOSED) and no one of it is
 	// contacted (CONTACT_NOT_ALLOWED). Set it ACTIVE to work with it again.
 	FamilyState_FAMILY_STATE_CLOSED FamilyState = 3
 )
