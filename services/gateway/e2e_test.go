@@ -343,6 +343,23 @@ func TestGatewayContract(t *testing.T) {
 	if len(fams) != 1 {
 		t.Fatalf("a repeated Idempotency-Key created %d families", len(fams))
 	}
+	// A call that takes no body refuses one that says something, rather
+	// than drop it: a delete's etag there would guard nothing, a list's
+	// filter would not apply. One that says nothing passes.
+	for _, c := range []struct{ verb, path, body string }{
+		{"DELETE", "/v1/" + str(a.body, "name"), `{"etag": "\"v0\""}`},
+		{"GET", "/v1/clinics/north/families", `{"filter": "state = CLOSED"}`},
+	} {
+		if r := w.counselor.do(c.verb, c.path, c.body); r.code != http.StatusBadRequest || !strings.Contains(str(r.body, "message"), "takes no body") {
+			t.Fatalf("%s %s with a body: %d %s; want 400", c.verb, c.path, r.code, r.raw)
+		}
+	}
+	w.counselor.ok("GET", "/v1/"+str(a.body, "name"), nil)
+	for _, empty := range []string{"", " {} ", "null"} {
+		if r := w.counselor.do("GET", "/v1/clinics/north/families", empty); r.code != http.StatusOK || len(list(r.body, "families")) != 1 {
+			t.Fatalf("a list with the body %q: %d %s; want 200", empty, r.code, r.raw)
+		}
+	}
 	// A verb the path does not take is 405 with the verbs it does, not
 	// 501 (a feature the server lacks).
 	for _, verb := range []string{"DELETE", "HEAD"} {

@@ -1,7 +1,10 @@
 package gateway
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -71,6 +74,21 @@ func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
 	out := map[string]bool{}
 	eachBinding(files, func(_ string, r *annotations.HttpRule) {
 		if r.GetBody() == "*" {
+			verb, path := httpRule(r)
+			out[verb+" "+canonicalPath(path)] = true
+		}
+	})
+	return out
+}
+
+// noBodyRoutes are the routes that take no body (no `body` in their
+// binding: the reads, the deletes), as "VERB /path/template": grpc-gateway
+// never reads a body sent to them, so an etag or request id put there
+// would guard nothing, and a filter would go unapplied.
+func noBodyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
+	out := map[string]bool{}
+	eachBinding(files, func(_ string, r *annotations.HttpRule) {
+		if r.GetBody() == "" {
 			verb, path := httpRule(r)
 			out[verb+" "+canonicalPath(path)] = true
 		}
@@ -174,6 +192,45 @@ func refuseQueryOnBodyRoutes(routes map[string]bool) runtime.Middleware {
 					return
 				}
 			}
+			next(w, r, params)
+		}
+	}
+}
+
+// refuseBodyOnNoBodyRoutes is a middleware that answers INVALID_ARGUMENT
+// to a body sent to a route in routes (see noBodyRoutes). A body that
+// says nothing (empty, blank, `{}` or `null`, as some clients send with
+// every call) passes. The body is read whole: limitBody has bounded it.
+func refuseBodyOnNoBodyRoutes(routes map[string]bool) runtime.Middleware {
+	return func(next runtime.HandlerFunc) runtime.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+			if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+				next(w, r, params)
+				return
+			}
+			if pat, ok := runtime.HTTPPattern(r.Context()); !ok || !routes[r.Method+" "+pat.String()] {
+				next(w, r, params)
+				return
+			}
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				var tooLarge *http.MaxBytesError
+				if errors.As(err, &tooLarge) {
+					writeStatus(w, http.StatusRequestEntityTooLarge, codes.InvalidArgument, "the request body is too large")
+					return
+				}
+				writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, "the request body could not be read")
+				return
+			}
+			switch strings.TrimSpace(string(b)) {
+			case "", "{}", "null":
+			default:
+				writeStatus(w, http.StatusBadRequest, codes.InvalidArgument, fmt.Sprintf("%s %s takes no body: it would be dropped; "+
+					"send an etag as If-Match or ?etag=, a request id as Idempotency-Key or ?requestId=, and the rest as query parameters",
+					r.Method, r.URL.Path))
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
 			next(w, r, params)
 		}
 	}
