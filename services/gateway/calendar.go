@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	"github.com/handoff-health/handoff/services/auth"
 )
 
 // calendarRoute is where calendar apps read a feed. They cannot send a
@@ -49,6 +50,10 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		switch status.Code(err) {
 		case codes.OK:
 		case codes.NotFound, codes.InvalidArgument:
+			// A wrong token among them: logged here, with where it came
+			// from, as a refused sign-in is (the service sees only this
+			// gateway), so that guessing at feed addresses can be traced.
+			log.WarnContext(r.Context(), "calendar feed refused", append([]any{"path", r.URL.Path}, auth.Origin(r)...)...)
 			http.NotFound(w, r)
 			return
 		case codes.DeadlineExceeded, codes.Unavailable, codes.Aborted, codes.ResourceExhausted:

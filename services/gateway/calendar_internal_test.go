@@ -29,25 +29,33 @@ func (f failingFeeds) ExportCalendarFeed(context.Context, *interventionsv1.Expor
 }
 
 // A calendar app that hangs up is no server error; a failure the feed does
-// not expect is logged, by its code and path, never the token.
+// not expect is logged, by its code and path, never the token; a refused
+// feed (a wrong token) is logged with where the request came from.
 func TestCalendarFeedFailures(t *testing.T) {
 	for _, c := range []struct {
-		code   codes.Code
-		status int
-		logged bool
+		code    codes.Code
+		status  int
+		logged  bool
+		refused bool
 	}{
-		{codes.Canceled, statusClientClosed, false},
-		{codes.NotFound, http.StatusNotFound, false},
-		{codes.Unavailable, http.StatusServiceUnavailable, false},
-		{codes.Aborted, http.StatusServiceUnavailable, false},
-		{codes.ResourceExhausted, http.StatusServiceUnavailable, false},
-		{codes.Internal, http.StatusInternalServerError, true},
+		{codes.Canceled, statusClientClosed, false, false},
+		{codes.NotFound, http.StatusNotFound, false, true},
+		{codes.Unavailable, http.StatusServiceUnavailable, false, false},
+		{codes.Aborted, http.StatusServiceUnavailable, false, false},
+		{codes.ResourceExhausted, http.StatusServiceUnavailable, false, false},
+		{codes.Internal, http.StatusInternalServerError, true, false},
 	} {
 		var logs bytes.Buffer
 		mux := http.NewServeMux()
 		mux.Handle(calendarRoute, calendarFeed(failingFeeds{err: status.Error(c.code, "detail")}, time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
 		rec := httptest.NewRecorder()
-		mux.ServeHTTP(rec, httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil))
+		req := httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil)
+		req.RemoteAddr, req.Header["X-Forwarded-For"] = "10.0.0.9:5555", []string{"203.0.113.7"}
+		mux.ServeHTTP(rec, req)
+		if got := strings.Contains(logs.String(), "calendar feed refused") && strings.Contains(logs.String(), "203.0.113.7") &&
+			strings.Contains(logs.String(), "10.0.0.9:5555"); got != c.refused {
+			t.Errorf("%v: refusal logged with its origin %v, want %v: %s", c.code, got, c.refused, logs.String())
+		}
 		if rec.Code != c.status {
 			t.Errorf("%v: status %d, want %d", c.code, rec.Code, c.status)
 		}

@@ -31,3 +31,33 @@ func TestRefusedTokenGetsABearerChallenge(t *testing.T) {
 		}
 	}
 }
+
+// A call refused for a service out of reach or overloaded says when to try
+// again; one refused for what it asked does not.
+func TestUnavailableSaysWhenToRetry(t *testing.T) {
+	mux := runtime.NewServeMux()
+	for code, want := range map[codes.Code]string{
+		codes.Unavailable: "5", codes.ResourceExhausted: "5", codes.InvalidArgument: "", codes.Internal: "",
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, "/v1/clinics/north/families", nil)
+		httpError(context.Background(), mux, &runtime.JSONPb{}, w, r, status.Error(code, "no"))
+		if got := w.Header().Get("Retry-After"); got != want {
+			t.Errorf("%v: Retry-After %q, want %q", code, got, want)
+		}
+	}
+}
+
+// Of the client's headers, only those the services read go on as gRPC
+// metadata: not cookies, the user agent or the referrer, nor gRPC metadata
+// a client names itself.
+func TestOnlyTheHeadersTheServicesReadGoOn(t *testing.T) {
+	for key, want := range map[string]bool{
+		"Idempotency-Key": true, "If-Match": true, "idempotency-key": true,
+		"Cookie": false, "User-Agent": false, "Referer": false, "Origin": false, "Grpc-Metadata-Authorization": false, "X-Custom": false,
+	} {
+		if _, got := headers(key); got != want {
+			t.Errorf("%s passed on: %v, want %v", key, got, want)
+		}
+	}
+}

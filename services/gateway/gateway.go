@@ -115,7 +115,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// A form's X-HTTP-Method-Override would turn a POST into another
 		// call; no client of this API needs it.
 		runtime.WithDisableHTTPMethodOverride(),
-		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...))),
+		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),
 		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...))),
 	)
@@ -174,21 +174,26 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 	}
 	g.Handler = otelhttp.NewHandler(cors(cfg.CORSOrigins, logRequests(cfg.Log, root)), "gateway",
 		// Span names by method only: paths hold resource names.
-		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }))
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return "HTTP " + r.Method }),
+		// The door to the internet: a caller's traceparent is linked, not
+		// followed, so that no caller turns tracing off for its calls or
+		// files them under a trace of its choosing.
+		otelhttp.WithPublicEndpointFn(func(*http.Request) bool { return true }))
 	return g, nil
 }
 
-// headers passes the headers the services need as gRPC metadata. Clients
-// send no gRPC metadata of their own (Grpc-Metadata-*): an Authorization
-// sent that way would reach the services beside the token checked here.
+// headers passes the headers the services need as gRPC metadata, and no
+// other: not the browser's cookies, referrer or user agent, nor a second
+// copy of the token (grpc-gateway passes Authorization, and the client's
+// address, itself). Clients send no gRPC metadata of their own
+// (Grpc-Metadata-*): an Authorization sent that way would reach the
+// services beside the token checked here.
 func headers(key string) (string, bool) {
-	switch k := strings.ToLower(key); {
-	case k == "idempotency-key", k == "if-match":
+	switch k := strings.ToLower(key); k {
+	case "idempotency-key", "if-match":
 		return k, true
-	case strings.HasPrefix(k, strings.ToLower(runtime.MetadataHeaderPrefix)):
-		return "", false
 	}
-	return runtime.DefaultHeaderMatcher(key)
+	return "", false
 }
 
 // handlers registers the services' REST handlers on mux and builds the
@@ -475,7 +480,12 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 	case consentgate.ReasonConsentRequired:
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
 	}
-	if status.Code(err) == codes.Unauthenticated {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.ResourceExhausted:
+		// Retried with the same request id, the call is safe to send
+		// again (see the README): say when.
+		w.Header().Set("Retry-After", "5")
+	case codes.Unauthenticated:
 		// grpc-gateway puts the status message in WWW-Authenticate, which
 		// is no challenge (RFC 6750): a token that lapsed between this
 		// door's check and the service's gets the one the door gives.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -21,6 +22,9 @@ import (
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/services/telemetry"
 )
+
+// callersTrace is the trace id a client puts in its traceparent.
+const callersTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 // One trace follows a request from the gateway through the interventions
 // service and its database, through the outbox into Temporal, to a workflow
@@ -50,6 +54,9 @@ func TestTraceSpansGatewayServiceAndActivity(t *testing.T) {
 		b, _ := json.Marshal(body)
 		req, _ := http.NewRequest(method, base+path, bytes.NewReader(b))
 		req.Header.Set("Authorization", "Bearer "+token)
+		// A caller's own trace, unsampled: the gateway is the door to the
+		// internet, and neither follows it nor lets it turn tracing off.
+		req.Header.Set("Traceparent", "00-"+callersTrace+"-00f067aa0ba902b7-00")
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -86,6 +93,9 @@ func TestTraceSpansGatewayServiceAndActivity(t *testing.T) {
 	for _, s := range spans.GetSpans() {
 		if s.SpanContext.TraceID().String() == trace {
 			names[s.Name] = true
+		}
+		if s.SpanContext.TraceID().String() == callersTrace {
+			t.Fatalf("span %q follows the caller's trace", s.Name)
 		}
 	}
 	for _, want := range []string{"HTTP POST", "handoff.interventions.v1.InterventionsService/ScheduleIntervention", "db.query",
@@ -178,4 +188,31 @@ func TestSpansNameTheService(t *testing.T) {
 		}
 	}
 	t.Fatalf("no service.name in %v", got[0].Resource.Attributes())
+}
+
+// The HTTP server metrics keep no series per Host header: a client could
+// otherwise grow them without bound.
+func TestHTTPMetricsIgnoreTheHost(t *testing.T) {
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background()) //nolint:errcheck
+	h := otelhttp.NewHandler(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {}), "test")
+	for _, host := range []string{"a.example", "b.example:8443", "c.example"} {
+		r := httptest.NewRequest(http.MethodGet, "/v1/x", nil)
+		r.Host = host
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	rec := httptest.NewRecorder()
+	tel.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := rec.Body.String()
+	if !strings.Contains(body, "http_server_request_duration_seconds") {
+		t.Fatalf("no HTTP server metrics in %s", body)
+	}
+	for _, leak := range []string{"a.example", "b.example", "8443", "server_address"} {
+		if strings.Contains(body, leak) {
+			t.Fatalf("the metrics hold %q: a series per Host", leak)
+		}
+	}
 }
