@@ -337,7 +337,8 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 		return Result{}, err
 	}
 	if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.in.Intervention,
-		"No program could take the person in today: please call the family and arrange a place.", "no-program"); err != nil {
+		"No program could take the person in today: please call the family and arrange a place.", "no-program"); err != nil &&
+		!w.pastFailedNotice(ctx, err, "no program") {
 		return Result{}, err
 	}
 	return Result{Outcome: "ESCALATED", Programs: len(w.tried)}, nil
@@ -351,6 +352,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 	remindersFor := time.Time{}
 	sentFor := time.Time{}     // the appointment the reminders created so far name
 	noShowsHandled := int32(0) // a repeated signal must not act twice
+	// resync takes the referral's state as a signal would: at the start,
+	// for a referral this intake adopted (made or converted before it ran,
+	// whose signals found no workflow), and when a review reads a state no
+	// signal brought.
+	resync := flow.Version(ctx, versionResync, 1) >= 1
 	for {
 		// Deadlines: the next intake reminder, and the alert when no intake
 		// has happened within IntakeAlert of the acceptance.
@@ -369,17 +375,21 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		}
 		var t Transition
 		got := false
-		sel := workflow.NewSelector(ctx)
-		sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &t); got = true })
-		if !next.IsZero() {
-			sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
+		if resync {
+			t, got = Transition{Referral: w.referral.Name}, true
+		} else {
+			sel := workflow.NewSelector(ctx)
+			sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &t); got = true })
+			if !next.IsZero() {
+				sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
+			}
+			// A selector does not watch the context: with no deadline left
+			// (the overdue alert sent, no reminder or review pending) a
+			// cancellation would wait for the next transition. Receiving
+			// from Done adds no command, so histories replay as before.
+			sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
+			sel.Select(ctx)
 		}
-		// A selector does not watch the context: with no deadline left (the
-		// overdue alert sent, no reminder or review pending) a cancellation
-		// would wait for the next transition. Receiving from Done adds no
-		// command, so histories replay as before.
-		sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
-		sel.Select(ctx)
 		if err := ctx.Err(); err != nil {
 			// Cancelled through Temporal: a timer made on this context is
 			// ready at once, so waiting again would spin without yielding
@@ -403,6 +413,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					fmt.Sprintf("Reminder: appointment on %s.", local(info.Appointment, p.Recipient.TimeZone)),
 					w.intakePurpose(info.Appointment, p), time.Time{}, info.Appointment)
 				if err != nil {
+					if w.pastFailedNotice(ctx, err, "intake reminder") {
+						continue
+					}
 					return "", info, err
 				}
 				if sent != "" {
@@ -424,6 +437,10 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 						return "", info, err
 					}
 					still = cur.State == "ON_HOLD"
+					if !still && cur.State != w.state && w.resyncs(ctx) {
+						// Moved, and no signal came of it: taken as one.
+						resync = true
+					}
 				}
 				if still {
 					to, err := w.counselorNow(ctx, versionHoldRereads)
@@ -433,7 +450,8 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					w.holdReviews++
 					if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 						"The intake is still on hold: please check with the program, or cancel the referral so that another program can be offered.",
-						fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil {
+						fmt.Sprintf("on-hold|%s|%d|review|%d", w.referral.Name, w.pauses, w.holdReviews)); err != nil &&
+						!w.pastFailedNotice(ctx, err, "hold review") {
 						return "", info, err
 					}
 				}
@@ -445,7 +463,8 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					return "", info, err
 				}
 				if err := flow.Remind(ctx, w.in.Clinic, to, "INTAKE_OVERDUE", w.referral.Name,
-					"The person who said yes has not started yet: please follow up today.", "intake-overdue"); err != nil {
+					"The person who said yes has not started yet: please follow up today.", "intake-overdue"); err != nil &&
+					!w.pastFailedNotice(ctx, err, "intake overdue") {
 					return "", info, err
 				}
 				w.alerted = true
@@ -457,16 +476,24 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				// Advice to the counselor, not a step of the intake: a
 				// review that fails (a referrals outage past the retries)
 				// waits for the next, due already.
-				if err := w.reviewStall(ctx, now); err != nil &&
+				moved, err := w.reviewStall(ctx, now)
+				if err != nil &&
 					!flow.GoOnPast(ctx, err, versionStallReviewBestEffort, "reviewing a stalled intake failed; the next review asks again") {
 					return "", info, err
 				}
+				if moved && w.resyncs(ctx) {
+					resync = true
+				}
 			}
-			continue
+			if !resync {
+				continue
+			}
+			t = Transition{Referral: w.referral.Name}
 		}
 		if t.Referral != w.referral.Name {
 			continue // an older referral of this intake, already given up
 		}
+		resync = false
 		// The signal says something changed; the service says what is true.
 		if err := flow.Call(ctx, &info, flow.A.ReferralStatus, w.referral.Name); err != nil {
 			return "", info, err
@@ -480,7 +507,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			(info.State != "COMPLETED" || now.Before(sentFor)) {
 			// A reminder may still wait (for the end of quiet hours, or for
 			// the automation) that names the old time.
-			if err := w.cancelStale(ctx, info.State); err != nil {
+			if err := w.cancelStale(ctx, info.State); err != nil && !w.pastFailedNotice(ctx, err, "stale intake reminders") {
 				return "", info, err
 			}
 			sentFor = time.Time{}
@@ -510,6 +537,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			if int(info.NoShows) > w.settings.MaxNoShows {
 				err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 					"The person missed the intake appointment again: please reach out and decide next steps.", "no-show-escalation")
+				if err != nil && w.pastFailedNotice(ctx, err, "no-show escalation") {
+					err = nil
+				}
 				return "escalated", info, err
 			}
 			// Re-engage within the day: the counselor calls, the program
@@ -517,7 +547,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			// flow.RemindAt).
 			if err := flow.Remind(ctx, w.in.Clinic, to, "REENGAGEMENT", w.referral.Name,
 				"The intake appointment was missed: please reach out today and help rebook.",
-				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows)); err != nil {
+				fmt.Sprintf("reengage|%s|%d", w.referral.Name, info.NoShows)); err != nil && !w.pastFailedNotice(ctx, err, "re-engagement") {
 				return "", info, err
 			}
 		case "ON_HOLD":
@@ -539,7 +569,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				}
 				if err := flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 					"The program put the intake on hold: please ask the program what it waits for, and keep the family informed.",
-					fmt.Sprintf("on-hold|%s|%d", w.referral.Name, w.pauses)); err != nil {
+					fmt.Sprintf("on-hold|%s|%d", w.referral.Name, w.pauses)); err != nil && !w.pastFailedNotice(ctx, err, "on hold") {
 					return "", info, err
 				}
 				w.holdReview, w.holdReviews = now.Add(w.settings.IntakeAlert), 0
@@ -557,26 +587,63 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 // intervention waiting on it, open for good with one alert sent. The
 // referral is read first: one moving again (its signal on the way), on
 // hold (the hold reviews ask), or booked ahead is not stalled.
-func (w *wf) reviewStall(ctx workflow.Context, now time.Time) error {
+//
+// moved reports that the referral is in another state than the last
+// signal said: the change is then taken as a signal (see versionResync).
+func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved bool, err error) {
 	w.stallReview = now.Add(w.settings.IntakeAlert)
 	var cur activities.ReferralInfo
 	if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
-		return err
+		return false, err
 	}
+	moved = cur.State != w.state
 	switch {
 	case cur.State == "REQUESTED", cur.State == "ACCEPTED", cur.State == "NO_SHOW",
 		cur.State == "SCHEDULED" && !cur.Appointment.After(now):
 	default:
-		return nil
+		return moved, nil
 	}
 	to, err := w.counselorNow(ctx, versionNoticesToCurrent)
 	if err != nil {
-		return err
+		return moved, err
 	}
 	w.stallReviews++
-	return flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
+	return moved, flow.Remind(ctx, w.in.Clinic, to, "REFERRAL_ESCALATION", w.referral.Name,
 		"The intake has still not started: please check with the program, or cancel the referral so that another program can be offered.",
 		fmt.Sprintf("intake-overdue|%s|review|%d", w.referral.Name, w.stallReviews))
+}
+
+// versionResync guards taking the referral's state as a signal would when
+// no signal brought it: read once as the intake starts to follow a
+// referral, and when a hold or stall review finds it moved. Before, a
+// referral adopted by the intake (made or converted by hand before the
+// intake ran, whose signals the dispatcher counted as delivered for want
+// of a workflow) was taken as REQUESTED: turned down, it never went on to
+// the next program; admitted, it kept the intake, and the intervention,
+// open for good.
+const versionResync = "intake-resync-from-status"
+
+// resyncs reports whether a review that found the referral moved takes
+// the change as a signal (versionResync, asked only then, so that runs
+// whose reviews never found one record nothing).
+func (w *wf) resyncs(ctx workflow.Context) bool {
+	return flow.Version(ctx, versionResync, 1) >= 1
+}
+
+// versionPastFailedNotice guards going on when an intake reminder, a
+// notice to the counselor or the cancelling of stale reminders fails for
+// good (refused, or the interventions service out through a day of
+// retries): before, the intake ended, and the person who said yes lost the
+// re-engagement, the reviews and the family's support referrals after
+// entry. Asked only on such a failure. A read of the referral that fails
+// for good still ends the intake, telling the counselor: going on, it
+// would follow nothing.
+const versionPastFailedNotice = "intake-go-on-past-failed-notice"
+
+// pastFailedNotice reports whether the intake goes on past err, the
+// failure of the step what names, and logs it if so.
+func (w *wf) pastFailedNotice(ctx workflow.Context, err error, what string) bool {
+	return flow.GoOnPast(ctx, err, versionPastFailedNotice, "an intake step failed; going on without it", "step", what)
 }
 
 // versionStallReviews guards asking the counselor again, every

@@ -49,6 +49,8 @@ type harness struct {
 	// statusErr, when set, is what every ReferralStatus call fails with;
 	// supportErr every CreateSupportReferrals call.
 	statusErr, supportErr error
+	// failKind makes every reminder of that kind fail for good.
+	failKind string
 }
 
 // warnings is the workflows' logger in these tests: it keeps the warnings
@@ -84,6 +86,9 @@ func newHarness(t *testing.T) *harness {
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			flowtest.Sendable(t, r.Message)
+			if r.Kind == h.failKind {
+				return "", temporal.NewNonRetryableApplicationError("the interventions service failed", "Internal", nil)
+			}
 			if r.Due.IsZero() || r.Due.Before(env.Now()) {
 				r.Due = env.Now()
 			}
@@ -561,9 +566,10 @@ func TestLocalActivitiesAndOneDeadlineTimer(t *testing.T) {
 	if started != 1 || cancelled != 0 {
 		t.Fatalf("timers started %d, cancelled %d; want the intake alert's timer alone, never restarted", started, cancelled)
 	}
-	// Settings, contacts, the referral, four status reads, family support.
-	if local != 8 || remote != 0 {
-		t.Fatalf("local activities %d, activities %d; want 8 local and none", local, remote)
+	// Settings, contacts, the referral, its first read, four status reads
+	// (one per signal), family support.
+	if local != 9 || remote != 0 {
+		t.Fatalf("local activities %d, activities %d; want 9 local and none", local, remote)
 	}
 }
 
@@ -1070,5 +1076,71 @@ func TestFailedStallReviewEndsNothing(t *testing.T) {
 	}
 	if at := h.escalationTimes("still not started", start); fmt.Sprint(at) != fmt.Sprint([]time.Duration{216 * time.Hour}) {
 		t.Fatalf("stall reviews at %v; want the one at 216 h after the failed one at 144 h", at)
+	}
+}
+
+// A referral the intake adopted (converted or made by hand before it ran)
+// may have moved already, and its signals found no workflow: it is read
+// as the intake starts to follow it. Admitted, the person is in
+// treatment; turned down, the next program is tried.
+func TestAdoptedReferralIsReadAtStart(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.status["clinics/north/referrals/r1"] = activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1}
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || len(h.support) != 1 {
+		t.Fatalf("result %+v, %v, support %+v; want the person in treatment and the family referred, with no signal", res, err, h.support)
+	}
+
+	h = newHarness(t)
+	h.programs(2)
+	h.status["clinics/north/referrals/r1"] = activities.ReferralInfo{State: "REJECTED"}
+	h.transition(time.Hour, "clinics/north/referrals/r2", activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || res.Programs != 2 || res.Referral != "clinics/north/referrals/r2" {
+		t.Fatalf("result %+v, %v; want the second program's referral, after the first was found turned down", res, err)
+	}
+}
+
+// A change no signal brought (lost on its way) is found by the next stall
+// review, and taken as the signal would have been.
+func TestStallReviewTakesAChangeNoSignalBrought(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "ACCEPTED"})
+	h.env.RegisterDelayedCallback(func() {
+		h.status["clinics/north/referrals/r1"] = activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 4}
+	}, 100*time.Hour)
+	start := h.env.Now()
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || res.DaysToTreatment != 4 {
+		t.Fatalf("result %+v, %v; want the person in treatment, as read", res, err)
+	}
+	// The overdue alert at 72 h, the review at 144 h found the change.
+	if took := h.env.Now().Sub(start); took < 144*time.Hour || took > 145*time.Hour {
+		t.Fatalf("the intake ended %v after the start; want at the stall review, 144 h", took)
+	}
+	if n := len(h.escalations("still not started")); n != 0 {
+		t.Fatalf("%d stall notices; want none for a person in treatment", n)
+	}
+}
+
+// A notice to the counselor that cannot be made at all does not end the
+// intake: the person who said yes is still followed into treatment.
+func TestFailedNoticeDoesNotEndTheIntake(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.failKind = "INTAKE_OVERDUE"
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(80*time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 3})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || len(h.support) != 1 {
+		t.Fatalf("result %+v, %v; want the person in treatment past the failed overdue notice", res, err)
+	}
+	if !slices.Contains(h.log.seen, "an intake step failed; going on without it") {
+		t.Fatalf("warnings %q; want the failed notice logged", h.log.seen)
 	}
 }
