@@ -895,17 +895,31 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	if hold != nil {
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram()), ServiceKind: kind})
-		if werr := wrap("convert hold", err); err != nil {
-			if t := ErrorType(werr); t != "" && t != "INVALID_STATE_TRANSITION" {
-				// Refused for good: given back, as when the try that took
-				// it was refused (the same request id).
-				if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", hold.GetProgram())); rerr != nil {
-					return Referral{}, rerr
+		werr := wrap("convert hold", err)
+		switch t := ErrorType(werr); {
+		case err == nil:
+			return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+		case t == "INVALID_STATE_TRANSITION" || t == "RESOURCE_NOT_FOUND":
+			// The place lapsed or went back between the listing and the
+			// conversion, or someone converted it: a referral made of it
+			// is taken, and without one another place is found, as when
+			// no place was held. Before, the intake ended here.
+			if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
+				if err != nil {
+					return Referral{}, err
 				}
+				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+			}
+		case t != "":
+			// Refused for good: given back, as when the try that took it
+			// was refused (the same request id).
+			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", hold.GetProgram())); rerr != nil {
+				return Referral{}, rerr
 			}
 			return Referral{}, werr
+		default:
+			return Referral{}, werr
 		}
-		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 	}
 	matches, err := a.Referrals.MatchPrograms(ctx, req)
 	if err != nil {

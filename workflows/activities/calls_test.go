@@ -1429,6 +1429,8 @@ type directoryFake struct {
 	holdsFake
 	holdErr, convertErr error
 	converted           []string
+	// lapsed is a hold whose conversion is refused as no longer HELD.
+	lapsed string
 }
 
 func (f *directoryFake) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
@@ -1456,6 +1458,9 @@ func (f *directoryFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequ
 func (f *directoryFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHoldRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
 	if strings.HasSuffix(in.GetName(), "-p1") && f.convertErr != nil {
 		return nil, f.convertErr
+	}
+	if in.GetName() == f.lapsed {
+		return nil, apperr.InvalidTransition(in.GetName(), "EXPIRED", "CONVERTED")
 	}
 	f.converted = append(f.converted, in.GetName())
 	return &referralsv1.Referral{Name: "clinics/north/referrals/r-" + aipID(in.GetName()), Program: "clinics/north/programs/" +
@@ -2052,5 +2057,20 @@ func TestCheckInsRecorded(t *testing.T) {
 	a = &Activities{Interventions: checkInsFake{}}
 	if got, err := a.CheckInsRecorded(context.Background(), "clinics/north/interventions/i1"); err != nil || got == nil || len(got) != 0 {
 		t.Fatalf("no check-ins: %+v, %v; want an empty list", got, err)
+	}
+}
+
+// A place the intake adopted that lapsed, or went back, between its
+// listing and its conversion is no reason to end the intake: another place
+// is found, as when none was held.
+func TestAnAdoptedPlaceLapsedMeanwhileIsReplaced(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	f := &directoryFake{lapsed: "clinics/north/holds/lapsed"}
+	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/lapsed", Program: "clinics/north/programs/p2", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true}}
+	a := &Activities{Families: familyFake{}, Referrals: f}
+	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "r"})
+	if err != nil || ref.Program != "clinics/north/programs/p1" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p1]" {
+		t.Fatalf("referral %+v, %v, converted %v; want a new place at the best match, p1", ref, err, f.converted)
 	}
 }
