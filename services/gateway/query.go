@@ -71,14 +71,7 @@ func fieldPath(md protoreflect.MessageDescriptor, path []string) (names []string
 // or request id meant as a guard, ignored). They are read from the
 // services' HTTP annotations.
 func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
-	out := map[string]bool{}
-	eachBinding(files, func(_ string, r *annotations.HttpRule) {
-		if r.GetBody() == "*" {
-			verb, path := httpRule(r)
-			out[verb+" "+canonicalPath(path)] = true
-		}
-	})
-	return out
+	return routesWithBody("*", files)
 }
 
 // noBodyRoutes are the routes that take no body (no `body` in their
@@ -86,9 +79,15 @@ func bodyOnlyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
 // never reads a body sent to them, so an etag or request id put there
 // would guard nothing, and a filter would go unapplied.
 func noBodyRoutes(files ...protoreflect.FileDescriptor) map[string]bool {
+	return routesWithBody("", files)
+}
+
+// routesWithBody are the routes whose binding names body as its body
+// ("*", all of the request; "", none), as "VERB /path/template".
+func routesWithBody(body string, files []protoreflect.FileDescriptor) map[string]bool {
 	out := map[string]bool{}
 	eachBinding(files, func(_ string, r *annotations.HttpRule) {
-		if r.GetBody() == "" {
+		if r.GetBody() == body {
 			verb, path := httpRule(r)
 			out[verb+" "+canonicalPath(path)] = true
 		}

@@ -121,3 +121,19 @@ func TestAllowed(t *testing.T) {
 		}
 	}
 }
+
+// The routes that take no body are the reads and the deletes, read from
+// the annotations; a step or an update takes one.
+func TestNoBodyRoutes(t *testing.T) {
+	routes := noBodyRoutes(apiFiles...)
+	for _, want := range []string{"DELETE /v1/{name=clinics/*/families/*}", "GET /v1/{parent=clinics/*}/families"} {
+		if !routes[want] {
+			t.Errorf("%q is not among the routes taking no body", want)
+		}
+	}
+	for _, not := range []string{"POST /v1/{name=clinics/*/referrals/*}:accept", "PATCH /v1/{family.name=clinics/*/families/*}"} {
+		if routes[not] {
+			t.Errorf("%q counted as taking no body", not)
+		}
+	}
+}
