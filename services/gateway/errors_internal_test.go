@@ -32,12 +32,12 @@ func TestRefusedTokenGetsABearerChallenge(t *testing.T) {
 	}
 }
 
-// A call refused for a service out of reach or overloaded says when to try
-// again; one refused for what it asked does not.
+// A call refused for a service out of reach says when to try again; one
+// refused for what it asked, or for a message over a size limit, does not.
 func TestUnavailableSaysWhenToRetry(t *testing.T) {
 	mux := runtime.NewServeMux()
 	for code, want := range map[codes.Code]string{
-		codes.Unavailable: "5", codes.ResourceExhausted: "5", codes.InvalidArgument: "", codes.Internal: "",
+		codes.Unavailable: "5", codes.ResourceExhausted: "", codes.InvalidArgument: "", codes.Internal: "",
 	} {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodGet, "/v1/clinics/north/families", nil)

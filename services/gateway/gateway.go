@@ -481,9 +481,10 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.ResourceExhausted:
+	case codes.Unavailable:
 		// Retried with the same request id, the call is safe to send
-		// again (see the README): say when.
+		// again (see the README): say when. Not RESOURCE_EXHAUSTED: here
+		// it is a message over a size limit, which waiting does not fix.
 		w.Header().Set("Retry-After", "5")
 	case codes.Unauthenticated:
 		// grpc-gateway puts the status message in WWW-Authenticate, which

@@ -892,6 +892,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	if err != nil {
 		return Referral{}, err
 	}
+	lapsed := "" // an adopted place that could not be converted
 	if hold != nil {
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram()), ServiceKind: kind})
@@ -910,6 +911,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 				}
 				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 			}
+			lapsed = hold.GetName()
 		case t != "":
 			// Refused for good: given back, as when the try that took it
 			// was refused (the same request id).
@@ -934,6 +936,12 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		if err != nil {
 			return Referral{}, wrap("hold slot", err)
+		}
+		if hold.GetName() == lapsed {
+			// The request id an earlier try held this program's place
+			// under answers with that place, the one that lapsed: the next
+			// program is tried.
+			continue
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})

@@ -2073,4 +2073,15 @@ func TestAnAdoptedPlaceLapsedMeanwhileIsReplaced(t *testing.T) {
 	if err != nil || ref.Program != "clinics/north/programs/p1" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p1]" {
 		t.Fatalf("referral %+v, %v, converted %v; want a new place at the best match, p1", ref, err, f.converted)
 	}
+	// The place an earlier try held at the best match, under the request
+	// id a hold there is asked with again: that program's answer is the
+	// lapsed place, and the next program is tried.
+	f = &directoryFake{lapsed: "clinics/north/holds/h-p1"}
+	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h-p1", Program: "clinics/north/programs/p1", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true}}
+	a = &Activities{Families: familyFake{}, Referrals: f}
+	ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "r"})
+	if err != nil || ref.Program != "clinics/north/programs/p2" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p2]" {
+		t.Fatalf("referral %+v, %v, converted %v; want a place at the next program, p2", ref, err, f.converted)
+	}
 }

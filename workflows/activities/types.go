@@ -295,8 +295,8 @@ type Closed struct {
 	Reminders     int // reminders to the family's people cancelled
 	Holds         int // places held for the family outside any meeting, given back
 	// Reopened is set when the family's case was no longer closed as
-	// CloseClosedFamily, or the FamilyClosed workflow, looked: nothing
-	// was stopped.
+	// CloseClosedFamily, or the FamilyClosed workflow, looked (reopened,
+	// or deleted since, which FamilyDeleted answers): nothing was stopped.
 	Reopened bool `json:",omitempty"`
 }
 

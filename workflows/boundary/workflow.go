@@ -560,6 +560,11 @@ func (w *wf) awaitScreen(ctx workflow.Context, purpose, message string) error {
 	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family, message, w.id(purpose))
 }
 
+// versionReadsClosed guards ending when the family reads closed, asked
+// only then: a worker of a release before it, during a rollout or after a
+// rollback, goes on past such a read, and a history it wrote must replay.
+const versionReadsClosed = "boundary-reads-closed"
+
 // readSafety reads the family into w.safety. A family whose case was
 // closed ends the run, as a step refused FAMILY_CLOSED does (see
 // versionFamilyClosed): no boundary reinforced, member checked in with or
@@ -569,7 +574,7 @@ func (w *wf) readSafety(ctx workflow.Context) error {
 	if err := flow.Call(ctx, &w.safety, flow.A.FamilySafety, w.in.Family); err != nil {
 		return err
 	}
-	if w.safety.Closed {
+	if w.safety.Closed && flow.Version(ctx, versionReadsClosed, 1) >= 1 {
 		return temporal.NewNonRetryableApplicationError("the family's case was closed", activities.FamilyClosed, nil)
 	}
 	return nil

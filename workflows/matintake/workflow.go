@@ -614,8 +614,8 @@ func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved bool, err e
 }
 
 // versionResync guards taking the referral's state as a signal would when
-// no signal brought it: read once as the intake starts to follow a
-// referral, and when a hold or stall review finds it moved. Before, a
+// no signal brought it, read once as the intake starts to follow a
+// referral (and see versionResyncOnReview). Before, a
 // referral adopted by the intake (made or converted by hand before the
 // intake ran, whose signals the dispatcher counted as delivered for want
 // of a workflow) was taken as REQUESTED: turned down, it never went on to
@@ -623,11 +623,16 @@ func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved bool, err e
 // open for good.
 const versionResync = "intake-resync-from-status"
 
+// versionResyncOnReview guards a hold or stall review that finds the
+// referral moved taking the change as a signal. An id of its own, asked
+// only then: an intake that was following its referral when the start's
+// read came in (versionResync) gets it too, at its next such review.
+const versionResyncOnReview = "intake-resync-on-review"
+
 // resyncs reports whether a review that found the referral moved takes
-// the change as a signal (versionResync, asked only then, so that runs
-// whose reviews never found one record nothing).
+// the change as a signal.
 func (w *wf) resyncs(ctx workflow.Context) bool {
-	return flow.Version(ctx, versionResync, 1) >= 1
+	return flow.Version(ctx, versionResyncOnReview, 1) >= 1
 }
 
 // versionPastFailedNotice guards going on when an intake reminder, a

@@ -1144,3 +1144,22 @@ func TestFailedNoticeDoesNotEndTheIntake(t *testing.T) {
 		t.Fatalf("warnings %q; want the failed notice logged", h.log.seen)
 	}
 }
+
+// An intake begun before the read at the start (it took its referral as
+// REQUESTED, and has no marker for that read) still takes a change a
+// stall review finds: the review's version is asked apart.
+func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
+	h := newHarness(t)
+	h.env.OnGetVersion("epoch-2026-12-06", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	h.env.OnGetVersion("intake-resync-from-status", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	h.programs(1)
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "ACCEPTED"})
+	h.env.RegisterDelayedCallback(func() {
+		h.status["clinics/north/referrals/r1"] = activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 4}
+	}, 100*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v; want the person in treatment, found by the review", res, err)
+	}
+}
