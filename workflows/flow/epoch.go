@@ -38,11 +38,13 @@ type epoch struct {
 // The newest covers the changes asked only in a sensitive state (a safety
 // screen not current, an overdose beside a check-in, a referral failing
 // under an overdose alert, a stalled intake's failed review, a partial yes
-// to care other than medication): a run that asked one would carry it in
+// to care other than medication, a family's case closed, an intake whose
+// referral moved with no signal): a run that asked one would carry it in
 // its TemporalChangeVersion search attribute, which no codec seals, so
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
+	{"epoch-2026-12-06", seventhEpoch},
 	{"epoch-2026-12-05d", with(sixthEpoch,
 		// intervention: asked only for a partial yes to inpatient,
 		// outpatient or intensive outpatient care
@@ -59,6 +61,28 @@ var epochs = []epoch{
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// seventhEpoch took in every change asked on its own when it was made:
+// those asked in every run (fresh-results, intake-resync-from-status),
+// which cost each run a marker and a visibility write, and those asked
+// only in a sensitive state.
+var seventhEpoch = with(sixthEpoch,
+	// The rest of epoch-2026-12-05d.
+	"care-intake", "length-keeps-reminders", "open-before-handover", "resend-while-open",
+	// flow
+	"fresh-results",
+	// intervention
+	"go-on-past-failed-notice",
+	// matintake: asked at the start of every intake; only when a review
+	// found the referral moved with no signal; only when a step failed
+	"intake-resync-from-status", "intake-resync-on-review", "intake-go-on-past-failed-notice",
+	// boundary: asked only after a refusal (a series of level 2 meetings,
+	// support no one could be referred to, warning signs at a check-in,
+	// check-ins recorded before it ran), and only for a closed family
+	"level-two-series", "support-unreferred-told", "warning-signs-at-check-in",
+	"check-ins-before-start", "check-ins-of-the-next-meeting",
+	"end-when-family-closed", "boundary-reads-closed",
+)
 
 // sixthEpoch took in the changes asked only in a sensitive state when it
 // was made, and TreatmentEntered's.

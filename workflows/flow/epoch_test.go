@@ -55,7 +55,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-05d", "a-later-change"}},
+		{true, []string{"epoch-2026-12-06", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -154,6 +154,13 @@ func sixthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// seventhEpochFlow is what code that knew the seventh epoch ran: its
+// marker alone.
+func seventhEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-05d", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -181,12 +188,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the fourth epoch", fourthEpochFlow, "[epoch-2026-12-05]"},
 		{"begun at the fifth epoch", fifthEpochFlow, "[epoch-2026-12-05b]"},
 		{"begun at the sixth epoch", sixthEpochFlow, "[epoch-2026-12-05c]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-05d]"},
+		{"begun at the seventh epoch", seventhEpochFlow, "[epoch-2026-12-05d]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-06]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-05d]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06]"},
 	} {
 		queue := strings.ReplaceAll(tc.name, " ", "-")
 		ts.NewWorker(queue, func(r worker.Registry) {
@@ -228,10 +236,9 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 }
 
 // sensitiveFlow asks changes asked only in a sensitive state (a screen not
-// current, a stalled intake's failed review, a partial yes to care other
-// than medication).
+// current, a stalled intake's failed review, a family's case closed).
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
 	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "stall-review-best-effort", 1),
-		flow.Version(ctx, "care-intake", 1))
+		flow.Version(ctx, "boundary-reads-closed", 1))
 }
