@@ -892,7 +892,6 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	if err != nil {
 		return Referral{}, err
 	}
-	lapsed := "" // an adopted place that could not be converted
 	if hold != nil {
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", hold.GetProgram()), ServiceKind: kind})
@@ -911,7 +910,6 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 				}
 				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
 			}
-			lapsed = hold.GetName()
 		case t != "":
 			// Refused for good: given back, as when the try that took it
 			// was refused (the same request id).
@@ -937,18 +935,25 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		if err != nil {
 			return Referral{}, wrap("hold slot", err)
 		}
-		if hold.GetName() == lapsed {
-			// The request id an earlier try held this program's place
-			// under answers with that place, the one that lapsed: the next
-			// program is tried.
-			continue
-		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
 		if err != nil {
 			werr := wrap("convert hold", err)
-			if ErrorType(werr) == "" {
+			switch t := ErrorType(werr); t {
+			case "":
 				return Referral{}, werr // retried: the next try adopts the hold (agreedHold)
+			case "INVALID_STATE_TRANSITION", "RESOURCE_NOT_FOUND":
+				// The hold is not HELD: an earlier try's, answered again
+				// under its request id, that lapsed or went back since, or
+				// one converted. A referral made of it is taken; without
+				// one, the next program is tried.
+				if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
+					if err != nil {
+						return Referral{}, err
+					}
+					return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+				}
+				continue
 			}
 			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
 				return Referral{}, rerr

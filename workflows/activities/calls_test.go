@@ -2075,13 +2075,18 @@ func TestAnAdoptedPlaceLapsedMeanwhileIsReplaced(t *testing.T) {
 	}
 	// The place an earlier try held at the best match, under the request
 	// id a hold there is asked with again: that program's answer is the
-	// lapsed place, and the next program is tried.
-	f = &directoryFake{lapsed: "clinics/north/holds/h-p1"}
-	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h-p1", Program: "clinics/north/programs/p1", Family: fam, Intervention: iv,
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true}}
-	a = &Activities{Families: familyFake{}, Referrals: f}
-	ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "r"})
-	if err != nil || ref.Program != "clinics/north/programs/p2" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p2]" {
-		t.Fatalf("referral %+v, %v, converted %v; want a place at the next program, p2", ref, err, f.converted)
+	// lapsed place, and the next program is tried, whether the place was
+	// listed as held (it lapsed after the listing) or not.
+	for _, listed := range []bool{true, false} {
+		f = &directoryFake{lapsed: "clinics/north/holds/h-p1"}
+		if listed {
+			f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/h-p1", Program: "clinics/north/programs/p1", Family: fam, Intervention: iv,
+				ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true}}
+		}
+		a = &Activities{Families: familyFake{}, Referrals: f}
+		ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "r"})
+		if err != nil || ref.Program != "clinics/north/programs/p2" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p2]" {
+			t.Fatalf("listed %v: referral %+v, %v, converted %v; want a place at the next program, p2", listed, ref, err, f.converted)
+		}
 	}
 }

@@ -1226,6 +1226,11 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	h := newHarness(t, "HIGH_RISK")
 	// As in a run begun before steps listened for overdoses, where the
 	// overdose waits behind the step: the failure's own answer is tested.
+	// The change is covered since epoch-2026-12-05: the run is one begun
+	// at the epoch before, which asks it.
+	for _, e := range []string{"epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	}
 	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.refuse = func(activities.ReinforceRequest) error {
 		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})

@@ -242,3 +242,58 @@ func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "stall-review-best-effort", 1),
 		flow.Version(ctx, "boundary-reads-closed", 1))
 }
+
+// seventhEpochFreshFlow is what every workflow ran under code that knew
+// epoch-2026-12-05d: its marker, then fresh-results asked on its own
+// (flow.WithActivityOptions asks it).
+func seventhEpochFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-05d", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, workflow.GetVersion(ctx, "fresh-results", workflow.DefaultVersion, 1))
+}
+
+// todaysFreshFlow is the same under today's code, whose newest epoch
+// covers fresh-results.
+func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	return afterVersions(ctx, flow.Version(ctx, "fresh-results", 1))
+}
+
+// A run begun at epoch-2026-12-05d, with its marker for a change it asked
+// on its own, replays under code whose newest epoch covers that change;
+// a run begun today records the newest epoch's marker alone.
+func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	for _, tc := range []struct {
+		name    string
+		ran     func(workflow.Context) ([]workflow.Version, error)
+		markers string
+	}{
+		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-06]"},
+	} {
+		queue := strings.ReplaceAll(tc.name, " ", "-")
+		ts.NewWorker(queue, func(r worker.Registry) {
+			r.RegisterWorkflowWithOptions(tc.ran, workflow.RegisterOptions{Name: "FreshFlow"})
+		})
+		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, "FreshFlow")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []workflow.Version
+		if err := run.Get(ctx, &got); err != nil || len(got) != 1 || got[0] != 1 {
+			t.Fatalf("%s: versions %v, %v; want [1]", tc.name, got, err)
+		}
+		h, markers := versionMarkers(ctx, t, c, run)
+		if fmt.Sprint(markers) != tc.markers {
+			t.Fatalf("%s: version markers %v; want %s", tc.name, markers, tc.markers)
+		}
+		r := worker.NewWorkflowReplayer()
+		r.RegisterWorkflowWithOptions(todaysFreshFlow, workflow.RegisterOptions{Name: "FreshFlow"})
+		if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+			t.Fatalf("%s: replay under today's code: %v", tc.name, err)
+		}
+	}
+}
