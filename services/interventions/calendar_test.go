@@ -539,10 +539,7 @@ func TestCalendarFeedsAdminListsAll(t *testing.T) {
 func TestCalendarFeedCancelledAfterAnOlderReplicaScheduledIt(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	feed := f.feed(t)
 	iv := f.draft(t, f.clock.Now().Add(48*time.Hour).Truncate(time.Second))
 	id := iv.GetName()[strings.LastIndex(iv.GetName(), "/")+1:]
 	// What the older release's ScheduleIntervention writes.
@@ -557,6 +554,16 @@ func TestCalendarFeedCancelledAfterAnOlderReplicaScheduledIt(t *testing.T) {
 	if st := prop(eventOf(t, cal, id+"@handoff"), ics.ComponentPropertyStatus); st != "CANCELLED" {
 		t.Fatalf("the meeting has STATUS %q, want CANCELLED:\n%s", st, raw)
 	}
+}
+
+// feed is a new calendar feed of the counselor's, of clinic north.
+func (f *fixture) feed(t *testing.T) *interventionsv1.CalendarFeed {
+	t.Helper()
+	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return feed
 }
 
 // downFamilies answers the calendar reader's family lists as a families
@@ -599,12 +606,9 @@ func TestCalendarFeedDuringAnOutage(t *testing.T) {
 func TestCalendarFeedPastItsLimitKeepsWhatComes(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	feed := f.feed(t)
 	iv := f.draft(t, f.clock.Now().Add(48*time.Hour).Truncate(time.Second))
-	iv, err = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+	iv, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
 	if err != nil {
 		t.Fatal(err)
 	}
