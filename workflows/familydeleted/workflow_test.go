@@ -28,6 +28,24 @@ func (*warnings) Error(string, ...any)             {}
 func (w *warnings) Warn(msg string, _ ...any)      { w.seen = append(w.seen, msg) }
 func (w *warnings) warned(msg string) (found bool) { return slices.Contains(w.seen, msg) }
 
+// stops answers the workflow's cancel of the boundary workflow with
+// cancelErr and its call of closeAll with closed, and keeps what each was
+// asked: the ids whose cancel was asked, and the requests.
+func stops(env *testsuite.TestWorkflowEnvironment, cancelErr error, closeAll any, closed activities.Closed) (*[]string, *[]activities.CloseFamilyRequest) {
+	asked, requests := &[]string{}, &[]activities.CloseFamilyRequest{}
+	env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
+		func(_ string, id, _ string) error {
+			*asked = append(*asked, id)
+			return cancelErr
+		})
+	env.OnActivity(closeAll, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.CloseFamilyRequest) (activities.Closed, error) {
+			*requests = append(*requests, in)
+			return closed, nil
+		})
+	return asked, requests
+}
+
 // The family's boundary workflow is asked to stop, then its open
 // interventions and pending reminders are cancelled; without a boundary
 // workflow (the usual case, said nothing of) or with one that cannot be
@@ -49,28 +67,17 @@ func TestDeletedFamilyIsClosed(t *testing.T) {
 		env := suite.NewTestWorkflowEnvironment()
 		env.RegisterWorkflowWithOptions(familydeleted.Workflow, workflow.RegisterOptions{Name: familydeleted.Name})
 		env.RegisterActivity(&activities.Activities{})
-		var asked []string
-		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
-			func(_ string, id, _ string) error {
-				asked = append(asked, id)
-				return c.cancelErr
-			})
-		var closed []activities.CloseFamilyRequest
-		env.OnActivity(flow.A.CloseFamily, mock.Anything, mock.Anything).Return(
-			func(_ context.Context, in activities.CloseFamilyRequest) (activities.Closed, error) {
-				closed = append(closed, in)
-				return activities.Closed{Interventions: 2, Reminders: 3}, nil
-			})
+		asked, closed := stops(env, c.cancelErr, flow.A.CloseFamily, activities.Closed{Interventions: 2, Reminders: 3})
 		env.ExecuteWorkflow(familydeleted.Name, familydeleted.Input{Family: family})
 		var res familydeleted.Result
 		if err := env.GetWorkflowResult(&res); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
-		if len(asked) != 1 || asked[0] != ids.Boundary(family) || res.BoundaryCancelled != c.cancelled {
-			t.Errorf("%s: cancel asked of %v, result %+v", c.name, asked, res)
+		if len(*asked) != 1 || (*asked)[0] != ids.Boundary(family) || res.BoundaryCancelled != c.cancelled {
+			t.Errorf("%s: cancel asked of %v, result %+v", c.name, *asked, res)
 		}
-		if len(closed) != 1 || closed[0].Family != family || closed[0].RequestID == "" || res.Interventions != 2 || res.Reminders != 3 {
-			t.Errorf("%s: closed %+v, result %+v", c.name, closed, res)
+		if len(*closed) != 1 || (*closed)[0].Family != family || (*closed)[0].RequestID == "" || res.Interventions != 2 || res.Reminders != 3 {
+			t.Errorf("%s: closed %+v, result %+v", c.name, *closed, res)
 		}
 		if got := log.warned("boundary workflow not cancelled"); got != c.warned {
 			t.Errorf("%s: warned %v (%q); want %v", c.name, got, log.seen, c.warned)
@@ -88,35 +95,24 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 		env.RegisterWorkflowWithOptions(familydeleted.Closed, workflow.RegisterOptions{Name: familydeleted.ClosedName})
 		env.RegisterActivity(&activities.Activities{})
 		env.OnActivity(flow.A.StillClosed, mock.Anything, family).Return(stillClosed, nil)
-		var asked []string
-		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(
-			func(_ string, id, _ string) error {
-				asked = append(asked, id)
-				return nil
-			})
-		var closed []activities.CloseFamilyRequest
-		env.OnActivity(flow.A.CloseClosedFamily, mock.Anything, mock.Anything).Return(
-			func(_ context.Context, in activities.CloseFamilyRequest) (activities.Closed, error) {
-				closed = append(closed, in)
-				return activities.Closed{Interventions: 1, Holds: 1}, nil
-			})
+		asked, closed := stops(env, nil, flow.A.CloseClosedFamily, activities.Closed{Interventions: 1, Holds: 1})
 		env.ExecuteWorkflow(familydeleted.ClosedName, familydeleted.Input{Family: family})
 		var res familydeleted.Result
 		if err := env.GetWorkflowResult(&res); err != nil {
 			t.Fatalf("still closed %v: %v", stillClosed, err)
 		}
 		if !stillClosed {
-			if len(asked) != 0 || len(closed) != 0 || !res.Reopened {
-				t.Errorf("a reopened family: cancel asked of %v, closed %+v, result %+v; want nothing stopped", asked, closed, res)
+			if len(*asked) != 0 || len(*closed) != 0 || !res.Reopened {
+				t.Errorf("a reopened family: cancel asked of %v, closed %+v, result %+v; want nothing stopped", *asked, *closed, res)
 			}
 			continue
 		}
-		if len(asked) != 1 || asked[0] != ids.Boundary(family) || !res.BoundaryCancelled || res.Reopened {
-			t.Errorf("cancel asked of %v, result %+v", asked, res)
+		if len(*asked) != 1 || (*asked)[0] != ids.Boundary(family) || !res.BoundaryCancelled || res.Reopened {
+			t.Errorf("cancel asked of %v, result %+v", *asked, res)
 		}
-		if len(closed) != 1 || closed[0].Family != family || closed[0].RequestID == "" ||
+		if len(*closed) != 1 || (*closed)[0].Family != family || (*closed)[0].RequestID == "" ||
 			res.Interventions != 1 || res.Holds != 1 {
-			t.Errorf("closed %+v, result %+v", closed, res)
+			t.Errorf("closed %+v, result %+v", *closed, res)
 		}
 	}
 }
