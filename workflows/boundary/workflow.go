@@ -159,6 +159,12 @@ const versionEarlyCheckIns = "check-ins-before-start"
 // comes.
 const versionCheckInsOfNext = "check-ins-of-the-next-meeting"
 
+// versionNextCheckInOnce guards passing over another meeting's check-in
+// delivered again: before, the second delivery was taken as the running
+// cycle's (and could escalate it), and again at that meeting's restart.
+// Asked only then.
+const versionNextCheckInOnce = "next-meetings-check-in-once"
+
 // versionListenAtEnd guards waiting, before the workflow ends, for the
 // delivery failures of its last check-ins and alerts, so that they are
 // sent again: a failure signalled to a closed workflow is lost.
@@ -1070,12 +1076,17 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	if slices.Contains(w.st.CheckInsSeen, key) && flow.Version(ctx, versionCheckInOnce, 1) >= 1 {
 		return nil // delivered again
 	}
-	if ci.Intervention != "" && ci.Intervention != w.in.Intervention && !slices.Contains(w.st.Later, ci) &&
-		flow.Version(ctx, versionCheckInsOfNext, 1) >= 1 {
+	if ci.Intervention != "" && ci.Intervention != w.in.Intervention {
 		// Another meeting's: its restart takes it (a late one of an
-		// earlier meeting is let go then).
-		w.st.Later = append(w.st.Later, ci)
-		return nil
+		// earlier meeting is let go then). Delivered again, it is kept
+		// once, and not taken as this cycle's either.
+		if !slices.Contains(w.st.Later, ci) && flow.Version(ctx, versionCheckInsOfNext, 1) >= 1 {
+			w.st.Later = append(w.st.Later, ci)
+			return nil
+		}
+		if slices.Contains(w.st.Later, ci) && flow.Version(ctx, versionNextCheckInOnce, 1) >= 1 {
+			return nil
+		}
 	}
 	w.st.CheckInsSeen = append(w.st.CheckInsSeen, key)
 	// Asked at every check-in, so that its marker does not tell which

@@ -80,7 +80,7 @@ var seventhEpoch = with(sixthEpoch,
 	// support no one could be referred to, warning signs at a check-in,
 	// check-ins recorded before it ran), and only for a closed family
 	"level-two-series", "support-unreferred-told", "warning-signs-at-check-in",
-	"check-ins-before-start", "check-ins-of-the-next-meeting",
+	"check-ins-before-start", "check-ins-of-the-next-meeting", "next-meetings-check-in-once",
 	"end-when-family-closed", "boundary-reads-closed",
 )
 

@@ -22,7 +22,7 @@ func TestEpochsAreFrozen(t *testing.T) {
 		"epoch-2026-12-05b": "4e9c1b59900dfe2a",
 		"epoch-2026-12-05c": "88b6fc2d195bc239",
 		"epoch-2026-12-05d": "def442686407c8be",
-		"epoch-2026-12-06":  "8b7bc92daec11cb1",
+		"epoch-2026-12-06":  "f7a39f4091fc481f",
 	}
 	for _, e := range epochs {
 		var lines []string
