@@ -415,8 +415,6 @@ func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, boo
 		// On hold, the booked time will not happen; a rebooking moves
 		// the event to its new time. Admitted without it, the person will
 		// not come to it either (as FHIR's Appointment says).
-		cancelled: ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
-			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD ||
-			ref.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR || intake.Superseded(ref),
+		cancelled: intake.Hidden(ref.GetState(), ref),
 	}, true
 }

@@ -379,15 +379,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 // version and update time then, which feeds had already sent; only its
 // steps after b's time add.
 func appointmentVersion(r *referralsv1.Referral, b calendarBase) (int64, time.Time) {
-	hidden := func(st referralsv1.ReferralState) bool {
-		switch st {
-		case cancelled, referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, voided:
-			return true
-		case completed:
-			return intake.Superseded(r)
-		}
-		return false
-	}
+	hidden := func(st referralsv1.ReferralState) bool { return intake.Hidden(st, r) }
 	var version int64 = 1
 	changed := r.GetCreateTime().AsTime()
 	var since time.Time // steps until then are in the base

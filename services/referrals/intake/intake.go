@@ -27,3 +27,19 @@ func Superseded(r *referralsv1.Referral) bool {
 	start, entry := r.GetIntakeAppointment().GetStartTime(), r.GetTreatmentEntryTime()
 	return start != nil && entry != nil && !entry.AsTime().Add(Length).After(start.AsTime())
 }
+
+// Hidden reports whether r's intake appointment, were r in state st, is
+// off the calendar: on hold (the booked time will not happen), cancelled,
+// entered in error, or completed some other way than at it (Superseded).
+// The calendar feed shows such an event cancelled, and its version counts
+// each move in and out of here: both must read the same list.
+func Hidden(st referralsv1.ReferralState, r *referralsv1.Referral) bool {
+	switch st {
+	case referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD,
+		referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
+		return true
+	case referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:
+		return Superseded(r)
+	}
+	return false
+}
