@@ -868,11 +868,18 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		// suited the loved one then, whichever treatment that was.
 		made = treatment
 	}
-	if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
-		if err != nil {
-			return Referral{}, err
+	// existing finds a referral of the loved one's already made for the
+	// meeting: a retry's first attempt's, or one made of a place that went
+	// its own way.
+	existing := func() (Referral, bool, error) {
+		ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made)
+		if err != nil || ref == nil {
+			return Referral{}, false, err
 		}
-		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, true, nil
+	}
+	if ref, ok, err := existing(); ok || err != nil {
+		return ref, err
 	}
 	req, err := match()
 	if familyGone(err) {
@@ -904,11 +911,8 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			// conversion, or someone converted it: a referral made of it
 			// is taken, and without one another place is found, as when
 			// no place was held. Before, the intake ended here.
-			if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
-				if err != nil {
-					return Referral{}, err
-				}
-				return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+			if ref, ok, err := existing(); ok || err != nil {
+				return ref, err
 			}
 		case t != "":
 			// Refused for good: given back, as when the try that took it
@@ -947,11 +951,8 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 				// under its request id, that lapsed or went back since, or
 				// one converted. A referral made of it is taken; without
 				// one, the next program is tried.
-				if ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made); err != nil || ref != nil {
-					if err != nil {
-						return Referral{}, err
-					}
-					return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+				if ref, ok, err := existing(); ok || err != nil {
+					return ref, err
 				}
 				continue
 			}
