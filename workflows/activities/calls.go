@@ -876,7 +876,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		if err != nil || ref == nil {
 			return Referral{}, false, err
 		}
-		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, true, nil
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram(), Adopted: true}, true, nil
 	}
 	if ref, ok, err := existing(); ok || err != nil {
 		return ref, err

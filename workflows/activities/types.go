@@ -179,6 +179,9 @@ type ImmediateRequest struct {
 type Referral struct {
 	Name    string
 	Program string
+	// Adopted is set for a referral made before this call (by hand, or
+	// by an earlier try): it may have moved already.
+	Adopted bool `json:",omitempty"`
 }
 
 // ReferralInfo is a referral's state, as the workflow needs it.

@@ -356,7 +356,10 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 	// for a referral this intake adopted (made or converted before it ran,
 	// whose signals found no workflow), and when a review reads a state no
 	// signal brought.
-	resync := flow.Version(ctx, versionResync, 1) >= 1
+	resync := w.referral.Adopted && flow.Version(ctx, versionResync, 1) >= 1
+	// reviewed is what the review that set resync read, taken as the
+	// signal's read.
+	var reviewed *activities.ReferralInfo
 	for {
 		// Deadlines: the next intake reminder, and the alert when no intake
 		// has happened within IntakeAlert of the acceptance.
@@ -439,7 +442,7 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					still = cur.State == "ON_HOLD"
 					if !still && cur.State != w.state && w.resyncs(ctx) {
 						// Moved, and no signal came of it: taken as one.
-						resync = true
+						resync, reviewed = true, &cur
 					}
 				}
 				if still {
@@ -481,8 +484,8 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					!flow.GoOnPast(ctx, err, versionStallReviewBestEffort, "reviewing a stalled intake failed; the next review asks again") {
 					return "", info, err
 				}
-				if moved && w.resyncs(ctx) {
-					resync = true
+				if moved != nil && w.resyncs(ctx) {
+					resync, reviewed = true, moved
 				}
 			}
 			if !resync {
@@ -494,8 +497,11 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			continue // an older referral of this intake, already given up
 		}
 		resync = false
-		// The signal says something changed; the service says what is true.
-		if err := flow.Call(ctx, &info, flow.A.ReferralStatus, w.referral.Name); err != nil {
+		// The signal says something changed; the service says what is true
+		// (read already by the review that found the change).
+		if reviewed != nil {
+			info, reviewed = *reviewed, nil
+		} else if err := flow.Call(ctx, &info, flow.A.ReferralStatus, w.referral.Name); err != nil {
 			return "", info, err
 		}
 		was := w.state
@@ -588,15 +594,18 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 // referral is read first: one moving again (its signal on the way), on
 // hold (the hold reviews ask), or booked ahead is not stalled.
 //
-// moved reports that the referral is in another state than the last
-// signal said: the change is then taken as a signal (see versionResync).
-func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved bool, err error) {
+// moved is the referral as read when it is in another state than the
+// last signal said, nil otherwise: the change is then taken as a signal
+// (see versionResyncOnReview).
+func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved *activities.ReferralInfo, err error) {
 	w.stallReview = now.Add(w.settings.IntakeAlert)
 	var cur activities.ReferralInfo
 	if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
-		return false, err
+		return nil, err
 	}
-	moved = cur.State != w.state
+	if cur.State != w.state {
+		moved = &cur
+	}
 	switch {
 	case cur.State == "REQUESTED", cur.State == "ACCEPTED", cur.State == "NO_SHOW",
 		cur.State == "SCHEDULED" && !cur.Appointment.After(now):
@@ -615,7 +624,7 @@ func (w *wf) reviewStall(ctx workflow.Context, now time.Time) (moved bool, err e
 
 // versionResync guards taking the referral's state as a signal would when
 // no signal brought it, read once as the intake starts to follow a
-// referral (and see versionResyncOnReview). Before, a
+// referral it adopted (and see versionResyncOnReview). Before, a
 // referral adopted by the intake (made or converted by hand before the
 // intake ran, whose signals the dispatcher counted as delivered for want
 // of a workflow) was taken as REQUESTED: turned down, it never went on to
