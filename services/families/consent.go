@@ -623,13 +623,15 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 			}
 			if m := in.GetMemberId(); m != "" {
 				// Read under the family's share lock: a member removed
-				// meanwhile waits, or is gone.
-				fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
-				if err != nil {
-					return nil, err
+				// meanwhile waits, or is gone. The member ids alone, not
+				// the whole family.
+				var member bool
+				if err := tx.QueryRow(ctx, `SELECT COALESCE(doc -> 'members', '[]'::jsonb) @> jsonb_build_array(jsonb_build_object('id', $3::text))
+					FROM families WHERE clinic = $1 AND id = $2`, c.clinic, c.family, m).Scan(&member); err != nil {
+					return nil, fmt.Errorf("read the family's members: %w", err)
 				}
-				if !slices.ContainsFunc(fam.GetMembers(), func(x *familiesv1.Member) bool { return x.GetId() == m }) {
-					return nil, apperr.Field("consent.member_id", "names no member of %s", fam.GetName())
+				if !member {
+					return nil, apperr.Field("consent.member_id", "names no member of clinics/%s/families/%s", c.clinic, c.family)
 				}
 			}
 			c.id = aip.NewID()
