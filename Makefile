@@ -58,4 +58,4 @@ clean:
 
 ## record-histories: rerun the stack integration tests and save workflow histories for the replay tests
 record-histories:
-	HANDOFF_RECORD_HISTORIES=1 go test -count=1 -run 'TestAccepted|TestDeclined|TestCancelled|TestOverdoseWithoutABoundary|TestDeletedFamily|TestClosedFamily|TestWithdrawnConsent|TestTreatmentEnteredAfterANo|TestPartialYesToCare' ./services/stack/
+	HANDOFF_RECORD_HISTORIES=1 go test -count=1 -run 'TestAccepted|TestDeclined|TestCancelled|TestOverdoseWithoutABoundary|TestDeletedFamily|TestClosedFamily|TestWithdrawnConsent|TestTreatmentEnteredAfterANo|TestPartialYesToCare|TestRescheduledMeeting|TestRejectedAtCapacity' ./services/stack/

@@ -534,9 +534,26 @@ func TestReferralEnteredInErrorGoesToTheNextProgram(t *testing.T) {
 	})
 }
 
+// The held program turns the yes away, at capacity: the intake refers the
+// loved one to the next program, whose admission ends it in treatment.
+// The replay tests keep this history, the intake's way past a rejection.
+func TestRejectedAtCapacityGoesOnToTheNextProgram(t *testing.T) {
+	e, iv, second := nextProgramAfter(t, func(e *env, first *referralsv1.Referral) {
+		ok(e.ref.RejectReferral(e.ehr, &referralsv1.RejectReferralRequest{Name: first.GetName(),
+			Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}}))
+	})
+	ok(e.ref.AcceptReferral(e.ehr, &referralsv1.TransitionReferralRequest{Name: second.GetName()}))
+	ok(e.ref.CompleteReferral(e.ehr, &referralsv1.CompleteReferralRequest{Name: second.GetName()}))
+	if res := e.result(iv.GetName()); res.Outcome != "ACCEPTED" || res.ChildResult != "ENTERED_TREATMENT" {
+		t.Fatalf("result = %+v; want the loved one in treatment at the next program", res)
+	}
+	e.recordHistory(ids.MATIntake(iv.GetName()), "matintake", "next-program.json")
+}
+
 // nextProgramAfter carries a yes to the held program's referral, closes
-// it with end, and waits for the intake's referral to the next program.
-func nextProgramAfter(t *testing.T, end func(e *env, first *referralsv1.Referral)) {
+// it with end, and waits for the intake's referral to the next program,
+// which it returns with the stack and the intervention.
+func nextProgramAfter(t *testing.T, end func(e *env, first *referralsv1.Referral)) (*env, *interventionsv1.Intervention, *referralsv1.Referral) {
 	e := start(t)
 	mat := e.directory()
 	p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
@@ -569,6 +586,7 @@ func nextProgramAfter(t *testing.T, end func(e *env, first *referralsv1.Referral
 	if second.GetProgram() != next.GetName() || second.GetState() != referralsv1.ReferralState_REFERRAL_STATE_REQUESTED {
 		t.Fatalf("next referral = %v; want a request to %s", second, next.GetName())
 	}
+	return e, iv, second
 }
 
 // Declined: the boundaries are reinforced, the family referred to support
