@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -39,5 +41,20 @@ func TestEpochsAreFrozen(t *testing.T) {
 	}
 	if len(pinned) != len(epochs) {
 		t.Errorf("%d epochs pinned, %d in the code", len(pinned), len(epochs))
+	}
+}
+
+// TestDeployGuideNamesTheRollbackFloor keeps deploy/README.md naming the
+// newest epoch as the floor no worker may be rolled back below: an
+// operator trusting an older name would roll back to code that cannot
+// replay the runs begun since.
+func TestDeployGuideNamesTheRollbackFloor(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "deploy", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "now `" + epochs[0].id + "`"
+	if !strings.Contains(strings.Join(strings.Fields(string(b)), " "), want) {
+		t.Fatalf("deploy/README.md does not say the floor is %s (%q)", epochs[0].id, want)
 	}
 }
