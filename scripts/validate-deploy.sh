@@ -4,6 +4,7 @@
 # (also with `docker compose config` where that client exists).
 set -euo pipefail
 cd "$(dirname "$0")/../deploy/validate"
+go test -count=1 .  # the checks below refuse what they should
 go run . ..
 if docker compose version >/dev/null 2>&1; then
   # The keys have no default in the file; any well-formed value will do here.

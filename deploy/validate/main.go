@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -104,6 +105,11 @@ func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) e
 	for _, v := range spec.Volumes {
 		if v.Secret != nil {
 			names = append(names, v.Secret.SecretName)
+			for _, it := range v.Secret.Items {
+				if keys, ok := examples[v.Secret.SecretName]; ok && !keys[it.Key] {
+					return fmt.Errorf("secret %s key %s is not in secrets.example.yaml", v.Secret.SecretName, it.Key)
+				}
+			}
 		}
 	}
 	for _, c := range append(spec.InitContainers, spec.Containers...) {
@@ -145,6 +151,9 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	fewest := map[string]int32{}
 	keep := map[string]int32{}
 	defaultDeny := false
+	configMaps := map[string]map[string]string{}
+	namespaced := false
+	var probed []*appsv1.Deployment
 	// The named container ports of each deployment's pods, by pod name
 	// label, and the policies that name ports of pods they select: a name
 	// no pod has matches nothing, and the policy would let nothing in.
@@ -174,9 +183,28 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 			// Applied with every rollout, it would overwrite the real one.
 			return 0, fmt.Errorf("secret %s: secrets stay out of the kustomization (see secrets.example.yaml)", head.Metadata.Name)
 		}
+		if ns, ok := obj.(*corev1.Namespace); ok {
+			namespaced = true
+			if ns.Labels["pod-security.kubernetes.io/enforce"] != "restricted" {
+				return 0, fmt.Errorf("namespace %s must enforce the restricted Pod Security profile (label pod-security.kubernetes.io/enforce: restricted)", ns.Name)
+			}
+		}
+		if cm, ok := obj.(*corev1.ConfigMap); ok {
+			configMaps[cm.Name] = cm.Data
+		}
 		if j, ok := obj.(*batchv1.Job); ok {
 			if err := checkPodUser(j.Spec.Template.Spec); err != nil {
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
+			}
+			// The migration runs as the schema owner: held to what every
+			// deployment's containers are.
+			for _, c := range append(slices.Clone(j.Spec.Template.Spec.InitContainers), j.Spec.Template.Spec.Containers...) {
+				if err := checkContainerSecurity(c); err != nil {
+					return 0, fmt.Errorf("job %s: %w", j.Name, err)
+				}
+				if err := checkResources(c); err != nil {
+					return 0, fmt.Errorf("job %s: %w", j.Name, err)
+				}
 			}
 			if err := checkSecretRefs(j.Spec.Template.Spec, examples); err != nil {
 				return 0, fmt.Errorf("job %s: %w", j.Name, err)
@@ -214,7 +242,16 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 			if err := checkDeployment(d); err != nil {
 				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
 			}
+			probed = append(probed, d)
 			if err := checkSecretRefs(d.Spec.Template.Spec, examples); err != nil {
+				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
+			}
+		}
+	}
+	// After the loop: a ConfigMap may come after the deployments reading it.
+	for _, d := range probed {
+		for _, c := range d.Spec.Template.Spec.Containers {
+			if err := checkProbesServed(c, configMaps); err != nil {
 				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
 			}
 		}
@@ -223,6 +260,9 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 		if !deployments[want] {
 			return 0, fmt.Errorf("no deployment %q", want)
 		}
+	}
+	if !namespaced {
+		return 0, fmt.Errorf("no Namespace: its Pod Security label is what holds pods an operator adds to the restricted profile")
 	}
 	if !defaultDeny {
 		return 0, fmt.Errorf("no default-deny network policy for ingress and egress")
@@ -325,9 +365,8 @@ func checkDeployment(d *appsv1.Deployment) error {
 		return fmt.Errorf("needs a topology spread over kubernetes.io/hostname selecting its own pods: one node lost must not take every replica")
 	}
 	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
-		r := c.Resources
-		if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Cpu().IsZero() || r.Limits.Memory().IsZero() {
-			return fmt.Errorf("container %s needs CPU and memory requests and limits", c.Name)
+		if err := checkResources(c); err != nil {
+			return err
 		}
 		if err := checkContainerSecurity(c); err != nil {
 			return err
@@ -345,8 +384,72 @@ func checkDeployment(d *appsv1.Deployment) error {
 				return fmt.Errorf("container %s: a probe names port %q, which the container does not have", c.Name, g.Port.StrVal)
 			}
 		}
+		for _, p := range []struct {
+			probe *corev1.Probe
+			path  string
+		}{{c.ReadinessProbe, "/readyz"}, {c.LivenessProbe, "/healthz"}} {
+			if g := p.probe.HTTPGet; g == nil || g.Path != p.path {
+				return fmt.Errorf("container %s: probe %s over HTTP GET, the only path of its kind the ops server has", c.Name, p.path)
+			}
+		}
 	}
 	return nil
+}
+
+func checkResources(c corev1.Container) error {
+	r := c.Resources
+	if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Cpu().IsZero() || r.Limits.Memory().IsZero() {
+		return fmt.Errorf("container %s needs CPU and memory requests and limits", c.Name)
+	}
+	return nil
+}
+
+// checkProbesServed requires the probes' port to be the one the process
+// serves /readyz and /healthz on: HANDOFF_METRICS_LISTEN, without which
+// no such server runs and every probe fails (the pods never get ready,
+// then are killed over and over).
+func checkProbesServed(c corev1.Container, configMaps map[string]map[string]string) error {
+	listen, ok := envValue(c, "HANDOFF_METRICS_LISTEN", configMaps)
+	if !ok {
+		return fmt.Errorf("container %s: HANDOFF_METRICS_LISTEN is not set, so nothing serves its probes", c.Name)
+	}
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return fmt.Errorf("container %s: HANDOFF_METRICS_LISTEN %q: %w", c.Name, listen, err)
+	}
+	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe} {
+		g := p.HTTPGet
+		got := g.Port.String()
+		if g.Port.Type == intstr.String {
+			i := slices.IndexFunc(c.Ports, func(cp corev1.ContainerPort) bool { return cp.Name == g.Port.StrVal })
+			got = fmt.Sprint(c.Ports[i].ContainerPort) // checkDeployment found it
+		}
+		if got != port {
+			return fmt.Errorf("container %s: probe %s on port %s, but HANDOFF_METRICS_LISTEN serves it on %s", c.Name, g.Path, got, port)
+		}
+	}
+	return nil
+}
+
+// envValue resolves a container's environment variable as the kubelet
+// does: env over envFrom, a later envFrom source over an earlier one. A
+// value from a Secret is not known here and counts as unset.
+func envValue(c corev1.Container, name string, configMaps map[string]map[string]string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, e.ValueFrom == nil
+		}
+	}
+	val, found := "", false
+	for _, f := range c.EnvFrom {
+		if f.ConfigMapRef == nil || !strings.HasPrefix(name, f.Prefix) {
+			continue
+		}
+		if v, ok := configMaps[f.ConfigMapRef.Name][strings.TrimPrefix(name, f.Prefix)]; ok {
+			val, found = v, true
+		}
+	}
+	return val, found
 }
 
 // checkContainerSecurity requires what the restricted Pod Security profile
@@ -362,6 +465,13 @@ func checkContainerSecurity(c corev1.Container) error {
 	}
 	if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
 		return fmt.Errorf("container %s must drop ALL capabilities and add none", c.Name)
+	}
+	// A container's own settings override the pod's non-root user.
+	if (sc.RunAsUser != nil && *sc.RunAsUser == 0) || (sc.RunAsNonRoot != nil && !*sc.RunAsNonRoot) {
+		return fmt.Errorf("container %s must not run as root: its securityContext overrides the pod's user", c.Name)
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		return fmt.Errorf("container %s must not be privileged", c.Name)
 	}
 	return nil
 }
