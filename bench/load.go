@@ -131,6 +131,10 @@ func openLoop(ctx context.Context, rate float64, d time.Duration, op func(ctx co
 	wg.Wait()
 	r := summarize(lat, int(errs.Load()), time.Since(measured))
 	r.Offered = rate
+	if r.Ops == 0 && r.Errors == 0 {
+		// No latency at all would read as a p99 of 0, under any target.
+		return r, fmt.Errorf("no timed operation in %s at %.0f/s", d, rate)
+	}
 	if err := probe.finish(&r); err != nil {
 		return r, fmt.Errorf("probe: %w", err)
 	}

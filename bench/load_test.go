@@ -190,3 +190,12 @@ func TestSaturateCountsEveryFailure(t *testing.T) {
 		t.Errorf("a failure in the warm-up: %d errors and %d ops, want 1 error", r.Errors, r.Ops)
 	}
 }
+
+// A run too short for one timed request at its rate reports an error, not
+// a p99 of zero that would meet any target.
+func TestOpenLoopWithNothingTimedFails(t *testing.T) {
+	r, err := openLoop(context.Background(), 1, 500*time.Millisecond, func(context.Context) error { return nil })
+	if err == nil {
+		t.Fatalf("result %+v with no operation timed; want an error", r)
+	}
+}

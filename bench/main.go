@@ -214,8 +214,9 @@ func main() {
 	if *out == "" && *only != "" {
 		paths = []string{filepath.Join(os.TempDir(), "handoff-bench-"+*only+".md")}
 	} else if *out == "" {
-		day := rep.started.UTC().Format("2006-01-02")
-		paths = []string{filepath.Join("bench", "results", day+".md"), filepath.Join("bench", "results", "latest.md")}
+		// By the minute: a second run the same day keeps the first's file.
+		when := rep.started.UTC().Format("2006-01-02T1504Z")
+		paths = []string{filepath.Join("bench", "results", when+".md"), filepath.Join("bench", "results", "latest.md")}
 	}
 	for _, p := range paths {
 		if err := os.WriteFile(p, []byte(md), 0o644); err != nil {
@@ -232,6 +233,7 @@ var onFail = func() {}
 
 func fail(err error) {
 	onFail()
+	pprof.StopCPUProfile() // what was sampled is kept; a no-op when not profiling
 	fmt.Fprintln(os.Stderr, "bench:", err)
 	os.Exit(1)
 }

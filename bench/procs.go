@@ -178,7 +178,8 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 
 // deployedLatency repeats the API section's gRPC runs against the families
 // service in its own process, as deployed: saturation at the same
-// concurrency, then open loop at half of it with the disk probe alongside.
+// concurrency, then open loop at half of it (the disk probe alongside only
+// when asked for).
 // The load generator stays on the same cores.
 func deployedLatency(ctx context.Context, env *benchEnv, cfg config, conn *grpc.ClientConn) (map[string]result, error) {
 	fam := familiesv1.NewFamiliesServiceClient(conn)

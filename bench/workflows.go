@@ -74,6 +74,8 @@ func noopActivity(context.Context) error { return nil }
 // server's own clock (the time of the task it woke) counts as early by
 // that much, even if its activity then ran after due.
 func timerProbe(ctx workflow.Context, due time.Time) (time.Duration, error) {
+	// A probe whose first task starts after due (a burst on a busy
+	// machine) sleeps not at all: the SDK takes a negative sleep as none.
 	if err := workflow.Sleep(ctx, due.Sub(workflow.Now(ctx))); err != nil {
 		return 0, err
 	}
@@ -243,9 +245,15 @@ func fastest(rounds []ceilingRound) ceilingRound {
 	return best
 }
 
+// noopRoundLimit bounds a round of no-ops, which takes seconds.
+const noopRoundLimit = 5 * time.Minute
+
 // noopRound starts n no-op workflows at once, as the flows are started, so
 // that both times hold the same concurrent start calls, and waits for all.
 func noopRound(ctx context.Context, c client.Client, queue string, n int) (ceilingRound, error) {
+	// A no-op that never finishes (a worker gone) ends the run, not hangs it.
+	ctx, cancel := context.WithTimeout(ctx, noopRoundLimit)
+	defer cancel()
 	start, meter := time.Now(), startCPUMeter()
 	var wg sync.WaitGroup
 	started := make([]string, n)
@@ -316,9 +324,13 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 	}
 	r.Start = time.Since(started)
 	var late []time.Duration
+	// The last is due lead+window after the start; a probe still running
+	// minutes after that will not finish.
+	wctx, cancel := context.WithDeadline(ctx, first.Add(window+2*time.Minute))
+	defer cancel()
 	for _, p := range probes {
 		var l time.Duration
-		if err := p.Get(ctx, &l); err != nil {
+		if err := p.Get(wctx, &l); err != nil {
 			return r, err
 		}
 		if l < 0 {

@@ -127,3 +127,25 @@ func TestTaskTroubleCounts(t *testing.T) {
 		t.Fatalf("trouble = %+v, want 1 timed out and 2 turned down", tt)
 	}
 }
+
+// A probe whose first task runs after its due time (a burst on a busy
+// machine) is counted late, not failed: the SDK takes its negative sleep
+// as none (its environment's NewTimer would refuse one; Sleep never
+// passes it on).
+func TestTimerProbeStartedAfterItsDueTimeIsLate(t *testing.T) {
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	ts.NewWorker("late-probe", func(r worker.Registry) {
+		r.RegisterWorkflowWithOptions(timerProbe, workflow.RegisterOptions{Name: "TimerProbe"})
+		r.RegisterActivityWithOptions(probeActivity, activity.RegisterOptions{Name: "ProbeActivity"})
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	run, err := ts.GetDefaultClient().ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "late-probe"}, "TimerProbe", time.Now().Add(-time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var late time.Duration
+	if err := run.Get(ctx, &late); err != nil || late < time.Minute {
+		t.Fatalf("lateness %v, %v; want at least the minute it started after its due time", late, err)
+	}
+}
