@@ -2327,6 +2327,61 @@ func TestClaimChecksContactAgain(t *testing.T) {
 	}
 }
 
+// withdrawnAfterNextRead is the families service while a member withdraws
+// consent just after the next read of the family: that read has her
+// reachable, every one after it not.
+type withdrawnAfterNextRead struct {
+	familiesv1.FamiliesServiceClient
+	armed, withdrawn atomic.Bool
+}
+
+func (w *withdrawnAfterNextRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	fam, err := w.FamiliesServiceClient.GetFamily(ctx, in, opts...)
+	if err == nil && w.withdrawn.Load() {
+		for _, m := range fam.GetMembers() {
+			m.ConsentToContact = false
+		}
+	}
+	if w.armed.CompareAndSwap(true, false) {
+		w.withdrawn.Store(true)
+	}
+	return fam, err
+}
+
+// Consent withdrawn between the claim's check and the claim itself: the
+// service asks again once the claim is stored, cancels the reminder and
+// refuses the claim, handing out no address; the claim's retry does not
+// bring the lease back.
+func TestClaimRacingAWithdrawalHandsOutNoAddress(t *testing.T) {
+	t.Parallel()
+	families := &withdrawnAfterNextRead{}
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
+		families.FamiliesServiceClient = c
+		return families
+	})
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	families.armed.Store(true)
+	req := &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1", RequestId: "claim-1", LeaseDuration: durationpb.New(time.Minute)}
+	got, err := f.client.ClaimReminder(auto, req)
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CONTACT_NOT_ALLOWED" || got.GetAddress() != "" {
+		t.Fatalf("claim as she withdrew: %v, address %q; want CONTACT_NOT_ALLOWED and no address", err, got.GetAddress())
+	}
+	after, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+	if err != nil || after.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || after.GetCancelReason() == "" {
+		t.Fatalf("the reminder: %v (%q), %v; want CANCELLED with its reason", after.GetState(), after.GetCancelReason(), err)
+	}
+	if _, err := f.client.ClaimReminder(auto, req); err == nil {
+		t.Fatal("the claim's retry got the lease back")
+	}
+}
+
 // A claim answers where to send: the address on the reminder's channel,
 // read from the family at each claim (a retry under the claim's request id
 // too), and kept nowhere else: not in the reminder, its event, or the

@@ -733,6 +733,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			return nil, ferr
 		}
 	}
+	if err == nil && isFamily(out.GetRecipient().GetKind()) {
+		if address, err = s.confirmClaimContact(ctx, out, address); err != nil {
+			return nil, err
+		}
+	}
 	// Only the automation claims (see Policy): it gets its view, and,
 	// with the lease, where to send. Set here, after the transaction, the
 	// address is in neither the stored answer a retry reads nor the event:
@@ -788,6 +793,36 @@ func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Remi
 		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
 	}
 	return "", refused("it was cancelled")
+}
+
+// confirmClaimContact asks again, once a claim of a reminder to someone
+// of a family is stored, whether they may still be contacted: a
+// withdrawal that committed between the check before the claim and the
+// claim itself would otherwise be answered with their address. Refused,
+// the reminder is cancelled before anyone had the address, and the claim
+// is refused CONTACT_NOT_ALLOWED (its retry finds the claim gone:
+// CLAIM_LAPSED). The address is taken from this newer read. A families
+// service that does not answer leaves the claim as it is: it answered a
+// moment ago, and a claim failed now would leave the reminder held for
+// its lease.
+func (s *Server) confirmClaimContact(ctx context.Context, out *interventionsv1.Reminder, address string) (string, error) {
+	rc := out.GetRecipient()
+	channels, err := s.contact(ctx, rc)
+	switch {
+	case err == nil:
+		return addressOn(channels, rc.GetChannel()), nil
+	case apperr.Reason(err) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(err, codes.InvalidArgument):
+		return address, nil
+	}
+	// The caller leaving does not stop this: a claim left standing would
+	// be sent by a retry's worker under a new request id.
+	_, cerr := s.CancelReminder(context.WithoutCancel(ctx), &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonWithdrawnAtClaim})
+	if cerr != nil && apperr.Reason(cerr) != apperr.ReasonInvalidTransition {
+		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", cerr)
+	}
+	return "", apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
+		fmt.Sprintf("%s: its recipient may no longer be contacted; it was cancelled", out.GetName()),
+		map[string]string{"resource": out.GetName()})
 }
 
 // reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at
