@@ -413,6 +413,15 @@ func scanDisclosure(fam string) pgx.RowToFunc[*familiesv1.Disclosure] {
 	}
 }
 
+// disclosureFilter are the fields a list of disclosures filters on: one
+// patient's accounting (member_id; "" is the loved one's), one recipient's,
+// a period's.
+var disclosureFilter = map[string]aip.FilterField{
+	"member_id":     {Column: "member_id", Kind: aip.String},
+	"recipient":     {Column: "recipient", Kind: aip.String},
+	"disclose_time": {Column: "disclose_time", Kind: aip.Time},
+}
+
 // ListDisclosures implements the API. The accounting is kept after the
 // family is deleted, so a missing family is not an error.
 func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclosuresRequest) (*familiesv1.ListDisclosuresResponse, error) {
@@ -421,7 +430,7 @@ func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclo
 		return nil, err
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "disclosures", disclosureSelect, "clinic = $1 AND family_id = $2",
-		[]any{c.clinic, c.family}, listOf{req.GetParent(), req.GetPageToken(), req.GetPageSize()}, nil,
+		[]any{c.clinic, c.family}, req, disclosureFilter,
 		scanDisclosure(c.familyName()), (*familiesv1.Disclosure).GetName)
 	if err != nil {
 		return nil, err

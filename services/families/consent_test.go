@@ -1303,6 +1303,27 @@ func TestMembersOwnRecordsNeedTheirOwnConsent(t *testing.T) {
 	if recorded.GetMemberId() != "mom" || recorded.GetConsent() == "" {
 		t.Fatalf("the accounting's entry = %v; want the member named", recorded)
 	}
+	// Each patient's own accounting, as given to them on request, holds
+	// theirs alone.
+	accounting := func(filter string) (own []string, err error) {
+		resp, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName(), Filter: filter})
+		for _, x := range resp.GetDisclosures() {
+			own = append(own, x.GetMemberId()+" "+x.GetResource())
+		}
+		return own, err
+	}
+	if got, err := accounting(`member_id = "mom"`); err != nil || !slices.Equal(got, []string{"mom clinics/north/referrals/r-mom"}) {
+		t.Fatalf("mom's accounting = %v, %v; want her referral alone", got, err)
+	}
+	if got, err := accounting(`member_id = ""`); err != nil || len(got) == 0 || slices.ContainsFunc(got, func(s string) bool { return !strings.HasPrefix(s, " ") }) {
+		t.Fatalf("the loved one's accounting = %v, %v; want his entries and none of a member's", got, err)
+	}
+	if got, err := accounting(`recipient = "nobody" AND disclose_time >= "2000-01-01T00:00:00Z"`); err != nil || len(got) != 0 {
+		t.Fatalf("an accounting for a recipient never disclosed to = %v, %v; want none", got, err)
+	}
+	if _, err := accounting(`consent = "x"`); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a filter on no such field: %v; want InvalidArgument", err)
+	}
 	cov := covered()
 	if len(cov.GetMembers()) != 1 || cov.GetMembers()[0].GetFamily() != fam.GetName() || cov.GetMembers()[0].GetMemberId() != "mom" {
 		t.Fatalf("covered members = %v; want mom of %s", cov.GetMembers(), fam.GetName())

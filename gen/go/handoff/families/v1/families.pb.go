@@ -5405,8 +5405,15 @@ type ListDisclosuresRequest struct {
 	// At most this many (default 50). A size over 1000 is taken as
 	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The `next_page_token` of the previous page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The `next_page_token` of the previous page. It is bound to the parent
+	// and filter it came from.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Conditions joined by AND, for example
+	// `member_id = "" AND disclose_time >= "2026-01-01T00:00:00Z"`.
+	// Fields: `member_id` and `recipient` (with `=` or `!=`, a string in
+	// quotes; `member_id = ""` is the loved one's own), and `disclose_time`
+	// (with `<` or `>=`, an RFC 3339 time in quotes).
+	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5458,6 +5465,13 @@ func (x *ListDisclosuresRequest) GetPageSize() int32 {
 func (x *ListDisclosuresRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListDisclosuresRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
 	}
 	return ""
 }
@@ -6215,13 +6229,14 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x03 \x01(\tB\n" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\x12(\n" +
-	"\rvalidate_only\x18\x04 \x01(\bB\x03\xe0A\x01R\fvalidateOnly\"\xf2\x01\n" +
+	"\rvalidate_only\x18\x04 \x01(\bB\x03\xe0A\x01R\fvalidateOnly\"\x97\x02\n" +
 	"\x16ListDisclosuresRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"\x84\x01\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
+	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"\x84\x01\n" +
 	"\x17ListDisclosuresResponse\x12A\n" +
 	"\vdisclosures\x18\x01 \x03(\v2\x1f.handoff.families.v1.DisclosureR\vdisclosures\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd2\x01\n" +

@@ -221,7 +221,10 @@ type FamiliesServiceClient interface {
 	// answer and not recorded, and the caller must not send that record.
 	BatchCreateDisclosures(ctx context.Context, in *BatchCreateDisclosuresRequest, opts ...grpc.CallOption) (*BatchCreateDisclosuresResponse, error)
 	// Lists the family's accounting of disclosures, oldest first. The
-	// accounting is append-only and outlives the family.
+	// accounting is append-only and outlives the family. It holds the loved
+	// one's disclosures and those of referrals made for members: a
+	// patient's own accounting, given to them on request, is the list with
+	// `member_id = ""` (the loved one) or `member_id = "{member}"`.
 	ListDisclosures(ctx context.Context, in *ListDisclosuresRequest, opts ...grpc.CallOption) (*ListDisclosuresResponse, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
@@ -787,7 +790,10 @@ type FamiliesServiceServer interface {
 	// answer and not recorded, and the caller must not send that record.
 	BatchCreateDisclosures(context.Context, *BatchCreateDisclosuresRequest) (*BatchCreateDisclosuresResponse, error)
 	// Lists the family's accounting of disclosures, oldest first. The
-	// accounting is append-only and outlives the family.
+	// accounting is append-only and outlives the family. It holds the loved
+	// one's disclosures and those of referrals made for members: a
+	// patient's own accounting, given to them on request, is the list with
+	// `member_id = ""` (the loved one) or `member_id = "{member}"`.
 	ListDisclosures(context.Context, *ListDisclosuresRequest) (*ListDisclosuresResponse, error)
 	// Lists the audit trail this service keeps for a clinic: one event for
 	// every call that read or changed the clinic's data. For clinic
