@@ -153,6 +153,7 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 	defaultDeny := false
 	configMaps := map[string]map[string]string{}
 	namespaced := false
+	tlsOwner := map[string]string{} // each mTLS secret's deployment
 	var probed []*appsv1.Deployment
 	// The named container ports of each deployment's pods, by pod name
 	// label, and the policies that name ports of pods they select: a name
@@ -245,6 +246,17 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 			probed = append(probed, d)
 			if err := checkSecretRefs(d.Spec.Template.Spec, examples); err != nil {
 				return 0, fmt.Errorf("deployment %s: %w", d.Name, err)
+			}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.Name != "tls" || v.Secret == nil {
+					continue
+				}
+				// A key shared would let any holder pass for every process
+				// (a leaked gateway key serving as families to the worker).
+				if other, ok := tlsOwner[v.Secret.SecretName]; ok {
+					return 0, fmt.Errorf("deployments %s and %s mount one TLS secret, %s: each process needs a key of its own", other, d.Name, v.Secret.SecretName)
+				}
+				tlsOwner[v.Secret.SecretName] = d.Name
 			}
 		}
 	}

@@ -34,6 +34,8 @@ func TestRefusesWhatWouldFailInACluster(t *testing.T) {
 			"readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "job handoff-migrate: container migrate must set readOnlyRootFilesystem"},
 		{"a secret volume's key missing from the example", "interventions.yaml",
 			"items: [{key: token, path: token}]", "items: [{key: tokn, path: token}]", "key tokn is not in secrets.example.yaml"},
+		{"two processes sharing one TLS key", "gateway.yaml",
+			"secretName: handoff-tls-gateway", "secretName: handoff-tls-families", "mount one TLS secret, handoff-tls-families"},
 		{"a namespace that no longer enforces the restricted profile", "namespace.yaml",
 			"pod-security.kubernetes.io/enforce: restricted", "pod-security.kubernetes.io/enforce: baseline", "restricted Pod Security profile"},
 	} {
