@@ -790,14 +790,16 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 				// The general designation names no one, so any text would
 				// pass: a misspelt identity would be stored as revoked while
 				// the provider meant goes on reading. A provider is named as
-				// the accounting knows it, from this family's disclosures.
+				// the clinic's accounting knows it, from any family's
+				// disclosures: a patient may shut out one that has read
+				// others' records before it reads theirs.
 				var known bool
-				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND family_id = $2 AND recipient = $3)`,
-					c.clinic, c.family, recipient).Scan(&known); err != nil {
+				if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND recipient = $2)`,
+					c.clinic, recipient).Scan(&known); err != nil {
 					return nil, fmt.Errorf("revoke consent: %w", err)
 				}
 				if !known {
-					return nil, apperr.Field("recipient", "%q has received nothing of this family's records: name a provider as the family's disclosures list it, or revoke the whole consent", recipient)
+					return nil, apperr.Field("recipient", "%q has received nothing from this clinic: name a provider as the accounting of disclosures lists it, or revoke the whole consent", recipient)
 				}
 			}
 			// Revoking what is already revoked changes nothing: a retry whose

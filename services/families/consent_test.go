@@ -613,6 +613,17 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if _, err := f.client.GetFamily(f.ehr("other-ehr"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("another treating provider after one was revoked: %v", err)
 	}
+	// Another family's patient may shut out a provider before it reads
+	// their record: one the clinic's accounting knows, from any family.
+	next := f.create(t)
+	nextConsent := f.consent(t, next.GetName(), c)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: nextConsent.GetName(), Recipient: "other-ehr"}); err != nil {
+		t.Fatalf("revoking in advance for a provider known to the clinic: %v", err)
+	}
+	_, err = f.client.GetFamily(f.ehr("other-ehr"), &familiesv1.GetFamilyRequest{Name: next.GetName()})
+	wantConsentRequired(t, err)
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: nextConsent.GetName(), Recipient: "other-ehr-typo"})
+	wantCode(t, err, codes.InvalidArgument)
 	// Past its expiry the consent covers nothing. Its state changed
 	// without a write, and its version and update time say so: a reader
 	// holding the active copy (by etag, or polling by update time) must

@@ -5249,8 +5249,9 @@ type RevokeConsentRequest struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// The recipient to revoke for; empty revokes the whole consent. One of
 	// the consent's `recipients`; under the treating-providers designation,
-	// also a provider that this family's disclosures list (any other name
-	// is INVALID_ARGUMENT: it may be misspelt).
+	// also a provider that the clinic's disclosures list, for any family,
+	// so that a provider may be shut out before it reads this family's
+	// records (any other name is INVALID_ARGUMENT: it may be misspelt).
 	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// Why, as the patient said it.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
