@@ -491,7 +491,13 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	w.replan = false
 	var p activities.Plan
 	if err := flow.Call(ctx, &p, flow.A.LoadPlan, w.in.Intervention); err != nil {
-		return err
+		if !flow.GoOnPast(ctx, err, versionPastFailedReplan, "reading the changed plan failed; the reminders follow the plan read before") {
+			return err
+		}
+		// The service refuses a reminder to someone no longer taking part
+		// (and that refusal reads the plan again), so the plan read before
+		// misdirects nothing.
+		return nil
 	}
 	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
 	before := w.people()
@@ -512,7 +518,7 @@ func (w *wf) replanned(ctx workflow.Context) error {
 		if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 			Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "no longer taking part", Only: gone, Kind: "INTERVENTION_UPCOMING",
 			RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|replan|%d", w.replans)),
-		}); err != nil {
+		}); err != nil && !flow.GoOnPast(ctx, err, versionPastFailedReplan, "cancelling the reminders of people no longer taking part failed; those already made may still go out") {
 			return err
 		}
 	}
@@ -541,6 +547,13 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	return nil
 }
 
+// versionPastFailedReplan guards going on when reading the changed plan,
+// or cancelling the meeting reminders of people it no longer names,
+// failed for good: before, the failure ended the workflow, and the
+// meeting's outcome, recorded later, found no workflow to start the
+// intake or the boundary follow-up. Asked only on such a failure.
+const versionPastFailedReplan = "go-on-past-failed-replan"
+
 // versionRefusalReplans guards reading the plan again when the service
 // refuses a meeting reminder as to someone no longer taking part: before,
 // the refusal counted as sent, and the new counselor or participant never
@@ -556,7 +569,8 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.plan.Clinic, Related: w.in.Intervention, Reason: "rescheduled",
 		RequestID: flow.RequestID(ctx, fmt.Sprintf("cancel-reminders|%d", w.generation)),
-	}); err != nil {
+	}); err != nil && !flow.GoOnPast(ctx, err, versionPastFailedRescheduleCancel,
+		"cancelling the old time's reminders failed; the service cancelled them as it moved the meeting") {
 		return err
 	}
 	if err := w.releaseOutlived(ctx, "rescheduled past the hold"); err != nil {
@@ -564,6 +578,13 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	}
 	return w.arm(ctx)
 }
+
+// versionPastFailedRescheduleCancel guards going on when cancelling the
+// old time's reminders after a reschedule failed for good. The service
+// cancelled them itself, in the transaction that moved the meeting: this
+// is a second sweep. Before, the failure ended the workflow, and the
+// outcome found none to follow it up. Asked only on that failure.
+const versionPastFailedRescheduleCancel = "go-on-past-failed-reschedule-cancel"
 
 // versionLengthKeepsReminders guards taking a reschedule that changes
 // only the meeting's length (same start, same zone) without cancelling

@@ -95,9 +95,11 @@ type harness struct {
 	onSend func(activities.ReminderRequest) error
 	// calls lists ReleaseHold and CancelReminders in the order called.
 	calls []string
-	// plan answers LoadPlan; tests change it.
-	mu   sync.Mutex
-	plan activities.Plan
+	// plan answers LoadPlan; tests change it. planErr, once set, is what
+	// LoadPlan fails with instead.
+	mu      sync.Mutex
+	plan    activities.Plan
+	planErr error
 }
 
 func newHarness(t *testing.T, startIn time.Duration, settings activities.Settings) *harness {
@@ -122,7 +124,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	env.OnActivity(flow.A.LoadPlan, mock.Anything, name).Return(func(context.Context, string) (activities.Plan, error) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		return h.plan, nil
+		return h.plan, h.planErr
 	})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
@@ -1284,6 +1286,62 @@ func TestFailedReleaseOnRescheduleGoesOn(t *testing.T) {
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h2" {
 		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the new hold", res, err, intake)
+	}
+}
+
+// A reschedule whose second sweep of the old time's reminders fails for
+// good (the service cancelled them as it moved the meeting) goes on: the
+// new time's reminders go out and the outcome is followed up. Before, the
+// workflow failed there.
+func TestFailedCancelOnRescheduleGoesOn(t *testing.T) {
+	h := newHarness(t, 2*24*time.Hour, defaults())
+	h.cancelErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+	newStart := h.start.Add(5 * 24 * time.Hour)
+	var rejected error
+	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
+	h.update(7*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v; want it to go on", err, rejected)
+	}
+	if len(h.cancels) == 0 || h.cancels[0] != "rescheduled" {
+		t.Fatalf("cancels tried %v; want the old time's first", h.cancels)
+	}
+	n := 0
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if off := newStart.Sub(r.Due); r.To.ID == "counselor-1" && (off == 72*time.Hour || off == 24*time.Hour || off == 2*time.Hour) {
+			n++
+		}
+	}
+	if n != 3 {
+		t.Fatalf("%d of the counselor's reminders placed for the new time; want 3", n)
+	}
+}
+
+// A change of participants whose plan cannot be read (for good) leaves
+// the reminders to the plan read before, and the workflow goes on to
+// follow up the outcome. Before, it failed there.
+func TestFailedReplanReadGoesOn(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	changeAt := 36 * time.Hour
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.planErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+		h.mu.Unlock()
+	}, changeAt-time.Minute)
+	var rejected error
+	h.update(changeAt, intervention.UpdateReplan, intervention.Replan{}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, replan rejected %v; want it to go on", err, rejected)
+	}
+	got := map[string]int{}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		got[r.To.ID]++
+	}
+	if got["mom"] != 3 || got["counselor-1"] != 3 {
+		t.Fatalf("reminders %v; want the 72, 24 and 2 h reminders each, from the plan read before", got)
 	}
 }
 
