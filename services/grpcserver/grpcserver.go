@@ -322,8 +322,13 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 func (i *interceptor) fromDependency(ctx context.Context, method string, err error, st *status.Status) error {
 	i.log.WarnContext(ctx, "a call to another service failed", "method", method, "code", st.Code().String(), "error", err.Error())
 	switch st.Code() {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
 		return status.Errorf(st.Code(), "a service this call depends on did not answer (%s): retry", st.Code())
+	case codes.ResourceExhausted:
+		// Not the caller's quota, which that code would say: the other
+		// service is overloaded, for a while (the gateway adds a
+		// Retry-After to UNAVAILABLE).
+		return status.Error(codes.Unavailable, "a service this call depends on is overloaded: retry after a pause")
 	case codes.PermissionDenied, codes.Unauthenticated:
 		return status.Error(st.Code(), "the caller may not read what this call depends on")
 	case codes.NotFound:

@@ -163,6 +163,8 @@ func TestDependencyErrorsSpeakForThisCall(t *testing.T) {
 		{fmt.Errorf("read family: %w", status.Error(codes.PermissionDenied, "role [ehr] may not call /handoff.families.v1.FamiliesService/GetFamily")), codes.PermissionDenied},
 		{fmt.Errorf("read family: %w", status.Error(codes.Unavailable, "connection refused to families:7101")), codes.Unavailable},
 		{fmt.Errorf("read family: %w", status.Error(codes.InvalidArgument, "name: clinics/north/families/x is malformed")), codes.Internal},
+		// Another service's overload is not the caller's quota.
+		{fmt.Errorf("read family: %w", status.Error(codes.ResourceExhausted, "families:7101 over its limit")), codes.Unavailable},
 		// The handler's own answer passes as it is.
 		{status.Error(codes.FailedPrecondition, "the referral is closed"), codes.FailedPrecondition},
 	} {
