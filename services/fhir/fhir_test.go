@@ -318,6 +318,24 @@ func (r *recorder) Header() http.Header         { return r.header }
 func (r *recorder) WriteHeader(code int)        { r.code = code }
 func (r *recorder) Write(b []byte) (int, error) { r.body = append(r.body, b...); return len(b), nil }
 
+// The referral's Task and ServiceRequest name who asks, the clinic, as the
+// closed-loop guides require of the Task (Gravity's SDOHCC Task for
+// referral management: requester, focus, for and owner).
+func TestReferralNamesItsRequester(t *testing.T) {
+	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	want := obj{"type": "Organization", "identifier": obj{"system": sysResourceName, "value": "clinics/north"}}
+	for kind, res := range map[string]obj{"Task": task(r), "ServiceRequest": serviceRequest(r)} {
+		if got, _ := res["requester"].(obj); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s.requester = %v; want %v", kind, res["requester"], want)
+		}
+		for _, f := range []string{"focus", "for", "owner"} {
+			if kind == "Task" && res[f] == nil {
+				t.Errorf("Task.%s is missing", f)
+			}
+		}
+	}
+}
+
 func TestTaskChange(t *testing.T) {
 	s, err := newServer(Config{})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/referrals/intake"
 )
 
@@ -258,6 +259,14 @@ func referralSubject(r *referralsv1.Referral) (patientRef obj, member obj) {
 	return ref("Patient", fam), nil
 }
 
+// requester is who asks for a referral: the clinic, an Organization this
+// server does not serve, named by its resource name. The closed-loop
+// guides (Gravity's Task for referral management) require it on the Task,
+// and the program's EHR files the request under it.
+func requester(r *referralsv1.Referral) obj {
+	return obj{"type": "Organization", "identifier": obj{"system": sysResourceName, "value": "clinics/" + aip.Clinic(r.GetName())}}
+}
+
 // serviceRequest is a referral as the request.
 func serviceRequest(r *referralsv1.Referral) obj {
 	status := "active"
@@ -288,6 +297,7 @@ func serviceRequest(r *referralsv1.Referral) obj {
 		"priority":     priority,
 		"code":         serviceKind(r.GetServiceKind()),
 		"subject":      subject,
+		"requester":    requester(r),
 		"performer":    []any{ref("HealthcareService", lastSegment(r.GetProgram()))},
 	}
 	if member != nil {
@@ -352,6 +362,7 @@ func task(r *referralsv1.Referral) obj {
 		"focus":        ref("ServiceRequest", id),
 		"for":          subject,
 		"owner":        ref("HealthcareService", lastSegment(r.GetProgram())),
+		"requester":    requester(r),
 	}
 	if bs, ok := businessStatus[r.GetState()]; ok {
 		t["businessStatus"] = concept(bs[1], coding(sysBSeRStatus, bs[0], bs[1]))
