@@ -137,13 +137,40 @@ func (e Stored) Context(ctx context.Context) context.Context {
 	return otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(e.Trace))
 }
 
-// Pending returns up to limit undelivered events after the event with id
-// after (0 for the oldest), oldest first.
+// Consumer names a reader of the outbox with a delivery mark of its own:
+// Dispatch (the zero value: Temporal, the mark delivered_at) or Sink (the
+// webhook subscriptions, sink_delivered_at). Each goes at its own pace, so
+// that one's outage holds back none of the other's events.
+type Consumer string
+
+const (
+	Dispatch Consumer = ""
+	Sink     Consumer = "sink"
+)
+
+// column is the consumer's delivery mark, one of a fixed set: never taken
+// from input.
+func (c Consumer) column() string {
+	if c == Sink {
+		return "sink_delivered_at"
+	}
+	return "delivered_at"
+}
+
+// Pending returns up to limit events the dispatch has not delivered after
+// the event with id after (0 for the oldest), oldest first.
 func Pending(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, after int64, limit int) ([]Stored, error) {
+	return PendingFor(ctx, q, Dispatch, after, limit)
+}
+
+// PendingFor is Pending for consumer c.
+func PendingFor(ctx context.Context, q interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}, c Consumer, after int64, limit int) ([]Stored, error) {
 	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time, generation FROM outbox
-		WHERE delivered_at IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
+		WHERE `+c.column()+` IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
 	}

@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -54,6 +55,13 @@ type Relay struct {
 	// KeepRequestIDs how long a request id and its stored response are
 	// (default DefaultKeepRequestIDs). The relay deletes what is older.
 	Keep, KeepRequestIDs time.Duration
+	// Consumer is whose delivery mark the relay reads and sets (default
+	// Dispatch). A relay per consumer runs over one outbox, each holding a
+	// lock of its own; only Dispatch's prunes.
+	Consumer Consumer
+	// AwaitSink, on Dispatch's relay, keeps a delivered event until the
+	// Sink has it too: set where a Sink relay runs over the outbox.
+	AwaitSink bool
 	// NewerGrace is how long an event a newer release wrote (see
 	// Generation) is left for a relay of that release, from when this
 	// relay first left it; default DefaultNewerGrace. Past it, this relay
@@ -172,7 +180,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		linger = time.Second
 	}
 	n, errs := r.record(ctx, r.collect(ctx, linger, mine), ctx.Err() != nil)
-	if ctx.Err() == nil {
+	if ctx.Err() == nil && r.Consumer == Dispatch {
 		if err := r.prune(ctx, r.conn, time.Now()); err != nil {
 			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
 		}
@@ -193,8 +201,8 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	// at every poll, leaves the connection as it found it.
 	var leader bool
 	if err := conn.QueryRow(ctx, `SELECT l, CASE WHEN l THEN set_config('handoff.clinic', $1, false) END
-		FROM (SELECT pg_try_advisory_lock(hashtext('handoff-outbox-' || current_schema())) AS l) lock`,
-		pgdb.SystemScope).Scan(&leader, new(*string)); err != nil {
+		FROM (SELECT pg_try_advisory_lock(hashtext($2 || current_schema())) AS l) lock`,
+		pgdb.SystemScope, r.lockPrefix()).Scan(&leader, new(*string)); err != nil {
 		// The lock may be held, and the scope set, whatever failed: the
 		// session goes, and both with it.
 		_ = conn.Conn().Close(context.WithoutCancel(ctx))
@@ -206,6 +214,16 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 		return nil, false, nil
 	}
 	return conn, true, nil
+}
+
+// lockPrefix names the schema's delivery lock of the relay's consumer.
+// Dispatch's is the name every release before consumers used, so that a
+// relay of either release excludes the other's.
+func (r *Relay) lockPrefix() string {
+	if r.Consumer == Dispatch {
+		return "handoff-outbox-"
+	}
+	return "handoff-outbox-" + string(r.Consumer) + "-"
 }
 
 // giveBack returns conn to the pool without the relay's every-clinic scope:
@@ -230,7 +248,7 @@ func (r *Relay) release(ctx context.Context) {
 	uctx, cancel := settleCtx(ctx)
 	defer cancel()
 	var unlocked bool
-	if err := r.conn.QueryRow(uctx, `SELECT pg_advisory_unlock(hashtext('handoff-outbox-' || current_schema()))`).Scan(&unlocked); err != nil || !unlocked {
+	if err := r.conn.QueryRow(uctx, `SELECT pg_advisory_unlock(hashtext($1 || current_schema()))`, r.lockPrefix()).Scan(&unlocked); err != nil || !unlocked {
 		// A session lock left on a pooled connection would stop every
 		// relay, this one's next poll included, until the connection
 		// closed: close it now (the pool drops a closed connection).
@@ -372,9 +390,16 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			// Retrying cannot help an event that does not decode; it must
 			// not hold back its lane. It is set aside with its error for an
 			// operator (delivered_at set, last_error says why).
-			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "error", e.DecodeErr.Error())
-			if _, err := r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`,
-				e.ID, "set aside: "+e.DecodeErr.Error()); err != nil {
+			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "consumer", string(r.Consumer), "error", e.DecodeErr.Error())
+			// last_error is the dispatch's; another consumer marks only
+			// its own column (the dispatch sets the same event aside).
+			var err error
+			if r.Consumer == Dispatch {
+				_, err = r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`, e.ID, "set aside: "+e.DecodeErr.Error())
+			} else {
+				_, err = r.conn.Exec(rctx, `UPDATE outbox SET `+r.Consumer.column()+` = now() WHERE id = $1`, e.ID)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("outbox relay: set aside %d: %w", e.ID, err))
 				continue
 			}
@@ -384,15 +409,23 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			continue // shutting down: no fault of the event's
 		}
 		if res.failed != nil {
-			if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
-				res.failed.ID, res.err.Error()); err != nil {
-				errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
+			// attempts and last_error are the dispatch's: the gauges and an
+			// operator read them as its.
+			if r.Consumer == Dispatch {
+				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
+					res.failed.ID, res.err.Error()); err != nil {
+					errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
+				}
 			}
 			errs = append(errs, fmt.Errorf("outbox relay: deliver %d (%s): %w", res.failed.ID, res.failed.Type, res.err))
 		}
 	}
 	if len(delivered) > 0 {
-		if _, err := r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`, delivered); err != nil {
+		q := `UPDATE outbox SET delivered_at = now(), attempts = attempts + 1 WHERE id = ANY($1)`
+		if r.Consumer != Dispatch {
+			q = `UPDATE outbox SET ` + r.Consumer.column() + ` = now() WHERE id = ANY($1)`
+		}
+		if _, err := r.conn.Exec(rctx, q, delivered); err != nil {
 			return 0, append(errs, fmt.Errorf("outbox relay: mark %d delivered: %w", len(delivered), err))
 		}
 	}
@@ -413,7 +446,7 @@ func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now 
 	var after int64
 	ready := 0
 	for range maxPages {
-		page, err := Pending(ctx, conn, after, batch)
+		page, err := PendingFor(ctx, conn, r.Consumer, after, batch)
 		if err != nil {
 			return nil, err
 		}
@@ -580,12 +613,13 @@ func (r *Relay) observe() {
 		var n int64
 		var oldest float64
 		if err := r.DB.QueryRow(ctx, `SELECT count(*), coalesce(extract(epoch FROM now() - min(create_time)), 0)
-			FROM outbox WHERE delivered_at IS NULL`).Scan(&n, &oldest); err != nil {
+			FROM outbox WHERE `+r.Consumer.column()+` IS NULL`).Scan(&n, &oldest); err != nil {
 			return nil // a failed scrape of one gauge must not fail the rest
 		}
-		schema := attribute.String("schema", r.DB.Pool.Config().ConnConfig.RuntimeParams["search_path"])
-		o.ObserveInt64(pending, n, metric.WithAttributes(schema))
-		o.ObserveFloat64(age, oldest, metric.WithAttributes(schema))
+		attrs := metric.WithAttributes(attribute.String("schema", r.DB.Pool.Config().ConnConfig.RuntimeParams["search_path"]),
+			attribute.String("consumer", cmp.Or(string(r.Consumer), "dispatch")))
+		o.ObserveInt64(pending, n, attrs)
+		o.ObserveFloat64(age, oldest, attrs)
 		return nil
 	}, pending, age)
 }

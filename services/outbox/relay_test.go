@@ -489,3 +489,64 @@ func TestNewerReleasesUndecodableEventIsLeftToIt(t *testing.T) {
 		t.Fatalf("the newer release's event: left %v, %v; want it left, not set aside", left, err)
 	}
 }
+
+// The dispatch and the sink each read the outbox at their own pace: with
+// the dispatch failing (Temporal away), the sink still takes every event,
+// in order, and marks only its own column; the dispatch's failures are
+// its own to count. Both relays run side by side, each under its lock.
+func TestConsumersGoAtTheirOwnPace(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	for _, v := range []string{"a", "b", "c"} {
+		write(v)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	dispatch := &outbox.Relay{DB: db, Log: quiet, Interval: time.Nanosecond, AwaitSink: true,
+		Deliver: func(context.Context, outbox.Stored) error { return errors.New("temporal away") }}
+	var sunk []string
+	sink := &outbox.Relay{DB: db, Log: quiet, Consumer: outbox.Sink, Deliver: func(_ context.Context, e outbox.Stored) error {
+		sunk = append(sunk, e.Resource)
+		return nil
+	}}
+	if _, err := dispatch.Once(ctx); err == nil {
+		t.Fatal("the dispatch's failure was not reported")
+	}
+	if n, err := sink.Once(ctx); err != nil || n != 3 || fmt.Sprint(sunk) != "[a b c]" {
+		t.Fatalf("sink while the dispatch fails: %d, %v, %v; want [a b c]", n, err, sunk)
+	}
+	var dispatched, sinkPending, attempts int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE delivered_at IS NOT NULL), count(*) FILTER (WHERE sink_delivered_at IS NULL),
+		coalesce(sum(attempts), 0) FROM outbox`).Scan(&dispatched, &sinkPending, &attempts); err != nil {
+		t.Fatal(err)
+	}
+	if dispatched != 0 || sinkPending != 0 || attempts != 1 {
+		t.Fatalf("after the sink: %d dispatched, %d pending for the sink, %d attempts; want 0, 0 and the dispatch's one", dispatched, sinkPending, attempts)
+	}
+	if n, err := sink.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("the sink again: %d, %v; want nothing twice", n, err)
+	}
+}
+
+// With a sink consumer, an event the dispatch delivered long ago is kept
+// while the sink has not taken it: pruning it would lose its
+// notifications.
+func TestRetentionAwaitsTheSink(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	for _, v := range []string{"both-old", "dispatch-only-old"} {
+		write(v)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET delivered_at = now() - interval '8 days';
+		UPDATE outbox SET sink_delivered_at = now() - interval '8 days' WHERE resource = 'both-old'`); err != nil {
+		t.Fatal(err)
+	}
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), AwaitSink: true, Deliver: func(context.Context, outbox.Stored) error { return nil }}
+	if _, err := r.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := pool.Query(ctx, `SELECT resource FROM outbox ORDER BY id`)
+	kept, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || fmt.Sprint(kept) != "[dispatch-only-old]" {
+		t.Fatalf("kept %v, %v; want [dispatch-only-old], which the sink has not taken", kept, err)
+	}
+}

@@ -59,9 +59,13 @@ func inBatches(now func() time.Time, budget time.Duration, forgets ...func(limit
 // Forget deletes up to limit events delivered (or set aside) before
 // before, oldest first, and returns how many it deleted. Their payloads
 // are records under 42 CFR Part 2, kept no longer than they serve.
-func Forget(ctx context.Context, q idempotency.Execer, before time.Time, limit int) (int64, error) {
+//
+// With awaitSink, an event the Sink consumer has not taken yet is kept,
+// however old its dispatch.
+func Forget(ctx context.Context, q idempotency.Execer, before time.Time, limit int, awaitSink bool) (int64, error) {
 	tag, err := q.Exec(ctx, `DELETE FROM outbox WHERE id IN (
-		SELECT id FROM outbox WHERE delivered_at < $1 ORDER BY delivered_at LIMIT $2)`, before, limit)
+		SELECT id FROM outbox WHERE delivered_at < $1 AND (NOT $3 OR sink_delivered_at IS NOT NULL)
+		ORDER BY delivered_at LIMIT $2)`, before, limit, awaitSink)
 	if err != nil {
 		return 0, fmt.Errorf("outbox: forget delivered events: %w", err)
 	}
@@ -84,7 +88,7 @@ func (r *Relay) prune(ctx context.Context, q idempotency.Execer, now time.Time) 
 		keepIDs = DefaultKeepRequestIDs
 	}
 	return InBatches(
-		func(limit int) (int64, error) { return Forget(ctx, q, now.Add(-keep), limit) },
+		func(limit int) (int64, error) { return Forget(ctx, q, now.Add(-keep), limit, r.AwaitSink) },
 		func(limit int) (int64, error) { return idempotency.Forget(ctx, q, now.Add(-keepIDs), limit) },
 	)
 }

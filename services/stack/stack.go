@@ -247,13 +247,17 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	d := &dispatch.Dispatcher{Client: relayClient, Log: cfg.Log}
 	for _, name := range []string{families.Schema, interventions.Schema, referrals.Schema} {
-		deliver := d.Deliver
+		relays := []*outbox.Relay{{DB: s.DBs[name], Deliver: d.Deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval,
+			Lane: outbox.ByFamily, AwaitSink: sink != nil}}
 		if sink != nil {
-			deliver = sink.After(d.Deliver, name)
+			// The webhook subscriptions' own consumer, as the services run it.
+			relays = append(relays, &outbox.Relay{DB: s.DBs[name], Deliver: sink.For(name), Log: cfg.Log.With("relay", name, "consumer", "sink"),
+				Interval: cfg.RelayInterval, Lane: outbox.ByFamily, Consumer: outbox.Sink})
 		}
-		r := &outbox.Relay{DB: s.DBs[name], Deliver: deliver, Log: cfg.Log.With("relay", name), Interval: cfg.RelayInterval, Lane: outbox.ByFamily}
-		s.wg.Add(1)
-		go func() { defer s.wg.Done(); r.Run(runCtx) }()
+		for _, r := range relays {
+			s.wg.Add(1)
+			go func() { defer s.wg.Done(); r.Run(runCtx) }()
+		}
 	}
 
 	if !cfg.NoWorker {

@@ -21,9 +21,10 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
-// Sink turns outbox events into deliveries. The outbox relays call it for
-// every event after their Temporal dispatch; an error makes the relay retry
-// the event, and a retried event enqueues nothing twice. An event that can
+// Sink turns outbox events into deliveries. A relay of each service's
+// outbox calls it for every event, as the outbox's Sink consumer, apart
+// from the Temporal dispatch; an error makes the relay retry the event,
+// and a retried event enqueues nothing twice. An event that can
 // never be enqueued (its failure is deterministic) is set aside in
 // sink_failures instead, so that it cannot hold back every later event.
 type Sink struct {
@@ -41,21 +42,6 @@ func (k *Sink) For(source string) func(ctx context.Context, e outbox.Stored) err
 			return err // transient (the database is away): the relay retries
 		}
 		return k.setAside(ctx, source, e, err)
-	}
-}
-
-// After returns the Deliver function for the relay of the outbox in schema
-// source: first (the Temporal dispatch), then the webhook enqueue. A
-// failure of first, or a transient failure of the enqueue, makes the relay
-// retry the event; both tolerate the repeat. A deterministic enqueue
-// failure is set aside and does not stop the relay.
-func (k *Sink) After(first func(context.Context, outbox.Stored) error, source string) func(context.Context, outbox.Stored) error {
-	enqueue := k.For(source)
-	return func(ctx context.Context, e outbox.Stored) error {
-		if err := first(ctx, e); err != nil {
-			return err
-		}
-		return enqueue(ctx, e)
 	}
 }
 

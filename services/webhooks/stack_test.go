@@ -24,6 +24,7 @@ import (
 	"github.com/handoff-health/handoff/services/loopback"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 	"github.com/handoff-health/handoff/services/webhooks"
+	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // liveReceiver is a real HTTP endpoint on a fixed 127.0.0.1 port that can
@@ -304,6 +305,48 @@ func TestReceiverSurvivesItsDowntime(t *testing.T) {
 	stacktest.Eventually(t, 10*time.Second, "eight deliveries recorded as delivered", func() bool { return len(deliveries("state = DELIVERED")) == 8 })
 	if dead := deliveries("state = DEAD"); len(dead) != 0 {
 		t.Fatalf("dead letters: %v", dead)
+	}
+}
+
+// The EHR hears that the loved one was admitted while Temporal is away:
+// the webhook notifications read the outbox apart from the Temporal
+// dispatch, which this same event needs (it starts the TreatmentEntered
+// workflow), and so wait on no Temporal. Once Temporal is back, the
+// dispatch catches up.
+func TestNotificationsDoNotWaitOnTemporal(t *testing.T) {
+	e := startStack(t)
+	p := ok(e.ref.CreateProgram(e.admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
+		DisplayName: "Riverside outpatient", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT},
+		PaymentsAccepted: []referralsv1.PaymentKind{referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID}}}))
+	ok(e.ref.ReportCapacity(e.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 5}))
+	_, f := e.setupClinic(t)
+	e.consent(f, "ehr-1")
+	rcv := newLiveReceiver(t)
+	rcv.up()
+	sub := ok(e.hooks.CreateSubscription(e.as("ehr-1", auth.RoleEHR), &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+		Subscription: &webhooksv1.Subscription{Url: rcv.url(), Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}))
+	rcv.secret = sub.GetSecret()
+	r := ok(e.ref.CreateReferral(e.counsel, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: f.GetName(), Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "outpatient care"}}))
+	ok(e.ref.AcceptReferral(e.counsel, &referralsv1.TransitionReferralRequest{Name: r.GetName()}))
+	stacktest.Eventually(t, 20*time.Second, "the created and accepted notifications", func() bool { return len(rcv.received()) == 2 })
+
+	e.sys.RelayProxy.Cut()
+	ok(e.ref.CompleteReferral(e.counsel, &referralsv1.CompleteReferralRequest{Name: r.GetName()}))
+	stacktest.Eventually(t, 20*time.Second, "the admission's notification while Temporal is away", func() bool { return len(rcv.received()) == 3 })
+	entered := ids.TreatmentEntered(r.GetName())
+	if _, err := e.sys.Temporal.DescribeWorkflowExecution(context.Background(), entered, ""); err == nil {
+		t.Fatal("the dispatch reached Temporal through the cut: the test proves nothing")
+	}
+	e.sys.RelayProxy.Restore()
+	stacktest.Eventually(t, 30*time.Second, "the dispatch catching up", func() bool {
+		_, err := e.sys.Temporal.DescribeWorkflowExecution(context.Background(), entered, "")
+		return err == nil
+	})
+	if got := rcv.received(); len(got) != 3 {
+		t.Fatalf("%d notifications after Temporal came back; want the 3, each once", len(got))
 	}
 }
 

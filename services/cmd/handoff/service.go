@@ -576,18 +576,23 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		parts = append(parts, background.run)
 	}
 	deliver := (&dispatch.Dispatcher{Client: tc, Log: log}).Deliver
+	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
 	if d.schema != webhooks.Schema {
-		// After Temporal, every event is offered to the webhook
-		// subscriptions; the webhooks schema is migrated here too, so the
-		// relay never waits for a service that starts later.
+		// Every event is offered to the webhook subscriptions too, by a
+		// relay of its own: the EHR's and the reminder automation's
+		// notifications wait on no Temporal. The webhooks schema is
+		// migrated here too, so the relay never waits for a service that
+		// starts later.
 		whDB, err := openSchema(ctx, f.databaseURL, webhooks.Schema, webhooks.Migrations(), f.migrate)
 		if err != nil {
 			return err
 		}
 		defer whDB.Pool.Close()
-		deliver = (&webhooks.Sink{DB: whDB, Log: log}).After(deliver, d.schema)
+		relay.AwaitSink = true
+		sink := &outbox.Relay{DB: pool, Deliver: (&webhooks.Sink{DB: whDB, Log: log}).For(d.schema), Log: log.With("consumer", "sink"),
+			Lane: outbox.ByFamily, Consumer: outbox.Sink}
+		parts = append(parts, sink.Run)
 	}
-	relay := &outbox.Relay{DB: pool, Deliver: deliver, Log: log, Lane: outbox.ByFamily}
 	parts = append(parts, relay.Run)
 	// Bound last, once everything it serves with is open: a port taken
 	// while a migration waits on another's lock would take connections it
