@@ -2,7 +2,14 @@
 -- with its own mark: EHR and reminder notifications need nothing from
 -- Temporal, and no longer wait on the Temporal dispatch (a Temporal
 -- outage, or one workflow that takes no update, held them for as long).
--- Events the dispatch delivered before were enqueued with it.
-ALTER TABLE outbox ADD COLUMN sink_delivered_at timestamptz;
-UPDATE outbox SET sink_delivered_at = delivered_at WHERE delivered_at IS NOT NULL;
-CREATE INDEX outbox_sink_pending ON outbox (id) WHERE sink_delivered_at IS NULL;
+--
+-- Every service write adds an outbox row, so this holds its lock only for
+-- a moment: the column comes with a constant default, which PostgreSQL
+-- records without rewriting the table, and which marks every event there
+-- as taken by the sink (those the dispatch delivered were enqueued with
+-- it); new events get none. Only the few the dispatch has not delivered,
+-- found through outbox_pending, are left for the sink. Its index is built
+-- apart, concurrently (0014).
+ALTER TABLE outbox ADD COLUMN sink_delivered_at timestamptz DEFAULT '-infinity';
+ALTER TABLE outbox ALTER COLUMN sink_delivered_at DROP DEFAULT;
+UPDATE outbox SET sink_delivered_at = NULL WHERE delivered_at IS NULL;
