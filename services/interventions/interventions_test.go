@@ -2329,13 +2329,16 @@ func TestClaimChecksContactAgain(t *testing.T) {
 
 // withdrawnAfterNextRead is the families service while a member withdraws
 // consent just after the next read of the family: that read has her
-// reachable, every one after it not.
+// reachable, every one after it not (or, with down, none answered).
 type withdrawnAfterNextRead struct {
 	familiesv1.FamiliesServiceClient
-	armed, withdrawn atomic.Bool
+	armed, withdrawn, down atomic.Bool
 }
 
 func (w *withdrawnAfterNextRead) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	if w.down.Load() && w.withdrawn.Load() {
+		return nil, status.Error(codes.Unavailable, "families service restarting")
+	}
 	fam, err := w.FamiliesServiceClient.GetFamily(ctx, in, opts...)
 	if err == nil && w.withdrawn.Load() {
 		for _, m := range fam.GetMembers() {
@@ -2359,13 +2362,18 @@ func TestClaimRacingAWithdrawalHandsOutNoAddress(t *testing.T) {
 		families.FamiliesServiceClient = c
 		return families
 	})
-	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
-		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
-	if err != nil {
-		t.Fatal(err)
+	remind := func() *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
 	}
+	rem := remind()
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
 	families.armed.Store(true)
 	req := &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "sms-1", RequestId: "claim-1", LeaseDuration: durationpb.New(time.Minute)}
@@ -2379,6 +2387,36 @@ func TestClaimRacingAWithdrawalHandsOutNoAddress(t *testing.T) {
 	}
 	if _, err := f.client.ClaimReminder(auto, req); err == nil {
 		t.Fatal("the claim's retry got the lease back")
+	}
+
+	// The claimant extending its own live lease as she withdraws has the
+	// address already and may be sending: refused, but the reminder is
+	// left for it to report, not cancelled.
+	families.withdrawn.Store(false)
+	second := remind()
+	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: second.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	families.armed.Store(true)
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: second.GetName(), Claimant: "sms-1", Etag: claimed.GetEtag(),
+		LeaseDuration: durationpb.New(time.Minute)})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CONTACT_NOT_ALLOWED" {
+		t.Fatalf("extension as she withdrew: %v; want CONTACT_NOT_ALLOWED", err)
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: second.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
+		t.Fatalf("the reminder on its way: %v, %v; want still CLAIMED, for its claimant to report", got.GetState(), err)
+	}
+
+	// The families service not answering the second time: no address.
+	families.withdrawn.Store(false)
+	families.down.Store(true)
+	third := remind()
+	families.armed.Store(true)
+	got, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: third.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+	if code := status.Code(err); code != codes.Unavailable || got.GetAddress() != "" {
+		t.Fatalf("claim checked again while the families service is down: %v, address %q; want UNAVAILABLE and no address", err, got.GetAddress())
 	}
 }
 

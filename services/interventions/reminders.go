@@ -734,7 +734,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		}
 	}
 	if err == nil && isFamily(out.GetRecipient().GetKind()) {
-		if address, err = s.confirmClaimContact(ctx, out, address); err != nil {
+		// An extension of the claimant's own live lease: it has the
+		// address already, and may be sending.
+		extension := pre.GetState() == rClaimed && pre.GetClaimedBy() == req.GetClaimant() &&
+			pre.GetLeaseExpireTime() != nil && pre.GetLeaseExpireTime().AsTime().After(now)
+		if address, err = s.confirmClaimContact(ctx, out, extension); err != nil {
 			return nil, err
 		}
 	}
@@ -801,28 +805,38 @@ func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Remi
 // claim itself would otherwise be answered with their address. Refused,
 // the reminder is cancelled before anyone had the address, and the claim
 // is refused CONTACT_NOT_ALLOWED (its retry finds the claim gone:
-// CLAIM_LAPSED). The address is taken from this newer read. A families
-// service that does not answer leaves the claim as it is: it answered a
-// moment ago, and a claim failed now would leave the reminder held for
-// its lease.
-func (s *Server) confirmClaimContact(ctx context.Context, out *interventionsv1.Reminder, address string) (string, error) {
+// CLAIM_LAPSED); but an extension of the claimant's own live lease is
+// refused without cancelling, as the check before the claim does: the
+// claimant has the address, may be sending, and reports. The address is
+// taken from this newer read. A families service that does not answer
+// fails the claim, to be tried again under its request id (which asks
+// again): a message to someone who said no cannot be taken back.
+func (s *Server) confirmClaimContact(ctx context.Context, out *interventionsv1.Reminder, extension bool) (string, error) {
 	rc := out.GetRecipient()
 	channels, err := s.contact(ctx, rc)
 	switch {
 	case err == nil:
 		return addressOn(channels, rc.GetChannel()), nil
 	case apperr.Reason(err) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(err, codes.InvalidArgument):
-		return address, nil
+		return "", fmt.Errorf("check again that the recipient may be contacted: %w", err)
+	}
+	refused := func(what string) error {
+		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", out.GetName(), what),
+			map[string]string{"resource": out.GetName()})
+	}
+	if extension {
+		return "", refused("do not send it, and report what became of it")
 	}
 	// The caller leaving does not stop this: a claim left standing would
-	// be sent by a retry's worker under a new request id.
-	_, cerr := s.CancelReminder(context.WithoutCancel(ctx), &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonWithdrawnAtClaim})
+	// be sent by a retry's worker under a new request id. Bounded, as the
+	// database may have stopped answering.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_, cerr := s.CancelReminder(cctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonWithdrawnAtClaim})
 	if cerr != nil && apperr.Reason(cerr) != apperr.ReasonInvalidTransition {
 		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", cerr)
 	}
-	return "", apperr.FailedPrecondition("CONTACT_NOT_ALLOWED",
-		fmt.Sprintf("%s: its recipient may no longer be contacted; it was cancelled", out.GetName()),
-		map[string]string{"resource": out.GetName()})
+	return "", refused("it was cancelled")
 }
 
 // reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at
