@@ -130,6 +130,9 @@ type wf struct {
 	refused    map[string]bool // purposes refused so, each replanned for once
 	loaded     bool            // the plan is read; updates wait for it
 	handedOver bool            // the MAT intake was started with the hold
+	// planStale: a changed plan could not be read (go-on-past-failed-
+	// replan); the follow-up reads it again before it names a counselor.
+	planStale bool
 }
 
 // versionCleanUpOnAbandon guards the cleanup after the workflow is
@@ -494,11 +497,15 @@ func (w *wf) replanned(ctx workflow.Context) error {
 		if !flow.GoOnPast(ctx, err, versionPastFailedReplan, "reading the changed plan failed; the reminders follow the plan read before") {
 			return err
 		}
-		// The service refuses a reminder to someone no longer taking part
-		// (and that refusal reads the plan again), so the plan read before
-		// misdirects nothing.
+		// The service refuses a meeting reminder to someone no longer
+		// taking part (and that refusal reads the plan again); the
+		// follow-up, which names the counselor and level, reads it again
+		// first. A refusal's time is spent: a later replan counts from
+		// the last reminder sent.
+		w.planStale, w.refusedAt = true, time.Time{}
 		return nil
 	}
+	w.planStale = false
 	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
 	before := w.people()
 	w.plan = p
@@ -977,6 +984,17 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 // workflow that took over does.
 func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 	w.step = StepFollowingUp
+	if w.planStale {
+		// Only in a run that went on past a failed read of its plan (and
+		// recorded that version): none before it reads here.
+		var p activities.Plan
+		if err := flow.Call(ctx, &p, flow.A.LoadPlan, w.in.Intervention); err == nil {
+			p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
+			w.plan, w.planStale = p, false
+		} else if !flow.GoOnPast(ctx, err, versionPastFailedReplan, "reading the plan for the follow-up failed; it follows the plan read before") {
+			return Result{}, err
+		}
+	}
 	o := *w.outcome
 	res := Result{Outcome: o.Kind}
 	acceptsMAT := o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, activities.IsMAT)

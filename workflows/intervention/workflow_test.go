@@ -1345,6 +1345,41 @@ func TestFailedReplanReadGoesOn(t *testing.T) {
 	}
 }
 
+// After a failed read of a changed plan, the follow-up reads it again: a
+// yes goes to the intake with the counselor who took the family over,
+// not the one the failed read left in place.
+func TestFollowUpReadsAPlanItCouldNotReadBefore(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	changeAt := 36 * time.Hour
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.plan.Counselor.ID = "counselor-2"
+		h.planErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+		h.mu.Unlock()
+	}, changeAt-time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		h.planErr = nil
+		h.mu.Unlock()
+	}, 4*24*time.Hour)
+	h.update(changeAt, intervention.UpdateReplan, intervention.Replan{}, nil)
+	var intake matintake.Input
+	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
+		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
+			intake = in
+			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
+		})
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome,
+		intervention.Outcome{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatalf("workflow error %v", err)
+	}
+	if intake.Counselor.ID != "counselor-2" {
+		t.Fatalf("the intake went to %q; want counselor-2, read again after the failed read", intake.Counselor.ID)
+	}
+}
+
 // A release that keeps failing after a reschedule holds the workflow up
 // for holdBudget, not for the day of an activity's retries: the new
 // time's reminders are armed, and the first goes out on time.
