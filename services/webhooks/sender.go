@@ -368,6 +368,7 @@ type pending struct {
 	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
 	firstTry                 time.Time // see migration 0013
+	claims                   int64     // the fence of this attempt's outcome (migration 0016)
 	refusals                 int       // answers in a row that refused it (migration 0014)
 	consulted                bool      // this attempt asked the families service (disclose)
 	url, secret, owner       string
@@ -470,13 +471,13 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 			ORDER BY h.next_attempt_time, h.seq
 			LIMIT $1
 			FOR UPDATE OF h SKIP LOCKED)
-		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1,
+		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1, claims = d.claims + 1,
 			first_try_time = coalesce(d.first_try_time, now())
 		FROM heads, subscriptions s
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.member_id, d.payload,
-			d.attempts, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			d.attempts, d.claims, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
 	if err != nil {
@@ -489,7 +490,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		var topic, kind int16
 		var member *string
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &member, &p.payload,
-			&p.attempts, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.claims, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if member != nil {
@@ -532,6 +533,15 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 // ownRetry is the least wait after a try that failed on Handoff's side.
 const ownRetry = 30 * time.Second
 
+// ownWait is the wait after a try that failed on Handoff's side, for a
+// delivery failing so for failing: a quarter of that, at least ownRetry,
+// then up to half again at random, and no more than limit.
+func ownWait(failing, limit time.Duration, rnd func() float64) time.Duration {
+	w := max(ownRetry, failing/4)
+	w += time.Duration(float64(w) / 2 * rnd())
+	return min(w, limit)
+}
+
 // errOwnSide marks an attempt that failed before anything was sent, for a
 // reason of Handoff's own.
 var errOwnSide = errors.New("not sent: Handoff could not prepare it")
@@ -567,13 +577,28 @@ const undecodableFor = 24 * time.Hour
 // secret does not open with the configured key.
 var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
 
-// dead records p as a dead letter, fenced on its attempt number. It keeps
+// settleTimeout bounds the write of an attempt's outcome, which goes on
+// past the sender's shutdown: on a database that stopped answering (or a
+// row lock held elsewhere), shutdown must not wait for TCP to give up.
+// An outcome left unwritten is sent again after the lease, and the
+// receiver drops the repeat by its id.
+var settleTimeout = 10 * time.Second // a variable for the tests
+
+// settled is ctx without its cancellation, bounded by settleTimeout, in
+// clinic's scope.
+func settled(ctx context.Context, clinic string) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	return pgdb.WithClinic(c, clinic), cancel
+}
+
+// dead records p as a dead letter, fenced on its claim count. It keeps
 // the payload, so that a replay can still send it in full.
 func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
-	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
+	rctx, cancel := settled(ctx, p.clinic)
+	defer cancel()
 	tag, err := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, finish_time = now()
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
-		p.clinic, p.subscription, p.id, stateDead, p.attempts, reason)
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5`,
+		p.clinic, p.subscription, p.id, stateDead, p.claims, reason)
 	if err != nil {
 		return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), err)
 	}
@@ -606,10 +631,12 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if err == nil {
 		status, err = s.post(ctx, p, body)
 	}
-	// Every outcome is fenced on the attempt number: if this sender's lease
-	// expired and another sender claimed the delivery since, the row has a
-	// higher count and this sender's outcome changes nothing.
-	rctx := pgdb.WithClinic(context.WithoutCancel(ctx), p.clinic)
+	// Every outcome is fenced on the claim count, which nothing resets: if
+	// this sender's lease expired and another sender claimed the delivery
+	// since (after a replay too), the row has a higher count and this
+	// sender's outcome changes nothing.
+	rctx, cancel := settled(ctx, p.clinic)
+	defer cancel()
 	if err == nil {
 		// Recorded even while shutting down: the receiver has it, and
 		// leaving it to the lease would send it again.
@@ -617,8 +644,8 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		// handled meanwhile) went out all the same: it is recorded as
 		// delivered, not as never sent.
 		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), finish_time = now(), last_error = '', payload = NULL
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state IN (1, 4) AND attempts = $5`,
-			p.clinic, p.subscription, p.id, stateDelivered, p.attempts)
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state IN (1, 4) AND claims = $5`,
+			p.clinic, p.subscription, p.id, stateDelivered, p.claims)
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
 		}
@@ -635,8 +662,8 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	if errors.Is(err, errWithheld) {
 		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, payload = NULL, finish_time = now()
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $5`,
-			p.clinic, p.subscription, p.id, stateWithdrawn, p.attempts, errWithheld.Error())
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5`,
+			p.clinic, p.subscription, p.id, stateWithdrawn, p.claims, errWithheld.Error())
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record withheld %s: %w", p.name(), uerr)
 		}
@@ -670,16 +697,20 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	giveBack := 0
 	if errors.Is(err, errOwnSide) {
-		// Nothing reached the receiver: the try is given back, and the
-		// next waits at least ownRetry, so that a service coming back is
-		// not met by every pending delivery at once.
+		// Nothing reached the receiver: the try is given back, so the
+		// attempt's backoff does not grow. The wait does, with how long
+		// the delivery has been failing on this side (a quarter of it, at
+		// least ownRetry, at most MaxBackoff), and with jitter: through an
+		// outage or a revoked token, every pending delivery would
+		// otherwise ask the families service again, and log, every 30 s in
+		// step, and all meet it at once when it comes back.
 		giveBack = 1
-		wait = max(wait, min(ownRetry, s.cfg.MaxBackoff))
+		wait = max(wait, ownWait(time.Since(p.firstTry), s.cfg.MaxBackoff, rand.Float64))
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
 		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND attempts = $4`,
-		p.clinic, p.subscription, p.id, p.attempts, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err))
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $4`,
+		p.clinic, p.subscription, p.id, p.claims, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err))
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
@@ -982,8 +1013,8 @@ func refusedFor(err error, n int) bool {
 func (s *Sender) stillDue(ctx context.Context, p *pending) (bool, error) {
 	var due bool
 	err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, p.clinic), `SELECT EXISTS (SELECT FROM deliveries
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND attempts = $4 AND state = 1)`,
-		p.clinic, p.subscription, p.id, p.attempts).Scan(&due)
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND claims = $4 AND state = 1)`,
+		p.clinic, p.subscription, p.id, p.claims).Scan(&due)
 	if err != nil {
 		return false, fmt.Errorf("webhooks: check %s before sending: %w", p.name(), err)
 	}

@@ -88,6 +88,100 @@ func TestSuccessRecordedDuringShutdown(t *testing.T) {
 	}
 }
 
+// A sender shutting down does not wait on a database that holds its
+// outcome's row: the write gives up after settleTimeout, and the delivery
+// is sent again after its lease (the receiver drops the repeat by id).
+func TestOutcomeWriteIsBoundedAtShutdown(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	defer func(d time.Duration) { settleTimeout = d }(settleTimeout)
+	settleTimeout = 300 * time.Millisecond
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	// Another transaction holds the row (for 5 s) while the receiver
+	// answers and the shutdown begins.
+	var holder pgx.Tx
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		tx, err := pool.Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM deliveries FOR UPDATE`); err != nil {
+			return nil, err
+		}
+		holder = tx
+		time.AfterFunc(5*time.Second, func() { _ = tx.Rollback(ctx) })
+		stop()
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	began := time.Now()
+	_, _ = s.Once(run)
+	if took := time.Since(began); took > 3*time.Second {
+		t.Fatalf("the send returned after %v with its row held; want it to give up after %v", took.Round(time.Millisecond), settleTimeout)
+	}
+	if holder == nil {
+		t.Fatal("nothing was sent")
+	}
+	_ = holder.Rollback(ctx)
+}
+
+// A sender whose lease ran out records nothing over a later claim, even
+// one after a replay, which starts the attempt count again: the outcome
+// is fenced on the claim count, which nothing resets.
+func TestStaleOutcomeAfterAReplayChangesNothing(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	stale, err := s.claimFree(ctx)
+	if err != nil || len(stale) != 1 {
+		t.Fatalf("first claim: %v, %v", stale, err)
+	}
+	// Its lease runs out; another sender makes it a dead letter; an
+	// administrator replays it (as ReplayDelivery does); a third claims it.
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET state = $1, finish_time = now()`, stateDead); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET state = $1, attempts = 0, replays = replays + 1, next_attempt_time = now(),
+		finish_time = NULL, first_try_time = NULL, refusals = 0`, statePending); err != nil {
+		t.Fatal(err)
+	}
+	current, err := s.claimFree(ctx)
+	if err != nil || len(current) != 1 || current[0].attempts != stale[0].attempts {
+		t.Fatalf("claim after the replay: %v, %v; want one at the same attempt number as the stale one", current, err)
+	}
+	if err := s.send(ctx, stale[0]); err != nil {
+		t.Fatal(err)
+	}
+	var state int16
+	if err := pool.QueryRow(ctx, `SELECT state FROM deliveries`).Scan(&state); err != nil || state != statePending {
+		t.Fatalf("after the stale sender's outcome: state %d, %v; want the current claim's PENDING, untouched", state, err)
+	}
+}
+
 // A FULL payload this sender cannot read (most likely enqueued by a newer
 // one, during a rolling deploy) is Handoff's failure, not the receiver's:
 // nothing is sent, the try is given back and no dead letter is made, so a
@@ -127,6 +221,20 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 	}
 	if posts != 0 || state != statePending || attempts != 0 {
 		t.Fatalf("%d POSTs, state %d, %d attempts; want none sent, still PENDING, the try given back", posts, state, attempts)
+	}
+	// Failing for two hours on this side, it waits a half hour or more.
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET first_try_time = now() - interval '2 hours', next_attempt_time = now()`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var wait float64
+	if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM next_attempt_time - now()) FROM deliveries`).Scan(&wait); err != nil {
+		t.Fatal(err)
+	}
+	if wait < 29*60 || wait > 46*60 {
+		t.Fatalf("after two hours failing on Handoff's side, the next try in %.0f s; want 30 to 45 min", wait)
 	}
 	// A day on, no sender has read it: it is dead, so that it no longer
 	// holds back the resource's later notifications, with a reason that
@@ -395,6 +503,28 @@ func TestDeliveriesOfUnknownMemberAreNotTheLovedOnes(t *testing.T) {
 	for _, r := range fam.asked {
 		if r.GetDisclosure().GetMemberId() != "mom" || r.GetDisclosure().GetResource() != "clinics/north/referrals/r-mom" {
 			t.Fatalf("asked %v; want only mom's consent, for the full notification", r)
+		}
+	}
+}
+
+// A delivery failing on Handoff's side waits longer the longer it has been
+// failing, at least ownRetry and at most the longest backoff, and spread
+// at random: not every 30 s in step with every other pending delivery.
+func TestOwnSideWaitGrowsAndSpreads(t *testing.T) {
+	low, high := func() float64 { return 0 }, func() float64 { return 1 }
+	for _, c := range []struct {
+		failing   time.Duration
+		least, at time.Duration // at the lowest and highest draw
+	}{
+		{0, ownRetry, ownRetry * 3 / 2},
+		{2 * time.Hour, 30 * time.Minute, 45 * time.Minute},
+		{24 * time.Hour, time.Hour, time.Hour},
+	} {
+		if got := ownWait(c.failing, time.Hour, low); got != c.least {
+			t.Errorf("failing %v, lowest draw: %v; want %v", c.failing, got, c.least)
+		}
+		if got := ownWait(c.failing, time.Hour, high); got != c.at {
+			t.Errorf("failing %v, highest draw: %v; want %v", c.failing, got, c.at)
 		}
 	}
 }
