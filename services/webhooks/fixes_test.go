@@ -355,8 +355,9 @@ func TestClaimsOnlyFreeSlots(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	g := newGate(t)
-	for range 6 {
-		f.subscribe(t, f.ehr, g.srv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	for i := range 6 {
+		// Six receivers' paths: one owner subscribes a URL once per topic.
+		f.subscribe(t, f.ehr, fmt.Sprintf("%s/hooks/%d", g.srv.URL, i), 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	}
 	if n, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil || n != 6 {
 		t.Fatalf("Enqueue = %d, %v", n, err)

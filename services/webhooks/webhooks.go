@@ -249,6 +249,20 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	// the table; it is opened only on the way out.
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
+			// One owner's subscriptions are made one at a time, so that two
+			// alike cannot both pass the check below.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('handoff-subscriptions|' || $1 || '|' || $2))`, clinic, owner); err != nil {
+				return nil, fmt.Errorf("lock the owner's subscriptions: %w", err)
+			}
+			var twin string
+			switch err := tx.QueryRow(ctx, `SELECT id FROM subscriptions WHERE clinic = $1 AND owner = $2 AND url = $3 AND topics && $4 LIMIT 1`,
+				clinic, owner, sub.GetUrl(), topics).Scan(&twin); {
+			case err == nil:
+				return nil, apperr.AlreadyExists(subscriptionName(clinic, twin),
+					"a subscription of yours already sends a topic of these to this URL: change or delete it rather than add another, whose notifications the receiver could not tell from its own")
+			case !errors.Is(err, pgx.ErrNoRows):
+				return nil, fmt.Errorf("look for a like subscription: %w", err)
+			}
 			id := aip.NewID()
 			sealed, err := s.sealedSecret(clinic, id)
 			if err != nil {

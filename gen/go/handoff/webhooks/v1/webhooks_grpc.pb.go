@@ -69,7 +69,11 @@ type WebhooksServiceClient interface {
 	// subscribes only to topics whose resources its role reads through the
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
-	// is PERMISSION_DENIED, whatever the payload kind.
+	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
+	// of the same owner to the same URL with a topic in common is
+	// ALREADY_EXISTS, naming the first: the receiver would get each event
+	// twice, under ids it could not match (a create retried without a
+	// `request_id` makes one).
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
@@ -210,7 +214,11 @@ type WebhooksServiceServer interface {
 	// subscribes only to topics whose resources its role reads through the
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
-	// is PERMISSION_DENIED, whatever the payload kind.
+	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
+	// of the same owner to the same URL with a topic in common is
+	// ALREADY_EXISTS, naming the first: the receiver would get each event
+	// twice, under ids it could not match (a create retried without a
+	// `request_id` makes one).
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
