@@ -6,6 +6,8 @@ import (
 	"flag"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -165,5 +167,43 @@ func TestServiceFlagsFromTheEnvironment(t *testing.T) {
 	t.Setenv("HANDOFF_WEBHOOK_MAX_ATTEMPTS", "many")
 	if _, err := hooks.parse(nil); err == nil || !strings.Contains(err.Error(), "HANDOFF_WEBHOOK_MAX_ATTEMPTS") {
 		t.Fatalf("a value that is no number: %v; want an error naming the variable", err)
+	}
+}
+
+// A secret may come from a file (a Secret mounted as a volume) rather
+// than the environment: NAME_FILE names it. Set both ways or unreadable,
+// it stops the process before it starts on another value; an empty file
+// is unset, as an empty variable is; a variable that is not a secret's (a
+// token file the process reads itself) is left to its command.
+func TestSecretsFromFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	url := write("url", "postgres://handoff_service:s3cret@db:5432/handoff\n")
+	got, err := secretFiles([]string{"HANDOFF_DATABASE_URL_FILE=" + url, "HANDOFF_WORKER_TOKEN_FILE=" + url}, os.ReadFile)
+	if err != nil || len(got) != 1 || got["HANDOFF_DATABASE_URL"] != "postgres://handoff_service:s3cret@db:5432/handoff" {
+		t.Fatalf("secretFiles = %v, %v; want the database URL alone, without its line end", got, err)
+	}
+	for name, environ := range map[string][]string{
+		"both ways": {"HANDOFF_DATABASE_URL_FILE=" + url, "HANDOFF_DATABASE_URL=postgres://other"},
+		"no file":   {"HANDOFF_PAYLOAD_KEYS_FILE=" + filepath.Join(dir, "missing")},
+	} {
+		if got, err := secretFiles(environ, os.ReadFile); err == nil {
+			t.Errorf("%s: %v; want an error", name, got)
+		}
+	}
+	if got, err := secretFiles([]string{"HANDOFF_APP_LOGIN_PASSWORD_FILE=" + write("empty", "\n")}, os.ReadFile); err != nil || len(got) != 0 {
+		t.Fatalf("an empty file: %v, %v; want the variable unset", got, err)
+	}
+	defer func(m map[string]string) { fromFiles = m }(fromFiles)
+	fromFiles = map[string]string{"HANDOFF_DATABASE_URL": "postgres://from-a-file"}
+	t.Setenv("HANDOFF_DATABASE_URL", "")
+	if got := env("HANDOFF_DATABASE_URL", defaultDatabaseURL); got != "postgres://from-a-file" {
+		t.Fatalf("env gave %q; want the file's value", got)
 	}
 }

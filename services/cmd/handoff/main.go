@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -31,6 +32,12 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	files, err := secretFiles(os.Environ(), os.ReadFile)
+	if err != nil {
+		log.Error("exit", "command", os.Args[1], "error", err.Error())
+		os.Exit(2)
+	}
+	fromFiles = files
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	cmd := commands[os.Args[1]]
@@ -74,10 +81,56 @@ func usage() {
 // interface at a random port, or send an empty audience. The variables in
 // emptyMeans are the exception: there empty says something.
 func env(name, def string) string {
+	if v, ok := fromFiles[name]; ok {
+		return v
+	}
 	if v, ok := os.LookupEnv(name); ok && (v != "" || emptyMeans[name]) {
 		return v
 	}
 	return def
+}
+
+// fileSecrets are the variables that may instead be given as a file,
+// NAME_FILE naming it: a Secret mounted as a volume is not in the
+// process's environment, where child processes, /proc/<pid>/environ and
+// crash dumps would see it.
+var fileSecrets = []string{"HANDOFF_DATABASE_URL", "HANDOFF_PAYLOAD_KEYS", "HANDOFF_TEMPORAL_API_KEY",
+	"HANDOFF_WEBHOOK_SECRET_KEY", "HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS", "HANDOFF_APP_LOGIN_PASSWORD"}
+
+// fromFiles holds the values of fileSecrets read from their files at
+// start; env takes them first.
+var fromFiles map[string]string
+
+// secretFiles reads the file of each fileSecrets variable whose NAME_FILE
+// environ sets, without its trailing line end; an empty file leaves the
+// variable unset, as an empty variable does. A variable set both ways, or
+// a file that cannot be read, is an error: the process must not start on
+// another value than the one meant.
+func secretFiles(environ []string, read func(string) ([]byte, error)) (map[string]string, error) {
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	out := map[string]string{}
+	for _, name := range fileSecrets {
+		path := vars[name+"_FILE"]
+		if path == "" {
+			continue
+		}
+		if vars[name] != "" {
+			return nil, fmt.Errorf("%s and %s_FILE are both set: keep one", name, name)
+		}
+		b, err := read(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s_FILE: %w", name, err)
+		}
+		if v := strings.TrimRight(string(b), "\r\n"); v != "" {
+			out[name] = v
+		}
+	}
+	return out, nil
 }
 
 // emptyMeans are the variables whose empty value is meaningful.
