@@ -441,24 +441,14 @@ func (s *Server) ListDisclosures(ctx context.Context, req *familiesv1.ListDisclo
 	return &familiesv1.ListDisclosuresResponse{Disclosures: items, NextPageToken: next}, nil
 }
 
-// listOf adapts List requests without a filter to pgdb.ListRequest.
-type listOf struct {
-	parent, token string
-	size          int32
-}
-
-func (l listOf) GetParent() string    { return l.parent }
-func (l listOf) GetFilter() string    { return "" }
-func (l listOf) GetPageToken() string { return l.token }
-func (l listOf) GetPageSize() int32   { return l.size }
-
 // --- Consents ---
 
 const consentSelect = `SELECT c.id, c.discloser, c.information, c.recipients, c.treating_providers, c.purposes,
 	c.expire_time, c.signer, c.sign_time, c.recorder, c.revoke_time, c.create_time, c.update_time, c.version, c.member_id,
 	COALESCE((SELECT jsonb_agg(jsonb_build_object('recipient', r.recipient, 'reason', r.reason, 'recorder', r.recorder,
 		'revoke_time', r.revoke_time) ORDER BY r.seq)
-		FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id), '[]')
+		FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id), '[]'),
+	c.family_id
 	FROM consents c`
 
 type revocationRow struct {
@@ -468,11 +458,14 @@ type revocationRow struct {
 	RevokeTime time.Time `json:"revoke_time"`
 }
 
+// scanConsent scans a consent of the family fam, or, for fam
+// clinics/{clinic}/families/-, of the family its row names.
 func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 	now := s.cfg.Now()
 	return func(r pgx.CollectableRow) (*familiesv1.Consent, error) {
 		var (
 			id, discloser, signer, recorder  string
+			familyID                         string
 			member                           string
 			info, purposes                   []int16
 			recipients                       []string
@@ -483,11 +476,15 @@ func (s *Server) scanConsent(fam string) pgx.RowToFunc[*familiesv1.Consent] {
 			revocations                      []revocationRow
 		)
 		if err := r.Scan(&id, &discloser, &info, &recipients, &treating, &purposes, &expire, &signer, &signed,
-			&recorder, &revoked, &created, &updated, &version, &member, &revocations); err != nil {
+			&recorder, &revoked, &created, &updated, &version, &member, &revocations, &familyID); err != nil {
 			return nil, err
 		}
+		parent := fam
+		if every, ok := strings.CutSuffix(fam, "/-"); ok {
+			parent = every + "/" + familyID
+		}
 		c := &familiesv1.Consent{
-			Name: aip.Name(fam, "consents", id), Discloser: discloser, Recipients: recipients, TreatingProviders: treating,
+			Name: aip.Name(parent, "consents", id), Discloser: discloser, Recipients: recipients, TreatingProviders: treating,
 			ExpireTime: timestamppb.New(expire), Signer: signer, SignTime: timestamppb.New(signed),
 			RevocationRightStated: true, Recorder: recorder, CreateTime: timestamppb.New(created),
 			UpdateTime: timestamppb.New(updated), Etag: aip.Etag(version), MemberId: member,
@@ -741,27 +738,54 @@ func markExpired(c *familiesv1.Consent) {
 	}
 }
 
-// ListConsents implements the API.
+// consentFilter are the fields a list of consents filters on: when each
+// last changed, for a caller that polls (the EHR, for consents that newly
+// name it).
+var consentFilter = map[string]aip.FilterField{
+	"update_time": {Column: "c.update_time", Kind: aip.Time},
+}
+
+// ListConsents implements the API. The parent clinics/{clinic}/families/-
+// lists the consents of every family of the clinic (AIP-159), so that an
+// outside system polling with an update_time filter learns of a consent
+// that now names it: the records it then covers changed before it, and a
+// poll of them by their own update time would pass them over.
 func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsRequest) (*familiesv1.ListConsentsResponse, error) {
-	c, err := parentFamily(ctx, req.GetParent())
+	every := strings.HasSuffix(req.GetParent(), "/families/-")
+	var c child
+	var err error
+	if every {
+		ids, perr := aip.Parse(strings.TrimSuffix(req.GetParent(), "/families/-"), "clinics")
+		if perr != nil {
+			return nil, apperr.Field("parent", "%v", perr)
+		}
+		c = child{clinic: ids[0], family: "-"}
+		err = auth.CheckClinic(ctx, c.clinic, req.GetParent())
+	} else {
+		c, err = parentFamily(ctx, req.GetParent())
+	}
 	if err != nil {
 		return nil, err
 	}
 	scope, args := "c.clinic = $1 AND c.family_id = $2", []any{c.clinic, c.family}
+	if every {
+		scope, args = "c.clinic = $1", []any{c.clinic}
+	}
 	if p, out := outsider(ctx); out {
 		// Filtered in SQL so that pages stay full and tokens never point
 		// past consents the caller may not see.
-		scope += " AND (c.treating_providers OR $3::text = ANY (c.recipients))"
+		scope += fmt.Sprintf(" AND (c.treating_providers OR $%d::text = ANY (c.recipients))", len(args)+1)
 		args = append(args, p.Subject)
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args,
-		listOf{req.GetParent(), req.GetPageToken(), req.GetPageSize()}, nil,
+	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter,
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.emptyForStaff(ctx, len(items), c); err != nil {
-		return nil, err
+	if !every {
+		if err := s.emptyForStaff(ctx, len(items), c); err != nil {
+			return nil, err
+		}
 	}
 	for i, co := range items {
 		items[i] = forCaller(ctx, co)

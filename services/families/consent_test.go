@@ -1393,3 +1393,48 @@ func TestBirthDateIsJudgedByTheServicesClock(t *testing.T) {
 		t.Fatalf("violations %v; want family.loved_one.birth_date", got)
 	}
 }
+
+// The consents of every family of the clinic (families/-), as an outside
+// system polls them: only those that name it or the treating providers,
+// each under its own family, filtered by when they last changed; staff
+// see them all. Another clinic's are not listed.
+func TestClinicsConsentsForAPollingSystem(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	a, b, c := f.create(t), f.create(t), f.create(t)
+	ca := f.consent(t, a.GetName(), f.validConsent("ehr-1"))
+	f.consent(t, b.GetName(), f.validConsent("ehr-2"))
+	f.clock.Add(time.Hour)
+	since := f.clock.Now()
+	cc := f.consent(t, c.GetName(), f.validConsent("ehr-1"))
+	list := func(ctx context.Context, filter string) ([]string, error) {
+		var names []string
+		resp, err := f.client.ListConsents(ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/north/families/-", Filter: filter})
+		for _, co := range resp.GetConsents() {
+			names = append(names, co.GetName())
+		}
+		slices.Sort(names)
+		return names, err
+	}
+	want := []string{ca.GetName(), cc.GetName()}
+	slices.Sort(want)
+	if got, err := list(f.ehr("ehr-1"), ""); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("ehr-1's consents across the clinic = %v, %v; want %v", got, err, want)
+	}
+	if got, err := list(f.ehr("ehr-1"), fmt.Sprintf("update_time >= %q", since.UTC().Format(time.RFC3339Nano))); err != nil ||
+		!slices.Equal(got, []string{cc.GetName()}) {
+		t.Fatalf("ehr-1's consents changed since %v = %v, %v; want %s alone", since, got, err, cc.GetName())
+	}
+	if got, err := list(f.ctx, ""); err != nil || len(got) != 3 {
+		t.Fatalf("staff's list of the clinic's consents = %v, %v; want all three", got, err)
+	}
+	// As for any of its records: not found, whether the clinic exists.
+	_, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/south/families/-"})
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("another clinic's consents: %v; want NOT_FOUND", err)
+	}
+	_, err = f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/north/families/--"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a malformed parent: %v; want INVALID_ARGUMENT", err)
+	}
+}

@@ -23,7 +23,8 @@ var paramDocs = map[string]string{
 
 // paramNotes add to paramDocs what a parameter does on one resource type.
 var paramNotes = map[string]map[string]string{
-	"Consent":     {"patient": " Required."},
+	"Consent": {"patient": " Without it, the consents of every patient of the clinic that name the caller or the patient's treating providers: " +
+		"poll them with _lastUpdated, and search a patient whose consent is new for records that changed before it."},
 	"Appointment": {"patient": " Matches the appointments the Patient takes part in, not a family member's own."},
 }
 

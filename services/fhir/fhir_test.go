@@ -234,8 +234,9 @@ func TestLastUpdated(t *testing.T) {
 		q.params.Get("_count") != "1000" {
 		t.Errorf("_count=5000: size %d, params %v, %v; want 1000 in both", q.size, q.params, err)
 	}
-	if _, err := parseQuery("Consent", map[string][]string{}, testBase); err == nil {
-		t.Error("a Consent search without patient was accepted")
+	// Without a patient, the clinic's consents (for a polling EHR).
+	if q, err := parseQuery("Consent", map[string][]string{}, testBase); err != nil || q.patient != "" {
+		t.Errorf("a Consent search without patient: %+v, %v; want the clinic's", q, err)
 	}
 	// A + in an offset sent unencoded arrives as a space.
 	for v, want := range map[string]string{

@@ -193,9 +193,6 @@ func parseQuery(typ string, v url.Values, base string) (query, error) {
 			q.patient = id
 		}
 	}
-	if typ == "Consent" && q.patient == "" {
-		return q, invalid("a Consent search needs patient")
-	}
 	if st := v.Get("status"); st != "" {
 		if !validTaskStatus[st] {
 			return q, invalid(fmt.Sprintf("status %q is not a Task status (one value only)", st))
@@ -540,8 +537,17 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 	case "Appointment":
 		return s.findAppointments(ctx, c, q)
 	case "Consent":
+		// Without a patient, the clinic's: how a polling EHR learns of a
+		// consent that newly names it, and so of records that changed
+		// before it. The families service filters on the consent's own
+		// update time; within drops those whose time, as this caller sees
+		// it, is earlier.
+		parent := familyName(c, q.patient)
+		if q.patient == "" {
+			parent = familyName(c, "-")
+		}
 		resp, err := s.cfg.Families.ListConsents(ctx, &familiesv1.ListConsentsRequest{
-			Parent: familyName(c, q.patient), PageSize: q.size, PageToken: q.token})
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
 		if status.Code(err) == codes.NotFound {
 			return page{}, nil
 		}

@@ -320,6 +320,23 @@ func TestFHIR(t *testing.T) {
 		if len(before) != 2 {
 			t.Fatalf("patients updated before %s = %v", middle, ids(before))
 		}
+		// The clinic's consents that name the EHR, without a patient,
+		// polled by when they changed: how it learns of a patient newly
+		// covered, whose records may have changed before the consent.
+		newly, _, _ := bundle(t, ehr.read("Consent?_lastUpdated=ge"+url.QueryEscape(middle.Format(time.RFC3339Nano))))
+		if len(newly) != 1 || !strings.Contains(fmt.Sprint(newly[0]["patient"]), "Patient/"+idC) {
+			t.Fatalf("consents since %s = %v; want only %s's", middle, newly, idC)
+		}
+		every, _, _ := bundle(t, ehr.read("Consent?_count=100"))
+		var patients []string
+		for _, c := range every {
+			patients = append(patients, fmt.Sprint(c["patient"]))
+		}
+		for _, id := range []string{idA, lastID(famB), idC} {
+			if !strings.Contains(strings.Join(patients, " "), "Patient/"+id) {
+				t.Fatalf("the clinic's consents for the EHR name %v; want %s's among them", patients, id)
+			}
+		}
 		tomorrow := time.Now().UTC().AddDate(0, 0, 1).Format("2006-01-02")
 		none, _, _ := bundle(t, ehr.read("Task?_lastUpdated=ge"+tomorrow))
 		today, _, _ := bundle(t, ehr.read("Task?_lastUpdated=lt"+tomorrow))

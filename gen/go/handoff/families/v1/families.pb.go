@@ -5127,13 +5127,18 @@ func (x *GetConsentRequest) GetName() string {
 
 type ListConsentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The family, `clinics/{clinic}/families/{family}`.
+	// The family, `clinics/{clinic}/families/{family}`, or
+	// `clinics/{clinic}/families/-` for every family of the clinic.
 	Parent string `protobuf:"bytes,1,opt,name=parent,proto3" json:"parent,omitempty"`
 	// At most this many (default 50). A size over 1000 is taken as
 	// 1000 (AIP-132).
 	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	// The `next_page_token` of the previous page.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// The `next_page_token` of the previous page. It is bound to the parent
+	// and filter it came from.
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Conditions joined by AND: `update_time` (with `<` or `>=`, an RFC 3339
+	// time in quotes), when the consent last changed (signed, revoked).
+	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5185,6 +5190,13 @@ func (x *ListConsentsRequest) GetPageSize() int32 {
 func (x *ListConsentsRequest) GetPageToken() string {
 	if x != nil {
 		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListConsentsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
 	}
 	return ""
 }
@@ -6205,13 +6217,14 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\xe0A\x01\xbaH\x04r\x02\x18@R\trequestId\"\xb3\x01\n" +
 	"\x11GetConsentRequest\x12\x9d\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
-	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\xeb\x01\n" +
-	"\x13ListConsentsRequest\x12\x7f\n" +
-	"\x06parent\x18\x01 \x01(\tBg\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
+	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\"\x95\x02\n" +
+	"\x13ListConsentsRequest\x12\x83\x01\n" +
+	"\x06parent\x18\x01 \x01(\tBk\xe0A\x02\xfaA\x18\x12\x16handoff.health/Consent\xbaHJrH2F^clinics/[a-z0-9][a-z0-9-]{0,62}/families/(-|[a-z0-9][a-z0-9-]{0,62})$R\x06parent\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xe0A\x01\xbaH\x04\x1a\x02(\x00R\bpageSize\x12*\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\"x\n" +
+	"page_token\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12#\n" +
+	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"x\n" +
 	"\x14ListConsentsResponse\x128\n" +
 	"\bconsents\x18\x01 \x03(\v2\x1c.handoff.families.v1.ConsentR\bconsents\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa6\x02\n" +

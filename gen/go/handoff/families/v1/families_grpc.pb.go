@@ -193,7 +193,13 @@ type FamiliesServiceClient interface {
 	CreateConsent(ctx context.Context, in *CreateConsentRequest, opts ...grpc.CallOption) (*Consent, error)
 	// Returns one consent.
 	GetConsent(ctx context.Context, in *GetConsentRequest, opts ...grpc.CallOption) (*Consent, error)
-	// Lists a family's consents, oldest first.
+	// Lists a family's consents, oldest first; with the family `-`
+	// (`clinics/{clinic}/families/-`), those of every family of the clinic.
+	// An outside system sees only the consents that name it or the
+	// patient's treating providers; polling the clinic's with
+	// `update_time >= "..."`, it learns of a consent that newly covers it,
+	// and so of records that changed before it (and which a poll of those
+	// records by their own update time passes over).
 	ListConsents(ctx context.Context, in *ListConsentsRequest, opts ...grpc.CallOption) (*ListConsentsResponse, error)
 	// Revokes a consent for one recipient, or for all of them when
 	// `recipient` is empty. Revocation takes effect at once: the next
@@ -762,7 +768,13 @@ type FamiliesServiceServer interface {
 	CreateConsent(context.Context, *CreateConsentRequest) (*Consent, error)
 	// Returns one consent.
 	GetConsent(context.Context, *GetConsentRequest) (*Consent, error)
-	// Lists a family's consents, oldest first.
+	// Lists a family's consents, oldest first; with the family `-`
+	// (`clinics/{clinic}/families/-`), those of every family of the clinic.
+	// An outside system sees only the consents that name it or the
+	// patient's treating providers; polling the clinic's with
+	// `update_time >= "..."`, it learns of a consent that newly covers it,
+	// and so of records that changed before it (and which a poll of those
+	// records by their own update time passes over).
 	ListConsents(context.Context, *ListConsentsRequest) (*ListConsentsResponse, error)
 	// Revokes a consent for one recipient, or for all of them when
 	// `recipient` is empty. Revocation takes effect at once: the next
