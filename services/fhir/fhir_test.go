@@ -355,6 +355,8 @@ func TestTaskChange(t *testing.T) {
 		{"same appointment", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Format(time.RFC3339Nano) + `"}`, true, "in-progress", false},
 		{"rebooked", scheduled, `"status":"in-progress","executionPeriod":{"start":"` + at.Add(time.Hour).Format(time.RFC3339Nano) + `"}`, false, "in-progress", false},
 		{"no-show", scheduled, `"status":"failed"`, false, "failed", false},
+		// Reported again, it changes nothing: it reads in-progress.
+		{"no-show again", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW), `"status":"failed"`, true, "failed", false},
 		{"needs a time", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED), `"status":"in-progress"`, false, "", true},
 		// A bare date would be read as midnight UTC: the evening before
 		// across the Americas.

@@ -1240,8 +1240,9 @@ func TestImpossibleBirthDateIsLeftOut(t *testing.T) {
 	}
 }
 
-// Every referral state has a Task status, and searching by that status
-// finds the state again; a referral voided as entered in error says so on
+// Every referral state has a Task status (searched for through the
+// referrals service's fhir_task_status, which the gateway's FHIR test
+// checks against these); a referral voided as entered in error says so on
 // the request, the Task (with the reason given) and its appointment.
 func TestEnteredInErrorReferral(t *testing.T) {
 	for v, name := range referralsv1.ReferralState_name {
@@ -1249,8 +1250,8 @@ func TestEnteredInErrorReferral(t *testing.T) {
 		if st == referralsv1.ReferralState_REFERRAL_STATE_UNSPECIFIED {
 			continue
 		}
-		if got := referralStates[taskStatus[st]]; "REFERRAL_STATE_"+got != name {
-			t.Errorf("%s: Task status %q searches for %q", name, taskStatus[st], got)
+		if !validTaskStatus[taskStatus[st]] {
+			t.Errorf("%s: Task status %q", name, taskStatus[st])
 		}
 	}
 	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR)

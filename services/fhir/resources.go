@@ -326,12 +326,15 @@ var businessStatus = map[referralsv1.ReferralState][2]string{
 // taskStatus is Task.status for a referral state (the closed-loop pattern
 // of the Gravity and BSeR guides).
 var taskStatus = map[referralsv1.ReferralState]string{
-	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED:        "requested",
-	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:         "accepted",
-	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:         "rejected",
-	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED:        "in-progress",
-	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:        "completed",
-	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:          "failed",
+	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: "requested",
+	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  "accepted",
+	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  "rejected",
+	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: "in-progress",
+	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "completed",
+	// Booked and missed: in progress still (the business status says
+	// unattended), not failed, which R4 and the closed-loop guides take as
+	// final: the program may book it again.
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:          "in-progress",
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:        "cancelled",
 	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:          "on-hold",
 	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered-in-error",

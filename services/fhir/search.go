@@ -327,17 +327,6 @@ const lovedOnesOwn = "subject_kind = LOVED_ONE"
 // hasIntake is the referrals filter term for "has an intake appointment".
 const hasIntake = `intake_time >= "1970-01-01T00:00:00Z"`
 
-// referralStates maps a Task status searched for to a referral state: the
-// inverse of taskStatus (one Task status per state), so that a state
-// added there is searchable too.
-var referralStates = func() map[string]string {
-	out := make(map[string]string, len(taskStatus))
-	for st, status := range taskStatus {
-		out[status] = strings.TrimPrefix(st.String(), "REFERRAL_STATE_")
-	}
-	return out
-}()
-
 func entry(res obj) obj { return obj{"resource": res} }
 
 // patientFamily reads the family a patient search names, or nil when it
@@ -507,12 +496,10 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 	case "ServiceRequest", "Task":
 		state := ""
 		if q.status != "" {
-			st, ok := referralStates[q.status]
-			if !ok {
-				// A status no referral has.
-				return page{}, nil
-			}
-			state = "state = " + st
+			// The referrals service's own Task.status, of which one
+			// (in-progress: booked, or booked and missed) stands for more
+			// than one state.
+			state = fmt.Sprintf("fhir_task_status = %q", q.status)
 		}
 		terms := []string{q.familyTerm(c), state}
 		if q.typ == "Task" && q.patient != "" {

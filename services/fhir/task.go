@@ -378,6 +378,11 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 			ch.rejection.Reason = code
 		}
 	}
+	if ch.status == "failed" && cur.GetState() == referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW {
+		// The no-show reported again: it reads in-progress (unattended).
+		ch.none = true
+		return ch, nil
+	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.

@@ -478,6 +478,33 @@ func TestFHIR(t *testing.T) {
 		if r = put("in-progress", period); r.code != http.StatusOK || str(r.body, "status") != "in-progress" {
 			t.Fatalf("booked again after the hold: %d %s", r.code, r.raw)
 		}
+		// The person did not come: a no-show, which the program may book
+		// again, so the Task stays in progress (unattended), not failed,
+		// which an EHR would take as the end of the loop.
+		time.Sleep(time.Until(start) + 500*time.Millisecond)
+		r = put("failed", nil)
+		if r.code != http.StatusOK || str(r.body, "status") != "in-progress" || !strings.Contains(fmt.Sprint(r.body["businessStatus"]), "5.1.2") {
+			t.Fatalf("no-show: %d %s; want in-progress, unattended (5.1.2)", r.code, r.raw)
+		}
+		if st := state().GetState(); st != referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW {
+			t.Fatalf("referral after the no-show = %v", st)
+		}
+		if again := put("failed", nil); again.code != http.StatusOK {
+			t.Fatalf("the no-show reported again: %d %s", again.code, again.raw)
+		}
+		has := func(search string) bool {
+			tasks, _, _ := bundle(t, ehr.read(search))
+			return slices.ContainsFunc(tasks, func(tk map[string]any) bool { return str(tk, "id") == refID })
+		}
+		if !has("Task?status=in-progress&_count=1000") || has("Task?status=failed&_count=1000") {
+			t.Fatal("a Task search by status does not find the no-show as in-progress alone")
+		}
+		start = time.Now().Add(time.Second).UTC()
+		period = map[string]any{"executionPeriod": map[string]any{"start": start.Format(time.RFC3339Nano)}}
+		if r = put("in-progress", period); r.code != http.StatusOK || str(r.body, "status") != "in-progress" ||
+			!strings.Contains(fmt.Sprint(r.body["businessStatus"]), "5.1.1") {
+			t.Fatalf("booked again after the no-show: %d %s", r.code, r.raw)
+		}
 		// The person came: treatment entry.
 		time.Sleep(time.Until(start) + 500*time.Millisecond)
 		r = put("completed", nil)

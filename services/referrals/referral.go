@@ -3,6 +3,8 @@ package referrals
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,11 +47,26 @@ var taskStatus = map[referralsv1.ReferralState][2]string{
 	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  {"rejected", "declined"},
 	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: {"in-progress", "scheduled"},
 	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: {"completed", "event completed"},
-	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"failed", "unattended"},
+	// Not failed, which R4 and the closed-loop guides take as final: the
+	// program may book a no-show again, and an EHR closing its work item
+	// on failed would never see that, nor a cancellation after it.
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"in-progress", "unattended"},
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"cancelled", "cancelled"},
 	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   {"on-hold", "on hold"},
 	// The requester's own status: BSeR has no business status for it.
 	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: {"entered-in-error", "entered in error"},
+}
+
+// taskStatusSQL is taskStatus's Task.status in SQL, over the state column.
+func taskStatusSQL() string {
+	states := slices.Sorted(maps.Keys(taskStatus))
+	var b strings.Builder
+	b.WriteString("(CASE state")
+	for _, st := range states {
+		fmt.Fprintf(&b, " WHEN %d THEN '%s'", int32(st), taskStatus[st][0])
+	}
+	b.WriteString(" ELSE 'draft' END)")
+	return b.String()
 }
 
 func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
@@ -298,6 +315,9 @@ var referralFilter = map[string]aip.FilterField{
 	"subject_kind": {Column: "subject_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.SubjectKind_value, "SUBJECT_KIND_")},
 	// For FHIR _lastUpdated searches.
 	"update_time": {Column: "update_time", Kind: aip.Time},
+	// For FHIR Task?status=: Task.status as fhir_task_status says it, of
+	// which one (in-progress) stands for more than one state.
+	"fhir_task_status": {Column: taskStatusSQL(), Kind: aip.String},
 	// For calendar feeds: one query for the intake appointments in a
 	// window, instead of one per family. The appointment is stored as its
 	// proto3 JSON; its start is kept in a column (migration 0007), indexed.

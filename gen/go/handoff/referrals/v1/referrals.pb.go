@@ -1586,9 +1586,12 @@ type Referral struct {
 	// The FHIR Task.status that matches `state`, for systems that exchange
 	// referrals as FHIR Tasks (as in the HL7 BSeR guide):
 	// REQUESTED = "requested", ACCEPTED = "accepted", REJECTED = "rejected",
-	// SCHEDULED = "in-progress", COMPLETED = "completed", NO_SHOW = "failed",
-	// CANCELLED = "cancelled", ON_HOLD = "on-hold",
-	// ENTERED_IN_ERROR = "entered-in-error".
+	// SCHEDULED = "in-progress", COMPLETED = "completed",
+	// NO_SHOW = "in-progress" (not "failed", which the closed-loop guides
+	// take as final: a no-show may be booked again; `business_status` says
+	// unattended), CANCELLED = "cancelled", ON_HOLD = "on-hold",
+	// ENTERED_IN_ERROR = "entered-in-error". A filter on
+	// `fhir_task_status` lists the referrals with one.
 	FhirTaskStatus string `protobuf:"bytes,13,opt,name=fhir_task_status,json=fhirTaskStatus,proto3" json:"fhir_task_status,omitempty"`
 	// The FHIR Task.businessStatus text that matches `state`, after the HL7
 	// BSeR task business statuses (codes in brackets):
@@ -3422,7 +3425,8 @@ type ListReferralsRequest struct {
 	// Fields: `state`, `family`, `program`, `service_kind`, `urgency`,
 	// `subject_kind` (`LOVED_ONE` or `FAMILY_MEMBER`), `intervention`
 	// (resource names in double quotes), `update_time` and `intake_time`
-	// (the intake appointment's start; RFC 3339 in double quotes).
+	// (the intake appointment's start; RFC 3339 in double quotes), and
+	// `fhir_task_status` (in double quotes, for example "in-progress").
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
