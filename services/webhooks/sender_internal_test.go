@@ -24,6 +24,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
@@ -49,21 +50,29 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// A POST that succeeded is recorded even when the sender is shutting down
-// meanwhile: left to the lease, it would be sent a second time.
-func TestSuccessRecordedDuringShutdown(t *testing.T) {
+// oneDelivery gives a webhooks schema with one pending delivery to the
+// EHR's subscription: a referral accepted.
+func oneDelivery(t *testing.T) (*pgxpool.Pool, *pgdb.DB) {
+	t.Helper()
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	db := pgtest.App(t, schema)
-	ctx := context.Background()
 	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+	if n, err := (&Sink{DB: db}).Enqueue(context.Background(), "referrals", outbox.Stored{ID: 1, Clinic: "north",
 		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
 		t.Fatalf("Enqueue = %d, %v", n, err)
 	}
+	return pool, db
+}
+
+// A POST that succeeded is recorded even when the sender is shutting down
+// meanwhile: left to the lease, it would be sent a second time.
+func TestSuccessRecordedDuringShutdown(t *testing.T) {
+	pool, db := oneDelivery(t)
+	ctx := context.Background()
 	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
 	run, stop := context.WithCancel(ctx)
 	defer stop()
@@ -92,18 +101,8 @@ func TestSuccessRecordedDuringShutdown(t *testing.T) {
 // outcome's row: the write gives up after settleTimeout, and the delivery
 // is sent again after its lease (the receiver drops the repeat by id).
 func TestOutcomeWriteIsBoundedAtShutdown(t *testing.T) {
-	pool, schema := pgtest.Schema(t, Migrations()...)
-	db := pgtest.App(t, schema)
+	pool, db := oneDelivery(t)
 	ctx := context.Background()
-	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
-		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
-		t.Fatalf("Enqueue = %d, %v", n, err)
-	}
 	defer func(d time.Duration) { settleTimeout = d }(settleTimeout)
 	settleTimeout = 300 * time.Millisecond
 	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
@@ -140,18 +139,8 @@ func TestOutcomeWriteIsBoundedAtShutdown(t *testing.T) {
 // one after a replay, which starts the attempt count again: the outcome
 // is fenced on the claim count, which nothing resets.
 func TestStaleOutcomeAfterAReplayChangesNothing(t *testing.T) {
-	pool, schema := pgtest.Schema(t, Migrations()...)
-	db := pgtest.App(t, schema)
+	pool, db := oneDelivery(t)
 	ctx := context.Background()
-	subscribe(t, pool, "ehr-1", webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
-		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
-		t.Fatalf("Enqueue = %d, %v", n, err)
-	}
 	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
 	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
 		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil

@@ -1318,17 +1318,26 @@ func TestFailedCancelOnRescheduleGoesOn(t *testing.T) {
 	}
 }
 
+// failPlanReads has LoadPlan fail for good from at on, after change (if
+// any) to the plan it would have read.
+func (h *harness) failPlanReads(at time.Duration, change func(*activities.Plan)) {
+	h.env.RegisterDelayedCallback(func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if change != nil {
+			change(&h.plan)
+		}
+		h.planErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
+	}, at)
+}
+
 // A change of participants whose plan cannot be read (for good) leaves
 // the reminders to the plan read before, and the workflow goes on to
 // follow up the outcome. Before, it failed there.
 func TestFailedReplanReadGoesOn(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	changeAt := 36 * time.Hour
-	h.env.RegisterDelayedCallback(func() {
-		h.mu.Lock()
-		h.planErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
-		h.mu.Unlock()
-	}, changeAt-time.Minute)
+	h.failPlanReads(changeAt-time.Minute, nil)
 	var rejected error
 	h.update(changeAt, intervention.UpdateReplan, intervention.Replan{}, &rejected)
 	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
@@ -1351,12 +1360,7 @@ func TestFailedReplanReadGoesOn(t *testing.T) {
 func TestFollowUpReadsAPlanItCouldNotReadBefore(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
 	changeAt := 36 * time.Hour
-	h.env.RegisterDelayedCallback(func() {
-		h.mu.Lock()
-		h.plan.Counselor.ID = "counselor-2"
-		h.planErr = temporal.NewNonRetryableApplicationError("no", "PermissionDenied", errors.New("no"))
-		h.mu.Unlock()
-	}, changeAt-time.Minute)
+	h.failPlanReads(changeAt-time.Minute, func(p *activities.Plan) { p.Counselor.ID = "counselor-2" })
 	h.env.RegisterDelayedCallback(func() {
 		h.mu.Lock()
 		h.planErr = nil
