@@ -368,7 +368,8 @@ type pending struct {
 	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
 	firstTry                 time.Time // see migration 0013
-	claims                   int64     // the fence of this attempt's outcome (migration 0016)
+	claims                   int64     // with attempts, the fence of this attempt's outcome (migration 0016)
+	ownFailures              int       // tries failed on Handoff's side in a row (migration 0016)
 	refusals                 int       // answers in a row that refused it (migration 0014)
 	consulted                bool      // this attempt asked the families service (disclose)
 	url, secret, owner       string
@@ -477,7 +478,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.member_id, d.payload,
-			d.attempts, d.claims, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
+			d.attempts, d.claims, d.own_failures, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
 			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
 		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
 	if err != nil {
@@ -490,7 +491,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		var topic, kind int16
 		var member *string
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &member, &p.payload,
-			&p.attempts, &p.claims, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.claims, &p.ownFailures, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if member != nil {
@@ -533,13 +534,13 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 // ownRetry is the least wait after a try that failed on Handoff's side.
 const ownRetry = 30 * time.Second
 
-// ownWait is the wait after a try that failed on Handoff's side, for a
-// delivery failing so for failing: a quarter of that, at least ownRetry,
-// then up to half again at random, and no more than limit.
-func ownWait(failing, limit time.Duration, rnd func() float64) time.Duration {
-	w := max(ownRetry, failing/4)
-	w += time.Duration(float64(w) / 2 * rnd())
-	return min(w, limit)
+// ownWait is the wait after a try that failed on Handoff's side, the
+// delivery's before failed so already in a row: ownRetry, doubling with
+// each, at most limit; then cut by up to a quarter at random, so that
+// waits at the limit spread too.
+func ownWait(before int, limit time.Duration, rnd func() float64) time.Duration {
+	w := min(ownRetry<<min(before, 16), limit)
+	return w - time.Duration(float64(w)/4*rnd())
 }
 
 // errOwnSide marks an attempt that failed before anything was sent, for a
@@ -597,8 +598,8 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 	rctx, cancel := settled(ctx, p.clinic)
 	defer cancel()
 	tag, err := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, finish_time = now()
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5`,
-		p.clinic, p.subscription, p.id, stateDead, p.claims, reason)
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5 AND attempts = $7`,
+		p.clinic, p.subscription, p.id, stateDead, p.claims, reason, p.attempts)
 	if err != nil {
 		return fmt.Errorf("webhooks: record dead letter %s: %w", p.name(), err)
 	}
@@ -631,10 +632,11 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	if err == nil {
 		status, err = s.post(ctx, p, body)
 	}
-	// Every outcome is fenced on the claim count, which nothing resets: if
-	// this sender's lease expired and another sender claimed the delivery
-	// since (after a replay too), the row has a higher count and this
-	// sender's outcome changes nothing.
+	// Every outcome is fenced on the claim count, which nothing resets, and
+	// the attempt count, which a sender of the release before raises alone
+	// (during a rolling update): if this sender's lease expired and another
+	// sender claimed the delivery since (after a replay too), the row has
+	// a higher count and this sender's outcome changes nothing.
 	rctx, cancel := settled(ctx, p.clinic)
 	defer cancel()
 	if err == nil {
@@ -644,8 +646,8 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		// handled meanwhile) went out all the same: it is recorded as
 		// delivered, not as never sent.
 		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, deliver_time = now(), finish_time = now(), last_error = '', payload = NULL
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state IN (1, 4) AND claims = $5`,
-			p.clinic, p.subscription, p.id, stateDelivered, p.claims)
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state IN (1, 4) AND claims = $5 AND attempts = $6`,
+			p.clinic, p.subscription, p.id, stateDelivered, p.claims, p.attempts)
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record delivery %s: %w", p.name(), uerr)
 		}
@@ -662,8 +664,8 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	if errors.Is(err, errWithheld) {
 		tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET state = $4, last_error = $6, payload = NULL, finish_time = now()
-			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5`,
-			p.clinic, p.subscription, p.id, stateWithdrawn, p.claims, errWithheld.Error())
+			WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $5 AND attempts = $7`,
+			p.clinic, p.subscription, p.id, stateWithdrawn, p.claims, errWithheld.Error(), p.attempts)
 		if uerr != nil {
 			return fmt.Errorf("webhooks: record withheld %s: %w", p.name(), uerr)
 		}
@@ -698,19 +700,20 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	giveBack := 0
 	if errors.Is(err, errOwnSide) {
 		// Nothing reached the receiver: the try is given back, so the
-		// attempt's backoff does not grow. The wait does, with how long
-		// the delivery has been failing on this side (a quarter of it, at
-		// least ownRetry, at most MaxBackoff), and with jitter: through an
-		// outage or a revoked token, every pending delivery would
-		// otherwise ask the families service again, and log, every 30 s in
-		// step, and all meet it at once when it comes back.
+		// attempt's backoff does not grow. The wait does, with the tries
+		// failed on this side in a row (from ownRetry, doubling, up to
+		// MaxBackoff), spread at random: through an outage or a revoked
+		// token, every pending delivery would otherwise ask the families
+		// service again, and log, every 30 s in step, and all meet it at
+		// once when it comes back.
 		giveBack = 1
-		wait = max(wait, ownWait(time.Since(p.firstTry), s.cfg.MaxBackoff, rand.Float64))
+		wait = max(wait, ownWait(p.ownFailures, s.cfg.MaxBackoff, rand.Float64))
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
-		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $4`,
-		p.clinic, p.subscription, p.id, p.claims, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err))
+		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END,
+		own_failures = CASE WHEN $7 = 1 THEN own_failures + 1 ELSE 0 END
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $4 AND attempts = $10`,
+		p.clinic, p.subscription, p.id, p.claims, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err), p.attempts)
 	if uerr != nil {
 		return fmt.Errorf("webhooks: record retry %s: %w", p.name(), uerr)
 	}
@@ -1013,8 +1016,8 @@ func refusedFor(err error, n int) bool {
 func (s *Sender) stillDue(ctx context.Context, p *pending) (bool, error) {
 	var due bool
 	err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, p.clinic), `SELECT EXISTS (SELECT FROM deliveries
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND claims = $4 AND state = 1)`,
-		p.clinic, p.subscription, p.id, p.claims).Scan(&due)
+		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND claims = $4 AND attempts = $5 AND state = 1)`,
+		p.clinic, p.subscription, p.id, p.claims, p.attempts).Scan(&due)
 	if err != nil {
 		return false, fmt.Errorf("webhooks: check %s before sending: %w", p.name(), err)
 	}

@@ -169,6 +169,18 @@ func TestStaleOutcomeAfterAReplayChangesNothing(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT state FROM deliveries`).Scan(&state); err != nil || state != statePending {
 		t.Fatalf("after the stale sender's outcome: state %d, %v; want the current claim's PENDING, untouched", state, err)
 	}
+	// A sender of the release before, during a rolling update, claims by
+	// the attempt count alone: the current claim's lease runs out, it
+	// claims, and the current claim's late outcome changes nothing.
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET attempts = attempts + 1`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.send(ctx, current[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT state FROM deliveries`).Scan(&state); err != nil || state != statePending {
+		t.Fatalf("after an outcome over an older sender's claim: state %d, %v; want PENDING, untouched", state, err)
+	}
 }
 
 // A FULL payload this sender cannot read (most likely enqueued by a newer
@@ -211,19 +223,22 @@ func TestUnreadablePayloadIsNotTheReceivers(t *testing.T) {
 	if posts != 0 || state != statePending || attempts != 0 {
 		t.Fatalf("%d POSTs, state %d, %d attempts; want none sent, still PENDING, the try given back", posts, state, attempts)
 	}
-	// Failing for two hours on this side, it waits a half hour or more.
-	if _, err := pool.Exec(ctx, `UPDATE deliveries SET first_try_time = now() - interval '2 hours', next_attempt_time = now()`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Once(ctx); err != nil {
-		t.Fatal(err)
+	// Each such try in a row waits longer: the fourth, 3 to 4 minutes.
+	for range 3 {
+		if _, err := pool.Exec(ctx, `UPDATE deliveries SET next_attempt_time = now()`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Once(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var wait float64
-	if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM next_attempt_time - now()) FROM deliveries`).Scan(&wait); err != nil {
+	var own int
+	if err := pool.QueryRow(ctx, `SELECT extract(epoch FROM next_attempt_time - now()), own_failures FROM deliveries`).Scan(&wait, &own); err != nil {
 		t.Fatal(err)
 	}
-	if wait < 29*60 || wait > 46*60 {
-		t.Fatalf("after two hours failing on Handoff's side, the next try in %.0f s; want 30 to 45 min", wait)
+	if own != 4 || wait < 179 || wait > 241 {
+		t.Fatalf("after %d tries failed on Handoff's side, the next in %.0f s; want 4, and 3 to 4 min", own, wait)
 	}
 	// A day on, no sender has read it: it is dead, so that it no longer
 	// holds back the resource's later notifications, with a reason that
@@ -496,24 +511,25 @@ func TestDeliveriesOfUnknownMemberAreNotTheLovedOnes(t *testing.T) {
 	}
 }
 
-// A delivery failing on Handoff's side waits longer the longer it has been
-// failing, at least ownRetry and at most the longest backoff, and spread
-// at random: not every 30 s in step with every other pending delivery.
+// A delivery failing on Handoff's side waits longer with each such try in
+// a row, from ownRetry and at most the longest backoff, and spread at
+// random, at the limit too: not every 30 s in step with every other
+// pending delivery.
 func TestOwnSideWaitGrowsAndSpreads(t *testing.T) {
 	low, high := func() float64 { return 0 }, func() float64 { return 1 }
 	for _, c := range []struct {
-		failing   time.Duration
-		least, at time.Duration // at the lowest and highest draw
+		before    int
+		most, cut time.Duration // at the lowest draw, and at the highest
 	}{
-		{0, ownRetry, ownRetry * 3 / 2},
-		{2 * time.Hour, 30 * time.Minute, 45 * time.Minute},
-		{24 * time.Hour, time.Hour, time.Hour},
+		{0, ownRetry, ownRetry * 3 / 4},
+		{3, 4 * time.Minute, 3 * time.Minute},
+		{50, time.Hour, 45 * time.Minute},
 	} {
-		if got := ownWait(c.failing, time.Hour, low); got != c.least {
-			t.Errorf("failing %v, lowest draw: %v; want %v", c.failing, got, c.least)
+		if got := ownWait(c.before, time.Hour, low); got != c.most {
+			t.Errorf("%d before, lowest draw: %v; want %v", c.before, got, c.most)
 		}
-		if got := ownWait(c.failing, time.Hour, high); got != c.at {
-			t.Errorf("failing %v, highest draw: %v; want %v", c.failing, got, c.at)
+		if got := ownWait(c.before, time.Hour, high); got != c.cut {
+			t.Errorf("%d before, highest draw: %v; want %v", c.before, got, c.cut)
 		}
 	}
 }
