@@ -250,16 +250,21 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
 			// One owner's subscriptions are made one at a time, so that two
-			// alike cannot both pass the check below.
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('handoff-subscriptions|' || $1 || '|' || $2))`, clinic, owner); err != nil {
+			// alike cannot both pass the check below. The lock's two-key
+			// form has a key space of its own, apart from the relays' and
+			// the migrations' one-key session locks.
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($3, hashtext($1 || '|' || $2))`, clinic, owner, subscriptionLockClass); err != nil {
 				return nil, fmt.Errorf("lock the owner's subscriptions: %w", err)
 			}
+			// Alike: the same payload kind too. One of the other kind may
+			// stand beside it, so that a receiver moving between them
+			// makes the new one before it deletes the old, losing nothing.
 			var twin string
-			switch err := tx.QueryRow(ctx, `SELECT id FROM subscriptions WHERE clinic = $1 AND owner = $2 AND url = $3 AND topics && $4 LIMIT 1`,
-				clinic, owner, sub.GetUrl(), topics).Scan(&twin); {
+			switch err := tx.QueryRow(ctx, `SELECT id FROM subscriptions WHERE clinic = $1 AND owner = $2 AND url = $3 AND topics && $4 AND payload = $5 LIMIT 1`,
+				clinic, owner, sub.GetUrl(), topics, int16(payload)).Scan(&twin); {
 			case err == nil:
 				return nil, apperr.AlreadyExists(subscriptionName(clinic, twin),
-					"a subscription of yours already sends a topic of these to this URL: change or delete it rather than add another, whose notifications the receiver could not tell from its own")
+					"a subscription of yours already sends a topic of these to this URL with this payload: use it (a create retried without its request_id makes a second), or delete it first")
 			case !errors.Is(err, pgx.ErrNoRows):
 				return nil, fmt.Errorf("look for a like subscription: %w", err)
 			}
@@ -280,6 +285,10 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 		})
 	return s.openSecret(out, err)
 }
+
+// subscriptionLockClass is the first key of the advisory lock on one
+// owner's subscriptions.
+const subscriptionLockClass int32 = 0x48574b53 // "HWKS"
 
 // sealedSecret makes a fresh signing secret for the subscription and seals
 // it for the table.

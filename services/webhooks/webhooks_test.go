@@ -1648,16 +1648,18 @@ func TestUnreadableReferralsMemberIsUnknown(t *testing.T) {
 // not match. Another URL, or topics apart, are another subscription.
 func TestLikeSubscriptionIsRefused(t *testing.T) {
 	f := setup(t)
-	first := f.subscribe(t, f.admin, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY,
+	first := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY,
 		webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-	_, err := f.client.CreateSubscription(f.admin, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+	_, err := f.client.CreateSubscription(f.ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
 		Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}})
 	st := status.Convert(err)
 	if st.Code() != codes.AlreadyExists || !strings.Contains(fmt.Sprint(st.Details()), first.GetName()) {
 		t.Fatalf("a like subscription: %v (%v); want ALREADY_EXISTS naming %s", err, st.Details(), first.GetName())
 	}
-	f.subscribe(t, f.admin, "https://ehr.example.org/other-hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
-	f.subscribe(t, f.admin, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REMINDER_DUE)
+	f.subscribe(t, f.ehr, "https://ehr.example.org/other-hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	// The other payload kind beside it: how a receiver moves to it
+	// without losing what comes meanwhile.
+	f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 	list, err := f.client.ListSubscriptions(f.admin, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetSubscriptions()) != 3 {
 		t.Fatalf("subscriptions: %d, %v; want the three that differ", len(list.GetSubscriptions()), err)

@@ -70,10 +70,11 @@ type WebhooksServiceClient interface {
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
 	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
-	// of the same owner to the same URL with a topic in common is
-	// ALREADY_EXISTS, naming the first: the receiver would get each event
-	// twice, under ids it could not match (a create retried without a
-	// `request_id` makes one).
+	// of the same owner to the same URL with a topic in common and the same
+	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
+	// get each event twice, under ids it could not match (a create retried
+	// without a `request_id` makes one). To move to the other payload kind,
+	// create the new subscription before deleting the old.
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
@@ -215,10 +216,11 @@ type WebhooksServiceServer interface {
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
 	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
-	// of the same owner to the same URL with a topic in common is
-	// ALREADY_EXISTS, naming the first: the receiver would get each event
-	// twice, under ids it could not match (a create retried without a
-	// `request_id` makes one).
+	// of the same owner to the same URL with a topic in common and the same
+	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
+	// get each event twice, under ids it could not match (a create retried
+	// without a `request_id` makes one). To move to the other payload kind,
+	// create the new subscription before deleting the old.
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
