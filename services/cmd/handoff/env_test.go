@@ -200,6 +200,10 @@ func TestSecretsFromFiles(t *testing.T) {
 	if got, err := secretFiles([]string{"HANDOFF_APP_LOGIN_PASSWORD_FILE=" + write("empty", "\n")}, os.ReadFile); err != nil || len(got) != 0 {
 		t.Fatalf("an empty file: %v, %v; want the variable unset", got, err)
 	}
+	// A key an operator may leave out of its Secret: no file, unset.
+	if got, err := secretFiles([]string{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS_FILE=" + filepath.Join(dir, "missing")}, os.ReadFile); err != nil || len(got) != 0 {
+		t.Fatalf("an optional key left out: %v, %v; want the variable unset", got, err)
+	}
 	defer func(m map[string]string) { fromFiles = m }(fromFiles)
 	fromFiles = map[string]string{"HANDOFF_DATABASE_URL": "postgres://from-a-file"}
 	t.Setenv("HANDOFF_DATABASE_URL", "")

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -97,6 +98,13 @@ func env(name, def string) string {
 var fileSecrets = []string{"HANDOFF_DATABASE_URL", "HANDOFF_PAYLOAD_KEYS", "HANDOFF_TEMPORAL_API_KEY",
 	"HANDOFF_WEBHOOK_SECRET_KEY", "HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS", "HANDOFF_APP_LOGIN_PASSWORD"}
 
+// optionalFiles are the fileSecrets whose file may be missing, the
+// variable then unset: a key of their Secret an operator leaves out (the
+// previous webhook keys outside a rotation; the login password where an
+// administrator made the role). Mounted whole, such a Secret has no file
+// for the key.
+var optionalFiles = map[string]bool{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": true, "HANDOFF_APP_LOGIN_PASSWORD": true}
+
 // fromFiles holds the values of fileSecrets read from their files at
 // start; env takes them first.
 var fromFiles map[string]string
@@ -123,6 +131,9 @@ func secretFiles(environ []string, read func(string) ([]byte, error)) (map[strin
 			return nil, fmt.Errorf("%s and %s_FILE are both set: keep one", name, name)
 		}
 		b, err := read(path)
+		if errors.Is(err, fs.ErrNotExist) && optionalFiles[name] {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s_FILE: %w", name, err)
 		}
