@@ -739,10 +739,19 @@ func markExpired(c *familiesv1.Consent) {
 }
 
 // consentFilter are the fields a list of consents filters on: when each
-// last changed, for a caller that polls (the EHR, for consents that newly
-// name it).
-var consentFilter = map[string]aip.FilterField{
-	"update_time": {Column: "c.update_time", Kind: aip.Time},
+// last changed as the caller is shown it, for a caller that polls (the
+// EHR, for consents that newly name it). An outside system's view moves
+// only with the revocations it sees (forCaller), which $subject, the
+// number of its subject among the list's arguments, names ("" for staff);
+// either view moves to the expiry once expired (markExpired).
+func consentFilter(subject string) map[string]aip.FilterField {
+	shown := "c.update_time"
+	if subject != "" {
+		shown = `GREATEST(c.create_time, COALESCE((SELECT max(r.revoke_time) FROM consent_revocations r
+			WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', ` + subject + `::text)), c.create_time))`
+	}
+	return map[string]aip.FilterField{"update_time": {Kind: aip.Time,
+		Column: `(CASE WHEN c.revoke_time IS NULL AND c.expire_time <= now() THEN GREATEST(` + shown + `, c.expire_time) ELSE ` + shown + ` END)`}}
 }
 
 // ListConsents implements the API. The parent clinics/{clinic}/families/-
@@ -771,13 +780,15 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	if every {
 		scope, args = "c.clinic = $1", []any{c.clinic}
 	}
+	subject := ""
 	if p, out := outsider(ctx); out {
 		// Filtered in SQL so that pages stay full and tokens never point
 		// past consents the caller may not see.
-		scope += fmt.Sprintf(" AND (c.treating_providers OR $%d::text = ANY (c.recipients))", len(args)+1)
+		subject = fmt.Sprintf("$%d", len(args)+1)
+		scope += " AND (c.treating_providers OR " + subject + "::text = ANY (c.recipients))"
 		args = append(args, p.Subject)
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter,
+	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject),
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
 	if err != nil {
 		return nil, err

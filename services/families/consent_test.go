@@ -1428,6 +1428,21 @@ func TestClinicsConsentsForAPollingSystem(t *testing.T) {
 	if got, err := list(f.ctx, ""); err != nil || len(got) != 3 {
 		t.Fatalf("staff's list of the clinic's consents = %v, %v; want all three", got, err)
 	}
+	// A revocation for another recipient moves nothing ehr-1 is shown, so
+	// a poll by time does not tell it of one; staff see the change.
+	shared := f.consent(t, a.GetName(), f.validConsent("ehr-1", "ehr-3"))
+	f.clock.Add(time.Hour)
+	later := fmt.Sprintf("update_time >= %q", f.clock.Now().UTC().Format(time.RFC3339Nano))
+	f.clock.Add(time.Hour)
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: shared.GetName(), Recipient: "ehr-3"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := list(f.ehr("ehr-1"), later); err != nil || len(got) != 0 {
+		t.Fatalf("ehr-1's consents changed since another's revocation = %v, %v; want none", got, err)
+	}
+	if got, err := list(f.ctx, later); err != nil || !slices.Equal(got, []string{shared.GetName()}) {
+		t.Fatalf("staff's consents changed since = %v, %v; want %s", got, err, shared.GetName())
+	}
 	// As for any of its records: not found, whether the clinic exists.
 	_, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/south/families/-"})
 	if status.Code(err) != codes.NotFound {

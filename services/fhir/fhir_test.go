@@ -357,6 +357,8 @@ func TestTaskChange(t *testing.T) {
 		{"no-show", scheduled, `"status":"failed"`, false, "failed", false},
 		// Reported again, it changes nothing: it reads in-progress.
 		{"no-show again", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW), `"status":"failed"`, true, "failed", false},
+		// Booked again, it needs the new time, though it reads in-progress.
+		{"a no-show booked again without a time", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW), `"status":"in-progress"`, false, "", true},
 		{"needs a time", sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED), `"status":"in-progress"`, false, "", true},
 		// A bare date would be read as midnight UTC: the evening before
 		// across the Americas.

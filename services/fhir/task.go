@@ -383,6 +383,11 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		ch.none = true
 		return ch, nil
 	}
+	if ch.status == "in-progress" && ch.at == nil && cur.GetState() == referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW {
+		// It reads in-progress, but booking it again needs the new time:
+		// answered as no change, the program would think it booked.
+		return ch, unprocessable{msg: "to book a no-show again, give executionPeriod.start: the new intake appointment's time"}
+	}
 	if ch.status == taskStatus[cur.GetState()] {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
