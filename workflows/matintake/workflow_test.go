@@ -1162,8 +1162,13 @@ func TestFailedNoticeDoesNotEndTheIntake(t *testing.T) {
 // stall review finds: the review's version is asked apart.
 func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
 	h := newHarness(t)
+	// Adopted, so that the start asks the read's version, which this run
+	// predates.
+	h.adopted = true
 	h.env.OnGetVersion("epoch-2026-12-06", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("intake-resync-from-status", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	readAtStart := -1
+	h.env.RegisterDelayedCallback(func() { readAtStart = h.reads }, time.Minute)
 	h.programs(1)
 	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "ACCEPTED"})
 	h.env.RegisterDelayedCallback(func() {
@@ -1173,5 +1178,8 @@ func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
 	var res matintake.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
 		t.Fatalf("result %+v, %v; want the person in treatment, found by the review", res, err)
+	}
+	if readAtStart != 0 {
+		t.Fatalf("%d reads of the referral at the start; want none, the run predating the read", readAtStart)
 	}
 }
