@@ -830,7 +830,7 @@ func (s *Server) confirmClaimContact(ctx context.Context, out *interventionsv1.R
 	// The caller leaving does not stop this: a claim left standing would
 	// be sent by a retry's worker under a new request id. Bounded, as the
 	// database may have stopped answering.
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, cancel := pgdb.Settle(ctx)
 	defer cancel()
 	_, cerr := s.CancelReminder(cctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonWithdrawnAtClaim})
 	if cerr != nil && apperr.Reason(cerr) != apperr.ReasonInvalidTransition {

@@ -149,23 +149,20 @@ const (
 )
 
 // column is the consumer's delivery mark, one of a fixed set: never taken
-// from input.
+// from input. Another consumer is a programming error: it would share the
+// dispatch's mark under a lock of its own.
 func (c Consumer) column() string {
-	if c == Sink {
+	switch c {
+	case Dispatch:
+		return "delivered_at"
+	case Sink:
 		return "sink_delivered_at"
 	}
-	return "delivered_at"
+	panic(fmt.Sprintf("outbox: unknown consumer %q", string(c)))
 }
 
-// Pending returns up to limit events the dispatch has not delivered after
-// the event with id after (0 for the oldest), oldest first.
-func Pending(ctx context.Context, q interface {
-	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, after int64, limit int) ([]Stored, error) {
-	return PendingFor(ctx, q, Dispatch, after, limit)
-}
-
-// PendingFor is Pending for consumer c.
+// PendingFor returns up to limit events consumer c has not taken after the
+// event with id after (0 for the oldest), oldest first.
 func PendingFor(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, c Consumer, after int64, limit int) ([]Stored, error) {

@@ -260,16 +260,10 @@ func (r *Relay) release(ctx context.Context) {
 	r.conn = nil
 }
 
-// settleTimeout bounds what the relay writes without its context's
+// settleCtx bounds what the relay writes without its context's
 // cancellation (the outcomes of lanes, the lock given back), on every poll
-// as at shutdown: on a database that stopped answering without closing
-// the connection, shutdown must not wait for TCP to give up. What is left
-// unrecorded is delivered again.
-const settleTimeout = 10 * time.Second
-
-func settleCtx(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
-}
+// as at shutdown. What is left unrecorded is delivered again.
+func settleCtx(ctx context.Context) (context.Context, context.CancelFunc) { return pgdb.Settle(ctx) }
 
 // Wait waits for every lane under way, records what they did, and releases
 // the lock. Run does it when it returns; a caller of Once must, after its

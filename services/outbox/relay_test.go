@@ -263,7 +263,7 @@ func TestPendingDecodesThePayloadOnce(t *testing.T) {
 	if _, err := pool.Exec(ctx, `INSERT INTO outbox (clinic, event_type, resource, payload) VALUES ('north', 't', 'clinics/north/families/f1/x/1', $1)`, unknown); err != nil {
 		t.Fatal(err)
 	}
-	events, err := outbox.Pending(ctx, pool, 0, 10)
+	events, err := outbox.PendingFor(ctx, pool, outbox.Dispatch, 0, 10)
 	if err != nil || len(events) != 2 {
 		t.Fatalf("pending: %d events, %v", len(events), err)
 	}
@@ -549,4 +549,16 @@ func TestRetentionAwaitsTheSink(t *testing.T) {
 	if err != nil || fmt.Sprint(kept) != "[dispatch-only-old]" {
 		t.Fatalf("kept %v, %v; want [dispatch-only-old], which the sink has not taken", kept, err)
 	}
+}
+
+// A consumer other than the two known is a programming error, refused at
+// once: it would mark the dispatch's column under a lock of its own.
+func TestUnknownConsumerIsRefused(t *testing.T) {
+	pool, _, _ := relayFixture(t)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("an unknown consumer read the outbox")
+		}
+	}()
+	_, _ = outbox.PendingFor(context.Background(), pool, outbox.Consumer("audit"), 0, 10)
 }

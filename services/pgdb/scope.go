@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -463,4 +464,16 @@ func (t *releasingTx) Rollback(ctx context.Context) error {
 	defer t.release()
 	t.unclaim()
 	return t.Tx.Rollback(ctx)
+}
+
+// SettleTimeout bounds a write that must go on past its caller's
+// cancellation (an outcome recorded at shutdown): on a database that
+// stopped answering without closing the connection, or a row held
+// elsewhere, shutdown must not wait for TCP to give up. A variable for
+// the tests.
+var SettleTimeout = 10 * time.Second
+
+// Settle is ctx without its cancellation, bounded by SettleTimeout.
+func Settle(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), SettleTimeout)
 }

@@ -535,12 +535,11 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 const ownRetry = 30 * time.Second
 
 // ownWait is the wait after a try that failed on Handoff's side, the
-// delivery's before failed so already in a row: ownRetry, doubling with
-// each, at most limit; then cut by up to a quarter at random, so that
-// waits at the limit spread too.
+// delivery's before failed so already in a row: the receivers' backoff,
+// from twice ownRetry, whose equal jitter keeps it at least ownRetry and
+// spreads it at the limit too.
 func ownWait(before int, limit time.Duration, rnd func() float64) time.Duration {
-	w := min(ownRetry<<min(before, 16), limit)
-	return w - time.Duration(float64(w)/4*rnd())
+	return Backoff(before+1, 2*ownRetry, limit, rnd)
 }
 
 // errOwnSide marks an attempt that failed before anything was sent, for a
@@ -578,17 +577,12 @@ const undecodableFor = 24 * time.Hour
 // secret does not open with the configured key.
 var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
 
-// settleTimeout bounds the write of an attempt's outcome, which goes on
-// past the sender's shutdown: on a database that stopped answering (or a
-// row lock held elsewhere), shutdown must not wait for TCP to give up.
-// An outcome left unwritten is sent again after the lease, and the
-// receiver drops the repeat by its id.
-var settleTimeout = 10 * time.Second // a variable for the tests
-
-// settled is ctx without its cancellation, bounded by settleTimeout, in
-// clinic's scope.
+// settled bounds the write of an attempt's outcome, which goes on past the
+// sender's shutdown (pgdb.Settle), in clinic's scope. An outcome left
+// unwritten is sent again after the lease, and the receiver drops the
+// repeat by its id.
 func settled(ctx context.Context, clinic string) (context.Context, context.CancelFunc) {
-	c, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	c, cancel := pgdb.Settle(ctx)
 	return pgdb.WithClinic(c, clinic), cancel
 }
 
