@@ -125,7 +125,7 @@ type config struct {
 
 func main() {
 	smoke := flag.Bool("smoke", false, "a short run that only checks the suite works")
-	out := flag.String("out", "", "where to write the Markdown report (default bench/results/<date>.md and latest.md)")
+	out := flag.String("out", "", "where to write the Markdown report (default bench/results/<date>T<time>Z.md and latest.md)")
 	dsn := flag.String("database-url", envOr("HANDOFF_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/handoff_test?sslmode=disable"), "PostgreSQL URL")
 	only := flag.String("only", "", "run one section only: api, scale, workflows or processes (the report then has just that section)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")

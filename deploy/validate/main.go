@@ -98,6 +98,11 @@ func secretExamples(path string) (map[string]map[string]bool, error) {
 	return out, nil
 }
 
+// plainSecretKeys are the keys of the example secrets that are no secret
+// (an id, a role's name) and may come as variables; every other key is
+// mounted as a file.
+var plainSecretKeys = map[string]bool{"HANDOFF_PAYLOAD_KEY_ID": true, "HANDOFF_APP_LOGIN_ROLE": true}
+
 // checkSecretRefs requires every secret a pod names to be in the example
 // secrets, so that the example is the whole list an operator must create.
 func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) error {
@@ -115,13 +120,17 @@ func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) e
 	for _, c := range append(spec.InitContainers, spec.Containers...) {
 		for _, e := range c.EnvFrom {
 			if e.SecretRef != nil {
-				names = append(names, e.SecretRef.Name)
+				// Every key would land in the environment, secrets with it.
+				return fmt.Errorf("container %s takes secret %s into its environment: mount it, and name each secret's file in HANDOFF_*_FILE", c.Name, e.SecretRef.Name)
 			}
 		}
 		for _, e := range c.Env {
 			if r := e.ValueFrom; r != nil && r.SecretKeyRef != nil {
 				if !examples[r.SecretKeyRef.Name][r.SecretKeyRef.Key] {
 					return fmt.Errorf("secret %s key %s is not in secrets.example.yaml", r.SecretKeyRef.Name, r.SecretKeyRef.Key)
+				}
+				if !plainSecretKeys[r.SecretKeyRef.Key] {
+					return fmt.Errorf("container %s takes %s into its environment: mount it, and set %s_FILE", c.Name, r.SecretKeyRef.Key, r.SecretKeyRef.Key)
 				}
 			}
 		}
