@@ -7,7 +7,7 @@ import (
 
 // published is the date of this CapabilityStatement; change it with the
 // interface.
-const published = "2026-12-04"
+const published = "2026-12-06"
 
 var paramTypes = map[string]string{
 	"_count": "number", "_lastUpdated": "date", "patient": "reference", "subject": "reference", "status": "token",
@@ -23,6 +23,7 @@ var paramDocs = map[string]string{
 
 // paramNotes add to paramDocs what a parameter does on one resource type.
 var paramNotes = map[string]map[string]string{
+	"Task": {"status": " in-progress includes a booked intake the person missed (business status 5.1.2), which the program may book again."},
 	"Consent": {"patient": " Without it, the consents of every patient of the clinic that name the caller or the patient's treating providers: " +
 		"poll them with _lastUpdated, and search a patient whose consent is new for records that changed before it."},
 	"Appointment": {"patient": " Matches the appointments the Patient takes part in, not a family member's own."},

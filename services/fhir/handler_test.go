@@ -29,6 +29,7 @@ import (
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
+	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
 // refusal is the families service's answer without a covering consent,
@@ -1250,8 +1251,8 @@ func TestEnteredInErrorReferral(t *testing.T) {
 		if st == referralsv1.ReferralState_REFERRAL_STATE_UNSPECIFIED {
 			continue
 		}
-		if !validTaskStatus[taskStatus[st]] {
-			t.Errorf("%s: Task status %q", name, taskStatus[st])
+		if !validTaskStatus[taskstatus.Of(st)] {
+			t.Errorf("%s: Task status %q", name, taskstatus.Of(st))
 		}
 	}
 	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR)

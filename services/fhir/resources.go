@@ -12,6 +12,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/referrals/intake"
+	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
 // obj is a FHIR JSON object under construction; the validating parser
@@ -323,30 +324,10 @@ var businessStatus = map[referralsv1.ReferralState][2]string{
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"6.0", "Service Request Fulfillment Cancelled"},
 }
 
-// taskStatus is Task.status for a referral state (the closed-loop pattern
-// of the Gravity and BSeR guides).
-var taskStatus = map[referralsv1.ReferralState]string{
-	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: "requested",
-	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  "accepted",
-	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  "rejected",
-	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: "in-progress",
-	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "completed",
-	// Booked and missed: in progress still (the business status says
-	// unattended), not failed, which R4 and the closed-loop guides take as
-	// final: the program may book it again.
-	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:          "in-progress",
-	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED:        "cancelled",
-	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:          "on-hold",
-	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered-in-error",
-}
-
 // task is a referral as the receiving program's work item.
 func task(r *referralsv1.Referral) obj {
 	id := lastSegment(r.GetName())
-	status := taskStatus[r.GetState()]
-	if status == "" {
-		status = "draft"
-	}
+	status := taskstatus.Of(r.GetState())
 	// Task.for is whoever the service is for, any resource: a member's
 	// own referral is the member's (RelatedPerson), not the loved one's,
 	// so that the EHR does not file it in the loved one's chart.

@@ -14,7 +14,6 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
@@ -52,10 +51,9 @@ type query struct {
 	token   string
 	patient string // a family id
 	status  string
-	// updated holds the _lastUpdated conditions as AIP-160 filter terms;
-	// lo and hi bound them for what is filtered here instead.
+	// updated holds the _lastUpdated conditions as AIP-160 filter terms,
+	// which the services apply.
 	updated []string
-	lo, hi  time.Time
 }
 
 // page is one page of search results.
@@ -240,15 +238,9 @@ func (q *query) addUpdated(v string) error {
 	}
 	for _, t := range ge {
 		q.updated = append(q.updated, fmt.Sprintf(`update_time >= %q`, t.UTC().Format(time.RFC3339Nano)))
-		if t.After(q.lo) {
-			q.lo = t
-		}
 	}
 	for _, t := range lt {
 		q.updated = append(q.updated, fmt.Sprintf(`update_time < %q`, t.UTC().Format(time.RFC3339Nano)))
-		if q.hi.IsZero() || t.Before(q.hi) {
-			q.hi = t
-		}
 	}
 	return nil
 }
@@ -293,16 +285,6 @@ func timeRange(v string) (lo, hi time.Time, ok bool) {
 		}
 	}
 	return time.Time{}, time.Time{}, false
-}
-
-// within reports whether an update time meets the _lastUpdated conditions,
-// for results the services cannot filter.
-func (q query) within(ts *timestamppb.Timestamp) bool {
-	if len(q.updated) == 0 {
-		return true
-	}
-	t := ts.AsTime()
-	return !t.Before(q.lo) && (q.hi.IsZero() || t.Before(q.hi))
 }
 
 // filter joins AIP-160 terms.
@@ -526,9 +508,8 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 	case "Consent":
 		// Without a patient, the clinic's: how a polling EHR learns of a
 		// consent that newly names it, and so of records that changed
-		// before it. The families service filters on the consent's own
-		// update time; within drops those whose time, as this caller sees
-		// it, is earlier.
+		// before it. The families service filters by the update time as
+		// this caller is shown it.
 		parent := familyName(c, q.patient)
 		if q.patient == "" {
 			parent = familyName(c, "-")
@@ -543,9 +524,7 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		}
 		p := page{next: resp.GetNextPageToken()}
 		for _, cn := range resp.GetConsents() {
-			if q.within(cn.GetUpdateTime()) {
-				p.entries = append(p.entries, entry(consent(cn)))
-			}
+			p.entries = append(p.entries, entry(consent(cn)))
 		}
 		return p, nil
 	case "HealthcareService":

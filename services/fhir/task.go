@@ -24,6 +24,7 @@ import (
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
 // putTask is the EHR's write-back of a referral's status (the receiving
@@ -388,7 +389,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		// answered as no change, the program would think it booked.
 		return ch, unprocessable{msg: "to book a no-show again, give executionPeriod.start: the new intake appointment's time"}
 	}
-	if ch.status == taskStatus[cur.GetState()] {
+	if ch.status == taskstatus.Of(cur.GetState()) {
 		// The same status; in-progress with another appointment time is a
 		// rebooking.
 		// FHIR times carry microseconds at most.

@@ -3,8 +3,6 @@ package referrals
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/referrals/intake"
+	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
 // referralSelect reads a referral with its history in one statement: one
@@ -40,33 +39,19 @@ const referralSelect = `SELECT id, family, subject_kind, member_id, service_kind
 			array_agg(e.event_time ORDER BY e.seq) AS h_time
 		FROM referral_events e WHERE e.clinic = referrals.clinic AND e.referral_id = referrals.id) h ON true`
 
-// FHIR Task.status and the BSeR business status of each referral state.
-var taskStatus = map[referralsv1.ReferralState][2]string{
-	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: {"requested", "created"},
-	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  {"accepted", "accepted"},
-	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  {"rejected", "declined"},
-	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: {"in-progress", "scheduled"},
-	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: {"completed", "event completed"},
-	// Not failed, which R4 and the closed-loop guides take as final: the
-	// program may book a no-show again, and an EHR closing its work item
-	// on failed would never see that, nor a cancellation after it.
-	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   {"in-progress", "unattended"},
-	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"cancelled", "cancelled"},
-	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   {"on-hold", "on hold"},
+// businessStatus is the BSeR business status text of each referral state
+// (its Task.status is taskstatus.Of).
+var businessStatus = map[referralsv1.ReferralState]string{
+	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: "created",
+	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  "accepted",
+	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  "declined",
+	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: "scheduled",
+	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "event completed",
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   "unattended",
+	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: "cancelled",
+	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   "on hold",
 	// The requester's own status: BSeR has no business status for it.
-	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: {"entered-in-error", "entered in error"},
-}
-
-// taskStatusSQL is taskStatus's Task.status in SQL, over the state column.
-func taskStatusSQL() string {
-	states := slices.Sorted(maps.Keys(taskStatus))
-	var b strings.Builder
-	b.WriteString("(CASE state")
-	for _, st := range states {
-		fmt.Fprintf(&b, " WHEN %d THEN '%s'", int32(st), taskStatus[st][0])
-	}
-	b.WriteString(" ELSE 'draft' END)")
-	return b.String()
+	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered in error",
 }
 
 func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
@@ -121,8 +106,7 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 		if engaged != nil {
 			ref.EngagementTime = timestamppb.New(*engaged)
 		}
-		st := taskStatus[ref.State]
-		ref.FhirTaskStatus, ref.BusinessStatus = st[0], st[1]
+		ref.FhirTaskStatus, ref.BusinessStatus = taskstatus.Of(ref.State), businessStatus[ref.State]
 		if len(hTo) != len(hFrom) || len(hActor) != len(hFrom) || len(hReason) != len(hFrom) || len(hTime) != len(hFrom) {
 			return nil, fmt.Errorf("read history of %s: columns of different lengths", id)
 		}
@@ -317,7 +301,7 @@ var referralFilter = map[string]aip.FilterField{
 	"update_time": {Column: "update_time", Kind: aip.Time},
 	// For FHIR Task?status=: Task.status as fhir_task_status says it, of
 	// which one (in-progress) stands for more than one state.
-	"fhir_task_status": {Column: taskStatusSQL(), Kind: aip.String},
+	"fhir_task_status": {Column: taskstatus.SQL("state"), Kind: aip.String},
 	// For calendar feeds: one query for the intake appointments in a
 	// window, instead of one per family. The appointment is stored as its
 	// proto3 JSON; its start is kept in a column (migration 0007), indexed.

@@ -1,0 +1,51 @@
+// Package taskstatus holds the FHIR Task.status of each referral state, the
+// closed-loop pattern of the Gravity and BSeR guides: one table for the
+// referrals service (a referral's fhir_task_status, and the filter on it)
+// and the FHIR API (the Task it serves, and a PUT's comparison), so that a
+// search by status and the Task it finds never disagree.
+package taskstatus
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+)
+
+var byState = map[referralsv1.ReferralState]string{
+	referralsv1.ReferralState_REFERRAL_STATE_REQUESTED: "requested",
+	referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED:  "accepted",
+	referralsv1.ReferralState_REFERRAL_STATE_REJECTED:  "rejected",
+	referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED: "in-progress",
+	referralsv1.ReferralState_REFERRAL_STATE_COMPLETED: "completed",
+	// Booked and missed: in progress still (the business status says
+	// unattended), not failed, which R4 and the closed-loop guides take as
+	// final: the program may book it again, and an EHR closing its work
+	// item on failed would never see that, nor a cancellation after it.
+	referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:   "in-progress",
+	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: "cancelled",
+	referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD:   "on-hold",
+	// The requester's own status.
+	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered-in-error",
+}
+
+// Of is the Task.status of a referral in state st; "draft" for none known.
+func Of(st referralsv1.ReferralState) string {
+	if s, ok := byState[st]; ok {
+		return s
+	}
+	return "draft"
+}
+
+// SQL is Of in SQL, over the column that holds the state.
+func SQL(column string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "(CASE %s", column)
+	for _, st := range slices.Sorted(maps.Keys(byState)) {
+		fmt.Fprintf(&b, " WHEN %d THEN '%s'", int32(st), byState[st])
+	}
+	b.WriteString(" ELSE 'draft' END)")
+	return b.String()
+}
