@@ -624,20 +624,23 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 	return idempotency.InTx(ctx, s.pool, c.clinic, svc+"CreateConsent", req.GetRequestId(), req,
 		func() *familiesv1.Consent { return &familiesv1.Consent{} },
 		func(tx pgx.Tx) (*familiesv1.Consent, error) {
-			if err := requireFamily(ctx, tx, c); err != nil {
-				return nil, err
-			}
-			if m := in.GetMemberId(); m != "" {
-				// Read under the family's share lock: a member removed
-				// meanwhile waits, or is gone. The member ids alone, not
-				// the whole family.
-				var member bool
-				if err := tx.QueryRow(ctx, `SELECT COALESCE(doc -> 'members', '[]'::jsonb) @> jsonb_build_array(jsonb_build_object('id', $3::text))
-					FROM families WHERE clinic = $1 AND id = $2`, c.clinic, c.family, m).Scan(&member); err != nil {
-					return nil, fmt.Errorf("read the family's members: %w", err)
+			if m := in.GetMemberId(); m == "" {
+				if err := requireFamily(ctx, tx, c); err != nil {
+					return nil, err
 				}
-				if !member {
-					return nil, apperr.Field("consent.member_id", "names no member of clinics/%s/families/%s", c.clinic, c.family)
+			} else {
+				// The family's share lock and its member ids in one read: a
+				// member removed meanwhile waits, or is gone.
+				var member bool
+				err := tx.QueryRow(ctx, `SELECT COALESCE(doc -> 'members', '[]'::jsonb) @> jsonb_build_array(jsonb_build_object('id', $3::text))
+					FROM families WHERE clinic = $1 AND id = $2 FOR SHARE`, c.clinic, c.family, m).Scan(&member)
+				switch {
+				case errors.Is(err, pgx.ErrNoRows):
+					return nil, apperr.NotFound(c.familyName())
+				case err != nil:
+					return nil, fmt.Errorf("read the family's members: %w", err)
+				case !member:
+					return nil, apperr.Field("consent.member_id", "names no member of %s", c.familyName())
 				}
 			}
 			c.id = aip.NewID()
@@ -743,15 +746,17 @@ func markExpired(c *familiesv1.Consent) {
 // EHR, for consents that newly name it). An outside system's view moves
 // only with the revocations it sees (forCaller), which $subject, the
 // number of its subject among the list's arguments, names ("" for staff);
-// either view moves to the expiry once expired (markExpired).
-func consentFilter(subject string) map[string]aip.FilterField {
+// either view moves to the expiry once expired (markExpired), by the
+// service's clock now, the one scanConsent goes by, written as a literal.
+func consentFilter(subject string, now time.Time) map[string]aip.FilterField {
+	at := "'" + now.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano) + "'::timestamptz"
 	shown := "c.update_time"
 	if subject != "" {
 		shown = `GREATEST(c.create_time, COALESCE((SELECT max(r.revoke_time) FROM consent_revocations r
 			WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', ` + subject + `::text)), c.create_time))`
 	}
 	return map[string]aip.FilterField{"update_time": {Kind: aip.Time,
-		Column: `(CASE WHEN c.revoke_time IS NULL AND c.expire_time <= now() THEN GREATEST(` + shown + `, c.expire_time) ELSE ` + shown + ` END)`}}
+		Column: `(CASE WHEN c.revoke_time IS NULL AND c.expire_time <= ` + at + ` THEN GREATEST(` + shown + `, c.expire_time) ELSE ` + shown + ` END)`}}
 }
 
 // ListConsents implements the API. The parent clinics/{clinic}/families/-
@@ -788,7 +793,7 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 		scope += " AND (c.treating_providers OR " + subject + "::text = ANY (c.recipients))"
 		args = append(args, p.Subject)
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject),
+	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject, s.cfg.Now()),
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
 	if err != nil {
 		return nil, err

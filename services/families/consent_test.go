@@ -1443,8 +1443,16 @@ func TestClinicsConsentsForAPollingSystem(t *testing.T) {
 	if got, err := list(f.ctx, later); err != nil || !slices.Equal(got, []string{shared.GetName()}) {
 		t.Fatalf("staff's consents changed since = %v, %v; want %s", got, err, shared.GetName())
 	}
+	// Expired by the service's clock (the database's has not come so
+	// far), a consent's shown time is its expiry, and a poll finds it.
+	expiry := ca.GetExpireTime().AsTime()
+	f.clock.Add(expiry.Sub(f.clock.Now()) + time.Minute)
+	got, err := list(f.ehr("ehr-1"), fmt.Sprintf("update_time >= %q", expiry.Add(-time.Second).UTC().Format(time.RFC3339Nano)))
+	if err != nil || !slices.Contains(got, ca.GetName()) {
+		t.Fatalf("ehr-1's consents changed since just before %s's expiry = %v, %v; want it among them", ca.GetName(), got, err)
+	}
 	// As for any of its records: not found, whether the clinic exists.
-	_, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/south/families/-"})
+	_, err = f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/south/families/-"})
 	if status.Code(err) != codes.NotFound {
 		t.Fatalf("another clinic's consents: %v; want NOT_FOUND", err)
 	}
