@@ -241,9 +241,7 @@ func madeAsWithdrawn(rc *interventionsv1.Recipient) error {
 func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Reminder, rc *interventionsv1.Recipient) (*interventionsv1.Reminder, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	refused := func(err error) bool {
-		return apperr.Reason(err) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(err, codes.InvalidArgument)
-	}
+	refused := contactRefused
 	cerr := s.checkContact(ctx, rc)
 	for _, wait := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
 		if cerr == nil || refused(cerr) {
@@ -738,7 +736,7 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		// address already, and may be sending.
 		extension := pre.GetState() == rClaimed && pre.GetClaimedBy() == req.GetClaimant() &&
 			pre.GetLeaseExpireTime() != nil && pre.GetLeaseExpireTime().AsTime().After(now)
-		if address, err = s.confirmClaimContact(ctx, out, extension); err != nil {
+		if address, err = s.contactAtClaim(ctx, out, extension); err != nil {
 			return nil, err
 		}
 	}
@@ -771,72 +769,59 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 // automation's own token, which reads only who may be contacted, and where:
 // the address on the reminder's channel is returned, for the claim's answer.
 func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Reminder) (string, error) {
-	rc := rem.GetRecipient()
-	if !isFamily(rc.GetKind()) || (rem.GetState() != rDue && rem.GetState() != rScheduled && rem.GetState() != rClaimed) {
+	if !isFamily(rem.GetRecipient().GetKind()) || (rem.GetState() != rDue && rem.GetState() != rScheduled && rem.GetState() != rClaimed) {
 		return "", nil // staff, or past claiming: the claim says why
 	}
-	channels, cerr := s.contact(ctx, rc)
-	if cerr == nil {
+	lease := rem.GetLeaseExpireTime()
+	return s.contactAtClaim(ctx, rem, rem.GetState() == rClaimed && lease != nil && lease.AsTime().After(s.cfg.Now()))
+}
+
+// contactAtClaim asks the families service whether rem's recipient may
+// still be contacted, and answers where to send. Refused, the reminder is
+// cancelled and the claim refused CONTACT_NOT_ALLOWED; but under a live
+// lease (live) it may be on its way, or gone: the lease is neither
+// extended nor taken over, and the reminder is left for its claimant to
+// report (cancelled, it would say never sent). A families service that
+// does not answer fails the claim, to be tried again: a message to
+// someone who said no cannot be taken back.
+//
+// ClaimReminder asks it twice, before the claim (so that a refused or
+// unanswered check stores no claim, and leaves no reminder under a lease)
+// and after it (so that a withdrawal committed in between hands out no
+// address): one families read more per claim of a reminder to a family.
+func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Reminder, live bool) (string, error) {
+	rc := rem.GetRecipient()
+	channels, err := s.contact(ctx, rc)
+	switch {
+	case err == nil:
 		return addressOn(channels, rc.GetChannel()), nil
-	}
-	if apperr.Reason(cerr) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(cerr, codes.InvalidArgument) {
-		return "", fmt.Errorf("check that the recipient may still be contacted: %w", cerr)
+	case !contactRefused(err):
+		return "", fmt.Errorf("check that the recipient may still be contacted: %w", err)
 	}
 	refused := func(what string) error {
 		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", rem.GetName(), what),
 			map[string]string{"resource": rem.GetName()})
 	}
-	if lease := rem.GetLeaseExpireTime(); rem.GetState() == rClaimed && lease != nil && lease.AsTime().After(s.cfg.Now()) {
-		// Under a live lease it may be on its way, or gone: the lease is
-		// not extended nor taken over, but the reminder is left for its
-		// claimant to report (cancelled, it would say never sent).
-		return "", refused("it is not claimed again")
-	}
-	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
-	if err != nil && apperr.Reason(err) != apperr.ReasonInvalidTransition {
-		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", err)
-	}
-	return "", refused("it was cancelled")
-}
-
-// confirmClaimContact asks again, once a claim of a reminder to someone
-// of a family is stored, whether they may still be contacted: a
-// withdrawal that committed between the check before the claim and the
-// claim itself would otherwise be answered with their address. Refused,
-// the reminder is cancelled before anyone had the address, and the claim
-// is refused CONTACT_NOT_ALLOWED (its retry finds the claim gone:
-// CLAIM_LAPSED); but an extension of the claimant's own live lease is
-// refused without cancelling, as the check before the claim does: the
-// claimant has the address, may be sending, and reports. The address is
-// taken from this newer read. A families service that does not answer
-// fails the claim, to be tried again under its request id (which asks
-// again): a message to someone who said no cannot be taken back.
-func (s *Server) confirmClaimContact(ctx context.Context, out *interventionsv1.Reminder, extension bool) (string, error) {
-	rc := out.GetRecipient()
-	channels, err := s.contact(ctx, rc)
-	switch {
-	case err == nil:
-		return addressOn(channels, rc.GetChannel()), nil
-	case apperr.Reason(err) != "CONTACT_NOT_ALLOWED" && !apperr.IsCode(err, codes.InvalidArgument):
-		return "", fmt.Errorf("check again that the recipient may be contacted: %w", err)
-	}
-	refused := func(what string) error {
-		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", out.GetName(), what),
-			map[string]string{"resource": out.GetName()})
-	}
-	if extension {
-		return "", refused("do not send it, and report what became of it")
+	if live {
+		return "", refused("it is not claimed again: its claimant reports what became of it")
 	}
 	// The caller leaving does not stop this: a claim left standing would
 	// be sent by a retry's worker under a new request id. Bounded, as the
 	// database may have stopped answering.
 	cctx, cancel := pgdb.Settle(ctx)
 	defer cancel()
-	_, cerr := s.CancelReminder(cctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonWithdrawnAtClaim})
+	_, cerr := s.CancelReminder(cctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
 	if cerr != nil && apperr.Reason(cerr) != apperr.ReasonInvalidTransition {
 		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", cerr)
 	}
 	return "", refused("it was cancelled")
+}
+
+// contactRefused reports whether err is the families service's answer
+// that a recipient may not be contacted (CONTACT_NOT_ALLOWED, or a member
+// or family no longer there), rather than its failure to answer.
+func contactRefused(err error) bool {
+	return apperr.Reason(err) == "CONTACT_NOT_ALLOWED" || apperr.IsCode(err, codes.InvalidArgument)
 }
 
 // reasonWithdrawnAtClaim is the cancel reason of a reminder cancelled at
