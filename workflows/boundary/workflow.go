@@ -1080,11 +1080,12 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 		// Another meeting's: its restart takes it (a late one of an
 		// earlier meeting is let go then). Delivered again, it is kept
 		// once, and not taken as this cycle's either.
-		if !slices.Contains(w.st.Later, ci) && flow.Version(ctx, versionCheckInsOfNext, 1) >= 1 {
+		kept := slices.Contains(w.st.Later, ci)
+		if !kept && flow.Version(ctx, versionCheckInsOfNext, 1) >= 1 {
 			w.st.Later = append(w.st.Later, ci)
 			return nil
 		}
-		if slices.Contains(w.st.Later, ci) && flow.Version(ctx, versionNextCheckInOnce, 1) >= 1 {
+		if kept && flow.Version(ctx, versionNextCheckInOnce, 1) >= 1 {
 			return nil
 		}
 	}
