@@ -206,8 +206,7 @@ func (s *Server) familyProblems(ctx context.Context, iv *interventionsv1.Interve
 	// which the clinic no longer does once its case is closed: the
 	// family is made ACTIVE again first.
 	if (stored == nil || forSchedule) && fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
-		return nil, apperr.FailedPrecondition(apperr.ReasonFamilyClosed,
-			fmt.Sprintf("%s is CLOSED: set it ACTIVE again to plan a meeting with it", fam.GetName()), map[string]string{"family": fam.GetName()})
+		return nil, familyClosed(fam.GetName())
 	}
 	members := map[string]bool{}
 	for _, m := range fam.GetMembers() {
@@ -795,6 +794,42 @@ func lengthOnly(a, b *interventionsv1.Intervention) bool {
 	return sameStart && a.GetTimeZone() == b.GetTimeZone()
 }
 
+// rescheduled is cur as req would move it.
+func rescheduled(cur *interventionsv1.Intervention, req *interventionsv1.RescheduleInterventionRequest) *interventionsv1.Intervention {
+	next := proto.Clone(cur).(*interventionsv1.Intervention)
+	next.StartTime = req.GetStartTime()
+	if req.GetExpectedDuration() != nil {
+		next.ExpectedDuration = req.GetExpectedDuration()
+	}
+	if req.GetTimeZone() != "" {
+		next.TimeZone = req.GetTimeZone()
+	}
+	return next
+}
+
+// checkNotClosed refuses planning with a family whose case is closed
+// (FAILED_PRECONDITION, FAMILY_CLOSED). A family gone is left to the
+// caller's other checks.
+func (s *Server) checkNotClosed(ctx context.Context, family string) error {
+	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if apperr.IsCode(err, codes.NotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	if fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+		return familyClosed(fam.GetName())
+	}
+	return nil
+}
+
+// familyClosed is the refusal of planning with a closed family.
+func familyClosed(family string) error {
+	return apperr.FailedPrecondition(apperr.ReasonFamilyClosed,
+		fmt.Sprintf("%s is CLOSED: set it ACTIVE again to plan a meeting with it", family), map[string]string{"family": family})
+}
+
 // RescheduleIntervention implements the API.
 func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv1.RescheduleInterventionRequest) (*interventionsv1.Intervention, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "interventions")
@@ -804,22 +839,30 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 	if req.GetStartTime() == nil {
 		return nil, apperr.Field("start_time", "is required")
 	}
+	if req.GetTimeZone() != "" && !aip.TimeZone(req.GetTimeZone()) {
+		return nil, apperr.Field("time_zone", "unknown IANA time zone %q", req.GetTimeZone())
+	}
+	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"RescheduleIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
+		return out, err
+	}
+	// A meeting moved to another time is a new one for the family, which
+	// the clinic does not plan once its case is closed. The FamilyClosed
+	// workflow leaves a meeting that has begun, for its outcome; moved
+	// into the future it would stand after the workflow passed. A new
+	// length alone is not refused: the meeting running long goes on.
+	if cur, err := readIntervention(ctx, s.pool, r, false); err != nil {
+		return nil, err
+	} else if cur.GetState() == scheduled && !lengthOnly(rescheduled(cur, req), cur) {
+		if err := s.checkNotClosed(ctx, cur.GetFamily()); err != nil {
+			return nil, err
+		}
+	}
 	return s.lockedStep(ctx, r, "RescheduleIntervention", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "RESCHEDULED")
 			}
-			next := proto.Clone(cur).(*interventionsv1.Intervention)
-			next.StartTime = req.GetStartTime()
-			if req.GetExpectedDuration() != nil {
-				next.ExpectedDuration = req.GetExpectedDuration()
-			}
-			if req.GetTimeZone() != "" {
-				if !aip.TimeZone(req.GetTimeZone()) {
-					return nil, apperr.Field("time_zone", "unknown IANA time zone %q", req.GetTimeZone())
-				}
-				next.TimeZone = req.GetTimeZone()
-			}
+			next := rescheduled(cur, req)
 			// Times are kept to the microsecond.
 			if sameSchedule(next, cur) {
 				// Moved to where it is: nothing changes, and no event goes

@@ -2776,6 +2776,12 @@ func TestAClosedFamilyGetsNoNewMeetingsNorReminders(t *testing.T) {
 		Intervention: &interventionsv1.Intervention{Name: meeting.GetName(), Level: interventionsv1.EscalationLevel_ESCALATION_LEVEL_LEVEL_2},
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"level"}}})
 	closed("raising a meeting's level", err)
+	_, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
+		StartTime: timestamppb.New(start.Add(48 * time.Hour))})
+	closed("moving a meeting to another time", err)
+	_, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
+		StartTime: meeting.GetStartTime(), TimeZone: "Europe/Lisbon"})
+	closed("moving a meeting to another time zone", err)
 	_, err = f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: toMom})
 	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "CONTACT_NOT_ALLOWED" {
 		t.Fatalf("a reminder to a closed family's member: %v; want CONTACT_NOT_ALLOWED", err)
@@ -2798,6 +2804,12 @@ func TestAClosedFamilyGetsNoNewMeetingsNorReminders(t *testing.T) {
 		Intervention: &interventionsv1.Intervention{Name: meeting.GetName(), CarriedOverNotes: "the family closed its case"},
 		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}}); err != nil {
 		t.Fatalf("a note on a closed family's meeting: %v", err)
+	}
+	// A meeting running long is lengthened, at the time it stands.
+	longer, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
+		StartTime: meeting.GetStartTime(), ExpectedDuration: durationpb.New(3 * time.Hour)})
+	if err != nil || longer.GetExpectedDuration().AsDuration() != 3*time.Hour || longer.GetRescheduleCount() != 0 {
+		t.Fatalf("a closed family's meeting lengthened: %v, %v; want 3h at the same time", longer.GetExpectedDuration(), err)
 	}
 	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
 	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: pending.GetName()}); err != nil {
