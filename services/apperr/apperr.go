@@ -37,6 +37,7 @@ const (
 	ReasonAlreadyExists     = "RESOURCE_ALREADY_EXISTS"
 	ReasonUnauthenticated   = "UNAUTHENTICATED"
 	ReasonPermissionDenied  = "PERMISSION_DENIED"
+	ReasonQuotaExceeded     = "QUOTA_EXCEEDED"
 )
 
 // Violation is one field that failed validation.
@@ -139,6 +140,15 @@ func AlreadyExists(name, msg string) error {
 	return withDetails(codes.AlreadyExists, msg, &errdetails.ErrorInfo{
 		Reason: ReasonAlreadyExists, Domain: Domain, Metadata: map[string]string{"resource": name},
 	})
+}
+
+// QuotaExceeded is RESOURCE_EXHAUSTED for a count the caller may not go
+// past (AIP-193: a QuotaFailure naming subject). Unlike a rate limit it
+// does not pass with time: the caller frees some of what it holds first.
+func QuotaExceeded(subject, msg string) error {
+	return withDetails(codes.ResourceExhausted, msg,
+		&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{Subject: subject, Description: msg}}},
+		&errdetails.ErrorInfo{Reason: ReasonQuotaExceeded, Domain: Domain, Metadata: map[string]string{"subject": subject}})
 }
 
 // FailedPrecondition says the system is not in a state that allows the call.

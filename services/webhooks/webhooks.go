@@ -73,7 +73,16 @@ type Config struct {
 	Secrets *SecretBox
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+	// MaxPerOwner is how many subscriptions one owner may hold in a
+	// clinic (DefaultMaxPerOwner when 0). Each is a relay's work on every
+	// event it matches: a client looping on creates without request ids
+	// would otherwise multiply every notification without bound.
+	MaxPerOwner int
 }
+
+// DefaultMaxPerOwner is MaxPerOwner when unset: far more than one EHR
+// integration needs (a URL per topic and payload kind is under 30).
+const DefaultMaxPerOwner = 50
 
 // Server implements webhooksv1.WebhooksServiceServer.
 type Server struct {
@@ -87,6 +96,9 @@ type Server struct {
 func New(db *pgdb.DB, cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.MaxPerOwner <= 0 {
+		cfg.MaxPerOwner = DefaultMaxPerOwner
 	}
 	return &Server{db: db, cfg: cfg}
 }
@@ -267,6 +279,16 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 					"a subscription of yours already sends a topic of these to this URL with this payload: use it (a create retried without its request_id makes a second), or delete it first")
 			case !errors.Is(err, pgx.ErrNoRows):
 				return nil, fmt.Errorf("look for a like subscription: %w", err)
+			}
+			// Counted under the same lock, so that creates at once cannot
+			// all pass it.
+			var held int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM subscriptions WHERE clinic = $1 AND owner = $2`, clinic, owner).Scan(&held); err != nil {
+				return nil, fmt.Errorf("count the owner's subscriptions: %w", err)
+			}
+			if held >= s.cfg.MaxPerOwner {
+				return nil, apperr.QuotaExceeded("subscriptions of "+owner,
+					fmt.Sprintf("you hold %d subscriptions in clinics/%s, the most one owner may: delete one you no longer use first", held, clinic))
 			}
 			id := aip.NewID()
 			sealed, err := s.sealedSecret(clinic, id)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -1663,5 +1664,51 @@ func TestLikeSubscriptionIsRefused(t *testing.T) {
 	list, err := f.client.ListSubscriptions(f.admin, &webhooksv1.ListSubscriptionsRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetSubscriptions()) != 3 {
 		t.Fatalf("subscriptions: %d, %v; want the three that differ", len(list.GetSubscriptions()), err)
+	}
+}
+
+// One owner holds at most MaxPerOwner subscriptions in a clinic: past it a
+// create is refused RESOURCE_EXHAUSTED with a QuotaFailure, makes nothing,
+// and leaves other owners alone; deleting one makes room again.
+func TestSubscriptionsPerOwnerAreCapped(t *testing.T) {
+	f := setupWith(t, webhooks.Config{MaxPerOwner: 2})
+	first := f.subscribe(t, f.ehr, "https://ehr.example.org/a", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	f.subscribe(t, f.ehr, "https://ehr.example.org/b", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	third := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "3c0bd4a4-6a43-4b8e-9a43-3a1b0f4e2b71",
+		Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/c", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}
+	_, err := f.client.CreateSubscription(f.ehr, third)
+	st := status.Convert(err)
+	var quota *errdetails.QuotaFailure
+	for _, d := range st.Details() {
+		if q, ok := d.(*errdetails.QuotaFailure); ok {
+			quota = q
+		}
+	}
+	if st.Code() != codes.ResourceExhausted || quota == nil || !strings.Contains(quota.GetViolations()[0].GetSubject(), "ehr-1") {
+		t.Fatalf("a third subscription past a cap of 2: %v (%v); want RESOURCE_EXHAUSTED with a QuotaFailure naming ehr-1", err, st.Details())
+	}
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := count(); n != 2 {
+		t.Fatalf("%d subscriptions after the refusal; want 2", n)
+	}
+	// Another owner's count is its own.
+	other := f.env.As("north", "ehr-2", auth.RoleEHR)
+	f.subscribe(t, other, "https://ehr2.example.org/a", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if _, err := f.client.DeleteSubscription(f.ehr, &webhooksv1.DeleteSubscriptionRequest{Name: first.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	// The refused request id was not kept: the same request goes through.
+	if _, err := f.client.CreateSubscription(f.ehr, third); err != nil {
+		t.Fatalf("the third subscription once the first is deleted: %v", err)
+	}
+	if n := count(); n != 3 {
+		t.Fatalf("%d subscriptions; want 3 (two of ehr-1's, one of ehr-2's)", n)
 	}
 }
