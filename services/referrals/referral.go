@@ -333,7 +333,9 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	if calendarOnly(ctx) {
 		// A list refuses a filter on a field the caller's view leaves out:
 		// otherwise a filter could ask what the view hides.
-		fields = aip.Without(referralFilter, "program", "service_kind", "urgency", "intervention", "subject_kind")
+		// update_time too: the view shows the appointment's last change
+		// in its place, not the referral's.
+		fields = aip.Without(referralFilter, "program", "service_kind", "urgency", "intervention", "subject_kind", "update_time")
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "referrals", referralSelect, scope, args,
 		req, fields, scanReferral(clinic), func(r *referralsv1.Referral) string { return r.GetName() })

@@ -873,8 +873,11 @@ type Program struct {
 	Languages []string `protobuf:"bytes,12,rep,name=languages,proto3" json:"languages,omitempty"`
 	// The intake phone number in E.164 form, for example "+15551234567".
 	Phone string `protobuf:"bytes,13,opt,name=phone,proto3" json:"phone,omitempty"`
-	// How much room the program has now. Changed only by ReportCapacity and by
-	// holds (HoldSlot, ReleaseHold, ConvertHold, and holds that expire).
+	// How much room the program has now. Changed by ReportCapacity, by holds
+	// (HoldSlot, ReleaseHold, ConvertHold, and holds that expire), by a
+	// rejection for lack of room (none left), by a converted hold's referral
+	// that ends without entry (its place back, see ConvertHold), and by
+	// UndeleteProgram (none, until the program reports).
 	Capacity *Capacity `protobuf:"bytes,14,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	// When the program was added.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
@@ -1156,7 +1159,8 @@ type Capacity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Intake slots free right now that nobody holds. Never negative. Reported
 	// by the program through ReportCapacity; lowered by one for each new hold
-	// and raised by one when a hold is released or expires.
+	// and raised by one when a hold is released or expires. See
+	// Program.capacity for the other changes.
 	AvailableSlots int32 `protobuf:"varint,1,opt,name=available_slots,json=availableSlots,proto3" json:"available_slots,omitempty"`
 	// Intake slots reserved by HELD holds.
 	HeldSlots int32 `protobuf:"varint,2,opt,name=held_slots,json=heldSlots,proto3" json:"held_slots,omitempty"`
