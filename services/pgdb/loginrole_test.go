@@ -297,3 +297,54 @@ func TestAppRoleThatBypassesRowSecurityIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A login role that may rewrite the append-only records by a way other
+// than the application role (pg_write_all_data, a right granted to it or
+// to a group of it) is refused before anything is granted to it: the
+// application role's REVOKE does not reach those rights.
+func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	base := fmt.Sprintf("handoff_rewrite_test_%d", time.Now().UnixNano()%1_000_000_000)
+	writer, direct, grouped, group := base+"_w", base+"_d", base+"_g", base+"_grp"
+	for _, stmt := range []string{
+		`CREATE ROLE ` + writer + ` LOGIN`, `GRANT pg_write_all_data TO ` + writer,
+		`CREATE ROLE ` + direct + ` LOGIN`, `GRANT DELETE ON ` + schema + `.audit_log TO ` + direct,
+		`CREATE ROLE ` + group + ` NOLOGIN`, `GRANT UPDATE ON ` + schema + `.audit_log TO ` + group,
+		`CREATE ROLE ` + grouped + ` LOGIN`, `GRANT ` + group + ` TO ` + grouped,
+	} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, stmt := range []string{`REVOKE ALL ON ` + schema + `.audit_log FROM ` + direct + `, ` + group,
+			`DROP ROLE IF EXISTS ` + writer, `DROP ROLE IF EXISTS ` + direct, `DROP ROLE IF EXISTS ` + grouped, `DROP ROLE IF EXISTS ` + group} {
+			_, _ = owner.Exec(context.Background(), stmt)
+		}
+	})
+	for _, c := range []struct{ role, how, want string }{
+		{writer, "a member of pg_write_all_data", "pg_write_all_data"},
+		{direct, "granted DELETE on the audit log", schema + ".audit_log"},
+		{grouped, "a member of a group granted UPDATE on the audit log", schema + ".audit_log"},
+	} {
+		for _, pw := range []string{"", "s3cret"} {
+			err := pgdb.EnsureLoginRole(ctx, owner, c.role, pw)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("a role %s (password %q): %v; want a refusal naming %s", c.how, pw, err, c.want)
+			}
+		}
+		var granted bool
+		if err := owner.QueryRow(ctx, `SELECT pg_has_role($1::text, $2::text, 'MEMBER')`, c.role, pgdb.AppRole).Scan(&granted); err != nil || granted {
+			t.Fatalf("the refused role %s was granted %s anyway (%v)", c.role, pgdb.AppRole, err)
+		}
+	}
+	// Its right taken away, the same role is accepted.
+	if _, err := owner.Exec(ctx, `REVOKE DELETE ON `+schema+`.audit_log FROM `+direct); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.EnsureLoginRole(ctx, owner, direct, ""); err != nil {
+		t.Fatalf("the role once its right on the audit log is revoked: %v", err)
+	}
+}

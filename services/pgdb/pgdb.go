@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 	"regexp"
 	"slices"
@@ -195,6 +196,37 @@ func lockTimeout() string {
 // (or none) get the new ones at the next migration.
 const policyVersion = "handoff-clinic-isolation-2"
 
+// appendOnly names the tables whose rows the services may not change or
+// remove, with the rights secure takes from AppRole on them (and
+// EnsureLoginRole refuses a login role holding by another way).
+//
+// Records the law asks us to keep are append-only for the services: the
+// audit trail, the accounting of disclosures and the revocations of
+// consent. Signed consents change (a revocation stamps them, through a
+// grant on those columns alone) but are never deleted. So are the
+// histories the services only ever add to: a referral's moves and the
+// services after its treatment entry (their retractions, and the ids that
+// name those reported without one), a boundary's moves, and the warning
+// signs (and their retractions), safety screens and CRAFT sessions (and
+// theirs) recorded for a family. Deleting a family still takes its rows
+// with it: a foreign key's cascade runs as the table's owner.
+var appendOnly = map[string]string{
+	"audit_log":                    "UPDATE, DELETE, TRUNCATE",
+	"disclosures":                  "UPDATE, DELETE, TRUNCATE",
+	"consent_revocations":          "UPDATE, DELETE, TRUNCATE",
+	"consents":                     "DELETE, TRUNCATE",
+	"referral_events":              "UPDATE, DELETE, TRUNCATE",
+	"referral_services":            "UPDATE, DELETE, TRUNCATE",
+	"referral_service_retractions": "UPDATE, DELETE, TRUNCATE",
+	"referral_service_ids":         "UPDATE, DELETE, TRUNCATE",
+	"boundary_events":              "UPDATE, DELETE, TRUNCATE",
+	"warning_signs":                "UPDATE, DELETE, TRUNCATE",
+	"warning_sign_retractions":     "UPDATE, DELETE, TRUNCATE",
+	"safety_screens":               "UPDATE, DELETE, TRUNCATE",
+	"craft_sessions":               "UPDATE, DELETE, TRUNCATE",
+	"craft_session_retractions":    "UPDATE, DELETE, TRUNCATE",
+}
+
 // secure grants AppRole what the services need and puts row-level security
 // on every table that has a clinic column. It runs after every migration
 // set, so tables added later are covered too.
@@ -213,33 +245,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`REVOKE ALL ON ` + schema + `.schema_migrations FROM ` + AppRole,
 		}
-		// Records the law asks us to keep are append-only for the services:
-		// the audit trail, the accounting of disclosures and the revocations
-		// of consent. Signed consents change (a revocation stamps them) but
-		// are never deleted. So are the histories the services only ever
-		// add to: a referral's moves and the services after its treatment
-		// entry (their retractions, and the ids that name those reported
-		// without one), a boundary's moves, and the
-		// warning signs
-		// (and their retractions), safety screens and CRAFT sessions (and
-		// theirs) recorded for a family. Deleting a family still takes its rows
-		// with it: a foreign key's cascade runs as the table's owner.
-		for table, privs := range map[string]string{
-			"audit_log":                    "UPDATE, DELETE, TRUNCATE",
-			"disclosures":                  "UPDATE, DELETE, TRUNCATE",
-			"consent_revocations":          "UPDATE, DELETE, TRUNCATE",
-			"consents":                     "DELETE, TRUNCATE",
-			"referral_events":              "UPDATE, DELETE, TRUNCATE",
-			"referral_services":            "UPDATE, DELETE, TRUNCATE",
-			"referral_service_retractions": "UPDATE, DELETE, TRUNCATE",
-			"referral_service_ids":         "UPDATE, DELETE, TRUNCATE",
-			"boundary_events":              "UPDATE, DELETE, TRUNCATE",
-			"warning_signs":                "UPDATE, DELETE, TRUNCATE",
-			"warning_sign_retractions":     "UPDATE, DELETE, TRUNCATE",
-			"safety_screens":               "UPDATE, DELETE, TRUNCATE",
-			"craft_sessions":               "UPDATE, DELETE, TRUNCATE",
-			"craft_session_retractions":    "UPDATE, DELETE, TRUNCATE",
-		} {
+		for table, privs := range appendOnly {
 			stmts = append(stmts, `DO $$ BEGIN
 				IF to_regclass('`+schema+`.`+table+`') IS NOT NULL THEN
 					REVOKE `+privs+` ON `+schema+`.`+table+` FROM `+AppRole+`;
@@ -481,12 +487,33 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	var owner bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
 		WHERE l.rolname = $1::text AND (r.rolsuper OR r.rolbypassrls OR r.rolname = current_user
-			OR r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program')
+			OR r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program', 'pg_write_all_data')
 			OR ((r.rolcreaterole OR r.rolreplication) AND (r.oid <> l.oid OR $2))))`, name, password == "").Scan(&owner); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	if owner {
-		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, replicates, reads or writes the server's files, or is a member of the owner or of a role that may: give the services a role without those rights", name)
+		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, replicates, reads or writes the server's files, writes every table (pg_write_all_data), or is a member of the owner or of a role that may: give the services a role without those rights", name)
+	}
+	// Rights on the append-only records that come some other way than
+	// AppRole (granted to the role or a group of it, or its own tables)
+	// would let the services rewrite them: AppRole's REVOKE does not reach
+	// those. Any schema Migrate made is looked at.
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("pgdb: login role %s: %w", name, err)
+	}
+	var rewrites string
+	if exists {
+		if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '') FROM pg_tables t
+			WHERE t.tablename = ANY($2::text[])
+				AND EXISTS (SELECT 1 FROM pg_tables m WHERE m.schemaname = t.schemaname AND m.tablename = 'schema_migrations')
+				AND has_table_privilege($1::text, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')`,
+			name, slices.Collect(maps.Keys(appendOnly))).Scan(&rewrites); err != nil {
+			return fmt.Errorf("pgdb: login role %s: %w", name, err)
+		}
+	}
+	if rewrites != "" {
+		return fmt.Errorf("pgdb: the services' login role %q may update, delete or truncate %s, whose rows the services only ever add: revoke that right (granted to it, to a group of it, or as its owner)", name, rewrites)
 	}
 	if password != "" {
 		// Sent as its SCRAM verifier, not in clear (see scramVerifier);
