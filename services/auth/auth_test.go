@@ -524,3 +524,60 @@ func TestUnverifiedHeaderValuesAreCutInErrors(t *testing.T) {
 		t.Fatalf("a short value: %q", got)
 	}
 }
+
+// One malformed key in the issuer's set (a coordinate short of its leading
+// zero, say) is left out, not the set: the key the issuer withdrew stops
+// counting and the one it added counts. A set with no readable key is
+// refused, and the last one stays.
+func TestJWKSWithAMalformedKeyStillRotates(t *testing.T) {
+	leaked, _ := NewIssuer("https://issuer.test", "handoff")
+	next, _ := NewIssuerWithKey("https://issuer.test", "handoff", mustKey(t))
+	broken := jwk{Kty: "EC", Crv: "P-256", Kid: "broken", X: base64.RawURLEncoding.EncodeToString(make([]byte, 31)), Y: "AA"}
+	var withLeaked, rotated atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		set := jwkSet{Keys: []jwk{broken}}
+		for iss, on := range map[*Issuer]bool{leaked: withLeaked.Load(), next: rotated.Load()} {
+			if !on {
+				continue
+			}
+			rec := httptest.NewRecorder()
+			iss.JWKSHandler().ServeHTTP(rec, r)
+			var s jwkSet
+			if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+				t.Error(err)
+			}
+			set.Keys = append(set.Keys, s.Keys...)
+		}
+		_ = json.NewEncoder(w).Encode(set)
+	}))
+	defer srv.Close()
+	withLeaked.Store(true)
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Millisecond, MaxAge: 20 * time.Millisecond}}
+	opts := TokenOptions{Subject: "u", Clinic: "north"}
+	old := leaked.MustMint(opts)
+	if _, err := v.Verify(context.Background(), old); err != nil {
+		t.Fatalf("a key beside a malformed one: %v", err)
+	}
+	// The issuer withdraws the leaked key and adds another.
+	withLeaked.Store(false)
+	rotated.Store(true)
+	time.Sleep(5 * time.Millisecond)
+	if _, err := v.Verify(context.Background(), next.MustMint(opts)); err != nil {
+		t.Fatalf("the new key beside a malformed one: %v", err)
+	}
+	if _, err := v.Verify(context.Background(), old); !errors.Is(err, ErrInvalidToken) || IsKeysUnavailable(err) {
+		t.Fatalf("the withdrawn key: %v; want an invalid token", err)
+	}
+	// Nothing readable: refused, and the last set stays.
+	if _, err := ParseJWKS([]byte(`{"keys":[{"kty":"EC","crv":"P-256","kid":"broken","x":"AA","y":"AA"}]}`)); err == nil {
+		t.Fatal("a set whose only key is malformed was taken")
+	}
+	rotated.Store(false)
+	time.Sleep(30 * time.Millisecond)
+	for i := 0; i < 3; i++ {
+		if _, err := v.Verify(context.Background(), next.MustMint(opts)); err != nil {
+			t.Fatalf("the last set while the issuer publishes nothing readable: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

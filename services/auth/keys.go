@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -9,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -114,6 +116,18 @@ func (j *JWKS) found(k *ecdsa.PublicKey, ok bool) (*ecdsa.PublicKey, error) {
 func IsKeysUnavailable(err error) bool {
 	var ku *KeysUnavailable
 	return errors.As(err, &ku)
+}
+
+// KeysUnavailableCause is why the key set could not be fetched, for the
+// operator's log, when err says it could not (IsKeysUnavailable); else nil.
+// err's own text hides it, and errors.Unwrap cannot reach it through a
+// token error that wraps more than one.
+func KeysUnavailableCause(err error) error {
+	var ku *KeysUnavailable
+	if !errors.As(err, &ku) {
+		return nil
+	}
+	return cmp.Or(ku.cause, error(ku))
 }
 
 // KeysUnavailable is the error of a key lookup that needed the key set and
@@ -231,13 +245,19 @@ func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, err
 	return ParseJWKS(body)
 }
 
-// ParseJWKS decodes the EC P-256 keys of a JWKS document.
+// ParseJWKS decodes the EC P-256 keys of a JWKS document. A malformed key
+// is left out, as one of another type is: failing the whole set would keep
+// the last one in use, a withdrawn key with it, and refuse tokens signed
+// with a key new in it. Only a set whose every P-256 key is malformed is
+// refused (the last set then stays), since it is more likely broken on the
+// way than meant.
 func ParseJWKS(body []byte) (StaticKeys, error) {
 	var set jwkSet
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, fmt.Errorf("jwks: decode: %w", err)
 	}
 	keys := StaticKeys{}
+	var bad []error
 	for _, k := range set.Keys {
 		if k.Kty != "EC" || k.Crv != "P-256" {
 			continue
@@ -247,18 +267,32 @@ func ParseJWKS(body []byte) (StaticKeys, error) {
 		if (k.Use != "" && k.Use != "sig") || (k.Alg != "" && k.Alg != "ES256") {
 			continue
 		}
-		x, err1 := base64.RawURLEncoding.DecodeString(k.X)
-		y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
-		if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
-			return nil, fmt.Errorf("jwks: key %q: bad coordinates", k.Kid)
-		}
-		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+		pub, err := decodeJWK(k)
 		if err != nil {
-			return nil, fmt.Errorf("jwks: key %q: %w", k.Kid, err)
+			slog.Warn("a key of the issuer's key set is malformed: left out", "kid", k.Kid, "error", err)
+			bad = append(bad, err)
+			continue
 		}
 		keys[k.Kid] = pub
 	}
+	if len(keys) == 0 && len(bad) > 0 {
+		return nil, fmt.Errorf("jwks: no key could be read: %w", errors.Join(bad...))
+	}
 	return keys, nil
+}
+
+// decodeJWK reads an EC P-256 key's point.
+func decodeJWK(k jwk) (*ecdsa.PublicKey, error) {
+	x, err1 := base64.RawURLEncoding.DecodeString(k.X)
+	y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
+	if err1 != nil || err2 != nil || len(x) != 32 || len(y) != 32 {
+		return nil, fmt.Errorf("key %q: bad coordinates", k.Kid)
+	}
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+	if err != nil {
+		return nil, fmt.Errorf("key %q: %w", k.Kid, err)
+	}
+	return pub, nil
 }
 
 func encodeJWK(kid string, pub *ecdsa.PublicKey) (jwk, error) {

@@ -216,9 +216,10 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			return
 		}
 		p, err := s.cfg.Verifier.Verify(r.Context(), token)
-		if auth.IsKeysUnavailable(err) {
+		if cause := auth.KeysUnavailableCause(err); cause != nil {
 			// The identity provider is out of reach, not the token at
-			// fault: the client may retry.
+			// fault: the client may retry, and the operator must hear of it.
+			s.cfg.Log.ErrorContext(r.Context(), "signing keys unavailable", "method", r.Method, "path", r.URL.Path, "error", cause.Error())
 			w.Header().Set("Retry-After", retryAfter)
 			s.fail(w, http.StatusServiceUnavailable, "transient", "the token cannot be checked now: retry")
 			return

@@ -1,6 +1,7 @@
 package fhir
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -537,7 +538,8 @@ func TestKeysOutOfReachAre503(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newServer(Config{Verifier: &auth.Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+	var logs bytes.Buffer
+	s, err := newServer(Config{Log: slog.New(slog.NewJSONHandler(&logs, nil)), Verifier: &auth.Verifier{Issuer: "https://issuer.test", Audience: "handoff",
 		Keys: &auth.JWKS{URL: "http://127.0.0.1:1/internal-idp/jwks", MinRefresh: time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)
@@ -550,5 +552,9 @@ func TestKeysOutOfReachAre503(t *testing.T) {
 	})(rec, req)
 	if rec.code != http.StatusServiceUnavailable || strings.Contains(string(rec.body), "127.0.0.1") || rec.header.Get("Retry-After") == "" {
 		t.Fatalf("%d %s, Retry-After %q; want 503 without the keys' address, and when to retry", rec.code, rec.body, rec.header.Get("Retry-After"))
+	}
+	// The operator hears why.
+	if line := logs.String(); !strings.Contains(line, "signing keys unavailable") || !strings.Contains(line, "internal-idp") {
+		t.Fatalf("log %q; want the cause, which names the key set's address", line)
 	}
 }

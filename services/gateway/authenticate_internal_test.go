@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/handoff-health/handoff/services/auth"
 )
@@ -54,5 +55,31 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 		if c.token != "" && strings.Contains(line, c.token) {
 			t.Errorf("%s: the token is in the log", c.name)
 		}
+	}
+}
+
+// A token that cannot be checked because the key set is out of reach is a
+// 503, and the operator's log says why the keys could not be fetched: the
+// caller hears nothing of it.
+func TestKeysOutOfReachAreLoggedWithTheirCause(t *testing.T) {
+	issuer, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &auth.Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &auth.JWKS{URL: "http://127.0.0.1:1/internal-idp/jwks", MinRefresh: time.Millisecond}}
+	var logs bytes.Buffer
+	h := authenticate(v, slog.New(slog.NewJSONHandler(&logs, nil)), http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		t.Error("served without a checked token")
+	}))
+	req := httptest.NewRequest(http.MethodGet, "http://gateway.internal/v1/clinics/north/families", nil)
+	req.Header.Set("Authorization", "Bearer "+issuer.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable || strings.Contains(rec.Body.String(), "internal-idp") {
+		t.Fatalf("%d %s; want 503 without the keys' address", rec.Code, rec.Body)
+	}
+	if line := logs.String(); !strings.Contains(line, "signing keys unavailable") || !strings.Contains(line, "internal-idp") {
+		t.Fatalf("log %q; want the cause, which names the key set's address", line)
 	}
 }

@@ -529,10 +529,10 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 			return
 		}
 		p, err := v.Verify(r.Context(), token)
-		if auth.IsKeysUnavailable(err) {
+		if cause := auth.KeysUnavailableCause(err); cause != nil {
 			// The identity provider is out of reach, not the token at
 			// fault: the client may retry, and the operator must hear of it.
-			log.ErrorContext(r.Context(), "signing keys unavailable", "method", r.Method, "path", r.URL.Path, "error", errors.Unwrap(err))
+			log.ErrorContext(r.Context(), "signing keys unavailable", "method", r.Method, "path", r.URL.Path, "error", cause.Error())
 			w.Header().Set("Retry-After", "5")
 			writeStatus(w, http.StatusServiceUnavailable, codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")
 			return

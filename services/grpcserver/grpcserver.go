@@ -566,11 +566,10 @@ func (i *interceptor) authenticate(ctx context.Context, method string, req any) 
 		return auth.Principal{}, "", status.Error(codes.Unauthenticated, "missing bearer token: send an Authorization: Bearer header")
 	}
 	p, err := i.verifier.Verify(ctx, token)
-	var down *auth.KeysUnavailable
-	if errors.As(err, &down) {
+	if cause := auth.KeysUnavailableCause(err); cause != nil {
 		// Not the caller's fault: the identity provider's key set is out
 		// of reach. The cause is for the operator only.
-		i.log.ErrorContext(ctx, "signing keys unavailable", "method", method, "error", errors.Unwrap(down).Error())
+		i.log.ErrorContext(ctx, "signing keys unavailable", "method", method, "error", cause.Error())
 		return auth.Principal{}, "", status.Error(codes.Unavailable, "the token cannot be checked now: the signing keys could not be fetched; retry")
 	}
 	if err != nil {
