@@ -74,7 +74,9 @@ type WebhooksServiceClient interface {
 	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
 	// get each event twice, under ids it could not match (a create retried
 	// without a `request_id` makes one). To move to the other payload kind,
-	// create the new subscription before deleting the old.
+	// create the new subscription before deleting the old. One owner holds at
+	// most 50 subscriptions in a clinic: past that a create is
+	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
@@ -220,7 +222,9 @@ type WebhooksServiceServer interface {
 	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
 	// get each event twice, under ids it could not match (a create retried
 	// without a `request_id` makes one). To move to the other payload kind,
-	// create the new subscription before deleting the old.
+	// create the new subscription before deleting the old. One owner holds at
+	// most 50 subscriptions in a clinic: past that a create is
+	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*Subscription, error)
 	// Returns one subscription, without its secret. Integrations see only
 	// their own subscriptions; clinic administrators see all of the clinic's.
