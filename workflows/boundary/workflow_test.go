@@ -1228,7 +1228,7 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	// overdose waits behind the step: the failure's own answer is tested.
 	// The change is covered since epoch-2026-12-05: the run is one begun
 	// at the epoch before, which asks it.
-	for _, e := range []string{"epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+	for _, e := range []string{"epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
 		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	}
 	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)

@@ -53,6 +53,15 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	return stop(ctx, in.Family, flow.A.CloseFamily)
 }
 
+// versionCloseFirst guards closing the family's meetings, holds and
+// reminders before its boundary workflow is cancelled, on the one read
+// CloseClosedFamily makes. Before, the workflow read the family to decide,
+// cancelled the boundary workflow, then read it again to close the rest:
+// a family reopened between the reads kept its meetings but had lost its
+// boundary follow-up. Asked only for a closed family, which is a sensitive
+// state: covered by an epoch before its release.
+const versionCloseFirst = "close-before-boundary"
+
 // Closed does what Workflow does for a family whose case was closed, once
 // it has seen the family is still closed: one reopened before the worker
 // got to it (the worker down, the event waiting in the outbox) keeps its
@@ -61,6 +70,22 @@ func Closed(ctx workflow.Context, in Input) (Result, error) {
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {
 		return Result{}, err
+	}
+	if flow.Version(ctx, versionCloseFirst, 1) >= 1 {
+		// The boundary workflow stops on its own at a step the services
+		// refuse for a closed family; it is cancelled here for the wait
+		// between its steps, and only once the rest has seen the family
+		// still closed.
+		var res Result
+		if err := flow.Call(ctx, &res.Closed, flow.A.CloseClosedFamily, activities.CloseFamilyRequest{
+			Family: in.Family, RequestID: flow.RequestID(ctx, "close"),
+		}); err != nil || res.Reopened {
+			return res, err
+		}
+		if res.BoundaryCancelled, err = flow.CancelBoundary(ctx, in.Family); err != nil {
+			workflow.GetLogger(ctx).Warn("boundary workflow not cancelled", "error", err)
+		}
+		return res, nil
 	}
 	var closed bool
 	if err := flow.Call(ctx, &closed, flow.A.StillClosed, in.Family); err != nil {

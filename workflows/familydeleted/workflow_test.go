@@ -86,33 +86,59 @@ func TestDeletedFamilyIsClosed(t *testing.T) {
 }
 
 // A closed family's workflow stops the same things, under the closing's
-// reason, once it has seen the family still closed; one reopened before
-// the worker got to it keeps everything.
+// reason, once it has seen the family still closed; one reopened before the
+// worker got to it keeps everything. Today's runs close the meetings first,
+// on CloseClosedFamily's own read, and cancel the boundary workflow only
+// then: a family reopened before that read keeps its boundary follow-up
+// too. Runs begun at epoch-2026-12-06 read the family first, then cancel
+// the boundary workflow, then close the rest, as they did.
 func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
-	for _, stillClosed := range []bool{true, false} {
+	for _, c := range []struct {
+		name               string
+		before             bool // begun at epoch-2026-12-06
+		stillClosed        bool // what StillClosed reads
+		reopenedAtClose    bool // what CloseClosedFamily reads
+		cancelled, stopped bool
+	}{
+		{"today, still closed", false, true, false, true, true},
+		{"today, reopened before the close", false, true, true, false, false},
+		{"begun before, still closed", true, true, false, true, true},
+		{"begun before, reopened before the first read", true, false, false, false, false},
+	} {
 		var suite testsuite.WorkflowTestSuite
 		env := suite.NewTestWorkflowEnvironment()
 		env.RegisterWorkflowWithOptions(familydeleted.Closed, workflow.RegisterOptions{Name: familydeleted.ClosedName})
 		env.RegisterActivity(&activities.Activities{})
-		env.OnActivity(flow.A.StillClosed, mock.Anything, family).Return(stillClosed, nil)
-		asked, closed := stops(env, nil, flow.A.CloseClosedFamily, activities.Closed{Interventions: 1, Holds: 1})
+		if c.before {
+			env.OnGetVersion("epoch-2026-12-06b", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+			env.OnGetVersion("close-before-boundary", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+		}
+		reads := 0
+		env.OnActivity(flow.A.StillClosed, mock.Anything, family).Return(func(context.Context, string) (bool, error) {
+			reads++
+			return c.stillClosed, nil
+		})
+		asked, closed := stops(env, nil, flow.A.CloseClosedFamily, activities.Closed{Interventions: 1, Holds: 1, Reopened: c.reopenedAtClose})
 		env.ExecuteWorkflow(familydeleted.ClosedName, familydeleted.Input{Family: family})
 		var res familydeleted.Result
 		if err := env.GetWorkflowResult(&res); err != nil {
-			t.Fatalf("still closed %v: %v", stillClosed, err)
+			t.Fatalf("%s: %v", c.name, err)
 		}
-		if !stillClosed {
-			if len(*asked) != 0 || len(*closed) != 0 || !res.Reopened {
-				t.Errorf("a reopened family: cancel asked of %v, closed %+v, result %+v; want nothing stopped", *asked, *closed, res)
+		if c.before != (reads == 1) {
+			t.Errorf("%s: StillClosed read %d times", c.name, reads)
+		}
+		if got := len(*asked) == 1 && (*asked)[0] == ids.Boundary(family) && res.BoundaryCancelled; got != c.cancelled || len(*asked) > 1 {
+			t.Errorf("%s: cancel asked of %v, result %+v; want the boundary workflow cancelled %v", c.name, *asked, res, c.cancelled)
+		}
+		if !c.stopped {
+			if !res.Reopened {
+				t.Errorf("%s: result %+v; want it reopened", c.name, res)
 			}
 			continue
 		}
-		if len(*asked) != 1 || (*asked)[0] != ids.Boundary(family) || !res.BoundaryCancelled || res.Reopened {
-			t.Errorf("cancel asked of %v, result %+v", *asked, res)
-		}
 		if len(*closed) != 1 || (*closed)[0].Family != family || (*closed)[0].RequestID == "" ||
-			res.Interventions != 1 || res.Holds != 1 {
-			t.Errorf("closed %+v, result %+v", *closed, res)
+			res.Interventions != 1 || res.Holds != 1 || res.Reopened {
+			t.Errorf("%s: closed %+v, result %+v", c.name, *closed, res)
 		}
 	}
 }

@@ -44,6 +44,10 @@ type epoch struct {
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
+	{"epoch-2026-12-06b", with(seventhEpoch,
+		// familydeleted: asked only for a family whose case was closed
+		"close-before-boundary",
+	)},
 	{"epoch-2026-12-06", seventhEpoch},
 	{"epoch-2026-12-05d", with(sixthEpoch,
 		// intervention: asked only for a partial yes to inpatient,

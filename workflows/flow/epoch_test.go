@@ -56,7 +56,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-06", "a-later-change"}},
+		{true, []string{"epoch-2026-12-06b", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -162,6 +162,13 @@ func seventhEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// eighthEpochFlow is what code that knew the eighth epoch ran: its
+// marker alone.
+func eighthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -182,12 +189,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the fifth epoch", fifthEpochFlow, "[epoch-2026-12-05b]"},
 		{"begun at the sixth epoch", sixthEpochFlow, "[epoch-2026-12-05c]"},
 		{"begun at the seventh epoch", seventhEpochFlow, "[epoch-2026-12-05d]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-06]"},
+		{"begun at the eighth epoch", eighthEpochFlow, "[epoch-2026-12-06]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-06b]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06b]"},
 	})
 }
 
@@ -253,7 +261,7 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
 	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "stall-review-best-effort", 1),
-		flow.Version(ctx, "boundary-reads-closed", 1))
+		flow.Version(ctx, "close-before-boundary", 1))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew
@@ -277,6 +285,6 @@ func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
 func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	replayUnder(t, "FreshFlow", todaysFreshFlow, 1, []epochRun{
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
-		{"begun today", todaysFreshFlow, "[epoch-2026-12-06]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-06b]"},
 	})
 }
