@@ -13,6 +13,7 @@ import (
 	"net/mail"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
@@ -120,6 +121,11 @@ func (s *Server) CreateFamily(ctx context.Context, req *familiesv1.CreateFamilyR
 	var vs apperr.Violations
 	checkFamily(&vs, "family", f, true, nil, s.cfg.Now())
 	checkCoverage(&vs, "family", f)
+	if f.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+		// Closing is announced (family.closed) on an update only, for the
+		// worker to stop what runs; a family made closed is a mistake.
+		vs.Add("family.state", "a family is created ACTIVE (or ENGAGED_IN_TREATMENT); close it when the clinic stops working with it")
+	}
 	now := s.cfg.Now()
 	if f.GetFirstContactTime() != nil && f.GetFirstContactTime().AsTime().After(now.Add(clockSkew)) {
 		// Days to treatment count from it, and it cannot be changed later.
@@ -313,6 +319,13 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			}
 			if err := vs.Err(); err != nil {
 				return nil, err
+			}
+			// A closed case is opened again (ACTIVE) before anything else:
+			// straight to ENGAGED_IN_TREATMENT would pass over the refusal
+			// RecordTreatmentEntry gives a closed family.
+			closed, engaged := familiesv1.FamilyState_FAMILY_STATE_CLOSED, familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT
+			if cur.GetState() == closed && next.GetState() == engaged {
+				return nil, apperr.InvalidTransition(cur.GetName(), "CLOSED", "ENGAGED_IN_TREATMENT")
 			}
 			assignMemberIDs(next)
 			changed, set, err := docChanges(cur, next)
@@ -643,10 +656,13 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 	for _, m := range before.GetMembers() {
 		stored[m.GetId()] = m
 	}
+	// A name of spaces alone is no name: messages and the EHR's Patient
+	// would carry a blank. Checked when new or changed, so that a name
+	// stored before does not block an unrelated update.
+	if n := f.GetLovedOne().GetGivenName(); (create || n != before.GetLovedOne().GetGivenName()) && strings.TrimSpace(n) == "" {
+		vs.Add(path+".loved_one.given_name", "is required, and not blank")
+	}
 	if create {
-		if f.GetLovedOne().GetGivenName() == "" {
-			vs.Add(path+".loved_one.given_name", "is required")
-		}
 		if f.GetCounselor() == "" {
 			vs.Add(path+".counselor", "is required")
 		}
@@ -679,6 +695,9 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 			was = storedChannels[m.GetId()]
 		}
 		checkChannels(vs, p+".contact_channels", m.GetContactChannels(), was)
+		if was, ok := stored[m.GetId()]; (m.GetId() == "" || !ok || was.GetGivenName() != m.GetGivenName()) && strings.TrimSpace(m.GetGivenName()) == "" {
+			vs.Add(p+".given_name", "is required, and not blank")
+		}
 		if m.GetId() != "" {
 			if seen[m.GetId()] {
 				vs.Add(p+".id", "duplicate member id %q", m.GetId())

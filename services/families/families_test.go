@@ -776,6 +776,23 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.GivenName = "" }))
 			return err
 		}, codes.InvalidArgument, "family.loved_one.given_name"},
+		{"a given name of spaces", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.GivenName = "   " }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.given_name"},
+		{"a member's given name of spaces", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.Members[0].GivenName = " " }))
+			return err
+		}, codes.InvalidArgument, "family.members[0].given_name"},
+		{"the loved one's name blanked", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateFamily(ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(),
+				LovedOne: &familiesv1.LovedOne{GivenName: "\t"}}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one.given_name"}}})
+			return err
+		}, codes.InvalidArgument, "family.loved_one.given_name"},
+		{"a family created closed", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.State = familiesv1.FamilyState_FAMILY_STATE_CLOSED }))
+			return err
+		}, codes.InvalidArgument, "family.state"},
 		{"oversized notes", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateBarrier(ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(),
 				Barrier: &familiesv1.Barrier{Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA, Notes: long}})
@@ -1578,6 +1595,13 @@ func TestClosingAFamilyIsAnnouncedAndEndsContact(t *testing.T) {
 	}
 	if n := closings(); n != 1 {
 		t.Fatalf("%d family.closed events after an edit of a closed family; want 1", n)
+	}
+	// Not straight to ENGAGED_IN_TREATMENT, which RecordTreatmentEntry
+	// refuses for a closed family: opened again first.
+	_, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(),
+		State: familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}})
+	if st := wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != apperr.ReasonInvalidTransition {
+		t.Fatalf("a closed family set ENGAGED_IN_TREATMENT: %v (%v); want INVALID_STATE_TRANSITION", err, st.Details())
 	}
 	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
 	if _, ms := contactable(); !slices.Equal(ms, []string{"mom"}) {
