@@ -120,7 +120,12 @@ func newReminder() *interventionsv1.Reminder { return &interventionsv1.Reminder{
 var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|methadone|buprenorphine|suboxone|naltrexone|vivitrol|naloxone|narcan|` +
 	`overdos\w*|addict\w*|substance\w*|rehab\w*|detox\w*|withdrawal\w*|treatment\w*|MAT|OUD|SUD|AUD|drug\w*|relaps\w*|` +
 	`alcohol\w*|drunk\w*|sober\w*|sobriety|intoxicat\w*|narcotic\w*|recovery|al-anon|nar-anon|alateen|anonymous|` +
-	`NA|AA|IOP|sponsor\w*|12-step|twelve-step|inpatient|outpatient|dose|doses|dosed|dosing|sublocade|brixadi|zubsolv)\b`)
+	`NA|AA|IOP|sponsor\w*|12-step|twelve-step|inpatient|outpatient|dose|doses|dosed|dosing|dosage\w*|sublocade|brixadi|zubsolv|` +
+	// What the loved one must not learn of ahead (the meeting is a
+	// "family meeting"), other substances, and other care.
+	`intervention\w*|drinking|drinker\w*|meth|methamphetamine\w*|cocaine|crack|benzo\w*|xanax|valium|oxy|oxycodone|oxycontin|` +
+	`percocet|vicodin|hydrocodone|morphine|tramadol|marijuana|cannabis|weed|kratom|pill|pills|medicat\w*|prescription\w*|` +
+	`therap\w*|psychiatr\w*)\b`)
 
 // RevealingWord is the first word of message that would reveal a health
 // detail, or "" if there is none: CreateReminder refuses such a message.

@@ -11,6 +11,9 @@ func TestSensitiveWords(t *testing.T) {
 		"Sobriety check-in", "A sober ride home", "Substances in the house", "Recovery group tonight",
 		"Your NA meeting is at 7", "AA tonight", "Dosing at 7", "Sublocade shot Friday", "IOP starts Monday",
 		"Call your sponsor", "Outpatient intake at 9", "Step 4 of the 12-step work",
+		"Reminder: Dad's intervention is Tue at 6 PM", "Family meeting about Mom's drinking", "Bring her pills and the dosage card",
+		"He was using meth again", "Cocaine in the car", "Her Xanax ran out", "Oxy in the drawer", "Pick up the prescription",
+		"Medication pickup at 5", "Therapy at 4", "See the psychiatrist Monday", "Kratom from the gas station",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
@@ -21,6 +24,8 @@ func TestSensitiveWords(t *testing.T) {
 		"Reminder: you facilitate a family meeting on Tue Dec 8 at 6:00 PM CST.", "Your counselor will check in with you soon. How are you doing?",
 		"A note from your counselor: hold to the steps your family agreed on together. We are here if you want to talk.",
 		"The intake appointment was missed: please reach out today and help rebook.", "Please record how the family meeting went.",
+		// Words that only contain a stem are not refused.
+		"Bring oxygen for the hike", "A drink after work", "The method we agreed on", "Pull the weeds on Saturday",
 	} {
 		if sensitive.MatchString(m) {
 			t.Errorf("%q is refused as health detail", m)

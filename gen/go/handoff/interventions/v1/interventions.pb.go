@@ -1924,8 +1924,9 @@ type Reminder struct {
 	// sign).
 	RelatedResource string `protobuf:"bytes,5,opt,name=related_resource,json=relatedResource,proto3" json:"related_resource,omitempty"`
 	// The text to deliver, at most 320 characters. It must never name a
-	// diagnosis, a substance or a treatment, because it may reach a phone or
-	// inbox that others share or see. For example: "Reminder: family meeting
+	// diagnosis, a substance, a treatment or an intervention (say "family
+	// meeting"), because it may reach a phone or inbox that others share or
+	// see, the loved one's among them. For example: "Reminder: family meeting
 	// tomorrow at 6 pm. Questions? Call the clinic."
 	Message string `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
 	// Where the reminder stands.
