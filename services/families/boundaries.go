@@ -19,7 +19,23 @@ import (
 	"github.com/handoff-health/handoff/services/pgdb"
 )
 
-const boundarySelect = `SELECT id, category, wording, consequence, state, reinforcement_count, create_time, update_time, version FROM boundaries`
+// boundarySelect reads boundaries with their histories in one statement,
+// so that both are of one snapshot: read apart, a move committed between
+// them showed a state its history had passed, or had not reached.
+const boundarySelect = `SELECT id, category, wording, consequence, state, reinforcement_count, create_time, update_time, version,
+	(SELECT coalesce(json_agg(json_build_object('from', e.from_state, 'to', e.to_state, 'actor', e.actor, 'reason', e.reason,
+		'us', (extract(epoch FROM e.event_time) * 1000000)::bigint) ORDER BY e.seq), '[]')
+	FROM boundary_events e WHERE e.clinic = boundaries.clinic AND e.family_id = boundaries.family_id AND e.boundary_id = boundaries.id)
+	FROM boundaries`
+
+// historyEvent is one boundary_events row as boundarySelect gives it.
+type historyEvent struct {
+	From   int16  `json:"from"`
+	To     int16  `json:"to"`
+	Actor  string `json:"actor"`
+	Reason string `json:"reason"`
+	Micros int64  `json:"us"`
+}
 
 func scanBoundary(fam string) pgx.RowToFunc[*familiesv1.Boundary] {
 	return func(r pgx.CollectableRow) (*familiesv1.Boundary, error) {
@@ -29,15 +45,23 @@ func scanBoundary(fam string) pgx.RowToFunc[*familiesv1.Boundary] {
 			count                    int32
 			created, updated         time.Time
 			version                  int64
+			events                   []historyEvent
 		)
-		if err := r.Scan(&id, &category, &wording, &consequence, &state, &count, &created, &updated, &version); err != nil {
+		if err := r.Scan(&id, &category, &wording, &consequence, &state, &count, &created, &updated, &version, &events); err != nil {
 			return nil, err
+		}
+		history := make([]*familiesv1.BoundaryEvent, 0, len(events))
+		for _, e := range events {
+			history = append(history, &familiesv1.BoundaryEvent{
+				FromState: familiesv1.BoundaryState(e.From), ToState: familiesv1.BoundaryState(e.To),
+				Actor: e.Actor, Reason: e.Reason, Time: timestamppb.New(time.UnixMicro(e.Micros)),
+			})
 		}
 		return &familiesv1.Boundary{
 			Name: aip.Name(fam, "boundaries", id), Category: familiesv1.BoundaryCategory(category),
 			Wording: wording, Consequence: consequence, State: familiesv1.BoundaryState(state),
 			ReinforcementCount: count, CreateTime: timestamppb.New(created), UpdateTime: timestamppb.New(updated),
-			Etag: aip.Etag(version),
+			Etag: aip.Etag(version), History: history,
 		}, nil
 	}
 }
@@ -59,46 +83,7 @@ func readBoundary(ctx context.Context, q pgdb.Querier, c child, lock bool) (*fam
 	if err != nil {
 		return nil, fmt.Errorf("read boundary: %w", err)
 	}
-	if err := loadHistory(ctx, q, c.clinic, c.family, []*familiesv1.Boundary{b}); err != nil {
-		return nil, err
-	}
 	return b, nil
-}
-
-// loadHistory fills the history of boundaries of one family in one query.
-func loadHistory(ctx context.Context, q pgdb.Querier, clinic, family string, bs []*familiesv1.Boundary) error {
-	if len(bs) == 0 {
-		return nil
-	}
-	byID := make(map[string]*familiesv1.Boundary, len(bs))
-	ids := make([]string, 0, len(bs))
-	for _, b := range bs {
-		id := aip.ID(b.GetName())
-		byID[id] = b
-		ids = append(ids, id)
-	}
-	rows, err := q.Query(ctx, `SELECT boundary_id, from_state, to_state, actor, reason, event_time FROM boundary_events
-		WHERE clinic = $1 AND family_id = $2 AND boundary_id = ANY($3) ORDER BY seq`, clinic, family, ids)
-	if err != nil {
-		return fmt.Errorf("read boundary history: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var (
-			id, actor, reason string
-			from, to          int16
-			at                time.Time
-		)
-		if err := rows.Scan(&id, &from, &to, &actor, &reason, &at); err != nil {
-			return fmt.Errorf("read boundary history: %w", err)
-		}
-		b := byID[id]
-		b.History = append(b.History, &familiesv1.BoundaryEvent{
-			FromState: familiesv1.BoundaryState(from), ToState: familiesv1.BoundaryState(to),
-			Actor: actor, Reason: reason, Time: timestamppb.New(at),
-		})
-	}
-	return rows.Err()
 }
 
 func newBoundary() *familiesv1.Boundary { return &familiesv1.Boundary{} }
@@ -185,9 +170,6 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	items, next, err := pgdb.ListPage(ctx, s.pool, "boundaries", boundarySelect, `clinic = $1 AND family_id = $2`, []any{c.clinic, c.family},
 		req, boundaryFilter, scanBoundary(c.familyName()), func(b *familiesv1.Boundary) string { return b.GetName() })
 	if err != nil {
-		return nil, err
-	}
-	if err := loadHistory(ctx, s.pool, c.clinic, c.family, items); err != nil {
 		return nil, err
 	}
 	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {

@@ -1612,3 +1612,70 @@ func TestClosingAFamilyIsAnnouncedAndEndsContact(t *testing.T) {
 		t.Fatalf("%d family.closed events after closing twice; want 2", n)
 	}
 }
+
+// A boundary read while it moves shows its state and its history as of one
+// moment: as many reinforcements in the history as its count says, by
+// GetBoundary and by ListBoundaries alike.
+func TestBoundaryStateAndHistoryAreReadTogether(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "We will not call your boss for you."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	step := func(fn func(context.Context, *familiesv1.TransitionBoundaryRequest, ...grpc.CallOption) (*familiesv1.Boundary, error)) {
+		if _, err := fn(f.ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+			t.Error(err)
+		}
+	}
+	step(f.client.AgreeBoundary)
+	step(f.client.ActivateBoundary)
+	consistent := func(how string, got *familiesv1.Boundary) {
+		n := int32(0)
+		for _, e := range got.GetHistory() {
+			if e.GetToState() == familiesv1.BoundaryState_BOUNDARY_STATE_REINFORCED {
+				n++
+			}
+		}
+		if last := got.GetHistory()[len(got.GetHistory())-1].GetToState(); n != got.GetReinforcementCount() || last != got.GetState() {
+			t.Errorf("%s: %s with %d reinforcements, its history %d, ending %s", how, got.GetState(), got.GetReinforcementCount(), n, last)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 60 {
+			step(f.client.ReinforceBoundary)
+		}
+	}()
+	for reads := 0; ; reads++ {
+		select {
+		case <-done:
+			if reads < 10 {
+				t.Fatalf("only %d reads while the boundary moved", reads)
+			}
+			return
+		default:
+		}
+		one, err := f.client.GetBoundary(f.ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		consistent("GetBoundary", one)
+		list, err := f.client.ListBoundaries(f.ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName()})
+		if err != nil || len(list.GetBoundaries()) != 1 {
+			t.Fatalf("ListBoundaries: %v, %v", list, err)
+		}
+		consistent("ListBoundaries", list.GetBoundaries()[0])
+		if t.Failed() {
+			<-done
+			return
+		}
+	}
+}
