@@ -52,7 +52,8 @@ type Config struct {
 	CalendarReferrals referralsv1.ReferralsServiceClient
 	// Holds is read, with the caller's token, to check the hold a
 	// counselor names on the checklist: it must keep a place for this
-	// meeting of this family, the hold its workflows convert or release.
+	// meeting of this family, the hold its workflows convert or release;
+	// and the referral a reminder to someone of a family is about.
 	// Nil skips the check: only for tests and benchmarks that run this
 	// service alone.
 	Holds HoldReader
@@ -66,6 +67,9 @@ type Config struct {
 // HoldReader is the part of the referrals API the service reads.
 type HoldReader interface {
 	GetHold(ctx context.Context, in *referralsv1.GetHoldRequest, opts ...grpc.CallOption) (*referralsv1.Hold, error)
+	// GetReferral reads, with the caller's token, the family of the
+	// referral a reminder to someone of a family is about.
+	GetReferral(ctx context.Context, in *referralsv1.GetReferralRequest, opts ...grpc.CallOption) (*referralsv1.Referral, error)
 }
 
 // Server implements interventionsv1.InterventionsServiceServer.

@@ -2816,3 +2816,52 @@ func TestAClosedFamilyGetsNoNewMeetingsNorReminders(t *testing.T) {
 		t.Fatalf("scheduling once the family is ACTIVE again: %v", err)
 	}
 }
+
+// referralsOf answers GetReferral for referrals named r-own (of the family
+// it holds) and r-other (of another family); any other is not found.
+type referralsOf struct {
+	heldNowhere
+	family *atomic.Value // string
+}
+
+func (r referralsOf) GetReferral(_ context.Context, in *referralsv1.GetReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	switch {
+	case strings.HasSuffix(in.GetName(), "/r-own"):
+		return &referralsv1.Referral{Name: in.GetName(), Family: r.family.Load().(string)}, nil
+	case strings.HasSuffix(in.GetName(), "/r-other"):
+		return &referralsv1.Referral{Name: in.GetName(), Family: "clinics/north/families/other"}, nil
+	}
+	return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+}
+
+// A reminder to someone of a family about a referral (an intake) is made
+// only if the referral is that family's: member ids are unique within a
+// family only, and another family's "mom" would hear of this loved one's
+// intake. A referral not found is refused by name; nothing is stored.
+func TestAReferralsReminderGoesToItsOwnFamily(t *testing.T) {
+	t.Parallel()
+	fake := referralsOf{family: &atomic.Value{}}
+	fake.family.Store("")
+	f := setupHolds(t, nil, fake)
+	fake.family.Store(f.family.GetName())
+	create := func(referral string) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)), RelatedResource: "clinics/north/referrals/" + referral,
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, Message: "Reminder: appointment tomorrow at 9."}})
+	}
+	before := digest(t, f.pool)
+	for referral, field := range map[string]string{"r-other": "reminder.recipient.family", "r-gone": "reminder.related_resource"} {
+		_, err := create(referral)
+		if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != field {
+			t.Fatalf("a reminder to this family's mom about %s: %v; want %s refused", referral, err, field)
+		}
+	}
+	if after := digest(t, f.pool); after != before {
+		t.Fatal("a refused reminder changed the interventions' data")
+	}
+	if _, err := create("r-own"); err != nil {
+		t.Fatalf("a reminder to mom about her own family's referral: %v", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
+	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
@@ -208,6 +209,9 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		return out, nil
 	}
 	if family {
+		if err := s.referralOfFamily(ctx, clinic, rem); err != nil {
+			return nil, err
+		}
 		if err := s.checkContact(ctx, rc); err != nil {
 			return nil, err
 		}
@@ -406,6 +410,26 @@ func ofFamily(to *interventionsv1.Recipient, family, related string) error {
 		return apperr.Field("reminder.recipient.family", "must be %s, the family of %s", family, related)
 	}
 	return nil
+}
+
+// referralOfFamily is ofFamily for a reminder about a referral (an intake
+// appointment): the referral's family, read from the referrals service,
+// must be the recipient's, or another family's "mom" would hear of this
+// family's loved one's intake. A referral not found is refused by name;
+// without a referrals client (a service run alone) nothing is checked.
+func (s *Server) referralOfFamily(ctx context.Context, clinic string, rem *interventionsv1.Reminder) error {
+	id, ok := strings.CutPrefix(rem.GetRelatedResource(), "clinics/"+clinic+"/referrals/")
+	if !ok || id == "" || strings.Contains(id, "/") || s.cfg.Holds == nil {
+		return nil
+	}
+	ref, err := s.cfg.Holds.GetReferral(ctx, &referralsv1.GetReferralRequest{Name: rem.GetRelatedResource()})
+	if apperr.IsCode(err, codes.NotFound) {
+		return apperr.Field("reminder.related_resource", "no such referral")
+	}
+	if err != nil {
+		return fmt.Errorf("read the reminder's referral: %w", err)
+	}
+	return ofFamily(rem.GetRecipient(), ref.GetFamily(), rem.GetRelatedResource())
 }
 
 // isFamily reports whether a recipient of kind k is someone of a family,
