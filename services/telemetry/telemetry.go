@@ -112,7 +112,9 @@ func Extract(ctx context.Context, carrier map[string]string) context.Context {
 // TemporalClientOptions adds tracing (workflow and activity spans joined to
 // the caller's trace) and the SDK's workflow and activity metrics.
 func TemporalClientOptions(o client.Options) (client.Options, error) {
-	ti, err := temporalotel.NewTracingInterceptor(temporalotel.TracerOptions{})
+	// Spans record a failed workflow or activity by its error's kinds, not
+	// its text (see RedactError).
+	ti, err := temporalotel.NewTracingInterceptor(temporalotel.TracerOptions{SpanStarter: redactingStart})
 	if err != nil {
 		return o, err
 	}

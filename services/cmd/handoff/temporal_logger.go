@@ -5,12 +5,16 @@ import (
 	"log/slog"
 
 	"go.temporal.io/sdk/log"
+
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 // newTemporalLogger sends the Temporal SDK's logs through slog, at warn
 // level and above: its info lines are about the SDK, not about families.
+// Errors are written by their kinds alone (telemetry.RedactError): a
+// failed activity's carries a service's words about a family.
 func newTemporalLogger(l *slog.Logger) log.Logger {
-	return log.NewStructuredLogger(slog.New(levelFloor{Handler: l.Handler(), min: slog.LevelWarn}))
+	return log.NewStructuredLogger(slog.New(levelFloor{Handler: telemetry.RedactErrors(l.Handler()), min: slog.LevelWarn}))
 }
 
 type levelFloor struct {

@@ -1,0 +1,135 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.temporal.io/sdk/temporal"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/status"
+)
+
+// RedactError describes err by its kinds alone: the Temporal failure's
+// type, the gRPC code and reason, the Go type; never its message. A
+// workflow's or activity's error carries a service's words (what it
+// refused and why, of which family), which the payload codec seals in
+// Temporal's store and which must not reach logs or traces in clear
+// either. "" for nil.
+func RedactError(err error) string {
+	if err == nil {
+		return ""
+	}
+	var (
+		app      *temporal.ApplicationError
+		timeout  *temporal.TimeoutError
+		canceled *temporal.CanceledError
+		panicked *temporal.PanicError
+	)
+	switch {
+	case errors.As(err, &app):
+		return fmt.Sprintf("application error %s (message withheld)", app.Type())
+	case errors.As(err, &timeout):
+		return fmt.Sprintf("timeout %s", timeout.TimeoutType())
+	case errors.As(err, &canceled):
+		return "canceled"
+	case errors.As(err, &panicked):
+		return "panic (message withheld)"
+	}
+	if st, ok := status.FromError(err); ok {
+		for _, d := range st.Details() {
+			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() != "" {
+				return fmt.Sprintf("rpc error %s %s (message withheld)", st.Code(), info.GetReason())
+			}
+		}
+		return fmt.Sprintf("rpc error %s (message withheld)", st.Code())
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "context deadline exceeded"
+	case errors.Is(err, context.Canceled):
+		return "context canceled"
+	}
+	return fmt.Sprintf("%T (message withheld)", err)
+}
+
+// redactedError stands for an error in a span's exception event.
+type redactedError string
+
+func (e redactedError) Error() string { return string(e) }
+
+// redactingSpan records errors by RedactError, and a failed status
+// without the error's text (the Temporal tracing interceptor gives it
+// err.Error()).
+type redactingSpan struct{ trace.Span }
+
+func (s redactingSpan) RecordError(err error, opts ...trace.EventOption) {
+	if err == nil {
+		return
+	}
+	s.Span.RecordError(redactedError(RedactError(err)), opts...)
+}
+
+func (s redactingSpan) SetStatus(code codes.Code, _ string) {
+	desc := ""
+	if code == codes.Error {
+		desc = "failed: see the span's exception event"
+	}
+	s.Span.SetStatus(code, desc)
+}
+
+// redactingStart starts Temporal's workflow and activity spans as
+// redactingSpans.
+func redactingStart(ctx context.Context, t trace.Tracer, name string, opts ...trace.SpanStartOption) trace.Span {
+	_, span := t.Start(ctx, name, opts...)
+	return redactingSpan{span}
+}
+
+// RedactErrors returns h with every error-valued attribute written as
+// RedactError gives it: for the Temporal SDK's logs, whose failures
+// carry the services' words.
+func RedactErrors(h slog.Handler) slog.Handler { return redactingHandler{h} }
+
+type redactingHandler struct{ slog.Handler }
+
+func (h redactingHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, r.Level, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		out.AddAttrs(redactAttr(a))
+		return true
+	})
+	return h.Handler.Handle(ctx, out)
+}
+
+func (h redactingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	safe := make([]slog.Attr, len(attrs))
+	for i, a := range attrs {
+		safe[i] = redactAttr(a)
+	}
+	return redactingHandler{h.Handler.WithAttrs(safe)}
+}
+
+func (h redactingHandler) WithGroup(name string) slog.Handler {
+	return redactingHandler{h.Handler.WithGroup(name)}
+}
+
+func redactAttr(a slog.Attr) slog.Attr {
+	v := a.Value.Resolve()
+	switch v.Kind() {
+	case slog.KindAny:
+		if err, ok := v.Any().(error); ok {
+			return slog.String(a.Key, RedactError(err))
+		}
+	case slog.KindGroup:
+		group := v.Group()
+		safe := make([]any, len(group))
+		for i, g := range group {
+			safe[i] = redactAttr(g)
+		}
+		return slog.Group(a.Key, safe...)
+	}
+	return slog.Attr{Key: a.Key, Value: v}
+}
