@@ -1119,10 +1119,10 @@ func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds 
 func (a *Activities) releaseUnagreed(ctx context.Context, h *referralsv1.Hold, requestID string) error {
 	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a treatment its program does not offer",
 		RequestID: subID(requestID, "release-unagreed", h.GetName())})
-	if err != nil {
-		return fmt.Errorf("release a hold for another treatment: %w", err)
-	}
-	return nil
+	// ReleaseHold's error as it is: wrapped, a refusal it made final would
+	// reach Temporal as a retryable error of another type (the SDK reads
+	// the outermost error only), and be tried again for a day.
+	return err
 }
 
 // RecordTreatmentEntry records on the family that the loved one entered

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.temporal.io/sdk/temporal"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -2088,5 +2089,32 @@ func TestAnAdoptedPlaceLapsedMeanwhileIsReplaced(t *testing.T) {
 		if err != nil || ref.Program != "clinics/north/programs/p2" || fmt.Sprint(f.converted) != "[clinics/north/holds/h-p2]" {
 			t.Fatalf("listed %v: referral %+v, %v, converted %v; want a place at the next program, p2", listed, ref, err, f.converted)
 		}
+	}
+}
+
+// refusingReleases refuses every release with FAILED_PRECONDITION, reason
+// HOLD_LOCKED: not one ReleaseHold takes as done.
+type refusingReleases struct {
+	referralsv1.ReferralsServiceClient
+}
+
+func (refusingReleases) ReleaseHold(context.Context, *referralsv1.ReleaseHoldRequest, ...grpc.CallOption) (*referralsv1.Hold, error) {
+	st, err := status.New(codes.FailedPrecondition, "locked").WithDetails(&errdetails.ErrorInfo{Reason: "HOLD_LOCKED"})
+	if err != nil {
+		return nil, err
+	}
+	return nil, st.Err()
+}
+
+// A release of a hold for a medication not agreed to that the service
+// refuses for good fails the activity as that refusal, at the top: the SDK
+// reads the outermost error alone, and a wrapped one would be tried again,
+// as another type, for a day.
+func TestARefusedReleaseForAnotherTreatmentStaysFinal(t *testing.T) {
+	a := &Activities{Referrals: refusingReleases{}}
+	err := a.releaseUnagreed(context.Background(), &referralsv1.Hold{Name: "clinics/north/holds/h1"}, "req-1")
+	top, ok := err.(*temporal.ApplicationError)
+	if !ok || !top.NonRetryable() || top.Type() != "HOLD_LOCKED" {
+		t.Fatalf("releaseUnagreed = %#v; want the non-retryable HOLD_LOCKED refusal itself", err)
 	}
 }
