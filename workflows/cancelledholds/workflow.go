@@ -39,6 +39,12 @@ type Result struct {
 // Workflow releases every live hold made for the intervention's family
 // under the intervention, whatever the service.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	res, err := run(ctx, in)
+	return res, flow.Final(err)
+}
+
+// run is Workflow, its failure as the activity gave it.
+func run(ctx workflow.Context, in Input) (Result, error) {
 	var res Result
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {

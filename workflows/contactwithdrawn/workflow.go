@@ -30,6 +30,12 @@ type Result struct {
 // Workflow cancels the family's pending reminders to people it may no
 // longer contact, as the family stands when the activity runs.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	res, err := run(ctx, in)
+	return res, flow.Final(err)
+}
+
+// run is Workflow, its failure as the activity gave it.
+func run(ctx workflow.Context, in Input) (Result, error) {
 	var res Result
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {

@@ -50,7 +50,8 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	return stop(ctx, in.Family, flow.A.CloseFamily)
+	res, err := stop(ctx, in.Family, flow.A.CloseFamily)
+	return res, flow.Final(err)
 }
 
 // versionCloseFirst guards closing the family's meetings, holds and
@@ -67,6 +68,12 @@ const versionCloseFirst = "close-before-boundary"
 // got to it (the worker down, the event waiting in the outbox) keeps its
 // meetings and follow-up.
 func Closed(ctx workflow.Context, in Input) (Result, error) {
+	res, err := closeClosed(ctx, in)
+	return res, flow.Final(err)
+}
+
+// closeClosed is Closed, its failure as the activity gave it.
+func closeClosed(ctx workflow.Context, in Input) (Result, error) {
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {
 		return Result{}, err

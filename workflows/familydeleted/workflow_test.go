@@ -142,3 +142,32 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 		}
 	}
 }
+
+// A refusal no retry can fix ends a closing workflow for good: at the top
+// of its failure, where Temporal's retry of a one-shot workflow looks,
+// rather than wrapped in the activity's failure, which the dispatcher's
+// policy would run again for a week.
+func TestAFinalRefusalEndsTheRun(t *testing.T) {
+	for name, wf := range map[string]func(workflow.Context, familydeleted.Input) (familydeleted.Result, error){
+		familydeleted.Name: familydeleted.Workflow, familydeleted.ClosedName: familydeleted.Closed,
+	} {
+		var suite testsuite.WorkflowTestSuite
+		env := suite.NewTestWorkflowEnvironment()
+		env.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: name})
+		env.RegisterActivity(&activities.Activities{})
+		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(nil)
+		refused := temporal.NewNonRetryableApplicationError("close family: refused", "INVALID_ARGUMENT", nil)
+		env.OnActivity(flow.A.CloseFamily, mock.Anything, mock.Anything).Return(activities.Closed{}, refused)
+		env.OnActivity(flow.A.CloseClosedFamily, mock.Anything, mock.Anything).Return(activities.Closed{}, refused)
+		env.ExecuteWorkflow(name, familydeleted.Input{Family: family})
+		var run *temporal.WorkflowExecutionError
+		err := env.GetWorkflowError()
+		if !errors.As(err, &run) {
+			t.Fatalf("%s: %v; want the run failed", name, err)
+		}
+		top, ok := errors.Unwrap(run).(*temporal.ApplicationError)
+		if !ok || !top.NonRetryable() || top.Type() != "INVALID_ARGUMENT" {
+			t.Errorf("%s: the run's failure %#v; want a non-retryable INVALID_ARGUMENT at its top", name, errors.Unwrap(run))
+		}
+	}
+}

@@ -568,3 +568,22 @@ func CancelBoundary(ctx workflow.Context, family string) (bool, error) {
 	}
 	return false, err
 }
+
+// Final is err as a one-shot workflow returns it: an activity's failure
+// that no retry can fix (a non-retryable application error, such as a
+// service's FAILED_PRECONDITION) becomes the workflow's own, at the top.
+// Temporal retries a workflow under its retry policy (the dispatcher's
+// one-shot policy, for a week) on any failure but an application failure
+// marked non-retryable at the top; an activity failure wrapping one is
+// retried, and each rerun meets the same refusal while the run shows as
+// running. Other errors are returned as they are.
+func Final(err error) error {
+	var app *temporal.ApplicationError
+	if err == nil || !errors.As(err, &app) || !app.NonRetryable() {
+		return err
+	}
+	if top, ok := err.(*temporal.ApplicationError); ok && top == app {
+		return err
+	}
+	return temporal.NewNonRetryableApplicationError(app.Error(), app.Type(), err)
+}

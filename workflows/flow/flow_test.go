@@ -3,6 +3,7 @@ package flow_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -333,5 +334,23 @@ func TestListenWaitsForAResendMovedPastQuietHours(t *testing.T) {
 	}
 	if !slices.Equal(resent, []string{"clinics/north/reminders/evening", "clinics/north/reminders/morning"}) {
 		t.Fatalf("resent %v; want the evening's reminder, then the morning's resend", resent)
+	}
+}
+
+// Final lifts a refusal no retry can fix to the top of the error, where
+// Temporal's retry of a one-shot workflow looks; anything else it leaves.
+func TestFinalLiftsANonRetryableRefusal(t *testing.T) {
+	refused := temporal.NewNonRetryableApplicationError("closed", "FAMILY_CLOSED", nil)
+	lifted := flow.Final(fmt.Errorf("activity: %w", refused))
+	top, ok := lifted.(*temporal.ApplicationError)
+	if !ok || !top.NonRetryable() || top.Type() != "FAMILY_CLOSED" || !errors.Is(lifted, refused) {
+		t.Fatalf("Final of a wrapped refusal = %#v; want a non-retryable FAMILY_CLOSED at the top, wrapping it", lifted)
+	}
+	transient := fmt.Errorf("activity: %w", temporal.NewApplicationError("down", "Unavailable"))
+	plain := errors.New("down")
+	for _, err := range []error{nil, transient, plain, refused} {
+		if got := flow.Final(err); got != err {
+			t.Errorf("Final(%v) = %v; want it unchanged", err, got)
+		}
 	}
 }

@@ -68,6 +68,12 @@ type Result struct {
 // boundary workflow starting in the instant between the handover failing
 // and the alert being created could answer it a second time.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	res, err := run(ctx, in)
+	return res, flow.Final(err)
+}
+
+// run is Workflow, its failure as the activity gave it.
+func run(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
 	ctx = flow.WithActivityOptions(ctx)
 	family, clinic := in.Family, aip.Clinic(in.Family)

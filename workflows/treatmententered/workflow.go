@@ -46,6 +46,12 @@ type Result struct {
 // quiet hours would still go out in the morning); it records the entry on
 // the family and withdraws the family's draft meetings.
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
+	res, err := run(ctx, in)
+	return res, flow.Final(err)
+}
+
+// run is Workflow, its failure as the activity gave it.
+func run(ctx workflow.Context, in Input) (Result, error) {
 	var res Result
 	ctx, err := flow.ForFamily(ctx, in.Family)
 	if err != nil {
