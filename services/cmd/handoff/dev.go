@@ -47,12 +47,20 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	demo := fs.Bool("demo", false, "load a small demonstration clinic \"demo\" (HANDOFF_DEMO=1)")
 	fast := fs.Bool("fast", false, "shrink workflow timings to seconds, to watch the whole story in a minute (HANDOFF_FAST=1)")
 	settingsFile := fs.String("settings-file", env("HANDOFF_WORKFLOW_SETTINGS_FILE", ""), "JSON file with workflow timings per clinic (HANDOFF_WORKFLOW_SETTINGS_FILE)")
-	trusted := fs.Bool("insecure-plaintext", false, "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
+	trusted := fs.Bool("insecure-plaintext", false, "allow PostgreSQL off this machine without verified TLS, and the gateway off loopback, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
 	if err := fromEnv(fs, "demo", "HANDOFF_DEMO", "fast", "HANDOFF_FAST", "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT"); err != nil {
 		return err
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	// The development gateway serves plain HTTP, with CORS open to any
+	// origin and webhooks allowed to private addresses: on loopback only,
+	// unless said otherwise. HANDOFF_GATEWAY_LISTEN, which it reads, is
+	// the deployed gateway's too, there on every interface.
+	if !isLoopback(*listen) && !*trusted {
+		return fmt.Errorf("--listen %s: the development system serves plain HTTP with open CORS, on loopback only (127.0.0.1:8080); "+
+			"give --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) to serve it elsewhere on a network you trust", *listen)
 	}
 	// The same rule as the services': a database off this machine only
 	// over verified TLS, or on a network said to be trusted.

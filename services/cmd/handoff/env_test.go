@@ -172,8 +172,8 @@ func TestServiceFlagsFromTheEnvironment(t *testing.T) {
 
 // A secret may come from a file (a Secret mounted as a volume) rather
 // than the environment: NAME_FILE names it. Set both ways or unreadable,
-// it stops the process before it starts on another value; an empty file
-// is unset, as an empty variable is; a variable that is not a secret's (a
+// or empty, it stops the process before it starts on another value (an
+// optional one's empty file is unset); a variable that is not a secret's (a
 // token file the process reads itself) is left to its command.
 func TestSecretsFromFiles(t *testing.T) {
 	dir := t.TempDir()
@@ -192,6 +192,8 @@ func TestSecretsFromFiles(t *testing.T) {
 	for name, environ := range map[string][]string{
 		"both ways": {"HANDOFF_DATABASE_URL_FILE=" + url, "HANDOFF_DATABASE_URL=postgres://other"},
 		"no file":   {"HANDOFF_PAYLOAD_KEYS_FILE=" + filepath.Join(dir, "missing")},
+		// Unset, the URL would be the default, a local superuser's.
+		"an empty database URL": {"HANDOFF_DATABASE_URL_FILE=" + write("empty-url", "\n")},
 	} {
 		if got, err := secretFiles(environ, os.ReadFile); err == nil {
 			t.Errorf("%s: %v; want an error", name, got)

@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -101,5 +103,46 @@ func TestTemporalPlaintextOnlyOnLoopback(t *testing.T) {
 		if err := c.temporalPlaintext(nil); err != nil {
 			t.Errorf("with --insecure-plaintext, Temporal at %s: %v", addr, err)
 		}
+	}
+}
+
+// A token file that is not there, or empty, stops the process at its
+// start, rather than leave it ready while every call it makes as itself
+// is refused; one that is there is read again when it changes.
+func TestTokenFileIsReadAtStart(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "token")
+	if _, err := startToken(context.Background(), path); err == nil {
+		t.Fatal("a missing token file was taken")
+	}
+	if err := os.WriteFile(path, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := startToken(context.Background(), path); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("an empty token file: %v; want it refused as empty", err)
+	}
+	if err := os.WriteFile(path, []byte("tok-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := startToken(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tok(context.Background()); err != nil || got != "tok-1" {
+		t.Fatalf("token = %q, %v; want tok-1", got, err)
+	}
+}
+
+// The development system, which serves plain HTTP with open CORS, does not
+// listen off loopback unless told the network is trusted: it reads the
+// deployed gateway's HANDOFF_GATEWAY_LISTEN, which names every interface.
+func TestDevListensOnLoopbackOnly(t *testing.T) {
+	err := runDev(context.Background(), slog.New(slog.DiscardHandler), []string{"--listen", "0.0.0.0:18080", "--data-dir", t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "loopback only") {
+		t.Fatalf("dev on every interface: %v; want it refused", err)
+	}
+	t.Setenv("HANDOFF_GATEWAY_LISTEN", "0.0.0.0:18080")
+	if err := runDev(context.Background(), slog.New(slog.DiscardHandler), []string{"--data-dir", t.TempDir()}); err == nil || !strings.Contains(err.Error(), "loopback only") {
+		t.Fatalf("dev with the deployed gateway's address inherited: %v; want it refused", err)
 	}
 }

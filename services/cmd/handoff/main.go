@@ -110,10 +110,10 @@ var optionalFiles = map[string]bool{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": true
 var fromFiles map[string]string
 
 // secretFiles reads the file of each fileSecrets variable whose NAME_FILE
-// environ sets, without its trailing line end; an empty file leaves the
-// variable unset, as an empty variable does. A variable set both ways, or
-// a file that cannot be read, is an error: the process must not start on
-// another value than the one meant.
+// environ sets, without its trailing line end. A variable set both ways,
+// a file that cannot be read, or an empty one (but for optionalFiles,
+// then unset) is an error: the process must not start on another value
+// than the one meant.
 func secretFiles(environ []string, read func(string) ([]byte, error)) (map[string]string, error) {
 	vars := map[string]string{}
 	for _, kv := range environ {
@@ -137,7 +137,13 @@ func secretFiles(environ []string, read func(string) ([]byte, error)) (map[strin
 		if err != nil {
 			return nil, fmt.Errorf("%s_FILE: %w", name, err)
 		}
-		if v := strings.TrimRight(string(b), "\r\n"); v != "" {
+		v := strings.TrimRight(string(b), "\r\n")
+		if v == "" && !optionalFiles[name] {
+			// Unset, the variable would take its default: the database
+			// URL's is a local superuser's.
+			return nil, fmt.Errorf("%s_FILE: %s is empty", name, path)
+		}
+		if v != "" {
 			out[name] = v
 		}
 	}

@@ -309,7 +309,11 @@ var serviceDefs = []serviceDef{
 			if f.calendarTokenFile != "" {
 				// A feed request carries no token to forward: feeds read as
 				// their own narrow identity.
-				token := fileToken(f.calendarTokenFile)
+				token, err := startToken(context.Background(), f.calendarTokenFile)
+				if err != nil {
+					closeAll(conns...)()
+					return part{}, err
+				}
 				calFam, err := f.dial(f.familiesAddr, token)
 				if err != nil {
 					closeAll(conns...)()
@@ -392,7 +396,11 @@ var serviceDefs = []serviceDef{
 			if err != nil {
 				return part{}, err
 			}
-			conn, err := f.dial(f.familiesAddr, fileToken(f.webhookTokenFile))
+			token, err := startToken(context.Background(), f.webhookTokenFile)
+			if err != nil {
+				return part{}, err
+			}
+			conn, err := f.dial(f.familiesAddr, token)
 			if err != nil {
 				return part{}, err
 			}

@@ -68,8 +68,12 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 			return err
 		}
 	}
+	token, err := startToken(ctx, *tokenFile)
+	if err != nil {
+		return err
+	}
 	fatal := make(chan error, 1)
-	w, closeConns, err := stack.NewWorker(tc, stack.WorkerConfig{Token: fileToken(*tokenFile), TLS: creds,
+	w, closeConns, err := stack.NewWorker(tc, stack.WorkerConfig{Token: token, TLS: creds,
 		FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref, Settings: settings, StopTimeout: *stopTimeout,
 		OnFatalError: func(err error) {
 			select {
@@ -101,6 +105,21 @@ func waitWorker(ctx context.Context, w interface{ Stop() }, fatal <-chan error) 
 	case err := <-fatal:
 		return fmt.Errorf("worker stopped: %w", err)
 	}
+}
+
+// startToken is fileToken(path), read once now: a path that is wrong, a
+// file not mounted or an empty one stops the process at its start,
+// rather than leave it ready while every call it makes as itself fails.
+func startToken(ctx context.Context, path string) (grpcclient.TokenSource, error) {
+	tok := fileToken(path)
+	t, err := tok(ctx)
+	if err == nil && t == "" {
+		err = fmt.Errorf("token file: %s is empty", path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return tok, nil
 }
 
 // fileToken reads a token file, again whenever it changes.
