@@ -6,11 +6,13 @@ package grpcclient
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/handoff-health/handoff/services/auth"
 )
@@ -26,6 +28,16 @@ type Config struct {
 	// Token is the fallback service token; nil sends only caller tokens.
 	Token TokenSource
 }
+
+// Keepalive is how a connection finds its peer gone silent (a node lost,
+// a network cut) while calls wait on it: pinged after Time without a
+// frame, and closed when no answer comes within Timeout, failing its calls
+// UNAVAILABLE and dropping the address from the round robin. Without it
+// such a call waits out its deadline, and the next ones go the same way,
+// until the kernel gives the connection up, some fifteen minutes on. Pings
+// go only while calls are open; the servers allow one every 20 s
+// (grpcserver).
+var Keepalive = keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}
 
 // MaxAnswer is the largest answer a connection takes from a service.
 const MaxAnswer = 64 << 20
@@ -46,6 +58,7 @@ func Dial(target string, cfg Config, opts ...grpc.DialOption) (*grpc.ClientConn,
 		// waiting would help. Answers come from Handoff's own services,
 		// bounded by their page sizes.
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxAnswer)),
+		grpc.WithKeepaliveParams(Keepalive),
 		// Calls take turns over every address the name resolves to (a
 		// headless Kubernetes Service names each pod), rather than all
 		// going down one long-lived connection to one replica while the

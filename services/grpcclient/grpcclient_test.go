@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -99,5 +102,77 @@ func TestCallsSpreadOverReplicas(t *testing.T) {
 	}
 	if a, b := hits[0].Load(), hits[1].Load(); a < 5 || b < 5 || a+b != 20 {
 		t.Fatalf("calls per replica once both are up: %d and %d; want about 10 each", a, b)
+	}
+}
+
+// A call whose server goes silent mid-call (a node lost, a network cut:
+// no reset, no answer) fails UNAVAILABLE once a keepalive ping goes
+// unanswered, not at its deadline: the next calls would otherwise queue
+// behind the same dead connection.
+func TestASilentServerIsFoundByKeepalive(t *testing.T) {
+	// The shortest the client allows, for the test; the default is 30 s.
+	defer func(k keepalive.ClientParameters) { grpcclient.Keepalive = k }(grpcclient.Keepalive)
+	grpcclient.Keepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: time.Second}
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		<-stream.Context().Done() // never answers
+		return nil
+	}))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+	// A proxy that, once silenced, drops what passes instead of closing.
+	front, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	var silent atomic.Bool
+	go func() {
+		for {
+			c, err := front.Accept()
+			if err != nil {
+				return
+			}
+			back, err := net.Dial("tcp", lis.Addr().String())
+			if err != nil {
+				c.Close()
+				return
+			}
+			pipe := func(dst, src net.Conn) {
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := src.Read(buf)
+					if err != nil {
+						return
+					}
+					if !silent.Load() {
+						if _, err := dst.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+				}
+			}
+			go pipe(back, c)
+			go pipe(c, back)
+		}
+	}()
+	conn, err := grpcclient.Dial(front.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	go func() {
+		time.Sleep(500 * time.Millisecond) // the call is on its way
+		silent.Store(true)
+	}()
+	start := time.Now()
+	err = conn.Invoke(ctx, "/test.Test/Hang", &emptypb.Empty{}, &emptypb.Empty{})
+	if status.Code(err) != codes.Unavailable || time.Since(start) > 25*time.Second {
+		t.Fatalf("a call to a silent server: %v after %s; want UNAVAILABLE after a ping went unanswered", err, time.Since(start).Round(time.Second))
 	}
 }

@@ -130,6 +130,10 @@ func New(cfg Config) (*Server, error) {
 		// name again, so that replicas added since share the load. Calls
 		// in flight get longer than any call may take to finish.
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: 5 * time.Minute, MaxConnectionAgeGrace: 30 * time.Second}),
+		// The clients ping every 30 s while a call is open (grpcclient),
+		// to find a server gone silent; the default floor of 5 minutes
+		// would answer those pings with GOAWAY.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second}),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(cfg.TLS))
