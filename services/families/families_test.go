@@ -743,11 +743,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	fam := f.create(t)
-	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
-		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "We will not call your boss for you."}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := f.boundary(t, fam)
 	noted, err := f.client.CreateBarrier(f.ctx, &familiesv1.CreateBarrierRequest{Parent: fam.GetName(), Barrier: &familiesv1.Barrier{
 		Kind: familiesv1.BarrierKind_BARRIER_KIND_STIGMA, Notes: strings.Repeat("n", 1500)}})
 	if err != nil {
@@ -1620,11 +1616,7 @@ func TestBoundaryStateAndHistoryAreReadTogether(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	fam := f.create(t)
-	b, err := f.client.CreateBoundary(f.ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
-		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_EXCUSES, Wording: "We will not call your boss for you."}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := f.boundary(t, fam)
 	if _, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
 		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
 		t.Fatal(err)
