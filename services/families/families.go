@@ -659,7 +659,7 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 	// A name of spaces alone is no name: messages and the EHR's Patient
 	// would carry a blank. Checked when new or changed, so that a name
 	// stored before does not block an unrelated update.
-	if n := f.GetLovedOne().GetGivenName(); (create || n != before.GetLovedOne().GetGivenName()) && strings.TrimSpace(n) == "" {
+	if n := f.GetLovedOne().GetGivenName(); (before == nil || n != before.GetLovedOne().GetGivenName()) && strings.TrimSpace(n) == "" {
 		vs.Add(path+".loved_one.given_name", "is required, and not blank")
 	}
 	if create {

@@ -1609,6 +1609,29 @@ func TestClosingAFamilyIsAnnouncedAndEndsContact(t *testing.T) {
 	}
 }
 
+// A name of spaces stored before it was refused does not block an update
+// of anything else (closing the case, withdrawing consent); changed to
+// another blank, it is refused.
+func TestOldBlankNamesDoNotBlockUpdates(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	_, id, _ := strings.Cut(strings.TrimPrefix(fam.GetName(), "clinics/north/"), "families/")
+	if _, err := f.pool.Exec(context.Background(), `UPDATE families SET doc = jsonb_set(jsonb_set(doc, '{loved_one,given_name}', '"  "'),
+		'{members,0,given_name}', '" "') WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(),
+		State: familiesv1.FamilyState_FAMILY_STATE_CLOSED}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+		t.Fatalf("closing a family whose names were stored blank: %v", err)
+	}
+	_, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(),
+		LovedOne: &familiesv1.LovedOne{GivenName: "\t"}}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"loved_one.given_name"}}})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "family.loved_one.given_name") {
+		t.Fatalf("a blank name changed to another: %v; want it refused", apperr.ViolatedFields(err))
+	}
+}
+
 // A boundary read while it moves shows its state and its history as of one
 // moment: as many reinforcements in the history as its count says, by
 // GetBoundary and by ListBoundaries alike.
