@@ -308,19 +308,24 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
 	base := fmt.Sprintf("handoff_rewrite_test_%d", time.Now().UnixNano()%1_000_000_000)
 	writer, direct, grouped, group := base+"_w", base+"_d", base+"_g", base+"_grp"
+	aloof, column := base+"_n", base+"_c"
 	for _, stmt := range []string{
 		`CREATE ROLE ` + writer + ` LOGIN`, `GRANT pg_write_all_data TO ` + writer,
 		`CREATE ROLE ` + direct + ` LOGIN`, `GRANT DELETE ON ` + schema + `.audit_log TO ` + direct,
 		`CREATE ROLE ` + group + ` NOLOGIN`, `GRANT UPDATE ON ` + schema + `.audit_log TO ` + group,
 		`CREATE ROLE ` + grouped + ` LOGIN`, `GRANT ` + group + ` TO ` + grouped,
+		// Not inheriting the group's rights, it may still SET ROLE to it.
+		`CREATE ROLE ` + aloof + ` LOGIN NOINHERIT`, `GRANT ` + group + ` TO ` + aloof,
+		`CREATE ROLE ` + column + ` LOGIN`, `GRANT UPDATE (outcome) ON ` + schema + `.audit_log TO ` + column,
 	} {
 		if _, err := owner.Exec(ctx, stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
 		}
 	}
 	t.Cleanup(func() {
-		for _, stmt := range []string{`REVOKE ALL ON ` + schema + `.audit_log FROM ` + direct + `, ` + group,
-			`DROP ROLE IF EXISTS ` + writer, `DROP ROLE IF EXISTS ` + direct, `DROP ROLE IF EXISTS ` + grouped, `DROP ROLE IF EXISTS ` + group} {
+		for _, stmt := range []string{`REVOKE ALL ON ` + schema + `.audit_log FROM ` + direct + `, ` + group + `, ` + column,
+			`DROP ROLE IF EXISTS ` + writer, `DROP ROLE IF EXISTS ` + direct, `DROP ROLE IF EXISTS ` + grouped,
+			`DROP ROLE IF EXISTS ` + aloof, `DROP ROLE IF EXISTS ` + column, `DROP ROLE IF EXISTS ` + group} {
 			_, _ = owner.Exec(context.Background(), stmt)
 		}
 	})
@@ -328,6 +333,8 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 		{writer, "a member of pg_write_all_data", "pg_write_all_data"},
 		{direct, "granted DELETE on the audit log", schema + ".audit_log"},
 		{grouped, "a member of a group granted UPDATE on the audit log", schema + ".audit_log"},
+		{aloof, "a member, not inheriting, of a group granted UPDATE on the audit log", schema + ".audit_log"},
+		{column, "granted UPDATE on a column of the audit log", schema + ".audit_log"},
 	} {
 		for _, pw := range []string{"", "s3cret"} {
 			err := pgdb.EnsureLoginRole(ctx, owner, c.role, pw)

@@ -495,19 +495,24 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 		return fmt.Errorf("pgdb: the services' login role %q is a superuser, bypasses row-level security, can create roles, replicates, reads or writes the server's files, writes every table (pg_write_all_data), or is a member of the owner or of a role that may: give the services a role without those rights", name)
 	}
 	// Rights on the append-only records that come some other way than
-	// AppRole (granted to the role or a group of it, or its own tables)
-	// would let the services rewrite them: AppRole's REVOKE does not reach
-	// those. Any schema Migrate made is looked at.
+	// AppRole (granted to the role, to a group it may SET ROLE to whether
+	// or not it inherits, to PUBLIC, on a column, or its own tables) would
+	// let the services rewrite them: AppRole's REVOKE does not reach
+	// those. Any schema Migrate made is looked at. A consent's columns
+	// AppRole may update (a revocation's stamp) are the exception, so on
+	// consents only the table's own UPDATE counts.
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)`, name).Scan(&exists); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	var rewrites string
 	if exists {
-		if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '') FROM pg_tables t
+		if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '')
+			FROM pg_tables t JOIN pg_roles r ON pg_has_role($1::text, r.oid, 'MEMBER')
 			WHERE t.tablename = ANY($2::text[])
 				AND EXISTS (SELECT 1 FROM pg_tables m WHERE m.schemaname = t.schemaname AND m.tablename = 'schema_migrations')
-				AND has_table_privilege($1::text, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')`,
+				AND (has_table_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')
+					OR t.tablename <> 'consents' AND has_any_column_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE'))`,
 			name, slices.Collect(maps.Keys(appendOnly))).Scan(&rewrites); err != nil {
 			return fmt.Errorf("pgdb: login role %s: %w", name, err)
 		}
