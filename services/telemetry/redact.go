@@ -89,8 +89,9 @@ func redactingStart(ctx context.Context, t trace.Tracer, name string, opts ...tr
 }
 
 // RedactErrors returns h with every error-valued attribute written as
-// RedactError gives it: for the Temporal SDK's logs, whose failures
-// carry the services' words.
+// RedactError gives it, and the SDK's PanicError (a panic's value, as a
+// string) withheld: for the Temporal SDK's logs, whose failures carry the
+// services' words.
 func RedactErrors(h slog.Handler) slog.Handler { return redactingHandler{h} }
 
 type redactingHandler struct{ slog.Handler }
@@ -118,6 +119,11 @@ func (h redactingHandler) WithGroup(name string) slog.Handler {
 
 func redactAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
+	if a.Key == "PanicError" {
+		// The SDK logs a panic's value as a string under this key; a
+		// panic(err) would carry a service's words.
+		return slog.String(a.Key, "panic (message withheld)")
+	}
 	switch v.Kind() {
 	case slog.KindAny:
 		if err, ok := v.Any().(error); ok {

@@ -83,7 +83,8 @@ func TestTemporalSpansRecordErrorsByKind(t *testing.T) {
 func TestRedactErrorsInLogs(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(RedactErrors(slog.NewJSONHandler(&buf, nil)))
-	log.With("Error", refusal(t)).Warn("activity failed", "cause", errors.New(secret), slog.Group("g", "err", refusal(t)), "ActivityType", "ReinforceBoundary")
+	log.With("Error", refusal(t)).Warn("activity failed", "cause", errors.New(secret), slog.Group("g", "err", refusal(t)), "ActivityType", "ReinforceBoundary",
+		"PanicError", fmt.Sprintf("%v", errors.New(secret)))
 	out := buf.String()
 	if strings.Contains(out, "Rivera") || !strings.Contains(out, "SAFETY_SCREEN_REQUIRED") || !strings.Contains(out, `"ActivityType":"ReinforceBoundary"`) {
 		t.Fatalf("log %s; want errors by kind, other attributes as they are", out)
