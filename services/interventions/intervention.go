@@ -850,10 +850,13 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 	// workflow leaves a meeting that has begun, for its outcome; moved
 	// into the future it would stand after the workflow passed. A new
 	// length alone is not refused: the meeting running long goes on.
-	if cur, err := readIntervention(ctx, s.pool, r, false); err != nil {
+	read, err := readIntervention(ctx, s.pool, r, false)
+	if err != nil {
 		return nil, err
-	} else if cur.GetState() == scheduled && !lengthOnly(rescheduled(cur, req), cur) {
-		if err := s.checkNotClosed(ctx, cur.GetFamily()); err != nil {
+	}
+	checked := read.GetState() == scheduled && !lengthOnly(rescheduled(read, req), read)
+	if checked {
+		if err := s.checkNotClosed(ctx, read.GetFamily()); err != nil {
 			return nil, err
 		}
 	}
@@ -861,6 +864,11 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "RESCHEDULED")
+			}
+			// Decided on the read before the lock: a move the family's
+			// state was not checked for is not made on it.
+			if !checked && !lengthOnly(rescheduled(cur, req), cur) {
+				return nil, apperr.EtagMismatch(cur.GetName())
 			}
 			next := rescheduled(cur, req)
 			// Times are kept to the microsecond.

@@ -1156,8 +1156,8 @@ type Family struct {
 	// a counselor of the same clinic.
 	Counselor string `protobuf:"bytes,5,opt,name=counselor,proto3" json:"counselor,omitempty"`
 	// Where the family stands with the clinic. A family is not created
-	// CLOSED, and a CLOSED one is set ACTIVE before ENGAGED_IN_TREATMENT
-	// (FAILED_PRECONDITION, INVALID_STATE_TRANSITION).
+	// CLOSED (INVALID_ARGUMENT), and a CLOSED one is set ACTIVE before
+	// ENGAGED_IN_TREATMENT (FAILED_PRECONDITION, INVALID_STATE_TRANSITION).
 	State FamilyState `protobuf:"varint,6,opt,name=state,proto3,enum=handoff.families.v1.FamilyState" json:"state,omitempty"`
 	// True while the family has an overdose recorded and not retracted:
 	// harm reduction comes first.

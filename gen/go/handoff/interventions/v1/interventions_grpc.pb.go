@@ -117,7 +117,9 @@ type InterventionsServiceClient interface {
 	// zone) is not a move: the count, the reason and the reminders stay, and
 	// a treatment slot held until before the new end is held again; unlike a
 	// move, it may come after the meeting began (one running long). Any
-	// other state answers FAILED_PRECONDITION. The safety
+	// other state answers FAILED_PRECONDITION, and so does a move of a
+	// CLOSED family's meeting (reason FAMILY_CLOSED; a new length alone
+	// stands). The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
@@ -549,7 +551,9 @@ type InterventionsServiceServer interface {
 	// zone) is not a move: the count, the reason and the reminders stay, and
 	// a treatment slot held until before the new end is held again; unlike a
 	// move, it may come after the meeting began (one running long). Any
-	// other state answers FAILED_PRECONDITION. The safety
+	// other state answers FAILED_PRECONDITION, and so does a move of a
+	// CLOSED family's meeting (reason FAMILY_CLOSED; a new length alone
+	// stands). The safety
 	// screen is not asked again: a meeting that stands may be moved (later,
 	// which a worrying screen calls for, or earlier); one the screen says
 	// must not happen is cancelled.
