@@ -137,6 +137,9 @@ func TestTokenFileIsReadAtStart(t *testing.T) {
 // listen off loopback unless told the network is trusted: it reads the
 // deployed gateway's HANDOFF_GATEWAY_LISTEN, which names every interface.
 func TestDevListensOnLoopbackOnly(t *testing.T) {
+	// Whatever the environment the tests run in says of the network.
+	t.Setenv("HANDOFF_INSECURE_PLAINTEXT", "")
+	os.Unsetenv("HANDOFF_INSECURE_PLAINTEXT")
 	err := runDev(context.Background(), slog.New(slog.DiscardHandler), []string{"--listen", "0.0.0.0:18080", "--data-dir", t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "loopback only") {
 		t.Fatalf("dev on every interface: %v; want it refused", err)
