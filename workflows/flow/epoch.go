@@ -47,6 +47,9 @@ var epochs = []epoch{
 	{"epoch-2026-12-06b", with(seventhEpoch,
 		// familydeleted: asked only for a family whose case was closed
 		"close-before-boundary",
+		// intervention: asked on their own since epoch-2026-12-06, only
+		// when a reschedule's sweep or a replan's step failed
+		"go-on-past-failed-reschedule-cancel", "go-on-past-failed-replan",
 	)},
 	{"epoch-2026-12-06", seventhEpoch},
 	{"epoch-2026-12-05d", with(sixthEpoch,

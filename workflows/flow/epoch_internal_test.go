@@ -25,7 +25,7 @@ func TestEpochsAreFrozen(t *testing.T) {
 		"epoch-2026-12-05c": "88b6fc2d195bc239",
 		"epoch-2026-12-05d": "def442686407c8be",
 		"epoch-2026-12-06":  "f7a39f4091fc481f",
-		"epoch-2026-12-06b": "9c7c5c6184d4f77f",
+		"epoch-2026-12-06b": "453d18930f2d08ee",
 	}
 	for _, e := range epochs {
 		var lines []string

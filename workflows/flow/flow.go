@@ -574,9 +574,11 @@ func CancelBoundary(ctx workflow.Context, family string) (bool, error) {
 // service's FAILED_PRECONDITION) becomes the workflow's own, at the top.
 // Temporal retries a workflow under its retry policy (the dispatcher's
 // one-shot policy, for a week) on any failure but an application failure
-// marked non-retryable at the top; an activity failure wrapping one is
-// retried, and each rerun meets the same refusal while the run shows as
-// running. Other errors are returned as they are.
+// marked non-retryable at the top; an activity failure wrapping one (what
+// Call's fallback to a server activity gives back, and what a local try
+// gives the test environment) is retried, and each rerun meets the same
+// refusal while the run shows as running. Other errors are returned as
+// they are.
 func Final(err error) error {
 	var app *temporal.ApplicationError
 	if err == nil || !errors.As(err, &app) || !app.NonRetryable() {
@@ -585,5 +587,6 @@ func Final(err error) error {
 	if top, ok := err.(*temporal.ApplicationError); ok && top == app {
 		return err
 	}
-	return temporal.NewNonRetryableApplicationError(app.Error(), app.Type(), err)
+	return temporal.NewApplicationErrorWithOptions(app.Message(), app.Type(), temporal.ApplicationErrorOptions{
+		NonRetryable: true, Cause: err, Category: app.Category()})
 }

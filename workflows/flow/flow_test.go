@@ -343,7 +343,7 @@ func TestFinalLiftsANonRetryableRefusal(t *testing.T) {
 	refused := temporal.NewNonRetryableApplicationError("closed", "FAMILY_CLOSED", nil)
 	lifted := flow.Final(fmt.Errorf("activity: %w", refused))
 	top, ok := lifted.(*temporal.ApplicationError)
-	if !ok || !top.NonRetryable() || top.Type() != "FAMILY_CLOSED" || !errors.Is(lifted, refused) {
+	if !ok || !top.NonRetryable() || top.Type() != "FAMILY_CLOSED" || top.Message() != "closed" || !errors.Is(lifted, refused) {
 		t.Fatalf("Final of a wrapped refusal = %#v; want a non-retryable FAMILY_CLOSED at the top, wrapping it", lifted)
 	}
 	transient := fmt.Errorf("activity: %w", temporal.NewApplicationError("down", "Unavailable"))
