@@ -371,25 +371,31 @@ func (a *Activities) referredFor(ctx context.Context, intervention, family strin
 	if intervention == "" {
 		return nil, nil
 	}
-	resp, err := a.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/" + aip.Clinic(intervention),
-		Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", intervention)})
-	if err != nil {
-		return nil, wrap("list referrals", err)
+	// Every page: one left unread could hold the referral an earlier try
+	// made, and the person would be referred a second time.
+	for token := ""; ; {
+		resp, err := a.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/" + aip.Clinic(intervention),
+			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", intervention), PageSize: 1000, PageToken: token})
+		if err != nil {
+			return nil, wrap("list referrals", err)
+		}
+		for _, r := range resp.GetReferrals() {
+			switch r.GetState() {
+			case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+				referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
+				continue
+			}
+			if r.GetFamily() != family || r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
+				continue
+			}
+			if slices.Contains(kinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
+				return r, nil
+			}
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			return nil, nil
+		}
 	}
-	for _, r := range resp.GetReferrals() {
-		switch r.GetState() {
-		case referralsv1.ReferralState_REFERRAL_STATE_REJECTED, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
-			referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
-			continue
-		}
-		if r.GetFamily() != family || r.GetSubject().GetKind() != referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE {
-			continue
-		}
-		if slices.Contains(kinds, r.GetServiceKind()) && !slices.Contains(exclude, r.GetProgram()) {
-			return r, nil
-		}
-	}
-	return nil, nil
 }
 
 // ReleaseHold gives a held slot back. A hold that is no longer held

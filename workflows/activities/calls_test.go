@@ -2118,3 +2118,38 @@ func TestARefusedReleaseForAnotherTreatmentStaysFinal(t *testing.T) {
 		t.Fatalf("releaseUnagreed = %#v; want the non-retryable HOLD_LOCKED refusal itself", err)
 	}
 }
+
+// pagedReferrals lists its referrals one a page, the page token the
+// index of the next.
+type pagedReferrals struct {
+	referralsv1.ReferralsServiceClient
+	referrals []*referralsv1.Referral
+}
+
+func (f pagedReferrals) ListReferrals(_ context.Context, in *referralsv1.ListReferralsRequest, _ ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	i, _ := strconv.Atoi(in.GetPageToken())
+	if i >= len(f.referrals) {
+		return &referralsv1.ListReferralsResponse{}, nil
+	}
+	resp := &referralsv1.ListReferralsResponse{Referrals: f.referrals[i : i+1]}
+	if i+1 < len(f.referrals) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// The referral an earlier try made is found on whatever page it is: read
+// on the first alone, a retry would refer the person a second time.
+func TestTheReferralAnEarlierTryMadeIsFoundOnAnyPage(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	loved := &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}
+	mat := referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+	a := &Activities{Referrals: pagedReferrals{referrals: []*referralsv1.Referral{
+		{Name: "clinics/north/referrals/turned-down", Family: fam, Intervention: iv, ServiceKind: mat, Subject: loved,
+			State: referralsv1.ReferralState_REFERRAL_STATE_REJECTED},
+		{Name: "clinics/north/referrals/ours", Family: fam, Intervention: iv, ServiceKind: mat, Subject: loved},
+	}}}
+	if r, err := a.referredFor(context.Background(), iv, fam, nil, matKinds); err != nil || r.GetName() != "clinics/north/referrals/ours" {
+		t.Fatalf("referral adopted: %v, %v; want ours, on the second page", r.GetName(), err)
+	}
+}
