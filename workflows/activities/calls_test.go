@@ -1295,15 +1295,22 @@ func (f *holdsFake) ListHolds(_ context.Context, in *referralsv1.ListHoldsReques
 	if !f.onePerPage {
 		return &referralsv1.ListHoldsResponse{Holds: f.holds}, nil
 	}
-	i, _ := strconv.Atoi(in.GetPageToken())
-	if i >= len(f.holds) {
-		return &referralsv1.ListHoldsResponse{}, nil
+	page, next := onePerPage(f.holds, in.GetPageToken())
+	return &referralsv1.ListHoldsResponse{Holds: page, NextPageToken: next}, nil
+}
+
+// onePerPage is the page of items a page token names, one item a page,
+// the token the index of the next ("" after the last).
+func onePerPage[T any](items []T, token string) ([]T, string) {
+	i, _ := strconv.Atoi(token)
+	if i >= len(items) {
+		return nil, ""
 	}
-	resp := &referralsv1.ListHoldsResponse{Holds: f.holds[i : i+1]}
-	if i+1 < len(f.holds) {
-		resp.NextPageToken = strconv.Itoa(i + 1)
+	next := ""
+	if i+1 < len(items) {
+		next = strconv.Itoa(i + 1)
 	}
-	return resp, nil
+	return items[i : i+1], next
 }
 
 func (f *holdsFake) ReleaseHold(_ context.Context, in *referralsv1.ReleaseHoldRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
@@ -2127,15 +2134,8 @@ type pagedReferrals struct {
 }
 
 func (f pagedReferrals) ListReferrals(_ context.Context, in *referralsv1.ListReferralsRequest, _ ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
-	i, _ := strconv.Atoi(in.GetPageToken())
-	if i >= len(f.referrals) {
-		return &referralsv1.ListReferralsResponse{}, nil
-	}
-	resp := &referralsv1.ListReferralsResponse{Referrals: f.referrals[i : i+1]}
-	if i+1 < len(f.referrals) {
-		resp.NextPageToken = strconv.Itoa(i + 1)
-	}
-	return resp, nil
+	page, next := onePerPage(f.referrals, in.GetPageToken())
+	return &referralsv1.ListReferralsResponse{Referrals: page, NextPageToken: next}, nil
 }
 
 // The referral an earlier try made is found on whatever page it is: read

@@ -1265,12 +1265,7 @@ func TestFailedReleaseOnRescheduleGoesOn(t *testing.T) {
 	newStart := h.start.Add(5 * 24 * time.Hour)
 	var rejected error
 	h.update(time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: newStart, Duration: time.Hour}, &rejected)
-	var intake matintake.Input
-	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
-			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
-		})
+	intake := h.intakeRuns()
 	h.update(7*24*time.Hour+time.Hour, intervention.UpdateOutcome,
 		intervention.Outcome{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
@@ -1285,7 +1280,7 @@ func TestFailedReleaseOnRescheduleGoesOn(t *testing.T) {
 	}
 	var res intervention.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.ChildResult != "ENTERED_TREATMENT" || intake.Hold != "clinics/north/holds/h2" {
-		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the new hold", res, err, intake)
+		t.Fatalf("result %+v, %v, intake input %+v; want the intake run with the new hold", res, err, *intake)
 	}
 }
 
@@ -1367,12 +1362,7 @@ func TestFollowUpReadsAPlanItCouldNotReadBefore(t *testing.T) {
 		h.mu.Unlock()
 	}, 4*24*time.Hour)
 	h.update(changeAt, intervention.UpdateReplan, intervention.Replan{}, nil)
-	var intake matintake.Input
-	h.env.OnWorkflow(matintake.Name, mock.Anything, mock.Anything).Return(
-		func(_ workflow.Context, in matintake.Input) (matintake.Result, error) {
-			intake = in
-			return matintake.Result{Outcome: "ENTERED_TREATMENT"}, nil
-		})
+	intake := h.intakeRuns()
 	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome,
 		intervention.Outcome{Kind: "ACCEPTED", AcceptedServices: []string{"MAT_BUPRENORPHINE"}}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
