@@ -747,9 +747,9 @@ func markExpired(c *familiesv1.Consent) {
 // only with the revocations it sees (forCaller), which $subject, the
 // number of its subject among the list's arguments, names ("" for staff);
 // either view moves to the expiry once expired (markExpired), by the
-// service's clock now, the one scanConsent goes by, written as a literal.
-func consentFilter(subject string, now time.Time) map[string]aip.FilterField {
-	at := "'" + now.UTC().Truncate(time.Microsecond).Format(time.RFC3339Nano) + "'::timestamptz"
+// service's clock, the one scanConsent goes by, which the argument at
+// names.
+func consentFilter(subject, at string) map[string]aip.FilterField {
 	shown := "c.update_time"
 	if subject != "" {
 		shown = `GREATEST(c.create_time, COALESCE((SELECT max(r.revoke_time) FROM consent_revocations r
@@ -791,9 +791,24 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 		// past consents the caller may not see.
 		subject = fmt.Sprintf("$%d", len(args)+1)
 		scope += " AND (c.treating_providers OR " + subject + "::text = ANY (c.recipients))"
+		if every {
+			// Across the clinic, not one revoked for the caller: a
+			// patient who shut a provider out (in advance, too) is not
+			// named to it as one of the program's by this list.
+			scope += ` AND NOT EXISTS (SELECT 1 FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id
+				AND r.consent_id = c.id AND r.recipient = ` + subject + `::text)`
+		}
 		args = append(args, p.Subject)
 	}
-	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject, s.cfg.Now()),
+	// The clock as an argument, not in the text: the poll's statement
+	// stays the same from call to call, and prepared once. Only with a
+	// filter (on update_time, the one field), which alone names it.
+	now := ""
+	if req.GetFilter() != "" {
+		now = fmt.Sprintf("$%d::timestamptz", len(args)+1)
+		args = append(args, s.cfg.Now().UTC().Truncate(time.Microsecond))
+	}
+	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject, now),
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
 	if err != nil {
 		return nil, err

@@ -1437,6 +1437,11 @@ func TestClinicsConsentsForAPollingSystem(t *testing.T) {
 	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: shared.GetName(), Recipient: "ehr-3"}); err != nil {
 		t.Fatal(err)
 	}
+	// Nor does ehr-3's list of the clinic's consents name it any more: a
+	// patient who shuts a provider out is not shown to it as the program's.
+	if got, err := list(f.ehr("ehr-3"), ""); err != nil || slices.Contains(got, shared.GetName()) {
+		t.Fatalf("ehr-3's consents across the clinic after its revocation = %v, %v; want %s left out", got, err, shared.GetName())
+	}
 	if got, err := list(f.ehr("ehr-1"), later); err != nil || len(got) != 0 {
 		t.Fatalf("ehr-1's consents changed since another's revocation = %v, %v; want none", got, err)
 	}
