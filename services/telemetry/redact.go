@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 
-	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.temporal.io/sdk/temporal"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/status"
+
+	"github.com/handoff-health/handoff/services/apperr"
 )
 
 // RedactError describes err by its kinds alone: the Temporal failure's
@@ -40,10 +44,8 @@ func RedactError(err error) string {
 		return "panic (message withheld)"
 	}
 	if st, ok := status.FromError(err); ok {
-		for _, d := range st.Details() {
-			if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetReason() != "" {
-				return fmt.Sprintf("rpc error %s %s (message withheld)", st.Code(), info.GetReason())
-			}
+		if reason := apperr.Reason(err); reason != "" {
+			return fmt.Sprintf("rpc error %s %s (message withheld)", st.Code(), reason)
 		}
 		return fmt.Sprintf("rpc error %s (message withheld)", st.Code())
 	}
@@ -56,29 +58,16 @@ func RedactError(err error) string {
 	return fmt.Sprintf("%T (message withheld)", err)
 }
 
-// redactedError stands for an error in a span's exception event.
-type redactedError string
-
-func (e redactedError) Error() string { return string(e) }
-
-// redactingSpan records errors by RedactError, and a failed status
-// without the error's text (the Temporal tracing interceptor gives it
-// err.Error()).
+// redactingSpan records a Temporal workflow's or activity's failure by
+// its kinds (RedactError) as the exception event's type, where the
+// exporter leaves it; the error's text goes nowhere.
 type redactingSpan struct{ trace.Span }
 
 func (s redactingSpan) RecordError(err error, opts ...trace.EventOption) {
 	if err == nil {
 		return
 	}
-	s.Span.RecordError(redactedError(RedactError(err)), opts...)
-}
-
-func (s redactingSpan) SetStatus(code codes.Code, _ string) {
-	desc := ""
-	if code == codes.Error {
-		desc = "failed: see the span's exception event"
-	}
-	s.Span.SetStatus(code, desc)
+	s.Span.AddEvent(semconv.ExceptionEventName, append(opts, trace.WithAttributes(semconv.ExceptionType(RedactError(err))))...)
 }
 
 // redactingStart starts Temporal's workflow and activity spans as
@@ -86,6 +75,34 @@ func (s redactingSpan) SetStatus(code codes.Code, _ string) {
 func redactingStart(ctx context.Context, t trace.Tracer, name string, opts ...trace.SpanStartOption) trace.Span {
 	_, span := t.Start(ctx, name, opts...)
 	return redactingSpan{span}
+}
+
+// redactingExporter passes spans on without any failure's text: a
+// failed status's description and an exception event's message, which
+// the instrumentations fill from err.Error() or a gRPC status message
+// (otelgrpc's client and server spans, Temporal's), and which carry a
+// service's words about a family. Done here, where every span leaves the
+// process, so that no instrumentation is left out.
+type redactingExporter struct{ sdktrace.SpanExporter }
+
+func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	stubs := tracetest.SpanStubsFromReadOnlySpans(spans)
+	for i := range stubs {
+		if stubs[i].Status.Description != "" {
+			stubs[i].Status.Description = "withheld"
+		}
+		for j, ev := range stubs[i].Events {
+			attrs := make([]attribute.KeyValue, 0, len(ev.Attributes))
+			for _, a := range ev.Attributes {
+				if a.Key == semconv.ExceptionMessageKey {
+					a = semconv.ExceptionMessage("withheld")
+				}
+				attrs = append(attrs, a)
+			}
+			stubs[i].Events[j].Attributes = attrs
+		}
+	}
+	return e.SpanExporter.ExportSpans(ctx, stubs.Snapshots())
 }
 
 // RedactErrors returns h with every error-valued attribute written as

@@ -63,7 +63,7 @@ func Setup(cfg Config) (*Telemetry, error) {
 	if cfg.Exporter != nil {
 		// Batched: a request never waits on the collector, and a slow or
 		// missing collector drops spans rather than stalling the API.
-		opts = append(opts, sdktrace.WithBatcher(cfg.Exporter))
+		opts = append(opts, sdktrace.WithBatcher(redactingExporter{cfg.Exporter}))
 	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	reg := prometheus.NewRegistry()
@@ -112,8 +112,8 @@ func Extract(ctx context.Context, carrier map[string]string) context.Context {
 // TemporalClientOptions adds tracing (workflow and activity spans joined to
 // the caller's trace) and the SDK's workflow and activity metrics.
 func TemporalClientOptions(o client.Options) (client.Options, error) {
-	// Spans record a failed workflow or activity by its error's kinds, not
-	// its text (see RedactError).
+	// Spans record a failed workflow or activity by its error's kinds (see
+	// RedactError); the exporter withholds every failure's text.
 	ti, err := temporalotel.NewTracingInterceptor(temporalotel.TracerOptions{SpanStarter: redactingStart})
 	if err != nil {
 		return o, err
