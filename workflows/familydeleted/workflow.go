@@ -81,18 +81,21 @@ func closeClosed(ctx workflow.Context, in Input) (Result, error) {
 	if flow.Version(ctx, versionCloseFirst, 1) >= 1 {
 		// The boundary workflow stops on its own at a step the services
 		// refuse for a closed family; it is cancelled here for the wait
-		// between its steps, and only once the rest has seen the family
-		// still closed.
+		// between its steps, once the rest has seen the family still
+		// closed, or has been refused for good on the way (the run then
+		// ends, and nothing else would stop it). A close that ran out of
+		// time leaves it: the run is tried again.
 		var res Result
-		if err := flow.Call(ctx, &res.Closed, flow.A.CloseClosedFamily, activities.CloseFamilyRequest{
+		cerr := flow.Call(ctx, &res.Closed, flow.A.CloseClosedFamily, activities.CloseFamilyRequest{
 			Family: in.Family, RequestID: flow.RequestID(ctx, "close"),
-		}); err != nil || res.Reopened {
-			return res, err
+		})
+		if res.Reopened || (cerr != nil && !flow.Refused(cerr)) {
+			return res, cerr
 		}
 		if res.BoundaryCancelled, err = flow.CancelBoundary(ctx, in.Family); err != nil {
 			workflow.GetLogger(ctx).Warn("boundary workflow not cancelled", "error", err)
 		}
-		return res, nil
+		return res, cerr
 	}
 	var closed bool
 	if err := flow.Call(ctx, &closed, flow.A.StillClosed, in.Family); err != nil {

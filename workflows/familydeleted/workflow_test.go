@@ -146,7 +146,8 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 // A refusal no retry can fix ends a closing workflow for good: at the top
 // of its failure, where Temporal's retry of a one-shot workflow looks,
 // rather than wrapped in the activity's failure, which the dispatcher's
-// policy would run again for a week.
+// policy would run again for a week. The family's boundary workflow is
+// stopped all the same.
 func TestAFinalRefusalEndsTheRun(t *testing.T) {
 	for name, wf := range map[string]func(workflow.Context, familydeleted.Input) (familydeleted.Result, error){
 		familydeleted.Name: familydeleted.Workflow, familydeleted.ClosedName: familydeleted.Closed,
@@ -155,7 +156,11 @@ func TestAFinalRefusalEndsTheRun(t *testing.T) {
 		env := suite.NewTestWorkflowEnvironment()
 		env.RegisterWorkflowWithOptions(wf, workflow.RegisterOptions{Name: name})
 		env.RegisterActivity(&activities.Activities{})
-		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(nil)
+		var asked []string
+		env.OnRequestCancelExternalWorkflow(mock.Anything, mock.Anything, mock.Anything).Return(func(_ string, id, _ string) error {
+			asked = append(asked, id)
+			return nil
+		})
 		refused := temporal.NewNonRetryableApplicationError("close family: refused", "INVALID_ARGUMENT", nil)
 		env.OnActivity(flow.A.CloseFamily, mock.Anything, mock.Anything).Return(activities.Closed{}, refused)
 		env.OnActivity(flow.A.CloseClosedFamily, mock.Anything, mock.Anything).Return(activities.Closed{}, refused)
@@ -168,6 +173,11 @@ func TestAFinalRefusalEndsTheRun(t *testing.T) {
 		top, ok := errors.Unwrap(run).(*temporal.ApplicationError)
 		if !ok || !top.NonRetryable() || top.Type() != "INVALID_ARGUMENT" {
 			t.Errorf("%s: the run's failure %#v; want a non-retryable INVALID_ARGUMENT at its top", name, errors.Unwrap(run))
+		}
+		// The run ends for good: the boundary workflow is stopped all the
+		// same, or nothing would stop it before its next step.
+		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
+			t.Errorf("%s: cancel asked of %v; want the boundary workflow", name, asked)
 		}
 	}
 }

@@ -149,8 +149,25 @@ func worthRetrying(err error) bool {
 	if err == nil || temporal.IsCanceledError(err) {
 		return false
 	}
+	_, final := refusal(err)
+	return !final
+}
+
+// refusal is the application error in err's chain that an activity
+// marked final (non-retryable), if there is one.
+func refusal(err error) (*temporal.ApplicationError, bool) {
 	var app *temporal.ApplicationError
-	return !errors.As(err, &app) || !app.NonRetryable()
+	if errors.As(err, &app) && app.NonRetryable() {
+		return app, true
+	}
+	return nil, false
+}
+
+// Refused reports whether err holds a refusal no retry can fix: a step
+// that failed for good, not one that ran out of time or tries.
+func Refused(err error) bool {
+	_, final := refusal(err)
+	return final
 }
 
 // GoOnPast reports whether a workflow goes on past err, a step that failed
@@ -580,8 +597,8 @@ func CancelBoundary(ctx workflow.Context, family string) (bool, error) {
 // refusal while the run shows as running. Other errors are returned as
 // they are.
 func Final(err error) error {
-	var app *temporal.ApplicationError
-	if err == nil || !errors.As(err, &app) || !app.NonRetryable() {
+	app, final := refusal(err)
+	if !final {
 		return err
 	}
 	if top, ok := err.(*temporal.ApplicationError); ok && top == app {
