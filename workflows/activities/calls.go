@@ -371,11 +371,14 @@ func (a *Activities) referredFor(ctx context.Context, intervention, family strin
 	if intervention == "" {
 		return nil, nil
 	}
-	// Every page: one left unread could hold the referral an earlier try
-	// made, and the person would be referred a second time.
+	// The loved one's of this family, as the service filters them (the
+	// checks below stand for a fake or an older service), on every page:
+	// one left unread could hold the referral an earlier try made, and
+	// the person would be referred a second time.
 	for token := ""; ; {
 		resp, err := a.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/" + aip.Clinic(intervention),
-			Filter: fmt.Sprintf("intervention = %q AND urgency = IMMEDIATE", intervention), PageSize: 1000, PageToken: token})
+			Filter:    fmt.Sprintf("intervention = %q AND family = %q AND subject_kind = LOVED_ONE AND urgency = IMMEDIATE", intervention, family),
+			PageToken: token})
 		if err != nil {
 			return nil, wrap("list referrals", err)
 		}
