@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // A one-shot command stopped by a signal before it finished fails, so
@@ -130,6 +131,17 @@ func TestTokenFileIsReadAtStart(t *testing.T) {
 	}
 	if got, err := tok(context.Background()); err != nil || got != "tok-1" {
 		t.Fatalf("token = %q, %v; want tok-1", got, err)
+	}
+	// Emptied later (a Secret rotated badly), the calls say so.
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(time.Second)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tok(context.Background()); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("token from a file emptied since = %q, %v; want it refused as empty", got, err)
 	}
 }
 

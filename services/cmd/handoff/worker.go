@@ -112,17 +112,14 @@ func waitWorker(ctx context.Context, w interface{ Stop() }, fatal <-chan error) 
 // rather than leave it ready while every call it makes as itself fails.
 func startToken(ctx context.Context, path string) (grpcclient.TokenSource, error) {
 	tok := fileToken(path)
-	t, err := tok(ctx)
-	if err == nil && t == "" {
-		err = fmt.Errorf("token file: %s is empty", path)
-	}
-	if err != nil {
+	if _, err := tok(ctx); err != nil {
 		return nil, err
 	}
 	return tok, nil
 }
 
-// fileToken reads a token file, again whenever it changes.
+// fileToken reads a token file, again whenever it changes; an empty one
+// is an error.
 func fileToken(path string) grpcclient.TokenSource {
 	var mu sync.Mutex
 	var token string
@@ -141,7 +138,13 @@ func fileToken(path string) grpcclient.TokenSource {
 		if err != nil {
 			return "", fmt.Errorf("token file: %w", err)
 		}
-		token, mod = strings.TrimSpace(string(b)), st.ModTime()
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			// Sent as "Bearer ", it would be refused as a bad token; this
+			// says what is wrong.
+			return "", fmt.Errorf("token file: %s is empty", path)
+		}
+		token, mod = t, st.ModTime()
 		return token, nil
 	}
 }
