@@ -308,7 +308,7 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
 	base := fmt.Sprintf("handoff_rewrite_test_%d", time.Now().UnixNano()%1_000_000_000)
 	writer, direct, grouped, group := base+"_w", base+"_d", base+"_g", base+"_grp"
-	aloof, column := base+"_n", base+"_c"
+	aloof, column, terms := base+"_n", base+"_c", base+"_t"
 	for _, stmt := range []string{
 		`CREATE ROLE ` + writer + ` LOGIN`, `GRANT pg_write_all_data TO ` + writer,
 		`CREATE ROLE ` + direct + ` LOGIN`, `GRANT DELETE ON ` + schema + `.audit_log TO ` + direct,
@@ -317,6 +317,10 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 		// Not inheriting the group's rights, it may still SET ROLE to it.
 		`CREATE ROLE ` + aloof + ` LOGIN NOINHERIT`, `GRANT ` + group + ` TO ` + aloof,
 		`CREATE ROLE ` + column + ` LOGIN`, `GRANT UPDATE (outcome) ON ` + schema + `.audit_log TO ` + column,
+		// A consent's terms, widened after it was signed (the families
+		// service's table, as its columns go).
+		`CREATE TABLE ` + schema + `.consents (clinic text, expire_time timestamptz, revoke_time timestamptz, update_time timestamptz, version bigint)`,
+		`CREATE ROLE ` + terms + ` LOGIN`, `GRANT UPDATE (expire_time) ON ` + schema + `.consents TO ` + terms,
 	} {
 		if _, err := owner.Exec(ctx, stmt); err != nil {
 			t.Fatalf("%s: %v", stmt, err)
@@ -324,6 +328,7 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		for _, stmt := range []string{`REVOKE ALL ON ` + schema + `.audit_log FROM ` + direct + `, ` + group + `, ` + column,
+			`REVOKE ALL ON ` + schema + `.consents FROM ` + terms + `, ` + direct, `DROP ROLE IF EXISTS ` + terms,
 			`DROP ROLE IF EXISTS ` + writer, `DROP ROLE IF EXISTS ` + direct, `DROP ROLE IF EXISTS ` + grouped,
 			`DROP ROLE IF EXISTS ` + aloof, `DROP ROLE IF EXISTS ` + column, `DROP ROLE IF EXISTS ` + group} {
 			_, _ = owner.Exec(context.Background(), stmt)
@@ -335,6 +340,7 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 		{grouped, "a member of a group granted UPDATE on the audit log", schema + ".audit_log"},
 		{aloof, "a member, not inheriting, of a group granted UPDATE on the audit log", schema + ".audit_log"},
 		{column, "granted UPDATE on a column of the audit log", schema + ".audit_log"},
+		{terms, "granted UPDATE on a consent's expiry", schema + ".consents"},
 	} {
 		for _, pw := range []string{"", "s3cret"} {
 			err := pgdb.EnsureLoginRole(ctx, owner, c.role, pw)
@@ -347,9 +353,13 @@ func TestLoginRoleThatMayRewriteTheRecordsIsRefused(t *testing.T) {
 			t.Fatalf("the refused role %s was granted %s anyway (%v)", c.role, pgdb.AppRole, err)
 		}
 	}
-	// Its right taken away, the same role is accepted.
-	if _, err := owner.Exec(ctx, `REVOKE DELETE ON `+schema+`.audit_log FROM `+direct); err != nil {
-		t.Fatal(err)
+	// Its right taken away, and given the revocation's stamp on a
+	// consent as AppRole has it, the same role is accepted.
+	for _, stmt := range []string{`REVOKE DELETE ON ` + schema + `.audit_log FROM ` + direct,
+		`GRANT UPDATE (revoke_time, update_time, version) ON ` + schema + `.consents TO ` + direct} {
+		if _, err := owner.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := pgdb.EnsureLoginRole(ctx, owner, direct, ""); err != nil {
 		t.Fatalf("the role once its right on the audit log is revoked: %v", err)

@@ -227,6 +227,10 @@ var appendOnly = map[string]string{
 	"craft_session_retractions":    "UPDATE, DELETE, TRUNCATE",
 }
 
+// consentStamp are the columns of a signed consent AppRole may update:
+// those a revocation stamps.
+var consentStamp = []string{"revoke_time", "update_time", "version"}
+
 // secure grants AppRole what the services need and puts row-level security
 // on every table that has a clinic column. It runs after every migration
 // set, so tables added later are covered too.
@@ -257,7 +261,7 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		stmts = append(stmts, `DO $$ BEGIN
 				IF to_regclass('`+schema+`.consents') IS NOT NULL THEN
 					REVOKE UPDATE ON `+schema+`.consents FROM `+AppRole+`;
-					GRANT UPDATE (revoke_time, update_time, version) ON `+schema+`.consents TO `+AppRole+`;
+					GRANT UPDATE (`+strings.Join(consentStamp, ", ")+`) ON `+schema+`.consents TO `+AppRole+`;
 				END IF;
 			END $$`)
 		for _, st := range stmts {
@@ -499,23 +503,21 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	// or not it inherits, to PUBLIC, on a column, or its own tables) would
 	// let the services rewrite them: AppRole's REVOKE does not reach
 	// those. Any schema Migrate made is looked at. A consent's columns
-	// AppRole may update (a revocation's stamp) are the exception, so on
-	// consents only the table's own UPDATE counts.
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1::text)`, name).Scan(&exists); err != nil {
-		return fmt.Errorf("pgdb: login role %s: %w", name, err)
-	}
+	// AppRole may update (consentStamp) are the exception. No row (a role
+	// not made yet) is none.
 	var rewrites string
-	if exists {
-		if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '')
-			FROM pg_tables t JOIN pg_roles r ON pg_has_role($1::text, r.oid, 'MEMBER')
-			WHERE t.tablename = ANY($2::text[])
-				AND EXISTS (SELECT 1 FROM pg_tables m WHERE m.schemaname = t.schemaname AND m.tablename = 'schema_migrations')
-				AND (has_table_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')
-					OR t.tablename <> 'consents' AND has_any_column_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE'))`,
-			name, slices.Collect(maps.Keys(appendOnly))).Scan(&rewrites); err != nil {
-			return fmt.Errorf("pgdb: login role %s: %w", name, err)
-		}
+	if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '')
+		FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
+		CROSS JOIN pg_tables t
+		WHERE l.rolname = $1::text AND t.tablename = ANY($2::text[])
+			AND EXISTS (SELECT 1 FROM pg_tables m WHERE m.schemaname = t.schemaname AND m.tablename = 'schema_migrations')
+			AND (has_table_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')
+				OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass
+					AND a.attnum > 0 AND NOT a.attisdropped
+					AND NOT (t.tablename = 'consents' AND a.attname = ANY($3::text[]))
+					AND has_column_privilege(r.oid, a.attrelid, a.attnum, 'UPDATE')))`,
+		name, slices.Collect(maps.Keys(appendOnly)), consentStamp).Scan(&rewrites); err != nil {
+		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	if rewrites != "" {
 		return fmt.Errorf("pgdb: the services' login role %q may update, delete or truncate %s, whose rows the services only ever add: revoke that right (granted to it, to a group of it, or as its owner)", name, rewrites)
