@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
 // A one-shot command stopped by a signal before it finished fails, so
@@ -159,5 +164,56 @@ func TestDevListensOnLoopbackOnly(t *testing.T) {
 	t.Setenv("HANDOFF_GATEWAY_LISTEN", "0.0.0.0:18080")
 	if err := runDev(context.Background(), slog.New(slog.DiscardHandler), []string{"--data-dir", t.TempDir()}); err == nil || !strings.Contains(err.Error(), "loopback only") {
 		t.Fatalf("dev with the deployed gateway's address inherited: %v; want it refused", err)
+	}
+}
+
+// A service that is going to refuse its own settings refuses them before
+// it touches the database: a process started with a missing key or token
+// file must not migrate a schema first (the migration would run as
+// whichever user the URL names, with nothing serving it after).
+func TestServiceRefusesItsSettingsBeforeMigrating(t *testing.T) {
+	prefix := pgtest.Prefix(t, "families", "interventions", "webhooks")
+	t.Setenv("HANDOFF_SCHEMA_PREFIX", prefix)
+	t.Setenv("HANDOFF_DATABASE_URL", pgtest.URL())
+	log := slog.New(slog.DiscardHandler)
+	missing := filepath.Join(t.TempDir(), "no-such-token")
+	for _, c := range []struct {
+		service string
+		args    []string
+		want    string
+	}{
+		{"webhooks", []string{"--token-file", missing}, "--secret-key are required"},
+		{"webhooks", []string{"--token-file", missing, "--secret-key", "not base64!"}, "--secret-key"},
+		{"webhooks", []string{"--token-file", missing, "--secret-key", base64.StdEncoding.EncodeToString(make([]byte, 32))}, "no-such-token"},
+		{"interventions", []string{"--calendar-token-file", missing}, "no-such-token"},
+	} {
+		var d serviceDef
+		for _, def := range serviceDefs {
+			if def.name == c.service {
+				d = def
+			}
+		}
+		f, err := d.parse(append([]string{"--listen", "127.0.0.1:0"}, c.args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		serveErr := d.serve(context.Background(), log, f, nil, nil, &ops{})
+		conn, err := pgx.Connect(context.Background(), pgtest.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var schemas []string
+		err = conn.QueryRow(context.Background(),
+			`SELECT coalesce(array_agg(nspname::text), '{}') FROM pg_namespace WHERE starts_with(nspname, $1)`, prefix).Scan(&schemas)
+		conn.Close(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(schemas) != 0 {
+			t.Fatalf("%s %v was refused (%v) after migrating %v", c.service, c.args, serveErr, schemas)
+		}
+		if serveErr == nil || !strings.Contains(serveErr.Error(), c.want) {
+			t.Fatalf("%s %v: %v; want it refused (%q)", c.service, c.args, serveErr, c.want)
+		}
 	}
 }

@@ -227,6 +227,11 @@ type serviceDef struct {
 	// env pairs those of them that are no strings with their variables,
 	// for fromEnv: the flag parses the value.
 	env []string
+	// prepare, if set, checks the service's own flags and reads what they
+	// name (keys, token files) into f. It runs before the schema is
+	// migrated: a process that is going to refuse its settings must not
+	// change the database first.
+	prepare func(ctx context.Context, f *serviceFlags) error
 	// register registers the service and returns what runs beside it.
 	register func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error)
 }
@@ -264,6 +269,9 @@ type serviceFlags struct {
 	webhookTokenFile, webhookSecretKey string
 	webhookPreviousKeys                string
 	webhookMaxAttempts                 int
+	// What prepare read from the flags above.
+	calendarToken, webhookToken grpcclient.TokenSource
+	webhookBox                  *webhooks.SecretBox
 	// migrate runs the schema's migrations at start, as the URL's user. Off
 	// when the URL names the services' own login role (see
 	// pgdb.EnsureLoginRole) and the migrate job, as the owner, migrates.
@@ -291,6 +299,14 @@ var serviceDefs = []serviceDef{
 			fs.StringVar(&f.calendarTokenFile, "calendar-token-file", env("HANDOFF_CALENDAR_TOKEN_FILE", ""),
 				"token of the calendar_reader identity, re-read when it changes; without it feeds leave out intake appointments (HANDOFF_CALENDAR_TOKEN_FILE)")
 		},
+		prepare: func(ctx context.Context, f *serviceFlags) error {
+			if f.calendarTokenFile == "" {
+				return nil
+			}
+			token, err := startToken(ctx, f.calendarTokenFile)
+			f.calendarToken = token
+			return err
+		},
 		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
 			// Calls to the families service carry the caller's own token.
 			conn, err := f.dial(f.familiesAddr, nil)
@@ -306,14 +322,9 @@ var serviceDefs = []serviceDef{
 			}
 			conns := []io.Closer{conn, refConn}
 			cfg := interventions.Config{Families: familiesv1.NewFamiliesServiceClient(conn), Holds: referralsv1.NewReferralsServiceClient(refConn)}
-			if f.calendarTokenFile != "" {
+			if token := f.calendarToken; token != nil {
 				// A feed request carries no token to forward: feeds read as
 				// their own narrow identity.
-				token, err := startToken(context.Background(), f.calendarTokenFile)
-				if err != nil {
-					closeAll(conns...)()
-					return part{}, err
-				}
 				calFam, err := f.dial(f.familiesAddr, token)
 				if err != nil {
 					closeAll(conns...)()
@@ -373,13 +384,13 @@ var serviceDefs = []serviceDef{
 			fs.IntVar(&f.webhookMaxAttempts, "max-attempts", webhooks.DefaultMaxAttempts, "attempts before a delivery is dead-lettered (HANDOFF_WEBHOOK_MAX_ATTEMPTS)")
 		},
 		env: []string{"max-attempts", "HANDOFF_WEBHOOK_MAX_ATTEMPTS"},
-		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
+		prepare: func(ctx context.Context, f *serviceFlags) error {
 			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
-				return part{}, errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
+				return errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
 			}
 			key, err := base64.StdEncoding.DecodeString(f.webhookSecretKey)
 			if err != nil {
-				return part{}, fmt.Errorf("--secret-key: %w", err)
+				return fmt.Errorf("--secret-key: %w", err)
 			}
 			var previous [][]byte
 			for k := range strings.SplitSeq(f.webhookPreviousKeys, ",") {
@@ -388,27 +399,26 @@ var serviceDefs = []serviceDef{
 				}
 				b, err := base64.StdEncoding.DecodeString(k)
 				if err != nil {
-					return part{}, fmt.Errorf("--previous-secret-keys: key %d: %w", len(previous)+1, err)
+					return fmt.Errorf("--previous-secret-keys: key %d: %w", len(previous)+1, err)
 				}
 				previous = append(previous, b)
 			}
-			box, err := webhooks.NewSecretBox(key, previous...)
+			if f.webhookBox, err = webhooks.NewSecretBox(key, previous...); err != nil {
+				return err
+			}
+			f.webhookToken, err = startToken(ctx, f.webhookTokenFile)
+			return err
+		},
+		register: func(s *grpcserver.Server, pool *pgdb.DB, f serviceFlags) (part, error) {
+			conn, err := f.dial(f.familiesAddr, f.webhookToken)
 			if err != nil {
 				return part{}, err
 			}
-			token, err := startToken(context.Background(), f.webhookTokenFile)
-			if err != nil {
-				return part{}, err
-			}
-			conn, err := f.dial(f.familiesAddr, token)
-			if err != nil {
-				return part{}, err
-			}
-			srv := webhooks.New(pool, webhooks.Config{Secrets: box})
+			srv := webhooks.New(pool, webhooks.Config{Secrets: f.webhookBox})
 			webhooksv1.RegisterWebhooksServiceServer(s, srv)
 			s.SetAuditor(srv.Auditor())
 			sender := webhooks.NewSender(webhooks.SenderConfig{DB: pool, Families: familiesv1.NewFamiliesServiceClient(conn),
-				Secrets: box, MaxAttempts: f.webhookMaxAttempts, Log: f.log.With("part", "webhook-sender")})
+				Secrets: f.webhookBox, MaxAttempts: f.webhookMaxAttempts, Log: f.log.With("part", "webhook-sender")})
 			return part{run: sender.Run, close: closeAll(conn)}, nil
 		},
 	},
@@ -548,8 +558,8 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	log = log.With("service", d.name)
 	// Migrate as the URL's user (the owner), then act as the application
 	// role under row-level security.
-	// The transport is checked first: a refusal must not wait on, or
-	// follow, a migration.
+	// The transport and the service's own settings are checked first: a
+	// refusal must not wait on, or follow, a migration.
 	creds, err := tlsconf.Server(f.tls)
 	if err != nil {
 		return err
@@ -559,6 +569,11 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	}
 	if err := databaseTransport(f.databaseURL, f.insecurePlaintext); err != nil {
 		return err
+	}
+	if d.prepare != nil {
+		if err := d.prepare(ctx, &f); err != nil {
+			return err
+		}
 	}
 	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
 	if err != nil {
