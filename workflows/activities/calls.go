@@ -115,19 +115,29 @@ func (a *Activities) matchRequest(ctx context.Context, family string, kinds []re
 // can reach and talk to; a member's own are not on the record.
 func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv1.Family, member string, kinds []referralsv1.ServiceKind,
 	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
-	barriers, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 100})
-	if err != nil {
-		return nil, wrap("list barriers", err)
+	// A family may record two barriers of one kind (two money troubles,
+	// say); the match takes each kind once, as it refuses a kind twice.
+	var openKinds []referralsv1.BarrierKind
+	for token := ""; ; {
+		page, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 100, PageToken: token})
+		if err != nil {
+			return nil, wrap("list barriers", err)
+		}
+		for _, b := range page.GetBarriers() {
+			// The enums share their numbers across the two services.
+			if k := referralsv1.BarrierKind(b.GetKind()); !slices.Contains(openKinds, k) {
+				openKinds = append(openKinds, k)
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
 	}
-	req := &referralsv1.MatchProgramsRequest{Parent: "clinics/" + aip.Clinic(family), ServiceKinds: kinds, Urgency: urgency,
+	req := &referralsv1.MatchProgramsRequest{Barriers: openKinds, Parent: "clinics/" + aip.Clinic(family), ServiceKinds: kinds, Urgency: urgency,
 		Coverage: referralsv1.CoverageKind(fam.GetCoverage().GetKind()), ExcludePrograms: exclude, MaxResults: 5}
 	if lo := fam.GetLovedOne(); member == "" {
 		req.Locality, req.PostalCode, req.Language, req.PrefersTelehealth = lo.GetLocality(), lo.GetPostalCode(), lo.GetLanguage(), lo.GetPrefersTelehealth()
 		req.Age = age(lo.GetBirthDate(), lo.GetTimeZone(), time.Now())
-	}
-	for _, b := range barriers.GetBarriers() {
-		// The enums share their numbers across the two services.
-		req.Barriers = append(req.Barriers, referralsv1.BarrierKind(b.GetKind()))
 	}
 	if len(kinds) == 0 && member == "" {
 		req.ServiceKinds = suited(fam.GetLovedOne().GetPrimarySubstance(), req.Barriers)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"buf.build/go/protovalidate"
 	"go.temporal.io/sdk/temporal"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -2151,5 +2152,46 @@ func TestTheReferralAnEarlierTryMadeIsFoundOnAnyPage(t *testing.T) {
 	}}}
 	if r, err := a.referredFor(context.Background(), iv, fam, nil, matKinds); err != nil || r.GetName() != "clinics/north/referrals/ours" {
 		t.Fatalf("referral adopted: %v, %v; want ours, on the second page", r.GetName(), err)
+	}
+}
+
+// pagedBarriers is a family whose open barriers come a page at a time.
+type pagedBarriers struct {
+	substanceFamily
+	pages [][]familiesv1.BarrierKind
+}
+
+func (f pagedBarriers) ListBarriers(_ context.Context, in *familiesv1.ListBarriersRequest, _ ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	i, _ := strconv.Atoi(cmp.Or(in.GetPageToken(), "0"))
+	resp := &familiesv1.ListBarriersResponse{}
+	for _, k := range f.pages[i] {
+		resp.Barriers = append(resp.Barriers, &familiesv1.Barrier{Kind: k})
+	}
+	if i+1 < len(f.pages) {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// A family that records two barriers of one kind (no insurance, and a
+// copay it cannot meet) still gets a match the referrals service takes:
+// that service refuses a barrier kind named twice, which left the person
+// who said yes with no place held and no referral. Barriers past the
+// first page count too.
+func TestMatchNamesEachBarrierKindOnce(t *testing.T) {
+	money, stigma, denial := familiesv1.BarrierKind_BARRIER_KIND_FINANCIAL, familiesv1.BarrierKind_BARRIER_KIND_STIGMA, familiesv1.BarrierKind_BARRIER_KIND_DENIAL
+	a := &Activities{Families: pagedBarriers{substanceFamily: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN},
+		pages: [][]familiesv1.BarrierKind{{money, stigma, money}, {denial, money}}}}
+	req, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_FINANCIAL, referralsv1.BarrierKind_BARRIER_KIND_STIGMA, referralsv1.BarrierKind_BARRIER_KIND_DENIAL}
+	if !slices.Equal(req.GetBarriers(), want) {
+		t.Fatalf("barriers %v; want %v", req.GetBarriers(), want)
+	}
+	// The rules the referrals service checks every request against.
+	if err := protovalidate.Validate(req); err != nil {
+		t.Fatalf("the match would be refused: %v", err)
 	}
 }
