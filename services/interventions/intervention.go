@@ -807,13 +807,16 @@ func rescheduled(cur *interventionsv1.Intervention, req *interventionsv1.Resched
 	return next
 }
 
-// checkNotClosed refuses planning with a family whose case is closed
-// (FAILED_PRECONDITION, FAMILY_CLOSED). A family gone is left to the
-// caller's other checks.
-func (s *Server) checkNotClosed(ctx context.Context, family string) error {
+// checkNotClosed refuses moving iv, a meeting with a family whose case is
+// closed (FAILED_PRECONDITION, FAMILY_CLOSED) or whose record was deleted
+// (FAILED_PRECONDITION, RESOURCE_NOT_READY): the FamilyDeleted workflow
+// cancels its meetings, and one moved meanwhile would have its reminders
+// placed again for a family no longer on record.
+func (s *Server) checkNotClosed(ctx context.Context, iv *interventionsv1.Intervention) error {
+	family := iv.GetFamily()
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if apperr.IsCode(err, codes.NotFound) {
-		return nil
+		return apperr.NotReady(iv.GetName(), apperr.Violations{{Field: "family", Description: "no such family: its record was deleted"}})
 	}
 	if err != nil {
 		return fmt.Errorf("read family: %w", err)
@@ -856,7 +859,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 	}
 	checked := read.GetState() == scheduled && !lengthOnly(rescheduled(read, req), read)
 	if checked {
-		if err := s.checkNotClosed(ctx, read.GetFamily()); err != nil {
+		if err := s.checkNotClosed(ctx, read); err != nil {
 			return nil, err
 		}
 	}

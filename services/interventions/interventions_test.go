@@ -2817,6 +2817,34 @@ func TestAClosedFamilyGetsNoNewMeetingsNorReminders(t *testing.T) {
 	}
 }
 
+// A meeting of a family whose record was deleted is not moved to another
+// time: the FamilyDeleted workflow is cancelling it, and moved, its
+// reminders would be placed again for people no longer on record
+// (FAILED_PRECONDITION, RESOURCE_NOT_READY). A new length alone stands.
+func TestADeletedFamilysMeetingIsNotMoved(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(48 * time.Hour)
+	meeting := f.scheduled(t, start)
+	if _, err := f.families.DeleteFamily(f.env.As("north", "admin-1", auth.RoleClinicAdmin),
+		&familiesv1.DeleteFamilyRequest{Name: f.family.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	before := digest(t, f.pool)
+	_, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
+		StartTime: timestamppb.New(start.Add(24 * time.Hour))})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != apperr.ReasonNotReady {
+		t.Fatalf("moving a deleted family's meeting: reason %q (%v); want %s", reason(st), err, apperr.ReasonNotReady)
+	}
+	if after := digest(t, f.pool); after != before {
+		t.Fatal("a refused move changed the interventions' data")
+	}
+	if _, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
+		StartTime: meeting.GetStartTime(), ExpectedDuration: durationpb.New(2 * time.Hour)}); err != nil {
+		t.Fatalf("lengthening a deleted family's meeting: %v", err)
+	}
+}
+
 // referralsOf answers GetReferral for referrals named r-own (of the family
 // it holds) and r-other (of another family); any other is not found.
 type referralsOf struct {
