@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -1014,8 +1015,14 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			return nil, apperr.Field("hold", "must be a hold of the same clinic, clinics/{clinic}/holds/{hold}")
 		}
 	}
+	worker := workerOnly(ctx)
+	if worker && (req.GetKind() != interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD || !req.GetDone()) {
+		// The workflows tick the place they held, and nothing else: a
+		// safety screen or a quiet room is the counselor's to confirm.
+		return nil, status.Error(codes.PermissionDenied, "the worker may only mark TREATMENT_OPTION_HELD done, with the hold it made")
+	}
 	var hold *referralsv1.Hold
-	if req.GetHold() != "" && s.cfg.Holds != nil && !workerOnly(ctx) {
+	if req.GetHold() != "" && s.cfg.Holds != nil {
 		// A retry gets its first answer even if the hold has moved on since.
 		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"UpdateChecklistItem", req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
@@ -1033,7 +1040,12 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 		if err := checklistOpen(cur); err != nil {
 			return nil, err
 		}
-		if hold, err = s.readHold(ctx, req.GetHold(), req.GetDone()); err != nil {
+		if worker {
+			hold, err = s.liveHoldOf(ctx, req.GetHold(), cur.GetName())
+		} else {
+			hold, err = s.readHold(ctx, req.GetHold(), req.GetDone())
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -1072,6 +1084,29 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			// prepare it again.
 			return s.save(ctx, tx, r, cur, next, cur.GetState(), "intervention.checklist_updated")
 		})
+}
+
+// liveHoldOf finds hold among the live holds kept for intervention iv: the
+// worker may not read holds by name, but lists those of an intervention,
+// as it does to find them again. One not found is not the intervention's,
+// or no longer keeps its place.
+func (s *Server) liveHoldOf(ctx context.Context, name, iv string) (*referralsv1.Hold, error) {
+	clinic := aip.Clinic(iv)
+	for token := ""; ; {
+		page, err := s.cfg.Holds.ListHolds(ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/" + clinic,
+			Filter: fmt.Sprintf("intervention = %q AND state = HELD", iv), PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("list holds: %w", err)
+		}
+		for _, h := range page.GetHolds() {
+			if h.GetName() == name {
+				return h, nil
+			}
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			return nil, apperr.Field("hold", "is not a hold keeping a place for %s", iv)
+		}
+	}
 }
 
 // workerOnly reports whether the caller is the workflows' worker and not

@@ -70,6 +70,9 @@ type HoldReader interface {
 	// GetReferral reads, with the caller's token, the family of the
 	// referral a reminder to someone of a family is about.
 	GetReferral(ctx context.Context, in *referralsv1.GetReferralRequest, opts ...grpc.CallOption) (*referralsv1.Referral, error)
+	// ListHolds finds, with the worker's token, the hold the worker
+	// ticks among the live holds of its intervention.
+	ListHolds(ctx context.Context, in *referralsv1.ListHoldsRequest, opts ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error)
 }
 
 // Server implements interventionsv1.InterventionsServiceServer.

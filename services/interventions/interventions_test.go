@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -2166,6 +2168,62 @@ func TestChecklistHoldIsAskedAfterTheIntervention(t *testing.T) {
 		if st := status.Convert(err); reason(st) != "ETAG_MISMATCH" {
 			t.Fatalf("a stale etag, hold %q: %v; want ETAG_MISMATCH", hold, err)
 		}
+	}
+}
+
+// holdsListed is a referrals service whose live holds are one per
+// intervention, named for-{intervention id}, of the family it holds.
+type holdsListed struct {
+	heldNowhere
+	family *atomic.Value // string
+}
+
+func (h holdsListed) ListHolds(_ context.Context, in *referralsv1.ListHoldsRequest, _ ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	rest, ok := strings.CutPrefix(in.GetFilter(), "intervention = ")
+	iv, err := strconv.QuotedPrefix(rest)
+	if !ok || err != nil || !strings.HasSuffix(in.GetFilter(), " AND state = HELD") {
+		return nil, status.Errorf(codes.InvalidArgument, "unexpected filter %q", in.GetFilter())
+	}
+	iv, _ = strconv.Unquote(iv)
+	return &referralsv1.ListHoldsResponse{Holds: []*referralsv1.Hold{{Name: "clinics/north/holds/for-" + path.Base(iv), Intervention: iv,
+		Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD}}}, nil
+}
+
+// The worker ticks the place it held on the checklist and nothing else,
+// and only with a hold that keeps a place for that intervention: it may
+// not read holds by name, so the service finds the hold among the
+// intervention's live ones. Before, the worker's tick was not checked at
+// all, and it could mark any item done or undone.
+func TestWorkerTicksOnlyTheHoldItMade(t *testing.T) {
+	t.Parallel()
+	family := &atomic.Value{}
+	f := setupHolds(t, nil, holdsListed{family: family})
+	family.Store(f.family.GetName())
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	before := digest(t, f.pool)
+	tick := func(kind interventionsv1.ChecklistItemKind, done bool, hold string) (*interventionsv1.Intervention, error) {
+		return f.client.UpdateChecklistItem(f.worker, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Kind: kind, Done: done, Hold: hold})
+	}
+	held := interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD
+	_, err := tick(interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_SAFETY_SCREEN_CURRENT, true, "")
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = tick(held, false, "")
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = tick(held, true, "clinics/north/holds/for-another")
+	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "hold" {
+		t.Fatalf("a hold kept for another intervention: %v; want the hold refused", err)
+	}
+	if after := digest(t, f.pool); after != before {
+		t.Fatal("a refused tick changed the interventions' data")
+	}
+	mine := "clinics/north/holds/for-" + path.Base(iv.GetName())
+	got, err := tick(held, true, mine)
+	if err != nil {
+		t.Fatalf("the worker ticking the hold it made: %v", err)
+	}
+	i := slices.IndexFunc(got.GetChecklist(), func(it *interventionsv1.ChecklistItem) bool { return it.GetKind() == held })
+	if i < 0 || got.GetChecklist()[i].GetHold() != mine || !got.GetChecklist()[i].GetDone() {
+		t.Fatalf("checklist %v; want the hold ticked", got.GetChecklist())
 	}
 }
 
