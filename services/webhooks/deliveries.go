@@ -100,6 +100,9 @@ func isAllSubscriptions(parent string) bool {
 // ReplayDelivery implements the API: a dead letter goes back in line with
 // a fresh count of attempts. It keeps its id and its place in the order,
 // so it goes before any later event of its resource that is still waiting.
+// It is due at once by the database's clock, which the sender's claim
+// reads: by this process's, running ahead, it would wait out the skew
+// while its resource's later events wait behind it.
 func (s *Server) ReplayDelivery(ctx context.Context, req *webhooksv1.ReplayDeliveryRequest) (*webhooksv1.Delivery, error) {
 	ids, err := aip.Parse(req.GetName(), "clinics", "subscriptions", "deliveries")
 	if err != nil {
@@ -118,9 +121,9 @@ func (s *Server) ReplayDelivery(ctx context.Context, req *webhooksv1.ReplayDeliv
 			if cur.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DEAD {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "PENDING")
 			}
-			if _, err := tx.Exec(ctx, `UPDATE deliveries SET state = $4, attempts = 0, own_failures = 0, replays = replays + 1, record_unsure = false, next_attempt_time = $5, finish_time = NULL,
+			if _, err := tx.Exec(ctx, `UPDATE deliveries SET state = $4, attempts = 0, own_failures = 0, replays = replays + 1, record_unsure = false, next_attempt_time = now(), finish_time = NULL,
 				first_try_time = NULL, refusals = 0
-				WHERE clinic = $1 AND subscription_id = $2 AND id = $3`, clinic, sub, id, statePending, s.cfg.Now()); err != nil {
+				WHERE clinic = $1 AND subscription_id = $2 AND id = $3`, clinic, sub, id, statePending); err != nil {
 				return nil, fmt.Errorf("replay delivery: %w", err)
 			}
 			return readDelivery(ctx, tx, clinic, sub, id, false)

@@ -1712,3 +1712,33 @@ func TestSubscriptionsPerOwnerAreCapped(t *testing.T) {
 		t.Fatalf("%d subscriptions; want 3 (two of ehr-1's, one of ehr-2's)", n)
 	}
 }
+
+// A replayed dead letter is due at once by the database's clock, which
+// the sender's claim reads, whatever the service's clock says: by a
+// clock two days ahead, it waited two days, and its resource's later
+// events behind it.
+func TestReplayIsDueByTheDatabasesClock(t *testing.T) {
+	f := setupWith(t, webhooks.Config{Now: func() time.Time { return time.Now().Add(48 * time.Hour) }})
+	f.subscribe(t, f.admin, "https://ehr.example.org/hooks", 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	ctx := context.Background()
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.pool.Exec(ctx, `UPDATE deliveries SET state = 3, attempts = 3, next_attempt_time = now() - interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: "clinics/north/subscriptions/-", Filter: "state = DEAD"})
+	if err != nil || len(resp.GetDeliveries()) != 1 {
+		t.Fatalf("dead letters %v, %v; want one", resp.GetDeliveries(), err)
+	}
+	if _, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: resp.GetDeliveries()[0].GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	var wait time.Duration
+	if err := f.pool.QueryRow(ctx, `SELECT greatest(next_attempt_time - now(), interval '0') FROM deliveries`).Scan(&wait); err != nil {
+		t.Fatal(err)
+	}
+	if wait > 0 {
+		t.Fatalf("the replayed delivery is due in %v by the database's clock; want now", wait)
+	}
+}
