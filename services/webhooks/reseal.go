@@ -63,7 +63,14 @@ func (s *Sender) Reseal(ctx context.Context) (resealed, skipped int, err error) 
 			if err != nil {
 				skipped++
 				s.cfg.Log.Error("webhook secret not resealed: it opens with none of the configured keys", "subscription", name)
-				continue
+				if r.previous == "" || !r.expired {
+					continue
+				}
+				// The rotation's grace is over, by the clock and not by a
+				// key: its secret goes all the same, or it would stay at
+				// rest, under a key being retired, for as long as the
+				// current one is not rotated.
+				secret = r.secret
 			}
 			previous := r.previous
 			if r.previous != "" {

@@ -162,3 +162,48 @@ func TestSecretKeyRotation(t *testing.T) {
 		t.Fatalf("%d rotated secrets kept past their grace (%v)", left, err)
 	}
 }
+
+// A rotated secret past its grace is dropped even from a subscription
+// whose current secret opens with none of the keys: only the grace is
+// judged, by the clock. One still in its grace is left as it is.
+func TestResealDropsAnExpiredSecretBesideOneItCannotOpen(t *testing.T) {
+	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	srv := webhooks.New(db, webhooks.Config{AllowInsecure: true, AllowPrivate: true, Secrets: box(t, keyOf(1))})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
+	c := webhooksv1.NewWebhooksServiceClient(env.Conn)
+	ehr := env.As("north", "ehr-1", auth.RoleEHR)
+	for _, topic := range []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED} {
+		sub, err := c.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+			Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks", Topics: []webhooksv1.Topic{topic}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.RotateSubscriptionSecret(ehr, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()}); err != nil {
+			t.Fatal(err)
+		}
+		if topic == webhooksv1.Topic_TOPIC_REFERRAL_CHANGED {
+			if _, err := pool.Exec(ctx, `UPDATE subscriptions SET previous_secret_expire_time = now() - interval '1 second' WHERE $1 = ANY(topics)`,
+				int16(topic)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var secrets []string
+	if err := pool.QueryRow(ctx, `SELECT array_agg(secret ORDER BY id) FROM subscriptions`).Scan(&secrets); err != nil {
+		t.Fatal(err)
+	}
+	s := webhooks.NewSender(webhooks.SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Secrets: box(t, keyOf(3))})
+	if n, skipped, err := s.Reseal(ctx); err != nil || n != 1 || skipped != 2 {
+		t.Fatalf("reseal with a key that opens nothing: %d changed, %d skipped, %v; want 1 (the expired secret dropped), 2", n, skipped, err)
+	}
+	var after []string
+	var kept int
+	if err := pool.QueryRow(ctx, `SELECT array_agg(secret ORDER BY id), count(previous_secret) FROM subscriptions`).Scan(&after, &kept); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(after) != fmt.Sprint(secrets) || kept != 1 {
+		t.Fatalf("current secrets changed %v, %d rotated secrets kept; want them as they were, and the one in its grace", after != nil, kept)
+	}
+}
