@@ -36,6 +36,14 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		// it changed (ETag below), as it does every 15 minutes.
 		w.Header().Set("Cache-Control", "private, no-cache")
 		w.Header().Set("Referrer-Policy", "no-referrer")
+		if r.Method == http.MethodHead {
+			// The GET pattern serves HEAD too: the export would run, and
+			// count as the feed's use and a read of the meetings, for an
+			// answer cut to its headers.
+			w.Header().Set("Allow", "GET")
+			http.Error(w, "HEAD is not served here: GET the feed", http.StatusMethodNotAllowed)
+			return
+		}
 		feed, ok := strings.CutSuffix(r.PathValue("file"), ".ics")
 		if !ok {
 			http.NotFound(w, r)

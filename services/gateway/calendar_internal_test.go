@@ -70,3 +70,33 @@ func TestCalendarFeedFailures(t *testing.T) {
 		}
 	}
 }
+
+// countingFeeds counts the feeds exported.
+type countingFeeds struct {
+	interventionsv1.InterventionsServiceClient
+	n *int
+}
+
+func (f countingFeeds) ExportCalendarFeed(context.Context, *interventionsv1.ExportCalendarFeedRequest, ...grpc.CallOption) (*httpbody.HttpBody, error) {
+	*f.n++
+	return &httpbody.HttpBody{ContentType: "text/calendar", Data: []byte("BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n")}, nil
+}
+
+// A HEAD of a feed is refused without exporting it: the export counts as
+// the feed's use and records a read of the meetings, and its answer, cut
+// to the headers, would send none of it.
+func TestCalendarFeedRefusesHead(t *testing.T) {
+	var n int
+	mux := http.NewServeMux()
+	mux.Handle(calendarRoute, calendarFeed(countingFeeds{n: &n}, time.Second, slog.New(slog.DiscardHandler)))
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("HEAD", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil))
+	if rec.Code != http.StatusMethodNotAllowed || rec.Header().Get("Allow") != "GET" || n != 0 {
+		t.Fatalf("HEAD: %d, Allow %q, %d exports; want 405, GET, none", rec.Code, rec.Header().Get("Allow"), n)
+	}
+	rec = httptest.NewRecorder()
+	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil))
+	if rec.Code != http.StatusOK || n != 1 {
+		t.Fatalf("GET: %d, %d exports; want 200 and one", rec.Code, n)
+	}
+}
