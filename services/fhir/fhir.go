@@ -266,6 +266,12 @@ func (s *server) baseURL(r *http.Request) string {
 func (s *server) unsupported(w http.ResponseWriter, r *http.Request) {
 	rest := strings.Trim(strings.TrimPrefix(r.URL.Path, Prefix), "/")
 	parts := strings.Split(rest, "/")
+	if rest != "" && strings.HasSuffix(r.URL.Path, "/") {
+		// Patient/ is no interaction, whatever the method: trimmed, it would
+		// be answered as Patient, with GET refused as if it were not served.
+		s.fail(w, http.StatusNotFound, "not-supported", fmt.Sprintf("no FHIR interaction at %s: leave out the trailing slash", r.URL.Path))
+		return
+	}
 	if rest == "metadata" {
 		w.Header().Set("Allow", "GET, HEAD")
 		s.fail(w, http.StatusMethodNotAllowed, "not-supported", fmt.Sprintf("%s is not supported on %s", r.Method, r.URL.Path))

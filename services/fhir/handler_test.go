@@ -1210,6 +1210,40 @@ func TestOversizedSearchBodyIsTooLarge(t *testing.T) {
 	}
 }
 
+// A path with a trailing slash is no interaction: 404, not a 405 whose
+// Allow names the method just refused.
+func TestTrailingSlashIsNotFound(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY)
+	for _, path := range []string{"/fhir/R4/Patient/", "/fhir/R4/Patient/" + famID + "/"} {
+		if a := fx.do("GET", path, ""); a.code != http.StatusNotFound || a.header.Get("Allow") != "" || a.body["resourceType"] != "OperationOutcome" {
+			t.Errorf("GET %s: %d, Allow %q, %s; want 404 with an OperationOutcome", path, a.code, a.header.Get("Allow"), a.raw)
+		}
+	}
+	if a := fx.do("GET", "/fhir/R4/Patient", ""); a.code != http.StatusOK {
+		t.Errorf("GET /fhir/R4/Patient: %d %s", a.code, a.raw)
+	}
+}
+
+// errReader fails its first read, as a client that hangs up mid-body.
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
+
+// A Task body that cannot be read, short of the limit, is the client's
+// fault (400), not one too large (413).
+func TestUnreadableTaskBodyIsBadRequest(t *testing.T) {
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	req := httptest.NewRequest("PUT", "http://gateway.internal/fhir/R4/Task/"+refID, errReader{})
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/fhir+json")
+	req.Header.Set("Authorization", "Bearer "+fx.issuer.MustMint(auth.TokenOptions{Subject: "ehr", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}}))
+	rec := httptest.NewRecorder()
+	fx.h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadRequest {
+		t.Fatalf("an unreadable Task body: %d %s; want 400", rec.Code, rec.Body.String())
+	}
+}
+
 // HEAD would run a read or a search, and the services would record as
 // disclosed what an answer cut to its headers never sends: refused, but
 // for the CapabilityStatement, which discloses nothing.

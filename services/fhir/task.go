@@ -3,6 +3,7 @@ package fhir
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -43,8 +44,14 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return
 	}
 	body, err := io.ReadAll(r.Body)
+	if tooBig := new(http.MaxBytesError); errors.As(err, &tooBig) {
+		s.fail(w, http.StatusRequestEntityTooLarge, "too-costly", fmt.Sprintf("the Task is larger than %d bytes", tooBig.Limit))
+		return
+	}
 	if err != nil {
-		s.fail(w, http.StatusRequestEntityTooLarge, "too-costly", "cannot read the request body")
+		// A body cut off, or its chunks malformed: the client's, not one
+		// too large.
+		s.fail(w, http.StatusBadRequest, "structure", "cannot read the request body")
 		return
 	}
 	t, err := s.parseTask(body, id)
