@@ -108,6 +108,7 @@ type world struct {
 	anon, counselor, admin, ehr, auto client
 	// worker holds a service token for every clinic.
 	worker client
+	sys    *stacktest.Env
 }
 
 func setup(t *testing.T) *world {
@@ -123,7 +124,7 @@ func setup(t *testing.T) *world {
 		counselor: as("counselor-1", auth.RoleCounselor), admin: as("admin-1", auth.RoleClinicAdmin),
 		ehr: as("ehr", auth.RoleEHR), auto: as("sms-gateway", auth.RoleReminders),
 		worker: client{t: t, base: base, token: sys.Issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic,
-			Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})}}
+			Roles: []auth.Role{auth.RoleWorker}, TTL: time.Hour})}, sys: sys}
 }
 
 func (w *world) directory() string {
@@ -286,6 +287,44 @@ func TestEndToEndThroughREST(t *testing.T) {
 // The gateway's own contract: auth, idempotency keys, ETag/If-Match, body
 // limit, unknown fields, errors as google.rpc.Status, health, the OpenAPI
 // document and its reference page, CORS.
+// At the public door only staff record disclosures. The EHR may record
+// its own on the families service, where the services that disclose to
+// it do so with its token; from the outside it could write into a
+// patient's accounting, for good, disclosures of records that never
+// reached it, or of another family's. Refused, nothing is recorded;
+// staff still record what they send by hand.
+func TestOnlyStaffRecordDisclosuresAtTheGateway(t *testing.T) {
+	w := setup(t)
+	fam, _ := w.family("Sam")
+	recorded := func() int {
+		return len(list(w.counselor.ok("GET", "/v1/"+fam+"/disclosures?pageSize=1000", nil), "disclosures"))
+	}
+	before := recorded()
+	madeUp := map[string]any{"recipient": "ehr", "information": "INFORMATION_KIND_REFERRALS", "purpose": "PURPOSE_TREATMENT",
+		"channel": "DISCLOSURE_CHANNEL_API", "resource": "clinics/north/referrals/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8b"}
+	if r := w.ehr.do("POST", "/v1/"+fam+"/disclosures", madeUp); r.code != http.StatusForbidden {
+		t.Fatalf("the EHR recording a disclosure of its own making: %d %s; want 403", r.code, r.raw)
+	}
+	batch := map[string]any{"requests": []any{map[string]any{"parent": fam, "disclosure": madeUp}}}
+	if r := w.ehr.do("POST", "/v1/clinics/north/families/-/disclosures:batchCreate", batch); r.code != http.StatusForbidden {
+		t.Fatalf("the EHR recording a batch of disclosures: %d %s; want 403", r.code, r.raw)
+	}
+	// A staff role beside the EHR's makes it no less the EHR's token.
+	both := client{t: t, base: w.ehr.base, token: w.sys.Token("ehr", auth.RoleEHR, auth.RoleCounselor)}
+	if r := both.do("POST", "/v1/"+fam+"/disclosures", madeUp); r.code != http.StatusForbidden {
+		t.Fatalf("a token of the EHR that also holds a staff role recording a disclosure: %d %s; want 403", r.code, r.raw)
+	}
+	if n := recorded(); n != before {
+		t.Fatalf("%d disclosures recorded by refused calls", n-before)
+	}
+	byHand := map[string]any{"recipient": "ehr", "information": "INFORMATION_KIND_IDENTITY", "purpose": "PURPOSE_TREATMENT",
+		"channel": "DISCLOSURE_CHANNEL_MANUAL", "resource": fam}
+	w.counselor.ok("POST", "/v1/"+fam+"/disclosures", byHand)
+	if n := recorded(); n != before+1 {
+		t.Fatalf("a counselor's disclosure by hand: %d recorded; want 1", n-before)
+	}
+}
+
 func TestGatewayContract(t *testing.T) {
 	w := setup(t)
 	// A service token for every clinic is Handoff's own, used on the
