@@ -28,6 +28,11 @@ func kindAttr(kind string) metric.AddOption {
 	return metric.WithAttributes(attribute.String("kind", kind))
 }
 
+// dueUndelivered counts the reminders due and not delivered in every
+// clinic: SCHEDULED and CLAIMED as stored (a lapsed claim is due again),
+// literals that the partial index reminders_undelivered matches.
+const dueUndelivered = `SELECT count(*) FROM reminders WHERE state IN (1, 3) AND due_time <= now()`
+
 // observeDue reports the reminders that are due and not yet delivered.
 func (s *Server) observeDue() {
 	g, err := meter.Int64ObservableGauge("handoff.reminders.due_undelivered", metric.WithDescription("reminders past due and not delivered"))
@@ -36,8 +41,7 @@ func (s *Server) observeDue() {
 	}
 	_, _ = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		var n int64
-		if err := s.pool.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope),
-			`SELECT count(*) FROM reminders WHERE state IN (1, 3) AND due_time <= now()`).Scan(&n); err == nil {
+		if err := s.pool.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), dueUndelivered).Scan(&n); err == nil {
 			o.ObserveInt64(g, n)
 		}
 		return nil

@@ -2,6 +2,7 @@ package interventions
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,5 +85,33 @@ func TestUpgradeUnpublishesOldDrafts(t *testing.T) {
 	}
 	if draft || !held {
 		t.Fatalf("after the upgrade: the old draft published %v, the held meeting %v; want false, true", draft, held)
+	}
+}
+
+// A family's reminders are read by the index on the family, not by
+// walking the clinic's reminders by due time to find them; the gauge of
+// reminders due reads only those not delivered.
+func TestRemindersOfAFamilyAndTheGaugeUseTheirIndexes(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := pgtest.Schema(t, Migrations()...)
+	// Ten clinics of 500 families each, most reminders long delivered.
+	if _, err := pool.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_family, channel, due_time, kind, message, state)
+		SELECT 'c' || (i % 10), 'r' || i, 2, 'clinics/c' || (i % 10) || '/families/f' || (i % 5000), 1,
+			now() - interval '1 minute' * i, 1, 'x', CASE WHEN i % 100 = 0 THEN 1 ELSE 4 END
+		FROM generate_series(1, 50000) AS i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE reminders`); err != nil {
+		t.Fatal(err)
+	}
+	for query, index := range map[string]string{
+		// ListReminders' statement, with the filter the workflows send.
+		reminderSelect + ` WHERE clinic = 'c3' AND (due_time, id) > ('0001-01-01', '') AND recipient_family = 'clinics/c3/families/f3'
+			ORDER BY due_time, id LIMIT 101`: "reminders_family",
+		dueUndelivered: "reminders_undelivered",
+	} {
+		if plan := pgtest.Explain(t, pool, query); !strings.Contains(plan, index) {
+			t.Errorf("%s\ndoes not use %s:\n%s", query, index, plan)
+		}
 	}
 }
