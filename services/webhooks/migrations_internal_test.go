@@ -2,6 +2,7 @@ package webhooks
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -71,5 +72,37 @@ func TestUpgradeRedoesDataMigrations(t *testing.T) {
 	var kept bool
 	if err := pool.QueryRow(ctx, `SELECT payload IS NOT NULL FROM deliveries WHERE id = 'd1'`).Scan(&kept); err != nil || kept {
 		t.Errorf("a delivered notification keeps its payload: %v, %v", kept, err)
+	}
+}
+
+// A clinic's deliveries across its subscriptions are read in order by an
+// index of the clinic's own, not by walking every clinic's deliveries by
+// seq (a small clinic's few among the large ones'), nor by reading all of
+// the clinic's and sorting them.
+func TestAClinicsDeliveriesAreListedByItsIndex(t *testing.T) {
+	ctx := context.Background()
+	pool, _ := pgtest.Schema(t, Migrations()...)
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+		SELECT 'c' || (i % 10), 's' || i, 'https://ehr.example.org/', '{1}', 1, 'ehr-1', 'sealed' FROM generate_series(0, 29) AS i`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, state)
+		SELECT 'c' || (i % 10), 's' || (i % 30), 'd' || i, 'referrals', i, 'handoff.referrals.v1.referral.accepted', 1,
+			'clinics/c' || (i % 10) || '/referrals/r' || (i % 3000), 4
+		FROM generate_series(1, 60000) AS i WHERE i % 10 <> 3
+		UNION ALL
+		-- A small clinic among large ones: one delivery in a hundred.
+		SELECT 'c3', 's3', 'd' || i, 'referrals', i, 'handoff.referrals.v1.referral.accepted', 1, 'clinics/c3/referrals/r1', 4
+		FROM generate_series(1, 60000) AS i WHERE i % 100 = 3`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE deliveries`); err != nil {
+		t.Fatal(err)
+	}
+	// ListDeliveries' statement for clinics/c3/subscriptions/-.
+	plan := pgtest.Explain(t, pool, deliverySelect+` WHERE clinic = 'c3' AND ('-' = '-' OR subscription_id = '-')
+		AND seq > 0 AND true ORDER BY seq LIMIT 51`)
+	if !strings.Contains(plan, "deliveries_clinic_order") {
+		t.Fatalf("a clinic's deliveries are not listed by deliveries_clinic_order:\n%s", plan)
 	}
 }
