@@ -59,7 +59,9 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 }
 
 // Row security is put back where it is not what this version makes: a
-// policy of an older form is replaced, and one turned off is turned on.
+// policy of an older form is replaced, one turned off is turned on, and
+// a table that is not shared loses a policy sharing its rows of clinic ''
+// (every table had one before version 3).
 func TestMigrateRestoresRowSecurity(t *testing.T) {
 	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
 	owner, schema := pgtest.Schema(t, common)
@@ -67,7 +69,7 @@ func TestMigrateRestoresRowSecurity(t *testing.T) {
 	for _, st := range []string{
 		`COMMENT ON POLICY clinic_isolation ON ` + schema + `.audit_log IS 'an older form'`,
 		`ALTER TABLE ` + schema + `.outbox NO FORCE ROW LEVEL SECURITY`,
-		`DROP POLICY shared_read ON ` + schema + `.idempotency_keys`,
+		`CREATE POLICY shared_read ON ` + schema + `.idempotency_keys FOR SELECT TO ` + pgdb.AppRole + ` USING (clinic = '')`,
 	} {
 		if _, err := owner.Exec(ctx, st); err != nil {
 			t.Fatal(err)
@@ -80,7 +82,7 @@ func TestMigrateRestoresRowSecurity(t *testing.T) {
 	rows, err := owner.Query(ctx, `SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE n.nspname = $1 AND c.relname IN ('audit_log', 'outbox', 'idempotency_keys')
 		AND NOT (c.relrowsecurity AND c.relforcerowsecurity
-			AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read')
+			AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read')
 			AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'clinic_isolation'
 				AND obj_description(p.oid, 'pg_policy') <> 'an older form'))`, schema)
 	if err != nil {
@@ -205,5 +207,36 @@ func TestDataMigrationsReachEveryClinicAsAnOrdinaryOwner(t *testing.T) {
 	var scope string
 	if err := owner.QueryRow(ctx, `SELECT coalesce(current_setting('handoff.clinic', true), '')`).Scan(&scope); err != nil || scope == "*" {
 		t.Fatalf("the owner's connection after Migrate has clinic scope %q (%v)", scope, err)
+	}
+}
+
+// A row of no clinic ('') in a table that is not shared is no clinic's to
+// read or write: not under a clinic's scope, and not under the empty
+// setting a connection is given back to the pool with. Before, every
+// table shared such rows with every clinic.
+func TestRowsOfNoClinicAreNotShared(t *testing.T) {
+	owner, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := context.Background()
+	if _, err := owner.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('', 's', '{}', 'm', 'OK')`); err != nil {
+		t.Fatal(err)
+	}
+	db := pgtest.App(t, schema)
+	var n int
+	if err := db.QueryRow(pgdb.WithClinic(ctx, "north"), `SELECT count(*) FROM audit_log`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("clinic north sees %d rows of no clinic (%v); want none", n, err)
+	}
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM audit_log`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("an empty scope sees %d rows of no clinic (%v); want none", n, err)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('', 's', '{}', 'm', 'OK')`); err == nil {
+		t.Fatal("an empty scope wrote a row of no clinic")
 	}
 }

@@ -194,7 +194,12 @@ func lockTimeout() string {
 // policyVersion names the form of the row-level security policies secure
 // creates. Change it with the policies: tables whose policy carries another
 // (or none) get the new ones at the next migration.
-const policyVersion = "handoff-clinic-isolation-2"
+const policyVersion = "handoff-clinic-isolation-3"
+
+// sharedTables hold rows of clinic '' that every clinic reads (the
+// built-in talking points). No other table gets that policy: a row of
+// clinic '' written there by mistake must not be every clinic's to read.
+var sharedTables = []string{"talking_points"}
 
 // appendOnly names the tables whose rows the services may not change or
 // remove, with the rights secure takes from AppRole on them (and
@@ -279,10 +284,10 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = col.table_schema
 			WHERE col.table_schema = $1 AND col.column_name = 'clinic' AND c.relkind IN ('r', 'p')
 			AND NOT (c.relrowsecurity AND c.relforcerowsecurity
-				AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read')
+				AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'shared_read') = (col.table_name = ANY($3))
 				AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'clinic_isolation'
 					AND obj_description(p.oid, 'pg_policy') = $2))
-			ORDER BY col.table_name`, schema, policyVersion)
+			ORDER BY col.table_name`, schema, policyVersion, sharedTables)
 		if err != nil {
 			return fmt.Errorf("pgdb: secure %s: %w", schema, err)
 		}
@@ -293,7 +298,9 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 		for _, t := range tables {
 			q := schema + "." + pgx.Identifier{t}.Sanitize()
 			// Rows of clinic '' are shared content (built-in talking points):
-			// readable everywhere (a SELECT-only policy), changed by no clinic.
+			// readable everywhere (a SELECT-only policy) in the shared tables
+			// only, changed by no clinic. An empty setting (a connection
+			// given back to the pool) is no clinic, not the shared one.
 			//
 			// The setting is read in a sub-select, once per statement. Read
 			// bare, the planner takes its value to estimate the policy and
@@ -301,19 +308,22 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			// from the policy: a clinic with 1% of the rows was estimated at
 			// 0.01% of them, and its keyset pages sorted the clinic's rows
 			// instead of reading the index in order.
-			for _, st := range []string{
+			stmts := []string{
 				`ALTER TABLE ` + q + ` ENABLE ROW LEVEL SECURITY`,
 				`ALTER TABLE ` + q + ` FORCE ROW LEVEL SECURITY`,
 				`DROP POLICY IF EXISTS clinic_isolation ON ` + q,
 				`DROP POLICY IF EXISTS shared_read ON ` + q,
 				`CREATE POLICY clinic_isolation ON ` + q + ` TO ` + AppRole + `
-					USING (clinic = (SELECT current_setting('handoff.clinic', true))
+					USING (clinic = (SELECT nullif(current_setting('handoff.clinic', true), ''))
 						OR (SELECT current_setting('handoff.clinic', true)) = '*')
-					WITH CHECK (clinic = (SELECT current_setting('handoff.clinic', true))
+					WITH CHECK (clinic = (SELECT nullif(current_setting('handoff.clinic', true), ''))
 						OR (SELECT current_setting('handoff.clinic', true)) = '*')`,
-				`CREATE POLICY shared_read ON ` + q + ` FOR SELECT TO ` + AppRole + ` USING (clinic = '')`,
 				`COMMENT ON POLICY clinic_isolation ON ` + q + ` IS '` + policyVersion + `'`,
-			} {
+			}
+			if slices.Contains(sharedTables, t) {
+				stmts = append(stmts, `CREATE POLICY shared_read ON `+q+` FOR SELECT TO `+AppRole+` USING (clinic = '')`)
+			}
+			for _, st := range stmts {
 				if _, err := tx.Exec(ctx, st); err != nil {
 					return fmt.Errorf("pgdb: row security on %s: %w", q, err)
 				}
