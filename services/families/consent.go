@@ -1177,8 +1177,20 @@ func outsideView(f *familiesv1.Family) *familiesv1.Family {
 // not exist, where an outside system learns nothing from an empty list,
 // whose family may exist.
 func (s *Server) emptyForStaff(ctx context.Context, n int, c child) error {
-	if _, out := outsider(ctx); out {
+	if _, out := outsider(ctx); out || n > 0 {
 		return nil
 	}
-	return s.emptyOfAFamily(ctx, n, c)
+	// A family deleted keeps its consents and its accounting (42 CFR 2.31,
+	// 2.24): a filter none of them matches is an empty page, as it is for
+	// a family still there, not a family not found.
+	var unknown bool
+	if err := s.pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
+		AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)
+		AND NOT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND family_id = $2)`, c.clinic, c.family).Scan(&unknown); err != nil {
+		return fmt.Errorf("read family: %w", err)
+	}
+	if unknown {
+		return apperr.NotFound(c.familyName())
+	}
+	return nil
 }

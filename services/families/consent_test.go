@@ -723,6 +723,19 @@ func TestAccountingOutlivesFamilyAndIsAppendOnly(t *testing.T) {
 	if ds := f.disclosures(t, fam.GetName()); len(ds) != 1 {
 		t.Fatalf("accounting after the family was deleted: %v", ds)
 	}
+	// A filter that finds nothing in what outlives the family is an empty
+	// page, as for a family still there, not the family not found.
+	if resp, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: fam.GetName(),
+		Filter: `recipient = "nobody"`}); err != nil || len(resp.GetDisclosures()) != 0 {
+		t.Fatalf("a deleted family's accounting filtered to nothing: %v, %v; want an empty page", resp, err)
+	}
+	if resp, err := f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName(),
+		Filter: `update_time > "2999-01-01T00:00:00Z"`}); err != nil || len(resp.GetConsents()) != 0 {
+		t.Fatalf("a deleted family's consents filtered to nothing: %v, %v; want an empty page", resp, err)
+	}
+	if _, err := f.client.ListDisclosures(f.ctx, &familiesv1.ListDisclosuresRequest{Parent: "clinics/north/families/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8b"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("the accounting of a family never recorded: %v; want NOT_FOUND", err)
+	}
 	if _, err := f.client.GetConsent(f.ctx, &familiesv1.GetConsentRequest{Name: co.GetName()}); err != nil {
 		t.Fatalf("signed consent after the family was deleted: %v", err)
 	}
