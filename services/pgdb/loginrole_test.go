@@ -126,6 +126,14 @@ func TestLoginRoleHasNoOwnerRights(t *testing.T) {
 	if _, err := db.Exec(scoped, `INSERT INTO audit_log (clinic, subject, roles, method, outcome) VALUES ('north', 's', '{}', 'm', 'OK')`); err != nil {
 		t.Fatalf("the login role cannot do the application's work: %v", err)
 	}
+	// A process that does not migrate takes this role, and not the owner
+	// (here a superuser) logged in through OpenApp.
+	if err := pgdb.CheckLoginRole(ctx, db, schema); err != nil {
+		t.Fatalf("the services' login role: %v", err)
+	}
+	if err := pgdb.CheckLoginRole(ctx, pgtest.App(t, schema), schema); err == nil {
+		t.Fatal("the owner's login was taken for the services' own role")
+	}
 
 	var policy string
 	if err := owner.QueryRow(ctx, `SELECT policyname FROM pg_policies WHERE schemaname = $1 AND tablename = 'audit_log' LIMIT 1`,

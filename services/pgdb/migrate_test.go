@@ -60,8 +60,8 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 
 // Row security is put back where it is not what this version makes: a
 // policy of an older form is replaced, one turned off is turned on, and
-// a table that is not shared loses a policy sharing its rows of clinic ''
-// (every table had one before version 3).
+// a table that is not shared loses a policy sharing its rows of the empty
+// clinic (every table had one before version 3).
 func TestMigrateRestoresRowSecurity(t *testing.T) {
 	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
 	owner, schema := pgtest.Schema(t, common)
@@ -210,7 +210,7 @@ func TestDataMigrationsReachEveryClinicAsAnOrdinaryOwner(t *testing.T) {
 	}
 }
 
-// A row of no clinic ('') in a table that is not shared is no clinic's to
+// A row of the empty clinic in a table that is not shared is no clinic's to
 // read or write: not under a clinic's scope, and not under the empty
 // setting a connection is given back to the pool with. Before, every
 // table shared such rows with every clinic.

@@ -69,6 +69,28 @@ func OpenApp(ctx context.Context, dsn, schema string) (*DB, error) {
 	return &DB{Pool: pool}, nil
 }
 
+// CheckLoginRole refuses db, a pool OpenApp made, if the user it logged in
+// as could take back what the application role keeps from it: a
+// superuser, a role that bypasses row-level security, or the owner of
+// schema, or a member of one (RESET ROLE or SET ROLE reaches it). OpenApp
+// takes the owner's URL for development, where the same process
+// migrates; a process told not to migrate is meant to log in as the
+// services' own role (EnsureLoginRole), and one given the owner's URL
+// instead would run with the owner's rights a statement away.
+func CheckLoginRole(ctx context.Context, db *DB, schema string) error {
+	var user string
+	var owns bool
+	if err := db.Pool.QueryRow(ctx, `SELECT session_user, EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
+		WHERE l.rolname = session_user AND (r.rolsuper OR r.rolbypassrls
+			OR r.oid = (SELECT nspowner FROM pg_namespace WHERE nspname = $1::text)))`, schema).Scan(&user, &owns); err != nil {
+		return fmt.Errorf("pgdb: read the rights of the login role: %w", err)
+	}
+	if owns {
+		return fmt.Errorf("pgdb: the database URL logs in as %q, a superuser, a role that bypasses row-level security or the owner of %s (or a member of one): give the services their own login role (handoff migrate --app-login-role)", user, schema)
+	}
+	return nil
+}
+
 // checkAppRole refuses to serve as role if it gets past row-level
 // security: Migrate creates the role without those rights, but leaves one
 // that already exists as it is (made by hand, or by an earlier setup),
@@ -196,9 +218,10 @@ func lockTimeout() string {
 // (or none) get the new ones at the next migration.
 const policyVersion = "handoff-clinic-isolation-3"
 
-// sharedTables hold rows of clinic '' that every clinic reads (the
+// sharedTables hold rows of the empty clinic that every clinic reads (the
 // built-in talking points). No other table gets that policy: a row of
-// clinic '' written there by mistake must not be every clinic's to read.
+// the empty clinic written there by mistake must not be every clinic's to
+// read.
 var sharedTables = []string{"talking_points"}
 
 // appendOnly names the tables whose rows the services may not change or

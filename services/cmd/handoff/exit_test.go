@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
@@ -215,5 +216,25 @@ func TestServiceRefusesItsSettingsBeforeMigrating(t *testing.T) {
 		if serveErr == nil || !strings.Contains(serveErr.Error(), c.want) {
 			t.Fatalf("%s %v: %v; want it refused (%q)", c.service, c.args, serveErr, c.want)
 		}
+	}
+}
+
+// A service told not to migrate logs in as the services' own role: given
+// the owner's URL (here a superuser's) it refuses to start, where it
+// would have run with the owner's rights a RESET ROLE away.
+func TestServiceNotMigratingRefusesTheOwnersLogin(t *testing.T) {
+	prefix := pgtest.Prefix(t, "families")
+	t.Setenv("HANDOFF_SCHEMA_PREFIX", prefix)
+	ctx := context.Background()
+	db, err := openSchema(ctx, pgtest.URL(), "families", families.Migrations(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Pool.Close()
+	if db, err := openSchema(ctx, pgtest.URL(), "families", families.Migrations(), false); err == nil || !strings.Contains(err.Error(), "login role") {
+		if db != nil {
+			db.Pool.Close()
+		}
+		t.Fatalf("not migrating, as the owner: %v; want it refused", err)
 	}
 }

@@ -668,7 +668,17 @@ func (f serviceFlags) dial(addr string, token grpcclient.TokenSource) (*grpc.Cli
 func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Source, migrate bool) (*pgdb.DB, error) {
 	schema = schemaPrefix() + schema
 	if !migrate {
-		return pgdb.OpenApp(ctx, dbURL, schema)
+		// Not migrating, the process logs in as the services' own role:
+		// given the owner's URL, it would hold the owner's rights.
+		db, err := pgdb.OpenApp(ctx, dbURL, schema)
+		if err != nil {
+			return nil, err
+		}
+		if err := pgdb.CheckLoginRole(ctx, db, schema); err != nil {
+			db.Pool.Close()
+			return nil, err
+		}
+		return db, nil
 	}
 	owner, err := pgdb.Open(ctx, dbURL, schema)
 	if err != nil {
