@@ -173,8 +173,11 @@ func TestDevListensOnLoopbackOnly(t *testing.T) {
 // file must not migrate a schema first (the migration would run as
 // whichever user the URL names, with nothing serving it after).
 func TestServiceRefusesItsSettingsBeforeMigrating(t *testing.T) {
-	prefix := pgtest.Prefix(t, "families", "interventions", "webhooks")
+	prefix := pgtest.Prefix(t, "families", "interventions", "referrals", "webhooks")
 	t.Setenv("HANDOFF_SCHEMA_PREFIX", prefix)
+	// Whatever the environment the tests run in says of the network.
+	t.Setenv("HANDOFF_INSECURE_PLAINTEXT", "")
+	os.Unsetenv("HANDOFF_INSECURE_PLAINTEXT")
 	t.Setenv("HANDOFF_DATABASE_URL", pgtest.URL())
 	log := slog.New(slog.DiscardHandler)
 	missing := filepath.Join(t.TempDir(), "no-such-token")
@@ -187,6 +190,9 @@ func TestServiceRefusesItsSettingsBeforeMigrating(t *testing.T) {
 		{"webhooks", []string{"--token-file", missing, "--secret-key", "not base64!"}, "--secret-key"},
 		{"webhooks", []string{"--token-file", missing, "--secret-key", base64.StdEncoding.EncodeToString(make([]byte, 32))}, "no-such-token"},
 		{"interventions", []string{"--calendar-token-file", missing}, "no-such-token"},
+		// Another service called in clear off this machine.
+		{"interventions", []string{"--referrals-address", "referrals:7103"}, "referrals:7103"},
+		{"referrals", []string{"--families-address", "families:7101"}, "families:7101"},
 	} {
 		var d serviceDef
 		for _, def := range serviceDefs {

@@ -227,6 +227,9 @@ type serviceDef struct {
 	// env pairs those of them that are no strings with their variables,
 	// for fromEnv: the flag parses the value.
 	env []string
+	// peers are the addresses of the other services it calls, checked
+	// with the transport before anything else.
+	peers func(f serviceFlags) []string
 	// prepare, if set, checks the service's own flags and reads what they
 	// name (keys, token files) into f. It runs before the schema is
 	// migrated: a process that is going to refuse its settings must not
@@ -294,6 +297,7 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "interventions", schema: interventions.Schema, addr: interventionsAddr, migrations: interventions.Migrations(), policy: interventions.Policy(),
+		peers: func(f serviceFlags) []string { return []string{f.familiesAddr, f.referralsAddr} },
 		flags: func(fs *flag.FlagSet, f *serviceFlags) {
 			fs.StringVar(&f.referralsAddr, "referrals-address", env("HANDOFF_REFERRALS_ADDRESS", referralsAddr), "referrals service host:port (HANDOFF_REFERRALS_ADDRESS)")
 			fs.StringVar(&f.calendarTokenFile, "calendar-token-file", env("HANDOFF_CALENDAR_TOKEN_FILE", ""),
@@ -347,6 +351,7 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "referrals", schema: referrals.Schema, addr: referralsAddr, migrations: referrals.Migrations(), policy: referrals.Policy(),
+		peers: func(f serviceFlags) []string { return []string{f.familiesAddr, f.interventionsAddr} },
 		flags: func(fs *flag.FlagSet, f *serviceFlags) {
 			fs.StringVar(&f.interventionsAddr, "interventions-address", env("HANDOFF_INTERVENTIONS_ADDRESS", interventionsAddr),
 				"interventions service host:port (HANDOFF_INTERVENTIONS_ADDRESS)")
@@ -374,6 +379,7 @@ var serviceDefs = []serviceDef{
 	},
 	{
 		name: "webhooks", schema: webhooks.Schema, addr: webhooksAddr, migrations: webhooks.Migrations(), policy: webhooks.Policy(),
+		peers: func(f serviceFlags) []string { return []string{f.familiesAddr} },
 		flags: func(fs *flag.FlagSet, f *serviceFlags) {
 			fs.StringVar(&f.webhookTokenFile, "token-file", env("HANDOFF_WEBHOOK_TOKEN_FILE", ""),
 				"token of the webhook_sender identity, re-read when it changes (HANDOFF_WEBHOOK_TOKEN_FILE)")
@@ -569,6 +575,18 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	}
 	if err := databaseTransport(f.databaseURL, f.insecurePlaintext); err != nil {
 		return err
+	}
+	if d.peers != nil {
+		// As dial will check each when register calls it.
+		client, err := tlsconf.Client(f.tls)
+		if err != nil {
+			return err
+		}
+		for _, addr := range d.peers(f) {
+			if err := f.plaintext("calling", addr, client); err != nil {
+				return err
+			}
+		}
 	}
 	if d.prepare != nil {
 		if err := d.prepare(ctx, &f); err != nil {
