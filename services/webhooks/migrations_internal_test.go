@@ -81,7 +81,7 @@ func TestUpgradeRedoesDataMigrations(t *testing.T) {
 // the clinic's and sorting them.
 func TestAClinicsDeliveriesAreListedByItsIndex(t *testing.T) {
 	ctx := context.Background()
-	pool, _ := pgtest.Schema(t, Migrations()...)
+	pool, schema := pgtest.Schema(t, Migrations()...)
 	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
 		SELECT 'c' || (i % 10), 's' || i, 'https://ehr.example.org/', '{1}', 1, 'ehr-1', 'sealed' FROM generate_series(0, 29) AS i`); err != nil {
 		t.Fatal(err)
@@ -99,10 +99,16 @@ func TestAClinicsDeliveriesAreListedByItsIndex(t *testing.T) {
 	if _, err := pool.Exec(ctx, `ANALYZE deliveries`); err != nil {
 		t.Fatal(err)
 	}
-	// ListDeliveries' statement for clinics/c3/subscriptions/-.
-	plan := pgtest.Explain(t, pool, deliverySelect+` WHERE clinic = 'c3' AND ('-' = '-' OR subscription_id = '-')
-		AND seq > 0 AND true ORDER BY seq LIMIT 51`)
-	if !strings.Contains(plan, "deliveries_clinic_order") {
+	// ListDeliveries' statement for clinics/c3/subscriptions/-, as the
+	// service runs it: as the application role, under row security, with
+	// its parameters.
+	var plan string
+	if err := pgtest.App(t, schema).QueryRow(pgdb.WithClinic(ctx, "c3"), `EXPLAIN (FORMAT JSON) `+deliverySelect+`
+		WHERE clinic = $1 AND ($2 = '-' OR subscription_id = $2) AND seq > $3 AND true ORDER BY seq LIMIT $4`,
+		"c3", "-", int64(0), 51).Scan(&plan); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(plan, `"deliveries_clinic_order"`) {
 		t.Fatalf("a clinic's deliveries are not listed by deliveries_clinic_order:\n%s", plan)
 	}
 }
