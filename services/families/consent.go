@@ -1173,9 +1173,10 @@ func outsideView(f *familiesv1.Family) *familiesv1.Family {
 	return out
 }
 
-// emptyForStaff is emptyOfAFamily for staff: they learn that a family does
-// not exist, where an outside system learns nothing from an empty list,
-// whose family may exist.
+// emptyForStaff tells staff, on an empty page, that a family of which
+// nothing is kept (no row, no consent, no disclosure) does not exist,
+// where an outside system learns nothing from an empty list, whose family
+// may exist.
 func (s *Server) emptyForStaff(ctx context.Context, n int, c child) error {
 	if _, out := outsider(ctx); out || n > 0 {
 		return nil

@@ -284,9 +284,6 @@ func TestEndToEndThroughREST(t *testing.T) {
 	})
 }
 
-// The gateway's own contract: auth, idempotency keys, ETag/If-Match, body
-// limit, unknown fields, errors as google.rpc.Status, health, the OpenAPI
-// document and its reference page, CORS.
 // At the public door only staff record disclosures. The EHR may record
 // its own on the families service, where the services that disclose to
 // it do so with its token; from the outside it could write into a
@@ -325,6 +322,9 @@ func TestOnlyStaffRecordDisclosuresAtTheGateway(t *testing.T) {
 	}
 }
 
+// The gateway's own contract: auth, idempotency keys, ETag/If-Match, body
+// limit, unknown fields, errors as google.rpc.Status, health, the OpenAPI
+// document and its reference page, CORS.
 func TestGatewayContract(t *testing.T) {
 	w := setup(t)
 	// A service token for every clinic is Handoff's own, used on the

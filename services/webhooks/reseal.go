@@ -23,6 +23,8 @@ const resealBatch = 100
 // all; and it drops rotated secrets whose grace has ended, which nothing
 // reads again. A secret that opens with none of the keys is left as it is
 // and counted in skipped (its deliveries fail until it is rotated).
+// resealed counts the subscriptions changed, one whose rotated secret
+// alone was dropped included.
 // Several senders may run it at once: each update checks that the row
 // still holds what was read.
 //
@@ -133,6 +135,9 @@ func (s *Sender) resealIfDue(ctx context.Context) {
 		return
 	}
 	if n > 0 || skipped > 0 {
-		s.cfg.Log.Info("webhook secrets resealed under the current key", "resealed", n, "skipped", skipped)
+		// changed counts secrets sealed again and rotated secrets dropped
+		// (past their grace, or opening with no key), the latter also
+		// beside a current secret skipped.
+		s.cfg.Log.Info("webhook secrets resealed under the current key", "changed", n, "skipped", skipped)
 	}
 }
