@@ -853,8 +853,10 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 					c.clinic, recipient).Scan(&known); err != nil {
 					return nil, fmt.Errorf("revoke consent: %w", err)
 				}
-				if !known {
-					return nil, apperr.Field("recipient", "%q has received nothing from this clinic: name a provider as the accounting of disclosures lists it, or revoke the whole consent", recipient)
+				// Unless the caller says the name is meant: a patient may shut
+				// out a provider the clinic has not disclosed to yet.
+				if !known && !req.GetRecipientUnlisted() {
+					return nil, apperr.Field("recipient", "%q has received nothing from this clinic: name a provider as the accounting of disclosures lists it, set recipient_unlisted to revoke for a provider not yet disclosed to, or revoke the whole consent", recipient)
 				}
 			}
 			// Revoking what is already revoked changes nothing: a retry whose

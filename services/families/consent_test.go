@@ -624,6 +624,18 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	wantConsentRequired(t, err)
 	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: nextConsent.GetName(), Recipient: "other-ehr-typo"})
 	wantCode(t, err, codes.InvalidArgument)
+	// A provider the clinic has disclosed nothing to yet is shut out in
+	// advance when the caller says the name is meant; its first read is
+	// then refused, while the designation goes on covering the others.
+	if _, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: nextConsent.GetName(), Recipient: "st-marys-ehr",
+		RecipientUnlisted: true}); err != nil {
+		t.Fatalf("revoking in advance for a provider not yet disclosed to, the name confirmed: %v", err)
+	}
+	_, err = f.client.GetFamily(f.ehr("st-marys-ehr"), &familiesv1.GetFamilyRequest{Name: next.GetName()})
+	wantConsentRequired(t, err)
+	if _, err := f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: next.GetName()}); err != nil {
+		t.Fatalf("another treating provider after one was shut out in advance: %v", err)
+	}
 	// Past its expiry the consent covers nothing. Its state changed
 	// without a write, and its version and update time say so: a reader
 	// holding the active copy (by etag, or polling by update time) must

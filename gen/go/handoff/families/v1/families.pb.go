@@ -5265,14 +5265,21 @@ type RevokeConsentRequest struct {
 	// the consent's `recipients`; under the treating-providers designation,
 	// also a provider that the clinic's disclosures list, for any family,
 	// so that a provider may be shut out before it reads this family's
-	// records (any other name is INVALID_ARGUMENT: it may be misspelt).
+	// records. Any other name is INVALID_ARGUMENT, as it may be misspelt,
+	// unless `recipient_unlisted` says it is meant.
 	Recipient string `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// Why, as the patient said it.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The etag you read; a stale one answers ABORTED.
-	Etag          string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Under the treating-providers designation: `recipient` names a
+	// provider the clinic has disclosed nothing to yet, spelt as it will
+	// identify itself (its token's subject), and the patient shuts it out
+	// before its first read. Checked against nothing, so read the name back
+	// to the patient.
+	RecipientUnlisted bool `protobuf:"varint,5,opt,name=recipient_unlisted,json=recipientUnlisted,proto3" json:"recipient_unlisted,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RevokeConsentRequest) Reset() {
@@ -5331,6 +5338,13 @@ func (x *RevokeConsentRequest) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *RevokeConsentRequest) GetRecipientUnlisted() bool {
+	if x != nil {
+		return x.RecipientUnlisted
+	}
+	return false
 }
 
 type CreateDisclosureRequest struct {
@@ -6229,14 +6243,15 @@ const file_handoff_families_v1_families_proto_rawDesc = "" +
 	"\x06filter\x18\x04 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\x80\x04R\x06filter\"x\n" +
 	"\x14ListConsentsResponse\x128\n" +
 	"\bconsents\x18\x01 \x03(\v2\x1c.handoff.families.v1.ConsentR\bconsents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa6\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xda\x02\n" +
 	"\x14RevokeConsentRequest\x12\x9d\x01\n" +
 	"\x04name\x18\x01 \x01(\tB\x88\x01\xe0A\x02\xfaA\x18\n" +
 	"\x16handoff.health/Consent\xbaHgre2c^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}/consents/[a-z0-9][a-z0-9-]{0,62}$R\x04name\x12)\n" +
 	"\trecipient\x18\x02 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xc8\x01R\trecipient\x12#\n" +
 	"\x06reason\x18\x03 \x01(\tB\v\xe0A\x01\xbaH\x05r\x03\x18\xd0\x0fR\x06reason\x12\x1e\n" +
 	"\x04etag\x18\x04 \x01(\tB\n" +
-	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\"\xbf\x02\n" +
+	"\xe0A\x01\xbaH\x04r\x02\x18@R\x04etag\x122\n" +
+	"\x12recipient_unlisted\x18\x05 \x01(\bB\x03\xe0A\x01R\x11recipientUnlisted\"\xbf\x02\n" +
 	"\x17CreateDisclosureRequest\x12\x82\x01\n" +
 	"\x06parent\x18\x01 \x01(\tBj\xe0A\x02\xfaA\x1b\x12\x19handoff.health/Disclosure\xbaHFrD2B^clinics/[a-z0-9][a-z0-9-]{0,62}/families/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12J\n" +
 	"\n" +
