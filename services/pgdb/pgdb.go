@@ -81,14 +81,25 @@ func CheckLoginRole(ctx context.Context, db *DB, schema string) error {
 	var user string
 	var owns bool
 	if err := db.Pool.QueryRow(ctx, `SELECT session_user, EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
-		WHERE l.rolname = session_user AND (r.rolsuper OR r.rolbypassrls
-			OR r.oid = (SELECT nspowner FROM pg_namespace WHERE nspname = $1::text)))`, schema).Scan(&user, &owns); err != nil {
+		WHERE l.rolname = session_user AND `+tooStrong(`(SELECT nspowner FROM pg_namespace WHERE nspname = $1::text)`, `true`)+`)`,
+		schema).Scan(&user, &owns); err != nil {
 		return fmt.Errorf("pgdb: read the rights of the login role: %w", err)
 	}
 	if owns {
-		return fmt.Errorf("pgdb: the database URL logs in as %q, a superuser, a role that bypasses row-level security or the owner of %s (or a member of one): give the services their own login role (handoff migrate --app-login-role)", user, schema)
+		return fmt.Errorf("pgdb: the database URL logs in as %q, which is, or may act as, a superuser, a role that bypasses row-level security or that may create roles or replicate, the owner of %s, or a role that reads or writes past row security (the server's files, pg_write_all_data): give the services their own login role (handoff migrate --app-login-role)", user, schema)
 	}
 	return nil
+}
+
+// tooStrong is the condition on r, a role login role l may act as (l
+// itself among them), under which l could take back what AppRole keeps
+// from it (see EnsureLoginRole): owner is the owner's oid, and own says
+// whether l's own CREATEROLE and REPLICATION count. EnsureLoginRole and
+// CheckLoginRole judge by it alike.
+func tooStrong(owner, own string) string {
+	return `(r.rolsuper OR r.rolbypassrls OR r.oid = ` + owner + `
+		OR r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program', 'pg_write_all_data')
+		OR ((r.rolcreaterole OR r.rolreplication) AND (r.oid <> l.oid OR ` + own + `)))`
 }
 
 // checkAppRole refuses to serve as role if it gets past row-level
@@ -523,9 +534,8 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	// changed or granted to it.
 	var owner bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
-		WHERE l.rolname = $1::text AND (r.rolsuper OR r.rolbypassrls OR r.rolname = current_user
-			OR r.rolname IN ('pg_read_server_files', 'pg_write_server_files', 'pg_execute_server_program', 'pg_write_all_data')
-			OR ((r.rolcreaterole OR r.rolreplication) AND (r.oid <> l.oid OR $2))))`, name, password == "").Scan(&owner); err != nil {
+		WHERE l.rolname = $1::text AND `+tooStrong(`(SELECT oid FROM pg_roles WHERE rolname = current_user)`, `$2`)+`)`,
+		name, password == "").Scan(&owner); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
 	if owner {
