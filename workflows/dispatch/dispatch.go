@@ -56,7 +56,9 @@ type Dispatcher struct {
 // withdrawn consent, a deleted family or an overdose would go unanswered.
 // Its requests carry ids made from the workflow id, so a rerun repeats
 // nothing a failed run did. Reruns back off to hourly, for up to a week
-// (oneShotTimeout, which bounds every run together).
+// (oneShotTimeout, which bounds every run together). A run that ends on
+// a refusal no retry can mend is not rerun: each one-shot workflow lifts
+// it to a non-retryable failure (flow.Final).
 func (d *Dispatcher) oneShotRetry() *temporal.RetryPolicy {
 	first := d.RetryFirst
 	if first == 0 {
