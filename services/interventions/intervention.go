@@ -869,12 +869,14 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			if cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "RESCHEDULED")
 			}
+			next := rescheduled(cur, req)
+			moves := !lengthOnly(next, cur)
 			// Decided on the read before the lock: a move the family's
-			// state was not checked for is not made on it.
-			if !checked && !lengthOnly(rescheduled(cur, req), cur) {
+			// state was not checked for is not made on it. The meeting
+			// changed since that read, whatever etag the caller sent.
+			if !checked && moves {
 				return nil, apperr.EtagMismatch(cur.GetName())
 			}
-			next := rescheduled(cur, req)
 			// Times are kept to the microsecond.
 			if sameSchedule(next, cur) {
 				// Moved to where it is: nothing changes, and no event goes
@@ -884,7 +886,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			}
 			// A new length alone keeps the time, which is not checked
 			// again: a meeting running long is lengthened after it began.
-			if vs := s.checkMeeting(next, !lengthOnly(next, cur)); len(vs) > 0 {
+			if vs := s.checkMeeting(next, moves); len(vs) > 0 {
 				for i := range vs {
 					if vs[i].Field == "intervention.start_time" {
 						vs[i].Field = "start_time" // the new time is this request's own field
@@ -895,7 +897,7 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			// A new length alone does not move the meeting: its reminders
 			// name the same time and stand (the workflow keeps them too),
 			// and the count of moves stays.
-			if lengthOnly(next, cur) {
+			if !moves {
 				return s.save(ctx, tx, r, cur, next, scheduled, "intervention.rescheduled")
 			}
 			next.RescheduleCount++
