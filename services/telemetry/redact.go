@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.temporal.io/sdk/temporal"
@@ -86,23 +86,60 @@ func redactingStart(ctx context.Context, t trace.Tracer, name string, opts ...tr
 type redactingExporter struct{ sdktrace.SpanExporter }
 
 func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	stubs := tracetest.SpanStubsFromReadOnlySpans(spans)
-	for i := range stubs {
-		if stubs[i].Status.Description != "" {
-			stubs[i].Status.Description = "withheld"
+	// Most spans carry no failure: they pass as they are, uncopied.
+	out := spans
+	for i, s := range spans {
+		if !failed(s) {
+			continue
 		}
-		for j, ev := range stubs[i].Events {
-			attrs := make([]attribute.KeyValue, 0, len(ev.Attributes))
-			for _, a := range ev.Attributes {
-				if a.Key == semconv.ExceptionMessageKey {
-					a = semconv.ExceptionMessage("withheld")
-				}
-				attrs = append(attrs, a)
+		if len(out) > 0 && &out[0] == &spans[0] {
+			out = slices.Clone(spans)
+		}
+		out[i] = withheld{s}
+	}
+	return e.SpanExporter.ExportSpans(ctx, out)
+}
+
+// failed reports whether s carries a failure's text: a status
+// description, or an exception event's message.
+func failed(s sdktrace.ReadOnlySpan) bool {
+	if s.Status().Description != "" {
+		return true
+	}
+	for _, ev := range s.Events() {
+		for _, a := range ev.Attributes {
+			if a.Key == semconv.ExceptionMessageKey {
+				return true
 			}
-			stubs[i].Events[j].Attributes = attrs
 		}
 	}
-	return e.SpanExporter.ExportSpans(ctx, stubs.Snapshots())
+	return false
+}
+
+// withheld is a span as exported without its failure's text.
+type withheld struct{ sdktrace.ReadOnlySpan }
+
+func (s withheld) Status() sdktrace.Status {
+	st := s.ReadOnlySpan.Status()
+	if st.Description != "" {
+		st.Description = "withheld"
+	}
+	return st
+}
+
+func (s withheld) Events() []sdktrace.Event {
+	events := slices.Clone(s.ReadOnlySpan.Events())
+	for i, ev := range events {
+		attrs := make([]attribute.KeyValue, 0, len(ev.Attributes))
+		for _, a := range ev.Attributes {
+			if a.Key == semconv.ExceptionMessageKey {
+				a = semconv.ExceptionMessage("withheld")
+			}
+			attrs = append(attrs, a)
+		}
+		events[i].Attributes = attrs
+	}
+	return events
 }
 
 // RedactErrors returns h with every error-valued attribute written as
