@@ -284,26 +284,13 @@ func (s *Server) DeleteProgram(ctx context.Context, req *referralsv1.DeleteProgr
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteProgram", req.GetRequestId(), req,
 		func() *emptypb.Empty { return &emptypb.Empty{} },
 		func(tx pgx.Tx) (*emptypb.Empty, error) {
-			// A hold past its expiry that the sweep has not reached yet
-			// shows as EXPIRED everywhere else: it holds nothing here
-			// either. Such holds are locked before the program, as the
-			// sweep and HoldSlot lock them (the other order deadlocks
-			// against them), and expired after the etag is checked, as
-			// expiring them changes the program.
 			now := s.cfg.Now()
-			if _, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
-				ORDER BY clinic, id FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
-				return nil, fmt.Errorf("lock due holds: %w", err)
-			}
-			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
+			cur, err := s.lockProgramExpiring(ctx, tx, r, req.GetEtag(), now)
 			if err != nil {
 				return nil, err
 			}
 			if cur.GetDeleteTime() != nil {
 				return &emptypb.Empty{}, nil
-			}
-			if _, _, err := s.expireHolds(ctx, tx, r.clinic, r.id, now, 0, holdKey{}); err != nil {
-				return nil, err
 			}
 			var held, named bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3),
@@ -384,6 +371,28 @@ func lockProgram(ctx context.Context, tx pgx.Tx, r ref, etag string) (*referrals
 	return cur, nil
 }
 
+// lockProgramExpiring locks program r as lockProgram does, and expires
+// its holds past their expiry that the sweep has not reached yet: shown
+// as EXPIRED everywhere else, they hold nothing here either. Such holds
+// are locked before the program, as the sweep and HoldSlot lock them (the
+// other order deadlocks against them), and expired after the etag is
+// checked, as expiring them changes the program. The program returned is
+// as it was read, before the expiry.
+func (s *Server) lockProgramExpiring(ctx context.Context, tx pgx.Tx, r ref, etag string, now time.Time) (*referralsv1.Program, error) {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
+		ORDER BY clinic, id FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+		return nil, fmt.Errorf("lock due holds: %w", err)
+	}
+	cur, err := lockProgram(ctx, tx, r, etag)
+	if err != nil || cur.GetDeleteTime() != nil {
+		return cur, err // a deleted program holds nothing
+	}
+	if _, _, err := s.expireHolds(ctx, tx, r.clinic, r.id, now, 0, holdKey{}); err != nil {
+		return nil, err
+	}
+	return cur, nil
+}
+
 // notDeleted refuses a change to a deleted program.
 func notDeleted(p *referralsv1.Program) error {
 	if p.GetDeleteTime() == nil {
@@ -394,7 +403,9 @@ func notDeleted(p *referralsv1.Program) error {
 }
 
 // ReportCapacity implements the API: the program's own count of free slots
-// replaces ours; held slots stay held.
+// replaces ours; held slots stay held. A hold already past its expiry is
+// free in the program's count, as it is in ours: it is expired first, so
+// that the sweep does not give its slot back on top of the report.
 func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapacityRequest) (*referralsv1.Program, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "programs")
 	if err != nil {
@@ -402,14 +413,14 @@ func (s *Server) ReportCapacity(ctx context.Context, req *referralsv1.ReportCapa
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"ReportCapacity", req.GetRequestId(), req, newProgram,
 		func(tx pgx.Tx) (*referralsv1.Program, error) {
-			cur, err := lockProgram(ctx, tx, r, req.GetEtag())
+			now := s.cfg.Now()
+			cur, err := s.lockProgramExpiring(ctx, tx, r, req.GetEtag(), now)
 			if err != nil {
 				return nil, err
 			}
 			if err := notDeleted(cur); err != nil {
 				return nil, err
 			}
-			now := s.cfg.Now()
 			if _, err := tx.Exec(ctx, `UPDATE programs SET available_slots = $3, waitlist = $4, capacity_update_time = $5,
 				update_time = $5, version = version + 1 WHERE clinic = $1 AND id = $2`,
 				r.clinic, r.id, req.GetAvailableSlots(), req.GetWaitlist(), now); err != nil {

@@ -1421,6 +1421,28 @@ func TestDeleteProgramPastAnUnsweptHold(t *testing.T) {
 	}
 }
 
+// A capacity report after a hold's expiry, before the sweep reached it,
+// counts that hold's slot as free, as the program does: the slot is not
+// given back again on top of the report when the sweep comes.
+func TestCapacityReportPastAnUnsweptHold(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p, _ := f.unsweptHold(t)
+	got, err := f.client.ReportCapacity(f.admin, &referralsv1.ReportCapacityRequest{Name: p.GetName(), AvailableSlots: 3})
+	if err != nil {
+		t.Fatalf("ReportCapacity: %v", err)
+	}
+	if c := got.GetCapacity(); c.GetAvailableSlots() != 3 || c.GetHeldSlots() != 0 {
+		t.Errorf("the report's answer: %d free, %d held; want 3, 0", c.GetAvailableSlots(), c.GetHeldSlots())
+	}
+	if err := f.srv.ExpireHolds(f.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if free, held := f.capacity(t, p.GetName()); free != 3 || held != 0 {
+		t.Errorf("after the sweep: %d free, %d held; want the 3 reported, 0", free, held)
+	}
+}
+
 // A first contact a little ahead (within the clock skew allowed, another
 // clock) counts from now, as the families service keeps it: an entry
 // into treatment reported now, with its time or without, is not refused
