@@ -507,6 +507,10 @@ func TestTreatmentEnteredAfterANoEndsTheFollowUp(t *testing.T) {
 		t.Fatalf("the family after the loved one entered treatment: %v", got.GetState())
 	}
 	e.recordHistory(ids.TreatmentEntered(ref.GetName()), "treatmententered", "stopped.json")
+	// The follow-up cancelled, its reminders tidied, and the refused
+	// meeting's workflow ending on that: paths the runs to an end miss.
+	e.recordHistory(ids.Boundary(f.GetName()), "boundary", "cancelled.json")
+	e.recordHistory(ids.Intervention(iv.GetName()), "intervention", "declined-follow-up-cancelled.json")
 }
 
 // The program cancels an accepted referral through the EHR (either side of
