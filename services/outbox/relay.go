@@ -162,7 +162,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		r.conn = conn
 	}
 	now := time.Now()
-	all, err := r.pending(ctx, r.conn, r.batch(), now)
+	all, complete, err := r.pending(ctx, r.conn, r.batch(), now)
 	if err != nil {
 		// Lanes under way are recorded when they end, whatever this poll
 		// could read.
@@ -171,7 +171,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		return n, errors.Join(append(errs, err)...)
 	}
 	mine := map[string]bool{}
-	for _, l := range r.ready(all, now) {
+	for _, l := range r.ready(all, complete, now) {
 		r.start(ctx, l)
 		mine[l.key] = true
 	}
@@ -432,18 +432,18 @@ const maxPages = 10
 
 // pending reads batches of pending events, oldest first, until it has a
 // batch of events whose lanes are not waiting, or maxPages batches, or
-// all, and splits them into lanes, each oldest first. Lane is asked once
-// per event: ByFamily decodes the payload.
-func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now time.Time) ([]lane, error) {
-	var lanes []lane
+// all, and splits them into lanes, each oldest first; complete says it
+// read all. Lane is asked once per event: ByFamily decodes the payload.
+func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now time.Time) (lanes []lane, complete bool, err error) {
 	index := map[string]int{}
 	var after int64
 	ready := 0
 	for range maxPages {
 		page, err := PendingFor(ctx, conn, r.Consumer, after, batch)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
+		complete = len(page) < batch
 		for _, e := range page {
 			var k string
 			if r.Lane != nil {
@@ -467,7 +467,7 @@ func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now 
 		}
 		after = page[len(page)-1].ID
 	}
-	return lanes, nil
+	return lanes, complete, nil
 }
 
 // waiting reports whether lane k is under way or still waits after a
@@ -487,8 +487,11 @@ type lane struct {
 }
 
 // ready drops the lanes under way or still waiting after a failure, and
-// forgets waits that are over for lanes with nothing pending.
-func (r *Relay) ready(lanes []lane, now time.Time) []lane {
+// forgets waits that are over for lanes with nothing pending. Only a read
+// of every pending event (complete) shows that: a lane left out of a
+// partial read still has its events, and forgotten, its next failure
+// would wait the shortest time again instead of longer.
+func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 	present := map[string]bool{}
 	out := lanes[:0]
 	for _, l := range lanes {
@@ -499,7 +502,7 @@ func (r *Relay) ready(lanes []lane, now time.Time) []lane {
 		out = append(out, l)
 	}
 	for k, b := range r.blocked {
-		if !present[k] && !now.Before(b.until) {
+		if complete && !present[k] && !now.Before(b.until) {
 			delete(r.blocked, k)
 		}
 	}
