@@ -187,17 +187,27 @@ func (r *report) apiSection(b *strings.Builder) {
 func (r *report) scaleSection(b *strings.Builder) {
 	s := r.scale
 	fmt.Fprintf(b, "## Scale of data (%d vs %d families and programs, each size in tables of its own)\n\n", s.Small, s.Big)
-	b.WriteString("| query | p50 small | p50 big | ratio of p50s | target | p99 small | p99 big |\n|---|---:|---:|---:|---|---:|---:|\n")
-	row := func(name string, p [2]result, ratio float64) {
-		fmt.Fprintf(b, "| %s | %s | %s | %.2f | < 1.5: %s | %s | %s |\n", name, ms(p[0].P50), ms(p[1].P50), ratio, verdict(ratio < 1.5), ms(p[0].P99), ms(p[1].P99))
+	b.WriteString("| query | whole call: p50 small | p50 big | ratio | the query alone: p50 small | p50 big | ratio | target: both ratios < 1.5 | the query alone: p99 small | p99 big |\n" +
+		"|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n")
+	row := func(name string, call, query [2]result, callRatio, queryRatio float64) {
+		fmt.Fprintf(b, "| %s | %s | %s | %.2f | %s | %s | %.2f | %s | %s | %s |\n", name, ms(call[0].P50), ms(call[1].P50), callRatio,
+			ms(query[0].P50), ms(query[1].P50), queryRatio, verdict(callRatio < 1.5 && queryRatio < 1.5), ms(query[0].P99), ms(query[1].P99))
 	}
-	row("ListFamilies, first page of 50", s.ListFirst, s.ListFirstRatio)
-	row("ListFamilies, a page a quarter to three quarters through (a new place each sample), with a filter", s.ListDeep, s.ListDeepRatio)
-	row("MatchPrograms, immediate, with coverage, barrier, town, postal code and language (new ones each sample), top 10", s.Match, s.MatchRatio)
-	b.WriteString("\nEach sample is a whole gRPC call, its audit record (a commit of its own) included, which costs both sizes the same; " +
-		"both are read warm, from memory, so the ratio is of the work each query does, not of the disk.\n")
+	row("ListFamilies, first page of 50", s.ListFirst, s.ListFirstQuery, s.ListFirstRatio, s.ListFirstQueryRatio)
+	row("ListFamilies, a page a quarter to three quarters through (a new place each sample), with a filter", s.ListDeep, s.ListDeepQuery,
+		s.ListDeepRatio, s.ListDeepQueryRatio)
+	row("MatchPrograms, immediate, with coverage, barrier, town, postal code and language (new ones each sample), top 10", s.Match, s.MatchQuery,
+		s.MatchRatio, s.MatchQueryRatio)
+	b.WriteString("\nEach sample is timed twice. The whole gRPC call also pays for the token check, the clinic's scope and the call's audit record " +
+		"(a commit of its own, which waits for the WAL's flush), the same at either size, and such fixed costs pull a ratio towards 1. " +
+		"The query alone is the service's one statement that does the work (the page of families; the match), from when the service sends it " +
+		"until it has read its last row, as the span its database layer wraps every statement in measures it. " +
+		"Both sizes are read warm, from memory, so neither ratio is of the disk.\n")
 	fmt.Fprintf(b, "\nPrograms are spread over 100 towns and 1,000 postal codes; they fall into %d (small) and %d (big) profiles, "+
-		"the features a match scores. Seeding took %s (small) and %s (big).\n\n",
+		"the features a match scores. A match's work grows with the number of profiles, not of programs: the seed draws each program's "+
+		"services, payments and languages from a few sets, so the big directory has about as many profiles as the small, and the match's ratio "+
+		"measures more programs of like kinds. A directory whose programs had many more distinct features would match more slowly at either size. "+
+		"Seeding took %s (small) and %s (big).\n\n",
 		s.Profiles[0], s.Profiles[1], s.InsertSmall.Round(time.Millisecond), s.InsertBig.Round(time.Millisecond))
 }
 

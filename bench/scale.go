@@ -39,11 +39,15 @@ func startGRPC(ctx context.Context, env *benchEnv, policy grpcserver.Policy, aud
 
 type scaleResult struct {
 	Small, Big                    int
-	ListFirst, ListDeep, Match    [2]result // [small, big]
+	ListFirst, ListDeep, Match    [2]result // whole calls, [small, big]
 	ListFirstRatio, ListDeepRatio float64
 	MatchRatio                    float64
-	InsertSmall, InsertBig        time.Duration
-	Profiles                      [2]int // distinct program profiles (see referrals.MatchPrograms)
+	// The same samples' query alone (see queryClock), and its ratios.
+	ListFirstQuery, ListDeepQuery, MatchQuery [2]result
+	ListFirstQueryRatio, ListDeepQueryRatio   float64
+	MatchQueryRatio                           float64
+	InsertSmall, InsertBig                    time.Duration
+	Profiles                                  [2]int // distinct program profiles (see referrals.MatchPrograms)
 }
 
 // scaleClinics are the two sizes' clinics, each in schemas of its own.
@@ -67,8 +71,11 @@ func scaleSchemas() []string {
 // of that size would have): keyset pagination and indexes should keep the
 // big one close to the small one. Both sizes are read warm, from memory
 // (a million rows fit in this machine's page cache): the ratio is of the
-// work each query does, not of the disk.
+// work each query does, not of the disk. Each sample is timed whole and,
+// by queryClock, its query alone.
 func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, error) {
+	clock, stopClock := startQueryClock()
+	defer stopClock()
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
 	r := &scaleResult{Small: cfg.small, Big: cfg.big}
@@ -145,17 +152,41 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 		samples, matchSamples, warm = 20, 3, 1
 	}
 	// Each query runs on both clinics, taking turns, so that the two
-	// sides of a ratio share whatever else the machine is doing.
-	both := func(n int, op func(ctx context.Context, i int, parent string) error) ([2]result, error) {
+	// sides of a ratio share whatever else the machine is doing. Each
+	// sample sends one statement that begins with prefix, which the clock
+	// times too; the warm-up's come first, and are dropped.
+	both := func(n int, prefix string, op func(ctx context.Context, i int, parent string) error) (whole, query [2]result, err error) {
 		var ops [2]func(context.Context) error
+		var lat [2][]time.Duration
 		for i, clinic := range clinics {
 			token := env.issuer.MustMint(auth.TokenOptions{Subject: "bench", Clinic: clinic, Roles: []auth.Role{auth.RoleCounselor}, TTL: time.Hour})
-			ops[i] = func(ctx context.Context) error { return op(auth.WithToken(ctx, token), i, "clinics/"+clinic) }
+			ops[i] = func(ctx context.Context) error {
+				clock.time(prefix)
+				if err := op(auth.WithToken(ctx, token), i, "clinics/"+clinic); err != nil {
+					return err
+				}
+				d, k := clock.take()
+				if k != 1 {
+					return fmt.Errorf("%d statements beginning %q timed in a sample; want 1", k, prefix)
+				}
+				lat[i] = append(lat[i], d)
+				return nil
+			}
 		}
-		return paired(ctx, n, warm, ops)
+		if whole, err = paired(ctx, n, warm, ops); err != nil {
+			return whole, query, err
+		}
+		for i := range lat {
+			var spent time.Duration
+			for _, d := range lat[i][warm:] {
+				spent += d
+			}
+			query[i] = summarize(lat[i][warm:], 0, spent)
+		}
+		return whole, query, nil
 	}
 	var err error
-	if r.ListFirst, err = both(samples, func(ctx context.Context, i int, parent string) error {
+	if r.ListFirst, r.ListFirstQuery, err = both(samples, listStatement, func(ctx context.Context, i int, parent string) error {
 		_, err := fams[i].ListFamilies(ctx, &familiesv1.ListFamiliesRequest{Parent: parent, PageSize: 50})
 		return err
 	}); err != nil {
@@ -164,7 +195,7 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	// A page in the middle, resumed from a token as a client would, at a
 	// place drawn anew for each sample (a quarter to three quarters in):
 	// the same page every time would be read from the cache every time.
-	if r.ListDeep, err = both(samples, func(ctx context.Context, i int, parent string) error {
+	if r.ListDeep, r.ListDeepQuery, err = both(samples, listStatement, func(ctx context.Context, i int, parent string) error {
 		size := [2]int{cfg.small, cfg.big}[i]
 		at := size/4 + rand.IntN(size/2)
 		token := aip.EncodePageToken(fmt.Sprintf("f%09d", at), aip.QueryHash("families", parent, "state = ACTIVE"))
@@ -179,7 +210,7 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	// A town, postal code and language drawn anew for each sample, for the
 	// same reason.
 	languages := []string{"en", "es"}
-	if r.Match, err = both(matchSamples, func(ctx context.Context, i int, parent string) error {
+	if r.Match, r.MatchQuery, err = both(matchSamples, matchStatement, func(ctx context.Context, i int, parent string) error {
 		resp, err := refs[i].MatchPrograms(ctx, &referralsv1.MatchProgramsRequest{Parent: parent, Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
 			Coverage: referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, Locality: fmt.Sprintf("Town%d", rand.IntN(100)),
 			PostalCode: fmt.Sprintf("%05d", rand.IntN(1000)), Language: languages[rand.IntN(len(languages))],
@@ -193,5 +224,13 @@ func scaleBench(ctx context.Context, env *benchEnv, cfg config) (*scaleResult, e
 	}
 	ratio := func(p [2]result) float64 { return float64(p[1].P50) / float64(p[0].P50) }
 	r.ListFirstRatio, r.ListDeepRatio, r.MatchRatio = ratio(r.ListFirst), ratio(r.ListDeep), ratio(r.Match)
+	r.ListFirstQueryRatio, r.ListDeepQueryRatio, r.MatchQueryRatio = ratio(r.ListFirstQuery), ratio(r.ListDeepQuery), ratio(r.MatchQuery)
 	return r, nil
 }
+
+// The statements the clock times: the families service's select of a
+// page of families, and the referrals service's match.
+const (
+	listStatement  = "SELECT f.id, f.doc,"
+	matchStatement = "WITH profiles AS ("
+)
