@@ -235,7 +235,11 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 			return HoldResult{}, wrap("tick checklist", err)
 		}
 	}
-	return HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}, nil
+	res := HoldResult{Hold: hold.GetName(), Program: hold.GetProgram()}
+	if hold.GetExpireTime() != nil {
+		res.Expires = hold.GetExpireTime().AsTime()
+	}
+	return res, nil
 }
 
 // lastingHold is the first live hold of the intervention for the family,

@@ -1766,7 +1766,7 @@ func (f *offeringFake) MatchPrograms(_ context.Context, in *referralsv1.MatchPro
 func (f *offeringFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
 	f.made = append(f.made, in)
 	h := &referralsv1.Hold{Name: fmt.Sprintf("clinics/north/holds/h%d", len(f.made)), Program: in.GetProgram(), Family: in.GetFamily(),
-		Intervention: in.GetIntervention(), ServiceKind: in.GetServiceKind()}
+		Intervention: in.GetIntervention(), ServiceKind: in.GetServiceKind(), ExpireTime: timestamppb.New(time.Now().Add(in.GetTtl().AsDuration()))}
 	f.holds = append(f.holds, h)
 	return h, nil
 }
@@ -1874,6 +1874,9 @@ func TestHoldAndYesFitTheSubstance(t *testing.T) {
 		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
 		if err != nil || len(f.made) != 1 || f.made[0].GetServiceKind() != c.want || res.Program != "clinics/north/programs/p1" {
 			t.Fatalf("%s: held %v, %v (asked for %v); want one place for %v", c.name, f.made, err, f.asked, c.want)
+		}
+		if want := f.holds[0].GetExpireTime().AsTime(); !res.Expires.Equal(want) {
+			t.Fatalf("%s: the result says the place lapses at %v; the hold, at %v", c.name, res.Expires, want)
 		}
 		// A retry adopts the place it held, whatever the treatment.
 		if _, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour}); err != nil || len(f.made) != 1 {

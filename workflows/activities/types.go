@@ -54,6 +54,10 @@ type HoldRequest struct {
 type HoldResult struct {
 	Hold    string
 	Program string
+	// Expires is when the hold lapses: the one adopted (a counselor's, or
+	// an earlier try's) may lapse sooner than the workflow asked. Zero in
+	// results recorded before it was added.
+	Expires time.Time
 }
 
 // ReminderRequest creates one reminder.

@@ -881,6 +881,12 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		}
 		return err
 	}
+	if !res.Expires.IsZero() {
+		// The place held may be one adopted, which lapses when it lapses.
+		// A result recorded before it was told has none, and replays as
+		// it ran.
+		expiry = res.Expires
+	}
 	w.hold, w.holdExpiry, w.holdUnsure = res, expiry, false
 	return nil
 }

@@ -349,6 +349,36 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 	}
 }
 
+// A place adopted rather than made (a counselor's, held by hand) lapses
+// when it lapses, not at the slack the workflow would have asked for: a
+// longer meeting that outlasts it gives it back and holds again.
+func TestLongerMeetingRetakesAnAdoptedHold(t *testing.T) {
+	settings := defaults()
+	settings.HoldSlack = 4 * time.Hour
+	h := newHarness(t, 4*24*time.Hour, settings)
+	var untils []time.Time
+	h.hold = func(in activities.HoldRequest) (activities.HoldResult, error) {
+		untils = append(untils, in.Until)
+		// The first is the counselor's, held until an hour past the end
+		// the meeting had then.
+		return activities.HoldResult{Hold: fmt.Sprintf("clinics/north/holds/h%d", len(untils)), Program: "clinics/north/programs/p1",
+			Expires: in.Until.Add(time.Hour)}, nil
+	}
+	var rejected error
+	h.update(36*time.Hour, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
+	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	if len(h.released) == 0 || h.released[0] != "clinics/north/holds/h1" || len(untils) != 2 ||
+		!untils[1].Equal(h.start.Add(3*time.Hour)) {
+		t.Fatalf("released %v, holds until %v; want the adopted place, which lapses before the new end, "+
+			"released and a second held until the new end", h.released, untils)
+	}
+}
+
 // A new length that arrives after the meeting began (the outbox may be
 // late) keeps the place held: no hold is taken once a meeting has begun,
 // and the yes recorded then hands the place to the intake.
