@@ -48,7 +48,7 @@ run: build
 	@out=$$(scripts/ensure-postgres.sh 2>&1) || { echo "$$out" >&2; exit 1; }
 	bin/handoff dev --demo $(ARGS)
 
-## bench: the benchmark suite; writes bench/results/<date>.md and latest.md (about ten minutes)
+## bench: the benchmark suite; writes bench/results/<date>T<time>Z.md and latest.md (about ten minutes)
 bench:
 	@scripts/ensure-postgres.sh >/dev/null
 	go run ./bench

@@ -69,8 +69,9 @@ func (r *report) markdown() string {
 	fmt.Fprintf(&b, "Run: %s, %s, on commit %s. Machine: %s, %d CPUs, %s of memory, %s/%s. Versions: %s, %s. Took %s.\n\n",
 		kind, cmd, r.commit, cpuModel(), runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH, runtime.Version(), deps(),
 		r.finished.Sub(r.started).Round(time.Second))
-	fmt.Fprintf(&b, "Everything runs in one process on loopback (load generator included), against the local PostgreSQL "+
-		"(%s) and an in-process Temporal server, so compare ratios from the same run.\n\n", r.postgres)
+	fmt.Fprintf(&b, "The API, scale and workflow sections run in one process on loopback (load generator, services and an in-process "+
+		"Temporal server), against the local PostgreSQL (%s); the memory and as-deployed sections run each part in a `handoff` process "+
+		"of its own, and pgbench is a program of its own. Compare ratios from the same run.\n\n", r.postgres)
 	j := r.jitter
 	fmt.Fprintf(&b, "The machine at rest, before any load: a thread sleeping 1 ms at a time for %s woke up to %s late "+
 		"(p99 %s; %d of %d wake-ups over 10 ms), and the hypervisor gave %s of the CPU time to other guests (steal). "+
@@ -101,7 +102,7 @@ func (r *report) markdown() string {
 	}
 	if d := r.deployed; d != nil {
 		b.WriteString("## Latency as deployed\n\nThe API section's gRPC runs again, against the families service in its own `handoff` process " +
-			"(the load generator stays on the same cores): saturation at the same concurrency, then open loop at half of it, with the steal sampler (the disk is probed at rest only).\n\n" +
+			"(the load generator stays on the same cores): saturation at the same concurrency, then open loop at half of it, with a probe that reads the CPU time stolen every 100 ms" + diskProbeNote() + ".\n\n" +
 			"| operation | saturation | rate at half | p50 | p99 | max | probe: slowest fsync | probe: fsyncs over 10 ms | CPU steal: run (worst 100 ms) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, op := range []string{"get", "create"} {
 			s, h := d[op], d[op+" at half saturation"]

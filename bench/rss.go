@@ -9,8 +9,9 @@ import (
 	"time"
 )
 
-// rssSampler samples this process's resident memory every 100 ms. The whole
-// system runs in this one process, so it is the system's memory.
+// rssSampler samples this process's resident memory every 100 ms. In the
+// sections that run every part in this process, that is the system's
+// memory; the processes section reads each part's own.
 type rssSampler struct{ max atomic.Int64 }
 
 func startRSSSampler() *rssSampler {
