@@ -184,6 +184,16 @@ func (c *Codec) FailureConverter() converter.FailureConverter {
 // 2 MiB, and the UI sends one event's payloads at a time.
 const maxDecodeBody = 8 << 20
 
+// Refusal is an authorize error that tells the caller a status other than
+// 401: 403 for a good token without the right, 503 for one that cannot be
+// checked now. Any other error is a 401.
+type Refusal struct {
+	Status int
+	Reason string
+}
+
+func (r *Refusal) Error() string { return r.Reason }
+
 // Handler serves the decode half of the remote codec protocol the Temporal
 // Web UI and CLI use to show payloads. authorize names the one clinic the
 // caller may see. Payloads are shared by every clinic in a namespace, so a
@@ -195,7 +205,15 @@ func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		clinic, err := authorize(r)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusUnauthorized)
+			status := http.StatusUnauthorized
+			var rf *Refusal
+			if errors.As(err, &rf) {
+				status = rf.Status
+			}
+			if status == http.StatusServiceUnavailable {
+				w.Header().Set("Retry-After", "5")
+			}
+			http.Error(w, err.Error(), status)
 			return
 		}
 		if !strings.HasSuffix(r.URL.Path, "/decode") {

@@ -104,10 +104,15 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 		return body
 	}
 	srv := httptest.NewServer(c.Handler(func(r *http.Request) (string, error) {
-		if r.Header.Get("Authorization") != "Bearer ok" {
-			return "", errors.New("not allowed")
+		switch r.Header.Get("Authorization") {
+		case "Bearer ok":
+			return "north", nil // an administrator of clinic north
+		case "Bearer counselor":
+			return "", &Refusal{Status: http.StatusForbidden, Reason: "role clinic_admin required"}
+		case "Bearer keys-down":
+			return "", &Refusal{Status: http.StatusServiceUnavailable, Reason: "cannot be checked now"}
 		}
-		return "north", nil // an administrator of clinic north
+		return "", errors.New("not allowed")
 	}))
 	defer srv.Close()
 	post := func(token string, body []byte) (int, string) {
@@ -127,6 +132,13 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 	own := sealed("clinics/north/families/f1 secret-value")
 	if code, _ := post("", own); code != http.StatusUnauthorized {
 		t.Fatalf("no token: %d", code)
+	}
+	// A good token without the right is forbidden; one that cannot be
+	// checked now is to be tried again.
+	for token, want := range map[string]int{"counselor": http.StatusForbidden, "keys-down": http.StatusServiceUnavailable} {
+		if code, out := post(token, own); code != want || strings.Contains(out, "secret-value") {
+			t.Fatalf("%s: %d %s; want %d", token, code, out, want)
+		}
 	}
 	code, out := post("ok", own)
 	if code != http.StatusOK {

@@ -309,6 +309,13 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 			return "", errors.New("missing bearer token")
 		}
 		p, err := v.Verify(r.Context(), token)
+		if cause := auth.KeysUnavailableCause(err); cause != nil {
+			// The identity provider is out of reach, not the token at
+			// fault, as at the gateway's other doors.
+			log.ErrorContext(r.Context(), "signing keys unavailable", "path", r.URL.Path, "error", cause.Error())
+			return "", &codec.Refusal{Status: http.StatusServiceUnavailable,
+				Reason: "the token cannot be checked now: the signing keys could not be fetched; retry"}
+		}
 		if err != nil {
 			// The caller hears what is wrong with its token, the operator why.
 			log.WarnContext(r.Context(), "authentication failed", append([]any{"path", r.URL.Path, "error", err.Error()}, auth.Origin(r)...)...)
@@ -318,7 +325,7 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 		// it holds, as at the services: it does not open workflow payloads.
 		if !p.Has(auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) || p.Clinic == "" || p.Clinic == auth.AnyClinic {
 			log.WarnContext(r.Context(), "payload codec access refused", append([]any{"subject", p.Subject, "clinic", p.Clinic}, auth.Origin(r)...)...)
-			return "", fmt.Errorf("role %s of one clinic required", auth.RoleClinicAdmin)
+			return "", &codec.Refusal{Status: http.StatusForbidden, Reason: fmt.Sprintf("role %s of one clinic required", auth.RoleClinicAdmin)}
 		}
 		log.InfoContext(r.Context(), "payload codec access", "subject", p.Subject, "clinic", p.Clinic, "path", r.URL.Path)
 		return p.Clinic, nil
