@@ -328,11 +328,17 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 
 // requireSafeScreen refuses boundary activation and reinforcement without
 // a current safety screen, or with a high-risk one: boundaries can escalate
-// danger at home.
+// danger at home. A family whose case was closed takes no boundary step
+// either: the clinic no longer works with it, and the follow-up that asks
+// may have read the family before it closed.
 func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) error {
 	fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
 	if err != nil {
 		return err
+	}
+	if fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
+		return apperr.FailedPrecondition(apperr.ReasonFamilyClosed, fam.GetName()+"'s case is closed: reopen it before a boundary step",
+			map[string]string{"family": fam.GetName()})
 	}
 	st := fam.GetSafetyScreenStatus()
 	if st == familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT {

@@ -1614,6 +1614,72 @@ func TestOldBlankNamesDoNotBlockUpdates(t *testing.T) {
 	}
 }
 
+// A family whose case was closed takes no boundary step: no boundary is
+// activated or reinforced, by the counselor or by the follow-up whose
+// read of the family came before the closing. Reopened, it may go on.
+func TestBoundaryStepsRefusedForAClosedFamily(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	ctx := f.ctx
+	if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	boundary := func() *familiesv1.Boundary {
+		t.Helper()
+		b, err := f.client.CreateBoundary(ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+			Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_NO_FINANCIAL_SUPPORT, Wording: "No cash; we pay the clinic directly."}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err = f.client.AgreeBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName()}); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	active, agreed := boundary(), boundary()
+	active, err := f.client.ActivateBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setState := func(st familiesv1.FamilyState) {
+		t.Helper()
+		if _, err := f.client.UpdateFamily(ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), State: st},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_CLOSED)
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"the worker reinforcing", func() error {
+			_, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()})
+			return err
+		}},
+		{"the counselor activating", func() error {
+			_, err := f.client.ActivateBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: agreed.GetName()})
+			return err
+		}},
+	} {
+		if info := errorInfo(wantCode(t, c.call(), codes.FailedPrecondition)); info.GetReason() != apperr.ReasonFamilyClosed {
+			t.Fatalf("%s, the family closed: reason %v; want %s", c.name, info, apperr.ReasonFamilyClosed)
+		}
+	}
+	for _, b := range []*familiesv1.Boundary{active, agreed} {
+		if got, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()}); err != nil || got.GetEtag() != b.GetEtag() {
+			t.Fatalf("%s after the refusals: %v, %v; want it unchanged", b.GetName(), got, err)
+		}
+	}
+	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
+	if b, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()}); err != nil || b.GetReinforcementCount() != 1 {
+		t.Fatalf("reinforcing once the case is open again: %v, %v", b, err)
+	}
+}
+
 // A boundary read while it moves shows its state and its history as of one
 // moment: as many reinforcements in the history as its count says, by
 // GetBoundary and by ListBoundaries alike.
