@@ -320,15 +320,7 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 		untils = append(untils, in.Until)
 		return activities.HoldResult{Hold: fmt.Sprintf("clinics/north/holds/h%d", len(untils)), Program: "clinics/north/programs/p1"}, nil
 	}
-	// After the 72 h reminders and the hold, before the 24 h reminders.
-	var rejected error
-	h.update(36*time.Hour, intervention.UpdateReschedule,
-		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
-	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
-	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
-	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
-		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
-	}
+	lengthened(t, h)
 	if slices.Contains(h.cancels, "rescheduled") {
 		t.Fatalf("reminders cancelled for a new length: %v", h.cancels)
 	}
@@ -349,6 +341,21 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 	}
 }
 
+// lengthened runs h's meeting, lengthened to three hours at 36 h (after
+// the 72 h reminders and the hold, before the 24 h reminders), to its
+// postponement after the start.
+func lengthened(t *testing.T, h *harness) {
+	t.Helper()
+	var rejected error
+	h.update(36*time.Hour, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
+	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+}
+
 // A place adopted rather than made (a counselor's, held by hand) lapses
 // when it lapses, not at the slack the workflow would have asked for: a
 // longer meeting that outlasts it gives it back and holds again.
@@ -364,14 +371,7 @@ func TestLongerMeetingRetakesAnAdoptedHold(t *testing.T) {
 		return activities.HoldResult{Hold: fmt.Sprintf("clinics/north/holds/h%d", len(untils)), Program: "clinics/north/programs/p1",
 			Expires: in.Until.Add(time.Hour)}, nil
 	}
-	var rejected error
-	h.update(36*time.Hour, intervention.UpdateReschedule,
-		intervention.Reschedule{Start: h.start, Duration: 3 * time.Hour, TimeZone: "America/Chicago"}, &rejected)
-	h.update(4*24*time.Hour+4*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
-	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
-	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
-		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
-	}
+	lengthened(t, h)
 	if len(h.released) == 0 || h.released[0] != "clinics/north/holds/h1" || len(untils) != 2 ||
 		!untils[1].Equal(h.start.Add(3*time.Hour)) {
 		t.Fatalf("released %v, holds until %v; want the adopted place, which lapses before the new end, "+
