@@ -881,15 +881,25 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		}
 		return err
 	}
-	if !res.Expires.IsZero() {
-		// The place held may be one adopted, which lapses when it lapses.
-		// A result recorded before it was told has none, and replays as
-		// it ran.
+	if !res.Expires.IsZero() && res.Expires.Before(expiry.Add(-time.Minute)) &&
+		flow.Version(ctx, versionHoldExpiryFromResult, 1) >= 1 {
+		// The place held lapses sooner than asked: one adopted (a
+		// counselor's), or one cut to the longest hold the service takes.
+		// A place the try made as asked lapses at about the time asked
+		// (later by the call's own delay), and asks nothing. Asked, so
+		// that a task an older worker decided, which knew no expiry but
+		// its own, replays as it ran.
 		expiry = res.Expires
 	}
 	w.hold, w.holdExpiry, w.holdUnsure = res, expiry, false
 	return nil
 }
+
+// versionHoldExpiryFromResult guards taking a held place's own expiry,
+// where it lapses sooner than the workflow asked, for the one it keeps.
+// Before, every place was taken to lapse at the meeting's end plus the
+// slack, and a longer or moved meeting kept one that was gone by its end.
+const versionHoldExpiryFromResult = "hold-expiry-from-result"
 
 func (w *wf) releaseHold(ctx, actx workflow.Context, reason string) error {
 	if w.hold.Hold == "" && w.holdUnsure && flow.Version(ctx, versionReleaseUnknownHold, 1) >= 1 {
