@@ -207,7 +207,7 @@ func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)
 		if err != nil {
 			status := http.StatusUnauthorized
 			var rf *Refusal
-			if errors.As(err, &rf) {
+			if errors.As(err, &rf) && rf.Status >= 400 && rf.Status <= 599 {
 				status = rf.Status
 			}
 			if status == http.StatusServiceUnavailable {

@@ -111,6 +111,8 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 			return "", &Refusal{Status: http.StatusForbidden, Reason: "role clinic_admin required"}
 		case "Bearer keys-down":
 			return "", &Refusal{Status: http.StatusServiceUnavailable, Reason: "cannot be checked now"}
+		case "Bearer no-status":
+			return "", &Refusal{Reason: "a refusal that names no status"}
 		}
 		return "", errors.New("not allowed")
 	}))
@@ -135,7 +137,8 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 	}
 	// A good token without the right is forbidden; one that cannot be
 	// checked now is to be tried again.
-	for token, want := range map[string]int{"counselor": http.StatusForbidden, "keys-down": http.StatusServiceUnavailable} {
+	for token, want := range map[string]int{"counselor": http.StatusForbidden, "keys-down": http.StatusServiceUnavailable,
+		"no-status": http.StatusUnauthorized} {
 		if code, out := post(token, own); code != want || strings.Contains(out, "secret-value") {
 			t.Fatalf("%s: %d %s; want %d", token, code, out, want)
 		}
