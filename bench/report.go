@@ -199,9 +199,9 @@ func (r *report) scaleSection(b *strings.Builder) {
 		s.ListDeepRatio, s.ListDeepQueryRatio)
 	row("MatchPrograms, immediate, with coverage, barrier, town, postal code and language (new ones each sample), top 10", s.Match, s.MatchQuery,
 		s.MatchRatio, s.MatchQueryRatio)
-	b.WriteString("\nEach sample is timed twice. The whole gRPC call also pays for the token check, the clinic's scope and the call's audit record " +
+	b.WriteString("\nEach sample is timed twice. The whole gRPC call also pays for the token check and the call's audit record " +
 		"(a commit of its own, which waits for the WAL's flush), the same at either size, and such fixed costs pull a ratio towards 1. " +
-		"The query alone is the service's one statement that does the work (the page of families; the match), from when the service sends it " +
+		"The query alone is the service's one statement that does the work (the page of families; the match), sent with the clinic's scope in one round trip, from when the service sends it " +
 		"until it has read its last row, as the span its database layer wraps every statement in measures it. " +
 		"Both sizes are read warm, from memory, so neither ratio is of the disk.\n")
 	fmt.Fprintf(b, "\nPrograms are spread over 100 towns and 1,000 postal codes; they fall into %d (small) and %d (big) profiles, "+
