@@ -103,16 +103,51 @@ func secretExamples(path string) (map[string]map[string]bool, error) {
 // mounted as a file.
 var plainSecretKeys = map[string]bool{"HANDOFF_PAYLOAD_KEY_ID": true, "HANDOFF_APP_LOGIN_ROLE": true}
 
+// secretVars are the settings that are secrets, which the processes take
+// from files (NAME_FILE) mounted from a Secret: services/cmd/handoff's
+// fileSecrets. In a ConfigMap or written into a pod's environment, a
+// secret is in every reader's environment and readable by whoever may
+// read ConfigMaps or pods.
+var secretVars = map[string]bool{"HANDOFF_DATABASE_URL": true, "HANDOFF_PAYLOAD_KEYS": true, "HANDOFF_TEMPORAL_API_KEY": true,
+	"HANDOFF_WEBHOOK_SECRET_KEY": true, "HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": true, "HANDOFF_APP_LOGIN_PASSWORD": true}
+
+// checkConfigMap refuses a secret among a ConfigMap's settings.
+func checkConfigMap(cm *corev1.ConfigMap) error {
+	for k := range cm.Data {
+		if secretVars[k] {
+			return fmt.Errorf("configmap %s holds %s, a secret: put it in a Secret, mount it, and set %s_FILE", cm.Name, k, k)
+		}
+	}
+	return nil
+}
+
 // checkSecretRefs requires every secret a pod names to be in the example
-// secrets, so that the example is the whole list an operator must create.
+// secrets, so that the example is the whole list an operator must create,
+// and each secret to reach the process as a file.
 func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) error {
 	var names []string
+	mounted := func(name string, items []corev1.KeyToPath) error {
+		names = append(names, name)
+		for _, it := range items {
+			if keys, ok := examples[name]; ok && !keys[it.Key] {
+				return fmt.Errorf("secret %s key %s is not in secrets.example.yaml", name, it.Key)
+			}
+		}
+		return nil
+	}
 	for _, v := range spec.Volumes {
 		if v.Secret != nil {
-			names = append(names, v.Secret.SecretName)
-			for _, it := range v.Secret.Items {
-				if keys, ok := examples[v.Secret.SecretName]; ok && !keys[it.Key] {
-					return fmt.Errorf("secret %s key %s is not in secrets.example.yaml", v.Secret.SecretName, it.Key)
+			if err := mounted(v.Secret.SecretName, v.Secret.Items); err != nil {
+				return err
+			}
+		}
+		if v.Projected != nil {
+			for _, src := range v.Projected.Sources {
+				if src.Secret == nil {
+					continue
+				}
+				if err := mounted(src.Secret.Name, src.Secret.Items); err != nil {
+					return err
 				}
 			}
 		}
@@ -132,6 +167,9 @@ func checkSecretRefs(spec corev1.PodSpec, examples map[string]map[string]bool) e
 				if !plainSecretKeys[r.SecretKeyRef.Key] {
 					return fmt.Errorf("container %s takes %s into its environment: mount it, and set %s_FILE", c.Name, r.SecretKeyRef.Key, r.SecretKeyRef.Key)
 				}
+			}
+			if secretVars[e.Name] {
+				return fmt.Errorf("container %s sets %s in its environment: put it in a Secret, mount it, and set %s_FILE", c.Name, e.Name, e.Name)
 			}
 		}
 	}
@@ -201,6 +239,9 @@ func validateKustomization(dir string, examples map[string]map[string]bool) (int
 		}
 		if cm, ok := obj.(*corev1.ConfigMap); ok {
 			configMaps[cm.Name] = cm.Data
+			if err := checkConfigMap(cm); err != nil {
+				return 0, err
+			}
 		}
 		if j, ok := obj.(*batchv1.Job); ok {
 			if err := checkPodUser(j.Spec.Template.Spec); err != nil {
@@ -531,6 +572,25 @@ func checkPodUser(spec corev1.PodSpec) error {
 	return nil
 }
 
+// envNames are the variables a Compose service's environment sets, in
+// either of its forms (a map, or a list of NAME=value).
+func envNames(env any) []string {
+	var out []string
+	switch e := env.(type) {
+	case map[string]any:
+		for k := range e {
+			out = append(out, k)
+		}
+	case []any:
+		for _, v := range e {
+			if s, ok := v.(string); ok {
+				out = append(out, strings.SplitN(s, "=", 2)[0])
+			}
+		}
+	}
+	return out
+}
+
 func validateCompose(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -538,9 +598,10 @@ func validateCompose(path string) error {
 	}
 	var doc struct {
 		Services map[string]struct {
-			Image   string   `json:"image"`
-			Command []string `json:"command"`
-			Volumes []any    `json:"volumes"`
+			Image       string   `json:"image"`
+			Command     []string `json:"command"`
+			Volumes     []any    `json:"volumes"`
+			Environment any      `json:"environment"`
 		} `json:"services"`
 	}
 	if err := yaml.Unmarshal(b, &doc); err != nil {
@@ -600,6 +661,20 @@ func validateCompose(path string) error {
 			return fmt.Errorf("volume %s is mounted by %v: only the issuer may hold the signing key and the user tokens", vol, by)
 		case strings.HasSuffix(vol, "-token") && (len(by) != 2 || !slices.Contains(by, "issuer")):
 			return fmt.Errorf("volume %s is mounted by %v: a service identity's token goes to the issuer and one process", vol, by)
+		}
+	}
+	// Each secret only where it is used: the database's URL in the four
+	// services and the migration, the payload keys in the processes that
+	// seal or open payloads (the gateway serves /codec).
+	allowed := map[string][]string{
+		"HANDOFF_DATABASE_URL": {"families", "interventions", "migrate", "referrals", "webhooks"},
+		"HANDOFF_PAYLOAD_KEYS": {"families", "gateway", "interventions", "referrals", "webhooks", "worker"},
+	}
+	for name, svc := range doc.Services {
+		for _, k := range envNames(svc.Environment) {
+			if who, ok := allowed[k]; ok && !slices.Contains(who, name) {
+				return fmt.Errorf("service %s is given %s, which it does not use: only %v are", name, k, who)
+			}
 		}
 	}
 	if !strings.Contains(string(b), "HANDOFF_PAYLOAD_KEYS") {

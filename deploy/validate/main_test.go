@@ -26,10 +26,21 @@ func TestRefusesWhatWouldFailInACluster(t *testing.T) {
 			"container families must not run as root"},
 		{"a readiness probe on a path nothing serves", "families.yaml",
 			"path: /readyz", "path: /ready", "probe /readyz"},
-		{"no HANDOFF_METRICS_LISTEN", "config.yaml",
-			"  HANDOFF_METRICS_LISTEN: 0.0.0.0:9464\n", "", "HANDOFF_METRICS_LISTEN is not set"},
-		{"probes on another port than the ops server's", "config.yaml",
-			"HANDOFF_METRICS_LISTEN: 0.0.0.0:9464", "HANDOFF_METRICS_LISTEN: 0.0.0.0:9465", "serves it on 9465"},
+		{"no HANDOFF_METRICS_LISTEN", "config.env",
+			"HANDOFF_METRICS_LISTEN=0.0.0.0:9464\n", "", "HANDOFF_METRICS_LISTEN is not set"},
+		{"probes on another port than the ops server's", "config.env",
+			"HANDOFF_METRICS_LISTEN=0.0.0.0:9464", "HANDOFF_METRICS_LISTEN=0.0.0.0:9465", "serves it on 9465"},
+		{"a secret among the settings every process reads", "config.env",
+			"HANDOFF_MIGRATE=false\n", "HANDOFF_MIGRATE=false\nHANDOFF_PAYLOAD_KEYS=k1:c2VjcmV0\n",
+			"holds HANDOFF_PAYLOAD_KEYS, a secret"},
+		{"a secret written into a container's environment", "families.yaml",
+			"            - {name: GOMEMLIMIT, value: 460MiB}\n",
+			"            - {name: GOMEMLIMIT, value: 460MiB}\n            - {name: HANDOFF_DATABASE_URL, value: \"postgres://handoff_app:pw@db/handoff\"}\n",
+			"container families sets HANDOFF_DATABASE_URL in its environment"},
+		{"a projected secret missing from the example", "worker.yaml",
+			"      volumes:\n",
+			"      volumes:\n        - name: extra\n          projected: {sources: [{secret: {name: handoff-elsewhere}}]}\n",
+			"secret handoff-elsewhere is not in secrets.example.yaml"},
 		{"a writable root filesystem in the migration", "migrate-job.yaml",
 			"readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "job handoff-migrate: container migrate must set readOnlyRootFilesystem"},
 		{"a secret volume's key missing from the example", "interventions.yaml",
@@ -83,4 +94,45 @@ func copyBase(t *testing.T, file, old, new string) string {
 		}
 	}
 	return dst
+}
+
+// Compose gives each secret only to the processes that use it: the
+// database's URL to the services and the migration, the payload keys to
+// the processes that seal or open payloads.
+func TestComposeGivesSecretsOnlyWhereUsed(t *testing.T) {
+	if err := validateCompose(filepath.Join("..", "compose", "compose.yaml")); err != nil {
+		t.Fatalf("the Compose file as it is: %v", err)
+	}
+	for _, c := range []struct{ name, old, new, want string }{
+		{"the gateway given the database", "  gateway:\n    <<: *handoff\n    environment: *peer-env\n",
+			"  gateway:\n    <<: *handoff\n    environment: *handoff-env\n", "service gateway is given HANDOFF_DATABASE_URL"},
+		{"the issuer given the payload keys", "  issuer:\n    <<: *handoff\n    environment: *oidc-env\n",
+			"  issuer:\n    <<: *handoff\n    environment: *peer-env\n", "service issuer is given HANDOFF_PAYLOAD_KEYS"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			b, err := os.ReadFile(filepath.Join("..", "compose", "compose.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), c.old) {
+				t.Fatalf("compose.yaml holds no %q to change", c.old)
+			}
+			docker, err := os.ReadFile(filepath.Join("..", "docker", "Dockerfile"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for path, data := range map[string]string{"compose/compose.yaml": strings.Replace(string(b), c.old, c.new, 1), "docker/Dockerfile": string(docker)} {
+				if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(path)), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, path), []byte(data), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := validateCompose(filepath.Join(dir, "compose", "compose.yaml")); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v; want an error saying %q", err, c.want)
+			}
+		})
+	}
 }
