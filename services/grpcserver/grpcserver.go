@@ -123,6 +123,7 @@ func New(cfg Config) (*Server, error) {
 	opts := []grpc.ServerOption{
 		// Traces and RPC metrics (latency and codes) through OpenTelemetry.
 		grpc.StatsHandler(otelgrpc.NewServerHandler()),
+		grpc.StatsHandler(earlyRefusals{log: log}),
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(streams),
 		grpc.MaxRecvMsgSize(4 << 20),
@@ -178,6 +179,7 @@ type interceptor struct {
 }
 
 func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	reached(ctx)
 	start := time.Now()
 	var subject string
 	var audited func(error) error // set once the caller is known
@@ -505,8 +507,10 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 // the same checks, never served without them.
 func streams(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if !isPublic(info.FullMethod) {
+		// Refused unread, with no token looked at: earlyRefusals logs it.
 		return status.Errorf(codes.PermissionDenied, "%s: no role may open a stream", info.FullMethod)
 	}
+	reached(ss.Context())
 	return handler(srv, ss)
 }
 

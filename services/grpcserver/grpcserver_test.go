@@ -23,6 +23,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/auth"
@@ -472,5 +473,62 @@ func TestStreamsAreRefusedButThePublicOnes(t *testing.T) {
 	}
 	if _, err := watch.Recv(); err != nil {
 		t.Fatalf("health Watch, a public stream: %v", err)
+	}
+}
+
+// rawCodec sends bytes as they are, as a client that does not speak
+// protobuf might.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+// Calls grpc-go refuses before the interceptor runs (a request over the
+// size limit, bytes that do not decode) are logged as refusals with where
+// they came from, as failed sign-ins are; the interceptor's own calls are
+// not logged twice.
+func TestCallsRefusedBeforeTheInterceptorAreLogged(t *testing.T) {
+	const method = "/handoff.test.Early/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, logs := serveLogged(t, iss, method, func(ctx context.Context) (any, error) { return &emptypb.Empty{}, nil })
+	ctx := metadata.AppendToOutgoingContext(context.Background(), "x-forwarded-for", "203.0.113.7")
+	calls := []struct {
+		name   string
+		method string
+		req    any
+		opts   []grpc.CallOption
+		want   codes.Code
+	}{
+		{"over the size limit", method, &wrapperspb.BytesValue{Value: make([]byte, 5<<20)}, nil, codes.ResourceExhausted},
+		{"bytes that do not decode", method, []byte{0xff, 0xff, 0xff}, []grpc.CallOption{grpc.ForceCodec(rawCodec{})}, codes.Internal},
+		{"a well-formed call without a token", method, &emptypb.Empty{}, nil, codes.Unauthenticated},
+	}
+	for _, c := range calls {
+		if err := conn.Invoke(ctx, c.method, c.req, &emptypb.Empty{}, c.opts...); status.Code(err) != c.want {
+			t.Fatalf("%s: %v, want %v", c.name, err, c.want)
+		}
+	}
+	var early []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if rec["msg"] == "refused before authentication" {
+			early = append(early, rec)
+		}
+	}
+	if len(early) != 2 {
+		t.Fatalf("%d early refusals logged, want the first two calls':\n%s", len(early), logs)
+	}
+	for i, rec := range early {
+		if rec["level"] != "WARN" || rec["code"] != calls[i].want.String() || rec["method"] != calls[i].method ||
+			rec["forwarded_for"] != "203.0.113.7" || !strings.HasPrefix(fmt.Sprint(rec["peer"]), "127.0.0.1:") {
+			t.Fatalf("%s logged as %v", calls[i].name, rec)
+		}
 	}
 }
