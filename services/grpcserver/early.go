@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync/atomic"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
@@ -36,6 +37,12 @@ func (h earlyRefusals) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	}
 	if r, ok := ctx.Value(reachedKey{}).(*atomic.Bool); !ok || r.Load() {
 		return // the interceptor logged it
+	}
+	switch status.Code(end.Error) {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable:
+		// The client gave up, or its connection went, before its request
+		// had come in whole: nothing was refused.
+		return
 	}
 	method, _ := ctx.Value(methodKey{}).(string)
 	if len(method) > 256 { // the caller's text: bounded
