@@ -663,16 +663,28 @@ func validateCompose(path string) error {
 			return fmt.Errorf("volume %s is mounted by %v: a service identity's token goes to the issuer and one process", vol, by)
 		}
 	}
-	// Each secret only where it is used: the database's URL in the four
-	// services and the migration, the payload keys in the processes that
-	// seal or open payloads (the gateway serves /codec).
+	// Each secret (secretVars, as itself or as its _FILE) only where it
+	// is used: the database's URL in the four services and the migration,
+	// the payload keys and Temporal's API key in the processes that talk
+	// to Temporal (the gateway serves /codec), the webhook keys in the
+	// webhooks service, the login role's password in the migration.
+	services := []string{"families", "interventions", "referrals", "webhooks"}
+	temporal := append(slices.Clone(services), "gateway", "worker")
 	allowed := map[string][]string{
-		"HANDOFF_DATABASE_URL": {"families", "interventions", "migrate", "referrals", "webhooks"},
-		"HANDOFF_PAYLOAD_KEYS": {"families", "gateway", "interventions", "referrals", "webhooks", "worker"},
+		"HANDOFF_DATABASE_URL":                 append(slices.Clone(services), "migrate"),
+		"HANDOFF_PAYLOAD_KEYS":                 temporal,
+		"HANDOFF_TEMPORAL_API_KEY":             temporal,
+		"HANDOFF_WEBHOOK_SECRET_KEY":           {"webhooks"},
+		"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": {"webhooks"},
+		"HANDOFF_APP_LOGIN_PASSWORD":           {"migrate"},
 	}
 	for name, svc := range doc.Services {
 		for _, k := range envNames(svc.Environment) {
-			if who, ok := allowed[k]; ok && !slices.Contains(who, name) {
+			k = strings.TrimSuffix(k, "_FILE")
+			if !secretVars[k] {
+				continue
+			}
+			if who := allowed[k]; !slices.Contains(who, name) {
 				return fmt.Errorf("service %s is given %s, which it does not use: only %v are", name, k, who)
 			}
 		}

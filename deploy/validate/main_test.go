@@ -108,6 +108,9 @@ func TestComposeGivesSecretsOnlyWhereUsed(t *testing.T) {
 			"  gateway:\n    <<: *handoff\n    environment: *handoff-env\n", "service gateway is given HANDOFF_DATABASE_URL"},
 		{"the issuer given the payload keys", "  issuer:\n    <<: *handoff\n    environment: *oidc-env\n",
 			"  issuer:\n    <<: *handoff\n    environment: *peer-env\n", "service issuer is given HANDOFF_PAYLOAD_KEYS"},
+		{"the worker given the webhook key as a file", "  worker:\n    <<: *handoff\n    environment: *peer-env\n",
+			"  worker:\n    <<: *handoff\n    environment:\n      <<: *peer-env\n      HANDOFF_WEBHOOK_SECRET_KEY_FILE: /run/secrets/webhook\n",
+			"service worker is given HANDOFF_WEBHOOK_SECRET_KEY"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
