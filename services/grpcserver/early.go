@@ -19,15 +19,19 @@ import (
 // report here.)
 type earlyRefusals struct{ log *slog.Logger }
 
-// reachedKey holds, in a call's context, whether the interceptor ran.
-type reachedKey struct{}
+// callKey holds a call's *call in its context: one value, made once per
+// call, as this runs on every request.
+type callKey struct{}
 
-// methodKey holds the call's method, which End does not carry.
-type methodKey struct{}
+// call is what End does not carry: the method, and whether the
+// interceptor saw the call.
+type call struct {
+	method  string
+	reached atomic.Bool
+}
 
 func (earlyRefusals) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Context {
-	ctx = context.WithValue(ctx, methodKey{}, info.FullMethodName)
-	return context.WithValue(ctx, reachedKey{}, new(atomic.Bool))
+	return context.WithValue(ctx, callKey{}, &call{method: info.FullMethodName})
 }
 
 func (h earlyRefusals) HandleRPC(ctx context.Context, s stats.RPCStats) {
@@ -35,7 +39,8 @@ func (h earlyRefusals) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	if !ok || end.Client || end.Error == nil {
 		return
 	}
-	if r, ok := ctx.Value(reachedKey{}).(*atomic.Bool); !ok || r.Load() {
+	c, ok := ctx.Value(callKey{}).(*call)
+	if !ok || c.reached.Load() {
 		return // the interceptor logged it
 	}
 	switch status.Code(end.Error) {
@@ -44,7 +49,7 @@ func (h earlyRefusals) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		// had come in whole: nothing was refused.
 		return
 	}
-	method, _ := ctx.Value(methodKey{}).(string)
+	method := c.method
 	if len(method) > 256 { // the caller's text: bounded
 		method = method[:256]
 	}
@@ -58,7 +63,7 @@ func (earlyRefusals) HandleConn(context.Context, stats.ConnStats) {}
 
 // reached marks the call of ctx as seen by the interceptor.
 func reached(ctx context.Context) {
-	if r, ok := ctx.Value(reachedKey{}).(*atomic.Bool); ok {
-		r.Store(true)
+	if c, ok := ctx.Value(callKey{}).(*call); ok {
+		c.reached.Store(true)
 	}
 }
