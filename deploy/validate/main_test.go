@@ -139,3 +139,32 @@ func TestComposeGivesSecretsOnlyWhereUsed(t *testing.T) {
 		})
 	}
 }
+
+// The validator's secret settings are the binary's: a secret the binary
+// learns to read from a file must not escape the checks here.
+func TestSecretVarsAreTheBinarys(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("..", "..", "services", "cmd", "handoff", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := string(b)
+	start := strings.Index(src, "var fileSecrets = []string{")
+	if start < 0 {
+		t.Fatal("services/cmd/handoff/main.go declares no fileSecrets")
+	}
+	decl := src[start : start+strings.Index(src[start:], "}")]
+	var binary []string
+	for _, part := range strings.Split(decl, `"`)[1:] {
+		if strings.HasPrefix(part, "HANDOFF_") {
+			binary = append(binary, part)
+		}
+	}
+	if len(binary) != len(secretVars) {
+		t.Fatalf("the binary reads %v from files; the validator checks %d", binary, len(secretVars))
+	}
+	for _, v := range binary {
+		if !secretVars[v] {
+			t.Errorf("%s is read from a file by the binary but not checked here", v)
+		}
+	}
+}
