@@ -379,13 +379,16 @@ func lockProgram(ctx context.Context, tx pgx.Tx, r ref, etag string) (*referrals
 // checked, as expiring them changes the program. The program returned is
 // as it was read, before the expiry.
 func (s *Server) lockProgramExpiring(ctx context.Context, tx pgx.Tx, r ref, etag string, now time.Time) (*referralsv1.Program, error) {
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
-		ORDER BY clinic, id FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now); err != nil {
+	due, err := tx.Exec(ctx, `SELECT 1 FROM holds WHERE clinic = $1 AND program_id = $2 AND state = $3 AND expire_time <= $4
+		ORDER BY clinic, id FOR UPDATE`, r.clinic, r.id, int16(referralsv1.HoldState_HOLD_STATE_HELD), now)
+	if err != nil {
 		return nil, fmt.Errorf("lock due holds: %w", err)
 	}
 	cur, err := lockProgram(ctx, tx, r, etag)
-	if err != nil || cur.GetDeleteTime() != nil {
-		return cur, err // a deleted program holds nothing
+	if err != nil || cur.GetDeleteTime() != nil || due.RowsAffected() == 0 {
+		// A deleted program holds nothing; with no hold due (the usual
+		// case) there is nothing to expire, and no statement to send.
+		return cur, err
 	}
 	if _, _, err := s.expireHolds(ctx, tx, r.clinic, r.id, now, 0, holdKey{}); err != nil {
 		return nil, err
