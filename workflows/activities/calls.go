@@ -119,7 +119,7 @@ func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv
 	// say); the match takes each kind once, as it refuses a kind twice.
 	var openKinds []referralsv1.BarrierKind
 	for token := ""; ; {
-		page, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 100, PageToken: token})
+		page, err := a.Families.ListBarriers(ctx, &familiesv1.ListBarriersRequest{Parent: family, Filter: "resolved = false", PageSize: 1000, PageToken: token})
 		if err != nil {
 			return nil, wrap("list barriers", err)
 		}
