@@ -1,6 +1,7 @@
 package families
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -202,13 +203,8 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 			// them: a mistyped name is not a missing consent. A family
 			// deleted since keeps its consents (42 CFR 2.31), and its
 			// refusals stay refusals.
-			var unknown bool
-			if err := q.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
-				AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)`, c.clinic, c.family).Scan(&unknown); err != nil {
-				return nil, fmt.Errorf("read family: %w", err)
-			}
-			if unknown {
-				return nil, apperr.NotFound(c.familyName())
+			if unknown, err := familyUnknown(ctx, q, c); err != nil || unknown {
+				return nil, cmp.Or(err, apperr.NotFound(c.familyName()))
 			}
 		}
 		return nil, consentRefused(c.familyName(), d.GetMemberId(), d.GetRecipient(), d.GetInformation(), d.GetPurpose())
@@ -1186,14 +1182,23 @@ func (s *Server) emptyForStaff(ctx context.Context, n int, c child) error {
 	// A family deleted keeps its consents and its accounting (42 CFR 2.31,
 	// 2.24): a filter none of them matches is an empty page, as it is for
 	// a family still there, not a family not found.
-	var unknown bool
-	if err := s.pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
-		AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)
-		AND NOT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND family_id = $2)`, c.clinic, c.family).Scan(&unknown); err != nil {
-		return fmt.Errorf("read family: %w", err)
-	}
-	if unknown {
-		return apperr.NotFound(c.familyName())
+	if unknown, err := familyUnknown(ctx, s.pool, c); err != nil || unknown {
+		return cmp.Or(err, apperr.NotFound(c.familyName()))
 	}
 	return nil
+}
+
+// familyUnknown reports whether nothing is kept of c's family: no row, no
+// consent, no disclosure. A family deleted keeps its consents and its
+// accounting (42 CFR 2.31, 2.24), and is still known by them.
+func familyUnknown(ctx context.Context, q interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}, c child) (bool, error) {
+	var unknown bool
+	if err := q.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
+		AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)
+		AND NOT EXISTS (SELECT 1 FROM disclosures WHERE clinic = $1 AND family_id = $2)`, c.clinic, c.family).Scan(&unknown); err != nil {
+		return false, fmt.Errorf("read family: %w", err)
+	}
+	return unknown, nil
 }
