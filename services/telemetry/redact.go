@@ -87,13 +87,13 @@ type redactingExporter struct{ sdktrace.SpanExporter }
 
 func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
 	// Most spans carry no failure: they pass as they are, uncopied.
-	out := spans
+	out, copied := spans, false
 	for i, s := range spans {
 		if !failed(s) {
 			continue
 		}
-		if len(out) > 0 && &out[0] == &spans[0] {
-			out = slices.Clone(spans)
+		if !copied {
+			out, copied = slices.Clone(spans), true
 		}
 		out[i] = withheld{s}
 	}
