@@ -203,7 +203,7 @@ func (r *report) scaleSection(b *strings.Builder) {
 		"(a commit of its own, which waits for the WAL's flush), the same at either size, and such fixed costs pull a ratio towards 1. " +
 		"The query alone is the service's one statement that does the work (the page of families; the match), sent with the clinic's scope in one round trip, from when the service sends it " +
 		"until it has read its last row, as the span its database layer wraps every statement in measures it. " +
-		"Timing it records a span for each statement the call sends, which the whole call includes at either size; whole calls before this "+
+		"Timing it records a span for each statement the call sends, which the whole call includes at either size; whole calls before this " +
 		"timing (runs before 2026-12-06 17:44) did not. Both sizes are read warm, from memory, so neither ratio is of the disk.\n")
 	fmt.Fprintf(b, "\nPrograms are spread over 100 towns and 1,000 postal codes; they fall into %d (small) and %d (big) profiles, "+
 		"the features a match scores. A match's work grows with the number of profiles, not of programs: the seed draws each program's "+
