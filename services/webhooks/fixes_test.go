@@ -23,6 +23,7 @@ import (
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/services/webhooks"
@@ -379,9 +380,11 @@ func TestClaimsOnlyFreeSlots(t *testing.T) {
 	}
 }
 
-// A delivery whose secret does not open is dead at once, with the reason,
-// instead of blocking its resource forever.
-func TestUnreadableSecretIsDead(t *testing.T) {
+// A secret that does not open with the sender's key (a replica started
+// with a wrong key, or one of the release before while the keys change in
+// one rollout) is Handoff's failure, not the receiver's: nothing is sent,
+// the try is given back, and a sender with the right key delivers it.
+func TestUnreadableSecretIsHeldNotDead(t *testing.T) {
 	_, schema := pgtest.Schema(t, webhooks.Migrations()...)
 	db := pgtest.App(t, schema)
 	key := make([]byte, 32)
@@ -406,22 +409,44 @@ func TestUnreadableSecretIsDead(t *testing.T) {
 	if _, err := (&webhooks.Sink{DB: db}).Enqueue(context.Background(), "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
-	s := webhooks.NewSender(webhooks.SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Secrets: otherBox})
-	if _, err := s.Once(context.Background()); err != nil {
+	admin := env.As("north", "admin-1", auth.RoleClinicAdmin)
+	delivery := func() *webhooksv1.Delivery {
+		t.Helper()
+		resp, err := c.ListDeliveries(admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			t.Fatalf("ListDeliveries = %v, %v", resp, err)
+		}
+		return resp.GetDeliveries()[0]
+	}
+	wrong := webhooks.NewSender(webhooks.SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Secrets: otherBox})
+	if _, err := wrong.Once(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := c.ListDeliveries(env.As("north", "admin-1", auth.RoleClinicAdmin), &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
-	if err != nil || len(resp.GetDeliveries()) != 1 {
-		t.Fatalf("ListDeliveries = %v, %v", resp, err)
-	}
-	d := resp.GetDeliveries()[0]
-	if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DEAD || !strings.Contains(d.GetLastError(), "secret") {
-		t.Fatalf("delivery with an unreadable secret: %v", d)
+	d := delivery()
+	if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING || !strings.Contains(d.GetLastError(), "secret") || d.GetAttemptCount() != 0 {
+		t.Fatalf("delivery with an unreadable secret: %v; want it pending, the try given back, the reason kept", d)
 	}
 	select {
 	case <-g.arrived:
 		t.Fatal("sent without a signature")
 	default:
+	}
+	// The sender with the right key sends it once it is due again.
+	if _, err := db.Exec(pgdb.WithClinic(context.Background(), "north"), `UPDATE deliveries SET next_attempt_time = now()`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := webhooks.NewSender(webhooks.SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Secrets: box}).Once(context.Background())
+		done <- err
+	}()
+	g.wait(t, 1)
+	g.reply(1, http.StatusNoContent)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := delivery(); d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED {
+		t.Fatalf("with the right key: %v; want it delivered", d)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -478,37 +479,23 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.member_id, d.payload,
-			d.attempts, d.claims, d.own_failures, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.secret, s.owner, s.payload, s.audience, s.outsider,
-			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END`,
+			d.attempts, d.claims, d.own_failures, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.owner, s.payload, s.audience, s.outsider`,
 		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
 	}
 	defer rows.Close()
-	var out, unreadable []*pending
+	var out []*pending
 	for rows.Next() {
 		p := &pending{}
 		var topic, kind int16
 		var member *string
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &member, &p.payload,
-			&p.attempts, &p.claims, &p.ownFailures, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.secret, &p.owner, &kind, &p.audience, &p.outsider, &p.previous); err != nil {
+			&p.attempts, &p.claims, &p.ownFailures, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.owner, &kind, &p.audience, &p.outsider); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if member != nil {
 			p.member, p.memberKnown = *member, true
-		}
-		if p.secret, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.secret); err != nil {
-			p.secret = ""
-			unreadable = append(unreadable, p)
-			continue
-		}
-		if p.previous != "" {
-			// A rotated secret that does not open only loses its second
-			// signature: the new one signs.
-			if p.previous, err = s.cfg.Secrets.open(subscriptionName(p.clinic, p.subscription), p.previous); err != nil {
-				s.cfg.Log.Warn("webhook previous secret unreadable", "delivery", p.name())
-				p.previous = ""
-			}
 		}
 		p.topic = webhooksv1.Topic(topic)
 		p.full = webhooksv1.PayloadKind(kind) == webhooksv1.PayloadKind_PAYLOAD_KIND_FULL && p.payload != nil
@@ -516,17 +503,6 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
-	}
-	rows.Close()
-	// A delivery whose secret does not open cannot be signed, whatever the
-	// number of attempts: it is dead at once, with the reason, so that it
-	// does not hold back its resource forever. Once the key is fixed, an
-	// administrator replays it.
-	for _, p := range unreadable {
-		s.cfg.Log.Error("webhook secret unreadable", "delivery", p.name())
-		if err := s.dead(ctx, p, errSecretUnreadable.Error()); err != nil {
-			return out, err
-		}
 	}
 	return out, nil
 }
@@ -573,9 +549,12 @@ var errUndecodable = fmt.Errorf("Handoff could not read the event: %w", errOwnSi
 // undecodableFor is far longer than a rolling deploy.
 const undecodableFor = 24 * time.Hour
 
-// errSecretUnreadable is the dead letter's reason when the subscription's
-// secret does not open with the configured key.
-var errSecretUnreadable = errors.New("signing secret unreadable with the configured key")
+// errSecretUnreadable marks a delivery whose subscription's secret does not
+// open with this sender's key: Handoff's failure too, and tried again like
+// errUndecodable. A replica started with a wrong key, or one of the release
+// before while the keys change in a single rollout (reseal.go), would
+// otherwise make dead letters of every clinic's deliveries it claims.
+var errSecretUnreadable = fmt.Errorf("signing secret unreadable with the configured key: %w", errOwnSide)
 
 // settled bounds the write of an attempt's outcome, which goes on past the
 // sender's shutdown (pgdb.Settle), in clinic's scope. An outcome left
@@ -610,13 +589,14 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 func (s *Sender) send(ctx context.Context, p *pending) error {
 	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
 	body, err := s.body(ctx, p)
-	if err == nil && p.consulted {
-		// The consent checks take time, in which the subscription may
-		// have been deleted (its endpoint or secret leaked): what was
-		// claimed must still be there to go.
-		due, derr := s.stillDue(ctx, p)
+	if err == nil {
+		// The consent checks take time, and the claim a moment, in which
+		// the subscription may have been deleted (its endpoint or secret
+		// leaked) or its secret rotated: what was claimed must still be
+		// there to go, and is signed with the secrets as they are now.
+		due, derr := s.current(ctx, p)
 		if derr != nil {
-			err = fmt.Errorf("%w: %w", errOwnSide, derr)
+			err = derr
 		} else if !due {
 			log.Info("webhook delivery gone before it was sent", "attempt", p.attempts)
 			return nil
@@ -676,7 +656,8 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// each try of a full notification sends the record again, and holds
 	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
-		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) || refusedFor(err, p.refusals+1) {
+		((errors.Is(err, errUndecodable) || errors.Is(err, errSecretUnreadable)) && time.Since(p.firstTry) > undecodableFor) ||
+		refusedFor(err, p.refusals+1) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -718,6 +699,9 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil
 	}
 	switch {
+	case errors.Is(err, errSecretUnreadable):
+		attempts.Add(rctx, 1, outcome("not_sent"))
+		log.Error("webhook held: its signing secret does not open with this process's key; check HANDOFF_WEBHOOK_SECRET_KEY", "retry_in", wait.String())
 	case errors.Is(err, errRefused):
 		attempts.Add(rctx, 1, outcome("refused_to_sender"))
 		log.Error("webhook held: the families service refuses the sender; check its token and role", "reason", reason, "retry_in", wait.String())
@@ -1005,17 +989,37 @@ func refusedFor(err error, n int) bool {
 	return refusal(err) && n >= refusedAttempts
 }
 
-// stillDue reports whether p's claim still stands: its subscription not
-// deleted, nor the delivery withdrawn or claimed again since.
-func (s *Sender) stillDue(ctx context.Context, p *pending) (bool, error) {
-	var due bool
-	err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, p.clinic), `SELECT EXISTS (SELECT FROM deliveries
-		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND claims = $4 AND attempts = $5 AND state = 1)`,
-		p.clinic, p.subscription, p.id, p.claims, p.attempts).Scan(&due)
-	if err != nil {
-		return false, fmt.Errorf("webhooks: check %s before sending: %w", p.name(), err)
+// current reports whether the delivery is still this attempt's to send,
+// and reads the subscription's secrets as they are now into p: a secret
+// rotated since the claim signs (the receiver that switched at once
+// verifies it), and the one before signs beside it while in its grace.
+func (s *Sender) current(ctx context.Context, p *pending) (bool, error) {
+	var secret, previous string
+	err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, p.clinic), `SELECT s.secret,
+			CASE WHEN s.previous_secret_expire_time > now() THEN s.previous_secret ELSE '' END
+		FROM deliveries d JOIN subscriptions s ON s.clinic = d.clinic AND s.id = d.subscription_id
+		WHERE d.clinic = $1 AND d.subscription_id = $2 AND d.id = $3 AND d.claims = $4 AND d.attempts = $5 AND d.state = 1`,
+		p.clinic, p.subscription, p.id, p.claims, p.attempts).Scan(&secret, &previous)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
 	}
-	return due, nil
+	if err != nil {
+		return false, fmt.Errorf("%w: webhooks: check %s before sending: %w", errOwnSide, p.name(), err)
+	}
+	name := subscriptionName(p.clinic, p.subscription)
+	if p.secret, err = s.cfg.Secrets.open(name, secret); err != nil {
+		return false, errSecretUnreadable
+	}
+	p.previous = ""
+	if previous != "" {
+		// A rotated secret that does not open only loses its second
+		// signature: the new one signs.
+		if p.previous, err = s.cfg.Secrets.open(name, previous); err != nil {
+			s.cfg.Log.Warn("webhook previous secret unreadable", "delivery", p.name())
+			p.previous = ""
+		}
+	}
+	return true, nil
 }
 
 // httpStatusError is a response outside 2xx.

@@ -533,3 +533,62 @@ func TestOwnSideWaitGrowsAndSpreads(t *testing.T) {
 		}
 	}
 }
+
+// The secrets sign as they are when the POST goes, not as the claim read
+// them: a rotation in between signs with the new secret (a receiver that
+// switched at once verifies it), and a delete in between sends nothing,
+// for identifiers-only deliveries too, which ask the families service
+// nothing.
+func TestSecretsAreReadAgainBeforeThePost(t *testing.T) {
+	pool, db := oneDelivery(t)
+	ctx := context.Background()
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	var signatures []string
+	var body []byte
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		signatures = append(signatures, r.Header.Get(SignatureHeader))
+		body, _ = io.ReadAll(r.Body)
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	claimed, err := s.claim(ctx, 10, share{})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, secret = 'whsec_new',
+		previous_secret_expire_time = now() + interval '1 hour'`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	if len(signatures) != 1 {
+		t.Fatalf("%d POSTs; want 1", len(signatures))
+	}
+	for _, secret := range []string{"whsec_new", "whsec_test"} {
+		if err := Verify(secret, signatures[0], body, time.Now()); err != nil {
+			t.Errorf("rotated after the claim: %s does not verify the POST: %v", secret, err)
+		}
+	}
+
+	// Deleted after the claim: nothing goes.
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 2, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r2", Payload: a}); err != nil {
+		t.Fatal(err)
+	}
+	if claimed, err = s.claim(ctx, 10, share{}); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM subscriptions`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	if len(signatures) != 1 {
+		t.Fatalf("%d POSTs; want none after the subscription was deleted", len(signatures)-1)
+	}
+}
