@@ -946,8 +946,8 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 		}
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED:
 		// ACCEPTED hands the loved one to MAT intake: a list without any
-		// medication says they took something else, which is a partial yes
-		// and goes the boundary way with referrals for what they took.
+		// medication says they took something else, which is a partial
+		// yes: to intake for care, the boundary way for the rest.
 		if len(req.GetAcceptedServices()) > 0 && !slices.ContainsFunc(req.GetAcceptedServices(), matService) {
 			vs.Add("accepted_services", "ACCEPTED hands over to MAT intake: name a MAT service here or leave it empty, or record PARTIALLY_ACCEPTED for these services alone")
 		}
@@ -1142,13 +1142,15 @@ func (s *Server) readHold(ctx context.Context, name string, done bool) (*referra
 // followedUp reports whether an outcome sends the family down the boundary
 // path, whose check-ins RecordCheckIn records: the same rule as the
 // intervention workflow's (a refusal, a no-show, or a partial acceptance
-// without MAT, which it refers and then follows up like a refusal).
+// of neither MAT nor inpatient or outpatient care, which it refers and
+// then follows up like a refusal). A partial yes to care goes to intake,
+// as a yes to MAT does, and no follow-up runs to hear its check-ins.
 func followedUp(o *interventionsv1.Outcome) bool {
 	switch o.GetKind() {
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED, interventionsv1.OutcomeKind_OUTCOME_KIND_DID_NOT_ATTEND:
 		return true
 	case interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED:
-		return !slices.ContainsFunc(o.GetAcceptedServices(), matService)
+		return !slices.ContainsFunc(o.GetAcceptedServices(), treatmentService)
 	}
 	return false
 }
@@ -1163,7 +1165,7 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if !followedUp(cur.GetOutcome()) {
 				return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
-					"check-ins follow only an intervention whose loved one did not accept MAT: declined, did not attend, or accepted only other services",
+					"check-ins follow only an intervention whose loved one did not accept treatment: declined, did not attend, or accepted only services other than MAT and inpatient or outpatient care",
 					map[string]string{"resource": cur.GetName()})
 			}
 			number, err := checkInNumber(ctx, tx, r, cur, req)
@@ -1230,6 +1232,18 @@ func appointmentForCaller(ctx context.Context, iv *interventionsv1.Intervention)
 		return iv
 	}
 	return consentgate.Appointment(iv)
+}
+
+// treatmentService says whether k is treatment that a yes to hands the
+// loved one to intake: a medication, or inpatient, outpatient or intensive
+// outpatient care (the workflow's IsMAT and IsCare).
+func treatmentService(k interventionsv1.ServiceKind) bool {
+	switch k {
+	case interventionsv1.ServiceKind_SERVICE_KIND_INPATIENT, interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT,
+		interventionsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT:
+		return true
+	}
+	return matService(k)
 }
 
 // matService says whether k is a medication for opioid use disorder.

@@ -1346,9 +1346,9 @@ func TestBadInputChangesNothing(t *testing.T) {
 func TestCheckInsFollowTheBoundaryPath(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	// A partial acceptance without MAT goes down the boundary path too
-	// (the workflow's rule), so its check-ins are recorded; one with MAT
-	// goes to intake and has none.
+	// A partial acceptance of neither MAT nor care goes down the boundary
+	// path too (the workflow's rule), so its check-ins are recorded; one
+	// with either goes to intake and has none.
 	for _, c := range []struct {
 		accepted []interventionsv1.ServiceKind
 		code     codes.Code
@@ -1356,6 +1356,10 @@ func TestCheckInsFollowTheBoundaryPath(t *testing.T) {
 		{[]interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}, codes.OK},
 		{[]interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE,
 			interventionsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}, codes.FailedPrecondition},
+		// A partial yes to care goes to intake too: no follow-up runs to
+		// hear a check-in.
+		{[]interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_FAMILY_COUNSELING,
+			interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}, codes.FailedPrecondition},
 	} {
 		p := f.draft(t, f.clock.Now().Add(72*time.Hour))
 		if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: p.GetName()}); err != nil {

@@ -1084,7 +1084,7 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "meeting postponed"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
-	default: // PARTIALLY_ACCEPTED without MAT, DECLINED, DID_NOT_ATTEND
+	default: // PARTIALLY_ACCEPTED of neither MAT nor care, DECLINED, DID_NOT_ATTEND
 		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "treatment not accepted"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}

@@ -961,9 +961,9 @@ type Intervention struct {
 	// How the meeting went; set by RecordOutcome, when the intervention
 	// becomes COMPLETED.
 	Outcome *Outcome `protobuf:"bytes,13,opt,name=outcome,proto3" json:"outcome,omitempty"`
-	// The family's answers to the follow-up check-ins after a DECLINED,
-	// DID_NOT_ATTEND or MAT-less PARTIALLY_ACCEPTED outcome, oldest first;
-	// added by RecordCheckIn.
+	// The family's answers to the follow-up check-ins after an outcome on
+	// the boundary path (see RecordCheckIn), oldest first; added by
+	// RecordCheckIn.
 	CheckIns []*CheckIn `protobuf:"bytes,14,rep,name=check_ins,json=checkIns,proto3" json:"check_ins,omitempty"`
 	// An earlier intervention of the same family,
 	// `clinics/{clinic}/interventions/{intervention}`, that this one follows

@@ -130,9 +130,10 @@ type InterventionsServiceClient interface {
 	CancelIntervention(ctx context.Context, in *CancelInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Records how a SCHEDULED intervention went and moves it to COMPLETED. An
 	// outcome is recorded once, and not before the intervention's
-	// `start_time`; both answer FAILED_PRECONDITION. After a DECLINED,
-	// DID_NOT_ATTEND or MAT-less PARTIALLY_ACCEPTED outcome the workflow
-	// schedules check-ins with the family (see RecordCheckIn).
+	// `start_time`; both answer FAILED_PRECONDITION. After a DECLINED or
+	// DID_NOT_ATTEND outcome, or a PARTIALLY_ACCEPTED one of neither a MAT
+	// service nor inpatient or outpatient care, the workflow schedules
+	// check-ins with the family (see RecordCheckIn).
 	RecordOutcome(ctx context.Context, in *RecordOutcomeRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Marks one item of the preparation checklist done or not done, and sets
 	// its note. Allowed while the intervention is DRAFT or SCHEDULED
@@ -140,8 +141,10 @@ type InterventionsServiceClient interface {
 	UpdateChecklistItem(ctx context.Context, in *UpdateChecklistItemRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Records the family's answer to a follow-up check-in. Check-ins follow
 	// only an intervention whose outcome was DECLINED, DID_NOT_ATTEND, or
-	// PARTIALLY_ACCEPTED without a MAT service (the boundary path); any other
-	// intervention answers FAILED_PRECONDITION. Each check-in is answered
+	// PARTIALLY_ACCEPTED without a MAT service or inpatient, outpatient or
+	// intensive outpatient care (the boundary path; a partial yes to any of
+	// those goes to intake); any other intervention answers
+	// FAILED_PRECONDITION. Each check-in is answered
 	// once; answering it again answers FAILED_PRECONDITION.
 	RecordCheckIn(ctx context.Context, in *RecordCheckInRequest, opts ...grpc.CallOption) (*CheckIn, error)
 	// Returns the talking points that fit the intervention's family: for each
@@ -564,9 +567,10 @@ type InterventionsServiceServer interface {
 	CancelIntervention(context.Context, *CancelInterventionRequest) (*Intervention, error)
 	// Records how a SCHEDULED intervention went and moves it to COMPLETED. An
 	// outcome is recorded once, and not before the intervention's
-	// `start_time`; both answer FAILED_PRECONDITION. After a DECLINED,
-	// DID_NOT_ATTEND or MAT-less PARTIALLY_ACCEPTED outcome the workflow
-	// schedules check-ins with the family (see RecordCheckIn).
+	// `start_time`; both answer FAILED_PRECONDITION. After a DECLINED or
+	// DID_NOT_ATTEND outcome, or a PARTIALLY_ACCEPTED one of neither a MAT
+	// service nor inpatient or outpatient care, the workflow schedules
+	// check-ins with the family (see RecordCheckIn).
 	RecordOutcome(context.Context, *RecordOutcomeRequest) (*Intervention, error)
 	// Marks one item of the preparation checklist done or not done, and sets
 	// its note. Allowed while the intervention is DRAFT or SCHEDULED
@@ -574,8 +578,10 @@ type InterventionsServiceServer interface {
 	UpdateChecklistItem(context.Context, *UpdateChecklistItemRequest) (*Intervention, error)
 	// Records the family's answer to a follow-up check-in. Check-ins follow
 	// only an intervention whose outcome was DECLINED, DID_NOT_ATTEND, or
-	// PARTIALLY_ACCEPTED without a MAT service (the boundary path); any other
-	// intervention answers FAILED_PRECONDITION. Each check-in is answered
+	// PARTIALLY_ACCEPTED without a MAT service or inpatient, outpatient or
+	// intensive outpatient care (the boundary path; a partial yes to any of
+	// those goes to intake); any other intervention answers
+	// FAILED_PRECONDITION. Each check-in is answered
 	// once; answering it again answers FAILED_PRECONDITION.
 	RecordCheckIn(context.Context, *RecordCheckInRequest) (*CheckIn, error)
 	// Returns the talking points that fit the intervention's family: for each
