@@ -2,9 +2,12 @@ package interventions
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -85,6 +88,43 @@ func TestUpgradeUnpublishesOldDrafts(t *testing.T) {
 	}
 	if draft || !held {
 		t.Fatalf("after the upgrade: the old draft published %v, the held meeting %v; want false, true", draft, held)
+	}
+}
+
+// Meetings cancelled before migration 0007 were all taken as published:
+// the upgrade unpublishes those never scheduled (a draft withdrawn), and
+// leaves those the audit trail shows scheduled, or that were rescheduled,
+// on the calendars as cancelled.
+func TestUpgradeUnpublishesOldCancelledDrafts(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0006_reschedule_reason.sql"))
+	if _, err := pool.Exec(ctx, `INSERT INTO interventions (clinic, id, family, counselor, level, duration_seconds, time_zone, doc, state, reschedule_count)
+		VALUES ('north', 'withdrawn', 'clinics/north/families/f1', 'counselor-1', 2, 3600, 'UTC', '{}', 4, 0),
+			('north', 'called-off', 'clinics/north/families/f1', 'counselor-1', 1, 3600, 'UTC', '{}', 4, 0),
+			('north', 'moved', 'clinics/north/families/f1', 'counselor-1', 1, 3600, 'UTC', '{}', 4, 1),
+			('north', 'held', 'clinics/north/families/f1', 'counselor-1', 1, 3600, 'UTC', '{}', 3, 0)`); err != nil {
+		t.Fatal(err)
+	}
+	// The trail: called-off was scheduled; withdrawn's try was refused.
+	if _, err := pool.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome) VALUES
+		('north', 'counselor-1', '{counselor}', '/handoff.interventions.v1.InterventionsService/ScheduleIntervention', 'clinics/north/interventions/called-off', 'OK'),
+		('north', 'counselor-1', '{counselor}', '/handoff.interventions.v1.InterventionsService/ScheduleIntervention', 'clinics/north/interventions/withdrawn', 'FAILED_PRECONDITION'),
+		('north', 'counselor-1', '{counselor}', '/handoff.interventions.v1.InterventionsService/GetIntervention', 'clinics/north/interventions/withdrawn', 'OK')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT id FROM interventions WHERE published ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"called-off", "held", "moved"}; !slices.Equal(published, want) {
+		t.Fatalf("published after the upgrade: %v; want %v (the withdrawn draft unpublished)", published, want)
 	}
 }
 
