@@ -771,6 +771,20 @@ func TestAdmittedOnTheSpotTask(t *testing.T) {
 	if want := instant(r.GetTreatmentEntryTime()); p["start"] != want || p["end"] != want || tk["output"] != nil {
 		t.Fatalf("admitted on the spot: executionPeriod %v, output %v; want the admission at %v and no appointment", p, tk["output"], want)
 	}
+	if got := businessCode(tk); got != "7.0" {
+		t.Errorf("admitted on the spot: business status %s; want 7.0, the fulfilment completed, no event", got)
+	}
+}
+
+// businessCode is the BSeR code of a Task's business status.
+func businessCode(tk obj) string {
+	bs, _ := tk["businessStatus"].(obj)
+	codings, _ := bs["coding"].([]any)
+	if len(codings) != 1 {
+		return fmt.Sprint(bs)
+	}
+	c, _ := codings[0].(obj)
+	return fmt.Sprint(c["code"])
 }
 
 // A referral completed without its booked intake (admitted while it was on
@@ -785,14 +799,23 @@ func TestCompletedWithoutTheBookedIntake(t *testing.T) {
 	if p["start"] != p["end"] {
 		t.Errorf("admitted before the booked intake: executionPeriod %v; want it to start at the admission", p)
 	}
+	if got := businessCode(task(r)); got != "7.0" {
+		t.Errorf("admitted an hour before the booked intake: business status %s; want 7.0, not the event's 5.1.4", got)
+	}
 	r.TreatmentEntryTime = ts(r.GetIntakeAppointment().GetStartTime().AsTime().Add(-10 * time.Minute))
 	if a := intakeAppointment(r); a["status"] != "fulfilled" {
 		t.Errorf("admitted ten minutes before the booked start: appointment %v; want fulfilled", a["status"])
+	}
+	if got := businessCode(task(r)); got != "5.1.4" {
+		t.Errorf("admitted at the booked intake: business status %s; want 5.1.4, the event completed", got)
 	}
 	r.History = []*referralsv1.ReferralEvent{{FromState: referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD,
 		ToState: referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, Time: r.GetUpdateTime()}}
 	if a := intakeAppointment(r); a["status"] != "cancelled" {
 		t.Errorf("admitted while the intake was on hold: appointment %v; want cancelled", a["status"])
+	}
+	if got := businessCode(task(r)); got != "7.0" {
+		t.Errorf("admitted while the intake was on hold: business status %s; want 7.0", got)
 	}
 }
 

@@ -324,6 +324,10 @@ var businessStatus = map[referralsv1.ReferralState][2]string{
 	referralsv1.ReferralState_REFERRAL_STATE_CANCELLED: {"6.0", "Service Request Fulfillment Cancelled"},
 }
 
+// fulfilmentCompleted is the BSeR status of a referral completed without
+// its intake appointment.
+var fulfilmentCompleted = [2]string{"7.0", "Service Request Fulfillment Completed"}
+
 // task is a referral as the receiving program's work item.
 func task(r *referralsv1.Referral) obj {
 	id := lastSegment(r.GetName())
@@ -349,6 +353,14 @@ func task(r *referralsv1.Referral) obj {
 		"requester":    requester(r),
 	}
 	if bs, ok := businessStatus[r.GetState()]; ok {
+		if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
+			(r.GetIntakeAppointment().GetStartTime() == nil || intake.Superseded(r)) {
+			// The event completed is the intake appointment: a person
+			// admitted on the spot, or some other way than at the booked
+			// intake, had none, and an EHR counting attended intakes
+			// must not count one. The fulfilment as a whole did complete.
+			bs = fulfilmentCompleted
+		}
 		t["businessStatus"] = concept(bs[1], coding(sysBSeRStatus, bs[0], bs[1]))
 	} else if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD {
 		t["businessStatus"] = concept("on hold") // BSeR has no code for it
