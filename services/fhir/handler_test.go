@@ -12,8 +12,10 @@ import (
 	"net/url"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -816,6 +818,59 @@ func TestCompletedWithoutTheBookedIntake(t *testing.T) {
 	}
 	if got := businessCode(task(r)); got != "7.0" {
 		t.Errorf("admitted while the intake was on hold: business status %s; want 7.0", got)
+	}
+}
+
+// manyFamilies is a clinic of n families of one member each, listed one
+// at a time by index as the page token, the calls counted.
+type manyFamilies struct {
+	*fakeFamilies
+	n     int
+	calls atomic.Int32
+}
+
+func (f *manyFamilies) ListFamilies(_ context.Context, in *familiesv1.ListFamiliesRequest, _ ...grpc.CallOption) (*familiesv1.ListFamiliesResponse, error) {
+	f.calls.Add(1)
+	i := 0
+	if in.GetPageToken() != "" {
+		i, _ = strconv.Atoi(in.GetPageToken())
+	}
+	fam := sampleFamily()
+	fam.Name = fmt.Sprintf("clinics/north/families/00000000-0000-4000-8000-%012d", i)
+	fam.Members = fam.GetMembers()[:1]
+	resp := &familiesv1.ListFamiliesResponse{Families: []*familiesv1.Family{fam}}
+	if i+1 < f.n {
+		resp.NextPageToken = strconv.Itoa(i + 1)
+	}
+	return resp, nil
+}
+
+// A RelatedPerson search of the whole clinic at the largest _count reads a
+// bounded number of families, one call each, and links on to the rest.
+func TestRelatedPersonPageReadsBoundedFamilies(t *testing.T) {
+	const bound = 50
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_IDENTITY)
+	many := &manyFamilies{fakeFamilies: fx.families, n: 400}
+	h, err := New(Config{Families: many, Referrals: fx.referrals, Interventions: fakeInterventions{}, Verifier: fx.issuer.Verifier()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.h = h
+	a := fx.do("GET", "/fhir/R4/RelatedPerson?_count=1000", "")
+	if a.code != http.StatusOK {
+		t.Fatalf("search: %d %s", a.code, a.raw)
+	}
+	entries, _ := a.body["entry"].([]any)
+	if calls := many.calls.Load(); calls > bound || len(entries) != int(calls) {
+		t.Fatalf("one page read %d families (%d members); want at most %d", calls, len(entries), bound)
+	}
+	next := false
+	links, _ := a.body["link"].([]any)
+	for _, l := range links {
+		next = next || l.(map[string]any)["relation"] == "next"
+	}
+	if !next {
+		t.Fatal("no next link to the families left")
 	}
 }
 

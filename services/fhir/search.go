@@ -28,6 +28,12 @@ const pageTokenParam = "page_token"
 // defaultPageSize is the services' page size when _count is not given.
 const defaultPageSize = 50
 
+// familiesPerPage bounds the families a RelatedPerson page reads, one
+// call each: at _count=1000, a clinic of one-member families would
+// otherwise take a thousand calls in a row, past the request's timeout,
+// for one page. The next link reads on.
+const familiesPerPage = 50
+
 // Search parameters each type takes besides the common ones.
 var searchParams = map[string][]string{
 	"Patient":           nil,
@@ -431,8 +437,9 @@ func (s *server) relatedPeople(ctx context.Context, c caller, q query) (page, er
 			return p, nil
 		}
 		// A page's worth of families read (some may have lost their
-		// members since) is enough for one answer.
-		if len(p.entries) == limit || read+1 >= limit {
+		// members since), or familiesPerPage, is enough for one answer:
+		// each is a call, and a disclosure recorded, one after another.
+		if len(p.entries) == limit || read+1 >= min(limit, familiesPerPage) {
 			p.next = "m0.." + next
 			return p, nil
 		}
