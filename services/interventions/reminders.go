@@ -126,7 +126,10 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	// "family meeting"), other substances, and other care.
 	`intervention\w*|drinking|drinker\w*|meth|methamphetamine\w*|cocaine|crack|benzo\w*|xanax|valium|oxy|oxycodone|oxycontin|` +
 	`percocet|vicodin|hydrocodone|morphine|tramadol|marijuana|cannabis|weed|kratom|pill|pills|medicat\w*|prescription\w*|` +
-	`therap\w*|psychiatr\w*)\b`)
+	`therap\w*|psychiatr\w*|psycholog\w*|mental|` +
+	// Harm reduction names the use as plainly. (Counseling alone does
+	// not: the workflows tell counselors of a family's counseling.)
+	`harm[- ]reduction|syring\w*|needle\w*)\b`)
 
 // RevealingWord is the first word of message that would reveal a health
 // detail, or "" if there is none: CreateReminder refuses such a message.

@@ -14,6 +14,8 @@ func TestSensitiveWords(t *testing.T) {
 		"Reminder: Dad's intervention is Tue at 6 PM", "Family meeting about Mom's drinking", "Bring her pills and the dosage card",
 		"He was using meth again", "Cocaine in the car", "Her Xanax ran out", "Oxy in the drawer", "Pick up the prescription",
 		"Medication pickup at 5", "Therapy at 4", "See the psychiatrist Monday", "Kratom from the gas station",
+		"Your syringe services visit is at 3 PM", "Needle exchange opens at 9", "Harm reduction kit pickup", "Harm-reduction van at noon",
+		"The psychologist will call", "Mental health check at 2",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
