@@ -64,7 +64,8 @@ func TestSecretKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rotated, err := c.RotateSubscriptionSecret(ehr, &webhooksv1.RotateSubscriptionSecretRequest{Name: first.GetName()})
+	rotate := &webhooksv1.RotateSubscriptionSecretRequest{Name: first.GetName(), RequestId: "rotate-1"}
+	rotated, err := c.RotateSubscriptionSecret(ehr, rotate)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,13 +122,14 @@ func TestSecretKeyRotation(t *testing.T) {
 	if n, _, err := sender(both).Reseal(ctx); err != nil || n != 0 {
 		t.Fatalf("a second reseal: %d, %v; want nothing left to do", n, err)
 	}
-	// A retried Create whose kept answer was sealed under the old key
-	// still answers while the old key is configured.
+	// A retried rotation whose kept answer was sealed under the old key
+	// still answers while the old key is configured. (The create's retry
+	// is refused: its secret was rotated away.)
 	srv2 := webhooks.New(db, webhooks.Config{AllowInsecure: true, AllowPrivate: true, Secrets: both})
 	env2 := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv2) })
-	if again, err := webhooksv1.NewWebhooksServiceClient(env2.Conn).CreateSubscription(env2.As("north", "ehr-1", auth.RoleEHR), create); err != nil ||
-		again.GetSecret() != first.GetSecret() {
-		t.Fatalf("retried Create under the new key: %v, %v", again.GetSecret(), err)
+	if again, err := webhooksv1.NewWebhooksServiceClient(env2.Conn).RotateSubscriptionSecret(env2.As("north", "ehr-1", auth.RoleEHR), rotate); err != nil ||
+		again.GetSecret() != rotated.GetSecret() {
+		t.Fatalf("retried rotation under the new key: %v, %v", again.GetSecret() != "", err)
 	}
 
 	// The new key alone signs with the current secret and, within the

@@ -24,6 +24,7 @@ package webhooks
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"embed"
 	"encoding/base64"
 	"errors"
@@ -305,7 +306,7 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			}
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
-	return s.openSecret(out, err)
+	return s.openSecret(ctx, out, err)
 }
 
 // subscriptionLockClass is the first key of the advisory lock on one
@@ -333,13 +334,40 @@ func withSealedSecret(ctx context.Context, tx pgx.Tx, clinic, id, sealed string)
 	return out, nil
 }
 
-// openSecret opens the secret of an answer on its way out.
-func (s *Server) openSecret(out *webhooksv1.Subscription, err error) (*webhooksv1.Subscription, error) {
+// openSecret opens the secret of an answer on its way out. An answer
+// stored for retries (AIP-155) and replayed after a later rotation holds a
+// secret that no longer signs, or signs only until its grace ends: handed
+// out again, a receiver set up with it would refuse every notification a
+// day later, and a secret rotated away because it leaked would stay
+// retrievable. Such a replay is refused, as a deleted subscription's is.
+func (s *Server) openSecret(ctx context.Context, out *webhooksv1.Subscription, err error) (*webhooksv1.Subscription, error) {
 	if err != nil {
 		return nil, err
 	}
+	clinic, id, err := parseSubscription("name", out.GetName())
+	if err != nil {
+		return nil, err
+	}
+	var current string
+	switch err := s.db.QueryRow(pgdb.WithClinic(ctx, clinic), `SELECT secret FROM subscriptions WHERE clinic = $1 AND id = $2`,
+		clinic, id).Scan(&current); {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, apperr.NotFound(out.GetName())
+	case err != nil:
+		return nil, fmt.Errorf("read the subscription's secret: %w", err)
+	}
+	// Compared opened: a key change reseals the table's copy, not the
+	// stored answer's.
 	if out.Secret, err = s.cfg.Secrets.open(out.GetName(), out.GetSecret()); err != nil {
 		return nil, err
+	}
+	if current, err = s.cfg.Secrets.open(out.GetName(), current); err != nil {
+		return nil, err
+	}
+	if subtle.ConstantTimeCompare([]byte(current), []byte(out.GetSecret())) != 1 {
+		return nil, apperr.FailedPrecondition("SECRET_ROTATED",
+			out.GetName()+"'s secret has been rotated since this request was answered: use the secret of its latest rotation, or rotate it again under a new request_id",
+			map[string]string{"resource": out.GetName()})
 	}
 	return out, nil
 }
@@ -424,7 +452,7 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			}
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
-	return s.openSecret(out, err)
+	return s.openSecret(ctx, out, err)
 }
 
 // rotationInProgress refuses a rotation while the secret before the last

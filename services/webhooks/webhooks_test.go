@@ -29,6 +29,7 @@ import (
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
+	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -1740,5 +1741,37 @@ func TestReplayIsDueByTheDatabasesClock(t *testing.T) {
 	}
 	if wait > 0 {
 		t.Fatalf("the replayed delivery is due in %v by the database's clock; want now", wait)
+	}
+}
+
+// A create or rotation retried under its request id after a later
+// rotation is refused, not answered with the secret rotated away (one
+// that stops signing when its grace ends, or that leaked); the latest
+// rotation's retry still gets its secret.
+func TestRetryAfterARotationDoesNotReturnTheOldSecret(t *testing.T) {
+	f := setup(t)
+	create := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "create-1",
+		Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}
+	sub, err := f.client.CreateSubscription(f.ehr, create)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := f.client.CreateSubscription(f.ehr, create); err != nil || again.GetSecret() != sub.GetSecret() {
+		t.Fatalf("create retried before any rotation: %v; want the same secret", err)
+	}
+	rotate := &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName(), RequestId: "rotate-1"}
+	rotated, err := f.client.RotateSubscriptionSecret(f.ehr, rotate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.CreateSubscription(f.ehr, create)
+	if status.Code(err) != codes.FailedPrecondition || apperr.Reason(err) != "SECRET_ROTATED" {
+		t.Fatalf("create retried after a rotation: %v; want FAILED_PRECONDITION SECRET_ROTATED", err)
+	}
+	if strings.Contains(err.Error(), sub.GetSecret()) {
+		t.Fatal("the refusal holds the old secret")
+	}
+	if again, err := f.client.RotateSubscriptionSecret(f.ehr, rotate); err != nil || again.GetSecret() != rotated.GetSecret() {
+		t.Fatalf("the latest rotation retried: %v; want its secret again", err)
 	}
 }

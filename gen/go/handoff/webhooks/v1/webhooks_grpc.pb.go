@@ -65,7 +65,9 @@ const (
 type WebhooksServiceClient interface {
 	// Creates a subscription owned by the caller. The answer is the only one
 	// that carries the signing `secret`: keep it. Send a `request_id` so that a
-	// retry returns the subscription created by the first attempt. A caller
+	// retry returns the subscription created by the first attempt; once the
+	// secret has been rotated, such a retry is FAILED_PRECONDITION (reason
+	// SECRET_ROTATED) rather than hand out a secret that stops signing. A caller
 	// subscribes only to topics whose resources its role reads through the
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
@@ -89,8 +91,9 @@ type WebhooksServiceClient interface {
 	// notification is signed with both the new and the old secret (two `v1`
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
-	// `request_id` so that a retry returns the secret of the first attempt.
-	// Another rotation within that day is FAILED_PRECONDITION (reason
+	// `request_id` so that a retry returns the secret of the first attempt
+	// (FAILED_PRECONDITION, reason SECRET_ROTATED, once a later rotation has
+	// replaced it). Another rotation within that day is FAILED_PRECONDITION (reason
 	// ROTATION_IN_PROGRESS): it would drop the old secret the receiver may
 	// still verify with. If the new secret leaked meanwhile, delete the
 	// subscription and create it again.
@@ -213,7 +216,9 @@ func (c *webhooksServiceClient) ListAuditEvents(ctx context.Context, in *v1.List
 type WebhooksServiceServer interface {
 	// Creates a subscription owned by the caller. The answer is the only one
 	// that carries the signing `secret`: keep it. Send a `request_id` so that a
-	// retry returns the subscription created by the first attempt. A caller
+	// retry returns the subscription created by the first attempt; once the
+	// secret has been rotated, such a retry is FAILED_PRECONDITION (reason
+	// SECRET_ROTATED) rather than hand out a secret that stops signing. A caller
 	// subscribes only to topics whose resources its role reads through the
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
@@ -237,8 +242,9 @@ type WebhooksServiceServer interface {
 	// notification is signed with both the new and the old secret (two `v1`
 	// values in the signature header), so the receiver can switch to the new
 	// one without refusing any; then the old one is dropped. Send a
-	// `request_id` so that a retry returns the secret of the first attempt.
-	// Another rotation within that day is FAILED_PRECONDITION (reason
+	// `request_id` so that a retry returns the secret of the first attempt
+	// (FAILED_PRECONDITION, reason SECRET_ROTATED, once a later rotation has
+	// replaced it). Another rotation within that day is FAILED_PRECONDITION (reason
 	// ROTATION_IN_PROGRESS): it would drop the old secret the receiver may
 	// still verify with. If the new secret leaked meanwhile, delete the
 	// subscription and create it again.
