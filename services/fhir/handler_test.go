@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/fhir/go/fhirversion"
+	"github.com/google/fhir/go/jsonformat"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1184,8 +1186,32 @@ func TestMemberReferralTaskIsForTheMember(t *testing.T) {
 	if got := task(member)["for"]; !reflect.DeepEqual(got, ref("RelatedPerson", pairID(fam, "mom"))) {
 		t.Fatalf("a member's Task is for %v; want the member's RelatedPerson", got)
 	}
-	if got := serviceRequest(member)["subject"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
-		t.Fatalf("a member's ServiceRequest subject is %v; want the family's Patient", got)
+	// The member is the request's patient, contained and linked to the
+	// member's RelatedPerson, never the loved one's Patient.
+	sr := serviceRequest(member)
+	contained, _ := sr["contained"].([]any)
+	if len(contained) != 1 {
+		t.Fatalf("a member's ServiceRequest contains %v; want the member as a Patient", sr["contained"])
+	}
+	patientOf := contained[0].(obj)
+	if got := sr["subject"]; !reflect.DeepEqual(got, obj{"reference": "#" + fmt.Sprint(patientOf["id"])}) || patientOf["resourceType"] != "Patient" ||
+		!reflect.DeepEqual(patientOf["link"], []any{obj{"other": ref("RelatedPerson", pairID(fam, "mom")), "type": "seealso"}}) {
+		t.Fatalf("a member's ServiceRequest: subject %v, contained %v; want the contained Patient linked to the member", got, patientOf)
+	}
+	// And R4 takes it as a ServiceRequest.
+	raw, err := json.Marshal(sr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Unmarshal(raw); err != nil {
+		t.Fatalf("a member's ServiceRequest is not valid R4: %v\n%s", err, raw)
+	}
+	if got := serviceRequest(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED))["subject"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
+		t.Fatalf("the loved one's ServiceRequest subject is %v; want the Patient", got)
 	}
 	own := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
 	if got := task(own)["for"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
@@ -1198,7 +1224,9 @@ func TestMemberReferralTaskIsForTheMember(t *testing.T) {
 		{"/fhir/R4/Task?patient=" + famID, true},
 		{"/fhir/R4/Task?subject=Patient/" + famID, true},
 		{"/fhir/R4/Task", false},
-		{"/fhir/R4/ServiceRequest?patient=" + famID, false},
+		{"/fhir/R4/ServiceRequest?patient=" + famID, true},
+		{"/fhir/R4/ServiceRequest?subject=Patient/" + famID, true},
+		{"/fhir/R4/ServiceRequest", false},
 	} {
 		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 		if a := fx.do("GET", c.path, ""); a.code != http.StatusOK || len(fx.referrals.filters) != 1 {

@@ -249,9 +249,12 @@ func serviceKind(k referralsv1.ServiceKind) obj {
 	return concept(strings.ToLower(strings.ReplaceAll(name, "_", " ")), coding(sysServiceKind, name, ""))
 }
 
-// referralSubject is who a referral is for. FHIR's ServiceRequest.subject
-// must be a Patient, so a member's referral keeps the family's Patient as
-// subject and names the member separately.
+// memberPatientID is the id of the Patient a member's ServiceRequest
+// contains: the member, as the patient of that request.
+const memberPatientID = "member"
+
+// referralSubject is who a referral is for: the family's Patient, and for
+// a member's own referral the member's RelatedPerson too.
 func referralSubject(r *referralsv1.Referral) (patientRef obj, member obj) {
 	fam := lastSegment(r.GetFamily())
 	if r.GetSubject().GetKind() == referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER {
@@ -289,6 +292,18 @@ func serviceRequest(r *referralsv1.Referral) obj {
 		priority = "urgent"
 	}
 	subject, member := referralSubject(r)
+	var contained []any
+	if member != nil {
+		// A member's own referral is the member's, not the loved one's:
+		// with the family's Patient as its subject, an EHR filed the
+		// member's MAT referral in the loved one's chart. FHIR wants a
+		// Patient here, and the member has none of their own on this
+		// server: the member is the patient of this request, contained,
+		// linked to their RelatedPerson.
+		subject = obj{"reference": "#" + memberPatientID}
+		contained = []any{obj{"resourceType": "Patient", "id": memberPatientID,
+			"link": []any{obj{"other": member, "type": "seealso"}}}}
+	}
 	sr := obj{
 		"resourceType": "ServiceRequest",
 		"id":           lastSegment(r.GetName()),
@@ -301,8 +316,8 @@ func serviceRequest(r *referralsv1.Referral) obj {
 		"requester":    requester(r),
 		"performer":    []any{ref("HealthcareService", lastSegment(r.GetProgram()))},
 	}
-	if member != nil {
-		sr["supportingInfo"] = []any{member}
+	if contained != nil {
+		sr["contained"] = contained
 	}
 	if r.GetReason() != "" {
 		sr["reasonCode"] = []any{concept(r.GetReason())}

@@ -491,9 +491,10 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 			state = fmt.Sprintf("fhir_task_status = %q", q.status)
 		}
 		terms := []string{q.familyTerm(c), state}
-		if q.typ == "Task" && q.patient != "" {
-			// Task's patient and subject match Task.for, which for a
-			// member's own referral is the member, not the Patient.
+		if q.patient != "" {
+			// patient and subject match Task.for and ServiceRequest.subject,
+			// which for a member's own referral are the member, not the
+			// Patient.
 			terms = append(terms, lovedOnesOwn)
 		}
 		resp, err := s.cfg.Referrals.ListReferrals(ctx, &referralsv1.ListReferralsRequest{
