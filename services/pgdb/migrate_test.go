@@ -240,3 +240,31 @@ func TestRowsOfNoClinicAreNotShared(t *testing.T) {
 		t.Fatal("an empty scope wrote a row of no clinic")
 	}
 }
+
+// The application role reads which migrations have run, and only that:
+// a migration not run is named; a schema it may not read the record of
+// (migrated by a release before the grant), or one that does not exist,
+// has every migration unapplied.
+func TestUnappliedAsTheApplicationRole(t *testing.T) {
+	ctx := context.Background()
+	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
+	extra := pgdb.Source{Name: "extra", FS: fstest.MapFS{"m/0001_t.sql": {Data: []byte(`CREATE TABLE t (clinic text)`)}}, Dir: "m"}
+	owner, schema := pgtest.Schema(t, common)
+	app := pgtest.App(t, schema)
+	missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common, extra)
+	if err != nil || len(missing) != 1 || missing[0] != "extra/0001_t.sql" {
+		t.Fatalf("Unapplied = %v, %v; want extra/0001_t.sql alone", missing, err)
+	}
+	if _, err := app.Pool.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ('extra/0001_t.sql')`); err == nil {
+		t.Fatal("the application role recorded a migration as run")
+	}
+	if _, err := owner.Exec(ctx, `REVOKE SELECT ON `+schema+`.schema_migrations FROM `+pgdb.AppRole); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common); err != nil || len(missing) == 0 {
+		t.Fatalf("unreadable record: Unapplied = %v, %v; want every migration", missing, err)
+	}
+	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema+"_none", common); err != nil || len(missing) == 0 {
+		t.Fatalf("no schema: Unapplied = %v, %v; want every migration", missing, err)
+	}
+}

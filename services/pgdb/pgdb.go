@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/handoff-health/handoff/services/apperr"
@@ -213,6 +214,41 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 	return secure(ctx, conn.Conn(), schema)
 }
 
+// Unapplied returns the migrations of sources that schema has no record
+// of: those a release's migration has yet to run. A schema that does not
+// exist, or whose record q may not read (no release that grants the
+// application role that read has migrated it), has them all unapplied.
+func Unapplied(ctx context.Context, q *pgxpool.Pool, schema string, sources ...Source) ([]string, error) {
+	if !schemaPattern.MatchString(schema) {
+		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	var want []string
+	for _, src := range sources {
+		files, err := fs.Glob(src.FS, path.Join(src.Dir, "*.sql"))
+		if err != nil {
+			return nil, fmt.Errorf("pgdb: list %s migrations: %w", src.Name, err)
+		}
+		slices.Sort(files)
+		for _, f := range files {
+			want = append(want, src.Name+"/"+path.Base(f))
+		}
+	}
+	rows, err := q.Query(ctx, `SELECT id FROM `+schema+`.schema_migrations WHERE id = ANY($1)`, want)
+	var applied []string
+	if err == nil {
+		applied, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "42P01" || pgErr.Code == "3F000") {
+		// insufficient_privilege, undefined_table, invalid_schema_name
+		return want, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: read applied migrations of %s: %w", schema, err)
+	}
+	return slices.DeleteFunc(want, func(id string) bool { return slices.Contains(applied, id) }), nil
+}
+
 // MigrateLockTimeout bounds how long a migration waits for a table's lock.
 // Its ALTERs and policy changes take exclusive locks; waiting behind a long
 // read (a report, a dump) would queue every request behind the migration,
@@ -287,6 +323,9 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 			`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`REVOKE ALL ON ` + schema + `.schema_migrations FROM ` + AppRole,
+			// Read only, so that a service not migrating can tell whether
+			// its release's migrations have run (Unapplied).
+			`GRANT SELECT ON ` + schema + `.schema_migrations TO ` + AppRole,
 		}
 		for table, privs := range appendOnly {
 			stmts = append(stmts, `DO $$ BEGIN

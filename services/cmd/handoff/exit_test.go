@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/handoff-health/handoff/services/families"
+	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
@@ -232,15 +234,85 @@ func TestServiceNotMigratingRefusesTheOwnersLogin(t *testing.T) {
 	prefix := pgtest.Prefix(t, "families")
 	t.Setenv("HANDOFF_SCHEMA_PREFIX", prefix)
 	ctx := context.Background()
-	db, err := openSchema(ctx, pgtest.URL(), "families", families.Migrations(), true)
+	db, err := openSchema(ctx, slog.New(slog.DiscardHandler), pgtest.URL(), "families", families.Migrations(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	db.Pool.Close()
-	if db, err := openSchema(ctx, pgtest.URL(), "families", families.Migrations(), false); err == nil || !strings.Contains(err.Error(), "login role") {
+	if db, err := openSchema(ctx, slog.New(slog.DiscardHandler), pgtest.URL(), "families", families.Migrations(), false); err == nil || !strings.Contains(err.Error(), "login role") {
 		if db != nil {
 			db.Pool.Close()
 		}
 		t.Fatalf("not migrating, as the owner: %v; want it refused", err)
+	}
+}
+
+// A service that does not migrate waits, not ready, for its release's
+// migrations: started before the migration job ran (or against a schema
+// that lacks them), it would otherwise serve and fail every call that
+// reads what they add. It goes on once they have run.
+func TestServiceNotMigratingWaitsForItsMigrations(t *testing.T) {
+	prefix := pgtest.Prefix(t, "families")
+	t.Setenv("HANDOFF_SCHEMA_PREFIX", prefix)
+	defer func(d time.Duration) { migratedPoll = d }(migratedPoll)
+	migratedPoll = 50 * time.Millisecond
+	ctx := context.Background()
+	schema := prefix + "families"
+	owner, err := pgdb.Open(ctx, pgtest.URL(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	// The release before: every migration but the newest.
+	src := families.Migrations()
+	if err := pgdb.Migrate(ctx, owner, schema, src[0], pgtest.Before(t, src[1], "0010_disclosure_recipients.sql")); err != nil {
+		t.Fatal(err)
+	}
+	role := fmt.Sprintf("handoff_await_%d", time.Now().UnixNano()%1_000_000_000)
+	if err := pgdb.EnsureLoginRole(ctx, owner, role, "pw"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = owner.Exec(context.Background(), `DROP ROLE IF EXISTS `+role) })
+	login, err := url.Parse(pgtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	login.User = url.UserPassword(role, "pw")
+	log := slog.New(slog.DiscardHandler)
+
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	db, err := openSchema(short, log, login.String(), "families", src, false)
+	if err == nil {
+		db.Pool.Close()
+		t.Fatal("opened a schema a migration short; want it to wait")
+	}
+	if !strings.Contains(err.Error(), "families/0011_consents_by_clinic.sql") {
+		t.Fatalf("gave up with %v; want the missing migration named", err)
+	}
+
+	opened := make(chan error, 1)
+	go func() {
+		db, err := openSchema(ctx, log, login.String(), "families", src, false)
+		if err == nil {
+			db.Pool.Close()
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("opened before the migration ran: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, src...); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatalf("after the migration: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("still waiting after the migration ran")
 	}
 }

@@ -593,7 +593,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 			return err
 		}
 	}
-	pool, err := openSchema(ctx, f.databaseURL, d.schema, d.migrations, f.migrate)
+	pool, err := openSchema(ctx, log, f.databaseURL, d.schema, d.migrations, f.migrate)
 	if err != nil {
 		return err
 	}
@@ -624,7 +624,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 		// notifications wait on no Temporal. The webhooks schema is
 		// migrated here too, so the relay never waits for a service that
 		// starts later.
-		whDB, err := openSchema(ctx, f.databaseURL, webhooks.Schema, webhooks.Migrations(), f.migrate)
+		whDB, err := openSchema(ctx, log, f.databaseURL, webhooks.Schema, webhooks.Migrations(), f.migrate)
 		if err != nil {
 			return err
 		}
@@ -683,7 +683,7 @@ func (f serviceFlags) dial(addr string, token grpcclient.TokenSource) (*grpc.Cli
 // openSchema migrates a service's schema as the URL's user (its owner),
 // unless told not to, then opens it as the application role, under
 // row-level security.
-func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Source, migrate bool) (*pgdb.DB, error) {
+func openSchema(ctx context.Context, log *slog.Logger, dbURL, schema string, migrations []pgdb.Source, migrate bool) (*pgdb.DB, error) {
 	schema = schemaPrefix() + schema
 	if !migrate {
 		// Not migrating, the process logs in as the services' own role:
@@ -693,6 +693,10 @@ func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Sou
 			return nil, err
 		}
 		if err := pgdb.CheckLoginRole(ctx, db, schema); err != nil {
+			db.Pool.Close()
+			return nil, err
+		}
+		if err := awaitMigrated(ctx, log, db, schema, migrations); err != nil {
 			db.Pool.Close()
 			return nil, err
 		}
@@ -708,6 +712,39 @@ func openSchema(ctx context.Context, dbURL, schema string, migrations []pgdb.Sou
 		return nil, err
 	}
 	return pgdb.OpenApp(ctx, dbURL, schema)
+}
+
+// migratedPoll is how often a service not migrating looks again for its
+// release's migrations.
+var migratedPoll = 5 * time.Second
+
+// awaitMigrated waits, not ready, until schema holds every migration of
+// this release: started before the migration job has run (manifests
+// applied in one pass, or the job still running), or against a database
+// that lacks the schema, the service would otherwise report ready and
+// fail every call that reads what the migrations add. The probes answer
+// meanwhile (the process is alive, not ready), and the rollout waits.
+func awaitMigrated(ctx context.Context, log *slog.Logger, db *pgdb.DB, schema string, migrations []pgdb.Source) error {
+	var said time.Time
+	for {
+		missing, err := pgdb.Unapplied(ctx, db.Pool, schema, migrations...)
+		if err != nil {
+			return err
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if time.Since(said) >= time.Minute {
+			said = time.Now()
+			log.Warn("waiting for this release's migrations: run `handoff migrate` as the schemas' owner",
+				"schema", schema, "missing", len(missing), "first", missing[0])
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("schema %s lacks %d migrations of this release (first %s): %w", schema, len(missing), missing[0], ctx.Err())
+		case <-time.After(migratedPoll):
+		}
+	}
 }
 
 // schemaPrefix lets tests run the real processes in schemas of their own
