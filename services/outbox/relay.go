@@ -72,9 +72,15 @@ type Relay struct {
 	mu      sync.Mutex // one poll at a time owns the fields below
 	blocked map[string]backoff
 	pruned  time.Time
-	conn    *pgxpool.Conn   // holds the lock while lanes are under way
-	busy    map[string]bool // lanes under way
-	sem     chan struct{}   // Parallel lanes deliver at once
+	conn    *pgxpool.Conn // holds the lock while lanes are under way
+	// lost ends when the relay may have lost the lock it took (a
+	// statement on conn failed: a dead session drops its locks), and stops
+	// the lanes under way, so that they do not deliver beside the replica
+	// that takes the lock next.
+	lost context.Context
+	lose context.CancelFunc
+	busy map[string]bool // lanes under way
+	sem  chan struct{}   // Parallel lanes deliver at once
 
 	fmu      sync.Mutex // guards finished and leftSince
 	finished []laneDone
@@ -160,15 +166,30 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 			return 0, err
 		}
 		r.conn = conn
+		r.lost, r.lose = context.WithCancel(context.Background())
 	}
 	now := time.Now()
 	all, complete, err := r.pending(ctx, r.conn, r.batch(), now)
 	if err != nil {
+		// The session, and the lock with it, may be gone: another replica
+		// may take the lock at its next poll and deliver these lanes
+		// too. Those under way stop; what they delivered unrecorded is
+		// delivered again, at least once as ever, but not by two relays
+		// at a time, out of order.
+		r.lose()
 		// Lanes under way are recorded when they end, whatever this poll
 		// could read.
-		n, errs := r.record(ctx, r.collect(ctx, 0, nil), ctx.Err() != nil)
+		n, errs := r.record(ctx, r.collect(ctx, 0, nil), ctx.Err() != nil || r.lost.Err() != nil)
 		r.release(ctx)
 		return n, errors.Join(append(errs, err)...)
+	}
+	if r.lost.Err() != nil {
+		// A statement failed since the lock was taken: nothing new starts
+		// until the lanes cut short have ended and the lock is given back
+		// and taken again (release closes a session that cannot unlock).
+		n, errs := r.record(ctx, r.collect(ctx, 0, nil), true)
+		r.release(ctx)
+		return n, errors.Join(errs...)
 	}
 	mine := map[string]bool{}
 	for _, l := range r.ready(all, complete, now) {
@@ -298,9 +319,13 @@ func (r *Relay) start(ctx context.Context, l lane) {
 		r.wake = make(chan struct{}, 1)
 	}
 	r.busy[l.key] = true
+	lctx, cancel := context.WithCancel(ctx)
+	unhook := context.AfterFunc(r.lost, cancel)
 	go func() {
+		defer cancel()
+		defer unhook()
 		r.sem <- struct{}{}
-		res := r.deliverLane(ctx, l.events)
+		res := r.deliverLane(lctx, l.events)
 		<-r.sem
 		r.fmu.Lock()
 		r.finished = append(r.finished, laneDone{key: l.key, res: res})

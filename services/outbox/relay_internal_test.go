@@ -1,8 +1,17 @@
 package outbox
 
 import (
+	"context"
+	"log/slog"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
 
 // A failing lane's wait grows with each failure, also when a poll that
@@ -30,5 +39,64 @@ func TestLaneOutsideAPartialReadKeepsItsBackoff(t *testing.T) {
 	r.ready(others, true, later.Add(time.Minute))
 	if _, ok := r.blocked["a"]; ok {
 		t.Fatal("a complete read without lane a, its wait over, kept it")
+	}
+}
+
+// A relay whose session dies (and its lock with it) while a lane is under
+// way stops that lane at its next poll: another replica may take the lock
+// and deliver the same lane, and the two must not deliver it side by
+// side, out of order.
+func TestLanesStopWhenTheLockMayBeLost(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	for _, v := range []string{"a1", "a2"} {
+		if err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			return Write(ctx, tx, Event{Clinic: "north", Type: "t", Resource: v, Payload: wrapperspb.String(v)})
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	started, stopped := make(chan struct{}), make(chan error, 1)
+	var mu sync.Mutex
+	var delivered []string
+	r := &Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: time.Minute, Linger: 10 * time.Millisecond,
+		Lane: func(Stored) string { return "a" },
+		Deliver: func(ctx context.Context, e Stored) error {
+			if e.Resource == "a1" {
+				select {
+				case <-started:
+				default:
+					close(started)
+					<-ctx.Done()
+					stopped <- ctx.Err()
+					return ctx.Err()
+				}
+			}
+			mu.Lock()
+			delivered = append(delivered, e.Resource)
+			mu.Unlock()
+			return nil
+		}}
+	defer r.Wait(ctx)
+	if _, err := r.Once(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, r.conn.Conn().PgConn().PID()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Once(ctx); err == nil {
+		t.Fatal("a poll on the dead session succeeded")
+	}
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the lane went on delivering after its relay's session died")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(delivered) != 0 {
+		t.Fatalf("delivered %v after the session died; want nothing", delivered)
 	}
 }
