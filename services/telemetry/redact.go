@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // RedactError describes err by its kinds alone: the Temporal failure's
@@ -86,10 +87,11 @@ func redactingStart(ctx context.Context, t trace.Tracer, name string, opts ...tr
 type redactingExporter struct{ sdktrace.SpanExporter }
 
 func (e redactingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	// Most spans carry no failure: they pass as they are, uncopied.
+	// Most spans carry no failure nor workflow id: they pass as they are,
+	// uncopied.
 	out, copied := spans, false
 	for i, s := range spans {
-		if !failed(s) {
+		if !failed(s) && !slices.ContainsFunc(s.Attributes(), isWorkflowID) {
 			continue
 		}
 		if !copied {
@@ -116,8 +118,30 @@ func failed(s sdktrace.ReadOnlySpan) bool {
 	return false
 }
 
-// withheld is a span as exported without its failure's text.
+// workflowIDKey is the attribute Temporal's tracing interceptor names
+// every workflow's and activity's span with, and the key its SDK logs a
+// workflow id under.
+const (
+	workflowIDKey    = "temporalWorkflowID"
+	workflowIDLogKey = "WorkflowID"
+)
+
+func isWorkflowID(a attribute.KeyValue) bool { return a.Key == workflowIDKey }
+
+// withheld is a span as exported without its failure's text, and with
+// its workflow id as ids.Ref gives it.
 type withheld struct{ sdktrace.ReadOnlySpan }
+
+func (s withheld) Attributes() []attribute.KeyValue {
+	attrs := s.ReadOnlySpan.Attributes()
+	i := slices.IndexFunc(attrs, isWorkflowID)
+	if i < 0 {
+		return attrs
+	}
+	attrs = slices.Clone(attrs)
+	attrs[i] = attribute.String(workflowIDKey, ids.Ref(attrs[i].Value.AsString()))
+	return attrs
+}
 
 func (s withheld) Status() sdktrace.Status {
 	st := s.ReadOnlySpan.Status()
@@ -143,9 +167,9 @@ func (s withheld) Events() []sdktrace.Event {
 }
 
 // RedactErrors returns h with every error-valued attribute written as
-// RedactError gives it, and the SDK's PanicError (a panic's value, as a
-// string) withheld: for the Temporal SDK's logs, whose failures carry the
-// services' words.
+// RedactError gives it, the SDK's PanicError (a panic's value, as a
+// string) withheld, and its WorkflowID as ids.Ref gives it: for the
+// Temporal SDK's logs, whose failures carry the services' words.
 func RedactErrors(h slog.Handler) slog.Handler { return redactingHandler{h} }
 
 type redactingHandler struct{ slog.Handler }
@@ -173,6 +197,9 @@ func (h redactingHandler) WithGroup(name string) slog.Handler {
 
 func redactAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
+	if a.Key == workflowIDLogKey && v.Kind() == slog.KindString {
+		return slog.String(a.Key, ids.Ref(v.String()))
+	}
 	if a.Key == "PanicError" {
 		// The SDK logs a panic's value as a string under this key; a
 		// panic(err) would carry a service's words.

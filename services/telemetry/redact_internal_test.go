@@ -9,13 +9,17 @@ import (
 	"strings"
 	"testing"
 
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"go.temporal.io/sdk/temporal"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/handoff-health/handoff/workflows/ids"
 )
 
 // secret is what a service's refusal may say of a family.
@@ -98,5 +102,35 @@ func TestRedactErrorsInLogs(t *testing.T) {
 	out := buf.String()
 	if strings.Contains(out, "Rivera") || !strings.Contains(out, "SAFETY_SCREEN_REQUIRED") || !strings.Contains(out, `"ActivityType":"ReinforceBoundary"`) {
 		t.Fatalf("log %s; want errors by kind, other attributes as they are", out)
+	}
+}
+
+// A workflow's id names a family and what befell it: spans and the SDK's
+// logs carry it as ids.Ref gives it, its kind and a hash.
+func TestWorkflowIDsLeaveAsRefs(t *testing.T) {
+	const id = "overdose/clinics/north/families/f-rivera/warningSigns/w1"
+	mem := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(redactingExporter{mem}))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	// As the Temporal tracing interceptor starts a workflow's span.
+	_, span := tp.Tracer("test").Start(context.Background(), "RunWorkflow:Overdose",
+		trace.WithAttributes(attribute.String(workflowIDKey, id), attribute.String("temporalRunID", "r1")))
+	span.End()
+	spans := mem.GetSpans()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans exported; want 1", len(spans))
+	}
+	var got []string
+	for _, a := range spans[0].Attributes {
+		got = append(got, string(a.Key)+"="+a.Value.Emit())
+	}
+	if joined := strings.Join(got, " "); strings.Contains(joined, "rivera") || !strings.Contains(joined, workflowIDKey+"="+ids.Ref(id)) ||
+		!strings.Contains(joined, "temporalRunID=r1") {
+		t.Fatalf("span attributes %s; want the workflow id as its ref, the rest as they were", joined)
+	}
+	var buf bytes.Buffer
+	slog.New(RedactErrors(slog.NewJSONHandler(&buf, nil))).With("WorkflowID", id).Warn("Activity error.", "ActivityType", "CreateReferrals")
+	if out := buf.String(); strings.Contains(out, "rivera") || !strings.Contains(out, ids.Ref(id)) || !strings.HasPrefix(ids.Ref(id), "overdose/") {
+		t.Fatalf("log %s; want the workflow id as %s", out, ids.Ref(id))
 	}
 }

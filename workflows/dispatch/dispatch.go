@@ -242,13 +242,13 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 	if err := h.Get(wctx, nil); err != nil {
 		if wctx.Err() != nil {
 			// Accepted is durable: the workflow will finish it.
-			d.Log.Info("update accepted, its result not awaited", "workflow_id", workflowID, "update", name)
+			d.Log.Info("update accepted, its result not awaited", "workflow", ids.Ref(workflowID), "update", name)
 			return nil
 		}
 		// The change is committed and will not be sent again: a workflow
 		// that refused it now disagrees with the service, which an
 		// operator must see.
-		d.Log.Error("workflow rejected update", "workflow_id", workflowID, "update", name, "error", err.Error())
+		d.Log.Error("workflow rejected update", "workflow", ids.Ref(workflowID), "update", name, "error", err.Error())
 	}
 	return nil
 }
@@ -275,18 +275,18 @@ func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, name string) {
 	desc, err := d.Client.DescribeWorkflowExecution(ctx, workflowID, "")
 	if err != nil && !isNotFound(err) {
 		// Whether a change was lost is not known: say so where it is seen.
-		d.Log.Warn("no workflow to update, and its status could not be read", "workflow_id", workflowID, "update", name, "error", err.Error())
+		d.Log.Warn("no workflow to update, and its status could not be read", "workflow", ids.Ref(workflowID), "update", name, "error", err.Error())
 		return
 	}
 	if err == nil {
 		st := desc.GetWorkflowExecutionInfo().GetStatus()
 		if st != enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 			d.Log.Error("workflow ended before a change reached it: an operator must carry the change on",
-				"workflow_id", workflowID, "update", name, "status", st.String())
+				"workflow", ids.Ref(workflowID), "update", name, "status", st.String())
 			return
 		}
 	}
-	d.Log.Info("no workflow to update", "workflow_id", workflowID, "update", name)
+	d.Log.Info("no workflow to update", "workflow", ids.Ref(workflowID), "update", name)
 }
 
 // overdose tells the family's boundary workflow of an overdose; without one

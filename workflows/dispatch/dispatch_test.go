@@ -237,10 +237,15 @@ func TestOutcomeForAnEndedWorkflowIsAnError(t *testing.T) {
 			t.Fatalf("log line %q: %v", line, err)
 		}
 		if rec["level"] == "ERROR" {
-			errorsFor = append(errorsFor, fmt.Sprint(rec["workflow_id"], " ", rec["status"]))
+			errorsFor = append(errorsFor, fmt.Sprint(rec["workflow"], " ", rec["status"]))
 		}
 	}
-	if want := ids.Intervention(terminated) + " Terminated"; len(errorsFor) != 1 || errorsFor[0] != want {
+	// The workflow is named by its ref, not its id, which names the
+	// meeting.
+	if strings.Contains(logs.String(), terminated) {
+		t.Fatalf("the logs name the workflow by its id:\n%s", logs.String())
+	}
+	if want := ids.Ref(ids.Intervention(terminated)) + " Terminated"; len(errorsFor) != 1 || errorsFor[0] != want {
 		t.Fatalf("errors logged for %v; want only %q:\n%s", errorsFor, want, logs.String())
 	}
 }
