@@ -213,3 +213,24 @@ func TestSecretsFromFiles(t *testing.T) {
 		t.Fatalf("env gave %q; want the file's value", got)
 	}
 }
+
+// The gateway's public port serves metrics only in a local run: no metrics
+// address given, and the port on loopback.
+func TestMetricsOnThePublicPortOnlyLocally(t *testing.T) {
+	for _, c := range []struct {
+		listen, metrics string
+		want            bool
+	}{
+		{"127.0.0.1:8080", "", true},
+		{"localhost:8080", "", true},
+		{"[::1]:8080", "", true},
+		{"0.0.0.0:8080", "", false},
+		{":8080", "", false},
+		{"10.0.0.5:8080", "", false},
+		{"127.0.0.1:8080", "127.0.0.1:9090", false},
+	} {
+		if got := metricsOnPublicPort(c.listen, c.metrics); got != c.want {
+			t.Errorf("listen %q, metrics %q: on the public port %v; want %v", c.listen, c.metrics, got, c.want)
+		}
+	}
+}

@@ -73,10 +73,10 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	defer gw.Close()
 	mux := http.NewServeMux()
-	if c.metricsListen == "" {
-		// Only when no metrics address is given (a local run): deployed,
-		// the public port does not tell the internet how the system runs.
+	if metricsOnPublicPort(*listen, c.metricsListen) {
 		mux.Handle("GET /metrics", tel.Handler())
+	} else if c.metricsListen == "" {
+		log.Warn("metrics not served: the public port is not on loopback; set HANDOFF_METRICS_LISTEN")
 	}
 	mux.Handle("/", gw)
 	var h http.Handler = mux
@@ -85,6 +85,15 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	// takes no new connections, and the load balancer should know.
 	o.setReady(upUntil(ctx))
 	return serveHTTP(ctx, log, *listen, h)
+}
+
+// metricsOnPublicPort reports whether the gateway serves its metrics on
+// its public port: only in a local run, no metrics address given and the
+// port on loopback. Deployed, the public port does not tell the internet
+// how the system runs (the backends' addresses among it), whatever was
+// left unset.
+func metricsOnPublicPort(listen, metricsListen string) bool {
+	return metricsListen == "" && isLoopback(listen)
 }
 
 // upUntil is a readiness check that passes until ctx, the process's stop

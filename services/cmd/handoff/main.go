@@ -41,6 +41,10 @@ func main() {
 	fromFiles = files
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A second signal ends the process at once: the drain and the stops
+	// after the first may take half a minute, and Ctrl-C again must not
+	// be swallowed.
+	go func() { <-ctx.Done(); stop() }()
 	cmd := commands[os.Args[1]]
 	os.Exit(exitCode(log, os.Args[1], cmd.oneShot, cmd.run(ctx, log, os.Args[2:])))
 }
