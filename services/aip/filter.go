@@ -123,6 +123,29 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 	return c, nil
 }
 
+// TimeBounds returns the latest lower and the earliest upper bound the
+// filter puts on column, a time field's: ok says which it has. A query
+// may narrow its scan to them, every matching row lying within.
+func (f Filter) TimeBounds(column string) (from, to time.Time, fromOK, toOK bool) {
+	for _, c := range f.conds {
+		t, isTime := c.value.(time.Time)
+		if c.column != column || !isTime {
+			continue
+		}
+		if c.op == "=" || c.op == ">" || c.op == ">=" {
+			if !fromOK || t.After(from) {
+				from, fromOK = t, true
+			}
+		}
+		if c.op == "=" || c.op == "<" || c.op == "<=" {
+			if !toOK || t.Before(to) {
+				to, toOK = t, true
+			}
+		}
+	}
+	return from, to, fromOK, toOK
+}
+
 // SQL renders the filter as a condition on the declared columns, numbering
 // parameters from next. It returns "TRUE" for an empty filter.
 func (f Filter) SQL(next int) (string, []any) {

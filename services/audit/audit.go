@@ -146,6 +146,27 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	}
 	size := aip.PageSize(req.GetPageSize())
 	where, args := f.SQL(5)
+	// The trail is read in transaction order, which a time bound does not
+	// index: from a lower bound, the scan would start at the clinic's
+	// oldest record and read on until a page filled. Every record in the
+	// bounds lies between the least and the greatest transaction of the
+	// records written within them, which audit_log_time finds without
+	// reading the table: the page starts at the least, and ends by the
+	// greatest. An upper bound alone needs neither: its records are the
+	// oldest.
+	if from, to, fromOK, toOK := f.TimeBounds("event_time"); fromOK {
+		hi, found, err := narrowToWindow(ctx, db, clinic, &cur, from, to, toOK)
+		if err != nil {
+			return nil, err
+		}
+		if !found {
+			return &auditv1.ListAuditEventsResponse{}, nil
+		}
+		if toOK {
+			args = append(args, hi)
+			where += fmt.Sprintf(` AND xact <= $%d::text::xid8`, 4+len(args))
+		}
+	}
 	// In transaction order, and only records of transactions older than
 	// every one still running: a record whose transaction commits late
 	// cannot land behind a page already read (ids are drawn at the write,
@@ -183,6 +204,44 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 		resp.AuditEvents = append(resp.AuditEvents, it.e)
 	}
 	return resp, nil
+}
+
+// narrowToWindow moves cur up to the least transaction of the clinic's
+// records written from from (to to, with toOK), and returns the greatest;
+// found is false when there are none.
+func narrowToWindow(ctx context.Context, db *pgdb.DB, clinic string, cur *cursor, from, to time.Time, toOK bool) (hi string, found bool, err error) {
+	var lo, top *string
+	var start bool
+	args := []any{clinic, cur.xact, from}
+	if toOK {
+		args = append(args, to)
+	}
+	err = db.QueryRow(ctx, windowQuery(toOK), args...).Scan(&lo, &top, &start)
+	if err != nil {
+		return "", false, fmt.Errorf("list audit events: find the time bounds: %w", err)
+	}
+	if lo == nil {
+		return "", false, nil
+	}
+	if start {
+		// From the window's first transaction, every record of it.
+		*cur = cursor{xact: *lo, id: 0}
+	}
+	return *top, true, nil
+}
+
+// windowQuery reads the least and greatest transaction of a clinic's
+// ($1) records written from $3 (to $4, with to), and whether the least
+// is past the cursor's transaction ($2). OFFSET 0 keeps the planner from
+// taking min and max off the transaction order instead, walking it from
+// the oldest record to the first in the window: the scan this avoids.
+func windowQuery(to bool) string {
+	window := `event_time >= $3`
+	if to {
+		window += ` AND event_time <= $4`
+	}
+	return `SELECT lo::text, hi::text, coalesce(lo > $2::text::xid8, false) FROM (SELECT min(xact) AS lo, max(xact) AS hi
+		FROM (SELECT xact FROM audit_log WHERE clinic = $1 AND ` + window + ` OFFSET 0) w) m`
 }
 
 // cursor is where a page of the audit trail ends: a record's transaction

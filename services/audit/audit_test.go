@@ -2,7 +2,9 @@ package audit_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,5 +64,67 @@ func TestEarlierCancelledRecordsReadCanonically(t *testing.T) {
 	}
 	if len(resp.GetAuditEvents()) != 1 || resp.GetAuditEvents()[0].GetOutcome() != "CANCELLED" {
 		t.Fatalf("cancelled calls = %v; want the one, as CANCELLED", resp.GetAuditEvents())
+	}
+}
+
+// A time-bounded list pages through the records written within the
+// bounds, in transaction order, each once, whatever the page size; a
+// window with none in it is empty.
+func TestTimeBoundedListPagesTheWindow(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := context.Background()
+	day := func(n int) time.Time { return time.Now().UTC().Truncate(time.Second).AddDate(0, 0, -n) }
+	// Ten records, one a day, each in a transaction of its own.
+	for n := 10; n >= 1; n-- {
+		if _, err := pool.Exec(ctx, `INSERT INTO audit_log (clinic, event_time, subject, roles, method, outcome)
+			VALUES ('north', $1, 'counselor-1', '{counselor}', $2, 'OK')`, day(n), fmt.Sprintf("/m%d", n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := pgtest.App(t, schema)
+	admin := auth.WithPrincipal(pgdb.WithClinic(ctx, "north"), auth.Principal{Subject: "admin-1", Clinic: "north", Roles: []auth.Role{auth.RoleClinicAdmin}})
+	list := func(filter string, size int32) []string {
+		t.Helper()
+		var got []string
+		for token, pages := "", 0; ; pages++ {
+			if pages > 20 {
+				t.Fatalf("%s: more pages than records: %v", filter, got)
+			}
+			resp, err := audit.List(admin, db, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: filter, PageSize: size, PageToken: token})
+			if err != nil {
+				t.Fatalf("%s: %v", filter, err)
+			}
+			for _, e := range resp.GetAuditEvents() {
+				got = append(got, e.GetMethod())
+			}
+			if token = resp.GetNextPageToken(); token == "" {
+				return got
+			}
+		}
+	}
+	// The records show once the transactions begun before them have
+	// ended: other tests write meanwhile.
+	for deadline := time.Now().Add(5 * time.Second); len(list("", 100)) < 10; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the records never showed")
+		}
+	}
+	at := func(n int) string { return day(n).Format(time.RFC3339) }
+	for _, c := range []struct {
+		filter string
+		want   string
+	}{
+		{fmt.Sprintf(`time >= %q AND time < %q`, at(6), at(2)), "/m6 /m5 /m4 /m3"},
+		{fmt.Sprintf(`time > %q`, at(4)), "/m3 /m2 /m1"},
+		{fmt.Sprintf(`time >= %q AND time <= %q AND method = "/m7"`, at(9), at(5)), "/m7"},
+		{fmt.Sprintf(`time <= %q`, at(9)), "/m10 /m9"},
+		{fmt.Sprintf(`time >= %q`, day(-1).Format(time.RFC3339)), ""},
+		{fmt.Sprintf(`time >= %q AND time <= %q`, at(3), at(7)), ""},
+	} {
+		for _, size := range []int32{1, 2, 100} {
+			if got := strings.Join(list(c.filter, size), " "); got != c.want {
+				t.Errorf("%s, pages of %d: %q; want %q", c.filter, size, got, c.want)
+			}
+		}
 	}
 }
