@@ -63,13 +63,13 @@ func TestWaitWorker(t *testing.T) {
 	fatal := make(chan error, 1)
 	fatal <- errors.New("namespace not found")
 	w := &stopCounter{}
-	if err := waitWorker(context.Background(), w, fatal); err == nil || !strings.Contains(err.Error(), "namespace not found") {
-		t.Fatalf("after a fatal error: %v", err)
+	if err := waitWorker(context.Background(), w, fatal); err == nil || !strings.Contains(err.Error(), "namespace not found") || w.n != 1 {
+		t.Fatalf("after a fatal error: %v, %d stops; want the error, and the stop waited for", err, w.n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := waitWorker(ctx, w, make(chan error)); err != nil || w.n != 1 {
-		t.Fatalf("after a signal: %v, %d stops; want nil and one stop", err, w.n)
+	if err := waitWorker(ctx, w, make(chan error)); err != nil || w.n != 2 {
+		t.Fatalf("after a signal: %v, %d stops; want nil and one stop more", err, w.n)
 	}
 }
 

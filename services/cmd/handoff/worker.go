@@ -96,13 +96,17 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 // waitWorker runs until ctx ends, then stops w (finishing running
 // activities), or until w stopped itself on a fatal error: the process
 // then exits with it, to be restarted, instead of staying up and ready
-// with no one polling.
+// with no one polling. The SDK reports the error before its own stop,
+// which runs apart: w.Stop (which may be called again) waits for it, so
+// that activities still running finish, within the stop timeout, before
+// the connections they use are closed.
 func waitWorker(ctx context.Context, w interface{ Stop() }, fatal <-chan error) error {
 	select {
 	case <-ctx.Done():
 		w.Stop()
 		return nil
 	case err := <-fatal:
+		w.Stop()
 		return fmt.Errorf("worker stopped: %w", err)
 	}
 }
