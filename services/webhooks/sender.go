@@ -588,19 +588,24 @@ func (s *Sender) dead(ctx context.Context, p *pending, reason string) error {
 // failures to record: a failed attempt is a normal outcome.
 func (s *Sender) send(ctx context.Context, p *pending) error {
 	log := s.cfg.Log.With("delivery", p.name(), "event_type", p.eventType)
-	body, err := s.body(ctx, p)
-	if err == nil {
-		// The consent checks take time, and the claim a moment, in which
-		// the subscription may have been deleted (its endpoint or secret
-		// leaked) or its secret rotated: what was claimed must still be
-		// there to go, and is signed with the secrets as they are now.
-		due, derr := s.current(ctx, p)
-		if derr != nil {
-			err = derr
-		} else if !due {
-			log.Info("webhook delivery gone before it was sent", "attempt", p.attempts)
-			return nil
+	// The claim took a moment, in which the subscription may have been
+	// deleted (its endpoint or secret leaked) or its secret rotated: what
+	// was claimed must still be there to go, and is signed with the
+	// secrets as they are now. Asked before the consent checks too, which
+	// record the disclosure: one recorded for a delivery that never goes
+	// would stand in the accounting of disclosures.
+	due, err := s.current(ctx, p)
+	var body []byte
+	if err == nil && due {
+		body, err = s.body(ctx, p)
+		if err == nil && p.consulted {
+			// The consent checks take time: asked again.
+			due, err = s.current(ctx, p)
 		}
+	}
+	if err == nil && !due {
+		log.Info("webhook delivery gone before it was sent", "attempt", p.attempts)
+		return nil
 	}
 	var status int
 	if err == nil {

@@ -592,3 +592,47 @@ func TestSecretsAreReadAgainBeforeThePost(t *testing.T) {
 		t.Fatalf("%d POSTs; want none after the subscription was deleted", len(signatures)-1)
 	}
 }
+
+// A full delivery whose subscription was deleted after the claim asks the
+// families service nothing: asking records the disclosure, and one
+// recorded for a notification that never went would stand in the
+// accounting of disclosures.
+func TestDeletedBeforeTheConsentCheckRecordsNoDisclosure(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, audience, outsider)
+		VALUES ('north', 'full', 'https://ehr.example.org/full', $1, $2, 'ehr-1', 'whsec_test', 'ehr', true)`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}, int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL)); err != nil {
+		t.Fatal(err)
+	}
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1", Family: "clinics/north/families/f1",
+		Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	fam := &askingFamilies{}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Families: fam})
+	posts := 0
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		posts++
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	claimed, err := s.claim(ctx, 10, share{})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM subscriptions`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	if len(fam.asked) != 0 || posts != 0 {
+		t.Fatalf("%d disclosures recorded, %d POSTs; want none for a subscription deleted", len(fam.asked), posts)
+	}
+}
