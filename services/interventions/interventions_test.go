@@ -2955,3 +2955,31 @@ func TestAReferralsReminderGoesToItsOwnFamily(t *testing.T) {
 		t.Fatalf("a reminder to mom about her own family's referral: %v", err)
 	}
 }
+
+// A reminder of an intake appointment claimed once the appointment has
+// begun (the worker or the automation was down) is cancelled, not sent
+// late, as a meeting's is.
+func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	appt := f.clock.Now().Add(2 * time.Hour).Truncate(time.Microsecond)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north",
+		AppointmentStartTime: timestamppb.New(appt), Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)),
+			Message: "Reminder: appointment today at 9.", RelatedResource: "clinics/north/referrals/r1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2*time.Hour + time.Minute) // due an hour ago; the appointment began a minute ago
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "mailer-1", LeaseDuration: durationpb.New(time.Minute)})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" {
+		t.Fatalf("claim of an intake reminder after the appointment began: reason %q; want MEETING_BEGUN", reason(st))
+	}
+	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || !strings.Contains(got.GetCancelReason(), "appointment began") {
+		t.Fatalf("after the refused claim: %v, %v; want it cancelled, the appointment begun", got, err)
+	}
+}

@@ -634,8 +634,13 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 	if err != nil {
 		return nil, err
 	}
-	// Only a reminder of a meeting coming up can announce one begun.
+	// Only a reminder of a meeting coming up can announce one begun; or of
+	// an intake appointment, whose start the reminder holds.
 	meeting := pre.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING
+	intakeStart := pre.GetEventStartTime()
+	if pre.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING {
+		intakeStart = nil
+	}
 	// One clock reading for the claim and, if it comes too late, the
 	// failure: the send-by time cannot pass between them.
 	now := s.cfg.Now()
@@ -663,6 +668,14 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 						fmt.Sprintf("%s announces a meeting that has begun: it is cancelled, not sent late", req.GetName()),
 						map[string]string{"resource": req.GetName()})
 				}
+			}
+			if intakeStart != nil && !now.Before(intakeStart.AsTime()) {
+				// "Appointment at 9:00" sent at 10:00, the worker or the
+				// automation having been down: cancelled, as a meeting's.
+				begun = true
+				return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
+					fmt.Sprintf("%s announces an intake appointment that has begun: it is cancelled, not sent late", req.GetName()),
+					map[string]string{"resource": req.GetName()})
 			}
 			// No claim, and no lease extended, from the send-by time on; a
 			// lease ends there at the latest, so that the claimant knows
@@ -754,7 +767,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			return nil
 		})
 	if begun && apperr.Reason(err) == ReasonMeetingBegun {
-		if cerr := s.cancelBegun(ctx, r, now); cerr != nil {
+		what := "the meeting began before it was sent"
+		if intakeStart != nil {
+			what = "the appointment began before it was sent"
+		}
+		if cerr := s.cancelBegun(ctx, r, now, what); cerr != nil {
 			return nil, cerr
 		}
 	}
@@ -860,9 +877,10 @@ func contactRefused(err error) bool {
 // its claim because its recipient may no longer be contacted.
 const reasonWithdrawnAtClaim = "contact withdrawn before it was sent"
 
-// ReasonMeetingBegun refuses the claim of a reminder of a meeting coming
-// up once the meeting has begun (the automation was down, say): sent
-// then, "family meeting at 10:00" would reach the family at 11:00.
+// ReasonMeetingBegun refuses the claim of a reminder of a meeting (or an
+// intake appointment) coming up once it has begun (the automation was
+// down, say): sent then, "family meeting at 10:00" would reach the family
+// at 11:00.
 const ReasonMeetingBegun = "MEETING_BEGUN"
 
 // meetingRead is what a claim needs of the meeting a reminder announces.
@@ -909,11 +927,11 @@ func meetingOf(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (meetingRea
 
 // cancelBegun cancels reminder r, of a meeting that has begun, if nobody
 // holds a claim of it meanwhile.
-func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time) error {
+func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time, reason string) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
 			WHERE clinic = $1 AND id = $2 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5)) RETURNING `+reminderColumns,
-			r.clinic, r.id, int16(rCancelled), "the meeting began before it was sent", now, int16(rScheduled), int16(rClaimed))
+			r.clinic, r.id, int16(rCancelled), reason, now, int16(rScheduled), int16(rClaimed))
 		if err != nil {
 			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
 		}
