@@ -87,7 +87,15 @@ func (a *Activities) LoadPlan(ctx context.Context, intervention string) (Plan, e
 	p.Counselor.TimeZone = iv.GetTimeZone()
 	for _, part := range iv.GetParticipants() {
 		if m := members[part.GetMemberId()]; m != nil && reachable(m) {
-			p.Participants = append(p.Participants, memberPerson(iv.GetFamily(), m))
+			person := memberPerson(iv.GetFamily(), m)
+			if person.TimeZone == "" {
+				// A member who gave no zone is told the meeting's time in
+				// the meeting's zone, as the intervention's time_zone says,
+				// not in UTC ("3:00 PM UTC" for a 10:00 meeting in New
+				// York), and reminded days ahead by its calendar.
+				person.TimeZone = iv.GetTimeZone()
+			}
+			p.Participants = append(p.Participants, person)
 		}
 	}
 	return p, nil
@@ -1579,6 +1587,20 @@ func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Perso
 		if m.GetRole() == familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON && reachable(m) {
 			out = append(out, memberPerson(family, m))
 			break
+		}
+	}
+	// One who gave no zone is told the appointment's time in the zone the
+	// other gave (a family lives near the loved one, whose program is
+	// near them), not in UTC.
+	zone := ""
+	for _, p := range out {
+		if zone == "" {
+			zone = p.TimeZone
+		}
+	}
+	for i := range out {
+		if out[i].TimeZone == "" {
+			out[i].TimeZone = zone
 		}
 	}
 	return out, nil

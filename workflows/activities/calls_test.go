@@ -2198,3 +2198,48 @@ func TestMatchNamesEachBarrierKindOnce(t *testing.T) {
 		t.Fatalf("the match would be refused: %v", err)
 	}
 }
+
+// zoneMeeting is a meeting in Chicago.
+type zoneMeeting struct {
+	interventionsv1.InterventionsServiceClient
+}
+
+func (zoneMeeting) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
+	return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f1", TimeZone: "America/Chicago",
+		StartTime:    timestamppb.New(time.Now().Add(72 * time.Hour)),
+		Participants: []*interventionsv1.Participant{{MemberId: "mom"}, {MemberId: "dad"}}}, nil
+}
+
+// Someone who gave no time zone is reminded in the meeting's zone, or for
+// an intake in the zone the other reminded gave: not in UTC. A zone given
+// stays.
+func TestRemindersWithoutAZoneTakeTheEventsZone(t *testing.T) {
+	email := []*familiesv1.ContactChannel{{Kind: familiesv1.ChannelKind_CHANNEL_KIND_EMAIL, Value: "x@example.org"}}
+	fam := recordFamily{fam: &familiesv1.Family{
+		LovedOne: &familiesv1.LovedOne{MayContactDirectly: true, TimeZone: "America/Denver", ContactChannels: email},
+		Members: []*familiesv1.Member{
+			{Id: "mom", ConsentToContact: true, ContactChannels: email, Role: familiesv1.MemberRole_MEMBER_ROLE_CONTACT_PERSON},
+			{Id: "dad", ConsentToContact: true, ContactChannels: email, TimeZone: "America/New_York"},
+		}}}
+	a := &Activities{Interventions: zoneMeeting{}, Families: fam}
+	p, err := a.LoadPlan(context.Background(), "clinics/north/interventions/i1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zones := map[string]string{}
+	for _, m := range p.Participants {
+		zones[m.ID] = m.TimeZone
+	}
+	if zones["mom"] != "America/Chicago" || zones["dad"] != "America/New_York" {
+		t.Fatalf("meeting reminders' zones %v; want mom in the meeting's, dad in his own", zones)
+	}
+	contacts, err := a.FamilyContacts(context.Background(), "clinics/north/families/f1")
+	if err != nil || len(contacts) != 2 {
+		t.Fatalf("FamilyContacts = %v, %v", contacts, err)
+	}
+	for _, c := range contacts {
+		if c.TimeZone != "America/Denver" {
+			t.Errorf("intake reminder to %s %s in %q; want the loved one's zone", c.Kind, c.ID, c.TimeZone)
+		}
+	}
+}

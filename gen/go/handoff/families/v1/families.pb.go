@@ -1324,7 +1324,8 @@ type LovedOne struct {
 	// Whether the clinic may contact the loved one directly. When false, no
 	// reminder or message is ever addressed to the loved one.
 	MayContactDirectly bool `protobuf:"varint,8,opt,name=may_contact_directly,json=mayContactDirectly,proto3" json:"may_contact_directly,omitempty"`
-	// The loved one's IANA time zone, for example "America/Chicago".
+	// The loved one's IANA time zone, for example "America/Chicago". Without
+	// it, the loved one's intake reminders use the contact person's zone.
 	TimeZone string `protobuf:"bytes,9,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	// The city or town the loved one would travel from to treatment: the
 	// treatment place held ahead of a meeting, and the next program offered
@@ -1541,8 +1542,9 @@ type Member struct {
 	// The channel the member prefers for reminders; one of `contact_channels`.
 	PreferredChannel ChannelKind `protobuf:"varint,7,opt,name=preferred_channel,json=preferredChannel,proto3,enum=handoff.families.v1.ChannelKind" json:"preferred_channel,omitempty"`
 	// The member's IANA time zone, for example "America/New_York". Reminders
-	// are computed in it. Required with `quiet_hours`, which are read in it;
-	// otherwise defaults to UTC.
+	// are computed in it. Required with `quiet_hours`, which are read in it.
+	// Without it, a meeting's reminders use the meeting's zone, and an
+	// intake's the loved one's (or UTC when neither is known).
 	TimeZone string `protobuf:"bytes,8,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
 	// Hours in which the member wants no reminders.
 	QuietHours *QuietHours `protobuf:"bytes,9,opt,name=quiet_hours,json=quietHours,proto3" json:"quiet_hours,omitempty"`
