@@ -564,6 +564,15 @@ func (a *Activities) Resend(ctx context.Context, in ResendRequest) (Resent, erro
 	if err != nil {
 		return Resent{}, err
 	}
+	if sb := sendBy(due, r, by); sb != nil && !sb.AsTime().After(time.Now()) {
+		// Made only after its window closed (the worker or a service was
+		// down past it): its first claim would fail it at once for the
+		// quiet hours, and take one of its line's tries. Placed from now
+		// instead: after the quiet hours, if the event is still ahead.
+		if due, r, by, err = a.awake(ctx, old, fam, time.Now()); err != nil {
+			return Resent{}, err
+		}
+	}
 	want := &interventionsv1.Reminder{Recipient: channelNow(old.GetRecipient(), fam), DueTime: timestamppb.New(due),
 		Kind: old.GetKind(), RelatedResource: old.GetRelatedResource(), Message: old.GetMessage(), OriginWorkflow: old.GetOriginWorkflow(),
 		SendByTime: sendBy(due, r, by)}

@@ -2243,3 +2243,33 @@ func TestRemindersWithoutAZoneTakeTheEventsZone(t *testing.T) {
 		}
 	}
 }
+
+// A resend made only after its window closed (the worker was down from
+// before the member's quiet hours until after they began) is placed from
+// now, not made with a send-by time already past, which its first claim
+// would fail at once, using up one of its line's tries.
+func TestLateResendIsPlacedFromNow(t *testing.T) {
+	chicago, err := time.LoadLocation("America/Chicago")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Yesterday at 20:30 in Chicago, half an hour before mom's quiet
+	// hours (21:00 to 08:00, familyFake) began.
+	y := time.Now().In(chicago).AddDate(0, 0, -1)
+	due := time.Date(y.Year(), y.Month(), y.Day(), 20, 30, 0, 0, chicago)
+	old := &interventionsv1.Reminder{Name: "clinics/north/reminders/r1", RelatedResource: "clinics/north/interventions/i1", Message: "Reminder",
+		Kind:      interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom", Family: "clinics/north/families/f1"}}
+	f := &resendFakes{old: old, meeting: time.Now().Add(72 * time.Hour)}
+	a := &Activities{Interventions: f, Families: familyFake{}}
+	before := time.Now()
+	if _, err := a.Resend(context.Background(), ResendRequest{Failed: old.GetName(), Due: due, RequestID: "r"}); err != nil {
+		t.Fatal(err)
+	}
+	if by := f.created.GetSendByTime(); by != nil && !by.AsTime().After(before) {
+		t.Fatalf("made with its send-by time %v already past", by.AsTime())
+	}
+	if got := f.created.GetDueTime().AsTime(); got.Before(before.Add(-time.Second)) {
+		t.Fatalf("made due %v, in the past; want it placed from now", got)
+	}
+}
