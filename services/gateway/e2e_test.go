@@ -574,6 +574,44 @@ func TestGatewayContract(t *testing.T) {
 	}
 }
 
+// Readiness answers are shared for a second: /readyz takes no token, and
+// callers without number must not set off a round of health calls each.
+// A service with no answer makes the first check wait out its deadline;
+// the calls after it within the second are answered at once, alike.
+func TestReadinessAnswersAreShared(t *testing.T) {
+	sys := stacktest.Start(t)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+	}()
+	const check = 400 * time.Millisecond
+	c := client{t: t, base: stacktest.Gateway(t, gateway.Config{Verifier: sys.Issuer.Verifier(), ReadyCheckTimeout: check,
+		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		WebhooksAddr: silent.Addr().String()})}
+	began := time.Now()
+	first := c.do("GET", "/readyz", nil)
+	if took := time.Since(began); took < check {
+		t.Fatalf("the first check took %v; want it to wait out the silent service's %v", took, check)
+	}
+	for range 5 {
+		began = time.Now()
+		again := c.do("GET", "/readyz", nil)
+		if took := time.Since(began); took >= check || string(again.raw) != string(first.raw) || again.code != first.code {
+			t.Fatalf("a check within the second: %d %s in %v; want the first answer (%d %s) at once", again.code, again.raw, took, first.code, first.raw)
+		}
+	}
+}
+
 // The gateway is ready without the webhooks service, which it reports, and
 // not without one the API needs.
 func TestReadinessNeedsTheCoreServicesOnly(t *testing.T) {

@@ -80,7 +80,18 @@ type Gateway struct {
 	http.Handler
 	conns        map[string]*grpc.ClientConn
 	readyTimeout time.Duration
+
+	// The last readiness answer, given again for readyFor: /readyz takes
+	// no token, and each check asks every service, so that callers
+	// without number would otherwise set off as many health calls.
+	readyMu   sync.Mutex
+	readyAt   time.Time
+	readyCode int
+	readyBody []byte
 }
+
+// readyFor is how long a readiness answer is given again.
+const readyFor = time.Second
 
 // Close closes the connections to the services.
 func (g *Gateway) Close() {
@@ -642,6 +653,23 @@ const DefaultReadyCheckTimeout = 800 * time.Millisecond
 // ready answers 200 when every service the API needs reports SERVING; the
 // body shows each, optional ones included.
 func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
+	// Callers at once wait for one check, and share its answer.
+	g.readyMu.Lock()
+	defer g.readyMu.Unlock()
+	if g.readyBody == nil || time.Since(g.readyAt) >= readyFor {
+		// Not cut short by this caller going away: the answer is others'
+		// too. Each service's check has its own deadline.
+		g.readyCode, g.readyBody = g.check(context.WithoutCancel(r.Context()))
+		g.readyAt = time.Now()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(g.readyCode)
+	_, _ = w.Write(g.readyBody)
+}
+
+// check asks each service for its health, and gives the status and body
+// of the readiness answer.
+func (g *Gateway) check(ctx context.Context) (int, []byte) {
 	// Each service is asked at once, with a deadline of its own: one that
 	// hangs must not run out the time of the others, nor the probe's (a
 	// kubelet gives up after a second by default, and a probe that timed
@@ -653,7 +681,7 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(r.Context(), g.readyTimeout)
+			ctx, cancel := context.WithTimeout(ctx, g.readyTimeout)
 			defer cancel()
 			state := "SERVING"
 			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
@@ -675,9 +703,11 @@ func (g *Gateway) ready(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusServiceUnavailable
 		}
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(out)
+	body, err := json.Marshal(out)
+	if err != nil {
+		return http.StatusInternalServerError, []byte(`{}`)
+	}
+	return code, append(body, '\n')
 }
 
 // openAPI returns the merged document with Handoff's own title.
