@@ -28,6 +28,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/cancelledholds"
@@ -226,11 +227,11 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		WaitForStage: client.WorkflowUpdateStageAccepted,
 	})
 	if isNotFound(err) {
-		d.noWorkflow(ctx, workflowID, name)
+		d.noWorkflow(ctx, workflowID, updateID, name)
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("dispatch: update %s of %s: %w", name, workflowID, err)
+		return failure("update "+name+" of", workflowID, err)
 	}
 	// The result is awaited a little only: acceptance is durable, and a
 	// handler may wait long (on its workflow's first load, while a service
@@ -248,7 +249,7 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		// The change is committed and will not be sent again: a workflow
 		// that refused it now disagrees with the service, which an
 		// operator must see.
-		d.Log.Error("workflow rejected update", "workflow", ids.Ref(workflowID), "update", name, "error", err.Error())
+		d.Log.Error("workflow rejected update", "workflow", ids.Ref(workflowID), "update", name, "error", telemetry.RedactError(err))
 	}
 	return nil
 }
@@ -271,18 +272,18 @@ func resultWait(ctx context.Context) time.Duration {
 // was terminated or timed out ended before the change reached it, and its
 // change (a yes to treatment, a cancellation) is lost unless an operator
 // carries it on: that is an error to alert on.
-func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, name string) {
+func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, updateID, name string) {
 	desc, err := d.Client.DescribeWorkflowExecution(ctx, workflowID, "")
 	if err != nil && !isNotFound(err) {
 		// Whether a change was lost is not known: say so where it is seen.
-		d.Log.Warn("no workflow to update, and its status could not be read", "workflow", ids.Ref(workflowID), "update", name, "error", err.Error())
+		d.Log.Warn("no workflow to update, and its status could not be read", "workflow", ids.Ref(workflowID), "update", name, "update_id", updateID, "error", telemetry.RedactError(err))
 		return
 	}
 	if err == nil {
 		st := desc.GetWorkflowExecutionInfo().GetStatus()
 		if st != enumspb.WORKFLOW_EXECUTION_STATUS_COMPLETED && st != enumspb.WORKFLOW_EXECUTION_STATUS_RUNNING {
 			d.Log.Error("workflow ended before a change reached it: an operator must carry the change on",
-				"workflow", ids.Ref(workflowID), "update", name, "status", st.String())
+				"workflow", ids.Ref(workflowID), "update", name, "update_id", updateID, "status", st.String())
 			return
 		}
 	}
@@ -309,7 +310,7 @@ func (d *Dispatcher) overdose(ctx context.Context, w *familiesv1.WarningSign) er
 		return nil
 	}
 	if !isNotFound(err) {
-		return fmt.Errorf("dispatch: look up %s: %w", ids.Overdose(w.GetName()), err)
+		return failure("look up", ids.Overdose(w.GetName()), err)
 	}
 	running, err := d.signalRunning(ctx, ids.Boundary(family), boundary.SignalOverdose, boundary.Overdose{WarningSign: w.GetName()})
 	if err != nil || running {
@@ -342,7 +343,7 @@ func (d *Dispatcher) start(ctx context.Context, workflowID, name string, arg any
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("dispatch: start %s: %w", workflowID, err)
+		return failure("start", workflowID, err)
 	}
 	return nil
 }
@@ -361,7 +362,7 @@ func (d *Dispatcher) signalRunning(ctx context.Context, workflowID, name string,
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("dispatch: signal %s to %s: %w", name, workflowID, err)
+		return false, failure("signal "+name+" to", workflowID, err)
 	}
 	return true, nil
 }
@@ -369,4 +370,21 @@ func (d *Dispatcher) signalRunning(ctx context.Context, workflowID, name string,
 func isNotFound(err error) bool {
 	var nf *serviceerror.NotFound
 	return errors.As(err, &nf)
+}
+
+// failed is an error of Temporal's about a workflow, as the relay logs it:
+// the workflow named by its ref, and the error by its kinds (Temporal's
+// messages name the workflow id, which names a family and what befell
+// it). errors.Is and As still reach the error.
+type failed struct {
+	msg string
+	err error
+}
+
+func (f failed) Error() string { return f.msg }
+func (f failed) Unwrap() error { return f.err }
+
+// failure is err from doing what to the workflow workflowID.
+func failure(what, workflowID string, err error) error {
+	return failed{msg: fmt.Sprintf("dispatch: %s %s: %s", what, ids.Ref(workflowID), telemetry.RedactError(err)), err: err}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
@@ -416,5 +417,30 @@ func TestFollowUpServiceIsNoIntakeTransition(t *testing.T) {
 		if n != step.told {
 			t.Fatalf("after %s the intake was told of %d transitions, want %d", event, n, step.told)
 		}
+	}
+}
+
+// downClient is a Temporal frontend that refuses every start, naming the
+// workflow id in its message as the server does.
+type downClient struct{ client.Client }
+
+func (downClient) ExecuteWorkflow(_ context.Context, o client.StartWorkflowOptions, _ any, _ ...any) (client.WorkflowRun, error) {
+	return nil, serviceerror.NewUnavailable("frontend unavailable for " + o.ID)
+}
+
+// A failure the relay logs names the workflow by its ref, not its id (the
+// family, and that it was deleted), nor in Temporal's own words; the
+// error's kind is still there to test.
+func TestFailuresNameTheWorkflowByItsRef(t *testing.T) {
+	const family = "clinics/north/families/f-rivera"
+	p, err := anypb.New(&familiesv1.Family{Name: family})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &dispatch.Dispatcher{Client: downClient{}, Log: slog.New(slog.DiscardHandler)}
+	err = d.Deliver(context.Background(), outbox.Stored{ID: 3, Clinic: "north", Type: "handoff.families.v1.family.deleted", Resource: family, Payload: p})
+	var down *serviceerror.Unavailable
+	if err == nil || strings.Contains(err.Error(), "rivera") || !strings.Contains(err.Error(), ids.Ref(ids.FamilyDeleted(family))) || !errors.As(err, &down) {
+		t.Fatalf("Deliver = %v; want the workflow's ref, not its id, and the Unavailable kept", err)
 	}
 }
