@@ -271,7 +271,9 @@ func resultWait(ctx context.Context) time.Duration {
 // that completed was done with the change (a redelivery); one that failed,
 // was terminated or timed out ended before the change reached it, and its
 // change (a yes to treatment, a cancellation) is lost unless an operator
-// carries it on: that is an error to alert on.
+// carries it on: that is an error to alert on. The update id,
+// outbox-<clinic>-<event>, leads the operator to the outbox event, and so
+// to the meeting: the log names the workflow by its ref only.
 func (d *Dispatcher) noWorkflow(ctx context.Context, workflowID, updateID, name string) {
 	desc, err := d.Client.DescribeWorkflowExecution(ctx, workflowID, "")
 	if err != nil && !isNotFound(err) {
