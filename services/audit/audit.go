@@ -148,24 +148,24 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	where, args := f.SQL(5)
 	// The trail is read in transaction order, which a time bound does not
 	// index: from a lower bound, the scan would start at the clinic's
-	// oldest record and read on until a page filled. Every record in the
+	// oldest record and read on until a page filled, and to an upper one
+	// its last page would read on to the newest. Every record in the
 	// bounds lies between the least and the greatest transaction of the
 	// records written within them, which audit_log_time finds without
-	// reading the table: the page starts at the least, and ends by the
-	// greatest. An upper bound alone needs neither: its records are the
-	// oldest.
-	if from, to, fromOK, toOK := f.TimeBounds("event_time"); fromOK {
-		hi, found, err := narrowToWindow(ctx, db, clinic, &cur, from, to, toOK)
+	// reading the table: the first page starts at the least, and every
+	// page ends by the greatest, which its token carries on.
+	if from, to, fromOK, toOK := f.TimeBounds("event_time"); after == "" && (fromOK || toOK) {
+		found, err := narrowToWindow(ctx, db, clinic, &cur, from, to, fromOK, toOK)
 		if err != nil {
 			return nil, err
 		}
 		if !found {
 			return &auditv1.ListAuditEventsResponse{}, nil
 		}
-		if toOK {
-			args = append(args, hi)
-			where += fmt.Sprintf(` AND xact <= $%d::text::xid8`, 4+len(args))
-		}
+	}
+	if cur.hi != "" {
+		args = append(args, cur.hi)
+		where += fmt.Sprintf(` AND xact <= $%d::text::xid8`, 4+len(args))
 	}
 	// In transaction order, and only records of transactions older than
 	// every one still running: a record whose transaction commits late
@@ -198,7 +198,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	if err != nil {
 		return nil, fmt.Errorf("list audit events: %w", err)
 	}
-	items, next := aip.Page(items, size, q, func(r row) string { return r.cur.String() })
+	items, next := aip.Page(items, size, q, func(r row) string { c := r.cur; c.hi = cur.hi; return c.String() })
 	resp := &auditv1.ListAuditEventsResponse{NextPageToken: next}
 	for _, it := range items {
 		resp.AuditEvents = append(resp.AuditEvents, it.e)
@@ -207,38 +207,47 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 }
 
 // narrowToWindow moves cur up to the least transaction of the clinic's
-// records written from from (to to, with toOK), and returns the greatest;
-// found is false when there are none.
-func narrowToWindow(ctx context.Context, db *pgdb.DB, clinic string, cur *cursor, from, to time.Time, toOK bool) (hi string, found bool, err error) {
-	var lo, top *string
+// records written from from (with fromOK), and bounds it by the greatest
+// of those written to to (with toOK); found is false when there are none.
+func narrowToWindow(ctx context.Context, db *pgdb.DB, clinic string, cur *cursor, from, to time.Time, fromOK, toOK bool) (found bool, err error) {
+	var lo, hi *string
 	var start bool
-	args := []any{clinic, cur.xact, from}
+	args := []any{clinic, cur.xact}
+	if fromOK {
+		args = append(args, from)
+	}
 	if toOK {
 		args = append(args, to)
 	}
-	err = db.QueryRow(ctx, windowQuery(toOK), args...).Scan(&lo, &top, &start)
-	if err != nil {
-		return "", false, fmt.Errorf("list audit events: find the time bounds: %w", err)
+	if err := db.QueryRow(ctx, windowQuery(fromOK, toOK), args...).Scan(&lo, &hi, &start); err != nil {
+		return false, fmt.Errorf("list audit events: find the time bounds: %w", err)
 	}
 	if lo == nil {
-		return "", false, nil
+		return false, nil
 	}
-	if start {
+	if fromOK && start {
 		// From the window's first transaction, every record of it.
-		*cur = cursor{xact: *lo, id: 0}
+		cur.xact, cur.id = *lo, 0
 	}
-	return *top, true, nil
+	if toOK {
+		cur.hi = *hi
+	}
+	return true, nil
 }
 
 // windowQuery reads the least and greatest transaction of a clinic's
-// ($1) records written from $3 (to $4, with to), and whether the least
-// is past the cursor's transaction ($2). OFFSET 0 keeps the planner from
-// taking min and max off the transaction order instead, walking it from
-// the oldest record to the first in the window: the scan this avoids.
-func windowQuery(to bool) string {
-	window := `event_time >= $3`
+// ($1) records written from $3 (with from) and to the next parameter
+// (with to), and whether the least is past the cursor's transaction
+// ($2). OFFSET 0 keeps the planner from taking min and max off the
+// transaction order instead, walking it from one end to the first record
+// in the window: the scan this avoids.
+func windowQuery(from, to bool) string {
+	window, n := "TRUE", 3
+	if from {
+		window, n = `event_time >= $3`, 4
+	}
 	if to {
-		window += ` AND event_time <= $4`
+		window += fmt.Sprintf(` AND event_time <= $%d`, n)
 	}
 	return `SELECT lo::text, hi::text, coalesce(lo > $2::text::xid8, false) FROM (SELECT min(xact) AS lo, max(xact) AS hi
 		FROM (SELECT xact FROM audit_log WHERE clinic = $1 AND ` + window + ` OFFSET 0) w) m`
@@ -249,9 +258,18 @@ func windowQuery(to bool) string {
 type cursor struct {
 	xact string // an xid8, as text: pgx has no type for it
 	id   int64
+	// hi, when the filter has an upper time bound, is the greatest
+	// transaction within the bounds: found once, on the first page.
+	hi string
 }
 
-func (c cursor) String() string { return c.xact + ":" + strconv.FormatInt(c.id, 10) }
+func (c cursor) String() string {
+	s := c.xact + ":" + strconv.FormatInt(c.id, 10)
+	if c.hi != "" {
+		s += ":" + c.hi
+	}
+	return s
+}
 
 // parseCursor reads a page token's key. A bare id is a token minted before
 // records noted their transaction: it resumes among the records written
@@ -265,12 +283,18 @@ func parseCursor(after string) (cursor, error) {
 	if !found {
 		xact, id = "0", after
 	}
+	id, hi, bounded := strings.Cut(id, ":")
 	x, xerr := strconv.ParseUint(xact, 10, 64)
 	n, ierr := strconv.ParseInt(id, 10, 64)
-	if xerr != nil || ierr != nil || n < 0 {
+	h, herr := strconv.ParseUint(hi, 10, 64)
+	if xerr != nil || ierr != nil || n < 0 || bounded && herr != nil {
 		return cursor{}, apperr.Field("page_token", "malformed")
 	}
-	return cursor{xact: strconv.FormatUint(x, 10), id: n}, nil
+	c := cursor{xact: strconv.FormatUint(x, 10), id: n}
+	if bounded {
+		c.hi = strconv.FormatUint(h, 10)
+	}
+	return c, nil
 }
 
 // Outcome renders a gRPC code as its canonical name: OK, NOT_FOUND,

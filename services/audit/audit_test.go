@@ -73,7 +73,8 @@ func TestEarlierCancelledRecordsReadCanonically(t *testing.T) {
 func TestTimeBoundedListPagesTheWindow(t *testing.T) {
 	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
 	ctx := context.Background()
-	day := func(n int) time.Time { return time.Now().UTC().Truncate(time.Second).AddDate(0, 0, -n) }
+	base := time.Now().UTC().Truncate(time.Second)
+	day := func(n int) time.Time { return base.AddDate(0, 0, -n) }
 	// Ten records, one a day, each in a transaction of its own.
 	for n := 10; n >= 1; n-- {
 		if _, err := pool.Exec(ctx, `INSERT INTO audit_log (clinic, event_time, subject, roles, method, outcome)
@@ -118,6 +119,7 @@ func TestTimeBoundedListPagesTheWindow(t *testing.T) {
 		{fmt.Sprintf(`time > %q`, at(4)), "/m3 /m2 /m1"},
 		{fmt.Sprintf(`time >= %q AND time <= %q AND method = "/m7"`, at(9), at(5)), "/m7"},
 		{fmt.Sprintf(`time <= %q`, at(9)), "/m10 /m9"},
+		{fmt.Sprintf(`time < %q AND method != "/m5"`, at(3)), "/m10 /m9 /m8 /m7 /m6 /m4"},
 		{fmt.Sprintf(`time >= %q`, day(-1).Format(time.RFC3339)), ""},
 		{fmt.Sprintf(`time >= %q AND time <= %q`, at(3), at(7)), ""},
 	} {
