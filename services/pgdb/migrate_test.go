@@ -251,11 +251,34 @@ func TestUnappliedAsTheApplicationRole(t *testing.T) {
 	extra := pgdb.Source{Name: "extra", FS: fstest.MapFS{"m/0001_t.sql": {Data: []byte(`CREATE TABLE t (clinic text)`)}}, Dir: "m"}
 	owner, schema := pgtest.Schema(t, common)
 	app := pgtest.App(t, schema)
-	missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common, extra)
-	if err != nil || len(missing) != 1 || missing[0] != "extra/0001_t.sql" {
-		t.Fatalf("Unapplied = %v, %v; want extra/0001_t.sql alone", missing, err)
+	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common); err != nil || len(missing) != 0 {
+		t.Fatalf("Unapplied of what ran = %v, %v; want nothing", missing, err)
 	}
-	if _, err := app.Pool.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ('extra/0001_t.sql')`); err == nil {
+	missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common, extra)
+	if err != nil || len(missing) != 2 || missing[0] != "extra/0001_t.sql" || !strings.HasPrefix(missing[1], "secured/") {
+		t.Fatalf("Unapplied = %v, %v; want extra/0001_t.sql and the set's secured marker", missing, err)
+	}
+	// A migration recorded whose set is not secured yet (secure runs after
+	// the last of them, in a transaction of its own) is not done.
+	if _, err := owner.Exec(ctx, `CREATE TABLE `+schema+`.t (clinic text)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ('extra/0001_t.sql')`); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common, extra); err != nil || len(missing) != 1 || !strings.HasPrefix(missing[0], "secured/") {
+		t.Fatalf("recorded, not secured: Unapplied = %v, %v; want the secured marker", missing, err)
+	}
+	if _, err := app.Pool.Exec(pgdb.WithClinic(ctx, "north"), `SELECT 1 FROM `+schema+`.t`); err == nil {
+		t.Fatal("the application role reads a table no secure has granted")
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common, extra); err != nil {
+		t.Fatal(err)
+	}
+	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema, common, extra); err != nil || len(missing) != 0 {
+		t.Fatalf("after the migration: Unapplied = %v, %v; want nothing", missing, err)
+	}
+	if _, err := app.Pool.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ('extra/0002_x.sql')`); err == nil {
 		t.Fatal("the application role recorded a migration as run")
 	}
 	if _, err := owner.Exec(ctx, `REVOKE SELECT ON `+schema+`.schema_migrations FROM `+pgdb.AppRole); err != nil {

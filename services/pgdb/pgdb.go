@@ -4,7 +4,9 @@ package pgdb
 
 import (
 	"context"
+	"crypto/sha256"
 	"embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -211,18 +213,16 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 			}
 		}
 	}
-	return secure(ctx, conn.Conn(), schema)
+	marker, err := securedMarker(sources)
+	if err != nil {
+		return err
+	}
+	return secure(ctx, conn.Conn(), schema, marker)
 }
 
-// Unapplied returns the migrations of sources that schema has no record
-// of: those a release's migration has yet to run. A schema that does not
-// exist, or whose record q may not read (no release that grants the
-// application role that read has migrated it), has them all unapplied.
-func Unapplied(ctx context.Context, q *pgxpool.Pool, schema string, sources ...Source) ([]string, error) {
-	if !schemaPattern.MatchString(schema) {
-		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
-	}
-	var want []string
+// migrationIDs are the ids of sources' migrations, in the order they run.
+func migrationIDs(sources []Source) ([]string, error) {
+	var ids []string
 	for _, src := range sources {
 		files, err := fs.Glob(src.FS, path.Join(src.Dir, "*.sql"))
 		if err != nil {
@@ -230,9 +230,44 @@ func Unapplied(ctx context.Context, q *pgxpool.Pool, schema string, sources ...S
 		}
 		slices.Sort(files)
 		for _, f := range files {
-			want = append(want, src.Name+"/"+path.Base(f))
+			ids = append(ids, src.Name+"/"+path.Base(f))
 		}
 	}
+	return ids, nil
+}
+
+// securedMarker is the id secure records, in its transaction, once it has
+// granted and secured what sources' migrations made: a marker of that set
+// of migrations, so that a service waiting for them (Unapplied) goes on
+// only once the tables they add are the application role's to use, not
+// when the last of them is recorded, before.
+func securedMarker(sources []Source) (string, error) {
+	ids, err := migrationIDs(sources)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	return "secured/" + hex.EncodeToString(h[:8]), nil
+}
+
+// Unapplied returns the migrations of sources that schema has no record
+// of, and the marker that secure has granted and secured what they made
+// (securedMarker): what a release's migration has yet to do. A schema that
+// does not exist, or whose record q may not read (no release that grants
+// the application role that read has migrated it), has it all to do.
+func Unapplied(ctx context.Context, q *pgxpool.Pool, schema string, sources ...Source) ([]string, error) {
+	if !schemaPattern.MatchString(schema) {
+		return nil, fmt.Errorf("pgdb: invalid schema name %q", schema)
+	}
+	want, err := migrationIDs(sources)
+	if err != nil {
+		return nil, err
+	}
+	marker, err := securedMarker(sources)
+	if err != nil {
+		return nil, err
+	}
+	want = append(want, marker)
 	rows, err := q.Query(ctx, `SELECT id FROM `+schema+`.schema_migrations WHERE id = ANY($1)`, want)
 	var applied []string
 	if err == nil {
@@ -309,7 +344,7 @@ var consentStamp = []string{"revoke_time", "update_time", "version"}
 // secure grants AppRole what the services need and puts row-level security
 // on every table that has a clinic column. It runs after every migration
 // set, so tables added later are covered too.
-func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
+func secure(ctx context.Context, conn *pgx.Conn, schema, marker string) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		stmts := []string{
 			lockTimeout(),
@@ -401,6 +436,9 @@ func secure(ctx context.Context, conn *pgx.Conn, schema string) error {
 					return fmt.Errorf("pgdb: row security on %s: %w", q, err)
 				}
 			}
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ($1) ON CONFLICT DO NOTHING`, marker); err != nil {
+			return fmt.Errorf("pgdb: record %s secured: %w", schema, err)
 		}
 		return nil
 	})
