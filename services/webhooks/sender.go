@@ -401,9 +401,8 @@ func (p *pending) disclosureRequestID() string {
 // again and send it twice).
 func (s *Sender) Once(ctx context.Context) (int, error) {
 	batch, claimErr := s.claimFree(ctx)
-	// A claim that failed after leasing some deliveries (recording another
-	// as dead) still sends those: left alone they would wait out their
-	// lease and lose an attempt.
+	// A claim that failed after leasing some deliveries still sends those:
+	// left alone they would wait out their lease and lose an attempt.
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	firstErr := claimErr
@@ -550,10 +549,12 @@ var errUndecodable = fmt.Errorf("Handoff could not read the event: %w", errOwnSi
 const undecodableFor = 24 * time.Hour
 
 // errSecretUnreadable marks a delivery whose subscription's secret does not
-// open with this sender's key: Handoff's failure too, and tried again like
-// errUndecodable. A replica started with a wrong key, or one of the release
+// open with this sender's key: Handoff's failure, tried again and never a
+// dead letter. A replica started with a wrong key, or one of the release
 // before while the keys change in a single rollout (reseal.go), would
-// otherwise make dead letters of every clinic's deliveries it claims.
+// otherwise make dead letters of every clinic's deliveries it claims; and
+// a secret lost for good is mended by rotating it (the new one is sealed
+// under the current key), after which the held deliveries go, in order.
 var errSecretUnreadable = fmt.Errorf("signing secret unreadable with the configured key: %w", errOwnSide)
 
 // settled bounds the write of an attempt's outcome, which goes on past the
@@ -661,7 +662,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// each try of a full notification sends the record again, and holds
 	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
-		((errors.Is(err, errUndecodable) || errors.Is(err, errSecretUnreadable)) && time.Since(p.firstTry) > undecodableFor) ||
+		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) ||
 		refusedFor(err, p.refusals+1) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
