@@ -54,6 +54,10 @@ var businessStatus = map[referralsv1.ReferralState]string{
 	referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR: "entered in error",
 }
 
+// fulfilmentCompleted is the business status of a referral completed
+// without its intake appointment.
+const fulfilmentCompleted = "fulfillment completed"
+
 func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 	return func(r pgx.CollectableRow) (*referralsv1.Referral, error) {
 		var (
@@ -115,6 +119,13 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 				FromState: referralsv1.ReferralState(hFrom[i]), ToState: referralsv1.ReferralState(hTo[i]),
 				Actor: hActor[i], Reason: hReason[i], Time: timestamppb.New(hTime[i]),
 			})
+		}
+		if ref.State == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
+			(ref.GetIntakeAppointment().GetStartTime() == nil || intake.Superseded(ref)) {
+			// Entered without the booked intake (on the spot, or some other
+			// way): no event completed, the fulfilment did (BSeR 7.0), as
+			// the FHIR Task says.
+			ref.BusinessStatus = fulfilmentCompleted
 		}
 		return ref, nil
 	}

@@ -2333,3 +2333,38 @@ func TestAnUnusedConvertedPlaceGoesBack(t *testing.T) {
 	}
 	free(last.GetName(), 0, "after a rejection at capacity")
 }
+
+// A referral completed at its booked intake says "event completed"
+// (BSeR 5.1.4); one completed with no intake booked, admitted on the spot,
+// says "fulfillment completed" (7.0), as its FHIR Task does.
+func TestBusinessStatusOfACompletedReferral(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	create := func() string {
+		t.Helper()
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
+			Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+			t.Fatal(err)
+		}
+		return r.GetName()
+	}
+	booked := create()
+	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: booked,
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(-time.Minute))}}); err != nil {
+		t.Fatal(err)
+	}
+	spot := create()
+	for name, want := range map[string]string{booked: "event completed", spot: "fulfillment completed"} {
+		got, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: name})
+		if err != nil || got.GetBusinessStatus() != want {
+			t.Fatalf("completed %s: %q, %v; want %q", name, got.GetBusinessStatus(), err, want)
+		}
+	}
+}

@@ -1602,7 +1602,10 @@ type Referral struct {
 	// REQUESTED = "created" (2.0), ACCEPTED = "accepted" (3.0),
 	// REJECTED = "declined" (4.0), SCHEDULED = "scheduled" (5.1.1),
 	// NO_SHOW = "unattended" (5.1.2), COMPLETED = "event completed" (5.1.4),
-	// CANCELLED = "cancelled" (6.0); ON_HOLD = "on hold" and
+	// or "fulfillment completed" (7.0) when the person entered treatment
+	// without the booked intake (none booked, or admitted while it was on
+	// hold or well before it), CANCELLED = "cancelled" (6.0);
+	// ON_HOLD = "on hold" and
 	// ENTERED_IN_ERROR = "entered in error" (BSeR has no code for them).
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
 	// Every state change, oldest first, including each rebooking.
