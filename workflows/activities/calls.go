@@ -93,7 +93,7 @@ func (a *Activities) LoadPlan(ctx context.Context, intervention string) (Plan, e
 				// the meeting's zone, as the intervention's time_zone says,
 				// not in UTC ("3:00 PM UTC" for a 10:00 meeting in New
 				// York), and reminded days ahead by its calendar.
-				person.TimeZone = iv.GetTimeZone()
+				person.TimeZone, person.EventZone = iv.GetTimeZone(), true
 			}
 			p.Participants = append(p.Participants, person)
 		}
@@ -1598,10 +1598,10 @@ func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Perso
 			break
 		}
 	}
-	// One who gave no zone is told the appointment's time in the zone the
-	// other gave (a family lives near the loved one, whose program is
-	// near them), not in UTC.
-	zone := ""
+	// One who gave no zone is told the appointment's time in the loved
+	// one's (whose program is near them, and a family near them too), or
+	// in the one the other reminded gave: not in UTC.
+	zone := fam.GetLovedOne().GetTimeZone()
 	for _, p := range out {
 		if zone == "" {
 			zone = p.TimeZone

@@ -2233,6 +2233,11 @@ func TestRemindersWithoutAZoneTakeTheEventsZone(t *testing.T) {
 	if zones["mom"] != "America/Chicago" || zones["dad"] != "America/New_York" {
 		t.Fatalf("meeting reminders' zones %v; want mom in the meeting's, dad in his own", zones)
 	}
+	for _, m := range p.Participants {
+		if m.EventZone != (m.ID == "mom") {
+			t.Fatalf("%s: EventZone %v; want it for the one who gave no zone only", m.ID, m.EventZone)
+		}
+	}
 	contacts, err := a.FamilyContacts(context.Background(), "clinics/north/families/f1")
 	if err != nil || len(contacts) != 2 {
 		t.Fatalf("FamilyContacts = %v, %v", contacts, err)
@@ -2241,6 +2246,12 @@ func TestRemindersWithoutAZoneTakeTheEventsZone(t *testing.T) {
 		if c.TimeZone != "America/Denver" {
 			t.Errorf("intake reminder to %s %s in %q; want the loved one's zone", c.Kind, c.ID, c.TimeZone)
 		}
+	}
+	// The loved one not to be contacted: still their zone, not UTC.
+	fam.fam.LovedOne.MayContactDirectly = false
+	contacts, err = a.FamilyContacts(context.Background(), "clinics/north/families/f1")
+	if err != nil || len(contacts) != 1 || contacts[0].ID != "mom" || contacts[0].TimeZone != "America/Denver" {
+		t.Fatalf("FamilyContacts, the loved one not contacted = %+v, %v; want mom in the loved one's zone", contacts, err)
 	}
 }
 

@@ -16,6 +16,9 @@ type Person struct {
 	TimeZone   string
 	QuietStart string
 	QuietEnd   string
+	// EventZone says TimeZone is the meeting's, the person having given
+	// none: it moves with the meeting.
+	EventZone bool
 }
 
 // Recipient is p as reminder placement sees it.

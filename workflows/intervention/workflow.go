@@ -313,6 +313,13 @@ func (w *wf) setup(ctx workflow.Context) error {
 		}
 		if r.TimeZone != "" {
 			w.plan.Counselor.TimeZone = r.TimeZone
+			// Those who gave no zone of their own are told the meeting's
+			// time in its zone: the new one.
+			for i := range w.plan.Participants {
+				if w.plan.Participants[i].EventZone {
+					w.plan.Participants[i].TimeZone = r.TimeZone
+				}
+			}
 		}
 		// The version is asked in the run loop: this handler runs on the
 		// SDK's root context, which does not carry the run's epoch.

@@ -1486,3 +1486,43 @@ func TestUnmadeReminderEndsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A participant who gave no time zone is reminded in the meeting's (the
+// plan says so, EventZone): when the meeting moves to another zone, the
+// reminders after the move name its time in the new one. One who gave a
+// zone keeps theirs.
+func TestMeetingZoneMovesWithTheMeeting(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.plan.Participants = []activities.Person{
+		{Kind: "member", ID: "mom", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/Chicago", EventZone: true},
+		{Kind: "member", ID: "dad", Family: "clinics/north/families/f1", Channel: "SMS", TimeZone: "America/New_York"},
+	}
+	var rejected error
+	h.update(36*time.Hour, intervention.UpdateReschedule,
+		intervention.Reschedule{Start: h.start, Duration: time.Hour, TimeZone: "America/Los_Angeles"}, &rejected)
+	h.update(4*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil || rejected != nil {
+		t.Fatalf("workflow error %v, reschedule rejected %v", err, rejected)
+	}
+	t0 := h.start.Add(-4 * 24 * time.Hour)
+	zones := map[string][]string{}
+	for _, r := range h.sent.byKind("INTERVENTION_UPCOMING") {
+		if r.Due.Sub(t0) > 36*time.Hour && r.To.ID != "counselor-1" {
+			zones[r.To.ID] = append(zones[r.To.ID], r.To.TimeZone)
+		}
+	}
+	if len(zones["mom"]) == 0 || len(zones["dad"]) == 0 {
+		t.Fatalf("reminders after the move: %v; want mom's and dad's", zones)
+	}
+	for _, z := range zones["mom"] {
+		if z != "America/Los_Angeles" {
+			t.Fatalf("mom's reminders after the move in %v; want the meeting's new zone", zones["mom"])
+		}
+	}
+	for _, z := range zones["dad"] {
+		if z != "America/New_York" {
+			t.Fatalf("dad's reminders after the move in %v; want his own zone", zones["dad"])
+		}
+	}
+}
