@@ -2340,28 +2340,12 @@ func TestAnUnusedConvertedPlaceGoesBack(t *testing.T) {
 func TestBusinessStatusOfACompletedReferral(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	p := f.program(t, buprenorphine("Riverside MAT"), 5)
-	create := func() string {
-		t.Helper()
-		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
-			Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
-			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(),
-			Urgency: referralsv1.Urgency_URGENCY_URGENT, Reason: "wants to start"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
-			t.Fatal(err)
-		}
-		return r.GetName()
-	}
-	booked := create()
-	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: booked,
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(time.Now().Add(-time.Minute))}}); err != nil {
+	p, spot := f.urgentReferral(t)
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: spot.GetName()}); err != nil {
 		t.Fatal(err)
 	}
-	spot := create()
-	for name, want := range map[string]string{booked: "event completed", spot: "fulfillment completed"} {
+	booked := f.booked(t, p.GetName(), nil, time.Now().Add(-time.Minute))
+	for name, want := range map[string]string{booked.GetName(): "event completed", spot.GetName(): "fulfillment completed"} {
 		got, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: name})
 		if err != nil || got.GetBusinessStatus() != want {
 			t.Fatalf("completed %s: %q, %v; want %q", name, got.GetBusinessStatus(), err, want)
