@@ -313,13 +313,6 @@ func (w *wf) setup(ctx workflow.Context) error {
 		}
 		if r.TimeZone != "" {
 			w.plan.Counselor.TimeZone = r.TimeZone
-			// Those who gave no zone of their own are told the meeting's
-			// time in its zone: the new one.
-			for i := range w.plan.Participants {
-				if w.plan.Participants[i].EventZone {
-					w.plan.Participants[i].TimeZone = r.TimeZone
-				}
-			}
 		}
 		// The version is asked in the run loop: this handler runs on the
 		// SDK's root context, which does not carry the run's epoch.
@@ -406,6 +399,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 			}
 		}
 		if w.rearm {
+			w.followMeetingZone(ctx)
 			// Taken before either blocks: a reschedule arriving meanwhile
 			// sets its own for the next turn.
 			moved := w.moved
@@ -516,6 +510,7 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	p.Start, p.Duration, p.Counselor.TimeZone = w.plan.Start, w.plan.Duration, w.plan.Counselor.TimeZone
 	before := w.people()
 	w.plan = p
+	w.followMeetingZone(ctx)
 	// Meeting reminders already made for people no longer taking part (one
 	// deferred to the end of their quiet hours, or not delivered yet) are
 	// cancelled; a counselor handing the family over keeps the rest (an
@@ -592,6 +587,30 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	}
 	return w.arm(ctx)
 }
+
+// followMeetingZone gives the participants who gave no zone of their own
+// (EventZone) the meeting's zone as the workflow knows it: a reschedule to
+// another zone moves it, and a replan's read may be ahead of a reschedule
+// not yet heard. Asked only when one of them is in another zone, so most
+// runs record nothing.
+func (w *wf) followMeetingZone(ctx workflow.Context) {
+	zone := w.plan.Counselor.TimeZone
+	off := slices.ContainsFunc(w.plan.Participants, func(p activities.Person) bool { return p.EventZone && p.TimeZone != zone })
+	if zone == "" || !off || flow.Version(ctx, versionEventZoneMoves, 1) < 1 {
+		return
+	}
+	for i := range w.plan.Participants {
+		if w.plan.Participants[i].EventZone {
+			w.plan.Participants[i].TimeZone = zone
+		}
+	}
+}
+
+// versionEventZoneMoves guards moving the zone of those who gave none
+// with the meeting's. It changes where their reminders fall: a worker of
+// the release before, which kept the zone read first, must not replay a
+// run that moved it.
+const versionEventZoneMoves = "event-zone-moves"
 
 // versionPastFailedRescheduleCancel guards going on when cancelling the
 // old time's reminders after a reschedule failed for good. The service
