@@ -153,8 +153,14 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	// bounds lies between the least and the greatest transaction of the
 	// records written within them, which audit_log_time finds without
 	// reading the table: the first page starts at the least, and every
-	// page ends by the greatest, which its token carries on.
-	if from, to, fromOK, toOK := f.TimeBounds("event_time"); after == "" && (fromOK || toOK) {
+	// page ends by the greatest, which its token carries on. An upper bound
+	// alone is left as it is: finding its greatest would read every record
+	// before it, mostly more than a last page reads after it.
+	if from, to, fromOK, toOK := f.TimeBounds("event_time"); after == "" && fromOK {
+		// An upper bound is kept only well past: records up to one not
+		// yet past may still be written, by transactions that begin after
+		// this page, and would fall past the greatest found now.
+		toOK = toOK && to.Before(time.Now().Add(-time.Minute))
 		found, err := narrowToWindow(ctx, db, clinic, &cur, from, to, fromOK, toOK)
 		if err != nil {
 			return nil, err
@@ -249,7 +255,11 @@ func windowQuery(from, to bool) string {
 	if to {
 		window += fmt.Sprintf(` AND event_time <= $%d`, n)
 	}
-	return `SELECT lo::text, hi::text, coalesce(lo > $2::text::xid8, false) FROM (SELECT min(xact) AS lo, max(xact) AS hi
+	// The greatest is at least the snapshot's xmax: a transaction still
+	// running may yet commit a record within the bounds, and its id is
+	// below xmax.
+	return `SELECT lo::text, greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text, coalesce(lo > $2::text::xid8, false)
+		FROM (SELECT min(xact) AS lo, max(xact) AS hi
 		FROM (SELECT xact FROM audit_log WHERE clinic = $1 AND ` + window + ` OFFSET 0) w) m`
 }
 
