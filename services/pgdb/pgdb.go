@@ -246,7 +246,9 @@ func securedMarker(sources []Source) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	h := sha256.Sum256([]byte(strings.Join(ids, "\n")))
+	// The policies' form too: a release that changes only what secure
+	// does must have it done before its services go on.
+	h := sha256.Sum256([]byte(policyVersion + "\n" + strings.Join(ids, "\n")))
 	return "secured/" + hex.EncodeToString(h[:8]), nil
 }
 
