@@ -368,8 +368,7 @@ func task(r *referralsv1.Referral) obj {
 		"requester":    requester(r),
 	}
 	if bs, ok := businessStatus[r.GetState()]; ok {
-		if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
-			(r.GetIntakeAppointment().GetStartTime() == nil || intake.Superseded(r)) {
+		if intake.CompletedWithout(r) {
 			// The event completed is the intake appointment: a person
 			// admitted on the spot, or some other way than at the booked
 			// intake, had none, and an EHR counting attended intakes

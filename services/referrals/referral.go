@@ -120,8 +120,7 @@ func scanReferral(clinic string) pgx.RowToFunc[*referralsv1.Referral] {
 				Actor: hActor[i], Reason: hReason[i], Time: timestamppb.New(hTime[i]),
 			})
 		}
-		if ref.State == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
-			(ref.GetIntakeAppointment().GetStartTime() == nil || intake.Superseded(ref)) {
+		if intake.CompletedWithout(ref) {
 			// Entered without the booked intake (on the spot, or some other
 			// way): no event completed, the fulfilment did (BSeR 7.0), as
 			// the FHIR Task says.

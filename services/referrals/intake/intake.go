@@ -12,6 +12,14 @@ import (
 // records only its start.
 const Length = time.Hour
 
+// CompletedWithout reports whether r was completed without its intake
+// appointment: none booked, or the booking superseded. No event (BSeR
+// 5.1.4) took place; the fulfilment (7.0) did.
+func CompletedWithout(r *referralsv1.Referral) bool {
+	return r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED &&
+		(r.GetIntakeAppointment().GetStartTime() == nil || Superseded(r))
+}
+
 // Superseded reports whether a completed referral's person entered
 // treatment some other way than at its booked intake: admitted while the
 // intake was on hold, or Length or more before its booked start. That
