@@ -1191,9 +1191,7 @@ func (s *Server) emptyForStaff(ctx context.Context, n int, c child) error {
 // familyUnknown reports whether nothing is kept of c's family: no row, no
 // consent, no disclosure. A family deleted keeps its consents and its
 // accounting (42 CFR 2.31, 2.24), and is still known by them.
-func familyUnknown(ctx context.Context, q interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}, c child) (bool, error) {
+func familyUnknown(ctx context.Context, q pgdb.Querier, c child) (bool, error) {
 	var unknown bool
 	if err := q.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM families WHERE clinic = $1 AND id = $2)
 		AND NOT EXISTS (SELECT 1 FROM consents WHERE clinic = $1 AND family_id = $2)
