@@ -200,17 +200,13 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 			return fmt.Errorf("pgdb: prepare schema %s: %w", schema, err)
 		}
 	}
-	for _, src := range sources {
-		files, err := fs.Glob(src.FS, path.Join(src.Dir, "*.sql"))
-		if err != nil {
-			return fmt.Errorf("pgdb: list %s migrations: %w", src.Name, err)
-		}
-		slices.Sort(files)
-		for _, f := range files {
-			id := src.Name + "/" + path.Base(f)
-			if err := apply(ctx, conn.Conn(), schema, id, src.FS, f); err != nil {
-				return err
-			}
+	all, err := migrations(sources)
+	if err != nil {
+		return err
+	}
+	for _, m := range all {
+		if err := apply(ctx, conn.Conn(), schema, m.id, m.src.FS, m.file); err != nil {
+			return err
 		}
 	}
 	marker, err := securedMarker(sources)
@@ -220,9 +216,16 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 	return secure(ctx, conn.Conn(), schema, marker)
 }
 
-// migrationIDs are the ids of sources' migrations, in the order they run.
-func migrationIDs(sources []Source) ([]string, error) {
-	var ids []string
+// migration is one file of a source, and the id it is recorded under.
+type migration struct {
+	src      Source
+	file, id string
+}
+
+// migrations are sources' migrations in the order they run: the one list
+// Migrate applies and Unapplied and the secured marker name.
+func migrations(sources []Source) ([]migration, error) {
+	var out []migration
 	for _, src := range sources {
 		files, err := fs.Glob(src.FS, path.Join(src.Dir, "*.sql"))
 		if err != nil {
@@ -230,10 +233,20 @@ func migrationIDs(sources []Source) ([]string, error) {
 		}
 		slices.Sort(files)
 		for _, f := range files {
-			ids = append(ids, src.Name+"/"+path.Base(f))
+			out = append(out, migration{src: src, file: f, id: src.Name + "/" + path.Base(f)})
 		}
 	}
-	return ids, nil
+	return out, nil
+}
+
+// migrationIDs are the ids of sources' migrations, in the order they run.
+func migrationIDs(sources []Source) ([]string, error) {
+	all, err := migrations(sources)
+	ids := make([]string, len(all))
+	for i, m := range all {
+		ids[i] = m.id
+	}
+	return ids, err
 }
 
 // securedMarker is the id secure records, in its transaction, once it has
