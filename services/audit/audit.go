@@ -217,22 +217,22 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 // of those written to to (with toOK); found is false when there are none.
 func narrowToWindow(ctx context.Context, db *pgdb.DB, clinic string, cur *cursor, from, to time.Time, fromOK, toOK bool) (found bool, err error) {
 	var lo, hi *string
-	var start bool
-	args := []any{clinic, cur.xact}
+	args := []any{clinic}
 	if fromOK {
 		args = append(args, from)
 	}
 	if toOK {
 		args = append(args, to)
 	}
-	if err := db.QueryRow(ctx, windowQuery(fromOK, toOK), args...).Scan(&lo, &hi, &start); err != nil {
+	if err := db.QueryRow(ctx, windowQuery(fromOK, toOK), args...).Scan(&lo, &hi); err != nil {
 		return false, fmt.Errorf("list audit events: find the time bounds: %w", err)
 	}
 	if lo == nil {
 		return false, nil
 	}
-	if fromOK && start {
-		// From the window's first transaction, every record of it.
+	if fromOK {
+		// The first page: from the window's first transaction, every
+		// record of it.
 		cur.xact, cur.id = *lo, 0
 	}
 	if toOK {
@@ -242,15 +242,14 @@ func narrowToWindow(ctx context.Context, db *pgdb.DB, clinic string, cur *cursor
 }
 
 // windowQuery reads the least and greatest transaction of a clinic's
-// ($1) records written from $3 (with from) and to the next parameter
-// (with to), and whether the least is past the cursor's transaction
-// ($2). OFFSET 0 keeps the planner from taking min and max off the
+// ($1) records written from $2 (with from) and to the next parameter
+// (with to). OFFSET 0 keeps the planner from taking min and max off the
 // transaction order instead, walking it from one end to the first record
 // in the window: the scan this avoids.
 func windowQuery(from, to bool) string {
-	window, n := "TRUE", 3
+	window, n := "TRUE", 2
 	if from {
-		window, n = `event_time >= $3`, 4
+		window, n = `event_time >= $2`, 3
 	}
 	if to {
 		window += fmt.Sprintf(` AND event_time <= $%d`, n)
@@ -258,7 +257,7 @@ func windowQuery(from, to bool) string {
 	// The greatest is at least the snapshot's xmax: a transaction still
 	// running may yet commit a record within the bounds, and its id is
 	// below xmax.
-	return `SELECT lo::text, greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text, coalesce(lo > $2::text::xid8, false)
+	return `SELECT lo::text, greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text
 		FROM (SELECT min(xact) AS lo, max(xact) AS hi
 		FROM (SELECT xact FROM audit_log WHERE clinic = $1 AND ` + window + ` OFFSET 0) w) m`
 }
