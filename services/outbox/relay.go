@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -175,8 +176,12 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		// may take the lock at its next poll and deliver these lanes
 		// too. Those under way stop; what they delivered unrecorded is
 		// delivered again, at least once as ever, but not by two relays
-		// at a time, out of order.
-		r.lose()
+		// at a time, out of order. An error the server answered on a
+		// live session (a statement timeout) leaves the lock held, and
+		// the lanes go on.
+		if sessionLost(r.conn, err) {
+			r.lose()
+		}
 		// Lanes under way are recorded when they end, whatever this poll
 		// could read.
 		n, errs := r.record(ctx, r.collect(ctx, 0, nil), ctx.Err() != nil || r.lost.Err() != nil)
@@ -279,6 +284,15 @@ func (r *Relay) release(ctx context.Context) {
 		giveBack(ctx, r.conn)
 	}
 	r.conn = nil
+}
+
+// sessionLost reports whether err, from a statement on conn, may have
+// cost the session, and the session's locks with it: a closed connection,
+// a failure with no answer from the server, or one the server ended the
+// session with (FATAL, PANIC, as pg_terminate_backend does).
+func sessionLost(conn *pgxpool.Conn, err error) bool {
+	var pg *pgconn.PgError
+	return conn.Conn().IsClosed() || !errors.As(err, &pg) || pg.Severity == "FATAL" || pg.Severity == "PANIC"
 }
 
 // settleCtx bounds what the relay writes without its context's

@@ -100,3 +100,28 @@ func TestLanesStopWhenTheLockMayBeLost(t *testing.T) {
 		t.Fatalf("delivered %v after the session died; want nothing", delivered)
 	}
 }
+
+// Only an error that may have cost the session stops the lanes: one the
+// server answered on a live session (a statement that failed) leaves the
+// lock held.
+func TestSessionLostOnlyWhenItMayBe(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	conn, err := db.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	_, failed := conn.Exec(ctx, `SELECT 1/0`)
+	if failed == nil || sessionLost(conn, failed) {
+		t.Fatalf("a statement that failed on a live session (%v): lost %v; want false", failed, sessionLost(conn, failed))
+	}
+	if _, err := pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, conn.Conn().PgConn().PID()); err != nil {
+		t.Fatal(err)
+	}
+	_, ended := conn.Exec(ctx, `SELECT 1`)
+	if ended == nil || !sessionLost(conn, ended) {
+		t.Fatalf("after the session was ended (%v): lost %v; want true", ended, sessionLost(conn, ended))
+	}
+}
