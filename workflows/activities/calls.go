@@ -569,8 +569,9 @@ func (a *Activities) Resend(ctx context.Context, in ResendRequest) (Resent, erro
 		// down past it): its first claim would fail it at once for the
 		// quiet hours, and take one of its line's tries. Placed from now
 		// instead: after the quiet hours, if the event is still ahead.
-		if due, r, by, err = a.awake(ctx, old, fam, time.Now()); err != nil {
-			return Resent{}, err
+		due = time.Now()
+		if at, err := schedule.Awake(due, r, by); err == nil {
+			due = at
 		}
 	}
 	want := &interventionsv1.Reminder{Recipient: channelNow(old.GetRecipient(), fam), DueTime: timestamppb.New(due),
@@ -1602,10 +1603,8 @@ func (a *Activities) FamilyContacts(ctx context.Context, family string) ([]Perso
 	// one's (whose program is near them, and a family near them too), or
 	// in the one the other reminded gave: not in UTC.
 	zone := fam.GetLovedOne().GetTimeZone()
-	for _, p := range out {
-		if zone == "" {
-			zone = p.TimeZone
-		}
+	if zone == "" && len(out) > 0 {
+		zone = out[len(out)-1].TimeZone // the contact person's, if any
 	}
 	for i := range out {
 		if out[i].TimeZone == "" {
