@@ -92,6 +92,9 @@ func (s *server) writeErr(w http.ResponseWriter, err error, what string) {
 	case code == http.StatusGatewayTimeout:
 		s.cfg.Log.Warn("fhir: service call failed", "code", st.Code().String())
 		msg = "the request took too long: retry"
+	case code == http.StatusNotImplemented:
+		s.cfg.Log.Warn("fhir: service call failed", "code", st.Code().String())
+		msg = "not supported by this server"
 	case code >= 500:
 		s.cfg.Log.Error("fhir: service call failed", "code", st.Code().String())
 		msg = "internal error"
@@ -157,7 +160,15 @@ func httpStatus(st *status.Status) (int, string) {
 		}
 		return http.StatusUnprocessableEntity, "business-rule"
 	case codes.ResourceExhausted:
-		return http.StatusTooManyRequests, "throttled"
+		// Only a quota of ours is the caller's to free or wait out; grpc's
+		// own RESOURCE_EXHAUSTED (a message over a size limit between the
+		// facade and a service) is a fault here, and a retry meets it again.
+		if errorReason(st) == apperr.ReasonQuotaExceeded {
+			return http.StatusTooManyRequests, "throttled"
+		}
+		return http.StatusInternalServerError, "exception"
+	case codes.Unimplemented:
+		return http.StatusNotImplemented, "not-supported"
 	case codes.DeadlineExceeded:
 		return http.StatusGatewayTimeout, "timeout"
 	case codes.Unavailable:

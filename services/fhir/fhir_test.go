@@ -283,6 +283,11 @@ func TestErrorStatuses(t *testing.T) {
 		{status.New(codes.Aborted, "the request conflicted with another one: retry it"), http.StatusConflict},
 		// A caller that went away is no server error (nor logged as one).
 		{status.New(codes.Canceled, "context canceled"), 499},
+		// A quota of ours is 429; grpc's own size limit is no reason to
+		// retry, nor a method a service lacks.
+		{status.Convert(apperr.QuotaExceeded("clinics/north", "too many subscriptions")), http.StatusTooManyRequests},
+		{status.New(codes.ResourceExhausted, "grpc: received message larger than max (9000000 vs. 4194304)"), http.StatusInternalServerError},
+		{status.New(codes.Unimplemented, "unknown method"), http.StatusNotImplemented},
 	} {
 		if got, _ := httpStatus(c.st); got != c.code {
 			t.Errorf("%v: %d, want %d", c.st.Code(), got, c.code)
