@@ -291,7 +291,8 @@ func optTime(t *timestamppb.Timestamp) *time.Time {
 // insertReminder stores the reminder req asks for, once per request id.
 func (s *Server) insertReminder(ctx context.Context, clinic string, req *interventionsv1.CreateReminderRequest) (*interventionsv1.Reminder, error) {
 	rem, rc := req.GetReminder(), req.GetReminder().GetRecipient()
-	return idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
+	var made *interventionsv1.Reminder
+	out, err := idempotency.InTx(ctx, s.pool, clinic, svc+"CreateReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			// Checked by the clock here, where the stored answer of the
 			// request id is read first and a call still in flight is
@@ -330,9 +331,15 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			if err != nil {
 				return nil, err
 			}
-			remindersCreated.Add(ctx, 1, kindAttr(out.GetKind().String()))
+			made = out
 			return out, emit(ctx, tx, clinic, "reminder.created", out.GetName(), out)
 		})
+	if err == nil && made != nil {
+		// Counted once committed: a transaction rolled back made nothing,
+		// and a replayed request id made nothing new.
+		remindersCreated.Add(ctx, 1, kindAttr(made.GetKind().String()))
+	}
+	return out, err
 }
 
 // ReasonMeetingNotScheduled refuses a reminder of a meeting that is no
@@ -989,7 +996,8 @@ const lapsedGrace = 5 * time.Minute
 // then records its refusal too, as any call that changed something and
 // failed.
 func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var failed *interventionsv1.Reminder
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE reminders SET state = $3, failure_reason = $4, update_time = $5, version = version + 1
 			WHERE clinic = $1 AND id = $2 AND send_by_time <= $5 AND (state = $6 OR (state = $7 AND lease_expire_time <= $8))`,
 			r.clinic, r.id, int16(rFailed), quietHoursFailure, now, int16(rScheduled), int16(rClaimed), now.Add(-lapsedGrace))
@@ -999,14 +1007,19 @@ func (s *Server) failPastSendBy(ctx context.Context, r ref, now time.Time) error
 		if tag.RowsAffected() == 0 {
 			return nil // failed by a claim racing this one
 		}
-		_, err = s.ended(ctx, tx, r)
+		failed, err = s.ended(ctx, tx, r)
 		return err
 	})
+	if err == nil && failed != nil {
+		countEnded(ctx, failed)
+	}
+	return err
 }
 
-// ended reads reminder r, just given its final delivery state in tx,
-// counts it and tells of it: every path to DELIVERED or FAILED ends here,
-// so the workflow that made the reminder hears of each the same way.
+// ended reads reminder r, just given its final delivery state in tx, and
+// tells of it: every path to DELIVERED or FAILED ends here, so the
+// workflow that made the reminder hears of each the same way. The caller
+// counts it (countEnded) once tx commits.
 func (s *Server) ended(ctx context.Context, tx pgx.Tx, r ref) (*interventionsv1.Reminder, error) {
 	out, err := s.readReminder(ctx, tx, r, false)
 	if err != nil {
@@ -1015,11 +1028,18 @@ func (s *Server) ended(ctx context.Context, tx pgx.Tx, r ref) (*interventionsv1.
 	event := "reminder.delivered"
 	if out.GetState() == rFailed {
 		event = "reminder.failed"
-		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
-	} else {
-		remindersDelivered.Add(ctx, 1, kindAttr(out.GetKind().String()))
 	}
 	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+}
+
+// countEnded counts a reminder whose delivery ended, in a transaction that
+// committed.
+func countEnded(ctx context.Context, out *interventionsv1.Reminder) {
+	if out.GetState() == rFailed {
+		remindersFailed.Add(ctx, 1, kindAttr(out.GetKind().String()))
+		return
+	}
+	remindersDelivered.Add(ctx, 1, kindAttr(out.GetKind().String()))
 }
 
 // CompleteReminder implements the API: only the current claimant may, also
@@ -1037,6 +1057,7 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 		return nil, apperr.Field("reason", "is required for FAILED: why delivery failed, for example \"number not in service\"")
 	}
 	// Only the automation completes (see Policy): it gets its view.
+	var ended *interventionsv1.Reminder
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
 		func(tx pgx.Tx) (*interventionsv1.Reminder, error) {
 			cur, err := s.readReminder(ctx, tx, r, true)
@@ -1073,8 +1094,12 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 				r.clinic, r.id, int16(st), failureReason, delivered, now); err != nil {
 				return nil, fmt.Errorf("complete reminder: %w", err)
 			}
-			return s.ended(ctx, tx, r)
+			ended, err = s.ended(ctx, tx, r)
+			return ended, err
 		})
+	if err == nil && ended != nil {
+		countEnded(ctx, ended)
+	}
 	return consentgate.Reminder(out), err
 }
 
