@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
@@ -391,7 +392,7 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	if strings.TrimSpace(req.GetReason()) == "" {
 		return nil, apperr.Field("reason", "is required: why the person is referred, minimum necessary")
 	}
-	if err := notFuture("first_contact_time", req.GetFirstContactTime(), s.cfg.Now()); err != nil {
+	if err := reportedTime("first_contact_time", req.GetFirstContactTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
@@ -399,6 +400,23 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")
 			if err != nil {
 				return nil, err
+			}
+			// A family deleted since the hold was taken (its workflow
+			// releases the hold a moment later): a referral now would
+			// reach a program for no one on record.
+			fam, err := s.checkFamily(ctx, "name", h.GetFamily(), "", "")
+			if apperr.IsCode(err, codes.InvalidArgument) {
+				return nil, apperr.NotReady(h.GetName(), apperr.Violations{{Field: "family",
+					Description: "names a family that was deleted: release the hold"}})
+			}
+			if err != nil {
+				return nil, err
+			}
+			first := req.GetFirstContactTime()
+			if fc := fam.GetFirstContactTime(); first == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
+				// As CreateReferral: days to treatment count from the
+				// family's first contact.
+				first = fc
 			}
 			// Another service than the hold's is checked against the
 			// program by insertReferral, under its lock.
@@ -412,7 +430,7 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 				Subject:     &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
 				ServiceKind: kind, Program: h.GetProgram(), Urgency: referralsv1.Urgency_URGENCY_IMMEDIATE,
 				Reason: req.GetReason(), Hold: h.GetName(), Intervention: h.GetIntervention(),
-				FirstContactTime: req.GetFirstContactTime(),
+				FirstContactTime: first,
 			}
 			out, err := s.insertReferral(ctx, tx, r.clinic, ref, h.GetServiceKind(), now)
 			if err != nil {

@@ -256,7 +256,7 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err := checkReferral(clinic, in); err != nil {
 		return nil, err
 	}
-	if err := notFuture("referral.first_contact_time", in.GetFirstContactTime(), s.cfg.Now()); err != nil {
+	if err := reportedTime("referral.first_contact_time", in.GetFirstContactTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
 	// A retry answers as the first call did, whatever became of the family.

@@ -1901,6 +1901,88 @@ func TestReferralTakesTheFamilysFirstContact(t *testing.T) {
 	}
 }
 
+// A hold whose family was deleted before it was converted (the family's
+// workflow releases it a moment later) makes no referral: the conversion is
+// refused and the slot stays held. A hold of a family on record converts,
+// counting days to treatment from the family's first contact when the
+// call gives none, as CreateReferral does.
+func TestConvertingAHoldOfADeletedFamily(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	came := time.Now().Add(-5 * 24 * time.Hour).Truncate(time.Microsecond)
+	f.consent.mu.Lock()
+	f.consent.missing = map[string]bool{family: true}
+	f.consent.firstContact = timestamppb.New(came)
+	f.consent.mu.Unlock()
+	conv := &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT at the intervention"}
+	_, err = f.client.ConvertHold(f.ctx, conv)
+	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != apperr.ReasonNotReady {
+		t.Fatalf("converting a deleted family's hold: %v; want %s", err, apperr.ReasonNotReady)
+	}
+	if a, held := f.capacity(t, p.GetName()); a != 1 || held != 1 {
+		t.Fatalf("a refused conversion changed the program: %d free, %d held; want 1, 1", a, held)
+	}
+	if list, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north"}); err != nil || len(list.GetReferrals()) != 0 {
+		t.Fatalf("referrals after the refusal: %v, %v; want none", list.GetReferrals(), err)
+	}
+	f.consent.mu.Lock()
+	f.consent.missing = nil
+	f.consent.mu.Unlock()
+	r, err := f.client.ConvertHold(f.ctx, conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.GetFirstContactTime(); got == nil || !got.AsTime().Equal(came) {
+		t.Fatalf("first contact %v; want the family's, %v", got, came)
+	}
+}
+
+// A first contact or an entry into treatment before 1990 is an unset time
+// sent as one (the epoch): refused as a field violation, not kept to skew
+// days to treatment for good.
+func TestReportedTimesBefore1990AreRefused(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	epoch := timestamppb.New(time.Unix(0, 0))
+	_, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+		Family: family, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+		Reason: "ready to start", FirstContactTime: epoch}})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Equal(apperr.ViolatedFields(err), []string{"referral.first_contact_time"}) {
+		t.Fatalf("violations %v; want referral.first_contact_time", apperr.ViolatedFields(err))
+	}
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: family, Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT", FirstContactTime: epoch})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Equal(apperr.ViolatedFields(err), []string{"first_contact_time"}) {
+		t.Fatalf("violations %v; want first_contact_time", apperr.ViolatedFields(err))
+	}
+	r, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted MAT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.AcceptReferral(f.ehr, &referralsv1.TransitionReferralRequest{Name: r.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: r.GetName(), TreatmentEntryTime: epoch})
+	if wantCode(t, err, codes.InvalidArgument); !slices.Equal(apperr.ViolatedFields(err), []string{"treatment_entry_time"}) {
+		t.Fatalf("violations %v; want treatment_entry_time", apperr.ViolatedFields(err))
+	}
+	if got, _ := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()}); got.GetState() != referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED {
+		t.Fatalf("after a refused completion the referral is %v", got.GetState())
+	}
+}
+
 // A referral made in error is voided by the clinic, with a reason: it stays
 // readable, ENTERED_IN_ERROR with the reason in its history, emits its own
 // event, and counts nowhere in the summary. The program (the EHR) and the

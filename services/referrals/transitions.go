@@ -386,23 +386,34 @@ const (
 // clockSkew is how far in the future a reported time may lie: clocks drift.
 const clockSkew = 5 * time.Minute
 
-// notFuture refuses a first contact in the future: days to treatment count
-// from it, and an entry into treatment before it could never be recorded.
-func notFuture(field string, t *timestamppb.Timestamp, now time.Time) error {
+// reportedTime refuses a reported time (a first contact, an entry into
+// treatment, a service) in the future, or before 1990: days to treatment
+// count from a first contact, and an entry into treatment before it could
+// never be recorded.
+func reportedTime(field string, t *timestamppb.Timestamp, now time.Time) error {
 	if t != nil && t.AsTime().After(now.Add(clockSkew)) {
 		return apperr.Field(field, "must not be in the future")
 	}
+	if t != nil && t.AsTime().Before(earliest) {
+		// An unset or default time (the epoch) sent as one: kept, it would
+		// skew days to treatment and the clinic's summaries for good.
+		return apperr.Field(field, "must not be before 1990 (an unset time? leave it out)")
+	}
 	return nil
 }
+
+// earliest is the first time a referral's times may name, as the families
+// service's.
+var earliest = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // CompleteReferral implements the API: the person entered treatment.
 func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.CompleteReferralRequest) (*referralsv1.Referral, error) {
 	var entered *time.Time
 	if req.GetTreatmentEntryTime() != nil {
-		t := req.GetTreatmentEntryTime().AsTime()
-		if t.After(s.cfg.Now().Add(clockSkew)) {
-			return nil, apperr.Field("treatment_entry_time", "must not be in the future")
+		if err := reportedTime("treatment_entry_time", req.GetTreatmentEntryTime(), s.cfg.Now()); err != nil {
+			return nil, err
 		}
+		t := req.GetTreatmentEntryTime().AsTime()
 		entered = &t
 	}
 	return s.transition(ctx, step{method: "CompleteReferral", name: req.GetName(), etag: req.GetEtag(),
@@ -489,7 +500,7 @@ func (s *Server) RecordFollowUpService(ctx context.Context, req *referralsv1.Rec
 	// Checked up front, as CompleteReferral does: this refusal tells
 	// nothing of the referral (one before its entry time does).
 	at := req.GetServiceTime().AsTime()
-	if err := notFuture("service_time", req.GetServiceTime(), s.cfg.Now()); err != nil {
+	if err := reportedTime("service_time", req.GetServiceTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
 	key := serviceKey(req.GetServiceId(), at)
