@@ -91,6 +91,14 @@ type State struct {
 	// UnsafeAtEnd is set once the counselor is told that the check-ins
 	// ended with that meeting still waiting.
 	UnsafeAtEnd bool
+	// MemberLines are the reminders made to members (boundary reminders,
+	// check-ins): their failures are not sent again while the latest
+	// screen is not current (see versionHoldMembersOnRisk).
+	MemberLines []string
+	// RiskHolds counts the screens that, after boundaries were
+	// reinforced, found risk or were not current: each cancels the
+	// members' reminders still to go, under a request id of its own.
+	RiskHolds int
 	// CheckInsAtBegin is CheckInsRun when the cycle began: the service
 	// numbers check-ins per intervention, and so do the counselor's
 	// reminders. Request ids keep counting across cycles.
@@ -278,6 +286,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	if temporal.IsCanceledError(err) {
 		w.tidyOnCancel(ctx)
+		w.answerLate(actx)
 	}
 	if err != nil && w.familyGone(flow.WithActivityOptions(ctx), err) {
 		w.step = "done"
@@ -293,6 +302,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// Its own reminders still to go are cancelled as on a cancel:
 		// the counselor's notices would ask for work on a closed case.
 		w.tidyOnCancel(ctx)
+		w.answerLate(actx)
 		w.step = "done"
 		return Result{Summary: SummaryFamilyClosed, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 	}
@@ -322,6 +332,21 @@ func (w *wf) tidyOnCancel(ctx workflow.Context) {
 		workflow.GetLogger(ctx).Warn("cancelling the boundary workflow's reminders after it was cancelled failed", "error", err)
 	}
 }
+
+// answerLate answers the overdoses signalled while the workflow tidied up
+// as it ended: the dispatcher sent them here because it still ran, and
+// would start no alert of its own. Nothing yields after it, so none can
+// come in behind it.
+func (w *wf) answerLate(ctx workflow.Context) {
+	if w.overdose.Len() > 0 && flow.Version(ctx, versionAnswerAfterTidy, 1) >= 1 {
+		w.answerWaiting(ctx)
+	}
+}
+
+// versionAnswerAfterTidy guards answerLate. Before, an overdose signalled
+// while the workflow cancelled its reminders on the way out (a call that
+// can wait out an outage of the interventions service) was dropped.
+const versionAnswerAfterTidy = "answer-overdoses-after-tidy"
 
 // OwnReminderKinds are the kinds of reminder the workflow makes that end
 // with it (a yes, a cancel): its check-ins, boundary reminders, a proposed
@@ -375,7 +400,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, nil)
+	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, w.heldForRisk)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
 		if err := w.earlyOverdoses(ctx); err != nil {
@@ -650,6 +675,7 @@ func (w *wf) prepare(ctx workflow.Context) error {
 				}
 				if sent != "" {
 					w.sentFor(at, m)
+					w.st.MemberLines = append(w.st.MemberLines, sent)
 				}
 			}
 		}
@@ -749,7 +775,14 @@ func (w *wf) wait(ctx workflow.Context) error {
 	})
 	sel.AddReceive(w.screen, func(c workflow.ReceiveChannel, _ bool) {
 		c.Receive(ctx, nil)
-		handle = func() error { return nil } // prepare reads the new screen
+		// prepare reads the new screen before boundaries are reinforced;
+		// after, a next meeting held back for risk may go ahead.
+		handle = func() error {
+			if err := w.holdMembers(ctx); err != nil {
+				return err
+			}
+			return w.proposeOnceSafe(ctx, "once a safety screen found the family safe")
+		}
 	})
 	sel.AddReceive(w.checkIn, func(c workflow.ReceiveChannel, _ bool) {
 		var ci CheckIn
@@ -883,6 +916,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 				}
 				if sent != "" {
 					w.sentFor(at, m)
+					w.st.MemberLines = append(w.st.MemberLines, sent)
 				}
 			}
 		}
@@ -908,6 +942,76 @@ func (w *wf) onTime(ctx workflow.Context) error {
 	}
 	return nil
 }
+
+// holdMembers keeps members from hearing from us once a screen recorded
+// after boundaries were reinforced is not current or found risk (a threat
+// at home): the check-ins and boundary reminders made to them and still to
+// go, one held back for quiet hours among them, are cancelled. New ones
+// wait for a safe screen already (gated at each check-in).
+func (w *wf) holdMembers(ctx workflow.Context) error {
+	if !w.st.Reinforced || flow.Version(ctx, versionHoldMembersOnRisk, 1) < 1 {
+		return nil
+	}
+	if err := w.readSafety(ctx); err != nil {
+		return err
+	}
+	if w.safety.Status == "CURRENT" || len(w.safety.Members) == 0 {
+		return nil
+	}
+	w.st.RiskHolds++
+	return flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+		Clinic: w.in.Clinic, Origin: workflow.GetInfo(ctx).WorkflowExecution.ID, Kinds: []string{"CHECK_IN", "BOUNDARY_REMINDER"},
+		Only: w.safety.Members, Reason: "a safety screen found risk: the family hears nothing until a new one finds them safe",
+		RequestID: flow.RequestID(ctx, w.id(fmt.Sprintf("hold-members|%d", w.st.RiskHolds))),
+	})
+}
+
+// heldForRisk reports whether a failed reminder to a member (line, the
+// first of its resends) must not go out again: the latest screen, read
+// now, is not current or found risk. A read that fails holds it too: a
+// check-in can wait, a message into a home at risk cannot be taken back.
+func (w *wf) heldForRisk(ctx workflow.Context, line string) bool {
+	if !slices.Contains(w.st.MemberLines, line) || flow.Version(ctx, versionHoldMembersOnRisk, 1) < 1 {
+		return false
+	}
+	// Not into w.safety: the run reads it in between its own steps.
+	var s activities.Safety
+	if err := flow.Call(ctx, &s, flow.A.FamilySafety, w.in.Family); err != nil {
+		workflow.GetLogger(ctx).Warn("family not read before sending a member's reminder again; holding it", "error", err)
+		return true
+	}
+	return s.Closed || s.Status != "CURRENT"
+}
+
+// versionHoldMembersOnRisk guards holdMembers and heldForRisk. Before, a
+// screen that found risk after boundaries were reinforced stopped new
+// messages to members, but not those already made, nor the resends of
+// failed ones.
+const versionHoldMembersOnRisk = "hold-members-on-risk"
+
+// proposeOnceSafe proposes the next meeting held back for a screen that
+// found risk (EscalationUnsafe) if the family, read now, is safe: at the
+// safe screen itself, or a check-in reporting a window of opportunity,
+// rather than at the next scheduled check-in, up to weeks later. Once the
+// counselor was told at the end to draft it by hand, it is theirs.
+func (w *wf) proposeOnceSafe(ctx workflow.Context, why string) error {
+	if !w.st.EscalationUnsafe || !w.st.Reinforced || w.st.UnsafeAtEnd || flow.Version(ctx, versionEscalateWhenSafe, 1) < 1 {
+		return nil
+	}
+	if err := w.readSafety(ctx); err != nil {
+		return err
+	}
+	if w.safety.Status != "CURRENT" {
+		return nil
+	}
+	w.st.EscalationUnsafe = false
+	return w.escalate(ctx, why)
+}
+
+// versionEscalateWhenSafe guards proposeOnceSafe. Before, a meeting held
+// back for risk waited for the next scheduled check-in after a safe
+// screen. Asked only while one is held back.
+const versionEscalateWhenSafe = "escalate-when-safe"
 
 // versionBlockedKept guards not dropping a formal meeting still waiting for
 // a consequence: a check-in reporting a window of opportunity tries it
@@ -1101,6 +1205,12 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	if opening && !w.st.Escalated && w.st.Reinforced {
 		return w.escalate(ctx, why)
 	}
+	// A next meeting held back for a screen that found risk goes ahead if
+	// the family is safe now (this check-in may come before the screen's
+	// own signal).
+	if opening && w.st.EscalationUnsafe {
+		return w.proposeOnceSafe(ctx, why)
+	}
 	// A formal meeting held back for a consequence is proposed if one is
 	// stated now; if not, it waits on (the counselor was asked already).
 	if opening && w.st.EscalationBlocked && w.st.Reinforced && !w.st.BlockedAtEnd &&
@@ -1169,7 +1279,7 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		w.st.EscalationUnsafe = true
 		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
 			"The family may be ready for the next meeting, but the latest safety screen is not current or found risk: "+
-				"it is proposed at the first check-in after a new screen finds the family safe.",
+				"it is proposed once a new screen finds the family safe.",
 			w.id("escalation-unsafe"))
 	}
 	held := 0

@@ -61,6 +61,12 @@ type harness struct {
 	sent chan activities.ReminderRequest
 	// cancelled are the CancelReminders calls.
 	cancelled []activities.CancelRemindersRequest
+	// nameFor, if set, names each reminder sent; else every one is
+	// clinics/north/reminders/r.
+	nameFor func(activities.ReminderRequest) string
+	// duringCancel, if set, runs in each CancelReminders call (from the
+	// activity's goroutine).
+	duringCancel func(activities.CancelRemindersRequest)
 	// levelTwoHeld answers MeetingsHeld for level 2: by default the
 	// series is spent, and a refused level 2 meeting leads to level 3.
 	levelTwoHeld  int
@@ -116,6 +122,9 @@ func newHarness(t *testing.T, status string) *harness {
 			if h.sent != nil {
 				h.sent <- r
 			}
+			if h.nameFor != nil {
+				return h.nameFor(r), nil
+			}
 			return "clinics/north/reminders/r", nil
 		})
 	env.OnActivity(flow.A.CheckInsRecorded, mock.Anything, mock.Anything).Return(
@@ -160,6 +169,9 @@ func newHarness(t *testing.T, status string) *harness {
 	env.OnActivity(flow.A.CancelReminders, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, in activities.CancelRemindersRequest) (int, error) {
 			h.cancelled = append(h.cancelled, in)
+			if h.duringCancel != nil {
+				h.duringCancel(in)
+			}
 			return 1, nil
 		})
 	h.levelTwoHeld = 5
@@ -990,8 +1002,85 @@ func TestALaterRiskyScreenHoldsMessagesAndTheNextMeeting(t *testing.T) {
 	if len(held) != 1 || held[0].Due.Sub(h.t0) != 14*day || !strings.Contains(held[0].Message, "next meeting") {
 		t.Fatalf("screen requests %+v; want one on day 14 about the next meeting", held)
 	}
-	if p := h.kinds("ESCALATION_PROPOSED"); len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 30*day {
-		t.Fatalf("proposed %+v at %+v; want one, at the day-30 check-in after the safe screen", h.proposed, p)
+	if p := h.kinds("ESCALATION_PROPOSED"); len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 20*day ||
+		!strings.Contains(h.proposed[0].Notes, "once a safety screen found the family safe") {
+		t.Fatalf("proposed %+v at %+v; want one, on day 20 with the safe screen", h.proposed, p)
+	}
+}
+
+// A screen recorded after boundaries were reinforced that finds risk keeps
+// members from hearing from us: the check-ins and boundary reminders made
+// to them and still to go are cancelled (the counselor's are not), and a
+// member's reminder that failed is not sent again while the family is not
+// safe. Before the screen, a failed one is sent again.
+func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.nameFor = func(r activities.ReminderRequest) string {
+		if r.To.Kind == "member" {
+			return fmt.Sprintf("clinics/north/reminders/%s-%s-%d", r.To.ID, r.Kind, len(h.reminders))
+		}
+		return "clinics/north/reminders/r"
+	}
+	resent := h.resends()
+	failed := func(kind string) func() {
+		return func() {
+			for i, r := range h.reminders {
+				if r.To.ID == "mom" && r.Kind == kind {
+					h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: fmt.Sprintf("clinics/north/reminders/mom-%s-%d", kind, i+1)})
+				}
+			}
+		}
+	}
+	// Mom's boundary reminder fails while the family is safe; her day-1
+	// check-in fails after a screen found risk.
+	h.env.RegisterDelayedCallback(failed("BOUNDARY_REMINDER"), 2*time.Hour)
+	h.screened("HIGH_RISK", day+2*time.Hour)
+	h.env.RegisterDelayedCallback(failed("CHECK_IN"), day+3*time.Hour)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(*resent) != 1 || !strings.Contains((*resent)[0], "mom-BOUNDARY_REMINDER") {
+		t.Fatalf("resent %v; want mom's boundary reminder alone, failed before the risky screen", *resent)
+	}
+	var held *activities.CancelRemindersRequest
+	for i, c := range h.cancelled {
+		if strings.Contains(c.Reason, "found risk") {
+			held = &h.cancelled[i]
+		}
+	}
+	if held == nil || fmt.Sprint(held.Kinds) != "[CHECK_IN BOUNDARY_REMINDER]" || len(held.Only) != 2 || held.Origin == "" || held.RequestID == "" {
+		t.Fatalf("cancellations %+v; want the members' check-ins and boundary reminders cancelled at the risky screen", h.cancelled)
+	}
+	for _, p := range held.Only {
+		if p.Kind != "member" {
+			t.Fatalf("the hold cancels reminders to %+v; want members only", held.Only)
+		}
+	}
+}
+
+// A check-in reporting a window of opportunity proposes a meeting held
+// back for risk if the family is safe by then, though the screen's own
+// signal has not come yet; while it still is not, nothing is proposed.
+func TestAWindowOfOpportunityProposesAMeetingHeldForRiskOnceSafe(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.screened("HIGH_RISK", 5*day)
+	window := func(n int32) func() {
+		return func() {
+			h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: n, WindowOfOpportunity: true})
+		}
+	}
+	h.env.RegisterDelayedCallback(window(2), 15*day)
+	h.env.RegisterDelayedCallback(func() { h.safety.Status = "CURRENT" }, 16*day)
+	h.env.RegisterDelayedCallback(window(3), 17*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if p := h.kinds("ESCALATION_PROPOSED"); len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 17*day ||
+		!strings.Contains(h.proposed[0].Notes, "window of opportunity at check-in 3") {
+		t.Fatalf("proposed %+v at %+v; want one, on day 17 at the window of opportunity", h.proposed, p)
 	}
 }
 
@@ -1185,6 +1274,36 @@ func TestOverdoseWaitingAtCancellationIsAnswered(t *testing.T) {
 	}
 }
 
+// An overdose signalled while the cancelled workflow cancels its reminders
+// on the way out (a call that may wait out an outage) is answered too: the
+// dispatcher sent it here because the workflow still ran. So is one that
+// comes as a workflow whose family's case was closed tidies up.
+func TestOverdoseWhileTidyingUpIsAnswered(t *testing.T) {
+	for _, end := range []string{"cancelled", "family closed"} {
+		t.Run(end, func(t *testing.T) {
+			h := newHarness(t, "CURRENT")
+			h.duringCancel = func(activities.CancelRemindersRequest) {
+				h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w9"})
+			}
+			if end == "cancelled" {
+				h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day)
+			} else {
+				h.closed = true // the proposal of the next meeting finds it closed
+			}
+			h.env.ExecuteWorkflow(boundary.Name, input(1))
+			if len(h.cancelled) != 1 {
+				t.Fatalf("cancellations %+v; want the tidy-up's", h.cancelled)
+			}
+			if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Related != family+"/warningSigns/w9" {
+				t.Fatalf("overdose alerts %+v; want one about w9", alert)
+			}
+			if h.immediateReferrals() != 1 {
+				t.Fatalf("immediate referrals %+v; want the overdose's", h.support)
+			}
+		})
+	}
+}
+
 // An overdose is answered while a step is still running (here the first
 // support referral, the referrals service slow to answer): its alert does
 // not wait up to a day behind a call being retried.
@@ -1228,7 +1347,7 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	// overdose waits behind the step: the failure's own answer is tested.
 	// The change is covered since epoch-2026-12-05: the run is one begun
 	// at the epoch before, which asks it.
-	for _, e := range []string{"epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+	for _, e := range []string{"epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
 		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	}
 	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)

@@ -44,13 +44,19 @@ type epoch struct {
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-06b", with(seventhEpoch,
-		// familydeleted: asked only for a family whose case was closed
-		"close-before-boundary",
-		// intervention: asked on their own since epoch-2026-12-06, only
-		// when a reschedule's sweep or a replan's step failed
-		"go-on-past-failed-reschedule-cancel", "go-on-past-failed-replan",
+	{"epoch-2026-12-06c", with(eighthEpoch,
+		// boundary: asked only when an overdose came in as the workflow
+		// tidied up on its way out
+		"answer-overdoses-after-tidy",
+		// boundary: asked only while a next meeting waits for a safe
+		// screen; at a screen after boundaries were reinforced, and at a
+		// member's failed reminder
+		"escalate-when-safe", "hold-members-on-risk",
+		// overdose: asked in every run, of a type that tells of an
+		// overdose already
+		"overdose-resend-from-alert",
 	)},
+	{"epoch-2026-12-06b", eighthEpoch},
 	{"epoch-2026-12-06", seventhEpoch},
 	{"epoch-2026-12-05d", with(sixthEpoch,
 		// intervention: asked only for a partial yes to inpatient,
@@ -68,6 +74,15 @@ var epochs = []epoch{
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// eighthEpoch is epoch-2026-12-06b's.
+var eighthEpoch = with(seventhEpoch,
+	// familydeleted: asked only for a family whose case was closed
+	"close-before-boundary",
+	// intervention: asked on their own since epoch-2026-12-06, only when a
+	// reschedule's sweep or a replan's step failed
+	"go-on-past-failed-reschedule-cancel", "go-on-past-failed-replan",
+)
 
 // seventhEpoch took in every change asked on its own when it was made:
 // those asked in every run (fresh-results, intake-resync-from-status),

@@ -26,6 +26,7 @@ func TestEpochsAreFrozen(t *testing.T) {
 		"epoch-2026-12-05d": "def442686407c8be",
 		"epoch-2026-12-06":  "f7a39f4091fc481f",
 		"epoch-2026-12-06b": "453d18930f2d08ee",
+		"epoch-2026-12-06c": "c7c27f31bc372cbd",
 	}
 	for _, e := range epochs {
 		var lines []string

@@ -56,7 +56,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-06b", "a-later-change"}},
+		{true, []string{"epoch-2026-12-06c", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -169,6 +169,13 @@ func eighthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// ninthEpochFlow is what code that knew the ninth epoch ran: its marker
+// alone.
+func ninthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06b", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -190,12 +197,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the sixth epoch", sixthEpochFlow, "[epoch-2026-12-05c]"},
 		{"begun at the seventh epoch", seventhEpochFlow, "[epoch-2026-12-05d]"},
 		{"begun at the eighth epoch", eighthEpochFlow, "[epoch-2026-12-06]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-06b]"},
+		{"begun at the ninth epoch", ninthEpochFlow, "[epoch-2026-12-06b]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-06c]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06b]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06c]"},
 	})
 }
 
@@ -257,11 +265,15 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 }
 
 // sensitiveFlow asks changes asked only in a sensitive state (a screen not
-// current, a stalled intake's failed review, a family's case closed).
+// current, a stalled intake's failed review, a family's case closed, an
+// overdose as the boundary workflow ends, a meeting held back for risk).
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
+	// Three versions, as every flow of the table gives: the last stands
+	// for the newest epoch's changes together.
 	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "stall-review-best-effort", 1),
-		flow.Version(ctx, "close-before-boundary", 1))
+		min(flow.Version(ctx, "close-before-boundary", 1), flow.Version(ctx, "answer-overdoses-after-tidy", 1),
+			flow.Version(ctx, "escalate-when-safe", 1), flow.Version(ctx, "hold-members-on-risk", 1)))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew
@@ -285,6 +297,6 @@ func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
 func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	replayUnder(t, "FreshFlow", todaysFreshFlow, 1, []epochRun{
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
-		{"begun today", todaysFreshFlow, "[epoch-2026-12-06b]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-06c]"},
 	})
 }

@@ -145,6 +145,32 @@ func run(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	// Not once the overdose was retracted as recorded in error, another
+	// workflow's alert answered it too, or the family was deleted. Asked
+	// just before each resend; a check that fails, or takes longer than
+	// flow.SoonEnough (the families service down), sends it all the same,
+	// rather than hold the alert for a day of retries.
+	stale := func(ctx workflow.Context, _ string) bool {
+		if flow.Version(ctx, versionResendWhileOpen, 1) < 1 {
+			return false
+		}
+		_, done, err := open(flow.Soon(ctx, flow.SoonEnough))
+		if err != nil {
+			workflow.GetLogger(ctx).Warn("could not tell whether the overdose still stands; sending again", "error", err)
+			return false
+		}
+		return done
+	}
+	// An alert whose delivery fails goes out again under the clinic's
+	// policy for failed reminders, as the other workflows' do, from the
+	// moment it is made: not after the referrals below, which may take a
+	// day of retries in an outage of the referrals service.
+	var resends *flow.Resends
+	listen := name != "" && flow.ListenFor(settings) > 0
+	if listen && flow.Version(ctx, versionResendFromAlert, 1) >= 1 {
+		resends = &flow.Resends{}
+		flow.RetryFailedReminders(ctx, settings, resends, stale)
+	}
 	// Harm reduction now (DOMAIN.md): the loved one is referred, with
 	// immediate urgency, to the best-matched naloxone and syringe services
 	// programs, if any. The reason says only what is offered: the loved
@@ -173,35 +199,25 @@ func run(ctx workflow.Context, in Input) (Result, error) {
 	if name == "" {
 		return res, nil
 	}
-	// An alert whose delivery fails goes out again under the clinic's
-	// policy for failed reminders, as the other workflows' do; the workflow
-	// listens for as long as those resends take.
-	if flow.ListenFor(settings) > 0 {
-		resends := &flow.Resends{}
-		// Not once the overdose was retracted as recorded in error, another
-		// workflow's alert answered it too, or the family was deleted.
-		// Asked just before each resend; a check that fails, or takes
-		// longer than flow.SoonEnough (the families service down), sends
-		// it all the same, rather than hold the alert for a day of
-		// retries.
-		stale := func(ctx workflow.Context, _ string) bool {
-			if flow.Version(ctx, versionResendWhileOpen, 1) < 1 {
-				return false
-			}
-			_, done, err := open(flow.Soon(ctx, flow.SoonEnough))
-			if err != nil {
-				workflow.GetLogger(ctx).Warn("could not tell whether the overdose still stands; sending again", "error", err)
-				return false
-			}
-			return done
+	// The workflow listens for as long as the resends take.
+	if listen {
+		if resends == nil {
+			// A run begun before versionResendFromAlert starts resending here.
+			resends = &flow.Resends{}
+			flow.RetryFailedReminders(ctx, settings, resends, stale)
 		}
-		flow.RetryFailedReminders(ctx, settings, resends, stale)
 		if err := flow.Listen(ctx, settings, resends, time.Time{}, nil); err != nil {
 			return Result{}, err
 		}
 	}
 	return res, nil
 }
+
+// versionResendFromAlert guards resending a failed alert from when it is
+// made. Before, failures were taken only after the harm-reduction
+// referrals, and an outage of the referrals service held a failed alert
+// back for up to a day.
+const versionResendFromAlert = "overdose-resend-from-alert"
 
 // gone reports whether an activity failed because the family was deleted:
 // then there is no one to alert.

@@ -37,6 +37,9 @@ type harness struct {
 	familyErr error
 	// supportErr fails the harm-reduction referrals.
 	supportErr error
+	// supportDownUntil fails them retryably, as in an outage, until then;
+	// supportLastAt is when they were last tried.
+	supportDownUntil, supportLastAt time.Time
 	// boundary says whether the family's boundary workflow runs; handed
 	// are the overdoses signalled to it.
 	boundary bool
@@ -68,6 +71,10 @@ func newHarness(t *testing.T) *harness {
 		})
 	env.OnActivity(flow.A.CreateSupportReferrals, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.SupportRequest) ([]string, error) {
+			h.supportLastAt = env.Now()
+			if env.Now().Before(h.supportDownUntil) {
+				return nil, temporal.NewApplicationError("create referral: unavailable", "Unavailable")
+			}
 			h.support, h.calls = append(h.support, r), append(h.calls, "support")
 			if h.supportErr != nil {
 				return nil, h.supportErr
@@ -162,6 +169,35 @@ func TestFailedAlertIsSentAgain(t *testing.T) {
 	}
 	if took := h.env.Now().Sub(start); took < settings.OverdoseGrace+flow.ListenFor(settings) {
 		t.Fatalf("the workflow ended after %v, before listening %v", took, flow.ListenFor(settings))
+	}
+}
+
+// A failed alert is sent again after the retry delay even while the
+// harm-reduction referrals that follow it are tried again and again in an
+// outage of the referrals service: an urgent alert does not wait behind
+// them, up to a day.
+func TestFailedAlertIsSentAgainDuringAReferralsOutage(t *testing.T) {
+	h := newHarness(t)
+	settings := activities.DefaultSettings()
+	start := h.env.Now()
+	failedAt := start.Add(settings.OverdoseGrace + time.Minute)
+	h.supportDownUntil = start.Add(24 * time.Hour)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/r1"})
+	}, failedAt.Sub(start))
+	res := h.run(t, start)
+	if res.Reminder != "clinics/north/reminders/r1" || len(res.Referrals) != 0 {
+		t.Fatalf("result = %+v; want the alert, and no referral", res)
+	}
+	if len(h.resends) != 1 || h.resends[0].Failed != "clinics/north/reminders/r1" {
+		t.Fatalf("resends = %+v; want the alert's", h.resends)
+	}
+	if !h.supportLastAt.After(failedAt) {
+		t.Fatalf("the referrals were last tried at +%v, before the alert failed at +%v: the test shows nothing", h.supportLastAt.Sub(start), failedAt.Sub(start))
+	}
+	if want := failedAt.Add(settings.ReminderRetryDelay); !h.resendAt[0].Equal(want) {
+		t.Fatalf("the failed alert was sent again at +%v, the referrals last tried at +%v; want it at +%v, the retry delay after it failed",
+			h.resendAt[0].Sub(start), h.supportLastAt.Sub(start), want.Sub(start))
 	}
 }
 
