@@ -395,28 +395,39 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	if err := reportedTime("first_contact_time", req.GetFirstContactTime(), s.cfg.Now()); err != nil {
 		return nil, err
 	}
+	// A retry answers as the first call did, whatever became of the family.
+	if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral); ok || err != nil {
+		return out, err
+	}
+	// A family deleted since the hold was taken (its workflow releases the
+	// hold a moment later): a referral now would reach a program for no
+	// one on record. Read before the transaction, as CreateReferral does,
+	// so that no lock waits on the families service; a deletion in the
+	// moment between is the family's workflow's to undo. A hold's family
+	// never changes.
+	held, err := s.readHold(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	fam, err := s.checkFamily(ctx, "name", held.GetFamily(), "", "")
+	if apperr.IsCode(err, codes.InvalidArgument) {
+		return nil, apperr.NotReady(held.GetName(), apperr.Violations{{Field: "family",
+			Description: "names a family that was deleted: release the hold"}})
+	}
+	if err != nil {
+		return nil, err
+	}
+	first := req.GetFirstContactTime()
+	if fc := fam.GetFirstContactTime(); first == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
+		// As CreateReferral: days to treatment count from the family's
+		// first contact.
+		first = fc
+	}
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")
 			if err != nil {
 				return nil, err
-			}
-			// A family deleted since the hold was taken (its workflow
-			// releases the hold a moment later): a referral now would
-			// reach a program for no one on record.
-			fam, err := s.checkFamily(ctx, "name", h.GetFamily(), "", "")
-			if apperr.IsCode(err, codes.InvalidArgument) {
-				return nil, apperr.NotReady(h.GetName(), apperr.Violations{{Field: "family",
-					Description: "names a family that was deleted: release the hold"}})
-			}
-			if err != nil {
-				return nil, err
-			}
-			first := req.GetFirstContactTime()
-			if fc := fam.GetFirstContactTime(); first == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
-				// As CreateReferral: days to treatment count from the
-				// family's first contact.
-				first = fc
 			}
 			// Another service than the hold's is checked against the
 			// program by insertReferral, under its lock.
