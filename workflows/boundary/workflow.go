@@ -952,31 +952,43 @@ func (w *wf) holdMembers(ctx workflow.Context) error {
 	if !w.st.Reinforced || flow.Version(ctx, versionHoldMembersOnRisk, 1) < 1 {
 		return nil
 	}
+	log := workflow.GetLogger(ctx)
 	if err := w.readSafety(ctx); err != nil {
-		return err
+		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == "RESOURCE_NOT_FOUND" || t == "NotFound" {
+			return err // the run ends as for any read that finds it so
+		}
+		// A signal is no reason to fail the family's follow-up: the
+		// resends are held all the same (heldForRisk), and the next
+		// check-in reads the screen again.
+		log.Warn("family not read after a safety screen; members' reminders not cancelled", "error", err)
+		return nil
 	}
 	if w.safety.Status == "CURRENT" || len(w.safety.Members) == 0 {
 		return nil
 	}
 	w.st.RiskHolds++
-	return flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
+	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
 		Clinic: w.in.Clinic, Origin: workflow.GetInfo(ctx).WorkflowExecution.ID, Kinds: []string{"CHECK_IN", "BOUNDARY_REMINDER"},
 		Only: w.safety.Members, Reason: "a safety screen found risk: the family hears nothing until a new one finds them safe",
 		RequestID: flow.RequestID(ctx, w.id(fmt.Sprintf("hold-members|%d", w.st.RiskHolds))),
-	})
+	}); err != nil {
+		log.Warn("cancelling the members' reminders after a safety screen found risk failed", "error", err)
+	}
+	return nil
 }
 
 // heldForRisk reports whether a failed reminder to a member (line, the
 // first of its resends) must not go out again: the latest screen, read
-// now, is not current or found risk. A read that fails holds it too: a
-// check-in can wait, a message into a home at risk cannot be taken back.
+// now, is not current or found risk. A read that fails, or takes longer
+// than flow.SoonEnough, holds it too: a check-in can wait for the next
+// one, a message into a home at risk cannot be taken back.
 func (w *wf) heldForRisk(ctx workflow.Context, line string) bool {
 	if !slices.Contains(w.st.MemberLines, line) || flow.Version(ctx, versionHoldMembersOnRisk, 1) < 1 {
 		return false
 	}
 	// Not into w.safety: the run reads it in between its own steps.
 	var s activities.Safety
-	if err := flow.Call(ctx, &s, flow.A.FamilySafety, w.in.Family); err != nil {
+	if err := flow.Call(flow.Soon(ctx, flow.SoonEnough), &s, flow.A.FamilySafety, w.in.Family); err != nil {
 		workflow.GetLogger(ctx).Warn("family not read before sending a member's reminder again; holding it", "error", err)
 		return true
 	}
@@ -1208,7 +1220,10 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	// A next meeting held back for a screen that found risk goes ahead if
 	// the family is safe now (this check-in may come before the screen's
 	// own signal).
-	if opening && w.st.EscalationUnsafe {
+	if opening && w.st.EscalationUnsafe && !w.st.EscalationBlocked {
+		// Not with one held for a consequence too (a run begun before
+		// new-cycle-clears-blocked-escalation can hold both): that one is
+		// tried below, as before.
 		return w.proposeOnceSafe(ctx, why)
 	}
 	// A formal meeting held back for a consequence is proposed if one is

@@ -61,6 +61,8 @@ type harness struct {
 	sent chan activities.ReminderRequest
 	// cancelled are the CancelReminders calls.
 	cancelled []activities.CancelRemindersRequest
+	// failCancel, if set, may refuse a CancelReminders call.
+	failCancel func(activities.CancelRemindersRequest) error
 	// nameFor, if set, names each reminder sent; else every one is
 	// clinics/north/reminders/r.
 	nameFor func(activities.ReminderRequest) string
@@ -171,6 +173,11 @@ func newHarness(t *testing.T, status string) *harness {
 			h.cancelled = append(h.cancelled, in)
 			if h.duringCancel != nil {
 				h.duringCancel(in)
+			}
+			if h.failCancel != nil {
+				if err := h.failCancel(in); err != nil {
+					return 0, err
+				}
 			}
 			return 1, nil
 		})
@@ -1032,10 +1039,10 @@ func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
 		}
 	}
 	// Mom's boundary reminder fails while the family is safe; her day-1
-	// check-in fails after a screen found risk.
+	// check-in fails too, and a screen finds risk before it is sent again.
 	h.env.RegisterDelayedCallback(failed("BOUNDARY_REMINDER"), 2*time.Hour)
-	h.screened("HIGH_RISK", day+2*time.Hour)
-	h.env.RegisterDelayedCallback(failed("CHECK_IN"), day+3*time.Hour)
+	h.env.RegisterDelayedCallback(failed("CHECK_IN"), day+time.Hour)
+	h.screened("HIGH_RISK", day+time.Hour+5*time.Minute)
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 3*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
@@ -1057,6 +1064,31 @@ func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
 		if p.Kind != "member" {
 			t.Fatalf("the hold cancels reminders to %+v; want members only", held.Only)
 		}
+	}
+}
+
+// A screen signal does not fail the family's follow-up: when the members'
+// reminders cannot be cancelled after a screen found risk, the workflow
+// goes on (its check-ins still come to the counselor) and ends as usual.
+func TestAFailedHoldAfterARiskyScreenDoesNotEndTheFollowUp(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.failCancel = func(in activities.CancelRemindersRequest) error {
+		if strings.Contains(in.Reason, "found risk") {
+			return temporal.NewNonRetryableApplicationError("cancel reminders: refused", "PermissionDenied", nil)
+		}
+		return nil
+	}
+	h.screened("HIGH_RISK", 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want the follow-up to go on", err)
+	}
+	if res.CheckIns != 3 || !strings.Contains(res.Summary, "waits for a safe screen") {
+		t.Fatalf("result %+v; want the three check-ins, and the next meeting waiting for a safe screen", res)
+	}
+	if len(h.cancelled) == 0 || !strings.Contains(h.cancelled[0].Reason, "found risk") {
+		t.Fatalf("cancellations %+v; want the hold tried", h.cancelled)
 	}
 }
 
