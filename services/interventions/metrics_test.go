@@ -2,6 +2,7 @@ package interventions_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,11 +36,19 @@ func sums(t *testing.T, r *sdkmetric.ManualReader) map[string]int64 {
 	return out
 }
 
+// metricsReader reads the process's counters. They are made when the
+// package loads, from the global provider, which hands them on to the
+// first provider set only: set once, for every run of the test (-count).
+var metricsReader = sync.OnceValue(func() *sdkmetric.ManualReader {
+	r := sdkmetric.NewManualReader()
+	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(r)))
+	return r
+})
+
 // Not parallel: the counters are the process's, and no other test of the
 // package runs beside this one.
 func TestReminderCountsOnlyWhatCommits(t *testing.T) {
-	reader := sdkmetric.NewManualReader()
-	otel.SetMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader)))
+	reader := metricsReader()
 	f := setup(t)
 	ctx := context.Background()
 	// A commit that fails after every statement succeeded: a deferred
