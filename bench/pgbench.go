@@ -131,6 +131,12 @@ func withoutPassword(dsn string) (string, string, error) {
 // and the first transactions' wait for that showed as up to 80 ms of lag.
 const pgbenchWarmup = time.Second
 
+// pgbenchDrain is added to the end of each pgbench run and its
+// transactions left out: when -T runs out, pgbench never starts those due
+// and still waiting, so the last ones measured would be those that did not
+// wait. Those due within the measured window have this long to start.
+const pgbenchDrain = 2 * time.Second
+
 // pgbenchLoop runs script through pgbench at rate for d (whole seconds, at
 // least one) after a warm-up, on conns connections, with the probe
 // alongside, and measures each transaction from when it was due, as
@@ -154,7 +160,7 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 	// share of the rate, which would make two queues where the floor has
 	// one pool.
 	args := []string{"-n", "-M", "prepared", "-f", file, "-R", strconv.FormatFloat(rate, 'f', 1, 64),
-		"-T", strconv.Itoa(secs + int(pgbenchWarmup/time.Second)), "-c", strconv.Itoa(conns), "-j", "1",
+		"-T", strconv.Itoa(secs + int((pgbenchWarmup+pgbenchDrain)/time.Second)), "-c", strconv.Itoa(conns), "-j", "1",
 		"-l", "--log-prefix", filepath.Join(dir, "tx")}
 	for k, v := range vars {
 		args = append(args, "-D", k+"="+v)
@@ -190,7 +196,7 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 		}
 		txs = append(txs, t...)
 	}
-	lat, errs := afterWarmup(txs, pgbenchWarmup)
+	lat, errs := afterWarmup(txs, pgbenchWarmup, time.Duration(secs)*time.Second)
 	s := summarize(lat, errs, time.Duration(secs)*time.Second)
 	s.Offered, s.SyncMax, s.SyncSlow, s.Steal, s.StealPeak = rate, r.SyncMax, r.SyncSlow, r.Steal, r.StealPeak
 	if s.Errors > 0 || s.Ops == 0 {
@@ -207,8 +213,9 @@ type pgbenchTx struct {
 }
 
 // afterWarmup returns the latencies of the transactions due from warmup
-// after the first one on, and how many of those failed.
-func afterWarmup(txs []pgbenchTx, warmup time.Duration) ([]time.Duration, int) {
+// after the first one on, for d, and how many of those failed: not those
+// due in the drain after it (see pgbenchDrain).
+func afterWarmup(txs []pgbenchTx, warmup, d time.Duration) ([]time.Duration, int) {
 	if len(txs) == 0 {
 		return nil, 0
 	}
@@ -222,7 +229,7 @@ func afterWarmup(txs []pgbenchTx, warmup time.Duration) ([]time.Duration, int) {
 	failed := 0
 	for _, t := range txs {
 		switch {
-		case t.due.Before(first.Add(warmup)):
+		case t.due.Before(first.Add(warmup)), !t.due.Before(first.Add(warmup + d)):
 		case t.failed:
 			failed++
 		default:

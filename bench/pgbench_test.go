@@ -50,12 +50,13 @@ func TestAfterWarmup(t *testing.T) {
 		{due: t0.Add(time.Second), latency: 2 * time.Millisecond},
 		{due: t0.Add(1500 * time.Millisecond), failed: true},
 		{due: t0.Add(2 * time.Second), latency: 3 * time.Millisecond},
+		{due: t0.Add(3 * time.Second), latency: time.Millisecond}, // in the drain
 	}
-	lat, failed := afterWarmup(txs, time.Second)
+	lat, failed := afterWarmup(txs, time.Second, 2*time.Second)
 	if len(lat) != 2 || lat[0] != 2*time.Millisecond || lat[1] != 3*time.Millisecond || failed != 1 {
 		t.Fatalf("got %v and %d failed; want [2ms 3ms] and 1 failed", lat, failed)
 	}
-	if lat, failed := afterWarmup(nil, time.Second); lat != nil || failed != 0 {
+	if lat, failed := afterWarmup(nil, time.Second, time.Second); lat != nil || failed != 0 {
 		t.Fatalf("empty log: %v, %d", lat, failed)
 	}
 }

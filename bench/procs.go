@@ -142,7 +142,8 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 	}
 
 	// Under load: peaks sampled every 100 ms while the gateway serves
-	// creates and reads and interventions run to a completed intake.
+	// creates and reads and interventions run to a completed intake, then
+	// while the families service is driven directly.
 	stop := make(chan struct{})
 	var sampled sync.WaitGroup
 	sampled.Add(1)
@@ -163,13 +164,16 @@ func processBench(ctx context.Context, env *benchEnv, cfg config) ([]procMem, ma
 		}
 	}()
 	err = processLoad(ctx, env, cfg, ts, gwURL, conns)
-	close(stop)
-	sampled.Wait()
 	if err != nil {
+		close(stop)
+		sampled.Wait()
 		b, _ := os.ReadFile(logs.Name())
 		return nil, nil, fmt.Errorf("%w\n%s", err, tail(b, 3000))
 	}
+	// Sampled through it too: it drives the families service hardest.
 	lat, err := deployedLatency(ctx, env, cfg, conns["families"])
+	close(stop)
+	sampled.Wait()
 	if err != nil {
 		return nil, nil, fmt.Errorf("latency as deployed: %w", err)
 	}

@@ -35,8 +35,8 @@ import (
 
 type flowResult struct {
 	Flows                     int
-	FullSeconds, NoopSeconds  float64 // NoopSeconds: the fastest of NoopRounds
-	NoopRounds                []float64
+	FullSeconds, NoopSeconds  float64 // each the fastest of its rounds
+	FlowRounds, NoopRounds    []float64
 	FullRate, NoopRate, Ratio float64
 	MeetingWait               time.Duration
 	// When the flows finished, from the start: the rate above is set by
@@ -165,22 +165,34 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	if err != nil {
 		return nil, err
 	}
-	counselor, ehr, drafts, err := prepareFlows(ctx, env, fam, iv, ref, cfg.flows)
-	if err != nil {
-		return nil, err
-	}
 	wait := 2 * time.Second
 	r := &flowResult{Flows: cfg.flows, MeetingWait: wait}
-	if len(drafts) == 0 {
-		return nil, fmt.Errorf("no flows to run")
+	// The flows run in rounds too, and the fastest counts, as the
+	// ceiling's does: the same statistic on both sides of the ratio (the
+	// first round also warms the worker and the services, which the
+	// no-ops, run after it, find warm).
+	var drafts []string
+	for round := range flowRounds {
+		counselor, ehr, ds, err := prepareFlows(ctx, env, fam, iv, ref, cfg.flows)
+		if err != nil {
+			return nil, err
+		}
+		if len(ds) == 0 {
+			return nil, fmt.Errorf("no flows to run")
+		}
+		meter := startCPUMeter()
+		done, err := runFlows(ctx, c, iv, ref, counselor, ehr, ds, wait)
+		if err != nil {
+			return nil, err
+		}
+		cpu := meter.stop()
+		r.FlowRounds = append(r.FlowRounds, done[len(done)-1].Seconds())
+		if round > 0 && done[len(done)-1] >= r.FlowMax {
+			continue
+		}
+		drafts, r.FullCPU = ds, cpu
+		r.FlowP50, r.FlowP90, r.FlowMax = done[rank(len(done), 50)], done[rank(len(done), 90)], done[len(done)-1]
 	}
-	meter := startCPUMeter()
-	done, err := runFlows(ctx, c, iv, ref, counselor, ehr, drafts, wait)
-	if err != nil {
-		return nil, err
-	}
-	r.FullCPU = meter.stop()
-	r.FlowP50, r.FlowP90, r.FlowMax = done[rank(len(done), 50)], done[rank(len(done), 90)], done[len(done)-1]
 	r.FullSeconds = r.FlowMax.Seconds()
 	r.FullRate = float64(cfg.flows) / r.FullSeconds
 
@@ -222,8 +234,12 @@ func flowRun(ctx context.Context, env *benchEnv, cfg config, pc *codec.Codec) (*
 	return r, nil
 }
 
-// noopRounds is how many times the ceiling runs.
-const noopRounds = 3
+// noopRounds is how many times the ceiling runs; flowRounds how many
+// times the flows do (each round of flows takes tens of seconds).
+const (
+	noopRounds = 3
+	flowRounds = 2
+)
 
 // ceilingRound is one round of no-op workflows.
 type ceilingRound struct {
@@ -328,12 +344,20 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 	// minutes after that will not finish.
 	wctx, cancel := context.WithDeadline(ctx, first.Add(window+2*time.Minute))
 	defer cancel()
-	for _, p := range probes {
+	for i, p := range probes {
 		var l time.Duration
 		if err := p.Get(wctx, &l); err != nil {
 			return r, err
 		}
-		if l < 0 {
+		// The probe sees the time of the task its timer woke, which comes
+		// after the timer fired: the server's record of the firing says
+		// whether it came before due.
+		due := first.Add(window * time.Duration(i) / time.Duration(n))
+		fired, err := timerFired(wctx, c, p.GetID())
+		if err != nil {
+			return r, err
+		}
+		if l < 0 || (!fired.IsZero() && fired.Before(due)) {
 			r.Early++
 		}
 		late = append(late, l)
@@ -344,6 +368,18 @@ func timerRun(ctx context.Context, pc *codec.Codec, n int, lead, window time.Dur
 	slices.Sort(late)
 	r.P50, r.P99, r.Max = late[rank(len(late), 50)], late[rank(len(late), 99)], late[len(late)-1]
 	return r, nil
+}
+
+// timerFired is when the server fired the timer of workflow id, by its
+// history: zero if it set none (its first task came after due).
+func timerFired(ctx context.Context, c client.Client, id string) (time.Time, error) {
+	var fired time.Time
+	err := walkHistory(ctx, c, id, func(e *historypb.HistoryEvent) {
+		if e.GetEventType() == enumspb.EVENT_TYPE_TIMER_FIRED {
+			fired = e.GetEventTime().AsTime()
+		}
+	})
+	return fired, err
 }
 
 // walkHistory calls visit for each event of a workflow's history and of
