@@ -340,13 +340,19 @@ func (s *Server) lockHeld(ctx context.Context, tx pgx.Tx, r ref, etag, verb stri
 	if err != nil {
 		return nil, err
 	}
+	return h, stillHeld(h, etag, verb)
+}
+
+// stillHeld refuses to verb hold h unless etag (if given) is its own and
+// it is still HELD.
+func stillHeld(h *referralsv1.Hold, etag, verb string) error {
 	if err := aip.CheckEtag(h.GetName(), etag, h.GetEtag()); err != nil {
-		return nil, err
+		return err
 	}
 	if h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
-		return nil, apperr.InvalidTransition(h.GetName(), strings.TrimPrefix(h.GetState().String(), "HOLD_STATE_"), verb)
+		return apperr.InvalidTransition(h.GetName(), strings.TrimPrefix(h.GetState().String(), "HOLD_STATE_"), verb)
 	}
-	return h, nil
+	return nil
 }
 
 // ReleaseHold implements the API: the slot goes back to the program.
@@ -407,6 +413,15 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	// never changes.
 	held, err := s.readHold(ctx, s.pool, r, false)
 	if err != nil {
+		return nil, err
+	}
+	// Refused for its etag or state first, as under the lock below: a
+	// hold released as its family was deleted is no longer held, and the
+	// families service is not asked about a call that cannot go ahead.
+	if err := stillHeld(held, req.GetEtag(), "CONVERTED"); err != nil {
+		if apperr.Reason(err) == apperr.ReasonInvalidTransition {
+			s.returnLapsed(ctx, r.clinic, "")
+		}
 		return nil, err
 	}
 	fam, err := s.checkFamily(ctx, "name", held.GetFamily(), "", "")

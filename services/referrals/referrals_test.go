@@ -1931,6 +1931,23 @@ func TestConvertingAHoldOfADeletedFamily(t *testing.T) {
 	if list, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north"}); err != nil || len(list.GetReferrals()) != 0 {
 		t.Fatalf("referrals after the refusal: %v, %v; want none", list.GetReferrals(), err)
 	}
+	// A hold released meanwhile (as the family's workflow releases it) is
+	// refused for its state, as before the family was read.
+	other, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(), ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
+		Family: "clinics/north/families/f9", Ttl: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: other.GetName(), Reason: "family deleted"}); err != nil {
+		t.Fatal(err)
+	}
+	f.consent.mu.Lock()
+	f.consent.missing["clinics/north/families/f9"] = true
+	f.consent.mu.Unlock()
+	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: other.GetName(), Reason: "accepted MAT at the intervention"})
+	if wantCode(t, err, codes.FailedPrecondition); apperr.Reason(err) != apperr.ReasonInvalidTransition {
+		t.Fatalf("converting a released hold of a deleted family: %v; want %s", err, apperr.ReasonInvalidTransition)
+	}
 	f.consent.mu.Lock()
 	f.consent.missing = nil
 	f.consent.mu.Unlock()
