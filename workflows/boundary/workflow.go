@@ -954,8 +954,9 @@ func (w *wf) holdMembers(ctx workflow.Context) error {
 	}
 	log := workflow.GetLogger(ctx)
 	if err := w.readSafety(ctx); err != nil {
-		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == "RESOURCE_NOT_FOUND" || t == "NotFound" {
-			return err // the run ends as for any read that finds it so
+		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
+			temporal.IsCanceledError(err) || ctx.Err() != nil {
+			return err // the run ends as for any read that finds it so, or as cancelled
 		}
 		// A signal is no reason to fail the family's follow-up: the
 		// resends are held all the same (heldForRisk), and the next
@@ -972,6 +973,9 @@ func (w *wf) holdMembers(ctx workflow.Context) error {
 		Only: w.safety.Members, Reason: "a safety screen found risk: the family hears nothing until a new one finds them safe",
 		RequestID: flow.RequestID(ctx, w.id(fmt.Sprintf("hold-members|%d", w.st.RiskHolds))),
 	}); err != nil {
+		if temporal.IsCanceledError(err) || ctx.Err() != nil {
+			return err // cancelled meanwhile: the run ends as cancelled, and tidies up
+		}
 		log.Warn("cancelling the members' reminders after a safety screen found risk failed", "error", err)
 	}
 	return nil
