@@ -641,16 +641,19 @@ func EnsureLoginRole(ctx context.Context, pool *pgxpool.Pool, name, password str
 	// AppRole may update (consentStamp) are the exception. No row (a role
 	// not made yet) is none.
 	var rewrites string
-	if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', t.schemaname, t.tablename)), '')
+	// By oid, not by name: a schema dropped while this reads the catalog
+	// (another tenant's, a test's) is then no table, not an error.
+	if err := conn.QueryRow(ctx, `SELECT coalesce(min(format('%I.%I', n.nspname, c.relname)), '')
 		FROM pg_roles l JOIN pg_roles r ON pg_has_role(l.oid, r.oid, 'MEMBER')
-		CROSS JOIN pg_tables t
-		WHERE l.rolname = $1::text AND t.tablename = ANY($2::text[])
-			AND EXISTS (SELECT 1 FROM pg_tables m WHERE m.schemaname = t.schemaname AND m.tablename = 'schema_migrations')
-			AND (has_table_privilege(r.oid, format('%I.%I', t.schemaname, t.tablename), 'UPDATE, DELETE, TRUNCATE')
-				OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = format('%I.%I', t.schemaname, t.tablename)::regclass
+		CROSS JOIN pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE l.rolname = $1::text AND c.relkind IN ('r', 'p') AND c.relname = ANY($2::text[])
+			AND EXISTS (SELECT 1 FROM pg_class m WHERE m.relnamespace = c.relnamespace AND m.relname = 'schema_migrations'
+				AND m.relkind IN ('r', 'p'))
+			AND (has_table_privilege(r.oid, c.oid, 'UPDATE, DELETE, TRUNCATE')
+				OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
 					AND a.attnum > 0 AND NOT a.attisdropped
-					AND NOT (t.tablename = 'consents' AND a.attname = ANY($3::text[]))
-					AND has_column_privilege(r.oid, a.attrelid, a.attnum, 'UPDATE')))`,
+					AND NOT (c.relname = 'consents' AND a.attname = ANY($3::text[]))
+					AND has_column_privilege(r.oid, c.oid, a.attnum, 'UPDATE')))`,
 		name, slices.Collect(maps.Keys(appendOnly)), consentStamp).Scan(&rewrites); err != nil {
 		return fmt.Errorf("pgdb: login role %s: %w", name, err)
 	}
