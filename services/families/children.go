@@ -350,21 +350,15 @@ func readWarning(ctx context.Context, q pgdb.Querier, c child) (*familiesv1.Warn
 // refused: clients' clocks drift.
 const clockSkew = 5 * time.Minute
 
-// earliest is the earliest time a reported time may name: before it, the
-// time is an unset or default value (a zero Timestamp is 1970) rather
-// than when something happened, and kept it would skew what counts from
-// it (days to treatment, a screen's age) for good.
-var earliest = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
-
-// tooEarly adds a violation of field if t is before earliest.
+// tooEarly adds a violation of field if t is before aip.EarliestReported.
 func tooEarly(vs *apperr.Violations, field string, t time.Time) {
-	if t.Before(earliest) {
+	if t.Before(aip.EarliestReported) {
 		vs.Add(field, "must not be before 1990 (an unset time? leave it out for now)")
 	}
 }
 
 // pastTime is when something reported happened: t, or now when t is
-// unset. A time before earliest or beyond the clock skew ahead is a
+// unset. A time before aip.EarliestReported or beyond the clock skew ahead is a
 // violation of field; one ahead by less (a clock's drift) is taken as now.
 func pastTime(vs *apperr.Violations, field string, t *timestamppb.Timestamp, now time.Time) time.Time {
 	if t == nil {

@@ -432,12 +432,7 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	if err != nil {
 		return nil, err
 	}
-	first := req.GetFirstContactTime()
-	if fc := fam.GetFirstContactTime(); first == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
-		// As CreateReferral: days to treatment count from the family's
-		// first contact.
-		first = fc
-	}
+	first := firstContact(req.GetFirstContactTime(), fam, s.cfg.Now())
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,
 		func(tx pgx.Tx) (*referralsv1.Referral, error) {
 			h, err := s.lockHeld(ctx, tx, r, req.GetEtag(), "CONVERTED")

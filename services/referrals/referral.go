@@ -267,11 +267,7 @@ func (s *Server) CreateReferral(ctx context.Context, req *referralsv1.CreateRefe
 	if err != nil {
 		return nil, err
 	}
-	if fc := fam.GetFirstContactTime(); in.GetFirstContactTime() == nil && fc != nil && !fc.AsTime().After(s.cfg.Now().Add(clockSkew)) {
-		// Days to treatment count from the family's first contact, not
-		// from a referral made by hand weeks later.
-		in.FirstContactTime = fc
-	}
+	in.FirstContactTime = firstContact(in.GetFirstContactTime(), fam, s.cfg.Now())
 	if err := s.checkIntervention(ctx, "referral.intervention", in.GetIntervention(), in.GetFamily()); err != nil {
 		return nil, err
 	}

@@ -394,7 +394,7 @@ func reportedTime(field string, t *timestamppb.Timestamp, now time.Time) error {
 	if t != nil && t.AsTime().After(now.Add(clockSkew)) {
 		return apperr.Field(field, "must not be in the future")
 	}
-	if t != nil && t.AsTime().Before(earliest) {
+	if t != nil && t.AsTime().Before(aip.EarliestReported) {
 		// An unset or default time (the epoch) sent as one: kept, it would
 		// skew days to treatment and the clinic's summaries for good.
 		return apperr.Field(field, "must not be before 1990 (an unset time? leave it out)")
@@ -402,9 +402,16 @@ func reportedTime(field string, t *timestamppb.Timestamp, now time.Time) error {
 	return nil
 }
 
-// earliest is the first time a referral's times may name, as the families
-// service's.
-var earliest = time.Date(1990, 1, 1, 0, 0, 0, 0, time.UTC)
+// firstContact is a new referral's first contact: the one given, or else
+// the family's (fam, nil when not read), unless that lies ahead: days to
+// treatment count from when the family first came, not from a referral
+// made by hand weeks later.
+func firstContact(given *timestamppb.Timestamp, fam *familiesv1.Family, now time.Time) *timestamppb.Timestamp {
+	if fc := fam.GetFirstContactTime(); given == nil && fc != nil && !fc.AsTime().After(now.Add(clockSkew)) {
+		return fc
+	}
+	return given
+}
 
 // CompleteReferral implements the API: the person entered treatment.
 func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.CompleteReferralRequest) (*referralsv1.Referral, error) {
