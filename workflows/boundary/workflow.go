@@ -778,10 +778,11 @@ func (w *wf) wait(ctx workflow.Context) error {
 		// prepare reads the new screen before boundaries are reinforced;
 		// after, a next meeting held back for risk may go ahead.
 		handle = func() error {
-			if err := w.holdMembers(ctx); err != nil {
+			read, err := w.holdMembers(ctx)
+			if err != nil {
 				return err
 			}
-			return w.proposeOnceSafe(ctx, "once a safety screen found the family safe")
+			return w.proposeOnceSafe(ctx, "once a safety screen found the family safe", read)
 		}
 	})
 	sel.AddReceive(w.checkIn, func(c workflow.ReceiveChannel, _ bool) {
@@ -947,25 +948,26 @@ func (w *wf) onTime(ctx workflow.Context) error {
 // after boundaries were reinforced is not current or found risk (a threat
 // at home): the check-ins and boundary reminders made to them and still to
 // go, one held back for quiet hours among them, are cancelled. New ones
-// wait for a safe screen already (gated at each check-in).
-func (w *wf) holdMembers(ctx workflow.Context) error {
+// wait for a safe screen already (gated at each check-in). read says
+// whether it read the family into w.safety.
+func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 	if !w.st.Reinforced || flow.Version(ctx, versionHoldMembersOnRisk, 1) < 1 {
-		return nil
+		return false, nil
 	}
 	log := workflow.GetLogger(ctx)
 	if err := w.readSafety(ctx); err != nil {
 		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
 			temporal.IsCanceledError(err) || ctx.Err() != nil {
-			return err // the run ends as for any read that finds it so, or as cancelled
+			return false, err // the run ends as for any read that finds it so, or as cancelled
 		}
 		// A signal is no reason to fail the family's follow-up: the
 		// resends are held all the same (heldForRisk), and the next
 		// check-in reads the screen again.
 		log.Warn("family not read after a safety screen; members' reminders not cancelled", "error", err)
-		return nil
+		return false, nil
 	}
 	if w.safety.Status == "CURRENT" || len(w.safety.Members) == 0 {
-		return nil
+		return true, nil
 	}
 	w.st.RiskHolds++
 	if err := flow.Call(ctx, nil, flow.A.CancelReminders, activities.CancelRemindersRequest{
@@ -974,11 +976,11 @@ func (w *wf) holdMembers(ctx workflow.Context) error {
 		RequestID: flow.RequestID(ctx, w.id(fmt.Sprintf("hold-members|%d", w.st.RiskHolds))),
 	}); err != nil {
 		if temporal.IsCanceledError(err) || ctx.Err() != nil {
-			return err // cancelled meanwhile: the run ends as cancelled, and tidies up
+			return true, err // cancelled meanwhile: the run ends as cancelled, and tidies up
 		}
 		log.Warn("cancelling the members' reminders after a safety screen found risk failed", "error", err)
 	}
-	return nil
+	return true, nil
 }
 
 // heldForRisk reports whether a failed reminder to a member (line, the
@@ -1009,13 +1011,16 @@ const versionHoldMembersOnRisk = "hold-members-on-risk"
 // found risk (EscalationUnsafe) if the family, read now, is safe: at the
 // safe screen itself, or a check-in reporting a window of opportunity,
 // rather than at the next scheduled check-in, up to weeks later. Once the
-// counselor was told at the end to draft it by hand, it is theirs.
-func (w *wf) proposeOnceSafe(ctx workflow.Context, why string) error {
+// counselor was told at the end to draft it by hand, it is theirs. read
+// says the family was just read (holdMembers), and is not read again.
+func (w *wf) proposeOnceSafe(ctx workflow.Context, why string, read bool) error {
 	if !w.st.EscalationUnsafe || !w.st.Reinforced || w.st.UnsafeAtEnd || flow.Version(ctx, versionEscalateWhenSafe, 1) < 1 {
 		return nil
 	}
-	if err := w.readSafety(ctx); err != nil {
-		return err
+	if !read {
+		if err := w.readSafety(ctx); err != nil {
+			return err
+		}
 	}
 	if w.safety.Status != "CURRENT" {
 		return nil
@@ -1228,7 +1233,7 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 		// Not with one held for a consequence too (a run begun before
 		// new-cycle-clears-blocked-escalation can hold both): that one is
 		// tried below, as before.
-		return w.proposeOnceSafe(ctx, why)
+		return w.proposeOnceSafe(ctx, why, false)
 	}
 	// A formal meeting held back for a consequence is proposed if one is
 	// stated now; if not, it waits on (the counselor was asked already).
