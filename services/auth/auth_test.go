@@ -195,6 +195,56 @@ func TestJWKSWithdrawnKeyStopsCounting(t *testing.T) {
 	}
 }
 
+// While the issuer cannot be reached, the last set is trusted only for
+// MaxStale: past it a leaked key the issuer withdrew meanwhile would stay
+// good for as long as whoever holds it keeps the set from being fetched.
+// Tokens are then refused as unchecked, and count again once a fetch works.
+func TestJWKSStaleSetIsNotTrustedForever(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	var down atomic.Bool
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		if down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		iss.JWKSHandler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: srv.URL, MinRefresh: time.Hour, MaxAge: 20 * time.Millisecond, MaxStale: 300 * time.Millisecond}}
+	tok := iss.MustMint(TokenOptions{Subject: "u", Clinic: "north"})
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	time.Sleep(50 * time.Millisecond)
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("past MaxAge, within MaxStale: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	_, err := v.Verify(context.Background(), tok)
+	if !IsKeysUnavailable(err) {
+		t.Fatalf("past MaxStale with the issuer down: %v; want the keys unavailable", err)
+	}
+	// Within the back-off after that failure, no fetch is made per call.
+	before := fetches.Load()
+	for i := 0; i < 20; i++ {
+		if _, err := v.Verify(context.Background(), tok); !IsKeysUnavailable(err) {
+			t.Fatalf("call %d within the back-off: %v", i, err)
+		}
+	}
+	if n := fetches.Load() - before; n > 1 {
+		t.Fatalf("%d fetches for 20 calls within the back-off", n)
+	}
+	down.Store(false)
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("once the issuer is back: %v", err)
+	}
+}
+
 // While the issuer is slow or down, callers whose key is known are not held
 // up by a fetch for an unknown one, and failed fetches are not repeated on
 // every request.

@@ -51,7 +51,9 @@ func (s StaticKeys) Key(_ context.Context, kid string) (*ecdsa.PublicKey, error)
 // it fetch on every request. A set older than MaxAge is fetched again in
 // the background, so that a key the issuer withdrew (a leaked one) stops
 // being trusted; while the issuer cannot be reached the last set stays in
-// use, or no one could sign in meanwhile.
+// use, or no one could sign in meanwhile, but only for MaxStale: past
+// that, a withdrawn key would stay good for as long as whoever holds it
+// can keep the set from being fetched.
 type JWKS struct {
 	URL        string
 	Client     *http.Client
@@ -59,6 +61,11 @@ type JWKS struct {
 	// MaxAge is how long a fetched set is trusted before it is fetched
 	// again (default 10 minutes).
 	MaxAge time.Duration
+	// MaxStale is how long after the last successful fetch the set is
+	// still trusted while fetches fail (default an hour, never less than
+	// MaxAge). Past it, every token is refused as unchecked
+	// (KeysUnavailable) until a fetch works.
+	MaxStale time.Duration
 
 	fetchMu    sync.Mutex // one fetch at a time
 	mu         sync.Mutex // guards what follows
@@ -173,15 +180,14 @@ func (j *JWKS) refresh() {
 
 // lookup returns the cached key for kid, or whether a fetch is due. A known
 // key in a set past MaxAge is returned at once and the set fetched again
-// in the background.
+// in the background; in a set past MaxStale it is not returned, and a
+// fetch is due at once but for the back-off after a failed one.
 func (j *JWKS) lookup(kid string) (k *ecdsa.PublicKey, ok, fetch bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if k, ok := j.keys[kid]; ok {
-		maxAge := j.MaxAge
-		if maxAge == 0 {
-			maxAge = 10 * time.Minute
-		}
+	maxAge := cmp.Or(j.MaxAge, 10*time.Minute)
+	stale := !j.fetched.IsZero() && time.Since(j.fetched) >= max(cmp.Or(j.MaxStale, time.Hour), maxAge)
+	if k, ok := j.keys[kid]; ok && !stale {
 		retry := !j.failed || time.Since(j.tried) >= time.Second
 		if time.Since(j.fetched) >= maxAge && retry && !j.refreshing {
 			j.refreshing = true
@@ -195,6 +201,8 @@ func (j *JWKS) lookup(kid string) (k *ecdsa.PublicKey, ok, fetch bool) {
 	}
 	if j.failed {
 		wait = time.Second
+	} else if stale {
+		wait = 0
 	}
 	return nil, false, j.tried.IsZero() || time.Since(j.tried) >= wait
 }
