@@ -70,7 +70,7 @@ func TestSecretKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := c.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
-		Subscription: &webhooksv1.Subscription{Url: rcv.URL, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}}); err != nil {
+		Subscription: &webhooksv1.Subscription{Url: rcv.URL + "/appointments", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}}); err != nil {
 		t.Fatal(err)
 	}
 	// Each subscription's stored secrets, current first.
@@ -178,7 +178,7 @@ func TestResealDropsAnExpiredSecretBesideOneItCannotOpen(t *testing.T) {
 	ehr := env.As("north", "ehr-1", auth.RoleEHR)
 	for _, topic := range []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED} {
 		sub, err := c.CreateSubscription(ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
-			Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks", Topics: []webhooksv1.Topic{topic}}})
+			Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hooks/" + topic.String(), Topics: []webhooksv1.Topic{topic}}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -22,6 +22,7 @@
 package webhooks
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -31,6 +32,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -272,14 +274,16 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			// Alike: the same payload kind too. One of the other kind may
 			// stand beside it, so that a receiver moving between them
 			// makes the new one before it deletes the old, losing nothing.
-			var twin string
-			switch err := tx.QueryRow(ctx, `SELECT id FROM subscriptions WHERE clinic = $1 AND owner = $2 AND url = $3 AND topics && $4 AND payload = $5 LIMIT 1`,
-				clinic, owner, sub.GetUrl(), topics, int16(payload)).Scan(&twin); {
-			case err == nil:
+			// Topics are alike when one event can be sent under both (a
+			// referral's intake booking is both of its topics), and URLs
+			// when they name one receiver however spelt.
+			twin, err := likeSubscription(ctx, tx, clinic, owner, sub.GetUrl(), sharedTopics(topics), int16(payload))
+			if err != nil {
+				return nil, err
+			}
+			if twin != "" {
 				return nil, apperr.AlreadyExists(subscriptionName(clinic, twin),
-					"a subscription of yours already sends a topic of these to this URL with this payload: use it (a create retried without its request_id makes a second), or delete it first")
-			case !errors.Is(err, pgx.ErrNoRows):
-				return nil, fmt.Errorf("look for a like subscription: %w", err)
+					"a subscription of yours already sends events of these topics to this URL with this payload: use it (a create retried without its request_id makes a second), or delete it first")
 			}
 			// Counted under the same lock, so that creates at once cannot
 			// all pass it.
@@ -307,6 +311,70 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
 	return s.openSecret(ctx, out, err)
+}
+
+// likeSubscription is the id of a subscription of owner's that sends an
+// event of topics to the receiver at u with payload, or "".
+func likeSubscription(ctx context.Context, tx pgx.Tx, clinic, owner, u string, topics []int16, payload int16) (string, error) {
+	rows, err := tx.Query(ctx, `SELECT id, url FROM subscriptions WHERE clinic = $1 AND owner = $2 AND topics && $3 AND payload = $4 ORDER BY id`,
+		clinic, owner, topics, payload)
+	if err != nil {
+		return "", fmt.Errorf("look for a like subscription: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, other string
+		if err := rows.Scan(&id, &other); err != nil {
+			return "", fmt.Errorf("read a like subscription: %w", err)
+		}
+		if sameReceiver(u, other) {
+			return id, nil
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("look for a like subscription: %w", err)
+	}
+	return "", nil
+}
+
+// sharedTopics is topics with every topic one of their events is also
+// sent under: a referral event that books, settles or pauses an intake
+// appointment is REFERRAL_CHANGED and APPOINTMENT_CHANGED at once
+// (routeOf), so a subscription to each at one URL would get it twice.
+func sharedTopics(topics []int16) []int16 {
+	referral, appointment := int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED), int16(webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	out := slices.Clone(topics)
+	if slices.Contains(topics, referral) || slices.Contains(topics, appointment) {
+		out = append(out, referral, appointment)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// sameReceiver reports whether two subscription URLs name one receiver:
+// scheme and host compare without case, and a port that is the scheme's
+// default is the same as none. Paths and queries compare exactly, as a
+// server may tell them apart.
+func sameReceiver(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ua, errA := url.Parse(a)
+	ub, errB := url.Parse(b)
+	if errA != nil || errB != nil {
+		return false
+	}
+	port := func(u *url.URL) string {
+		if p := u.Port(); p != "" {
+			return p
+		}
+		if strings.EqualFold(u.Scheme, "http") {
+			return "80"
+		}
+		return "443"
+	}
+	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Hostname(), ub.Hostname()) &&
+		port(ua) == port(ub) && cmp.Or(ua.EscapedPath(), "/") == cmp.Or(ub.EscapedPath(), "/") && ua.RawQuery == ub.RawQuery
 }
 
 // subscriptionLockClass is the first key of the advisory lock on one

@@ -1668,6 +1668,30 @@ func TestLikeSubscriptionIsRefused(t *testing.T) {
 	}
 }
 
+// Two subscriptions at one receiver that share no topic are still alike
+// when one event goes out under both topics: a referral's intake booking
+// is REFERRAL_CHANGED and APPOINTMENT_CHANGED at once, and would reach the
+// receiver twice under ids it could not match. One receiver spelt another
+// way (host case, the default port) is the same receiver.
+func TestSubscriptionsSplitByTopicAreAlike(t *testing.T) {
+	f := setup(t)
+	first := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	for _, u := range []string{"https://ehr.example.org/hooks", "https://EHR.Example.org:443/hooks", "HTTPS://ehr.example.org/hooks"} {
+		_, err := f.client.CreateSubscription(f.ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+			Subscription: &webhooksv1.Subscription{Url: u, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}})
+		st := status.Convert(err)
+		if st.Code() != codes.AlreadyExists || !strings.Contains(fmt.Sprint(st.Details()), first.GetName()) {
+			t.Fatalf("APPOINTMENT_CHANGED to %s beside REFERRAL_CHANGED there: %v (%v); want ALREADY_EXISTS naming %s", u, err, st.Details(), first.GetName())
+		}
+	}
+	// Another path is another receiver.
+	f.subscribe(t, f.ehr, "https://ehr.example.org/appointments", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	var n int
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("%d subscriptions (%v); want the first and the one at another path", n, err)
+	}
+}
+
 // One owner holds at most MaxPerOwner subscriptions in a clinic: past it a
 // create is refused RESOURCE_EXHAUSTED with a QuotaFailure, makes nothing,
 // and leaves other owners alone; deleting one makes room again.

@@ -72,10 +72,14 @@ type WebhooksServiceClient interface {
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
 	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
-	// of the same owner to the same URL with a topic in common and the same
-	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
-	// get each event twice, under ids it could not match (a create retried
-	// without a `request_id` makes one). To move to the other payload kind,
+	// of the same owner to the same URL with the same payload kind and a
+	// topic whose events the first also sends is ALREADY_EXISTS, naming the
+	// first: the receiver would get each such event twice, under ids it
+	// could not match (a create retried without a `request_id` makes one).
+	// REFERRAL_CHANGED and APPOINTMENT_CHANGED count as one here, as a
+	// referral's intake booking is sent under both; URLs that differ only in
+	// the case of scheme or host, or in a default port written out, are the
+	// same URL. To move to the other payload kind,
 	// create the new subscription before deleting the old. One owner holds at
 	// most 50 subscriptions in a clinic: past that a create is
 	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
@@ -223,10 +227,14 @@ type WebhooksServiceServer interface {
 	// API (the EHR: REFERRAL_CHANGED and APPOINTMENT_CHANGED; the reminder
 	// automation: REMINDER_DUE; a clinic administrator: any); another topic
 	// is PERMISSION_DENIED, whatever the payload kind. A second subscription
-	// of the same owner to the same URL with a topic in common and the same
-	// payload kind is ALREADY_EXISTS, naming the first: the receiver would
-	// get each event twice, under ids it could not match (a create retried
-	// without a `request_id` makes one). To move to the other payload kind,
+	// of the same owner to the same URL with the same payload kind and a
+	// topic whose events the first also sends is ALREADY_EXISTS, naming the
+	// first: the receiver would get each such event twice, under ids it
+	// could not match (a create retried without a `request_id` makes one).
+	// REFERRAL_CHANGED and APPOINTMENT_CHANGED count as one here, as a
+	// referral's intake booking is sent under both; URLs that differ only in
+	// the case of scheme or host, or in a default port written out, are the
+	// same URL. To move to the other payload kind,
 	// create the new subscription before deleting the old. One owner holds at
 	// most 50 subscriptions in a clinic: past that a create is
 	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
