@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/handoff-health/handoff/services/apperr"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -44,6 +46,31 @@ func TestUnavailableSaysWhenToRetry(t *testing.T) {
 		httpError(context.Background(), mux, &runtime.JSONPb{}, w, r, status.Error(code, "no"))
 		if got := w.Header().Get("Retry-After"); got != want {
 			t.Errorf("%v: Retry-After %q, want %q", code, got, want)
+		}
+	}
+}
+
+// Only a quota of ours is 429; grpc's own RESOURCE_EXHAUSTED (a message
+// over the size limit between the gateway and a service) is 500, as a
+// retry meets it again, and its body says what to do instead of grpc's
+// text.
+func TestOnlyAQuotaIsTooManyRequests(t *testing.T) {
+	mux := runtime.NewServeMux()
+	for name, tc := range map[string]struct {
+		err  error
+		want int
+	}{
+		"quota":     {apperr.QuotaExceeded("subscriptions of ehr-1", "you hold 50"), http.StatusTooManyRequests},
+		"too large": {status.Error(codes.ResourceExhausted, "grpc: received message larger than max (70000000 vs. 67108864)"), http.StatusInternalServerError},
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, "/v1/clinics/north/families", nil)
+		httpError(context.Background(), mux, &runtime.JSONPb{}, w, r, tc.err)
+		if w.Code != tc.want {
+			t.Errorf("%s: HTTP %d, want %d", name, w.Code, tc.want)
+		}
+		if name == "too large" && (strings.Contains(w.Body.String(), "grpc:") || !strings.Contains(w.Body.String(), "page_size")) {
+			t.Errorf("%s: body %s; want what to do, not grpc's text", name, w.Body)
 		}
 	}
 }

@@ -490,6 +490,16 @@ func httpError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, 
 		}
 	case consentgate.ReasonConsentRequired:
 		err = &runtime.HTTPStatusError{HTTPStatus: http.StatusForbidden, Err: err}
+	case apperr.ReasonQuotaExceeded:
+	default:
+		// Only a quota of ours is the caller's to free or wait out (429).
+		// grpc's own RESOURCE_EXHAUSTED is a message over a size limit
+		// between this door and a service: a fault here that a retry
+		// meets again, so not 429, which clients wait out and repeat.
+		if status.Code(err) == codes.ResourceExhausted {
+			err = &runtime.HTTPStatusError{HTTPStatus: http.StatusInternalServerError,
+				Err: status.Error(codes.ResourceExhausted, "the answer is over the size limit between the gateway and the service: ask for less (a smaller page_size)")}
+		}
 	}
 	switch status.Code(err) {
 	case codes.Unavailable:
