@@ -439,7 +439,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 // arm plans the reminders for the current start time.
 func (w *wf) arm(ctx workflow.Context) error {
 	now := workflow.Now(ctx)
-	plan, err := w.remindersFrom(now)
+	plan, err := w.remindersFrom(ctx, now)
 	if err != nil {
 		return err
 	}
@@ -469,12 +469,16 @@ func recipientKey(kind, id string) string { return kind + "|" + id }
 
 // remindersFrom places the reminders of the plan's recipients as a plan
 // made at armedAt would.
-func (w *wf) remindersFrom(armedAt time.Time) ([]schedule.Planned, error) {
+func (w *wf) remindersFrom(ctx workflow.Context, armedAt time.Time) ([]schedule.Planned, error) {
 	recipients := []schedule.Recipient{w.plan.Counselor.Recipient()}
 	for _, p := range w.plan.Participants {
 		recipients = append(recipients, p.Recipient())
 	}
 	plan := schedule.Plan(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients)
+	if awake := schedule.PlanAwake(w.plan.Start, armedAt, w.settings.ReminderOffsets, recipients); len(awake) != len(plan) &&
+		flow.Version(ctx, versionLateReminderAwake, 1) >= 1 {
+		plan = awake
+	}
 	if len(plan) > maxRemindersPerRun {
 		plan = plan[:maxRemindersPerRun]
 	}
@@ -531,7 +535,7 @@ func (w *wf) replanned(ctx workflow.Context) error {
 			return err
 		}
 	}
-	plan, err := w.remindersFrom(w.armedAt)
+	plan, err := w.remindersFrom(ctx, w.armedAt)
 	if err != nil {
 		return err
 	}
@@ -555,6 +559,13 @@ func (w *wf) replanned(ctx workflow.Context) error {
 	w.reminders, w.sent, w.refusedAt = plan, sent, time.Time{}
 	return nil
 }
+
+// versionLateReminderAwake guards leaving out a late meeting reminder
+// that would wait for the end of its recipient's quiet hours until their
+// next one (schedule.PlanAwake): before, a meeting booked at 07:00 for
+// 09:00 reached someone quiet until 08:00 twice at 08:00. Asked only when
+// a plan leaves one out.
+const versionLateReminderAwake = "late-reminder-awake"
 
 // versionPastFailedReplan guards going on when reading the changed plan,
 // or cancelling the meeting reminders of people it no longer names,

@@ -1,6 +1,7 @@
 package intervention_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -539,6 +540,30 @@ func TestRefusalThePlanDoesNotExplainIsSkipped(t *testing.T) {
 	}
 	if refusals != 2 || fmt.Sprint(got) != "[72h0m0s 2h0m0s]" {
 		t.Fatalf("the 24 h reminder refused %d times, counselor reminded %v before; want 2 refusals and the 72 h and 2 h reminders", refusals, got)
+	}
+}
+
+// A meeting booked at 07:00 for 09:00 New York time, while mom is quiet
+// until 08:00, reminds her once, at 08:00: the late reminder would wait
+// for the end of her quiet hours and go out with the two hours' one.
+func TestShortNoticeInQuietHoursRemindsOnce(t *testing.T) {
+	h := newHarness(t, 2*time.Hour, defaults())
+	// Due when made, or, if not given, at once.
+	var mom []time.Time
+	h.onSend = func(r activities.ReminderRequest) error {
+		if r.Kind == "INTERVENTION_UPCOMING" && r.To.ID == "mom" {
+			mom = append(mom, cmp.Or(r.Due, h.env.Now()))
+		}
+		return nil
+	}
+	h.update(3*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	eight := time.Date(2026, 12, 7, 8, 0, 0, 0, mustLoc(t, "America/New_York"))
+	if len(mom) != 1 || !mom[0].Equal(eight) {
+		t.Fatalf("mom's meeting reminders due at %v; want one, at 08:00 New York (%v)", mom, eight.UTC())
 	}
 }
 

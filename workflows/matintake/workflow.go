@@ -107,6 +107,13 @@ type wf struct {
 // out, naming a time or a program that no longer applied.
 const versionCancelStale = "cancel-stale-intake-reminders"
 
+// versionLateReminderAwake guards leaving out a late intake reminder
+// that would wait for the end of its recipient's quiet hours until their
+// next one (schedule.PlanAwake): before, an appointment booked in them at
+// short notice reached the person twice when they ended. Asked only when
+// a plan leaves one out.
+const versionLateReminderAwake = "late-intake-reminder-awake"
+
 // versionListenAfterEscalation guards waiting, after an escalation, for
 // the escalation's delivery failures, so that they are sent again: before,
 // the workflow ended at once and a failure signalled to it was lost.
@@ -527,6 +534,10 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 					rs = append(rs, c.Recipient())
 				}
 				pending = schedule.Plan(info.Appointment, now, w.settings.IntakeReminderOffsets, rs)
+				if awake := schedule.PlanAwake(info.Appointment, now, w.settings.IntakeReminderOffsets, rs); len(awake) != len(pending) &&
+					flow.Version(ctx, versionLateReminderAwake, 1) >= 1 {
+					pending = awake
+				}
 			}
 		case "COMPLETED":
 			return "entered", info, nil

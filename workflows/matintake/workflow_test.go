@@ -51,6 +51,9 @@ type harness struct {
 	statusErr, supportErr error
 	// failKind makes every reminder of that kind fail for good.
 	failKind string
+	// contacts, when set, are the family's contacts in place of the
+	// loved one and mom in Chicago, neither keeping quiet hours.
+	contacts []activities.Person
 	// adopted makes the referrals handed out ones made before the intake.
 	adopted bool
 	// reads counts the ReferralStatus calls.
@@ -83,10 +86,15 @@ func newHarness(t *testing.T) *harness {
 	env.RegisterActivity(&activities.Activities{})
 	h := &harness{env: env, log: logs, status: map[string]activities.ReferralInfo{}}
 	env.OnActivity(flow.A.LoadSettings, mock.Anything, "north").Return(activities.DefaultSettings(), nil)
-	env.OnActivity(flow.A.FamilyContacts, mock.Anything, family).Return([]activities.Person{
-		{Kind: "loved_one", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
-		{Kind: "member", ID: "mom", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
-	}, nil)
+	env.OnActivity(flow.A.FamilyContacts, mock.Anything, family).Return(func(context.Context, string) ([]activities.Person, error) {
+		if h.contacts != nil {
+			return h.contacts, nil
+		}
+		return []activities.Person{
+			{Kind: "loved_one", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
+			{Kind: "member", ID: "mom", Family: family, Channel: "SMS", TimeZone: "America/Chicago"},
+		}, nil
+	})
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			flowtest.Sendable(t, r.Message)
@@ -370,6 +378,36 @@ func TestStaleIntakeRemindersAreNotResent(t *testing.T) {
 	}
 	if len(*resent) != 1 || (*resent)[0] != first {
 		t.Fatalf("resent %v; want only %s (its appointment still stood)", *resent, first)
+	}
+}
+
+// An intake booked at 22:00 for 10:00 tomorrow, Chicago time, while the
+// person is quiet until 08:00, reminds them once, at 08:00: the late
+// reminder would wait for the end of their quiet hours and go out with the
+// two hours' one.
+func TestShortNoticeIntakeInQuietHoursRemindsOnce(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.contacts = []activities.Person{{Kind: "loved_one", Family: family, Channel: "SMS", TimeZone: "America/Chicago", QuietStart: "21:00", QuietEnd: "08:00"}}
+	chicago := mustZone(t, "America/Chicago")
+	start := h.env.Now() // 09:00 in Chicago
+	const r1 = "clinics/north/referrals/r1"
+	booked := time.Date(2026, 12, 7, 22, 0, 0, 0, chicago)
+	appointment := time.Date(2026, 12, 8, 10, 0, 0, 0, chicago)
+	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
+	h.transition(booked.Sub(start), r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: appointment})
+	h.transition(appointment.Sub(start)+time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	eight := time.Date(2026, 12, 8, 8, 0, 0, 0, chicago)
+	var due []time.Time
+	for _, r := range h.kinds("INTAKE_UPCOMING") {
+		due = append(due, r.Due)
+	}
+	if len(due) != 1 || !due[0].Equal(eight) {
+		t.Fatalf("intake reminders due at %v; want one, at 08:00 Chicago (%v)", due, eight.UTC())
 	}
 }
 

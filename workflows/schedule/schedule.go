@@ -200,6 +200,19 @@ func location(zone string) (*time.Location, error) {
 // placed in UTC without quiet hours, as RemindAwake sends such a one's
 // message at once: one bad record must not cost everyone their reminders.
 func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient) []Planned {
+	return plan(event, now, offsets, recipients, false)
+}
+
+// PlanAwake is Plan, except that a recipient's late reminder (sent at now)
+// is left out when it would wait for the end of their quiet hours (Awake)
+// until the time of their next reminder or later: booked at 07:00 for a
+// meeting at 09:00, someone quiet until 08:00 would otherwise get the late
+// reminder and the two hours' one together at 08:00.
+func PlanAwake(event, now time.Time, offsets []time.Duration, recipients []Recipient) []Planned {
+	return plan(event, now, offsets, recipients, true)
+}
+
+func plan(event, now time.Time, offsets []time.Duration, recipients []Recipient, awake bool) []Planned {
 	var out []Planned
 	for _, r := range recipients {
 		placed := r
@@ -219,6 +232,16 @@ func Plan(event, now time.Time, offsets []time.Duration, recipients []Recipient)
 				continue
 			}
 			out = append(out, Planned{Recipient: r, Offset: off, At: at})
+		}
+		if late != nil && awake {
+			// placed parses; the next of r's is the earliest after now.
+			wakes, _ := Awake(now, placed, event)
+			for _, p := range out {
+				if p.Recipient.ID == r.ID && p.Recipient.Kind == r.Kind && !p.At.After(wakes) {
+					late = nil
+					break
+				}
+			}
 		}
 		if late != nil {
 			out = append(out, *late)

@@ -78,6 +78,49 @@ func TestPlanCollapsesLateReminders(t *testing.T) {
 	}
 }
 
+// Booked in someone's quiet hours at short notice, the late reminder would
+// wait for their end and go out with the next one placed there: PlanAwake
+// leaves it out, for them only. One that goes out before the next keeps
+// its place.
+func TestPlanAwakeSendsOneReminderAtTheEndOfQuietHours(t *testing.T) {
+	ny := mustLoc(t, "America/New_York")
+	at := func(day, h, m int) time.Time { return time.Date(2026, 12, day, h, m, 0, 0, ny) }
+	offsets := []time.Duration{72 * time.Hour, 24 * time.Hour, 2 * time.Hour}
+	mom := Recipient{ID: "mom", TimeZone: "America/New_York", Quiet: QuietHours{Start: "21:00", End: "08:00"}}
+	rs := []Recipient{{ID: "counselor-1", TimeZone: "America/New_York"}, mom}
+	now, meeting := at(10, 7, 0), at(10, 9, 0)
+	whole := Plan(meeting, now, offsets, rs)
+	awake := PlanAwake(meeting, now, offsets, rs)
+	byID := func(plan []Planned, id string) (out []Planned) {
+		for _, p := range plan {
+			if p.Recipient.ID == id {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	if got := byID(whole, "mom"); len(got) != 2 {
+		t.Fatalf("Plan gives mom %+v; want the late reminder and the two hours' one", got)
+	}
+	got := byID(awake, "mom")
+	if len(got) != 1 || got[0].Offset != 2*time.Hour || !got[0].At.Equal(at(10, 8, 0)) {
+		t.Fatalf("PlanAwake gives mom %+v; want the two hours' one alone, at 08:00", got)
+	}
+	if c := byID(awake, "counselor-1"); len(c) != 1 || !c[0].At.Equal(now) {
+		t.Fatalf("PlanAwake gives the counselor, who keeps no quiet hours, %+v; want one now", c)
+	}
+	// Booked at 23:00 for 10:00 tomorrow: the late one would wait for 08:00,
+	// the two hours' one is there at 08:00 too.
+	if got := byID(PlanAwake(at(11, 10, 0), at(10, 23, 0), offsets, rs), "mom"); len(got) != 1 || !got[0].At.Equal(at(11, 8, 0)) {
+		t.Fatalf("booked late at night: %+v; want one, at 08:00", got)
+	}
+	// Booked at 20:00 for 18:00 tomorrow: the late one goes now, before
+	// quiet hours, and the next at 16:00 tomorrow.
+	if got := byID(PlanAwake(at(11, 18, 0), at(10, 20, 0), offsets, rs), "mom"); len(got) != 2 || !got[0].At.Equal(at(10, 20, 0)) {
+		t.Fatalf("booked in the evening: %+v; want the late one now and the two hours' one", got)
+	}
+}
+
 // A message due now waits for the end of the recipient's quiet hours,
 // unless that is not before what it is about.
 func TestAwake(t *testing.T) {
