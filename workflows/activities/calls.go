@@ -1292,9 +1292,13 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 
 // supportReason is the minimum necessary: what is offered, not why.
 func supportReason(k referralsv1.ServiceKind) string {
-	switch k {
-	case referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_SYRINGE_SERVICES:
+	switch {
+	case k == referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE, k == referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_SYRINGE_SERVICES:
 		return "Harm reduction offered while treatment is declined."
+	case slices.Contains(careKinds, k):
+		// Care accepted beside medication: the person said yes to it, and
+		// is not someone declining treatment.
+		return "Treatment the person accepted at a family intervention."
 	default:
 		return "Support for the family while their loved one is not in treatment."
 	}

@@ -476,6 +476,7 @@ type matchFake struct {
 	tried   []string          // programs CreateReferral was called with
 	ids     map[string]string // request id per program tried
 	asked   []*referralsv1.MatchProgramsRequest
+	reasons []string // the reason of each referral asked for
 	// refusing has a program refuse every referral for a reason.
 	refusing map[string]string
 }
@@ -492,6 +493,7 @@ func (f *matchFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgra
 func (f *matchFake) CreateReferral(_ context.Context, in *referralsv1.CreateReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
 	p := in.GetReferral().GetProgram()
 	f.tried, f.ids[p] = append(f.tried, p), in.GetRequestId()
+	f.reasons = append(f.reasons, in.GetReferral().GetReason())
 	if reason := f.refusing[p]; reason != "" {
 		return nil, apperr.FailedPrecondition(reason, p+" refuses", map[string]string{"resource": p})
 	}
@@ -544,6 +546,29 @@ func TestSupportReferralRetryAfterTheMatchChanged(t *testing.T) {
 			if id != first {
 				t.Errorf("%s: request ids differ between programs: %v", c.name, refs.ids)
 			}
+		}
+	}
+}
+
+// Care accepted beside medication (inpatient, outpatient, intensive
+// outpatient) is referred as treatment the person said yes to, not as
+// support while they are out of treatment; harm reduction and family
+// support keep their wording.
+func TestSupportReasonSaysWhatWasAccepted(t *testing.T) {
+	for kind, want := range map[string]string{
+		"INPATIENT":               "Treatment the person accepted at a family intervention.",
+		"INTENSIVE_OUTPATIENT":    "Treatment the person accepted at a family intervention.",
+		"HARM_REDUCTION_NALOXONE": "Harm reduction offered while treatment is declined.",
+		"FAMILY_SUPPORT_GROUP":    "Support for the family while their loved one is not in treatment.",
+	} {
+		refs := &matchFake{ranked: []string{"clinics/north/programs/p1"}, ids: map[string]string{}}
+		a := &Activities{Referrals: refs, Families: familyFake{}}
+		if _, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+			Kinds: []string{kind}, Urgency: "URGENT", RequestID: "r"}); err != nil {
+			t.Fatalf("%s: %v", kind, err)
+		}
+		if len(refs.reasons) != 1 || refs.reasons[0] != want {
+			t.Errorf("%s referred with %q; want %q", kind, refs.reasons, want)
 		}
 	}
 }
