@@ -821,6 +821,13 @@ func TestCompletedWithoutTheBookedIntake(t *testing.T) {
 	if got := businessCode(task(r)); got != "7.0" {
 		t.Errorf("admitted while the intake was on hold: business status %s; want 7.0", got)
 	}
+	r.History[0].FromState = referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW
+	if a := intakeAppointment(r); a["status"] != "noshow" {
+		t.Errorf("admitted after missing the intake: appointment %v; want noshow, as it was", a["status"])
+	}
+	if got := businessCode(task(r)); got != "7.0" {
+		t.Errorf("admitted after missing the intake: business status %s; want 7.0, not the event's 5.1.4", got)
+	}
 }
 
 // manyFamilies is a clinic of n families of one member each, listed one

@@ -440,7 +440,11 @@ func intakeAppointment(r *referralsv1.Referral) obj {
 	switch r.GetState() {
 	case referralsv1.ReferralState_REFERRAL_STATE_COMPLETED:
 		status = "fulfilled"
-		if intake.Superseded(r) {
+		switch {
+		case intake.CompletedFrom(r) == referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:
+			// Missed, then admitted some other way: it stays missed.
+			status = "noshow"
+		case intake.Superseded(r):
 			status = "cancelled"
 		}
 	case referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW:

@@ -396,7 +396,8 @@ func TestReferralStateMachine(t *testing.T) {
 		{req, acc}: true, {req, rej}: true, {req, can}: true,
 		{acc, sch}: true, {acc, rej}: true, {acc, can}: true, {acc, comp}: true,
 		{sch, comp}: true, {sch, ns}: true, {sch, can}: true, {sch, sch}: true, {sch, hold}: true,
-		{ns, sch}: true, {ns, can}: true,
+		// A missed intake, then admitted without a new booking (a walk-in).
+		{ns, sch}: true, {ns, can}: true, {ns, comp}: true,
 		{hold, sch}: true, {hold, can}: true, {hold, comp}: true,
 		// Voided from anything but a treatment entry, or a void.
 		{req, eie}: true, {acc, eie}: true, {rej, eie}: true, {sch, eie}: true, {ns, eie}: true, {can, eie}: true, {hold, eie}: true,
@@ -2435,7 +2436,8 @@ func TestAnUnusedConvertedPlaceGoesBack(t *testing.T) {
 
 // A referral completed at its booked intake says "event completed"
 // (BSeR 5.1.4); one completed with no intake booked, admitted on the spot,
-// says "fulfillment completed" (7.0), as its FHIR Task does.
+// says "fulfillment completed" (7.0), as its FHIR Task does, and so does
+// one completed after its booked intake was missed.
 func TestBusinessStatusOfACompletedReferral(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
@@ -2444,7 +2446,13 @@ func TestBusinessStatusOfACompletedReferral(t *testing.T) {
 		t.Fatal(err)
 	}
 	booked := f.booked(t, p.GetName(), nil, time.Now().Add(-time.Minute))
-	for name, want := range map[string]string{booked.GetName(): "event completed", spot.GetName(): "fulfillment completed"} {
+	// Missed, then admitted without a new booking: the event did not take place.
+	missed := f.booked(t, p.GetName(), nil, time.Now().Add(-time.Minute))
+	if _, err := f.client.MarkReferralNoShow(f.ehr, &referralsv1.TransitionReferralRequest{Name: missed.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{booked.GetName(): "event completed", spot.GetName(): "fulfillment completed",
+		missed.GetName(): "fulfillment completed"} {
 		got, err := f.client.CompleteReferral(f.ehr, &referralsv1.CompleteReferralRequest{Name: name})
 		if err != nil || got.GetBusinessStatus() != want {
 			t.Fatalf("completed %s: %q, %v; want %q", name, got.GetBusinessStatus(), err, want)

@@ -47,9 +47,10 @@ var legal = map[state][]state{
 	rejected:  {requested, accepted},
 	scheduled: {accepted, scheduled, noShow, onHold},
 	// From accepted: admitted on the spot, a walk-in or a same-day warm
-	// handoff with no booking to record first; from hold: admitted
-	// without a new booking.
-	completed: {accepted, scheduled, onHold},
+	// handoff with no booking to record first; from hold or a missed
+	// intake: admitted without a new booking (the person came in after
+	// all), which a fake booking would otherwise have to stand for.
+	completed: {accepted, scheduled, noShow, onHold},
 	noShow:    {scheduled},
 	cancelled: {requested, accepted, scheduled, noShow, onHold},
 	// Gravity's on-hold pauses work that started: here, a booked intake.

@@ -676,7 +676,8 @@ func (SubjectKind) EnumDescriptor() ([]byte, []int) {
 //     booking) | REJECTED | CANCELLED
 //   - SCHEDULED -> COMPLETED | NO_SHOW | CANCELLED | SCHEDULED (rebooked with
 //     a new appointment)
-//   - NO_SHOW -> SCHEDULED (rebooked) | CANCELLED
+//   - NO_SHOW -> SCHEDULED (rebooked) | COMPLETED (came in after all,
+//     with no new booking) | CANCELLED
 //   - SCHEDULED -> ON_HOLD (the program paused the intake)
 //   - ON_HOLD -> SCHEDULED (rebooked) | COMPLETED (admitted without a new
 //     booking) | CANCELLED

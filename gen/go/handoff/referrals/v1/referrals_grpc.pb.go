@@ -204,7 +204,8 @@ type ReferralsServiceClient interface {
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
-	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
+	// handoff), SCHEDULED, NO_SHOW (came in after missing the intake) or
+	// ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(ctx context.Context, in *CompleteReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records a further service the person received after entering
@@ -697,7 +698,8 @@ type ReferralsServiceServer interface {
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
-	// handoff), SCHEDULED or ON_HOLD referral can be completed. Sets
+	// handoff), SCHEDULED, NO_SHOW (came in after missing the intake) or
+	// ON_HOLD referral can be completed. Sets
 	// `treatment_entry_time` and `days_to_treatment_entry`.
 	CompleteReferral(context.Context, *CompleteReferralRequest) (*Referral, error)
 	// Records a further service the person received after entering
