@@ -45,14 +45,17 @@ func renderCalendar(events []calendarEvent) string {
 		w("SEQUENCE", strconv.FormatInt(e.sequence, 10))
 		w("DTSTART", icalTime(e.start))
 		w("DTEND", icalTime(e.end))
-		w("SUMMARY", escapeText(e.summary))
-		w("DESCRIPTION", escapeText("Handoff: "+e.resource))
-		status := "CONFIRMED"
+		// A cancelled event says so in its summary and does not block the
+		// time as well as in STATUS: some subscribing clients ignore
+		// STATUS in a published feed and would show it on, and busy.
+		summary, status, transp := e.summary, "CONFIRMED", "OPAQUE"
 		if e.cancelled {
-			status = "CANCELLED"
+			summary, status, transp = "Cancelled: "+e.summary, "CANCELLED", "TRANSPARENT"
 		}
+		w("SUMMARY", escapeText(summary))
+		w("DESCRIPTION", escapeText("Handoff: "+e.resource))
 		w("STATUS", status)
-		w("TRANSP", "OPAQUE")
+		w("TRANSP", transp)
 		w("X-HANDOFF-RESOURCE", escapeText(e.resource))
 		w("END", "VEVENT")
 	}

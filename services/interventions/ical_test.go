@@ -47,3 +47,24 @@ func TestCalendarAlwaysHoldsAComponent(t *testing.T) {
 		t.Fatalf("feed with an event:\n%s", one)
 	}
 }
+
+// A cancelled event says so three ways: STATUS, its summary, and not
+// blocking the time, as some subscribing clients ignore STATUS in a
+// published feed. A confirmed one blocks it.
+func TestCancelledEventsSayItWhereverClientsLook(t *testing.T) {
+	now := time.Now()
+	ev := calendarEvent{uid: "u", resource: "r", summary: "Family intervention", start: now, end: now.Add(time.Hour), created: now, modified: now}
+	on := renderCalendar([]calendarEvent{ev})
+	ev.cancelled = true
+	off := renderCalendar([]calendarEvent{ev})
+	for _, want := range []string{"\r\nSUMMARY:Family intervention\r\n", "\r\nSTATUS:CONFIRMED\r\n", "\r\nTRANSP:OPAQUE\r\n"} {
+		if !strings.Contains(on, want) {
+			t.Errorf("confirmed event lacks %q:\n%s", want, on)
+		}
+	}
+	for _, want := range []string{"\r\nSUMMARY:Cancelled: Family intervention\r\n", "\r\nSTATUS:CANCELLED\r\n", "\r\nTRANSP:TRANSPARENT\r\n"} {
+		if !strings.Contains(off, want) {
+			t.Errorf("cancelled event lacks %q:\n%s", want, off)
+		}
+	}
+}
