@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"slices"
 	"strconv"
@@ -373,10 +374,14 @@ type pending struct {
 	ownFailures              int       // tries failed on Handoff's side in a row (migration 0016)
 	refusals                 int       // answers in a row that refused it (migration 0014)
 	consulted                bool      // this attempt asked the families service (disclose)
-	url, secret, owner       string
-	previous                 string // a rotated secret still in its grace
-	audience                 string
-	full                     bool
+	// toRecord is the information of the data this attempt's body carries,
+	// whose disclosure is recorded as the body starts to go (recordFirst);
+	// unspecified for a body that carries none.
+	toRecord           familiesv1.InformationKind
+	url, secret, owner string
+	previous           string // a rotated secret still in its grace
+	audience           string
+	full               bool
 	// outsider: the owner is an outside system, whose notifications about
 	// a family go only under a consent (see body).
 	outsider bool
@@ -530,8 +535,10 @@ var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
 // disclosure: it may have been recorded, and a second call under its
 // request id gets the stored answer (the families service checks the
 // consent again before it gives one). The try is given back, as for any
-// own-side failure, and the delivery is marked (record_unsure) so that
-// the next try also checks the consent itself first, not relying on that.
+// own-side failure. The delivery is still marked (record_unsure) for a
+// sender of the release before, during a rolling update, which then
+// checks the consent first on its next try; this release checks it before
+// every record (body, then recordFirst).
 var errRecordUnsure = fmt.Errorf("the disclosure record's answer was lost: %w", errOwnSide)
 
 // errWithheld marks a notification an outside system may not receive: no
@@ -761,6 +768,7 @@ type notification struct {
 // reads through the API do: without one the notification is withheld
 // (errWithheld), not sent with identifiers only.
 func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
+	p.toRecord = familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED
 	n := notification{
 		ID: p.id, Sequence: p.seq, Type: p.eventType, Topic: strings.TrimPrefix(p.topic.String(), "TOPIC_"),
 		Resource: p.resource, Time: p.created.UTC().Format(time.RFC3339Nano),
@@ -782,16 +790,21 @@ func (s *Sender) body(ctx context.Context, p *pending) ([]byte, error) {
 		}
 		msg, disclosable := viewFor(p.audience, msg)
 		if info, ok := informationOf(msg); disclosable && ok {
-			ok, err := s.disclose(ctx, p, info, true)
+			// Checked now, recorded only as the body goes (post): an
+			// attempt that never reaches the receiver (its name does not
+			// resolve, it refuses the connection, its certificate is bad)
+			// disclosed nothing, and the accounting must not say it did.
+			ok, err := s.disclose(ctx, p, info, false)
 			if err != nil {
 				return nil, err
 			}
-			if ok {
+			if ok && s.cfg.Families != nil {
 				data, err := protojson.Marshal(msg)
 				if err != nil {
 					return nil, fmt.Errorf("encode payload: %w", err)
 				}
 				n.Data, n.Notice = data, Notice
+				p.toRecord = info
 			} else if p.outsider && s.cfg.Families != nil {
 				return nil, errWithheld
 			}
@@ -876,21 +889,21 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 	return msg, false
 }
 
-// disclose asks the families service to check consent and record the
-// disclosure. It answers false when no consent covers it (none given, or
-// revoked or expired since), so the notification goes out with
+// disclose asks the families service to check consent and, with record,
+// record the disclosure. It answers false when no consent covers it (none
+// given, or revoked or expired since), so the notification goes out with
 // identifiers only. A family deleted since keeps its consents (42 CFR
 // 2.31), and they still answer. Consent is checked anew for every
 // attempt, so that a revocation counts at once, but
 // a delivery is recorded once however many attempts it takes (and once
 // more for each replay of it as a dead letter, and again if the consent it
 // was recorded under no longer covers it while another does): the
-// record's request id is derived from the delivery's id and replays. It
-// is recorded before the first attempt, which may reach the receiver
-// whatever its answer.
+// record's request id is derived from the delivery's id and replays.
 //
-// Without record it only checks (validate_only): for a notification that
-// carries nothing of the record, only that it changed.
+// body checks (validate_only) and post records, once a connection to the
+// receiver stands and before any byte of the request goes (recordFirst):
+// from then on it may reach the receiver whatever its answer, and before
+// then it cannot.
 func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind, record bool) (bool, error) {
 	if s.cfg.Families == nil {
 		return false, nil
@@ -900,47 +913,73 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK, MemberId: p.member,
 	}
-	// The first attempt (of a delivery, or of a replay) records, which
-	// checks the consent. A later one checks first, then records under the
-	// same request id: answered from the first attempt's record while the
-	// consent it names still covers, recorded anew under another that does.
-	check := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
-	rec := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
-	var reqs []*familiesv1.CreateDisclosureRequest
-	switch {
-	case !record:
-		reqs = []*familiesv1.CreateDisclosureRequest{check}
-	case p.attempts > 1 || p.recordUnsure:
-		reqs = []*familiesv1.CreateDisclosureRequest{check, rec}
-	default:
-		reqs = []*familiesv1.CreateDisclosureRequest{rec}
+	// A record under the same request id on a later attempt is answered
+	// from the first attempt's record while the consent it names still
+	// covers, and recorded anew under another that does.
+	req := &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, ValidateOnly: true}
+	if record {
+		req = &familiesv1.CreateDisclosureRequest{Parent: p.family, Disclosure: d, RequestId: p.disclosureRequestID()}
 	}
-	for _, req := range reqs {
-		cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-		_, err := s.cfg.Families.CreateDisclosure(cctx, req)
-		cancel()
-		switch status.Code(err) {
-		case codes.OK:
-		case codes.FailedPrecondition, codes.NotFound:
-			return false, nil
-		// A method the families service lacks (a rollout half done) passes
-		// with time, like an outage: it is left to the default below.
-		case codes.Unauthenticated, codes.PermissionDenied:
-			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
-		case codes.InvalidArgument:
-			// This delivery's request, not the sender's token (a
-			// subscriber whose id no disclosure can name): an attempt of
-			// its own, so that it ends as a dead letter instead of holding
-			// back its resource for good.
-			return false, fmt.Errorf("consent check refused this delivery: %s", status.Convert(err).Message())
-		default:
-			if req == rec {
-				return false, fmt.Errorf("disclosure record: %s: %w", status.Code(err), errRecordUnsure)
-			}
-			return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	_, err := s.cfg.Families.CreateDisclosure(cctx, req)
+	cancel()
+	switch status.Code(err) {
+	case codes.OK:
+		return true, nil
+	case codes.FailedPrecondition, codes.NotFound:
+		return false, nil
+	// A method the families service lacks (a rollout half done) passes
+	// with time, like an outage: it is left to the default below.
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errRefused)
+	case codes.InvalidArgument:
+		// This delivery's request, not the sender's token (a
+		// subscriber whose id no disclosure can name): an attempt of
+		// its own, so that it ends as a dead letter instead of holding
+		// back its resource for good.
+		return false, fmt.Errorf("consent check refused this delivery: %s", status.Convert(err).Message())
+	default:
+		if record {
+			return false, fmt.Errorf("disclosure record: %s: %w", status.Code(err), errRecordUnsure)
+		}
+		return false, fmt.Errorf("consent check: %s: %w", status.Code(err), errOwnSide)
+	}
+}
+
+// errLapsed marks a disclosure refused as its body was about to go: the
+// consent checked for it ended in between. Nothing was sent; the next
+// attempt checks again, and sends identifiers only or withholds it.
+var errLapsed = fmt.Errorf("the consent ended as the notification was sent: %w", errOwnSide)
+
+// recording records, as the transport gets its connection for p's
+// request (TLS included) and before it writes a byte, the disclosure of
+// what body carries: an attempt that never reaches the receiver (its name
+// does not resolve, it refuses the connection, its certificate is bad)
+// disclosed nothing, and the accounting must not say it did. A failed
+// record empties body, so that the request fails its Content-Length
+// before anything leaves its buffer; recorded then reports what the
+// record did (nil when it was not asked).
+func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader) (_ context.Context, recorded func() (bool, error)) {
+	if p.toRecord == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		return ctx, func() (bool, error) { return false, nil }
+	}
+	var asked bool
+	var err error
+	record := func() {
+		if asked {
+			return
+		}
+		asked = true
+		var ok bool
+		if ok, err = s.disclose(ctx, p, p.toRecord, true); err == nil && !ok {
+			err = errLapsed
+		}
+		if err != nil {
+			body.Reset(nil)
 		}
 	}
-	return true, nil
+	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { record() }})
+	return traced, func() (bool, error) { return asked, err }
 }
 
 // eventInformation is the kind of information an event's notification
@@ -1035,10 +1074,15 @@ func (e httpStatusError) Error() string { return fmt.Sprintf("HTTP %d", int(e)) 
 
 // post sends the signed notification and returns the response status.
 func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+	content := bytes.NewReader(body)
+	rctx, recorded := s.recording(ctx, p, content)
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, p.url, content)
 	if err != nil {
 		return 0, fmt.Errorf("build request: %w", err)
 	}
+	// No GetBody: the transport must not send the body again on a
+	// connection of its own choosing, past the record.
+	req.GetBody = nil
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Handoff-Webhooks/1")
 	req.Header.Set(IDHeader, p.id)
@@ -1056,11 +1100,32 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	s.posting[p] = began
 	s.fmu.Unlock()
 	resp, err := s.client.Do(req)
+	asked, recErr := recorded()
+	if recErr != nil {
+		// Not sent: the record failed as the connection came.
+		if err == nil {
+			resp.Body.Close()
+		}
+		s.posted(p, began, false)
+		return 0, recErr
+	}
 	if err != nil {
 		s.posted(p, began, false)
 		return 0, err
 	}
 	defer resp.Body.Close()
+	if !asked && p.toRecord != familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		// A transport that tells no connection (not net/http's own) sent
+		// it unrecorded: recorded now, late rather than never.
+		ok, derr := s.disclose(ctx, p, p.toRecord, true)
+		if derr != nil {
+			s.posted(p, began, false)
+			return 0, fmt.Errorf("record the disclosure sent: %w", derr)
+		}
+		if !ok {
+			s.cfg.Log.Warn("webhook sent as its consent ended: its disclosure could not be recorded", "delivery", p.name())
+		}
+	}
 	// Timed to the end of the body: a receiver that answers its headers at
 	// once and then trickles (or never ends) the body holds the slot as
 	// long as one that hangs.

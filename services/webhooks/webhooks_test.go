@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -543,11 +544,41 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 		d.GetDisclosure().GetResource() != "clinics/north/referrals/r1" || !strings.HasPrefix(d.GetRequestId(), "webhook-") {
 		t.Fatalf("disclosure asked: %v", d)
 	}
-	// Each notification, delivered at its first attempt, asked once: its
-	// record checks the consent itself (the first was refused), and no
-	// separate check is spent on a first attempt.
-	if n := len(fam.records()); len(fam.asked) != 2 || n != 2 {
-		t.Fatalf("%d calls of which %d records, want 2 and 2", len(fam.asked), n)
+	// Each notification's attempt checks the consent; the first, refused,
+	// goes no further, and the second's disclosure is recorded once, as
+	// its connection to the receiver stood.
+	if n := len(fam.records()); len(fam.asked) != 3 || n != 1 {
+		t.Fatalf("%d calls of which %d records, want 3 and 1", len(fam.asked), n)
+	}
+}
+
+// A receiver that cannot be reached (nothing listens at its address) was
+// disclosed nothing: every attempt checks the consent, none records a
+// disclosure, and the accounting of disclosures lists none.
+func TestUnreachableReceiverRecordsNoDisclosure(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := "http://" + ln.Addr().String() + "/hooks"
+	ln.Close()
+	sub := f.subscribe(t, f.ehr, gone, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	runSender(t, fastSender(f.db, fam, 2))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "a dead letter", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName(), Filter: "state = DEAD"})
+		return err == nil && len(resp.GetDeliveries()) == 1
+	})
+	fam.mu.Lock()
+	defer fam.mu.Unlock()
+	if n := len(fam.records()); n != 0 || len(fam.asked) < 2 {
+		t.Fatalf("two attempts at an unreachable receiver: %d calls, %d of them records; want a check each and no record", len(fam.asked), n)
 	}
 }
 
@@ -782,11 +813,11 @@ func TestDisclosureOncePerDeliveryAndReplay(t *testing.T) {
 	}
 	fam.mu.Lock()
 	defer fam.mu.Unlock()
-	// The consent was looked at for every attempt: by the record of each
-	// first attempt (the delivery's, the replay's), and by a check before
-	// the two retries, whose record answered from the first.
-	if checks := len(fam.asked) - len(fam.records()); checks != 2 {
-		t.Fatalf("%d consent checks, want one before each of the 2 retries", checks)
+	// The consent was checked before every attempt (three of the
+	// delivery's, one of the replay's), each retry's record answered from
+	// the first.
+	if checks := len(fam.asked) - len(fam.records()); checks != 4 {
+		t.Fatalf("%d consent checks, want one before each of the 4 attempts", checks)
 	}
 }
 
@@ -1301,8 +1332,8 @@ func TestLostRecordAnswerDoesNotOutliveARevocation(t *testing.T) {
 	}
 	fam.mu.Lock()
 	defer fam.mu.Unlock()
-	if len(fam.asked) != 2 || fam.asked[0].GetValidateOnly() || !fam.asked[1].GetValidateOnly() {
-		t.Fatalf("asked %v; want the record, then a check that the revocation refuses", fam.asked)
+	if len(fam.asked) != 3 || !fam.asked[0].GetValidateOnly() || fam.asked[1].GetValidateOnly() || !fam.asked[2].GetValidateOnly() {
+		t.Fatalf("asked %v; want a check, the record, then a check that the revocation refuses", fam.asked)
 	}
 }
 
