@@ -34,6 +34,9 @@ type Event struct {
 	// Creates says the call creates a record under Resource (its parent):
 	// the record's name, once known, takes Resource's place (see Stamp).
 	Creates bool
+	// Elsewhere says the record it creates lies elsewhere in Resource's
+	// clinic (HoldSlot names a program and makes a hold).
+	Elsewhere bool
 }
 
 // Recorder writes events to a service's audit_log, in the call's clinic
@@ -114,8 +117,12 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	// A create's record waits for the statement that writes the record it
 	// makes, to name it (pgdb.ExecNaming); committed without one, it names
 	// the parent.
-	return &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
+	st := &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
 		Rename: func(resource string) []any { return args(Event{Resource: resource}.clean().Resource) }}
+	if e.Elsewhere {
+		st.Within = "clinics/" + clinic + "/"
+	}
+	return st
 }
 
 var filterFields = map[string]aip.FilterField{

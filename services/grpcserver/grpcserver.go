@@ -262,6 +262,9 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	if i.audit != nil {
 		e := audit.Event{Subject: p.Subject, Roles: audit.Roles(p.Roles), Method: info.FullMethod,
 			Resource: requestResource(m), RequestID: requestID(m), Creates: creates(info.FullMethod, m)}
+		if c, ok := info.Server.(Creator); ok && c.CreatesElsewhere(info.FullMethod) {
+			e.Creates, e.Elsewhere = true, true
+		}
 		// A call that commits a change writes its record in the same
 		// transaction: the record cannot be lost while the change stays,
 		// and the call waits for one commit, not two. Calls without one
@@ -357,14 +360,27 @@ func creates(method string, m proto.Message) bool {
 	return d.ByName("parent") != nil && d.ByName("name") == nil
 }
 
+// Creator is a service some of whose methods, not named Create, make a
+// record elsewhere in the clinic than under what their request names
+// (HoldSlot names a program and makes a hold): the call is recorded by
+// the record it made, as a create is, so that the trail answers who made
+// it.
+type Creator interface {
+	CreatesElsewhere(fullMethod string) bool
+}
+
 // createdName is the name of the record a create answered with, if it lies
-// under the parent e names.
+// under the parent e names (or in its clinic, for a Creator's).
 func createdName(e audit.Event, resp any) string {
 	r, ok := resp.(proto.Message)
 	if !e.Creates || !ok {
 		return ""
 	}
-	if name := aip.StringField(r, "name"); strings.HasPrefix(name, e.Resource+"/") {
+	within := e.Resource + "/"
+	if e.Elsewhere {
+		within = "clinics/" + aip.Clinic(e.Resource) + "/"
+	}
+	if name := aip.StringField(r, "name"); strings.HasPrefix(name, within) && within != "clinics//" {
 		return name
 	}
 	return ""

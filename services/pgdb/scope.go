@@ -205,9 +205,21 @@ type Stamp struct {
 	// if no statement named one.
 	Deferred bool
 	Resource string
-	Rename   func(resource string) []any
-	taken    atomic.Bool // a transaction is writing it
-	wrote    atomic.Bool // a committed transaction holds it
+	// Within is the prefix of the names a deferred stamp takes; empty for
+	// the records under Resource. A call that makes a record elsewhere
+	// (a hold for a program) gives its clinic's.
+	Within string
+	Rename func(resource string) []any
+	taken  atomic.Bool // a transaction is writing it
+	wrote  atomic.Bool // a committed transaction holds it
+}
+
+// takes reports whether a deferred stamp may name resource.
+func (s *Stamp) takes(resource string) bool {
+	if s.Within != "" {
+		return strings.HasPrefix(resource, s.Within)
+	}
+	return strings.HasPrefix(resource, s.Resource+"/")
 }
 
 // Written reports whether a committed transaction holds the stamp.
@@ -314,12 +326,12 @@ func (t *releasingTx) claimAny() *Stamp {
 }
 
 // StampNames has a deferred stamp waiting in tx name resource, a record
-// under its resource: it then goes with tx's next statement (or at the
+// it takes (under its resource, or Within): it then goes with tx's next statement (or at the
 // commit, if none comes). For a create that knows the name of what it
 // makes before writing it, and a retry that answers with what the first
 // call made.
 func StampNames(tx pgx.Tx, resource string) {
-	if t, ok := tx.(*releasingTx); ok && t.stamp != nil && t.stamp.Deferred && strings.HasPrefix(resource, t.stamp.Resource+"/") {
+	if t, ok := tx.(*releasingTx); ok && t.stamp != nil && t.stamp.Deferred && t.stamp.takes(resource) {
 		t.named = resource
 	}
 }
@@ -329,7 +341,7 @@ func StampNames(tx pgx.Tx, resource string) {
 // goes with it, in one round trip, recording the call by that name.
 func ExecNaming(ctx context.Context, tx pgx.Tx, resource, sql string, args ...any) (pgconn.CommandTag, error) {
 	t, ok := tx.(*releasingTx)
-	if !ok || t.stamp == nil || !t.stamp.Deferred || t.stamp.Rename == nil || !strings.HasPrefix(resource, t.stamp.Resource+"/") {
+	if !ok || t.stamp == nil || !t.stamp.Deferred || t.stamp.Rename == nil || !t.stamp.takes(resource) {
 		return tx.Exec(ctx, sql, args...)
 	}
 	st := t.claimAny()

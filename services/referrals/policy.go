@@ -48,3 +48,11 @@ func Policy() grpcserver.Policy {
 	p[svc+"ListAuditEvents"] = []auth.Role{auth.RoleClinicAdmin}
 	return p
 }
+
+// CreatesElsewhere implements grpcserver.Creator: HoldSlot names a program
+// and makes a hold, ConvertHold names a hold and makes a referral. Each is
+// recorded in the audit trail by what it made, so that "who made this
+// hold (or referral)?" finds its creation.
+func (s *Server) CreatesElsewhere(method string) bool {
+	return method == svc+"HoldSlot" || method == svc+"ConvertHold"
+}

@@ -249,6 +249,48 @@ func TestConvertingALapsedHoldFreesItsSlot(t *testing.T) {
 	}
 }
 
+// A hold and the referral its conversion makes are recorded in the audit
+// trail by their own names, as a create's record is, so that "who made
+// this hold?" and "who made this referral?" find their creation; a retried
+// conversion answered from its first call too.
+func TestHoldAndConversionAreAuditedByWhatTheyMade(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
+		Intervention: "clinics/north/interventions/i1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	convert := &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted", RequestId: "convert-1"}
+	r, err := f.client.ConvertHold(f.ctx, convert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.ConvertHold(f.ctx, convert); err != nil {
+		t.Fatalf("the conversion retried: %v", err)
+	}
+	records := func(method string) []string {
+		t.Helper()
+		rows, err := f.pool.Query(context.Background(), `SELECT resource FROM audit_log WHERE method LIKE '%/'||$1 AND outcome = 'OK' ORDER BY id`, method)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if got := records("HoldSlot"); len(got) != 1 || got[0] != h.GetName() {
+		t.Errorf("HoldSlot recorded as %v; want the hold it made, %s", got, h.GetName())
+	}
+	if got := records("ConvertHold"); len(got) != 2 || got[0] != r.GetName() || got[1] != r.GetName() {
+		t.Errorf("ConvertHold, then its retry, recorded as %v; want the referral made, %s, twice", got, r.GetName())
+	}
+}
+
 // A list of programs agrees with GetHold before the sweep runs: a lapsed
 // hold's slot is free in it.
 func TestListedProgramsFreeLapsedHolds(t *testing.T) {
