@@ -77,7 +77,14 @@ func Setup(cfg Config) (*Telemetry, error) {
 		// header: anyone could grow them a series per Host they send,
 		// until the process runs out of memory. The server is the process.
 		sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: "http.server.*"},
-			sdkmetric.Stream{AttributeFilter: attribute.NewDenyKeysFilter("server.address", "server.port")})))
+			sdkmetric.Stream{AttributeFilter: attribute.NewDenyKeysFilter("server.address", "server.port")})),
+		// The gRPC metrics name the peer's address: a client's calls,
+		// balanced over a service's replicas, would grow a series per pod
+		// IP, and every rollout new ones, which the exporter keeps for
+		// the life of the process.
+		sdkmetric.WithView(sdkmetric.NewView(sdkmetric.Instrument{Name: "rpc.*"},
+			sdkmetric.Stream{AttributeFilter: attribute.NewDenyKeysFilter("server.address", "server.port",
+				"network.peer.address", "network.peer.port", "client.address", "client.port")})))
 	otel.SetTracerProvider(tp)
 	otel.SetMeterProvider(mp)
 	otel.SetTextMapPropagator(propagation.TraceContext{})

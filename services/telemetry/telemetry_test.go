@@ -12,10 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/gateway"
@@ -215,6 +220,45 @@ func TestHTTPMetricsIgnoreTheHost(t *testing.T) {
 	for _, leak := range []string{"a.example", "b.example", `"8443"`, "server_address", "server_port"} {
 		if strings.Contains(body, leak) {
 			t.Fatalf("the metrics hold %q: a series per Host", leak)
+		}
+	}
+}
+
+// The gRPC metrics do not name the peer's address or port: balanced over
+// a service's replicas, a client would grow a series per pod IP.
+func TestGRPCMetricsIgnoreThePeer(t *testing.T) {
+	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tel.Shutdown(context.Background()) //nolint:errcheck
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.StatsHandler(otelgrpc.NewServerHandler()))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(lis) //nolint:errcheck
+	defer srv.Stop()
+	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	tel.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	body := rec.Body.String()
+	if !strings.Contains(body, "rpc_client_") || !strings.Contains(body, "rpc_server_") {
+		t.Fatalf("no gRPC client and server metrics in %s", body)
+	}
+	_, port, _ := net.SplitHostPort(lis.Addr().String())
+	for _, leak := range []string{"127.0.0.1", `"` + port + `"`, "server_address", "server_port", "network_peer"} {
+		if strings.Contains(body, leak) {
+			t.Fatalf("the metrics hold %q: a series per peer", leak)
 		}
 	}
 }
