@@ -263,8 +263,12 @@ func windowQuery(from, to bool) string {
 	}
 	// The greatest is at least the snapshot's xmax: a transaction still
 	// running may yet commit a record within the bounds, and its id is
-	// below xmax.
-	return `SELECT lo::text, greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text
+	// below xmax. The least is at most the snapshot's xmin for the same
+	// reason: such a transaction's id may lie below every committed
+	// record's in the bounds, and a first page starting past it would
+	// leave its record out of every page that follows.
+	return `SELECT CASE WHEN lo IS NOT NULL THEN least(lo, pg_snapshot_xmin(pg_current_snapshot()))::text END,
+		greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text
 		FROM (SELECT min(xact) AS lo, max(xact) AS hi
 		FROM (SELECT xact FROM audit_log WHERE clinic = $1 AND ` + window + ` OFFSET 0) w) m`
 }
