@@ -514,6 +514,9 @@ func (a *Activities) SendReminder(ctx context.Context, in ReminderRequest) (stri
 		// Kept with it, for the recipient's calendar.
 		appointment = timestamppb.New(in.AwakeBy)
 	}
+	if meeting == nil && !in.Meeting.IsZero() {
+		meeting = timestamppb.New(in.Meeting)
+	}
 	rem, err := a.Interventions.CreateReminder(ctx, &interventionsv1.CreateReminderRequest{Parent: "clinics/" + in.Clinic,
 		RequestId: in.RequestID, MeetingStartTime: meeting, AppointmentStartTime: appointment, Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: rk, Id: in.To.ID, Family: in.To.Family,

@@ -1098,6 +1098,25 @@ func TestReminderNamesTheTimeItAnnounces(t *testing.T) {
 	}
 }
 
+// A notice about a meeting (an overdue outcome, say) names the meeting's
+// time the workflow knows, so that the service refuses it once the
+// meeting has moved; one that names none asks for no such check.
+func TestMeetingNoticeNamesTheMeetingsTime(t *testing.T) {
+	at := time.Date(2026, 12, 10, 18, 0, 0, 0, time.UTC)
+	to := Person{Kind: "counselor", ID: "counselor-1", Channel: "IN_APP"}
+	for _, meeting := range []time.Time{at, {}} {
+		f := &capturedReminders{}
+		a := &Activities{Interventions: f}
+		if _, err := a.SendReminder(context.Background(), ReminderRequest{Clinic: "north", To: to, Kind: "OUTCOME_OVERDUE", Message: "m",
+			RequestID: "r", Meeting: meeting}); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.meetings[0]; (got != nil) != !meeting.IsZero() || (got != nil && !got.AsTime().Equal(at)) {
+			t.Errorf("meeting %v: meeting_start_time %v", meeting, got)
+		}
+	}
+}
+
 // A resent intake reminder keeps the appointment's time of the one that
 // failed, which its message names; a resent meeting reminder leaves its
 // meeting's to the claim.

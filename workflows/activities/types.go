@@ -86,6 +86,11 @@ type ReminderRequest struct {
 	// nothing). Besides Awake, it decides the send-by time: none when it
 	// falls in the quiet hours that would begin it (schedule.SendBy).
 	AwakeBy time.Time
+	// Meeting is the start, as the workflow knows it, of the meeting a
+	// notice about it is for (an overdue outcome, an escalation, no hold
+	// yet); zero for none. The service refuses the notice if the meeting
+	// has moved since, as it does a meeting reminder (AwakeBy).
+	Meeting time.Time
 }
 
 // ResendRequest creates a new reminder like a failed one, due at Due.

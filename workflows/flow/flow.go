@@ -210,6 +210,14 @@ func RemindAt(ctx workflow.Context, clinic string, to activities.Person, kind, r
 	return remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Due: due}, purpose)
 }
 
+// RemindOfMeeting is RemindAt now, for a notice about the meeting
+// related that starts at meeting as the workflow knows it: the service
+// refuses it (and it is skipped) if the meeting has moved since, which
+// the workflow is then still to hear.
+func RemindOfMeeting(ctx workflow.Context, clinic string, to activities.Person, kind, related, message, purpose string, meeting time.Time) (string, error) {
+	return remind(ctx, activities.ReminderRequest{Clinic: clinic, To: to, Kind: kind, Related: related, Message: message, Meeting: meeting}, purpose)
+}
+
 // remind makes the reminder req, under the request id of purpose.
 func remind(ctx workflow.Context, req activities.ReminderRequest, purpose string) (string, error) {
 	name, _, err := remindWhy(ctx, req, purpose)

@@ -846,7 +846,7 @@ func (w *wf) due(ctx workflow.Context) error {
 // the generation it chased, so that its failed delivery is not sent again
 // for a meeting moved since. The commands are flow.Remind's.
 func (w *wf) chase(ctx workflow.Context, to activities.Person, kind, message, purpose string) error {
-	name, err := flow.RemindAt(ctx, w.plan.Clinic, to, kind, w.in.Intervention, message, purpose, time.Time{})
+	name, err := flow.RemindOfMeeting(ctx, w.plan.Clinic, to, kind, w.in.Intervention, message, purpose, w.plan.Start)
 	if name != "" {
 		w.chasers[name] = w.generation
 	}
@@ -911,8 +911,8 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 			return nil
 		}
 		w.holdNotified = true
-		err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
-			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
+		_, err := flow.RemindOfMeeting(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
+			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable", w.plan.Start)
 		if err != nil && w.pastFailedNotice(ctx, err, "hold unavailable") {
 			return nil
 		}

@@ -731,6 +731,11 @@ func TestLateOutcomeEscalatesAndDuplicateIsRejected(t *testing.T) {
 	if len(esc) != 1 || !esc[0].Due.Equal(end.Add(26*time.Hour)) || esc[0].To.Kind != "supervisor" {
 		t.Fatalf("escalation = %+v", esc)
 	}
+	// Each names the meeting's time, so that the service refuses it if
+	// the meeting moved before the workflow heard.
+	if !overdue[0].Meeting.Equal(h.start) || !esc[0].Meeting.Equal(h.start) {
+		t.Fatalf("overdue for the meeting at %v, escalation at %v; want both at %v", overdue[0].Meeting, esc[0].Meeting, h.start)
+	}
 	if dup == nil {
 		t.Fatal("a second outcome must be rejected")
 	}
@@ -772,8 +777,12 @@ func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
 	if len(tries) != 3 || tries[1].Sub(tries[0]) != 6*time.Hour || tries[2].Sub(tries[1]) != 6*time.Hour {
 		t.Fatalf("tries = %v", tries)
 	}
-	if n := len(h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")); n != 1 {
-		t.Fatalf("counselor told %d times, want once", n)
+	told := h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")
+	if len(told) != 1 {
+		t.Fatalf("counselor told %d times, want once", len(told))
+	}
+	if !told[0].Meeting.Equal(h.start) {
+		t.Fatalf("the notice is for the meeting at %v; want %v, so that a meeting moved meanwhile refuses it", told[0].Meeting, h.start)
 	}
 }
 
