@@ -15,3 +15,6 @@ func FixSalt(salt []byte) (restore func()) {
 
 // CheckAppRole is checkAppRole, for a role of the test's own.
 var CheckAppRole = checkAppRole
+
+// PoolConfig is poolConfig.
+var PoolConfig = poolConfig

@@ -13,6 +13,7 @@ import (
 	"maps"
 	"path"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -134,6 +135,14 @@ func poolConfig(dsn, schema string) (*pgxpool.Config, error) {
 	cfg.ConnConfig.RuntimeParams["search_path"] = schema
 	cfg.ConnConfig.RuntimeParams["application_name"] = "handoff-" + schema
 	cfg.ConnConfig.Tracer = queryTracer{}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// pgx sizes a pool by the machine's CPUs, not the container's: on
+		// a large node every replica's pools would open that many
+		// connections each, past a managed server's limit as the
+		// services scale out. GOMAXPROCS follows the container's CPU
+		// limit; pool_max_conns in the URL still decides.
+		cfg.MaxConns = int32(max(4, runtime.GOMAXPROCS(0)))
+	}
 	return cfg, nil
 }
 
