@@ -194,3 +194,14 @@ func ClientCertificate(certFile, keyFile string) (func(*tls.CertificateRequestIn
 	}
 	return get, nil
 }
+
+// ServerCertificate is ClientCertificate for a server's own key pair: a
+// tls.Config.GetCertificate that reads it again at every handshake, so
+// that a renewed certificate is served without a restart.
+func ServerCertificate(certFile, keyFile string) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), error) {
+	get, err := ClientCertificate(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return get(nil) }, nil
+}

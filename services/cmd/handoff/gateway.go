@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,8 +33,25 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	wh := fs.String("webhooks-address", env("HANDOFF_WEBHOOKS_ADDRESS", webhooksAddr), "webhooks service; empty leaves its routes out (HANDOFF_WEBHOOKS_ADDRESS)")
 	origins := fs.String("cors-origins", env("HANDOFF_CORS_ORIGINS", ""), "comma-separated browser origins allowed to call the API (HANDOFF_CORS_ORIGINS)")
 	publicURL := fs.String("public-url", env("HANDOFF_PUBLIC_URL", ""), "the gateway's public address, for links in FHIR answers; empty takes the request's Host (HANDOFF_PUBLIC_URL)")
+	httpsCert := fs.String("https-cert", env("HANDOFF_GATEWAY_TLS_CERT", ""), "certificate to serve HTTPS with, to the ingress (HANDOFF_GATEWAY_TLS_CERT); empty serves plain HTTP")
+	httpsKey := fs.String("https-key", env("HANDOFF_GATEWAY_TLS_KEY", ""), "its private key (HANDOFF_GATEWAY_TLS_KEY)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	var httpsConfig *tls.Config
+	switch {
+	case (*httpsCert == "") != (*httpsKey == ""):
+		return errors.New("gateway: --https-cert and --https-key go together")
+	case *httpsCert != "":
+		get, err := tlsconf.ServerCertificate(*httpsCert, *httpsKey)
+		if err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
+		httpsConfig = &tls.Config{GetCertificate: get, MinVersion: tls.VersionTLS12}
+	case !isLoopback(*listen):
+		// Every call's bearer token and the records it returns cross this
+		// hop: plain HTTP here wants a network that encrypts it (a mesh).
+		log.Warn("serving plain HTTP off loopback: bearer tokens and records cross the network in clear unless a mesh encrypts it; set HANDOFF_GATEWAY_TLS_CERT and HANDOFF_GATEWAY_TLS_KEY", "listen", *listen)
 	}
 	verifier, err := c.verifier()
 	if err != nil {
@@ -84,6 +102,13 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	// gateway itself is up, until the stop signal: through the drain it
 	// takes no new connections, and the load balancer should know.
 	o.setReady(upUntil(ctx))
+	if httpsConfig != nil {
+		lis, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", *listen, err)
+		}
+		return serveOn(ctx, log, tls.NewListener(lis, httpsConfig), h, drainFor)
+	}
 	return serveHTTP(ctx, log, *listen, h)
 }
 
