@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -16,9 +17,17 @@ import (
 //
 // "name" and "etag" are passed over: they say which resource and which
 // version of it the update is for (AIP-154), never what changes, and a REST
-// PATCH without updateMask has a mask made of every field in its body.
+// PATCH without updateMask has a mask made of every field in its body. So
+// are, as AIP-203 asks, a path the server sets (OUTPUT_ONLY, or under
+// such a field) and an IMMUTABLE one whose value in src is dst's: a
+// resource read and written back as it was changes nothing, and is not
+// refused. An IMMUTABLE field given another value is an error naming it.
 func ApplyMask(dst, src proto.Message, paths, allowed []string) error {
 	paths = slices.DeleteFunc(slices.Clone(paths), func(p string) bool { return p == "name" || p == "etag" })
+	var err error
+	if paths, err = settled(dst.ProtoReflect(), src.ProtoReflect(), paths, allowed); err != nil {
+		return err
+	}
 	if len(paths) == 0 {
 		return fmt.Errorf("update_mask must name at least one field")
 	}
@@ -47,6 +56,70 @@ func ApplyMask(dst, src proto.Message, paths, allowed []string) error {
 		}
 	}
 	return nil
+}
+
+// settled drops from paths those no update changes (see ApplyMask): of
+// the fields not allowed, the output-only ones and the immutable ones
+// that src leaves as dst has them.
+func settled(dst, src protoreflect.Message, paths, allowed []string) ([]string, error) {
+	out := paths[:0:0]
+	for _, p := range paths {
+		if p == "*" || underAny(p, allowed) {
+			out = append(out, p)
+			continue
+		}
+		switch behaviour(dst.Descriptor(), strings.Split(p, ".")) {
+		case annotations.FieldBehavior_OUTPUT_ONLY:
+			continue
+		case annotations.FieldBehavior_IMMUTABLE:
+			if !sameAt(dst, src, strings.Split(p, ".")) {
+				return nil, fmt.Errorf("field %q is immutable: it keeps the value it was created with", p)
+			}
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// behaviour is OUTPUT_ONLY when path lies at or under an output-only
+// field of md, else IMMUTABLE when it lies at or under an immutable one,
+// else unspecified (as for a path naming no field).
+func behaviour(md protoreflect.MessageDescriptor, path []string) annotations.FieldBehavior {
+	found := annotations.FieldBehavior_FIELD_BEHAVIOR_UNSPECIFIED
+	for i, name := range path {
+		fd := md.Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			return annotations.FieldBehavior_FIELD_BEHAVIOR_UNSPECIFIED
+		}
+		bs, _ := proto.GetExtension(fd.Options(), annotations.E_FieldBehavior).([]annotations.FieldBehavior)
+		if slices.Contains(bs, annotations.FieldBehavior_OUTPUT_ONLY) {
+			return annotations.FieldBehavior_OUTPUT_ONLY
+		}
+		if slices.Contains(bs, annotations.FieldBehavior_IMMUTABLE) {
+			found = annotations.FieldBehavior_IMMUTABLE
+		}
+		if i < len(path)-1 {
+			if !hasSubfields(fd) {
+				return annotations.FieldBehavior_FIELD_BEHAVIOR_UNSPECIFIED
+			}
+			md = fd.Message()
+		}
+	}
+	return found
+}
+
+// sameAt reports whether a and b hold the same value at path (both unset
+// counting as the same).
+func sameAt(a, b protoreflect.Message, path []string) bool {
+	fd := a.Descriptor().Fields().ByName(protoreflect.Name(path[0]))
+	if len(path) == 1 {
+		if a.Has(fd) != b.Has(fd) {
+			return false
+		}
+		return !a.Has(fd) || a.Get(fd).Equal(b.Get(fd))
+	}
+	return sameAt(a.Get(fd).Message(), b.Get(fd).Message(), path[1:])
 }
 
 func underAny(p string, allowed []string) bool {

@@ -3,9 +3,11 @@ package aip
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 )
@@ -23,12 +25,14 @@ func TestApplyMask(t *testing.T) {
 		// A REST PATCH without updateMask: the mask is the body's fields.
 		{"with the etag and name of the body", []string{"name", "notes", "etag"}, "new", ""},
 		{"only the etag", []string{"etag"}, "old", "at least one field"},
-		{"an output-only field", []string{"notes", "create_time"}, "", `"create_time" cannot be updated`},
+		// Set by the server: passed over (AIP-203), as in a resource read
+		// and sent back whole.
+		{"an output-only field", []string{"notes", "create_time"}, "new", ""},
 		{"an unknown field", []string{"colour"}, "", `"colour" cannot be updated`},
 		{"every field", []string{"*"}, "new", ""},
 		// "*" does not swallow what stands beside it (AIP-134).
 		{"every field and an unknown one", []string{"*", "colour"}, "", `"colour" cannot be updated`},
-		{"every field and an output-only one", []string{"create_time", "*"}, "", `"create_time" cannot be updated`},
+		{"every field and an output-only one", []string{"create_time", "*"}, "new", ""},
 		{"every field and a typo under one", []string{"*", "notes.x"}, "", "has no sub-fields"},
 	} {
 		dst := &familiesv1.Barrier{Name: "clinics/north/families/f1/barriers/b1", Notes: "old", Etag: "v2"}
@@ -43,6 +47,32 @@ func TestApplyMask(t *testing.T) {
 		case dst.GetNotes() != c.wantNotes || dst.GetName() != "clinics/north/families/f1/barriers/b1" || dst.GetEtag() != "v2":
 			t.Errorf("%s: got %v", c.name, dst)
 		}
+	}
+}
+
+// A resource read and sent back whole (a REST PATCH without updateMask,
+// whose mask is every field of its body) changes what it changed and is
+// not refused for what it could not: output-only fields, and those under
+// one, are passed over, and an immutable field is passed over while it
+// keeps its value and refused, naming it, when it is given another.
+func TestApplyMaskTakesBackWhatWasRead(t *testing.T) {
+	first := timestamppb.New(time.Date(2026, 11, 2, 9, 0, 0, 0, time.UTC))
+	read := &familiesv1.Family{Name: "clinics/north/families/f1", Counselor: "counselor-1", FirstContactTime: first,
+		CreateTime: timestamppb.Now(), LatestSafetyScreen: &familiesv1.SafetyScreen{Notes: "screened"}, Etag: "v2"}
+	sent := proto.CloneOf(read)
+	sent.Counselor = "counselor-2"
+	paths := []string{"name", "counselor", "first_contact_time", "create_time", "latest_safety_screen.notes", "etag"}
+	dst := proto.CloneOf(read)
+	if err := ApplyMask(dst, sent, paths, []string{"counselor"}); err != nil || dst.GetCounselor() != "counselor-2" {
+		t.Fatalf("a family read and sent back with another counselor: %v, counselor %q", err, dst.GetCounselor())
+	}
+	sent.FirstContactTime = timestamppb.New(first.AsTime().Add(time.Hour))
+	if err := ApplyMask(proto.CloneOf(read), sent, paths, []string{"counselor"}); err == nil || !strings.Contains(err.Error(), `"first_contact_time" is immutable`) {
+		t.Fatalf("an immutable field changed: %v; want it refused by name", err)
+	}
+	sent.FirstContactTime = nil
+	if err := ApplyMask(proto.CloneOf(read), sent, paths, []string{"counselor"}); err == nil || !strings.Contains(err.Error(), `"first_contact_time" is immutable`) {
+		t.Fatalf("an immutable field cleared: %v; want it refused by name", err)
 	}
 }
 

@@ -456,6 +456,14 @@ func TestGatewayContract(t *testing.T) {
 	if again := w.counselor.do("PATCH", "/v1/"+name, map[string]any{"counselor": "counselor-1", "etag": str(cur, "etag")}); again.code != http.StatusConflict {
 		t.Fatalf("update with a stale etag in the body: %d %s", again.code, again.raw)
 	}
+	// The family as read, sent back whole with one field changed: what the
+	// server sets (create time, state of the screen) and what cannot change
+	// (first contact) are passed over as they are, not refused (AIP-203).
+	whole := w.counselor.ok("GET", "/v1/"+name, nil)
+	whole["counselor"] = "counselor-2"
+	if back := w.counselor.do("PATCH", "/v1/"+name, whole); back.code != 200 || str(back.body, "counselor") != "counselor-2" {
+		t.Fatalf("the family as read, sent back with another counselor: %d %s", back.code, back.raw)
+	}
 	// "If-Match: *" checks no version: the stale etag is still the body's.
 	if star := w.counselor.do("PATCH", "/v1/"+name, map[string]any{"counselor": "counselor-1", "etag": str(cur, "etag")}, "If-Match", "*"); star.code != http.StatusConflict {
 		t.Fatalf("If-Match: * with a stale etag in the body: %d %s; want 409", star.code, star.raw)
