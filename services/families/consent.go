@@ -222,7 +222,9 @@ func (s *Server) discloseTx(ctx context.Context, q pgdb.Querier, c child, d *fam
 func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, family string, d *familiesv1.Disclosure) {
 	p, out := outsider(ctx)
 	switch {
-	case d.GetRecipient() == "":
+	case strings.TrimSpace(d.GetRecipient()) == "":
+		// Spaces name no one, and the record would stand in the
+		// accounting of disclosures for good.
 		vs.Add(field+".recipient", "is required")
 	case out && d.GetRecipient() != p.Subject:
 		// It cannot borrow a consent given to someone else.
@@ -530,8 +532,15 @@ func (s *Server) readConsent(ctx context.Context, q pgdb.Querier, c child, lock 
 }
 
 func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
-	if c.GetDiscloser() == "" {
+	// A name of spaces is no name: a consent must say who discloses, to
+	// whom, and who signed (42 CFR 2.31).
+	if strings.TrimSpace(c.GetDiscloser()) == "" {
 		vs.Add("consent.discloser", "is required: who may disclose")
+	}
+	for i, r := range c.GetRecipients() {
+		if strings.TrimSpace(r) == "" {
+			vs.Add(fmt.Sprintf("consent.recipients[%d]", i), "is blank: name the recipient")
+		}
 	}
 	if len(c.GetInformation()) == 0 {
 		vs.Add("consent.information", "is required: what may be disclosed")
@@ -549,13 +558,15 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 		// every named recipient was revoked.
 		vs.Add("consent.purposes", "must include PURPOSE_TREATMENT when treating_providers is set: the patient's treating providers are designated for treatment only")
 	}
-	if c.GetSigner() == "" {
+	if strings.TrimSpace(c.GetSigner()) == "" {
 		vs.Add("consent.signer", "is required")
 	}
 	if c.GetSignTime() == nil {
 		vs.Add("consent.sign_time", "is required")
 	} else if c.GetSignTime().AsTime().After(now.Add(time.Minute)) {
 		vs.Add("consent.sign_time", "must not be in the future")
+	} else {
+		tooEarly(vs, "consent.sign_time", c.GetSignTime().AsTime())
 	}
 	if c.GetExpireTime() == nil {
 		vs.Add("consent.expire_time", "is required: a Part 2 consent states when it ends")

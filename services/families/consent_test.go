@@ -105,6 +105,30 @@ func (f *consentFixture) disclosures(t *testing.T, fam string) []*familiesv1.Dis
 	return resp.GetDisclosures()
 }
 
+// A disclosure to a recipient of spaces is refused, though a consent to
+// the patient's treating providers would cover any name: it would stand
+// in the accounting of disclosures for good, naming no one.
+func TestDisclosureToABlankRecipientIsRefused(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.validConsent()
+	co.TreatingProviders = true
+	if _, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: co}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: &familiesv1.Disclosure{
+		Recipient: "   ", Information: familiesv1.InformationKind_INFORMATION_KIND_IDENTITY, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: fam.GetName(), Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL}})
+	wantCode(t, err, codes.InvalidArgument)
+	if !slices.Contains(apperr.ViolatedFields(err), "disclosure.recipient") {
+		t.Fatalf("violations %v; want disclosure.recipient", apperr.ViolatedFields(err))
+	}
+	if got := f.disclosures(t, fam.GetName()); len(got) != 0 {
+		t.Fatalf("recorded %v", got)
+	}
+}
+
 func TestConsentValidation(t *testing.T) {
 	t.Parallel()
 	f := setupConsent(t)
@@ -126,7 +150,13 @@ func TestConsentValidation(t *testing.T) {
 		"named recipients and treating providers, not for treatment": {func(c *familiesv1.Consent) {
 			c.TreatingProviders, c.Purposes = true, []familiesv1.Purpose{familiesv1.Purpose_PURPOSE_PAYMENT}
 		}, "consent.purposes"},
-		"no signer":            {func(c *familiesv1.Consent) { c.Signer = "" }, "consent.signer"},
+		"no signer": {func(c *familiesv1.Consent) { c.Signer = "" }, "consent.signer"},
+		// A name of spaces names no one.
+		"a blank signer":    {func(c *familiesv1.Consent) { c.Signer = "  " }, "consent.signer"},
+		"a blank discloser": {func(c *familiesv1.Consent) { c.Discloser = " \t" }, "consent.discloser"},
+		"a blank recipient": {func(c *familiesv1.Consent) { c.Recipients = append(c.Recipients, " ") }, "consent.recipients[1]"},
+		// An unset time sent as one.
+		"signed in 1970":       {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(time.Unix(0, 0)) }, "consent.sign_time"},
 		"no expiry":            {func(c *familiesv1.Consent) { c.ExpireTime = nil }, "consent.expire_time"},
 		"expired":              {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(now.Add(-time.Minute)) }, "consent.expire_time"},
 		"signed in the future": {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(now.Add(time.Hour)) }, "consent.sign_time"},

@@ -179,6 +179,14 @@ func checkShape(vs *apperr.Violations, clinic string, iv *interventionsv1.Interv
 	}
 }
 
+// checkAddress refuses an in-person place whose address is spaces: the
+// family would be sent reminders of a meeting at no place.
+func checkAddress(vs *apperr.Violations, p *interventionsv1.Place) {
+	if in := p.GetInPerson(); in != nil && in.GetAddress() != "" && strings.TrimSpace(in.GetAddress()) == "" {
+		vs.Add("intervention.place.in_person.address", "is blank: give where the family meets")
+	}
+}
+
 // checkFamily reads the family through the families service and checks
 // that the participants are its members and, for a level-3 intervention,
 // that a current safety screen that is not high risk exists.
@@ -327,6 +335,7 @@ func (s *Server) CreateIntervention(ctx context.Context, req *interventionsv1.Cr
 	}
 	var vs apperr.Violations
 	checkShape(&vs, clinic, iv)
+	checkAddress(&vs, iv.GetPlace())
 	if err := vs.Err(); err != nil {
 		return nil, err
 	}
@@ -510,6 +519,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 		if err := apperr.CheckRules(&vs, "intervention.place", next.GetPlace()); err != nil {
 			return nil, err
 		}
+		checkAddress(&vs, next.GetPlace())
 	}
 	if err := vs.Err(); err != nil {
 		return nil, err
@@ -915,6 +925,10 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 	r, err := authorized(ctx, "name", req.GetName(), "interventions")
 	if err != nil {
 		return nil, err
+	}
+	if strings.TrimSpace(req.GetReason()) == "" {
+		// Told to everyone invited, and kept: spaces say nothing.
+		return nil, apperr.Field("reason", "is blank: say why the meeting is called off")
 	}
 	return s.lockedStep(ctx, r, "CancelIntervention", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {

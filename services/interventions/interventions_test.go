@@ -1241,6 +1241,23 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: strings.Repeat("x", 5000)})
 			return err
 		}, codes.InvalidArgument},
+		// Spaces say nothing: told to everyone invited, and kept.
+		{"blank cancel reason", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CancelIntervention(ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "   "})
+			return err
+		}, codes.InvalidArgument},
+		{"an address of spaces", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.UpdateIntervention(ctx, &interventionsv1.UpdateInterventionRequest{Intervention: &interventionsv1.Intervention{Name: iv.GetName(),
+				Place: &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{InPerson: &interventionsv1.InPersonPlace{Address: "  "}}}},
+				UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"place"}}})
+			return err
+		}, codes.InvalidArgument},
+		{"created at an address of spaces", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateIntervention(ctx, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north",
+				Intervention: &interventionsv1.Intervention{Family: f.family.GetName(), Counselor: "counselor-1",
+					Place: &interventionsv1.Place{Kind: &interventionsv1.Place_InPerson{InPerson: &interventionsv1.InPersonPlace{Address: "\t"}}}}})
+			return err
+		}, codes.InvalidArgument},
 		{"malformed name", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.ScheduleIntervention(ctx, &interventionsv1.ScheduleInterventionRequest{Name: "interventions/x"})
 			return err
