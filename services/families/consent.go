@@ -811,7 +811,9 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	// stays the same from call to call, and prepared once. Only with a
 	// filter (on update_time, the one field), which alone names it.
 	now := ""
-	if req.GetFilter() != "" {
+	if strings.TrimSpace(req.GetFilter()) != "" {
+		// Not for a filter of spaces, which names nothing: an argument
+		// the statement never reads has no type PostgreSQL can give it.
 		now = fmt.Sprintf("$%d::timestamptz", len(args)+1)
 		args = append(args, s.cfg.Now().UTC().Truncate(time.Microsecond))
 	}

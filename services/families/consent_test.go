@@ -1483,6 +1483,12 @@ func TestClinicsConsentsForAPollingSystem(t *testing.T) {
 	if got, err := list(f.ctx, ""); err != nil || len(got) != 3 {
 		t.Fatalf("staff's list of the clinic's consents = %v, %v; want all three", got, err)
 	}
+	// A filter of spaces names nothing: the list as without one.
+	for _, ctx := range []context.Context{f.ctx, f.ehr("ehr-1")} {
+		if got, err := list(ctx, "  "); err != nil || len(got) == 0 {
+			t.Fatalf("a filter of spaces = %v, %v; want the list as without one", got, err)
+		}
+	}
 	// A revocation for another recipient moves nothing ehr-1 is shown, so
 	// a poll by time does not tell it of one; staff see the change.
 	shared := f.consent(t, a.GetName(), f.validConsent("ehr-1", "ehr-3"))
