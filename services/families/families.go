@@ -289,10 +289,12 @@ var familyUpdatable = []string{"loved_one", "members", "coverage", "counselor", 
 // UpdateFamily implements the API.
 func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyRequest) (*familiesv1.Family, error) {
 	name := req.GetFamily().GetName()
-	clinic, id, err := parseFamily(name)
+	ids, err := aip.Parse(name, "clinics", "families")
 	if err != nil {
+		// The body's name, not a request field of its own.
 		return nil, apperr.Field("family.name", "%v", err)
 	}
+	clinic, id := ids[0], ids[1]
 	if err := auth.CheckClinic(ctx, clinic, name); err != nil {
 		return nil, err
 	}
@@ -375,7 +377,7 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 func (s *Server) RecordTreatmentEntry(ctx context.Context, req *familiesv1.RecordTreatmentEntryRequest) (*familiesv1.Family, error) {
 	clinic, id, err := parseFamily(req.GetName())
 	if err != nil {
-		return nil, apperr.Field("name", "%v", err)
+		return nil, err // a violation of name already
 	}
 	if err := auth.CheckClinic(ctx, clinic, req.GetName()); err != nil {
 		return nil, err

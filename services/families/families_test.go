@@ -739,6 +739,19 @@ func digest(t *testing.T, pool *pgxpool.Pool) string {
 	return out
 }
 
+// An update whose family names no family says so of family.name, plainly:
+// not with the text of another error folded into its own.
+func TestUpdateWithoutAFamilyNameSaysSo(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	_, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Counselor: "counselor-2"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}})
+	st := wantCode(t, err, codes.InvalidArgument)
+	if !slices.Equal(apperr.ViolatedFields(err), []string{"family.name"}) || strings.Count(fmt.Sprint(st.Message(), st.Details()), "rpc error") != 0 {
+		t.Fatalf("update without a name: %q %v; want one violation of family.name, in plain words", st.Message(), st.Details())
+	}
+}
+
 func TestBadInputChangesNothing(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
