@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"hash/fnv"
+	"strings"
 )
 
 // Page sizes (AIP-158).
@@ -60,7 +61,10 @@ func DecodePageToken(token string, query uint64) (after string, ok bool) {
 		return "", false
 	}
 	var t pageToken
-	if err := json.Unmarshal(b, &t); err != nil || t.Query != query || t.After == "" {
+	// Tokens are not signed: one made by hand with a key no row has (a
+	// NUL, which PostgreSQL's text refuses; JSON has made any other
+	// bytes UTF-8) is malformed, not an error of the store.
+	if err := json.Unmarshal(b, &t); err != nil || t.Query != query || t.After == "" || strings.ContainsRune(t.After, 0) {
 		return "", false
 	}
 	return t.After, true
