@@ -28,6 +28,12 @@ type FilterField struct {
 	Kind   FieldKind
 	// Enum maps an enum value name (with or without its prefix) to its number.
 	Enum func(string) (int32, bool)
+	// Collection and IDColumn, for a String field whose Column spells a
+	// resource name, clinics/{clinic}/{Collection}/{id}, from the row's
+	// clinic and IDColumn: = and != then compare those two columns, which
+	// an index on (clinic, IDColumn) serves, and not the name spelled
+	// out for every row.
+	Collection, IDColumn string
 }
 
 // Filter is a parsed AIP-160 filter: comparisons joined by AND.
@@ -40,6 +46,10 @@ type cond struct {
 	column   string
 	op       string
 	value    any
+	// named: a resource name compared by its clinic and id (FilterField
+	// Collection), the id in idColumn.
+	named    string
+	idColumn string
 }
 
 // ParseFilter parses a filter of the form `a = "x" AND b >= 3`. Only the
@@ -96,6 +106,9 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 	c := cond{column: fd.Column, op: op, contains: fd.Kind == EnumIn}
 	if op == "!=" {
 		c.op = "<>"
+	}
+	if fd.Kind == String && fd.Collection != "" && !ordered {
+		c.named, c.idColumn = fd.Collection, fd.IDColumn
 	}
 	switch fd.Kind {
 	case String:
@@ -160,6 +173,15 @@ func (f Filter) SQL(next int) (string, []any) {
 			parts[i] = fmt.Sprintf("$%d = ANY(%s)", next+i, c.column)
 		case c.contains:
 			parts[i] = fmt.Sprintf("NOT ($%d = ANY(%s))", next+i, c.column)
+		case c.named != "":
+			// The clinic and id read off the name, for the index; the
+			// whole name compared too, so that a name with more segments,
+			// or of another collection, matches nothing as before.
+			p := fmt.Sprintf("(clinic = split_part($%[1]d, '/', 2) AND %[2]s = split_part($%[1]d, '/', 4) AND $%[1]d::text = %[3]s)", next+i, c.idColumn, c.column)
+			if c.op == "<>" {
+				p = "NOT " + p
+			}
+			parts[i] = p
 		default:
 			parts[i] = fmt.Sprintf("%s %s $%d", c.column, c.op, next+i)
 		}

@@ -311,7 +311,7 @@ func holdFilter(now time.Time) map[string]aip.FilterField {
 		referralsv1.HoldState_HOLD_STATE_HELD, now.UTC().Format(time.RFC3339Nano), referralsv1.HoldState_HOLD_STATE_EXPIRED)
 	return map[string]aip.FilterField{
 		"state":        {Column: state, Kind: aip.Enum, Enum: holdStates},
-		"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
+		"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String, Collection: "programs", IDColumn: "program_id"},
 		"intervention": {Column: "intervention", Kind: aip.String},
 		"family":       {Column: "family", Kind: aip.String},
 	}

@@ -296,7 +296,7 @@ func (s *Server) GetReferral(ctx context.Context, req *referralsv1.GetReferralRe
 var referralFilter = map[string]aip.FilterField{
 	"state":        {Column: "state", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ReferralState_value, "REFERRAL_STATE_")},
 	"family":       {Column: "family", Kind: aip.String},
-	"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String},
+	"program":      {Column: "('clinics/' || clinic || '/programs/' || program_id)", Kind: aip.String, Collection: "programs", IDColumn: "program_id"},
 	"service_kind": {Column: "service_kind", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.ServiceKind_value, "SERVICE_KIND_")},
 	"urgency":      {Column: "urgency", Kind: aip.Enum, Enum: aip.EnumLookup(referralsv1.Urgency_value, "URGENCY_")},
 	"intervention": {Column: "intervention", Kind: aip.String},
