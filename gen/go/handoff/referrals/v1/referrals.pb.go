@@ -1614,9 +1614,9 @@ type Referral struct {
 	// When the family first contacted the clinic. Not in the future: a time
 	// up to 5 minutes ahead (another clock) is kept as the time the referral
 	// is made, anything later refused. Used to
-	// measure `days_to_treatment_entry`. CreateReferral copies the family's
-	// `first_contact_time` when it is not given; ConvertHold takes it from
-	// the caller only.
+	// measure `days_to_treatment_entry`. CreateReferral and ConvertHold copy
+	// the family's `first_contact_time` when the call gives none (and the
+	// family's is not ahead of the clock).
 	FirstContactTime *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=first_contact_time,json=firstContactTime,proto3" json:"first_contact_time,omitempty"`
 	// When the person entered treatment; set by CompleteReferral.
 	TreatmentEntryTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=treatment_entry_time,json=treatmentEntryTime,proto3" json:"treatment_entry_time,omitempty"`
@@ -3215,7 +3215,8 @@ type ConvertHoldRequest struct {
 	// "Agreed to treatment today; fears withdrawal."
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// When the family first contacted the clinic; copied into the referral's
-	// `first_contact_time`. Not in the future (see there).
+	// `first_contact_time`. Not in the future (see there). Not given, the
+	// family's is taken.
 	FirstContactTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=first_contact_time,json=firstContactTime,proto3" json:"first_contact_time,omitempty"`
 	// If set, the conversion happens only if the hold's etag still matches.
 	Etag string `protobuf:"bytes,4,opt,name=etag,proto3" json:"etag,omitempty"`
