@@ -2114,8 +2114,14 @@ func TestQuietHoursClaimLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
 		f.clock.Advance(10*time.Second + c.lapsed) // past the lease and the send-by time
 		_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "w2",
 			LeaseDuration: durationpb.New(time.Minute)})
-		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" {
+		st := wantCode(t, err, codes.FailedPrecondition)
+		if reason(st) != "QUIET_HOURS" {
 			t.Fatalf("lapsed %v: a claim past send-by: reason %q", c.lapsed, reason(st))
+		}
+		// The refusal says what became of it: failed, or left to the
+		// claimant whose lease ran out a moment ago.
+		if awaited := strings.Contains(st.Message(), "may still report"); awaited != (c.want == interventionsv1.ReminderState_REMINDER_STATE_DELIVERED) {
+			t.Fatalf("lapsed %v: refusal %q; a report awaited: %v", c.lapsed, st.Message(), !awaited)
 		}
 		// The first claimant reports that it sent it.
 		done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "w1",
@@ -2403,6 +2409,71 @@ func TestClaimChecksContactAgain(t *testing.T) {
 	if _, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: sending.GetName(), Claimant: "sms-2",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil {
 		t.Fatalf("reporting the reminder that was on its way: %v", err)
+	}
+}
+
+// A claim whose lease lapsed a moment ago may have been sent: a later
+// claim that finds contact withdrawn leaves it to its claimant, whose
+// report of the delivery still counts, rather than cancel it and record a
+// message that went out as never sent. One lapsed past the grace is
+// cancelled.
+func TestWithdrawalLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	remind := func() *interventionsv1.Reminder {
+		t.Helper()
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rem
+	}
+	sent, forgotten := remind(), remind()
+	for _, r := range []*interventionsv1.Reminder{sent, forgotten} {
+		if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: "sms-2", LeaseDuration: durationpb.New(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fam.Members[0].ConsentToContact = false
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
+	state := func(r *interventionsv1.Reminder) interventionsv1.ReminderState {
+		t.Helper()
+		got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: r.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetState()
+	}
+	claim := func(r *interventionsv1.Reminder) {
+		t.Helper()
+		_, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: r.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
+		if st := wantCode(t, err, codes.FailedPrecondition); !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
+			t.Fatalf("claim of %s after the withdrawal: %v; want CONTACT_NOT_ALLOWED", r.GetName(), st.Details())
+		}
+	}
+	f.clock.Advance(61 * time.Second) // both leases lapsed a moment ago
+	claim(sent)
+	if st := state(sent); st == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatal("a reminder whose claim lapsed a second ago was cancelled: its claimant may have sent it")
+	}
+	if _, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: sent.GetName(), Claimant: "sms-2",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED}); err != nil {
+		t.Fatalf("the claimant's report of the delivery: %v", err)
+	}
+	f.clock.Advance(6 * time.Minute) // past the grace: no report is coming
+	claim(forgotten)
+	if st := state(forgotten); st != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("a claim lapsed past the grace, its recipient withdrawn: %v; want CANCELLED", st)
 	}
 }
 

@@ -265,16 +265,21 @@ func (s *Server) confirmContact(ctx context.Context, out *interventionsv1.Remind
 	if !refused(cerr) {
 		return out, nil
 	}
-	_, err := s.CancelReminder(ctx, &interventionsv1.CancelReminderRequest{Name: out.GetName(), Reason: reasonMadeAsWithdrawn})
+	r, err := reminderRef(out.GetName())
+	if err != nil {
+		return nil, err
+	}
+	cancelled, err := s.cancelUnheld(ctx, r, s.cfg.Now(), reasonMadeAsWithdrawn, 0)
 	switch {
-	case apperr.Reason(err) == apperr.ReasonInvalidTransition:
-		// Already ended by other hands: cancelled by the withdrawal's
-		// workflow, or sent before the withdrawal. The reminder was made,
-		// and the answer says so, as a retry's does (it finds the reminder
-		// ended under another reason).
-		return out, nil
 	case err != nil:
 		return nil, fmt.Errorf("cancel a reminder made as contact was withdrawn: %w", err)
+	case !cancelled:
+		// Already ended by other hands (cancelled by the withdrawal's
+		// workflow, or sent before the withdrawal), or claimed meanwhile
+		// by a claimant whose own checks of contact decide, and who may
+		// be sending it. The reminder was made, and the answer says so,
+		// as a retry's does.
+		return out, nil
 	}
 	return nil, madeAsWithdrawn(rc)
 }
@@ -724,8 +729,14 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 						}
 						return nil, notExtended(cur.GetName())
 					case cur.GetState() == rDue:
-						// Failed below, once this transaction is gone.
+						// Failed below, once this transaction is gone; but
+						// for another claimant's lease run out a moment ago
+						// (failPastSendBy leaves it to that claimant), which
+						// the answer must not call failed.
 						late = true
+						if lease := cur.GetLeaseExpireTime(); lease != nil && lease.AsTime().After(now.Add(-lapsedGrace)) {
+							return nil, quietHoursBeganAwaitingReport(cur.GetName())
+						}
 						return nil, quietHoursBegan(cur.GetName())
 					case cur.GetState() == rClaimed && cur.GetClaimedBy() == req.GetClaimant():
 						return nil, notExtended(cur.GetName())
@@ -792,7 +803,13 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		// address already, and may be sending.
 		extension := pre.GetState() == rClaimed && pre.GetClaimedBy() == req.GetClaimant() &&
 			pre.GetLeaseExpireTime() != nil && pre.GetLeaseExpireTime().AsTime().After(now)
-		if address, err = s.contactAtClaim(ctx, out, extension); err != nil {
+		// Refused, the claim this call just made is cancelled however
+		// live its lease: no address went with it.
+		own := ""
+		if !extension {
+			own = out.GetEtag()
+		}
+		if address, err = s.contactAtClaim(ctx, out, extension, own); err != nil {
 			return nil, err
 		}
 	}
@@ -829,7 +846,7 @@ func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Remi
 		return "", nil // staff, or past claiming: the claim says why
 	}
 	lease := rem.GetLeaseExpireTime()
-	return s.contactAtClaim(ctx, rem, rem.GetState() == rClaimed && lease != nil && lease.AsTime().After(s.cfg.Now()))
+	return s.contactAtClaim(ctx, rem, rem.GetState() == rClaimed && lease != nil && lease.AsTime().After(s.cfg.Now()), "")
 }
 
 // contactAtClaim asks the families service whether rem's recipient may
@@ -845,7 +862,11 @@ func (s *Server) stillContactable(ctx context.Context, rem *interventionsv1.Remi
 // unanswered check stores no claim, and leaves no reminder under a lease)
 // and after it (so that a withdrawal committed in between hands out no
 // address): one families read more per claim of a reminder to a family.
-func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Reminder, live bool) (string, error) {
+//
+// own is the etag of the claim the calling claim just made, if any: that
+// claim is cancelled however live its lease while the reminder is as it
+// left it, as its claimant never got the address.
+func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Reminder, live bool, own string) (string, error) {
 	rc := rem.GetRecipient()
 	channels, err := s.contact(ctx, rc)
 	switch {
@@ -863,12 +884,23 @@ func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Remind
 	}
 	// The caller leaving does not stop this: a claim left standing would
 	// be sent by a retry's worker under a new request id. Bounded, as the
-	// database may have stopped answering.
+	// database may have stopped answering. Not a reminder another claimant
+	// may be sending (claimed since this read, or its lease lapsed a moment
+	// ago): cancelled, its report would be refused and a message that
+	// went out recorded as never sent.
 	cctx, cancel := pgdb.Settle(ctx)
 	defer cancel()
-	_, cerr := s.CancelReminder(cctx, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: reasonWithdrawnAtClaim})
-	if cerr != nil && apperr.Reason(cerr) != apperr.ReasonInvalidTransition {
+	r, err := reminderRef(rem.GetName())
+	if err != nil {
+		return "", err
+	}
+	ownVersion, _ := aip.ParseEtag(own)
+	cancelled, cerr := s.cancelUnheld(cctx, r, s.cfg.Now(), reasonWithdrawnAtClaim, ownVersion)
+	if cerr != nil {
 		return "", fmt.Errorf("cancel a reminder whose recipient may no longer be contacted: %w", cerr)
+	}
+	if !cancelled {
+		return "", refused("it is not claimed again: a claimant may be sending it, and reports what became of it")
 	}
 	return "", refused("it was cancelled")
 }
@@ -933,26 +965,53 @@ func meetingOf(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (meetingRea
 }
 
 // cancelBegun cancels reminder r, of a meeting that has begun, if nobody
-// holds a claim of it meanwhile.
+// may be sending it meanwhile (cancelUnheld).
 func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time, reason string) error {
-	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	_, err := s.cancelUnheld(ctx, r, now, reason, 0)
+	if err != nil {
+		return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
+	}
+	return nil
+}
+
+// reminderRef is the key of a reminder named as the service names them.
+func reminderRef(name string) (ref, error) {
+	ids, err := aip.Parse(name, "clinics", "reminders")
+	if err != nil {
+		return ref{}, fmt.Errorf("reminder name %q: %w", name, err)
+	}
+	return ref{ids[0], ids[1]}, nil
+}
+
+// cancelUnheld cancels reminder r for reason, in a transaction of its
+// own, unless a claimant may be sending it: under a live lease, or one
+// lapsed less than lapsedGrace ago, whose claimant may have sent it and be
+// about to report (cancelled, its report would be refused and a message
+// that went out recorded as never sent). A claim at version own (the
+// caller's own, whose claimant got no address) is cancelled however live
+// its lease; 0 names none. cancelled is false when it was left so, or had
+// ended already.
+func (s *Server) cancelUnheld(ctx context.Context, r ref, now time.Time, reason string, own int64) (cancelled bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `UPDATE reminders SET state = $3, cancel_reason = $4, update_time = $5, version = version + 1
-			WHERE clinic = $1 AND id = $2 AND (state = $6 OR (state = $7 AND lease_expire_time <= $5)) RETURNING `+reminderColumns,
-			r.clinic, r.id, int16(rCancelled), reason, now, int16(rScheduled), int16(rClaimed))
+			WHERE clinic = $1 AND id = $2 AND (state = $6 OR (state = $7 AND (lease_expire_time <= $8 OR version = $9))) RETURNING `+reminderColumns,
+			r.clinic, r.id, int16(rCancelled), reason, now, int16(rScheduled), int16(rClaimed), now.Add(-lapsedGrace), own)
 		if err != nil {
-			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
+			return fmt.Errorf("cancel reminder: %w", err)
 		}
 		rems, err := pgx.CollectRows(rows, s.scanReminder(r.clinic))
 		if err != nil {
-			return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
+			return fmt.Errorf("cancel reminder: %w", err)
 		}
 		for _, rem := range rems {
 			if err := emit(ctx, tx, r.clinic, "reminder.cancelled", rem.GetName(), rem); err != nil {
 				return err
 			}
 		}
+		cancelled = len(rems) > 0
 		return nil
 	})
+	return cancelled, err
 }
 
 // reasonClaimLapsed is the reason of a retried claim whose lease is gone.
@@ -976,6 +1035,15 @@ func notExtended(name string) error {
 func quietHoursBegan(name string) error {
 	return apperr.FailedPrecondition(reasonQuietHours,
 		fmt.Sprintf("%s was not sent before its recipient's quiet hours began: it fails, and the workflow that made it sends it again after them", name),
+		map[string]string{"resource": name})
+}
+
+// quietHoursBeganAwaitingReport is quietHoursBegan for a reminder whose
+// last claim ran out a moment ago: it does not fail yet, as its claimant
+// may have sent it and may still report.
+func quietHoursBeganAwaitingReport(name string) error {
+	return apperr.FailedPrecondition(reasonQuietHours,
+		fmt.Sprintf("%s was not sent before its recipient's quiet hours began, and its last claim ran out a moment ago: its claimant may still report it; if none does, it fails, and the workflow that made it sends it again after them", name),
 		map[string]string{"resource": name})
 }
 
