@@ -2342,18 +2342,10 @@ func TestClaimChecksContactAgain(t *testing.T) {
 		return &failingFamilies{FamiliesServiceClient: c, down: down}
 	})
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
-	remind := func(id string) *interventionsv1.Reminder {
-		t.Helper()
-		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: id,
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rem
+	remind := func() *interventionsv1.Reminder {
+		return f.checkIn(t, "mom", interventionsv1.ChannelKind_CHANNEL_KIND_SMS)
 	}
-	first, second, sending := remind("mom"), remind("mom"), remind("mom")
+	first, second, sending := remind(), remind(), remind()
 	// One is on its way when she withdraws: its claim said where to.
 	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: sending.GetName(), Claimant: "sms-2", LeaseDuration: durationpb.New(time.Minute)})
 	if err != nil || claimed.GetAddress() != "+15555550100" {
@@ -2422,15 +2414,7 @@ func TestWithdrawalLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
 	f := setup(t)
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
 	remind := func() *interventionsv1.Reminder {
-		t.Helper()
-		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rem
+		return f.checkIn(t, "mom", interventionsv1.ChannelKind_CHANNEL_KIND_SMS)
 	}
 	sent, forgotten := remind(), remind()
 	for _, r := range []*interventionsv1.Reminder{sent, forgotten} {
@@ -2513,15 +2497,7 @@ func TestClaimRacingAWithdrawalHandsOutNoAddress(t *testing.T) {
 		return families
 	})
 	remind := func() *interventionsv1.Reminder {
-		t.Helper()
-		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rem
+		return f.checkIn(t, "mom", interventionsv1.ChannelKind_CHANNEL_KIND_SMS)
 	}
 	rem := remind()
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
@@ -2578,17 +2554,7 @@ func TestClaimSaysWhereToSend(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
-	remind := func(ch interventionsv1.ChannelKind) *interventionsv1.Reminder {
-		t.Helper()
-		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: ch},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rem
-	}
+	remind := func(ch interventionsv1.ChannelKind) *interventionsv1.Reminder { return f.checkIn(t, "mom", ch) }
 	const number = "+15555550100"
 	bySMS, byEmail := remind(interventionsv1.ChannelKind_CHANNEL_KIND_SMS), remind(interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL)
 	claim := &interventionsv1.ClaimReminderRequest{Name: bySMS.GetName(), Claimant: "sms-1", RequestId: "claim-sms-1", LeaseDuration: durationpb.New(time.Minute)}
@@ -3070,4 +3036,18 @@ func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
 	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED || !strings.Contains(got.GetCancelReason(), "appointment began") {
 		t.Fatalf("after the refused claim: %v, %v; want it cancelled, the appointment begun", got, err)
 	}
+}
+
+// checkIn makes a check-in reminder, due now, to member id of the
+// fixture's family on channel ch.
+func (f *fixture) checkIn(t *testing.T, id string, ch interventionsv1.ChannelKind) *interventionsv1.Reminder {
+	t.Helper()
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: id,
+			Family: f.family.GetName(), Channel: ch},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rem
 }
