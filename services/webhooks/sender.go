@@ -150,7 +150,10 @@ func NewSender(cfg SenderConfig) *Sender {
 	}
 	return &Sender{cfg: cfg, client: &http.Client{
 		Transport: transport,
-		Timeout:   cfg.Timeout,
+		// Each attempt's time is bounded by post (attemptClock), which
+		// leaves out the disclosure's record made as the connection
+		// comes: a client timeout would count it against the receiver.
+		// Dial, TLS and the answer's headers keep their own bounds.
 		// A redirect could lead anywhere, past the address check: a 3xx is
 		// a failed attempt.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -375,7 +378,7 @@ type pending struct {
 	refusals                 int       // answers in a row that refused it (migration 0014)
 	consulted                bool      // this attempt asked the families service (disclose)
 	// toRecord is the information of the data this attempt's body carries,
-	// whose disclosure is recorded as the body starts to go (recordFirst);
+	// whose disclosure is recorded as the connection comes (recording);
 	// unspecified for a body that carries none.
 	toRecord           familiesv1.InformationKind
 	url, secret, owner string
@@ -538,7 +541,7 @@ var errRefused = fmt.Errorf("refused to the sender: %w", errOwnSide)
 // own-side failure. The delivery is still marked (record_unsure) for a
 // sender of the release before, during a rolling update, which then
 // checks the consent first on its next try; this release checks it before
-// every record (body, then recordFirst).
+// every record (body, then recording).
 var errRecordUnsure = fmt.Errorf("the disclosure record's answer was lost: %w", errOwnSide)
 
 // errWithheld marks a notification an outside system may not receive: no
@@ -762,7 +765,8 @@ type notification struct {
 // body builds the notification. A FULL subscription gets the data only if
 // the families service, asked anew for every attempt so that a revocation
 // counts at once, confirms a consent to the kind of information the payload
-// is (by its message type, not by the topic) and records the disclosure. A
+// is (by its message type, not by the topic); post records the disclosure
+// as the connection to the receiver comes (recording). A
 // payload of any other type is never disclosed. An outside system (the
 // EHR) hears of a family's record at all only under such a consent, as its
 // reads through the API do: without one the notification is withheld
@@ -901,7 +905,7 @@ func viewFor(audience string, msg proto.Message) (proto.Message, bool) {
 // record's request id is derived from the delivery's id and replays.
 //
 // body checks (validate_only) and post records, once a connection to the
-// receiver stands and before any byte of the request goes (recordFirst):
+// receiver stands and before any byte of the request goes (recording):
 // from then on it may reach the receiver whatever its answer, and before
 // then it cannot.
 func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.InformationKind, record bool) (bool, error) {
@@ -958,8 +962,9 @@ var errLapsed = fmt.Errorf("the consent ended as the notification was sent: %w",
 // disclosed nothing, and the accounting must not say it did. A failed
 // record empties body, so that the request fails its Content-Length
 // before anything leaves its buffer; recorded then reports what the
-// record did (nil when it was not asked).
-func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader) (_ context.Context, recorded func() (bool, error)) {
+// record did (nil when it was not asked). The attempt's clock stops while
+// the record is made, and starts again whole after it.
+func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, clock *attemptClock) (_ context.Context, recorded func() (bool, error)) {
 	if p.toRecord == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
 		return ctx, func() (bool, error) { return false, nil }
 	}
@@ -970,17 +975,73 @@ func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader) 
 			return
 		}
 		asked = true
+		// The record's time is not the receiver's: the attempt's clock
+		// stops for it (disclose bounds it), and starts again whole.
+		if !clock.pause() {
+			err = errAttemptTimeout
+			body.Reset(nil)
+			return
+		}
 		var ok bool
 		if ok, err = s.disclose(ctx, p, p.toRecord, true); err == nil && !ok {
 			err = errLapsed
 		}
 		if err != nil {
 			body.Reset(nil)
+			return
 		}
+		clock.restart()
 	}
 	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { record() }})
 	return traced, func() (bool, error) { return asked, err }
 }
+
+// attemptClock bounds one HTTP attempt to Timeout, as the client's own
+// timeout would, but stops while the disclosure is recorded as the
+// connection stands: a slow families service must not eat the receiver's
+// time, and turn into a timeout blamed on it after the record was made.
+type attemptClock struct {
+	limit  time.Duration
+	timer  *time.Timer
+	began  time.Time // when the receiver's time began, for the stall check
+	onBeg  func(time.Time)
+	cancel context.CancelCauseFunc
+}
+
+func newAttemptClock(ctx context.Context, limit time.Duration, onBegin func(time.Time)) (context.Context, *attemptClock) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	c := &attemptClock{limit: limit, cancel: cancel, onBeg: onBegin, began: time.Now()}
+	c.timer = time.AfterFunc(limit, func() { cancel(errAttemptTimeout) })
+	return ctx, c
+}
+
+// pause stops the clock; false if it had run out already.
+func (c *attemptClock) pause() bool { return c.timer.Stop() }
+
+// restart gives the attempt its whole time again, from now.
+func (c *attemptClock) restart() {
+	c.began = time.Now()
+	if c.onBeg != nil {
+		c.onBeg(c.began)
+	}
+	c.timer.Reset(c.limit)
+}
+
+// stop ends the attempt's clock and context.
+func (c *attemptClock) stop() {
+	c.timer.Stop()
+	c.cancel(nil)
+}
+
+// errAttemptTimeout is an attempt that ran out of time: a timeout, as a
+// net.Error, so that it is described as one.
+var errAttemptTimeout error = attemptTimeout{}
+
+type attemptTimeout struct{}
+
+func (attemptTimeout) Error() string   { return "timeout" }
+func (attemptTimeout) Timeout() bool   { return true }
+func (attemptTimeout) Temporary() bool { return true }
 
 // eventInformation is the kind of information an event's notification
 // tells of: a referral's, REFERRALS; an intervention's or a reminder's,
@@ -1075,7 +1136,13 @@ func (e httpStatusError) Error() string { return fmt.Sprintf("HTTP %d", int(e)) 
 // post sends the signed notification and returns the response status.
 func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error) {
 	content := bytes.NewReader(body)
-	rctx, recorded := s.recording(ctx, p, content)
+	ctx, clock := newAttemptClock(ctx, s.cfg.Timeout, func(at time.Time) {
+		s.fmu.Lock()
+		s.posting[p] = at
+		s.fmu.Unlock()
+	})
+	defer clock.stop()
+	rctx, recorded := s.recording(ctx, p, content, clock)
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, p.url, content)
 	if err != nil {
 		return 0, fmt.Errorf("build request: %w", err)
@@ -1092,14 +1159,16 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 		previous = append(previous, p.previous)
 	}
 	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body, previous...))
-	began := time.Now()
 	s.fmu.Lock()
 	if s.posting == nil {
 		s.posting = map[*pending]time.Time{}
 	}
-	s.posting[p] = began
+	s.posting[p] = clock.began
 	s.fmu.Unlock()
 	resp, err := s.client.Do(req)
+	// From the record's end, if one was made as the connection came:
+	// the receiver's own time.
+	began := clock.began
 	asked, recErr := recorded()
 	if recErr != nil {
 		// Not sent: the record failed as the connection came.

@@ -552,6 +552,52 @@ func TestFullPayloadOnlyWithConsent(t *testing.T) {
 	}
 }
 
+// slowRecords is fakeFamilies whose records of disclosures (not its
+// checks) take delay.
+type slowRecords struct {
+	*fakeFamilies
+	delay time.Duration
+}
+
+func (f *slowRecords) CreateDisclosure(ctx context.Context, req *familiesv1.CreateDisclosureRequest, opts ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	if !req.GetValidateOnly() {
+		time.Sleep(f.delay)
+	}
+	return f.fakeFamilies.CreateDisclosure(ctx, req, opts...)
+}
+
+// The disclosure's record, made as the connection to the receiver comes,
+// is not the receiver's time: a families service slow to record it leaves
+// the receiver the whole of the attempt's Timeout, and the notification
+// is delivered, not timed out (and blamed on the receiver) after its
+// disclosure was recorded.
+func TestSlowDisclosureRecordLeavesTheReceiverItsTime(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.setFail(func(string, map[string]any) bool { time.Sleep(600 * time.Millisecond); return false })
+	fam := &slowRecords{fakeFamilies: &fakeFamilies{}, delay: 700 * time.Millisecond}
+	fam.consent.Store(true)
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{DB: f.db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true}))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var last *webhooksv1.Delivery
+	eventually(t, 10*time.Second, "the delivery to end", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			return false
+		}
+		last = resp.GetDeliveries()[0]
+		return last.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
+	})
+	if last.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || len(rcv.received()) != 1 {
+		t.Fatalf("a record taking 0.7 s and a receiver 0.6 s, in a 1 s attempt: %v (%q), %d received; want it delivered",
+			last.GetState(), last.GetLastError(), len(rcv.received()))
+	}
+}
+
 // A receiver that cannot be reached (nothing listens at its address) was
 // disclosed nothing: every attempt checks the consent, none records a
 // disclosure, and the accounting of disclosures lists none.
