@@ -911,8 +911,11 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 			return nil
 		}
 		w.holdNotified = true
-		_, err := flow.RemindOfMeeting(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
-			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable", w.plan.Start)
+		// Not tied to the meeting's time, as the overdue notices are: it
+		// names none, and is sent once a run (holdNotified), so a refusal
+		// for a meeting moved meanwhile would lose it for good.
+		err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
+			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
 		if err != nil && w.pastFailedNotice(ctx, err, "hold unavailable") {
 			return nil
 		}
