@@ -266,7 +266,10 @@ func windowQuery(from, to bool) string {
 	// below xmax. The least is at most the snapshot's xmin for the same
 	// reason: such a transaction's id may lie below every committed
 	// record's in the bounds, and a first page starting past it would
-	// leave its record out of every page that follows.
+	// leave its record out of every page that follows. A transaction
+	// left open for long (on any clinic's behalf) so makes a first page
+	// read the clinic's records from when it began: the price of not
+	// losing one.
 	return `SELECT CASE WHEN lo IS NOT NULL THEN least(lo, pg_snapshot_xmin(pg_current_snapshot()))::text END,
 		greatest(hi, pg_snapshot_xmax(pg_current_snapshot()))::text
 		FROM (SELECT min(xact) AS lo, max(xact) AS hi

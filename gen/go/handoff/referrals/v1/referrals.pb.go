@@ -1605,7 +1605,8 @@ type Referral struct {
 	// NO_SHOW = "unattended" (5.1.2), COMPLETED = "event completed" (5.1.4),
 	// or "fulfillment completed" (7.0) when the person entered treatment
 	// without the booked intake (none booked, or admitted while it was on
-	// hold or well before it), CANCELLED = "cancelled" (6.0);
+	// hold, after it was missed, or well before it), CANCELLED =
+	// "cancelled" (6.0);
 	// ON_HOLD = "on hold" and
 	// ENTERED_IN_ERROR = "entered in error" (BSeR has no code for them).
 	BusinessStatus string `protobuf:"bytes,14,opt,name=business_status,json=businessStatus,proto3" json:"business_status,omitempty"`
