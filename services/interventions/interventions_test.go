@@ -2364,14 +2364,7 @@ func TestClaimChecksContactAgain(t *testing.T) {
 		t.Fatalf("the automation's view of the family:\n%v\nwant only\n%v", seen, want)
 	}
 	// Mom withdraws; no workflow runs here to cancel her reminders.
-	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fam.Members[0].ConsentToContact = false
-	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
-		t.Fatal(err)
-	}
+	f.withdrawMom(t)
 	// The families service down: the claim fails, and nothing changes.
 	down.Store(true)
 	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: second.GetName(), Claimant: "sms-1", LeaseDuration: durationpb.New(time.Minute)})
@@ -2422,14 +2415,7 @@ func TestWithdrawalLeavesAJustLapsedClaimToItsClaimant(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fam.Members[0].ConsentToContact = false
-	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
-		t.Fatal(err)
-	}
+	f.withdrawMom(t)
 	state := func(r *interventionsv1.Reminder) interventionsv1.ReminderState {
 		t.Helper()
 		got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: r.GetName()})
@@ -3050,4 +3036,18 @@ func (f *fixture) checkIn(t *testing.T, id string, ch interventionsv1.ChannelKin
 		t.Fatal(err)
 	}
 	return rem
+}
+
+// withdrawMom records that mom, the fixture family's first member, may no
+// longer be contacted; no workflow runs here to cancel her reminders.
+func (f *fixture) withdrawMom(t *testing.T) {
+	t.Helper()
+	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fam.Members[0].ConsentToContact = false
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
 }
