@@ -248,6 +248,22 @@ func Stored[T proto.Message](ctx context.Context, db interface {
 	return out, true, nil
 }
 
+// Refused is for a refusal a handler decided before its transaction, on
+// what it read after Stored found no answer. The first call with
+// requestID may have committed in between and changed what was read (a
+// hold it converted, an etag it moved), and its retry would then be
+// refused for the first call's own work. Refused returns that call's
+// stored answer if there is one now, and err otherwise.
+func Refused[T proto.Message](ctx context.Context, db interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, clinic, method, requestID string, req proto.Message, newResp func() T, err error) (T, error) {
+	if out, ok, serr := Stored(ctx, db, clinic, method, requestID, req, newResp); ok || serr != nil {
+		return out, serr
+	}
+	var zero T
+	return zero, err
+}
+
 // key is a stored request id.
 type key struct {
 	method    string

@@ -1040,29 +1040,14 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 	var hold *referralsv1.Hold
 	if req.GetHold() != "" && s.cfg.Holds != nil {
 		// A retry gets its first answer even if the hold has moved on since.
-		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"UpdateChecklistItem", req.GetRequestId(), req, newIntervention); ok || err != nil {
+		method := svc + "UpdateChecklistItem"
+		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, method, req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
 		}
-		// The intervention is asked first, as the step below asks it: a
-		// call about one that does not exist, or is past its checklist,
-		// is told so, not what is wrong with its hold.
-		cur, err := readIntervention(ctx, s.pool, r, false)
-		if err != nil {
-			return nil, err
-		}
-		if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
-			return nil, err
-		}
-		if err := checklistOpen(cur); err != nil {
-			return nil, err
-		}
-		if worker {
-			hold, err = s.liveHoldOf(ctx, req.GetHold(), cur.GetName())
-		} else {
-			hold, err = s.readHold(ctx, req.GetHold(), req.GetDone())
-		}
-		if err != nil {
-			return nil, err
+		if hold, err = s.checklistHold(ctx, r, req, worker); err != nil {
+			// The first call may have ended since Stored looked, moving
+			// the etag, or the hold on.
+			return idempotency.Refused(ctx, s.pool, r.clinic, method, req.GetRequestId(), req, newIntervention, err)
 		}
 	}
 	return s.lockedStep(ctx, r, "UpdateChecklistItem", req.GetRequestId(), req.GetEtag(), req,
@@ -1100,6 +1085,27 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			// prepare it again.
 			return s.save(ctx, tx, r, cur, next, cur.GetState(), "intervention.checklist_updated")
 		})
+}
+
+// checklistHold checks, before UpdateChecklistItem's step, the hold req
+// names, and returns it. The intervention is asked first, as the step
+// asks it: a call about one that does not exist, or is past its
+// checklist, is told so, not what is wrong with its hold.
+func (s *Server) checklistHold(ctx context.Context, r ref, req *interventionsv1.UpdateChecklistItemRequest, worker bool) (*referralsv1.Hold, error) {
+	cur, err := readIntervention(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+		return nil, err
+	}
+	if err := checklistOpen(cur); err != nil {
+		return nil, err
+	}
+	if worker {
+		return s.liveHoldOf(ctx, req.GetHold(), cur.GetName())
+	}
+	return s.readHold(ctx, req.GetHold(), req.GetDone())
 }
 
 // liveHoldOf finds hold among the live holds kept for intervention iv: the

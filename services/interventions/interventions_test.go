@@ -2216,6 +2216,55 @@ func (h holdsListed) ListHolds(_ context.Context, in *referralsv1.ListHoldsReque
 		Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD}}}, nil
 }
 
+// convertedMeanwhile is holdsListed whose first listing lets meanwhile
+// run, and then finds no live hold: the run of meanwhile took it on.
+type convertedMeanwhile struct {
+	holdsListed
+	mu        sync.Mutex
+	listed    int
+	meanwhile func()
+}
+
+func (h *convertedMeanwhile) ListHolds(ctx context.Context, in *referralsv1.ListHoldsRequest, opts ...grpc.CallOption) (*referralsv1.ListHoldsResponse, error) {
+	h.mu.Lock()
+	h.listed++
+	first := h.listed == 1
+	h.mu.Unlock()
+	if first {
+		h.meanwhile()
+		return &referralsv1.ListHoldsResponse{}, nil
+	}
+	return h.holdsListed.ListHolds(ctx, in, opts...)
+}
+
+// A tick retried as its first call ends gets that call's answer, not a
+// refusal for what the first call (and the intake after it) changed since
+// the retry looked for an answer: the etag, and the hold now converted.
+func TestChecklistTickRetriedAsTheFirstEndsGetsItsAnswer(t *testing.T) {
+	t.Parallel()
+	holds := &convertedMeanwhile{holdsListed: holdsListed{family: &atomic.Value{}}}
+	f := setupHolds(t, nil, holds)
+	holds.family.Store(f.family.GetName())
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	tick := &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Etag: iv.GetEtag(), RequestId: "tick-1",
+		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true,
+		Hold: "clinics/north/holds/for-" + path.Base(iv.GetName())}
+	var first *interventionsv1.Intervention
+	holds.meanwhile = func() {
+		var err error
+		if first, err = f.client.UpdateChecklistItem(f.worker, tick); err != nil {
+			t.Errorf("the first call: %v", err)
+		}
+	}
+	retry, err := f.client.UpdateChecklistItem(f.worker, tick)
+	if err != nil {
+		t.Fatalf("the retry as the first call ended: %v; want the first call's answer", err)
+	}
+	if first == nil || retry.GetEtag() != first.GetEtag() {
+		t.Errorf("the retry answered etag %q; want the first call's %q", retry.GetEtag(), first.GetEtag())
+	}
+}
+
 // The worker ticks the place it held on the checklist and nothing else,
 // and only with a hold that keeps a place for that intervention: it may
 // not read holds by name, so the service finds the hold among the

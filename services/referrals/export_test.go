@@ -6,3 +6,7 @@ func (s *Server) SetExpireBatch(n int) { s.expireBatch = n }
 
 // DaysBetween is daysBetween, for the tests of how days are counted.
 var DaysBetween = daysBetween
+
+// AfterStored runs f as a handler has found no stored answer for its
+// request id, so that a test can commit the first call just then.
+func (s *Server) AfterStored(f func(method string)) { s.afterStored = f }

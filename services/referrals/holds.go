@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
@@ -388,6 +389,30 @@ func (s *Server) ReleaseHold(ctx context.Context, req *referralsv1.ReleaseHoldRe
 		})
 }
 
+// convertible checks, before ConvertHold's transaction, that the hold r
+// can still be converted as req asks, and returns its family.
+func (s *Server) convertible(ctx context.Context, r ref, req *referralsv1.ConvertHoldRequest) (*familiesv1.Family, error) {
+	if s.afterStored != nil {
+		s.afterStored(svc + "ConvertHold")
+	}
+	held, err := s.readHold(ctx, s.pool, r, false)
+	if err != nil {
+		return nil, err
+	}
+	// Refused for its etag or state first, as under the lock: a hold
+	// released as its family was deleted is no longer held, and the
+	// families service is not asked about a call that cannot go ahead.
+	if err := stillHeld(held, req.GetEtag(), "CONVERTED"); err != nil {
+		return nil, err
+	}
+	fam, err := s.checkFamily(ctx, "name", held.GetFamily(), "", "")
+	if apperr.IsCode(err, codes.InvalidArgument) {
+		return nil, apperr.NotReady(held.GetName(), apperr.Violations{{Field: "family",
+			Description: "names a family that was deleted: release the hold"}})
+	}
+	return fam, err
+}
+
 // ConvertHold implements the API: the held slot becomes an immediate
 // referral for the loved one. The slot is consumed, not returned.
 func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRequest) (*referralsv1.Referral, error) {
@@ -411,26 +436,14 @@ func (s *Server) ConvertHold(ctx context.Context, req *referralsv1.ConvertHoldRe
 	// so that no lock waits on the families service; a deletion in the
 	// moment between is the family's workflow's to undo. A hold's family
 	// never changes.
-	held, err := s.readHold(ctx, s.pool, r, false)
+	fam, err := s.convertible(ctx, r, req)
 	if err != nil {
-		return nil, err
-	}
-	// Refused for its etag or state first, as under the lock below: a
-	// hold released as its family was deleted is no longer held, and the
-	// families service is not asked about a call that cannot go ahead.
-	if err := stillHeld(held, req.GetEtag(), "CONVERTED"); err != nil {
+		// The first call may have converted the hold since Stored looked.
+		out, err := idempotency.Refused(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral, err)
 		if apperr.Reason(err) == apperr.ReasonInvalidTransition {
 			s.returnLapsed(ctx, r.clinic, "")
 		}
-		return nil, err
-	}
-	fam, err := s.checkFamily(ctx, "name", held.GetFamily(), "", "")
-	if apperr.IsCode(err, codes.InvalidArgument) {
-		return nil, apperr.NotReady(held.GetName(), apperr.Violations{{Field: "family",
-			Description: "names a family that was deleted: release the hold"}})
-	}
-	if err != nil {
-		return nil, err
+		return out, err
 	}
 	first := firstContact(req.GetFirstContactTime(), fam, s.cfg.Now())
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"ConvertHold", req.GetRequestId(), req, newReferral,

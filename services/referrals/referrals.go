@@ -122,6 +122,9 @@ type Server struct {
 	cfg  Config
 	// expireBatch is how many holds the sweep expires in one transaction.
 	expireBatch int
+	// afterStored, set by tests, runs as a handler has found no stored
+	// answer for its request id and goes on to check the request.
+	afterStored func(method string)
 }
 
 // New returns a server whose queries run through pool, as the application

@@ -291,6 +291,48 @@ func TestHoldAndConversionAreAuditedByWhatTheyMade(t *testing.T) {
 	}
 }
 
+// A retry whose first call commits just after the retry found no stored
+// answer gets the referral made, not a refusal for the hold the first
+// call converted.
+func TestConversionRetriedAsTheFirstCommitsGetsItsReferral(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 2)
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family})
+	if err != nil {
+		t.Fatal(err)
+	}
+	convert := &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted", RequestId: "convert-race",
+		Etag: h.GetEtag()}
+	var first *referralsv1.Referral
+	var looked atomic.Bool
+	f.srv.AfterStored(func(method string) {
+		if !strings.HasSuffix(method, "/ConvertHold") || looked.Swap(true) {
+			return
+		}
+		// The retry has looked for an answer; the first call ends now.
+		var err error
+		if first, err = f.client.ConvertHold(f.ctx, convert); err != nil {
+			t.Errorf("the first call: %v", err)
+		}
+	})
+	retry, err := f.client.ConvertHold(f.ctx, convert)
+	if err != nil {
+		t.Fatalf("the retry as the first call committed: %v; want the referral it made", err)
+	}
+	if first == nil || retry.GetName() != first.GetName() {
+		t.Errorf("the retry answered %s; want the first call's %s", retry.GetName(), first.GetName())
+	}
+	var n int
+	if err := f.pool.QueryRow(f.ctx, `SELECT count(*) FROM referrals`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 {
+		t.Errorf("%d referrals; want the one", n)
+	}
+}
+
 // A list of programs agrees with GetHold before the sweep runs: a lapsed
 // hold's slot is free in it.
 func TestListedProgramsFreeLapsedHolds(t *testing.T) {
