@@ -20,6 +20,10 @@ const (
 	Enum
 	// EnumIn matches when an array column holds the enum value.
 	EnumIn
+	// EnumSet is a value that stands for several of an integer column's
+	// (Values): = and != test whether the column holds one of them, as
+	// an index on the column can serve, where a derived column could not.
+	EnumSet
 )
 
 // FilterField declares one field that a List method may filter on.
@@ -34,6 +38,9 @@ type FilterField struct {
 	// an index on (clinic, IDColumn) serves, and not the name spelled
 	// out for every row.
 	Collection, IDColumn string
+	// Values maps an EnumSet field's value to the column's values it
+	// stands for; none for a value that stands for none.
+	Values func(string) []int32
 }
 
 // Filter is a parsed AIP-160 filter: comparisons joined by AND.
@@ -43,6 +50,7 @@ type Filter struct {
 
 type cond struct {
 	contains bool
+	set      bool // value is the []int32 the column may hold
 	column   string
 	op       string
 	value    any
@@ -126,6 +134,11 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 			return cond{}, fmt.Errorf("%s needs an RFC 3339 time such as \"2026-01-02T15:04:05Z\"", name)
 		}
 		c.value = t
+	case EnumSet:
+		if ordered {
+			return cond{}, fmt.Errorf("%s takes = or !=", name)
+		}
+		c.set, c.value = true, append([]int32{}, fd.Values(val.text)...)
 	case Enum, EnumIn:
 		n, ok := fd.Enum(val.text)
 		if !ok || ordered {
@@ -173,6 +186,10 @@ func (f Filter) SQL(next int) (string, []any) {
 			parts[i] = fmt.Sprintf("$%d = ANY(%s)", next+i, c.column)
 		case c.contains:
 			parts[i] = fmt.Sprintf("NOT ($%d = ANY(%s))", next+i, c.column)
+		case c.set && c.op == "=":
+			parts[i] = fmt.Sprintf("%s = ANY($%d::int4[])", c.column, next+i)
+		case c.set:
+			parts[i] = fmt.Sprintf("NOT (%s = ANY($%d::int4[]))", c.column, next+i)
 		case c.named != "":
 			// The clinic and id read off the name, for the index; the
 			// whole name compared too, so that a name with more segments,

@@ -12,6 +12,9 @@ var testFields = map[string]FilterField{
 	"urgent":  {Column: "urgent", Kind: Bool},
 	"start":   {Column: "start_time", Kind: Time},
 	"service": {Column: "services", Kind: EnumIn, Enum: EnumLookup(map[string]int32{"K_A": 1}, "K_")},
+	"phase": {Column: "state", Kind: EnumSet, Values: func(v string) []int32 {
+		return map[string][]int32{"open": {1, 3}, "shut": {2}}[v]
+	}},
 }
 
 func TestParseFilter(t *testing.T) {
@@ -27,6 +30,12 @@ func TestParseFilter(t *testing.T) {
 		{`start >= "2026-01-02T03:04:05Z"`, "start_time >= $3", []any{time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}},
 		{`service = A`, "$3 = ANY(services)", []any{int32(1)}},
 		{`service != A`, "NOT ($3 = ANY(services))", []any{int32(1)}},
+		// A value standing for several of the column's, compared on the
+		// column itself, so that its index serves; one standing for none
+		// matches nothing.
+		{`phase = "open"`, "state = ANY($3::int4[])", []any{[]int32{1, 3}}},
+		{`phase != shut`, "NOT (state = ANY($3::int4[]))", []any{[]int32{2}}},
+		{`phase = other`, "state = ANY($3::int4[])", []any{[]int32{}}},
 		// Quoted, a keyword or an operator is a string like any other.
 		{`owner = "AND" AND owner != "="`, "owner = $3 AND owner <> $4", []any{"AND", "="}},
 	}
@@ -45,7 +54,7 @@ func TestParseFilter(t *testing.T) {
 		// Operators in the wrong place, a keyword as a value, a quoted
 		// operator, lower-case and, loose booleans.
 		`owner = =`, `owner = <`, `= = x`, `owner = AND AND state = ACTIVE`, `owner "=" x`,
-		`state = ACTIVE and owner = x`, `urgent = 1`, `urgent = T`, `urgent = TRUE`} {
+		`state = ACTIVE and owner = x`, `urgent = 1`, `urgent = T`, `urgent = TRUE`, `phase > open`} {
 		if _, err := ParseFilter(bad, testFields); err == nil {
 			t.Errorf("%q: want an error", bad)
 		}

@@ -6,10 +6,8 @@
 package taskstatus
 
 import (
-	"fmt"
 	"maps"
 	"slices"
-	"strings"
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 )
@@ -39,13 +37,15 @@ func Of(st referralsv1.ReferralState) string {
 	return "draft"
 }
 
-// SQL is Of in SQL, over the column that holds the state.
-func SQL(column string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "(CASE %s", column)
-	for _, st := range slices.Sorted(maps.Keys(byState)) {
-		fmt.Fprintf(&b, " WHEN %d THEN '%s'", int32(st), byState[st])
+// States are the referral states whose Task.status is status, as numbers:
+// a search by status compares the state column, which an index serves.
+// None for a status no state has.
+func States(status string) []int32 {
+	var out []int32
+	for _, v := range slices.Sorted(maps.Keys(referralsv1.ReferralState_name)) {
+		if Of(referralsv1.ReferralState(v)) == status {
+			out = append(out, v)
+		}
 	}
-	b.WriteString(" ELSE 'draft' END)")
-	return b.String()
+	return out
 }
