@@ -1367,6 +1367,13 @@ func (w *wf) continueAsNew(ctx workflow.Context) error {
 	if err := workflow.Await(ctx, func() bool { return workflow.AllHandlersFinished(ctx) }); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		// Cancelled in the task that brought the run's last event (Await
+		// does not say so when its condition holds already): a new run
+		// would not inherit the cancel. A run that continued before is
+		// closed, so no history replays this.
+		return temporal.NewCanceledError()
+	}
 	w.st.Events = 0
 	in := w.in
 	in.State = w.st
