@@ -175,8 +175,8 @@ func TestFamilyLifecycle(t *testing.T) {
 	wantCode(t, err, codes.NotFound)
 
 	var events int
-	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1`, fam.GetName()).Scan(&events); err != nil || events != 3 {
-		t.Fatalf("outbox events = %d, %v; want 3 (created, updated, deleted)", events, err)
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1`, fam.GetName()).Scan(&events); err != nil || events != 4 {
+		t.Fatalf("outbox events = %d, %v; want 4 (created, updated, treatment entered, deleted)", events, err)
 	}
 	// The events name the family and hold nothing of it: they outlive the
 	// delete by days.
@@ -1514,6 +1514,62 @@ func TestStatedConsequenceStatesOne(t *testing.T) {
 	list, err := f.client.ListBoundaries(f.ctx, &familiesv1.ListBoundariesRequest{Parent: fam.GetName()})
 	if err != nil || len(list.GetBoundaries()) != 1 {
 		t.Fatalf("boundaries %v, %v; want the one stated", list, err)
+	}
+}
+
+// A move into ENGAGED_IN_TREATMENT writes family.treatment_entered, by
+// which the worker ends the family's boundary follow-up: staff recording
+// treatment entered outside Handoff stopped nothing before. Once per move,
+// with the family's name alone; an entry recorded again is no second.
+func TestTreatmentEntryIsAnnounced(t *testing.T) {
+	f := setup(t)
+	fam := f.create(t)
+	entries := func() int {
+		t.Helper()
+		var n int
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1
+			AND event_type = 'handoff.families.v1.family.treatment_entered' AND generation = 7`, fam.GetName()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	record := func() {
+		t.Helper()
+		if _, err := f.client.RecordTreatmentEntry(f.ctx, &familiesv1.RecordTreatmentEntryRequest{Name: fam.GetName()}); err != nil {
+			t.Fatalf("record treatment entry: %v", err)
+		}
+	}
+	setState := func(st familiesv1.FamilyState) {
+		t.Helper()
+		if _, err := f.client.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: &familiesv1.Family{Name: fam.GetName(), State: st},
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+			t.Fatalf("set state %v: %v", st, err)
+		}
+	}
+	if n := entries(); n != 0 {
+		t.Fatalf("%d entries announced for a new family", n)
+	}
+	record()
+	record()
+	if n := entries(); n != 1 {
+		t.Fatalf("%d entries announced after recording one twice; want 1", n)
+	}
+	var payload []byte
+	if err := f.pool.QueryRow(context.Background(), `SELECT payload FROM outbox WHERE resource = $1
+		AND event_type = 'handoff.families.v1.family.treatment_entered'`, fam.GetName()).Scan(&payload); err != nil {
+		t.Fatal(err)
+	}
+	var a anypb.Any
+	var announced familiesv1.Family
+	if err := proto.Unmarshal(payload, &a); err != nil || a.UnmarshalTo(&announced) != nil ||
+		!proto.Equal(&announced, &familiesv1.Family{Name: fam.GetName()}) {
+		t.Fatalf("family.treatment_entered payload %x reads %v; want the family's name alone", payload, &announced)
+	}
+	// Left treatment, and entered again through the family's state.
+	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
+	setState(familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT)
+	if n := entries(); n != 2 {
+		t.Fatalf("%d entries announced after a second entry; want 2", n)
 	}
 }
 

@@ -88,7 +88,11 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     older one would pass it over, and the closed family's meetings and
 //     reminders would go on). The families database writes it (migration
 //     0009), at generation 6 whatever this constant says later.
-const Generation = 6
+//   - 7: family.treatment_entered, on which the dispatcher starts
+//     TreatmentEntered for the family (an older one would pass it over,
+//     and the boundary follow-up would go on for someone in treatment).
+//     The families database writes it (migration 0012), at generation 7.
+const Generation = 7
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
 // payload cannot be decoded (its envelope, or a message of a type this

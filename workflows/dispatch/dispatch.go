@@ -107,6 +107,12 @@ func (d *Dispatcher) Deliver(ctx context.Context, e outbox.Stored) error {
 		case "handoff.families.v1.family.closed":
 			// One per closing: a redelivered event starts nothing.
 			return d.startOnce(ctx, ids.FamilyClosed(p.GetName(), e.ID), familydeleted.ClosedName, familydeleted.Input{Family: p.GetName()})
+		case "handoff.families.v1.family.treatment_entered":
+			// Staff recorded an entry made outside Handoff: the follow-up
+			// ends as for a completed referral to treatment. One per
+			// announcement: a redelivered event starts nothing.
+			return d.startOnce(ctx, ids.TreatmentEnteredByFamily(p.GetName(), e.ID), treatmententered.Name,
+				treatmententered.Input{Family: p.GetName()})
 		case "handoff.families.v1.family.contact_withdrawn":
 			// One per change: a redelivered event starts nothing.
 			return d.startOnce(ctx, ids.ContactWithdrawn(p.GetName(), e.ID), contactwithdrawn.Name, contactwithdrawn.Input{Family: p.GetName()})

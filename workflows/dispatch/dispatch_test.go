@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	enumspb "go.temporal.io/api/enums/v1"
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
+	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 	"go.temporal.io/server/temporaltest"
@@ -31,6 +33,7 @@ import (
 	"github.com/handoff-health/handoff/workflows/intervention"
 	"github.com/handoff-health/handoff/workflows/matintake"
 	"github.com/handoff-health/handoff/workflows/overdose"
+	"github.com/handoff-health/handoff/workflows/treatmententered"
 )
 
 // serve runs an embedded Temporal server with a worker on the task queue
@@ -358,6 +361,44 @@ func TestTreatmentEnteredEndsTheFollowUp(t *testing.T) {
 		if (err == nil) != c2.want {
 			t.Fatalf("%s %v of %v: the follow-up's end started: %v; want %v", c2.event, c2.kind, c2.subject.GetKind(), err == nil, c2.want)
 		}
+	}
+}
+
+// Staff recording an entry on the family (treatment entered outside
+// Handoff) ends the follow-up too: TreatmentEntered runs for the family,
+// once per announcement.
+func TestTreatmentEnteredOnTheFamilyEndsTheFollowUp(t *testing.T) {
+	c := serve(t, func(worker.Registry) {})
+	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
+	const family = "clinics/north/families/f1"
+	p, err := anypb.New(&familiesv1.Family{Name: family})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := outbox.Stored{ID: 77, Clinic: "north", Type: "handoff.families.v1.family.treatment_entered", Resource: family, Payload: p}
+	for range 2 { // delivered, and delivered again
+		if err := d.Deliver(minute(t), e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	desc, err := c.DescribeWorkflowExecution(minute(t), ids.TreatmentEnteredByFamily(family, 77), "")
+	if err != nil {
+		t.Fatalf("the follow-up's end did not start: %v", err)
+	}
+	if got := desc.GetWorkflowExecutionInfo().GetType().GetName(); got != treatmententered.Name {
+		t.Fatalf("started %s; want %s", got, treatmententered.Name)
+	}
+	it := c.GetWorkflowHistory(minute(t), ids.TreatmentEnteredByFamily(family, 77), "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+	first, err := it.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var in treatmententered.Input
+	if err := converter.GetDefaultDataConverter().FromPayloads(first.GetWorkflowExecutionStartedEventAttributes().GetInput(), &in); err != nil {
+		t.Fatal(err)
+	}
+	if in != (treatmententered.Input{Family: family}) {
+		t.Fatalf("started with %+v; want the family, no referral", in)
 	}
 }
 

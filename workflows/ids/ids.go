@@ -67,3 +67,10 @@ func ContactWithdrawn(family string, event int64) string {
 // follow-up once a referral says the loved one entered treatment: one per
 // referral, which completes once.
 func TreatmentEntered(referral string) string { return "treatment-entered/" + referral }
+
+// TreatmentEnteredByFamily is the id of the TreatmentEntered workflow for
+// an entry recorded on the family itself (by staff, for treatment entered
+// outside Handoff), announced by outbox event event: one per announcement.
+func TreatmentEnteredByFamily(family string, event int64) string {
+	return fmt.Sprintf("treatment-entered/%s/%d", family, event)
+}

@@ -1,11 +1,12 @@
 // Package treatmententered is the workflow that ends a family's boundary
 // follow-up once the loved one has entered treatment by any road: a
 // referral to MAT, inpatient or outpatient treatment that the program
-// reports completed. A yes at a meeting stops the follow-up itself (the
-// intervention workflow), but the person may also enter treatment through
-// a referral a counselor made at a window of opportunity, or one made for
-// a partial yes: left running, the follow-up went on checking in with the
-// family about boundaries and proposing a firmer meeting for someone
+// reports completed, or an entry staff recorded on the family. A yes at a
+// meeting stops the follow-up itself (the intervention workflow), but the
+// person may also enter treatment through a referral a counselor made at
+// a window of opportunity, one made for a partial yes, or a program
+// outside Handoff: left running, the follow-up went on checking in with
+// the family about boundaries and proposing a firmer meeting for someone
 // already in treatment.
 package treatmententered
 
@@ -27,7 +28,7 @@ type Input struct {
 	// Family is `clinics/{clinic}/families/{family}`.
 	Family string
 	// Referral is the completed referral that says the loved one entered
-	// treatment.
+	// treatment; none when staff recorded the entry on the family.
 	Referral string
 }
 
@@ -83,8 +84,12 @@ func run(ctx workflow.Context, in Input) (Result, error) {
 	}
 	// A firmer meeting the follow-up drafted is moot, as after a yes at a
 	// meeting: left, it would still ask the counselor to plan it.
+	reason := "The loved one entered treatment."
+	if in.Referral != "" {
+		reason = "The loved one entered treatment (" + in.Referral + ")."
+	}
 	err = flow.Call(ctx, &res.Withdrawn, flow.A.WithdrawDrafts, activities.WithdrawDraftsRequest{
-		Family: in.Family, Reason: "The loved one entered treatment (" + in.Referral + ").",
+		Family: in.Family, Reason: reason,
 		RequestID: flow.RequestID(ctx, "withdraw-drafts"),
 	})
 	return res, err

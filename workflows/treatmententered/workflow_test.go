@@ -20,8 +20,9 @@ import (
 // The family's boundary follow-up is asked to stop, whether or not one
 // runs, the reminders it made and has not sent are cancelled by its
 // origin, the entry is recorded on the family and its drafts are
-// withdrawn; a cancel the server
-// refuses fails the run, to be run again, before anything else is done.
+// withdrawn, naming the referral that told of the entry, if one did; a
+// cancel the server refuses fails the run, to be run again, before
+// anything else is done.
 func TestEndsTheFollowUp(t *testing.T) {
 	const family = "clinics/north/families/f1"
 	for _, c := range []struct {
@@ -29,10 +30,15 @@ func TestEndsTheFollowUp(t *testing.T) {
 		cancelErr error
 		stopped   bool
 		failed    bool
+		referral  string // none: staff recorded the entry on the family
+		reason    string
 	}{
-		{"a follow-up runs", nil, true, false},
-		{"none runs", &temporal.UnknownExternalWorkflowExecutionError{}, false, false},
-		{"the server refuses", errors.New("the server refused"), false, true},
+		{"a follow-up runs", nil, true, false, "clinics/north/referrals/r1",
+			"The loved one entered treatment (clinics/north/referrals/r1)."},
+		{"none runs", &temporal.UnknownExternalWorkflowExecutionError{}, false, false, "clinics/north/referrals/r1",
+			"The loved one entered treatment (clinics/north/referrals/r1)."},
+		{"the server refuses", errors.New("the server refused"), false, true, "clinics/north/referrals/r1", ""},
+		{"staff recorded it", nil, true, false, "", "The loved one entered treatment."},
 	} {
 		env := flowtest.Env(treatmententered.Workflow, treatmententered.Name)
 		var asked []string
@@ -59,7 +65,7 @@ func TestEndsTheFollowUp(t *testing.T) {
 				withdrawn = append(withdrawn, in)
 				return 1, nil
 			})
-		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: "clinics/north/referrals/r1"})
+		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: c.referral})
 		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
 			t.Errorf("%s: cancel asked of %v", c.name, asked)
 		}
@@ -80,7 +86,8 @@ func TestEndsTheFollowUp(t *testing.T) {
 		if len(recorded) != 1 || recorded[0].Family != family || recorded[0].RequestID == "" {
 			t.Errorf("%s: entry recorded %+v; want once, for the family", c.name, recorded)
 		}
-		if len(withdrawn) != 1 || withdrawn[0].Family != family || withdrawn[0].RequestID == "" || res.Withdrawn != 1 {
+		if len(withdrawn) != 1 || withdrawn[0].Family != family || withdrawn[0].RequestID == "" || res.Withdrawn != 1 ||
+			withdrawn[0].Reason != c.reason {
 			t.Errorf("%s: drafts withdrawn %+v, result %+v; want the family's, once", c.name, withdrawn, res)
 		}
 	}

@@ -93,9 +93,10 @@ type FamiliesServiceClient interface {
 	// ENGAGED_IN_TREATMENT. One already so is returned as it is; a CLOSED one
 	// answers FAILED_PRECONDITION. The worker calls it when a referral of the
 	// loved one to MAT, inpatient or outpatient care is reported completed;
-	// staff may, for treatment entered outside Handoff. The EHR still sees
-	// the family ACTIVE (entering treatment is more than identity consent
-	// covers).
+	// staff may, for treatment entered outside Handoff. Either way the
+	// family's boundary follow-up ends (family.treatment_entered). The EHR
+	// still sees the family ACTIVE (entering treatment is more than identity
+	// consent covers).
 	RecordTreatmentEntry(ctx context.Context, in *RecordTreatmentEntryRequest, opts ...grpc.CallOption) (*Family, error)
 	// Deletes a family and everything recorded under it. Shortly after, the
 	// worker cancels what still runs for it: its boundary workflow, its
@@ -668,9 +669,10 @@ type FamiliesServiceServer interface {
 	// ENGAGED_IN_TREATMENT. One already so is returned as it is; a CLOSED one
 	// answers FAILED_PRECONDITION. The worker calls it when a referral of the
 	// loved one to MAT, inpatient or outpatient care is reported completed;
-	// staff may, for treatment entered outside Handoff. The EHR still sees
-	// the family ACTIVE (entering treatment is more than identity consent
-	// covers).
+	// staff may, for treatment entered outside Handoff. Either way the
+	// family's boundary follow-up ends (family.treatment_entered). The EHR
+	// still sees the family ACTIVE (entering treatment is more than identity
+	// consent covers).
 	RecordTreatmentEntry(context.Context, *RecordTreatmentEntryRequest) (*Family, error)
 	// Deletes a family and everything recorded under it. Shortly after, the
 	// worker cancels what still runs for it: its boundary workflow, its
