@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -156,10 +157,13 @@ func (d *Dispatcher) intervention(ctx context.Context, e outbox.Stored, iv *inte
 		if err := d.update(ctx, id, updateID, intervention.UpdateOutcome, o); err != nil {
 			return err
 		}
-		// Nothing was accepted: no intake or referral will take a place
-		// held for the meeting, and the workflow gives back only the hold
-		// it took itself, not one a counselor made by hand.
-		if o.Kind == "ACCEPTED" || len(o.AcceptedServices) > 0 {
+		// No treatment was accepted: no intake will take a place held for
+		// the meeting (support services accepted are referred without
+		// one), and the workflow gives back only the hold it took itself,
+		// not one a counselor made by hand.
+		if o.Kind == "ACCEPTED" || slices.ContainsFunc(o.AcceptedServices, func(s string) bool {
+			return activities.IsMAT(s) || activities.IsCare(s)
+		}) {
 			return nil
 		}
 		return d.releaseHolds(ctx, iv)

@@ -294,19 +294,32 @@ func TestCancelReleasesHoldsBehindASlowUpdate(t *testing.T) {
 	}
 }
 
-// An outcome with nothing accepted starts the release of what is still
-// held for the meeting (a place a counselor held by hand, which the
-// meeting's workflow does not know); a yes leaves the places to the
-// intake.
+// An outcome with no treatment accepted starts the release of what is
+// still held for the meeting (a place a counselor held by hand, which the
+// meeting's workflow does not know); a yes to medication or other
+// treatment leaves the places to the intake.
 func TestOutcomeWithoutAYesReleasesHolds(t *testing.T) {
 	c := serve(t, func(worker.Registry) {})
 	d := &dispatch.Dispatcher{Client: c, Log: slog.New(slog.DiscardHandler)}
-	for i, o := range []*interventionsv1.Outcome{
-		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED},
-		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED},
-		{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED,
-			AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}},
+	for i, c2 := range []struct {
+		o       *interventionsv1.Outcome
+		release bool
+	}{
+		{&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}, true},
+		{&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}, false},
+		// Support services alone are referred without a place: a place
+		// held by hand would wait for its expiry, for no one.
+		{&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED,
+			AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}}, true},
+		// Medication, or other treatment, goes to an intake, which takes
+		// the places held.
+		{&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED,
+			AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE,
+				interventionsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}, false},
+		{&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED,
+			AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_INPATIENT}}, false},
 	} {
+		o := c2.o
 		iv := fmt.Sprintf("clinics/north/interventions/o%d", i)
 		p, err := anypb.New(&interventionsv1.Intervention{Name: iv, Family: "clinics/north/families/f1",
 			State: interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED, Outcome: o})
@@ -318,7 +331,7 @@ func TestOutcomeWithoutAYesReleasesHolds(t *testing.T) {
 			t.Fatalf("%v: %v", o, err)
 		}
 		_, err = c.DescribeWorkflowExecution(context.Background(), ids.CancelledHolds(iv), "")
-		if want := i == 0; (err == nil) != want {
+		if want := c2.release; (err == nil) != want {
 			t.Fatalf("%v: the holds' release started: %v; want %v", o, err == nil, want)
 		}
 	}
