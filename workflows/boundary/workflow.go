@@ -103,6 +103,12 @@ type State struct {
 	// numbers check-ins per intervention, and so do the counselor's
 	// reminders. Request ids keep counting across cycles.
 	CheckInsAtBegin int
+	// UnsafeNotices and BlockedNotices count the counselor's notices that
+	// the next meeting waits for a safe screen, or for a consequence: it
+	// can wait for one, then the other, then the first again, and each
+	// notice needs a request id of its own, or the service would answer
+	// the second with the first and tell the counselor nothing.
+	UnsafeNotices, BlockedNotices int
 	// Early are check-ins recorded before the workflow ran, read when it
 	// started (see versionEarlyCheckIns), still to be taken as their
 	// signals would have been.
@@ -1301,10 +1307,11 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 		// A firmer meeting can raise the danger at home as boundaries
 		// can: it waits for a screen that finds the family safe.
 		w.st.EscalationUnsafe = true
+		w.st.UnsafeNotices++
 		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "SAFETY_SCREEN_NEEDED", w.in.Family,
 			"The family may be ready for the next meeting, but the latest safety screen is not current or found risk: "+
 				"it is proposed once a new screen finds the family safe.",
-			w.id("escalation-unsafe"))
+			w.id(numbered("escalation-unsafe", w.st.UnsafeNotices)))
 	}
 	held := 0
 	if series && w.in.Level == 2 {
@@ -1319,9 +1326,10 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 	}
 	if level == 3 && len(w.safety.WithConsequence) == 0 {
 		w.st.EscalationBlocked = true
+		w.st.BlockedNotices++
 		return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.in.Family,
 			"The family may be ready for a formal meeting, but no active boundary states a consequence yet: agree one first.",
-			w.id("escalation-blocked"))
+			w.id(numbered("escalation-blocked", w.st.BlockedNotices)))
 	}
 	notes := fmt.Sprintf("Proposed %s, after the level %d meeting (%s).", why, w.in.Level, strings.ToLower(strings.ReplaceAll(w.in.Outcome, "_", " ")))
 	if level == 2 && w.in.Level == 2 {
@@ -1339,6 +1347,17 @@ func (w *wf) escalate(ctx workflow.Context, why string) error {
 	}
 	return flow.Remind(ctx, w.in.Clinic, w.counselor(), "ESCALATION_PROPOSED", w.st.Proposed,
 		fmt.Sprintf("A level %d family meeting is drafted for your review.", level), w.id("proposed"))
+}
+
+// numbered is the purpose of the nth notice of its kind: the first keeps
+// the purpose alone, as before there were more (a run begun then counts
+// from zero, and its first notice keeps its id), the later ones number it.
+// Only an activity's input: replay does not compare it, so no version.
+func numbered(purpose string, n int) string {
+	if n <= 1 {
+		return purpose
+	}
+	return fmt.Sprintf("%s|%d", purpose, n)
 }
 
 // unread reports whether a signal waits to be handled: a run must not

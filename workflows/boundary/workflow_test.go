@@ -1015,6 +1015,43 @@ func TestALaterRiskyScreenHoldsMessagesAndTheNextMeeting(t *testing.T) {
 	}
 }
 
+// A next meeting held for a risky screen, then for want of a consequence,
+// then for a risky screen again, tells the counselor each time: the
+// second notice of a kind has a request id of its own, which the service
+// does not answer with the first.
+func TestEachHoldOfTheNextMeetingIsTold(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.WithConsequence = nil
+	h.screened("HIGH_RISK", 5*day)
+	h.screened("CURRENT", 20*day)
+	h.env.RegisterDelayedCallback(func() { h.safety.WithConsequence = []string{family + "/boundaries/b2"} }, 22*day)
+	h.screened("HIGH_RISK", 25*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(2))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	var days []time.Duration
+	ids := map[string]bool{}
+	for _, r := range h.kinds("SAFETY_SCREEN_NEEDED") {
+		if strings.Contains(r.Message, "next meeting") && !strings.Contains(r.Message, "check-ins are over") {
+			days = append(days, r.Due.Sub(h.t0)/day)
+			ids[r.RequestID] = true
+		}
+	}
+	if !slices.Equal(days, []time.Duration{14, 30}) || len(ids) != 2 {
+		t.Fatalf("the meeting held for risk told on days %v under %d request ids; want days 14 and 30, each its own", days, len(ids))
+	}
+	blocked := 0
+	for _, r := range h.kinds("ESCALATION_PROPOSED") {
+		if strings.Contains(r.Message, "agree one first") {
+			blocked++
+		}
+	}
+	if blocked != 1 {
+		t.Fatalf("%d notices of the meeting held for a consequence; want 1, on day 20", blocked)
+	}
+}
+
 // A screen recorded after boundaries were reinforced that finds risk keeps
 // members from hearing from us: the check-ins and boundary reminders made
 // to them and still to go are cancelled (the counselor's are not), and a
