@@ -938,17 +938,30 @@ func (w *wf) onTime(ctx workflow.Context) error {
 	// just read for it).
 	if checkedIn && w.st.EscalationBlocked && w.st.Reinforced && len(w.safety.WithConsequence) > 0 &&
 		flow.Version(ctx, versionRetryBlockedEscalation, 1) >= 1 {
+		if w.st.BlockedAtEnd && flow.Version(ctx, versionHeldAtEndIsTheirs, 1) >= 1 {
+			return nil
+		}
 		w.st.EscalationBlocked = false
 		return w.escalate(ctx, "once a boundary stated a consequence")
 	}
 	// A meeting held back for a screen that found risk is proposed at the
 	// first check-in that finds the family safe (it was just read).
 	if checkedIn && w.st.EscalationUnsafe && w.safety.Status == "CURRENT" {
+		if w.st.UnsafeAtEnd && flow.Version(ctx, versionHeldAtEndIsTheirs, 1) >= 1 {
+			return nil
+		}
 		w.st.EscalationUnsafe = false
 		return w.escalate(ctx, "once a safety screen found the family safe")
 	}
 	return nil
 }
+
+// versionHeldAtEndIsTheirs guards leaving to the counselor a meeting they
+// were told, as the check-ins ended, to draft by hand (BlockedAtEnd,
+// UnsafeAtEnd): a check-in an overdose brought after that proposed it
+// anyway, and the counselor found a second draft beside their own. Asked
+// only then: an overdose after the check-ins ended, in a new epoch.
+const versionHeldAtEndIsTheirs = "held-at-end-is-theirs"
 
 // holdMembers keeps members from hearing from us once a screen recorded
 // after boundaries were reinforced is not current or found risk (a threat

@@ -1173,6 +1173,49 @@ func TestAMeetingHeldForAnUnsafeScreenIsToldAtTheEnd(t *testing.T) {
 	}
 }
 
+// A meeting the counselor was told, as the check-ins ended, to draft by
+// hand stays theirs: an overdose after that brings a check-in, which found
+// the family safe or a consequence agreed, and proposed a second draft
+// beside the counselor's own.
+func TestAMeetingLeftToTheCounselorAtTheEndStaysTheirs(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		level int32
+		setUp func(h *harness)
+	}{
+		{"held for a risky screen", 1, func(h *harness) {
+			h.screened("HIGH_RISK", 5*day)
+			h.env.RegisterDelayedCallback(func() { h.safety.Status = "CURRENT" }, 30*day+20*time.Minute)
+		}},
+		{"held for a consequence", 2, func(h *harness) {
+			h.consequenceAgreedOn(30*day + 20*time.Minute)
+		}},
+	} {
+		h := newHarness(t, "CURRENT")
+		c.setUp(h)
+		h.env.RegisterDelayedCallback(func() {
+			h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+		}, 30*day+30*time.Minute)
+		h.env.ExecuteWorkflow(boundary.Name, input(c.level))
+		if err := h.env.GetWorkflowError(); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		late := 0
+		for _, r := range h.kinds("CHECK_IN") {
+			if r.To.Kind == "counselor" && r.Due.After(h.t0.Add(30*day+time.Hour)) {
+				late++
+			}
+		}
+		if len(h.kinds("OVERDOSE_ALERT")) != 1 || late != 1 {
+			t.Fatalf("%s: %d alerts, %d check-ins after the end; want the overdose answered and a check-in brought", c.name,
+				len(h.kinds("OVERDOSE_ALERT")), late)
+		}
+		if len(h.proposed) != 0 {
+			t.Errorf("%s: proposed %+v after the counselor was told to draft it by hand; want nothing", c.name, h.proposed)
+		}
+	}
+}
+
 // An overdose keeps a check-in already due within the day: the tightened
 // ones come after it, not in its place.
 func TestOverdoseKeepsASoonerCheckIn(t *testing.T) {
@@ -1416,7 +1459,7 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	// overdose waits behind the step: the failure's own answer is tested.
 	// The change is covered since epoch-2026-12-05: the run is one begun
 	// at the epoch before, which asks it.
-	for _, e := range []string{"epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+	for _, e := range []string{"epoch-2026-12-07", "epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
 		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	}
 	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)

@@ -44,18 +44,15 @@ type epoch struct {
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-06c", with(eighthEpoch,
-		// boundary: asked only when an overdose came in as the workflow
-		// tidied up on its way out
-		"answer-overdoses-after-tidy",
-		// boundary: asked only while a next meeting waits for a safe
-		// screen; at a screen after boundaries were reinforced, and at a
-		// member's failed reminder
-		"escalate-when-safe", "hold-members-on-risk",
-		// overdose: asked in every run, of a type that tells of an
-		// overdose already
-		"overdose-resend-from-alert",
+	{"epoch-2026-12-07", with(ninthEpoch,
+		// boundary: asked only at a check-in an overdose brought after the
+		// check-ins ended with a meeting left to the counselor
+		"held-at-end-is-theirs",
+		// matintake: asked only when an intake failed, or the family's own
+		// referrals did after the loved one entered treatment
+		"listen-after-failure", "entered-past-failed-support",
 	)},
+	{"epoch-2026-12-06c", ninthEpoch},
 	{"epoch-2026-12-06b", eighthEpoch},
 	{"epoch-2026-12-06", seventhEpoch},
 	{"epoch-2026-12-05d", with(sixthEpoch,
@@ -74,6 +71,20 @@ var epochs = []epoch{
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// ninthEpoch is epoch-2026-12-06c's.
+var ninthEpoch = with(eighthEpoch,
+	// boundary: asked only when an overdose came in as the workflow
+	// tidied up on its way out
+	"answer-overdoses-after-tidy",
+	// boundary: asked only while a next meeting waits for a safe screen;
+	// at a screen after boundaries were reinforced, and at a member's
+	// failed reminder
+	"escalate-when-safe", "hold-members-on-risk",
+	// overdose: asked in every run, of a type that tells of an overdose
+	// already
+	"overdose-resend-from-alert",
+)
 
 // eighthEpoch is epoch-2026-12-06b's.
 var eighthEpoch = with(seventhEpoch,

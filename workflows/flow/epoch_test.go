@@ -56,7 +56,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-06c", "a-later-change"}},
+		{true, []string{"epoch-2026-12-07", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -176,6 +176,13 @@ func ninthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// tenthEpochFlow is what code that knew the tenth epoch ran: its marker
+// alone.
+func tenthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06c", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -198,12 +205,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the seventh epoch", seventhEpochFlow, "[epoch-2026-12-05d]"},
 		{"begun at the eighth epoch", eighthEpochFlow, "[epoch-2026-12-06]"},
 		{"begun at the ninth epoch", ninthEpochFlow, "[epoch-2026-12-06b]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-06c]"},
+		{"begun at the tenth epoch", tenthEpochFlow, "[epoch-2026-12-06c]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-07]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-06c]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-07]"},
 	})
 }
 
@@ -266,14 +274,17 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 
 // sensitiveFlow asks changes asked only in a sensitive state (a screen not
 // current, a stalled intake's failed review, a family's case closed, an
-// overdose as the boundary workflow ends, a meeting held back for risk).
+// overdose as the boundary workflow ends, a meeting held back for risk, an
+// intake that failed).
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
 	// Three versions, as every flow of the table gives: the last stands
 	// for the newest epoch's changes together.
 	return afterVersions(ctx, flow.Version(ctx, "gate-on-current-screen", 1), flow.Version(ctx, "stall-review-best-effort", 1),
 		min(flow.Version(ctx, "close-before-boundary", 1), flow.Version(ctx, "answer-overdoses-after-tidy", 1),
-			flow.Version(ctx, "escalate-when-safe", 1), flow.Version(ctx, "hold-members-on-risk", 1)))
+			flow.Version(ctx, "escalate-when-safe", 1), flow.Version(ctx, "hold-members-on-risk", 1),
+			flow.Version(ctx, "held-at-end-is-theirs", 1), flow.Version(ctx, "listen-after-failure", 1),
+			flow.Version(ctx, "entered-past-failed-support", 1)))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew
@@ -297,6 +308,6 @@ func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
 func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	replayUnder(t, "FreshFlow", todaysFreshFlow, 1, []epochRun{
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
-		{"begun today", todaysFreshFlow, "[epoch-2026-12-06c]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-07]"},
 	})
 }

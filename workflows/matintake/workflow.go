@@ -77,6 +77,10 @@ type wf struct {
 	signals  workflow.ReceiveChannel
 	started  time.Time
 	alerted  bool
+	// toldOfFailure: the counselor was told the intake failed, or that the
+	// family's own referrals did; the run listens for that notice's
+	// delivery failures before it ends.
+	toldOfFailure bool
 	// appointment is the referral's appointment as last read; upcoming maps
 	// each intake reminder sent to the appointment it names.
 	appointment time.Time
@@ -132,6 +136,7 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	res, err := w.run(ctx)
 	if err != nil && !temporal.IsCanceledError(err) && flow.Version(ctx, versionTellOnFailure, 1) >= 1 {
 		w.failed(ctx, err)
+		w.toldOfFailure = true
 	}
 	if temporal.IsCanceledError(err) {
 		// The counselor first, the places after: a release may retry
@@ -151,6 +156,12 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
 		err = flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
+	} else if w.toldOfFailure && flow.Version(ctx, versionListenAfterFailure, 1) >= 1 {
+		// So must they of the failure. The failure stands as the run's
+		// error; a cancel while listening ends the wait, no more.
+		if lerr := flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil); err == nil {
+			err = lerr
+		}
 	}
 	// A referral signal only says that something changed, and the service
 	// has been asked what is true; signals still waiting when the intake
@@ -161,6 +172,20 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	return res, err
 }
+
+// versionEnteredPastFailedSupport guards ending an intake whose loved one
+// entered treatment as ENTERED_TREATMENT when the family's own support
+// referrals then failed: before, the intake failed, its parent meeting's
+// workflow with it, and the entry was lost from both results. Asked only
+// on that failure, in a new epoch.
+const versionEnteredPastFailedSupport = "entered-past-failed-support"
+
+// versionListenAfterFailure guards waiting, after the counselor is told
+// the intake failed, for that notice's delivery failures, as after an
+// escalation: before, the run ended at once, and a failure signalled to it
+// was lost, with the person who said yes left with no place and no one
+// who knew. Asked only when an intake failed, in a new epoch.
+const versionListenAfterFailure = "listen-after-failure"
 
 // versionTellOnFailure guards telling the counselor, and giving back a
 // hold no referral took, when the intake ends on an error; before, it
@@ -810,7 +835,13 @@ func (w *wf) entered(ctx workflow.Context, info activities.ReferralInfo) (Result
 			Reason:    "Support for the family now that their loved one has entered treatment.",
 			RequestID: flow.RequestID(ctx, "family-support"),
 		}); err != nil {
-			return Result{}, err
+			if !flow.GoOnPast(ctx, err, versionEnteredPastFailedSupport, "the family's support referrals after treatment entry failed; the counselor is told") {
+				return Result{}, err
+			}
+			// The counselor makes them by hand (failed says so for an
+			// intake whose referral completed); the entry stands.
+			w.failed(ctx, err)
+			w.toldOfFailure = true
 		}
 	}
 	return Result{Outcome: "ENTERED_TREATMENT", Referral: w.referral.Name, Program: w.referral.Program,

@@ -243,6 +243,30 @@ func TestRejectionCascadeAcrossThreePrograms(t *testing.T) {
 	}
 }
 
+// The counselor's notice that the intake failed is sent again if its
+// delivery fails, as an escalation's is: the workflow listens for it
+// before it ends, and still ends on the failure.
+func TestFailedFailureNoticeIsResent(t *testing.T) {
+	h := newHarness(t)
+	resent := h.resends()
+	final := temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+	h.env.OnActivity(flow.A.StartImmediateReferral, mock.Anything, mock.Anything).Return(activities.Referral{}, final)
+	const notice = "clinics/north/reminders/r0" // the only reminder sent
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: notice})
+	}, 20*time.Minute)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want the failure", err)
+	}
+	if told := h.kinds("REFERRAL_ESCALATION"); len(told) != 1 || !strings.Contains(told[0].Message, "stopped on an error") {
+		t.Fatalf("notices %+v; want the one of the failure", told)
+	}
+	if len(*resent) != 1 || (*resent)[0] != notice {
+		t.Fatalf("resent %v; want the failed notice %q", *resent, notice)
+	}
+}
+
 // An escalation whose delivery fails is sent again: the workflow listens
 // for its failures before it ends.
 func TestFailedEscalationIsResent(t *testing.T) {
@@ -979,17 +1003,21 @@ func TestNoticeGoesBeforeThePlacesAreGivenBack(t *testing.T) {
 	}
 }
 
-// An intake that fails after the person entered treatment (the family's
-// own referrals refused) says so: the counselor makes those referrals by
-// hand, and is not told to follow up a referral that ended in treatment.
+// The family's own referrals failing after the person entered treatment
+// end nothing: the intake says the person entered treatment (before, it
+// failed, and its meeting's workflow with it, the entry lost from both),
+// and the counselor makes those referrals by hand, not told to follow up
+// a referral that ended in treatment.
 func TestFailureAfterEntryAsksForTheFamilysReferrals(t *testing.T) {
 	h := newHarness(t)
 	h.programs(1)
 	h.supportErr = temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
-	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "COMPLETED"})
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 2})
 	h.env.ExecuteWorkflow(matintake.Name, input())
-	if err := h.env.GetWorkflowError(); err == nil || temporal.IsCanceledError(err) {
-		t.Fatalf("workflow error %v; want the failure", err)
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" || res.DaysToTreatment != 2 ||
+		res.Referral != "clinics/north/referrals/r1" {
+		t.Fatalf("result %+v, %v; want ENTERED_TREATMENT through r1, in 2 days", res, err)
 	}
 	told := h.kinds("REFERRAL_ESCALATION")
 	if len(told) != 1 || !strings.Contains(told[0].Message, "support referrals") || told[0].Related != iv {
@@ -1203,6 +1231,7 @@ func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
 	// Adopted, so that the start asks the read's version, which this run
 	// predates.
 	h.adopted = true
+	h.env.OnGetVersion("epoch-2026-12-07", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-06c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-06b", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-06", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
