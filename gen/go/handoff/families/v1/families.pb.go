@@ -637,12 +637,12 @@ const (
 	SafetyScreenStatus_SAFETY_SCREEN_STATUS_UNSPECIFIED SafetyScreenStatus = 0
 	// No screen recorded.
 	SafetyScreenStatus_SAFETY_SCREEN_STATUS_MISSING SafetyScreenStatus = 1
-	// The newest screen is older than the clinic's maximum age; it counts as
-	// missing.
+	// The screen that counts is older than the server's maximum age (90
+	// days); it counts as missing.
 	SafetyScreenStatus_SAFETY_SCREEN_STATUS_EXPIRED SafetyScreenStatus = 2
-	// The newest screen is current and not high risk.
+	// The screen that counts is current and not high risk.
 	SafetyScreenStatus_SAFETY_SCREEN_STATUS_CURRENT SafetyScreenStatus = 3
-	// The newest screen is current and high risk.
+	// The screen that counts is current and high risk.
 	SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK SafetyScreenStatus = 4
 )
 
@@ -1163,9 +1163,10 @@ type Family struct {
 	// harm reduction comes first.
 	Urgent bool `protobuf:"varint,7,opt,name=urgent,proto3" json:"urgent,omitempty"`
 	// Whether the family has a safety screen that counts, derived from the
-	// newest screen and the clinic's maximum screen age.
+	// screen that counts (see CreateSafetyScreen) and the server's maximum
+	// screen age, 90 days.
 	SafetyScreenStatus SafetyScreenStatus `protobuf:"varint,8,opt,name=safety_screen_status,json=safetyScreenStatus,proto3,enum=handoff.families.v1.SafetyScreenStatus" json:"safety_screen_status,omitempty"`
-	// The newest safety screen, if any.
+	// The safety screen that counts (see CreateSafetyScreen), if any.
 	LatestSafetyScreen *SafetyScreen `protobuf:"bytes,9,opt,name=latest_safety_screen,json=latestSafetyScreen,proto3" json:"latest_safety_screen,omitempty"`
 	// When the family first contacted the clinic; defaults to the creation time.
 	// Not in the future: a time up to 5 minutes ahead (another clock) is kept

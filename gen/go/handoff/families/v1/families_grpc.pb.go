@@ -138,7 +138,10 @@ type FamiliesServiceClient interface {
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(ctx context.Context, in *ListWarningSignsRequest, opts ...grpc.CallOption) (*ListWarningSignsResponse, error)
 	// Records a safety screen (domestic violence and other safety risks).
-	// Screens are append-only; the newest one is the family's current screen.
+	// Screens are append-only. The one that counts is the newest by when it
+	// was done, except that a high risk counts from when it was recorded if
+	// that is later: one entered with an earlier time is not hidden behind a
+	// no risk recorded before it.
 	CreateSafetyScreen(ctx context.Context, in *CreateSafetyScreenRequest, opts ...grpc.CallOption) (*SafetyScreen, error)
 	// Lists a family's safety screens, oldest first.
 	ListSafetyScreens(ctx context.Context, in *ListSafetyScreensRequest, opts ...grpc.CallOption) (*ListSafetyScreensResponse, error)
@@ -178,12 +181,13 @@ type FamiliesServiceClient interface {
 	// Records that the family agreed to a PROPOSED boundary.
 	AgreeBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Puts an AGREED boundary into effect. Requires a current safety screen
-	// that is not high risk (FAILED_PRECONDITION otherwise).
+	// that is not high risk, and a family that is not CLOSED
+	// (FAILED_PRECONDITION otherwise).
 	ActivateBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
 	// for example after an intervention the loved one declined. Like
-	// activation, it requires a current safety screen that is not high risk
-	// (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
+	// activation, it requires a current safety screen that is not high risk,
+	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
 	// family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
@@ -714,7 +718,10 @@ type FamiliesServiceServer interface {
 	// Lists a family's warning signs, oldest first.
 	ListWarningSigns(context.Context, *ListWarningSignsRequest) (*ListWarningSignsResponse, error)
 	// Records a safety screen (domestic violence and other safety risks).
-	// Screens are append-only; the newest one is the family's current screen.
+	// Screens are append-only. The one that counts is the newest by when it
+	// was done, except that a high risk counts from when it was recorded if
+	// that is later: one entered with an earlier time is not hidden behind a
+	// no risk recorded before it.
 	CreateSafetyScreen(context.Context, *CreateSafetyScreenRequest) (*SafetyScreen, error)
 	// Lists a family's safety screens, oldest first.
 	ListSafetyScreens(context.Context, *ListSafetyScreensRequest) (*ListSafetyScreensResponse, error)
@@ -754,12 +761,13 @@ type FamiliesServiceServer interface {
 	// Records that the family agreed to a PROPOSED boundary.
 	AgreeBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Puts an AGREED boundary into effect. Requires a current safety screen
-	// that is not high risk (FAILED_PRECONDITION otherwise).
+	// that is not high risk, and a family that is not CLOSED
+	// (FAILED_PRECONDITION otherwise).
 	ActivateBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
 	// for example after an intervention the loved one declined. Like
-	// activation, it requires a current safety screen that is not high risk
-	// (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
+	// activation, it requires a current safety screen that is not high risk,
+	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
 	// family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
