@@ -106,8 +106,9 @@ var seventhEpoch = with(sixthEpoch,
 	"fresh-results",
 	// intervention
 	"go-on-past-failed-notice",
-	// matintake: asked at the start of every intake; only when a review
-	// found the referral moved with no signal; only when a step failed
+	// matintake: asked as an intake starts to follow a referral it
+	// adopted; only when a review found the referral moved with no
+	// signal; only when a step failed
 	"intake-resync-from-status", "intake-resync-on-review", "intake-go-on-past-failed-notice",
 	// boundary: asked only after a refusal (a series of level 2 meetings,
 	// support no one could be referred to, warning signs at a check-in,
