@@ -147,37 +147,7 @@ func TestNoTransactionMigration(t *testing.T) {
 func TestDataMigrationsReachEveryClinicAsAnOrdinaryOwner(t *testing.T) {
 	ctx := context.Background()
 	admin, _ := pgtest.Schema(t)
-	role := fmt.Sprintf("handoff_owner_test_%d", time.Now().UnixNano()%1_000_000_000)
-	var db string
-	if err := admin.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
-		t.Fatal(err)
-	}
-	schema := role + "_s"
-	for _, q := range []string{
-		`CREATE ROLE ` + role + ` LOGIN NOSUPERUSER NOBYPASSRLS CREATEROLE`,
-		`GRANT CREATE ON DATABASE ` + pgx.Identifier{db}.Sanitize() + ` TO ` + role,
-	} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		_, _ = admin.Exec(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE`)
-		_, _ = admin.Exec(ctx, `REVOKE CREATE ON DATABASE `+pgx.Identifier{db}.Sanitize()+` FROM `+role)
-		_, _ = admin.Exec(ctx, `DROP OWNED BY `+role)
-		_, _ = admin.Exec(ctx, `DROP ROLE IF EXISTS `+role)
-	})
-	cfg, err := pgxpool.ParseConfig(admin.Config().ConnString())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.ConnConfig.User = role
-	owner, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(owner.Close)
+	owner, schema := ordinaryOwner(t, admin, "CREATEROLE")
 	files := fstest.MapFS{"m/0001_t.sql": {Data: []byte("CREATE TABLE t (clinic text NOT NULL, id text NOT NULL, v int NOT NULL DEFAULT 0);\n")}}
 	src := pgdb.Source{Name: "test", FS: files, Dir: "m"}
 	if err := pgdb.Migrate(ctx, owner, schema, src); err != nil {
@@ -290,4 +260,90 @@ func TestUnappliedAsTheApplicationRole(t *testing.T) {
 	if missing, err := pgdb.Unapplied(ctx, app.Pool, schema+"_none", common); err != nil || len(missing) == 0 {
 		t.Fatalf("no schema: Unapplied = %v, %v; want every migration", missing, err)
 	}
+}
+
+// A release rolled back, migrating a schema a newer release migrated,
+// leaves the newer release's grants alone: it would grant every table
+// whole, and revoke only the append-only rights it knows of, giving the
+// application role back UPDATE and DELETE on the newer release's records.
+// A release that merged away an earlier migration is not taken for older.
+func TestOlderReleaseLeavesANewerReleasesGrants(t *testing.T) {
+	ctx := context.Background()
+	common := pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"}
+	table := func(name string) *fstest.MapFile {
+		return &fstest.MapFile{Data: []byte("CREATE TABLE " + name + " (clinic text NOT NULL, id text);\n")}
+	}
+	older := pgdb.Source{Name: "svc", FS: fstest.MapFS{"m/0001_a.sql": table("a")}, Dir: "m"}
+	newer := pgdb.Source{Name: "svc", FS: fstest.MapFS{"m/0001_a.sql": table("a"), "m/0002_ledger.sql": table("ledger")}, Dir: "m"}
+	merged := pgdb.Source{Name: "svc", FS: fstest.MapFS{"m/0002_ledger.sql": table("ledger")}, Dir: "m"}
+	owner, schema := pgtest.Schema(t, common, newer)
+	mayUpdate := func() bool {
+		t.Helper()
+		var may bool
+		if err := owner.QueryRow(ctx, `SELECT has_table_privilege($1, $2, 'UPDATE')`, pgdb.AppRole, schema+".ledger").Scan(&may); err != nil {
+			t.Fatal(err)
+		}
+		return may
+	}
+	// The newer release keeps its ledger append-only.
+	if _, err := owner.Exec(ctx, `REVOKE UPDATE, DELETE ON `+schema+`.ledger FROM `+pgdb.AppRole); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common, older); err != nil {
+		t.Fatalf("the older release's Migrate: %v", err)
+	}
+	if mayUpdate() {
+		t.Fatal("the older release granted UPDATE on the newer release's append-only ledger")
+	}
+	// Its services, which wait for its migrations, go on.
+	if missing, err := pgdb.Unapplied(ctx, owner, schema, common, older); err != nil || len(missing) != 0 {
+		t.Fatalf("the older release's migrations still to do: %v, %v; want none", missing, err)
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common, merged); err != nil {
+		t.Fatal(err)
+	}
+	if !mayUpdate() {
+		t.Fatal("a release that merged away 0001 left the grants as if it were older; want them made as it knows them")
+	}
+}
+
+// ordinaryOwner is a role that may create schemas in the test database,
+// with attrs (and no superuser nor BYPASSRLS), as managed databases give
+// an owner; it returns a pool logged in as it, and a schema name of its
+// own, both dropped when the test ends.
+func ordinaryOwner(t *testing.T, admin *pgxpool.Pool, attrs string) (*pgxpool.Pool, string) {
+	t.Helper()
+	ctx := context.Background()
+	role := fmt.Sprintf("handoff_owner_test_%d", time.Now().UnixNano()%1_000_000_000)
+	var db string
+	if err := admin.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	schema := role + "_s"
+	for _, q := range []string{
+		`CREATE ROLE ` + role + ` LOGIN NOSUPERUSER NOBYPASSRLS ` + attrs,
+		`GRANT CREATE ON DATABASE ` + pgx.Identifier{db}.Sanitize() + ` TO ` + role,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = admin.Exec(ctx, `DROP SCHEMA IF EXISTS `+schema+` CASCADE`)
+		_, _ = admin.Exec(ctx, `REVOKE CREATE ON DATABASE `+pgx.Identifier{db}.Sanitize()+` FROM `+role)
+		_, _ = admin.Exec(ctx, `DROP OWNED BY `+role)
+		_, _ = admin.Exec(ctx, `DROP ROLE IF EXISTS `+role)
+	})
+	cfg, err := pgxpool.ParseConfig(admin.Config().ConnString())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ConnConfig.User = role
+	owner, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	return owner, schema
 }

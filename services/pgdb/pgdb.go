@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"path"
 	"regexp"
@@ -218,11 +219,55 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 			return err
 		}
 	}
+	newer, err := newerRecorded(ctx, conn.Conn(), schema, all)
+	if err != nil {
+		return err
+	}
 	marker, err := securedMarker(sources)
 	if err != nil {
 		return err
 	}
+	if len(newer) > 0 {
+		// A newer release migrated the schema (this one was rolled back):
+		// its grants are for tables this release does not know, which
+		// secure would grant whole (ON ALL TABLES), revoking only the
+		// append-only rights it knows of. They are left as they are. The
+		// newer release secured every table this one's migrations made,
+		// so its marker is this one's to record: its services wait for it.
+		slog.WarnContext(ctx, "schema migrated by a newer release: its grants and row security are left to it",
+			"schema", schema, "newer", strings.Join(newer, ", "))
+		if _, err := conn.Exec(ctx, `INSERT INTO `+schema+`.schema_migrations (id) VALUES ($1) ON CONFLICT DO NOTHING`, marker); err != nil {
+			return fmt.Errorf("pgdb: record %s secured: %w", schema, err)
+		}
+		return nil
+	}
 	return secure(ctx, conn.Conn(), schema, marker)
+}
+
+// newerRecorded returns the migrations recorded in schema that come after
+// the last of their source in all: a newer release's. One this release
+// merged away or dropped, numbered before its source's last, is not newer.
+func newerRecorded(ctx context.Context, conn *pgx.Conn, schema string, all []migration) ([]string, error) {
+	last := map[string]string{}
+	for _, m := range all {
+		last[m.src.Name] = max(last[m.src.Name], path.Base(m.file))
+	}
+	rows, err := conn.Query(ctx, `SELECT id FROM `+schema+`.schema_migrations WHERE id NOT LIKE 'secured/%' ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: read %s migrations: %w", schema, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("pgdb: read %s migrations: %w", schema, err)
+	}
+	var newer []string
+	for _, id := range ids {
+		src, file, ok := strings.Cut(id, "/")
+		if l, known := last[src]; ok && known && file > l {
+			newer = append(newer, id)
+		}
+	}
+	return newer, nil
 }
 
 // migration is one file of a source, and the id it is recorded under.
