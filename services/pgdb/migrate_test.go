@@ -347,3 +347,31 @@ func ordinaryOwner(t *testing.T, admin *pgxpool.Pool, attrs string) (*pgxpool.Po
 	t.Cleanup(owner.Close)
 	return owner, schema
 }
+
+// An owner that may not create roles, given the application role by hand
+// (a provider that lets no one create roles), migrates: secure grants the
+// role to the owner only if it lacks it, as granting even a role held
+// needs its admin option. Before, every migration failed.
+func TestOwnerGivenTheAppRoleByHandMigrates(t *testing.T) {
+	ctx := context.Background()
+	admin, _ := pgtest.Schema(t)
+	owner, schema := ordinaryOwner(t, admin, "NOCREATEROLE")
+	var role string
+	if err := owner.QueryRow(ctx, `SELECT current_user`).Scan(&role); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, `GRANT `+pgdb.AppRole+` TO `+role); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), `REVOKE `+pgdb.AppRole+` FROM `+role) })
+	src := pgdb.Source{Name: "test", FS: fstest.MapFS{
+		"m/0001_t.sql": {Data: []byte("CREATE TABLE t (clinic text NOT NULL, id text NOT NULL);\n")},
+	}, Dir: "m"}
+	if err := pgdb.Migrate(ctx, owner, schema, src); err != nil {
+		t.Fatalf("Migrate as an owner given %s by hand: %v", pgdb.AppRole, err)
+	}
+	var may bool
+	if err := admin.QueryRow(ctx, `SELECT has_table_privilege($1, $2, 'SELECT')`, pgdb.AppRole, schema+".t").Scan(&may); err != nil || !may {
+		t.Fatalf("%s may read the table made: %v, %v; want it granted", pgdb.AppRole, may, err)
+	}
+}

@@ -422,7 +422,14 @@ func secure(ctx context.Context, conn *pgx.Conn, schema, marker string) error {
 					CREATE ROLE ` + AppRole + ` NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
 				END IF;
 			END $$`,
-			`GRANT ` + AppRole + ` TO current_user`,
+			// Granted only if not held: granting a role, even one held,
+			// needs its admin option, which an owner given the role by
+			// hand (a provider that lets no one create roles) may lack.
+			`DO $$ BEGIN
+				IF NOT pg_has_role(current_user, '` + AppRole + `', 'MEMBER') THEN
+					GRANT ` + AppRole + ` TO current_user;
+				END IF;
+			END $$`,
 			`GRANT USAGE ON SCHEMA ` + schema + ` TO ` + AppRole,
 			`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ` + schema + ` TO ` + AppRole,
 			`GRANT USAGE ON ALL SEQUENCES IN SCHEMA ` + schema + ` TO ` + AppRole,
