@@ -299,6 +299,23 @@ func TestOlderReleaseLeavesANewerReleasesGrants(t *testing.T) {
 	if missing, err := pgdb.Unapplied(ctx, owner, schema, common, older); err != nil || len(missing) != 0 {
 		t.Fatalf("the older release's migrations still to do: %v, %v; want none", missing, err)
 	}
+	// A newer release's source this one lacks makes it older too.
+	extra := pgdb.Source{Name: "extra", FS: fstest.MapFS{"m/0001_more.sql": table("more")}, Dir: "m"}
+	if err := pgdb.Migrate(ctx, owner, schema, common, newer, extra); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := owner.Exec(ctx, `REVOKE UPDATE, DELETE ON `+schema+`.ledger FROM `+pgdb.AppRole); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, owner, schema, common, newer); err != nil {
+		t.Fatal(err)
+	}
+	if mayUpdate() {
+		t.Fatal("a release lacking a newer release's source granted UPDATE on its ledger")
+	}
+	if _, err := owner.Exec(ctx, `DELETE FROM `+schema+`.schema_migrations WHERE id LIKE 'extra/%'`); err != nil {
+		t.Fatal(err)
+	}
 	if err := pgdb.Migrate(ctx, owner, schema, common, merged); err != nil {
 		t.Fatal(err)
 	}

@@ -245,8 +245,9 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, schema string, sources ...
 }
 
 // newerRecorded returns the migrations recorded in schema that come after
-// the last of their source in all: a newer release's. One this release
-// merged away or dropped, numbered before its source's last, is not newer.
+// the last of their source in all, or are of a source all lacks: a newer
+// release's. One this release merged away or dropped, numbered before its
+// source's last, is not newer.
 func newerRecorded(ctx context.Context, conn *pgx.Conn, schema string, all []migration) ([]string, error) {
 	last := map[string]string{}
 	for _, m := range all {
@@ -262,8 +263,9 @@ func newerRecorded(ctx context.Context, conn *pgx.Conn, schema string, all []mig
 	}
 	var newer []string
 	for _, id := range ids {
-		src, file, ok := strings.Cut(id, "/")
-		if l, known := last[src]; ok && known && file > l {
+		// A source this release does not know is a newer release's too.
+		src, file, _ := strings.Cut(id, "/")
+		if l, known := last[src]; !known || file > l {
 			newer = append(newer, id)
 		}
 	}
@@ -422,11 +424,15 @@ func secure(ctx context.Context, conn *pgx.Conn, schema, marker string) error {
 					CREATE ROLE ` + AppRole + ` NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
 				END IF;
 			END $$`,
-			// Granted only if not held: granting a role, even one held,
-			// needs its admin option, which an owner given the role by
-			// hand (a provider that lets no one create roles) may lack.
+			// Granted only if its rights are not the owner's already:
+			// granting a role, even one held, needs its admin option,
+			// which an owner given the role by hand (a provider that lets
+			// no one create roles) may lack. USAGE, not MEMBER: on
+			// PostgreSQL 16 the owner that creates the role holds it with
+			// the admin option alone, not its rights, and row security
+			// would hide every row from the data migrations.
 			`DO $$ BEGIN
-				IF NOT pg_has_role(current_user, '` + AppRole + `', 'MEMBER') THEN
+				IF NOT pg_has_role(current_user, '` + AppRole + `', 'USAGE') THEN
 					GRANT ` + AppRole + ` TO current_user;
 				END IF;
 			END $$`,
