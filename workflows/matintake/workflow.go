@@ -157,11 +157,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// No one could take the person in: the counselor must hear of it.
 		err = flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
 	} else if w.toldOfFailure && flow.Version(ctx, versionListenAfterFailure, 1) >= 1 {
-		// So must they of the failure. The failure stands as the run's
-		// error; a cancel while listening ends the wait, no more.
-		if lerr := flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil); err == nil {
-			err = lerr
-		}
+		// So must they of the failure. The run ends as it would have (on
+		// the failure, or with the entry into treatment); a cancel while
+		// listening ends the wait, no more.
+		_ = flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
 	}
 	// A referral signal only says that something changed, and the service
 	// has been asked what is true; signals still waiting when the intake

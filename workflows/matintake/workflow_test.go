@@ -1025,6 +1025,22 @@ func TestFailureAfterEntryAsksForTheFamilysReferrals(t *testing.T) {
 	}
 }
 
+// A cancel while the intake listens for its notice's failures, after the
+// family's own referrals failed, ends the wait, not the entry: the intake
+// still says the person entered treatment.
+func TestCancelWhileListeningAfterEntryKeepsTheEntry(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.supportErr = temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+	h.transition(time.Hour, "clinics/north/referrals/r1", activities.ReferralInfo{State: "COMPLETED"})
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, time.Hour+10*time.Minute)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v; want ENTERED_TREATMENT", res, err)
+	}
+}
+
 // An intake cancelled after the person entered treatment (while the
 // family's own referrals were being made) tells the counselor nothing:
 // no referral is left open to follow. The family's referrals say why
