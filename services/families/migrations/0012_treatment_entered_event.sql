@@ -11,7 +11,8 @@
 --
 -- One function announces both moves, named by the trigger's arguments
 -- (the event type and its generation); family.closed's trigger moves to
--- it, and 0009's function of its own goes.
+-- it (replaced, not dropped: a drop would lock every read of the table),
+-- and 0009's function of its own goes.
 CREATE FUNCTION families_announce() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO outbox (clinic, event_type, resource, payload, generation)
@@ -24,8 +25,7 @@ CREATE TRIGGER families_treatment_entered AFTER UPDATE OF state ON families FOR 
     WHEN (OLD.state IS DISTINCT FROM 2 AND NEW.state = 2)
     EXECUTE FUNCTION families_announce('handoff.families.v1.family.treatment_entered', '7');
 
-DROP TRIGGER families_closed ON families;
-CREATE TRIGGER families_closed AFTER UPDATE OF state ON families FOR EACH ROW
+CREATE OR REPLACE TRIGGER families_closed AFTER UPDATE OF state ON families FOR EACH ROW
     WHEN (OLD.state IS DISTINCT FROM 3 AND NEW.state = 3)
     EXECUTE FUNCTION families_announce('handoff.families.v1.family.closed', '6');
 DROP FUNCTION families_announce_closed();
