@@ -1403,7 +1403,8 @@ func (w *wf) continueAsNew(ctx workflow.Context) error {
 		// Cancelled in the task that brought the run's last event (Await
 		// does not say so when its condition holds already): a new run
 		// would not inherit the cancel. A run that continued before is
-		// closed, so no history replays this.
+		// closed, so no open history replays this (a query or reset of
+		// such a closed run would not replay).
 		return temporal.NewCanceledError()
 	}
 	w.st.Events = 0
