@@ -98,6 +98,18 @@ func wantCode(t *testing.T, err error, want codes.Code) {
 	}
 }
 
+// hold holds a buprenorphine place at program for the family, for
+// intervention if one is named.
+func (f *fixture) hold(t *testing.T, program, intervention string) *referralsv1.Hold {
+	t.Helper()
+	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: program,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family, Intervention: intervention})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 func (f *fixture) capacity(t *testing.T, name string) (available, held int32) {
 	t.Helper()
 	p, err := f.client.GetProgram(f.ctx, &referralsv1.GetProgramRequest{Name: name})
@@ -221,14 +233,9 @@ func TestConvertingALapsedHoldFreesItsSlot(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 1)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
-		Intervention: "clinics/north/interventions/i1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.hold(t, p.GetName(), "clinics/north/interventions/i1")
 	f.clock.Advance(73 * time.Hour)
-	_, err = f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted"})
+	_, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted"})
 	wantCode(t, err, codes.FailedPrecondition)
 	if a, held := f.capacity(t, p.GetName()); a != 1 || held != 0 {
 		t.Fatalf("after converting a lapsed hold: %d free, %d held; want 1, 0 before any sweep", a, held)
@@ -257,12 +264,7 @@ func TestHoldAndConversionAreAuditedByWhatTheyMade(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
-		Intervention: "clinics/north/interventions/i1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.hold(t, p.GetName(), "clinics/north/interventions/i1")
 	convert := &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted", RequestId: "convert-1"}
 	r, err := f.client.ConvertHold(f.ctx, convert)
 	if err != nil {
@@ -298,11 +300,7 @@ func TestConversionRetriedAsTheFirstCommitsGetsItsReferral(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	p := f.program(t, buprenorphine("Riverside MAT"), 2)
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.hold(t, p.GetName(), "")
 	convert := &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted", RequestId: "convert-race",
 		Etag: h.GetEtag()}
 	var first *referralsv1.Referral
@@ -1765,12 +1763,7 @@ func TestProgramReferencesAreChecked(t *testing.T) {
 
 	kept, gone := f.program(t, buprenorphine("Kept"), 1), f.program(t, buprenorphine("Gone"), 1)
 	// Held once, so that its deletion keeps it, marked deleted.
-	h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: gone.GetName(),
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family,
-		Intervention: "clinics/north/interventions/i1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := f.hold(t, gone.GetName(), "clinics/north/interventions/i1")
 	if _, err := f.client.ReleaseHold(f.ctx, &referralsv1.ReleaseHoldRequest{Name: h.GetName(), Reason: "meeting postponed"}); err != nil {
 		t.Fatal(err)
 	}
@@ -2449,11 +2442,7 @@ func TestAnUnusedConvertedPlaceGoesBack(t *testing.T) {
 	p := f.program(t, buprenorphine("Riverside MAT"), 3)
 	convert := func(program string) *referralsv1.Referral {
 		t.Helper()
-		h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: program,
-			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family})
-		if err != nil {
-			t.Fatal(err)
-		}
+		h := f.hold(t, program, "")
 		ref, err := f.client.ConvertHold(f.ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: "accepted"})
 		if err != nil {
 			t.Fatal(err)
