@@ -120,9 +120,19 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	st := &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
 		Rename: func(resource string) []any { return args(Event{Resource: resource}.clean().Resource) }}
 	if e.Elsewhere {
-		st.Within = "clinics/" + clinic + "/"
+		st.Within = e.Within(clinic)
 	}
 	return st
+}
+
+// Within is the prefix of the names of the records a create of e may
+// make: those under its resource, or, for one that makes its record
+// elsewhere (Elsewhere), any in clinic.
+func (e Event) Within(clinic string) string {
+	if e.Elsewhere {
+		return "clinics/" + clinic + "/"
+	}
+	return e.Resource + "/"
 }
 
 var filterFields = map[string]aip.FilterField{

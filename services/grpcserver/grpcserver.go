@@ -376,10 +376,7 @@ func createdName(e audit.Event, resp any) string {
 	if !e.Creates || !ok {
 		return ""
 	}
-	within := e.Resource + "/"
-	if e.Elsewhere {
-		within = "clinics/" + aip.Clinic(e.Resource) + "/"
-	}
+	within := e.Within(aip.Clinic(e.Resource))
 	if name := aip.StringField(r, "name"); strings.HasPrefix(name, within) && within != "clinics//" {
 		return name
 	}
