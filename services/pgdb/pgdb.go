@@ -263,9 +263,10 @@ func newerRecorded(ctx context.Context, conn *pgx.Conn, schema string, all []mig
 	}
 	var newer []string
 	for _, id := range ids {
-		// A source this release does not know is a newer release's too.
-		src, file, _ := strings.Cut(id, "/")
-		if l, known := last[src]; !known || file > l {
+		// A source this release does not know is a newer release's too;
+		// an id of no source (not one Migrate records) is no release's.
+		src, file, ok := strings.Cut(id, "/")
+		if l, known := last[src]; ok && (!known || file > l) {
 			newer = append(newer, id)
 		}
 	}
