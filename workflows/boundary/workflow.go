@@ -116,6 +116,13 @@ type State struct {
 	// Later are check-ins of a meeting other than the cycle's, kept for the
 	// restart that makes it the cycle's (see versionCheckInsOfNext).
 	Later []CheckIn
+	// AlertLines are the overdose alerts this workflow made, and its
+	// notices that an overdose's urgent referral could not be made:
+	// unlike its other reminders, they are still sent again when their
+	// delivery fails after a cancel (see versionHearAlertsOut). AlertedAt
+	// is when the latest was made.
+	AlertLines []string
+	AlertedAt  time.Time
 }
 
 // versionGateOnScreen guards holding member check-ins and the next
@@ -260,6 +267,10 @@ type wf struct {
 	decided  bool
 	chain    string // the first run id of this execution, the same after continue-as-new
 	byRun    bool   // request ids name chain (versionIDsByRun)
+	// outlive says the resends run on a context a cancel does not reach
+	// (versionResendsOutlive); ended, that the run was cancelled or its
+	// family's case closed, after which only the alerts' resends go out.
+	outlive, ended bool
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -291,8 +302,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		w.answerWaiting(actx)
 	}
 	if temporal.IsCanceledError(err) {
+		w.ended = true
 		w.tidyOnCancel(ctx)
 		w.answerLate(actx)
+		w.hearAlertsOut(ctx)
 	}
 	if err != nil && w.familyGone(flow.WithActivityOptions(ctx), err) {
 		w.step = "done"
@@ -307,8 +320,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil && activities.ErrorType(err) == activities.FamilyClosed && flow.Version(actx, versionFamilyClosed, 1) >= 1 {
 		// Its own reminders still to go are cancelled as on a cancel:
 		// the counselor's notices would ask for work on a closed case.
+		w.ended = true
 		w.tidyOnCancel(ctx)
 		w.answerLate(actx)
+		w.hearAlertsOut(ctx)
 		w.step = "done"
 		return Result{Summary: SummaryFamilyClosed, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 	}
@@ -348,6 +363,73 @@ func (w *wf) answerLate(ctx workflow.Context) {
 		w.answerWaiting(ctx)
 	}
 }
+
+// hearAlertsOut keeps a run that was cancelled, or whose family's case was
+// closed, open while an overdose's alert it made can still fail, and
+// sends such a failure again: the alert still matters to a loved one
+// who overdosed whatever stopped the follow-up, and a failure signalled
+// to a closed workflow is lost. An overdose signalled meanwhile is
+// answered, and listened for in turn. The wait does not end for a
+// restart: a refusal that soon after a yes or a closing joins this run
+// and is lost, as it is while the run tidies up.
+func (w *wf) hearAlertsOut(ctx workflow.Context) {
+	if !w.outlive || !w.alertsAtRisk(ctx) || flow.Version(ctx, versionHearAlertsOut, 1) < 1 {
+		return
+	}
+	dctx, stop := workflow.NewDisconnectedContext(ctx)
+	defer stop()
+	actx := flow.WithActivityOptions(dctx)
+	w.step = "finishing"
+	for {
+		if err := flow.Listen(actx, w.settings, &w.st.Resends, time.Time{}, func() bool { return w.overdose.Len() > 0 }); err != nil {
+			workflow.GetLogger(ctx).Warn("listening for overdose alerts' failures after the end failed", "error", err)
+			return
+		}
+		if w.overdose.Len() == 0 {
+			return
+		}
+		w.answerWaiting(actx)
+	}
+}
+
+// alertsAtRisk reports whether an overdose's alert or notice this
+// workflow made can still fail: one made, or a resend of any, within
+// flow.ListenFor, or a resend of one still waiting.
+func (w *wf) alertsAtRisk(ctx workflow.Context) bool {
+	if len(w.st.AlertLines) == 0 {
+		return false
+	}
+	now, d := workflow.Now(ctx), flow.ListenFor(w.settings)
+	if now.Before(w.st.AlertedAt.Add(d)) || now.Before(w.st.Resends.FailsBy.Add(d)) {
+		return true
+	}
+	return slices.ContainsFunc(w.st.Resends.Pending, func(p flow.Resend) bool {
+		return slices.Contains(w.st.AlertLines, w.st.Resends.Line(p.Reminder))
+	})
+}
+
+// staleResend says whether a failed reminder of line is not to be sent
+// again: once the run was cancelled or its case closed, every one but an
+// overdose's alerts and notices (tidyOnCancel cancelled the rest), and
+// before that a member's while the family is not safe (heldForRisk).
+func (w *wf) staleResend(ctx workflow.Context, line string) bool {
+	if w.ended && w.outlive {
+		return !slices.Contains(w.st.AlertLines, line)
+	}
+	return w.heldForRisk(ctx, line)
+}
+
+// versionResendsOutlive guards running the resends of failed reminders on
+// a context a cancel does not reach. Before, a cancel cut every resend
+// short, an overdose alert's among them.
+const versionResendsOutlive = "resends-outlive-cancel"
+
+// versionHearAlertsOut guards hearAlertsOut. Before, a run cancelled (a
+// yes at a later meeting, treatment entered) or closed ended at once: an
+// overdose alert answered as it stopped, or just before, whose delivery
+// then failed was never sent again. Asked only when one can still fail,
+// in a new epoch.
+const versionHearAlertsOut = "hear-alerts-out"
 
 // versionAnswerAfterTidy guards answerLate. Before, an overdose signalled
 // while the workflow cancelled its reminders on the way out (a call that
@@ -406,7 +488,11 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if w.settings, err = flow.Settings(ctx, w.in.Clinic); err != nil {
 		return Result{}, err
 	}
-	w.failedReminders = flow.RetryFailedReminders(ctx, w.settings, &w.st.Resends, w.heldForRisk)
+	rctx := ctx
+	if w.outlive = flow.Version(ctx, versionResendsOutlive, 1) >= 1; w.outlive {
+		rctx, _ = workflow.NewDisconnectedContext(ctx)
+	}
+	w.failedReminders = flow.RetryFailedReminders(rctx, w.settings, &w.st.Resends, w.staleResend)
 	if w.st.Began.IsZero() {
 		w.begin(ctx)
 		if err := w.earlyOverdoses(ctx); err != nil {
@@ -1127,10 +1213,12 @@ func (w *wf) alert(ctx workflow.Context, o Overdose, n int) (string, error) {
 	if o.WarningSign != "" {
 		about = o.WarningSign
 	}
-	if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
-		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n))); err != nil {
+	name, err := flow.RemindAt(ctx, w.in.Clinic, w.counselor(), "OVERDOSE_ALERT", about,
+		"Urgent: please contact the family today.", w.id(fmt.Sprintf("overdose-alert|%d", n)), time.Time{})
+	if err != nil {
 		return about, err
 	}
+	w.alerted(ctx, name)
 	now := workflow.Now(ctx)
 	var sooner []time.Time
 	for _, t := range w.st.CheckIns {
@@ -1176,10 +1264,21 @@ func (w *wf) answerOverdose(ctx workflow.Context, o Overdose, n int) error {
 	}
 	if err := w.harmReduction(dctx, "IMMEDIATE", fmt.Sprintf("overdose|%d", n), "HARM_REDUCTION_NALOXONE", "HARM_REDUCTION_SYRINGE_SERVICES"); err != nil {
 		log.Warn("urgent referral after an overdose failed; telling the counselor", "error", err)
-		return flow.Remind(dctx, w.in.Clinic, w.counselor(), "REFERRAL_ESCALATION", about,
-			"An urgent referral for the family could not be made: please make it by hand.", w.id(fmt.Sprintf("overdose-referral-failed|%d", n)))
+		name, err := flow.RemindAt(dctx, w.in.Clinic, w.counselor(), "REFERRAL_ESCALATION", about,
+			"An urgent referral for the family could not be made: please make it by hand.", w.id(fmt.Sprintf("overdose-referral-failed|%d", n)), time.Time{})
+		w.alerted(dctx, name)
+		return err
 	}
 	return nil
+}
+
+// alerted notes name, an overdose's alert or notice just made (empty when
+// none was), among AlertLines.
+func (w *wf) alerted(ctx workflow.Context, name string) {
+	if name != "" {
+		w.st.AlertLines = append(w.st.AlertLines, name)
+		w.st.AlertedAt = workflow.Now(ctx)
+	}
 }
 
 // answerWaiting answers, as the workflow is cancelled, the overdoses

@@ -1416,6 +1416,77 @@ func TestOverdoseWhileTidyingUpIsAnswered(t *testing.T) {
 	}
 }
 
+// An overdose's alert whose delivery fails around a cancel (a yes at a
+// later meeting stops the workflow) is still sent again: the failure
+// comes after the cancel, or came before it and its resend was waiting.
+// An overdose signalled while the run listens is answered. The run's other
+// reminders are not sent again: the cancel took them away.
+func TestOverdoseAlertsFailingAroundACancelAreSentAgain(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		failAt, cancelAt time.Duration
+	}{
+		{"failing after the cancel", 2*day + 5*time.Minute, 2*day + time.Minute},
+		{"failing before the cancel", 2*day + time.Minute, 2*day + 5*time.Minute},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, "CURRENT")
+			resent := h.resends()
+			made := map[string]int{}
+			h.nameFor = func(r activities.ReminderRequest) string {
+				made[r.Kind]++
+				return fmt.Sprintf("clinics/north/reminders/%s-%d", r.Kind, made[r.Kind])
+			}
+			h.env.RegisterDelayedCallback(func() {
+				h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+			}, 2*day)
+			h.env.RegisterDelayedCallback(func() {
+				for _, r := range []string{"OVERDOSE_ALERT-1", "BOUNDARY_REMINDER-1"} {
+					h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/" + r})
+				}
+			}, c.failAt)
+			h.env.RegisterDelayedCallback(h.env.CancelWorkflow, c.cancelAt)
+			h.env.RegisterDelayedCallback(func() {
+				h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w2"})
+			}, 2*day+30*time.Minute)
+			h.env.ExecuteWorkflow(boundary.Name, input(1))
+			if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+				t.Fatalf("workflow error = %v; want cancelled", err)
+			}
+			if made["BOUNDARY_REMINDER"] == 0 {
+				t.Fatalf("reminders %v; want a boundary reminder before the cancel", made)
+			}
+			if fmt.Sprint(*resent) != "[clinics/north/reminders/OVERDOSE_ALERT-1]" {
+				t.Errorf("sent again %v; want the overdose alert alone", *resent)
+			}
+			if alerts := h.kinds("OVERDOSE_ALERT"); len(alerts) != 2 || alerts[1].Related != family+"/warningSigns/w2" {
+				t.Errorf("overdose alerts %+v; want w1's and w2's", alerts)
+			}
+		})
+	}
+}
+
+// A cancelled run whose overdose alerts can no longer fail ends at the
+// cancel: it waits only for an alert still at risk.
+func TestCancelledLongAfterAnOverdoseEndsAtOnce(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.resends()
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 2*day)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 5*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(h.kinds("OVERDOSE_ALERT")) != 1 {
+		t.Fatalf("overdose alerts %+v; want w1's", h.kinds("OVERDOSE_ALERT"))
+	}
+	if took := h.env.Now().Sub(h.t0); took != 5*day {
+		t.Fatalf("the run ended %v after it began; want at the cancel, 5 days in", took)
+	}
+}
+
 // An overdose is answered while a step is still running (here the first
 // support referral, the referrals service slow to answer): its alert does
 // not wait up to a day behind a call being retried.
@@ -1459,7 +1530,7 @@ func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	// overdose waits behind the step: the failure's own answer is tested.
 	// The change is covered since epoch-2026-12-05: the run is one begun
 	// at the epoch before, which asks it.
-	for _, e := range []string{"epoch-2026-12-07", "epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+	for _, e := range []string{"epoch-2026-12-07b", "epoch-2026-12-07", "epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
 		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	}
 	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)

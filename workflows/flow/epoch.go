@@ -44,14 +44,13 @@ type epoch struct {
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-07", with(ninthEpoch,
-		// boundary: asked only at a check-in an overdose brought after the
-		// check-ins ended with a meeting left to the counselor
-		"held-at-end-is-theirs",
-		// matintake: asked only when an intake failed, or the family's own
-		// referrals did after the loved one entered treatment
-		"listen-after-failure", "entered-past-failed-support",
+	{"epoch-2026-12-07b", with(tenthEpoch,
+		// boundary: asked in every run (it costs each a marker), and only
+		// when a run cancelled or closed has an overdose's alert that can
+		// still fail
+		"resends-outlive-cancel", "hear-alerts-out",
 	)},
+	{"epoch-2026-12-07", tenthEpoch},
 	{"epoch-2026-12-06c", ninthEpoch},
 	{"epoch-2026-12-06b", eighthEpoch},
 	{"epoch-2026-12-06", seventhEpoch},
@@ -71,6 +70,16 @@ var epochs = []epoch{
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// tenthEpoch is epoch-2026-12-07's.
+var tenthEpoch = with(ninthEpoch,
+	// boundary: asked only at a check-in an overdose brought after the
+	// check-ins ended with a meeting left to the counselor
+	"held-at-end-is-theirs",
+	// matintake: asked only when an intake failed, or the family's own
+	// referrals did after the loved one entered treatment
+	"listen-after-failure", "entered-past-failed-support",
+)
 
 // ninthEpoch is epoch-2026-12-06c's.
 var ninthEpoch = with(eighthEpoch,

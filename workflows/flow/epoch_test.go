@@ -56,7 +56,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-07", "a-later-change"}},
+		{true, []string{"epoch-2026-12-07b", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -183,6 +183,13 @@ func tenthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, 1)
 }
 
+// eleventhEpochFlow is what code that knew the eleventh epoch ran: its
+// marker alone.
+func eleventhEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-07", workflow.DefaultVersion, 1)
+	return afterVersions(ctx, 1, 1, 1)
+}
+
 // todaysEpochFlow is the same workflow under today's code.
 func todaysEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
@@ -206,12 +213,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the eighth epoch", eighthEpochFlow, "[epoch-2026-12-06]"},
 		{"begun at the ninth epoch", ninthEpochFlow, "[epoch-2026-12-06b]"},
 		{"begun at the tenth epoch", tenthEpochFlow, "[epoch-2026-12-06c]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-07]"},
+		{"begun at the eleventh epoch", eleventhEpochFlow, "[epoch-2026-12-07]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-07b]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-07]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-07b]"},
 	})
 }
 
@@ -275,7 +283,7 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 // sensitiveFlow asks changes asked only in a sensitive state (a screen not
 // current, a stalled intake's failed review, a family's case closed, an
 // overdose as the boundary workflow ends, a meeting held back for risk, an
-// intake that failed).
+// intake that failed, an overdose's alert that can fail after a cancel).
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
 	// Three versions, as every flow of the table gives: the last stands
@@ -284,7 +292,7 @@ func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 		min(flow.Version(ctx, "close-before-boundary", 1), flow.Version(ctx, "answer-overdoses-after-tidy", 1),
 			flow.Version(ctx, "escalate-when-safe", 1), flow.Version(ctx, "hold-members-on-risk", 1),
 			flow.Version(ctx, "held-at-end-is-theirs", 1), flow.Version(ctx, "listen-after-failure", 1),
-			flow.Version(ctx, "entered-past-failed-support", 1)))
+			flow.Version(ctx, "entered-past-failed-support", 1), flow.Version(ctx, "hear-alerts-out", 1)))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew
@@ -308,6 +316,6 @@ func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
 func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	replayUnder(t, "FreshFlow", todaysFreshFlow, 1, []epochRun{
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
-		{"begun today", todaysFreshFlow, "[epoch-2026-12-07]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-07b]"},
 	})
 }

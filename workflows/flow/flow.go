@@ -323,6 +323,15 @@ type Resends struct {
 	FailsBy time.Time
 }
 
+// Line is the first reminder of name's line: name itself, or the one it
+// was sent again for.
+func (r *Resends) Line(name string) string {
+	if f, ok := r.First[name]; ok {
+		return f
+	}
+	return name
+}
+
 // Resend is a failed reminder waiting to be sent again at At.
 type Resend struct {
 	Reminder string
@@ -355,12 +364,6 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 	if r.First == nil {
 		r.First = map[string]string{}
 	}
-	first := func(name string) string {
-		if f, ok := r.First[name]; ok {
-			return f
-		}
-		return name
-	}
 	// The command sequence is the one this function always produced (a timer
 	// and an activity per failure signal, repeats included: the request id
 	// makes a repeated resend return the same reminder), so older histories
@@ -376,7 +379,7 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 				r.Pending = slices.Delete(r.Pending, i, i+1)
 			}
 		}()
-		line, n := first(p.Reminder), r.Attempts[p.Reminder]
+		line, n := r.Line(p.Reminder), r.Attempts[p.Reminder]
 		if stale != nil && Version(ctx, versionSkipStale, 1) >= 1 && stale(ctx, line) {
 			workflow.GetLogger(ctx).Info("stale reminder not sent again", "reminder", p.Reminder)
 			return
