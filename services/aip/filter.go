@@ -41,6 +41,13 @@ type FilterField struct {
 	// Values maps an EnumSet field's value to the column's values it
 	// stands for; none for a value that stands for none.
 	Values func(string) []int32
+	// Implies, for an Enum field whose Column is derived from stored
+	// columns, gives for a value a condition on those columns (SQL of
+	// literals, no parameters) that every row deriving that value meets,
+	// or "" for none. It is added to an = on the value: a partial index
+	// whose predicate it states can then serve the comparison, which
+	// the derived column alone could not.
+	Implies func(int32) string
 }
 
 // Filter is a parsed AIP-160 filter: comparisons joined by AND.
@@ -58,6 +65,7 @@ type cond struct {
 	// Collection), the id in idColumn.
 	named    string
 	idColumn string
+	implied  string // a condition every matching row meets (FilterField.Implies)
 }
 
 // ParseFilter parses a filter of the form `a = "x" AND b >= 3`. Only the
@@ -145,6 +153,9 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 			return cond{}, fmt.Errorf("%s takes = or != with a value of its enum, not %q", name, val.text)
 		}
 		c.value = n
+		if fd.Kind == Enum && fd.Implies != nil && op == "=" {
+			c.implied = fd.Implies(n)
+		}
 	}
 	return c, nil
 }
@@ -190,6 +201,8 @@ func (f Filter) SQL(next int) (string, []any) {
 			parts[i] = fmt.Sprintf("%s = ANY($%d::int4[])", c.column, next+i)
 		case c.set:
 			parts[i] = fmt.Sprintf("NOT (%s = ANY($%d::int4[]))", c.column, next+i)
+		case c.implied != "":
+			parts[i] = fmt.Sprintf("(%s AND %s %s $%d)", c.implied, c.column, c.op, next+i)
 		case c.named != "":
 			// The clinic and id read off the name, for the index; the
 			// whole name compared too, so that a name with more segments,

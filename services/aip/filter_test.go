@@ -15,6 +15,15 @@ var testFields = map[string]FilterField{
 	"phase": {Column: "state", Kind: EnumSet, Values: func(v string) []int32 {
 		return map[string][]int32{"open": {1, 3}, "shut": {2}}[v]
 	}},
+	// A value derived from the stored state: ACTIVE only from stored 1.
+	"seen": {Column: "(CASE WHEN state = 1 THEN 1 ELSE 2 END)", Kind: Enum,
+		Enum: EnumLookup(map[string]int32{"S_UNSPECIFIED": 0, "S_ACTIVE": 1, "S_CLOSED": 2}, "S_"),
+		Implies: func(v int32) string {
+			if v == 1 {
+				return "state = 1"
+			}
+			return ""
+		}},
 }
 
 func TestParseFilter(t *testing.T) {
@@ -36,6 +45,11 @@ func TestParseFilter(t *testing.T) {
 		{`phase = "open"`, "state = ANY($3::int4[])", []any{[]int32{1, 3}}},
 		{`phase != shut`, "NOT (state = ANY($3::int4[]))", []any{[]int32{2}}},
 		{`phase = other`, "state = ANY($3::int4[])", []any{[]int32{}}},
+		// A derived value: = on it carries what the stored columns must
+		// hold, for a partial index; != and a value implying nothing do not.
+		{`seen = ACTIVE`, "(state = 1 AND (CASE WHEN state = 1 THEN 1 ELSE 2 END) = $3)", []any{int32(1)}},
+		{`seen != ACTIVE`, "(CASE WHEN state = 1 THEN 1 ELSE 2 END) <> $3", []any{int32(1)}},
+		{`seen = CLOSED`, "(CASE WHEN state = 1 THEN 1 ELSE 2 END) = $3", []any{int32(2)}},
 		// Quoted, a keyword or an operator is a string like any other.
 		{`owner = "AND" AND owner != "="`, "owner = $3 AND owner <> $4", []any{"AND", "="}},
 	}

@@ -551,8 +551,23 @@ func reminderFilter(ctx context.Context, now time.Time) map[string]aip.FilterFie
 		fields = deliveryFields
 	}
 	f := maps.Clone(fields)
-	f["state"] = aip.FilterField{Column: stateExpr(now), Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_")}
+	f["state"] = aip.FilterField{Column: stateExpr(now), Kind: aip.Enum, Enum: aip.EnumLookup(interventionsv1.ReminderState_value, "REMINDER_STATE_"),
+		Implies: storedStates}
 	return f
+}
+
+// storedStates is what a reminder read as state v is stored as: DUE is
+// never stored, but derived from SCHEDULED or CLAIMED (stateExpr). The
+// automation's poll for DUE then reads the partial index reminders_pending
+// (its predicate, as written here), not every reminder the clinic ever
+// sent, earliest first.
+func storedStates(v int32) string {
+	switch s := interventionsv1.ReminderState(v); s {
+	case rDue, rScheduled, rClaimed:
+		return fmt.Sprintf("state IN (%d, %d)", rScheduled, rClaimed)
+	default:
+		return fmt.Sprintf("state = %d", s)
+	}
 }
 
 var reminderFields = map[string]aip.FilterField{
@@ -571,6 +586,13 @@ var reminderFields = map[string]aip.FilterField{
 	// When it was made: the boundary workflow tells an earlier execution's
 	// overdose alerts from its own by it.
 	"create_time": {Column: "create_time", Kind: aip.Time},
+}
+
+// listReminders is ListReminders' statement: the clinic's reminders after
+// a due time and id ($1 to $3) that meet the filter's condition where
+// (parameters from $5), a page ($4) earliest due first.
+func listReminders(where string) string {
+	return reminderSelect + ` WHERE clinic = $1 AND (due_time, id) > ($2, $3) AND ` + where + ` ORDER BY due_time, id LIMIT $4`
 }
 
 // ListReminders implements the API, earliest due first.
@@ -595,8 +617,7 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	}
 	size := aip.PageSize(req.GetPageSize())
 	where, args := f.SQL(5)
-	rows, err := s.pool.Query(ctx, reminderSelect+` WHERE clinic = $1 AND (due_time, id) > ($2, $3) AND `+where+
-		` ORDER BY due_time, id LIMIT $4`, append([]any{clinic, afterDue, afterID, size + 1}, args...)...)
+	rows, err := s.pool.Query(ctx, listReminders(where), append([]any{clinic, afterDue, afterID, size + 1}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("list reminders: %w", err)
 	}
