@@ -67,6 +67,20 @@ func (p Principal) WorkerOnly() bool {
 // each as narrow as its job.
 var everyClinic = []Role{RoleWorker, RoleWebhookSender, RoleCalendarReader}
 
+// internal are the roles only Handoff's own parts hold: its service
+// identities, and the grant a calendar feed's token earns inside the
+// interventions service. No person or outside system holds one.
+var internal = append([]Role{RoleCalendarFeed}, everyClinic...)
+
+// Internal reports whether p holds a role only Handoff's own parts hold.
+// The public edge refuses such a token whatever clinic it names: a token
+// of the worker's role for one clinic (an identity provider letting an
+// administrator hand out any role) would create reminders the automation
+// sends to families, and read families as the worker does.
+func (p Principal) Internal() bool {
+	return p.Has(internal...)
+}
+
 // ServesEveryClinic reports whether p is a service identity that acts for
 // every clinic: its clinic claim is AnyClinic and every role it holds is
 // one of those. A staff role beside them (an identity provider's mistake)

@@ -233,9 +233,9 @@ func (s *server) authed(next handler) http.HandlerFunc {
 			return
 		}
 		// FHIR ids are ids within one clinic: a token for every clinic
-		// (a service identity) has no place here.
-		if p.Clinic == "" || p.Clinic == auth.AnyClinic {
-			s.cfg.Log.WarnContext(r.Context(), "token without one clinic refused at the FHIR interface",
+		// (a service identity), or in a service role, has no place here.
+		if p.Clinic == "" || p.Clinic == auth.AnyClinic || p.Internal() {
+			s.cfg.Log.WarnContext(r.Context(), "service token or one without a clinic refused at the FHIR interface",
 				append([]any{"subject", p.Subject, "method", r.Method, "path", r.URL.Path}, auth.Origin(r)...)...)
 			s.fail(w, http.StatusForbidden, "forbidden", "the FHIR interface needs a token for one clinic")
 			return

@@ -963,7 +963,9 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 			"authentication failed", http.StatusUnauthorized},
 		{"no token", "", "authentication failed", http.StatusUnauthorized},
 		{"a token for every clinic", issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}}),
-			"token without one clinic refused", http.StatusForbidden},
+			"service token or one without a clinic refused", http.StatusForbidden},
+		{"the worker's role for one clinic", issuer.MustMint(auth.TokenOptions{Subject: "admin-made", Clinic: "north", Roles: []auth.Role{auth.RoleWorker}}),
+			"service token or one without a clinic refused", http.StatusForbidden},
 	} {
 		logs.Reset()
 		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal"+Prefix+"/Patient", nil)

@@ -35,7 +35,14 @@ func TestRefusedTokensAreLogged(t *testing.T) {
 			"authentication failed", http.StatusUnauthorized},
 		{"no token", "", "authentication failed", http.StatusUnauthorized},
 		{"a token for every clinic", issuer.MustMint(auth.TokenOptions{Subject: "worker", Clinic: auth.AnyClinic, Roles: []auth.Role{auth.RoleWorker}}),
-			"token for every clinic refused", http.StatusForbidden},
+			"service token refused", http.StatusForbidden},
+		// A service role for one clinic is no client's either.
+		{"the worker's role for one clinic", issuer.MustMint(auth.TokenOptions{Subject: "admin-made", Clinic: "north", Roles: []auth.Role{auth.RoleWorker}}),
+			"service token refused", http.StatusForbidden},
+		{"the calendar reader's beside a counselor's", issuer.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north",
+			Roles: []auth.Role{auth.RoleCounselor, auth.RoleCalendarReader}}), "service token refused", http.StatusForbidden},
+		{"a calendar feed's grant", issuer.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCalendarFeed}}),
+			"service token refused", http.StatusForbidden},
 	} {
 		logs.Reset()
 		req := httptest.NewRequest(http.MethodGet, "http://gateway.internal/v1/clinics/north/families", nil)

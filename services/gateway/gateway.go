@@ -566,14 +566,16 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 			writeStatus(w, http.StatusUnauthorized, codes.Unauthenticated, auth.PublicReason(err))
 			return
 		}
-		if p.Clinic == auth.AnyClinic {
-			// Tokens for every clinic belong to Handoff's own parts (the
-			// worker, the webhook sender, the calendar reader), which call
-			// the services directly: from the public side such a token is
-			// a leaked one, and would read every clinic.
-			log.WarnContext(r.Context(), "token for every clinic refused at the public edge",
+		if p.Clinic == auth.AnyClinic || p.Internal() {
+			// Tokens for every clinic, and the roles, belong to Handoff's
+			// own parts (the worker, the webhook sender, the calendar
+			// reader), which call the services directly: from the public
+			// side such a token is a leaked or a mistaken one, and would
+			// read every clinic or act as the worker in one.
+			log.WarnContext(r.Context(), "service token refused at the public edge",
 				append([]any{"subject", p.Subject, "method", r.Method, "path", r.URL.Path}, auth.Origin(r)...)...)
-			writeStatus(w, http.StatusForbidden, codes.PermissionDenied, "a token for every clinic is not accepted here: use a token for one clinic")
+			writeStatus(w, http.StatusForbidden, codes.PermissionDenied,
+				"a token of Handoff's own services (for every clinic, or in a service role) is not accepted here: use a token of a person or an outside system for one clinic")
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
