@@ -3073,6 +3073,64 @@ func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
 	}
 }
 
+// A claim of an intake reminder made before the appointment and extended
+// by its claimant after it began runs its course (the claimant may be
+// sending), as a meeting's does. Another worker's claim once that lapsed a
+// moment ago is refused without word of a cancel that did not happen; once
+// it lapsed for good, the reminder is cancelled.
+func TestAnIntakeReminderUnderAClaimIsLeftToItsClaimant(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	appt := f.clock.Now().Add(2 * time.Hour).Truncate(time.Microsecond)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north",
+		AppointmentStartTime: timestamppb.New(appt), Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)),
+			Message: "Reminder: appointment today at 9.", RelatedResource: "clinics/north/referrals/r1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func(claimant, etag string) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: claimant, Etag: etag,
+			LeaseDuration: durationpb.New(time.Hour)})
+	}
+	state := func() interventionsv1.ReminderState {
+		t.Helper()
+		got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetState()
+	}
+	f.clock.Advance(time.Hour + time.Minute) // due a minute ago
+	held, err := claim("mailer-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(time.Hour - 30*time.Second) // the appointment began 30 s ago, the lease still runs
+	extended, err := claim("mailer-1", held.GetEtag())
+	if err != nil || extended.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED {
+		t.Fatalf("the claimant extending its live claim after the appointment began: %v, %v; want it extended", extended, err)
+	}
+	f.clock.Advance(time.Hour + 30*time.Second) // the extension lapsed 30 s ago
+	_, err = claim("mailer-2", "")
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" || strings.Contains(st.Message(), "cancelled") {
+		t.Fatalf("another claim a moment after the lease lapsed: %v; want MEETING_BEGUN, saying nothing of a cancel", st)
+	}
+	if got := state(); got == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("a reminder whose claimant may still report it: %v; want it not cancelled yet", got)
+	}
+	f.clock.Advance(10 * time.Minute)
+	if _, err := claim("mailer-2", ""); reason(wantCode(t, err, codes.FailedPrecondition)) != "MEETING_BEGUN" {
+		t.Fatalf("another claim once the lease lapsed for good: %v; want MEETING_BEGUN", err)
+	}
+	if got := state(); got != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("after the lease lapsed for good: %v; want CANCELLED", got)
+	}
+}
+
 // checkIn makes a check-in reminder, due now, to member id of the
 // fixture's family on channel ch.
 func (f *fixture) checkIn(t *testing.T, id string, ch interventionsv1.ChannelKind) *interventionsv1.Reminder {

@@ -704,11 +704,23 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			}
 			if intakeStart != nil && !now.Before(intakeStart.AsTime()) {
 				// "Appointment at 9:00" sent at 10:00, the worker or the
-				// automation having been down: cancelled, as a meeting's.
-				begun = true
-				return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
-					fmt.Sprintf("%s announces an intake appointment that has begun: it is cancelled, not sent late", req.GetName()),
-					map[string]string{"resource": req.GetName()})
+				// automation having been down: cancelled, as a meeting's;
+				// and, as a meeting's, not under a live claim: its claimant
+				// extending it may be sending, and the cancel would leave it
+				// be (cancelUnheld) while the answer said it was cancelled.
+				var held bool
+				if err := tx.QueryRow(ctx, `SELECT state = $3 AND lease_expire_time > $4 FROM reminders WHERE clinic = $1 AND id = $2`,
+					r.clinic, r.id, int16(rClaimed), now).Scan(&held); errors.Is(err, pgx.ErrNoRows) {
+					return nil, apperr.NotFound(req.GetName())
+				} else if err != nil {
+					return nil, fmt.Errorf("read the reminder's claim: %w", err)
+				}
+				if !held {
+					begun = true
+					return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
+						fmt.Sprintf("%s announces an intake appointment that has begun: it is cancelled, not sent late", req.GetName()),
+						map[string]string{"resource": req.GetName()})
+				}
 			}
 			// No claim, and no lease extended, from the send-by time on; a
 			// lease ends there at the latest, so that the claimant knows
@@ -810,8 +822,17 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 		if intakeStart != nil {
 			what = "the appointment began before it was sent"
 		}
-		if cerr := s.cancelBegun(ctx, r, now, what); cerr != nil {
-			return nil, cerr
+		cancelled, cerr := s.cancelUnheld(ctx, r, now, what, 0)
+		if cerr != nil {
+			return nil, fmt.Errorf("cancel a reminder of a meeting begun: %w", cerr)
+		}
+		if !cancelled {
+			// A claim lapsed a moment ago, whose claimant may still
+			// report it, or an end reached meanwhile: not cancelled now,
+			// and the answer must not say so.
+			err = apperr.FailedPrecondition(ReasonMeetingBegun,
+				fmt.Sprintf("%s announces a meeting or appointment that has begun: it is not sent late (a claim on it that ran out a moment ago may still be reported)", req.GetName()),
+				map[string]string{"resource": req.GetName()})
 		}
 	}
 	if late && apperr.Reason(err) == reasonQuietHours {
@@ -983,16 +1004,6 @@ func meetingOf(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (meetingRea
 		out.start, out.end = timestamppb.New(*from), timestamppb.New(*to)
 	}
 	return out, nil
-}
-
-// cancelBegun cancels reminder r, of a meeting that has begun, if nobody
-// may be sending it meanwhile (cancelUnheld).
-func (s *Server) cancelBegun(ctx context.Context, r ref, now time.Time, reason string) error {
-	_, err := s.cancelUnheld(ctx, r, now, reason, 0)
-	if err != nil {
-		return fmt.Errorf("cancel a reminder of a meeting begun: %w", err)
-	}
-	return nil
 }
 
 // reminderRef is the key of a reminder named as the service names them.
