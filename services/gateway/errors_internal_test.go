@@ -2,13 +2,16 @@ package gateway
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/handoff-health/handoff/services/apperr"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -86,5 +89,37 @@ func TestOnlyTheHeadersTheServicesReadGoOn(t *testing.T) {
 		if _, got := headers(key); got != want {
 			t.Errorf("%s passed on: %v, want %v", key, got, want)
 		}
+	}
+}
+
+// A call that could not reach its service is answered without the way's
+// details (addresses, names, certificates): plainly while the caller
+// waits, and by the caller's own end when it went or its time ran out as
+// the way failed.
+func TestUnreachedServiceSaysNothingOfTheWay(t *testing.T) {
+	way := status.Error(codes.Unavailable, "connection error: desc = transport: dial tcp 10.2.3.4:9090: connect: connection refused")
+	invoker := func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return way }
+	var logs strings.Builder
+	call := unreached(slog.New(slog.NewTextHandler(&logs, nil)), "families")
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	late, stop := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer stop()
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		want codes.Code
+	}{
+		{"waiting", context.Background(), codes.Unavailable},
+		{"gone", gone, codes.Canceled},
+		{"out of time", late, codes.DeadlineExceeded},
+	} {
+		err := call(c.ctx, "/handoff.families.v1.FamiliesService/GetFamily", nil, nil, nil, invoker)
+		if status.Code(err) != c.want || strings.Contains(err.Error(), "10.2.3.4") {
+			t.Errorf("%s: %v; want %v, without the address", c.name, err, c.want)
+		}
+	}
+	if !strings.Contains(logs.String(), "10.2.3.4") {
+		t.Errorf("log %q; want the way's failure for the operator", logs.String())
 	}
 }

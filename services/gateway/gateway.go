@@ -244,8 +244,13 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		err := invoker(ctx, method, req, reply, cc, opts...)
-		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+		if status.Code(err) != codes.Unavailable {
 			return err
+		}
+		if ctx.Err() != nil {
+			// The caller went or its time ran out as the way failed: that
+			// is the answer (499 or 504), not the way's message.
+			return status.FromContextError(ctx.Err()).Err()
 		}
 		log.WarnContext(ctx, "gateway: service unavailable", "service", service, "method", method, "error", err.Error())
 		return status.Errorf(codes.Unavailable, "the %s service could not be reached or is unavailable: retry later", service)
