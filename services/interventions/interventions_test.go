@@ -797,8 +797,9 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: gone.GetName(), Claimant: "sms-1",
-		LeaseDuration: durationpb.New(10 * time.Minute)}); err != nil {
+	first, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: gone.GetName(), Claimant: "sms-1",
+		LeaseDuration: durationpb.New(10 * time.Minute)})
+	if err != nil {
 		t.Fatal(err)
 	}
 	f.clock.Advance(10 * time.Minute)
@@ -810,6 +811,13 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: gone.GetName()}); err != nil ||
 		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_FAILED {
 		t.Fatalf("the reminder: %v, %v; want FAILED", got, err)
+	}
+	// An extension sent with the etag of the claimant's lease, as after
+	// a lost answer: the failure, not a version it cannot know.
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: gone.GetName(), Claimant: "sms-1",
+		Etag: first.GetEtag(), LeaseDuration: durationpb.New(10 * time.Minute)})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "QUIET_HOURS" {
+		t.Fatalf("an extension of the lease after the reminder failed past send-by: %q, %q; want QUIET_HOURS", reason(st), st.Message())
 	}
 	// The claim that failed the late reminder committed a change: its
 	// record goes with it (OK), and the refusal is recorded too. A claim

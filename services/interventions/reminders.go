@@ -743,15 +743,20 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 				if err != nil {
 					return nil, err
 				}
+				by := cur.GetSendByTime()
+				past := by != nil && !now.Before(by.AsTime())
+				if past && cur.GetState() == rFailed && cur.GetFailureReason() == quietHoursFailure {
+					// Failed by an earlier claim, this one's first try
+					// perhaps: a retry gets that claim's answer, with the
+					// etag its lease had too (the failure moved the
+					// version on, which the claimant cannot know).
+					return nil, quietHoursBegan(cur.GetName())
+				}
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
 				}
-				if by := cur.GetSendByTime(); by != nil && !now.Before(by.AsTime()) {
+				if past {
 					switch {
-					case cur.GetState() == rFailed && cur.GetFailureReason() == quietHoursFailure:
-						// Failed by an earlier claim, this one's first try
-						// perhaps: a retry gets that claim's answer.
-						return nil, quietHoursBegan(cur.GetName())
 					case cur.GetState() == rDue && cur.GetClaimedBy() == req.GetClaimant():
 						// Its own lease, which ended at the send-by time:
 						// failed below unless it ran out just now (the
