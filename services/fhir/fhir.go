@@ -164,7 +164,8 @@ func (s *server) refuseFormat(w http.ResponseWriter, r *http.Request, f string) 
 }
 
 // acceptsJSON reports whether an Accept header allows some JSON: a range
-// naming json, or a wildcard that covers it, not weighted q=0.
+// naming json (application/json+fhir too, the type DSTU2 clients still
+// send), or a wildcard that covers it, not weighted q=0.
 func acceptsJSON(accept string) bool {
 	for _, rng := range strings.Split(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(rng))
@@ -174,7 +175,7 @@ func acceptsJSON(accept string) bool {
 		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
 			continue
 		}
-		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") {
+		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") || mt == "application/json+fhir" {
 			return true
 		}
 	}

@@ -1028,6 +1028,9 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 		{"/fhir/R4/metadata?_format=JSON", "text/html,application/xhtml+xml", http.StatusOK},
 		{"/fhir/R4/RelatedPerson?_format=application/FHIR%2BJSON&patient=" + famID, "application/fhir+xml", http.StatusOK},
 		{"/fhir/R4/RelatedPerson?patient=" + famID, "application/json", http.StatusOK},
+		// The type DSTU2 named, which older clients still send.
+		{"/fhir/R4/Patient/" + famID, "application/json+fhir", http.StatusOK},
+		{"/fhir/R4/metadata", "application/xml+fhir", http.StatusNotAcceptable},
 	} {
 		var headers []string
 		if c.accept != "" {
