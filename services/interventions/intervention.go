@@ -511,6 +511,9 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if a, b := next.GetPlace().GetInPerson(), cur.GetPlace().GetInPerson(); a.GetAddress() != b.GetAddress() || a.GetRoom() != b.GetRoom() {
 		forgetQuietPlace(next, req.GetUpdateMask().GetPaths())
 	}
+	if len(removedMembers(next, cur)) > 0 { // someone joined: one next names that cur did not
+		forgetBriefing(next)
+	}
 	// The request's own rules saw the body, not the result: a mask such
 	// as place.in_person.address with no place in the body clears a field
 	// those rules require. Only a place the update changes is checked, so
@@ -599,6 +602,21 @@ func forgetQuietPlace(next *interventionsv1.Intervention, mask []string) {
 	for _, it := range next.GetChecklist() {
 		if it.GetKind() == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE && it.GetDone() {
 			it.Done, it.DoneBy, it.DoneTime = false, "", nil
+		}
+	}
+}
+
+// forgetBriefing unticks, once someone joins the meeting, the checklist
+// items that say every participant was briefed and wrote a statement: the
+// newcomer was not, and has not.
+func forgetBriefing(next *interventionsv1.Intervention) {
+	for _, it := range next.GetChecklist() {
+		switch it.GetKind() {
+		case interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
+			interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN:
+			if it.GetDone() {
+				it.Done, it.DoneBy, it.DoneTime = false, "", nil
+			}
 		}
 	}
 }
@@ -927,7 +945,7 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 		return nil, err
 	}
 	if strings.TrimSpace(req.GetReason()) == "" {
-		// Told to everyone invited, and kept: spaces say nothing.
+		// Kept as the meeting's cancel_reason, for staff: spaces say nothing.
 		return nil, apperr.Field("reason", "is blank: say why the meeting is called off")
 	}
 	return s.lockedStep(ctx, r, "CancelIntervention", req.GetRequestId(), req.GetEtag(), req,

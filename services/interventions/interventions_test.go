@@ -2387,6 +2387,56 @@ func TestANewAddressIsConfirmedAgain(t *testing.T) {
 	}
 }
 
+// Someone who joins the meeting was not briefed and wrote no statement:
+// the checklist items that said everyone had are unticked. One who leaves
+// takes nothing from the others', nor do other items change.
+func TestANewParticipantIsBriefedAgain(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	kinds := []interventionsv1.ChecklistItemKind{interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN,
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TALKING_POINTS_REVIEWED}
+	tick := func() {
+		t.Helper()
+		for _, k := range kinds {
+			if _, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Kind: k, Done: true}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ticked := func(iv *interventionsv1.Intervention) map[interventionsv1.ChecklistItemKind]bool {
+		out := map[interventionsv1.ChecklistItemKind]bool{}
+		for _, it := range iv.GetChecklist() {
+			out[it.GetKind()] = it.GetDone()
+		}
+		return out
+	}
+	with := func(members ...string) *interventionsv1.Intervention {
+		t.Helper()
+		next := &interventionsv1.Intervention{Name: iv.GetName()}
+		for _, m := range members {
+			next.Participants = append(next.Participants, &interventionsv1.Participant{MemberId: m, Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT})
+		}
+		next.Participants[0].Role = interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER
+		got, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{Intervention: next,
+			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	tick()
+	got := ticked(with("mom", "bro"))
+	if got[kinds[0]] || got[kinds[1]] || !got[kinds[2]] {
+		t.Fatalf("after bro joined: %v; want the briefing and the statements unticked, the talking points kept", got)
+	}
+	tick()
+	if got := ticked(with("mom")); !got[kinds[0]] || !got[kinds[1]] || !got[kinds[2]] {
+		t.Fatalf("after bro left: %v; want every item kept", got)
+	}
+}
+
 // Consent withdrawn after a reminder was made reaches it at its claim,
 // whatever the ContactWithdrawn workflow has done yet: the claim is
 // refused CONTACT_NOT_ALLOWED and the reminder cancelled, not sent. The

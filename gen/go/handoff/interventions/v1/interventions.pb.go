@@ -241,10 +241,10 @@ const (
 	// A quiet, private place is arranged where no one will interrupt.
 	ChecklistItemKind_CHECKLIST_ITEM_KIND_QUIET_PRIVATE_PLACE ChecklistItemKind = 1
 	// Every participant was briefed by the counselor: speak without judging or
-	// blaming, and listen actively.
+	// blaming, and listen actively. Unticked when someone joins the meeting.
 	ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED ChecklistItemKind = 2
 	// Each participant who speaks has written a short personal statement of
-	// love and concern.
+	// love and concern. Unticked when someone joins the meeting.
 	ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN ChecklistItemKind = 3
 	// The family has gone through the talking points for the loved one's
 	// barriers (see GetTalkingPoints).
