@@ -200,15 +200,15 @@ var familyFilter = map[string]aip.FilterField{
 	"has_members": {Column: "(jsonb_array_length(COALESCE(f.doc->'members', '[]'::jsonb)) > 0)", Kind: aip.Bool},
 }
 
-// ListFamilies implements the API.
-func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesRequest) (*familiesv1.ListFamiliesResponse, error) {
-	clinic, err := parseClinic(req.GetParent())
-	if err != nil {
-		return nil, err
-	}
-	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
-		return nil, err
-	}
+// sharedUpdateTime is when what outside systems see of a family last
+// changed (shared_update_time, or update_time on rows from before it), as
+// the index families_shared_updated holds it. A CASE, not COALESCE: under
+// row security PostgreSQL uses a condition as an index's only if it cannot
+// leak rows, and it counts COALESCE as one that might.
+const sharedUpdateTime = `(CASE WHEN f.shared_update_time IS NULL THEN f.update_time ELSE f.shared_update_time END)`
+
+// familyFields are the fields the caller's list of families filters on.
+func familyFields(ctx context.Context) map[string]aip.FilterField {
 	fields := familyFilter
 	if v := familyView(ctx); v != viewWhole && v != viewWorker {
 		// familyForCaller leaves urgency out for these callers; filtering
@@ -228,29 +228,47 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		fields = maps.Clone(fields)
 		fields["state"] = st
 		// And on the update time of what it sees: the family's own moves
-		// with changes the view leaves out.
+		// with changes the view leaves out (sharedUpdateTime).
 		ut := fields["update_time"]
-		ut.Column = "COALESCE(f.shared_update_time, f.update_time)"
+		ut.Column = sharedUpdateTime
 		fields["update_time"] = ut
 	}
-	filter, after, q, err := aip.ListArgs("families", req.GetParent(), req.GetFilter(), req.GetPageToken(), fields)
+	return fields
+}
+
+// listFamilies is ListFamilies' statement and its arguments: a page of
+// size (and one more) of the clinic's families after the id after that
+// filter matches, by id. An outside system sees only the families whose
+// consent covers it, filtered in SQL so pages stay full and tokens never
+// point past a hidden family.
+func (s *Server) listFamilies(ctx context.Context, clinic, after string, size int, filter aip.Filter) (string, []any) {
+	scope, args := `f.clinic = $1 AND f.id > $2`, []any{clinic, after, size + 1}
+	if p, out := outsider(ctx); out {
+		scope += ` AND EXISTS (` + coveringConsent(coverArgs{"f.clinic", "f.id", "''", "$4", "$5", "$6", "$7::timestamptz", "true"}) + `)`
+		args = append(args, p.Subject, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
+			int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
+	}
+	where, fargs := filter.SQL(len(args) + 1)
+	return familySelect + ` WHERE ` + scope + ` AND ` + where + ` ORDER BY f.id LIMIT $3`, append(args, fargs...)
+}
+
+// ListFamilies implements the API.
+func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesRequest) (*familiesv1.ListFamiliesResponse, error) {
+	clinic, err := parseClinic(req.GetParent())
+	if err != nil {
+		return nil, err
+	}
+	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
+		return nil, err
+	}
+	filter, after, q, err := aip.ListArgs("families", req.GetParent(), req.GetFilter(), req.GetPageToken(), familyFields(ctx))
 	if err != nil {
 		return nil, err
 	}
 	size := aip.PageSize(req.GetPageSize())
-	scope, scopeArgs := `f.clinic = $1 AND f.id > $2`, []any{clinic, after, size + 1}
 	p, out := outsider(ctx)
-	if out {
-		// An outside system sees only the families whose consent covers
-		// it, filtered in SQL so pages stay full and tokens never point past
-		// a hidden family.
-		scope += ` AND EXISTS (` + coveringConsent(coverArgs{"f.clinic", "f.id", "''", "$4", "$5", "$6", "$7::timestamptz", "true"}) + `)`
-		scopeArgs = append(scopeArgs, p.Subject, int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY),
-			int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
-	}
-	where, args := filter.SQL(len(scopeArgs) + 1)
-	rows, err := s.pool.Query(ctx, familySelect+` WHERE `+scope+` AND `+where+` ORDER BY f.id LIMIT $3`,
-		append(scopeArgs, args...)...)
+	query, args := s.listFamilies(ctx, clinic, after, size, filter)
+	rows, err := s.pool.Query(ctx, query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list families: %w", err)
 	}
