@@ -3103,13 +3103,10 @@ func TestAReferralsReminderGoesToItsOwnFamily(t *testing.T) {
 	}
 }
 
-// A reminder of an intake appointment claimed once the appointment has
-// begun (the worker or the automation was down) is cancelled, not sent
-// late, as a meeting's is.
-func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+// intakeReminder is a reminder to mom, due in an hour, of her intake
+// appointment in two.
+func (f *fixture) intakeReminder(t *testing.T) *interventionsv1.Reminder {
+	t.Helper()
 	appt := f.clock.Now().Add(2 * time.Hour).Truncate(time.Microsecond)
 	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north",
 		AppointmentStartTime: timestamppb.New(appt), Reminder: &interventionsv1.Reminder{
@@ -3120,8 +3117,19 @@ func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rem
+}
+
+// A reminder of an intake appointment claimed once the appointment has
+// begun (the worker or the automation was down) is cancelled, not sent
+// late, as a meeting's is.
+func TestIntakeReminderIsNotSentOnceTheAppointmentBegins(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	rem := f.intakeReminder(t)
 	f.clock.Advance(2*time.Hour + time.Minute) // due an hour ago; the appointment began a minute ago
-	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "mailer-1", LeaseDuration: durationpb.New(time.Minute)})
+	_, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "mailer-1", LeaseDuration: durationpb.New(time.Minute)})
 	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "MEETING_BEGUN" {
 		t.Fatalf("claim of an intake reminder after the appointment began: reason %q; want MEETING_BEGUN", reason(st))
 	}
@@ -3140,16 +3148,7 @@ func TestAnIntakeReminderUnderAClaimIsLeftToItsClaimant(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
-	appt := f.clock.Now().Add(2 * time.Hour).Truncate(time.Microsecond)
-	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north",
-		AppointmentStartTime: timestamppb.New(appt), Reminder: &interventionsv1.Reminder{
-			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
-				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_EMAIL},
-			Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING, DueTime: timestamppb.New(f.clock.Now().Add(time.Hour)),
-			Message: "Reminder: appointment today at 9.", RelatedResource: "clinics/north/referrals/r1"}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rem := f.intakeReminder(t)
 	claim := func(claimant, etag string) (*interventionsv1.Reminder, error) {
 		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: claimant, Etag: etag,
 			LeaseDuration: durationpb.New(time.Hour)})
