@@ -2161,6 +2161,31 @@ func TestUpdateOfACancelledInterventionIsRefusedForItsState(t *testing.T) {
 	}
 }
 
+// The workflow's notice that a meeting is called off is taken once the
+// meeting is cancelled (its cancel withdrew every reminder about it), as
+// the meeting's own reminders no longer are.
+func TestACalledOffNoticeIsTakenForACancelledMeeting(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.scheduled(t, f.clock.Now().Add(48*time.Hour))
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family moved"}); err != nil {
+		t.Fatal(err)
+	}
+	create := func(kind interventionsv1.ReminderKind) (*interventionsv1.Reminder, error) {
+		return f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+				Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+			Kind: kind, RelatedResource: iv.GetName(), Message: "The family meeting is called off."}})
+	}
+	if rem, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED); err != nil ||
+		rem.GetState() == interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the called-off notice: %v, %v; want it made, to go out", rem, err)
+	}
+	if _, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING); err == nil {
+		t.Fatal("a reminder that the cancelled meeting is coming up was made")
+	}
+}
+
 // heldNowhere is a referrals service that knows no hold but converted,
 // one whose place became a referral.
 type heldNowhere struct {

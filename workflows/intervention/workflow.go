@@ -106,7 +106,8 @@ type wf struct {
 	generation   int               // bumps on every reschedule, keeps request ids apart
 	upcoming     map[string]int    // meeting reminder -> the generation it announced
 	sentTo       map[string]string // meeting reminder -> whom (recipientKey)
-	notices      map[string]bool   // notices made after the outcome, about what follows it
+	invited      map[string]bool   // whom (recipientKey) a meeting reminder was made for
+	notices      map[string]bool   // notices made after the outcome or a cancel, about what follows it
 	chasers      map[string]int    // outcome overdue and escalation notices -> the generation they chased
 	lastNotice   time.Time         // when the last of them was made
 	replans      int
@@ -173,7 +174,7 @@ const (
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{},
-		chasers: map[string]int{}, refused: map[string]bool{}}
+		chasers: map[string]int{}, refused: map[string]bool{}, invited: map[string]bool{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -813,6 +814,7 @@ func (w *wf) due(ctx workflow.Context) error {
 		if sent != "" {
 			w.upcoming[sent] = w.generation
 			w.sentTo[sent] = recipientKey(r.Recipient.Kind, r.Recipient.ID)
+			w.invited[w.sentTo[sent]] = true
 		}
 		w.sent++
 	}
@@ -1016,6 +1018,7 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 		// The reminders first: they may go out while a release retries.
 		// A failure to cancel them does not keep the hold.
 		cerr := cancelReminders()
+		told := w.tellCalledOff(dctx)
 		if err := w.releaseHold(ctx, dctx, "intervention cancelled"); err != nil && !w.pastFailedRelease(dctx, err) {
 			if cerr != nil {
 				workflow.GetLogger(ctx).Warn("cancelling a cancelled meeting's reminders failed", "error", cerr)
@@ -1024,6 +1027,13 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 		}
 		if cerr != nil {
 			return Result{}, cerr
+		}
+		if !told.IsZero() {
+			// Their failures are sent again (staleReminder keeps notices)
+			// while the workflow is open to hear of them.
+			if err := flow.Listen(dctx, w.settings, &w.resends, told, nil); err != nil {
+				workflow.GetLogger(ctx).Warn("listening for the called-off notices' failures failed", "error", err)
+			}
 		}
 		return Result{Outcome: "CANCELLED"}, nil
 	}
@@ -1035,6 +1045,48 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 	}
 	return Result{Outcome: "CANCELLED"}, nil
 }
+
+// tellCalledOff tells each participant a meeting reminder was made for
+// that the meeting, still ahead, is called off: the reminder told them to
+// come, and cancelling what had yet to go out says nothing to them. Not
+// the counselor, who called it off or hears from whoever did, nor someone
+// no longer taking part, whose reminders went with them. Each notice waits
+// out the participant's quiet hours if those end before the meeting. It
+// returns when the last is due (zero for none); failures are logged, and
+// the cancellation stands.
+func (w *wf) tellCalledOff(ctx workflow.Context) time.Time {
+	var whom []activities.Person
+	for _, p := range w.plan.Participants {
+		if w.invited[recipientKey(p.Kind, p.ID)] {
+			whom = append(whom, p)
+		}
+	}
+	if len(whom) == 0 || !workflow.Now(ctx).Before(w.plan.Start) || flow.Version(ctx, versionTellCalledOff, 1) < 1 {
+		return time.Time{}
+	}
+	var last time.Time
+	for _, p := range whom {
+		msg := fmt.Sprintf("The family meeting on %s is called off. Your counselor will be in touch.", localTime(w.plan.Start, p.TimeZone))
+		sent, at, err := flow.RemindAwake(ctx, w.plan.Clinic, p, "INTERVENTION_CANCELLED", w.in.Intervention, msg,
+			"called-off|"+recipientKey(p.Kind, p.ID), time.Time{}, w.plan.Start)
+		if err != nil {
+			workflow.GetLogger(ctx).Warn("telling a participant the meeting is called off failed", "error", err)
+			continue
+		}
+		if sent != "" {
+			w.notices[sent] = true
+			if at.After(last) {
+				last = at
+			}
+		}
+	}
+	return last
+}
+
+// versionTellCalledOff guards tellCalledOff. Before, a meeting called off
+// cancelled the reminders still to go out, and the family, told by the
+// ones already sent to come, was told nothing more.
+const versionTellCalledOff = "tell-called-off"
 
 // followUp hands over according to the outcome and completes when the
 // workflow that took over does.

@@ -621,6 +621,60 @@ func cancelCleansUp(t *testing.T, releaseErr error) {
 	}
 }
 
+// A meeting called off after its first reminder went out tells those it
+// reminded that it is off (not the counselor), out of their quiet hours,
+// and sends the notice again if its delivery fails. One called off before
+// any reminder went out tells no one.
+func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		cancelAt time.Duration
+		told     int
+	}{
+		{"after the first reminder", 2 * 24 * time.Hour, 1},
+		{"before any reminder", 12 * time.Hour, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// The meeting is four days on at noon UTC: the first reminder
+			// (three days ahead) went out on the first day.
+			h := newHarness(t, 4*24*time.Hour, defaults())
+			var resent []string
+			h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+				func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
+					resent = append(resent, in.Failed)
+					return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
+				})
+			h.update(c.cancelAt, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+			h.env.RegisterDelayedCallback(func() {
+				if n := h.sent.nameOf("INTERVENTION_CANCELLED"); n != "" {
+					h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: n})
+				}
+			}, c.cancelAt+time.Minute)
+			h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+			var res intervention.Result
+			if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+				t.Fatalf("result %+v, %v", res, err)
+			}
+			told := h.sent.byKind("INTERVENTION_CANCELLED")
+			if len(told) != c.told {
+				t.Fatalf("called-off notices %+v; want %d", told, c.told)
+			}
+			if c.told == 0 {
+				if len(resent) != 0 {
+					t.Fatalf("resent %v; want nothing", resent)
+				}
+				return
+			}
+			if n := told[0]; n.To.ID != "mom" || n.Related != name || !strings.Contains(n.Message, "called off") || !n.AwakeBy.Equal(h.start) {
+				t.Fatalf("notice %+v; want mom told the meeting is called off, out of her quiet hours", n)
+			}
+			if len(resent) != 1 || resent[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
+				t.Fatalf("resent %v; want the failed notice sent again", resent)
+			}
+		})
+	}
+}
+
 // slowFirstReminder is a meeting half an hour away, with mom and dad
 // taking part, whose reminders are all due at once: the first one's
 // creation fails and is tried again a second later, so that an update

@@ -716,6 +716,8 @@ const (
 	// Handoff suggests moving the family to the next escalation level; the
 	// counselor should review it.
 	ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED ReminderKind = 13
+	// A meeting the recipient was reminded of, still ahead, is called off.
+	ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED ReminderKind = 14
 )
 
 // Enum value maps for ReminderKind.
@@ -735,6 +737,7 @@ var (
 		11: "REMINDER_KIND_REFERRAL_ESCALATION",
 		12: "REMINDER_KIND_OVERDOSE_ALERT",
 		13: "REMINDER_KIND_ESCALATION_PROPOSED",
+		14: "REMINDER_KIND_INTERVENTION_CANCELLED",
 	}
 	ReminderKind_value = map[string]int32{
 		"REMINDER_KIND_UNSPECIFIED":                0,
@@ -751,6 +754,7 @@ var (
 		"REMINDER_KIND_REFERRAL_ESCALATION":        11,
 		"REMINDER_KIND_OVERDOSE_ALERT":             12,
 		"REMINDER_KIND_ESCALATION_PROPOSED":        13,
+		"REMINDER_KIND_INTERVENTION_CANCELLED":     14,
 	}
 )
 
@@ -4947,7 +4951,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x10CHANNEL_KIND_SMS\x10\x01\x12\x16\n" +
 	"\x12CHANNEL_KIND_PHONE\x10\x02\x12\x16\n" +
 	"\x12CHANNEL_KIND_EMAIL\x10\x03\x12\x17\n" +
-	"\x13CHANNEL_KIND_IN_APP\x10\x04*\x8b\x04\n" +
+	"\x13CHANNEL_KIND_IN_APP\x10\x04*\xb5\x04\n" +
 	"\fReminderKind\x12\x1d\n" +
 	"\x19REMINDER_KIND_UNSPECIFIED\x10\x00\x12'\n" +
 	"#REMINDER_KIND_INTERVENTION_UPCOMING\x10\x01\x12,\n" +
@@ -4963,7 +4967,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x12%\n" +
 	"!REMINDER_KIND_REFERRAL_ESCALATION\x10\v\x12 \n" +
 	"\x1cREMINDER_KIND_OVERDOSE_ALERT\x10\f\x12%\n" +
-	"!REMINDER_KIND_ESCALATION_PROPOSED\x10\r*\xd8\x01\n" +
+	"!REMINDER_KIND_ESCALATION_PROPOSED\x10\r\x12(\n" +
+	"$REMINDER_KIND_INTERVENTION_CANCELLED\x10\x0e*\xd8\x01\n" +
 	"\rReminderState\x12\x1e\n" +
 	"\x1aREMINDER_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18REMINDER_STATE_SCHEDULED\x10\x01\x12\x16\n" +
