@@ -268,9 +268,12 @@ type wf struct {
 	chain    string // the first run id of this execution, the same after continue-as-new
 	byRun    bool   // request ids name chain (versionIDsByRun)
 	// outlive says the resends run on a context a cancel does not reach
-	// (versionResendsOutlive); ended, that the run was cancelled or its
-	// family's case closed, after which only the alerts' resends go out.
+	// (versionResendsOutlive); ended, that the run's family's case was
+	// closed, or cut, that it was cancelled (its context, which the cancel
+	// reaches at once, while ended waits for the steps it interrupted):
+	// after either only the alerts' resends go out.
 	outlive, ended bool
+	cut            workflow.Context
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -393,14 +396,13 @@ func (w *wf) hearAlertsOut(ctx workflow.Context) {
 }
 
 // alertsAtRisk reports whether an overdose's alert or notice this
-// workflow made can still fail: one made, or a resend of any, within
-// flow.ListenFor, or a resend of one still waiting.
+// workflow made can still fail: one made or sent again within
+// flow.ListenFor (AlertedAt), or a resend of one still waiting.
 func (w *wf) alertsAtRisk(ctx workflow.Context) bool {
 	if len(w.st.AlertLines) == 0 {
 		return false
 	}
-	now, d := workflow.Now(ctx), flow.ListenFor(w.settings)
-	if now.Before(w.st.AlertedAt.Add(d)) || now.Before(w.st.Resends.FailsBy.Add(d)) {
+	if workflow.Now(ctx).Before(w.st.AlertedAt.Add(flow.ListenFor(w.settings))) {
 		return true
 	}
 	return slices.ContainsFunc(w.st.Resends.Pending, func(p flow.Resend) bool {
@@ -410,11 +412,17 @@ func (w *wf) alertsAtRisk(ctx workflow.Context) bool {
 
 // staleResend says whether a failed reminder of line is not to be sent
 // again: once the run was cancelled or its case closed, every one but an
-// overdose's alerts and notices (tidyOnCancel cancelled the rest), and
-// before that a member's while the family is not safe (heldForRisk).
+// overdose's alerts and notices (tidyOnCancel cancels the rest), and
+// before that a member's while the family is not safe (heldForRisk). An
+// alert about to go out again counts as made now: it can fail again, and
+// a run cancelled meanwhile listens for it (alertsAtRisk).
 func (w *wf) staleResend(ctx workflow.Context, line string) bool {
-	if w.ended && w.outlive {
-		return !slices.Contains(w.st.AlertLines, line)
+	alert := w.outlive && slices.Contains(w.st.AlertLines, line)
+	if alert {
+		w.st.AlertedAt = workflow.Now(ctx)
+	}
+	if w.outlive && (w.ended || w.cut.Err() != nil) {
+		return !alert
 	}
 	return w.heldForRisk(ctx, line)
 }
@@ -490,6 +498,7 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	}
 	rctx := ctx
 	if w.outlive = flow.Version(ctx, versionResendsOutlive, 1) >= 1; w.outlive {
+		w.cut = ctx
 		rctx, _ = workflow.NewDisconnectedContext(ctx)
 	}
 	w.failedReminders = flow.RetryFailedReminders(rctx, w.settings, &w.st.Resends, w.staleResend)

@@ -1467,13 +1467,18 @@ func TestOverdoseAlertsFailingAroundACancelAreSentAgain(t *testing.T) {
 }
 
 // A cancelled run whose overdose alerts can no longer fail ends at the
-// cancel: it waits only for an alert still at risk.
+// cancel: it waits only for an alert still at risk, not for another
+// reminder sent again lately.
 func TestCancelledLongAfterAnOverdoseEndsAtOnce(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.resends()
+	resent := h.resends()
+	h.nameFor = func(r activities.ReminderRequest) string { return "clinics/north/reminders/" + r.Kind }
 	h.env.RegisterDelayedCallback(func() {
 		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
 	}, 2*day)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/BOUNDARY_REMINDER"})
+	}, 5*day-30*time.Minute)
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 5*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
 	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
@@ -1482,8 +1487,48 @@ func TestCancelledLongAfterAnOverdoseEndsAtOnce(t *testing.T) {
 	if len(h.kinds("OVERDOSE_ALERT")) != 1 {
 		t.Fatalf("overdose alerts %+v; want w1's", h.kinds("OVERDOSE_ALERT"))
 	}
+	if len(*resent) != 1 {
+		t.Fatalf("sent again %v; want the boundary reminder, before the cancel", *resent)
+	}
 	if took := h.env.Now().Sub(h.t0); took != 5*day {
 		t.Fatalf("the run ended %v after it began; want at the cancel, 5 days in", took)
+	}
+}
+
+// A cancel that comes while an overdose is being answered (its urgent
+// referral waits on a referrals service that is down) stops the resends of
+// the run's other reminders at once, not once the answer is done: a
+// boundary reminder failed before it is not sent after the yes that
+// cancelled the run.
+func TestACancelDuringAnOverdoseAnswerStopsOtherResends(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	resent := h.resends()
+	h.nameFor = func(r activities.ReminderRequest) string { return "clinics/north/reminders/" + r.Kind }
+	up := h.t0.Add(2*day + 20*time.Minute)
+	h.failSupport = func(in activities.SupportRequest) error {
+		if in.Urgency == "IMMEDIATE" && h.env.Now().Before(up) {
+			return temporal.NewApplicationError("create referral: unavailable", "Unavailable")
+		}
+		return nil
+	}
+	// The failure's resend is due at 2d+5m, while the referral is tried.
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/BOUNDARY_REMINDER"})
+	}, 2*day-10*time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 2*day+time.Minute)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day+2*time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(h.kinds("OVERDOSE_ALERT")) != 1 || h.immediateReferrals()+len(h.kinds("REFERRAL_ESCALATION")) != 1 {
+		t.Fatalf("alerts %d, referrals %+v; want the overdose answered, its referral made or put to the counselor",
+			len(h.kinds("OVERDOSE_ALERT")), h.support)
+	}
+	if len(*resent) != 0 {
+		t.Fatalf("sent again %v after the cancel; want nothing", *resent)
 	}
 }
 
