@@ -3211,6 +3211,12 @@ func TestAnIntakeReminderUnderAClaimIsLeftToItsClaimant(t *testing.T) {
 	if got := state(); got != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
 		t.Fatalf("after the lease lapsed for good: %v; want CANCELLED", got)
 	}
+	// Ended, it is refused for its state, as a meeting's is: nothing is
+	// left to cancel, and no claim of it to report.
+	_, err = claim("mailer-2", "")
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "INVALID_STATE_TRANSITION" {
+		t.Fatalf("a claim of the cancelled reminder: %v; want INVALID_STATE_TRANSITION", st)
+	}
 }
 
 // checkIn makes a check-in reminder, due now, to member id of the

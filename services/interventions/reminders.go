@@ -704,18 +704,20 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			}
 			if intakeStart != nil && !now.Before(intakeStart.AsTime()) {
 				// "Appointment at 9:00" sent at 10:00, the worker or the
-				// automation having been down: cancelled, as a meeting's;
-				// and, as a meeting's, not under a live claim: its claimant
-				// extending it may be sending, and the cancel would leave it
-				// be (cancelUnheld) while the answer said it was cancelled.
-				var held bool
-				if err := tx.QueryRow(ctx, `SELECT state = $3 AND lease_expire_time > $4 FROM reminders WHERE clinic = $1 AND id = $2`,
-					r.clinic, r.id, int16(rClaimed), now).Scan(&held); errors.Is(err, pgx.ErrNoRows) {
+				// automation having been down: cancelled, as a meeting's,
+				// and, as a meeting's, only if nobody holds it (unclaimed,
+				// or its claim lapsed): its claimant extending a live claim
+				// may be sending, and the cancel would leave it be
+				// (cancelUnheld) while the answer said it was cancelled.
+				// One already ended is refused below as ever.
+				var claimable bool
+				if err := tx.QueryRow(ctx, `SELECT `+unheld("m", "$3", "$4", "$5")+` FROM reminders m WHERE m.clinic = $1 AND m.id = $2`,
+					r.clinic, r.id, int16(rScheduled), int16(rClaimed), now).Scan(&claimable); errors.Is(err, pgx.ErrNoRows) {
 					return nil, apperr.NotFound(req.GetName())
 				} else if err != nil {
 					return nil, fmt.Errorf("read the reminder's claim: %w", err)
 				}
-				if !held {
+				if claimable {
 					begun = true
 					return nil, apperr.FailedPrecondition(ReasonMeetingBegun,
 						fmt.Sprintf("%s announces an intake appointment that has begun: it is cancelled, not sent late", req.GetName()),
@@ -978,6 +980,14 @@ type meetingRead struct {
 	start, end *timestamppb.Timestamp
 }
 
+// unheld is the condition that reminder m (its alias) would go out if
+// claimed now: scheduled, or its claim lapsed (the claimant gone).
+// scheduled, claimed and now name the arguments holding those states and
+// the claim's time.
+func unheld(m, scheduled, claimed, now string) string {
+	return fmt.Sprintf("(%[1]s.state = %[2]s OR (%[1]s.state = %[3]s AND %[1]s.lease_expire_time <= %[4]s))", m, scheduled, claimed, now)
+}
+
 // meetingOf reads, in one round trip on the claim's path, the meeting
 // coming up that reminder r announces: the reminder joined by its related
 // name to the intervention's key. Nothing is found for a reminder of
@@ -988,8 +998,7 @@ func meetingOf(ctx context.Context, tx pgx.Tx, r ref, now time.Time) (meetingRea
 		from, to             *time.Time
 		claimable, scheduled bool
 	)
-	err := tx.QueryRow(ctx, `SELECT i.start_time, i.end_time, i.state = $7,
-			m.state = $4 OR (m.state = $5 AND m.lease_expire_time <= $6)
+	err := tx.QueryRow(ctx, `SELECT i.start_time, i.end_time, i.state = $7, `+unheld("m", "$4", "$5", "$6")+`
 		FROM reminders m
 		JOIN interventions i ON i.clinic = m.clinic AND i.id = split_part(m.related_resource, '/', 4)
 		WHERE m.clinic = $1 AND m.id = $2 AND m.kind = $3
