@@ -163,9 +163,16 @@ func (s *server) refuseFormat(w http.ResponseWriter, r *http.Request, f string) 
 	return false
 }
 
+// jsonType reports whether a body of media type mt is FHIR JSON: R4's
+// type, plain JSON, or application/json+fhir, the type DSTU2 named, which
+// older clients still send.
+func jsonType(mt string) bool {
+	return mt == "application/fhir+json" || mt == "application/json" || mt == "application/json+fhir"
+}
+
 // acceptsJSON reports whether an Accept header allows some JSON: a range
-// naming json (application/json+fhir too, the type DSTU2 clients still
-// send), or a wildcard that covers it, not weighted q=0.
+// naming json (or jsonType's), or a wildcard that covers it, not weighted
+// q=0.
 func acceptsJSON(accept string) bool {
 	for _, rng := range strings.Split(accept, ",") {
 		mt, params, err := mime.ParseMediaType(strings.TrimSpace(rng))
@@ -175,7 +182,7 @@ func acceptsJSON(accept string) bool {
 		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
 			continue
 		}
-		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") || mt == "application/json+fhir" {
+		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") || jsonType(mt) {
 			return true
 		}
 	}

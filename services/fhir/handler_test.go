@@ -326,6 +326,14 @@ func TestPutTaskWithAModifierIsRefused(t *testing.T) {
 	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, head+`}`); a.code != http.StatusOK || fx.referrals.transitions != 1 {
 		t.Fatalf("without them: %d %s after %d transitions; want it cancelled", a.code, a.raw, fx.referrals.transitions)
 	}
+	// Sent as application/json+fhir, the type DSTU2 named, it is read as
+	// FHIR JSON; as XML it is refused.
+	for mt, want := range map[string]int{"application/json+fhir": http.StatusOK, "application/fhir+xml": http.StatusUnsupportedMediaType} {
+		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, head+`}`, "Content-Type", mt); a.code != want {
+			t.Errorf("a Task sent as %s: %d %s; want %d", mt, a.code, a.raw, want)
+		}
+	}
 }
 
 // The receiving program may cancel a referral through the EHR, as either

@@ -38,8 +38,7 @@ import (
 // parseTask).
 func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
 	id := r.PathValue("id")
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil ||
-		(mt != "application/fhir+json" && mt != "application/json") {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || !jsonType(mt) {
 		s.fail(w, http.StatusUnsupportedMediaType, "not-supported", "send the Task as application/fhir+json")
 		return
 	}
