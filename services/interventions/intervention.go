@@ -511,9 +511,7 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	if a, b := next.GetPlace().GetInPerson(), cur.GetPlace().GetInPerson(); a.GetAddress() != b.GetAddress() || a.GetRoom() != b.GetRoom() {
 		forgetQuietPlace(next, req.GetUpdateMask().GetPaths())
 	}
-	if len(removedMembers(next, cur)) > 0 { // someone joined: one next names that cur did not
-		forgetBriefing(next)
-	}
+	forgetBriefing(cur, next)
 	// The request's own rules saw the body, not the result: a mask such
 	// as place.in_person.address with no place in the body clears a field
 	// those rules require. Only a place the update changes is checked, so
@@ -606,17 +604,30 @@ func forgetQuietPlace(next *interventionsv1.Intervention, mask []string) {
 	}
 }
 
-// forgetBriefing unticks, once someone joins the meeting, the checklist
-// items that say every participant was briefed and wrote a statement: the
-// newcomer was not, and has not.
-func forgetBriefing(next *interventionsv1.Intervention) {
+// forgetBriefing unticks the checklist items that a change of
+// participants from cur to next makes untrue: that every participant was
+// briefed, once someone joins; that each who speaks wrote a statement,
+// once someone speaks who did not (joining, or no longer an observer).
+func forgetBriefing(cur, next *interventionsv1.Intervention) {
+	speakers := func(iv *interventionsv1.Intervention) map[string]bool {
+		out := map[string]bool{}
+		for _, p := range iv.GetParticipants() {
+			out[p.GetMemberId()] = p.GetRole() != interventionsv1.ParticipantRole_PARTICIPANT_ROLE_OBSERVER
+		}
+		return out
+	}
+	before, after := speakers(cur), speakers(next)
+	joined, speaks := false, false
+	for _, p := range next.GetParticipants() {
+		was, ok := before[p.GetMemberId()]
+		joined = joined || !ok
+		speaks = speaks || after[p.GetMemberId()] && !was
+	}
 	for _, it := range next.GetChecklist() {
-		switch it.GetKind() {
-		case interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
-			interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN:
-			if it.GetDone() {
-				it.Done, it.DoneBy, it.DoneTime = false, "", nil
-			}
+		k := it.GetKind()
+		if it.GetDone() && (k == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED && joined ||
+			k == interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN && speaks) {
+			it.Done, it.DoneBy, it.DoneTime = false, "", nil
 		}
 	}
 }

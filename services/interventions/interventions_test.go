@@ -2412,53 +2412,60 @@ func TestANewAddressIsConfirmedAgain(t *testing.T) {
 	}
 }
 
-// Someone who joins the meeting was not briefed and wrote no statement:
-// the checklist items that said everyone had are unticked. One who leaves
-// takes nothing from the others', nor do other items change.
+// Someone who joins the meeting was not briefed: the checklist item that
+// said everyone had is unticked; if they speak, or an observer comes to
+// speak, so is the one that said each speaker wrote a statement. One who
+// leaves takes nothing from the others', nor do other items change.
 func TestANewParticipantIsBriefedAgain(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
-	kinds := []interventionsv1.ChecklistItemKind{interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
+	briefed, statements, points := interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PARTICIPANTS_BRIEFED,
 		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_PERSONAL_STATEMENTS_WRITTEN,
-		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TALKING_POINTS_REVIEWED}
+		interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TALKING_POINTS_REVIEWED
 	tick := func() {
 		t.Helper()
-		for _, k := range kinds {
+		for _, k := range []interventionsv1.ChecklistItemKind{briefed, statements, points} {
 			if _, err := f.client.UpdateChecklistItem(f.ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Kind: k, Done: true}); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
-	ticked := func(iv *interventionsv1.Intervention) map[interventionsv1.ChecklistItemKind]bool {
-		out := map[interventionsv1.ChecklistItemKind]bool{}
-		for _, it := range iv.GetChecklist() {
-			out[it.GetKind()] = it.GetDone()
-		}
-		return out
-	}
-	with := func(members ...string) *interventionsv1.Intervention {
+	// with sets the participants: mom leading, and bro as role, or not at
+	// all for UNSPECIFIED; it returns the checklist's ticks after.
+	with := func(bro interventionsv1.ParticipantRole) map[interventionsv1.ChecklistItemKind]bool {
 		t.Helper()
-		next := &interventionsv1.Intervention{Name: iv.GetName()}
-		for _, m := range members {
-			next.Participants = append(next.Participants, &interventionsv1.Participant{MemberId: m, Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT})
+		next := &interventionsv1.Intervention{Name: iv.GetName(), Participants: []*interventionsv1.Participant{
+			{MemberId: "mom", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}}
+		if bro != interventionsv1.ParticipantRole_PARTICIPANT_ROLE_UNSPECIFIED {
+			next.Participants = append(next.Participants, &interventionsv1.Participant{MemberId: "bro", Role: bro})
 		}
-		next.Participants[0].Role = interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER
 		got, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{Intervention: next,
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return got
+		out := map[interventionsv1.ChecklistItemKind]bool{}
+		for _, it := range got.GetChecklist() {
+			out[it.GetKind()] = it.GetDone()
+		}
+		return out
 	}
-	tick()
-	got := ticked(with("mom", "bro"))
-	if got[kinds[0]] || got[kinds[1]] || !got[kinds[2]] {
-		t.Fatalf("after bro joined: %v; want the briefing and the statements unticked, the talking points kept", got)
-	}
-	tick()
-	if got := ticked(with("mom")); !got[kinds[0]] || !got[kinds[1]] || !got[kinds[2]] {
-		t.Fatalf("after bro left: %v; want every item kept", got)
+	for _, c := range []struct {
+		name                        string
+		bro                         interventionsv1.ParticipantRole
+		briefed, statements, points bool
+	}{
+		{"bro joins to watch", interventionsv1.ParticipantRole_PARTICIPANT_ROLE_OBSERVER, false, true, true},
+		{"bro comes to speak", interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT, true, false, true},
+		{"bro leaves", interventionsv1.ParticipantRole_PARTICIPANT_ROLE_UNSPECIFIED, true, true, true},
+		{"bro joins to speak", interventionsv1.ParticipantRole_PARTICIPANT_ROLE_SUPPORT, false, false, true},
+	} {
+		tick()
+		got := with(c.bro)
+		if got[briefed] != c.briefed || got[statements] != c.statements || got[points] != c.points {
+			t.Fatalf("%s: %v; want briefed %v, statements %v, talking points %v", c.name, got, c.briefed, c.statements, c.points)
+		}
 	}
 }
 
