@@ -56,6 +56,12 @@ type SenderConfig struct {
 	// each further failure, with jitter, up to MaxBackoff (defaults 5 s
 	// and 1 h).
 	BaseBackoff, MaxBackoff time.Duration
+	// RefusedFor is how long a receiver's refusals (400, 401, 403, 404)
+	// must have gone on, from a delivery's first try, before the
+	// refusedAttempts-th in a row dead-letters it (default 15 min): a
+	// receiver being deployed may refuse for minutes, and every delivery
+	// first tried meanwhile would die and wait for a replay by hand.
+	RefusedFor time.Duration
 	// Timeout bounds one HTTP attempt (default 10 s).
 	Timeout time.Duration
 	// Interval is how often the sender looks for due deliveries when idle
@@ -127,6 +133,9 @@ func NewSender(cfg SenderConfig) *Sender {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 10 * time.Second
+	}
+	if cfg.RefusedFor <= 0 {
+		cfg.RefusedFor = 15 * time.Minute
 	}
 	if cfg.Interval <= 0 {
 		cfg.Interval = 500 * time.Millisecond
@@ -673,7 +682,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
 		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) ||
-		refusedFor(err, p.refusals+1) {
+		refusedFor(err, p.refusals+1, time.Since(p.firstTry) >= s.cfg.RefusedFor) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -1067,8 +1076,8 @@ func decodePayload(b []byte) (proto.Message, error) {
 }
 
 // refusedAttempts is how many answers in a row may refuse a delivery (400,
-// 401, 403, 404: a wrong route, a lost secret) before it is a dead letter;
-// a few, since a receiver mid-deploy may answer so briefly.
+// 401, 403, 404: a wrong route, a lost secret) before it is a dead letter,
+// once they have gone on for SenderConfig.RefusedFor.
 const refusedAttempts = 3
 
 // refusal reports whether err is a receiver's refusal of what it was sent.
@@ -1085,14 +1094,15 @@ func refusal(err error) bool {
 }
 
 // refusedFor reports whether err ends the delivery, n being the refusals
-// in a row counting err: 410 Gone at once, a refusal the refusedAttempts-th
-// in a row.
-func refusedFor(err error, n int) bool {
+// in a row counting err and long whether they went on for
+// SenderConfig.RefusedFor: 410 Gone at once, a refusal the
+// refusedAttempts-th in a row once long.
+func refusedFor(err error, n int, long bool) bool {
 	var st httpStatusError
 	if errors.As(err, &st) && st == http.StatusGone {
 		return true
 	}
-	return refusal(err) && n >= refusedAttempts
+	return refusal(err) && n >= refusedAttempts && long
 }
 
 // current reports whether the delivery is still this attempt's to send,

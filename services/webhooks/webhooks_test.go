@@ -309,7 +309,7 @@ func fastSender(db *pgdb.DB, fam familiesv1.FamiliesServiceClient, maxAttempts i
 	return webhooks.NewSender(webhooks.SenderConfig{
 		DB: db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: maxAttempts,
 		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
-		Interval: 20 * time.Millisecond, AllowPrivate: true,
+		Interval: 20 * time.Millisecond, AllowPrivate: true, RefusedFor: time.Nanosecond,
 	})
 }
 
@@ -1449,6 +1449,49 @@ func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
 		if int(got.GetAttemptCount()) != c.attempts {
 			t.Errorf("answered %v: dead after %d attempts, want %d", c.statuses, got.GetAttemptCount(), c.attempts)
 		}
+	}
+}
+
+// A receiver that refuses for a while (404 while it is being deployed) is
+// tried on until its refusals have gone on for RefusedFor, and gets the
+// notification once it answers again: three refusals in a row are not
+// enough on their own.
+func TestABriefRefusalIsTriedOn(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	s := webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Families: &fakeFamilies{}, Log: slog.New(slog.DiscardHandler), MaxAttempts: 100,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true, RefusedFor: time.Minute,
+	})
+	runSender(t, s)
+	rcv := newReceiver(t)
+	deployed := time.Now().Add(time.Second)
+	var refused atomic.Int32
+	rcv.setFail(func(string, map[string]any) bool {
+		if time.Now().Before(deployed) {
+			rcv.failWith = http.StatusNotFound
+			refused.Add(1)
+			return true
+		}
+		return false
+	})
+	sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-deploy", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var got *webhooksv1.Delivery
+	eventually(t, 10*time.Second, "the delivery delivered after the receiver came back", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			return false
+		}
+		got = resp.GetDeliveries()[0]
+		return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
+	})
+	if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
+		t.Fatalf("after %d refusals: %v; want it delivered once the receiver answered", refused.Load(), got.GetState())
 	}
 }
 
