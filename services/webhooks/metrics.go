@@ -2,6 +2,7 @@ package webhooks
 
 import (
 	"context"
+	"fmt"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -27,6 +28,18 @@ func outcome(o string) metric.AddOption {
 }
 
 // observe registers the gauges that read the deliveries table.
+// gauges counts the deliveries pending, those of them retrying, and the
+// dead letters, each read off its partial index (the states are the
+// indexes' literals, PENDING and DEAD, not parameters, which no partial
+// index matches): the table keeps 30 days of finished deliveries, which
+// every scrape would otherwise read.
+var gauges = fmt.Sprintf(`SELECT
+	(SELECT count(*) FROM deliveries WHERE state = %[1]d),
+	-- not attempts > 0: the claim counts an attempt before it is made, and
+	-- a first send under way has not failed
+	(SELECT count(*) FROM deliveries WHERE state = %[1]d AND last_error <> ''),
+	(SELECT count(*) FROM deliveries WHERE state = %[2]d)`, statePending, stateDead)
+
 func (s *Sender) observe() {
 	pending, err1 := meter.Int64ObservableGauge("handoff.webhooks.pending", metric.WithDescription("webhook deliveries not sent yet, reminders held for their time included"))
 	// A try Handoff could not make gives its attempt back (attempts stays
@@ -39,13 +52,7 @@ func (s *Sender) observe() {
 	}
 	_, _ = meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		var nPending, nRetrying, nDead int64
-		if err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), `SELECT
-				count(*) FILTER (WHERE state = $1),
-				-- not attempts > 0: the claim counts an attempt before it is
-				-- made, and a first send under way has not failed
-				count(*) FILTER (WHERE state = $1 AND last_error <> ''),
-				count(*) FILTER (WHERE state = $2)
-			FROM deliveries`, statePending, stateDead).Scan(&nPending, &nRetrying, &nDead); err != nil {
+		if err := s.cfg.DB.QueryRow(pgdb.WithClinic(ctx, pgdb.SystemScope), gauges).Scan(&nPending, &nRetrying, &nDead); err != nil {
 			return nil // a failed scrape of these gauges must not fail the rest
 		}
 		o.ObserveInt64(pending, nPending)

@@ -112,3 +112,44 @@ func TestAClinicsDeliveriesAreListedByItsIndex(t *testing.T) {
 		t.Fatalf("a clinic's deliveries are not listed by deliveries_clinic_order:\n%s", plan)
 	}
 }
+
+// The sender's gauges read the deliveries pending and the dead letters off
+// their partial indexes, not the 30 days of finished deliveries, and count
+// them right.
+func TestTheGaugesReadOnlyWhatTheyCount(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	// 100,000 deliveries: 40 pending (10 of them after a failure), 8
+	// dead, the rest delivered.
+	for _, sql := range []string{
+		`INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+			VALUES ('north', 's1', 'https://ehr.example.org/hook', '{1}', 1, 'admin-1', 'x')`,
+		`INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, state, last_error)
+			SELECT 'north', 's1', 'd' || i, 'referrals', i, 'handoff.referrals.v1.referral.accepted', 1,
+				'clinics/north/referrals/r' || i,
+				CASE WHEN i % 2500 = 0 THEN 1 WHEN i % 14000 = 1 THEN 3 ELSE 2 END,
+				CASE WHEN i % 10000 = 0 THEN 'HTTP 503' ELSE '' END
+			FROM generate_series(1, 100000) i`,
+		`ANALYZE deliveries`,
+	} {
+		if _, err := pool.Exec(ctx, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := pgtest.App(t, schema)
+	sys := pgdb.WithClinic(ctx, pgdb.SystemScope)
+	var plan string
+	if err := db.QueryRow(sys, "EXPLAIN (FORMAT JSON) "+gauges).Scan(&plan); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(plan, `"Seq Scan"`) || !strings.Contains(plan, `"deliveries_dead"`) {
+		t.Errorf("the gauges' plan reads the table or misses deliveries_dead:\n%s", plan)
+	}
+	var pending, retrying, dead int64
+	if err := db.QueryRow(sys, gauges).Scan(&pending, &retrying, &dead); err != nil {
+		t.Fatal(err)
+	}
+	if pending != 40 || retrying != 10 || dead != 8 {
+		t.Errorf("gauges: %d pending, %d retrying, %d dead; want 40, 10 and 8", pending, retrying, dead)
+	}
+}
