@@ -273,7 +273,9 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 			}
 			// Alike: the same payload kind too. One of the other kind may
 			// stand beside it, so that a receiver moving between them
-			// makes the new one before it deletes the old, losing nothing.
+			// makes the new one before it deletes the old, and deletes
+			// the old once its held notifications went out (see the
+			// proto): deleting a subscription deletes what it holds.
 			// Topics are alike when one event can be sent under both (a
 			// referral's intake booking is both of its topics), and URLs
 			// when they name one receiver however spelt.

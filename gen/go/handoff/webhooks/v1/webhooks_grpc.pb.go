@@ -80,7 +80,12 @@ type WebhooksServiceClient interface {
 	// referral's intake booking is sent under both; URLs that differ only in
 	// the case of scheme or host, or in a default port written out, are the
 	// same URL. To move to the other payload kind,
-	// create the new subscription before deleting the old. One owner holds at
+	// create the new subscription before deleting the old, and delete the
+	// old once it holds no notification the new one lacks (ListDeliveries,
+	// `state = PENDING`): a notification of a reminder waits for the
+	// reminder's time, and one retried after a failure for its next try, in
+	// the subscription it was made for, and deleting that deletes them. One
+	// owner holds at
 	// most 50 subscriptions in a clinic: past that a create is
 	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
 	CreateSubscription(ctx context.Context, in *CreateSubscriptionRequest, opts ...grpc.CallOption) (*Subscription, error)
@@ -106,7 +111,8 @@ type WebhooksServiceClient interface {
 	// (and deletes a subscription whose secret leaked); anyone else
 	// NOT_FOUND, as for every method.
 	RotateSubscriptionSecret(ctx context.Context, in *RotateSubscriptionSecretRequest, opts ...grpc.CallOption) (*Subscription, error)
-	// Deletes a subscription and its undelivered notifications.
+	// Deletes a subscription and its undelivered notifications, those held
+	// for a reminder's time or a retry among them, and its dead letters.
 	DeleteSubscription(ctx context.Context, in *DeleteSubscriptionRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
 	// subscription lists every subscription's. `filter = "state = DEAD"`
@@ -235,7 +241,12 @@ type WebhooksServiceServer interface {
 	// referral's intake booking is sent under both; URLs that differ only in
 	// the case of scheme or host, or in a default port written out, are the
 	// same URL. To move to the other payload kind,
-	// create the new subscription before deleting the old. One owner holds at
+	// create the new subscription before deleting the old, and delete the
+	// old once it holds no notification the new one lacks (ListDeliveries,
+	// `state = PENDING`): a notification of a reminder waits for the
+	// reminder's time, and one retried after a failure for its next try, in
+	// the subscription it was made for, and deleting that deletes them. One
+	// owner holds at
 	// most 50 subscriptions in a clinic: past that a create is
 	// RESOURCE_EXHAUSTED, with a QuotaFailure; delete one first.
 	CreateSubscription(context.Context, *CreateSubscriptionRequest) (*Subscription, error)
@@ -261,7 +272,8 @@ type WebhooksServiceServer interface {
 	// (and deletes a subscription whose secret leaked); anyone else
 	// NOT_FOUND, as for every method.
 	RotateSubscriptionSecret(context.Context, *RotateSubscriptionSecretRequest) (*Subscription, error)
-	// Deletes a subscription and its undelivered notifications.
+	// Deletes a subscription and its undelivered notifications, those held
+	// for a reminder's time or a retry among them, and its dead letters.
 	DeleteSubscription(context.Context, *DeleteSubscriptionRequest) (*emptypb.Empty, error)
 	// Lists a subscription's deliveries, oldest first; `-` as the
 	// subscription lists every subscription's. `filter = "state = DEAD"`
