@@ -574,9 +574,10 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 		if p.Clinic == auth.AnyClinic || p.Internal() {
 			// Tokens for every clinic, and the roles, belong to Handoff's
 			// own parts (the worker, the webhook sender, the calendar
-			// reader), which call the services directly: from the public
-			// side such a token is a leaked or a mistaken one, and would
-			// read every clinic or act as the worker in one.
+			// reader; and calendar_feed, which the interventions service
+			// grants a feed's token), which call the services directly:
+			// from the public side such a token is a leaked or a mistaken
+			// one, and would read every clinic or act as the worker in one.
 			log.WarnContext(r.Context(), "service token refused at the public edge",
 				append([]any{"subject", p.Subject, "method", r.Method, "path", r.URL.Path}, auth.Origin(r)...)...)
 			writeStatus(w, http.StatusForbidden, codes.PermissionDenied,
