@@ -2184,7 +2184,27 @@ func TestACalledOffNoticeIsTakenForACancelledMeeting(t *testing.T) {
 	if _, err := create(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING); err == nil {
 		t.Fatal("a reminder that the cancelled meeting is coming up was made")
 	}
+	// Not to a member of the family who does not take part (taken off the
+	// meeting before it was called off), nor of a meeting not called off.
+	iv = f.scheduled(t, f.clock.Now().Add(72*time.Hour))
+	if _, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{Intervention: &interventionsv1.Intervention{
+		Name: iv.GetName(), Participants: []*interventionsv1.Participant{{MemberId: "bro", Role: interventionsv1.ParticipantRole_PARTICIPANT_ROLE_LEAD_SPEAKER}}},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"participants"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := wantCode(t, errOf(create(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED)), codes.FailedPrecondition); reason(st) != "MEETING_NOT_CANCELLED" {
+		t.Fatalf("the notice of a meeting still scheduled: %v; want MEETING_NOT_CANCELLED", st)
+	}
+	if _, err := f.client.CancelIntervention(f.ctx, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(), Reason: "family moved"}); err != nil {
+		t.Fatal(err)
+	}
+	if st := wantCode(t, errOf(create(interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED)), codes.FailedPrecondition); reason(st) != "NOT_A_PARTICIPANT" {
+		t.Fatalf("the notice to mom, taken off the meeting: %v; want NOT_A_PARTICIPANT", st)
+	}
 }
+
+// errOf is the error of a call's two results.
+func errOf[T any](_ T, err error) error { return err }
 
 // heldNowhere is a referrals service that knows no hold but converted,
 // one whose place became a referral.

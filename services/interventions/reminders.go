@@ -311,6 +311,10 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 				if err := meetingStands(ctx, tx, clinic, req); err != nil {
 					return nil, err
 				}
+			} else if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED {
+				if err := calledOffTo(ctx, tx, clinic, req); err != nil {
+					return nil, err
+				}
 			} else if isFamily(rc.GetKind()) {
 				// Only a family recipient can be of the wrong family: a
 				// staff reminder costs no read of its intervention.
@@ -350,6 +354,10 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 // ReasonMeetingNotScheduled refuses a reminder of a meeting that is no
 // longer scheduled, or no longer at the time the caller knows.
 const ReasonMeetingNotScheduled = "MEETING_NOT_SCHEDULED"
+
+// ReasonMeetingNotCancelled refuses a notice that a meeting is called off
+// (INTERVENTION_CANCELLED) while the meeting is not cancelled.
+const ReasonMeetingNotCancelled = "MEETING_NOT_CANCELLED"
 
 // ReasonNotAParticipant refuses a reminder of a meeting to a family member
 // who no longer takes part in it, or one of it coming up to a counselor
@@ -413,6 +421,48 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		req.GetReminder().GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
 		return apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("counselor %q does not lead %s: no reminder of it is made for them", to.GetId(), related), meta)
+	}
+	return nil
+}
+
+// calledOffTo refuses the notice req asks for, that a meeting is called
+// off (INTERVENTION_CANCELLED), unless the meeting it names is cancelled
+// and a family member it goes to takes part in it: one taken off the
+// meeting just before it was called off (perhaps for their safety) hears
+// nothing more of it, whatever the workflow last read.
+func calledOffTo(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) error {
+	related := req.GetReminder().GetRelatedResource()
+	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
+	noMeeting := apperr.Field("reminder.related_resource", "must name the meeting called off, an intervention of clinic %s", clinic)
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return noMeeting
+	}
+	to := req.GetReminder().GetRecipient()
+	var (
+		state     int16
+		takesPart bool
+		family    string
+	)
+	err := tx.QueryRow(ctx, `SELECT state,
+			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3), family
+		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &takesPart, &family)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return noMeeting
+	}
+	if err != nil {
+		return fmt.Errorf("read the meeting called off: %w", err)
+	}
+	if err := ofFamily(to, family, related); err != nil {
+		return err
+	}
+	meta := map[string]string{"intervention": related}
+	if st := interventionsv1.InterventionState(state); st != cancelled {
+		return apperr.FailedPrecondition(ReasonMeetingNotCancelled,
+			fmt.Sprintf("%s is %s, not called off: no notice that it is called off is made", related, stateName(st)), meta)
+	}
+	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER && !takesPart {
+		return apperr.FailedPrecondition(ReasonNotAParticipant,
+			fmt.Sprintf("family member %q does not take part in %s: no notice of it is made for them", to.GetId(), related), meta)
 	}
 	return nil
 }
