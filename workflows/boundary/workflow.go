@@ -268,10 +268,10 @@ type wf struct {
 	chain    string // the first run id of this execution, the same after continue-as-new
 	byRun    bool   // request ids name chain (versionIDsByRun)
 	// outlive says the resends run on a context a cancel does not reach
-	// (versionResendsOutlive); ended, that the run's family's case was
-	// closed, or cut, that it was cancelled (its context, which the cancel
-	// reaches at once, while ended waits for the steps it interrupted):
-	// after either only the alerts' resends go out.
+	// (versionResendsOutlive); ended, that the run has stopped following
+	// up (cancelled, or its family's case closed), once the step under way
+	// returned; cut is the run's context, which a cancel reaches at once,
+	// before that. After either only the alerts' resends go out.
 	outlive, ended bool
 	cut            workflow.Context
 
@@ -383,6 +383,13 @@ func (w *wf) hearAlertsOut(ctx workflow.Context) {
 	defer stop()
 	actx := flow.WithActivityOptions(dctx)
 	w.step = "finishing"
+	// Listen waits for the latest time any resend can fail at: a member's
+	// check-in held for quiet hours may be it, but the tidy-up cancelled
+	// that one. An alert goes to the counselor, and fails by when it was
+	// made or sent again.
+	if w.st.Resends.FailsBy.After(w.st.AlertedAt) {
+		w.st.Resends.FailsBy = w.st.AlertedAt
+	}
 	for {
 		if err := flow.Listen(actx, w.settings, &w.st.Resends, time.Time{}, func() bool { return w.overdose.Len() > 0 }); err != nil {
 			workflow.GetLogger(ctx).Warn("listening for overdose alerts' failures after the end failed", "error", err)

@@ -1495,6 +1495,34 @@ func TestCancelledLongAfterAnOverdoseEndsAtOnce(t *testing.T) {
 	}
 }
 
+// A cancelled run listening for its alerts' failures waits as long as an
+// alert can fail, not as long as a member's check-in held for quiet hours
+// could have: the tidy-up cancelled that one.
+func TestAlertsHeardOutDoNotWaitOnAMembersQuietHours(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.nameFor = func(r activities.ReminderRequest) string { return "clinics/north/reminders/" + r.Kind }
+	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
+			// Held for the member's quiet hours: it can fail until the
+			// next evening.
+			return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due.Add(20 * time.Hour)}, nil
+		})
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: "clinics/north/reminders/BOUNDARY_REMINDER"})
+	}, 2*day-30*time.Minute)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
+	}, 2*day)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day+time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if took := h.env.Now().Sub(h.t0); took > 2*day+4*time.Hour {
+		t.Fatalf("the run ended %v after it began; want within hours of the cancel, 2 days in", took)
+	}
+}
+
 // A cancel that comes while an overdose is being answered (its urgent
 // referral waits on a referrals service that is down) stops the resends of
 // the run's other reminders at once, not once the answer is done: a
