@@ -27,7 +27,6 @@ func outcome(o string) metric.AddOption {
 	return metric.WithAttributes(attribute.String("outcome", o))
 }
 
-// observe registers the gauges that read the deliveries table.
 // gauges counts the deliveries pending, those of them retrying, and the
 // dead letters, each read off its partial index (the states are the
 // indexes' literals, PENDING and DEAD, not parameters, which no partial
@@ -40,6 +39,7 @@ var gauges = fmt.Sprintf(`SELECT
 	(SELECT count(*) FROM deliveries WHERE state = %[1]d AND last_error <> ''),
 	(SELECT count(*) FROM deliveries WHERE state = %[2]d)`, statePending, stateDead)
 
+// observe registers the gauges that read the deliveries table.
 func (s *Sender) observe() {
 	pending, err1 := meter.Int64ObservableGauge("handoff.webhooks.pending", metric.WithDescription("webhook deliveries not sent yet, reminders held for their time included"))
 	// A try Handoff could not make gives its attempt back (attempts stays

@@ -1031,7 +1031,9 @@ func (w *wf) cancelled(ctx workflow.Context) (Result, error) {
 		if !told.IsZero() {
 			// Their failures are sent again (staleReminder keeps notices)
 			// while the workflow is open to hear of them.
-			if err := flow.Listen(dctx, w.settings, &w.resends, told, nil); err != nil {
+			// Not past a cancel through Temporal: the resends run on the
+			// run's context, which that cuts short.
+			if err := flow.Listen(dctx, w.settings, &w.resends, told, func() bool { return ctx.Err() != nil }); err != nil {
 				workflow.GetLogger(ctx).Warn("listening for the called-off notices' failures failed", "error", err)
 			}
 		}
