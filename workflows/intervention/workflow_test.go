@@ -675,6 +675,22 @@ func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
 	}
 }
 
+// A cancel through Temporal (an operator's) while the workflow listens for
+// its called-off notices' failures ends the listen: the resends it would
+// wait for are cut short with the run.
+func TestTemporalCancelEndsTheCalledOffListen(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.update(2*24*time.Hour, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*24*time.Hour+5*time.Minute)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if len(h.sent.byKind("INTERVENTION_CANCELLED")) != 1 {
+		t.Fatalf("called-off notices %+v; want mom's", h.sent.byKind("INTERVENTION_CANCELLED"))
+	}
+	if took := h.env.Now().Sub(h.start.Add(-4 * 24 * time.Hour)); took > 2*24*time.Hour+10*time.Minute {
+		t.Fatalf("the run ended %v in; want at the operator's cancel, 2 days and 5 minutes in", took)
+	}
+}
+
 // slowFirstReminder is a meeting half an hour away, with mom and dad
 // taking part, whose reminders are all due at once: the first one's
 // creation fails and is tried again a second later, so that an update
