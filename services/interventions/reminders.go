@@ -364,6 +364,9 @@ const ReasonMeetingNotCancelled = "MEETING_NOT_CANCELLED"
 // who does not lead it.
 const ReasonNotAParticipant = "NOT_A_PARTICIPANT"
 
+// takesPart3 is whether the member $3 takes part in the meeting read.
+const takesPart3 = `EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3)`
+
 // meetingStands refuses the meeting reminder req asks for (one of
 // meetingKinds) if its meeting is no longer scheduled (cancelled, or held
 // and its outcome recorded), no longer at
@@ -389,8 +392,7 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		counselor string
 		family    string
 	)
-	err := tx.QueryRow(ctx, `SELECT state, start_time,
-			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3),
+	err := tx.QueryRow(ctx, `SELECT state, start_time, `+takesPart3+`,
 			counselor, family
 		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor, &family)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -443,8 +445,7 @@ func calledOffTo(ctx context.Context, tx pgx.Tx, clinic string, req *interventio
 		takesPart bool
 		family    string
 	)
-	err := tx.QueryRow(ctx, `SELECT state,
-			EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'participants', '[]')) p WHERE p->>'member_id' = $3), family
+	err := tx.QueryRow(ctx, `SELECT state, `+takesPart3+`, family
 		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &takesPart, &family)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return noMeeting
