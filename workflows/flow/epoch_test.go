@@ -127,67 +127,13 @@ func secondEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	return afterVersions(ctx, 1, 1, workflow.GetVersion(ctx, "failures-stay-unread", workflow.DefaultVersion, 1))
 }
 
-// thirdEpochFlow is what code that knew the third epoch ran: its marker
-// alone, every change asked being covered.
-func thirdEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-04b", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// fourthEpochFlow is what code that knew the fourth epoch ran: its marker
-// alone.
-func fourthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-05", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// fifthEpochFlow is what code that knew the fifth epoch ran: its marker
-// alone.
-func fifthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-05b", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// sixthEpochFlow is what code that knew the sixth epoch ran: its marker
-// alone.
-func sixthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-05c", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// seventhEpochFlow is what code that knew the seventh epoch ran: its
-// marker alone.
-func seventhEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-05d", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// eighthEpochFlow is what code that knew the eighth epoch ran: its
-// marker alone.
-func eighthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// ninthEpochFlow is what code that knew the ninth epoch ran: its marker
-// alone.
-func ninthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06b", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// tenthEpochFlow is what code that knew the tenth epoch ran: its marker
-// alone.
-func tenthEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06c", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
-}
-
-// eleventhEpochFlow is what code that knew the eleventh epoch ran: its
-// marker alone.
-func eleventhEpochFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-07", workflow.DefaultVersion, 1)
-	return afterVersions(ctx, 1, 1, 1)
+// markerAlone is what code that knew the epoch id, the third or a later
+// one, ran: its marker alone, every change asked being covered.
+func markerAlone(id string) func(workflow.Context) ([]workflow.Version, error) {
+	return func(ctx workflow.Context) ([]workflow.Version, error) {
+		workflow.GetVersion(ctx, id, workflow.DefaultVersion, 1)
+		return afterVersions(ctx, 1, 1, 1)
+	}
 }
 
 // todaysEpochFlow is the same workflow under today's code.
@@ -205,15 +151,15 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 	replayUnder(t, "EpochFlow", todaysEpochFlow, 3, []epochRun{
 		{"begun at the first epoch", firstEpochFlow, "[epoch-2026-12-03 stop-boundary-on-yes failures-stay-unread]"},
 		{"begun at the second epoch", secondEpochFlow, "[epoch-2026-12-04 failures-stay-unread]"},
-		{"begun at the third epoch", thirdEpochFlow, "[epoch-2026-12-04b]"},
-		{"begun at the fourth epoch", fourthEpochFlow, "[epoch-2026-12-05]"},
-		{"begun at the fifth epoch", fifthEpochFlow, "[epoch-2026-12-05b]"},
-		{"begun at the sixth epoch", sixthEpochFlow, "[epoch-2026-12-05c]"},
-		{"begun at the seventh epoch", seventhEpochFlow, "[epoch-2026-12-05d]"},
-		{"begun at the eighth epoch", eighthEpochFlow, "[epoch-2026-12-06]"},
-		{"begun at the ninth epoch", ninthEpochFlow, "[epoch-2026-12-06b]"},
-		{"begun at the tenth epoch", tenthEpochFlow, "[epoch-2026-12-06c]"},
-		{"begun at the eleventh epoch", eleventhEpochFlow, "[epoch-2026-12-07]"},
+		{"begun at the third epoch", markerAlone("epoch-2026-12-04b"), "[epoch-2026-12-04b]"},
+		{"begun at the fourth epoch", markerAlone("epoch-2026-12-05"), "[epoch-2026-12-05]"},
+		{"begun at the fifth epoch", markerAlone("epoch-2026-12-05b"), "[epoch-2026-12-05b]"},
+		{"begun at the sixth epoch", markerAlone("epoch-2026-12-05c"), "[epoch-2026-12-05c]"},
+		{"begun at the seventh epoch", markerAlone("epoch-2026-12-05d"), "[epoch-2026-12-05d]"},
+		{"begun at the eighth epoch", markerAlone("epoch-2026-12-06"), "[epoch-2026-12-06]"},
+		{"begun at the ninth epoch", markerAlone("epoch-2026-12-06b"), "[epoch-2026-12-06b]"},
+		{"begun at the tenth epoch", markerAlone("epoch-2026-12-06c"), "[epoch-2026-12-06c]"},
+		{"begun at the eleventh epoch", markerAlone("epoch-2026-12-07"), "[epoch-2026-12-07]"},
 		{"begun today", todaysEpochFlow, "[epoch-2026-12-07b]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
