@@ -609,19 +609,18 @@ func forgetQuietPlace(next *interventionsv1.Intervention, mask []string) {
 // briefed, once someone joins; that each who speaks wrote a statement,
 // once someone speaks who did not (joining, or no longer an observer).
 func forgetBriefing(cur, next *interventionsv1.Intervention) {
-	speakers := func(iv *interventionsv1.Intervention) map[string]bool {
-		out := map[string]bool{}
-		for _, p := range iv.GetParticipants() {
-			out[p.GetMemberId()] = p.GetRole() != interventionsv1.ParticipantRole_PARTICIPANT_ROLE_OBSERVER
-		}
-		return out
+	speaking := func(p *interventionsv1.Participant) bool {
+		return p.GetRole() != interventionsv1.ParticipantRole_PARTICIPANT_ROLE_OBSERVER
 	}
-	before, after := speakers(cur), speakers(next)
+	before := map[string]bool{} // member -> speaking
+	for _, p := range cur.GetParticipants() {
+		before[p.GetMemberId()] = speaking(p)
+	}
 	joined, speaks := false, false
 	for _, p := range next.GetParticipants() {
 		was, ok := before[p.GetMemberId()]
 		joined = joined || !ok
-		speaks = speaks || after[p.GetMemberId()] && !was
+		speaks = speaks || speaking(p) && !was
 	}
 	for _, it := range next.GetChecklist() {
 		k := it.GetKind()
