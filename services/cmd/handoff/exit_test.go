@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb"
@@ -280,12 +281,12 @@ func TestServiceNotMigratingWaitsForItsMigrations(t *testing.T) {
 	login.User = url.UserPassword(role, "pw")
 	log := slog.New(slog.DiscardHandler)
 
-	// Long enough for the first look at the schema on a loaded machine
-	// (CI runs the packages side by side): the wait it then ends is what
-	// is tested.
-	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	// Given up once it has said what it waits for, however long the first
+	// look took on a loaded machine (CI runs the packages side by side): a
+	// fixed deadline could end that look instead.
+	short, cancel := context.WithCancel(ctx)
 	defer cancel()
-	db, err := openSchema(short, log, login.String(), "families", src, false)
+	db, err := openSchema(short, slog.New(onWarn{cancel}), login.String(), "families", src, false)
 	if err == nil {
 		db.Pool.Close()
 		t.Fatal("opened a schema a migration short; want it to wait")
@@ -319,3 +320,72 @@ func TestServiceNotMigratingWaitsForItsMigrations(t *testing.T) {
 		t.Fatal("still waiting after the migration ran")
 	}
 }
+
+// onWarn calls its function at a warning, and writes nothing.
+type onWarn struct{ f func() }
+
+func (onWarn) Enabled(context.Context, slog.Level) bool { return true }
+func (h onWarn) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.f()
+	}
+	return nil
+}
+func (h onWarn) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h onWarn) WithGroup(string) slog.Handler      { return h }
+
+// A service given up while it looks at its schema again still names the
+// migration it waits for, not the read cut short.
+func TestAwaitMigratedGivenUpMidLookNamesWhatItLacks(t *testing.T) {
+	prefix := pgtest.Prefix(t, "families")
+	ctx := context.Background()
+	schema := prefix + "families"
+	owner, err := pgdb.Open(ctx, pgtest.URL(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	src := families.Migrations()
+	if err := pgdb.Migrate(ctx, owner, schema, src[0], pgtest.Before(t, src[1], "0010_disclosure_recipients.sql")); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { migratedPoll = d }(migratedPoll)
+	migratedPoll = time.Millisecond
+
+	looks, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cfg, err := pgxpool.ParseConfig(pgtest.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The second look is given up as it starts.
+	n := 0
+	cfg.ConnConfig.Tracer = queryStart(func(sql string) {
+		if strings.Contains(sql, "schema_migrations") {
+			if n++; n == 2 {
+				cancel()
+			}
+		}
+	})
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	err = awaitMigrated(looks, slog.New(slog.DiscardHandler), &pgdb.DB{Pool: pool}, schema, src)
+	if n != 2 {
+		t.Fatalf("looked %d times; want the second given up", n)
+	}
+	if err == nil || !strings.Contains(err.Error(), "families/0011_consents_by_clinic.sql") || !errors.Is(err, context.Canceled) {
+		t.Fatalf("gave up with %v; want the missing migration named, and why it gave up", err)
+	}
+}
+
+// queryStart calls its function with each statement as it starts.
+type queryStart func(sql string)
+
+func (f queryStart) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	f(d.SQL)
+	return ctx
+}
+func (queryStart) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}

@@ -726,11 +726,22 @@ var migratedPoll = 5 * time.Second
 // meanwhile (the process is alive, not ready), and the rollout waits.
 func awaitMigrated(ctx context.Context, log *slog.Logger, db *pgdb.DB, schema string, migrations []pgdb.Source) error {
 	var said time.Time
+	var missing []string
+	lacks := func(err error) error {
+		return fmt.Errorf("schema %s lacks %d migrations of this release (first %s): %w", schema, len(missing), missing[0], err)
+	}
 	for {
-		missing, err := pgdb.Unapplied(ctx, db.Pool, schema, migrations...)
+		now, err := pgdb.Unapplied(ctx, db.Pool, schema, migrations...)
 		if err != nil {
+			// Given up while looking again, the service still says what it
+			// waited for: that, not the read cut short, is what the operator
+			// must act on.
+			if ctx.Err() != nil && len(missing) > 0 {
+				return lacks(ctx.Err())
+			}
 			return err
 		}
+		missing = now
 		if len(missing) == 0 {
 			return nil
 		}
@@ -741,7 +752,7 @@ func awaitMigrated(ctx context.Context, log *slog.Logger, db *pgdb.DB, schema st
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("schema %s lacks %d migrations of this release (first %s): %w", schema, len(missing), missing[0], ctx.Err())
+			return lacks(ctx.Err())
 		case <-time.After(migratedPoll):
 		}
 	}
