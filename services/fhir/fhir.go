@@ -16,6 +16,7 @@
 package fhir
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -322,6 +324,9 @@ func (s *server) render(res obj) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode: %w", err)
 	}
+	if raw, err = scrubControls(raw); err != nil {
+		return nil, err
+	}
 	pb, err := s.parse(raw)
 	if err != nil {
 		return nil, err
@@ -331,6 +336,53 @@ func (s *server) render(res obj) ([]byte, error) {
 		return nil, fmt.Errorf("marshal: %w", err)
 	}
 	return b, nil
+}
+
+// refusedControl matches, in encoding/json's output, the escape of a
+// control character FHIR's string type refuses (all but tab, line feed and
+// carriage return). A backslash escaped before it only costs the slow path.
+var refusedControl = regexp.MustCompile(`\\(u00[01][0-9a-f]|[bf])`)
+
+// scrubControls turns into spaces the control characters FHIR's string type
+// refuses. The services refuse them now, but text stored before they did
+// (and history cannot be edited) would fail the answer's validation, and
+// with it every read and every search page that carries the record.
+func scrubControls(raw []byte) ([]byte, error) {
+	if !refusedControl.Match(raw) {
+		return raw, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, fmt.Errorf("scrub: %w", err)
+	}
+	b, err := json.Marshal(scrubbed(v))
+	if err != nil {
+		return nil, fmt.Errorf("scrub: %w", err)
+	}
+	return b, nil
+}
+
+func scrubbed(v any) any {
+	switch v := v.(type) {
+	case string:
+		return strings.Map(func(r rune) rune {
+			if r < 0x20 && r != '\t' && r != '\n' && r != '\r' {
+				return ' '
+			}
+			return r
+		}, v)
+	case []any:
+		for i := range v {
+			v[i] = scrubbed(v[i])
+		}
+	case map[string]any:
+		for k, e := range v {
+			v[k] = scrubbed(e)
+		}
+	}
+	return v
 }
 
 // parse is the validating R4 parser; it returns a ContainedResource.

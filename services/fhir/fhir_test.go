@@ -162,6 +162,32 @@ func TestRenderRejectsInvalid(t *testing.T) {
 	}
 }
 
+// Text stored before the services refused the control characters FHIR's
+// string refuses still renders, each such character a space; tabs, line
+// breaks and characters JSON escapes for HTML stay as they were.
+func TestRenderScrubsStoredControlCharacters(t *testing.T) {
+	s, err := newServer(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED)
+	r.Reason = "pasted\vfrom\x1bWord\x00,\b\f <kept> & \\u000b\tand\r\nkept"
+	b, err := s.render(serviceRequest(r))
+	if err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	var got struct {
+		ReasonCode []struct{ Text string } `json:"reasonCode"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	want := "pasted from Word ,   <kept> & \\u000b\tand\r\nkept"
+	if len(got.ReasonCode) != 1 || got.ReasonCode[0].Text != want {
+		t.Fatalf("reasonCode = %+v; want the text %q", got.ReasonCode, want)
+	}
+}
+
 func TestPairIDs(t *testing.T) {
 	for _, c := range []struct{ parent, child string }{
 		{famID, "mom"}, {famID, consID}, {famID, strings.Repeat("b", 63)}, {"f1", "m-2"},
