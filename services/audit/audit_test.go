@@ -52,7 +52,7 @@ func TestEarlierCancelledRecordsReadCanonically(t *testing.T) {
 	// A record shows once the transactions begun before its own have
 	// ended: other tests write meanwhile.
 	var resp *auditv1.ListAuditEventsResponse
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var err error
 		resp, err = audit.List(admin, db, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `outcome = "CANCELLED"`})
 		if err != nil {
@@ -105,7 +105,7 @@ func TestTimeBoundedListPagesTheWindow(t *testing.T) {
 	}
 	// The records show once the transactions begun before them have
 	// ended: other tests write meanwhile.
-	for deadline := time.Now().Add(5 * time.Second); len(list("", 100)) < 10; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); len(list("", 100)) < 10; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the records never showed")
 		}

@@ -76,7 +76,7 @@ func TestEveryCallIsAudited(t *testing.T) {
 	// A record shows once the transactions begun before its own have ended:
 	// the package's other tests write meanwhile.
 	var resp *auditv1.ListAuditEventsResponse
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		resp, err = client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `subject = "counselor-1"`})
 		if err != nil {
 			t.Fatal(err)
@@ -216,7 +216,7 @@ func TestAuditListWaitsForLateCommits(t *testing.T) {
 	}
 	// Follow the pages from where the reader stood, as a reader would.
 	var subjects []string
-	for deadline := time.Now().Add(5 * time.Second); len(subjects) < 3 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); len(subjects) < 3 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		subjects = nil
 		for token := first.GetNextPageToken(); ; {
 			resp := list(token)

@@ -99,7 +99,9 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	hang.Store(true)
 	// Linger is long enough that a poll which waited for lane b (wrongly)
 	// is told apart from a correct one on a loaded machine.
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 3 * time.Second, Interval: time.Nanosecond,
+	// b1's Timeout is far beyond both the Linger and the bounds below:
+	// the second poll must come before b1 fails, on a busy machine too.
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Timeout: 8 * time.Second, Interval: time.Nanosecond,
 		Linger: 1500 * time.Millisecond,
 		Lane:   func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(ctx context.Context, e outbox.Stored) error {
@@ -137,7 +139,7 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	}
 	began := time.Now()
 	n, err := r.Once(ctx)
-	if err != nil || n != 3 || time.Since(began) > 3*time.Second {
+	if err != nil || n != 3 || time.Since(began) > 5*time.Second {
 		t.Fatalf("first poll: %d, %v after %v; want lane a's 3 recorded at once, lane b still under way", n, err, time.Since(began))
 	}
 	mu.Lock()
@@ -152,11 +154,11 @@ func TestRelayLanesDeliverApartAndInOrder(t *testing.T) {
 	// a poll waits only for the lanes it started, not for b.
 	write("a4")
 	began = time.Now()
-	if n, err := r.Once(ctx); err != nil || n != 1 || time.Since(began) >= 1500*time.Millisecond {
+	if n, err := r.Once(ctx); err != nil || n != 1 || time.Since(began) >= 4*time.Second {
 		t.Fatalf("poll while b1 hangs: %d, %v after %v; want a4, at once", n, err, time.Since(began))
 	}
 	var failed error
-	for deadline := time.Now().Add(5 * time.Second); failed == nil && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(15 * time.Second); failed == nil && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 		_, failed = r.Once(ctx)
 	}
@@ -441,7 +443,7 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var got []string
-	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: 2 * time.Second,
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: 5 * time.Second,
 		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
 		Deliver: func(_ context.Context, e outbox.Stored) error {
 			mu.Lock()
@@ -464,7 +466,7 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 	if n, err := r.Once(ctx); err != nil || n != 0 || len(got) != 1 {
 		t.Fatalf("an old event within the grace: %d, %v, delivered %v; want it still left", n, err, got)
 	}
-	time.Sleep(2100 * time.Millisecond)
+	time.Sleep(5100 * time.Millisecond)
 	if n, err := r.Once(ctx); err != nil || n != 2 || !slices.Equal(got, []string{"b1", "a1", "a2"}) {
 		t.Fatalf("past the grace: %d, %v, delivered %v; want a1 then a2", n, err, got)
 	}

@@ -42,13 +42,12 @@ func TestMigrateGivesUpOnAHeldLock(t *testing.T) {
 	alter := pgdb.Source{Name: "alter", FS: fstest.MapFS{
 		"m/0001_note.sql": {Data: []byte("ALTER TABLE audit_log ADD COLUMN note text;\n")},
 	}, Dir: "m"}
-	start := time.Now()
+	// The lock timeout's error is the proof it gave up: no bound on the
+	// time taken, which counts the wait for the migrations' shared lock
+	// other packages' tests hold meanwhile.
 	err = pgdb.Migrate(ctx, owner, schema, common, alter)
 	if err == nil || !strings.Contains(err.Error(), "lock timeout") {
 		t.Fatalf("Migrate altering a table held = %v; want a lock timeout", err)
-	}
-	if took := time.Since(start); took > 5*time.Second {
-		t.Fatalf("Migrate took %v to give up", took)
 	}
 	if err := reader.Rollback(ctx); err != nil {
 		t.Fatal(err)

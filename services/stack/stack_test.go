@@ -277,13 +277,14 @@ func (e *env) recordHistory(workflowID, pkg, file string) {
 // "completed" when the program reports intake. Reminders become due and
 // five racing claimers claim each exactly once.
 func TestAcceptedEndsInTreatment(t *testing.T) {
-	e := start(t)
+	// The first reminders are due 2 s in, leaving ten before the meeting
+	// for the claims, the failure and its resend, which is dropped once
+	// the meeting has begun: the embedded server shares two busy cores.
+	e := start(t, func(s *activities.Settings) { s.ReminderOffsets = []time.Duration{10 * time.Second, 2 * time.Second} })
 	mat := e.directory()
 	f, _ := e.family()
-	iv := e.schedule(f, 7*time.Second)
+	iv := e.schedule(f, 12*time.Second)
 
-	// The hold is taken 3 s before the meeting and ticked on the checklist.
-	e.awaitHold(iv)
 	// Reminders (counselor in-app, mom by SMS) become due; five claimers race.
 	var due []*interventionsv1.Reminder
 	stacktest.Eventually(t, 15*time.Second, "due reminders", func() bool {
@@ -325,6 +326,8 @@ func TestAcceptedEndsInTreatment(t *testing.T) {
 		}
 		return false
 	})
+	// The hold is taken 3 s before the meeting and ticked on the checklist.
+	e.awaitHold(iv)
 	// A firmer meeting drafted meanwhile (as a boundary workflow proposes
 	// one after a refusal) is moot once the loved one says yes.
 	draft := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{

@@ -665,9 +665,11 @@ func TestAHangingReceiverHoldsOnlyItsOwnSlots(t *testing.T) {
 	}
 	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
 		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10, Parallel: 4,
-		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: 10 * time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true,
+		BaseBackoff: time.Hour, MaxBackoff: time.Hour, Timeout: 30 * time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true,
 	}))
-	eventually(t, 3*time.Second, "the other receiver's 10 notifications", func() bool { return got.Load() == 10 })
+	// Well within the hanging receiver's timeout, which a round waiting
+	// on it would take, and roomy for a busy machine.
+	eventually(t, 15*time.Second, "the other receiver's 10 notifications", func() bool { return got.Load() == 10 })
 	// The slow receiver never had more than its share under way.
 	var leased int
 	if err := f.pool.QueryRow(ctx, `SELECT count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id
@@ -728,7 +730,10 @@ func TestHangingReceiversGetOneSlotAfterATimeout(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	stop := make(chan struct{})
-	const timeout = time.Second
+	// Long enough that the first sends end well within a quarter of it
+	// on a busy machine; 12 notifications held behind the hanging pair
+	// would still take 6 of it.
+	const timeout = 2 * time.Second
 	var hung, mostLate, now atomic.Int32
 	var start atomic.Pointer[time.Time]
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -575,16 +575,18 @@ func TestSlowDisclosureRecordLeavesTheReceiverItsTime(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
 	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.setFail(func(string, map[string]any) bool { time.Sleep(600 * time.Millisecond); return false })
-	fam := &slowRecords{fakeFamilies: &fakeFamilies{}, delay: 700 * time.Millisecond}
+	// Each alone fits the attempt's Timeout with room for a busy machine;
+	// together they do not.
+	rcv.setFail(func(string, map[string]any) bool { time.Sleep(1500 * time.Millisecond); return false })
+	fam := &slowRecords{fakeFamilies: &fakeFamilies{}, delay: 2500 * time.Millisecond}
 	fam.consent.Store(true)
 	runSender(t, webhooks.NewSender(webhooks.SenderConfig{DB: f.db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true}))
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 3 * time.Second, Interval: 20 * time.Millisecond, AllowPrivate: true}))
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r1", "accepted")); err != nil {
 		t.Fatal(err)
 	}
 	var last *webhooksv1.Delivery
-	eventually(t, 10*time.Second, "the delivery to end", func() bool {
+	eventually(t, 20*time.Second, "the delivery to end", func() bool {
 		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
 		if err != nil || len(resp.GetDeliveries()) != 1 {
 			return false
@@ -593,7 +595,7 @@ func TestSlowDisclosureRecordLeavesTheReceiverItsTime(t *testing.T) {
 		return last.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
 	})
 	if last.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || len(rcv.received()) != 1 {
-		t.Fatalf("a record taking 0.7 s and a receiver 0.6 s, in a 1 s attempt: %v (%q), %d received; want it delivered",
+		t.Fatalf("a record taking 2.5 s and a receiver 1.5 s, in a 3 s attempt: %v (%q), %d received; want it delivered",
 			last.GetState(), last.GetLastError(), len(rcv.received()))
 	}
 }
@@ -634,7 +636,8 @@ func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
 	rcv, sub := f.receiving(t, f.env.As("north", "reminders-1", auth.RoleReminders), 0, webhooksv1.Topic_TOPIC_REMINDER_DUE)
 	runSender(t, fastSender(f.db, nil, 10))
 
-	due := time.Now().Add(1500 * time.Millisecond)
+	// Far enough ahead that the three writes below come before it.
+	due := time.Now().Add(4 * time.Second)
 	soon := &interventionsv1.Reminder{Name: "clinics/north/reminders/m1", DueTime: timestamppb.New(due)}
 	later := &interventionsv1.Reminder{Name: "clinics/north/reminders/m2", DueTime: timestamppb.New(due)}
 	for _, m := range []*interventionsv1.Reminder{soon, later} {
@@ -650,7 +653,7 @@ func TestReminderDueAtItsTimeOrWithdrawn(t *testing.T) {
 	if got := rcv.received(); len(got) != 0 {
 		t.Fatalf("sent before due: %v", got)
 	}
-	eventually(t, 5*time.Second, "the due reminder", func() bool { return len(rcv.received()) == 1 })
+	eventually(t, 10*time.Second, "the due reminder", func() bool { return len(rcv.received()) == 1 })
 	if time.Now().Before(due) {
 		t.Fatal("sent before its due time")
 	}

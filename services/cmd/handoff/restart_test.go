@@ -282,7 +282,9 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	prog := ok(ref.CreateProgram(admin, &referralsv1.CreateProgramRequest{Parent: "clinics/north", Program: &referralsv1.Program{
 		DisplayName: "MAT", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}}}))(t)
 	ok(ref.ReportCapacity(admin, &referralsv1.ReportCapacityRequest{Name: prog.GetName(), AvailableSlots: n}))(t)
-	meetingAt := time.Now().Add(8 * time.Second)
+	// Far enough ahead for the twenty calls below, each refused once the
+	// meeting's time has passed, on a busy machine.
+	meetingAt := time.Now().Add(15 * time.Second)
 	var names []string
 	for i := 0; i < n; i++ {
 		f := ok(fam.CreateFamily(counselor, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: &familiesv1.Family{
