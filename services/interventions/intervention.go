@@ -754,7 +754,12 @@ func (s *Server) DeleteIntervention(ctx context.Context, req *interventionsv1.De
 			if _, err := tx.Exec(ctx, `DELETE FROM interventions WHERE clinic = $1 AND id = $2`, r.clinic, r.id); err != nil {
 				return nil, fmt.Errorf("delete intervention: %w", err)
 			}
-			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "intervention.deleted", cur.GetName(), cur)
+			// The event carries what its consumers read (the holds'
+			// release, the webhooks' routing of a draft to no one), not the
+			// draft: the outbox row outlives it by days, and longer while
+			// its lane is held up.
+			gone := &interventionsv1.Intervention{Name: cur.GetName(), Family: cur.GetFamily(), State: cur.GetState(), Published: cur.GetPublished()}
+			return &emptypb.Empty{}, emit(ctx, tx, r.clinic, "intervention.deleted", cur.GetName(), gone)
 		})
 }
 

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -1889,6 +1890,22 @@ func TestDeletingADraftCancelsItsReminders(t *testing.T) {
 	got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()})
 	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
 		t.Fatalf("reminder of the deleted draft: %v, %v; want CANCELLED", got.GetState(), err)
+	}
+	// Its event keeps none of the draft's content (participants, place,
+	// notes), which outlives the draft in the outbox.
+	var b []byte
+	if err := f.pool.QueryRow(context.Background(), `SELECT payload FROM outbox WHERE event_type = $1 AND resource = $2`,
+		"handoff.interventions.v1.intervention.deleted", iv.GetName()).Scan(&b); err != nil {
+		t.Fatal(err)
+	}
+	var a anypb.Any
+	if err := proto.Unmarshal(b, &a); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := a.UnmarshalNew()
+	want := &interventionsv1.Intervention{Name: iv.GetName(), Family: iv.GetFamily(), State: interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT}
+	if err != nil || !proto.Equal(gone, want) {
+		t.Fatalf("the deleted event's payload: %v, %v; want %v alone", gone, err, want)
 	}
 }
 
