@@ -421,9 +421,25 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 	if again, err := f.client.ScheduleReferral(f.ehr, walkIn); err != nil || again.GetEtag() != first.GetEtag() {
 		t.Fatalf("retried booking = %v, %v; want the first answer (etag %s)", again.GetEtag(), err, first.GetEtag())
 	}
-	if _, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
-		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}); err != nil {
+	suite4 := &referralsv1.ScheduleReferralRequest{Name: r1.GetName(),
+		IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(f.clock.Now().Add(3 * time.Hour)), Location: "Suite 4"}}
+	booked, err := f.client.ScheduleReferral(f.ehr, suite4)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The same booking sent again without a request id is no second one.
+	events := func() (n int) {
+		if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM outbox WHERE resource = $1`, r1.GetName()).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	sent := events()
+	f.clock.Advance(time.Minute)
+	if again, err := f.client.ScheduleReferral(f.ehr, suite4); err != nil || again.GetEtag() != booked.GetEtag() ||
+		len(again.GetHistory()) != len(booked.GetHistory()) || events() != sent {
+		t.Fatalf("the same booking again: %v, %v (history %d, was %d; events %d, were %d); want the referral as it stood",
+			again.GetEtag(), err, len(again.GetHistory()), len(booked.GetHistory()), events(), sent)
 	}
 	// An entry before the referral began is refused and changes nothing.
 	// The refusal tells when the first contact was: to the EHR it is a

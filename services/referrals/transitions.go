@@ -372,7 +372,15 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 			return nil
 		},
 		apply: func(ctx context.Context, tx pgx.Tx, r ref, _ time.Time) error {
-			_, err := tx.Exec(ctx, `UPDATE referrals SET appointment = $3 WHERE clinic = $1 AND id = $2`, r.clinic, r.id, appt)
+			// The booking it holds, sent again (an EHR's retry without a
+			// request id), is no second booking: no history, no event for
+			// the webhooks, no new calendar version. jsonb compares by
+			// content, whatever the order of the keys.
+			tag, err := tx.Exec(ctx, `UPDATE referrals SET appointment = $3 WHERE clinic = $1 AND id = $2
+				AND (state <> $4 OR appointment IS DISTINCT FROM $3::jsonb)`, r.clinic, r.id, appt, int16(scheduled))
+			if err == nil && tag.RowsAffected() == 0 {
+				return errUnchanged
+			}
 			return err
 		}})
 }
@@ -439,7 +447,7 @@ func (s *Server) CompleteReferral(ctx context.Context, req *referralsv1.Complete
 				return err
 			}
 			if tag.RowsAffected() == 0 {
-				return apperr.Field("treatment_entry_time", "must not be before the first contact or the referral's creation")
+				return apperr.Field("treatment_entry_time", "must not be before the first contact (or, without one, the referral's creation)")
 			}
 			return nil
 		}})

@@ -200,7 +200,8 @@ type ReferralsServiceClient interface {
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the history records the rebooking (a SCHEDULED step), not the
-	// old appointment's time.
+	// old appointment's time. The appointment a SCHEDULED referral holds,
+	// sent again, changes nothing: the referral is answered as it stands.
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
@@ -694,7 +695,8 @@ type ReferralsServiceServer interface {
 	// Books the intake appointment of an ACCEPTED referral, or rebooks it
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the history records the rebooking (a SCHEDULED step), not the
-	// old appointment's time.
+	// old appointment's time. The appointment a SCHEDULED referral holds,
+	// sent again, changes nothing: the referral is answered as it stands.
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
