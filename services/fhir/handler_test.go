@@ -457,6 +457,50 @@ func TestPutTaskOnHold(t *testing.T) {
 	}
 }
 
+// A PUT that sends the Task's status again with other content (a new
+// reason for the pause, another rejection, another entry) is refused:
+// none is a step the referral takes, and a 200 would say the counselor
+// reads it. The same content again is answered as the Task stands.
+func TestPutTaskSameStatusOtherContent(t *testing.T) {
+	entered := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
+	put := func(state referralsv1.ReferralState, status, rest string) (answer, *fixture) {
+		fx := newFixture(t, "", state, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		if state == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
+			fx.referrals.referral.TreatmentEntryTime = ts(entered)
+		}
+		return fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"`+status+`"`+rest+`}`), fx
+	}
+	for _, c := range []struct {
+		name          string
+		state         referralsv1.ReferralState
+		status, rest  string
+		want          int
+		wantInMessage string
+	}{
+		{"on hold, the same reason", referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, "on-hold",
+			`,"statusReason":{"text":"waiting for prior authorization"}`, http.StatusOK, ""},
+		{"on hold, another reason", referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, "on-hold",
+			`,"statusReason":{"text":"waiting for a bed"}`, http.StatusUnprocessableEntity, "statusReason"},
+		{"cancelled, another reason", referralsv1.ReferralState_REFERRAL_STATE_CANCELLED, "cancelled",
+			`,"statusReason":{"text":"went elsewhere"}`, http.StatusUnprocessableEntity, "statusReason"},
+		{"rejected, its code's display in another case", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
+			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"AT_CAPACITY","display":"At capacity"}]}`, http.StatusOK, ""},
+		{"rejected, another code", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
+			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"NOT_ELIGIBLE"}],"text":"at capacity"}`, http.StatusUnprocessableEntity, "statusReason"},
+		{"rejected, other details", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
+			`,"statusReason":{"text":"no beds until March"}`, http.StatusUnprocessableEntity, "statusReason"},
+		{"completed, the same entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
+			`,"executionPeriod":{"end":"` + entered.UTC().Format(time.RFC3339Nano) + `"}`, http.StatusOK, ""},
+		{"completed, another entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
+			`,"executionPeriod":{"end":"` + entered.Add(-24*time.Hour).UTC().Format(time.RFC3339Nano) + `"}`, http.StatusUnprocessableEntity, "executionPeriod.end"},
+	} {
+		a, fx := put(c.state, c.status, c.rest)
+		if a.code != c.want || fx.referrals.transitions != 0 || !strings.Contains(a.raw, c.wantInMessage) {
+			t.Errorf("%s: %d %s after %d transitions; want %d and none", c.name, a.code, a.raw, fx.referrals.transitions, c.want)
+		}
+	}
+}
+
 // A search answers an empty searchset where consent refuses the read
 // behind it, as the services' own lists do; a read by id answers 403.
 // Neither names the family or anything but what was asked for.

@@ -381,21 +381,11 @@ func task(r *referralsv1.Referral) obj {
 	} else if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
 		t["businessStatus"] = concept("entered in error") // nor for this
 	}
-	if rej := r.GetRejection(); rej != nil && r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_REJECTED {
-		name := strings.TrimPrefix(rej.GetReason().String(), "REJECTION_REASON_")
-		text := rej.GetDetails()
-		if text == "" {
-			text = strings.ToLower(strings.ReplaceAll(name, "_", " "))
-		}
-		t["statusReason"] = concept(text, coding(sysRejection, name, ""))
-	}
-	if st := r.GetState(); st == referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD || st == referralsv1.ReferralState_REFERRAL_STATE_CANCELLED ||
-		st == referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR {
-		// The reason given for the pause, the cancellation or the void: an EHR that
-		// reads the Task and writes it back unchanged then sends the
-		// statusReason the write requires.
-		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == st && h[len(h)-1].GetReason() != "" {
-			t["statusReason"] = concept(h[len(h)-1].GetReason())
+	if text := shownReason(r); text != "" {
+		if r.GetState() == referralsv1.ReferralState_REFERRAL_STATE_REJECTED {
+			t["statusReason"] = concept(text, coding(sysRejection, strings.TrimPrefix(r.GetRejection().GetReason().String(), "REJECTION_REASON_"), ""))
+		} else {
+			t["statusReason"] = concept(text)
 		}
 	}
 	if r.GetCreateTime() != nil {
@@ -758,4 +748,28 @@ func consent(c *familiesv1.Consent) obj {
 		res["organization"] = []any{obj{"display": c.GetDiscloser()}}
 	}
 	return part2(res, c.GetUpdateTime(), c.GetEtag())
+}
+
+// shownReason is the text of the Task's statusReason: a rejection's
+// details, or its reason's name; or the reason given for the pause, the
+// cancellation or the void, so that an EHR that reads the Task and writes
+// it back unchanged sends the statusReason the write requires.
+func shownReason(r *referralsv1.Referral) string {
+	switch st := r.GetState(); st {
+	case referralsv1.ReferralState_REFERRAL_STATE_REJECTED:
+		rej := r.GetRejection()
+		if rej == nil {
+			return ""
+		}
+		if d := rej.GetDetails(); d != "" {
+			return d
+		}
+		return strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(rej.GetReason().String(), "REJECTION_REASON_"), "_", " "))
+	case referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, referralsv1.ReferralState_REFERRAL_STATE_CANCELLED,
+		referralsv1.ReferralState_REFERRAL_STATE_ENTERED_IN_ERROR:
+		if h := r.GetHistory(); len(h) > 0 && h[len(h)-1].GetToState() == st {
+			return h[len(h)-1].GetReason()
+		}
+	}
+	return ""
 }

@@ -126,6 +126,10 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 				return
 			}
 			if !stale {
+				if err := keeps(cur, ch); err != nil {
+					s.writeErr(w, disclosed(err), "Task/"+id)
+					return
+				}
 				s.writeTask(w, cur)
 				return
 			}
@@ -417,6 +421,34 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		return ch, unprocessable{msg: fmt.Sprintf("a Task cannot be set to %q here; the receiving program sets accepted, rejected, in-progress, on-hold, completed, failed or cancelled", ch.status)}
 	}
 	return ch, nil
+}
+
+// keeps refuses a PUT that sends the Task's status again with other
+// content: a new reason for a pause or a cancellation, another rejection,
+// another entry into treatment. None is a step the referral takes, and a
+// 200 would tell the program the counselor now reads it.
+func keeps(cur *referralsv1.Referral, ch statusChange) error {
+	refuse := func(what string) error {
+		return unprocessable{msg: fmt.Sprintf("the Task is %s already, with another %s; a PUT that keeps the status does not change it", ch.status, what)}
+	}
+	switch ch.status {
+	case "on-hold", "cancelled":
+		if strings.TrimSpace(ch.reason) != strings.TrimSpace(shownReason(cur)) {
+			return refuse("statusReason")
+		}
+	case "rejected":
+		// Its code compared, and its text: a display of the code, in any
+		// case, is the same reason.
+		if ch.rejection.GetReason() != referralsv1.RejectionReason_REJECTION_REASON_OTHER && ch.rejection.GetReason() != cur.GetRejection().GetReason() ||
+			!strings.EqualFold(strings.TrimSpace(ch.reason), strings.TrimSpace(shownReason(cur))) {
+			return refuse("statusReason")
+		}
+	case "completed":
+		if ch.at != nil && !ch.at.AsTime().Equal(cur.GetTreatmentEntryTime().AsTime().Truncate(time.Microsecond)) {
+			return refuse("executionPeriod.end (the entry into treatment)")
+		}
+	}
+	return nil
 }
 
 // unprocessable is a well-formed request the referral's rules refuse (422).
