@@ -256,6 +256,13 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 			d.Log.Info("update accepted, its result not awaited", "workflow", ids.Ref(workflowID), "update", name)
 			return nil
 		}
+		var unread serviceerror.ServiceError
+		if errors.As(err, &unread) {
+			// Temporal's frontend failed to answer (unavailable, too busy):
+			// the update was accepted, and only its result went unread.
+			d.Log.Warn("update accepted, its result not read", "workflow", ids.Ref(workflowID), "update", name, "error", telemetry.RedactError(err))
+			return nil
+		}
 		// The change is committed and will not be sent again: a workflow
 		// that refused it now disagrees with the service, which an
 		// operator must see.

@@ -16,16 +16,19 @@ import (
 	"go.temporal.io/api/serviceerror"
 	"go.temporal.io/sdk/client"
 	"go.temporal.io/sdk/converter"
+	"go.temporal.io/sdk/temporal"
 	"go.temporal.io/sdk/worker"
 	"go.temporal.io/sdk/workflow"
 	"go.temporal.io/server/temporaltest"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/outbox"
+	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/workflows/boundary"
 	"github.com/handoff-health/handoff/workflows/dispatch"
 	"github.com/handoff-health/handoff/workflows/flow"
@@ -498,5 +501,56 @@ func TestFailuresNameTheWorkflowByItsRef(t *testing.T) {
 	var down *serviceerror.Unavailable
 	if err == nil || strings.Contains(err.Error(), "rivera") || !strings.Contains(err.Error(), ids.Ref(ids.FamilyDeleted(family))) || !errors.As(err, &down) {
 		t.Fatalf("Deliver = %v; want the workflow's ref, not its id, and the Unavailable kept", err)
+	}
+}
+
+// unreadUpdates accepts every update and answers its result with err.
+type unreadUpdates struct {
+	client.Client
+	err error
+}
+
+func (c unreadUpdates) UpdateWorkflow(_ context.Context, o client.UpdateWorkflowOptions) (client.WorkflowUpdateHandle, error) {
+	return answered{o: o, err: c.err}, nil
+}
+
+type answered struct {
+	o   client.UpdateWorkflowOptions
+	err error
+}
+
+func (a answered) WorkflowID() string             { return a.o.WorkflowID }
+func (a answered) RunID() string                  { return "" }
+func (a answered) UpdateID() string               { return a.o.UpdateID }
+func (a answered) Get(context.Context, any) error { return a.err }
+
+// An accepted update whose result Temporal failed to answer is no
+// rejection: the operator is alerted (an error) only when the workflow
+// refused the change.
+func TestUnreadUpdateResultIsNoRejection(t *testing.T) {
+	const iv = "clinics/north/interventions/i1"
+	p, err := anypb.New(&interventionsv1.Intervention{Name: iv, State: interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED,
+		StartTime: timestamppb.Now(), ExpectedDuration: durationpb.New(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name      string
+		err       error
+		wantLevel string
+	}{
+		{"the frontend down", serviceerror.NewUnavailable("frontend unavailable"), "level=WARN"},
+		{"the frontend too busy", serviceerror.NewResourceExhausted(0, "busy"), "level=WARN"},
+		{"the workflow's refusal", temporal.NewApplicationError("meeting already over", "Refused"), "level=ERROR"},
+	} {
+		var logs servicetest.LogBuffer
+		d := &dispatch.Dispatcher{Client: unreadUpdates{err: c.err}, Log: slog.New(slog.NewTextHandler(&logs, nil))}
+		if err := d.Deliver(context.Background(), outbox.Stored{ID: 4, Clinic: "north", Type: "handoff.interventions.v1.intervention.rescheduled",
+			Resource: iv, Payload: p}); err != nil {
+			t.Fatalf("%s: Deliver = %v; want the accepted update delivered", c.name, err)
+		}
+		if out := logs.String(); !strings.Contains(out, c.wantLevel) || strings.Contains(out, "rejected") != (c.wantLevel == "level=ERROR") {
+			t.Errorf("%s: log %q; want %s, and 'rejected' only for a refusal", c.name, out, c.wantLevel)
+		}
 	}
 }
