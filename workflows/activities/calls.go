@@ -1660,6 +1660,21 @@ func (a *Activities) StillClosed(ctx context.Context, family string) (bool, erro
 	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
 }
 
+// StillEngaged reports whether the family is recorded in treatment now.
+// An entry staff undid (the person left treatment, the family set ACTIVE
+// again) before the worker got to it ends nothing: a follow-up begun
+// since is the family's again. A family deleted since is not engaged.
+func (a *Activities) StillEngaged(ctx context.Context, family string) (bool, error) {
+	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if apperr.IsCode(err, codes.NotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, wrap("get family", err)
+	}
+	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT, nil
+}
+
 // CloseFamily cancels a deleted family's drafts and scheduled meetings
 // (their workflows end, giving back held places and cancelling their
 // reminders), gives back the places held for it outside any meeting, and

@@ -58,6 +58,20 @@ func run(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	// An entry staff recorded is read again, on every run: a run retried
+	// for days (a service down), or started from a backlog, after staff
+	// set the family back to ACTIVE would otherwise end the follow-up
+	// begun since and record the entry again. A referral's completion
+	// cannot be undone, and its run records the entry itself.
+	if flow.Version(ctx, versionStillEngaged, 1) >= 1 && in.Referral == "" {
+		var engaged bool
+		if err := flow.Call(ctx, &engaged, flow.A.StillEngaged, in.Family); err != nil {
+			return res, err
+		}
+		if !engaged {
+			return res, nil
+		}
+	}
 	if res.Stopped, err = flow.CancelBoundary(ctx, in.Family); err != nil {
 		// The run is retried (the dispatcher starts it with retries): the
 		// follow-up must not go on for want of one cancel.
@@ -102,3 +116,8 @@ const versionRecordEntry = "treatment-entered-records-entry"
 // versionWithdrawDrafts guards withdrawing the family's draft meetings;
 // runs before it left them.
 const versionWithdrawDrafts = "treatment-entered-withdraws-drafts"
+
+// versionStillEngaged guards reading, for an entry staff recorded, that
+// the family is still in treatment; runs before it ended the follow-up
+// whatever became of the entry.
+const versionStillEngaged = "treatment-entered-still-engaged"

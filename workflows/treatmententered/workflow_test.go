@@ -32,13 +32,15 @@ func TestEndsTheFollowUp(t *testing.T) {
 		failed    bool
 		referral  string // none: staff recorded the entry on the family
 		reason    string
+		undone    bool // staff set the family back to ACTIVE since
 	}{
 		{"a follow-up runs", nil, true, false, "clinics/north/referrals/r1",
-			"The loved one entered treatment (clinics/north/referrals/r1)."},
+			"The loved one entered treatment (clinics/north/referrals/r1).", false},
 		{"none runs", &temporal.UnknownExternalWorkflowExecutionError{}, false, false, "clinics/north/referrals/r1",
-			"The loved one entered treatment (clinics/north/referrals/r1)."},
-		{"the server refuses", errors.New("the server refused"), false, true, "clinics/north/referrals/r1", ""},
-		{"staff recorded it", nil, true, false, "", "The loved one entered treatment."},
+			"The loved one entered treatment (clinics/north/referrals/r1).", false},
+		{"the server refuses", errors.New("the server refused"), false, true, "clinics/north/referrals/r1", "", false},
+		{"staff recorded it", nil, true, false, "", "The loved one entered treatment.", false},
+		{"staff recorded it and undid it since", nil, false, false, "", "", true},
 	} {
 		env := flowtest.Env(treatmententered.Workflow, treatmententered.Name)
 		var asked []string
@@ -65,7 +67,25 @@ func TestEndsTheFollowUp(t *testing.T) {
 				withdrawn = append(withdrawn, in)
 				return 1, nil
 			})
+		var read []string
+		env.OnActivity(flow.A.StillEngaged, mock.Anything, mock.Anything).Return(
+			func(_ context.Context, fam string) (bool, error) {
+				read = append(read, fam)
+				return !c.undone, nil
+			})
 		env.ExecuteWorkflow(treatmententered.Name, treatmententered.Input{Family: family, Referral: c.referral})
+		if want := c.referral == ""; (len(read) == 1 && read[0] == family) != want || len(read) > 1 {
+			t.Errorf("%s: the family's state read %v; want it read once only for an entry staff recorded", c.name, read)
+		}
+		if c.undone {
+			var res treatmententered.Result
+			if err := env.GetWorkflowResult(&res); err != nil || res != (treatmententered.Result{}) ||
+				len(asked)+len(cancelled)+len(recorded)+len(withdrawn) != 0 {
+				t.Errorf("%s: %+v, %v; cancels %v, reminders %v, entries %v, drafts %v; want nothing done",
+					c.name, res, err, asked, cancelled, recorded, withdrawn)
+			}
+			continue
+		}
 		if len(asked) != 1 || asked[0] != ids.Boundary(family) {
 			t.Errorf("%s: cancel asked of %v", c.name, asked)
 		}
