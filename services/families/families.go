@@ -210,9 +210,9 @@ const sharedUpdateTime = `(CASE WHEN f.shared_update_time IS NULL THEN f.update_
 // familyFields are the fields the caller's list of families filters on.
 func familyFields(ctx context.Context) map[string]aip.FilterField {
 	fields := familyFilter
-	if v := familyView(ctx); v != viewWhole && v != viewWorker {
+	if familyView(ctx) != viewWhole {
 		// familyForCaller leaves urgency out for these callers; filtering
-		// on it would tell it. The worker sees it, and may filter on it.
+		// on it would tell it. (The worker, which sees it, lists none.)
 		fields = aip.Without(familyFilter, "urgent")
 	}
 	if familyView(ctx) == viewCalendar {

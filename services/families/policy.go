@@ -13,11 +13,13 @@ func Policy() grpcserver.Policy {
 	staff := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin}
 	readers := []auth.Role{auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleWorker}
 	p := grpcserver.Policy{}
-	for _, m := range []string{"GetFamily", "ListFamilies"} {
-		// The EHR reads the loved one and members (FHIR Patient and
-		// RelatedPerson); the worker reads contact preferences and barriers.
-		p[svc+m] = slices.Concat(readers, []auth.Role{auth.RoleEHR})
-	}
+	// The EHR reads the loved one and members (FHIR Patient and
+	// RelatedPerson); the worker reads one family's contact preferences
+	// and barriers at a time, by the name its workflow was given. It
+	// lists none: no workflow does, and a leaked worker token, good for
+	// every clinic, would otherwise page out every family of each.
+	p[svc+"GetFamily"] = slices.Concat(readers, []auth.Role{auth.RoleEHR})
+	p[svc+"ListFamilies"] = slices.Concat(staff, []auth.Role{auth.RoleEHR})
 	// The reminder automation (and the interventions service, as it
 	// claims a reminder) reads who may still be contacted and where, and
 	// nothing more (familyForCaller).
