@@ -871,6 +871,19 @@ func (s *Server) checkNotClosed(ctx context.Context, iv *interventionsv1.Interve
 	return nil
 }
 
+// familyGone reports whether family's record was deleted or its case
+// closed.
+func (s *Server) familyGone(ctx context.Context, family string) (bool, error) {
+	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
+	if apperr.IsCode(err, codes.NotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read family: %w", err)
+	}
+	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
+}
+
 // familyClosed is the refusal of planning with a closed family.
 func familyClosed(family string) error {
 	return apperr.FailedPrecondition(apperr.ReasonFamilyClosed,
@@ -967,6 +980,19 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if cur.GetState() != draft && cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CANCELLED")
+			}
+			// The workflows call off a scheduled meeting only for a family
+			// deleted or closed; otherwise, its participants invited, that
+			// is the counselor's to decide. A leaked worker token, good for
+			// every clinic, must not call off every meeting.
+			if cur.GetState() == scheduled && workerOnly(ctx) {
+				gone, err := s.familyGone(ctx, cur.GetFamily())
+				if err != nil {
+					return nil, err
+				}
+				if !gone {
+					return nil, status.Error(codes.PermissionDenied, "the worker calls off a scheduled meeting only of a family deleted or closed")
+				}
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.CancelReason = req.GetReason()

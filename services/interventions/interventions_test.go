@@ -1870,6 +1870,42 @@ func TestRemovedParticipantsRemindersAreCancelled(t *testing.T) {
 	}
 }
 
+// The worker calls off drafts (a yes makes a proposed meeting moot), and a
+// scheduled meeting only of a family whose case is closed or whose record
+// was deleted: otherwise that is the counselor's call, and a leaked worker
+// token must not call off every meeting.
+func TestWorkerCancelsAScheduledMeetingOnlyOfAClosedFamily(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	cancel := func(iv *interventionsv1.Intervention, id string) (*interventionsv1.Intervention, error) {
+		return f.client.CancelIntervention(f.worker, &interventionsv1.CancelInterventionRequest{Name: iv.GetName(),
+			Reason: "The family's case was closed.", RequestId: id})
+	}
+	draft := f.draft(t, time.Now().Add(48*time.Hour))
+	if got, err := cancel(draft, "w-draft"); err != nil || got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
+		t.Fatalf("the worker withdraws a draft: %v, %v", got.GetState(), err)
+	}
+	iv := f.scheduled(t, time.Now().Add(72*time.Hour))
+	if _, err := cancel(iv, "w-open"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("the worker calls off a meeting of an open family: %v; want PermissionDenied", err)
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: iv.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED || got.GetEtag() != iv.GetEtag() {
+		t.Fatalf("after the refusal: %v, %v; want it scheduled, unchanged", got.GetState(), err)
+	}
+	fam, err := f.families.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: f.family.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fam.State = familiesv1.FamilyState_FAMILY_STATE_CLOSED
+	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cancel(iv, "w-closed"); err != nil || got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
+		t.Fatalf("the worker calls off a meeting of a closed family: %v, %v", got.GetState(), err)
+	}
+}
+
 // Deleting a draft cancels the reminders about it (the counselor's of a
 // proposed next step), which would name a meeting gone.
 func TestDeletingADraftCancelsItsReminders(t *testing.T) {

@@ -126,7 +126,9 @@ type InterventionsServiceClient interface {
 	RescheduleIntervention(ctx context.Context, in *RescheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Cancels a DRAFT or SCHEDULED intervention. Its workflow stops and its
 	// pending reminders are cancelled. Cancelled is final; any other state
-	// answers FAILED_PRECONDITION.
+	// answers FAILED_PRECONDITION. The workflows' worker cancels a SCHEDULED
+	// one only of a family deleted or closed (otherwise PERMISSION_DENIED):
+	// calling off a meeting its participants were invited to is staff's.
 	CancelIntervention(ctx context.Context, in *CancelInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Records how a SCHEDULED intervention went and moves it to COMPLETED. An
 	// outcome is recorded once, and not before the intervention's
@@ -563,7 +565,9 @@ type InterventionsServiceServer interface {
 	RescheduleIntervention(context.Context, *RescheduleInterventionRequest) (*Intervention, error)
 	// Cancels a DRAFT or SCHEDULED intervention. Its workflow stops and its
 	// pending reminders are cancelled. Cancelled is final; any other state
-	// answers FAILED_PRECONDITION.
+	// answers FAILED_PRECONDITION. The workflows' worker cancels a SCHEDULED
+	// one only of a family deleted or closed (otherwise PERMISSION_DENIED):
+	// calling off a meeting its participants were invited to is staff's.
 	CancelIntervention(context.Context, *CancelInterventionRequest) (*Intervention, error)
 	// Records how a SCHEDULED intervention went and moves it to COMPLETED. An
 	// outcome is recorded once, and not before the intervention's
