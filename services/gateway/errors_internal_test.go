@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/servicetest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -121,5 +124,25 @@ func TestUnreachedServiceSaysNothingOfTheWay(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "10.2.3.4") {
 		t.Errorf("log %q; want the way's failure for the operator", logs.String())
+	}
+}
+
+// A disclosure the gateway refuses to record for a caller not staff never
+// reaches the families service's audit trail: the log names who tried.
+func TestRefusedDisclosureIsLoggedWithItsCaller(t *testing.T) {
+	var logs servicetest.LogBuffer
+	intercept := staffRecordDisclosures(slog.New(slog.NewTextHandler(&logs, nil)))
+	ctx := auth.WithPrincipal(context.Background(), auth.Principal{Subject: "ehr-7", Clinic: "north", Roles: []auth.Role{auth.RoleEHR}})
+	called := false
+	err := intercept(ctx, familiesv1.FamiliesService_CreateDisclosure_FullMethodName, nil, nil, nil,
+		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			called = true
+			return nil
+		})
+	if status.Code(err) != codes.PermissionDenied || called {
+		t.Fatalf("the EHR's disclosure: %v, passed on %v; want PermissionDenied, not passed on", err, called)
+	}
+	if out := logs.String(); !strings.Contains(out, "subject=ehr-7") || !strings.Contains(out, "clinic=north") || !strings.Contains(out, "CreateDisclosure") {
+		t.Fatalf("log %q; want the caller and the method", out)
 	}
 }

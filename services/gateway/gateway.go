@@ -136,7 +136,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		addrs["webhooks"] = cfg.WebhooksAddr
 	}
 	for name, addr := range addrs {
-		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders, staffRecordDisclosures, unreached(cfg.Log, name)))
+		conn, err := grpcclient.Dial(addr, dialCfg, grpc.WithChainUnaryInterceptor(fillFromHeaders, staffRecordDisclosures(cfg.Log), unreached(cfg.Log, name)))
 		if err != nil {
 			g.Close()
 			return nil, err
@@ -595,18 +595,23 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 // check against the family (a referral, a meeting). From the outside the
 // EHR could so write, for good, entries of its own making into a
 // patient's accounting of disclosures (42 CFR 2.24). Staff record the
-// disclosures they make by hand (a referral sent by fax).
-func staffRecordDisclosures(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	switch method {
-	case familiesv1.FamiliesService_CreateDisclosure_FullMethodName, familiesv1.FamiliesService_BatchCreateDisclosures_FullMethodName:
-		// A token that holds the ehr role is the EHR's, whatever else it
-		// holds (the services gate it so too).
-		if p, ok := auth.FromContext(ctx); !ok || !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) {
-			return status.Error(codes.PermissionDenied,
-				"disclosures are recorded here by staff only: the services record what they disclose to an EHR themselves")
+// disclosures they make by hand (a referral sent by fax). A refusal is
+// logged with who tried: the call never reaches a service, whose audit
+// trail would otherwise record it.
+func staffRecordDisclosures(log *slog.Logger) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		switch method {
+		case familiesv1.FamiliesService_CreateDisclosure_FullMethodName, familiesv1.FamiliesService_BatchCreateDisclosures_FullMethodName:
+			// A token that holds the ehr role is the EHR's, whatever else it
+			// holds (the services gate it so too).
+			if p, ok := auth.FromContext(ctx); !ok || !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) {
+				log.WarnContext(ctx, "a disclosure recorded by a caller not staff refused", "method", method, "subject", p.Subject, "clinic", p.Clinic)
+				return status.Error(codes.PermissionDenied,
+					"disclosures are recorded here by staff only: the services record what they disclose to an EHR themselves")
+			}
 		}
+		return invoker(ctx, method, req, reply, cc, opts...)
 	}
-	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 func timeout(d time.Duration, next http.Handler) http.Handler {
