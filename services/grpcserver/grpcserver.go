@@ -39,6 +39,7 @@ import (
 	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 // Policy lists, per full method name (/pkg.Service/Method), the roles that may
@@ -329,7 +330,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 // rest. A code that says nothing about the caller's request becomes
 // INTERNAL: this service asked wrongly.
 func (i *interceptor) fromDependency(ctx context.Context, method string, err error, st *status.Status) error {
-	i.log.WarnContext(ctx, "a call to another service failed", "method", method, "code", st.Code().String(), "error", err.Error())
+	i.log.WarnContext(ctx, "a call to another service failed", "method", method, "code", st.Code().String(), "error", telemetry.LogSafe(err))
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted:
 		return status.Errorf(st.Code(), "a service this call depends on did not answer (%s): retry", st.Code())
@@ -345,7 +346,7 @@ func (i *interceptor) fromDependency(ctx context.Context, method string, err err
 	case codes.FailedPrecondition:
 		return status.Error(codes.FailedPrecondition, "a record this call depends on does not allow it now")
 	}
-	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
+	i.log.ErrorContext(ctx, "handler error", "method", method, "error", telemetry.LogSafe(err))
 	return apperr.Internal(err)
 }
 
@@ -505,10 +506,10 @@ func (i *interceptor) fromDatabase(ctx context.Context, method string, err error
 	var connect *pgconn.ConnectError
 	var network net.Error
 	if errors.As(err, &connect) || errors.As(err, &network) || errors.Is(err, io.ErrUnexpectedEOF) {
-		i.log.WarnContext(ctx, "database unavailable", "method", method, "error", err.Error())
+		i.log.WarnContext(ctx, "database unavailable", "method", method, "error", telemetry.LogSafe(err))
 		return status.Error(codes.Unavailable, "the database is unavailable: retry later")
 	}
-	i.log.ErrorContext(ctx, "handler error", "method", method, "error", err.Error())
+	i.log.ErrorContext(ctx, "handler error", "method", method, "error", telemetry.LogSafe(err))
 	return apperr.Internal(err)
 }
 

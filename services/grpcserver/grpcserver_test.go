@@ -405,6 +405,27 @@ func TestPanicValueStaysOutOfTheLog(t *testing.T) {
 	}
 }
 
+// A handler error is logged with the code's own context, never with the
+// value PostgreSQL's message quotes (a trigger's RAISE, say).
+func TestHandlerErrorLogQuotesNoValue(t *testing.T) {
+	const method = "/handoff.test.Logged/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, logs := serveLogged(t, iss, method, func(context.Context) (any, error) {
+		return nil, fmt.Errorf("read family f1: %w", &pgconn.PgError{Severity: "ERROR", Code: "P0001",
+			Message: `member "Sam Rivera" is not in the family`})
+	})
+	ctx := auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+	if err := conn.Invoke(ctx, method, &emptypb.Empty{}, &emptypb.Empty{}); status.Code(err) != codes.Internal {
+		t.Fatalf("a failed handler: %v; want INTERNAL", err)
+	}
+	if out := logs.String(); strings.Contains(out, "Sam Rivera") || !strings.Contains(out, "read family f1: PostgreSQL error SQLSTATE P0001") {
+		t.Fatalf("the log:\n%s", out)
+	}
+}
+
 // Reflection lists every method to anyone who can connect, so it is served
 // only when asked for.
 func TestReflectionOnlyWhenAsked(t *testing.T) {

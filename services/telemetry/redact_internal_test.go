@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -18,7 +19,9 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 
+	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	"github.com/handoff-health/handoff/workflows/ids"
 )
 
@@ -132,5 +135,33 @@ func TestWorkflowIDsLeaveAsRefs(t *testing.T) {
 	slog.New(RedactErrors(slog.NewJSONHandler(&buf, nil))).With("WorkflowID", id).Warn("Activity error.", "ActivityType", "CreateReferrals")
 	if out := buf.String(); strings.Contains(out, "rivera") || !strings.Contains(out, ids.Ref(id)) || !strings.HasPrefix(ids.Ref(id), "overdose/") {
 		t.Fatalf("log %s; want the workflow id as %s", out, ids.Ref(id))
+	}
+}
+
+// A handler error keeps the code's own context in the log, and loses the
+// values PostgreSQL's message or protobuf's decoding quotes.
+func TestLogSafe(t *testing.T) {
+	pg := &pgconn.PgError{Severity: "ERROR", Code: "22P02", Message: `invalid input syntax for type uuid: "Sam Rivera"`}
+	var decode error
+	if err := protojson.Unmarshal([]byte(`{"givenName": 12345}`), &familiesv1.LovedOne{}); err != nil {
+		decode = err
+	}
+	for _, c := range []struct {
+		err        error
+		want, gone string
+	}{
+		{fmt.Errorf("read family f1: %w", pg), "read family f1: PostgreSQL error SQLSTATE 22P02", "Sam Rivera"},
+		{fmt.Errorf("insert member: %w", &pgconn.PgError{Severity: "ERROR", Code: "23505", Message: "duplicate key value violates unique constraint \"members_pkey\"",
+			ConstraintName: "members_pkey"}), "insert member: PostgreSQL error SQLSTATE 23505 (constraint members_pkey)", "duplicate"},
+		{fmt.Errorf("decode family f1: %w", decode), "decode family f1: proto: a message did not decode", "12345"},
+		{errors.New("pgdb: no clinic in context"), "pgdb: no clinic in context", "withheld"},
+	} {
+		got := LogSafe(c.err)
+		if !strings.HasPrefix(got, c.want) || strings.Contains(got, c.gone) {
+			t.Errorf("LogSafe(%q) = %q; want it to begin %q, without %q", c.err, got, c.want, c.gone)
+		}
+	}
+	if decode == nil {
+		t.Fatal("the bad JSON decoded")
 	}
 }
