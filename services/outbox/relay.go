@@ -92,14 +92,10 @@ type Relay struct {
 	wake      chan struct{} // a lane finished
 }
 
-// backoff is a lane waiting after a failed delivery, or after leaving an
-// event for a newer release's relay.
+// backoff is a lane waiting after a failed delivery.
 type backoff struct {
 	until    time.Time
 	failures int
-	// failed says the last wait began at a failure, which the relay keeps
-	// the lock through (see Once).
-	failed bool
 }
 
 func (r *Relay) interval() time.Duration {
@@ -215,26 +211,8 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 			errs = append(errs, fmt.Errorf("outbox relay: %w", err))
 		}
 	}
-	// A lane's wait after a failure is this relay's to keep: given the
-	// lock, a replica that never saw the failure would try the lane again
-	// at its next poll, and with several replicas the lane would be tried
-	// about once a poll instead of backing off. The lock is kept until the
-	// waits are over (a lane left for a newer release's relay does not
-	// count: that relay needs the lock).
-	if !r.holdsOff(time.Now()) {
-		r.release(ctx)
-	}
+	r.release(ctx)
 	return n, errors.Join(errs...)
-}
-
-// holdsOff reports whether a lane still waits after a failed delivery.
-func (r *Relay) holdsOff(now time.Time) bool {
-	for _, b := range r.blocked {
-		if b.failed && now.Before(b.until) {
-			return true
-		}
-	}
-	return false
 }
 
 // lead takes a connection and, if no other relay of the schema holds it,
@@ -434,7 +412,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 	n := 0
 	for _, d := range done {
 		res := d.res
-		r.settle(d.key, res.failed != nil, res.left != nil, time.Now())
+		r.settle(d.key, res.failed != nil || res.left != nil, time.Now())
 		if res.left != nil {
 			r.Log.Info("outbox event left for a newer release's relay", "id", res.left.ID, "type", res.left.Type,
 				"generation", res.left.Generation)
@@ -570,11 +548,10 @@ func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 	return out
 }
 
-// settle starts or lengthens a lane's wait after a failure, or an event
-// left for a newer release (Interval, doubling, at most a minute), and
-// ends it after a poll with neither.
-func (r *Relay) settle(key string, failed, left bool, now time.Time) {
-	if !failed && !left {
+// settle starts or lengthens a lane's wait after a failure (Interval,
+// doubling, at most a minute) and ends it after a poll without one.
+func (r *Relay) settle(key string, failed bool, now time.Time) {
+	if !failed {
 		delete(r.blocked, key)
 		return
 	}
@@ -587,7 +564,7 @@ func (r *Relay) settle(key string, failed, left bool, now time.Time) {
 	if wait > time.Minute || wait <= 0 {
 		wait = time.Minute
 	}
-	b.until, b.failed = now.Add(wait), failed
+	b.until = now.Add(wait)
 	r.blocked[key] = b
 }
 

@@ -22,9 +22,9 @@ import (
 func TestLaneOutsideAPartialReadKeepsItsBackoff(t *testing.T) {
 	r := &Relay{Interval: time.Second}
 	t0 := time.Unix(1_000_000, 0)
-	r.settle("a", true, false, t0)
-	r.settle("a", true, false, t0.Add(time.Second)) // waits 2s, until t0+3s
-	later := t0.Add(10 * time.Second)               // the wait is over
+	r.settle("a", true, t0)
+	r.settle("a", true, t0.Add(time.Second)) // waits 2s, until t0+3s
+	later := t0.Add(10 * time.Second)        // the wait is over
 	others := []lane{{key: "b"}}
 	if got := r.ready(others, false, later); len(got) != 1 {
 		t.Fatalf("ready = %v; want lane b", got)
@@ -32,7 +32,7 @@ func TestLaneOutsideAPartialReadKeepsItsBackoff(t *testing.T) {
 	if b, ok := r.blocked["a"]; !ok || b.failures != 2 {
 		t.Fatalf("after a partial read without lane a: %+v, %v; want its 2 failures kept", b, ok)
 	}
-	r.settle("a", true, false, later)
+	r.settle("a", true, later)
 	if wait := r.blocked["a"].until.Sub(later); wait != 4*time.Second {
 		t.Fatalf("the third failure waits %v; want 4s", wait)
 	}

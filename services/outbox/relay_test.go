@@ -60,7 +60,6 @@ func TestRelayDeliversInOrderAndSetsPoisonAside(t *testing.T) {
 		got = append(got, e.Resource)
 		return nil
 	}}
-	defer r.Wait(context.Background())
 	if _, err := r.Once(ctx); err == nil {
 		t.Fatal("a failed delivery must be reported")
 	}
@@ -208,7 +207,6 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 			}
 			return nil
 		}}
-	defer r.Wait(context.Background())
 	if n, err := r.Once(ctx); err == nil || n != 1 {
 		t.Fatalf("first poll: %d, %v; want b1 delivered and a1's failure", n, err)
 	}
@@ -218,61 +216,6 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 	}
 	if tries["a1"] != 1 || tries["b1"] != 1 || tries["b2"] != 1 {
 		t.Fatalf("tries %v: lane a must not be tried again before its wait is over", tries)
-	}
-}
-
-// A lane's wait after a failure holds with several replicas: the relay
-// that saw the failure keeps the lock through the wait, so another does
-// not try the lane again at its next poll. Once the wait is over and the
-// lane delivered, the lock is given back.
-func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
-	_, db, write := relayFixture(t)
-	ctx := context.Background()
-	write("a1")
-	write("b1")
-	var mu sync.Mutex
-	tries := map[string]int{}
-	var down atomic.Bool
-	down.Store(true)
-	replica := func() *outbox.Relay {
-		return &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: 300 * time.Millisecond,
-			Lane: func(e outbox.Stored) string { return e.Resource[:1] },
-			Deliver: func(_ context.Context, e outbox.Stored) error {
-				mu.Lock()
-				defer mu.Unlock()
-				tries[e.Resource]++
-				if e.Resource[:1] == "a" && down.Load() {
-					return errors.New("temporal down")
-				}
-				return nil
-			}}
-	}
-	one, two := replica(), replica()
-	defer one.Wait(ctx)
-	defer two.Wait(ctx)
-	if n, err := one.Once(ctx); err == nil || n != 1 {
-		t.Fatalf("first poll: %d, %v; want b1 delivered and a1's failure", n, err)
-	}
-	write("b2")
-	if n, err := two.Once(ctx); err != nil || n != 0 {
-		t.Fatalf("the other replica's poll during the wait: %d, %v; want nothing", n, err)
-	}
-	if n, err := one.Once(ctx); err != nil || n != 1 {
-		t.Fatalf("the first replica's poll during the wait: %d, %v; want b2 and lane a left alone", n, err)
-	}
-	mu.Lock()
-	if tries["a1"] != 1 {
-		t.Fatalf("tries %v: lane a tried again within its wait", tries)
-	}
-	mu.Unlock()
-	down.Store(false)
-	time.Sleep(400 * time.Millisecond)
-	if n, err := one.Once(ctx); err != nil || n != 1 {
-		t.Fatalf("past the wait: %d, %v; want a1", n, err)
-	}
-	write("b3")
-	if n, err := two.Once(ctx); err != nil || n != 1 {
-		t.Fatalf("the other replica, no wait left: %d, %v; want b3 (the lock given back)", n, err)
 	}
 }
 
@@ -297,7 +240,6 @@ func TestRelayReadsPastAWaitingLane(t *testing.T) {
 			got = append(got, e.Resource)
 			return nil
 		}}
-	defer r.Wait(context.Background())
 	// The first batch is a1 and a2: lane a fails and waits.
 	if n, err := r.Once(ctx); err == nil || n != 0 {
 		t.Fatalf("first poll: %d, %v; want a1's failure", n, err)
@@ -381,7 +323,6 @@ func TestKnownTypeThatDoesNotDecodeIsSetAside(t *testing.T) {
 			got = append(got, e.Resource)
 			return nil
 		}}
-	defer r.Wait(context.Background())
 	if n, err := r.Once(ctx); err != nil || n != 2 || len(got) != 1 {
 		t.Fatalf("poll: %d, %v, delivered %v; want the bad event set aside and the next delivered", n, err, got)
 	}
@@ -412,7 +353,6 @@ func TestRelayForgetsWhatIsPastItsRetention(t *testing.T) {
 		delivered = append(delivered, e.Resource)
 		return errors.New("receiver down") // the pending event stays pending
 	}}
-	defer r.Wait(context.Background())
 	if _, err := r.Once(ctx); err == nil {
 		t.Fatal("the failed delivery was not reported")
 	}
@@ -443,7 +383,6 @@ func TestRelayStoppingIsNoFailure(t *testing.T) {
 			<-ctx.Done() // a workflow slow to take its update
 			return ctx.Err()
 		}}
-	defer r.Wait(context.Background())
 	// The poll leaves the slow delivery running; the relay then stops
 	// between polls, as Run does when its context ends there.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -470,7 +409,6 @@ func TestRelayLeavesNoScopeOnThePool(t *testing.T) {
 	ctx := context.Background()
 	write("a")
 	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Deliver: func(context.Context, outbox.Stored) error { return nil }}
-	defer r.Wait(context.Background())
 	if n, err := r.Once(ctx); err != nil || n != 1 {
 		t.Fatalf("Once = %d, %v", n, err)
 	}
@@ -513,7 +451,6 @@ func TestRelayLeavesANewerReleasesEventsToIt(t *testing.T) {
 			got = append(got, e.Resource)
 			return nil
 		}}
-	defer r.Wait(context.Background())
 	if n, err := r.Once(ctx); err != nil || n != 1 || !slices.Equal(got, []string{"b1"}) {
 		t.Fatalf("first poll: %d, %v, delivered %v; want b1 alone, and no failure", n, err, got)
 	}
@@ -546,7 +483,6 @@ func TestNewerReleasesUndecodableEventIsLeftToIt(t *testing.T) {
 	}
 	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Nanosecond, NewerGrace: time.Hour,
 		Deliver: func(context.Context, outbox.Stored) error { return nil }}
-	defer r.Wait(context.Background())
 	if n, err := r.Once(ctx); err != nil || n != 0 {
 		t.Fatalf("poll: %d, %v; want nothing done", n, err)
 	}
@@ -569,13 +505,11 @@ func TestConsumersGoAtTheirOwnPace(t *testing.T) {
 	quiet := slog.New(slog.DiscardHandler)
 	dispatch := &outbox.Relay{DB: db, Log: quiet, Interval: time.Nanosecond, AwaitSink: true,
 		Deliver: func(context.Context, outbox.Stored) error { return errors.New("temporal away") }}
-	defer dispatch.Wait(context.Background())
 	var sunk []string
 	sink := &outbox.Relay{DB: db, Log: quiet, Consumer: outbox.Sink, Deliver: func(_ context.Context, e outbox.Stored) error {
 		sunk = append(sunk, e.Resource)
 		return nil
 	}}
-	defer sink.Wait(context.Background())
 	if _, err := dispatch.Once(ctx); err == nil {
 		t.Fatal("the dispatch's failure was not reported")
 	}
@@ -609,7 +543,6 @@ func TestRetentionAwaitsTheSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), AwaitSink: true, Deliver: func(context.Context, outbox.Stored) error { return nil }}
-	defer r.Wait(context.Background())
 	if _, err := r.Once(ctx); err != nil {
 		t.Fatal(err)
 	}
