@@ -14,13 +14,11 @@ import (
 )
 
 // wellFormed finds what protovalidate leaves to rules nobody writes on every
-// field, but PostgreSQL, JSON or FHIR cannot hold: a Timestamp or Duration
-// out of its defined range (stored, it would break every JSON answer that
-// carries it) and text with a control character other than a tab or a line
-// break (PostgreSQL refuses NUL, and the answer would not say which field;
-// FHIR's string type refuses the rest, so one pasted vertical tab would
-// fail every FHIR read of the record, for good where the text is history).
-// Paths are written as protovalidate writes them.
+// field, but PostgreSQL or JSON cannot hold: a Timestamp or Duration out of
+// its defined range (stored, it would break every JSON answer that carries
+// it) and text with a NUL character (PostgreSQL refuses it, and the answer
+// would not say which field). Paths are written as protovalidate writes
+// them.
 func wellFormed(m protoreflect.Message) apperr.Violations {
 	var vs apperr.Violations
 	walk(m, "", &vs)
@@ -67,8 +65,8 @@ func walk(m protoreflect.Message, path string, vs *apperr.Violations) {
 			slices.SortFunc(keys, func(a, b protoreflect.MapKey) int { return cmp.Compare(a.String(), b.String()) })
 			for _, k := range keys {
 				key := fmt.Sprintf("%s[%q]", name, k.String())
-				if fd.MapKey().Kind() == protoreflect.StringKind && controlled(k.String()) {
-					vs.Add(name, controlMsg)
+				if fd.MapKey().Kind() == protoreflect.StringKind && strings.ContainsRune(k.String(), 0) {
+					vs.Add(name, "must not contain NUL characters")
 				}
 				value(fd.MapValue(), v.Map().Get(k), key, vs)
 			}
@@ -84,18 +82,8 @@ func value(fd protoreflect.FieldDescriptor, v protoreflect.Value, path string, v
 	case protoreflect.MessageKind, protoreflect.GroupKind:
 		walk(v.Message(), path, vs)
 	case protoreflect.StringKind:
-		if controlled(v.String()) {
-			vs.Add(path, controlMsg)
+		if strings.ContainsRune(v.String(), 0) {
+			vs.Add(path, "must not contain NUL characters")
 		}
 	}
-}
-
-const controlMsg = "must not contain control characters other than tab, line feed and carriage return"
-
-// controlled reports whether text holds a C0 control character FHIR's
-// string type refuses: any but tab, line feed and carriage return.
-func controlled(text string) bool {
-	return strings.ContainsFunc(text, func(r rune) bool {
-		return r < 0x20 && r != '\t' && r != '\n' && r != '\r'
-	})
 }
