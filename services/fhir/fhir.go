@@ -364,15 +364,21 @@ func scrubControls(raw []byte) ([]byte, error) {
 	return b, nil
 }
 
+// scrubText is text with each control character FHIR's string type
+// refuses as a space.
+func scrubText(text string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 && r != '\t' && r != '\n' && r != '\r' {
+			return ' '
+		}
+		return r
+	}, text)
+}
+
 func scrubbed(v any) any {
 	switch v := v.(type) {
 	case string:
-		return strings.Map(func(r rune) rune {
-			if r < 0x20 && r != '\t' && r != '\n' && r != '\r' {
-				return ' '
-			}
-			return r
-		}, v)
+		return scrubText(v)
 	case []any:
 		for i := range v {
 			v[i] = scrubbed(v[i])

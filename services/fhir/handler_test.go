@@ -491,6 +491,12 @@ func TestPutTaskSameStatusOtherContent(t *testing.T) {
 			`,"statusReason":{"text":"no beds until March"}`, http.StatusUnprocessableEntity, "statusReason"},
 		{"completed, the same entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
 			`,"executionPeriod":{"end":"` + entered.UTC().Format(time.RFC3339Nano) + `"}`, http.StatusOK, ""},
+		{"rejected, its code alone", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
+			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"AT_CAPACITY"}]}`, http.StatusOK, ""},
+		{"on hold, written back with its line breaks and spaces changed", referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, "on-hold",
+			`,"statusReason":{"text":" waiting for\r\nprior   authorization"}`, http.StatusOK, ""},
+		{"completed, the same entry to the second", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
+			`,"executionPeriod":{"end":"` + entered.Truncate(time.Second).UTC().Format(time.RFC3339) + `"}`, http.StatusOK, ""},
 		{"completed, another entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
 			`,"executionPeriod":{"end":"` + entered.Add(-24*time.Hour).UTC().Format(time.RFC3339Nano) + `"}`, http.StatusUnprocessableEntity, "executionPeriod.end"},
 	} {
@@ -498,6 +504,18 @@ func TestPutTaskSameStatusOtherContent(t *testing.T) {
 		if a.code != c.want || fx.referrals.transitions != 0 || !strings.Contains(a.raw, c.wantInMessage) {
 			t.Errorf("%s: %d %s after %d transitions; want %d and none", c.name, a.code, a.raw, fx.referrals.transitions, c.want)
 		}
+	}
+	// A reason stored with a control character is read with a space in
+	// its place, and written back so it is the same reason.
+	fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	fx.referrals.referral.History[0].Reason = "waiting for\vprior authorization"
+	read := fx.do("GET", "/fhir/R4/Task/"+refID, "")
+	reason, _ := read.body["statusReason"].(map[string]any)
+	text, _ := reason["text"].(string)
+	back := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"on-hold","statusReason":{"text":"` + text + `"}}`
+	if a := fx.do("PUT", "/fhir/R4/Task/"+refID, back); read.code != http.StatusOK || text != "waiting for prior authorization" ||
+		a.code != http.StatusOK || fx.referrals.transitions != 0 {
+		t.Fatalf("a stored reason read (%d, %q) and written back: %d %s; want 200 and no transition", read.code, text, a.code, a.raw)
 	}
 }
 

@@ -433,22 +433,49 @@ func keeps(cur *referralsv1.Referral, ch statusChange) error {
 	}
 	switch ch.status {
 	case "on-hold", "cancelled":
-		if strings.TrimSpace(ch.reason) != strings.TrimSpace(shownReason(cur)) {
+		if !sameText(ch.reason, shownReason(cur), false) {
 			return refuse("statusReason")
 		}
 	case "rejected":
-		// Its code compared, and its text: a display of the code, in any
-		// case, is the same reason.
-		if ch.rejection.GetReason() != referralsv1.RejectionReason_REJECTION_REASON_OTHER && ch.rejection.GetReason() != cur.GetRejection().GetReason() ||
-			!strings.EqualFold(strings.TrimSpace(ch.reason), strings.TrimSpace(shownReason(cur))) {
+		// A code sent is compared, and a text sent (or a code's display)
+		// with the text the Task shows, in any case: a body with the code
+		// alone is the same rejection sent again.
+		if code := ch.rejection.GetReason(); code != referralsv1.RejectionReason_REJECTION_REASON_OTHER && code != cur.GetRejection().GetReason() ||
+			ch.reason != "" && !sameText(ch.reason, shownReason(cur), true) {
 			return refuse("statusReason")
 		}
 	case "completed":
-		if ch.at != nil && !ch.at.AsTime().Equal(cur.GetTreatmentEntryTime().AsTime().Truncate(time.Microsecond)) {
+		if ch.at != nil && !sameInstant(ch.at.AsTime(), cur.GetTreatmentEntryTime().AsTime()) {
 			return refuse("executionPeriod.end (the entry into treatment)")
 		}
 	}
 	return nil
+}
+
+// sameText compares a statusReason sent with the one the Task shows, as
+// the render shows text (scrubText) and with each run of white space as
+// one: a Task read and written back, its line endings changed on the way,
+// says the same.
+func sameText(sent, shown string, fold bool) bool {
+	norm := func(s string) string { return strings.Join(strings.Fields(scrubText(s)), " ") }
+	if fold {
+		return strings.EqualFold(norm(sent), norm(shown))
+	}
+	return norm(sent) == norm(shown)
+}
+
+// sameInstant compares an instant sent with one stored, at the precision
+// sent: an EHR that keeps seconds, or milliseconds, writes back the entry
+// it read to that precision.
+func sameInstant(sent, stored time.Time) bool {
+	precision := time.Microsecond
+	switch {
+	case sent.Nanosecond() == 0:
+		precision = time.Second
+	case sent.Nanosecond()%int(time.Millisecond) == 0:
+		precision = time.Millisecond
+	}
+	return sent.Truncate(precision).Equal(stored.Truncate(precision))
 }
 
 // unprocessable is a well-formed request the referral's rules refuse (422).
