@@ -256,8 +256,7 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 			d.Log.Info("update accepted, its result not awaited", "workflow", ids.Ref(workflowID), "update", name)
 			return nil
 		}
-		var unread serviceerror.ServiceError
-		if errors.As(err, &unread) {
+		if unread(err) {
 			// Temporal's frontend failed to answer (unavailable, too busy):
 			// the update was accepted, and only its result went unread.
 			d.Log.Warn("update accepted, its result not read", "workflow", ids.Ref(workflowID), "update", name, "error", telemetry.RedactError(err))
@@ -269,6 +268,20 @@ func (d *Dispatcher) update(ctx context.Context, workflowID, updateID, name stri
 		d.Log.Error("workflow rejected update", "workflow", ids.Ref(workflowID), "update", name, "error", telemetry.RedactError(err))
 	}
 	return nil
+}
+
+// unread reports whether err is Temporal's frontend failing to answer for
+// a while, not an answer about the update: another service error (a run
+// reset or deleted since, a namespace gone) may mean the change never
+// reached the workflow, which an operator must see.
+func unread(err error) bool {
+	var (
+		down     *serviceerror.Unavailable
+		busy     *serviceerror.ResourceExhausted
+		late     *serviceerror.DeadlineExceeded
+		canceled *serviceerror.Canceled
+	)
+	return errors.As(err, &down) || errors.As(err, &busy) || errors.As(err, &late) || errors.As(err, &canceled)
 }
 
 // maxResultWait bounds how long an update's result is awaited.

@@ -542,6 +542,9 @@ func TestUnreadUpdateResultIsNoRejection(t *testing.T) {
 		{"the frontend down", serviceerror.NewUnavailable("frontend unavailable"), "level=WARN"},
 		{"the frontend too busy", serviceerror.NewResourceExhausted(0, "busy"), "level=WARN"},
 		{"the workflow's refusal", temporal.NewApplicationError("meeting already over", "Refused"), "level=ERROR"},
+		// The run reset or deleted since it accepted: the change may never
+		// reach it.
+		{"the run gone since", serviceerror.NewNotFound("workflow execution not found"), "level=ERROR"},
 	} {
 		var logs servicetest.LogBuffer
 		d := &dispatch.Dispatcher{Client: unreadUpdates{err: c.err}, Log: slog.New(slog.NewTextHandler(&logs, nil))}
