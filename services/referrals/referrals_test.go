@@ -441,6 +441,12 @@ func TestHoldConvertAndIdempotency(t *testing.T) {
 		t.Fatalf("the same booking again: %v, %v (history %d, was %d; events %d, were %d); want the referral as it stood",
 			again.GetEtag(), err, len(again.GetHistory()), len(booked.GetHistory()), events(), sent)
 	}
+	// With a reason of its own, it is a step the history keeps.
+	suite4.Reason = "confirmed by phone"
+	if noted, err := f.client.ScheduleReferral(f.ehr, suite4); err != nil || len(noted.GetHistory()) != len(booked.GetHistory())+1 ||
+		noted.GetHistory()[len(noted.GetHistory())-1].GetReason() != "confirmed by phone" {
+		t.Fatalf("the same booking with a reason: %v, %v; want the reason in the history", noted.GetHistory(), err)
+	}
 	// An entry before the referral began is refused and changes nothing.
 	// The refusal tells when the first contact was: to the EHR it is a
 	// disclosure, recorded, with the notice.

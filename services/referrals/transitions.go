@@ -375,9 +375,12 @@ func (s *Server) ScheduleReferral(ctx context.Context, req *referralsv1.Schedule
 			// The booking it holds, sent again (an EHR's retry without a
 			// request id), is no second booking: no history, no event for
 			// the webhooks, no new calendar version. jsonb compares by
-			// content, whatever the order of the keys.
+			// content, whatever the order of the keys. A reason other than
+			// the last step's is a step to record all the same.
 			tag, err := tx.Exec(ctx, `UPDATE referrals SET appointment = $3 WHERE clinic = $1 AND id = $2
-				AND (state <> $4 OR appointment IS DISTINCT FROM $3::jsonb)`, r.clinic, r.id, appt, int16(scheduled))
+				AND (state <> $4 OR appointment IS DISTINCT FROM $3::jsonb OR $5::text NOT IN ('',
+					COALESCE((SELECT e.reason FROM referral_events e WHERE e.clinic = $1 AND e.referral_id = $2 ORDER BY e.seq DESC LIMIT 1), '')))`,
+				r.clinic, r.id, appt, int16(scheduled), req.GetReason())
 			if err == nil && tag.RowsAffected() == 0 {
 				return errUnchanged
 			}

@@ -201,7 +201,8 @@ type ReferralsServiceClient interface {
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the history records the rebooking (a SCHEDULED step), not the
 	// old appointment's time. The appointment a SCHEDULED referral holds,
-	// sent again, changes nothing: the referral is answered as it stands.
+	// sent again with no reason or the last step's, changes nothing: the
+	// referral is answered as it stands.
 	ScheduleReferral(ctx context.Context, in *ScheduleReferralRequest, opts ...grpc.CallOption) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
@@ -696,7 +697,8 @@ type ReferralsServiceServer interface {
 	// for a SCHEDULED, NO_SHOW or ON_HOLD referral. The new appointment replaces the
 	// old one; the history records the rebooking (a SCHEDULED step), not the
 	// old appointment's time. The appointment a SCHEDULED referral holds,
-	// sent again, changes nothing: the referral is answered as it stands.
+	// sent again with no reason or the last step's, changes nothing: the
+	// referral is answered as it stands.
 	ScheduleReferral(context.Context, *ScheduleReferralRequest) (*Referral, error)
 	// Records that the person entered treatment: the goal of every referral.
 	// Only an ACCEPTED (admitted on the spot: a walk-in, a same-day warm
