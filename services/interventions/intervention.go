@@ -976,23 +976,31 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 		// Kept as the meeting's cancel_reason, for staff: spaces say nothing.
 		return nil, apperr.Field("reason", "is blank: say why the meeting is called off")
 	}
+	// The workflows call off a scheduled meeting only for a family deleted
+	// or closed; otherwise, its participants invited, that is the
+	// counselor's to decide. A leaked worker token, good for every clinic,
+	// must not call off every meeting. The families service is asked
+	// before the transaction, which then holds no lock over the call.
+	gone := true
+	if workerOnly(ctx) {
+		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"CancelIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
+			return out, err
+		}
+		read, err := readIntervention(ctx, s.pool, r, false)
+		if err != nil {
+			return nil, err
+		}
+		if gone, err = s.familyGone(ctx, read.GetFamily()); err != nil {
+			return nil, err
+		}
+	}
 	return s.lockedStep(ctx, r, "CancelIntervention", req.GetRequestId(), req.GetEtag(), req,
 		func(tx pgx.Tx, cur *interventionsv1.Intervention) (*interventionsv1.Intervention, error) {
 			if cur.GetState() != draft && cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CANCELLED")
 			}
-			// The workflows call off a scheduled meeting only for a family
-			// deleted or closed; otherwise, its participants invited, that
-			// is the counselor's to decide. A leaked worker token, good for
-			// every clinic, must not call off every meeting.
-			if cur.GetState() == scheduled && workerOnly(ctx) {
-				gone, err := s.familyGone(ctx, cur.GetFamily())
-				if err != nil {
-					return nil, err
-				}
-				if !gone {
-					return nil, status.Error(codes.PermissionDenied, "the worker calls off a scheduled meeting only of a family deleted or closed")
-				}
+			if cur.GetState() == scheduled && !gone {
+				return nil, status.Error(codes.PermissionDenied, "the worker calls off a scheduled meeting only of a family deleted or closed")
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.CancelReason = req.GetReason()
