@@ -293,7 +293,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			defer cancel()
 			if aerr := i.audit.Record(actx, e); aerr != nil {
-				i.log.ErrorContext(ctx, "audit record failed", "method", info.FullMethod, "error", aerr.Error())
+				i.log.ErrorContext(ctx, "audit record failed", "method", info.FullMethod, "error", telemetry.LogSafe(aerr))
 				return status.Error(codes.Internal, "internal error")
 			}
 			return nil

@@ -21,7 +21,7 @@ func LogSafe(err error) string {
 	}
 	text := err.Error()
 	var pg *pgconn.PgError
-	if errors.As(err, &pg) {
+	if errors.As(err, &pg) && pg != nil {
 		safe := "PostgreSQL error SQLSTATE " + pg.Code
 		if pg.ConstraintName != "" {
 			safe += " (constraint " + pg.ConstraintName + ")"
