@@ -1650,14 +1650,7 @@ const FamilyClosedReason = "the family's case was closed"
 // reopened before the worker got to its closing keeps what it has. A
 // family deleted since is not: its own workflow stops the rest.
 func (a *Activities) StillClosed(ctx context.Context, family string) (bool, error) {
-	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
-	if apperr.IsCode(err, codes.NotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, wrap("get family", err)
-	}
-	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
+	return a.familyIn(ctx, family, familiesv1.FamilyState_FAMILY_STATE_CLOSED)
 }
 
 // StillEngaged reports whether the family is recorded in treatment now.
@@ -1665,6 +1658,12 @@ func (a *Activities) StillClosed(ctx context.Context, family string) (bool, erro
 // again) before the worker got to it ends nothing: a follow-up begun
 // since is the family's again. A family deleted since is not engaged.
 func (a *Activities) StillEngaged(ctx context.Context, family string) (bool, error) {
+	return a.familyIn(ctx, family, familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT)
+}
+
+// familyIn reports whether the family is in state now; a family deleted
+// is in none.
+func (a *Activities) familyIn(ctx context.Context, family string, state familiesv1.FamilyState) (bool, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if apperr.IsCode(err, codes.NotFound) {
 		return false, nil
@@ -1672,7 +1671,7 @@ func (a *Activities) StillEngaged(ctx context.Context, family string) (bool, err
 	if err != nil {
 		return false, wrap("get family", err)
 	}
-	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT, nil
+	return fam.GetState() == state, nil
 }
 
 // CloseFamily cancels a deleted family's drafts and scheduled meetings

@@ -259,16 +259,7 @@ func TestServiceNotMigratingWaitsForItsMigrations(t *testing.T) {
 	migratedPoll = 50 * time.Millisecond
 	ctx := context.Background()
 	schema := prefix + "families"
-	owner, err := pgdb.Open(ctx, pgtest.URL(), schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer owner.Close()
-	// The release before: every migration but the newest.
-	src := families.Migrations()
-	if err := pgdb.Migrate(ctx, owner, schema, src[0], pgtest.Before(t, src[1], "0010_disclosure_recipients.sql")); err != nil {
-		t.Fatal(err)
-	}
+	owner, src := releaseBefore(t, schema)
 	role := fmt.Sprintf("handoff_await_%d", time.Now().UnixNano()%1_000_000_000)
 	if err := pgdb.EnsureLoginRole(ctx, owner, role, "pw"); err != nil {
 		t.Fatal(err)
@@ -321,6 +312,24 @@ func TestServiceNotMigratingWaitsForItsMigrations(t *testing.T) {
 	}
 }
 
+// releaseBefore migrates the families schema as the release before did
+// (every migration up to 0010), and returns its owner's pool, closed when
+// the test ends, and this release's migrations.
+func releaseBefore(t *testing.T, schema string) (*pgxpool.Pool, []pgdb.Source) {
+	t.Helper()
+	ctx := context.Background()
+	owner, err := pgdb.Open(ctx, pgtest.URL(), schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	src := families.Migrations()
+	if err := pgdb.Migrate(ctx, owner, schema, src[0], pgtest.Before(t, src[1], "0010_disclosure_recipients.sql")); err != nil {
+		t.Fatal(err)
+	}
+	return owner, src
+}
+
 // onWarn calls its function at a warning, and writes nothing.
 type onWarn struct{ f func() }
 
@@ -340,15 +349,7 @@ func TestAwaitMigratedGivenUpMidLookNamesWhatItLacks(t *testing.T) {
 	prefix := pgtest.Prefix(t, "families")
 	ctx := context.Background()
 	schema := prefix + "families"
-	owner, err := pgdb.Open(ctx, pgtest.URL(), schema)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer owner.Close()
-	src := families.Migrations()
-	if err := pgdb.Migrate(ctx, owner, schema, src[0], pgtest.Before(t, src[1], "0010_disclosure_recipients.sql")); err != nil {
-		t.Fatal(err)
-	}
+	_, src := releaseBefore(t, schema)
 	defer func(d time.Duration) { migratedPoll = d }(migratedPoll)
 	migratedPoll = time.Millisecond
 
