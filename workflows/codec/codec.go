@@ -201,7 +201,11 @@ func (r *Refusal) Error() string { return r.Reason }
 // any other (another clinic's, or one that names none, such as an
 // outcome) is returned still sealed. Encoding is not served: nothing
 // outside the workers has reason to seal payloads with the clinic's key.
-func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)) http.Handler {
+//
+// opened, if not nil, is told after each decode how many payloads were
+// opened for the caller's clinic and how many were left as they came: the
+// access's record, with what authorize logged of the caller.
+func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error), opened func(r *http.Request, clinic string, opened, left int)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		clinic, err := authorize(r)
 		if err != nil {
@@ -221,7 +225,11 @@ func (c *Codec) Handler(authorize func(*http.Request) (clinic string, err error)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxDecodeBody)
-		converter.NewPayloadCodecHTTPHandler(clinicCodec{c, clinic}).ServeHTTP(w, r)
+		cc := clinicCodec{Codec: c, clinic: clinic}
+		if opened != nil {
+			cc.opened = func(n, left int) { opened(r, clinic, n, left) }
+		}
+		converter.NewPayloadCodecHTTPHandler(cc).ServeHTTP(w, r)
 	})
 }
 
@@ -233,6 +241,7 @@ var clinicRef = regexp.MustCompile(`clinics/([a-z0-9][a-z0-9-]{0,62})|"Clinic":"
 type clinicCodec struct {
 	*Codec
 	clinic string
+	opened func(opened, left int)
 }
 
 func (cc clinicCodec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload, error) {
@@ -240,10 +249,18 @@ func (cc clinicCodec) Decode(payloads []*commonpb.Payload) ([]*commonpb.Payload,
 	if err != nil {
 		return nil, err
 	}
+	n := 0
 	for i, p := range out {
-		if p != payloads[i] && !cc.owns(p.GetData()) {
+		switch {
+		case p == payloads[i]:
+		case cc.owns(p.GetData()):
+			n++
+		default:
 			out[i] = payloads[i]
 		}
+	}
+	if cc.opened != nil {
+		cc.opened(n, len(out)-n)
 	}
 	return out, nil
 }

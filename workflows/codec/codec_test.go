@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 
 	commonpb "go.temporal.io/api/common/v1"
@@ -103,6 +105,8 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 		}
 		return body
 	}
+	var mu sync.Mutex
+	var records []string
 	srv := httptest.NewServer(c.Handler(func(r *http.Request) (string, error) {
 		switch r.Header.Get("Authorization") {
 		case "Bearer ok":
@@ -115,6 +119,10 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 			return "", &Refusal{Reason: "a refusal that names no status"}
 		}
 		return "", errors.New("not allowed")
+	}, func(_ *http.Request, clinic string, n, left int) {
+		mu.Lock()
+		defer mu.Unlock()
+		records = append(records, fmt.Sprintf("%s opened %d left %d", clinic, n, left))
 	}))
 	defer srv.Close()
 	post := func(token string, body []byte) (int, string) {
@@ -152,6 +160,12 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 		!strings.Contains(string(decoded.GetPayloads()[0].GetData()), "secret-value") {
 		t.Fatalf("decoded = %s, %v", out, err)
 	}
+	// Each decode is recorded with what it opened.
+	mu.Lock()
+	if len(records) != 1 || records[0] != "north opened 1 left 0" {
+		t.Fatalf("records %q; want the one decode, one payload opened", records)
+	}
+	mu.Unlock()
 	// Another clinic's payloads stay sealed, by resource name or by field,
 	// and so does one that names no clinic (an outcome): nothing shows that
 	// it is the caller's.
@@ -171,6 +185,11 @@ func TestCodecEndpointDecodesForAuthorizedCallersOnly(t *testing.T) {
 			t.Fatalf("want the payload back sealed: %d %s", code, out)
 		}
 	}
+	mu.Lock()
+	if len(records) != 5 || records[4] != "north opened 0 left 1" {
+		t.Fatalf("records %q; want each of the other clinic's decodes recorded with nothing opened", records)
+	}
+	mu.Unlock()
 	// Only decoding is served, and a body has a limit.
 	req, _ := http.NewRequest("POST", srv.URL+"/encode", strings.NewReader(`{"payloads":[]}`))
 	req.Header.Set("Authorization", "Bearer ok")

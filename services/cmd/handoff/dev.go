@@ -164,7 +164,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	// only, since it opens workflow payloads.
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: st.FamiliesAddr, InterventionsAddr: st.InterventionsAddr,
 		ReferralsAddr: st.ReferralsAddr, WebhooksAddr: st.WebhooksAddr, Verifier: iss.Verifier(), CORSOrigins: []string{"*"},
-		Codec: pc.Handler(codecAccess(log, iss.Verifier()))})
+		Codec: pc.Handler(codecAccess(log, iss.Verifier()), codecOpened(log))})
 	if err != nil {
 		return err
 	}
@@ -296,6 +296,15 @@ func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily
 	}
 	fmt.Fprintln(&b)
 	_, _ = os.Stdout.WriteString(b.String())
+}
+
+// codecOpened logs what each decode opened, after codecAccess logged who
+// asked: with it, the access record says what was seen, not only that
+// someone asked (the gateway keeps no audit table).
+func codecOpened(log *slog.Logger) func(*http.Request, string, int, int) {
+	return func(r *http.Request, clinic string, opened, left int) {
+		log.InfoContext(r.Context(), "payload codec decoded", "clinic", clinic, "opened", opened, "left_unopened", left)
+	}
 }
 
 // codecAccess admits clinic administrators to the remote codec, for their

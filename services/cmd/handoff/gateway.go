@@ -81,7 +81,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 		if err != nil {
 			return err
 		}
-		codecHandler = pc.Handler(codecAccess(log, verifier))
+		codecHandler = pc.Handler(codecAccess(log, verifier), codecOpened(log))
 	}
 	gw, err := gateway.New(ctx, gateway.Config{Log: log, FamiliesAddr: *fam, InterventionsAddr: *iv, ReferralsAddr: *ref,
 		WebhooksAddr: *wh, Client: grpcclient.Config{TLS: creds}, Verifier: verifier, CORSOrigins: splitList(*origins), PublicURL: *publicURL,
