@@ -112,6 +112,9 @@ type Stored struct {
 	// Generation is that of the release that wrote the event (see
 	// Generation).
 	Generation int
+	// Held says the dispatch waits, after a failure, before it tries the
+	// event again (retry_at lies ahead, by the database's clock).
+	Held bool
 
 	// The payload's message, decoded once by Pending for the relay's lane
 	// and every consumer.
@@ -170,7 +173,8 @@ func (c Consumer) column() string {
 func PendingFor(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, c Consumer, after int64, limit int) ([]Stored, error) {
-	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time, generation FROM outbox
+	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time, generation,
+		retry_at IS NOT NULL AND retry_at > now() FROM outbox
 		WHERE `+c.column()+` IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)
@@ -180,7 +184,7 @@ func PendingFor(ctx context.Context, q interface {
 	for rows.Next() {
 		var s Stored
 		var b []byte
-		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace, &s.Created, &s.Generation); err != nil {
+		if err := rows.Scan(&s.ID, &s.Clinic, &s.Type, &s.Resource, &b, &s.Trace, &s.Created, &s.Generation, &s.Held); err != nil {
 			return nil, fmt.Errorf("outbox: scan: %w", err)
 		}
 		s.Payload = &anypb.Any{}

@@ -445,8 +445,13 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			// attempts and last_error are the dispatch's: the gauges and an
 			// operator read them as its.
 			if r.Consumer == Dispatch {
-				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = $1`,
-					res.failed.ID, res.err.Error()); err != nil {
+				// The wait is kept with the event too (retry_at), so that a
+				// replica that takes the lock next does not try it at once.
+				// It doubles with the event's attempts, whichever replica
+				// made them.
+				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+					retry_at = now() + least(interval '1 minute', $3 * power(2, least(attempts, 16)) * interval '1 microsecond') WHERE id = $1`,
+					res.failed.ID, res.err.Error(), r.interval().Microseconds()); err != nil {
 					errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 				}
 			}
@@ -495,7 +500,7 @@ func (r *Relay) pending(ctx context.Context, conn *pgxpool.Conn, batch int, now 
 				lanes = append(lanes, lane{key: k})
 			}
 			lanes[i].events = append(lanes[i].events, e)
-			if !r.waiting(k, now) {
+			if !r.waiting(k, now) && !r.held(lanes[i].events) {
 				ready++
 			}
 		}
@@ -535,7 +540,7 @@ func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 	out := lanes[:0]
 	for _, l := range lanes {
 		present[l.key] = true
-		if r.waiting(l.key, now) {
+		if r.waiting(l.key, now) || r.held(l.events) {
 			continue
 		}
 		out = append(out, l)
@@ -546,6 +551,13 @@ func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 		}
 	}
 	return out
+}
+
+// held reports whether the dispatch waits before trying a lane's first
+// event again: a wait after a failure, which this relay or another
+// replica's recorded with it.
+func (r *Relay) held(lane []Stored) bool {
+	return r.Consumer == Dispatch && len(lane) > 0 && lane[0].Held
 }
 
 // settle starts or lengthens a lane's wait after a failure (Interval,

@@ -219,6 +219,70 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 	}
 }
 
+// A lane's wait after a failure holds for every replica: it is kept with
+// the event, so a relay that takes the lock next and never saw the
+// failure does not try the event again at once; and it doubles with the
+// event's attempts, whoever made them.
+func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	write("a1")
+	write("b1")
+	var mu sync.Mutex
+	tries := map[string]int{}
+	var down atomic.Bool
+	down.Store(true)
+	replica := func() *outbox.Relay {
+		// An Interval far longer than the polls below take on a busy
+		// machine: the first wait.
+		return &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: 2 * time.Second,
+			Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+			Deliver: func(_ context.Context, e outbox.Stored) error {
+				mu.Lock()
+				defer mu.Unlock()
+				tries[e.Resource]++
+				if e.Resource[:1] == "a" && down.Load() {
+					return errors.New("temporal down")
+				}
+				return nil
+			}}
+	}
+	one, two := replica(), replica()
+	defer one.Wait(ctx)
+	defer two.Wait(ctx)
+	if n, err := one.Once(ctx); err == nil || n != 1 {
+		t.Fatalf("first poll: %d, %v; want b1 delivered and a1's failure", n, err)
+	}
+	write("b2")
+	if n, err := two.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("the other replica's poll during the wait: %d, %v; want b2, and lane a left alone", n, err)
+	}
+	mu.Lock()
+	if tries["a1"] != 1 {
+		t.Fatalf("tries %v: lane a tried again within its wait", tries)
+	}
+	mu.Unlock()
+	var wait time.Duration
+	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 0 || wait > 2*time.Second {
+		t.Fatalf("a1 waits %v, %v; want at most the Interval", wait, err)
+	}
+	time.Sleep(wait + 100*time.Millisecond)
+	// A second failure, by the other replica, waits twice as long.
+	if n, err := two.Once(ctx); err == nil || n != 0 {
+		t.Fatalf("past the wait: %d, %v; want a1 tried and failed again", n, err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 2*time.Second {
+		t.Fatalf("after the second failure a1 waits %v, %v; want more than the first wait", wait, err)
+	}
+	down.Store(false)
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET retry_at = now() WHERE resource = 'a1'`); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := one.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("its wait over: %d, %v; want a1", n, err)
+	}
+}
+
 // A poll reads past the events of a waiting lane, so that a family with a
 // whole batch waiting behind a failure does not stop the others.
 func TestRelayReadsPastAWaitingLane(t *testing.T) {
