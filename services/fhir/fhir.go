@@ -344,9 +344,10 @@ func (s *server) render(res obj) ([]byte, error) {
 var refusedControl = regexp.MustCompile(`\\(u00[01][0-9a-f]|[bf])`)
 
 // scrubControls turns into spaces the control characters FHIR's string type
-// refuses. The services refuse them now, but text stored before they did
-// (and history cannot be edited) would fail the answer's validation, and
-// with it every read and every search page that carries the record.
+// refuses. The services store them (NUL aside), and kept, they would fail
+// the answer's validation, and with it every read and every search page
+// that carries the record; a reason in a referral's history cannot be
+// edited.
 func scrubControls(raw []byte) ([]byte, error) {
 	if !refusedControl.Match(raw) {
 		return raw, nil

@@ -463,10 +463,14 @@ func TestPutTaskOnHold(t *testing.T) {
 // reads it. The same content again is answered as the Task stands.
 func TestPutTaskSameStatusOtherContent(t *testing.T) {
 	entered := time.Now().Add(-time.Hour).Truncate(time.Microsecond)
+	booked := time.Now().Add(3 * time.Hour).Truncate(time.Microsecond)
 	put := func(state referralsv1.ReferralState, status, rest string) (answer, *fixture) {
 		fx := newFixture(t, "", state, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 		if state == referralsv1.ReferralState_REFERRAL_STATE_COMPLETED {
 			fx.referrals.referral.TreatmentEntryTime = ts(entered)
+		}
+		if state == referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED {
+			fx.referrals.referral.IntakeAppointment.StartTime = ts(booked)
 		}
 		return fx.do("PUT", "/fhir/R4/Task/"+refID, `{"resourceType":"Task","id":"`+refID+`","intent":"order","status":"`+status+`"`+rest+`}`), fx
 	}
@@ -497,6 +501,8 @@ func TestPutTaskSameStatusOtherContent(t *testing.T) {
 			`,"statusReason":{"text":" waiting for\r\nprior   authorization"}`, http.StatusOK, ""},
 		{"completed, the same entry to the second", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
 			`,"executionPeriod":{"end":"` + entered.Truncate(time.Second).UTC().Format(time.RFC3339) + `"}`, http.StatusOK, ""},
+		{"in progress, the same booking to the second", referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED, "in-progress",
+			`,"executionPeriod":{"start":"` + booked.Truncate(time.Second).UTC().Format(time.RFC3339) + `"}`, http.StatusOK, ""},
 		{"completed, another entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",
 			`,"executionPeriod":{"end":"` + entered.Add(-24*time.Hour).UTC().Format(time.RFC3339Nano) + `"}`, http.StatusUnprocessableEntity, "executionPeriod.end"},
 	} {

@@ -404,7 +404,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 		// rebooking.
 		// FHIR times carry microseconds at most.
 		ch.none = ch.status != "in-progress" || ch.at == nil ||
-			ch.at.AsTime().Equal(cur.GetIntakeAppointment().GetStartTime().AsTime().Truncate(time.Microsecond))
+			sameInstant(ch.at.AsTime(), cur.GetIntakeAppointment().GetStartTime().AsTime())
 		if ch.none {
 			return ch, nil
 		}
