@@ -448,10 +448,13 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 				// The wait is kept with the event too (retry_at), so that a
 				// replica that takes the lock next does not try it at once.
 				// It doubles with the event's attempts, whichever replica
-				// made them.
+				// made them, up to storedWaitCap: a failure may be the
+				// replica's own (Temporal out of its reach), and a healthy
+				// replica waits on it too. The relay that failed waits on
+				// for its own, longer wait (settle).
 				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-					retry_at = now() + least(interval '1 minute', $3 * power(2, least(attempts, 16)) * interval '1 microsecond') WHERE id = $1`,
-					res.failed.ID, res.err.Error(), r.interval().Microseconds()); err != nil {
+					retry_at = now() + least($4 * interval '1 microsecond', $3 * power(2, least(attempts, 16)) * interval '1 microsecond') WHERE id = $1`,
+					res.failed.ID, res.err.Error(), r.interval().Microseconds(), storedWaitCap.Microseconds()); err != nil {
 					errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 				}
 			}
@@ -552,6 +555,12 @@ func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 	}
 	return out
 }
+
+// storedWaitCap bounds the wait after a failure that every replica keeps
+// (retry_at): a failing family is tried by the replicas together at most
+// about this often, and a replica that cannot reach Temporal holds a
+// healthy one back no longer.
+const storedWaitCap = 10 * time.Second
 
 // held reports whether the dispatch waits before trying a lane's first
 // event again: a wait after a failure, which this relay or another

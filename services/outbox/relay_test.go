@@ -274,6 +274,19 @@ func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 2*time.Second {
 		t.Fatalf("after the second failure a1 waits %v, %v; want more than the first wait", wait, err)
 	}
+	// However many tries failed, the wait every replica keeps is at most
+	// ten seconds: a failure may be the replica's own.
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET attempts = 20, retry_at = now() WHERE resource = 'a1'`); err != nil {
+		t.Fatal(err)
+	}
+	three := replica() // with no wait of its own
+	defer three.Wait(ctx)
+	if n, err := three.Once(ctx); err == nil || n != 0 {
+		t.Fatalf("after many failures: %d, %v; want a1 tried and failed again", n, err)
+	}
+	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait > 10*time.Second || wait < 9*time.Second {
+		t.Fatalf("after many failures a1 waits %v, %v; want ten seconds", wait, err)
+	}
 	down.Store(false)
 	if _, err := pool.Exec(ctx, `UPDATE outbox SET retry_at = now() WHERE resource = 'a1'`); err != nil {
 		t.Fatal(err)
