@@ -981,8 +981,8 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 	// counselor's to decide. A leaked worker token, good for every clinic,
 	// must not call off every meeting. The families service is asked
 	// before the transaction, which then holds no lock over the call.
-	gone := true
-	if workerOnly(ctx) {
+	worker, checked, gone := workerOnly(ctx), false, false
+	if worker {
 		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"CancelIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
 		}
@@ -990,8 +990,12 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 		if err != nil {
 			return nil, err
 		}
-		if gone, err = s.familyGone(ctx, read.GetFamily()); err != nil {
-			return nil, err
+		// A draft it withdraws without asking.
+		if read.GetState() == scheduled {
+			if gone, err = s.familyGone(ctx, read.GetFamily()); err != nil {
+				return nil, err
+			}
+			checked = true
 		}
 	}
 	return s.lockedStep(ctx, r, "CancelIntervention", req.GetRequestId(), req.GetEtag(), req,
@@ -999,7 +1003,11 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 			if cur.GetState() != draft && cur.GetState() != scheduled {
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "CANCELLED")
 			}
-			if cur.GetState() == scheduled && !gone {
+			if worker && cur.GetState() == scheduled && !checked {
+				// Scheduled since it was read: read again, by a retry.
+				return nil, status.Error(codes.Aborted, "the meeting was scheduled as it was being cancelled: retry")
+			}
+			if worker && cur.GetState() == scheduled && !gone {
 				return nil, status.Error(codes.PermissionDenied, "the worker calls off a scheduled meeting only of a family deleted or closed")
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
