@@ -31,10 +31,12 @@ const statusClientClosed = 499
 // token is never logged: the request log and traces carry the path only.
 func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// The address is a secret: no shared caches, and no Referer to
-		// other sites. The calendar app may keep the feed and ask whether
-		// it changed (ETag below), as it does every 15 minutes.
-		w.Header().Set("Cache-Control", "private, no-cache")
+		// The address is a secret and the answer a record of meetings: no
+		// cache keeps it (a browser's or the system's HTTP cache would
+		// write it to disk, beyond the feed's revocation), as no other
+		// answer here is kept. The calendar app stores the events itself,
+		// and may ask whether they changed (If-None-Match, ETag below).
+		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Referrer-Policy", "no-referrer")
 		if r.Method == http.MethodHead {
 			// The GET pattern serves HEAD too: the export would run, and

@@ -83,7 +83,7 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	read := func() *ics.VEvent {
 		t.Helper()
 		code, body, h := get(feedURL)
-		if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/calendar") || h.Get("Cache-Control") != "private, no-cache" ||
+		if code != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/calendar") || h.Get("Cache-Control") != "no-store" ||
 			h.Get("ETag") == "" || strings.Contains(body, "METHOD:") {
 			t.Fatalf("GET feed: %d %v %s", code, h, body)
 		}
