@@ -161,10 +161,16 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 			t.Errorf("%s: %d %s", name, code, body)
 		}
 	}
-	// Revoked: the same address stops working at once.
+	// Revoked: the same address shows no meeting at once. A calendar with
+	// none, not an error, on which calendar apps would keep showing them.
 	name, _ := feed["name"].(string)
 	counselor.ok("DELETE", "/v1/"+name, nil)
-	if code, _, _ := get(feedURL); code != http.StatusNotFound {
-		t.Fatalf("revoked feed: %d", code)
+	code, body, h := get(feedURL)
+	cal, err := ics.ParseCalendar(strings.NewReader(body))
+	if err != nil || code != http.StatusOK || h.Get("Cache-Control") != "no-store" {
+		t.Fatalf("revoked feed: %d %v %v\n%s", code, h, err, body)
+	}
+	if events := cal.Events(); len(events) != 1 || !strings.HasSuffix(events[0].Id(), ".ended@handoff") {
+		t.Fatalf("revoked feed shows:\n%s", body)
 	}
 }

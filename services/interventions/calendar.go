@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -140,12 +141,13 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 			if err != nil {
 				return fmt.Errorf("stored calendar feed: %w", err)
 			}
-			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET token_hash = $3 WHERE clinic = $1 AND id = $2`, clinic, ids[1], hash)
+			// Not a feed revoked since: its token stays ended.
+			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET token_hash = $3 WHERE clinic = $1 AND id = $2 AND revoke_time IS NULL`, clinic, ids[1], hash)
 			if err != nil {
 				return fmt.Errorf("renew calendar feed token: %w", err)
 			}
 			if tag.RowsAffected() == 0 {
-				return apperr.NotFound(feed.GetName()) // deleted since the first attempt
+				return apperr.NotFound(feed.GetName()) // revoked since the first attempt
 			}
 		}
 		out = proto.Clone(feed).(*interventionsv1.CalendarFeed)
@@ -173,7 +175,7 @@ func (s *Server) ListCalendarFeeds(ctx context.Context, req *interventionsv1.Lis
 		return nil, err
 	}
 	p, _ := auth.FromContext(ctx)
-	items, next, err := pgdb.ListPage(ctx, s.pool, "calendar feeds", feedSelect, `clinic = $1 AND ($3 OR owner = $2)`,
+	items, next, err := pgdb.ListPage(ctx, s.pool, "calendar feeds", feedSelect, `clinic = $1 AND ($3 OR owner = $2) AND revoke_time IS NULL`,
 		[]any{clinic, auth.Actor(ctx), p.Has(auth.RoleClinicAdmin)}, req, feedFilter, scanFeed(clinic),
 		func(f *interventionsv1.CalendarFeed) string { return f.GetName() })
 	if err != nil {
@@ -184,6 +186,8 @@ func (s *Server) ListCalendarFeeds(ctx context.Context, req *interventionsv1.Lis
 
 // DeleteCalendarFeed implements the API: the owner or a clinic
 // administrator revokes a feed. Anyone else is told it does not exist.
+// The feed is kept, revoked (see feedOwner): a calendar app that reads it
+// again is told it ended, and drops the meetings it shows.
 func (s *Server) DeleteCalendarFeed(ctx context.Context, req *interventionsv1.DeleteCalendarFeedRequest) (*emptypb.Empty, error) {
 	r, err := authorized(ctx, "name", req.GetName(), "calendarFeeds")
 	if err != nil {
@@ -193,8 +197,9 @@ func (s *Server) DeleteCalendarFeed(ctx context.Context, req *interventionsv1.De
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"DeleteCalendarFeed", req.GetRequestId(), req,
 		func() *emptypb.Empty { return &emptypb.Empty{} },
 		func(tx pgx.Tx) (*emptypb.Empty, error) {
-			tag, err := tx.Exec(ctx, `DELETE FROM calendar_feeds WHERE clinic = $1 AND id = $2 AND (owner = $3 OR $4)`,
-				r.clinic, r.id, p.Subject, p.Has(auth.RoleClinicAdmin))
+			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET revoke_time = $5, ended_token_hash = token_hash, token_hash = ''::bytea
+				WHERE clinic = $1 AND id = $2 AND revoke_time IS NULL AND (owner = $3 OR $4)`,
+				r.clinic, r.id, p.Subject, p.Has(auth.RoleClinicAdmin), s.cfg.Now())
 			if err != nil {
 				return nil, fmt.Errorf("delete calendar feed: %w", err)
 			}
@@ -220,40 +225,60 @@ func (s *Server) feedCredential(ctx context.Context, req any) (auth.Principal, e
 	if err != nil {
 		return auth.Principal{}, apperr.NotFound("calendar feed")
 	}
-	owner, _, err := s.feedOwner(pgdb.WithClinic(ctx, ids[0]), ref{ids[0], ids[1]}, r.GetToken())
+	feed, err := s.feedOwner(pgdb.WithClinic(ctx, ids[0]), ref{ids[0], ids[1]}, r.GetToken())
+	if errors.Is(err, errFeedEnded) {
+		// Let in to be told so, as the owner: the answer holds no meeting.
+		err = nil
+	}
 	if err != nil {
 		return auth.Principal{}, err
 	}
-	return auth.Principal{Subject: owner, Clinic: ids[0], Roles: []auth.Role{auth.RoleCalendarFeed}}, nil
+	return auth.Principal{Subject: feed.owner, Clinic: ids[0], Roles: []auth.Role{auth.RoleCalendarFeed}}, nil
 }
 
-// feedOwner returns the owner of the feed r if token is its token and the
-// feed has not lapsed (feedExpiry). A lapsed feed is NOT_FOUND like any
-// other failure, so the answer tells a guess nothing.
-func (s *Server) feedOwner(ctx context.Context, r ref, token string) (owner string, lastRead time.Time, err error) {
-	var hash []byte
-	var created time.Time
+// errFeedEnded is feedOwner's answer for the token of a feed revoked or
+// lapsed.
+var errFeedEnded = errors.New("calendar feed ended")
+
+// feedState is what a feed's reader is checked against.
+type feedState struct {
+	owner             string
+	created, lastRead time.Time // lastRead zero if never
+}
+
+// feedOwner returns the feed r if token is its token and the feed has not
+// lapsed (feedExpiry), or errFeedEnded, with the feed, if it is the token
+// of the feed revoked or lapsed. Any other failure is NOT_FOUND, so the
+// answer tells a guess nothing.
+func (s *Server) feedOwner(ctx context.Context, r ref, token string) (feedState, error) {
+	var f feedState
+	var hash, ended []byte
 	var read *time.Time
-	err = s.pool.QueryRow(ctx, `SELECT owner, token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id).Scan(&owner, &hash, &created, &read)
+	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, ended_token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id).Scan(&f.owner, &hash, &ended, &f.created, &read)
 	if err == pgx.ErrNoRows {
-		return "", time.Time{}, apperr.NotFound("calendar feed")
+		return feedState{}, apperr.NotFound("calendar feed")
 	}
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("read calendar feed: %w", err)
+		return feedState{}, fmt.Errorf("read calendar feed: %w", err)
+	}
+	if read != nil {
+		f.lastRead = *read
+	}
+	if token == "" {
+		return feedState{}, apperr.NotFound("calendar feed")
 	}
 	given := sha256.Sum256([]byte(token))
-	if token == "" || subtle.ConstantTimeCompare(given[:], hash) != 1 {
-		return "", time.Time{}, apperr.NotFound("calendar feed")
+	if subtle.ConstantTimeCompare(given[:], ended) == 1 {
+		return f, errFeedEnded // revoked
 	}
-	var last time.Time
-	if read != nil {
-		last = *read
+	if subtle.ConstantTimeCompare(given[:], hash) != 1 {
+		return feedState{}, apperr.NotFound("calendar feed")
 	}
-	if !s.cfg.Now().Before(feedExpiry(created, last)) {
-		return "", time.Time{}, apperr.NotFound("calendar feed")
+	if !s.cfg.Now().Before(feedExpiry(f.created, f.lastRead)) {
+		return f, errFeedEnded
 	}
-	return owner, last, nil
+	return f, nil
 }
 
 // feedRead records that the feed r was read, unless the last read
@@ -286,7 +311,15 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	if err != nil {
 		return nil, err
 	}
-	owner, lastRead, err := s.feedOwner(ctx, r, req.GetToken())
+	feed, err := s.feedOwner(ctx, r, req.GetToken())
+	if errors.Is(err, errFeedEnded) {
+		// Its meetings are not shown. An empty calendar, not an error:
+		// on an error calendar apps keep showing what they last read, a
+		// meeting moved or called off since at its old time, for as long
+		// as the phone stays subscribed; an answer without the meetings
+		// makes them drop them, and the notice says why.
+		return calendarBody([]calendarEvent{feedNotice(r.id, s.cfg.Now(), time.Time{})}), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -301,7 +334,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 	rows, err := s.pool.Query(ctx, `SELECT id, start_time, end_time, state, create_time,
 		`+sharedUpdateTime+`, `+sharedVersion+`
 		FROM interventions WHERE clinic = $1 AND counselor = $2 AND state = ANY($3) AND start_time IS NOT NULL
-		AND (published OR state <> $6) AND end_time >= $4 ORDER BY start_time DESC, id DESC LIMIT $5`, r.clinic, owner,
+		AND (published OR state <> $6) AND end_time >= $4 ORDER BY start_time DESC, id DESC LIMIT $5`, r.clinic, feed.owner,
 		[]int16{int16(scheduled), int16(completed), int16(cancelled)}, s.cfg.Now().Add(-feedWindow), feedLimit, int16(cancelled))
 	if err != nil {
 		return nil, fmt.Errorf("read feed interventions: %w", err)
@@ -327,15 +360,51 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, fmt.Errorf("read feed interventions: %w", err)
 	}
 	slices.Reverse(events) // oldest first, as before
-	intakes, err := s.intakeEvents(ctx, r.clinic, owner, s.cfg.Now().Add(-feedWindow))
+	intakes, err := s.intakeEvents(ctx, r.clinic, feed.owner, s.cfg.Now().Add(-feedWindow))
 	if err != nil {
 		return nil, err
 	}
 	events = append(events, intakes...)
-	if err := s.feedRead(ctx, r, lastRead); err != nil {
+	if err := s.feedRead(ctx, r, feed.lastRead); err != nil {
 		return nil, err
 	}
-	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}, nil
+	// Read now, the feed works until feedExpiry(created, now): near that
+	// (its year ending), the calendar says so while the owner can still
+	// make a new one, not once the meetings are gone.
+	if end := feedExpiry(feed.created, s.cfg.Now()); end.Sub(s.cfg.Now()) <= feedWarning {
+		events = append(events, feedNotice(r.id, s.cfg.Now(), end))
+	}
+	return calendarBody(events), nil
+}
+
+func calendarBody(events []calendarEvent) *httpbody.HttpBody {
+	return &httpbody.HttpBody{ContentType: "text/calendar; charset=utf-8", Data: []byte(renderCalendar(events))}
+}
+
+// feedWarning is how long before a feed stops working its calendar says
+// that it will.
+const feedWarning = 14 * 24 * time.Hour
+
+// feedNotice is the event by which a feed's calendar tells its reader
+// that the feed ends at end, or (end zero) that it has ended: an all-day
+// event on the day it is read (in UTC), which moves on each day, so that
+// the calendar shows it where its reader looks.
+func feedNotice(feed string, now, end time.Time) calendarEvent {
+	day := now.UTC().Truncate(24 * time.Hour)
+	e := calendarEvent{start: day, end: day.Add(24 * time.Hour), allDay: true, created: day, modified: day,
+		// Moved every day: the later, the greater.
+		sequence: day.Unix() / (24 * 60 * 60)}
+	if end.IsZero() {
+		e.uid, e.summary = feed+".ended@handoff", "Handoff calendar feed ended"
+		e.note = "This calendar feed was revoked or has lapsed, so it shows no meetings. " +
+			"Make a new feed in Handoff, subscribe to it, and remove this calendar."
+		return e
+	}
+	date := end.UTC().Format("2 January 2006")
+	e.uid, e.summary = feed+".ending@handoff", "Handoff calendar feed ends "+date
+	e.note = "This calendar feed stops showing meetings on " + date + " (UTC), a year after it was made. " +
+		"Make a new feed in Handoff before then and subscribe to it."
+	return e
 }
 
 // intakeDuration is how long an intake appointment shows in a calendar:

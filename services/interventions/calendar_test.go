@@ -2,6 +2,7 @@ package interventions_test
 
 import (
 	"context"
+	"path"
 	"strconv"
 	"strings"
 	"testing"
@@ -65,6 +66,20 @@ func export(t *testing.T, f *fixture, name, token string) (*ics.Calendar, string
 		t.Fatalf("parse feed: %v\n%s", err, raw)
 	}
 	return cal, raw
+}
+
+// wantEnded fails unless the feed name, read with token, answers that it
+// ended: a calendar whose only event is the notice, which makes calendar
+// apps drop the meetings they show (an error would leave them showing).
+func wantEnded(t *testing.T, f *fixture, name, token string) {
+	t.Helper()
+	cal, raw := export(t, f, name, token)
+	events := cal.Events()
+	if len(events) != 1 || events[0].Id() != path.Base(name)+".ended@handoff" ||
+		!strings.Contains(raw, "DTSTART;VALUE=DATE:"+f.clock.Now().UTC().Format("20060102")) ||
+		!strings.Contains(prop(events[0], ics.ComponentPropertySummary), "feed ended") {
+		t.Fatalf("an ended feed answers:\n%s", raw)
+	}
 }
 
 func eventOf(t *testing.T, cal *ics.Calendar, uid string) *ics.VEvent {
@@ -239,7 +254,12 @@ func TestCalendarFeed(t *testing.T) {
 	if _, err := f.client.DeleteCalendarFeed(f.ctx, &interventionsv1.DeleteCalendarFeedRequest{Name: feed.GetName()}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: feed.GetName(), Token: token})
+	// Revoked: its token reads a calendar without the meetings, any other
+	// still nothing, and it cannot be revoked twice.
+	wantEnded(t, f, feed.GetName(), token)
+	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: feed.GetName(), Token: feedToken(t, mine)})
+	wantCode(t, err, codes.NotFound)
+	_, err = f.client.DeleteCalendarFeed(f.ctx, &interventionsv1.DeleteCalendarFeedRequest{Name: feed.GetName()})
 	wantCode(t, err, codes.NotFound)
 	// A clinic administrator revokes anyone's feed.
 	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
@@ -277,6 +297,17 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetCalendarFeeds()) != 1 {
 		t.Fatalf("ListCalendarFeeds = %v, %v", list, err)
+	}
+	// Revoked, the feed is not brought back by a retry of its create:
+	// the token that retry would return must not read the meetings.
+	if _, err := f.client.DeleteCalendarFeed(f.ctx, &interventionsv1.DeleteCalendarFeedRequest{Name: second.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.CreateCalendarFeed(f.ctx, req)
+	wantCode(t, err, codes.NotFound)
+	wantEnded(t, f, second.GetName(), feedToken(t, second))
+	if list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"}); err != nil || len(list.GetCalendarFeeds()) != 0 {
+		t.Fatalf("ListCalendarFeeds after the revocation = %v, %v", list, err)
 	}
 }
 
@@ -327,22 +358,36 @@ func TestCalendarFeedLapsesUnread(t *testing.T) {
 		t.Fatalf("after a read 60 days on: %v", read)
 	}
 	f.clock.Advance(31 * 24 * time.Hour)
-	_, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: unread.GetName(), Token: feedToken(t, unread)})
-	wantCode(t, err, codes.NotFound)
+	wantEnded(t, f, unread.GetName(), feedToken(t, unread))
+	if got := listed()[unread.GetName()].GetLastReadTime(); got != nil {
+		t.Fatalf("reading a lapsed feed recorded a read (%v): it would live again", got.AsTime())
+	}
 	export(t, f, used.GetName(), feedToken(t, used))
 	// Read or not, a feed works a year at most: a phone still subscribed
 	// after its counselor left does not keep the clinic's meetings.
 	end := used.GetCreateTime().AsTime().Add(365 * 24 * time.Hour)
+	ending := path.Base(used.GetName()) + ".ending@handoff"
 	for f.clock.Now().Add(80 * 24 * time.Hour).Before(end) {
 		f.clock.Advance(80 * 24 * time.Hour)
-		export(t, f, used.GetName(), feedToken(t, used))
+		cal, raw := export(t, f, used.GetName(), feedToken(t, used))
+		for _, e := range cal.Events() {
+			if e.Id() == ending {
+				t.Fatalf("%v before its end, the feed shows:\n%s", end.Sub(f.clock.Now()), raw)
+			}
+		}
 	}
 	if got := listed()[used.GetName()].GetExpireTime().AsTime(); !got.Equal(end) {
 		t.Fatalf("a feed read a year long expires at %v, want a year after its creation (%v)", got, end)
 	}
+	// Two weeks before, its calendar says when it ends, on the day read.
+	f.clock.Advance(end.Add(-14 * 24 * time.Hour).Sub(f.clock.Now()))
+	cal, raw := export(t, f, used.GetName(), feedToken(t, used))
+	if e := eventOf(t, cal, ending); !strings.Contains(prop(e, ics.ComponentPropertySummary), end.UTC().Format("2 January 2006")) ||
+		!strings.Contains(raw, "DTSTART;VALUE=DATE:"+f.clock.Now().UTC().Format("20060102")) || prop(e, ics.ComponentPropertyTransp) != "TRANSPARENT" {
+		t.Fatalf("two weeks before its end, the feed shows:\n%s", raw)
+	}
 	f.clock.Advance(end.Sub(f.clock.Now()))
-	_, err = f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{Name: used.GetName(), Token: feedToken(t, used)})
-	wantCode(t, err, codes.NotFound)
+	wantEnded(t, f, used.GetName(), feedToken(t, used))
 }
 
 // The feed shows the intake appointments of the counselor's clients, read
@@ -527,10 +572,7 @@ func TestCalendarFeedsAdminListsAll(t *testing.T) {
 	if got := names(leaver, ""); len(got) != 0 {
 		t.Fatalf("after revocation counselor-2 lists %v", got)
 	}
-	if _, err := f.client.ExportCalendarFeed(context.Background(), &interventionsv1.ExportCalendarFeedRequest{
-		Name: theirs.GetName(), Token: feedToken(t, theirs)}); status.Code(err) != codes.NotFound {
-		t.Fatalf("export of a revoked feed = %v, want NOT_FOUND", err)
-	}
+	wantEnded(t, f, theirs.GetName(), feedToken(t, theirs))
 }
 
 // A meeting scheduled by a replica a release behind (which knows nothing

@@ -17,6 +17,11 @@ type calendarEvent struct {
 	// sequence grows with every change, so calendars replace their copy.
 	sequence  int64
 	cancelled bool
+	// allDay events span the UTC dates of start to end (exclusive), and
+	// do not make their reader busy: notices, not meetings.
+	allDay bool
+	// note is the description of an event that names no resource.
+	note string
 }
 
 // renderCalendar writes events as an iCalendar stream (RFC 5545).
@@ -43,8 +48,13 @@ func renderCalendar(events []calendarEvent) string {
 		w("CREATED", icalTime(e.created))
 		w("LAST-MODIFIED", icalTime(e.modified))
 		w("SEQUENCE", strconv.FormatInt(e.sequence, 10))
-		w("DTSTART", icalTime(e.start))
-		w("DTEND", icalTime(e.end))
+		if e.allDay {
+			w("DTSTART;VALUE=DATE", icalDate(e.start))
+			w("DTEND;VALUE=DATE", icalDate(e.end))
+		} else {
+			w("DTSTART", icalTime(e.start))
+			w("DTEND", icalTime(e.end))
+		}
 		// A cancelled event says so in its summary and does not block the
 		// time as well as in STATUS: some subscribing clients ignore
 		// STATUS in a published feed and would show it on, and busy.
@@ -52,11 +62,20 @@ func renderCalendar(events []calendarEvent) string {
 		if e.cancelled {
 			summary, status, transp = "Cancelled: "+e.summary, "CANCELLED", "TRANSPARENT"
 		}
+		if e.allDay {
+			transp = "TRANSPARENT"
+		}
+		description := "Handoff: " + e.resource
+		if e.resource == "" {
+			description = e.note
+		}
 		w("SUMMARY", escapeText(summary))
-		w("DESCRIPTION", escapeText("Handoff: "+e.resource))
+		w("DESCRIPTION", escapeText(description))
 		w("STATUS", status)
 		w("TRANSP", transp)
-		w("X-HANDOFF-RESOURCE", escapeText(e.resource))
+		if e.resource != "" {
+			w("X-HANDOFF-RESOURCE", escapeText(e.resource))
+		}
 		w("END", "VEVENT")
 	}
 	if len(events) == 0 {
@@ -73,6 +92,8 @@ func renderCalendar(events []calendarEvent) string {
 }
 
 func icalTime(t time.Time) string { return t.UTC().Format("20060102T150405Z") }
+
+func icalDate(t time.Time) string { return t.UTC().Format("20060102") }
 
 // escapeText escapes a TEXT value (RFC 5545 3.3.11).
 var textEscaper = strings.NewReplacer(`\`, `\\`, ";", `\;`, ",", `\,`, "\r\n", `\n`, "\n", `\n`, "\r", `\n`)

@@ -221,8 +221,10 @@ type InterventionsServiceClient interface {
 	// "counselor-1"'` narrows the list to one owner).
 	ListCalendarFeeds(ctx context.Context, in *ListCalendarFeedsRequest, opts ...grpc.CallOption) (*ListCalendarFeedsResponse, error)
 	// Deletes a calendar feed, which revokes its token at once: calendar apps
-	// reading it get NOT_FOUND. Only the feed's owner or a clinic
-	// administrator may delete it; anyone else gets NOT_FOUND.
+	// reading it get a calendar without meetings, which makes them drop the
+	// ones they show, and a notice that the feed ended. Only the feed's
+	// owner or a clinic administrator may delete it; anyone else gets
+	// NOT_FOUND, as does a feed deleted already.
 	DeleteCalendarFeed(ctx context.Context, in *DeleteCalendarFeedRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
 	// owner's scheduled, completed and cancelled interventions, and the intake
@@ -231,8 +233,12 @@ type InterventionsServiceClient interface {
 	// when the meeting moves and whose SEQUENCE grows with each change.
 	// Events name no person or place and hold no notes. The
 	// call is authenticated by the feed's token, not by a bearer token; a
-	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
-	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
+	// wrong or missing token answers NOT_FOUND. The token of a feed revoked
+	// or lapsed reads a calendar whose only event is a notice, on the day
+	// read, that the feed ended: on an error, calendar apps keep showing
+	// the meetings they last read. In the last 14 days of a feed's year, its
+	// calendar shows a notice of when it ends. The gateway serves it at the
+	// feed's `url`, `/calendar/v1/{name}.ics?token=...`.
 	ExportCalendarFeed(ctx context.Context, in *ExportCalendarFeedRequest, opts ...grpc.CallOption) (*httpbody.HttpBody, error)
 }
 
@@ -660,8 +666,10 @@ type InterventionsServiceServer interface {
 	// "counselor-1"'` narrows the list to one owner).
 	ListCalendarFeeds(context.Context, *ListCalendarFeedsRequest) (*ListCalendarFeedsResponse, error)
 	// Deletes a calendar feed, which revokes its token at once: calendar apps
-	// reading it get NOT_FOUND. Only the feed's owner or a clinic
-	// administrator may delete it; anyone else gets NOT_FOUND.
+	// reading it get a calendar without meetings, which makes them drop the
+	// ones they show, and a notice that the feed ended. Only the feed's
+	// owner or a clinic administrator may delete it; anyone else gets
+	// NOT_FOUND, as does a feed deleted already.
 	DeleteCalendarFeed(context.Context, *DeleteCalendarFeedRequest) (*emptypb.Empty, error)
 	// Returns a calendar feed as iCalendar (RFC 5545, `text/calendar`): the
 	// owner's scheduled, completed and cancelled interventions, and the intake
@@ -670,8 +678,12 @@ type InterventionsServiceServer interface {
 	// when the meeting moves and whose SEQUENCE grows with each change.
 	// Events name no person or place and hold no notes. The
 	// call is authenticated by the feed's token, not by a bearer token; a
-	// wrong, missing or revoked token answers NOT_FOUND. The gateway serves it
-	// at the feed's `url`, `/calendar/v1/{name}.ics?token=...`.
+	// wrong or missing token answers NOT_FOUND. The token of a feed revoked
+	// or lapsed reads a calendar whose only event is a notice, on the day
+	// read, that the feed ended: on an error, calendar apps keep showing
+	// the meetings they last read. In the last 14 days of a feed's year, its
+	// calendar shows a notice of when it ends. The gateway serves it at the
+	// feed's `url`, `/calendar/v1/{name}.ics?token=...`.
 	ExportCalendarFeed(context.Context, *ExportCalendarFeedRequest) (*httpbody.HttpBody, error)
 	mustEmbedUnimplementedInterventionsServiceServer()
 }
