@@ -1,12 +1,14 @@
 package webhooks
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Why the sender refuses to connect.
@@ -18,16 +20,23 @@ var (
 // callbackPort is the only port callbacks may use outside development.
 const callbackPort = "443"
 
-// privateHost reports whether host is "localhost" or an IP literal that is
-// not a public unicast address.
+// localNames are the special-use domains (RFC 6761, 6762, 8375, and ICANN's
+// .internal) whose names never resolve to a public address.
+var localNames = []string{"localhost", "local", "internal", "home.arpa"}
+
+// privateHost reports whether host is a name in a special-use domain for
+// local networks ("localhost", "ehr.clinic.internal") or an IP literal
+// that is not a public unicast address.
 func privateHost(host string) bool {
 	h := strings.ToLower(strings.TrimSuffix(host, "."))
-	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
-		return true
+	for _, d := range localNames {
+		if h == d || strings.HasSuffix(h, "."+d) {
+			return true
+		}
 	}
 	ip, err := netip.ParseAddr(strings.Trim(h, "[]"))
 	if err != nil {
-		return false // a name: checked when the sender connects
+		return false // a name: see resolvesPrivate, and the sender's dialControl
 	}
 	return !publicAddr(ip)
 }
@@ -108,6 +117,36 @@ func public4(ip netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// resolvesPrivate returns an error if host is a name whose every address,
+// as resolve gives them, is not public: a subscription to it would fail
+// every send, slowly (dialControl). A name that does not resolve now is
+// let be: DNS may not have it yet, and the sender checks again.
+func resolvesPrivate(ctx context.Context, resolve func(context.Context, string) ([]netip.Addr, error), host string) error {
+	if _, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return nil // a literal: privateHost
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	addrs, err := resolve(ctx, host)
+	if err != nil || len(addrs) == 0 {
+		return nil
+	}
+	for _, a := range addrs {
+		if publicAddr(a) {
+			return nil
+		}
+	}
+	return fmt.Errorf("resolves to %s, not a public unicast address", addrs[0].Unmap())
+}
+
+// resolveTimeout bounds the look-up of a callback's host at subscription.
+const resolveTimeout = 3 * time.Second
+
+// lookupHost resolves host with the system's resolver.
+func lookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }
 
 // dialControl refuses connections to addresses that are not public and to

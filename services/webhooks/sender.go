@@ -1080,8 +1080,14 @@ func decodePayload(b []byte) (proto.Message, error) {
 // once they have gone on for SenderConfig.RefusedFor.
 const refusedAttempts = 3
 
-// refusal reports whether err is a receiver's refusal of what it was sent.
+// refusal reports whether err is a receiver's refusal of what it was sent,
+// or the callback's name resolving to an address not public: as lasting
+// as a wrong route, and no more likely to mend itself within the hours
+// MaxAttempts would try it for.
 func refusal(err error) bool {
+	if errors.Is(err, errPrivate) {
+		return true
+	}
 	var st httpStatusError
 	if !errors.As(err, &st) {
 		return false

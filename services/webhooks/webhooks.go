@@ -30,6 +30,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -76,6 +77,9 @@ type Config struct {
 	Secrets *SecretBox
 	// Now is the clock; tests replace it.
 	Now func() time.Time
+	// Resolve looks up a callback URL's host when a subscription is made
+	// (the system's resolver when nil; tests replace it).
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// MaxPerOwner is how many subscriptions one owner may hold in a
 	// clinic (DefaultMaxPerOwner when 0). Each is a relay's work on every
 	// event it matches: a client looping on creates without request ids
@@ -102,6 +106,9 @@ func New(db *pgdb.DB, cfg Config) *Server {
 	}
 	if cfg.MaxPerOwner <= 0 {
 		cfg.MaxPerOwner = DefaultMaxPerOwner
+	}
+	if cfg.Resolve == nil {
+		cfg.Resolve = lookupHost
 	}
 	return &Server{db: db, cfg: cfg}
 }
@@ -237,6 +244,14 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	sub := req.GetSubscription()
 	if err := CheckURL(sub.GetUrl(), s.cfg.AllowInsecure, s.cfg.AllowPrivate); err != nil {
 		return nil, apperr.Field("subscription.url", "%v", err)
+	}
+	if !s.cfg.AllowPrivate {
+		// A name of an internal host is refused now, with the reason,
+		// rather than accepted to fail every send for hours.
+		u, _ := url.Parse(sub.GetUrl()) // CheckURL parsed it
+		if err := resolvesPrivate(ctx, s.cfg.Resolve, u.Hostname()); err != nil {
+			return nil, apperr.Field("subscription.url", "%v", err)
+		}
 	}
 	if len(sub.GetTopics()) == 0 {
 		return nil, apperr.Field("subscription.topics", "at least one topic is required")
@@ -642,9 +657,11 @@ func newSecret() (string, error) {
 
 // CheckURL checks a callback URL: absolute http(s) with a host, https unless
 // allowInsecure, on port 443 unless allowInsecure or allowPrivate, and not
-// an address that is not public unicast (as a literal or as "localhost")
-// unless allowPrivate. Names that resolve to such addresses are refused
-// again when the sender connects.
+// an address that is not public unicast (as a literal, or a name in a
+// domain for local networks: "localhost", ".internal") unless
+// allowPrivate. Names that resolve to such addresses are refused when the
+// subscription is made if they resolve then, and always when the sender
+// connects.
 func CheckURL(raw string, allowInsecure, allowPrivate bool) error {
 	u, err := url.Parse(raw)
 	if err != nil {

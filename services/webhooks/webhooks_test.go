@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -176,6 +177,61 @@ func TestCreateRefusesUnsafeURLs(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d subscriptions, %v: refused requests must store nothing", n, err)
+	}
+}
+
+// A name in a domain for local networks, or one that resolves only to
+// addresses that are not public, is refused when the subscription is
+// made, with the reason: accepted, every send to it would fail for hours.
+// A name that does not resolve now, or resolves to a public address among
+// others, is accepted (the sender checks each connection again).
+func TestCreateRefusesNamesOfInternalHosts(t *testing.T) {
+	pool, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	dns := map[string][]netip.Addr{
+		"ehr.clinic.example":  {netip.MustParseAddr("10.0.0.5")},
+		"ehr6.clinic.example": {netip.MustParseAddr("fd12::5"), netip.MustParseAddr("::ffff:192.168.1.9")},
+		"mixed.example":       {netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("93.184.216.34")},
+		"ehr.example.org":     {netip.MustParseAddr("93.184.216.34")},
+	}
+	var looked []string
+	srv := webhooks.New(pgtest.App(t, schema), webhooks.Config{Resolve: func(_ context.Context, host string) ([]netip.Addr, error) {
+		looked = append(looked, host)
+		if a, ok := dns[host]; ok {
+			return a, nil
+		}
+		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+	}})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
+	c := webhooksv1.NewWebhooksServiceClient(env.Conn)
+	ctx := env.As("north", "ehr-1", auth.RoleEHR)
+	create := func(u string) error {
+		_, err := c.CreateSubscription(ctx, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+			Subscription: &webhooksv1.Subscription{Url: u, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}})
+		return err
+	}
+	for u, why := range map[string]string{
+		"https://ehr.clinic.example/hooks":  "resolves to 10.0.0.5",
+		"https://ehr6.clinic.example/hooks": "resolves to fd12::5",
+		"https://ehr.clinic.internal/hooks": "public unicast",
+		"https://printer.local/hooks":       "public unicast",
+		"https://ehr.home.arpa./hooks":      "public unicast",
+	} {
+		err := create(u)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), why) {
+			t.Errorf("CreateSubscription(%s) = %v; want INVALID_ARGUMENT, %q", u, err, why)
+		}
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("%d subscriptions, %v: refused requests must store nothing", n, err)
+	}
+	for _, u := range []string{"https://mixed.example/hooks", "https://ehr.example.org/hooks", "https://not-yet.example/hooks", "https://93.184.216.34/hooks"} {
+		if err := create(u); err != nil {
+			t.Errorf("CreateSubscription(%s) = %v", u, err)
+		}
+	}
+	if slices.Contains(looked, "93.184.216.34") || slices.Contains(looked, "ehr.clinic.internal") {
+		t.Errorf("looked up %v: an address, or a name refused as it is, needs no look-up", looked)
 	}
 }
 
@@ -1452,6 +1508,36 @@ func TestRefusingReceiversAreNotTriedForHours(t *testing.T) {
 		if int(got.GetAttemptCount()) != c.attempts {
 			t.Errorf("answered %v: dead after %d attempts, want %d", c.statuses, got.GetAttemptCount(), c.attempts)
 		}
+	}
+}
+
+// A callback whose name resolves to an address that is not public (DNS
+// changed since the subscription) is refused at every connection: that
+// is a lasting refusal, a dead letter after three, not a failure tried
+// for hours.
+func TestCallbacksResolvingToPrivateAddressesAreRefusals(t *testing.T) {
+	f := setup(t)
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Families: &fakeFamilies{}, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, RefusedFor: time.Nanosecond,
+	}))
+	rcv := newReceiver(t) // on loopback, which this sender refuses
+	sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if _, err := f.sink.Enqueue(context.Background(), "referrals", referralEvent(t, "r-private", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var got *webhooksv1.Delivery
+	eventually(t, 10*time.Second, "the delivery dead", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			return false
+		}
+		got = resp.GetDeliveries()[0]
+		return got.GetState() == webhooksv1.DeliveryState_DELIVERY_STATE_DEAD
+	})
+	if got.GetAttemptCount() != 3 || !strings.Contains(got.GetLastError(), "not a public unicast address") || len(rcv.received()) != 0 {
+		t.Fatalf("dead after %d attempts (%q), %d received; want 3 refused", got.GetAttemptCount(), got.GetLastError(), len(rcv.received()))
 	}
 }
 

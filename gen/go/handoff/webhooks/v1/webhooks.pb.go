@@ -248,7 +248,11 @@ type Subscription struct {
 	// Where notifications are POSTed. Must be https on port 443, and must not
 	// point at an address that is not public unicast (loopback, private,
 	// link-local, carrier-grade NAT, reserved, multicast, NAT64, 6to4 of such
-	// an address, Teredo); names are checked again on every connection.
+	// an address, Teredo), nor be a name for local networks (`localhost`,
+	// `.local`, `.internal`, `.home.arpa`). A name that resolves only to such
+	// addresses when the subscription is made is refused; every connection
+	// checks the address again, and a send refused so is a refusal of the
+	// receiver's (a dead letter after three).
 	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// What to be told about.
 	Topics []Topic `protobuf:"varint,3,rep,packed,name=topics,proto3,enum=handoff.webhooks.v1.Topic" json:"topics,omitempty"`
