@@ -220,6 +220,34 @@ func with(earlier map[string]workflow.Version, changes ...string) map[string]wor
 
 type epochKey struct{}
 
+// sensitive are the changes asked only in a sensitive state: a safety
+// screen found risk or not current, an overdose, warning signs, a second
+// refusal, a refusal at a meeting, a meeting abandoned, support no one
+// could be referred to, a partial yes to care other than medication, an
+// intake stalled or failed, a family's referrals failed after entry, a
+// family's case closed. Each is in an epoch before it is released (a
+// test holds it to that): a new run takes it without asking, and runs
+// begun before do not ask it (see Version). Changes asked in every run
+// of a workflow, or only when a step of Handoff's own failed, are not
+// here, nor are those of the overdose workflow, whose every run tells
+// of an overdose already: those reach runs in flight.
+var sensitive = map[string]bool{
+	// boundary
+	"hear-alerts-out": true, "held-at-end-is-theirs": true, "answer-overdoses-after-tidy": true,
+	"escalate-when-safe": true, "hold-members-on-risk": true, "level-two-series": true,
+	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
+	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
+	"boundary-tidy-on-cancel": true,
+	// matintake
+	"listen-after-failure": true, "entered-past-failed-support": true, "stall-review-best-effort": true,
+	"review-stalled-intake": true,
+	// intervention
+	"care-intake": true, "abandon-stops-reminders-first": true, "stale-outcome-chasers": true,
+	"refusal-replans": true,
+	// familydeleted
+	"close-before-boundary": true,
+}
+
 // BeginEpoch finds the epoch this run began at, and returns ctx carrying
 // what it covers for Version. Call it first in the workflow function,
 // before anything that asks a version: in a run begun before an epoch it
@@ -240,6 +268,17 @@ func BeginEpoch(ctx workflow.Context) workflow.Context {
 // change. Without BeginEpoch in ctx it asks, which is always safe: the
 // question is recorded and replays the same.
 //
+// A change asked only in a sensitive state (sensitive) is never asked
+// live by a run begun before the epoch that covers it (at an older one,
+// or before any): asked, its id would go into the run's
+// TemporalChangeVersion search attribute, which no codec seals, and list
+// the family in that state to anyone reading visibility. Such a run
+// answers DefaultVersion and records nothing; in replay it asks, and
+// finds the marker if code of its own time recorded one. It keeps the
+// behaviour it began with in that state; the change reaches a boundary
+// follow-up at its next continue-as-new, and other workflows in their
+// next runs. Other changes reach runs in flight as ever.
+//
 // It panics (a workflow task failure, retried until fixed) when asked a
 // covered change at a version other than an epoch's: runs begun at that
 // epoch would keep the epoch's version without a marker to say otherwise,
@@ -250,9 +289,12 @@ func Version(ctx workflow.Context, changeID string, max workflow.Version) workfl
 			panic(fmt.Sprintf("flow.Version: %q is covered by %s at version %d; give the new version a new change id", changeID, e.id, v))
 		}
 	}
-	covers, _ := ctx.Value(epochKey{}).(map[string]workflow.Version)
+	covers, began := ctx.Value(epochKey{}).(map[string]workflow.Version)
 	if v, ok := covers[changeID]; ok {
 		return v
+	}
+	if began && sensitive[changeID] && !workflow.IsReplaying(ctx) {
+		return workflow.DefaultVersion
 	}
 	return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
 }

@@ -62,3 +62,14 @@ func TestDeployGuideNamesTheRollbackFloor(t *testing.T) {
 		t.Fatalf("deploy/README.md does not say the floor is %s (%q)", epochs[0].id, want)
 	}
 }
+
+// A change asked only in a sensitive state is in an epoch before it is
+// released: Version never asks it live in a run begun before its epoch,
+// so, outside every epoch, no run would ever take it.
+func TestSensitiveChangesAreInTheNewestEpoch(t *testing.T) {
+	for id := range sensitive {
+		if _, ok := epochs[0].covers[id]; !ok {
+			t.Errorf("%q is asked only in a sensitive state and no epoch covers it: put it in a new epoch", id)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package flow_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -264,4 +265,81 @@ func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
 		{"begun today", todaysFreshFlow, "[epoch-2026-12-07b]"},
 	})
+}
+
+// olderEpochWaitFlow is what code that knew epoch-2026-12-06 ran of
+// WaitFlow's first task: its marker, then the wait for "go".
+func olderEpochWaitFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
+	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
+	return nil, errors.New("the older code ran on past its first task")
+}
+
+// todaysWaitFlow is WaitFlow under today's code: after "go", it asks two
+// changes newer epochs than epoch-2026-12-06 cover, one asked only in a
+// sensitive state and one asked in every run, and one no epoch covers.
+func todaysWaitFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
+	return afterVersions(ctx, flow.Version(ctx, "held-at-end-is-theirs", 1), flow.Version(ctx, "resends-outlive-cancel", 1),
+		flow.Version(ctx, "a-later-change", 1))
+}
+
+// A run begun at an older epoch and going on under today's code does not
+// ask a change asked only in a sensitive state that a newer epoch covers,
+// and goes on without it: asked, its id would go into the run's
+// TemporalChangeVersion search attribute, in clear, naming the state. It
+// asks other changes as ever, and takes them. The history replays under
+// today's code.
+func TestARunOfAnOlderEpochDoesNotAskANewerEpochsChanges(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	const queue, name = "older-epoch", "WaitFlow"
+	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
+		w := worker.New(c, queue, worker.Options{})
+		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	older := start(olderEpochWaitFlow)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The older code's first task done, its worker goes: today's takes
+	// the run on.
+	for done := false; !done; {
+		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			e, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = done || e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	older.Stop()
+	today := start(todaysWaitFlow)
+	defer today.Stop()
+	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "go", nil); err != nil {
+		t.Fatal(err)
+	}
+	var got []workflow.Version
+	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[-1 1 1]" {
+		t.Fatalf("versions %v, %v; want [-1 1 1]: the sensitive change not taken, the others taken", got, err)
+	}
+	h, markers := versionMarkers(ctx, t, c, run)
+	if fmt.Sprint(markers) != "[epoch-2026-12-06 resends-outlive-cancel a-later-change]" {
+		t.Fatalf("version markers %v; want the run's epoch and the changes not sensitive", markers)
+	}
+	r := worker.NewWorkflowReplayer()
+	r.RegisterWorkflowWithOptions(todaysWaitFlow, workflow.RegisterOptions{Name: name})
+	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+		t.Fatalf("replay under today's code: %v", err)
+	}
 }
