@@ -83,6 +83,11 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 			http.Error(w, "internal error", http.StatusInternalServerError)
 			return
 		}
+		// Every read, with where it came from and what read it: the feed's
+		// address is a bearer secret, and the audit record names only the
+		// feed's owner, so a copy of it read by someone else (pasted into
+		// a ticket, a shared calendar) shows here as a second origin.
+		log.InfoContext(r.Context(), "calendar feed read", append([]any{"path", r.URL.Path, "user_agent", userAgent(r)}, auth.Origin(r)...)...)
 		sum := sha256.Sum256(body.GetData())
 		w.Header().Set("ETag", `"`+hex.EncodeToString(sum[:16])+`"`)
 		w.Header().Set("Content-Type", body.GetContentType())
@@ -91,4 +96,13 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		// ServeContent answers If-None-Match against the ETag (RFC 9110).
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.GetData()))
 	})
+}
+
+// userAgent is the request's User-Agent, cut short for the log.
+func userAgent(r *http.Request) string {
+	ua := strings.ToValidUTF8(r.UserAgent(), "?")
+	if len(ua) > 128 {
+		ua = strings.ToValidUTF8(ua[:128], "")
+	}
+	return ua
 }

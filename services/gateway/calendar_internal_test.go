@@ -100,3 +100,25 @@ func TestCalendarFeedRefusesHead(t *testing.T) {
 		t.Fatalf("GET: %d, %d exports; want 200 and one", rec.Code, n)
 	}
 }
+
+// Every read of a feed is logged with where it came from and the app that
+// read it, never the token: the address is a bearer secret, and a second
+// origin reading it is how a copy in the wrong hands shows.
+func TestCalendarFeedReadsAreLoggedWithTheirOrigin(t *testing.T) {
+	var n int
+	var logs bytes.Buffer
+	mux := http.NewServeMux()
+	mux.Handle(calendarRoute, calendarFeed(countingFeeds{n: &n}, time.Second, slog.New(slog.NewJSONHandler(&logs, nil))))
+	req := httptest.NewRequest("GET", "/calendar/v1/clinics/north/calendarFeeds/f1.ics?token=s3cret", nil)
+	req.RemoteAddr, req.Header["X-Forwarded-For"] = "10.0.0.9:5555", []string{"203.0.113.7"}
+	req.Header.Set("User-Agent", "Calendar/1.0 "+strings.Repeat("x", 300))
+	rec := httptest.NewRecorder()
+	mux.ServeHTTP(rec, req)
+	line := logs.String()
+	if rec.Code != http.StatusOK || !strings.Contains(line, "calendar feed read") || !strings.Contains(line, "203.0.113.7") ||
+		!strings.Contains(line, "10.0.0.9:5555") || !strings.Contains(line, "Calendar/1.0") ||
+		!strings.Contains(line, "/calendar/v1/clinics/north/calendarFeeds/f1.ics") || strings.Contains(line, "s3cret") ||
+		strings.Contains(line, strings.Repeat("x", 200)) {
+		t.Fatalf("%d; logged %s", rec.Code, line)
+	}
+}
