@@ -34,6 +34,7 @@ import (
 	webhooksv1 "github.com/handoff-health/handoff/gen/go/handoff/webhooks/v1"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 // Notice is the statement every disclosure of Part 2 records carries
@@ -471,7 +472,10 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 			WHERE h.state = 1 AND h.next_attempt_time <= now()
 				AND NOT EXISTS (SELECT 1 FROM deliveries e
 					WHERE e.subscription_id = h.subscription_id AND e.resource = h.resource
-						AND e.state = 1 AND e.seq < h.seq)),
+						AND e.state = 1 AND e.seq < h.seq)
+				-- not while its receiver asked for a pause
+				AND NOT EXISTS (SELECT 1 FROM subscriptions p
+					WHERE p.clinic = h.clinic AND p.id = h.subscription_id AND p.paused_until > now())),
 		-- within each subscription's share
 		shared AS (
 			SELECT r.seq, r.next_attempt_time, coalesce(r.subscription_id = ANY($6::text[]), false) AS slow FROM ranked r
@@ -695,7 +699,16 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		// no later than the longest backoff, so that a receiver cannot
 		// hold back its notifications (and the later ones of the same
 		// resource) for days with one header.
-		wait = max(wait, min(te.after, s.cfg.MaxBackoff))
+		pause := min(te.after, s.cfg.MaxBackoff)
+		wait = max(wait, pause)
+		// Nor any other of its notifications: each would be refused the
+		// same way, and use up an attempt. Best effort: on a failure to
+		// record it, they are sent and refused as before.
+		if _, perr := s.cfg.DB.Exec(rctx, `UPDATE subscriptions SET paused_until = now() + $3::interval
+			WHERE clinic = $1 AND id = $2 AND (paused_until IS NULL OR paused_until < now() + $3::interval)`,
+			p.clinic, p.subscription, pause); perr != nil {
+			log.Warn("webhook receiver's pause not recorded", "error", telemetry.LogSafe(perr))
+		}
 	}
 	giveBack := 0
 	if errors.Is(err, errOwnSide) {

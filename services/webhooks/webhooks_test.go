@@ -1661,7 +1661,6 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		w.WriteHeader(http.StatusTooManyRequests)
 	}))
 	t.Cleanup(rcv.Close)
-	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 	s := webhooks.NewSender(webhooks.SenderConfig{
 		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
 		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
@@ -1677,6 +1676,9 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	} {
 		header.Store(c.header)
 		calls.Store(0)
+		// A subscription each: the one before is paused (see
+		// TestRetryAfterPausesTheSubscription).
+		sub := f.subscribe(t, f.ehr, fmt.Sprintf("%s/case%d", rcv.URL, i), 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
 		ref := fmt.Sprintf("r%d", i)
 		if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, ref, "accepted")); err != nil {
 			t.Fatal(err)
@@ -1711,6 +1713,73 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		if !strings.HasPrefix(d.GetLastError(), "HTTP 429, retry after ") {
 			t.Fatalf("last error %q", d.GetLastError())
 		}
+	}
+}
+
+// A receiver's Retry-After holds back every notification of its
+// subscription, not only the one it answered: each would be refused the
+// same way, and use up an attempt. Other subscriptions go on.
+func TestRetryAfterPausesTheSubscription(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var paused, other []time.Time
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		paused = append(paused, time.Now())
+		if len(paused) == 1 {
+			w.Header().Set("Retry-After", "2")
+			w.WriteHeader(http.StatusTooManyRequests)
+		}
+	}))
+	t.Cleanup(rcv.Close)
+	unpaused := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		other = append(other, time.Now())
+	}))
+	t.Cleanup(unpaused.Close)
+	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	}))
+	calls := func() (int, int) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(paused), len(other)
+	}
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-first", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the first notification throttled", func() bool { n, _ := calls(); return n == 1 })
+	f.subscribe(t, f.ehr, unpaused.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-second", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the other subscription's notification", func() bool { _, n := calls(); return n == 1 })
+	time.Sleep(500 * time.Millisecond)
+	if n, _ := calls(); n != 1 {
+		t.Fatalf("the throttled receiver was called %d times within its Retry-After; want once", n)
+	}
+	eventually(t, 10*time.Second, "both delivered once the pause ended", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 2 {
+			return false
+		}
+		for _, d := range resp.GetDeliveries() {
+			if d.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED {
+				return false
+			}
+		}
+		return true
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(paused) != 3 || paused[1].Sub(paused[0]) < 1900*time.Millisecond {
+		t.Fatalf("the throttled receiver was called at %v; want three calls, none within 2 s of the first", paused)
 	}
 }
 
