@@ -476,21 +476,26 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 				-- not while its receiver asked for a pause
 				AND NOT EXISTS (SELECT 1 FROM subscriptions p
 					WHERE p.clinic = h.clinic AND p.id = h.subscription_id AND p.paused_until > now())),
-		-- within each subscription's share
+		-- within each subscription's share: its place in the turn counts
+		-- its sends under way
 		shared AS (
-			SELECT r.seq, r.next_attempt_time, coalesce(r.subscription_id = ANY($6::text[]), false) AS slow FROM ranked r
-			WHERE r.n + coalesce((SELECT b.n FROM unnest($4::text[], $5::int[]) b(id, n) WHERE b.id = r.subscription_id), 0) <= $3),
+			SELECT r.seq, r.next_attempt_time, coalesce(r.subscription_id = ANY($6::text[]), false) AS slow,
+				r.n + coalesce((SELECT b.n FROM unnest($4::text[], $5::int[]) b(id, n) WHERE b.id = r.subscription_id), 0) AS turn
+			FROM ranked r),
 		-- and the slow subscriptions' probes, to the oldest due first
 		probed AS (
-			SELECT x.seq FROM (SELECT s.*, row_number() OVER (PARTITION BY s.slow ORDER BY s.next_attempt_time, s.seq) AS g FROM shared s) x
+			SELECT x.seq, x.turn FROM (SELECT s.*, row_number() OVER (PARTITION BY s.slow ORDER BY s.next_attempt_time, s.seq) AS g
+				FROM shared s WHERE s.turn <= $3) x
 			WHERE NOT x.slow OR x.g <= $7),
+		-- Subscriptions take turns, the oldest due first within a turn:
+		-- one with a backlog, or with sends under way, does not hold
+		-- every slot while another's notifications wait behind it.
 		heads AS (
-			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h
-			WHERE h.seq IN (SELECT seq FROM probed)
-				-- checked again on the locked row: another sender may have
-				-- claimed it meanwhile
-				AND h.state = 1 AND h.next_attempt_time <= now()
-			ORDER BY h.next_attempt_time, h.seq
+			SELECT h.clinic, h.subscription_id, h.id FROM deliveries h JOIN probed p ON p.seq = h.seq
+			-- checked again on the locked row: another sender may have
+			-- claimed it meanwhile
+			WHERE h.state = 1 AND h.next_attempt_time <= now()
+			ORDER BY p.turn, h.next_attempt_time, h.seq
 			LIMIT $1
 			FOR UPDATE OF h SKIP LOCKED)
 		UPDATE deliveries d SET next_attempt_time = now() + $2::interval, attempts = d.attempts + 1, claims = d.claims + 1,

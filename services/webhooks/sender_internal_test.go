@@ -3,6 +3,7 @@ package webhooks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -634,5 +635,58 @@ func TestDeletedBeforeTheConsentCheckRecordsNoDisclosure(t *testing.T) {
 	}
 	if len(fam.asked) != 0 || posts != 0 {
 		t.Fatalf("%d disclosures recorded, %d POSTs; want none for a subscription deleted", len(fam.asked), posts)
+	}
+}
+
+// Subscriptions take turns at the claim: one with a backlog due before
+// another's notification does not take every slot, nor does one already
+// sending.
+func TestClaimTakesSubscriptionsInTurn(t *testing.T) {
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	for _, id := range []string{"busy", "quiet"} {
+		if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret)
+			VALUES ('north', $1, 'https://receiver.example.org/'||$1, $2, 1, 'ehr-1', 'whsec_test')`,
+			id, []int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The busy subscription's backlog, three referrals, is due a minute
+	// before the quiet one's single notification.
+	for i, sub := range []string{"busy", "busy", "busy", "quiet"} {
+		due := "now() - interval '1 minute'"
+		if sub == "quiet" {
+			due = "now()"
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, next_attempt_time)
+			VALUES ('north', $1, $2, 'referrals', $3, 'handoff.referrals.v1.referral.accepted', $4, $5, `+due+`)`,
+			sub, fmt.Sprintf("d%d", i), i+1, int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED), fmt.Sprintf("clinics/north/referrals/r%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Parallel: 8})
+	subs := func(ps []*pending) []string {
+		var out []string
+		for _, p := range ps {
+			out = append(out, p.subscription)
+		}
+		slices.Sort(out)
+		return out
+	}
+	got, err := s.claim(ctx, 2, share{})
+	if err != nil || !slices.Equal(subs(got), []string{"busy", "quiet"}) {
+		t.Fatalf("claimed %v, %v; want one of each subscription's", subs(got), err)
+	}
+	// With two of its sends under way, the busy one waits its turn
+	// behind a subscription with none.
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (clinic, subscription_id, id, source, outbox_id, event_type, topic, resource, next_attempt_time)
+		VALUES ('north', 'quiet', 'd9', 'referrals', 9, 'handoff.referrals.v1.referral.accepted', $1, 'clinics/north/referrals/r9', now())`,
+		int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.claim(ctx, 1, share{busy: map[string]int{"busy": 2}})
+	if err != nil || !slices.Equal(subs(got), []string{"quiet"}) {
+		t.Fatalf("claimed %v, %v; want the quiet subscription's", subs(got), err)
 	}
 }
