@@ -24,6 +24,8 @@ const (
 	// (Values): = and != test whether the column holds one of them, as
 	// an index on the column can serve, where a derived column could not.
 	EnumSet
+	// Custom takes = alone, its condition the field's Render.
+	Custom
 )
 
 // FilterField declares one field that a List method may filter on.
@@ -41,6 +43,9 @@ type FilterField struct {
 	// Values maps an EnumSet field's value to the column's values it
 	// stands for; none for a value that stands for none.
 	Values func(string) []int32
+	// Render gives a Custom field's condition, the value being the
+	// parameter param ("$3"), which it may use more than once.
+	Render func(param string) string
 	// Implies, for an Enum field whose Column is derived from stored
 	// columns, gives for a value a condition on those columns (SQL of
 	// literals, no parameters) that every row deriving that value meets,
@@ -57,7 +62,8 @@ type Filter struct {
 
 type cond struct {
 	contains bool
-	set      bool // value is the []int32 the column may hold
+	set      bool                // value is the []int32 the column may hold
+	render   func(string) string // a Custom field's condition
 	column   string
 	op       string
 	value    any
@@ -129,6 +135,11 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 	switch fd.Kind {
 	case String:
 		c.value = val.text
+	case Custom:
+		if op != "=" {
+			return cond{}, fmt.Errorf("%s takes = only", name)
+		}
+		c.value, c.render = val.text, fd.Render
 	case Bool:
 		// Exactly true or false: ParseBool would also take 1, T and F.
 		b, err := strconv.ParseBool(val.text)
@@ -193,6 +204,8 @@ func (f Filter) SQL(next int) (string, []any) {
 	args := make([]any, len(f.conds))
 	for i, c := range f.conds {
 		switch {
+		case c.render != nil:
+			parts[i] = "(" + c.render(fmt.Sprintf("$%d", next+i)) + ")"
 		case c.contains && c.op == "=":
 			parts[i] = fmt.Sprintf("$%d = ANY(%s)", next+i, c.column)
 		case c.contains:

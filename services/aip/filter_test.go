@@ -162,3 +162,28 @@ func TestFamily(t *testing.T) {
 		}
 	}
 }
+
+// A Custom field renders its own condition around the value's parameter,
+// and takes = alone.
+func TestCustomFieldRendersItsCondition(t *testing.T) {
+	fields := map[string]FilterField{
+		"owner": {Column: "owner", Kind: String},
+		"record": {Kind: Custom, Render: func(p string) string {
+			return "id IN (SELECT id FROM seen WHERE name = " + p + " OR alias = " + p + ")"
+		}},
+	}
+	f, err := ParseFilter(`owner = "u" AND record = "clinics/north/families/f1"`, fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sql, args := f.SQL(4)
+	if want := "owner = $4 AND (id IN (SELECT id FROM seen WHERE name = $5 OR alias = $5))"; sql != want ||
+		!reflect.DeepEqual(args, []any{"u", "clinics/north/families/f1"}) {
+		t.Fatalf("SQL = %q %v; want %q", sql, args, want)
+	}
+	for _, bad := range []string{`record != "x"`, `record >= "x"`} {
+		if _, err := ParseFilter(bad, fields); err == nil {
+			t.Errorf("%s parsed; want refused", bad)
+		}
+	}
+}

@@ -37,7 +37,14 @@ type Event struct {
 	// Elsewhere says the record it creates lies elsewhere in Resource's
 	// clinic (HoldSlot names a program and makes a hold).
 	Elsewhere bool
+	// Records are the names of the records a list or search returned
+	// (nil for other calls): the caller saw each.
+	Records []string
 }
+
+// MaxRecords is the most names an event keeps of what a list returned:
+// the largest page a list gives.
+const MaxRecords = 1000
 
 // Recorder writes events to a service's audit_log, in the call's clinic
 // scope (row-level security checks the clinic).
@@ -49,8 +56,13 @@ type Recorder struct {
 // transaction began (now()). A record written with a change goes with that
 // transaction's first statement (pgdb.Stamp); the column default notes its
 // transaction (xact), which List pages by.
-const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, event_time)
-	VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp())`
+const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, request_id, records, event_time)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp())`
+
+// insertListed is insert for a call that returned records: the event,
+// and a row for each record for the `record` filter, in one statement.
+const insertListed = `WITH e AS (` + insert + ` RETURNING id)
+	INSERT INTO audit_records (clinic, record, audit_id) SELECT $1, r, e.id FROM e, unnest($8::text[]) r`
 
 // clean replaces NUL characters, which PostgreSQL's text refuses, in what
 // the caller sent (a name, a request id) or its token named: a request
@@ -63,6 +75,13 @@ const insert = `INSERT INTO audit_log (clinic, subject, roles, method, resource,
 func (e Event) clean() Event {
 	c := func(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
 	e.Subject, e.Method, e.Resource, e.Outcome, e.RequestID = c(e.Subject), c(e.Method), c(cut(e.Resource)), c(e.Outcome), c(cut(e.RequestID))
+	if e.Records != nil {
+		records := make([]string, 0, min(len(e.Records), MaxRecords))
+		for _, r := range e.Records[:min(len(e.Records), MaxRecords)] {
+			records = append(records, c(cut(r)))
+		}
+		e.Records = records
+	}
 	if slices.ContainsFunc(e.Roles, func(r string) bool { return strings.Contains(r, "\x00") }) {
 		roles := make([]string, len(e.Roles))
 		for i, r := range e.Roles {
@@ -96,7 +115,11 @@ func (r *Recorder) Record(ctx context.Context, e Event) error {
 		return fmt.Errorf("audit: no clinic scope for %s", e.Method)
 	}
 	e = e.clean()
-	if _, err := r.DB.Exec(ctx, insert, clinic, e.Subject, e.Roles, e.Method, e.Resource, e.Outcome, e.RequestID); err != nil {
+	stmt := insert
+	if len(e.Records) > 0 {
+		stmt = insertListed
+	}
+	if _, err := r.DB.Exec(ctx, stmt, clinic, e.Subject, e.Roles, e.Method, e.Resource, e.Outcome, e.RequestID, e.Records); err != nil {
 		return fmt.Errorf("audit: record %s: %w", e.Method, err)
 	}
 	return nil
@@ -112,7 +135,7 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	}
 	e = e.clean()
 	args := func(resource string) []any {
-		return []any{clinic, e.Subject, e.Roles, e.Method, resource, Outcome(codes.OK), e.RequestID}
+		return []any{clinic, e.Subject, e.Roles, e.Method, resource, Outcome(codes.OK), e.RequestID, []string(nil)}
 	}
 	// A create's record waits for the statement that writes the record it
 	// makes, to name it (pgdb.ExecNaming); committed without one, it names
@@ -141,6 +164,17 @@ var filterFields = map[string]aip.FilterField{
 	"resource": {Column: "resource", Kind: aip.String},
 	"outcome":  {Column: outcomeColumn, Kind: aip.String},
 	"time":     {Column: "event_time", Kind: aip.Time},
+	"record":   {Kind: aip.Custom, Render: RecordFilter},
+}
+
+// RecordFilter is the `record` filter's condition: the events that named
+// the record p or returned it in a list, each found by its own index in
+// the record's clinic (a name's second segment; the query's clinic bounds
+// it anyway). A join on the ids, not an OR: under row security the
+// planner reads an OR of the two by no index.
+func RecordFilter(p string) string {
+	return fmt.Sprintf(`id IN (SELECT a.id FROM audit_log a WHERE a.clinic = split_part(%[1]s, '/', 2) AND a.resource = %[1]s
+		UNION ALL SELECT r.audit_id FROM audit_records r WHERE r.clinic = split_part(%[1]s, '/', 2) AND r.record = %[1]s)`, p)
 }
 
 // List implements ListAuditEvents over db's audit_log.
@@ -195,7 +229,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	// cannot land behind a page already read (ids are drawn at the write,
 	// not the commit). A record shows once the transactions begun before
 	// its own have ended, normally within milliseconds.
-	rows, err := db.Query(ctx, `SELECT xact::text, id, event_time, subject, roles, clinic, method, resource, `+outcomeColumn+`, request_id
+	rows, err := db.Query(ctx, `SELECT xact::text, id, event_time, subject, roles, clinic, method, resource, `+outcomeColumn+`, request_id, records
 		FROM audit_log WHERE clinic = $1 AND (xact, id) > ($2::text::xid8, $3)
 		AND xact < pg_snapshot_xmin(pg_current_snapshot()) AND `+where+` ORDER BY xact, id LIMIT $4`,
 		append([]any{clinic, cur.xact, cur.id, size + 1}, args...)...)
@@ -212,7 +246,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 			at  time.Time
 			out = &auditv1.AuditEvent{}
 		)
-		if err := r.Scan(&c.xact, &c.id, &at, &out.Subject, &out.Roles, &out.Clinic, &out.Method, &out.Resource, &out.Outcome, &out.RequestId); err != nil {
+		if err := r.Scan(&c.xact, &c.id, &at, &out.Subject, &out.Roles, &out.Clinic, &out.Method, &out.Resource, &out.Outcome, &out.RequestId, &out.Records); err != nil {
 			return row{}, err
 		}
 		out.Time = timestamppb.New(at)

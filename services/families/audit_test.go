@@ -246,3 +246,64 @@ func TestAuditListWaitsForLateCommits(t *testing.T) {
 		}
 	}
 }
+
+// A list shows the caller every record on its page, and its audit record
+// names each: "who saw this family's record?" (filter record = ...)
+// finds the lists that showed it beside the calls that named it, and not
+// the lists that did not.
+func TestAListIsAuditedByTheRecordsItShowed(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	var fams []*familiesv1.Family
+	for i := range 3 {
+		fam, err := f.client.CreateFamily(f.ctx, &familiesv1.CreateFamilyRequest{Parent: "clinics/north", Family: sampleFamily(),
+			RequestId: "records-" + string(rune('a'+i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fams = append(fams, fam)
+	}
+	reader := f.env.As("north", "counselor-9", auth.RoleCounselor)
+	page, err := f.client.ListFamilies(reader, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: 2})
+	if err != nil || len(page.GetFamilies()) != 2 {
+		t.Fatalf("ListFamilies = %v, %v", page, err)
+	}
+	shown := []string{page.GetFamilies()[0].GetName(), page.GetFamilies()[1].GetName()}
+	var unshown string
+	for _, fam := range fams {
+		if !slices.Contains(shown, fam.GetName()) {
+			unshown = fam.GetName()
+		}
+	}
+	if _, err := f.client.GetFamily(reader, &familiesv1.GetFamilyRequest{Name: unshown}); err != nil {
+		t.Fatal(err)
+	}
+	admin := f.env.As("north", "admin-1", auth.RoleClinicAdmin)
+	events := func(filter string) []*auditv1.AuditEvent {
+		t.Helper()
+		var got []*auditv1.AuditEvent
+		// A record shows once the transactions begun before its own end.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, err := f.client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north",
+				Filter: `subject = "counselor-9" AND ` + filter})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = resp.GetAuditEvents()
+			if len(got) > 0 || time.Now().After(deadline) {
+				return got
+			}
+		}
+	}
+	list := events(`record = "` + shown[1] + `"`)
+	if len(list) != 1 || !strings.HasSuffix(list[0].GetMethod(), "/ListFamilies") || list[0].GetResource() != "clinics/north" ||
+		!slices.Equal(list[0].GetRecords(), shown) {
+		t.Fatalf("who saw %s: %v; want the list, naming the two families it showed", shown[1], list)
+	}
+	got := events(`record = "` + unshown + `"`)
+	if len(got) != 1 || !strings.HasSuffix(got[0].GetMethod(), "/GetFamily") || len(got[0].GetRecords()) != 0 {
+		t.Fatalf("who saw %s: %v; want the get alone, the list did not show it", unshown, got)
+	}
+	_, err = f.client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `record != "` + unshown + `"`})
+	wantCode(t, err, codes.InvalidArgument)
+}

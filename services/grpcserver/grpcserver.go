@@ -283,6 +283,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			// A call that committed a change and then failed gets a
 			// second record, with the failure.
 			e.Outcome = audit.Outcome(status.Code(err))
+			if err == nil {
+				// A list shows the caller every record on its page: the
+				// trail names each, so that it answers who saw one.
+				e.Records = listedNames(resp)
+			}
 			if name := createdName(e, resp); name != "" {
 				// A create answered without committing (a retry given
 				// its first answer) is recorded by what it made.
@@ -382,6 +387,65 @@ func createdName(e audit.Event, resp any) string {
 		return name
 	}
 	return ""
+}
+
+// listedNames returns the names of the records a list or search answered
+// with (a ListFamiliesResponse's families, a MatchProgramsResponse's
+// matches' programs, a ListCoveredFamiliesResponse's family names), in
+// the order given, at most audit.MaxRecords; nil for any other answer.
+func listedNames(resp any) []string {
+	m, ok := resp.(proto.Message)
+	if !ok || m == nil || !strings.HasSuffix(string(m.ProtoReflect().Descriptor().Name()), "Response") {
+		return nil
+	}
+	var names []string
+	add := func(n string) bool {
+		if strings.HasPrefix(n, "clinics/") {
+			names = append(names, n)
+		}
+		return len(names) < audit.MaxRecords
+	}
+	populated(m.ProtoReflect(), func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if !fd.IsList() {
+			return true
+		}
+		l := v.List()
+		for i := 0; i < l.Len(); i++ {
+			var n string
+			switch fd.Kind() {
+			case protoreflect.StringKind:
+				n = l.Get(i).String()
+			case protoreflect.MessageKind:
+				n = itemName(l.Get(i).Message())
+			}
+			if !add(n) {
+				return false
+			}
+		}
+		return true
+	})
+	return names
+}
+
+// itemName is the name of a listed item: its own, or that of the first
+// record it holds (a match's program).
+func itemName(r protoreflect.Message) string {
+	if nf := r.Descriptor().Fields().ByName("name"); nf != nil && nf.Kind() == protoreflect.StringKind {
+		if n := r.Get(nf).String(); n != "" {
+			return n
+		}
+	}
+	var name string
+	populated(r, func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || fd.IsList() || fd.IsMap() {
+			return true
+		}
+		if nf := fd.Message().Fields().ByName("name"); nf != nil && nf.Kind() == protoreflect.StringKind {
+			name = v.Message().Get(nf).String()
+		}
+		return name == ""
+	})
+	return name
 }
 
 // requestResource is the resource a request names, for the audit trail.

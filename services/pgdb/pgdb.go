@@ -394,6 +394,7 @@ var sharedTables = []string{"talking_points"}
 // with it: a foreign key's cascade runs as the table's owner.
 var appendOnly = map[string]string{
 	"audit_log":                    "UPDATE, DELETE, TRUNCATE",
+	"audit_records":                "UPDATE, DELETE, TRUNCATE",
 	"disclosures":                  "UPDATE, DELETE, TRUNCATE",
 	"consent_revocations":          "UPDATE, DELETE, TRUNCATE",
 	"consents":                     "DELETE, TRUNCATE",

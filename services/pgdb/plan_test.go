@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 )
@@ -80,5 +81,41 @@ func TestAuditFiltersUseTheirIndexes(t *testing.T) {
 		if want := `"` + index + `"`; !strings.Contains(string(out), want) {
 			t.Errorf("a filter on %s does not read index %s:\n%s", filter, want, out)
 		}
+	}
+}
+
+// "Who saw this record?" reads the lists that returned it, and the calls
+// that named it, through their indexes, not the clinic's whole trail.
+func TestAuditRecordFilterUsesItsIndexes(t *testing.T) {
+	t.Parallel()
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := context.Background()
+	// One call in ten a list of 20 families.
+	if _, err := pool.Exec(ctx, `WITH e AS (INSERT INTO audit_log (clinic, subject, roles, method, resource, outcome, records)
+		SELECT 'north', 'user-' || (i % 500), '{}', 'm', 'clinics/north/families/f' || (i % 5000), 'OK',
+			CASE WHEN i % 10 = 0 THEN ARRAY(SELECT 'clinics/north/families/f' || ((i + j) % 5000) FROM generate_series(1, 20) j) END
+		FROM generate_series(1, 100000) i RETURNING id, records)
+		INSERT INTO audit_records (clinic, record, audit_id) SELECT 'north', r, e.id FROM e, unnest(e.records) r`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE audit_log; ANALYZE audit_records`); err != nil {
+		t.Fatal(err)
+	}
+	db := pgtest.App(t, schema)
+	var out []byte
+	// The shape of audit.List's query, with the filter as it renders it.
+	if err := db.QueryRow(pgdb.WithClinic(ctx, "north"), `EXPLAIN (FORMAT JSON) SELECT id FROM audit_log
+		WHERE clinic = 'north' AND (xact, id) > ('0'::xid8, 0) AND xact < pg_snapshot_xmin(pg_current_snapshot())
+		AND (`+audit.RecordFilter("$1")+`) ORDER BY xact, id LIMIT 51`,
+		"clinics/north/families/f42").Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, index := range []string{"audit_records_record", "audit_log_resource", "audit_log_pkey"} {
+		if !strings.Contains(string(out), `"`+index+`"`) {
+			t.Errorf("a filter on record does not read index %s:\n%s", index, out)
+		}
+	}
+	if strings.Contains(string(out), `"Seq Scan"`) {
+		t.Errorf("a filter on record scans a table:\n%s", out)
 	}
 }

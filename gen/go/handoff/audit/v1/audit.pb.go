@@ -50,7 +50,12 @@ type AuditEvent struct {
 	// `PERMISSION_DENIED`.
 	Outcome string `protobuf:"bytes,7,opt,name=outcome,proto3" json:"outcome,omitempty"`
 	// The request id the caller sent, if any.
-	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// For a call that lists or searches, the names of the records it
+	// returned, in the order returned (at most 1000): a list shows each of
+	// them to the caller. Empty for other calls, and for calls recorded
+	// before lists noted them.
+	Records       []string `protobuf:"bytes,9,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +146,13 @@ func (x *AuditEvent) GetRequestId() string {
 	return ""
 }
 
+func (x *AuditEvent) GetRecords() []string {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 // Request for ListAuditEvents.
 type ListAuditEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -155,7 +167,9 @@ type ListAuditEventsRequest struct {
 	// Conditions joined by AND, for example
 	// `subject = "counselor-1" AND time >= "2026-12-01T00:00:00Z"`.
 	// Fields: `subject`, `method`, `resource`, `outcome` (with `=` or `!=`),
-	// and `time` (with `>=` or `<`, an RFC 3339 time in quotes). Events come
+	// `time` (with `>=` or `<`, an RFC 3339 time in quotes), and `record`
+	// (with `=`): the calls that named a record or returned it in a list,
+	// which answers who saw it, as `resource` alone does not. Events come
 	// in the order their transactions began writing, oldest first. An event
 	// is listed once every transaction begun before its own has ended
 	// (normally within milliseconds), so a reader following pages never
@@ -282,7 +296,7 @@ var File_handoff_audit_v1_audit_proto protoreflect.FileDescriptor
 
 const file_handoff_audit_v1_audit_proto_rawDesc = "" +
 	"\n" +
-	"\x1chandoff/audit/v1/audit.proto\x12\x10handoff.audit.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n" +
+	"\x1chandoff/audit/v1/audit.proto\x12\x10handoff.audit.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x02\n" +
 	"\n" +
 	"AuditEvent\x123\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x04time\x12\x1d\n" +
@@ -293,7 +307,8 @@ const file_handoff_audit_v1_audit_proto_rawDesc = "" +
 	"\bresource\x18\x06 \x01(\tB\x03\xe0A\x03R\bresource\x12\x1d\n" +
 	"\aoutcome\x18\a \x01(\tB\x03\xe0A\x03R\aoutcome\x12\"\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tB\x03\xe0A\x03R\trequestId\"\xd7\x01\n" +
+	"request_id\x18\b \x01(\tB\x03\xe0A\x03R\trequestId\x12\x1d\n" +
+	"\arecords\x18\t \x03(\tB\x03\xe0A\x03R\arecords\"\xd7\x01\n" +
 	"\x16ListAuditEventsRequest\x12C\n" +
 	"\x06parent\x18\x01 \x01(\tB+\xe0A\x02\xbaH%r#2!^clinics/[a-z0-9][a-z0-9-]{0,62}$R\x06parent\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
