@@ -306,4 +306,24 @@ func TestAListIsAuditedByTheRecordsItShowed(t *testing.T) {
 	}
 	_, err = f.client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `record != "` + unshown + `"`})
 	wantCode(t, err, codes.InvalidArgument)
+	// A service identity's list is recorded by its parent alone: the
+	// calendar reader lists a clinic's families at every feed read.
+	reader = f.env.As("*", "calendar-reader", auth.RoleCalendarReader)
+	if _, err := f.client.ListFamilies(reader, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatal(err)
+	}
+	var records *[]string
+	for deadline := time.Now().Add(30 * time.Second); records == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err := f.client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `subject = "calendar-reader"`})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if evs := resp.GetAuditEvents(); len(evs) > 0 {
+			r := evs[0].GetRecords()
+			records = &r
+		}
+	}
+	if records == nil || len(*records) != 0 {
+		t.Fatalf("the calendar reader's list recorded %v; want no records", records)
+	}
 }

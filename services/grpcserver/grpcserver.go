@@ -283,9 +283,14 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			// A call that committed a change and then failed gets a
 			// second record, with the failure.
 			e.Outcome = audit.Outcome(status.Code(err))
-			if err == nil {
+			if err == nil && !p.ServesEveryClinic() {
 				// A list shows the caller every record on its page: the
-				// trail names each, so that it answers who saw one.
+				// trail names each, so that it answers who saw one. Not
+				// for the service identities, whose lists serve workflows,
+				// notifications and calendar feeds (a feed's read lists
+				// the clinic's referrals every few minutes): what they
+				// pass on is recorded where it goes out (a disclosure, the
+				// feed's export).
 				e.Records = listedNames(resp)
 			}
 			if name := createdName(e, resp); name != "" {
