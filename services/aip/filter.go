@@ -61,6 +61,7 @@ type Filter struct {
 }
 
 type cond struct {
+	name     string // the filter's field
 	contains bool
 	set      bool                // value is the []int32 the column may hold
 	render   func(string) string // a Custom field's condition
@@ -125,7 +126,7 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 		return cond{}, fmt.Errorf("unknown operator %q after %s", op, name)
 	}
 	ordered := op != "=" && op != "!="
-	c := cond{column: fd.Column, op: op, contains: fd.Kind == EnumIn}
+	c := cond{name: name, column: fd.Column, op: op, contains: fd.Kind == EnumIn}
 	if op == "!=" {
 		c.op = "<>"
 	}
@@ -169,6 +170,19 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 		}
 	}
 	return c, nil
+}
+
+// PinnedBy returns whether filter, read with fields, compares one of names
+// with =: a list narrowed to one family, meeting or workflow. A filter
+// that does not parse counts as pinned: the list refuses it, with why.
+func PinnedBy(filter string, fields map[string]FilterField) func(names ...string) bool {
+	return func(names ...string) bool {
+		f, err := ParseFilter(filter, fields)
+		if err != nil {
+			return true
+		}
+		return slices.ContainsFunc(f.conds, func(c cond) bool { return c.op == "=" && slices.Contains(names, c.name) })
+	}
 }
 
 // TimeBounds returns the latest lower and the earliest upper bound the

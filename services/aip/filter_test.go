@@ -187,3 +187,21 @@ func TestCustomFieldRendersItsCondition(t *testing.T) {
 		}
 	}
 }
+
+// A filter pins a list when it compares one of the named fields with =;
+// one that does not parse is left to the list to refuse.
+func TestPinned(t *testing.T) {
+	for filter, want := range map[string]bool{
+		`owner = "u"`:                     true,
+		`urgent = true AND owner = "u"`:   true,
+		`owner != "u"`:                    false,
+		`urgent = true`:                   false,
+		``:                                false,
+		`owner = `:                        true,
+		`start >= "2026-01-01T00:00:00Z"`: false,
+	} {
+		if got := PinnedBy(filter, testFields)("owner", "state"); got != want {
+			t.Errorf("PinnedBy(%q) = %v; want %v", filter, got, want)
+		}
+	}
+}

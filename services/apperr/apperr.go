@@ -134,6 +134,12 @@ func NotFound(name string) error {
 	})
 }
 
+// PermissionDenied says the caller may not make this call, as it asks it
+// (ReasonPermissionDenied).
+func PermissionDenied(msg string) error {
+	return withDetails(codes.PermissionDenied, msg, &errdetails.ErrorInfo{Reason: ReasonPermissionDenied, Domain: Domain})
+}
+
 // AlreadyExists says the resource a call would bring into being is there
 // already (for example an undelete of a resource that is not deleted).
 func AlreadyExists(name, msg string) error {

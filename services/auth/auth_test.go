@@ -420,8 +420,9 @@ func BenchmarkVerify(b *testing.B) {
 	})
 }
 
-// Only a token whose every role serves every clinic does: a staff role
-// beside a service role on a "*" token is refused the every-clinic scope.
+// Only a token of one service role serves every clinic: a staff role
+// beside it on a "*" token is refused the every-clinic scope, and so is a
+// second service role, whose rights would join the first's.
 func TestServesEveryClinicNeedsOnlyServiceRoles(t *testing.T) {
 	for _, c := range []struct {
 		clinic string
@@ -429,7 +430,9 @@ func TestServesEveryClinicNeedsOnlyServiceRoles(t *testing.T) {
 		want   bool
 	}{
 		{AnyClinic, []Role{RoleWorker}, true},
-		{AnyClinic, []Role{RoleWorker, RoleCalendarReader}, true},
+		{AnyClinic, []Role{RoleWorker, RoleWorker}, true},
+		{AnyClinic, []Role{RoleWorker, RoleCalendarReader}, false},
+		{AnyClinic, []Role{RoleCalendarReader, RoleWebhookSender}, false},
 		{AnyClinic, []Role{RoleWorker, RoleClinicAdmin}, false},
 		{AnyClinic, []Role{RoleEHR}, false},
 		{AnyClinic, nil, false},

@@ -5,7 +5,9 @@ package auth
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/handoff-health/handoff/services/apperr"
@@ -82,15 +84,18 @@ func (p Principal) Internal() bool {
 }
 
 // ServesEveryClinic reports whether p is a service identity that acts for
-// every clinic: its clinic claim is AnyClinic and every role it holds is
-// one of those. A staff role beside them (an identity provider's mistake)
-// must not make an administrator of every clinic.
+// every clinic: its clinic claim is AnyClinic and it holds one of those
+// roles, and no other. A staff role beside it (an identity provider's
+// mistake) must not make an administrator of every clinic, nor a second
+// service role join two identities' rights: each is narrowed for its job
+// alone (the calendar reader's view of a family, the worker's lists of
+// one family's records), and their union would undo that.
 func (p Principal) ServesEveryClinic() bool {
-	if p.Clinic != AnyClinic || len(p.Roles) == 0 {
+	if p.Clinic != AnyClinic || len(p.Roles) == 0 || !slices.Contains(everyClinic, p.Roles[0]) {
 		return false
 	}
-	for _, r := range p.Roles {
-		if !slices.Contains(everyClinic, r) {
+	for _, r := range p.Roles[1:] {
+		if r != p.Roles[0] {
 			return false
 		}
 	}
@@ -139,6 +144,25 @@ func CheckClinic(ctx context.Context, clinic, name string) error {
 		return apperr.NotFound(name)
 	}
 	return nil
+}
+
+// WorkerOnly reports whether ctx's caller is the workflows' worker acting
+// as itself (Principal.WorkerOnly).
+func WorkerOnly(ctx context.Context) bool {
+	p, ok := FromContext(ctx)
+	return ok && p.WorkerOnly()
+}
+
+// RequirePinned refuses the worker a list of what across a clinic unless
+// pinned reports the filter compares one of fields with = (aip.Pinned):
+// its token is good for every clinic, and the workflows list only one
+// family's, meeting's or workflow's records. A leaked token must not page
+// out every clinic's. Nil for any other caller.
+func RequirePinned(ctx context.Context, pinned func(fields ...string) bool, what string, fields ...string) error {
+	if !WorkerOnly(ctx) || pinned(fields...) {
+		return nil
+	}
+	return apperr.PermissionDenied(fmt.Sprintf("the worker lists %s only with = on one of %s in the filter", what, strings.Join(fields, ", ")))
 }
 
 // Actor returns the subject to record as the author of a change.

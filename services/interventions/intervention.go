@@ -435,6 +435,9 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 		scope, args = `clinic = $1 AND family = ANY($2::text[]) AND published`, []any{clinic, covered.Families}
 	}
 	fields := interventionFilter
+	if err := auth.RequirePinned(ctx, aip.PinnedBy(req.GetFilter(), fields), "interventions", "family"); err != nil {
+		return nil, err
+	}
 	if out {
 		// The appointment an outside system sees has no level
 		// (consentgate.Appointment); filtering on it would tell it.

@@ -472,7 +472,7 @@ func TestReminderStateFilterUsesTheServiceClock(t *testing.T) {
 		t.Fatalf("state = %v, want DUE by the service's clock", rem.GetState())
 	}
 	for filter, want := range map[string]int{"state = DUE": 1, "state = SCHEDULED": 0} {
-		got, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
+		got, err := f.client.ListReminders(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
 		if err != nil || len(got.GetReminders()) != want {
 			t.Fatalf("reminders where %s: %v, %v; want %d", filter, got.GetReminders(), err, want)
 		}
@@ -1012,7 +1012,7 @@ func TestReminderClaims(t *testing.T) {
 	}
 	// A workflow asking for others' reminders leaves out its own.
 	for filter, want := range map[string]int{`origin_workflow != "boundary/f1"`: 1, `origin_workflow = "boundary/f1"`: 0} {
-		got, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
+		got, err := f.client.ListReminders(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter})
 		if err != nil || len(got.GetReminders()) != want {
 			t.Fatalf("reminders where %s: %v, %v; want %d", filter, got.GetReminders(), err, want)
 		}
@@ -1640,7 +1640,7 @@ func reminderMadeAsContactIsWithdrawn(t *testing.T, blips int32, removed bool) {
 	if !strings.Contains(fmt.Sprint(st.Details()), "CONTACT_NOT_ALLOWED") {
 		t.Fatalf("refusal of the retry after consent came back %v; want CONTACT_NOT_ALLOWED", st.Details())
 	}
-	list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
+	list, err := f.client.ListReminders(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
 	if err != nil || len(list.GetReminders()) != 1 || list.GetReminders()[0].GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
 		t.Fatalf("reminders after the withdrawal: %v, %v; want the one made, cancelled", list.GetReminders(), err)
 	}
@@ -1657,7 +1657,7 @@ func TestReminderCancelledByTheWithdrawalMeanwhile(t *testing.T) {
 		return families
 	})
 	families.second = func() {
-		list, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
+		list, err := f.client.ListReminders(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &interventionsv1.ListRemindersRequest{Parent: "clinics/north"})
 		if err != nil {
 			t.Error(err)
 			return
@@ -2910,7 +2910,7 @@ func TestIntakeReminderKeepsItsAppointment(t *testing.T) {
 	}
 	checkIns := func() int {
 		t.Helper()
-		l, err := f.client.ListReminders(f.worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "kind = CHECK_IN"})
+		l, err := f.client.ListReminders(f.env.As("north", "admin-1", auth.RoleClinicAdmin), &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "kind = CHECK_IN"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -3323,6 +3323,37 @@ func (f *fixture) withdrawMom(t *testing.T) {
 	}
 	fam.Members[0].ConsentToContact = false
 	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"members"}}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The worker's token is good for every clinic: it lists meetings and
+// reminders only of one family, record or workflow, as the workflows do,
+// not a whole clinic's.
+func TestWorkerListsOnlyOneFamilysOrWorkflows(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	_, err := f.client.ListInterventions(worker, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"})
+	wantCode(t, err, codes.PermissionDenied)
+	_, err = f.client.ListInterventions(worker, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north", Filter: "state = SCHEDULED"})
+	wantCode(t, err, codes.PermissionDenied)
+	if _, err := f.client.ListInterventions(worker, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north",
+		Filter: fmt.Sprintf("family = %q AND state = COMPLETED", f.family.GetName())}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.ListReminders(worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: "kind = OVERDOSE_ALERT"})
+	wantCode(t, err, codes.PermissionDenied)
+	for _, filter := range []string{
+		fmt.Sprintf("recipient_family = %q AND state != DELIVERED", f.family.GetName()),
+		`related_resource = "clinics/north/interventions/i1"`,
+		`origin_workflow = "boundary/clinics/north/families/f1" AND kind = OVERDOSE_ALERT`,
+	} {
+		if _, err := f.client.ListReminders(worker, &interventionsv1.ListRemindersRequest{Parent: "clinics/north", Filter: filter}); err != nil {
+			t.Errorf("ListReminders(%s): %v", filter, err)
+		}
+	}
+	if _, err := f.client.ListInterventions(f.ctx, &interventionsv1.ListInterventionsRequest{Parent: "clinics/north"}); err != nil {
 		t.Fatal(err)
 	}
 }

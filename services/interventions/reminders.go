@@ -652,7 +652,11 @@ func (s *Server) ListReminders(ctx context.Context, req *interventionsv1.ListRem
 	if err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs("reminders", req.GetParent(), req.GetFilter(), req.GetPageToken(), reminderFilter(ctx, s.cfg.Now()))
+	fields := reminderFilter(ctx, s.cfg.Now())
+	if err := auth.RequirePinned(ctx, aip.PinnedBy(req.GetFilter(), fields), "reminders", "recipient_family", "related_resource", "origin_workflow"); err != nil {
+		return nil, err
+	}
+	f, after, q, err := aip.ListArgs("reminders", req.GetParent(), req.GetFilter(), req.GetPageToken(), fields)
 	if err != nil {
 		return nil, err
 	}

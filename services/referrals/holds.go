@@ -327,6 +327,9 @@ func (s *Server) ListHolds(ctx context.Context, req *referralsv1.ListHoldsReques
 	// One instant for the filter and the rows: a hold that lapses between
 	// two readings of the clock would match state = HELD and read EXPIRED.
 	now := s.cfg.Now()
+	if err := auth.RequirePinned(ctx, aip.PinnedBy(req.GetFilter(), holdFilter(now)), "holds", "family", "intervention"); err != nil {
+		return nil, err
+	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "holds", holdSelect, `clinic = $1`, []any{clinic},
 		req, holdFilter(now), scanHoldAt(clinic, func() time.Time { return now }), func(h *referralsv1.Hold) string { return h.GetName() })
 	if err != nil {

@@ -336,6 +336,9 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 			[]any{clinic, covered.Families, covered.MemberFamilies, covered.MemberIDs}
 	}
 	fields := referralFilter
+	if err := auth.RequirePinned(ctx, aip.PinnedBy(req.GetFilter(), fields), "referrals", "family", "intervention"); err != nil {
+		return nil, err
+	}
 	if calendarOnly(ctx) {
 		// A list refuses a filter on a field the caller's view leaves out:
 		// otherwise a filter could ask what the view hides.

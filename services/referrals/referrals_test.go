@@ -1409,8 +1409,9 @@ func TestWorkerCannotRecordOutcomes(t *testing.T) {
 			t.Errorf("worker %s: %v; want PermissionDenied", method, code)
 		}
 	}
-	if _, err := f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north"}); err != nil {
-		t.Errorf("worker ListReferrals: %v; its workflows need it", err)
+	if _, err := f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: `family = "clinics/north/families/f1"`}); err != nil {
+		t.Errorf("worker ListReferrals of a family: %v; its workflows need it", err)
 	}
 }
 
@@ -2552,5 +2553,35 @@ func TestBusinessStatusOfACompletedReferral(t *testing.T) {
 		if err != nil || got.GetBusinessStatus() != want {
 			t.Fatalf("completed %s: %q, %v; want %q", name, got.GetBusinessStatus(), err, want)
 		}
+	}
+}
+
+// The worker's token is good for every clinic: it lists referrals and
+// holds only of one family or meeting, as the workflows do, not a whole
+// clinic's, which a leaked token would page out clinic by clinic.
+func TestWorkerListsOnlyOneFamilysOrMeetings(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	for name, filter := range map[string]string{"none": "", "other field": `state = HELD`, "not =": `family != "clinics/north/families/f1"`} {
+		_, err := f.client.ListHolds(worker, &referralsv1.ListHoldsRequest{Parent: "clinics/north", Filter: filter})
+		wantCode(t, err, codes.PermissionDenied)
+		_, err = f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: strings.ReplaceAll(filter, "state = HELD", "urgency = IMMEDIATE")})
+		wantCode(t, err, codes.PermissionDenied)
+		_ = name
+	}
+	for _, filter := range []string{`family = "clinics/north/families/f1"`, `intervention = "clinics/north/interventions/i1" AND state = HELD`} {
+		if _, err := f.client.ListHolds(worker, &referralsv1.ListHoldsRequest{Parent: "clinics/north", Filter: filter}); err != nil {
+			t.Errorf("ListHolds(%s): %v", filter, err)
+		}
+		if _, err := f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+			Filter: strings.TrimSuffix(filter, " AND state = HELD")}); err != nil {
+			t.Errorf("ListReferrals(%s): %v", filter, err)
+		}
+	}
+	// Staff list the clinic's as ever.
+	if _, err := f.client.ListHolds(f.ctx, &referralsv1.ListHoldsRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatal(err)
 	}
 }
