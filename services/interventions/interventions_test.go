@@ -3357,3 +3357,55 @@ func TestWorkerListsOnlyOneFamilysOrWorkflows(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// secondReadFails is the families service failing the second read of a
+// family after armed is set: a claim's check after it took the lease.
+type secondReadFails struct {
+	familiesv1.FamiliesServiceClient
+	armed atomic.Bool
+	reads atomic.Int32
+}
+
+func (f *secondReadFails) GetFamily(ctx context.Context, in *familiesv1.GetFamilyRequest, opts ...grpc.CallOption) (*familiesv1.Family, error) {
+	if f.armed.Load() && f.reads.Add(1) == 2 {
+		return nil, status.Error(codes.Unavailable, "families service restarting")
+	}
+	return f.FamiliesServiceClient.GetFamily(ctx, in, opts...)
+}
+
+// A claim whose second check of the recipient (after it took the lease)
+// goes unanswered gives its lease back: nobody got the address, and the
+// lease would otherwise hold off every claim, the worker's own retry
+// under a new request id among them, for as long as it ran.
+func TestClaimUnansweredAfterTheLeaseGivesItBack(t *testing.T) {
+	t.Parallel()
+	families := &secondReadFails{}
+	f := setupWith(t, func(c familiesv1.FamiliesServiceClient) familiesv1.FamiliesServiceClient {
+		families.FamiliesServiceClient = c
+		return families
+	})
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER, Id: "mom",
+			Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "How are you doing?"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	families.armed.Store(true)
+	claim := func(id string) (*interventionsv1.Reminder, error) {
+		return f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "gw-1",
+			LeaseDuration: durationpb.New(time.Hour), RequestId: id})
+	}
+	_, err = claim("claim-1")
+	wantCode(t, err, codes.Unavailable)
+	// Another worker takes it at once.
+	got, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "gw-2",
+		LeaseDuration: durationpb.New(time.Hour), RequestId: "claim-2"})
+	if err != nil || got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CLAIMED || got.GetAddress() != "+15555550100" {
+		t.Fatalf("a claim after the unanswered one: %v, %v; want it claimed, with the address", got, err)
+	}
+	// The first claim's retry does not bring its lease back.
+	_, err = claim("claim-1")
+	wantCode(t, err, codes.FailedPrecondition)
+}

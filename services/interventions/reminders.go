@@ -977,7 +977,17 @@ func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Remind
 	case err == nil:
 		return addressOn(channels, rc.GetChannel()), nil
 	case !contactRefused(err):
-		return "", fmt.Errorf("check that the recipient may still be contacted: %w", err)
+		err = fmt.Errorf("check that the recipient may still be contacted: %w", err)
+		if own != "" {
+			// The claim this call made gave no one the address: left
+			// standing, its lease would hold off every claim, this
+			// worker's retry under a new request id among them (it has no
+			// etag to extend it with), for as long as it runs.
+			if rerr := s.releaseOwnClaim(ctx, rem.GetName(), own); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		return "", err
 	}
 	refused := func(what string) error {
 		return apperr.FailedPrecondition("CONTACT_NOT_ALLOWED", fmt.Sprintf("%s: its recipient may no longer be contacted; %s", rem.GetName(), what),
@@ -1007,6 +1017,24 @@ func (s *Server) contactAtClaim(ctx context.Context, rem *interventionsv1.Remind
 		return "", refused("it is not claimed again: a claimant may be sending it, and reports what became of it")
 	}
 	return "", refused("it was cancelled")
+}
+
+// releaseOwnClaim ends, at once, the lease of the claim of reminder name
+// whose etag is own, if the reminder is still as that claim left it.
+func (s *Server) releaseOwnClaim(ctx context.Context, name, own string) error {
+	r, err := reminderRef(name)
+	if err != nil {
+		return err
+	}
+	version, _ := aip.ParseEtag(own)
+	cctx, cancel := pgdb.Settle(ctx)
+	defer cancel()
+	now := s.cfg.Now()
+	if _, err := s.pool.Exec(cctx, `UPDATE reminders SET lease_expire_time = $3, update_time = $3, version = version + 1
+		WHERE clinic = $1 AND id = $2 AND state = $4 AND version = $5`, r.clinic, r.id, now, int16(rClaimed), version); err != nil {
+		return fmt.Errorf("release the claim: %w", err)
+	}
+	return nil
 }
 
 // contactRefused reports whether err is the families service's answer
