@@ -3409,3 +3409,34 @@ func TestClaimUnansweredAfterTheLeaseGivesItBack(t *testing.T) {
 	_, err = claim("claim-1")
 	wantCode(t, err, codes.FailedPrecondition)
 }
+
+// A claim extended, or a report made, with the etag of a claim on a
+// reminder cancelled since is FAILED_PRECONDITION, as the API says of an
+// ended reminder, not ABORTED, which would have the automation read it
+// again and retry.
+func TestEndedReminderIsNoEtagMismatch(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	auto := f.env.As("north", "sms-gateway", auth.RoleReminders)
+	rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+		Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+		Kind: interventionsv1.ReminderKind_REMINDER_KIND_REENGAGEMENT, Message: "Please call the family today."}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed, err := f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "gw-1",
+		LeaseDuration: durationpb.New(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CancelReminder(f.worker, &interventionsv1.CancelReminderRequest{Name: rem.GetName(), Reason: "no longer needed"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.ClaimReminder(auto, &interventionsv1.ClaimReminderRequest{Name: rem.GetName(), Claimant: "gw-1",
+		LeaseDuration: durationpb.New(time.Minute), Etag: claimed.GetEtag()})
+	wantCode(t, err, codes.FailedPrecondition)
+	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "gw-1",
+		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED, Etag: claimed.GetEtag()})
+	wantCode(t, err, codes.FailedPrecondition)
+}

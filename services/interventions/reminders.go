@@ -809,6 +809,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 					// version on, which the claimant cannot know).
 					return nil, quietHoursBegan(cur.GetName())
 				}
+				if final(cur.GetState()) {
+					// Whatever etag came with it: ABORTED would have the
+					// claimant read it again and retry.
+					return nil, apperr.InvalidTransition(cur.GetName(), strings.TrimPrefix(cur.GetState().String(), "REMINDER_STATE_"), "CLAIMED")
+				}
 				if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 					return nil, err
 				}
@@ -1143,6 +1148,12 @@ func (s *Server) cancelUnheld(ctx context.Context, r ref, now time.Time, reason 
 	return cancelled, err
 }
 
+// final reports whether a reminder in state st has ended: delivered,
+// failed or cancelled.
+func final(st interventionsv1.ReminderState) bool {
+	return st == rDelivered || st == rFailed || st == rCancelled
+}
+
 // reasonClaimLapsed is the reason of a retried claim whose lease is gone.
 const reasonClaimLapsed = "CLAIM_LAPSED"
 
@@ -1261,9 +1272,10 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			if err != nil {
 				return nil, err
 			}
-			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
-				return nil, err
-			}
+			// The state and the claimant first, the etag after: a report
+			// on a reminder cancelled meanwhile, or retried after it
+			// committed, is FAILED_PRECONDITION whatever etag it carries,
+			// not ABORTED, which would have it read and tried again.
 			// A claimant whose lease ran out, and whom nobody replaced (a
 			// new claim takes claimed_by), still reports: the message went
 			// out, and refusing the report would have it sent again. Only
@@ -1276,6 +1288,9 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 				return nil, apperr.FailedPrecondition(apperr.ReasonLeaseHeld,
 					fmt.Sprintf("%s is not claimed by %q (state %s)", cur.GetName(), req.GetClaimant(), cur.GetState()),
 					map[string]string{"resource": cur.GetName()})
+			}
+			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
+				return nil, err
 			}
 			now := s.cfg.Now()
 			st := rDelivered

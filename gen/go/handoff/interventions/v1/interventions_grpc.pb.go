@@ -190,7 +190,11 @@ type InterventionsServiceClient interface {
 	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
 	// the first answer only while its lease holds (else FAILED_PRECONDITION,
 	// reason CLAIM_LAPSED). Returns the claimed reminder, with the address
-	// to deliver it to.
+	// to deliver it to. Send only while the lease holds, with time to finish:
+	// once it runs out another worker may claim the reminder and send it
+	// too, so a send that may outlast it is preceded by an extension. A
+	// reminder delivered, failed or cancelled answers FAILED_PRECONDITION
+	// whatever etag the call carries.
 	ClaimReminder(ctx context.Context, in *ClaimReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
@@ -635,7 +639,11 @@ type InterventionsServiceServer interface {
 	// answers FAILED_PRECONDITION. A retry with the same `request_id` returns
 	// the first answer only while its lease holds (else FAILED_PRECONDITION,
 	// reason CLAIM_LAPSED). Returns the claimed reminder, with the address
-	// to deliver it to.
+	// to deliver it to. Send only while the lease holds, with time to finish:
+	// once it runs out another worker may claim the reminder and send it
+	// too, so a send that may outlast it is preceded by an extension. A
+	// reminder delivered, failed or cancelled answers FAILED_PRECONDITION
+	// whatever etag the call carries.
 	ClaimReminder(context.Context, *ClaimReminderRequest) (*Reminder, error)
 	// Reports the end of delivery of a CLAIMED reminder: DELIVERED or FAILED,
 	// both final. Only the current claimant can complete it, also after its
