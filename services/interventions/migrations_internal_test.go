@@ -138,9 +138,10 @@ func TestRemindersOfAFamilyAndTheGaugeUseTheirIndexes(t *testing.T) {
 	pool, schema := pgtest.Schema(t, Migrations()...)
 	// Ten clinics of 500 families each, most reminders long delivered:
 	// one in seven is still to send, all past due.
-	if _, err := pool.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_family, channel, due_time, kind, message, state)
+	if _, err := pool.Exec(ctx, `INSERT INTO reminders (clinic, id, recipient_kind, recipient_family, channel, due_time, kind, message, state, origin_workflow)
 		SELECT 'c' || (i % 10), 'r' || i, 2, 'clinics/c' || (i % 10) || '/families/f' || (i % 5000), 1,
-			now() - interval '1 minute' * i, 1, 'x', CASE WHEN i % 7 = 0 THEN 1 ELSE 4 END
+			now() - interval '1 minute' * i, 1, 'x', CASE WHEN i % 7 = 0 THEN 1 ELSE 4 END,
+			'boundary/clinics/c' || (i % 10) || '/families/f' || (i % 5000)
 		FROM generate_series(1, 50000) AS i`); err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +156,13 @@ func TestRemindersOfAFamilyAndTheGaugeUseTheirIndexes(t *testing.T) {
 		t.Fatal(err)
 	}
 	duePoll, dueArgs := f.SQL(5)
+	// What a workflow cancels as it ends: its own reminders still open.
+	f, err = aip.ParseFilter(`origin_workflow = "boundary/clinics/c3/families/f3" AND state != DELIVERED AND state != FAILED AND state != CANCELLED`,
+		reminderFilter(ctx, time.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ownOpen, ownArgs := f.SQL(5)
 	// The poll finds a page (and one more) of the clinic's reminders due,
 	// and nothing else.
 	var want int
@@ -185,6 +193,7 @@ func TestRemindersOfAFamilyAndTheGaugeUseTheirIndexes(t *testing.T) {
 	}{
 		// ListReminders' statement, with the filter the workflows send.
 		{"c3", listReminders(`recipient_family = $5`), []any{"c3", time.Time{}, "", 101, "clinics/c3/families/f3"}, []string{"reminders_family"}},
+		{"c3", listReminders(ownOpen), append([]any{"c3", time.Time{}, "", 101}, ownArgs...), []string{"reminders_origin"}},
 		// And with the automation's poll, as the filter makes it: an
 		// index of the reminders still to send, the clinic's or every
 		// clinic's, as the planner weighs them (with few clinics, the
