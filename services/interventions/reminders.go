@@ -127,6 +127,10 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	`intervention\w*|drinking|drinker\w*|meth|methamphetamine\w*|cocaine|crack|benzo\w*|xanax|valium|oxy|oxycodone|oxycontin|` +
 	`percocet|vicodin|hydrocodone|morphine|tramadol|marijuana|cannabis|weed|kratom|pill|pills|medicat\w*|prescription\w*|` +
 	`therap\w*|psychiatr\w*|psycholog\w*|mental|` +
+	// Drinks by name, and other drugs and diagnoses a family's messages
+	// could name as plainly.
+	`beers?|wines?|vodka|whiskey|whisky|liquors?|booz\w*|ketamine|adderall|OD|ODs|OD'd|` +
+	`suicid\w*|self-harm\w*|depress\w*|bipolar|PTSD|schizo\w*|psychos\w*|psychotic|hospital\w*|` +
 	// Harm reduction names the use as plainly. (Counseling alone does
 	// not: the workflows tell counselors of a family's counseling.)
 	`harm[- ]reduction|syring\w*|needle\w*)\b`)

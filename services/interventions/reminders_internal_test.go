@@ -16,6 +16,9 @@ func TestSensitiveWords(t *testing.T) {
 		"Medication pickup at 5", "Therapy at 4", "See the psychiatrist Monday", "Kratom from the gas station",
 		"Your syringe services visit is at 3 PM", "Needle exchange opens at 9", "Harm reduction kit pickup", "Harm-reduction van at noon",
 		"The psychologist will call", "Mental health check at 2",
+		"No beer in the house", "Bring the wine back", "Vodka in the closet", "The liquor store on Main", "He OD'd on Friday",
+		"After the OD", "Ketamine at the party", "His Adderall ran out", "Suicide hotline", "Suicidal thoughts again",
+		"Her depression is back", "Bipolar check-in", "PTSD group", "Hospital visit at 3", "Since the hospitalization",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
@@ -28,6 +31,7 @@ func TestSensitiveWords(t *testing.T) {
 		"The intake appointment was missed: please reach out today and help rebook.", "Please record how the family meeting went.",
 		// Words that only contain a stem are not refused.
 		"Bring oxygen for the hike", "A drink after work", "The method we agreed on", "Pull the weeds on Saturday",
+		"Let's go to the movies at 7", "Good news on Monday", "Wineberry jam for the picnic",
 	} {
 		if sensitive.MatchString(m) {
 			t.Errorf("%q is refused as health detail", m)
