@@ -538,8 +538,13 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 		vs.Add("consent.discloser", "is required: who may disclose")
 	}
 	for i, r := range c.GetRecipients() {
-		if strings.TrimSpace(r) == "" {
+		switch {
+		case strings.TrimSpace(r) == "":
 			vs.Add(fmt.Sprintf("consent.recipients[%d]", i), "is blank: name the recipient")
+		case strings.TrimSpace(r) != r:
+			// Recipients are matched as spelt: "ehr-1 " would read as
+			// naming the EHR and cover none of its reads.
+			vs.Add(fmt.Sprintf("consent.recipients[%d]", i), "has spaces around it: name the recipient as it identifies itself")
 		}
 	}
 	if len(c.GetInformation()) == 0 {
@@ -847,6 +852,12 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 				return nil, err
 			}
 			recipient := req.GetRecipient()
+			if strings.TrimSpace(recipient) != recipient {
+				// Under the treating-providers designation a name nobody
+				// was disclosed to may be shut out: " ehr-1" would be
+				// taken, and ehr-1 go on reading.
+				return nil, apperr.Field("recipient", "has spaces around it: name the recipient as it identifies itself")
+			}
 			if recipient != "" && !co.GetTreatingProviders() && !slices.Contains(co.GetRecipients(), recipient) {
 				return nil, apperr.Field("recipient", "%q is not a recipient of %s", recipient, req.GetName())
 			}

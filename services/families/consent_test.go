@@ -155,6 +155,8 @@ func TestConsentValidation(t *testing.T) {
 		"a blank signer":    {func(c *familiesv1.Consent) { c.Signer = "  " }, "consent.signer"},
 		"a blank discloser": {func(c *familiesv1.Consent) { c.Discloser = " \t" }, "consent.discloser"},
 		"a blank recipient": {func(c *familiesv1.Consent) { c.Recipients = append(c.Recipients, " ") }, "consent.recipients[1]"},
+		// Matched as spelt: "ehr-1 " would cover none of ehr-1's reads.
+		"a recipient with a space after it": {func(c *familiesv1.Consent) { c.Recipients = []string{"ehr-1 "} }, "consent.recipients[0]"},
 		// An unset time sent as one.
 		"signed in 1970":       {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(time.Unix(0, 0)) }, "consent.sign_time"},
 		"no expiry":            {func(c *familiesv1.Consent) { c.ExpireTime = nil }, "consent.expire_time"},
@@ -194,6 +196,19 @@ func TestConsentValidation(t *testing.T) {
 	}
 	if _, err := f.client.GetFamily(f.ehr("ehr-1"), &familiesv1.GetFamilyRequest{Name: fam.GetName()}); err != nil {
 		t.Fatalf("the EHR's read under the active consent: %v", err)
+	}
+	// Under the treating-providers designation, a revocation naming the
+	// provider with a space is refused, not taken for another (unlisted)
+	// name while any-ehr goes on reading.
+	tp := f.validConsent()
+	tp.TreatingProviders = true
+	tpc, err := f.client.CreateConsent(f.ctx, &familiesv1.CreateConsentRequest{Parent: fam.GetName(), Consent: tp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: tpc.GetName(), Recipient: " any-ehr", RecipientUnlisted: true})
+	if st := wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "recipient") {
+		t.Fatalf("revoking for \" any-ehr\": %v", st.Details())
 	}
 }
 

@@ -4616,7 +4616,8 @@ type Consent struct {
 	Information []InformationKind `protobuf:"varint,3,rep,packed,name=information,proto3,enum=handoff.families.v1.InformationKind" json:"information,omitempty"`
 	// Named recipients: the identity of a system (an EHR integration's
 	// client id) or of a person or organization as the patient wrote it.
-	// Empty only with `treating_providers`.
+	// Empty only with `treating_providers`. Matched as spelt, so a name with
+	// spaces around it is INVALID_ARGUMENT.
 	Recipients []string `protobuf:"bytes,4,rep,name=recipients,proto3" json:"recipients,omitempty"`
 	// The general designation of 42 CFR 2.31(a)(4)(ii): "my treating
 	// providers", which covers any recipient that treats the patient, for
