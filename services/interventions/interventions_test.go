@@ -2881,9 +2881,14 @@ func TestClaimGivesTheMeetingsTimes(t *testing.T) {
 			t.Fatalf("claimed meeting reminder: event %v to %v; want %v for the three hours it lasts now",
 				got.GetEventStartTime(), got.GetEventEndTime(), iv.GetStartTime())
 		}
+		// The event's UID names no kind of record: it goes to the
+		// family's mailbox.
+		if want := path.Base(iv.GetName()) + "@handoff"; got.GetEventUid() != want || strings.Contains(got.GetEventUid(), "intervention") {
+			t.Fatalf("the event's UID %q; want %q", got.GetEventUid(), want)
+		}
 	}
-	if got := claim(checkIn); got.GetEventStartTime() != nil || got.GetEventEndTime() != nil {
-		t.Fatalf("a check-in's claim carries an event: %v to %v", got.GetEventStartTime(), got.GetEventEndTime())
+	if got := claim(checkIn); got.GetEventStartTime() != nil || got.GetEventEndTime() != nil || got.GetEventUid() != "" {
+		t.Fatalf("a check-in's claim carries an event: %v to %v, %q", got.GetEventStartTime(), got.GetEventEndTime(), got.GetEventUid())
 	}
 	if stored, err := f.client.GetReminder(auto, &interventionsv1.GetReminderRequest{Name: meeting.GetName()}); err != nil ||
 		stored.GetEventStartTime() != nil {
@@ -2949,6 +2954,9 @@ func TestIntakeReminderKeepsItsAppointment(t *testing.T) {
 		if !proto.Equal(got.GetEventStartTime(), appt) || got.GetEventEndTime() != nil {
 			t.Errorf("%s: event %v to %v; want from %v, no end", what, got.GetEventStartTime(), got.GetEventEndTime(), appt)
 		}
+	}
+	if want := path.Base(rem.GetRelatedResource()) + "@handoff"; claimed.GetEventUid() != want || rem.GetRelatedResource() == "" {
+		t.Errorf("the claim's event UID %q; want %q, the referral's id alone", claimed.GetEventUid(), want)
 	}
 	for _, who := range []context.Context{f.worker, auto} {
 		if got, err := f.client.GetReminder(who, &interventionsv1.GetReminderRequest{Name: rem.GetName()}); err != nil ||

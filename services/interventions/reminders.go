@@ -939,6 +939,11 @@ func (s *Server) ClaimReminder(ctx context.Context, req *interventionsv1.ClaimRe
 			// reminder's own, read with it.
 			out.EventStartTime, out.EventEndTime = eventStart, eventEnd
 		}
+		if out.GetEventStartTime() != nil && out.GetRelatedResource() != "" {
+			// Opaque: the event goes to the family's mailbox and
+			// calendar, where the related name would say what it is.
+			out.EventUid = aip.ID(out.GetRelatedResource()) + "@handoff"
+		}
 	}
 	return out, err
 }

@@ -1992,22 +1992,28 @@ type Reminder struct {
 	// not given. A meeting moved to another time gets new reminders; one
 	// whose length alone changes keeps them, so an event sent earlier keeps
 	// its old end until the meeting's next reminder is claimed: use
-	// `related_resource` (the meeting) as the event's UID, so that a later
-	// event replaces it.
+	// `event_uid` as the event's UID, so that a later event replaces it.
 	//
 	// For a reminder of an intake appointment (INTAKE_UPCOMING): when the
 	// appointment begins, as its creator gave it (CreateReminderRequest's
 	// `appointment_start_time`), kept with the reminder and shown on every
 	// read and in its events. An appointment moved gets new reminders and
 	// the old ones are cancelled, so the time a reminder keeps stays the
-	// one its message names; use `related_resource` (the referral) as the
-	// event's UID. Unset for reminders made without it.
+	// one its message names; use `event_uid` as the event's UID. Unset for
+	// reminders made without it.
 	EventStartTime *timestamppb.Timestamp `protobuf:"bytes,20,opt,name=event_start_time,json=eventStartTime,proto3" json:"event_start_time,omitempty"`
 	// When that meeting is expected to end (its start and expected
 	// duration), as it stands at the claim. Set with `event_start_time` for a
 	// meeting; never for an intake appointment, whose length the program does
 	// not give.
-	EventEndTime  *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=event_end_time,json=eventEndTime,proto3" json:"event_end_time,omitempty"`
+	EventEndTime *timestamppb.Timestamp `protobuf:"bytes,21,opt,name=event_end_time,json=eventEndTime,proto3" json:"event_end_time,omitempty"`
+	// With `event_start_time`, in ClaimReminder's answer: the UID for the
+	// event the automation sends, `<id>@handoff`, the same for every
+	// reminder of the same meeting or appointment, so that a later event
+	// replaces an earlier one. It names no kind of record: the event lands
+	// in the family's mailbox and calendar, where
+	// `clinics/north/interventions/...` would say what the meeting is.
+	EventUid      string `protobuf:"bytes,22,opt,name=event_uid,json=eventUid,proto3" json:"event_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2187,6 +2193,13 @@ func (x *Reminder) GetEventEndTime() *timestamppb.Timestamp {
 		return x.EventEndTime
 	}
 	return nil
+}
+
+func (x *Reminder) GetEventUid() string {
+	if x != nil {
+		return x.EventUid
+	}
+	return ""
 }
 
 // The person a reminder is for, and the channel to reach them on.
@@ -4638,7 +4651,7 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"\x1bhandoff.health/TalkingPoint\x12.clinics/{clinic}/talkingPoints/{talking_point}*\rtalkingPoints2\ftalkingPoint\"\xb9\x01\n" +
 	"\x14BarrierTalkingPoints\x12M\n" +
 	"\fbarrier_kind\x18\x01 \x01(\x0e2%.handoff.interventions.v1.BarrierKindB\x03\xe0A\x03R\vbarrierKind\x12R\n" +
-	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xdb\n" +
+	"\x0etalking_points\x18\x02 \x03(\v2&.handoff.interventions.v1.TalkingPointB\x03\xe0A\x03R\rtalkingPoints\"\xfd\n" +
 	"\n" +
 	"\bReminder\x12\x17\n" +
 	"\x04name\x18\x01 \x01(\tB\x03\xe0A\bR\x04name\x12I\n" +
@@ -4667,7 +4680,8 @@ const file_handoff_interventions_v1_interventions_proto_rawDesc = "" +
 	"sendByTime\x12\x1d\n" +
 	"\aaddress\x18\x13 \x01(\tB\x03\xe0A\x03R\aaddress\x12I\n" +
 	"\x10event_start_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\x0eeventStartTime\x12E\n" +
-	"\x0eevent_end_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\feventEndTime:X\xeaAU\n" +
+	"\x0eevent_end_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampB\x03\xe0A\x03R\feventEndTime\x12 \n" +
+	"\tevent_uid\x18\x16 \x01(\tB\x03\xe0A\x03R\beventUid:X\xeaAU\n" +
 	"\x17handoff.health/Reminder\x12%clinics/{clinic}/reminders/{reminder}*\treminders2\breminder\"\xe4\x02\n" +
 	"\tRecipient\x12J\n" +
 	"\x04kind\x18\x01 \x01(\x0e2'.handoff.interventions.v1.RecipientKindB\r\xe0A\x02\xbaH\a\x82\x01\x04\x10\x01 \x00R\x04kind\x127\n" +
