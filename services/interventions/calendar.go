@@ -253,9 +253,10 @@ type feedState struct {
 func (s *Server) feedOwner(ctx context.Context, r ref, token string) (feedState, error) {
 	var f feedState
 	var hash, ended []byte
-	var read *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, ended_token_hash, create_time, last_read_time FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id).Scan(&f.owner, &hash, &ended, &f.created, &read)
+	var read, revoked *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, ended_token_hash, create_time, last_read_time, revoke_time
+		FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
+		r.clinic, r.id).Scan(&f.owner, &hash, &ended, &f.created, &read, &revoked)
 	if err == pgx.ErrNoRows {
 		return feedState{}, apperr.NotFound("calendar feed")
 	}
@@ -269,10 +270,14 @@ func (s *Server) feedOwner(ctx context.Context, r ref, token string) (feedState,
 		return feedState{}, apperr.NotFound("calendar feed")
 	}
 	given := sha256.Sum256([]byte(token))
-	if subtle.ConstantTimeCompare(given[:], ended) == 1 {
-		return f, errFeedEnded // revoked
+	current := subtle.ConstantTimeCompare(given[:], hash) == 1
+	if subtle.ConstantTimeCompare(given[:], ended) == 1 || current && revoked != nil {
+		// Revoked. A token_hash set again after the revocation (a
+		// replica a release behind answering a retry of the feed's
+		// create) does not bring the feed back.
+		return f, errFeedEnded
 	}
-	if subtle.ConstantTimeCompare(given[:], hash) != 1 {
+	if !current {
 		return feedState{}, apperr.NotFound("calendar feed")
 	}
 	if !s.cfg.Now().Before(feedExpiry(f.created, f.lastRead)) {

@@ -2,6 +2,7 @@ package interventions_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"path"
 	"strconv"
 	"strings"
@@ -306,6 +307,14 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	_, err = f.client.CreateCalendarFeed(f.ctx, req)
 	wantCode(t, err, codes.NotFound)
 	wantEnded(t, f, second.GetName(), feedToken(t, second))
+	// A replica a release behind answers the retry by setting the token
+	// again, revoked or not: the token it handed out reads no meetings.
+	rearmed := "a-token-an-older-replica-handed-out"
+	h := sha256.Sum256([]byte(rearmed))
+	if _, err := f.pool.Exec(context.Background(), `UPDATE calendar_feeds SET token_hash = $2 WHERE id = $1`, path.Base(second.GetName()), h[:]); err != nil {
+		t.Fatal(err)
+	}
+	wantEnded(t, f, second.GetName(), rearmed)
 	if list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"}); err != nil || len(list.GetCalendarFeeds()) != 0 {
 		t.Fatalf("ListCalendarFeeds after the revocation = %v, %v", list, err)
 	}
