@@ -255,6 +255,7 @@ var sensitive = map[string]bool{
 // records the newest epoch's marker alone; one begun at an older epoch
 // finds no marker for the newer ones, which then record nothing.
 func BeginEpoch(ctx workflow.Context) workflow.Context {
+	ctx = workflow.WithValue(ctx, takenKey{}, map[string]workflow.Version{})
 	for _, e := range epochs {
 		if workflow.GetVersion(ctx, e.id, workflow.DefaultVersion, 1) >= 1 {
 			return workflow.WithValue(ctx, epochKey{}, e.covers)
@@ -262,6 +263,11 @@ func BeginEpoch(ctx workflow.Context) workflow.Context {
 	}
 	return workflow.WithValue(ctx, epochKey{}, map[string]workflow.Version(nil))
 }
+
+// takenKey holds, for a run, the versions Version gave the sensitive
+// changes its epoch does not cover: asked again, a change answers as it
+// did first, in replay as live.
+type takenKey struct{}
 
 // Version is workflow.GetVersion(ctx, changeID, DefaultVersion, max),
 // answered without a marker in a run begun at an epoch that covers the
@@ -274,8 +280,9 @@ func BeginEpoch(ctx workflow.Context) workflow.Context {
 // TemporalChangeVersion search attribute, which no codec seals, and list
 // the family in that state to anyone reading visibility. Such a run
 // answers DefaultVersion and records nothing; in replay it asks, and
-// finds the marker if code of its own time recorded one. It keeps the
-// behaviour it began with in that state; the change reaches a boundary
+// finds the marker if code of its own time recorded one. Either way the
+// first ask's answer stands for the rest of the run, live and in replay.
+// It keeps the behaviour it began with in that state; the change reaches a boundary
 // follow-up at its next continue-as-new, and other workflows in their
 // next runs. Other changes reach runs in flight as ever.
 //
@@ -293,8 +300,20 @@ func Version(ctx workflow.Context, changeID string, max workflow.Version) workfl
 	if v, ok := covers[changeID]; ok {
 		return v
 	}
-	if began && sensitive[changeID] && !workflow.IsReplaying(ctx) {
-		return workflow.DefaultVersion
+	if taken, _ := ctx.Value(takenKey{}).(map[string]workflow.Version); began && sensitive[changeID] && taken != nil {
+		// The first ask decides, for the rest of the run: a marker
+		// older code recorded is found in replay, and a later ask made
+		// live must give the same (the SDK would), or the next replay
+		// would take the other branch there.
+		if v, ok := taken[changeID]; ok {
+			return v
+		}
+		v := workflow.DefaultVersion
+		if workflow.IsReplaying(ctx) {
+			v = workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
+		}
+		taken[changeID] = v
+		return v
 	}
 	return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
 }

@@ -343,3 +343,74 @@ func TestARunOfAnOlderEpochDoesNotAskANewerEpochsChanges(t *testing.T) {
 		t.Fatalf("replay under today's code: %v", err)
 	}
 }
+
+// olderEpochAskedFlow is what code that knew epoch-2026-12-06 ran of
+// AskedFlow's first task: its marker, a sensitive change a newer epoch
+// covers asked (and recorded) at once, then the wait for "go".
+func olderEpochAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
+	workflow.GetVersion(ctx, "held-at-end-is-theirs", workflow.DefaultVersion, 1)
+	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
+	return nil, errors.New("the older code ran on past its first task")
+}
+
+// todaysAskedFlow is AskedFlow under today's code: the change asked
+// before "go", as the older code did, and again after it.
+func todaysAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	first := flow.Version(ctx, "held-at-end-is-theirs", 1)
+	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
+	return afterVersions(ctx, first, flow.Version(ctx, "held-at-end-is-theirs", 1))
+}
+
+// A sensitive change that code of a run's own time asked, and recorded,
+// answers the same when today's code asks it again live, as the SDK
+// would: answered otherwise, a replay of that history (which asks it from
+// the marker) would take the other branch, and fail the run's tasks.
+func TestASensitiveChangeTheRunTookStaysTaken(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	const queue, name = "asked-before", "AskedFlow"
+	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
+		w := worker.New(c, queue, worker.Options{})
+		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	older := start(olderEpochAskedFlow)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for done := false; !done; {
+		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+		for it.HasNext() {
+			e, err := it.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			done = done || e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	older.Stop()
+	today := start(todaysAskedFlow)
+	defer today.Stop()
+	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "go", nil); err != nil {
+		t.Fatal(err)
+	}
+	var got []workflow.Version
+	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[1 1]" {
+		t.Fatalf("versions %v, %v; want [1 1]: the change the run took, taken again", got, err)
+	}
+	h, _ := versionMarkers(ctx, t, c, run)
+	r := worker.NewWorkflowReplayer()
+	r.RegisterWorkflowWithOptions(todaysAskedFlow, workflow.RegisterOptions{Name: name})
+	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+		t.Fatalf("replay under today's code: %v", err)
+	}
+}
