@@ -173,15 +173,20 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 }
 
 // PinnedBy returns whether filter, read with fields, compares one of names
-// with =: a list narrowed to one family, meeting or workflow. A filter
-// that does not parse counts as pinned: the list refuses it, with why.
+// with = to a resource name (one holding "clinics/"): a list narrowed to
+// one family, meeting or workflow. Not to "": the empty value is the
+// column's default, which every row without one shares. A filter that
+// does not parse counts as pinned: the list refuses it, with why.
 func PinnedBy(filter string, fields map[string]FilterField) func(names ...string) bool {
 	return func(names ...string) bool {
 		f, err := ParseFilter(filter, fields)
 		if err != nil {
 			return true
 		}
-		return slices.ContainsFunc(f.conds, func(c cond) bool { return c.op == "=" && slices.Contains(names, c.name) })
+		return slices.ContainsFunc(f.conds, func(c cond) bool {
+			v, _ := c.value.(string)
+			return c.op == "=" && slices.Contains(names, c.name) && strings.Contains(v, "clinics/")
+		})
 	}
 }
 

@@ -188,12 +188,15 @@ func TestCustomFieldRendersItsCondition(t *testing.T) {
 	}
 }
 
-// A filter pins a list when it compares one of the named fields with =;
-// one that does not parse is left to the list to refuse.
+// A filter pins a list when it compares one of the named fields with = to
+// a resource name; one that does not parse is left to the list to refuse.
 func TestPinned(t *testing.T) {
 	for filter, want := range map[string]bool{
-		`owner = "u"`:                     true,
-		`urgent = true AND owner = "u"`:   true,
+		`owner = "clinics/north/families/f1"`:                   true,
+		`urgent = true AND owner = "clinics/north/families/f1"`: true,
+		// The column's default, shared by every row without one.
+		`owner = ""`:                      false,
+		`owner = "u"`:                     false,
 		`owner != "u"`:                    false,
 		`urgent = true`:                   false,
 		``:                                false,

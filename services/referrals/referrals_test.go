@@ -2563,7 +2563,9 @@ func TestWorkerListsOnlyOneFamilysOrMeetings(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
 	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
-	for name, filter := range map[string]string{"none": "", "other field": `state = HELD`, "not =": `family != "clinics/north/families/f1"`} {
+	for name, filter := range map[string]string{"none": "", "other field": `state = HELD`, "not =": `family != "clinics/north/families/f1"`,
+		// Every hold and referral not made from a meeting has it.
+		"the empty intervention": `intervention = ""`} {
 		_, err := f.client.ListHolds(worker, &referralsv1.ListHoldsRequest{Parent: "clinics/north", Filter: filter})
 		wantCode(t, err, codes.PermissionDenied)
 		_, err = f.client.ListReferrals(worker, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
