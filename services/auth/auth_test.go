@@ -142,13 +142,6 @@ func TestJWKSRotationWithoutRestart(t *testing.T) {
 	if fetches.Load() != before {
 		t.Fatal("unknown key ids must not hammer the issuer")
 	}
-	// Within the back-off the key set may be behind the issuer (a rotation
-	// just after the last fetch): such a token is unchecked, a 503 to
-	// retry, not refused as bad, which would have clients drop it.
-	_, err := slow.Verify(context.Background(), first.MustMint(opts))
-	if !IsKeysUnavailable(err) {
-		t.Fatalf("a key id unknown within the back-off: %v; want KeysUnavailable", err)
-	}
 }
 
 // A key the issuer withdraws (a leaked one) stops being trusted once the
@@ -625,9 +618,6 @@ func TestJWKSWithAMalformedKeyStillRotates(t *testing.T) {
 	if _, err := v.Verify(context.Background(), next.MustMint(opts)); err != nil {
 		t.Fatalf("the new key beside a malformed one: %v", err)
 	}
-	// Past the back-off, so that the call fetches the set: within it the
-	// set may be behind the issuer, and the token is not judged.
-	time.Sleep(5 * time.Millisecond)
 	if _, err := v.Verify(context.Background(), old); !errors.Is(err, ErrInvalidToken) || IsKeysUnavailable(err) {
 		t.Fatalf("the withdrawn key: %v; want an invalid token", err)
 	}

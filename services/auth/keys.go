@@ -78,15 +78,14 @@ type JWKS struct {
 
 // Key implements KeySource.
 func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
-	asked := time.Now()
 	if k, ok, wait := j.lookup(kid); ok || !wait {
-		return j.found(k, ok, asked)
+		return j.found(k, ok)
 	}
 	j.fetchMu.Lock()
 	defer j.fetchMu.Unlock()
 	// Another caller may have fetched while this one waited.
 	if k, ok, wait := j.lookup(kid); ok || !wait {
-		return j.found(k, ok, asked)
+		return j.found(k, ok)
 	}
 	// Not on the caller's context alone: a caller that gives up must not
 	// fail the fetch for everyone and start the back-off.
@@ -102,28 +101,19 @@ func (j *JWKS) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
 	return nil, fmt.Errorf("unknown key id")
 }
 
-// found answers a lookup, asked at asked, that did not fetch: the key, or,
-// for a key id not in the set, KeysUnavailable while the last fetch failed
-// (callers that waited on it, or came within its back-off, cannot know the
-// key is unknown) or was made before asked (within MinRefresh of it: the
-// issuer may have rotated to this key since, and its tokens are good), an
-// unknown key id only when the set was fetched since the call began.
-func (j *JWKS) found(k *ecdsa.PublicKey, ok bool, asked time.Time) (*ecdsa.PublicKey, error) {
+// found answers a lookup that did not fetch: the key, or, for a key id
+// not in the set, KeysUnavailable while the last fetch failed (callers
+// that waited on it, or came within its back-off, cannot know the key is
+// unknown), else an unknown key id.
+func (j *JWKS) found(k *ecdsa.PublicKey, ok bool) (*ecdsa.PublicKey, error) {
 	if ok {
 		return k, nil
 	}
 	j.mu.Lock()
-	failed, tried := j.failed, j.tried
+	failed := j.failed
 	j.mu.Unlock()
 	if failed {
 		return nil, &KeysUnavailable{cause: errors.New("the last fetch of the key set failed")}
-	}
-	if tried.Before(asked) {
-		// A 503 to retry, not a 401 that has clients drop good tokens
-		// and users sign in again: a junk token naming a new key id,
-		// sent just before a rotation, would otherwise have every real
-		// token refused until the back-off ends.
-		return nil, &KeysUnavailable{cause: errors.New("a key id not in the set, fetched again within the refresh interval")}
 	}
 	return nil, fmt.Errorf("unknown key id")
 }
