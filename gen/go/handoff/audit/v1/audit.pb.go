@@ -53,8 +53,10 @@ type AuditEvent struct {
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// For a call that lists or searches, the names of the records it
 	// returned, in the order returned (at most 1000): a list shows each of
-	// them to the caller. Empty for other calls, and for calls recorded
-	// before lists noted them.
+	// them to the caller. Empty for other calls, for calls recorded before
+	// lists noted them, for the lists of the service identities that act
+	// for every clinic, and for an outside system's list of families, which
+	// records a disclosure of each family it returns instead.
 	Records       []string `protobuf:"bytes,9,rep,name=records,proto3" json:"records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
