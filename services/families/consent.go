@@ -852,7 +852,9 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 				return nil, err
 			}
 			recipient := req.GetRecipient()
-			if strings.TrimSpace(recipient) != recipient {
+			// Spelt as a consent recorded before such names were refused
+			// holds it, it names that recipient.
+			if strings.TrimSpace(recipient) != recipient && !slices.Contains(co.GetRecipients(), recipient) {
 				// Under the treating-providers designation a name nobody
 				// was disclosed to may be shut out: " ehr-1" would be
 				// taken, and ehr-1 go on reading.

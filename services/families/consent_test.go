@@ -3,6 +3,7 @@ package families_test
 import (
 	"context"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -1536,5 +1537,21 @@ func TestClinicsConsentsForAPollingSystem(t *testing.T) {
 	_, err = f.client.ListConsents(f.ctx, &familiesv1.ListConsentsRequest{Parent: "clinics/north/families/--"})
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("a malformed parent: %v; want INVALID_ARGUMENT", err)
+	}
+}
+
+// A consent recorded before recipients with spaces around them were
+// refused can still be revoked for that recipient, spelt as it holds it.
+func TestARecipientWithSpacesOnFileIsRevocable(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	fam := f.create(t)
+	co := f.consent(t, fam.GetName(), f.validConsent("ehr-1", "ehr-2"))
+	if _, err := f.pool.Exec(context.Background(), `UPDATE consents SET recipients = ARRAY['ehr-1 ', 'ehr-2'] WHERE id = $1`, path.Base(co.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	got, err := f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: co.GetName(), Recipient: "ehr-1 "})
+	if err != nil || got.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
+		t.Fatalf("revoking for the recipient on file: %v, %v; want it done, the consent still active for ehr-2", got, err)
 	}
 }
