@@ -255,7 +255,7 @@ var sensitive = map[string]bool{
 // records the newest epoch's marker alone; one begun at an older epoch
 // finds no marker for the newer ones, which then record nothing.
 func BeginEpoch(ctx workflow.Context) workflow.Context {
-	ctx = workflow.WithValue(ctx, takenKey{}, map[string]workflow.Version{})
+	ctx = workflow.WithValue(ctx, takenKey{}, &taken{versions: map[string]workflow.Version{}})
 	for _, e := range epochs {
 		if workflow.GetVersion(ctx, e.id, workflow.DefaultVersion, 1) >= 1 {
 			return workflow.WithValue(ctx, epochKey{}, e.covers)
@@ -264,10 +264,19 @@ func BeginEpoch(ctx workflow.Context) workflow.Context {
 	return workflow.WithValue(ctx, epochKey{}, map[string]workflow.Version(nil))
 }
 
-// takenKey holds, for a run, the versions Version gave the sensitive
-// changes its epoch does not cover: asked again, a change answers as it
-// did first, in replay as live.
+// takenKey holds, for a run, its *taken.
 type takenKey struct{}
+
+// taken is what Version answered a run for the changes its epoch does not
+// cover: asked again, a change answers as it did first, in replay as
+// live. sealed says the SDK holds a sensitive change's id for the run, at
+// DefaultVersion, asked in replay: it writes every id it holds into
+// TemporalChangeVersion with the next change it records, so none is
+// recorded live in the run from then on.
+type taken struct {
+	versions map[string]workflow.Version
+	sealed   bool
+}
 
 // Version is workflow.GetVersion(ctx, changeID, DefaultVersion, max),
 // answered without a marker in a run begun at an epoch that covers the
@@ -281,10 +290,18 @@ type takenKey struct{}
 // the family in that state to anyone reading visibility. Such a run
 // answers DefaultVersion and records nothing; in replay it asks, and
 // finds the marker if code of its own time recorded one. Either way the
-// first ask's answer stands for the rest of the run, live and in replay.
-// It keeps the behaviour it began with in that state; the change reaches a boundary
-// follow-up at its next continue-as-new, and other workflows in their
-// next runs. Other changes reach runs in flight as ever.
+// first ask's answer stands for the rest of the run, live and in replay,
+// as it does for every change the run's epoch does not cover. Asked in
+// replay without a marker, the SDK keeps the id at DefaultVersion and
+// would write it into the search attribute with the next change the run
+// records: from then on the run records none (taken.sealed). It keeps
+// the behaviour it began with; the changes reach a boundary follow-up at
+// its next continue-as-new, and other workflows in their next runs.
+// Other changes reach runs in flight as ever until then.
+//
+// A sensitive change never gains or moves a call site (new behaviour
+// takes a new id): its first ask decides for the run, where the SDK
+// would let a later marker answer a later ask.
 //
 // It panics (a workflow task failure, retried until fixed) when asked a
 // covered change at a version other than an epoch's: runs begun at that
@@ -300,20 +317,30 @@ func Version(ctx workflow.Context, changeID string, max workflow.Version) workfl
 	if v, ok := covers[changeID]; ok {
 		return v
 	}
-	if taken, _ := ctx.Value(takenKey{}).(map[string]workflow.Version); began && sensitive[changeID] && taken != nil {
-		// The first ask decides, for the rest of the run: a marker
-		// older code recorded is found in replay, and a later ask made
-		// live must give the same (the SDK would), or the next replay
-		// would take the other branch there.
-		if v, ok := taken[changeID]; ok {
-			return v
-		}
-		v := workflow.DefaultVersion
-		if workflow.IsReplaying(ctx) {
-			v = workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
-		}
-		taken[changeID] = v
+	t, _ := ctx.Value(takenKey{}).(*taken)
+	if !began || t == nil {
+		return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
+	}
+	// The first ask decides, for the rest of the run: a marker older
+	// code recorded is found in replay, and a later ask made live must
+	// give the same (the SDK would), or the next replay would take the
+	// other branch there.
+	if v, ok := t.versions[changeID]; ok {
 		return v
 	}
-	return workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
+	var v workflow.Version
+	switch {
+	case workflow.IsReplaying(ctx):
+		v = workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
+		t.sealed = t.sealed || sensitive[changeID] && v == workflow.DefaultVersion
+	case sensitive[changeID] || t.sealed:
+		// Asked live, a sensitive change records nothing; nor, once
+		// sealed, does any other, whose record would carry the
+		// sensitive id the SDK holds.
+		v = workflow.DefaultVersion
+	default:
+		v = workflow.GetVersion(ctx, changeID, workflow.DefaultVersion, max)
+	}
+	t.versions[changeID] = v
+	return v
 }

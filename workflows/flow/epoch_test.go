@@ -414,3 +414,98 @@ func TestASensitiveChangeTheRunTookStaysTaken(t *testing.T) {
 		t.Fatalf("replay under today's code: %v", err)
 	}
 }
+
+// olderEpochTwoStepFlow is what code that knew epoch-2026-12-06 ran of
+// TwoStepFlow's first task: its marker, then the wait for "one".
+func olderEpochTwoStepFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
+	workflow.GetSignalChannel(ctx, "one").Receive(ctx, nil)
+	return nil, errors.New("the older code ran on past its first task")
+}
+
+// todaysTwoStepFlow is TwoStepFlow under today's code: after "one" it
+// asks a sensitive change a newer epoch covers, after "two" a change no
+// epoch covers.
+func todaysTwoStepFlow(ctx workflow.Context) ([]workflow.Version, error) {
+	ctx = flow.BeginEpoch(ctx)
+	workflow.GetSignalChannel(ctx, "one").Receive(ctx, nil)
+	sensitive := flow.Version(ctx, "held-at-end-is-theirs", 1)
+	workflow.GetSignalChannel(ctx, "two").Receive(ctx, nil)
+	return afterVersions(ctx, sensitive, flow.Version(ctx, "a-later-change", 1))
+}
+
+// A run of an older epoch that met a sensitive change under today's code
+// (live: nothing recorded) and is then replayed (a worker restarted), in
+// which the SDK asked holds the change's id at DefaultVersion, records no
+// later change either: the SDK would write that id into the run's
+// TemporalChangeVersion with it.
+func TestAReplayedSensitiveChangeIsNotWrittenWithALaterOne(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ts := temporaltest.NewServer(temporaltest.WithT(t))
+	c := ts.GetDefaultClient()
+	const queue, name = "two-step", "TwoStepFlow"
+	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
+		w := worker.New(c, queue, worker.Options{})
+		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
+		if err := w.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	tasks := func(want int) {
+		t.Helper()
+		for n := 0; n < want; {
+			n = 0
+			it := c.GetWorkflowHistory(ctx, "two-step", "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+			for it.HasNext() {
+				e, err := it.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
+					n++
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	older := start(olderEpochTwoStepFlow)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "two-step", TaskQueue: queue}, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks(1)
+	older.Stop()
+	// Today's code meets the sensitive change live.
+	first := start(todaysTwoStepFlow)
+	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "one", nil); err != nil {
+		t.Fatal(err)
+	}
+	tasks(2)
+	first.Stop()
+	// A restarted worker replays it, and goes on.
+	second := start(todaysTwoStepFlow)
+	defer second.Stop()
+	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "two", nil); err != nil {
+		t.Fatal(err)
+	}
+	var got []workflow.Version
+	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[-1 -1]" {
+		t.Fatalf("versions %v, %v; want [-1 -1]: nothing recorded once the SDK holds the sensitive id", got, err)
+	}
+	h, markers := versionMarkers(ctx, t, c, run)
+	if fmt.Sprint(markers) != "[epoch-2026-12-06]" {
+		t.Fatalf("version markers %v; want the run's epoch alone", markers)
+	}
+	for _, e := range h.GetEvents() {
+		if a := e.GetUpsertWorkflowSearchAttributesEventAttributes(); a != nil && strings.Contains(a.String(), "held-at-end") {
+			t.Fatalf("the run's search attributes were given the sensitive id: %v", a)
+		}
+	}
+	r := worker.NewWorkflowReplayer()
+	r.RegisterWorkflowWithOptions(todaysTwoStepFlow, workflow.RegisterOptions{Name: name})
+	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
+		t.Fatalf("replay under today's code: %v", err)
+	}
+}
