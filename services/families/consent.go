@@ -853,8 +853,10 @@ func (s *Server) RevokeConsent(ctx context.Context, req *familiesv1.RevokeConsen
 			}
 			recipient := req.GetRecipient()
 			// Spelt as a consent recorded before such names were refused
-			// holds it, it names that recipient.
-			if strings.TrimSpace(recipient) != recipient && !slices.Contains(co.GetRecipients(), recipient) {
+			// holds it, it names that recipient; but not under the
+			// treating-providers designation, which would go on covering
+			// the provider spelt without the spaces.
+			if strings.TrimSpace(recipient) != recipient && (co.GetTreatingProviders() || !slices.Contains(co.GetRecipients(), recipient)) {
 				// Under the treating-providers designation a name nobody
 				// was disclosed to may be shut out: " ehr-1" would be
 				// taken, and ehr-1 go on reading.

@@ -1554,4 +1554,14 @@ func TestARecipientWithSpacesOnFileIsRevocable(t *testing.T) {
 	if err != nil || got.GetState() != familiesv1.ConsentState_CONSENT_STATE_ACTIVE {
 		t.Fatalf("revoking for the recipient on file: %v, %v; want it done, the consent still active for ehr-2", got, err)
 	}
+	// Not under the treating-providers designation: revoked as spelt on
+	// file, ehr-1 would go on reading under it.
+	tp := f.validConsent("ehr-1")
+	tp.TreatingProviders = true
+	tpc := f.consent(t, fam.GetName(), tp)
+	if _, err := f.pool.Exec(context.Background(), `UPDATE consents SET recipients = ARRAY['ehr-1 '] WHERE id = $1`, path.Base(tpc.GetName())); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: tpc.GetName(), Recipient: "ehr-1 "})
+	wantCode(t, err, codes.InvalidArgument)
 }
