@@ -173,9 +173,9 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 }
 
 // PinnedBy returns whether filter, read with fields, compares one of names
-// with = to a resource name (one holding "clinics/"): a list narrowed to
-// one family, meeting or workflow. Not to "": the empty value is the
-// column's default, which every row without one shares. A filter that
+// with = to the name of one record (namesRecord): a list narrowed to one
+// family, meeting or workflow. Not to "", the column's default, which
+// every row without one shares, nor to a clinic's name. A filter that
 // does not parse counts as pinned: the list refuses it, with why.
 func PinnedBy(filter string, fields map[string]FilterField) func(names ...string) bool {
 	return func(names ...string) bool {
@@ -185,9 +185,21 @@ func PinnedBy(filter string, fields map[string]FilterField) func(names ...string
 		}
 		return slices.ContainsFunc(f.conds, func(c cond) bool {
 			v, _ := c.value.(string)
-			return c.op == "=" && slices.Contains(names, c.name) && strings.Contains(v, "clinics/")
+			return c.op == "=" && slices.Contains(names, c.name) && namesRecord(v)
 		})
 	}
+}
+
+// namesRecord reports whether v holds the name of a record in a clinic,
+// clinics/{clinic}/{collection}/{id}[/...], after any prefix (a workflow
+// id's "boundary/"), every segment of it non-empty.
+func namesRecord(v string) bool {
+	i := strings.Index(v, "clinics/")
+	if i < 0 || i > 0 && v[i-1] != '/' {
+		return false
+	}
+	segs := strings.Split(v[i:], "/")
+	return len(segs) >= 4 && !slices.Contains(segs, "")
 }
 
 // TimeBounds returns the latest lower and the earliest upper bound the

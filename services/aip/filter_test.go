@@ -194,14 +194,19 @@ func TestPinned(t *testing.T) {
 	for filter, want := range map[string]bool{
 		`owner = "clinics/north/families/f1"`:                   true,
 		`urgent = true AND owner = "clinics/north/families/f1"`: true,
-		// The column's default, shared by every row without one.
-		`owner = ""`:                      false,
-		`owner = "u"`:                     false,
-		`owner != "u"`:                    false,
-		`urgent = true`:                   false,
-		``:                                false,
-		`owner = `:                        true,
-		`start >= "2026-01-01T00:00:00Z"`: false,
+		// The column's default, shared by every row without one, and
+		// names of no one record.
+		`owner = ""`:                                   false,
+		`owner = "clinics/north"`:                      false,
+		`owner = "clinics/north/families/"`:            false,
+		`owner = "xclinics/north/families/f1"`:         false,
+		`owner = "boundary/clinics/north/families/f1"`: true,
+		`owner = "u"`:                                  false,
+		`owner != "u"`:                                 false,
+		`urgent = true`:                                false,
+		``:                                             false,
+		`owner = `:                                     true,
+		`start >= "2026-01-01T00:00:00Z"`:              false,
 	} {
 		if got := PinnedBy(filter, testFields)("owner", "state"); got != want {
 			t.Errorf("PinnedBy(%q) = %v; want %v", filter, got, want)
