@@ -292,56 +292,82 @@ func todaysWaitFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // asks other changes as ever, and takes them. The history replays under
 // today's code.
 func TestARunOfAnOlderEpochDoesNotAskANewerEpochsChanges(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	got, markers, _ := handedOver(t, "WaitFlow", olderEpochWaitFlow, handover{todaysWaitFlow, "go"})
+	if fmt.Sprint(got) != "[-1 1 1]" {
+		t.Fatalf("versions %v; want [-1 1 1]: the sensitive change not taken, the others taken", got)
+	}
+	if fmt.Sprint(markers) != "[epoch-2026-12-06 resends-outlive-cancel a-later-change]" {
+		t.Fatalf("version markers %v; want the run's epoch and the changes not sensitive", markers)
+	}
+}
+
+// handover is one step of a run handed from worker to worker: a worker of
+// code starts, the last one having stopped, and signal is sent.
+type handover struct {
+	code   func(workflow.Context) ([]workflow.Version, error)
+	signal string
+}
+
+// handedOver runs a workflow of type name begun by older code, whose first
+// task it waits out, then under each step's worker in turn, each later
+// one after the task the one before made: so that each replays the run
+// from the start, as a worker restarted does. It returns the versions the
+// run took, its version markers and its history, which it replays under
+// the last step's code.
+func handedOver(t *testing.T, name string, older func(workflow.Context) ([]workflow.Version, error), steps ...handover) ([]workflow.Version, []string, *historypb.History) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	ts := temporaltest.NewServer(temporaltest.WithT(t))
 	c := ts.GetDefaultClient()
-	const queue, name = "older-epoch", "WaitFlow"
 	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
-		w := worker.New(c, queue, worker.Options{})
+		w := worker.New(c, name, worker.Options{})
 		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
 		if err := w.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return w
 	}
-	older := start(olderEpochWaitFlow)
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, name)
+	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: name}, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The older code's first task done, its worker goes: today's takes
-	// the run on.
-	for done := false; !done; {
-		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
+	tasks := func(want int) {
+		for n := 0; n < want; time.Sleep(20 * time.Millisecond) {
+			n = 0
+			it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
+			for it.HasNext() {
+				e, err := it.Next()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
+					n++
+				}
 			}
-			done = done || e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	older.Stop()
-	today := start(todaysWaitFlow)
-	defer today.Stop()
-	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "go", nil); err != nil {
+	w := start(older)
+	for i, st := range steps {
+		tasks(i + 1)
+		w.Stop()
+		w = start(st.code)
+		if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), st.signal, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer w.Stop()
+	var got []workflow.Version
+	if err := run.Get(ctx, &got); err != nil {
 		t.Fatal(err)
 	}
-	var got []workflow.Version
-	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[-1 1 1]" {
-		t.Fatalf("versions %v, %v; want [-1 1 1]: the sensitive change not taken, the others taken", got, err)
-	}
 	h, markers := versionMarkers(ctx, t, c, run)
-	if fmt.Sprint(markers) != "[epoch-2026-12-06 resends-outlive-cancel a-later-change]" {
-		t.Fatalf("version markers %v; want the run's epoch and the changes not sensitive", markers)
-	}
 	r := worker.NewWorkflowReplayer()
-	r.RegisterWorkflowWithOptions(todaysWaitFlow, workflow.RegisterOptions{Name: name})
+	r.RegisterWorkflowWithOptions(steps[len(steps)-1].code, workflow.RegisterOptions{Name: name})
 	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
 		t.Fatalf("replay under today's code: %v", err)
 	}
+	return got, markers, h
 }
 
 // olderEpochAskedFlow is what code that knew epoch-2026-12-06 ran of
@@ -368,50 +394,8 @@ func todaysAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // would: answered otherwise, a replay of that history (which asks it from
 // the marker) would take the other branch, and fail the run's tasks.
 func TestASensitiveChangeTheRunTookStaysTaken(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	c := ts.GetDefaultClient()
-	const queue, name = "asked-before", "AskedFlow"
-	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
-		w := worker.New(c, queue, worker.Options{})
-		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return w
-	}
-	older := start(olderEpochAskedFlow)
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: queue}, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for done := false; !done; {
-		it := c.GetWorkflowHistory(ctx, run.GetID(), run.GetRunID(), false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-		for it.HasNext() {
-			e, err := it.Next()
-			if err != nil {
-				t.Fatal(err)
-			}
-			done = done || e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	older.Stop()
-	today := start(todaysAskedFlow)
-	defer today.Stop()
-	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "go", nil); err != nil {
-		t.Fatal(err)
-	}
-	var got []workflow.Version
-	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[1 1]" {
-		t.Fatalf("versions %v, %v; want [1 1]: the change the run took, taken again", got, err)
-	}
-	h, _ := versionMarkers(ctx, t, c, run)
-	r := worker.NewWorkflowReplayer()
-	r.RegisterWorkflowWithOptions(todaysAskedFlow, workflow.RegisterOptions{Name: name})
-	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
-		t.Fatalf("replay under today's code: %v", err)
+	if got, _, _ := handedOver(t, "AskedFlow", olderEpochAskedFlow, handover{todaysAskedFlow, "go"}); fmt.Sprint(got) != "[1 1]" {
+		t.Fatalf("versions %v; want [1 1]: the change the run took, taken again", got)
 	}
 }
 
@@ -440,61 +424,12 @@ func todaysTwoStepFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // later change either: the SDK would write that id into the run's
 // TemporalChangeVersion with it.
 func TestAReplayedSensitiveChangeIsNotWrittenWithALaterOne(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	ts := temporaltest.NewServer(temporaltest.WithT(t))
-	c := ts.GetDefaultClient()
-	const queue, name = "two-step", "TwoStepFlow"
-	start := func(code func(workflow.Context) ([]workflow.Version, error)) worker.Worker {
-		w := worker.New(c, queue, worker.Options{})
-		w.RegisterWorkflowWithOptions(code, workflow.RegisterOptions{Name: name})
-		if err := w.Start(); err != nil {
-			t.Fatal(err)
-		}
-		return w
+	got, markers, h := handedOver(t, "TwoStepFlow", olderEpochTwoStepFlow,
+		handover{todaysTwoStepFlow, "one"}, // today's code meets the sensitive change live
+		handover{todaysTwoStepFlow, "two"}) // a restarted worker replays it, and goes on
+	if fmt.Sprint(got) != "[-1 -1]" {
+		t.Fatalf("versions %v; want [-1 -1]: nothing recorded once the SDK holds the sensitive id", got)
 	}
-	tasks := func(want int) {
-		t.Helper()
-		for n := 0; n < want; {
-			n = 0
-			it := c.GetWorkflowHistory(ctx, "two-step", "", false, enumspb.HISTORY_EVENT_FILTER_TYPE_ALL_EVENT)
-			for it.HasNext() {
-				e, err := it.Next()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if e.GetEventType() == enumspb.EVENT_TYPE_WORKFLOW_TASK_COMPLETED {
-					n++
-				}
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	older := start(olderEpochTwoStepFlow)
-	run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{ID: "two-step", TaskQueue: queue}, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tasks(1)
-	older.Stop()
-	// Today's code meets the sensitive change live.
-	first := start(todaysTwoStepFlow)
-	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "one", nil); err != nil {
-		t.Fatal(err)
-	}
-	tasks(2)
-	first.Stop()
-	// A restarted worker replays it, and goes on.
-	second := start(todaysTwoStepFlow)
-	defer second.Stop()
-	if err := c.SignalWorkflow(ctx, run.GetID(), run.GetRunID(), "two", nil); err != nil {
-		t.Fatal(err)
-	}
-	var got []workflow.Version
-	if err := run.Get(ctx, &got); err != nil || fmt.Sprint(got) != "[-1 -1]" {
-		t.Fatalf("versions %v, %v; want [-1 -1]: nothing recorded once the SDK holds the sensitive id", got, err)
-	}
-	h, markers := versionMarkers(ctx, t, c, run)
 	if fmt.Sprint(markers) != "[epoch-2026-12-06]" {
 		t.Fatalf("version markers %v; want the run's epoch alone", markers)
 	}
@@ -502,10 +437,5 @@ func TestAReplayedSensitiveChangeIsNotWrittenWithALaterOne(t *testing.T) {
 		if a := e.GetUpsertWorkflowSearchAttributesEventAttributes(); a != nil && strings.Contains(a.String(), "held-at-end") {
 			t.Fatalf("the run's search attributes were given the sensitive id: %v", a)
 		}
-	}
-	r := worker.NewWorkflowReplayer()
-	r.RegisterWorkflowWithOptions(todaysTwoStepFlow, workflow.RegisterOptions{Name: name})
-	if err := r.ReplayWorkflowHistory(nil, h); err != nil {
-		t.Fatalf("replay under today's code: %v", err)
 	}
 }
