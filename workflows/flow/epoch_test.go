@@ -267,12 +267,18 @@ func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	})
 }
 
-// olderEpochWaitFlow is what code that knew epoch-2026-12-06 ran of
-// WaitFlow's first task: its marker, then the wait for "go".
-func olderEpochWaitFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
-	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
-	return nil, errors.New("the older code ran on past its first task")
+// olderEpochUntil is what code that knew epoch-2026-12-06 ran of a
+// workflow's first task: its marker, the changes asked (and recorded),
+// then the wait for signal, past which it never ran.
+func olderEpochUntil(signal string, asked ...string) func(workflow.Context) ([]workflow.Version, error) {
+	return func(ctx workflow.Context) ([]workflow.Version, error) {
+		workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
+		for _, id := range asked {
+			workflow.GetVersion(ctx, id, workflow.DefaultVersion, 1)
+		}
+		workflow.GetSignalChannel(ctx, signal).Receive(ctx, nil)
+		return nil, errors.New("the older code ran on past its first task")
+	}
 }
 
 // todaysWaitFlow is WaitFlow under today's code: after "go", it asks two
@@ -292,7 +298,7 @@ func todaysWaitFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // asks other changes as ever, and takes them. The history replays under
 // today's code.
 func TestARunOfAnOlderEpochDoesNotAskANewerEpochsChanges(t *testing.T) {
-	got, markers, _ := handedOver(t, "WaitFlow", olderEpochWaitFlow, handover{todaysWaitFlow, "go"})
+	got, markers, _ := handedOver(t, "WaitFlow", olderEpochUntil("go"), handover{todaysWaitFlow, "go"})
 	if fmt.Sprint(got) != "[-1 1 1]" {
 		t.Fatalf("versions %v; want [-1 1 1]: the sensitive change not taken, the others taken", got)
 	}
@@ -370,16 +376,6 @@ func handedOver(t *testing.T, name string, older func(workflow.Context) ([]workf
 	return got, markers, h
 }
 
-// olderEpochAskedFlow is what code that knew epoch-2026-12-06 ran of
-// AskedFlow's first task: its marker, a sensitive change a newer epoch
-// covers asked (and recorded) at once, then the wait for "go".
-func olderEpochAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
-	workflow.GetVersion(ctx, "held-at-end-is-theirs", workflow.DefaultVersion, 1)
-	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
-	return nil, errors.New("the older code ran on past its first task")
-}
-
 // todaysAskedFlow is AskedFlow under today's code: the change asked
 // before "go", as the older code did, and again after it.
 func todaysAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
@@ -394,17 +390,9 @@ func todaysAskedFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // would: answered otherwise, a replay of that history (which asks it from
 // the marker) would take the other branch, and fail the run's tasks.
 func TestASensitiveChangeTheRunTookStaysTaken(t *testing.T) {
-	if got, _, _ := handedOver(t, "AskedFlow", olderEpochAskedFlow, handover{todaysAskedFlow, "go"}); fmt.Sprint(got) != "[1 1]" {
+	if got, _, _ := handedOver(t, "AskedFlow", olderEpochUntil("go", "held-at-end-is-theirs"), handover{todaysAskedFlow, "go"}); fmt.Sprint(got) != "[1 1]" {
 		t.Fatalf("versions %v; want [1 1]: the change the run took, taken again", got)
 	}
-}
-
-// olderEpochTwoStepFlow is what code that knew epoch-2026-12-06 ran of
-// TwoStepFlow's first task: its marker, then the wait for "one".
-func olderEpochTwoStepFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
-	workflow.GetSignalChannel(ctx, "one").Receive(ctx, nil)
-	return nil, errors.New("the older code ran on past its first task")
 }
 
 // todaysTwoStepFlow is TwoStepFlow under today's code: after "one" it
@@ -424,7 +412,7 @@ func todaysTwoStepFlow(ctx workflow.Context) ([]workflow.Version, error) {
 // later change either: the SDK would write that id into the run's
 // TemporalChangeVersion with it.
 func TestAReplayedSensitiveChangeIsNotWrittenWithALaterOne(t *testing.T) {
-	got, markers, h := handedOver(t, "TwoStepFlow", olderEpochTwoStepFlow,
+	got, markers, h := handedOver(t, "TwoStepFlow", olderEpochUntil("one"),
 		handover{todaysTwoStepFlow, "one"}, // today's code meets the sensitive change live
 		handover{todaysTwoStepFlow, "two"}) // a restarted worker replays it, and goes on
 	if fmt.Sprint(got) != "[-1 -1]" {
