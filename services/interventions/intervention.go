@@ -984,7 +984,7 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 	// counselor's to decide. A leaked worker token, good for every clinic,
 	// must not call off every meeting. The families service is asked
 	// before the transaction, which then holds no lock over the call.
-	worker, checked, gone := workerOnly(ctx), false, false
+	worker, checked, gone := auth.WorkerOnly(ctx), false, false
 	if worker {
 		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"CancelIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
@@ -1109,7 +1109,7 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			return nil, apperr.Field("hold", "must be a hold of the same clinic, clinics/{clinic}/holds/{hold}")
 		}
 	}
-	worker := workerOnly(ctx)
+	worker := auth.WorkerOnly(ctx)
 	if worker && (req.GetKind() != interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD || !req.GetDone()) {
 		// The workflows tick the place they held, and nothing else: a
 		// safety screen or a quiet room is the counselor's to confirm.
@@ -1207,14 +1207,6 @@ func (s *Server) liveHoldOf(ctx context.Context, name, iv string) (*referralsv1.
 			return nil, apperr.Field("hold", "is not a hold keeping a place for %s", iv)
 		}
 	}
-}
-
-// workerOnly reports whether the caller is the workflows' worker and not
-// staff. The worker ticks the checklist with the hold HoldSlot has just
-// given it, and may not read holds by name.
-func workerOnly(ctx context.Context) bool {
-	p, ok := auth.FromContext(ctx)
-	return ok && p.WorkerOnly()
 }
 
 // readHold reads the hold a checklist item is to name. One marked done
