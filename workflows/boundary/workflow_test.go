@@ -96,7 +96,7 @@ func (h *harness) screened(status string, after time.Duration) {
 func newHarness(t *testing.T, status string) *harness {
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
-	env.SetStartTime(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
+	env.SetStartTime(time.Date(2037, 12, 7, 15, 0, 0, 0, time.UTC))
 	env.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
 	env.RegisterActivity(&activities.Activities{})
 	h := &harness{env: env, t0: env.Now(), safety: activities.Safety{
@@ -1272,8 +1272,8 @@ func TestRequestIDsDoNotMoveWithTheClock(t *testing.T) {
 		}
 		return out
 	}
-	first := ids(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
-	again := ids(time.Date(2026, 12, 7, 15, 0, 7, 0, time.UTC))
+	first := ids(time.Date(2037, 12, 7, 15, 0, 0, 0, time.UTC))
+	again := ids(time.Date(2037, 12, 7, 15, 0, 7, 0, time.UTC))
 	if len(first) == 0 || !slices.Equal(first, again) {
 		t.Fatalf("request ids seven seconds apart differ:\n%v\n%v", first, again)
 	}

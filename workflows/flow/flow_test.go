@@ -143,7 +143,7 @@ func TestCallDoesNotRetryAFinalError(t *testing.T) {
 }
 
 // meetingAt is what remindNow's reminders by RemindAwake are about.
-var meetingAt = time.Date(2026, 12, 4, 18, 0, 0, 0, time.UTC)
+var meetingAt = time.Date(2037, 12, 4, 18, 0, 0, 0, time.UTC)
 
 // remindNow sends three reminders due "now": one by Remind, two by
 // RemindAwake to a member in and out of quiet hours.
@@ -173,7 +173,7 @@ func TestRemindersDueNowCarryNoTime(t *testing.T) {
 	env := suite.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(remindNow)
 	env.RegisterActivity(&activities.Activities{})
-	start := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC) // noon: quiet for "asleep" only
+	start := time.Date(2037, 12, 3, 12, 0, 0, 0, time.UTC) // noon: quiet for "asleep" only
 	env.SetStartTime(start)
 	due, about := map[string]time.Time{}, map[string]time.Time{}
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(func(_ context.Context, r activities.ReminderRequest) (string, error) {
@@ -200,7 +200,7 @@ func TestReminderMadeByAnEarlierTryDoesNotFailTheStep(t *testing.T) {
 	env := suite.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(remindNow)
 	env.RegisterActivity(&activities.Activities{})
-	env.SetStartTime(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	env.SetStartTime(time.Date(2037, 12, 3, 12, 0, 0, 0, time.UTC))
 	calls := 0
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(func(context.Context, activities.ReminderRequest) (string, error) {
 		calls++
@@ -310,7 +310,7 @@ func TestListenWaitsForAResendMovedPastQuietHours(t *testing.T) {
 	env := suite.NewTestWorkflowEnvironment()
 	env.RegisterWorkflow(listenOnce)
 	env.RegisterActivity(&activities.Activities{})
-	start := time.Date(2026, 12, 3, 21, 0, 0, 0, time.UTC)
+	start := time.Date(2037, 12, 3, 21, 0, 0, 0, time.UTC)
 	env.SetStartTime(start)
 	morning := start.Add(10 * time.Hour)
 	var resent []string

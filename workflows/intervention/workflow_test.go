@@ -108,7 +108,7 @@ func newHarness(t *testing.T, startIn time.Duration, settings activities.Setting
 	var suite testsuite.WorkflowTestSuite
 	env := suite.NewTestWorkflowEnvironment()
 	// A fixed Monday noon UTC keeps time zone arithmetic readable.
-	env.SetStartTime(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC))
+	env.SetStartTime(time.Date(2037, 12, 7, 12, 0, 0, 0, time.UTC))
 	env.RegisterWorkflowWithOptions(intervention.Workflow, workflow.RegisterOptions{Name: intervention.Name})
 	env.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
 	env.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
@@ -202,13 +202,13 @@ func mustLoc(t *testing.T, zone string) *time.Location {
 	return l
 }
 
-// The meeting is Friday 2026-12-11 at 18:00 New York (23:00 UTC). The hold
+// The meeting is Friday 2037-12-11 at 18:00 New York (23:00 UTC). The hold
 // is taken 72 h before; reminders go out 72 h, 24 h and 2 h before, each
 // placed in its recipient's zone and out of quiet hours.
 func TestRemindersAndHoldAtTheRightInstants(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour+11*time.Hour, defaults())
 	ny, chi := mustLoc(t, "America/New_York"), mustLoc(t, "America/Chicago")
-	if want := time.Date(2026, 12, 11, 18, 0, 0, 0, ny); !h.start.Equal(want) {
+	if want := time.Date(2037, 12, 11, 18, 0, 0, 0, ny); !h.start.Equal(want) {
 		t.Fatalf("start = %v, want %v", h.start, want)
 	}
 	// Refused hours early; taken half a minute before the start by the
@@ -236,9 +236,9 @@ func TestRemindersAndHoldAtTheRightInstants(t *testing.T) {
 	}
 	want := map[string][]time.Time{
 		// The counselor has no quiet hours: exactly 72, 24 and 2 h before.
-		"counselor-1": {time.Date(2026, 12, 8, 17, 0, 0, 0, chi), time.Date(2026, 12, 10, 17, 0, 0, 0, chi), time.Date(2026, 12, 11, 15, 0, 0, 0, chi)},
+		"counselor-1": {time.Date(2037, 12, 8, 17, 0, 0, 0, chi), time.Date(2037, 12, 10, 17, 0, 0, 0, chi), time.Date(2037, 12, 11, 15, 0, 0, 0, chi)},
 		// Mom: 18:00 the days before and 16:00 on the day, all outside 21:00-08:00.
-		"mom": {time.Date(2026, 12, 8, 18, 0, 0, 0, ny), time.Date(2026, 12, 10, 18, 0, 0, 0, ny), time.Date(2026, 12, 11, 16, 0, 0, 0, ny)},
+		"mom": {time.Date(2037, 12, 8, 18, 0, 0, 0, ny), time.Date(2037, 12, 10, 18, 0, 0, 0, ny), time.Date(2037, 12, 11, 16, 0, 0, 0, ny)},
 	}
 	for who, times := range want {
 		if len(got[who]) != len(times) {
@@ -276,7 +276,7 @@ func TestQuietHoursMoveReminders(t *testing.T) {
 			last = r.Due
 		}
 	}
-	if want := time.Date(2026, 12, 10, 8, 0, 0, 0, ny); !last.Equal(want) {
+	if want := time.Date(2037, 12, 10, 8, 0, 0, 0, ny); !last.Equal(want) {
 		t.Fatalf("mom's last reminder at %v, want %v", last.In(ny), want)
 	}
 }
@@ -561,7 +561,7 @@ func TestShortNoticeInQuietHoursRemindsOnce(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	eight := time.Date(2026, 12, 7, 8, 0, 0, 0, mustLoc(t, "America/New_York"))
+	eight := time.Date(2037, 12, 7, 8, 0, 0, 0, mustLoc(t, "America/New_York"))
 	if len(mom) != 1 || !mom[0].Equal(eight) {
 		t.Fatalf("mom's meeting reminders due at %v; want one, at 08:00 New York (%v)", mom, eight.UTC())
 	}
@@ -944,7 +944,7 @@ func TestFailedRemindersAreRetried(t *testing.T) {
 	if len(resent) != 3 {
 		t.Fatalf("resent %d times, want 3 (the retry limit)", len(resent))
 	}
-	if want := time.Date(2026, 12, 7, 13, 15, 0, 0, time.UTC); !resent[0].Equal(want) {
+	if want := time.Date(2037, 12, 7, 13, 15, 0, 0, time.UTC); !resent[0].Equal(want) {
 		t.Fatalf("first resend at %v, want %v: 15 min after the failure", resent[0], want)
 	}
 }

@@ -81,7 +81,7 @@ func newHarness(t *testing.T) *harness {
 	logs := &warnings{t: t}
 	suite.SetLogger(logs)
 	env := suite.NewTestWorkflowEnvironment()
-	env.SetStartTime(time.Date(2026, 12, 7, 15, 0, 0, 0, time.UTC))
+	env.SetStartTime(time.Date(2037, 12, 7, 15, 0, 0, 0, time.UTC))
 	env.RegisterWorkflowWithOptions(matintake.Workflow, workflow.RegisterOptions{Name: matintake.Name})
 	env.RegisterActivity(&activities.Activities{})
 	h := &harness{env: env, log: logs, status: map[string]activities.ReferralInfo{}}
@@ -416,8 +416,8 @@ func TestShortNoticeIntakeInQuietHoursRemindsOnce(t *testing.T) {
 	chicago := mustZone(t, "America/Chicago")
 	start := h.env.Now() // 09:00 in Chicago
 	const r1 = "clinics/north/referrals/r1"
-	booked := time.Date(2026, 12, 7, 22, 0, 0, 0, chicago)
-	appointment := time.Date(2026, 12, 8, 10, 0, 0, 0, chicago)
+	booked := time.Date(2037, 12, 7, 22, 0, 0, 0, chicago)
+	appointment := time.Date(2037, 12, 8, 10, 0, 0, 0, chicago)
 	h.transition(time.Hour, r1, activities.ReferralInfo{State: "ACCEPTED"})
 	h.transition(booked.Sub(start), r1, activities.ReferralInfo{State: "SCHEDULED", Appointment: appointment})
 	h.transition(appointment.Sub(start)+time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
@@ -425,7 +425,7 @@ func TestShortNoticeIntakeInQuietHoursRemindsOnce(t *testing.T) {
 	if err := h.env.GetWorkflowError(); err != nil {
 		t.Fatal(err)
 	}
-	eight := time.Date(2026, 12, 8, 8, 0, 0, 0, chicago)
+	eight := time.Date(2037, 12, 8, 8, 0, 0, 0, chicago)
 	var due []time.Time
 	for _, r := range h.kinds("INTAKE_UPCOMING") {
 		due = append(due, r.Due)
@@ -603,7 +603,7 @@ func TestRepeatedNoShowsEscalateAndSlowIntakeAlerts(t *testing.T) {
 		t.Fatalf("re-engagements = %d, want 2 (MaxNoShows)", n)
 	}
 	alert := h.kinds("INTAKE_OVERDUE")
-	if len(alert) != 1 || !alert[0].Due.Equal(time.Date(2026, 12, 10, 15, 0, 0, 0, time.UTC)) { // 72 h after the start
+	if len(alert) != 1 || !alert[0].Due.Equal(time.Date(2037, 12, 10, 15, 0, 0, 0, time.UTC)) { // 72 h after the start
 		t.Fatalf("intake alert = %+v", alert)
 	}
 }
