@@ -105,15 +105,52 @@ var matKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MA
 	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
 
 // matchRequest builds a match for the loved one, from the family's
-// unresolved barriers and coverage. No kinds asks for the treatments that
-// suit the loved one (suited).
+// unresolved barriers and coverage, with the tiers its services are
+// matched in (matchInTiers). No kinds asks for the treatments that suit
+// the loved one (suitedTiers); kinds named, the ones the loved one agreed
+// to, are one tier.
 func (a *Activities) matchRequest(ctx context.Context, family string, kinds []referralsv1.ServiceKind,
-	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, error) {
+	urgency referralsv1.Urgency, exclude []string) (*referralsv1.MatchProgramsRequest, [][]referralsv1.ServiceKind, error) {
 	fam, err := a.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if err != nil {
-		return nil, wrap("get family", err)
+		return nil, nil, wrap("get family", err)
 	}
-	return a.matchFor(ctx, family, fam, "", kinds, urgency, exclude)
+	req, err := a.matchFor(ctx, family, fam, "", kinds, urgency, exclude)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(kinds) > 0 {
+		return req, [][]referralsv1.ServiceKind{kinds}, nil
+	}
+	return req, suitedTiers(fam.GetLovedOne().GetPrimarySubstance(), req.GetBarriers()), nil
+}
+
+// matchInTiers matches req for one tier of services at a time, in order,
+// and hands try each program matched, with the tier's services, until try
+// is done or fails: the next tier is matched only when no program of the
+// ones before took the person. A program already handed over is not
+// handed over again for a later tier (it had no place, or was refused).
+func (a *Activities) matchInTiers(ctx context.Context, req *referralsv1.MatchProgramsRequest, tiers [][]referralsv1.ServiceKind,
+	try func(m *referralsv1.ProgramMatch, kinds []referralsv1.ServiceKind) (bool, error)) (bool, error) {
+	tried := map[string]bool{}
+	for _, kinds := range tiers {
+		r := proto.CloneOf(req)
+		r.ServiceKinds = kinds
+		matches, err := a.Referrals.MatchPrograms(ctx, r)
+		if err != nil {
+			return false, wrap("match programs", err)
+		}
+		for _, m := range matches.GetMatches() {
+			if tried[m.GetProgram().GetName()] {
+				continue
+			}
+			tried[m.GetProgram().GetName()] = true
+			if done, err := try(m, kinds); done || err != nil {
+				return done, err
+			}
+		}
+	}
+	return false, nil
 }
 
 // matchFor builds a match for fam (read already, named family) from its
@@ -153,17 +190,33 @@ func (a *Activities) matchFor(ctx context.Context, family string, fam *familiesv
 	return req, nil
 }
 
-// suited are the treatments that fit the loved one, most fitting first,
-// from the substance they use and their open barriers: what is held ahead
-// of the meeting, and what a yes naming no treatment refers them to.
+// suited are the treatments that fit the loved one, most fitting first
+// (suitedTiers, flattened): what is held ahead of the meeting, and what a
+// yes naming no treatment refers them to.
+func suited(substance familiesv1.Substance, barriers []referralsv1.BarrierKind) []referralsv1.ServiceKind {
+	return slices.Concat(suitedTiers(substance, barriers)...)
+}
+
+// suitedTiers are the treatments that fit the loved one, from the
+// substance they use and their open barriers, in tiers: a program that
+// offers a treatment of an earlier tier is taken before any that offers
+// only later ones, however well the match scores it, as the score weighs
+// coverage, place and barriers and counts every treatment asked for alike.
 // Methadone and buprenorphine treat opioid use alone; of the medications
 // here only naltrexone treats alcohol use, and none treats stimulants, for
-// which care without medication is the treatment. Naltrexone comes last
-// for opioids, as it starts only after withdrawal; buprenorphine comes
-// before methadone when work or caregiving stands in the way, as methadone
-// means a visit to an opioid treatment program most days. Care goes from
-// the least intensive up. A substance not recorded keeps any medication.
-func suited(substance familiesv1.Substance, barriers []referralsv1.BarrierKind) []referralsv1.ServiceKind {
+// which care without medication is the treatment. Naltrexone is a tier of
+// its own, last, for opioids, as it starts only after withdrawal, which
+// the person who just said yes has not been through; buprenorphine is a
+// tier before methadone when work or caregiving stands in the way, as
+// methadone means a visit to an opioid treatment program most days. Care
+// goes from the least intensive up, in one tier with naltrexone for
+// alcohol. A substance not recorded keeps any medication, in one tier.
+func suitedTiers(substance familiesv1.Substance, barriers []referralsv1.BarrierKind) [][]referralsv1.ServiceKind {
+	const (
+		meth = referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE
+		bup  = referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+		nalt = referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+	)
 	care := []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT,
 		referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT, referralsv1.ServiceKind_SERVICE_KIND_INPATIENT}
 	switch substance {
@@ -171,16 +224,15 @@ func suited(substance familiesv1.Substance, barriers []referralsv1.BarrierKind) 
 		if slices.ContainsFunc(barriers, func(b referralsv1.BarrierKind) bool {
 			return b == referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK || b == referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_CAREGIVING
 		}) {
-			return []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE,
-				referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}
+			return [][]referralsv1.ServiceKind{{bup}, {meth}, {nalt}}
 		}
-		return matKinds
+		return [][]referralsv1.ServiceKind{{meth, bup}, {nalt}}
 	case familiesv1.Substance_SUBSTANCE_ALCOHOL:
-		return append([]referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}, care...)
+		return [][]referralsv1.ServiceKind{append([]referralsv1.ServiceKind{nalt}, care...)}
 	case familiesv1.Substance_SUBSTANCE_STIMULANTS, familiesv1.Substance_SUBSTANCE_OTHER:
-		return care
+		return [][]referralsv1.ServiceKind{care}
 	}
-	return matKinds
+	return [][]referralsv1.ServiceKind{slices.Clone(matKinds)}
 }
 
 // age is the age in whole years, on the day now falls on in zone (UTC if
@@ -227,7 +279,8 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 		if err != nil {
 			return HoldResult{}, err
 		}
-		if hold, err = a.holdBest(ctx, in, req); err != nil {
+		tiers := suitedTiers(fam.GetLovedOne().GetPrimarySubstance(), req.GetBarriers())
+		if hold, err = a.holdBest(ctx, in, req, tiers); err != nil {
 			return HoldResult{}, err
 		}
 	}
@@ -285,27 +338,31 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 const maxHoldTTL = 14 * 24 * time.Hour
 
 // holdBest holds a slot at the best program req matches that still has
-// one, for the first of req's services it offers.
-func (a *Activities) holdBest(ctx context.Context, in HoldRequest, req *referralsv1.MatchProgramsRequest) (*referralsv1.Hold, error) {
+// one, for the first service it offers of the first tier it offers any of
+// (matchInTiers).
+func (a *Activities) holdBest(ctx context.Context, in HoldRequest, req *referralsv1.MatchProgramsRequest, tiers [][]referralsv1.ServiceKind) (*referralsv1.Hold, error) {
 	// The API takes holds of one minute to 14 days.
 	ttl := min(max(in.TTL, time.Minute), maxHoldTTL)
-	matches, err := a.Referrals.MatchPrograms(ctx, req)
-	if err != nil {
-		return nil, wrap("match programs", err)
-	}
-	for _, m := range matches.GetMatches() {
-		kind := firstOffered(m.GetProgram(), req.GetServiceKinds())
-		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: kind,
+	var hold *referralsv1.Hold
+	done, err := a.matchInTiers(ctx, req, tiers, func(m *referralsv1.ProgramMatch, kinds []referralsv1.ServiceKind) (bool, error) {
+		h, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(), ServiceKind: firstOffered(m.GetProgram(), kinds),
 			Family: in.Family, Intervention: in.Intervention, Ttl: durationpb.New(ttl), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if passOver(err, m.GetProgram().GetName()) {
-			continue // taken, deleted or changed since the match: try the next program
+			return false, nil // taken, deleted or changed since the match: try the next program
 		}
 		if err != nil {
-			return nil, wrap("hold slot", err)
+			return false, wrap("hold slot", err)
 		}
-		return hold, nil
+		hold = h
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, temporal.NewNonRetryableApplicationError("no program offering a treatment that suits the loved one has a free intake slot", "NO_CAPACITY", nil)
+	if !done {
+		return nil, temporal.NewNonRetryableApplicationError("no program offering a treatment that suits the loved one has a free intake slot", "NO_CAPACITY", nil)
+	}
+	return hold, nil
 }
 
 // passOver reports whether program's refusal of a hold leaves the others
@@ -866,11 +923,12 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	// held place by it, and the search for another place uses it again.
 	var (
 		req      *referralsv1.MatchProgramsRequest
+		tiers    [][]referralsv1.ServiceKind
 		matchErr error
 	)
 	match := func() (*referralsv1.MatchProgramsRequest, error) {
 		if req == nil && matchErr == nil {
-			req, matchErr = a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
+			req, tiers, matchErr = a.matchRequest(ctx, in.Family, kinds, referralsv1.Urgency_URGENCY_IMMEDIATE, in.Exclude)
 		}
 		return req, matchErr
 	}
@@ -969,19 +1027,16 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, werr
 		}
 	}
-	matches, err := a.Referrals.MatchPrograms(ctx, req)
-	if err != nil {
-		return Referral{}, wrap("match programs", err)
-	}
-	for _, m := range matches.GetMatches() {
+	var out Referral
+	done, err := a.matchInTiers(ctx, req, tiers, func(m *referralsv1.ProgramMatch, kinds []referralsv1.ServiceKind) (bool, error) {
 		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
-			ServiceKind: firstOffered(m.GetProgram(), req.GetServiceKinds()), Family: in.Family, Intervention: in.Intervention,
+			ServiceKind: firstOffered(m.GetProgram(), kinds), Family: in.Family, Intervention: in.Intervention,
 			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
 		if passOver(err, m.GetProgram().GetName()) {
-			continue
+			return false, nil
 		}
 		if err != nil {
-			return Referral{}, wrap("hold slot", err)
+			return false, wrap("hold slot", err)
 		}
 		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
 			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
@@ -989,23 +1044,26 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			werr := wrap("convert hold", err)
 			switch t := ErrorType(werr); t {
 			case "":
-				return Referral{}, werr // retried: the next try adopts the hold (agreedHold)
+				return false, werr // retried: the next try adopts the hold (agreedHold)
 			case "INVALID_STATE_TRANSITION", "RESOURCE_NOT_FOUND":
 				// The hold is not HELD: an earlier try's, answered again
 				// under its request id, that lapsed or went back since, or
 				// one converted. A referral made of it is taken; without
 				// one, the next program is tried.
-				if ref, ok, err := existing(); ok || err != nil {
-					return ref, err
-				}
-				continue
+				ref, ok, err := existing()
+				out = ref
+				return ok, err
 			}
 			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
-				return Referral{}, rerr
+				return false, rerr
 			}
-			return Referral{}, werr
+			return false, werr
 		}
-		return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, nil
+		out = Referral{Name: ref.GetName(), Program: ref.GetProgram()}
+		return true, nil
+	})
+	if done || err != nil {
+		return out, err
 	}
 	return Referral{}, temporal.NewNonRetryableApplicationError("no program with a free slot is left to try", "NO_PROGRAM", nil)
 }

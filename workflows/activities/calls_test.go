@@ -1541,12 +1541,12 @@ func TestAProgramGoneSinceTheMatchIsPassedOver(t *testing.T) {
 			t.Fatalf("%s: referral %+v, %v; want one at the second program", name, ref, err)
 		}
 		// Holding ahead of the meeting passes it over too.
-		req, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+		req, tiers, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		hold, err := a.holdBest(context.Background(),
-			HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"}, req)
+			HoldRequest{Family: "clinics/north/families/f1", Intervention: "clinics/north/interventions/i1", RequestID: "r"}, req, tiers)
 		if err != nil || hold.GetProgram() != "clinics/north/programs/p2" {
 			t.Fatalf("%s: hold ahead %v, %v; want one at the second program", name, hold, err)
 		}
@@ -2229,7 +2229,7 @@ func TestMatchNamesEachBarrierKindOnce(t *testing.T) {
 	money, stigma, denial := familiesv1.BarrierKind_BARRIER_KIND_FINANCIAL, familiesv1.BarrierKind_BARRIER_KIND_STIGMA, familiesv1.BarrierKind_BARRIER_KIND_DENIAL
 	a := &Activities{Families: pagedBarriers{substanceFamily: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN},
 		pages: [][]familiesv1.BarrierKind{{money, stigma, money}, {denial, money}}}}
-	req, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+	req, _, err := a.matchRequest(context.Background(), "clinics/north/families/f1", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -2326,5 +2326,125 @@ func TestLateResendIsPlacedFromNow(t *testing.T) {
 	}
 	if got := f.created.GetDueTime().AsTime(); got.Before(before.Add(-time.Second)) {
 		t.Fatalf("made due %v, in the past; want it placed from now", got)
+	}
+}
+
+// rankedFake is a directory whose match ranks programs in a fixed order,
+// whatever the services asked for (as the score counts them alike),
+// leaving out those that offer none of them; full programs refuse a hold.
+type rankedFake struct {
+	holdsFake
+	programs []*referralsv1.Program
+	full     map[string]bool
+	asked    [][]referralsv1.ServiceKind
+	made     []*referralsv1.HoldSlotRequest
+}
+
+func (f *rankedFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	f.asked = append(f.asked, in.GetServiceKinds())
+	resp := &referralsv1.MatchProgramsResponse{}
+	for _, p := range f.programs {
+		if slices.ContainsFunc(p.GetServices(), func(k referralsv1.ServiceKind) bool { return slices.Contains(in.GetServiceKinds(), k) }) {
+			resp.Matches = append(resp.Matches, &referralsv1.ProgramMatch{Program: p, Rank: int32(len(resp.Matches) + 1)})
+		}
+	}
+	return resp, nil
+}
+
+func (f *rankedFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
+	f.made = append(f.made, in)
+	if f.full[in.GetProgram()] {
+		return nil, apperr.FailedPrecondition(apperr.ReasonNoCapacity, "no slot free", nil)
+	}
+	return &referralsv1.Hold{Name: fmt.Sprintf("clinics/north/holds/h%d", len(f.made)), Program: in.GetProgram(), Family: in.GetFamily(),
+		Intervention: in.GetIntervention(), ServiceKind: in.GetServiceKind(), ExpireTime: timestamppb.New(time.Now().Add(in.GetTtl().AsDuration()))}, nil
+}
+
+func (f *rankedFake) ListReferrals(context.Context, *referralsv1.ListReferralsRequest, ...grpc.CallOption) (*referralsv1.ListReferralsResponse, error) {
+	return &referralsv1.ListReferralsResponse{}, nil
+}
+
+func (f *rankedFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHoldRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	i, err := strconv.Atoi(strings.TrimPrefix(in.GetName(), "clinics/north/holds/h"))
+	if err != nil || i < 1 || i > len(f.made) || f.full[f.made[i-1].GetProgram()] {
+		return nil, apperr.NotFound(in.GetName())
+	}
+	h := f.made[i-1]
+	return &referralsv1.Referral{Name: "clinics/north/referrals/r1", Program: h.GetProgram(), ServiceKind: h.GetServiceKind()}, nil
+}
+
+// For opioids, a place is held, and a yes naming no treatment referred,
+// at a program offering methadone or buprenorphine before any offering
+// only naltrexone, which starts after withdrawal, however much higher the
+// match ranks that one; with a job to keep, buprenorphine before
+// methadone. Naltrexone is taken only when no other has room. The match
+// asks for one tier at a time.
+func TestTreatmentTiersComeBeforeTheScore(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	const (
+		meth = referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE
+		bup  = referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE
+		nalt = referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE
+		out  = referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT
+	)
+	programs := []*referralsv1.Program{ // best scored first
+		{Name: "clinics/north/programs/nalt", Services: []referralsv1.ServiceKind{nalt, out}},
+		{Name: "clinics/north/programs/meth", Services: []referralsv1.ServiceKind{meth}},
+		{Name: "clinics/north/programs/bup", Services: []referralsv1.ServiceKind{bup, nalt}},
+	}
+	work := []familiesv1.BarrierKind{familiesv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}
+	for _, c := range []struct {
+		name      string
+		substance familiesv1.Substance
+		barriers  []familiesv1.BarrierKind
+		full      []string
+		program   string
+		kind      referralsv1.ServiceKind
+		asked     string
+	}{
+		{"heroin", familiesv1.Substance_SUBSTANCE_HEROIN, nil, nil, "meth", meth,
+			"[[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE]]"},
+		{"fentanyl, a job to keep", familiesv1.Substance_SUBSTANCE_FENTANYL, work, nil, "bup", bup,
+			"[[SERVICE_KIND_MAT_BUPRENORPHINE]]"},
+		{"fentanyl, a job to keep, buprenorphine full", familiesv1.Substance_SUBSTANCE_FENTANYL, work, []string{"bup"}, "meth", meth,
+			"[[SERVICE_KIND_MAT_BUPRENORPHINE] [SERVICE_KIND_MAT_METHADONE]]"},
+		// The full buprenorphine program offers naltrexone too: not tried
+		// again for it.
+		{"heroin, methadone and buprenorphine full", familiesv1.Substance_SUBSTANCE_HEROIN, nil, []string{"meth", "bup"}, "nalt", nalt,
+			"[[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE] [SERVICE_KIND_MAT_NALTREXONE]]"},
+		{"alcohol", familiesv1.Substance_SUBSTANCE_ALCOHOL, nil, nil, "nalt", nalt,
+			"[[SERVICE_KIND_MAT_NALTREXONE SERVICE_KIND_OUTPATIENT SERVICE_KIND_INTENSIVE_OUTPATIENT SERVICE_KIND_INPATIENT]]"},
+		{"not recorded", familiesv1.Substance_SUBSTANCE_UNSPECIFIED, nil, nil, "nalt", nalt,
+			"[[SERVICE_KIND_MAT_METHADONE SERVICE_KIND_MAT_BUPRENORPHINE SERVICE_KIND_MAT_NALTREXONE]]"},
+	} {
+		full := map[string]bool{}
+		for _, p := range c.full {
+			full["clinics/north/programs/"+p] = true
+		}
+		for _, step := range []string{"hold", "yes"} {
+			f := &rankedFake{programs: programs, full: full}
+			a := &Activities{Families: substanceFamily{substance: c.substance, barriers: c.barriers}, Referrals: f, Interventions: checklistFake{}}
+			var program string
+			var err error
+			if step == "hold" {
+				var res HoldResult
+				res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+				program = res.Program
+			} else {
+				var ref Referral
+				ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
+				program = ref.Program
+			}
+			last := f.made[len(f.made)-1]
+			if err != nil || program != "clinics/north/programs/"+c.program || last.GetServiceKind() != c.kind {
+				t.Errorf("%s, %s: placed at %q for %v, %v; want %s for %v", c.name, step, program, last.GetServiceKind(), err, c.program, c.kind)
+			}
+			if got := fmt.Sprint(f.asked); got != c.asked {
+				t.Errorf("%s, %s: the match was asked for %s, want %s", c.name, step, got, c.asked)
+			}
+			if tried := len(f.made); tried != len(c.full)+1 {
+				t.Errorf("%s, %s: %d holds tried (%v), want %d", c.name, step, tried, f.made, len(c.full)+1)
+			}
+		}
 	}
 }
