@@ -83,7 +83,7 @@ const svc = "/handoff.families.v1.FamiliesService/"
 // change outside systems do not see (urgency, screens, entering
 // treatment): their view keeps its own version and update time
 // (migration 0003), so that its etag reveals nothing of the change.
-const unseenChange = `update_time = $3, version = version + 1,
+const unseenChange = `update_time = greatest($3, update_time + interval '1 microsecond'), version = version + 1,
 	shared_version = COALESCE(shared_version, version), shared_update_time = COALESCE(shared_update_time, update_time),
 	shared_checked = version + 1`
 
@@ -361,9 +361,9 @@ func (s *Server) UpdateFamily(ctx context.Context, req *familiesv1.UpdateFamilyR
 			// What outsiders see moves its own counter by one only if this
 			// changes it; see migration 0003.
 			if _, err := tx.Exec(ctx, `UPDATE families SET doc = (doc - $8::text[]) || $3::jsonb, counselor = $4, state = $5,
-				update_time = $6, version = version + 1,
+				update_time = greatest($6, update_time + interval '1 microsecond'), version = version + 1,
 				shared_version = COALESCE(shared_version, version) + CASE WHEN $7 THEN 1 ELSE 0 END,
-				shared_update_time = CASE WHEN $7 THEN $6 ELSE COALESCE(shared_update_time, update_time) END,
+				shared_update_time = CASE WHEN $7 THEN greatest($6, update_time + interval '1 microsecond') ELSE COALESCE(shared_update_time, update_time) END,
 				shared_checked = version + 1
 				WHERE clinic = $1 AND id = $2`,
 				clinic, id, set, next.GetCounselor(), int16(next.GetState()), s.cfg.Now(), sharedChanged(cur, next), changed); err != nil {

@@ -1817,3 +1817,42 @@ func (f *fixture) storeDoc(t *testing.T, fam *familiesv1.Family, expr string) {
 		t.Fatal(err)
 	}
 }
+
+// A screen is recorded after every screen the family already has, though
+// its time was read first (it waited on the family's lock while another
+// screen took it) or on a replica whose clock is behind: a high risk
+// recorded last counts, not the no risk recorded before it. The family's
+// update time moves forward with it, for readers that sync on it.
+func TestScreenRecordedLastCountsThoughItsClockIsBehind(t *testing.T) {
+	f := setupConsent(t)
+	fam := f.create(t)
+	screen := func(r familiesv1.SafetyRisk) *familiesv1.SafetyScreen {
+		t.Helper()
+		out, err := f.client.CreateSafetyScreen(f.ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+			SafetyScreen: &familiesv1.SafetyScreen{Result: r}})
+		if err != nil {
+			t.Fatalf("CreateSafetyScreen %v: %v", r, err)
+		}
+		return out
+	}
+	screen(familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
+	before, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Add(-2 * time.Second)
+	high := screen(familiesv1.SafetyRisk_SAFETY_RISK_HIGH_RISK)
+	got, err := f.client.GetFamily(f.ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetLatestSafetyScreen().GetName() != high.GetName() || got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
+		t.Fatalf("latest screen %v (%v); want the high risk recorded last, %s", got.GetLatestSafetyScreen(), got.GetSafetyScreenStatus(), high.GetName())
+	}
+	if !high.GetScreenTime().AsTime().Equal(high.GetCreateTime().AsTime()) {
+		t.Errorf("a screen given no time: done %v, recorded %v; want one time", high.GetScreenTime().AsTime(), high.GetCreateTime().AsTime())
+	}
+	if !got.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) {
+		t.Errorf("update time %v after the screen, %v before: want it moved forward", got.GetUpdateTime().AsTime(), before.GetUpdateTime().AsTime())
+	}
+}
