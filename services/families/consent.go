@@ -989,15 +989,19 @@ func (s *Server) ListCoveredFamilies(ctx context.Context, req *familiesv1.ListCo
 		return nil, apperr.Field("information", "is required")
 	}
 	// Every family of the clinic: the family is the consent's own. A
-	// deleted family's consents outlive it (the accounting needs them, and
-	// they still cover the records left, such as its cancelled meetings),
-	// but it is no family to list.
+	// deleted family's consents outlive it (the accounting needs them), and
+	// still cover the records it leaves: its referrals, which go on, and
+	// its meetings, cancelled with it. The lists of those keep showing
+	// them to the EHR, which learns of the cancellation and the referral's
+	// next steps only there; the family's identity is gone, and listed no
+	// more.
 	// The loved ones' consents and the members' own, each covering its
 	// patient's records: c.member_id is matched against itself.
 	rows, err := s.pool.Query(ctx, `SELECT DISTINCT c.family_id, c.member_id FROM consents c WHERE `+
 		covers(coverArgs{"$1", "c.family_id", "c.member_id", "$2", "$3", "$4", "$5", "true"})+
-		` AND EXISTS (SELECT 1 FROM families f WHERE f.clinic = c.clinic AND f.id = c.family_id)`,
-		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now())
+		` AND ($3 <> $6 OR EXISTS (SELECT 1 FROM families f WHERE f.clinic = c.clinic AND f.id = c.family_id))`,
+		clinic, auth.Actor(ctx), int16(req.GetInformation()), int16(familiesv1.Purpose_PURPOSE_TREATMENT), s.cfg.Now(),
+		int16(familiesv1.InformationKind_INFORMATION_KIND_IDENTITY))
 	if err != nil {
 		return nil, fmt.Errorf("list covered families: %w", err)
 	}

@@ -981,8 +981,11 @@ func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
 	a, b, gone := f.create(t), f.create(t), f.create(t)
 	f.consent(t, a.GetName(), f.validConsent("ehr-1"))
 	f.consent(t, b.GetName(), f.validConsent("ehr-2"))
-	// A deleted family's consent outlives it, but the family is no more.
-	f.consent(t, gone.GetName(), f.validConsent("ehr-1"))
+	// A deleted family's consent outlives it, but the family is no more:
+	// its identity is listed no more, its referrals (which go on) are.
+	goneConsent := f.validConsent("ehr-1")
+	goneConsent.Information = append(goneConsent.Information, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+	f.consent(t, gone.GetName(), goneConsent)
 	if _, err := f.client.DeleteFamily(f.admin, &familiesv1.DeleteFamilyRequest{Name: gone.GetName()}); err != nil {
 		t.Fatal(err)
 	}
@@ -994,8 +997,8 @@ func TestCoveredFamiliesAndBatchDisclosures(t *testing.T) {
 	}
 	cov, err = f.client.ListCoveredFamilies(ehr, &familiesv1.ListCoveredFamiliesRequest{Parent: "clinics/north",
 		Information: familiesv1.InformationKind_INFORMATION_KIND_REFERRALS})
-	if err != nil || len(cov.GetFamilies()) != 0 {
-		t.Fatalf("covered for referrals = %v, %v; the consent covers identity only", cov, err)
+	if err != nil || !slices.Equal(cov.GetFamilies(), []string{gone.GetName()}) {
+		t.Fatalf("covered for referrals = %v, %v; want only the deleted family's (a's consent covers identity only)", cov, err)
 	}
 	one := func(fam string, recipient string) *familiesv1.CreateDisclosureRequest {
 		return &familiesv1.CreateDisclosureRequest{Parent: fam, Disclosure: &familiesv1.Disclosure{Recipient: recipient,
