@@ -107,7 +107,11 @@ func (s *Server) HoldSlot(ctx context.Context, req *referralsv1.HoldSlotRequest)
 	if _, err := s.checkFamily(ctx, "family", req.GetFamily(), "", ""); err != nil {
 		return nil, err
 	}
-	if err := s.checkIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily()); err != nil {
+	iv, err := s.readIntervention(ctx, "intervention", req.GetIntervention(), req.GetFamily())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkHeldFor(iv); err != nil {
 		return nil, err
 	}
 	ttl := s.cfg.DefaultHoldTTL

@@ -99,21 +99,64 @@ func (s *Server) checkFamily(ctx context.Context, field, family, memberField, me
 // naming it for its own loved one, and the referral made from it would
 // carry one family's treatment decision under another's record.
 func (s *Server) checkIntervention(ctx context.Context, field, intervention, family string) error {
+	_, err := s.readIntervention(ctx, field, intervention, family)
+	return err
+}
+
+// readIntervention is checkIntervention that returns the intervention
+// read, nil when none is named or no interventions service is set.
+func (s *Server) readIntervention(ctx context.Context, field, intervention, family string) (*interventionsv1.Intervention, error) {
 	if s.cfg.Interventions == nil || intervention == "" {
-		return nil
+		return nil, nil
 	}
 	iv, err := s.cfg.Interventions.GetIntervention(ctx, &interventionsv1.GetInterventionRequest{Name: intervention})
 	if apperr.IsCode(err, codes.NotFound) {
-		return apperr.Field(field, "no such intervention")
+		return nil, apperr.Field(field, "no such intervention")
 	}
 	if err != nil {
-		return fmt.Errorf("read intervention: %w", err)
+		return nil, fmt.Errorf("read intervention: %w", err)
 	}
 	if iv.GetFamily() != family {
-		return apperr.Field(field, "is an intervention of another family")
+		return nil, apperr.Field(field, "is an intervention of another family")
+	}
+	return iv, nil
+}
+
+// ReasonInterventionEnded is the reason of a hold refused because the
+// intervention it names ended with no one to take the place: cancelled,
+// or its outcome accepted no treatment.
+const ReasonInterventionEnded = "INTERVENTION_ENDED"
+
+// checkHeldFor refuses a hold for an intervention that ended with no one
+// to take the place. The places still held for it were given back when it
+// ended (the cancelled-holds workflow, started once); one taken after
+// would keep a scarce slot from everyone else until it lapsed, days later.
+// A yes (a treatment among what was accepted) still takes one: the intake
+// holds the place it converts.
+func checkHeldFor(iv *interventionsv1.Intervention) error {
+	switch iv.GetState() {
+	case interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED:
+		return apperr.FailedPrecondition(ReasonInterventionEnded,
+			iv.GetName()+" was cancelled: no one will take a place held for it", map[string]string{"intervention": iv.GetName()})
+	case interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED:
+		o := iv.GetOutcome()
+		if o.GetKind() == interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED || slices.ContainsFunc(o.GetAcceptedServices(), func(k interventionsv1.ServiceKind) bool {
+			return slices.Contains(treatmentKinds, referralsv1.ServiceKind(k)) // the enums share their numbers
+		}) {
+			return nil
+		}
+		return apperr.FailedPrecondition(ReasonInterventionEnded,
+			iv.GetName()+" ended with no treatment accepted: no one will take a place held for it", map[string]string{"intervention": iv.GetName()})
 	}
 	return nil
 }
+
+// treatmentKinds are the services that count as treatment, which a yes
+// takes a place for: medication and care, not support.
+var treatmentKinds = []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE,
+	referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE,
+	referralsv1.ServiceKind_SERVICE_KIND_INPATIENT, referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT,
+	referralsv1.ServiceKind_SERVICE_KIND_INTENSIVE_OUTPATIENT}
 
 // Server implements referralsv1.ReferralsServiceServer.
 type Server struct {

@@ -1016,8 +1016,9 @@ func (c *fakeConsent) GetFamily(_ context.Context, in *familiesv1.GetFamilyReque
 }
 
 // GetIntervention stands in for the interventions service: every
-// intervention is of the family f1, but ".../others" (of f2) and
-// ".../gone" (none).
+// intervention is of the family f1 and scheduled, but ".../others" (of
+// f2), ".../gone" (none), and those whose ids name how they ended
+// (endedInterventions).
 func (c *fakeConsent) GetIntervention(_ context.Context, in *interventionsv1.GetInterventionRequest, _ ...grpc.CallOption) (*interventionsv1.Intervention, error) {
 	switch in.GetName() {
 	case "clinics/north/interventions/gone":
@@ -1025,7 +1026,56 @@ func (c *fakeConsent) GetIntervention(_ context.Context, in *interventionsv1.Get
 	case "clinics/north/interventions/others":
 		return &interventionsv1.Intervention{Name: in.GetName(), Family: "clinics/north/families/f2"}, nil
 	}
-	return &interventionsv1.Intervention{Name: in.GetName(), Family: family}, nil
+	iv := &interventionsv1.Intervention{Name: in.GetName(), Family: family, State: interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED}
+	if ended, ok := endedInterventions[strings.TrimPrefix(in.GetName(), "clinics/north/interventions/")]; ok {
+		iv.State, iv.Outcome = ended.state, ended.outcome
+	}
+	return iv, nil
+}
+
+// endedInterventions are interventions, by id, that ended: how, and
+// whether a place may still be held for them.
+var endedInterventions = map[string]struct {
+	state    interventionsv1.InterventionState
+	outcome  *interventionsv1.Outcome
+	holdable bool
+}{
+	"cancelled": {interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED, nil, false},
+	"declined": {interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED,
+		&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}, false},
+	"support-only": {interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED, &interventionsv1.Outcome{
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_PEER_SUPPORT}}, false},
+	"accepted": {interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED,
+		&interventionsv1.Outcome{Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_ACCEPTED}, true},
+	"outpatient-only": {interventionsv1.InterventionState_INTERVENTION_STATE_COMPLETED, &interventionsv1.Outcome{
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_PARTIALLY_ACCEPTED, AcceptedServices: []interventionsv1.ServiceKind{interventionsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}, true},
+}
+
+// A place is not held for an intervention that ended with no one to take
+// it (cancelled, or no treatment accepted): the places held for it were
+// given back when it ended, and one taken after would keep a slot from
+// everyone until it lapsed. A yes still takes one. A refusal takes nothing.
+func TestNoHoldForAnInterventionThatEnded(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	for id, ended := range endedInterventions {
+		h, err := f.client.HoldSlot(f.ctx, &referralsv1.HoldSlotRequest{Program: p.GetName(),
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Family: family, Intervention: "clinics/north/interventions/" + id})
+		if ended.holdable {
+			if err != nil || h.GetState() != referralsv1.HoldState_HOLD_STATE_HELD {
+				t.Errorf("%s: hold %v, %v; want a place held", id, h, err)
+			}
+			continue
+		}
+		if st := status.Convert(err); st.Code() != codes.FailedPrecondition || apperr.Reason(err) != referrals.ReasonInterventionEnded ||
+			!strings.Contains(st.Message(), id) {
+			t.Errorf("%s: hold %v, %v; want FAILED_PRECONDITION %s naming the intervention", id, h, err, referrals.ReasonInterventionEnded)
+		}
+	}
+	if available, held := f.capacity(t, p.GetName()); available != 3 || held != 2 {
+		t.Errorf("capacity %d free, %d held; want 3 and 2 (a place for each yes, none for the rest)", available, held)
+	}
 }
 
 func (c *fakeConsent) ListCoveredFamilies(context.Context, *familiesv1.ListCoveredFamiliesRequest, ...grpc.CallOption) (*familiesv1.ListCoveredFamiliesResponse, error) {

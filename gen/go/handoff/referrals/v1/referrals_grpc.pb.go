@@ -138,7 +138,9 @@ type ReferralsServiceClient interface {
 	// converted into a referral. Capacity is never oversold: when no slot is
 	// free the call answers FAILED_PRECONDITION and nothing is reserved. A
 	// program that does not offer `service_kind` answers FAILED_PRECONDITION
-	// too.
+	// too, as does an `intervention` that was cancelled or ended with no
+	// treatment accepted (reason INTERVENTION_ENDED): its places were given
+	// back when it ended, and no one would take a new one.
 	HoldSlot(ctx context.Context, in *HoldSlotRequest, opts ...grpc.CallOption) (*Hold, error)
 	// Returns one hold. A HELD hold whose `expire_time` has passed is returned
 	// as EXPIRED and its slot is back in the program's capacity.
@@ -634,7 +636,9 @@ type ReferralsServiceServer interface {
 	// converted into a referral. Capacity is never oversold: when no slot is
 	// free the call answers FAILED_PRECONDITION and nothing is reserved. A
 	// program that does not offer `service_kind` answers FAILED_PRECONDITION
-	// too.
+	// too, as does an `intervention` that was cancelled or ended with no
+	// treatment accepted (reason INTERVENTION_ENDED): its places were given
+	// back when it ended, and no one would take a new one.
 	HoldSlot(context.Context, *HoldSlotRequest) (*Hold, error)
 	// Returns one hold. A HELD hold whose `expire_time` has passed is returned
 	// as EXPIRED and its slot is back in the program's capacity.
