@@ -194,6 +194,11 @@ func (s *Server) ListBarriers(ctx context.Context, req *familiesv1.ListBarriersR
 	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
 		return nil, err
 	}
+	if familyView(ctx) == viewWorker {
+		for _, b := range items {
+			b.Notes = "" // as familyForCaller keeps the screens from it
+		}
+	}
 	return &familiesv1.ListBarriersResponse{Barriers: items, NextPageToken: next}, nil
 }
 
@@ -521,6 +526,14 @@ func (s *Server) ListWarningSigns(ctx context.Context, req *familiesv1.ListWarni
 	}
 	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
 		return nil, err
+	}
+	if familyView(ctx) == viewWorker {
+		// As familyForCaller does with the screens: an overdose's account
+		// ("found by her sister in the car") and why it was taken back
+		// stay with the staff.
+		for _, w := range items {
+			w.Notes, w.RetractReason = "", ""
+		}
 	}
 	return &familiesv1.ListWarningSignsResponse{WarningSigns: items, NextPageToken: next}, nil
 }

@@ -1163,10 +1163,12 @@ func familyForCaller(ctx context.Context, f *familiesv1.Family) *familiesv1.Fami
 		}
 		return out
 	case viewWorker:
-		// The workflows act on whether a screen is current
-		// (safety_screen_status), never on what it found: its notes ("her
-		// partner threatened her") and result stay with the staff, as the
-		// screens' history does (the policy).
+		// The workflows act on what the screen allows (safety_screen_status:
+		// current, a high risk, missing or expired), never on what it
+		// recorded: its notes ("her partner threatened her"), answers and
+		// who screened stay with the staff, as the screens' history does
+		// (the policy). So do the notes of the barriers and warning signs
+		// it lists: the workflows read their kinds and times alone.
 		if f.GetLatestSafetyScreen() != nil {
 			f = proto.Clone(f).(*familiesv1.Family)
 			f.LatestSafetyScreen = nil

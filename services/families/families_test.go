@@ -240,7 +240,7 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 		t.Fatal("a job loss must not mark the family urgent")
 	}
 	if _, err := f.client.CreateWarningSign(ctx, &familiesv1.CreateWarningSignRequest{Parent: fam.GetName(),
-		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE}}); err != nil {
+		WarningSign: &familiesv1.WarningSign{Kind: familiesv1.WarningSignKind_WARNING_SIGN_KIND_OVERDOSE, Notes: "found by her sister"}}); err != nil {
 		t.Fatalf("CreateWarningSign(overdose): %v", err)
 	}
 	if got, _ := f.client.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: fam.GetName()}); !got.GetUrgent() {
@@ -299,6 +299,22 @@ func TestBarriersWarningSignsAndScreens(t *testing.T) {
 	// workflow needs a list.
 	if _, err := f.client.ListFamilies(worker, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the worker's list: %v; want PermissionDenied", err)
+	}
+	// The barriers and warning signs it lists come without their notes:
+	// the workflows read their kinds and times. The staff's have them.
+	for who, c := range map[string]context.Context{"worker": worker, "counselor": ctx} {
+		barriers, err := f.client.ListBarriers(c, &familiesv1.ListBarriersRequest{Parent: fam.GetName()})
+		if err != nil || len(barriers.GetBarriers()) != 1 || barriers.GetBarriers()[0].GetKind() != b.GetKind() {
+			t.Fatalf("%s: ListBarriers = %v, %v; want the one left", who, barriers, err)
+		}
+		signs, err := f.client.ListWarningSigns(c, &familiesv1.ListWarningSignsRequest{Parent: fam.GetName(), Filter: "kind = OVERDOSE"})
+		if err != nil || len(signs.GetWarningSigns()) != 1 || signs.GetWarningSigns()[0].GetCreateTime() == nil {
+			t.Fatalf("%s: ListWarningSigns = %v, %v; want the overdose", who, signs, err)
+		}
+		bn, sn := barriers.GetBarriers()[0].GetNotes(), signs.GetWarningSigns()[0].GetNotes()
+		if staff := who == "counselor"; (bn != "") != staff || (sn == "found by her sister") != staff || (!staff && sn != "") {
+			t.Errorf("%s: notes %q and %q; want them for the staff alone", who, bn, sn)
+		}
 	}
 	// The events name what changed and hold nothing of it.
 	var copies int
