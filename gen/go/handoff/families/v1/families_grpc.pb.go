@@ -98,10 +98,13 @@ type FamiliesServiceClient interface {
 	// still sees the family ACTIVE (entering treatment is more than identity
 	// consent covers).
 	RecordTreatmentEntry(ctx context.Context, in *RecordTreatmentEntryRequest, opts ...grpc.CallOption) (*Family, error)
-	// Deletes a family and everything recorded under it. Shortly after, the
-	// worker cancels what still runs for it: its boundary workflow, its
-	// drafts and scheduled interventions, and the reminders pending for its
-	// people. Referrals already made stay.
+	// Deletes a family and what is recorded under it, but for its consents,
+	// their revocations and its disclosures: 42 CFR Part 2's accounting of
+	// disclosures outlives the record, and those consents still cover the
+	// records the family leaves. Shortly after, the worker cancels what still
+	// runs for it: its boundary workflow, its drafts and scheduled
+	// interventions, and the reminders pending for its people. Referrals
+	// already made stay.
 	DeleteFamily(ctx context.Context, in *DeleteFamilyRequest, opts ...grpc.CallOption) (*emptypb.Empty, error)
 	// Records a barrier to treatment.
 	CreateBarrier(ctx context.Context, in *CreateBarrierRequest, opts ...grpc.CallOption) (*Barrier, error)
@@ -678,10 +681,13 @@ type FamiliesServiceServer interface {
 	// still sees the family ACTIVE (entering treatment is more than identity
 	// consent covers).
 	RecordTreatmentEntry(context.Context, *RecordTreatmentEntryRequest) (*Family, error)
-	// Deletes a family and everything recorded under it. Shortly after, the
-	// worker cancels what still runs for it: its boundary workflow, its
-	// drafts and scheduled interventions, and the reminders pending for its
-	// people. Referrals already made stay.
+	// Deletes a family and what is recorded under it, but for its consents,
+	// their revocations and its disclosures: 42 CFR Part 2's accounting of
+	// disclosures outlives the record, and those consents still cover the
+	// records the family leaves. Shortly after, the worker cancels what still
+	// runs for it: its boundary workflow, its drafts and scheduled
+	// interventions, and the reminders pending for its people. Referrals
+	// already made stay.
 	DeleteFamily(context.Context, *DeleteFamilyRequest) (*emptypb.Empty, error)
 	// Records a barrier to treatment.
 	CreateBarrier(context.Context, *CreateBarrierRequest) (*Barrier, error)
