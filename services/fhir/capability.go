@@ -15,7 +15,7 @@ var paramTypes = map[string]string{
 
 var paramDocs = map[string]string{
 	"_count":       "Page size (at most 1000; the links give the size applied).",
-	"_lastUpdated": "When the record last changed: eq, ge, gt, le or lt with a date or time.",
+	"_lastUpdated": "When the record last changed: eq, ge, gt, le or lt with a date or time; one without a zone is in UTC.",
 	"patient":      "The loved one: a Patient id, Patient/<id> or this server's <base>/Patient/<id>.",
 	"subject":      "The loved one: a Patient id, Patient/<id> or this server's <base>/Patient/<id>.",
 	"status":       "One Task status.",

@@ -272,6 +272,23 @@ func TestLastUpdated(t *testing.T) {
 			t.Errorf("_lastUpdated=%s: %s, %v; want %s", v, q.filter(), err, want)
 		}
 	}
+	// A time without a zone is in UTC, as dates are; bounds past year
+	// 9999 are its last instant (an upper one, no bound at all).
+	for v, want := range map[string]string{
+		"ge2026-03-01T10:00:00":       `update_time >= "2026-03-01T10:00:00Z"`,
+		"lt2026-03-01T10:00":          `update_time < "2026-03-01T10:00:00Z"`,
+		"2026-03-01T10:00:00.5":       `update_time >= "2026-03-01T10:00:00.5Z" AND update_time < "2026-03-01T10:00:00.6Z"`,
+		"le9999-12-31":                ``,
+		"eq9999":                      `update_time >= "9999-01-01T00:00:00Z"`,
+		"gt9999-12-31":                `update_time >= "9999-12-31T23:59:59.999999Z"`,
+		"lt9999-12-31T23:59:59Z":      `update_time < "9999-12-31T23:59:59Z"`,
+		"ge9999-12-31T23:59:59+00:00": `update_time >= "9999-12-31T23:59:59Z"`,
+	} {
+		q, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {v}}, testBase)
+		if err != nil || q.filter() != want {
+			t.Errorf("_lastUpdated=%s: %s, %v; want %s", v, q.filter(), err, want)
+		}
+	}
 	if _, err := parseQuery("Patient", map[string][]string{"_lastUpdated": {"ge2026-03-01 01:00"}}, testBase); err == nil {
 		t.Error("a date with a space in it was taken")
 	}

@@ -242,14 +242,26 @@ func (q *query) addUpdated(v string) error {
 	default:
 		return invalid(fmt.Sprintf("_lastUpdated prefix %q is not supported; use eq, ge, gt, le or lt", prefix))
 	}
+	// A bound past the last instant RFC 3339 can write (the end of 9999,
+	// as le9999-12-31 gives) is that instant: a lower one then matches
+	// nothing, an upper one everything, as it would on a longer calendar.
 	for _, t := range ge {
-		q.updated = append(q.updated, fmt.Sprintf(`update_time >= %q`, t.UTC().Format(time.RFC3339Nano)))
+		if t = t.UTC(); t.After(lastInstant) {
+			t = lastInstant
+		}
+		q.updated = append(q.updated, fmt.Sprintf(`update_time >= %q`, t.Format(time.RFC3339Nano)))
 	}
 	for _, t := range lt {
+		if t.UTC().After(lastInstant) {
+			continue
+		}
 		q.updated = append(q.updated, fmt.Sprintf(`update_time < %q`, t.UTC().Format(time.RFC3339Nano)))
 	}
 	return nil
 }
+
+// lastInstant is the last microsecond (the finest stored) of year 9999.
+var lastInstant = time.Date(9999, 12, 31, 23, 59, 59, 999999000, time.UTC)
 
 // plusOffset restores the + of a time's offset that a client sent
 // unencoded, which the query's decoding turned into a space
@@ -264,7 +276,9 @@ func plusOffset(v string) string {
 }
 
 // timeRange returns the instants a FHIR date or dateTime covers, [lo, hi).
-// Dates without a zone are taken in UTC.
+// Dates, and times without a zone, are taken in UTC: the server's zone,
+// which FHIR's search says to assume for them (the CapabilityStatement and
+// the README say it).
 func timeRange(v string) (lo, hi time.Time, ok bool) {
 	for _, f := range []struct {
 		layout string
@@ -275,6 +289,8 @@ func timeRange(v string) (lo, hi time.Time, ok bool) {
 		{"2006-01-02", func(t time.Time) time.Time { return t.AddDate(0, 0, 1) }},
 		{"2006-01-02T15:04Z07:00", func(t time.Time) time.Time { return t.Add(time.Minute) }},
 		{time.RFC3339, func(t time.Time) time.Time { return t.Add(time.Second) }},
+		{"2006-01-02T15:04", func(t time.Time) time.Time { return t.Add(time.Minute) }},
+		{"2006-01-02T15:04:05", func(t time.Time) time.Time { return t.Add(time.Second) }},
 	} {
 		if t, err := time.Parse(f.layout, v); err == nil {
 			if _, frac, ok := strings.Cut(v, "."); ok {
