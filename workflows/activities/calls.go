@@ -1289,8 +1289,17 @@ func (a *Activities) CreateSupportReferrals(ctx context.Context, in SupportReque
 		subject = &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_FAMILY_MEMBER, MemberId: in.Member}
 	}
 	// The family's coverage and barriers are read once; each kind changes
-	// only what is asked for.
-	req, err := a.matchFor(ctx, in.Family, fam, in.Member, nil, urgency, nil)
+	// only what is asked for. An immediate need is matched as urgent: the
+	// match passes over every program with no intake slot free for an
+	// immediate one, but a referral made here takes no slot, and a
+	// naloxone program that reports none (or never reported) would leave
+	// the loved one after an overdose with no referral at all. Programs
+	// with room still rank first; the referral keeps its urgency.
+	matchUrgency := urgency
+	if urgency == referralsv1.Urgency_URGENCY_IMMEDIATE {
+		matchUrgency = referralsv1.Urgency_URGENCY_URGENT
+	}
+	req, err := a.matchFor(ctx, in.Family, fam, in.Member, nil, matchUrgency, nil)
 	if familyGone(err) {
 		return nil, nil // the family's record was deleted: nobody to refer
 	}

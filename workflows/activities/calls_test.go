@@ -2448,3 +2448,41 @@ func TestTreatmentTiersComeBeforeTheScore(t *testing.T) {
 		}
 	}
 }
+
+// slotlessFake is a directory of one naloxone program that reports no
+// free intake slot: the match leaves it out of an immediate need, as the
+// referrals service does. It keeps the referrals made.
+type slotlessFake struct {
+	noReferrals
+	made []*referralsv1.Referral
+}
+
+func (f *slotlessFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
+	if in.GetUrgency() == referralsv1.Urgency_URGENCY_IMMEDIATE {
+		return &referralsv1.MatchProgramsResponse{}, nil
+	}
+	return &referralsv1.MatchProgramsResponse{Matches: []*referralsv1.ProgramMatch{{Program: &referralsv1.Program{
+		Name: "clinics/north/programs/naloxone", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_HARM_REDUCTION_NALOXONE}}}}}, nil
+}
+
+func (f *slotlessFake) CreateReferral(_ context.Context, in *referralsv1.CreateReferralRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	r := proto.CloneOf(in.GetReferral())
+	r.Name = fmt.Sprintf("clinics/north/referrals/r%d", len(f.made)+1)
+	f.made = append(f.made, r)
+	return r, nil
+}
+
+// After an overdose the loved one is referred to harm reduction at once,
+// though no naloxone program reports a free intake slot: a referral takes
+// none, and the match would otherwise leave every such program out. The
+// referral keeps its urgency.
+func TestImmediateSupportReferralNeedsNoFreeSlot(t *testing.T) {
+	f := &slotlessFake{}
+	a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_FENTANYL}, Referrals: f}
+	got, err := a.CreateSupportReferrals(context.Background(), SupportRequest{Family: "clinics/north/families/f1",
+		Kinds: []string{"HARM_REDUCTION_NALOXONE"}, Urgency: "IMMEDIATE", RequestID: "od"})
+	if err != nil || len(got) != 1 || len(f.made) != 1 || f.made[0].GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE ||
+		f.made[0].GetProgram() != "clinics/north/programs/naloxone" {
+		t.Fatalf("referrals %v (%v), %v; want one IMMEDIATE referral to the naloxone program", got, f.made, err)
+	}
+}
