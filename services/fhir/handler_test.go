@@ -267,7 +267,7 @@ func (fx *fixture) doAs(subject string, roles []auth.Role, method, path, body st
 	fx.h.ServeHTTP(rec, req)
 	raw, _ := io.ReadAll(rec.Body)
 	a := answer{code: rec.Code, raw: string(raw), header: rec.Header()}
-	if err := json.Unmarshal(raw, &a.body); err != nil {
+	if err := json.Unmarshal(raw, &a.body); err != nil && len(raw) > 0 {
 		fx.t.Fatalf("%s %s: not JSON: %s", method, path, raw)
 	}
 	return a
@@ -454,6 +454,41 @@ func TestPutTaskOnHold(t *testing.T) {
 	}
 	if a := intakeAppointment(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_ON_HOLD)); a["status"] != "waitlist" {
 		t.Fatalf("the appointment of an intake on hold is %v; want waitlist (to be booked again; cancelled is final)", a["status"])
+	}
+}
+
+// A PUT honours the client's return preference (Prefer, RFC 7240): no
+// body for return=minimal, an OperationOutcome for return=OperationOutcome,
+// the Task otherwise; the version headers go with each, and the answer
+// says which preference it applied.
+func TestPutTaskReturnPreference(t *testing.T) {
+	body := `{"resourceType":"Task","id":"` + refID + `","intent":"order","status":"accepted"}`
+	for _, c := range []struct {
+		prefer, applied, resourceType string
+	}{
+		{"return=minimal", "return=minimal", ""},
+		{`handling=strict, return="OperationOutcome"`, "return=OperationOutcome", "OperationOutcome"},
+		{"return=representation", "", "Task"},
+		{"", "", "Task"},
+	} {
+		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_REQUESTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
+		var headers []string
+		if c.prefer != "" {
+			headers = []string{"Prefer", c.prefer}
+		}
+		a := fx.do("PUT", "/fhir/R4/Task/"+refID, body, headers...)
+		if a.code != http.StatusOK || fx.referrals.transitions != 1 || a.header.Get("ETag") == "" || a.header.Get("Last-Modified") == "" {
+			t.Fatalf("Prefer %q: %d %v after %d transitions; want 200 with the version headers, the Task accepted", c.prefer, a.code, a.header, fx.referrals.transitions)
+		}
+		if got := a.header.Get("Preference-Applied"); got != c.applied {
+			t.Errorf("Prefer %q: Preference-Applied %q, want %q", c.prefer, got, c.applied)
+		}
+		if c.resourceType == "" && a.raw != "" {
+			t.Errorf("Prefer %q: body %s, want none", c.prefer, a.raw)
+		}
+		if c.resourceType != "" && a.body["resourceType"] != c.resourceType {
+			t.Errorf("Prefer %q: body %s, want a %s", c.prefer, a.raw, c.resourceType)
+		}
 	}
 }
 

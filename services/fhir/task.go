@@ -130,7 +130,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 					s.writeErr(w, disclosed(err), "Task/"+id)
 					return
 				}
-				s.writeTask(w, cur)
+				s.writeTask(w, r, cur)
 				return
 			}
 		}
@@ -149,7 +149,7 @@ func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Req
 			s.writeErr(w, disclosed(err), "Task/"+id)
 			return
 		}
-		s.writeTask(w, updated)
+		s.writeTask(w, r, updated)
 		return
 	}
 }
@@ -263,10 +263,38 @@ func statusReason(t *task_go_proto.Task) string {
 	return ""
 }
 
-func (s *server) writeTask(w http.ResponseWriter, rf *referralsv1.Referral) {
+// writeTask answers an update with the Task as it stands, or with what
+// the client's Prefer header asks for (FHIR's return preference): no body
+// (return=minimal), or an OperationOutcome saying it was done. The version
+// headers go with each.
+func (s *server) writeTask(w http.ResponseWriter, r *http.Request, rf *referralsv1.Referral) {
 	res := task(rf)
 	writeVersionHeaders(w, res)
-	s.writeResource(w, http.StatusOK, res)
+	switch ret := preferredReturn(r.Header); ret {
+	case "minimal":
+		w.Header().Set("Preference-Applied", "return=minimal")
+		w.WriteHeader(http.StatusOK)
+	case "OperationOutcome":
+		w.Header().Set("Preference-Applied", "return=OperationOutcome")
+		s.writeResource(w, http.StatusOK, outcome("information", "informational", "Task/"+aip.ID(rf.GetName())+" is up to date"))
+	default:
+		s.writeResource(w, http.StatusOK, res)
+	}
+}
+
+// preferredReturn is the return preference of a Prefer header (RFC 7240):
+// "minimal", "representation", "OperationOutcome", or "" for none.
+func preferredReturn(h http.Header) string {
+	for _, v := range h.Values("Prefer") {
+		for _, p := range strings.Split(v, ",") {
+			// A preference may carry parameters after a semicolon.
+			p, _, _ = strings.Cut(p, ";")
+			if k, val, ok := strings.Cut(strings.TrimSpace(p), "="); ok && strings.EqualFold(strings.TrimSpace(k), "return") {
+				return strings.Trim(strings.TrimSpace(val), `"`)
+			}
+		}
+	}
+	return ""
 }
 
 // parseTask reads the body with the validating R4 parser.

@@ -729,7 +729,8 @@ func TestCodecBehindCORSAndNoStore(t *testing.T) {
 	pre := c.do("OPTIONS", "/codec/decode", nil, "Origin", "https://ui.example.org", "Access-Control-Request-Method", "POST",
 		"Access-Control-Request-Headers", "authorization, content-type, x-namespace")
 	if pre.code != http.StatusNoContent || pre.header.Get("Access-Control-Allow-Origin") != "https://ui.example.org" ||
-		!strings.Contains(pre.header.Get("Access-Control-Allow-Headers"), "X-Namespace") {
+		!strings.Contains(pre.header.Get("Access-Control-Allow-Headers"), "X-Namespace") ||
+		!strings.Contains(pre.header.Get("Access-Control-Allow-Headers"), "Prefer") {
 		t.Fatalf("preflight: %d %v", pre.code, pre.header)
 	}
 	r := c.do("POST", "/codec/decode", `{"payloads":[]}`, "Origin", "https://ui.example.org", "X-Namespace", "default")
