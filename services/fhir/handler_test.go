@@ -526,6 +526,9 @@ func TestPutTaskSameStatusOtherContent(t *testing.T) {
 			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"AT_CAPACITY","display":"At capacity"}]}`, http.StatusOK, ""},
 		{"rejected, another code", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
 			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"NOT_ELIGIBLE"}],"text":"at capacity"}`, http.StatusUnprocessableEntity, "statusReason"},
+		// OTHER named is a code sent, not text alone.
+		{"rejected, OTHER named over another code", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
+			`,"statusReason":{"coding":[{"system":"` + sysRejection + `","code":"OTHER"}],"text":"at capacity"}`, http.StatusUnprocessableEntity, "statusReason"},
 		{"rejected, other details", referralsv1.ReferralState_REFERRAL_STATE_REJECTED, "rejected",
 			`,"statusReason":{"text":"no beds until March"}`, http.StatusUnprocessableEntity, "statusReason"},
 		{"completed, the same entry", referralsv1.ReferralState_REFERRAL_STATE_COMPLETED, "completed",

@@ -371,8 +371,10 @@ type statusChange struct {
 	at *timestamppb.Timestamp
 	// For in-progress: the appointment to book, the current one moved.
 	appointment *referralsv1.IntakeAppointment
-	// For rejected.
+	// For rejected; coded says whether the body named the rejection's
+	// code (OTHER among them), rather than giving text alone.
 	rejection *referralsv1.Rejection
+	coded     bool
 }
 
 // taskStatusName is the FHIR code of a parsed Task status.
@@ -414,7 +416,7 @@ func change(cur *referralsv1.Referral, t *task_go_proto.Task) (statusChange, err
 	if ch.status == "rejected" {
 		ch.rejection = &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_OTHER, Details: ch.reason}
 		if code := rejectionCode(t); code != referralsv1.RejectionReason_REJECTION_REASON_UNSPECIFIED {
-			ch.rejection.Reason = code
+			ch.rejection.Reason, ch.coded = code, true
 		}
 	}
 	if ch.status == "failed" && cur.GetState() == referralsv1.ReferralState_REFERRAL_STATE_NO_SHOW {
@@ -468,7 +470,7 @@ func keeps(cur *referralsv1.Referral, ch statusChange) error {
 		// A code sent is compared, and a text sent (or a code's display)
 		// with the text the Task shows, in any case: a body with the code
 		// alone is the same rejection sent again.
-		if code := ch.rejection.GetReason(); code != referralsv1.RejectionReason_REJECTION_REASON_OTHER && code != cur.GetRejection().GetReason() ||
+		if ch.coded && ch.rejection.GetReason() != cur.GetRejection().GetReason() ||
 			ch.reason != "" && !sameText(ch.reason, shownReason(cur), true) {
 			return refuse("statusReason")
 		}
