@@ -223,10 +223,16 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 		return nil, false, fmt.Errorf("outbox relay: acquire: %w", err)
 	}
 	// One round trip: the lock, and only for its holder the every-clinic
-	// scope the relay works in. A replica that is not the leader, asking
-	// at every poll, leaves the connection as it found it.
+	// scope the relay works in, and keepalives that let the server find a
+	// holder gone (its host lost power, or cut off) within half a minute:
+	// the lock goes only with the session, and the server's defaults
+	// (the system's, two hours) would stop every replica's delivery for
+	// that long. A replica that is not the leader, asking at every poll,
+	// leaves the connection as it found it.
 	var leader bool
-	if err := conn.QueryRow(ctx, `SELECT l, CASE WHEN l THEN set_config('handoff.clinic', $1, false) END
+	if err := conn.QueryRow(ctx, `SELECT l, CASE WHEN l THEN set_config('handoff.clinic', $1, false)
+			|| set_config('tcp_keepalives_idle', '10', false) || set_config('tcp_keepalives_interval', '5', false)
+			|| set_config('tcp_keepalives_count', '3', false) || set_config('tcp_user_timeout', '30000', false) END
 		FROM (SELECT pg_try_advisory_lock(hashtext($2 || current_schema())) AS l) lock`,
 		pgdb.SystemScope, r.lockPrefix()).Scan(&leader, new(*string)); err != nil {
 		// The lock may be held, and the scope set, whatever failed: the

@@ -125,3 +125,36 @@ func TestSessionLostOnlyWhenItMayBe(t *testing.T) {
 		t.Fatalf("after the session was ended (%v): lost %v; want true", ended, sessionLost(conn, ended))
 	}
 }
+
+// The relay that holds the delivery lock asks the server to find its
+// session gone within half a minute: the lock goes only with the session,
+// and a holder whose host died would otherwise stop every replica's
+// delivery for the system's keepalive time (two hours).
+func TestLeaderSessionIsFoundGoneSoon(t *testing.T) {
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := context.Background()
+	r := &Relay{DB: pgtest.App(t, schema), Log: slog.New(slog.DiscardHandler)}
+	conn, leader, err := r.lead(ctx)
+	if err != nil || !leader {
+		t.Fatalf("lead: %v, %v", leader, err)
+	}
+	defer giveBack(ctx, conn)
+	var viaSocket bool
+	if err := conn.QueryRow(ctx, `SELECT inet_client_addr() IS NULL`).Scan(&viaSocket); err != nil {
+		t.Fatal(err)
+	}
+	if viaSocket {
+		t.Skip("connected through a Unix socket, where TCP keepalives do not apply")
+	}
+	for name, want := range map[string]string{"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+		"tcp_keepalives_count": "3", "tcp_user_timeout": "30000"} {
+		var got string
+		if err := conn.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&got); err != nil || got != want {
+			t.Errorf("%s = %q, %v; want %s", name, got, err, want)
+		}
+	}
+	// Another replica's poll finds the lock held.
+	if _, leader, err := r.lead(ctx); err != nil || leader {
+		t.Fatalf("a second lead: %v, %v; want the lock held", leader, err)
+	}
+}
