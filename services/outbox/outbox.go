@@ -92,6 +92,9 @@ func Write(ctx context.Context, tx pgx.Tx, e Event) error {
 //     TreatmentEntered for the family (an older one would pass it over,
 //     and the boundary follow-up would go on for someone in treatment).
 //     The families database writes it (migration 0012), at generation 7.
+//     The same release gives back the places held for a meeting whose
+//     outcome accepted support services alone (CancelledHolds), which an
+//     older dispatcher left held: its events are generation 7 too.
 const Generation = 7
 
 // Stored is an event as read back from the outbox. DecodeErr is set when the
