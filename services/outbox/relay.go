@@ -418,7 +418,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 	n := 0
 	for _, d := range done {
 		res := d.res
-		r.settle(d.key, res.failed != nil || res.left != nil, time.Now())
+		r.settle(d.key, res.failed != nil || res.left != nil, len(res.delivered) > 0, time.Now())
 		if res.left != nil {
 			r.Log.Info("outbox event left for a newer release's relay", "id", res.left.ID, "type", res.left.Type,
 				"generation", res.left.Generation)
@@ -576,8 +576,10 @@ func (r *Relay) held(lane []Stored) bool {
 }
 
 // settle starts or lengthens a lane's wait after a failure (Interval,
-// doubling, at most a minute) and ends it after a poll without one.
-func (r *Relay) settle(key string, failed bool, now time.Time) {
+// doubling, at most a minute) and ends it after a poll without one. A
+// failure after the lane delivered something starts the wait afresh: the
+// event that failed is not the one the count was of.
+func (r *Relay) settle(key string, failed, progressed bool, now time.Time) {
 	if !failed {
 		delete(r.blocked, key)
 		return
@@ -586,6 +588,9 @@ func (r *Relay) settle(key string, failed bool, now time.Time) {
 		r.blocked = map[string]backoff{}
 	}
 	b := r.blocked[key]
+	if progressed {
+		b.failures = 0
+	}
 	b.failures++
 	wait := r.interval() << min(b.failures-1, 16)
 	if wait > time.Minute || wait <= 0 {

@@ -22,9 +22,9 @@ import (
 func TestLaneOutsideAPartialReadKeepsItsBackoff(t *testing.T) {
 	r := &Relay{Interval: time.Second}
 	t0 := time.Unix(1_000_000, 0)
-	r.settle("a", true, t0)
-	r.settle("a", true, t0.Add(time.Second)) // waits 2s, until t0+3s
-	later := t0.Add(10 * time.Second)        // the wait is over
+	r.settle("a", true, false, t0)
+	r.settle("a", true, false, t0.Add(time.Second)) // waits 2s, until t0+3s
+	later := t0.Add(10 * time.Second)               // the wait is over
 	others := []lane{{key: "b"}}
 	if got := r.ready(others, false, later); len(got) != 1 {
 		t.Fatalf("ready = %v; want lane b", got)
@@ -32,9 +32,16 @@ func TestLaneOutsideAPartialReadKeepsItsBackoff(t *testing.T) {
 	if b, ok := r.blocked["a"]; !ok || b.failures != 2 {
 		t.Fatalf("after a partial read without lane a: %+v, %v; want its 2 failures kept", b, ok)
 	}
-	r.settle("a", true, later)
+	r.settle("a", true, false, later)
 	if wait := r.blocked["a"].until.Sub(later); wait != 4*time.Second {
 		t.Fatalf("the third failure waits %v; want 4s", wait)
+	}
+	// A try that delivered the event failing so far, and failed on the
+	// next, waits the shortest time: the count was of the other event.
+	next := later.Add(5 * time.Second)
+	r.settle("a", true, true, next)
+	if b := r.blocked["a"]; b.failures != 1 || b.until.Sub(next) != time.Second {
+		t.Fatalf("a failure after progress: %+v; want one failure, a wait of 1s", b)
 	}
 	r.ready(others, true, later.Add(time.Minute))
 	if _, ok := r.blocked["a"]; ok {
