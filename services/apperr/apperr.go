@@ -29,6 +29,7 @@ const (
 	ReasonNoConsequence     = "CONSEQUENCE_REQUIRED"
 	ReasonNoCapacity        = "NO_CAPACITY"
 	ReasonDoubleBooked      = "COUNSELOR_DOUBLE_BOOKED"
+	ReasonFamilyBooked      = "FAMILY_DOUBLE_BOOKED"
 	ReasonTooEarly          = "TOO_EARLY"
 	ReasonAlreadyRecorded   = "ALREADY_RECORDED"
 	ReasonAmbiguous         = "AMBIGUOUS"

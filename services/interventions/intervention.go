@@ -684,11 +684,52 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 	if err != nil {
 		return nil, fmt.Errorf("save intervention: %w", err)
 	}
+	// After the counselor's check, which answers first for a meeting
+	// that is both the counselor's and the family's second.
+	if st == scheduled {
+		if err := familyFree(ctx, tx, r, iv, start, end); err != nil {
+			return nil, err
+		}
+	}
 	out, err := readIntervention(ctx, tx, r, false)
 	if err != nil {
 		return nil, err
 	}
 	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+}
+
+// familyFree refuses a scheduled meeting that overlaps another scheduled
+// meeting of the same family: two workflows would each hold a treatment
+// place for the one loved one, and the family would get two sets of
+// reminders for one afternoon. Unlike a counselor's, the family's times
+// are checked here, not by a constraint (one added to a table that may
+// already hold such meetings would fail the migration): a lock on the
+// family's meetings, held to the commit, makes racing requests take turns.
+func familyFree(ctx context.Context, tx pgx.Tx, r ref, iv *interventionsv1.Intervention, start, end *time.Time) error {
+	if start == nil {
+		return nil
+	}
+	// Two statements: a statement sees what was committed when it began,
+	// so a check in the statement that waited on the lock would miss the
+	// meeting the holder committed meanwhile.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('handoff-family-meetings/' || $1 || '/' || $2))`,
+		r.clinic, iv.GetFamily()); err != nil {
+		return fmt.Errorf("lock the family's meetings: %w", err)
+	}
+	var other string
+	err := tx.QueryRow(ctx, `SELECT id FROM interventions WHERE clinic = $1 AND family = $2 AND state = $3 AND id <> $4
+		AND tstzrange(start_time, end_time) && tstzrange($5, $6) ORDER BY start_time, id LIMIT 1`,
+		r.clinic, iv.GetFamily(), int16(scheduled), r.id, *start, *end).Scan(&other)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check the family's other meetings: %w", err)
+	}
+	name := aip.Name("clinics/"+r.clinic, "interventions", other)
+	return apperr.FailedPrecondition(apperr.ReasonFamilyBooked,
+		fmt.Sprintf("the family already has a scheduled intervention at that time (%s): move or cancel one", name),
+		map[string]string{"family": iv.GetFamily(), "intervention": name})
 }
 
 // sharedChanged reports whether saving after in state st changes what an

@@ -338,6 +338,74 @@ func TestCounselorCannotBeDoubleBooked(t *testing.T) {
 	}
 }
 
+// A family is not in two scheduled meetings at once, whoever leads them:
+// each would hold a treatment place for the one loved one, and send the
+// family its own reminders. Racing schedules take turns; the loser is told
+// which meeting it met. Back to back is fine.
+func TestFamilyCannotBeDoubleBooked(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(24 * time.Hour)
+	led := func(by string, at time.Time) *interventionsv1.Intervention {
+		iv := f.draft(t, at)
+		iv, err := f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+			Intervention: &interventionsv1.Intervention{Name: iv.GetName(), Counselor: by},
+			UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"counselor"}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return iv
+	}
+	a, b := led("counselor-1", start), led("counselor-2", start.Add(30*time.Minute))
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, iv := range []*interventionsv1.Intervention{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
+		}()
+	}
+	wg.Wait()
+	var winner, loser *interventionsv1.Intervention
+	for i, err := range errs {
+		iv := []*interventionsv1.Intervention{a, b}[i]
+		if err == nil {
+			winner = iv
+			continue
+		}
+		loser = iv
+		if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "FAMILY_DOUBLE_BOOKED" {
+			t.Fatalf("loser's reason = %q (%v)", reason(st), err)
+		}
+	}
+	if winner == nil || loser == nil {
+		t.Fatalf("schedules: %v; want exactly one to win", errs)
+	}
+	if !strings.Contains(status.Convert(errs[slices.Index([]*interventionsv1.Intervention{a, b}, loser)]).Message(), winner.GetName()) {
+		t.Errorf("the refusal does not name the meeting it met, %s", winner.GetName())
+	}
+	got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: loser.GetName()})
+	if err != nil || got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_DRAFT {
+		t.Fatalf("the refused meeting: %v, %v; want it left a draft", got.GetState(), err)
+	}
+	// Back to back, after the later of the two: scheduled.
+	c := led("counselor-3", start.Add(90*time.Minute))
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: c.GetName()}); err != nil {
+		t.Fatalf("the family's next slot: %v", err)
+	}
+	// Moved onto the other scheduled meeting: refused, and left where it was.
+	_, err = f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: c.GetName(),
+		StartTime: winner.GetStartTime(), Reason: "the family asked"})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != "FAMILY_DOUBLE_BOOKED" {
+		t.Fatalf("a move onto the other meeting: reason %q", reason(st))
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: c.GetName()}); err != nil ||
+		!got.GetStartTime().AsTime().Equal(c.GetStartTime().AsTime()) {
+		t.Fatalf("the refused move: %v, %v; want the meeting where it was", got.GetStartTime().AsTime(), err)
+	}
+}
+
 func TestSchedulingRules(t *testing.T) {
 	t.Parallel()
 	f := setup(t)

@@ -109,7 +109,10 @@ type InterventionsServiceClient interface {
 	// and an active boundary that states a consequence to put to the loved
 	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
 	// be complete to schedule. Nor can a meeting be scheduled, or raised to a
-	// higher level, for a CLOSED family (FAMILY_CLOSED).
+	// higher level, for a CLOSED family (FAMILY_CLOSED), nor scheduled or
+	// moved to overlap another scheduled meeting of its counselor
+	// (COUNSELOR_DOUBLE_BOOKED) or of its family (FAMILY_DOUBLE_BOOKED, which
+	// names the other meeting).
 	ScheduleIntervention(ctx context.Context, in *ScheduleInterventionRequest, opts ...grpc.CallOption) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
@@ -558,7 +561,10 @@ type InterventionsServiceServer interface {
 	// and an active boundary that states a consequence to put to the loved
 	// one (CONSEQUENCE_REQUIRED). The preparation checklist does not need to
 	// be complete to schedule. Nor can a meeting be scheduled, or raised to a
-	// higher level, for a CLOSED family (FAMILY_CLOSED).
+	// higher level, for a CLOSED family (FAMILY_CLOSED), nor scheduled or
+	// moved to overlap another scheduled meeting of its counselor
+	// (COUNSELOR_DOUBLE_BOOKED) or of its family (FAMILY_DOUBLE_BOOKED, which
+	// names the other meeting).
 	ScheduleIntervention(context.Context, *ScheduleInterventionRequest) (*Intervention, error)
 	// Moves a SCHEDULED intervention to a new time. The intervention stays
 	// SCHEDULED, its `reschedule_count` goes up by one, and its workflow moves
