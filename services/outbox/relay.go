@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -80,8 +81,12 @@ type Relay struct {
 	// that takes the lock next.
 	lost context.Context
 	lose context.CancelFunc
-	busy map[string]bool // lanes under way
-	sem  chan struct{}   // Parallel lanes deliver at once
+	// alive is when (Unix nanoseconds) a statement that then succeeded was
+	// last sent on conn: the server had heard from the session by then,
+	// and keeps it, and the lock, at least lockLease past it (see lead).
+	alive atomic.Int64
+	busy  map[string]bool // lanes under way
+	sem   chan struct{}   // Parallel lanes deliver at once
 
 	fmu      sync.Mutex // guards finished and leftSince
 	finished []laneDone
@@ -168,9 +173,19 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		}
 		r.conn = conn
 		r.lost, r.lose = context.WithCancel(context.Background())
+		r.alive.Store(time.Now().UnixNano())
 	}
 	now := time.Now()
-	all, complete, err := r.pending(ctx, r.conn, r.batch(), now)
+	// A holder cut off from the database finds out within the lease (a
+	// read that does not answer in time costs the session: pgx closes a
+	// connection whose statement it gave up on), before the server lets
+	// another replica take the lock.
+	pctx, cancel := context.WithTimeout(ctx, lockLease/2)
+	all, complete, err := r.pending(pctx, r.conn, r.batch(), now)
+	cancel()
+	if err == nil {
+		r.alive.Store(now.UnixNano())
+	}
 	if err != nil {
 		// The session, and the lock with it, may be gone: another replica
 		// may take the lock at its next poll and deliver these lanes
@@ -224,15 +239,17 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	}
 	// One round trip: the lock, and only for its holder the every-clinic
 	// scope the relay works in, and keepalives that let the server find a
-	// holder gone (its host lost power, or cut off) within half a minute:
-	// the lock goes only with the session, and the server's defaults
-	// (the system's, two hours) would stop every replica's delivery for
-	// that long. A replica that is not the leader, asking at every poll,
-	// leaves the connection as it found it.
+	// holder gone (its host lost power, or cut off) within a minute: the
+	// lock goes only with the session, and the server's defaults (the
+	// system's, two hours) would stop every replica's delivery for that
+	// long. The server keeps a silent session at least 20 + 4 x 5 = 40
+	// seconds, longer than lockLease, within which a holder cut off stops
+	// delivering (deliverLane). A replica that is not the leader, asking
+	// at every poll, leaves the connection as it found it.
 	var leader bool
 	if err := conn.QueryRow(ctx, `SELECT l, CASE WHEN l THEN set_config('handoff.clinic', $1, false)
-			|| set_config('tcp_keepalives_idle', '10', false) || set_config('tcp_keepalives_interval', '5', false)
-			|| set_config('tcp_keepalives_count', '3', false) || set_config('tcp_user_timeout', '30000', false) END
+			|| set_config('tcp_keepalives_idle', '20', false) || set_config('tcp_keepalives_interval', '5', false)
+			|| set_config('tcp_keepalives_count', '4', false) || set_config('tcp_user_timeout', '45000', false) END
 		FROM (SELECT pg_try_advisory_lock(hashtext($2 || current_schema())) AS l) lock`,
 		pgdb.SystemScope, r.lockPrefix()).Scan(&leader, new(*string)); err != nil {
 		// The lock may be held, and the scope set, whatever failed: the
@@ -246,6 +263,25 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 		return nil, false, nil
 	}
 	return conn, true, nil
+}
+
+// lockLease is how long after the lock's session was last heard from by
+// the server (alive) its holder still delivers: less than the server
+// keeps a silent session (lead), so that a holder cut off from the
+// database has stopped before another replica can take the lock and
+// deliver the same lanes.
+const lockLease = 35 * time.Second
+
+// lockFresh is how long after its session was last heard from a holder
+// starts a new delivery: its polls, every second or two, hear from it far
+// more often; silence this long means it may be cut off. Longer for a
+// relay that polls less often (fresh).
+const lockFresh = 5 * time.Second
+
+// fresh is lockFresh, or four polls if that is longer, but at most half
+// the lease.
+func (r *Relay) fresh() time.Duration {
+	return min(max(lockFresh, 4*r.interval()), lockLease/2)
 }
 
 // lockPrefix names the schema's delivery lock of the relay's consumer.
@@ -265,7 +301,8 @@ func (r *Relay) lockPrefix() string {
 func giveBack(ctx context.Context, conn *pgxpool.Conn) {
 	ctx, cancel := settleCtx(ctx)
 	defer cancel()
-	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false)`); err != nil {
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false), set_config('tcp_keepalives_idle', '0', false),
+		set_config('tcp_keepalives_interval', '0', false), set_config('tcp_keepalives_count', '0', false), set_config('tcp_user_timeout', '0', false)`); err != nil {
 		_ = conn.Conn().Close(ctx)
 	}
 	conn.Release()
@@ -621,7 +658,22 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 			res.setAside = append(res.setAside, e)
 			continue
 		}
-		dctx, cancel := context.WithTimeout(e.Context(ctx), timeout)
+		// Only while the lock's session is surely the server's: a
+		// delivery ends within the lease, and none starts once the
+		// session has been silent a while (the rest waits for the next
+		// holder). Relays with no lock (tests) are not held to it.
+		var alive time.Time
+		if a := r.alive.Load(); a != 0 {
+			alive = time.Unix(0, a)
+			if time.Since(alive) > r.fresh() {
+				return res
+			}
+		}
+		deadline := time.Now().Add(timeout)
+		if !alive.IsZero() && alive.Add(lockLease).Before(deadline) {
+			deadline = alive.Add(lockLease)
+		}
+		dctx, cancel := context.WithDeadline(e.Context(ctx), deadline)
 		err := r.Deliver(dctx, e)
 		cancel()
 		if err != nil {

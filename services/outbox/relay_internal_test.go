@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -134,9 +135,11 @@ func TestSessionLostOnlyWhenItMayBe(t *testing.T) {
 }
 
 // The relay that holds the delivery lock asks the server to find its
-// session gone within half a minute: the lock goes only with the session,
-// and a holder whose host died would otherwise stop every replica's
-// delivery for the system's keepalive time (two hours).
+// session gone within a minute, but not before 40 seconds of silence
+// (longer than lockLease): the lock goes only with the session, and a
+// holder whose host died would otherwise stop every replica's delivery
+// for the system's keepalive time (two hours). Given back, the connection
+// goes back to the server's defaults.
 func TestLeaderSessionIsFoundGoneSoon(t *testing.T) {
 	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
 	ctx := context.Background()
@@ -145,7 +148,6 @@ func TestLeaderSessionIsFoundGoneSoon(t *testing.T) {
 	if err != nil || !leader {
 		t.Fatalf("lead: %v, %v", leader, err)
 	}
-	defer giveBack(ctx, conn)
 	var viaSocket bool
 	if err := conn.QueryRow(ctx, `SELECT inet_client_addr() IS NULL`).Scan(&viaSocket); err != nil {
 		t.Fatal(err)
@@ -153,15 +155,65 @@ func TestLeaderSessionIsFoundGoneSoon(t *testing.T) {
 	if viaSocket {
 		t.Skip("connected through a Unix socket, where TCP keepalives do not apply")
 	}
-	for name, want := range map[string]string{"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
-		"tcp_keepalives_count": "3", "tcp_user_timeout": "30000"} {
-		var got string
-		if err := conn.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&got); err != nil || got != want {
-			t.Errorf("%s = %q, %v; want %s", name, got, err, want)
+	settings := func() map[string]string {
+		out := map[string]string{}
+		for _, name := range []string{"tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count", "tcp_user_timeout"} {
+			var got string
+			if err := conn.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			out[name] = got
 		}
+		return out
+	}
+	if got, want := fmt.Sprint(settings()), fmt.Sprint(map[string]string{"tcp_keepalives_idle": "20", "tcp_keepalives_interval": "5",
+		"tcp_keepalives_count": "4", "tcp_user_timeout": "45000"}); got != want {
+		t.Errorf("the leader's session: %s; want %s", got, want)
+	}
+	if silent := 20*time.Second + 4*5*time.Second; silent <= lockLease {
+		t.Errorf("the server keeps a silent session %v, no longer than the lease %v", silent, lockLease)
 	}
 	// Another replica's poll finds the lock held.
 	if _, leader, err := r.lead(ctx); err != nil || leader {
 		t.Fatalf("a second lead: %v, %v; want the lock held", leader, err)
+	}
+	pid := conn.Conn().PgConn().PID()
+	giveBack(ctx, conn)
+	// The pool's one idle connection: the one just given back.
+	conn, err = r.DB.Pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	if conn.Conn().PgConn().PID() != pid {
+		t.Fatalf("the pool handed out session %d, not the one given back (%d)", conn.Conn().PgConn().PID(), pid)
+	}
+	if got := settings(); got["tcp_keepalives_idle"] == "20" || got["tcp_user_timeout"] != "0" {
+		t.Errorf("a connection given back keeps the leader's settings: %v", got)
+	}
+}
+
+// A holder whose lock's session has not been heard from lately starts no
+// delivery, and one it starts ends within the lease: cut off from the
+// database, it must have stopped before the server ends the session and
+// another replica takes the lock and delivers the same lane.
+func TestLaneStopsWhenTheLockMayHaveLapsed(t *testing.T) {
+	var deadlines []time.Time
+	r := &Relay{Timeout: time.Minute, Deliver: func(ctx context.Context, e Stored) error {
+		d, _ := ctx.Deadline()
+		deadlines = append(deadlines, d)
+		return nil
+	}}
+	lane := []Stored{{ID: 1}, {ID: 2}}
+	heard := time.Now().Add(-time.Second)
+	r.alive.Store(heard.UnixNano())
+	if res := r.deliverLane(context.Background(), lane); len(res.delivered) != 2 || len(deadlines) != 2 ||
+		!deadlines[0].Equal(heard.Add(lockLease)) {
+		t.Fatalf("heard from a second ago: delivered %v, deadlines %v; want both, by %v", res.delivered, deadlines, heard.Add(lockLease))
+	}
+	deadlines = nil
+	r.alive.Store(time.Now().Add(-lockFresh - time.Second).UnixNano())
+	if res := r.deliverLane(context.Background(), lane); len(res.delivered) != 0 || len(deadlines) != 0 || res.failed != nil {
+		t.Fatalf("silent for %v: delivered %v, failed %v; want nothing tried", lockFresh+time.Second, res.delivered, res.failed)
 	}
 }
