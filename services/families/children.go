@@ -603,13 +603,14 @@ func (s *Server) CreateSafetyScreen(ctx context.Context, req *familiesv1.CreateS
 			// was read before the lock was had (a screen asked for later
 			// may have taken it first) or on a replica whose clock is
 			// behind: a high risk recorded last must rank last
-			// (LatestScreen), not behind the no risk it waited on. A screen
-			// given no time of its own was done when it is recorded.
+			// (LatestScreen, which ranks one by the later of when it was
+			// done and recorded), not behind the no risk it waited on.
+			// When it was done stays as given, or this replica's now: a
+			// clock ahead elsewhere must not put it in the future.
 			if _, err := tx.Exec(ctx, `INSERT INTO safety_screens (clinic, family_id, id, result, safety_plan, notes, screened_by, screen_time, create_time)
-				SELECT $1, $2, $3, $4, $5, $6, $7, CASE WHEN $10 THEN t ELSE $8 END, t
-				FROM (SELECT greatest($9::timestamptz, (SELECT max(create_time) + interval '1 microsecond'
-					FROM safety_screens WHERE clinic = $1 AND family_id = $2)) AS t) recorded`, c.clinic, c.family, c.id, int16(ss.GetResult()),
-				ss.GetSafetyPlanInPlace(), ss.GetNotes(), auth.Actor(ctx), at, now, ss.GetScreenTime() == nil); err != nil {
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, greatest($9::timestamptz, (SELECT max(create_time) + interval '1 microsecond'
+					FROM safety_screens WHERE clinic = $1 AND family_id = $2)))`, c.clinic, c.family, c.id, int16(ss.GetResult()),
+				ss.GetSafetyPlanInPlace(), ss.GetNotes(), auth.Actor(ctx), at, now); err != nil {
 				return nil, fmt.Errorf("insert safety screen: %w", err)
 			}
 			rows, err := tx.Query(ctx, screenSelect+` WHERE clinic = $1 AND family_id = $2 AND id = $3`, c.clinic, c.family, c.id)

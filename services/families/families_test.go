@@ -1865,8 +1865,11 @@ func TestScreenRecordedLastCountsThoughItsClockIsBehind(t *testing.T) {
 	if got.GetLatestSafetyScreen().GetName() != high.GetName() || got.GetSafetyScreenStatus() != familiesv1.SafetyScreenStatus_SAFETY_SCREEN_STATUS_HIGH_RISK {
 		t.Fatalf("latest screen %v (%v); want the high risk recorded last, %s", got.GetLatestSafetyScreen(), got.GetSafetyScreenStatus(), high.GetName())
 	}
-	if !high.GetScreenTime().AsTime().Equal(high.GetCreateTime().AsTime()) {
-		t.Errorf("a screen given no time: done %v, recorded %v; want one time", high.GetScreenTime().AsTime(), high.GetCreateTime().AsTime())
+	// Done when its replica says, recorded after the screen before it.
+	if done, clk := high.GetScreenTime().AsTime(), f.clock.Now().Truncate(time.Microsecond); !done.Equal(clk) ||
+		!high.GetCreateTime().AsTime().After(before.GetLatestSafetyScreen().GetCreateTime().AsTime()) {
+		t.Errorf("a screen given no time: done %v (clock %v), recorded %v after %v; want done by the clock, recorded after",
+			done, clk, high.GetCreateTime().AsTime(), before.GetLatestSafetyScreen().GetCreateTime().AsTime())
 	}
 	if !got.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) {
 		t.Errorf("update time %v after the screen, %v before: want it moved forward", got.GetUpdateTime().AsTime(), before.GetUpdateTime().AsTime())
