@@ -145,4 +145,15 @@ func TestRefusedDisclosureIsLoggedWithItsCaller(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "subject=ehr-7") || !strings.Contains(out, "clinic=north") || !strings.Contains(out, "CreateDisclosure") {
 		t.Fatalf("log %q; want the caller and the method", out)
 	}
+	// Nor does the EHR ask which families its consents cover: the answer
+	// for referrals, against the one for identity, would tell it which
+	// were deleted. The services ask it themselves, not through here.
+	err = intercept(ctx, familiesv1.FamiliesService_ListCoveredFamilies_FullMethodName, nil, nil, nil,
+		func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error {
+			called = true
+			return nil
+		})
+	if status.Code(err) != codes.PermissionDenied || called || !strings.Contains(logs.String(), "ListCoveredFamilies") {
+		t.Fatalf("the EHR's ListCoveredFamilies: %v, passed on %v, log %q; want PermissionDenied, not passed on, logged", err, called, logs.String())
+	}
 }

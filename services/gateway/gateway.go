@@ -595,12 +595,20 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 // check against the family (a referral, a meeting). From the outside the
 // EHR could so write, for good, entries of its own making into a
 // patient's accounting of disclosures (42 CFR 2.24). Staff record the
-// disclosures they make by hand (a referral sent by fax). A refusal is
+// disclosures they make by hand (a referral sent by fax). Nor does this
+// door serve ListCoveredFamilies, the services' own call to narrow the
+// EHR's lists: from the outside, the families it names for referrals but
+// not for identity would tell the EHR which were deleted. A refusal is
 // logged with who tried: the call never reaches a service, whose audit
 // trail would otherwise record it.
 func staffRecordDisclosures(log *slog.Logger) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		switch method {
+		case familiesv1.FamiliesService_ListCoveredFamilies_FullMethodName:
+			p, _ := auth.FromContext(ctx)
+			log.WarnContext(ctx, "the services' own call refused at the gateway", "method", method, "subject", p.Subject, "clinic", p.Clinic)
+			return status.Error(codes.PermissionDenied,
+				"the families a consent covers are the services' to ask: read the records, which are narrowed to them")
 		case familiesv1.FamiliesService_CreateDisclosure_FullMethodName, familiesv1.FamiliesService_BatchCreateDisclosures_FullMethodName:
 			// A token that holds the ehr role is the EHR's, whatever else it
 			// holds (the services gate it so too).
