@@ -283,6 +283,28 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 		if hold, err = a.holdBest(ctx, in, req, tiers); err != nil {
 			return HoldResult{}, err
 		}
+	} else if hold.GetWorkflowHeld() {
+		// A place the workflow held for a later tier, when no program of
+		// an earlier one had room: one that has room now takes its place.
+		// A counselor's is theirs to keep.
+		req, err := a.matchFor(ctx, in.Family, fam, "", nil, referralsv1.Urgency_URGENCY_IMMEDIATE, nil)
+		if err != nil {
+			return HoldResult{}, err
+		}
+		tiers := suitedTiers(fam.GetLovedOne().GetPrimarySubstance(), req.GetBarriers())
+		if i := tierOf(hold.GetServiceKind(), tiers); i > 0 {
+			better, err := a.holdBest(ctx, in, req, tiers[:i])
+			if err != nil && ErrorType(err) != "NO_CAPACITY" {
+				return HoldResult{}, err
+			}
+			if better != nil {
+				if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: hold.GetName(), Reason: "a treatment that fits better had a place",
+					RequestID: subID(in.RequestID, "release-later-tier", hold.GetName())}); err != nil {
+					return HoldResult{}, err
+				}
+				hold = better
+			}
+		}
 	}
 	if _, err := a.Interventions.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: in.Intervention,
 		Kind: interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD, Done: true, Hold: hold.GetName(),
@@ -932,10 +954,76 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		return req, matchErr
 	}
+	// A retry whose first attempt got further but lost the reply must find
+	// what it made, not take a slot elsewhere: the program it used may have
+	// no slot left, so the match would pass it over.
+	made := kinds
+	if len(made) == 0 {
+		// No treatment named: an earlier try referred to, or held, what
+		// suited the loved one then, whichever treatment that was.
+		made = treatment
+	}
+	// existing finds a referral of the loved one's already made for the
+	// meeting: a retry's first attempt's, or one made of a place that went
+	// its own way.
+	existing := func() (Referral, bool, error) {
+		ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made)
+		if err != nil || ref == nil {
+			return Referral{}, false, err
+		}
+		return Referral{Name: ref.GetName(), Program: ref.GetProgram(), Adopted: true}, true, nil
+	}
+	// search holds and converts a place at the best program of the first
+	// of ts (tiers of services) that has one; false when none did.
+	search := func(ts [][]referralsv1.ServiceKind) (Referral, bool, error) {
+		req, err := match()
+		if err != nil {
+			return Referral{}, false, err
+		}
+		var out Referral
+		done, err := a.matchInTiers(ctx, req, ts, func(m *referralsv1.ProgramMatch, kinds []referralsv1.ServiceKind) (bool, error) {
+			hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
+				ServiceKind: firstOffered(m.GetProgram(), kinds), Family: in.Family, Intervention: in.Intervention,
+				Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
+			if passOver(err, m.GetProgram().GetName()) {
+				return false, nil
+			}
+			if err != nil {
+				return false, wrap("hold slot", err)
+			}
+			ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
+				FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
+			if err != nil {
+				werr := wrap("convert hold", err)
+				switch t := ErrorType(werr); t {
+				case "":
+					return false, werr // retried: the next try adopts the hold (agreedHold)
+				case "INVALID_STATE_TRANSITION", "RESOURCE_NOT_FOUND":
+					// The hold is not HELD: an earlier try's, answered again
+					// under its request id, that lapsed or went back since, or
+					// one converted. A referral made of it is taken; without
+					// one, the next program is tried.
+					ref, ok, err := existing()
+					out = ref
+					return ok, err
+				}
+				if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
+					return false, rerr
+				}
+				return false, werr
+			}
+			out = Referral{Name: ref.GetName(), Program: ref.GetProgram()}
+			return true, nil
+		})
+		return out, done, err
+	}
 	if in.Hold != "" {
 		agreed, err := agreedForPlainYes(in, kinds, match)
 		if err != nil {
 			return Referral{}, err
+		}
+		if ref, ok, err := a.earlierTierThanHeld(ctx, in, kinds, tiers, existing, search); ok || err != nil {
+			return ref, err
 		}
 		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, agreed, in.RequestID)
 		if err != nil {
@@ -960,25 +1048,6 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		}
 		// The hold lapsed, or its program offers nothing agreed to: find
 		// another slot.
-	}
-	// A retry whose first attempt got further but lost the reply must find
-	// what it made, not take a slot elsewhere: the program it used may have
-	// no slot left, so the match would pass it over.
-	made := kinds
-	if len(made) == 0 {
-		// No treatment named: an earlier try referred to, or held, what
-		// suited the loved one then, whichever treatment that was.
-		made = treatment
-	}
-	// existing finds a referral of the loved one's already made for the
-	// meeting: a retry's first attempt's, or one made of a place that went
-	// its own way.
-	existing := func() (Referral, bool, error) {
-		ref, err := a.referredFor(ctx, in.Intervention, in.Family, in.Exclude, made)
-		if err != nil || ref == nil {
-			return Referral{}, false, err
-		}
-		return Referral{Name: ref.GetName(), Program: ref.GetProgram(), Adopted: true}, true, nil
 	}
 	if ref, ok, err := existing(); ok || err != nil {
 		return ref, err
@@ -1027,45 +1096,52 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 			return Referral{}, werr
 		}
 	}
-	var out Referral
-	done, err := a.matchInTiers(ctx, req, tiers, func(m *referralsv1.ProgramMatch, kinds []referralsv1.ServiceKind) (bool, error) {
-		hold, err := a.Referrals.HoldSlot(ctx, &referralsv1.HoldSlotRequest{Program: m.GetProgram().GetName(),
-			ServiceKind: firstOffered(m.GetProgram(), kinds), Family: in.Family, Intervention: in.Intervention,
-			Ttl: durationpb.New(24 * time.Hour), RequestId: subID(in.RequestID, "hold", m.GetProgram().GetName())})
-		if passOver(err, m.GetProgram().GetName()) {
-			return false, nil
-		}
-		if err != nil {
-			return false, wrap("hold slot", err)
-		}
-		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: hold.GetName(), Reason: reason,
-			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", m.GetProgram().GetName())})
-		if err != nil {
-			werr := wrap("convert hold", err)
-			switch t := ErrorType(werr); t {
-			case "":
-				return false, werr // retried: the next try adopts the hold (agreedHold)
-			case "INVALID_STATE_TRANSITION", "RESOURCE_NOT_FOUND":
-				// The hold is not HELD: an earlier try's, answered again
-				// under its request id, that lapsed or went back since, or
-				// one converted. A referral made of it is taken; without
-				// one, the next program is tried.
-				ref, ok, err := existing()
-				out = ref
-				return ok, err
-			}
-			if rerr := a.releaseRefused(ctx, hold.GetName(), subID(in.RequestID, "release", m.GetProgram().GetName())); rerr != nil {
-				return false, rerr
-			}
-			return false, werr
-		}
-		out = Referral{Name: ref.GetName(), Program: ref.GetProgram()}
-		return true, nil
-	})
-	if done || err != nil {
-		return out, err
+	if ref, done, err := search(tiers); done || err != nil {
+		return ref, err
 	}
 	return Referral{}, temporal.NewNonRetryableApplicationError("no program with a free slot is left to try", "NO_PROGRAM", nil)
+}
+
+// earlierTierThanHeld refers a plain yes to a treatment of an earlier tier
+// than the place the workflow held (suitedTiers), when a program of one
+// has room now, and gives the held place back: the place may have been
+// held when no program of those had room (naltrexone for someone using
+// opioids, which starts only after withdrawal). A referral already made
+// for the meeting (a retry's first attempt's) is taken the same way. A
+// place a counselor held by hand is theirs to keep, and a yes naming
+// treatments is not judged by tiers. false: the held place stands.
+func (a *Activities) earlierTierThanHeld(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind, tiers [][]referralsv1.ServiceKind,
+	existing func() (Referral, bool, error), search func([][]referralsv1.ServiceKind) (Referral, bool, error)) (Referral, bool, error) {
+	if len(kinds) > 0 || in.Intervention == "" || len(tiers) < 2 {
+		return Referral{}, false, nil
+	}
+	held, err := a.heldWhere(ctx, aip.Clinic(in.Hold), fmt.Sprintf("intervention = %q", in.Intervention), func(h *referralsv1.Hold) bool {
+		return h.GetName() == in.Hold && h.GetState() == referralsv1.HoldState_HOLD_STATE_HELD && h.GetWorkflowHeld() && h.GetFamily() == in.Family
+	})
+	if err != nil || len(held) == 0 {
+		return Referral{}, false, err
+	}
+	i := tierOf(held[0].GetServiceKind(), tiers)
+	if i <= 0 {
+		return Referral{}, false, nil
+	}
+	ref, ok, err := existing()
+	if err == nil && !ok {
+		ref, ok, err = search(tiers[:i])
+	}
+	if err != nil || !ok {
+		return Referral{}, false, err
+	}
+	if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: in.Hold, Reason: "a treatment that fits better had a place",
+		RequestID: subID(in.RequestID, "release-later-tier", in.Hold)}); err != nil {
+		return Referral{}, false, err
+	}
+	return ref, true, nil
+}
+
+// tierOf is the index of the tier kind is in, or -1.
+func tierOf(kind referralsv1.ServiceKind, tiers [][]referralsv1.ServiceKind) int {
+	return slices.IndexFunc(tiers, func(t []referralsv1.ServiceKind) bool { return slices.Contains(t, kind) })
 }
 
 // IsMAT reports whether service (a ServiceKind name without its prefix)

@@ -2334,10 +2334,11 @@ func TestLateResendIsPlacedFromNow(t *testing.T) {
 // leaving out those that offer none of them; full programs refuse a hold.
 type rankedFake struct {
 	holdsFake
-	programs []*referralsv1.Program
-	full     map[string]bool
-	asked    [][]referralsv1.ServiceKind
-	made     []*referralsv1.HoldSlotRequest
+	programs  []*referralsv1.Program
+	full      map[string]bool
+	asked     [][]referralsv1.ServiceKind
+	made      []*referralsv1.HoldSlotRequest
+	converted []string // of the holds set up in holdsFake
 }
 
 func (f *rankedFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgramsRequest, _ ...grpc.CallOption) (*referralsv1.MatchProgramsResponse, error) {
@@ -2365,6 +2366,11 @@ func (f *rankedFake) ListReferrals(context.Context, *referralsv1.ListReferralsRe
 }
 
 func (f *rankedFake) ConvertHold(_ context.Context, in *referralsv1.ConvertHoldRequest, _ ...grpc.CallOption) (*referralsv1.Referral, error) {
+	if i := slices.IndexFunc(f.holds, func(h *referralsv1.Hold) bool { return h.GetName() == in.GetName() }); i >= 0 {
+		h := f.holds[i]
+		f.converted = append(f.converted, h.GetName())
+		return &referralsv1.Referral{Name: "clinics/north/referrals/r0", Program: h.GetProgram(), ServiceKind: h.GetServiceKind()}, nil
+	}
 	i, err := strconv.Atoi(strings.TrimPrefix(in.GetName(), "clinics/north/holds/h"))
 	if err != nil || i < 1 || i > len(f.made) || f.full[f.made[i-1].GetProgram()] {
 		return nil, apperr.NotFound(in.GetName())
@@ -2484,5 +2490,56 @@ func TestImmediateSupportReferralNeedsNoFreeSlot(t *testing.T) {
 	if err != nil || len(got) != 1 || len(f.made) != 1 || f.made[0].GetUrgency() != referralsv1.Urgency_URGENCY_IMMEDIATE ||
 		f.made[0].GetProgram() != "clinics/north/programs/naloxone" {
 		t.Fatalf("referrals %v (%v), %v; want one IMMEDIATE referral to the naloxone program", got, f.made, err)
+	}
+}
+
+// A place the workflow held for naltrexone, when no methadone or
+// buprenorphine program had room, gives way to one of those that has room
+// by the time the place is held again or the loved one says yes: it is
+// given back, and the place or referral is made at the better one. A place
+// a counselor held by hand stays theirs; with no room in an earlier tier,
+// the held place stands.
+func TestAHeldPlaceOfALaterTierGivesWay(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	programs := []*referralsv1.Program{
+		{Name: "clinics/north/programs/nalt", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}},
+		{Name: "clinics/north/programs/meth", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}},
+	}
+	for _, c := range []struct {
+		name         string
+		workflowHeld bool
+		methFull     bool
+		wantProgram  string
+		wantReleased bool
+	}{
+		{"the workflow's, methadone has room", true, false, "meth", true},
+		{"a counselor's, methadone has room", false, false, "nalt", false},
+		{"the workflow's, methadone full", true, true, "nalt", false},
+	} {
+		held := func() []*referralsv1.Hold {
+			return []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/nalt", Family: fam, Intervention: iv,
+				ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, State: referralsv1.HoldState_HOLD_STATE_HELD,
+				WorkflowHeld: c.workflowHeld, ExpireTime: timestamppb.New(time.Now().Add(48 * time.Hour))}}
+		}
+		for _, step := range []string{"hold", "yes"} {
+			f := &rankedFake{programs: programs, full: map[string]bool{"clinics/north/programs/meth": c.methFull}}
+			f.holds = held()
+			a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN}, Referrals: f, Interventions: checklistFake{}}
+			var program string
+			var err error
+			if step == "hold" {
+				var res HoldResult
+				res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+				program = res.Program
+			} else {
+				var ref Referral
+				ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held", RequestID: "y"})
+				program = ref.Program
+			}
+			released := slices.ContainsFunc(f.releases, func(r *referralsv1.ReleaseHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
+			if err != nil || program != "clinics/north/programs/"+c.wantProgram || released != c.wantReleased {
+				t.Errorf("%s, %s: at %q, %v, the held place released %v; want %s, released %v", c.name, step, program, err, released, c.wantProgram, c.wantReleased)
+			}
+		}
 	}
 }
