@@ -538,7 +538,17 @@ func (s *Server) UpdateIntervention(ctx context.Context, req *interventionsv1.Up
 	for _, p := range cur.GetParticipants() {
 		stored[p.GetMemberId()] = true
 	}
-	if err := s.checkFamily(ctx, next, cur.GetState() == scheduled && next.GetLevel() > cur.GetLevel(), stored); err != nil {
+	fvs, err := s.familyProblems(ctx, next, cur.GetState() == scheduled && next.GetLevel() > cur.GetLevel(), stored)
+	if err != nil {
+		return nil, err
+	}
+	if slices.ContainsFunc(fvs, func(v apperr.Violation) bool { return v.Field == "intervention.family" }) {
+		// The family is not the request's to change: its record was
+		// deleted, a precondition of the stored meeting's, as a move
+		// answers it (checkNotClosed), not a field the caller sent.
+		return nil, apperr.NotReady(cur.GetName(), apperr.Violations{{Field: "family", Description: "no such family: its record was deleted"}})
+	}
+	if err := fvs.Err(); err != nil {
 		return nil, err
 	}
 	return idempotency.InTx(ctx, s.pool, r.clinic, svc+"UpdateIntervention", req.GetRequestId(), req, newIntervention,

@@ -3229,6 +3229,18 @@ func TestADeletedFamilysMeetingIsNotMoved(t *testing.T) {
 	if after := digest(t, f.pool); after != before {
 		t.Fatal("a refused move changed the interventions' data")
 	}
+	// An edit is refused the same way: the family is the stored meeting's,
+	// not a field the request sent (it was INVALID_ARGUMENT on
+	// intervention.family).
+	_, err = f.client.UpdateIntervention(f.ctx, &interventionsv1.UpdateInterventionRequest{
+		Intervention: &interventionsv1.Intervention{Name: meeting.GetName(), CarriedOverNotes: "bring the letters"},
+		UpdateMask:   &fieldmaskpb.FieldMask{Paths: []string{"carried_over_notes"}}})
+	if st := wantCode(t, err, codes.FailedPrecondition); reason(st) != apperr.ReasonNotReady {
+		t.Fatalf("editing a deleted family's meeting: reason %q (%v); want %s", reason(st), err, apperr.ReasonNotReady)
+	}
+	if after := digest(t, f.pool); after != before {
+		t.Fatal("a refused edit changed the interventions' data")
+	}
 	if _, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: meeting.GetName(),
 		StartTime: meeting.GetStartTime(), ExpectedDuration: durationpb.New(2 * time.Hour)}); err != nil {
 		t.Fatalf("lengthening a deleted family's meeting: %v", err)
