@@ -927,15 +927,15 @@ func (s *Server) checkNotClosed(ctx context.Context, iv *interventionsv1.Interve
 
 // familyGone reports whether family's record was deleted or its case
 // closed.
-func (s *Server) familyGone(ctx context.Context, family string) (bool, error) {
+func (s *Server) familyGone(ctx context.Context, family string) (deleted, closed bool, err error) {
 	fam, err := s.cfg.Families.GetFamily(ctx, &familiesv1.GetFamilyRequest{Name: family})
 	if apperr.IsCode(err, codes.NotFound) {
-		return true, nil
+		return true, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("read family: %w", err)
+		return false, false, fmt.Errorf("read family: %w", err)
 	}
-	return fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
+	return false, fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED, nil
 }
 
 // familyClosed is the refusal of planning with a closed family.
@@ -1035,7 +1035,7 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 	// counselor's to decide. A leaked worker token, good for every clinic,
 	// must not call off every meeting. The families service is asked
 	// before the transaction, which then holds no lock over the call.
-	worker, checked, gone := auth.WorkerOnly(ctx), false, false
+	worker, checked, deleted, closed := auth.WorkerOnly(ctx), false, false, false
 	if worker {
 		if out, ok, err := idempotency.Stored(ctx, s.pool, r.clinic, svc+"CancelIntervention", req.GetRequestId(), req, newIntervention); ok || err != nil {
 			return out, err
@@ -1046,7 +1046,7 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 		}
 		// A draft it withdraws without asking.
 		if read.GetState() == scheduled {
-			if gone, err = s.familyGone(ctx, read.GetFamily()); err != nil {
+			if deleted, closed, err = s.familyGone(ctx, read.GetFamily()); err != nil {
 				return nil, err
 			}
 			checked = true
@@ -1061,8 +1061,16 @@ func (s *Server) CancelIntervention(ctx context.Context, req *interventionsv1.Ca
 				// Scheduled since it was read: read again, by a retry.
 				return nil, status.Error(codes.Aborted, "the meeting was scheduled as it was being cancelled: retry")
 			}
-			if worker && cur.GetState() == scheduled && !gone {
+			if worker && cur.GetState() == scheduled && !deleted && !closed {
 				return nil, status.Error(codes.PermissionDenied, "the worker calls off a scheduled meeting only of a family deleted or closed")
+			}
+			if worker && cur.GetState() == scheduled && closed && !cur.GetStartTime().AsTime().After(s.cfg.Now()) {
+				// A closed family's meeting that has begun stays, for its
+				// outcome (the FamilyClosed workflow lists only those to
+				// come; this one began since it listed them).
+				return nil, apperr.FailedPrecondition(apperr.ReasonInvalidTransition,
+					cur.GetName()+" has begun: it stays, for its outcome, though the family's case was closed",
+					map[string]string{"resource": cur.GetName(), "from": "SCHEDULED", "to": "CANCELLED"})
 			}
 			next := proto.Clone(cur).(*interventionsv1.Intervention)
 			next.CancelReason = req.GetReason()

@@ -1954,6 +1954,7 @@ func TestWorkerCancelsAScheduledMeetingOnlyOfAClosedFamily(t *testing.T) {
 		t.Fatalf("the worker withdraws a draft: %v, %v", got.GetState(), err)
 	}
 	iv := f.scheduled(t, time.Now().Add(72*time.Hour))
+	begun := f.scheduled(t, time.Now().Add(24*time.Hour))
 	if _, err := cancel(iv, "w-open"); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("the worker calls off a meeting of an open family: %v; want PermissionDenied", err)
 	}
@@ -1968,6 +1969,17 @@ func TestWorkerCancelsAScheduledMeetingOnlyOfAClosedFamily(t *testing.T) {
 	fam.State = familiesv1.FamilyState_FAMILY_STATE_CLOSED
 	if _, err := f.families.UpdateFamily(f.ctx, &familiesv1.UpdateFamilyRequest{Family: fam, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"state"}}}); err != nil {
 		t.Fatal(err)
+	}
+	// A closed family's meeting that has begun stays, for its outcome:
+	// refused as a move that cannot be made, which the FamilyClosed
+	// workflow passes over.
+	f.clock.Advance(25 * time.Hour)
+	if _, err := cancel(begun, "w-begun"); reason(wantCode(t, err, codes.FailedPrecondition)) != apperr.ReasonInvalidTransition {
+		t.Fatalf("the worker calls off a closed family's meeting that has begun: %v; want INVALID_STATE_TRANSITION", err)
+	}
+	if got, err := f.client.GetIntervention(f.ctx, &interventionsv1.GetInterventionRequest{Name: begun.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_SCHEDULED {
+		t.Fatalf("after the refusal: %v, %v; want it scheduled", got.GetState(), err)
 	}
 	if got, err := cancel(iv, "w-closed"); err != nil || got.GetState() != interventionsv1.InterventionState_INTERVENTION_STATE_CANCELLED {
 		t.Fatalf("the worker calls off a meeting of a closed family: %v, %v", got.GetState(), err)
