@@ -270,7 +270,8 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	}
 	// Which treatments suit depends on the substance alone (the barriers
 	// only order them): the barriers are read for a new hold only.
-	hold, err := a.lastingHold(ctx, in, suited(fam.GetLovedOne().GetPrimarySubstance(), nil))
+	lo := fam.GetLovedOne()
+	hold, err := a.lastingHold(ctx, in, suited(lo.GetPrimarySubstance(), nil), age(lo.GetBirthDate(), lo.GetTimeZone(), time.Now()))
 	if err != nil {
 		return HoldResult{}, err
 	}
@@ -335,12 +336,33 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 // left by a reschedule whose release failed, is no use to the meeting: it
 // is given back, not adopted, or the meeting would keep a place that is
 // gone by the time the loved one says yes.
-func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, error) {
+func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []referralsv1.ServiceKind, years int32) (*referralsv1.Hold, error) {
 	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, nil, kinds)
 	if err != nil {
 		return nil, err
 	}
 	for _, h := range holds {
+		if years > 0 {
+			// A place at a program whose age limits leave the loved one
+			// out (their birth date recorded since, or the limits changed)
+			// is not adopted; the workflow's own is given back.
+			p, err := a.Referrals.GetProgram(ctx, &referralsv1.GetProgramRequest{Name: h.GetProgram()})
+			if ErrorType(wrap("", err)) == "RESOURCE_NOT_FOUND" {
+				continue
+			}
+			if err != nil {
+				return nil, wrap("get program", err)
+			}
+			if !ageFits(p, years) {
+				if h.GetWorkflowHeld() {
+					if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one is outside its program's age limits",
+						RequestID: subID(in.RequestID, "release-age", h.GetName())}); err != nil {
+						return nil, err
+					}
+				}
+				continue
+			}
+		}
 		until := in.Until
 		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
 			until = longest // no hold lasts longer: one this request made, as long as it could be, counts
@@ -1025,7 +1047,18 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 		if ref, ok, err := a.earlierTierThanHeld(ctx, in, kinds, tiers, existing, search); ok || err != nil {
 			return ref, err
 		}
-		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, agreed, in.RequestID)
+		// The loved one's age, against the held place's program's limits,
+		// for a place agreedForHold judges (the meeting's, for something
+		// agreed to).
+		var years int32
+		if len(agreed) > 0 && in.Intervention != "" {
+			if r, err := match(); err == nil {
+				years = r.GetAge()
+			} else if !familyGone(err) {
+				return Referral{}, err
+			}
+		}
+		kind, ok, err := a.agreedForHold(ctx, in.Hold, in.Intervention, agreed, years, in.RequestID)
 		if err != nil {
 			return Referral{}, err
 		}
@@ -1066,7 +1099,7 @@ func (a *Activities) StartImmediateReferral(ctx context.Context, in ImmediateReq
 	// yes, what suits them now. A place held for anything else (one taken
 	// before the family's record said what they use) converts to one of
 	// those, or is given back.
-	hold, kind, err := a.agreedHold(ctx, in, req.GetServiceKinds())
+	hold, kind, err := a.agreedHold(ctx, in, req.GetServiceKinds(), req.GetAge())
 	if err != nil {
 		return Referral{}, err
 	}
@@ -1193,8 +1226,9 @@ func intakeReason(kinds []referralsv1.ServiceKind) string {
 // hold's own) when the loved one agreed to it, otherwise the first agreed
 // one its program offers; false when the program offers none of them, or
 // is gone.
-func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kinds []referralsv1.ServiceKind) (referralsv1.ServiceKind, bool, error) {
-	if slices.Contains(kinds, h.GetServiceKind()) {
+func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kinds []referralsv1.ServiceKind, years int32) (referralsv1.ServiceKind, bool, error) {
+	agreed := slices.Contains(kinds, h.GetServiceKind())
+	if agreed && years == 0 {
 		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
 	}
 	p, err := a.Referrals.GetProgram(ctx, &referralsv1.GetProgramRequest{Name: h.GetProgram()})
@@ -1204,12 +1238,27 @@ func (a *Activities) agreedService(ctx context.Context, h *referralsv1.Hold, kin
 	if err != nil {
 		return 0, false, wrap("get program", err)
 	}
+	// A place held before the loved one's birth date was recorded, or
+	// before the program changed its age limits, that the program would
+	// turn them away from: as if it offered nothing agreed to.
+	if !ageFits(p, years) {
+		return 0, false, nil
+	}
+	if agreed {
+		return referralsv1.ServiceKind_SERVICE_KIND_UNSPECIFIED, true, nil
+	}
 	for _, k := range kinds {
 		if slices.Contains(p.GetServices(), k) && p.GetDeleteTime() == nil {
 			return k, true, nil
 		}
 	}
 	return 0, false, nil
+}
+
+// ageFits reports whether someone years old (0: not known) is within p's
+// age limits, as the match counts them.
+func ageFits(p *referralsv1.Program, years int32) bool {
+	return years == 0 || years >= p.GetMinAge() && (p.GetMaxAge() == 0 || years <= p.GetMaxAge())
 }
 
 // agreedForPlainYes is what the workflow's hold must convert to: the
@@ -1240,7 +1289,7 @@ func agreedForPlainYes(in ImmediateRequest, kinds []referralsv1.ServiceKind,
 // intervention. A hold its program cannot convert to anything agreed to is
 // given back; a hold no longer there is left to the conversion, which says
 // so.
-func (a *Activities) agreedForHold(ctx context.Context, name, intervention string, kinds []referralsv1.ServiceKind, requestID string) (referralsv1.ServiceKind, bool, error) {
+func (a *Activities) agreedForHold(ctx context.Context, name, intervention string, kinds []referralsv1.ServiceKind, years int32, requestID string) (referralsv1.ServiceKind, bool, error) {
 	if len(kinds) == 0 {
 		// No treatment named: the hold, made for what suits the loved
 		// one, converts as it is.
@@ -1260,7 +1309,7 @@ func (a *Activities) agreedForHold(ctx context.Context, name, intervention strin
 		return 0, false, nil
 	}
 	h := holds[0]
-	kind, ok, err := a.agreedService(ctx, h, kinds)
+	kind, ok, err := a.agreedService(ctx, h, kinds, years)
 	if err != nil || ok {
 		return kind, ok, err
 	}
@@ -1272,13 +1321,13 @@ func (a *Activities) agreedForHold(ctx context.Context, name, intervention strin
 // those that cannot are given back on the way. A place an earlier try held
 // for care agreed to (outpatient, say) is found too: a retry adopts it
 // rather than pass its program over.
-func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind) (*referralsv1.Hold, referralsv1.ServiceKind, error) {
+func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind, years int32) (*referralsv1.Hold, referralsv1.ServiceKind, error) {
 	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, in.Exclude, treatment)
 	if err != nil {
 		return nil, 0, err
 	}
 	for _, h := range holds {
-		kind, ok, err := a.agreedService(ctx, h, kinds)
+		kind, ok, err := a.agreedService(ctx, h, kinds, years)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -1295,7 +1344,7 @@ func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds 
 // releaseUnagreed gives back a place held for a medication the loved one
 // did not agree to, at a program offering none they did.
 func (a *Activities) releaseUnagreed(ctx context.Context, h *referralsv1.Hold, requestID string) error {
-	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a treatment its program does not offer",
+	err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "the loved one agreed to a treatment its program does not offer, or is outside its age limits",
 		RequestID: subID(requestID, "release-unagreed", h.GetName())})
 	// ReleaseHold's error as it is: wrapped, a refusal it made final would
 	// reach Temporal as a retryable error of another type (the SDK reads

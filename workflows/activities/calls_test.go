@@ -1575,14 +1575,14 @@ func TestLongestHoldIsLasting(t *testing.T) {
 		CreateTime:  timestamppb.New(made), ExpireTime: timestamppb.New(made.Add(maxHoldTTL))}}}
 	a := &Activities{Referrals: f}
 	h, err := a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
-		Until: time.Now().Add(20 * 24 * time.Hour)}, matKinds)
+		Until: time.Now().Add(20 * 24 * time.Hour)}, matKinds, 0)
 	if err != nil || h.GetName() != "clinics/north/holds/long" || len(f.releases) != 0 {
 		t.Fatalf("lastingHold = %v, %v, releases %v; want the longest hold adopted", h, err, f.releases)
 	}
 	// One shorter than the meeting needs is given back.
 	f.holds[0].ExpireTime = timestamppb.New(time.Now().Add(time.Hour))
 	h, err = a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
-		Until: time.Now().Add(48 * time.Hour)}, matKinds)
+		Until: time.Now().Add(48 * time.Hour)}, matKinds, 0)
 	if err != nil || h != nil || len(f.releases) != 1 {
 		t.Fatalf("lastingHold = %v, %v, releases %v; want the short hold released", h, err, f.releases)
 	}
@@ -1773,10 +1773,11 @@ type substanceFamily struct {
 	familiesv1.FamiliesServiceClient
 	substance familiesv1.Substance
 	barriers  []familiesv1.BarrierKind
+	birth     string // the loved one's birth date, if recorded
 }
 
 func (f substanceFamily) GetFamily(context.Context, *familiesv1.GetFamilyRequest, ...grpc.CallOption) (*familiesv1.Family, error) {
-	return &familiesv1.Family{LovedOne: &familiesv1.LovedOne{PrimarySubstance: f.substance}}, nil
+	return &familiesv1.Family{LovedOne: &familiesv1.LovedOne{PrimarySubstance: f.substance, BirthDate: f.birth}}, nil
 }
 
 func (f substanceFamily) ListBarriers(context.Context, *familiesv1.ListBarriersRequest, ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
@@ -2345,11 +2346,21 @@ func (f *rankedFake) MatchPrograms(_ context.Context, in *referralsv1.MatchProgr
 	f.asked = append(f.asked, in.GetServiceKinds())
 	resp := &referralsv1.MatchProgramsResponse{}
 	for _, p := range f.programs {
+		if !ageFits(p, in.GetAge()) {
+			continue // as the service leaves out a program the person's age is outside
+		}
 		if slices.ContainsFunc(p.GetServices(), func(k referralsv1.ServiceKind) bool { return slices.Contains(in.GetServiceKinds(), k) }) {
 			resp.Matches = append(resp.Matches, &referralsv1.ProgramMatch{Program: p, Rank: int32(len(resp.Matches) + 1)})
 		}
 	}
 	return resp, nil
+}
+
+func (f *rankedFake) GetProgram(_ context.Context, in *referralsv1.GetProgramRequest, _ ...grpc.CallOption) (*referralsv1.Program, error) {
+	if i := slices.IndexFunc(f.programs, func(p *referralsv1.Program) bool { return p.GetName() == in.GetName() }); i >= 0 {
+		return f.programs[i], nil
+	}
+	return nil, apperr.NotFound(in.GetName())
 }
 
 func (f *rankedFake) HoldSlot(_ context.Context, in *referralsv1.HoldSlotRequest, _ ...grpc.CallOption) (*referralsv1.Hold, error) {
@@ -2540,6 +2551,42 @@ func TestAHeldPlaceOfALaterTierGivesWay(t *testing.T) {
 			if err != nil || program != "clinics/north/programs/"+c.wantProgram || released != c.wantReleased {
 				t.Errorf("%s, %s: at %q, %v, the held place released %v; want %s, released %v", c.name, step, program, err, released, c.wantProgram, c.wantReleased)
 			}
+		}
+	}
+}
+
+// A place held at a program whose age limits leave the loved one out (their
+// birth date recorded since the place was held) is not adopted for the
+// meeting nor converted at a yes: the workflow's own is given back, and a
+// place is found at a program that takes them.
+func TestAHeldPlaceOutsideTheAgeLimitsIsNotUsed(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	sixteen := time.Now().AddDate(-16, 0, -1).Format(time.DateOnly)
+	programs := []*referralsv1.Program{
+		{Name: "clinics/north/programs/adults", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}, MinAge: 18},
+		{Name: "clinics/north/programs/youth", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE}, MaxAge: 25},
+	}
+	for _, step := range []string{"hold", "yes"} {
+		f := &rankedFake{programs: programs}
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/adults", Family: fam, Intervention: iv,
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, State: referralsv1.HoldState_HOLD_STATE_HELD,
+			WorkflowHeld: true, ExpireTime: timestamppb.New(time.Now().Add(48 * time.Hour))}}
+		a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN, birth: sixteen}, Referrals: f, Interventions: checklistFake{}}
+		var program string
+		var err error
+		if step == "hold" {
+			var res HoldResult
+			res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+			program = res.Program
+		} else {
+			var ref Referral
+			ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held", RequestID: "y"})
+			program = ref.Program
+		}
+		released := slices.ContainsFunc(f.releases, func(r *referralsv1.ReleaseHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
+		if err != nil || program != "clinics/north/programs/youth" || !released || slices.Contains(f.converted, "clinics/north/holds/held") {
+			t.Errorf("%s: at %q, %v, the adults' place released %v, converted %v; want the youth program, the adults' place given back",
+				step, program, err, released, f.converted)
 		}
 	}
 }
