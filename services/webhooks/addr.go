@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -138,7 +139,10 @@ func resolvesPrivate(ctx context.Context, resolve func(context.Context, string) 
 			return nil
 		}
 	}
-	return fmt.Errorf("resolves to %s, not a public unicast address", addrs[0].Unmap())
+	// The address is logged, not answered: told to the caller (an
+	// outside system among them) it would map the network Handoff runs in.
+	slog.WarnContext(ctx, "a webhook callback refused: its name resolves to no public address", "host", host, "address", addrs[0].Unmap().String())
+	return errors.New("resolves only to addresses that are not public unicast addresses")
 }
 
 // resolveTimeout bounds the look-up of a callback's host at subscription.

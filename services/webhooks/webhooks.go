@@ -369,9 +369,10 @@ func sharedTopics(topics []int16) []int16 {
 }
 
 // sameReceiver reports whether two subscription URLs name one receiver:
-// scheme and host compare without case, and a port that is the scheme's
-// default is the same as none. Paths and queries compare exactly, as a
-// server may tell them apart.
+// scheme and host compare without case, a host's trailing dot (the root
+// of DNS) is the same as none, and a port that is the scheme's default is
+// the same as none. Paths compare decoded (%68ooks is /hooks), and
+// queries exactly, as a server may tell them apart.
 func sameReceiver(a, b string) bool {
 	if a == b {
 		return true
@@ -390,8 +391,9 @@ func sameReceiver(a, b string) bool {
 		}
 		return "443"
 	}
-	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Hostname(), ub.Hostname()) &&
-		port(ua) == port(ub) && cmp.Or(ua.EscapedPath(), "/") == cmp.Or(ub.EscapedPath(), "/") && ua.RawQuery == ub.RawQuery
+	host := func(u *url.URL) string { return strings.TrimSuffix(u.Hostname(), ".") }
+	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(host(ua), host(ub)) &&
+		port(ua) == port(ub) && cmp.Or(ua.Path, "/") == cmp.Or(ub.Path, "/") && ua.RawQuery == ub.RawQuery
 }
 
 // subscriptionLockClass is the first key of the advisory lock on one

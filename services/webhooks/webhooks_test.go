@@ -210,8 +210,8 @@ func TestCreateRefusesNamesOfInternalHosts(t *testing.T) {
 		return err
 	}
 	for u, why := range map[string]string{
-		"https://ehr.clinic.example/hooks":  "resolves to 10.0.0.5",
-		"https://ehr6.clinic.example/hooks": "resolves to fd12::5",
+		"https://ehr.clinic.example/hooks":  "resolves only to addresses that are not public",
+		"https://ehr6.clinic.example/hooks": "resolves only to addresses that are not public",
 		"https://ehr.clinic.internal/hooks": "public unicast",
 		"https://printer.local/hooks":       "public unicast",
 		"https://ehr.home.arpa./hooks":      "public unicast",
@@ -224,6 +224,16 @@ func TestCreateRefusesNamesOfInternalHosts(t *testing.T) {
 	var n int
 	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("%d subscriptions, %v: refused requests must store nothing", n, err)
+	}
+	// The refusal does not tell the caller the internal address: it would
+	// map the network Handoff runs in for anyone who may subscribe.
+	if err := create("https://ehr.clinic.example/hooks"); strings.Contains(status.Convert(err).Message(), "10.0.0.5") {
+		t.Errorf("the refusal names the address: %v", err)
+	}
+	// The refusal does not tell the caller the internal address: it would
+	// map the network Handoff runs in for anyone who may subscribe.
+	if err := create("https://ehr.clinic.example/hooks"); strings.Contains(status.Convert(err).Message(), "10.0.0.5") {
+		t.Errorf("the refusal names the address: %v", err)
 	}
 	for _, u := range []string{"https://mixed.example/hooks", "https://ehr.example.org/hooks", "https://not-yet.example/hooks", "https://93.184.216.34/hooks"} {
 		if err := create(u); err != nil {
@@ -1950,11 +1960,13 @@ func TestLikeSubscriptionIsRefused(t *testing.T) {
 // when one event goes out under both topics: a referral's intake booking
 // is REFERRAL_CHANGED and APPOINTMENT_CHANGED at once, and would reach the
 // receiver twice under ids it could not match. One receiver spelt another
-// way (host case, the default port) is the same receiver.
+// way (host case, the default port, the root's trailing dot, a path's
+// letter escaped) is the same receiver.
 func TestSubscriptionsSplitByTopicAreAlike(t *testing.T) {
 	f := setup(t)
 	first := f.subscribe(t, f.ehr, "https://ehr.example.org/hooks", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	for _, u := range []string{"https://ehr.example.org/hooks", "https://EHR.Example.org:443/hooks", "HTTPS://ehr.example.org/hooks"} {
+	for _, u := range []string{"https://ehr.example.org/hooks", "https://EHR.Example.org:443/hooks", "HTTPS://ehr.example.org/hooks",
+		"https://ehr.example.org./hooks", "https://ehr.example.org/%68ooks"} {
 		_, err := f.client.CreateSubscription(f.ehr, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
 			Subscription: &webhooksv1.Subscription{Url: u, Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}})
 		st := status.Convert(err)

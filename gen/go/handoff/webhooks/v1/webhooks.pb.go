@@ -131,7 +131,10 @@ const (
 	// reads through the API: only the EHR integration (referrals, and
 	// interventions as the appointment outside systems see) and the reminder
 	// automation (reminders) may subscribe FULL, each to those topics only;
-	// anyone else gets PERMISSION_DENIED, another topic INVALID_ARGUMENT.
+	// anyone else gets PERMISSION_DENIED, as does a topic the role does not
+	// read at all. A topic a token's other role reads (a clinic
+	// administrator's, beside the reminder automation's) is INVALID_ARGUMENT
+	// on `payload`: subscribe to it with PAYLOAD_KIND_ID_ONLY.
 	PayloadKind_PAYLOAD_KIND_FULL PayloadKind = 2
 )
 
