@@ -241,6 +241,13 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
+	// A retry gets the first answer (AIP-155) before the request is
+	// checked again: what the checks ask of the world (the callback's
+	// name's addresses) may have changed since, and a refusal now would
+	// keep the one answer that carries the secret from the caller.
+	if out, ok, err := idempotency.Stored(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription); ok || err != nil {
+		return s.openSecret(ctx, out, err)
+	}
 	sub := req.GetSubscription()
 	if err := CheckURL(sub.GetUrl(), s.cfg.AllowInsecure, s.cfg.AllowPrivate); err != nil {
 		return nil, apperr.Field("subscription.url", "%v", err)

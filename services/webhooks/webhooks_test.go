@@ -243,6 +243,20 @@ func TestCreateRefusesNamesOfInternalHosts(t *testing.T) {
 	if slices.Contains(looked, "93.184.216.34") || slices.Contains(looked, "ehr.clinic.internal") {
 		t.Errorf("looked up %v: an address, or a name refused as it is, needs no look-up", looked)
 	}
+	// A retry of a create whose answer was lost gets that answer, secret
+	// and all, though the name resolves only to an internal address since
+	// (a DNS cut-over): checked again, it would be refused, and the one
+	// answer that carries the secret lost.
+	moving := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "create-moving",
+		Subscription: &webhooksv1.Subscription{Url: "https://moving.example/hooks", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED}}}
+	first, err := c.CreateSubscription(ctx, moving)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns["moving.example"] = []netip.Addr{netip.MustParseAddr("10.0.0.9")}
+	if again, err := c.CreateSubscription(ctx, moving); err != nil || again.GetName() != first.GetName() || again.GetSecret() != first.GetSecret() {
+		t.Errorf("the retry: %v, %v; want the first answer, %s with its secret", again.GetName(), err, first.GetName())
+	}
 }
 
 func TestEnqueueIsIdempotentAndByTopic(t *testing.T) {
