@@ -879,17 +879,22 @@ func (s *Server) ScheduleIntervention(ctx context.Context, req *interventionsv1.
 // the microsecond, the duration to the second): a client sending back the
 // nanoseconds it first gave has not changed the time.
 func sameSchedule(a, b *interventionsv1.Intervention) bool {
-	return lengthOnly(a, b) &&
+	return sameStart(a, b) &&
 		a.GetExpectedDuration().AsDuration().Truncate(time.Second) == b.GetExpectedDuration().AsDuration().Truncate(time.Second)
 }
 
-// lengthOnly reports whether a and b start at the same time in the same
-// zone, at the precision the start is stored: at most their lengths differ.
-func lengthOnly(a, b *interventionsv1.Intervention) bool {
+// sameStart reports whether a and b start at the same instant in the same
+// zone: at most their lengths differ.
+func sameStart(a, b *interventionsv1.Intervention) bool {
+	return sameInstant(a, b) && a.GetTimeZone() == b.GetTimeZone()
+}
+
+// sameInstant reports whether a and b start at the same instant, at the
+// precision the start is stored, whatever their zones and lengths.
+func sameInstant(a, b *interventionsv1.Intervention) bool {
 	sa, sb := a.GetStartTime(), b.GetStartTime()
-	sameStart := sa == nil && sb == nil ||
+	return sa == nil && sb == nil ||
 		sa != nil && sb != nil && sa.AsTime().Truncate(time.Microsecond).Equal(sb.AsTime().Truncate(time.Microsecond))
-	return sameStart && a.GetTimeZone() == b.GetTimeZone()
 }
 
 // rescheduled is cur as req would move it.
@@ -968,7 +973,8 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 	if err != nil {
 		return nil, err
 	}
-	checked := read.GetState() == scheduled && !lengthOnly(rescheduled(read, req), read)
+	// A new zone is checked too: the meeting's reminders are made again.
+	checked := read.GetState() == scheduled && !sameStart(rescheduled(read, req), read)
 	if checked {
 		if err := s.checkNotClosed(ctx, read); err != nil {
 			return nil, err
@@ -980,11 +986,16 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "RESCHEDULED")
 			}
 			next := rescheduled(cur, req)
-			moves := !lengthOnly(next, cur)
+			// A new zone alone does not move the meeting either: its
+			// reminders, which name its time in its zone, are made again
+			// (so a closed family's is refused, above), but it was not
+			// moved (not counted, nor checked again as a new time).
+			moves := !sameInstant(next, cur)
+			rezoned := !moves && next.GetTimeZone() != cur.GetTimeZone()
 			// Decided on the read before the lock: a move the family's
 			// state was not checked for is not made on it. The meeting
 			// changed since that read, whatever etag the caller sent.
-			if !checked && moves {
+			if !checked && (moves || rezoned) {
 				return nil, apperr.EtagMismatch(cur.GetName())
 			}
 			// Times are kept to the microsecond.
@@ -1007,6 +1018,11 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			// A new length alone does not move the meeting: its reminders
 			// name the same time and stand (the workflow keeps them too),
 			// and the count of moves stays.
+			if rezoned {
+				if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "its time zone changed"); err != nil {
+					return nil, err
+				}
+			}
 			if !moves {
 				return s.save(ctx, tx, r, cur, next, scheduled, "intervention.rescheduled")
 			}

@@ -595,6 +595,21 @@ func TestLongerMeetingKeepsItsReminders(t *testing.T) {
 	if n := events(); n != 1 {
 		t.Fatalf("%d rescheduled events; want 1, for the workflow", n)
 	}
+	// A new zone alone does not move the meeting: no move counted, the
+	// reason kept; but the reminder, naming its time in the old zone, goes.
+	rezoned, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: iv.GetStartTime(), TimeZone: "America/Denver", Reason: "the family is in Denver"})
+	if err != nil || rezoned.GetRescheduleCount() != 0 || rezoned.GetRescheduleReason() != "" || rezoned.GetTimeZone() != "America/Denver" ||
+		!rezoned.GetStartTime().AsTime().Equal(iv.GetStartTime().AsTime()) {
+		t.Fatalf("after a new zone = %v, %v; want the same start in Denver, no move counted", rezoned, err)
+	}
+	if got, err := f.client.GetReminder(f.worker, &interventionsv1.GetReminderRequest{Name: rem.GetName()}); err != nil ||
+		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_CANCELLED {
+		t.Fatalf("the meeting's reminder after a new zone = %v, %v; want CANCELLED", got, err)
+	}
+	if n := events(); n != 2 {
+		t.Fatalf("%d rescheduled events; want 2, for the workflow to remind again", n)
+	}
 	// Moved, it counts, and the reminder naming the old time goes.
 	moved, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
 		StartTime: timestamppb.New(iv.GetStartTime().AsTime().Add(time.Hour)), Reason: "later"})
@@ -618,6 +633,11 @@ func TestBegunMeetingIsLengthenedNotMoved(t *testing.T) {
 		StartTime: iv.GetStartTime(), ExpectedDuration: durationpb.New(3 * time.Hour)})
 	if err != nil || longer.GetExpectedDuration().AsDuration() != 3*time.Hour || longer.GetRescheduleCount() != 0 {
 		t.Fatalf("a begun meeting lengthened: %v, %v; want 3 h, no move counted", longer, err)
+	}
+	// Its zone set right after it began: not a move to the past.
+	if rezoned, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
+		StartTime: iv.GetStartTime(), TimeZone: "America/Denver"}); err != nil || rezoned.GetRescheduleCount() != 0 {
+		t.Fatalf("a begun meeting's zone set: %v, %v; want it set, no move counted", rezoned.GetRescheduleCount(), err)
 	}
 	for _, at := range []time.Time{iv.GetStartTime().AsTime().Add(-time.Minute), f.clock.Now().Add(time.Hour)} {
 		_, err := f.client.RescheduleIntervention(f.ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
