@@ -302,15 +302,12 @@ func TestInterventionLifecycle(t *testing.T) {
 
 // Two concurrent schedule requests for one counselor's overlapping slot:
 // exactly one wins; the constraint in PostgreSQL decides.
-func TestCounselorCannotBeDoubleBooked(t *testing.T) {
-	t.Parallel()
-	f := setup(t)
-	start := f.clock.Now().Add(24 * time.Hour)
-	a := f.draft(t, start)
-	b := f.draft(t, start.Add(30*time.Minute))
+// scheduleAtOnce schedules the drafts side by side, and returns each
+// one's error.
+func (f *fixture) scheduleAtOnce(drafts ...*interventionsv1.Intervention) []error {
 	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, iv := range []*interventionsv1.Intervention{a, b} {
+	errs := make([]error, len(drafts))
+	for i, iv := range drafts {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -318,6 +315,16 @@ func TestCounselorCannotBeDoubleBooked(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	return errs
+}
+
+func TestCounselorCannotBeDoubleBooked(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	start := f.clock.Now().Add(24 * time.Hour)
+	a := f.draft(t, start)
+	b := f.draft(t, start.Add(30*time.Minute))
+	errs := f.scheduleAtOnce(a, b)
 	won := 0
 	for _, err := range errs {
 		if err == nil {
@@ -357,16 +364,7 @@ func TestFamilyCannotBeDoubleBooked(t *testing.T) {
 		return iv
 	}
 	a, b := led("counselor-1", start), led("counselor-2", start.Add(30*time.Minute))
-	var wg sync.WaitGroup
-	errs := make([]error, 2)
-	for i, iv := range []*interventionsv1.Intervention{a, b} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[i] = f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()})
-		}()
-	}
-	wg.Wait()
+	errs := f.scheduleAtOnce(a, b)
 	var winner, loser *interventionsv1.Intervention
 	for i, err := range errs {
 		iv := []*interventionsv1.Intervention{a, b}[i]

@@ -2441,17 +2441,7 @@ func TestTreatmentTiersComeBeforeTheScore(t *testing.T) {
 		for _, step := range []string{"hold", "yes"} {
 			f := &rankedFake{programs: programs, full: full}
 			a := &Activities{Families: substanceFamily{substance: c.substance, barriers: c.barriers}, Referrals: f, Interventions: checklistFake{}}
-			var program string
-			var err error
-			if step == "hold" {
-				var res HoldResult
-				res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
-				program = res.Program
-			} else {
-				var ref Referral
-				ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
-				program = ref.Program
-			}
+			program, err := holdOrYes(a, step, fam, iv, "")
 			last := f.made[len(f.made)-1]
 			if err != nil || program != "clinics/north/programs/"+c.program || last.GetServiceKind() != c.kind {
 				t.Errorf("%s, %s: placed at %q for %v, %v; want %s for %v", c.name, step, program, last.GetServiceKind(), err, c.program, c.kind)
@@ -2536,17 +2526,7 @@ func TestAHeldPlaceOfALaterTierGivesWay(t *testing.T) {
 			f := &rankedFake{programs: programs, full: map[string]bool{"clinics/north/programs/meth": c.methFull}}
 			f.holds = held()
 			a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN}, Referrals: f, Interventions: checklistFake{}}
-			var program string
-			var err error
-			if step == "hold" {
-				var res HoldResult
-				res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
-				program = res.Program
-			} else {
-				var ref Referral
-				ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held", RequestID: "y"})
-				program = ref.Program
-			}
+			program, err := holdOrYes(a, step, fam, iv, "clinics/north/holds/held")
 			released := slices.ContainsFunc(f.releases, func(r *referralsv1.ReleaseHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
 			if err != nil || program != "clinics/north/programs/"+c.wantProgram || released != c.wantReleased {
 				t.Errorf("%s, %s: at %q, %v, the held place released %v; want %s, released %v", c.name, step, program, err, released, c.wantProgram, c.wantReleased)
@@ -2572,21 +2552,23 @@ func TestAHeldPlaceOutsideTheAgeLimitsIsNotUsed(t *testing.T) {
 			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, State: referralsv1.HoldState_HOLD_STATE_HELD,
 			WorkflowHeld: true, ExpireTime: timestamppb.New(time.Now().Add(48 * time.Hour))}}
 		a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN, birth: sixteen}, Referrals: f, Interventions: checklistFake{}}
-		var program string
-		var err error
-		if step == "hold" {
-			var res HoldResult
-			res, err = a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
-			program = res.Program
-		} else {
-			var ref Referral
-			ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: "clinics/north/holds/held", RequestID: "y"})
-			program = ref.Program
-		}
+		program, err := holdOrYes(a, step, fam, iv, "clinics/north/holds/held")
 		released := slices.ContainsFunc(f.releases, func(r *referralsv1.ReleaseHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
 		if err != nil || program != "clinics/north/programs/youth" || !released || slices.Contains(f.converted, "clinics/north/holds/held") {
 			t.Errorf("%s: at %q, %v, the adults' place released %v, converted %v; want the youth program, the adults' place given back",
 				step, program, err, released, f.converted)
 		}
 	}
+}
+
+// holdOrYes holds a place ahead of the meeting (step "hold"), or makes a
+// plain yes's referral (step "yes", with the place the workflow held, if
+// any), and says at which program.
+func holdOrYes(a *Activities, step, fam, iv, hold string) (string, error) {
+	if step == "hold" {
+		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+		return res.Program, err
+	}
+	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: hold, RequestID: "y"})
+	return ref.Program, err
 }
