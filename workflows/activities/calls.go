@@ -271,7 +271,8 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 	// Which treatments suit depends on the substance alone (the barriers
 	// only order them): the barriers are read for a new hold only.
 	lo := fam.GetLovedOne()
-	hold, err := a.lastingHold(ctx, in, suited(lo.GetPrimarySubstance(), nil), age(lo.GetBirthDate(), lo.GetTimeZone(), time.Now()))
+	years := age(lo.GetBirthDate(), lo.GetTimeZone(), time.Now())
+	hold, err := a.lastingHold(ctx, in, suited(lo.GetPrimarySubstance(), nil), years)
 	if err != nil {
 		return HoldResult{}, err
 	}
@@ -294,7 +295,16 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 		}
 		tiers := suitedTiers(fam.GetLovedOne().GetPrimarySubstance(), req.GetBarriers())
 		if i := tierOf(hold.GetServiceKind(), tiers); i > 0 {
-			better, err := a.holdBest(ctx, in, req, tiers[:i])
+			// One a first attempt held there, its answer lost, is taken
+			// first: the match would not offer its program again, whose
+			// last place it may have taken.
+			better, err := a.lastingHold(ctx, in, slices.Concat(tiers[:i]...), years)
+			if err != nil {
+				return HoldResult{}, err
+			}
+			if better == nil {
+				better, err = a.holdBest(ctx, in, req, tiers[:i])
+			}
 			if err != nil && ErrorType(err) != "NO_CAPACITY" {
 				return HoldResult{}, err
 			}
@@ -1160,6 +1170,12 @@ func (a *Activities) earlierTierThanHeld(ctx context.Context, in ImmediateReques
 	}
 	ref, ok, err := existing()
 	if err == nil && !ok {
+		// A place of an earlier tier a first attempt held, its conversion
+		// cut off: converted, not passed over (the search would not find
+		// its program again, whose last place it may have taken).
+		ref, ok, err = a.convertHeld(ctx, in, slices.Concat(tiers[:i]...), intakeReason(nil))
+	}
+	if err == nil && !ok {
 		ref, ok, err = search(tiers[:i])
 	}
 	if err != nil || !ok {
@@ -1170,6 +1186,30 @@ func (a *Activities) earlierTierThanHeld(ctx context.Context, in ImmediateReques
 		return Referral{}, false, err
 	}
 	return ref, true, nil
+}
+
+// convertHeld converts a live place of the meeting's, other than in.Hold,
+// held for one of kinds, under the request id the search would have used
+// for its program; false when there is none to convert.
+func (a *Activities) convertHeld(ctx context.Context, in ImmediateRequest, kinds []referralsv1.ServiceKind, reason string) (Referral, bool, error) {
+	holds, err := a.liveHoldsOf(ctx, in.Intervention, in.Family, in.Exclude, kinds)
+	if err != nil {
+		return Referral{}, false, err
+	}
+	for _, h := range holds {
+		if h.GetName() == in.Hold {
+			continue
+		}
+		ref, err := a.Referrals.ConvertHold(ctx, &referralsv1.ConvertHoldRequest{Name: h.GetName(), Reason: reason,
+			FirstContactTime: firstContact(in.FirstContact), RequestId: subID(in.RequestID, "convert", h.GetProgram())})
+		if err == nil {
+			return Referral{Name: ref.GetName(), Program: ref.GetProgram()}, true, nil
+		}
+		if t := ErrorType(wrap("", err)); t != "INVALID_STATE_TRANSITION" && t != "RESOURCE_NOT_FOUND" {
+			return Referral{}, false, wrap("convert hold", err)
+		}
+	}
+	return Referral{}, false, nil
 }
 
 // tierOf is the index of the tier kind is in, or -1.

@@ -2572,3 +2572,34 @@ func holdOrYes(a *Activities, step, fam, iv, hold string) (string, error) {
 	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, Hold: hold, RequestID: "y"})
 	return ref.Program, err
 }
+
+// A retry after a first attempt that held a methadone place, the last at
+// its program, and lost its answer before it converted the place (a plain
+// yes) or gave the naltrexone one back (a hold for the meeting): the
+// methadone place is taken, not passed over for a second one or for the
+// naltrexone place, and the naltrexone place goes back.
+func TestARetryTakesTheEarlierTiersPlaceItHeld(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	programs := []*referralsv1.Program{
+		{Name: "clinics/north/programs/nalt", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE}},
+		{Name: "clinics/north/programs/meth", Services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}},
+	}
+	for _, step := range []string{"hold", "yes"} {
+		f := &rankedFake{programs: programs, full: map[string]bool{"clinics/north/programs/meth": true}}
+		expires := timestamppb.New(time.Now().Add(48 * time.Hour))
+		f.holds = []*referralsv1.Hold{
+			{Name: "clinics/north/holds/held", Program: "clinics/north/programs/nalt", Family: fam, Intervention: iv, WorkflowHeld: true,
+				ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, State: referralsv1.HoldState_HOLD_STATE_HELD, ExpireTime: expires},
+			{Name: "clinics/north/holds/first-try", Program: "clinics/north/programs/meth", Family: fam, Intervention: iv, WorkflowHeld: true,
+				ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, State: referralsv1.HoldState_HOLD_STATE_HELD, ExpireTime: expires},
+		}
+		a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_HEROIN}, Referrals: f, Interventions: checklistFake{}}
+		program, err := holdOrYes(a, step, fam, iv, "clinics/north/holds/held")
+		released := slices.ContainsFunc(f.releases, func(r *referralsv1.ReleaseHoldRequest) bool { return r.GetName() == "clinics/north/holds/held" })
+		if err != nil || program != "clinics/north/programs/meth" || !released || len(f.made) != 0 ||
+			slices.Contains(f.converted, "clinics/north/holds/held") {
+			t.Errorf("%s: at %q, %v, naltrexone place released %v, new holds %v, converted %v; want the methadone place taken, nothing new held",
+				step, program, err, released, f.made, f.converted)
+		}
+	}
+}
