@@ -81,7 +81,9 @@ type Relay struct {
 	// that takes the lock next.
 	lost context.Context
 	lose context.CancelFunc
-	// alive is when (Unix nanoseconds) a statement that then succeeded was
+	// alive is when (since monoEpoch, by the monotonic clock, so that a
+	// wall clock stepped back does not lengthen the lease; 0 for never)
+	// a statement that then succeeded was
 	// last sent on conn: the server had heard from the session by then,
 	// and keeps it, and the lock, at least lockLease past it (see lead).
 	alive atomic.Int64
@@ -173,7 +175,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 		}
 		r.conn = conn
 		r.lost, r.lose = context.WithCancel(context.Background())
-		r.alive.Store(time.Now().UnixNano())
+		r.alive.Store(int64(time.Since(monoEpoch)))
 	}
 	now := time.Now()
 	// A holder cut off from the database finds out within the lease (a
@@ -184,7 +186,7 @@ func (r *Relay) Once(ctx context.Context) (int, error) {
 	all, complete, err := r.pending(pctx, r.conn, r.batch(), now)
 	cancel()
 	if err == nil {
-		r.alive.Store(now.UnixNano())
+		r.alive.Store(int64(now.Sub(monoEpoch)))
 	}
 	if err != nil {
 		// The session, and the lock with it, may be gone: another replica
@@ -265,6 +267,10 @@ func (r *Relay) lead(ctx context.Context) (*pgxpool.Conn, bool, error) {
 	return conn, true, nil
 }
 
+// monoEpoch is the instant alive counts from; a time.Time from
+// time.Now() carries a monotonic reading, and so do those derived from it.
+var monoEpoch = time.Now().Add(-time.Second)
+
 // lockLease is how long after the lock's session was last heard from by
 // the server (alive) its holder still delivers: less than the server
 // keeps a silent session (lead), so that a holder cut off from the
@@ -301,8 +307,11 @@ func (r *Relay) lockPrefix() string {
 func giveBack(ctx context.Context, conn *pgxpool.Conn) {
 	ctx, cancel := settleCtx(ctx)
 	defer cancel()
-	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false), set_config('tcp_keepalives_idle', '0', false),
-		set_config('tcp_keepalives_interval', '0', false), set_config('tcp_keepalives_count', '0', false), set_config('tcp_user_timeout', '0', false)`); err != nil {
+	// The keepalives go back to what the server's configuration gives
+	// (reset_val: postgresql.conf, the role's or database's settings).
+	if _, err := conn.Exec(ctx, `SELECT set_config('handoff.clinic', '', false),
+		(SELECT count(set_config(name, reset_val, false)) FROM pg_settings
+			WHERE name IN ('tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', 'tcp_user_timeout'))`); err != nil {
 		_ = conn.Conn().Close(ctx)
 	}
 	conn.Release()
@@ -664,7 +673,7 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 		// holder). Relays with no lock (tests) are not held to it.
 		var alive time.Time
 		if a := r.alive.Load(); a != 0 {
-			alive = time.Unix(0, a)
+			alive = monoEpoch.Add(time.Duration(a))
 			if time.Since(alive) > r.fresh() {
 				return res
 			}

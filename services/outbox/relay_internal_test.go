@@ -206,13 +206,13 @@ func TestLaneStopsWhenTheLockMayHaveLapsed(t *testing.T) {
 	}}
 	lane := []Stored{{ID: 1}, {ID: 2}}
 	heard := time.Now().Add(-time.Second)
-	r.alive.Store(heard.UnixNano())
+	r.alive.Store(int64(heard.Sub(monoEpoch)))
 	if res := r.deliverLane(context.Background(), lane); len(res.delivered) != 2 || len(deadlines) != 2 ||
 		!deadlines[0].Equal(heard.Add(lockLease)) {
 		t.Fatalf("heard from a second ago: delivered %v, deadlines %v; want both, by %v", res.delivered, deadlines, heard.Add(lockLease))
 	}
 	deadlines = nil
-	r.alive.Store(time.Now().Add(-lockFresh - time.Second).UnixNano())
+	r.alive.Store(int64(time.Now().Add(-lockFresh - time.Second).Sub(monoEpoch)))
 	if res := r.deliverLane(context.Background(), lane); len(res.delivered) != 0 || len(deadlines) != 0 || res.failed != nil {
 		t.Fatalf("silent for %v: delivered %v, failed %v; want nothing tried", lockFresh+time.Second, res.delivered, res.failed)
 	}
