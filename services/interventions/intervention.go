@@ -988,8 +988,9 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			next := rescheduled(cur, req)
 			// A new zone alone does not move the meeting either: its
 			// reminders, which name its time in its zone, are made again
-			// (so a closed family's is refused, above), but it was not
-			// moved (not counted, nor checked again as a new time).
+			// (so a closed family's is refused, above, and a begun one's
+			// below), but it was not moved (not counted, nor checked again
+			// as a new time).
 			moves := !sameInstant(next, cur)
 			rezoned := !moves && next.GetTimeZone() != cur.GetTimeZone()
 			// Decided on the read before the lock: a move the family's
@@ -1019,6 +1020,12 @@ func (s *Server) RescheduleIntervention(ctx context.Context, req *interventionsv
 			// name the same time and stand (the workflow keeps them too),
 			// and the count of moves stays.
 			if rezoned {
+				if !cur.GetStartTime().AsTime().After(s.cfg.Now()) {
+					// Begun: the workflow would take the new zone as a new
+					// meeting and chase its outcome afresh, the counselor
+					// and their supervisor told again.
+					return nil, apperr.Field("time_zone", "cannot change once the meeting has begun")
+				}
 				if err := s.cancelRemindersOf(ctx, tx, r.clinic, cur.GetName(), "its time zone changed"); err != nil {
 					return nil, err
 				}

@@ -119,7 +119,11 @@ type InterventionsServiceClient interface {
 	// the reminders. A new `expected_duration` alone (the same start and
 	// zone) is not a move: the count, the reason and the reminders stay, and
 	// a treatment slot held until before the new end is held again; unlike a
-	// move, it may come after the meeting began (one running long). Any
+	// move, it may come after the meeting began (one running long). A new
+	// `time_zone` alone is not a move either: the count and the reason stay,
+	// and the reminders, which name the time in its zone, are made again; it
+	// is refused (INVALID_ARGUMENT on `time_zone`) once the meeting began,
+	// and for a CLOSED family's meeting. Any
 	// other state answers FAILED_PRECONDITION, and so does a move of a
 	// CLOSED family's meeting (reason FAMILY_CLOSED; a new length alone
 	// stands). The safety
@@ -571,7 +575,11 @@ type InterventionsServiceServer interface {
 	// the reminders. A new `expected_duration` alone (the same start and
 	// zone) is not a move: the count, the reason and the reminders stay, and
 	// a treatment slot held until before the new end is held again; unlike a
-	// move, it may come after the meeting began (one running long). Any
+	// move, it may come after the meeting began (one running long). A new
+	// `time_zone` alone is not a move either: the count and the reason stay,
+	// and the reminders, which name the time in its zone, are made again; it
+	// is refused (INVALID_ARGUMENT on `time_zone`) once the meeting began,
+	// and for a CLOSED family's meeting. Any
 	// other state answers FAILED_PRECONDITION, and so does a move of a
 	// CLOSED family's meeting (reason FAMILY_CLOSED; a new length alone
 	// stands). The safety
