@@ -598,7 +598,7 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 // disclosures they make by hand (a referral sent by fax). Nor does this
 // door serve ListCoveredFamilies, the services' own call to narrow the
 // EHR's lists: from the outside, the families it names for referrals but
-// not for identity would tell the EHR which were deleted. A refusal is
+// not for identity would list the deleted ones at a glance. A refusal is
 // logged with who tried: the call never reaches a service, whose audit
 // trail would otherwise record it.
 func staffRecordDisclosures(log *slog.Logger) grpc.UnaryClientInterceptor {
