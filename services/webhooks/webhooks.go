@@ -33,6 +33,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -378,8 +379,9 @@ func sharedTopics(topics []int16) []int16 {
 // sameReceiver reports whether two subscription URLs name one receiver:
 // scheme and host compare without case, a host's trailing dot (the root
 // of DNS) is the same as none, and a port that is the scheme's default is
-// the same as none. Paths compare decoded (%68ooks is /hooks), and
-// queries exactly, as a server may tell them apart.
+// the same as none. Paths compare with the unreserved characters a
+// client may escape or not decoded (%68ooks is /hooks, but %2F is not /),
+// and queries exactly, as a server may tell them apart.
 func sameReceiver(a, b string) bool {
 	if a == b {
 		return true
@@ -400,7 +402,30 @@ func sameReceiver(a, b string) bool {
 	}
 	host := func(u *url.URL) string { return strings.TrimSuffix(u.Hostname(), ".") }
 	return strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(host(ua), host(ub)) &&
-		port(ua) == port(ub) && cmp.Or(ua.Path, "/") == cmp.Or(ub.Path, "/") && ua.RawQuery == ub.RawQuery
+		port(ua) == port(ub) && cmp.Or(unreserved(ua.EscapedPath()), "/") == cmp.Or(unreserved(ub.EscapedPath()), "/") && ua.RawQuery == ub.RawQuery
+}
+
+// unreserved decodes the escapes of unreserved characters in an escaped
+// path (RFC 3986 6.2.2.2: %68 is h either way) and writes the others'
+// hex digits in capitals; an escaped reserved character (%2F) stays
+// escaped, as it is not the character itself.
+func unreserved(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			if v, err := strconv.ParseUint(p[i+1:i+3], 16, 8); err == nil {
+				if c := byte(v); 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~", c) >= 0 {
+					b.WriteByte(c)
+				} else {
+					b.WriteString(strings.ToUpper(p[i : i+3]))
+				}
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
 }
 
 // subscriptionLockClass is the first key of the advisory lock on one

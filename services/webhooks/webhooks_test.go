@@ -1988,11 +1988,14 @@ func TestSubscriptionsSplitByTopicAreAlike(t *testing.T) {
 			t.Fatalf("APPOINTMENT_CHANGED to %s beside REFERRAL_CHANGED there: %v (%v); want ALREADY_EXISTS naming %s", u, err, st.Details(), first.GetName())
 		}
 	}
-	// Another path is another receiver.
+	// Another path is another receiver; so is one whose slash is escaped
+	// (%2F is not a separator).
 	f.subscribe(t, f.ehr, "https://ehr.example.org/appointments", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	f.subscribe(t, f.ehr, "https://ehr.example.org/t/a/b", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
+	f.subscribe(t, f.ehr, "https://ehr.example.org/t/a%2fb", webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_APPOINTMENT_CHANGED)
 	var n int
-	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 2 {
-		t.Fatalf("%d subscriptions (%v); want the first and the one at another path", n, err)
+	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM subscriptions`).Scan(&n); err != nil || n != 4 {
+		t.Fatalf("%d subscriptions (%v); want the first and the three at other paths", n, err)
 	}
 }
 
