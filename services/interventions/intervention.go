@@ -696,7 +696,10 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 	}
 	// After the counselor's check, which answers first for a meeting
 	// that is both the counselor's and the family's second.
-	if st == scheduled {
+	// Only when the meeting becomes scheduled or its time changes: an edit,
+	// a checklist tick or a check-in leaves the family's afternoon as it
+	// was, and meetings that overlapped before this check stay editable.
+	if bs, be := span(before); st == scheduled && (before.GetState() != scheduled || !sameSpan(start, end, bs, be)) {
 		if err := familyFree(ctx, tx, r, iv, start, end); err != nil {
 			return nil, err
 		}
@@ -706,6 +709,15 @@ func (s *Server) save(ctx context.Context, tx pgx.Tx, r ref, before, iv *interve
 		return nil, err
 	}
 	return out, emit(ctx, tx, r.clinic, event, out.GetName(), out)
+}
+
+// sameSpan reports whether two spans (span) are one, to the microsecond
+// the times are stored at.
+func sameSpan(s1, e1, s2, e2 *time.Time) bool {
+	same := func(a, b *time.Time) bool {
+		return a == nil && b == nil || a != nil && b != nil && a.Truncate(time.Microsecond).Equal(b.Truncate(time.Microsecond))
+	}
+	return same(s1, s2) && same(e1, e2)
 }
 
 // familyFree refuses a scheduled meeting that overlaps another scheduled
