@@ -285,7 +285,7 @@ func (a *Activities) HoldTreatment(ctx context.Context, in HoldRequest) (HoldRes
 		if hold, err = a.holdBest(ctx, in, req, tiers); err != nil {
 			return HoldResult{}, err
 		}
-	} else if hold.GetWorkflowHeld() {
+	} else if hold.GetWorkflowHeld() && mayBeLaterTier(lo.GetPrimarySubstance(), hold.GetServiceKind()) {
 		// A place the workflow held for a later tier, when no program of
 		// an earlier one had room: one that has room now takes its place.
 		// A counselor's is theirs to keep.
@@ -352,10 +352,22 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 		return nil, err
 	}
 	for _, h := range holds {
+		until := in.Until
+		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
+			until = longest // no hold lasts longer: one this request made, as long as it could be, counts
+		}
+		if !in.Until.IsZero() && h.GetExpireTime().AsTime().Before(until) {
+			if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "it lapses before the rescheduled meeting ends",
+				RequestID: subID(in.RequestID, "release-short", h.GetName())}); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		// Lasting. A place at a program whose age limits leave the loved
+		// one out (their birth date recorded since, or the limits
+		// changed) is not adopted; the workflow's own is given back. The
+		// program is read only for a place that would be adopted.
 		if years > 0 {
-			// A place at a program whose age limits leave the loved one
-			// out (their birth date recorded since, or the limits changed)
-			// is not adopted; the workflow's own is given back.
 			p, err := a.Referrals.GetProgram(ctx, &referralsv1.GetProgramRequest{Name: h.GetProgram()})
 			if ErrorType(wrap("", err)) == "RESOURCE_NOT_FOUND" {
 				continue
@@ -373,17 +385,7 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 				continue
 			}
 		}
-		until := in.Until
-		if longest := h.GetCreateTime().AsTime().Add(maxHoldTTL - time.Hour); until.After(longest) {
-			until = longest // no hold lasts longer: one this request made, as long as it could be, counts
-		}
-		if in.Until.IsZero() || !h.GetExpireTime().AsTime().Before(until) {
-			return h, nil
-		}
-		if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "it lapses before the rescheduled meeting ends",
-			RequestID: subID(in.RequestID, "release-short", h.GetName())}); err != nil {
-			return nil, err
-		}
+		return h, nil
 	}
 	return nil, nil
 }
@@ -1210,6 +1212,14 @@ func (a *Activities) convertHeld(ctx context.Context, in ImmediateRequest, kinds
 		}
 	}
 	return Referral{}, false, nil
+}
+
+// mayBeLaterTier reports whether kind is past the first tier of what
+// suits someone using substance, with or without a barrier that reorders
+// the tiers: only then are the family's barriers worth reading to know.
+func mayBeLaterTier(substance familiesv1.Substance, kind referralsv1.ServiceKind) bool {
+	work := []referralsv1.BarrierKind{referralsv1.BarrierKind_BARRIER_KIND_LOGISTICAL_WORK}
+	return tierOf(kind, suitedTiers(substance, nil)) > 0 || tierOf(kind, suitedTiers(substance, work)) > 0
 }
 
 // tierOf is the index of the tier kind is in, or -1.

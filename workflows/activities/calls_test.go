@@ -2603,3 +2603,41 @@ func TestARetryTakesTheEarlierTiersPlaceItHeld(t *testing.T) {
 		}
 	}
 }
+
+// countingFamily counts the reads of a family's barriers.
+type countingFamily struct {
+	substanceFamily
+	barrierReads *int
+}
+
+func (f countingFamily) ListBarriers(ctx context.Context, in *familiesv1.ListBarriersRequest, opts ...grpc.CallOption) (*familiesv1.ListBarriersResponse, error) {
+	*f.barrierReads++
+	return f.substanceFamily.ListBarriers(ctx, in, opts...)
+}
+
+// Holding for the meeting again with a place the workflow holds reads the
+// family's barriers only when they could put that place in a later tier:
+// for opioids and methadone (a job to keep puts buprenorphine first), not
+// for buprenorphine, nor for alcohol, whose treatments are one tier.
+func TestAdoptingAPlaceReadsBarriersOnlyWhenTheyCouldMatter(t *testing.T) {
+	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
+	for _, c := range []struct {
+		substance familiesv1.Substance
+		kind      referralsv1.ServiceKind
+		reads     int
+	}{
+		{familiesv1.Substance_SUBSTANCE_ALCOHOL, referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE, 0},
+		{familiesv1.Substance_SUBSTANCE_HEROIN, referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, 0},
+		{familiesv1.Substance_SUBSTANCE_HEROIN, referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, 1},
+	} {
+		f := &rankedFake{}
+		f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/held", Program: "clinics/north/programs/p", Family: fam, Intervention: iv,
+			ServiceKind: c.kind, State: referralsv1.HoldState_HOLD_STATE_HELD, WorkflowHeld: true, ExpireTime: timestamppb.New(time.Now().Add(48 * time.Hour))}}
+		reads := 0
+		a := &Activities{Families: countingFamily{substanceFamily{substance: c.substance}, &reads}, Referrals: f, Interventions: checklistFake{}}
+		res, err := a.HoldTreatment(context.Background(), HoldRequest{Family: fam, Intervention: iv, RequestID: "r", TTL: time.Hour})
+		if err != nil || res.Hold != "clinics/north/holds/held" || reads != c.reads {
+			t.Errorf("%v, %v held: %+v, %v after %d reads of the barriers; want the place adopted after %d", c.substance, c.kind, res, err, reads, c.reads)
+		}
+	}
+}
