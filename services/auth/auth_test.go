@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -554,6 +555,43 @@ func TestJWKSRedirectToPlainHTTPIsRefused(t *testing.T) {
 		Keys: &JWKS{URL: secure.URL + "/same", Client: secure.Client(), MinRefresh: time.Millisecond}}
 	if _, err := same.Verify(context.Background(), tok); err != nil {
 		t.Fatalf("keys behind an https redirect: %v", err)
+	}
+}
+
+// A plain http key set URL on loopback is not redirected off the machine:
+// clear text was allowed only where it crosses no network. A redirect that
+// stays on loopback is followed.
+func TestJWKSRedirectFromLoopbackStaysOnLoopback(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	keys := httptest.NewServer(iss.JWKSHandler())
+	defer keys.Close()
+	local := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/away" {
+			http.Redirect(w, r, "http://idp.example/certs", http.StatusFound)
+			return
+		}
+		http.Redirect(w, r, keys.URL+"/certs", http.StatusFound)
+	}))
+	defer local.Close()
+	// idp.example is dialled at the key server, so the refusal is the
+	// redirect rule's and not a failed lookup.
+	dial := (&net.Dialer{}).DialContext
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if strings.HasPrefix(addr, "idp.example:") {
+			addr = keys.Listener.Addr().String()
+		}
+		return dial(ctx, network, addr)
+	}}}
+	tok := iss.MustMint(TokenOptions{Subject: "u", Clinic: "north"})
+	away := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: local.URL + "/away", Client: client, MinRefresh: time.Millisecond}}
+	if _, err := away.Verify(context.Background(), tok); err == nil {
+		t.Fatal("a token was verified with keys fetched in clear from another host after a redirect from loopback")
+	}
+	near := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: local.URL + "/near", Client: client, MinRefresh: time.Millisecond}}
+	if _, err := near.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("keys behind a redirect that stays on loopback: %v", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -220,7 +221,10 @@ func (j *JWKS) client() *http.Client {
 // noDowngrade refuses a redirect to another scheme than the request's
 // first: an https key set URL (the only kind a deployment may name, but
 // for loopback or an explicit insecure mode) redirected to http would
-// fetch the keys in clear, where anyone on the way could swap them.
+// fetch the keys in clear, where anyone on the way could swap them. For the
+// same reason a plain http URL on loopback may not be redirected off the
+// machine: the deployment allowed clear text only where it never crosses a
+// network.
 func noDowngrade(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return errors.New("jwks: too many redirects")
@@ -228,7 +232,21 @@ func noDowngrade(req *http.Request, via []*http.Request) error {
 	if req.URL.Scheme != via[0].URL.Scheme {
 		return fmt.Errorf("jwks: a redirect from %s to %s refused", via[0].URL.Scheme, req.URL.Scheme)
 	}
+	if req.URL.Scheme == "http" && LoopbackHost(via[0].URL.Hostname()) && !LoopbackHost(req.URL.Hostname()) {
+		return errors.New("jwks: a redirect from plain http on loopback to another host refused")
+	}
 	return nil
+}
+
+// LoopbackHost reports whether host (no port) is this machine's loopback:
+// the only place clear text is allowed without a word, as it crosses no
+// network.
+func LoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, error) {

@@ -130,7 +130,7 @@ func databaseTransport(dsn string, trusted bool) error {
 	hosts := []*pgconn.FallbackConfig{{Host: cfg.Host, TLSConfig: cfg.TLSConfig}}
 	hosts = append(hosts, cfg.Fallbacks...)
 	for _, h := range hosts {
-		if network, _ := pgconn.NetworkAddress(h.Host, 5432); network == "unix" || loopbackHost(h.Host) {
+		if network, _ := pgconn.NetworkAddress(h.Host, 5432); network == "unix" || auth.LoopbackHost(h.Host) {
 			continue
 		}
 		// verify-ca leaves Go's check off and checks the chain itself,
@@ -148,16 +148,7 @@ func databaseTransport(dsn string, trusted bool) error {
 // isLoopback reports whether addr (host:port) reaches this machine only.
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
-	return err == nil && loopbackHost(host)
-}
-
-// loopbackHost reports whether host (no port) is this machine's loopback.
-func loopbackHost(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	return err == nil && auth.LoopbackHost(host)
 }
 
 func (c *common) verifier() (*auth.Verifier, error) {
@@ -174,7 +165,7 @@ func (c *common) verifier() (*auth.Verifier, error) {
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return nil, fmt.Errorf("--jwks-url %q is not an http(s) URL", c.jwksURL)
 	}
-	if u.Scheme == "http" && !loopbackHost(u.Hostname()) && !c.insecurePlaintext {
+	if u.Scheme == "http" && !auth.LoopbackHost(u.Hostname()) && !c.insecurePlaintext {
 		return nil, fmt.Errorf("--jwks-url %q: the signing keys would cross the network in clear, where anyone on the way could swap them; "+
 			"use https, or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", c.jwksURL)
 	}
