@@ -665,14 +665,15 @@ func validateCompose(path string) error {
 	}
 	// Each secret (secretVars, as itself or as its _FILE) only where it
 	// is used: the database's URL in the four services and the migration,
-	// the payload keys and Temporal's API key in the processes that talk
-	// to Temporal (the gateway serves /codec), the webhook keys in the
-	// webhooks service, the login role's password in the migration.
+	// the payload keys in the processes that talk to Temporal and the
+	// gateway (it serves /codec), Temporal's API key in those that talk to
+	// it (not the gateway), the webhook keys in the webhooks service, the
+	// login role's password in the migration.
 	services := []string{"families", "interventions", "referrals", "webhooks"}
-	temporal := append(slices.Clone(services), "gateway", "worker")
+	temporal := append(slices.Clone(services), "worker")
 	allowed := map[string][]string{
 		"HANDOFF_DATABASE_URL":                 append(slices.Clone(services), "migrate"),
-		"HANDOFF_PAYLOAD_KEYS":                 temporal,
+		"HANDOFF_PAYLOAD_KEYS":                 append(slices.Clone(temporal), "gateway"),
 		"HANDOFF_TEMPORAL_API_KEY":             temporal,
 		"HANDOFF_WEBHOOK_SECRET_KEY":           {"webhooks"},
 		"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": {"webhooks"},

@@ -33,7 +33,8 @@ import (
 )
 
 func init() {
-	commands["dev"] = command{summary: "run the whole system on this machine: embedded Temporal, local PostgreSQL, services, worker, gateway", run: runDev}
+	commands["dev"] = command{summary: "run the whole system on this machine: embedded Temporal, local PostgreSQL, services, worker, gateway", run: runDev,
+		secrets: []string{"HANDOFF_DATABASE_URL"}}
 }
 
 func runDev(ctx context.Context, log *slog.Logger, args []string) error {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -68,6 +70,25 @@ func TestFromEnvTakesEmptyAsUnset(t *testing.T) {
 	t.Setenv("HANDOFF_MIGRATE", "")
 	if err := fromEnv(fs, "migrate", "HANDOFF_MIGRATE"); err != nil || !*migrate {
 		t.Fatalf("HANDOFF_MIGRATE empty: %v, %v; want the default, true", *migrate, err)
+	}
+}
+
+// A process whose probes cannot be served does not start: it would never be
+// ready, and its relays or worker would run meanwhile.
+func TestProbesThatCannotListenStopTheStart(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	c := &common{metricsListen: taken.Addr().String()}
+	_, _, flush, err := c.observe(context.Background(), slog.New(slog.DiscardHandler), "probe-test")
+	if err == nil {
+		flush()
+		t.Fatalf("observe on a taken address %s: no error", taken.Addr())
+	}
+	if !strings.Contains(err.Error(), "metrics and probes") {
+		t.Fatalf("observe on a taken address: %v; want it to name the probes", err)
 	}
 }
 
@@ -185,7 +206,7 @@ func TestSecretsFromFiles(t *testing.T) {
 		return p
 	}
 	url := write("url", "postgres://handoff_service:s3cret@db:5432/handoff\n")
-	got, err := secretFiles([]string{"HANDOFF_DATABASE_URL_FILE=" + url, "HANDOFF_WORKER_TOKEN_FILE=" + url}, os.ReadFile)
+	got, err := secretFiles([]string{"HANDOFF_DATABASE_URL_FILE=" + url, "HANDOFF_WORKER_TOKEN_FILE=" + url}, fileSecrets, os.ReadFile)
 	if err != nil || len(got) != 1 || got["HANDOFF_DATABASE_URL"] != "postgres://handoff_service:s3cret@db:5432/handoff" {
 		t.Fatalf("secretFiles = %v, %v; want the database URL alone, without its line end", got, err)
 	}
@@ -195,16 +216,33 @@ func TestSecretsFromFiles(t *testing.T) {
 		// Unset, the URL would be the default, a local superuser's.
 		"an empty database URL": {"HANDOFF_DATABASE_URL_FILE=" + write("empty-url", "\n")},
 	} {
-		if got, err := secretFiles(environ, os.ReadFile); err == nil {
+		if got, err := secretFiles(environ, fileSecrets, os.ReadFile); err == nil {
 			t.Errorf("%s: %v; want an error", name, got)
 		}
 	}
-	if got, err := secretFiles([]string{"HANDOFF_APP_LOGIN_PASSWORD_FILE=" + write("empty", "\n")}, os.ReadFile); err != nil || len(got) != 0 {
+	if got, err := secretFiles([]string{"HANDOFF_APP_LOGIN_PASSWORD_FILE=" + write("empty", "\n")}, fileSecrets, os.ReadFile); err != nil || len(got) != 0 {
 		t.Fatalf("an empty file: %v, %v; want the variable unset", got, err)
 	}
 	// A key an operator may leave out of its Secret: no file, unset.
-	if got, err := secretFiles([]string{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS_FILE=" + filepath.Join(dir, "missing")}, os.ReadFile); err != nil || len(got) != 0 {
+	if got, err := secretFiles([]string{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS_FILE=" + filepath.Join(dir, "missing")}, fileSecrets, os.ReadFile); err != nil || len(got) != 0 {
 		t.Fatalf("an optional key left out: %v, %v; want the variable unset", got, err)
+	}
+	// Only the command's own secrets are read: the gateway, which never
+	// talks to Temporal, is not stopped by an API key file a shared
+	// ConfigMap names but only the worker and services mount.
+	apiKey := []string{"HANDOFF_TEMPORAL_API_KEY_FILE=" + filepath.Join(dir, "missing")}
+	if got, err := secretFiles(apiKey, commands["gateway"].secrets, os.ReadFile); err != nil || len(got) != 0 {
+		t.Fatalf("the gateway, Temporal's API key file missing: %v, %v; want it started without", got, err)
+	}
+	if _, err := secretFiles(apiKey, commands["worker"].secrets, os.ReadFile); err == nil {
+		t.Fatal("the worker, Temporal's API key file missing: no error")
+	}
+	for name, c := range commands {
+		for _, v := range c.secrets {
+			if !slices.Contains(fileSecrets, v) {
+				t.Errorf("%s reads %s, which is not among fileSecrets", name, v)
+			}
+		}
 	}
 	defer func(m map[string]string) { fromFiles = m }(fromFiles)
 	fromFiles = map[string]string{"HANDOFF_DATABASE_URL": "postgres://from-a-file"}
@@ -232,5 +270,21 @@ func TestMetricsOnThePublicPortOnlyLocally(t *testing.T) {
 		if got := metricsOnPublicPort(c.listen, c.metrics); got != c.want {
 			t.Errorf("listen %q, metrics %q: on the public port %v; want %v", c.listen, c.metrics, got, c.want)
 		}
+	}
+}
+
+// The migration sets no placeholder or short password for the services'
+// login role, which reads every clinic's records; it refuses before it
+// reaches the database.
+func TestMigrateRefusesAPlaceholderLoginPassword(t *testing.T) {
+	for _, pw := range []string{"CHANGE-ME", "change-me-please-now-and-then", "short-but-mine"} {
+		err := runMigrate(context.Background(), slog.New(slog.DiscardHandler), []string{
+			"--database-url", "postgres://nobody@127.0.0.1:1/none", "--app-login-role", "handoff_service", "--app-login-password", pw})
+		if err == nil || !strings.Contains(err.Error(), "--app-login-password") {
+			t.Errorf("password %q: %v; want it refused", pw, err)
+		}
+	}
+	if err := loginPasswordProblem("a-long-enough-password-of-its-own"); err != nil {
+		t.Fatalf("a password of its own: %v", err)
 	}
 }

@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	commands["gateway"] = command{summary: "run the REST gateway", run: runGateway}
+	commands["gateway"] = command{summary: "run the REST gateway", run: runGateway, secrets: []string{"HANDOFF_PAYLOAD_KEYS"}}
 }
 
 func runGateway(ctx context.Context, log *slog.Logger, args []string) error {

@@ -23,6 +23,11 @@ type command struct {
 	// is not done, and the exit status must say so (a migration Job
 	// stopped halfway must not count as complete).
 	oneShot bool
+	// secrets are the fileSecrets the command reads: only their files are
+	// read at start. A file meant for another process (Temporal's API key,
+	// set for every process by a shared ConfigMap, is not mounted on the
+	// gateway) must not stop this one.
+	secrets []string
 }
 
 var commands = map[string]command{}
@@ -33,7 +38,7 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	files, err := secretFiles(os.Environ(), os.ReadFile)
+	files, err := secretFiles(os.Environ(), commands[os.Args[1]].secrets, os.ReadFile)
 	if err != nil {
 		log.Error("exit", "command", os.Args[1], "error", err.Error())
 		os.Exit(2)
@@ -113,12 +118,12 @@ var optionalFiles = map[string]bool{"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": true
 // start; env takes them first.
 var fromFiles map[string]string
 
-// secretFiles reads the file of each fileSecrets variable whose NAME_FILE
-// environ sets, without its trailing line end. A variable set both ways,
+// secretFiles reads the file of each of names (of fileSecrets) whose
+// NAME_FILE environ sets, without its trailing line end. A variable set both ways,
 // a file that cannot be read, or an empty one (but for optionalFiles,
 // then unset) is an error: the process must not start on another value
 // than the one meant.
-func secretFiles(environ []string, read func(string) ([]byte, error)) (map[string]string, error) {
+func secretFiles(environ, names []string, read func(string) ([]byte, error)) (map[string]string, error) {
 	vars := map[string]string{}
 	for _, kv := range environ {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -126,7 +131,7 @@ func secretFiles(environ []string, read func(string) ([]byte, error)) (map[strin
 		}
 	}
 	out := map[string]string{}
-	for _, name := range fileSecrets {
+	for _, name := range names {
 		path := vars[name+"_FILE"]
 		if path == "" {
 			continue

@@ -112,7 +112,8 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	// as that role, which has the application role's rights only, and do
 	// not migrate.
 	loginRole := fmt.Sprintf("handoff_restart_%d", time.Now().UnixNano()%1_000_000_000)
-	migrate := exec.Command(bin, "migrate", "--app-login-role", loginRole, "--app-login-password", "pw")
+	const loginPassword = "restart-test-login-password"
+	migrate := exec.Command(bin, "migrate", "--app-login-role", loginRole, "--app-login-password", loginPassword)
 	migrate.Env = env
 	if out, err := migrate.CombinedOutput(); err != nil {
 		t.Fatalf("migrate: %v\n%s", err, out)
@@ -127,7 +128,7 @@ func TestRollingRestartOfWorkerAndService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	loginURL.User = url.UserPassword(loginRole, "pw")
+	loginURL.User = url.UserPassword(loginRole, loginPassword)
 	env = append(env, "HANDOFF_DATABASE_URL="+loginURL.String(), "HANDOFF_MIGRATE=false")
 	logFile, _ := os.Create(filepath.Join(dir, "processes.log"))
 	defer func() {

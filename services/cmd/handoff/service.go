@@ -423,9 +423,14 @@ var serviceDefs = []serviceDef{
 
 func init() {
 	for _, d := range serviceDefs {
-		commands[d.name] = command{summary: "run the " + d.name + " gRPC service and its outbox relay", run: d.run}
+		secrets := []string{"HANDOFF_DATABASE_URL", "HANDOFF_PAYLOAD_KEYS", "HANDOFF_TEMPORAL_API_KEY"}
+		if d.name == "webhooks" {
+			secrets = append(secrets, "HANDOFF_WEBHOOK_SECRET_KEY", "HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS")
+		}
+		commands[d.name] = command{summary: "run the " + d.name + " gRPC service and its outbox relay", run: d.run, secrets: secrets}
 	}
-	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate, oneShot: true}
+	commands["migrate"] = command{summary: "apply every service's migrations and exit", run: runMigrate, oneShot: true,
+		secrets: []string{"HANDOFF_DATABASE_URL", "HANDOFF_APP_LOGIN_PASSWORD"}}
 }
 
 // otlpTLS is the TLS for the trace collector, nil for plaintext: spans
@@ -485,9 +490,18 @@ func (c *common) observe(ctx context.Context, log *slog.Logger, service string) 
 	opsCtx, stopOps := context.WithCancel(context.WithoutCancel(ctx))
 	opsDone := make(chan struct{})
 	if c.metricsListen != "" {
+		// Bound before the process goes on: one that could not serve its
+		// probes would never be ready, and be restarted by its liveness
+		// probe, while its relays or worker went on meanwhile.
+		lis, err := net.Listen("tcp", c.metricsListen)
+		if err != nil {
+			stopOps()
+			_ = tel.Shutdown(context.WithoutCancel(ctx))
+			return nil, nil, nil, fmt.Errorf("metrics and probes: listen on %s: %w", c.metricsListen, err)
+		}
 		go func() {
 			defer close(opsDone)
-			if err := serveHTTP(opsCtx, log.With("part", "metrics and probes"), c.metricsListen, o.handler(tel)); err != nil {
+			if err := serveOn(opsCtx, log.With("part", "metrics and probes"), lis, o.handler(tel), drainFor); err != nil {
 				log.Error("metrics and probes", "error", err.Error())
 			}
 		}()
@@ -769,6 +783,9 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	if envErr != nil {
 		return envErr
 	}
+	if err := loginPasswordProblem(*loginPassword); err != nil {
+		return err
+	}
 	if err := databaseTransport(*dbURL, *trusted); err != nil {
 		return err
 	}
@@ -787,6 +804,27 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	log.Info("services' login role ready", "role", *loginRole)
+	return nil
+}
+
+// minLoginPassword is the shortest password the migration sets for the
+// services' login role: the role reads every clinic's records, and no
+// person types it.
+const minLoginPassword = 16
+
+// loginPasswordProblem refuses a login role password that is a placeholder
+// (deploy/k8s/secrets.example.yaml's CHANGE-ME, published with the
+// repository) or too short. Empty is allowed: the role is then one an
+// administrator made.
+func loginPasswordProblem(pw string) error {
+	switch {
+	case pw == "":
+		return nil
+	case strings.Contains(strings.ToUpper(pw), "CHANGE-ME"):
+		return errors.New("--app-login-password is the example's placeholder: set a password of your own")
+	case len(pw) < minLoginPassword:
+		return fmt.Errorf("--app-login-password is shorter than %d characters", minLoginPassword)
+	}
 	return nil
 }
 

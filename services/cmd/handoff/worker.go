@@ -17,7 +17,8 @@ import (
 )
 
 func init() {
-	commands["worker"] = command{summary: "run the Temporal worker (workflows and activities)", run: runWorker}
+	commands["worker"] = command{summary: "run the Temporal worker (workflows and activities)", run: runWorker,
+		secrets: []string{"HANDOFF_PAYLOAD_KEYS", "HANDOFF_TEMPORAL_API_KEY"}}
 }
 
 func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
