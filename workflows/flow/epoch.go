@@ -238,6 +238,12 @@ var sensitive = map[string]bool{
 	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
 	"boundary-tidy-on-cancel": true,
+	// boundary, named sensitive after their epochs (a run begun before
+	// those keeps its old answers to an overdose and a risk found): asked
+	// only on an overdose, when a screen found risk, or while the family
+	// waits for a current screen
+	"overdose-alert-first": true, "answer-overdoses-on-failure": true, "wait-when-reinforcement-refused": true,
+	"refusals-counted": true, "check-ins-before-screen": true,
 	// matintake
 	"listen-after-failure": true, "entered-past-failed-support": true, "stall-review-best-effort": true,
 	"review-stalled-intake": true,
