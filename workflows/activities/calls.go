@@ -1556,7 +1556,8 @@ func (a *Activities) FamilySafety(ctx context.Context, family string) (Safety, e
 		return Safety{}, wrap("get family", err)
 	}
 	s := Safety{Status: strings.TrimPrefix(fam.GetSafetyScreenStatus().String(), "SAFETY_SCREEN_STATUS_"), Counselor: counselor(fam.GetCounselor()),
-		Closed: fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED}
+		Closed:      fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED,
+		InTreatment: fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT}
 	for _, m := range fam.GetMembers() {
 		// A contact person who has not agreed to be contacted is referred
 		// to no program (which would reach out to them) and not checked in

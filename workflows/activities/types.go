@@ -238,6 +238,9 @@ type Safety struct {
 	// Closed is set when the family's case is closed: the clinic no
 	// longer follows it up.
 	Closed bool `json:",omitempty"`
+	// InTreatment is set when the family is ENGAGED_IN_TREATMENT: its
+	// loved one is in treatment, and no boundary is reinforced with it.
+	InTreatment bool `json:",omitempty"`
 }
 
 // OverdosesRequest asks for a family's overdoses recorded since a time.

@@ -214,6 +214,23 @@ const SummaryFamilyDeleted = "the family's record was deleted"
 // Asked only on that failure path.
 const versionFamilyClosed = "end-when-family-closed"
 
+// versionEndsInTreatment guards ending when the family reads engaged in
+// treatment, asked only then (so only in the epoch that covers it: the id
+// would name, in visibility, a family whose loved one is in treatment).
+// TreatmentEntered cancels a run under way, but a run started after it (a
+// refusal recorded late; the referral's completion delivered before an
+// outcome, the two outboxes unordered) went on reinforcing boundaries,
+// checking in and proposing a firmer meeting for someone in treatment.
+const versionEndsInTreatment = "boundary-ends-in-treatment"
+
+// errInTreatment is the error type readSafety ends a run with when the
+// family is engaged in treatment.
+const errInTreatment = "FAMILY_IN_TREATMENT"
+
+// SummaryInTreatment is the summary of a run that ended because the loved
+// one is in treatment.
+const SummaryInTreatment = "the loved one is in treatment"
+
 // SummaryFamilyClosed is the summary of a run that ended because the
 // family's case was closed.
 const SummaryFamilyClosed = "the family's case was closed"
@@ -320,15 +337,22 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 		// cancellation.
 		w.answerWaiting(actx)
 	}
+	ended := ""
 	if err != nil && activities.ErrorType(err) == activities.FamilyClosed && flow.Version(actx, versionFamilyClosed, 1) >= 1 {
+		ended = SummaryFamilyClosed
+	} else if err != nil && activities.ErrorType(err) == errInTreatment {
+		ended = SummaryInTreatment // only readSafety gives it, from versionEndsInTreatment on
+	}
+	if ended != "" {
 		// Its own reminders still to go are cancelled as on a cancel:
-		// the counselor's notices would ask for work on a closed case.
+		// the counselor's notices would ask for work on a closed case, or
+		// for boundaries with someone in treatment.
 		w.ended = true
 		w.tidyOnCancel(ctx)
 		w.answerLate(actx)
 		w.hearAlertsOut(ctx)
 		w.step = "done"
-		return Result{Summary: SummaryFamilyClosed, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
+		return Result{Summary: ended, Proposed: w.st.Proposed, CheckIns: w.st.CheckInsRun}, nil
 	}
 	return res, err
 }
@@ -716,6 +740,9 @@ func (w *wf) readSafety(ctx workflow.Context) error {
 	if w.safety.Closed && flow.Version(ctx, versionReadsClosed, 1) >= 1 {
 		return temporal.NewNonRetryableApplicationError("the family's case was closed", activities.FamilyClosed, nil)
 	}
+	if w.safety.InTreatment && flow.Version(ctx, versionEndsInTreatment, 1) >= 1 {
+		return temporal.NewNonRetryableApplicationError("the loved one is in treatment", errInTreatment, nil)
+	}
 	return nil
 }
 
@@ -1077,7 +1104,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 	}
 	log := workflow.GetLogger(ctx)
 	if err := w.readSafety(ctx); err != nil {
-		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
+		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == errInTreatment || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
 			temporal.IsCanceledError(err) || ctx.Err() != nil {
 			return false, err // the run ends as for any read that finds it so, or as cancelled
 		}

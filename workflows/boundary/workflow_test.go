@@ -1860,3 +1860,41 @@ func TestFamilyClosedBeforeACheckInEndsQuietly(t *testing.T) {
 		}
 	}
 }
+
+// A follow-up started for a family whose loved one is already in treatment
+// (the refusal recorded after TreatmentEntered ran, which cancels only a
+// run under way) reinforces no boundary, checks in with no one and
+// proposes nothing: it ends as done at its first read of the family.
+func TestFollowUpOfAFamilyInTreatmentEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.safety.InTreatment = true
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryInTreatment || len(h.reinforces) != 0 || len(h.proposed) != 0 || len(h.reminders) != 0 {
+		t.Fatalf("result %+v, reinforced %v, proposed %v, reminders %v; want it ended, nothing done", res, h.reinforces, h.proposed, h.reminders)
+	}
+}
+
+// A family whose loved one enters treatment between two check-ins, the
+// cancel from TreatmentEntered missed: the read before the next check-in
+// shows it, and the run ends, sending nothing more.
+func TestFamilyInTreatmentBeforeACheckInEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.RegisterDelayedCallback(func() { h.safety.InTreatment = true }, 3*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryInTreatment || res.CheckIns != 1 || len(h.proposed) != 0 {
+		t.Fatalf("result %+v, proposed %v; want it ended after the first check-in, nothing proposed", res, h.proposed)
+	}
+	for _, r := range h.reminders {
+		if r.Due.After(h.t0.Add(3 * day)) {
+			t.Fatalf("a reminder sent after the loved one entered treatment: %+v", r)
+		}
+	}
+}

@@ -110,6 +110,7 @@ func TestClosedFamilyIsClosedUnlessReopened(t *testing.T) {
 		env.RegisterWorkflowWithOptions(familydeleted.Closed, workflow.RegisterOptions{Name: familydeleted.ClosedName})
 		env.RegisterActivity(&activities.Activities{})
 		if c.before {
+			env.OnGetVersion("epoch-2026-12-07c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 			env.OnGetVersion("epoch-2026-12-07b", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 			env.OnGetVersion("epoch-2026-12-07", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 			env.OnGetVersion("epoch-2026-12-06c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)

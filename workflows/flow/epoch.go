@@ -39,17 +39,16 @@ type epoch struct {
 // screen not current, an overdose beside a check-in, a referral failing
 // under an overdose alert, a stalled intake's failed review, a partial yes
 // to care other than medication, a family's case closed, an intake whose
-// referral moved with no signal): a run that asked one would carry it in
+// referral moved with no signal, a loved one in treatment): a run that asked one would carry it in
 // its TemporalChangeVersion search attribute, which no codec seals, so
 // that anyone reading visibility could list the families in that state. A
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
-	{"epoch-2026-12-07b", with(tenthEpoch,
-		// boundary: asked in every run (it costs each a marker), and only
-		// when a run cancelled or closed has an overdose's alert that can
-		// still fail
-		"resends-outlive-cancel", "hear-alerts-out",
+	{"epoch-2026-12-07c", with(eleventhEpoch,
+		// boundary: asked only when the family reads engaged in treatment
+		"boundary-ends-in-treatment",
 	)},
+	{"epoch-2026-12-07b", eleventhEpoch},
 	{"epoch-2026-12-07", tenthEpoch},
 	{"epoch-2026-12-06c", ninthEpoch},
 	{"epoch-2026-12-06b", eighthEpoch},
@@ -70,6 +69,14 @@ var epochs = []epoch{
 	{"epoch-2026-12-04", secondEpoch},
 	{"epoch-2026-12-03", firstEpoch},
 }
+
+// eleventhEpoch is epoch-2026-12-07b's.
+var eleventhEpoch = with(tenthEpoch,
+	// boundary: asked in every run (it costs each a marker), and only
+	// when a run cancelled or closed has an overdose's alert that can
+	// still fail
+	"resends-outlive-cancel", "hear-alerts-out",
+)
 
 // tenthEpoch is epoch-2026-12-07's.
 var tenthEpoch = with(ninthEpoch,
@@ -225,9 +232,9 @@ type epochKey struct{}
 // refusal, a refusal at a meeting, a meeting abandoned, support no one
 // could be referred to, a partial yes to care other than medication, an
 // intake stalled or failed, a family's referrals failed after entry, a
-// family's case closed. Each is in an epoch before it is released (a
-// test holds it to that): a new run takes it without asking, and runs
-// begun before do not ask it (see Version). Changes asked in every run
+// family's case closed, a loved one in treatment. Each is in an epoch
+// before it is released (a test holds it to that): a new run takes it
+// without asking, and runs begun before do not ask it (see Version). Changes asked in every run
 // of a workflow, or only when a step of Handoff's own failed, are not
 // here, nor are those of the overdose workflow, whose every run tells
 // of an overdose already: those reach runs in flight.
@@ -237,7 +244,7 @@ var sensitive = map[string]bool{
 	"escalate-when-safe": true, "hold-members-on-risk": true, "level-two-series": true,
 	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
-	"boundary-tidy-on-cancel": true,
+	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true,
 	// boundary, named sensitive after their epochs (a run begun before
 	// those keeps its old answers to an overdose and a risk found): asked
 	// only on an overdose, when a screen found risk, or while the family

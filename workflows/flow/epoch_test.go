@@ -57,7 +57,7 @@ func TestEpochRecordsOneMarkerForTheChangesItCovers(t *testing.T) {
 		begin   bool
 		markers []string
 	}{
-		{true, []string{"epoch-2026-12-07b", "a-later-change"}},
+		{true, []string{"epoch-2026-12-07c", "a-later-change"}},
 		{false, []string{"local-activities", "a-later-change"}},
 	} {
 		run, err := c.ExecuteWorkflow(ctx, client.StartWorkflowOptions{TaskQueue: "epoch"}, epochFlow, c2.begin)
@@ -161,12 +161,13 @@ func TestRunsOfAnEarlierEpochReplay(t *testing.T) {
 		{"begun at the ninth epoch", markerAlone("epoch-2026-12-06b"), "[epoch-2026-12-06b]"},
 		{"begun at the tenth epoch", markerAlone("epoch-2026-12-06c"), "[epoch-2026-12-06c]"},
 		{"begun at the eleventh epoch", markerAlone("epoch-2026-12-07"), "[epoch-2026-12-07]"},
-		{"begun today", todaysEpochFlow, "[epoch-2026-12-07b]"},
+		{"begun at the twelfth epoch", markerAlone("epoch-2026-12-07b"), "[epoch-2026-12-07b]"},
+		{"begun today", todaysEpochFlow, "[epoch-2026-12-07c]"},
 		// In a sensitive state, no marker of its own: the change id would
 		// go, in clear, into the run's TemporalChangeVersion search
 		// attribute, for anyone reading visibility to list the families
 		// in that state.
-		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-07b]"},
+		{"begun today, in a sensitive state", sensitiveFlow, "[epoch-2026-12-07c]"},
 	})
 }
 
@@ -230,7 +231,8 @@ func TestVersionRefusesACoveredChangeAtAnotherVersion(t *testing.T) {
 // sensitiveFlow asks changes asked only in a sensitive state (a screen not
 // current, a stalled intake's failed review, a family's case closed, an
 // overdose as the boundary workflow ends, a meeting held back for risk, an
-// intake that failed, an overdose's alert that can fail after a cancel).
+// intake that failed, an overdose's alert that can fail after a cancel, a
+// loved one in treatment).
 func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 	ctx = flow.BeginEpoch(ctx)
 	// Three versions, as every flow of the table gives: the last stands
@@ -239,7 +241,8 @@ func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 		min(flow.Version(ctx, "close-before-boundary", 1), flow.Version(ctx, "answer-overdoses-after-tidy", 1),
 			flow.Version(ctx, "escalate-when-safe", 1), flow.Version(ctx, "hold-members-on-risk", 1),
 			flow.Version(ctx, "held-at-end-is-theirs", 1), flow.Version(ctx, "listen-after-failure", 1),
-			flow.Version(ctx, "entered-past-failed-support", 1), flow.Version(ctx, "hear-alerts-out", 1)))
+			flow.Version(ctx, "entered-past-failed-support", 1), flow.Version(ctx, "hear-alerts-out", 1),
+			flow.Version(ctx, "boundary-ends-in-treatment", 1)))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew
@@ -263,7 +266,7 @@ func todaysFreshFlow(ctx workflow.Context) ([]workflow.Version, error) {
 func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 	replayUnder(t, "FreshFlow", todaysFreshFlow, 1, []epochRun{
 		{"begun at epoch-2026-12-05d", seventhEpochFreshFlow, "[epoch-2026-12-05d fresh-results]"},
-		{"begun today", todaysFreshFlow, "[epoch-2026-12-07b]"},
+		{"begun today", todaysFreshFlow, "[epoch-2026-12-07c]"},
 	})
 }
 

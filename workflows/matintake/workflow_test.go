@@ -1247,6 +1247,7 @@ func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
 	// Adopted, so that the start asks the read's version, which this run
 	// predates.
 	h.adopted = true
+	h.env.OnGetVersion("epoch-2026-12-07c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-07b", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-07", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.env.OnGetVersion("epoch-2026-12-06c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
