@@ -1241,6 +1241,21 @@ func TestEHRNeedsConsent(t *testing.T) {
 	if len(allowed) != 4 || allowed[3] != open.GetName() {
 		t.Fatalf("disclosures recorded: %v; want one more, for the rejection", allowed)
 	}
+	// A retry is the families service's to check again, as a record under
+	// the first call's request id: there, under lock, a revocation since
+	// counts (and a renewal is recorded anew). The stored answer is not
+	// sent on a check that takes no lock and records nothing.
+	f.consent.mu.Lock()
+	f.consent.revokedLate[open.GetFamily()] = true
+	f.consent.mu.Unlock()
+	_, err = f.client.RejectReferral(f.ehr, &referralsv1.RejectReferralRequest{Name: open.GetName(), RequestId: "reject-1",
+		Rejection: &referralsv1.Rejection{Reason: referralsv1.RejectionReason_REJECTION_REASON_AT_CAPACITY}})
+	if !consentgate.Refused(err) {
+		t.Fatalf("a retried write-back after its consent was revoked: %v; want the consent refusal", err)
+	}
+	f.consent.mu.Lock()
+	delete(f.consent.revokedLate, open.GetFamily())
+	f.consent.mu.Unlock()
 	// A consent revoked between the check and the record rolls the step
 	// back: the EHR is refused, and nothing changed or was recorded.
 	late := mk("clinics/north/families/late")

@@ -172,9 +172,16 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 			return out, nil
 		})
 	if err == nil && outsider && !ran {
-		// A retry's stored answer is disclosed again, though recorded once
-		// (by the first call's Check): it carries the notice too.
-		consentgate.Notify(ctx)
+		// A retry's stored answer is disclosed again. Allowed above took no
+		// lock, so the record is asked for again under the first call's
+		// request id: the families service checks it there under lock (a
+		// revocation that answered since counts), records it again if only
+		// a newer consent covers it now, else records nothing more; and
+		// the answer carries the notice.
+		if err := s.cfg.Consent.Check(ctx, consentgate.ReferralPatient(out), out.GetName(), familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+			disclosureRequestID(st)); err != nil {
+			return nil, err
+		}
 	}
 	if err != nil && outsider && tellsState(err) {
 		// A refusal for the referral's state or readiness tells the EHR
