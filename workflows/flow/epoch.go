@@ -47,6 +47,8 @@ var epochs = []epoch{
 	{"epoch-2026-12-07c", with(eleventhEpoch,
 		// boundary: asked only when the family reads engaged in treatment
 		"boundary-ends-in-treatment",
+		// matintake: asked only when an escalated intake is cancelled
+		"escalated-past-cancel",
 	)},
 	{"epoch-2026-12-07b", eleventhEpoch},
 	{"epoch-2026-12-07", tenthEpoch},
@@ -253,7 +255,7 @@ var sensitive = map[string]bool{
 	"refusals-counted": true, "check-ins-before-screen": true,
 	// matintake
 	"listen-after-failure": true, "entered-past-failed-support": true, "stall-review-best-effort": true,
-	"review-stalled-intake": true,
+	"review-stalled-intake": true, "escalated-past-cancel": true,
 	// intervention
 	"care-intake": true, "abandon-stops-reminders-first": true, "stale-outcome-chasers": true,
 	"refusal-replans": true,

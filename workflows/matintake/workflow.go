@@ -155,7 +155,10 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err == nil && res.Outcome == "ESCALATED" &&
 		flow.Version(ctx, versionListenAfterEscalation, 1) >= 1 {
 		// No one could take the person in: the counselor must hear of it.
-		err = flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
+		lerr := flow.Listen(ctx, w.settings, &w.resends, time.Time{}, nil)
+		if lerr != nil && (!temporal.IsCanceledError(lerr) || flow.Version(ctx, versionEscalatedPastCancel, 1) < 1) {
+			err = lerr
+		}
 	} else if w.toldOfFailure && flow.Version(ctx, versionListenAfterFailure, 1) >= 1 {
 		// So must they of the failure. The run ends as it would have (on
 		// the failure, or with the entry into treatment); a cancel while
@@ -171,6 +174,13 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	}
 	return res, err
 }
+
+// versionEscalatedPastCancel guards ending an escalated intake cancelled
+// while it listened for the escalation's failures as ESCALATED: before,
+// it ended cancelled, after its tidy-up had run, and the parent meeting's
+// workflow lost the escalation from its result. Asked only on that cancel,
+// in a new epoch.
+const versionEscalatedPastCancel = "escalated-past-cancel"
 
 // versionEnteredPastFailedSupport guards ending an intake whose loved one
 // entered treatment as ENTERED_TREATMENT when the family's own support

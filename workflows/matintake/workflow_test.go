@@ -290,6 +290,23 @@ func TestFailedEscalationIsResent(t *testing.T) {
 	}
 }
 
+// An escalated intake cancelled while it listens for the escalation's
+// failures ends ESCALATED: the parent meeting's workflow keeps the
+// escalation in its result.
+func TestCancelWhileListeningAfterEscalationKeepsIt(t *testing.T) {
+	h := newHarness(t)
+	h.programs(0)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 20*time.Minute)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ESCALATED" {
+		t.Fatalf("result %+v, %v; want ESCALATED", res, err)
+	}
+	if e := h.kinds("REFERRAL_ESCALATION"); len(e) != 1 {
+		t.Fatalf("escalations %+v; want the counselor told once", e)
+	}
+}
+
 // A person the program admits on the spot (a walk-in, a same-day warm
 // handoff) goes from ACCEPTED to COMPLETED with no appointment between:
 // they entered treatment, nobody is reminded of an intake, and the family
