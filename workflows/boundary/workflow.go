@@ -84,6 +84,11 @@ type State struct {
 	// BlockedAtEnd is set once the counselor is told that the check-ins
 	// ended with the formal meeting still waiting (see versionBlockedKept).
 	BlockedAtEnd bool
+	// WindowBeforeScreen is why the next meeting is due, when a check-in
+	// reported a window of opportunity (or new warning signs) before the
+	// boundaries were reinforced: it is proposed once they are (see
+	// versionWindowBeforeScreen).
+	WindowBeforeScreen string `json:",omitempty"`
 	// EscalationUnsafe is set while the next meeting the workflow would
 	// propose waits for a screen that finds the family safe: one since the
 	// boundaries were reinforced found risk (see versionGateOnScreen).
@@ -693,7 +698,7 @@ func (w *wf) begin(ctx workflow.Context) {
 	}
 	w.st.EscalateAt = now.Add(w.settings.CoolDown)
 	w.st.Screened, w.st.Reinforced, w.st.Referred, w.st.Escalated, w.st.Proposed = false, false, false, false, ""
-	w.st.EscalationUnsafe, w.st.UnsafeAtEnd = false, false
+	w.st.EscalationUnsafe, w.st.UnsafeAtEnd, w.st.WindowBeforeScreen = false, false, ""
 	w.st.CheckInsAtBegin = w.st.CheckInsRun
 	w.st.BlockedAtEnd = false // the new cycle's check-ins have not ended
 	// A formal meeting held back in the cycle before is not the new
@@ -820,6 +825,10 @@ func (w *wf) prepare(ctx workflow.Context) error {
 		return err
 	}
 	w.step = "checking_in"
+	if why := w.st.WindowBeforeScreen; why != "" && !w.st.Escalated {
+		w.st.WindowBeforeScreen = ""
+		return w.escalate(ctx, why)
+	}
 	return nil
 }
 
@@ -1387,6 +1396,12 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	if opening && !w.st.Escalated && w.st.Reinforced {
 		return w.escalate(ctx, why)
 	}
+	if opening && !w.st.Escalated && !w.st.Reinforced && flow.Version(ctx, versionWindowBeforeScreen, 1) >= 1 {
+		// Kept for when the boundaries are reinforced (prepare): the next
+		// check-in may be weeks off, and the cool-down further.
+		w.st.WindowBeforeScreen = why
+		return nil
+	}
 	// A next meeting held back for a screen that found risk goes ahead if
 	// the family is safe now (this check-in may come before the screen's
 	// own signal).
@@ -1411,6 +1426,14 @@ func (w *wf) onCheckIn(ctx workflow.Context, ci CheckIn) error {
 	}
 	return nil
 }
+
+// versionWindowBeforeScreen guards keeping a window of opportunity (or new
+// warning signs) reported at a check-in before the boundaries were
+// reinforced, while the family waited for a safety screen, and proposing
+// the next meeting once they are. Before, the check-in was marked seen and
+// forgotten, and the meeting waited for the cool-down. Asked only then, in
+// a new epoch.
+const versionWindowBeforeScreen = "window-before-screen"
 
 // versionSignsAtCheckIn guards taking new warning signs reported at a
 // check-in (a job lost, a charge, trouble at home) as the time to

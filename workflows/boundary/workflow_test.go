@@ -646,6 +646,31 @@ func TestWindowOfOpportunityEscalatesToLevelThree(t *testing.T) {
 	}
 }
 
+// A window of opportunity reported at a check-in while the family waits for
+// its safety screen is kept: the next meeting is proposed once the safe
+// screen lets the boundaries be reinforced, not after the cool-down.
+func TestWindowBeforeTheScreenIsKept(t *testing.T) {
+	h := newHarness(t, "MISSING")
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(boundary.SignalCheckIn, boundary.CheckIn{Intervention: iv, Number: 1, WindowOfOpportunity: true})
+	}, day+time.Hour)
+	h.screened("CURRENT", 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	p := h.kinds("ESCALATION_PROPOSED")
+	if len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 2*day {
+		t.Fatalf("proposed %+v, notices %+v; want the next meeting proposed on day 2, at the safe screen", h.proposed, p)
+	}
+	if len(h.reinforced) == 0 || h.reinforced[0].After(p[0].Due) {
+		t.Fatalf("reinforced %v; want the boundaries reinforced first", h.reinforced)
+	}
+	if !strings.Contains(h.proposed[0].Notes, "window of opportunity at check-in 1") {
+		t.Fatalf("notes %q do not say why", h.proposed[0].Notes)
+	}
+}
+
 // A window of opportunity recorded at a check-in before the workflow ran
 // (the meeting's workflow was still giving back places and referring, and
 // the signal found no workflow) is taken when it starts, as the signal

@@ -45,8 +45,10 @@ type epoch struct {
 // change like that goes into a new epoch before it is released.
 var epochs = []epoch{
 	{"epoch-2026-12-07c", with(eleventhEpoch,
-		// boundary: asked only when the family reads engaged in treatment
-		"boundary-ends-in-treatment",
+		// boundary: asked only when the family reads engaged in treatment;
+		// only at a check-in that reported a window of opportunity or
+		// warning signs while the family waited for a safety screen
+		"boundary-ends-in-treatment", "window-before-screen",
 		// matintake: asked only when an escalated intake is cancelled
 		"escalated-past-cancel",
 	)},
@@ -246,7 +248,7 @@ var sensitive = map[string]bool{
 	"escalate-when-safe": true, "hold-members-on-risk": true, "level-two-series": true,
 	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
-	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true,
+	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true, "window-before-screen": true,
 	// boundary, named sensitive after their epochs (a run begun before
 	// those keeps its old answers to an overdose and a risk found): asked
 	// only on an overdose, when a screen found risk, or while the family
