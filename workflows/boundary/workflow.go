@@ -296,6 +296,9 @@ type wf struct {
 	// before that. After either only the alerts' resends go out.
 	outlive, ended bool
 	cut            workflow.Context
+	// unreadScreen says holdMembers, at the last safety screen's signal,
+	// could not read the family.
+	unreadScreen bool
 
 	overdose, screen, checkIn, restart, failedReminders workflow.ReceiveChannel
 }
@@ -926,6 +929,13 @@ func (w *wf) wait(ctx workflow.Context) error {
 			if err != nil {
 				return err
 			}
+			if w.unreadScreen && w.st.EscalationUnsafe && w.st.Reinforced && !w.st.UnsafeAtEnd &&
+				flow.Version(ctx, versionUnreadScreenWaits, 1) >= 1 {
+				// holdMembers could not read the family: read again, with
+				// a day's retries, a failure would end the follow-up. The
+				// next check-in reads the screen.
+				return nil
+			}
 			return w.proposeOnceSafe(ctx, "once a safety screen found the family safe", read)
 		}
 	})
@@ -1112,6 +1122,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 		return false, nil
 	}
 	log := workflow.GetLogger(ctx)
+	w.unreadScreen = false
 	if err := w.readSafety(ctx); err != nil {
 		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == errInTreatment || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
 			temporal.IsCanceledError(err) || ctx.Err() != nil {
@@ -1121,6 +1132,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 		// resends are held all the same (heldForRisk), and the next
 		// check-in reads the screen again.
 		log.Warn("family not read after a safety screen; members' reminders not cancelled", "error", err)
+		w.unreadScreen = true
 		return false, nil
 	}
 	if w.safety.Status == "CURRENT" || len(w.safety.Members) == 0 {
@@ -1163,6 +1175,13 @@ func (w *wf) heldForRisk(ctx workflow.Context, line string) bool {
 // messages to members, but not those already made, nor the resends of
 // failed ones.
 const versionHoldMembersOnRisk = "hold-members-on-risk"
+
+// versionUnreadScreenWaits guards leaving a next meeting held back for
+// risk to the next check-in when the family could not be read at a safety
+// screen's signal. Before, proposeOnceSafe read it again, and a failure
+// there failed the whole follow-up, though holdMembers had let its own go.
+// Asked only then, in a new epoch.
+const versionUnreadScreenWaits = "unread-screen-waits"
 
 // proposeOnceSafe proposes the next meeting held back for a screen that
 // found risk (EscalationUnsafe) if the family, read now, is safe: at the

@@ -54,6 +54,8 @@ type harness struct {
 	// down, once set, makes every read of the family fail as an outage
 	// does: retryably.
 	down bool
+	// broken makes FamilySafety fail for good.
+	broken bool
 	// failSupport, if set, may refuse a support referral.
 	failSupport func(activities.SupportRequest) error
 	// sent, if set, hears of each reminder as it is sent (from the
@@ -112,6 +114,9 @@ func newHarness(t *testing.T, status string) *harness {
 			}
 			if h.down {
 				return activities.Safety{}, temporal.NewApplicationError("read family: unavailable", "Unavailable")
+			}
+			if h.broken {
+				return activities.Safety{}, temporal.NewNonRetryableApplicationError("read family: internal", "Internal", nil)
 			}
 			return h.safety, nil
 		})
@@ -643,6 +648,26 @@ func TestWindowOfOpportunityEscalatesToLevelThree(t *testing.T) {
 	}
 	if want := family + "/boundaries/b2"; !strings.Contains(h.proposed[0].Notes, want) {
 		t.Fatalf("notes %q do not name %s", h.proposed[0].Notes, want)
+	}
+}
+
+// A safety screen's signal that finds the family unreadable does not end
+// the follow-up, though a meeting waits for a safe screen: the next
+// check-in reads the family, and proposes the meeting then.
+func TestUnreadScreenLeavesTheHeldMeetingToTheNextCheckIn(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.screened("HIGH_RISK", 10*day) // the cool-down finds risk: the meeting waits
+	h.env.RegisterDelayedCallback(func() { h.broken = true }, 20*day)
+	h.screened("CURRENT", 20*day+time.Hour)
+	h.env.RegisterDelayedCallback(func() { h.broken = false }, 21*day)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want the follow-up to go on", err)
+	}
+	p := h.kinds("ESCALATION_PROPOSED")
+	if len(h.proposed) != 1 || len(p) != 1 || p[0].Due.Sub(h.t0) != 30*day {
+		t.Fatalf("proposed %+v, notices %+v; want the meeting proposed at the day-30 check-in", h.proposed, p)
 	}
 }
 

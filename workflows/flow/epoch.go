@@ -49,6 +49,9 @@ var epochs = []epoch{
 		// only at a check-in that reported a window of opportunity or
 		// warning signs while the family waited for a safety screen
 		"boundary-ends-in-treatment", "window-before-screen",
+		// boundary: asked only when a meeting held back for risk waits
+		// and the family could not be read at a screen's signal
+		"unread-screen-waits",
 		// matintake: asked only when an escalated intake is cancelled
 		"escalated-past-cancel",
 	)},
@@ -249,6 +252,7 @@ var sensitive = map[string]bool{
 	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
 	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true, "window-before-screen": true,
+	"unread-screen-waits": true,
 	// boundary, named sensitive after their epochs (a run begun before
 	// those keeps its old answers to an overdose and a risk found): asked
 	// only on an overdose, when a screen found risk, or while the family
