@@ -52,8 +52,9 @@ var epochs = []epoch{
 		// boundary: asked only when a meeting held back for risk waits
 		// and the family could not be read at a screen's signal
 		"unread-screen-waits",
-		// matintake: asked only when an escalated intake is cancelled
-		"escalated-past-cancel",
+		// matintake: asked only when an escalated intake is cancelled; in
+		// every run
+		"escalated-past-cancel", "intake-target-nudge",
 	)},
 	{"epoch-2026-12-07b", eleventhEpoch},
 	{"epoch-2026-12-07", tenthEpoch},

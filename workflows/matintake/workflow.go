@@ -103,6 +103,10 @@ type wf struct {
 	// stallReviews counts the asks.
 	stallReview  time.Time
 	stallReviews int
+	// targetAt is when the counselor is told that no intake is booked yet,
+	// IntakeTarget after the start (zero once past, or for a run begun
+	// before versionIntakeTarget).
+	targetAt time.Time
 }
 
 // versionCancelStale guards cancelling the intake reminders already
@@ -341,6 +345,9 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	if err := flow.Call(ctx, &w.contacts, flow.A.FamilyContacts, w.in.Family); err != nil {
 		return Result{}, err
 	}
+	if flow.Version(ctx, versionIntakeTarget, 1) >= 1 && w.settings.IntakeTarget > 0 && w.settings.IntakeTarget < w.settings.IntakeAlert {
+		w.targetAt = w.started.Add(w.settings.IntakeTarget)
+	}
 	hold := w.in.Hold
 	for len(w.tried) < w.settings.MaxPrograms {
 		err := flow.Call(ctx, &w.referral, flow.A.StartImmediateReferral, activities.ImmediateRequest{
@@ -385,6 +392,38 @@ func (w *wf) run(ctx workflow.Context) (Result, error) {
 	return Result{Outcome: "ESCALATED", Programs: len(w.tried)}, nil
 }
 
+// versionIntakeTarget guards telling the counselor, IntakeTarget after
+// the start (a day by default), that no intake is booked yet: before, the
+// setting was read and never used, and the first word came with the
+// overdue alert at IntakeAlert (three days), though a delay loses the
+// person.
+const versionIntakeTarget = "intake-target-nudge"
+
+// nudgeUnbooked tells the counselor that the referral has no intake booked
+// (the program has not answered, or accepted without a time), as the
+// referrals service says now: a signal of a booking may still be on its
+// way.
+func (w *wf) nudgeUnbooked(ctx workflow.Context) error {
+	var cur activities.ReferralInfo
+	if err := flow.Call(ctx, &cur, flow.A.ReferralStatus, w.referral.Name); err != nil {
+		return err
+	}
+	if cur.State != "REQUESTED" && cur.State != "ACCEPTED" {
+		return nil
+	}
+	to, err := w.counselorNow(ctx, versionNoticesToCurrent)
+	if err != nil {
+		return err
+	}
+	err = flow.Remind(ctx, w.in.Clinic, to, "INTAKE_OVERDUE", w.referral.Name,
+		"No intake is booked yet for the person who said yes: please call the program today, or cancel the referral so that another program can be offered.",
+		"intake-target")
+	if err != nil && w.pastFailedNotice(ctx, err, "intake target") {
+		return nil
+	}
+	return err
+}
+
 // follow waits for the referral's transitions until it ends: "entered",
 // "rejected" (try the next program) or "escalated".
 func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, error) {
@@ -410,6 +449,9 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 		}
 		if alertAt := w.started.Add(w.settings.IntakeAlert); !w.alerted && (next.IsZero() || alertAt.Before(next)) {
 			next = alertAt
+		}
+		if !w.targetAt.IsZero() && (next.IsZero() || w.targetAt.Before(next)) {
+			next = w.targetAt
 		}
 		if !w.holdReview.IsZero() && (next.IsZero() || w.holdReview.Before(next)) {
 			next = w.holdReview
@@ -465,6 +507,12 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 				if sent != "" {
 					w.upcoming[sent] = info.Appointment
 					sentFor = info.Appointment
+				}
+			}
+			if !w.targetAt.IsZero() && !now.Before(w.targetAt) {
+				w.targetAt = time.Time{}
+				if err := w.nudgeUnbooked(ctx); err != nil {
+					return "", info, err
 				}
 			}
 			if !w.holdReview.IsZero() && !now.Before(w.holdReview) {

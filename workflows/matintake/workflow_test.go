@@ -1126,14 +1126,53 @@ func TestStalledIntakeIsReviewed(t *testing.T) {
 	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
 		t.Fatalf("workflow error %v; want cancelled", err)
 	}
-	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
-		t.Fatalf("overdue alerts = %d, want 1", n)
+	// Accepted with no time: told at the intake target (24 h), then
+	// alerted (72 h).
+	var overdue []time.Duration
+	for _, r := range h.kinds("INTAKE_OVERDUE") {
+		overdue = append(overdue, r.Due.Sub(start).Round(time.Hour))
+	}
+	if fmt.Sprint(overdue) != fmt.Sprint([]time.Duration{24 * time.Hour, 72 * time.Hour}) {
+		t.Fatalf("overdue notices at %v; want 24h (none booked) and 72h", overdue)
 	}
 	at := h.escalationTimes("still not started", start)
 	// 72 h alert; reviews at 144 h (accepted, quiet), not at 216 h (booked
 	// ahead), at 288 h (its time passed, no report).
 	if fmt.Sprint(at) != fmt.Sprint([]time.Duration{144 * time.Hour, 288 * time.Hour}) {
 		t.Fatalf("stall reviews at %v; want 144h and 288h", at)
+	}
+}
+
+// A referral with no intake booked a day after the yes (the program has not
+// answered, or accepted with no time) is brought to the counselor then,
+// not first at the overdue alert three days on; one booked by then is not,
+// though its signal has yet to come.
+func TestUnbookedIntakeIsToldAtTheTarget(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		status string
+		want   []time.Duration
+	}{
+		{"unanswered", "REQUESTED", []time.Duration{24 * time.Hour, 72 * time.Hour}},
+		{"accepted, no time", "ACCEPTED", []time.Duration{24 * time.Hour, 72 * time.Hour}},
+		{"booked, no signal yet", "SCHEDULED", []time.Duration{72 * time.Hour}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.programs(1)
+			const r1 = "clinics/north/referrals/r1"
+			start := h.env.Now()
+			h.status[r1] = activities.ReferralInfo{State: c.status, Appointment: start.Add(100 * time.Hour)}
+			h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 80*time.Hour)
+			h.env.ExecuteWorkflow(matintake.Name, input())
+			var at []time.Duration
+			for _, r := range h.kinds("INTAKE_OVERDUE") {
+				at = append(at, r.Due.Sub(start).Round(time.Hour))
+			}
+			if fmt.Sprint(at) != fmt.Sprint(c.want) {
+				t.Fatalf("overdue notices at %v; want %v", at, c.want)
+			}
+		})
 	}
 }
 
@@ -1232,9 +1271,10 @@ func TestStallReviewTakesAChangeNoSignalBrought(t *testing.T) {
 	if n := len(h.escalations("still not started")); n != 0 {
 		t.Fatalf("%d stall notices; want none for a person in treatment", n)
 	}
-	// The signal's read, and the review's, taken as the next signal's.
-	if h.reads != 2 {
-		t.Fatalf("%d reads of the referral; want 2", h.reads)
+	// The signal's read, the intake target's, and the review's, taken as
+	// the next signal's.
+	if h.reads != 3 {
+		t.Fatalf("%d reads of the referral; want 3", h.reads)
 	}
 }
 
