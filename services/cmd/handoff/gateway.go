@@ -35,8 +35,14 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 	publicURL := fs.String("public-url", env("HANDOFF_PUBLIC_URL", ""), "the gateway's public address, for links in FHIR answers; empty takes the request's Host (HANDOFF_PUBLIC_URL)")
 	httpsCert := fs.String("https-cert", env("HANDOFF_GATEWAY_TLS_CERT", ""), "certificate to serve HTTPS with, to the ingress (HANDOFF_GATEWAY_TLS_CERT); empty serves plain HTTP")
 	httpsKey := fs.String("https-key", env("HANDOFF_GATEWAY_TLS_KEY", ""), "its private key (HANDOFF_GATEWAY_TLS_KEY)")
+	plainHTTP := fs.Bool("plain-http", false,
+		"serve plain HTTP off loopback, where TLS ends before this hop (an ingress on a network that encrypts it, a mesh) (HANDOFF_GATEWAY_PLAIN_HTTP)")
+	envErr := fromEnv(fs, "plain-http", "HANDOFF_GATEWAY_PLAIN_HTTP")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if envErr != nil {
+		return envErr
 	}
 	var httpsConfig *tls.Config
 	switch {
@@ -48,10 +54,14 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 			return fmt.Errorf("gateway: %w", err)
 		}
 		httpsConfig = &tls.Config{GetCertificate: get, MinVersion: tls.VersionTLS12}
-	case !isLoopback(*listen):
+	case !isLoopback(*listen) && !*plainHTTP && !c.insecurePlaintext:
 		// Every call's bearer token and the records it returns cross this
-		// hop: plain HTTP here wants a network that encrypts it (a mesh).
-		log.Warn("serving plain HTTP off loopback: bearer tokens and records cross the network in clear unless a mesh encrypts it; set HANDOFF_GATEWAY_TLS_CERT and HANDOFF_GATEWAY_TLS_KEY", "listen", *listen)
+		// hop: plain HTTP here is a decision the deployment states, as for
+		// gRPC between the processes, not a default.
+		return fmt.Errorf("gateway: plain HTTP on %s would carry bearer tokens and records in clear: set --https-cert and --https-key "+
+			"(HANDOFF_GATEWAY_TLS_CERT, _KEY), or --plain-http (HANDOFF_GATEWAY_PLAIN_HTTP) where TLS ends before this hop", *listen)
+	case !isLoopback(*listen):
+		log.Warn("serving plain HTTP off loopback, as configured: bearer tokens and records cross this hop in clear unless the network encrypts it", "listen", *listen)
 	}
 	verifier, err := c.verifier()
 	if err != nil {

@@ -65,3 +65,22 @@ func TestGatewayServesHTTPSWhenGivenACertificate(t *testing.T) {
 		}
 	}
 }
+
+// Plain HTTP off loopback is refused unless the deployment says TLS ends
+// before this hop: every call's bearer token and records cross it.
+func TestGatewayRefusesPlainHTTPOffLoopbackUnlessTold(t *testing.T) {
+	_, port, _ := strings.Cut(freeAddr(t), ":")
+	args := []string{"--oidc-issuer", "http://127.0.0.1:1", "--jwks-url", "http://127.0.0.1:1/jwks", "--metrics-listen", freeAddr(t),
+		"--families-address", "127.0.0.1:1", "--interventions-address", "127.0.0.1:1", "--referrals-address", "127.0.0.1:1", "--webhooks-address", "",
+		"--listen", "0.0.0.0:" + port}
+	log := slog.New(slog.DiscardHandler)
+	if err := runGateway(context.Background(), log, args); err == nil || !strings.Contains(err.Error(), "--plain-http") {
+		t.Fatalf("plain HTTP on every interface, not told: %v; want it refused", err)
+	}
+	// Told, it starts (and stops with its context).
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := runGateway(ctx, log, append(args, "--plain-http")); err != nil {
+		t.Fatalf("plain HTTP on every interface, told: %v", err)
+	}
+}
