@@ -1649,13 +1649,14 @@ func TestOverdoseIsAnsweredWhileAStepRuns(t *testing.T) {
 // counselor is alerted all the same.
 func TestOverdoseWaitingAtAFailureIsAnswered(t *testing.T) {
 	h := newHarness(t, "HIGH_RISK")
-	// A run begun today answers the overdose as the step runs. One begun
-	// before epoch-2026-12-05, where the overdose waited behind the step,
-	// answered it as the step failed (answer-overdoses-on-failure) if its
-	// own code asked that change; asked under today's code, the change's
-	// id would name an overdose in visibility, so such a run keeps the
-	// answers it began with (flow's
-	// TestARunBegunBeforeEpochsDoesNotAskOverdoseOrRiskChanges).
+	// As in a run begun before steps listened for overdoses, where the
+	// overdose waits behind the step: the failure's own answer is tested.
+	// The change is covered since epoch-2026-12-05: the run is one begun
+	// at the epoch before, which asks it.
+	for _, e := range []string{"epoch-2026-12-07c", "epoch-2026-12-07b", "epoch-2026-12-07", "epoch-2026-12-06c", "epoch-2026-12-06b", "epoch-2026-12-06", "epoch-2026-12-05d", "epoch-2026-12-05c", "epoch-2026-12-05b", "epoch-2026-12-05"} {
+		h.env.OnGetVersion(e, workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	}
+	h.env.OnGetVersion("overdose-during-steps", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
 	h.refuse = func(activities.ReinforceRequest) error {
 		h.env.SignalWorkflow(boundary.SignalOverdose, boundary.Overdose{WarningSign: family + "/warningSigns/w1"})
 		return temporal.NewNonRetryableApplicationError("reinforce boundary: refused", "PermissionDenied", nil)

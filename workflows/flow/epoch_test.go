@@ -275,16 +275,8 @@ func TestAChangeAskedOnItsOwnBeforeItsEpochReplays(t *testing.T) {
 // workflow's first task: its marker, the changes asked (and recorded),
 // then the wait for signal, past which it never ran.
 func olderEpochUntil(signal string, asked ...string) func(workflow.Context) ([]workflow.Version, error) {
-	return epochUntil("epoch-2026-12-06", signal, asked...)
-}
-
-// epochUntil is olderEpochUntil for code that knew epoch, or none if it is
-// empty.
-func epochUntil(epoch, signal string, asked ...string) func(workflow.Context) ([]workflow.Version, error) {
 	return func(ctx workflow.Context) ([]workflow.Version, error) {
-		if epoch != "" {
-			workflow.GetVersion(ctx, epoch, workflow.DefaultVersion, 1)
-		}
+		workflow.GetVersion(ctx, "epoch-2026-12-06", workflow.DefaultVersion, 1)
 		for _, id := range asked {
 			workflow.GetVersion(ctx, id, workflow.DefaultVersion, 1)
 		}
@@ -316,33 +308,6 @@ func TestARunOfAnOlderEpochDoesNotAskANewerEpochsChanges(t *testing.T) {
 	}
 	if fmt.Sprint(markers) != "[epoch-2026-12-06 resends-outlive-cancel a-later-change]" {
 		t.Fatalf("version markers %v; want the run's epoch and the changes not sensitive", markers)
-	}
-}
-
-// todaysOverdoseFlow is a boundary follow-up's changes under today's code
-// after "go": those asked only on an overdose (an alert first; answered as
-// a step fails) or a safety screen that is not current (reinforcement
-// refused for risk, the refusals counted; check-ins while unscreened), and
-// one asked in every run.
-func todaysOverdoseFlow(ctx workflow.Context) ([]workflow.Version, error) {
-	ctx = flow.BeginEpoch(ctx)
-	workflow.GetSignalChannel(ctx, "go").Receive(ctx, nil)
-	return afterVersions(ctx, flow.Version(ctx, "overdose-alert-first", 1), flow.Version(ctx, "answer-overdoses-on-failure", 1),
-		flow.Version(ctx, "wait-when-reinforcement-refused", 1), flow.Version(ctx, "refusals-counted", 1),
-		flow.Version(ctx, "check-ins-before-screen", 1), flow.Version(ctx, "overdose-during-steps", 1))
-}
-
-// A run begun before the epochs that cover the changes asked only on an
-// overdose or a screen not current does not ask them under today's code:
-// their ids would list, in visibility, the families that had an overdose
-// or a risk found. It asks the change every run asks.
-func TestARunBegunBeforeEpochsDoesNotAskOverdoseOrRiskChanges(t *testing.T) {
-	got, markers, _ := handedOver(t, "OverdoseFlow", epochUntil("", "go"), handover{todaysOverdoseFlow, "go"})
-	if fmt.Sprint(got) != "[-1 -1 -1 -1 -1 1]" {
-		t.Fatalf("versions %v; want [-1 -1 -1 -1 -1 1]: no overdose or risk change taken, the other taken", got)
-	}
-	if fmt.Sprint(markers) != "[overdose-during-steps]" {
-		t.Fatalf("version markers %v; want the change every run asks alone", markers)
 	}
 }
 
