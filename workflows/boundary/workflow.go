@@ -1167,7 +1167,9 @@ func (w *wf) heldForRisk(ctx workflow.Context, line string) bool {
 		workflow.GetLogger(ctx).Warn("family not read before sending a member's reminder again; holding it", "error", err)
 		return true
 	}
-	return s.Closed || s.Status != "CURRENT"
+	// Nor to a family whose loved one entered treatment since the run's
+	// last read: it ends at its next one.
+	return s.Closed || s.Status != "CURRENT" || s.InTreatment && flow.Version(ctx, versionEndsInTreatment, 1) >= 1
 }
 
 // versionHoldMembersOnRisk guards holdMembers and heldForRisk. Before, a

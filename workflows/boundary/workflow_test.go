@@ -1154,6 +1154,35 @@ func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
 	}
 }
 
+// A member's reminder that failed is not sent again to a family whose loved
+// one entered treatment since the run last read it.
+func TestNoResendToAFamilyInTreatment(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.nameFor = func(r activities.ReminderRequest) string {
+		if r.To.Kind == "member" {
+			return fmt.Sprintf("clinics/north/reminders/%s-%s-%d", r.To.ID, r.Kind, len(h.reminders))
+		}
+		return "clinics/north/reminders/r"
+	}
+	resent := h.resends()
+	h.env.RegisterDelayedCallback(func() {
+		h.safety.InTreatment = true
+		for i, r := range h.reminders {
+			if r.To.ID == "mom" && r.Kind == "BOUNDARY_REMINDER" {
+				h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: fmt.Sprintf("clinics/north/reminders/mom-BOUNDARY_REMINDER-%d", i+1)})
+			}
+		}
+	}, 2*time.Hour)
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 20*time.Hour)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(*resent) != 0 {
+		t.Fatalf("resent %v; want nothing to a family in treatment", *resent)
+	}
+}
+
 // A screen signal does not fail the family's follow-up: when the members'
 // reminders cannot be cancelled after a screen found risk, the workflow
 // goes on (its check-ins still come to the counselor) and ends as usual.
