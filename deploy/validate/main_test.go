@@ -111,6 +111,10 @@ func TestComposeGivesSecretsOnlyWhereUsed(t *testing.T) {
 		{"the worker given the webhook key as a file", "  worker:\n    <<: *handoff\n    environment: *peer-env\n",
 			"  worker:\n    <<: *handoff\n    environment:\n      <<: *peer-env\n      HANDOFF_WEBHOOK_SECRET_KEY_FILE: /run/secrets/webhook\n",
 			"service worker is given HANDOFF_WEBHOOK_SECRET_KEY"},
+		// The gateway never talks to Temporal.
+		{"the gateway given Temporal's API key", "  gateway:\n    <<: *handoff\n    environment: *peer-env\n",
+			"  gateway:\n    <<: *handoff\n    environment:\n      <<: *peer-env\n      HANDOFF_TEMPORAL_API_KEY_FILE: /run/secrets/temporal\n",
+			"service gateway is given HANDOFF_TEMPORAL_API_KEY"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -593,6 +593,13 @@ func TestJWKSRedirectFromLoopbackStaysOnLoopback(t *testing.T) {
 	if _, err := near.Verify(context.Background(), tok); err != nil {
 		t.Fatalf("keys behind a redirect that stays on loopback: %v", err)
 	}
+	// A deployment that says its network is trusted (--insecure-plaintext)
+	// allows clear text off loopback at start, and so here.
+	trusted := &Verifier{Issuer: "https://issuer.test", Audience: "handoff",
+		Keys: &JWKS{URL: local.URL + "/away", Client: client, MinRefresh: time.Millisecond, Insecure: true}}
+	if _, err := trusted.Verify(context.Background(), tok); err != nil {
+		t.Fatalf("keys redirected off loopback on a trusted network: %v", err)
+	}
 }
 
 // Header fields read before the signature is checked reach the error, and

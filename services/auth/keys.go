@@ -62,6 +62,9 @@ type JWKS struct {
 	// MaxAge is how long a fetched set is trusted before it is fetched
 	// again (default 10 minutes).
 	MaxAge time.Duration
+	// Insecure says the network is trusted (--insecure-plaintext): a plain
+	// http URL on loopback may then be redirected to another host.
+	Insecure bool
 	// MaxStale is how long after the last successful fetch the set is
 	// still trusted while fetches fail (default an hour, never less than
 	// MaxAge). Past it, every token is refused as unchecked
@@ -154,7 +157,7 @@ const fetchTimeout = 5 * time.Second
 // fetch reads the set and, if that worked, replaces the cached one: keys
 // no longer in it are no longer trusted. The caller holds fetchMu.
 func (j *JWKS) fetch(ctx context.Context) (StaticKeys, error) {
-	keys, err := fetchJWKS(ctx, j.client(), j.URL)
+	keys, err := fetchJWKS(ctx, j.client(), j.URL, j.Insecure)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.tried, j.failed = time.Now(), err != nil
@@ -226,14 +229,23 @@ func (j *JWKS) client() *http.Client {
 // machine: the deployment allowed clear text only where it never crosses a
 // network.
 func noDowngrade(req *http.Request, via []*http.Request) error {
+	if err := sameScheme(req, via); err != nil {
+		return err
+	}
+	if req.URL.Scheme == "http" && LoopbackHost(via[0].URL.Hostname()) && !LoopbackHost(req.URL.Hostname()) {
+		return errors.New("jwks: a redirect from plain http on loopback to another host refused")
+	}
+	return nil
+}
+
+// sameScheme refuses a redirect to another scheme than the first
+// request's, and a tenth redirect.
+func sameScheme(req *http.Request, via []*http.Request) error {
 	if len(via) >= 10 {
 		return errors.New("jwks: too many redirects")
 	}
 	if req.URL.Scheme != via[0].URL.Scheme {
 		return fmt.Errorf("jwks: a redirect from %s to %s refused", via[0].URL.Scheme, req.URL.Scheme)
-	}
-	if req.URL.Scheme == "http" && LoopbackHost(via[0].URL.Hostname()) && !LoopbackHost(req.URL.Hostname()) {
-		return errors.New("jwks: a redirect from plain http on loopback to another host refused")
 	}
 	return nil
 }
@@ -249,13 +261,16 @@ func LoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func fetchJWKS(ctx context.Context, c *http.Client, url string) (StaticKeys, error) {
+func fetchJWKS(ctx context.Context, c *http.Client, url string, insecure bool) (StaticKeys, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("jwks: %w", err)
 	}
 	guarded := *c // the caller's client, transport and all, with the redirect rule
 	guarded.CheckRedirect = noDowngrade
+	if insecure {
+		guarded.CheckRedirect = sameScheme
+	}
 	resp, err := guarded.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("jwks: fetch: %w", err)

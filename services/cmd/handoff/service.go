@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -169,7 +170,7 @@ func (c *common) verifier() (*auth.Verifier, error) {
 		return nil, fmt.Errorf("--jwks-url %q: the signing keys would cross the network in clear, where anyone on the way could swap them; "+
 			"use https, or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", c.jwksURL)
 	}
-	return &auth.Verifier{Issuer: c.issuer, Audience: c.audience, Keys: &auth.JWKS{URL: c.jwksURL}, Leeway: 30 * time.Second}, nil
+	return &auth.Verifier{Issuer: c.issuer, Audience: c.audience, Keys: &auth.JWKS{URL: c.jwksURL, Insecure: c.insecurePlaintext}, Leeway: 30 * time.Second}, nil
 }
 
 // temporal connects to Temporal. A lazy client connects on first use: a
@@ -822,7 +823,7 @@ func loginPasswordProblem(pw string) error {
 		return nil
 	case strings.Contains(strings.ToUpper(pw), "CHANGE-ME"):
 		return errors.New("--app-login-password is the example's placeholder: set a password of your own")
-	case len(pw) < minLoginPassword:
+	case utf8.RuneCountInString(pw) < minLoginPassword:
 		return fmt.Errorf("--app-login-password is shorter than %d characters", minLoginPassword)
 	}
 	return nil
