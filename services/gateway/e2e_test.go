@@ -518,6 +518,25 @@ func TestGatewayContract(t *testing.T) {
 			t.Fatalf("a body sent as %s: %d; want %s", ct, resp.StatusCode, map[bool]string{true: "415", false: "past the check"}[want == http.StatusUnsupportedMediaType])
 		}
 	}
+	// Nor is a form POST with no body served as the path's other verb.
+	for _, path := range []string{"/v1/clinics/north/families/nobody/warningSigns/w1", "/v1/clinics/north/families/nobody"} {
+		for range 10 {
+			req, err := http.NewRequest("POST", w.counselor.base+path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+w.counselor.token)
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") == "" {
+				t.Fatalf("an empty form POST to %s: %d (Allow %q); want 405 naming the verbs it takes", path, resp.StatusCode, resp.Header.Get("Allow"))
+			}
+		}
+	}
 	// A misspelt query parameter is refused, not dropped (which would list
 	// everything as if filtered); known ones work in either spelling.
 	if r := w.counselor.do("GET", "/v1/clinics/north/families?filtr=urgent%3Dtrue", nil); r.code != http.StatusBadRequest ||

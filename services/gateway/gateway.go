@@ -126,6 +126,10 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// A form's X-HTTP-Method-Override would turn a POST into another
 		// call; no client of this API needs it.
 		runtime.WithDisableHTTPMethodOverride(),
+		// Nor may a form POST with no body (which jsonOnly lets by) be
+		// served as the path's GET, PATCH or DELETE, one picked at random:
+		// a verb the path does not take is a 405.
+		runtime.WithDisablePathLengthFallback(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),
 		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...))),
