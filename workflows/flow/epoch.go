@@ -55,6 +55,8 @@ var epochs = []epoch{
 		// matintake: asked only when an escalated intake is cancelled; in
 		// every run
 		"escalated-past-cancel", "intake-target-nudge",
+		// intervention: asked only on a yes with other services accepted
+		"accepted-beside-reason",
 	)},
 	{"epoch-2026-12-07b", eleventhEpoch},
 	{"epoch-2026-12-07", tenthEpoch},

@@ -1293,9 +1293,15 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others, medications []str
 		}
 	}
 	if len(others) > 0 {
+		// Said to the programs as what it is: an empty reason would give
+		// each kind the boundary path's words, that treatment was declined.
+		reason := ""
+		if flow.Version(ctx, versionAcceptedBesideReason, 1) >= 1 {
+			reason = "Accepted at a family intervention."
+		}
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 			Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: others, Urgency: "URGENT",
-			RequestID: flow.RequestID(ctx, "accepted-services"),
+			RequestID: flow.RequestID(ctx, "accepted-services"), Reason: reason,
 		}); err != nil {
 			log.Warn("referring the services accepted beside MAT failed", "error", err)
 			if err := w.notice(ctx, w.plan.Counselor, "REFERRAL_ESCALATION",
@@ -1464,3 +1470,11 @@ func localTime(t time.Time, zone string) string {
 	}
 	return t.Format("Mon Jan 2 at 3:04 PM MST")
 }
+
+// versionAcceptedBesideReason guards giving the referrals to services
+// accepted beside a yes a reason of their own: before, they took the
+// boundary path's words ("while treatment is declined", "while their
+// loved one is not in treatment"), untrue of someone who just said yes.
+// Asked only when such services were accepted, and the request's
+// wording under its id must not change in a run under way.
+const versionAcceptedBesideReason = "accepted-beside-reason"

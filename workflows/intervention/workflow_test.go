@@ -1187,6 +1187,10 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	if len(*support) != 1 || len((*support)[0].Kinds) != 1 || (*support)[0].Kinds[0] != "FAMILY_COUNSELING" {
 		t.Fatalf("other accepted services referred: %+v", *support)
 	}
+	// Referred as accepted, not in the boundary path's words.
+	if r := (*support)[0].Reason; r == "" || strings.Contains(r, "declined") || strings.Contains(r, "not in treatment") {
+		t.Fatalf("other accepted services referred with reason %q; want one of their own", r)
+	}
 }
 
 // The workflow starts after the meeting's start (the outbox was late) with
