@@ -44,7 +44,10 @@ type Input struct {
 	// since then, before this workflow ran to hear of them, are answered
 	// when it starts.
 	MeetingStart time.Time
-	State        *State
+	// Accepted are the services the loved one accepted at the refused
+	// meeting (a partial yes), which its workflow referred already.
+	Accepted []string `json:",omitempty"`
+	State    *State
 }
 
 // State is the workflow's progress.
@@ -259,6 +262,7 @@ type Restart struct {
 	Intervention string
 	Level        int32
 	Outcome      string
+	Accepted     []string `json:",omitempty"` // as Input's
 }
 
 // Result is how the workflow ended.
@@ -868,12 +872,22 @@ func (w *wf) refer(ctx workflow.Context) error {
 			return err
 		}
 	}
-	if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
-		return err
+	// Naloxone the loved one accepted at the meeting was referred by the
+	// meeting's workflow: a second referral would reach the program twice.
+	if !slices.Contains(w.in.Accepted, "HARM_REDUCTION_NALOXONE") || flow.Version(ctx, versionAcceptedNaloxone, 1) < 1 {
+		if err := w.harmReduction(ctx, "URGENT", "harm-reduction", "HARM_REDUCTION_NALOXONE"); err != nil {
+			return err
+		}
 	}
 	w.st.Referred = true
 	return nil
 }
+
+// versionAcceptedNaloxone guards leaving out the naloxone referral when
+// the loved one accepted naloxone at the refused meeting, whose workflow
+// referred it: before, the program got two. Asked only then, in a new
+// epoch.
+const versionAcceptedNaloxone = "accepted-naloxone-once"
 
 func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds ...string) error {
 	return flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
@@ -948,7 +962,7 @@ func (w *wf) wait(ctx workflow.Context) error {
 		var r Restart
 		c.Receive(ctx, &r)
 		handle = func() error {
-			w.in.Intervention, w.in.Level, w.in.Outcome = r.Intervention, r.Level, r.Outcome
+			w.in.Intervention, w.in.Level, w.in.Outcome, w.in.Accepted = r.Intervention, r.Level, r.Outcome, r.Accepted
 			w.st.Cycle++
 			w.begin(ctx)
 			// The check-ins of the restarted meeting that came before the

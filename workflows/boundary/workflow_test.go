@@ -671,6 +671,23 @@ func TestUnreadScreenLeavesTheHeldMeetingToTheNextCheckIn(t *testing.T) {
 	}
 }
 
+// Naloxone the loved one accepted at the refused meeting (a partial yes),
+// which the meeting's workflow referred, is not referred a second time;
+// the family's own support still is.
+func TestAcceptedNaloxoneIsReferredOnce(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	in := input(1)
+	in.Outcome, in.Accepted = "PARTIALLY_ACCEPTED", []string{"HARM_REDUCTION_NALOXONE"}
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 2*day)
+	h.env.ExecuteWorkflow(boundary.Name, in)
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error = %v; want cancelled", err)
+	}
+	if len(h.support) != 1 || h.support[0].Member != "mom" {
+		t.Fatalf("referrals %+v; want the family's support alone", h.support)
+	}
+}
+
 // A window of opportunity reported at a check-in while the family waits for
 // its safety screen is kept: the next meeting is proposed once the safe
 // screen lets the boundaries be reinforced, not after the cool-down.

@@ -57,6 +57,8 @@ var epochs = []epoch{
 		"escalated-past-cancel", "intake-target-nudge",
 		// intervention: asked only on a yes with other services accepted
 		"accepted-beside-reason",
+		// boundary: asked only after a partial yes to naloxone
+		"accepted-naloxone-once",
 	)},
 	{"epoch-2026-12-07b", eleventhEpoch},
 	{"epoch-2026-12-07", tenthEpoch},
@@ -265,7 +267,7 @@ var sensitive = map[string]bool{
 	"support-unreferred-told": true, "warning-signs-at-check-in": true, "end-when-family-closed": true,
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
 	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true, "window-before-screen": true,
-	"unread-screen-waits": true,
+	"unread-screen-waits": true, "accepted-naloxone-once": true,
 	// matintake
 	"listen-after-failure": true, "entered-past-failed-support": true, "stall-review-best-effort": true,
 	"review-stalled-intake": true, "escalated-past-cancel": true,

@@ -1400,12 +1400,12 @@ const versionStopBoundaryByOrigin = "stop-boundary-by-origin"
 // for this family after an earlier refusal, tells it about this one.
 func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error) {
 	in := boundary.Input{Family: w.plan.Family, Clinic: w.plan.Clinic, Intervention: w.in.Intervention,
-		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start}
+		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start, Accepted: o.AcceptedServices}
 	// The boundary path outlives its parent's end (the parent may time out
 	// or be terminated while the family still needs it). Cancelling the
 	// parent, an operator's deliberate stop, cancels it too.
 	return startOrRestartBoundary(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), id, in,
-		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind})
+		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind, Accepted: o.AcceptedServices})
 }
 
 // versionBoundaryCancelled guards ending normally when the boundary child
