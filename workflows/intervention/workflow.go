@@ -446,6 +446,9 @@ func (w *wf) arm(ctx workflow.Context) error {
 	}
 	w.reminders, w.sent, w.armedAt = plan, 0, now
 	w.overdueSent, w.escalated = false, false
+	// A move after the outcome fell overdue makes the meeting one to
+	// prepare again (the query says so; it adds no command).
+	w.step = StepPreparing
 	if w.hold.Hold == "" {
 		w.nextHoldTry = w.plan.Start.Add(-w.settings.HoldLead)
 	}

@@ -993,6 +993,19 @@ func TestStaleOverdueNoticeIsNotResent(t *testing.T) {
 	}, overdueAt+5*time.Minute)
 	h.update(overdueAt+10*time.Minute, intervention.UpdateReschedule,
 		intervention.Reschedule{Start: h.start.Add(2 * 24 * time.Hour), Duration: time.Hour}, nil)
+	// Moved, the meeting is one to prepare again, not one whose outcome
+	// is awaited.
+	var steps []string
+	for _, at := range []time.Duration{overdueAt + 5*time.Minute, overdueAt + 20*time.Minute} {
+		h.env.RegisterDelayedCallback(func() {
+			v, err := h.env.QueryWorkflow(intervention.QueryStatus)
+			var st intervention.Status
+			if err == nil {
+				err = v.Get(&st)
+			}
+			steps = append(steps, fmt.Sprint(st.Step, err))
+		}, at)
+	}
 	h.update(2*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 	if err := h.env.GetWorkflowError(); err != nil {
@@ -1003,6 +1016,9 @@ func TestStaleOverdueNoticeIsNotResent(t *testing.T) {
 	}
 	if len(*resent) != 1 || (*resent)[0] != "clinics/north/reminders/other" {
 		t.Fatalf("resent %v; want only the reminder unrelated to the moved meeting", *resent)
+	}
+	if fmt.Sprint(steps) != "[awaiting_outcome<nil> preparing<nil>]" {
+		t.Fatalf("status steps before and after the move %v; want awaiting_outcome, then preparing", steps)
 	}
 }
 
