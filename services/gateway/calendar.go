@@ -26,9 +26,12 @@ const calendarRoute = "GET /calendar/v1/clinics/{clinic}/calendarFeeds/{file}"
 // as grpc-gateway answers a cancelled call on /v1).
 const statusClientClosed = 499
 
-// calendarFeed serves a calendar feed as text/calendar. Any failure to
-// find the feed, including a wrong or revoked token, is the same 404. The
-// token is never logged: the request log and traces carry the path only.
+// calendarFeed serves a calendar feed as text/calendar. A feed not found,
+// or a wrong token, is the same 404; a revoked or lapsed feed's token reads
+// a calendar without meetings that says why (calendar apps keep showing
+// the last answer on an error, meetings moved or called off since among
+// it). The token is never logged: the request log and traces carry the
+// path only.
 func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout time.Duration, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The address is a secret and the answer a record of meetings: no

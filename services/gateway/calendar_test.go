@@ -26,8 +26,8 @@ import (
 )
 
 // A calendar app subscribes to a feed over plain HTTP with no bearer token;
-// a reschedule shows as the same event, and a revoked or wrong token is a
-// 404.
+// a reschedule shows as the same event, a wrong token is a 404, and a
+// revoked feed's token reads a calendar without meetings.
 func TestCalendarFeedOverHTTP(t *testing.T) {
 	_, famSchema := pgtest.Schema(t, families.Migrations()...)
 	_, ivSchema := pgtest.Schema(t, interventions.Migrations()...)
