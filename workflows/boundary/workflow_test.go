@@ -1938,23 +1938,35 @@ func TestFamilyClosedMidwayEndsQuietly(t *testing.T) {
 	}
 }
 
-// The family's case is closed between two check-ins: the read before the
-// next one shows it, and the workflow ends as done, sending nothing more.
-func TestFamilyClosedBeforeACheckInEndsQuietly(t *testing.T) {
-	h := newHarness(t, "CURRENT")
-	h.env.RegisterDelayedCallback(func() { h.safety.Closed = true }, 3*day)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	var res boundary.Result
-	if err := h.env.GetWorkflowResult(&res); err != nil {
-		t.Fatalf("workflow error = %v; want it ended", err)
-	}
-	if res.Summary != boundary.SummaryFamilyClosed || res.CheckIns != 1 || len(h.proposed) != 0 {
-		t.Fatalf("result %+v, proposed %v; want the family closed after the first check-in, nothing proposed", res, h.proposed)
-	}
-	for _, r := range h.reminders {
-		if r.Due.After(h.t0.Add(3 * day)) {
-			t.Fatalf("a reminder sent after the family was closed: %+v", r)
-		}
+// The family's case is closed, or its loved one enters treatment (the
+// cancel from TreatmentEntered missed), between two check-ins: the read
+// before the next one shows it, and the workflow ends as done, sending
+// nothing more.
+func TestFamilyClosedOrInTreatmentBeforeACheckInEndsQuietly(t *testing.T) {
+	for _, c := range []struct {
+		summary string
+		set     func(*activities.Safety)
+	}{
+		{boundary.SummaryFamilyClosed, func(s *activities.Safety) { s.Closed = true }},
+		{boundary.SummaryInTreatment, func(s *activities.Safety) { s.InTreatment = true }},
+	} {
+		t.Run(c.summary, func(t *testing.T) {
+			h := newHarness(t, "CURRENT")
+			h.env.RegisterDelayedCallback(func() { c.set(&h.safety) }, 3*day)
+			h.env.ExecuteWorkflow(boundary.Name, input(1))
+			var res boundary.Result
+			if err := h.env.GetWorkflowResult(&res); err != nil {
+				t.Fatalf("workflow error = %v; want it ended", err)
+			}
+			if res.Summary != c.summary || res.CheckIns != 1 || len(h.proposed) != 0 {
+				t.Fatalf("result %+v, proposed %v; want it ended after the first check-in, nothing proposed", res, h.proposed)
+			}
+			for _, r := range h.reminders {
+				if r.Due.After(h.t0.Add(3 * day)) {
+					t.Fatalf("a reminder sent after the read that ends it: %+v", r)
+				}
+			}
+		})
 	}
 }
 
@@ -1972,26 +1984,5 @@ func TestFollowUpOfAFamilyInTreatmentEndsQuietly(t *testing.T) {
 	}
 	if res.Summary != boundary.SummaryInTreatment || len(h.reinforces) != 0 || len(h.proposed) != 0 || len(h.reminders) != 0 {
 		t.Fatalf("result %+v, reinforced %v, proposed %v, reminders %v; want it ended, nothing done", res, h.reinforces, h.proposed, h.reminders)
-	}
-}
-
-// A family whose loved one enters treatment between two check-ins, the
-// cancel from TreatmentEntered missed: the read before the next check-in
-// shows it, and the run ends, sending nothing more.
-func TestFamilyInTreatmentBeforeACheckInEndsQuietly(t *testing.T) {
-	h := newHarness(t, "CURRENT")
-	h.env.RegisterDelayedCallback(func() { h.safety.InTreatment = true }, 3*day)
-	h.env.ExecuteWorkflow(boundary.Name, input(1))
-	var res boundary.Result
-	if err := h.env.GetWorkflowResult(&res); err != nil {
-		t.Fatalf("workflow error = %v; want it ended", err)
-	}
-	if res.Summary != boundary.SummaryInTreatment || res.CheckIns != 1 || len(h.proposed) != 0 {
-		t.Fatalf("result %+v, proposed %v; want it ended after the first check-in, nothing proposed", res, h.proposed)
-	}
-	for _, r := range h.reminders {
-		if r.Due.After(h.t0.Add(3 * day)) {
-			t.Fatalf("a reminder sent after the loved one entered treatment: %+v", r)
-		}
 	}
 }
