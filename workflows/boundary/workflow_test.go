@@ -1126,26 +1126,12 @@ func TestEachHoldOfTheNextMeetingIsTold(t *testing.T) {
 // safe. Before the screen, a failed one is sent again.
 func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
 	h := newHarness(t, "CURRENT")
-	h.nameFor = func(r activities.ReminderRequest) string {
-		if r.To.Kind == "member" {
-			return fmt.Sprintf("clinics/north/reminders/%s-%s-%d", r.To.ID, r.Kind, len(h.reminders))
-		}
-		return "clinics/north/reminders/r"
-	}
+	h.nameMembers()
 	resent := h.resends()
-	failed := func(kind string) func() {
-		return func() {
-			for i, r := range h.reminders {
-				if r.To.ID == "mom" && r.Kind == kind {
-					h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: fmt.Sprintf("clinics/north/reminders/mom-%s-%d", kind, i+1)})
-				}
-			}
-		}
-	}
 	// Mom's boundary reminder fails while the family is safe; her day-1
 	// check-in fails too, and a screen finds risk before it is sent again.
-	h.env.RegisterDelayedCallback(failed("BOUNDARY_REMINDER"), 2*time.Hour)
-	h.env.RegisterDelayedCallback(failed("CHECK_IN"), day+time.Hour)
+	h.env.RegisterDelayedCallback(func() { h.failMom("BOUNDARY_REMINDER") }, 2*time.Hour)
+	h.env.RegisterDelayedCallback(func() { h.failMom("CHECK_IN") }, day+time.Hour)
 	h.screened("HIGH_RISK", day+time.Hour+5*time.Minute)
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 3*day)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
@@ -1171,24 +1157,35 @@ func TestARiskyScreenAfterReinforcementHoldsWhatMembersWereSent(t *testing.T) {
 	}
 }
 
-// A member's reminder that failed is not sent again to a family whose loved
-// one entered treatment since the run last read it.
-func TestNoResendToAFamilyInTreatment(t *testing.T) {
-	h := newHarness(t, "CURRENT")
+// nameMembers names each reminder to a member by its recipient, kind and
+// order (failMom's names); the rest are clinics/north/reminders/r.
+func (h *harness) nameMembers() {
 	h.nameFor = func(r activities.ReminderRequest) string {
 		if r.To.Kind == "member" {
 			return fmt.Sprintf("clinics/north/reminders/%s-%s-%d", r.To.ID, r.Kind, len(h.reminders))
 		}
 		return "clinics/north/reminders/r"
 	}
+}
+
+// failMom signals that mom's reminders of kind sent so far failed.
+func (h *harness) failMom(kind string) {
+	for i, r := range h.reminders {
+		if r.To.ID == "mom" && r.Kind == kind {
+			h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: fmt.Sprintf("clinics/north/reminders/mom-%s-%d", kind, i+1)})
+		}
+	}
+}
+
+// A member's reminder that failed is not sent again to a family whose loved
+// one entered treatment since the run last read it.
+func TestNoResendToAFamilyInTreatment(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.nameMembers()
 	resent := h.resends()
 	h.env.RegisterDelayedCallback(func() {
 		h.safety.InTreatment = true
-		for i, r := range h.reminders {
-			if r.To.ID == "mom" && r.Kind == "BOUNDARY_REMINDER" {
-				h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: fmt.Sprintf("clinics/north/reminders/mom-BOUNDARY_REMINDER-%d", i+1)})
-			}
-		}
+		h.failMom("BOUNDARY_REMINDER")
 	}, 2*time.Hour)
 	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 20*time.Hour)
 	h.env.ExecuteWorkflow(boundary.Name, input(1))
