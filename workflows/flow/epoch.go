@@ -55,8 +55,9 @@ var epochs = []epoch{
 		// matintake: asked only when an escalated intake is cancelled; in
 		// every run
 		"escalated-past-cancel", "intake-target-nudge",
-		// intervention: asked only on a yes with other services accepted
-		"accepted-beside-reason",
+		// intervention: asked only on a yes with other services accepted;
+		// only at a move while no place is held and the counselor was told
+		"accepted-beside-reason", "hold-notice-after-move",
 		// boundary: asked only after a partial yes to naloxone
 		"accepted-naloxone-once",
 	)},

@@ -116,14 +116,17 @@ type wf struct {
 	holdExpiry   time.Time
 	nextHoldTry  time.Time
 	holdNotified bool
-	holdUnsure   bool // a hold try ended without an answer; see releaseHold
-	overdueSent  bool
-	escalated    bool
-	outcome      *Outcome
-	cancel       *Cancel
-	rearm        bool
-	moved        bool // a reschedule to rearm for moved the start or zone; see stretched
-	replan       bool
+	// holdNotices counts the moves after which the counselor may be told
+	// again that no place is held (versionHoldNoticeAfterMove).
+	holdNotices int
+	holdUnsure  bool // a hold try ended without an answer; see releaseHold
+	overdueSent bool
+	escalated   bool
+	outcome     *Outcome
+	cancel      *Cancel
+	rearm       bool
+	moved       bool // a reschedule to rearm for moved the start or zone; see stretched
+	replan      bool
 	// refusedAt, when set, is the time of a meeting reminder the service
 	// refused as to someone no longer taking part: the plan is stale, and
 	// the replan it started makes whatever fell due from then (see due).
@@ -600,8 +603,20 @@ func (w *wf) rescheduled(ctx workflow.Context) error {
 	if err := w.releaseOutlived(ctx, "rescheduled past the hold"); err != nil {
 		return err
 	}
+	if w.holdNotified && w.hold.Hold == "" && flow.Version(ctx, versionHoldNoticeAfterMove, 1) >= 1 {
+		// The move cancelled the meeting's reminders, this notice among
+		// them if it had yet to go out: the next try that finds no place
+		// tells the counselor again, under a request id of its own.
+		w.holdNotified = false
+		w.holdNotices++
+	}
 	return w.arm(ctx)
 }
+
+// versionHoldNoticeAfterMove guards telling the counselor again, after a
+// move, that no program could hold a place. Before, the notice was sent
+// once a run, and a move before it was delivered cancelled it for good.
+const versionHoldNoticeAfterMove = "hold-notice-after-move"
 
 // followMeetingZone gives the participants who gave no zone of their own
 // (EventZone) the meeting's zone as the workflow knows it: a reschedule to
@@ -919,8 +934,12 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		// Not tied to the meeting's time, as the overdue notices are: it
 		// names none, and is sent once a run (holdNotified), so a refusal
 		// for a meeting moved meanwhile would lose it for good.
+		purpose := "hold-unavailable"
+		if w.holdNotices > 0 {
+			purpose = fmt.Sprintf("hold-unavailable|%d", w.holdNotices)
+		}
 		err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
-			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", "hold-unavailable")
+			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", purpose)
 		if err != nil && w.pastFailedNotice(ctx, err, "hold unavailable") {
 			return nil
 		}

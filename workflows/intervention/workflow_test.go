@@ -858,6 +858,26 @@ func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
 	}
 }
 
+// A move cancels the meeting's reminders, the notice that no place is held
+// among them if it had yet to go out: the next try that finds no place
+// tells the counselor again, under a request id of its own.
+func TestNoCapacityIsToldAgainAfterAMove(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
+		return activities.HoldResult{}, temporal.NewNonRetryableApplicationError("full", "NO_CAPACITY", errors.New("full"))
+	}
+	h.update(24*time.Hour+time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: h.start.Add(24 * time.Hour), Duration: time.Hour}, nil)
+	h.update(5*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	told := h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")
+	if len(told) != 2 || told[0].RequestID == told[1].RequestID {
+		t.Fatalf("counselor told %+v; want twice, once before the move and once after, each under its own id", told)
+	}
+}
+
 // A referrals service that keeps failing delays neither the reminders due
 // with the hold nor the next ones: a try gives up within its budget and
 // is made again within the half hour, not after a day of retries.
