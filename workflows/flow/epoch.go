@@ -58,6 +58,9 @@ var epochs = []epoch{
 		// intervention: asked only on a yes with other services accepted;
 		// only at a move while no place is held and the counselor was told
 		"accepted-beside-reason", "hold-notice-after-move",
+		// intervention: asked only when a called-off notice goes to
+		// someone with quiet hours
+		"called-off-until-quiet",
 		// boundary: asked only after a partial yes to naloxone
 		"accepted-naloxone-once",
 	)},

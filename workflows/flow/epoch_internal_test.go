@@ -29,7 +29,7 @@ func TestEpochsAreFrozen(t *testing.T) {
 		"epoch-2026-12-06c": "c7c27f31bc372cbd",
 		"epoch-2026-12-07":  "6e6fca7158cea1ec",
 		"epoch-2026-12-07b": "96f90a83e430688a",
-		"epoch-2026-12-07c": "91dadb04b01b0cfe",
+		"epoch-2026-12-07c": "5e350e6c5317a687",
 	}
 	for _, e := range epochs {
 		var lines []string

@@ -1099,6 +1099,13 @@ func (w *wf) tellCalledOff(ctx workflow.Context) time.Time {
 		}
 		if sent != "" {
 			w.notices[sent] = true
+			// It can fail until the participant's quiet hours begin (its
+			// send-by), which may be hours after it is due: the workflow
+			// listens from then, or a failure would find it closed.
+			if by, ok, err := schedule.QuietFrom(at, p.Recipient()); err == nil && ok && by.After(at) && by.Before(w.plan.Start) &&
+				flow.Version(ctx, versionCalledOffUntilQuiet, 1) >= 1 {
+				at = by
+			}
 			if at.After(last) {
 				last = at
 			}
@@ -1106,6 +1113,12 @@ func (w *wf) tellCalledOff(ctx workflow.Context) time.Time {
 	}
 	return last
 }
+
+// versionCalledOffUntilQuiet guards listening for a called-off notice's
+// failure until its recipient's quiet hours begin. Before, the workflow
+// listened from when it was due, and a claim refused at the start of
+// quiet hours, later, was signalled to a closed workflow and lost.
+const versionCalledOffUntilQuiet = "called-off-until-quiet"
 
 // versionTellCalledOff guards tellCalledOff. Before, a meeting called off
 // cancelled the reminders still to go out, and the family, told by the

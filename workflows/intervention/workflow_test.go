@@ -675,6 +675,33 @@ func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
 	}
 }
 
+// A called-off notice can fail until its recipient's quiet hours begin,
+// hours after it is due: the workflow is still open then, and sends it
+// again. Mom's quiet hours are 21:00 to 08:00 in New York; called off at
+// 07:00 there, the notice is due at 08:00 and fails at 21:00.
+func TestCalledOffNoticeFailingAtQuietHoursIsResent(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	var resent []string
+	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
+		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
+			resent = append(resent, in.Failed)
+			return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
+		})
+	cancelAt := 2 * 24 * time.Hour
+	h.update(cancelAt, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: h.sent.nameOf("INTERVENTION_CANCELLED")})
+	}, cancelAt+14*time.Hour+30*time.Minute) // 21:30 in New York
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	var res intervention.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	if len(resent) != 1 || resent[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
+		t.Fatalf("resent %v; want the notice that failed as quiet hours began sent again", resent)
+	}
+}
+
 // A cancel through Temporal (an operator's) while the workflow listens for
 // its called-off notices' failures ends the listen: the resends it would
 // wait for are cut short with the run.
