@@ -127,8 +127,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// call; no client of this API needs it.
 		runtime.WithDisableHTTPMethodOverride(),
 		// Nor may a form POST with no body (which jsonOnly lets by) be
-		// served as the path's GET, PATCH or DELETE, one picked at random:
-		// a verb the path does not take is a 405.
+		// served as the path's GET (or answered 405 or not, as the walk of
+		// a map goes): a verb the path does not take is a 405.
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),

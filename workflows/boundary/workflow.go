@@ -45,7 +45,8 @@ type Input struct {
 	// when it starts.
 	MeetingStart time.Time
 	// Accepted are the services the loved one accepted at the refused
-	// meeting (a partial yes), which its workflow referred already.
+	// meeting (a partial yes, or a no with harm reduction accepted) that
+	// its workflow referred already; none if those referrals failed.
 	Accepted []string `json:",omitempty"`
 	State    *State
 }
@@ -885,8 +886,8 @@ func (w *wf) refer(ctx workflow.Context) error {
 
 // versionAcceptedNaloxone guards leaving out the naloxone referral when
 // the loved one accepted naloxone at the refused meeting, whose workflow
-// referred it: before, the program got two. Asked only then, in a new
-// epoch.
+// referred it: before, the program got two. Asked only then (after a
+// refusal with naloxone accepted), in a new epoch.
 const versionAcceptedNaloxone = "accepted-naloxone-once"
 
 func (w *wf) harmReduction(ctx workflow.Context, urgency, purpose string, kinds ...string) error {

@@ -61,7 +61,7 @@ var epochs = []epoch{
 		// intervention: asked only when a called-off notice goes to
 		// someone with quiet hours
 		"called-off-until-quiet",
-		// boundary: asked only after a partial yes to naloxone
+		// boundary: asked only after a refusal with naloxone accepted
 		"accepted-naloxone-once",
 	)},
 	{"epoch-2026-12-07b", eleventhEpoch},
@@ -272,6 +272,9 @@ var sensitive = map[string]bool{
 	"boundary-reads-closed": true, "gate-on-current-screen": true, "tighten-keeps-sooner": true,
 	"boundary-tidy-on-cancel": true, "boundary-ends-in-treatment": true, "window-before-screen": true,
 	"unread-screen-waits": true, "accepted-naloxone-once": true,
+	// intervention: asked on a yes with other services accepted, the
+	// partial yes to care without medication among them
+	"accepted-beside-reason": true,
 	// matintake
 	"listen-after-failure": true, "entered-past-failed-support": true, "stall-review-best-effort": true,
 	"review-stalled-intake": true, "escalated-past-cancel": true,

@@ -244,7 +244,7 @@ func sensitiveFlow(ctx workflow.Context) ([]workflow.Version, error) {
 			flow.Version(ctx, "entered-past-failed-support", 1), flow.Version(ctx, "hear-alerts-out", 1),
 			flow.Version(ctx, "boundary-ends-in-treatment", 1), flow.Version(ctx, "escalated-past-cancel", 1),
 			flow.Version(ctx, "window-before-screen", 1), flow.Version(ctx, "unread-screen-waits", 1),
-			flow.Version(ctx, "accepted-naloxone-once", 1)))
+			flow.Version(ctx, "accepted-naloxone-once", 1), flow.Version(ctx, "accepted-beside-reason", 1)))
 }
 
 // seventhEpochFreshFlow is what every workflow ran under code that knew

@@ -117,16 +117,19 @@ type wf struct {
 	nextHoldTry  time.Time
 	holdNotified bool
 	// holdNotices counts the moves after which the counselor may be told
-	// again that no place is held (versionHoldNoticeAfterMove).
-	holdNotices int
-	holdUnsure  bool // a hold try ended without an answer; see releaseHold
-	overdueSent bool
-	escalated   bool
-	outcome     *Outcome
-	cancel      *Cancel
-	rearm       bool
-	moved       bool // a reschedule to rearm for moved the start or zone; see stretched
-	replan      bool
+	// again that no place is held (versionHoldNoticeAfterMove);
+	// holdNoticeOf maps each such notice made to the count it was made
+	// at: one of an earlier count is not sent again (a newer one says it).
+	holdNotices  int
+	holdNoticeOf map[string]int
+	holdUnsure   bool // a hold try ended without an answer; see releaseHold
+	overdueSent  bool
+	escalated    bool
+	outcome      *Outcome
+	cancel       *Cancel
+	rearm        bool
+	moved        bool // a reschedule to rearm for moved the start or zone; see stretched
+	replan       bool
 	// refusedAt, when set, is the time of a meeting reminder the service
 	// refused as to someone no longer taking part: the plan is stale, and
 	// the replan it started makes whatever fell due from then (see due).
@@ -177,7 +180,7 @@ const (
 func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	ctx = flow.BeginEpoch(ctx)
 	w := &wf{in: in, step: StepPreparing, upcoming: map[string]int{}, sentTo: map[string]string{}, notices: map[string]bool{},
-		chasers: map[string]int{}, refused: map[string]bool{}, invited: map[string]bool{}}
+		chasers: map[string]int{}, refused: map[string]bool{}, invited: map[string]bool{}, holdNoticeOf: map[string]int{}}
 	if err := w.setup(ctx); err != nil {
 		return Result{}, err
 	}
@@ -715,6 +718,11 @@ func (w *wf) staleReminder(ctx workflow.Context, first string) bool {
 	if ok && g != w.generation {
 		return true
 	}
+	// A notice that no place is held, from before a move that lets the
+	// next one say so again.
+	if n, held := w.holdNoticeOf[first]; held && n != w.holdNotices {
+		return true
+	}
 	// An outcome chased for a meeting a reschedule has moved since: its
 	// outcome is not due yet. A run begun before this change sent it.
 	if g, ok := w.chasers[first]; ok && g != w.generation && flow.Version(ctx, versionStaleChasers, 1) >= 1 {
@@ -897,7 +905,7 @@ func (w *wf) interrupted(ctx workflow.Context) bool {
 }
 
 // takeHold holds a treatment slot; when no program has one it tells the
-// counselor (once) and tries again later. A bounded try gives up after
+// counselor (once a plan) and tries again later. A bounded try gives up after
 // holdBudget and, unless no program had room, tries again sooner.
 func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 	expiry := w.end().Add(w.settings.HoldSlack)
@@ -922,8 +930,8 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		w.nextHoldTry = workflow.Now(ctx).Add(w.settings.HoldRetry)
 		if bounded && activities.ErrorType(err) != "NO_CAPACITY" {
 			// A service that did not answer says nothing of the programs'
-			// room: try again soon, and keep the counselor's one notice
-			// for when no program has a place.
+			// room: try again soon, and keep the counselor's notice for
+			// when no program has a place.
 			w.nextHoldTry = workflow.Now(ctx).Add(min(holdOutageRetry, w.settings.HoldRetry))
 			return nil
 		}
@@ -932,14 +940,17 @@ func (w *wf) takeHold(ctx workflow.Context, bounded bool) error {
 		}
 		w.holdNotified = true
 		// Not tied to the meeting's time, as the overdue notices are: it
-		// names none, and is sent once a run (holdNotified), so a refusal
-		// for a meeting moved meanwhile would lose it for good.
+		// names none, and is sent once a plan (holdNotified, reset by a
+		// move), so a refusal for a meeting moved meanwhile would lose it.
 		purpose := "hold-unavailable"
 		if w.holdNotices > 0 {
 			purpose = fmt.Sprintf("hold-unavailable|%d", w.holdNotices)
 		}
-		err := flow.Remind(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
-			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", purpose)
+		name, err := flow.RemindAt(ctx, w.plan.Clinic, w.plan.Counselor, "TREATMENT_HOLD_UNAVAILABLE", w.in.Intervention,
+			"No program could hold a place ahead of the family meeting yet; Handoff will keep trying.", purpose, time.Time{})
+		if name != "" {
+			w.holdNoticeOf[name] = w.holdNotices
+		}
 		if err != nil && w.pastFailedNotice(ctx, err, "hold unavailable") {
 			return nil
 		}
@@ -1217,16 +1228,24 @@ func (w *wf) followUp(ctx workflow.Context) (Result, error) {
 		if err := w.releaseHold(ctx, flow.Soon(ctx, holdBudget), "treatment not accepted"); err != nil && !w.pastFailedRelease(ctx, err) {
 			return Result{}, err
 		}
+		// What was referred here, which the boundary workflow does not
+		// refer again: nothing if the referrals failed (the counselor is
+		// asked to make them), so that its own naloxone referral stands.
+		var referred []string
 		if len(o.AcceptedServices) > 0 {
-			if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
+			err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
 				Family: w.plan.Family, Intervention: w.in.Intervention, Kinds: o.AcceptedServices, Urgency: "URGENT",
 				RequestID: flow.RequestID(ctx, "accepted-services"),
-			}); err != nil && !w.pastFailedReferrals(ctx, err) {
+			})
+			if err != nil && !w.pastFailedReferrals(ctx, err) {
 				return Result{}, err
+			}
+			if err == nil {
+				referred = o.AcceptedServices
 			}
 		}
 		res.Child = ids.Boundary(w.plan.Family)
-		out, err := w.boundary(ctx, res.Child, o)
+		out, err := w.boundary(ctx, res.Child, o, referred)
 		if err != nil {
 			return Result{}, err
 		}
@@ -1433,14 +1452,14 @@ const versionStopBoundaryByOrigin = "stop-boundary-by-origin"
 
 // boundary starts the family's boundary workflow, or, when one already runs
 // for this family after an earlier refusal, tells it about this one.
-func (w *wf) boundary(ctx workflow.Context, id string, o Outcome) (string, error) {
+func (w *wf) boundary(ctx workflow.Context, id string, o Outcome, referred []string) (string, error) {
 	in := boundary.Input{Family: w.plan.Family, Clinic: w.plan.Clinic, Intervention: w.in.Intervention,
-		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start, Accepted: o.AcceptedServices}
+		Level: w.plan.Level, Outcome: o.Kind, Counselor: w.plan.Counselor, MeetingStart: w.plan.Start, Accepted: referred}
 	// The boundary path outlives its parent's end (the parent may time out
 	// or be terminated while the family still needs it). Cancelling the
 	// parent, an operator's deliberate stop, cancels it too.
 	return startOrRestartBoundary(w.child(ctx, id, enumspb.PARENT_CLOSE_POLICY_ABANDON), id, in,
-		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind, Accepted: o.AcceptedServices})
+		boundary.Restart{Intervention: w.in.Intervention, Level: w.plan.Level, Outcome: o.Kind, Accepted: referred})
 }
 
 // versionBoundaryCancelled guards ending normally when the boundary child

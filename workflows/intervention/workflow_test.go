@@ -890,10 +890,16 @@ func TestNoCapacityRetriesAndTellsCounselorOnce(t *testing.T) {
 // tells the counselor again, under a request id of its own.
 func TestNoCapacityIsToldAgainAfterAMove(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
+	resent := h.resends()
 	h.hold = func(activities.HoldRequest) (activities.HoldResult, error) {
 		return activities.HoldResult{}, temporal.NewNonRetryableApplicationError("full", "NO_CAPACITY", errors.New("full"))
 	}
 	h.update(24*time.Hour+time.Hour, intervention.UpdateReschedule, intervention.Reschedule{Start: h.start.Add(24 * time.Hour), Duration: time.Hour}, nil)
+	// The first notice's failure comes after the move: not sent again, as
+	// the next try says it anew.
+	h.env.RegisterDelayedCallback(func() {
+		h.env.SignalWorkflow(flow.SignalReminderFailed, flow.ReminderFailed{Reminder: h.sent.nameOf("TREATMENT_HOLD_UNAVAILABLE")})
+	}, 24*time.Hour+2*time.Hour)
 	h.update(5*24*time.Hour+2*time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "POSTPONED"}, nil)
 	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
 	if err := h.env.GetWorkflowError(); err != nil {
@@ -902,6 +908,9 @@ func TestNoCapacityIsToldAgainAfterAMove(t *testing.T) {
 	told := h.sent.byKind("TREATMENT_HOLD_UNAVAILABLE")
 	if len(told) != 2 || told[0].RequestID == told[1].RequestID {
 		t.Fatalf("counselor told %+v; want twice, once before the move and once after, each under its own id", told)
+	}
+	if len(*resent) != 0 {
+		t.Fatalf("resent %v; want the notice from before the move left, the new one saying it", *resent)
 	}
 }
 
@@ -1147,6 +1156,11 @@ func TestPartiallyAcceptedRoutesToAcceptedServiceAndBoundaries(t *testing.T) {
 	if len(h.released) != 1 || boundaryIn.Outcome != "PARTIALLY_ACCEPTED" || boundaryIn.Family != "clinics/north/families/f1" {
 		t.Fatalf("released %v, boundary input %+v", h.released, boundaryIn)
 	}
+	// The boundary workflow hears what was referred, and does not refer
+	// it again.
+	if fmt.Sprint(boundaryIn.Accepted) != "[HARM_REDUCTION_NALOXONE]" {
+		t.Fatalf("boundary input accepted %v; want the naloxone referred", boundaryIn.Accepted)
+	}
 }
 
 // partialRefusal runs a meeting whose outcome accepts harm reduction only,
@@ -1339,6 +1353,10 @@ func TestFailedSupportReferralsStopNoFollowUp(t *testing.T) {
 	}
 	if boundaryIn.Outcome != "DECLINED" {
 		t.Fatalf("boundary input %+v; want the boundary workflow started for the refusal", *boundaryIn)
+	}
+	// Not referred here, the naloxone is the boundary workflow's to refer.
+	if len(boundaryIn.Accepted) != 0 {
+		t.Fatalf("boundary input accepted %v; want nothing, as nothing was referred", boundaryIn.Accepted)
 	}
 	told := h.sent.byKind("REFERRAL_ESCALATION")
 	if len(told) != 1 || told[0].To.ID != "counselor-1" || !strings.Contains(told[0].Message, "by hand") {
