@@ -638,12 +638,7 @@ func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
 			// The meeting is four days on at noon UTC: the first reminder
 			// (three days ahead) went out on the first day.
 			h := newHarness(t, 4*24*time.Hour, defaults())
-			var resent []string
-			h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
-				func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
-					resent = append(resent, in.Failed)
-					return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
-				})
+			resent := h.resends()
 			h.update(c.cancelAt, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
 			h.env.RegisterDelayedCallback(func() {
 				if n := h.sent.nameOf("INTERVENTION_CANCELLED"); n != "" {
@@ -660,16 +655,16 @@ func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
 				t.Fatalf("called-off notices %+v; want %d", told, c.told)
 			}
 			if c.told == 0 {
-				if len(resent) != 0 {
-					t.Fatalf("resent %v; want nothing", resent)
+				if len(*resent) != 0 {
+					t.Fatalf("resent %v; want nothing", *resent)
 				}
 				return
 			}
 			if n := told[0]; n.To.ID != "mom" || n.Related != name || !strings.Contains(n.Message, "called off") || !n.AwakeBy.Equal(h.start) {
 				t.Fatalf("notice %+v; want mom told the meeting is called off, out of her quiet hours", n)
 			}
-			if len(resent) != 1 || resent[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
-				t.Fatalf("resent %v; want the failed notice sent again", resent)
+			if len(*resent) != 1 || (*resent)[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
+				t.Fatalf("resent %v; want the failed notice sent again", *resent)
 			}
 		})
 	}
@@ -681,12 +676,7 @@ func TestCalledOffMeetingIsToldToThoseReminded(t *testing.T) {
 // 07:00 there, the notice is due at 08:00 and fails at 21:00.
 func TestCalledOffNoticeFailingAtQuietHoursIsResent(t *testing.T) {
 	h := newHarness(t, 4*24*time.Hour, defaults())
-	var resent []string
-	h.env.OnActivity(flow.A.Resend, mock.Anything, mock.Anything).Return(
-		func(_ context.Context, in activities.ResendRequest) (activities.Resent, error) {
-			resent = append(resent, in.Failed)
-			return activities.Resent{Reminder: "clinics/north/reminders/again", FailsBy: in.Due}, nil
-		})
+	resent := h.resends()
 	cancelAt := 2 * 24 * time.Hour
 	h.update(cancelAt, intervention.UpdateCancel, intervention.Cancel{Reason: "family moved"}, nil)
 	h.env.RegisterDelayedCallback(func() {
@@ -697,8 +687,8 @@ func TestCalledOffNoticeFailingAtQuietHoursIsResent(t *testing.T) {
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "CANCELLED" {
 		t.Fatalf("result %+v, %v", res, err)
 	}
-	if len(resent) != 1 || resent[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
-		t.Fatalf("resent %v; want the notice that failed as quiet hours began sent again", resent)
+	if len(*resent) != 1 || (*resent)[0] != h.sent.nameOf("INTERVENTION_CANCELLED") {
+		t.Fatalf("resent %v; want the notice that failed as quiet hours began sent again", *resent)
 	}
 }
 
