@@ -1176,6 +1176,22 @@ func TestUnbookedIntakeIsToldAtTheTarget(t *testing.T) {
 	}
 }
 
+// A referral that cannot be read at the intake target does not end the
+// intake: the notice is advice, and the overdue alert still comes.
+func TestUnreadableReferralAtTheTargetEndsNothing(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	h.statusErr = temporal.NewNonRetryableApplicationError("refused", "FailedPrecondition", errors.New("refused"))
+	h.env.RegisterDelayedCallback(h.env.CancelWorkflow, 80*time.Hour)
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	if err := h.env.GetWorkflowError(); !temporal.IsCanceledError(err) {
+		t.Fatalf("workflow error %v; want the intake followed until its cancel", err)
+	}
+	if n := len(h.kinds("INTAKE_OVERDUE")); n != 1 {
+		t.Fatalf("overdue notices %d; want the 72-hour alert alone", n)
+	}
+}
+
 // The next program's referral, made after a rejection, is not asked about
 // as stalled before its own IntakeAlert has passed.
 func TestStallReviewStartsAgainForTheNextProgram(t *testing.T) {
