@@ -1172,6 +1172,10 @@ func (s *Server) RecordOutcome(ctx context.Context, req *interventionsv1.RecordO
 		})
 }
 
+// workflowHeldNote is the note of a TREATMENT_OPTION_HELD item whose
+// place the workflows held.
+const workflowHeldNote = "held by the workflow"
+
 // checklistOpen refuses a checklist update of a meeting past preparing:
 // only a draft or a scheduled one is prepared.
 func checklistOpen(iv *interventionsv1.Intervention) error {
@@ -1245,7 +1249,20 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 			}
 			item := next.Checklist[i]
 			wasDone := item.GetDone()
-			item.Done, item.Note, item.Hold = req.GetDone(), req.GetNote(), req.GetHold()
+			item.Done, item.Hold = req.GetDone(), req.GetHold()
+			switch {
+			case !worker:
+				item.Note = req.GetNote()
+			case hold != nil && (item.GetNote() == "" || item.GetNote() == workflowHeldNote):
+				// The worker's tick writes no note of its own: what a
+				// counselor wrote stays, and the item says the workflows
+				// held the place only when they did (not a counselor's
+				// place they adopted, after one of theirs went back).
+				item.Note = ""
+				if hold.GetWorkflowHeld() {
+					item.Note = workflowHeldNote
+				}
+			}
 			switch {
 			case !req.GetDone():
 				item.DoneBy, item.DoneTime = "", nil

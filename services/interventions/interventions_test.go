@@ -2429,8 +2429,10 @@ func (h holdsListed) ListHolds(_ context.Context, in *referralsv1.ListHoldsReque
 		return nil, status.Errorf(codes.InvalidArgument, "unexpected filter %q", in.GetFilter())
 	}
 	iv, _ = strconv.Unquote(iv)
-	return &referralsv1.ListHoldsResponse{Holds: []*referralsv1.Hold{{Name: "clinics/north/holds/for-" + path.Base(iv), Intervention: iv,
-		Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD}}}, nil
+	return &referralsv1.ListHoldsResponse{Holds: []*referralsv1.Hold{
+		{Name: "clinics/north/holds/for-" + path.Base(iv), Intervention: iv, Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD,
+			WorkflowHeld: true},
+		{Name: "clinics/north/holds/by-hand-" + path.Base(iv), Intervention: iv, Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD}}}, nil
 }
 
 // convertedMeanwhile is holdsListed whose first listing lets meanwhile
@@ -3573,4 +3575,43 @@ func TestEndedReminderIsNoEtagMismatch(t *testing.T) {
 	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: "gw-1",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED, Etag: claimed.GetEtag()})
 	wantCode(t, err, codes.FailedPrecondition)
+}
+
+// The worker ticking a place keeps what the counselor wrote on the item,
+// and says the workflows held it only when they did: before, its "held by
+// the workflow" replaced any note, a counselor's place adopted included.
+func TestWorkerTickKeepsTheCounselorsNote(t *testing.T) {
+	t.Parallel()
+	family := &atomic.Value{}
+	f := setupHolds(t, nil, holdsListed{family: family})
+	family.Store(f.family.GetName())
+	iv := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	held := interventionsv1.ChecklistItemKind_CHECKLIST_ITEM_KIND_TREATMENT_OPTION_HELD
+	note := func(ctx context.Context, done bool, hold, note string) string {
+		t.Helper()
+		got, err := f.client.UpdateChecklistItem(ctx, &interventionsv1.UpdateChecklistItemRequest{Name: iv.GetName(), Kind: held,
+			Done: done, Hold: hold, Note: note})
+		if err != nil {
+			t.Fatalf("tick of %q: %v", hold, err)
+		}
+		i := slices.IndexFunc(got.GetChecklist(), func(it *interventionsv1.ChecklistItem) bool { return it.GetKind() == held })
+		if i < 0 || got.GetChecklist()[i].GetDone() != done || got.GetChecklist()[i].GetHold() != hold {
+			t.Fatalf("checklist %v; want TREATMENT_OPTION_HELD done %v with %q", got.GetChecklist(), done, hold)
+		}
+		return got.GetChecklist()[i].GetNote()
+	}
+	ours := "clinics/north/holds/for-" + path.Base(iv.GetName())
+	theirs := "clinics/north/holds/by-hand-" + path.Base(iv.GetName())
+	const counselors = "the family asks for a program near the bus line"
+	note(f.ctx, false, "", counselors)
+	if got := note(f.worker, true, ours, "held by the workflow"); got != counselors {
+		t.Fatalf("note %q after the worker's tick; want the counselor's kept", got)
+	}
+	note(f.ctx, false, "", "")
+	if got := note(f.worker, true, ours, ""); got != "held by the workflow" {
+		t.Fatalf("note %q after the worker ticked its own place on an item with none; want it said", got)
+	}
+	if got := note(f.worker, true, theirs, "held by the workflow"); got != "" {
+		t.Fatalf("note %q after the worker adopted a counselor's place; want the workflows' note gone", got)
+	}
 }

@@ -3014,7 +3014,9 @@ type UpdateChecklistItemRequest struct {
 	// Whether the item is done. Marking it done records who and when;
 	// marking it not done clears them.
 	Done bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
-	// The item's note; replaces the note it had. Empty clears it.
+	// The item's note; replaces the note it had. Empty clears it. The
+	// workflows' tick ignores it: a note a counselor wrote stays, and the
+	// service notes whether the workflows held the place themselves.
 	Note string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
 	// For TREATMENT_OPTION_HELD only: the referrals-service hold that keeps a
 	// treatment place for the loved one, `clinics/{clinic}/holds/{hold}`, in
