@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -45,6 +46,48 @@ type Event struct {
 // MaxRecords is the most names an event keeps of what a list returned:
 // the largest page a list gives.
 const MaxRecords = 1000
+
+// disclosed gathers the names of the records a call passes on in an
+// answer that is not a list (a calendar feed's export), for its record.
+type disclosed struct {
+	mu    sync.Mutex
+	names []string
+}
+
+type disclosedKey struct{}
+
+// Gathering returns ctx in which Disclose notes names for the call's
+// record, and a function that returns those noted so far.
+func Gathering(ctx context.Context) (context.Context, func() []string) {
+	d := &disclosed{}
+	return context.WithValue(ctx, disclosedKey{}, d), d.list
+}
+
+func (d *disclosed) list() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.names)
+}
+
+// Disclose notes that the call's answer holds the records named, so that
+// its audit record names each (at most MaxRecords), as a list's does. A
+// handler whose answer is not a list of records calls it, before the
+// call's first commit, which may carry the record (Stamp); without
+// Gathering it does nothing.
+func Disclose(ctx context.Context, names ...string) {
+	d, ok := ctx.Value(disclosedKey{}).(*disclosed)
+	if !ok {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, n := range names {
+		if len(d.names) == MaxRecords {
+			return
+		}
+		d.names = append(d.names, n)
+	}
+}
 
 // Recorder writes events to a service's audit_log, in the call's clinic
 // scope (row-level security checks the clinic).
@@ -142,6 +185,18 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	// the parent.
 	st := &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
 		Rename: func(resource string) []any { return args(Event{Resource: resource}.clean().Resource) }}
+	if d, ok := ctx.Value(disclosedKey{}).(*disclosed); ok {
+		// What the call noted up to its commit (Disclose) is named.
+		st.Fill = func(a []any) (string, []any) {
+			names := Event{Records: d.list()}.clean().Records
+			if len(names) == 0 {
+				return insert, a
+			}
+			a = slices.Clone(a)
+			a[len(a)-1] = names
+			return insertListed, a
+		}
+	}
 	if e.Elsewhere {
 		st.Within = e.Within(clinic)
 	}

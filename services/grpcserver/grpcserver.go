@@ -270,6 +270,8 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		// transaction: the record cannot be lost while the change stays,
 		// and the call waits for one commit, not two. Calls without one
 		// (reads, refusals, failures) are recorded below, on their own.
+		var disclosed func() []string
+		ctx, disclosed = audit.Gathering(ctx)
 		var stamp *pgdb.Stamp
 		if s, ok := i.audit.(Stamper); ok {
 			if stamp = s.Stamp(ctx, e); stamp != nil {
@@ -292,6 +294,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 				// pass on is recorded where it goes out (a disclosure, the
 				// feed's export).
 				e.Records = listedNames(resp)
+			}
+			if names := disclosed(); err == nil && len(names) > 0 {
+				// An answer that passes records on (a calendar feed's
+				// export) names them, whoever called.
+				e.Records = names
 			}
 			if name := createdName(e, resp); name != "" {
 				// A create answered without committing (a retry given

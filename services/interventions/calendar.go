@@ -22,6 +22,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
+	"github.com/handoff-health/handoff/services/audit"
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/idempotency"
@@ -296,7 +297,8 @@ func (s *Server) feedRead(ctx context.Context, r ref, lastRead time.Time) error 
 		return nil
 	}
 	// In a transaction, which writes the call's audit record with the
-	// change (pgdb.Stamp): a change never commits without its record.
+	// change (pgdb.Stamp): a change never commits without its record. The
+	// record names what the export noted before (audit.Disclose).
 	if err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, `UPDATE calendar_feeds SET last_read_time = $3
 			WHERE clinic = $1 AND id = $2 AND (last_read_time IS NULL OR last_read_time <= $4)`,
@@ -370,6 +372,13 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	events = append(events, intakes...)
+	for _, e := range events {
+		// The trail names each meeting and intake the calendar service
+		// was given, as a list's names what it showed.
+		if e.resource != "" {
+			audit.Disclose(ctx, e.resource)
+		}
+	}
 	if err := s.feedRead(ctx, r, feed.lastRead); err != nil {
 		return nil, err
 	}

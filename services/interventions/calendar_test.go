@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	ics "github.com/arran4/golang-ical"
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -173,6 +175,37 @@ func TestCalendarFeed(t *testing.T) {
 	if strings.Contains(raw, uid(draftOnly)) {
 		t.Fatal("a draft is in the feed")
 	}
+	// The trail names each meeting an export gave the calendar service:
+	// the first read's record goes with the feed's read time, the next's
+	// on its own. Before, neither named any.
+	exported := func(want int) {
+		t.Helper()
+		rows, err := f.pool.Query(context.Background(), `SELECT l.records, (SELECT count(*) FROM audit_records r WHERE r.audit_id = l.id)
+			FROM audit_log l WHERE l.method LIKE '%/ExportCalendarFeed' ORDER BY l.id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		type row struct {
+			Records []string
+			Rows    int
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := []string{moved.GetName(), dropped.GetName()}
+		slices.Sort(names)
+		for i, r := range got {
+			slices.Sort(r.Records)
+			if !slices.Equal(r.Records, names) || r.Rows != len(names) {
+				t.Errorf("export %d recorded %v (%d rows for the record filter); want %v", i+1, r.Records, r.Rows, names)
+			}
+		}
+		if len(got) != want {
+			t.Fatalf("%d exports recorded; want %d", len(got), want)
+		}
+	}
+	exported(1)
 
 	// A reschedule is the same event, newer.
 	newStart := start.Add(24 * time.Hour)
@@ -190,6 +223,7 @@ func TestCalendarFeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	cal, raw = export(t, f, feed.GetName(), token)
+	exported(2)
 	if len(cal.Events()) != 2 || strings.Contains(raw, uid(draftOnly)) {
 		t.Fatalf("%d events, want the two that were scheduled, not the draft cancelled:\n%s", len(cal.Events()), raw)
 	}

@@ -210,8 +210,12 @@ type Stamp struct {
 	// (a hold for a program) gives its clinic's.
 	Within string
 	Rename func(resource string) []any
-	taken  atomic.Bool // a transaction is writing it
-	wrote  atomic.Bool // a committed transaction holds it
+	// Fill, if set, gives the statement and arguments to write in place
+	// of SQL and the arguments chosen above, when the stamp is written:
+	// for a record that names what the call noted up to its commit.
+	Fill  func(args []any) (string, []any)
+	taken atomic.Bool // a transaction is writing it
+	wrote atomic.Bool // a committed transaction holds it
 }
 
 // takes reports whether a deferred stamp may name resource.
@@ -220,6 +224,14 @@ func (s *Stamp) takes(resource string) bool {
 		return strings.HasPrefix(resource, s.Within)
 	}
 	return strings.HasPrefix(resource, s.Resource+"/")
+}
+
+// statement is what writing s with args sends.
+func (s *Stamp) statement(args []any) (string, []any) {
+	if s.Fill != nil {
+		return s.Fill(args)
+	}
+	return s.SQL, args
 }
 
 // Written reports whether a committed transaction holds the stamp.
@@ -367,7 +379,8 @@ func (t *releasingTx) unclaim() {
 // transaction, which then cannot commit anything.
 func (t *releasingTx) withStamp(ctx context.Context, st *Stamp, stampArgs []any, sql string, args []any) (pgx.BatchResults, error) {
 	b := &pgx.Batch{}
-	b.Queue(st.SQL, stampArgs...)
+	stampSQL, stampArgs := st.statement(stampArgs)
+	b.Queue(stampSQL, stampArgs...)
 	b.Queue(sql, args...)
 	br := t.Tx.SendBatch(ctx, b)
 	if _, err := br.Exec(); err != nil {
@@ -399,7 +412,8 @@ func (t *releasingTx) writeStamp(ctx context.Context) error {
 	if st.Deferred && t.named != "" && st.Rename != nil {
 		args = st.Rename(t.named)
 	}
-	if _, err := t.Tx.Exec(ctx, st.SQL, args...); err != nil {
+	sql, args := st.statement(args)
+	if _, err := t.Tx.Exec(ctx, sql, args...); err != nil {
 		t.unclaim()
 		return fmt.Errorf("pgdb: write stamp: %w", err)
 	}
