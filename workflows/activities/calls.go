@@ -357,6 +357,11 @@ func (a *Activities) lastingHold(ctx context.Context, in HoldRequest, kinds []re
 			until = longest // no hold lasts longer: one this request made, as long as it could be, counts
 		}
 		if !in.Until.IsZero() && h.GetExpireTime().AsTime().Before(until) {
+			// A counselor's place stays theirs until they release it or
+			// it lapses: not adopted, not given back.
+			if !h.GetWorkflowHeld() {
+				continue
+			}
 			if err := a.ReleaseHold(ctx, ReleaseRequest{Hold: h.GetName(), Reason: "it lapses before the rescheduled meeting ends",
 				RequestID: subID(in.RequestID, "release-short", h.GetName())}); err != nil {
 				return nil, err
@@ -1383,6 +1388,12 @@ func (a *Activities) agreedHold(ctx context.Context, in ImmediateRequest, kinds 
 		}
 		if ok {
 			return h, kind, nil
+		}
+		if !h.GetWorkflowHeld() && h.GetName() != in.Hold {
+			// A counselor's place stays theirs (ReleaseHeldFor leaves it
+			// too); the meeting's own hold is the workflow's, flagged or
+			// not.
+			continue
 		}
 		if err := a.releaseUnagreed(ctx, h, in.RequestID); err != nil {
 			return nil, 0, err

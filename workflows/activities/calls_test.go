@@ -1579,12 +1579,19 @@ func TestLongestHoldIsLasting(t *testing.T) {
 	if err != nil || h.GetName() != "clinics/north/holds/long" || len(f.releases) != 0 {
 		t.Fatalf("lastingHold = %v, %v, releases %v; want the longest hold adopted", h, err, f.releases)
 	}
-	// One shorter than the meeting needs is given back.
+	// One shorter than the meeting needs is not adopted; the workflow's
+	// is given back, a counselor's left to them (before, it went back).
 	f.holds[0].ExpireTime = timestamppb.New(time.Now().Add(time.Hour))
 	h, err = a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
 		Until: time.Now().Add(48 * time.Hour)}, matKinds, 0)
+	if err != nil || h != nil || len(f.releases) != 0 {
+		t.Fatalf("lastingHold = %v, %v, releases %v; want the counselor's short hold neither adopted nor released", h, err, f.releases)
+	}
+	f.holds[0].WorkflowHeld = true
+	h, err = a.lastingHold(context.Background(), HoldRequest{Intervention: iv, Family: fam, RequestID: "r",
+		Until: time.Now().Add(48 * time.Hour)}, matKinds, 0)
 	if err != nil || h != nil || len(f.releases) != 1 {
-		t.Fatalf("lastingHold = %v, %v, releases %v; want the short hold released", h, err, f.releases)
+		t.Fatalf("lastingHold = %v, %v, releases %v; want the workflow's short hold released", h, err, f.releases)
 	}
 }
 
@@ -2005,7 +2012,7 @@ func TestPlainYesDoesNotConvertAPlaceThatNoLongerSuits(t *testing.T) {
 	const iv, fam = "clinics/north/interventions/i1", "clinics/north/families/f1"
 	f := &offeringFake{services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}
 	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/meth", Program: "clinics/north/programs/p0", Family: fam, Intervention: iv,
-		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}}
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE, WorkflowHeld: true}}
 	a := &Activities{Families: substanceFamily{substance: familiesv1.Substance_SUBSTANCE_ALCOHOL}, Referrals: f, Interventions: checklistFake{}}
 	ref, err := a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
 	if err != nil || ref.Program != "clinics/north/programs/p1" {
@@ -2017,6 +2024,16 @@ func TestPlainYesDoesNotConvertAPlaceThatNoLongerSuits(t *testing.T) {
 	if len(f.made) != 1 || f.made[0].GetServiceKind() != referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT || len(f.convert) != 1 ||
 		f.convert[0].GetName() == "clinics/north/holds/meth" {
 		t.Fatalf("held %v, converted %v; want an outpatient place held and converted", f.made, f.convert)
+	}
+	// A counselor's place is theirs: not converted, and not given back
+	// (before, it went back).
+	f = &offeringFake{services: []referralsv1.ServiceKind{referralsv1.ServiceKind_SERVICE_KIND_OUTPATIENT}}
+	f.holds = []*referralsv1.Hold{{Name: "clinics/north/holds/meth", Program: "clinics/north/programs/p0", Family: fam, Intervention: iv,
+		ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_METHADONE}}
+	a.Referrals = f
+	ref, err = a.StartImmediateReferral(context.Background(), ImmediateRequest{Family: fam, Intervention: iv, RequestID: "y"})
+	if err != nil || ref.Program != "clinics/north/programs/p1" || len(f.releases) != 0 {
+		t.Fatalf("referral %+v, %v, released %v; want one at p1 and the counselor's place left", ref, err, f.releases)
 	}
 }
 
