@@ -674,10 +674,16 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 // visibleToCaller reports whether the caller may see consent co: staff see
 // every consent; an outside system sees only those that name it or the
 // treating-providers designation, so it learns nothing of consents given to
-// others.
+// others. Under the designation alone, not one revoked for it: a patient
+// may shut a provider out before it reads their records, and the consent
+// would tell it that they are a client of the program.
 func visibleToCaller(ctx context.Context, co *familiesv1.Consent) bool {
 	p, out := outsider(ctx)
-	return !out || co.GetTreatingProviders() || slices.Contains(co.GetRecipients(), p.Subject)
+	if !out || slices.Contains(co.GetRecipients(), p.Subject) {
+		return true
+	}
+	return co.GetTreatingProviders() &&
+		!slices.ContainsFunc(co.GetRevocations(), func(r *familiesv1.Revocation) bool { return r.GetRecipient() == p.Subject })
 }
 
 // GetConsent implements the API.
@@ -802,7 +808,10 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 		// Filtered in SQL so that pages stay full and tokens never point
 		// past consents the caller may not see.
 		subject = fmt.Sprintf("$%d", len(args)+1)
-		scope += " AND (c.treating_providers OR " + subject + "::text = ANY (c.recipients))"
+		// Under the designation alone, not one revoked for the caller
+		// (visibleToCaller).
+		scope += " AND (" + subject + `::text = ANY (c.recipients) OR c.treating_providers AND NOT EXISTS (SELECT 1 FROM consent_revocations r
+			WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient = ` + subject + `::text))`
 		if every {
 			// Across the clinic, not one revoked for the caller: a
 			// patient who shut a provider out (in advance, too) is not

@@ -682,6 +682,20 @@ func TestTreatingProvidersAndExpiry(t *testing.T) {
 	if _, err := f.client.GetFamily(f.ehr("any-ehr"), &familiesv1.GetFamilyRequest{Name: next.GetName()}); err != nil {
 		t.Fatalf("another treating provider after one was shut out in advance: %v", err)
 	}
+	// Nor is the consent shown to the provider shut out: it would tell it
+	// that the patient is the program's (before, the family's list and
+	// GetConsent showed it, revoked for it). The others still see it.
+	_, err = f.client.GetConsent(f.ehr("st-marys-ehr"), &familiesv1.GetConsentRequest{Name: nextConsent.GetName()})
+	wantCode(t, err, codes.NotFound)
+	for subject, want := range map[string]int{"st-marys-ehr": 0, "any-ehr": 1} {
+		got, err := f.client.ListConsents(f.ehr(subject), &familiesv1.ListConsentsRequest{Parent: next.GetName()})
+		if err != nil || len(got.GetConsents()) != want {
+			t.Fatalf("%s lists the family's consents %v, %v; want %d", subject, got, err, want)
+		}
+	}
+	if _, err := f.client.GetConsent(f.ehr("any-ehr"), &familiesv1.GetConsentRequest{Name: nextConsent.GetName()}); err != nil {
+		t.Fatalf("a treating provider not shut out reads the consent: %v", err)
+	}
 	// Past its expiry the consent covers nothing. Its state changed
 	// without a write, and its version and update time say so: a reader
 	// holding the active copy (by etag, or polling by update time) must
