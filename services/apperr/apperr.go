@@ -26,6 +26,7 @@ const (
 	ReasonRequestIDReused   = "REQUEST_ID_REUSED"
 	ReasonSafetyScreen      = "SAFETY_SCREEN_REQUIRED"
 	ReasonFamilyClosed      = "FAMILY_CLOSED"
+	ReasonFamilyInTreatment = "FAMILY_IN_TREATMENT"
 	ReasonNoConsequence     = "CONSEQUENCE_REQUIRED"
 	ReasonNoCapacity        = "NO_CAPACITY"
 	ReasonDoubleBooked      = "COUNSELOR_DOUBLE_BOOKED"

@@ -330,7 +330,10 @@ func (s *Server) transition(ctx context.Context, req *familiesv1.TransitionBound
 // a current safety screen, or with a high-risk one: boundaries can escalate
 // danger at home. A family whose case was closed takes no boundary step
 // either: the clinic no longer works with it, and the follow-up that asks
-// may have read the family before it closed.
+// may have read the family before it closed. Nor one whose loved one is in
+// treatment: boundaries answer a refusal, and the follow-up may have read
+// the family before staff recorded the entry (its cancel comes through the
+// outbox, later).
 func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) error {
 	fam, err := s.readFamily(ctx, tx, c.clinic, c.family)
 	if err != nil {
@@ -338,6 +341,11 @@ func (s *Server) requireSafeScreen(ctx context.Context, tx pgx.Tx, c child) erro
 	}
 	if fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_CLOSED {
 		return apperr.FailedPrecondition(apperr.ReasonFamilyClosed, fam.GetName()+"'s case is closed: reopen it before a boundary step",
+			map[string]string{"family": fam.GetName()})
+	}
+	if fam.GetState() == familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT {
+		return apperr.FailedPrecondition(apperr.ReasonFamilyInTreatment, fam.GetName()+
+			"'s loved one is in treatment: boundaries answer a refusal (set the family ACTIVE again if they leave treatment)",
 			map[string]string{"family": fam.GetName()})
 	}
 	st := fam.GetSafetyScreenStatus()

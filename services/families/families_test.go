@@ -1695,9 +1695,11 @@ func TestOldBlankNamesDoNotBlockUpdates(t *testing.T) {
 	}
 }
 
-// A family whose case was closed takes no boundary step: no boundary is
-// activated or reinforced, by the counselor or by the follow-up whose
-// read of the family came before the closing. Reopened, it may go on.
+// A family whose case was closed, or whose loved one is in treatment,
+// takes no boundary step: no boundary is activated or reinforced, by the
+// counselor or by the follow-up whose read of the family came before the
+// change. Active again, it may go on. (Before, a family in treatment was
+// not refused.)
 func TestBoundaryStepsRefusedForAClosedFamily(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
@@ -1731,31 +1733,36 @@ func TestBoundaryStepsRefusedForAClosedFamily(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	setState(familiesv1.FamilyState_FAMILY_STATE_CLOSED)
 	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
-	for _, c := range []struct {
-		name string
-		call func() error
-	}{
-		{"the worker reinforcing", func() error {
-			_, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()})
-			return err
-		}},
-		{"the counselor activating", func() error {
-			_, err := f.client.ActivateBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: agreed.GetName()})
-			return err
-		}},
+	for state, reason := range map[familiesv1.FamilyState]string{
+		familiesv1.FamilyState_FAMILY_STATE_CLOSED:               apperr.ReasonFamilyClosed,
+		familiesv1.FamilyState_FAMILY_STATE_ENGAGED_IN_TREATMENT: apperr.ReasonFamilyInTreatment,
 	} {
-		if info := errorInfo(wantCode(t, c.call(), codes.FailedPrecondition)); info.GetReason() != apperr.ReasonFamilyClosed {
-			t.Fatalf("%s, the family closed: reason %v; want %s", c.name, info, apperr.ReasonFamilyClosed)
+		setState(state)
+		for _, c := range []struct {
+			name string
+			call func() error
+		}{
+			{"the worker reinforcing", func() error {
+				_, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()})
+				return err
+			}},
+			{"the counselor activating", func() error {
+				_, err := f.client.ActivateBoundary(ctx, &familiesv1.TransitionBoundaryRequest{Name: agreed.GetName()})
+				return err
+			}},
+		} {
+			if info := errorInfo(wantCode(t, c.call(), codes.FailedPrecondition)); info.GetReason() != reason {
+				t.Fatalf("%s, the family %v: reason %v; want %s", c.name, state, info, reason)
+			}
 		}
-	}
-	for _, b := range []*familiesv1.Boundary{active, agreed} {
-		if got, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()}); err != nil || got.GetEtag() != b.GetEtag() {
-			t.Fatalf("%s after the refusals: %v, %v; want it unchanged", b.GetName(), got, err)
+		for _, b := range []*familiesv1.Boundary{active, agreed} {
+			if got, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()}); err != nil || got.GetEtag() != b.GetEtag() {
+				t.Fatalf("%s after the refusals, the family %v: %v, %v; want it unchanged", b.GetName(), state, got, err)
+			}
 		}
+		setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
 	}
-	setState(familiesv1.FamilyState_FAMILY_STATE_ACTIVE)
 	if b, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: active.GetName()}); err != nil || b.GetReinforcementCount() != 1 {
 		t.Fatalf("reinforcing once the case is open again: %v, %v", b, err)
 	}

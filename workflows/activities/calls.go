@@ -1896,6 +1896,10 @@ const familyDeleted = "the family's record was deleted"
 // the family's case is closed.
 const FamilyClosed = apperr.ReasonFamilyClosed
 
+// FamilyInTreatment is the error type of a boundary step the families
+// service refuses because the loved one is in treatment.
+const FamilyInTreatment = apperr.ReasonFamilyInTreatment
+
 // FamilyClosedReason is the reason given for what CloseClosedFamily
 // cancels.
 const FamilyClosedReason = "the family's case was closed"

@@ -234,7 +234,7 @@ const versionEndsInTreatment = "boundary-ends-in-treatment"
 
 // errInTreatment is the error type readSafety ends a run with when the
 // family is engaged in treatment.
-const errInTreatment = "FAMILY_IN_TREATMENT"
+const errInTreatment = activities.FamilyInTreatment
 
 // SummaryInTreatment is the summary of a run that ended because the loved
 // one is in treatment.

@@ -1983,3 +1983,22 @@ func TestFollowUpOfAFamilyInTreatmentEndsQuietly(t *testing.T) {
 		t.Fatalf("result %+v, reinforced %v, proposed %v, reminders %v; want it ended, nothing done", res, h.reinforces, h.proposed, h.reminders)
 	}
 }
+
+// Staff record the treatment entry after the follow-up read the family
+// (its cancel still in the outbox): the families service refuses the
+// reinforcement FAMILY_IN_TREATMENT, and the run ends as done, not failed,
+// proposing nothing.
+func TestReinforcementRefusedInTreatmentEndsQuietly(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.refuse = func(activities.ReinforceRequest) error {
+		return temporal.NewNonRetryableApplicationError("reinforce boundary: in treatment", activities.FamilyInTreatment, nil)
+	}
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want it ended", err)
+	}
+	if res.Summary != boundary.SummaryInTreatment || len(h.reinforced) != 0 || len(h.proposed) != 0 {
+		t.Fatalf("result %+v, reinforced %v, proposed %v; want it ended in treatment, nothing done", res, h.reinforced, h.proposed)
+	}
+}

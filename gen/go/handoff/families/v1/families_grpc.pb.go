@@ -185,13 +185,15 @@ type FamiliesServiceClient interface {
 	AgreeBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Puts an AGREED boundary into effect. Requires a current safety screen
 	// that is not high risk, and a family that is not CLOSED
-	// (FAILED_PRECONDITION otherwise).
+	// (FAILED_PRECONDITION otherwise) nor ENGAGED_IN_TREATMENT
+	// (FAILED_PRECONDITION, reason FAMILY_IN_TREATMENT).
 	ActivateBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
 	// for example after an intervention the loved one declined. Like
 	// activation, it requires a current safety screen that is not high risk,
-	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
-	// family's boundary steps until a later one finds it safe.
+	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise) nor
+	// ENGAGED_IN_TREATMENT (reason FAMILY_IN_TREATMENT): a screen that finds
+	// risk stops the family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(ctx context.Context, in *TransitionBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
@@ -768,13 +770,15 @@ type FamiliesServiceServer interface {
 	AgreeBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Puts an AGREED boundary into effect. Requires a current safety screen
 	// that is not high risk, and a family that is not CLOSED
-	// (FAILED_PRECONDITION otherwise).
+	// (FAILED_PRECONDITION otherwise) nor ENGAGED_IN_TREATMENT
+	// (FAILED_PRECONDITION, reason FAMILY_IN_TREATMENT).
 	ActivateBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Records that an ACTIVE (or already REINFORCED) boundary was reinforced,
 	// for example after an intervention the loved one declined. Like
 	// activation, it requires a current safety screen that is not high risk,
-	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise): a screen that finds risk stops the
-	// family's boundary steps until a later one finds it safe.
+	// and a family that is not CLOSED (FAILED_PRECONDITION otherwise) nor
+	// ENGAGED_IN_TREATMENT (reason FAMILY_IN_TREATMENT): a screen that finds
+	// risk stops the family's boundary steps until a later one finds it safe.
 	ReinforceBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
 	// Retires a boundary that no longer applies. Retired is final.
 	RetireBoundary(context.Context, *TransitionBoundaryRequest) (*Boundary, error)
