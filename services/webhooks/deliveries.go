@@ -122,7 +122,7 @@ func (s *Server) ReplayDelivery(ctx context.Context, req *webhooksv1.ReplayDeliv
 				return nil, apperr.InvalidTransition(cur.GetName(), stateName(cur.GetState()), "PENDING")
 			}
 			if _, err := tx.Exec(ctx, `UPDATE deliveries SET state = $4, attempts = 0, own_failures = 0, replays = replays + 1, record_unsure = false, next_attempt_time = now(), finish_time = NULL,
-				first_try_time = NULL, refusals = 0
+				first_try_time = NULL, refusals = 0, first_refusal_time = NULL, last_error = ''
 				WHERE clinic = $1 AND subscription_id = $2 AND id = $3`, clinic, sub, id, statePending); err != nil {
 				return nil, fmt.Errorf("replay delivery: %w", err)
 			}

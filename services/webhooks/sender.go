@@ -58,7 +58,7 @@ type SenderConfig struct {
 	// and 1 h).
 	BaseBackoff, MaxBackoff time.Duration
 	// RefusedFor is how long a receiver's refusals (400, 401, 403, 404)
-	// must have gone on, from a delivery's first try, before the
+	// must have gone on, from the first of them in a row, before the
 	// refusedAttempts-th in a row dead-letters it (default 15 min): a
 	// receiver being deployed may refuse for minutes, and every delivery
 	// first tried meanwhile would die and wait for a replay by hand.
@@ -382,11 +382,12 @@ type pending struct {
 	attempts, replays        int
 	recordUnsure             bool // see errRecordUnsure
 	created                  time.Time
-	firstTry                 time.Time // see migration 0013
-	claims                   int64     // with attempts, the fence of this attempt's outcome (migration 0016)
-	ownFailures              int       // tries failed on Handoff's side in a row (migration 0016)
-	refusals                 int       // answers in a row that refused it (migration 0014)
-	consulted                bool      // this attempt asked the families service (disclose)
+	firstTry                 time.Time  // see migration 0013
+	claims                   int64      // with attempts, the fence of this attempt's outcome (migration 0016)
+	ownFailures              int        // tries failed on Handoff's side in a row (migration 0016)
+	refusals                 int        // answers in a row that refused it (migration 0014)
+	firstRefusal             *time.Time // the first of those refusals (migration 0020)
+	consulted                bool       // this attempt asked the families service (disclose)
 	// toRecord is the information of the data this attempt's body carries,
 	// whose disclosure is recorded as the connection comes (recording);
 	// unspecified for a body that carries none.
@@ -504,7 +505,8 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		WHERE d.clinic = heads.clinic AND d.subscription_id = heads.subscription_id AND d.id = heads.id
 			AND s.clinic = d.clinic AND s.id = d.subscription_id
 		RETURNING d.clinic, d.subscription_id, d.id, d.seq, d.event_type, d.topic, d.resource, d.family, d.member_id, d.payload,
-			d.attempts, d.claims, d.own_failures, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, s.url, s.owner, s.payload, s.audience, s.outsider`,
+			d.attempts, d.claims, d.own_failures, d.replays, d.record_unsure, d.create_time, d.first_try_time, d.refusals, d.first_refusal_time,
+			s.url, s.owner, s.payload, s.audience, s.outsider`,
 		limit, lease, perSubscription, busyIDs, busyN, sh.slow, sh.probes)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks: claim: %w", err)
@@ -516,7 +518,7 @@ func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, er
 		var topic, kind int16
 		var member *string
 		if err := rows.Scan(&p.clinic, &p.subscription, &p.id, &p.seq, &p.eventType, &topic, &p.resource, &p.family, &member, &p.payload,
-			&p.attempts, &p.claims, &p.ownFailures, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.url, &p.owner, &kind, &p.audience, &p.outsider); err != nil {
+			&p.attempts, &p.claims, &p.ownFailures, &p.replays, &p.recordUnsure, &p.created, &p.firstTry, &p.refusals, &p.firstRefusal, &p.url, &p.owner, &kind, &p.audience, &p.outsider); err != nil {
 			return nil, fmt.Errorf("webhooks: claim: %w", err)
 		}
 		if member != nil {
@@ -691,7 +693,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// back its resource's later notifications meanwhile.
 	if (p.attempts >= s.cfg.MaxAttempts && !errors.Is(err, errOwnSide)) ||
 		(errors.Is(err, errUndecodable) && time.Since(p.firstTry) > undecodableFor) ||
-		refusedFor(err, p.refusals+1, time.Since(p.firstTry) >= s.cfg.RefusedFor) {
+		refusedFor(err, p.refusals+1, p.firstRefusal != nil && time.Since(*p.firstRefusal) >= s.cfg.RefusedFor) {
 		if err := s.dead(ctx, p, reason); err != nil {
 			return err
 		}
@@ -729,6 +731,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
 		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END,
+		first_refusal_time = CASE WHEN $9 THEN coalesce(first_refusal_time, now()) WHEN $7 = 1 THEN first_refusal_time END,
 		own_failures = CASE WHEN $7 = 1 THEN own_failures + 1 ELSE 0 END
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $4 AND attempts = $10`,
 		p.clinic, p.subscription, p.id, p.claims, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err), p.attempts)

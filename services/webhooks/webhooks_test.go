@@ -456,7 +456,9 @@ func TestDeadLetterHoldsOrderThenReplay(t *testing.T) {
 	r1Down.Store(false)
 	for _, d := range dead {
 		out, err := f.client.ReplayDelivery(f.admin, &webhooksv1.ReplayDeliveryRequest{Name: d.GetName()})
-		if err != nil || out.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING || out.GetAttemptCount() != 0 {
+		// No attempt yet, so no error of one (before, the dead letter's
+		// stayed, and the retrying gauge counted it).
+		if err != nil || out.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING || out.GetAttemptCount() != 0 || out.GetLastError() != "" {
 			t.Fatalf("ReplayDelivery = %v, %v", out, err)
 		}
 	}
@@ -2104,5 +2106,53 @@ func TestRetryAfterARotationDoesNotReturnTheOldSecret(t *testing.T) {
 	}
 	if again, err := f.client.RotateSubscriptionSecret(f.ehr, rotate); err != nil || again.GetSecret() != rotated.GetSecret() {
 		t.Fatalf("the latest rotation retried: %v; want its secret again", err)
+	}
+}
+
+// Refusals after an outage on Handoff's side (the families service down
+// longer than RefusedFor) still get their grace: it is counted from the
+// first refusal, not from the first try. Before, three quick refusals
+// after the outage ended the delivery.
+func TestRefusalGraceCountsFromTheFirstRefusal(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	fam := &fakeFamilies{}
+	fam.consent.Store(true)
+	up := time.Now().Add(1500 * time.Millisecond)
+	fam.asking = func() {
+		if time.Now().Before(up) {
+			fam.unavailable.Store(1)
+		}
+	}
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: 100,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true, RefusedFor: time.Second,
+	}))
+	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	deployed := up.Add(700 * time.Millisecond)
+	var refused atomic.Int32
+	rcv.setFail(func(string, map[string]any) bool {
+		if time.Now().Before(deployed) {
+			rcv.failWith = http.StatusNotFound
+			refused.Add(1)
+			return true
+		}
+		return false
+	})
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-outage", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	var got *webhooksv1.Delivery
+	eventually(t, 10*time.Second, "the delivery finished", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			return false
+		}
+		got = resp.GetDeliveries()[0]
+		return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
+	})
+	if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
+		t.Fatalf("after an outage and %d refusals: %v (%q); want it delivered once the receiver answered", refused.Load(), got.GetState(), got.GetLastError())
 	}
 }

@@ -1,0 +1,5 @@
+-- When the receiver first refused the delivery in the current run of
+-- refusals (NULL while none): SenderConfig.RefusedFor is counted from it,
+-- not from the first try, so that refusals after an outage on Handoff's
+-- side still get their grace. Cleared when an answer ends the run.
+ALTER TABLE deliveries ADD COLUMN first_refusal_time timestamptz;
