@@ -641,6 +641,10 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	var status int
 	if err == nil {
 		status, err = s.post(ctx, p, body)
+		if errors.Is(err, errGone) {
+			log.Info("webhook delivery gone as its connection came: not sent", "attempt", p.attempts)
+			return nil
+		}
 	}
 	// Every outcome is fenced on the claim count, which nothing resets, and
 	// the attempt count, which a sender of the release before raises alone
@@ -985,38 +989,52 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 // attempt checks again, and sends identifiers only or withholds it.
 var errLapsed = fmt.Errorf("the consent ended as the notification was sent: %w", errOwnSide)
 
-// recording records, as the transport gets its connection for p's
-// request (TLS included) and before it writes a byte, the disclosure of
-// what body carries: an attempt that never reaches the receiver (its name
-// does not resolve, it refuses the connection, its certificate is bad)
-// disclosed nothing, and the accounting must not say it did. A failed
-// record empties body, so that the request fails its Content-Length
-// before anything leaves its buffer; recorded then reports what the
-// record did (nil when it was not asked). The attempt's clock stops while
-// the record is made, and starts again whole after it.
+// errGone marks an attempt whose delivery went as its connection came: its
+// subscription deleted (its endpoint or secret leaked), the delivery
+// withdrawn, or claimed by another sender once this one's lease ran out.
+// Nothing was sent, and there is nothing to record of it.
+var errGone = errors.New("the delivery went as its connection came")
+
+// recording checks, as the transport gets its connection for p's request
+// (TLS included) and before it writes a byte, that the delivery is still
+// this attempt's to send (current): connecting takes up to the attempt's
+// timeout, in which an administrator may delete the subscription. It
+// then records the disclosure of what body carries: an attempt that never
+// reaches the receiver (its name does not resolve, it refuses the
+// connection, its certificate is bad) disclosed nothing, and the
+// accounting must not say it did. A failed check or record empties body,
+// so that the request fails its Content-Length before anything leaves its
+// buffer; recorded then reports whether the record was asked for, and
+// the failure. The attempt's clock stops meanwhile: that time is not the
+// receiver's.
 func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, clock *attemptClock) (_ context.Context, recorded func() (bool, error)) {
-	if p.toRecord == familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
-		return ctx, func() (bool, error) { return false, nil }
-	}
-	var asked bool
+	var checked, asked bool
 	var err error
 	record := func() {
-		if asked {
+		if checked {
 			return
 		}
-		asked = true
-		// The record's time is not the receiver's: the attempt's clock
-		// stops for it (disclose bounds it), and starts again whole.
+		checked = true
 		if !clock.pause() {
 			err = errAttemptTimeout
 			body.Reset(nil)
 			return
 		}
-		var ok bool
-		if ok, err = s.disclose(ctx, p, p.toRecord, true); err == nil && !ok {
-			err = errLapsed
+		due, cerr := s.current(ctx, p)
+		switch {
+		case cerr != nil:
+			err = cerr
+		case !due:
+			err = errGone
+		case p.toRecord != familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED:
+			asked = true
+			var ok bool
+			if ok, err = s.disclose(ctx, p, p.toRecord, true); err == nil && !ok {
+				err = errLapsed
+			}
 		}
 		if err != nil {
+			clock.skip()
 			body.Reset(nil)
 			return
 		}
@@ -1034,6 +1052,7 @@ type attemptClock struct {
 	limit  time.Duration
 	timer  *time.Timer
 	began  time.Time // when the receiver's time began, for the stall check
+	paused time.Time // when pause stopped it
 	onBeg  func(time.Time)
 	cancel context.CancelCauseFunc
 }
@@ -1045,8 +1064,23 @@ func newAttemptClock(ctx context.Context, limit time.Duration, onBegin func(time
 	return ctx, c
 }
 
-// pause stops the clock; false if it had run out already.
-func (c *attemptClock) pause() bool { return c.timer.Stop() }
+// pause stops the clock; false if it had run out already. The attempt is
+// not the receiver's meanwhile (onBegin hears a zero time).
+func (c *attemptClock) pause() bool {
+	if !c.timer.Stop() {
+		return false
+	}
+	c.paused = time.Now()
+	if c.onBeg != nil {
+		c.onBeg(time.Time{})
+	}
+	return true
+}
+
+// skip moves the start of the receiver's time past the pause, for an
+// attempt that ends in it: the time of the check or record that failed
+// is not the receiver's.
+func (c *attemptClock) skip() { c.began = c.began.Add(time.Since(c.paused)) }
 
 // restart gives the attempt its whole time again, from now.
 func (c *attemptClock) restart() {
@@ -1175,7 +1209,11 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	content := bytes.NewReader(body)
 	ctx, clock := newAttemptClock(ctx, s.cfg.Timeout, func(at time.Time) {
 		s.fmu.Lock()
-		s.posting[p] = at
+		if at.IsZero() {
+			delete(s.posting, p) // paused: not the receiver's time
+		} else {
+			s.posting[p] = at
+		}
 		s.fmu.Unlock()
 	})
 	defer clock.stop()

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -16,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -688,5 +693,110 @@ func TestClaimTakesSubscriptionsInTurn(t *testing.T) {
 	got, err = s.claim(ctx, 1, share{busy: map[string]int{"busy": 2}})
 	if err != nil || !slices.Equal(subs(got), []string{"quiet"}) {
 		t.Fatalf("claimed %v, %v; want the quiet subscription's", subs(got), err)
+	}
+}
+
+// fullDelivery gives a webhooks schema with one pending full delivery of
+// a referral of the loved one's to the EHR's subscription at url.
+func fullDelivery(t *testing.T, url string) (*pgxpool.Pool, *pgdb.DB) {
+	t.Helper()
+	pool, schema := pgtest.Schema(t, Migrations()...)
+	db := pgtest.App(t, schema)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, audience, outsider)
+		VALUES ('north', 'full', $3, $1, $2, 'ehr-1', 'whsec_test', 'ehr', true)`,
+		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}, int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL), url); err != nil {
+		t.Fatal(err)
+	}
+	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1", Family: "clinics/north/families/f1",
+		Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
+		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
+		t.Fatalf("Enqueue = %d, %v", n, err)
+	}
+	return pool, db
+}
+
+// A subscription deleted while the sender connects to its receiver (after
+// the last check before the POST) sends nothing, and records no
+// disclosure: the delivery is checked again as the connection comes.
+// Before, the record was made and the notification sent.
+func TestDeletedWhileConnectingSendsNothing(t *testing.T) {
+	var posts atomic.Int32
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		posts.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer rcv.Close()
+	pool, db := fullDelivery(t, rcv.URL)
+	ctx := context.Background()
+	fam := &askingFamilies{}
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Families: fam})
+	transport := s.client.Transport.(*http.Transport).Clone()
+	dial := transport.DialContext
+	transport.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if _, err := pool.Exec(ctx, `DELETE FROM subscriptions`); err != nil {
+			t.Error(err)
+		}
+		return dial(ctx, network, addr)
+	}
+	s.client.Transport = transport
+	claimed, err := s.claim(ctx, 10, share{})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	var records int
+	for _, a := range fam.asked {
+		if !a.GetValidateOnly() {
+			records++
+		}
+	}
+	if records != 0 || posts.Load() != 0 {
+		t.Fatalf("%d disclosures recorded, %d POSTs; want none for a subscription deleted as the sender connected", records, posts.Load())
+	}
+}
+
+// slowRecord checks consents at once, and takes its time to fail the
+// record of a disclosure.
+type slowRecord struct {
+	familiesv1.FamiliesServiceClient
+	took time.Duration
+}
+
+func (f slowRecord) CreateDisclosure(ctx context.Context, in *familiesv1.CreateDisclosureRequest, _ ...grpc.CallOption) (*familiesv1.Disclosure, error) {
+	if !in.GetValidateOnly() {
+		time.Sleep(f.took)
+		return nil, status.Error(codes.Unavailable, "families: slow, then down")
+	}
+	return &familiesv1.Disclosure{Name: in.GetParent() + "/disclosures/x"}, nil
+}
+
+// A record of the disclosure that fails slowly is the families service's
+// time, not the receiver's: the subscription is not taken for slow, and
+// its sends not throttled. Before, the record's time counted as the POST's.
+func TestSlowFailedRecordIsNotTheReceivers(t *testing.T) {
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer rcv.Close()
+	_, db := fullDelivery(t, rcv.URL)
+	ctx := context.Background()
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Timeout: 400 * time.Millisecond,
+		Families: slowRecord{took: 300 * time.Millisecond}})
+	claimed, err := s.claim(ctx, 10, share{})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	if _, slow := s.slow["full"]; slow || len(s.posting) != 0 {
+		t.Fatalf("slow %v, posting %v; want the receiver not taken for slow by the record's time", s.slow, s.posting)
 	}
 }
