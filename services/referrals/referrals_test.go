@@ -2652,3 +2652,54 @@ func TestWorkerListsOnlyOneFamilysOrMeetings(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A step that changes nothing, answered after waiting for another that
+// changed the referral, shows the referral as it now stands, its history
+// included: before, the history came from the snapshot taken before the
+// wait (the row lock refreshes the row, not the history joined to it).
+func TestUnchangedAfterAWaitShowsTheHistoryAsItStands(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p, _ := f.urgentReferral(t)
+	start := f.clock.Now().Add(48 * time.Hour)
+	r := f.booked(t, p.GetName(), nil, start)
+	tx, pid := f.holder(t)
+	ctx := context.Background()
+	id := r.GetName()[strings.LastIndex(r.GetName(), "/")+1:]
+	scheduled := int16(referralsv1.ReferralState_REFERRAL_STATE_SCHEDULED)
+	if _, err := tx.Exec(ctx, `UPDATE referrals SET version = version + 1 WHERE clinic = 'north' AND id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO referral_events (clinic, referral_id, from_state, to_state, actor, reason)
+		VALUES ('north', $1, $2, $2, 'ehr', 'confirmed by phone')`, id, scheduled); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		r   *referralsv1.Referral
+		err error
+	}
+	answered := make(chan answer, 1)
+	done := make(chan error, 1)
+	go func() {
+		got, err := f.client.ScheduleReferral(f.ehr, &referralsv1.ScheduleReferralRequest{Name: r.GetName(),
+			IntakeAppointment: &referralsv1.IntakeAppointment{StartTime: timestamppb.New(start)}})
+		answered <- answer{got, err}
+		done <- err
+	}()
+	f.awaitBlocked(t, pid, done, "the same booking did not wait for the step under way")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := <-answered
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	now, err := f.client.GetReferral(f.ctx, &referralsv1.GetReferralRequest{Name: r.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.r.GetEtag() != now.GetEtag() || len(a.r.GetHistory()) != len(now.GetHistory()) {
+		t.Fatalf("answered etag %s with %d steps; the referral stands at %s with %d", a.r.GetEtag(), len(a.r.GetHistory()),
+			now.GetEtag(), len(now.GetHistory()))
+	}
+}

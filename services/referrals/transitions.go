@@ -148,6 +148,14 @@ func (s *Server) transition(ctx context.Context, st step) (*referralsv1.Referral
 				}
 			}
 			out := cur
+			if !changed {
+				// Read again: after waiting for the row's lock, cur's row
+				// is the one committed since, but its history (joined in
+				// the same statement) is of the snapshot taken before.
+				if out, err = readReferral(ctx, tx, r, false); err != nil {
+					return nil, err
+				}
+			}
 			if changed {
 				if out, err = s.stepped(ctx, tx, r, cur, st, now); err != nil {
 					return nil, err
