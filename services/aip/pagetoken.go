@@ -49,6 +49,18 @@ func EncodePageToken(after string, query uint64) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+// RekeyPageToken returns token (made by EncodePageToken) for the page after
+// the row with key after instead: "" for "", and token as it is if it
+// does not decode.
+func RekeyPageToken(token, after string) string {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	var t pageToken
+	if token == "" || err != nil || json.Unmarshal(b, &t) != nil {
+		return token
+	}
+	return EncodePageToken(after, t.Query)
+}
+
 // DecodePageToken returns the key to resume after. An empty token starts at
 // the beginning. ok is false for a malformed token or one minted for another
 // query.

@@ -22,6 +22,7 @@ import (
 	familiesv1 "github.com/handoff-health/handoff/gen/go/handoff/families/v1"
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
+	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
 )
@@ -271,16 +272,21 @@ func (g *Gate) Covered(ctx context.Context, parent string, info familiesv1.Infor
 
 // Record records, in one call, that the caller received each item of a page
 // (narrowed by Covered first) and returns the items whose disclosure was
-// recorded: one whose consent was revoked in the meantime is left out.
-// patient and name give an item's patient and resource name.
-func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info familiesv1.InformationKind,
-	patient func(T) Patient, name func(T) string) ([]T, error) {
+// recorded, and the next page's token: one whose consent was revoked in
+// the meantime is left out. patient and name give an item's patient and
+// resource name; next is the page's token (pgdb.ListPage), keyed by the
+// page's last item. An item left out must not be named by the token: it
+// is keyed by the last item kept instead, and the next page reads the
+// rest again, narrowed by then. A page left with nothing is ABORTED, for
+// the caller to read again.
+func Record[T any](ctx context.Context, g *Gate, parent string, items []T, next string, info familiesv1.InformationKind,
+	patient func(T) Patient, name func(T) string) ([]T, string, error) {
 	p, out := Outsider(ctx)
 	if !out || len(items) == 0 {
-		return items, nil
+		return items, next, nil
 	}
 	if g == nil || g.Families == nil {
-		return nil, status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
+		return nil, "", status.Error(codes.Unavailable, "consent cannot be checked: the families service is not configured")
 	}
 	req := &familiesv1.BatchCreateDisclosuresRequest{Parent: parent}
 	for _, it := range items {
@@ -292,7 +298,7 @@ func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info 
 	}
 	resp, err := g.Families.BatchCreateDisclosures(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("record disclosures: %w", err)
+		return nil, "", fmt.Errorf("record disclosures: %w", err)
 	}
 	recorded := make(map[string]bool, len(resp.GetDisclosures()))
 	for _, d := range resp.GetDisclosures() {
@@ -307,5 +313,12 @@ func Record[T any](ctx context.Context, g *Gate, parent string, items []T, info 
 	if len(kept) > 0 {
 		Notify(ctx)
 	}
-	return kept, nil
+	switch last := name(items[len(items)-1]); {
+	case next == "" || len(kept) == len(items):
+	case len(kept) == 0:
+		return nil, "", status.Error(codes.Aborted, "a consent changed while the page was read: read it again")
+	case name(kept[len(kept)-1]) != last:
+		next = aip.RekeyPageToken(next, aip.ID(name(kept[len(kept)-1])))
+	}
+	return kept, next, nil
 }

@@ -453,7 +453,7 @@ func (s *Server) ListInterventions(ctx context.Context, req *interventionsv1.Lis
 	if err != nil {
 		return nil, err
 	}
-	items, err = consentgate.Record(ctx, s.consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
+	items, next, err = consentgate.Record(ctx, s.consent, req.GetParent(), items, next, familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS,
 		func(iv *interventionsv1.Intervention) consentgate.Patient {
 			return consentgate.LovedOne(iv.GetFamily())
 		},

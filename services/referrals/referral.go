@@ -353,7 +353,7 @@ func (s *Server) ListReferrals(ctx context.Context, req *referralsv1.ListReferra
 	}
 	// Everything that can fail comes before the disclosures are recorded
 	// (the history came with the page): the accounting lists only what left.
-	items, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
+	items, next, err = consentgate.Record(ctx, s.cfg.Consent, req.GetParent(), items, next, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS,
 		consentgate.ReferralPatient, (*referralsv1.Referral).GetName)
 	if err != nil {
 		return nil, err

@@ -2,6 +2,8 @@ package referrals_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -2702,4 +2704,64 @@ func TestUnchangedAfterAWaitShowsTheHistoryAsItStands(t *testing.T) {
 		t.Fatalf("answered etag %s with %d steps; the referral stands at %s with %d", a.r.GetEtag(), len(a.r.GetHistory()),
 			now.GetEtag(), len(now.GetHistory()))
 	}
+}
+
+// A referral left out of an EHR's page because its family's consent was
+// revoked between the list's scope and the record of its disclosures is
+// not named by the page token either (tokens are not sealed: the id would
+// show): the token is keyed by the last referral kept, and a page left
+// with nothing is ABORTED, to be read again. Before, the token named it.
+func TestPageTokenNamesNoReferralLeftOut(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	p := f.program(t, buprenorphine("Riverside MAT"), 5)
+	const kept, revoked = "clinics/north/families/kept", "clinics/north/families/revoked"
+	mk := func(fam string) string {
+		t.Helper()
+		r, err := f.client.CreateReferral(f.ctx, &referralsv1.CreateReferralRequest{Parent: "clinics/north", Referral: &referralsv1.Referral{
+			Family: fam, Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE},
+			ServiceKind: referralsv1.ServiceKind_SERVICE_KIND_MAT_BUPRENORPHINE, Program: p.GetName(), Urgency: referralsv1.Urgency_URGENCY_URGENT,
+			Reason: "wants to start"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetName()
+	}
+	a1, b1, a2 := mk(kept), mk(revoked), mk(kept)
+	f.consent.mu.Lock()
+	f.consent.covered = []string{kept, revoked} // covered when the scope is read
+	f.consent.refused[revoked] = true           // revoked by the record
+	f.consent.mu.Unlock()
+	after := func(token string) string {
+		t.Helper()
+		b, err := base64.RawURLEncoding.DecodeString(token)
+		var tok struct {
+			After string `json:"a"`
+		}
+		if err != nil || json.Unmarshal(b, &tok) != nil {
+			t.Fatalf("token %q does not decode", token)
+		}
+		return tok.After
+	}
+	list := func(size int32, token string) (*referralsv1.ListReferralsResponse, error) {
+		return f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north", PageSize: size, PageToken: token})
+	}
+	page, err := list(2, "")
+	if err != nil || len(page.GetReferrals()) != 1 || page.GetReferrals()[0].GetName() != a1 {
+		t.Fatalf("first page %v, %v; want %s alone", page, err, a1)
+	}
+	if got := after(page.GetNextPageToken()); got != aip.ID(a1) {
+		t.Fatalf("the token resumes after %q; want after %s, the last referral shown, not %s", got, aip.ID(a1), aip.ID(b1))
+	}
+	page, err = list(2, page.GetNextPageToken())
+	if err != nil || len(page.GetReferrals()) != 1 || page.GetReferrals()[0].GetName() != a2 || page.GetNextPageToken() != "" {
+		t.Fatalf("second page %v, %v; want %s alone, the last", page, err, a2)
+	}
+	// One at a time: the page of b1 alone has nothing left to show.
+	page, err = list(1, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = list(1, page.GetNextPageToken())
+	wantCode(t, err, codes.Aborted)
 }
