@@ -735,7 +735,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	}
 	tag, uerr := s.cfg.DB.Exec(rctx, `UPDATE deliveries SET next_attempt_time = now() + $5::interval, last_error = $6,
 		attempts = attempts - $7, record_unsure = record_unsure OR $8, refusals = CASE WHEN $9 THEN refusals + 1 WHEN $7 = 1 THEN refusals ELSE 0 END,
-		first_refusal_time = CASE WHEN $9 THEN coalesce(first_refusal_time, now()) WHEN $7 = 1 THEN first_refusal_time END,
+		first_refusal_time = CASE WHEN $9 AND refusals > 0 THEN coalesce(first_refusal_time, now()) WHEN $9 THEN now() END,
 		own_failures = CASE WHEN $7 = 1 THEN own_failures + 1 ELSE 0 END
 		WHERE clinic = $1 AND subscription_id = $2 AND id = $3 AND state = 1 AND claims = $4 AND attempts = $10`,
 		p.clinic, p.subscription, p.id, p.claims, wait, reason, giveBack, errors.Is(err, errRecordUnsure), refusal(err), p.attempts)

@@ -2111,48 +2111,58 @@ func TestRetryAfterARotationDoesNotReturnTheOldSecret(t *testing.T) {
 
 // Refusals after an outage on Handoff's side (the families service down
 // longer than RefusedFor) still get their grace: it is counted from the
-// first refusal, not from the first try. Before, three quick refusals
-// after the outage ended the delivery.
+// first refusal with no outage since, not from the first try (before,
+// three quick refusals after the outage ended the delivery), nor from a
+// refusal before the outage.
 func TestRefusalGraceCountsFromTheFirstRefusal(t *testing.T) {
-	f := setup(t)
-	ctx := context.Background()
-	fam := &fakeFamilies{}
-	fam.consent.Store(true)
-	up := time.Now().Add(1500 * time.Millisecond)
-	fam.asking = func() {
-		if time.Now().Before(up) {
-			fam.unavailable.Store(1)
-		}
-	}
-	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
-		DB: f.db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: 100,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
-		Interval: 20 * time.Millisecond, AllowPrivate: true, RefusedFor: time.Second,
-	}))
-	rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	deployed := up.Add(700 * time.Millisecond)
-	var refused atomic.Int32
-	rcv.setFail(func(string, map[string]any) bool {
-		if time.Now().Before(deployed) {
-			rcv.failWith = http.StatusNotFound
-			refused.Add(1)
-			return true
-		}
-		return false
-	})
-	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-outage", "accepted")); err != nil {
-		t.Fatal(err)
-	}
-	var got *webhooksv1.Delivery
-	eventually(t, 10*time.Second, "the delivery finished", func() bool {
-		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
-		if err != nil || len(resp.GetDeliveries()) != 1 {
-			return false
-		}
-		got = resp.GetDeliveries()[0]
-		return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
-	})
-	if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
-		t.Fatalf("after an outage and %d refusals: %v (%q); want it delivered once the receiver answered", refused.Load(), got.GetState(), got.GetLastError())
+	for _, refusedFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("refused before the outage %v", refusedFirst), func(t *testing.T) {
+			f := setup(t)
+			ctx := context.Background()
+			fam := &fakeFamilies{}
+			fam.consent.Store(true)
+			runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+				DB: f.db, Families: fam, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1000,
+				BaseBackoff: 20 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, Timeout: 2 * time.Second,
+				Interval: 20 * time.Millisecond, AllowPrivate: true, RefusedFor: 3 * time.Second,
+			}))
+			rcv, sub := f.receiving(t, f.ehr, webhooksv1.PayloadKind_PAYLOAD_KIND_FULL, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+			// The receiver refuses until it is deployed; meanwhile the
+			// families service is down for longer than RefusedFor.
+			t0 := time.Now()
+			down, up, deployed := t0, t0.Add(4500*time.Millisecond), t0.Add(5500*time.Millisecond)
+			if refusedFirst {
+				down = t0.Add(time.Second)
+			}
+			fam.asking = func() {
+				if now := time.Now(); !now.Before(down) && now.Before(up) {
+					fam.unavailable.Store(1)
+				}
+			}
+			var refused atomic.Int32
+			rcv.setFail(func(string, map[string]any) bool {
+				if time.Now().Before(deployed) {
+					rcv.failWith = http.StatusNotFound
+					refused.Add(1)
+					return true
+				}
+				return false
+			})
+			if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-outage", "accepted")); err != nil {
+				t.Fatal(err)
+			}
+			var got *webhooksv1.Delivery
+			eventually(t, 20*time.Second, "the delivery finished", func() bool {
+				resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+				if err != nil || len(resp.GetDeliveries()) != 1 {
+					return false
+				}
+				got = resp.GetDeliveries()[0]
+				return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
+			})
+			if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
+				t.Fatalf("after an outage and %d refusals: %v (%q); want it delivered once the receiver answered", refused.Load(), got.GetState(), got.GetLastError())
+			}
+		})
 	}
 }
