@@ -1248,16 +1248,17 @@ func (s *Server) UpdateChecklistItem(ctx context.Context, req *interventionsv1.U
 				i = len(next.Checklist) - 1
 			}
 			item := next.Checklist[i]
-			wasDone := item.GetDone()
+			wasDone, wasHold := item.GetDone(), item.GetHold()
 			item.Done, item.Hold = req.GetDone(), req.GetHold()
 			switch {
 			case !worker:
 				item.Note = req.GetNote()
-			case hold != nil && (item.GetNote() == "" || item.GetNote() == workflowHeldNote):
+			case hold != nil && (item.GetNote() == "" || item.GetNote() == workflowHeldNote || wasHold != "" && wasHold != item.GetHold()):
 				// The worker's tick writes no note of its own: what a
-				// counselor wrote stays, and the item says the workflows
-				// held the place only when they did (not a counselor's
-				// place they adopted, after one of theirs went back).
+				// counselor wrote of the place stays while the place does,
+				// and the item says the workflows held it only when they
+				// did (not a counselor's place they adopted, after one of
+				// theirs went back).
 				item.Note = ""
 				if hold.GetWorkflowHeld() {
 					item.Note = workflowHeldNote

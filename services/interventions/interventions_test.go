@@ -2435,6 +2435,29 @@ func (h holdsListed) ListHolds(_ context.Context, in *referralsv1.ListHoldsReque
 		{Name: "clinics/north/holds/by-hand-" + path.Base(iv), Intervention: iv, Family: h.family.Load().(string), State: referralsv1.HoldState_HOLD_STATE_HELD}}}, nil
 }
 
+// GetHold answers for the holds ListHolds lists, as the counselor reads
+// them.
+func (h holdsListed) GetHold(ctx context.Context, in *referralsv1.GetHoldRequest, opts ...grpc.CallOption) (*referralsv1.Hold, error) {
+	iv := "clinics/north/interventions/"
+	if rest, ok := strings.CutPrefix(path.Base(in.GetName()), "by-hand-"); ok {
+		iv += rest
+	} else if rest, ok := strings.CutPrefix(path.Base(in.GetName()), "for-"); ok {
+		iv += rest
+	} else {
+		return h.heldNowhere.GetHold(ctx, in, opts...)
+	}
+	list, err := h.ListHolds(ctx, &referralsv1.ListHoldsRequest{Filter: fmt.Sprintf("intervention = %q AND state = HELD", iv)})
+	if err != nil {
+		return nil, err
+	}
+	for _, held := range list.GetHolds() {
+		if held.GetName() == in.GetName() {
+			return held, nil
+		}
+	}
+	return nil, status.Error(codes.NotFound, in.GetName()+" not found")
+}
+
 // convertedMeanwhile is holdsListed whose first listing lets meanwhile
 // run, and then finds no live hold: the run of meanwhile took it on.
 type convertedMeanwhile struct {
@@ -3613,5 +3636,10 @@ func TestWorkerTickKeepsTheCounselorsNote(t *testing.T) {
 	}
 	if got := note(f.worker, true, theirs, "held by the workflow"); got != "" {
 		t.Fatalf("note %q after the worker adopted a counselor's place; want the workflows' note gone", got)
+	}
+	// A counselor's note of one place does not stay on another.
+	note(f.ctx, true, theirs, "bed at St Mary's until Friday")
+	if got := note(f.worker, true, ours, ""); got != "held by the workflow" {
+		t.Fatalf("note %q after the worker held another place; want the counselor's note of the first gone", got)
 	}
 }

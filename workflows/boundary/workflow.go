@@ -354,7 +354,9 @@ func Workflow(ctx workflow.Context, in Input) (Result, error) {
 	if err != nil && activities.ErrorType(err) == activities.FamilyClosed && flow.Version(actx, versionFamilyClosed, 1) >= 1 {
 		ended = SummaryFamilyClosed
 	} else if err != nil && activities.ErrorType(err) == errInTreatment {
-		ended = SummaryInTreatment // only readSafety gives it, from versionEndsInTreatment on
+		// readSafety gives it from versionEndsInTreatment on, and the
+		// families service refuses a boundary step so (any run).
+		ended = SummaryInTreatment
 	}
 	if ended != "" {
 		// Its own reminders still to go are cancelled as on a cancel:

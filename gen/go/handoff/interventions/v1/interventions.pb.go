@@ -3015,8 +3015,9 @@ type UpdateChecklistItemRequest struct {
 	// marking it not done clears them.
 	Done bool `protobuf:"varint,3,opt,name=done,proto3" json:"done,omitempty"`
 	// The item's note; replaces the note it had. Empty clears it. The
-	// workflows' tick ignores it: a note a counselor wrote stays, and the
-	// service notes whether the workflows held the place themselves.
+	// workflows' tick ignores it: a note a counselor wrote stays while the
+	// item names the same place, and the service notes whether the
+	// workflows held the place themselves.
 	Note string `protobuf:"bytes,4,opt,name=note,proto3" json:"note,omitempty"`
 	// For TREATMENT_OPTION_HELD only: the referrals-service hold that keeps a
 	// treatment place for the loved one, `clinics/{clinic}/holds/{hold}`, in
