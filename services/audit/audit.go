@@ -50,30 +50,42 @@ const MaxRecords = 1000
 // disclosed gathers the names of the records a call passes on in an
 // answer that is not a list (a calendar feed's export), for its record.
 type disclosed struct {
-	mu    sync.Mutex
-	names []string
+	mu     sync.Mutex
+	names  []string
+	filled int // how many names the stamp was last written with (Stamp's Fill); -1 before
 }
 
 type disclosedKey struct{}
 
 // Gathering returns ctx in which Disclose notes names for the call's
-// record, and a function that returns those noted so far.
-func Gathering(ctx context.Context) (context.Context, func() []string) {
-	d := &disclosed{}
-	return context.WithValue(ctx, disclosedKey{}, d), d.list
+// record, and a function that returns those noted so far, and whether
+// some came after the call's stamp was written (Stamp): a record written
+// with the call's first statement names only what was noted by then, and
+// the call then needs one more record, naming them all.
+func Gathering(ctx context.Context) (context.Context, func() (names []string, late bool)) {
+	d := &disclosed{filled: -1}
+	return context.WithValue(ctx, disclosedKey{}, d), func() ([]string, bool) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		return slices.Clone(d.names), d.filled >= 0 && len(d.names) > d.filled
+	}
 }
 
-func (d *disclosed) list() []string {
+// fill returns the names noted so far, for the stamp being written.
+func (d *disclosed) fill() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.filled = len(d.names)
 	return slices.Clone(d.names)
 }
 
 // Disclose notes that the call's answer holds the records named, so that
 // its audit record names each (at most MaxRecords), as a list's does. A
-// handler whose answer is not a list of records calls it, before the
-// call's first commit, which may carry the record (Stamp); without
-// Gathering it does nothing.
+// handler whose answer is not a list of records calls it, best before its
+// first transaction begins: its first statement may carry the call's
+// record (Stamp), which names only what was noted by then, and a name
+// noted later costs the call a second record. Without Gathering it does
+// nothing.
 func Disclose(ctx context.Context, names ...string) {
 	d, ok := ctx.Value(disclosedKey{}).(*disclosed)
 	if !ok {
@@ -188,7 +200,7 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	if d, ok := ctx.Value(disclosedKey{}).(*disclosed); ok {
 		// What the call noted up to its commit (Disclose) is named.
 		st.Fill = func(a []any) (string, []any) {
-			names := Event{Records: d.list()}.clean().Records
+			names := Event{Records: d.fill()}.clean().Records
 			if len(names) == 0 {
 				return insert, a
 			}

@@ -130,3 +130,39 @@ func TestTimeBoundedListPagesTheWindow(t *testing.T) {
 		}
 	}
 }
+
+// A call's stamp names what the call noted (Disclose) before its first
+// statement went out, in the rows the record filter reads; one noted after
+// is not in it, and the call is told it needs another record.
+func TestStampNamesWhatWasNotedBeforeIt(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	db := pgtest.App(t, schema)
+	ctx, noted := audit.Gathering(pgdb.WithClinic(context.Background(), "north"))
+	st := (&audit.Recorder{DB: db}).Stamp(ctx, audit.Event{Subject: "calendar", Roles: []string{"calendar_feed"}, Method: "/m", Resource: "clinics/north/calendarFeeds/f"})
+	audit.Disclose(ctx, "clinics/north/interventions/before")
+	tx, err := db.Begin(pgdb.WithStamp(ctx, st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) }) // a no-op once committed
+	if _, err := tx.Exec(ctx, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	if names, late := noted(); late || len(names) != 1 {
+		t.Fatalf("noted %v, late %v, before anything more was noted; want one, not late", names, late)
+	}
+	audit.Disclose(ctx, "clinics/north/interventions/after")
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var recorded []string
+	if err := pool.QueryRow(context.Background(), `SELECT array_agg(record ORDER BY record) FROM audit_records`).Scan(&recorded); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Written() || !slices.Equal(recorded, []string{"clinics/north/interventions/before"}) {
+		t.Fatalf("stamp written %v, records %v; want the one noted before the first statement", st.Written(), recorded)
+	}
+	if names, late := noted(); !late || len(names) != 2 {
+		t.Fatalf("noted %v, late %v; want both, and late", names, late)
+	}
+}

@@ -270,7 +270,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		// transaction: the record cannot be lost while the change stays,
 		// and the call waits for one commit, not two. Calls without one
 		// (reads, refusals, failures) are recorded below, on their own.
-		var disclosed func() []string
+		var disclosed func() ([]string, bool)
 		ctx, disclosed = audit.Gathering(ctx)
 		var stamp *pgdb.Stamp
 		if s, ok := i.audit.(Stamper); ok {
@@ -279,7 +279,8 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			}
 		}
 		audited = func(err error) error {
-			if err == nil && stamp.Written() {
+			names, late := disclosed()
+			if err == nil && stamp.Written() && !late {
 				return nil
 			}
 			// A call that committed a change and then failed gets a
@@ -295,9 +296,11 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 				// feed's export).
 				e.Records = listedNames(resp)
 			}
-			if names := disclosed(); err == nil && len(names) > 0 {
+			if err == nil && len(names) > 0 {
 				// An answer that passes records on (a calendar feed's
-				// export) names them, whoever called.
+				// export) names them, whoever called: in a record of its
+				// own if the call's stamp went out before some were
+				// noted.
 				e.Records = names
 			}
 			if name := createdName(e, resp); name != "" {

@@ -212,7 +212,9 @@ type Stamp struct {
 	Rename func(resource string) []any
 	// Fill, if set, gives the statement and arguments to write in place
 	// of SQL and the arguments chosen above, when the stamp is written:
-	// for a record that names what the call noted up to its commit.
+	// for a record that names what the call noted up to then: the first
+	// statement of the transaction that carries it (or its commit, if it
+	// has none), not the commit.
 	Fill  func(args []any) (string, []any)
 	taken atomic.Bool // a transaction is writing it
 	wrote atomic.Bool // a committed transaction holds it
