@@ -133,7 +133,10 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	`suicid\w*|self-harm\w*|depress\w*|bipolar|PTSD|schizo\w*|psychos\w*|psychotic|hospital\w*|` +
 	// Harm reduction names the use as plainly. (Counseling alone does
 	// not: the workflows tell counselors of a family's counseling.)
-	`harm[- ]reduction|syring\w*|needle\w*)\b`)
+	`harm[- ]reduction|syring\w*|needle\w*|` +
+	// Medication for OUD by its other names, and the substances, medicines
+	// and conditions that go with it.
+	`MOUD|MOUDs|OTP|OTPs|bupe|codeine|carfentanil|xylazine|lucemyra|HIV|hepatitis|hep C|anxiety|psych\w*)\b`)
 
 // RevealingWord is the first word of message that would reveal a health
 // detail, or "" if there is none: CreateReminder refuses such a message.

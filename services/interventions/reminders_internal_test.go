@@ -19,6 +19,9 @@ func TestSensitiveWords(t *testing.T) {
 		"No beer in the house", "Bring the wine back", "Vodka in the closet", "The liquor store on Main", "He OD'd on Friday",
 		"After the OD", "Ketamine at the party", "His Adderall ran out", "Suicide hotline", "Suicidal thoughts again",
 		"Her depression is back", "Bipolar check-in", "PTSD group", "Hospital visit at 3", "Since the hospitalization",
+		"Your MOUD visit is at 9", "The OTP opens at 6", "Bupe refill Friday", "Codeine in the cabinet", "Xylazine test strips",
+		"Carfentanil warning", "Lucemyra starts today", "HIV test at noon", "Hepatitis shot Monday", "Hep C results",
+		"Anxiety group at 5", "Psych visit Tuesday",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
