@@ -142,8 +142,12 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 			if err != nil {
 				return fmt.Errorf("stored calendar feed: %w", err)
 			}
-			// Not a feed revoked since: its token stays ended.
-			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET token_hash = $3 WHERE clinic = $1 AND id = $2 AND revoke_time IS NULL`, clinic, ids[1], hash)
+			// Not a feed revoked since: its token stays ended. The token
+			// replaced reads the calendar that says the feed ended, as a
+			// revoked one does: its answer may have reached a calendar
+			// app, which on an error would keep showing what it read.
+			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET ended_token_hash = token_hash, token_hash = $3
+				WHERE clinic = $1 AND id = $2 AND revoke_time IS NULL`, clinic, ids[1], hash)
 			if err != nil {
 				return fmt.Errorf("renew calendar feed token: %w", err)
 			}

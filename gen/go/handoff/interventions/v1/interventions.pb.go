@@ -4264,7 +4264,7 @@ type CreateCalendarFeedRequest struct {
 	CalendarFeed *CalendarFeed `protobuf:"bytes,2,opt,name=calendar_feed,json=calendarFeed,proto3" json:"calendar_feed,omitempty"`
 	// A unique id for this request (a UUID is best). A retry with the same id
 	// returns the same feed with a new token (the earlier token stops
-	// working); the same id with a different request is INVALID_ARGUMENT.
+	// showing meetings); the same id with a different request is INVALID_ARGUMENT.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -224,7 +224,7 @@ type InterventionsServiceClient interface {
 	// here, so keep it. Send a `request_id` so that a retry returns the same
 	// feed instead of creating a second one; since Handoff keeps no copy of
 	// the token, the retry's answer carries a new token and the first one
-	// stops working.
+	// stops showing meetings (it reads a calendar that says the feed ended).
 	CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error)
 	// Lists calendar feeds, without their `url`: a counselor's own; for a
 	// clinic administrator every feed of the clinic, so that the feeds of a
@@ -680,7 +680,7 @@ type InterventionsServiceServer interface {
 	// here, so keep it. Send a `request_id` so that a retry returns the same
 	// feed instead of creating a second one; since Handoff keeps no copy of
 	// the token, the retry's answer carries a new token and the first one
-	// stops working.
+	// stops showing meetings (it reads a calendar that says the feed ended).
 	CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error)
 	// Lists calendar feeds, without their `url`: a counselor's own; for a
 	// clinic administrator every feed of the clinic, so that the feeds of a
