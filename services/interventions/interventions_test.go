@@ -1127,6 +1127,12 @@ func TestReminderClaims(t *testing.T) {
 		"about another clinic's meeting": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "c1",
 			Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(), RelatedResource: "clinics/south/interventions/x",
 			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
+		// A meeting's kind naming no meeting is checked for its family as
+		// any other (before, it was not checked at all).
+		"a meeting's kind about another family": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER,
+			Id: "mom", Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, DueTime: timestamppb.Now(),
+			RelatedResource: "clinics/north/families/another", Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,
+			Message: "Reminder: family meeting tomorrow."},
 	} {
 		_, err := create(r)
 		if status.Code(err) != codes.InvalidArgument {
@@ -3641,5 +3647,39 @@ func TestWorkerTickKeepsTheCounselorsNote(t *testing.T) {
 	note(f.ctx, true, theirs, "bed at St Mary's until Friday")
 	if got := note(f.worker, true, ours, ""); got != "held by the workflow" {
 		t.Fatalf("note %q after the worker held another place; want the counselor's note of the first gone", got)
+	}
+}
+
+// The notice that a meeting is drafted for review is not made once the
+// draft is gone (deleted, withdrawn) or scheduled: the workflow drafts it
+// in a call before the notice's, and the counselor may act in between.
+// Before, it was made, naming a meeting gone.
+func TestDraftNoticeOnlyWhileTheDraftStands(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	notice := func(iv string) error {
+		_, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED, RelatedResource: iv,
+			Message: "A family meeting is drafted for your review."}})
+		return err
+	}
+	standing := f.draft(t, f.clock.Now().Add(72*time.Hour))
+	if err := notice(standing.GetName()); err != nil {
+		t.Fatalf("the notice of a draft: %v", err)
+	}
+	deleted := f.draft(t, f.clock.Now().Add(96*time.Hour))
+	if _, err := f.client.DeleteIntervention(f.ctx, &interventionsv1.DeleteInterventionRequest{Name: deleted.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	scheduled := f.draft(t, f.clock.Now().Add(120*time.Hour))
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: scheduled.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	for what, iv := range map[string]string{"deleted": deleted.GetName(), "scheduled": scheduled.GetName()} {
+		if got := reason(wantCode(t, notice(iv), codes.FailedPrecondition)); got != interventions.ReasonMeetingNotScheduled {
+			t.Fatalf("the notice of a draft %s: reason %q; want %s", what, got, interventions.ReasonMeetingNotScheduled)
+		}
 	}
 }

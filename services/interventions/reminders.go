@@ -314,15 +314,24 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 				// Left unset, the due time is now by the service's clock.
 				return nil, apperr.Field("reminder.send_by_time", "must be in the future for a reminder due now")
 			}
-			if meetingKinds[rem.GetKind()] {
-				if err := meetingStands(ctx, tx, clinic, req); err != nil {
-					return nil, err
+			checked := false
+			var err error
+			switch rem.GetKind() {
+			case interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED:
+				checked, err = true, calledOffTo(ctx, tx, clinic, req)
+			case interventionsv1.ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED:
+				checked, err = true, draftStands(ctx, tx, clinic, rem)
+			default:
+				if meetingKinds[rem.GetKind()] {
+					// One naming no meeting of the clinic is checked for
+					// its family below, as any other.
+					checked, err = meetingStands(ctx, tx, clinic, req)
 				}
-			} else if rem.GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_CANCELLED {
-				if err := calledOffTo(ctx, tx, clinic, req); err != nil {
-					return nil, err
-				}
-			} else if isFamily(rc.GetKind()) {
+			}
+			if err != nil {
+				return nil, err
+			}
+			if !checked && isFamily(rc.GetKind()) {
 				// Only a family recipient can be of the wrong family: a
 				// staff reminder costs no read of its intervention.
 				if err := aboutFamily(ctx, tx, clinic, rem); err != nil {
@@ -384,12 +393,12 @@ const takesPart3 = `EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'pa
 // still be making one with what it knew: the shared lock makes the two
 // take turns, so such a reminder is either refused here or seen, and
 // cancelled, by the change. A name of no meeting of the clinic is left
-// alone.
-func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) error {
+// to the caller (found false).
+func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) (found bool, err error) {
 	related := req.GetReminder().GetRelatedResource()
 	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
 	if !ok || id == "" || strings.Contains(id, "/") {
-		return nil
+		return false, nil
 	}
 	to := req.GetReminder().GetRecipient()
 	var (
@@ -399,37 +408,73 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 		counselor string
 		family    string
 	)
-	err := tx.QueryRow(ctx, `SELECT state, start_time, `+takesPart3+`,
+	err = tx.QueryRow(ctx, `SELECT state, start_time, `+takesPart3+`,
 			counselor, family
 		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor, &family)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read the reminder's meeting: %w", err)
+		return false, fmt.Errorf("read the reminder's meeting: %w", err)
 	}
 	meta := map[string]string{"intervention": related}
 	if err := ofFamily(to, family, related); err != nil {
-		return err
+		return true, err
 	}
 	if st := interventionsv1.InterventionState(state); st != scheduled {
-		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
+		return true, apperr.FailedPrecondition(ReasonMeetingNotScheduled,
 			fmt.Sprintf("%s is %s: no reminder of its meeting is made any more", related, stateName(st)), meta)
 	}
 	if want := req.GetMeetingStartTime(); want != nil && start != nil &&
 		!want.AsTime().Truncate(time.Microsecond).Equal(*start) {
-		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
+		return true, apperr.FailedPrecondition(ReasonMeetingNotScheduled,
 			fmt.Sprintf("%s was moved to %s: no reminder of it at %s is made", related,
 				start.UTC().Format(time.RFC3339), want.AsTime().UTC().Format(time.RFC3339)), meta)
 	}
 	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER && !takesPart {
-		return apperr.FailedPrecondition(ReasonNotAParticipant,
+		return true, apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("family member %q does not take part in %s: no reminder of it is made for them", to.GetId(), related), meta)
 	}
 	if to.GetKind() == interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR && to.GetId() != counselor &&
 		req.GetReminder().GetKind() == interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING {
-		return apperr.FailedPrecondition(ReasonNotAParticipant,
+		return true, apperr.FailedPrecondition(ReasonNotAParticipant,
 			fmt.Sprintf("counselor %q does not lead %s: no reminder of it is made for them", to.GetId(), related), meta)
+	}
+	return true, nil
+}
+
+// draftStands refuses a notice that a meeting is drafted for the
+// counselor's review (ESCALATION_PROPOSED naming an intervention) once
+// the draft is gone: deleted, withdrawn (cancelled) or already scheduled.
+// The workflow drafts it in a call before the notice's, and the counselor
+// may act on it in between: read FOR SHARE, as meetingStands reads, so
+// that a delete or a cancel either comes after the notice, and cancels
+// it, or before, and the notice is refused (MEETING_NOT_SCHEDULED, which
+// the workflows skip). A notice about the family names no draft.
+func draftStands(ctx context.Context, tx pgx.Tx, clinic string, rem *interventionsv1.Reminder) error {
+	related := rem.GetRelatedResource()
+	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return aboutFamily(ctx, tx, clinic, rem)
+	}
+	var (
+		state  int16
+		family string
+	)
+	err := tx.QueryRow(ctx, `SELECT state, family FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id).Scan(&state, &family)
+	meta := map[string]string{"intervention": related}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return apperr.FailedPrecondition(ReasonMeetingNotScheduled, related+" is gone: no notice of it as a draft is made", meta)
+	}
+	if err != nil {
+		return fmt.Errorf("read the drafted meeting: %w", err)
+	}
+	if err := ofFamily(rem.GetRecipient(), family, related); err != nil {
+		return err
+	}
+	if st := interventionsv1.InterventionState(state); st != draft {
+		return apperr.FailedPrecondition(ReasonMeetingNotScheduled,
+			fmt.Sprintf("%s is %s: no notice of it as a draft for review is made", related, stateName(st)), meta)
 	}
 	return nil
 }

@@ -179,7 +179,10 @@ type InterventionsServiceClient interface {
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
 	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
 	// request gives; to a family member, with reason NOT_A_PARTICIPANT, once
-	// they no longer take part in it. A reminder to someone of a family about
+	// they no longer take part in it. A notice of a meeting drafted for
+	// review (ESCALATION_PROPOSED, `related_resource` the intervention) is
+	// refused MEETING_NOT_SCHEDULED once the draft is deleted, cancelled or
+	// scheduled. A reminder to someone of a family about
 	// one of its records (the family's own, a meeting, a referral) names that
 	// family as `recipient.family`, or it is INVALID_ARGUMENT.
 	CreateReminder(ctx context.Context, in *CreateReminderRequest, opts ...grpc.CallOption) (*Reminder, error)
@@ -635,7 +638,10 @@ type InterventionsServiceServer interface {
 	// FAILED_PRECONDITION, reason MEETING_NOT_SCHEDULED, once that meeting is
 	// no longer SCHEDULED, or no longer at the `meeting_start_time` the
 	// request gives; to a family member, with reason NOT_A_PARTICIPANT, once
-	// they no longer take part in it. A reminder to someone of a family about
+	// they no longer take part in it. A notice of a meeting drafted for
+	// review (ESCALATION_PROPOSED, `related_resource` the intervention) is
+	// refused MEETING_NOT_SCHEDULED once the draft is deleted, cancelled or
+	// scheduled. A reminder to someone of a family about
 	// one of its records (the family's own, a meeting, a referral) names that
 	// family as `recipient.family`, or it is INVALID_ARGUMENT.
 	CreateReminder(context.Context, *CreateReminderRequest) (*Reminder, error)
