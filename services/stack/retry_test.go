@@ -166,8 +166,12 @@ func TestCancelRemindersByOriginAlone(t *testing.T) {
 	const checkIn, escalation, alert = interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN,
 		interventionsv1.ReminderKind_REMINDER_KIND_ESCALATION_PROPOSED, interventionsv1.ReminderKind_REMINDER_KIND_OVERDOSE_ALERT
 	boundaryOrigin := ids.Boundary(f.GetName())
+	// The notice of a drafted meeting is made only while the draft stands.
+	next := ok(e.iv.CreateIntervention(e.counsel, &interventionsv1.CreateInterventionRequest{Parent: "clinics/north", Intervention: &interventionsv1.Intervention{
+		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(72 * time.Hour)), ExpectedDuration: durationpb.New(time.Hour),
+		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}})).GetName()
 	mine := []string{remind(boundaryOrigin, f.GetName(), checkIn), remind(boundaryOrigin, "clinics/north/interventions/refused", checkIn),
-		remind(boundaryOrigin, "clinics/north/interventions/next", escalation)}
+		remind(boundaryOrigin, next, escalation)}
 	kept := []string{remind(boundaryOrigin, f.GetName()+"/warningSigns/w1", alert), // not a kind asked for
 		remind("intervention/clinics/north/interventions/other", f.GetName(), checkIn)} // another workflow's
 	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
@@ -184,9 +188,10 @@ func TestCancelRemindersByOriginAlone(t *testing.T) {
 	}
 }
 
-// A hold left from before a reschedule (its release failed) lapses before
-// the new meeting ends: the next hold try gives it back and takes a place
-// that lasts, instead of adopting it.
+// A hold the workflow took before a reschedule (its release failed) lapses
+// before the new meeting ends: the next hold try gives it back and takes a
+// place that lasts, instead of adopting it. (A counselor's is left to
+// them: the activities' tests.)
 func TestHoldLapsingBeforeTheMeetingIsNotAdopted(t *testing.T) {
 	e := start(t)
 	e.directory()
@@ -195,12 +200,12 @@ func TestHoldLapsingBeforeTheMeetingIsNotAdopted(t *testing.T) {
 		Family: f.GetName(), Counselor: "counselor-1", StartTime: timestamppb.New(time.Now().Add(72 * time.Hour)), ExpectedDuration: durationpb.New(time.Hour),
 		Place: &interventionsv1.Place{Kind: &interventionsv1.Place_Video{Video: &interventionsv1.VideoPlace{Link: "https://video.example/x"}}}}})).GetName()
 	a := &activities.Activities{Families: e.fam, Interventions: e.iv, Referrals: e.ref}
-	short, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 2 * time.Hour, RequestID: "before"})
+	short, err := a.HoldTreatment(e.worker, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 2 * time.Hour, RequestID: "before"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	until := time.Now().Add(73 * time.Hour)
-	got, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
+	got, err := a.HoldTreatment(e.worker, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
 		Until: until, RequestID: "after"})
 	if err != nil || got.Hold == "" || got.Hold == short.Hold {
 		t.Fatalf("hold after the reschedule %+v, %v; want a new one, not %s", got, err, short.Hold)
@@ -212,7 +217,7 @@ func TestHoldLapsingBeforeTheMeetingIsNotAdopted(t *testing.T) {
 		t.Fatalf("the new hold lapses at %v, before the meeting ends at %v", h.GetExpireTime().AsTime(), until)
 	}
 	// Tried again, the same request adopts the hold it took.
-	again, err := a.HoldTreatment(e.counsel, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
+	again, err := a.HoldTreatment(e.worker, activities.HoldRequest{Family: f.GetName(), Intervention: iv, TTL: 75 * time.Hour,
 		Until: until, RequestID: "after"})
 	if err != nil || again.Hold != got.Hold {
 		t.Fatalf("the retried hold %+v, %v; want %s", again, err, got.Hold)
