@@ -58,16 +58,21 @@ type disclosed struct {
 type disclosedKey struct{}
 
 // Gathering returns ctx in which Disclose notes names for the call's
-// record, and a function that returns those noted so far, and whether
-// some came after the call's stamp was written (Stamp): a record written
+// record, and a function that returns those noted so far, and those of
+// them noted after the call's stamp was written (Stamp): a record written
 // with the call's first statement names only what was noted by then, and
-// the call then needs one more record, naming them all.
-func Gathering(ctx context.Context) (context.Context, func() (names []string, late bool)) {
+// the call then needs one more record, naming the rest (each name once in
+// the trail, so that a count of who saw a record counts the call once).
+func Gathering(ctx context.Context) (context.Context, func() (names, late []string)) {
 	d := &disclosed{filled: -1}
-	return context.WithValue(ctx, disclosedKey{}, d), func() ([]string, bool) {
+	return context.WithValue(ctx, disclosedKey{}, d), func() ([]string, []string) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return slices.Clone(d.names), d.filled >= 0 && len(d.names) > d.filled
+		var late []string
+		if d.filled >= 0 && len(d.names) > d.filled {
+			late = slices.Clone(d.names[d.filled:])
+		}
+		return slices.Clone(d.names), late
 	}
 }
 

@@ -270,7 +270,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		// transaction: the record cannot be lost while the change stays,
 		// and the call waits for one commit, not two. Calls without one
 		// (reads, refusals, failures) are recorded below, on their own.
-		var disclosed func() ([]string, bool)
+		var disclosed func() ([]string, []string)
 		ctx, disclosed = audit.Gathering(ctx)
 		var stamp *pgdb.Stamp
 		if s, ok := i.audit.(Stamper); ok {
@@ -280,8 +280,13 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 		audited = func(err error) error {
 			names, late := disclosed()
-			if err == nil && stamp.Written() && !late {
-				return nil
+			if err == nil && stamp.Written() {
+				if len(late) == 0 {
+					return nil
+				}
+				// Names noted after the stamp went out: a record of their
+				// own, the stamp having named the others.
+				names = late
 			}
 			// A call that committed a change and then failed gets a
 			// second record, with the failure.
@@ -298,9 +303,7 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 			}
 			if err == nil && len(names) > 0 {
 				// An answer that passes records on (a calendar feed's
-				// export) names them, whoever called: in a record of its
-				// own if the call's stamp went out before some were
-				// noted.
+				// export) names them, whoever called.
 				e.Records = names
 			}
 			if name := createdName(e, resp); name != "" {
