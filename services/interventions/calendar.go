@@ -146,7 +146,7 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 			// replaced reads the calendar that says the feed ended, as a
 			// revoked one does: its answer may have reached a calendar
 			// app, which on an error would keep showing what it read.
-			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET ended_token_hash = token_hash, token_hash = $3
+			tag, err := tx.Exec(ctx, `UPDATE calendar_feeds SET replaced_token_hashes = (token_hash || replaced_token_hashes)[1:8], token_hash = $3
 				WHERE clinic = $1 AND id = $2 AND revoke_time IS NULL`, clinic, ids[1], hash)
 			if err != nil {
 				return fmt.Errorf("renew calendar feed token: %w", err)
@@ -258,10 +258,11 @@ type feedState struct {
 func (s *Server) feedOwner(ctx context.Context, r ref, token string) (feedState, error) {
 	var f feedState
 	var hash, ended []byte
+	var replaced [][]byte
 	var read, revoked *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, ended_token_hash, create_time, last_read_time, revoke_time
+	err := s.pool.QueryRow(ctx, `SELECT owner, token_hash, ended_token_hash, replaced_token_hashes, create_time, last_read_time, revoke_time
 		FROM calendar_feeds WHERE clinic = $1 AND id = $2`,
-		r.clinic, r.id).Scan(&f.owner, &hash, &ended, &f.created, &read, &revoked)
+		r.clinic, r.id).Scan(&f.owner, &hash, &ended, &replaced, &f.created, &read, &revoked)
 	if err == pgx.ErrNoRows {
 		return feedState{}, apperr.NotFound("calendar feed")
 	}
@@ -276,7 +277,15 @@ func (s *Server) feedOwner(ctx context.Context, r ref, token string) (feedState,
 	}
 	given := sha256.Sum256([]byte(token))
 	current := subtle.ConstantTimeCompare(given[:], hash) == 1
-	if subtle.ConstantTimeCompare(given[:], ended) == 1 || current && revoked != nil {
+	gone := subtle.ConstantTimeCompare(given[:], ended) == 1
+	for _, h := range replaced {
+		// A token a retried create replaced (its answer may have reached
+		// a calendar app): ended, as a revoked one is.
+		if subtle.ConstantTimeCompare(given[:], h) == 1 {
+			gone = true
+		}
+	}
+	if gone || current && revoked != nil {
 		// Revoked. A token_hash set again after the revocation (a
 		// replica a release behind answering a retry of the feed's
 		// create) does not bring the feed back.
@@ -414,7 +423,7 @@ func feedNotice(feed string, now, end time.Time) calendarEvent {
 		sequence: day.Unix() / (24 * 60 * 60)}
 	if end.IsZero() {
 		e.uid, e.summary = feed+".ended@handoff", "Handoff calendar feed ended"
-		e.note = "This calendar feed was revoked or has lapsed, so it shows no meetings. " +
+		e.note = "This calendar feed address was revoked, replaced or has lapsed, so it shows no meetings. " +
 			"Make a new feed in Handoff, subscribe to it, and remove this calendar."
 		return e
 	}

@@ -326,6 +326,14 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	if _, raw := export(t, f, second.GetName(), feedToken(t, second)); strings.Contains(raw, ".ended@handoff") {
 		t.Fatalf("the retry's token reads an ended feed:\n%s", raw)
 	}
+	// A third submit: both tokens before it read the ended calendar.
+	third, err := f.client.CreateCalendarFeed(f.ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEnded(t, f, first.GetName(), feedToken(t, first))
+	wantEnded(t, f, second.GetName(), feedToken(t, second))
+	second = third
 	var stored int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys
 		WHERE position($1 in encode(response, 'escape')) > 0 OR position($2 in encode(response, 'escape')) > 0`,
@@ -344,6 +352,8 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	_, err = f.client.CreateCalendarFeed(f.ctx, req)
 	wantCode(t, err, codes.NotFound)
 	wantEnded(t, f, second.GetName(), feedToken(t, second))
+	// The tokens replaced before the revocation stay ended too.
+	wantEnded(t, f, first.GetName(), feedToken(t, first))
 	// A replica a release behind answers the retry by setting the token
 	// again, revoked or not: the token it handed out reads no meetings.
 	rearmed := "a-token-an-older-replica-handed-out"
