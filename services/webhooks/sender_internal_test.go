@@ -604,23 +604,8 @@ func TestSecretsAreReadAgainBeforeThePost(t *testing.T) {
 // recorded for a notification that never went would stand in the
 // accounting of disclosures.
 func TestDeletedBeforeTheConsentCheckRecordsNoDisclosure(t *testing.T) {
-	pool, schema := pgtest.Schema(t, Migrations()...)
-	db := pgtest.App(t, schema)
+	pool, db := fullDelivery(t, "https://ehr.example.org/full")
 	ctx := context.Background()
-	if _, err := pool.Exec(ctx, `INSERT INTO subscriptions (clinic, id, url, topics, payload, owner, secret, audience, outsider)
-		VALUES ('north', 'full', 'https://ehr.example.org/full', $1, $2, 'ehr-1', 'whsec_test', 'ehr', true)`,
-		[]int16{int16(webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)}, int16(webhooksv1.PayloadKind_PAYLOAD_KIND_FULL)); err != nil {
-		t.Fatal(err)
-	}
-	a, err := anypb.New(&referralsv1.Referral{Name: "clinics/north/referrals/r1", Family: "clinics/north/families/f1",
-		Subject: &referralsv1.ReferralSubject{Kind: referralsv1.SubjectKind_SUBJECT_KIND_LOVED_ONE}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n, err := (&Sink{DB: db}).Enqueue(ctx, "referrals", outbox.Stored{ID: 1, Clinic: "north",
-		Type: "handoff.referrals.v1.referral.accepted", Resource: "clinics/north/referrals/r1", Payload: a}); err != nil || n != 1 {
-		t.Fatalf("Enqueue = %d, %v", n, err)
-	}
 	fam := &askingFamilies{}
 	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Families: fam})
 	posts := 0

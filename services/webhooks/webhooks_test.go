@@ -1573,7 +1573,6 @@ func TestCallbacksResolvingToPrivateAddressesAreRefusals(t *testing.T) {
 // enough on their own.
 func TestABriefRefusalIsTriedOn(t *testing.T) {
 	f := setup(t)
-	ctx := context.Background()
 	s := webhooks.NewSender(webhooks.SenderConfig{
 		DB: f.db, Families: &fakeFamilies{}, Log: slog.New(slog.DiscardHandler), MaxAttempts: 100,
 		BaseBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond, Timeout: 2 * time.Second,
@@ -1581,7 +1580,15 @@ func TestABriefRefusalIsTriedOn(t *testing.T) {
 	})
 	runSender(t, s)
 	rcv := newReceiver(t)
-	deployed := time.Now().Add(time.Second)
+	refused := refuseUntil(rcv, time.Now().Add(time.Second))
+	sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	rcv.secret.Store(sub.GetSecret())
+	f.deliveredAfterRefusals(t, sub.GetName(), "r-deploy", refused, 10*time.Second)
+}
+
+// refuseUntil has rcv answer 404 until deployed, as a receiver being
+// deployed may, and counts its refusals.
+func refuseUntil(rcv *receiver, deployed time.Time) *atomic.Int32 {
 	var refused atomic.Int32
 	rcv.setFail(func(string, map[string]any) bool {
 		if time.Now().Before(deployed) {
@@ -1591,14 +1598,20 @@ func TestABriefRefusalIsTriedOn(t *testing.T) {
 		}
 		return false
 	})
-	sub := f.subscribe(t, f.admin, rcv.srv.URL, webhooksv1.PayloadKind_PAYLOAD_KIND_ID_ONLY, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	rcv.secret.Store(sub.GetSecret())
-	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-deploy", "accepted")); err != nil {
+	return &refused
+}
+
+// deliveredAfterRefusals enqueues a referral's event and fails unless
+// sub's delivery of it, finished within wait, was delivered after three
+// refusals or more.
+func (f *fixture) deliveredAfterRefusals(t *testing.T, sub, referral string, refused *atomic.Int32, wait time.Duration) {
+	t.Helper()
+	if _, err := f.sink.Enqueue(context.Background(), "referrals", referralEvent(t, referral, "accepted")); err != nil {
 		t.Fatal(err)
 	}
 	var got *webhooksv1.Delivery
-	eventually(t, 10*time.Second, "the delivery delivered after the receiver came back", func() bool {
-		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+	eventually(t, wait, "the delivery finished", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub})
 		if err != nil || len(resp.GetDeliveries()) != 1 {
 			return false
 		}
@@ -1606,7 +1619,7 @@ func TestABriefRefusalIsTriedOn(t *testing.T) {
 		return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
 	})
 	if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
-		t.Fatalf("after %d refusals: %v; want it delivered once the receiver answered", refused.Load(), got.GetState())
+		t.Fatalf("after %d refusals: %v (%q); want it delivered once the receiver answered", refused.Load(), got.GetState(), got.GetLastError())
 	}
 }
 
@@ -2118,7 +2131,6 @@ func TestRefusalGraceCountsFromTheFirstRefusal(t *testing.T) {
 	for _, refusedFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("refused before the outage %v", refusedFirst), func(t *testing.T) {
 			f := setup(t)
-			ctx := context.Background()
 			fam := &fakeFamilies{}
 			fam.consent.Store(true)
 			runSender(t, webhooks.NewSender(webhooks.SenderConfig{
@@ -2139,30 +2151,7 @@ func TestRefusalGraceCountsFromTheFirstRefusal(t *testing.T) {
 					fam.unavailable.Store(1)
 				}
 			}
-			var refused atomic.Int32
-			rcv.setFail(func(string, map[string]any) bool {
-				if time.Now().Before(deployed) {
-					rcv.failWith = http.StatusNotFound
-					refused.Add(1)
-					return true
-				}
-				return false
-			})
-			if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-outage", "accepted")); err != nil {
-				t.Fatal(err)
-			}
-			var got *webhooksv1.Delivery
-			eventually(t, 20*time.Second, "the delivery finished", func() bool {
-				resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
-				if err != nil || len(resp.GetDeliveries()) != 1 {
-					return false
-				}
-				got = resp.GetDeliveries()[0]
-				return got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_PENDING
-			})
-			if got.GetState() != webhooksv1.DeliveryState_DELIVERY_STATE_DELIVERED || refused.Load() < 3 {
-				t.Fatalf("after an outage and %d refusals: %v (%q); want it delivered once the receiver answered", refused.Load(), got.GetState(), got.GetLastError())
-			}
+			f.deliveredAfterRefusals(t, sub.GetName(), "r-outage", refuseUntil(rcv, deployed), 20*time.Second)
 		})
 	}
 }
