@@ -1394,8 +1394,12 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 
 // checkInNumber is the number of the check-in req answers. By due time,
 // it is one more than the intervention's CHECK_IN reminders due before it
-// (one per check-in, but a failed one, whose resend stands for it), so
-// that answering out of order numbers each check-in as its reminder did.
+// (one per check-in, but a failed one that was sent again: its resend, a
+// reminder of the same message made after it failed and due after it,
+// stands for it; a check-in whose last try failed too, its retries spent,
+// still counts once), so that answering out of order numbers each
+// check-in as its reminder did. The workflows number each check-in's
+// message, which a resend copies.
 // A check-in is one the reminders name: a due time no reminder has, or a
 // number past the reminders made so far, would be stored under the
 // number of a check-in still to come, and that one's real answer refused
@@ -1403,9 +1407,12 @@ func (s *Server) RecordCheckIn(ctx context.Context, req *interventionsv1.RecordC
 // before they named it) the next number is the only one to come.
 func checkInNumber(ctx context.Context, tx pgx.Tx, r ref, cur *interventionsv1.Intervention, req *interventionsv1.RecordCheckInRequest) (int32, error) {
 	var before, all, at int32
-	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_time < $5 AND state <> $4), count(*) FILTER (WHERE state <> $4),
-			count(*) FILTER (WHERE due_time = $5) FROM reminders
-		WHERE clinic = $1 AND related_resource = $2 AND kind = $3`,
+	if err := tx.QueryRow(ctx, `SELECT count(*) FILTER (WHERE due_time < $5 AND stands), count(*) FILTER (WHERE stands),
+			count(*) FILTER (WHERE due_time = $5)
+		FROM (SELECT r.due_time, r.state <> $4 OR NOT EXISTS (SELECT 1 FROM reminders n
+				WHERE n.clinic = r.clinic AND n.related_resource = r.related_resource AND n.kind = r.kind
+				AND n.message = r.message AND n.due_time > r.due_time AND n.create_time >= r.update_time) AS stands
+			FROM reminders r WHERE r.clinic = $1 AND r.related_resource = $2 AND r.kind = $3) c`,
 		r.clinic, cur.GetName(), int16(interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN), int16(rFailed),
 		req.GetDueTime().AsTime()).Scan(&before, &all, &at); err != nil {
 		return 0, fmt.Errorf("number the check-in: %w", err)

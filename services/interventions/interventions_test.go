@@ -3683,3 +3683,52 @@ func TestDraftNoticeOnlyWhileTheDraftStands(t *testing.T) {
 		}
 	}
 }
+
+// A check-in whose reminder failed and was never sent again (its retries
+// spent, or the workflow over) still counts once: the check-ins after it
+// keep their numbers, and it can be answered. Before, check-in 2 answered
+// by its due time took number 1, and check-in 1 was then refused as
+// answered.
+func TestCheckInWhoseReminderFailedForGoodKeepsItsNumber(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	iv := f.draft(t, f.clock.Now().Add(time.Hour))
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
+		t.Fatal(err)
+	}
+	now := f.clock.Now().UTC().Truncate(time.Second)
+	due := []time.Time{now.Add(24 * time.Hour), now.Add(7 * 24 * time.Hour)}
+	var names []string
+	for i, d := range due {
+		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
+			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
+				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
+			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, RelatedResource: iv.GetName(), DueTime: timestamppb.New(d),
+			Message: fmt.Sprintf("Check in with the family (check-in %d) and record what they tell you.", i+1)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, rem.GetName())
+	}
+	// Check-in 1's reminder failed a day after it was made, and nothing
+	// was made of it again.
+	if _, err := f.pool.Exec(context.Background(), `UPDATE reminders SET state = $1, update_time = update_time + interval '1 day' WHERE id = $2`,
+		int16(interventionsv1.ReminderState_REMINDER_STATE_FAILED), path.Base(names[0])); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		due  time.Time
+		want int32
+	}{{due[1], 2}, {due[0], 1}} {
+		ci, err := f.client.RecordCheckIn(f.ctx, &interventionsv1.RecordCheckInRequest{Name: iv.GetName(),
+			CheckIn: &interventionsv1.RecordCheckInRequest_DueTime{DueTime: timestamppb.New(c.due)}})
+		if err != nil || ci.GetNumber() != c.want {
+			t.Fatalf("the check-in due %v: %v, %v; want number %d", c.due, ci, err, c.want)
+		}
+	}
+}
