@@ -333,11 +333,13 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	}
 	wantEnded(t, f, first.GetName(), feedToken(t, first))
 	wantEnded(t, f, second.GetName(), feedToken(t, second))
+	middle := second
 	second = third
 	var stored int
 	if err := f.pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys
-		WHERE position($1 in encode(response, 'escape')) > 0 OR position($2 in encode(response, 'escape')) > 0`,
-		feedToken(t, first), feedToken(t, second)).Scan(&stored); err != nil || stored != 0 {
+		WHERE position($1 in encode(response, 'escape')) > 0 OR position($2 in encode(response, 'escape')) > 0
+		OR position($3 in encode(response, 'escape')) > 0`,
+		feedToken(t, first), feedToken(t, middle), feedToken(t, second)).Scan(&stored); err != nil || stored != 0 {
 		t.Fatalf("a feed token is stored in an idempotency row (%d, %v)", stored, err)
 	}
 	list, err := f.client.ListCalendarFeeds(f.ctx, &interventionsv1.ListCalendarFeedsRequest{Parent: "clinics/north"})
@@ -354,6 +356,7 @@ func TestCalendarFeedCreateRetry(t *testing.T) {
 	wantEnded(t, f, second.GetName(), feedToken(t, second))
 	// The tokens replaced before the revocation stay ended too.
 	wantEnded(t, f, first.GetName(), feedToken(t, first))
+	wantEnded(t, f, middle.GetName(), feedToken(t, middle))
 	// A replica a release behind answers the retry by setting the token
 	// again, revoked or not: the token it handed out reads no meetings.
 	rearmed := "a-token-an-older-replica-handed-out"
