@@ -1811,7 +1811,10 @@ func TestCheckInsAnsweredOutOfOrder(t *testing.T) {
 	due := map[string]time.Time{"1": now.Add(24 * time.Hour), "2": now.Add(7 * 24 * time.Hour),
 		"2 resent": now.Add(7*24*time.Hour + time.Hour), "3": now.Add(30 * 24 * time.Hour)}
 	names := map[string]string{}
-	for k, d := range due {
+	// Made in the order of their due times, as the workflow makes them:
+	// a resend after the reminder it sends again.
+	for _, k := range []string{"1", "2", "2 resent", "3"} {
+		d := due[k]
 		rem, err := f.client.CreateReminder(f.worker, &interventionsv1.CreateReminderRequest{Parent: "clinics/north", Reminder: &interventionsv1.Reminder{
 			Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR, Id: "counselor-1",
 				Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP},
