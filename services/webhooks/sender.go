@@ -387,7 +387,6 @@ type pending struct {
 	ownFailures              int        // tries failed on Handoff's side in a row (migration 0016)
 	refusals                 int        // answers in a row that refused it (migration 0014)
 	firstRefusal             *time.Time // the first of those refusals (migration 0020)
-	consulted                bool       // this attempt asked the families service (disclose)
 	// toRecord is the information of the data this attempt's body carries,
 	// whose disclosure is recorded as the connection comes (recording);
 	// unspecified for a body that carries none.
@@ -624,15 +623,13 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 	// was claimed must still be there to go, and is signed with the
 	// secrets as they are now. Asked before the consent checks too, which
 	// record the disclosure: one recorded for a delivery that never goes
-	// would stand in the accounting of disclosures.
+	// would stand in the accounting of disclosures. The consent checks
+	// take time: the connection's hook asks again (recording), before the
+	// record and the first byte.
 	due, err := s.current(ctx, p)
 	var body []byte
 	if err == nil && due {
 		body, err = s.body(ctx, p)
-		if err == nil && p.consulted {
-			// The consent checks take time: asked again.
-			due, err = s.current(ctx, p)
-		}
 	}
 	if err == nil && !due {
 		log.Info("webhook delivery gone before it was sent", "attempt", p.attempts)
@@ -946,7 +943,6 @@ func (s *Sender) disclose(ctx context.Context, p *pending, info familiesv1.Infor
 	if s.cfg.Families == nil {
 		return false, nil
 	}
-	p.consulted = true
 	d := &familiesv1.Disclosure{
 		Recipient: p.owner, Information: info, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
 		Resource: p.resource, Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_WEBHOOK, MemberId: p.member,
