@@ -808,16 +808,17 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 		// Filtered in SQL so that pages stay full and tokens never point
 		// past consents the caller may not see.
 		subject = fmt.Sprintf("$%d", len(args)+1)
-		// Under the designation alone, not one revoked for the caller
-		// (visibleToCaller).
-		scope += " AND (" + subject + `::text = ANY (c.recipients) OR c.treating_providers AND NOT EXISTS (SELECT 1 FROM consent_revocations r
-			WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient = ` + subject + `::text))`
+		revoked := `EXISTS (SELECT 1 FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id
+			AND r.consent_id = c.id AND r.recipient = ` + subject + `::text)`
 		if every {
 			// Across the clinic, not one revoked for the caller: a
 			// patient who shut a provider out (in advance, too) is not
 			// named to it as one of the program's by this list.
-			scope += ` AND NOT EXISTS (SELECT 1 FROM consent_revocations r WHERE r.clinic = c.clinic AND r.family_id = c.family_id
-				AND r.consent_id = c.id AND r.recipient = ` + subject + `::text)`
+			scope += " AND (c.treating_providers OR " + subject + "::text = ANY (c.recipients)) AND NOT " + revoked
+		} else {
+			// Under the designation alone, not one revoked for the
+			// caller (visibleToCaller).
+			scope += " AND (" + subject + "::text = ANY (c.recipients) OR c.treating_providers AND NOT " + revoked + ")"
 		}
 		args = append(args, p.Subject)
 	}
