@@ -203,7 +203,8 @@ func (r *Recorder) Stamp(ctx context.Context, e Event) *pgdb.Stamp {
 	st := &pgdb.Stamp{SQL: insert, Args: args(e.Resource), Deferred: e.Creates, Resource: e.Resource,
 		Rename: func(resource string) []any { return args(Event{Resource: resource}.clean().Resource) }}
 	if d, ok := ctx.Value(disclosedKey{}).(*disclosed); ok {
-		// What the call noted up to its commit (Disclose) is named.
+		// What the call noted (Disclose) before the stamp is written is
+		// named; the interceptor records the rest (Gathering).
 		st.Fill = func(a []any) (string, []any) {
 			names := Event{Records: d.fill()}.clean().Records
 			if len(names) == 0 {
