@@ -1798,15 +1798,7 @@ func TestReminderCancelledByTheWithdrawalMeanwhile(t *testing.T) {
 func TestCheckInsAnsweredOutOfOrder(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	iv := f.draft(t, f.clock.Now().Add(time.Hour))
-	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
-		t.Fatal(err)
-	}
-	f.clock.Advance(2 * time.Hour)
-	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
-		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
-		t.Fatal(err)
-	}
+	iv := f.declined(t)
 	now := f.clock.Now().UTC().Truncate(time.Second)
 	due := map[string]time.Time{"1": now.Add(24 * time.Hour), "2": now.Add(7 * 24 * time.Hour),
 		"2 resent": now.Add(7*24*time.Hour + time.Hour), "3": now.Add(30 * 24 * time.Hour)}
@@ -3695,15 +3687,7 @@ func TestDraftNoticeOnlyWhileTheDraftStands(t *testing.T) {
 func TestCheckInWhoseReminderFailedForGoodKeepsItsNumber(t *testing.T) {
 	t.Parallel()
 	f := setup(t)
-	iv := f.draft(t, f.clock.Now().Add(time.Hour))
-	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
-		t.Fatal(err)
-	}
-	f.clock.Advance(2 * time.Hour)
-	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
-		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
-		t.Fatal(err)
-	}
+	iv := f.declined(t)
 	now := f.clock.Now().UTC().Truncate(time.Second)
 	due := []time.Time{now.Add(24 * time.Hour), now.Add(7 * 24 * time.Hour)}
 	for i, d := range due {
@@ -3738,4 +3722,21 @@ func TestCheckInWhoseReminderFailedForGoodKeepsItsNumber(t *testing.T) {
 			t.Fatalf("the check-in due %v: %v, %v; want number %d", c.due, ci, err, c.want)
 		}
 	}
+}
+
+// declined schedules a meeting an hour ahead, moves the clock past it and
+// records that the loved one declined: a meeting the boundary follow-up
+// checks in on.
+func (f *fixture) declined(t *testing.T) *interventionsv1.Intervention {
+	t.Helper()
+	iv := f.draft(t, f.clock.Now().Add(time.Hour))
+	if _, err := f.client.ScheduleIntervention(f.ctx, &interventionsv1.ScheduleInterventionRequest{Name: iv.GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	f.clock.Advance(2 * time.Hour)
+	if _, err := f.client.RecordOutcome(f.ctx, &interventionsv1.RecordOutcomeRequest{Name: iv.GetName(),
+		Kind: interventionsv1.OutcomeKind_OUTCOME_KIND_DECLINED}); err != nil {
+		t.Fatal(err)
+	}
+	return iv
 }
