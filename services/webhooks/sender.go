@@ -1034,7 +1034,12 @@ func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, 
 			body.Reset(nil)
 			return
 		}
-		clock.restart()
+		if asked {
+			clock.restart()
+		} else {
+			// Only checked: the connection's time stays the receiver's.
+			clock.resume()
+		}
 	}
 	traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { record() }})
 	return traced, func() (bool, error) { return asked, err }
@@ -1078,7 +1083,19 @@ func (c *attemptClock) pause() bool {
 // is not the receiver's.
 func (c *attemptClock) skip() { c.began = c.began.Add(time.Since(c.paused)) }
 
-// restart gives the attempt its whole time again, from now.
+// resume starts the clock again where pause stopped it: the time before
+// the pause (connecting) stays the attempt's, the pause's does not.
+func (c *attemptClock) resume() {
+	used := c.paused.Sub(c.began)
+	c.skip()
+	if c.onBeg != nil {
+		c.onBeg(c.began)
+	}
+	c.timer.Reset(c.limit - used)
+}
+
+// restart gives the attempt its whole time again, from now: after a
+// disclosure record, which may have waited on the families service.
 func (c *attemptClock) restart() {
 	c.began = time.Now()
 	if c.onBeg != nil {

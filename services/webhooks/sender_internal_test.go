@@ -785,3 +785,27 @@ func TestSlowFailedRecordIsNotTheReceivers(t *testing.T) {
 		t.Fatalf("slow %v, posting %v; want the receiver not taken for slow by the record's time", s.slow, s.posting)
 	}
 }
+
+// A clock paused only for the check as the connection came resumes with
+// what was left of the attempt's time, not the whole of it again: the
+// connection's time is the receiver's. Before, every attempt got a whole
+// timeout anew once connected.
+func TestAttemptClockResumesWhatWasLeft(t *testing.T) {
+	ctx, clock := newAttemptClock(context.Background(), 400*time.Millisecond, nil)
+	defer clock.stop()
+	time.Sleep(250 * time.Millisecond) // connecting
+	began := time.Now()
+	if !clock.pause() {
+		t.Fatal("the clock ran out before its time")
+	}
+	time.Sleep(100 * time.Millisecond) // the check, not the receiver's
+	clock.resume()
+	<-ctx.Done()
+	// 150 ms were left; a whole timeout anew would have taken 400.
+	if took := time.Since(began) - 100*time.Millisecond; took > 350*time.Millisecond {
+		t.Fatalf("the attempt ran %v after the pause; want about the 150 ms left", took)
+	}
+	if !clock.began.Before(began) {
+		t.Fatalf("the receiver's time begins at %v, after the connection (%v); want it moved by the pause only", clock.began, began)
+	}
+}
