@@ -392,9 +392,9 @@ const takesPart3 = `EXISTS (SELECT 1 FROM jsonb_array_elements(COALESCE(doc->'pa
 // but the workflow, which hears of the change through the outbox, may
 // still be making one with what it knew: the shared lock makes the two
 // take turns, so such a reminder is either refused here or seen, and
-// cancelled, by the change. A name of no meeting of the clinic is left
-// to the caller (found false).
-func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) (found bool, err error) {
+// cancelled, by the change. A name that is not of an intervention of the
+// clinic is left to the caller (checked false); one of no meeting passes.
+func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *interventionsv1.CreateReminderRequest) (checked bool, err error) {
 	related := req.GetReminder().GetRelatedResource()
 	id, ok := strings.CutPrefix(related, "clinics/"+clinic+"/interventions/")
 	if !ok || id == "" || strings.Contains(id, "/") {
@@ -412,7 +412,8 @@ func meetingStands(ctx context.Context, tx pgx.Tx, clinic string, req *intervent
 			counselor, family
 		FROM interventions WHERE clinic = $1 AND id = $2 FOR SHARE`, clinic, id, to.GetId()).Scan(&state, &start, &takesPart, &counselor, &family)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return false, nil
+		// Read, and no meeting: aboutFamily would read the same row.
+		return true, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("read the reminder's meeting: %w", err)
