@@ -184,6 +184,17 @@ func httpStatus(st *status.Status) (int, string) {
 
 func errorReason(st *status.Status) string { return apperr.Reason(st.Err()) }
 
+// readErr is err as a read or a search answers it. A conflict there (a
+// page emptied under the search, a write met) asks for the same request
+// again: FHIR clients retry a 503 with Retry-After, and take a 409 to a
+// GET as final. A stale If-Match keeps its 412.
+func readErr(err error) error {
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Aborted && errorReason(st) != apperr.ReasonEtagMismatch {
+		return status.Error(codes.Unavailable, st.Message())
+	}
+	return err
+}
+
 // statusClientClosed answers a request its caller cancelled (nginx's 499):
 // not a server error, so not logged as one.
 const statusClientClosed = 499

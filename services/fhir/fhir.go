@@ -135,6 +135,14 @@ func noHead(next http.Handler, refuse http.HandlerFunc) http.Handler {
 // anyway would be a body it cannot read.
 func (s *server) jsonOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && r.ContentLength != 0 {
+			// Go reads no parameters from a GET body: a search sent that
+			// way would drop every one and match all the caller may see.
+			// (-1 is a body of unknown length, as when chunked.)
+			s.fail(w, http.StatusBadRequest, "invalid",
+				"a GET takes no body: put the search parameters in the URL, or POST them to [type]/_search")
+			return
+		}
 		if r.Method == http.MethodPost && r.ContentLength != 0 {
 			// A POST search may carry _format in its body: the search
 			// checks the format once it has read (and refused, if it
@@ -312,6 +320,11 @@ func (s *server) writeResource(w http.ResponseWriter, code int, res obj) {
 	if err != nil {
 		// The message names paths and rules, never values.
 		s.cfg.Log.Error("fhir: an answer failed R4 validation", "resource_type", res["resourceType"], "error", err)
+		// The headers set for the record would tell the client of a
+		// version its failed request did not show it.
+		for _, h := range []string{"ETag", "Last-Modified", "Location", "Content-Location", "Preference-Applied"} {
+			w.Header().Del(h)
+		}
 		s.writeRaw(w, http.StatusInternalServerError, internalOutcome)
 		return
 	}

@@ -160,6 +160,14 @@ func TestRenderRejectsInvalid(t *testing.T) {
 	if _, err := s.render(bad); err == nil {
 		t.Fatal("a Task with a bad status rendered")
 	}
+	// Its answer is a 500 without the version headers set for it.
+	rec := httptest.NewRecorder()
+	writeVersionHeaders(rec, bad)
+	s.writeResource(rec, http.StatusOK, bad)
+	if rec.Code != http.StatusInternalServerError || rec.Header().Get("ETag") != "" || rec.Header().Get("Last-Modified") != "" {
+		t.Fatalf("invalid answer: %d, ETag %q, Last-Modified %q; want 500 without either",
+			rec.Code, rec.Header().Get("ETag"), rec.Header().Get("Last-Modified"))
+	}
 }
 
 // Text stored before the services refused the control characters FHIR's
@@ -237,6 +245,8 @@ func TestLastUpdated(t *testing.T) {
 	}
 	for _, bad := range []map[string][]string{
 		{"_lastUpdated": {"sa2026"}}, {"_lastUpdated": {"yesterday"}}, {"name": {"x"}}, {"_count": {"0"}},
+		// A decimal comma, which Go's parser takes and FHIR's grammar does not.
+		{"_lastUpdated": {"eq2026-03-01T10:00:00,5Z"}}, {"_lastUpdated": {"gt2026-03-01T10:00:00,5"}},
 		{"status": {"accepted,rejected"}}, {"patient": {"Group/x"}}, {"patient": {"https://ehr.example/fhir/NotPatient/x"}},
 		// Another server's Patient, or another base on this host.
 		{"patient": {"https://ehr.example/fhir/R4/Patient/f1"}}, {"subject": {"https://handoff.example/other/Patient/f1"}},
@@ -574,6 +584,25 @@ func TestServiceFailuresSayWhetherToRetry(t *testing.T) {
 		s.writeErr(rec, c.err, "Patient/p1")
 		if rec.code != c.code || rec.header.Get("Retry-After") != c.retryAfter || !strings.Contains(string(rec.body), c.text) {
 			t.Errorf("%v: %d, Retry-After %q, %s; want %d, %q, %q", c.err, rec.code, rec.header.Get("Retry-After"), rec.body, c.code, c.retryAfter, c.text)
+		}
+	}
+	// A conflict met by a read (a page emptied under it) is for the
+	// client to send again; a stale If-Match stays a 412.
+	emptied := status.Error(codes.Aborted, "the page emptied as it was read: read it again")
+	stale := apperr.EtagMismatch("clinics/north/referrals/r1")
+	for _, c := range []struct {
+		err        error
+		code       int
+		retryAfter string
+	}{
+		{readErr(emptied), http.StatusServiceUnavailable, "5"},
+		{readErr(stale), http.StatusPreconditionFailed, ""},
+		{emptied, http.StatusConflict, ""}, // a write's conflict stays a 409
+	} {
+		rec := &recorder{header: http.Header{}}
+		s.writeErr(rec, c.err, "Task records")
+		if rec.code != c.code || rec.header.Get("Retry-After") != c.retryAfter {
+			t.Errorf("%v: %d, Retry-After %q; want %d, %q", c.err, rec.code, rec.header.Get("Retry-After"), c.code, c.retryAfter)
 		}
 	}
 }

@@ -624,6 +624,14 @@ func TestPostSearchBody(t *testing.T) {
 	if a := fx.do("POST", "/fhir/R4/Task/_search", "_format=json&patient="+famID+"%", "Content-Type", "application/x-www-form-urlencoded"); a.code != http.StatusBadRequest {
 		t.Fatalf("form search with an unreadable body: %d %s; want 400", a.code, a.raw)
 	}
+	// A GET's body is never read: its parameters would be dropped and the
+	// search would answer everything, so it is refused.
+	for _, path := range []string{"/fhir/R4/Task", "/fhir/R4/Task/" + refID} {
+		a := fx.do("GET", path, "patient="+famID+"&status=requested", "Content-Type", "application/x-www-form-urlencoded")
+		if a.code != http.StatusBadRequest || a.body["resourceType"] != "OperationOutcome" {
+			t.Fatalf("GET %s with a body: %d %s; want 400", path, a.code, a.raw)
+		}
+	}
 	if a := fx.do("DELETE", "/fhir/R4/Task/_search", ""); a.code != http.StatusMethodNotAllowed || a.header.Get("Allow") != "POST" {
 		t.Fatalf("DELETE of the search: %d, Allow %q; want 405 with Allow: POST", a.code, a.header.Get("Allow"))
 	}

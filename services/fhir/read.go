@@ -36,7 +36,7 @@ func (s *server) read(ctx context.Context, w http.ResponseWriter, r *http.Reques
 	}
 	res, err := s.get(ctx, c, typ, id)
 	if err != nil {
-		s.writeErr(w, err, typ+"/"+id)
+		s.writeErr(w, readErr(err), typ+"/"+id)
 		return
 	}
 	writeVersionHeaders(w, res)

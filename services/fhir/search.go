@@ -102,7 +102,7 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	q, err := parseQuery(typ, r.Form, c.base)
 	if err != nil {
-		s.writeErr(w, err, typ+" records")
+		s.writeErr(w, readErr(err), typ+" records")
 		return
 	}
 	// The searchset's timestamp is taken before the search runs: a client
@@ -116,7 +116,7 @@ func (s *server) search(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		p, err = page{}, nil
 	}
 	if err != nil {
-		s.writeErr(w, err, typ+" records")
+		s.writeErr(w, readErr(err), typ+" records")
 		return
 	}
 	s.writeResource(w, http.StatusOK, searchBundle(c.base, q, p, at))
@@ -280,6 +280,11 @@ func plusOffset(v string) string {
 // which FHIR's search says to assume for them (the CapabilityStatement and
 // the README say it).
 func timeRange(v string) (lo, hi time.Time, ok bool) {
+	if strings.Contains(v, ",") {
+		// Go's parser takes a comma for the decimal point, which FHIR's
+		// dateTime does not; the precision below reads only a point.
+		return time.Time{}, time.Time{}, false
+	}
 	for _, f := range []struct {
 		layout string
 		step   func(time.Time) time.Time
