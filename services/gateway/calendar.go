@@ -97,6 +97,10 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		w.Header().Set("Content-Disposition", `inline; filename="handoff.ics"`)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		// ServeContent answers If-None-Match against the ETag (RFC 9110).
+		// It would answer a Range with part of the calendar, when the
+		// whole export has run and is recorded as read: the whole is sent.
+		r.Header.Del("Range")
+		r.Header.Del("If-Range")
 		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(body.GetData()))
 	})
 }

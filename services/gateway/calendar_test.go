@@ -137,6 +137,22 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	if code := conditional(); code != http.StatusNotModified {
 		t.Fatalf("unchanged feed with If-None-Match: %d, want 304", code)
 	}
+	// A Range gets the whole calendar, which the export recorded as read.
+	_, whole, _ := get(feedURL)
+	ranged, err := http.NewRequest("GET", base+feedURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ranged.Header.Set("Range", "bytes=0-9")
+	if resp, err := http.DefaultClient.Do(ranged); err != nil {
+		t.Fatal(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(b) != whole {
+			t.Fatalf("feed with Range: %d, %d bytes; want 200 with the whole %d", resp.StatusCode, len(b), len(whole))
+		}
+	}
 	moved := start.Add(2 * time.Hour)
 	if _, err := ivClient.RescheduleIntervention(ctx, &interventionsv1.RescheduleInterventionRequest{Name: iv.GetName(),
 		StartTime: timestamppb.New(moved)}); err != nil {
