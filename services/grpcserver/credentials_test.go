@@ -2,6 +2,9 @@ package grpcserver_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 
@@ -59,6 +62,12 @@ func TestRequestCredentials(t *testing.T) {
 	env.Server.SetCredentials(map[string]grpcserver.Credential{
 		feedMethod: func(_ context.Context, req any) (auth.Principal, error) {
 			r, ok := req.(*interventionsv1.ExportCalendarFeedRequest)
+			switch r.GetToken() {
+			case "outage": // the check's database out of reach
+				return auth.Principal{}, fmt.Errorf("read calendar feed: %w", &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")})
+			case "broken":
+				return auth.Principal{}, errors.New("read calendar feed: a fault")
+			}
 			if !ok || r.GetName() != feedName || r.GetToken() != feedSecret {
 				return auth.Principal{}, status.Error(codes.NotFound, "no such feed")
 			}
@@ -91,6 +100,14 @@ func TestRequestCredentials(t *testing.T) {
 	}
 	if err := call(context.Background(), feedMethod, ""); status.Code(err) != codes.NotFound {
 		t.Fatalf("no secret: %v, want NotFound", err)
+	}
+	// A check that could not reach its database is for the caller to
+	// retry, as a handler's would be; any other failure is internal.
+	if err := call(context.Background(), feedMethod, "outage"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("credential check with its database out of reach: %v, want Unavailable", err)
+	}
+	if err := call(context.Background(), feedMethod, "broken"); status.Code(err) != codes.Internal {
+		t.Fatalf("credential check that failed: %v, want Internal", err)
 	}
 	// Methods without a credential still need a bearer token.
 	if err := call(context.Background(), otherMethod, feedSecret); status.Code(err) != codes.Unauthenticated {

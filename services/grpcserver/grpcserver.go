@@ -136,6 +136,10 @@ func New(cfg Config) (*Server, error) {
 		// to find a server gone silent; the default floor of 5 minutes
 		// would answer those pings with GOAWAY.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 20 * time.Second}),
+		// A stop past the drain returns once the handlers have: the
+		// caller then closes the pools, which a handler still unwinding
+		// (its audit record) would otherwise meet closed.
+		grpc.WaitForHandlers(true),
 	}
 	if cfg.TLS != nil {
 		opts = append(opts, grpc.Creds(cfg.TLS))
@@ -658,8 +662,10 @@ func (i *interceptor) authenticate(ctx context.Context, method string, req any) 
 		p, err := cred(ctx, req)
 		if err != nil {
 			if _, ok := status.FromError(err); !ok {
-				i.log.ErrorContext(ctx, "request credential failed", "method", method, "error", err.Error())
-				err = status.Error(codes.Internal, "internal error")
+				// The check reads the database as a handler does: an
+				// outage is the caller's to retry, and its text is logged
+				// only as safe.
+				err = i.fromDatabase(ctx, method, fmt.Errorf("request credential: %w", err))
 			}
 			return auth.Principal{}, "", err
 		}

@@ -568,3 +568,48 @@ func TestCallsRefusedBeforeTheInterceptorAreLogged(t *testing.T) {
 		}
 	}
 }
+
+// A stop past the drain returns only once the handlers have, so that
+// what the caller closes next (the database pools) is not closed under a
+// handler still finishing (writing its audit record).
+func TestForcedStopWaitsForHandlers(t *testing.T) {
+	const method = "/handoff.test.Slow/Call"
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	var finished atomic.Bool
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.DiscardHandler), Verifier: iss.Verifier(),
+		Policy: grpcserver.Policy{method: {auth.RoleCounselor}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	registerOne(method, func(ctx context.Context) (any, error) {
+		close(started)
+		<-ctx.Done() // cancelled by the forced stop
+		time.Sleep(300 * time.Millisecond)
+		finished.Store(true)
+		return nil, ctx.Err()
+	})(srv.Server)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, 100*time.Millisecond); close(served) }()
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	call := auth.WithToken(context.Background(), iss.MustMint(auth.TokenOptions{Subject: "c", Clinic: "north", Roles: []auth.Role{auth.RoleCounselor}}))
+	go func() { _ = conn.Invoke(call, method, &emptypb.Empty{}, &emptypb.Empty{}) }()
+	<-started
+	cancel()
+	<-served
+	if !finished.Load() {
+		t.Fatal("Serve returned while a handler was still running")
+	}
+}
