@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 // Relay delivers a service's outbox events at least once, in order within
@@ -124,7 +125,7 @@ func (r *Relay) Run(ctx context.Context) {
 	for {
 		n, err := r.Once(ctx)
 		if err != nil && ctx.Err() == nil {
-			r.Log.Warn("outbox delivery paused", "error", err.Error())
+			r.Log.Warn("outbox delivery paused", "error", telemetry.LogSafe(err))
 		}
 		wait := interval
 		if n > 0 {

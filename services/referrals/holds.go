@@ -18,6 +18,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/idempotency"
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 const holdSelect = `SELECT id, program_id, service_kind, family, intervention, expire_time, state, referral,
@@ -290,7 +291,7 @@ func (s *Server) RunExpiry(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 			if err := s.ExpireHolds(ctx); err != nil && ctx.Err() == nil {
-				s.cfg.Log.Error("expire holds", "error", err.Error())
+				s.cfg.Log.Error("expire holds", "error", telemetry.LogSafe(err))
 			}
 		}
 	}

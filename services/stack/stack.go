@@ -32,6 +32,7 @@ import (
 	"github.com/handoff-health/handoff/services/outbox"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/referrals"
+	"github.com/handoff-health/handoff/services/telemetry"
 	"github.com/handoff-health/handoff/services/webhooks"
 	"github.com/handoff-health/handoff/workflows/activities"
 	"github.com/handoff-health/handoff/workflows/dispatch"
@@ -155,7 +156,7 @@ func Start(ctx context.Context, cfg Config) (*Stack, error) {
 		go func() {
 			defer s.wg.Done()
 			if err := srv.Serve(runCtx, lis, 5*time.Second); err != nil {
-				cfg.Log.Error("serve", "service", name, "error", err.Error())
+				cfg.Log.Error("serve", "service", name, "error", telemetry.LogSafe(err))
 			}
 		}()
 		return lis.Addr().String(), nil

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/handoff-health/handoff/services/pgdb"
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 // resealEvery is how often a running sender looks for signing secrets
@@ -127,7 +128,7 @@ func (s *Sender) resealIfDue(ctx context.Context) {
 	n, skipped, err := s.Reseal(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.cfg.Log.Warn("webhook secrets not all resealed", "resealed", n, "skipped", skipped, "error", err.Error())
+			s.cfg.Log.Warn("webhook secrets not all resealed", "resealed", n, "skipped", skipped, "error", telemetry.LogSafe(err))
 			s.mu.Lock()
 			s.resealed = time.Time{} // try again on the next round
 			s.mu.Unlock()

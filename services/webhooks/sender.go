@@ -181,7 +181,7 @@ func (s *Sender) Run(ctx context.Context) {
 	for {
 		s.resealIfDue(ctx)
 		if err := s.fill(ctx); err != nil && ctx.Err() == nil {
-			s.cfg.Log.Warn("webhook sending paused", "error", err.Error())
+			s.cfg.Log.Warn("webhook sending paused", "error", telemetry.LogSafe(err))
 		}
 		tick := time.NewTimer(s.cfg.Interval)
 	wait:
@@ -218,7 +218,7 @@ func (s *Sender) fill(ctx context.Context) error {
 	for _, p := range batch {
 		s.start(ctx, p, func(err error) {
 			if err != nil && ctx.Err() == nil {
-				s.cfg.Log.Warn("webhook send not recorded", "delivery", p.name(), "error", err.Error())
+				s.cfg.Log.Warn("webhook send not recorded", "delivery", p.name(), "error", telemetry.LogSafe(err))
 			}
 		})
 	}

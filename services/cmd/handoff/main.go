@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"github.com/handoff-health/handoff/services/telemetry"
 )
 
 type command struct {
@@ -40,7 +42,7 @@ func main() {
 	}
 	files, err := secretFiles(os.Environ(), commands[os.Args[1]].secrets, os.ReadFile)
 	if err != nil {
-		log.Error("exit", "command", os.Args[1], "error", err.Error())
+		log.Error("exit", "command", os.Args[1], "error", telemetry.LogSafe(err))
 		os.Exit(2)
 	}
 	fromFiles = files
@@ -66,10 +68,10 @@ func exitCode(log *slog.Logger, name string, oneShot bool, err error) int {
 	case errors.Is(err, context.Canceled) && !oneShot:
 		return 0
 	case errors.Is(err, context.Canceled):
-		log.Error("exit: stopped before it finished", "command", name, "error", err.Error())
+		log.Error("exit: stopped before it finished", "command", name, "error", telemetry.LogSafe(err))
 		return 1
 	}
-	log.Error("exit", "command", name, "error", err.Error())
+	log.Error("exit", "command", name, "error", telemetry.LogSafe(err))
 	return 1
 }
 
