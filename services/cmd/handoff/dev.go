@@ -170,10 +170,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		return err
 	}
 	defer gw.Close()
-	mux := http.NewServeMux()
-	mux.Handle("GET /dev-issuer/jwks.json", iss.JWKSHandler())
-	mux.Handle("GET /metrics", tel.Handler())
-	mux.Handle("/", gw)
+	mux := devRoutes(*listen, iss.JWKSHandler(), tel.Handler(), gw)
 
 	tokens := map[string]string{}
 	for _, r := range []struct {
@@ -340,4 +337,17 @@ func codecAccess(log *slog.Logger, v *auth.Verifier) func(*http.Request) (string
 		log.InfoContext(r.Context(), "payload codec access", "subject", p.Subject, "clinic", p.Clinic, "path", r.URL.Path)
 		return p.Clinic, nil
 	}
+}
+
+// devRoutes are the development gateway's routes: the API, the dev
+// issuer's keys and, on loopback only (the gateway's rule), the metrics,
+// which off it would tell the network how the system runs.
+func devRoutes(listen string, jwks, metrics, api http.Handler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /dev-issuer/jwks.json", jwks)
+	if metricsOnPublicPort(listen, "") {
+		mux.Handle("GET /metrics", metrics)
+	}
+	mux.Handle("/", api)
+	return mux
 }

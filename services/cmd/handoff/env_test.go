@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -269,6 +270,29 @@ func TestMetricsOnThePublicPortOnlyLocally(t *testing.T) {
 	} {
 		if got := metricsOnPublicPort(c.listen, c.metrics); got != c.want {
 			t.Errorf("listen %q, metrics %q: on the public port %v; want %v", c.listen, c.metrics, got, c.want)
+		}
+	}
+}
+
+// The development gateway keeps to the same rule: off loopback (on a
+// network said trusted), no /metrics; the API and the dev keys still.
+func TestDevMetricsOnlyOnLoopback(t *testing.T) {
+	named := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte(name)) })
+	}
+	for _, c := range []struct {
+		listen, metricsFrom string
+	}{
+		{"127.0.0.1:8080", "metrics"},
+		{"0.0.0.0:8080", "api"}, // the API's 404, not the metrics
+	} {
+		mux := devRoutes(c.listen, named("jwks"), named("metrics"), named("api"))
+		for path, want := range map[string]string{"/metrics": c.metricsFrom, "/dev-issuer/jwks.json": "jwks", "/v1/x": "api"} {
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+			if rec.Body.String() != want {
+				t.Errorf("dev on %s: GET %s answered by %q; want %q", c.listen, path, rec.Body.String(), want)
+			}
 		}
 	}
 }
