@@ -678,11 +678,13 @@ func validateCompose(path string) error {
 		"HANDOFF_WEBHOOK_SECRET_KEY":           {"webhooks"},
 		"HANDOFF_WEBHOOK_PREVIOUS_SECRET_KEYS": {"webhooks"},
 		"HANDOFF_APP_LOGIN_PASSWORD":           {"migrate"},
+		// pgx's own: the password of a database URL that names none.
+		"PGPASSWORD": slices.Clone(services),
 	}
 	for name, svc := range doc.Services {
 		for _, k := range envNames(svc.Environment) {
 			k = strings.TrimSuffix(k, "_FILE")
-			if !secretVars[k] {
+			if !secretVars[k] && k != "PGPASSWORD" {
 				continue
 			}
 			if who := allowed[k]; !slices.Contains(who, name) {

@@ -115,6 +115,10 @@ func TestComposeGivesSecretsOnlyWhereUsed(t *testing.T) {
 		{"the gateway given Temporal's API key", "  gateway:\n    <<: *handoff\n    environment: *peer-env\n",
 			"  gateway:\n    <<: *handoff\n    environment:\n      <<: *peer-env\n      HANDOFF_TEMPORAL_API_KEY_FILE: /run/secrets/temporal\n",
 			"service gateway is given HANDOFF_TEMPORAL_API_KEY"},
+		// The services' login password, apart from their database URL.
+		{"the worker given the database password", "  worker:\n    <<: *handoff\n    environment: *peer-env\n",
+			"  worker:\n    <<: *handoff\n    environment:\n      <<: *peer-env\n      PGPASSWORD: x\n",
+			"service worker is given PGPASSWORD"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
