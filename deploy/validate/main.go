@@ -682,7 +682,9 @@ func validateCompose(path string) error {
 		"PGPASSWORD": slices.Clone(services),
 	}
 	for name, svc := range doc.Services {
-		for _, k := range envNames(svc.Environment) {
+		names := envNames(svc.Environment)
+		slices.Sort(names) // the same refusal each run for the same file
+		for _, k := range names {
 			k = strings.TrimSuffix(k, "_FILE")
 			if !secretVars[k] && k != "PGPASSWORD" {
 				continue

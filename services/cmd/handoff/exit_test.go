@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -94,6 +97,79 @@ func TestPlaintextOnlyOnLoopback(t *testing.T) {
 	e.register(fs, false)
 	if err := e.plaintext("calling", "families:7101", nil); err != nil {
 		t.Errorf("HANDOFF_INSECURE_PLAINTEXT=1: %v", err)
+	}
+}
+
+// --insecure-plaintext does not waive the database's TLS, which takes a
+// switch of its own (a network trusted between the pods may not reach a
+// managed database), and what it does waive is named in a warning at
+// start.
+func TestInsecurePlaintextLeavesTheDatabaseAndSaysWhatItWaives(t *testing.T) {
+	for _, k := range []string{"HANDOFF_INSECURE_PLAINTEXT", "HANDOFF_DATABASE_PLAINTEXT", "PGSSLMODE", "PGHOST"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	remote := "postgres://u@db.example.internal/handoff?sslmode=require"
+	parse := func(args ...string) serviceFlags {
+		t.Helper()
+		f, err := serviceDefs[0].parse(append([]string{"--database-url", remote}, args...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	f := parse("--insecure-plaintext")
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err == nil || !strings.Contains(err.Error(), "HANDOFF_DATABASE_PLAINTEXT") {
+		t.Fatalf("a database in clear with --insecure-plaintext: %v; want it refused, naming HANDOFF_DATABASE_PLAINTEXT", err)
+	}
+	t.Setenv("HANDOFF_DATABASE_PLAINTEXT", "true")
+	f = parse()
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err != nil {
+		t.Fatalf("with HANDOFF_DATABASE_PLAINTEXT=true: %v", err)
+	}
+	if f.insecurePlaintext {
+		t.Fatal("HANDOFF_DATABASE_PLAINTEXT set --insecure-plaintext")
+	}
+	// The migration takes the same switch, and not the other.
+	t.Setenv("HANDOFF_DATABASE_PLAINTEXT", "")
+	os.Unsetenv("HANDOFF_DATABASE_PLAINTEXT")
+	t.Setenv("HANDOFF_INSECURE_PLAINTEXT", "true")
+	err := runMigrate(context.Background(), slog.New(slog.DiscardHandler), []string{"--database-url", remote})
+	if err == nil || !strings.Contains(err.Error(), "without verified TLS") {
+		t.Fatalf("migrate with HANDOFF_INSECURE_PLAINTEXT alone: %v; want the database refused", err)
+	}
+
+	// Each hop waived is named once; one over TLS or on loopback is not.
+	var c common
+	c.register(flag.NewFlagSet("t", flag.ContinueOnError), false)
+	c.jwksURL, c.issuer, c.audience, c.otlpEndpoint = "http://issuer.internal/jwks.json", "https://issuer", "handoff", "collector:4317"
+	c.temporalAddr = "temporal:7233"
+	for _, addr := range []string{"families:7101", "families:7101", "127.0.0.1:7102"} {
+		if err := c.plaintext("calling", addr, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.verifier(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.otlpTLS(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.temporalPlaintext(nil); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	c.warnWaived(slog.New(slog.NewJSONHandler(&logs, nil)))
+	var rec struct {
+		Level string   `json:"level"`
+		Hops  []string `json:"hops"`
+	}
+	if err := json.Unmarshal(logs.Bytes(), &rec); err != nil {
+		t.Fatalf("warning %q: %v", logs.String(), err)
+	}
+	want := []string{"calling families:7101", "the token signing keys at http://issuer.internal/jwks.json", "traces to collector:4317", "Temporal at temporal:7233"}
+	if rec.Level != "WARN" || !slices.Equal(rec.Hops, want) {
+		t.Fatalf("warning %s; want WARN with hops %q", logs.String(), want)
 	}
 }
 
@@ -196,6 +272,10 @@ func TestServiceRefusesItsSettingsBeforeMigrating(t *testing.T) {
 		// Another service called in clear off this machine.
 		{"interventions", []string{"--referrals-address", "referrals:7103"}, "referrals:7103"},
 		{"referrals", []string{"--families-address", "families:7101"}, "families:7101"},
+		// A database off this machine in clear: --insecure-plaintext does
+		// not waive it.
+		{"families", []string{"--insecure-plaintext", "--database-url", "postgres://u@db.example.internal/handoff?sslmode=require"},
+			"HANDOFF_DATABASE_PLAINTEXT"},
 	} {
 		var d serviceDef
 		for _, def := range serviceDefs {

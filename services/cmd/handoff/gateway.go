@@ -84,6 +84,7 @@ func runGateway(ctx context.Context, log *slog.Logger, args []string) error {
 			return err
 		}
 	}
+	c.warnWaived(log)
 	var codecHandler http.Handler
 	if c.payloadKeys != "" {
 		// The remote codec for the Temporal Web UI: clinic administrators only.

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -67,13 +68,19 @@ type common struct {
 	temporalAPIKey                         string
 	temporalTLS                            tlsconf.Files
 	tls                                    tlsconf.Files
-	insecurePlaintext                      bool
+	insecurePlaintext, databasePlaintext   bool
 	envErr                                 error // a variable that did not parse
+	// waived are the hops left in clear off this machine because
+	// --insecure-plaintext said the network is trusted, for the warning
+	// logged at start (shared by the copies of c).
+	waived *[]string
 }
 
 func (c *common) register(fs *flag.FlagSet, withDB bool) {
+	c.waived = new([]string)
 	if withDB {
 		secretVar(fs, &c.databaseURL, "database-url", env("HANDOFF_DATABASE_URL", defaultDatabaseURL), "PostgreSQL URL (HANDOFF_DATABASE_URL)")
+		fs.BoolVar(&c.databasePlaintext, "database-plaintext", false, databasePlaintextUsage)
 	}
 	fs.StringVar(&c.issuer, "oidc-issuer", env("HANDOFF_OIDC_ISSUER", ""), "trusted token issuer (HANDOFF_OIDC_ISSUER)")
 	fs.StringVar(&c.audience, "oidc-audience", env("HANDOFF_OIDC_AUDIENCE", "handoff"), "required token audience (HANDOFF_OIDC_AUDIENCE)")
@@ -95,8 +102,31 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
 	fs.BoolVar(&c.insecurePlaintext, "insecure-plaintext", false,
-		"allow gRPC between Handoff's processes without TLS off loopback, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
-	c.envErr = fromEnv(fs, "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT")
+		"allow gRPC between Handoff's processes, Temporal, the JWKS and traces without TLS off loopback, on a network you trust; not the database (HANDOFF_INSECURE_PLAINTEXT)")
+	vars := []string{"insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT"}
+	if withDB {
+		vars = append(vars, "database-plaintext", "HANDOFF_DATABASE_PLAINTEXT")
+	}
+	c.envErr = fromEnv(fs, vars...)
+}
+
+const databasePlaintextUsage = "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_DATABASE_PLAINTEXT)"
+
+// waive notes that hop goes in clear because --insecure-plaintext says the
+// network is trusted.
+func (c *common) waive(hop string) {
+	if c.waived != nil && !slices.Contains(*c.waived, hop) {
+		*c.waived = append(*c.waived, hop)
+	}
+}
+
+// warnWaived logs, once the checks have run, each hop --insecure-plaintext
+// left in clear: one switch waives several, and an operator who set it for
+// one (a mesh between the pods) must see what else it let through.
+func (c *common) warnWaived(log *slog.Logger) {
+	if c.waived != nil && len(*c.waived) > 0 {
+		log.Warn("HANDOFF_INSECURE_PLAINTEXT: these connections go without TLS, trusting the network to protect them", "hops", *c.waived)
+	}
 }
 
 // plaintext refuses gRPC without TLS (creds nil) on or to addr unless addr
@@ -107,7 +137,11 @@ func (c *common) plaintext(what, addr string, creds credentials.TransportCredent
 	if c.envErr != nil {
 		return c.envErr
 	}
-	if creds != nil || c.insecurePlaintext || isLoopback(addr) {
+	if creds != nil || isLoopback(addr) {
+		return nil
+	}
+	if c.insecurePlaintext {
+		c.waive(what + " " + addr)
 		return nil
 	}
 	return fmt.Errorf("%s %s without TLS would carry bearer tokens in clear: set --tls-cert, --tls-key and --tls-ca (HANDOFF_TLS_CERT, _KEY, _CA), "+
@@ -116,7 +150,9 @@ func (c *common) plaintext(what, addr string, creds credentials.TransportCredent
 
 // databaseTransport refuses a PostgreSQL URL that would reach a server off
 // this machine without TLS that verifies it (sslmode verify-ca or
-// verify-full) unless trusted (--insecure-plaintext): the connection
+// verify-full) unless trusted (--database-plaintext, a switch of its own:
+// a network trusted between the pods, a mesh, may not reach a managed
+// database, and --insecure-plaintext must not waive it unseen): the connection
 // carries every family's record, and sslmode prefer, pgx's default, falls
 // back to plaintext without a word. A Unix socket or loopback is this
 // machine.
@@ -140,7 +176,7 @@ func databaseTransport(dsn string, trusted bool) error {
 		// nothing.
 		if t := h.TLSConfig; t == nil || (t.InsecureSkipVerify && (t.VerifyPeerCertificate == nil || t.RootCAs == nil)) {
 			return fmt.Errorf("--database-url: PostgreSQL at %s without verified TLS would carry the records in clear or to anyone answering: "+
-				"set sslmode=verify-full (with sslrootcert), or --insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true) on a network you trust", h.Host)
+				"set sslmode=verify-full (with sslrootcert), or --database-plaintext (HANDOFF_DATABASE_PLAINTEXT=true) on a network you trust", h.Host)
 		}
 	}
 	return nil
@@ -165,6 +201,9 @@ func (c *common) verifier() (*auth.Verifier, error) {
 	u, err := url.Parse(c.jwksURL)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return nil, fmt.Errorf("--jwks-url %q is not an http(s) URL", c.jwksURL)
+	}
+	if u.Scheme == "http" && !auth.LoopbackHost(u.Hostname()) && c.insecurePlaintext {
+		c.waive("the token signing keys at " + c.jwksURL)
 	}
 	if u.Scheme == "http" && !auth.LoopbackHost(u.Hostname()) && !c.insecurePlaintext {
 		return nil, fmt.Errorf("--jwks-url %q: the signing keys would cross the network in clear, where anyone on the way could swap them; "+
@@ -443,7 +482,11 @@ func init() {
 // from it would also pass as a client of the services) and is shown no
 // certificate of theirs.
 func (c *common) otlpTLS() (*tls.Config, error) {
-	if c.otlpCA == "" && (isLoopback(c.otlpEndpoint) || c.insecurePlaintext) {
+	if c.otlpCA == "" && isLoopback(c.otlpEndpoint) {
+		return nil, nil
+	}
+	if c.otlpCA == "" && c.insecurePlaintext {
+		c.waive("traces to " + c.otlpEndpoint)
 		return nil, nil
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -579,7 +622,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err := f.plaintext("listening on", f.listen, creds); err != nil {
 		return err
 	}
-	if err := databaseTransport(f.databaseURL, f.insecurePlaintext); err != nil {
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err != nil {
 		return err
 	}
 	if d.peers != nil {
@@ -594,6 +637,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 			}
 		}
 	}
+	f.warnWaived(log)
 	if d.prepare != nil {
 		if err := d.prepare(ctx, &f); err != nil {
 			return err
@@ -776,8 +820,8 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 		"a role the services log in as, granted the application role's rights only; created if a password is given (HANDOFF_APP_LOGIN_ROLE)")
 	loginPassword := new(string)
 	secretVar(fs, loginPassword, "app-login-password", env("HANDOFF_APP_LOGIN_PASSWORD", ""), "its password (HANDOFF_APP_LOGIN_PASSWORD)")
-	trusted := fs.Bool("insecure-plaintext", false, "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_INSECURE_PLAINTEXT)")
-	envErr := fromEnv(fs, "insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT")
+	trusted := fs.Bool("database-plaintext", false, databasePlaintextUsage)
+	envErr := fromEnv(fs, "database-plaintext", "HANDOFF_DATABASE_PLAINTEXT")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -855,7 +899,11 @@ func (c *common) temporalPlaintext(cfg *tls.Config) error {
 	if c.envErr != nil {
 		return c.envErr
 	}
-	if cfg != nil || c.insecurePlaintext || isLoopback(c.temporalAddr) {
+	if cfg != nil || isLoopback(c.temporalAddr) {
+		return nil
+	}
+	if c.insecurePlaintext {
+		c.waive("Temporal at " + c.temporalAddr)
 		return nil
 	}
 	return fmt.Errorf("Temporal at %s without TLS would send workflow ids, which name interventions, intakes and overdoses, in clear: "+

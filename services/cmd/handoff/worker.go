@@ -69,6 +69,7 @@ func runWorker(ctx context.Context, log *slog.Logger, args []string) error {
 			return err
 		}
 	}
+	c.warnWaived(log)
 	token, err := startToken(ctx, *tokenFile)
 	if err != nil {
 		return err
