@@ -933,7 +933,9 @@ func (w *wf) wait(ctx workflow.Context) error {
 	overdose := false
 	sel.AddReceive(w.overdose, func(c workflow.ReceiveChannel, _ bool) {
 		var o Overdose
-		c.Receive(ctx, &o)
+		if !flow.Receive(ctx, c, &o) {
+			return
+		}
 		overdose = true
 		handle = func() error { return w.onOverdose(ctx, o) }
 	})
@@ -958,12 +960,16 @@ func (w *wf) wait(ctx workflow.Context) error {
 	})
 	sel.AddReceive(w.checkIn, func(c workflow.ReceiveChannel, _ bool) {
 		var ci CheckIn
-		c.Receive(ctx, &ci)
+		if !flow.Receive(ctx, c, &ci) {
+			return
+		}
 		handle = func() error { return w.onCheckIn(ctx, ci) }
 	})
 	sel.AddReceive(w.restart, func(c workflow.ReceiveChannel, _ bool) {
 		var r Restart
-		c.Receive(ctx, &r)
+		if !flow.Receive(ctx, c, &r) {
+			return
+		}
 		handle = func() error {
 			w.in.Intervention, w.in.Level, w.in.Outcome, w.in.Accepted = r.Intervention, r.Level, r.Outcome, r.Accepted
 			w.st.Cycle++
@@ -984,7 +990,9 @@ func (w *wf) wait(ctx workflow.Context) error {
 			handle = func() error { return w.onTime(ctx) }
 		})
 	}
-	sel.Select(ctx)
+	for handle == nil { // a signal that did not decode wakes nothing
+		sel.Select(ctx)
+	}
 	w.st.Events++
 	if overdose {
 		return handle()
@@ -1017,12 +1025,12 @@ func (w *wf) listening(ctx workflow.Context, step func(workflow.Context) error) 
 			var o Overdose
 			got := false
 			sel := workflow.NewSelector(c)
-			sel.AddReceive(c.Done(), func(workflow.ReceiveChannel, bool) {})
-			sel.AddReceive(w.overdose, func(ch workflow.ReceiveChannel, _ bool) {
-				ch.Receive(c, &o)
-				got = true
-			})
-			sel.Select(c)
+			stopped := false
+			sel.AddReceive(c.Done(), func(workflow.ReceiveChannel, bool) { stopped = true })
+			sel.AddReceive(w.overdose, func(ch workflow.ReceiveChannel, _ bool) { got = flow.Receive(c, ch, &o) })
+			for !got && !stopped { // a signal that did not decode wakes nothing
+				sel.Select(c)
+			}
 			if !got {
 				return
 			}

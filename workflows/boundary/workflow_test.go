@@ -2002,3 +2002,29 @@ func TestReinforcementRefusedInTreatmentEndsQuietly(t *testing.T) {
 		t.Fatalf("result %+v, reinforced %v, proposed %v; want it ended in treatment, nothing done", res, h.reinforced, h.proposed)
 	}
 }
+
+// Signals that do not decode (sent from a tool without the codec, or
+// sealed under a key this worker lacks) are dropped, and the follow-up
+// goes on: its check-ins come on time and a real overdose is answered.
+// Before, the handler waited for the next signal on the same channel,
+// deaf to the check-in timers and to every other signal.
+func TestUndecodableSignalsLeaveTheFollowUpGoing(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.SetTestTimeout(time.Minute) // the old code waited for good
+	for i, name := range []string{boundary.SignalCheckIn, boundary.SignalOverdose, boundary.SignalRestart} {
+		h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(name, "not a payload") }, time.Duration(i+1)*6*time.Hour)
+	}
+	h.runWithOverdoseOnDay3(t)
+	var checkIns []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			checkIns = append(checkIns, r.Due.Sub(h.t0))
+		}
+	}
+	if len(checkIns) == 0 || checkIns[0] != day {
+		t.Fatalf("counselor check-ins at %v; want the first at day 1", checkIns)
+	}
+	if alert := h.kinds("OVERDOSE_ALERT"); len(alert) != 1 || alert[0].Due.Sub(h.t0) > 3*day+5*time.Minute {
+		t.Fatalf("overdose alert = %+v; want one within five minutes of day 3", alert)
+	}
+}

@@ -463,6 +463,29 @@ const versionResendFailsBy = "resend-fails-by"
 // commands as ever.
 const versionFailuresStayUnread = "failures-stay-unread"
 
+// versionSkipUndecodable guards Receive's skipping a signal that does not
+// decode. Before it, the handler blocked in Receive until the next signal
+// on the same channel, deaf to the timers and the cancellation of the
+// selector it was called from; a run that met one then replays as it ran.
+const versionSkipUndecodable = "skip-undecodable-signal"
+
+// Receive takes the signal a selector found on c into valuePtr, and
+// reports whether it got one. A signal that does not decode (sealed under
+// a key this worker lacks, or sent from a tool without the codec) is
+// dropped by the SDK and reported false: the caller selects again, still
+// hearing its timers and its cancellation, where c.Receive would wait
+// for the next signal on c alone, which may never come.
+func Receive(ctx workflow.Context, c workflow.ReceiveChannel, valuePtr any) bool {
+	if c.ReceiveAsync(valuePtr) {
+		return true
+	}
+	if Version(ctx, versionSkipUndecodable, 1) >= 1 {
+		return false
+	}
+	c.Receive(ctx, valuePtr)
+	return true
+}
+
 // Settle waits until every reminder failure delivered so far (failed is
 // what RetryFailedReminders returned) is in the resends. A workflow calls
 // it before deciding to end or continue as new: a failure that came in the

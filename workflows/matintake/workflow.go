@@ -472,16 +472,19 @@ func (w *wf) follow(ctx workflow.Context) (string, activities.ReferralInfo, erro
 			t, got = Transition{Referral: w.referral.Name}, true
 		} else {
 			sel := workflow.NewSelector(ctx)
-			sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { c.Receive(ctx, &t); got = true })
+			woke := false
+			sel.AddReceive(w.signals, func(c workflow.ReceiveChannel, _ bool) { got = flow.Receive(ctx, c, &t); woke = got })
 			if !next.IsZero() {
-				sel.AddFuture(w.timer(ctx, next), func(workflow.Future) {})
+				sel.AddFuture(w.timer(ctx, next), func(workflow.Future) { woke = true })
 			}
 			// A selector does not watch the context: with no deadline left
 			// (the overdue alert sent, no reminder or review pending) a
 			// cancellation would wait for the next transition. Receiving
 			// from Done adds no command, so histories replay as before.
-			sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) {})
-			sel.Select(ctx)
+			sel.AddReceive(ctx.Done(), func(workflow.ReceiveChannel, bool) { woke = true })
+			for !woke { // a signal that did not decode wakes nothing
+				sel.Select(ctx)
+			}
 		}
 		if err := ctx.Err(); err != nil {
 			// Cancelled through Temporal: a timer made on this context is

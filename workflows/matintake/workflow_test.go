@@ -1343,3 +1343,24 @@ func TestAnIntakeBegunBeforeTheReadIsResyncedByAReview(t *testing.T) {
 		t.Fatalf("%d reads of the referral at the start; want none, the run predating the read", readAtStart)
 	}
 }
+
+// A signal that does not decode (sent from a tool without the codec, or
+// sealed under a key this worker lacks) is dropped, and the intake goes
+// on keeping its deadlines: before, it waited in the signal's handler for
+// the next transition, and the overdue alert never went.
+func TestUndecodableSignalLeavesTheDeadlinesKept(t *testing.T) {
+	h := newHarness(t)
+	h.programs(1)
+	const r1 = "clinics/north/referrals/r1"
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(matintake.SignalReferral, "not a transition") }, time.Hour)
+	h.transition(80*time.Hour, r1, activities.ReferralInfo{State: "COMPLETED", DaysToTreatment: 1})
+	h.env.ExecuteWorkflow(matintake.Name, input())
+	var res matintake.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.Outcome != "ENTERED_TREATMENT" {
+		t.Fatalf("result %+v, %v", res, err)
+	}
+	alert := h.kinds("INTAKE_OVERDUE")
+	if len(alert) != 1 || !alert[0].Due.Equal(time.Date(2037, 12, 10, 15, 0, 0, 0, time.UTC)) { // 72 h after the start
+		t.Fatalf("intake alert = %+v; want one, 72 h after the start", alert)
+	}
+}
