@@ -1350,7 +1350,14 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others, medications []str
 		// Said to the programs as what it is: an empty reason would give
 		// each kind the boundary path's words, that treatment was declined.
 		reason := ""
-		if flow.Version(ctx, versionAcceptedBesideReason, 1) >= 1 {
+		v := flow.Version(ctx, versionAcceptedBesideReason, 1)
+		if v < 1 && len(medications) > 0 {
+			// A run begun before the sensitive change's epoch never takes
+			// it; a yes to medication, which its intake's id shows
+			// anyway, asks under an id of its own, and gets it.
+			v = flow.Version(ctx, versionAcceptedBesideMATReason, 1)
+		}
+		if v >= 1 {
 			reason = "Accepted at a family intervention."
 		}
 		if err := flow.Call(ctx, nil, flow.A.CreateSupportReferrals, activities.SupportRequest{
@@ -1532,3 +1539,12 @@ func localTime(t time.Time, zone string) string {
 // Asked only when such services were accepted, and the request's
 // wording under its id must not change in a run under way.
 const versionAcceptedBesideReason = "accepted-beside-reason"
+
+// versionAcceptedBesideMATReason is versionAcceptedBesideReason for a yes
+// to medication in a run begun before that change's epoch. The first is
+// sensitive (asked on a partial yes to care without medication too), so
+// such a run never takes it, and the programs would be told for weeks
+// after the fix that a person who just said yes declined treatment. A
+// yes to medication is no secret from whoever reads visibility (the
+// mat-intake/ child's id names it), so this id is asked live.
+const versionAcceptedBesideMATReason = "accepted-beside-mat-reason"

@@ -1260,6 +1260,25 @@ func TestPartiallyAcceptedWithMATGoesToIntake(t *testing.T) {
 	}
 }
 
+// A meeting scheduled before the epoch that made the accepted services'
+// reason (its run begun at an older one) still refers them as accepted
+// on a yes to medication: that change, sensitive, is never asked live in
+// such a run, and the yes to medication asks its own.
+func TestAcceptedBesideMATHasItsReasonInAnOlderRun(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.env.OnGetVersion("epoch-2026-12-07c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	support, _ := h.supportReferrals(), h.intakeRuns()
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"MAT_BUPRENORPHINE", "FAMILY_COUNSELING"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if len(*support) != 1 || (*support)[0].Reason != "Accepted at a family intervention." {
+		t.Fatalf("other accepted services referred: %+v; want them referred as accepted", *support)
+	}
+}
+
 // The workflow starts after the meeting's start (the outbox was late) with
 // no hold yet: it must not spin on a hold deadline it cannot act on.
 func TestLateStartDoesNotSpin(t *testing.T) {
