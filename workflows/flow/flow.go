@@ -172,14 +172,17 @@ func Refused(err error) bool {
 
 // GoOnPast reports whether a workflow goes on past err, a step that failed
 // for good, under change, the version that made it go on where it used to
-// fail; it logs msg with kv if so. A cancellation through Temporal never
+// fail; it logs msg with kv if so, as an error: something the workflow
+// should have done (a reminder, a notice to staff, a release) is gone
+// without after its retries, and an operator alerting on errors must hear
+// of it (the README says so). A cancellation through Temporal never
 // goes on: it ends the workflow. The version is asked only here, on the
 // failure, so runs that never fail there record nothing of it.
 func GoOnPast(ctx workflow.Context, err error, change, msg string, kv ...any) bool {
 	if temporal.IsCanceledError(err) || Version(ctx, change, 1) < 1 {
 		return false
 	}
-	workflow.GetLogger(ctx).Warn(msg, append(kv, "error", err)...)
+	workflow.GetLogger(ctx).Error(msg, append(kv, "error", err)...)
 	return true
 }
 
