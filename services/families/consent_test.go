@@ -2,6 +2,8 @@ package families_test
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1581,4 +1584,70 @@ func TestARecipientWithSpacesOnFileIsRevocable(t *testing.T) {
 	}
 	_, err = f.client.RevokeConsent(f.ctx, &familiesv1.RevokeConsentRequest{Name: tpc.GetName(), Recipient: "ehr-1 "})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// The EHR's list of families never names, in its page or in its token, a
+// family whose consent was revoked between the list's read and its
+// disclosure record: the token resumes after the last family shown, and a
+// page left with nothing is ABORTED, to be read again.
+func TestFamilyPageTokenNamesNoFamilyLeftOut(t *testing.T) {
+	t.Parallel()
+	f := setupConsent(t)
+	var fams []*familiesv1.Family
+	var consents []*familiesv1.Consent
+	for range 4 {
+		fam := f.create(t)
+		fams = append(fams, fam)
+		consents = append(consents, f.consent(t, fam.GetName(), f.validConsent("ehr-1")))
+	}
+	after := func(token string) string {
+		t.Helper()
+		b, err := base64.RawURLEncoding.DecodeString(token)
+		var tok struct {
+			After string `json:"a"`
+		}
+		if err != nil || json.Unmarshal(b, &tok) != nil {
+			t.Fatalf("token %q does not decode", token)
+		}
+		return tok.After
+	}
+	// A revocation stopped between its change and its commit.
+	revoking := func(co *familiesv1.Consent) pgx.Tx {
+		return inFlight(t, f.pool, stmt{`SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, []any{aip.ID(co.GetName())}},
+			stmt{`UPDATE consents SET revoke_time = now(), version = version + 1 WHERE id = $1`, []any{aip.ID(co.GetName())}})
+	}
+	list := func(size int32, token string, during pgx.Tx) (*familiesv1.ListFamiliesResponse, error) {
+		t.Helper()
+		var resp *familiesv1.ListFamiliesResponse
+		call := func() (err error) {
+			resp, err = f.client.ListFamilies(f.ehr("ehr-1"), &familiesv1.ListFamiliesRequest{Parent: "clinics/north", PageSize: size, PageToken: token})
+			return err
+		}
+		if during == nil {
+			return resp, call()
+		}
+		done := waitsOn(t, f.pool, during, call)
+		if err := during.Commit(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return resp, <-done
+	}
+	// The second family's consent revoked as the first page is read.
+	page, err := list(2, "", revoking(consents[1]))
+	if err != nil || len(page.GetFamilies()) != 1 || page.GetFamilies()[0].GetName() != fams[0].GetName() {
+		t.Fatalf("first page %v, %v; want %s alone", page, err, fams[0].GetName())
+	}
+	if got := after(page.GetNextPageToken()); got != aip.ID(fams[0].GetName()) {
+		t.Fatalf("the token resumes after %q; want after %s, the last family shown, not %s", got, aip.ID(fams[0].GetName()), aip.ID(fams[1].GetName()))
+	}
+	// A page whose one family's consent is revoked as it is read.
+	first, err := list(1, "", nil)
+	if err != nil || len(first.GetFamilies()) != 1 || first.GetNextPageToken() == "" {
+		t.Fatalf("a page of one: %v, %v", first, err)
+	}
+	next := first.GetNextPageToken() // after the first family: the second is gone, the third next, the fourth after it
+	_, err = list(1, next, revoking(consents[2]))
+	if status.Code(err) != codes.Aborted {
+		t.Fatalf("a page whose one family was revoked as it was read: %v; want ABORTED", err)
+	}
 }
