@@ -1351,7 +1351,7 @@ func (w *wf) handOff(ctx workflow.Context, res Result, others, medications []str
 		// each kind the boundary path's words, that treatment was declined.
 		reason := ""
 		v := flow.Version(ctx, versionAcceptedBesideReason, 1)
-		if v < 1 && len(medications) > 0 {
+		if v < 1 && slices.ContainsFunc(medications, activities.IsMAT) {
 			// A run begun before the sensitive change's epoch never takes
 			// it; a yes to medication, which its intake's id shows
 			// anyway, asks under an id of its own, and gets it.

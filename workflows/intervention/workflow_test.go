@@ -1279,6 +1279,26 @@ func TestAcceptedBesideMATHasItsReasonInAnOlderRun(t *testing.T) {
 	}
 }
 
+// A partial yes to care without medication in such a run asks neither
+// change live: the yes is the sensitive state, and an id asked would
+// record it in the run's TemporalChangeVersion.
+func TestAcceptedBesideCareAsksNoChangeInAnOlderRun(t *testing.T) {
+	h := newHarness(t, 4*24*time.Hour, defaults())
+	h.env.OnGetVersion("epoch-2026-12-07c", workflow.DefaultVersion, 1).Return(workflow.DefaultVersion)
+	asked := 0
+	h.env.OnGetVersion("accepted-beside-mat-reason", workflow.DefaultVersion, 1).Run(func(mock.Arguments) { asked++ }).Return(workflow.Version(1))
+	support, _ := h.supportReferrals(), h.intakeRuns()
+	h.update(4*24*time.Hour+time.Hour, intervention.UpdateOutcome, intervention.Outcome{Kind: "PARTIALLY_ACCEPTED",
+		AcceptedServices: []string{"FAMILY_COUNSELING", "OUTPATIENT"}}, nil)
+	h.env.ExecuteWorkflow(intervention.Name, intervention.Input{Intervention: name})
+	if err := h.env.GetWorkflowError(); err != nil {
+		t.Fatal(err)
+	}
+	if asked != 0 || len(*support) != 1 {
+		t.Fatalf("accepted-beside-mat-reason asked %d times, support %+v; want it never asked, on a yes to care alone", asked, *support)
+	}
+}
+
 // The workflow starts after the meeting's start (the outbox was late) with
 // no hold yet: it must not spin on a hold deadline it cannot act on.
 func TestLateStartDoesNotSpin(t *testing.T) {
