@@ -992,6 +992,11 @@ func (w *wf) wait(ctx workflow.Context) error {
 	}
 	for handle == nil { // a signal that did not decode wakes nothing
 		sel.Select(ctx)
+		if handle == nil && next.IsZero() {
+			// Nor is there a timer to wait for: the run looks again at
+			// whether it is done (at its end, it now is).
+			return nil
+		}
 	}
 	w.st.Events++
 	if overdose {

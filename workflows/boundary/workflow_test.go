@@ -2028,3 +2028,16 @@ func TestUndecodableSignalsLeaveTheFollowUpGoing(t *testing.T) {
 		t.Fatalf("overdose alert = %+v; want one within five minutes of day 3", alert)
 	}
 }
+
+// One that comes as the follow-up listens at its end, with nothing left
+// to wait for, lets it end: before, it waited for another signal.
+func TestUndecodableSignalAtTheEndLetsTheFollowUpEnd(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	h.env.SetTestTimeout(time.Minute)
+	h.env.RegisterDelayedCallback(func() { h.env.SignalWorkflow(boundary.SignalCheckIn, "not a payload") }, 30*day+time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil || res.CheckIns != 3 {
+		t.Fatalf("result %+v, %v; want the follow-up ended after its three check-ins", res, err)
+	}
+}
