@@ -42,7 +42,7 @@ func TestDatabaseTransport(t *testing.T) {
 		// Every host of a list counts.
 		{"postgres://u@127.0.0.1:5432,db.example:5432/h?sslmode=disable", false, false},
 	} {
-		err := databaseTransport(c.dsn, c.trusted)
+		err := databaseTransport(c.dsn, c.trusted, databaseWaiver)
 		if (err == nil) != c.ok {
 			t.Errorf("%s (trusted %v): %v; want ok %v", c.dsn, c.trusted, err, c.ok)
 		}
@@ -60,8 +60,8 @@ func TestDevRefusesADatabaseInClear(t *testing.T) {
 	}
 	t.Setenv("HOME", t.TempDir())
 	err := runDev(t.Context(), slog.New(slog.DiscardHandler), []string{"--database-url", "postgres://u:p@db.example.invalid/handoff", "--data-dir", t.TempDir()})
-	if err == nil || !strings.Contains(err.Error(), "without verified TLS") {
-		t.Fatalf("dev with a database in clear off this machine: %v; want it refused", err)
+	if err == nil || !strings.Contains(err.Error(), "without verified TLS") || !strings.Contains(err.Error(), "HANDOFF_INSECURE_PLAINTEXT") {
+		t.Fatalf("dev with a database in clear off this machine: %v; want it refused, naming dev's switch", err)
 	}
 	// Trusted, it goes on to connect (and fails on the name, which
 	// resolves nowhere): past the check.

@@ -65,7 +65,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	}
 	// The same rule as the services': a database off this machine only
 	// over verified TLS, or on a network said to be trusted.
-	if err := databaseTransport(*dbURL, *trusted); err != nil {
+	if err := databaseTransport(*dbURL, *trusted, "--insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true)"); err != nil {
 		return err
 	}
 	if err := ensureDatabase(ctx, *dbURL); err != nil {
@@ -193,7 +193,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *listen, err)
 	}
-	printBanner(base, ts.HostPort, uiURL, tokens, demoFamily, *dataDir)
+	printBanner(base, ts.HostPort, uiURL, tokens, demoFamily, *dataDir, metricsOnPublicPort(*listen, ""))
 	return serveOn(ctx, log, lis, mux, drainFor)
 }
 
@@ -268,13 +268,17 @@ func ensureDatabase(ctx context.Context, dsn string) error {
 	return nil
 }
 
-func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily, dataDir string) {
+func printBanner(base, temporal, ui string, tokens map[string]string, demoFamily, dataDir string, metrics bool) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nHandoff is running. Ctrl-C stops everything.\n\n")
 	fmt.Fprintf(&b, "  REST API        %s/v1/\n", base)
 	fmt.Fprintf(&b, "  API reference   %s/docs\n", base)
 	fmt.Fprintf(&b, "  OpenAPI         %s/openapi.json\n", base)
-	fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz   metrics %s/metrics\n", base, base, base)
+	if metrics {
+		fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz   metrics %s/metrics\n", base, base, base)
+	} else {
+		fmt.Fprintf(&b, "  Health          %s/healthz   %s/readyz\n", base, base)
+	}
 	fmt.Fprintf(&b, "  gRPC            families %s, interventions %s, referrals %s, webhooks %s\n", familiesAddr, interventionsAddr, referralsAddr, webhooksAddr)
 	fmt.Fprintf(&b, "  FHIR R4         %s/fhir/R4/metadata (the EHR's token)\n", base)
 	fmt.Fprintf(&b, "  Temporal        %s (namespace default; data in %s)\n", temporal, filepath.Join(dataDir, "temporal"))

@@ -119,12 +119,12 @@ func TestInsecurePlaintextLeavesTheDatabaseAndSaysWhatItWaives(t *testing.T) {
 		return f
 	}
 	f := parse("--insecure-plaintext")
-	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err == nil || !strings.Contains(err.Error(), "HANDOFF_DATABASE_PLAINTEXT") {
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext, databaseWaiver); err == nil || !strings.Contains(err.Error(), "HANDOFF_DATABASE_PLAINTEXT") {
 		t.Fatalf("a database in clear with --insecure-plaintext: %v; want it refused, naming HANDOFF_DATABASE_PLAINTEXT", err)
 	}
 	t.Setenv("HANDOFF_DATABASE_PLAINTEXT", "true")
 	f = parse()
-	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err != nil {
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext, databaseWaiver); err != nil {
 		t.Fatalf("with HANDOFF_DATABASE_PLAINTEXT=true: %v", err)
 	}
 	if f.insecurePlaintext {

@@ -110,6 +110,10 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	c.envErr = fromEnv(fs, vars...)
 }
 
+// databaseWaiver is how the services and migrate are told their database
+// may go without verified TLS.
+const databaseWaiver = "--database-plaintext (HANDOFF_DATABASE_PLAINTEXT=true)"
+
 const databasePlaintextUsage = "allow PostgreSQL off this machine without verified TLS, on a network you trust (HANDOFF_DATABASE_PLAINTEXT)"
 
 // waive notes that hop goes in clear because --insecure-plaintext says the
@@ -156,7 +160,10 @@ func (c *common) plaintext(what, addr string, creds credentials.TransportCredent
 // carries every family's record, and sslmode prefer, pgx's default, falls
 // back to plaintext without a word. A Unix socket or loopback is this
 // machine.
-func databaseTransport(dsn string, trusted bool) error {
+//
+// waiver names the switch that says the network is trusted, for the
+// refusal's message: the services' and migrate's own, or dev's one.
+func databaseTransport(dsn string, trusted bool, waiver string) error {
 	if trusted {
 		return nil
 	}
@@ -176,7 +183,7 @@ func databaseTransport(dsn string, trusted bool) error {
 		// nothing.
 		if t := h.TLSConfig; t == nil || (t.InsecureSkipVerify && (t.VerifyPeerCertificate == nil || t.RootCAs == nil)) {
 			return fmt.Errorf("--database-url: PostgreSQL at %s without verified TLS would carry the records in clear or to anyone answering: "+
-				"set sslmode=verify-full (with sslrootcert), or --database-plaintext (HANDOFF_DATABASE_PLAINTEXT=true) on a network you trust", h.Host)
+				"set sslmode=verify-full (with sslrootcert), or %s on a network you trust", h.Host, waiver)
 		}
 	}
 	return nil
@@ -622,7 +629,7 @@ func (d serviceDef) serve(ctx context.Context, log *slog.Logger, f serviceFlags,
 	if err := f.plaintext("listening on", f.listen, creds); err != nil {
 		return err
 	}
-	if err := databaseTransport(f.databaseURL, f.databasePlaintext); err != nil {
+	if err := databaseTransport(f.databaseURL, f.databasePlaintext, databaseWaiver); err != nil {
 		return err
 	}
 	if d.peers != nil {
@@ -831,7 +838,7 @@ func runMigrate(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := loginPasswordProblem(*loginPassword); err != nil {
 		return err
 	}
-	if err := databaseTransport(*dbURL, *trusted); err != nil {
+	if err := databaseTransport(*dbURL, *trusted, databaseWaiver); err != nil {
 		return err
 	}
 	if err := migrateAll(ctx, log, *dbURL); err != nil {
