@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -15,6 +19,7 @@ import (
 
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -135,5 +140,64 @@ func TestRequestCredentials(t *testing.T) {
 	}
 	if feedEvents != 3 { // two allowed calls and the refused one
 		t.Fatalf("%d audited feed calls, want 3: %+v", feedEvents, rec.events)
+	}
+}
+
+// A request credential that names nothing is a failed sign-in in the log,
+// with where it came from; one that could not be checked (its database
+// out of reach) is not: guessing at feed addresses is watched there, and
+// an outage must not look like it.
+func TestCredentialOutageIsNotAFailedSignIn(t *testing.T) {
+	iss, err := auth.NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &servicetest.LogBuffer{}
+	type failure struct{ err error }
+	var fail atomic.Pointer[failure]
+	srv, err := grpcserver.New(grpcserver.Config{Logger: slog.New(slog.NewJSONHandler(logs, nil)), Verifier: iss.Verifier(),
+		Policy: grpcserver.Policy{feedMethod: {auth.RoleCalendarFeed}},
+		Credentials: map[string]grpcserver.Credential{feedMethod: func(context.Context, any) (auth.Principal, error) {
+			return auth.Principal{}, fail.Load().err
+		}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Server.RegisterService(&grpc.ServiceDesc{ServiceName: "handoff.test.Feed", HandlerType: (*any)(nil),
+		Methods: []grpc.MethodDesc{{MethodName: "Export", Handler: func(s any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			in := new(emptypb.Empty)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			return icpt(ctx, in, &grpc.UnaryServerInfo{Server: s, FullMethod: feedMethod}, func(context.Context, any) (any, error) { return in, nil })
+		}}}}, struct{}{})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = srv.Serve(ctx, lis, time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, c := range []struct {
+		err    error
+		signIn bool
+	}{
+		{fmt.Errorf("read calendar feed: %w", &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}), false},
+		// A conflict in the check's read: the caller is to retry.
+		{fmt.Errorf("read calendar feed: %w", &pgconn.PgError{Code: "40P01"}), false},
+		{status.Error(codes.NotFound, "no such feed"), true},
+	} {
+		fail.Store(&failure{c.err})
+		before := strings.Count(logs.String(), `"msg":"authentication failed"`)
+		_ = conn.Invoke(context.Background(), feedMethod, &emptypb.Empty{}, &emptypb.Empty{})
+		if got := strings.Count(logs.String(), `"msg":"authentication failed"`) > before; got != c.signIn {
+			t.Errorf("credential failing with %v: logged as a failed sign-in %v; want %v\n%s", c.err, got, c.signIn, logs.String())
+		}
 	}
 }

@@ -229,11 +229,16 @@ func (i *interceptor) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	p, token, err := i.authenticate(ctx, info.FullMethod, req)
 	if err != nil {
-		// A caller refused (not our fault: Internal, or the identity
-		// provider out of reach: Unavailable, logged as such) is a failed
-		// sign-in.
-		code := status.Code(err)
-		unknown = code != codes.Internal && code != codes.Unavailable
+		// A caller refused is a failed sign-in: a bad token
+		// (Unauthenticated), or a request credential that names nothing
+		// (NotFound) or may not be used (PermissionDenied). Any other code
+		// is a check that could not be made (the database or the
+		// identity provider out of reach, the caller gone or out of
+		// time), not the caller's to answer for.
+		switch status.Code(err) {
+		case codes.Unauthenticated, codes.NotFound, codes.PermissionDenied, codes.InvalidArgument:
+			unknown = true
+		}
 		return nil, err
 	}
 	subject = p.Subject
