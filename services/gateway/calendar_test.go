@@ -137,6 +137,15 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	if code := conditional(); code != http.StatusNotModified {
 		t.Fatalf("unchanged feed with If-None-Match: %d, want 304", code)
 	}
+	// Compared weakly, as RFC 9110 has it for If-None-Match, in a list.
+	for _, v := range []string{"W/" + etag, `"other", ` + etag} {
+		old := etag
+		etag = v
+		if code := conditional(); code != http.StatusNotModified {
+			t.Fatalf("unchanged feed with If-None-Match: %s: %d, want 304", v, code)
+		}
+		etag = old
+	}
 	// A Range gets the whole calendar, which the export recorded as read.
 	_, whole, _ := get(feedURL)
 	ranged, err := http.NewRequest("GET", base+feedURL, nil)
@@ -149,8 +158,9 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 	} else {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(b) != whole {
-			t.Fatalf("feed with Range: %d, %d bytes; want 200 with the whole %d", resp.StatusCode, len(b), len(whole))
+		if resp.StatusCode != http.StatusOK || string(b) != whole || resp.Header.Get("Accept-Ranges") != "none" {
+			t.Fatalf("feed with Range: %d, %d bytes, Accept-Ranges %q; want 200 with the whole %d, and none", resp.StatusCode, len(b),
+				resp.Header.Get("Accept-Ranges"), len(whole))
 		}
 	}
 	moved := start.Add(2 * time.Hour)
