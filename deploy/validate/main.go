@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -681,9 +682,12 @@ func validateCompose(path string) error {
 		// pgx's own: the password of a database URL that names none.
 		"PGPASSWORD": slices.Clone(services),
 	}
-	for name, svc := range doc.Services {
+	// In order, services and their variables: the same refusal each run
+	// for the same file.
+	for _, name := range slices.Sorted(maps.Keys(doc.Services)) {
+		svc := doc.Services[name]
 		names := envNames(svc.Environment)
-		slices.Sort(names) // the same refusal each run for the same file
+		slices.Sort(names)
 		for _, k := range names {
 			k = strings.TrimSuffix(k, "_FILE")
 			if !secretVars[k] && k != "PGPASSWORD" {
