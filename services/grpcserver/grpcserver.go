@@ -637,11 +637,7 @@ func origin(ctx context.Context) []any {
 		out = append(out, "peer", p.Addr.String())
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	if v := md.Get("x-forwarded-for"); len(v) > 0 {
-		f := strings.Join(v, ", ")
-		if len(f) > 256 { // the caller's text: bounded
-			f = f[:256]
-		}
+	if f := auth.ForwardedFor(md.Get("x-forwarded-for")); f != "" {
 		out = append(out, "forwarded_for", f)
 	}
 	return out
