@@ -581,6 +581,10 @@ func checkConsent(vs *apperr.Violations, c *familiesv1.Consent, now time.Time) {
 		// Compared as stored, to the microsecond: two times apart by less
 		// would be equal in the table and break its CHECK.
 		vs.Add("consent.expire_time", "must be after sign_time")
+	} else if c.GetSignTime() != nil && c.GetExpireTime().AsTime().After(c.GetSignTime().AsTime().AddDate(MaxConsentYears, 0, 0)) {
+		// A slip of a digit (2206 for 2026) would make an authorization
+		// for ever, which this one row decides every disclosure by.
+		vs.Add("consent.expire_time", "must be at most %d years after sign_time: record a new consent when this one ends", MaxConsentYears)
 	}
 	if !c.GetRevocationRightStated() {
 		vs.Add("consent.revocation_right_stated", "must be true: the patient must be told of the right to revoke")
@@ -670,6 +674,11 @@ func (s *Server) CreateConsent(ctx context.Context, req *familiesv1.CreateConsen
 			return out, emit(ctx, tx, c.clinic, "consent.created", out.GetName(), out)
 		})
 }
+
+// MaxConsentYears is the longest a consent may run from its signing.
+// Part 2 sets no term; ten years is past any treatment episode and short
+// of an expiry mistyped by a century.
+const MaxConsentYears = 10
 
 // visibleToCaller reports whether the caller may see consent co: staff see
 // every consent; an outside system sees only those that name it or the

@@ -315,6 +315,9 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 	return resp, nil
 }
 
+// minBirthYear is the earliest year of birth a loved one may have.
+const minBirthYear = 1900
+
 var familyUpdatable = []string{"loved_one", "members", "coverage", "counselor", "state"}
 
 // UpdateFamily implements the API.
@@ -708,8 +711,13 @@ func checkFamily(vs *apperr.Violations, path string, f *familiesv1.Family, creat
 	}
 	if bd := f.GetLovedOne().GetBirthDate(); bd != "" && bd != before.GetLovedOne().GetBirthDate() {
 		// The pattern admits February 30th; FHIR and the EHR do not.
+		// The value is not repeated back: a date of birth identifies.
 		if d, err := time.Parse(time.DateOnly, bd); err != nil {
-			vs.Add(path+".loved_one.birth_date", "%q is not a date (YYYY-MM-DD)", bd)
+			vs.Add(path+".loved_one.birth_date", "is not a date (YYYY-MM-DD)")
+		} else if d.Year() < minBirthYear {
+			// Year 0000 parses, and FHIR's date, which the EHR reads,
+			// has no year before 0001; before 1900 is a mistake anyway.
+			vs.Add(path+".loved_one.birth_date", "must be in %d or later", minBirthYear)
 		} else if d.After(now.Add(24 * time.Hour)) {
 			// A day's grace: the date is in the loved one's own zone.
 			vs.Add(path+".loved_one.birth_date", "must not be in the future")

@@ -844,6 +844,15 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "1994-02-30" }))
 			return err
 		}, codes.InvalidArgument, "family.loved_one.birth_date"},
+		// Year 0000 parses, and FHIR has no such year.
+		{"a date of birth in year 0", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "0000-01-01" }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.birth_date"},
+		{"a date of birth in 1850", f.ctx, func(ctx context.Context) error {
+			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "1850-06-01" }))
+			return err
+		}, codes.InvalidArgument, "family.loved_one.birth_date"},
 		{"a date of birth to come", f.ctx, func(ctx context.Context) error {
 			_, err := f.client.CreateFamily(ctx, withFamily(func(x *familiesv1.Family) { x.LovedOne.BirthDate = "2090-01-01" }))
 			return err

@@ -1314,7 +1314,8 @@ type LovedOne struct {
 	FamilyName string `protobuf:"bytes,2,opt,name=family_name,json=familyName,proto3" json:"family_name,omitempty"`
 	// The name the loved one likes to be called; messages use it.
 	PreferredName string `protobuf:"bytes,3,opt,name=preferred_name,json=preferredName,proto3" json:"preferred_name,omitempty"`
-	// Date of birth as YYYY-MM-DD.
+	// Date of birth as YYYY-MM-DD, a real date from 1900 on, not in the
+	// future.
 	BirthDate string `protobuf:"bytes,4,opt,name=birth_date,json=birthDate,proto3" json:"birth_date,omitempty"`
 	// Pronouns in the loved one's own words, for example "she/her".
 	Pronouns string `protobuf:"bytes,5,opt,name=pronouns,proto3" json:"pronouns,omitempty"`
@@ -4627,7 +4628,8 @@ type Consent struct {
 	// treatment, payment and health care operations together.
 	Purposes []Purpose `protobuf:"varint,6,rep,packed,name=purposes,proto3,enum=handoff.families.v1.Purpose" json:"purposes,omitempty"`
 	// When the consent ends. Required: Part 2 consents must state an expiry
-	// (a date or an event; Handoff records the date).
+	// (a date or an event; Handoff records the date). At most ten years
+	// after sign_time, so that a mistyped year is refused.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// Who signed: the patient, or their legal representative.
 	Signer string `protobuf:"bytes,8,opt,name=signer,proto3" json:"signer,omitempty"`
