@@ -167,7 +167,9 @@ func TestConsentValidation(t *testing.T) {
 		"expired":              {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(now.Add(-time.Minute)) }, "consent.expire_time"},
 		"signed in the future": {func(c *familiesv1.Consent) { c.SignTime = timestamppb.New(now.Add(time.Hour)) }, "consent.sign_time"},
 		// A year mistyped by a century: an authorization for ever.
-		"ends in 2206": {func(c *familiesv1.Consent) { c.ExpireTime = timestamppb.New(c.GetSignTime().AsTime().AddDate(180, 0, 0)) },
+		"ends in 2206": {func(c *familiesv1.Consent) {
+			c.ExpireTime = timestamppb.New(c.GetSignTime().AsTime().AddDate(180, 0, 0))
+		},
 			"consent.expire_time"},
 		"ends ten years and a day after": {func(c *familiesv1.Consent) {
 			c.ExpireTime = timestamppb.New(c.GetSignTime().AsTime().AddDate(families.MaxConsentYears, 0, 1))
