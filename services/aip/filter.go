@@ -41,8 +41,9 @@ type FilterField struct {
 	// out for every row.
 	Collection, IDColumn string
 	// Values maps an EnumSet field's value to the column's values it
-	// stands for; none for a value that stands for none.
-	Values func(string) []int32
+	// stands for, none for a value that stands for none; ok is false for
+	// a value the field does not have, which is refused.
+	Values func(string) (values []int32, ok bool)
 	// Render gives a Custom field's condition, the value being the
 	// parameter param ("$3"), which it may use more than once.
 	Render func(param string) string
@@ -158,7 +159,11 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 		if ordered {
 			return cond{}, fmt.Errorf("%s takes = or !=", name)
 		}
-		c.set, c.value = true, append([]int32{}, fd.Values(val.text)...)
+		vals, ok := fd.Values(val.text)
+		if !ok {
+			return cond{}, fmt.Errorf("%s has no value %q", name, val.text)
+		}
+		c.set, c.value = true, append([]int32{}, vals...)
 	case Enum, EnumIn:
 		n, ok := fd.Enum(val.text)
 		if !ok || ordered {

@@ -12,8 +12,9 @@ var testFields = map[string]FilterField{
 	"urgent":  {Column: "urgent", Kind: Bool},
 	"start":   {Column: "start_time", Kind: Time},
 	"service": {Column: "services", Kind: EnumIn, Enum: EnumLookup(map[string]int32{"K_A": 1}, "K_")},
-	"phase": {Column: "state", Kind: EnumSet, Values: func(v string) []int32 {
-		return map[string][]int32{"open": {1, 3}, "shut": {2}}[v]
+	"phase": {Column: "state", Kind: EnumSet, Values: func(v string) ([]int32, bool) {
+		vals, ok := map[string][]int32{"open": {1, 3}, "shut": {2}, "gone": {}}[v]
+		return vals, ok
 	}},
 	// A value derived from the stored state: ACTIVE only from stored 1.
 	"seen": {Column: "(CASE WHEN state = 1 THEN 1 ELSE 2 END)", Kind: Enum,
@@ -44,7 +45,7 @@ func TestParseFilter(t *testing.T) {
 		// matches nothing.
 		{`phase = "open"`, "state = ANY($3::int4[])", []any{[]int32{1, 3}}},
 		{`phase != shut`, "NOT (state = ANY($3::int4[]))", []any{[]int32{2}}},
-		{`phase = other`, "state = ANY($3::int4[])", []any{[]int32{}}},
+		{`phase = gone`, "state = ANY($3::int4[])", []any{[]int32{}}}, // a value standing for none
 		// A derived value: = on it carries what the stored columns must
 		// hold, for a partial index; != and a value implying nothing do not.
 		{`seen = ACTIVE`, "(state = 1 AND (CASE WHEN state = 1 THEN 1 ELSE 2 END) = $3)", []any{int32(1)}},
@@ -68,7 +69,10 @@ func TestParseFilter(t *testing.T) {
 		// Operators in the wrong place, a keyword as a value, a quoted
 		// operator, lower-case and, loose booleans.
 		`owner = =`, `owner = <`, `= = x`, `owner = AND AND state = ACTIVE`, `owner "=" x`,
-		`state = ACTIVE and owner = x`, `urgent = 1`, `urgent = T`, `urgent = TRUE`, `phase > open`} {
+		`state = ACTIVE and owner = x`, `urgent = 1`, `urgent = T`, `urgent = TRUE`, `phase > open`,
+		// A value the field does not have: refused, where it would match
+		// nothing, or with != everything.
+		`phase = other`, `phase != opne`} {
 		if _, err := ParseFilter(bad, testFields); err == nil {
 			t.Errorf("%q: want an error", bad)
 		}

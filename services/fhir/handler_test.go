@@ -1525,7 +1525,7 @@ func TestEnteredInErrorReferral(t *testing.T) {
 		if st == referralsv1.ReferralState_REFERRAL_STATE_UNSPECIFIED {
 			continue
 		}
-		if !validTaskStatus[taskstatus.Of(st)] {
+		if !taskstatus.Known(taskstatus.Of(st)) {
 			t.Errorf("%s: Task status %q", name, taskstatus.Of(st))
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/consentgate"
+	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
 // pageTokenParam carries the services' opaque page token in Bundle links.
@@ -198,7 +199,7 @@ func parseQuery(typ string, v url.Values, base string) (query, error) {
 		}
 	}
 	if st := v.Get("status"); st != "" {
-		if !validTaskStatus[st] {
+		if !taskstatus.Known(st) {
 			return q, invalid(fmt.Sprintf("status %q is not a Task status (one value only)", st))
 		}
 		q.status = st
@@ -209,11 +210,6 @@ func parseQuery(typ string, v url.Values, base string) (query, error) {
 		}
 	}
 	return q, nil
-}
-
-var validTaskStatus = map[string]bool{
-	"draft": true, "requested": true, "received": true, "accepted": true, "rejected": true, "ready": true,
-	"cancelled": true, "in-progress": true, "on-hold": true, "failed": true, "completed": true, "entered-in-error": true,
 }
 
 // addUpdated parses one _lastUpdated value: a prefix (eq, ge, gt, le, lt)

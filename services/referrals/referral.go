@@ -307,7 +307,7 @@ var referralFilter = map[string]aip.FilterField{
 	"update_time": {Column: "update_time", Kind: aip.Time},
 	// For FHIR Task?status=: Task.status as fhir_task_status says it, of
 	// which one (in-progress) stands for more than one state.
-	"fhir_task_status": {Column: "state", Kind: aip.EnumSet, Values: taskstatus.States},
+	"fhir_task_status": {Column: "state", Kind: aip.EnumSet, Values: taskstatus.Lookup},
 	// For calendar feeds: one query for the intake appointments in a
 	// window, instead of one per family. The appointment is stored as its
 	// proto3 JSON; its start is kept in a column (migration 0007), indexed.

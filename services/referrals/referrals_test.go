@@ -1507,6 +1507,28 @@ func TestCalendarReaderCannotFilterOnWhatItCannotSee(t *testing.T) {
 	}
 }
 
+// A Task status FHIR does not have (a typo) is refused in a list's or a
+// summary's filter: it matched nothing, and with != everything, without a
+// word. One FHIR has and no referral state maps to matches none.
+func TestUnknownTaskStatusIsRefused(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	for _, filter := range []string{`fhir_task_status != "complete"`, `fhir_task_status = "In-Progress"`} {
+		_, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north", Filter: filter})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("list, filter %s: %v; want INVALID_ARGUMENT", filter, err)
+		}
+		_, err = f.client.SummarizeReferrals(f.admin, &referralsv1.SummarizeReferralsRequest{Parent: "clinics/north", Filter: filter})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("summary, filter %s: %v; want INVALID_ARGUMENT", filter, err)
+		}
+	}
+	if _, err := f.client.ListReferrals(f.ctx, &referralsv1.ListReferralsRequest{Parent: "clinics/north",
+		Filter: `fhir_task_status = "failed"`}); err != nil {
+		t.Errorf("list, a Task status no state has: %v", err)
+	}
+}
+
 // wantViolation fails unless err is INVALID_ARGUMENT with a violation of field.
 func wantViolation(t *testing.T, err error, field string) {
 	t.Helper()

@@ -37,6 +37,21 @@ func Of(st referralsv1.ReferralState) string {
 	return "draft"
 }
 
+// known are FHIR R4's Task.status codes: those no referral state has
+// (draft, received, ready, failed) are valid to search by, and match none.
+var known = map[string]bool{
+	"draft": true, "requested": true, "received": true, "accepted": true, "rejected": true, "ready": true,
+	"cancelled": true, "in-progress": true, "on-hold": true, "failed": true, "completed": true, "entered-in-error": true,
+}
+
+// Known reports whether status is one of FHIR R4's Task.status codes.
+func Known(status string) bool { return known[status] }
+
+// Lookup is States for a filter: ok is false for a status FHIR does not
+// have (a typo), which must be refused, not match nothing (or, with !=,
+// everything).
+func Lookup(status string) (states []int32, ok bool) { return States(status), Known(status) }
+
 // States are the referral states whose Task.status is status, as numbers:
 // a search by status compares the state column, which an index serves.
 // None for a status no state has.
