@@ -1189,6 +1189,16 @@ func TestReminderClaims(t *testing.T) {
 	_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED})
 	wantCode(t, err, codes.InvalidArgument)
+	// So is one whose reason quotes the destination or the message, which
+	// would then be kept with the reminder and sent in its events.
+	for _, reason := range []string{"21614: +15551234567 is not a mobile number", "550 mailbox sam.rivera@example.org full",
+		"rejected: " + rem.GetMessage()} {
+		_, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
+			Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED, Reason: reason})
+		if wantCode(t, err, codes.InvalidArgument); !slices.Contains(apperr.ViolatedFields(err), "reason") {
+			t.Fatalf("a reason quoting what it must not (%q): %v; want a violation of reason", reason, err)
+		}
+	}
 	done, err := f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: rem.GetName(), Claimant: winner.Load().(string),
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_DELIVERED})
 	if err != nil || done.GetState() != interventionsv1.ReminderState_REMINDER_STATE_DELIVERED || done.GetAttemptCount() != 1 || done.GetFailureReason() != "" {

@@ -138,6 +138,23 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	// and conditions that go with it.
 	`MOUD|MOUDs|OTP|OTPs|bupe|codeine|carfentanil|xylazine|lucemyra|HIV|hepatitis|hep C|anxiety|psych\w*)\b`)
 
+// addressLike matches what a delivery failure's reason must not hold: a
+// phone number as providers write them (E.164) or an e-mail address. A
+// provider's error often quotes the destination, which the API promises
+// is never stored with the reminder; bare digits (an error code, a time)
+// pass.
+var addressLike = regexp.MustCompile(`\+[0-9]{7,15}|[^\s@<>"']+@[^\s@<>"']+\.[A-Za-z]{2,}`)
+
+// checkFailureReason refuses a delivery failure's reason that holds a
+// contact address: it is kept with the reminder, shown to staff and sent
+// in its events. The value is not repeated in the refusal.
+func checkFailureReason(reason string) error {
+	if addressLike.MatchString(reason) {
+		return apperr.Field("reason", "must not hold a phone number or an e-mail address: say why delivery failed, for example \"number not in service\"")
+	}
+	return nil
+}
+
 // RevealingWord is the first word of message that would reveal a health
 // detail, or "" if there is none: CreateReminder refuses such a message.
 // The workflows' tests check their own messages with it.
@@ -1322,6 +1339,9 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 	if failed && strings.TrimSpace(req.GetReason()) == "" {
 		return nil, apperr.Field("reason", "is required for FAILED: why delivery failed, for example \"number not in service\"")
 	}
+	if err := checkFailureReason(req.GetReason()); err != nil {
+		return nil, err
+	}
 	// Only the automation completes (see Policy): it gets its view.
 	var ended *interventionsv1.Reminder
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
@@ -1349,6 +1369,9 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			}
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
+			}
+			if m := strings.TrimSpace(cur.GetMessage()); m != "" && strings.Contains(req.GetReason(), m) {
+				return nil, apperr.Field("reason", "must not repeat the message text: say why delivery failed")
 			}
 			now := s.cfg.Now()
 			st := rDelivered

@@ -3991,7 +3991,9 @@ type CompleteReminderRequest struct {
 	Result DeliveryResult `protobuf:"varint,3,opt,name=result,proto3,enum=handoff.interventions.v1.DeliveryResult" json:"result,omitempty"`
 	// Why delivery failed, for example "number not in service". Required for
 	// FAILED; kept as the reminder's `failure_reason`. Must not repeat the
-	// message text.
+	// message text, or hold a phone number (+15551234567) or an e-mail
+	// address (a provider's error often quotes the destination); an error
+	// code or a time may stay.
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// If set, the completion happens only if the reminder's etag still
 	// matches.
