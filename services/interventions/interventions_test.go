@@ -828,6 +828,14 @@ func TestClaimPastSendByFailsTheReminder(t *testing.T) {
 	if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "reminder.send_by_time" {
 		t.Fatalf("send by before due: field %q", fieldOf(st))
 	}
+	// Out of reach: never claimed, its webhook delivery waiting as long;
+	// or an unset time sent as one.
+	for _, due := range []time.Time{time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		_, err := remind(due, due.Add(time.Hour))
+		if st := wantCode(t, err, codes.InvalidArgument); fieldOf(st) != "reminder.due_time" {
+			t.Fatalf("a reminder due %v: field %q; want reminder.due_time", due, fieldOf(st))
+		}
+	}
 	late, err := remind(now.Add(-2*time.Hour), now.Add(-time.Hour))
 	if err != nil {
 		t.Fatal(err)

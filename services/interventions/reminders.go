@@ -207,6 +207,24 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 	if req.GetAppointmentStartTime() != nil && rem.GetKind() != interventionsv1.ReminderKind_REMINDER_KIND_INTAKE_UPCOMING {
 		vs.Add("appointment_start_time", "is for INTAKE_UPCOMING reminders only")
 	}
+	// Within reach: a reminder due in 9999 would never be claimed, and its
+	// webhook delivery would wait, undeletable, as long; one from year 1
+	// is an unset time sent as one. Two horizons ahead leave room for a
+	// meeting's follow-up after the furthest meeting.
+	latest := s.cfg.Now().Add(2 * s.cfg.Horizon)
+	for _, f := range []struct {
+		field string
+		t     *timestamppb.Timestamp
+	}{{"reminder.due_time", rem.GetDueTime()}, {"reminder.send_by_time", rem.GetSendByTime()},
+		{"appointment_start_time", req.GetAppointmentStartTime()}} {
+		switch {
+		case f.t == nil:
+		case f.t.AsTime().Before(aip.EarliestReported):
+			vs.Add(f.field, "must not be before 1990 (an unset time? leave it out)")
+		case f.t.AsTime().After(latest):
+			vs.Add(f.field, "must be within %s from now", 2*s.cfg.Horizon)
+		}
+	}
 	if strings.TrimSpace(rem.GetMessage()) == "" {
 		vs.Add("reminder.message", "is required")
 	} else if w := RevealingWord(rem.GetMessage()); w != "" {

@@ -1913,6 +1913,8 @@ type Reminder struct {
 	// Who receives the reminder, and how.
 	Recipient *Recipient `protobuf:"bytes,2,opt,name=recipient,proto3" json:"recipient,omitempty"`
 	// When the reminder should be delivered. It becomes DUE at this time.
+	// From 1990 to two scheduling horizons ahead (two years by default), as
+	// are send_by_time and an appointment's start time.
 	// Left unset on create, it is now by the service's clock: a workflow's
 	// "now" differs between two tries of one step, and a retry with its
 	// request id must send the same request as the first.
