@@ -54,6 +54,10 @@ const feedIdle = 90 * 24 * time.Hour
 // for as long as nobody revoked it. A counselor still here makes a new one.
 const feedLifetime = 365 * 24 * time.Hour
 
+// MaxFeedsPerOwner is how many live calendar feeds one owner may hold in a
+// clinic: one for each calendar app and device, with room to spare.
+const MaxFeedsPerOwner = 20
+
 // feedReadStep is how stale the recorded last read may get before a read
 // writes it again: the expiry needs no finer a clock, and a read need not
 // be a write.
@@ -127,11 +131,29 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 		feed, err := idempotency.Do(ctx, tx, clinic, svc+"CreateCalendarFeed", req.GetRequestId(), req, newFeed,
 			func() (*interventionsv1.CalendarFeed, error) {
 				fresh = true
+				// Live feeds are bearer secrets to a counselor's schedule:
+				// a loop of creates must not mint them without end. Counted
+				// under a lock of the owner's, so that creates at once
+				// cannot all pass.
+				if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('calendar-feeds/' || $1 || '/' || $2, 0))`, clinic, owner); err != nil {
+					return nil, fmt.Errorf("lock the owner's calendar feeds: %w", err)
+				}
+				now := s.cfg.Now()
+				var live int
+				if err := tx.QueryRow(ctx, `SELECT count(*) FROM calendar_feeds WHERE clinic = $1 AND owner = $2 AND revoke_time IS NULL
+					AND create_time > $3 AND GREATEST(create_time, COALESCE(last_read_time, create_time)) > $4`,
+					clinic, owner, now.Add(-feedLifetime), now.Add(-feedIdle)).Scan(&live); err != nil {
+					return nil, fmt.Errorf("count the owner's calendar feeds: %w", err)
+				}
+				if live >= MaxFeedsPerOwner {
+					return nil, apperr.QuotaExceeded("calendar feeds of "+owner,
+						fmt.Sprintf("you hold %d live calendar feeds in clinics/%s, the most one owner may: revoke one you no longer use first", live, clinic))
+				}
 				id := aip.NewID()
 				// The audit record names the feed, and goes with its insert.
 				pgdb.StampNames(tx, feedName(clinic, id))
 				rows, err := tx.Query(ctx, `INSERT INTO calendar_feeds (clinic, id, owner, token_hash, create_time)
-					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time, last_read_time`, clinic, id, owner, hash, s.cfg.Now())
+					VALUES ($1, $2, $3, $4, $5) RETURNING id, owner, create_time, last_read_time`, clinic, id, owner, hash, now)
 				return pgdb.One(rows, err, "calendar feed", scanFeed(clinic))
 			})
 		if err != nil {

@@ -737,3 +737,38 @@ func TestCalendarFeedPastItsLimitKeepsWhatComes(t *testing.T) {
 			len(uids), uids[id+"@handoff"], uids["past-5000@handoff"], uids["past-1@handoff"])
 	}
 }
+
+// One owner holds at most MaxFeedsPerOwner live feeds: a loop of creates
+// does not mint bearer secrets without end. A revoked one, or one that
+// lapsed, frees its place; another owner's count is its own.
+func TestCalendarFeedsPerOwnerAreCapped(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	var feeds []*interventionsv1.CalendarFeed
+	for range interventions.MaxFeedsPerOwner {
+		feed, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		feeds = append(feeds, feed)
+	}
+	_, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	wantCode(t, err, codes.ResourceExhausted)
+	other := f.env.As("north", "counselor-2", auth.RoleCounselor)
+	if _, err := f.client.CreateCalendarFeed(other, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatalf("another owner's first feed: %v", err)
+	}
+	if _, err := f.client.DeleteCalendarFeed(f.ctx, &interventionsv1.DeleteCalendarFeedRequest{Name: feeds[0].GetName()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatalf("a feed after one was revoked: %v", err)
+	}
+	_, err = f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"})
+	wantCode(t, err, codes.ResourceExhausted)
+	// Never read for the idle time, they have lapsed.
+	f.clock.Advance(91 * 24 * time.Hour)
+	if _, err := f.client.CreateCalendarFeed(f.ctx, &interventionsv1.CreateCalendarFeedRequest{Parent: "clinics/north"}); err != nil {
+		t.Fatalf("a feed once the others lapsed: %v", err)
+	}
+}

@@ -228,6 +228,8 @@ type InterventionsServiceClient interface {
 	// feed instead of creating a second one; since Handoff keeps no copy of
 	// the token, the retry's answer carries a new token and the first one
 	// stops showing meetings (it reads a calendar that says the feed ended).
+	// One caller holds at most 20 live feeds in a clinic (RESOURCE_EXHAUSTED
+	// past that, with a QuotaFailure): revoke one to make another.
 	CreateCalendarFeed(ctx context.Context, in *CreateCalendarFeedRequest, opts ...grpc.CallOption) (*CalendarFeed, error)
 	// Lists calendar feeds, without their `url`: a counselor's own; for a
 	// clinic administrator every feed of the clinic, so that the feeds of a
@@ -687,6 +689,8 @@ type InterventionsServiceServer interface {
 	// feed instead of creating a second one; since Handoff keeps no copy of
 	// the token, the retry's answer carries a new token and the first one
 	// stops showing meetings (it reads a calendar that says the feed ended).
+	// One caller holds at most 20 live feeds in a clinic (RESOURCE_EXHAUSTED
+	// past that, with a QuotaFailure): revoke one to make another.
 	CreateCalendarFeed(context.Context, *CreateCalendarFeedRequest) (*CalendarFeed, error)
 	// Lists calendar feeds, without their `url`: a counselor's own; for a
 	// clinic administrator every feed of the clinic, so that the feeds of a
