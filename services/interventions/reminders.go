@@ -138,21 +138,26 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	// and conditions that go with it.
 	`MOUD|MOUDs|OTP|OTPs|bupe|codeine|carfentanil|xylazine|lucemyra|HIV|hepatitis|hep C|anxiety|psych\w*)\b`)
 
-// addressLike matches what a delivery failure's reason must not hold: a
-// phone number as providers write them (E.164) or an e-mail address. A
-// provider's error often quotes the destination, which the API promises
-// is never stored with the reminder; bare digits (an error code, a time)
-// pass.
-var addressLike = regexp.MustCompile(`\+[0-9]{7,15}|[^\s@<>"']+@[^\s@<>"']+\.[A-Za-z]{2,}`)
+// addressLike matches what a delivery failure's reason must not keep: a
+// phone number as providers write it (+15551234567, +1 (555) 123-4567, a
+// bare run of ten digits or more, percent-encoded too) or an e-mail
+// address. A provider's error often quotes the destination, which the API
+// promises is never stored with the reminder. An error code or a time
+// (fewer digits in a row, or broken by a colon) is left.
+var addressLike = regexp.MustCompile(`(?i)(\+|%2B)\s?[0-9][0-9 ().-]{5,20}[0-9]|\b[0-9]{10,15}\b|` +
+	`[^\s@<>"'%]+(@|%40)[^\s@<>"'%]+\.[a-z]{2,}`)
 
-// checkFailureReason refuses a delivery failure's reason that holds a
-// contact address: it is kept with the reminder, shown to staff and sent
-// in its events. The value is not repeated in the refusal.
-func checkFailureReason(reason string) error {
-	if addressLike.MatchString(reason) {
-		return apperr.Field("reason", "must not hold a phone number or an e-mail address: say why delivery failed, for example \"number not in service\"")
+// cleanFailureReason is the reason kept for a failed delivery: the
+// automation's text with every address in it, and the reminder's own
+// message (the body a provider may quote), replaced. Cleaned, not
+// refused: a refused report would leave the reminder claimed, to be sent
+// again to the same address when its lease lapses, with no failure for
+// its workflow to act on.
+func cleanFailureReason(reason, message string) string {
+	if m := strings.TrimSpace(message); m != "" {
+		reason = strings.ReplaceAll(reason, m, "[message]")
 	}
-	return nil
+	return addressLike.ReplaceAllString(reason, "[address]")
 }
 
 // RevealingWord is the first word of message that would reveal a health
@@ -1357,9 +1362,6 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 	if failed && strings.TrimSpace(req.GetReason()) == "" {
 		return nil, apperr.Field("reason", "is required for FAILED: why delivery failed, for example \"number not in service\"")
 	}
-	if err := checkFailureReason(req.GetReason()); err != nil {
-		return nil, err
-	}
 	// Only the automation completes (see Policy): it gets its view.
 	var ended *interventionsv1.Reminder
 	out, err := idempotency.InTx(ctx, s.pool, r.clinic, svc+"CompleteReminder", req.GetRequestId(), req, newReminder,
@@ -1388,15 +1390,12 @@ func (s *Server) CompleteReminder(ctx context.Context, req *interventionsv1.Comp
 			if err := aip.CheckEtag(cur.GetName(), req.GetEtag(), cur.GetEtag()); err != nil {
 				return nil, err
 			}
-			if m := strings.TrimSpace(cur.GetMessage()); m != "" && strings.Contains(req.GetReason(), m) {
-				return nil, apperr.Field("reason", "must not repeat the message text: say why delivery failed")
-			}
 			now := s.cfg.Now()
 			st := rDelivered
 			var delivered *time.Time
 			failureReason := ""
 			if failed {
-				st, failureReason = rFailed, req.GetReason()
+				st, failureReason = rFailed, cleanFailureReason(req.GetReason(), cur.GetMessage())
 			} else {
 				delivered = &now
 			}

@@ -3992,10 +3992,11 @@ type CompleteReminderRequest struct {
 	// How delivery ended.
 	Result DeliveryResult `protobuf:"varint,3,opt,name=result,proto3,enum=handoff.interventions.v1.DeliveryResult" json:"result,omitempty"`
 	// Why delivery failed, for example "number not in service". Required for
-	// FAILED; kept as the reminder's `failure_reason`. Must not repeat the
-	// message text, or hold a phone number (+15551234567) or an e-mail
-	// address (a provider's error often quotes the destination); an error
-	// code or a time may stay.
+	// FAILED; kept as the reminder's `failure_reason`, with any phone number
+	// or e-mail address in it (a provider's error often quotes the
+	// destination) replaced by "[address]" and the message text by
+	// "[message]": no address is stored with a reminder. Not kept for
+	// DELIVERED.
 	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	// If set, the completion happens only if the reminder's etag still
 	// matches.
