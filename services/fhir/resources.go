@@ -155,8 +155,11 @@ func patient(f *familiesv1.Family) obj {
 	// A date the pattern let through before it was checked as a date
 	// (1994-02-30) is left out: sent, it fails the validation of the
 	// whole answer, a search page with it, and every poll that meets it.
+	// So is year 0000, which Go parses and FHIR's date (its regex) does
+	// not have, though the validator here lets it by: stored before the
+	// service refused years before 1900.
 	if bd := lo.GetBirthDate(); bd != "" {
-		if _, err := time.Parse(time.DateOnly, bd); err == nil {
+		if d, err := time.Parse(time.DateOnly, bd); err == nil && d.Year() >= 1 {
 			p["birthDate"] = bd
 		}
 	}
