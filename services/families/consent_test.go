@@ -2,8 +2,6 @@ package families_test
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"path"
 	"slices"
@@ -1608,17 +1606,7 @@ func TestFamilyPageTokenNamesNoFamilyLeftOut(t *testing.T) {
 		fams = append(fams, fam)
 		consents = append(consents, f.consent(t, fam.GetName(), f.validConsent("ehr-1")))
 	}
-	after := func(token string) string {
-		t.Helper()
-		b, err := base64.RawURLEncoding.DecodeString(token)
-		var tok struct {
-			After string `json:"a"`
-		}
-		if err != nil || json.Unmarshal(b, &tok) != nil {
-			t.Fatalf("token %q does not decode", token)
-		}
-		return tok.After
-	}
+	after := func(token string) string { return servicetest.PageTokenAfter(t, token) }
 	// A revocation stopped between its change and its commit.
 	revoking := func(co *familiesv1.Consent) pgx.Tx {
 		return inFlight(t, f.pool, stmt{`SELECT 1 FROM consents WHERE id = $1 FOR UPDATE`, []any{aip.ID(co.GetName())}},

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"google.golang.org/grpc"
@@ -19,7 +18,6 @@ import (
 
 	interventionsv1 "github.com/handoff-health/handoff/gen/go/handoff/interventions/v1"
 	"github.com/handoff-health/handoff/services/auth"
-	"github.com/handoff-health/handoff/services/grpcclient"
 	"github.com/handoff-health/handoff/services/grpcserver"
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -171,19 +169,7 @@ func TestCredentialOutageIsNotAFailedSignIn(t *testing.T) {
 			}
 			return icpt(ctx, in, &grpc.UnaryServerInfo{Server: s, FullMethod: feedMethod}, func(context.Context, any) (any, error) { return in, nil })
 		}}}}, struct{}{})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = srv.Serve(ctx, lis, time.Second); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	conn, err := grpcclient.Dial(lis.Addr().String(), grpcclient.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := serve(t, srv)
 	for _, c := range []struct {
 		err    error
 		signIn bool

@@ -314,6 +314,13 @@ func serveLogged(t *testing.T, iss *auth.Issuer, method string, handle func(ctx 
 		t.Fatal(err)
 	}
 	registerOne(method, handle)(srv.Server)
+	return serve(t, srv), logs
+}
+
+// serve serves srv on a loopback port until the test ends, and returns a
+// connection to it.
+func serve(t *testing.T, srv *grpcserver.Server) *grpc.ClientConn {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +334,7 @@ func serveLogged(t *testing.T, iss *auth.Issuer, method string, handle func(ctx 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return conn, logs
+	return conn
 }
 
 // A database error the handler passes on says whose fault it is: a

@@ -2,8 +2,6 @@ package referrals_test
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -2754,17 +2752,7 @@ func TestPageTokenNamesNoReferralLeftOut(t *testing.T) {
 	f.consent.covered = []string{kept, revoked} // covered when the scope is read
 	f.consent.refused[revoked] = true           // revoked by the record
 	f.consent.mu.Unlock()
-	after := func(token string) string {
-		t.Helper()
-		b, err := base64.RawURLEncoding.DecodeString(token)
-		var tok struct {
-			After string `json:"a"`
-		}
-		if err != nil || json.Unmarshal(b, &tok) != nil {
-			t.Fatalf("token %q does not decode", token)
-		}
-		return tok.After
-	}
+	after := func(token string) string { return servicetest.PageTokenAfter(t, token) }
 	list := func(size int32, token string) (*referralsv1.ListReferralsResponse, error) {
 		return f.client.ListReferrals(f.ehr, &referralsv1.ListReferralsRequest{Parent: "clinics/north", PageSize: size, PageToken: token})
 	}
