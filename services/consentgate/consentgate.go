@@ -313,12 +313,32 @@ func Record[T any](ctx context.Context, g *Gate, parent string, items []T, next 
 	if len(kept) > 0 {
 		Notify(ctx)
 	}
-	switch last := name(items[len(items)-1]); {
-	case next == "" || len(kept) == len(items):
-	case len(kept) == 0:
-		return nil, "", status.Error(codes.Aborted, "a consent changed while the page was read: read it again")
-	case name(kept[len(kept)-1]) != last:
-		next = aip.RekeyPageToken(next, aip.ID(name(kept[len(kept)-1])))
+	lastKept := ""
+	if len(kept) > 0 {
+		lastKept = name(kept[len(kept)-1])
+	}
+	next, err = RekeyPage(next, len(items), len(kept), name(items[len(items)-1]), lastKept)
+	if err != nil {
+		return nil, "", err
 	}
 	return kept, next, nil
+}
+
+// RekeyPage is next, the token of a page whose read items ended with
+// lastRead, for the page as shown once some were left out (their consent
+// revoked before their disclosure record): kept of the read, ending with
+// lastKept (names or ids). The token, base64 and not sealed, must not
+// name an item left out: it is keyed by the last item kept, and the next
+// page reads the rest again. A page left with nothing is ABORTED, for the
+// caller to read again.
+func RekeyPage(next string, read, kept int, lastRead, lastKept string) (string, error) {
+	switch {
+	case next == "" || kept == read:
+		return next, nil
+	case kept == 0:
+		return "", status.Error(codes.Aborted, "a consent changed while the page was read: read it again")
+	case aip.ID(lastKept) != aip.ID(lastRead):
+		return aip.RekeyPageToken(next, aip.ID(lastKept)), nil
+	}
+	return next, nil
 }

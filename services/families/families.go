@@ -18,8 +18,6 @@ import (
 	_ "time/tzdata" // time zones must resolve on minimal images too
 
 	"github.com/jackc/pgx/v5"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -297,16 +295,13 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 		if len(resp.Families) > 0 {
 			consentgate.Notify(ctx)
 		}
-		// A family whose consent was revoked between the list and its
-		// record is left out, and the token (base64, not sealed) must not
-		// name it either: it resumes after the last family shown, as
-		// consentgate.Record's does for referrals and meetings.
-		switch last := ids[len(ids)-1]; {
-		case resp.NextPageToken == "" || len(resp.Families) == len(ids):
-		case len(resp.Families) == 0:
-			return nil, status.Error(codes.Aborted, "a consent changed while the page was read: read it again")
-		case aip.ID(resp.Families[len(resp.Families)-1].GetName()) != last:
-			resp.NextPageToken = aip.RekeyPageToken(resp.NextPageToken, aip.ID(resp.Families[len(resp.Families)-1].GetName()))
+		// Nor does the token name a family left out.
+		lastKept := ""
+		if n := len(resp.Families); n > 0 {
+			lastKept = resp.Families[n-1].GetName()
+		}
+		if resp.NextPageToken, err = consentgate.RekeyPage(resp.NextPageToken, len(ids), len(resp.Families), ids[len(ids)-1], lastKept); err != nil {
+			return nil, err
 		}
 	}
 	for i, f := range resp.Families {
