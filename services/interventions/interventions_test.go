@@ -1246,8 +1246,8 @@ func TestReminderClaims(t *testing.T) {
 	bounced := lapse("w-fail")
 	got, err = f.client.CompleteReminder(auto, &interventionsv1.CompleteReminderRequest{Name: bounced.GetName(), Claimant: "w-fail",
 		Result: interventionsv1.DeliveryResult_DELIVERY_RESULT_FAILED,
-		Reason: "21614 at 10:00:00: +1 (555) 123-4567 is not a mobile number; body '" + bounced.GetMessage() + "'; cc sam.rivera@example.org"})
-	if want := "21614 at 10:00:00: [address] is not a mobile number; body '[message]'; cc [address]"; err != nil ||
+		Reason: "21614 at 10:00:00: +1 (555) 123-4567 is not a mobile number; body '" + bounced.GetMessage() + "'; cc sam.rivera@example.org; was (555) 123-9876, 555.123.0000"})
+	if want := "21614 at 10:00:00: [address] is not a mobile number; body '[message]'; cc [address]; was [address], [address]"; err != nil ||
 		got.GetState() != interventionsv1.ReminderState_REMINDER_STATE_FAILED || got.GetFailureReason() != want {
 		t.Fatalf("a failure quoting the destination = %v, %q, %v; want FAILED with %q", got.GetState(), got.GetFailureReason(), err, want)
 	}

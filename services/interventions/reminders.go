@@ -139,12 +139,14 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 	`MOUD|MOUDs|OTP|OTPs|bupe|codeine|carfentanil|xylazine|lucemyra|HIV|hepatitis|hep C|anxiety|psych\w*)\b`)
 
 // addressLike matches what a delivery failure's reason must not keep: a
-// phone number as providers write it (+15551234567, +1 (555) 123-4567, a
-// bare run of ten digits or more, percent-encoded too) or an e-mail
+// phone number as providers write it (+15551234567, +1 (555) 123-4567,
+// (555) 123-4567, 555-123-4567, a bare run of ten digits or more,
+// percent-encoded too) or an e-mail
 // address. A provider's error often quotes the destination, which the API
 // promises is never stored with the reminder. An error code or a time
 // (fewer digits in a row, or broken by a colon) is left.
 var addressLike = regexp.MustCompile(`(?i)(\+|%2B)\s?[0-9][0-9 ().-]{5,20}[0-9]|\b[0-9]{10,15}\b|` +
+	`\(?\b[0-9]{3}\)?[ .-]?[0-9]{3}[ .-][0-9]{4}\b|` +
 	`[^\s@<>"'%]+(@|%40)[^\s@<>"'%]+\.[a-z]{2,}`)
 
 // cleanFailureReason is the reason kept for a failed delivery: the
