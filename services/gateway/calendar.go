@@ -97,7 +97,7 @@ func calendarFeed(client interventionsv1.InterventionsServiceClient, timeout tim
 		// Written whole: a Range would get part of a calendar whose whole
 		// export has run and is recorded as read.
 		w.Header().Set("Accept-Ranges", "none")
-		if noneMatch(r.Header.Get("If-None-Match"), etag) {
+		if noneMatch(strings.Join(r.Header.Values("If-None-Match"), ","), etag) {
 			w.WriteHeader(http.StatusNotModified)
 			return
 		}

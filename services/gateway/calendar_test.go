@@ -146,6 +146,18 @@ func TestCalendarFeedOverHTTP(t *testing.T) {
 		}
 		etag = old
 	}
+	// Or sent on two header lines.
+	twoLines, err := http.NewRequest("GET", base+feedURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	twoLines.Header.Add("If-None-Match", `"other"`)
+	twoLines.Header.Add("If-None-Match", etag)
+	if resp, err := http.DefaultClient.Do(twoLines); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusNotModified {
+		t.Fatalf("unchanged feed with its ETag on a second If-None-Match line: %d, want 304", resp.StatusCode)
+	}
 	// A Range gets the whole calendar, which the export recorded as read.
 	_, whole, _ := get(feedURL)
 	ranged, err := http.NewRequest("GET", base+feedURL, nil)
