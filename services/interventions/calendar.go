@@ -54,6 +54,12 @@ const feedIdle = 90 * 24 * time.Hour
 // for as long as nobody revoked it. A counselor still here makes a new one.
 const feedLifetime = 365 * 24 * time.Hour
 
+// liveFeed is feedExpiry in SQL: a feed not revoked whose creation is within
+// feedLifetime of $3 and whose last use (its read, or its creation) is
+// within feedIdle of it, $3 and $4 being now less each. The two must say
+// the same, or the cap would count feeds the reader has ended.
+const liveFeed = `revoke_time IS NULL AND create_time > $3 AND GREATEST(create_time, COALESCE(last_read_time, create_time)) > $4`
+
 // MaxFeedsPerOwner is how many live calendar feeds one owner may hold in a
 // clinic: one for each calendar app and device, with room to spare.
 const MaxFeedsPerOwner = 20
@@ -140,8 +146,7 @@ func (s *Server) CreateCalendarFeed(ctx context.Context, req *interventionsv1.Cr
 				}
 				now := s.cfg.Now()
 				var live int
-				if err := tx.QueryRow(ctx, `SELECT count(*) FROM calendar_feeds WHERE clinic = $1 AND owner = $2 AND revoke_time IS NULL
-					AND create_time > $3 AND GREATEST(create_time, COALESCE(last_read_time, create_time)) > $4`,
+				if err := tx.QueryRow(ctx, `SELECT count(*) FROM calendar_feeds WHERE clinic = $1 AND owner = $2 AND `+liveFeed,
 					clinic, owner, now.Add(-feedLifetime), now.Add(-feedIdle)).Scan(&live); err != nil {
 					return nil, fmt.Errorf("count the owner's calendar feeds: %w", err)
 				}
