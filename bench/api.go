@@ -37,7 +37,7 @@ import (
 type floor struct{ pool *pgxpool.Pool }
 
 const (
-	floorScope  = `SELECT set_config('handoff.clinic', $1, false)`
+	floorScope  = `SELECT set_config('handoff.clinic', $1, true)`
 	floorSelect = `SELECT f.id, f.doc, f.counselor, f.state, f.urgent, f.first_contact_time,
 	f.create_time, f.update_time, f.version,
 	s.id, s.result, s.safety_plan, s.notes, s.screened_by, s.screen_time, s.create_time

@@ -615,11 +615,6 @@ func stripComments(st string) string {
 	return b.String()
 }
 
-// InTx runs fn in a transaction, committing if fn returns nil.
-func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
-	return pgx.BeginFunc(ctx, pool, fn)
-}
-
 // IsUniqueViolation reports whether err is a unique-constraint violation.
 func IsUniqueViolation(err error) bool { return sqlState(err) == "23505" }
 

@@ -49,9 +49,12 @@ type DB struct {
 	Pool *pgxpool.Pool
 }
 
-// scopeSQL sets the clinic scope of a connection. Set on every use, so a
-// value left from an earlier request never counts.
-const scopeSQL = `SELECT set_config('handoff.clinic', $1, false)`
+// scopeSQL sets the clinic scope for the current transaction: the implicit
+// one of a batch, or one begun. It is set on every use, and, local to the
+// transaction, it ends with it: a connection goes back to the pool with no
+// scope, whatever its last user had (every clinic's, for background work),
+// and a rollback cannot bring back a scope set before it.
+const scopeSQL = `SELECT set_config('handoff.clinic', $1, true)`
 
 // ScopedBegin returns the statement that begins a transaction and sets the
 // clinic scope in the same round trip, with the clinic written into it as a
@@ -59,12 +62,12 @@ const scopeSQL = `SELECT set_config('handoff.clinic', $1, false)`
 // parameters. It refuses (false) anything but a valid resource id
 // (aip.ValidID: lowercase letters, digits and hyphens) or SystemScope, so
 // nothing else is ever written into SQL; the caller then sets the scope
-// with a parameter, in a round trip of its own.
+// with a parameter, inside the transaction, in a round trip of its own.
 func ScopedBegin(clinic string) (string, bool) {
 	if clinic != SystemScope && !aip.ValidID(clinic) {
 		return "", false
 	}
-	return "BEGIN; SELECT set_config('handoff.clinic', '" + clinic + "', false)", true
+	return "BEGIN; SELECT set_config('handoff.clinic', '" + clinic + "', true)", true
 }
 
 // Query runs a query in the context's clinic scope. The scope and the
@@ -85,7 +88,7 @@ func (db *DB) QueryGenericPlan(ctx context.Context, sql string, args ...any) (pg
 
 // scopeGenericSQL is scopeSQL that also makes the statements after it, until
 // the end of the batch's implicit transaction, use their generic plans.
-const scopeGenericSQL = `SELECT set_config('handoff.clinic', $1, false), set_config('plan_cache_mode', 'force_generic_plan', true)`
+const scopeGenericSQL = `SELECT set_config('handoff.clinic', $1, true), set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 func (db *DB) query(ctx context.Context, generic bool, sql string, args ...any) (pgx.Rows, error) {
 	clinic := ClinicOf(ctx)
@@ -164,18 +167,19 @@ func (db *DB) Begin(ctx context.Context) (pgx.Tx, error) {
 		return nil, fmt.Errorf("pgdb: acquire: %w", err)
 	}
 	begin, ok := ScopedBegin(clinic)
-	if !ok {
-		if _, err := conn.Exec(ctx, scopeSQL, clinic); err != nil {
-			conn.Release()
-			return nil, fmt.Errorf("pgdb: scope: %w", err)
-		}
-	}
 	// A failed begin may leave the connection in a transaction: the pool
 	// closes such a connection rather than reuse it.
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{BeginQuery: begin})
 	if err != nil {
 		conn.Release()
 		return nil, fmt.Errorf("pgdb: begin: %w", err)
+	}
+	if !ok {
+		if _, err := tx.Exec(ctx, scopeSQL, clinic); err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			conn.Release()
+			return nil, fmt.Errorf("pgdb: scope: %w", err)
+		}
 	}
 	st, _ := ctx.Value(stampKey{}).(*Stamp)
 	return &releasingTx{Tx: tx, conn: conn, stamp: st}, nil

@@ -401,3 +401,61 @@ func TestDeferredStampNamesTheRecordMade(t *testing.T) {
 		t.Fatalf("record names %q; want its own resource", got)
 	}
 }
+
+// The clinic scope lasts for its transaction only: a connection goes back
+// to the pool with none, after every-clinic background work too, and a
+// rollback does not bring back the scope of a call before it.
+func TestScopeEndsWithItsTransaction(t *testing.T) {
+	t.Parallel()
+	_, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	app := pgtest.App(t, schema)
+	// One connection, so that every step below meets the one before.
+	cfg := app.Pool.Config()
+	cfg.MaxConns, cfg.MinConns = 1, 0
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	db := &pgdb.DB{Pool: pool}
+	bg := context.Background()
+	left := func(after string) {
+		t.Helper()
+		var scope string
+		if err := pool.QueryRow(bg, `SELECT coalesce(current_setting('handoff.clinic', true), '')`).Scan(&scope); err != nil {
+			t.Fatal(err)
+		}
+		if scope != "" {
+			t.Fatalf("after %s the idle connection has clinic scope %q; want none", after, scope)
+		}
+	}
+	all := pgdb.WithClinic(bg, pgdb.SystemScope)
+	var one int
+	if err := db.QueryRow(all, `SELECT 1`).Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+	left("a query in every clinic's scope")
+	if _, err := db.Exec(all, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	left("a statement in every clinic's scope")
+	if err := pgx.BeginFunc(all, db, func(tx pgx.Tx) error { return tx.QueryRow(all, `SELECT 1`).Scan(&one) }); err != nil {
+		t.Fatal(err)
+	}
+	left("a transaction in every clinic's scope")
+	odd := pgdb.WithClinic(bg, "O'Brien")
+	if err := pgx.BeginFunc(odd, db, func(tx pgx.Tx) error { return tx.QueryRow(odd, `SELECT 1`).Scan(&one) }); err != nil {
+		t.Fatal(err)
+	}
+	left("a transaction scoped by a parameter")
+	// Every clinic's query, then a clinic's transaction that rolls back.
+	if err := db.QueryRow(all, `SELECT 1`).Scan(&one); err != nil {
+		t.Fatal(err)
+	}
+	rolledBack := errors.New("rolled back")
+	north := pgdb.WithClinic(bg, "north")
+	if err := pgx.BeginFunc(north, db, func(pgx.Tx) error { return rolledBack }); !errors.Is(err, rolledBack) {
+		t.Fatal(err)
+	}
+	left("a rolled-back transaction after every clinic's query")
+}
