@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -362,7 +365,7 @@ func (r *Relay) Wait(ctx context.Context) {
 	// The lanes stop because the relay does: their failures are not the
 	// events' (Run's context has ended; a caller of Once stops it too).
 	if _, errs := r.record(ctx, r.collect(ctx, -1, nil), true); len(errs) > 0 {
-		r.Log.Warn("outbox relay stopped", "error", errors.Join(errs...).Error())
+		r.Log.Warn("outbox relay stopped", "error", logSafe(errs))
 	}
 	r.release(ctx)
 }
@@ -476,7 +479,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			// Retrying cannot help an event that does not decode; it must
 			// not hold back its lane. It is set aside with its error for an
 			// operator (delivered_at set, last_error says why).
-			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "consumer", string(r.Consumer), "error", e.DecodeErr.Error())
+			r.Log.Error("outbox event set aside", "id", e.ID, "type", e.Type, "consumer", string(r.Consumer), "error", telemetry.LogSafe(e.DecodeErr))
 			// last_error is the dispatch's; another consumer marks only
 			// its own column (the dispatch sets the same event aside).
 			var err error
@@ -507,7 +510,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 				// for its own, longer wait (settle).
 				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2,
 					retry_at = now() + least($4 * interval '1 microsecond', $3 * power(2, least(attempts, 16)) * interval '1 microsecond') WHERE id = $1`,
-					res.failed.ID, res.err.Error(), r.interval().Microseconds(), storedWaitCap.Microseconds()); err != nil {
+					res.failed.ID, storable(res.err.Error()), r.interval().Microseconds(), storedWaitCap.Microseconds()); err != nil {
 					errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 				}
 			}
@@ -684,7 +687,7 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 			deadline = alive.Add(lockLease)
 		}
 		dctx, cancel := context.WithDeadline(e.Context(ctx), deadline)
-		err := r.Deliver(dctx, e)
+		err := r.deliver(dctx, e)
 		cancel()
 		if err != nil {
 			res.failed, res.err = &e, err
@@ -693,6 +696,46 @@ func (r *Relay) deliverLane(ctx context.Context, lane []Stored) laneResult {
 		res.delivered = append(res.delivered, e.ID)
 	}
 	return res
+}
+
+// deliver is Deliver with a panic taken as its failure: the relay runs in
+// the service's process, and one event that makes Deliver panic would
+// otherwise bring the service down, on every replica in turn as each took
+// the lock and met the same event. The event fails, and waits, as any
+// failure does.
+func (r *Relay) deliver(ctx context.Context, e Stored) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			r.Log.Error("outbox delivery panicked", "id", e.ID, "type", e.Type, "consumer", string(r.Consumer),
+				"panic", fmt.Sprintf("%T", p), "stack", string(debug.Stack()))
+			// A runtime error's text says what went wrong and quotes no
+			// data; another panic's value might.
+			if re, ok := p.(runtime.Error); ok {
+				err = fmt.Errorf("outbox relay: delivery panicked: %w", re)
+			} else {
+				err = fmt.Errorf("outbox relay: delivery panicked (%T)", p)
+			}
+		}
+	}()
+	return r.Deliver(ctx, e)
+}
+
+// logSafe is errs' text for a log, each through telemetry.LogSafe (which
+// looks into one chain of wrapping, not a join).
+func logSafe(errs []error) string {
+	texts := make([]string, len(errs))
+	for i, err := range errs {
+		texts[i] = telemetry.LogSafe(err)
+	}
+	return strings.Join(texts, "; ")
+}
+
+// storable is an error's text as a text column takes it: PostgreSQL
+// refuses a NUL and invalid UTF-8 (22021), which would fail the update
+// that records the failure and its wait, and every replica would try the
+// event again at once.
+func storable(text string) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(text, "\x00", ""), "\uFFFD")
 }
 
 // leave reports whether the newer release's event id is still to be left

@@ -219,6 +219,68 @@ func TestRelayFailedLaneWaits(t *testing.T) {
 	}
 }
 
+// A delivery that panics is that event's failure, not the process's: the
+// other lanes are delivered, and the event's failure and wait are recorded
+// as any other's. So is a failure whose text a text column would refuse
+// (a NUL, invalid UTF-8), which would otherwise leave no wait behind.
+func TestRelayTakesAPanicAsAFailure(t *testing.T) {
+	pool, db, write := relayFixture(t)
+	ctx := context.Background()
+	write("a1")
+	write("b1")
+	write("c1")
+	var mu sync.Mutex
+	var got []string
+	r := &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: time.Hour,
+		Lane: func(e outbox.Stored) string { return e.Resource[:1] },
+		Deliver: func(_ context.Context, e outbox.Stored) error {
+			switch e.Resource {
+			case "a1":
+				var m map[string]int
+				m["boom"]++ // a nil map: a runtime panic
+			case "c1":
+				return errors.New("refused: \x00\xff")
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, e.Resource)
+			return nil
+		}}
+	n, err := r.Once(ctx)
+	r.Wait(ctx)
+	if n != 1 || err == nil || !strings.Contains(err.Error(), "panicked") {
+		t.Fatalf("Once = %d, %v; want b1 delivered and a1's panic as its failure", n, err)
+	}
+	if !slices.Equal(got, []string{"b1"}) {
+		t.Fatalf("delivered %v; want b1", got)
+	}
+	rows, err := pool.Query(ctx, `SELECT resource, attempts, retry_at IS NOT NULL, last_error FROM outbox WHERE resource IN ('a1', 'c1') ORDER BY resource`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type failed struct {
+		Resource  string
+		Attempts  int
+		Waits     bool
+		LastError string
+	}
+	fs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[failed])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fs) != 2 {
+		t.Fatalf("failed events %+v", fs)
+	}
+	for _, f := range fs {
+		if f.Attempts != 1 || !f.Waits || f.LastError == "" {
+			t.Errorf("%s after its failure: %+v; want one attempt, a wait and the error recorded", f.Resource, f)
+		}
+	}
+	if !strings.Contains(fs[0].LastError, "assignment to entry in nil map") {
+		t.Errorf("a1's recorded error %q; want the runtime error's text", fs[0].LastError)
+	}
+}
+
 // A lane's wait after a failure holds for every replica: it is kept with
 // the event, so a relay that takes the lock next and never saw the
 // failure does not try the event again at once; and it doubles with the
