@@ -42,11 +42,14 @@ var matServices = []referralsv1.ServiceKind{
 	referralsv1.ServiceKind_SERVICE_KIND_MAT_NALTREXONE,
 }
 
-// coveragePays lists the payments that cover each kind of coverage.
+// coveragePays lists the payments that cover each kind of coverage. A
+// program that charges nothing turns no one away for how they would pay,
+// so it covers every kind: an insured person is not steered from it.
 var coveragePays = map[referralsv1.CoverageKind][]referralsv1.PaymentKind{
-	referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID: {referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID},
-	referralsv1.CoverageKind_COVERAGE_KIND_MEDICARE: {referralsv1.PaymentKind_PAYMENT_KIND_MEDICARE},
-	referralsv1.CoverageKind_COVERAGE_KIND_PRIVATE:  {referralsv1.PaymentKind_PAYMENT_KIND_PRIVATE_INSURANCE},
+	referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID: {referralsv1.PaymentKind_PAYMENT_KIND_MEDICAID, referralsv1.PaymentKind_PAYMENT_KIND_FREE},
+	referralsv1.CoverageKind_COVERAGE_KIND_MEDICARE: {referralsv1.PaymentKind_PAYMENT_KIND_MEDICARE, referralsv1.PaymentKind_PAYMENT_KIND_FREE},
+	referralsv1.CoverageKind_COVERAGE_KIND_PRIVATE: {referralsv1.PaymentKind_PAYMENT_KIND_PRIVATE_INSURANCE,
+		referralsv1.PaymentKind_PAYMENT_KIND_FREE},
 	referralsv1.CoverageKind_COVERAGE_KIND_UNINSURED_SELF_PAY: {referralsv1.PaymentKind_PAYMENT_KIND_SELF_PAY,
 		referralsv1.PaymentKind_PAYMENT_KIND_SLIDING_SCALE, referralsv1.PaymentKind_PAYMENT_KIND_FREE},
 	referralsv1.CoverageKind_COVERAGE_KIND_OTHER: {referralsv1.PaymentKind_PAYMENT_KIND_SLIDING_SCALE, referralsv1.PaymentKind_PAYMENT_KIND_FREE},
@@ -139,12 +142,16 @@ func score(req *referralsv1.MatchProgramsRequest, p *referralsv1.Program) (int32
 		add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_TELEHEALTH_PREFERRED, "Offers telehealth, as preferred.")
 	}
 	if pays, known := coveragePays[req.GetCoverage()]; known {
-		accepted := false
+		accepted, listed := false, false
 		for _, k := range pays {
-			accepted = accepted || slices.Contains(p.GetPaymentsAccepted(), k)
+			in := slices.Contains(p.GetPaymentsAccepted(), k)
+			accepted = accepted || in
+			listed = listed || in && k != referralsv1.PaymentKind_PAYMENT_KIND_FREE
 		}
-		if accepted {
+		if listed {
 			add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_PAYMENT_ACCEPTED, "Accepts the family's coverage.")
+		} else if accepted {
+			add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_PAYMENT_ACCEPTED, "Charges nothing.")
 		} else {
 			add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_PAYMENT_NOT_ACCEPTED_PENALTY, "Does not list the family's coverage.")
 		}

@@ -2,6 +2,7 @@ package referrals
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -186,6 +187,24 @@ func TestSameDayInductionCountsForInducedMedicationsAskedFor(t *testing.T) {
 		}
 		if !ok || got != c.want {
 			t.Errorf("%s: offered %v, same-day induction counted %v; want %v", c.name, ok, got, c.want)
+		}
+	}
+}
+
+// A program that charges nothing is not ranked down for an insured
+// family's coverage: it turns no one away for how they would pay.
+func TestFreeProgramAcceptsEveryCoverage(t *testing.T) {
+	free := referralsv1.PaymentKind_PAYMENT_KIND_FREE
+	for _, cov := range []referralsv1.CoverageKind{referralsv1.CoverageKind_COVERAGE_KIND_MEDICAID, referralsv1.CoverageKind_COVERAGE_KIND_MEDICARE,
+		referralsv1.CoverageKind_COVERAGE_KIND_PRIVATE, referralsv1.CoverageKind_COVERAGE_KIND_UNINSURED_SELF_PAY, referralsv1.CoverageKind_COVERAGE_KIND_OTHER} {
+		req := &referralsv1.MatchProgramsRequest{Coverage: cov, Urgency: referralsv1.Urgency_URGENCY_ROUTINE}
+		_, reasons, ok := score(req, prog{name: "free", services: []svcK{bup}, pays: []payK{free}, slots: 1}.build())
+		var codes []string
+		for _, r := range reasons {
+			codes = append(codes, strings.TrimPrefix(r.GetCode().String(), "MATCH_REASON_CODE_"))
+		}
+		if !ok || !slices.Contains(codes, "PAYMENT_ACCEPTED") || slices.Contains(codes, "PAYMENT_NOT_ACCEPTED_PENALTY") {
+			t.Errorf("%v: a free program scored %v (offered %v); want its payment accepted", cov, codes, ok)
 		}
 	}
 }

@@ -371,12 +371,14 @@ type CoverageKind int32
 const (
 	// Not known. Payment is then left out of matching.
 	CoverageKind_COVERAGE_KIND_UNSPECIFIED CoverageKind = 0
-	// Medicaid; matches programs that accept PAYMENT_KIND_MEDICAID.
+	// Medicaid; matches programs that accept PAYMENT_KIND_MEDICAID or
+	// PAYMENT_KIND_FREE (a program that charges nothing covers everyone).
 	CoverageKind_COVERAGE_KIND_MEDICAID CoverageKind = 1
-	// Medicare; matches programs that accept PAYMENT_KIND_MEDICARE.
+	// Medicare; matches programs that accept PAYMENT_KIND_MEDICARE or
+	// PAYMENT_KIND_FREE.
 	CoverageKind_COVERAGE_KIND_MEDICARE CoverageKind = 2
 	// Private insurance; matches programs that accept
-	// PAYMENT_KIND_PRIVATE_INSURANCE.
+	// PAYMENT_KIND_PRIVATE_INSURANCE or PAYMENT_KIND_FREE.
 	CoverageKind_COVERAGE_KIND_PRIVATE CoverageKind = 3
 	// Uninsured, paying themselves; matches programs that accept
 	// PAYMENT_KIND_SELF_PAY, PAYMENT_KIND_SLIDING_SCALE or PAYMENT_KIND_FREE.
