@@ -538,6 +538,6 @@ func (s *Server) returnLapsed(ctx context.Context, clinic, program string) {
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
-		s.cfg.Log.WarnContext(ctx, "returning lapsed holds' slots failed; the sweep will", "clinic", clinic, "program", program, "error", err)
+		s.cfg.Log.WarnContext(ctx, "returning lapsed holds' slots failed; the sweep will", "clinic", clinic, "program", program, "error", telemetry.LogSafe(err))
 	}
 }
