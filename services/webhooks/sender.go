@@ -455,9 +455,12 @@ func (s *Sender) Once(ctx context.Context) (int, error) {
 // deliveries_due and deliveries_order match.
 func (s *Sender) claim(ctx context.Context, limit int, sh share) ([]*pending, error) {
 	ctx = pgdb.WithClinic(ctx, pgdb.SystemScope)
-	// One send is up to three calls of Timeout each (a consent check and
-	// the disclosure's record, then the POST), plus the writes around them.
-	lease := 3*s.cfg.Timeout + 30*time.Second
+	// One send is up to four stretches of Timeout each (the consent check;
+	// the connection; the disclosure's record as it comes, with the
+	// attempt's clock stopped; the POST, its clock started again), plus the
+	// reads and writes around them. A lease that ran out mid-send would let
+	// another sender claim the delivery and send it twice.
+	lease := 4*s.cfg.Timeout + 30*time.Second
 	// A few per subscription at a time, those under way counted, so that
 	// one receiver that hangs cannot hold every slot while others wait.
 	perSubscription := s.perSubscription()
@@ -1002,8 +1005,10 @@ var errGone = errors.New("the delivery went as its connection came")
 // so that the request fails its Content-Length before anything leaves its
 // buffer; recorded then reports whether the record was asked for, and
 // the failure. The attempt's clock stops meanwhile: that time is not the
-// receiver's.
-func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, clock *attemptClock) (_ context.Context, recorded func() (bool, error)) {
+// receiver's. Once the check passes, sign signs the request again with the
+// secrets just read: a rotation during the consent check or the
+// connection's setup signs too, for a receiver that switched at once.
+func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, clock *attemptClock, sign func()) (_ context.Context, recorded func() (bool, error)) {
 	var checked, asked bool
 	var err error
 	record := func() {
@@ -1034,6 +1039,7 @@ func (s *Sender) recording(ctx context.Context, p *pending, body *bytes.Reader, 
 			body.Reset(nil)
 			return
 		}
+		sign()
 		if asked {
 			clock.restart()
 		} else {
@@ -1230,7 +1236,19 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 		s.fmu.Unlock()
 	})
 	defer clock.stop()
-	rctx, recorded := s.recording(ctx, p, content, clock)
+	// Signed as the request is built, and again as its connection comes
+	// (recording), after the secrets are read for the last time; the
+	// transport writes no header before then.
+	var req *http.Request
+	sign := func() {
+		var previous []string
+		if p.previous != "" {
+			// A receiver still on the old secret accepts the notification too.
+			previous = append(previous, p.previous)
+		}
+		req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body, previous...))
+	}
+	rctx, recorded := s.recording(ctx, p, content, clock, sign)
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, p.url, content)
 	if err != nil {
 		return 0, fmt.Errorf("build request: %w", err)
@@ -1241,12 +1259,7 @@ func (s *Sender) post(ctx context.Context, p *pending, body []byte) (int, error)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("User-Agent", "Handoff-Webhooks/1")
 	req.Header.Set(IDHeader, p.id)
-	var previous []string
-	if p.previous != "" {
-		// A receiver still on the old secret accepts the notification too.
-		previous = append(previous, p.previous)
-	}
-	req.Header.Set(SignatureHeader, Sign(p.secret, time.Now(), body, previous...))
+	sign()
 	s.fmu.Lock()
 	if s.posting == nil {
 		s.posting = map[*pending]time.Time{}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -596,6 +597,63 @@ func TestSecretsAreReadAgainBeforeThePost(t *testing.T) {
 	}
 	if len(signatures) != 1 {
 		t.Fatalf("%d POSTs; want none after the subscription was deleted", len(signatures)-1)
+	}
+}
+
+// A rotation while the connection is made (or the consent checked), after
+// the send's first read of the secrets, signs too: the signature is made
+// again as the connection comes, when the secrets are read for the last
+// time, before the transport writes a header.
+func TestRotationAsTheConnectionComesSigns(t *testing.T) {
+	pool, db := oneDelivery(t)
+	ctx := context.Background()
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true})
+	var signature string
+	var body []byte
+	s.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		// As net/http's transport does: the connection, then the request.
+		if _, err := pool.Exec(ctx, `UPDATE subscriptions SET previous_secret = secret, secret = 'whsec_new',
+			previous_secret_expire_time = now() + interval '1 hour'`); err != nil {
+			return nil, err
+		}
+		if trace := httptrace.ContextClientTrace(r.Context()); trace != nil && trace.GotConn != nil {
+			trace.GotConn(httptrace.GotConnInfo{})
+		}
+		signature = r.Header.Get(SignatureHeader)
+		body, _ = io.ReadAll(r.Body)
+		return &http.Response{StatusCode: http.StatusNoContent, Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: r}, nil
+	})
+	claimed, err := s.claim(ctx, 10, share{})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	if err := s.send(ctx, claimed[0]); err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"whsec_new", "whsec_test"} {
+		if err := Verify(secret, signature, body, time.Now()); err != nil {
+			t.Errorf("rotated as the connection came: %s does not verify the POST: %v", secret, err)
+		}
+	}
+}
+
+// A claim's lease outlasts the longest attempt: the consent check, the
+// connection, the disclosure's record (the attempt's clock stopped) and
+// the POST (its clock started again) take up to Timeout each.
+func TestLeaseCoversTheLongestAttempt(t *testing.T) {
+	pool, db := oneDelivery(t)
+	ctx := context.Background()
+	const timeout = 40 * time.Second
+	s := NewSender(SenderConfig{DB: db, Log: slog.New(slog.DiscardHandler), AllowPrivate: true, Timeout: timeout})
+	if claimed, err := s.claim(ctx, 10, share{}); err != nil || len(claimed) != 1 {
+		t.Fatalf("claim = %d, %v", len(claimed), err)
+	}
+	var lease time.Duration
+	if err := pool.QueryRow(ctx, `SELECT next_attempt_time - now() FROM deliveries`).Scan(&lease); err != nil {
+		t.Fatal(err)
+	}
+	if lease < 4*timeout {
+		t.Fatalf("lease %v for an attempt of up to %v", lease, 4*timeout)
 	}
 }
 
