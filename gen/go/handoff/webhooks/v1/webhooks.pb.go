@@ -255,7 +255,8 @@ type Subscription struct {
 	// `.local`, `.internal`, `.home.arpa`). A name that resolves only to such
 	// addresses when the subscription is made is refused; every connection
 	// checks the address again, and a send refused so is a refusal of the
-	// receiver's (a dead letter after three).
+	// receiver's (a dead letter after three in a row that go on for at
+	// least 15 minutes).
 	Url string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
 	// What to be told about.
 	Topics []Topic `protobuf:"varint,3,rep,packed,name=topics,proto3,enum=handoff.webhooks.v1.Topic" json:"topics,omitempty"`
