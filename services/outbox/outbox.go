@@ -115,8 +115,9 @@ type Stored struct {
 	// Generation is that of the release that wrote the event (see
 	// Generation).
 	Generation int
-	// Held says the dispatch waits, after a failure, before it tries the
-	// event again (retry_at lies ahead, by the database's clock).
+	// Held says the consumer that read it waits, after a failure, before
+	// it tries the event again (its retry time lies ahead, by the
+	// database's clock).
 	Held bool
 
 	// The payload's message, decoded once by Pending for the relay's lane
@@ -171,13 +172,24 @@ func (c Consumer) column() string {
 	panic(fmt.Sprintf("outbox: unknown consumer %q", string(c)))
 }
 
+// retry names the consumer's columns that keep its failures with an
+// event: how many, and when it tries the event again.
+func (c Consumer) retry() (attempts, at string) {
+	if c == Sink {
+		return "sink_attempts", "sink_retry_at"
+	}
+	_ = c.column() // an unknown consumer panics here too
+	return "attempts", "retry_at"
+}
+
 // PendingFor returns up to limit events consumer c has not taken after the
 // event with id after (0 for the oldest), oldest first.
 func PendingFor(ctx context.Context, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
 }, c Consumer, after int64, limit int) ([]Stored, error) {
+	_, retryAt := c.retry()
 	rows, err := q.Query(ctx, `SELECT id, clinic, event_type, resource, payload, trace_context, create_time, generation,
-		retry_at IS NOT NULL AND retry_at > now() FROM outbox
+		`+retryAt+` IS NOT NULL AND `+retryAt+` > now() FROM outbox
 		WHERE `+c.column()+` IS NULL AND id > $1 ORDER BY id LIMIT $2`, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: pending: %w", err)

@@ -498,21 +498,24 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			continue // shutting down: no fault of the event's
 		}
 		if res.failed != nil {
-			// attempts and last_error are the dispatch's: the gauges and an
-			// operator read them as its.
+			// The wait is kept with the event too, so that a replica that
+			// takes the lock next does not try it at once. It doubles with
+			// the consumer's attempts at the event, whichever replica made
+			// them, up to storedWaitCap: a failure may be the replica's
+			// own (Temporal out of its reach), and a healthy replica waits
+			// on it too. The relay that failed waits on for its own,
+			// longer wait (settle). last_error is the dispatch's: the
+			// gauges and an operator read it as its.
+			attempts, retryAt := r.Consumer.retry()
+			set := attempts + ` = coalesce(` + attempts + `, 0) + 1, ` + retryAt + ` = now() + least($3 * interval '1 microsecond',
+				$2 * power(2, least(coalesce(` + attempts + `, 0), 16)) * interval '1 microsecond')`
+			args := []any{res.failed.ID, r.interval().Microseconds(), storedWaitCap.Microseconds()}
 			if r.Consumer == Dispatch {
-				// The wait is kept with the event too (retry_at), so that a
-				// replica that takes the lock next does not try it at once.
-				// It doubles with the event's attempts, whichever replica
-				// made them, up to storedWaitCap: a failure may be the
-				// replica's own (Temporal out of its reach), and a healthy
-				// replica waits on it too. The relay that failed waits on
-				// for its own, longer wait (settle).
-				if _, err := r.conn.Exec(rctx, `UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-					retry_at = now() + least($4 * interval '1 microsecond', $3 * power(2, least(attempts, 16)) * interval '1 microsecond') WHERE id = $1`,
-					res.failed.ID, storable(res.err.Error()), r.interval().Microseconds(), storedWaitCap.Microseconds()); err != nil {
-					errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
-				}
+				set += `, last_error = $4`
+				args = append(args, storable(res.err.Error()))
+			}
+			if _, err := r.conn.Exec(rctx, `UPDATE outbox SET `+set+` WHERE id = $1`, args...); err != nil {
+				errs = append(errs, fmt.Errorf("outbox relay: record failure: %w", err))
 			}
 			errs = append(errs, fmt.Errorf("outbox relay: deliver %d (%s): %w", res.failed.ID, res.failed.Type, res.err))
 		}
@@ -618,11 +621,11 @@ func (r *Relay) ready(lanes []lane, complete bool, now time.Time) []lane {
 // healthy one back no longer.
 const storedWaitCap = 10 * time.Second
 
-// held reports whether the dispatch waits before trying a lane's first
+// held reports whether the consumer waits before trying a lane's first
 // event again: a wait after a failure, which this relay or another
 // replica's recorded with it.
 func (r *Relay) held(lane []Stored) bool {
-	return r.Consumer == Dispatch && len(lane) > 0 && lane[0].Held
+	return len(lane) > 0 && lane[0].Held
 }
 
 // settle starts or lengthens a lane's wait after a failure (Interval,

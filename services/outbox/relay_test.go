@@ -286,6 +286,16 @@ func TestRelayTakesAPanicAsAFailure(t *testing.T) {
 // failure does not try the event again at once; and it doubles with the
 // event's attempts, whoever made them.
 func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
+	failedLaneWaitsAcrossReplicas(t, outbox.Dispatch, "attempts", "retry_at")
+}
+
+// The same for the webhook sink, which keeps its own count and wait: its
+// failures (the webhooks database down) are not the dispatch's.
+func TestSinkFailedLaneWaitsAcrossReplicas(t *testing.T) {
+	failedLaneWaitsAcrossReplicas(t, outbox.Sink, "sink_attempts", "sink_retry_at")
+}
+
+func failedLaneWaitsAcrossReplicas(t *testing.T, consumer outbox.Consumer, attempts, retryAt string) {
 	pool, db, write := relayFixture(t)
 	ctx := context.Background()
 	write("a1")
@@ -297,7 +307,7 @@ func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
 	replica := func() *outbox.Relay {
 		// An Interval far longer than the polls below take on a busy
 		// machine: the first wait.
-		return &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: 2 * time.Second,
+		return &outbox.Relay{DB: db, Log: slog.New(slog.DiscardHandler), Interval: 2 * time.Second, Consumer: consumer,
 			Lane: func(e outbox.Stored) string { return e.Resource[:1] },
 			Deliver: func(_ context.Context, e outbox.Stored) error {
 				mu.Lock()
@@ -325,7 +335,7 @@ func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
 	}
 	mu.Unlock()
 	var wait time.Duration
-	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 0 || wait > 2*time.Second {
+	if err := pool.QueryRow(ctx, `SELECT `+retryAt+` - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 0 || wait > 2*time.Second {
 		t.Fatalf("a1 waits %v, %v; want at most the Interval", wait, err)
 	}
 	time.Sleep(wait + 100*time.Millisecond)
@@ -333,12 +343,12 @@ func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
 	if n, err := two.Once(ctx); err == nil || n != 0 {
 		t.Fatalf("past the wait: %d, %v; want a1 tried and failed again", n, err)
 	}
-	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 2*time.Second {
+	if err := pool.QueryRow(ctx, `SELECT `+retryAt+` - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait <= 2*time.Second {
 		t.Fatalf("after the second failure a1 waits %v, %v; want more than the first wait", wait, err)
 	}
 	// However many tries failed, the wait every replica keeps is at most
 	// ten seconds: a failure may be the replica's own.
-	if _, err := pool.Exec(ctx, `UPDATE outbox SET attempts = 20, retry_at = now() WHERE resource = 'a1'`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET `+attempts+` = 20, `+retryAt+` = now() WHERE resource = 'a1'`); err != nil {
 		t.Fatal(err)
 	}
 	three := replica() // with no wait of its own
@@ -346,11 +356,11 @@ func TestRelayFailedLaneWaitsAcrossReplicas(t *testing.T) {
 	if n, err := three.Once(ctx); err == nil || n != 0 {
 		t.Fatalf("after many failures: %d, %v; want a1 tried and failed again", n, err)
 	}
-	if err := pool.QueryRow(ctx, `SELECT retry_at - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait > 10*time.Second || wait < 9*time.Second {
+	if err := pool.QueryRow(ctx, `SELECT `+retryAt+` - now() FROM outbox WHERE resource = 'a1'`).Scan(&wait); err != nil || wait > 10*time.Second || wait < 9*time.Second {
 		t.Fatalf("after many failures a1 waits %v, %v; want ten seconds", wait, err)
 	}
 	down.Store(false)
-	if _, err := pool.Exec(ctx, `UPDATE outbox SET retry_at = now() WHERE resource = 'a1'`); err != nil {
+	if _, err := pool.Exec(ctx, `UPDATE outbox SET `+retryAt+` = now() WHERE resource = 'a1'`); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := one.Once(ctx); err != nil || n != 1 {
