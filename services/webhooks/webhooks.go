@@ -285,8 +285,10 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 	}
 	// The answer kept for retries (AIP-155) holds the secret sealed, like
 	// the table; it is opened only on the way out.
+	var fresh bool
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"CreateSubscription", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
+			fresh = false
 			// One owner's subscriptions are made one at a time, so that two
 			// alike cannot both pass the check below. The lock's two-key
 			// form has a key space of its own, apart from the relays' and
@@ -333,8 +335,12 @@ func (s *Server) CreateSubscription(ctx context.Context, req *webhooksv1.CreateS
 				clinic, id, sub.GetUrl(), topics, int16(payload), owner, sealed, s.cfg.Now(), audience, outsider); err != nil {
 				return nil, fmt.Errorf("insert subscription: %w", err)
 			}
+			fresh = true
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
+	if err == nil && fresh {
+		return s.openFresh(out)
+	}
 	return s.openSecret(ctx, out, err)
 }
 
@@ -453,6 +459,21 @@ func withSealedSecret(ctx context.Context, tx pgx.Tx, clinic, id, sealed string)
 	return out, nil
 }
 
+// openFresh opens the secret of an answer this call made (not a stored
+// one replayed): the change has committed, so no read after it may fail
+// the call. A create or rotation reported failed after it committed would
+// keep the one answer that carries the new secret from the caller, who,
+// retrying without a request id, is refused (ALREADY_EXISTS,
+// ROTATION_IN_PROGRESS) and holds no secret that signs.
+func (s *Server) openFresh(out *webhooksv1.Subscription) (*webhooksv1.Subscription, error) {
+	secret, err := s.cfg.Secrets.open(out.GetName(), out.GetSecret())
+	if err != nil {
+		return nil, err
+	}
+	out.Secret = secret
+	return out, nil
+}
+
 // openSecret opens the secret of an answer on its way out. An answer
 // stored for retries (AIP-155) and replayed after a later rotation holds a
 // secret that no longer signs, or signs only until its grace ends: handed
@@ -516,8 +537,10 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 		return nil, err
 	}
 	owner := ownerFilter(ctx)
+	var fresh bool
 	out, err := idempotency.InTx(ctx, s.db, clinic, svc+"RotateSubscriptionSecret", req.GetRequestId(), req, newSubscription,
 		func(tx pgx.Tx) (*webhooksv1.Subscription, error) {
+			fresh = false
 			// Another's subscription is NOT_FOUND, as for every other method.
 			sub, err := readSubscription(ctx, tx, clinic, id, owner)
 			if err != nil {
@@ -569,8 +592,12 @@ func (s *Server) RotateSubscriptionSecret(ctx context.Context, req *webhooksv1.R
 			if err != nil {
 				return nil, fmt.Errorf("rotate secret: %w", err)
 			}
+			fresh = true
 			return withSealedSecret(ctx, tx, clinic, id, sealed)
 		})
+	if err == nil && fresh {
+		return s.openFresh(out)
+	}
 	return s.openSecret(ctx, out, err)
 }
 

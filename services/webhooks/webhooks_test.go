@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -2153,5 +2154,77 @@ func TestRefusalGraceCountsFromTheFirstRefusal(t *testing.T) {
 			}
 			f.deliveredAfterRefusals(t, sub.GetName(), "r-outage", refuseUntil(rcv, deployed), 20*time.Second)
 		})
+	}
+}
+
+// secretReadFails makes the read of a subscription's secret fail while on:
+// a database that fails the first read after a commit.
+type secretReadFails struct{ on atomic.Bool }
+
+func (f *secretReadFails) fail(ctx context.Context, sql string) context.Context {
+	if f.on.Load() && strings.HasPrefix(strings.TrimSpace(sql), "SELECT secret FROM subscriptions") {
+		ctx, cancel := context.WithCancel(ctx)
+		cancel()
+		return ctx
+	}
+	return ctx
+}
+
+func (f *secretReadFails) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	return f.fail(ctx, d.SQL)
+}
+func (f *secretReadFails) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (f *secretReadFails) TraceBatchStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceBatchStartData) context.Context {
+	for _, q := range d.Batch.QueuedQueries {
+		ctx = f.fail(ctx, q.SQL)
+	}
+	return ctx
+}
+func (f *secretReadFails) TraceBatchQuery(context.Context, *pgx.Conn, pgx.TraceBatchQueryData) {}
+func (f *secretReadFails) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData)     {}
+
+// A create or rotation that committed answers with its new secret, though
+// a read after the commit would fail: reported failed, the caller would
+// hold no secret that signs, and a retry without a request id would be
+// refused (ALREADY_EXISTS, ROTATION_IN_PROGRESS).
+func TestCommittedSecretIsAnsweredWithoutAnotherRead(t *testing.T) {
+	_, schema := pgtest.Schema(t, webhooks.Migrations()...)
+	cfg := pgtest.App(t, schema).Pool.Config()
+	fails := &secretReadFails{}
+	cfg.ConnConfig.Tracer = fails
+	app, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(app.Close)
+	srv := webhooks.New(&pgdb.DB{Pool: app}, webhooks.Config{AllowInsecure: true, AllowPrivate: true})
+	env := servicetest.Start(t, webhooks.Policy(), func(s *grpc.Server) { webhooksv1.RegisterWebhooksServiceServer(s, srv) })
+	env.Server.SetAuditor(srv.Auditor())
+	client, admin := webhooksv1.NewWebhooksServiceClient(env.Conn), env.As("north", "admin-1", auth.RoleClinicAdmin)
+	fails.on.Store(true)
+	sub, err := client.CreateSubscription(admin, &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north",
+		Subscription: &webhooksv1.Subscription{Url: "https://ehr.example.org/hook", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}})
+	if err != nil || !strings.HasPrefix(sub.GetSecret(), "whsec_") {
+		t.Fatalf("CreateSubscription = %q, %v; want the new secret", sub.GetSecret(), err)
+	}
+	rotated, err := client.RotateSubscriptionSecret(admin, &webhooksv1.RotateSubscriptionSecretRequest{Name: sub.GetName()})
+	if err != nil || !strings.HasPrefix(rotated.GetSecret(), "whsec_") || rotated.GetSecret() == sub.GetSecret() {
+		t.Fatalf("RotateSubscriptionSecret = %q, %v; want a new secret", rotated.GetSecret(), err)
+	}
+	// The read does fail: a retry, answered from the stored answer, must
+	// read the secret to judge that answer, and fails with it until the
+	// database answers again.
+	req := &webhooksv1.CreateSubscriptionRequest{Parent: "clinics/north", RequestId: "create-1",
+		Subscription: &webhooksv1.Subscription{Url: "https://ehr-2.example.org/hook", Topics: []webhooksv1.Topic{webhooksv1.Topic_TOPIC_REFERRAL_CHANGED}}}
+	first, err := client.CreateSubscription(admin, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CreateSubscription(admin, req); err == nil {
+		t.Fatal("a retry was answered without reading the secret")
+	}
+	fails.on.Store(false)
+	if again, err := client.CreateSubscription(admin, req); err != nil || again.GetSecret() != first.GetSecret() {
+		t.Fatalf("the retry once the database answers: %v; want the first answer's secret", err)
 	}
 }
