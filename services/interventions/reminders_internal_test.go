@@ -22,6 +22,8 @@ func TestSensitiveWords(t *testing.T) {
 		"Your MOUD visit is at 9", "The OTP opens at 6", "Bupe refill Friday", "Codeine in the cabinet", "Xylazine test strips",
 		"Carfentanil warning", "Lucemyra starts today", "HIV test at noon", "Hepatitis shot Monday", "Hep C results",
 		"Anxiety group at 5", "Psych visit Tuesday",
+		"Methadose pickup at 7", "Your Subutex refill is ready", "Dilaudid in the cabinet", "Kloxxado kit at the front desk",
+		"Dolophine at 8", "Probuphine check Friday",
 	} {
 		if !sensitive.MatchString(m) {
 			t.Errorf("%q passes the health-word check", m)
@@ -38,6 +40,30 @@ func TestSensitiveWords(t *testing.T) {
 	} {
 		if sensitive.MatchString(m) {
 			t.Errorf("%q is refused as health detail", m)
+		}
+	}
+}
+
+// A failure's reason loses every phone number in it, in the forms
+// providers in and outside the US write them, and keeps error codes,
+// times and dates.
+func TestFailureReasonLosesAddresses(t *testing.T) {
+	for _, c := range []struct{ reason, want string }{
+		{"undeliverable to 07911 123456", "undeliverable to [address]"},
+		{"undeliverable to 020 7946 0958", "undeliverable to [address]"},
+		{"no route to 44 7911 123456", "no route to [address]"},
+		{"bad number 555.1234567", "bad number [address]"},
+		{"bad number 555-123-4567", "bad number [address]"},
+		{"+44 7911 123456 unreachable", "[address] unreachable"},
+		{"mailbox sam@example.org full", "mailbox [address] full"},
+		// Left as they are.
+		{"21614 at 10:00:00", "21614 at 10:00:00"},
+		{"HTTP 503 at 2026-12-07 10:30:00Z", "HTTP 503 at 2026-12-07 10:30:00Z"},
+		{"failed 7-12-2026 10:30, error 30007, retry in 120 s", "failed 7-12-2026 10:30, error 30007, retry in 120 s"},
+		{"carrier 3 rejected (code 4 0301)", "carrier 3 rejected (code 4 0301)"},
+	} {
+		if got := cleanFailureReason(c.reason, ""); got != c.want {
+			t.Errorf("cleanFailureReason(%q) = %q; want %q", c.reason, got, c.want)
 		}
 	}
 }
