@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	commonpb "go.temporal.io/api/common/v1"
+	failurepb "go.temporal.io/api/failure/v1"
 	"go.temporal.io/sdk/converter"
 	"go.temporal.io/sdk/temporal"
 	"google.golang.org/protobuf/proto"
@@ -171,13 +172,81 @@ func (c *Codec) DataConverter() converter.DataConverter {
 	return converter.NewCodecDataConverter(converter.GetDefaultDataConverter(), c)
 }
 
-// FailureConverter keeps failures' messages and stack traces sealed with
-// this codec too: an activity's error carries a service's words (what it
-// refused and why), which Temporal would otherwise store in clear. The
-// failure's type stays readable, as workflows branch on it.
+// FailureConverter keeps failures' messages, stack traces and types sealed
+// with this codec too: an activity's error carries a service's words (what
+// it refused and why), and its type the refusal's reason
+// (FAMILY_IN_TREATMENT, SAFETY_SCREEN_REQUIRED), which Temporal would
+// otherwise store in clear in the history of a workflow named for the
+// family. Workflows still branch on the type: it is opened again before
+// they see the error. The server needs none of them: a non-retryable
+// error says so in a flag of its own.
 func (c *Codec) FailureConverter() converter.FailureConverter {
-	return temporal.NewDefaultFailureConverter(temporal.DefaultFailureConverterOptions{
-		DataConverter: c.DataConverter(), EncodeCommonAttributes: true})
+	dc := c.DataConverter()
+	return sealedTypes{inner: temporal.NewDefaultFailureConverter(temporal.DefaultFailureConverterOptions{
+		DataConverter: dc, EncodeCommonAttributes: true}), dc: dc}
+}
+
+// sealedType stands in history for the type of an application failure,
+// which travels sealed with the failure's message under typeAttr. A
+// failure written before types were sealed keeps its own, and is read as
+// it was.
+const (
+	sealedType = "Sealed"
+	typeAttr   = "handoff_type"
+)
+
+// sealedTypes is a failure converter that seals each application failure's
+// type beside its message (in the failure's encoded attributes).
+type sealedTypes struct {
+	inner converter.FailureConverter
+	dc    converter.DataConverter
+}
+
+func (fc sealedTypes) ErrorToFailure(err error) *failurepb.Failure {
+	f := fc.inner.ErrorToFailure(err)
+	for n := f; n != nil; n = n.GetCause() {
+		info := n.GetApplicationFailureInfo()
+		if info == nil || info.GetType() == "" {
+			continue
+		}
+		attrs := map[string]any{}
+		if n.GetEncodedAttributes() != nil {
+			if err := fc.dc.FromPayload(n.GetEncodedAttributes(), &attrs); err != nil {
+				attrs = map[string]any{"message": n.GetMessage()}
+			}
+		}
+		attrs[typeAttr] = info.GetType()
+		p, err := fc.dc.ToPayload(attrs)
+		if err != nil {
+			// Sealing fails only with the codec, which has just sealed the
+			// message: the type goes as the message's words would not.
+			info.Type = sealedType
+			continue
+		}
+		n.EncodedAttributes, info.Type = p, sealedType
+	}
+	return f
+}
+
+func (fc sealedTypes) FailureToError(f *failurepb.Failure) error {
+	if f == nil {
+		return fc.inner.FailureToError(f)
+	}
+	// A copy: the failure may be the SDK's record of a history event.
+	f = proto.Clone(f).(*failurepb.Failure)
+	for n := f; n != nil; n = n.GetCause() {
+		info := n.GetApplicationFailureInfo()
+		if info.GetType() != sealedType || n.GetEncodedAttributes() == nil {
+			continue
+		}
+		var attrs map[string]any
+		if err := fc.dc.FromPayload(n.GetEncodedAttributes(), &attrs); err == nil {
+			if t, ok := attrs[typeAttr].(string); ok {
+				info.Type = t
+			}
+		}
+	}
+	return fc.inner.FailureToError(f)
 }
 
 // maxDecodeBody bounds a decode request: Temporal refuses payloads over

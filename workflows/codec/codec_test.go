@@ -216,20 +216,38 @@ func TestFailuresAreSealed(t *testing.T) {
 		t.Fatal(err)
 	}
 	fc := c.FailureConverter()
-	f := fc.ErrorToFailure(temporal.NewNonRetryableApplicationError("create reminder: the message names CANARY-opioid", "InvalidArgument", nil))
+	// A refusal's reason is its type: it says as much as its message.
+	cause := temporal.NewNonRetryableApplicationError("reinforce: CANARY-in-treatment", "FAMILY_IN_TREATMENT_CANARY", nil)
+	f := fc.ErrorToFailure(temporal.NewNonRetryableApplicationError("create reminder: the message names CANARY-opioid", "InvalidArgument", cause))
 	raw, err := proto.Marshal(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(raw, []byte("CANARY")) {
-		t.Fatalf("the failure carries its message in clear: %v", f)
+	if bytes.Contains(raw, []byte("CANARY")) || bytes.Contains(raw, []byte("InvalidArgument")) {
+		t.Fatalf("the failure carries its message or type in clear: %v", f)
 	}
-	if f.GetApplicationFailureInfo().GetType() != "InvalidArgument" {
-		t.Fatalf("the failure's type = %q", f.GetApplicationFailureInfo().GetType())
+	if !f.GetApplicationFailureInfo().GetNonRetryable() || !f.GetCause().GetApplicationFailureInfo().GetNonRetryable() {
+		t.Fatalf("the failure no longer says it is not to be retried: %v", f)
 	}
 	back := fc.FailureToError(f)
 	var app *temporal.ApplicationError
-	if !errors.As(back, &app) || !strings.Contains(app.Error(), "CANARY-opioid") || app.Type() != "InvalidArgument" {
+	if !errors.As(back, &app) || !strings.Contains(app.Error(), "CANARY-opioid") || app.Type() != "InvalidArgument" || !app.NonRetryable() {
 		t.Fatalf("read back: %v", back)
+	}
+	var inner *temporal.ApplicationError
+	if !errors.As(app.Unwrap(), &inner) || inner.Type() != "FAMILY_IN_TREATMENT_CANARY" || !strings.Contains(inner.Error(), "CANARY-in-treatment") {
+		t.Fatalf("its cause read back: %v", app.Unwrap())
+	}
+	// Reading back leaves the failure it read as it was.
+	if f.GetApplicationFailureInfo().GetType() != sealedType {
+		t.Fatalf("reading the failure changed it: type %q", f.GetApplicationFailureInfo().GetType())
+	}
+
+	// A failure written before types were sealed (in a history recorded
+	// then) is read as it was written.
+	old := temporal.NewDefaultFailureConverter(temporal.DefaultFailureConverterOptions{DataConverter: c.DataConverter(), EncodeCommonAttributes: true}).
+		ErrorToFailure(temporal.NewNonRetryableApplicationError("an older refusal", "NO_CAPACITY", nil))
+	if !errors.As(fc.FailureToError(old), &app) || app.Type() != "NO_CAPACITY" || !strings.Contains(app.Error(), "an older refusal") {
+		t.Fatalf("an older failure read back: %v", fc.FailureToError(old))
 	}
 }
