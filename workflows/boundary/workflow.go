@@ -1086,7 +1086,8 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		case gated:
 			message += " The latest safety screen is not current or found risk: the family hears nothing from us until a new one finds them safe."
 		}
-		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention, message, w.id(fmt.Sprintf("check-in|%d", n))); err != nil {
+		if err := flow.Remind(ctx, w.in.Clinic, w.counselor(), "CHECK_IN", w.in.Intervention, message, w.id(fmt.Sprintf("check-in|%d", n))); err != nil &&
+			!w.pastFailedCheckIn(ctx, err, "counselor") {
 			return err
 		}
 		for _, m := range w.safety.Members {
@@ -1096,7 +1097,7 @@ func (w *wf) onTime(ctx workflow.Context) error {
 				sent, at, err := flow.RemindAwake(ctx, w.in.Clinic, m, "CHECK_IN", w.in.Family,
 					"Your counselor will check in with you soon. How are you doing?", w.id(fmt.Sprintf("check-in|%d|%s", n, m.ID)),
 					time.Time{}, time.Time{})
-				if err != nil {
+				if err != nil && !w.pastFailedCheckIn(ctx, err, "member") {
 					return err
 				}
 				if sent != "" {
@@ -1132,6 +1133,26 @@ func (w *wf) onTime(ctx workflow.Context) error {
 		return w.escalate(ctx, "once a safety screen found the family safe")
 	}
 	return nil
+}
+
+// versionPastFailedCheckIn guards going on when a check-in's reminder could
+// not be made at all (refused as invalid, or the interventions service
+// failing through a day of retries): before, the failure ended the
+// follow-up, and the family had no check-ins, boundary steps, next
+// meeting or answers to overdoses after it. Asked only on such a failure.
+const versionPastFailedCheckIn = "boundary-go-on-past-failed-check-in"
+
+// pastFailedCheckIn reports whether the follow-up goes on past err, the
+// failure to make a check-in's reminder to who, and logs it if so. A
+// refusal that says the follow-up is over (the family closed or deleted,
+// the loved one in treatment) still ends it, as Workflow tells.
+func (w *wf) pastFailedCheckIn(ctx workflow.Context, err error, who string) bool {
+	switch activities.ErrorType(err) {
+	case activities.FamilyClosed, errInTreatment, "RESOURCE_NOT_FOUND", "NotFound":
+		return false
+	}
+	return flow.GoOnPast(ctx, err, versionPastFailedCheckIn, "a check-in reminder could not be made; the follow-up goes on without it",
+		"recipient_kind", who)
 }
 
 // versionHeldAtEndIsTheirs guards leaving to the counselor a meeting they

@@ -65,6 +65,9 @@ type harness struct {
 	cancelled []activities.CancelRemindersRequest
 	// failCancel, if set, may refuse a CancelReminders call.
 	failCancel func(activities.CancelRemindersRequest) error
+	// failReminder, if set, may refuse a SendReminder call; a refused
+	// reminder is not in reminders.
+	failReminder func(activities.ReminderRequest) error
 	// nameFor, if set, names each reminder sent; else every one is
 	// clinics/north/reminders/r.
 	nameFor func(activities.ReminderRequest) string
@@ -123,6 +126,11 @@ func newHarness(t *testing.T, status string) *harness {
 	env.OnActivity(flow.A.SendReminder, mock.Anything, mock.Anything).Return(
 		func(_ context.Context, r activities.ReminderRequest) (string, error) {
 			flowtest.Sendable(t, r.Message)
+			if h.failReminder != nil {
+				if err := h.failReminder(r); err != nil {
+					return "", err
+				}
+			}
 			h.dueAsked = append(h.dueAsked, r.Due)
 			r.Due = env.Now()
 			h.reminders = append(h.reminders, r)
@@ -2039,5 +2047,55 @@ func TestUndecodableSignalAtTheEndLetsTheFollowUpEnd(t *testing.T) {
 	var res boundary.Result
 	if err := h.env.GetWorkflowResult(&res); err != nil || res.CheckIns != 3 {
 		t.Fatalf("result %+v, %v; want the follow-up ended after its three check-ins", res, err)
+	}
+}
+
+// A check-in whose reminder cannot be made (here refused as invalid, as
+// after a day of an outage's retries) is gone without: the follow-up goes
+// on to the next check-in and the next meeting, where it used to end.
+// A refusal that says the follow-up is over still ends it.
+func TestAFailedCheckInDoesNotEndTheFollowUp(t *testing.T) {
+	h := newHarness(t, "CURRENT")
+	counselorCheckIns := 0
+	h.failReminder = func(r activities.ReminderRequest) error {
+		if r.Kind == "CHECK_IN" && r.To.Kind == "counselor" {
+			if counselorCheckIns++; counselorCheckIns == 2 {
+				return temporal.NewNonRetryableApplicationError("create reminder: invalid", "InvalidArgument", nil)
+			}
+		}
+		if r.Kind == "CHECK_IN" && r.To.ID == "mom" && counselorCheckIns == 1 {
+			return temporal.NewApplicationError("create reminder: deadline exceeded", "DeadlineExceeded") // retried, then gone
+		}
+		return nil
+	}
+	h.env.SetTestTimeout(time.Minute)
+	h.env.ExecuteWorkflow(boundary.Name, input(1))
+	var res boundary.Result
+	if err := h.env.GetWorkflowResult(&res); err != nil {
+		t.Fatalf("workflow error = %v; want the follow-up to go on", err)
+	}
+	var at []time.Duration
+	for _, r := range h.kinds("CHECK_IN") {
+		if r.To.Kind == "counselor" {
+			at = append(at, r.Due.Sub(h.t0))
+		}
+	}
+	if len(at) != 2 || at[0] != day || at[1] != 30*day {
+		t.Fatalf("counselor check-ins made at %v; want days 1 and 30, the one of day 7 gone without", at)
+	}
+	if len(h.proposed) != 1 {
+		t.Fatalf("proposed %+v; want the next meeting still proposed", h.proposed)
+	}
+
+	closed := newHarness(t, "CURRENT")
+	closed.failReminder = func(r activities.ReminderRequest) error {
+		if r.Kind == "CHECK_IN" {
+			return temporal.NewNonRetryableApplicationError("create reminder: closed", activities.FamilyClosed, nil)
+		}
+		return nil
+	}
+	closed.env.ExecuteWorkflow(boundary.Name, input(1))
+	if err := closed.env.GetWorkflowResult(&res); err != nil || res.Summary != boundary.SummaryFamilyClosed {
+		t.Fatalf("a check-in refused as the family closed: %+v, %v; want the follow-up ended as closed", res, err)
 	}
 }
