@@ -392,7 +392,7 @@ func (w *wf) tidyOnCancel(ctx workflow.Context) {
 		Kinds:     OwnReminderKinds(),
 		RequestID: flow.RequestID(dctx, w.id("cancel-reminders|cancelled")),
 	}); err != nil {
-		workflow.GetLogger(ctx).Warn("cancelling the boundary workflow's reminders after it was cancelled failed", "error", err)
+		workflow.GetLogger(ctx).Error("cancelling the boundary workflow's reminders after it was cancelled failed", "error", err)
 	}
 }
 
@@ -1182,7 +1182,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 		// A signal is no reason to fail the family's follow-up: the
 		// resends are held all the same (heldForRisk), and the next
 		// check-in reads the screen again.
-		log.Warn("family not read after a safety screen; members' reminders not cancelled", "error", err)
+		log.Error("family not read after a safety screen; members' reminders not cancelled", "error", err)
 		w.unreadScreen = true
 		return false, nil
 	}
@@ -1198,7 +1198,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 		if temporal.IsCanceledError(err) || ctx.Err() != nil {
 			return true, err // cancelled meanwhile: the run ends as cancelled, and tidies up
 		}
-		log.Warn("cancelling the members' reminders after a safety screen found risk failed", "error", err)
+		log.Error("cancelling the members' reminders after a safety screen found risk failed", "error", err)
 	}
 	return true, nil
 }
@@ -1416,7 +1416,7 @@ func (w *wf) answerWaiting(ctx workflow.Context) {
 			return
 		}
 		if err := w.onOverdose(ctx, o); err != nil {
-			workflow.GetLogger(ctx).Warn("overdose signalled before the cancellation not answered", "error", err)
+			workflow.GetLogger(ctx).Error("overdose signalled before the cancellation not answered", "error", err)
 		}
 	}
 }

@@ -78,6 +78,29 @@ type harness struct {
 	// series is spent, and a refused level 2 meeting leads to level 3.
 	levelTwoHeld  int
 	meetingsAsked []activities.MeetingsRequest
+	// logs hears the workflow's log lines.
+	logs *lines
+}
+
+// lines is a logger that keeps the messages logged as errors: what an
+// operator alerting on errors hears of.
+type lines struct {
+	t    *testing.T
+	errs []string
+}
+
+func (l *lines) line(level, msg string, kv []any) { l.t.Log(append([]any{level, msg}, kv...)...) }
+func (l *lines) Debug(msg string, kv ...any)      { l.line("DEBUG", msg, kv) }
+func (l *lines) Info(msg string, kv ...any)       { l.line("INFO", msg, kv) }
+func (l *lines) Warn(msg string, kv ...any)       { l.line("WARN", msg, kv) }
+func (l *lines) Error(msg string, kv ...any) {
+	l.errs = append(l.errs, msg)
+	l.line("ERROR", msg, kv)
+}
+
+// logged reports whether an error was logged whose message holds part.
+func (l *lines) logged(part string) bool {
+	return slices.ContainsFunc(l.errs, func(m string) bool { return strings.Contains(m, part) })
 }
 
 // consequenceAgreedOn starts the family with no boundary stating a
@@ -100,11 +123,13 @@ func (h *harness) screened(status string, after time.Duration) {
 
 func newHarness(t *testing.T, status string) *harness {
 	var suite testsuite.WorkflowTestSuite
+	logs := &lines{t: t}
+	suite.SetLogger(logs)
 	env := suite.NewTestWorkflowEnvironment()
 	env.SetStartTime(time.Date(2037, 12, 7, 15, 0, 0, 0, time.UTC))
 	env.RegisterWorkflowWithOptions(boundary.Workflow, workflow.RegisterOptions{Name: boundary.Name})
 	env.RegisterActivity(&activities.Activities{})
-	h := &harness{env: env, t0: env.Now(), safety: activities.Safety{
+	h := &harness{env: env, t0: env.Now(), logs: logs, safety: activities.Safety{
 		Status: status, Boundaries: []string{family + "/boundaries/b1", family + "/boundaries/b2"},
 		WithConsequence: []string{family + "/boundaries/b2"}, ContactPerson: "mom",
 		Members: []activities.Person{{Kind: "member", ID: "mom", Family: family, Channel: "SMS"}, {Kind: "member", ID: "dad", Family: family, Channel: "EMAIL"}},
@@ -1228,6 +1253,10 @@ func TestAFailedHoldAfterARiskyScreenDoesNotEndTheFollowUp(t *testing.T) {
 	if len(h.cancelled) == 0 || !strings.Contains(h.cancelled[0].Reason, "found risk") {
 		t.Fatalf("cancellations %+v; want the hold tried", h.cancelled)
 	}
+	// Messages may still go into a home at risk: an operator must hear.
+	if !h.logs.logged("found risk failed") {
+		t.Fatalf("errors logged %q; want the failed hold among them", h.logs.errs)
+	}
 }
 
 // A check-in reporting a window of opportunity proposes a meeting held
@@ -2085,6 +2114,9 @@ func TestAFailedCheckInDoesNotEndTheFollowUp(t *testing.T) {
 	}
 	if len(h.proposed) != 1 {
 		t.Fatalf("proposed %+v; want the next meeting still proposed", h.proposed)
+	}
+	if !h.logs.logged("check-in reminder could not be made") {
+		t.Fatalf("errors logged %q; want the check-ins gone without", h.logs.errs)
 	}
 
 	closed := newHarness(t, "CURRENT")

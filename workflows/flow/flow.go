@@ -403,7 +403,14 @@ func RetryFailedReminders(ctx workflow.Context, s activities.Settings, r *Resend
 			err = Call(ctx, &next, A.ResendReminder, req)
 		}
 		if err != nil {
-			workflow.GetLogger(ctx).Warn("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
+			// Gone without after its retries (an overdose alert's resend
+			// among them): an operator alerting on errors must hear of it.
+			// A cancellation is no such loss.
+			log := workflow.GetLogger(ctx).Error
+			if temporal.IsCanceledError(err) {
+				log = workflow.GetLogger(ctx).Warn
+			}
+			log("resending a failed reminder failed", "reminder", p.Reminder, "error", err)
 			return
 		}
 		r.Attempts[next], r.First[next] = n+1, line
