@@ -279,11 +279,14 @@ func checkDisclosure(ctx context.Context, vs *apperr.Violations, field, clinic, 
 			vs.Add(field+".resource", "must be what an integration reads under %s: the family itself for IDENTITY, "+
 				"a referral for REFERRALS, an intervention for APPOINTMENTS", d.GetInformation())
 		}
-		// A member's own records that leave Handoff are referrals made
-		// for the member; the family and its meetings are the loved one's.
-		if d.GetMemberId() != "" && d.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS {
-			vs.Add(field+".member_id", "may be set only for REFERRALS: a member's own records an integration reads are referrals made for the member")
-		}
+	}
+	// A member's own records that leave Handoff are referrals made for the
+	// member; the family and its meetings are the loved one's, and a
+	// member's consent covers referrals only: any other kind could never
+	// be covered, and staff would look for a consent that cannot exist.
+	if d.GetMemberId() != "" && d.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_REFERRALS &&
+		d.GetInformation() != familiesv1.InformationKind_INFORMATION_KIND_UNSPECIFIED {
+		vs.Add(field+".member_id", "may be set only for REFERRALS: a member's own records that leave Handoff are referrals made for the member")
 	}
 }
 

@@ -1460,6 +1460,15 @@ func TestMembersOwnRecordsNeedTheirOwnConsent(t *testing.T) {
 	if got := apperr.ViolatedFields(err); !slices.Contains(got, "disclosure.member_id") {
 		t.Fatalf("violations %v; want disclosure.member_id", got)
 	}
+	// Nor can staff record one: no member's consent could cover it, and
+	// CONSENT_REQUIRED would send them looking for one.
+	_, err = f.client.CreateDisclosure(f.ctx, &familiesv1.CreateDisclosureRequest{Parent: fam.GetName(), Disclosure: &familiesv1.Disclosure{
+		Recipient: "Springfield Recovery", Information: familiesv1.InformationKind_INFORMATION_KIND_APPOINTMENTS, Purpose: familiesv1.Purpose_PURPOSE_TREATMENT,
+		Resource: "clinics/north/interventions/i-1", Channel: familiesv1.DisclosureChannel_DISCLOSURE_CHANNEL_MANUAL, MemberId: "mom"}})
+	wantCode(t, err, codes.InvalidArgument)
+	if got := apperr.ViolatedFields(err); !slices.Equal(got, []string{"disclosure.member_id"}) {
+		t.Fatalf("staff's disclosure of a meeting for a member: violations %v; want disclosure.member_id", got)
+	}
 }
 
 func (f *consentFixture) consentsOf(t *testing.T, fam string) []*familiesv1.Consent {
