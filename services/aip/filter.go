@@ -177,6 +177,17 @@ func makeCond(name string, fd FilterField, op string, val token) (cond, error) {
 	return c, nil
 }
 
+// Equals returns the text the filter's field name is compared with by =
+// (not a contains, nor a negation), if it is; "" and false if not.
+func (f Filter) Equals(name string) (string, bool) {
+	for _, c := range f.conds {
+		if v, ok := c.value.(string); ok && c.name == name && c.op == "=" && !c.contains && v != "" {
+			return v, true
+		}
+	}
+	return "", false
+}
+
 // PinnedBy returns whether filter, read with fields, compares one of names
 // with = to the name of one record (namesRecord): a list narrowed to one
 // family, meeting or workflow. Not to "", the column's default, which

@@ -309,7 +309,7 @@ func TestAListIsAuditedByTheRecordsItShowed(t *testing.T) {
 	// A service identity's list is recorded by its parent alone: the
 	// calendar reader lists a clinic's families at every feed read.
 	reader = f.env.As("*", "calendar-reader", auth.RoleCalendarReader)
-	if _, err := f.client.ListFamilies(reader, &familiesv1.ListFamiliesRequest{Parent: "clinics/north"}); err != nil {
+	if _, err := f.client.ListFamilies(reader, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: `counselor = "counselor-1"`}); err != nil {
 		t.Fatal(err)
 	}
 	var records *[]string

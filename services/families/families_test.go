@@ -1504,6 +1504,12 @@ func TestCalendarReaderSeesOnlyWhoseFamiliesTheyAre(t *testing.T) {
 		_, err := f.client.ListFamilies(cal, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: filter})
 		wantCode(t, err, codes.InvalidArgument)
 	}
+	// It lists one counselor's families at a time: its token serves every
+	// clinic, and must not page out each one's families and caseloads.
+	for _, filter := range []string{"", `counselor != "counselor-1"`, `counselor = ""`} {
+		_, err := f.client.ListFamilies(cal, &familiesv1.ListFamiliesRequest{Parent: "clinics/north", Filter: filter})
+		wantCode(t, err, codes.PermissionDenied)
+	}
 }
 
 // A stated consequence must state one: without it the boundary would be
