@@ -175,7 +175,34 @@ func (s *Server) ListBoundaries(ctx context.Context, req *familiesv1.ListBoundar
 	if err := s.emptyOfAFamily(ctx, len(items), c); err != nil {
 		return nil, err
 	}
+	for i, b := range items {
+		items[i] = forWorker(ctx, b)
+	}
 	return &familiesv1.ListBoundariesResponse{Boundaries: items, NextPageToken: next}, nil
+}
+
+// withheldConsequence stands, for the worker, in a consequence stated.
+const withheldConsequence = "[withheld]"
+
+// forWorker is b as the worker is given it, or b itself for anyone else.
+// Its workflows read a boundary's state and whether it states a
+// consequence (boundaries.Held, StatesConsequence), nothing more; the
+// family's own words, what they will do, and why staff moved it ("he broke
+// the door when we refused money") stay with the staff, as the notes of
+// barriers and warning signs do: the worker's token serves every clinic.
+func forWorker(ctx context.Context, b *familiesv1.Boundary) *familiesv1.Boundary {
+	if b == nil || familyView(ctx) != viewWorker {
+		return b
+	}
+	b = proto.Clone(b).(*familiesv1.Boundary)
+	b.Wording = ""
+	if strings.TrimSpace(b.GetConsequence()) != "" {
+		b.Consequence = withheldConsequence
+	}
+	for _, e := range b.GetHistory() {
+		e.Actor, e.Reason = "", ""
+	}
+	return b
 }
 
 // UpdateBoundary implements the API.
@@ -254,7 +281,11 @@ func (s *Server) ActivateBoundary(ctx context.Context, req *familiesv1.Transitio
 
 // ReinforceBoundary implements the API.
 func (s *Server) ReinforceBoundary(ctx context.Context, req *familiesv1.TransitionBoundaryRequest) (*familiesv1.Boundary, error) {
-	return s.transition(ctx, req, reinforce)
+	out, err := s.transition(ctx, req, reinforce)
+	if err != nil {
+		return nil, err
+	}
+	return forWorker(ctx, out), nil
 }
 
 // RetireBoundary implements the API.

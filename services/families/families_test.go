@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/prototext"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -23,6 +24,7 @@ import (
 	"github.com/handoff-health/handoff/services/aip"
 	"github.com/handoff-health/handoff/services/apperr"
 	"github.com/handoff-health/handoff/services/auth"
+	"github.com/handoff-health/handoff/services/boundaries"
 	"github.com/handoff-health/handoff/services/families"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
 	"github.com/handoff-health/handoff/services/servicetest"
@@ -1895,5 +1897,56 @@ func TestScreenRecordedLastCountsThoughItsClockIsBehind(t *testing.T) {
 	}
 	if !got.GetUpdateTime().AsTime().After(before.GetUpdateTime().AsTime()) {
 		t.Errorf("update time %v after the screen, %v before: want it moved forward", got.GetUpdateTime().AsTime(), before.GetUpdateTime().AsTime())
+	}
+}
+
+// The worker, whose token serves every clinic, is given a boundary's
+// state, counts and times: not the family's words, what they will do, nor
+// why staff moved it. Its workflows ask only whether a consequence is
+// stated, which they still can. The staff see it all.
+func TestWorkerGetsBoundariesWithoutTheirWords(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	fam := f.create(t)
+	ctx := f.ctx
+	if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
+		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := f.client.CreateBoundary(ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
+		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_STATED_CONSEQUENCE, Wording: "No using at home", Consequence: "He moves to his brother's"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func(context.Context, *familiesv1.TransitionBoundaryRequest, ...grpc.CallOption) (*familiesv1.Boundary, error){
+		f.client.AgreeBoundary, f.client.ActivateBoundary} {
+		if _, err := step(ctx, &familiesv1.TransitionBoundaryRequest{Name: b.GetName(), Reason: "he broke the door when we refused money"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	worker := f.env.As(auth.AnyClinic, "worker", auth.RoleWorker)
+	reinforced, err := f.client.ReinforceBoundary(worker, &familiesv1.TransitionBoundaryRequest{Name: b.GetName(), Reason: "declined at the meeting"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed, err := f.client.ListBoundaries(worker, &familiesv1.ListBoundariesRequest{Parent: fam.GetName()})
+	if err != nil || len(listed.GetBoundaries()) != 1 {
+		t.Fatalf("the worker's list: %v, %v", listed, err)
+	}
+	for how, got := range map[string]*familiesv1.Boundary{"reinforced": reinforced, "listed": listed.GetBoundaries()[0]} {
+		text := prototext.Format(got)
+		for _, words := range []string{"No using at home", "brother", "broke the door", "declined at the meeting", "counselor-1"} {
+			if strings.Contains(text, words) {
+				t.Errorf("the worker's boundary (%s) holds %q: %s", how, words, text)
+			}
+		}
+		if !boundaries.StatesConsequence(got) || got.GetReinforcementCount() != 1 || len(got.GetHistory()) != 4 {
+			t.Errorf("the worker's boundary (%s): %s; want it in force, stating a consequence, reinforced once, with its four steps", how, text)
+		}
+	}
+	staff, err := f.client.GetBoundary(ctx, &familiesv1.GetBoundaryRequest{Name: b.GetName()})
+	if err != nil || staff.GetWording() != "No using at home" || staff.GetConsequence() != "He moves to his brother's" ||
+		staff.GetHistory()[1].GetReason() != "he broke the door when we refused money" {
+		t.Fatalf("the staff's boundary: %v, %v; want its words", staff, err)
 	}
 }

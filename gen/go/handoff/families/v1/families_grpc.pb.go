@@ -176,7 +176,12 @@ type FamiliesServiceClient interface {
 	CreateBoundary(ctx context.Context, in *CreateBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
 	// Returns one boundary with its history.
 	GetBoundary(ctx context.Context, in *GetBoundaryRequest, opts ...grpc.CallOption) (*Boundary, error)
-	// Lists a family's boundaries, oldest first.
+	// Lists a family's boundaries, oldest first. The worker, whose identity
+	// serves every clinic, is given each boundary's state, counts and times
+	// alone: the wording is empty, so are the actor and reason of each
+	// history entry, and a stated consequence reads "[withheld]" (its
+	// workflows ask only whether one is stated). ReinforceBoundary answers
+	// it so too.
 	ListBoundaries(ctx context.Context, in *ListBoundariesRequest, opts ...grpc.CallOption) (*ListBoundariesResponse, error)
 	// Changes a boundary's wording or consequence. Only a PROPOSED boundary can
 	// be reworded: once the family agreed, a change is a new boundary.
@@ -761,7 +766,12 @@ type FamiliesServiceServer interface {
 	CreateBoundary(context.Context, *CreateBoundaryRequest) (*Boundary, error)
 	// Returns one boundary with its history.
 	GetBoundary(context.Context, *GetBoundaryRequest) (*Boundary, error)
-	// Lists a family's boundaries, oldest first.
+	// Lists a family's boundaries, oldest first. The worker, whose identity
+	// serves every clinic, is given each boundary's state, counts and times
+	// alone: the wording is empty, so are the actor and reason of each
+	// history entry, and a stated consequence reads "[withheld]" (its
+	// workflows ask only whether one is stated). ReinforceBoundary answers
+	// it so too.
 	ListBoundaries(context.Context, *ListBoundariesRequest) (*ListBoundariesResponse, error)
 	// Changes a boundary's wording or consequence. Only a PROPOSED boundary can
 	// be reworded: once the family agreed, a change is a new boundary.
