@@ -1144,6 +1144,11 @@ func TestReminderClaims(t *testing.T) {
 			Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
 		// A meeting's kind naming no meeting is checked for its family as
 		// any other (before, it was not checked at all).
+		// A staff reminder naming a family names the one it is about:
+		// deleting that family must cancel it.
+		"a staff reminder tagged with another family": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_COUNSELOR,
+			Id: "c1", Family: "clinics/north/families/another", Channel: interventionsv1.ChannelKind_CHANNEL_KIND_IN_APP}, DueTime: timestamppb.Now(),
+			RelatedResource: f.family.GetName(), Kind: interventionsv1.ReminderKind_REMINDER_KIND_CHECK_IN, Message: "Checking in."},
 		"a meeting's kind about another family": {Recipient: &interventionsv1.Recipient{Kind: interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER,
 			Id: "mom", Family: f.family.GetName(), Channel: interventionsv1.ChannelKind_CHANNEL_KIND_SMS}, DueTime: timestamppb.Now(),
 			RelatedResource: "clinics/north/families/another", Kind: interventionsv1.ReminderKind_REMINDER_KIND_INTERVENTION_UPCOMING,

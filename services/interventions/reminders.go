@@ -267,10 +267,12 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		}
 		return out, nil
 	}
-	if family {
+	if family || rc.GetFamily() != "" {
 		if err := s.referralOfFamily(ctx, clinic, rem); err != nil {
 			return nil, err
 		}
+	}
+	if family {
 		if err := s.checkContact(ctx, rc); err != nil {
 			return nil, err
 		}
@@ -380,9 +382,10 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			if err != nil {
 				return nil, err
 			}
-			if !checked && isFamily(rc.GetKind()) {
-				// Only a family recipient can be of the wrong family: a
-				// staff reminder costs no read of its intervention.
+			if !checked && (isFamily(rc.GetKind()) || rc.GetFamily() != "") {
+				// Only a reminder that names a family can name the wrong
+				// one: a staff reminder naming none costs no read of its
+				// intervention.
 				if err := aboutFamily(ctx, tx, clinic, rem); err != nil {
 					return nil, err
 				}
@@ -574,7 +577,9 @@ func calledOffTo(ctx context.Context, tx pgx.Tx, clinic string, req *interventio
 // of another family: member ids are unique within a family only, and
 // another family's "mom" would hear of this family's meeting.
 func ofFamily(to *interventionsv1.Recipient, family, related string) error {
-	if isFamily(to.GetKind()) && to.GetFamily() != family {
+	// A staff reminder that names a family names the one it is about too:
+	// deleting that family cancels it, and deleting another must not.
+	if (isFamily(to.GetKind()) || to.GetFamily() != "") && to.GetFamily() != family {
 		return apperr.Field("reminder.recipient.family", "must be %s, the family of %s", family, related)
 	}
 	return nil
