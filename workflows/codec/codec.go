@@ -33,7 +33,18 @@ const (
 type Codec struct {
 	current string
 	aeads   map[string]cipher.AEAD
+	// sealTypes: failures are written with their types sealed (see
+	// FailureConverter); they are read so either way.
+	sealTypes bool
 }
+
+// SealFailureTypes makes the failure converter write each failure's type
+// sealed. Off, types are written in clear as before, and read sealed or
+// not: a worker of the release before reads a sealed type as "Sealed",
+// and would take a workflow down the wrong branch, so types are sealed
+// only once no worker of that release is left (HANDOFF_SEAL_FAILURE_TYPES),
+// and a rollback goes back past this release only with it off again.
+func (c *Codec) SealFailureTypes(on bool) { c.sealTypes = on }
 
 // New returns a codec that seals with keys[current] and opens with any of
 // keys. Keys are 32 bytes (AES-256).
@@ -177,13 +188,14 @@ func (c *Codec) DataConverter() converter.DataConverter {
 // it refused and why), and its type the refusal's reason
 // (FAMILY_IN_TREATMENT, SAFETY_SCREEN_REQUIRED), which Temporal would
 // otherwise store in clear in the history of a workflow named for the
-// family. Workflows still branch on the type: it is opened again before
-// they see the error. The server needs none of them: a non-retryable
-// error says so in a flag of its own.
+// family; types are sealed on writing only with SealFailureTypes, and read
+// sealed or not. Workflows still branch on the type: it is opened again
+// before they see the error. The server needs none of them: a
+// non-retryable error says so in a flag of its own.
 func (c *Codec) FailureConverter() converter.FailureConverter {
 	dc := c.DataConverter()
 	return sealedTypes{inner: temporal.NewDefaultFailureConverter(temporal.DefaultFailureConverterOptions{
-		DataConverter: dc, EncodeCommonAttributes: true}), dc: dc}
+		DataConverter: dc, EncodeCommonAttributes: true}), dc: dc, seal: c.sealTypes}
 }
 
 // sealedType stands in history for the type of an application failure,
@@ -200,13 +212,20 @@ const (
 type sealedTypes struct {
 	inner converter.FailureConverter
 	dc    converter.DataConverter
+	seal  bool
 }
 
 func (fc sealedTypes) ErrorToFailure(err error) *failurepb.Failure {
 	f := fc.inner.ErrorToFailure(err)
+	if !fc.seal || f == nil {
+		return f
+	}
+	// A copy: for an error read from a failure the SDK keeps that failure
+	// inside it, and may convert it again.
+	f = proto.Clone(f).(*failurepb.Failure)
 	for n := f; n != nil; n = n.GetCause() {
 		info := n.GetApplicationFailureInfo()
-		if info == nil || info.GetType() == "" {
+		if info == nil || info.GetType() == "" || info.GetType() == sealedType {
 			continue
 		}
 		attrs := map[string]any{}
@@ -219,8 +238,8 @@ func (fc sealedTypes) ErrorToFailure(err error) *failurepb.Failure {
 		p, err := fc.dc.ToPayload(attrs)
 		if err != nil {
 			// Sealing fails only with the codec, which has just sealed the
-			// message: the type goes as the message's words would not.
-			info.Type = sealedType
+			// message: the type stays as it was, for workflows to branch
+			// on, rather than be lost.
 			continue
 		}
 		n.EncodedAttributes, info.Type = p, sealedType

@@ -215,6 +215,12 @@ func TestFailuresAreSealed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Off (the default), a failure's type is written in clear, for a
+	// worker of the release before; a sealed one is read all the same.
+	if f := c.FailureConverter().ErrorToFailure(temporal.NewNonRetryableApplicationError("refused", "NO_CAPACITY", nil)); f.GetApplicationFailureInfo().GetType() != "NO_CAPACITY" {
+		t.Fatalf("with sealing off the type is %q; want it in clear", f.GetApplicationFailureInfo().GetType())
+	}
+	c.SealFailureTypes(true)
 	fc := c.FailureConverter()
 	// A refusal's reason is its type: it says as much as its message.
 	cause := temporal.NewNonRetryableApplicationError("reinforce: CANARY-in-treatment", "FAMILY_IN_TREATMENT_CANARY", nil)
@@ -241,6 +247,22 @@ func TestFailuresAreSealed(t *testing.T) {
 	// Reading back leaves the failure it read as it was.
 	if f.GetApplicationFailureInfo().GetType() != sealedType {
 		t.Fatalf("reading the failure changed it: type %q", f.GetApplicationFailureInfo().GetType())
+	}
+	// An error read back, written again (the SDK keeps the failure it was
+	// read from inside it) and read again keeps its type, as does the
+	// failure it was read from.
+	again := fc.FailureToError(fc.ErrorToFailure(back))
+	if !errors.As(again, &app) || app.Type() != "InvalidArgument" || !errors.As(app.Unwrap(), &inner) || inner.Type() != "FAMILY_IN_TREATMENT_CANARY" {
+		t.Fatalf("written again and read back: %v", again)
+	}
+	if twice := fc.FailureToError(fc.ErrorToFailure(back)); !errors.As(twice, &app) || app.Type() != "InvalidArgument" {
+		t.Fatalf("written a second time: %v", twice)
+	}
+	// Written by a worker with sealing off, read by one with it on, and
+	// the other way round.
+	c.SealFailureTypes(false)
+	if !errors.As(c.FailureConverter().FailureToError(f), &app) || app.Type() != "InvalidArgument" {
+		t.Fatalf("a sealed failure read with sealing off: %v", app)
 	}
 
 	// A failure written before types were sealed (in a history recorded

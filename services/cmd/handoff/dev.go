@@ -110,6 +110,8 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	// One process, every part of one release: failures' types are sealed.
+	pc.SealFailureTypes(true)
 	tel, err := telemetry.Setup(telemetry.Config{Service: "handoff-dev"})
 	if err != nil {
 		return err

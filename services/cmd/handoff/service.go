@@ -69,6 +69,7 @@ type common struct {
 	temporalTLS                            tlsconf.Files
 	tls                                    tlsconf.Files
 	insecurePlaintext, databasePlaintext   bool
+	sealFailureTypes                       bool
 	envErr                                 error // a variable that did not parse
 	// waived are the hops left in clear off this machine because
 	// --insecure-plaintext said the network is trusted, for the warning
@@ -101,9 +102,11 @@ func (c *common) register(fs *flag.FlagSet, withDB bool) {
 	fs.StringVar(&c.tls.Cert, "tls-cert", env("HANDOFF_TLS_CERT", ""), "certificate for mutual TLS between Handoff's processes (HANDOFF_TLS_CERT)")
 	fs.StringVar(&c.tls.Key, "tls-key", env("HANDOFF_TLS_KEY", ""), "its private key (HANDOFF_TLS_KEY)")
 	fs.StringVar(&c.tls.CA, "tls-ca", env("HANDOFF_TLS_CA", ""), "CA that signs the peers' certificates (HANDOFF_TLS_CA)")
+	fs.BoolVar(&c.sealFailureTypes, "seal-failure-types", false,
+		"write Temporal failures' types sealed too; only once every worker reads them so (HANDOFF_SEAL_FAILURE_TYPES)")
 	fs.BoolVar(&c.insecurePlaintext, "insecure-plaintext", false,
 		"allow gRPC between Handoff's processes, Temporal, the JWKS and traces without TLS off loopback, on a network you trust; not the database (HANDOFF_INSECURE_PLAINTEXT)")
-	vars := []string{"insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT"}
+	vars := []string{"insecure-plaintext", "HANDOFF_INSECURE_PLAINTEXT", "seal-failure-types", "HANDOFF_SEAL_FAILURE_TYPES"}
 	if withDB {
 		vars = append(vars, "database-plaintext", "HANDOFF_DATABASE_PLAINTEXT")
 	}
@@ -231,6 +234,7 @@ func (c *common) temporal(log *slog.Logger, lazy bool) (client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	pc.SealFailureTypes(c.sealFailureTypes)
 	opts, err := telemetry.TemporalClientOptions(client.Options{HostPort: c.temporalAddr, Namespace: c.temporalNamespace,
 		Logger: newTemporalLogger(log), DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()})
 	if err != nil {

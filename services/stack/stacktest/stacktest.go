@@ -128,7 +128,9 @@ func Start(t testing.TB, adjust ...func(*activities.Settings)) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Payloads are sealed as in production: Temporal sees no workflow data.
+	// Payloads are sealed as in production: Temporal sees no workflow data,
+	// nor a failure's type (as once every worker reads them sealed).
+	pc.SealFailureTypes(true)
 	opts, err := telemetry.TemporalClientOptions(client.Options{DataConverter: pc.DataConverter(), FailureConverter: pc.FailureConverter()})
 	if err != nil {
 		t.Fatal(err)
