@@ -1136,8 +1136,9 @@ func (w *wf) onTime(ctx workflow.Context) error {
 }
 
 // versionPastFailedCheckIn guards going on when a check-in's reminder could
-// not be made at all (refused as invalid, or the interventions service
-// failing through a day of retries): before, the failure ended the
+// not be made at all (refused for good for a reason flow.Remind does not
+// skip, or the interventions service failing through a day of retries):
+// before, the failure ended the
 // follow-up, and the family had no check-ins, boundary steps, next
 // meeting or answers to overdoses after it. Asked only on such a failure.
 const versionPastFailedCheckIn = "boundary-go-on-past-failed-check-in"

@@ -2079,17 +2079,19 @@ func TestUndecodableSignalAtTheEndLetsTheFollowUpEnd(t *testing.T) {
 	}
 }
 
-// A check-in whose reminder cannot be made (here refused as invalid, as
-// after a day of an outage's retries) is gone without: the follow-up goes
-// on to the next check-in and the next meeting, where it used to end.
-// A refusal that says the follow-up is over still ends it.
+// A check-in whose reminder cannot be made (refused for good, or failing
+// through a day of retries) is gone without: the follow-up goes on to the
+// next check-in and the next meeting, where it used to end. A refusal that
+// says the follow-up is over still ends it.
 func TestAFailedCheckInDoesNotEndTheFollowUp(t *testing.T) {
 	h := newHarness(t, "CURRENT")
 	counselorCheckIns := 0
 	h.failReminder = func(r activities.ReminderRequest) error {
 		if r.Kind == "CHECK_IN" && r.To.Kind == "counselor" {
+			// Day 7's: refused for good, for a reason flow.Remind does
+			// not skip.
 			if counselorCheckIns++; counselorCheckIns == 2 {
-				return temporal.NewNonRetryableApplicationError("create reminder: invalid", "InvalidArgument", nil)
+				return temporal.NewNonRetryableApplicationError("create reminder: refused", "FailedPrecondition", nil)
 			}
 		}
 		if r.Kind == "CHECK_IN" && r.To.ID == "mom" && counselorCheckIns == 1 {
