@@ -365,7 +365,7 @@ func (r *Relay) Wait(ctx context.Context) {
 	// The lanes stop because the relay does: their failures are not the
 	// events' (Run's context has ended; a caller of Once stops it too).
 	if _, errs := r.record(ctx, r.collect(ctx, -1, nil), true); len(errs) > 0 {
-		r.Log.Warn("outbox relay stopped", "error", logSafe(errs))
+		r.Log.Warn("outbox relay stopped", "error", telemetry.LogSafe(errors.Join(errs...)))
 	}
 	r.release(ctx)
 }
@@ -484,7 +484,7 @@ func (r *Relay) record(ctx context.Context, done []laneDone, stopping bool) (int
 			// its own column (the dispatch sets the same event aside).
 			var err error
 			if r.Consumer == Dispatch {
-				_, err = r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`, e.ID, "set aside: "+e.DecodeErr.Error())
+				_, err = r.conn.Exec(rctx, `UPDATE outbox SET delivered_at = now(), last_error = $2 WHERE id = $1`, e.ID, storable("set aside: "+e.DecodeErr.Error()))
 			} else {
 				_, err = r.conn.Exec(rctx, `UPDATE outbox SET `+r.Consumer.column()+` = now() WHERE id = $1`, e.ID)
 			}
@@ -721,16 +721,6 @@ func (r *Relay) deliver(ctx context.Context, e Stored) (err error) {
 		}
 	}()
 	return r.Deliver(ctx, e)
-}
-
-// logSafe is errs' text for a log, each through telemetry.LogSafe (which
-// looks into one chain of wrapping, not a join).
-func logSafe(errs []error) string {
-	texts := make([]string, len(errs))
-	for i, err := range errs {
-		texts[i] = telemetry.LogSafe(err)
-	}
-	return strings.Join(texts, "; ")
 }
 
 // storable is an error's text as a text column takes it: PostgreSQL

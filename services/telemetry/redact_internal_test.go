@@ -155,6 +155,11 @@ func TestLogSafe(t *testing.T) {
 			ConstraintName: "members_pkey"}), "insert member: PostgreSQL error SQLSTATE 23505 (constraint members_pkey)", "duplicate"},
 		{fmt.Errorf("decode family f1: %w", decode), "decode family f1: proto: a message did not decode", "12345"},
 		{errors.New("pgdb: no clinic in context"), "pgdb: no clinic in context", "withheld"},
+		// A join (an outbox relay's poll joins its lanes' failures): every
+		// branch's PostgreSQL and protobuf text goes, not the first alone.
+		{errors.Join(fmt.Errorf("deliver 1: %w", errors.New("temporal down")), fmt.Errorf("deliver 2: %w", pg),
+			fmt.Errorf("deliver 3: %w", decode)), "deliver 1: temporal down\ndeliver 2: PostgreSQL error SQLSTATE 22P02\ndeliver 3: proto: a message did not decode", "Sam Rivera"},
+		{errors.Join(fmt.Errorf("deliver 3: %w", decode)), "deliver 3: proto: a message did not decode", "12345"},
 	} {
 		got := LogSafe(c.err)
 		if !strings.HasPrefix(got, c.want) || strings.Contains(got, c.gone) {
