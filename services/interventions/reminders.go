@@ -146,14 +146,16 @@ var sensitive = regexp.MustCompile(`(?i)\b(opioid\w*|opiate\w*|heroin|fentanyl|m
 // phone number as providers write it (+15551234567, +1 (555) 123-4567,
 // (555) 123-4567, 555-123-4567, 555.1234567, a bare run of ten digits or
 // more, percent-encoded too; national forms with a trunk 0 such as
-// 07911 123456 or 020 7946 0958, and a country code without its plus,
+// 07911 123456, 020 7946 0958, (020) 7946 0958 or 06 12 34 56 78, and a
+// country code after 00 or without its plus, 0044 7911 123456 or
 // 44 7911 123456) or an e-mail
 // address. A provider's error often quotes the destination, which the API
 // promises is never stored with the reminder. An error code or a time
 // (fewer digits in a row, or broken by a colon) is left.
 var addressLike = regexp.MustCompile(`(?i)(\+|%2B)\s?[0-9][0-9 ().-]{5,20}[0-9]|\b[0-9]{10,15}\b|` +
 	`\(?\b[0-9]{3}\)?[ .-]?[0-9]{3}[ .-][0-9]{4}\b|\b[0-9]{3}[ .-][0-9]{7}\b|` +
-	`\b0[0-9]{2,4}[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}\b|\b[1-9][0-9]{0,2}[ .-][0-9]{3,4}[ .-][0-9]{3,4}[ .-]?[0-9]{3,4}\b|` +
+	`\b0[0-9]{2,4}[ .-]?[0-9]{3,4}[ .-]?[0-9]{3,4}\b|\b[1-9][0-9]{0,2}[ -][0-9]{3,4}[ -][0-9]{3,4}[ -]?[0-9]{3,4}\b|` +
+	`\b00[1-9][0-9 ().-]{6,18}[0-9]|\(0[0-9]{1,4}\)\s?[0-9]{3,4}[ .-]?[0-9]{3,4}\b|\b0[1-9](?:[ .-][0-9]{2}){4}\b|` +
 	`[^\s@<>"'%]+(@|%40)[^\s@<>"'%]+\.[a-z]{2,}`)
 
 // cleanFailureReason is the reason kept for a failed delivery: the

@@ -56,11 +56,15 @@ func TestFailureReasonLosesAddresses(t *testing.T) {
 		{"bad number 555-123-4567", "bad number [address]"},
 		{"+44 7911 123456 unreachable", "[address] unreachable"},
 		{"mailbox sam@example.org full", "mailbox [address] full"},
+		{"no route to 0044 7911 123456", "no route to [address]"},
+		{"undeliverable to (020) 7946 0958", "undeliverable to [address]"},
+		{"numéro 06 12 34 56 78 inconnu", "numéro [address] inconnu"},
 		// Left as they are.
 		{"21614 at 10:00:00", "21614 at 10:00:00"},
 		{"HTTP 503 at 2026-12-07 10:30:00Z", "HTTP 503 at 2026-12-07 10:30:00Z"},
 		{"failed 7-12-2026 10:30, error 30007, retry in 120 s", "failed 7-12-2026 10:30, error 30007, retry in 120 s"},
 		{"carrier 3 rejected (code 4 0301)", "carrier 3 rejected (code 4 0301)"},
+		{"relay 192.168.100.200 refused at 00:30", "relay 192.168.100.200 refused at 00:30"},
 	} {
 		if got := cleanFailureReason(c.reason, ""); got != c.want {
 			t.Errorf("cleanFailureReason(%q) = %q; want %q", c.reason, got, c.want)
