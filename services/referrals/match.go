@@ -160,7 +160,7 @@ func score(req *referralsv1.MatchProgramsRequest, p *referralsv1.Program) (int32
 		slices.Contains(p.GetPaymentsAccepted(), referralsv1.PaymentKind_PAYMENT_KIND_FREE)) {
 		add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SLIDING_SCALE_OR_FREE_FOR_FINANCIAL, "Charges on a sliding scale or nothing.")
 	}
-	if pc := req.GetPostalCode(); pc != "" && pc == p.GetAddress().GetPostalCode() {
+	if pc := postalKey(req.GetPostalCode()); pc != "" && pc == postalKey(p.GetAddress().GetPostalCode()) {
 		add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE, "Is in the family's postal code.")
 	} else if loc := req.GetLocality(); loc != "" && strings.EqualFold(loc, p.GetAddress().GetLocality()) {
 		add(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_LOCALITY, "Is in the family's town.")
@@ -298,7 +298,7 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 			ORDER BY p.available_slots DESC, p.id COLLATE "C" LIMIT $5)`)
 	}
 	rest := ""
-	if pc := req.GetPostalCode(); pc != "" {
+	if pc := postalKey(req.GetPostalCode()); pc != "" {
 		args = append(args, pc)
 		tier(fmt.Sprintf(" AND p.postal_code = $%d", len(args)))
 		rest += fmt.Sprintf(" AND p.postal_code <> $%d", len(args))
@@ -406,7 +406,7 @@ func scoreSQL(req *referralsv1.MatchProgramsRequest, first int) (string, []any) 
 			referralsv1.MatchReasonCode_MATCH_REASON_CODE_SLIDING_SCALE_OR_FREE_FOR_FINANCIAL))
 	}
 	var place []string
-	if pc := req.GetPostalCode(); pc != "" {
+	if pc := postalKey(req.GetPostalCode()); pc != "" {
 		place = append(place, fmt.Sprintf("WHEN postal_code = %s THEN %s", arg(pc), pt(referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE)))
 	}
 	if loc := req.GetLocality(); loc != "" {

@@ -168,3 +168,30 @@ func TestUpgradeKeepsTheIntakeTime(t *testing.T) {
 		t.Fatalf("intake times: %v; want %s", got, want)
 	}
 }
+
+// A program's postal code written before 0015, as typed, is matched by its
+// key after the upgrade; one already a key is left as it was.
+func TestUpgradeKeysThePostalCodes(t *testing.T) {
+	ctx := context.Background()
+	pool, schema := pgtest.Schema(t, Migrations()[0], pgtest.Before(t, Migrations()[1], "0014_poll_indexes.sql"))
+	if _, err := pool.Exec(ctx, `INSERT INTO programs (clinic, id, doc, services, postal_code) VALUES
+		('north', 'typed', '{"address":{"postalCode":"k1a 0b1"}}', '{1}', 'k1a 0b1'),
+		('north', 'hyphen', '{}', '{1}', 'k2k-1x1'),
+		('north', 'key', '{}', '{1}', '62701')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := pool.Query(ctx, `SELECT id || ' ' || postal_code || ' ' || coalesce(doc->'address'->>'postalCode', '') FROM programs ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "hyphen K2K1X1 , key 62701 , typed K1A0B1 k1a 0b1"; strings.Join(got, ", ") != want {
+		t.Fatalf("postal codes: %v; want %s", got, want)
+	}
+}

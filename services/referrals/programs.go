@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -155,7 +156,7 @@ func (s *Server) CreateProgram(ctx context.Context, req *referralsv1.CreateProgr
 				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, $13, $14)`,
 				r.clinic, r.id, doc, enumInts(p.GetServices()), enumInts(p.GetPaymentsAccepted()), p.GetTelehealth(),
 				p.GetSameDayIntake(), p.GetSameDayInduction(), strings.ToLower(p.GetAddress().GetLocality()),
-				p.GetAddress().GetPostalCode(), lower(p.GetLanguages()), now, p.GetMinAge(), p.GetMaxAge()); err != nil {
+				postalKey(p.GetAddress().GetPostalCode()), lower(p.GetLanguages()), now, p.GetMinAge(), p.GetMaxAge()); err != nil {
 				return nil, fmt.Errorf("insert program: %w", err)
 			}
 			out, err := readProgram(ctx, tx, r, false)
@@ -164,6 +165,18 @@ func (s *Server) CreateProgram(ctx context.Context, req *referralsv1.CreateProgr
 			}
 			return out, emit(ctx, tx, clinic, "program.created", out.GetName(), out)
 		})
+}
+
+// postalKey is a postal code as places are matched by it: upper case,
+// without spaces or hyphens, so that one place typed two ways ("k1a 0b1",
+// "K1A0B1") is one.
+func postalKey(pc string) string {
+	return strings.ToUpper(strings.Map(func(r rune) rune {
+		if unicode.IsSpace(r) || r == '-' {
+			return -1
+		}
+		return r
+	}, pc))
 }
 
 func lower(xs []string) []string {
@@ -262,7 +275,7 @@ func (s *Server) UpdateProgram(ctx context.Context, req *referralsv1.UpdateProgr
 				update_time = $12, min_age = $13, max_age = $14, version = version + 1 WHERE clinic = $1 AND id = $2`,
 				r.clinic, r.id, doc, enumInts(next.GetServices()), enumInts(next.GetPaymentsAccepted()), next.GetTelehealth(),
 				next.GetSameDayIntake(), next.GetSameDayInduction(), strings.ToLower(next.GetAddress().GetLocality()),
-				next.GetAddress().GetPostalCode(), lower(next.GetLanguages()), s.cfg.Now(), next.GetMinAge(), next.GetMaxAge()); err != nil {
+				postalKey(next.GetAddress().GetPostalCode()), lower(next.GetLanguages()), s.cfg.Now(), next.GetMinAge(), next.GetMaxAge()); err != nil {
 				return nil, fmt.Errorf("update program: %w", err)
 			}
 			out, err := readProgram(ctx, tx, r, false)

@@ -2775,3 +2775,32 @@ func TestPageTokenNamesNoReferralLeftOut(t *testing.T) {
 	_, err = list(1, page.GetNextPageToken())
 	wantCode(t, err, codes.Aborted)
 }
+
+// A postal code matches however it is typed, as a town's name does: case,
+// spaces and hyphens aside. The program's address shows it as given.
+func TestPostalCodesMatchHoweverTyped(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	here, there := buprenorphine("Here"), buprenorphine("There")
+	here.Address = &referralsv1.Address{Locality: "Ottawa", PostalCode: "K1A 0B1"}
+	there.Address = &referralsv1.Address{Locality: "Kanata", PostalCode: "K2K-1X1"}
+	h := f.program(t, here, 1)
+	f.program(t, there, 5) // more free places: first, but for the postal code
+	for _, typed := range []string{"k1a0b1", "K1A 0B1", " k1a-0b1 "} {
+		resp, err := f.client.MatchPrograms(f.ctx, &referralsv1.MatchProgramsRequest{Parent: "clinics/north",
+			Urgency: referralsv1.Urgency_URGENCY_ROUTINE, PostalCode: typed})
+		if err != nil || len(resp.GetMatches()) != 2 {
+			t.Fatalf("%q: %v, %v", typed, resp, err)
+		}
+		first := resp.GetMatches()[0]
+		same := slices.ContainsFunc(first.GetReasons(), func(r *referralsv1.MatchReason) bool {
+			return r.GetCode() == referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE
+		})
+		if first.GetProgram().GetName() != h.GetName() || !same {
+			t.Fatalf("%q: first %s (%v); want %s, in the family's postal code", typed, first.GetProgram().GetName(), first.GetReasons(), h.GetName())
+		}
+		if pc := first.GetProgram().GetAddress().GetPostalCode(); pc != "K1A 0B1" {
+			t.Fatalf("%q: the program's postal code shows as %q; want it as given", typed, pc)
+		}
+	}
+}

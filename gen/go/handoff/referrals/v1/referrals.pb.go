@@ -2677,6 +2677,8 @@ type MatchProgramsRequest struct {
 	// How treatment would be paid for. Unset leaves payment out of matching.
 	Coverage CoverageKind `protobuf:"varint,5,opt,name=coverage,proto3,enum=handoff.referrals.v1.CoverageKind" json:"coverage,omitempty"`
 	// The postal code the person would travel from; favors programs there.
+	// Compared without regard to case, spaces or hyphens ("k1a0b1" is the
+	// place of "K1A 0B1").
 	PostalCode string `protobuf:"bytes,6,opt,name=postal_code,json=postalCode,proto3" json:"postal_code,omitempty"`
 	// The city or town the person would travel from; favors programs there.
 	// Compared without regard to case.
