@@ -37,6 +37,31 @@ type Server struct {
 	HostPort string
 }
 
+// setUp makes the server's schema in a file of its own, then moves it to
+// dbFile: the schema is made one statement at a time, and a first start cut
+// short (Ctrl-C, a full disk) would otherwise leave a file every later
+// start takes as set up, and fails on deep inside the server. An empty
+// dbFile, left so by a start before this one, is made again.
+func setUp(store config.SQL, dbFile string) error {
+	tmp := dbFile + ".setup"
+	for _, f := range []string{tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("devtemporal: remove %s: %w", f, err)
+		}
+	}
+	// A rollback journal while it is made, so that nothing of it is left
+	// in a log beside the file when it moves; the server's connections
+	// turn the file to WAL.
+	store.DatabaseName, store.ConnectAttributes = tmp, map[string]string{"mode": "rwc"}
+	if err := sqlite.SetupSchema(&store); err != nil {
+		return fmt.Errorf("devtemporal: create schema: %w", err)
+	}
+	if err := os.Rename(tmp, dbFile); err != nil {
+		return fmt.Errorf("devtemporal: create schema: %w", err)
+	}
+	return nil
+}
+
 // Start starts the server; it returns once the frontend accepts connections.
 func Start(cfg Config) (*Server, error) {
 	if cfg.Port == 0 {
@@ -68,9 +93,9 @@ func Start(cfg Config) (*Server, error) {
 		// and deleted.
 		ConnectAttributes: map[string]string{"mode": "rwc", "journal_mode": "wal", "synchronous": "normal"},
 	}
-	if _, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) {
-		if err := sqlite.SetupSchema(&store); err != nil {
-			return nil, fmt.Errorf("devtemporal: create schema: %w", err)
+	if fi, err := os.Stat(dbFile); errors.Is(err, os.ErrNotExist) || err == nil && fi.Size() == 0 {
+		if err := setUp(store, dbFile); err != nil {
+			return nil, err
 		}
 	}
 	const clusterName = "active"

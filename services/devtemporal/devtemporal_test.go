@@ -136,3 +136,33 @@ func TestDatabaseUsesWriteAheadLog(t *testing.T) {
 		t.Fatalf("file format versions %d, %d; want 2, 2 (WAL)", header[18], header[19])
 	}
 }
+
+// A first start cut short leaves no file a later start takes as set up: an
+// empty database file (as a start before setUp left one) and a half-made
+// schema beside it are made again, and the server starts.
+func TestStartCutShortIsSetUpAgain(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"temporal.db", "temporal.db.setup"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
+	if err != nil {
+		t.Fatalf("start over an empty database file: %v", err)
+	}
+	defer s.Stop()
+	c, err := client.Dial(client.Options{HostPort: s.HostPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.WorkflowService().GetSystemInfo(ctx, nil); err != nil {
+		t.Fatalf("the server set up again does not answer: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "temporal.db.setup")); !os.IsNotExist(err) {
+		t.Fatalf("the schema's working file is left: %v", err)
+	}
+}
