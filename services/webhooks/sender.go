@@ -689,6 +689,23 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		return nil
 	}
 	reason := describe(err)
+	// The receiver said when it can take more (429 or 503 with
+	// Retry-After): not before that, but no later than the longest backoff,
+	// so that a receiver cannot hold back its notifications (and the later
+	// ones of the same resource) for days with one header. Nor any other of
+	// its notifications: each would be refused the same way, and use up an
+	// attempt; so too when this one's last attempt makes it a dead letter.
+	// Best effort: on a failure to record it, they are sent and refused as
+	// before.
+	var pause time.Duration
+	if te := (throttledError{}); errors.As(err, &te) {
+		pause = min(te.after, s.cfg.MaxBackoff)
+		if _, perr := s.cfg.DB.Exec(rctx, `UPDATE subscriptions SET paused_until = now() + $3::interval
+			WHERE clinic = $1 AND id = $2 AND (paused_until IS NULL OR paused_until < now() + $3::interval)`,
+			p.clinic, p.subscription, pause); perr != nil {
+			log.Warn("webhook receiver's pause not recorded", "error", telemetry.LogSafe(perr))
+		}
+	}
 	// A failure on Handoff's side (the consent could not be checked) is not
 	// the receiver's: it never makes a dead letter, only a later try; but
 	// for an event no sender has read in a day. A receiver that answers the
@@ -704,23 +721,7 @@ func (s *Sender) send(ctx context.Context, p *pending) error {
 		log.Warn("webhook dead-lettered", "attempts", p.attempts, "reason", reason)
 		return nil
 	}
-	wait := Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64)
-	if te := (throttledError{}); errors.As(err, &te) {
-		// The receiver said when it can take more: not before that, but
-		// no later than the longest backoff, so that a receiver cannot
-		// hold back its notifications (and the later ones of the same
-		// resource) for days with one header.
-		pause := min(te.after, s.cfg.MaxBackoff)
-		wait = max(wait, pause)
-		// Nor any other of its notifications: each would be refused the
-		// same way, and use up an attempt. Best effort: on a failure to
-		// record it, they are sent and refused as before.
-		if _, perr := s.cfg.DB.Exec(rctx, `UPDATE subscriptions SET paused_until = now() + $3::interval
-			WHERE clinic = $1 AND id = $2 AND (paused_until IS NULL OR paused_until < now() + $3::interval)`,
-			p.clinic, p.subscription, pause); perr != nil {
-			log.Warn("webhook receiver's pause not recorded", "error", telemetry.LogSafe(perr))
-		}
-	}
+	wait := max(Backoff(p.attempts, s.cfg.BaseBackoff, s.cfg.MaxBackoff, rand.Float64), pause)
 	giveBack := 0
 	if errors.Is(err, errOwnSide) {
 		// Nothing reached the receiver: the try is given back, so the

@@ -2228,3 +2228,37 @@ func TestCommittedSecretIsAnsweredWithoutAnotherRead(t *testing.T) {
 		t.Fatalf("the retry once the database answers: %v; want the first answer's secret", err)
 	}
 }
+
+// A receiver's Retry-After pauses its subscription on a delivery's last
+// attempt too: the delivery becomes a dead letter, and the subscription's
+// other notifications wait as the receiver asked, rather than each be
+// refused the same way.
+func TestRetryAfterOnTheLastAttemptPausesTheSubscription(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Retry-After", "30")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(rcv.Close)
+	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
+	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
+		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	}))
+	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-last", "accepted")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the delivery a dead letter", func() bool {
+		resp, err := f.client.ListDeliveries(f.admin, &webhooksv1.ListDeliveriesRequest{Parent: sub.GetName()})
+		return err == nil && len(resp.GetDeliveries()) == 1 && resp.GetDeliveries()[0].GetState() == webhooksv1.DeliveryState_DELIVERY_STATE_DEAD
+	})
+	var pause time.Duration
+	if err := f.pool.QueryRow(ctx, `SELECT coalesce(paused_until - now(), '0') FROM subscriptions WHERE id = $1`, idOf(sub)).Scan(&pause); err != nil {
+		t.Fatal(err)
+	}
+	if pause < 25*time.Second || pause > 30*time.Second {
+		t.Fatalf("the subscription is paused for %v; want the 30 s its receiver asked for", pause)
+	}
+}
