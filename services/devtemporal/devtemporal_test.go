@@ -1,6 +1,7 @@
 package devtemporal
 
 import (
+	"cmp"
 	"context"
 	"io"
 	"net"
@@ -27,15 +28,8 @@ func hello(ctx workflow.Context, name string) (string, error) {
 func TestServerSurvivesRestart(t *testing.T) {
 	dir := t.TempDir()
 	run := func(id string, want bool) {
-		s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s, c := startDialled(t, dir, "")
 		defer s.Stop()
-		c, err := client.Dial(client.Options{HostPort: s.HostPort})
-		if err != nil {
-			t.Fatal(err)
-		}
 		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -63,6 +57,22 @@ func TestServerSurvivesRestart(t *testing.T) {
 	}
 	run("persisted", true)
 	run("persisted", false)
+}
+
+// startDialled starts a server over dir and dials it; what, if given,
+// names the start in a failure.
+func startDialled(t *testing.T, dir, what string) (*Server, client.Client) {
+	t.Helper()
+	s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
+	if err != nil {
+		t.Fatalf("%s: %v", cmp.Or(what, "start"), err)
+	}
+	c, err := client.Dial(client.Options{HostPort: s.HostPort})
+	if err != nil {
+		s.Stop()
+		t.Fatal(err)
+	}
+	return s, c
 }
 
 func freePortT(t *testing.T) int {
@@ -147,15 +157,8 @@ func TestStartCutShortIsSetUpAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s, err := Start(Config{DataDir: dir, Port: freePortT(t)})
-	if err != nil {
-		t.Fatalf("start over an empty database file: %v", err)
-	}
+	s, c := startDialled(t, dir, "start over an empty database file")
 	defer s.Stop()
-	c, err := client.Dial(client.Options{HostPort: s.HostPort})
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
