@@ -268,7 +268,7 @@ func (s *Server) ListFamilies(ctx context.Context, req *familiesv1.ListFamiliesR
 	// The calendar reader serves every clinic, and lists one counselor's
 	// families at a time, for their feed: a leaked token of its must not
 	// page out every clinic's families and caseloads.
-	if pr, _ := auth.FromContext(ctx); pr.Has(auth.RoleCalendarReader) && !pr.Has(auth.RoleCounselor, auth.RoleClinicAdmin, auth.RoleEHR) {
+	if familyView(ctx) == viewCalendar {
 		if _, ok := filter.Equals("counselor"); !ok {
 			return nil, apperr.PermissionDenied("the calendar reader lists families only with counselor = \"...\" in the filter")
 		}
