@@ -56,6 +56,13 @@ func setUp(store config.SQL, dbFile string) error {
 	if err := sqlite.SetupSchema(&store); err != nil {
 		return fmt.Errorf("devtemporal: create schema: %w", err)
 	}
+	// A log or journal the cut-short start left beside dbFile would be
+	// laid over the new schema when it opens.
+	for _, f := range []string{dbFile + "-wal", dbFile + "-shm", dbFile + "-journal"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("devtemporal: remove %s: %w", f, err)
+		}
+	}
 	if err := os.Rename(tmp, dbFile); err != nil {
 		return fmt.Errorf("devtemporal: create schema: %w", err)
 	}
