@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"google.golang.org/grpc/codes"
@@ -164,8 +165,14 @@ var addressLike = regexp.MustCompile(`(?i)(\+|%2B)\s?[0-9][0-9 ().-]{5,20}[0-9]|
 // refused: a refused report would leave the reminder claimed, to be sent
 // again to the same address when its lease lapses, with no failure for
 // its workflow to act on.
+// minQuotedMessage is the shortest message a failure's reason is cleaned
+// of: a few letters say nothing of the message, and occur inside words.
+const minQuotedMessage = 8
+
 func cleanFailureReason(reason, message string) string {
-	if m := strings.TrimSpace(message); m != "" {
+	// A message too short to say anything ("Hi") is left: replaced, it
+	// would break up the words of the reason it occurs in ("High latency").
+	if m := strings.TrimSpace(message); utf8.RuneCountInString(m) >= minQuotedMessage {
 		reason = strings.ReplaceAll(reason, m, "[message]")
 	}
 	return addressLike.ReplaceAllString(reason, "[address]")

@@ -70,4 +70,14 @@ func TestFailureReasonLosesAddresses(t *testing.T) {
 			t.Errorf("cleanFailureReason(%q) = %q; want %q", c.reason, got, c.want)
 		}
 	}
+	// The message is replaced where quoted; one too short to say anything
+	// is left, rather than break up the reason's words.
+	for _, c := range []struct{ reason, message, want string }{
+		{"body 'See you Tuesday at 9' rejected", "See you Tuesday at 9", "body '[message]' rejected"},
+		{"High latency at the carrier", "Hi", "High latency at the carrier"},
+	} {
+		if got := cleanFailureReason(c.reason, c.message); got != c.want {
+			t.Errorf("cleanFailureReason(%q, %q) = %q; want %q", c.reason, c.message, got, c.want)
+		}
+	}
 }
