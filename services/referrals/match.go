@@ -269,7 +269,7 @@ func (s *Server) MatchPrograms(ctx context.Context, req *referralsv1.MatchProgra
 	// limit, $6 the largest place bonus, then the static score's, the age's,
 	// the places' and the score's arguments.
 	bonus := int32(0)
-	if req.GetPostalCode() != "" {
+	if postalKey(req.GetPostalCode()) != "" {
 		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_POSTAL_CODE]
 	} else if req.GetLocality() != "" {
 		bonus = points[referralsv1.MatchReasonCode_MATCH_REASON_CODE_SAME_LOCALITY]
