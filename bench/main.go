@@ -1,6 +1,7 @@
 // Command bench measures Handoff against the floor it cannot beat and
 // writes a Markdown report: `make bench` (full) or `go run ./bench -smoke`
-// (the short version CI runs to keep it working).
+// (the short version CI runs to keep it working; its report goes to the
+// temporary directory, not over the published results).
 //
 // Everything runs in this one process on loopback against the local
 // PostgreSQL and an in-process Temporal server, so ratios measured in the
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -210,20 +212,36 @@ func main() {
 	rep.rssPeak = max(rep.rssLoad, rss.peak())
 	rep.finished = time.Now()
 	md := rep.markdown()
-	paths := []string{*out}
-	if *out == "" && *only != "" {
-		paths = []string{filepath.Join(os.TempDir(), "handoff-bench-"+*only+".md")}
-	} else if *out == "" {
-		// By the minute: a second run the same day keeps the first's file.
-		when := rep.started.UTC().Format("2006-01-02T1504Z")
-		paths = []string{filepath.Join("bench", "results", when+".md"), filepath.Join("bench", "results", "latest.md")}
-	}
+	paths := reportPaths(*out, *only, *smoke, rep.started)
 	for _, p := range paths {
 		if err := os.WriteFile(p, []byte(md), 0o644); err != nil {
 			fail(err)
 		}
 	}
+	step("report written to " + strings.Join(paths, " and "))
 	fmt.Print(md)
+}
+
+// reportPaths is where a run's report goes. Only a full run without -out
+// replaces the published results; a run of one section, or a smoke run,
+// goes to the temporary directory, so that neither is taken for them.
+func reportPaths(out, only string, smoke bool, started time.Time) []string {
+	switch {
+	case out != "":
+		return []string{out}
+	case only != "" || smoke:
+		name := "handoff-bench"
+		if smoke {
+			name += "-smoke"
+		}
+		if only != "" {
+			name += "-" + only
+		}
+		return []string{filepath.Join(os.TempDir(), name+".md")}
+	}
+	// By the minute: a second run the same day keeps the first's file.
+	when := started.UTC().Format("2006-01-02T1504Z")
+	return []string{filepath.Join("bench", "results", when+".md"), filepath.Join("bench", "results", "latest.md")}
 }
 
 func step(s string) { fmt.Fprintf(os.Stderr, "==> %s\n", s) }
