@@ -196,7 +196,15 @@ func pgbenchLoop(ctx context.Context, dsn, script string, vars map[string]string
 		}
 		txs = append(txs, t...)
 	}
-	lat, errs := afterWarmup(txs, pgbenchWarmup, time.Duration(secs)*time.Second)
+	lat, errs, complete := afterWarmup(txs, pgbenchWarmup, time.Duration(secs)*time.Second)
+	if !complete && rate*pgbenchDrain.Seconds() >= 10 {
+		// With one thread pgbench starts its schedule in order, so one due
+		// after the window shows that every one due in it started. Without
+		// one, those left waiting at the end, the slowest, are missing
+		// (at a rate that puts ten or more in the drain: fewer could
+		// leave it empty by chance).
+		return r, fmt.Errorf("pgbench fell more than %s behind its schedule: transactions due at the end of the measured window never started, so its latencies would leave out the slowest", pgbenchDrain)
+	}
 	s := summarize(lat, errs, time.Duration(secs)*time.Second)
 	s.Offered, s.SyncMax, s.SyncSlow, s.Steal, s.StealPeak = rate, r.SyncMax, r.SyncSlow, r.Steal, r.StealPeak
 	if s.Errors > 0 || s.Ops == 0 {
@@ -214,10 +222,11 @@ type pgbenchTx struct {
 
 // afterWarmup returns the latencies of the transactions due from warmup
 // after the first one on, for d, and how many of those failed: not those
-// due in the drain after it (see pgbenchDrain).
-func afterWarmup(txs []pgbenchTx, warmup, d time.Duration) ([]time.Duration, int) {
+// due in the drain after it (see pgbenchDrain). complete says whether one
+// due in the drain was logged.
+func afterWarmup(txs []pgbenchTx, warmup, d time.Duration) (lat []time.Duration, failed int, complete bool) {
 	if len(txs) == 0 {
-		return nil, 0
+		return nil, 0, false
 	}
 	first := txs[0].due
 	for _, t := range txs {
@@ -225,18 +234,18 @@ func afterWarmup(txs []pgbenchTx, warmup, d time.Duration) ([]time.Duration, int
 			first = t.due
 		}
 	}
-	var lat []time.Duration
-	failed := 0
 	for _, t := range txs {
 		switch {
-		case t.due.Before(first.Add(warmup)), !t.due.Before(first.Add(warmup + d)):
+		case t.due.Before(first.Add(warmup)):
+		case !t.due.Before(first.Add(warmup + d)):
+			complete = true
 		case t.failed:
 			failed++
 		default:
 			lat = append(lat, t.latency)
 		}
 	}
-	return lat, failed
+	return lat, failed, complete
 }
 
 // readPgbenchLog reads one of pgbench's per-transaction logs.

@@ -52,12 +52,17 @@ func TestAfterWarmup(t *testing.T) {
 		{due: t0.Add(2 * time.Second), latency: 3 * time.Millisecond},
 		{due: t0.Add(3 * time.Second), latency: time.Millisecond}, // in the drain
 	}
-	lat, failed := afterWarmup(txs, time.Second, 2*time.Second)
-	if len(lat) != 2 || lat[0] != 2*time.Millisecond || lat[1] != 3*time.Millisecond || failed != 1 {
-		t.Fatalf("got %v and %d failed; want [2ms 3ms] and 1 failed", lat, failed)
+	lat, failed, complete := afterWarmup(txs, time.Second, 2*time.Second)
+	if len(lat) != 2 || lat[0] != 2*time.Millisecond || lat[1] != 3*time.Millisecond || failed != 1 || !complete {
+		t.Fatalf("got %v, %d failed, complete %v; want [2ms 3ms], 1 failed, complete", lat, failed, complete)
 	}
-	if lat, failed := afterWarmup(nil, time.Second, time.Second); lat != nil || failed != 0 {
-		t.Fatalf("empty log: %v, %d", lat, failed)
+	// Nothing due in the drain was logged: those due at the window's end
+	// may never have started, and the slowest would be missing.
+	if _, _, complete := afterWarmup(txs[:5], time.Second, 2*time.Second); complete {
+		t.Fatal("a log that stops inside the window was taken as complete")
+	}
+	if lat, failed, complete := afterWarmup(nil, time.Second, time.Second); lat != nil || failed != 0 || complete {
+		t.Fatalf("empty log: %v, %d, %v", lat, failed, complete)
 	}
 }
 
