@@ -512,6 +512,47 @@ func TestJWKSKeepsOnlySigningKeys(t *testing.T) {
 	}
 }
 
+// An answer with no key to check tokens with (a proxy's {}, an issuer
+// mid-deploy publishing nothing yet) is refused, and the last set stays:
+// taken, it would refuse every token as bad until the next fetch worked
+// and MinRefresh let it happen.
+func TestJWKSWithNoSigningKeyKeepsTheLastSet(t *testing.T) {
+	iss, _ := NewIssuer("https://issuer.test", "handoff")
+	rsa := `{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}`
+	empties := []string{`{}`, `null`, `{"keys":[]}`, rsa}
+	for _, body := range empties {
+		if _, err := ParseJWKS([]byte(body)); err == nil {
+			t.Fatalf("a set with no signing key was taken: %s", body)
+		}
+	}
+	var empty atomic.Pointer[string]
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if body := empty.Load(); body != nil {
+			_, _ = w.Write([]byte(*body))
+			return
+		}
+		iss.JWKSHandler().ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	v := &Verifier{Issuer: "https://issuer.test", Audience: "handoff", Keys: &JWKS{URL: srv.URL, MinRefresh: time.Hour, MaxAge: 10 * time.Millisecond}}
+	tok := iss.MustMint(TokenOptions{Subject: "u", Clinic: "north"})
+	if _, err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range empties {
+		empty.Store(&body)
+		// Past MaxAge: the next call fetches in the background, and a
+		// failed fetch is tried again after a second.
+		for i := 0; i < 3; i++ {
+			time.Sleep(20 * time.Millisecond)
+			if _, err := v.Verify(context.Background(), tok); err != nil {
+				t.Fatalf("after the issuer answered %s: %v", body, err)
+			}
+		}
+		time.Sleep(1100 * time.Millisecond)
+	}
+}
+
 // A request's origin names its peer and, bounded, what a proxy says it
 // forwarded for; without the header, the peer alone.
 func TestOrigin(t *testing.T) {

@@ -289,9 +289,11 @@ func fetchJWKS(ctx context.Context, c *http.Client, url string, insecure bool) (
 // ParseJWKS decodes the EC P-256 keys of a JWKS document. A malformed key
 // is left out, as one of another type is: failing the whole set would keep
 // the last one in use, a withdrawn key with it, and refuse tokens signed
-// with a key new in it. Only a set whose every P-256 key is malformed is
-// refused (the last set then stays), since it is more likely broken on the
-// way than meant.
+// with a key new in it. Only a set with no key tokens could be checked
+// with is refused (the last set then stays): every P-256 key malformed, or
+// none there at all ({}, null, an empty list, only keys of other kinds),
+// as a proxy or an issuer mid-deploy may answer. Such a set is more likely
+// broken on the way than meant, and taken it would refuse every token.
 func ParseJWKS(body []byte) (StaticKeys, error) {
 	var set jwkSet
 	if err := json.Unmarshal(body, &set); err != nil {
@@ -318,6 +320,9 @@ func ParseJWKS(body []byte) (StaticKeys, error) {
 	}
 	if len(keys) == 0 && len(bad) > 0 {
 		return nil, fmt.Errorf("jwks: no key could be read: %w", errors.Join(bad...))
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("jwks: no ES256 signing key in the set (%d keys of other kinds)", len(set.Keys))
 	}
 	return keys, nil
 }
