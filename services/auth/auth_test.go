@@ -379,6 +379,46 @@ func TestVerifierRemembersSignaturesNotClaims(t *testing.T) {
 	}
 }
 
+// A token is read in one spelling only, and up to a length: a respelled
+// one would be checked and remembered again, and a huge one hashed and
+// parsed before its signature refused it.
+func TestTokenHasOneSpellingAndABoundedLength(t *testing.T) {
+	iss, err := NewIssuer("https://issuer.test", "handoff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := &countingKeys{KeySource: iss.Keys()}
+	v := &Verifier{Issuer: iss.URL, Audience: iss.Audience, Keys: keys}
+	ctx := context.Background()
+	tok := iss.MustMint(TokenOptions{Subject: "u1", Clinic: "north"})
+	if _, err := v.Verify(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	// The signature's 64 bytes take 86 characters, the last with 4 bits
+	// unused: flipping its lowest bit changes no decoded byte.
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, tok[len(tok)-1])
+	respelled := tok[:len(tok)-1] + string(alphabet[last^1])
+	if _, err := v.Verify(ctx, respelled); !errors.Is(err, ErrInvalidToken) {
+		t.Fatalf("the same signature spelled another way: %v, want an invalid token", err)
+	}
+	keys.calls.Store(0)
+	huge := tok + strings.Repeat("A", MaxTokenLength)
+	if _, err := v.Verify(ctx, huge); !errors.Is(err, ErrInvalidToken) || keys.calls.Load() != 0 {
+		t.Fatalf("a token over %d bytes: %v after %d key lookups; want an invalid token and none", MaxTokenLength, err, keys.calls.Load())
+	}
+}
+
+type countingKeys struct {
+	KeySource
+	calls atomic.Int64
+}
+
+func (k *countingKeys) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) {
+	k.calls.Add(1)
+	return k.KeySource.Key(ctx, kid)
+}
+
 func TestVerifiedCacheIsBounded(t *testing.T) {
 	var c verified
 	key := &mustKey(t).PublicKey

@@ -91,8 +91,17 @@ func (a *audience) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// MaxTokenLength bounds a token Verify reads: far above any access token
+// an identity provider issues (a few KiB with many roles), so that a
+// stranger's megabytes are not hashed, decoded and parsed before the
+// signature refuses them.
+const MaxTokenLength = 16 << 10
+
 // Verify checks token and returns the principal it names.
 func (v *Verifier) Verify(ctx context.Context, token string) (Principal, error) {
+	if len(token) > MaxTokenLength {
+		return Principal{}, fmt.Errorf("%w: longer than %d bytes", ErrInvalidToken, MaxTokenLength)
+	}
 	now := time.Now()
 	if v.Now != nil {
 		now = v.Now()
@@ -189,7 +198,7 @@ func (v *Verifier) check(ctx context.Context, token string, h [32]byte, now time
 	if err != nil {
 		return nil, fmt.Errorf("%w: key %q: %w", ErrInvalidToken, unverified(hd.Kid), err)
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	sig, err := segments.DecodeString(parts[2])
 	if err != nil || len(sig) != 64 {
 		return nil, fmt.Errorf("%w: malformed signature", ErrInvalidToken)
 	}
@@ -240,8 +249,14 @@ func exactClaims(seg string) error {
 	return nil
 }
 
+// segments decodes a token's parts strictly: the lenient decoder ignores
+// the unused bits of a part's last character, so that one signed token
+// could be spelled sixteen ways, each a new entry in the cache of checked
+// signatures (keyed by the token's text) and a new signature check.
+var segments = base64.RawURLEncoding.Strict()
+
 func decodeSegment(seg string, v any) error {
-	b, err := base64.RawURLEncoding.DecodeString(seg)
+	b, err := segments.DecodeString(seg)
 	if err != nil {
 		return err
 	}
