@@ -106,6 +106,9 @@ var publicMethods = []string{
 	"/grpc.reflection.v1alpha.ServerReflection/",
 }
 
+// maxHeaderList bounds a call's metadata (HTTP/2 header list) in bytes.
+const maxHeaderList = 64 << 10
+
 // New returns a server with Handoff's interceptor chain.
 func New(cfg Config) (*Server, error) {
 	if cfg.Verifier == nil {
@@ -128,6 +131,10 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(i.unary),
 		grpc.ChainStreamInterceptor(streams),
 		grpc.MaxRecvMsgSize(4 << 20),
+		// A call's metadata is read before anyone is authenticated; the
+		// default allows 16 MiB of it. 64 KiB holds a token of the
+		// longest length auth reads with room to spare.
+		grpc.MaxHeaderListSize(maxHeaderList),
 		// Clients are asked to reconnect now and then, and resolve the
 		// name again, so that replicas added since share the load. Calls
 		// in flight get longer than any call may take to finish.

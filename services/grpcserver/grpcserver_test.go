@@ -230,6 +230,35 @@ func TestTwoTokensAreNone(t *testing.T) {
 	}
 }
 
+// A call's metadata is bounded before anyone is authenticated: a token of
+// the longest length auth reads gets through, megabytes do not reach the
+// handler.
+func TestMetadataIsBounded(t *testing.T) {
+	const method = "/handoff.test.Headers/Call"
+	var reached atomic.Int64
+	env := serveOne(t, method, func(ctx context.Context) (any, error) {
+		reached.Add(1)
+		return &emptypb.Empty{}, nil
+	})
+	long := metadata.AppendToOutgoingContext(env.Counselor("north"), "x-padding", strings.Repeat("p", auth.MaxTokenLength))
+	if err := env.Conn.Invoke(long, method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("a call with %d bytes of metadata beside its token: %v", auth.MaxTokenLength, err)
+	}
+	huge := metadata.AppendToOutgoingContext(env.Counselor("north"), "x-padding", strings.Repeat("p", 1<<20))
+	if err := env.Conn.Invoke(huge, method, &emptypb.Empty{}, &emptypb.Empty{}); err == nil {
+		t.Fatal("a call with a megabyte of metadata was taken")
+	} else {
+		t.Logf("a megabyte of metadata: %v", err)
+	}
+	if n := reached.Load(); n != 1 {
+		t.Fatalf("the handler ran %d times, want once", n)
+	}
+	// The connection is still good for the next call.
+	if err := env.Conn.Invoke(env.Counselor("north"), method, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("the call after: %v", err)
+	}
+}
+
 // A call nobody could be authenticated for has no clinic to be audited
 // under: it is logged as a failed sign-in, with where it came from and
 // without the token it brought.
