@@ -15,9 +15,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 )
@@ -32,11 +34,43 @@ func (f Files) Enabled() bool { return f.Cert != "" || f.Key != "" || f.CA != ""
 
 // source holds the credentials built from the files as last read.
 type source struct {
-	files  Files
-	mu     sync.Mutex
-	raw    [3][]byte // cert, key and CA as last built
-	server credentials.TransportCredentials
-	client credentials.TransportCredentials
+	files   Files
+	mu      sync.Mutex
+	raw     [3][]byte // cert, key and CA as last built
+	expires time.Time // the certificate's, as last built
+	server  credentials.TransportCredentials
+	client  credentials.TransportCredentials
+	trouble trouble
+}
+
+// trouble reports files that cannot be used, once for each way they
+// cannot (a read's error, or the content that would not build), rather
+// than at every handshake or never: the last good credentials stay in
+// use, so a renewal that stays broken is otherwise unseen until the
+// certificate in use expires and every handshake fails at once.
+type trouble struct{ last string }
+
+func (t *trouble) report(what string, err error, expires time.Time) {
+	if err.Error() == t.last {
+		return
+	}
+	t.last = err.Error()
+	slog.Error("tls: the "+what+" files cannot be used; the last good ones stay in use until they expire",
+		"error", err.Error(), "expires", expires.UTC().Format(time.RFC3339))
+}
+
+func (t *trouble) clear() { t.last = "" }
+
+// expiry is when c's leaf certificate expires, or zero if it cannot say.
+func expiry(c *tls.Certificate) time.Time {
+	leaf := c.Leaf
+	if leaf == nil && len(c.Certificate) > 0 {
+		leaf, _ = x509.ParseCertificate(c.Certificate[0])
+	}
+	if leaf == nil {
+		return time.Time{}
+	}
+	return leaf.NotAfter
 }
 
 func newSource(f Files) (*source, error) {
@@ -62,6 +96,11 @@ func (s *source) creds(server bool) (credentials.TransportCredentials, error) {
 	}
 	if err != nil && s.server == nil {
 		return nil, err
+	}
+	if err != nil {
+		s.trouble.report("certificate", err, s.expires)
+	} else {
+		s.trouble.clear()
 	}
 	if server {
 		return s.server, nil
@@ -93,7 +132,7 @@ func (s *source) build(raw [3][]byte) error {
 	s.server = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13})
 	s.client = credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13})
-	s.raw = raw
+	s.raw, s.expires = raw, expiry(&cert)
 	return nil
 }
 
@@ -170,22 +209,31 @@ func ClientCertificate(certFile, keyFile string) (func(*tls.CertificateRequestIn
 		mu       sync.Mutex
 		lastRaw  [2][]byte
 		lastCert *tls.Certificate
+		trouble  trouble
 	)
 	get := func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		c, errC := os.ReadFile(certFile)
 		k, errK := os.ReadFile(keyFile)
-		if errC == nil && errK == nil && !(bytes.Equal(c, lastRaw[0]) && bytes.Equal(k, lastRaw[1])) {
-			pair, err := tls.X509KeyPair(c, k)
-			if err == nil {
+		err := errors.Join(errC, errK)
+		if err != nil {
+			err = fmt.Errorf("tls: read key pair: %w", err)
+		} else if !(bytes.Equal(c, lastRaw[0]) && bytes.Equal(k, lastRaw[1])) {
+			pair, perr := tls.X509KeyPair(c, k)
+			if perr == nil {
 				lastRaw, lastCert = [2][]byte{c, k}, &pair
-			} else if lastCert == nil {
-				return nil, fmt.Errorf("tls: load key pair: %w", err)
+			} else {
+				err = fmt.Errorf("tls: load key pair: %w", perr)
 			}
 		}
-		if lastCert == nil {
-			return nil, fmt.Errorf("tls: read key pair: %w", errors.Join(errC, errK))
+		switch {
+		case lastCert == nil:
+			return nil, err
+		case err != nil:
+			trouble.report("key pair", err, expiry(lastCert))
+		default:
+			trouble.clear()
 		}
 		return lastCert, nil
 	}

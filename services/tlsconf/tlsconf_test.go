@@ -1,12 +1,15 @@
 package tlsconf
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,6 +143,56 @@ func TestRenewedCertificatesAreUsed(t *testing.T) {
 	}
 	if err := check(clientCreds); err != nil {
 		t.Fatalf("with a broken key file: %v", err)
+	}
+}
+
+// Files that cannot be used are reported once for each way they cannot,
+// with the expiry of the credentials kept: a renewal that stays broken is
+// not silent, nor logged at every handshake.
+func TestUnusableFilesAreReportedOnce(t *testing.T) {
+	var buf bytes.Buffer
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
+	reports := func() int { return strings.Count(buf.String(), "cannot be used") }
+
+	a := tlstest.New(t)
+	serverFiles, clientFiles := placed(t, issue(t, a, "families")), placed(t, issue(t, a, "gateway"))
+	check := serve(t, serverFiles)
+	clientCreds, err := Client(clientFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get, err := ClientCertificate(clientFiles.Cert, clientFiles.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(clientFiles.Key, []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if err := check(clientCreds); err != nil {
+			t.Fatalf("with a broken key file: %v", err)
+		}
+		if _, err := get(nil); err != nil {
+			t.Fatalf("the key pair with a broken key file: %v", err)
+		}
+	}
+	if n := reports(); n != 2 || !strings.Contains(buf.String(), "expires=20") {
+		t.Fatalf("%d reports after three handshakes each, want one for the credentials and one for the key pair, with the expiry:\n%s", n, buf.String())
+	}
+	// Mended, then broken another way: reported again.
+	copyPair(t, issue(t, a, "gateway-renewed"), clientFiles)
+	if err := check(clientCreds); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(clientFiles.Cert); err != nil {
+		t.Fatal(err)
+	}
+	if err := check(clientCreds); err != nil {
+		t.Fatalf("with the certificate file gone: %v", err)
+	}
+	if n := reports(); n != 3 || !strings.Contains(buf.String(), "no such file") {
+		t.Fatalf("%d reports after the file went, want 3:\n%s", n, buf.String())
 	}
 }
 
