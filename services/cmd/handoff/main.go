@@ -36,6 +36,9 @@ var commands = map[string]command{}
 
 func main() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// The few packages that log without being handed a logger (auth's key
+	// set, tlsconf's files) write as the rest do, in JSON.
+	slog.SetDefault(log)
 	if len(os.Args) < 2 || commands[os.Args[1]].run == nil {
 		usage()
 		os.Exit(2)
