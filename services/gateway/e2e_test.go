@@ -448,6 +448,16 @@ func TestGatewayContract(t *testing.T) {
 	if any := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor", map[string]any{"counselor": "counselor-2"}, "If-Match", "*"); any.code != 200 {
 		t.Fatalf("If-Match: *: %d %s", any.code, any.raw)
 	}
+	// A mask names fields as the body does, in lowerCamelCase, or in
+	// proto names; one sent in both spellings is refused, not taken at
+	// random.
+	tz := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=lovedOne.timeZone", map[string]any{"lovedOne": map[string]any{"timeZone": "America/Chicago"}})
+	if lo, _ := tz.body["lovedOne"].(map[string]any); tz.code != 200 || str(lo, "timeZone") != "America/Chicago" {
+		t.Fatalf("updateMask=lovedOne.timeZone: %d %s", tz.code, tz.raw)
+	}
+	if both := w.counselor.do("PATCH", "/v1/"+name+"?updateMask=counselor&update_mask=state", map[string]any{"counselor": "counselor-9"}); both.code != http.StatusBadRequest {
+		t.Fatalf("updateMask and update_mask: %d %s; want 400", both.code, both.raw)
+	}
 	// A PATCH without updateMask changes the fields of its body; the etag
 	// in the body guards the version instead of counting as a change.
 	cur := w.counselor.ok("GET", "/v1/"+name, nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -25,10 +26,13 @@ import (
 type strictQuery struct{ runtime.DefaultQueryParser }
 
 func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
-	for key := range values {
+	md := msg.ProtoReflect().Descriptor()
+	named := map[string]string{} // a field's proto path: the key that gave it
+	values = maps.Clone(values)
+	for _, key := range slices.Sorted(maps.Keys(values)) {
 		// A map entry is written name[key]=value.
-		name, _, _ := strings.Cut(key, "[")
-		path, ok := fieldPath(msg.ProtoReflect().Descriptor(), strings.Split(name, "."))
+		name, entry, _ := strings.Cut(key, "[")
+		path, ok := fieldPath(md, strings.Split(name, "."))
 		if !ok {
 			return fmt.Errorf("unknown query parameter %q", key)
 		}
@@ -37,8 +41,73 @@ func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilit
 		if filter != nil && filter.HasCommonPrefix(path) {
 			return fmt.Errorf("unknown query parameter %q: the path or the body gives it", key)
 		}
+		// One field in both spellings (`request_id` and `requestId`): the
+		// default parser would take whichever it met last, in the map's
+		// random order, a request id or update mask among them.
+		field := strings.Join(path, ".") + "[" + entry
+		if other, ok := named[field]; ok {
+			return fmt.Errorf("query parameters %q and %q name the same field: send one", other, key)
+		}
+		named[field] = key
+		if len(path) == 1 {
+			if fd := md.Fields().ByName(protoreflect.Name(path[0])); fd.Message() != nil && fd.Message().FullName() == "google.protobuf.FieldMask" {
+				values[key] = maskPaths(md, fd, values[key])
+			}
+		}
 	}
 	return q.DefaultQueryParser.Parse(msg, values, filter)
+}
+
+// maskPaths gives the paths of a field mask sent as a query parameter in
+// proto names. The REST API names fields in lowerCamelCase, as a field
+// mask's JSON form does (`updateMask=lovedOne.timeZone`); the default
+// parser takes the text as it comes, and the services compare proto names,
+// so any field of two words was refused as unknown. The paths are of the
+// request's resource, its one other message field (AIP-134); a part that
+// names no field stays as it is, for the service to refuse.
+func maskPaths(req protoreflect.MessageDescriptor, mask protoreflect.FieldDescriptor, values []string) []string {
+	var resource protoreflect.MessageDescriptor
+	fields := req.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if fd == mask || fd.Message() == nil || fd.IsList() || fd.IsMap() {
+			continue
+		}
+		if resource != nil {
+			return values // more than one: which the mask is of is unclear
+		}
+		resource = fd.Message()
+	}
+	if resource == nil {
+		return values
+	}
+	out := make([]string, len(values))
+	for i, v := range values {
+		paths := strings.Split(v, ",")
+		for j, p := range paths {
+			parts := strings.Split(p, ".")
+			md := resource
+			for k, part := range parts {
+				if md == nil {
+					break
+				}
+				fd := md.Fields().ByTextName(part)
+				if fd == nil {
+					fd = md.Fields().ByJSONName(part)
+				}
+				if fd == nil {
+					break
+				}
+				parts[k], md = string(fd.Name()), nil
+				if fd.Message() != nil && !fd.IsList() && !fd.IsMap() {
+					md = fd.Message()
+				}
+			}
+			paths[j] = strings.Join(parts, ".")
+		}
+		out[i] = strings.Join(paths, ",")
+	}
+	return out
 }
 
 // fieldPath returns, in proto names, the field of md that path names by

@@ -2,7 +2,12 @@ package gateway
 
 import (
 	"context"
+	"net/url"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -134,6 +139,40 @@ func TestNoBodyRoutes(t *testing.T) {
 	for _, not := range []string{"POST /v1/{name=clinics/*/referrals/*}:accept", "PATCH /v1/{family.name=clinics/*/families/*}"} {
 		if routes[not] {
 			t.Errorf("%q counted as taking no body", not)
+		}
+	}
+}
+
+// A field mask in the query is read in the REST API's lowerCamelCase as in
+// proto names, and one field sent in both spellings is refused rather than
+// taken at random.
+func TestStrictQuery(t *testing.T) {
+	q := &strictQuery{}
+	parse := func(raw string) (*familiesv1.UpdateFamilyRequest, error) {
+		values, err := url.ParseQuery(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := &familiesv1.UpdateFamilyRequest{}
+		return req, q.Parse(req, values, utilities.NewDoubleArray(nil))
+	}
+	for raw, want := range map[string][]string{
+		"updateMask=lovedOne.timeZone,counselor":   {"loved_one.time_zone", "counselor"},
+		"update_mask=loved_one.time_zone":          {"loved_one.time_zone"},
+		"updateMask=lovedOne,members":              {"loved_one", "members"},
+		"updateMask=lovedOne.noSuchField,colourOf": {"loved_one.noSuchField", "colourOf"},
+	} {
+		req, err := parse(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", raw, err)
+		}
+		if got := req.GetUpdateMask().GetPaths(); !slices.Equal(got, want) {
+			t.Errorf("%s: paths %q, want %q", raw, got, want)
+		}
+	}
+	for _, raw := range []string{"updateMask=counselor&update_mask=state", "family.lovedOne.givenName=a&family.loved_one.given_name=b"} {
+		if _, err := parse(raw); err == nil || !strings.Contains(err.Error(), "name the same field") {
+			t.Errorf("%s: %v, want a refusal naming both", raw, err)
 		}
 	}
 }
