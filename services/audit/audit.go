@@ -250,8 +250,12 @@ func RecordFilter(p string) string {
 		UNION ALL SELECT r.audit_id FROM audit_records r WHERE r.clinic = split_part(%[1]s, '/', 2) AND r.record = %[1]s)`, p)
 }
 
-// List implements ListAuditEvents over db's audit_log.
-func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
+// List implements ListAuditEvents over db's audit_log, the trail the
+// service named keeps. Its page tokens serve that trail only: every
+// service's trail has the same parent and filters, and a token's cursor
+// is a place in one service's table, which another's would silently page
+// from.
+func List(ctx context.Context, db *pgdb.DB, service string, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
 	ids, err := aip.Parse(req.GetParent(), "clinics")
 	if err != nil {
 		return nil, apperr.Field("parent", "%v", err)
@@ -260,7 +264,7 @@ func List(ctx context.Context, db *pgdb.DB, req *auditv1.ListAuditEventsRequest)
 	if err := auth.CheckClinic(ctx, clinic, req.GetParent()); err != nil {
 		return nil, err
 	}
-	f, after, q, err := aip.ListArgs("audit events", req.GetParent(), req.GetFilter(), req.GetPageToken(), filterFields)
+	f, after, q, err := aip.ListArgs(service+" audit events", req.GetParent(), req.GetFilter(), req.GetPageToken(), filterFields)
 	if err != nil {
 		return nil, err
 	}

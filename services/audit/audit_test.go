@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	auditv1 "github.com/handoff-health/handoff/gen/go/handoff/audit/v1"
 	"github.com/handoff-health/handoff/services/audit"
@@ -54,7 +55,7 @@ func TestEarlierCancelledRecordsReadCanonically(t *testing.T) {
 	var resp *auditv1.ListAuditEventsResponse
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		var err error
-		resp, err = audit.List(admin, db, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `outcome = "CANCELLED"`})
+		resp, err = audit.List(admin, db, "families", &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: `outcome = "CANCELLED"`})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +92,7 @@ func TestTimeBoundedListPagesTheWindow(t *testing.T) {
 			if pages > 20 {
 				t.Fatalf("%s: more pages than records: %v", filter, got)
 			}
-			resp, err := audit.List(admin, db, &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: filter, PageSize: size, PageToken: token})
+			resp, err := audit.List(admin, db, "families", &auditv1.ListAuditEventsRequest{Parent: "clinics/north", Filter: filter, PageSize: size, PageToken: token})
 			if err != nil {
 				t.Fatalf("%s: %v", filter, err)
 			}
@@ -164,5 +165,38 @@ func TestStampNamesWhatWasNotedBeforeIt(t *testing.T) {
 	}
 	if names, late := noted(); !slices.Equal(late, []string{"clinics/north/interventions/after"}) || len(names) != 2 {
 		t.Fatalf("noted %v, late %v; want both, the second late", names, late)
+	}
+}
+
+// A page token of one service's trail is refused by another's: both have
+// the same parent and filters, and its cursor is a place in the first
+// one's table, which the second would silently page from.
+func TestPageTokenServesItsOwnTrail(t *testing.T) {
+	pool, schema := pgtest.Schema(t, pgdb.Source{Name: "common", FS: pgdb.Common, Dir: "common"})
+	ctx := context.Background()
+	for n := range 3 {
+		if _, err := pool.Exec(ctx, `INSERT INTO audit_log (clinic, subject, roles, method, outcome)
+			VALUES ('north', 'counselor-1', '{counselor}', $1, 'OK')`, fmt.Sprintf("/m%d", n)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := pgtest.App(t, schema)
+	admin := auth.WithPrincipal(pgdb.WithClinic(ctx, "north"), auth.Principal{Subject: "admin-1", Clinic: "north", Roles: []auth.Role{auth.RoleClinicAdmin}})
+	var token string
+	for deadline := time.Now().Add(30 * time.Second); token == ""; time.Sleep(20 * time.Millisecond) {
+		resp, err := audit.List(admin, db, "families", &auditv1.ListAuditEventsRequest{Parent: "clinics/north", PageSize: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token = resp.GetNextPageToken(); token == "" && time.Now().After(deadline) {
+			t.Fatal("no second page")
+		}
+	}
+	if _, err := audit.List(admin, db, "interventions", &auditv1.ListAuditEventsRequest{Parent: "clinics/north", PageSize: 1, PageToken: token}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("the families trail's token on the interventions trail: %v, want InvalidArgument", err)
+	}
+	next, err := audit.List(admin, db, "families", &auditv1.ListAuditEventsRequest{Parent: "clinics/north", PageSize: 1, PageToken: token})
+	if err != nil || len(next.GetAuditEvents()) != 1 || next.GetAuditEvents()[0].GetMethod() != "/m1" {
+		t.Fatalf("the second page of its own trail: %v, %v", next.GetAuditEvents(), err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 
 // ListAuditEvents implements the API: the audit trail this service keeps.
 func (s *Server) ListAuditEvents(ctx context.Context, req *auditv1.ListAuditEventsRequest) (*auditv1.ListAuditEventsResponse, error) {
-	return audit.List(ctx, s.pool, req)
+	return audit.List(ctx, s.pool, "referrals", req)
 }
 
 // Auditor records this service's calls in its own audit trail.
