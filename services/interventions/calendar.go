@@ -37,8 +37,10 @@ const FeedPath = "/calendar/v1/"
 // meetings, and the feed stays small.
 const feedWindow = 366 * 24 * time.Hour
 
-// feedLimit bounds one feed's events.
-const feedLimit = 5000
+// feedLimit bounds one feed's events, meetings and intakes together: the
+// most names the read's audit record holds, so that the trail names every
+// record the calendar service was given.
+const feedLimit = audit.MaxRecords
 
 const feedSelect = `SELECT id, owner, create_time, last_read_time FROM calendar_feeds`
 
@@ -412,6 +414,8 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	events = append(events, intakes...)
+	// Past the limit the oldest meetings go first (they lead the list).
+	events = events[max(0, len(events)-feedLimit):]
 	for _, e := range events {
 		// The trail names each meeting and intake the calendar service
 		// was given, as a list's names what it showed.
