@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -292,6 +293,63 @@ func TestEndToEndThroughREST(t *testing.T) {
 // patient's accounting, for good, disclosures of records that never
 // reached it, or of another family's. Refused, nothing is recorded;
 // staff still record what they send by hand.
+// A call refused at the gateway before it reached a service is in no
+// service's audit trail: the log names who made it. One a service
+// refused is in that service's trail, and not logged again here.
+func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
+	sys := stacktest.Start(t)
+	logs := &lockedBuffer{}
+	base := stacktest.Gateway(t, gateway.Config{
+		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
+		Verifier: sys.Issuer.Verifier(), Log: slog.New(slog.NewJSONHandler(logs, nil)),
+	})
+	c := client{t: t, base: base, token: sys.Token("counselor-7", auth.RoleCounselor)}
+	refusals := func() int { return strings.Count(logs.String(), `"msg":"refused at the gateway"`) }
+	for _, call := range []struct {
+		method, path string
+		body         any
+		headers      []string
+		code         int
+	}{
+		{"GET", "/v1/clinics/north/families?filtr=x", nil, nil, http.StatusBadRequest},
+		{"PUT", "/v1/clinics/north/families/f1", map[string]any{}, nil, http.StatusMethodNotAllowed},
+		{"GET", "/v1/clinics/north/nothingHere", nil, nil, http.StatusNotFound},
+		{"POST", "/v1/clinics/north/families", map[string]any{"requestId": "a"}, []string{"Idempotency-Key", "b"}, http.StatusBadRequest},
+	} {
+		before := refusals()
+		if r := c.do(call.method, call.path, call.body, call.headers...); r.code != call.code {
+			t.Fatalf("%s %s: %d %s; want %d", call.method, call.path, r.code, r.raw, call.code)
+		}
+		if refusals() != before+1 || !strings.Contains(logs.String(), `"subject":"counselor-7"`) {
+			t.Fatalf("%s %s refused at the gateway: logged %d times, want once with the subject:\n%s", call.method, call.path, refusals()-before, logs.String())
+		}
+	}
+	before := refusals()
+	if r := c.do("GET", "/v1/clinics/north/families/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8b", nil); r.code != http.StatusNotFound {
+		t.Fatalf("a family that is not there: %d %s", r.code, r.raw)
+	}
+	if refusals() != before {
+		t.Fatalf("a service's refusal was logged as the gateway's:\n%s", logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 func TestOnlyStaffRecordDisclosuresAtTheGateway(t *testing.T) {
 	w := setup(t)
 	fam, _ := w.family("Sam")

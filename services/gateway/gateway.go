@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -131,8 +132,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// a map goes): a verb the path does not take is a 405.
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
-		runtime.WithErrorHandler(httpError),
-		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...))),
+		runtime.WithErrorHandler(refusalsNamed(cfg.Log, httpError)),
+		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...), refusalsNamed(cfg.Log, httpError))),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
@@ -247,6 +248,9 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 // are.
 func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if sent, ok := ctx.Value(sentKey{}).(*atomic.Bool); ok {
+			sent.Store(true)
+		}
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if status.Code(err) != codes.Unavailable {
 			return err
@@ -258,6 +262,32 @@ func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 		}
 		log.WarnContext(ctx, "gateway: service unavailable", "service", service, "method", method, "error", err.Error())
 		return status.Errorf(codes.Unavailable, "the %s service could not be reached or is unavailable: retry later", service)
+	}
+}
+
+// sentKey holds, in an authenticated request's context, whether the call
+// went on to a service (set as it is sent, the last step before it).
+type sentKey struct{}
+
+// refusalsNamed logs an authenticated call refused here before it was
+// sent to a service (a query parameter, a header, a route, a body): no
+// service's audit trail records it, so the log says who made it, as the
+// service would have. What a service answered is in its own trail.
+func refusalsNamed(log *slog.Logger, next runtime.ErrorHandlerFunc) runtime.ErrorHandlerFunc {
+	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
+		sent, _ := r.Context().Value(sentKey{}).(*atomic.Bool)
+		p, ok := auth.FromContext(r.Context())
+		code := status.Code(err)
+		var hs *runtime.HTTPStatusError
+		if errors.As(err, &hs) {
+			code = status.Code(hs.Err)
+		}
+		// A caller gone or out of time was refused nothing.
+		if ok && sent != nil && !sent.Load() && code != codes.Canceled && code != codes.DeadlineExceeded {
+			log.WarnContext(r.Context(), "refused at the gateway", append([]any{"subject", p.Subject, "clinic", p.Clinic,
+				"method", r.Method, "path", r.URL.Path, "code", code.String()}, auth.Origin(r)...)...)
+		}
+		next(ctx, mux, m, w, r, err)
 	}
 }
 
@@ -464,7 +494,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 // Implemented, which tells a client the server lacks the feature; a HEAD,
 // which no route takes, is such a verb. Other routing errors (no route at
 // all) answer as by default.
-func routingError(rs []route) runtime.RoutingErrorHandlerFunc {
+func routingError(rs []route, answer runtime.ErrorHandlerFunc) runtime.RoutingErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 		if code != http.StatusMethodNotAllowed {
 			runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
@@ -476,7 +506,7 @@ func routingError(rs []route) runtime.RoutingErrorHandlerFunc {
 		// The body's gRPC code is UNIMPLEMENTED, the code grpc-gateway pairs
 		// with a 405 (no gRPC method serves this verb here); the HTTP
 		// status says 405, and Allow what is served.
-		httpError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
+		answer(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
 			Err: status.Errorf(codes.Unimplemented, "%s is not taken at this path", r.Method)})
 	}
 }
@@ -588,7 +618,8 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 				"a token of Handoff's own services (for every clinic, or in a service role) is not accepted here: use a token of a person or an outside system for one clinic")
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(auth.WithPrincipal(r.Context(), p)))
+		ctx := context.WithValue(auth.WithPrincipal(r.Context(), p), sentKey{}, new(atomic.Bool))
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
 
