@@ -486,6 +486,14 @@ func TestPutTaskReturnPreference(t *testing.T) {
 		if c.resourceType == "" && a.raw != "" {
 			t.Errorf("Prefer %q: body %s, want none", c.prefer, a.raw)
 		}
+		// The PUT read the referral as a disclosure: every answer carries
+		// the Part 2 notice, in the resource or, without one, a header.
+		if c.resourceType == "" && a.header.Get("Part2-Notice") != consentgate.Notice {
+			t.Errorf("Prefer %q: no body and Part2-Notice %q; want the notice", c.prefer, a.header.Get("Part2-Notice"))
+		}
+		if c.resourceType != "" && !strings.Contains(a.raw, "42CFRPart2") {
+			t.Errorf("Prefer %q: %s without the Part 2 labels", c.prefer, a.raw)
+		}
 		if c.resourceType != "" && a.body["resourceType"] != c.resourceType {
 			t.Errorf("Prefer %q: body %s, want a %s", c.prefer, a.raw, c.resourceType)
 		}

@@ -25,6 +25,7 @@ import (
 
 	referralsv1 "github.com/handoff-health/handoff/gen/go/handoff/referrals/v1"
 	"github.com/handoff-health/handoff/services/aip"
+	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/referrals/taskstatus"
 )
 
@@ -266,17 +267,21 @@ func statusReason(t *task_go_proto.Task) string {
 // writeTask answers an update with the Task as it stands, or with what
 // the client's Prefer header asks for (FHIR's return preference): no body
 // (return=minimal), or an OperationOutcome saying it was done. The version
-// headers go with each.
+// headers go with each. The update followed a read recorded as a
+// disclosure, and every answer tells of the referral (its version at
+// least): each carries the Part 2 notice, in the resource, or, with no
+// body, in the header the services' answers carry it in.
 func (s *server) writeTask(w http.ResponseWriter, r *http.Request, rf *referralsv1.Referral) {
 	res := task(rf)
 	writeVersionHeaders(w, res)
 	switch ret := preferredReturn(r.Header); ret {
 	case "minimal":
 		w.Header().Set("Preference-Applied", "return=minimal")
+		w.Header().Set(consentgate.NoticeHeader, consentgate.Notice)
 		w.WriteHeader(http.StatusOK)
 	case "OperationOutcome":
 		w.Header().Set("Preference-Applied", "return=OperationOutcome")
-		s.writeResource(w, http.StatusOK, outcome("information", "informational", "Task/"+aip.ID(rf.GetName())+" is up to date"))
+		s.writeResource(w, http.StatusOK, part2(outcome("information", "informational", "Task/"+aip.ID(rf.GetName())+" is up to date"), nil, ""))
 	default:
 		s.writeResource(w, http.StatusOK, res)
 	}

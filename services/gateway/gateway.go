@@ -676,7 +676,7 @@ func cors(origins []string, next http.Handler) http.Handler {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			// A browser client must be able to read the Part 2 notice that
 			// every disclosure carries, and when and how to try again.
-			w.Header().Set("Access-Control-Expose-Headers", "ETag, Grpc-Metadata-Part2-Notice, Preference-Applied, Retry-After, WWW-Authenticate")
+			w.Header().Set("Access-Control-Expose-Headers", "ETag, Grpc-Metadata-Part2-Notice, Part2-Notice, Preference-Applied, Retry-After, WWW-Authenticate")
 			if r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != "" {
 				w.Header().Set("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE")
 				w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key, If-Match, Prefer, X-Namespace")
