@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/fhir/go/fhirversion"
+	"github.com/google/fhir/go/jsonformat"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -529,6 +531,28 @@ func TestMembersConsentNamesTheMember(t *testing.T) {
 	}
 	if p := mk("")["performer"].([]any); len(p) != 1 || strings.Contains(fmt.Sprint(p), "RelatedPerson") {
 		t.Fatalf("the loved one's consent's performer = %v; want the signer only", p)
+	}
+	// Its patient is the member, contained and linked to the member's
+	// RelatedPerson, not the loved one's Patient, in whose chart an EHR
+	// would file it; the loved one's is the Patient's.
+	contained, _ := moms["contained"].([]any)
+	if len(contained) != 1 || !reflect.DeepEqual(moms["patient"], obj{"reference": "#" + memberPatientID}) ||
+		!reflect.DeepEqual(contained[0].(obj)["link"], []any{obj{"other": member, "type": "seealso"}}) {
+		t.Fatalf("a member's consent: patient %v, contained %v; want the member, contained", moms["patient"], moms["contained"])
+	}
+	if own := mk(""); !reflect.DeepEqual(own["patient"], ref("Patient", "f1")) || own["contained"] != nil {
+		t.Fatalf("the loved one's consent: patient %v, contained %v", own["patient"], own["contained"])
+	}
+	raw, err := json.Marshal(moms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.Unmarshal(raw); err != nil {
+		t.Fatalf("a member's consent is not valid R4: %v\n%s", err, raw)
 	}
 }
 

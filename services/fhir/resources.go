@@ -664,13 +664,20 @@ func consent(c *familiesv1.Consent) obj {
 		})
 	}
 	// A member's own consent covers the records whose subject is the
-	// member (their referrals), not the Patient's: R4 requires a Patient
-	// here, so the member is named as the grantor and as the subject the
-	// permit is limited to.
+	// member (their referrals), not the Patient's. Its patient is the
+	// member, contained and linked to their RelatedPerson, as a member's
+	// ServiceRequest's is: with the family's Patient there, an EHR filed
+	// the member's Part 2 consent in the loved one's chart, and could take
+	// it for the loved one's permit. The member is named as the grantor
+	// and as the subject the permit is limited to too.
 	var member obj
+	patient, contained := ref("Patient", fam), []any(nil)
 	if m := c.GetMemberId(); m != "" {
 		member = ref("RelatedPerson", pairID(fam, m))
 		actors = append(actors, obj{"role": concept("", coding(sysParticipation, "SBJ", "subject")), "reference": member})
+		patient = obj{"reference": "#" + memberPatientID}
+		contained = []any{obj{"resourceType": "Patient", "id": memberPatientID,
+			"link": []any{obj{"other": member, "type": "seealso"}}}}
 	}
 	var purposes []any
 	for _, p := range c.GetPurposes() {
@@ -730,9 +737,12 @@ func consent(c *familiesv1.Consent) obj {
 			concept("", coding(sysLOINC, "59284-0", "Patient Consent")),
 			concept("", coding(sysActCode, "42CFRPart2", "42 CFR Part2")),
 		},
-		"patient":    ref("Patient", fam),
+		"patient":    patient,
 		"policyRule": concept("", coding(sysActCode, "42CFRPart2", "42 CFR Part2")),
 		"provision":  provision,
+	}
+	if contained != nil {
+		res["contained"] = contained
 	}
 	if c.GetSignTime() != nil {
 		res["dateTime"] = instant(c.GetSignTime())

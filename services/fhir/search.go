@@ -549,6 +549,11 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		}
 		p := page{next: resp.GetNextPageToken()}
 		for _, cn := range resp.GetConsents() {
+			// A member's own consent is the member's (its patient is
+			// the member, contained), not the Patient searched for.
+			if q.patient != "" && cn.GetMemberId() != "" {
+				continue
+			}
 			p.entries = append(p.entries, entry(consent(cn)))
 		}
 		return p, nil

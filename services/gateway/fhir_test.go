@@ -128,6 +128,18 @@ const publicURL = "https://api.example.org"
 // The FHIR interface end to end: an EHR reads and searches what counselors
 // recorded through the API, as valid R4 with the Part 2 labels, and writes
 // back a referral's status, which moves the referral as the gRPC API does.
+// bundleAll reads every page of a search.
+func bundleAll(t *testing.T, c fhirClient, path string) []map[string]any {
+	t.Helper()
+	var all []map[string]any
+	for next := path; next != ""; {
+		var page []map[string]any
+		page, next, _ = bundle(t, c.read(next))
+		all = append(all, page...)
+	}
+	return all
+}
+
 func TestFHIR(t *testing.T) {
 	sys := stacktest.Start(t)
 	base := stacktest.Gateway(t, gateway.Config{
@@ -600,6 +612,26 @@ func TestFHIR(t *testing.T) {
 			"signer": "Al", "revocationRightStated": true})
 		if str(dadConsent, "memberId") != "dad" {
 			t.Fatalf("the father's consent = %v", dadConsent)
+		}
+		// His consent is his, not the loved one's: its patient is him,
+		// contained, and a search of the loved one's consents leaves it out.
+		dads := strings.ReplaceAll(lastID(str(dadConsent, "name")), "-", "") // as FHIR ids spell it
+		found := false
+		for _, c := range bundleAll(t, ehr, "Consent?_count=1000") {
+			if strings.HasSuffix(str(c, "id"), dads) {
+				found = true
+				if p, _ := c["patient"].(map[string]any); str(p, "reference") != "#member" || !strings.Contains(fmt.Sprint(c["contained"]), ".dad") {
+					t.Fatalf("the father's consent: patient %v, contained %v; want him, contained", c["patient"], c["contained"])
+				}
+			}
+		}
+		if !found {
+			t.Fatal("the father's consent is not among the clinic's")
+		}
+		for _, c := range bundleAll(t, ehr, "Consent?patient="+lastID(fam)) {
+			if strings.HasSuffix(str(c, "id"), dads) {
+				t.Fatalf("the father's consent is among the loved one's: %v", c)
+			}
 		}
 		// His own intake: an appointment he takes part in, not the loved one.
 		book(dadID, now.Add(72*time.Hour))
