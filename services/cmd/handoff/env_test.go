@@ -186,6 +186,17 @@ func TestServiceFlagsFromTheEnvironment(t *testing.T) {
 	if f, err := hooks.parse([]string{"--max-attempts=5"}); err != nil || f.webhookMaxAttempts != 5 {
 		t.Fatalf("--max-attempts=5 after the variable: %d, %v; want the flag to win", f.webhookMaxAttempts, err)
 	}
+	// A number that makes no sense is refused, not taken for the default.
+	for _, n := range []string{"0", "-1"} {
+		t.Setenv("HANDOFF_WEBHOOK_MAX_ATTEMPTS", n)
+		f, err := hooks.parse(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := hooks.prepare(context.Background(), &f); err == nil || !strings.Contains(err.Error(), "HANDOFF_WEBHOOK_MAX_ATTEMPTS") {
+			t.Fatalf("HANDOFF_WEBHOOK_MAX_ATTEMPTS=%s: %v; want a refusal naming it", n, err)
+		}
+	}
 	t.Setenv("HANDOFF_WEBHOOK_MAX_ATTEMPTS", "many")
 	if _, err := hooks.parse(nil); err == nil || !strings.Contains(err.Error(), "HANDOFF_WEBHOOK_MAX_ATTEMPTS") {
 		t.Fatalf("a value that is no number: %v; want an error naming the variable", err)

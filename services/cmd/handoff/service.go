@@ -433,6 +433,11 @@ var serviceDefs = []serviceDef{
 		},
 		env: []string{"max-attempts", "HANDOFF_WEBHOOK_MAX_ATTEMPTS"},
 		prepare: func(ctx context.Context, f *serviceFlags) error {
+			if f.webhookMaxAttempts < 1 {
+				// The sender would take it for unset and use the default:
+				// an operator meaning "never give up" would get 20.
+				return fmt.Errorf("--max-attempts (HANDOFF_WEBHOOK_MAX_ATTEMPTS) is %d: at least 1", f.webhookMaxAttempts)
+			}
 			if f.webhookTokenFile == "" || f.webhookSecretKey == "" {
 				return errors.New("--token-file and --secret-key are required: the sender checks consent as itself, and signing secrets are never stored in clear")
 			}
