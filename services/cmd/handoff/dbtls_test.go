@@ -71,3 +71,23 @@ func TestDevRefusesADatabaseInClear(t *testing.T) {
 		t.Fatalf("dev on a trusted network: %v; want past the TLS check", err)
 	}
 }
+
+// What --insecure-plaintext lets the development system do is said at
+// start: the gateway off loopback, the database off this machine in clear;
+// on loopback, nothing.
+func TestDevWaiversAreSaid(t *testing.T) {
+	for _, k := range []string{"PGSSLMODE", "PGSSLROOTCERT", "PGHOST", "PGSSLCERT", "PGSSLKEY"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("HOME", t.TempDir())
+	if w := devWaivers("127.0.0.1:8080", "postgres://postgres@127.0.0.1:5432/handoff?sslmode=disable"); len(w) != 0 {
+		t.Fatalf("on loopback: %q; want nothing said", w)
+	}
+	w := devWaivers("0.0.0.0:8080", "postgres://u:hunter2@db.lan/handoff?sslmode=disable")
+	if len(w) != 2 || !strings.Contains(w[0], "0.0.0.0:8080") || !strings.Contains(w[1], "db.lan") {
+		t.Fatalf("off this machine: %q; want the gateway's address and the database's host", w)
+	}
+	if strings.Contains(strings.Join(w, " "), "hunter2") {
+		t.Fatalf("the password is in what is logged: %q", w)
+	}
+}

@@ -68,6 +68,11 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	if err := databaseTransport(*dbURL, *trusted, "--insecure-plaintext (HANDOFF_INSECURE_PLAINTEXT=true)"); err != nil {
 		return err
 	}
+	if *trusted {
+		for _, w := range devWaivers(*listen, *dbURL) {
+			log.Warn("insecure plaintext: " + w)
+		}
+	}
 	if err := ensureDatabase(ctx, *dbURL); err != nil {
 		return err
 	}
@@ -356,4 +361,18 @@ func devRoutes(listen string, jwks, metrics, api http.Handler) *http.ServeMux {
 	}
 	mux.Handle("/", api)
 	return mux
+}
+
+// devWaivers says what --insecure-plaintext let the development system do
+// that it would otherwise refuse, for the log at start, as the services
+// log each connection they leave in clear.
+func devWaivers(listen, dbURL string) []string {
+	var out []string
+	if !isLoopback(listen) {
+		out = append(out, "the gateway serves plain HTTP with open CORS on "+listen)
+	}
+	if err := databaseTransport(dbURL, false, "--insecure-plaintext"); err != nil {
+		out = append(out, err.Error())
+	}
+	return out
 }
