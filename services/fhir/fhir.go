@@ -192,11 +192,23 @@ func acceptsJSON(accept string) bool {
 		if q, err := strconv.ParseFloat(params["q"], 64); err == nil && q == 0 {
 			continue
 		}
+		if !r4Version(params) {
+			continue
+		}
 		if mt == "*/*" || mt == "application/*" || strings.HasSuffix(mt, "json") || jsonType(mt) {
 			return true
 		}
 	}
 	return false
+}
+
+// r4Version reports whether a media type's parameters ask for R4 or name
+// no FHIR version (FHIR http 3.1.0.1.9: the fhirVersion parameter, 4.0
+// for R4): a client asking for another version would otherwise read, or
+// have its body read as, R4 without a word.
+func r4Version(params map[string]string) bool {
+	v, ok := params["fhirversion"] // mime lowers parameter names
+	return !ok || v == "4.0" || strings.HasPrefix(v, "4.0.")
 }
 
 // limitBody refuses bodies over the limit before anything reads them, with

@@ -328,7 +328,8 @@ func TestPutTaskWithAModifierIsRefused(t *testing.T) {
 	}
 	// Sent as application/json+fhir, the type DSTU2 named, it is read as
 	// FHIR JSON; as XML it is refused.
-	for mt, want := range map[string]int{"application/json+fhir": http.StatusOK, "application/fhir+xml": http.StatusUnsupportedMediaType} {
+	for mt, want := range map[string]int{"application/json+fhir": http.StatusOK, "application/fhir+xml": http.StatusUnsupportedMediaType,
+		"application/fhir+json; fhirVersion=4.0": http.StatusOK, "application/fhir+json; fhirVersion=5.0": http.StatusUnsupportedMediaType} {
 		fx := newFixture(t, "", referralsv1.ReferralState_REFERRAL_STATE_ACCEPTED, familiesv1.InformationKind_INFORMATION_KIND_REFERRALS)
 		if a := fx.do("PUT", "/fhir/R4/Task/"+refID, head+`}`, "Content-Type", mt); a.code != want {
 			t.Errorf("a Task sent as %s: %d %s; want %d", mt, a.code, a.raw, want)
@@ -1161,6 +1162,10 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 		// The type DSTU2 named, which older clients still send.
 		{"/fhir/R4/Patient/" + famID, "application/json+fhir", http.StatusOK},
 		{"/fhir/R4/metadata", "application/xml+fhir", http.StatusNotAcceptable},
+		// Another FHIR version than R4 is not what is written here.
+		{"/fhir/R4/metadata", "application/fhir+json; fhirVersion=3.0", http.StatusNotAcceptable},
+		{"/fhir/R4/metadata", "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0", http.StatusOK},
+		{"/fhir/R4/Patient/" + famID, "application/fhir+json; fhirVersion=4.0.1", http.StatusOK},
 	} {
 		var headers []string
 		if c.accept != "" {

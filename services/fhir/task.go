@@ -39,8 +39,8 @@ import (
 // parseTask).
 func (s *server) putTask(ctx context.Context, w http.ResponseWriter, r *http.Request, c caller) {
 	id := r.PathValue("id")
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || !jsonType(mt) {
-		s.fail(w, http.StatusUnsupportedMediaType, "not-supported", "send the Task as application/fhir+json")
+	if mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || !jsonType(mt) || !r4Version(params) {
+		s.fail(w, http.StatusUnsupportedMediaType, "not-supported", "send the Task as application/fhir+json, FHIR R4 (fhirVersion=4.0)")
 		return
 	}
 	body, err := io.ReadAll(r.Body)
