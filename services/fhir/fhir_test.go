@@ -543,7 +543,13 @@ func TestMembersConsentNamesTheMember(t *testing.T) {
 	if own := mk(""); !reflect.DeepEqual(own["patient"], ref("Patient", "f1")) || own["contained"] != nil {
 		t.Fatalf("the loved one's consent: patient %v, contained %v", own["patient"], own["contained"])
 	}
-	raw, err := json.Marshal(moms)
+	mustBeR4(t, "a member's consent", moms)
+}
+
+// mustBeR4 fails the test unless the validating R4 parser takes res.
+func mustBeR4(t *testing.T, what string, res obj) {
+	t.Helper()
+	raw, err := json.Marshal(res)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -552,7 +558,7 @@ func TestMembersConsentNamesTheMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := in.Unmarshal(raw); err != nil {
-		t.Fatalf("a member's consent is not valid R4: %v\n%s", err, raw)
+		t.Fatalf("%s is not valid R4: %v\n%s", what, err, raw)
 	}
 }
 

@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/fhir/go/fhirversion"
-	"github.com/google/fhir/go/jsonformat"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1346,17 +1344,7 @@ func TestMemberReferralTaskIsForTheMember(t *testing.T) {
 		t.Fatalf("a member's ServiceRequest: subject %v, contained %v; want the contained Patient linked to the member", got, patientOf)
 	}
 	// And R4 takes it as a ServiceRequest.
-	raw, err := json.Marshal(sr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := in.Unmarshal(raw); err != nil {
-		t.Fatalf("a member's ServiceRequest is not valid R4: %v\n%s", err, raw)
-	}
+	mustBeR4(t, "a member's ServiceRequest", sr)
 	if got := serviceRequest(sampleReferral(referralsv1.ReferralState_REFERRAL_STATE_REQUESTED))["subject"]; !reflect.DeepEqual(got, ref("Patient", fam)) {
 		t.Fatalf("the loved one's ServiceRequest subject is %v; want the Patient", got)
 	}

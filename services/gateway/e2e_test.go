@@ -17,6 +17,7 @@ import (
 	"github.com/handoff-health/handoff/services/auth"
 	"github.com/handoff-health/handoff/services/consentgate"
 	"github.com/handoff-health/handoff/services/gateway"
+	"github.com/handoff-health/handoff/services/servicetest"
 	"github.com/handoff-health/handoff/services/stack/stacktest"
 )
 
@@ -298,7 +299,7 @@ func TestEndToEndThroughREST(t *testing.T) {
 // refused is in that service's trail, and not logged again here.
 func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
 	sys := stacktest.Start(t)
-	logs := &lockedBuffer{}
+	logs := &servicetest.LogBuffer{}
 	base := stacktest.Gateway(t, gateway.Config{
 		FamiliesAddr: sys.Stack.FamiliesAddr, InterventionsAddr: sys.Stack.InterventionsAddr, ReferralsAddr: sys.Stack.ReferralsAddr,
 		Verifier: sys.Issuer.Verifier(), Log: slog.New(slog.NewJSONHandler(logs, nil)),
@@ -331,23 +332,6 @@ func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
 	if refusals() != before {
 		t.Fatalf("a service's refusal was logged as the gateway's:\n%s", logs.String())
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestOnlyStaffRecordDisclosuresAtTheGateway(t *testing.T) {
