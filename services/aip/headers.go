@@ -1,6 +1,9 @@
 package aip
 
-import "net/http"
+import (
+	"net/http"
+	"slices"
+)
 
 // HeaderProblem says what is wrong with a request's If-Match and
 // Idempotency-Key headers, or "" if nothing is. Both carry only printable
@@ -19,7 +22,18 @@ func HeaderProblem(h http.Header, write bool) string {
 		}
 	}
 	keys := h.Values("Idempotency-Key")
+	// Bounded here, where the header comes in: a request id is at most 64
+	// characters, and an etag far shorter than this; past the bounds
+	// either would be refused later, or, forwarded as metadata, push a
+	// call past the services' header limit (an internal error).
+	for _, v := range h.Values("If-Match") {
+		if len(v) > 256 {
+			return "If-Match: at most 256 characters; send the etag you read"
+		}
+	}
 	switch {
+	case slices.ContainsFunc(keys, func(k string) bool { return len(k) > 64 }):
+		return "Idempotency-Key: at most 64 characters"
 	case !write:
 	case len(keys) > 1:
 		return "Idempotency-Key: give one key, not several"

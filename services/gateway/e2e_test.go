@@ -288,12 +288,6 @@ func TestEndToEndThroughREST(t *testing.T) {
 	})
 }
 
-// At the public door only staff record disclosures. The EHR may record
-// its own on the families service, where the services that disclose to
-// it do so with its token; from the outside it could write into a
-// patient's accounting, for good, disclosures of records that never
-// reached it, or of another family's. Refused, nothing is recorded;
-// staff still record what they send by hand.
 // A call refused at the gateway before it reached a service is in no
 // service's audit trail: the log names who made it. One a service
 // refused is in that service's trail, and not logged again here.
@@ -316,6 +310,13 @@ func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
 		{"PUT", "/v1/clinics/north/families/f1", map[string]any{}, nil, http.StatusMethodNotAllowed},
 		{"GET", "/v1/clinics/north/nothingHere", nil, nil, http.StatusNotFound},
 		{"POST", "/v1/clinics/north/families", map[string]any{"requestId": "a"}, []string{"Idempotency-Key", "b"}, http.StatusBadRequest},
+		// The middlewares' and the content checks' refusals too.
+		{"POST", "/v1/clinics/north/interventions/x:schedule?requestId=k1", map[string]any{}, nil, http.StatusBadRequest},
+		{"GET", "/v1/clinics/north/families", map[string]any{"filter": "x"}, nil, http.StatusBadRequest},
+		{"POST", "/v1/clinics/north/families", "{}", []string{"Content-Type", "text/plain"}, http.StatusUnsupportedMediaType},
+		{"POST", "/v1/clinics/north/families", map[string]any{}, []string{"Idempotency-Key", "a", "Idempotency-Key", "b"}, http.StatusBadRequest},
+		{"POST", "/v1/clinics/north/families", strings.Repeat(" ", 5<<20), nil, http.StatusRequestEntityTooLarge},
+		{"POST", "/v1/clinics/north/families", map[string]any{}, []string{"Idempotency-Key", strings.Repeat("k", 65)}, http.StatusBadRequest},
 	} {
 		before := refusals()
 		if r := c.do(call.method, call.path, call.body, call.headers...); r.code != call.code {
@@ -325,7 +326,16 @@ func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
 			t.Fatalf("%s %s refused at the gateway: logged %d times, want once with the subject:\n%s", call.method, call.path, refusals()-before, logs.String())
 		}
 	}
+	// A refusal that logs itself (a disclosure recorded by the EHR) is
+	// not logged twice.
+	ehr := client{t: t, base: base, token: sys.Token("ehr", auth.RoleEHR)}
 	before := refusals()
+	if r := ehr.do("POST", "/v1/clinics/north/families/f1/disclosures", map[string]any{}); r.code != http.StatusForbidden {
+		t.Fatalf("the EHR recording a disclosure: %d %s; want 403", r.code, r.raw)
+	}
+	if refusals() != before || !strings.Contains(logs.String(), "a disclosure recorded by a caller not staff refused") {
+		t.Fatalf("the EHR's disclosure refused: logged as the gateway's %d times, want its own line only:\n%s", refusals()-before, logs.String())
+	}
 	if r := c.do("GET", "/v1/clinics/north/families/0193a0c4-7d2e-7b6a-9f31-2c4d5e6f7a8b", nil); r.code != http.StatusNotFound {
 		t.Fatalf("a family that is not there: %d %s", r.code, r.raw)
 	}
@@ -334,6 +344,12 @@ func TestRefusalsAtTheGatewayNameTheCaller(t *testing.T) {
 	}
 }
 
+// At the public door only staff record disclosures. The EHR may record
+// its own on the families service, where the services that disclose to
+// it do so with its token; from the outside it could write into a
+// patient's accounting, for good, disclosures of records that never
+// reached it, or of another family's. Refused, nothing is recorded;
+// staff still record what they send by hand.
 func TestOnlyStaffRecordDisclosuresAtTheGateway(t *testing.T) {
 	w := setup(t)
 	fam, _ := w.family("Sam")

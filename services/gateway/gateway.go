@@ -132,8 +132,8 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		// a map goes): a verb the path does not take is a 405.
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
-		runtime.WithErrorHandler(refusalsNamed(cfg.Log, httpError)),
-		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...), refusalsNamed(cfg.Log, httpError))),
+		runtime.WithErrorHandler(httpError),
+		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...), httpError)),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
@@ -168,7 +168,9 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(page)
 	})
-	api := private(jsonOnly(limitBody(cfg.BodyLimit, authenticate(cfg.Verifier, cfg.Log, timeout(cfg.Timeout, mux)))))
+	// Authenticated first: every refusal after it, the content checks' as
+	// the API's, is logged with who was refused (see authenticate).
+	api := private(authenticate(cfg.Verifier, cfg.Log, jsonOnly(limitBody(cfg.BodyLimit, timeout(cfg.Timeout, mux)))))
 	root.Handle("/v1/", api)
 	root.Handle(calendarRoute, calendarFeed(interventionsv1.NewInterventionsServiceClient(g.conns["interventions"]), cfg.Timeout, cfg.Log))
 	// FHIR R4 for EHRs. It checks the token and the body size itself (its
@@ -248,9 +250,7 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 // are.
 func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if sent, ok := ctx.Value(sentKey{}).(*atomic.Bool); ok {
-			sent.Store(true)
-		}
+		accounted(ctx)
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if status.Code(err) != codes.Unavailable {
 			return err
@@ -265,29 +265,16 @@ func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	}
 }
 
-// sentKey holds, in an authenticated request's context, whether the call
-// went on to a service (set as it is sent, the last step before it).
-type sentKey struct{}
+// accountedKey holds, in an authenticated request's context, whether the
+// call is accounted for elsewhere than by authenticate's log: sent on to a
+// service (whose audit trail records it, refusals included), or refused
+// by a step that logged it itself.
+type accountedKey struct{}
 
-// refusalsNamed logs an authenticated call refused here before it was
-// sent to a service (a query parameter, a header, a route, a body): no
-// service's audit trail records it, so the log says who made it, as the
-// service would have. What a service answered is in its own trail.
-func refusalsNamed(log *slog.Logger, next runtime.ErrorHandlerFunc) runtime.ErrorHandlerFunc {
-	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-		sent, _ := r.Context().Value(sentKey{}).(*atomic.Bool)
-		p, ok := auth.FromContext(r.Context())
-		code := status.Code(err)
-		var hs *runtime.HTTPStatusError
-		if errors.As(err, &hs) {
-			code = status.Code(hs.Err)
-		}
-		// A caller gone or out of time was refused nothing.
-		if ok && sent != nil && !sent.Load() && code != codes.Canceled && code != codes.DeadlineExceeded {
-			log.WarnContext(r.Context(), "refused at the gateway", append([]any{"subject", p.Subject, "clinic", p.Clinic,
-				"method", r.Method, "path", r.URL.Path, "code", code.String()}, auth.Origin(r)...)...)
-		}
-		next(ctx, mux, m, w, r, err)
+// accounted marks the call in ctx as accounted for (see accountedKey).
+func accounted(ctx context.Context) {
+	if a, ok := ctx.Value(accountedKey{}).(*atomic.Bool); ok {
+		a.Store(true)
 	}
 }
 
@@ -618,8 +605,17 @@ func authenticate(v *auth.Verifier, log *slog.Logger, next http.Handler) http.Ha
 				"a token of Handoff's own services (for every clinic, or in a service role) is not accepted here: use a token of a person or an outside system for one clinic")
 			return
 		}
-		ctx := context.WithValue(auth.WithPrincipal(r.Context(), p), sentKey{}, new(atomic.Bool))
-		next.ServeHTTP(w, r.WithContext(ctx))
+		// A call refused here before it reached a service (a query
+		// parameter, a header, the body's type or size, a route) is in no
+		// service's audit trail: the log says who made it, as the service
+		// would have. A caller gone or out of time was refused nothing.
+		done := new(atomic.Bool)
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r.WithContext(context.WithValue(auth.WithPrincipal(r.Context(), p), accountedKey{}, done)))
+		if sw.code >= 400 && !done.Load() && sw.code != statusClientClosed && sw.code != http.StatusGatewayTimeout {
+			log.WarnContext(r.Context(), "refused at the gateway", append([]any{"subject", p.Subject, "clinic", p.Clinic,
+				"method", r.Method, "path", r.URL.Path, "status", sw.code}, auth.Origin(r)...)...)
+		}
 	})
 }
 
@@ -642,6 +638,7 @@ func staffRecordDisclosures(log *slog.Logger) grpc.UnaryClientInterceptor {
 		case familiesv1.FamiliesService_ListCoveredFamilies_FullMethodName:
 			p, _ := auth.FromContext(ctx)
 			log.WarnContext(ctx, "the services' own call refused at the gateway", "method", method, "subject", p.Subject, "clinic", p.Clinic)
+			accounted(ctx)
 			return status.Error(codes.PermissionDenied,
 				"the families a consent covers are the services' to ask: read the records, which are narrowed to them")
 		case familiesv1.FamiliesService_CreateDisclosure_FullMethodName, familiesv1.FamiliesService_BatchCreateDisclosures_FullMethodName:
@@ -649,6 +646,7 @@ func staffRecordDisclosures(log *slog.Logger) grpc.UnaryClientInterceptor {
 			// holds (the services gate it so too).
 			if p, ok := auth.FromContext(ctx); !ok || !p.Has(auth.RoleCounselor, auth.RoleClinicAdmin) || p.Has(auth.RoleEHR) {
 				log.WarnContext(ctx, "a disclosure recorded by a caller not staff refused", "method", method, "subject", p.Subject, "clinic", p.Clinic)
+				accounted(ctx)
 				return status.Error(codes.PermissionDenied,
 					"disclosures are recorded here by staff only: the services record what they disclose to an EHR themselves")
 			}
@@ -695,6 +693,9 @@ type statusWriter struct {
 }
 
 func (s *statusWriter) WriteHeader(code int) { s.code = code; s.ResponseWriter.WriteHeader(code) }
+
+// Unwrap lets http.ResponseController reach the writer underneath.
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // logRequests logs method, path pattern-free path and status: resource names
 // are identifiers, and no body or query reaches the log.

@@ -165,8 +165,12 @@ func serveHTTP(ctx context.Context, log *slog.Logger, addr string, h http.Handle
 // serveOn serves h on lis until ctx ends, then lets requests in flight
 // finish for at most drain.
 func serveOn(ctx context.Context, log *slog.Logger, lis net.Listener, h http.Handler, drain time.Duration) error {
+	// Headers are bounded at 32 KiB (Go's default is 1 MiB): a token of
+	// the longest length auth reads fits, and what the gateway forwards
+	// stays under the services' 64 KiB of metadata, past which a call
+	// would fail as an internal error rather than the caller's.
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute}
+		WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 32 << 10}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
 	log.Info("serving http", "addr", lis.Addr().String())
