@@ -786,7 +786,9 @@ func consentFilter(subject, at string) map[string]aip.FilterField {
 			WHERE r.clinic = c.clinic AND r.family_id = c.family_id AND r.consent_id = c.id AND r.recipient IN ('', ` + subject + `::text)), c.create_time))`
 	}
 	return map[string]aip.FilterField{"update_time": {Kind: aip.Time,
-		Column: `(CASE WHEN c.revoke_time IS NULL AND c.expire_time <= ` + at + ` THEN GREATEST(` + shown + `, c.expire_time) ELSE ` + shown + ` END)`}}
+		Column: `(CASE WHEN c.revoke_time IS NULL AND c.expire_time <= ` + at + ` THEN GREATEST(` + shown + `, c.expire_time) ELSE ` + shown + ` END)`},
+		// "" for the loved one's own consents, a member's id for theirs.
+		"member_id": {Column: "c.member_id", Kind: aip.String}}
 }
 
 // ListConsents implements the API. The parent clinics/{clinic}/families/-
@@ -841,8 +843,11 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	if strings.TrimSpace(req.GetFilter()) != "" {
 		// Not for a filter of spaces, which names nothing: an argument
 		// the statement never reads has no type PostgreSQL can give it.
+		// A filter on member_id alone does not read it either: the
+		// scope names it, true whatever it holds.
 		now = fmt.Sprintf("$%d::timestamptz", len(args)+1)
 		args = append(args, s.cfg.Now().UTC().Truncate(time.Microsecond))
+		scope += " AND " + now + " IS NOT NULL"
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject, now),
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)

@@ -1428,6 +1428,31 @@ func TestMembersOwnRecordsNeedTheirOwnConsent(t *testing.T) {
 	if _, err := accounting(`consent = "x"`); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("a filter on no such field: %v; want InvalidArgument", err)
 	}
+	// Each patient's consents apart, for the EHR too (FHIR's
+	// Consent?patient= asks for the loved one's), alone or with a time.
+	consentsOf := func(filter string) (own []string) {
+		t.Helper()
+		for _, ctx := range []context.Context{f.ctx, f.ehr("ehr-1")} {
+			resp, err := f.client.ListConsents(ctx, &familiesv1.ListConsentsRequest{Parent: fam.GetName(), Filter: filter})
+			if err != nil {
+				t.Fatalf("consents %s: %v", filter, err)
+			}
+			own = nil
+			for _, c := range resp.GetConsents() {
+				own = append(own, c.GetMemberId())
+			}
+		}
+		return own
+	}
+	for filter, want := range map[string][]string{
+		`member_id = ""`:    {""},
+		`member_id = "mom"`: {"mom"},
+		`member_id = "" AND update_time >= "2000-01-01T00:00:00Z"`: {""},
+	} {
+		if got := consentsOf(filter); !slices.Equal(got, want) {
+			t.Fatalf("consents %s = %q; want %q", filter, got, want)
+		}
+	}
 	cov := covered()
 	if len(cov.GetMembers()) != 1 || cov.GetMembers()[0].GetFamily() != fam.GetName() || cov.GetMembers()[0].GetMemberId() != "mom" {
 		t.Fatalf("covered members = %v; want mom of %s", cov.GetMembers(), fam.GetName())

@@ -539,8 +539,15 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		if q.patient == "" {
 			parent = familyName(c, "-")
 		}
+		// A member's own consent is the member's (its patient is the
+		// member, contained), not the Patient searched for: left out by
+		// the families service, so that pages stay full.
+		own := ""
+		if q.patient != "" {
+			own = `member_id = ""`
+		}
 		resp, err := s.cfg.Families.ListConsents(ctx, &familiesv1.ListConsentsRequest{
-			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter()})
+			Parent: parent, PageSize: q.size, PageToken: q.token, Filter: q.filter(own)})
 		if status.Code(err) == codes.NotFound {
 			return page{}, nil
 		}
@@ -549,11 +556,6 @@ func (s *server) find(ctx context.Context, c caller, q query) (page, error) {
 		}
 		p := page{next: resp.GetNextPageToken()}
 		for _, cn := range resp.GetConsents() {
-			// A member's own consent is the member's (its patient is
-			// the member, contained), not the Patient searched for.
-			if q.patient != "" && cn.GetMemberId() != "" {
-				continue
-			}
 			p.entries = append(p.entries, entry(consent(cn)))
 		}
 		return p, nil

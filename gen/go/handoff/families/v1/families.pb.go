@@ -5145,7 +5145,9 @@ type ListConsentsRequest struct {
 	// and filter it came from.
 	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// Conditions joined by AND: `update_time` (with `<` or `>=`, an RFC 3339
-	// time in quotes), when the consent last changed (signed, revoked).
+	// time in quotes), when the consent last changed (signed, revoked);
+	// `member_id` (`= ""` for the loved one's own consents, a member's id
+	// for that member's).
 	Filter        string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
