@@ -164,6 +164,11 @@ func (s *server) refuseFormat(w http.ResponseWriter, r *http.Request, f string) 
 		s.fail(w, http.StatusNotAcceptable, "not-supported", "only JSON is written here: use _format=json or application/fhir+json")
 		return true
 	}
+	// A media type given as _format may ask for a version as Accept may.
+	if _, params, err := mime.ParseMediaType(f); f != "" && err == nil && !r4Version(params) {
+		s.fail(w, http.StatusNotAcceptable, "not-supported", "only FHIR R4 (fhirVersion=4.0) is written here")
+		return true
+	}
 	// _format overrides Accept (FHIR http, 3.1.0.1.9): a browser's
 	// Accept asks for HTML, and _format=json is how it asks for JSON.
 	if a := r.Header.Get("Accept"); f == "" && a != "" && !acceptsJSON(a) {

@@ -1164,6 +1164,8 @@ func TestOnlyJSONIsWritten(t *testing.T) {
 		{"/fhir/R4/metadata", "application/fhir+json; fhirVersion=3.0", http.StatusNotAcceptable},
 		{"/fhir/R4/metadata", "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0", http.StatusOK},
 		{"/fhir/R4/Patient/" + famID, "application/fhir+json; fhirVersion=4.0.1", http.StatusOK},
+		{"/fhir/R4/metadata?_format=application/fhir%2Bjson%3BfhirVersion=3.0", "", http.StatusNotAcceptable},
+		{"/fhir/R4/metadata?_format=application/fhir%2Bjson%3BfhirVersion=4.0", "", http.StatusOK},
 	} {
 		var headers []string
 		if c.accept != "" {
