@@ -48,8 +48,17 @@ func (q *strictQuery) Parse(msg proto.Message, values url.Values, filter *utilit
 		if other, ok := named[field]; ok {
 			return fmt.Errorf("query parameters %q and %q name the same field: send one", other, key)
 		}
+		// Nor one field and a part of it (`updateMask` and
+		// `updateMask.paths`): the parser would set the one and add to,
+		// or replace, the other, in the map's order.
+		for f, other := range named {
+			a, b := strings.TrimSuffix(f, "["), strings.TrimSuffix(field, "[")
+			if strings.HasPrefix(a, b+".") || strings.HasPrefix(b, a+".") {
+				return fmt.Errorf("query parameters %q and %q name the same field: send one", other, key)
+			}
+		}
 		named[field] = key
-		if len(path) == 1 {
+		if len(path) == 1 || len(path) == 2 && path[1] == "paths" {
 			if fd := md.Fields().ByName(protoreflect.Name(path[0])); fd.Message() != nil && fd.Message().FullName() == "google.protobuf.FieldMask" {
 				values[key] = maskPaths(md, fd, values[key])
 			}

@@ -161,6 +161,7 @@ func TestStrictQuery(t *testing.T) {
 		"update_mask=loved_one.time_zone":          {"loved_one.time_zone"},
 		"updateMask=lovedOne,members":              {"loved_one", "members"},
 		"updateMask=lovedOne.noSuchField,colourOf": {"loved_one.noSuchField", "colourOf"},
+		"updateMask.paths=lovedOne.timeZone":       {"loved_one.time_zone"},
 	} {
 		req, err := parse(raw)
 		if err != nil {
@@ -170,7 +171,8 @@ func TestStrictQuery(t *testing.T) {
 			t.Errorf("%s: paths %q, want %q", raw, got, want)
 		}
 	}
-	for _, raw := range []string{"updateMask=counselor&update_mask=state", "family.lovedOne.givenName=a&family.loved_one.given_name=b"} {
+	for _, raw := range []string{"updateMask=counselor&update_mask=state", "family.lovedOne.givenName=a&family.loved_one.given_name=b",
+		"updateMask=counselor&updateMask.paths=state"} {
 		if _, err := parse(raw); err == nil || !strings.Contains(err.Error(), "name the same field") {
 			t.Errorf("%s: %v, want a refusal naming both", raw, err)
 		}
