@@ -414,8 +414,7 @@ func (s *Server) ExportCalendarFeed(ctx context.Context, req *interventionsv1.Ex
 		return nil, err
 	}
 	events = append(events, intakes...)
-	// Past the limit the oldest meetings go first (they lead the list).
-	events = events[max(0, len(events)-feedLimit):]
+	events = newest(events, feedLimit)
 	for _, e := range events {
 		// The trail names each meeting and intake the calendar service
 		// was given, as a list's names what it showed.
@@ -544,4 +543,16 @@ func intakeEvent(ref *referralsv1.Referral, since time.Time) (calendarEvent, boo
 		// not come to it either (as FHIR's Appointment says).
 		cancelled: intake.Hidden(ref.GetState(), ref),
 	}, true
+}
+
+// newest keeps the limit events that start last. Past the limit the
+// oldest go, meetings and intakes alike (the intakes come in the
+// referrals' order, after the meetings): a calendar deletes what a feed
+// stops showing, and the past is what it can spare.
+func newest(events []calendarEvent, limit int) []calendarEvent {
+	if len(events) <= limit {
+		return events
+	}
+	slices.SortStableFunc(events, func(a, b calendarEvent) int { return a.start.Compare(b.start) })
+	return events[len(events)-limit:]
 }

@@ -39,3 +39,21 @@ func TestFeedReadCommitsOnlyWithItsAuditRecord(t *testing.T) {
 		t.Fatalf("last read %v, %v; want it recorded", read, err)
 	}
 }
+
+// A feed past its limit keeps the events that start last, meetings and
+// intakes alike: an old intake, listed after the meetings, goes before a
+// newer meeting does.
+func TestFeedPastItsLimitKeepsTheNewest(t *testing.T) {
+	at := func(h int) time.Time { return time.Date(2026, 12, 1, h, 0, 0, 0, time.UTC) }
+	events := []calendarEvent{{uid: "m1", start: at(5)}, {uid: "m2", start: at(6)}, {uid: "intake-old", start: at(1)}}
+	var kept []string
+	for _, e := range newest(events, 2) {
+		kept = append(kept, e.uid)
+	}
+	if len(kept) != 2 || kept[0] != "m1" || kept[1] != "m2" {
+		t.Fatalf("kept %v; want the two meetings, not the older intake", kept)
+	}
+	if got := newest(events[:2], 2); len(got) != 2 {
+		t.Fatalf("under the limit: %d kept", len(got))
+	}
+}
