@@ -47,19 +47,32 @@ type source struct {
 // cannot (a read's error, or the content that would not build), rather
 // than at every handshake or never: the last good credentials stay in
 // use, so a renewal that stays broken is otherwise unseen until the
-// certificate in use expires and every handshake fails at once.
-type trouble struct{ last string }
-
-func (t *trouble) report(what string, err error, expires time.Time) {
-	if err.Error() == t.last {
-		return
-	}
-	t.last = err.Error()
-	slog.Error("tls: the "+what+" files cannot be used; the last good ones stay in use until they expire",
-		"error", err.Error(), "expires", expires.UTC().Format(time.RFC3339))
+// certificate in use expires and every handshake fails at once. A way
+// is reported once it has lasted troubleGrace: files caught halfway
+// through a rotation (written one after the other) are not a fault.
+type trouble struct {
+	last     string
+	since    time.Time
+	reported bool
 }
 
-func (t *trouble) clear() { t.last = "" }
+// troubleGrace is how long a way the files cannot be used lasts before
+// it is reported.
+var troubleGrace = 30 * time.Second
+
+func (t *trouble) report(what string, err error, expires time.Time) {
+	if err.Error() != t.last {
+		t.last, t.since, t.reported = err.Error(), time.Now(), false
+	}
+	if t.reported || time.Since(t.since) < troubleGrace {
+		return
+	}
+	t.reported = true
+	slog.Error("tls: the "+what+" files cannot be used; the last good ones stay in use until they expire",
+		"error", err.Error(), "since", t.since.UTC().Format(time.RFC3339), "expires", expires.UTC().Format(time.RFC3339))
+}
+
+func (t *trouble) clear() { t.last, t.reported = "", false }
 
 // expiry is when c's leaf certificate expires, or zero if it cannot say.
 func expiry(c *tls.Certificate) time.Time {

@@ -154,6 +154,8 @@ func TestUnusableFilesAreReportedOnce(t *testing.T) {
 	defer slog.SetDefault(slog.Default())
 	slog.SetDefault(slog.New(slog.NewTextHandler(&buf, nil)))
 	reports := func() int { return strings.Count(buf.String(), "cannot be used") }
+	defer func(g time.Duration) { troubleGrace = g }(troubleGrace)
+	troubleGrace = 0 // reported on the next handshake that meets it
 
 	a := tlstest.New(t)
 	serverFiles, clientFiles := placed(t, issue(t, a, "families")), placed(t, issue(t, a, "gateway"))
@@ -188,11 +190,27 @@ func TestUnusableFilesAreReportedOnce(t *testing.T) {
 	if err := os.Remove(clientFiles.Cert); err != nil {
 		t.Fatal(err)
 	}
-	if err := check(clientCreds); err != nil {
-		t.Fatalf("with the certificate file gone: %v", err)
+	for range 2 {
+		if err := check(clientCreds); err != nil {
+			t.Fatalf("with the certificate file gone: %v", err)
+		}
 	}
 	if n := reports(); n != 3 || !strings.Contains(buf.String(), "no such file") {
 		t.Fatalf("%d reports after the file went, want 3:\n%s", n, buf.String())
+	}
+	// Within the grace (files caught halfway through a rotation), none.
+	troubleGrace = time.Hour
+	copyPair(t, issue(t, a, "gateway-again"), clientFiles)
+	if err := os.WriteFile(clientFiles.Key, []byte("not yet"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := check(clientCreds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reports(); n != 3 {
+		t.Fatalf("%d reports, want none more within the grace:\n%s", n, buf.String())
 	}
 }
 
