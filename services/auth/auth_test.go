@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -402,6 +403,21 @@ func TestTokenHasOneSpellingAndABoundedLength(t *testing.T) {
 	if _, err := v.Verify(ctx, respelled); !errors.Is(err, ErrInvalidToken) {
 		t.Fatalf("the same signature spelled another way: %v, want an invalid token", err)
 	}
+	// ECDSA takes s and n-s alike: the other way of writing the same
+	// signature is good too, and shares the first one's entry.
+	dot := strings.LastIndexByte(tok, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(tok[dot+1:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	new(big.Int).Sub(elliptic.P256().Params().N, new(big.Int).SetBytes(sig[32:])).FillBytes(sig[32:])
+	other := tok[:dot+1] + base64.RawURLEncoding.EncodeToString(sig)
+	if _, err := v.Verify(ctx, other); err != nil {
+		t.Fatalf("the signature with n-s: %v", err)
+	}
+	if n := len(v.seen.entries); n != 1 {
+		t.Fatalf("%d entries for one token written two ways, want 1", n)
+	}
 	keys.calls.Store(0)
 	huge := tok + strings.Repeat("A", MaxTokenLength)
 	if _, err := v.Verify(ctx, huge); !errors.Is(err, ErrInvalidToken) || keys.calls.Load() != 0 {
@@ -691,14 +707,15 @@ func TestJWKSRedirectFromLoopbackStaysOnLoopback(t *testing.T) {
 }
 
 // Header fields read before the signature is checked reach the error, and
-// so the log, cut short: anyone can send a key id of a megabyte.
+// so the log, cut short: anyone can send a key id as long as a token may
+// be.
 func TestUnverifiedHeaderValuesAreCutInErrors(t *testing.T) {
 	iss, err := NewIssuer("https://issuer.test", "handoff")
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := iss.Verifier()
-	long := strings.Repeat("é", 100_000)
+	long := strings.Repeat("é", MaxTokenLength/4) // within MaxTokenLength once encoded
 	seg := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 	for _, h := range []string{`{"alg":"` + long + `"}`, `{"alg":"ES256","typ":"` + long + `"}`, `{"alg":"ES256","kid":"` + long + `"}`} {
 		_, err := v.Verify(context.Background(), seg(h)+"."+seg(`{}`)+"."+seg("sig"))

@@ -2,7 +2,10 @@ package auth
 
 import (
 	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/sha256"
+	"math/big"
+	"strings"
 	"sync"
 	"time"
 )
@@ -32,8 +35,30 @@ const (
 	verifiedMax = 10_000
 )
 
-// tokenHash is the cache key: the whole token, signature included.
-func tokenHash(token string) [32]byte { return sha256.Sum256([]byte(token)) }
+// tokenHash is the cache key: the whole token, signature included, with
+// the signature's s in its low form. ECDSA takes s and n-s alike, so
+// anyone holding a token can write it a second way; keyed on the text,
+// that would be a second entry and a second check. Both ways are good or
+// neither, so they share one entry. A signature that cannot be read is
+// keyed as it is (the check refuses it).
+func tokenHash(token string) [32]byte {
+	i := strings.LastIndexByte(token, '.')
+	sig, err := segments.DecodeString(token[i+1:])
+	if i < 0 || err != nil || len(sig) != 64 {
+		return sha256.Sum256([]byte(token))
+	}
+	n := elliptic.P256().Params().N
+	if sv := new(big.Int).SetBytes(sig[32:]); sv.Cmp(new(big.Int).Rsh(n, 1)) > 0 {
+		sv.Sub(n, sv).FillBytes(sig[32:])
+	}
+	h := sha256.New()
+	h.Write([]byte{0}) // apart from every key of a token's text: a token holds no NUL
+	h.Write([]byte(token[:i+1]))
+	h.Write(sig)
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}
 
 // get returns the live entry for h, if any.
 func (c *verified) get(h [32]byte, now time.Time) (verifiedEntry, bool) {
