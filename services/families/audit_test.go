@@ -234,13 +234,13 @@ func TestAuditListWaitsForLateCommits(t *testing.T) {
 	// A token of the form minted before records noted their transaction
 	// (a bare id) still resumes, and a broken one is a field violation.
 	filter := `resource = "` + resource + `"`
-	old := list(aip.EncodePageToken("0", aip.QueryHash("audit events", "clinics/north", filter)))
+	old := list(aip.EncodePageToken("0", aip.QueryHash("families audit events", "clinics/north", filter)))
 	if len(old.GetAuditEvents()) != 1 || old.GetAuditEvents()[0].GetSubject() != "late-writer" {
 		t.Fatalf("a bare-id token's page = %v", old.GetAuditEvents())
 	}
 	for _, key := range []string{"x:1", "1:x", "1:-2", "-1"} {
 		_, err := client.ListAuditEvents(admin, &auditv1.ListAuditEventsRequest{
-			Parent: "clinics/north", Filter: filter, PageToken: aip.EncodePageToken(key, aip.QueryHash("audit events", "clinics/north", filter))})
+			Parent: "clinics/north", Filter: filter, PageToken: aip.EncodePageToken(key, aip.QueryHash("families audit events", "clinics/north", filter))})
 		if st := wantCode(t, err, codes.InvalidArgument); !strings.Contains(st.Message(), "page_token") {
 			t.Fatalf("token key %q: refusal %q names no field", key, st.Message())
 		}
