@@ -249,11 +249,19 @@ func TestGRPCMetricsIgnoreThePeer(t *testing.T) {
 	if _, err := healthpb.NewHealthClient(conn).Check(context.Background(), &healthpb.HealthCheckRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	rec := httptest.NewRecorder()
-	tel.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	body := rec.Body.String()
-	if !strings.Contains(body, "rpc_client_") || !strings.Contains(body, "rpc_server_") {
-		t.Fatalf("no gRPC client and server metrics in %s", body)
+	// The server records its call as the call ends on its side, which
+	// may be after the client has its answer: read until both are there.
+	var body string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		rec := httptest.NewRecorder()
+		tel.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		body = rec.Body.String()
+		if strings.Contains(body, "rpc_client_") && strings.Contains(body, "rpc_server_") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no gRPC client and server metrics in %s", body)
+		}
 	}
 	_, port, _ := net.SplitHostPort(lis.Addr().String())
 	for _, leak := range []string{"127.0.0.1", `"` + port + `"`, "server_address", "server_port", "network_peer"} {
