@@ -1909,10 +1909,7 @@ func TestWorkerGetsBoundariesWithoutTheirWords(t *testing.T) {
 	f := setup(t)
 	fam := f.create(t)
 	ctx := f.ctx
-	if _, err := f.client.CreateSafetyScreen(ctx, &familiesv1.CreateSafetyScreenRequest{Parent: fam.GetName(),
-		SafetyScreen: &familiesv1.SafetyScreen{Result: familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK}}); err != nil {
-		t.Fatal(err)
-	}
+	f.screen(t, fam, familiesv1.SafetyRisk_SAFETY_RISK_NO_RISK)
 	b, err := f.client.CreateBoundary(ctx, &familiesv1.CreateBoundaryRequest{Parent: fam.GetName(), Boundary: &familiesv1.Boundary{
 		Category: familiesv1.BoundaryCategory_BOUNDARY_CATEGORY_STATED_CONSEQUENCE, Wording: "No using at home", Consequence: "He moves to his brother's"}})
 	if err != nil {
