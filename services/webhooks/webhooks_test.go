@@ -394,6 +394,16 @@ func fastSender(db *pgdb.DB, fam familiesv1.FamiliesServiceClient, maxAttempts i
 	})
 }
 
+// pausingSender is fastSender for the tests of a receiver's Retry-After: a
+// backoff of an hour leaves the pause it asks for the only wait that ends.
+func pausingSender(db *pgdb.DB, maxAttempts int) *webhooks.Sender {
+	return webhooks.NewSender(webhooks.SenderConfig{
+		DB: db, Log: slog.New(slog.DiscardHandler), MaxAttempts: maxAttempts,
+		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
+		Interval: 20 * time.Millisecond, AllowPrivate: true,
+	})
+}
+
 func runSender(t *testing.T, s *webhooks.Sender) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -1701,11 +1711,7 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 		w.WriteHeader(http.StatusTooManyRequests)
 	}))
 	t.Cleanup(rcv.Close)
-	s := webhooks.NewSender(webhooks.SenderConfig{
-		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
-		Interval: 20 * time.Millisecond, AllowPrivate: true,
-	})
+	s := pausingSender(f.db, 10)
 	for i, c := range []struct {
 		header string
 		want   time.Duration
@@ -1781,11 +1787,7 @@ func TestRetryAfterPausesTheSubscription(t *testing.T) {
 	}))
 	t.Cleanup(unpaused.Close)
 	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
-		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 10,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
-		Interval: 20 * time.Millisecond, AllowPrivate: true,
-	}))
+	runSender(t, pausingSender(f.db, 10))
 	calls := func() (int, int) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -2242,11 +2244,7 @@ func TestRetryAfterOnTheLastAttemptPausesTheSubscription(t *testing.T) {
 	}))
 	t.Cleanup(rcv.Close)
 	sub := f.subscribe(t, f.ehr, rcv.URL, 0, webhooksv1.Topic_TOPIC_REFERRAL_CHANGED)
-	runSender(t, webhooks.NewSender(webhooks.SenderConfig{
-		DB: f.db, Log: slog.New(slog.DiscardHandler), MaxAttempts: 1,
-		BaseBackoff: 20 * time.Millisecond, MaxBackoff: time.Hour, Timeout: 2 * time.Second,
-		Interval: 20 * time.Millisecond, AllowPrivate: true,
-	}))
+	runSender(t, pausingSender(f.db, 1))
 	if _, err := f.sink.Enqueue(ctx, "referrals", referralEvent(t, "r-last", "accepted")); err != nil {
 		t.Fatal(err)
 	}
