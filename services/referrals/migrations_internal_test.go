@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/handoff-health/handoff/services/pgdb"
 	"github.com/handoff-health/handoff/services/pgdb/pgtest"
@@ -118,15 +119,8 @@ func TestUpgradeRedoesTheProfileMigrations(t *testing.T) {
 	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `SELECT p.id || ' ' || coalesce(g.services::text, 'none') || ' ' || coalesce(g.available_slots::text, 'none')
+	got := texts(t, pool, `SELECT p.id || ' ' || coalesce(g.services::text, 'none') || ' ' || coalesce(g.available_slots::text, 'none')
 		FROM programs p LEFT JOIN program_profiles g ON g.clinic = p.clinic AND g.profile = p.profile ORDER BY p.id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	if strings.Join(got, ", ") != "p1 {2,5} 1, p2 {7} 0" {
 		t.Fatalf("profiles after the upgrade: %v; want each program's profile with its features", got)
 	}
@@ -155,15 +149,8 @@ func TestUpgradeKeepsTheIntakeTime(t *testing.T) {
 		VALUES ('north', 'new', 'clinics/north/families/f3', 1, 1, 'p1', 1, 'x', 1)`); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `SELECT id || ' ' || coalesce(to_char(intake_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), 'none')
+	got := texts(t, pool, `SELECT id || ' ' || coalesce(to_char(intake_time AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), 'none')
 		FROM referrals ORDER BY id`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
 	if want := "booked 2026-12-10 15:00:00.000, new none, unbooked 2026-12-11 09:30:00.500"; strings.Join(got, ", ") != want {
 		t.Fatalf("intake times: %v; want %s", got, want)
 	}
@@ -183,7 +170,16 @@ func TestUpgradeKeysThePostalCodes(t *testing.T) {
 	if err := pgdb.Migrate(ctx, pool, schema, Migrations()...); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := pool.Query(ctx, `SELECT id || ' ' || postal_code || ' ' || coalesce(doc->'address'->>'postalCode', '') FROM programs ORDER BY id`)
+	got := texts(t, pool, `SELECT id || ' ' || postal_code || ' ' || coalesce(doc->'address'->>'postalCode', '') FROM programs ORDER BY id`)
+	if want := "hyphen K2K1X1 , key 62701 , typed K1A0B1 k1a 0b1"; strings.Join(got, ", ") != want {
+		t.Fatalf("postal codes: %v; want %s", got, want)
+	}
+}
+
+// texts runs a query of one text column and returns its rows.
+func texts(t *testing.T, pool *pgxpool.Pool, query string) []string {
+	t.Helper()
+	rows, err := pool.Query(context.Background(), query)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,7 +187,5 @@ func TestUpgradeKeysThePostalCodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "hyphen K2K1X1 , key 62701 , typed K1A0B1 k1a 0b1"; strings.Join(got, ", ") != want {
-		t.Fatalf("postal codes: %v; want %s", got, want)
-	}
+	return got
 }
