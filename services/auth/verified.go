@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
@@ -43,22 +44,33 @@ const (
 // keyed as it is (the check refuses it).
 func tokenHash(token string) [32]byte {
 	i := strings.LastIndexByte(token, '.')
-	sig, err := segments.DecodeString(token[i+1:])
-	if i < 0 || err != nil || len(sig) != 64 {
+	if i < 0 || len(token)-i-1 != 86 { // 64 bytes in unpadded base64url
 		return sha256.Sum256([]byte(token))
 	}
-	n := elliptic.P256().Params().N
-	if sv := new(big.Int).SetBytes(sig[32:]); sv.Cmp(new(big.Int).Rsh(n, 1)) > 0 {
-		sv.Sub(n, sv).FillBytes(sig[32:])
+	var sig [64]byte
+	if n, err := segments.Decode(sig[:], []byte(token[i+1:])); err != nil || n != 64 {
+		return sha256.Sum256([]byte(token))
+	}
+	// Compared as big-endian bytes of equal length: big.Int only for the
+	// high half, which is rare.
+	if bytes.Compare(sig[32:], halfOrder[:]) > 0 {
+		new(big.Int).Sub(p256Order, new(big.Int).SetBytes(sig[32:])).FillBytes(sig[32:])
 	}
 	h := sha256.New()
 	h.Write([]byte{0}) // apart from every key of a token's text: a token holds no NUL
 	h.Write([]byte(token[:i+1]))
-	h.Write(sig)
+	h.Write(sig[:])
 	var out [32]byte
 	h.Sum(out[:0])
 	return out
 }
+
+// p256Order is the order n of P-256; halfOrder is n/2, as 32 big-endian
+// bytes.
+var (
+	p256Order = elliptic.P256().Params().N
+	halfOrder = func() (b [32]byte) { new(big.Int).Rsh(p256Order, 1).FillBytes(b[:]); return b }()
+)
 
 // get returns the live entry for h, if any.
 func (c *verified) get(h [32]byte, now time.Time) (verifiedEntry, bool) {
