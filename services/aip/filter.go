@@ -188,6 +188,11 @@ func (f Filter) Equals(name string) (string, bool) {
 	return "", false
 }
 
+// Names reports whether f compares the field name.
+func (f Filter) Names(name string) bool {
+	return slices.ContainsFunc(f.conds, func(c cond) bool { return c.name == name })
+}
+
 // PinnedBy returns whether filter, read with fields, compares one of names
 // with = to the name of one record (namesRecord): a list narrowed to one
 // family, meeting or workflow. Not to "", the column's default, which

@@ -838,16 +838,13 @@ func (s *Server) ListConsents(ctx context.Context, req *familiesv1.ListConsentsR
 	}
 	// The clock as an argument, not in the text: the poll's statement
 	// stays the same from call to call, and prepared once. Only with a
-	// filter (on update_time, the one field), which alone names it.
+	// filter on update_time, which alone reads it: an argument the
+	// statement never reads has no type PostgreSQL can give it. (A filter
+	// that does not parse is refused by ListPage before any statement.)
 	now := ""
-	if strings.TrimSpace(req.GetFilter()) != "" {
-		// Not for a filter of spaces, which names nothing: an argument
-		// the statement never reads has no type PostgreSQL can give it.
-		// A filter on member_id alone does not read it either: the
-		// scope names it, true whatever it holds.
+	if f, err := aip.ParseFilter(req.GetFilter(), consentFilter(subject, "")); err == nil && f.Names("update_time") {
 		now = fmt.Sprintf("$%d::timestamptz", len(args)+1)
 		args = append(args, s.cfg.Now().UTC().Truncate(time.Microsecond))
-		scope += " AND " + now + " IS NOT NULL"
 	}
 	items, next, err := pgdb.ListPage(ctx, s.pool, "consents", consentSelect, scope, args, req, consentFilter(subject, now),
 		s.scanConsent(c.familyName()), (*familiesv1.Consent).GetName)
