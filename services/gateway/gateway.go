@@ -133,7 +133,7 @@ func New(ctx context.Context, cfg Config) (*Gateway, error) {
 		runtime.WithDisablePathLengthFallback(),
 		runtime.WithMiddlewares(refuseQueryOnBodyRoutes(bodyOnlyRoutes(apiFiles...)), refuseBodyOnNoBodyRoutes(noBodyRoutes(apiFiles...))),
 		runtime.WithErrorHandler(httpError),
-		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...), httpError)),
+		runtime.WithRoutingErrorHandler(routingError(routes(apiFiles...))),
 	)
 	dialCfg := cfg.Client
 	addrs := map[string]string{"families": cfg.FamiliesAddr, "interventions": cfg.InterventionsAddr, "referrals": cfg.ReferralsAddr}
@@ -250,6 +250,8 @@ func (g *Gateway) handlers(ctx context.Context, mux *runtime.ServeMux) (doc, pag
 // are.
 func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		// Sent on, the call is the service's to record, or this step's to
+		// log when it never arrived: either way authenticate need not.
 		accounted(ctx)
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if status.Code(err) != codes.Unavailable {
@@ -260,7 +262,9 @@ func unreached(log *slog.Logger, service string) grpc.UnaryClientInterceptor {
 			// is the answer (499 or 504), not the way's message.
 			return status.FromContextError(ctx.Err()).Err()
 		}
-		log.WarnContext(ctx, "gateway: service unavailable", "service", service, "method", method, "error", err.Error())
+		// With who asked: a call that never arrived is in no audit trail.
+		p, _ := auth.FromContext(ctx)
+		log.WarnContext(ctx, "gateway: service unavailable", "service", service, "method", method, "subject", p.Subject, "clinic", p.Clinic, "error", err.Error())
 		return status.Errorf(codes.Unavailable, "the %s service could not be reached or is unavailable: retry later", service)
 	}
 }
@@ -481,7 +485,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 // Implemented, which tells a client the server lacks the feature; a HEAD,
 // which no route takes, is such a verb. Other routing errors (no route at
 // all) answer as by default.
-func routingError(rs []route, answer runtime.ErrorHandlerFunc) runtime.RoutingErrorHandlerFunc {
+func routingError(rs []route) runtime.RoutingErrorHandlerFunc {
 	return func(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, code int) {
 		if code != http.StatusMethodNotAllowed {
 			runtime.DefaultRoutingErrorHandler(ctx, mux, m, w, r, code)
@@ -493,7 +497,7 @@ func routingError(rs []route, answer runtime.ErrorHandlerFunc) runtime.RoutingEr
 		// The body's gRPC code is UNIMPLEMENTED, the code grpc-gateway pairs
 		// with a 405 (no gRPC method serves this verb here); the HTTP
 		// status says 405, and Allow what is served.
-		answer(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
+		httpError(ctx, mux, m, w, r, &runtime.HTTPStatusError{HTTPStatus: http.StatusMethodNotAllowed,
 			Err: status.Errorf(codes.Unimplemented, "%s is not taken at this path", r.Method)})
 	}
 }
