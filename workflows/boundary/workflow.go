@@ -1148,12 +1148,21 @@ const versionPastFailedCheckIn = "boundary-go-on-past-failed-check-in"
 // refusal that says the follow-up is over (the family closed or deleted,
 // the loved one in treatment) still ends it, as Workflow tells.
 func (w *wf) pastFailedCheckIn(ctx workflow.Context, err error, who string) bool {
-	switch activities.ErrorType(err) {
-	case activities.FamilyClosed, errInTreatment, "RESOURCE_NOT_FOUND", "NotFound":
+	if followUpOver(err) {
 		return false
 	}
 	return flow.GoOnPast(ctx, err, versionPastFailedCheckIn, "a check-in reminder could not be made; the follow-up goes on without it",
 		"recipient_kind", who)
+}
+
+// followUpOver reports whether err is a refusal that says the follow-up
+// is over: the family closed or not there, the loved one in treatment.
+func followUpOver(err error) bool {
+	switch activities.ErrorType(err) {
+	case activities.FamilyClosed, errInTreatment, "RESOURCE_NOT_FOUND", "NotFound":
+		return true
+	}
+	return false
 }
 
 // versionHeldAtEndIsTheirs guards leaving to the counselor a meeting they
@@ -1176,8 +1185,7 @@ func (w *wf) holdMembers(ctx workflow.Context) (read bool, err error) {
 	log := workflow.GetLogger(ctx)
 	w.unreadScreen = false
 	if err := w.readSafety(ctx); err != nil {
-		if t := activities.ErrorType(err); t == activities.FamilyClosed || t == errInTreatment || t == "RESOURCE_NOT_FOUND" || t == "NotFound" ||
-			temporal.IsCanceledError(err) || ctx.Err() != nil {
+		if followUpOver(err) || temporal.IsCanceledError(err) || ctx.Err() != nil {
 			return false, err // the run ends as for any read that finds it so, or as cancelled
 		}
 		// A signal is no reason to fail the family's follow-up: the
