@@ -201,7 +201,7 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		vs.Add("reminder.recipient.channel", "is required")
 	}
 	family := isFamily(rc.GetKind())
-	if family || rc.GetFamily() != "" {
+	if namesFamily(rc) {
 		// A staff reminder may name the family it concerns: it must be this
 		// clinic's, or deleting that family would cancel another clinic's
 		// reminder and deleting this clinic's would miss it.
@@ -276,7 +276,7 @@ func (s *Server) CreateReminder(ctx context.Context, req *interventionsv1.Create
 		}
 		return out, nil
 	}
-	if family || rc.GetFamily() != "" {
+	if namesFamily(rc) {
 		if err := s.referralOfFamily(ctx, clinic, rem); err != nil {
 			return nil, err
 		}
@@ -391,7 +391,7 @@ func (s *Server) insertReminder(ctx context.Context, clinic string, req *interve
 			if err != nil {
 				return nil, err
 			}
-			if !checked && (isFamily(rc.GetKind()) || rc.GetFamily() != "") {
+			if !checked && namesFamily(rc) {
 				// Only a reminder that names a family can name the wrong
 				// one: a staff reminder naming none costs no read of its
 				// intervention.
@@ -588,7 +588,7 @@ func calledOffTo(ctx context.Context, tx pgx.Tx, clinic string, req *interventio
 func ofFamily(to *interventionsv1.Recipient, family, related string) error {
 	// A staff reminder that names a family names the one it is about too:
 	// deleting that family cancels it, and deleting another must not.
-	if (isFamily(to.GetKind()) || to.GetFamily() != "") && to.GetFamily() != family {
+	if namesFamily(to) && to.GetFamily() != family {
 		return apperr.Field("reminder.recipient.family", "must be %s, the family of %s", family, related)
 	}
 	return nil
@@ -618,6 +618,13 @@ func (s *Server) referralOfFamily(ctx context.Context, clinic string, rem *inter
 // whose contact details the families service holds.
 func isFamily(k interventionsv1.RecipientKind) bool {
 	return k == interventionsv1.RecipientKind_RECIPIENT_KIND_FAMILY_MEMBER || k == interventionsv1.RecipientKind_RECIPIENT_KIND_LOVED_ONE
+}
+
+// namesFamily reports whether a reminder to rc is tied to a family: sent
+// to one of its people, or a staff reminder that names the family it
+// concerns.
+func namesFamily(rc *interventionsv1.Recipient) bool {
+	return isFamily(rc.GetKind()) || rc.GetFamily() != ""
 }
 
 // aboutFamily is ofFamily for a reminder of another kind than a meeting's
